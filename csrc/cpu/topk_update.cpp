@@ -1,0 +1,101 @@
+// CPU kernel of topk_update: a parallel spatial reduction per (image, channel),
+// then a parallel merge per channel. Both phases are deterministic.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <limits>
+#include <vector>
+
+#include "../ops.h"
+#include "../topk_common.h"
+
+namespace sketchmine {
+namespace {
+
+// Spatial max of one (image, channel) row, ignoring NaN; `pos` is the first
+// position holding the max, or -1 when every element is NaN.
+template <typename T>
+void scan_row(const T* row, int64_t len, int64_t stride, float& best, int64_t& pos,
+              int64_t& nans) {
+  float m = -std::numeric_limits<float>::infinity();
+  int64_t n_nan = 0;
+  if (stride == 1) {
+    for (int64_t i = 0; i < len; ++i) {
+      const float v = static_cast<float>(row[i]);
+      n_nan += (v != v);
+      m = v > m ? v : m;
+    }
+  } else {
+    for (int64_t i = 0; i < len; ++i) {
+      const float v = static_cast<float>(row[i * stride]);
+      n_nan += (v != v);
+      m = v > m ? v : m;
+    }
+  }
+  nans = n_nan;
+  best = m;
+  pos = -1;
+  if (n_nan == len) return;
+  for (int64_t i = 0; i < len; ++i) {
+    if (static_cast<float>(row[i * stride]) == m) {
+      pos = i;
+      return;
+    }
+  }
+}
+
+template <typename T>
+void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index,
+                          at::Tensor& values, at::Tensor& index, at::Tensor& position,
+                          at::Tensor& nan_count) {
+  const int64_t n = acts3.size(0), c = acts3.size(1), len = acts3.size(2);
+  const int64_t k = values.size(1);
+  const int64_t sn = acts3.stride(0), sc = acts3.stride(1), sl = acts3.stride(2);
+  const T* data = acts3.const_data_ptr<T>();
+  std::vector<float> cand_v(n * c);
+  std::vector<int64_t> cand_p(n * c), cand_nan(n * c);
+
+  // Phase 1: one spatial reduction per (image, channel); grain keeps tasks ~32k elements.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(len, 1));
+  at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t i = r / c, ch = r % c;
+      scan_row(data + i * sn + ch * sc, len, sl, cand_v[r], cand_p[r], cand_nan[r]);
+    }
+  });
+
+  // Phase 2: merge the N candidates of each channel into its k-deep state.
+  const int64_t* img = image_index.const_data_ptr<int64_t>();
+  float* vals = values.data_ptr<float>();
+  int64_t* idx = index.data_ptr<int64_t>();
+  int64_t* pos = position.data_ptr<int64_t>();
+  int64_t* nanc = nan_count.data_ptr<int64_t>();
+  at::parallel_for(0, c, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t ch = begin; ch < end; ++ch) {
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t r = i * c + ch;
+        nanc[ch] += cand_nan[r];
+        if (cand_p[r] < 0) continue;
+        insert_candidate(vals + ch * k, idx + ch * k, pos + ch * k, k, cand_v[r], img[i],
+                         cand_p[r]);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void topk_update_cpu(const at::Tensor& acts, const at::Tensor& image_index, at::Tensor& values,
+                     at::Tensor& index, at::Tensor& position, at::Tensor& nan_count) {
+  const at::Tensor acts3 =
+      check_topk_args(acts, image_index, values, index, position, nan_count);
+  if (acts3.size(0) == 0 || acts3.size(2) == 0) return;
+  const at::Tensor img = image_index.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, acts3.scalar_type(), "topk_update_cpu",
+                                  [&] {
+                                    topk_update_cpu_impl<scalar_t>(acts3, img, values, index,
+                                                                   position, nan_count);
+                                  });
+}
+
+}  // namespace sketchmine

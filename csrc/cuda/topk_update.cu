@@ -1,0 +1,124 @@
+// CUDA kernel of topk_update: one warp reduces one (image, channel) row, then one
+// thread per channel merges the batch's candidates in image order. Same ranking
+// rule as the CPU kernel (topk_common.h), so results are identical across devices.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "../ops.h"
+#include "../topk_common.h"
+
+namespace sketchmine {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kRowsPerBlock = 8;
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
+template <>
+__device__ __forceinline__ float to_float<c10::Half>(c10::Half v) { return static_cast<float>(v); }
+template <>
+__device__ __forceinline__ float to_float<c10::BFloat16>(c10::BFloat16 v) {
+  return static_cast<float>(v);
+}
+
+// (best, pos) of `a` wins over `b`: larger value, then smaller position; pos < 0 is empty.
+__device__ __forceinline__ bool row_better(float va, int64_t pa, float vb, int64_t pb) {
+  if (pb < 0) return pa >= 0;
+  if (pa < 0) return false;
+  if (va != vb) return va > vb;
+  return pa < pb;
+}
+
+template <typename T>
+__global__ void reduce_rows(const T* __restrict__ data, int64_t n, int64_t c, int64_t len,
+                            int64_t sn, int64_t sc, int64_t sl, float* __restrict__ cand_v,
+                            int64_t* __restrict__ cand_p, int64_t* __restrict__ cand_nan) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  if (row >= n * c) return;
+  const int64_t i = row / c, ch = row % c;
+  const T* p = data + i * sn + ch * sc;
+  float best = 0.f;
+  int64_t pos = -1, nans = 0;
+  for (int64_t j = lane; j < len; j += kWarp) {
+    const float v = to_float(p[j * sl]);
+    if (v != v) {
+      ++nans;
+    } else if (pos < 0 || v > best) {  // lanes visit j in increasing order: first max kept
+      best = v;
+      pos = j;
+    }
+  }
+  for (int off = kWarp / 2; off > 0; off /= 2) {
+    const float ov = __shfl_down_sync(0xffffffffu, best, off);
+    const int64_t op = __shfl_down_sync(0xffffffffu, pos, off);
+    nans += __shfl_down_sync(0xffffffffu, nans, off);
+    if (row_better(ov, op, best, pos)) {
+      best = ov;
+      pos = op;
+    }
+  }
+  if (lane == 0) {
+    cand_v[row] = best;
+    cand_p[row] = pos;
+    cand_nan[row] = nans;
+  }
+}
+
+__global__ void merge_channels(const float* __restrict__ cand_v, const int64_t* __restrict__ cand_p,
+                               const int64_t* __restrict__ cand_nan,
+                               const int64_t* __restrict__ img, int64_t n, int64_t c, int64_t k,
+                               float* values, int64_t* index, int64_t* position,
+                               int64_t* nan_count) {
+  const int64_t ch = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (ch >= c) return;
+  int64_t nans = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = i * c + ch;
+    nans += cand_nan[r];
+    if (cand_p[r] < 0) continue;
+    insert_candidate(values + ch * k, index + ch * k, position + ch * k, k, cand_v[r], img[i],
+                     cand_p[r]);
+  }
+  nan_count[ch] += nans;
+}
+
+}  // namespace
+
+void topk_update_cuda(const at::Tensor& acts, const at::Tensor& image_index, at::Tensor& values,
+                      at::Tensor& index, at::Tensor& position, at::Tensor& nan_count) {
+  const at::Tensor acts3 =
+      check_topk_args(acts, image_index, values, index, position, nan_count);
+  const int64_t n = acts3.size(0), c = acts3.size(1), len = acts3.size(2);
+  if (n == 0 || len == 0) return;
+  const c10::cuda::CUDAGuard guard(acts.device());
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const at::Tensor img = image_index.contiguous();
+  const auto opts = acts.options();
+  at::Tensor cand_v = at::empty({n * c}, opts.dtype(at::kFloat));
+  at::Tensor cand_p = at::empty({n * c}, opts.dtype(at::kLong));
+  at::Tensor cand_nan = at::empty({n * c}, opts.dtype(at::kLong));
+  const int64_t blocks = (n * c + kRowsPerBlock - 1) / kRowsPerBlock;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, acts3.scalar_type(), "topk_update_cuda", [&] {
+        reduce_rows<scalar_t><<<blocks, kRowsPerBlock * kWarp, 0, stream>>>(
+            acts3.const_data_ptr<scalar_t>(), n, c, len, acts3.stride(0), acts3.stride(1),
+            acts3.stride(2), cand_v.data_ptr<float>(), cand_p.data_ptr<int64_t>(),
+            cand_nan.data_ptr<int64_t>());
+      });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int threads = 128;
+  merge_channels<<<(c + threads - 1) / threads, threads, 0, stream>>>(
+      cand_v.data_ptr<float>(), cand_p.data_ptr<int64_t>(), cand_nan.data_ptr<int64_t>(),
+      img.const_data_ptr<int64_t>(), n, c, values.size(1), values.data_ptr<float>(),
+      index.data_ptr<int64_t>(), position.data_ptr<int64_t>(), nan_count.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace sketchmine

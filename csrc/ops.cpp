@@ -1,0 +1,67 @@
+// The op schemas, declared once; each device registers its kernel below.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+namespace sketchmine {
+
+at::Tensor check_topk_args(const at::Tensor& acts, const at::Tensor& image_index,
+                           const at::Tensor& values, const at::Tensor& index,
+                           const at::Tensor& position, const at::Tensor& nan_count) {
+  TORCH_CHECK(acts.dim() >= 2,
+              "topk_update: activations must be (N, C) or (N, C, *spatial), got shape ",
+              acts.sizes());
+  const auto st = acts.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
+              "topk_update: activations must be float32, float16 or bfloat16, got ", st);
+  const int64_t n = acts.size(0), c = acts.size(1);
+  TORCH_CHECK(values.dim() == 2 && values.size(0) == c && values.size(1) >= 1,
+              "topk_update: values must be (C, k) with C = ", c, ", got ", values.sizes());
+  const int64_t k = values.size(1);
+  TORCH_CHECK(values.scalar_type() == at::kFloat, "topk_update: values must be float32, got ",
+              values.scalar_type());
+  TORCH_CHECK(index.scalar_type() == at::kLong && position.scalar_type() == at::kLong &&
+                  nan_count.scalar_type() == at::kLong && image_index.scalar_type() == at::kLong,
+              "topk_update: index, position, nan_count and image_index must be int64");
+  TORCH_CHECK(index.sizes() == values.sizes() && position.sizes() == values.sizes(),
+              "topk_update: index and position must be (C, k) = (", c, ", ", k, "), got ",
+              index.sizes(), " and ", position.sizes());
+  TORCH_CHECK(nan_count.dim() == 1 && nan_count.size(0) == c,
+              "topk_update: nan_count must be (C,) = (", c, ",), got ", nan_count.sizes());
+  TORCH_CHECK(image_index.dim() == 1 && image_index.size(0) == n,
+              "topk_update: image_index must be (N,) = (", n, ",), got ", image_index.sizes());
+  TORCH_CHECK(values.is_contiguous() && index.is_contiguous() && position.is_contiguous() &&
+                  nan_count.is_contiguous(),
+              "topk_update: the state tensors must be contiguous");
+  for (const at::Tensor* t : {&image_index, &values, &index, &position, &nan_count}) {
+    TORCH_CHECK(t->device() == acts.device(), "topk_update: all tensors must be on ",
+                acts.device(), ", found one on ", t->device());
+  }
+  return acts.reshape({n, c, -1});
+}
+
+}  // namespace sketchmine
+
+TORCH_LIBRARY(sketchmine, m) {
+  // Streaming per-channel top-k: per (image, channel) the spatial max and its first
+  // position, merged in place into a k-deep state sorted best-first.
+  m.def(
+      "topk_update(Tensor acts, Tensor image_index, Tensor(a!) values, Tensor(b!) index, "
+      "Tensor(c!) position, Tensor(d!) nan_count) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(sketchmine, CPU, m) { m.impl("topk_update", &sketchmine::topk_update_cpu); }
+
+#ifdef SKETCHMINE_WITH_CUDA
+TORCH_LIBRARY_IMPL(sketchmine, CUDA, m) { m.impl("topk_update", &sketchmine::topk_update_cuda); }
+#endif
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "sketchmine compiled core: registers the torch.ops.sketchmine ops";
+#ifdef SKETCHMINE_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+}

@@ -1,0 +1,13 @@
+"""sketchmine: what does every filter of every layer of a CNN respond to?
+
+Public API: `mine`, `open_run`, `Run`; see DESIGN.md for the run store layout.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import SketchmineError  # noqa: E402
+from .run import Run, open_run  # noqa: E402
+from .miner import mine  # noqa: E402
+
+__all__ = ["Run", "SketchmineError", "mine", "open_run", "__version__"]

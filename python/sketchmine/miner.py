@@ -1,0 +1,311 @@
+"""The streaming pass: loader → model → taps → topk_update → state → store.
+
+One pass over the dataset in its stable order; every `flush_every` batches the state
+is checkpointed so that re-running the same call resumes and ends identical to an
+uninterrupted run (the top-k order is total, so results do not depend on where the
+pass was cut, nor on batch size).
+"""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from . import __version__
+from .data import MinerDataset, Preprocessing, as_miner_dataset, compute_mean_std, preset
+from .errors import SketchmineError
+from .models import input_channels, load_model, weights_hash
+from .run import Run
+from .store import RunLock, RunStore, is_run
+from .taps import SOFTMAX, Taps, resolve_layers
+from .topk import RunningTopK
+
+
+class Progress(Protocol):
+    """What the miner reports; the CLI draws it with rich, the API may pass None."""
+
+    def start(self, total: int, done: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class _Silent:
+    def start(self, total: int, done: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def note(self, message: str) -> None:
+        import warnings
+
+        warnings.warn(message, stacklevel=3)
+
+
+@dataclass
+class _Layer:
+    name: str
+    channels: int
+    spatial: tuple[int, ...]
+    kind: str
+
+
+@dataclass
+class _Pending:
+    """Rows produced since the last flush."""
+
+    start: int
+    logits: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+
+
+def _kind(model: nn.Module, name: str) -> str:
+    if name == SOFTMAX:
+        return "softmax"
+    m = dict(model.named_modules())[name]
+    return type(m).__name__.lower()
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _probe(model: nn.Module, layers: list[str], x: torch.Tensor) -> tuple[list[_Layer], int | None]:
+    """Shapes of the tapped outputs and the logit count, from one forward pass."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    with torch.inference_mode(), Taps(model, layers, lambda n, t: shapes.setdefault(n, tuple(t.shape[1:]))):
+        out = _first_tensor(model(x))
+    num_classes = int(out.shape[1]) if out.ndim == 2 else None
+    if SOFTMAX in layers:
+        if num_classes is None:
+            raise SketchmineError(f"layer 'softmax' needs (N, classes) logits; the model returns {tuple(out.shape)}")
+        shapes[SOFTMAX] = (num_classes,)
+    result = []
+    for name in layers:
+        if name not in shapes:
+            raise SketchmineError(f"layer {name!r} was not called during the forward pass; it cannot be tapped")
+        shape = shapes[name]
+        result.append(_Layer(name, shape[0], tuple(shape[1:]), _kind(model, name)))
+    return result, num_classes
+
+
+def _first_readable(ds: MinerDataset, limit: int = 64) -> torch.Tensor:
+    for i in range(min(len(ds), limit)):
+        _, x, _, note = ds[i]
+        if not note.startswith("error:"):
+            return x
+    raise SketchmineError(f"none of the first {limit} images of the dataset can be read")
+
+
+def _compat(attrs: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """Which of the recorded run settings differ from this call's."""
+    diffs = []
+    checks = [("model", "model id"), ("weights_sha256", "model weights"), ("layer_names", "layers"),
+              ("k", "k"), ("dataset_fingerprint", "dataset"), ("preprocessing_key", "preprocessing")]
+    for key, label in checks:
+        if attrs.get(key) != want.get(key):
+            a, b = attrs.get(key), want.get(key)
+            show = (lambda v: (str(v)[:16] + "…") if isinstance(v, str) and len(v) > 20 else v)
+            diffs.append(f"{label} (run: {show(a)}, now: {show(b)})")
+    return diffs
+
+
+def _versions() -> dict[str, str]:
+    import zarr
+
+    return {"sketchmine": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def mine(
+    model: nn.Module | str,
+    dataset: Any,
+    layers: list[str] | None = None,
+    k: int = 9,
+    out: str | os.PathLike = "run.zarr",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    *,
+    weights: str | os.PathLike | None = None,
+    preprocessing: str | Preprocessing = "imagenet",
+    image_size: int | tuple[int, int] | None = None,
+    num_workers: int = 0,
+    flush_every: int = 50,
+    skip_bad_images: bool = False,
+    progress: Progress | None = None,
+) -> Run:
+    """Stream `dataset` through `model` once and keep the top-k images of every unit.
+
+    model: nn.Module, torchvision name, 'demo', or checkpoint path. dataset: torch Dataset of
+    (image, label), an ImageFolder directory, or a sketchmine dataset. layers: qualified module
+    names (None = every conv, linear and softmax). Re-running on an unfinished `out` resumes.
+    """
+    if k < 1:
+        raise SketchmineError(f"k must be at least 1, got {k}")
+    if batch_size < 1:
+        raise SketchmineError(f"batch size must be at least 1, got {batch_size}")
+    progress = progress or _Silent()
+    device = torch.device(device)
+    net, model_id = load_model(model, weights)
+    if isinstance(preprocessing, str):
+        size = (image_size, image_size) if isinstance(image_size, int) else image_size
+        preprocessing = preset(preprocessing, input_channels(net), tuple(size) if size else None)
+    ds = as_miner_dataset(dataset, preprocessing)
+    if len(ds) == 0:
+        raise SketchmineError("the dataset is empty")
+    names = resolve_layers(net, layers)
+    out = Path(out)
+    existing = is_run(out)
+    store = RunStore.open(out, mode="r+") if existing else None
+    pre = ds.preprocessing
+    if pre is not None and pre.preset == "dataset" and not pre.mean:
+        recorded = store.attrs.get("preprocessing") if store else None
+        if recorded and recorded.get("mean"):
+            pre.mean, pre.std = tuple(recorded["mean"]), tuple(recorded["std"])
+        else:
+            progress.note("computing the dataset mean and std (one pass)")
+            pre.mean, pre.std = compute_mean_std(ds, batch_size, num_workers)
+    want = {
+        "model": model_id,
+        "weights_sha256": weights_hash(net),
+        "layer_names": names,
+        "k": k,
+        "dataset_fingerprint": ds.fingerprint(),
+        "preprocessing_key": None if pre is None else f"{pre.preset}/{pre.channels}/{pre.size}",
+    }
+    net.to(device)
+    lock = None
+    if store is not None:
+        diffs = _compat(store.attrs, want)
+        if diffs:
+            raise SketchmineError(f"cannot resume {out}: it was mined with a different " + "; ".join(diffs)
+                                  + ". Use another --out for a new run")
+    else:
+        if out.exists() and out.is_dir() and any(out.iterdir()):
+            raise SketchmineError(f"{out} exists and is not a sketchmine run; choose another --out or remove it")
+    spec, num_classes = _probe(net, names, _first_readable(ds)[None].to(device))
+    if store is None:
+        labels = ds.labels()
+        attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
+                 "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
+                 "versions": _versions(), "bad_images": []}
+        store = RunStore.create(out, attrs, len(ds), ds.class_names, [ds.path(i) for i in range(len(ds))], labels)
+        store.declare_layers({l.name: {"shape": [l.channels, *l.spatial], "kind": l.kind,
+                                       "receptive_field": None} for l in spec})
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        return _mine_into(store, net, ds, spec, k, batch_size, device, num_workers, flush_every,
+                          skip_bad_images, progress, needs_labels=ds.labels() is None)
+    finally:
+        lock.release()
+
+
+def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_Layer], k: int,
+               batch_size: int, device: torch.device, num_workers: int, flush_every: int,
+               skip_bad_images: bool, progress: Progress, needs_labels: bool) -> Run:
+    n = len(ds)
+    prog = store.progress
+    if prog.get("complete"):
+        progress.start(n, n)
+        return Run(store)
+    states = {l.name: RunningTopK(l.channels, k, l.spatial, device) for l in spec}
+    saved = store.read_checkpoint([l.name for l in spec])
+    done = int(prog.get("images_done", 0)) if saved is not None else 0
+    if saved is not None:
+        for name, state in saved.items():
+            states[name].load_state_dict(state)
+    bad: list[dict[str, Any]] = list(store.attrs.get("bad_images", []))
+    converted: dict[str, int] = {}
+    loader = DataLoader(Subset(ds, range(done, n)), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    progress.start(n, done)
+    current: dict[str, torch.Tensor] = {}
+
+    def on_output(name: str, t: torch.Tensor) -> None:
+        states[name].add(t, current["index"])
+
+    pending = _Pending(done)
+    batches = 0
+    tapped = [l.name for l in spec]
+    with torch.inference_mode(), Taps(net, tapped, on_output):
+        for idx, x, y, notes in loader:
+            ok = torch.ones(len(idx), dtype=torch.bool)
+            for j, note in enumerate(notes):
+                if note.startswith("error:"):
+                    path = ds.path(int(idx[j]))
+                    if not skip_bad_images:
+                        raise SketchmineError(f"cannot read image {path}: {note[6:]} "
+                                              "(fix or remove it, or pass --skip-bad-images)")
+                    ok[j] = False
+                    bad.append({"index": int(idx[j]), "path": path, "error": note[6:]})
+                    progress.note(f"skipped unreadable image {path}: {note[6:]}")
+                elif note.startswith("converted:"):
+                    mode = note.split(":", 1)[1]
+                    if mode not in converted:
+                        progress.note(f"converting {mode} images to the model's "
+                                      f"{ds.preprocessing.channels}-channel input (first: {ds.path(int(idx[j]))})")
+                    converted[mode] = converted.get(mode, 0) + 1
+            rows = np.full((len(idx), 0), np.nan, dtype=np.float32)
+            if ok.any():
+                xb = x[ok].to(device, non_blocking=True)
+                current["index"] = idx[ok].to(device, non_blocking=True)
+                logits = _first_tensor(net(xb))
+                if SOFTMAX in states:
+                    states[SOFTMAX].add(torch.softmax(logits.float(), dim=1), current["index"])
+                if logits.ndim == 2:
+                    rows = np.full((len(idx), logits.shape[1]), np.nan, dtype=np.float32)
+                    rows[ok.numpy()] = logits.float().cpu().numpy()
+            pending.logits.append(rows)
+            pending.labels.append(np.asarray(y, dtype=np.int64))
+            batches += 1
+            progress.advance(len(idx))
+            if batches % flush_every == 0:
+                _flush(store, states, pending, needs_labels, bad, converted)
+                pending = _Pending(int(idx[-1]) + 1)
+    _flush(store, states, pending, needs_labels, bad, converted)
+    _finalize(store, states, n, bad, converted)
+    return Run(store)
+
+
+def _flush(store: RunStore, states: dict[str, RunningTopK], pending: _Pending, needs_labels: bool,
+           bad: list[dict[str, Any]], converted: dict[str, int]) -> None:
+    """Write pending rows, then checkpoint every state and commit the new progress."""
+    logits = [r for r in pending.logits if r.shape[1]]
+    rows = np.concatenate(logits) if logits else None
+    labels = np.concatenate(pending.labels) if (needs_labels and pending.labels) else None
+    store.write_rows(pending.start, rows, labels)
+    done = pending.start + sum(len(l) for l in pending.labels)
+    previous = store.attrs.get("converted_images", {})
+    merged = {m: previous.get(m, 0) + c for m, c in converted.items()} if converted else previous
+    store.write_checkpoint({name: s.state_dict() for name, s in states.items()}, done,
+                           {"bad_images": bad, "converted_images": merged})
+    converted.clear()
+
+
+def _finalize(store: RunStore, states: dict[str, RunningTopK], n: int, bad: list[dict[str, Any]],
+              converted: dict[str, int]) -> None:
+    """Final per-layer arrays, predictions and per-class accuracy; mark the run complete."""
+    for name, s in states.items():
+        st = s.state_dict()
+        store.write_layer(name, st["values"].numpy(), st["index"].numpy(), s.yx().numpy(),
+                          st["nan_count"].numpy())
+    labels = np.asarray(store.group["dataset/labels"][...])
+    ev = store.group["eval"]
+    if "logits" in ev:
+        logits = np.asarray(ev["logits"][...])
+        valid = ~np.isnan(logits).any(axis=1) & (labels >= 0)
+        pred = np.where(valid, np.nan_to_num(logits, nan=-np.inf).argmax(axis=1), -1).astype(np.int64)
+        num_classes = logits.shape[1]
+        per_class = np.full(num_classes, np.nan)
+        for c in range(num_classes):
+            m = valid & (labels == c)
+            if m.any():
+                per_class[c] = float((pred[m] == c).mean())
+        overall = float((pred[valid] == labels[valid]).mean()) if valid.any() else None
+        store.write_eval(pred, per_class, overall)
+    store.finish(n, {"bad_images": bad, "converted_images": store.attrs.get("converted_images", {})})

@@ -1,0 +1,115 @@
+"""Turning a model spec (module, torchvision name, checkpoint path) into an eval-mode
+module, plus the facts the miner needs about it: an identity for resume checks and the
+input channel count. No per-model branches: everything is read off the module."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import SketchmineError, closest
+
+
+def weights_hash(model: nn.Module) -> str:
+    """sha256 over the names, shapes and bytes of every parameter and buffer."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def input_channels(model: nn.Module, default: int = 3) -> int:
+    """Channel count the model takes: in_channels of its first convolution."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return m.in_channels
+    return default
+
+
+def _load_state_dict(path: Path) -> dict[str, Any]:
+    """A checkpoint read with weights_only=True: no arbitrary unpickling, ever."""
+    if not path.is_file():
+        raise SketchmineError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for non-checkpoints
+        raise SketchmineError(
+            f"{path} is not a loadable checkpoint (read with weights_only=True): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        return obj
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"state_dict": obj}
+    raise SketchmineError(f"{path} holds a {type(obj).__name__}, expected a state_dict or {{'arch', 'state_dict'}}")
+
+
+def _num_classes(state_dict: dict[str, torch.Tensor]) -> int | None:
+    """Output width of the last 2-D weight (the classifier), if any."""
+    mats = [t for k, t in state_dict.items() if k.endswith("weight") and t.ndim == 2]
+    return int(mats[-1].shape[0]) if mats else None
+
+
+def build(arch: str, num_classes: int | None = None) -> nn.Module:
+    """A randomly initialised model by name: the embedded SketchNet or any torchvision model."""
+    import torchvision
+
+    from . import zoo
+
+    if arch.lower() == "sketchnet":
+        return zoo.SketchNet(num_classes=num_classes or 10)
+    names = torchvision.models.list_models()
+    if arch not in names:
+        hint = closest(arch, names + ["sketchnet"])
+        raise SketchmineError(
+            f"unknown model {arch!r}: expected a torchvision model name, 'sketchnet', or a checkpoint path"
+            + (f"; did you mean {', '.join(hint)}?" if hint else "")
+        )
+    kwargs: dict[str, Any] = {"weights": None}
+    if num_classes:
+        kwargs["num_classes"] = num_classes
+    if arch in ("googlenet", "inception_v3"):
+        kwargs["aux_logits"] = False
+        kwargs["init_weights"] = True
+    return torchvision.models.get_model(arch, **kwargs)
+
+
+def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> tuple[nn.Module, str]:
+    """Resolve a model spec into (eval-mode module, model id).
+
+    spec: an nn.Module; 'demo' (the embedded trained SketchNet); a torchvision name or
+    'sketchnet' (random init unless `weights`); or a checkpoint file {'arch', 'state_dict'}.
+    """
+    if isinstance(spec, nn.Module):
+        return spec.eval(), type(spec).__name__
+    if str(spec).endswith(".onnx"):
+        raise SketchmineError(
+            f"{spec}: ONNX models are mined through the ONNX Runtime backend, which this version does not have yet; "
+            "export-free use: pass the torch model"
+        )
+    if spec == "demo":
+        from . import zoo
+
+        model, _ = zoo.load_demo_model()
+        return model.eval(), "demo:sketchnet_animal"
+    path = Path(spec)
+    if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
+        ckpt = _load_state_dict(path)
+        arch = ckpt.get("arch")
+        if not isinstance(arch, str):
+            raise SketchmineError(f"{path} has no 'arch' entry; save {{'arch': NAME, 'state_dict': ...}} or pass --model NAME --weights {path}")
+        spec, state = arch, ckpt["state_dict"]
+    else:
+        state = _load_state_dict(Path(weights))["state_dict"] if weights else None
+    model = build(str(spec), _num_classes(state) if state else None)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise SketchmineError(f"weights do not fit {spec}: {str(exc).splitlines()[0]}") from None
+    return model.eval(), str(spec)

@@ -1,0 +1,114 @@
+"""Typed wrappers over the compiled ops, their fake kernels, and pure-torch references.
+
+The references define the semantics; the compiled kernels must agree with them exactly
+(tests/test_ops.py compares the two with hypothesis).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (loading the library registers torch.ops.sketchmine)
+
+EMPTY_INDEX = -1
+"""Image index of an empty slot: fewer images seen than k."""
+
+
+def topk_update(
+    acts: torch.Tensor,
+    image_index: torch.Tensor,
+    values: torch.Tensor,
+    index: torch.Tensor,
+    position: torch.Tensor,
+    nan_count: torch.Tensor,
+) -> None:
+    """Merge a batch into the per-channel top-k state, in place.
+
+    acts (N, C, *spatial) float32/float16/bfloat16; image_index (N,) int64 global ids;
+    values (C, k) float32, index (C, k) int64, position (C, k) int64 flat spatial index,
+    nan_count (C,) int64 — all on the activations' device. One entry per (image, channel):
+    the spatial max ignoring NaN and its first position. Order: larger value, then smaller
+    image index. NaN never enters the state; each NaN element is counted per channel.
+    """
+    torch.ops.sketchmine.topk_update(acts, image_index, values, index, position, nan_count)
+
+
+@torch.library.register_fake("sketchmine::topk_update")
+def _topk_update_fake(acts, image_index, values, index, position, nan_count) -> None:
+    return None
+
+
+def new_state(channels: int, k: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """An empty top-k state: every slot empty (index -1, value -inf)."""
+    return {
+        "values": torch.full((channels, k), float("-inf"), dtype=torch.float32, device=device),
+        "index": torch.full((channels, k), EMPTY_INDEX, dtype=torch.int64, device=device),
+        "position": torch.full((channels, k), EMPTY_INDEX, dtype=torch.int64, device=device),
+        "nan_count": torch.zeros(channels, dtype=torch.int64, device=device),
+    }
+
+
+def spatial_max_reference(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per (image, channel): max ignoring NaN, its first position (-1 if all NaN), NaN count.
+
+    acts (N, C, *spatial) → values (N, C) float32, position (N, C) int64, nans (N, C) int64.
+    """
+    flat = acts.reshape(acts.shape[0], acts.shape[1], -1).float()
+    isnan = torch.isnan(flat)
+    filled = flat.masked_fill(isnan, float("-inf"))
+    best = filled.amax(dim=2) if flat.shape[2] else flat.new_empty(flat.shape[:2])
+    hits = (filled == best.unsqueeze(2)) & ~isnan
+    length = flat.shape[2]
+    ar = torch.arange(length, device=flat.device).expand_as(hits)
+    pos = torch.where(hits, ar, length).amin(dim=2) if length else best.long()
+    allnan = isnan.all(dim=2)
+    pos = torch.where(allnan, torch.full_like(pos, EMPTY_INDEX), pos)
+    return best, pos, isnan.sum(dim=2)
+
+
+def merge_reference(
+    values: torch.Tensor,
+    index: torch.Tensor,
+    position: torch.Tensor,
+    cand_values: torch.Tensor,
+    cand_index: torch.Tensor,
+    cand_position: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best k of (state ∪ candidates) per channel under the deterministic order.
+
+    State (C, k); candidates (C, M) with index -1 marking none. Sorting is lexicographic on
+    (empty last, value descending, image index ascending), done with two stable sorts.
+    """
+    k = values.shape[1]
+    v = torch.cat([values, cand_values.float()], dim=1)
+    i = torch.cat([index, cand_index], dim=1)
+    p = torch.cat([position, cand_position], dim=1)
+    order = torch.argsort(i, dim=1, stable=True)  # secondary key: image index ascending
+    v, i, p = v.gather(1, order), i.gather(1, order), p.gather(1, order)
+    key = torch.where(i < 0, torch.full_like(v, float("nan")), v)
+    # primary key: value descending with empty (NaN key) last; stable keeps index order on ties.
+    key = torch.where(torch.isnan(key), torch.full_like(key, float("-inf")), key)
+    empty = (i < 0).to(torch.int8)
+    order = torch.argsort(-key, dim=1, stable=True)
+    v, i, p, empty = v.gather(1, order), i.gather(1, order), p.gather(1, order), empty.gather(1, order)
+    order = torch.argsort(empty, dim=1, stable=True)  # empties after real entries (-inf included)
+    v, i, p = v.gather(1, order), i.gather(1, order), p.gather(1, order)
+    v = torch.where(i[:, :k] < 0, torch.full_like(v[:, :k], float("-inf")), v[:, :k])
+    return v, i[:, :k], p[:, :k]
+
+
+def topk_update_reference(
+    acts: torch.Tensor,
+    image_index: torch.Tensor,
+    values: torch.Tensor,
+    index: torch.Tensor,
+    position: torch.Tensor,
+    nan_count: torch.Tensor,
+) -> None:
+    """Pure-torch topk_update with the same semantics; slow, for tests and as the spec."""
+    best, pos, nans = spatial_max_reference(acts)
+    cand_index = torch.where(pos < 0, torch.full_like(pos, EMPTY_INDEX), image_index.unsqueeze(1))
+    v, i, p = merge_reference(values, index, position, best.t(), cand_index.t(), pos.t())
+    values.copy_(v)
+    index.copy_(i)
+    position.copy_(p)
+    nan_count.add_(nans.sum(dim=0))

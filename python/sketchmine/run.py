@@ -1,0 +1,143 @@
+"""A mined run, read back from its store: top-k per layer, labels, accuracy, and the
+class summaries the seed's tables are built from."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import SketchmineError, closest
+from .store import RunStore
+
+
+class Run:
+    """Read access to one run directory (complete or, clearly labelled, partial)."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    @property
+    def path(self) -> os.PathLike:
+        return self.store.path
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.store.attrs
+
+    @property
+    def layers(self) -> list[str]:
+        """Mined layer names, in forward order."""
+        return list(self.attrs["layer_names"])
+
+    @property
+    def k(self) -> int:
+        return int(self.attrs["k"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.store.progress.get("complete"))
+
+    @property
+    def images_done(self) -> int:
+        return int(self.store.progress.get("images_done", 0))
+
+    @property
+    def class_names(self) -> list[str]:
+        names = [str(s) for s in self.store.group["dataset/class_names"][...]]
+        n = self.attrs.get("num_classes") or 0
+        return names or [str(i) for i in range(n)]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64 label per image; -1 where not yet known."""
+        return np.asarray(self.store.group["dataset/labels"][...])
+
+    @property
+    def paths(self) -> np.ndarray:
+        return np.asarray(self.store.group["dataset/paths"][...])
+
+    def layer_shape(self, layer: str) -> tuple[int, ...]:
+        return tuple(self.store.group[f"layers/{self._check_layer(layer)}"].attrs["shape"])
+
+    def _check_layer(self, layer: str) -> str:
+        if layer not in self.layers:
+            hint = closest(layer, self.layers)
+            raise SketchmineError(f"layer {layer!r} is not in run {self.path}"
+                                  + (f"; closest: {', '.join(hint)}" if hint else "")
+                                  + f". Mined layers: {', '.join(self.layers)}")
+        return layer
+
+    def topk(self, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(values (C, k) float32, image_index (C, k) int64, yx (C, k, 2) int32), best first.
+
+        Empty slots have image index -1. For an unfinished run the last checkpoint is read.
+        """
+        g = self.store.group[f"layers/{self._check_layer(layer)}"]
+        if "values" in g:
+            return (np.asarray(g["values"][...]), np.asarray(g["image_index"][...]), np.asarray(g["yx"][...]))
+        state = self.store.read_checkpoint([layer])
+        if state is None:
+            raise SketchmineError(f"run {self.path} has no results for {layer!r} yet (nothing flushed)")
+        s = state[layer]
+        pos, idx = s["position"].numpy(), s["index"].numpy()
+        spatial = self.layer_shape(layer)[1:]
+        if len(spatial) == 2:
+            yx = np.stack([pos // spatial[1], pos % spatial[1]], -1)
+        else:
+            yx = np.stack([np.zeros_like(pos), pos], -1) if spatial else np.full(pos.shape + (2,), -1)
+        yx = yx.astype(np.int32)
+        yx[idx < 0] = -1
+        return s["values"].numpy(), idx, yx
+
+    def class_accuracy(self) -> pd.DataFrame:
+        """Per-class test accuracy: columns accuracy (fraction), correct, count."""
+        ev = self.store.group["eval"]
+        if "predictions" not in ev:
+            raise SketchmineError(f"run {self.path} is not complete: accuracy is computed at the end of mining")
+        pred, labels = np.asarray(ev["predictions"][...]), self.labels
+        names = self.class_names
+        rows = []
+        for c, name in enumerate(names):
+            m = (labels == c) & (pred >= 0)
+            rows.append({"class": name, "accuracy": float((pred[m] == c).mean()) if m.any() else np.nan,
+                         "correct": int((pred[m] == c).sum()), "count": int(m.sum())})
+        return pd.DataFrame(rows).set_index("class")
+
+    def accuracy(self) -> float | None:
+        """Overall accuracy over all readable images."""
+        return self.store.group["eval"].attrs.get("accuracy")
+
+    def class_histogram(self, layer: str) -> pd.Series:
+        """Counts of each class among the top-k images of all units of `layer` (all classes)."""
+        _, idx, _ = self.topk(layer)
+        labels = self.labels
+        found = labels[idx[idx >= 0]]
+        if (found < 0).any() or not len(self.class_names):
+            raise SketchmineError(f"run {self.path} has no labels for some top-k images: no class histogram")
+        counts = np.bincount(found, minlength=len(self.class_names))
+        return pd.Series(counts, index=pd.Index(self.class_names, name="class"), name="count")
+
+    def _ranked(self, layer: str) -> pd.DataFrame:
+        hist = self.class_histogram(layer).to_frame()
+        try:
+            hist["accuracy"] = self.class_accuracy()["accuracy"]
+        except SketchmineError:
+            hist["accuracy"] = np.nan
+        hist["order"] = np.arange(len(hist))
+        # most frequent first; ties in class order (deterministic)
+        return hist.sort_values(["count", "order"], ascending=[False, True], kind="stable").drop(columns="order")
+
+    def top_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
+        """The n classes most frequent among the layer's top-k images, with accuracy."""
+        return self._ranked(layer).head(n)
+
+    def bottom_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
+        """The n least frequent classes (zero counts included), least frequent last."""
+        return self._ranked(layer).tail(n)
+
+
+def open_run(path: str | os.PathLike) -> Run:
+    """Open a run directory for reading."""
+    return Run(RunStore.open(path, mode="r"))

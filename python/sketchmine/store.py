@@ -1,0 +1,217 @@
+"""The run store: a Zarr v3 directory any Zarr reader can open.
+
+    run.zarr/   attrs: schema_version, model, preprocessing, k, layers, dataset, progress, versions
+      dataset/{labels, paths, class_names}
+      eval/{logits, predictions, per_class_accuracy}
+      layers/<name>/{values, image_index, yx, nan_count}   attrs: shape, kind, receptive_field
+      _checkpoint/slot0|slot1/<name>/{values, index, position, nan_count}   (while mining)
+
+Crash safety: a flush writes the whole state into the slot not named by the committed
+progress, then commits by rewriting the root attributes (zarr writes each file through a
+temporary file and a rename, so the commit is atomic). A crash at any moment leaves the
+previously committed slot intact; rows of logits/labels past the commit point are simply
+rewritten on resume.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from .errors import SketchmineError
+
+SCHEMA_VERSION = 1
+_ROW_CHUNK = 8192
+
+
+def is_run(path: Path) -> bool:
+    """True when `path` is a directory holding a sketchmine run."""
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        return "schema_version" in zarr.open_group(str(path), mode="r").attrs
+    except Exception:
+        return False
+
+
+class RunLock:
+    """Exclusive writer lock (flock on run.zarr/.lock): released by the OS if the holder dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise SketchmineError(
+                f"{self.path.parent} is being written by another process; wait for it or stop it first"
+            ) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _check_writable(path: Path) -> None:
+    parent = path if path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise SketchmineError(f"cannot write the run to {path}: {parent} is not writable")
+
+
+class RunStore:
+    """Read and write one run directory."""
+
+    def __init__(self, path: str | os.PathLike, group: zarr.Group) -> None:
+        self.path = Path(path)
+        self.group = group
+
+    # ---- opening -------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> RunStore:
+        """Open an existing run; refuse anything that is not one, or a newer schema."""
+        p = Path(path)
+        if not p.exists():
+            raise SketchmineError(f"{p} does not exist")
+        if not is_run(p):
+            raise SketchmineError(f"{p} is not a sketchmine run (no run.zarr attributes found)")
+        group = zarr.open_group(str(p), mode=mode)
+        version = group.attrs.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise SketchmineError(
+                f"{p} has schema version {version!r}; this sketchmine reads up to {SCHEMA_VERSION}: upgrade sketchmine"
+            )
+        return cls(p, group)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, attrs: dict[str, Any], n_images: int, class_names: list[str],
+               paths: list[str], labels: np.ndarray | None) -> RunStore:
+        """Lay out a new run: dataset arrays, empty eval arrays, root attributes."""
+        p = Path(path)
+        if p.exists() and any(p.iterdir()) and not is_run(p):
+            raise SketchmineError(f"{p} exists and is not a sketchmine run; choose another --out or remove it")
+        _check_writable(p)
+        try:
+            group = zarr.open_group(str(p), mode="w")
+        except OSError as exc:
+            raise SketchmineError(f"cannot write the run to {p}: {exc.strerror or exc}") from None
+        ds = group.create_group("dataset")
+        chunk = (min(max(n_images, 1), _ROW_CHUNK),)
+        lab = ds.create_array("labels", shape=(n_images,), dtype="int64", chunks=chunk, fill_value=-1)
+        if labels is not None:
+            lab[:] = labels
+        pa = ds.create_array("paths", shape=(n_images,), dtype=str, chunks=chunk)
+        if n_images:
+            pa[:] = np.array(paths, dtype=str)
+        cn = ds.create_array("class_names", shape=(len(class_names),), dtype=str, chunks=(max(len(class_names), 1),))
+        if class_names:
+            cn[:] = np.array(class_names, dtype=str)
+        group.create_group("eval")
+        group.create_group("layers")
+        group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION,
+                            "progress": {"images_done": 0, "slot": None, "complete": False,
+                                         "updated": time.time()}})
+        return cls(p, group)
+
+    # ---- attributes ------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        return dict(self.group.attrs["progress"])
+
+    def declare_layers(self, layers: dict[str, dict[str, Any]]) -> None:
+        """Create one group per layer with its shape and kind (once, at run creation)."""
+        lg = self.group["layers"]
+        for name, meta in layers.items():
+            lg.create_group(name).attrs.update(meta)
+
+    # ---- streaming writes ----------------------------------------------------------------
+    def write_rows(self, start: int, logits: np.ndarray | None, labels: np.ndarray | None) -> None:
+        """Logits and labels of images [start, start + rows)."""
+        if logits is not None and len(logits):
+            ev = self.group["eval"]
+            if "logits" not in ev:
+                n = self.group["dataset/labels"].shape[0]
+                ev.create_array("logits", shape=(n, logits.shape[1]), dtype="float32",
+                                chunks=(min(n, _ROW_CHUNK), logits.shape[1]), fill_value=float("nan"))
+            ev["logits"][start:start + len(logits)] = logits
+        if labels is not None and len(labels):
+            self.group["dataset/labels"][start:start + len(labels)] = labels
+
+    def write_checkpoint(self, states: dict[str, dict[str, torch.Tensor]], images_done: int,
+                         extra: dict[str, Any]) -> None:
+        """Write the full state into the free slot, then commit (atomic attribute rewrite)."""
+        prog = self.progress
+        slot = "slot1" if prog.get("slot") == "slot0" else "slot0"
+        ck = self.group.require_group("_checkpoint")
+        if slot in ck:
+            del ck[slot]
+        sg = ck.create_group(slot)
+        for layer, state in states.items():
+            lg = sg.create_group(layer)
+            for key, t in state.items():
+                arr = t.numpy()
+                lg.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=arr.shape or (1,))[...] = arr
+        self.commit({"images_done": images_done, "slot": slot, "complete": False,
+                     "updated": time.time()}, extra)
+
+    def commit(self, progress: dict[str, Any], extra: dict[str, Any]) -> None:
+        self.group.attrs.update({**extra, "progress": progress})
+
+    def read_checkpoint(self, layers: list[str]) -> dict[str, dict[str, torch.Tensor]] | None:
+        """The committed state, or None when nothing was committed yet."""
+        slot = self.progress.get("slot")
+        if slot is None:
+            return None
+        try:
+            sg = self.group[f"_checkpoint/{slot}"]
+            return {layer: {key: torch.from_numpy(np.asarray(sg[f"{layer}/{key}"][...]))
+                            for key in ("values", "index", "position", "nan_count")}
+                    for layer in layers}
+        except Exception as exc:
+            raise SketchmineError(
+                f"{self.path}: the committed checkpoint ({slot}) cannot be read ({type(exc).__name__}: {exc}); "
+                "the run cannot be resumed, start it again with a new --out"
+            ) from None
+
+    # ---- final results -------------------------------------------------------------------
+    def write_layer(self, name: str, values: np.ndarray, image_index: np.ndarray, yx: np.ndarray,
+                    nan_count: np.ndarray) -> None:
+        lg = self.group[f"layers/{name}"]
+        for key, arr in (("values", values), ("image_index", image_index), ("yx", yx), ("nan_count", nan_count)):
+            if key in lg:
+                del lg[key]
+            lg.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=arr.shape)[...] = arr
+
+    def write_eval(self, predictions: np.ndarray, per_class: np.ndarray, overall: float | None) -> None:
+        ev = self.group["eval"]
+        for key, arr in (("predictions", predictions), ("per_class_accuracy", per_class)):
+            if key in ev:
+                del ev[key]
+            ev.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=(max(arr.shape[0], 1),))[...] = arr
+        ev.attrs.update({"accuracy": overall})
+
+    def finish(self, n_images: int, extra: dict[str, Any]) -> None:
+        """Mark the run complete and drop the checkpoint slots."""
+        self.commit({"images_done": n_images, "slot": self.progress.get("slot"), "complete": True,
+                     "updated": time.time()}, extra)
+        if "_checkpoint" in self.group:
+            del self.group["_checkpoint"]
