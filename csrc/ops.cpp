@@ -38,7 +38,9 @@ at::Tensor check_topk_args(const at::Tensor& acts, const at::Tensor& image_index
     TORCH_CHECK(t->device() == acts.device(), "topk_update: all tensors must be on ",
                 acts.device(), ", found one on ", t->device());
   }
-  return acts.reshape({n, c, -1});
+  int64_t len = 1;
+  for (int64_t d = 2; d < acts.dim(); ++d) len *= acts.size(d);
+  return acts.reshape({n, c, len});
 }
 
 }  // namespace sketchmine

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +85,6 @@ class MinerDataset(Dataset):
     def labels(self) -> np.ndarray | None:
         """All labels without reading images, or None when only a pass can tell."""
         return None
-
-
-@dataclass
-class _Notes:
-    converted: dict[str, int] = field(default_factory=dict)
 
 
 class ImageFolderDataset(MinerDataset):
@@ -199,6 +194,8 @@ class ArrayDataset(MinerDataset):
         x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
         x = x.float().div_(255)
         p = self.preprocessing
+        if x.shape[0] != p.channels:
+            x = _convert_channels(x, p.channels)
         if p.size is not None and tuple(x.shape[1:]) != tuple(p.size):
             x = torch.nn.functional.interpolate(x[None], size=p.size, mode="bilinear", antialias=True)[0]
         return i, p.normalise(x), int(self._labels[i]), ""
@@ -234,6 +231,15 @@ class TorchDataset(MinerDataset):
     def __getitem__(self, i: int):
         x, y = self.dataset[i][:2]
         return i, torch.as_tensor(x), int(y), ""
+
+
+def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(c, H, W) → (channels, H, W): gray is repeated, colour averaged, alpha dropped."""
+    if x.shape[0] in (2, 4):
+        x = x[:-1]
+    if channels == 1:
+        return x.mean(dim=0, keepdim=True)
+    return x.expand(channels, -1, -1).clone() if x.shape[0] == 1 else x[:channels]
 
 
 def embedded_path(name: str) -> Path:
@@ -281,7 +287,7 @@ def compute_mean_std(dataset: MinerDataset, batch_size: int = 256, num_workers: 
 
     total = sq = None
     count = 0
-    for _, x, _, note in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+    for _, x, _, note in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate):
         ok = torch.tensor([not n.startswith("error:") for n in note])
         x = x[ok].double()
         s, s2 = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
@@ -306,3 +312,22 @@ def export_image_folder(dataset: ArrayDataset, root: str | os.PathLike) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.asarray(dataset.images[i])).save(folder / f"{i:05d}.png")
     return root
+
+
+def collate(batch: list[tuple[int, torch.Tensor, int, str]]):
+    """Stack samples; an unreadable image's placeholder takes the shape of the readable ones,
+    and differing image sizes raise an error that says what to do."""
+    good = [s for s in batch if not s[3].startswith("error:")]
+    shape = good[0][1].shape if good else batch[0][1].shape
+    images = []
+    for i, x, _, note in batch:
+        if note.startswith("error:"):
+            x = torch.zeros(shape)
+        elif x.shape != shape:
+            raise SketchmineError(
+                f"images differ in size: image #{batch[0][0]} is {tuple(shape)}, image #{i} is {tuple(x.shape)}; "
+                "pass --image-size (image_size=) to resize them all"
+            )
+        images.append(x)
+    return (torch.tensor([s[0] for s in batch]), torch.stack(images), torch.tensor([s[2] for s in batch]),
+            [s[3] for s in batch])

@@ -19,9 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from . import __version__
-from .data import MinerDataset, Preprocessing, as_miner_dataset, compute_mean_std, preset
+from .data import MinerDataset, Preprocessing, as_miner_dataset, collate, compute_mean_std, preset
 from .errors import SketchmineError
-from .models import input_channels, load_model, weights_hash
+from .models import LoadedModel, input_channels, load_model, weights_hash
 from .run import Run
 from .store import RunLock, RunStore, is_run
 from .taps import SOFTMAX, Taps, resolve_layers
@@ -120,6 +120,19 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
+def _preprocessing(name: str, loaded: LoadedModel, image_size: int | tuple[int, int] | None) -> Preprocessing:
+    """A preset for the model: "auto" takes the model's recorded normalisation, else ImageNet's."""
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    size = tuple(size) if size else None
+    channels = input_channels(loaded.module)
+    if name in ("auto", "model") and loaded.preprocessing:
+        p = loaded.preprocessing
+        return Preprocessing("model", channels, size, tuple(p["mean"]), tuple(p["std"]))
+    if name == "model":
+        raise SketchmineError(f"model {loaded.model_id} records no preprocessing; use imagenet, dataset or none")
+    return preset("imagenet" if name == "auto" else name, channels, size)
+
+
 def mine(
     model: nn.Module | str,
     dataset: Any,
@@ -130,7 +143,7 @@ def mine(
     device: str | torch.device = "cpu",
     *,
     weights: str | os.PathLike | None = None,
-    preprocessing: str | Preprocessing = "imagenet",
+    preprocessing: str | Preprocessing = "auto",
     image_size: int | tuple[int, int] | None = None,
     num_workers: int = 0,
     flush_every: int = 50,
@@ -149,10 +162,10 @@ def mine(
         raise SketchmineError(f"batch size must be at least 1, got {batch_size}")
     progress = progress or _Silent()
     device = torch.device(device)
-    net, model_id = load_model(model, weights)
+    loaded = load_model(model, weights)
+    net, model_id = loaded.module, loaded.model_id
     if isinstance(preprocessing, str):
-        size = (image_size, image_size) if isinstance(image_size, int) else image_size
-        preprocessing = preset(preprocessing, input_channels(net), tuple(size) if size else None)
+        preprocessing = _preprocessing(preprocessing, loaded, image_size)
     ds = as_miner_dataset(dataset, preprocessing)
     if len(ds) == 0:
         raise SketchmineError("the dataset is empty")
@@ -221,7 +234,7 @@ def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_La
     bad: list[dict[str, Any]] = list(store.attrs.get("bad_images", []))
     converted: dict[str, int] = {}
     loader = DataLoader(Subset(ds, range(done, n)), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate,
                         persistent_workers=False)
     progress.start(n, done)
     current: dict[str, torch.Tensor] = {}

@@ -4,6 +4,7 @@ input channel count. No per-model branches: everything is read off the module.""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +80,24 @@ def build(arch: str, num_classes: int | None = None) -> nn.Module:
     return torchvision.models.get_model(arch, **kwargs)
 
 
-def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> tuple[nn.Module, str]:
-    """Resolve a model spec into (eval-mode module, model id).
+@dataclass
+class LoadedModel:
+    """An eval-mode module, its id for resume checks, and the normalisation it was trained
+    with when the checkpoint records one ({"mean": [...], "std": [...]})."""
+
+    module: nn.Module
+    model_id: str
+    preprocessing: dict[str, Any] | None = None
+
+
+def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> LoadedModel:
+    """Resolve a model spec.
 
     spec: an nn.Module; 'demo' (the embedded trained SketchNet); a torchvision name or
     'sketchnet' (random init unless `weights`); or a checkpoint file {'arch', 'state_dict'}.
     """
     if isinstance(spec, nn.Module):
-        return spec.eval(), type(spec).__name__
+        return LoadedModel(spec.eval(), type(spec).__name__)
     if str(spec).endswith(".onnx"):
         raise SketchmineError(
             f"{spec}: ONNX models are mined through the ONNX Runtime backend, which this version does not have yet; "
@@ -95,21 +106,22 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> tupl
     if spec == "demo":
         from . import zoo
 
-        model, _ = zoo.load_demo_model()
-        return model.eval(), "demo:sketchnet_animal"
+        model, meta = zoo.load_demo_model()
+        return LoadedModel(model.eval(), "demo:sketchnet_animal", meta.get("preprocessing"))
     path = Path(spec)
     if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
         ckpt = _load_state_dict(path)
         arch = ckpt.get("arch")
         if not isinstance(arch, str):
             raise SketchmineError(f"{path} has no 'arch' entry; save {{'arch': NAME, 'state_dict': ...}} or pass --model NAME --weights {path}")
-        spec, state = arch, ckpt["state_dict"]
+        spec, state, pre = arch, ckpt["state_dict"], ckpt.get("preprocessing")
     else:
-        state = _load_state_dict(Path(weights))["state_dict"] if weights else None
+        ckpt = _load_state_dict(Path(weights)) if weights else {}
+        state, pre = ckpt.get("state_dict"), ckpt.get("preprocessing")
     model = build(str(spec), _num_classes(state) if state else None)
     if state is not None:
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise SketchmineError(f"weights do not fit {spec}: {str(exc).splitlines()[0]}") from None
-    return model.eval(), str(spec)
+    return LoadedModel(model.eval(), str(spec), pre if isinstance(pre, dict) else None)

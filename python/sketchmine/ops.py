@@ -5,6 +5,8 @@ The references define the semantics; the compiled kernels must agree with them e
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers torch.ops.sketchmine)
@@ -52,7 +54,7 @@ def spatial_max_reference(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
     acts (N, C, *spatial) → values (N, C) float32, position (N, C) int64, nans (N, C) int64.
     """
-    flat = acts.reshape(acts.shape[0], acts.shape[1], -1).float()
+    flat = acts.reshape(acts.shape[0], acts.shape[1], math.prod(acts.shape[2:])).float()
     isnan = torch.isnan(flat)
     filled = flat.masked_fill(isnan, float("-inf"))
     best = filled.amax(dim=2) if flat.shape[2] else flat.new_empty(flat.shape[:2])

@@ -1,0 +1,30 @@
+# Two entry points, each doing all set-up first: `make demo` and `make test`.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+STAMP := build/.installed
+SOURCES := setup.py pyproject.toml CMakeLists.txt $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+
+.PHONY: demo test setup bench clean
+
+demo: $(STAMP)
+	$(PYTHON) -m sketchmine demo
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q
+
+bench: $(STAMP)
+	$(PYTHON) -m benchmarks
+
+setup: $(STAMP)
+
+# torch/torchvision come from this machine's disk; the extension is built against them
+# (no build isolation), with the CUDA kernels whenever nvcc is present.
+$(STAMP): $(SOURCES)
+	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install -q "setuptools>=68" wheel "pybind11>=2.12" "cmake>=3.18" ninja \
+		"numpy>=1.26" "zarr>=3.1,<4" "rich>=13" "pillow>=10" "pandas>=2" "pytest>=8" "hypothesis>=6.100"
+	$(PIP) install -q --no-build-isolation -e .
+	mkdir -p build && touch $(STAMP)
+
+clean:
+	rm -rf build python/sketchmine/_C*.so

@@ -1,0 +1,112 @@
+"""Command line: `sketchmine mine | demo | summary`. Errors print as one line, no traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+from .errors import SketchmineError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sketchmine", description="Mine the top-k images of every CNN unit.")
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("mine", help="stream a dataset through a model and keep every unit's top-k images")
+    m.add_argument("--model", required=True, help="torchvision name, 'sketchnet', 'demo', or checkpoint path")
+    m.add_argument("--weights", help="state_dict file for a named model (loaded with weights_only=True)")
+    m.add_argument("--data", required=True, help="ImageFolder directory: DIR/<class>/<image>")
+    m.add_argument("--out", required=True, help="run directory (Zarr); an unfinished one is resumed")
+    m.add_argument("--layers", nargs="+", help="qualified module names (default: every conv, linear, softmax)")
+    m.add_argument("-k", type=int, default=9, help="images kept per unit (default 9)")
+    m.add_argument("--batch-size", type=int, default=64)
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    m.add_argument("--preprocessing", default="auto", choices=["auto", "model", "imagenet", "dataset", "none"],
+                   help="auto: the model's recorded normalisation, else ImageNet mean/std")
+    m.add_argument("--image-size", type=int, help="resize images to S×S (default: keep their size)")
+    m.add_argument("--flush-every", type=int, default=50, help="checkpoint every N batches")
+    m.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and record them")
+    d = sub.add_parser("demo", help="mine the embedded Animal-Shape test split with the embedded model")
+    d.add_argument("--out", help="run directory (default: a temporary directory)")
+    d.add_argument("--batch-size", type=int, default=250)
+    s = sub.add_parser("summary", help="print a run's accuracy and per-layer class preferences")
+    s.add_argument("run")
+    s.add_argument("-n", type=int, default=5, help="classes per side (default 5)")
+    return p
+
+
+def _mine(args: argparse.Namespace, console: Console) -> None:
+    from . import mine
+    from .console import RichProgress, layers_table
+
+    bar = RichProgress(console)
+    try:
+        run = mine(args.model, args.data, layers=args.layers, k=args.k, out=args.out, batch_size=args.batch_size,
+                   device=args.device, weights=args.weights, preprocessing=args.preprocessing,
+                   image_size=args.image_size, num_workers=args.workers, flush_every=args.flush_every,
+                   skip_bad_images=args.skip_bad_images, progress=bar)
+    finally:
+        bar.stop()
+    console.print(layers_table(run))
+    acc = run.accuracy()
+    console.print(f"{run.images_done} images, {bar.images} this session in {bar.seconds:.1f} s"
+                  + (f"; accuracy {acc * 100:.2f}%" if acc is not None else "") + f" → {run.path}")
+
+
+def _summary(path: str, n: int, console: Console) -> None:
+    from .console import accuracy_table, layers_table, preferences_table
+    from .run import open_run
+
+    run = open_run(path)
+    console.print(layers_table(run))
+    if run.complete:
+        console.print(accuracy_table(run))
+    else:
+        console.print(f"[yellow]partial run[/]: {run.images_done} images mined so far; accuracy comes at the end")
+    console.print(preferences_table(run, n))
+
+
+def _demo(args: argparse.Namespace, console: Console) -> None:
+    from . import mine
+    from .console import RichProgress
+    from .data import animal_shape
+
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sketchmine-demo-")) / "demo.zarr"
+    console.print("[bold]sketchmine demo[/]: every layer of the embedded SketchNet over the Animal-Shape test split")
+    bar = RichProgress(console)
+    try:
+        from .models import load_model
+        from .miner import _preprocessing
+
+        pre = _preprocessing("auto", load_model("demo"), None)
+        mine("demo", animal_shape("test", pre), out=out, batch_size=args.batch_size, progress=bar)
+    finally:
+        bar.stop()
+    _summary(str(out), 5, console)
+    console.print(f"run stored in {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console()
+    try:
+        if args.command == "mine":
+            _mine(args, console)
+        elif args.command == "demo":
+            _demo(args, console)
+        elif args.command == "summary":
+            _summary(args.run, args.n, console)
+    except SketchmineError as exc:
+        print(f"sketchmine: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sketchmine: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Console output with rich: the mining progress bar and the closing tables.
+
+Kept out of the miner: the miner reports through the `Progress` protocol only.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from .run import Run
+
+
+class RichProgress:
+    """Progress bar with images/s and ETA; notes are printed above the bar once each."""
+
+    def __init__(self, console: Console, label: str = "mining") -> None:
+        self.console = console
+        self.label = label
+        self._bar: Progress | None = None
+        self._task = None
+        self._t0 = 0.0
+        self._start_done = 0
+        self.images = 0
+
+    def start(self, total: int, done: int) -> None:
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(self.label, total=total, completed=done, rate="")
+        self._t0, self._start_done, self.images = time.perf_counter(), done, 0
+        if done and done < total:
+            self.console.print(f"resuming at image {done} of {total}")
+
+    def advance(self, n: int) -> None:
+        self.images += n
+        rate = self.images / max(time.perf_counter() - self._t0, 1e-9)
+        assert self._bar is not None
+        self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} img/s")
+
+    def note(self, message: str) -> None:
+        self.console.print(f"[yellow]note:[/] {message}")
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self._t0
+
+
+def layers_table(run: Run) -> Table:
+    """One row per mined layer: shape, units, best activation, NaNs seen."""
+    table = Table(title=f"{run.path}  ({'complete' if run.complete else 'PARTIAL: ' + str(run.images_done) + ' images'})")
+    for col in ("layer", "kind", "shape", "units", "max activation", "NaN"):
+        table.add_column(col, justify="right" if col in ("units", "max activation", "NaN") else "left")
+    for name in run.layers:
+        g = run.store.group[f"layers/{name}"]
+        values, idx, _ = run.topk(name)
+        best = values[idx >= 0].max() if (idx >= 0).any() else float("nan")
+        nans = int(np.asarray(g["nan_count"][...]).sum()) if "nan_count" in g else 0
+        shape = "×".join(map(str, g.attrs["shape"]))
+        table.add_row(name, g.attrs.get("kind", ""), shape, str(g.attrs["shape"][0]), f"{best:.4g}", str(nans))
+    return table
+
+
+def accuracy_table(run: Run) -> Table:
+    acc = run.class_accuracy()
+    overall = run.accuracy()
+    table = Table(title=f"per-class accuracy (overall {overall * 100:.2f}%)" if overall is not None else "per-class accuracy")
+    table.add_column("class")
+    table.add_column("accuracy %", justify="right")
+    table.add_column("images", justify="right")
+    for name, row in acc.iterrows():
+        table.add_row(str(name), "-" if np.isnan(row["accuracy"]) else f"{row['accuracy'] * 100:.2f}", str(int(row["count"])))
+    return table
+
+
+def preferences_table(run: Run, n: int = 5) -> Table:
+    """The seed's summary: per layer the n most and least frequent classes among top-k images."""
+    table = Table(title=f"classes among the top-{run.k} images of every unit (count, class accuracy %)")
+    table.add_column("layer")
+    table.add_column(f"top {n}")
+    table.add_column(f"bottom {n}")
+    for name in run.layers:
+        fmt = lambda df: ", ".join(  # noqa: E731
+            f"{cls} {int(r['count'])}" + ("" if np.isnan(r["accuracy"]) else f" ({r['accuracy'] * 100:.1f})")
+            for cls, r in df.iterrows())
+        table.add_row(name, fmt(run.top_classes(name, n)), fmt(run.bottom_classes(name, n)))
+    return table

@@ -1,0 +1,42 @@
+"""Shared fixtures: the embedded real data and the trained demo model."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import settings
+
+settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True)
+settings.register_profile("dev", max_examples=60, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    from sketchmine.models import load_model
+
+    return load_model("demo")
+
+
+@pytest.fixture(scope="session")
+def demo_test_set(demo_model):
+    from sketchmine.data import animal_shape
+    from sketchmine.miner import _preprocessing
+
+    return animal_shape("test", _preprocessing("auto", demo_model, None))
+
+
+@pytest.fixture(scope="session")
+def small_test_set(demo_test_set):
+    """300 real test images (30 per class, in the stable order), for quicker passes."""
+    import numpy as np
+
+    from sketchmine.data import ArrayDataset
+
+    ds = demo_test_set
+    keep = np.sort(np.concatenate([np.nonzero(ds.labels() == c)[0][:30] for c in range(10)]))
+    return ArrayDataset(ds.images[keep], ds.labels()[keep], ds.class_names, ds.preprocessing,
+                        {**ds.describe(), "subset": "0:300"})

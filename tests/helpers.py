@@ -1,0 +1,58 @@
+"""Test utilities: brute-force references built from plain torch, no sketchmine code paths."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import zarr
+
+
+def all_activations(model, dataset, layers):
+    """Every tapped output for the whole dataset, in one pass of plain forward hooks."""
+    outs: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    mods = dict(model.named_modules())
+    handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: outs[n].append(o.detach().clone()))
+               for n in layers if n != "softmax"]
+    logits = []
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(dataset), 128):
+                x = torch.stack([dataset[i][1] for i in range(s, min(s + 128, len(dataset)))])
+                logits.append(model(x))
+    finally:
+        for h in handles:
+            h.remove()
+    acts = {n: torch.cat(v) for n, v in outs.items() if v}
+    lg = torch.cat(logits)
+    if "softmax" in layers:
+        acts["softmax"] = torch.softmax(lg, 1)
+    return acts, lg
+
+
+def brute_topk(acts: torch.Tensor, k: int):
+    """Top-k per channel by sorting every (image, channel) spatial max: (values, index, position)."""
+    n, c = acts.shape[:2]
+    flat = acts.reshape(n, c, -1).float()
+    best = flat.max(dim=2)
+    pos = torch.stack([torch.nonzero(flat[i, j] == best.values[i, j])[0, 0] for i in range(n) for j in range(c)]).view(n, c)
+    values, index, position = [], [], []
+    for j in range(c):
+        order = sorted(range(n), key=lambda i: (-best.values[i, j].item(), i))[:k]
+        values.append([best.values[i, j].item() for i in order] + [float("-inf")] * (k - len(order)))
+        index.append(order + [-1] * (k - len(order)))
+        position.append([pos[i, j].item() for i in order] + [-1] * (k - len(order)))
+    return np.array(values, np.float32), np.array(index), np.array(position)
+
+
+def store_arrays(path) -> dict[str, np.ndarray]:
+    """Every array of a Zarr store by path, for array-by-array comparison."""
+    root = zarr.open_group(str(path), mode="r")
+    out = {}
+
+    def walk(g, prefix):
+        for name, arr in g.arrays():
+            out[prefix + name] = np.asarray(arr[...])
+        for name, sub in g.groups():
+            walk(sub, prefix + name + "/")
+
+    walk(root, "")
+    return out

@@ -1,0 +1,112 @@
+"""The command line on real images written as an ImageFolder, including bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sketchmine
+from sketchmine.data import ArrayDataset, export_image_folder
+
+
+def sm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sketchmine", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture()
+def folder(tmp_path, demo_test_set) -> Path:
+    """120 real test images (12 per class) as PNGs in <class>/<image>.png folders."""
+    ds = demo_test_set
+    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:12] for c in range(10)])
+    sub = ArrayDataset(ds.images[pick], ds.labels()[pick], ds.class_names, ds.preprocessing, ds.describe())
+    return export_image_folder(sub, tmp_path / "images")
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert lines and lines[-1].startswith("sketchmine: error:"), proc.stderr
+    import re
+
+    assert re.search(pattern, proc.stderr.replace("\n", " ")), proc.stderr
+
+
+def test_mine_cli_matches_api_and_resumes(tmp_path, folder):
+    out = tmp_path / "run.zarr"
+    proc = sm("mine", "--model", "demo", "--data", str(folder), "--out", str(out), "--batch-size", "32",
+              "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "features.0" in proc.stdout and "accuracy" in proc.stdout
+    run = sketchmine.open_run(out)
+    assert run.complete and run.images_done == 120
+    api = sketchmine.mine("demo", folder, out=tmp_path / "api.zarr", batch_size=50)
+    for name in run.layers:
+        np.testing.assert_array_equal(run.topk(name)[1], api.topk(name)[1])
+    again = sm("mine", "--model", "demo", "--data", str(folder), "--out", str(out))
+    assert again.returncode == 0 and "120" in again.stdout
+    summary = sm("summary", str(out))
+    assert summary.returncode == 0 and "top 5" in summary.stdout and "per-class accuracy" in summary.stdout
+
+
+def test_unknown_layer(tmp_path, folder):
+    proc = sm("mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "r"), "--layers", "conv9")
+    assert_clean_error(proc, r"unknown layer 'conv9'.*Layers available by default: features\.0")
+
+
+def test_missing_and_empty_dataset(tmp_path):
+    assert_clean_error(sm("mine", "--model", "demo", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")),
+                       "does not exist")
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    assert_clean_error(sm("mine", "--model", "demo", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")),
+                       "no images")
+
+
+def test_corrupt_image_stops_naming_the_file_or_is_skipped(tmp_path, folder):
+    good = next((folder / "bear").glob("*.png"))
+    (folder / "bear" / "zz_truncated.png").write_bytes(good.read_bytes()[:60])
+    (folder / "bird" / "garbage.png").write_bytes(b"this is not a png at all" * 10)
+    proc = sm("mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "r"), "--workers", "0")
+    assert_clean_error(proc, r"cannot read image bear/zz_truncated\.png.*--skip-bad-images")
+    proc = sm("mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "s"), "--skip-bad-images")
+    assert proc.returncode == 0, proc.stderr
+    run = sketchmine.open_run(tmp_path / "s")
+    bad = {b["path"] for b in run.attrs["bad_images"]}
+    assert bad == {"bear/zz_truncated.png", "bird/garbage.png"}
+    bad_idx = {b["index"] for b in run.attrs["bad_images"]}
+    for name in run.layers:
+        assert not bad_idx & set(run.topk(name)[1].ravel().tolist())
+
+
+def test_other_channel_count_is_converted_once(tmp_path, folder):
+    for p in list((folder / "cat").glob("*.png"))[:3]:
+        Image.open(p).convert("RGB").save(p)
+    proc = sm("mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "r"), "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("converting RGB images") == 1
+    assert sketchmine.open_run(tmp_path / "r").attrs["converted_images"] == {"RGB": 3}
+
+
+def test_output_problems(tmp_path, folder):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("keep me")
+    assert_clean_error(sm("mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "notes")),
+                       "exists and is not a sketchmine run")
+    assert (tmp_path / "notes" / "a.txt").read_text() == "keep me"
+    (tmp_path / "afile").write_text("x")
+    assert_clean_error(sm("mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "afile" / "r.zarr")),
+                       "cannot write the run")
+
+
+def test_unknown_model_and_bad_checkpoint(tmp_path, folder):
+    assert_clean_error(sm("mine", "--model", "alexnett", "--data", str(folder), "--out", str(tmp_path / "r")),
+                       "unknown model 'alexnett'.*alexnet")
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    assert_clean_error(sm("mine", "--model", str(ckpt), "--data", str(folder), "--out", str(tmp_path / "r")),
+                       "not a loadable checkpoint")

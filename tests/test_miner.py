@@ -1,0 +1,173 @@
+"""End-to-end mining on the embedded real data with the trained demo model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sketchmine
+from sketchmine.errors import SketchmineError
+from tests.helpers import all_activations, brute_topk, store_arrays
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, demo_model, small_test_set):
+    out = tmp_path_factory.mktemp("ref") / "run.zarr"
+    return sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2)
+
+
+def test_mine_equals_brute_force(reference_run, demo_model, small_test_set):
+    run = reference_run
+    assert run.complete and run.images_done == len(small_test_set)
+    acts, logits = all_activations(demo_model.module, small_test_set, run.layers)
+    assert set(acts) == set(run.layers)
+    for name in run.layers:
+        values, index, yx = run.topk(name)
+        bv, bi, bp = brute_topk(acts[name], run.k)
+        np.testing.assert_array_equal(index, bi, err_msg=name)
+        np.testing.assert_allclose(values, bv, rtol=1e-5, atol=1e-6, err_msg=name)
+        shape = run.layer_shape(name)
+        if len(shape) == 3:
+            np.testing.assert_array_equal(yx[..., 0] * shape[2] + yx[..., 1], bp, err_msg=name)
+        else:
+            assert (yx == -1).all()
+    pred = logits.argmax(1).numpy()
+    labels = small_test_set.labels()
+    acc = run.class_accuracy()
+    for c, name in enumerate(run.class_names):
+        m = labels == c
+        if m.any():
+            assert acc.loc[name, "accuracy"] == pytest.approx((pred[m] == c).mean())
+    assert run.accuracy() == pytest.approx((pred == labels).mean())
+
+
+def test_default_layers_are_every_conv_linear_and_softmax(reference_run):
+    assert reference_run.layers == ["features.0", "features.3", "features.6", "features.8", "features.10",
+                                    "classifier.1", "classifier.4", "classifier.6", "softmax"]
+
+
+def assert_same_topk(a, b, name):
+    """Equal up to the forward pass's float rounding: values match at every rank, and an image
+    may change rank only with a near-tied neighbour (PyTorch's CPU GEMMs can differ in the last
+    bits between batch sizes; the tie-break itself is exact, see test_ops)."""
+    (va, ia, ya), (vb, ib, yb) = a, b
+    np.testing.assert_allclose(va, vb, rtol=1e-5, atol=1e-6, err_msg=name)
+    for c, r in zip(*np.nonzero(ia != ib)):
+        v = va[c]
+        near = [abs(v[r] - v[q]) <= 1e-5 * max(1.0, abs(v[r])) for q in (r - 1, r + 1) if 0 <= q < len(v)]
+        assert any(near) or r == len(v) - 1, f"{name}: unit {c} rank {r} differs without a near tie"
+
+
+@pytest.mark.parametrize("batch_size,workers", [(1, 0), (37, 0), (300, 0), (50, 2)])
+def test_invariant_to_batch_size_and_workers(tmp_path, reference_run, demo_model, small_test_set, batch_size, workers):
+    if batch_size == 1:  # keep the one-image case short: first 40 images
+        from sketchmine.data import ArrayDataset
+
+        ds = small_test_set
+        sub = ArrayDataset(ds.images[:40], ds.labels()[:40], ds.class_names, ds.preprocessing, ds.describe())
+        a = sketchmine.mine(demo_model.module, sub, out=tmp_path / "a.zarr", batch_size=1)
+        b = sketchmine.mine(demo_model.module, sub, out=tmp_path / "b.zarr", batch_size=40)
+    else:
+        a = sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "a.zarr",
+                            batch_size=batch_size, num_workers=workers)
+        b = reference_run
+    for name in b.layers:
+        assert_same_topk(a.topk(name), b.topk(name), name)
+
+
+def test_workers_give_bit_identical_results(tmp_path, reference_run, demo_model, small_test_set):
+    a = sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "a.zarr", batch_size=32, num_workers=2)
+    got, want = store_arrays(a.path), store_arrays(reference_run.path)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+class _StopAfter:
+    """A progress reporter that interrupts the pass after `n` images (a crash stand-in)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    def start(self, total, done): ...
+    def note(self, message): ...
+
+    def advance(self, n):
+        self.seen += n
+        if self.seen >= self.n:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop_at", [20, 130, 290])
+def test_resume_is_identical_to_uninterrupted(tmp_path, reference_run, demo_model, small_test_set, stop_at):
+    """Re-running the same call after an interruption ends bit-identical, array for array."""
+    out = tmp_path / "run.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2,
+                        progress=_StopAfter(stop_at))
+    partial = sketchmine.open_run(out)
+    assert not partial.complete and partial.images_done <= stop_at
+    if partial.images_done:
+        assert partial.topk("features.0")[1].max() < partial.images_done
+    run = sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2)
+    assert run.complete
+    got, want = store_arrays(out), store_arrays(reference_run.path)
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, demo_model, small_test_set):
+    out = tmp_path / "run.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=10, flush_every=1,
+                        progress=_StopAfter(30))
+    with pytest.raises(SketchmineError, match=r"different k \(run: 9, now: 5\)"):
+        sketchmine.mine(demo_model.module, small_test_set, out=out, k=5)
+    with pytest.raises(SketchmineError, match="different layers"):
+        sketchmine.mine(demo_model.module, small_test_set, out=out, layers=["features.0"])
+    other = torch.nn.Sequential(*list(demo_model.module.children()))  # same weights, other id
+    other_weights = type(demo_model.module)()
+    with pytest.raises(SketchmineError, match="model weights"):
+        sketchmine.mine(other_weights, small_test_set, out=out)
+    from sketchmine.data import ArrayDataset
+
+    ds = small_test_set
+    shifted = ArrayDataset(ds.images[1:301], ds.labels()[1:301], ds.class_names, ds.preprocessing, ds.describe())
+    with pytest.raises(SketchmineError, match="different dataset"):
+        sketchmine.mine(demo_model.module, shifted, out=out)
+    del other
+
+
+def test_k_larger_than_images_leaves_empty_slots(tmp_path, demo_model, small_test_set):
+    from sketchmine.data import ArrayDataset
+
+    ds = small_test_set
+    tiny = ArrayDataset(ds.images[:5], ds.labels()[:5], ds.class_names, ds.preprocessing, ds.describe())
+    run = sketchmine.mine(demo_model.module, tiny, out=tmp_path / "r.zarr", k=8, batch_size=2)
+    values, index, yx = run.topk("features.3")
+    assert (index[:, :5] >= 0).all() and (index[:, 5:] == -1).all()
+    assert np.isneginf(values[:, 5:]).all() and (yx[:, 5:] == -1).all()
+    assert sorted(index[0, :5].tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_unknown_layer_lists_closest(tmp_path, demo_model, small_test_set):
+    with pytest.raises(SketchmineError, match=r"unknown layer 'features\.99'.*closest matches: features\.9"):
+        sketchmine.mine(demo_model.module, small_test_set, layers=["features.99"], out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()
+
+
+def test_output_that_is_not_a_run_is_refused(tmp_path, demo_model, small_test_set):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "notes.txt").write_text("mine")
+    with pytest.raises(SketchmineError, match="exists and is not a sketchmine run"):
+        sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "stuff")
+    assert (tmp_path / "stuff" / "notes.txt").read_text() == "mine"
+    with pytest.raises(SketchmineError, match="is not a sketchmine run"):
+        sketchmine.open_run(tmp_path / "stuff")
+
+
+def test_empty_dataset_is_refused(tmp_path, demo_model):
+    with pytest.raises(SketchmineError, match="empty"):
+        sketchmine.mine(demo_model.module, torch.utils.data.TensorDataset(torch.empty(0, 1, 28, 28),
+                                                                          torch.empty(0, dtype=torch.long)),
+                        out=tmp_path / "r.zarr")
