@@ -171,6 +171,15 @@ visually. It coincides with the alphabetical order.
 |---|---|
 {classes}
 
+## `sketchnet_animal.pt` / `sketchnet_animal.json` — demo model
+
+A `sketchmine.zoo.SketchNet` (small AlexNet-style CNN) trained on the train
+split by `scripts/train_demo_model.py` (CPU, seeded, deterministic). The `.pt`
+file is a plain `state_dict` loaded with `torch.load(..., weights_only=True)`;
+the `.json` records preprocessing (`x = (pixel / 255 - mean) / std`, scalar
+mean/std of the train split), training settings, test accuracy and the sha256
+of the `.pt`. Load both with `sketchmine.zoo.load_demo_model()`.
+
 ## Licence
 
 The dataset is distributed under the MIT licence, Copyright (c) 2025 SinaSR-6;

@@ -7,6 +7,7 @@ pass was cut, nor on batch size).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from dataclasses import dataclass, field
@@ -58,8 +59,21 @@ class _Pending:
     """Rows produced since the last flush."""
 
     start: int
-    logits: list[np.ndarray] = field(default_factory=list)
+    logits: list[tuple[np.ndarray, torch.Tensor | None]] = field(default_factory=list)  # (ok mask, logits)
     labels: list[np.ndarray] = field(default_factory=list)
+
+    def logit_rows(self) -> np.ndarray | None:
+        """(rows, classes) float32, NaN for skipped images; copied off the device only here."""
+        widths = {t.shape[1] for _, t in self.logits if t is not None and t.ndim == 2}
+        if not widths:
+            return None
+        rows = np.full((sum(len(ok) for ok, _ in self.logits), widths.pop()), np.nan, dtype=np.float32)
+        at = 0
+        for ok, t in self.logits:
+            if t is not None:
+                rows[at:at + len(ok)][ok] = t.float().cpu().numpy()
+            at += len(ok)
+        return rows
 
 
 def _kind(model: nn.Module, name: str) -> str:
@@ -245,7 +259,7 @@ def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_La
     pending = _Pending(done)
     batches = 0
     tapped = [l.name for l in spec]
-    with torch.inference_mode(), Taps(net, tapped, on_output):
+    with torch.inference_mode(), Taps(net, tapped, on_output), _plain_worker_errors():
         for idx, x, y, notes in loader:
             ok = torch.ones(len(idx), dtype=torch.bool)
             for j, note in enumerate(notes):
@@ -263,17 +277,14 @@ def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_La
                         progress.note(f"converting {mode} images to the model's "
                                       f"{ds.preprocessing.channels}-channel input (first: {ds.path(int(idx[j]))})")
                     converted[mode] = converted.get(mode, 0) + 1
-            rows = np.full((len(idx), 0), np.nan, dtype=np.float32)
+            logits = None
             if ok.any():
                 xb = x[ok].to(device, non_blocking=True)
                 current["index"] = idx[ok].to(device, non_blocking=True)
                 logits = _first_tensor(net(xb))
                 if SOFTMAX in states:
                     states[SOFTMAX].add(torch.softmax(logits.float(), dim=1), current["index"])
-                if logits.ndim == 2:
-                    rows = np.full((len(idx), logits.shape[1]), np.nan, dtype=np.float32)
-                    rows[ok.numpy()] = logits.float().cpu().numpy()
-            pending.logits.append(rows)
+            pending.logits.append((ok.numpy(), logits if logits is not None and logits.ndim == 2 else None))
             pending.labels.append(np.asarray(y, dtype=np.int64))
             batches += 1
             progress.advance(len(idx))
@@ -285,11 +296,24 @@ def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_La
     return Run(store)
 
 
+@contextlib.contextmanager
+def _plain_worker_errors():
+    """A SketchmineError raised in a DataLoader worker arrives wrapped in the worker's
+    traceback text; keep only the message."""
+    try:
+        yield
+    except SketchmineError as exc:
+        text = str(exc)
+        marker = "SketchmineError: "
+        if marker in text:
+            raise SketchmineError(text.rsplit(marker, 1)[1].strip()) from None
+        raise
+
+
 def _flush(store: RunStore, states: dict[str, RunningTopK], pending: _Pending, needs_labels: bool,
            bad: list[dict[str, Any]], converted: dict[str, int]) -> None:
     """Write pending rows, then checkpoint every state and commit the new progress."""
-    logits = [r for r in pending.logits if r.shape[1]]
-    rows = np.concatenate(logits) if logits else None
+    rows = pending.logit_rows()
     labels = np.concatenate(pending.labels) if (needs_labels and pending.labels) else None
     store.write_rows(pending.start, rows, labels)
     done = pending.start + sum(len(l) for l in pending.labels)
@@ -307,18 +331,17 @@ def _finalize(store: RunStore, states: dict[str, RunningTopK], n: int, bad: list
         st = s.state_dict()
         store.write_layer(name, st["values"].numpy(), st["index"].numpy(), s.yx().numpy(),
                           st["nan_count"].numpy())
-    labels = np.asarray(store.group["dataset/labels"][...])
     ev = store.group["eval"]
-    if "logits" in ev:
-        logits = np.asarray(ev["logits"][...])
-        valid = ~np.isnan(logits).any(axis=1) & (labels >= 0)
-        pred = np.where(valid, np.nan_to_num(logits, nan=-np.inf).argmax(axis=1), -1).astype(np.int64)
-        num_classes = logits.shape[1]
+    if "predictions" in ev:
+        labels = np.asarray(store.group["dataset/labels"][...])
+        pred = np.asarray(ev["predictions"][...])
+        valid = (pred >= 0) & (labels >= 0)
+        num_classes = ev["logits"].shape[1]
         per_class = np.full(num_classes, np.nan)
         for c in range(num_classes):
             m = valid & (labels == c)
             if m.any():
                 per_class[c] = float((pred[m] == c).mean())
         overall = float((pred[valid] == labels[valid]).mean()) if valid.any() else None
-        store.write_eval(pred, per_class, overall)
+        store.write_accuracy(per_class, overall)
     store.finish(n, {"bad_images": bad, "converted_images": store.attrs.get("converted_images", {})})

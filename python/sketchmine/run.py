@@ -92,11 +92,16 @@ class Run:
         return s["values"].numpy(), idx, yx
 
     def class_accuracy(self) -> pd.DataFrame:
-        """Per-class test accuracy: columns accuracy (fraction), correct, count."""
+        """Per-class accuracy: columns accuracy (fraction), correct, count.
+
+        For an unfinished run it covers the images mined so far (check `Run.complete`).
+        """
         ev = self.store.group["eval"]
         if "predictions" not in ev:
-            raise SketchmineError(f"run {self.path} is not complete: accuracy is computed at the end of mining")
+            raise SketchmineError(f"run {self.path} has no predictions yet (the model output is not (N, classes) "
+                                  "logits, or nothing was flushed)")
         pred, labels = np.asarray(ev["predictions"][...]), self.labels
+        pred = np.where(np.arange(len(pred)) < self.images_done, pred, -1)
         names = self.class_names
         rows = []
         for c, name in enumerate(names):
@@ -106,7 +111,7 @@ class Run:
         return pd.DataFrame(rows).set_index("class")
 
     def accuracy(self) -> float | None:
-        """Overall accuracy over all readable images."""
+        """Overall accuracy over all readable images (None until the run is complete)."""
         return self.store.group["eval"].attrs.get("accuracy")
 
     def class_histogram(self, layer: str) -> pd.Series:

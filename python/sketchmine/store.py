@@ -153,6 +153,13 @@ class RunStore:
                 ev.create_array("logits", shape=(n, logits.shape[1]), dtype="float32",
                                 chunks=(min(n, _ROW_CHUNK), logits.shape[1]), fill_value=float("nan"))
             ev["logits"][start:start + len(logits)] = logits
+            if "predictions" not in ev:
+                n = self.group["dataset/labels"].shape[0]
+                ev.create_array("predictions", shape=(n,), dtype="int64", chunks=(min(n, _ROW_CHUNK * 8),),
+                                fill_value=-1)
+            valid = ~np.isnan(logits).any(axis=1)
+            pred = np.where(valid, np.nan_to_num(logits, nan=-np.inf).argmax(axis=1), -1)
+            ev["predictions"][start:start + len(logits)] = pred
         if labels is not None and len(labels):
             self.group["dataset/labels"][start:start + len(labels)] = labels
 
@@ -201,12 +208,12 @@ class RunStore:
                 del lg[key]
             lg.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=arr.shape)[...] = arr
 
-    def write_eval(self, predictions: np.ndarray, per_class: np.ndarray, overall: float | None) -> None:
+    def write_accuracy(self, per_class: np.ndarray, overall: float | None) -> None:
         ev = self.group["eval"]
-        for key, arr in (("predictions", predictions), ("per_class_accuracy", per_class)):
-            if key in ev:
-                del ev[key]
-            ev.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=(max(arr.shape[0], 1),))[...] = arr
+        if "per_class_accuracy" in ev:
+            del ev["per_class_accuracy"]
+        ev.create_array("per_class_accuracy", shape=per_class.shape, dtype=per_class.dtype,
+                        chunks=(max(per_class.shape[0], 1),))[...] = per_class
         ev.attrs.update({"accuracy": overall})
 
     def finish(self, n_images: int, extra: dict[str, Any]) -> None:

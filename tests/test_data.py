@@ -1,0 +1,66 @@
+"""Datasets and preprocessing on real images: presets, bad files mid-stream, size mismatches."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sketchmine
+from sketchmine.data import ArrayDataset, ImageFolderDataset, export_image_folder, preset
+from sketchmine.errors import SketchmineError
+
+
+@pytest.fixture()
+def folder(tmp_path, demo_test_set):
+    ds = demo_test_set
+    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:4] for c in range(10)])
+    sub = ArrayDataset(ds.images[pick], ds.labels()[pick], ds.class_names, ds.preprocessing, ds.describe())
+    return export_image_folder(sub, tmp_path / "images"), sub
+
+
+def test_dataset_mean_preset_is_computed_and_recorded(tmp_path, folder):
+    root, sub = folder
+    run = sketchmine.mine("demo", root, preprocessing="dataset", out=tmp_path / "r.zarr", batch_size=16)
+    pre = run.attrs["preprocessing"]
+    pixels = sub.images.astype(np.float64) / 255
+    assert pre["preset"] == "dataset"
+    assert pre["mean"][0] == pytest.approx(pixels.mean(), rel=1e-6)
+    assert pre["std"][0] == pytest.approx(pixels.std(), rel=1e-6)
+
+
+def test_imagenet_preset_and_channel_conversion(folder):
+    root, sub = folder
+    ds = ImageFolderDataset(root, preset("imagenet", 3, (32, 32)))
+    i, x, label, note = ds[5]
+    assert x.shape == (3, 32, 32) and note == "converted:L"
+    gray = np.asarray(Image.open(root / ds.path(5)).convert("RGB").resize((32, 32), Image.BILINEAR)) / 255
+    want = (gray - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(x.permute(1, 2, 0).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_whole_bad_batch_keeps_rows_aligned(tmp_path, folder, demo_model):
+    root, sub = folder
+    ds = ImageFolderDataset(root, sketchmine.miner._preprocessing("auto", demo_model, None))
+    for j in (2, 3):  # images 2 and 3 form one whole batch of size 2
+        (root / ds.path(j)).write_bytes(b"\x89PNG broken")
+    run = sketchmine.mine("demo", root, out=tmp_path / "r.zarr", batch_size=2, flush_every=3, skip_bad_images=True)
+    assert sorted(b["index"] for b in run.attrs["bad_images"]) == [2, 3]
+    logits = np.asarray(run.store.group["eval/logits"][...])
+    assert np.isnan(logits[[2, 3]]).all() and not np.isnan(np.delete(logits, [2, 3], axis=0)).any()
+    good = [i for i in range(len(ds)) if i not in (2, 3)]
+    with torch.inference_mode():
+        direct = demo_model.module(torch.stack([ds[i][1] for i in good])).numpy()
+    np.testing.assert_allclose(logits[good], direct, rtol=1e-4, atol=1e-4)
+    pred = np.asarray(run.store.group["eval/predictions"][...])
+    assert (pred[[2, 3]] == -1).all() and (pred[good] == direct.argmax(1)).all()
+
+
+def test_differing_sizes_give_a_clean_error_from_workers(tmp_path, folder):
+    root, sub = folder
+    first = next(iter(sorted((root / "cat").glob("*.png"))))
+    Image.open(first).resize((40, 40)).save(first)
+    with pytest.raises(SketchmineError, match=r"^images differ in size.*--image-size"):
+        sketchmine.mine("demo", root, out=tmp_path / "r.zarr", batch_size=8, num_workers=2)
+    run = sketchmine.mine("demo", root, out=tmp_path / "s.zarr", batch_size=8, image_size=28)
+    assert run.complete
