@@ -17,7 +17,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def batches(draw):
     """A sequence of activation batches with unique global image ids and tie-prone values."""
     c = draw(st.integers(1, 6))
-    spatial = draw(st.sampled_from([(), (1,), (5,), (1, 1), (3, 4), (7, 5)]))
+    # long rows exercise the blocked (64-wide) scan, short ones its tail path
+    spatial = draw(st.sampled_from([(), (1,), (5,), (1, 1), (3, 4), (7, 5), (64,), (9, 13), (11, 12), (200,)]))
     k = draw(st.integers(1, 12))
     n_batches = draw(st.integers(1, 4))
     dtype = draw(st.sampled_from(DTYPES))

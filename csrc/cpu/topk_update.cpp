@@ -3,6 +3,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -12,36 +13,93 @@
 namespace sketchmine {
 namespace {
 
+constexpr int64_t kBlock = 64;
+
+// Max of kBlock contiguous elements ignoring NaN (-inf if all NaN); adds the NaN count.
+// float uses GCC/Clang vector extensions: packed compares and blends on any x86-64.
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+inline float block_max(const float* x, int64_t& nans) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  v4f m0 = {ninf, ninf, ninf, ninf}, m1 = m0;
+  v4i c0 = {0, 0, 0, 0}, c1 = c0;
+  for (int64_t j = 0; j < kBlock; j += 8) {
+    v4f a, b;
+    std::memcpy(&a, x + j, sizeof(a));
+    std::memcpy(&b, x + j + 4, sizeof(b));
+    c0 -= (a != a);  // -1 where NaN
+    c1 -= (b != b);
+    const v4i ga = a > m0, gb = b > m1;  // NaN compares false: ignored
+    m0 = (v4f)(((v4i)a & ga) | ((v4i)m0 & ~ga));
+    m1 = (v4f)(((v4i)b & gb) | ((v4i)m1 & ~gb));
+  }
+  float bm = ninf;
+  for (int l = 0; l < 4; ++l) {
+    nans += c0[l] + c1[l];
+    bm = m0[l] > bm ? m0[l] : bm;
+    bm = m1[l] > bm ? m1[l] : bm;
+  }
+  return bm;
+}
+
+template <typename T>
+inline float block_max(const T* x, int64_t& nans) {
+  float bm = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < kBlock; ++j) {
+    const float v = static_cast<float>(x[j]);
+    nans += (v != v);
+    bm = v > bm ? v : bm;
+  }
+  return bm;
+}
+
 // Spatial max of one (image, channel) row, ignoring NaN; `pos` is the first
 // position holding the max, or -1 when every element is NaN.
+//
+// Contiguous rows are read once, in blocks of kBlock: a packed max and NaN count
+// per block, and a block is rescanned for its first maximal element only when it
+// beats the max so far, which happens a handful of times per row.
 template <typename T>
 void scan_row(const T* row, int64_t len, int64_t stride, float& best, int64_t& pos,
               int64_t& nans) {
-  float m = -std::numeric_limits<float>::infinity();
-  int64_t n_nan = 0;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  float m = kNegInf;
+  int64_t p = -1, n_nan = 0, i = 0;
   if (stride == 1) {
-    for (int64_t i = 0; i < len; ++i) {
-      const float v = static_cast<float>(row[i]);
-      n_nan += (v != v);
-      m = v > m ? v : m;
-    }
-  } else {
-    for (int64_t i = 0; i < len; ++i) {
-      const float v = static_cast<float>(row[i * stride]);
-      n_nan += (v != v);
-      m = v > m ? v : m;
+    for (; i + kBlock <= len; i += kBlock) {
+      const float bm = block_max(row + i, n_nan);
+      if (bm > m) {
+        m = bm;
+        for (int64_t j = 0; j < kBlock; ++j) {
+          if (static_cast<float>(row[i + j]) == bm) {
+            p = i + j;
+            break;
+          }
+        }
+      }
     }
   }
-  nans = n_nan;
+  for (; i < len; ++i) {  // tail, or the whole row when strided
+    const float v = static_cast<float>(row[i * stride]);
+    if (v != v) {
+      ++n_nan;
+    } else if (v > m) {
+      m = v;
+      p = i;
+    }
+  }
+  if (p < 0 && n_nan < len) {  // every non-NaN element is -inf: the first of them
+    for (int64_t j = 0; j < len; ++j) {
+      if (static_cast<float>(row[j * stride]) == kNegInf) {
+        p = j;
+        break;
+      }
+    }
+  }
   best = m;
-  pos = -1;
-  if (n_nan == len) return;
-  for (int64_t i = 0; i < len; ++i) {
-    if (static_cast<float>(row[i * stride]) == m) {
-      pos = i;
-      return;
-    }
-  }
+  pos = p;
+  nans = n_nan;
 }
 
 template <typename T>
