@@ -279,8 +279,9 @@ def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_La
                     converted[mode] = converted.get(mode, 0) + 1
             logits = None
             if ok.any():
-                xb = x[ok].to(device, non_blocking=True)
-                current["index"] = idx[ok].to(device, non_blocking=True)
+                whole = bool(ok.all())  # the common case: no copy of the (pinned) batch
+                xb = (x if whole else x[ok]).to(device, non_blocking=True)
+                current["index"] = (idx if whole else idx[ok]).to(device, non_blocking=True)
                 logits = _first_tensor(net(xb))
                 if SOFTMAX in states:
                     states[SOFTMAX].add(torch.softmax(logits.float(), dim=1), current["index"])
