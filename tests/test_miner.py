@@ -46,15 +46,15 @@ def test_default_layers_are_every_conv_linear_and_softmax(reference_run):
                                     "classifier.1", "classifier.4", "classifier.6", "softmax"]
 
 
-def assert_same_topk(a, b, name):
+def assert_same_topk(a, b, name, rtol=1e-5):
     """Equal up to the forward pass's float rounding: values match at every rank, and an image
     may change rank only with a near-tied neighbour (PyTorch's CPU GEMMs can differ in the last
     bits between batch sizes; the tie-break itself is exact, see test_ops)."""
     (va, ia, ya), (vb, ib, yb) = a, b
-    np.testing.assert_allclose(va, vb, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(va, vb, rtol=rtol, atol=rtol / 10, err_msg=name)
     for c, r in zip(*np.nonzero(ia != ib)):
         v = va[c]
-        near = [abs(v[r] - v[q]) <= 1e-5 * max(1.0, abs(v[r])) for q in (r - 1, r + 1) if 0 <= q < len(v)]
+        near = [abs(v[r] - v[q]) <= rtol * max(1.0, abs(v[r])) for q in (r - 1, r + 1) if 0 <= q < len(v)]
         assert any(near) or r == len(v) - 1, f"{name}: unit {c} rank {r} differs without a near tie"
 
 
@@ -178,10 +178,12 @@ def test_cuda_mining_matches_cpu(tmp_path, reference_run, demo_model, small_test
     import copy
 
     gpu_model = copy.deepcopy(demo_model.module)
-    run = sketchmine.mine(gpu_model, small_test_set, out=tmp_path / "gpu.zarr", batch_size=32, device="cuda")
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # compare full fp32
+    try:
+        run = sketchmine.mine(gpu_model, small_test_set, out=tmp_path / "gpu.zarr", batch_size=32, device="cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     assert run.attrs["weights_sha256"] == reference_run.attrs["weights_sha256"]
-    for name in run.layers:
-        va, ia, ya = run.topk(name)
-        vb, ib, yb = reference_run.topk(name)
-        np.testing.assert_allclose(va, vb, rtol=1e-3, atol=1e-3, err_msg=name)
-        assert (ia == ib).mean() > 0.95, name  # TF32/cuDNN rounding may reorder near ties
+    for name in run.layers:  # cuDNN/cuBLAS round differently from the CPU: near ties may reorder
+        assert_same_topk(run.topk(name), reference_run.topk(name), name, rtol=1e-4)

@@ -8,6 +8,7 @@ pass was cut, nor on batch size).
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 import os
 import platform
 from dataclasses import dataclass, field
@@ -292,7 +293,9 @@ def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_La
             if batches % flush_every == 0:
                 _flush(store, states, pending, needs_labels, bad, converted)
                 pending = _Pending(int(idx[-1]) + 1)
-    _flush(store, states, pending, needs_labels, bad, converted)
+    # No checkpoint for the tail: a crash before the run is marked complete resumes from the
+    # last periodic flush, so the final arrays are the only write here.
+    _write_rows(store, pending, needs_labels)
     _finalize(store, states, n, bad, converted)
     return Run(store)
 
@@ -314,10 +317,7 @@ def _plain_worker_errors():
 def _flush(store: RunStore, states: dict[str, RunningTopK], pending: _Pending, needs_labels: bool,
            bad: list[dict[str, Any]], converted: dict[str, int]) -> None:
     """Write pending rows, then checkpoint every state and commit the new progress."""
-    rows = pending.logit_rows()
-    labels = np.concatenate(pending.labels) if (needs_labels and pending.labels) else None
-    store.write_rows(pending.start, rows, labels)
-    done = pending.start + sum(len(l) for l in pending.labels)
+    done = _write_rows(store, pending, needs_labels)
     previous = store.attrs.get("converted_images", {})
     merged = {m: previous.get(m, 0) + c for m, c in converted.items()} if converted else previous
     store.write_checkpoint({name: s.state_dict() for name, s in states.items()}, done,
@@ -325,13 +325,24 @@ def _flush(store: RunStore, states: dict[str, RunningTopK], pending: _Pending, n
     converted.clear()
 
 
+def _write_rows(store: RunStore, pending: _Pending, needs_labels: bool) -> int:
+    """Logits, predictions and (streamed) labels of the pending rows; returns images done."""
+    labels = np.concatenate(pending.labels) if (needs_labels and pending.labels) else None
+    store.write_rows(pending.start, pending.logit_rows(), labels)
+    return pending.start + sum(len(l) for l in pending.labels)
+
+
 def _finalize(store: RunStore, states: dict[str, RunningTopK], n: int, bad: list[dict[str, Any]],
               converted: dict[str, int]) -> None:
     """Final per-layer arrays, predictions and per-class accuracy; mark the run complete."""
-    for name, s in states.items():
+    def write(name: str) -> None:
+        s = states[name]
         st = s.state_dict()
         store.write_layer(name, st["values"].numpy(), st["index"].numpy(), s.yx().numpy(),
                           st["nan_count"].numpy())
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # small writes: latency-bound, overlap them
+        list(pool.map(write, states))
     ev = store.group["eval"]
     if "predictions" in ev:
         labels = np.asarray(store.group["dataset/labels"][...])
@@ -345,4 +356,6 @@ def _finalize(store: RunStore, states: dict[str, RunningTopK], n: int, bad: list
                 per_class[c] = float((pred[m] == c).mean())
         overall = float((pred[valid] == labels[valid]).mean()) if valid.any() else None
         store.write_accuracy(per_class, overall)
-    store.finish(n, {"bad_images": bad, "converted_images": store.attrs.get("converted_images", {})})
+    previous = store.attrs.get("converted_images", {})
+    merged = {m: previous.get(m, 0) + converted.get(m, 0) for m in {*previous, *converted}}
+    store.finish(n, {"bad_images": bad, "converted_images": merged})

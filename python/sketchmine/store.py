@@ -4,7 +4,8 @@
       dataset/{labels, paths, class_names}
       eval/{logits, predictions, per_class_accuracy}
       layers/<name>/{values, image_index, yx, nan_count}   attrs: shape, kind, receptive_field
-      _checkpoint/slot0|slot1/<name>/{values, index, position, nan_count}   (while mining)
+      _checkpoint/slot0|slot1/{values, index, position, nan_count}   (while mining; all layers
+                                                                      packed, shapes in attrs)
 
 Crash safety: a flush writes the whole state into the slot not named by the committed
 progress, then commits by rewriting the root attributes (zarr writes each file through a
@@ -27,6 +28,7 @@ import zarr
 from .errors import SketchmineError
 
 SCHEMA_VERSION = 1
+_STATE_KEYS = ("values", "index", "position", "nan_count")
 _ROW_CHUNK = 8192
 
 
@@ -172,11 +174,12 @@ class RunStore:
         if slot in ck:
             del ck[slot]
         sg = ck.create_group(slot)
-        for layer, state in states.items():
-            lg = sg.create_group(layer)
-            for key, t in state.items():
-                arr = t.numpy()
-                lg.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=arr.shape or (1,))[...] = arr
+        # all layers packed into one array per key: four writes per flush, whatever the depth
+        layers = list(states)
+        sg.attrs.update({"layers": layers, "shapes": [list(states[l]["values"].shape) for l in layers]})
+        for key in _STATE_KEYS:
+            arr = np.concatenate([states[l][key].numpy().ravel() for l in layers])
+            sg.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=(max(len(arr), 1),))[...] = arr
         self.commit({"images_done": images_done, "slot": slot, "complete": False,
                      "updated": time.time()}, extra)
 
@@ -190,9 +193,19 @@ class RunStore:
             return None
         try:
             sg = self.group[f"_checkpoint/{slot}"]
-            return {layer: {key: torch.from_numpy(np.asarray(sg[f"{layer}/{key}"][...]))
-                            for key in ("values", "index", "position", "nan_count")}
-                    for layer in layers}
+            flat = {key: np.asarray(sg[key][...]) for key in _STATE_KEYS}
+            out: dict[str, dict[str, torch.Tensor]] = {}
+            at = at_c = 0
+            for layer, (c, k) in zip(sg.attrs["layers"], sg.attrs["shapes"]):
+                st = {key: torch.from_numpy(flat[key][at:at + c * k].reshape(c, k).copy())
+                      for key in ("values", "index", "position")}
+                st["nan_count"] = torch.from_numpy(flat["nan_count"][at_c:at_c + c].copy())
+                out[layer] = st
+                at, at_c = at + c * k, at_c + c
+            missing = [l for l in layers if l not in out]
+            if missing:
+                raise KeyError(f"layers {missing} not in the checkpoint")
+            return {l: out[l] for l in layers}
         except Exception as exc:
             raise SketchmineError(
                 f"{self.path}: the committed checkpoint ({slot}) cannot be read ({type(exc).__name__}: {exc}); "
