@@ -1,4 +1,4 @@
-"""Command line: `sketchmine mine | demo | summary`. Errors print as one line, no traceback."""
+"""Command line: `sketchmine mine | demo | summary | bench`. Errors print as one line, no traceback."""
 from __future__ import annotations
 
 import argparse
@@ -35,7 +35,20 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="print a run's accuracy and per-layer class preferences")
     s.add_argument("run")
     s.add_argument("-n", type=int, default=5, help="classes per side (default 5)")
+    b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
     return p
+
+
+def _bench(args: list[str]) -> int:
+    """The suite lives in the repository's benchmarks/ package, beside python/."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise SketchmineError("the benchmark suite ships with the source checkout (benchmarks/); run it from there")
+    sys.path.insert(0, str(root))
+    from benchmarks.mine_vs_forward import main as bench_main
+
+    return int(bench_main(args) or 0)
 
 
 def _mine(args: argparse.Namespace, console: Console) -> None:
@@ -99,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             _demo(args, console)
         elif args.command == "summary":
             _summary(args.run, args.n, console)
+        elif args.command == "bench":
+            return _bench(args.args)
     except SketchmineError as exc:
         print(f"sketchmine: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

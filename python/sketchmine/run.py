@@ -10,6 +10,7 @@ import pandas as pd
 
 from .errors import SketchmineError, closest
 from .store import RunStore
+from .topk import flat_to_yx
 
 
 class Run:
@@ -81,15 +82,8 @@ class Run:
         if state is None:
             raise SketchmineError(f"run {self.path} has no results for {layer!r} yet (nothing flushed)")
         s = state[layer]
-        pos, idx = s["position"].numpy(), s["index"].numpy()
-        spatial = self.layer_shape(layer)[1:]
-        if len(spatial) == 2:
-            yx = np.stack([pos // spatial[1], pos % spatial[1]], -1)
-        else:
-            yx = np.stack([np.zeros_like(pos), pos], -1) if spatial else np.full(pos.shape + (2,), -1)
-        yx = yx.astype(np.int32)
-        yx[idx < 0] = -1
-        return s["values"].numpy(), idx, yx
+        idx = s["index"].numpy()
+        return s["values"].numpy(), idx, flat_to_yx(s["position"].numpy(), idx, self.layer_shape(layer)[1:])
 
     def class_accuracy(self) -> pd.DataFrame:
         """Per-class accuracy: columns accuracy (fraction), correct, count.

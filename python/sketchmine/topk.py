@@ -6,6 +6,7 @@ the compiled op `topk_update`.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import ops
@@ -52,17 +53,19 @@ class RunningTopK:
 
     def yx(self) -> torch.Tensor:
         """(C, k, 2) int32 grid coordinates of each entry; -1 for empty slots and grid-less layers."""
-        pos = self.state["position"].cpu()
-        if len(self.spatial) == 2:
-            w = self.spatial[1]
-            y, x = pos // w, pos % w
-        elif len(self.spatial) == 1:
-            y, x = torch.zeros_like(pos), pos
-        else:
-            y, x = torch.zeros_like(pos), torch.zeros_like(pos)
-        empty = self.state["index"].cpu() < 0
-        out = torch.stack([y, x], dim=-1).to(torch.int32)
-        if not self.spatial:
-            out.fill_(-1)
-        out[empty] = -1
-        return out
+        return torch.from_numpy(flat_to_yx(self.state["position"].cpu().numpy(),
+                                           self.state["index"].cpu().numpy(), self.spatial))
+
+
+def flat_to_yx(position: np.ndarray, index: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
+    """Flat spatial positions (C, k) → (C, k, 2) int32 (y, x); a 1-D grid gives y = 0;
+    -1 for empty slots (index < 0) and for layers without a grid (FC, softmax)."""
+    if len(spatial) == 2:
+        yx = np.stack([position // spatial[1], position % spatial[1]], axis=-1)
+    elif len(spatial) == 1:
+        yx = np.stack([np.zeros_like(position), position], axis=-1)
+    else:
+        yx = np.full(position.shape + (2,), -1)
+    yx = yx.astype(np.int32)
+    yx[index < 0] = -1
+    return yx
