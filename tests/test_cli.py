@@ -110,3 +110,42 @@ def test_unknown_model_and_bad_checkpoint(tmp_path, folder):
     ckpt.write_bytes(b"not a checkpoint")
     assert_clean_error(sm("mine", "--model", str(ckpt), "--data", str(folder), "--out", str(tmp_path / "r")),
                        "not a loadable checkpoint")
+
+
+def test_sigkill_mid_run_resumes_to_identical_store(tmp_path, folder):
+    """A real crash: SIGKILL the CLI once it has flushed, re-run the same command, compare."""
+    import json
+    import os
+    import signal
+    import time
+
+    from tests.helpers import store_arrays
+
+    args = ["mine", "--model", "demo", "--data", str(folder), "--batch-size", "8", "--flush-every", "1",
+            "--workers", "0"]
+    ref = sm(*args, "--out", str(tmp_path / "ref.zarr"))
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "run.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "sketchmine", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            done = json.loads((out / "zarr.json").read_text())["attributes"]["progress"]["images_done"]
+        except (OSError, ValueError, KeyError):
+            done = 0
+        if done >= 24:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = sketchmine.open_run(out)
+    assert not partial.complete and 24 <= partial.images_done < 120
+    again = sm(*args, "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    got, want = store_arrays(out), store_arrays(tmp_path / "ref.zarr")
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
