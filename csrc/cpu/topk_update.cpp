@@ -110,11 +110,37 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
   const int64_t k = values.size(1);
   const int64_t sn = acts3.stride(0), sc = acts3.stride(1), sl = acts3.stride(2);
   const T* data = acts3.const_data_ptr<T>();
+  const int64_t* img = image_index.const_data_ptr<int64_t>();
+  float* vals = values.data_ptr<float>();
+  int64_t* idx = index.data_ptr<int64_t>();
+  int64_t* pos = position.data_ptr<int64_t>();
+  int64_t* nanc = nan_count.data_ptr<int64_t>();
+
+  if (len == 1) {
+    // No grid (FC, softmax): the activations are the candidates. Channel blocks in
+    // parallel; within a block, image-major so each image's row is read contiguously
+    // while the block's states stay in cache.
+    at::parallel_for(0, c, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t i = 0; i < n; ++i) {
+        const T* row = data + i * sn;
+        for (int64_t ch = begin; ch < end; ++ch) {
+          const float v = static_cast<float>(row[ch * sc]);
+          if (v != v) {
+            ++nanc[ch];
+            continue;
+          }
+          insert_candidate(vals + ch * k, idx + ch * k, pos + ch * k, k, v, img[i], 0);
+        }
+      }
+    });
+    return;
+  }
+
   std::vector<float> cand_v(n * c);
   std::vector<int64_t> cand_p(n * c), cand_nan(n * c);
 
   // Phase 1: one spatial reduction per (image, channel); grain keeps tasks ~32k elements.
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(len, 1));
+  const int64_t grain = std::max<int64_t>(1, 32768 / len);
   at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r / c, ch = r % c;
@@ -122,15 +148,11 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
     }
   });
 
-  // Phase 2: merge the N candidates of each channel into its k-deep state.
-  const int64_t* img = image_index.const_data_ptr<int64_t>();
-  float* vals = values.data_ptr<float>();
-  int64_t* idx = index.data_ptr<int64_t>();
-  int64_t* pos = position.data_ptr<int64_t>();
-  int64_t* nanc = nan_count.data_ptr<int64_t>();
-  at::parallel_for(0, c, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t ch = begin; ch < end; ++ch) {
-      for (int64_t i = 0; i < n; ++i) {
+  // Phase 2: merge the N candidates of each channel into its k-deep state; image-major
+  // within a channel block, as above (the order of insertion does not change the result).
+  at::parallel_for(0, c, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t ch = begin; ch < end; ++ch) {
         const int64_t r = i * c + ch;
         nanc[ch] += cand_nan[r];
         if (cand_p[r] < 0) continue;
