@@ -71,22 +71,48 @@ __global__ void reduce_rows(const T* __restrict__ data, int64_t n, int64_t c, in
   }
 }
 
+// One warp per channel: lanes test 32 candidates at a time against the channel's
+// current k-th entry; only those that beat it (few, once the state has warmed up) are
+// inserted, one after another, by lane 0. insert_candidate re-checks each against the
+// updated state, so the result equals inserting every candidate in turn.
 __global__ void merge_channels(const float* __restrict__ cand_v, const int64_t* __restrict__ cand_p,
                                const int64_t* __restrict__ cand_nan,
                                const int64_t* __restrict__ img, int64_t n, int64_t c, int64_t k,
                                float* values, int64_t* index, int64_t* position,
                                int64_t* nan_count) {
-  const int64_t ch = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t ch = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   if (ch >= c) return;
+  float* vals = values + ch * k;
+  int64_t* idx = index + ch * k;
+  int64_t* pos = position + ch * k;
   int64_t nans = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = i * c + ch;
-    nans += cand_nan[r];
-    if (cand_p[r] < 0) continue;
-    insert_candidate(values + ch * k, index + ch * k, position + ch * k, k, cand_v[r], img[i],
-                     cand_p[r]);
+  for (int64_t base = 0; base < n; base += kWarp) {
+    const int64_t i = base + lane;
+    float v = 0.f;
+    int64_t p = -1, im = -1;
+    if (i < n) {
+      const int64_t r = i * c + ch;
+      nans += cand_nan[r];
+      p = cand_p[r];
+      v = cand_v[r];
+      im = img[i];
+    }
+    __syncwarp();
+    const bool pass = p >= 0 && ranks_before(v, im, vals[k - 1], idx[k - 1]);
+    unsigned mask = __ballot_sync(0xffffffffu, pass);
+    while (mask) {
+      const int src = __ffs(mask) - 1;
+      mask &= mask - 1;
+      const float sv = __shfl_sync(0xffffffffu, v, src);
+      const int64_t sp = __shfl_sync(0xffffffffu, p, src);
+      const int64_t si = __shfl_sync(0xffffffffu, im, src);
+      if (lane == 0) insert_candidate(vals, idx, pos, k, sv, si, sp);
+      __syncwarp();
+    }
   }
-  nan_count[ch] += nans;
+  for (int off = kWarp / 2; off > 0; off /= 2) nans += __shfl_down_sync(0xffffffffu, nans, off);
+  if (lane == 0) nan_count[ch] += nans;
 }
 
 }  // namespace
@@ -113,8 +139,7 @@ void topk_update_cuda(const at::Tensor& acts, const at::Tensor& image_index, at:
             cand_nan.data_ptr<int64_t>());
       });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const int threads = 128;
-  merge_channels<<<(c + threads - 1) / threads, threads, 0, stream>>>(
+  merge_channels<<<(c + kRowsPerBlock - 1) / kRowsPerBlock, kRowsPerBlock * kWarp, 0, stream>>>(
       cand_v.data_ptr<float>(), cand_p.data_ptr<int64_t>(), cand_nan.data_ptr<int64_t>(),
       img.const_data_ptr<int64_t>(), n, c, values.size(1), values.data_ptr<float>(),
       index.data_ptr<int64_t>(), position.data_ptr<int64_t>(), nan_count.data_ptr<int64_t>());

@@ -1,0 +1,254 @@
+"""Shared pieces of the benchmarks: machine facts, the model and dataset under test,
+timing helpers and a progress recorder that splits `mine`'s wall time into phases."""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- machine -----------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def mem_total_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "python", "csrc"],
+                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+dirty" if dirty else "") if rev else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_info() -> dict:
+    import sketchmine
+    import torchvision
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    return {
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "cpus_usable": affinity,
+        "mem_total_gib": mem_total_gib(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "sketchmine": sketchmine.__version__,
+        "git": git_revision(),
+    }
+
+
+# ---- model and data ------------------------------------------------------------------------
+def build_model(name: str, seed: int = 0) -> nn.Module:
+    """A torchvision model, random init (weights=None), eval mode, fixed seed."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    return torchvision.models.get_model(name, weights=None).eval()
+
+
+def conv_linear_layers(model: nn.Module) -> list[str]:
+    """Every nn.Conv2d and nn.Linear, in named_modules order (the layers every method taps)."""
+    return [n for n, m in model.named_modules() if n and isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def make_dataset(n: int, size: int = 224):
+    """The first `n` images of the embedded Animal-Shape set (train+test, stable order),
+    ImageNet preset: 3 channels, `size` px. Loading (gray→RGB, bilinear resize, normalise)
+    happens per item, so it is part of every DataLoader-driven measurement alike."""
+    from sketchmine import data
+
+    full = data.animal_shape("all", data.preset("imagenet", 3, (size, size)))
+    if n > len(full):
+        raise SystemExit(f"asked for {n} images; the embedded dataset has {len(full)}")
+    desc = {**full.describe(), "first": n}
+    return data.ArrayDataset(full.images[:n], full.labels()[:n], full.class_names, full.preprocessing, desc)
+
+
+def loader(ds, batch_size: int, num_workers: int):
+    """The DataLoader every batched measurement iterates: the one `mine` builds (same
+    dataset, batch size, workers, and sketchmine's collate function when it has one)."""
+    from torch.utils.data import DataLoader
+
+    from sketchmine import data
+
+    collate = getattr(data, "collate", None)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      **({"collate_fn": collate} if collate is not None else {}))
+
+
+# ---- measuring -------------------------------------------------------------------------------
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM (Linux >= 4.0: write 5 to /proc/self/clear_refs), so that
+    the peak of one measurement is not hidden under an earlier one (model init)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_mib(key: str) -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def peak_rss_since_reset_mib() -> float:
+    """VmHWM: peak resident set since the last reset_peak_rss() (or since start)."""
+    return _status_mib("VmHWM")
+
+
+def current_rss_mib() -> float:
+    return _status_mib("VmRSS")
+
+
+class PhaseClock:
+    """A sketchmine `Progress` that timestamps the streaming loop.
+
+    mine() calls start() just before the first batch is read and advance() after each
+    batch, so: setup = start - call, loop = last advance - start, finish = return - last
+    advance (final flush, per-layer arrays, eval, commit).
+    """
+
+    def __init__(self) -> None:
+        self.t_start: float | None = None
+        self.t_advance: list[float] = []
+        self.notes: list[str] = []
+
+    def start(self, total: int, done: int) -> None:
+        self.t_start = time.perf_counter()
+
+    def advance(self, n: int) -> None:
+        self.t_advance.append(time.perf_counter())
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    def phases(self, t_call: float, t_return: float) -> dict[str, float]:
+        t_start = self.t_start if self.t_start is not None else t_call
+        t_last = self.t_advance[-1] if self.t_advance else t_start
+        return {"total": t_return - t_call, "setup": t_start - t_call, "loop": t_last - t_start,
+                "finish": t_return - t_last}
+
+
+def median(xs: list[float]) -> float:
+    return float(np.median(np.asarray(xs, dtype=float))) if xs else float("nan")
+
+
+# ---- a shared machine: measure and avoid other processes' CPU use ---------------------------------
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _busy_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = vals[3] + vals[4]
+    total = sum(vals)
+    return total - idle, total
+
+
+def others_busy_fraction(interval: float = 0.5) -> float | None:
+    """Fraction of all CPUs busy over `interval` while this process sleeps."""
+    a = _busy_jiffies()
+    time.sleep(interval)
+    b = _busy_jiffies()
+    if a is None or b is None or b[1] == a[1]:
+        return None
+    return (b[0] - a[0]) / (b[1] - a[1])
+
+
+class QuietWaiter:
+    """Before each timed measurement, wait (within a total budget) until other processes
+    use less than `threshold` of the machine, so that a concurrent job does not land in
+    one method's timing only."""
+
+    def __init__(self, threshold: float = 0.15, max_wait: float = 30.0, budget: float = 240.0,
+                 enabled: bool = True) -> None:
+        self.threshold, self.max_wait, self.budget, self.enabled = threshold, max_wait, budget, enabled
+        self.waited = 0.0
+        self.gave_up = 0
+
+    def __call__(self) -> float | None:
+        if not self.enabled:
+            return None
+        t0 = time.perf_counter()
+        busy = others_busy_fraction(0.3)
+        while (busy is not None and busy > self.threshold and self.waited + (time.perf_counter() - t0) < self.budget
+               and time.perf_counter() - t0 < self.max_wait):
+            busy = others_busy_fraction(0.5)
+        if busy is not None and busy > self.threshold:
+            self.gave_up += 1
+        self.waited += time.perf_counter() - t0
+        return busy
+
+
+class Meter:
+    """Wall time, this process's CPU time, and the CPU time other processes used meanwhile."""
+
+    def __enter__(self) -> "Meter":
+        self._j0 = _busy_jiffies()
+        self._c0 = time.process_time()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self._t0
+        self.cpu = time.process_time() - self._c0
+        j1 = _busy_jiffies()
+        if self._j0 is None or j1 is None:
+            self.others_cpu = float("nan")
+        else:
+            self.others_cpu = max(0.0, (j1[0] - self._j0[0]) / _HZ - self.cpu)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"wall": self.wall, "cpu": self.cpu, "others_cpu": self.others_cpu}
