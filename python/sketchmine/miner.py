@@ -214,15 +214,11 @@ def mine(
         "preprocessing_key": None if pre is None else f"{pre.preset}/{pre.channels}/{pre.size}",
     }
     net.to(device)
-    lock = None
     if store is not None:
         diffs = _compat(store.attrs, want)
         if diffs:
             raise SketchmineError(f"cannot resume {out}: it was mined with a different " + "; ".join(diffs)
                                   + ". Use another --out for a new run")
-    else:
-        if out.exists() and out.is_dir() and any(out.iterdir()):
-            raise SketchmineError(f"{out} exists and is not a sketchmine run; choose another --out or remove it")
     spec, num_classes = _probe(net, names, _first_readable(ds)[None].to(device))
     if store is None:
         labels = ds.labels()
