@@ -225,7 +225,7 @@ def mine(
         attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
                  "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
                  "versions": _versions(), "bad_images": []}
-        store = RunStore.create(out, attrs, len(ds), ds.class_names, [ds.path(i) for i in range(len(ds))], labels)
+        store = RunStore.create(out, attrs, len(ds), ds.class_names, ds.path, labels)
         store.declare_layers({l.name: {"shape": [l.channels, *l.spatial], "kind": l.kind,
                                        "receptive_field": None} for l in spec})
     lock = RunLock(out)

@@ -19,6 +19,7 @@ import fcntl
 import os
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -102,7 +103,7 @@ class RunStore:
 
     @classmethod
     def create(cls, path: str | os.PathLike, attrs: dict[str, Any], n_images: int, class_names: list[str],
-               paths: list[str], labels: np.ndarray | None) -> RunStore:
+               path_of: Callable[[int], str], labels: np.ndarray | None) -> RunStore:
         """Lay out a new run: dataset arrays, empty eval arrays, root attributes."""
         p = Path(path)
         if p.exists() and any(p.iterdir()) and not is_run(p):
@@ -118,8 +119,9 @@ class RunStore:
         if labels is not None:
             lab[:] = labels
         pa = ds.create_array("paths", shape=(n_images,), dtype=str, chunks=chunk)
-        if n_images:
-            pa[:] = np.array(paths, dtype=str)
+        for start in range(0, n_images, chunk[0]):  # a chunk at a time: flat memory for any size
+            stop = min(start + chunk[0], n_images)
+            pa[start:stop] = np.array([path_of(i) for i in range(start, stop)], dtype=str)
         cn = ds.create_array("class_names", shape=(len(class_names),), dtype=str, chunks=(max(len(class_names), 1),))
         if class_names:
             cn[:] = np.array(class_names, dtype=str)
