@@ -86,9 +86,8 @@ def merge_reference(
     p = torch.cat([position, cand_position], dim=1)
     order = torch.argsort(i, dim=1, stable=True)  # secondary key: image index ascending
     v, i, p = v.gather(1, order), i.gather(1, order), p.gather(1, order)
-    key = torch.where(i < 0, torch.full_like(v, float("nan")), v)
-    # primary key: value descending with empty (NaN key) last; stable keeps index order on ties.
-    key = torch.where(torch.isnan(key), torch.full_like(key, float("-inf")), key)
+    # primary key: value descending; stable keeps the index order on ties
+    key = v.masked_fill(i < 0, float("-inf"))
     empty = (i < 0).to(torch.int8)
     order = torch.argsort(-key, dim=1, stable=True)
     v, i, p, empty = v.gather(1, order), i.gather(1, order), p.gather(1, order), empty.gather(1, order)
