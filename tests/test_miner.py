@@ -187,3 +187,18 @@ def test_cuda_mining_matches_cpu(tmp_path, reference_run, demo_model, small_test
     assert run.attrs["weights_sha256"] == reference_run.attrs["weights_sha256"]
     for name in run.layers:  # cuDNN/cuBLAS round differently from the CPU: near ties may reorder
         assert_same_topk(run.topk(name), reference_run.topk(name), name, rtol=1e-4)
+
+
+def test_module_called_twice_per_forward_is_refused(tmp_path, small_test_set):
+    import torchvision
+
+    from sketchmine.data import ArrayDataset, preset
+
+    ds = small_test_set
+    sub = ArrayDataset(ds.images[:4], ds.labels()[:4], ds.class_names, preset("imagenet", 3, (64, 64)), ds.describe())
+    net = torchvision.models.resnet18(num_classes=10)
+    with pytest.raises(SketchmineError, match=r"'layer1\.0\.relu' is called more than once per forward"):
+        sketchmine.mine(net, sub, layers=["layer1.0.relu"], out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()
+    run = sketchmine.mine(net, sub, layers=["layer1.0.conv2", "layer1.0", "fc"], out=tmp_path / "s.zarr", k=2)
+    assert run.layer_shape("layer1.0") == (64, 16, 16)

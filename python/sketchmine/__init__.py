@@ -9,5 +9,6 @@ __version__ = "0.1.0"
 from .errors import SketchmineError  # noqa: E402
 from .run import Run, open_run  # noqa: E402
 from .miner import mine  # noqa: E402
+from .receptive_field import ReceptiveField, receptive_fields  # noqa: E402
 
-__all__ = ["Run", "SketchmineError", "mine", "open_run", "__version__"]
+__all__ = ["ReceptiveField", "Run", "SketchmineError", "mine", "open_run", "receptive_fields", "__version__"]

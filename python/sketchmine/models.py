@@ -21,7 +21,7 @@ def weights_hash(model: nn.Module) -> str:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
         if t.numel():
-            h.update(memoryview(t.view(torch.uint8).numpy()))  # no intermediate bytes copy
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy; 0-dim ok
     return h.hexdigest()
 
 

@@ -66,10 +66,13 @@ class Taps:
         self.layers = [n for n in layers if n != SOFTMAX]
         self.callback = callback
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._called: set[str] = set()
 
     def __enter__(self) -> Taps:
         modules = dict(self.model.named_modules())
         try:
+            # each forward pass starts with no tapped module called yet
+            self._handles.append(self.model.register_forward_pre_hook(lambda m, i: self._called.clear()))
             for name in self.layers:
                 if name not in modules:
                     raise SketchmineError(f"unknown layer {name!r}")
@@ -81,6 +84,11 @@ class Taps:
 
     def _hook(self, name: str) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output) -> None:
+            if name in self._called:  # a reused module (ResNet's block ReLU): one tap, two tensors
+                raise SketchmineError(
+                    f"layer {name!r} is called more than once per forward pass, so one tap would mix its "
+                    "calls; tap the modules around it instead (e.g. the conv or the block output)")
+            self._called.add(name)
             if isinstance(output, (tuple, list)):
                 output = output[0]
             self.callback(name, output)

@@ -1,0 +1,158 @@
+"""Receptive fields from the model's graph: size, stride and offset of every layer.
+
+The model is traced with torch.fx and shapes are propagated on the meta device; each
+node's field is derived from its inputs' fields through the op's kernel, stride, padding
+and dilation. Branches are merged by union (residual additions, Inception concatenations),
+and anything that mixes all positions (flatten, linear, global pooling) sees the whole
+image. No per-model rules: a model this cannot analyse gets an error naming the module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from .errors import SketchmineError
+
+_POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
+                      nn.Hardswish, nn.Hardsigmoid, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm,
+                      nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Softmax, nn.LogSoftmax)
+_POINTWISE_FUNCS = {torch.relu, torch.nn.functional.relu, torch.sigmoid, torch.tanh, torch.add, torch.mul,
+                    torch.cat, torch.nn.functional.dropout, torch.softmax, torch.nn.functional.softmax,
+                    torch.nn.functional.batch_norm, torch.nn.functional.hardtanh, torch.nn.functional.relu6,
+                    torch.nn.functional.gelu, torch.nn.functional.silu, torch.unsqueeze,
+                    __import__("operator").add, __import__("operator").mul, __import__("operator").getitem}
+_POINTWISE_METHODS = {"relu", "relu_", "add", "add_", "mul", "mul_", "sigmoid", "contiguous", "clone",
+                      "unsqueeze", "float", "to", "chunk", "size"}
+_GLOBAL_FUNCS = {torch.flatten, torch.mean, torch.nn.functional.adaptive_avg_pool2d}
+_GLOBAL_METHODS = {"view", "reshape", "flatten", "mean", "sum"}
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Input-pixel field of a layer's units, per spatial axis (y, x).
+
+    Unit i along an axis sees input pixels [offset + i*stride, offset + i*stride + size - 1];
+    offset can be negative (padding), so crops must be clipped to the image.
+    """
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    offset: tuple[int, int]
+
+    def box(self, y: int, x: int) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right), inclusive, of unit (y, x) before clipping."""
+        top, left = self.offset[0] + y * self.stride[0], self.offset[1] + x * self.stride[1]
+        return top, left, top + self.size[0] - 1, left + self.size[1] - 1
+
+
+@dataclass(frozen=True)
+class _Field:
+    """Per axis: jump (input pixels between neighbouring units) and unit 0's window [lo, hi]."""
+
+    jump: tuple[int, int]
+    lo: tuple[int, int]
+    hi: tuple[int, int]
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
+
+
+def _window(f: _Field, k, s, p, d) -> _Field:
+    """Field after a sliding window (conv or pool) with kernel k, stride s, padding p, dilation d."""
+    k, s, p, d = _pair(k), _pair(s), _pair(p), _pair(d)
+    return _Field(
+        tuple(f.jump[a] * s[a] for a in range(2)),
+        tuple(f.lo[a] - p[a] * f.jump[a] for a in range(2)),
+        tuple(f.hi[a] + ((k[a] - 1) * d[a] - p[a]) * f.jump[a] for a in range(2)),
+    )
+
+
+def _union(fields: list[_Field], where: str) -> _Field:
+    jumps = {f.jump for f in fields}
+    if len(jumps) > 1:
+        raise SketchmineError(f"cannot merge receptive fields at {where}: branches have strides {sorted(jumps)}")
+    return _Field(fields[0].jump, tuple(min(f.lo[a] for f in fields) for a in range(2)),
+                  tuple(max(f.hi[a] for f in fields) for a in range(2)))
+
+
+def receptive_fields(model: nn.Module, input_size: int | tuple[int, int]) -> dict[str, ReceptiveField]:
+    """Receptive field of every module with a spatial output, by qualified name; modules
+    whose units see the whole image (linear, after flatten or global pooling) get the
+    whole image: size = input size, stride 0, offset 0."""
+    h, w = _pair(input_size)
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:
+        raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx to compute receptive fields: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from .models import input_channels
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():  # shapes for adaptive pooling; one real forward of one image
+            ShapeProp(gm).propagate(torch.zeros(1, input_channels(model), h, w))
+    except Exception as exc:
+        raise SketchmineError(f"{type(model).__name__} cannot take a {h}×{w} input: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    finally:
+        model.train(was_training)
+    whole = _Field((0, 0), (0, 0), (h - 1, w - 1))
+    fields: dict[fx.Node, _Field] = {}
+    modules = dict(gm.named_modules())
+    out: dict[str, ReceptiveField] = {}
+    for node in gm.graph.nodes:
+        ins = [fields[a] for a in node.all_input_nodes if a in fields]
+        if node.op == "placeholder":
+            fields[node] = _Field((1, 1), (0, 0), (0, 0))
+            continue
+        if node.op in ("output", "get_attr") or not ins:
+            continue
+        where = node.target if node.op == "call_module" else node.name
+        f = _union(ins, str(where)) if all(i.jump != (0, 0) for i in ins) else whole
+        if node.op == "call_module":
+            m = modules[node.target]
+            if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+                dil = getattr(m, "dilation", 1)
+                f = _window(f, m.kernel_size, m.stride, m.padding, dil if dil is not None else 1)
+            elif isinstance(m, (nn.Linear, nn.Flatten)):
+                f = whole
+            elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                f = _adaptive(f, m.output_size, node, whole)
+            elif not isinstance(m, _POINTWISE_MODULES):
+                raise SketchmineError(f"receptive fields: module {node.target!r} ({type(m).__name__}) is not supported")
+            fields[node] = f
+            if f.jump == (0, 0):
+                out[node.target] = ReceptiveField((h, w), (0, 0), (0, 0))
+            else:
+                out[node.target] = ReceptiveField(tuple(f.hi[a] - f.lo[a] + 1 for a in range(2)), f.jump, f.lo)
+        elif node.op == "call_function":
+            if node.target in _GLOBAL_FUNCS:
+                f = whole
+            elif node.target not in _POINTWISE_FUNCS:
+                raise SketchmineError(f"receptive fields: function {getattr(node.target, '__name__', node.target)} "
+                                      f"at {node.name} is not supported")
+            fields[node] = f
+        elif node.op == "call_method":
+            if node.target in _GLOBAL_METHODS:
+                f = whole
+            elif node.target not in _POINTWISE_METHODS:
+                raise SketchmineError(f"receptive fields: method .{node.target}() at {node.name} is not supported")
+            fields[node] = f
+    return out
+
+
+def _adaptive(f: _Field, output_size, node: fx.Node, whole: _Field) -> _Field:
+    """Adaptive pooling: the identity when input and output grids match (AlexNet, VGG at
+    224 px), else every unit is taken to see the whole image (global pooling exactly; a
+    safe bound otherwise)."""
+    meta = node.all_input_nodes[0].meta.get("tensor_meta")
+    out = tuple(output_size) if isinstance(output_size, (tuple, list)) else _pair(output_size)
+    if meta is not None and None not in out and tuple(meta.shape[-2:]) == out:
+        return f
+    return whole

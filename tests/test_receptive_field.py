@@ -1,0 +1,101 @@
+"""Receptive fields from the graph: the seed's table, and agreement with the empirical field
+(non-zero input gradient of one unit) on plain, residual and Inception models."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from sketchmine import receptive_fields
+from sketchmine.errors import SketchmineError
+
+
+def convs(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_seed_table_alexnet_and_vgg19():
+    alex = torchvision.models.alexnet()
+    rf = receptive_fields(alex, 224)
+    assert [rf[n].size for n in convs(alex)] == [(s, s) for s in (11, 51, 99, 131, 163)]
+    vgg = torchvision.models.vgg19()
+    rf = receptive_fields(vgg, 224)
+    want = (3, 5, 10, 14, 24, 32, 40, 48, 68, 84, 100, 116, 156, 188, 220, 252)
+    assert [rf[n].size[0] for n in convs(vgg)] == list(want)
+    assert rf["classifier.6"].size == (224, 224) and rf["classifier.6"].stride == (0, 0)
+
+
+def _linearised(model: nn.Module) -> nn.Module:
+    """Same geometry, every path passes gradient: positive weights, no bias, no norm,
+    max-pooling swapped for average pooling of the same window; positive inputs keep every
+    ReLU in its linear part."""
+    m = copy.deepcopy(model).eval()
+    g = torch.Generator().manual_seed(0)
+    for name, mod in list(m.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(mod, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                      ceil_mode=child.ceil_mode, count_include_pad=True))
+            elif isinstance(child, nn.BatchNorm2d):
+                setattr(mod, child_name, nn.Identity())
+    for p_name, p in m.named_parameters():
+        with torch.no_grad():
+            if p_name.endswith("bias"):
+                p.zero_()
+            else:
+                p.copy_(torch.rand(p.shape, generator=g) + 0.1)
+    return m
+
+
+def _empirical_box(model: nn.Module, layer: str, size: int, channel: int = 0) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """Bounding box of the input pixels with non-zero gradient for the centre unit of `layer`."""
+    out = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: out.setdefault("o", o))
+    x = (torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)) + 0.1).requires_grad_()
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    o = out["o"]
+    y, xx = o.shape[2] // 2, o.shape[3] // 2
+    o[0, channel, y, xx].backward()
+    rows, cols = np.nonzero(x.grad[0].abs().sum(0).numpy())
+    return (rows.min(), cols.min(), rows.max(), cols.max()), (y, xx)
+
+
+@pytest.mark.parametrize("name,layers", [
+    ("vgg19", ["features.5", "features.19", "features.34"]),
+    ("resnet18", ["layer1.0.conv2", "layer2.1.conv1", "layer3.0.downsample.0", "layer4.1.conv2"]),
+    ("resnet50", ["layer2.0.conv3", "layer3.2.conv2"]),
+    ("googlenet", ["inception3a.branch3.1.conv", "inception4c.branch4.1.conv", "inception5b.branch2.1.conv"]),
+])
+def test_graph_field_equals_empirical_field(name, layers):
+    kw = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    model = torchvision.models.get_model(name, weights=None, **kw).eval()
+    size = 160
+    rf = receptive_fields(model, size)
+    lin = _linearised(model)
+    for layer in layers:
+        (t, l, b, r), (y, x) = _empirical_box(lin, layer, size)
+        top, left, bottom, right = rf[layer].box(y, x)
+        want = (max(top, 0), max(left, 0), min(bottom, size - 1), min(right, size - 1))
+        assert (t, l, b, r) == want, f"{name} {layer}: empirical {(t, l, b, r)} vs graph {want}"
+
+
+def test_untraceable_model_is_named():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: not traceable
+                return self.conv(x)
+            return x
+
+    with pytest.raises(SketchmineError, match="cannot trace Branchy"):
+        receptive_fields(Branchy(), 32)
