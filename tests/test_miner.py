@@ -202,3 +202,15 @@ def test_module_called_twice_per_forward_is_refused(tmp_path, small_test_set):
     assert not (tmp_path / "r.zarr").exists()
     run = sketchmine.mine(net, sub, layers=["layer1.0.conv2", "layer1.0", "fc"], out=tmp_path / "s.zarr", k=2)
     assert run.layer_shape("layer1.0") == (64, 16, 16)
+
+
+def test_store_records_receptive_fields(reference_run, demo_model):
+    rf = sketchmine.receptive_fields(demo_model.module, 28)
+    for name in reference_run.layers:
+        got = reference_run.store.group[f"layers/{name}"].attrs["receptive_field"]
+        if name in rf:
+            assert got == {"size": list(rf[name].size), "stride": list(rf[name].stride),
+                           "offset": list(rf[name].offset)}, name
+        else:  # the virtual softmax sees the whole image
+            assert got == {"size": [28, 28], "stride": [0, 0], "offset": [0, 0]}
+    assert reference_run.store.group["layers/features.3"].attrs["receptive_field"]["size"] == [10, 10]

@@ -23,6 +23,7 @@ from . import __version__
 from .data import MinerDataset, Preprocessing, as_miner_dataset, collate, compute_mean_std, preset
 from .errors import SketchmineError
 from .models import LoadedModel, input_channels, load_model, weights_hash
+from .receptive_field import receptive_fields
 from .run import Run
 from .store import RunLock, RunStore, is_run
 from .taps import SOFTMAX, Taps, resolve_layers
@@ -114,6 +115,20 @@ def _shape_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return _first_tensor(torch.func.functional_call(model, meta, (x.to("meta"),)))
     except Exception:  # an op without a meta kernel: compute for real
         return _first_tensor(model(x))
+
+
+def _fields(net: nn.Module, size: tuple[int, int], progress: Progress) -> dict[str, dict[str, list[int]] | None]:
+    """Receptive field per module as store attributes ("*": the whole image, for the virtual
+    softmax); a model the graph analysis cannot handle is mined all the same, without them."""
+    try:
+        rf = receptive_fields(net, size)
+    except SketchmineError as exc:
+        progress.note(f"no receptive fields recorded: {exc}")
+        return {}
+    out: dict[str, dict[str, list[int]] | None] = {
+        name: {"size": list(f.size), "stride": list(f.stride), "offset": list(f.offset)} for name, f in rf.items()}
+    out["*"] = {"size": list(size), "stride": [0, 0], "offset": [0, 0]}
+    return out
 
 
 def _first_readable(ds: MinerDataset, limit: int = 64) -> torch.Tensor:
@@ -219,15 +234,17 @@ def mine(
         if diffs:
             raise SketchmineError(f"cannot resume {out}: it was mined with a different " + "; ".join(diffs)
                                   + ". Use another --out for a new run")
-    spec, num_classes = _probe(net, names, _first_readable(ds)[None].to(device))
+    first = _first_readable(ds)
+    spec, num_classes = _probe(net, names, first[None].to(device))
     if store is None:
+        fields = _fields(net, tuple(first.shape[-2:]), progress) if first.ndim == 3 else {}
         labels = ds.labels()
         attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
                  "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
                  "versions": _versions(), "bad_images": []}
         store = RunStore.create(out, attrs, len(ds), ds.class_names, ds.path, labels)
         store.declare_layers({l.name: {"shape": [l.channels, *l.spatial], "kind": l.kind,
-                                       "receptive_field": None} for l in spec})
+                                       "receptive_field": fields.get(l.name, fields.get("*"))} for l in spec})
     lock = RunLock(out)
     lock.acquire()
     try:

@@ -88,20 +88,7 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int]) -> dic
     except Exception as exc:
         raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx to compute receptive fields: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    from .models import input_channels
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():  # shapes for adaptive pooling; one real forward of one image
-            ShapeProp(gm).propagate(torch.zeros(1, input_channels(model), h, w))
-    except Exception as exc:
-        raise SketchmineError(f"{type(model).__name__} cannot take a {h}×{w} input: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    finally:
-        model.train(was_training)
+    _propagate_shapes(gm, model, h, w)
     whole = _Field((0, 0), (0, 0), (h - 1, w - 1))
     fields: dict[fx.Node, _Field] = {}
     modules = dict(gm.named_modules())
@@ -145,6 +132,32 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int]) -> dic
                 raise SketchmineError(f"receptive fields: method .{node.target}() at {node.name} is not supported")
             fields[node] = f
     return out
+
+
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int) -> None:
+    """Tensor shapes on every node (adaptive pooling needs its input grid): with fake
+    tensors, no arithmetic; a real one-image forward if an op has no fake kernel."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from .models import input_channels
+
+    x = torch.zeros(1, input_channels(model), h, w)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(x)
+            except SketchmineError:
+                raise
+            except Exception:
+                ShapeProp(gm).propagate(x)
+    except Exception as exc:
+        raise SketchmineError(f"{type(model).__name__} cannot take a {h}×{w} input: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    finally:
+        model.train(was_training)
 
 
 def _adaptive(f: _Field, output_size, node: fx.Node, whole: _Field) -> _Field:
