@@ -10,5 +10,7 @@ from .errors import SketchmineError  # noqa: E402
 from .run import Run, open_run  # noqa: E402
 from .miner import mine  # noqa: E402
 from .receptive_field import ReceptiveField, receptive_fields  # noqa: E402
+from .deconv import deconvolve  # noqa: E402
 
-__all__ = ["ReceptiveField", "Run", "SketchmineError", "mine", "open_run", "receptive_fields", "__version__"]
+__all__ = ["ReceptiveField", "Run", "SketchmineError", "deconvolve", "mine", "open_run", "receptive_fields",
+           "__version__"]
