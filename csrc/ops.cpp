@@ -43,9 +43,33 @@ at::Tensor check_topk_args(const at::Tensor& acts, const at::Tensor& image_index
   return acts.reshape({n, c, len});
 }
 
+void check_crop_args(const at::Tensor& images, const at::Tensor& image_index, const at::Tensor& corners,
+                     int64_t height, int64_t width) {
+  TORCH_CHECK(images.dim() == 4, "crop_patches: images must be (B, C, H, W), got shape ", images.sizes());
+  TORCH_CHECK(corners.dim() == 2 && corners.size(1) == 2 && corners.scalar_type() == at::kLong,
+              "crop_patches: corners must be (M, 2) int64 (top, left), got ", corners.sizes(), " ",
+              corners.scalar_type());
+  TORCH_CHECK(image_index.dim() == 1 && image_index.size(0) == corners.size(0) &&
+                  image_index.scalar_type() == at::kLong,
+              "crop_patches: image_index must be (M,) int64 with M = ", corners.size(0));
+  TORCH_CHECK(height > 0 && width > 0, "crop_patches: patch size must be positive, got ", height, "x",
+              width);
+  TORCH_CHECK(image_index.device() == images.device() && corners.device() == images.device(),
+              "crop_patches: all tensors must be on ", images.device());
+  if (image_index.numel() > 0 && image_index.device().is_cpu()) {
+    const auto lo = image_index.min().item<int64_t>(), hi = image_index.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < images.size(0), "crop_patches: image_index must lie in [0, ",
+                images.size(0), "), found [", lo, ", ", hi, "]");
+  }
+}
+
 }  // namespace sketchmine
 
 TORCH_LIBRARY(sketchmine, m) {
+  // Fixed-size patches at (top, left) corners of a batch of images; pixels outside the
+  // image take `fill` (the receptive field overhangs the border).
+  m.def("crop_patches(Tensor images, Tensor image_index, Tensor corners, int height, int width, "
+        "float fill=0.) -> Tensor");
   // Streaming per-channel top-k: per (image, channel) the spatial max and its first
   // position, merged in place into a k-deep state sorted best-first.
   m.def(
@@ -53,10 +77,16 @@ TORCH_LIBRARY(sketchmine, m) {
       "Tensor(c!) position, Tensor(d!) nan_count) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(sketchmine, CPU, m) { m.impl("topk_update", &sketchmine::topk_update_cpu); }
+TORCH_LIBRARY_IMPL(sketchmine, CPU, m) {
+  m.impl("topk_update", &sketchmine::topk_update_cpu);
+  m.impl("crop_patches", &sketchmine::crop_patches_cpu);
+}
 
 #ifdef SKETCHMINE_WITH_CUDA
-TORCH_LIBRARY_IMPL(sketchmine, CUDA, m) { m.impl("topk_update", &sketchmine::topk_update_cuda); }
+TORCH_LIBRARY_IMPL(sketchmine, CUDA, m) {
+  m.impl("topk_update", &sketchmine::topk_update_cuda);
+  m.impl("crop_patches", &sketchmine::crop_patches_cuda);
+}
 #endif
 
 PYBIND11_MODULE(_C, m) {

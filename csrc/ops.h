@@ -11,11 +11,21 @@ at::Tensor check_topk_args(const at::Tensor& acts, const at::Tensor& image_index
                            const at::Tensor& values, const at::Tensor& index,
                            const at::Tensor& position, const at::Tensor& nan_count);
 
+// Checks crop_patches' arguments; returns nothing, throws with a message.
+void check_crop_args(const at::Tensor& images, const at::Tensor& image_index, const at::Tensor& corners,
+                     int64_t height, int64_t width);
+
+at::Tensor crop_patches_cpu(const at::Tensor& images, const at::Tensor& image_index,
+                            const at::Tensor& corners, int64_t height, int64_t width, double fill);
+
 void topk_update_cpu(const at::Tensor& acts, const at::Tensor& image_index,
                      at::Tensor& values, at::Tensor& index, at::Tensor& position,
                      at::Tensor& nan_count);
 
 #ifdef SKETCHMINE_WITH_CUDA
+at::Tensor crop_patches_cuda(const at::Tensor& images, const at::Tensor& image_index,
+                             const at::Tensor& corners, int64_t height, int64_t width, double fill);
+
 void topk_update_cuda(const at::Tensor& acts, const at::Tensor& image_index,
                       at::Tensor& values, at::Tensor& index, at::Tensor& position,
                       at::Tensor& nan_count);

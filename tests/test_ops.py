@@ -116,3 +116,55 @@ def test_opcheck():
     s = ops.new_state(3, 2)
     torch.library.opcheck(torch.ops.sketchmine.topk_update.default,
                           (x, torch.arange(4), s["values"], s["index"], s["position"], s["nan_count"]))
+
+
+@st.composite
+def crops(draw):
+    """Random images (any dtype, NaN in floats), patch sizes and corners, inside, across and
+    beyond the borders and corners."""
+    b, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    ph, pw = draw(st.integers(1, 15)), draw(st.integers(1, 15))
+    dtype = draw(st.sampled_from([torch.uint8, torch.float32, torch.float16, torch.bfloat16]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    if dtype == torch.uint8:
+        images = torch.randint(0, 256, (b, c, h, w), generator=g, dtype=torch.uint8)
+    else:
+        images = torch.randn(b, c, h, w, generator=g).to(dtype)
+        images[torch.rand(images.shape, generator=g) < 0.1] = float("nan")
+    m = draw(st.integers(0, 8))
+    tops = torch.randint(-ph - 2, h + 2, (m,), generator=g)
+    lefts = torch.randint(-pw - 2, w + 2, (m,), generator=g)
+    index = torch.randint(0, b, (m,), generator=g)
+    fill = draw(st.sampled_from([0.0, 7.0]))
+    return images, index, torch.stack([tops, lefts], 1), ph, pw, fill
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(case=crops())
+def test_crop_patches_equals_reference(device, case):
+    images, index, corners, ph, pw, fill = case
+    got = ops.crop_patches(images.to(device), index.to(device), corners.to(device), ph, pw, fill).cpu()
+    want = ops.crop_patches_reference(images, index, corners, ph, pw, fill)
+    assert got.dtype == images.dtype and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_crop_patches_borders_and_clip_record():
+    img = torch.arange(1, 26, dtype=torch.uint8).view(1, 1, 5, 5)  # 1..25, row-major
+    corners = torch.tensor([[-1, -1], [3, 3], [1, 1], [9, 9]])
+    p = ops.crop_patches(img, torch.zeros(4, dtype=torch.long), corners, 3, 3)
+    assert p[0, 0].tolist() == [[0, 0, 0], [0, 1, 2], [0, 6, 7]]          # top-left corner
+    assert p[1, 0].tolist() == [[19, 20, 0], [24, 25, 0], [0, 0, 0]]     # bottom-right corner
+    assert p[2, 0].tolist() == [[7, 8, 9], [12, 13, 14], [17, 18, 19]]   # inside
+    assert (p[3] == 0).all()                                             # beyond the image
+    assert ops.clip_boxes(corners, 3, 3, (5, 5)).tolist() == [[0, 0, 1, 1], [3, 3, 4, 4], [1, 1, 3, 3],
+                                                               [-1, -1, -1, -1]]
+
+
+def test_crop_patches_rejects_bad_index_and_opcheck():
+    img = torch.rand(2, 3, 6, 6)
+    with pytest.raises(RuntimeError, match=r"image_index must lie in \[0, 2\)"):
+        ops.crop_patches(img, torch.tensor([2]), torch.tensor([[0, 0]]), 2, 2)
+    torch.library.opcheck(torch.ops.sketchmine.crop_patches.default,
+                          (img, torch.tensor([1, 0]), torch.tensor([[-1, 2], [4, 4]]), 3, 3, 0.0))

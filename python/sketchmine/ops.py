@@ -113,3 +113,42 @@ def topk_update_reference(
     index.copy_(i)
     position.copy_(p)
     nan_count.add_(nans.sum(dim=0))
+
+
+def crop_patches(images: torch.Tensor, image_index: torch.Tensor, corners: torch.Tensor, height: int,
+                 width: int, fill: float = 0.0) -> torch.Tensor:
+    """Fixed-size patches: images (B, C, H, W) uint8 or float; image_index (M,) int64 into the
+    batch; corners (M, 2) int64 (top, left), possibly outside the image. Returns
+    (M, C, height, width) of the images' dtype; pixels outside the image are `fill`."""
+    return torch.ops.sketchmine.crop_patches(images, image_index, corners, height, width, fill)
+
+
+@torch.library.register_fake("sketchmine::crop_patches")
+def _crop_patches_fake(images, image_index, corners, height, width, fill=0.0):
+    return images.new_empty((corners.shape[0], images.shape[1], height, width))
+
+
+def crop_patches_reference(images: torch.Tensor, image_index: torch.Tensor, corners: torch.Tensor,
+                           height: int, width: int, fill: float = 0.0) -> torch.Tensor:
+    """Pure-torch crop_patches: copy the part of each box inside the image, fill the rest."""
+    m, c = corners.shape[0], images.shape[1]
+    out = torch.full((m, c, height, width), fill, dtype=images.dtype, device=images.device)
+    for j, ((top, left), i) in enumerate(zip(corners.tolist(), image_index.tolist())):
+        (y0, y1), (x0, x1) = _overlap(top, height, images.shape[2]), _overlap(left, width, images.shape[3])
+        if y0 < y1 and x0 < x1:
+            out[j, :, y0 - top:y1 - top, x0 - left:x1 - left] = images[i, :, y0:y1, x0:x1]
+    return out
+
+
+def _overlap(start: int, size: int, limit: int) -> tuple[int, int]:
+    return max(start, 0), min(start + size, limit)
+
+
+def clip_boxes(corners: torch.Tensor, height: int, width: int, image_hw: tuple[int, int]) -> torch.Tensor:
+    """The part of each (top, left, height, width) box inside the image, as (M, 4) int64
+    (top, left, bottom, right), inclusive; all -1 when the box misses the image."""
+    top, left = corners[:, 0], corners[:, 1]
+    box = torch.stack([top.clamp_min(0), left.clamp_min(0), (top + height - 1).clamp_max(image_hw[0] - 1),
+                       (left + width - 1).clamp_max(image_hw[1] - 1)], dim=1)
+    empty = (box[:, 2] < box[:, 0]) | (box[:, 3] < box[:, 1])
+    return box.masked_fill(empty[:, None], -1)
