@@ -14,8 +14,6 @@ and one backward for the whole batch.
 """
 from __future__ import annotations
 
-import operator
-
 import torch
 from torch import fx, nn
 

@@ -8,6 +8,7 @@ image. No per-model rules: a model this cannot analyse gets an error naming the 
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ _POINTWISE_FUNCS = {torch.relu, torch.nn.functional.relu, torch.sigmoid, torch.t
                     torch.cat, torch.nn.functional.dropout, torch.softmax, torch.nn.functional.softmax,
                     torch.nn.functional.batch_norm, torch.nn.functional.hardtanh, torch.nn.functional.relu6,
                     torch.nn.functional.gelu, torch.nn.functional.silu, torch.unsqueeze,
-                    __import__("operator").add, __import__("operator").mul, __import__("operator").getitem}
+                    operator.add, operator.mul, operator.getitem}
 _POINTWISE_METHODS = {"relu", "relu_", "add", "add_", "mul", "mul_", "sigmoid", "contiguous", "clone",
                       "unsqueeze", "float", "to", "chunk", "size"}
 _GLOBAL_FUNCS = {torch.flatten, torch.mean, torch.nn.functional.adaptive_avg_pool2d}
