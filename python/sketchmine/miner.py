@@ -24,7 +24,7 @@ from .data import MinerDataset, Preprocessing, as_miner_dataset, collate, comput
 from .errors import SketchmineError
 from .models import LoadedModel, input_channels, load_model, weights_hash
 from .receptive_field import receptive_fields
-from .run import Run
+from .run import Run, class_counts
 from .store import RunLock, RunStore, is_run
 from .taps import SOFTMAX, Taps, resolve_layers
 from .topk import RunningTopK
@@ -340,10 +340,8 @@ def _flush(store: RunStore, states: dict[str, RunningTopK], pending: _Pending, n
            bad: list[dict[str, Any]], converted: dict[str, int]) -> None:
     """Write pending rows, then checkpoint every state and commit the new progress."""
     done = _write_rows(store, pending, needs_labels)
-    previous = store.attrs.get("converted_images", {})
-    merged = {m: previous.get(m, 0) + c for m, c in converted.items()} if converted else previous
     store.write_checkpoint({name: s.state_dict() for name, s in states.items()}, done,
-                           {"bad_images": bad, "converted_images": merged})
+                           {"bad_images": bad, "converted_images": _merged_counts(store, converted)})
     converted.clear()
 
 
@@ -364,16 +362,14 @@ def _finalize(store: RunStore, states: dict[str, RunningTopK], n: int, bad: list
     ev = store.group["eval"]
     if "predictions" in ev:
         labels = np.asarray(store.group["dataset/labels"][...])
-        pred = np.asarray(ev["predictions"][...])
-        valid = (pred >= 0) & (labels >= 0)
-        num_classes = ev["logits"].shape[1]
-        per_class = np.full(num_classes, np.nan)
-        for c in range(num_classes):
-            m = valid & (labels == c)
-            if m.any():
-                per_class[c] = float((pred[m] == c).mean())
-        overall = float((pred[valid] == labels[valid]).mean()) if valid.any() else None
+        correct, count = class_counts(np.asarray(ev["predictions"][...]), labels, ev["logits"].shape[1])
+        per_class = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
+        overall = float(correct.sum() / count.sum()) if count.sum() else None
         store.write_accuracy(per_class, overall)
+    store.finish(n, {"bad_images": bad, "converted_images": _merged_counts(store, converted)})
+
+
+def _merged_counts(store: RunStore, converted: dict[str, int]) -> dict[str, int]:
+    """Committed per-mode conversion counts plus those since the last commit."""
     previous = store.attrs.get("converted_images", {})
-    merged = {m: previous.get(m, 0) + converted.get(m, 0) for m in {*previous, *converted}}
-    store.finish(n, {"bad_images": bad, "converted_images": merged})
+    return {m: previous.get(m, 0) + converted.get(m, 0) for m in {*previous, *converted}}

@@ -97,12 +97,10 @@ class Run:
         pred, labels = np.asarray(ev["predictions"][...]), self.labels
         pred = np.where(np.arange(len(pred)) < self.images_done, pred, -1)
         names = self.class_names
-        rows = []
-        for c, name in enumerate(names):
-            m = (labels == c) & (pred >= 0)
-            rows.append({"class": name, "accuracy": float((pred[m] == c).mean()) if m.any() else np.nan,
-                         "correct": int((pred[m] == c).sum()), "count": int(m.sum())})
-        return pd.DataFrame(rows).set_index("class")
+        correct, count = class_counts(pred, labels, len(names))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            acc = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
+        return pd.DataFrame({"class": names, "accuracy": acc, "correct": correct, "count": count}).set_index("class")
 
     def accuracy(self) -> float | None:
         """Overall accuracy over all readable images (None until the run is complete)."""
@@ -135,6 +133,15 @@ class Run:
     def bottom_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
         """The n least frequent classes (zero counts included), least frequent last."""
         return self._ranked(layer).tail(n)
+
+
+def class_counts(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: images predicted correctly, and images with a prediction and a label
+    (pred -1: unreadable or not mined yet; label -1: unknown)."""
+    valid = (pred >= 0) & (labels >= 0)
+    count = np.bincount(labels[valid], minlength=num_classes)[:num_classes]
+    correct = np.bincount(labels[valid & (pred == labels)], minlength=num_classes)[:num_classes]
+    return correct.astype(np.int64), count.astype(np.int64)
 
 
 def open_run(path: str | os.PathLike) -> Run:
