@@ -27,14 +27,6 @@ __device__ __forceinline__ float to_float<c10::BFloat16>(c10::BFloat16 v) {
   return static_cast<float>(v);
 }
 
-// (best, pos) of `a` wins over `b`: larger value, then smaller position; pos < 0 is empty.
-__device__ __forceinline__ bool row_better(float va, int64_t pa, float vb, int64_t pb) {
-  if (pb < 0) return pa >= 0;
-  if (pa < 0) return false;
-  if (va != vb) return va > vb;
-  return pa < pb;
-}
-
 template <typename T>
 __global__ void reduce_rows(const T* __restrict__ data, int64_t n, int64_t c, int64_t len,
                             int64_t sn, int64_t sc, int64_t sl, float* __restrict__ cand_v,
@@ -59,7 +51,7 @@ __global__ void reduce_rows(const T* __restrict__ data, int64_t n, int64_t c, in
     const float ov = __shfl_down_sync(0xffffffffu, best, off);
     const int64_t op = __shfl_down_sync(0xffffffffu, pos, off);
     nans += __shfl_down_sync(0xffffffffu, nans, off);
-    if (row_better(ov, op, best, pos)) {
+    if (ranks_before(ov, op, best, pos)) {  // same rule, positions for image indices: first max wins
       best = ov;
       pos = op;
     }
