@@ -131,6 +131,17 @@ def _fields(net: nn.Module, size: tuple[int, int], progress: Progress) -> dict[s
     return out
 
 
+def _model_spec(model: nn.Module | str, weights: str | os.PathLike | None) -> dict[str, Any]:
+    """How a later pass (visualize, importance) can load the model again: the spec string
+    and weights file as absolute paths, or None for an in-memory module (it must be passed)."""
+    if isinstance(model, nn.Module):
+        return {"spec": None, "weights": None}
+    spec = str(model)
+    if Path(spec).exists():
+        spec = str(Path(spec).resolve())
+    return {"spec": spec, "weights": str(Path(weights).resolve()) if weights else None}
+
+
 def _first_readable(ds: MinerDataset, limit: int = 64) -> torch.Tensor:
     for i in range(min(len(ds), limit)):
         _, x, _, note = ds[i]
@@ -240,6 +251,7 @@ def mine(
         fields = _fields(net, tuple(first.shape[-2:]), progress) if first.ndim == 3 else {}
         labels = ds.labels()
         attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
+                 "model_spec": _model_spec(model, weights),
                  "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
                  "versions": _versions(), "bad_images": []}
         store = RunStore.create(out, attrs, len(ds), ds.class_names, ds.path, labels)
