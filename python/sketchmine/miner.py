@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from . import __version__
+from . import classstats
 from .data import MinerDataset, Preprocessing, as_miner_dataset, collate, compute_mean_std, preset
 from .errors import SketchmineError
 from .models import LoadedModel, input_channels, load_model, weights_hash
@@ -280,6 +281,8 @@ def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_La
     if saved is not None:
         for name, state in saved.items():
             states[name].load_state_dict(state)
+    classes = classstats.start(store, {l.name: l.channels for l in spec}, ds.class_names, ds.preprocessing,
+                               device, resumed=saved is not None)
     bad: list[dict[str, Any]] = list(store.attrs.get("bad_images", []))
     converted: dict[str, int] = {}
     loader = DataLoader(Subset(ds, range(done, n)), batch_size=batch_size, shuffle=False,
@@ -290,6 +293,8 @@ def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_La
 
     def on_output(name: str, t: torch.Tensor) -> None:
         states[name].add(t, current["index"])
+        if classes is not None:
+            classes.add(name, t, current["labels"])
 
     pending = _Pending(done)
     batches = 0
@@ -317,20 +322,23 @@ def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_La
                 whole = bool(ok.all())  # the common case: no copy of the (pinned) batch
                 xb = (x if whole else x[ok]).to(device, non_blocking=True)
                 current["index"] = (idx if whole else idx[ok]).to(device, non_blocking=True)
+                if classes is not None:
+                    current["labels"] = (y if whole else y[ok]).to(device, non_blocking=True)
+                    classes.add_images(xb, current["labels"])
                 logits = _first_tensor(net(xb))
                 if SOFTMAX in states:
-                    states[SOFTMAX].add(torch.softmax(logits.float(), dim=1), current["index"])
+                    on_output(SOFTMAX, torch.softmax(logits.float(), dim=1))
             pending.logits.append((ok.numpy(), logits if logits is not None and logits.ndim == 2 else None))
             pending.labels.append(np.asarray(y, dtype=np.int64))
             batches += 1
             progress.advance(len(idx))
             if batches % flush_every == 0:
-                _flush(store, states, pending, needs_labels, bad, converted)
+                _flush(store, states, pending, needs_labels, bad, converted, classes)
                 pending = _Pending(int(idx[-1]) + 1)
     # No checkpoint for the tail: a crash before the run is marked complete resumes from the
     # last periodic flush, so the final arrays are the only write here.
     _write_rows(store, pending, needs_labels)
-    _finalize(store, states, n, bad, converted)
+    _finalize(store, states, n, bad, converted, classes)
     return Run(store)
 
 
@@ -349,11 +357,13 @@ def _plain_worker_errors():
 
 
 def _flush(store: RunStore, states: dict[str, RunningTopK], pending: _Pending, needs_labels: bool,
-           bad: list[dict[str, Any]], converted: dict[str, int]) -> None:
+           bad: list[dict[str, Any]], converted: dict[str, int],
+           classes: classstats.RunningClassStats | None = None) -> None:
     """Write pending rows, then checkpoint every state and commit the new progress."""
     done = _write_rows(store, pending, needs_labels)
     store.write_checkpoint({name: s.state_dict() for name, s in states.items()}, done,
-                           {"bad_images": bad, "converted_images": _merged_counts(store, converted)})
+                           {"bad_images": bad, "converted_images": _merged_counts(store, converted)},
+                           arrays=classes.packed() if classes is not None else None)
     converted.clear()
 
 
@@ -365,7 +375,7 @@ def _write_rows(store: RunStore, pending: _Pending, needs_labels: bool) -> int:
 
 
 def _finalize(store: RunStore, states: dict[str, RunningTopK], n: int, bad: list[dict[str, Any]],
-              converted: dict[str, int]) -> None:
+              converted: dict[str, int], classes: classstats.RunningClassStats | None = None) -> None:
     """Final per-layer arrays, predictions and per-class accuracy; mark the run complete."""
     for name, s in states.items():
         st = s.state_dict()
@@ -378,6 +388,7 @@ def _finalize(store: RunStore, states: dict[str, RunningTopK], n: int, bad: list
         per_class = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
         overall = float(correct.sum() / count.sum()) if count.sum() else None
         store.write_accuracy(per_class, overall)
+    classstats.write(store, classes)
     store.finish(n, {"bad_images": bad, "converted_images": _merged_counts(store, converted)})
 
 

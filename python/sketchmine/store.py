@@ -168,8 +168,9 @@ class RunStore:
             self.group["dataset/labels"][start:start + len(labels)] = labels
 
     def write_checkpoint(self, states: dict[str, dict[str, torch.Tensor]], images_done: int,
-                         extra: dict[str, Any]) -> None:
-        """Write the full state into the free slot, then commit (atomic attribute rewrite)."""
+                         extra: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+        """Write the full state into the free slot, then commit (atomic attribute rewrite).
+        `arrays`: further flat arrays of the same state (class statistics), in the same slot."""
         prog = self.progress
         slot = "slot1" if prog.get("slot") == "slot0" else "slot0"
         ck = self.group.require_group("_checkpoint")
@@ -181,6 +182,8 @@ class RunStore:
         sg.attrs.update({"layers": layers, "shapes": [list(states[l]["values"].shape) for l in layers]})
         for key in _STATE_KEYS:
             arr = np.concatenate([states[l][key].numpy().ravel() for l in layers])
+            sg.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=(max(len(arr), 1),))[...] = arr
+        for key, arr in (arrays or {}).items():
             sg.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=(max(len(arr), 1),))[...] = arr
         self.commit({"images_done": images_done, "slot": slot, "complete": False,
                      "updated": time.time()}, extra)
@@ -213,6 +216,24 @@ class RunStore:
                 f"{self.path}: the committed checkpoint ({slot}) cannot be read ({type(exc).__name__}: {exc}); "
                 "the run cannot be resumed, start it again with a new --out"
             ) from None
+
+    def read_checkpoint_arrays(self, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+        """The committed slot's further arrays (see write_checkpoint), or None when absent."""
+        slot = self.progress.get("slot")
+        if slot is None or f"_checkpoint/{slot}" not in self.group:
+            return None
+        sg = self.group[f"_checkpoint/{slot}"]
+        if not all(key in sg for key in keys):
+            return None
+        return {key: np.asarray(sg[key][...]) for key in keys}
+
+    def write_arrays(self, group: str, arrays: dict[str, np.ndarray]) -> None:
+        """Whole arrays into an existing group (e.g. "layers/features.0"), one chunk each, replacing."""
+        g = self.group[group]
+        for key, arr in arrays.items():
+            if key in g:
+                del g[key]
+            g.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=tuple(max(n, 1) for n in arr.shape))[...] = arr
 
     # ---- final results -------------------------------------------------------------------
     def write_layer(self, name: str, values: np.ndarray, image_index: np.ndarray, yx: np.ndarray,

@@ -1,0 +1,203 @@
+"""Per-class statistics over ALL images, accumulated during the mining pass.
+
+The top-k answers "which 9 images excite this unit most"; a class histogram of those 9 is a
+biased, tiny sample. `RunningClassStats` keeps, per layer, unit and class, the sum and the
+count of the image-level maximum (the same spatial max the top-k ranks) over every labelled
+image, so the class preference of a unit can be read from the whole dataset. It also keeps,
+per class, the summed ink density of the input images (see `ink_density`).
+
+Like `topk.RunningTopK` it knows nothing about models: add, merge, state, restore.
+Labels outside [0, num_classes) (unknown: -1) land in a discarded extra row, so no
+host-device synchronisation is needed to filter them.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+INK_THRESHOLD = 0.5
+"""A pixel is ink when its gray value differs from the image's background by more than this
+(pixel values in [0, 1])."""
+
+
+def num_classes_for(class_names: Sequence[str], logit_width: int | None) -> int:
+    """Classes the statistics are kept for: the dataset's class names, else the model's
+    output width (a torch Dataset with integer labels but no names); 0 = none."""
+    return len(class_names) or int(logit_width or 0)
+
+
+def image_maxima(acts: torch.Tensor) -> torch.Tensor:
+    """(N, C, *spatial) → (N, C): the spatial max per (image, channel); NaN when the map has a NaN."""
+    return acts.amax(dim=tuple(range(2, acts.ndim))) if acts.ndim > 2 else acts
+
+
+def ink_density(raw: torch.Tensor) -> torch.Tensor:
+    """Fraction of ink pixels per image. raw (N, ch, H, W) in [0, 1] → (N,) float64.
+
+    Polarity is decided per image: the background is the median gray value of the image's
+    one-pixel border, ink is every pixel further than INK_THRESHOLD from it. The embedded
+    Animal-Shape images are white silhouettes on black (ink = bright pixels); TU-Berlin-style
+    sketches are dark strokes on white (ink = dark pixels); both are measured the same way.
+    """
+    gray = raw.float().mean(dim=1)
+    border = torch.cat([gray[:, 0, :], gray[:, -1, :], gray[:, 1:-1, 0], gray[:, 1:-1, -1]], dim=1)
+    background = border.median(dim=1).values
+    ink = (gray - background[:, None, None]).abs() > INK_THRESHOLD
+    return ink.flatten(1).double().mean(dim=1)
+
+
+class RunningClassStats:
+    """Per layer (C units) × class: sum (float64) and count (int64) of image maxima; per unit the
+    NaN maps excluded; per class the summed ink density and image count.
+
+    layers: {name: channels}. mean/std: the normalisation to undo before measuring ink
+    (empty: inputs are taken as [0, 1] already).
+    """
+
+    def __init__(self, layers: dict[str, int], num_classes: int, device: torch.device | str = "cpu",
+                 mean: Sequence[float] = (), std: Sequence[float] = ()) -> None:
+        self.num_classes, self.device = num_classes, torch.device(device)
+        rows = num_classes + 1  # + the discard row for unknown labels
+        self.layers = dict(layers)
+        self.sums = {n: torch.zeros(rows, c, dtype=torch.float64, device=device) for n, c in layers.items()}
+        self.counts = {n: torch.zeros(rows, c, dtype=torch.int64, device=device) for n, c in layers.items()}
+        self.nans = {n: torch.zeros(c, dtype=torch.int64, device=device) for n, c in layers.items()}
+        self.ink = torch.zeros(rows, dtype=torch.float64, device=device)
+        self.images = torch.zeros(rows, dtype=torch.int64, device=device)
+        self._mean = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1) if mean else None
+        self._std = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1) if std else None
+
+    def rows(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels → row index; unknown or out-of-range labels → the discard row."""
+        k = self.num_classes
+        return torch.where((labels >= 0) & (labels < k), labels, torch.full_like(labels, k))
+
+    def _accumulate(self, target: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """target[rows[i]] += values[i]. On CPU one index_add (sequential per element, so
+        bit-reproducible); on CUDA a one-hot GEMM, because float64 atomics add in any order."""
+        values = values.to(target.dtype)
+        if target.device.type == "cpu":
+            target.index_add_(0, rows, values)
+        else:
+            onehot = torch.nn.functional.one_hot(rows, target.shape[0]).to(target.dtype)  # (N, rows)
+            target.add_((onehot.T @ values.reshape(len(rows), -1)).view_as(target))
+
+    def add(self, layer: str, acts: torch.Tensor, labels: torch.Tensor) -> None:
+        """One batch of a layer: acts (N, C, *spatial), labels (N,) int64 on the same device."""
+        m = image_maxima(acts)
+        nan = torch.isnan(m)
+        rows = self.rows(labels)
+        self._accumulate(self.sums[layer], rows, m.double().masked_fill(nan, 0.0))
+        self.counts[layer].index_add_(0, rows, (~nan).long())
+        self.nans[layer].add_(nan.sum(dim=0))
+
+    def add_images(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        """The model's input batch x (N, ch, H, W), normalised as in preprocessing."""
+        if x.ndim != 4 or min(x.shape[-2:]) < 3:
+            return
+        raw = x.float()
+        if self._mean is not None and self._std is not None:
+            raw = raw * self._std + self._mean
+        rows = self.rows(labels)
+        self._accumulate(self.ink, rows, ink_density(raw))
+        self.images.index_add_(0, rows, torch.ones_like(rows))
+
+    def merge(self, other: RunningClassStats) -> None:
+        """Fold in statistics over disjoint images (another worker or rank)."""
+        for n in self.layers:
+            self.sums[n].add_(other.sums[n].to(self.device))
+            self.counts[n].add_(other.counts[n].to(self.device))
+            self.nans[n].add_(other.nans[n].to(self.device))
+        self.ink.add_(other.ink.to(self.device))
+        self.images.add_(other.images.to(self.device))
+
+    # ---- save / resume: two flat arrays, in layer order --------------------------------------
+    def packed(self) -> dict[str, np.ndarray]:
+        """{"class_sum": float64, "class_count": int64} flat arrays (layout: layer order, then ink)."""
+        names = list(self.layers)
+        f = [self.sums[n].cpu().numpy().ravel() for n in names] + [self.ink.cpu().numpy()]
+        i = [self.counts[n].cpu().numpy().ravel() for n in names] + [self.nans[n].cpu().numpy() for n in names]
+        return {"class_sum": np.concatenate(f), "class_count": np.concatenate([*i, self.images.cpu().numpy()])}
+
+    def load_packed(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore from `packed()`; raises ValueError when the layout does not fit."""
+        f, i = np.asarray(arrays["class_sum"]), np.asarray(arrays["class_count"])
+        rows, names = self.num_classes + 1, list(self.layers)
+        total = sum(self.layers.values())
+        if f.shape != (rows * total + rows,) or i.shape != (rows * total + total + rows,):
+            raise ValueError(f"packed class statistics of shape {f.shape}/{i.shape} do not fit "
+                             f"{len(names)} layers, {total} units, {self.num_classes} classes")
+        at = at_n = 0
+        for n in names:
+            c = self.layers[n]
+            self.sums[n].copy_(torch.from_numpy(f[at:at + rows * c].reshape(rows, c)))
+            self.counts[n].copy_(torch.from_numpy(i[at:at + rows * c].reshape(rows, c)))
+            at += rows * c
+        for n in names:
+            c = self.layers[n]
+            self.nans[n].copy_(torch.from_numpy(i[at + at_n:at + at_n + c]))
+            at_n += c
+        self.ink.copy_(torch.from_numpy(f[-rows:]))
+        self.images.copy_(torch.from_numpy(i[-rows:]))
+
+    # ---- results --------------------------------------------------------------------------
+    @property
+    def labelled_images(self) -> int:
+        return int(self.images[:self.num_classes].sum())
+
+    def results(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(class_mean (C, K) float64, NaN where a class has no image; class_count (C, K) int64)."""
+        s = self.sums[layer][:self.num_classes].T.cpu().numpy()
+        c = self.counts[layer][:self.num_classes].T.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(c > 0, s / np.maximum(c, 1), np.nan)
+        return mean, c.copy()
+
+    def ink_results(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean ink density per class (K,) float64, NaN for classes without images; images (K,) int64)."""
+        s, c = self.ink[:self.num_classes].cpu().numpy(), self.images[:self.num_classes].cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(c > 0, s / np.maximum(c, 1), np.nan), c.copy()
+
+
+def unpack(arrays: dict[str, np.ndarray], layers: dict[str, int], num_classes: int) -> RunningClassStats:
+    """A CPU statistics object from a checkpoint's packed arrays (for reading partial runs)."""
+    st = RunningClassStats(layers, num_classes)
+    st.load_packed(arrays)
+    return st
+
+
+# ---- the miner's hook: start (or resume) and write ------------------------------------------
+PACKED_KEYS = ("class_sum", "class_count")
+
+
+def start(store, layers: dict[str, int], class_names: Sequence[str], preprocessing, device: torch.device,
+          resumed: bool) -> RunningClassStats | None:
+    """Statistics for a mining pass: None when the dataset has no classes, or when a resumed
+    checkpoint predates class statistics (that run then ends without them)."""
+    k = num_classes_for(class_names, store.attrs.get("num_classes"))
+    if k == 0:
+        return None
+    pre = preprocessing
+    stats = RunningClassStats(layers, k, device, getattr(pre, "mean", ()) or (), getattr(pre, "std", ()) or ())
+    if resumed:
+        saved = store.read_checkpoint_arrays(PACKED_KEYS)
+        if saved is None:
+            return None
+        stats.load_packed(saved)
+    return stats
+
+
+def write(store, stats: RunningClassStats | None) -> None:
+    """layers/<name>/{class_mean, class_count} and dataset/{class_ink_density, class_image_count},
+    only when some labelled image was seen."""
+    if stats is None or stats.labelled_images == 0:
+        return
+    for name in stats.layers:
+        mean, count = stats.results(name)
+        store.write_arrays(f"layers/{name}", {"class_mean": mean, "class_count": count,
+                                              "class_nan_count": stats.nans[name].cpu().numpy()})
+    ink, images = stats.ink_results()
+    store.write_arrays("dataset", {"class_ink_density": ink, "class_image_count": images})
