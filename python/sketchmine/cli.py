@@ -1,4 +1,4 @@
-"""Command line: `sketchmine mine | demo | summary | bench`. Errors print as one line, no traceback."""
+"""Command line: `sketchmine mine | visualize | demo | summary | bench`. Errors print as one line, no traceback."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,17 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--image-size", type=int, help="resize images to S×S (default: keep their size)")
     m.add_argument("--flush-every", type=int, default=50, help="checkpoint every N batches")
     m.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and record them")
+    v = sub.add_parser("visualize", help="crop each top-k entry's receptive field and its deconvolution into RUN")
+    v.add_argument("run")
+    v.add_argument("--layers", nargs="+", help="layers to visualize (default: every mined layer)")
+    v.add_argument("--data", help="the dataset's root, if it moved since mining")
+    v.add_argument("--model", help="the model, if the run cannot reload it (mined from Python)")
+    v.add_argument("--weights", help="state_dict file for --model")
+    v.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided", "gradient"])
+    v.add_argument("--batch-size", type=int, default=64, help="(image, unit) pairs per forward and backward")
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--max-patch", type=int, default=128, help="shrink larger patches to fit N×N pixels")
+    v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
     d = sub.add_parser("demo", help="mine the embedded Animal-Shape test split with the embedded model")
     d.add_argument("--out", help="run directory (default: a temporary directory)")
     d.add_argument("--batch-size", type=int, default=250)
@@ -69,6 +80,21 @@ def _mine(args: argparse.Namespace, console: Console) -> None:
                   + (f"; accuracy {acc * 100:.2f}%" if acc is not None else "") + f" → {run.path}")
 
 
+def _visualize(args: argparse.Namespace, console: Console) -> None:
+    from .console import RichProgress
+    from .visualize import visualize
+
+    bar = RichProgress(console, "visualizing", unit="units")
+    try:
+        run = visualize(args.run, args.layers, model=args.model, weights=args.weights, data=args.data,
+                        method=args.method, batch_size=args.batch_size, device=args.device,
+                        max_patch=args.max_patch, redo=args.redo, progress=bar)
+    finally:
+        bar.stop()
+    console.print(f"patches and {args.method} crops of {len(args.layers or run.layers)} layers "
+                  f"in {bar.seconds:.1f} s → {run.path}")
+
+
 def _summary(path: str, n: int, console: Console) -> None:
     from .console import accuracy_table, layers_table, preferences_table
     from .run import open_run
@@ -98,6 +124,13 @@ def _demo(args: argparse.Namespace, console: Console) -> None:
         mine("demo", animal_shape("test", pre), out=out, batch_size=args.batch_size, progress=bar)
     finally:
         bar.stop()
+    from .visualize import visualize
+
+    vbar = RichProgress(console, "visualizing", unit="units")
+    try:
+        visualize(out, batch_size=256, progress=vbar)
+    finally:
+        vbar.stop()
     _summary(str(out), 5, console)
     console.print(f"run stored in {out}")
 
@@ -108,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "mine":
             _mine(args, console)
+        elif args.command == "visualize":
+            _visualize(args, console)
         elif args.command == "demo":
             _demo(args, console)
         elif args.command == "summary":

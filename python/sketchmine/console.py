@@ -18,9 +18,9 @@ from .run import Run
 class RichProgress:
     """Progress bar with images/s and ETA; notes are printed above the bar once each."""
 
-    def __init__(self, console: Console, label: str = "mining") -> None:
+    def __init__(self, console: Console, label: str = "mining", unit: str = "images") -> None:
         self.console = console
-        self.label = label
+        self.label, self.unit = label, unit
         self._bar: Progress | None = None
         self._task = None
         self._t0 = 0.0
@@ -37,13 +37,13 @@ class RichProgress:
         self._task = self._bar.add_task(self.label, total=total, completed=done, rate="")
         self._t0, self._start_done, self.images = time.perf_counter(), done, 0
         if done and done < total:
-            self.console.print(f"resuming at image {done} of {total}")
+            self.console.print(f"resuming at {self.unit[:-1]} {done} of {total}")
 
     def advance(self, n: int) -> None:
         self.images += n
         rate = self.images / max(time.perf_counter() - self._t0, 1e-9)
         assert self._bar is not None
-        self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} img/s")
+        self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} {'img' if self.unit == 'images' else self.unit}/s")
 
     def note(self, message: str) -> None:
         self.console.print(f"[yellow]note:[/] {message}")

@@ -115,6 +115,16 @@ class ImageFolderDataset(MinerDataset):
         self.samples = samples
         self.preprocessing = preprocessing
 
+    @classmethod
+    def from_samples(cls, root: str | os.PathLike, samples: list[tuple[str, int]], class_names: list[str],
+                     preprocessing: Preprocessing) -> ImageFolderDataset:
+        """A dataset over recorded (relative path, label) samples, without rescanning `root`:
+        a later pass keeps the global indices of the run even if files were added since."""
+        ds = cls.__new__(cls)
+        ds.root, ds.samples, ds.class_names = Path(root), list(samples), list(class_names)
+        ds.preprocessing = preprocessing
+        return ds
+
     def __len__(self) -> int:
         return len(self.samples)
 

@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 
 from .errors import SketchmineError
+from .taps import SOFTMAX
 
 METHODS = ("deconvnet", "guided", "gradient")
 
@@ -68,6 +69,76 @@ def _with_rule(model: nn.Module, method: str) -> fx.GraphModule:
     return gm
 
 
+class _Reached(Exception):
+    """Raised by the tap once the target layer has run: nothing after it is computed."""
+
+
+class Deconvolver:
+    """One traced, rule-aware copy of a model, reused for many batches and layers.
+
+    The forward pass stops at the visualised layer (the rest of the network cannot change
+    the unit's signal), so visualising an early layer costs only the layers before it.
+    """
+
+    def __init__(self, model: nn.Module, method: str = "deconvnet") -> None:
+        if method not in METHODS:
+            raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
+        self.model, self.method = model, method
+        self.graph = _with_rule(model, method)
+        self.graph.eval()
+        self._modules = dict(self.graph.named_modules())
+
+    def __call__(self, images: torch.Tensor, layer: str, channels, yx=None) -> torch.Tensor:
+        """(N, C, H, W) float32 input-space signal of one unit (channel, position) per image."""
+        if layer == SOFTMAX:
+            return self._softmax(images, channels)
+        if layer not in dict(self.model.named_modules()):
+            raise SketchmineError(f"unknown layer {layer!r} for deconvolution")
+        target = self._modules.get(layer)
+        if target is None:
+            raise SketchmineError(f"layer {layer!r} does not appear in the traced graph (is it called in forward?)")
+        captured: list[torch.Tensor] = []
+
+        def stop(module: nn.Module, inputs: tuple, output) -> None:
+            captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+            raise _Reached
+
+        handle = target.register_forward_hook(stop)
+        try:
+            x = images.detach().clone().float().requires_grad_(True)
+            with torch.enable_grad():
+                try:
+                    self.graph(x)
+                except _Reached:
+                    pass
+                if not captured:
+                    raise SketchmineError(f"layer {layer!r} was not called during the forward pass")
+                out = captured[0]
+                (grad,) = torch.autograd.grad(_units(out, channels, yx).sum(), x)
+        finally:
+            handle.remove()
+        return grad.detach()
+
+    def _softmax(self, images: torch.Tensor, channels) -> torch.Tensor:
+        """The virtual softmax layer: the signal of one class probability per image."""
+        x = images.detach().clone().float().requires_grad_(True)
+        with torch.enable_grad():
+            out = self.graph(x)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            (grad,) = torch.autograd.grad(_units(torch.softmax(out, dim=1), channels, None).sum(), x)
+        return grad.detach()
+
+
+def _units(out: torch.Tensor, channels, yx) -> torch.Tensor:
+    """The value of one unit per image: out[n, channel[n], y[n], x[n]] (no grid: out[n, channel[n]])."""
+    n = torch.arange(out.shape[0], device=out.device)
+    ch = torch.as_tensor(channels, device=out.device).long()
+    if out.ndim == 4:
+        pos = torch.as_tensor(yx, device=out.device).long()
+        return out[n, ch, pos[:, 0], pos[:, 1]]
+    return out.reshape(out.shape[0], out.shape[1], -1)[n, ch, 0]
+
+
 def deconvolve(model: nn.Module, images: torch.Tensor, layer: str, channels, yx=None,
                method: str = "deconvnet") -> torch.Tensor:
     """Visualise one unit per image in input space.
@@ -76,34 +147,4 @@ def deconvolve(model: nn.Module, images: torch.Tensor, layer: str, channels, yx=
     image; yx (N, 2) its grid position (ignored for layers without a grid).
     Returns (N, C, H, W) float32: the signal the unit sends back to the input.
     """
-    if method not in METHODS:
-        raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
-    if layer not in dict(model.named_modules()):
-        raise SketchmineError(f"unknown layer {layer!r} for deconvolution")
-    gm = _with_rule(model, method)
-    target = gm.get_submodule(layer) if layer in dict(gm.named_modules()) else None
-    if target is None:
-        raise SketchmineError(f"layer {layer!r} does not appear in the traced graph (is it called in forward?)")
-    captured: list[torch.Tensor] = []
-    handle = target.register_forward_hook(lambda m, i, o: captured.append(o))
-    was_training = model.training
-    gm.eval()
-    try:
-        x = images.detach().clone().float().requires_grad_(True)
-        with torch.enable_grad():
-            gm(x)
-            if len(captured) != 1:
-                raise SketchmineError(f"layer {layer!r} is called {len(captured)} times per forward pass")
-            out = captured[0]
-            n = torch.arange(len(x), device=out.device)
-            ch = torch.as_tensor(channels, device=out.device).long()
-            if out.ndim == 4:
-                pos = torch.as_tensor(yx, device=out.device).long()
-                unit = out[n, ch, pos[:, 0], pos[:, 1]]
-            else:
-                unit = out.reshape(len(x), out.shape[1], -1)[n, ch, 0]
-            (grad,) = torch.autograd.grad(unit.sum(), x)
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return grad.detach()
+    return Deconvolver(model, method)(images, layer, channels, yx)

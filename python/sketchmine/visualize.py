@@ -1,0 +1,271 @@
+"""The second pass: for every top-k entry, the input patch under the unit's receptive field
+and the deconvolution of that unit, written into the run store.
+
+Only the top-k images are read (reloaded from the dataset the run recorded). Units are
+processed in fixed blocks (ceil(batch_size / k) units, one forward and one backward each);
+a block's arrays are written, then `units_done` is committed in the layer's attributes, so
+a killed pass resumes at a block boundary with the same batches and ends identical to an
+uninterrupted one.
+
+    layers/<name>/patches  uint8 (C, k, h, w, ch)  pixels as the model saw them (0 outside the image)
+    layers/<name>/deconv   uint8 (C, k, h, w, ch)  128 + 127 · signal / max|signal| over the crop
+    layers/<name>/boxes    int32 (C, k, 4)  receptive-field box (top, left, bottom, right), unclipped
+    layers/<name>/inside   int32 (C, k, 4)  the part of the box inside the image; -1: empty slot
+    attrs "visualized": method, patch_size, source_size, units_done, block_units, complete
+
+Patches larger than `max_patch` pixels on a side are resized (area) to fit it: the
+whole-image patches of FC and softmax units at 224 px would otherwise take gigabytes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import MinerDataset, Preprocessing
+from .deconv import METHODS, Deconvolver
+from .errors import SketchmineError
+from .miner import Progress, _Silent
+from .ops import clip_boxes, crop_patches
+from .reload import missing_images, run_dataset, run_model, run_preprocessing
+from .run import Run, open_run
+from .store import RunLock, RunStore
+
+ARRAYS = ("patches", "deconv", "boxes", "inside")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one layer's entries become patches."""
+
+    name: str
+    channels: int
+    grid: bool
+    source: tuple[int, int]   # crop size in input pixels (the receptive field, or the whole image)
+    size: tuple[int, int]     # stored patch size (source, shrunk to fit max_patch)
+    stride: tuple[int, int]
+    offset: tuple[int, int]
+
+    def attrs(self, method: str, block: int) -> dict[str, Any]:
+        return {"method": method, "patch_size": list(self.size), "source_size": list(self.source),
+                "block_units": block, "units_done": 0, "complete": False}
+
+
+def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, model: nn.Module | str | None = None,
+              weights: str | os.PathLike | None = None, data: Any = None, method: str = "deconvnet",
+              batch_size: int = 64, device: str | torch.device = "cpu", max_patch: int = 128,
+              redo: bool = False, progress: Progress | None = None) -> Run:
+    """Crop the receptive-field patch and the deconvolution of every top-k entry of `layers`
+    (default: all mined layers) into the run. Re-running an interrupted call resumes it.
+
+    model/weights: the model the run was mined with (default: reloaded from the run's record);
+    data: a moved ImageFolder root, or the dataset object for runs mined from one.
+    """
+    if method not in METHODS:
+        raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
+    if batch_size < 1 or max_patch < 1:
+        raise SketchmineError("batch size and max patch size must be at least 1")
+    progress = progress or _Silent()
+    run = run if isinstance(run, Run) else open_run(run)
+    if not run.complete:
+        raise SketchmineError(f"run {run.path} is still being mined ({run.images_done} images done); "
+                              "finish it (re-run the same mine command) before visualizing")
+    names = [run._check_layer(l) for l in layers] if layers else run.layers
+    device = torch.device(device)
+    ds = run_dataset(run, data)
+    needed = np.unique(np.concatenate([run.topk(l)[1].ravel() for l in names]))
+    needed = needed[needed >= 0]
+    _check_present(ds, needed)
+    image_hw = tuple(_load(ds, [int(needed[0])])[0].shape[-2:]) if len(needed) else (1, 1)
+    plans = [_plan(run, name, image_hw, max_patch) for name in names]
+    net = run_model(run, model, weights).module.to(device)
+    deconv = Deconvolver(net, method)
+    pre = run_preprocessing(run)
+    store = RunStore.open(run.path, mode="r+")
+    lock = RunLock(store.path)
+    lock.acquire()
+    try:
+        block = max(1, batch_size // run.k)
+        todo = {p.name: _prepare(store, p, run.k, method, block, redo) for p in plans}
+        progress.start(sum(p.channels for p in plans), sum(done for done, _ in todo.values()))
+        for p in plans:
+            done, layer_block = todo[p.name]
+            _visualize_layer(store, run, p, done, layer_block, ds, pre, deconv, batch_size, device, progress)
+    finally:
+        lock.release()
+    return open_run(run.path)
+
+
+def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Plan:
+    """Crop geometry of one layer from its recorded receptive field."""
+    shape = run.layer_shape(name)
+    attrs = run.store.group[f"layers/{name}"].attrs
+    grid = len(shape) == 3
+    if grid:
+        if "receptive_field" not in attrs:
+            raise SketchmineError(f"run {run.path} was mined before receptive fields were recorded; "
+                                  f"mine it again with this version to visualize {name!r}")
+        rf = attrs["receptive_field"]
+        if rf is None or not rf.get("stride") or rf["stride"] == [0, 0]:
+            raise SketchmineError(f"run {run.path} has no receptive field for layer {name!r} (the model's graph "
+                                  "could not be analysed when it was mined); only layers without a grid can be visualized")
+        source, stride, offset = tuple(rf["size"]), tuple(rf["stride"]), tuple(rf["offset"])
+    else:  # FC, softmax and 1-D layers: the whole image
+        source, stride, offset = image_hw, (0, 0), (0, 0)
+    scale = min(1.0, max_patch / max(source))
+    size = tuple(max(1, round(s * scale)) for s in source)
+    return _Plan(name, shape[0], grid, source, size, stride, offset)  # type: ignore[arg-type]
+
+
+def _prepare(store: RunStore, p: _Plan, k: int, method: str, block: int, redo: bool) -> tuple[int, int]:
+    """Create the layer's arrays (or check the existing ones match): (units done, block size).
+
+    A resumed layer keeps the block size it was started with, so its batches (and thus
+    every floating-point result) are the same as in an uninterrupted pass."""
+    g = store.group[f"layers/{p.name}"]
+    want = p.attrs(method, block)
+    have = g.attrs.get("visualized")
+    if have is not None and not redo:
+        keys = ("method", "patch_size", "source_size")
+        if all(have.get(key) == want[key] for key in keys) and all(a in g for a in ARRAYS):
+            return int(have.get("units_done", 0)), int(have["block_units"])
+        raise SketchmineError(
+            f"layer {p.name!r} of {store.path} was visualized with other settings ({have.get('method')}, patches "
+            f"{have.get('patch_size')}); pass the same --method/--max-patch, or --redo to replace them")
+    ch = _channels(store)
+    for key in ARRAYS:
+        if key in g:
+            del g[key]
+    for key in ("patches", "deconv"):
+        g.create_array(key, shape=(p.channels, k, *p.size, ch), dtype="uint8", chunks=(1, k, *p.size, ch),
+                       fill_value=0 if key == "patches" else 128)
+    for key in ("boxes", "inside"):
+        g.create_array(key, shape=(p.channels, k, 4), dtype="int32", chunks=(min(p.channels, 4096), k, 4),
+                       fill_value=-1)
+    g.attrs["visualized"] = want
+    return 0, block
+
+
+def _channels(store: RunStore) -> int:
+    pre = store.attrs.get("preprocessing") or {}
+    return int(pre.get("channels") or 3)
+
+
+def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, ds: MinerDataset,
+                     pre: Preprocessing | None, deconv: Deconvolver, batch_size: int, device: torch.device,
+                     progress: Progress) -> None:
+    g = store.group[f"layers/{p.name}"]
+    _, index, yx = run.topk(p.name)
+    for u0 in range(done, p.channels, block):  # done is a block boundary (or the end)
+        u1 = min(u0 + block, p.channels)
+        out = _block(p, index[u0:u1], yx[u0:u1], u0, ds, pre, deconv, batch_size, device)
+        for key in ARRAYS:
+            g[key][u0:u1] = out[key]
+        g.attrs["visualized"] = {**g.attrs["visualized"], "units_done": u1, "complete": u1 == p.channels}
+        progress.advance(u1 - u0)
+    if p.channels == 0 or done >= p.channels:
+        g.attrs["visualized"] = {**g.attrs["visualized"], "units_done": p.channels, "complete": True}
+
+
+def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDataset, pre: Preprocessing | None,
+           deconv: Deconvolver, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+    """Patches, deconvolutions and boxes of units [u0, u0 + len(index))."""
+    units, k = index.shape
+    filled = index >= 0
+    unit_of, slot_of = np.nonzero(filled)
+    images = index[filled]
+    uniq, inverse = np.unique(images, return_inverse=True)
+    x = _load(ds, uniq.tolist()).to(device)
+    corners = _corners(p, yx[filled]) if len(images) else np.zeros((0, 2), dtype=np.int64)
+    corners_t = torch.from_numpy(corners).to(device)
+    inv = torch.from_numpy(inverse.astype(np.int64)).to(device)
+    ch = x.shape[1]
+    patches = np.zeros((units, k, *p.size, ch), dtype=np.uint8)
+    deconvs = np.full((units, k, *p.size, ch), 128, dtype=np.uint8)
+    boxes = np.full((units, k, 4), -1, dtype=np.int32)
+    inside = np.full((units, k, 4), -1, dtype=np.int32)
+    if len(images):
+        pixels = _pixels(x, pre)
+        crop = crop_patches(pixels, inv, corners_t, *p.source)
+        patches[unit_of, slot_of] = _to_hwc(_fit(crop, p.size)).cpu().numpy()
+        for s in range(0, len(images), batch_size):
+            j = slice(s, s + batch_size)
+            sig = deconv(x[inv[j]], p.name, torch.from_numpy(unit_of[j] + u0), torch.from_numpy(yx[filled][j]))
+            local = torch.arange(sig.shape[0], device=sig.device)
+            crop = crop_patches(sig, local, corners_t[j], *p.source)
+            deconvs[unit_of[j], slot_of[j]] = _to_hwc(_signal_to_uint8(_fit(crop, p.size))).cpu().numpy()
+        boxes[unit_of, slot_of] = np.concatenate(
+            [corners, corners + np.array(p.source) - 1], axis=1).astype(np.int32)
+        inside[unit_of, slot_of] = clip_boxes(torch.from_numpy(corners), *p.source, tuple(x.shape[-2:])).numpy()
+    return {"patches": patches, "deconv": deconvs, "boxes": boxes, "inside": inside}
+
+
+def _corners(p: _Plan, yx: np.ndarray) -> np.ndarray:
+    """(M, 2) int64 top-left corners of the entries' boxes in input pixels."""
+    if not p.grid:
+        return np.zeros((len(yx), 2), dtype=np.int64)
+    return (np.asarray(p.offset) + yx.astype(np.int64) * np.asarray(p.stride)).astype(np.int64)
+
+
+def _load(ds: MinerDataset, indices: list[int]) -> torch.Tensor:
+    """The model inputs of the given images, stacked; an unreadable file is an error naming it."""
+    xs = []
+    for i in indices:
+        _, x, _, note = ds[i]
+        if note.startswith("error:"):
+            raise SketchmineError(f"cannot read image {ds.path(i)}: {note[6:]}")
+        xs.append(x)
+    return torch.stack(xs) if xs else torch.zeros(0)
+
+
+def _pixels(x: torch.Tensor, pre: Preprocessing | None) -> torch.Tensor:
+    """Model inputs back to uint8 pixels: undo the recorded normalisation (per-image min-max
+    for datasets with no recorded preprocessing)."""
+    if pre is not None and pre.mean:
+        mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        x = x * std + mean
+    elif pre is None:
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        x = (x - lo) / (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-12)
+    return (x * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _signal_to_uint8(crop: torch.Tensor) -> torch.Tensor:
+    """Signed signal → uint8 with 128 at zero, scaled per crop by its largest magnitude."""
+    peak = crop.abs().amax(dim=(1, 2, 3), keepdim=True)
+    scaled = torch.where(peak > 0, crop / peak.clamp_min(1e-30), torch.zeros_like(crop))
+    return (128 + 127 * scaled).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _fit(crop: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Shrink crops (area average) to `size` when the patch is capped; keeps the dtype."""
+    if tuple(crop.shape[-2:]) == tuple(size):
+        return crop
+    small = nn.functional.interpolate(crop.float(), size=size, mode="area")
+    return small.round_().clamp_(0, 255).to(torch.uint8) if crop.dtype == torch.uint8 else small
+
+
+def _to_hwc(crop: torch.Tensor) -> torch.Tensor:
+    return crop.permute(0, 2, 3, 1)
+
+
+def _check_present(ds: MinerDataset, needed: np.ndarray) -> None:
+    missing = missing_images(ds, needed)
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise SketchmineError(f"{len(missing)} top-k images are missing from the dataset root: "
+                              f"{', '.join(missing[:5])}{more}; pass --data DIR (data=) if the dataset moved")
+
+
+def patches_of(run: Run, layer: str, unit: int) -> dict[str, np.ndarray]:
+    """One unit's stored patches, deconvolutions and boxes (for reports and notebooks)."""
+    g = run.store.group[f"layers/{run._check_layer(layer)}"]
+    if "visualized" not in g.attrs:
+        raise SketchmineError(f"layer {layer!r} of {run.path} has no patches; run `sketchmine visualize {run.path}`")
+    return {key: np.asarray(g[key][unit]) for key in ARRAYS}
+
