@@ -1,4 +1,4 @@
-"""Command line: `sketchmine mine | visualize | demo | summary | bench`. Errors print as one line, no traceback."""
+"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | bench`. Errors print as one line, no traceback."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="mine the embedded Animal-Shape test split with the embedded model")
     d.add_argument("--out", help="run directory (default: a temporary directory)")
     d.add_argument("--batch-size", type=int, default=250)
+    d.add_argument("--report", help="report folder (default: report/ beside the run)")
+    r = sub.add_parser("report", help="write a static HTML report of RUN (opens offline in any browser)")
+    r.add_argument("run")
+    r.add_argument("--out", required=True, help="report folder (index.html inside)")
+    c = sub.add_parser("compare", help="two runs over the same dataset side by side")
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.add_argument("-n", type=int, default=5, help="classes per side (default 5)")
     s = sub.add_parser("summary", help="print a run's accuracy and per-layer class preferences")
     s.add_argument("run")
     s.add_argument("-n", type=int, default=5, help="classes per side (default 5)")
@@ -106,6 +114,31 @@ def _summary(path: str, n: int, console: Console) -> None:
     else:
         console.print(f"[yellow]partial run[/]: {run.images_done} images mined so far; accuracy comes at the end")
     console.print(preferences_table(run, n))
+    from .console import ink_table, unbiased_table
+
+    unbiased = unbiased_table(run, n)
+    if unbiased is not None:
+        console.print(ink_table(run))
+        console.print(unbiased)
+
+
+def _report(path: str, out: str, console: Console) -> Path:
+    import time
+
+    from .report import write_report
+
+    t0 = time.perf_counter()
+    index = write_report(path, out)
+    console.print(f"report written in {time.perf_counter() - t0:.1f} s: open {index}")
+    return index
+
+
+def _compare(args: argparse.Namespace, console: Console) -> None:
+    from .compare import compare
+    from .console import compare_tables
+
+    for table in compare_tables(compare(args.run_a, args.run_b, args.n)):
+        console.print(table)
 
 
 def _demo(args: argparse.Namespace, console: Console) -> None:
@@ -133,6 +166,7 @@ def _demo(args: argparse.Namespace, console: Console) -> None:
         vbar.stop()
     _summary(str(out), 5, console)
     console.print(f"run stored in {out}")
+    _report(str(out), args.report or str(out.parent / "report"), console)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             _demo(args, console)
         elif args.command == "summary":
             _summary(args.run, args.n, console)
+        elif args.command == "report":
+            _report(args.run, args.out, console)
+        elif args.command == "compare":
+            _compare(args, console)
         elif args.command == "bench":
             return _bench(args.args)
     except SketchmineError as exc:

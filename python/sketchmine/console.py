@@ -10,6 +10,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+from rich.markup import escape
 from rich.table import Table
 
 from .run import Run
@@ -80,7 +81,7 @@ def accuracy_table(run: Run) -> Table:
     table.add_column("accuracy %", justify="right")
     table.add_column("images", justify="right")
     for name, row in acc.iterrows():
-        table.add_row(str(name), "-" if np.isnan(row["accuracy"]) else f"{row['accuracy'] * 100:.2f}", str(int(row["count"])))
+        table.add_row(escape(str(name)), "-" if np.isnan(row["accuracy"]) else f"{row['accuracy'] * 100:.2f}", str(int(row["count"])))
     return table
 
 
@@ -92,7 +93,67 @@ def preferences_table(run: Run, n: int = 5) -> Table:
     table.add_column(f"bottom {n}")
     for name in run.layers:
         fmt = lambda df: ", ".join(  # noqa: E731
-            f"{cls} {int(r['count'])}" + ("" if np.isnan(r["accuracy"]) else f" ({r['accuracy'] * 100:.1f})")
+            f"{escape(str(cls))} {int(r['count'])}" + ("" if np.isnan(r["accuracy"]) else f" ({r['accuracy'] * 100:.1f})")
             for cls, r in df.iterrows())
         table.add_row(name, fmt(run.top_classes(name, n)), fmt(run.bottom_classes(name, n)))
     return table
+
+
+def unbiased_table(run: Run, n: int = 5) -> Table | None:
+    """Per layer the n most and least preferred classes over ALL images (z-scored class means),
+    the median class-selectivity index and the correlation with class ink density; None when
+    the run has no class statistics (no labels, or mined before they were kept)."""
+    from . import analysis
+
+    if not analysis.has_class_stats(run):
+        return None
+    corr = analysis.ink_correlation(run)
+    title = "class preference over all images (mean z-scored class mean; Spearman ρ with class ink density)"
+    table = Table(title=title if run.complete else f"PARTIAL ({run.images_done} images): {title}")
+    for col in ("layer", f"top {n}", f"bottom {n}", "selectivity (median)", "ρ ink", "p"):
+        table.add_column(col, justify="right" if col in ("ρ ink", "p", "selectivity (median)") else "left")
+    for name in run.layers:
+        pref = analysis.class_preference(run, name)
+        si = analysis.selectivity(run, name)
+        fmt = lambda df: ", ".join(f"{escape(str(c))} {r['preference']:+.2f}" for c, r in df.iterrows())  # noqa: E731
+        row = corr.loc[name]
+        table.add_row(name, fmt(pref.head(n)), fmt(pref.tail(n)),
+                      f"{si.median():.3f}" if si.notna().any() else "-",
+                      f"{row['spearman']:+.3f}", f"{row['p_value']:.3g}")
+    return table
+
+
+def ink_table(run: Run) -> Table:
+    """Mean ink density of each class's images beside the class accuracy."""
+    from . import analysis
+
+    ink = analysis.ink_density(run)
+    acc = analysis._accuracy(run)
+    table = Table(title="ink density per class (fraction of pixels that differ from the background)")
+    for col in ("class", "ink density", "accuracy %"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c, v in ink.items():
+        a = acc.get(c, float("nan"))
+        table.add_row(escape(str(c)), f"{v:.3f}", "-" if np.isnan(a) else f"{a * 100:.2f}")
+    return table
+
+
+def compare_tables(cmp) -> list[Table]:
+    """`compare.Comparison` as two tables: accuracy side by side, layers paired by depth."""
+    oa, ob = cmp.overall
+    acc = Table(title=f"accuracy: A {cmp.a.path} ({'-' if oa is None else f'{oa * 100:.2f}%'}) vs "
+                      f"B {cmp.b.path} ({'-' if ob is None else f'{ob * 100:.2f}%'})")
+    for col in ("class", "A %", "B %", "B − A"):
+        acc.add_column(col, justify="left" if col == "class" else "right")
+    pct = lambda v: "-" if np.isnan(v) else f"{v * 100:.2f}"  # noqa: E731
+    for c, r in cmp.accuracy.iterrows():
+        acc.add_row(escape(str(c)), pct(r["accuracy_a"]), pct(r["accuracy_b"]), pct(r["difference"]))
+    lay = Table(title=f"layers paired by relative depth: top/bottom {cmp.n} classes among the top-k images, Jaccard overlap")
+    for col in ("layer A", "layer B", f"top {cmp.n} A", f"top {cmp.n} B", "J top", f"bottom {cmp.n} A",
+                f"bottom {cmp.n} B", "J bottom"):
+        lay.add_column(col, justify="right" if col.startswith("J") else "left")
+    for _, r in cmp.layers.iterrows():
+        lay.add_row(r["layer_a"], r["layer_b"], ", ".join(escape(str(x)) for x in r["top_a"]), ", ".join(escape(str(x)) for x in r["top_b"]),
+                    f"{r['jaccard_top']:.2f}", ", ".join(escape(str(x)) for x in r["bottom_a"]), ", ".join(escape(str(x)) for x in r["bottom_b"]),
+                    f"{r['jaccard_bottom']:.2f}")
+    return [acc, lay]

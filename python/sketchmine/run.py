@@ -112,7 +112,8 @@ class Run:
         labels = self.labels
         found = labels[idx[idx >= 0]]
         if (found < 0).any() or not len(self.class_names):
-            raise SketchmineError(f"run {self.path} has no labels for some top-k images: no class histogram")
+            raise SketchmineError(f"run {self.path}: {int((found < 0).sum())} top-k images of layer {layer!r} have no "
+                                  "label (the dataset has no labels?); class histograms need labelled images")
         counts = np.bincount(found, minlength=len(self.class_names))
         return pd.Series(counts, index=pd.Index(self.class_names, name="class"), name="count")
 
@@ -133,6 +134,42 @@ class Run:
     def bottom_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
         """The n least frequent classes (zero counts included), least frequent last."""
         return self._ranked(layer).tail(n)
+
+    # ---- summaries over all images and per unit: computed in analysis.py ----------------------
+    def unit_classes(self, layer: str, unit: int) -> pd.DataFrame:
+        """One unit's top-k, best first, with class and class accuracy (the seed's "Classes with performance")."""
+        from .analysis import unit_classes
+        return unit_classes(self, layer, unit)
+
+    def unit_table(self, layer: str) -> pd.DataFrame:
+        """Every unit's top-k as one long table: unit, rank, image_index, value, y, x, label, class, accuracy."""
+        from .analysis import unit_table
+        return unit_table(self, layer)
+
+    def class_stats(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(class_mean (C, K), class_count (C, K)) of the image maxima over all labelled images."""
+        from .analysis import class_stats
+        return class_stats(self, layer)
+
+    def selectivity(self, layer: str) -> pd.Series:
+        """Class-selectivity index per unit (Morcos et al. 2018)."""
+        from .analysis import selectivity
+        return selectivity(self, layer)
+
+    def class_preference(self, layer: str) -> pd.DataFrame:
+        """The layer's class preference over all images, most preferred first."""
+        from .analysis import class_preference
+        return class_preference(self, layer)
+
+    def ink_density(self) -> pd.Series:
+        """Mean ink density of each class's images."""
+        from .analysis import ink_density
+        return ink_density(self)
+
+    def ink_correlation(self) -> pd.DataFrame:
+        """Per layer: Spearman correlation of class preference with class ink density."""
+        from .analysis import ink_correlation
+        return ink_correlation(self)
 
 
 def class_counts(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,106 @@
+"""Pictures of a run (matplotlib, Agg backend, no display needed): the seed's summary plot
+and class-histogram bar charts, each written as PNG and SVG.
+
+Dataset strings are drawn as plain text (`parse_math=False`): a class named "$x$" stays "$x$".
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .run import Run  # noqa: E402
+
+FORMATS = ("png", "svg")
+
+
+def _save(fig: Figure, base: Path, formats: tuple[str, ...]) -> list[Path]:
+    """base.png, base.svg …; returns the files written."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in formats:
+        path = base.with_name(f"{base.name}.{fmt}")
+        fig.savefig(path, format=fmt, dpi=110, bbox_inches="tight")
+        out.append(path)
+    plt.close(fig)
+    return out
+
+
+def summary_figure(run: Run, n: int = 5) -> Figure:
+    """One row per layer: its n most and n least frequent classes among the top-k images, each
+    cell coloured by the class's accuracy (red 0 % … green 100 %), the seed's summary plot."""
+    layers = run.layers
+    fig, ax = plt.subplots(figsize=(1.5 * 2 * n + 1.6, 0.62 * len(layers) + 1.2))
+    cmap = plt.get_cmap("RdYlGn")
+    for r, layer in enumerate(layers):
+        cells = list(run.top_classes(layer, n).iterrows()) + list(run.bottom_classes(layer, n).iterrows())
+        for c, (name, row) in enumerate(cells):
+            x = c + (0.3 if c >= n else 0.0)
+            acc = row["accuracy"]
+            ax.add_patch(plt.Rectangle((x, r), 0.96, 0.92, color="#dddddd" if np.isnan(acc) else cmap(acc), alpha=0.55))
+            label = f"{str(name)[:18]}\n{'-' if np.isnan(acc) else f'{acc * 100:.2f}'}  ({int(row['count'])})"
+            ax.text(x + 0.48, r + 0.46, label, ha="center", va="center", fontsize=7, parse_math=False)
+    ax.set_xlim(-0.05, 2 * n + 0.35)
+    ax.set_ylim(len(layers), -0.6)
+    ax.set_yticks(np.arange(len(layers)) + 0.46)
+    ax.set_yticklabels(layers, fontsize=8)
+    ax.set_xticks([])
+    for side, x in (("Top", n / 2), ("Bottom", n + 0.3 + n / 2)):
+        ax.text(x, -0.3, f"{side} {n} classes", ha="center", fontsize=10, weight="bold")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    title = f"classes among the top-{run.k} images of every unit (class accuracy %, count)"
+    ax.set_title(title if run.complete else f"PARTIAL ({run.images_done} images): {title}", fontsize=10)
+    return fig
+
+
+def summary_plot(run: Run, out: str | os.PathLike, n: int = 5, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Write the summary plot as out.png / out.svg."""
+    return _save(summary_figure(run, n), Path(out), formats)
+
+
+def histogram_figure(run: Run, layer: str) -> Figure:
+    """Bar chart of the class histogram of one layer (most frequent first), bars coloured by
+    the class's accuracy."""
+    df = run._ranked(layer)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(df) + 1.5), 3.2))
+    acc = df["accuracy"].to_numpy()
+    colors = [("#bbbbbb" if np.isnan(a) else plt.get_cmap("RdYlGn")(a)) for a in acc]
+    ax.bar(np.arange(len(df)), df["count"].to_numpy(), color=colors, edgecolor="#444444", linewidth=0.4)
+    ax.set_xticks(np.arange(len(df)))
+    ax.set_xticklabels([str(c) for c in df.index], rotation=60, ha="right", fontsize=7)
+    for t in ax.get_xticklabels():
+        t.set_parse_math(False)
+    ax.set_ylabel(f"images in top-{run.k}")
+    ax.set_title(f"{layer}: classes among the top-{run.k} images of its units", fontsize=9, parse_math=False)
+    return fig
+
+
+def histogram_plot(run: Run, layer: str, out: str | os.PathLike, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Write one layer's class histogram as out.png / out.svg."""
+    return _save(histogram_figure(run, layer), Path(out), formats)
+
+
+def ink_figure(run: Run) -> Figure:
+    """Per layer: Spearman correlation of its class preference with the classes' ink density."""
+    corr = run.ink_correlation()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(corr) + 1.5), 3.0))
+    rho = corr["spearman"].to_numpy()
+    ax.bar(np.arange(len(corr)), np.nan_to_num(rho), color=["#3b7dd8" if r >= 0 else "#d8703b" for r in rho])
+    ax.axhline(0, color="#333333", linewidth=0.6)
+    ax.set_ylim(-1, 1)
+    ax.set_xticks(np.arange(len(corr)))
+    ax.set_xticklabels(list(corr.index), rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("Spearman ρ")
+    ax.set_title("class preference (all images) vs class ink density", fontsize=9)
+    return fig
+
+
+def ink_plot(run: Run, out: str | os.PathLike, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    return _save(ink_figure(run), Path(out), formats)

@@ -1,0 +1,287 @@
+"""The HTML report: one static folder that opens offline in any browser.
+
+    out/index.html               run, accuracy table, summary plot, unbiased preferences, layer list
+    out/layers/<id>.html         one page per layer: histogram, preferences, unit cards (paged)
+    out/data/<id>/page_NNNN.js   the cards of PAGE_SIZE units, loaded when shown (a script, not
+                                 fetch(), so it works from file://)
+    out/img/<id>/<unit>_p.png    the unit's k patches (and _d: deconvolutions) as one strip
+    out/img/images/<index>.png   whole top-k images, when the run has no patches yet
+    out/assets/                  report.css, report.js (no CDN)
+
+Every dataset string is escaped here (html.escape) or set with textContent in report.js.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import analysis, plots
+from .errors import SketchmineError
+from .run import Run, open_run
+
+PAGE_SIZE = 64
+THUMB = 96
+"""Strips are stored at most this many pixels high (cards show 64 px tiles)."""
+
+e = html.escape
+
+
+def _layer_ids(run: Run) -> dict[str, str]:
+    """Filesystem-safe, unique id per layer (module names may hold any character)."""
+    return {name: f"{i:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:60]}" for i, name in enumerate(run.layers)}
+
+
+def _pct(a: float) -> str:
+    return "-" if a is None or np.isnan(a) else f"{a * 100:.2f}"
+
+
+def _page(title: str, body: str, depth: int = 0, attrs: str = "") -> str:
+    up = "../" * depth
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
+            f'<link rel="stylesheet" href="{up}assets/report.css"></head>\n<body{attrs}>\n{body}\n</body></html>\n')
+
+
+def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    """Rows of already-escaped cells."""
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _js(obj) -> str:
+    return json.dumps(obj, ensure_ascii=True, allow_nan=False).replace("<", "\\u003c")
+
+
+def _save_png(arr: np.ndarray, path: Path) -> None:
+    """(h, w) or (h, w, 3) uint8 → PNG, shrunk to THUMB pixels high."""
+    im = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+    if im.height > THUMB:
+        im = im.resize((max(1, round(im.width * THUMB / im.height)), THUMB), Image.BILINEAR)
+    im.save(path, compress_level=1)
+
+
+def _strip(tiles: np.ndarray) -> np.ndarray:
+    """(k, h, w, ch) → (h, k*w, ch): the tiles side by side."""
+    k, h, w, ch = tiles.shape
+    return tiles.transpose(1, 0, 2, 3).reshape(h, k * w, ch)
+
+
+class _Images:
+    """Whole top-k images from the run's dataset (only when there are no patches)."""
+
+    def __init__(self, run: Run, out: Path) -> None:
+        self.dir = out / "img" / "images"
+        self.written: set[int] = set()
+        self.ds = self.pre = None
+        self.reason = ""
+        try:
+            from .reload import run_dataset, run_preprocessing
+
+            self.ds, self.pre = run_dataset(run), run_preprocessing(run)
+        except (SketchmineError, ImportError, OSError) as exc:
+            self.reason = str(exc)
+
+    def url(self, index: int) -> str | None:
+        if self.ds is None:
+            return None
+        if index not in self.written:
+            _, x, _, note = self.ds[index]
+            if note.startswith("error:"):
+                return None
+            x = x.float()
+            if self.pre is not None and self.pre.mean:
+                x = x * torch_tensor(self.pre.std) + torch_tensor(self.pre.mean)
+            arr = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _save_png(arr, self.dir / f"{index}.png")
+            self.written.add(index)
+        return f"../img/images/{index}.png"
+
+
+def torch_tensor(v) -> "object":
+    import torch
+
+    return torch.tensor(list(v), dtype=torch.float32).view(-1, 1, 1)
+
+
+def _layer_data(run: Run, name: str, lid: str, out: Path, images: _Images | None) -> tuple[int, str]:
+    """Write the layer's page scripts and image strips; returns (pages, note on pictures)."""
+    g = run.store.group[f"layers/{name}"]
+    values, index, _ = run.topk(name)
+    labels, names, paths = run.labels, run.class_names, run.paths
+    acc = analysis._accuracy(run).to_numpy()
+    vis = dict(g.attrs.get("visualized") or {})
+    has_patches = "patches" in g
+    done = int(vis.get("units_done", index.shape[0])) if has_patches else 0
+    note = ""
+    if not has_patches:
+        note = f"run `sketchmine visualize {run.path}` to add patches and deconvolutions"
+        if images is not None and images.ds is None:
+            note += f" (whole images unavailable: {images.reason})"
+    elif done < index.shape[0]:
+        note = f"patches for units 0..{done - 1} only: the visualize pass is unfinished"
+    img_dir, data_dir = out / "img" / lid, out / "data" / lid
+    img_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    c = index.shape[0]
+    pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
+    for p in range(pages):
+        u0, u1 = p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)
+        patches = np.asarray(g["patches"][u0:u1]) if has_patches and u0 < done else None
+        deconv = np.asarray(g["deconv"][u0:u1]) if has_patches and "deconv" in g and u0 < done else None
+        units = []
+        for u in range(u0, u1):
+            ok = index[u] >= 0
+            entries = []
+            for r in np.nonzero(ok)[0]:
+                i = int(index[u, r])
+                lab = int(labels[i]) if 0 <= labels[i] < len(names) else -1
+                ent = {"rank": int(r), "index": i, "value": float(values[u, r]), "path": str(paths[i]),
+                       "cls": names[lab] if lab >= 0 else None,
+                       "acc": None if lab < 0 or not len(acc) or np.isnan(acc[lab]) else float(acc[lab])}
+                if patches is None and images is not None:
+                    ent["image"] = images.url(i)
+                entries.append(ent)
+            unit = {"unit": u, "max": float(values[u, 0]) if ok[0] else None, "entries": entries}
+            if patches is not None and u < done and entries:
+                h, w = patches.shape[2:4]
+                scale = min(1.0, THUMB / h)
+                unit.update({"h": max(1, round(h * scale)), "w": max(1, round(w * scale)),
+                             "patches": f"../img/{lid}/{u}_p.png"})
+                _save_png(_strip(patches[u - u0]), img_dir / f"{u}_p.png")
+                if deconv is not None:
+                    _save_png(_strip(deconv[u - u0]), img_dir / f"{u}_d.png")
+                    unit["deconv"] = f"../img/{lid}/{u}_d.png"
+            units.append(unit)
+        (data_dir / f"page_{p:04d}.js").write_text(f"sketchmineReport.page({p}, {_js(units)});\n")
+    return pages, note
+
+
+def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: bool) -> str:
+    g = run.store.group[f"layers/{name}"]
+    shape = "×".join(map(str, g.attrs["shape"]))
+    parts = [f'<p><a href="../index.html">← all layers</a></p><h1>{e(name)}</h1>',
+             f"<p>{e(str(g.attrs.get('kind', '')))}, output {e(shape)}, top-{run.k} images per unit</p>"]
+    if not run.complete:
+        parts.append(f'<p class="partial">PARTIAL run: {run.images_done} images mined so far</p>')
+    try:
+        rows = [[e(str(c)), str(int(r["count"])), _pct(r["accuracy"])] for c, r in run._ranked(name).iterrows()]
+        parts.append(f'<h2>Classes among the top-{run.k} images</h2>'
+                     f'<img class="plot" src="../hist/{lid}.png" alt="class histogram">'
+                     + _table(["class", "count", "accuracy %"], rows, {1, 2}))
+    except SketchmineError as exc:
+        parts.append(f'<p class="note">{e(str(exc))}</p>')
+    if stats:
+        pref = run.class_preference(name)
+        si = run.selectivity(name)
+        rows = [[e(str(c)), f"{r['preference']:.3f}", str(int(r["units_preferring"])), _pct(r["accuracy"])]
+                for c, r in pref.iterrows()]
+        parts.append("<h2>Class preference over all images</h2>"
+                     f"<p>mean over {pref.attrs['units']} units of the unit's z-scored class means of its image "
+                     f"maxima; class selectivity index (Morcos et al. 2018): median {np.nanmedian(si) if si.notna().any() else float('nan'):.3f} "
+                     f"over {int(si.notna().sum())} units</p>"
+                     + _table(["class", "preference", "units preferring", "accuracy %"], rows, {1, 2, 3}))
+    parts.append("<h2>Units</h2>")
+    if note:
+        parts.append(f'<p class="note" id="pictures-note">{e(note)}</p>')
+    parts.append('<nav class="pager"><button id="prev">◀ previous</button><span id="page-label"></span>'
+                 '<button id="next">next ▶</button></nav><div id="cards"></div>'
+                 '<script src="../assets/report.js"></script>')
+    return _page(f"{name} — sketchmine report", "\n".join(parts), 1,
+                 f' data-layer="{e(lid)}" data-pages="{pages}"')
+
+
+def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float) -> str:
+    a = run.attrs
+    ds = a.get("dataset") or {}
+    parts = [f"<h1>sketchmine report: {e(str(a.get('model')))}</h1>",
+             f"<p>dataset {e(json.dumps(ds, ensure_ascii=False))}; {run.images_done} images; "
+             f"k = {run.k}; run {e(str(run.path))}</p>"]
+    if not run.complete:
+        parts.append(f'<p class="partial">PARTIAL run: {run.images_done} of {ds.get("size", "?")} images mined; '
+                     "every table covers those only</p>")
+    overall = run.accuracy()
+    try:
+        acc = run.class_accuracy()
+        rows = [[e(str(c)), _pct(r["accuracy"]), str(int(r["count"]))] for c, r in acc.iterrows()]
+        parts.append(f"<h2>Accuracy{'' if overall is None else f' {overall * 100:.2f}%'}</h2>"
+                     + _table(["class", "accuracy %", "images"], rows, {1, 2}))
+    except SketchmineError as exc:
+        parts.append(f'<p class="note">{e(str(exc))}</p>')
+    parts.append('<h2>Summary plot</h2><p><img class="plot" id="summary" src="summary.png" alt="summary plot"> '
+                 '<a href="summary.svg">SVG</a></p>' if (run.store.path and ids) else "")
+    if stats:
+        corr = run.ink_correlation()
+        ink = run.ink_density()
+        rows = [[e(l), e(str(r["kind"])), f"{r['spearman']:.3f}", f"{r['p_value']:.3g}", str(r["classes"])]
+                for l, r in corr.iterrows()]
+        parts.append("<h2>Class preference vs ink density</h2><p>Spearman correlation, per layer, between the "
+                     "layer's class preference over all images and the mean ink density of each class's images "
+                     '(pixels differing from the image background by more than half the range).</p>'
+                     '<img class="plot" src="ink.png" alt="ink correlation">'
+                     + _table(["layer", "kind", "Spearman ρ", "p", "classes"], rows, {2, 3, 4})
+                     + _table(["class", "ink density"], [[e(str(c)), f"{v:.3f}"] for c, v in ink.items()], {1}))
+    rows = []
+    for name, lid in ids.items():
+        g = run.store.group[f"layers/{name}"]
+        try:
+            top = ", ".join(e(str(c)) for c in run.top_classes(name, 5).index)
+        except SketchmineError:
+            top = "-"
+        rows.append([f'<a href="layers/{e(lid)}.html">{e(name)}</a>', e(str(g.attrs.get("kind", ""))),
+                     e("×".join(map(str, g.attrs["shape"]))), top])
+    parts.append("<h2>Layers</h2>" + _table(["layer", "kind", "shape", f"top 5 classes (top-{run.k})"], rows))
+    parts.append(f'<p class="note">written by sketchmine in {seconds:.1f} s</p>')
+    return _page("sketchmine report", "\n".join(parts))
+
+
+def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: bool = True) -> Path:
+    """Write the report folder; returns the path of index.html.
+
+    images: when the run has no patches yet, show the whole top-k images read from the run's
+    dataset (if it can be reopened)."""
+    t0 = time.perf_counter()
+    run = run if isinstance(run, Run) else open_run(run)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("layers", "data", "img", "hist"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    (out / "assets").mkdir(exist_ok=True)
+    for name in ("report.css", "report.js"):
+        src = resources.files("sketchmine") / "report_assets" / name
+        (out / "assets" / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    ids = _layer_ids(run)
+    labelled = _labelled(run)
+    stats = analysis.has_class_stats(run)
+    if labelled:
+        plots.summary_plot(run, out / "summary")
+    if stats:
+        plots.ink_plot(run, out / "ink")
+    whole = _Images(run, out) if images else None
+    for name, lid in ids.items():
+        if labelled:
+            plots.histogram_plot(run, name, out / "hist" / lid, formats=("png",))
+        pages, note = _layer_data(run, name, lid, out, whole)
+        (out / "layers").mkdir(exist_ok=True)
+        (out / "layers" / f"{lid}.html").write_text(_layer_page(run, name, lid, pages, note, stats), encoding="utf-8")
+    index = out / "index.html"
+    index.write_text(_index(run, ids if labelled else {}, stats, time.perf_counter() - t0), encoding="utf-8")
+    return index
+
+
+def _labelled(run: Run) -> bool:
+    try:
+        run.class_histogram(run.layers[0])
+        return True
+    except SketchmineError:
+        return False
