@@ -98,3 +98,39 @@ def test_bad_arguments(net, images):
         deconvolve(net, images[:1], "features.6", [0], [[0, 0]], method="lrp")
     with pytest.raises(SketchmineError, match="unknown layer 'features.99'"):
         deconvolve(net, images[:1], "features.99", [0], [[0, 0]])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "googlenet"])
+@pytest.mark.parametrize("method", ["deconvnet", "guided"])
+def test_receptive_field_windows_equal_the_whole_image(arch, method):
+    """Deconvolving each unit on its stride-aligned receptive-field window gives the whole-image
+    signal inside the box, at borders and corners too (branched models, ceil-mode pools)."""
+    from sketchmine import receptive_fields
+    from sketchmine.deconv import Deconvolver
+    from sketchmine.ops import crop_patches
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=10, **(
+        {"aux_logits": False, "init_weights": False, "transform_input": False} if arch == "googlenet" else {})).eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 80, 80, generator=gen)
+    fields = receptive_fields(model, 80)
+    decon = Deconvolver(model, method)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    for layer in convs[1::max(1, len(convs) // 4)]:
+        shape = {}
+        handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: shape.setdefault("s", o.shape) and None)
+        with torch.no_grad():
+            model(x[:1])
+        handle.remove()
+        c, h, w = shape["s"][1:]
+        yx = torch.stack([torch.randint(0, h, (8,), generator=gen), torch.randint(0, w, (8,), generator=gen)], 1)
+        yx[0], yx[1] = torch.tensor([0, 0]), torch.tensor([h - 1, w - 1])
+        channels, index = torch.randint(0, c, (8,), generator=gen), torch.arange(8) % 3
+        f = fields[layer]
+        whole = decon(x[index], layer, channels, yx)
+        corners = torch.stack([f.offset[0] + yx[:, 0] * f.stride[0], f.offset[1] + yx[:, 1] * f.stride[1]], 1)
+        want = crop_patches(whole, torch.arange(8), corners, *f.size)
+        got = decon.field_crops(x, index, layer, channels, yx, f)
+        assert want.abs().amax(dim=(1, 2, 3)).min() > 0, layer
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))

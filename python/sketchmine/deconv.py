@@ -18,6 +18,8 @@ import torch
 from torch import fx, nn
 
 from .errors import SketchmineError
+from .ops import crop_patches
+from .receptive_field import ReceptiveField
 from .taps import SOFTMAX
 
 METHODS = ("deconvnet", "guided", "gradient")
@@ -118,6 +120,37 @@ class Deconvolver:
         finally:
             handle.remove()
         return grad.detach()
+
+    def field_crops(self, images: torch.Tensor, image_index: torch.Tensor, layer: str, channels, yx,
+                    field: ReceptiveField) -> torch.Tensor:
+        """(N, C, *field.size): each unit's signal over its receptive-field box (zero outside the image).
+
+        Computed on the smallest stride-aligned window of the image that holds the box: nothing
+        outside the box reaches the unit, and a window that starts at a multiple of the layer's
+        stride (or at the image border) gives every unit of the unit's cone the same inputs and
+        padding as the whole image, so the result is exact — and an 11-px conv1 field costs an
+        11-px forward, not a 224-px one. images (B, C, H, W); image_index (N,) into them.
+        """
+        (h, w), (jy, jx) = images.shape[-2:], field.stride
+        pos = torch.as_tensor(yx).long().cpu()
+        top = field.offset[0] + pos[:, 0] * jy
+        left = field.offset[1] + pos[:, 1] * jx
+        sy, sx = (top.clamp_min(0) // jy) * jy, (left.clamp_min(0) // jx) * jx
+        ey, ex = (top + field.size[0]).clamp_max(h), (left + field.size[1]).clamp_max(w)
+        out = images.new_zeros((len(pos), images.shape[1], *field.size), dtype=torch.float32)
+        channels = torch.as_tensor(channels).long()
+        shapes = torch.stack([ey - sy, ex - sx], dim=1)
+        for shape in torch.unique(shapes, dim=0).tolist():
+            group = torch.nonzero((shapes == torch.tensor(shape)).all(dim=1)).flatten()
+            corners = torch.stack([sy[group], sx[group]], dim=1).to(images.device)
+            windows = crop_patches(images, image_index[group.to(image_index.device)], corners, *shape)
+            local = torch.stack([pos[group, 0] - sy[group] // jy, pos[group, 1] - sx[group] // jx], dim=1)
+            signal = self(windows, layer, channels[group], local)
+            for j, n in enumerate(group.tolist()):  # the window may start before the box (alignment)
+                ay, ax = int(max(top[n] - sy[n], 0)), int(max(left[n] - sx[n], 0))
+                by, bx = int(sy[n] + ay - top[n]), int(sx[n] + ax - left[n])
+                out[n, :, by:by + shape[0] - ay, bx:bx + shape[1] - ax] = signal[j, :, ay:, ax:]
+        return out
 
     def _softmax(self, images: torch.Tensor, channels) -> torch.Tensor:
         """The virtual softmax layer: the signal of one class probability per image."""

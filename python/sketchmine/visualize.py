@@ -31,6 +31,7 @@ from .deconv import METHODS, Deconvolver
 from .errors import SketchmineError
 from .miner import Progress, _Silent
 from .ops import clip_boxes, crop_patches
+from .receptive_field import ReceptiveField
 from .reload import missing_images, run_dataset, run_model, run_preprocessing
 from .run import Run, open_run
 from .store import RunLock, RunStore
@@ -50,6 +51,10 @@ class _Plan:
     stride: tuple[int, int]
     offset: tuple[int, int]
 
+    @property
+    def field(self) -> ReceptiveField:
+        return ReceptiveField(self.source, self.stride, self.offset)
+
     def attrs(self, method: str, block: int) -> dict[str, Any]:
         return {"method": method, "patch_size": list(self.size), "source_size": list(self.source),
                 "block_units": block, "units_done": 0, "complete": False}
@@ -58,12 +63,13 @@ class _Plan:
 def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, model: nn.Module | str | None = None,
               weights: str | os.PathLike | None = None, data: Any = None, method: str = "deconvnet",
               batch_size: int = 64, device: str | torch.device = "cpu", max_patch: int = 128,
-              redo: bool = False, progress: Progress | None = None) -> Run:
+              max_units: int | None = None, redo: bool = False, progress: Progress | None = None) -> Run:
     """Crop the receptive-field patch and the deconvolution of every top-k entry of `layers`
     (default: all mined layers) into the run. Re-running an interrupted call resumes it.
 
     model/weights: the model the run was mined with (default: reloaded from the run's record);
     data: a moved ImageFolder root, or the dataset object for runs mined from one.
+    max_units: stop after the first N units of each layer (a later call without it goes on).
     """
     if method not in METHODS:
         raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
@@ -91,10 +97,12 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     try:
         block = max(1, batch_size // run.k)
         todo = {p.name: _prepare(store, p, run.k, method, block, redo) for p in plans}
-        progress.start(sum(p.channels for p in plans), sum(done for done, _ in todo.values()))
+        limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
+        progress.start(sum(limit.values()), sum(min(done, limit[n]) for n, (done, _) in todo.items()))
         for p in plans:
             done, layer_block = todo[p.name]
-            _visualize_layer(store, run, p, done, layer_block, ds, pre, deconv, batch_size, device, progress)
+            _visualize_layer(store, run, p, done, layer_block, limit[p.name], ds, pre, deconv, batch_size, device,
+                             progress)
     finally:
         lock.release()
     return open_run(run.path)
@@ -110,10 +118,13 @@ def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Pl
             raise SketchmineError(f"run {run.path} was mined before receptive fields were recorded; "
                                   f"mine it again with this version to visualize {name!r}")
         rf = attrs["receptive_field"]
-        if rf is None or not rf.get("stride") or rf["stride"] == [0, 0]:
+        if rf is None or not rf.get("size"):
             raise SketchmineError(f"run {run.path} has no receptive field for layer {name!r} (the model's graph "
                                   "could not be analysed when it was mined); only layers without a grid can be visualized")
+        grid = 0 not in rf["stride"]  # stride 0: a grid whose units all see the whole image (after global pooling)
         source, stride, offset = tuple(rf["size"]), tuple(rf["stride"]), tuple(rf["offset"])
+        if not grid:
+            source, stride, offset = image_hw, (0, 0), (0, 0)
     else:  # FC, softmax and 1-D layers: the whole image
         source, stride, offset = image_hw, (0, 0), (0, 0)
     scale = min(1.0, max_patch / max(source))
@@ -155,12 +166,12 @@ def _channels(store: RunStore) -> int:
     return int(pre.get("channels") or 3)
 
 
-def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, ds: MinerDataset,
+def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, limit: int, ds: MinerDataset,
                      pre: Preprocessing | None, deconv: Deconvolver, batch_size: int, device: torch.device,
                      progress: Progress) -> None:
     g = store.group[f"layers/{p.name}"]
     _, index, yx = run.topk(p.name)
-    for u0 in range(done, p.channels, block):  # done is a block boundary (or the end)
+    for u0 in range(done, limit, block):  # done is a block boundary (or the end)
         u1 = min(u0 + block, p.channels)
         out = _block(p, index[u0:u1], yx[u0:u1], u0, ds, pre, deconv, batch_size, device)
         for key in ARRAYS:
@@ -192,11 +203,15 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDatase
         pixels = _pixels(x, pre)
         crop = crop_patches(pixels, inv, corners_t, *p.source)
         patches[unit_of, slot_of] = _to_hwc(_fit(crop, p.size)).cpu().numpy()
+        entry_yx = torch.from_numpy(yx[filled].astype(np.int64))
         for s in range(0, len(images), batch_size):
             j = slice(s, s + batch_size)
-            sig = deconv(x[inv[j]], p.name, torch.from_numpy(unit_of[j] + u0), torch.from_numpy(yx[filled][j]))
-            local = torch.arange(sig.shape[0], device=sig.device)
-            crop = crop_patches(sig, local, corners_t[j], *p.source)
+            units_j = torch.from_numpy(unit_of[j] + u0)
+            if p.grid:  # each unit on its own receptive field only
+                crop = deconv.field_crops(x, inv[j], p.name, units_j, entry_yx[j], p.field)
+            else:
+                sig = deconv(x[inv[j]], p.name, units_j, entry_yx[j])
+                crop = crop_patches(sig, torch.arange(sig.shape[0], device=sig.device), corners_t[j], *p.source)
             deconvs[unit_of[j], slot_of[j]] = _to_hwc(_signal_to_uint8(_fit(crop, p.size))).cpu().numpy()
         boxes[unit_of, slot_of] = np.concatenate(
             [corners, corners + np.array(p.source) - 1], axis=1).astype(np.int32)
