@@ -12,6 +12,7 @@ from .miner import mine  # noqa: E402
 from .receptive_field import ReceptiveField, receptive_fields  # noqa: E402
 from .deconv import deconvolve  # noqa: E402
 from .visualize import visualize  # noqa: E402
+from .compare import compare  # noqa: E402
 
-__all__ = ["ReceptiveField", "Run", "SketchmineError", "deconvolve", "mine", "open_run", "receptive_fields", "visualize",
+__all__ = ["ReceptiveField", "Run", "SketchmineError", "compare", "deconvolve", "mine", "open_run", "receptive_fields", "visualize",
            "__version__"]
