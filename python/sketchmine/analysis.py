@@ -6,6 +6,8 @@ methods of the same names are thin wrappers over these functions.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -115,7 +117,8 @@ def class_preference(run: Run, layer: str) -> pd.DataFrame:
     Units with no spread over classes (dead units) are left out (column units in attrs).
     """
     mean, _ = class_stats(run, layer)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # classes without images yet (partial runs)
         mu = np.nanmean(mean, axis=1, keepdims=True)
         sd = np.nanstd(mean, axis=1, keepdims=True)
         live = (sd[:, 0] > 0) & np.isfinite(sd[:, 0])

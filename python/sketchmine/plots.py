@@ -6,6 +6,7 @@ Dataset strings are drawn as plain text (`parse_math=False`): a class named "$x$
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -26,7 +27,9 @@ def _save(fig: Figure, base: Path, formats: tuple[str, ...]) -> list[Path]:
     out = []
     for fmt in formats:
         path = base.with_name(f"{base.name}.{fmt}")
-        fig.savefig(path, format=fmt, dpi=110, bbox_inches="tight")
+        with warnings.catch_warnings():  # class names in scripts the default font lacks: boxes, not errors
+            warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
+            fig.savefig(path, format=fmt, dpi=110, bbox_inches="tight")
         out.append(path)
     plt.close(fig)
     return out

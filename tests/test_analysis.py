@@ -1,0 +1,206 @@
+"""Class summaries against independent computations on the embedded real data: numpy from the
+raw arrays and a brute-force pass of plain forward hooks (tests/helpers.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sketchmine
+from sketchmine import analysis, plots
+from sketchmine.compare import compare, depth_pairs
+from sketchmine.errors import SketchmineError
+from tests.helpers import all_activations
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory, demo_model, small_test_set):
+    run = sketchmine.mine("demo", small_test_set, out=tmp_path_factory.mktemp("a") / "run.zarr", batch_size=64)
+    acts, logits = all_activations(demo_model.module, small_test_set, run.layers)
+    maxima = {n: (a.amax(dim=tuple(range(2, a.ndim))) if a.ndim > 2 else a).double().numpy() for n, a in acts.items()}
+    return run, maxima, logits.numpy()
+
+
+def test_accuracy_histogram_top_bottom_vs_numpy(mined, small_test_set):
+    run, maxima, logits = mined
+    labels = small_test_set.labels()
+    pred = logits.argmax(1)
+    acc = run.class_accuracy()
+    for c in range(10):
+        assert acc["accuracy"].iloc[c] == pytest.approx((pred[labels == c] == c).mean())
+    assert run.accuracy() == pytest.approx((pred == labels).mean())
+    for name in ("features.3", "classifier.4"):
+        m = maxima[name].astype(np.float32)
+        # independent top-k: sort by (-value, image index)
+        top = np.stack([np.lexsort((np.arange(len(m)), -m[:, u]))[:run.k] for u in range(m.shape[1])])
+        want = np.bincount(labels[top].ravel(), minlength=10)
+        hist = run.class_histogram(name)
+        np.testing.assert_array_equal(hist.to_numpy(), want)
+        order = sorted(range(10), key=lambda c: (-want[c], c))
+        assert list(run.top_classes(name, 3).index) == [small_test_set.class_names[c] for c in order[:3]]
+        assert list(run.bottom_classes(name, 3).index) == [small_test_set.class_names[c] for c in order[-3:]]
+        assert run.top_classes(name, 3)["accuracy"].iloc[0] == pytest.approx(acc["accuracy"].iloc[order[0]])
+
+
+def test_unit_classes_is_the_seeds_performance_line(mined, small_test_set):
+    run, maxima, _ = mined
+    labels, names = small_test_set.labels(), small_test_set.class_names
+    m = maxima["features.6"].astype(np.float32)
+    unit = 5
+    order = np.lexsort((np.arange(len(m)), -m[:, unit]))[:run.k]
+    df = run.unit_classes("features.6", unit)
+    np.testing.assert_array_equal(df["image_index"].to_numpy(), order)
+    assert list(df["class"]) == [names[labels[i]] for i in order]
+    np.testing.assert_allclose(df["value"].to_numpy(), m[order, unit])
+    acc = run.class_accuracy()["accuracy"]
+    line = analysis.performance_line(df)
+    assert line.split()[:2] == [names[labels[order[0]]], f"{acc.iloc[labels[order[0]]] * 100:.2f}"]
+    table = run.unit_table("features.6")
+    assert len(table) == m.shape[1] * run.k and set(table["unit"]) == set(range(m.shape[1]))
+    with pytest.raises(SketchmineError, match="unit 96 is not in layer 'features.6'"):
+        run.unit_classes("features.6", 96)
+
+
+def test_unbiased_class_means_vs_brute_force(mined, small_test_set):
+    run, maxima, _ = mined
+    labels = small_test_set.labels()
+    for name in run.layers:
+        mean, count = run.class_stats(name)
+        want = np.stack([maxima[name][labels == c].mean(axis=0) for c in range(10)], axis=1)
+        np.testing.assert_allclose(mean, want, rtol=1e-12, atol=1e-12, err_msg=name)
+        np.testing.assert_array_equal(count, np.tile(np.bincount(labels, minlength=10), (mean.shape[0], 1)))
+
+
+def test_selectivity_and_preference_follow_their_definitions(mined):
+    run, _, _ = mined
+    mean, _ = run.class_stats("features.8")
+    si = run.selectivity("features.8")
+    for u in range(mean.shape[0]):
+        mu_max = mean[u].max()
+        rest = (mean[u].sum() - mu_max) / 9
+        if mu_max > 0 and rest >= 0:
+            assert si[u] == pytest.approx((mu_max - rest) / (mu_max + rest))
+            assert 0 <= si[u] <= 1
+        else:
+            assert np.isnan(si[u])
+    pref = run.class_preference("features.8")
+    z = (mean - mean.mean(1, keepdims=True)) / mean.std(1, keepdims=True)
+    want = z[mean.std(1) > 0].mean(0)
+    names = run.class_names
+    np.testing.assert_allclose(pref.loc[names, "preference"].to_numpy(), want, rtol=1e-10)
+    assert pref["preference"].is_monotonic_decreasing
+    assert pref["units_preferring"].sum() == pref.attrs["units"]
+
+
+def test_ink_density_and_spearman(mined, small_test_set):
+    run, _, _ = mined
+    img = small_test_set.images.astype(np.float64) / 255
+    border = np.concatenate([img[:, 0, :], img[:, -1, :], img[:, 1:-1, 0], img[:, 1:-1, -1]], axis=1)
+    # the embedded silhouettes are white on black: the border median is the black background
+    assert (np.median(border, axis=1) < 0.5).mean() > 0.95
+    density = (np.abs(img - np.median(border, axis=1)[:, None, None]) > 0.5).mean(axis=(1, 2))
+    labels = small_test_set.labels()
+    want = np.array([density[labels == c].mean() for c in range(10)])
+    np.testing.assert_allclose(run.ink_density().to_numpy(), want, rtol=1e-12)
+    corr = run.ink_correlation()
+    from scipy.stats import spearmanr
+
+    pref = run.class_preference("features.3")["preference"].reindex(run.class_names).to_numpy()
+    assert corr.loc["features.3", "spearman"] == pytest.approx(spearmanr(pref, want).statistic)
+    # numpy fallback agrees with scipy
+    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731  (no ties here)
+    assert np.corrcoef(ranks(pref), ranks(want))[0, 1] == pytest.approx(corr.loc["features.3", "spearman"])
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAfter:
+    def __init__(self, batches: int) -> None:
+        self.left = batches
+
+    def start(self, total: int, done: int) -> None: ...
+    def note(self, message: str) -> None: ...
+
+    def advance(self, n: int) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise _Stop
+
+
+def test_resumed_run_has_identical_class_stats_and_partial_reads(tmp_path, small_test_set):
+    ref = sketchmine.mine("demo", small_test_set, out=tmp_path / "ref.zarr", batch_size=40)
+    out = tmp_path / "cut.zarr"
+    with pytest.raises(_Stop):
+        sketchmine.mine("demo", small_test_set, out=out, batch_size=40, flush_every=2, progress=_StopAfter(5))
+    partial = sketchmine.open_run(out)
+    assert not partial.complete and partial.images_done == 160
+    mean, count = partial.class_stats("features.0")
+    labels = small_test_set.labels()[:160]
+    np.testing.assert_array_equal(count[0], np.bincount(labels, minlength=10))
+    assert analysis.class_preference(partial, "features.0").attrs["partial"]
+    assert np.isfinite(partial.ink_density().to_numpy()[np.bincount(labels, minlength=10) > 0]).all()
+    done = sketchmine.mine("demo", small_test_set, out=out, batch_size=40, flush_every=2)
+    for name in ref.layers:
+        a, b = ref.class_stats(name), done.class_stats(name)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(ref.ink_density().to_numpy(), done.ink_density().to_numpy())
+
+
+class _Unlabelled(torch.utils.data.Dataset):
+    """Real images, no labels (-1) and no class names."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return 60
+
+    def __getitem__(self, i: int):
+        return self.ds[i][1], -1
+
+
+def test_dataset_without_labels(tmp_path, small_test_set):
+    run = sketchmine.mine("demo", _Unlabelled(small_test_set), out=tmp_path / "u.zarr", batch_size=32)
+    assert (run.topk("features.0")[1] >= 0).all()
+    with pytest.raises(SketchmineError, match="have no label.*class histograms need labelled images"):
+        run.class_histogram("features.0")
+    with pytest.raises(SketchmineError, match="no class statistics"):
+        run.class_stats("features.0")
+    assert not analysis.has_class_stats(run)
+    assert "class_mean" not in run.store.group["layers/features.0"]
+    df = run.unit_classes("features.0", 0)
+    assert df["class"].isna().all() and len(df) == run.k
+
+
+def test_compare_pairs_by_depth_and_refuses_other_datasets(tmp_path, mined, demo_test_set, small_test_set):
+    """The third run sees other images (the first 50 of the full test split, as a plain list)."""
+    run, _, _ = mined
+    assert depth_pairs(["a", "b", "c"], ["1", "2", "3", "4", "5"]) == [("a", "1"), ("b", "3"), ("c", "5")]
+    assert depth_pairs(["1", "2", "3", "4", "5"], ["a", "b"]) == [("1", "a"), ("5", "b")]
+    other = sketchmine.mine("demo", small_test_set, layers=["features.0", "features.10", "classifier.6"],
+                            out=tmp_path / "b.zarr", batch_size=100)
+    cmp = compare(run, other, n=3)
+    assert list(cmp.layers["layer_b"]) == ["features.0", "features.10", "classifier.6"]
+    assert list(cmp.layers["layer_a"]) == ["features.0", "features.10", "softmax"]
+    assert (cmp.layers.iloc[:2]["jaccard_top"] == 1.0).all()  # same model, same layers
+    assert cmp.jaccard.shape == (len(run.layers), 3)
+    np.testing.assert_array_equal(cmp.accuracy["difference"].to_numpy(), 0.0)
+    third = sketchmine.mine("demo", [(demo_test_set[i][1], int(demo_test_set.labels()[i])) for i in range(50)],
+                            out=tmp_path / "c.zarr", batch_size=50)
+    with pytest.raises(SketchmineError, match="different datasets"):
+        compare(run, third)
+
+
+def test_plots_png_and_svg(tmp_path, mined):
+    run, _, _ = mined
+    files = plots.summary_plot(run, tmp_path / "summary") + plots.histogram_plot(run, "features.0", tmp_path / "h")
+    files += plots.ink_plot(run, tmp_path / "ink")
+    assert sorted(p.suffix for p in files) == [".png", ".png", ".png", ".svg", ".svg", ".svg"]
+    with Image.open(tmp_path / "summary.png") as im:
+        assert im.width > 600 and im.height > 300 and len(np.unique(np.asarray(im))) > 20
+    svg = (tmp_path / "summary.svg").read_text()
+    assert svg.startswith("<?xml") and "<svg" in svg

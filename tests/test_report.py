@@ -1,0 +1,152 @@
+"""The HTML report in a real headless Chromium (Debian's /usr/bin/chromium, driven by playwright):
+pages load from file:// without console errors, cards and images render, paging works, a
+screenshot is taken, and class names with markup and unicode stay text."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sketchmine
+from sketchmine.data import ArrayDataset, export_image_folder
+from sketchmine.report import PAGE_SIZE, write_report
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+NASTY = ['<img src=x onerror=alert(1)>', '<b>bold&"quote\'', "ünïcödé 猫 ✓"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, demo_test_set) -> Path:
+    """36 real images in three class folders whose names hold markup and unicode."""
+    ds = demo_test_set
+    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:12] for c in (0, 5, 9)])
+    labels = np.repeat(np.arange(3), 12)
+    sub = ArrayDataset(ds.images[pick], labels, NASTY, ds.preprocessing, ds.describe())
+    root = export_image_folder(sub, tmp_path_factory.mktemp("img") / "images")
+    assert sorted(p.name for p in root.iterdir()) == sorted(NASTY)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, folder):
+    """The same images mined twice: one run visualized (patches, deconvolutions), one not."""
+    base = tmp_path_factory.mktemp("runs")
+    plain = sketchmine.mine("demo", folder, out=base / "plain.zarr", batch_size=36)
+    vis = sketchmine.mine("demo", folder, out=base / "vis.zarr", batch_size=36,
+                          layers=["features.0", "features.6", "classifier.1"])
+    importlib.import_module("sketchmine.visualize").visualize(vis, batch_size=256)
+    return plain, vis
+
+
+@pytest.fixture(scope="module")
+def browser():
+    pw = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
+    with pw.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    page.goto(url)
+    return page, problems
+
+
+def _images_ok(page) -> tuple[int, int]:
+    """(images on the page, images that decoded with a width)."""
+    return page.evaluate("""() => { const im = [...document.images];
+        return [im.length, im.filter(i => i.complete && i.naturalWidth > 0).length]; }""")
+
+
+def test_report_files_and_escaping_in_html(tmp_path, runs):
+    _, vis = runs
+    index = write_report(vis, tmp_path / "rep")
+    text = index.read_text()
+    for name in NASTY:
+        assert name not in text or name == NASTY[2]  # markup never appears raw
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "ünïcödé 猫 ✓" in text
+    assert (tmp_path / "rep" / "summary.png").stat().st_size > 5000 and (tmp_path / "rep" / "summary.svg").exists()
+    pages = sorted((tmp_path / "rep" / "data").glob("02-classifier.1/page_*.js"))
+    assert len(pages) == 256 // PAGE_SIZE
+    payload = pages[0].read_text()
+    assert "<" not in payload  # JSON with < escaped: nothing can close a tag
+    units = json.loads(payload[payload.index("["):payload.rindex("]") + 1])
+    assert len(units) == PAGE_SIZE and {e["cls"] for u in units for e in u["entries"]} <= set(NASTY)
+    assert all((tmp_path / "rep" / "layers" / u["patches"]).resolve().is_file() for u in units if u["entries"])
+    assert "http://" not in text and "https://" not in text  # offline: no CDN
+
+
+def test_report_in_chromium(tmp_path, runs, browser):
+    _, vis = runs
+    index = write_report(vis, tmp_path / "rep")
+    page, problems = _open(browser, index.as_uri())
+    page.wait_for_load_state("load")
+    body = page.inner_text("body")
+    for name in NASTY:
+        assert name in body  # shown as text
+    assert page.query_selector("table b") is None and page.query_selector("table img") is None
+    assert _images_ok(page)[0] >= 2 and _images_ok(page)[0] == _images_ok(page)[1]
+    page.click('a[href="layers/02-classifier.1.html"]')
+    page.wait_for_selector(".card")
+    assert len(page.query_selector_all(".card")) == PAGE_SIZE
+    page.wait_for_function("() => [...document.images].every(i => i.complete)")
+    total, ok = _images_ok(page)
+    assert total >= PAGE_SIZE * 2 * 9 and ok == total
+    cards = page.inner_text("#cards")
+    assert NASTY[0] in cards and "Classes with performance:" in cards
+    assert page.query_selector("#cards b") is None and page.query_selector("#cards img[src='x']") is None
+    page.click("#next")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '1'")
+    assert page.query_selector(".card").get_attribute("id") == f"unit-{PAGE_SIZE}"
+    assert page.inner_text("#page-label") == "page 2 of 4"
+    page.click("#prev")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '0'")
+    shot = tmp_path / "layer.png"
+    page.screenshot(path=str(shot), full_page=False)
+    with Image.open(shot) as im:
+        arr = np.asarray(im.convert("RGB"))
+    assert im.size == (1280, 900) and len(np.unique(arr.reshape(-1, 3), axis=0)) > 50
+    assert problems == []
+
+
+def test_report_without_patches_shows_note_and_whole_images(tmp_path, runs, browser):
+    plain, _ = runs
+    index = write_report(plain, tmp_path / "rep")
+    page, problems = _open(browser, (tmp_path / "rep" / "layers" / "00-features.0.html").as_uri())
+    page.wait_for_selector(".card")
+    assert "run `sketchmine visualize" in page.inner_text("#pictures-note")
+    page.wait_for_function("() => [...document.images].every(i => i.complete)")
+    total, ok = _images_ok(page)
+    assert total >= 9 * 32 and ok == total
+    assert index.is_file() and problems == []
+
+
+def test_report_cli_and_partial_run(tmp_path, folder):
+    from tests.test_analysis import _Stop, _StopAfter
+    from tests.test_cli import sm
+
+    out = tmp_path / "cut.zarr"
+    with pytest.raises(_Stop):
+        sketchmine.mine("demo", folder, out=out, batch_size=8, flush_every=2, progress=_StopAfter(3))
+    proc = sm("report", str(out), "--out", str(tmp_path / "rep"))
+    assert proc.returncode == 0, proc.stderr
+    assert "report written" in proc.stdout
+    text = (tmp_path / "rep" / "index.html").read_text()
+    assert "PARTIAL run: 16 of 36 images" in text
+    summary = sm("summary", str(out))
+    assert summary.returncode == 0 and "PARTIAL" in summary.stdout
