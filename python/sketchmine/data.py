@@ -152,7 +152,7 @@ class ImageFolderDataset(MinerDataset):
         with Image.open(path) as im:
             im.load()
             note = "" if im.mode == mode else f"converted:{im.mode}"
-            return im.convert(mode), note
+            return _to_8bit(im).convert(mode), note
 
     def __getitem__(self, i: int):
         from PIL import Image
@@ -241,6 +241,21 @@ class TorchDataset(MinerDataset):
     def __getitem__(self, i: int):
         x, y = self.dataset[i][:2]
         return i, torch.as_tensor(x), int(y), ""
+
+
+def _to_8bit(im):
+    """16- and 32-bit grey images scaled to 8 bits (PIL's own convert("L") would clip them to white)."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() <= 65535 else float(a.max())
+        return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    if im.mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        lo, hi = float(a.min()), float(a.max())
+        return Image.fromarray(np.rint((a - lo) * (255.0 / (hi - lo or 1.0))).astype(np.uint8), "L")
+    return im
 
 
 def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:

@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import zarr
 
 from .errors import SketchmineError, closest
-from .store import RunStore
+from .store import RunStore, check_layer_attrs
 from .topk import flat_to_yx
 
 
@@ -60,7 +61,16 @@ class Run:
         return np.asarray(self.store.group["dataset/paths"][...])
 
     def layer_shape(self, layer: str) -> tuple[int, ...]:
-        return tuple(self.store.group[f"layers/{self._check_layer(layer)}"].attrs["shape"])
+        return tuple(self.layer_group(layer).attrs["shape"])
+
+    def layer_group(self, layer: str) -> zarr.Group:
+        """The layer's Zarr group, its attributes checked (a damaged run is refused clearly)."""
+        try:
+            g = self.store.group[f"layers/{self._check_layer(layer)}"]
+        except KeyError:
+            raise SketchmineError(f"run {self.path} is damaged: layer {layer!r} is listed but has no group") from None
+        check_layer_attrs(self.store.path, layer, dict(g.attrs))
+        return g
 
     def _check_layer(self, layer: str) -> str:
         if layer not in self.layers:
@@ -75,7 +85,7 @@ class Run:
 
         Empty slots have image index -1. For an unfinished run the last checkpoint is read.
         """
-        g = self.store.group[f"layers/{self._check_layer(layer)}"]
+        g = self.layer_group(layer)
         if "values" in g:
             return (np.asarray(g["values"][...]), np.asarray(g["image_index"][...]), np.asarray(g["yx"][...]))
         state = self.store.read_checkpoint([layer])
@@ -134,6 +144,13 @@ class Run:
     def bottom_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
         """The n least frequent classes (zero counts included), least frequent last."""
         return self._ranked(layer).tail(n)
+
+    def unit_importance(self, layer: str) -> pd.DataFrame:
+        """Per-unit ablation importance stored by `sketchmine.unit_importance`: columns unit,
+        prob_drop, acc_drop, mean_act_correct, mean_act_wrong; most important first."""
+        from .importance import read_importance
+
+        return read_importance(self, layer)
 
     # ---- summaries over all images and per unit: computed in analysis.py ----------------------
     def unit_classes(self, layer: str, unit: int) -> pd.DataFrame:

@@ -1,0 +1,161 @@
+"""Faults and bad input: every case gets a clear SketchmineError (or a documented conversion),
+and nothing already mined is lost."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import sketchmine
+from sketchmine import SketchmineError
+from sketchmine.data import ArrayDataset, ImageFolderDataset, preset
+
+LAYERS = ["features.3", "classifier.4", "softmax"]
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory, demo_model, small_test_set):
+    out = tmp_path_factory.mktemp("faults") / "run.zarr"
+    sketchmine.mine(demo_model.module, small_test_set, layers=LAYERS, k=3, out=out, batch_size=100)
+    return out
+
+
+def _read_everything(path) -> None:
+    """What a reader does with a run: every public accessor."""
+    run = sketchmine.open_run(path)
+    _ = run.layers, run.k, run.complete, run.images_done, run.class_names, run.labels, run.paths
+    for layer in run.layers:
+        run.layer_shape(layer)
+        run.topk(layer)
+        run.class_histogram(layer)
+        run.top_classes(layer, 3)
+    run.class_accuracy()
+    run.accuracy()
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                     max_leaves=6)
+_ROOT_KEYS = ["schema_version", "layer_names", "k", "progress", "num_classes", "dataset", "preprocessing",
+              "model_spec", "bad_images", "converted_images", "weights_sha256"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(_ROOT_KEYS), value=_json, layer_key=st.sampled_from(["shape", "kind", "receptive_field"]),
+       layer_value=_json, where=st.sampled_from(["root", "layer", "both", "drop"]))
+def test_attributes_edited_into_nonsense_are_refused_clearly(tmp_path_factory, mined, key, value, layer_key,
+                                                             layer_value, where):
+    path = tmp_path_factory.mktemp("fuzz") / "run.zarr"
+    shutil.copytree(mined, path)
+    root = path / "zarr.json"
+    meta = json.loads(root.read_text())
+    layer_meta_path = path / "layers" / "features.3" / "zarr.json"
+    layer_meta = json.loads(layer_meta_path.read_text())
+    if where in ("root", "both"):
+        meta["attributes"][key] = value
+    if where in ("layer", "both"):
+        layer_meta["attributes"][layer_key] = layer_value
+    if where == "drop":
+        meta["attributes"].pop(key, None)
+    root.write_text(json.dumps(meta))
+    layer_meta_path.write_text(json.dumps(layer_meta))
+    try:
+        _read_everything(path)
+    except SketchmineError as exc:
+        assert str(path) in str(exc) or "run" in str(exc)
+
+
+@pytest.mark.parametrize("garbage", [b"", b"{", b"\x00\xff" * 10, b'{"zarr_format": 3, "node_type": "group"}'])
+def test_a_store_whose_metadata_is_garbage_is_not_a_run(tmp_path, mined, garbage):
+    path = tmp_path / "run.zarr"
+    shutil.copytree(mined, path)
+    (path / "zarr.json").write_bytes(garbage)
+    with pytest.raises(SketchmineError, match="not a sketchmine run"):
+        sketchmine.open_run(path)
+
+
+def test_newer_schema_is_refused(tmp_path, mined):
+    path = tmp_path / "run.zarr"
+    shutil.copytree(mined, path)
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["schema_version"] = 99
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(SketchmineError, match="schema version 99.*upgrade"):
+        sketchmine.open_run(path)
+
+
+# ---- images ------------------------------------------------------------------------------------
+def _write_folder(root, demo_test_set, per_class: int = 3):
+    """A real ImageFolder of Animal-Shape images, plus the odd files the test adds."""
+    for c, name in enumerate(demo_test_set.class_names[:3]):
+        (root / name).mkdir(parents=True)
+        for j, i in enumerate(np.nonzero(demo_test_set.labels() == c)[0][:per_class]):
+            Image.fromarray(demo_test_set.images[i]).save(root / name / f"{j}.png")
+    return root
+
+
+def test_odd_image_files_are_converted_or_named(tmp_path, demo_test_set):
+    root = _write_folder(tmp_path / "images", demo_test_set)
+    gray = np.asarray(demo_test_set.images[0])
+    Image.fromarray(np.dstack([gray, gray, gray, np.full_like(gray, 255)])).save(root / "bear" / "rgba.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(root / "bear" / "sixteen.png")
+    (root / "bear" / "notes.txt").write_text("not an image, ignored by extension")
+    pre = preset("none", 1, None)
+    ds = ImageFolderDataset(root, pre)
+    paths = [ds.path(i) for i in range(len(ds))]
+    assert "bear/notes.txt" not in paths
+    by_name = {p.split("/")[-1]: i for i, p in enumerate(paths)}
+    plain = ds[by_name["0.png"]][1]
+    rgba, sixteen = ds[by_name["rgba.png"]], ds[by_name["sixteen.png"]]
+    assert rgba[3].startswith("converted:RGBA") and sixteen[3].startswith("converted:I;16")
+    want = torch.from_numpy(gray).float()[None] / 255
+    assert torch.allclose(rgba[1], want, atol=1 / 255) and torch.allclose(sixteen[1], want, atol=1 / 255)
+    assert plain.shape == want.shape
+
+
+@pytest.mark.parametrize("content", ["empty", "truncated", "text", "bomb"])
+def test_unreadable_images_are_named_and_can_be_skipped(tmp_path, demo_test_set, demo_model, content):
+    root = _write_folder(tmp_path / "images", demo_test_set)
+    bad = root / "cat" / "bad.png"
+    good = (root / "cat" / "0.png").read_bytes()
+    if content == "empty":
+        bad.write_bytes(b"")
+    elif content == "truncated":
+        bad.write_bytes(good[: len(good) // 2])
+    elif content == "text":
+        bad.write_text("<html>not a png</html>")
+    else:  # a decompression bomb: more pixels than PIL allows
+        Image.new("L", (14000, 14000)).save(bad, optimize=False)
+    with pytest.raises(SketchmineError, match="cat/bad.png"):
+        sketchmine.mine("demo", root, out=tmp_path / "a.zarr", batch_size=4)
+    run = sketchmine.mine("demo", root, out=tmp_path / "b.zarr", batch_size=4, skip_bad_images=True)
+    assert [b["path"] for b in run.attrs["bad_images"]] == ["cat/bad.png"]
+    assert run.complete and run.labels.shape[0] == 10
+
+
+def test_input_size_the_model_cannot_take(tmp_path):
+    ds = ArrayDataset(np.random.default_rng(0).integers(1, 255, (6, 8, 8), dtype=np.uint8), np.arange(6) % 2,
+                      ["a", "b"], preset("imagenet", 3, None), {"name": "tiny"})
+    with pytest.raises(SketchmineError, match=r"cannot take input of shape \(3, 8, 8\).*--image-size"):
+        sketchmine.mine("alexnet", ds, out=tmp_path / "r.zarr")
+
+
+def test_nan_and_inf_weights_are_counted_not_ranked(tmp_path, demo_model, small_test_set):
+    import copy
+
+    model = copy.deepcopy(demo_model.module)
+    with torch.no_grad():
+        model.features[3].weight[0].fill_(float("nan"))   # channel 0 of features.3: NaN everywhere
+        model.features[3].bias[1] = float("inf")           # channel 1: +inf everywhere
+    run = sketchmine.mine(model, small_test_set, layers=["features.3"], k=3, out=tmp_path / "r.zarr", batch_size=100)
+    values, index, _ = run.topk("features.3")
+    nan_count = np.asarray(run.store.group["layers/features.3/nan_count"][...])
+    assert (index[0] == -1).all() and nan_count[0] == 300 * 14 * 14
+    assert np.isinf(values[1]).all() and list(index[1]) == [0, 1, 2]  # ties: smaller image index first
+    assert (index[2:] >= 0).all() and nan_count[2:].sum() == 0
