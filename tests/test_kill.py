@@ -1,0 +1,99 @@
+"""Real crashes: SIGKILL `mine` and `visualize` again and again at random moments (flushes
+happen after every batch here, so many kills land inside one), resume each time with the
+same command, and compare the final store with an uninterrupted run, array for array."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sketchmine
+from sketchmine.data import ArrayDataset, export_image_folder
+from tests.helpers import store_arrays
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, demo_test_set) -> Path:
+    """120 real test images (12 per class) as PNGs."""
+    ds = demo_test_set
+    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:12] for c in range(10)])
+    sub = ArrayDataset(ds.images[pick], ds.labels()[pick], ds.class_names, ds.preprocessing, ds.describe())
+    return export_image_folder(sub, tmp_path_factory.mktemp("kill") / "images")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sketchmine", *args]
+
+
+def _progress(path: Path, key: str) -> int:
+    """Images (mine) or units (visualize) committed so far, read like any reader would."""
+    try:
+        if key == "images":
+            return int(json.loads((path / "zarr.json").read_text())["attributes"]["progress"]["images_done"])
+        done = 0
+        for meta in (path / "layers").glob("*/zarr.json"):
+            done += int(json.loads(meta.read_text())["attributes"].get("visualized", {}).get("units_done", 0))
+        return done
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _kill_repeatedly(cmd: list[str], out: Path, key: str, delays: list[float]) -> int:
+    """Start `cmd`, SIGKILL it after each delay (counted from its first commit), restart; then
+    let it finish. Returns how many kills landed while it was still running."""
+    kills = 0
+    for delay in delays:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start, base = time.time(), _progress(out, key)
+        while proc.poll() is None and _progress(out, key) == base and time.time() - start < 120:
+            time.sleep(0.005)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    final = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr
+    return kills
+
+
+def _assert_same_store(got: Path, want: Path) -> None:
+    a, b = store_arrays(got), store_arrays(want)
+    assert set(a) == set(b)
+    for key in b:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_mine_killed_at_many_points_ends_identical(tmp_path, folder):
+    args = ["mine", "--model", "demo", "--data", str(folder), "--batch-size", "8", "--flush-every", "1",
+            "--workers", "0"]
+    ref = subprocess.run(_cli(*args, "--out", str(tmp_path / "ref.zarr")), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "run.zarr"
+    rng = np.random.default_rng(7)
+    kills = _kill_repeatedly(_cli(*args, "--out", str(out)), out, "images", list(rng.uniform(0, 0.25, 4)))
+    assert kills >= 3
+    _assert_same_store(out, tmp_path / "ref.zarr")
+
+
+def test_visualize_killed_at_many_points_ends_identical(tmp_path, folder):
+    mined = tmp_path / "mined.zarr"
+    sketchmine.mine("demo", folder, out=mined, batch_size=60, layers=["features.3", "features.10", "classifier.4"])
+    ref, out = tmp_path / "ref.zarr", tmp_path / "run.zarr"
+    shutil.copytree(mined, ref)
+    shutil.copytree(mined, out)
+    args = ["--batch-size", "27"]  # 3 units per block: many commits
+    done = subprocess.run(_cli("visualize", str(ref), *args), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rng = np.random.default_rng(11)
+    kills = _kill_repeatedly(_cli("visualize", str(out), *args), out, "units", list(rng.uniform(0, 0.3, 4)))
+    assert kills >= 3
+    _assert_same_store(out, ref)
