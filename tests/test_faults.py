@@ -159,3 +159,58 @@ def test_nan_and_inf_weights_are_counted_not_ranked(tmp_path, demo_model, small_
     assert (index[0] == -1).all() and nan_count[0] == 300 * 14 * 14
     assert np.isinf(values[1]).all() and list(index[1]) == [0, 1, 2]  # ties: smaller image index first
     assert (index[2:] >= 0).all() and nan_count[2:].sum() == 0
+
+
+# ---- resource faults ---------------------------------------------------------------------------
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A tmpfs of 700 KiB (root only; skipped elsewhere), grown later with `grow`."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+    def grow() -> None:
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+
+    yield mnt, grow
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_is_a_clear_error_and_the_run_resumes(tmp_path, small_disk, demo_model, small_test_set):
+    from tests.helpers import store_arrays
+
+    mnt, grow = small_disk
+    kwargs = dict(batch_size=20, flush_every=1)
+    sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "ref.zarr", **kwargs)
+    with pytest.raises(SketchmineError, match=r"cannot write to .*No space left on device.*re-run"):
+        sketchmine.mine(demo_model.module, small_test_set, out=mnt / "run.zarr", **kwargs)
+    partial = sketchmine.open_run(mnt / "run.zarr")
+    assert not partial.complete and partial.images_done > 0  # it failed mid-run, after some flushes
+    grow()
+    sketchmine.mine(demo_model.module, small_test_set, out=mnt / "run.zarr", **kwargs)
+    got, want = store_arrays(mnt / "run.zarr"), store_arrays(tmp_path / "ref.zarr")
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_full_disk_during_visualize(tmp_path, small_disk, demo_model, small_test_set):
+    from sketchmine.visualize import visualize
+    from tests.helpers import store_arrays
+
+    mnt, grow = small_disk
+    layers = ["features.6", "classifier.4"]
+    sketchmine.mine(demo_model.module, small_test_set, layers=layers, out=tmp_path / "ref.zarr", batch_size=100)
+    shutil.copytree(tmp_path / "ref.zarr", mnt / "run.zarr")
+    visualize(tmp_path / "ref.zarr", model=demo_model.module, data=small_test_set)
+    with pytest.raises(SketchmineError, match=r"cannot write to .*No space left on device.*re-run"):
+        visualize(mnt / "run.zarr", model=demo_model.module, data=small_test_set)
+    assert sketchmine.open_run(mnt / "run.zarr").layer_group("features.6").attrs["visualized"]["units_done"] > 0
+    grow()
+    visualize(mnt / "run.zarr", model=demo_model.module, data=small_test_set)
+    got, want = store_arrays(mnt / "run.zarr"), store_arrays(tmp_path / "ref.zarr")
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)

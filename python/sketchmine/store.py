@@ -69,6 +69,23 @@ class RunLock:
             self._fd = None
 
 
+def _io_errors(method: Callable) -> Callable:
+    """A failed write (disk full, directory made read-only, quota) becomes a clear error; the
+    committed state is untouched, so re-running the same command resumes from it."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self: RunStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            raise SketchmineError(
+                f"cannot write to {self.path}: {exc.strerror or exc}; nothing committed is lost — "
+                "make room (or make it writable) and re-run the same command to resume") from None
+
+    return wrapper
+
+
 def _check_writable(path: Path) -> None:
     parent = path if path.exists() else path.parent
     while not parent.exists():
@@ -142,6 +159,7 @@ class RunStore:
     def progress(self) -> dict[str, Any]:
         return dict(self.group.attrs["progress"])
 
+    @_io_errors
     def declare_layers(self, layers: dict[str, dict[str, Any]]) -> None:
         """Create one group per layer with its shape and kind (once, at run creation)."""
         lg = self.group["layers"]
@@ -149,6 +167,7 @@ class RunStore:
             lg.create_group(name).attrs.update(meta)
 
     # ---- streaming writes ----------------------------------------------------------------
+    @_io_errors
     def write_rows(self, start: int, logits: np.ndarray | None, labels: np.ndarray | None) -> None:
         """Logits and labels of images [start, start + rows)."""
         if logits is not None and len(logits):
@@ -168,6 +187,7 @@ class RunStore:
         if labels is not None and len(labels):
             self.group["dataset/labels"][start:start + len(labels)] = labels
 
+    @_io_errors
     def write_checkpoint(self, states: dict[str, dict[str, torch.Tensor]], images_done: int,
                          extra: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
         """Write the full state into the free slot, then commit (atomic attribute rewrite).
@@ -189,6 +209,7 @@ class RunStore:
         self.commit({"images_done": images_done, "slot": slot, "complete": False,
                      "updated": time.time()}, extra)
 
+    @_io_errors
     def commit(self, progress: dict[str, Any], extra: dict[str, Any]) -> None:
         self.group.attrs.update({**extra, "progress": progress})
 
@@ -228,6 +249,7 @@ class RunStore:
             return None
         return {key: np.asarray(sg[key][...]) for key in keys}
 
+    @_io_errors
     def write_arrays(self, group: str, arrays: dict[str, np.ndarray]) -> None:
         """Whole arrays into an existing group (e.g. "layers/features.0"), one chunk each, replacing."""
         g = self.group[group]
@@ -237,6 +259,7 @@ class RunStore:
             g.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=tuple(max(n, 1) for n in arr.shape))[...] = arr
 
     # ---- final results -------------------------------------------------------------------
+    @_io_errors
     def write_layer(self, name: str, values: np.ndarray, image_index: np.ndarray, yx: np.ndarray,
                     nan_count: np.ndarray) -> None:
         lg = self.group[f"layers/{name}"]
@@ -245,6 +268,7 @@ class RunStore:
                 del lg[key]
             lg.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=arr.shape)[...] = arr
 
+    @_io_errors
     def write_accuracy(self, per_class: np.ndarray, overall: float | None) -> None:
         ev = self.group["eval"]
         if "per_class_accuracy" in ev:
@@ -253,6 +277,7 @@ class RunStore:
                         chunks=(max(per_class.shape[0], 1),))[...] = per_class
         ev.attrs.update({"accuracy": overall})
 
+    @_io_errors
     def finish(self, n_images: int, extra: dict[str, Any]) -> None:
         """Mark the run complete and drop the checkpoint slots."""
         self.commit({"images_done": n_images, "slot": self.progress.get("slot"), "complete": True,

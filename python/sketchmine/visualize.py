@@ -174,9 +174,13 @@ def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int,
     for u0 in range(done, limit, block):  # done is a block boundary (or the end)
         u1 = min(u0 + block, p.channels)
         out = _block(p, index[u0:u1], yx[u0:u1], u0, ds, pre, deconv, batch_size, device)
-        for key in ARRAYS:
-            g[key][u0:u1] = out[key]
-        g.attrs["visualized"] = {**g.attrs["visualized"], "units_done": u1, "complete": u1 == p.channels}
+        try:
+            for key in ARRAYS:
+                g[key][u0:u1] = out[key]
+            g.attrs["visualized"] = {**g.attrs["visualized"], "units_done": u1, "complete": u1 == p.channels}
+        except OSError as exc:
+            raise SketchmineError(f"cannot write to {store.path}: {exc.strerror or exc}; the units done so far are "
+                                  "kept — make room and re-run the same command to resume") from None
         progress.advance(u1 - u0)
     if p.channels == 0 or done >= p.channels:
         g.attrs["visualized"] = {**g.attrs["visualized"], "units_done": p.channels, "complete": True}
