@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""Train the bundled demo model: SketchNet on the Animal-Shape train split.
+"""Train the bundled demo models: SketchNet (and friends) on the Animal-Shape train split.
 
 Run by a maintainer after ``scripts/prepare_data.py``:
-``python scripts/train_demo_model.py``.  CPU only, fully seeded, a few
-minutes on two cores.  Writes ``data/sketchnet_animal.pt`` (state_dict) and
-``data/sketchnet_animal.json`` (preprocessing + evaluation metadata that
-``sketchmine.zoo.load_demo_model`` returns alongside the model).
+``python scripts/train_demo_model.py [--arch sketchnet|resnet|cnn_gru]``.  CPU only,
+fully seeded, a few minutes on two cores.  Writes ``data/<stem>.pt`` (state_dict) and
+``data/<stem>.json`` (preprocessing + evaluation metadata that
+``sketchmine.zoo.load_embedded`` returns alongside the model); stems:
+sketchnet -> sketchnet_animal ("demo"), resnet -> sketchresnet_animal ("demo-resnet"),
+cnn_gru -> sketchgru_animal ("demo-gru"; trained on progressive drawings, see
+``sketchmine.sequences``, with the loss on every step's prediction).
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
-from sketchmine.zoo import DEMO_METADATA, DEMO_WEIGHTS, SketchNet  # noqa: E402
+from sketchmine.sequences import DEFAULT_STEPS, TRANSFORM, progressive_batch  # noqa: E402
+from sketchmine.zoo import EMBEDDED, SketchGRU, SketchNet, SketchResNet  # noqa: E402
 
 DATA = REPO / "data"
 SHIFT = 2  # max random translation in pixels (augmentation)
+ARCHS = {"sketchnet": ("demo", SketchNet), "resnet": ("demo-resnet", SketchResNet),
+         "cnn_gru": ("demo-gru", SketchGRU)}
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -45,13 +51,13 @@ def augment(x: torch.Tensor, gen: torch.Generator, fill: float) -> torch.Tensor:
     A silhouette keeps its class under both, which helps a small training
     set generalise.  All randomness comes from ``gen`` so runs repeat.
     """
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape  # c > 1: the frames of one sequence, shifted and flipped together
     pad = F.pad(x, (SHIFT, SHIFT, SHIFT, SHIFT), value=fill)
     dy = torch.randint(0, 2 * SHIFT + 1, (n,), generator=gen)
     dx = torch.randint(0, 2 * SHIFT + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (n, h, 1)
-    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (n, 1, w)
-    out = pad[torch.arange(n)[:, None, None], 0, rows, cols].unsqueeze(1)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (n, 1, h, 1)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (n, 1, 1, w)
+    out = pad[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
     flip = torch.rand(n, generator=gen) < 0.5
     out[flip] = out[flip].flip(-1)
     return out
@@ -63,8 +69,26 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch: int = 500) -> torch.
     return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
 
 
+@torch.no_grad()
+def predict_steps(model: SketchGRU, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """(N, T) predicted class after every step of the sequences."""
+    model.eval()
+    return torch.cat([model.step_logits(x[i:i + batch]).argmax(2) for i in range(0, len(x), batch)])
+
+
+def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the final prediction; for the CNN+GRU, of the prediction after
+    every step (so it learns to recognise partial drawings too)."""
+    if isinstance(model, SketchGRU):
+        logits = model.step_logits(x)
+        return F.cross_entropy(logits.flatten(0, 1), y.repeat_interleave(x.shape[1]))
+    return F.cross_entropy(model(x), y)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="sketchnet")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="cnn_gru: drawing steps per sequence")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=5e-4)
@@ -83,13 +107,18 @@ def main() -> None:
     scaled = images.astype(np.float64) / 255.0
     mean = float(scaled[train].mean())
     std = float(scaled[train].std())
-    x = torch.from_numpy(((scaled - mean) / std).astype(np.float32)).unsqueeze(1)
+    if args.arch == "cnn_gru":  # (N, T, 1, 28, 28): each frame normalised like an image
+        scaled = progressive_batch(images, args.steps).astype(np.float64) / 255.0
+        x = torch.from_numpy(((scaled - mean) / std).astype(np.float32)).unsqueeze(2)
+    else:
+        x = torch.from_numpy(((scaled - mean) / std).astype(np.float32)).unsqueeze(1)
     y = torch.from_numpy(labels)
     x_tr, y_tr, x_te, y_te = x[train], y[train], x[test], y[test]
     background = -mean / std  # a black (0) pixel after normalisation
     print(f"train {len(x_tr)}  test {len(x_te)}  mean {mean:.6f}  std {std:.6f}")
 
-    model = SketchNet(num_classes=len(class_names), in_channels=1)
+    spec, arch = ARCHS[args.arch]
+    model = arch(num_classes=len(class_names), in_channels=1)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = -(-len(x_tr) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -103,7 +132,10 @@ def main() -> None:
         total = 0.0
         for i in range(0, len(perm), args.batch_size):
             idx = perm[i:i + args.batch_size]
-            loss = F.cross_entropy(model(augment(x_tr[idx], gen, background)), y_tr[idx])
+            xb = x_tr[idx]
+            xb = augment(xb.flatten(1, 2), gen, background).view_as(xb) if xb.ndim == 5 else \
+                augment(xb, gen, background)
+            loss = loss_of(model, xb, y_tr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -120,10 +152,11 @@ def main() -> None:
                  for c, name in enumerate(class_names)}
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    pt = args.out_dir / DEMO_WEIGHTS
+    stem = EMBEDDED[spec][1]
+    pt = args.out_dir / f"{stem}.pt"
     torch.save({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, pt)
     meta = {
-        "architecture": "SketchNet",
+        "architecture": type(model).__name__,
         "num_classes": len(class_names),
         "in_channels": 1,
         "input_size": [28, 28],
@@ -145,7 +178,17 @@ def main() -> None:
         "torch_version": torch.__version__,
         "weights_sha256": hashlib.sha256(pt.read_bytes()).hexdigest(),
     }
-    (args.out_dir / DEMO_METADATA).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    if isinstance(model, SketchGRU):
+        steps_acc = (predict_steps(model, x_te) == y_te[:, None]).float().mean(0)
+        meta["input_shape"] = [args.steps, 1, 28, 28]
+        meta["sequence"] = {"transform": TRANSFORM, "steps": args.steps,
+                            "loss": "cross-entropy of every step's prediction"}
+        meta["test_accuracy_per_step"] = [round(float(a), 4) for a in steps_acc]
+    if spec != "demo":
+        meta["model_spec"] = spec
+        argv = [a for i, a in enumerate(sys.argv[1:]) if "--out-dir" not in (a, sys.argv[i])]  # i: the previous one
+        meta["command"] = " ".join(["python scripts/train_demo_model.py", *argv])
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     print(f"test accuracy {test_acc:.4f}  training {train_seconds:.0f}s")
     print(json.dumps(per_class, indent=2))
     print(f"wrote {pt} ({pt.stat().st_size} bytes) sha256 {meta['weights_sha256']}")

@@ -54,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="print a run's accuracy and per-layer class preferences")
     s.add_argument("run")
     s.add_argument("-n", type=int, default=5, help="classes per side (default 5)")
+    i = sub.add_parser("importance", help="per-unit ablation importance for the correct class, stored in RUN")
+    i.add_argument("run")
+    i.add_argument("--layers", nargs="+", help="mined layers (default: every mined module layer)")
+    i.add_argument("--model", help="the model, when the run cannot reload it (in-memory model)")
+    i.add_argument("--weights", help="state_dict file for --model")
+    i.add_argument("--data", help="the dataset's ImageFolder root, if it moved")
+    i.add_argument("--batch-size", type=int, default=256)
+    i.add_argument("--device", default="cpu")
+    i.add_argument("-n", type=int, default=10, help="units listed (and plotted) per layer (default 10)")
+    i.add_argument("--plot", help="write a PNG of the most important units per layer")
     b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
     return p
@@ -185,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             _report(args.run, args.out, console)
         elif args.command == "compare":
             _compare(args, console)
+        elif args.command == "importance":
+            from .importance import run_cli
+
+            run_cli(args, console)
         elif args.command == "bench":
             return _bench(args.args)
     except SketchmineError as exc:

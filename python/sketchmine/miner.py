@@ -27,7 +27,7 @@ from .models import LoadedModel, input_channels, load_model, weights_hash
 from .receptive_field import receptive_fields
 from .run import Run, class_counts
 from .store import RunLock, RunStore, is_run
-from .taps import SOFTMAX, Taps, resolve_layers
+from .taps import SOFTMAX, Taps, layer_kind, resolve_layers
 from .topk import RunningTopK
 
 
@@ -54,6 +54,7 @@ class _Layer:
     channels: int
     spatial: tuple[int, ...]
     kind: str
+    attrs: dict[str, Any] = field(default_factory=dict)  # how the tap read it (taps.Taps.layouts)
 
 
 @dataclass
@@ -79,10 +80,7 @@ class _Pending:
 
 
 def _kind(model: nn.Module, name: str) -> str:
-    if name == SOFTMAX:
-        return "softmax"
-    m = dict(model.named_modules())[name]
-    return type(m).__name__.lower()
+    return layer_kind(model, name)
 
 
 def _first_tensor(out: Any) -> torch.Tensor:
@@ -92,7 +90,7 @@ def _first_tensor(out: Any) -> torch.Tensor:
 def _probe(model: nn.Module, layers: list[str], x: torch.Tensor) -> tuple[list[_Layer], int | None]:
     """Shapes of the tapped outputs and the logit count, from one forward pass."""
     shapes: dict[str, tuple[int, ...]] = {}
-    with torch.inference_mode(), Taps(model, layers, lambda n, t: shapes.setdefault(n, tuple(t.shape[1:]))):
+    with torch.inference_mode(), Taps(model, layers, lambda n, t: shapes.setdefault(n, tuple(t.shape[1:]))) as taps:
         out = _shape_forward(model, x)
     num_classes = int(out.shape[1]) if out.ndim == 2 else None
     if SOFTMAX in layers:
@@ -104,7 +102,7 @@ def _probe(model: nn.Module, layers: list[str], x: torch.Tensor) -> tuple[list[_
         if name not in shapes:
             raise SketchmineError(f"layer {name!r} was not called during the forward pass; it cannot be tapped")
         shape = shapes[name]
-        result.append(_Layer(name, shape[0], tuple(shape[1:]), _kind(model, name)))
+        result.append(_Layer(name, shape[0], tuple(shape[1:]), _kind(model, name), taps.layouts.get(name, {})))
     return result, num_classes
 
 
@@ -256,7 +254,7 @@ def mine(
                  "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
                  "versions": _versions(), "bad_images": []}
         store = RunStore.create(out, attrs, len(ds), ds.class_names, ds.path, labels)
-        store.declare_layers({l.name: {"shape": [l.channels, *l.spatial], "kind": l.kind,
+        store.declare_layers({l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
                                        "receptive_field": fields.get(l.name, fields.get("*"))} for l in spec})
     lock = RunLock(out)
     lock.acquire()

@@ -94,7 +94,8 @@ class LoadedModel:
 def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> LoadedModel:
     """Resolve a model spec.
 
-    spec: an nn.Module; 'demo' (the embedded trained SketchNet); a torchvision name or
+    spec: an nn.Module; 'demo' (the embedded trained SketchNet), 'demo-resnet' (SketchResNet),
+    'demo-gru' (CNN + GRU over progressive drawings); a torchvision name or
     'sketchnet' (random init unless `weights`); or a checkpoint file {'arch', 'state_dict'}.
     """
     if isinstance(spec, nn.Module):
@@ -104,11 +105,11 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> Load
             f"{spec}: ONNX models are mined through the ONNX Runtime backend, which this version does not have yet; "
             "export-free use: pass the torch model"
         )
-    if spec == "demo":
-        from . import zoo
+    from . import zoo
 
-        model, meta = zoo.load_demo_model()
-        return LoadedModel(model.eval(), "demo:sketchnet_animal", meta.get("preprocessing"))
+    if spec in zoo.EMBEDDED:  # "demo", "demo-resnet", "demo-gru": the embedded trained models
+        model, meta = zoo.load_embedded(spec)
+        return LoadedModel(model.eval(), f"demo:{zoo.EMBEDDED[spec][1]}", meta.get("preprocessing"))
     path = Path(spec)
     if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
         ckpt = _load_state_dict(path)

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["SketchNet", "load_demo_model", "DEMO_WEIGHTS", "DEMO_METADATA"]
+__all__ = ["SketchNet", "SketchResNet", "SketchGRU", "load_demo_model", "load_embedded", "EMBEDDED",
+           "DEMO_WEIGHTS", "DEMO_METADATA"]
 
 DEMO_WEIGHTS = "sketchnet_animal.pt"
 DEMO_METADATA = "sketchnet_animal.json"
@@ -69,6 +70,94 @@ class SketchNet(nn.Module):
         return self.classifier(x)
 
 
+class SketchResNet(nn.Module):
+    """A small ResNet for 28x28 single-channel images: a 3x3 stem and three stages of
+    torchvision BasicBlocks (widths 16, 32, 64; strides 1, 2, 2: 28 -> 28 -> 14 -> 7),
+    global average pooling, one linear classifier. Block outputs are named like
+    torchvision's ResNets (``layer1.0`` ... ``layer3.1``).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64),
+                 blocks: int = 2) -> None:
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        self.num_classes, self.in_channels = num_classes, in_channels
+        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        inplanes = widths[0]
+        for s, width in enumerate(widths):
+            stride = 1 if s == 0 else 2
+            layers = []
+            for b in range(blocks):
+                down = None
+                if b == 0 and (stride != 1 or inplanes != width):
+                    down = nn.Sequential(nn.Conv2d(inplanes, width, 1, stride=stride, bias=False),
+                                         nn.BatchNorm2d(width))
+                layers.append(BasicBlock(inplanes, width, stride if b == 0 else 1, down))
+                inplanes = width
+            setattr(self, f"layer{s + 1}", nn.Sequential(*layers))
+        self.stages = len(widths)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, 28, 28) -> (N, num_classes) logits."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        for s in range(self.stages):
+            x = getattr(self, f"layer{s + 1}")(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class SketchGRU(nn.Module):
+    """CNN + GRU: reads a sketch as a sequence of partial drawings (see sequences.py).
+
+    Input (N, T, C, 28, 28). A small CNN encodes every frame (the T frames of all N
+    sequences go through it as one (N*T, C, 28, 28) batch, so each conv is called once
+    per forward), ``embed`` maps each frame to 128 features, the GRU (batch_first) reads
+    the T frames, and ``classifier`` maps every step's hidden state to class logits.
+    ``forward`` returns the last step's logits; ``step_logits`` all of them (N, T, classes).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, hidden: int = 64) -> None:
+        super().__init__()
+        self.num_classes, self.in_channels, self.hidden = num_classes, in_channels, hidden
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, kernel_size=5, padding=2),  # 0
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),                                       # 28 -> 14
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),           # 3
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),                                       # 14 -> 7
+            nn.Conv2d(32, 64, kernel_size=3, padding=1),           # 6
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),                                       # 7 -> 3
+        )
+        self.embed = nn.Sequential(nn.Linear(64 * 3 * 3, 128), nn.ReLU(inplace=True))
+        self.gru = nn.GRU(128, hidden, batch_first=True)
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, C, H, W) -> (N, T, num_classes): a prediction after every step."""
+        frames = x.flatten(0, 1)                               # (N*T, C, H, W)
+        f = self.embed(torch.flatten(self.features(frames), 1))
+        seq, _ = self.gru(f.unflatten(0, x.shape[:2]))         # (N, T, hidden)
+        return self.classifier(seq)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, C, H, W) -> (N, num_classes): the prediction after the last step."""
+        return self.step_logits(x)[:, -1]
+
+
+EMBEDDED: dict[str, tuple[type[nn.Module], str]] = {
+    "demo": (SketchNet, "sketchnet_animal"),
+    "demo-resnet": (SketchResNet, "sketchresnet_animal"),
+    "demo-gru": (SketchGRU, "sketchgru_animal"),
+}
+"""Embedded trained models by spec name: (class, file stem of data/<stem>.pt/.json)."""
+
+
 def _read_embedded(name: str) -> bytes:
     """Read a file of ``sketchmine._embedded``.
 
@@ -107,6 +196,20 @@ def load_demo_model() -> tuple[nn.Module, dict[str, Any]]:
     state = torch.load(
         io.BytesIO(_read_embedded(DEMO_WEIGHTS)), map_location="cpu", weights_only=True
     )
+    model.load_state_dict(state)
+    model.eval()
+    return model, meta
+
+
+def load_embedded(name: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an embedded trained model by spec name ("demo", "demo-resnet", "demo-gru"),
+    in eval mode, with its metadata (preprocessing, accuracy, sequence steps, ...)."""
+    if name == "demo":
+        return load_demo_model()
+    cls, stem = EMBEDDED[name]
+    meta: dict[str, Any] = json.loads(_read_embedded(f"{stem}.json").decode("utf-8"))
+    model = cls(num_classes=int(meta.get("num_classes", 10)), in_channels=int(meta.get("in_channels", 1)))
+    state = torch.load(io.BytesIO(_read_embedded(f"{stem}.pt")), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()
     return model, meta

@@ -1,0 +1,222 @@
+"""Recurrent heads: progressive drawings, top-k over (N, T, H) = brute force, LSTM cell states,
+and the bad inputs (packed sequences, a recurrent layer called twice)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sketchmine
+from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
+from sketchmine.errors import SketchmineError
+from sketchmine.sequences import SequenceDataset, pixel_order, progressive_batch, progressive_drawing
+from sketchmine.zoo import SketchGRU
+from tests.helpers import brute_topk
+
+PRE = Preprocessing("model", 1, None, (0.2728,), (0.4056,))
+
+
+@pytest.fixture(scope="module")
+def images():
+    """60 real test silhouettes, 6 per class."""
+    ds = animal_shape("test")
+    keep = np.sort(np.concatenate([np.nonzero(ds.labels() == c)[0][:6] for c in range(10)]))
+    return ds.images[keep], ds.labels()[keep], ds.class_names
+
+
+@pytest.fixture(scope="module")
+def seq_set(images):
+    im, lab, names = images
+    return SequenceDataset(ArrayDataset(im, lab, names, PRE, {"kind": "embedded", "name": "animal_shape",
+                                                              "split": "test", "subset": "6 per class"}), 8)
+
+
+# ---- the progressive-drawing transform --------------------------------------------------------
+def test_drawing_is_deterministic_and_ends_with_the_full_image(images):
+    im = images[0]
+    a, b = progressive_batch(im, 8), progressive_batch(im.copy(), 8)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[:, -1], im)
+    assert a.shape == (len(im), 8, 28, 28) and a.dtype == np.uint8
+    for steps in (1, 3, 5):
+        np.testing.assert_array_equal(progressive_batch(im[:10], steps)[:, -1], im[:10])
+
+
+def test_drawing_grows_outline_first_then_fill(images):
+    im = images[0]
+    seq = progressive_batch(im, 8)
+    shown = seq > 0
+    assert (shown[:, 1:] >= shown[:, :-1]).all()          # a pixel once drawn stays drawn
+    assert (seq[shown] == np.broadcast_to(im[:, None], seq.shape)[shown]).all()  # with its own value
+    counts = shown.sum(axis=(2, 3))
+    assert (np.diff(counts, axis=1) > 0).mean() > 0.95      # nearly every step adds ink
+    for i in range(0, len(im), 7):
+        order, outline = pixel_order(im[i])
+        assert sorted(order.tolist()) == np.flatnonzero(im[i] > 0).tolist()  # every ink pixel exactly once
+        fg = np.pad(im[i] > 0, 1)
+        interior = fg[1:-1, 1:-1] & fg[:-2, 1:-1] & fg[2:, 1:-1] & fg[1:-1, :-2] & fg[1:-1, 2:]
+        first_half = np.flatnonzero(shown[i, 3].reshape(-1))  # step 4 of 8: the outline, complete
+        assert not interior.reshape(-1)[first_half].any() and len(first_half) == outline
+
+
+def test_sequence_dataset_normalises_each_frame(seq_set, images):
+    i, x, y, note = seq_set[5]
+    assert x.shape == (8, 1, 28, 28) and y == images[1][5] and note == ""
+    want = (torch.from_numpy(progressive_drawing(images[0][5], 8)).float() / 255 - 0.2728) / 0.4056
+    torch.testing.assert_close(x[:, 0], want)
+    assert seq_set.fingerprint() != SequenceDataset(seq_set.base, 6).fingerprint()
+
+
+# ---- taps on recurrent outputs ---------------------------------------------------------------
+def assert_topk(run, name, acts, k, positions=True):
+    """Run's top-k of `name` equals the brute force over acts (N, units, *positions): same values;
+    the same images except where two images tie to within float rounding (the forward pass
+    may round the last bit differently for an image's place in the batch)."""
+    values, index, yx = run.topk(name)
+    bv, bi, bp = brute_topk(acts, k)
+    np.testing.assert_allclose(values, bv, rtol=1e-5, atol=1e-6, err_msg=name)
+    best = acts.flatten(2).amax(2) if acts.ndim > 2 else acts
+    c, r = np.nonzero(index != bi)
+    np.testing.assert_allclose(best[index[c, r], c].numpy(), bv[c, r], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert len(c) <= 0.02 * index.size, name
+    same = index == bi
+    if positions and acts.ndim > 2:
+        width = run.layer_shape(name)[-1]
+        np.testing.assert_array_equal((yx[..., 0] * width + yx[..., 1])[same], bp[same], err_msg=name)
+
+
+def _hooked(model, ds, names):
+    """Raw outputs of the named modules over the dataset, plain forward hooks (no sketchmine)."""
+    outs = {n: [] for n in names}
+    mods = dict(model.named_modules())
+    def keep(o):  # a copy: an in-place ReLU after the module would change the tensor
+        return o.clone() if isinstance(o, torch.Tensor) else type(o)(keep(e) for e in o)
+
+    hs = [mods[n].register_forward_hook(lambda m, i, o, n=n: outs[n].append(keep(o))) for n in names]
+    logits = []
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(ds), 16):
+                logits.append(model(torch.stack([ds[i][1] for i in range(s, min(s + 16, len(ds)))])))
+    finally:
+        for h in hs:
+            h.remove()
+    return outs, torch.cat(logits)
+
+
+def test_gru_topk_over_time_equals_brute_force(tmp_path, seq_set):
+    torch.manual_seed(0)
+    net = SketchGRU().eval()
+    layers = ["features.6", "gru", "classifier"]
+    run = sketchmine.mine(net, seq_set, layers=layers, k=5, out=tmp_path / "r.zarr", batch_size=16)
+    outs, _ = _hooked(net, seq_set, ["features.6", "gru", "classifier"])
+    n, t = len(seq_set), 8
+    hidden = torch.cat([o[0] for o in outs["gru"]])                       # (N, T, H)
+    conv = torch.cat(outs["features.6"])                                  # (N*T, C, 7, 7)
+    conv = conv.view(n, t, *conv.shape[1:]).transpose(1, 2)               # (N, C, T, 7, 7)
+    cases = {"gru": hidden.transpose(1, 2), "features.6": conv,
+             "classifier": torch.cat(outs["classifier"]).transpose(1, 2)}
+    for name, acts in cases.items():
+        assert_topk(run, name, acts, 5)
+    _, _, yx = run.topk("gru")
+    assert (yx[..., 0] == 0).all() and yx[..., 1].max() < t and run.layer_shape("gru") == (64, 8)
+    attrs = run.store.group["layers/gru"].attrs
+    assert attrs["kind"] == "gru" and attrs["position"] == "time" and attrs["tapped"].startswith("output[0]")
+    assert run.store.group["layers/features.6"].attrs["time_steps"] == 8
+
+
+class SeqFirstLSTM(nn.Module):
+    """Frames → linear → 2-layer bidirectional LSTM (batch_first=False) → class logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(28 * 28, 24)
+        self.lstm = nn.LSTM(24, 12, num_layers=2, bidirectional=True)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        f = torch.relu(self.embed(x.flatten(2)))       # (N, T, 24)
+        out, (h, c) = self.lstm(f.transpose(0, 1))     # (T, N, 24)
+        return self.fc(out[-1])
+
+
+def test_lstm_hidden_and_cell_states(tmp_path, seq_set):
+    torch.manual_seed(1)
+    net = SeqFirstLSTM().eval()
+    run = sketchmine.mine(net, seq_set, k=4, out=tmp_path / "r.zarr", batch_size=16)
+    assert run.layers == ["embed", "lstm", "lstm.cell", "fc", "softmax"]
+    outs, logits = _hooked(net, seq_set, ["lstm"])
+    hidden = torch.cat([o[0] for o in outs["lstm"]], dim=1).permute(1, 2, 0)        # (N, 2H, T)
+    cell = torch.cat([o[1][1][-2:].permute(1, 0, 2).flatten(1) for o in outs["lstm"]])  # (N, 2H)
+    for name, acts in {"lstm": hidden, "lstm.cell": cell}.items():
+        assert_topk(run, name, acts, 4)
+    assert run.layer_shape("lstm.cell") == (24,)
+    assert run.store.group["layers/lstm.cell"].attrs["kind"] == "lstm_cell"
+    assert "(T, N, H)" in run.store.group["layers/lstm"].attrs["tapped"]
+    # the taps read the model's outputs without changing them
+    np.testing.assert_allclose(np.asarray(run.store.group["eval/logits"][...]), logits.numpy(), rtol=1e-6)
+
+
+class Packed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(28 * 28, 8, batch_first=True)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        f = x.flatten(2)
+        lengths = torch.full((f.shape[0],), f.shape[1], dtype=torch.int64)
+        out, h = self.gru(nn.utils.rnn.pack_padded_sequence(f, lengths, batch_first=True))
+        return self.fc(h[-1])
+
+
+class Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(28 * 28, 8, batch_first=True)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        out, _ = self.gru(x.flatten(2))
+        out, _ = self.gru(out.repeat(1, 1, 98))
+        return self.fc(out[:, -1])
+
+
+class CellLoop(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.GRUCell(28 * 28, 8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = None
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t].flatten(1), h)
+        return self.fc(h)
+
+
+@pytest.mark.parametrize("model,layer,message", [
+    (Packed, "gru", r"layer 'gru' returns a PackedSequence"),
+    (Twice, "gru", r"layer 'gru' is called more than once per forward"),
+    (CellLoop, "cell", r"'cell' is called more than once.*recurrent cell unrolled over time"),
+])
+def test_bad_recurrent_layers_are_refused(tmp_path, seq_set, model, layer, message):
+    torch.manual_seed(0)
+    with pytest.raises(SketchmineError, match=message):
+        sketchmine.mine(model().eval(), seq_set, layers=[layer], out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()
+    run = sketchmine.mine(model().eval(), seq_set, layers=["fc"], out=tmp_path / "ok.zarr", k=2)  # others still work
+    assert run.complete
+
+
+def test_embedded_gru_model(tmp_path, seq_set):
+    """The trained CNN + GRU: loadable as 'demo-gru', better than chance after the last step."""
+    loaded = sketchmine.models.load_model("demo-gru")
+    assert isinstance(loaded.module, SketchGRU) and loaded.preprocessing["mean"]
+    from sketchmine.zoo import load_embedded
+
+    meta = load_embedded("demo-gru")[1]
+    assert meta["sequence"]["steps"] == 8 and meta["test_accuracy"] > 0.5
+    run = sketchmine.mine("demo-gru", seq_set, layers=["gru"], out=tmp_path / "r.zarr", k=3)
+    assert run.accuracy() > 0.5 and run.layer_shape("gru") == (64, 8)
