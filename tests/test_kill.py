@@ -97,3 +97,31 @@ def test_visualize_killed_at_many_points_ends_identical(tmp_path, folder):
     kills = _kill_repeatedly(_cli("visualize", str(out), *args), out, "units", list(rng.uniform(0, 0.3, 4)))
     assert kills >= 3
     _assert_same_store(out, ref)
+
+
+def test_readers_open_a_run_while_it_is_written(tmp_path, folder):
+    """Summaries of a run being mined: partial, consistent, never an error; a second writer is refused."""
+    out = tmp_path / "run.zarr"
+    cmd = _cli("mine", "--model", "demo", "--data", str(folder), "--batch-size", "4", "--flush-every", "1",
+               "--workers", "0", "--out", str(out))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reads, refused = 0, False
+    try:
+        while proc.poll() is None:
+            if _progress(out, "images") == 0:
+                time.sleep(0.01)
+                continue
+            run = sketchmine.open_run(out)
+            values, index, _ = run.topk("features.6")
+            assert values.shape == index.shape == (96, 9)
+            assert (np.diff(values, axis=1) <= 0).all() or (index < 0).any()
+            run.class_accuracy()
+            reads += 1
+            if not refused:
+                second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                refused = second.returncode == 2 and "being written by another process" in second.stderr
+    finally:
+        proc.wait(timeout=600)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert reads >= 3 and refused
+    assert sketchmine.open_run(out).complete

@@ -88,7 +88,20 @@ class Run:
         g = self.layer_group(layer)
         if "values" in g:
             return (np.asarray(g["values"][...]), np.asarray(g["image_index"][...]), np.asarray(g["yx"][...]))
-        state = self.store.read_checkpoint([layer])
+        for attempt in range(3):
+            try:
+                state = self.store.read_checkpoint([layer])
+                break
+            except SketchmineError:
+                if attempt == 2:
+                    raise
+                # a writer moved on since this run was opened (it reuses the older slot):
+                # read its newer commit, or the final arrays if it finished meanwhile
+                self.store = RunStore.open(self.path)
+                g = self.layer_group(layer)
+                if "values" in g:
+                    return (np.asarray(g["values"][...]), np.asarray(g["image_index"][...]),
+                            np.asarray(g["yx"][...]))
         if state is None:
             raise SketchmineError(f"run {self.path} has no results for {layer!r} yet (nothing flushed)")
         s = state[layer]
