@@ -214,3 +214,47 @@ def test_full_disk_during_visualize(tmp_path, small_disk, demo_model, small_test
     got, want = store_arrays(mnt / "run.zarr"), store_arrays(tmp_path / "ref.zarr")
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+# ---- power cut -----------------------------------------------------------------------------------
+class _StopAfterBatches:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def start(self, total: int, done: int) -> None: ...
+    def note(self, message: str) -> None:
+        self.notes = getattr(self, "notes", []) + [message]
+
+    def advance(self, n: int) -> None:
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("damage,newest", [("truncate", 3), ("remove", 3), ("truncate", 9), ("remove", 9)])
+def test_power_cut_losing_the_newest_chunk_files_recovers(tmp_path, demo_model, small_test_set, damage, newest):
+    """Writes that never reached the disk: the newest chunk files of an interrupted run are
+    truncated or gone. Resume notices (checksums), goes back to the last intact flush and
+    ends identical to an uninterrupted run."""
+    from tests.helpers import store_arrays
+
+    kwargs = dict(layers=LAYERS, k=3, batch_size=20, flush_every=2)
+    sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "ref.zarr", **kwargs)
+    out = tmp_path / "run.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(demo_model.module, small_test_set, out=out, progress=_StopAfterBatches(9), **kwargs)
+    assert sketchmine.open_run(out).images_done == 160
+    chunks = sorted((p for p in out.rglob("*") if p.is_file() and p.name not in ("zarr.json", ".lock")),
+                    key=lambda p: p.stat().st_mtime_ns)
+    for p in chunks[-newest:]:
+        if damage == "truncate":
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+        else:
+            p.unlink()
+    progress = _StopAfterBatches(10**9)
+    sketchmine.mine(demo_model.module, small_test_set, out=out, progress=progress, **kwargs)
+    assert any("damaged" in n for n in getattr(progress, "notes", []))
+    got, want = store_arrays(out), store_arrays(tmp_path / "ref.zarr")
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)

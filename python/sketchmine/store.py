@@ -16,6 +16,7 @@ rewritten on resume.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -100,6 +101,9 @@ class RunStore:
     def __init__(self, path: str | os.PathLike, group: zarr.Group) -> None:
         self.path = Path(path)
         self.group = group
+        self._written: list[list[Any]] = []   # [array, start, stop, digest] since the last checkpoint
+        self._intact: tuple[str | None, int, dict[str, Any]] | None = None
+        self._override: dict[str, Any] = {}   # see resume_from_intact
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
@@ -121,8 +125,12 @@ class RunStore:
 
     @classmethod
     def create(cls, path: str | os.PathLike, attrs: dict[str, Any], n_images: int, class_names: list[str],
-               path_of: Callable[[int], str], labels: np.ndarray | None) -> RunStore:
-        """Lay out a new run: dataset arrays, empty eval arrays, root attributes."""
+               path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None = None) -> RunStore:
+        """Lay out a new run: dataset arrays, empty eval arrays, root attributes.
+
+        row_chunk: rows per chunk of the per-image arrays; the miner passes the rows of one
+        flush, so each flush writes new chunk files and never rewrites an older one (a power
+        cut can then only damage the newest flush, which resume detects and redoes)."""
         p = Path(path)
         if p.exists() and any(p.iterdir()) and not is_run(p):
             raise SketchmineError(f"{p} exists and is not a sketchmine run; choose another --out or remove it")
@@ -131,8 +139,16 @@ class RunStore:
             group = zarr.open_group(str(p), mode="w")
         except OSError as exc:
             raise SketchmineError(f"cannot write the run to {p}: {exc.strerror or exc}") from None
+        try:
+            return cls._layout(p, group, attrs, n_images, class_names, path_of, labels, row_chunk)
+        except OSError as exc:
+            raise SketchmineError(f"cannot write the run to {p}: {exc.strerror or exc}") from None
+
+    @classmethod
+    def _layout(cls, p: Path, group: zarr.Group, attrs: dict[str, Any], n_images: int, class_names: list[str],
+                path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None) -> RunStore:
         ds = group.create_group("dataset")
-        chunk = (min(max(n_images, 1), _ROW_CHUNK),)
+        chunk = (min(max(n_images, 1), row_chunk or _ROW_CHUNK),)
         lab = ds.create_array("labels", shape=(n_images,), dtype="int64", chunks=chunk, fill_value=-1)
         if labels is not None:
             lab[:] = labels
@@ -145,7 +161,7 @@ class RunStore:
             cn[:] = np.array(class_names, dtype=str)
         group.create_group("eval")
         group.create_group("layers")
-        group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION,
+        group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "row_chunk": chunk[0],
                             "progress": {"images_done": 0, "slot": None, "complete": False,
                                          "updated": time.time()}})
         return cls(p, group)
@@ -153,11 +169,27 @@ class RunStore:
     # ---- attributes ------------------------------------------------------------------
     @property
     def attrs(self) -> dict[str, Any]:
-        return dict(self.group.attrs)
+        return {**self.group.attrs, **self._override}
 
     @property
     def progress(self) -> dict[str, Any]:
-        return dict(self.group.attrs["progress"])
+        return dict(self.attrs["progress"])
+
+    def resume_from_intact(self) -> str | None:
+        """Make this handle treat the newest intact checkpoint as the committed one.
+
+        Nothing is written: the next flush goes into the other slot (the damaged one) and
+        commits over it. Returns a note to show when the committed checkpoint was damaged."""
+        slot, done, extra = self.checkpoint()
+        committed = self.progress
+        if slot == committed.get("slot"):
+            return None
+        self._override = {**extra, "progress": {"images_done": done, "slot": slot, "complete": False,
+                                                "updated": committed.get("updated")}}
+        if slot is None:
+            self._override.update({"bad_images": [], "converted_images": {}})
+        return (f"the newest checkpoint of {self.path} is damaged or incomplete (image {committed.get('images_done')}; "
+                f"a crash or power cut before it reached the disk); resuming from image {done}")
 
     @_io_errors
     def declare_layers(self, layers: dict[str, dict[str, Any]]) -> None:
@@ -172,20 +204,23 @@ class RunStore:
         """Logits and labels of images [start, start + rows)."""
         if logits is not None and len(logits):
             ev = self.group["eval"]
+            rows = int(self.group.attrs.get("row_chunk", _ROW_CHUNK))
             if "logits" not in ev:
                 n = self.group["dataset/labels"].shape[0]
                 ev.create_array("logits", shape=(n, logits.shape[1]), dtype="float32",
-                                chunks=(min(n, _ROW_CHUNK), logits.shape[1]), fill_value=float("nan"))
+                                chunks=(min(n, rows), logits.shape[1]), fill_value=float("nan"))
             ev["logits"][start:start + len(logits)] = logits
             if "predictions" not in ev:
                 n = self.group["dataset/labels"].shape[0]
-                ev.create_array("predictions", shape=(n,), dtype="int64", chunks=(min(n, _ROW_CHUNK * 8),),
-                                fill_value=-1)
+                ev.create_array("predictions", shape=(n,), dtype="int64", chunks=(min(n, rows),), fill_value=-1)
             valid = ~np.isnan(logits).any(axis=1)
             pred = np.where(valid, np.nan_to_num(logits, nan=-np.inf).argmax(axis=1), -1)
             ev["predictions"][start:start + len(logits)] = pred
+            self._written += [["eval/logits", start, start + len(logits), _digest(logits)],
+                              ["eval/predictions", start, start + len(pred), _digest(pred)]]
         if labels is not None and len(labels):
             self.group["dataset/labels"][start:start + len(labels)] = labels
+            self._written.append(["dataset/labels", start, start + len(labels), _digest(labels)])
 
     @_io_errors
     def write_checkpoint(self, states: dict[str, dict[str, torch.Tensor]], images_done: int,
@@ -200,22 +235,65 @@ class RunStore:
         sg = ck.create_group(slot)
         # all layers packed into one array per key: four writes per flush, whatever the depth
         layers = list(states)
-        sg.attrs.update({"layers": layers, "shapes": [list(states[l]["values"].shape) for l in layers]})
-        for key in _STATE_KEYS:
-            arr = np.concatenate([states[l][key].numpy().ravel() for l in layers])
+        packed = {key: np.concatenate([states[l][key].numpy().ravel() for l in layers]) for key in _STATE_KEYS}
+        packed.update(arrays or {})
+        for key, arr in packed.items():
             sg.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=(max(len(arr), 1),))[...] = arr
-        for key, arr in (arrays or {}).items():
-            sg.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=(max(len(arr), 1),))[...] = arr
+        # what resume needs to check this slot and to restart from it alone: the checksums of
+        # its arrays and of the rows written since the previous slot, and the committed extras
+        sg.attrs.update({"layers": layers, "shapes": [list(states[l]["values"].shape) for l in layers],
+                         "images_done": images_done, "extra": extra, "rows": self._written,
+                         "checksums": {key: _digest(arr) for key, arr in packed.items()}})
         self.commit({"images_done": images_done, "slot": slot, "complete": False,
                      "updated": time.time()}, extra)
+        self._written, self._intact, self._override = [], None, {}
 
     @_io_errors
     def commit(self, progress: dict[str, Any], extra: dict[str, Any]) -> None:
         self.group.attrs.update({**extra, "progress": progress})
 
+    def checkpoint(self) -> tuple[str | None, int, dict[str, Any]]:
+        """(slot, images done, committed extras) of the newest intact checkpoint.
+
+        Normally the committed slot. If its files (or the rows written with it) fail their
+        checksums — a power cut loses the newest writes — the slot before it, whose rows are in
+        older chunk files; if neither is intact, (None, 0, {}): start again from the first image.
+        """
+        if self._intact is not None:
+            return self._intact
+        progress = dict(self.group.attrs["progress"])  # as committed on disk
+        committed = progress.get("slot")
+        self._intact = (None, 0, {})
+        if committed is not None:
+            other = "slot1" if committed == "slot0" else "slot0"
+            done = int(progress.get("images_done", 0))
+            for slot in (committed, other):
+                meta = self._verified(slot)
+                if meta is not None and (slot == committed or int(meta.get("images_done", -1)) < done):
+                    self._intact = (slot, int(meta.get("images_done", done)), dict(meta.get("extra") or {}))
+                    break
+        return self._intact
+
+    def _verified(self, slot: str) -> dict[str, Any] | None:
+        """The slot's attributes when its arrays and rows match their checksums, else None."""
+        try:
+            sg = self.group[f"_checkpoint/{slot}"]
+            meta = dict(sg.attrs)
+            sums = meta.get("checksums")
+            if sums is None:  # a run written before checksums: trust the committed slot as before
+                return meta if slot == self.group.attrs["progress"].get("slot") else None
+            if any(_digest(np.asarray(sg[key][...])) != digest for key, digest in sums.items()):
+                return None
+            for name, start, stop, digest in meta.get("rows", []):
+                if _digest(np.asarray(self.group[name][start:stop])) != digest:
+                    return None
+            return meta
+        except Exception:  # unreadable, truncated or missing files
+            return None
+
     def read_checkpoint(self, layers: list[str]) -> dict[str, dict[str, torch.Tensor]] | None:
-        """The committed state, or None when nothing was committed yet."""
-        slot = self.progress.get("slot")
+        """The newest intact state (see `checkpoint`), or None when there is none."""
+        slot = self.checkpoint()[0]
         if slot is None:
             return None
         try:
@@ -240,8 +318,8 @@ class RunStore:
             ) from None
 
     def read_checkpoint_arrays(self, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
-        """The committed slot's further arrays (see write_checkpoint), or None when absent."""
-        slot = self.progress.get("slot")
+        """The checkpoint's further arrays (see write_checkpoint), or None when absent."""
+        slot = self.checkpoint()[0]
         if slot is None or f"_checkpoint/{slot}" not in self.group:
             return None
         sg = self.group[f"_checkpoint/{slot}"]
@@ -287,6 +365,10 @@ class RunStore:
 
 
 # ---- validation of what a reader trusts ------------------------------------------------------
+def _digest(arr: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=16).hexdigest()
+
+
 def _is_int(v: Any, low: int = 0) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
