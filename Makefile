@@ -12,8 +12,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PYTHON) -m pytest -q
 
+# the peer (zennit-crp) goes into the benchmark environment only: not a sketchmine dependency
 bench: $(STAMP)
-	$(PYTHON) -m benchmarks
+	$(PIP) install -q "zennit-crp==0.6.0"
+	$(PYTHON) -m benchmarks --visualize
 
 setup: $(STAMP)
 
@@ -23,6 +25,7 @@ $(STAMP): $(SOURCES)
 	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install -q "setuptools>=68" wheel "pybind11>=2.12" "cmake>=3.18" ninja \
 		"numpy>=1.26" "zarr>=3.1,<4" "rich>=13" "pillow>=10" "pandas>=2" "pytest>=8" "hypothesis>=6.100" \
+		"onnx>=1.16" "onnxruntime>=1.18" "onnxscript>=0.2" \
 		"matplotlib>=3.7" "scipy>=1.10" "playwright>=1.40"
 	$(PIP) install -q --no-build-isolation -e .
 	mkdir -p build && touch $(STAMP)

@@ -59,13 +59,15 @@ def mine_once(model: nn.Module, ds, layers: list[str], batch_size: int, num_work
         sketchmine.mine(model, ds, layers=layers, k=k, out=tmp / "run.zarr", batch_size=batch_size,
                         device="cpu", num_workers=num_workers, progress=clock)
         t1 = time.perf_counter()
+        phases = clock.phases(t0, t1)
+        phases["store_bytes"] = float(sum(f.stat().st_size for f in (tmp / "run.zarr").rglob("*") if f.is_file()))
         kept = None
         if keep is not None:
             if keep.exists():
                 shutil.rmtree(keep)
             shutil.move(str(tmp / "run.zarr"), keep)
             kept = keep
-        return clock.phases(t0, t1), kept
+        return phases, kept
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -11,7 +11,11 @@ seed, 224 px), every nn.Conv2d and nn.Linear tapped, k = 9:
   (c) dvt     one image at a time, batch-1 forward with hooks, per-channel Python top-k
               update (DVT's find_maxes way); bs1-topk: same but one torch.topk per layer;
   (d) memory  peak RSS and time of mine at 1x and 4x the images, each in a fresh
-              subprocess (targets: same peak, linear time).
+              subprocess (targets: same peak, linear time);
+  (e) peer    zennit-crp 0.6 FeatureVisualization.run on the same model, layers and images
+              (skipped, and said so, when zennit-crp is not installed);
+  (f) visualize  patches + deconvolutions vs a per-unit attribution loop (--visualize).
+ResNet-50 joins with --models alexnet,vgg19,resnet50.
 Plus a kernel micro-benchmark (topk_update vs torch amax / max on the real layer shapes)
 and one instrumented mine call that says where mine's extra time goes.
 
@@ -42,9 +46,10 @@ from .common import (REPO, Meter, QuietWaiter, build_model, conv_linear_layers, 
                      make_dataset, median, peak_rss_mib, peak_rss_since_reset_mib, reset_peak_rss)
 from .methods import (bare_forward, compare_with_run, mine_once, one_at_a_time, pure_forward,
                       stack_batches)
+from .peers import zennit_crp_available, zennit_crp_run
 from .profile_mine import instrumented
 
-RATIO_TARGET = 1.05
+RATIO_TARGET = 1.02  # issue 5: mine <= 1.02x the bare forward (issue 2 asked for 1.05)
 MEMORY_TOLERANCE = 0.05  # "same peak": 4x within 5 % (or 32 MiB) of 1x
 LINEAR_TOLERANCE = 0.10  # per-image loop time at 4x within 10 % of 1x
 CONTENDED = 0.10  # a run is "contended" when others used > 10 % of the machine during it
@@ -57,6 +62,7 @@ class ModelConfig:
     batch_size: int
     dvt_images: int
     memory_images: int
+    peer_images: int = 16
 
 
 def loadavg() -> list[float]:
@@ -72,7 +78,7 @@ def _contended(m: dict, cores: int) -> bool:
 
 # ---- one model, side by side ---------------------------------------------------------------------
 def bench_model(cfg: ModelConfig, repeats: int, num_workers: int, seed: int, do_dvt: bool,
-                do_profile: bool, do_kernel: bool, quiet: QuietWaiter, log) -> dict:
+                do_profile: bool, do_kernel: bool, quiet: QuietWaiter, log, do_peer: bool = True) -> dict:
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -122,6 +128,7 @@ def bench_model(cfg: ModelConfig, repeats: int, num_workers: int, seed: int, do_
         return {"min": min(xs), "median": median(xs)}
 
     bare, pure, mine = stat("bare"), stat("pure"), stat("mine")
+    out["store_mib"] = runs["mine"][-1].get("mine_store_bytes", 0.0) / 2**20
     setup, loop, finish = stat("mine", "mine_setup"), stat("mine", "mine_loop"), stat("mine", "mine_finish")
     out["seconds"] = {"bare": bare, "pure": pure, "mine": mine, "mine_setup": setup, "mine_loop": loop,
                       "mine_finish": finish, "bare_cpu": stat("bare", "cpu"), "mine_cpu": stat("mine", "cpu"),
@@ -178,6 +185,24 @@ def bench_model(cfg: ModelConfig, repeats: int, num_workers: int, seed: int, do_
             "speedup_vs_dvt": (res["dvt"]["wall"] / cfg.dvt_images) / mine_per_image,
             "speedup_vs_bs1_topk": (res["bs1_topk"]["wall"] / cfg.dvt_images) / mine_per_image,
         }
+
+    if do_peer:
+        why = zennit_crp_available()
+        if why:
+            out["zennit_crp"] = {"skipped": why}
+            log(f"{cfg.name}: zennit-crp skipped: {why}")
+        else:
+            peer_ds = make_dataset(cfg.peer_images)
+            gc.collect()
+            busy = quiet()
+            with Meter() as m:
+                zennit_crp_run(model, peer_ds, layers, cfg.batch_size)
+            per_image = m.wall / cfg.peer_images
+            out["zennit_crp"] = {"images": cfg.peer_images, **m.as_dict(), "busy_before": busy,
+                                 "contended": _contended(m.as_dict(), cores), "s_per_image": per_image,
+                                 "speedup_of_mine": per_image / mine_per_image}
+            log(f"{cfg.name}: zennit-crp FeatureVisualization.run {m.wall:7.2f}s for {cfg.peer_images} images "
+                f"({per_image / mine_per_image:.1f}× mine's time per image)")
 
     if do_kernel:
         n_batches = -(-cfg.images // cfg.batch_size)
@@ -358,7 +383,8 @@ def print_report(results: dict) -> None:
 
     s = Table(title=f"Ratios (target: mine / bare ≤ {RATIO_TARGET}, judged on min / min)")
     for col in ("model", "mine / bare min", "median", "paired median", "CPU-time", "loop-only / bare",
-                "mine / pure", "target", "speed-up vs DVT", "vs bs1 topk", "cross-check vs DVT"):
+                "mine / pure", "target", "speed-up vs DVT", "vs bs1 topk", "vs zennit-crp", "store MiB",
+                "cross-check vs DVT"):
         s.add_column(col, justify="right" if col != "model" else "left")
     for name, r in results["models"].items():
         q = r["ratios"]
@@ -368,6 +394,9 @@ def print_report(results: dict) -> None:
                   f"{q['mine_over_bare_paired_median']:.3f}", f"{q['mine_over_bare_cpu_min']:.3f}",
                   f"{q['mine_loop_over_bare_min']:.3f}", f"{q['mine_over_pure_min']:.3f}", _ok(r["target_met"]),
                   f"{d['speedup_vs_dvt']:.1f}×" if d else "-", f"{d['speedup_vs_bs1_topk']:.1f}×" if d else "-",
+                  (f"{r['zennit_crp']['speedup_of_mine']:.1f}×" if "speedup_of_mine" in r.get("zennit_crp", {})
+                   else "skipped" if r.get("zennit_crp") else "-"),
+                  f"{r.get('store_mib', 0):.1f}",
                   (f"rel Δ {cc['max_rel_value_diff']:.1e}, same image {100 * cc['image_index_match']:.1f}%"
                    if cc else "-"))
     con.print(s)
@@ -448,11 +477,19 @@ def print_report(results: dict) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="alexnet,vgg19", help="comma list of alexnet, vgg19 (default both)")
+    p.add_argument("--models", default="alexnet,vgg19,resnet50",
+                   help="comma list of alexnet, vgg19, resnet50 (default all three)")
     p.add_argument("--alexnet-images", type=int, default=256)
     p.add_argument("--alexnet-batch-size", type=int, default=64)
     p.add_argument("--vgg19-images", type=int, default=32)
     p.add_argument("--vgg19-batch-size", type=int, default=16)
+    p.add_argument("--resnet50-images", type=int, default=32)
+    p.add_argument("--resnet50-batch-size", type=int, default=16)
+    p.add_argument("--memory-resnet50-images", type=int, default=16)
+    p.add_argument("--peer-images", type=int, default=16, help="images for zennit-crp (slow: an LRP backward each)")
+    p.add_argument("--no-peer", action="store_true", help="skip zennit-crp")
+    p.add_argument("--visualize", action="store_true",
+                   help="also run visualize vs a per-unit loop on AlexNet (benchmarks.visualize_vs_loop)")
     p.add_argument("--dvt-images", type=int, default=None,
                    help="images for the one-at-a-time loops (default: same as each model's images)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats of bare / mine / pure")
@@ -477,6 +514,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.alexnet_images, args.alexnet_batch_size = 8, 4
         args.vgg19_images, args.vgg19_batch_size = 2, 2
+        args.resnet50_images, args.resnet50_batch_size = 2, 2
+        args.peer_images = 2
         args.repeats = 1
         args.dvt_images = 2
         args.memory_models = "alexnet"
@@ -500,14 +539,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - t_suite:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     sizes = {"alexnet": (args.alexnet_images, args.alexnet_batch_size, args.memory_alexnet_images),
-             "vgg19": (args.vgg19_images, args.vgg19_batch_size, args.memory_vgg19_images)}
+             "vgg19": (args.vgg19_images, args.vgg19_batch_size, args.memory_vgg19_images),
+             "resnet50": (args.resnet50_images, args.resnet50_batch_size, args.memory_resnet50_images)}
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     mem_names = [n.strip() for n in args.memory_models.split(",") if n.strip()]
     for n in names + mem_names:
         if n not in sizes:
-            raise SystemExit(f"unknown model {n!r}; expected alexnet or vgg19")
+            raise SystemExit(f"unknown model {n!r}; expected alexnet, vgg19 or resnet50")
     configs = {n: ModelConfig(n, sizes[n][0], sizes[n][1], min(args.dvt_images or sizes[n][0], sizes[n][0]),
-                              sizes[n][2]) for n in sizes}
+                              sizes[n][2], args.peer_images) for n in sizes}
     quiet = QuietWaiter(enabled=not args.no_wait_quiet)
     results: dict = {"machine": {**machine_info(), "loadavg_start": loadavg()}, "command": command,
                      "settings": {"k": 9, "input_px": 224, "repeats": args.repeats, "threads": args.threads,
@@ -519,10 +559,17 @@ def main(argv: list[str] | None = None) -> int:
     profile_names = [n.strip() for n in args.profile_models.split(",")]
     for n in names:
         results["models"][n] = bench_model(configs[n], args.repeats, args.num_workers, args.seed,
-                                           not args.no_dvt, n in profile_names, not args.no_kernel, quiet, log)
+                                           not args.no_dvt, n in profile_names, not args.no_kernel, quiet, log,
+                                           do_peer=not args.no_peer)
     for n in mem_names:
         results["memory"].append(memory_checks(configs[n], args.memory_factor, args.threads, args.num_workers,
                                                args.seed, quiet, log))
+    if args.visualize:
+        from . import visualize_vs_loop
+
+        quiet()
+        results["visualize"] = visualize_vs_loop.run(64 if args.quick else 256, 2 if args.quick else 16,
+                                                     1 if args.quick else 2, 64, args.seed)
     results["suite_wall_s"] = time.perf_counter() - t_suite
     results["machine"]["loadavg_end"] = loadavg()
     results["quiet_wait"] = {"enabled": quiet.enabled, "waited_s": quiet.waited, "gave_up": quiet.gave_up}
@@ -530,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
         "mine_over_bare_le_1.05": {n: r["target_met"] for n, r in results["models"].items()},
         "same_peak_1x_4x": {m["model"]: m["target_same_peak_met"] for m in results["memory"]},
         "linear_time_1x_4x": {m["model"]: m["target_linear_met"] for m in results["memory"]},
+        "speedup_vs_zennit_crp_ge_5": {n: r["zennit_crp"]["speedup_of_mine"] >= 5
+                                       for n, r in results["models"].items() if "speedup_of_mine" in r.get("zennit_crp", {})},
+        "speedup_vs_dvt_ge_3": {n: r["dvt"]["speedup_vs_dvt"] >= 3 for n, r in results["models"].items() if "dvt" in r},
     }
     print_report(results)
     if args.json:
