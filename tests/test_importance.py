@@ -105,7 +105,8 @@ def test_untraceable_model_uses_replication(tmp_path, demo_model, small_test_set
     model = Untraceable(demo_model.module).eval()
     ds = ArrayDataset(small_test_set.images[:120], small_test_set.labels()[:120], small_test_set.class_names,
                       small_test_set.preprocessing, small_test_set.describe())
-    run = sketchmine.mine(model, ds, layers=["inner.features.6"], k=2, out=tmp_path / "r.zarr", batch_size=60)
+    with pytest.warns(UserWarning, match="no receptive fields recorded"):  # fx cannot trace it either
+        run = sketchmine.mine(model, ds, layers=["inner.features.6"], k=2, out=tmp_path / "r.zarr", batch_size=60)
     df = sketchmine.unit_importance(run, "inner.features.6", model=model, dataset=ds, batch_size=50,
                                     units_per_pass=7)
     _check_units(df, model, ds, "inner.features.6", [0, 50, 95], ds.labels(), "replicate")
@@ -166,3 +167,17 @@ def test_cli_importance_reloads_the_run_and_plots(tmp_path, demo_test_set, capsy
     assert f"{df['prob_drop'].iloc[0]:.4f}" in text  # the most important unit is listed
     assert cli(["importance", str(out), "--layers", "nope"]) == 2
     assert "layer 'nope' is not in run" in capsys.readouterr().err
+
+
+def test_residual_block_output_is_cut_and_equals_direct(tmp_path):
+    """A whole BasicBlock of the embedded ResNet is ablated at its output (after the addition)."""
+    from sketchmine.miner import _preprocessing
+    from sketchmine.models import load_model
+
+    loaded = load_model("demo-resnet")
+    base = animal_shape("test", _preprocessing("auto", loaded, None))
+    keep = np.arange(0, 2000, 10)
+    ds = ArrayDataset(base.images[keep], base.labels()[keep], base.class_names, base.preprocessing, {"kind": "python"})
+    run = sketchmine.mine(loaded.module, ds, layers=["layer2.0"], k=2, out=tmp_path / "r.zarr", batch_size=100)
+    df = sketchmine.unit_importance(run, "layer2.0", model=loaded.module, dataset=ds, batch_size=100)
+    _check_units(df, loaded.module, ds, "layer2.0", sorted({1, int(df["unit"].iloc[0])}), ds.labels(), "split")

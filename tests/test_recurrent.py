@@ -210,13 +210,22 @@ def test_bad_recurrent_layers_are_refused(tmp_path, seq_set, model, layer, messa
     assert run.complete
 
 
-def test_embedded_gru_model(tmp_path, seq_set):
-    """The trained CNN + GRU: loadable as 'demo-gru', better than chance after the last step."""
-    loaded = sketchmine.models.load_model("demo-gru")
-    assert isinstance(loaded.module, SketchGRU) and loaded.preprocessing["mean"]
+def test_embedded_gru_model_mined_and_ablated(tmp_path):
+    """The trained CNN + GRU ('demo-gru') over the whole test split as progressive drawings:
+    better than chance, and `sketchmine importance` reopens the run's sequences by itself."""
+    from sketchmine.cli import main as cli
+    from sketchmine.miner import _preprocessing
     from sketchmine.zoo import load_embedded
 
+    loaded = sketchmine.models.load_model("demo-gru")
+    assert isinstance(loaded.module, SketchGRU) and loaded.preprocessing["mean"]
     meta = load_embedded("demo-gru")[1]
-    assert meta["sequence"]["steps"] == 8 and meta["test_accuracy"] > 0.5
-    run = sketchmine.mine("demo-gru", seq_set, layers=["gru"], out=tmp_path / "r.zarr", k=3)
+    assert meta["sequence"]["steps"] == 8
+    ds = SequenceDataset(animal_shape("test", _preprocessing("auto", loaded, None)), 8)
+    run = sketchmine.mine("demo-gru", ds, layers=["gru"], out=tmp_path / "r.zarr", k=3, batch_size=250)
+    assert run.accuracy() == pytest.approx(meta["test_accuracy"], abs=0.002)  # the recorded test accuracy
     assert run.accuracy() > 0.5 and run.layer_shape("gru") == (64, 8)
+    assert cli(["importance", str(run.path), "--layers", "gru", "-n", "3"]) == 0
+    df = sketchmine.open_run(run.path).unit_importance("gru")
+    assert len(df) == 64 and df.attrs["method"] == "split" and df.attrs["images"] == 2000
+    assert df["acc_drop"].max() > 0  # some hidden unit matters for the label

@@ -40,20 +40,23 @@ _BUDGET = 1 << 23  # elements of one replicated activation tensor (32 MB float32
 
 
 # ---- ablation plumbing --------------------------------------------------------------------
-def zero_units(t: torch.Tensor, batch_dim: int, unit_dim: int, units: list[int]) -> torch.Tensor:
-    """t: G replicas stacked along `batch_dim` (replica-major); returns a copy where replica g
-    has unit `units[g]` zeroed along `unit_dim` (every position). No units: a plain copy."""
+def zero_units(t: torch.Tensor, batch_dim: int, unit_dim: int, units: list[int],
+               replicate: bool = False) -> torch.Tensor:
+    """A new tensor of G = len(units) replicas stacked along `batch_dim` (replica-major), where
+    replica g has unit `units[g]` zeroed along `unit_dim` (every position). `t` holds the G
+    replicas already, or (replicate=True) one copy that is replicated in the same single pass.
+    No units: a plain copy."""
     if not units:
         return t.clone()
     bd, ud = batch_dim % t.ndim, unit_dim % t.ndim
     g = len(units)
-    v = t.unflatten(bd, (g, -1))
+    v = t.unsqueeze(bd) if replicate else t.unflatten(bd, (g, -1))
     ud = ud + 1 if ud > bd else ud
     mask = torch.zeros(g, t.shape[unit_dim], dtype=torch.bool, device=t.device)
     mask[torch.arange(g), torch.as_tensor(units)] = True
     shape = [1] * v.ndim
     shape[bd], shape[ud] = g, t.shape[unit_dim]
-    return v.masked_fill(mask.view(shape), 0).flatten(bd, bd + 1)
+    return torch.where(mask.view(shape), torch.zeros((), dtype=t.dtype, device=t.device), v).flatten(bd, bd + 1)
 
 
 def _replicate(obj: Any, g: int, batch: int, dim: int) -> Any:
@@ -108,7 +111,13 @@ class _Split(_Replicate):
 
     def __init__(self, net: nn.Module, layer: str) -> None:
         super().__init__(net, layer)
-        gm = fx.symbolic_trace(net)
+        target = self.target
+
+        class Tracer(fx.Tracer):  # the tapped module stays one node, even a whole residual block
+            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+                return qualname == target or super().is_leaf_module(m, qualname)
+
+        gm = fx.GraphModule(net, Tracer().trace(net))
         nodes = list(gm.graph.nodes)
         cuts = [i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == self.target]
         if len(cuts) != 1:
@@ -141,9 +150,11 @@ class _Split(_Replicate):
 
     def run(self, state: tuple, units: list[int], replicas: int) -> torch.Tensor:
         batch, tapped, *live = state  # a tensor holding the batch has B or B*T (folded frames) rows
-        rep = _replicate(tapped, replicas, batch, self.dims[0])
-        t = tapped_element(self.layer, self.module, rep)
-        rep = replace_element(rep, zero_units(t, *self.dims, units))
+        t = tapped_element(self.layer, self.module, tapped)
+        zeroed = zero_units(t, *self.dims, units, replicate=True) if units else _replicate(t, replicas, batch,
+                                                                                            self.dims[0])
+        rest = _replicate(tapped, replicas, batch, self.dims[0]) if isinstance(tapped, (tuple, list)) else tapped
+        rep = replace_element(rest, zeroed)
         live = [_replicate(v, replicas, batch, 0) for v in live]
         return _logits(self.suffix(rep, *live))
 
@@ -165,9 +176,7 @@ def _ablator(net: nn.Module, layer: str, x: torch.Tensor, reference: torch.Tenso
         if got.shape == (2 * len(x), reference.shape[1]) and torch.allclose(
                 got, torch.cat([reference] * 2), rtol=1e-4, atol=1e-5):
             return split
-    except SketchmineError:
-        raise
-    except Exception:  # untraceable or uncuttable model: fall through to replication
+    except Exception:  # untraceable or uncuttable model: replication (which raises what is wrong, if anything)
         pass
     return _Replicate(net, layer)
 
@@ -228,6 +237,8 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
                 p = torch.softmax(out, 2).gather(2, y[None, :, None].expand(len(group), -1, 1))[..., 0]
                 sums["prob"][group] += (base_p[None] - p).sum(1).cpu()
                 sums["correct"][group] += (out.argmax(2) == y[None]).sum(1).double().cpu()
+    if not n_images:
+        raise SketchmineError("the dataset is empty: no images to ablate over")
     n_wrong = n_images - n_correct
     nan = float("nan")
     return Importance(
@@ -266,6 +277,10 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
     from . import reload
 
     loaded = reload.run_model(run, model, weights)
+    if dataset is None:  # progressive drawings of the embedded data are rebuilt here
+        from .sequences import reopen
+
+        dataset = reopen(dict(run.attrs.get("dataset") or {}), reload.run_preprocessing(run))
     ds = reload.run_dataset(run, dataset)
     labels = _labels(run, ds)
     layers = [layer] if isinstance(layer, str) else list(layer)

@@ -125,3 +125,17 @@ class SequenceDataset(MinerDataset):
             x = x.expand(-1, p.channels, -1, -1).clone()
         x = torch.stack([p.normalise(f) for f in x]) if p is not None else x
         return i, x, int(self.base.labels()[i]), ""
+
+
+def reopen(description: dict[str, Any], preprocessing: Any) -> SequenceDataset | None:
+    """The progressive-drawing dataset a run recorded (`dataset` attrs with a `sequence`
+    entry over the embedded data), rebuilt for a later pass; None for anything else."""
+    seq = description.get("sequence")
+    if not seq or description.get("kind") != "embedded" or "subset" in description:
+        return None
+    if seq.get("transform") != TRANSFORM:
+        raise SketchmineError(f"the run's sequences were made by {seq.get('transform')!r}; this sketchmine makes "
+                              f"{TRANSFORM!r}: pass the dataset (dataset=...)")
+    from .data import animal_shape
+
+    return SequenceDataset(animal_shape(description.get("split", "test"), preprocessing), int(seq["steps"]))
