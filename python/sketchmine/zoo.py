@@ -1,4 +1,5 @@
-"""Model zoo: a small AlexNet-style CNN and the bundled demo model.
+"""Model zoo: a small AlexNet-style CNN, a small ResNet, a CNN + GRU, and the bundled
+trained models ("demo", "demo-resnet", "demo-gru"; see `EMBEDDED` and data/README.md).
 
 The miner studies which units of an AlexNet-like network respond to which
 inputs.  Full AlexNet is far too large to ship or train on CPU, so SketchNet
