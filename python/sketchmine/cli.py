@@ -15,7 +15,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sketchmine", description="Mine the top-k images of every CNN unit.")
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("mine", help="stream a dataset through a model and keep every unit's top-k images")
-    m.add_argument("--model", required=True, help="torchvision name, 'sketchnet', 'demo', or checkpoint path")
+    m.add_argument("--model", required=True,
+                   help="torchvision name, 'sketchnet', 'demo', a checkpoint path, or an .onnx file (ONNX Runtime)")
     m.add_argument("--weights", help="state_dict file for a named model (loaded with weights_only=True)")
     m.add_argument("--data", required=True, help="ImageFolder directory: DIR/<class>/<image>")
     m.add_argument("--out", required=True, help="run directory (Zarr); an unfinished one is resumed")
@@ -81,7 +82,7 @@ def _bench(args: list[str]) -> int:
 
 
 def _mine(args: argparse.Namespace, console: Console) -> None:
-    from . import mine
+    from . import distributed, mine
     from .console import RichProgress, layers_table
 
     bar = RichProgress(console)
@@ -92,6 +93,10 @@ def _mine(args: argparse.Namespace, console: Console) -> None:
                    skip_bad_images=args.skip_bad_images, progress=bar)
     finally:
         bar.stop()
+        rank = distributed.rank()
+        distributed.close()  # the process group sketchmine started under torchrun, if any
+    if rank != 0:  # rank 0 reports for every process
+        return
     console.print(layers_table(run))
     acc = run.accuracy()
     console.print(f"{run.images_done} images, {bar.images} this session in {bar.seconds:.1f} s"

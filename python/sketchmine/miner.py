@@ -12,7 +12,8 @@ import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, ContextManager, Protocol
 
 import numpy as np
 import torch
@@ -20,10 +21,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from . import __version__
-from . import classstats
+from . import classstats, distributed
 from .data import MinerDataset, Preprocessing, as_miner_dataset, collate, compute_mean_std, preset
 from .errors import SketchmineError
 from .models import LoadedModel, input_channels, load_model, weights_hash
+from .onnx_backend import OnnxModel
 from .receptive_field import receptive_fields
 from .run import Run, class_counts
 from .store import RunLock, RunStore, is_run
@@ -64,6 +66,7 @@ class _Pending:
     start: int
     logits: list[tuple[np.ndarray, torch.Tensor | None]] = field(default_factory=list)  # (ok mask, logits)
     labels: list[np.ndarray] = field(default_factory=list)
+    index: list[np.ndarray] = field(default_factory=list)  # global image ids, for gathering across ranks
 
     def logit_rows(self) -> np.ndarray | None:
         """(rows, classes) float32, NaN for skipped images; copied off the device only here."""
@@ -87,11 +90,70 @@ def _first_tensor(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _probe(model: nn.Module, layers: list[str], x: torch.Tensor) -> tuple[list[_Layer], int | None]:
+class Forward(Protocol):
+    """A model as the pass sees it, whatever runs it: `open` yields a callable that runs one
+    batch, hands each tapped layer's output to `on_output(name, t)` and returns the logits.
+    Implemented by torch modules with Taps hooks (below) and onnx_backend.OnnxModel."""
+
+    def resolve_layers(self, layers: list[str] | None) -> list[str]: ...
+    def weights_hash(self) -> str: ...
+    def to(self, device: torch.device) -> Any: ...
+    def kind(self, name: str) -> str: ...
+    def fields(self, size: tuple[int, int], progress: Progress) -> dict[str, Any]: ...
+    def shapes(self, layers: list[str], x: torch.Tensor
+               ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]: ...
+    def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]
+             ) -> ContextManager[Callable[[torch.Tensor], torch.Tensor]]: ...
+
+
+class _TorchForward:
+    """The torch path: Taps hooks read the tapped modules during the module's own forward."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+
+    def resolve_layers(self, layers: list[str] | None) -> list[str]:
+        return resolve_layers(self.net, layers)
+
+    def weights_hash(self) -> str:
+        return weights_hash(self.net)
+
+    def to(self, device: torch.device) -> nn.Module:
+        return self.net.to(device)
+
+    def kind(self, name: str) -> str:
+        return _kind(self.net, name)
+
+    def fields(self, size: tuple[int, int], progress: Progress) -> dict[str, Any]:
+        return _fields(self.net, size, progress)
+
+    def shapes(self, layers: list[str], x: torch.Tensor
+               ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]:
+        """Tapped output shapes (no batch dim), the output, and how each tap read its module."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        record = lambda n, t: shapes.setdefault(n, tuple(t.shape[1:]))  # noqa: E731
+        with torch.inference_mode(), Taps(self.net, layers, record) as taps:
+            out = _shape_forward(self.net, x)
+        return shapes, out, taps.layouts
+
+    @contextlib.contextmanager
+    def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):
+        with Taps(self.net, layers, on_output):
+            yield lambda x: _first_tensor(self.net(x))
+
+
+def _forward(net: nn.Module | OnnxModel) -> Forward:
+    return net if isinstance(net, OnnxModel) else _TorchForward(net)
+
+
+def _probe(forward: Forward, layers: list[str], x: torch.Tensor) -> tuple[list[_Layer], int | None]:
     """Shapes of the tapped outputs and the logit count, from one forward pass."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    with torch.inference_mode(), Taps(model, layers, lambda n, t: shapes.setdefault(n, tuple(t.shape[1:]))) as taps:
-        out = _shape_forward(model, x)
+    try:
+        shapes, out, layouts = forward.shapes(layers, x)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SketchmineError(f"the model cannot take input of shape {tuple(x.shape[1:])}: {first}; "
+                              "resize the images with --image-size (image_size=)") from None
     num_classes = int(out.shape[1]) if out.ndim == 2 else None
     if SOFTMAX in layers:
         if num_classes is None:
@@ -102,7 +164,7 @@ def _probe(model: nn.Module, layers: list[str], x: torch.Tensor) -> tuple[list[_
         if name not in shapes:
             raise SketchmineError(f"layer {name!r} was not called during the forward pass; it cannot be tapped")
         shape = shapes[name]
-        result.append(_Layer(name, shape[0], tuple(shape[1:]), _kind(model, name), taps.layouts.get(name, {})))
+        result.append(_Layer(name, shape[0], tuple(shape[1:]), forward.kind(name), layouts.get(name, {})))
     return result, num_classes
 
 
@@ -209,18 +271,19 @@ def mine(
         raise SketchmineError(f"k must be at least 1, got {k}")
     if batch_size < 1:
         raise SketchmineError(f"batch size must be at least 1, got {batch_size}")
-    progress = progress or _Silent()
-    device = torch.device(device)
+    team, device = distributed.team(torch.device(device))  # one process unless torch.distributed says otherwise
+    progress = team.progress(progress or _Silent())
     loaded = load_model(model, weights)
     net, model_id = loaded.module, loaded.model_id
+    forward = _forward(net)
     if isinstance(preprocessing, str):
         preprocessing = _preprocessing(preprocessing, loaded, image_size)
     ds = as_miner_dataset(dataset, preprocessing)
     if len(ds) == 0:
         raise SketchmineError("the dataset is empty")
-    names = resolve_layers(net, layers)
+    names = forward.resolve_layers(layers)
     out = Path(out)
-    existing = is_run(out)
+    existing = team.writes and is_run(out)  # only rank 0 reads or writes the store
     store = RunStore.open(out, mode="r+") if existing else None
     pre = ds.preprocessing
     if pre is not None and pre.preset == "dataset" and not pre.mean:
@@ -232,50 +295,66 @@ def mine(
             pre.mean, pre.std = compute_mean_std(ds, batch_size, num_workers)
     want = {
         "model": model_id,
-        "weights_sha256": weights_hash(net),
+        "weights_sha256": forward.weights_hash(),
         "layer_names": names,
         "k": k,
         "dataset_fingerprint": ds.fingerprint(),
         "preprocessing_key": None if pre is None else f"{pre.preset}/{pre.channels}/{pre.size}",
     }
-    net.to(device)
-    if store is not None:
-        diffs = _compat(store.attrs, want)
-        if diffs:
-            raise SketchmineError(f"cannot resume {out}: it was mined with a different " + "; ".join(diffs)
-                                  + ". Use another --out for a new run")
+    team.check_same(want)
+    forward.to(device)
     first = _first_readable(ds)
-    spec, num_classes = _probe(net, names, first[None].to(device))
-    if store is None:
-        fields = _fields(net, tuple(first.shape[-2:]), progress) if first.ndim == 3 else {}
+    spec, num_classes = _probe(forward, names, first[None].to(device))
+
+    lock = RunLock(out)
+
+    def open_store() -> RunStore:
+        """Rank 0's store, locked: an existing run checked against this call, or a new one."""
+        if store is not None:
+            lock.acquire()  # then read the run afresh: a writer that held the lock may have moved it on
+            current = RunStore.open(out, mode="r+")
+            diffs = _compat(current.attrs, want)
+            if diffs:
+                raise SketchmineError(f"cannot resume {out}: it was mined with a different " + "; ".join(diffs)
+                                      + ". Use another --out for a new run")
+            # a crash can lose the newest writes: start before them (a complete run has no checkpoint left)
+            damaged = None if current.progress.get("complete") else current.resume_from_intact()
+            if damaged:
+                progress.note(damaged)
+            return current
+        fields = forward.fields(tuple(first.shape[-2:]), progress) if first.ndim == 3 else {}
         labels = ds.labels()
         attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
                  "model_spec": _model_spec(model, weights),
                  "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
                  "versions": _versions(), "bad_images": []}
-        store = RunStore.create(out, attrs, len(ds), ds.class_names, ds.path, labels)
-        store.declare_layers({l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
-                                       "receptive_field": fields.get(l.name, fields.get("*"))} for l in spec})
-    lock = RunLock(out)
-    lock.acquire()
+        created = RunStore.create(out, attrs, len(ds), ds.class_names, ds.path, labels,
+                                  row_chunk=batch_size * flush_every)  # a flush writes whole new chunks
+        created.declare_layers({l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
+                                         "receptive_field": fields.get(l.name, fields.get("*"))} for l in spec})
+        lock.acquire()
+        return created
+
     try:
-        return _mine_into(store, net, ds, spec, k, batch_size, device, num_workers, flush_every,
-                          skip_bad_images, progress, needs_labels=ds.labels() is None)
+        run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
+        return _mine_into(run_store, forward, ds, spec, k, batch_size, device, num_workers, flush_every,
+                          skip_bad_images, progress, needs_labels=ds.labels() is None, team=team)
     finally:
         lock.release()
 
 
-def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_Layer], k: int,
+def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_Layer], k: int,
                batch_size: int, device: torch.device, num_workers: int, flush_every: int,
-               skip_bad_images: bool, progress: Progress, needs_labels: bool) -> Run:
+               skip_bad_images: bool, progress: Progress, needs_labels: bool,
+               team: distributed.Solo | distributed.Group = distributed.SOLO) -> Run:
     n = len(ds)
     prog = store.progress
     if prog.get("complete"):
         progress.start(n, n)
-        return Run(store)
+        return team.result(store)
     states = {l.name: RunningTopK(l.channels, k, l.spatial, device) for l in spec}
     saved = store.read_checkpoint([l.name for l in spec])
-    done = int(prog.get("images_done", 0)) if saved is not None else 0
+    done = int(prog.get("images_done", 0)) if prog.get("slot") is not None else 0  # saved: rank 0 only
     if saved is not None:
         for name, state in saved.items():
             states[name].load_state_dict(state)
@@ -283,7 +362,7 @@ def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_La
                                device, resumed=saved is not None)
     bad: list[dict[str, Any]] = list(store.attrs.get("bad_images", []))
     converted: dict[str, int] = {}
-    loader = DataLoader(Subset(ds, range(done, n)), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(Subset(ds, team.shard(done, n, batch_size)), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate,
                         persistent_workers=False)
     progress.start(n, done)
@@ -297,7 +376,7 @@ def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_La
     pending = _Pending(done)
     batches = 0
     tapped = [l.name for l in spec]
-    with torch.inference_mode(), Taps(net, tapped, on_output), _plain_worker_errors():
+    with torch.inference_mode(), forward.open(tapped, on_output) as run_batch, _plain_worker_errors():
         for idx, x, y, notes in loader:
             ok = torch.ones(len(idx), dtype=torch.bool)
             for j, note in enumerate(notes):
@@ -323,21 +402,28 @@ def _mine_into(store: RunStore, net: nn.Module, ds: MinerDataset, spec: list[_La
                 if classes is not None:
                     current["labels"] = (y if whole else y[ok]).to(device, non_blocking=True)
                     classes.add_images(xb, current["labels"])
-                logits = _first_tensor(net(xb))
+                logits = run_batch(xb)
                 if SOFTMAX in states:
                     on_output(SOFTMAX, torch.softmax(logits.float(), dim=1))
             pending.logits.append((ok.numpy(), logits if logits is not None and logits.ndim == 2 else None))
             pending.labels.append(np.asarray(y, dtype=np.int64))
+            pending.index.append(idx.numpy())
             batches += 1
             progress.advance(len(idx))
-            if batches % flush_every == 0:
-                _flush(store, states, pending, needs_labels, bad, converted, classes)
+            if batches % flush_every == 0 and team.flush_due(batches):
+                merged, rows, merged_classes = team.gather(states, pending, bad, converted, classes)  # on rank 0
+                team.on_writer(lambda: _flush(store, merged, rows, needs_labels, bad, converted, merged_classes))
                 pending = _Pending(int(idx[-1]) + 1)
     # No checkpoint for the tail: a crash before the run is marked complete resumes from the
     # last periodic flush, so the final arrays are the only write here.
-    _write_rows(store, pending, needs_labels)
-    _finalize(store, states, n, bad, converted, classes)
-    return Run(store)
+    merged, rows, merged_classes = team.gather(states, pending, bad, converted, classes)
+
+    def finish() -> None:
+        _write_rows(store, rows, needs_labels)
+        _finalize(store, merged, n, bad, converted, merged_classes)
+
+    team.on_writer(finish)
+    return team.result(store)
 
 
 @contextlib.contextmanager

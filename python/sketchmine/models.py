@@ -16,6 +16,8 @@ from .errors import SketchmineError, closest
 
 def weights_hash(model: nn.Module) -> str:
     """sha256 over the names, shapes and bytes of every parameter and buffer."""
+    if not isinstance(model, nn.Module):  # an ONNX model hashes its initializers
+        return model.weights_hash()
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
@@ -27,6 +29,8 @@ def weights_hash(model: nn.Module) -> str:
 
 def input_channels(model: nn.Module, default: int = 3) -> int:
     """Channel count the model takes: in_channels of its first convolution."""
+    if not isinstance(model, nn.Module):  # an ONNX model reads it off its input
+        return model.input_channels(default)
     for m in model.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return m.in_channels
@@ -100,11 +104,10 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> Load
     """
     if isinstance(spec, nn.Module):
         return LoadedModel(spec.eval(), type(spec).__name__)
-    if str(spec).endswith(".onnx"):
-        raise SketchmineError(
-            f"{spec}: ONNX models are mined through the ONNX Runtime backend, which this version does not have yet; "
-            "export-free use: pass the torch model"
-        )
+    if str(spec).endswith(".onnx"):  # run by ONNX Runtime: `module` is an onnx_backend.OnnxModel
+        from .onnx_backend import load_onnx
+
+        return load_onnx(spec, weights)
     from . import zoo
 
     if spec in zoo.EMBEDDED:  # "demo", "demo-resnet", "demo-gru": the embedded trained models

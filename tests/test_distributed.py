@@ -1,0 +1,135 @@
+"""Mining with torch.distributed on the gloo backend (CPU): two processes give the store of one.
+
+Two launch paths, both real: `torchrun --nproc-per-node 2 -m sketchmine mine ...` on PNGs, and
+torch.multiprocessing.spawn of the API with a process group the caller initialised."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import zarr
+
+import sketchmine
+from sketchmine.data import ArrayDataset, export_image_folder
+from sketchmine.errors import SketchmineError
+from tests.helpers import store_arrays
+from tests.test_miner import _StopAfter
+
+# Float64 sums of the per-class statistics are added per rank, then across ranks: the same
+# numbers summed in another order, so equal to rounding only. Everything else is bit-identical.
+SUMMED = ("class_mean", "class_ink_density")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_same_store(got_path: Path, want_path: Path) -> None:
+    got, want = store_arrays(got_path), store_arrays(want_path)
+    assert set(got) == set(want)
+    for key in want:
+        if key.rsplit("/", 1)[-1] in SUMMED:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-15, err_msg=key)
+        else:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    a, b = zarr.open_group(str(got_path), mode="r"), zarr.open_group(str(want_path), mode="r")
+    assert a["eval"].attrs["accuracy"] == b["eval"].attrs["accuracy"]
+    for key in ("layer_names", "k", "dataset_fingerprint", "weights_sha256", "bad_images", "converted_images"):
+        assert a.attrs[key] == b.attrs[key], key
+    assert a.attrs["progress"]["complete"] and a.attrs["progress"]["images_done"] == b.attrs["progress"]["images_done"]
+
+
+def test_torchrun_two_processes_equal_one(tmp_path, demo_test_set):
+    """torchrun, 2 ranks on gloo, 122 PNGs (one batch short, one image unreadable, skipped),
+    a flush every 2 steps: the store equals a one-process run's, array for array."""
+    ds = demo_test_set
+    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:12] for c in range(10)])
+    folder = export_image_folder(ArrayDataset(ds.images[pick], ds.labels()[pick], ds.class_names,
+                                              ds.preprocessing, ds.describe()), tmp_path / "images")
+    (folder / "cat" / "zz_broken.png").write_bytes(b"not a png" * 10)
+    good = next((folder / "dog").glob("*.png"))
+    (folder / "dog" / "zz_extra.png").write_bytes(good.read_bytes())
+    args = ["mine", "--model", "demo", "--data", str(folder), "--batch-size", "8", "--flush-every", "2",
+            "--workers", "0", "--skip-bad-images"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's per-rank default: the same GEMM code paths
+    one = subprocess.run([sys.executable, "-m", "sketchmine", *args, "--out", str(tmp_path / "one.zarr")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "sketchmine", *args, "--out", str(tmp_path / "two.zarr")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr + two.stdout
+    assert two.stdout.count("122 images") == 1  # rank 0 reports, rank 1 says nothing
+    assert_same_store(tmp_path / "two.zarr", tmp_path / "one.zarr")
+    run = sketchmine.open_run(tmp_path / "two.zarr")
+    assert [b["path"] for b in run.attrs["bad_images"]] == ["cat/zz_broken.png"]
+    assert run.images_done == 122
+
+
+def _spawned(rank: int, port: int, out: str, shift: bool, result: str, k: int) -> None:
+    """One rank: a gloo group initialised here (as a user would), then sketchmine.mine."""
+    from sketchmine.data import ArrayDataset, animal_shape
+    from sketchmine.miner import _preprocessing
+    from sketchmine.models import load_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model = load_model("demo")
+        full = animal_shape("test", _preprocessing("auto", model, None))
+        keep = np.sort(np.concatenate([np.nonzero(full.labels() == c)[0][:30] for c in range(10)]))
+        if shift and rank == 1:
+            keep = keep + 1  # another set of images on this rank
+        ds = ArrayDataset(full.images[keep], full.labels()[keep], full.class_names, full.preprocessing,
+                          {**full.describe(), "subset": "0:300"})
+        try:
+            run = sketchmine.mine(model.module, ds, out=out, batch_size=32, flush_every=2, k=k)
+            Path(f"{result}.{rank}").write_text(f"ok {run.images_done} {run.path}")
+        except SketchmineError as exc:
+            Path(f"{result}.{rank}").write_text(f"error {exc}")
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(out: Path, shift: bool = False, k: int = 9) -> list[str]:
+    result = str(out.parent / "result")
+    torch.multiprocessing.spawn(_spawned, args=(free_port(), str(out), shift, result, k), nprocs=2, join=True)
+    return [Path(f"{result}.{r}").read_text() for r in range(2)]
+
+
+def test_ranks_with_different_datasets_are_refused(tmp_path):
+    said = spawn(tmp_path / "run.zarr", shift=True)
+    for text in said:  # every rank stops with the same message, before anything is written
+        assert text.startswith("error rank 1 sees a different dataset than rank 0 (dataset fingerprint"), text
+    assert not (tmp_path / "run.zarr").exists()
+
+
+def test_two_processes_resume_a_one_process_run(tmp_path, demo_model, small_test_set):
+    """A run interrupted in one process is finished by two (rank 0 loads the checkpoint, the
+    shards start at the committed image) and ends identical to an uninterrupted run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: bit-identical activations need the same GEMM code paths
+    try:
+        ref = sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "ref.zarr", batch_size=32)
+        out = tmp_path / "run.zarr"
+        with pytest.raises(KeyboardInterrupt):
+            sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2,
+                            progress=_StopAfter(100))
+    finally:
+        torch.set_num_threads(threads)
+    assert sketchmine.open_run(out).images_done == 64
+    said = spawn(out)
+    assert said == [f"ok 300 {out}", f"ok 300 {out}"]  # every rank returns the finished run
+    assert_same_store(out, ref.path)
+    said = spawn(out, k=5)  # rank 0's refusal to resume with other settings reaches rank 1
+    assert said[0].startswith(f"error cannot resume {out}: it was mined with a different k (run: 9, now: 5)")
+    assert said[1] == "error rank 0 stopped: " + said[0][len("error "):]

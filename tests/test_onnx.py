@@ -1,0 +1,170 @@
+"""The ONNX Runtime backend: the embedded demo model exported with torch.onnx.export, mined
+through ONNX Runtime and compared with the torch path on the real test images."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import sketchmine
+from sketchmine.data import ArrayDataset, export_image_folder, preset
+from sketchmine.errors import SketchmineError
+from tests.helpers import all_activations, brute_topk, store_arrays
+from tests.test_cli import assert_clean_error, sm
+from tests.test_miner import _StopAfter, assert_same_topk
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def export(model: torch.nn.Module, path, batch: int | None = None, dynamo: bool = False):
+    """The model as ONNX; batch=None gives a dynamic batch dimension."""
+    x = torch.zeros(batch or 2, 1, 28, 28)
+    kwargs = {}
+    if batch is None:
+        kwargs = ({"dynamic_shapes": {"x": {0: torch.export.Dim("N")}}} if dynamo
+                  else {"dynamic_axes": {"input": {0: "N"}, "logits": {0: "N"}}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=dynamo, input_names=["input"], output_names=["logits"],
+                          **kwargs)
+    return path
+
+
+def subset(ds: ArrayDataset, n: int) -> ArrayDataset:
+    return ArrayDataset(ds.images[:n], ds.labels()[:n], ds.class_names, ds.preprocessing,
+                        {**ds.describe(), "subset": f"0:{n}"})
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory, demo_model):
+    return export(demo_model.module, tmp_path_factory.mktemp("onnx") / "sketchnet.onnx")
+
+
+@pytest.fixture(scope="module")
+def torch_run(tmp_path_factory, demo_model, small_test_set):
+    return sketchmine.mine(demo_model.module, small_test_set, out=tmp_path_factory.mktemp("t") / "run.zarr",
+                           batch_size=50)
+
+
+@pytest.fixture(scope="module")
+def onnx_run(tmp_path_factory, onnx_path, small_test_set):
+    return sketchmine.mine(str(onnx_path), small_test_set, out=tmp_path_factory.mktemp("o") / "run.zarr",
+                           batch_size=50, flush_every=2)
+
+
+def test_onnx_mining_matches_torch(onnx_run, torch_run):
+    """Same layers (named by torch module), same top-k up to float rounding, same accuracy."""
+    assert onnx_run.complete and onnx_run.layers == torch_run.layers
+    for name in torch_run.layers:
+        assert_same_topk(onnx_run.topk(name), torch_run.topk(name), name, rtol=1e-4)
+        same_image = onnx_run.topk(name)[1] == torch_run.topk(name)[1]
+        np.testing.assert_array_equal(onnx_run.topk(name)[2][same_image], torch_run.topk(name)[2][same_image])
+    ev_o, ev_t = onnx_run.store.group["eval"], torch_run.store.group["eval"]
+    np.testing.assert_allclose(ev_o["logits"][...], ev_t["logits"][...], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(ev_o["predictions"][...], ev_t["predictions"][...])
+    assert onnx_run.accuracy() == torch_run.accuracy()
+    assert onnx_run.attrs["model"] == "onnx:sketchnet.onnx"
+    assert onnx_run.attrs["weights_sha256"] != torch_run.attrs["weights_sha256"]  # initializers, not a state_dict
+    layer = onnx_run.store.group["layers/features.0"].attrs
+    assert layer["kind"] == "conv" and layer["receptive_field"] is None
+    assert layer["onnx_tensor"] == "/features/features.0/Conv_output_0"
+    assert onnx_run.store.group["layers/classifier.1"].attrs["kind"] == "gemm"
+
+
+def test_layers_by_module_node_and_tensor_name(tmp_path, onnx_path, demo_model, small_test_set):
+    """A torch module (also a container), a node name and a tensor name tap what the torch
+    module hooks see: brute-force top-k over the same images."""
+    ds = subset(small_test_set, 80)
+    onnx_layers = ["features.6", "/features/features.7/Relu", "/classifier/classifier.4/Gemm_output_0", "features"]
+    torch_layers = ["features.6", "features.7", "classifier.4", "features"]
+    run = sketchmine.mine(str(onnx_path), ds, layers=onnx_layers, k=5, out=tmp_path / "r.zarr", batch_size=16)
+    assert run.layers == ["features.6", "|features|features.7|Relu", "|classifier|classifier.4|Gemm_output_0",
+                          "features"]
+    onnx_layers = run.layers  # "/" is written "|" in the store
+    assert run.layer_shape("features") == (64, 3, 3)
+    acts, _ = all_activations(demo_model.module, ds, torch_layers)
+    for o_name, t_name in zip(onnx_layers, torch_layers):
+        values, index, position = brute_topk(acts[t_name], 5)
+        assert_same_topk(run.topk(o_name), (values, index, None), o_name, rtol=1e-4)
+    relu, conv = run.topk("|features|features.7|Relu")[0], run.topk("features.6")[0]
+    np.testing.assert_allclose(relu[:, 0], np.maximum(conv[:, 0], 0), rtol=1e-6)  # the ReLU of that conv
+
+
+def test_fixed_batch_graph_is_run_in_chunks(tmp_path, demo_model, small_test_set):
+    """A graph exported with a fixed batch of 4 mines batches of 7 (padded chunks of 4)."""
+    path = export(demo_model.module, tmp_path / "fixed.onnx", batch=4)
+    ds = subset(small_test_set, 30)
+    run = sketchmine.mine(str(path), ds, out=tmp_path / "o.zarr", batch_size=7, k=4)
+    ref = sketchmine.mine(demo_model.module, ds, out=tmp_path / "t.zarr", batch_size=7, k=4)
+    for name in ref.layers:
+        assert_same_topk(run.topk(name), ref.topk(name), name, rtol=1e-4)
+    assert run.accuracy() == ref.accuracy()
+
+
+def test_onnx_resume_is_identical_to_uninterrupted(tmp_path, onnx_path, onnx_run, small_test_set):
+    out = tmp_path / "run.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(str(onnx_path), small_test_set, out=out, batch_size=50, flush_every=2,
+                        progress=_StopAfter(160))
+    assert sketchmine.open_run(out).images_done == 100
+    sketchmine.mine(str(onnx_path), small_test_set, out=out, batch_size=50, flush_every=2)
+    got, want = store_arrays(out), store_arrays(onnx_run.path)
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_dynamo_export_names_layers_by_module(tmp_path, demo_model, small_test_set):
+    """The new exporter names nodes node_conv2d; its name-scope metadata still gives torch names."""
+    pytest.importorskip("onnxscript")
+    path = export(demo_model.module, tmp_path / "dyn.onnx", dynamo=True)
+    ds = subset(small_test_set, 40)
+    run = sketchmine.mine(str(path), ds, out=tmp_path / "o.zarr", batch_size=20, k=3)
+    ref = sketchmine.mine(demo_model.module, ds, out=tmp_path / "t.zarr", batch_size=20, k=3)
+    assert run.layers == ref.layers
+    for name in ref.layers:
+        assert_same_topk(run.topk(name), ref.topk(name), name, rtol=1e-4)
+
+
+def test_bad_onnx_inputs(tmp_path, onnx_path, small_test_set):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"this is not an onnx model, just text" * 20)
+    with pytest.raises(SketchmineError, match=r"garbage\.onnx is not an ONNX model"):
+        sketchmine.mine(str(garbage), small_test_set, out=tmp_path / "a.zarr")
+    with pytest.raises(SketchmineError, match=r"ONNX model file .*missing\.onnx does not exist"):
+        sketchmine.mine(str(tmp_path / "missing.onnx"), small_test_set, out=tmp_path / "a.zarr")
+    with pytest.raises(SketchmineError, match=r"unknown layer 'features\.99' in sketchnet\.onnx.*"
+                                              r"closest matches: features\.9.*available by default: features\.0"):
+        sketchmine.mine(str(onnx_path), small_test_set, layers=["features.99"], out=tmp_path / "a.zarr")
+    with pytest.raises(SketchmineError, match=r"closest matches: /features/features\.0/Conv_output_0"):
+        sketchmine.mine(str(onnx_path), small_test_set, layers=["/features/features.0/Conv_output_7"],
+                        out=tmp_path / "a.zarr")
+    with pytest.raises(SketchmineError, match="carries its own weights"):
+        sketchmine.mine(str(onnx_path), small_test_set, weights=str(garbage), out=tmp_path / "a.zarr")
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_onnx_cli(tmp_path, onnx_path, demo_test_set):
+    """`sketchmine mine --model x.onnx` on PNGs equals the torch model on them; a non-ONNX
+    file is one clean error line."""
+    ds = demo_test_set
+    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:6] for c in range(10)])
+    folder = export_image_folder(ArrayDataset(ds.images[pick], ds.labels()[pick], ds.class_names, ds.preprocessing,
+                                              ds.describe()), tmp_path / "images")
+    out = tmp_path / "run.zarr"
+    proc = sm("mine", "--model", str(onnx_path), "--data", str(folder), "--out", str(out), "--batch-size", "16",
+              "--workers", "0", "--preprocessing", "imagenet")
+    assert proc.returncode == 0, proc.stderr
+    assert "features.0" in proc.stdout and "accuracy" in proc.stdout
+    run = sketchmine.open_run(out)
+    ref = sketchmine.mine("demo", folder, out=tmp_path / "ref.zarr", batch_size=16,
+                          preprocessing=preset("imagenet", 1, None))
+    for name in ref.layers:
+        assert_same_topk(run.topk(name), ref.topk(name), name, rtol=1e-4)
+    bad = tmp_path / "model.onnx"
+    bad.write_text("not onnx")
+    assert_clean_error(sm("mine", "--model", str(bad), "--data", str(folder), "--out", str(tmp_path / "r")),
+                       r"model\.onnx is not an ONNX model")
