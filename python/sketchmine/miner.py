@@ -263,9 +263,11 @@ def mine(
 ) -> Run:
     """Stream `dataset` through `model` once and keep the top-k images of every unit.
 
-    model: nn.Module, torchvision name, 'demo', or checkpoint path. dataset: torch Dataset of
-    (image, label), an ImageFolder directory, or a sketchmine dataset. layers: qualified module
-    names (None = every conv, linear and softmax). Re-running on an unfinished `out` resumes.
+    model: nn.Module, torchvision name, 'demo', checkpoint path, or .onnx file (ONNX Runtime).
+    dataset: torch Dataset of (image, label), an ImageFolder directory, or a sketchmine dataset.
+    layers: qualified module names (None = every conv, linear and softmax). Re-running on an
+    unfinished `out` resumes. Under torch.distributed (or torchrun) each rank mines a shard and
+    rank 0 writes the store (see distributed.py).
     """
     if k < 1:
         raise SketchmineError(f"k must be at least 1, got {k}")
