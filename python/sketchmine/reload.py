@@ -67,6 +67,13 @@ def run_dataset(run: Run, data: Any = None) -> MinerDataset:
                                   "pass --data DIR (data=) if the images moved")
         samples = list(zip((str(p) for p in run.paths), (int(l) for l in run.labels)))
         return ImageFolderDataset.from_samples(root, samples, run.class_names, pre)
+    if desc.get("sequence"):  # progressive drawings over the embedded data
+        from .sequences import reopen
+
+        seq = reopen(desc, pre)
+        if seq is not None:
+            _check_fingerprint(run, seq)
+            return seq
     if kind == "embedded" and "subset" not in desc:
         ds = animal_shape(desc.get("split", "test"), pre)
         _check_fingerprint(run, ds)
