@@ -136,7 +136,10 @@ class Deconvolver:
         top = field.offset[0] + pos[:, 0] * jy
         left = field.offset[1] + pos[:, 1] * jx
         sy, sx = (top.clamp_min(0) // jy) * jy, (left.clamp_min(0) // jx) * jx
-        ey, ex = (top + field.size[0]).clamp_max(h), (left + field.size[1]).clamp_max(w)
+        # one window size for every interior unit (box + alignment slack), so they batch together;
+        # only windows cut by the image's far border differ
+        ey = (sy + field.size[0] + jy - 1).clamp_max(h)
+        ex = (sx + field.size[1] + jx - 1).clamp_max(w)
         out = images.new_zeros((len(pos), images.shape[1], *field.size), dtype=torch.float32)
         channels = torch.as_tensor(channels).long()
         shapes = torch.stack([ey - sy, ex - sx], dim=1)
@@ -146,10 +149,12 @@ class Deconvolver:
             windows = crop_patches(images, image_index[group.to(image_index.device)], corners, *shape)
             local = torch.stack([pos[group, 0] - sy[group] // jy, pos[group, 1] - sx[group] // jx], dim=1)
             signal = self(windows, layer, channels[group], local)
-            for j, n in enumerate(group.tolist()):  # the window may start before the box (alignment)
+            for j, n in enumerate(group.tolist()):  # the window may start before and end after the box
                 ay, ax = int(max(top[n] - sy[n], 0)), int(max(left[n] - sx[n], 0))
                 by, bx = int(sy[n] + ay - top[n]), int(sx[n] + ax - left[n])
-                out[n, :, by:by + shape[0] - ay, bx:bx + shape[1] - ax] = signal[j, :, ay:, ax:]
+                hh = min(shape[0] - ay, field.size[0] - by)
+                ww = min(shape[1] - ax, field.size[1] - bx)
+                out[n, :, by:by + hh, bx:bx + ww] = signal[j, :, ay:ay + hh, ax:ax + ww]
         return out
 
     def _softmax(self, images: torch.Tensor, channels) -> torch.Tensor:

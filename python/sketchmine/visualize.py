@@ -97,12 +97,13 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     try:
         block = max(1, batch_size // run.k)
         todo = {p.name: _prepare(store, p, run.k, method, block, redo) for p in plans}
+        cache: dict[int, torch.Tensor] = {}  # decoded images, shared by all layers
         limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
         progress.start(sum(limit.values()), sum(min(done, limit[n]) for n, (done, _) in todo.items()))
         for p in plans:
             done, layer_block = todo[p.name]
             _visualize_layer(store, run, p, done, layer_block, limit[p.name], ds, pre, deconv, batch_size, device,
-                             progress)
+                             progress, cache)
     finally:
         lock.release()
     return open_run(run.path)
@@ -168,12 +169,12 @@ def _channels(store: RunStore) -> int:
 
 def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, limit: int, ds: MinerDataset,
                      pre: Preprocessing | None, deconv: Deconvolver, batch_size: int, device: torch.device,
-                     progress: Progress) -> None:
+                     progress: Progress, cache: dict[int, torch.Tensor]) -> None:
     g = store.group[f"layers/{p.name}"]
     _, index, yx = run.topk(p.name)
     for u0 in range(done, limit, block):  # done is a block boundary (or the end)
         u1 = min(u0 + block, p.channels)
-        out = _block(p, index[u0:u1], yx[u0:u1], u0, ds, pre, deconv, batch_size, device)
+        out = _block(p, index[u0:u1], yx[u0:u1], u0, ds, pre, deconv, batch_size, device, cache)
         try:
             for key in ARRAYS:
                 g[key][u0:u1] = out[key]
@@ -187,14 +188,15 @@ def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int,
 
 
 def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDataset, pre: Preprocessing | None,
-           deconv: Deconvolver, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+           deconv: Deconvolver, batch_size: int, device: torch.device,
+           cache: dict[int, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
     """Patches, deconvolutions and boxes of units [u0, u0 + len(index))."""
     units, k = index.shape
     filled = index >= 0
     unit_of, slot_of = np.nonzero(filled)
     images = index[filled]
     uniq, inverse = np.unique(images, return_inverse=True)
-    x = _load(ds, uniq.tolist()).to(device)
+    x = _load(ds, uniq.tolist(), cache).to(device)
     corners = _corners(p, yx[filled]) if len(images) else np.zeros((0, 2), dtype=np.int64)
     corners_t = torch.from_numpy(corners).to(device)
     inv = torch.from_numpy(inverse.astype(np.int64)).to(device)
@@ -230,13 +232,22 @@ def _corners(p: _Plan, yx: np.ndarray) -> np.ndarray:
     return (np.asarray(p.offset) + yx.astype(np.int64) * np.asarray(p.stride)).astype(np.int64)
 
 
-def _load(ds: MinerDataset, indices: list[int]) -> torch.Tensor:
+_CACHE_IMAGES = 4096  # decoded inputs kept across blocks: a unit's top images recur in many units
+
+
+def _load(ds: MinerDataset, indices: list[int], cache: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """The model inputs of the given images, stacked; an unreadable file is an error naming it."""
     xs = []
     for i in indices:
-        _, x, _, note = ds[i]
-        if note.startswith("error:"):
-            raise SketchmineError(f"cannot read image {ds.path(i)}: {note[6:]}")
+        x = cache.get(i) if cache is not None else None
+        if x is None:
+            _, x, _, note = ds[i]
+            if note.startswith("error:"):
+                raise SketchmineError(f"cannot read image {ds.path(i)}: {note[6:]}")
+            if cache is not None:
+                if len(cache) >= _CACHE_IMAGES:
+                    cache.pop(next(iter(cache)))
+                cache[i] = x
         xs.append(x)
     return torch.stack(xs) if xs else torch.zeros(0)
 
