@@ -150,3 +150,117 @@ def test_report_cli_and_partial_run(tmp_path, folder):
     assert "PARTIAL run: 16 of 36 images" in text
     summary = sm("summary", str(out))
     assert summary.returncode == 0 and "PARTIAL" in summary.stdout
+
+
+# ---- branched and recurrent models, unit importance (issue 8) ------------------------------
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory, folder):
+    """The trained demo-resnet over the 36 real images, a residual-block output tapped, and
+    ablation importance of that block's units."""
+    run = sketchmine.mine("demo-resnet", folder, out=tmp_path_factory.mktemp("rn") / "rn.zarr", batch_size=36,
+                          layers=["layer2.0", "fc"])
+    sketchmine.unit_importance(run, "layer2.0")
+    return sketchmine.open_run(run.path)
+
+
+@pytest.fixture(scope="module")
+def gru_run(tmp_path_factory):
+    """The trained demo-gru over progressive drawings of 40 real test images (a subset, so the
+    store cannot reopen it: the dataset is passed to the report), with GRU unit importance."""
+    from sketchmine.data import animal_shape
+    from sketchmine.miner import _preprocessing
+    from sketchmine.models import load_model
+    from sketchmine.sequences import SequenceDataset
+
+    base = animal_shape("test", _preprocessing("auto", load_model("demo-gru"), None))
+    keep = np.sort(np.concatenate([np.nonzero(base.labels() == c)[0][:4] for c in range(10)]))
+    sub = ArrayDataset(base.images[keep], base.labels()[keep], base.class_names, base.preprocessing,
+                       {**base.describe(), "subset": len(keep)})
+    ds = SequenceDataset(sub, 8)
+    run = sketchmine.mine("demo-gru", ds, out=tmp_path_factory.mktemp("gru") / "gru.zarr", batch_size=40,
+                          layers=["features.6", "gru", "classifier"])
+    sketchmine.unit_importance(run, "gru", dataset=ds)
+    return sketchmine.open_run(run.path), ds
+
+
+def _sorted_units(page) -> list[float]:
+    return page.evaluate("""() => [...document.querySelectorAll('#importance tbody tr')]
+        .map(r => r.cells[0].textContent)""")
+
+
+def _column(page, col: int) -> list[float]:
+    return page.evaluate(f"""() => [...document.querySelectorAll('#importance tbody tr')]
+        .map(r => parseFloat(r.cells[{col}].getAttribute('data-v')))""")
+
+
+def test_report_resnet_block_and_importance_in_chromium(tmp_path, resnet_run, browser):
+    run = resnet_run
+    df = run.unit_importance("layer2.0")
+    index = write_report(run, tmp_path / "rep")
+    assert (tmp_path / "rep" / "importance" / "00-layer2.0.png").stat().st_size > 3000
+    page, problems = _open(browser, index.as_uri())
+    page.wait_for_load_state("load")
+    page.click('a[href="layers/00-layer2.0.html"]')
+    page.wait_for_selector(".card")
+    assert len(page.query_selector_all(".card")) == min(PAGE_SIZE, run.layer_shape("layer2.0")[0])
+    page.wait_for_function("() => [...document.images].every(i => i.complete)")
+    total, ok = _images_ok(page)
+    assert total > PAGE_SIZE and ok == total  # whole images (no patches) and the importance plot
+    assert NASTY[0] in page.inner_text("#cards") and page.query_selector("#cards b") is None
+    assert "importance rank" in page.inner_text("#cards")
+    # the table: most important first as written; sorting by a header click, both ways
+    units = [int(u) for u in _sorted_units(page)]
+    assert units == df["unit"].tolist()
+    page.click("#importance th:nth-child(1)")
+    assert [int(u) for u in _sorted_units(page)] == sorted(units)
+    page.click("#importance th:nth-child(3)")
+    acc = _column(page, 2)
+    assert acc == sorted(acc, reverse=True)
+    page.click("#importance th:nth-child(3)")
+    assert _column(page, 2) == sorted(acc)
+    page.click("#importance th:nth-child(4)")
+    got = [v for v in _column(page, 3) if not np.isnan(v)]
+    assert got == sorted(got, reverse=True)
+    assert page.get_attribute("#importance", "data-sorted") == "3-"
+    assert problems == []
+
+
+def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser):
+    run, ds = gru_run
+    index = write_report(run, tmp_path / "rep", dataset=ds)
+    payload = (tmp_path / "rep" / "data" / "01-gru" / "page_0000.js").read_text()
+    units = json.loads(payload[payload.index("["):payload.rindex("]") + 1])
+    values, image_index, yx = run.topk("gru")
+    for u in (0, 17):
+        for ent in units[u]["entries"]:
+            r = ent["rank"]
+            assert ent["index"] == image_index[u, r] and ent["t"] == yx[u, r, 1] and ent["steps"] == 8
+            assert ent["image"].endswith(f"{ent['index']}_t{ent['t']}.png")
+            # the trace is the unit's activation at every step; at the entry's step it is the top-k value
+            assert len(ent["trace"]) == 8
+            assert ent["trace"][ent["t"]] == pytest.approx(values[u, r], abs=1e-4)
+            assert max(ent["trace"]) == pytest.approx(values[u, 0] if r == 0 else max(ent["trace"]), abs=1e-4)
+    # a drawing at an early step has less ink than the finished sketch
+    early = next(e for u in units for e in u["entries"] if e["t"] < 4)
+    with Image.open(tmp_path / "rep" / "img" / "images" / Path(early["image"]).name) as im:
+        part = np.asarray(im.convert("L")).astype(float)
+    full = ds.base.images[early["index"]]
+    assert (part > 127).sum() < (full > 127).sum()
+    page, problems = _open(browser, (tmp_path / "rep" / "layers" / "01-gru.html").as_uri())
+    page.wait_for_selector(".card")
+    page.wait_for_function("() => [...document.images].every(i => i.complete)")
+    total, ok = _images_ok(page)
+    assert total >= 64 * 9 and ok == total
+    cards = page.inner_text("#cards")
+    assert "t=" in cards and " of 8" in cards and "activation over time" in cards
+    assert len(page.query_selector_all("#cards svg.trace")) == sum(len(u["entries"]) for u in units)
+    assert page.query_selector("#importance") is not None
+    page.click("#importance th:nth-child(2)")
+    drops = _column(page, 1)
+    assert drops == sorted(drops) or drops == sorted(drops, reverse=True)
+    # a time-distributed conv: steps marked from y // frame height
+    page2, problems2 = _open(browser, (tmp_path / "rep" / "layers" / "00-features.6.html").as_uri())
+    page2.wait_for_selector(".card")
+    assert " of 8" in page2.inner_text("#cards")
+    assert problems == [] and problems2 == []

@@ -79,33 +79,100 @@ def _strip(tiles: np.ndarray) -> np.ndarray:
 class _Images:
     """Whole top-k images from the run's dataset (only when there are no patches)."""
 
-    def __init__(self, run: Run, out: Path) -> None:
+    def __init__(self, run: Run, out: Path, dataset=None) -> None:
         self.dir = out / "img" / "images"
-        self.written: set[int] = set()
+        self.written: set[tuple[int, int | None]] = set()
         self.ds = self.pre = None
         self.reason = ""
         try:
             from .reload import run_dataset, run_preprocessing
 
-            self.ds, self.pre = run_dataset(run), run_preprocessing(run)
+            self.ds, self.pre = run_dataset(run, dataset), run_preprocessing(run)
         except (SketchmineError, ImportError, OSError) as exc:
             self.reason = str(exc)
 
-    def url(self, index: int) -> str | None:
+    def url(self, index: int, step: int | None = None) -> str | None:
+        """The image's PNG; for a sequence sample (T, C, H, W), the drawing at `step` (the
+        last one when step is None)."""
         if self.ds is None:
             return None
-        if index not in self.written:
+        key = (index, step)
+        name = f"{index}.png" if step is None else f"{index}_t{step}.png"
+        if key not in self.written:
             _, x, _, note = self.ds[index]
             if note.startswith("error:"):
                 return None
             x = x.float()
+            if x.ndim == 4:  # a progressive drawing: one frame
+                x = x[-1 if step is None else min(max(step, 0), x.shape[0] - 1)]
             if self.pre is not None and self.pre.mean:
                 x = x * torch_tensor(self.pre.std) + torch_tensor(self.pre.mean)
             arr = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
             self.dir.mkdir(parents=True, exist_ok=True)
-            _save_png(arr, self.dir / f"{index}.png")
-            self.written.add(index)
-        return f"../img/images/{index}.png"
+            _save_png(arr, self.dir / name)
+            self.written.add(key)
+        return f"../img/images/{name}"
+
+
+def _steps(attrs: dict, yx: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(step (C, k) 0-based, steps T) of each top-k entry when the layer's position is time
+    (recurrent outputs, per-step linears, time-distributed CNNs); None otherwise."""
+    pos, shape = attrs.get("position"), list(attrs.get("shape") or [])
+    if pos in ("time", "sequence") and len(shape) == 2:
+        return yx[..., 1].astype(np.int64), int(shape[1])
+    if pos == "time-stacked" and attrs.get("time_steps"):
+        frame, steps = list(attrs.get("frame") or []), int(attrs["time_steps"])
+        if len(frame) == 2:
+            return yx[..., 0].astype(np.int64) // max(1, int(frame[0])), steps
+        if len(frame) == 1:
+            return yx[..., 1].astype(np.int64) // max(1, int(frame[0])), steps
+        return yx[..., 1].astype(np.int64), steps
+    return None
+
+
+MAX_TRACE_IMAGES = 4000
+"""Activation-over-time traces are computed (one forward pass over the layer's top-k images)
+only when the layer's top-k hold at most this many distinct images."""
+
+
+def _traces(run: Run, name: str, attrs: dict, images: list[int], ds, batch: int = 64) -> dict[int, np.ndarray]:
+    """Per image, the layer's activation per unit and step (units, T): the maximum over the
+    frame's positions for time-distributed layers. One forward pass over `images` only."""
+    import torch
+
+    from .reload import run_model
+    from .taps import Taps
+
+    loaded = run_model(run)
+    net = loaded.module
+    if not isinstance(net, torch.nn.Module):
+        raise SketchmineError("activation over time needs the torch model")
+    net.eval()
+    got: list[torch.Tensor] = []
+
+    def keep(layer: str, t: torch.Tensor) -> None:
+        t = t.detach().float()
+        if attrs.get("position") == "time-stacked" and t.ndim > 3:
+            n, c = t.shape[:2]
+            t = t.reshape(n, c, int(attrs["time_steps"]), -1).amax(-1)
+        elif attrs.get("position") == "time-stacked" and t.ndim == 3 and attrs.get("frame"):
+            n, c = t.shape[:2]
+            t = t.reshape(n, c, int(attrs["time_steps"]), -1).amax(-1)
+        got.append(t.clone())
+
+    out: dict[int, np.ndarray] = {}
+    with torch.no_grad(), Taps(net, [name], keep):
+        for b in range(0, len(images), batch):
+            chunk = images[b:b + batch]
+            x = torch.stack([ds[i][1].float() for i in chunk])
+            got.clear()
+            net(x)
+            if len(got) != 1:
+                raise SketchmineError(f"layer {name!r} was not called exactly once")
+            arr = got[0].numpy()
+            for j, i in enumerate(chunk):
+                out[i] = arr[j]
+    return out
 
 
 def torch_tensor(v) -> "object":
@@ -117,19 +184,41 @@ def torch_tensor(v) -> "object":
 def _layer_data(run: Run, name: str, lid: str, out: Path, images: _Images | None) -> tuple[int, str]:
     """Write the layer's page scripts and image strips; returns (pages, note on pictures)."""
     g = run.store.group[f"layers/{name}"]
-    values, index, _ = run.topk(name)
+    values, index, yx = run.topk(name)
     labels, names, paths = run.labels, run.class_names, run.paths
     acc = analysis._accuracy(run).to_numpy()
     vis = dict(g.attrs.get("visualized") or {})
     has_patches = "patches" in g
     done = int(vis.get("units_done", index.shape[0])) if has_patches else 0
     note = ""
-    if not has_patches:
+    if not has_patches and g.attrs.get("position") in ("time", "sequence"):
+        note = "whole drawings at the entry's step: a recurrent or per-step unit has no image patch"
+        if images is not None and images.ds is None:
+            note += f" (drawings unavailable: {images.reason})"
+    elif not has_patches:
         note = f"run `sketchmine visualize {run.path}` to add patches and deconvolutions"
         if images is not None and images.ds is None:
             note += f" (whole images unavailable: {images.reason})"
     elif done < index.shape[0]:
         note = f"patches for units 0..{done - 1} only: the visualize pass is unfinished"
+    attrs = dict(g.attrs)
+    steps = _steps(attrs, yx)
+    traces: dict[int, np.ndarray] = {}
+    if steps is not None:
+        uniq = sorted({int(i) for i in np.unique(index) if i >= 0})
+        why = ""
+        if images is None or images.ds is None:
+            why = "the run's dataset cannot be reopened" + (f" ({images.reason})" if images is not None and images.reason else "")
+        elif len(uniq) > MAX_TRACE_IMAGES:
+            why = f"the top-k hold {len(uniq)} images (more than {MAX_TRACE_IMAGES})"
+        else:
+            try:
+                traces = _traces(run, name, attrs, uniq, images.ds)
+            except (SketchmineError, ImportError, OSError, RuntimeError) as exc:
+                why = str(exc)
+        if why:
+            note = (note + "; " if note else "") + f"activation over time not shown: {why}"
+    importance = _importance(run, name)
     img_dir, data_dir = out / "img" / lid, out / "data" / lid
     img_dir.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -149,10 +238,17 @@ def _layer_data(run: Run, name: str, lid: str, out: Path, images: _Images | None
                 ent = {"rank": int(r), "index": i, "value": float(values[u, r]), "path": str(paths[i]),
                        "cls": names[lab] if lab >= 0 else None,
                        "acc": None if lab < 0 or not len(acc) or np.isnan(acc[lab]) else float(acc[lab])}
+                if steps is not None:
+                    t = int(steps[0][u, r])
+                    ent.update({"t": t, "steps": steps[1]})
+                    if i in traces:
+                        ent["trace"] = [round(float(v), 5) for v in traces[i][u]]
                 if patches is None and images is not None:
-                    ent["image"] = images.url(i)
+                    ent["image"] = images.url(i, ent.get("t"))
                 entries.append(ent)
             unit = {"unit": u, "max": float(values[u, 0]) if ok[0] else None, "entries": entries}
+            if importance is not None and u in importance:
+                unit["importance"] = importance[u]
             if patches is not None and u < done and entries:
                 h, w = patches.shape[2:4]
                 scale = min(1.0, THUMB / h)
@@ -165,6 +261,54 @@ def _layer_data(run: Run, name: str, lid: str, out: Path, images: _Images | None
             units.append(unit)
         (data_dir / f"page_{p:04d}.js").write_text(f"sketchmineReport.page({p}, {_js(units)});\n")
     return pages, note
+
+
+IMPORTANCE_COLUMNS = [("unit", "unit"), ("prob_drop", "prob. drop"), ("acc_drop", "accuracy drop (pt)"),
+                      ("mean_act_correct", "mean act. correct"), ("mean_act_wrong", "mean act. wrong")]
+
+
+def _importance(run: Run, name: str) -> dict[int, dict] | None:
+    """unit → its importance row, when `layers/<name>/importance` exists."""
+    if "importance" not in run.store.group[f"layers/{name}"]:
+        return None
+    df = run.unit_importance(name)
+    return {int(r["unit"]): {"rank": int(k) + 1, "prob_drop": _num(r["prob_drop"]), "acc_drop": _num(r["acc_drop"])}
+            for k, r in df.iterrows()}
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return None if np.isnan(v) or np.isinf(v) else v
+
+
+def _importance_section(run: Run, name: str, lid: str) -> str:
+    """The sortable per-unit importance table (sorted by report.js) and the plot."""
+    df = run.unit_importance(name)
+    a = df.attrs
+    head = "".join(f'<th data-col="{i}" data-type="{"num"}" title="click to sort">{e(label)}</th>'
+                   for i, (_, label) in enumerate(IMPORTANCE_COLUMNS))
+    rows = []
+    for _, r in df.iterrows():
+        u = int(r["unit"])
+        cells = [f'<td class="num" data-v="{u}"><a href="#page={u // PAGE_SIZE + 1}">{u}</a></td>']
+        for col, _ in IMPORTANCE_COLUMNS[1:]:
+            v = float(r[col])
+            shown = "-" if np.isnan(v) else (f"{v * 100:.2f}" if col == "acc_drop" else f"{v:.4g}")
+            cells.append(f'<td class="num" data-v="{"" if np.isnan(v) else repr(v)}">{e(shown)}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    info = []
+    if a.get("images") is not None:
+        info.append(f"{int(a['images'])} images")
+    if a.get("base_accuracy") is not None:
+        info.append(f"accuracy {float(a['base_accuracy']) * 100:.2f}% with no unit ablated")
+    if a.get("method"):
+        info.append(f"method {a['method']}")
+    return ("<h2>Which units matter for the label</h2>"
+            f"<p>Each unit zeroed in turn; drop of the correct class's probability and of accuracy "
+            f"({e('; '.join(info))}). Click a column header to sort; a unit number opens its card's page.</p>"
+            f'<img class="plot" src="../importance/{e(lid)}.png" alt="most important units">'
+            f'<div class="scroll"><table id="importance" class="sortable"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
 def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: bool) -> str:
@@ -191,6 +335,12 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                      f"maxima; class selectivity index (Morcos et al. 2018): median {np.nanmedian(si) if si.notna().any() else float('nan'):.3f} "
                      f"over {int(si.notna().sum())} units</p>"
                      + _table(["class", "preference", "units preferring", "accuracy %"], rows, {1, 2, 3}))
+    if "importance" in g:
+        parts.append(_importance_section(run, name, lid))
+    if g.attrs.get("position") == "time" or g.attrs.get("time_steps"):
+        parts.append(f"<p>Position is time ({e(str(g.attrs.get('tapped') or g.attrs.get('position')))}): each top-k "
+                     "entry is an (image, step) pair; cards show the drawing at the step where the unit peaked "
+                     "(t counted from 1) and the unit's activation over all steps of that sequence.</p>")
     parts.append("<h2>Units</h2>")
     if note:
         parts.append(f'<p class="note" id="pictures-note">{e(note)}</p>')
@@ -245,16 +395,19 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float) -> str:
     return _page("sketchmine report", "\n".join(parts))
 
 
-def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: bool = True) -> Path:
+def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: bool = True,
+                 dataset=None) -> Path:
     """Write the report folder; returns the path of index.html.
 
     images: when the run has no patches yet, show the whole top-k images read from the run's
-    dataset (if it can be reopened)."""
+    dataset (if it can be reopened; `dataset` gives it when the store cannot, e.g. a subset).
+    Layers whose position is time get the drawing at each entry's step and the activation
+    over time; layers with stored unit importance a sortable table and plot."""
     t0 = time.perf_counter()
     run = run if isinstance(run, Run) else open_run(run)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for sub in ("layers", "data", "img", "hist"):
+    for sub in ("layers", "data", "img", "hist", "importance"):
         shutil.rmtree(out / sub, ignore_errors=True)
     (out / "assets").mkdir(exist_ok=True)
     for name in ("report.css", "report.js"):
@@ -267,8 +420,14 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
         plots.summary_plot(run, out / "summary")
     if stats:
         plots.ink_plot(run, out / "ink")
-    whole = _Images(run, out) if images else None
+    whole = _Images(run, out, dataset) if images else None
     for name, lid in ids.items():
+        if "importance" in run.store.group[f"layers/{name}"]:
+            from .importance import plot_importance
+            import matplotlib.pyplot as plt
+
+            (out / "importance").mkdir(exist_ok=True)
+            plt.close(plot_importance(run, [name], 10, out / "importance" / f"{lid}.png"))
         if labelled:
             plots.histogram_plot(run, name, out / "hist" / lid, formats=("png",))
         pages, note = _layer_data(run, name, lid, out, whole)

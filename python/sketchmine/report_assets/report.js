@@ -41,11 +41,48 @@
 
   function fmtAcc(a) { return a === null ? "-" : (a * 100).toFixed(2); }
 
+  var SVG = "http://www.w3.org/2000/svg";
+  function svgEl(tag, attrs) {
+    var e = document.createElementNS(SVG, tag);
+    for (var k in attrs) { if (Object.prototype.hasOwnProperty.call(attrs, k)) { e.setAttribute(k, String(attrs[k])); } }
+    return e;
+  }
+
+  function trace(values, t) {
+    // the unit's activation at every step of one sequence, 64 x 36 px, the entry's step marked
+    var w = 64, h = 36, pad = 3;
+    var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values);
+    if (!(hi > lo)) { hi = lo + 1; }
+    var n = values.length;
+    function px(i) { return n > 1 ? pad + i * (w - 2 * pad) / (n - 1) : w / 2; }
+    function py(v) { return h - pad - (v - lo) * (h - 2 * pad) / (hi - lo); }
+    var s = svgEl("svg", { width: w, height: h, viewBox: "0 0 " + w + " " + h, "class": "trace" });
+    var pts = [];
+    for (var i = 0; i < n; i++) { pts.push(px(i).toFixed(1) + "," + py(values[i]).toFixed(1)); }
+    s.appendChild(svgEl("polyline", { points: pts.join(" "), fill: "none", stroke: "#4c72b0", "stroke-width": 1.5 }));
+    if (t >= 0 && t < n) {
+      s.appendChild(svgEl("line", { x1: px(t), x2: px(t), y1: 0, y2: h, stroke: "#d62728", "stroke-width": 1, "stroke-dasharray": "2,2" }));
+      s.appendChild(svgEl("circle", { cx: px(t), cy: py(values[t]), r: 2.5, fill: "#d62728" }));
+    }
+    var title = document.createElementNS(SVG, "title");
+    title.textContent = "activation over " + n + " steps, min " + lo.toPrecision(3) + ", max " + hi.toPrecision(3);
+    s.appendChild(title);
+    var box = el("div", "tile trace-tile");
+    box.appendChild(s);
+    return box;
+  }
+
   function card(u) {
     var c = el("div", "card");
     c.id = "unit-" + u.unit;
     c.appendChild(el("h3", null, "unit " + u.unit + " \u00b7 max " + (u.max === null ? "-" : u.max.toPrecision(5))));
     var n = u.entries.length;
+    if (u.importance) {
+      var im = u.importance;
+      c.appendChild(el("div", "imp", "importance rank " + im.rank + ": prob. drop " +
+        (im.prob_drop === null ? "-" : im.prob_drop.toPrecision(3)) + ", accuracy drop " +
+        (im.acc_drop === null ? "-" : (im.acc_drop * 100).toFixed(2)) + " pt"));
+    }
     function strip(label, src, w, h, per) {
       var r = el("div", "row");
       r.appendChild(el("div", "label", label));
@@ -57,7 +94,25 @@
     }
     if (u.patches) { strip("patches", u.patches, u.w, u.h, false); }
     if (u.deconv) { strip("deconv", u.deconv, u.w, u.h, false); }
-    if (!u.patches && n && u.entries[0].image) { strip("images", null, 0, 0, true); }
+    if (!u.patches && n && u.entries[0].image) {
+      strip(u.entries[0].t === undefined ? "images" : "drawing at step", null, 0, 0, true);
+    }
+    if (n && u.entries[0].t !== undefined) {
+      var steps = el("div", "row");
+      steps.appendChild(el("div", "label", "step"));
+      for (var j = 0; j < n; j++) {
+        steps.appendChild(el("div", "cap step", "t=" + (u.entries[j].t + 1) + " of " + u.entries[j].steps));
+      }
+      c.appendChild(steps);
+      if (u.entries[0].trace) {
+        var tr = el("div", "row");
+        tr.appendChild(el("div", "label", "activation over time"));
+        for (var q = 0; q < n; q++) {
+          tr.appendChild(u.entries[q].trace ? trace(u.entries[q].trace, u.entries[q].t) : el("div", "tile"));
+        }
+        c.appendChild(tr);
+      }
+    }
     var caps = el("div", "row");
     caps.appendChild(el("div", "label", "class / acc % / value"));
     var perf = [];
@@ -106,7 +161,39 @@
     return m ? parseInt(m[1], 10) - 1 : 0;
   }
 
+  function sortable(table) {
+    // click a header: sort the rows by that column (numbers in data-v; empty = NaN, last);
+    // a second click reverses. Rows are moved, never rebuilt from strings.
+    var heads = table.tHead.rows[0].cells;
+    var state = { col: -1, dir: 1 };
+    function key(row, col) {
+      var v = row.cells[col].getAttribute("data-v");
+      return v === null || v === "" ? NaN : parseFloat(v);
+    }
+    function sortBy(col) {
+      state.dir = state.col === col ? -state.dir : (col === 0 ? 1 : -1);
+      state.col = col;
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = key(a, col), y = key(b, col);
+        if (isNaN(x) || isNaN(y)) { return isNaN(x) === isNaN(y) ? 0 : (isNaN(x) ? 1 : -1); }
+        return x === y ? key(a, 0) - key(b, 0) : (x - y) * state.dir;
+      });
+      for (var i = 0; i < rows.length; i++) { body.appendChild(rows[i]); }
+      for (var h = 0; h < heads.length; h++) {
+        heads[h].setAttribute("aria-sort", h === col ? (state.dir > 0 ? "ascending" : "descending") : "none");
+      }
+      table.setAttribute("data-sorted", col + (state.dir > 0 ? "+" : "-"));
+    }
+    for (var i = 0; i < heads.length; i++) {
+      (function (col) { heads[col].addEventListener("click", function () { sortBy(col); }); })(i);
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var tables = document.querySelectorAll("table.sortable");
+    for (var t = 0; t < tables.length; t++) { sortable(tables[t]); }
     var prev = document.getElementById("prev"), next = document.getElementById("next");
     if (prev) { prev.addEventListener("click", function () { show(current - 1); }); }
     if (next) { next.addEventListener("click", function () { show(current + 1); }); }
