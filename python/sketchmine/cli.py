@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--image-size", type=int, help="resize images to S×S (default: keep their size)")
     m.add_argument("--flush-every", type=int, default=50, help="checkpoint every N batches")
     m.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and record them")
+    m.add_argument("--no-logits", action="store_true",
+                   help="stop each forward pass after the deepest mined layer (no predictions or accuracy)")
+    m.add_argument("--channels-last", action="store_true", help="model and batches in channels-last memory format")
+    m.add_argument("--autocast", choices=["bf16", "fp16"], help="run the forward pass under torch.autocast")
     v = sub.add_parser("visualize", help="crop each top-k entry's receptive field and its deconvolution into RUN")
     v.add_argument("run")
     v.add_argument("--layers", nargs="+", help="layers to visualize (default: every mined layer)")
@@ -90,7 +94,8 @@ def _mine(args: argparse.Namespace, console: Console) -> None:
         run = mine(args.model, args.data, layers=args.layers, k=args.k, out=args.out, batch_size=args.batch_size,
                    device=args.device, weights=args.weights, preprocessing=args.preprocessing,
                    image_size=args.image_size, num_workers=args.workers, flush_every=args.flush_every,
-                   skip_bad_images=args.skip_bad_images, progress=bar)
+                   skip_bad_images=args.skip_bad_images, progress=bar, logits=not args.no_logits,
+                   channels_last=args.channels_last, autocast=args.autocast)
     finally:
         bar.stop()
         rank = distributed.rank()
@@ -101,6 +106,9 @@ def _mine(args: argparse.Namespace, console: Console) -> None:
     acc = run.accuracy()
     console.print(f"{run.images_done} images, {bar.images} this session in {bar.seconds:.1f} s"
                   + (f"; accuracy {acc * 100:.2f}%" if acc is not None else "") + f" → {run.path}")
+    if args.no_logits:
+        console.print("--no-logits: the forward pass stopped after the deepest mined layer; "
+                      "no predictions or accuracy were written")
 
 
 def _visualize(args: argparse.Namespace, console: Console) -> None:

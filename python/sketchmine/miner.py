@@ -29,7 +29,7 @@ from .onnx_backend import OnnxModel
 from .receptive_field import receptive_fields
 from .run import Run, class_counts
 from .store import RunLock, RunStore, is_run
-from .taps import SOFTMAX, Taps, layer_kind, resolve_layers
+from .taps import SOFTMAX, Taps, layer_kind, module_of, resolve_layers
 from .topk import RunningTopK
 
 
@@ -106,11 +106,17 @@ class Forward(Protocol):
              ) -> ContextManager[Callable[[torch.Tensor], torch.Tensor]]: ...
 
 
+class _StopForward(Exception):
+    """Raised by a hook on the deepest tapped module when logits are not needed (logits=False)."""
+
+
 class _TorchForward:
     """The torch path: Taps hooks read the tapped modules during the module's own forward."""
 
     def __init__(self, net: nn.Module) -> None:
         self.net = net
+        self.order: list[str] = []  # tapped layers in call order, from the probe
+        self.stop_after: str | None = None  # a tapped layer: end each forward right after it (logits=False)
 
     def resolve_layers(self, layers: list[str] | None) -> list[str]:
         return resolve_layers(self.net, layers)
@@ -134,12 +140,33 @@ class _TorchForward:
         record = lambda n, t: shapes.setdefault(n, tuple(t.shape[1:]))  # noqa: E731
         with torch.inference_mode(), Taps(self.net, layers, record) as taps:
             out = _shape_forward(self.net, x)
+        self.order = list(shapes)
         return shapes, out, taps.layouts
 
     @contextlib.contextmanager
     def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):
         with Taps(self.net, layers, on_output):
-            yield lambda x: _first_tensor(self.net(x))
+            if self.stop_after is None:
+                yield lambda x: _first_tensor(self.net(x))
+                return
+
+            def stop(module: nn.Module, inputs: tuple, output: Any) -> None:
+                raise _StopForward  # registered after the taps' hook, so this module's taps have run
+
+            target, _ = module_of(self.net, self.stop_after)
+            handle = dict(self.net.named_modules())[target].register_forward_hook(stop)
+
+            def run(x: torch.Tensor) -> None:
+                try:
+                    self.net(x)
+                except _StopForward:
+                    return None
+                raise SketchmineError(f"the forward pass did not reach layer {self.stop_after!r}")
+
+            try:
+                yield run
+            finally:
+                handle.remove()
 
 
 def _forward(net: nn.Module | OnnxModel) -> Forward:
@@ -260,6 +287,9 @@ def mine(
     flush_every: int = 50,
     skip_bad_images: bool = False,
     progress: Progress | None = None,
+    logits: bool = True,
+    channels_last: bool = False,
+    autocast: str | None = None,
 ) -> Run:
     """Stream `dataset` through `model` once and keep the top-k images of every unit.
 
@@ -268,6 +298,10 @@ def mine(
     layers: qualified module names (None = every conv, linear and softmax). Re-running on an
     unfinished `out` resumes. Under torch.distributed (or torchrun) each rank mines a shard and
     rank 0 writes the store (see distributed.py).
+    Opt-in speed options (torch models only): logits=False ends each forward pass after the
+    deepest tapped layer (no logits, predictions or accuracy; not with the softmax layer);
+    channels_last=True runs model and batches in channels-last memory format; autocast="bf16"
+    or "fp16" runs the forward under torch.autocast (activations are cast to float32 for top-k).
     """
     if k < 1:
         raise SketchmineError(f"k must be at least 1, got {k}")
@@ -284,6 +318,9 @@ def mine(
     if len(ds) == 0:
         raise SketchmineError("the dataset is empty")
     names = forward.resolve_layers(layers)
+    if not logits and layers is None:  # the default layers without the virtual softmax (it needs the logits)
+        names = [n for n in names if n != SOFTMAX]
+    speed = _speed_options(forward, names, logits, channels_last, autocast)
     out = Path(out)
     existing = team.writes and is_run(out)  # only rank 0 reads or writes the store
     store = RunStore.open(out, mode="r+") if existing else None
@@ -305,8 +342,13 @@ def mine(
     }
     team.check_same(want)
     forward.to(device)
+    if channels_last:
+        forward.net.to(memory_format=torch.channels_last)
     first = _first_readable(ds)
     spec, num_classes = _probe(forward, names, first[None].to(device))
+    if not logits:
+        forward.stop_after = forward.order[-1]
+        num_classes = None
 
     lock = RunLock(out)
 
@@ -316,6 +358,8 @@ def mine(
             lock.acquire()  # then read the run afresh: a writer that held the lock may have moved it on
             current = RunStore.open(out, mode="r+")
             diffs = _compat(current.attrs, want)
+            if current.attrs.get("logits", True) != logits:
+                diffs.append(f"logits (run: {current.attrs.get('logits', True)}, now: {logits})")
             if diffs:
                 raise SketchmineError(f"cannot resume {out}: it was mined with a different " + "; ".join(diffs)
                                       + ". Use another --out for a new run")
@@ -330,6 +374,8 @@ def mine(
                  "model_spec": _model_spec(model, weights),
                  "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
                  "versions": _versions(), "bad_images": []}
+        if not logits:  # recorded only when set, so default runs keep their attributes
+            attrs["logits"] = False
         created = RunStore.create(out, attrs, len(ds), ds.class_names, ds.path, labels,
                                   row_chunk=batch_size * flush_every)  # a flush writes whole new chunks
         created.declare_layers({l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
@@ -340,7 +386,7 @@ def mine(
     try:
         run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
         return _mine_into(run_store, forward, ds, spec, k, batch_size, device, num_workers, flush_every,
-                          skip_bad_images, progress, needs_labels=ds.labels() is None, team=team)
+                          skip_bad_images, progress, needs_labels=ds.labels() is None, team=team, speed=speed)
     finally:
         lock.release()
 
@@ -348,7 +394,8 @@ def mine(
 def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_Layer], k: int,
                batch_size: int, device: torch.device, num_workers: int, flush_every: int,
                skip_bad_images: bool, progress: Progress, needs_labels: bool,
-               team: distributed.Solo | distributed.Group = distributed.SOLO) -> Run:
+               team: distributed.Solo | distributed.Group = distributed.SOLO,
+               speed: _Speed | None = None) -> Run:
     n = len(ds)
     prog = store.progress
     if prog.get("complete"):
@@ -370,7 +417,12 @@ def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_
     progress.start(n, done)
     current: dict[str, torch.Tensor] = {}
 
+    speed = speed or _Speed()
+    cast = speed.autocast is not None or speed.channels_last
+
     def on_output(name: str, t: torch.Tensor) -> None:
+        if cast:  # float32 in the standard layout for the top-k op and the class statistics
+            t = t.to(dtype=torch.float32, memory_format=torch.contiguous_format)
         states[name].add(t, current["index"])
         if classes is not None:
             classes.add(name, t, current["labels"])
@@ -404,7 +456,13 @@ def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_
                 if classes is not None:
                     current["labels"] = (y if whole else y[ok]).to(device, non_blocking=True)
                     classes.add_images(xb, current["labels"])
-                logits = run_batch(xb)
+                if speed.channels_last and xb.ndim == 4:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                if speed.autocast is not None:
+                    with torch.autocast(device.type, dtype=speed.autocast):
+                        logits = run_batch(xb)
+                else:
+                    logits = run_batch(xb)
                 if SOFTMAX in states:
                     on_output(SOFTMAX, torch.softmax(logits.float(), dim=1))
             pending.logits.append((ok.numpy(), logits if logits is not None and logits.ndim == 2 else None))
@@ -426,6 +484,31 @@ def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_
 
     team.on_writer(finish)
     return team.result(store)
+
+
+@dataclass
+class _Speed:
+    """The opt-in speed options of a pass (defaults: none)."""
+
+    channels_last: bool = False
+    autocast: torch.dtype | None = None
+
+
+_AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def _speed_options(forward: Forward, names: list[str], logits: bool, channels_last: bool,
+                   autocast: str | None) -> _Speed:
+    """Check the speed options against the model and layers."""
+    if autocast is not None and str(autocast).lower() not in _AUTOCAST:
+        raise SketchmineError(f"autocast must be bf16 or fp16 (or None), got {autocast!r}")
+    if not isinstance(forward, _TorchForward) and (not logits or channels_last or autocast is not None):
+        raise SketchmineError("logits=False, channels_last and autocast apply to torch models only, "
+                              "not to the ONNX Runtime backend")
+    if not logits and SOFTMAX in names:
+        raise SketchmineError("logits=False (--no-logits) cannot mine the virtual 'softmax' layer: it is computed "
+                              "from the logits; leave it out of the layers or keep the logits")
+    return _Speed(channels_last, None if autocast is None else _AUTOCAST[str(autocast).lower()])
 
 
 @contextlib.contextmanager

@@ -114,6 +114,9 @@ class Run:
         For an unfinished run it covers the images mined so far (check `Run.complete`).
         """
         ev = self.store.group["eval"]
+        if self.store.attrs.get("logits", True) is False:
+            raise SketchmineError(f"run {self.path} was mined with logits=False (--no-logits): the forward pass "
+                                  "stopped after the deepest mined layer, so it has no predictions or accuracy")
         if "predictions" not in ev:
             raise SketchmineError(f"run {self.path} has no predictions yet (the model output is not (N, classes) "
                                   "logits, or nothing was flushed)")
