@@ -86,22 +86,27 @@ class Run:
         Empty slots have image index -1. For an unfinished run the last checkpoint is read.
         """
         g = self.layer_group(layer)
-        if "values" in g:
+        # final arrays only once the run is committed complete: a writer that is finishing
+        # creates them one by one, and until its commit the checkpoint is the consistent state
+        if "values" in g and self.complete:
             return (np.asarray(g["values"][...]), np.asarray(g["image_index"][...]), np.asarray(g["yx"][...]))
+        state = None
         for attempt in range(3):
             try:
                 state = self.store.read_checkpoint([layer])
-                break
             except SketchmineError:
                 if attempt == 2:
                     raise
-                # a writer moved on since this run was opened (it reuses the older slot):
-                # read its newer commit, or the final arrays if it finished meanwhile
-                self.store = RunStore.open(self.path)
-                g = self.layer_group(layer)
-                if "values" in g:
-                    return (np.asarray(g["values"][...]), np.asarray(g["image_index"][...]),
-                            np.asarray(g["yx"][...]))
+            if state is not None or self.store.progress.get("slot") is None:
+                break
+            # the committed checkpoint vanished or changed: a writer moved on since this run was
+            # opened (it reuses the older slot, and drops both when it finishes); read its newer
+            # commit, or the final arrays if it finished meanwhile
+            self.store = RunStore.open(self.path)
+            g = self.layer_group(layer)
+            if "values" in g and self.complete:
+                return (np.asarray(g["values"][...]), np.asarray(g["image_index"][...]),
+                        np.asarray(g["yx"][...]))
         if state is None:
             raise SketchmineError(f"run {self.path} has no results for {layer!r} yet (nothing flushed)")
         s = state[layer]
