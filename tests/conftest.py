@@ -32,11 +32,6 @@ def demo_test_set(demo_model):
 @pytest.fixture(scope="session")
 def small_test_set(demo_test_set):
     """300 real test images (30 per class, in the stable order), for quicker passes."""
-    import numpy as np
+    from tests.helpers import per_class_subset
 
-    from sketchmine.data import ArrayDataset
-
-    ds = demo_test_set
-    keep = np.sort(np.concatenate([np.nonzero(ds.labels() == c)[0][:30] for c in range(10)]))
-    return ArrayDataset(ds.images[keep], ds.labels()[keep], ds.class_names, ds.preprocessing,
-                        {**ds.describe(), "subset": "0:300"})
+    return per_class_subset(demo_test_set, 30, "0:300")

@@ -56,3 +56,35 @@ def store_arrays(path) -> dict[str, np.ndarray]:
 
     walk(root, "")
     return out
+
+
+class StopAfter:
+    """A progress reporter that interrupts a pass (a crash stand-in): after `n` images, or
+    after `n` progress calls (batches of `mine`, unit blocks of `visualize`) with calls=True.
+    Notes the pass prints are kept in `notes`."""
+
+    def __init__(self, n: int, *, calls: bool = False, exc: type[BaseException] = KeyboardInterrupt) -> None:
+        self.n, self.calls, self.exc = n, calls, exc
+        self.seen = 0
+        self.notes: list[str] = []
+
+    def start(self, total: int, done: int) -> None: ...
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    def advance(self, n: int) -> None:
+        self.seen += 1 if self.calls else n
+        if self.seen >= self.n:
+            raise self.exc
+
+
+def per_class_subset(ds, n: int, tag: str):
+    """The first `n` images of every class, kept in the dataset's stable order (real images,
+    fewer of them, for quicker passes); `tag` marks the description as a subset."""
+    from sketchmine.data import ArrayDataset
+
+    labels = ds.labels()
+    keep = np.sort(np.concatenate([np.nonzero(labels == c)[0][:n] for c in range(len(ds.class_names))]))
+    return ArrayDataset(ds.images[keep], labels[keep], ds.class_names, ds.preprocessing,
+                        {**ds.describe(), "subset": tag})

@@ -11,7 +11,7 @@ import sketchmine
 from sketchmine import analysis, plots
 from sketchmine.compare import compare, depth_pairs
 from sketchmine.errors import SketchmineError
-from tests.helpers import all_activations
+from tests.helpers import StopAfter, all_activations
 
 
 @pytest.fixture(scope="module")
@@ -117,24 +117,13 @@ class _Stop(Exception):
     pass
 
 
-class _StopAfter:
-    def __init__(self, batches: int) -> None:
-        self.left = batches
-
-    def start(self, total: int, done: int) -> None: ...
-    def note(self, message: str) -> None: ...
-
-    def advance(self, n: int) -> None:
-        self.left -= 1
-        if self.left == 0:
-            raise _Stop
 
 
 def test_resumed_run_has_identical_class_stats_and_partial_reads(tmp_path, small_test_set):
     ref = sketchmine.mine("demo", small_test_set, out=tmp_path / "ref.zarr", batch_size=40)
     out = tmp_path / "cut.zarr"
     with pytest.raises(_Stop):
-        sketchmine.mine("demo", small_test_set, out=out, batch_size=40, flush_every=2, progress=_StopAfter(5))
+        sketchmine.mine("demo", small_test_set, out=out, batch_size=40, flush_every=2, progress=StopAfter(5, calls=True, exc=_Stop))
     partial = sketchmine.open_run(out)
     assert not partial.complete and partial.images_done == 160
     mean, count = partial.class_stats("features.0")

@@ -20,7 +20,7 @@ import sketchmine
 from sketchmine.data import ArrayDataset, export_image_folder
 from sketchmine.errors import SketchmineError
 from tests.helpers import store_arrays
-from tests.test_miner import _StopAfter
+from tests.helpers import StopAfter
 
 # Float64 sums of the per-class statistics are added per rank, then across ranks: the same
 # numbers summed in another order, so equal to rounding only. Everything else is bit-identical.
@@ -123,7 +123,7 @@ def test_two_processes_resume_a_one_process_run(tmp_path, demo_model, small_test
         out = tmp_path / "run.zarr"
         with pytest.raises(KeyboardInterrupt):
             sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2,
-                            progress=_StopAfter(100))
+                            progress=StopAfter(100))
     finally:
         torch.set_num_threads(threads)
     assert sketchmine.open_run(out).images_done == 64

@@ -15,6 +15,7 @@ from PIL import Image
 import sketchmine
 from sketchmine import SketchmineError
 from sketchmine.data import ArrayDataset, ImageFolderDataset, preset
+from tests.helpers import StopAfter
 
 LAYERS = ["features.3", "classifier.4", "softmax"]
 
@@ -217,20 +218,6 @@ def test_full_disk_during_visualize(tmp_path, small_disk, demo_model, small_test
 
 
 # ---- power cut -----------------------------------------------------------------------------------
-class _StopAfterBatches:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def start(self, total: int, done: int) -> None: ...
-    def note(self, message: str) -> None:
-        self.notes = getattr(self, "notes", []) + [message]
-
-    def advance(self, n: int) -> None:
-        self.n -= 1
-        if self.n == 0:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("damage,newest", [("truncate", 3), ("remove", 3), ("truncate", 9), ("remove", 9)])
 def test_power_cut_losing_the_newest_chunk_files_recovers(tmp_path, demo_model, small_test_set, damage, newest):
     """Writes that never reached the disk: the newest chunk files of an interrupted run are
@@ -242,7 +229,7 @@ def test_power_cut_losing_the_newest_chunk_files_recovers(tmp_path, demo_model, 
     sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "ref.zarr", **kwargs)
     out = tmp_path / "run.zarr"
     with pytest.raises(KeyboardInterrupt):
-        sketchmine.mine(demo_model.module, small_test_set, out=out, progress=_StopAfterBatches(9), **kwargs)
+        sketchmine.mine(demo_model.module, small_test_set, out=out, progress=StopAfter(9, calls=True), **kwargs)
     assert sketchmine.open_run(out).images_done == 160
     chunks = sorted((p for p in out.rglob("*") if p.is_file() and p.name not in ("zarr.json", ".lock")),
                     key=lambda p: p.stat().st_mtime_ns)
@@ -251,9 +238,9 @@ def test_power_cut_losing_the_newest_chunk_files_recovers(tmp_path, demo_model, 
             p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
         else:
             p.unlink()
-    progress = _StopAfterBatches(10**9)
+    progress = StopAfter(10**9, calls=True)
     sketchmine.mine(demo_model.module, small_test_set, out=out, progress=progress, **kwargs)
-    assert any("damaged" in n for n in getattr(progress, "notes", []))
+    assert any("damaged" in n for n in progress.notes)
     got, want = store_arrays(out), store_arrays(tmp_path / "ref.zarr")
     assert set(got) == set(want)
     for key in want:

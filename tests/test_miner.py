@@ -7,7 +7,7 @@ import torch
 
 import sketchmine
 from sketchmine.errors import SketchmineError
-from tests.helpers import all_activations, brute_topk, store_arrays
+from tests.helpers import StopAfter, all_activations, brute_topk, store_arrays
 
 
 @pytest.fixture(scope="module")
@@ -82,28 +82,13 @@ def test_workers_give_bit_identical_results(tmp_path, reference_run, demo_model,
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
-class _StopAfter:
-    """A progress reporter that interrupts the pass after `n` images (a crash stand-in)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.seen = n, 0
-
-    def start(self, total, done): ...
-    def note(self, message): ...
-
-    def advance(self, n):
-        self.seen += n
-        if self.seen >= self.n:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("stop_at", [20, 130, 290])
 def test_resume_is_identical_to_uninterrupted(tmp_path, reference_run, demo_model, small_test_set, stop_at):
     """Re-running the same call after an interruption ends bit-identical, array for array."""
     out = tmp_path / "run.zarr"
     with pytest.raises(KeyboardInterrupt):
         sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2,
-                        progress=_StopAfter(stop_at))
+                        progress=StopAfter(stop_at))
     partial = sketchmine.open_run(out)
     assert not partial.complete and partial.images_done <= stop_at
     if partial.images_done:
@@ -120,7 +105,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, demo_model, small_test_
     out = tmp_path / "run.zarr"
     with pytest.raises(KeyboardInterrupt):
         sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=10, flush_every=1,
-                        progress=_StopAfter(30))
+                        progress=StopAfter(30))
     with pytest.raises(SketchmineError, match=r"different k \(run: 9, now: 5\)"):
         sketchmine.mine(demo_model.module, small_test_set, out=out, k=5)
     with pytest.raises(SketchmineError, match="different layers"):

@@ -13,7 +13,8 @@ from sketchmine.data import ArrayDataset, export_image_folder, preset
 from sketchmine.errors import SketchmineError
 from tests.helpers import all_activations, brute_topk, store_arrays
 from tests.test_cli import assert_clean_error, sm
-from tests.test_miner import _StopAfter, assert_same_topk
+from tests.helpers import StopAfter
+from tests.test_miner import assert_same_topk
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -108,7 +109,7 @@ def test_onnx_resume_is_identical_to_uninterrupted(tmp_path, onnx_path, onnx_run
     out = tmp_path / "run.zarr"
     with pytest.raises(KeyboardInterrupt):
         sketchmine.mine(str(onnx_path), small_test_set, out=out, batch_size=50, flush_every=2,
-                        progress=_StopAfter(160))
+                        progress=StopAfter(160))
     assert sketchmine.open_run(out).images_done == 100
     sketchmine.mine(str(onnx_path), small_test_set, out=out, batch_size=50, flush_every=2)
     got, want = store_arrays(out), store_arrays(onnx_run.path)

@@ -137,12 +137,13 @@ def test_report_without_patches_shows_note_and_whole_images(tmp_path, runs, brow
 
 
 def test_report_cli_and_partial_run(tmp_path, folder):
-    from tests.test_analysis import _Stop, _StopAfter
+    from tests.helpers import StopAfter
+    from tests.test_analysis import _Stop
     from tests.test_cli import sm
 
     out = tmp_path / "cut.zarr"
     with pytest.raises(_Stop):
-        sketchmine.mine("demo", folder, out=out, batch_size=8, flush_every=2, progress=_StopAfter(3))
+        sketchmine.mine("demo", folder, out=out, batch_size=8, flush_every=2, progress=StopAfter(3, calls=True, exc=_Stop))
     proc = sm("report", str(out), "--out", str(tmp_path / "rep"))
     assert proc.returncode == 0, proc.stderr
     assert "report written" in proc.stdout

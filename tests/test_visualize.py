@@ -15,6 +15,7 @@ from sketchmine import SketchmineError
 from sketchmine.data import ArrayDataset, export_image_folder
 from sketchmine.ops import crop_patches_reference
 from sketchmine.visualize import visualize
+from tests.helpers import StopAfter, per_class_subset
 
 LAYERS = ["features.3", "features.10", "classifier.4", "softmax"]
 
@@ -22,10 +23,7 @@ LAYERS = ["features.3", "features.10", "classifier.4", "softmax"]
 @pytest.fixture(scope="module")
 def tiny_set(small_test_set):
     """120 real test images (12 per class)."""
-    ds = small_test_set
-    keep = np.sort(np.concatenate([np.nonzero(ds.labels() == c)[0][:12] for c in range(10)]))
-    return ArrayDataset(ds.images[keep], ds.labels()[keep], ds.class_names, ds.preprocessing,
-                        {**ds.describe(), "subset": "tiny"})
+    return per_class_subset(small_test_set, 12, "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -94,21 +92,6 @@ def test_deconvolutions_equal_single_unit_deconvolve(visualized, demo_model):
             assert len(np.unique(deconv[c, 0])) > 3  # a real signal, not a constant
 
 
-class _StopAfter:
-    """A progress reporter that interrupts the pass after `n` blocks, as a kill would."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def start(self, total: int, done: int) -> None: ...
-    def note(self, message: str) -> None: ...
-
-    def advance(self, n: int) -> None:
-        self.n -= 1
-        if self.n == 0:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("stop_after", [1, 9])
 def test_interrupted_pass_resumes_identical(tmp_path, visualized, demo_model, stop_after):
     run, ds = visualized
@@ -117,7 +100,7 @@ def test_interrupted_pass_resumes_identical(tmp_path, visualized, demo_model, st
     for layer in LAYERS:  # back to a run without patches
         del zarr.open_group(str(copy / "layers" / layer), mode="r+").attrs["visualized"]
     with pytest.raises(KeyboardInterrupt):
-        visualize(copy, model=demo_model.module, data=ds, batch_size=16, progress=_StopAfter(stop_after))
+        visualize(copy, model=demo_model.module, data=ds, batch_size=16, progress=StopAfter(stop_after, calls=True))
     resumed = visualize(copy, model=demo_model.module, data=ds, batch_size=16)
     for layer in LAYERS:
         a, b = run.store.group[f"layers/{layer}"], resumed.store.group[f"layers/{layer}"]
@@ -183,15 +166,8 @@ def test_untraceable_model_and_runs_without_receptive_fields(tmp_path, tiny_set)
 
 def test_partial_run_is_refused(tmp_path, demo_model, tiny_set):
     out = tmp_path / "run.zarr"
-
-    class Stop:
-        def start(self, total, done): ...
-        def note(self, message): ...
-        def advance(self, n):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         sketchmine.mine(demo_model.module, tiny_set, layers=["features.3"], out=out, batch_size=30, flush_every=1,
-                        progress=Stop())
+                        progress=StopAfter(1, calls=True))
     with pytest.raises(SketchmineError, match="still being mined"):
         visualize(out, model=demo_model.module, data=tiny_set)

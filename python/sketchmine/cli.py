@@ -37,12 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("visualize", help="crop each top-k entry's receptive field and its deconvolution into RUN")
     v.add_argument("run")
     v.add_argument("--layers", nargs="+", help="layers to visualize (default: every mined layer)")
-    v.add_argument("--data", help="the dataset's root, if it moved since mining")
-    v.add_argument("--model", help="the model, if the run cannot reload it (mined from Python)")
-    v.add_argument("--weights", help="state_dict file for --model")
+    _reload_options(v)
     v.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided", "gradient"])
     v.add_argument("--batch-size", type=int, default=64, help="(image, unit) pairs per forward and backward")
-    v.add_argument("--device", default="cpu")
     v.add_argument("--max-patch", type=int, default=128, help="shrink larger patches to fit N×N pixels")
     v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
     d = sub.add_parser("demo", help="mine the embedded Animal-Shape test split with the embedded model")
@@ -62,16 +59,21 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("importance", help="per-unit ablation importance for the correct class, stored in RUN")
     i.add_argument("run")
     i.add_argument("--layers", nargs="+", help="mined layers (default: every mined module layer)")
-    i.add_argument("--model", help="the model, when the run cannot reload it (in-memory model)")
-    i.add_argument("--weights", help="state_dict file for --model")
-    i.add_argument("--data", help="the dataset's ImageFolder root, if it moved")
+    _reload_options(i)
     i.add_argument("--batch-size", type=int, default=256)
-    i.add_argument("--device", default="cpu")
     i.add_argument("-n", type=int, default=10, help="units listed (and plotted) per layer (default 10)")
     i.add_argument("--plot", help="write a PNG of the most important units per layer")
     b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
     return p
+
+
+def _reload_options(p: argparse.ArgumentParser) -> None:
+    """Options of the passes after mining, which load the run's model and dataset again."""
+    p.add_argument("--data", help="the dataset's ImageFolder root, if it moved since mining")
+    p.add_argument("--model", help="the model, if the run cannot reload it (mined from an in-memory model)")
+    p.add_argument("--weights", help="state_dict file for --model")
+    p.add_argument("--device", default="cpu")
 
 
 def _bench(args: list[str]) -> int:

@@ -89,7 +89,7 @@ class Run:
         # final arrays only once the run is committed complete: a writer that is finishing
         # creates them one by one, and until its commit the checkpoint is the consistent state
         if "values" in g and self.complete:
-            return (np.asarray(g["values"][...]), np.asarray(g["image_index"][...]), np.asarray(g["yx"][...]))
+            return _final_topk(g)
         state = None
         for attempt in range(3):
             try:
@@ -105,8 +105,7 @@ class Run:
             self.store = RunStore.open(self.path)
             g = self.layer_group(layer)
             if "values" in g and self.complete:
-                return (np.asarray(g["values"][...]), np.asarray(g["image_index"][...]),
-                        np.asarray(g["yx"][...]))
+                return _final_topk(g)
         if state is None:
             raise SketchmineError(f"run {self.path} has no results for {layer!r} yet (nothing flushed)")
         s = state[layer]
@@ -208,6 +207,11 @@ class Run:
         """Per layer: Spearman correlation of class preference with class ink density."""
         from .analysis import ink_correlation
         return ink_correlation(self)
+
+
+def _final_topk(g: zarr.Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top-k arrays a complete run stores for a layer."""
+    return np.asarray(g["values"][...]), np.asarray(g["image_index"][...]), np.asarray(g["yx"][...])
 
 
 def class_counts(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

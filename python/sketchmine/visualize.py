@@ -86,7 +86,9 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     needed = np.unique(np.concatenate([run.topk(l)[1].ravel() for l in names]))
     needed = needed[needed >= 0]
     _check_present(ds, needed)
-    image_hw = tuple(_load(ds, [int(needed[0])])[0].shape[-2:]) if len(needed) else (1, 1)
+    # the model input's channels and size, from an image it saw: patches are stored like it
+    channels, *image_hw = _load(ds, [int(needed[0])])[0].shape if len(needed) else (1, 1, 1)
+    image_hw = tuple(image_hw)
     plans = [_plan(run, name, image_hw, max_patch) for name in names]
     net = run_model(run, model, weights).module.to(device)
     deconv = Deconvolver(net, method)
@@ -96,7 +98,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     lock.acquire()
     try:
         block = max(1, batch_size // run.k)
-        todo = {p.name: _prepare(store, p, run.k, method, block, redo) for p in plans}
+        todo = {p.name: _prepare(store, p, run.k, channels, method, block, redo) for p in plans}
         cache: dict[int, torch.Tensor] = {}  # decoded images, shared by all layers
         limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
         progress.start(sum(limit.values()), sum(min(done, limit[n]) for n, (done, _) in todo.items()))
@@ -133,7 +135,7 @@ def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Pl
     return _Plan(name, shape[0], grid, source, size, stride, offset)  # type: ignore[arg-type]
 
 
-def _prepare(store: RunStore, p: _Plan, k: int, method: str, block: int, redo: bool) -> tuple[int, int]:
+def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int, redo: bool) -> tuple[int, int]:
     """Create the layer's arrays (or check the existing ones match): (units done, block size).
 
     A resumed layer keeps the block size it was started with, so its batches (and thus
@@ -148,7 +150,6 @@ def _prepare(store: RunStore, p: _Plan, k: int, method: str, block: int, redo: b
         raise SketchmineError(
             f"layer {p.name!r} of {store.path} was visualized with other settings ({have.get('method')}, patches "
             f"{have.get('patch_size')}); pass the same --method/--max-patch, or --redo to replace them")
-    ch = _channels(store)
     for key in ARRAYS:
         if key in g:
             del g[key]
@@ -160,11 +161,6 @@ def _prepare(store: RunStore, p: _Plan, k: int, method: str, block: int, redo: b
                        fill_value=-1)
     g.attrs["visualized"] = want
     return 0, block
-
-
-def _channels(store: RunStore) -> int:
-    pre = store.attrs.get("preprocessing") or {}
-    return int(pre.get("channels") or 3)
 
 
 def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, limit: int, ds: MinerDataset,
