@@ -71,10 +71,12 @@ TORCH_LIBRARY(sketchmine, m) {
   m.def("crop_patches(Tensor images, Tensor image_index, Tensor corners, int height, int width, "
         "float fill=0.) -> Tensor");
   // Streaming per-channel top-k: per (image, channel) the spatial max and its first
-  // position, merged in place into a k-deep state sorted best-first.
+  // position, merged in place into a k-deep state sorted best-first. Returns those
+  // (N, C) maxima (float32, NaN for an all-NaN map), so callers that also need them
+  // (the per-class statistics) do not read the activations a second time.
   m.def(
       "topk_update(Tensor acts, Tensor image_index, Tensor(a!) values, Tensor(b!) index, "
-      "Tensor(c!) position, Tensor(d!) nan_count) -> ()");
+      "Tensor(c!) position, Tensor(d!) nan_count) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sketchmine, CPU, m) {

@@ -18,17 +18,18 @@ void check_crop_args(const at::Tensor& images, const at::Tensor& image_index, co
 at::Tensor crop_patches_cpu(const at::Tensor& images, const at::Tensor& image_index,
                             const at::Tensor& corners, int64_t height, int64_t width, double fill);
 
-void topk_update_cpu(const at::Tensor& acts, const at::Tensor& image_index,
-                     at::Tensor& values, at::Tensor& index, at::Tensor& position,
-                     at::Tensor& nan_count);
+// Returns the (N, C) float32 per-(image, channel) maxima it ranked (NaN: the map was all NaN).
+at::Tensor topk_update_cpu(const at::Tensor& acts, const at::Tensor& image_index,
+                           at::Tensor& values, at::Tensor& index, at::Tensor& position,
+                           at::Tensor& nan_count);
 
 #ifdef SKETCHMINE_WITH_CUDA
 at::Tensor crop_patches_cuda(const at::Tensor& images, const at::Tensor& image_index,
                              const at::Tensor& corners, int64_t height, int64_t width, double fill);
 
-void topk_update_cuda(const at::Tensor& acts, const at::Tensor& image_index,
-                      at::Tensor& values, at::Tensor& index, at::Tensor& position,
-                      at::Tensor& nan_count);
+at::Tensor topk_update_cuda(const at::Tensor& acts, const at::Tensor& image_index,
+                            at::Tensor& values, at::Tensor& index, at::Tensor& position,
+                            at::Tensor& nan_count);
 #endif
 
 }  // namespace sketchmine

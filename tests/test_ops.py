@@ -47,8 +47,11 @@ def test_compiled_equals_reference(device, case):
     c, k, seq = case
     got, want = ops.new_state(c, k, device), ops.new_state(c, k, "cpu")
     for x, ids in seq:
-        ops.topk_update(x.to(device), ids.to(device), **got)
-        ops.topk_update_reference(x, ids, **want)
+        got_max = ops.topk_update(x.to(device), ids.to(device), **got)
+        want_max = ops.topk_update_reference(x, ids, **want)
+        # the returned image maxima (the class statistics' input): equal, NaN where all NaN
+        assert got_max.dtype == torch.float32 and got_max.shape == x.shape[:2]
+        torch.testing.assert_close(got_max.cpu(), want_max, rtol=0, atol=0, equal_nan=True)
     for key in got:
         assert torch.equal(got[key].cpu(), want[key]), key
 

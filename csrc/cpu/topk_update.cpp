@@ -2,6 +2,8 @@
 // then a parallel merge per channel. Both phases are deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 
 #include <cstring>
 #include <limits>
@@ -105,7 +107,7 @@ void scan_row(const T* row, int64_t len, int64_t stride, float& best, int64_t& p
 template <typename T>
 void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index,
                           at::Tensor& values, at::Tensor& index, at::Tensor& position,
-                          at::Tensor& nan_count) {
+                          at::Tensor& nan_count, at::Tensor& maxima) {
   const int64_t n = acts3.size(0), c = acts3.size(1), len = acts3.size(2);
   const int64_t k = values.size(1);
   const int64_t sn = acts3.stride(0), sc = acts3.stride(1), sl = acts3.stride(2);
@@ -136,7 +138,8 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
     return;
   }
 
-  std::vector<float> cand_v(n * c);
+  // The candidates' values are the op's output: the per-(image, channel) maxima.
+  float* cand_v = maxima.data_ptr<float>();
   std::vector<int64_t> cand_p(n * c), cand_nan(n * c);
 
   // Phase 1: one spatial reduction per (image, channel); grain keeps tasks ~32k elements.
@@ -145,6 +148,7 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r / c, ch = r % c;
       scan_row(data + i * sn + ch * sc, len, sl, cand_v[r], cand_p[r], cand_nan[r]);
+      if (cand_p[r] < 0) cand_v[r] = std::numeric_limits<float>::quiet_NaN();  // all NaN
     }
   });
 
@@ -165,17 +169,26 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
 
 }  // namespace
 
-void topk_update_cpu(const at::Tensor& acts, const at::Tensor& image_index, at::Tensor& values,
-                     at::Tensor& index, at::Tensor& position, at::Tensor& nan_count) {
+at::Tensor topk_update_cpu(const at::Tensor& acts, const at::Tensor& image_index,
+                           at::Tensor& values, at::Tensor& index, at::Tensor& position,
+                           at::Tensor& nan_count) {
   const at::Tensor acts3 =
       check_topk_args(acts, image_index, values, index, position, nan_count);
-  if (acts3.size(0) == 0 || acts3.size(2) == 0) return;
+  const int64_t n = acts3.size(0), c = acts3.size(1);
+  const auto opts = acts.options().dtype(at::kFloat);
+  if (n == 0 || acts3.size(2) == 0) {
+    return at::full({n, c}, std::numeric_limits<float>::quiet_NaN(), opts);
+  }
+  // FC/softmax rows are their own maxima (a float32 copy); spatial layers fill it below.
+  at::Tensor maxima = acts3.size(2) == 1 ? acts3.reshape({n, c}).to(at::kFloat, false, true)
+                                         : at::empty({n, c}, opts);
   const at::Tensor img = image_index.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, acts3.scalar_type(), "topk_update_cpu",
                                   [&] {
                                     topk_update_cpu_impl<scalar_t>(acts3, img, values, index,
-                                                                   position, nan_count);
+                                                                   position, nan_count, maxima);
                                   });
+  return maxima;
 }
 
 }  // namespace sketchmine

@@ -3,11 +3,15 @@
 // rule as the CPU kernel (topk_common.h), so results are identical across devices.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <math_constants.h>
+
+#include <limits>
 
 #include "../ops.h"
 #include "../topk_common.h"
@@ -57,7 +61,7 @@ __global__ void reduce_rows(const T* __restrict__ data, int64_t n, int64_t c, in
     }
   }
   if (lane == 0) {
-    cand_v[row] = best;
+    cand_v[row] = pos < 0 ? CUDART_NAN_F : best;  // all NaN: NaN maximum, never merged
     cand_p[row] = pos;
     cand_nan[row] = nans;
   }
@@ -109,12 +113,15 @@ __global__ void merge_channels(const float* __restrict__ cand_v, const int64_t* 
 
 }  // namespace
 
-void topk_update_cuda(const at::Tensor& acts, const at::Tensor& image_index, at::Tensor& values,
-                      at::Tensor& index, at::Tensor& position, at::Tensor& nan_count) {
+at::Tensor topk_update_cuda(const at::Tensor& acts, const at::Tensor& image_index,
+                            at::Tensor& values, at::Tensor& index, at::Tensor& position,
+                            at::Tensor& nan_count) {
   const at::Tensor acts3 =
       check_topk_args(acts, image_index, values, index, position, nan_count);
   const int64_t n = acts3.size(0), c = acts3.size(1), len = acts3.size(2);
-  if (n == 0 || len == 0) return;
+  if (n == 0 || len == 0) {
+    return at::full({n, c}, std::numeric_limits<float>::quiet_NaN(), acts.options().dtype(at::kFloat));
+  }
   const c10::cuda::CUDAGuard guard(acts.device());
   const auto stream = at::cuda::getCurrentCUDAStream();
   const at::Tensor img = image_index.contiguous();
@@ -136,6 +143,7 @@ void topk_update_cuda(const at::Tensor& acts, const at::Tensor& image_index, at:
       img.const_data_ptr<int64_t>(), n, c, values.size(1), values.data_ptr<float>(),
       index.data_ptr<int64_t>(), position.data_ptr<int64_t>(), nan_count.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return cand_v.view({n, c});
 }
 
 }  // namespace sketchmine

@@ -28,24 +28,29 @@ def num_classes_for(class_names: Sequence[str], logit_width: int | None) -> int:
     return len(class_names) or int(logit_width or 0)
 
 
-def image_maxima(acts: torch.Tensor) -> torch.Tensor:
-    """(N, C, *spatial) → (N, C): the spatial max per (image, channel); NaN when the map has a NaN."""
-    return acts.amax(dim=tuple(range(2, acts.ndim))) if acts.ndim > 2 else acts
+def gray_levels(x: torch.Tensor, mean: Sequence[float] = (), std: Sequence[float] = ()) -> torch.Tensor:
+    """(N, ch, H, W) model input → (N, H, W) float32 gray value in [0, 1]: the channel mean of
+    x * std + mean, accumulated channel by channel (one pass over the batch, no full copy)."""
+    ch = x.shape[1]
+    scale = list(std) if std else [1.0] * ch
+    gray = x[:, 0].float() * (scale[0] / ch)
+    for c in range(1, ch):
+        gray.add_(x[:, c], alpha=scale[c] / ch)
+    return gray.add_(sum(mean) / ch) if mean else gray
 
 
-def ink_density(raw: torch.Tensor) -> torch.Tensor:
-    """Fraction of ink pixels per image. raw (N, ch, H, W) in [0, 1] → (N,) float64.
+def ink_density(gray: torch.Tensor) -> torch.Tensor:
+    """Fraction of ink pixels per image. gray (N, H, W) in [0, 1] → (N,) float64.
 
     Polarity is decided per image: the background is the median gray value of the image's
     one-pixel border, ink is every pixel further than INK_THRESHOLD from it. The embedded
     Animal-Shape images are white silhouettes on black (ink = bright pixels); TU-Berlin-style
     sketches are dark strokes on white (ink = dark pixels); both are measured the same way.
     """
-    gray = raw.float().mean(dim=1)
     border = torch.cat([gray[:, 0, :], gray[:, -1, :], gray[:, 1:-1, 0], gray[:, 1:-1, -1]], dim=1)
     background = border.median(dim=1).values
-    ink = (gray - background[:, None, None]).abs() > INK_THRESHOLD
-    return ink.flatten(1).double().mean(dim=1)
+    ink = (gray - background[:, None, None]).abs_().gt_(INK_THRESHOLD)
+    return ink.flatten(1).sum(dim=1, dtype=torch.float64) / ink[0].numel()
 
 
 class RunningClassStats:
@@ -66,8 +71,7 @@ class RunningClassStats:
         self.nans = {n: torch.zeros(c, dtype=torch.int64, device=device) for n, c in layers.items()}
         self.ink = torch.zeros(rows, dtype=torch.float64, device=device)
         self.images = torch.zeros(rows, dtype=torch.int64, device=device)
-        self._mean = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1) if mean else None
-        self._std = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1) if std else None
+        self._mean, self._std = [float(v) for v in mean], [float(v) for v in std]
 
     def rows(self, labels: torch.Tensor) -> torch.Tensor:
         """Labels → row index; unknown or out-of-range labels → the discard row."""
@@ -84,12 +88,17 @@ class RunningClassStats:
             onehot = torch.nn.functional.one_hot(rows, target.shape[0]).to(target.dtype)  # (N, rows)
             target.add_((onehot.T @ values.reshape(len(rows), -1)).view_as(target))
 
-    def add(self, layer: str, acts: torch.Tensor, labels: torch.Tensor) -> None:
-        """One batch of a layer: acts (N, C, *spatial), labels (N,) int64 on the same device."""
-        m = image_maxima(acts)
+    def add(self, layer: str, maxima: torch.Tensor, labels: torch.Tensor) -> None:
+        """One batch of a layer: maxima (N, C), the image maxima the top-k ranked (what
+        `RunningTopK.add` returns; NaN = an all-NaN map, excluded); labels (N,) int64, same device."""
+        m = maxima.double()
         nan = torch.isnan(m)
         rows = self.rows(labels)
-        self._accumulate(self.sums[layer], rows, m.double().masked_fill(nan, 0.0))
+        if m.device.type == "cpu" and not bool(nan.any()):  # the common case: every map counts
+            self.sums[layer].index_add_(0, rows, m)
+            self.counts[layer].add_(torch.bincount(rows, minlength=self.num_classes + 1)[:, None])
+            return
+        self._accumulate(self.sums[layer], rows, m.masked_fill(nan, 0.0))
         self.counts[layer].index_add_(0, rows, (~nan).long())
         self.nans[layer].add_(nan.sum(dim=0))
 
@@ -97,11 +106,8 @@ class RunningClassStats:
         """The model's input batch x (N, ch, H, W), normalised as in preprocessing."""
         if x.ndim != 4 or min(x.shape[-2:]) < 3:
             return
-        raw = x.float()
-        if self._mean is not None and self._std is not None:
-            raw = raw * self._std + self._mean
         rows = self.rows(labels)
-        self._accumulate(self.ink, rows, ink_density(raw))
+        self._accumulate(self.ink, rows, ink_density(gray_levels(x, self._mean, self._std)))
         self.images.index_add_(0, rows, torch.ones_like(rows))
 
     def merge(self, other: RunningClassStats) -> None:

@@ -423,9 +423,9 @@ def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_
     def on_output(name: str, t: torch.Tensor) -> None:
         if cast:  # float32 in the standard layout for the top-k op and the class statistics
             t = t.to(dtype=torch.float32, memory_format=torch.contiguous_format)
-        states[name].add(t, current["index"])
+        maxima = states[name].add(t, current["index"])
         if classes is not None:
-            classes.add(name, t, current["labels"])
+            classes.add(name, maxima, current["labels"])
 
     pending = _Pending(done)
     batches = 0

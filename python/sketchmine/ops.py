@@ -22,8 +22,9 @@ def topk_update(
     index: torch.Tensor,
     position: torch.Tensor,
     nan_count: torch.Tensor,
-) -> None:
-    """Merge a batch into the per-channel top-k state, in place.
+) -> torch.Tensor:
+    """Merge a batch into the per-channel top-k state, in place; return the (N, C) float32
+    per-(image, channel) maxima it ranked (NaN where a map is all NaN).
 
     acts (N, C, *spatial) float32/float16/bfloat16; image_index (N,) int64 global ids;
     values (C, k) float32, index (C, k) int64, position (C, k) int64 flat spatial index,
@@ -31,12 +32,12 @@ def topk_update(
     the spatial max ignoring NaN and its first position. Order: larger value, then smaller
     image index. NaN never enters the state; each NaN element is counted per channel.
     """
-    torch.ops.sketchmine.topk_update(acts, image_index, values, index, position, nan_count)
+    return torch.ops.sketchmine.topk_update(acts, image_index, values, index, position, nan_count)
 
 
 @torch.library.register_fake("sketchmine::topk_update")
-def _topk_update_fake(acts, image_index, values, index, position, nan_count) -> None:
-    return None
+def _topk_update_fake(acts, image_index, values, index, position, nan_count) -> torch.Tensor:
+    return acts.new_empty((acts.shape[0], acts.shape[1]), dtype=torch.float32)
 
 
 def new_state(channels: int, k: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -104,7 +105,7 @@ def topk_update_reference(
     index: torch.Tensor,
     position: torch.Tensor,
     nan_count: torch.Tensor,
-) -> None:
+) -> torch.Tensor:
     """Pure-torch topk_update with the same semantics; slow, for tests and as the spec."""
     best, pos, nans = spatial_max_reference(acts)
     cand_index = torch.where(pos < 0, torch.full_like(pos, EMPTY_INDEX), image_index.unsqueeze(1))
@@ -113,6 +114,7 @@ def topk_update_reference(
     index.copy_(i)
     position.copy_(p)
     nan_count.add_(nans.sum(dim=0))
+    return best.masked_fill(pos < 0, float("nan"))
 
 
 def crop_patches(images: torch.Tensor, image_index: torch.Tensor, corners: torch.Tensor, height: int,

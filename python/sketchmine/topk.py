@@ -24,9 +24,10 @@ class RunningTopK:
         self.channels, self.k, self.spatial = channels, k, tuple(spatial)
         self.state = ops.new_state(channels, k, device)
 
-    def add(self, acts: torch.Tensor, image_index: torch.Tensor) -> None:
-        """Merge a batch: acts (N, C, *spatial), image_index (N,) int64 global ids."""
-        ops.topk_update(acts, image_index, **self.state)
+    def add(self, acts: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """Merge a batch: acts (N, C, *spatial), image_index (N,) int64 global ids. Returns the
+        (N, C) float32 image maxima it ranked (NaN: an all-NaN map), for the class statistics."""
+        return ops.topk_update(acts, image_index, **self.state)
 
     def merge(self, other: RunningTopK) -> None:
         """Fold another state over disjoint images into this one (same tie-break)."""
