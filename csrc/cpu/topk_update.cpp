@@ -15,94 +15,184 @@
 namespace sketchmine {
 namespace {
 
-constexpr int64_t kBlock = 64;
-
-// Max of kBlock contiguous elements ignoring NaN (-inf if all NaN); adds the NaN count.
-// float uses GCC/Clang vector extensions: packed compares and blends on any x86-64.
-typedef float v4f __attribute__((vector_size(16)));
-typedef int32_t v4i __attribute__((vector_size(16)));
-
-inline float block_max(const float* x, int64_t& nans) {
-  const float ninf = -std::numeric_limits<float>::infinity();
-  v4f m0 = {ninf, ninf, ninf, ninf}, m1 = m0;
-  v4i c0 = {0, 0, 0, 0}, c1 = c0;
-  for (int64_t j = 0; j < kBlock; j += 8) {
-    v4f a, b;
-    std::memcpy(&a, x + j, sizeof(a));
-    std::memcpy(&b, x + j + 4, sizeof(b));
-    c0 -= (a != a);  // -1 where NaN
-    c1 -= (b != b);
-    const v4i ga = a > m0, gb = b > m1;  // NaN compares false: ignored
-    m0 = (v4f)(((v4i)a & ga) | ((v4i)m0 & ~ga));
-    m1 = (v4f)(((v4i)b & gb) | ((v4i)m1 & ~gb));
-  }
-  float bm = ninf;
-  for (int l = 0; l < 4; ++l) {
-    nans += c0[l] + c1[l];
-    bm = m0[l] > bm ? m0[l] : bm;
-    bm = m1[l] > bm ? m1[l] : bm;
-  }
-  return bm;
-}
-
-template <typename T>
-inline float block_max(const T* x, int64_t& nans) {
-  float bm = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < kBlock; ++j) {
-    const float v = static_cast<float>(x[j]);
-    nans += (v != v);
-    bm = v > bm ? v : bm;
-  }
-  return bm;
-}
-
 // Spatial max of one (image, channel) row, ignoring NaN; `pos` is the first
 // position holding the max, or -1 when every element is NaN.
 //
-// Contiguous rows are read once, in blocks of kBlock: a packed max and NaN count
-// per block, and a block is rescanned for its first maximal element only when it
-// beats the max so far, which happens a handful of times per row.
+// Generic path (half, bfloat16, strided rows): one scalar pass.
 template <typename T>
 void scan_row(const T* row, int64_t len, int64_t stride, float& best, int64_t& pos,
               int64_t& nans) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   float m = kNegInf;
-  int64_t p = -1, n_nan = 0, i = 0;
-  if (stride == 1) {
-    for (; i + kBlock <= len; i += kBlock) {
-      const float bm = block_max(row + i, n_nan);
-      if (bm > m) {
-        m = bm;
-        for (int64_t j = 0; j < kBlock; ++j) {
-          if (static_cast<float>(row[i + j]) == bm) {
-            p = i + j;
-            break;
-          }
-        }
-      }
-    }
-  }
-  for (; i < len; ++i) {  // tail, or the whole row when strided
+  int64_t p = -1, n_nan = 0;
+  for (int64_t i = 0; i < len; ++i) {
     const float v = static_cast<float>(row[i * stride]);
     if (v != v) {
       ++n_nan;
-    } else if (v > m) {
+    } else if (v > m || (p < 0 && v == kNegInf)) {  // a row of -inf keeps its first element
       m = v;
       p = i;
-    }
-  }
-  if (p < 0 && n_nan < len) {  // every non-NaN element is -inf: the first of them
-    for (int64_t j = 0; j < len; ++j) {
-      if (static_cast<float>(row[j * stride]) == kNegInf) {
-        p = j;
-        break;
-      }
     }
   }
   best = m;
   pos = p;
   nans = n_nan;
 }
+
+// Contiguous float32 rows, the common case, in two vector passes over a row that is
+// then in L1/L2: (1) the max ignoring NaN (maxps(x, m) keeps m when x is NaN) and an
+// "any NaN" flag; (2) the first element equal to that max, which stops at the hit.
+// NaN are counted only for rows that have one. The result equals the scalar path.
+#if defined(__x86_64__) || defined(__SSE2__)
+#include <immintrin.h>
+
+inline float hmax4(__m128 v) {
+  v = _mm_max_ps(v, _mm_shuffle_ps(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  v = _mm_max_ps(v, _mm_shuffle_ps(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm_cvtss_f32(v);
+}
+
+int64_t count_nan(const float* row, int64_t len) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < len; ++i) n += row[i] != row[i];
+  return n;
+}
+
+int64_t first_equal_sse(const float* row, int64_t len, float target) {
+  const __m128 t = _mm_set1_ps(target);
+  int64_t i = 0;
+  for (; i + 4 <= len; i += 4) {
+    const int hit = _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(row + i), t));
+    if (hit) return i + __builtin_ctz(hit);
+  }
+  for (; i < len; ++i) {
+    if (row[i] == target) return i;
+  }
+  return -1;
+}
+
+void scan_row_sse(const float* row, int64_t len, float& best, int64_t& pos, int64_t& nans) {
+  const __m128 ninf = _mm_set1_ps(-std::numeric_limits<float>::infinity());
+  __m128 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+  __m128 nan = _mm_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= len; i += 16) {
+    const __m128 a = _mm_loadu_ps(row + i), b = _mm_loadu_ps(row + i + 4);
+    const __m128 c = _mm_loadu_ps(row + i + 8), d = _mm_loadu_ps(row + i + 12);
+    m0 = _mm_max_ps(a, m0);
+    m1 = _mm_max_ps(b, m1);
+    m2 = _mm_max_ps(c, m2);
+    m3 = _mm_max_ps(d, m3);
+    nan = _mm_or_ps(nan, _mm_or_ps(_mm_cmpunord_ps(a, b), _mm_cmpunord_ps(c, d)));
+  }
+  for (; i + 4 <= len; i += 4) {
+    const __m128 a = _mm_loadu_ps(row + i);
+    m0 = _mm_max_ps(a, m0);
+    nan = _mm_or_ps(nan, _mm_cmpunord_ps(a, a));
+  }
+  float m = hmax4(_mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
+  bool any_nan = _mm_movemask_ps(nan) != 0;
+  for (; i < len; ++i) {
+    const float v = row[i];
+    if (v != v) any_nan = true;
+    else if (v > m) m = v;
+  }
+  best = m;
+  pos = first_equal_sse(row, len, m);  // -1 only when every element is NaN
+  nans = any_nan ? count_nan(row, len) : 0;
+}
+
+#if defined(__GNUC__) && !defined(__AVX2__)
+#define SKM_AVX2 __attribute__((target("avx2")))
+#else
+#define SKM_AVX2
+#endif
+
+SKM_AVX2 void scan_row_avx2(const float* row, int64_t len, float& best, int64_t& pos,
+                            int64_t& nans) {
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+  __m256 nan = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= len; i += 32) {
+    const __m256 a = _mm256_loadu_ps(row + i), b = _mm256_loadu_ps(row + i + 8);
+    const __m256 c = _mm256_loadu_ps(row + i + 16), d = _mm256_loadu_ps(row + i + 24);
+    m0 = _mm256_max_ps(a, m0);
+    m1 = _mm256_max_ps(b, m1);
+    m2 = _mm256_max_ps(c, m2);
+    m3 = _mm256_max_ps(d, m3);
+    nan = _mm256_or_ps(nan, _mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_UNORD_Q),
+                                         _mm256_cmp_ps(c, d, _CMP_UNORD_Q)));
+  }
+  for (; i + 8 <= len; i += 8) {
+    const __m256 a = _mm256_loadu_ps(row + i);
+    m0 = _mm256_max_ps(a, m0);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+  }
+  const __m256 mm = _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3));
+  float m = hmax4(_mm_max_ps(_mm256_castps256_ps128(mm), _mm256_extractf128_ps(mm, 1)));
+  bool any_nan = _mm256_movemask_ps(nan) != 0;
+  for (; i < len; ++i) {
+    const float v = row[i];
+    if (v != v) any_nan = true;
+    else if (v > m) m = v;
+  }
+  best = m;
+  const __m256 t = _mm256_set1_ps(m);
+  int64_t p = -1, j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + j), t, _CMP_EQ_OQ));
+    if (hit) {
+      p = j + __builtin_ctz(hit);
+      break;
+    }
+  }
+  if (p < 0) {
+    for (; j < len; ++j) {
+      if (row[j] == m) {
+        p = j;
+        break;
+      }
+    }
+  }
+  pos = p;
+  nans = any_nan ? count_nan(row, len) : 0;
+}
+
+bool has_avx2() {
+#if defined(__GNUC__)
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+template <>
+void scan_row<float>(const float* row, int64_t len, int64_t stride, float& best, int64_t& pos,
+                     int64_t& nans) {
+  if (stride != 1) {
+    float m = -std::numeric_limits<float>::infinity();
+    int64_t p = -1, n_nan = 0;
+    for (int64_t i = 0; i < len; ++i) {
+      const float v = row[i * stride];
+      if (v != v) {
+        ++n_nan;
+      } else if (v > m || (p < 0 && v == m)) {
+        m = v;
+        p = i;
+      }
+    }
+    best = m;
+    pos = p;
+    nans = n_nan;
+  } else if (has_avx2()) {
+    scan_row_avx2(row, len, best, pos, nans);
+  } else {
+    scan_row_sse(row, len, best, pos, nans);
+  }
+}
+#endif
 
 template <typename T>
 void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index,
