@@ -149,3 +149,36 @@ def test_sigkill_mid_run_resumes_to_identical_store(tmp_path, folder):
     assert set(got) == set(want)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkeypatch):
+    """`sketchmine demo` end to end: the embedded SketchNet ('demo') and ResNet ('demo-resnet')
+    over the 2,000 test images side by side, every unit of every layer visualized, both
+    summaries, the comparison of the two runs, one report each."""
+    import re
+
+    monkeypatch.setenv("COLUMNS", "240")  # rich wraps to this width: table cells stay whole
+    out, rep = tmp_path / "demo", tmp_path / "rep"
+    proc = sm("demo", "--out", str(out), "--report", str(rep))
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    runs = {m: sketchmine.open_run(out / f"{m}.zarr") for m in ("demo", "demo-resnet")}
+    for model, run in runs.items():
+        assert run.complete and run.images_done == 2000
+        for name in run.layers:
+            g = run.store.group[f"layers/{name}"]
+            vis = g.attrs["visualized"]
+            assert vis["complete"] and vis["units_done"] == g.attrs["shape"][0], (model, name)
+            assert np.asarray(g["patches"][0]).any() and np.asarray(g["deconv"][0]).any(), (model, name)
+        index = rep / model / "index.html"
+        assert index.is_file() and f"open {index}" in text.replace("\n", "")
+        assert f"sketchmine report: {run.attrs['model']}" in index.read_text()
+        assert (rep / model / "img" / f"00-{run.layers[0]}" / "0_p.png").is_file()
+        assert f"summary: {model}" in text
+    assert runs["demo"].accuracy() == pytest.approx(0.9705) and runs["demo-resnet"].accuracy() == pytest.approx(0.9835)
+    # the compare tables: accuracy of both runs side by side, layers paired by depth
+    assert "compare: A = demo:sketchnet_animal, B = demo:sketchresnet_animal" in text
+    assert "(97.05%) vs B" in text and "(98.35%)" in text
+    assert "layers paired by relative depth" in text
+    for a, b in (("features.0", "conv1"), ("softmax", "softmax")):  # first with first, last with last
+        assert re.search(rf"│ {re.escape(a)} +│ {re.escape(b)} +│", text), (a, b)

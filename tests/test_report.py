@@ -265,3 +265,98 @@ def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser):
     page2.wait_for_selector(".card")
     assert " of 8" in page2.inner_text("#cards")
     assert problems == [] and problems2 == []
+
+
+# ---- torchvision GoogLeNet and ResNet-50 at 224 px (issue 8) --------------------------------
+
+TORCHVISION = {  # arch: (constructor options, [a block output, a deep layer (a conv in a branch / the last block), fc])
+    "googlenet": ({"aux_logits": False, "init_weights": True}, ["inception3a", "inception4e.branch2.1.conv", "fc"]),
+    "resnet50": ({}, ["layer1.0", "layer4.2", "fc"]),
+}
+
+
+@pytest.fixture(scope="module")
+def imagenet_224():
+    """30 real test images (3 per class) as 3-channel 224 px ImageNet-normalised inputs."""
+    from sketchmine.data import animal_shape, preset
+    from tests.helpers import per_class_subset
+
+    return per_class_subset(animal_shape("test", preset("imagenet", 3, (224, 224))), 3, "3 per class")
+
+
+@pytest.mark.parametrize("arch", list(TORCHVISION))
+def test_torchvision_googlenet_and_resnet50_in_chromium(tmp_path, imagenet_224, browser, arch):
+    """torchvision GoogLeNet / ResNet-50 (random init, seed 0; no weights offline) at 224 px: an
+    Inception / residual block output, a deeper layer and fc mined, the first units visualized
+    (block outputs get their receptive field and deconvolution from the graph like any conv),
+    and the report opened in Chromium: layer names listed, every patch and deconvolution loads."""
+    import torch
+    import torchvision
+
+    from sketchmine.deconv import deconvolve
+    from sketchmine.report import _layer_ids
+    from sketchmine.visualize import patches_of
+
+    options, layers = TORCHVISION[arch]
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(arch, weights=None, **options).eval()
+    ds, k, units = imagenet_224, 4, 2
+    run = sketchmine.mine(net, ds, layers=layers, k=k, out=tmp_path / "run.zarr", batch_size=len(ds))
+    assert run.complete and run.layers == layers and run.layer_shape("fc") == (1000,)
+    # a block output's receptive field comes from the graph: a grid with a stride, not the whole image
+    block = layers[0]
+    rf = run.store.group[f"layers/{block}"].attrs["receptive_field"]
+    assert rf["stride"][0] > 0 and 1 < rf["size"][0] < 224, rf
+    # ... and its deconvolution too: with the plain gradient rule it is autograd through the real module
+    x = torch.stack([ds[i][1] for i in (0, 17)])
+    got: list[torch.Tensor] = []
+
+    class Reached(Exception):
+        pass
+
+    def grab(module, inputs, output):
+        got.append(output)
+        raise Reached  # nothing after the block is needed
+
+    hook = dict(net.named_modules())[block].register_forward_hook(grab)
+    xg = x.clone().requires_grad_(True)
+    try:
+        net(xg)
+    except Reached:
+        pass
+    finally:
+        hook.remove()
+    (want,) = torch.autograd.grad(got[0][[0, 1], [3, 5], [4, 2], [6, 1]].sum(), xg)
+    sig = deconvolve(net, x, block, [3, 5], [[4, 6], [2, 1]], method="gradient")
+    assert sig.abs().amax() > 0
+    torch.testing.assert_close(sig, want, rtol=1e-4, atol=1e-6)
+    # the first units of each layer: one block of `units` units (batch = units · k entries)
+    run = sketchmine.visualize(run, model=net, data=ds, batch_size=units * k, max_units=units)
+    for name in layers:
+        vis = run.store.group[f"layers/{name}"].attrs["visualized"]
+        assert vis["units_done"] == units, (name, vis)
+    assert patches_of(run, block, 0)["patches"].shape == (k, *rf["size"], 3)  # the field's crop
+    index = write_report(run, tmp_path / "rep", dataset=ds)
+    page, problems = _open(browser, index.as_uri())
+    page.wait_for_load_state("load")
+    body = page.inner_text("body")
+    assert all(name in body for name in layers)
+    total, ok = _images_ok(page)
+    assert total >= 1 and ok == total
+    ids = _layer_ids(run)
+    for name in layers:
+        page.click(f'a[href="layers/{ids[name]}.html"]')
+        page.wait_for_selector("#unit-0")
+        page.wait_for_function("() => [...document.images].every(i => i.complete)")
+        assert page.inner_text("h1") == name
+        assert f"patches for units 0..{units - 1} only" in page.inner_text("#pictures-note")
+        for u in range(units):  # k patches and k deconvolutions per visualized unit, all decoded
+            loaded = page.evaluate(f"""() => ['_p.png', '_d.png'].map(end =>
+                [...document.querySelectorAll('#unit-{u} img')].filter(i => i.src.endsWith('{u}' + end))
+                .map(i => i.naturalWidth))""")
+            assert [len(w) for w in loaded] == [k, k] and min(min(w) for w in loaded) > 0, (name, u, loaded)
+        total, ok = _images_ok(page)
+        assert total == units * 2 * k + 1 and ok == total  # the strips and the class histogram
+        page.go_back()
+        page.wait_for_load_state("load")
+    assert problems == []

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -42,10 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-size", type=int, default=64, help="(image, unit) pairs per forward and backward")
     v.add_argument("--max-patch", type=int, default=128, help="shrink larger patches to fit N×N pixels")
     v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
-    d = sub.add_parser("demo", help="mine the embedded Animal-Shape test split with the embedded model")
-    d.add_argument("--out", help="run directory (default: a temporary directory)")
-    d.add_argument("--batch-size", type=int, default=250)
-    d.add_argument("--report", help="report folder (default: report/ beside the run)")
+    demo_help = ("mine, visualize, compare and report the two embedded trained models (SketchNet 'demo', "
+                 "ResNet 'demo-resnet') over the embedded Animal-Shape test split")
+    d = sub.add_parser("demo", help=demo_help, description=demo_help)
+    d.add_argument("--out", help="folder for the two runs, OUT/demo.zarr and OUT/demo-resnet.zarr; a re-run "
+                                 "resumes them (default: a new temporary directory)")
+    d.add_argument("--batch-size", type=int, default=250, help="images per mining batch (default 250)")
+    d.add_argument("--report", help="folder for the two reports, REPORT/demo/ and REPORT/demo-resnet/ "
+                                    "(default: OUT/report)")
     r = sub.add_parser("report", help="write a static HTML report of RUN (opens offline in any browser)")
     r.add_argument("run")
     r.add_argument("--out", required=True, help="report folder (index.html inside)")
@@ -128,7 +131,8 @@ def _visualize(args: argparse.Namespace, console: Console) -> None:
                   f"in {bar.seconds:.1f} s → {run.path}")
 
 
-def _summary(path: str, n: int, console: Console) -> None:
+def print_summary(path: str, n: int, console: Console) -> None:
+    """`sketchmine summary`: layers, accuracy, class preferences (also printed by the demo)."""
     from .console import accuracy_table, layers_table, preferences_table
     from .run import open_run
 
@@ -147,7 +151,8 @@ def _summary(path: str, n: int, console: Console) -> None:
         console.print(unbiased)
 
 
-def _report(path: str, out: str, console: Console) -> Path:
+def print_report(path: str, out: str, console: Console) -> Path:
+    """`sketchmine report`: write the HTML report and say where it is."""
     import time
 
     from .report import write_report
@@ -166,34 +171,6 @@ def _compare(args: argparse.Namespace, console: Console) -> None:
         console.print(table)
 
 
-def _demo(args: argparse.Namespace, console: Console) -> None:
-    from . import mine
-    from .console import RichProgress
-    from .data import animal_shape
-
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sketchmine-demo-")) / "demo.zarr"
-    console.print("[bold]sketchmine demo[/]: every layer of the embedded SketchNet over the Animal-Shape test split")
-    bar = RichProgress(console)
-    try:
-        from .models import load_model
-        from .miner import _preprocessing
-
-        pre = _preprocessing("auto", load_model("demo"), None)
-        mine("demo", animal_shape("test", pre), out=out, batch_size=args.batch_size, progress=bar)
-    finally:
-        bar.stop()
-    from .visualize import visualize
-
-    vbar = RichProgress(console, "visualizing", unit="units")
-    try:
-        visualize(out, batch_size=256, progress=vbar)
-    finally:
-        vbar.stop()
-    _summary(str(out), 5, console)
-    console.print(f"run stored in {out}")
-    _report(str(out), args.report or str(out.parent / "report"), console)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
@@ -203,11 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "visualize":
             _visualize(args, console)
         elif args.command == "demo":
-            _demo(args, console)
+            from .demo import run_demo
+
+            run_demo(args.out, args.batch_size, args.report, console)
         elif args.command == "summary":
-            _summary(args.run, args.n, console)
+            print_summary(args.run, args.n, console)
         elif args.command == "report":
-            _report(args.run, args.out, console)
+            print_report(args.run, args.out, console)
         elif args.command == "compare":
             _compare(args, console)
         elif args.command == "importance":

@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from .errors import SketchmineError
 from .ops import crop_patches
-from .receptive_field import ReceptiveField
+from .receptive_field import ReceptiveField, module_outputs
 from .taps import SOFTMAX
 
 METHODS = ("deconvnet", "guided", "gradient")
@@ -64,6 +64,7 @@ def _with_rule(model: nn.Module, method: str) -> fx.GraphModule:
         if is_relu:
             with gm.graph.inserting_after(node):
                 new = gm.graph.call_function(_rule_relu, (node.args[0], method))
+            new.meta.update(node.meta)  # the module it belongs to (module_outputs reads it)
             node.replace_all_uses_with(new)
             gm.graph.erase_node(node)
     gm.graph.lint()
@@ -71,15 +72,13 @@ def _with_rule(model: nn.Module, method: str) -> fx.GraphModule:
     return gm
 
 
-class _Reached(Exception):
-    """Raised by the tap once the target layer has run: nothing after it is computed."""
-
-
 class Deconvolver:
     """One traced, rule-aware copy of a model, reused for many batches and layers.
 
     The forward pass stops at the visualised layer (the rest of the network cannot change
-    the unit's signal), so visualising an early layer costs only the layers before it.
+    the unit's signal), so visualising an early layer costs only the layers before it. A
+    layer is found by its output node in the graph (`module_outputs`), so modules that
+    tracing inlines (ResNet and Inception blocks) are visualised like leaf modules.
     """
 
     def __init__(self, model: nn.Module, method: str = "deconvnet") -> None:
@@ -88,7 +87,8 @@ class Deconvolver:
         self.model, self.method = model, method
         self.graph = _with_rule(model, method)
         self.graph.eval()
-        self._modules = dict(self.graph.named_modules())
+        self._outputs = module_outputs(self.graph)
+        self._upto: dict[str, fx.GraphModule] = {}
 
     def __call__(self, images: torch.Tensor, layer: str, channels, yx=None) -> torch.Tensor:
         """(N, C, H, W) float32 input-space signal of one unit (channel, position) per image."""
@@ -96,30 +96,34 @@ class Deconvolver:
             return self._softmax(images, channels)
         if layer not in dict(self.model.named_modules()):
             raise SketchmineError(f"unknown layer {layer!r} for deconvolution")
-        target = self._modules.get(layer)
-        if target is None:
-            raise SketchmineError(f"layer {layer!r} does not appear in the traced graph (is it called in forward?)")
-        captured: list[torch.Tensor] = []
-
-        def stop(module: nn.Module, inputs: tuple, output) -> None:
-            captured.append(output[0] if isinstance(output, (tuple, list)) else output)
-            raise _Reached
-
-        handle = target.register_forward_hook(stop)
-        try:
-            x = images.detach().clone().float().requires_grad_(True)
-            with torch.enable_grad():
-                try:
-                    self.graph(x)
-                except _Reached:
-                    pass
-                if not captured:
-                    raise SketchmineError(f"layer {layer!r} was not called during the forward pass")
-                out = captured[0]
-                (grad,) = torch.autograd.grad(_units(out, channels, yx).sum(), x)
-        finally:
-            handle.remove()
+        net = self._cut(layer)
+        x = images.detach().clone().float().requires_grad_(True)
+        with torch.enable_grad():
+            out = net(x)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            (grad,) = torch.autograd.grad(_units(out, channels, yx).sum(), x)
         return grad.detach()
+
+    def _cut(self, layer: str) -> fx.GraphModule:
+        """The rule-aware graph up to `layer`'s output, which it returns (built once per layer;
+        parameters shared): nothing after the layer is computed."""
+        if layer not in self._upto:
+            end = self._outputs.get(layer)
+            if end is None:
+                raise SketchmineError(f"layer {layer!r} does not appear once in the traced graph "
+                                      "(is it called exactly once in forward?)")
+            graph = fx.Graph()
+            env: dict[fx.Node, fx.Node] = {}
+            for node in self.graph.graph.nodes:  # topological order: all of end's inputs come first
+                env[node] = graph.node_copy(node, env.__getitem__)
+                if node is end:
+                    break
+            graph.output(env[end])
+            cut = fx.GraphModule(self.graph, graph)
+            cut.graph.eliminate_dead_code()
+            cut.recompile()
+            self._upto[layer] = cut.eval()
+        return self._upto[layer]
 
     def field_crops(self, images: torch.Tensor, image_index: torch.Tensor, layer: str, channels, yx,
                     field: ReceptiveField) -> torch.Tensor:

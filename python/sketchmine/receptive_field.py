@@ -115,10 +115,7 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int]) -> dic
             elif not isinstance(m, _POINTWISE_MODULES):
                 raise SketchmineError(f"receptive fields: module {node.target!r} ({type(m).__name__}) is not supported")
             fields[node] = f
-            if f.jump == (0, 0):
-                out[node.target] = ReceptiveField((h, w), (0, 0), (0, 0))
-            else:
-                out[node.target] = ReceptiveField(tuple(f.hi[a] - f.lo[a] + 1 for a in range(2)), f.jump, f.lo)
+            out[node.target] = _field(f, h, w)
         elif node.op == "call_function":
             if node.target in _GLOBAL_FUNCS:
                 f = whole
@@ -132,7 +129,39 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int]) -> dic
             elif node.target not in _POINTWISE_METHODS:
                 raise SketchmineError(f"receptive fields: method .{node.target}() at {node.name} is not supported")
             fields[node] = f
+    for name, node in module_outputs(gm).items():  # modules traced through: blocks, containers
+        if name not in out and node in fields:
+            out[name] = _field(fields[node], h, w)
     return out
+
+
+def _field(f: _Field, h: int, w: int) -> ReceptiveField:
+    """A node's field as the public record (the whole h×w image with stride 0 when its units
+    see everything)."""
+    if f.jump == (0, 0):
+        return ReceptiveField((h, w), (0, 0), (0, 0))
+    return ReceptiveField(tuple(f.hi[a] - f.lo[a] + 1 for a in range(2)), f.jump, f.lo)
+
+
+def module_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
+    """The node holding each module's output in a traced graph, by qualified name.
+
+    symbolic_trace inlines every module that is not a torch.nn leaf (a ResNet block, an
+    Inception block, a Sequential), so such a module has no node of its own; its nodes carry
+    it in their ``nn_module_stack``, and its output is the last of them that a node outside
+    the call uses. A leaf module's output is its call node. Modules called more than once
+    per forward are left out (their output is ambiguous; the miner refuses them too).
+    """
+    calls: dict[str, set[str]] = {}
+    last: dict[str, fx.Node] = {}
+    for node in gm.graph.nodes:
+        for key, val in (node.meta.get("nn_module_stack") or {}).items():
+            name = val[0] if isinstance(val, tuple) else str(key).split("@")[0]
+            calls.setdefault(name, set()).add(key)
+            if any(key not in (u.meta.get("nn_module_stack") or {}) for u in node.users):
+                last[key] = node
+    return {name: last[next(iter(keys))] for name, keys in calls.items()
+            if len(keys) == 1 and next(iter(keys)) in last}
 
 
 def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int) -> None:

@@ -1,0 +1,87 @@
+"""`sketchmine demo`: the two embedded trained models side by side on the embedded test split.
+
+Both "demo" (SketchNet, AlexNet-style) and "demo-resnet" (a small BasicBlock ResNet) are mined
+(every conv, linear and softmax layer) and visualized over the same 2,000 Animal-Shape test
+images, each into its own run store, then summarised, compared layer by layer (paired by
+relative depth) and written as one static report each:
+
+    OUT/demo.zarr  OUT/demo-resnet.zarr       the runs (a re-run with the same OUT resumes)
+    REPORT/demo/index.html  REPORT/demo-resnet/index.html    (REPORT defaults to OUT/report)
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from .data import MinerDataset
+from .run import Run
+
+MODELS: tuple[str, str] = ("demo", "demo-resnet")
+"""The embedded models the demo mines, in the order of the comparison (A, B)."""
+
+VISUALIZE_BATCH = 256
+"""(image, unit) pairs per forward and backward of the visualize pass."""
+
+
+def animal_shape_test(model: str) -> MinerDataset:
+    """The embedded Animal-Shape test split, normalised as `model` was trained."""
+    from .data import animal_shape
+    from .miner import _preprocessing
+    from .models import load_model
+
+    return animal_shape("test", _preprocessing("auto", load_model(model), None))
+
+
+def mine_and_visualize(model: str, out: Path, batch_size: int, console: Console) -> Run:
+    """Mine every default layer of `model` into `out`, then crop every unit's patches and
+    deconvolutions; both passes resume where an earlier demo left off."""
+    from .console import RichProgress
+    from .miner import mine
+    from .visualize import visualize
+
+    console.print(f"[bold]{model}[/] → {out}")
+    bar = RichProgress(console)
+    try:
+        run = mine(model, animal_shape_test(model), out=out, batch_size=batch_size, progress=bar)
+    finally:
+        bar.stop()
+    vbar = RichProgress(console, "visualizing", unit="units")
+    try:
+        return visualize(run, batch_size=VISUALIZE_BATCH, progress=vbar)
+    finally:
+        vbar.stop()
+
+
+def print_comparison(a: Run, b: Run, console: Console, n: int = 5) -> None:
+    """The `sketchmine compare A B` tables: accuracy per class, layers paired by depth."""
+    from .compare import compare
+    from .console import compare_tables
+
+    console.rule(f"[bold]compare[/]: A = {a.attrs.get('model')}, B = {b.attrs.get('model')}")
+    for table in compare_tables(compare(a, b, n)):
+        console.print(table)
+
+
+def run_demo(out_dir: str | Path | None, batch_size: int, report_dir: str | Path | None,
+             console: Console) -> dict[str, Path]:
+    """Mine, visualize, summarise, compare and report both embedded models; returns each
+    model's report index.html. out_dir: where the runs go (None: a new temporary directory);
+    report_dir: the reports' parent folder (None: out_dir/report)."""
+    from .cli import print_report, print_summary
+
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="sketchmine-demo-"))
+    reports = Path(report_dir) if report_dir else out / "report"
+    console.print("[bold]sketchmine demo[/]: every layer of the embedded SketchNet (demo) and small ResNet "
+                  "(demo-resnet) over the Animal-Shape test split, then the two compared")
+    runs = {m: mine_and_visualize(m, out / f"{m}.zarr", batch_size, console) for m in MODELS}
+    for model, run in runs.items():
+        console.rule(f"[bold]summary[/]: {model}")
+        print_summary(str(run.path), 5, console)
+    print_comparison(runs[MODELS[0]], runs[MODELS[1]], console)
+    index = {m: print_report(str(run.path), str(reports / m), console) for m, run in runs.items()}
+    a, b = (runs[m].path for m in MODELS)
+    console.print(escape(f"runs stored in {out}; compare them again with: sketchmine compare {a} {b}"))
+    return index
