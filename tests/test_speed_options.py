@@ -1,4 +1,5 @@
-"""Opt-in speed options of mine(): logits=False, channels_last, autocast (issue 5 item 2)."""
+"""Speed options of mine(): logits=False, channels_last, autocast (issue 5 item 2); compile,
+the loader options and flushes overlapped with compute (item 3)."""
 from __future__ import annotations
 
 import numpy as np
@@ -79,3 +80,187 @@ def test_autocast_agrees_with_float32(baseline, small_test_set, tmp_path, mode):
 def test_bad_autocast(small_test_set, tmp_path):
     with pytest.raises(SketchmineError, match="autocast"):
         mine("demo", small_test_set, layers=CONVS, out=tmp_path / "r.zarr", autocast="int8")
+
+
+# ---- compile=True (issue 5 item 3a) -----------------------------------------------------------
+def _assert_close_run(run, baseline, layers, recall=0.95):
+    """Same top-k within float tolerance (a compiled graph may sum in another order), the
+    same class statistics (they see every image maximum, negative ones included)."""
+    for layer in layers:
+        v, i, _ = run.topk(layer)
+        bv, bi, _ = baseline.topk(layer)
+        np.testing.assert_allclose(v, bv, rtol=1e-4, atol=1e-4, err_msg=layer)
+        assert _recall(i, bi) > recall, layer
+        for key in ("class_mean", "class_count", "class_nan_count"):
+            got = np.asarray(run.store.group[f"layers/{layer}/{key}"][...])
+            want = np.asarray(baseline.store.group[f"layers/{layer}/{key}"][...])
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{layer} {key}")
+
+
+def test_compile_same_topk_as_eager(baseline, small_test_set, tmp_path):
+    from sketchmine.models import load_model
+
+    net = load_model("demo").module  # one module object for both calls: a compiled graph must not keep old hooks
+    run = mine(net, small_test_set, layers=LAYERS, out=tmp_path / "a.zarr", batch_size=64, compile=True)
+    _assert_close_run(run, baseline, LAYERS)  # 300 images: the last batch (44) compiles once more
+    np.testing.assert_allclose(np.asarray(run.store.group["eval/logits"][...]),
+                               np.asarray(baseline.store.group["eval/logits"][...]), rtol=1e-4, atol=1e-4)
+    other = mine(net, small_test_set, layers=CONVS[2:], out=tmp_path / "b.zarr", batch_size=64, compile=True,
+                 logits=False)
+    _assert_close_run(other, baseline, CONVS[2:])
+    assert "logits" not in other.store.group["eval"]
+
+
+def test_compile_hands_the_taps_the_output_before_an_inplace_op(small_test_set, tmp_path):
+    """A conv followed by ReLU(inplace=True), every output negative: the top-k must rank the
+    conv's own (negative) values, as in eager mode, not the zeros the ReLU leaves."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 10)).eval()
+    with torch.no_grad():
+        net[0].bias.fill_(-100.0)
+    kw = dict(layers=["0", "4"], batch_size=100)
+    eager = mine(net, small_test_set, out=tmp_path / "e.zarr", **kw)
+    compiled = mine(net, small_test_set, out=tmp_path / "c.zarr", compile=True, **kw)
+    assert (eager.topk("0")[0] < 0).all()
+    _assert_close_run(compiled, eager, ["0", "4"], recall=0.99)
+
+
+def test_compile_again_with_more_taps(small_test_set, tmp_path):
+    """torch.compile does not guard on forward hooks by default: the graph of an earlier call
+    (the caller's, without taps, or mine's with fewer) would be reused and the new taps would
+    never fire (empty top-k). mine makes the hooks part of the guards: a new set recompiles."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+                        nn.LazyLinear(10)).eval()
+    x = torch.stack([small_test_set[i][1] for i in range(100)])
+    with torch.inference_mode():
+        net(x)  # materialise the lazy layer
+        torch.compile(net, dynamic=False)(x)
+    for i, layers in enumerate([["0"], ["0", "2", "5"]]):
+        kw = dict(layers=layers, batch_size=100)
+        eager = mine(net, small_test_set, out=tmp_path / f"e{i}.zarr", **kw)
+        compiled = mine(net, small_test_set, out=tmp_path / f"c{i}.zarr", compile=True, **kw)
+        _assert_close_run(compiled, eager, layers, recall=0.99)
+
+
+def test_compile_without_a_cxx_compiler_is_a_clear_error(small_test_set, tmp_path):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(1, 3, 5), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 7)).eval()
+    no_cxx = {"cpp.cxx": (None, str(tmp_path / "no-such-g++")), "fx_graph_cache": False}
+    with torch._inductor.config.patch(no_cxx), \
+            pytest.raises(SketchmineError, match="torch.compile failed.*compile=False"):
+        mine(net, small_test_set, layers=["0"], out=tmp_path / "r.zarr", batch_size=100, compile=True)
+
+
+# ---- loader options (item 3b) -----------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning")  # pinned on a machine without CUDA: unused
+def test_loader_options_same_result(baseline, small_test_set, tmp_path):
+    from tests.helpers import store_arrays
+
+    ref = mine("demo", small_test_set, layers=LAYERS, out=tmp_path / "a.zarr", batch_size=64, num_workers=1)
+    run = mine("demo", small_test_set, layers=LAYERS, out=tmp_path / "b.zarr", batch_size=64, num_workers=1,
+               prefetch_factor=4, pin_memory=True)
+    got, want = store_arrays(run.path), store_arrays(ref.path)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    with pytest.raises(SketchmineError, match="prefetch_factor"):
+        mine("demo", small_test_set, layers=CONVS, out=tmp_path / "c.zarr", prefetch_factor=2)
+
+
+# ---- flushes overlapped with compute (item 3c) ------------------------------------------------
+def test_overlapped_flushes_write_on_a_thread_and_equal_synchronous(small_test_set, tmp_path, monkeypatch):
+    import threading
+
+    from sketchmine.store import RunStore
+    from tests.helpers import store_arrays
+
+    writers: set[str] = set()
+    original = RunStore.write_checkpoint
+
+    def record(self, *args, **kwargs):
+        writers.add(threading.current_thread().name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunStore, "write_checkpoint", record)
+    kw = dict(layers=LAYERS, batch_size=20, flush_every=1)
+    sync = mine("demo", small_test_set, out=tmp_path / "s.zarr", overlap_flushes=False, **kw)
+    assert writers == {threading.current_thread().name}
+    writers.clear()
+    run = mine("demo", small_test_set, out=tmp_path / "o.zarr", **kw)
+    assert writers and all(name.startswith("sketchmine-flush") for name in writers)
+    got, want = store_arrays(run.path), store_arrays(sync.path)
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_slow_overlapped_flushes_checkpoint_a_copy_and_resume_identical(small_test_set, tmp_path, monkeypatch):
+    """Checkpoints written slowly while later batches change the live top-k state: each must
+    hold the state as of its flush (a copy), or the resumed run would count images twice."""
+    import time
+
+    from sketchmine.store import RunStore
+    from tests.helpers import StopAfter, store_arrays
+
+    kw = dict(layers=LAYERS, batch_size=20, flush_every=2)
+    ref = mine("demo", small_test_set, out=tmp_path / "ref.zarr", **kw)
+    original = RunStore.write_checkpoint
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.2)  # three more batches compute meanwhile
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunStore, "write_checkpoint", slow)
+    out = tmp_path / "run.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        mine("demo", small_test_set, out=out, progress=StopAfter(9, calls=True), **kw)
+    from sketchmine import open_run
+
+    assert open_run(out).images_done == 160  # the flush in flight after batch 8 committed before mine raised
+    monkeypatch.setattr(RunStore, "write_checkpoint", original)
+    mine("demo", small_test_set, out=out, **kw)
+    got, want = store_arrays(out), store_arrays(ref.path)
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_failed_background_flush_is_the_stores_clear_error_and_resumes(small_test_set, tmp_path, monkeypatch):
+    import errno
+
+    from sketchmine.store import RunStore, _io_errors
+    from tests.helpers import store_arrays
+
+    kw = dict(layers=LAYERS, batch_size=20, flush_every=1)
+    ref = mine("demo", small_test_set, out=tmp_path / "ref.zarr", **kw)
+    original = RunStore.write_rows
+    calls = {"n": 0}
+
+    def fail_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunStore, "write_rows", _io_errors(fail_third))  # as the store turns an OSError
+    out = tmp_path / "run.zarr"
+    with pytest.raises(SketchmineError, match=r"cannot write to .*No space left on device.*re-run"):
+        mine("demo", small_test_set, out=out, **kw)
+    from sketchmine import open_run
+
+    assert open_run(out).images_done == 40
+    monkeypatch.setattr(RunStore, "write_rows", original)
+    mine("demo", small_test_set, out=out, **kw)
+    got, want = store_arrays(out), store_arrays(ref.path)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
@@ -117,6 +118,8 @@ class _TorchForward:
         self.net = net
         self.order: list[str] = []  # tapped layers in call order, from the probe
         self.stop_after: str | None = None  # a tapped layer: end each forward right after it (logits=False)
+        self.compile = False  # run each forward as a torch.compile graph (see _open_compiled)
+        self.layouts: dict[str, dict[str, Any]] = {}  # how each tap read its module, from the probe
 
     def resolve_layers(self, layers: list[str] | None) -> list[str]:
         return resolve_layers(self.net, layers)
@@ -140,11 +143,15 @@ class _TorchForward:
         record = lambda n, t: shapes.setdefault(n, tuple(t.shape[1:]))  # noqa: E731
         with torch.inference_mode(), Taps(self.net, layers, record) as taps:
             out = _shape_forward(self.net, x)
-        self.order = list(shapes)
+        self.order, self.layouts = list(shapes), taps.layouts
         return shapes, out, taps.layouts
 
     @contextlib.contextmanager
     def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):
+        if self.compile:
+            with self._open_compiled(layers, on_output) as run:
+                yield run
+            return
         with Taps(self.net, layers, on_output):
             if self.stop_after is None:
                 yield lambda x: _first_tensor(self.net(x))
@@ -167,6 +174,42 @@ class _TorchForward:
                 yield run
             finally:
                 handle.remove()
+
+    @contextlib.contextmanager
+    def _open_compiled(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):
+        """compile=True: the whole forward, taps included, as one torch.compile graph.
+
+        torch.compile traces forward hooks into the graph; traced, the top-k bookkeeping
+        (the compiled op, .item(), bincount) would split it into many small graphs. So the
+        taps only copy each tapped output out of the graph (a copy: an in-place op after the
+        module, ReLU(inplace=True), would otherwise change it) and `on_output` runs on the
+        copies, eagerly and in call order, after the forward. The cost: a batch's tapped
+        outputs are all alive at once. Hooks are guarded (dynamo skips that by default), so a
+        compiled graph is never reused with another call's hooks: a new set recompiles.
+        logits=False still computes the whole forward (an exception cannot end a graph
+        early); the logits are dropped."""
+        from torch._dynamo.exc import BackendCompilerFailed
+        from torch._inductor.exc import InductorError
+
+        captured: list[tuple[str, torch.Tensor]] = []
+        net = torch.compile(self.net, dynamic=False)  # static shapes: a shorter last batch compiles once more
+
+        def run(x: torch.Tensor) -> torch.Tensor | None:
+            captured.clear()
+            try:
+                out = _first_tensor(net(x))
+            except (BackendCompilerFailed, InductorError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise SketchmineError(f"torch.compile failed: {first[:300]}; on CPU it needs a C++ compiler (g++ "
+                                      "or clang), on CUDA Triton. Mine without --compile (compile=False)") from None
+            for name, t in captured:
+                on_output(name, t)
+            return out if self.stop_after is None else None
+
+        with Taps(self.net, layers, lambda name, t: captured.append((name, t.clone()))) as taps, \
+                torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+            taps.layouts.update(self.layouts)  # as after a first batch: the second does not recompile
+            yield run
 
 
 def _forward(net: nn.Module | OnnxModel) -> Forward:
@@ -290,6 +333,10 @@ def mine(
     logits: bool = True,
     channels_last: bool = False,
     autocast: str | None = None,
+    compile: bool = False,
+    prefetch_factor: int | None = None,
+    pin_memory: bool | None = None,
+    overlap_flushes: bool = True,
 ) -> Run:
     """Stream `dataset` through `model` once and keep the top-k images of every unit.
 
@@ -301,7 +348,12 @@ def mine(
     Opt-in speed options (torch models only): logits=False ends each forward pass after the
     deepest tapped layer (no logits, predictions or accuracy; not with the softmax layer);
     channels_last=True runs model and batches in channels-last memory format; autocast="bf16"
-    or "fp16" runs the forward under torch.autocast (activations are cast to float32 for top-k).
+    or "fp16" runs the forward under torch.autocast (activations are cast to float32 for top-k);
+    compile=True runs each forward through torch.compile (see _TorchForward._open_compiled).
+    Loading: num_workers DataLoader processes, each `prefetch_factor` batches ahead (workers
+    only; torch's default 2); pin_memory (None: pinned when the device is CUDA).
+    overlap_flushes=False writes each periodic checkpoint in the loop instead of on a
+    background thread while the next batches compute (the default; same store either way).
     """
     if k < 1:
         raise SketchmineError(f"k must be at least 1, got {k}")
@@ -320,7 +372,8 @@ def mine(
     names = forward.resolve_layers(layers)
     if not logits and layers is None:  # the default layers without the virtual softmax (it needs the logits)
         names = [n for n in names if n != SOFTMAX]
-    speed = _speed_options(forward, names, logits, channels_last, autocast)
+    speed = _speed_options(forward, names, logits, channels_last, autocast, compile=compile, num_workers=num_workers,
+                           prefetch_factor=prefetch_factor, pin_memory=pin_memory, overlap_flushes=overlap_flushes)
     out = Path(out)
     existing = team.writes and is_run(out)  # only rank 0 reads or writes the store
     store = RunStore.open(out, mode="r+") if existing else None
@@ -344,6 +397,8 @@ def mine(
     forward.to(device)
     if channels_last:
         forward.net.to(memory_format=torch.channels_last)
+    if compile:
+        forward.compile = True
     first = _first_readable(ds)
     spec, num_classes = _probe(forward, names, first[None].to(device))
     if not logits:
@@ -411,13 +466,13 @@ def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_
                                device, resumed=saved is not None)
     bad: list[dict[str, Any]] = list(store.attrs.get("bad_images", []))
     converted: dict[str, int] = {}
+    speed = speed or _Speed()
+    ahead = {"prefetch_factor": speed.prefetch_factor} if speed.prefetch_factor and num_workers > 0 else {}
     loader = DataLoader(Subset(ds, team.shard(done, n, batch_size)), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda", collate_fn=collate,
-                        persistent_workers=False)
+                        num_workers=num_workers, collate_fn=collate, persistent_workers=False,
+                        pin_memory=device.type == "cuda" if speed.pin_memory is None else speed.pin_memory, **ahead)
     progress.start(n, done)
     current: dict[str, torch.Tensor] = {}
-
-    speed = speed or _Speed()
     cast = speed.autocast is not None or speed.channels_last
 
     def on_output(name: str, t: torch.Tensor) -> None:
@@ -430,7 +485,8 @@ def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_
     pending = _Pending(done)
     batches = 0
     tapped = [l.name for l in spec]
-    with torch.inference_mode(), forward.open(tapped, on_output) as run_batch, _plain_worker_errors():
+    with torch.inference_mode(), forward.open(tapped, on_output) as run_batch, _plain_worker_errors(), \
+            _FlushWriter(speed.overlap_flushes) as writer:
         for idx, x, y, notes in loader:
             ok = torch.ones(len(idx), dtype=torch.bool)
             for j, note in enumerate(notes):
@@ -472,43 +528,59 @@ def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_
             progress.advance(len(idx))
             if batches % flush_every == 0 and team.flush_due(batches):
                 merged, rows, merged_classes = team.gather(states, pending, bad, converted, classes)  # on rank 0
-                team.on_writer(lambda: _flush(store, merged, rows, needs_labels, bad, converted, merged_classes))
+
+                def flush() -> None:  # rank 0: copy what the flush writes, then write it on the writer thread
+                    job = _Flush.take(merged, rows, needs_labels, bad, converted, merged_classes)
+                    converted.clear()  # counted in the job
+                    writer.submit(lambda: _flush(store, job))
+
+                team.on_writer(flush)
                 pending = _Pending(int(idx[-1]) + 1)
-    # No checkpoint for the tail: a crash before the run is marked complete resumes from the
-    # last periodic flush, so the final arrays are the only write here.
-    merged, rows, merged_classes = team.gather(states, pending, bad, converted, classes)
+        # No checkpoint for the tail: a crash before the run is marked complete resumes from the
+        # last periodic flush, so the final arrays are the only write here.
+        merged, rows, merged_classes = team.gather(states, pending, bad, converted, classes)
 
-    def finish() -> None:
-        _write_rows(store, rows, needs_labels)
-        _finalize(store, merged, n, bad, converted, merged_classes)
+        def finish() -> None:
+            writer.wait()  # the last periodic flush has committed (or its error is raised here)
+            _write_rows(store, rows, needs_labels)
+            _finalize(store, merged, n, bad, converted, merged_classes)
 
-    team.on_writer(finish)
+        team.on_writer(finish)
     return team.result(store)
 
 
 @dataclass
 class _Speed:
-    """The opt-in speed options of a pass (defaults: none)."""
+    """The speed options of a pass (defaults: the plain pass, flushes overlapped)."""
 
     channels_last: bool = False
     autocast: torch.dtype | None = None
+    compile: bool = False
+    prefetch_factor: int | None = None  # DataLoader's own default when None
+    pin_memory: bool | None = None  # None: pinned when mining on CUDA
+    overlap_flushes: bool = True
 
 
 _AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
-def _speed_options(forward: Forward, names: list[str], logits: bool, channels_last: bool,
-                   autocast: str | None) -> _Speed:
-    """Check the speed options against the model and layers."""
+def _speed_options(forward: Forward, names: list[str], logits: bool, channels_last: bool, autocast: str | None, *,
+                   compile: bool = False, num_workers: int = 0, prefetch_factor: int | None = None,
+                   pin_memory: bool | None = None, overlap_flushes: bool = True) -> _Speed:
+    """Check the speed options against the model, layers and loader."""
+    if prefetch_factor is not None and (num_workers < 1 or prefetch_factor < 1):
+        raise SketchmineError(f"prefetch_factor ({prefetch_factor}) needs num_workers >= 1 and must be at least 1: "
+                              "it is how many batches each loader worker prepares ahead")
     if autocast is not None and str(autocast).lower() not in _AUTOCAST:
         raise SketchmineError(f"autocast must be bf16 or fp16 (or None), got {autocast!r}")
-    if not isinstance(forward, _TorchForward) and (not logits or channels_last or autocast is not None):
-        raise SketchmineError("logits=False, channels_last and autocast apply to torch models only, "
+    if not isinstance(forward, _TorchForward) and (not logits or channels_last or autocast is not None or compile):
+        raise SketchmineError("logits=False, channels_last, autocast and compile apply to torch models only, "
                               "not to the ONNX Runtime backend")
     if not logits and SOFTMAX in names:
         raise SketchmineError("logits=False (--no-logits) cannot mine the virtual 'softmax' layer: it is computed "
                               "from the logits; leave it out of the layers or keep the logits")
-    return _Speed(channels_last, None if autocast is None else _AUTOCAST[str(autocast).lower()])
+    return _Speed(channels_last, None if autocast is None else _AUTOCAST[str(autocast).lower()], bool(compile),
+                  prefetch_factor, pin_memory, overlap_flushes)
 
 
 @contextlib.contextmanager
@@ -525,22 +597,85 @@ def _plain_worker_errors():
         raise
 
 
-def _flush(store: RunStore, states: dict[str, RunningTopK], pending: _Pending, needs_labels: bool,
-           bad: list[dict[str, Any]], converted: dict[str, int],
-           classes: classstats.RunningClassStats | None = None) -> None:
-    """Write pending rows, then checkpoint every state and commit the new progress."""
-    done = _write_rows(store, pending, needs_labels)
-    store.write_checkpoint({name: s.state_dict() for name, s in states.items()}, done,
-                           {"bad_images": bad, "converted_images": _merged_counts(store, converted)},
-                           arrays=classes.packed() if classes is not None else None)
-    converted.clear()
+@dataclass
+class _Flush:
+    """What one periodic flush writes, copied in the loop: later batches update the top-k
+    states, class statistics and lists in place while the writer thread writes this."""
+
+    start: int  # first row
+    logits: np.ndarray | None
+    labels: np.ndarray | None
+    done: int  # images done once committed
+    states: dict[str, dict[str, torch.Tensor]]
+    classes: dict[str, np.ndarray] | None
+    bad: list[dict[str, Any]]
+    converted: dict[str, int]  # since the previous commit
+
+    @classmethod
+    def take(cls, states: dict[str, RunningTopK], pending: _Pending, needs_labels: bool, bad: list[dict[str, Any]],
+             converted: dict[str, int], classes: classstats.RunningClassStats | None = None) -> _Flush:
+        return cls(*_rows(pending, needs_labels), {name: s.state_dict() for name, s in states.items()},
+                   classes.packed() if classes is not None else None, list(bad), dict(converted))
 
 
-def _write_rows(store: RunStore, pending: _Pending, needs_labels: bool) -> int:
-    """Logits, predictions and (streamed) labels of the pending rows; returns images done."""
+def _flush(store: RunStore, job: _Flush) -> None:
+    """Write a flush's rows, then checkpoint its states and commit the new progress."""
+    store.write_rows(job.start, job.logits, job.labels)
+    store.write_checkpoint(job.states, job.done,
+                           {"bad_images": job.bad, "converted_images": _merged_counts(store, job.converted)},
+                           arrays=job.classes)
+
+
+class _FlushWriter:
+    """Writes the periodic flushes on one background thread while the next batches compute.
+
+    One flush at a time: `submit` first waits for the one before it, so flushes commit in
+    order and the error of one (the store's "cannot write … re-run" message) is raised in
+    the loop at the next flush, or at `wait` before the final writes. Leaving the block
+    waits for the flush in flight, whatever ended the loop, so nothing is written after
+    `mine` returns or raises. overlap=False writes in the caller instead.
+    """
+
+    def __init__(self, overlap: bool = True) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sketchmine-flush") if overlap else None
+        self._running: Future[None] | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self.wait()
+        if self._pool is None:
+            write()
+        else:
+            self._running = self._pool.submit(write)
+
+    def wait(self) -> None:
+        running, self._running = self._running, None
+        if running is not None:
+            running.result()  # re-raises the flush's error here
+
+    def __enter__(self) -> _FlushWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
+        try:
+            self.wait()
+        except Exception:
+            if kind is None:
+                raise  # else the loop's own error is the one to report; the committed state is intact
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+
+
+def _rows(pending: _Pending, needs_labels: bool) -> tuple[int, np.ndarray | None, np.ndarray | None, int]:
+    """(first row, logits, streamed labels, images done after them) of the pending rows."""
     labels = np.concatenate(pending.labels) if (needs_labels and pending.labels) else None
-    store.write_rows(pending.start, pending.logit_rows(), labels)
-    return pending.start + sum(len(l) for l in pending.labels)
+    return pending.start, pending.logit_rows(), labels, pending.start + sum(len(l) for l in pending.labels)
+
+
+def _write_rows(store: RunStore, pending: _Pending, needs_labels: bool) -> None:
+    """Logits, predictions and (streamed) labels of the pending rows."""
+    start, logits, labels, _ = _rows(pending, needs_labels)
+    store.write_rows(start, logits, labels)
 
 
 def _finalize(store: RunStore, states: dict[str, RunningTopK], n: int, bad: list[dict[str, Any]],
