@@ -66,9 +66,20 @@ class RunningClassStats:
         self.num_classes, self.device = num_classes, torch.device(device)
         rows = num_classes + 1  # + the discard row for unknown labels
         self.layers = dict(layers)
-        self.sums = {n: torch.zeros(rows, c, dtype=torch.float64, device=device) for n, c in layers.items()}
-        self.counts = {n: torch.zeros(rows, c, dtype=torch.int64, device=device) for n, c in layers.items()}
-        self.nans = {n: torch.zeros(c, dtype=torch.int64, device=device) for n, c in layers.items()}
+        # one (rows, all units) block per statistic, each layer a column slice of it: a batch of
+        # every layer is then added with one set of ops instead of one per layer (ResNet-50: 54)
+        total = sum(self.layers.values())
+        self._sums = torch.zeros(rows, total, dtype=torch.float64, device=device)
+        self._counts = torch.zeros(rows, total, dtype=torch.int64, device=device)
+        self._nans = torch.zeros(total, dtype=torch.int64, device=device)
+        self.sums, self.counts, self.nans = {}, {}, {}
+        at = 0
+        for n, c in self.layers.items():
+            self.sums[n], self.counts[n] = self._sums[:, at:at + c], self._counts[:, at:at + c]
+            self.nans[n] = self._nans[at:at + c]
+            at += c
+        self._pending: dict[str, torch.Tensor] = {}  # this batch's maxima per layer, see add()
+        self._labels: torch.Tensor | None = None
         self.ink = torch.zeros(rows, dtype=torch.float64, device=device)
         self.images = torch.zeros(rows, dtype=torch.int64, device=device)
         self._mean, self._std = [float(v) for v in mean], [float(v) for v in std]
@@ -90,17 +101,40 @@ class RunningClassStats:
 
     def add(self, layer: str, maxima: torch.Tensor, labels: torch.Tensor) -> None:
         """One batch of a layer: maxima (N, C), the image maxima the top-k ranked (what
-        `RunningTopK.add` returns; NaN = an all-NaN map, excluded); labels (N,) int64, same device."""
+        `RunningTopK.add` returns; NaN = an all-NaN map, excluded); labels (N,) int64, same device.
+
+        Held until the batch ends (`end_batch`, or the next batch's labels, or any read), so
+        that all layers of a batch are added together."""
+        if self._labels is not None and labels is not self._labels:
+            self.end_batch()
+        self._labels = labels
+        self._pending[layer] = maxima
+
+    def end_batch(self) -> None:
+        """Add the held batch: one block over all layers when every layer was seen, else per layer."""
+        pending, labels = self._pending, self._labels
+        self._pending, self._labels = {}, None
+        if not pending:
+            return
+        rows = self.rows(labels)
+        if len(pending) == len(self.layers):
+            m = torch.cat([pending[n].reshape(len(rows), -1) for n in self.layers], dim=1)
+            self._add_block(self._sums, self._counts, self._nans, m, rows)
+        else:
+            for n, m in pending.items():
+                self._add_block(self.sums[n], self.counts[n], self.nans[n], m, rows)
+
+    def _add_block(self, sums: torch.Tensor, counts: torch.Tensor, nans: torch.Tensor, maxima: torch.Tensor,
+                   rows: torch.Tensor) -> None:
         m = maxima.double()
         nan = torch.isnan(m)
-        rows = self.rows(labels)
         if m.device.type == "cpu" and not bool(nan.any()):  # the common case: every map counts
-            self.sums[layer].index_add_(0, rows, m)
-            self.counts[layer].add_(torch.bincount(rows, minlength=self.num_classes + 1)[:, None])
+            sums.index_add_(0, rows, m)
+            counts.add_(torch.bincount(rows, minlength=self.num_classes + 1)[:, None])
             return
-        self._accumulate(self.sums[layer], rows, m.masked_fill(nan, 0.0))
-        self.counts[layer].index_add_(0, rows, (~nan).long())
-        self.nans[layer].add_(nan.sum(dim=0))
+        self._accumulate(sums, rows, m.masked_fill(nan, 0.0))
+        counts.index_add_(0, rows, (~nan).long())
+        nans.add_(nan.sum(dim=0))
 
     def add_images(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         """The model's input batch x (N, ch, H, W), normalised as in preprocessing."""
@@ -112,6 +146,8 @@ class RunningClassStats:
 
     def merge(self, other: RunningClassStats) -> None:
         """Fold in statistics over disjoint images (another worker or rank)."""
+        self.end_batch()
+        other.end_batch()
         for n in self.layers:
             self.sums[n].add_(other.sums[n].to(self.device))
             self.counts[n].add_(other.counts[n].to(self.device))
@@ -122,6 +158,7 @@ class RunningClassStats:
     # ---- save / resume: two flat arrays, in layer order --------------------------------------
     def packed(self) -> dict[str, np.ndarray]:
         """{"class_sum": float64, "class_count": int64} flat arrays (layout: layer order, then ink)."""
+        self.end_batch()
         names = list(self.layers)
         f = [self.sums[n].cpu().numpy().ravel() for n in names] + [self.ink.cpu().numpy()]
         i = [self.counts[n].cpu().numpy().ravel() for n in names] + [self.nans[n].cpu().numpy() for n in names]
@@ -129,6 +166,7 @@ class RunningClassStats:
 
     def load_packed(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore from `packed()`; raises ValueError when the layout does not fit."""
+        self._pending, self._labels = {}, None
         f, i = np.asarray(arrays["class_sum"]), np.asarray(arrays["class_count"])
         rows, names = self.num_classes + 1, list(self.layers)
         total = sum(self.layers.values())
@@ -155,6 +193,7 @@ class RunningClassStats:
 
     def results(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
         """(class_mean (C, K) float64, NaN where a class has no image; class_count (C, K) int64)."""
+        self.end_batch()
         s = self.sums[layer][:self.num_classes].T.cpu().numpy()
         c = self.counts[layer][:self.num_classes].T.cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):

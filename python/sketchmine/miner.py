@@ -521,6 +521,8 @@ def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_
                     logits = run_batch(xb)
                 if SOFTMAX in states:
                     on_output(SOFTMAX, torch.softmax(logits.float(), dim=1))
+                if classes is not None:
+                    classes.end_batch()  # every layer of this batch at once
             pending.logits.append((ok.numpy(), logits if logits is not None and logits.ndim == 2 else None))
             pending.labels.append(np.asarray(y, dtype=np.int64))
             pending.index.append(idx.numpy())
