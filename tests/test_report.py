@@ -357,6 +357,7 @@ def test_torchvision_googlenet_and_resnet50_in_chromium(tmp_path, imagenet_224, 
             assert [len(w) for w in loaded] == [k, k] and min(min(w) for w in loaded) > 0, (name, u, loaded)
         total, ok = _images_ok(page)
         assert total == units * 2 * k + 1 and ok == total  # the strips and the class histogram
-        page.go_back()
+        page.go_back()  # one press of Back leaves the layer page (its page=1 hash adds no entry)
         page.wait_for_load_state("load")
+        assert page.url == index.as_uri(), page.url
     assert problems == []

@@ -140,11 +140,16 @@
     body.setAttribute("data-rendered", String(p));
   }
 
-  function show(p) {
+  function show(p, replace) {
+    // `replace`: the page shown on arrival rewrites the URL instead of adding a history entry,
+    // so the browser's Back button leaves the layer page in one press.
     if (pages === 0) { return; }
     p = Math.max(0, Math.min(pages - 1, p));
     current = p;
-    if (window.location.hash !== "#page=" + (p + 1)) { window.location.hash = "page=" + (p + 1); }
+    var hash = "#page=" + (p + 1);
+    if (window.location.hash !== hash) {
+      if (replace) { history.replaceState(null, "", hash); } else { window.location.hash = hash; }
+    }
     if (cache[p]) { render(p); return; }
     var s = document.createElement("script");
     s.src = "../data/" + layerId + "/page_" + String(p).padStart(4, "0") + ".js";
@@ -198,6 +203,6 @@
     if (prev) { prev.addEventListener("click", function () { show(current - 1); }); }
     if (next) { next.addEventListener("click", function () { show(current + 1); }); }
     window.addEventListener("hashchange", function () { var p = fromHash(); if (p !== current) { show(p); } });
-    show(fromHash());
+    show(fromHash(), true);
   });
 })();
