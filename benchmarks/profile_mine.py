@@ -91,9 +91,7 @@ def instrumented(dataset_type: type):
     patch_func(miner, "_write_rows", "finish: _write_rows (logits, predictions, labels of the tail)")
     patch_method(store.RunStore, "write_rows", "  of which RunStore.write_rows")
     patch_func(miner, "_finalize", "finish: _finalize (layer arrays, accuracy, commit)")
-    patch_method(store.RunStore, "write_layer", "  of which RunStore.write_layer (all layers; summed if threaded)")
-    patch_method(store.RunStore, "write_eval", "  of which RunStore.write_eval")
-    patch_method(store.RunStore, "write_accuracy", "  of which RunStore.write_accuracy")
+    patch_method(store.RunStore, "write_results", "  of which RunStore.write_results (every final array, one call)")
     patch_method(store.RunStore, "finish", "  of which RunStore.finish (commit, drop checkpoint)")
     try:
         yield timers

@@ -235,14 +235,16 @@ def start(store, layers: dict[str, int], class_names: Sequence[str], preprocessi
     return stats
 
 
-def write(store, stats: RunningClassStats | None) -> None:
-    """layers/<name>/{class_mean, class_count} and dataset/{class_ink_density, class_image_count},
-    only when some labelled image was seen."""
+def final_arrays(stats: RunningClassStats | None) -> dict[str, np.ndarray]:
+    """layers/<name>/{class_mean, class_count, class_nan_count} and dataset/{class_ink_density,
+    class_image_count} by store path, only when some labelled image was seen (else none)."""
     if stats is None or stats.labelled_images == 0:
-        return
+        return {}
+    arrays: dict[str, np.ndarray] = {}
     for name in stats.layers:
         mean, count = stats.results(name)
-        store.write_arrays(f"layers/{name}", {"class_mean": mean, "class_count": count,
-                                              "class_nan_count": stats.nans[name].cpu().numpy()})
+        arrays.update({f"layers/{name}/class_mean": mean, f"layers/{name}/class_count": count,
+                       f"layers/{name}/class_nan_count": stats.nans[name].cpu().numpy()})
     ink, images = stats.ink_results()
-    store.write_arrays("dataset", {"class_ink_density": ink, "class_image_count": images})
+    arrays.update({"dataset/class_ink_density": ink, "dataset/class_image_count": images})
+    return arrays

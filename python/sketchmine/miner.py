@@ -682,19 +682,22 @@ def _write_rows(store: RunStore, pending: _Pending, needs_labels: bool) -> None:
 
 def _finalize(store: RunStore, states: dict[str, RunningTopK], n: int, bad: list[dict[str, Any]],
               converted: dict[str, int], classes: classstats.RunningClassStats | None = None) -> None:
-    """Final per-layer arrays, predictions and per-class accuracy; mark the run complete."""
+    """Final per-layer arrays, predictions and per-class accuracy; mark the run complete.
+    All final arrays go to the store in one call (per-array Zarr calls were most of the fixed cost)."""
+    arrays: dict[str, np.ndarray] = {}
     for name, s in states.items():
         st = s.state_dict()
-        store.write_layer(name, st["values"].numpy(), st["index"].numpy(), s.yx().numpy(),
-                          st["nan_count"].numpy())
+        arrays.update({f"layers/{name}/values": st["values"].numpy(), f"layers/{name}/image_index": st["index"].numpy(),
+                       f"layers/{name}/yx": s.yx().numpy(), f"layers/{name}/nan_count": st["nan_count"].numpy()})
     ev = store.group["eval"]
+    overall = None
     if "predictions" in ev:
         labels = np.asarray(store.group["dataset/labels"][...])
         correct, count = class_counts(np.asarray(ev["predictions"][...]), labels, ev["logits"].shape[1])
-        per_class = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
+        arrays["eval/per_class_accuracy"] = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
         overall = float(correct.sum() / count.sum()) if count.sum() else None
-        store.write_accuracy(per_class, overall)
-    classstats.write(store, classes)
+    arrays.update(classstats.final_arrays(classes))
+    store.write_results(arrays, overall)
     store.finish(n, {"bad_images": bad, "converted_images": _merged_counts(store, converted)})
 
 
