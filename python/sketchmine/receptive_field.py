@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -165,29 +166,54 @@ def module_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
 
 
 def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int) -> None:
-    """Tensor shapes on every node (adaptive pooling needs its input grid): with fake
-    tensors, no arithmetic; a real one-image forward if an op has no fake kernel."""
+    """Tensor shapes on every node (adaptive pooling needs its input grid), computed without
+    arithmetic where possible: on the meta device (parameters swapped for meta copies, ~1 ms
+    for ResNet-50's 170 nodes), else with fake tensors, else a real one-image forward if an op
+    has neither a meta nor a fake kernel. The caller's model is never changed (but for the eval
+    mode it is put in and restored)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
 
     from .models import input_channels
 
-    x = torch.zeros(1, input_channels(model), h, w)
+    c = input_channels(model)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             try:
-                ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(x)
-            except SketchmineError:
-                raise
+                _meta_shapes(gm, c, h, w)
             except Exception:
-                ShapeProp(gm).propagate(x)
+                try:
+                    ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(
+                        torch.zeros(1, c, h, w))
+                except Exception:
+                    ShapeProp(gm).propagate(torch.zeros(1, c, h, w))
     except Exception as exc:
         raise SketchmineError(f"{type(model).__name__} cannot take a {h}×{w} input: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     finally:
         model.train(was_training)
+
+
+class _ShapeRun(nn.Module):
+    """Runs ShapeProp over a traced graph, so that functional_call can swap its tensors."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, x: torch.Tensor) -> Any:
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        return ShapeProp(self.gm).propagate(x)
+
+
+def _meta_shapes(gm: fx.GraphModule, c: int, h: int, w: int) -> None:
+    """ShapeProp on meta tensors: every parameter and buffer replaced, for this call only, by a
+    meta tensor of its shape (no data copied), and a meta input."""
+    tensors = {f"gm.{k}": v.to("meta") for k, v in [*gm.named_parameters(), *gm.named_buffers()]}
+    torch.func.functional_call(_ShapeRun(gm), tensors, (torch.zeros(1, c, h, w, device="meta"),))
 
 
 def _adaptive(f: _Field, output_size, node: fx.Node, whole: _Field) -> _Field:

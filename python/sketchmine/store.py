@@ -356,20 +356,23 @@ class RunStore:
 
 
 _TEMPLATES: dict[str, dict[str, Any]] = {}
+_METADATA: dict[tuple[str, tuple[int, ...]], ArrayV3Metadata] = {}
 
 
 def _metadata(arr: np.ndarray) -> ArrayV3Metadata:
     """The metadata `create_array(data=arr)` would write (Zarr's default codecs for the dtype),
     as one chunk. Built from a per-dtype template instead of Zarr's creation path, which costs
-    ~2 ms per array."""
-    key = arr.dtype.str
-    if key not in _TEMPLATES:
-        probe = zarr.create_array(zarr.storage.MemoryStore(), shape=(1,), dtype=arr.dtype)
-        _TEMPLATES[key] = probe.metadata.to_dict()
-    doc = copy.deepcopy(_TEMPLATES[key])
-    doc["shape"] = list(arr.shape)
-    doc["chunk_grid"]["configuration"]["chunk_shape"] = [max(n, 1) for n in arr.shape]
-    return ArrayV3Metadata.from_dict(doc)
+    ~2 ms per array, and kept per (dtype, shape): metadata objects are immutable."""
+    key = (arr.dtype.str, tuple(arr.shape))
+    if key not in _METADATA:
+        if arr.dtype.str not in _TEMPLATES:
+            probe = zarr.create_array(zarr.storage.MemoryStore(), shape=(1,), dtype=arr.dtype)
+            _TEMPLATES[arr.dtype.str] = probe.metadata.to_dict()
+        doc = copy.deepcopy(_TEMPLATES[arr.dtype.str])
+        doc["shape"] = list(arr.shape)
+        doc["chunk_grid"]["configuration"]["chunk_shape"] = [max(n, 1) for n in arr.shape]
+        _METADATA[key] = ArrayV3Metadata.from_dict(doc)
+    return _METADATA[key]
 
 
 async def _create(group: zarr.Group, nodes: dict[str, GroupMetadata | ArrayV3Metadata]) -> dict[str, Any]:

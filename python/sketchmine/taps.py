@@ -82,9 +82,11 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
 
 
 def module_of(model: nn.Module, name: str) -> tuple[str, nn.Module]:
-    """The module a (possibly virtual ".cell") layer name reads from."""
+    """The module a (possibly virtual ".cell") layer name reads from (one walk of the modules)."""
     modules = dict(model.named_modules())
-    target = _cells(model).get(name, name)
+    target = name
+    if name.endswith(CELL) and isinstance(modules.get(name[:-len(CELL)]), nn.LSTM):
+        target = name[:-len(CELL)]
     if target not in modules or not target:
         raise SketchmineError(f"unknown layer {name!r}")
     return target, modules[target]
@@ -94,8 +96,8 @@ def layer_kind(model: nn.Module, name: str) -> str:
     """Store `kind` of a layer: the module's class name in lower case ("lstm_cell" for a cell state)."""
     if name == SOFTMAX:
         return "softmax"
-    _, module = module_of(model, name)
-    return type(module).__name__.lower() + ("_cell" if name in _cells(model) else "")
+    target, module = module_of(model, name)
+    return type(module).__name__.lower() + ("_cell" if target != name else "")
 
 
 def tapped_element(name: str, module: nn.Module, output: Any, cell: bool = False) -> torch.Tensor:
