@@ -30,7 +30,7 @@ import torch
 
 from sketchmine.data import ArrayDataset, animal_shape
 from sketchmine.importance import _Split, ablation_importance
-from sketchmine.miner import _preprocessing
+from sketchmine.models import preprocessing_for
 from sketchmine.models import load_model
 
 from .common import machine_info
@@ -93,7 +93,7 @@ def suffix_bound(net: torch.nn.Module, x: torch.Tensor, layer: str, batch: int, 
 def bench_case(spec: str, layer: str, images: int, batch: int, repeats: int, loop_units: int) -> dict:
     loaded = load_model(spec)
     net = loaded.module
-    ds = animal_shape("test", _preprocessing("auto", loaded, None))
+    ds = animal_shape("test", preprocessing_for(loaded))
     if images < len(ds):
         keep = np.linspace(0, len(ds) - 1, images).astype(int)
         ds = ArrayDataset(ds.images[keep], ds.labels()[keep], ds.class_names, ds.preprocessing, ds.describe())

@@ -24,9 +24,9 @@ def demo_model():
 @pytest.fixture(scope="session")
 def demo_test_set(demo_model):
     from sketchmine.data import animal_shape
-    from sketchmine.miner import _preprocessing
+    from sketchmine.models import preprocessing_for
 
-    return animal_shape("test", _preprocessing("auto", demo_model, None))
+    return animal_shape("test", preprocessing_for(demo_model))
 
 
 @pytest.fixture(scope="session")

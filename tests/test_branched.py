@@ -62,9 +62,9 @@ def test_resnet18_default_layers_are_every_conv_and_fc(tmp_path, rgb_images):
 def test_demo_resnet_block_outputs(tmp_path, demo_test_set):
     """The embedded trained SketchResNet: loadable by spec, block outputs mined = brute force."""
     loaded = sketchmine.models.load_model("demo-resnet")
-    from sketchmine.miner import _preprocessing
+    from sketchmine.models import preprocessing_for
 
-    base = sketchmine.data.animal_shape("test", _preprocessing("auto", loaded, None))
+    base = sketchmine.data.animal_shape("test", preprocessing_for(loaded))
     keep = np.arange(0, 2000, 20)
     ds = ArrayDataset(base.images[keep], base.labels()[keep], base.class_names, base.preprocessing,
                       {**base.describe(), "subset": "every 20th"})

@@ -78,14 +78,14 @@ def test_torchrun_two_processes_equal_one(tmp_path, demo_test_set):
 def _spawned(rank: int, port: int, out: str, shift: bool, result: str, k: int) -> None:
     """One rank: a gloo group initialised here (as a user would), then sketchmine.mine."""
     from sketchmine.data import ArrayDataset, animal_shape
-    from sketchmine.miner import _preprocessing
+    from sketchmine.models import preprocessing_for
     from sketchmine.models import load_model
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         model = load_model("demo")
-        full = animal_shape("test", _preprocessing("auto", model, None))
+        full = animal_shape("test", preprocessing_for(model))
         keep = np.sort(np.concatenate([np.nonzero(full.labels() == c)[0][:30] for c in range(10)]))
         if shift and rank == 1:
             keep = keep + 1  # another set of images on this rank

@@ -171,11 +171,11 @@ def test_cli_importance_reloads_the_run_and_plots(tmp_path, demo_test_set, capsy
 
 def test_residual_block_output_is_cut_and_equals_direct(tmp_path):
     """A whole BasicBlock of the embedded ResNet is ablated at its output (after the addition)."""
-    from sketchmine.miner import _preprocessing
+    from sketchmine.models import preprocessing_for
     from sketchmine.models import load_model
 
     loaded = load_model("demo-resnet")
-    base = animal_shape("test", _preprocessing("auto", loaded, None))
+    base = animal_shape("test", preprocessing_for(loaded))
     keep = np.arange(0, 2000, 10)
     ds = ArrayDataset(base.images[keep], base.labels()[keep], base.class_names, base.preprocessing, {"kind": "python"})
     run = sketchmine.mine(loaded.module, ds, layers=["layer2.0"], k=2, out=tmp_path / "r.zarr", batch_size=100)

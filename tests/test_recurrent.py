@@ -214,14 +214,14 @@ def test_embedded_gru_model_mined_and_ablated(tmp_path):
     """The trained CNN + GRU ('demo-gru') over the whole test split as progressive drawings:
     better than chance, and `sketchmine importance` reopens the run's sequences by itself."""
     from sketchmine.cli import main as cli
-    from sketchmine.miner import _preprocessing
+    from sketchmine.models import preprocessing_for
     from sketchmine.zoo import load_embedded
 
     loaded = sketchmine.models.load_model("demo-gru")
     assert isinstance(loaded.module, SketchGRU) and loaded.preprocessing["mean"]
     meta = load_embedded("demo-gru")[1]
     assert meta["sequence"]["steps"] == 8
-    ds = SequenceDataset(animal_shape("test", _preprocessing("auto", loaded, None)), 8)
+    ds = SequenceDataset(animal_shape("test", preprocessing_for(loaded)), 8)
     run = sketchmine.mine("demo-gru", ds, layers=["gru"], out=tmp_path / "r.zarr", k=3, batch_size=250)
     assert run.accuracy() == pytest.approx(meta["test_accuracy"], abs=0.002)  # the recorded test accuracy
     assert run.accuracy() > 0.5 and run.layer_shape("gru") == (64, 8)

@@ -170,11 +170,11 @@ def gru_run(tmp_path_factory):
     """The trained demo-gru over progressive drawings of 40 real test images (a subset, so the
     store cannot reopen it: the dataset is passed to the report), with GRU unit importance."""
     from sketchmine.data import animal_shape
-    from sketchmine.miner import _preprocessing
+    from sketchmine.models import preprocessing_for
     from sketchmine.models import load_model
     from sketchmine.sequences import SequenceDataset
 
-    base = animal_shape("test", _preprocessing("auto", load_model("demo-gru"), None))
+    base = animal_shape("test", preprocessing_for(load_model("demo-gru")))
     keep = np.sort(np.concatenate([np.nonzero(base.labels() == c)[0][:4] for c in range(10)]))
     sub = ArrayDataset(base.images[keep], base.labels()[keep], base.class_names, base.preprocessing,
                        {**base.describe(), "subset": len(keep)})

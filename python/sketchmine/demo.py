@@ -29,10 +29,10 @@ VISUALIZE_BATCH = 256
 def animal_shape_test(model: str) -> MinerDataset:
     """The embedded Animal-Shape test split, normalised as `model` was trained."""
     from .data import animal_shape
-    from .miner import _preprocessing
+    from .models import preprocessing_for
     from .models import load_model
 
-    return animal_shape("test", _preprocessing("auto", load_model(model), None))
+    return animal_shape("test", preprocessing_for(load_model(model)))
 
 
 def mine_and_visualize(model: str, out: Path, batch_size: int, console: Console) -> Run:

@@ -25,7 +25,7 @@ from . import __version__
 from . import classstats, distributed
 from .data import MinerDataset, Preprocessing, as_miner_dataset, collate, compute_mean_std, preset
 from .errors import SketchmineError
-from .models import LoadedModel, input_channels, load_model, weights_hash
+from .models import LoadedModel, input_channels, load_model, preprocessing_for, weights_hash
 from .onnx_backend import OnnxModel
 from .receptive_field import receptive_fields
 from .run import Run, class_counts
@@ -301,19 +301,6 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _preprocessing(name: str, loaded: LoadedModel, image_size: int | tuple[int, int] | None) -> Preprocessing:
-    """A preset for the model: "auto" takes the model's recorded normalisation, else ImageNet's."""
-    size = (image_size, image_size) if isinstance(image_size, int) else image_size
-    size = tuple(size) if size else None
-    channels = input_channels(loaded.module)
-    if name in ("auto", "model") and loaded.preprocessing:
-        p = loaded.preprocessing
-        return Preprocessing("model", channels, size, tuple(p["mean"]), tuple(p["std"]))
-    if name == "model":
-        raise SketchmineError(f"model {loaded.model_id} records no preprocessing; use imagenet, dataset or none")
-    return preset("imagenet" if name == "auto" else name, channels, size)
-
-
 def mine(
     model: nn.Module | str,
     dataset: Any,
@@ -365,7 +352,7 @@ def mine(
     net, model_id = loaded.module, loaded.model_id
     forward = _forward(net)
     if isinstance(preprocessing, str):
-        preprocessing = _preprocessing(preprocessing, loaded, image_size)
+        preprocessing = preprocessing_for(loaded, preprocessing, image_size)
     ds = as_miner_dataset(dataset, preprocessing)
     if len(ds) == 0:
         raise SketchmineError("the dataset is empty")

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data import Preprocessing, preset
 from .errors import SketchmineError, closest
 
 
@@ -130,3 +131,21 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> Load
         except RuntimeError as exc:
             raise SketchmineError(f"weights do not fit {spec}: {str(exc).splitlines()[0]}") from None
     return LoadedModel(model.eval(), str(spec), pre if isinstance(pre, dict) else None)
+
+
+def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
+                      image_size: int | tuple[int, int] | None = None) -> Preprocessing:
+    """The input preset `mine` uses for `model` (a spec as `load_model` takes, or a loaded one):
+    "auto" takes the model's recorded normalisation (embedded models, checkpoints that record
+    one), else ImageNet's; "model" requires a recorded one; "imagenet", "dataset", "none" as
+    `data.preset`. Build datasets for a model with it, e.g. `animal_shape("test", preprocessing_for("demo"))`."""
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    size = tuple(size) if size else None
+    channels = input_channels(loaded.module)
+    if name in ("auto", "model") and loaded.preprocessing:
+        p = loaded.preprocessing
+        return Preprocessing("model", channels, size, tuple(p["mean"]), tuple(p["std"]))
+    if name == "model":
+        raise SketchmineError(f"model {loaded.model_id} records no preprocessing; use imagenet, dataset or none")
+    return preset("imagenet" if name == "auto" else name, channels, size)
