@@ -229,3 +229,68 @@ def test_embedded_gru_model_mined_and_ablated(tmp_path):
     df = sketchmine.open_run(run.path).unit_importance("gru")
     assert len(df) == 64 and df.attrs["method"] == "split" and df.attrs["images"] == 2000
     assert df["acc_drop"].max() > 0  # some hidden unit matters for the label
+
+
+def test_visualize_a_sequence_run(tmp_path):
+    """The trained CNN + GRU's hidden units, its per-step linear layer and the softmax, visualized:
+    each entry's patch is the drawing at the step the unit peaked (the last step for the softmax),
+    and its deconvolution (gradient rule) is autograd through the real model from that unit at that
+    step, summed over the frames. Time-distributed convs are refused by name when asked for, and
+    left out (said) when every layer is visualized."""
+    from sketchmine.models import preprocessing_for
+    from sketchmine.visualize import patches_of
+
+    loaded = sketchmine.models.load_model("demo-gru")
+    pre = preprocessing_for(loaded)
+    base = animal_shape("test", pre)
+    keep = np.sort(np.concatenate([np.nonzero(base.labels() == c)[0][:4] for c in range(10)]))
+    sub = ArrayDataset(base.images[keep], base.labels()[keep], base.class_names, pre,
+                       {"kind": "python", "subset": "4 per class"})
+    ds = SequenceDataset(sub, 8)
+    layers = ["features.6", "embed.0", "gru", "softmax"]
+    run = sketchmine.mine("demo-gru", ds, layers=layers, out=tmp_path / "r.zarr", k=3)
+    with pytest.raises(SketchmineError, match="'features.6'.*time-distributed conv"):
+        sketchmine.visualize(run, ["features.6"], data=ds)
+    notes: list[str] = []
+
+    class Notes(sketchmine.miner._Silent):
+        def note(self, message: str) -> None:
+            notes.append(message)
+
+    units = 2
+    run = sketchmine.visualize(run, data=ds, method="gradient", max_units=units, progress=Notes())
+    assert any("features.6" in n and "time-distributed" in n for n in notes), notes
+    assert "visualized" not in run.store.group["layers/features.6"].attrs
+    net = loaded.module
+    # the checked entries peak before the last step, so the step really selects the frame and the unit
+    assert set(run.topk("gru")[2][:units, :, 1].ravel().tolist()) - {7}
+    for name in ["embed.0", "gru", "softmax"]:
+        _, index, yx = run.topk(name)
+        for u in range(units):
+            got = patches_of(run, name, u)
+            assert got["patches"].shape == (3, 28, 28, 1)
+            for j in range(3):
+                i = int(index[u, j])
+                step = int(yx[u, j, 1]) if name != "softmax" else 7
+                # the patch: the drawing at that step, as stored pixels
+                want = progressive_drawing(np.asarray(sub.images[i]), 8)[step]
+                np.testing.assert_array_equal(got["patches"][j, ..., 0], want)
+                # the deconvolution: d unit / d input through the real model, summed over the frames
+                x = ds[i][1][None].clone().requires_grad_(True)
+                seen: list[torch.Tensor] = []
+                hook = None if name == "softmax" else dict(net.named_modules())[name].register_forward_hook(
+                    lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
+                try:
+                    logits = net(x)
+                finally:
+                    if hook is not None:
+                        hook.remove()
+                if name == "softmax":
+                    value = torch.softmax(logits, 1)[0, u]
+                else:  # embed.0 runs on the frames folded into the batch, (T, F); the GRU on (1, T, H)
+                    value = seen[0][step, u] if seen[0].ndim == 2 else seen[0][0, step, u]
+                (grad,) = torch.autograd.grad(value, x)
+                sig = grad[0].sum(0)[0]  # (28, 28): summed over the 8 frames, one channel
+                peak = sig.abs().max()
+                want_d = (128 + 127 * sig / peak).round().clamp(0, 255).numpy() if peak > 0 else np.full((28, 28), 128)
+                assert np.abs(got["deconv"][j, ..., 0].astype(int) - want_d.astype(int)).max() <= 1, (name, u, j)

@@ -20,7 +20,7 @@ from torch import fx, nn
 from .errors import SketchmineError
 from .ops import crop_patches
 from .receptive_field import ReceptiveField, module_outputs
-from .taps import SOFTMAX
+from .taps import SOFTMAX, tapped_element, to_units
 
 METHODS = ("deconvnet", "guided", "gradient")
 
@@ -94,13 +94,16 @@ class Deconvolver:
         """(N, C, H, W) float32 input-space signal of one unit (channel, position) per image."""
         if layer == SOFTMAX:
             return self._softmax(images, channels)
-        if layer not in dict(self.model.named_modules()):
+        module = dict(self.model.named_modules()).get(layer)
+        if module is None:
             raise SketchmineError(f"unknown layer {layer!r} for deconvolution")
         net = self._cut(layer)
         x = images.detach().clone().float().requires_grad_(True)
         with torch.enable_grad():
-            out = net(x)
-            out = out[0] if isinstance(out, (tuple, list)) else out
+            # the layer's output in the layout the miner's taps read (N, units, *positions), so
+            # (channel, yx) address the same unit: a GRU's (N, T, H) is (N, H, T), a time-distributed
+            # conv's frames are stacked along y
+            out, _ = to_units(layer, module, tapped_element(layer, module, net(x)), x.shape[0])
             (grad,) = torch.autograd.grad(_units(out, channels, yx).sum(), x)
         return grad.detach()
 
@@ -172,12 +175,16 @@ class Deconvolver:
 
 
 def _units(out: torch.Tensor, channels, yx) -> torch.Tensor:
-    """The value of one unit per image: out[n, channel[n], y[n], x[n]] (no grid: out[n, channel[n]])."""
+    """The value of one unit per image: out[n, channel[n], y[n], x[n]] on a grid,
+    out[n, channel[n], x[n]] on a line of positions (time steps: yx = (0, t)), out[n, channel[n]]
+    without positions (the run's yx convention for each layout)."""
     n = torch.arange(out.shape[0], device=out.device)
     ch = torch.as_tensor(channels, device=out.device).long()
     if out.ndim == 4:
         pos = torch.as_tensor(yx, device=out.device).long()
         return out[n, ch, pos[:, 0], pos[:, 1]]
+    if out.ndim == 3 and yx is not None:
+        return out[n, ch, torch.as_tensor(yx, device=out.device).long()[:, 1]]
     return out.reshape(out.shape[0], out.shape[1], -1)[n, ch, 0]
 
 

@@ -50,6 +50,7 @@ class _Plan:
     size: tuple[int, int]     # stored patch size (source, shrunk to fit max_patch)
     stride: tuple[int, int]
     offset: tuple[int, int]
+    timed: bool = False       # a line of time steps (recurrent, per-step linear): yx = (0, t)
 
     @property
     def field(self) -> ReceptiveField:
@@ -81,13 +82,20 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
         raise SketchmineError(f"run {run.path} is still being mined ({run.images_done} images done); "
                               "finish it (re-run the same mine command) before visualizing")
     names = [run._check_layer(l) for l in layers] if layers else run.layers
+    if not layers:  # every mined layer that can be cut; the others are said and left out
+        skipped = [n for n in names if _time_stacked(run, n)]
+        if skipped:
+            progress.note(f"not visualized (time-distributed convs, no receptive field over sequences yet): "
+                          f"{', '.join(skipped)}")
+        names = [n for n in names if n not in skipped]
     device = torch.device(device)
     ds = run_dataset(run, data)
-    needed = np.unique(np.concatenate([run.topk(l)[1].ravel() for l in names]))
+    needed = np.unique(np.concatenate([np.zeros(0, np.int64)] + [run.topk(l)[1].ravel() for l in names]))
     needed = needed[needed >= 0]
     _check_present(ds, needed)
     # the model input's channels and size, from an image it saw: patches are stored like it
-    channels, *image_hw = _load(ds, [int(needed[0])])[0].shape if len(needed) else (1, 1, 1)
+    # (a sequence sample, (T, C, H, W), is stored by its frames)
+    channels, *image_hw = _load(ds, [int(needed[0])])[0].shape[-3:] if len(needed) else (1, 1, 1)
     image_hw = tuple(image_hw)
     plans = [_plan(run, name, image_hw, max_patch) for name in names]
     net = run_model(run, model, weights).module.to(device)
@@ -116,6 +124,11 @@ def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Pl
     shape = run.layer_shape(name)
     attrs = run.store.group[f"layers/{name}"].attrs
     grid = len(shape) == 3
+    if grid and _time_stacked(run, name):
+        raise SketchmineError(
+            f"layer {name!r} of {run.path} is a time-distributed conv (each step's frame stacked along y): "
+            "receptive fields are computed for single-image (N, C, H, W) inputs only, so its patches cannot be "
+            "cut yet; visualize the recurrent, linear and softmax layers of this run")
     if grid:
         if "receptive_field" not in attrs:
             raise SketchmineError(f"run {run.path} was mined before receptive fields were recorded; "
@@ -132,7 +145,16 @@ def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Pl
         source, stride, offset = image_hw, (0, 0), (0, 0)
     scale = min(1.0, max_patch / max(source))
     size = tuple(max(1, round(s * scale)) for s in source)
-    return _Plan(name, shape[0], grid, source, size, stride, offset)  # type: ignore[arg-type]
+    timed = len(shape) == 2 and (attrs.get("position") in ("time", "sequence")
+                                 or (attrs.get("position") == "time-stacked" and not attrs.get("frame")))
+    return _Plan(name, shape[0], grid, source, size, stride, offset, timed)  # type: ignore[arg-type]
+
+
+def _time_stacked(run: Run, name: str) -> bool:
+    """A time-distributed layer of a sequence model with a spatial frame per step (frames stacked
+    along y); per-step vectors (an empty frame) are a plain line of time steps."""
+    attrs = run.store.group[f"layers/{name}"].attrs
+    return attrs.get("position") == "time-stacked" and bool(attrs.get("frame"))
 
 
 def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int, redo: bool) -> tuple[int, int]:
@@ -202,8 +224,8 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDatase
     boxes = np.full((units, k, 4), -1, dtype=np.int32)
     inside = np.full((units, k, 4), -1, dtype=np.int32)
     if len(images):
-        pixels = _pixels(x, pre)
-        crop = crop_patches(pixels, inv, corners_t, *p.source)
+        frames, frame_of = _frames(x, inv, p, yx[filled])
+        crop = crop_patches(_pixels(frames, pre), frame_of, corners_t, *p.source)
         patches[unit_of, slot_of] = _to_hwc(_fit(crop, p.size)).cpu().numpy()
         entry_yx = torch.from_numpy(yx[filled].astype(np.int64))
         for s in range(0, len(images), batch_size):
@@ -213,12 +235,26 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDatase
                 crop = deconv.field_crops(x, inv[j], p.name, units_j, entry_yx[j], p.field)
             else:
                 sig = deconv(x[inv[j]], p.name, units_j, entry_yx[j])
+                if sig.ndim == 5:  # a sequence: the signal on every step's frame, summed onto the image plane
+                    sig = sig.sum(dim=1)
                 crop = crop_patches(sig, torch.arange(sig.shape[0], device=sig.device), corners_t[j], *p.source)
             deconvs[unit_of[j], slot_of[j]] = _to_hwc(_signal_to_uint8(_fit(crop, p.size))).cpu().numpy()
         boxes[unit_of, slot_of] = np.concatenate(
             [corners, corners + np.array(p.source) - 1], axis=1).astype(np.int32)
         inside[unit_of, slot_of] = clip_boxes(torch.from_numpy(corners), *p.source, tuple(x.shape[-2:])).numpy()
     return {"patches": patches, "deconv": deconvs, "boxes": boxes, "inside": inside}
+
+
+def _frames(x: torch.Tensor, inv: torch.Tensor, p: _Plan, yx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images patches are cut from, and each entry's index into them. Plain inputs: the
+    loaded images. Sequences (B, T, C, H, W): each entry's frame — the drawing at the step the
+    unit peaked for layers with a time position, else the last (the whole drawing)."""
+    if x.ndim != 5:
+        return x, inv
+    last = x.shape[1] - 1
+    steps = torch.from_numpy(yx[:, 1].astype(np.int64)).clamp(0, last) if p.timed else \
+        torch.full((len(inv),), last, dtype=torch.long)
+    return x[inv, steps.to(x.device)], torch.arange(len(inv), device=x.device)
 
 
 def _corners(p: _Plan, yx: np.ndarray) -> np.ndarray:
