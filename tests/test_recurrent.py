@@ -232,11 +232,10 @@ def test_embedded_gru_model_mined_and_ablated(tmp_path):
 
 
 def test_visualize_a_sequence_run(tmp_path):
-    """The trained CNN + GRU's hidden units, its per-step linear layer and the softmax, visualized:
-    each entry's patch is the drawing at the step the unit peaked (the last step for the softmax),
-    and its deconvolution (gradient rule) is autograd through the real model from that unit at that
-    step, summed over the frames. Time-distributed convs are refused by name when asked for, and
-    left out (said) when every layer is visualized."""
+    """The trained CNN + GRU visualized: a conv unit of its time-distributed CNN gets the receptive
+    field of the frame at its step (fields per frame, from the graph), a hidden unit or per-step
+    linear unit the drawing at the step it peaked, the softmax the last step; each deconvolution
+    (gradient rule) is autograd through the real model from that unit, summed over the frames."""
     from sketchmine.models import preprocessing_for
     from sketchmine.visualize import patches_of
 
@@ -247,50 +246,63 @@ def test_visualize_a_sequence_run(tmp_path):
     sub = ArrayDataset(base.images[keep], base.labels()[keep], base.class_names, pre,
                        {"kind": "python", "subset": "4 per class"})
     ds = SequenceDataset(sub, 8)
-    layers = ["features.6", "embed.0", "gru", "softmax"]
+    layers = ["features.3", "embed.0", "gru", "softmax"]
     run = sketchmine.mine("demo-gru", ds, layers=layers, out=tmp_path / "r.zarr", k=3)
-    with pytest.raises(SketchmineError, match="'features.6'.*time-distributed conv"):
-        sketchmine.visualize(run, ["features.6"], data=ds)
-    notes: list[str] = []
-
-    class Notes(sketchmine.miner._Silent):
-        def note(self, message: str) -> None:
-            notes.append(message)
-
+    rf = run.store.group["layers/features.3"].attrs["receptive_field"]
+    assert rf == {"size": [10, 10], "stride": [2, 2], "offset": [-4, -4]}  # per 28-px frame, as for one image
     units = 2
-    run = sketchmine.visualize(run, data=ds, method="gradient", max_units=units, progress=Notes())
-    assert any("features.6" in n and "time-distributed" in n for n in notes), notes
-    assert "visualized" not in run.store.group["layers/features.6"].attrs
+    run = sketchmine.visualize(run, data=ds, method="gradient", max_units=units)
     net = loaded.module
+    # a run mined before fields were computed per frame: the conv layer is refused by name
+    import shutil
+
+    import zarr
+    old = shutil.copytree(run.path, tmp_path / "old.zarr")
+    g = zarr.open_group(str(old), mode="r+")["layers/features.3"]
+    g.attrs.update({"receptive_field": None})
+    with pytest.raises(SketchmineError, match="'features.3'.*time-distributed conv.*no receptive field"):
+        sketchmine.visualize(old, ["features.3"], data=ds, redo=True)
     # the checked entries peak before the last step, so the step really selects the frame and the unit
     assert set(run.topk("gru")[2][:units, :, 1].ravel().tolist()) - {7}
-    for name in ["embed.0", "gru", "softmax"]:
+    frame_h = run.layer_shape("features.3")[1] // 8
+    for name in layers:
         _, index, yx = run.topk(name)
         for u in range(units):
             got = patches_of(run, name, u)
-            assert got["patches"].shape == (3, 28, 28, 1)
             for j in range(3):
                 i = int(index[u, j])
-                step = int(yx[u, j, 1]) if name != "softmax" else 7
-                # the patch: the drawing at that step, as stored pixels
-                want = progressive_drawing(np.asarray(sub.images[i]), 8)[step]
+                if name == "features.3":
+                    step, y, x0 = int(yx[u, j, 0]) // frame_h, int(yx[u, j, 0]) % frame_h, int(yx[u, j, 1])
+                    top, left = -4 + 2 * y, -4 + 2 * x0
+                else:
+                    step = int(yx[u, j, 1]) if name != "softmax" else 7
+                    top, left = 0, 0
+                size = 10 if name == "features.3" else 28
+                assert got["patches"].shape == (3, size, size, 1)
+                assert got["boxes"][j].tolist() == [top, left, top + size - 1, left + size - 1]
+                # the patch: the drawing at that step under the box (0 outside the frame)
+                frame = np.pad(progressive_drawing(np.asarray(sub.images[i]), 8)[step], 10)
+                want = frame[top + 10:top + 10 + size, left + 10:left + 10 + size]
                 np.testing.assert_array_equal(got["patches"][j, ..., 0], want)
                 # the deconvolution: d unit / d input through the real model, summed over the frames
-                x = ds[i][1][None].clone().requires_grad_(True)
+                xin = ds[i][1][None].clone().requires_grad_(True)
                 seen: list[torch.Tensor] = []
                 hook = None if name == "softmax" else dict(net.named_modules())[name].register_forward_hook(
                     lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
                 try:
-                    logits = net(x)
+                    logits = net(xin)
                 finally:
                     if hook is not None:
                         hook.remove()
                 if name == "softmax":
                     value = torch.softmax(logits, 1)[0, u]
-                else:  # embed.0 runs on the frames folded into the batch, (T, F); the GRU on (1, T, H)
+                elif name == "features.3":  # frames folded into the batch: (T, C, h, w)
+                    value = seen[0][step, u, y, x0]
+                else:  # embed.0 runs on the folded frames, (T, F); the GRU on (1, T, H)
                     value = seen[0][step, u] if seen[0].ndim == 2 else seen[0][0, step, u]
-                (grad,) = torch.autograd.grad(value, x)
-                sig = grad[0].sum(0)[0]  # (28, 28): summed over the 8 frames, one channel
-                peak = sig.abs().max()
-                want_d = (128 + 127 * sig / peak).round().clamp(0, 255).numpy() if peak > 0 else np.full((28, 28), 128)
+                (grad,) = torch.autograd.grad(value, xin)
+                sig = np.pad(grad[0].sum(0)[0].numpy(), 10)[top + 10:top + 10 + size, left + 10:left + 10 + size]
+                peak = np.abs(sig).max()
+                assert peak > 0, (name, u, j)
+                want_d = np.clip(np.round(128 + 127 * sig / peak), 0, 255)
                 assert np.abs(got["deconv"][j, ..., 0].astype(int) - want_d.astype(int)).max() <= 1, (name, u, j)

@@ -90,8 +90,12 @@ class Deconvolver:
         self._outputs = module_outputs(self.graph)
         self._upto: dict[str, fx.GraphModule] = {}
 
-    def __call__(self, images: torch.Tensor, layer: str, channels, yx=None) -> torch.Tensor:
-        """(N, C, H, W) float32 input-space signal of one unit (channel, position) per image."""
+    def __call__(self, images: torch.Tensor, layer: str, channels, yx=None, steps: bool = False) -> torch.Tensor:
+        """(N, C, H, W) float32 input-space signal of one unit (channel, position) per image.
+        steps: the model reads sequences, (N, T, C, H, W); each image is given to it as a
+        one-step sequence (for the convs of a time-distributed CNN, which see one frame)."""
+        if steps:
+            return self(images.unsqueeze(1), layer, channels, yx).squeeze(1)
         if layer == SOFTMAX:
             return self._softmax(images, channels)
         module = dict(self.model.named_modules()).get(layer)
@@ -129,14 +133,15 @@ class Deconvolver:
         return self._upto[layer]
 
     def field_crops(self, images: torch.Tensor, image_index: torch.Tensor, layer: str, channels, yx,
-                    field: ReceptiveField) -> torch.Tensor:
+                    field: ReceptiveField, steps: bool = False) -> torch.Tensor:
         """(N, C, *field.size): each unit's signal over its receptive-field box (zero outside the image).
 
         Computed on the smallest stride-aligned window of the image that holds the box: nothing
         outside the box reaches the unit, and a window that starts at a multiple of the layer's
         stride (or at the image border) gives every unit of the unit's cone the same inputs and
         padding as the whole image, so the result is exact — and an 11-px conv1 field costs an
-        11-px forward, not a 224-px one. images (B, C, H, W); image_index (N,) into them.
+        11-px forward, not a 224-px one. images (B, C, H, W); image_index (N,) into them;
+        steps: the model reads sequences (see `__call__`).
         """
         (h, w), (jy, jx) = images.shape[-2:], field.stride
         pos = torch.as_tensor(yx).long().cpu()
@@ -155,7 +160,7 @@ class Deconvolver:
             corners = torch.stack([sy[group], sx[group]], dim=1).to(images.device)
             windows = crop_patches(images, image_index[group.to(image_index.device)], corners, *shape)
             local = torch.stack([pos[group, 0] - sy[group] // jy, pos[group, 1] - sx[group] // jx], dim=1)
-            signal = self(windows, layer, channels[group], local)
+            signal = self(windows, layer, channels[group], local, steps)
             for j, n in enumerate(group.tolist()):  # the window may start before and end after the box
                 ay, ax = int(max(top[n] - sy[n], 0)), int(max(left[n] - sx[n], 0))
                 by, bx = int(sy[n] + ay - top[n]), int(sx[n] + ax - left[n])

@@ -100,7 +100,7 @@ class Forward(Protocol):
     def weights_hash(self) -> str: ...
     def to(self, device: torch.device) -> Any: ...
     def kind(self, name: str) -> str: ...
-    def fields(self, size: tuple[int, int], progress: Progress) -> dict[str, Any]: ...
+    def fields(self, sample: tuple[int, ...], progress: Progress) -> dict[str, Any]: ...
     def shapes(self, layers: list[str], x: torch.Tensor
                ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]: ...
     def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]
@@ -133,8 +133,8 @@ class _TorchForward:
     def kind(self, name: str) -> str:
         return _kind(self.net, name)
 
-    def fields(self, size: tuple[int, int], progress: Progress) -> dict[str, Any]:
-        return _fields(self.net, size, progress)
+    def fields(self, sample: tuple[int, ...], progress: Progress) -> dict[str, Any]:
+        return _fields(self.net, sample, progress)
 
     def shapes(self, layers: list[str], x: torch.Tensor
                ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]:
@@ -248,11 +248,14 @@ def _shape_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return _first_tensor(model(x))
 
 
-def _fields(net: nn.Module, size: tuple[int, int], progress: Progress) -> dict[str, dict[str, list[int]] | None]:
+def _fields(net: nn.Module, sample: tuple[int, ...], progress: Progress) -> dict[str, dict[str, list[int]] | None]:
     """Receptive field per module as store attributes ("*": the whole image, for the virtual
-    softmax); a model the graph analysis cannot handle is mined all the same, without them."""
+    softmax); a model the graph analysis cannot handle is mined all the same, without them.
+    `sample`: one input's shape, (C, H, W), or (T, C, H, W) for a sequence of frames (fields
+    per frame)."""
+    size = tuple(sample[-2:])
     try:
-        rf = receptive_fields(net, size)
+        rf = receptive_fields(net, size, tuple(sample[:-3]))
     except SketchmineError as exc:
         progress.note(f"no receptive fields recorded: {exc}")
         return {}
@@ -410,7 +413,7 @@ def mine(
             if damaged:
                 progress.note(damaged)
             return current
-        fields = forward.fields(tuple(first.shape[-2:]), progress) if first.ndim == 3 else {}
+        fields = forward.fields(tuple(first.shape), progress) if first.ndim >= 3 else {}
         labels = ds.labels()
         attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
                  "model_spec": _model_spec(model, weights),

@@ -201,7 +201,7 @@ class OnnxModel:
             return "softmax"
         return str(self._producer[self.tensor(layer)].op_type).lower()
 
-    def fields(self, size: tuple[int, int], progress: Any) -> dict[str, Any]:
+    def fields(self, sample: tuple[int, ...], progress: Any) -> dict[str, Any]:
         """Receptive fields are not computed for ONNX graphs: the store records None."""
         return {}
 

@@ -28,7 +28,11 @@ _POINTWISE_FUNCS = {torch.relu, torch.nn.functional.relu, torch.sigmoid, torch.t
 _POINTWISE_METHODS = {"relu", "relu_", "add", "add_", "mul", "mul_", "sigmoid", "contiguous", "clone",
                       "unsqueeze", "float", "to", "chunk", "size"}
 _GLOBAL_FUNCS = {torch.flatten, torch.mean, torch.nn.functional.adaptive_avg_pool2d}
-_GLOBAL_METHODS = {"view", "reshape", "flatten", "mean", "sum"}
+_GLOBAL_METHODS = {"view", "reshape", "flatten", "unflatten", "mean", "sum"}
+# reshapes: the whole image in general, but pointwise when they keep the last two (H, W)
+# dimensions (folding a sequence's frames into the batch, (N, T, C, H, W) -> (N*T, C, H, W))
+_RESHAPE_FUNCS = {torch.flatten, torch.reshape}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten"}
 
 
 @dataclass(frozen=True)
@@ -80,17 +84,23 @@ def _union(fields: list[_Field], where: str) -> _Field:
                   tuple(max(f.hi[a] for f in fields) for a in range(2)))
 
 
-def receptive_fields(model: nn.Module, input_size: int | tuple[int, int]) -> dict[str, ReceptiveField]:
+def receptive_fields(model: nn.Module, input_size: int | tuple[int, int],
+                     leading: tuple[int, ...] = ()) -> dict[str, ReceptiveField]:
     """Receptive field of every module with a spatial output, by qualified name; modules
     whose units see the whole image (linear, after flatten or global pooling) get the
-    whole image: size = input size, stride 0, offset 0."""
+    whole image: size = input size, stride 0, offset 0.
+
+    `leading`: the sample's dimensions before (H, W) other than the channels, e.g. (T,) for a
+    sequence of T frames, (T, C, H, W) per sample: a time-distributed CNN's fields are then
+    given per frame, in that frame's pixels (a reshape that keeps the last two dimensions, such
+    as folding the frames into the batch, leaves the field as it is)."""
     h, w = _pair(input_size)
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:
         raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx to compute receptive fields: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    _propagate_shapes(gm, model, h, w)
+    _propagate_shapes(gm, model, h, w, tuple(leading))
     whole = _Field((0, 0), (0, 0), (h - 1, w - 1))
     fields: dict[fx.Node, _Field] = {}
     modules = dict(gm.named_modules())
@@ -102,8 +112,15 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int]) -> dic
             continue
         if node.op in ("output", "get_attr") or not ins:
             continue
+        if "tensor_meta" not in node.meta:  # a shape, size or other non-tensor value: no pixels
+            continue
         where = node.target if node.op == "call_module" else node.name
         f = _union(ins, str(where)) if all(i.jump != (0, 0) for i in ins) else whole
+        if f.jump == (0, 0):  # computed from whole-image features (a recurrent head, an MLP): whole
+            fields[node] = whole
+            if node.op == "call_module":
+                out[node.target] = _field(whole, h, w)
+            continue
         if node.op == "call_module":
             m = modules[node.target]
             if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
@@ -118,14 +135,18 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int]) -> dic
             fields[node] = f
             out[node.target] = _field(f, h, w)
         elif node.op == "call_function":
-            if node.target in _GLOBAL_FUNCS:
+            if node.target in _RESHAPE_FUNCS and _keeps_grid(node):
+                pass
+            elif node.target in _GLOBAL_FUNCS:
                 f = whole
             elif node.target not in _POINTWISE_FUNCS:
                 raise SketchmineError(f"receptive fields: function {getattr(node.target, '__name__', node.target)} "
                                       f"at {node.name} is not supported")
             fields[node] = f
         elif node.op == "call_method":
-            if node.target in _GLOBAL_METHODS:
+            if node.target in _RESHAPE_METHODS and _keeps_grid(node):
+                pass
+            elif node.target in _GLOBAL_METHODS:
                 f = whole
             elif node.target not in _POINTWISE_METHODS:
                 raise SketchmineError(f"receptive fields: method .{node.target}() at {node.name} is not supported")
@@ -134,6 +155,16 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int]) -> dic
         if name not in out and node in fields:
             out[name] = _field(fields[node], h, w)
     return out
+
+
+def _keeps_grid(node: fx.Node) -> bool:
+    """A reshape whose input and output both end in the same (H, W) grid (shapes from the
+    propagation), so each output pixel is the input pixel at the same place."""
+    src = node.all_input_nodes[0].meta.get("tensor_meta") if node.all_input_nodes else None
+    dst = node.meta.get("tensor_meta")
+    if src is None or dst is None or not hasattr(src, "shape") or not hasattr(dst, "shape"):
+        return False
+    return len(src.shape) >= 4 and len(dst.shape) >= 4 and tuple(src.shape[-2:]) == tuple(dst.shape[-2:])
 
 
 def _field(f: _Field, h: int, w: int) -> ReceptiveField:
@@ -165,7 +196,7 @@ def module_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
             if len(keys) == 1 and next(iter(keys)) in last}
 
 
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int) -> None:
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leading: tuple[int, ...] = ()) -> None:
     """Tensor shapes on every node (adaptive pooling needs its input grid), computed without
     arithmetic where possible: on the meta device (parameters swapped for meta copies, ~1 ms
     for ResNet-50's 170 nodes), else with fake tensors, else a real one-image forward if an op
@@ -177,20 +208,21 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int) -> N
     from .models import input_channels
 
     c = input_channels(model)
+    shape = (1, *leading, c, h, w)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             try:
-                _meta_shapes(gm, c, h, w)
+                _meta_shapes(gm, shape)
             except Exception:
                 try:
                     ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(
-                        torch.zeros(1, c, h, w))
+                        torch.zeros(shape))
                 except Exception:
-                    ShapeProp(gm).propagate(torch.zeros(1, c, h, w))
+                    ShapeProp(gm).propagate(torch.zeros(shape))
     except Exception as exc:
-        raise SketchmineError(f"{type(model).__name__} cannot take a {h}×{w} input: {type(exc).__name__}: "
+        raise SketchmineError(f"{type(model).__name__} cannot take a {'×'.join(map(str, shape[1:]))} input: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     finally:
         model.train(was_training)
@@ -209,11 +241,11 @@ class _ShapeRun(nn.Module):
         return ShapeProp(self.gm).propagate(x)
 
 
-def _meta_shapes(gm: fx.GraphModule, c: int, h: int, w: int) -> None:
+def _meta_shapes(gm: fx.GraphModule, shape: tuple[int, ...]) -> None:
     """ShapeProp on meta tensors: every parameter and buffer replaced, for this call only, by a
     meta tensor of its shape (no data copied), and a meta input."""
     tensors = {f"gm.{k}": v.to("meta") for k, v in [*gm.named_parameters(), *gm.named_buffers()]}
-    torch.func.functional_call(_ShapeRun(gm), tensors, (torch.zeros(1, c, h, w, device="meta"),))
+    torch.func.functional_call(_ShapeRun(gm), tensors, (torch.zeros(shape, device="meta"),))
 
 
 def _adaptive(f: _Field, output_size, node: fx.Node, whole: _Field) -> _Field:

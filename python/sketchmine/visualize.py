@@ -51,6 +51,7 @@ class _Plan:
     stride: tuple[int, int]
     offset: tuple[int, int]
     timed: bool = False       # a line of time steps (recurrent, per-step linear): yx = (0, t)
+    frame_h: int = 0          # time-distributed conv: frames stacked along y, yx = (t * frame_h + y, x)
 
     @property
     def field(self) -> ReceptiveField:
@@ -82,12 +83,6 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
         raise SketchmineError(f"run {run.path} is still being mined ({run.images_done} images done); "
                               "finish it (re-run the same mine command) before visualizing")
     names = [run._check_layer(l) for l in layers] if layers else run.layers
-    if not layers:  # every mined layer that can be cut; the others are said and left out
-        skipped = [n for n in names if _time_stacked(run, n)]
-        if skipped:
-            progress.note(f"not visualized (time-distributed convs, no receptive field over sequences yet): "
-                          f"{', '.join(skipped)}")
-        names = [n for n in names if n not in skipped]
     device = torch.device(device)
     ds = run_dataset(run, data)
     needed = np.unique(np.concatenate([np.zeros(0, np.int64)] + [run.topk(l)[1].ravel() for l in names]))
@@ -124,11 +119,12 @@ def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Pl
     shape = run.layer_shape(name)
     attrs = run.store.group[f"layers/{name}"].attrs
     grid = len(shape) == 3
-    if grid and _time_stacked(run, name):
+    frame_h = int(attrs["frame"][0]) if grid and _time_stacked(run, name) else 0
+    if frame_h and not attrs.get("receptive_field"):
         raise SketchmineError(
-            f"layer {name!r} of {run.path} is a time-distributed conv (each step's frame stacked along y): "
-            "receptive fields are computed for single-image (N, C, H, W) inputs only, so its patches cannot be "
-            "cut yet; visualize the recurrent, linear and softmax layers of this run")
+            f"layer {name!r} of {run.path} is a time-distributed conv (each step's frame stacked along y) and "
+            "the run has no receptive field for it (mined before they were computed per frame); mine it again "
+            "with this version, or visualize its recurrent, linear and softmax layers")
     if grid:
         if "receptive_field" not in attrs:
             raise SketchmineError(f"run {run.path} was mined before receptive fields were recorded; "
@@ -147,7 +143,7 @@ def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Pl
     size = tuple(max(1, round(s * scale)) for s in source)
     timed = len(shape) == 2 and (attrs.get("position") in ("time", "sequence")
                                  or (attrs.get("position") == "time-stacked" and not attrs.get("frame")))
-    return _Plan(name, shape[0], grid, source, size, stride, offset, timed)  # type: ignore[arg-type]
+    return _Plan(name, shape[0], grid, source, size, stride, offset, timed, frame_h)  # type: ignore[arg-type]
 
 
 def _time_stacked(run: Run, name: str) -> bool:
@@ -215,7 +211,8 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDatase
     images = index[filled]
     uniq, inverse = np.unique(images, return_inverse=True)
     x = _load(ds, uniq.tolist(), cache).to(device)
-    corners = _corners(p, yx[filled]) if len(images) else np.zeros((0, 2), dtype=np.int64)
+    local = _in_frame(p, yx[filled])  # grid positions within the entry's image (or frame)
+    corners = _corners(p, local) if len(images) else np.zeros((0, 2), dtype=np.int64)
     corners_t = torch.from_numpy(corners).to(device)
     inv = torch.from_numpy(inverse.astype(np.int64)).to(device)
     ch = x.shape[1]
@@ -227,12 +224,15 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDatase
         frames, frame_of = _frames(x, inv, p, yx[filled])
         crop = crop_patches(_pixels(frames, pre), frame_of, corners_t, *p.source)
         patches[unit_of, slot_of] = _to_hwc(_fit(crop, p.size)).cpu().numpy()
-        entry_yx = torch.from_numpy(yx[filled].astype(np.int64))
+        entry_yx = torch.from_numpy(local.astype(np.int64))
         for s in range(0, len(images), batch_size):
             j = slice(s, s + batch_size)
             units_j = torch.from_numpy(unit_of[j] + u0)
             if p.grid:  # each unit on its own receptive field only
-                crop = deconv.field_crops(x, inv[j], p.name, units_j, entry_yx[j], p.field)
+                if x.ndim == 5:  # a frame's conv units: windows of that frame, each a one-step sequence
+                    crop = deconv.field_crops(frames, frame_of[j], p.name, units_j, entry_yx[j], p.field, steps=True)
+                else:
+                    crop = deconv.field_crops(x, inv[j], p.name, units_j, entry_yx[j], p.field)
             else:
                 sig = deconv(x[inv[j]], p.name, units_j, entry_yx[j])
                 if sig.ndim == 5:  # a sequence: the signal on every step's frame, summed onto the image plane
@@ -252,9 +252,21 @@ def _frames(x: torch.Tensor, inv: torch.Tensor, p: _Plan, yx: np.ndarray) -> tup
     if x.ndim != 5:
         return x, inv
     last = x.shape[1] - 1
-    steps = torch.from_numpy(yx[:, 1].astype(np.int64)).clamp(0, last) if p.timed else \
-        torch.full((len(inv),), last, dtype=torch.long)
-    return x[inv, steps.to(x.device)], torch.arange(len(inv), device=x.device)
+    if p.frame_h:
+        steps = torch.from_numpy(yx[:, 0].astype(np.int64) // p.frame_h)
+    elif p.timed:
+        steps = torch.from_numpy(yx[:, 1].astype(np.int64))
+    else:
+        steps = torch.full((len(inv),), last, dtype=torch.long)
+    return x[inv, steps.clamp(0, last).to(x.device)], torch.arange(len(inv), device=x.device)
+
+
+def _in_frame(p: _Plan, yx: np.ndarray) -> np.ndarray:
+    """Entries' grid positions within their own frame (time-distributed convs stack the frames
+    along y); unchanged for every other layer."""
+    if not p.frame_h:
+        return yx
+    return np.stack([yx[:, 0] % p.frame_h, yx[:, 1]], axis=1).astype(yx.dtype)
 
 
 def _corners(p: _Plan, yx: np.ndarray) -> np.ndarray:
