@@ -156,6 +156,20 @@ def test_lstm_hidden_and_cell_states(tmp_path, seq_set):
     assert "(T, N, H)" in run.store.group["layers/lstm"].attrs["tapped"]
     # the taps read the model's outputs without changing them
     np.testing.assert_allclose(np.asarray(run.store.group["eval/logits"][...]), logits.numpy(), rtol=1e-6)
+    # visualized: the cell state's deconvolution is autograd from c_n through the real LSTM
+    from sketchmine.visualize import patches_of
+
+    run = sketchmine.visualize(run, ["lstm.cell", "lstm"], model=net, data=seq_set, method="gradient", max_units=2)
+    _, index, _ = run.topk("lstm.cell")
+    for u in range(2):
+        got = patches_of(run, "lstm.cell", u)["deconv"]
+        for j in range(4):
+            x = seq_set[int(index[u, j])][1][None].clone().requires_grad_(True)
+            _, (_, c) = net.lstm(torch.relu(net.embed(x.flatten(2))).transpose(0, 1))
+            (grad,) = torch.autograd.grad(c[-2:].permute(1, 0, 2).flatten(1)[0, u], x)
+            sig = grad[0].sum(0)[0]
+            want = (128 + 127 * sig / sig.abs().max()).round().clamp(0, 255).numpy()
+            assert np.abs(got[j, ..., 0].astype(int) - want.astype(int)).max() <= 1, (u, j)
 
 
 class Packed(nn.Module):

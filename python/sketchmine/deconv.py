@@ -20,7 +20,7 @@ from torch import fx, nn
 from .errors import SketchmineError
 from .ops import crop_patches
 from .receptive_field import ReceptiveField, module_outputs
-from .taps import SOFTMAX, tapped_element, to_units
+from .taps import SOFTMAX, module_of, tapped_element, to_units
 
 METHODS = ("deconvnet", "guided", "gradient")
 
@@ -98,16 +98,19 @@ class Deconvolver:
             return self(images.unsqueeze(1), layer, channels, yx).squeeze(1)
         if layer == SOFTMAX:
             return self._softmax(images, channels)
-        module = dict(self.model.named_modules()).get(layer)
-        if module is None:
-            raise SketchmineError(f"unknown layer {layer!r} for deconvolution")
-        net = self._cut(layer)
+        try:
+            target, module = module_of(self.model, layer)  # "<lstm>.cell" reads its LSTM's output
+        except SketchmineError:
+            raise SketchmineError(f"unknown layer {layer!r} for deconvolution") from None
+        cell = target != layer
+        net = self._cut(target)
         x = images.detach().clone().float().requires_grad_(True)
         with torch.enable_grad():
             # the layer's output in the layout the miner's taps read (N, units, *positions), so
             # (channel, yx) address the same unit: a GRU's (N, T, H) is (N, H, T), a time-distributed
-            # conv's frames are stacked along y
-            out, _ = to_units(layer, module, tapped_element(layer, module, net(x)), x.shape[0])
+            # conv's frames are stacked along y, an LSTM's cell state is its final c_n
+            raw = tapped_element(layer, module, net(x), cell)
+            out, _ = to_units(layer, module, raw, x.shape[0], cell)
             (grad,) = torch.autograd.grad(_units(out, channels, yx).sum(), x)
         return grad.detach()
 

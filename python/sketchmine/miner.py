@@ -255,7 +255,7 @@ def _fields(net: nn.Module, sample: tuple[int, ...], progress: Progress) -> dict
     per frame)."""
     size = tuple(sample[-2:])
     try:
-        rf = receptive_fields(net, size, tuple(sample[:-3]))
+        rf = receptive_fields(net, size, tuple(sample[:-3]), channels=int(sample[-3]))
     except SketchmineError as exc:
         progress.note(f"no receptive fields recorded: {exc}")
         return {}

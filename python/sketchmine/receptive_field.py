@@ -85,7 +85,7 @@ def _union(fields: list[_Field], where: str) -> _Field:
 
 
 def receptive_fields(model: nn.Module, input_size: int | tuple[int, int],
-                     leading: tuple[int, ...] = ()) -> dict[str, ReceptiveField]:
+                     leading: tuple[int, ...] = (), channels: int | None = None) -> dict[str, ReceptiveField]:
     """Receptive field of every module with a spatial output, by qualified name; modules
     whose units see the whole image (linear, after flatten or global pooling) get the
     whole image: size = input size, stride 0, offset 0.
@@ -93,14 +93,15 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int],
     `leading`: the sample's dimensions before (H, W) other than the channels, e.g. (T,) for a
     sequence of T frames, (T, C, H, W) per sample: a time-distributed CNN's fields are then
     given per frame, in that frame's pixels (a reshape that keeps the last two dimensions, such
-    as folding the frames into the batch, leaves the field as it is)."""
+    as folding the frames into the batch, leaves the field as it is). `channels`: the input's
+    channels (default: the first conv's, else 3)."""
     h, w = _pair(input_size)
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:
         raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx to compute receptive fields: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    _propagate_shapes(gm, model, h, w, tuple(leading))
+    _propagate_shapes(gm, model, h, w, tuple(leading), channels)
     whole = _Field((0, 0), (0, 0), (h - 1, w - 1))
     fields: dict[fx.Node, _Field] = {}
     modules = dict(gm.named_modules())
@@ -196,7 +197,8 @@ def module_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
             if len(keys) == 1 and next(iter(keys)) in last}
 
 
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leading: tuple[int, ...] = ()) -> None:
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leading: tuple[int, ...] = (),
+                      channels: int | None = None) -> None:
     """Tensor shapes on every node (adaptive pooling needs its input grid), computed without
     arithmetic where possible: on the meta device (parameters swapped for meta copies, ~1 ms
     for ResNet-50's 170 nodes), else with fake tensors, else a real one-image forward if an op
@@ -207,7 +209,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, lead
 
     from .models import input_channels
 
-    c = input_channels(model)
+    c = channels or input_channels(model)
     shape = (1, *leading, c, h, w)
     was_training = model.training
     model.eval()
