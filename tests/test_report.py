@@ -267,6 +267,32 @@ def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser):
     assert problems == [] and problems2 == []
 
 
+def test_report_gru_visualized_in_chromium(tmp_path, gru_run, browser):
+    """The CNN + GRU run visualized (a copy): its time-distributed conv and its hidden units show
+    patch and deconvolution strips cut from the frame of each entry's step, steps still marked."""
+    import shutil
+
+    run, ds = gru_run
+    copy = sketchmine.open_run(shutil.copytree(run.path, tmp_path / "gru.zarr"))
+    units = 3
+    copy = sketchmine.visualize(copy, ["features.6", "gru"], data=ds, max_units=units)
+    index = write_report(copy, tmp_path / "rep", dataset=ds)
+    page, problems = _open(browser, index.as_uri())
+    for lid, name in (("00-features.6", "features.6"), ("01-gru", "gru")):
+        page.goto((tmp_path / "rep" / "layers" / f"{lid}.html").as_uri())
+        page.wait_for_selector("#unit-0")
+        page.wait_for_function("() => [...document.images].every(i => i.complete)")
+        assert page.inner_text("h1") == name and " of 8" in page.inner_text("#unit-0")
+        for u in range(units):
+            widths = page.evaluate(f"""() => ['_p.png', '_d.png'].map(end =>
+                [...document.querySelectorAll('#unit-{u} img')].filter(i => i.src.endsWith('{u}' + end))
+                .map(i => i.naturalWidth))""")
+            assert [len(w) for w in widths] == [9, 9] and min(min(w) for w in widths) > 0, (name, u, widths)
+        total, ok = _images_ok(page)
+        assert ok == total
+    assert problems == []
+
+
 # ---- torchvision GoogLeNet and ResNet-50 at 224 px (issue 8) --------------------------------
 
 TORCHVISION = {  # arch: (constructor options, [a block output, a deep layer (a conv in a branch / the last block), fc])
