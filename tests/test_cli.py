@@ -154,7 +154,8 @@ def test_sigkill_mid_run_resumes_to_identical_store(tmp_path, folder):
 def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkeypatch):
     """`sketchmine demo` end to end: the embedded SketchNet ('demo') and ResNet ('demo-resnet')
     over the 2,000 test images side by side, every unit of every layer visualized, both
-    summaries, the comparison of the two runs, one report each."""
+    summaries, the comparison of the two runs; the CNN + GRU ('demo-gru') over the same images
+    drawn progressively, visualized, its hidden units ranked by ablation; one report each."""
     import re
 
     monkeypatch.setenv("COLUMNS", "240")  # rich wraps to this width: table cells stay whole
@@ -162,7 +163,7 @@ def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkey
     proc = sm("demo", "--out", str(out), "--report", str(rep))
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    runs = {m: sketchmine.open_run(out / f"{m}.zarr") for m in ("demo", "demo-resnet")}
+    runs = {m: sketchmine.open_run(out / f"{m}.zarr") for m in ("demo", "demo-resnet", "demo-gru")}
     for model, run in runs.items():
         assert run.complete and run.images_done == 2000
         for name in run.layers:
@@ -176,6 +177,12 @@ def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkey
         assert (rep / model / "img" / f"00-{run.layers[0]}" / "0_p.png").is_file()
         assert f"summary: {model}" in text
     assert runs["demo"].accuracy() == pytest.approx(0.9705) and runs["demo-resnet"].accuracy() == pytest.approx(0.9835)
+    assert runs["demo-gru"].accuracy() == pytest.approx(0.8955)
+    assert runs["demo-gru"].attrs["dataset"]["sequence"]["steps"] == 8
+    df = runs["demo-gru"].unit_importance("gru")  # stored by the demo, printed most important first
+    assert len(df) == 64 and df.attrs["images"] == 2000
+    assert "which gru units matter for the label" in text
+    assert re.search(rf"│ +{int(df['unit'].iloc[0])} │ +{df['prob_drop'].iloc[0]:.4f} │", text)
     # the compare tables: accuracy of both runs side by side, layers paired by depth
     assert "compare: A = demo:sketchnet_animal, B = demo:sketchresnet_animal" in text
     assert "(97.05%) vs B" in text and "(98.35%)" in text

@@ -60,14 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-size", type=int, default=64, help="(image, unit) pairs per forward and backward")
     v.add_argument("--max-patch", type=int, default=128, help="shrink larger patches to fit N×N pixels")
     v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
-    demo_help = ("mine, visualize, compare and report the two embedded trained models (SketchNet 'demo', "
-                 "ResNet 'demo-resnet') over the embedded Animal-Shape test split")
+    demo_help = ("mine, visualize and report the embedded trained models over the embedded Animal-Shape test "
+                 "split: SketchNet 'demo' and ResNet 'demo-resnet' compared, then the CNN + GRU 'demo-gru' over "
+                 "progressive drawings with its hidden units ranked by importance")
     d = sub.add_parser("demo", help=demo_help, description=demo_help)
-    d.add_argument("--out", help="folder for the two runs, OUT/demo.zarr and OUT/demo-resnet.zarr; a re-run "
-                                 "resumes them (default: a new temporary directory)")
+    d.add_argument("--out", help="folder for the runs, OUT/demo.zarr, OUT/demo-resnet.zarr and OUT/demo-gru.zarr; "
+                                 "a re-run resumes them (default: a new temporary directory)")
     d.add_argument("--batch-size", type=int, default=250, help="images per mining batch (default 250)")
-    d.add_argument("--report", help="folder for the two reports, REPORT/demo/ and REPORT/demo-resnet/ "
-                                    "(default: OUT/report)")
+    d.add_argument("--report", help="folder for the reports, REPORT/demo/, REPORT/demo-resnet/ and "
+                                    "REPORT/demo-gru/ (default: OUT/report)")
     r = sub.add_parser("report", help="write a static HTML report of RUN (opens offline in any browser)")
     r.add_argument("run")
     r.add_argument("--out", required=True, help="report folder (index.html inside)")

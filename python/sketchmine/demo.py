@@ -1,12 +1,14 @@
-"""`sketchmine demo`: the two embedded trained models side by side on the embedded test split.
+"""`sketchmine demo`: the embedded trained models on the embedded test split.
 
-Both "demo" (SketchNet, AlexNet-style) and "demo-resnet" (a small BasicBlock ResNet) are mined
+"demo" (SketchNet, AlexNet-style) and "demo-resnet" (a small BasicBlock ResNet) are mined
 (every conv, linear and softmax layer) and visualized over the same 2,000 Animal-Shape test
-images, each into its own run store, then summarised, compared layer by layer (paired by
-relative depth) and written as one static report each:
+images, each into its own run store, then summarised and compared layer by layer (paired by
+relative depth). The seed's next step comes last: "demo-gru" (CNN + GRU) reads each test image
+as a progressive drawing; it is mined and visualized the same way, and the importance of each
+GRU hidden unit for the correct label is measured by ablation. One static report per model:
 
-    OUT/demo.zarr  OUT/demo-resnet.zarr       the runs (a re-run with the same OUT resumes)
-    REPORT/demo/index.html  REPORT/demo-resnet/index.html    (REPORT defaults to OUT/report)
+    OUT/demo.zarr  OUT/demo-resnet.zarr  OUT/demo-gru.zarr     the runs (a re-run with the same OUT resumes)
+    REPORT/<model>/index.html                                   (REPORT defaults to OUT/report)
 """
 from __future__ import annotations
 
@@ -20,19 +22,26 @@ from .data import MinerDataset
 from .run import Run
 
 MODELS: tuple[str, str] = ("demo", "demo-resnet")
-"""The embedded models the demo mines, in the order of the comparison (A, B)."""
+"""The embedded image models the demo mines, in the order of the comparison (A, B)."""
+
+RECURRENT: tuple[str, str] = ("demo-gru", "gru")
+"""The embedded CNN + GRU and the layer whose units' importance for the label the demo measures."""
 
 VISUALIZE_BATCH = 256
 """(image, unit) pairs per forward and backward of the visualize pass."""
 
 
 def animal_shape_test(model: str) -> MinerDataset:
-    """The embedded Animal-Shape test split, normalised as `model` was trained."""
+    """The embedded Animal-Shape test split, normalised as `model` was trained; as progressive
+    drawings of the recorded number of steps for a model trained on sequences."""
     from .data import animal_shape
-    from .models import preprocessing_for
-    from .models import load_model
+    from .models import load_model, preprocessing_for
+    from .sequences import SequenceDataset
+    from .zoo import EMBEDDED, load_embedded
 
-    return animal_shape("test", preprocessing_for(load_model(model)))
+    ds = animal_shape("test", preprocessing_for(load_model(model)))
+    meta = load_embedded(model)[1] if model in EMBEDDED else {}
+    return SequenceDataset(ds, int(meta["sequence"]["steps"])) if meta.get("sequence") else ds
 
 
 def mine_and_visualize(model: str, out: Path, batch_size: int, console: Console) -> Run:
@@ -67,20 +76,28 @@ def print_comparison(a: Run, b: Run, console: Console, n: int = 5) -> None:
 
 def run_demo(out_dir: str | Path | None, batch_size: int, report_dir: str | Path | None,
              console: Console) -> dict[str, Path]:
-    """Mine, visualize, summarise, compare and report both embedded models; returns each
-    model's report index.html. out_dir: where the runs go (None: a new temporary directory);
-    report_dir: the reports' parent folder (None: out_dir/report)."""
+    """Mine, visualize, summarise and report the embedded models, compare the two image models,
+    and rank the GRU's hidden units by importance; returns each model's report index.html.
+    out_dir: where the runs go (None: a new temporary directory); report_dir: the reports'
+    parent folder (None: out_dir/report)."""
     from .cli import print_report, print_summary
+    from .importance import importance_table, unit_importance
+    from .run import open_run
 
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="sketchmine-demo-"))
     reports = Path(report_dir) if report_dir else out / "report"
     console.print("[bold]sketchmine demo[/]: every layer of the embedded SketchNet (demo) and small ResNet "
-                  "(demo-resnet) over the Animal-Shape test split, then the two compared")
-    runs = {m: mine_and_visualize(m, out / f"{m}.zarr", batch_size, console) for m in MODELS}
+                  "(demo-resnet) over the Animal-Shape test split, the two compared, then the CNN + GRU "
+                  "(demo-gru) over the same images drawn progressively")
+    runs = {m: mine_and_visualize(m, out / f"{m}.zarr", batch_size, console) for m in (*MODELS, RECURRENT[0])}
+    gru, layer = RECURRENT
+    unit_importance(runs[gru], layer)
     for model, run in runs.items():
         console.rule(f"[bold]summary[/]: {model}")
         print_summary(str(run.path), 5, console)
     print_comparison(runs[MODELS[0]], runs[MODELS[1]], console)
+    console.rule(f"[bold]which {layer} units matter for the label[/]: {gru} (ablation over the test split)")
+    console.print(importance_table(open_run(runs[gru].path), layer, 10))
     index = {m: print_report(str(run.path), str(reports / m), console) for m, run in runs.items()}
     a, b = (runs[m].path for m in MODELS)
     console.print(escape(f"runs stored in {out}; compare them again with: sketchmine compare {a} {b}"))

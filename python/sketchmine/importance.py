@@ -355,10 +355,22 @@ def plot_importance(run: Run, layers: list[str] | None = None, n: int = 10, path
     return fig
 
 
-def run_cli(args: Any, console: Any) -> None:
-    """`sketchmine importance RUN [--layers ...]`: compute, store, print the top units, plot."""
+def importance_table(run: Run, name: str, n: int) -> Any:
+    """A rich table of the `n` units of `name` that matter most for the correct class."""
     from rich.table import Table
 
+    df = run.unit_importance(name)
+    table = Table(title=f"{name}: units that matter most for the correct class "
+                        f"({df.attrs['images']} images, accuracy {df.attrs['base_accuracy'] * 100:.2f}%)")
+    for col in df.columns:
+        table.add_column(col, justify="right")
+    for row in df.head(n).itertuples(index=False):
+        table.add_row(str(row.unit), *(f"{v:.4f}" for v in row[1:]))
+    return table
+
+
+def run_cli(args: Any, console: Any) -> None:
+    """`sketchmine importance RUN [--layers ...]`: compute, store, print the top units, plot."""
     run = open_run(args.run)
     layers = args.layers or [l for l in run.layers if l != SOFTMAX and not l.endswith(".cell")]
     for name in layers:
@@ -366,14 +378,7 @@ def run_cli(args: Any, console: Any) -> None:
                         device=args.device)
     run = open_run(args.run)
     for name in layers:
-        df = run.unit_importance(name)
-        table = Table(title=f"{name}: units that matter most for the correct class "
-                            f"({df.attrs['images']} images, accuracy {df.attrs['base_accuracy'] * 100:.2f}%)")
-        for col in df.columns:
-            table.add_column(col, justify="right")
-        for row in df.head(args.n).itertuples(index=False):
-            table.add_row(str(row.unit), *(f"{v:.4f}" for v in row[1:]))
-        console.print(table)
+        console.print(importance_table(run, name, args.n))
     if args.plot:
         plot_importance(run, layers, args.n, args.plot)
         console.print(f"plot written to {args.plot}")
