@@ -199,3 +199,29 @@ def test_store_records_receptive_fields(reference_run, demo_model):
         else:  # the virtual softmax sees the whole image
             assert got == {"size": [28, 28], "stride": [0, 0], "offset": [0, 0]}
     assert reference_run.store.group["layers/features.3"].attrs["receptive_field"]["size"] == [10, 10]
+
+
+def test_pending_rows_fill_preallocated_buffers():
+    """The rows between flushes: skipped images get NaN logits, a longer interval than planned
+    grows the buffers, and what a flush reads is exactly what was added, in order."""
+    from sketchmine.miner import _Pending
+
+    rng = np.random.default_rng(5)
+    block = _Pending(100, 4)
+    want_logits, want_index, want_labels = [], [], []
+    for b in range(3):  # 9 rows into room for 4
+        idx = np.arange(100 + 3 * b, 103 + 3 * b)
+        lab = rng.integers(0, 10, 3)
+        ok = torch.tensor([True, b != 1, True])
+        logits = torch.from_numpy(rng.standard_normal((int(ok.sum()), 5)).astype(np.float32))
+        block.add(idx, lab, ok, logits)
+        full = np.full((3, 5), np.nan, np.float32)
+        full[ok.numpy()] = logits.numpy()
+        want_logits.append(full)
+        want_index.append(idx)
+        want_labels.append(lab)
+    assert block.rows == 9 and block.start == 100
+    np.testing.assert_array_equal(block.index_rows(), np.concatenate(want_index))
+    np.testing.assert_array_equal(block.label_rows(), np.concatenate(want_labels))
+    np.testing.assert_array_equal(block.logit_rows(), np.concatenate(want_logits))  # NaN where skipped
+    assert _Pending(0, 8).logit_rows() is None  # no logits seen (logits=False): none written

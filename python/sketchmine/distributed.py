@@ -18,7 +18,6 @@ copy, and checkpointed there; only rank 0 writes.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -291,26 +290,23 @@ class Group:
 
 def _rows(pending: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(global index, logits or None, labels) of one rank's rows since the last flush."""
-    index = np.concatenate(pending.index).astype(np.int64) if pending.index else np.zeros(0, np.int64)
-    labels = np.concatenate(pending.labels).astype(np.int64) if pending.labels else np.zeros(0, np.int64)
-    return index, pending.logit_rows(), labels
+    return pending.index_rows().copy(), pending.logit_rows(), pending.label_rows().copy()
 
 
 def _merged_rows(pending: Any, parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]) -> Any:
     """All ranks' rows as one pending block in global order (a contiguous range)."""
     index = np.concatenate([p[0] for p in parts])
     if not len(index):
-        return dataclasses.replace(pending, logits=[], labels=[], index=[])
+        return type(pending).of(pending.start, index, index, None)
     order = np.argsort(index, kind="stable")
     start = int(index[order[0]])
     if not np.array_equal(index[order], np.arange(start, start + len(index))):
         raise RuntimeError(f"ranks' rows do not form one block of images from {start}: a sharding bug")
-    logits: list[Any] = []
+    logits = None
     widths = {p[1].shape[1] for p in parts if p[1] is not None}
     if widths:
         w = widths.pop()
-        rows = np.concatenate([p[1] if p[1] is not None else np.full((len(p[0]), w), np.nan, np.float32)
-                               for p in parts])[order]
-        logits = [(np.ones(len(index), dtype=bool), torch.from_numpy(rows))]
+        logits = np.concatenate([p[1] if p[1] is not None else np.full((len(p[0]), w), np.nan, np.float32)
+                                 for p in parts])[order]
     labels = np.concatenate([p[2] for p in parts])[order]
-    return dataclasses.replace(pending, start=start, logits=logits, labels=[labels], index=[index[order]])
+    return type(pending).of(start, index[order], labels, logits)

@@ -60,27 +60,65 @@ class _Layer:
     attrs: dict[str, Any] = field(default_factory=dict)  # how the tap read it (taps.Taps.layouts)
 
 
-@dataclass
 class _Pending:
-    """Rows produced since the last flush."""
+    """Rows produced since the last flush: image ids, labels and logits (NaN rows for skipped
+    images), in buffers allocated once per flush interval and filled batch by batch.
 
-    start: int
-    logits: list[tuple[np.ndarray, torch.Tensor | None]] = field(default_factory=list)  # (ok mask, logits)
-    labels: list[np.ndarray] = field(default_factory=list)
-    index: list[np.ndarray] = field(default_factory=list)  # global image ids, for gathering across ranks
+    Small arrays kept per batch until the flush pinned glibc's heap under the freed
+    activations: ResNet-50's resident memory grew by 0.6 MiB per image between flushes. The
+    logits stay on the mining device until the flush (no copy, no sync per batch)."""
+
+    def __init__(self, start: int, capacity: int) -> None:
+        self.start, self.rows = start, 0
+        self._index = np.empty(max(capacity, 1), dtype=np.int64)
+        self._labels = np.empty(max(capacity, 1), dtype=np.int64)
+        self._logits: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, start: int, index: np.ndarray, labels: np.ndarray, logits: np.ndarray | None) -> _Pending:
+        """A block built from whole arrays (ranks' rows merged in global order)."""
+        block = cls(start, len(index))
+        block.rows = len(index)
+        block._index[:len(index)], block._labels[:len(index)] = index, labels
+        block._logits = None if logits is None else torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        return block
+
+    def add(self, index: np.ndarray, labels: np.ndarray, ok: torch.Tensor, logits: torch.Tensor | None) -> None:
+        """One batch: logits (ok.sum(), classes) of its readable images, or None."""
+        n, at = len(index), self.rows
+        if at + n > len(self._index):  # more rows than planned (a last, longer interval): grow
+            self._grow(2 * (at + n))
+        self._index[at:at + n], self._labels[at:at + n] = index, labels
+        if logits is not None and logits.ndim == 2:
+            if self._logits is None:
+                self._logits = torch.full((len(self._index), logits.shape[1]), float("nan"),
+                                          dtype=torch.float32, device=logits.device)
+            if bool(ok.all()):
+                self._logits[at:at + n] = logits
+            else:
+                self._logits[at + torch.nonzero(ok).flatten().to(logits.device)] = logits.float()
+        self.rows += n
+
+    def _grow(self, capacity: int) -> None:
+        for key in ("_index", "_labels"):
+            old = getattr(self, key)
+            new = np.empty(capacity, dtype=old.dtype)
+            new[:self.rows] = old[:self.rows]
+            setattr(self, key, new)
+        if self._logits is not None:
+            new_logits = self._logits.new_full((capacity, self._logits.shape[1]), float("nan"))
+            new_logits[:self.rows] = self._logits[:self.rows]
+            self._logits = new_logits
+
+    def index_rows(self) -> np.ndarray:
+        return self._index[:self.rows]
+
+    def label_rows(self) -> np.ndarray:
+        return self._labels[:self.rows]
 
     def logit_rows(self) -> np.ndarray | None:
         """(rows, classes) float32, NaN for skipped images; copied off the device only here."""
-        widths = {t.shape[1] for _, t in self.logits if t is not None and t.ndim == 2}
-        if not widths:
-            return None
-        rows = np.full((sum(len(ok) for ok, _ in self.logits), widths.pop()), np.nan, dtype=np.float32)
-        at = 0
-        for ok, t in self.logits:
-            if t is not None:
-                rows[at:at + len(ok)][ok] = t.float().cpu().numpy()
-            at += len(ok)
-        return rows
+        return None if self._logits is None else self._logits[:self.rows].float().cpu().numpy()
 
 
 def _kind(model: nn.Module, name: str) -> str:
@@ -472,7 +510,8 @@ def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_
         if classes is not None:
             classes.add(name, maxima, current["labels"])
 
-    pending = _Pending(done)
+    interval = batch_size * flush_every  # rows between two flushes (this rank's)
+    pending = _Pending(done, min(interval, max(n - done, 0)))
     batches = 0
     tapped = [l.name for l in spec]
     with torch.inference_mode(), forward.open(tapped, on_output) as run_batch, _plain_worker_errors(), \
@@ -513,9 +552,7 @@ def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_
                     on_output(SOFTMAX, torch.softmax(logits.float(), dim=1))
                 if classes is not None:
                     classes.end_batch()  # every layer of this batch at once
-            pending.logits.append((ok.numpy(), logits if logits is not None and logits.ndim == 2 else None))
-            pending.labels.append(np.asarray(y, dtype=np.int64))
-            pending.index.append(idx.numpy())
+            pending.add(idx.numpy(), np.asarray(y, dtype=np.int64), ok, logits)
             batches += 1
             progress.advance(len(idx))
             if batches % flush_every == 0 and team.flush_due(batches):
@@ -527,7 +564,7 @@ def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[_
                     writer.submit(lambda: _flush(store, job))
 
                 team.on_writer(flush)
-                pending = _Pending(int(idx[-1]) + 1)
+                pending = _Pending(int(idx[-1]) + 1, min(interval, max(n - int(idx[-1]) - 1, 0)))
         # No checkpoint for the tail: a crash before the run is marked complete resumes from the
         # last periodic flush, so the final arrays are the only write here.
         merged, rows, merged_classes = team.gather(states, pending, bad, converted, classes)
@@ -660,8 +697,8 @@ class _FlushWriter:
 
 def _rows(pending: _Pending, needs_labels: bool) -> tuple[int, np.ndarray | None, np.ndarray | None, int]:
     """(first row, logits, streamed labels, images done after them) of the pending rows."""
-    labels = np.concatenate(pending.labels) if (needs_labels and pending.labels) else None
-    return pending.start, pending.logit_rows(), labels, pending.start + sum(len(l) for l in pending.labels)
+    labels = pending.label_rows().copy() if (needs_labels and pending.rows) else None
+    return pending.start, pending.logit_rows(), labels, pending.start + pending.rows
 
 
 def _write_rows(store: RunStore, pending: _Pending, needs_labels: bool) -> None:
