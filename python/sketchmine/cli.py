@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
                         "for AlexNet on CPU, and needs a C++ compiler; same top-k within float tolerance)")
     m.add_argument("--no-overlap-flushes", action="store_true",
                    help="write each checkpoint in the loop instead of on a background thread")
+    m.add_argument("--steps", type=int,
+                   help="show each image as a progressive drawing of STEPS frames, for CNN + recurrent models "
+                        "(default: the steps the model was trained with, e.g. 8 for 'demo-gru'; else single images)")
+    m.add_argument("--ink", default="auto", choices=["auto", "light", "dark"],
+                   help="with --steps: which pixels are drawn: light ink on black, dark ink on white, or auto "
+                        "(per image, from the median of its border; default)")
     v = sub.add_parser("visualize", help="crop each top-k entry's receptive field and its deconvolution into RUN")
     v.add_argument("run")
     v.add_argument("--layers", nargs="+", help="layers to visualize (default: every mined layer)")
@@ -122,7 +128,7 @@ def _mine(args: argparse.Namespace, console: Console) -> None:
                    skip_bad_images=args.skip_bad_images, progress=bar, logits=not args.no_logits,
                    channels_last=args.channels_last, autocast=args.autocast, compile=args.compile,
                    prefetch_factor=args.prefetch_factor, pin_memory=args.pin_memory,
-                   overlap_flushes=not args.no_overlap_flushes)
+                   overlap_flushes=not args.no_overlap_flushes, steps=args.steps, ink=args.ink)
     finally:
         bar.stop()
         rank = distributed.rank()

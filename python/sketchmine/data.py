@@ -17,9 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import SketchmineError
+
+READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What reading a damaged or hostile image file raises (PIL and the OS)."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -144,9 +148,7 @@ class ImageFolderDataset(MinerDataset):
         return h.hexdigest()
 
     def load_pil(self, i: int):
-        """The image as a PIL image in the preprocessing's mode, and a note."""
-        from PIL import Image
-
+        """The image as a PIL image in the preprocessing's mode, and a note (raises READ_ERRORS)."""
         path = self.root / self.samples[i][0]
         mode = "L" if self.preprocessing.channels == 1 else "RGB"
         with Image.open(path) as im:
@@ -154,19 +156,24 @@ class ImageFolderDataset(MinerDataset):
             note = "" if im.mode == mode else f"converted:{im.mode}"
             return _to_8bit(im).convert(mode), note
 
-    def __getitem__(self, i: int):
-        from PIL import Image
+    def image_array(self, i: int) -> tuple[np.ndarray, str]:
+        """The image as uint8 (H, W) or (H, W, C), resized to the preprocessing's size, and a
+        note (raises READ_ERRORS)."""
+        im, note = self.load_pil(i)
+        size = self.preprocessing.size
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8).copy(), note
 
+    def __getitem__(self, i: int):
         p = self.preprocessing
         label = self.samples[i][1]
         try:
-            im, note = self.load_pil(i)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            image, note = self.image_array(i)
+        except READ_ERRORS as exc:
             size = p.size or (1, 1)
             return i, torch.zeros(p.channels, *size), label, f"error:{type(exc).__name__}: {exc}"
-        if p.size is not None and im.size != (p.size[1], p.size[0]):
-            im = im.resize((p.size[1], p.size[0]), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
+        x = torch.from_numpy(image)
         x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
         return i, p.normalise(x.float().div_(255)), label, note
 
@@ -199,13 +206,17 @@ class ArrayDataset(MinerDataset):
         h.update(np.ascontiguousarray(self._labels).tobytes())
         return h.hexdigest()
 
+    def image_array(self, i: int) -> tuple[np.ndarray, str]:
+        """The stored uint8 image, (H, W) or (H, W, C), and an empty note."""
+        return np.asarray(self.images[i], dtype=np.uint8), ""
+
     def __getitem__(self, i: int):
         x = torch.from_numpy(np.asarray(self.images[i], dtype=np.uint8).copy())
         x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
         x = x.float().div_(255)
         p = self.preprocessing
         if x.shape[0] != p.channels:
-            x = _convert_channels(x, p.channels)
+            x = convert_channels(x, p.channels)
         if p.size is not None and tuple(x.shape[1:]) != tuple(p.size):
             x = torch.nn.functional.interpolate(x[None], size=p.size, mode="bilinear", antialias=True)[0]
         return i, p.normalise(x), int(self._labels[i]), ""
@@ -245,8 +256,6 @@ class TorchDataset(MinerDataset):
 
 def _to_8bit(im):
     """16- and 32-bit grey images scaled to 8 bits (PIL's own convert("L") would clip them to white)."""
-    from PIL import Image
-
     if im.mode.startswith("I;16") or im.mode == "I":
         a = np.asarray(im).astype(np.float64)
         top = 65535.0 if im.mode.startswith("I;16") or a.max() <= 65535 else float(a.max())
@@ -258,7 +267,7 @@ def _to_8bit(im):
     return im
 
 
-def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     """(c, H, W) → (channels, H, W): gray is repeated, colour averaged, alpha dropped."""
     if x.shape[0] in (2, 4):
         x = x[:-1]
@@ -328,7 +337,6 @@ def compute_mean_std(dataset: MinerDataset, batch_size: int = 256, num_workers: 
 
 def export_image_folder(dataset: ArrayDataset, root: str | os.PathLike) -> Path:
     """Write an in-memory dataset as PNGs in ImageFolder layout (for CLI use and tests)."""
-    from PIL import Image
 
     root = Path(root)
     for i in range(len(dataset)):

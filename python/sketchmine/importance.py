@@ -277,10 +277,6 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
     from . import reload
 
     loaded = reload.run_model(run, model, weights)
-    if dataset is None:  # progressive drawings of the embedded data are rebuilt here
-        from .sequences import reopen
-
-        dataset = reopen(dict(run.attrs.get("dataset") or {}), reload.run_preprocessing(run))
     ds = reload.run_dataset(run, dataset)
     labels = _labels(run, ds)
     layers = [layer] if isinstance(layer, str) else list(layer)

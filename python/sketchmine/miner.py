@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from . import __version__
-from . import classstats, distributed
+from . import classstats, distributed, sequences
 from .data import MinerDataset, Preprocessing, as_miner_dataset, collate, compute_mean_std, preset
 from .errors import SketchmineError
 from .models import LoadedModel, input_channels, load_model, preprocessing_for, weights_hash
@@ -342,6 +342,20 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
+def _as_sequences(ds: MinerDataset, loaded: LoadedModel, steps: int | None, ink: str) -> MinerDataset:
+    """`ds` as progressive drawings when `steps` asks for them, or, with steps=None, when the
+    model was trained on them (its recorded steps); else `ds` unchanged."""
+    recorded = loaded.sequence or {}
+    if steps is None and (isinstance(ds, sequences.SequenceDataset) or not recorded):
+        return ds
+    if steps is None:
+        if recorded.get("transform") != sequences.TRANSFORM:
+            raise SketchmineError(f"model {loaded.model_id} was trained on {recorded.get('transform')!r} drawings; "
+                                  f"this sketchmine makes {sequences.TRANSFORM!r}: pass a dataset of its sequences")
+        steps = int(recorded["steps"])
+    return sequences.progressive(ds, steps, ink)
+
+
 def mine(
     model: nn.Module | str,
     dataset: Any,
@@ -365,6 +379,8 @@ def mine(
     prefetch_factor: int | None = None,
     pin_memory: bool | None = None,
     overlap_flushes: bool = True,
+    steps: int | None = None,
+    ink: str = "auto",
 ) -> Run:
     """Stream `dataset` through `model` once and keep the top-k images of every unit.
 
@@ -382,6 +398,10 @@ def mine(
     only; torch's default 2); pin_memory (None: pinned when the device is CUDA).
     overlap_flushes=False writes each periodic checkpoint in the loop instead of on a
     background thread while the next batches compute (the default; same store either way).
+    Sequences (CNN + recurrent models): steps=T shows each image to the model as a progressive
+    drawing of T frames (sequences.py; `ink` says which pixels are ink: "light" on black,
+    "dark" on white, or "auto" per image); None takes the steps a model was trained with
+    when it records them (the embedded 'demo-gru'), else single images.
     """
     if k < 1:
         raise SketchmineError(f"k must be at least 1, got {k}")
@@ -394,7 +414,7 @@ def mine(
     forward = _forward(net)
     if isinstance(preprocessing, str):
         preprocessing = preprocessing_for(loaded, preprocessing, image_size)
-    ds = as_miner_dataset(dataset, preprocessing)
+    ds = _as_sequences(as_miner_dataset(dataset, preprocessing), loaded, steps, ink)
     if len(ds) == 0:
         raise SketchmineError("the dataset is empty")
     names = forward.resolve_layers(layers)
@@ -412,7 +432,7 @@ def mine(
             pre.mean, pre.std = tuple(recorded["mean"]), tuple(recorded["std"])
         else:
             progress.note("computing the dataset mean and std (one pass)")
-            pre.mean, pre.std = compute_mean_std(ds, batch_size, num_workers)
+            pre.mean, pre.std = compute_mean_std(getattr(ds, "base", ds), batch_size, num_workers)  # of the images
     want = {
         "model": model_id,
         "weights_sha256": forward.weights_hash(),

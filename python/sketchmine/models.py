@@ -88,12 +88,14 @@ def build(arch: str, num_classes: int | None = None) -> nn.Module:
 
 @dataclass
 class LoadedModel:
-    """An eval-mode module, its id for resume checks, and the normalisation it was trained
-    with when the checkpoint records one ({"mean": [...], "std": [...]})."""
+    """An eval-mode module, its id for resume checks, the normalisation it was trained with
+    when the checkpoint records one ({"mean": [...], "std": [...]}), and the progressive
+    drawings it was trained on, if any ({"transform": ..., "steps": T})."""
 
     module: nn.Module
     model_id: str
     preprocessing: dict[str, Any] | None = None
+    sequence: dict[str, Any] | None = None
 
 
 def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> LoadedModel:
@@ -113,24 +115,27 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> Load
 
     if spec in zoo.EMBEDDED:  # "demo", "demo-resnet", "demo-gru": the embedded trained models
         model, meta = zoo.load_embedded(spec)
-        return LoadedModel(model.eval(), f"demo:{zoo.EMBEDDED[spec][1]}", meta.get("preprocessing"))
+        return LoadedModel(model.eval(), f"demo:{zoo.EMBEDDED[spec][1]}", meta.get("preprocessing"),
+                           meta.get("sequence"))
     path = Path(spec)
     if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
         ckpt = _load_state_dict(path)
         arch = ckpt.get("arch")
         if not isinstance(arch, str):
             raise SketchmineError(f"{path} has no 'arch' entry; save {{'arch': NAME, 'state_dict': ...}} or pass --model NAME --weights {path}")
-        spec, state, pre = arch, ckpt["state_dict"], ckpt.get("preprocessing")
+        spec, state = arch, ckpt["state_dict"]
     else:
         ckpt = _load_state_dict(Path(weights)) if weights else {}
-        state, pre = ckpt.get("state_dict"), ckpt.get("preprocessing")
+        state = ckpt.get("state_dict")
+    pre, seq = ckpt.get("preprocessing"), ckpt.get("sequence")
     model = build(str(spec), _num_classes(state) if state else None)
     if state is not None:
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise SketchmineError(f"weights do not fit {spec}: {str(exc).splitlines()[0]}") from None
-    return LoadedModel(model.eval(), str(spec), pre if isinstance(pre, dict) else None)
+    return LoadedModel(model.eval(), str(spec), pre if isinstance(pre, dict) else None,
+                       seq if isinstance(seq, dict) else None)
 
 
 def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",

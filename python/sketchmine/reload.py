@@ -48,7 +48,8 @@ def run_preprocessing(run: Run) -> Preprocessing | None:
 
 
 def run_dataset(run: Run, data: Any = None) -> MinerDataset:
-    """The dataset the run was mined on, in the same global order.
+    """The dataset the run was mined on, in the same global order (as progressive drawings
+    again when the run mined sequences).
 
     data: None (the recorded dataset), a directory (a moved ImageFolder root: the recorded
     relative paths are read under it), or a dataset object (used as given, fingerprint-checked).
@@ -59,6 +60,18 @@ def run_dataset(run: Run, data: Any = None) -> MinerDataset:
         ds = as_miner_dataset(data, pre)
         _check_fingerprint(run, ds)
         return ds
+    from .sequences import reopen
+
+    base = _recorded_base(run, desc, pre, data)
+    ds = reopen(desc, base) or base
+    if not isinstance(base, ImageFolderDataset):  # a folder's files are checked one by one as they are read
+        _check_fingerprint(run, ds)
+    return ds
+
+
+def _recorded_base(run: Run, desc: dict[str, Any], pre: Preprocessing, data: str | os.PathLike | None) -> MinerDataset:
+    """The images the run's record names: its ImageFolder (under `data` if it moved) or the
+    embedded split."""
     kind = desc.get("kind")
     if kind == "image_folder" or data is not None:
         root = Path(data) if data is not None else Path(desc["root"])
@@ -67,17 +80,8 @@ def run_dataset(run: Run, data: Any = None) -> MinerDataset:
                                   "pass --data DIR (data=) if the images moved")
         samples = list(zip((str(p) for p in run.paths), (int(l) for l in run.labels)))
         return ImageFolderDataset.from_samples(root, samples, run.class_names, pre)
-    if desc.get("sequence"):  # progressive drawings over the embedded data
-        from .sequences import reopen
-
-        seq = reopen(desc, pre)
-        if seq is not None:
-            _check_fingerprint(run, seq)
-            return seq
     if kind == "embedded" and "subset" not in desc:
-        ds = animal_shape(desc.get("split", "test"), pre)
-        _check_fingerprint(run, ds)
-        return ds
+        return animal_shape(desc.get("split", "test"), pre)
     raise SketchmineError(f"run {run.path} was mined from a {desc.get('type', 'Python')} dataset object that "
                           "cannot be reopened from the store; pass the same dataset (dataset=...)")
 
