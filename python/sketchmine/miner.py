@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 
 from . import __version__
 from . import classstats, distributed, sequences
-from .data import MinerDataset, Preprocessing, as_miner_dataset, collate, compute_mean_std, preset
+from .data import ArrayDataset, ImageFolderDataset, MinerDataset, Preprocessing, as_miner_dataset, collate, compute_mean_std, preset
 from .errors import SketchmineError
 from .models import LoadedModel, input_channels, load_model, preprocessing_for, weights_hash
 from .onnx_backend import OnnxModel
@@ -344,10 +344,10 @@ def _versions() -> dict[str, str]:
 
 def _as_sequences(ds: MinerDataset, loaded: LoadedModel, steps: int | None, ink: str) -> MinerDataset:
     """`ds` as progressive drawings when `steps` asks for them, or, with steps=None, when the
-    model was trained on them (its recorded steps); else `ds` unchanged."""
+    model was trained on them (its recorded steps) and `ds` holds images; else `ds` unchanged."""
     recorded = loaded.sequence or {}
-    if steps is None and (isinstance(ds, sequences.SequenceDataset) or not recorded):
-        return ds
+    if steps is None and (not recorded or not isinstance(ds, (ArrayDataset, ImageFolderDataset))):
+        return ds  # single images, or the caller's own dataset (of sequences already, presumably)
     if steps is None:
         if recorded.get("transform") != sequences.TRANSFORM:
             raise SketchmineError(f"model {loaded.model_id} was trained on {recorded.get('transform')!r} drawings; "
