@@ -37,7 +37,7 @@ def _wrap(fn, label: str, timers: Timers):
 @contextmanager
 def instrumented(dataset_type: type):
     """Patch the miner's steps with timers; yields the Timers."""
-    from sketchmine import miner, ops, store
+    from sketchmine import forward, miner, ops, store
 
     timers = Timers()
     undo: list[tuple[Any, str, Any]] = []
@@ -76,11 +76,11 @@ def instrumented(dataset_type: type):
 
     # Registration order is the display order: setup, loop, finish (children after parents).
     patch_func(miner, "load_model", "setup: load_model")
-    patch_func(miner, "weights_hash", "setup: weights_hash (sha256 of every weight)")
+    patch_func(forward, "weights_hash", "setup: weights_hash (sha256 of every weight)")
     if "fingerprint" in dataset_type.__dict__:
         patch_method(dataset_type, "fingerprint", "setup: dataset fingerprint")
     patch_func(miner, "_first_readable", "setup: _first_readable")
-    patch_func(miner, "_probe", "setup: _probe (layer shapes)")
+    patch_func(miner, "probe", "setup: probe (layer shapes)")
     patch_method(store.RunStore, "create", "setup: RunStore.create (zarr layout, paths, labels)")
     patch_method(store.RunStore, "declare_layers", "setup: RunStore.declare_layers")
     timers.order.append(topk_label)

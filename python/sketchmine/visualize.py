@@ -29,7 +29,7 @@ from torch import nn
 from .data import MinerDataset, Preprocessing
 from .deconv import METHODS, Deconvolver
 from .errors import SketchmineError
-from .miner import Progress, _Silent
+from .progress import Progress, Silent
 from .ops import clip_boxes, crop_patches
 from .receptive_field import ReceptiveField
 from .reload import missing_images, run_dataset, run_model, run_preprocessing
@@ -77,7 +77,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
         raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
     if batch_size < 1 or max_patch < 1:
         raise SketchmineError("batch size and max patch size must be at least 1")
-    progress = progress or _Silent()
+    progress = progress or Silent()
     run = run if isinstance(run, Run) else open_run(run)
     if not run.complete:
         raise SketchmineError(f"run {run.path} is still being mined ({run.images_done} images done); "
