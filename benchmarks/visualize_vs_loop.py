@@ -4,7 +4,8 @@ Both compute, for the first N units of every conv and linear layer of AlexNet (r
 init, 224 px, top-9 over the first images of the embedded data), the receptive-field
 patch and the deconvnet crop of each top-k entry.
 
-    sketchmine   visualize(): blocks of units, one truncated forward + backward per block
+    sketchmine   visualize(): blocks of units, one truncated forward + backward per batch of
+                 entries; whole-image (FC) entries of one image share its forward
     loop         per unit (Captum/zennit style): ReLU backward hooks registered for the
                  call, a full forward of the unit's 9 images, one backward from the unit,
                  hooks removed, crops sliced per image
@@ -99,14 +100,20 @@ def run(images: int, units: int, loop_units: int, batch_size: int, seed: int) ->
             worst = max(worst, int(np.abs(crops.astype(int) - ours[c].astype(int)).max()))
         t_loop = time.perf_counter() - t
         n_loop = min(loop_units, channels)
+        # whole-image units share each image's forward among its entries (Deconvolver.shared):
+        # how many entries each distinct image has in the units measured (an upper bound of the
+        # sharing; it grows with the units per image, i.e. fewer images or more units)
+        shared = float((index[:done] >= 0).sum() / max(1, len(np.unique(index[:done][index[:done] >= 0]))))
         rows.append({"layer": layer, "channels": channels, "units_ours": done, "seconds_ours": t_ours,
+                     "entries_per_image": shared,
                      "units_loop": n_loop, "seconds_loop": t_loop, "max_abs_diff": worst,
                      "per_unit_ours": t_ours / done, "per_unit_loop": t_loop / n_loop,
                      "per_unit_loop_forward": t_fwd / n_loop, "per_unit_loop_backward": t_bwd / n_loop})
         r = rows[-1]
         print(f"{layer:14s} C={channels:5d}  sketchmine {r['per_unit_ours'] * 1e3:8.1f} ms/unit ({done} units)  "
               f"loop {r['per_unit_loop'] * 1e3:8.1f} ms/unit ({n_loop} units)  "
-              f"speed-up {r['per_unit_loop'] / r['per_unit_ours']:6.1f}x  max |diff| {worst}", flush=True)
+              f"speed-up {r['per_unit_loop'] / r['per_unit_ours']:6.1f}x  max |diff| {worst}  "
+              f"entries/image {shared:.1f}", flush=True)
     total_ours = sum(r["per_unit_ours"] * r["channels"] for r in rows)
     total_loop = sum(r["per_unit_loop"] * r["channels"] for r in rows)
     conv = [r for r in rows if len(run_.layer_shape(r["layer"])) == 3]
@@ -114,8 +121,9 @@ def run(images: int, units: int, loop_units: int, batch_size: int, seed: int) ->
     conv_loop = sum(r["per_unit_loop"] * r["channels"] for r in conv)
     # A unit without a grid (FC) sees the whole image: whatever the method, each of its k
     # entries needs its own backward through the whole conv stack (the deconvnet signal is
-    # rectified at every ReLU, so entries cannot share one). Even with conv units free and
-    # every forward shared, all units cannot take less than the FC units' backward passes.
+    # rectified at every ReLU, so entries cannot share one; sketchmine shares the forward
+    # only). Even with conv units free and every forward shared, all units cannot take less
+    # than the FC units' backward passes.
     fc_floor = sum(r["per_unit_loop_backward"] * r["channels"] for r in rows if r not in conv)
     summary = {"speedup_bound_all_units": total_loop / fc_floor if fc_floor else None,
                "all_units_seconds_ours": total_ours, "all_units_seconds_loop": total_loop,

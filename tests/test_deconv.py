@@ -134,3 +134,48 @@ def test_receptive_field_windows_equal_the_whole_image(arch, method):
         got = decon.field_crops(x, index, layer, channels, yx, f)
         assert want.abs().amax(dim=(1, 2, 3)).min() > 0, layer
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))
+
+
+# ---- one forward per image, units in slots of one batched backward ----------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sketchmine.deconv import Deconvolver, shared_order  # noqa: E402
+
+_SHARED = {}
+
+
+def _deconvolver(net, method):
+    return _SHARED.setdefault(method, Deconvolver(net, method))
+
+
+@settings(max_examples=25)
+@given(st.sampled_from(["deconvnet", "guided", "gradient"]),
+       st.sampled_from([("classifier.1", 256, None), ("classifier.4", 256, None), ("softmax", 10, None),
+                        ("features.10", 64, 7), ("features.3", 64, 14)]),
+       st.lists(st.integers(0, 5), min_size=1, max_size=14), st.data())
+def test_shared_forward_equals_one_forward_per_unit(net, images, method, layer_spec, image_of, data):
+    layer, units, grid = layer_spec
+    n = len(image_of)
+    channels = data.draw(st.lists(st.integers(0, units - 1), min_size=n, max_size=n))
+    yx = data.draw(st.lists(st.tuples(st.integers(0, grid - 1), st.integers(0, grid - 1)), min_size=n, max_size=n)) \
+        if grid else None
+    dec = _deconvolver(net, method)
+    idx = torch.tensor(image_of)
+    want = dec(images[idx], layer, channels, yx)
+    got = dec.shared(images, idx, layer, channels, yx)
+    assert want.abs().sum() > 0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))
+
+
+@given(st.lists(st.integers(0, 9), max_size=40))
+def test_shared_order_groups_each_images_units_most_first(image_of):
+    order = shared_order(image_of).tolist()
+    assert sorted(order) == list(range(len(image_of)))
+    seq = [image_of[i] for i in order]
+    runs = [k for i, k in enumerate(seq) if i == 0 or seq[i - 1] != k]
+    assert len(runs) == len(set(seq))  # each image's units are together
+    counts = [seq.count(k) for k in runs]
+    assert counts == sorted(counts, reverse=True)
+    for k in runs:  # and keep their own order
+        assert [i for i in order if image_of[i] == k] == [i for i in range(len(image_of)) if image_of[i] == k]

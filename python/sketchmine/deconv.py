@@ -96,23 +96,48 @@ class Deconvolver:
         one-step sequence (for the convs of a time-distributed CNN, which see one frame)."""
         if steps:
             return self(images.unsqueeze(1), layer, channels, yx).squeeze(1)
+        x = images.detach().clone().float().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(_units(self._unit_outputs(x, layer), channels, yx).sum(), x)
+        return grad.detach()
+
+    def shared(self, images: torch.Tensor, image_of, layer: str, channels, yx=None) -> torch.Tensor:
+        """`self(images[image_of], layer, channels, yx)` with one forward per image of `images`
+        instead of one per unit: the units of one image are seeded in separate slots of one
+        batched backward (`torch.autograd.grad(..., is_grads_batched=True)`), which reuses that
+        forward's switches and masks. Worth it where every unit needs the whole image (FC,
+        softmax, recurrent units), when images recur among the units; order the units with
+        `shared_order` so images with as many units go together (an image with fewer units
+        than the most in the call leaves slots of zeros, computed all the same)."""
+        image_of = torch.as_tensor(image_of).long().cpu()
+        if len(image_of) == 0:
+            return images.new_zeros((0, *images.shape[1:]), dtype=torch.float32)
+        used, local = torch.unique(image_of, return_inverse=True)
+        slot = _slots(local)
+        x = images[used.to(images.device)].detach().clone().float().requires_grad_(True)
+        with torch.enable_grad():
+            out = self._unit_outputs(x, layer)
+            seeds = out.new_zeros((int(slot.max()) + 1, *out.shape))
+            at = _unit_index(out, local.to(out.device), channels, yx)
+            seeds[(slot.to(out.device), *at)] = 1
+            (grad,) = torch.autograd.grad(out, x, grad_outputs=seeds, is_grads_batched=True)
+        return grad[slot.to(grad.device), local.to(grad.device)].detach()
+
+    def _unit_outputs(self, x: torch.Tensor, layer: str) -> torch.Tensor:
+        """The layer's output for input x, in the layout the miner's taps read (N, units,
+        *positions), so (channel, yx) address the same unit: a GRU's (N, T, H) is (N, H, T), a
+        time-distributed conv's frames are stacked along y, an LSTM's cell state is its final
+        c_n; the virtual softmax is the class probabilities."""
         if layer == SOFTMAX:
-            return self._softmax(images, channels)
+            out = self.graph(x)
+            return torch.softmax(out[0] if isinstance(out, (tuple, list)) else out, dim=1)
         try:
             target, module = module_of(self.model, layer)  # "<lstm>.cell" reads its LSTM's output
         except SketchmineError:
             raise SketchmineError(f"unknown layer {layer!r} for deconvolution") from None
         cell = target != layer
-        net = self._cut(target)
-        x = images.detach().clone().float().requires_grad_(True)
-        with torch.enable_grad():
-            # the layer's output in the layout the miner's taps read (N, units, *positions), so
-            # (channel, yx) address the same unit: a GRU's (N, T, H) is (N, H, T), a time-distributed
-            # conv's frames are stacked along y, an LSTM's cell state is its final c_n
-            raw = tapped_element(layer, module, net(x), cell)
-            out, _ = to_units(layer, module, raw, x.shape[0], cell)
-            (grad,) = torch.autograd.grad(_units(out, channels, yx).sum(), x)
-        return grad.detach()
+        raw = tapped_element(layer, module, self._cut(target)(x), cell)
+        return to_units(layer, module, raw, x.shape[0], cell)[0]
 
     def _cut(self, layer: str) -> fx.GraphModule:
         """The rule-aware graph up to `layer`'s output, which it returns (built once per layer;
@@ -172,28 +197,45 @@ class Deconvolver:
                 out[n, :, by:by + hh, bx:bx + ww] = signal[j, :, ay:ay + hh, ax:ax + ww]
         return out
 
-    def _softmax(self, images: torch.Tensor, channels) -> torch.Tensor:
-        """The virtual softmax layer: the signal of one class probability per image."""
-        x = images.detach().clone().float().requires_grad_(True)
-        with torch.enable_grad():
-            out = self.graph(x)
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            (grad,) = torch.autograd.grad(_units(torch.softmax(out, dim=1), channels, None).sum(), x)
-        return grad.detach()
 
-
-def _units(out: torch.Tensor, channels, yx) -> torch.Tensor:
-    """The value of one unit per image: out[n, channel[n], y[n], x[n]] on a grid,
-    out[n, channel[n], x[n]] on a line of positions (time steps: yx = (0, t)), out[n, channel[n]]
-    without positions (the run's yx convention for each layout)."""
-    n = torch.arange(out.shape[0], device=out.device)
+def _unit_index(out: torch.Tensor, n: torch.Tensor, channels, yx) -> tuple[torch.Tensor, ...]:
+    """Indices into `out` of one unit per row n: (n, channel, y, x) on a grid, (n, channel, t)
+    on a line of positions (time steps: yx = (0, t)), (n, channel, 0...) without positions
+    (the run's yx convention for each layout)."""
     ch = torch.as_tensor(channels, device=out.device).long()
     if out.ndim == 4:
         pos = torch.as_tensor(yx, device=out.device).long()
-        return out[n, ch, pos[:, 0], pos[:, 1]]
+        return n, ch, pos[:, 0], pos[:, 1]
     if out.ndim == 3 and yx is not None:
-        return out[n, ch, torch.as_tensor(yx, device=out.device).long()[:, 1]]
-    return out.reshape(out.shape[0], out.shape[1], -1)[n, ch, 0]
+        return n, ch, torch.as_tensor(yx, device=out.device).long()[:, 1]
+    return (n, ch, *[torch.zeros_like(n)] * (out.ndim - 2))
+
+
+def _units(out: torch.Tensor, channels, yx) -> torch.Tensor:
+    """The value of one unit per image (see `_unit_index`)."""
+    return out[_unit_index(out, torch.arange(out.shape[0], device=out.device), channels, yx)]
+
+
+def _slots(group: torch.Tensor) -> torch.Tensor:
+    """For each element, how many earlier elements have its group: 0, 1, ... within a group."""
+    order = torch.argsort(group, stable=True)
+    sorted_group = group[order]
+    first = torch.searchsorted(sorted_group, sorted_group, side="left")
+    slot = torch.empty_like(group)
+    slot[order] = torch.arange(len(group)) - first
+    return slot
+
+
+def shared_order(image_of) -> torch.Tensor:
+    """A permutation of units (one image index each) for `Deconvolver.shared` in chunks:
+    images with the most units first, each image's units together, so a chunk holds images
+    with similar numbers of units (few empty slots)."""
+    image_of = torch.as_tensor(image_of).long().cpu()
+    if len(image_of) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    _, local, counts = torch.unique(image_of, return_inverse=True, return_counts=True)
+    key = (counts.max() - counts[local]) * (len(counts) + 1) + local  # count descending, then image
+    return torch.argsort(key, stable=True)
 
 
 def deconvolve(model: nn.Module, images: torch.Tensor, layer: str, channels, yx=None,

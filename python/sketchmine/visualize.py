@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .data import MinerDataset, Preprocessing
-from .deconv import METHODS, Deconvolver
+from .deconv import METHODS, Deconvolver, shared_order
 from .errors import SketchmineError
 from .progress import Progress, Silent
 from .ops import clip_boxes, crop_patches
@@ -71,7 +71,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
 
     model/weights: the model the run was mined with (default: reloaded from the run's record);
     data: a moved ImageFolder root, or the dataset object for runs mined from one.
-    max_units: stop after the first N units of each layer (a later call without it goes on).
+    max_units: stop after the first N units of each layer (a later call without it goes on,
+    finishing the block it stopped in first).
     """
     if method not in METHODS:
         raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
@@ -100,8 +101,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     lock = RunLock(store.path)
     lock.acquire()
     try:
-        block = max(1, batch_size // run.k)
-        todo = {p.name: _prepare(store, p, run.k, channels, method, block, redo) for p in plans}
+        todo = {p.name: _prepare(store, p, run.k, channels, method, _block_units(p, batch_size, run.k), redo)
+                for p in plans}
         cache: dict[int, torch.Tensor] = {}  # decoded images, shared by all layers
         limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
         progress.start(sum(limit.values()), sum(min(done, limit[n]) for n, (done, _) in todo.items()))
@@ -112,6 +113,17 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     finally:
         lock.release()
     return open_run(run.path)
+
+
+WHOLE_IMAGE_GROUPS = 8
+"""Groups of `batch_size` entries per block of whole-image units: a larger block holds more
+entries of each image, which then share its forward (`Deconvolver.shared`)."""
+
+
+def _block_units(p: _Plan, batch_size: int, k: int) -> int:
+    """Units per block (the unit of resumption): one batch of entries for grid units, where
+    each entry has its own window; WHOLE_IMAGE_GROUPS batches for whole-image units."""
+    return max(1, (batch_size if p.grid else WHOLE_IMAGE_GROUPS * batch_size) // k)
 
 
 def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Plan:
@@ -186,9 +198,11 @@ def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int,
                      progress: Progress, cache: dict[int, torch.Tensor]) -> None:
     g = store.group[f"layers/{p.name}"]
     _, index, yx = run.topk(p.name)
-    for u0 in range(done, limit, block):  # done is a block boundary (or the end)
-        u1 = min(u0 + block, p.channels)
-        out = _block(p, index[u0:u1], yx[u0:u1], u0, ds, pre, deconv, batch_size, device, cache)
+    u0 = done  # a block boundary, the end, or where a call with max_units stopped
+    while u0 < limit:
+        u1 = min((u0 // block + 1) * block, limit)  # blocks stay at multiples of `block`
+        out = _block(p, index[u0:u1], yx[u0:u1], u0, ds, pre, deconv, batch_size, device, g["patches"].shape[-1],
+                     cache)
         try:
             for key in ARRAYS:
                 g[key][u0:u1] = out[key]
@@ -197,52 +211,74 @@ def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int,
             raise SketchmineError(f"cannot write to {store.path}: {exc.strerror or exc}; the units done so far are "
                                   "kept — make room and re-run the same command to resume") from None
         progress.advance(u1 - u0)
+        u0 = u1
     if p.channels == 0 or done >= p.channels:
         g.attrs["visualized"] = {**g.attrs["visualized"], "units_done": p.channels, "complete": True}
 
 
 def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDataset, pre: Preprocessing | None,
-           deconv: Deconvolver, batch_size: int, device: torch.device,
+           deconv: Deconvolver, batch_size: int, device: torch.device, channels: int,
            cache: dict[int, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
-    """Patches, deconvolutions and boxes of units [u0, u0 + len(index))."""
+    """Patches, deconvolutions and boxes of units [u0, u0 + len(index)); `channels` those of
+    the stored pixels.
+
+    Grid units are taken as one group of entries (blocks of them are small). Whole-image units
+    (FC, softmax, recurrent) share each image's forward (`Deconvolver.shared`), so their entries
+    are taken in groups of `batch_size` that keep an image's entries together, each group
+    loading only its own images (their blocks are larger: more entries per image)."""
     units, k = index.shape
     filled = index >= 0
     unit_of, slot_of = np.nonzero(filled)
-    images = index[filled]
+    images, local = index[filled], _in_frame(p, yx[filled])  # grid positions within the entry's image (or frame)
+    corners = _corners(p, local) if len(images) else np.zeros((0, 2), dtype=np.int64)
+    out = {"patches": np.zeros((units, k, *p.size, channels), dtype=np.uint8),
+           "deconv": np.full((units, k, *p.size, channels), 128, dtype=np.uint8),
+           "boxes": np.full((units, k, 4), -1, dtype=np.int32), "inside": np.full((units, k, 4), -1, dtype=np.int32)}
+    order = np.arange(len(images)) if p.grid else shared_order(images).numpy()
+    group = len(images) if p.grid else batch_size
+    for s in range(0, len(images), max(group, 1)):
+        e = order[s:s + group]
+        x, patches, deconvs = _entries(p, images[e], yx[filled][e], local[e], corners[e], unit_of[e] + u0, ds, pre,
+                                       deconv, batch_size, device, cache)
+        out["patches"][unit_of[e], slot_of[e]] = patches
+        out["deconv"][unit_of[e], slot_of[e]] = deconvs
+        out["boxes"][unit_of[e], slot_of[e]] = np.concatenate(
+            [corners[e], corners[e] + np.array(p.source) - 1], axis=1).astype(np.int32)
+        out["inside"][unit_of[e], slot_of[e]] = clip_boxes(torch.from_numpy(corners[e]), *p.source,
+                                                           tuple(x.shape[-2:])).numpy()
+    return out
+
+
+def _entries(p: _Plan, images: np.ndarray, yx: np.ndarray, local: np.ndarray, corners: np.ndarray,
+             units: np.ndarray, ds: MinerDataset, pre: Preprocessing | None, deconv: Deconvolver, batch_size: int,
+             device: torch.device, cache: dict[int, torch.Tensor] | None
+             ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The loaded images, and the (n, h, w, ch) uint8 patches and deconvolution crops of n
+    entries (image, unit, position)."""
     uniq, inverse = np.unique(images, return_inverse=True)
     x = _load(ds, uniq.tolist(), cache).to(device)
-    local = _in_frame(p, yx[filled])  # grid positions within the entry's image (or frame)
-    corners = _corners(p, local) if len(images) else np.zeros((0, 2), dtype=np.int64)
+    inv = torch.from_numpy(inverse.astype(np.int64).reshape(-1)).to(device)
     corners_t = torch.from_numpy(corners).to(device)
-    inv = torch.from_numpy(inverse.astype(np.int64)).to(device)
-    ch = x.shape[1]
-    patches = np.zeros((units, k, *p.size, ch), dtype=np.uint8)
-    deconvs = np.full((units, k, *p.size, ch), 128, dtype=np.uint8)
-    boxes = np.full((units, k, 4), -1, dtype=np.int32)
-    inside = np.full((units, k, 4), -1, dtype=np.int32)
-    if len(images):
-        frames, frame_of = _frames(x, inv, p, yx[filled])
-        crop = crop_patches(_pixels(frames, pre), frame_of, corners_t, *p.source)
-        patches[unit_of, slot_of] = _to_hwc(_fit(crop, p.size)).cpu().numpy()
-        entry_yx = torch.from_numpy(local.astype(np.int64))
-        for s in range(0, len(images), batch_size):
-            j = slice(s, s + batch_size)
-            units_j = torch.from_numpy(unit_of[j] + u0)
-            if p.grid:  # each unit on its own receptive field only
-                if x.ndim == 5:  # a frame's conv units: windows of that frame, each a one-step sequence
-                    crop = deconv.field_crops(frames, frame_of[j], p.name, units_j, entry_yx[j], p.field, steps=True)
-                else:
-                    crop = deconv.field_crops(x, inv[j], p.name, units_j, entry_yx[j], p.field)
+    frames, frame_of = _frames(x, inv, p, yx)
+    crop = crop_patches(_pixels(frames, pre), frame_of, corners_t, *p.source)
+    patches = _to_hwc(_fit(crop, p.size)).cpu().numpy()
+    deconvs = np.empty_like(patches)
+    entry_yx = torch.from_numpy(local.astype(np.int64))
+    for s in range(0, len(images), batch_size):
+        j = slice(s, s + batch_size)
+        units_j = torch.from_numpy(units[j])
+        if p.grid:  # each unit on its own receptive field only
+            if x.ndim == 5:  # a frame's conv units: windows of that frame, each a one-step sequence
+                crop = deconv.field_crops(frames, frame_of[j], p.name, units_j, entry_yx[j], p.field, steps=True)
             else:
-                sig = deconv(x[inv[j]], p.name, units_j, entry_yx[j])
-                if sig.ndim == 5:  # a sequence: the signal on every step's frame, summed onto the image plane
-                    sig = sig.sum(dim=1)
-                crop = crop_patches(sig, torch.arange(sig.shape[0], device=sig.device), corners_t[j], *p.source)
-            deconvs[unit_of[j], slot_of[j]] = _to_hwc(_signal_to_uint8(_fit(crop, p.size))).cpu().numpy()
-        boxes[unit_of, slot_of] = np.concatenate(
-            [corners, corners + np.array(p.source) - 1], axis=1).astype(np.int32)
-        inside[unit_of, slot_of] = clip_boxes(torch.from_numpy(corners), *p.source, tuple(x.shape[-2:])).numpy()
-    return {"patches": patches, "deconv": deconvs, "boxes": boxes, "inside": inside}
+                crop = deconv.field_crops(x, inv[j], p.name, units_j, entry_yx[j], p.field)
+        else:
+            sig = deconv.shared(x, inv[j].cpu(), p.name, units_j, entry_yx[j])
+            if sig.ndim == 5:  # a sequence: the signal on every step's frame, summed onto the image plane
+                sig = sig.sum(dim=1)
+            crop = crop_patches(sig, torch.arange(sig.shape[0], device=sig.device), corners_t[j], *p.source)
+        deconvs[j] = _to_hwc(_signal_to_uint8(_fit(crop, p.size))).cpu().numpy()
+    return x, patches, deconvs
 
 
 def _frames(x: torch.Tensor, inv: torch.Tensor, p: _Plan, yx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
