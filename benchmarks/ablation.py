@@ -32,11 +32,12 @@ from sketchmine.data import ArrayDataset, animal_shape
 from sketchmine.importance import _Split, ablation_importance
 from sketchmine.models import preprocessing_for
 from sketchmine.models import load_model
+from sketchmine.sequences import SequenceDataset
 
 from .common import machine_info
 
-CASES = [("demo", "features.10"), ("demo", "classifier.1"), ("demo-resnet", "layer3.0"), ("demo", "features.6"),
-         ("demo", "features.3")]
+CASES = [("demo-gru", "gru"), ("demo", "features.10"), ("demo", "classifier.1"), ("demo-resnet", "layer3.0"),
+         ("demo", "features.6"), ("demo", "features.3")]
 
 
 def loop_importance(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str, batch: int,
@@ -57,6 +58,10 @@ def loop_importance(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, laye
         while (units is None or u < units) and (not limit or u < limit):
             def zero(m, i, o, u=u):
                 nonlocal units
+                if isinstance(m, torch.nn.RNNBase):  # (output (N, T, H) batch-first, h_n): a hidden unit, every step
+                    units = o[0].shape[-1]
+                    o[0][..., u] = 0
+                    return o
                 units = o.shape[1]
                 o[:, u] = 0  # in place: the cheapest possible ablation
                 return o
@@ -97,6 +102,8 @@ def bench_case(spec: str, layer: str, images: int, batch: int, repeats: int, loo
     if images < len(ds):
         keep = np.linspace(0, len(ds) - 1, images).astype(int)
         ds = ArrayDataset(ds.images[keep], ds.labels()[keep], ds.class_names, ds.preprocessing, ds.describe())
+    if loaded.sequence:  # a CNN + GRU: the progressive drawings it was trained on
+        ds = SequenceDataset(ds, int(loaded.sequence["steps"]))
     x = torch.stack([ds[i][1] for i in range(len(ds))])
     y = torch.as_tensor(ds.labels())
     t_batched, t_loop = [], []

@@ -229,7 +229,8 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDatase
     units, k = index.shape
     filled = index >= 0
     unit_of, slot_of = np.nonzero(filled)
-    images, local = index[filled], _in_frame(p, yx[filled])  # grid positions within the entry's image (or frame)
+    images, at = index[filled], yx[filled]
+    local = _in_frame(p, at)  # grid positions within the entry's image (or frame)
     corners = _corners(p, local) if len(images) else np.zeros((0, 2), dtype=np.int64)
     out = {"patches": np.zeros((units, k, *p.size, channels), dtype=np.uint8),
            "deconv": np.full((units, k, *p.size, channels), 128, dtype=np.uint8),
@@ -238,8 +239,8 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDatase
     group = len(images) if p.grid else batch_size
     for s in range(0, len(images), max(group, 1)):
         e = order[s:s + group]
-        x, patches, deconvs = _entries(p, images[e], yx[filled][e], local[e], corners[e], unit_of[e] + u0, ds, pre,
-                                       deconv, batch_size, device, cache)
+        x, patches, deconvs = _entries(p, images[e], at[e], local[e], corners[e], unit_of[e] + u0, ds, pre, deconv,
+                                       batch_size, device, cache)
         out["patches"][unit_of[e], slot_of[e]] = patches
         out["deconv"][unit_of[e], slot_of[e]] = deconvs
         out["boxes"][unit_of[e], slot_of[e]] = np.concatenate(
