@@ -144,3 +144,27 @@ def test_cli_steps_on_a_dark_folder(folders, tmp_path):
     assert run.attrs["dataset"]["sequence"]["steps"] == 4 and run.layer_shape("gru") == (64, 4)
     with pytest.raises(SketchmineError, match="mined with a different dataset"):  # other steps: other samples
         sketchmine.mine("demo-gru", dark, steps=6, ink="dark", layers=["gru"], out=out)
+
+
+def test_retrained_architectures_load_by_name_with_their_sidecar(folders, tmp_path):
+    """`--model sketchgru --weights FILE.pt`: the weights file the training script writes, with
+    its JSON beside it giving the preprocessing and the drawing steps (here: the embedded
+    CNN + GRU's own files, so the run must equal the 'demo-gru' spec's)."""
+    from sketchmine.data import embedded_path
+    from sketchmine.models import load_model, weights_hash
+
+    light, _ = folders
+    for arch, spec in (("sketchgru", "demo-gru"), ("sketchresnet", "demo-resnet"), ("sketchnet", "demo")):
+        loaded, ref = load_model(arch, embedded_path(f"{arch}_animal.pt")), load_model(spec)
+        assert weights_hash(loaded.module) == weights_hash(ref.module)
+        assert loaded.preprocessing["mean"] == ref.preprocessing["mean"] and loaded.sequence == ref.sequence
+    a, b = tmp_path / "spec.zarr", tmp_path / "arch.zarr"
+    assert main(["mine", "--model", "demo-gru", "--data", str(light), "--out", str(a), "--layers", "gru"]) == 0
+    assert main(["mine", "--model", "sketchgru", "--weights", str(embedded_path("sketchgru_animal.pt")),
+                 "--data", str(light), "--out", str(b), "--layers", "gru"]) == 0
+    ra, rb = sketchmine.open_run(a), sketchmine.open_run(b)
+    assert rb.attrs["dataset"]["sequence"]["steps"] == 8 and rb.attrs["preprocessing"] == ra.attrs["preprocessing"]
+    for x, y in zip(ra.topk("gru"), rb.topk("gru")):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(SketchmineError, match="unknown model 'sketchgrux'.*did you mean sketchgru"):
+        load_model("sketchgrux")

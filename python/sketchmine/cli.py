@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("mine", help="stream a dataset through a model and keep every unit's top-k images")
     m.add_argument("--model", required=True,
-                   help="torchvision name, 'sketchnet', 'demo', a checkpoint path, or an .onnx file (ONNX Runtime)")
+                   help="torchvision name, 'sketchnet'/'sketchresnet'/'sketchgru' (with --weights), 'demo', "
+                        "'demo-resnet', 'demo-gru', a checkpoint path, or an .onnx file (ONNX Runtime)")
     m.add_argument("--weights", help="state_dict file for a named model (loaded with weights_only=True)")
     m.add_argument("--data", required=True, help="ImageFolder directory: DIR/<class>/<image>")
     m.add_argument("--out", required=True, help="run directory (Zarr); an unfinished one is resumed")

@@ -4,6 +4,7 @@ input channel count. No per-model branches: everything is read off the module.""
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,26 +57,46 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
     raise SketchmineError(f"{path} holds a {type(obj).__name__}, expected a state_dict or {{'arch', 'state_dict'}}")
 
 
+def _sidecar(weights: Path) -> dict[str, Any]:
+    """What the JSON beside a state_dict file (same stem; scripts/train_demo_model.py writes
+    one) says of its input: {"preprocessing": ..., "sequence": ...}; {} when there is none."""
+    path = weights.with_suffix(".json")
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SketchmineError(f"{path} (beside the weights {weights.name}) is not readable JSON: {exc}") from None
+    return {k: meta[k] for k in ("preprocessing", "sequence") if isinstance(meta, dict) and isinstance(meta.get(k), dict)}
+
+
+def _in_channels(state_dict: dict[str, torch.Tensor]) -> int | None:
+    """Input channels of the first 4-D weight (the first conv), if any."""
+    convs = [t for k, t in state_dict.items() if k.endswith("weight") and t.ndim == 4]
+    return int(convs[0].shape[1]) if convs else None
+
+
 def _num_classes(state_dict: dict[str, torch.Tensor]) -> int | None:
     """Output width of the last 2-D weight (the classifier), if any."""
     mats = [t for k, t in state_dict.items() if k.endswith("weight") and t.ndim == 2]
     return int(mats[-1].shape[0]) if mats else None
 
 
-def build(arch: str, num_classes: int | None = None) -> nn.Module:
-    """A randomly initialised model by name: the embedded SketchNet or any torchvision model."""
+def build(arch: str, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
+    """A randomly initialised model by name: one of this package's architectures (zoo.ARCHS:
+    sketchnet, sketchresnet, sketchgru) or any torchvision model."""
     import torchvision
 
     from . import zoo
 
-    if arch.lower() == "sketchnet":
-        return zoo.SketchNet(num_classes=num_classes or 10)
+    if arch.lower() in zoo.ARCHS:
+        return zoo.ARCHS[arch.lower()](num_classes=num_classes or 10, in_channels=in_channels or 1)
     names = torchvision.models.list_models()
     if arch not in names:
-        hint = closest(arch, names + ["sketchnet"])
+        hint = closest(arch, names + sorted(zoo.ARCHS))
         raise SketchmineError(
-            f"unknown model {arch!r}: expected a torchvision model name, 'sketchnet', or a checkpoint path"
-            + (f"; did you mean {', '.join(hint)}?" if hint else "")
+            f"unknown model {arch!r}: expected a torchvision model name, {', '.join(repr(a) for a in zoo.ARCHS)}, "
+            "or a checkpoint path" + (f"; did you mean {', '.join(hint)}?" if hint else "")
         )
     kwargs: dict[str, Any] = {"weights": None}
     if num_classes:
@@ -125,10 +146,10 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> Load
             raise SketchmineError(f"{path} has no 'arch' entry; save {{'arch': NAME, 'state_dict': ...}} or pass --model NAME --weights {path}")
         spec, state = arch, ckpt["state_dict"]
     else:
-        ckpt = _load_state_dict(Path(weights)) if weights else {}
+        ckpt = {**_sidecar(Path(weights)), **_load_state_dict(Path(weights))} if weights else {}
         state = ckpt.get("state_dict")
     pre, seq = ckpt.get("preprocessing"), ckpt.get("sequence")
-    model = build(str(spec), _num_classes(state) if state else None)
+    model = build(str(spec), _num_classes(state) if state else None, _in_channels(state) if state else None)
     if state is not None:
         try:
             model.load_state_dict(state)

@@ -158,6 +158,10 @@ EMBEDDED: dict[str, tuple[type[nn.Module], str]] = {
 }
 """Embedded trained models by spec name: (class, file stem of data/<stem>.pt/.json)."""
 
+ARCHS: dict[str, type[nn.Module]] = {"sketchnet": SketchNet, "sketchresnet": SketchResNet, "sketchgru": SketchGRU}
+"""This package's architectures by name, for `--model NAME --weights FILE` (e.g. a model
+retrained with scripts/train_demo_model.py) and checkpoints {'arch': NAME, ...}."""
+
 
 def _read_embedded(name: str) -> bytes:
     """Read a file of ``sketchmine._embedded``.
