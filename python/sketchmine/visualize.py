@@ -91,25 +91,25 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     _check_present(ds, needed)
     # the model input's channels and size, from an image it saw: patches are stored like it
     # (a sequence sample, (T, C, H, W), is stored by its frames)
-    channels, *image_hw = _load(ds, [int(needed[0])])[0].shape[-3:] if len(needed) else (1, 1, 1)
+    pre = run_preprocessing(run)
+    images = _Images(ds, pre)  # decoded once, shared by all layers
+    channels, *image_hw = images.inputs([int(needed[0])])[0].shape[-3:] if len(needed) else (1, 1, 1)
     image_hw = tuple(image_hw)
     plans = [_plan(run, name, image_hw, max_patch) for name in names]
     net = run_model(run, model, weights).module.to(device)
     deconv = Deconvolver(net, method)
-    pre = run_preprocessing(run)
     store = RunStore.open(run.path, mode="r+")
     lock = RunLock(store.path)
     lock.acquire()
     try:
         todo = {p.name: _prepare(store, p, run.k, channels, method, _block_units(p, batch_size, run.k), redo)
                 for p in plans}
-        cache: dict[int, torch.Tensor] = {}  # decoded images, shared by all layers
         limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
         progress.start(sum(limit.values()), sum(min(done, limit[n]) for n, (done, _) in todo.items()))
         for p in plans:
             done, layer_block = todo[p.name]
-            _visualize_layer(store, run, p, done, layer_block, limit[p.name], ds, pre, deconv, batch_size, device,
-                             progress, cache)
+            _visualize_layer(store, run, p, done, layer_block, limit[p.name], images, deconv, batch_size, device,
+                             progress)
     finally:
         lock.release()
     return open_run(run.path)
@@ -193,16 +193,14 @@ def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int
     return 0, block
 
 
-def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, limit: int, ds: MinerDataset,
-                     pre: Preprocessing | None, deconv: Deconvolver, batch_size: int, device: torch.device,
-                     progress: Progress, cache: dict[int, torch.Tensor]) -> None:
+def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, limit: int, images: _Images,
+                     deconv: Deconvolver, batch_size: int, device: torch.device, progress: Progress) -> None:
     g = store.group[f"layers/{p.name}"]
     _, index, yx = run.topk(p.name)
     u0 = done  # a block boundary, the end, or where a call with max_units stopped
     while u0 < limit:
         u1 = min((u0 // block + 1) * block, limit)  # blocks stay at multiples of `block`
-        out = _block(p, index[u0:u1], yx[u0:u1], u0, ds, pre, deconv, batch_size, device, g["patches"].shape[-1],
-                     cache)
+        out = _block(p, index[u0:u1], yx[u0:u1], u0, images, deconv, batch_size, device, g["patches"].shape[-1])
         try:
             for key in ARRAYS:
                 g[key][u0:u1] = out[key]
@@ -216,9 +214,8 @@ def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int,
         g.attrs["visualized"] = {**g.attrs["visualized"], "units_done": p.channels, "complete": True}
 
 
-def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDataset, pre: Preprocessing | None,
-           deconv: Deconvolver, batch_size: int, device: torch.device, channels: int,
-           cache: dict[int, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
+def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, images: _Images, deconv: Deconvolver,
+           batch_size: int, device: torch.device, channels: int) -> dict[str, np.ndarray]:
     """Patches, deconvolutions and boxes of units [u0, u0 + len(index)); `channels` those of
     the stored pixels.
 
@@ -229,18 +226,18 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDatase
     units, k = index.shape
     filled = index >= 0
     unit_of, slot_of = np.nonzero(filled)
-    images, at = index[filled], yx[filled]
+    shown, at = index[filled], yx[filled]  # each entry's image and position
     local = _in_frame(p, at)  # grid positions within the entry's image (or frame)
-    corners = _corners(p, local) if len(images) else np.zeros((0, 2), dtype=np.int64)
+    corners = _corners(p, local) if len(shown) else np.zeros((0, 2), dtype=np.int64)
     out = {"patches": np.zeros((units, k, *p.size, channels), dtype=np.uint8),
            "deconv": np.full((units, k, *p.size, channels), 128, dtype=np.uint8),
            "boxes": np.full((units, k, 4), -1, dtype=np.int32), "inside": np.full((units, k, 4), -1, dtype=np.int32)}
-    order = np.arange(len(images)) if p.grid else shared_order(images).numpy()
-    group = len(images) if p.grid else batch_size
-    for s in range(0, len(images), max(group, 1)):
+    order = np.arange(len(shown)) if p.grid else shared_order(shown).numpy()
+    group = len(shown) if p.grid else batch_size
+    for s in range(0, len(shown), max(group, 1)):
         e = order[s:s + group]
-        x, patches, deconvs = _entries(p, images[e], at[e], local[e], corners[e], unit_of[e] + u0, ds, pre, deconv,
-                                       batch_size, device, cache)
+        x, patches, deconvs = _entries(p, shown[e], at[e], local[e], corners[e], unit_of[e] + u0, images, deconv,
+                                       batch_size, device)
         out["patches"][unit_of[e], slot_of[e]] = patches
         out["deconv"][unit_of[e], slot_of[e]] = deconvs
         out["boxes"][unit_of[e], slot_of[e]] = np.concatenate(
@@ -250,22 +247,22 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, ds: MinerDatase
     return out
 
 
-def _entries(p: _Plan, images: np.ndarray, yx: np.ndarray, local: np.ndarray, corners: np.ndarray,
-             units: np.ndarray, ds: MinerDataset, pre: Preprocessing | None, deconv: Deconvolver, batch_size: int,
-             device: torch.device, cache: dict[int, torch.Tensor] | None
+def _entries(p: _Plan, shown: np.ndarray, yx: np.ndarray, local: np.ndarray, corners: np.ndarray,
+             units: np.ndarray, images: _Images, deconv: Deconvolver, batch_size: int, device: torch.device
              ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """The loaded images, and the (n, h, w, ch) uint8 patches and deconvolution crops of n
-    entries (image, unit, position)."""
-    uniq, inverse = np.unique(images, return_inverse=True)
-    x = _load(ds, uniq.tolist(), cache).to(device)
+    entries (image `shown`, unit, position)."""
+    uniq, inverse = np.unique(shown, return_inverse=True)
+    x = images.inputs(uniq.tolist()).to(device)
     inv = torch.from_numpy(inverse.astype(np.int64).reshape(-1)).to(device)
     corners_t = torch.from_numpy(corners).to(device)
     frames, frame_of = _frames(x, inv, p, yx)
-    crop = crop_patches(_pixels(frames, pre), frame_of, corners_t, *p.source)
+    pixels, _ = _frames(images.pixels(uniq.tolist()).to(device), inv, p, yx)
+    crop = crop_patches(pixels, frame_of, corners_t, *p.source)
     patches = _to_hwc(_fit(crop, p.size)).cpu().numpy()
     deconvs = np.empty_like(patches)
     entry_yx = torch.from_numpy(local.astype(np.int64))
-    for s in range(0, len(images), batch_size):
+    for s in range(0, len(shown), batch_size):
         j = slice(s, s + batch_size)
         units_j = torch.from_numpy(units[j])
         if p.grid:  # each unit on its own receptive field only
@@ -313,24 +310,46 @@ def _corners(p: _Plan, yx: np.ndarray) -> np.ndarray:
     return (np.asarray(p.offset) + yx.astype(np.int64) * np.asarray(p.stride)).astype(np.int64)
 
 
-_CACHE_IMAGES = 4096  # decoded inputs kept across blocks: a unit's top images recur in many units
+_CACHE_IMAGES = 4096  # decoded images kept across blocks: a unit's top images recur in many units
 
 
-def _load(ds: MinerDataset, indices: list[int], cache: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-    """The model inputs of the given images, stacked; an unreadable file is an error naming it."""
-    xs = []
-    for i in indices:
-        x = cache.get(i) if cache is not None else None
-        if x is None:
-            _, x, _, note = ds[i]
-            if note.startswith("error:"):
-                raise SketchmineError(f"cannot read image {ds.path(i)}: {note[6:]}")
-            if cache is not None:
-                if len(cache) >= _CACHE_IMAGES:
-                    cache.pop(next(iter(cache)))
-                cache[i] = x
-        xs.append(x)
-    return torch.stack(xs) if xs else torch.zeros(0)
+class _Images:
+    """The top-k images of a visualize pass, decoded once and kept (up to _CACHE_IMAGES, oldest
+    dropped first): the model inputs, and the uint8 pixels patches are cut from."""
+
+    def __init__(self, ds: MinerDataset, pre: Preprocessing | None) -> None:
+        self.ds, self.pre = ds, pre
+        self._inputs: dict[int, torch.Tensor] = {}
+        self._pixels: dict[int, torch.Tensor] = {}
+
+    def inputs(self, indices: list[int]) -> torch.Tensor:
+        """The images' model inputs, stacked; an unreadable file is an error naming it."""
+        return self._stack(indices, self._inputs, self._read)
+
+    def pixels(self, indices: list[int]) -> torch.Tensor:
+        """The images as uint8 pixels (the normalisation undone), stacked like `inputs`."""
+        return self._stack(indices, self._pixels, self._to_pixels)
+
+    def _read(self, i: int) -> torch.Tensor:
+        _, x, _, note = self.ds[i]
+        if note.startswith("error:"):
+            raise SketchmineError(f"cannot read image {self.ds.path(i)}: {note[6:]}")
+        return x
+
+    def _to_pixels(self, i: int) -> torch.Tensor:
+        x = self.inputs([i])[0]
+        return _pixels(x[None] if x.ndim == 3 else x, self.pre)[0 if x.ndim == 3 else slice(None)]
+
+    @staticmethod
+    def _stack(indices: list[int], kept: dict[int, torch.Tensor], make) -> torch.Tensor:
+        out = []
+        for i in indices:
+            if i not in kept:
+                if len(kept) >= _CACHE_IMAGES:
+                    kept.pop(next(iter(kept)))
+                kept[i] = make(i)
+            out.append(kept[i])
+        return torch.stack(out) if out else torch.zeros(0)
 
 
 def _pixels(x: torch.Tensor, pre: Preprocessing | None) -> torch.Tensor:
