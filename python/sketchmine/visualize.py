@@ -34,7 +34,7 @@ from .ops import clip_boxes, crop_patches
 from .receptive_field import ReceptiveField
 from .reload import missing_images, run_dataset, run_model, run_preprocessing
 from .run import Run, open_run
-from .store import RunLock, RunStore
+from .store import RunLock, RunStore, put_rows
 
 ARRAYS = ("patches", "deconv", "boxes", "inside")
 
@@ -196,22 +196,25 @@ def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int
 def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, limit: int, images: _Images,
                      deconv: Deconvolver, batch_size: int, device: torch.device, progress: Progress) -> None:
     g = store.group[f"layers/{p.name}"]
+    arrays = {key: g[key] for key in ARRAYS}
+    visualized = dict(g.attrs["visualized"])
     _, index, yx = run.topk(p.name)
     u0 = done  # a block boundary, the end, or where a call with max_units stopped
     while u0 < limit:
         u1 = min((u0 // block + 1) * block, limit)  # blocks stay at multiples of `block`
-        out = _block(p, index[u0:u1], yx[u0:u1], u0, images, deconv, batch_size, device, g["patches"].shape[-1])
+        out = _block(p, index[u0:u1], yx[u0:u1], u0, images, deconv, batch_size, device,
+                     arrays["patches"].shape[-1])
         try:
-            for key in ARRAYS:
-                g[key][u0:u1] = out[key]
-            g.attrs["visualized"] = {**g.attrs["visualized"], "units_done": u1, "complete": u1 == p.channels}
+            put_rows(arrays, slice(u0, u1), out)  # the block's arrays first, then the commit
+            visualized.update(units_done=u1, complete=u1 == p.channels)
+            g.attrs["visualized"] = visualized
         except OSError as exc:
             raise SketchmineError(f"cannot write to {store.path}: {exc.strerror or exc}; the units done so far are "
                                   "kept — make room and re-run the same command to resume") from None
         progress.advance(u1 - u0)
         u0 = u1
     if p.channels == 0 or done >= p.channels:
-        g.attrs["visualized"] = {**g.attrs["visualized"], "units_done": p.channels, "complete": True}
+        g.attrs["visualized"] = {**visualized, "units_done": p.channels, "complete": True}
 
 
 def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, images: _Images, deconv: Deconvolver,
