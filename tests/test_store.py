@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from sketchmine.store import _put_all
+from sketchmine.store import _put_all, put_rows
 
 DTYPES = st.sampled_from([np.float32, np.float64, np.int64, np.int32, np.uint8, np.bool_])
 
@@ -57,3 +57,25 @@ def test_put_all_under_a_subgroup(tmp_path):
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
     for key, arr in data.items():
         np.testing.assert_array_equal(root[f"_checkpoint/slot0/{key}"][...], arr)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 12), chunk=st.integers(1, 5), data=st.data())
+def test_put_rows_equals_one_slice_assignment_per_array(tmp_path_factory, rows, chunk, data):
+    """`put_rows` (a visualize block's arrays in one Zarr call) writes what `arr[a:b] = v` per
+    array would: across chunk boundaries, leaving the other rows as they were."""
+    root = tmp_path_factory.mktemp("put_rows")
+    a = data.draw(st.integers(0, rows - 1))
+    b = data.draw(st.integers(a + 1, rows))
+    specs = {"patches": ((rows, 3, 2), np.uint8, 0), "boxes": ((rows, 4), np.int32, -1)}
+    groups = [zarr.open_group(str(root / f"{n}.zarr"), mode="w") for n in ("bulk", "plain")]
+    made = [{k: g.create_array(k, shape=s, dtype=t, chunks=(chunk, *s[1:]), fill_value=f)
+             for k, (s, t, f) in specs.items()} for g in groups]
+    values = {k: data.draw(hnp.arrays(t, (b - a, *s[1:]))) for k, (s, t, f) in specs.items()}
+    put_rows(made[0], slice(a, b), values)
+    for k, v in values.items():
+        made[1][k][a:b] = v
+    for k in specs:
+        np.testing.assert_array_equal(zarr.open_group(str(root / "bulk.zarr"))[k][...],
+                                      zarr.open_group(str(root / "plain.zarr"))[k][...])
+        np.testing.assert_array_equal(made[0][k][a:b], values[k])
