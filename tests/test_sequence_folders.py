@@ -17,7 +17,7 @@ from sketchmine.cli import main
 from sketchmine.data import ArrayDataset, ImageFolderDataset, animal_shape, export_image_folder
 from sketchmine.errors import SketchmineError
 from sketchmine.models import preprocessing_for
-from sketchmine.sequences import SequenceDataset, background_of, pixel_order, progressive_drawing
+from sketchmine.sequences import SequenceDataset, background_of, pixel_order, progressive_drawing, reopen
 from tests.helpers import per_class_subset
 
 
@@ -96,6 +96,8 @@ def test_bad_ink_and_bad_base_are_refused(gru_set):
         SequenceDataset(gru_set, 8, "pencil")
     with pytest.raises(SketchmineError, match="ImageFolder"):
         SequenceDataset(torch.utils.data.TensorDataset(torch.ones(3, 1, 4, 4)), 8)  # type: ignore[arg-type]
+    with pytest.raises(SketchmineError, match="the run used 'stroke-order/v9' drawings"):
+        reopen({"sequence": {"transform": "stroke-order/v9", "steps": 8}}, gru_set)
     with pytest.raises(SketchmineError, match="already a sequence of 8 steps"):
         sketchmine.mine("demo-gru", SequenceDataset(gru_set, 8), steps=6, out="unused.zarr")
 

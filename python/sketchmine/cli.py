@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .errors import SketchmineError
+from .sequences import INKS
 
 
 def _default_workers() -> int:
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--steps", type=int,
                    help="show each image as a progressive drawing of STEPS frames, for CNN + recurrent models "
                         "(default: the steps the model was trained with, e.g. 8 for 'demo-gru'; else single images)")
-    m.add_argument("--ink", default="auto", choices=["auto", "light", "dark"],
+    m.add_argument("--ink", default="auto", choices=INKS,
                    help="with --steps: which pixels are drawn: light ink on black, dark ink on white, or auto "
                         "(per image, from the median of its border; default)")
     v = sub.add_parser("visualize", help="crop each top-k entry's receptive field and its deconvolution into RUN")

@@ -211,7 +211,7 @@ class ArrayDataset(MinerDataset):
         return np.asarray(self.images[i], dtype=np.uint8), ""
 
     def __getitem__(self, i: int):
-        x = torch.from_numpy(np.asarray(self.images[i], dtype=np.uint8).copy())
+        x = torch.from_numpy(self.image_array(i)[0].copy())
         x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
         x = x.float().div_(255)
         p = self.preprocessing
@@ -337,7 +337,6 @@ def compute_mean_std(dataset: MinerDataset, batch_size: int = 256, num_workers: 
 
 def export_image_folder(dataset: ArrayDataset, root: str | os.PathLike) -> Path:
     """Write an in-memory dataset as PNGs in ImageFolder layout (for CLI use and tests)."""
-
     root = Path(root)
     for i in range(len(dataset)):
         label = int(dataset.labels()[i])

@@ -36,12 +36,11 @@ def animal_shape_test(model: str) -> MinerDataset:
     drawings of the recorded number of steps for a model trained on sequences."""
     from .data import animal_shape
     from .models import load_model, preprocessing_for
-    from .sequences import SequenceDataset
-    from .zoo import EMBEDDED, load_embedded
+    from .sequences import SequenceDataset, recorded_steps
 
-    ds = animal_shape("test", preprocessing_for(load_model(model)))
-    meta = load_embedded(model)[1] if model in EMBEDDED else {}
-    return SequenceDataset(ds, int(meta["sequence"]["steps"])) if meta.get("sequence") else ds
+    loaded = load_model(model)
+    ds = animal_shape("test", preprocessing_for(loaded))
+    return SequenceDataset(ds, recorded_steps(loaded.sequence, model)) if loaded.sequence else ds
 
 
 def mine_and_visualize(model: str, out: Path, batch_size: int, console: Console) -> Run:

@@ -141,10 +141,7 @@ def _as_sequences(ds: MinerDataset, loaded: LoadedModel, steps: int | None, ink:
     if steps is None and (not recorded or not isinstance(ds, (ArrayDataset, ImageFolderDataset))):
         return ds  # single images, or the caller's own dataset (of sequences already, presumably)
     if steps is None:
-        if recorded.get("transform") != sequences.TRANSFORM:
-            raise SketchmineError(f"model {loaded.model_id} was trained on {recorded.get('transform')!r} drawings; "
-                                  f"this sketchmine makes {sequences.TRANSFORM!r}: pass a dataset of its sequences")
-        steps = int(recorded["steps"])
+        steps = sequences.recorded_steps(recorded, f"model {loaded.model_id}'s training")
     return sequences.progressive(ds, steps, ink)
 
 

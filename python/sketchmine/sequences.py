@@ -43,11 +43,25 @@ INKS = ("auto", "light", "dark")
 auto: decided per image by the median of its one-pixel border, as `classstats.ink_density` does."""
 
 
-def background_of(image: np.ndarray, ink: str = "auto") -> int:
-    """The background value (0 or 255) of one uint8 (H, W) or (H, W, C) image for an `INKS` mode."""
+def check_ink(ink: str) -> str:
+    """`ink` if it is one of INKS, else a clear error."""
     if ink not in INKS:
         raise SketchmineError(f"unknown ink {ink!r}; expected one of {', '.join(INKS)}")
-    if ink != "auto":
+    return ink
+
+
+def recorded_steps(sequence: dict[str, Any], what: str) -> int:
+    """The steps of a recorded progressive-drawing transform ({"transform", "steps"}: a model's
+    training or a run's dataset, named by `what`), refused when another transform made them."""
+    if sequence.get("transform") != TRANSFORM:
+        raise SketchmineError(f"{what} used {sequence.get('transform')!r} drawings; this sketchmine makes "
+                              f"{TRANSFORM!r}: pass a dataset of those sequences")
+    return int(sequence["steps"])
+
+
+def background_of(image: np.ndarray, ink: str = "auto") -> int:
+    """The background value (0 or 255) of one uint8 (H, W) or (H, W, C) image for an `INKS` mode."""
+    if check_ink(ink) != "auto":
         return 0 if ink == "light" else 255
     gray = image.mean(axis=-1) if image.ndim == 3 else image
     border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
@@ -121,8 +135,7 @@ class SequenceDataset(MinerDataset):
                                   f"got {type(base).__name__}")
         if steps < 1:
             raise SketchmineError(f"a progressive drawing needs at least 1 step, got {steps}")
-        background_of(np.zeros((3, 3), np.uint8), ink)  # an unknown ink is refused here, not per image
-        self.base, self.steps, self.ink = base, steps, ink
+        self.base, self.steps, self.ink = base, steps, check_ink(ink)  # refused here, not per image
         self.class_names = base.class_names
         self.preprocessing = base.preprocessing
 
@@ -176,7 +189,4 @@ def reopen(description: dict[str, Any], base: MinerDataset) -> SequenceDataset |
     seq = description.get("sequence")
     if not seq:
         return None
-    if seq.get("transform") != TRANSFORM:
-        raise SketchmineError(f"the run's sequences were made by {seq.get('transform')!r}; this sketchmine makes "
-                              f"{TRANSFORM!r}: pass the dataset (dataset=...)")
-    return SequenceDataset(base, int(seq["steps"]), seq.get("ink", "light"))  # type: ignore[arg-type]
+    return SequenceDataset(base, recorded_steps(seq, "the run"), seq.get("ink", "light"))  # type: ignore[arg-type]

@@ -340,8 +340,8 @@ class _Images:
         return x
 
     def _to_pixels(self, i: int) -> torch.Tensor:
-        x = self.inputs([i])[0]
-        return _pixels(x[None] if x.ndim == 3 else x, self.pre)[0 if x.ndim == 3 else slice(None)]
+        x = self.inputs([i])[0]  # (C, H, W), or (T, C, H, W) for a sequence: frame by frame
+        return _pixels(x.reshape(-1, *x.shape[-3:]), self.pre).reshape(x.shape)
 
     @staticmethod
     def _stack(indices: list[int], kept: dict[int, torch.Tensor], make) -> torch.Tensor:
