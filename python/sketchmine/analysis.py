@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .classstats import PACKED_KEYS, num_classes_for, unpack
+from .classstats import num_classes_for, read_packed, unpack
 from .errors import SketchmineError
 from .run import Run
 
@@ -81,7 +81,7 @@ def class_stats(run: Run, layer: str) -> tuple[np.ndarray, np.ndarray]:
 def _checkpoint_stats(run: Run):
     if run.complete:
         return None
-    saved = run.store.read_checkpoint_arrays(PACKED_KEYS)
+    saved = read_packed(run.store)
     k = num_classes_for(run.class_names, run.attrs.get("num_classes"))
     if saved is None or k == 0:
         return None

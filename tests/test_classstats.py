@@ -1,0 +1,134 @@
+"""RunningClassStats against a numpy brute force: per class and unit the mean and count of the
+image maxima over labelled, non-NaN images, the NaN count per unit, over random batches with
+NaNs, ties, unknown and out-of-range labels; batches added all layers at once (one block) or
+layer by layer; the packed checkpoint state round-trips bit for bit and merging two halves
+equals one pass."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sketchmine.classstats import RunningClassStats, unpack
+
+
+@st.composite
+def _streams(draw):
+    """layers {name: channels}, classes, and batches of (labels, {layer: maxima}); a batch may
+    cover only some layers (added layer by layer)."""
+    layers = {f"l{i}": draw(st.integers(1, 5)) for i in range(draw(st.integers(1, 3)))}
+    classes = draw(st.integers(1, 4))
+    batches = []
+    for _ in range(draw(st.integers(1, 5))):
+        n = draw(st.integers(1, 6))
+        labels = np.array(draw(st.lists(st.integers(-1, classes + 1), min_size=n, max_size=n)), dtype=np.int64)
+        names = list(layers) if draw(st.booleans()) else draw(st.lists(st.sampled_from(list(layers)), min_size=1,
+                                                                         unique=True))
+        maxima = {}
+        for name in names:
+            cells = draw(st.lists(st.sampled_from([-1.5, 0.25, 0.25, 2.0, 3.5, np.nan]) | st.floats(-4, 4),
+                                  min_size=n * layers[name], max_size=n * layers[name]))
+            maxima[name] = np.array(cells, dtype=np.float32).reshape(n, layers[name])
+        batches.append((labels, maxima))
+    return layers, classes, batches
+
+
+def _feed(stats: RunningClassStats, batches) -> None:
+    for labels, maxima in batches:
+        t = torch.from_numpy(labels)
+        for name, m in maxima.items():
+            stats.add(name, torch.from_numpy(m), t)
+        stats.end_batch()
+
+
+def _brute(layers, classes, batches, name):
+    """(mean (C, K), count (C, K), nan_count (C,)) by numpy over the layer's batches."""
+    seen = [(lab, m[name].astype(np.float64)) for lab, m in batches if name in m]
+    c = layers[name]
+    if not seen:
+        return np.full((c, classes), np.nan), np.zeros((c, classes), np.int64), np.zeros(c, np.int64)
+    labels = np.concatenate([lab for lab, _ in seen])
+    maxima = np.concatenate([m for _, m in seen])
+    ok = ~np.isnan(maxima)
+    count = np.stack([(ok & (labels == k)[:, None]).sum(0) for k in range(classes)], axis=1)
+    total = np.stack([np.where(ok & (labels == k)[:, None], maxima, 0).sum(0) for k in range(classes)], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return mean, count, (~ok).sum(0)
+
+
+def _assert_same(a: RunningClassStats, b: RunningClassStats) -> None:
+    for name in a.layers:
+        for x, y in zip(a.results(name), b.results(name)):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+        np.testing.assert_array_equal(a.nan_counts(name), b.nan_counts(name), err_msg=name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_streams())
+def test_class_stats_equal_brute_force(stream):
+    layers, classes, batches = stream
+    stats = RunningClassStats(layers, classes)
+    _feed(stats, batches)
+    for name in layers:
+        mean, count = stats.results(name)
+        want_mean, want_count, want_nans = _brute(layers, classes, batches, name)
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-12, atol=1e-12, err_msg=name)
+        np.testing.assert_array_equal(count, want_count, err_msg=name)
+        np.testing.assert_array_equal(stats.nan_counts(name), want_nans, err_msg=name)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_streams(), st.integers(0, 5))
+def test_packed_state_round_trips_and_halves_merge(stream, cut):
+    layers, classes, batches = stream
+    whole = RunningClassStats(layers, classes)
+    _feed(whole, batches)
+    _assert_same(unpack(whole.packed(), layers, classes), whole)
+
+    first, second = RunningClassStats(layers, classes), RunningClassStats(layers, classes)
+    _feed(first, batches[:cut])
+    _feed(second, batches[cut:])
+    first.merge(second)
+    for name in layers:
+        for x, y in zip(first.results(name), whole.results(name)):
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12, err_msg=name)
+        np.testing.assert_array_equal(first.nan_counts(name), whole.nan_counts(name), err_msg=name)
+
+
+def test_packed_state_of_another_layout_is_refused():
+    stats = RunningClassStats({"a": 3, "b": 2}, 4)
+    _feed(stats, [(np.array([0, 1, 5]), {"a": np.array([[1, 2, np.nan]] * 3, np.float32),
+                                         "b": np.array([[0.5, 1.5]] * 3, np.float32)})])
+    with pytest.raises(ValueError, match="do not fit"):
+        unpack(stats.packed(), {"a": 3, "b": 3}, 4)
+
+
+def _dense_layout(stats: RunningClassStats) -> dict[str, np.ndarray]:
+    """The per-layer checkpoint layout sketchmine wrote before `packed` (sums and counts per
+    layer as (rows, C) blocks, then ink; counts, NaN maps per unit, images), built from the
+    brute-force-checked accessors."""
+    sums, counts, nans = [], [], []
+    for name, cols in stats._columns.items():
+        sums.append(stats._sums[:, cols].numpy().ravel())
+        counts.append(stats.counts(name).numpy().ravel())
+        nans.append(stats.nan_counts(name))
+    return {"class_sum": np.concatenate([*sums, stats.ink.numpy()]),
+            "class_count": np.concatenate([*counts, *nans, stats.images.numpy()])}
+
+
+@settings(max_examples=40, deadline=None)
+@given(_streams(), st.integers(0, 5))
+def test_checkpoints_of_the_dense_layout_resume_exactly(stream, cut):
+    """A run checkpointed by the earlier layout resumes to the same statistics as one pass."""
+    layers, classes, batches = stream
+    whole = RunningClassStats(layers, classes)
+    _feed(whole, batches)
+    first = RunningClassStats(layers, classes)
+    _feed(first, batches[:cut])
+    resumed = unpack(_dense_layout(first), layers, classes)
+    _assert_same(resumed, first)
+    _feed(resumed, batches[cut:])
+    _assert_same(resumed, whole)
