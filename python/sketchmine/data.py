@@ -45,12 +45,21 @@ class Preprocessing:
     std: tuple[float, ...] = ()
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """x (C, H, W) float in [0, 1] → normalised input."""
+        """x (..., C, H, W) float in [0, 1] → normalised input."""
         if not self.mean:
             return x
         mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
         return (x - mean) / std
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, c, H, W) float in [0, 1], any channels and size → model input (N, channels,
+        *size), normalised: what every dataset does to its images (a drawing to each frame)."""
+        if x.shape[1] != self.channels:
+            x = convert_channels(x, self.channels)
+        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+            x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", antialias=True)
+        return self.normalise(x)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -173,9 +182,7 @@ class ImageFolderDataset(MinerDataset):
         except READ_ERRORS as exc:
             size = p.size or (1, 1)
             return i, torch.zeros(p.channels, *size), label, f"error:{type(exc).__name__}: {exc}"
-        x = torch.from_numpy(image)
-        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
-        return i, p.normalise(x.float().div_(255)), label, note
+        return i, p.prepare(chw(image)[None])[0], label, note
 
 
 class ArrayDataset(MinerDataset):
@@ -211,15 +218,7 @@ class ArrayDataset(MinerDataset):
         return np.asarray(self.images[i], dtype=np.uint8), ""
 
     def __getitem__(self, i: int):
-        x = torch.from_numpy(self.image_array(i)[0].copy())
-        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
-        x = x.float().div_(255)
-        p = self.preprocessing
-        if x.shape[0] != p.channels:
-            x = convert_channels(x, p.channels)
-        if p.size is not None and tuple(x.shape[1:]) != tuple(p.size):
-            x = torch.nn.functional.interpolate(x[None], size=p.size, mode="bilinear", antialias=True)[0]
-        return i, p.normalise(x), int(self._labels[i]), ""
+        return i, self.preprocessing.prepare(chw(self.image_array(i)[0])[None])[0], int(self._labels[i]), ""
 
 
 class TorchDataset(MinerDataset):
@@ -267,13 +266,19 @@ def _to_8bit(im):
     return im
 
 
+def chw(image: np.ndarray) -> torch.Tensor:
+    """uint8 pixels (H, W) or (H, W, c) → float (c, H, W) in [0, 1] (a new tensor)."""
+    x = torch.from_numpy(np.array(image, dtype=np.uint8))
+    return (x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)).float().div_(255)
+
+
 def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """(c, H, W) → (channels, H, W): gray is repeated, colour averaged, alpha dropped."""
-    if x.shape[0] in (2, 4):
-        x = x[:-1]
+    """(..., c, H, W) → (..., channels, H, W): gray is repeated, colour averaged, alpha dropped."""
+    if x.shape[-3] in (2, 4):
+        x = x[..., :-1, :, :]
     if channels == 1:
-        return x.mean(dim=0, keepdim=True)
-    return x.expand(channels, -1, -1).clone() if x.shape[0] == 1 else x[:channels]
+        return x.mean(dim=-3, keepdim=True)
+    return x.expand(*x.shape[:-3], channels, -1, -1).clone() if x.shape[-3] == 1 else x[..., :channels, :, :]
 
 
 def embedded_path(name: str) -> Path:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import READ_ERRORS, ArrayDataset, ImageFolderDataset, MinerDataset, convert_channels
+from .data import READ_ERRORS, ArrayDataset, ImageFolderDataset, MinerDataset, chw
 from .errors import SketchmineError
 
 TRANSFORM = "outline-then-fill/v1"
@@ -163,14 +163,8 @@ class SequenceDataset(MinerDataset):
         except READ_ERRORS as exc:
             x = torch.zeros(self.steps, p.channels, *(p.size or (1, 1)))
             return i, x, label, f"error:{type(exc).__name__}: {exc}"
-        frames = torch.from_numpy(progressive_drawing(image, self.steps, background_of(image, self.ink)))
-        x = frames.float().div_(255)
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (T, c, H, W)
-        if x.shape[1] != p.channels:
-            x = torch.stack([convert_channels(f, p.channels) for f in x])
-        if p.size is not None and tuple(x.shape[-2:]) != tuple(p.size):
-            x = torch.nn.functional.interpolate(x, size=p.size, mode="bilinear", antialias=True)
-        return i, torch.stack([p.normalise(f) for f in x]), label, note
+        frames = progressive_drawing(image, self.steps, background_of(image, self.ink))
+        return i, p.prepare(torch.stack([chw(f) for f in frames])), label, note
 
 
 def progressive(dataset: MinerDataset, steps: int, ink: str = "auto") -> SequenceDataset:
