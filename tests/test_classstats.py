@@ -35,12 +35,13 @@ def _streams(draw):
     return layers, classes, batches
 
 
-def _feed(stats: RunningClassStats, batches) -> None:
+def _feed(stats: RunningClassStats, batches) -> RunningClassStats:
     for labels, maxima in batches:
         t = torch.from_numpy(labels)
         for name, m in maxima.items():
             stats.add(name, torch.from_numpy(m), t)
         stats.end_batch()
+    return stats
 
 
 def _brute(layers, classes, batches, name):
@@ -70,8 +71,7 @@ def _assert_same(a: RunningClassStats, b: RunningClassStats) -> None:
 @given(_streams())
 def test_class_stats_equal_brute_force(stream):
     layers, classes, batches = stream
-    stats = RunningClassStats(layers, classes)
-    _feed(stats, batches)
+    stats = _feed(RunningClassStats(layers, classes), batches)
     for name in layers:
         mean, count = stats.results(name)
         want_mean, want_count, want_nans = _brute(layers, classes, batches, name)
@@ -84,14 +84,11 @@ def test_class_stats_equal_brute_force(stream):
 @given(_streams(), st.integers(0, 5))
 def test_packed_state_round_trips_and_halves_merge(stream, cut):
     layers, classes, batches = stream
-    whole = RunningClassStats(layers, classes)
-    _feed(whole, batches)
+    whole = _feed(RunningClassStats(layers, classes), batches)
     _assert_same(unpack(whole.packed(), layers, classes), whole)
 
-    first, second = RunningClassStats(layers, classes), RunningClassStats(layers, classes)
-    _feed(first, batches[:cut])
-    _feed(second, batches[cut:])
-    first.merge(second)
+    first = _feed(RunningClassStats(layers, classes), batches[:cut])
+    first.merge(_feed(RunningClassStats(layers, classes), batches[cut:]))
     for name in layers:
         for x, y in zip(first.results(name), whole.results(name)):
             np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12, err_msg=name)
@@ -124,10 +121,8 @@ def _dense_layout(stats: RunningClassStats) -> dict[str, np.ndarray]:
 def test_checkpoints_of_the_dense_layout_resume_exactly(stream, cut):
     """A run checkpointed by the earlier layout resumes to the same statistics as one pass."""
     layers, classes, batches = stream
-    whole = RunningClassStats(layers, classes)
-    _feed(whole, batches)
-    first = RunningClassStats(layers, classes)
-    _feed(first, batches[:cut])
+    whole = _feed(RunningClassStats(layers, classes), batches)
+    first = _feed(RunningClassStats(layers, classes), batches[:cut])
     resumed = unpack(_dense_layout(first), layers, classes)
     _assert_same(resumed, first)
     _feed(resumed, batches[cut:])
