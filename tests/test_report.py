@@ -149,6 +149,7 @@ def test_report_cli_and_partial_run(tmp_path, folder):
     assert "report written" in proc.stdout
     text = (tmp_path / "rep" / "index.html").read_text()
     assert "PARTIAL run: 16 of 36 images" in text
+    assert f"<p>image folder {Path(folder).resolve()}; 16 images;" in text  # the dataset in words
     summary = sm("summary", str(out))
     assert summary.returncode == 0 and "PARTIAL" in summary.stdout
 
@@ -230,6 +231,7 @@ def test_report_resnet_block_and_importance_in_chromium(tmp_path, resnet_run, br
 def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser):
     run, ds = gru_run
     index = write_report(run, tmp_path / "rep", dataset=ds)
+    assert "as progressive drawings (outline-then-fill/v1, 8 steps, ink auto)" in index.read_text()
     payload = (tmp_path / "rep" / "data" / "01-gru" / "page_0000.js").read_text()
     units = json.loads(payload[payload.index("["):payload.rindex("]") + 1])
     values, image_index, yx = run.topk("gru")

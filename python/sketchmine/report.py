@@ -20,6 +20,7 @@ import shutil
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -351,11 +352,32 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                  f' data-layer="{e(lid)}" data-pages="{pages}"')
 
 
+def dataset_words(ds: dict[str, Any]) -> str:
+    """A run's recorded dataset in words ("the embedded animal_shape, test split, as progressive
+    drawings (…)"); keys it does not know are listed as key=value."""
+    ds = dict(ds)
+    kind, seq = ds.pop("kind", None), ds.pop("sequence", None)
+    ds.pop("size", None)  # the image count is said beside it
+    if kind == "embedded":
+        text = f"the embedded {ds.pop('name', '?')}, {ds.pop('split', '?')} split"
+    elif kind == "image_folder":
+        text = f"image folder {ds.pop('root', '?')}"
+    elif kind == "python":
+        text = f"Python dataset {ds.pop('type', '?')}"
+    else:
+        text = "dataset" if kind is None else f"{kind} dataset"
+    if seq:
+        text += (f", as progressive drawings ({seq.get('transform')}, {seq.get('steps')} steps, "
+                 f"ink {seq.get('ink', 'light')})")
+    extra = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in ds.items())
+    return f"{text} ({extra})" if extra else text
+
+
 def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float) -> str:
     a = run.attrs
     ds = a.get("dataset") or {}
     parts = [f"<h1>sketchmine report: {e(str(a.get('model')))}</h1>",
-             f"<p>dataset {e(json.dumps(ds, ensure_ascii=False))}; {run.images_done} images; "
+             f"<p>{e(dataset_words(ds))}; {run.images_done} images; "
              f"k = {run.k}; run {e(str(run.path))}</p>"]
     if not run.complete:
         parts.append(f'<p class="partial">PARTIAL run: {run.images_done} of {ds.get("size", "?")} images mined; '
