@@ -67,11 +67,19 @@ def _assert_same(a: RunningClassStats, b: RunningClassStats) -> None:
         np.testing.assert_array_equal(a.nan_counts(name), b.nan_counts(name), err_msg=name)
 
 
+def _stats(layers: dict[str, int], classes: int, host: bool = True) -> RunningClassStats:
+    """host=False takes the CUDA code path (one-hot GEMM sums, NaN table from the first batch)
+    on the CPU, so that path is checked without a GPU."""
+    stats = RunningClassStats(layers, classes)
+    stats.host = host
+    return stats
+
+
 @settings(max_examples=60, deadline=None)
-@given(_streams())
-def test_class_stats_equal_brute_force(stream):
+@given(_streams(), st.booleans())
+def test_class_stats_equal_brute_force(stream, host):
     layers, classes, batches = stream
-    stats = _feed(RunningClassStats(layers, classes), batches)
+    stats = _feed(_stats(layers, classes, host), batches)
     for name in layers:
         mean, count = stats.results(name)
         want_mean, want_count, want_nans = _brute(layers, classes, batches, name)
@@ -81,14 +89,14 @@ def test_class_stats_equal_brute_force(stream):
 
 
 @settings(max_examples=40, deadline=None)
-@given(_streams(), st.integers(0, 5))
-def test_packed_state_round_trips_and_halves_merge(stream, cut):
+@given(_streams(), st.integers(0, 5), st.booleans())
+def test_packed_state_round_trips_and_halves_merge(stream, cut, host):
     layers, classes, batches = stream
-    whole = _feed(RunningClassStats(layers, classes), batches)
+    whole = _feed(_stats(layers, classes, host), batches)
     _assert_same(unpack(whole.packed(), layers, classes), whole)
 
-    first = _feed(RunningClassStats(layers, classes), batches[:cut])
-    first.merge(_feed(RunningClassStats(layers, classes), batches[cut:]))
+    first = _feed(_stats(layers, classes, host), batches[:cut])
+    first.merge(_feed(_stats(layers, classes, not host), batches[cut:]))
     for name in layers:
         for x, y in zip(first.results(name), whole.results(name)):
             np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12, err_msg=name)

@@ -90,6 +90,9 @@ class RunningClassStats:
         self.ink = torch.zeros(rows, dtype=torch.float64, device=device)
         self.images = torch.zeros(rows, dtype=torch.int64, device=device)
         self._mean, self._std = [float(v) for v in mean], [float(v) for v in std]
+        # on the host index_add adds sequentially (bit-reproducible) and a NaN check costs no
+        # device synchronisation; elsewhere (CUDA) the one-hot GEMM path below
+        self.host = self.device.type == "cpu"
 
     def _nan_table(self) -> torch.Tensor:
         if self._nan_cells is None:
@@ -105,7 +108,7 @@ class RunningClassStats:
         """target[rows[i]] += values[i]. On CPU one index_add (sequential per element, so
         bit-reproducible); on CUDA a one-hot GEMM, because float64 atomics add in any order."""
         values = values.to(target.dtype)
-        if target.device.type == "cpu":
+        if self.host:
             target.index_add_(0, rows, values)
         else:
             onehot = torch.nn.functional.one_hot(rows, target.shape[0]).to(target.dtype)  # (N, rows)
@@ -141,7 +144,7 @@ class RunningClassStats:
         m = maxima.double()
         self._seen[:, seen] += torch.bincount(rows, minlength=self.num_classes + 1)[:, None]
         nan = torch.isnan(m)
-        if m.device.type == "cpu" and not bool(nan.any()):  # the common case: every map counts
+        if self.host and not bool(nan.any()):  # the common case: every map counts
             self._sums[:, columns].index_add_(0, rows, m)
             return
         self._accumulate(self._sums[:, columns], rows, m.masked_fill(nan, 0.0))
