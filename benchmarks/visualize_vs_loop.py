@@ -15,7 +15,10 @@ time over all units of the layer is the per-unit time × channels; the run print
 the measured and the extrapolated figures. The loop's crops are checked against
 sketchmine's (±1 grey level) so both compute the same thing.
 
-    python -m benchmarks.visualize_vs_loop [--images 256] [--units 64] [--loop-units 8]
+    python -m benchmarks.visualize_vs_loop [--images 256] [--units 64] [--loop-units 8] [--device cuda]
+
+On a GPU (`--device cuda`) both sides run there; a per-unit loop of 9 images is then mostly
+launch latency, which batching removes, so the ratio differs from the CPU's.
 """
 from __future__ import annotations
 
@@ -32,6 +35,12 @@ from torch import nn
 from .common import build_model, conv_linear_layers, machine_info, make_dataset
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer reads the time it took."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _loop_unit(model: nn.Module, layer: nn.Module, images: torch.Tensor, channel: int, yx: np.ndarray,
                boxes: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Deconvnet crops of one unit over its top-k images, the way a per-call library does it;
@@ -45,10 +54,13 @@ def _loop_unit(model: nn.Module, layer: nn.Module, images: torch.Tensor, channel
         t0 = time.perf_counter()
         model(x)
         out = captured[0]
-        n = torch.arange(len(x))
-        unit = out[n, channel, yx[:, 0], yx[:, 1]] if out.ndim == 4 else out[:, channel]
+        n = torch.arange(len(x), device=x.device)
+        unit = out[n, channel, torch.as_tensor(yx[:, 0], device=x.device), torch.as_tensor(yx[:, 1], device=x.device)] \
+            if out.ndim == 4 else out[:, channel]
+        _sync(x.device)
         t1 = time.perf_counter()
         (grad,) = torch.autograd.grad(unit.sum(), x)
+        grad = grad.cpu()
         t2 = time.perf_counter()
     finally:
         for h in handles:
@@ -64,12 +76,13 @@ def _loop_unit(model: nn.Module, layer: nn.Module, images: torch.Tensor, channel
     return torch.stack(crops).to(torch.uint8).permute(0, 2, 3, 1).numpy(), t1 - t0, t2 - t1
 
 
-def run(images: int, units: int, loop_units: int, batch_size: int, seed: int) -> dict:
+def run(images: int, units: int, loop_units: int, batch_size: int, seed: int, device: str = "cpu") -> dict:
     import sketchmine
     from sketchmine.visualize import visualize
 
     torch.manual_seed(seed)
-    model = build_model("alexnet", seed)
+    dev = torch.device(device)
+    model = build_model("alexnet", seed).to(dev)
     for m in model.modules():  # full backward hooks cannot follow in-place ReLUs
         if isinstance(m, nn.ReLU):
             m.inplace = False
@@ -77,14 +90,16 @@ def run(images: int, units: int, loop_units: int, batch_size: int, seed: int) ->
     layers = conv_linear_layers(model)
     out = Path(tempfile.mkdtemp(prefix="sketchmine-vis-bench-")) / "run.zarr"
     t = time.perf_counter()
-    run_ = sketchmine.mine(model, ds, layers=layers, k=9, out=out, batch_size=64)
+    run_ = sketchmine.mine(model, ds, layers=layers, k=9, out=out, batch_size=64, device=dev)
     t_mine = time.perf_counter() - t
     modules = dict(model.named_modules())
     rows = []
     for layer in layers:
         channels = run_.layer_shape(layer)[0]
         t = time.perf_counter()
-        visualize(run_, [layer], model=model, data=ds, batch_size=batch_size, max_units=units, max_patch=10**6)
+        visualize(run_, [layer], model=model, data=ds, batch_size=batch_size, max_units=units, max_patch=10**6,
+                  device=dev)
+        _sync(dev)
         t_ours = time.perf_counter() - t
         g = run_.store.group[f"layers/{layer}"]
         done = int(g.attrs["visualized"]["units_done"])
@@ -94,7 +109,7 @@ def run(images: int, units: int, loop_units: int, batch_size: int, seed: int) ->
         t = time.perf_counter()
         worst, t_fwd, t_bwd = 0, 0.0, 0.0
         for c in range(min(loop_units, channels)):
-            imgs = torch.stack([ds[int(i)][1] for i in index[c]])
+            imgs = torch.stack([ds[int(i)][1] for i in index[c]]).to(dev)
             crops, tf, tb = _loop_unit(model, modules[layer], imgs, c, yx[c], boxes[c])
             t_fwd, t_bwd = t_fwd + tf, t_bwd + tb
             worst = max(worst, int(np.abs(crops.astype(int) - ours[c].astype(int)).max()))
@@ -136,7 +151,7 @@ def run(images: int, units: int, loop_units: int, batch_size: int, seed: int) ->
     if fc_floor:
         print(f"bound for all units: {summary['speedup_bound_all_units']:.1f}x (loop total / the FC units' "
               f"backward passes alone, {fc_floor:.0f} s)")
-    return {"machine": machine_info(), "images": images, "units": units, "loop_units": loop_units,
+    return {"machine": machine_info(), "device": str(dev), "images": images, "units": units, "loop_units": loop_units,
             "batch_size": batch_size, "layers": rows, **summary}
 
 
@@ -147,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loop-units", type=int, default=8, help="units per layer computed by the loop")
     p.add_argument("--batch-size", type=int, default=64, help="(image, unit) pairs per sketchmine batch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where both sides run")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
-    result = run(a.images, a.units, a.loop_units, a.batch_size, a.seed)
+    result = run(a.images, a.units, a.loop_units, a.batch_size, a.seed, a.device)
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2))
     return 0

@@ -37,9 +37,9 @@ def _streams(draw):
 
 def _feed(stats: RunningClassStats, batches) -> RunningClassStats:
     for labels, maxima in batches:
-        t = torch.from_numpy(labels)
+        t = torch.from_numpy(labels).to(stats.device)
         for name, m in maxima.items():
-            stats.add(name, torch.from_numpy(m), t)
+            stats.add(name, torch.from_numpy(m).to(stats.device), t)
         stats.end_batch()
     return stats
 
@@ -86,6 +86,21 @@ def test_class_stats_equal_brute_force(stream, host):
         np.testing.assert_allclose(mean, want_mean, rtol=1e-12, atol=1e-12, err_msg=name)
         np.testing.assert_array_equal(count, want_count, err_msg=name)
         np.testing.assert_array_equal(stats.nan_counts(name), want_nans, err_msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@settings(max_examples=30, deadline=None)
+@given(_streams())
+def test_cuda_class_stats_equal_the_host(stream):
+    layers, classes, batches = stream
+    host = _feed(RunningClassStats(layers, classes), batches)
+    cuda = _feed(RunningClassStats(layers, classes, device="cuda"), batches)
+    assert not cuda.host
+    for name in layers:
+        for x, y in zip(cuda.results(name), host.results(name)):
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12, err_msg=name)
+        np.testing.assert_array_equal(cuda.nan_counts(name), host.nan_counts(name), err_msg=name)
+    _assert_same(unpack(cuda.packed(), layers, classes), cuda)
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# What to run when a session is lent a GPU machine (the `device` tool), in stages that each end
+# well inside one call's 10 minutes. A machine starts bare, so every stage installs and builds
+# first (about 1 minute on its 16 cores). Its image has torch, nvcc, pytest and hypothesis but
+# not zarr: carry the wheels, made once here (README of the device tool):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       -d .whl zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
+# then, with carry [".whl"]:
+#   bash benchmarks/gpu_session.sh tests       # the CUDA kernels against their references, CUDA mining = CPU
+#   bash benchmarks/gpu_session.sh mine        # mine vs bare forward, AlexNet and VGG-19 (benchmarks.gpu_mine)
+#   bash benchmarks/gpu_session.sh visualize   # visualize vs the per-unit loop on the GPU (issue 3's target)
+# Logs and JSON land in $OUT (set by the device tool); record the figures in benchmarks/RESULTS.md.
+set -euo pipefail
+stage=${1:?"usage: gpu_session.sh tests|mine|visualize"}
+out=${OUT:-/tmp/gpu-out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD/python:$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 setup.py build_ext --inplace > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+python3 -c "import sketchmine._C as c; assert c.with_cuda, 'built without CUDA kernels'; print('CUDA kernels built')"
+
+case "$stage" in
+  tests)
+    python3 -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_build.py tests/test_classstats.py \
+      "tests/test_miner.py::test_cuda_mining_matches_cpu" 2>&1 | tee "$out/tests.log"
+    ;;
+  mine)
+    python3 -m benchmarks.gpu_mine --images 16384 --batch-size 256 --workers 12 --repeats 3 \
+      --json "$out/gpu_mine.json" 2>&1 | tee "$out/gpu_mine.log"
+    ;;
+  visualize)
+    python3 -m benchmarks.visualize_vs_loop --device cuda --images 1024 --units 256 --loop-units 32 \
+      --json "$out/visualize_gpu.json" 2>&1 | tee "$out/visualize_gpu.log"
+    ;;
+  *)
+    echo "unknown stage $stage" >&2
+    exit 2
+    ;;
+esac
