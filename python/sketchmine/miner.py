@@ -215,13 +215,7 @@ def mine(
     existing = team.writes and is_run(out)  # only rank 0 reads or writes the store
     store = RunStore.open(out, mode="r+") if existing else None
     pre = ds.preprocessing
-    if pre is not None and pre.preset == "dataset" and not pre.mean:
-        recorded = store.attrs.get("preprocessing") if store else None
-        if recorded and recorded.get("mean"):
-            pre.mean, pre.std = tuple(recorded["mean"]), tuple(recorded["std"])
-        else:
-            progress.note("computing the dataset mean and std (one pass)")
-            pre.mean, pre.std = compute_mean_std(getattr(ds, "base", ds), batch_size, num_workers)  # of the images
+    _dataset_normalisation(ds, store, batch_size, num_workers, progress)
     want = {
         "model": model_id,
         "weights_sha256": forward.weights_hash(),
@@ -249,12 +243,7 @@ def mine(
         if store is not None:
             lock.acquire()  # then read the run afresh: a writer that held the lock may have moved it on
             current = RunStore.open(out, mode="r+")
-            diffs = _compat(current.attrs, want)
-            if current.attrs.get("logits", True) != logits:
-                diffs.append(f"logits (run: {current.attrs.get('logits', True)}, now: {logits})")
-            if diffs:
-                raise SketchmineError(f"cannot resume {out}: it was mined with a different " + "; ".join(diffs)
-                                      + ". Use another --out for a new run")
+            _check_resumable(current, want, logits)
             # a crash can lose the newest writes: start before them (a complete run has no checkpoint left)
             damaged = None if current.progress.get("complete") else current.resume_from_intact()
             if damaged:
@@ -281,6 +270,32 @@ def mine(
                           skip_bad_images, progress, needs_labels=ds.labels() is None, team=team, speed=speed)
     finally:
         lock.release()
+
+
+def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, batch_size: int, num_workers: int,
+                           progress: Progress) -> None:
+    """Fill in the "dataset" preset's mean and std: the ones a resumed run recorded, else one
+    pass over the images (of a drawing's base dataset: its frames are those images, partly drawn)."""
+    pre = ds.preprocessing
+    if pre is None or pre.preset != "dataset" or pre.mean:
+        return
+    recorded = store.attrs.get("preprocessing") if store else None
+    if recorded and recorded.get("mean"):
+        pre.mean, pre.std = tuple(recorded["mean"]), tuple(recorded["std"])
+    else:
+        progress.note("computing the dataset mean and std (one pass)")
+        pre.mean, pre.std = compute_mean_std(getattr(ds, "base", ds), batch_size, num_workers)
+
+
+def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> None:
+    """Refuse to resume a run mined with another model, weights, layers, k, dataset,
+    preprocessing or logits setting, naming each difference."""
+    diffs = _compat(current.attrs, want)
+    if current.attrs.get("logits", True) != logits:
+        diffs.append(f"logits (run: {current.attrs.get('logits', True)}, now: {logits})")
+    if diffs:
+        raise SketchmineError(f"cannot resume {current.path}: it was mined with a different " + "; ".join(diffs)
+                              + ". Use another --out for a new run")
 
 
 def _mine_into(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Layer], k: int,
