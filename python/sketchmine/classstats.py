@@ -249,11 +249,10 @@ class RunningClassStats:
     def results(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
         """(class_mean (C, K) float64, NaN where a class has no image; class_count (C, K) int64)."""
         self.end_batch()
-        s = self._sums[:self.num_classes, self._columns[layer]].T.cpu().numpy()
-        c = self.counts(layer)[:self.num_classes].T.cpu().numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(c > 0, s / np.maximum(c, 1), np.nan)
-        return mean, c.copy()
+        s = self._sums[:self.num_classes, self._columns[layer]]
+        c = self.counts(layer)[:self.num_classes]
+        mean = torch.where(c > 0, s / c.clamp_min(1), torch.nan)  # in (K, C) order, then one transpose each
+        return mean.T.contiguous().cpu().numpy(), c.T.contiguous().cpu().numpy()
 
     def nan_counts(self, layer: str) -> np.ndarray:
         """Per unit of `layer`, the images whose map was all NaN (any label), int64."""
