@@ -58,6 +58,15 @@ def store_arrays(path) -> dict[str, np.ndarray]:
     return out
 
 
+def assert_same_store(got, want) -> None:
+    """The two stores hold the same arrays, each bit for bit (a resumed or otherwise
+    differently made run against an uninterrupted reference)."""
+    a, b = store_arrays(got), store_arrays(want)
+    assert set(a) == set(b), sorted(set(a) ^ set(b))
+    for key in b:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
 class StopAfter:
     """A progress reporter that interrupts a pass (a crash stand-in): after `n` images, or
     after `n` progress calls (batches of `mine`, unit blocks of `visualize`) with calls=True.

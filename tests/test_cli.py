@@ -119,7 +119,7 @@ def test_sigkill_mid_run_resumes_to_identical_store(tmp_path, folder):
     import signal
     import time
 
-    from tests.helpers import store_arrays
+    from tests.helpers import assert_same_store
 
     args = ["mine", "--model", "demo", "--data", str(folder), "--batch-size", "8", "--flush-every", "1",
             "--workers", "0"]
@@ -145,10 +145,7 @@ def test_sigkill_mid_run_resumes_to_identical_store(tmp_path, folder):
     assert not partial.complete and 24 <= partial.images_done < 120
     again = sm(*args, "--out", str(out))
     assert again.returncode == 0, again.stderr
-    got, want = store_arrays(out), store_arrays(tmp_path / "ref.zarr")
-    assert set(got) == set(want)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_store(out, tmp_path / "ref.zarr")
 
 
 def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkeypatch):

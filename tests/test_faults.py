@@ -181,7 +181,7 @@ def small_disk(tmp_path):
 
 
 def test_full_disk_is_a_clear_error_and_the_run_resumes(tmp_path, small_disk, demo_model, small_test_set):
-    from tests.helpers import store_arrays
+    from tests.helpers import assert_same_store
 
     mnt, grow = small_disk
     kwargs = dict(batch_size=20, flush_every=1)
@@ -192,15 +192,12 @@ def test_full_disk_is_a_clear_error_and_the_run_resumes(tmp_path, small_disk, de
     assert not partial.complete and partial.images_done > 0  # it failed mid-run, after some flushes
     grow()
     sketchmine.mine(demo_model.module, small_test_set, out=mnt / "run.zarr", **kwargs)
-    got, want = store_arrays(mnt / "run.zarr"), store_arrays(tmp_path / "ref.zarr")
-    assert set(got) == set(want)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_store(mnt / "run.zarr", tmp_path / "ref.zarr")
 
 
 def test_full_disk_during_visualize(tmp_path, small_disk, demo_model, small_test_set):
     from sketchmine.visualize import visualize
-    from tests.helpers import store_arrays
+    from tests.helpers import assert_same_store
 
     mnt, grow = small_disk
     layers = ["features.6", "classifier.4"]
@@ -212,9 +209,7 @@ def test_full_disk_during_visualize(tmp_path, small_disk, demo_model, small_test
     assert sketchmine.open_run(mnt / "run.zarr").layer_group("features.6").attrs["visualized"]["units_done"] > 0
     grow()
     visualize(mnt / "run.zarr", model=demo_model.module, data=small_test_set)
-    got, want = store_arrays(mnt / "run.zarr"), store_arrays(tmp_path / "ref.zarr")
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_store(mnt / "run.zarr", tmp_path / "ref.zarr")
 
 
 # ---- power cut -----------------------------------------------------------------------------------
@@ -223,7 +218,7 @@ def test_power_cut_losing_the_newest_chunk_files_recovers(tmp_path, demo_model, 
     """Writes that never reached the disk: the newest chunk files of an interrupted run are
     truncated or gone. Resume notices (checksums), goes back to the last intact flush and
     ends identical to an uninterrupted run."""
-    from tests.helpers import store_arrays
+    from tests.helpers import assert_same_store
 
     kwargs = dict(layers=LAYERS, k=3, batch_size=20, flush_every=2)
     sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "ref.zarr", **kwargs)
@@ -241,7 +236,4 @@ def test_power_cut_losing_the_newest_chunk_files_recovers(tmp_path, demo_model, 
     progress = StopAfter(10**9, calls=True)
     sketchmine.mine(demo_model.module, small_test_set, out=out, progress=progress, **kwargs)
     assert any("damaged" in n for n in progress.notes)
-    got, want = store_arrays(out), store_arrays(tmp_path / "ref.zarr")
-    assert set(got) == set(want)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_store(out, tmp_path / "ref.zarr")

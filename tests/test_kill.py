@@ -17,7 +17,7 @@ import pytest
 
 import sketchmine
 from sketchmine.data import ArrayDataset, export_image_folder
-from tests.helpers import store_arrays
+from tests.helpers import assert_same_store
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +77,6 @@ def _kill_repeatedly(cmd: list[str], out: Path, key: str, fractions: list[float]
     return kills
 
 
-def _assert_same_store(got: Path, want: Path) -> None:
-    a, b = store_arrays(got), store_arrays(want)
-    assert set(a) == set(b)
-    for key in b:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
 def test_mine_killed_at_many_points_ends_identical(tmp_path, folder):
     args = ["mine", "--model", "demo", "--data", str(folder), "--batch-size", "4", "--flush-every", "1",
             "--workers", "0"]
@@ -93,7 +86,7 @@ def test_mine_killed_at_many_points_ends_identical(tmp_path, folder):
     rng = np.random.default_rng(7)
     kills = _kill_repeatedly(_cli(*args, "--out", str(out)), out, "images", list(rng.uniform(0, 1.5, 4)))
     assert kills >= 3
-    _assert_same_store(out, tmp_path / "ref.zarr")
+    assert_same_store(out, tmp_path / "ref.zarr")
 
 
 def test_visualize_killed_at_many_points_ends_identical(tmp_path, folder):
@@ -108,7 +101,7 @@ def test_visualize_killed_at_many_points_ends_identical(tmp_path, folder):
     rng = np.random.default_rng(11)
     kills = _kill_repeatedly(_cli("visualize", str(out), *args), out, "units", list(rng.uniform(0, 1.5, 4)))
     assert kills >= 3
-    _assert_same_store(out, ref)
+    assert_same_store(out, ref)
 
 
 def test_readers_open_a_run_while_it_is_written(tmp_path, folder):

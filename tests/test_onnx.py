@@ -11,7 +11,7 @@ import torch
 import sketchmine
 from sketchmine.data import ArrayDataset, export_image_folder, preset
 from sketchmine.errors import SketchmineError
-from tests.helpers import all_activations, brute_topk, store_arrays
+from tests.helpers import all_activations, brute_topk, assert_same_store
 from tests.test_cli import assert_clean_error, sm
 from tests.helpers import StopAfter
 from tests.test_miner import assert_same_topk
@@ -112,10 +112,7 @@ def test_onnx_resume_is_identical_to_uninterrupted(tmp_path, onnx_path, onnx_run
                         progress=StopAfter(160))
     assert sketchmine.open_run(out).images_done == 100
     sketchmine.mine(str(onnx_path), small_test_set, out=out, batch_size=50, flush_every=2)
-    got, want = store_arrays(out), store_arrays(onnx_run.path)
-    assert set(got) == set(want)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_store(out, onnx_run.path)
 
 
 def test_dynamo_export_names_layers_by_module(tmp_path, demo_model, small_test_set):

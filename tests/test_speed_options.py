@@ -165,14 +165,12 @@ def test_compile_without_a_cxx_compiler_is_a_clear_error(small_test_set, tmp_pat
 # ---- loader options (item 3b) -----------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning")  # pinned on a machine without CUDA: unused
 def test_loader_options_same_result(baseline, small_test_set, tmp_path):
-    from tests.helpers import store_arrays
+    from tests.helpers import assert_same_store
 
     ref = mine("demo", small_test_set, layers=LAYERS, out=tmp_path / "a.zarr", batch_size=64, num_workers=1)
     run = mine("demo", small_test_set, layers=LAYERS, out=tmp_path / "b.zarr", batch_size=64, num_workers=1,
                prefetch_factor=4, pin_memory=True)
-    got, want = store_arrays(run.path), store_arrays(ref.path)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_store(run.path, ref.path)
     with pytest.raises(SketchmineError, match="prefetch_factor"):
         mine("demo", small_test_set, layers=CONVS, out=tmp_path / "c.zarr", prefetch_factor=2)
 
@@ -182,7 +180,7 @@ def test_overlapped_flushes_write_on_a_thread_and_equal_synchronous(small_test_s
     import threading
 
     from sketchmine.store import RunStore
-    from tests.helpers import store_arrays
+    from tests.helpers import assert_same_store
 
     writers: set[str] = set()
     original = RunStore.write_checkpoint
@@ -198,10 +196,7 @@ def test_overlapped_flushes_write_on_a_thread_and_equal_synchronous(small_test_s
     writers.clear()
     run = mine("demo", small_test_set, out=tmp_path / "o.zarr", **kw)
     assert writers and all(name.startswith("sketchmine-flush") for name in writers)
-    got, want = store_arrays(run.path), store_arrays(sync.path)
-    assert set(got) == set(want)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_store(run.path, sync.path)
 
 
 def test_slow_overlapped_flushes_checkpoint_a_copy_and_resume_identical(small_test_set, tmp_path, monkeypatch):
@@ -210,7 +205,7 @@ def test_slow_overlapped_flushes_checkpoint_a_copy_and_resume_identical(small_te
     import time
 
     from sketchmine.store import RunStore
-    from tests.helpers import StopAfter, store_arrays
+    from tests.helpers import StopAfter, assert_same_store
 
     kw = dict(layers=LAYERS, batch_size=20, flush_every=2)
     ref = mine("demo", small_test_set, out=tmp_path / "ref.zarr", **kw)
@@ -229,17 +224,14 @@ def test_slow_overlapped_flushes_checkpoint_a_copy_and_resume_identical(small_te
     assert open_run(out).images_done == 160  # the flush in flight after batch 8 committed before mine raised
     monkeypatch.setattr(RunStore, "write_checkpoint", original)
     mine("demo", small_test_set, out=out, **kw)
-    got, want = store_arrays(out), store_arrays(ref.path)
-    assert set(got) == set(want)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_store(out, ref.path)
 
 
 def test_failed_background_flush_is_the_stores_clear_error_and_resumes(small_test_set, tmp_path, monkeypatch):
     import errno
 
     from sketchmine.store import RunStore, _io_errors
-    from tests.helpers import store_arrays
+    from tests.helpers import assert_same_store
 
     kw = dict(layers=LAYERS, batch_size=20, flush_every=1)
     ref = mine("demo", small_test_set, out=tmp_path / "ref.zarr", **kw)
@@ -261,6 +253,4 @@ def test_failed_background_flush_is_the_stores_clear_error_and_resumes(small_tes
     assert open_run(out).images_done == 40
     monkeypatch.setattr(RunStore, "write_rows", original)
     mine("demo", small_test_set, out=out, **kw)
-    got, want = store_arrays(out), store_arrays(ref.path)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_store(out, ref.path)
