@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from .errors import SketchmineError
 from .ops import crop_patches
-from .receptive_field import ReceptiveField, module_outputs
+from .receptive_field import ReceptiveField, module_outputs, trace
 from .taps import SOFTMAX, module_of, tapped_element, to_units
 
 METHODS = ("deconvnet", "guided", "gradient")
@@ -51,11 +51,7 @@ _RELU_FUNCS = {torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu_}
 
 def _with_rule(model: nn.Module, method: str) -> fx.GraphModule:
     """A traced copy of the graph (parameters shared) with every ReLU swapped for the rule."""
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as exc:
-        raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx for deconvolution: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    gm = trace(model, "for deconvolution")
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         is_relu = (node.op == "call_module" and isinstance(modules.get(node.target), nn.ReLU)) or \

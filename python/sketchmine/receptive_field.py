@@ -96,11 +96,7 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int],
     as folding the frames into the batch, leaves the field as it is). `channels`: the input's
     channels (default: the first conv's, else 3)."""
     h, w = _pair(input_size)
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as exc:
-        raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx to compute receptive fields: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    gm = trace(model, "to compute receptive fields")
     _propagate_shapes(gm, model, h, w, tuple(leading), channels)
     whole = _Field((0, 0), (0, 0), (h - 1, w - 1))
     fields: dict[fx.Node, _Field] = {}
@@ -174,6 +170,16 @@ def _field(f: _Field, h: int, w: int) -> ReceptiveField:
     if f.jump == (0, 0):
         return ReceptiveField((h, w), (0, 0), (0, 0))
     return ReceptiveField(tuple(f.hi[a] - f.lo[a] + 1 for a in range(2)), f.jump, f.lo)
+
+
+def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
+    """The model's torch.fx graph (sharing its parameters), or an error naming the model, what
+    the graph was for, and the tracer's first line."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:
+        raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx {purpose}: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
 def module_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
