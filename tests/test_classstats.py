@@ -11,7 +11,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sketchmine.classstats import RunningClassStats, unpack
+from sketchmine.classstats import RunningClassStats
+
+
+def unpack(arrays: dict[str, np.ndarray], layers: dict[str, int], num_classes: int) -> RunningClassStats:
+    """A fresh statistics object loaded from packed arrays."""
+    stats = RunningClassStats(layers, num_classes)
+    stats.load_packed(arrays)
+    return stats
 
 
 @st.composite
@@ -150,3 +157,31 @@ def test_checkpoints_of_the_dense_layout_resume_exactly(stream, cut):
     _assert_same(resumed, first)
     _feed(resumed, batches[cut:])
     _assert_same(resumed, whole)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_checkpoint_whose_statistics_do_not_fit_is_a_clear_error(tmp_path, small_test_set):
+    """Checksums pass (the slot is rewritten through the store) but the packed layout is not
+    this run's: resuming and reading the partial run both say so, naming the run."""
+    import sketchmine
+    from sketchmine.errors import SketchmineError
+    from sketchmine.store import RunStore
+    from tests.helpers import StopAfter
+
+    out = tmp_path / "run.zarr"
+    with pytest.raises(_Stop):
+        sketchmine.mine("demo", small_test_set, out=out, batch_size=40, flush_every=2,
+                        progress=StopAfter(5, calls=True, exc=_Stop))
+    store = RunStore.open(out, mode="r+")
+    layers = store.attrs["layer_names"]
+    states = store.read_checkpoint(layers)
+    packed = store.read_checkpoint_arrays(("class_sums", "class_counts"))
+    packed["class_sums"] = packed["class_sums"][:-1]
+    store.write_checkpoint(states, store.progress["images_done"], {}, arrays=packed)
+    with pytest.raises(SketchmineError, match=f"{out}: the class statistics in its checkpoint do not fit"):
+        sketchmine.open_run(out).class_stats("features.0")
+    with pytest.raises(SketchmineError, match="do not fit the run .*mine it again with a new --out"):
+        sketchmine.mine("demo", small_test_set, out=out, batch_size=40, flush_every=2)

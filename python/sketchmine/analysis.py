@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .classstats import num_classes_for, read_packed, unpack
+from .classstats import RunningClassStats, num_classes_for, restore
 from .errors import SketchmineError
 from .run import Run
 
@@ -81,11 +81,11 @@ def class_stats(run: Run, layer: str) -> tuple[np.ndarray, np.ndarray]:
 def _checkpoint_stats(run: Run):
     if run.complete:
         return None
-    saved = read_packed(run.store)
     k = num_classes_for(run.class_names, run.attrs.get("num_classes"))
-    if saved is None or k == 0:
+    if k == 0:
         return None
-    return unpack(saved, {l: run.layer_shape(l)[0] for l in run.layers}, k)
+    stats = RunningClassStats({l: run.layer_shape(l)[0] for l in run.layers}, k)
+    return stats if restore(run.store, stats) else None
 
 
 def selectivity(run: Run, layer: str) -> pd.Series:

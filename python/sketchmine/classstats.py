@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .errors import SketchmineError
+
 INK_THRESHOLD = 0.5
 """A pixel is ink when its gray value differs from the image's background by more than this
 (pixel values in [0, 1])."""
@@ -266,21 +268,22 @@ class RunningClassStats:
             return np.where(c > 0, s / np.maximum(c, 1), np.nan), c.copy()
 
 
-def unpack(arrays: dict[str, np.ndarray], layers: dict[str, int], num_classes: int) -> RunningClassStats:
-    """A CPU statistics object from a checkpoint's packed arrays (for reading partial runs)."""
-    st = RunningClassStats(layers, num_classes)
-    st.load_packed(arrays)
-    return st
-
-
 PACKED_KEYS = ("class_sums", "class_counts")
 DENSE_KEYS = ("class_sum", "class_count")  # checkpoints written before PACKED_KEYS
 
 
-def read_packed(store) -> dict[str, np.ndarray] | None:
-    """The packed statistics in the store's newest intact checkpoint, in either layout; None
-    when it has none."""
-    return store.read_checkpoint_arrays(PACKED_KEYS) or store.read_checkpoint_arrays(DENSE_KEYS)
+def restore(store, stats: RunningClassStats) -> bool:
+    """Load the statistics of the store's newest intact checkpoint (either layout) into `stats`;
+    False when it holds none. A layout that does not fit is the run's clear error."""
+    saved = store.read_checkpoint_arrays(PACKED_KEYS) or store.read_checkpoint_arrays(DENSE_KEYS)
+    if saved is None:
+        return False
+    try:
+        stats.load_packed(saved)
+    except ValueError as exc:
+        raise SketchmineError(f"{store.path}: the class statistics in its checkpoint do not fit the run ({exc}); "
+                              "mine it again with a new --out") from None
+    return True
 
 
 # ---- the miner's hook: start (or resume) and write ------------------------------------------
@@ -295,11 +298,8 @@ def start(store, layers: dict[str, int], class_names: Sequence[str], preprocessi
         return None
     pre = preprocessing
     stats = RunningClassStats(layers, k, device, getattr(pre, "mean", ()) or (), getattr(pre, "std", ()) or ())
-    if resumed:
-        saved = read_packed(store)
-        if saved is None:
-            return None
-        stats.load_packed(saved)
+    if resumed and not restore(store, stats):
+        return None
     return stats
 
 
