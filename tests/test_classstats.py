@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sketchmine.classstats import RunningClassStats
+from sketchmine.classstats import PACKED_KEYS, RunningClassStats
 
 
 def unpack(arrays: dict[str, np.ndarray], layers: dict[str, int], num_classes: int) -> RunningClassStats:
@@ -178,7 +178,7 @@ def test_a_checkpoint_whose_statistics_do_not_fit_is_a_clear_error(tmp_path, sma
     store = RunStore.open(out, mode="r+")
     layers = store.attrs["layer_names"]
     states = store.read_checkpoint(layers)
-    packed = store.read_checkpoint_arrays(("class_sums", "class_counts"))
+    packed = store.read_checkpoint_arrays(PACKED_KEYS)
     packed["class_sums"] = packed["class_sums"][:-1]
     store.write_checkpoint(states, store.progress["images_done"], {}, arrays=packed)
     with pytest.raises(SketchmineError, match=f"{out}: the class statistics in its checkpoint do not fit"):

@@ -228,8 +228,7 @@ class RunningClassStats:
             counts[:, cols] = torch.from_numpy(i[at:at + rows * c].reshape(rows, c))
             self._seen[:, self._index[n]] = counts[:, cols].amax(dim=1).to(self.device)
             at += rows * c
-        seen = torch.cat([self._seen[:, self._index[n]:self._index[n] + 1].cpu().expand(rows, c)
-                          for n, c in self.layers.items()], dim=1)
+        seen = torch.repeat_interleave(self._seen.cpu(), torch.tensor(list(self.layers.values())), dim=1)
         self._nan_cells = None
         if (seen != counts).any():
             self._nan_table().copy_(seen - counts)

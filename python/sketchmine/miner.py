@@ -114,19 +114,6 @@ def _first_readable(ds: MinerDataset, limit: int = 64) -> torch.Tensor:
     raise SketchmineError(f"none of the first {limit} images of the dataset can be read")
 
 
-def _compat(attrs: dict[str, Any], want: dict[str, Any]) -> list[str]:
-    """Which of the recorded run settings differ from this call's."""
-    diffs = []
-    checks = [("model", "model id"), ("weights_sha256", "model weights"), ("layer_names", "layers"),
-              ("k", "k"), ("dataset_fingerprint", "dataset"), ("preprocessing_key", "preprocessing")]
-    for key, label in checks:
-        if attrs.get(key) != want.get(key):
-            a, b = attrs.get(key), want.get(key)
-            show = (lambda v: (str(v)[:16] + "…") if isinstance(v, str) and len(v) > 20 else v)
-            diffs.append(f"{label} (run: {show(a)}, now: {show(b)})")
-    return diffs
-
-
 def _versions() -> dict[str, str]:
     import zarr
 
@@ -290,9 +277,16 @@ def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, batch_size:
 def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> None:
     """Refuse to resume a run mined with another model, weights, layers, k, dataset,
     preprocessing or logits setting, naming each difference."""
-    diffs = _compat(current.attrs, want)
-    if current.attrs.get("logits", True) != logits:
-        diffs.append(f"logits (run: {current.attrs.get('logits', True)}, now: {logits})")
+    attrs, diffs = current.attrs, []
+    checks = [("model", "model id"), ("weights_sha256", "model weights"), ("layer_names", "layers"),
+              ("k", "k"), ("dataset_fingerprint", "dataset"), ("preprocessing_key", "preprocessing")]
+    for key, label in checks:
+        if attrs.get(key) != want.get(key):
+            a, b = attrs.get(key), want.get(key)
+            show = (lambda v: (str(v)[:16] + "…") if isinstance(v, str) and len(v) > 20 else v)
+            diffs.append(f"{label} (run: {show(a)}, now: {show(b)})")
+    if attrs.get("logits", True) != logits:
+        diffs.append(f"logits (run: {attrs.get('logits', True)}, now: {logits})")
     if diffs:
         raise SketchmineError(f"cannot resume {current.path}: it was mined with a different " + "; ".join(diffs)
                               + ". Use another --out for a new run")
