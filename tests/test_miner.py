@@ -118,16 +118,15 @@ def test_resume_with_other_settings_is_refused(tmp_path, demo_model, small_test_
     del other
 
 
-def test_k_larger_than_images_leaves_empty_slots(tmp_path, demo_model, small_test_set):
+def test_k_larger_than_images_is_clamped_to_the_dataset(tmp_path, demo_model, small_test_set):
     from sketchmine.data import ArrayDataset
 
     ds = small_test_set
     tiny = ArrayDataset(ds.images[:5], ds.labels()[:5], ds.class_names, ds.preprocessing, ds.describe())
     run = sketchmine.mine(demo_model.module, tiny, out=tmp_path / "r.zarr", k=8, batch_size=2)
     values, index, yx = run.topk("features.3")
-    assert (index[:, :5] >= 0).all() and (index[:, 5:] == -1).all()
-    assert np.isneginf(values[:, 5:]).all() and (yx[:, 5:] == -1).all()
-    assert sorted(index[0, :5].tolist()) == [0, 1, 2, 3, 4]
+    assert run.k == 5 and index.shape[1] == 5 and (index >= 0).all() and np.isfinite(values).all()
+    assert sorted(index[0].tolist()) == [0, 1, 2, 3, 4]
 
 
 def test_unknown_layer_lists_closest(tmp_path, demo_model, small_test_set):

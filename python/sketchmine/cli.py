@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="torchvision name, 'sketchnet'/'sketchresnet'/'sketchgru' (with --weights), 'demo', "
                         "'demo-resnet', 'demo-gru', a checkpoint path, or an .onnx file (ONNX Runtime)")
     m.add_argument("--weights", help="state_dict file for a named model (loaded with weights_only=True)")
+    m.add_argument("--seed", type=int, default=0,
+                   help="initialisation seed of a model named without --weights (recorded; default 0)")
     m.add_argument("--data", required=True, help="ImageFolder directory: DIR/<class>/<image>")
     m.add_argument("--out", required=True, help="run directory (Zarr); an unfinished one is resumed")
     m.add_argument("--layers", nargs="+", help="qualified module names (default: every conv, linear, softmax)")
@@ -130,7 +132,8 @@ def _mine(args: argparse.Namespace, console: Console) -> None:
                    skip_bad_images=args.skip_bad_images, progress=bar, logits=not args.no_logits,
                    channels_last=args.channels_last, autocast=args.autocast, compile=args.compile,
                    prefetch_factor=args.prefetch_factor, pin_memory=args.pin_memory,
-                   overlap_flushes=not args.no_overlap_flushes, steps=args.steps, ink=args.ink)
+                   overlap_flushes=not args.no_overlap_flushes, steps=args.steps, ink=args.ink,
+                   seed=args.seed)
     finally:
         bar.stop()
         rank = distributed.rank()

@@ -95,15 +95,17 @@ class _Pending:
         return None if self._logits is None else self._logits[:self.rows].float().cpu().numpy()
 
 
-def _model_spec(model: nn.Module | str, weights: str | os.PathLike | None) -> dict[str, Any]:
+def _model_spec(model: nn.Module | str, weights: str | os.PathLike | None, seed: int | None = None) -> dict[str, Any]:
     """How a later pass (visualize, importance) can load the model again: the spec string
-    and weights file as absolute paths, or None for an in-memory module (it must be passed)."""
+    and weights file as absolute paths, or None for an in-memory module (it must be passed);
+    the seed of a randomly initialised model."""
     if isinstance(model, nn.Module):
         return {"spec": None, "weights": None}
     spec = str(model)
     if Path(spec).exists():
         spec = str(Path(spec).resolve())
-    return {"spec": spec, "weights": str(Path(weights).resolve()) if weights else None}
+    record = {"spec": spec, "weights": str(Path(weights).resolve()) if weights else None}
+    return record if seed is None else {**record, "seed": int(seed)}
 
 
 def _first_readable(ds: MinerDataset, limit: int = 64) -> torch.Tensor:
@@ -157,6 +159,7 @@ def mine(
     overlap_flushes: bool = True,
     steps: int | None = None,
     ink: str = "auto",
+    seed: int = 0,
 ) -> Run:
     """Stream `dataset` through `model` once and keep the top-k images of every unit.
 
@@ -178,14 +181,17 @@ def mine(
     drawing of T frames (sequences.py; `ink` says which pixels are ink: "light" on black,
     "dark" on white, or "auto" per image); None takes the steps a model was trained with
     when it records them (the embedded 'demo-gru'), else single images.
+    seed: how a model named without weights (a torchvision name, 'sketchnet') is initialised,
+    recorded in the run so later passes rebuild the same random weights.
+    k larger than the dataset is clamped to its size (said once).
     """
-    if k < 1:
-        raise SketchmineError(f"k must be at least 1, got {k}")
-    if batch_size < 1:
-        raise SketchmineError(f"batch size must be at least 1, got {batch_size}")
-    team, device = distributed.team(torch.device(device))  # one process unless torch.distributed says otherwise
+    _check_counts(k=k, batch_size=batch_size, flush_every=flush_every, num_workers=num_workers)
+    team, device = distributed.team(_device(device))  # one process unless torch.distributed says otherwise
     progress = team.progress(progress or Silent())
-    loaded = load_model(model, weights)
+    loaded = load_model(model, weights, seed=seed)
+    if loaded.random_init:
+        progress.note(f"{loaded.model_id} has random weights (initialised from seed {seed}; no --weights given): "
+                      "its units show what an untrained network responds to")
     net, model_id = loaded.module, loaded.model_id
     forward = as_forward(net)
     if isinstance(preprocessing, str):
@@ -193,6 +199,9 @@ def mine(
     ds = _as_sequences(as_miner_dataset(dataset, preprocessing), loaded, steps, ink)
     if len(ds) == 0:
         raise SketchmineError("the dataset is empty")
+    if k > len(ds):
+        progress.note(f"k={k} is more than the {len(ds)} images of the dataset: keeping k={len(ds)}")
+        k = len(ds)
     names = forward.resolve_layers(layers)
     if not logits and layers is None:  # the default layers without the virtual softmax (it needs the logits)
         names = [n for n in names if n != SOFTMAX]
@@ -210,6 +219,7 @@ def mine(
         "k": k,
         "dataset_fingerprint": ds.fingerprint(),
         "preprocessing_key": None if pre is None else f"{pre.preset}/{pre.channels}/{pre.size}",
+        "forward_options": _forward_options(speed),
     }
     team.check_same(want)
     forward.to(device)
@@ -226,11 +236,17 @@ def mine(
     lock = RunLock(out)
 
     def open_store() -> RunStore:
-        """Rank 0's store, locked: an existing run checked against this call, or a new one."""
-        if store is not None:
-            lock.acquire()  # then read the run afresh: a writer that held the lock may have moved it on
+        """Rank 0's store, locked before the run is read or created: an existing run checked
+        against this call, or a new one (laid out aside and renamed into place, see
+        RunStore.create). A second `mine` started at once on the same --out is refused while
+        this one holds the lock, and finds the run whole afterwards."""
+        lock.acquire()
+        if is_run(out):  # read afresh under the lock: another writer may have created it or moved it on
             current = RunStore.open(out, mode="r+")
             _check_resumable(current, want, logits)
+            recorded = current.attrs.get("preprocessing") or {}
+            if store is None and pre is not None and pre.preset == "dataset" and recorded.get("mean"):
+                pre.mean, pre.std = tuple(recorded["mean"]), tuple(recorded["std"])  # created meanwhile
             # a crash can lose the newest writes: start before them (a complete run has no checkpoint left)
             damaged = None if current.progress.get("complete") else current.resume_from_intact()
             if damaged:
@@ -239,17 +255,16 @@ def mine(
         fields = forward.fields(tuple(first.shape), progress) if first.ndim >= 3 else {}
         labels = ds.labels()
         attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
-                 "model_spec": _model_spec(model, weights),
+                 "model_spec": _model_spec(model, weights, seed if loaded.random_init else None),
                  "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
                  "versions": _versions(), "bad_images": []}
         if not logits:  # recorded only when set, so default runs keep their attributes
             attrs["logits"] = False
-        created = RunStore.create(out, attrs, len(ds), ds.class_names, ds.path, labels,
-                                  row_chunk=batch_size * flush_every)  # a flush writes whole new chunks
-        created.declare_layers({l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
-                                         "receptive_field": fields.get(l.name, fields.get("*"))} for l in spec})
-        lock.acquire()
-        return created
+        return RunStore.create(out, attrs, len(ds), ds.class_names, ds.path, labels,
+                               row_chunk=batch_size * flush_every,  # a flush writes whole new chunks
+                               layers={l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
+                                                "receptive_field": fields.get(l.name, fields.get("*"))}
+                                       for l in spec})
 
     try:
         run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
@@ -280,9 +295,14 @@ def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> N
     attrs, diffs = current.attrs, []
     checks = [("model", "model id"), ("weights_sha256", "model weights"), ("layer_names", "layers"),
               ("k", "k"), ("dataset_fingerprint", "dataset"), ("preprocessing_key", "preprocessing")]
+    # runs that predate the record of forward options were mined with the plain forward
+    options = attrs.get("forward_options") or _forward_options(_Speed())
+    checks += [(f"forward_options.{o}", f"forward option {o}") for o in want["forward_options"]]
+    attrs = {**attrs, **{f"forward_options.{o}": v for o, v in options.items()}}
+    want = {**want, **{f"forward_options.{o}": v for o, v in want["forward_options"].items()}}
     for key, label in checks:
-        if attrs.get(key) != want.get(key):
-            a, b = attrs.get(key), want.get(key)
+        a, b = attrs.get(key), want.get(key)
+        if a != b:
             show = (lambda v: (str(v)[:16] + "…") if isinstance(v, str) and len(v) > 20 else v)
             diffs.append(f"{label} (run: {show(a)}, now: {show(b)})")
     if attrs.get("logits", True) != logits:
@@ -406,6 +426,43 @@ class _Speed:
     prefetch_factor: int | None = None  # DataLoader's own default when None
     pin_memory: bool | None = None  # None: pinned when mining on CUDA
     overlap_flushes: bool = True
+
+
+def _forward_options(speed: _Speed) -> dict[str, Any]:
+    """The speed options that change the activations (so a resume must keep them): the
+    loader and flush options do not."""
+    dtype = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(speed.autocast) if speed.autocast else None
+    return {"autocast": dtype, "channels_last": bool(speed.channels_last), "compile": bool(speed.compile)}
+
+
+_FLAGS = {"k": "-k", "batch_size": "--batch-size", "flush_every": "--flush-every", "num_workers": "--workers"}
+
+
+def _check_counts(**counts: int) -> None:
+    """Counts that must be positive (k, batch_size, flush_every) or non-negative (num_workers)."""
+    for name, value in counts.items():
+        low = 0 if name == "num_workers" else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise SketchmineError(f"{name} ({_FLAGS[name]}) must be an integer >= {low}, got {value!r}")
+
+
+def _device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device that this machine has, else a clear error."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise SketchmineError(f"unknown device {device!r} ({' '.join(str(exc).split())[:80]}); "
+                              "expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SketchmineError(f"device {device!r} asked for, but this machine has no CUDA GPU that torch can "
+                                  "use; pass --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SketchmineError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} "
+                                  "CUDA device(s)")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise SketchmineError(f"device {device!r} is not supported; expected cpu or cuda[:N]")
+    return dev
 
 
 _AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}

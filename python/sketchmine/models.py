@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import Preprocessing, preset
+from .data import Preprocessing, as_size, preset
 from .errors import SketchmineError, closest
 
 
@@ -82,9 +82,17 @@ def _num_classes(state_dict: dict[str, torch.Tensor]) -> int | None:
     return int(mats[-1].shape[0]) if mats else None
 
 
-def build(arch: str, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
+def build(arch: str, num_classes: int | None = None, in_channels: int | None = None, seed: int = 0) -> nn.Module:
     """A randomly initialised model by name: one of this package's architectures (zoo.ARCHS:
-    sketchnet, sketchresnet, sketchgru) or any torchvision model."""
+    sketchnet, sketchresnet, sketchgru) or any torchvision model. Initialised from `seed`
+    (without touching the caller's random state) so a run of an untrained model can be
+    resumed, visualized and ablated: the same seed rebuilds the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(arch, num_classes, in_channels)
+
+
+def _build(arch: str, num_classes: int | None, in_channels: int | None) -> nn.Module:
     import torchvision
 
     from . import zoo
@@ -117,14 +125,15 @@ class LoadedModel:
     model_id: str
     preprocessing: dict[str, Any] | None = None
     sequence: dict[str, Any] | None = None
+    random_init: bool = False  # built by name without weights (initialised from a seed)
 
 
-def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> LoadedModel:
+def load_model(spec: str | nn.Module, weights: str | Path | None = None, seed: int = 0) -> LoadedModel:
     """Resolve a model spec.
 
     spec: an nn.Module; 'demo' (the embedded trained SketchNet), 'demo-resnet' (SketchResNet),
     'demo-gru' (CNN + GRU over progressive drawings); a torchvision name or
-    'sketchnet' (random init unless `weights`); or a checkpoint file {'arch', 'state_dict'}.
+    'sketchnet' (random init from `seed` unless `weights`); or a checkpoint file {'arch', 'state_dict'}.
     """
     if isinstance(spec, nn.Module):
         return LoadedModel(spec.eval(), type(spec).__name__)
@@ -149,14 +158,14 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None) -> Load
         ckpt = {**_sidecar(Path(weights)), **_load_state_dict(Path(weights))} if weights else {}
         state = ckpt.get("state_dict")
     pre, seq = ckpt.get("preprocessing"), ckpt.get("sequence")
-    model = build(str(spec), _num_classes(state) if state else None, _in_channels(state) if state else None)
+    model = build(str(spec), _num_classes(state) if state else None, _in_channels(state) if state else None, seed)
     if state is not None:
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise SketchmineError(f"weights do not fit {spec}: {str(exc).splitlines()[0]}") from None
     return LoadedModel(model.eval(), str(spec), pre if isinstance(pre, dict) else None,
-                       seq if isinstance(seq, dict) else None)
+                       seq if isinstance(seq, dict) else None, random_init=state is None)
 
 
 def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
@@ -164,11 +173,11 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
     """The input preset `mine` uses for `model` (a spec as `load_model` takes, or a loaded one):
     "auto" takes the model's recorded normalisation (embedded models, checkpoints that record
     one), else ImageNet's; "model" requires a recorded one; "imagenet", "dataset", "none" as
-    `data.preset`. Build datasets for a model with it, e.g. `animal_shape("test", preprocessing_for("demo"))`."""
+    `data.preset`. image_size: an int S (S×S), (H, W) or (C, H, W) whose C must be the model's
+    input channels (`data.as_size`). Build datasets for a model with it, e.g. `animal_shape("test", preprocessing_for("demo"))`."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    size = (image_size, image_size) if isinstance(image_size, int) else image_size
-    size = tuple(size) if size else None
     channels = input_channels(loaded.module)
+    size = None if image_size is None else as_size(image_size, "image_size", channels)
     if name in ("auto", "model") and loaded.preprocessing:
         p = loaded.preprocessing
         return Preprocessing("model", channels, size, tuple(p["mean"]), tuple(p["std"]))

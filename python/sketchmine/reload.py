@@ -24,14 +24,16 @@ def run_model(run: Run, model: nn.Module | str | None = None, weights: str | os.
     """The run's model: `model` when given, else the recorded spec; its weights must hash
     to the run's `weights_sha256`."""
     attrs = run.attrs
+    recorded = attrs.get("model_spec") or {}
     if model is None:
-        spec = (attrs.get("model_spec") or {}).get("spec")
+        spec = recorded.get("spec")
         if spec is None:
             raise SketchmineError(f"run {run.path} was mined from an in-memory model ({attrs.get('model')}); "
                                   "pass the same model (model=...)")
-        weights = weights or (attrs.get("model_spec") or {}).get("weights")
+        weights = weights or recorded.get("weights")
         model = spec
-    loaded = load_model(model, weights)
+    seed = recorded.get("seed")
+    loaded = load_model(model, weights, seed=seed if isinstance(seed, int) else 0)
     if weights_hash(loaded.module) != attrs.get("weights_sha256"):
         raise SketchmineError(f"the model's weights differ from those run {run.path} was mined with "
                               f"(sha256 {str(attrs.get('weights_sha256'))[:12]}…); pass the same model")
@@ -57,7 +59,7 @@ def run_dataset(run: Run, data: Any = None) -> MinerDataset:
     desc = dict(run.attrs.get("dataset") or {})
     pre = run_preprocessing(run) or Preprocessing("none")
     if data is not None and not isinstance(data, (str, os.PathLike)):
-        ds = as_miner_dataset(data, pre)
+        ds = as_miner_dataset(data, run_preprocessing(run))  # the recorded one (None: tensors as they were)
         _check_fingerprint(run, ds)
         return ds
     from .sequences import reopen

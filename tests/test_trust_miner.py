@@ -1,0 +1,125 @@
+"""Issue 14, the miner's own cases: what changes results is in the resume check (5), k is
+clamped to the dataset (14), a random-init model is seeded and reloadable (15), and the
+counts and device are refused with one clear error before anything is read."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sketchmine
+from sketchmine.errors import SketchmineError
+from tests.helpers import StopAfter, assert_same_store, per_class_subset
+
+
+@pytest.fixture(scope="module")
+def tiny_set(small_test_set):
+    """40 real test images, 4 per class."""
+    return per_class_subset(small_test_set, 4, "0:40")
+
+
+def _interrupted(model, ds, out, **options):
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(model, ds, out=out, batch_size=8, flush_every=1, progress=StopAfter(16), **options)
+    assert not sketchmine.open_run(out).complete
+
+
+@pytest.mark.parametrize("first, then, what", [
+    ({}, {"autocast": "bf16"}, r"forward option autocast \(run: None, now: bf16\)"),
+    ({"autocast": "bf16"}, {}, r"forward option autocast \(run: bf16, now: None\)"),
+    ({}, {"channels_last": True}, r"forward option channels_last \(run: False, now: True\)"),
+])
+def test_resume_with_other_forward_options_is_refused(tmp_path, demo_model, tiny_set, first, then, what):
+    """Case 5: `--autocast bf16` added on resume was accepted and not recorded (33 arrays
+    differed from a clean run); now it is part of the resume check and of the run."""
+    out = tmp_path / "run.zarr"
+    _interrupted(demo_model.module, tiny_set, out, **first)
+    with pytest.raises(SketchmineError, match="forward option") as info:
+        sketchmine.mine(demo_model.module, tiny_set, out=out, batch_size=8, **then)
+    assert __import__("re").search(what, str(info.value)), str(info.value)
+    recorded = sketchmine.open_run(out).attrs["forward_options"]
+    assert recorded["autocast"] == first.get("autocast")
+    # the same options resume and end identical to an uninterrupted run with them
+    run = sketchmine.mine(demo_model.module, tiny_set, out=out, batch_size=8, flush_every=1, **first)
+    clean = sketchmine.mine(demo_model.module, tiny_set, out=tmp_path / "clean.zarr", batch_size=8, **first)
+    assert run.complete
+    assert_same_store(out, clean.path)
+
+
+def test_run_without_forward_options_record_resumes_as_plain(tmp_path, demo_model, tiny_set):
+    """A run written before the record existed was mined with the plain forward: it resumes
+    with the plain options and refuses others."""
+    out = tmp_path / "run.zarr"
+    _interrupted(demo_model.module, tiny_set, out)
+    import zarr
+
+    group = zarr.open_group(str(out), mode="r+")
+    attrs = dict(group.attrs)
+    del attrs["forward_options"]
+    group.attrs.put(attrs)
+    with pytest.raises(SketchmineError, match="forward option"):
+        sketchmine.mine(demo_model.module, tiny_set, out=out, batch_size=8, autocast="bf16")
+    assert sketchmine.mine(demo_model.module, tiny_set, out=out, batch_size=8).complete
+
+
+def test_k_larger_than_the_dataset_is_clamped_and_said(tmp_path, demo_model, tiny_set):
+    """Case 14: -k 100000 on 200 images allocated (C, 100000) per layer (4.8 GB for the demo)."""
+    notes = StopAfter(10**9)
+    run = sketchmine.mine(demo_model.module, tiny_set, out=tmp_path / "r.zarr", k=100000, batch_size=16,
+                          progress=notes)
+    assert run.k == len(tiny_set) == 40
+    values, index, _ = run.topk("features.0")
+    assert values.shape == (16, 40)
+    assert sorted(index[0].tolist()) == list(range(40))  # every image, each once
+    assert sum("k=100000" in n and "k=40" in n for n in notes.notes) == 1
+
+
+def test_random_init_model_is_seeded_recorded_and_reloadable(tmp_path, tiny_set):
+    """Case 15: a run of a randomly initialised model could never be resumed, visualized or
+    ablated ("different model weights"). Now the seed is recorded and honoured."""
+    from sketchmine.models import load_model, weights_hash
+    from sketchmine.reload import run_model
+
+    a, b, c = load_model("sketchnet"), load_model("sketchnet"), load_model("sketchnet", seed=1)
+    assert a.random_init and weights_hash(a.module) == weights_hash(b.module) != weights_hash(c.module)
+    before = torch.random.get_rng_state()
+    load_model("sketchnet", seed=5)
+    assert torch.equal(before, torch.random.get_rng_state())  # the caller's random state is untouched
+    out = tmp_path / "r.zarr"
+    notes = StopAfter(16)
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine("sketchnet", tiny_set, out=out, batch_size=8, flush_every=1, progress=notes, seed=3)
+    assert any("random weights" in n and "seed 3" in n for n in notes.notes)
+    run = sketchmine.mine("sketchnet", tiny_set, out=out, batch_size=8, seed=3)  # resumes
+    assert run.complete and run.attrs["model_spec"]["seed"] == 3
+    assert weights_hash(run_model(run).module) == run.attrs["weights_sha256"]
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine("sketchnet", tiny_set, out=tmp_path / "other.zarr", batch_size=8, flush_every=1, seed=4,
+                        progress=StopAfter(16))
+    with pytest.raises(SketchmineError, match="model weights"):  # another seed is another model
+        sketchmine.mine("sketchnet", tiny_set, out=tmp_path / "other.zarr", batch_size=8, seed=3)
+    # trained weights record no seed
+    assert "seed" not in sketchmine.mine("demo", tiny_set, out=tmp_path / "d.zarr").attrs["model_spec"]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("flush_every", 0, r"flush_every \(--flush-every\) must be an integer >= 1, got 0"),
+    ("flush_every", -1, r"flush_every \(--flush-every\) must be an integer >= 1, got -1"),
+    ("num_workers", -1, r"num_workers \(--workers\) must be an integer >= 0, got -1"),
+    ("batch_size", 0, r"batch_size \(--batch-size\) must be an integer >= 1"),
+    ("k", 0, r"k \(-k\) must be an integer >= 1"),
+    ("device", "banana", r"unknown device 'banana'"),
+])
+def test_bad_counts_and_devices_are_refused_before_anything_is_written(tmp_path, demo_model, tiny_set,
+                                                                      option, value, message):
+    """Case 12 (the API side): these were tracebacks, or a loop that never flushed."""
+    out = tmp_path / "r.zarr"
+    with pytest.raises(SketchmineError, match=message):
+        sketchmine.mine(demo_model.module, tiny_set, out=out, **{option: value})
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused(tmp_path, demo_model, tiny_set):
+    with pytest.raises(SketchmineError, match="no CUDA GPU"):
+        sketchmine.mine(demo_model.module, tiny_set, out=tmp_path / "r.zarr", device="cuda")
+    assert not (tmp_path / "r.zarr").exists()
