@@ -36,7 +36,8 @@ from .topk import RunningTopK
 T = TypeVar("T")
 _OWNED = False  # True when sketchmine initialised the process group itself (torchrun env)
 _CHECKS = {"dataset_fingerprint": "dataset", "model": "model", "weights_sha256": "model weights",
-           "layer_names": "layers", "k": "k", "preprocessing_key": "preprocessing"}
+           "layer_names": "layers", "k": "k", "preprocessing_key": "preprocessing",
+           "forward_options": "forward options"}
 
 
 class Solo:
