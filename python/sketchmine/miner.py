@@ -8,6 +8,7 @@ pass was cut, nor on batch size).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +24,8 @@ from torch.utils.data import DataLoader, Subset
 
 from . import __version__
 from . import classstats, distributed, sequences
-from .data import ArrayDataset, ImageFolderDataset, MinerDataset, Preprocessing, as_miner_dataset, collate, compute_mean_std
+from .data import (ArrayDataset, ImageFolderDataset, MinerDataset, Preprocessing, as_miner_dataset, as_size, collate,
+                   compute_mean_std)
 from .errors import SketchmineError
 from .forward import Forward, Layer, TorchForward, as_forward, probe
 from .models import LoadedModel, load_model, preprocessing_for
@@ -108,6 +110,21 @@ def _model_spec(model: nn.Module | str, weights: str | os.PathLike | None, seed:
     return record if seed is None else {**record, "seed": int(seed)}
 
 
+def _resolve_preprocessing(loaded: LoadedModel, preprocessing: str | Preprocessing,
+                           image_size: Any) -> tuple[Preprocessing, bool]:
+    """`mine`'s preprocessing= and image_size= as one Preprocessing, and whether its preset was
+    chosen (anything but "auto"); see `data.as_miner_dataset` for how every dataset kind takes it."""
+    if isinstance(preprocessing, str):
+        return preprocessing_for(loaded, preprocessing, image_size), preprocessing != "auto"
+    if image_size is not None:
+        size = as_size(image_size, "image_size", preprocessing.channels)
+        if preprocessing.size is not None and tuple(preprocessing.size) != size:
+            raise SketchmineError(f"image_size {size} conflicts with the size {tuple(preprocessing.size)} of the "
+                                  "Preprocessing passed; give one of them")
+        preprocessing = dataclasses.replace(preprocessing, size=size)
+    return preprocessing, True
+
+
 def _first_readable(ds: MinerDataset, limit: int = 64) -> torch.Tensor:
     for i in range(min(len(ds), limit)):
         _, x, _, note = ds[i]
@@ -145,7 +162,7 @@ def mine(
     *,
     weights: str | os.PathLike | None = None,
     preprocessing: str | Preprocessing = "auto",
-    image_size: int | tuple[int, int] | None = None,
+    image_size: int | tuple[int, ...] | None = None,
     num_workers: int = 0,
     flush_every: int = 50,
     skip_bad_images: bool = False,
@@ -165,6 +182,15 @@ def mine(
 
     model: nn.Module, torchvision name, 'demo', checkpoint path, or .onnx file (ONNX Runtime).
     dataset: torch Dataset of (image, label), an ImageFolder directory, or a sketchmine dataset.
+    preprocessing ("auto": the model's recorded normalisation, else ImageNet's; "model",
+    "imagenet", "dataset", "none", or a Preprocessing) and image_size (int, (H, W) or (C, H, W))
+    resolve to one Preprocessing, which is what the model sees and what the run records, for
+    every dataset kind (data.as_miner_dataset): a folder is read with it; a sketchmine dataset
+    built without one (animal_shape()) takes it; one built with its own keeps it, and a chosen
+    preset or size that differs is an error; a torch Dataset's tensors are used as they are
+    under "auto" (resized when image_size is given), and a chosen preset is applied to them as
+    pixels in [0, 1] (data.TorchDataset). The model's output count must equal the dataset's
+    class count (unless logits=False or the dataset names no classes).
     layers: qualified module names (None = every conv, linear and softmax). Re-running on an
     unfinished `out` resumes. Under torch.distributed (or torchrun) each rank mines a shard and
     rank 0 writes the store (see distributed.py).
@@ -194,9 +220,11 @@ def mine(
                       "its units show what an untrained network responds to")
     net, model_id = loaded.module, loaded.model_id
     forward = as_forward(net)
-    if isinstance(preprocessing, str):
-        preprocessing = preprocessing_for(loaded, preprocessing, image_size)
-    ds = _as_sequences(as_miner_dataset(dataset, preprocessing), loaded, steps, ink)
+    preprocessing, chosen = _resolve_preprocessing(loaded, preprocessing, image_size)
+    ds = _as_sequences(as_miner_dataset(dataset, preprocessing, chosen=chosen), loaded, steps, ink)
+    skipped = getattr(getattr(ds, "base", ds), "skipped_note", None)
+    if skipped is not None and skipped():
+        progress.note(skipped())
     if len(ds) == 0:
         raise SketchmineError("the dataset is empty")
     if k > len(ds):
@@ -229,6 +257,11 @@ def mine(
         forward.compile = True
     first = _first_readable(ds)
     spec, num_classes = probe(forward, names, first[None].to(device))
+    if logits and num_classes is not None and ds.class_names and num_classes != len(ds.class_names):
+        raise SketchmineError(f"the model has {num_classes} outputs but the dataset has {len(ds.class_names)} classes "
+                              f"({', '.join(ds.class_names[:5])}{', …' if len(ds.class_names) > 5 else ''}): its "
+                              "predictions would be scored against other labels. Pass the model trained on these "
+                              "classes, or logits=False (--no-logits) to mine the layers without predictions")
     if not logits:
         forward.stop_after = forward.order[-1]
         num_classes = None

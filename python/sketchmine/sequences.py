@@ -139,6 +139,14 @@ class SequenceDataset(MinerDataset):
         self.class_names = base.class_names
         self.preprocessing = base.preprocessing
 
+    @property
+    def preprocessing_explicit(self) -> bool:  # type: ignore[override]
+        return self.base.preprocessing_explicit
+
+    def with_preprocessing(self, preprocessing: Any) -> SequenceDataset:
+        """The same drawings over the base dataset under another preprocessing."""
+        return SequenceDataset(self.base.with_preprocessing(preprocessing), self.steps, self.ink)
+
     def __len__(self) -> int:
         return len(self.base)
 
