@@ -52,21 +52,37 @@ def is_run(path: Path) -> bool:
 
 
 class RunLock:
-    """Exclusive writer lock (flock on run.zarr/.lock): released by the OS if the holder dies."""
+    """Exclusive writer lock on a run: flock on `.<name>.lock`, a file beside the run folder,
+    released by the OS if the holder dies.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path / ".lock"
+    Beside, not inside: the lock is taken before the run folder exists, so it covers the run's
+    creation (two `mine` started at once on a fresh --out: one creates, the other is refused)
+    as well as every later write. The file stays (removing a lock file races with a process
+    about to lock it). Where the folder above an existing run is not writable, the lock is
+    `run/.lock` inside it, as sketchmine before 14 did (a run cannot be created there anyway)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        run = Path(path).resolve()
+        self.run = run
+        self.path = run.parent / f".{run.name}.lock"
+        if not os.access(run.parent, os.W_OK) and run.is_dir():
+            self.path = run / ".lock"
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SketchmineError(f"cannot lock {self.run} for writing ({self.path}: {exc.strerror or exc}); "
+                                  "make its folder writable") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
             self._fd = None
             raise SketchmineError(
-                f"{self.path.parent} is being written by another process; wait for it or stop it first"
+                f"{self.run} is being written by another process; wait for it or stop it first"
             ) from None
 
     def release(self) -> None:
@@ -74,6 +90,29 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+_CREATING = "creating"
+_MARKER = ".sketchmine-creating"
+
+
+def _staging(path: Path) -> Path:
+    """The sibling folder a new run is laid out in before it is renamed into place."""
+    return path.parent / f".{path.name}.{_CREATING}-{os.getpid()}"
+
+
+def _remove_stale_staging(path: Path) -> list[Path]:
+    """Remove the staging folders of creations of `path` that died (the caller holds the run's
+    lock, so no live process is creating it): only folders named as `_staging` names them that
+    carry our marker file, or are still empty. Returns what was removed."""
+    import shutil
+
+    removed = []
+    for q in path.parent.glob(f".{path.name}.{_CREATING}-*"):
+        if q.is_dir() and not q.is_symlink() and ((q / _MARKER).is_file() or not any(q.iterdir())):
+            shutil.rmtree(q)
+            removed.append(q)
+    return removed
 
 
 def _io_errors(method: Callable) -> Callable:
@@ -131,24 +170,50 @@ class RunStore:
 
     @classmethod
     def create(cls, path: str | os.PathLike, attrs: dict[str, Any], n_images: int, class_names: list[str],
-               path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None = None) -> RunStore:
-        """Lay out a new run: dataset arrays, empty eval arrays, root attributes.
+               path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None = None,
+               layers: dict[str, dict[str, Any]] | None = None) -> RunStore:
+        """Lay out a new run: dataset arrays, empty eval arrays, the layers' groups (`layers`,
+        see declare_layers), root attributes. The caller holds the run's RunLock.
+
+        Atomic: the run is laid out in a sibling folder `.<name>.creating-<pid>` (marked as
+        ours) and renamed into place when whole, so `path` is either absent (or the empty
+        folder it was) or a whole new run; a creation that died (disk full, killed) leaves only
+        that folder, which the next creation removes.
 
         row_chunk: rows per chunk of the per-image arrays; the miner passes the rows of one
         flush, so each flush writes new chunk files and never rewrites an older one (a power
         cut can then only damage the newest flush, which resume detects and redoes)."""
+        import shutil
+
         p = Path(path)
-        if p.exists() and any(p.iterdir()) and not is_run(p):
-            raise SketchmineError(f"{p} exists and is not a sketchmine run; choose another --out or remove it")
+        if p.exists() and (not p.is_dir() or any(p.iterdir())):
+            what = "is a sketchmine run" if is_run(p) else "exists and is not a sketchmine run"
+            raise SketchmineError(f"{p} {what}; choose another --out or remove it")
         _check_writable(p)
+        tmp = _staging(p)
         try:
-            group = zarr.open_group(str(p), mode="w")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_staging(p)
+            tmp.mkdir()
+            (tmp / _MARKER).write_text(f"a sketchmine run being created at {p.name} by process {os.getpid()}; "
+                                       "the next `sketchmine mine` on it removes this folder if that process died\n")
+            group = zarr.open_group(str(tmp), mode="a")  # "w" would clear the folder, marker included
+            cls._layout(tmp, group, attrs, n_images, class_names, path_of, labels, row_chunk)
+            if layers:
+                cls(tmp, group).declare_layers(layers)
+            if p.exists():
+                p.rmdir()  # empty (checked above): the rename takes its place
+            os.rename(tmp, p)
+            (p / _MARKER).unlink()
         except OSError as exc:
+            if tmp.exists() and (tmp / _MARKER).is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
             raise SketchmineError(f"cannot write the run to {p}: {exc.strerror or exc}") from None
-        try:
-            return cls._layout(p, group, attrs, n_images, class_names, path_of, labels, row_chunk)
-        except OSError as exc:
-            raise SketchmineError(f"cannot write the run to {p}: {exc.strerror or exc}") from None
+        except BaseException:
+            if tmp.exists() and (tmp / _MARKER).is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(p, zarr.open_group(str(p), mode="r+"))
 
     @classmethod
     def _layout(cls, p: Path, group: zarr.Group, attrs: dict[str, Any], n_images: int, class_names: list[str],

@@ -1,0 +1,109 @@
+"""No silent wrong answers from the run store (issue 14): missing or corrupt chunk files are
+errors naming the run and the array; two `mine` started at once on a fresh --out leave one
+whole run; a creation that died does not block the next; readers of a run being mined see
+its last commit or a clear "being written, retry"; half-written importance groups count as
+absent. Real data (the embedded demo test set and model), real stores, real subprocesses."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sketchmine
+from sketchmine import SketchmineError
+from sketchmine.data import ArrayDataset, export_image_folder
+from tests.helpers import assert_same_store
+
+LAYERS = ["features.3", "classifier.4", "softmax"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sketchmine", *args]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, demo_test_set) -> Path:
+    """120 real test images (12 per class) as PNGs."""
+    ds = demo_test_set
+    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:12] for c in range(10)])
+    sub = ArrayDataset(ds.images[pick], ds.labels()[pick], ds.class_names, ds.preprocessing, ds.describe())
+    return export_image_folder(sub, tmp_path_factory.mktemp("trust") / "images")
+
+
+# ---- 9: two `mine` at once on a fresh --out ------------------------------------------------------
+def test_two_mines_started_at_once_leave_one_whole_run(tmp_path, folder):
+    args = ["mine", "--model", "demo", "--data", str(folder), "--batch-size", "8", "--flush-every", "1",
+            "--workers", "0"]
+    ref = subprocess.run(_cli(*args, "--out", str(tmp_path / "ref.zarr")), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    for attempt in range(2):  # twice: the two starts land at different moments
+        out = tmp_path / f"run{attempt}.zarr"
+        procs = [subprocess.Popen(_cli(*args, "--out", str(out)), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+        ok = [rc == 0 for rc, _ in results]
+        assert any(ok), results
+        for rc, err in results:  # the other one finished after it (resumed a complete run) or was refused
+            assert rc == 0 or "being written by another process" in err, err
+        run = sketchmine.open_run(out)
+        assert run.complete
+        assert_same_store(out, tmp_path / "ref.zarr")
+        assert not list(tmp_path.glob(f".{out.name}.creating-*"))
+
+
+# ---- 10: a creation that died ---------------------------------------------------------------------
+class _DiskFullAt(ArrayDataset):
+    """The demo images, whose path listing fails with ENOSPC at image `at` (the disk filling
+    while the run is laid out)."""
+
+    def __init__(self, base: ArrayDataset, at: int) -> None:
+        super().__init__(base.images, base.labels(), base.class_names, base.preprocessing, base.describe())
+        self.at = at
+
+    def path(self, i: int) -> str:
+        if i == self.at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().path(i)
+
+
+def test_a_creation_that_failed_does_not_block_the_next(tmp_path, demo_model, small_test_set):
+    out = tmp_path / "run.zarr"
+    with pytest.raises(SketchmineError, match="No space left on device"):
+        sketchmine.mine(demo_model.module, _DiskFullAt(small_test_set, 150), layers=LAYERS, k=3, out=out,
+                        batch_size=100)
+    assert not out.exists() and not list(tmp_path.glob(".run.zarr.*creating*"))
+    sketchmine.mine(demo_model.module, small_test_set, layers=LAYERS, k=3, out=out, batch_size=100)
+    assert sketchmine.open_run(out).complete
+
+
+def test_a_killed_creation_is_removed_by_the_next_and_nothing_foreign_is(tmp_path, demo_model, small_test_set):
+    out = tmp_path / "run.zarr"
+    # what a creation killed half-way leaves: its marked staging folder with part of a run in it
+    dead = tmp_path / ".run.zarr.creating-999999"
+    (dead / "dataset" / "labels").mkdir(parents=True)
+    (dead / ".sketchmine-creating").write_text("a sketchmine run being created\n")
+    (dead / "dataset" / "labels" / "zarr.json").write_text("{}")
+    # not ours: a folder of that name without our marker, and a foreign folder beside
+    foreign_staging = tmp_path / ".run.zarr.creating-12"
+    foreign_staging.mkdir()
+    (foreign_staging / "notes.txt").write_text("mine")
+    sketchmine.mine(demo_model.module, small_test_set, layers=LAYERS, k=3, out=out, batch_size=100)
+    assert sketchmine.open_run(out).complete
+    assert not dead.exists()
+    assert (foreign_staging / "notes.txt").read_text() == "mine"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.csv").write_text("1,2\n")
+    with pytest.raises(SketchmineError, match="exists and is not a sketchmine run"):
+        sketchmine.mine(demo_model.module, small_test_set, layers=LAYERS, k=3, out=other, batch_size=100)
+    assert sorted(p.name for p in other.iterdir()) == ["data.csv"]
+    assert not list(tmp_path.glob(".other.creating-*"))
