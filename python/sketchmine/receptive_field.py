@@ -84,7 +84,7 @@ def _union(fields: list[_Field], where: str) -> _Field:
                   tuple(max(f.hi[a] for f in fields) for a in range(2)))
 
 
-def receptive_fields(model: nn.Module, input_size: int | tuple[int, int],
+def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
                      leading: tuple[int, ...] = (), channels: int | None = None) -> dict[str, ReceptiveField]:
     """Receptive field of every module with a spatial output, by qualified name; modules
     whose units see the whole image (linear, after flatten or global pooling) get the
@@ -94,8 +94,19 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int],
     sequence of T frames, (T, C, H, W) per sample: a time-distributed CNN's fields are then
     given per frame, in that frame's pixels (a reshape that keeps the last two dimensions, such
     as folding the frames into the batch, leaves the field as it is). `channels`: the input's
-    channels (default: the first conv's, else 3)."""
-    h, w = _pair(input_size)
+    channels (default: the first conv's, else 3). `input_size`: an int S (S×S), (H, W) or
+    (C, H, W) (`data.parse_size`); a C that differs from `channels` or from the model's first
+    convolution is refused."""
+    from .data import parse_size
+    from .models import input_channels
+
+    c, (h, w) = parse_size(input_size, "receptive_fields input_size")
+    if c is not None:
+        takes = channels if channels is not None else input_channels(model, default=c)
+        if c != takes:
+            raise SketchmineError(f"receptive_fields input_size {tuple(input_size)} has {c} channels but "
+                                  f"{type(model).__name__} takes {takes}; pass (H, W) or ({takes}, H, W)")
+        channels = c
     gm = trace(model, "to compute receptive fields")
     _propagate_shapes(gm, model, h, w, tuple(leading), channels)
     whole = _Field((0, 0), (0, 0), (h - 1, w - 1))
