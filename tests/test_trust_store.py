@@ -107,3 +107,89 @@ def test_a_killed_creation_is_removed_by_the_next_and_nothing_foreign_is(tmp_pat
         sketchmine.mine(demo_model.module, small_test_set, layers=LAYERS, k=3, out=other, batch_size=100)
     assert sorted(p.name for p in other.iterdir()) == ["data.csv"]
     assert not list(tmp_path.glob(".other.creating-*"))
+
+
+# ---- 3: missing or corrupt chunk files of a complete run -----------------------------------------
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory, demo_model, small_test_set) -> Path:
+    out = tmp_path_factory.mktemp("mined") / "run.zarr"
+    sketchmine.mine(demo_model.module, small_test_set, layers=LAYERS, k=3, out=out, batch_size=100, flush_every=1)
+    return out
+
+
+def _copy(mined: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "run.zarr"
+    shutil.copytree(mined, path)
+    return path
+
+
+def _chunks(path: Path, array: str) -> list[Path]:
+    return sorted((path / array / "c").rglob("*"), key=str)
+
+
+@pytest.mark.parametrize("damage", ["remove", "corrupt", "truncate"])
+def test_a_damaged_topk_chunk_is_an_error_naming_the_array(tmp_path, mined, damage):
+    path = _copy(mined, tmp_path)
+    [chunk] = [c for c in _chunks(path, "layers/features.3/image_index") if c.is_file()]
+    if damage == "remove":
+        chunk.unlink()
+    elif damage == "corrupt":
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+    else:
+        chunk.write_bytes(chunk.read_bytes()[:8])
+    run = sketchmine.open_run(path)
+    for read in (lambda: run.topk("features.3"), lambda: run.class_histogram("features.3"),
+                 lambda: run.top_classes("features.3", 3)):
+        with pytest.raises(SketchmineError, match=r"run .*run\.zarr is damaged: array 'layers/features\.3/image_index'"):
+            read()
+    run.topk("classifier.4")  # the other layers are intact
+
+
+@pytest.mark.parametrize("array", ["dataset/labels", "eval/predictions"])
+def test_a_missing_label_or_prediction_chunk_is_an_error(tmp_path, mined, array):
+    path = _copy(mined, tmp_path)
+    files = [c for c in _chunks(path, array) if c.is_file()]
+    assert len(files) >= 3  # rows chunked by flush (100 images each)
+    files[1].unlink()
+    run = sketchmine.open_run(path)
+    with pytest.raises(SketchmineError, match=rf"damaged: array '{array}' .*rows 100-199"):
+        run.class_accuracy()
+    if array == "dataset/labels":
+        with pytest.raises(SketchmineError, match=rf"array '{array}'"):
+            run.class_histogram("features.3")
+
+
+def test_a_missing_path_chunk_is_an_error_and_image_path_reads_one(tmp_path, mined, small_test_set):
+    path = _copy(mined, tmp_path)
+    run = sketchmine.open_run(path)
+    assert run.image_path(150) == small_test_set.path(150)
+    assert run.image_path(np.int64(7)) == small_test_set.path(7)
+    for bad in (300, -1):
+        with pytest.raises(SketchmineError, match=r"numbered 0 to 299"):
+            run.image_path(bad)
+    with pytest.raises(SketchmineError, match="integer"):
+        run.image_path("3")
+    _chunks(path, "dataset/paths")[0].unlink()
+    run = sketchmine.open_run(path)
+    assert run.image_path(150) == small_test_set.path(150)  # in another chunk
+    with pytest.raises(SketchmineError, match=r"array 'dataset/paths'.*rows 0-99"):
+        run.image_path(5)
+
+
+def test_layer_misuse_is_a_clear_error(tmp_path, mined):
+    run = sketchmine.open_run(mined)
+    for bad in (0, None, ["features.3"]):
+        with pytest.raises(SketchmineError, match="named by a string"):
+            run.topk(bad)
+    for bad in ("../dataset", "features.3/../../dataset", "a/b", ".."):
+        with pytest.raises(SketchmineError, match="not a layer name"):
+            run.topk(bad)
+    # a run whose layer list was edited to reach outside layers/ is refused when opened
+    path = _copy(mined, tmp_path)
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["layer_names"] = ["../dataset", "features.3"]
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(SketchmineError, match="layer_names"):
+        sketchmine.open_run(path)

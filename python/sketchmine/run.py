@@ -47,18 +47,27 @@ class Run:
 
     @property
     def class_names(self) -> list[str]:
-        names = [str(s) for s in self.store.group["dataset/class_names"][...]]
+        names = [str(s) for s in self.store.read("dataset/class_names")]
         n = self.attrs.get("num_classes") or 0
         return names or [str(i) for i in range(n)]
 
     @property
     def labels(self) -> np.ndarray:
         """(N,) int64 label per image; -1 where not yet known."""
-        return np.asarray(self.store.group["dataset/labels"][...])
+        return self.store.read("dataset/labels")
 
     @property
     def paths(self) -> np.ndarray:
-        return np.asarray(self.store.group["dataset/paths"][...])
+        return self.store.read("dataset/paths")
+
+    def image_path(self, i: int) -> str:
+        """The path (or dataset-relative name) of global image `i`, as recorded in dataset/paths."""
+        n = int(self.store.group["dataset/paths"].shape[0])
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise SketchmineError(f"image index should be an integer from 0 to {n - 1}, got {i!r}")
+        if not 0 <= int(i) < n:
+            raise SketchmineError(f"image {int(i)} is not in run {self.path}: its images are numbered 0 to {n - 1}")
+        return str(self.store.read("dataset/paths", slice(int(i), int(i) + 1))[0])
 
     def layer_shape(self, layer: str) -> tuple[int, ...]:
         return tuple(self.layer_group(layer).attrs["shape"])
@@ -73,6 +82,12 @@ class Run:
         return g
 
     def _check_layer(self, layer: str) -> str:
+        if not isinstance(layer, str):
+            raise SketchmineError(f"a layer is named by a string (one of {', '.join(self.layers)}), got "
+                                  f"{type(layer).__name__} {layer!r}")
+        if "/" in layer or "\\" in layer or ".." in layer or layer in ("", "."):
+            raise SketchmineError(f"{layer!r} is not a layer name (it holds a path separator or '..'); "
+                                  f"mined layers of run {self.path}: {', '.join(self.layers)}")
         if layer not in self.layers:
             hint = closest(layer, self.layers)
             raise SketchmineError(f"layer {layer!r} is not in run {self.path}"
@@ -83,29 +98,17 @@ class Run:
     def topk(self, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(values (C, k) float32, image_index (C, k) int64, yx (C, k, 2) int32), best first.
 
-        Empty slots have image index -1. For an unfinished run the last checkpoint is read.
+        Empty slots have image index -1. For an unfinished run the last committed checkpoint
+        is read (another process may be writing it: see RunStore.committed).
         """
-        g = self.layer_group(layer)
-        # final arrays only once the run is committed complete: a writer that is finishing
-        # creates them one by one, and until its commit the checkpoint is the consistent state
-        if "values" in g and self.complete:
-            return _final_topk(g)
-        state = None
-        for attempt in range(3):
-            try:
-                state = self.store.read_checkpoint([layer])
-            except SketchmineError:
-                if attempt == 2:
-                    raise
-            if state is not None or self.store.progress.get("slot") is None:
-                break
-            # the committed checkpoint vanished or changed: a writer moved on since this run was
-            # opened (it reuses the older slot, and drops both when it finishes); read its newer
-            # commit, or the final arrays if it finished meanwhile
-            self.store = RunStore.open(self.path)
-            g = self.layer_group(layer)
-            if "values" in g and self.complete:
-                return _final_topk(g)
+        self.layer_group(layer)
+        return self.store.committed(lambda: self._topk(layer))
+
+    def _topk(self, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.complete:
+            base = f"layers/{layer}/"
+            return self.store.read(base + "values"), self.store.read(base + "image_index"), self.store.read(base + "yx")
+        state = self.store.read_checkpoint([layer])
         if state is None:
             raise SketchmineError(f"run {self.path} has no results for {layer!r} yet (nothing flushed)")
         s = state[layer]
@@ -117,6 +120,9 @@ class Run:
 
         For an unfinished run it covers the images mined so far (check `Run.complete`).
         """
+        return self.store.committed(self._class_accuracy)
+
+    def _class_accuracy(self) -> pd.DataFrame:
         ev = self.store.group["eval"]
         if self.store.attrs.get("logits", True) is False:
             raise SketchmineError(f"run {self.path} was mined with logits=False (--no-logits): the forward pass "
@@ -124,7 +130,7 @@ class Run:
         if "predictions" not in ev:
             raise SketchmineError(f"run {self.path} has no predictions yet (the model output is not (N, classes) "
                                   "logits, or nothing was flushed)")
-        pred, labels = np.asarray(ev["predictions"][...]), self.labels
+        pred, labels = self.store.read("eval/predictions"), self.labels
         pred = np.where(np.arange(len(pred)) < self.images_done, pred, -1)
         names = self.class_names
         correct, count = class_counts(pred, labels, len(names))
@@ -138,8 +144,7 @@ class Run:
 
     def class_histogram(self, layer: str) -> pd.Series:
         """Counts of each class among the top-k images of all units of `layer` (all classes)."""
-        _, idx, _ = self.topk(layer)
-        labels = self.labels
+        _, idx, labels = self.store.committed(lambda: (*self.topk(layer)[:2], self.labels))
         found = labels[idx[idx >= 0]]
         if (found < 0).any() or not len(self.class_names):
             raise SketchmineError(f"run {self.path}: {int((found < 0).sum())} top-k images of layer {layer!r} have no "
@@ -207,11 +212,6 @@ class Run:
         """Per layer: Spearman correlation of class preference with class ink density."""
         from .analysis import ink_correlation
         return ink_correlation(self)
-
-
-def _final_topk(g: zarr.Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The top-k arrays a complete run stores for a layer."""
-    return np.asarray(g["values"][...]), np.asarray(g["image_index"][...]), np.asarray(g["yx"][...])
 
 
 def class_counts(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

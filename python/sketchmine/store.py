@@ -149,6 +149,7 @@ class RunStore:
         self._written: list[list[Any]] = []   # [array, start, stop, digest] since the last checkpoint
         self._intact: tuple[str | None, int, dict[str, Any]] | None = None
         self._override: dict[str, Any] = {}   # see resume_from_intact
+        self._final_sums: dict[str, dict[str, Any]] = {}  # checksums of write_results' arrays, for finish
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
@@ -224,18 +225,104 @@ class RunStore:
         if labels is not None:
             lab[:] = labels
         pa = ds.create_array("paths", shape=(n_images,), dtype=str, chunks=chunk)
+        path_sums = []
         for start in range(0, n_images, chunk[0]):  # a chunk at a time: flat memory for any size
             stop = min(start + chunk[0], n_images)
-            pa[start:stop] = np.array([path_of(i) for i in range(start, stop)], dtype=str)
+            block = np.array([path_of(i) for i in range(start, stop)], dtype=str)
+            pa[start:stop] = block
+            path_sums.append(_digest(block))
         cn = ds.create_array("class_names", shape=(len(class_names),), dtype=str, chunks=(max(len(class_names), 1),))
+        names = np.array(class_names, dtype=str)
         if class_names:
-            cn[:] = np.array(class_names, dtype=str)
+            cn[:] = names
+        sums = {"dataset/paths": {"rows": chunk[0], "sums": path_sums},
+                "dataset/class_names": _block_sums(names)}
         group.create_group("eval")
         group.create_group("layers")
-        group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "row_chunk": chunk[0],
+        group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "row_chunk": chunk[0], "checksums": sums,
                             "progress": {"images_done": 0, "slot": None, "complete": False,
                                          "updated": time.time()}})
         return cls(p, group)
+
+    # ---- verified reads ----------------------------------------------------------------
+    def read(self, name: str, rows: slice | None = None) -> np.ndarray:
+        """The array at `name` (rows `rows` of it, or all), checked against the checksums its
+        run recorded (see finish): a missing or damaged chunk file is a SketchmineError naming
+        the run and the array, never the fill values Zarr would return in its place."""
+        try:
+            arr = self.group[name]
+        except KeyError:
+            raise SketchmineError(f"run {self.path} is damaged: array {name!r} is missing; "
+                                  "mine the run again with a new --out") from None
+        entry = (self.attrs.get("checksums") or {}).get(name)
+        n = arr.shape[0] if arr.ndim else 1
+        start, stop = (0, n) if rows is None else rows.indices(n)[:2]
+        try:
+            if entry is None:
+                return np.asarray(arr[start:stop] if rows is not None else arr[...])
+            step, sums = int(entry["rows"]), list(entry["sums"])
+            first, last = start // step, max(start, stop - 1) // step  # the checksummed blocks covering the rows
+            data = np.asarray(arr[first * step:min((last + 1) * step, n)] if arr.ndim else arr[...])
+        except SketchmineError:
+            raise
+        except Exception as exc:  # a chunk file that does not decode
+            raise self._damaged(name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})") from None
+        for b in range(first, last + 1):
+            lo = (b - first) * step
+            if b >= len(sums) or _digest(data[lo:lo + step] if arr.ndim else data) != sums[b]:
+                where = f"rows {b * step}-{min((b + 1) * step, n) - 1}" if arr.ndim and len(sums) > 1 else "its data"
+                raise self._damaged(name, f"does not match the checksum recorded when the run was written "
+                                          f"({where}: a chunk file is missing or corrupt)")
+        return data if rows is None or not arr.ndim else data[start - first * step:stop - first * step]
+
+    def committed(self, read: Callable[[], Any], tries: int = 10) -> Any:
+        """`read()` against one committed state of a run another process may be mining.
+
+        A writer only rewrites the checkpoint slot its last commit does not name, and commits
+        by rewriting the root attributes; so a read during which the committed progress did
+        not change saw one consistent state. When it changed, the read is repeated against the
+        newer commit (this store refreshed); an error during a read the writer did not
+        disturb is the run's real error. Gives up after `tries` with a clear "retry"."""
+        for attempt in range(tries):
+            before = self._progress_on_disk()
+            if before != self.group.attrs.get("progress"):
+                self.refresh()
+            if before.get("complete"):  # final arrays, written before the commit and never again
+                return read()
+            try:
+                result, error = read(), None
+            except Exception as exc:
+                result, error = None, exc
+            if self._progress_on_disk() == before:
+                if error is None:
+                    return result
+                if isinstance(error, SketchmineError):
+                    raise error
+                raise SketchmineError(f"run {self.path} is damaged: {type(error).__name__}: {str(error)[:120]}; "
+                                      "mine it again with a new --out") from error
+            time.sleep(min(0.01 * 2 ** attempt, 0.2))
+        raise SketchmineError(f"run {self.path} is being written by another process, which committed newer results "
+                              f"during each of {tries} attempts to read it; retry in a moment")
+
+    def _progress_on_disk(self) -> dict[str, Any]:
+        """The committed progress as on disk now (zarr writes zarr.json atomically)."""
+        import json
+
+        try:
+            return dict(json.loads((self.path / "zarr.json").read_bytes())["attributes"]["progress"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SketchmineError(f"run {self.path} is damaged: its root attributes cannot be read "
+                                  f"({type(exc).__name__}: {exc})") from None
+
+    def refresh(self) -> None:
+        """Read the run's attributes afresh (a writer committed since this handle opened it)."""
+        group = zarr.open_group(str(self.path), mode="r" if self.group.read_only else "r+")
+        check_root_attrs(self.path, dict(group.attrs))
+        self.group, self._intact = group, None
+
+    def _damaged(self, name: str, what: str) -> SketchmineError:
+        return SketchmineError(f"run {self.path} is damaged: array {name!r} {what}; restore the run's files "
+                               "from a copy, or mine it again with a new --out")
 
     # ---- attributes ------------------------------------------------------------------
     @property
@@ -408,14 +495,23 @@ class RunStore:
         """The final arrays of every layer (top-k, class statistics) and of eval/, in one Zarr
         call; the overall accuracy when there are predictions."""
         _put_all(self.group, arrays)
+        self._final_sums.update({name: _block_sums(arr) for name, arr in arrays.items()})
         if "eval/per_class_accuracy" in arrays:
             self.group["eval"].attrs.update({"accuracy": accuracy})
 
     @_io_errors
     def finish(self, n_images: int, extra: dict[str, Any]) -> None:
-        """Mark the run complete and drop the checkpoint slots."""
+        """Mark the run complete and drop the checkpoint slots. The commit records checksums of
+        the final arrays and of the per-image labels and predictions (as on disk, chunk by
+        chunk), which `read` verifies: a chunk file lost or damaged later is an error, not
+        fill values read as results."""
+        sums = {**self.attrs.get("checksums", {}), **self._final_sums}
+        for name in ("dataset/labels", "eval/predictions"):
+            if name in self.group:
+                arr = self.group[name]
+                sums[name] = _block_sums(np.asarray(arr[...]), arr.chunks[0])
         self.commit({"images_done": n_images, "slot": self.progress.get("slot"), "complete": True,
-                     "updated": time.time()}, extra)
+                     "updated": time.time()}, {**extra, "checksums": sums})
         if "_checkpoint" in self.group:
             del self.group["_checkpoint"]
 
@@ -475,7 +571,18 @@ def put_rows(arrays: dict[str, zarr.Array], rows: slice, values: dict[str, np.nd
 
 
 def _digest(arr: np.ndarray) -> str:
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "UOT":  # strings: their text, whatever width or string dtype holds them
+        return hashlib.blake2b("\x00".join(map(str, arr.ravel())).encode("utf-8", "surrogatepass"),
+                               digest_size=16).hexdigest()
     return hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=16).hexdigest()
+
+
+def _block_sums(arr: np.ndarray, rows: int | None = None) -> dict[str, Any]:
+    """Checksums of `arr` in blocks of `rows` along its first axis (its chunks; None: one)."""
+    rows = max(1, int(rows or (arr.shape[0] if arr.ndim else 1)))
+    n = arr.shape[0] if arr.ndim else 1
+    return {"rows": rows, "sums": [_digest(arr[i:i + rows] if arr.ndim else arr) for i in range(0, max(n, 1), rows)]}
 
 
 def _is_int(v: Any, low: int = 0) -> bool:
@@ -488,8 +595,9 @@ def _is_pair(v: Any, low: int) -> bool:
 
 _ROOT_CHECKS: dict[str, tuple[bool, str, Callable[[Any], bool]]] = {
     # key: (required, what is expected, check)
-    "layer_names": (True, "a non-empty list of distinct layer names",
-                    lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x for x in v)
+    "layer_names": (True, "a non-empty list of distinct layer names (no '/' or '..')",
+                    lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x and "/" not in x and ".." not in x
+                                                                for x in v)
                     and len(set(v)) == len(v)),
     "k": (True, "a positive integer", lambda v: _is_int(v, 1)),
     "progress": (True, "{images_done: int, slot: null|slot0|slot1, complete: bool}",
@@ -511,6 +619,9 @@ _ROOT_CHECKS: dict[str, tuple[bool, str, Callable[[Any], bool]]] = {
     "bad_images": (False, "a list of {index, path, error}", lambda v: isinstance(v, list)
                    and all(isinstance(b, dict) and _is_int(b.get("index"), 0) and isinstance(b.get("path"), str)
                            for b in v)),
+    "checksums": (False, "{array path: {rows: int, sums: [str]}}", lambda v: isinstance(v, dict)
+                  and all(isinstance(e, dict) and _is_int(e.get("rows"), 1) and isinstance(e.get("sums"), list)
+                          and all(isinstance(x, str) for x in e["sums"]) for e in v.values())),
     "converted_images": (False, "an object of counts", lambda v: isinstance(v, dict)
                          and all(isinstance(key, str) and _is_int(n, 0) for key, n in v.items())),
 }
