@@ -421,16 +421,158 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
                  dataset=None) -> Path:
     """Write the report folder; returns the path of index.html.
 
+    `out` is a folder the report owns: new, empty, or holding an earlier report (the marker
+    file `.sketchmine-report` lists what it wrote). Anything else is refused before a byte is
+    written: a non-empty folder without the marker, an earlier report beside files it did not
+    write, a file, a path inside (or equal to) a run, a folder holding the run it reads. The
+    report is built in a temporary sibling folder and swapped in at the end, so an
+    interrupted or failed report (Ctrl-C, full disk) leaves the previous one as it was.
+
     images: when the run has no patches yet, show the whole top-k images read from the run's
     dataset (if it can be reopened; `dataset` gives it when the store cannot, e.g. a subset).
     Layers whose position is time get the drawing at each entry's step and the activation
     over time; layers with stored unit importance a sortable table and plot."""
     t0 = time.perf_counter()
     run = run if isinstance(run, Run) else open_run(run)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("layers", "data", "img", "hist", "importance"):
-        shutil.rmtree(out / sub, ignore_errors=True)
+    shown = Path(out)
+    target = check_report_dir(shown, run.path)
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(target)
+        tmp = target.parent / f".{target.name}{_TMP}{os.getpid()}"
+        if tmp.exists():  # our own leftover (same pid)
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "partial": True}) + "\n")
+        _build(run, tmp, images, dataset, t0)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir() and p.name != MARKER)
+        (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "run": str(run.path), "files": files}) + "\n")
+        _swap_in(tmp, target)
+        tmp = None
+    except OSError as exc:
+        where = exc.filename or target
+        raise SketchmineError(f"cannot write the report to {shown}: {exc.strerror or exc} ({where}); the previous "
+                              "report there (if any) is unchanged") from None
+    finally:
+        if tmp is not None:  # interrupted or failed: remove only what this call created
+            shutil.rmtree(tmp, ignore_errors=True)
+    return shown / "index.html"
+
+
+MARKER = ".sketchmine-report"
+"""The file that makes a folder a report folder sketchmine may replace (JSON: the files it wrote)."""
+
+_TMP = ".sketchmine-report-tmp-"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_report_dir(out: str | os.PathLike, run_path: str | os.PathLike | None = None) -> Path:
+    """The resolved report folder `out`, or a SketchmineError saying why sketchmine may not
+    (re)write it. Nothing is created or removed."""
+    from .store import is_run
+
+    shown = Path(out)
+    target = shown.resolve()
+    if target.exists() and not target.is_dir():
+        raise SketchmineError(f"report folder {shown} exists and is not a folder; choose a new or empty folder")
+    for p in (target, *target.parents):
+        if is_run(p):
+            raise SketchmineError(f"report folder {shown} is inside the run {p}; write the report outside any run")
+    if run_path is not None and _inside(Path(run_path).resolve(), target):
+        raise SketchmineError(f"report folder {shown} holds the run it reports ({run_path}); a report replaces its "
+                              "whole folder, so choose a new or empty folder outside the run")
+    if target == Path(target.anchor):
+        raise SketchmineError(f"report folder {shown} is a filesystem root; choose a new or empty folder")
+    if target.is_dir() and any(target.iterdir()):
+        marker = target / MARKER
+        if not marker.is_file():
+            raise SketchmineError(f"report folder {shown} is not empty and is not a sketchmine report (no {MARKER} "
+                                  "file); choose a new or empty folder (a report replaces its whole folder)")
+        try:
+            info = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            info = {}
+        if not isinstance(info, dict) or info.get("sketchmine") != "report":
+            raise SketchmineError(f"report folder {shown}: {MARKER} is not a sketchmine report marker; "
+                                  "choose a new or empty folder")
+        if not info.get("partial"):
+            mine = set(info.get("files") or [])
+            foreign = sorted(str(p.relative_to(target)) for p in target.rglob("*")
+                             if not p.is_dir() and p.name != MARKER and str(p.relative_to(target)) not in mine)
+            if foreign:
+                more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+                raise SketchmineError(f"report folder {shown} holds files the report did not write "
+                                      f"({', '.join(foreign[:3])}{more}); move them, or choose another folder")
+    return target
+
+
+def _remove_stale(target: Path) -> None:
+    """Temporary report folders of killed report processes (their pid is gone)."""
+    for p in target.parent.glob(f".{glob_escape(target.name)}{_TMP}*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or not (p / MARKER).is_file():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import errno
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """The finished report `tmp` becomes `target`; the previous report (checked to hold only
+    files sketchmine wrote) is removed after the swap."""
+    if not target.exists():
+        os.rename(tmp, target)
+        return
+    cwd = Path.cwd().resolve()
+    if _inside(cwd, target):  # keep the folder itself (a shell sitting in it keeps seeing it): swap its entries
+        for p in list(target.iterdir()):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        for p in list(tmp.iterdir()):
+            os.rename(p, target / p.name)
+        tmp.rmdir()
+        return
+    if _exchange(tmp, target):  # tmp now holds the previous report
+        shutil.rmtree(tmp)
+        return
+    old = target.parent / f".{target.name}{_TMP}old-{os.getpid()}"
+    os.rename(target, old)
+    os.rename(tmp, target)
+    shutil.rmtree(old)
+
+
+def _build(run: Run, out: Path, images: bool, dataset, t0: float) -> None:
     (out / "assets").mkdir(exist_ok=True)
     for name in ("report.css", "report.js"):
         src = resources.files("sketchmine") / "report_assets" / name
@@ -455,9 +597,8 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
         pages, note = _layer_data(run, name, lid, out, whole)
         (out / "layers").mkdir(exist_ok=True)
         (out / "layers" / f"{lid}.html").write_text(_layer_page(run, name, lid, pages, note, stats), encoding="utf-8")
-    index = out / "index.html"
-    index.write_text(_index(run, ids if labelled else {}, stats, time.perf_counter() - t0), encoding="utf-8")
-    return index
+    (out / "index.html").write_text(_index(run, ids if labelled else {}, stats, time.perf_counter() - t0),
+                                    encoding="utf-8")
 
 
 def _labelled(run: Run) -> bool:
