@@ -155,7 +155,7 @@ def test_compile_without_a_cxx_compiler_is_a_clear_error(small_test_set, tmp_pat
     from torch import nn
 
     torch.manual_seed(2)
-    net = nn.Sequential(nn.Conv2d(1, 3, 5), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 7)).eval()
+    net = nn.Sequential(nn.Conv2d(1, 3, 5), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10)).eval()
     no_cxx = {"cpp.cxx": (None, str(tmp_path / "no-such-g++")), "fx_graph_cache": False}
     with torch._inductor.config.patch(no_cxx), \
             pytest.raises(SketchmineError, match="torch.compile failed.*compile=False"):

@@ -400,7 +400,10 @@ def content_hashes(root: str | os.PathLike, rels: list[str]) -> list[str]:
     atomically; a cache that cannot be read or written is ignored, never an error). The
     ctime is in the key because restoring a rewritten file's mtime (os.utime) cannot restore
     it. A missing or unreadable file gets "missing" / "unreadable" in place of its digest
-    (the pass then reports the file itself)."""
+    (the pass then reports the file itself). Cost on the 2,000-image Animal-Shape export
+    (28×28 PNGs; two busy cores): 0.2-0.4 s uncached, 20-80 ms cached, against 10-40 ms for
+    the names-and-sizes fingerprint it replaces; uncached, it reads every byte once (a large
+    dataset's first `mine` pays about one extra read of its files)."""
     root = Path(root).resolve()
     key = str(root)
     cache_file = cache_dir() / "fingerprints" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
@@ -414,7 +417,7 @@ def content_hashes(root: str | os.PathLike, rels: list[str]) -> list[str]:
         _HASH_CACHE[key] = cache
     out, changed = [], False
     for rel in rels:
-        path = root / rel
+        path = os.path.join(key, rel)
         try:
             st = os.stat(path)
         except OSError:
