@@ -298,8 +298,9 @@ def test_report_gru_visualized_in_chromium(tmp_path, gru_run, browser):
 # ---- torchvision GoogLeNet and ResNet-50 at 224 px (issue 8) --------------------------------
 
 TORCHVISION = {  # arch: (constructor options, [a block output, a deep layer (a conv in a branch / the last block), fc])
-    "googlenet": ({"aux_logits": False, "init_weights": True}, ["inception3a", "inception4e.branch2.1.conv", "fc"]),
-    "resnet50": ({}, ["layer1.0", "layer4.2", "fc"]),
+    "googlenet": ({"aux_logits": False, "init_weights": True, "num_classes": 10},
+                  ["inception3a", "inception4e.branch2.1.conv", "fc"]),
+    "resnet50": ({"num_classes": 10}, ["layer1.0", "layer4.2", "fc"]),  # one output per class: mine checks it
 }
 
 
@@ -330,7 +331,7 @@ def test_torchvision_googlenet_and_resnet50_in_chromium(tmp_path, imagenet_224, 
     net = torchvision.models.get_model(arch, weights=None, **options).eval()
     ds, k, units = imagenet_224, 4, 2
     run = sketchmine.mine(net, ds, layers=layers, k=k, out=tmp_path / "run.zarr", batch_size=len(ds))
-    assert run.complete and run.layers == layers and run.layer_shape("fc") == (1000,)
+    assert run.complete and run.layers == layers and run.layer_shape("fc") == (10,)
     # a block output's receptive field comes from the graph: a grid with a stride, not the whole image
     block = layers[0]
     rf = run.store.group[f"layers/{block}"].attrs["receptive_field"]
