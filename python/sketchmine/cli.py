@@ -18,8 +18,61 @@ def _default_workers() -> int:
     return 0 if cores <= 2 else min(4, cores // 2)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, its usage errors as the one line every other error is: `sketchmine: error: …`."""
+
+    def error(self, message: str) -> "typing.NoReturn":  # noqa: F821
+        from .console import safe
+
+        cmd = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""
+        print(f"sketchmine: error: {safe(message, markup=False)} (see: sketchmine {cmd}--help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {value}")
+    return value
+
+
+def device(text: str) -> str:
+    """An argparse type: a device this machine has (cpu, cuda[:N] with a usable GPU, mps, xpu)."""
+    if text == "cpu":
+        return text
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"device {text!r}: this machine has no CUDA GPU that torch can use; "
+                                             "pass --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"device {text!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                             "device(s)")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise argparse.ArgumentTypeError(f"device {text!r} is not supported; expected cpu, cuda or cuda:N")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sketchmine", description="Mine the top-k images of every CNN unit.")
+    p = _Parser(prog="sketchmine", description="Mine the top-k images of every CNN unit.")
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("mine", help="stream a dataset through a model and keep every unit's top-k images")
     m.add_argument("--model", required=True,
@@ -31,21 +84,21 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--data", required=True, help="ImageFolder directory: DIR/<class>/<image>")
     m.add_argument("--out", required=True, help="run directory (Zarr); an unfinished one is resumed")
     m.add_argument("--layers", nargs="+", help="qualified module names (default: every conv, linear, softmax)")
-    m.add_argument("-k", type=int, default=9, help="images kept per unit (default 9)")
-    m.add_argument("--batch-size", type=int, default=64)
-    m.add_argument("--device", default="cpu")
-    m.add_argument("--workers", type=int, default=_default_workers(),
+    m.add_argument("-k", type=positive_int, default=9, help="images kept per unit (default 9)")
+    m.add_argument("--batch-size", type=positive_int, default=64)
+    m.add_argument("--device", type=device, default="cpu")
+    m.add_argument("--workers", type=nonnegative_int, default=_default_workers(),
                    help="DataLoader worker processes (default: 0 on machines with <= 2 cores, where "
                         "workers compete with the forward pass for the cores (measured 10-16%% slower), "
                         "else min(4, cores // 2))")
-    m.add_argument("--prefetch-factor", type=int,
+    m.add_argument("--prefetch-factor", type=positive_int,
                    help="batches each loader worker prepares ahead (needs --workers >= 1; torch's default 2)")
     m.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="page-locked loader batches (default: on when --device is CUDA)")
     m.add_argument("--preprocessing", default="auto", choices=["auto", "model", "imagenet", "dataset", "none"],
                    help="auto: the model's recorded normalisation, else ImageNet mean/std")
-    m.add_argument("--image-size", type=int, help="resize images to S×S (default: keep their size)")
-    m.add_argument("--flush-every", type=int, default=50, help="checkpoint every N batches")
+    m.add_argument("--image-size", type=positive_int, help="resize images to S×S (default: keep their size)")
+    m.add_argument("--flush-every", type=positive_int, default=50, help="checkpoint every N batches")
     m.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and record them")
     m.add_argument("--no-logits", action="store_true",
                    help="stop each forward pass after the deepest mined layer (no predictions or accuracy)")
@@ -56,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                         "for AlexNet on CPU, and needs a C++ compiler; same top-k within float tolerance)")
     m.add_argument("--no-overlap-flushes", action="store_true",
                    help="write each checkpoint in the loop instead of on a background thread")
-    m.add_argument("--steps", type=int,
+    m.add_argument("--steps", type=positive_int,
                    help="show each image as a progressive drawing of STEPS frames, for CNN + recurrent models "
                         "(default: the steps the model was trained with, e.g. 8 for 'demo-gru'; else single images)")
     m.add_argument("--ink", default="auto", choices=INKS,
@@ -67,8 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--layers", nargs="+", help="layers to visualize (default: every mined layer)")
     _reload_options(v)
     v.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided", "gradient"])
-    v.add_argument("--batch-size", type=int, default=64, help="(image, unit) pairs per forward and backward")
-    v.add_argument("--max-patch", type=int, default=128, help="shrink larger patches to fit N×N pixels")
+    v.add_argument("--batch-size", type=positive_int, default=64, help="(image, unit) pairs per forward and backward")
+    v.add_argument("--max-patch", type=positive_int, default=128, help="shrink larger patches to fit N×N pixels")
     v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
     demo_help = ("mine, visualize and report the embedded trained models over the embedded Animal-Shape test "
                  "split: SketchNet 'demo' and ResNet 'demo-resnet' compared, then the CNN + GRU 'demo-gru' over "
@@ -76,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help=demo_help, description=demo_help)
     d.add_argument("--out", help="folder for the runs, OUT/demo.zarr, OUT/demo-resnet.zarr and OUT/demo-gru.zarr; "
                                  "a re-run resumes them (default: a new temporary directory)")
-    d.add_argument("--batch-size", type=int, default=250, help="images per mining batch (default 250)")
+    d.add_argument("--batch-size", type=positive_int, default=250, help="images per mining batch (default 250)")
     d.add_argument("--report", help="folder for the reports, REPORT/demo/, REPORT/demo-resnet/ and "
                                     "REPORT/demo-gru/ (default: OUT/report)")
     r = sub.add_parser("report", help="write a static HTML report of RUN (opens offline in any browser)")
@@ -85,16 +138,16 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="two runs over the same dataset side by side")
     c.add_argument("run_a")
     c.add_argument("run_b")
-    c.add_argument("-n", type=int, default=5, help="classes per side (default 5)")
+    c.add_argument("-n", type=positive_int, default=5, help="classes per side (default 5)")
     s = sub.add_parser("summary", help="print a run's accuracy and per-layer class preferences")
     s.add_argument("run")
-    s.add_argument("-n", type=int, default=5, help="classes per side (default 5)")
+    s.add_argument("-n", type=positive_int, default=5, help="classes per side (default 5)")
     i = sub.add_parser("importance", help="per-unit ablation importance for the correct class, stored in RUN")
     i.add_argument("run")
     i.add_argument("--layers", nargs="+", help="mined layers (default: every mined module layer)")
     _reload_options(i)
-    i.add_argument("--batch-size", type=int, default=256)
-    i.add_argument("-n", type=int, default=10, help="units listed (and plotted) per layer (default 10)")
+    i.add_argument("--batch-size", type=positive_int, default=256)
+    i.add_argument("-n", type=positive_int, default=10, help="units listed (and plotted) per layer (default 10)")
     i.add_argument("--plot", help="write a PNG of the most important units per layer")
     b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
@@ -106,7 +159,7 @@ def _reload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="the dataset's ImageFolder root, if it moved since mining")
     p.add_argument("--model", help="the model, if the run cannot reload it (mined from an in-memory model)")
     p.add_argument("--weights", help="state_dict file for --model")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
 
 
 def _bench(args: list[str]) -> int:
@@ -122,7 +175,7 @@ def _bench(args: list[str]) -> int:
 
 def _mine(args: argparse.Namespace, console: Console) -> None:
     from . import distributed, mine
-    from .console import RichProgress, layers_table
+    from .console import RichProgress, layers_table, safe
 
     bar = RichProgress(console)
     try:
@@ -143,14 +196,14 @@ def _mine(args: argparse.Namespace, console: Console) -> None:
     console.print(layers_table(run))
     acc = run.accuracy()
     console.print(f"{run.images_done} images, {bar.images} this session in {bar.seconds:.1f} s"
-                  + (f"; accuracy {acc * 100:.2f}%" if acc is not None else "") + f" → {run.path}")
+                  + (f"; accuracy {acc * 100:.2f}%" if acc is not None else "") + f" → {safe(run.path)}")
     if args.no_logits:
         console.print("--no-logits: the forward pass stopped after the deepest mined layer; "
                       "no predictions or accuracy were written")
 
 
 def _visualize(args: argparse.Namespace, console: Console) -> None:
-    from .console import RichProgress
+    from .console import RichProgress, safe
     from .visualize import visualize
 
     bar = RichProgress(console, "visualizing", unit="units")
@@ -161,7 +214,7 @@ def _visualize(args: argparse.Namespace, console: Console) -> None:
     finally:
         bar.stop()
     console.print(f"patches and {args.method} crops of {len(args.layers or run.layers)} layers "
-                  f"in {bar.seconds:.1f} s → {run.path}")
+                  f"in {bar.seconds:.1f} s → {safe(run.path)}")
 
 
 def print_summary(path: str, n: int, console: Console) -> None:
@@ -188,11 +241,12 @@ def print_report(path: str, out: str, console: Console) -> Path:
     """`sketchmine report`: write the HTML report and say where it is."""
     import time
 
+    from .console import safe
     from .report import write_report
 
     t0 = time.perf_counter()
     index = write_report(path, out)
-    console.print(f"report written in {time.perf_counter() - t0:.1f} s: open {index}")
+    console.print(f"report written in {time.perf_counter() - t0:.1f} s: open {safe(index)}")
     return index
 
 
@@ -202,6 +256,44 @@ def _compare(args: argparse.Namespace, console: Console) -> None:
 
     for table in compare_tables(compare(args.run_a, args.run_b, args.n)):
         console.print(table)
+
+
+INTERRUPTED = {
+    "mine": "re-run the same command to resume from the last flush (a checkpoint every --flush-every batches)",
+    "visualize": "re-run the same command to resume from the last finished block of units",
+    "importance": "layers finished before the interrupt keep their stored importance; re-running recomputes "
+                  "every layer it is given",
+    "report": "no report was written and the previous one in the folder (if any) is unchanged; re-running "
+              "writes the report again from the start",
+    "demo": "re-run with the same --out to resume the runs; importance and reports are computed again",
+}
+"""What a re-run does after Ctrl-C, per command (a KeyboardInterrupt with a message says more)."""
+
+
+def _error(message: str) -> None:
+    """One line on stderr, every control character escaped (a file or class name cannot drive the terminal)."""
+    from .console import safe
+
+    print(f"sketchmine: error: {' '.join(safe(message, markup=False).split())}", file=sys.stderr)
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError (disk full, permission, missing file) in one line with its path."""
+    import errno
+
+    what = exc.strerror or str(exc)
+    path = f"{exc.filename}: " if exc.filename else ""
+    hint = "; make room and re-run" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"{path}{what}{hint}"
+
+
+def _quiet_after_failure() -> None:
+    """A handled failure can leave zarr's asyncio tasks failed or pending (other chunk writes of
+    the same full disk); asyncio logs each with a traceback when it is garbage collected. The
+    one-line error already said what happened, so that logger is silenced for the exit."""
+    import logging
+
+    logging.getLogger("asyncio").disabled = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,10 +321,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             return _bench(args.args)
     except SketchmineError as exc:
-        print(f"sketchmine: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        _quiet_after_failure()
+        _error(str(exc))
         return 2
-    except KeyboardInterrupt:
-        print("sketchmine: interrupted; re-run the same command to resume", file=sys.stderr)
+    except OSError as exc:  # disk full, permission denied, a file gone: the path and the reason, no traceback
+        _quiet_after_failure()
+        _error(_os_error(exc))
+        return 2
+    except KeyboardInterrupt as exc:
+        _quiet_after_failure()
+        from .console import safe
+
+        said = str(exc) if exc.args else f"interrupted; {INTERRUPTED.get(args.command, 'nothing was written')}"
+        print(f"sketchmine: {' '.join(safe(said, markup=False).split())}", file=sys.stderr)
         return 130
     return 0
 

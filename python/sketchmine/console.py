@@ -4,6 +4,7 @@ Kept out of the miner: the miner reports through the `Progress` protocol only.
 """
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -14,6 +15,21 @@ from rich.markup import escape
 from rich.table import Table
 
 from .run import Run
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: object, markup: bool = True) -> str:
+    """`text` fit for a terminal: every C0/C1 control character (ESC, CR, BEL, tab, newline, …)
+    and bidi/line-separator format character shown as a `\\x1b`-style escape, so no file or
+    class name can move the cursor, clear the screen or reorder a line; with `markup`, rich
+    markup (`[bold]`) escaped too, for text handed to a rich Console or Table."""
+    def esc(m: re.Match) -> str:
+        c = ord(m.group())
+        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+    out = _CONTROL.sub(esc, str(text))
+    return escape(out) if markup else out
 
 
 class RichProgress:
@@ -47,7 +63,7 @@ class RichProgress:
         self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} {'img' if self.unit == 'images' else self.unit}/s")
 
     def note(self, message: str) -> None:
-        self.console.print(f"[yellow]note:[/] {message}")
+        self.console.print(f"[yellow]note:[/] {safe(message)}")
 
     def stop(self) -> None:
         if self._bar is not None:
@@ -60,7 +76,7 @@ class RichProgress:
 
 def layers_table(run: Run) -> Table:
     """One row per mined layer: shape, units, best activation, NaNs seen."""
-    table = Table(title=f"{run.path}  ({'complete' if run.complete else 'PARTIAL: ' + str(run.images_done) + ' images'})")
+    table = Table(title=f"{safe(run.path)}  ({'complete' if run.complete else 'PARTIAL: ' + str(run.images_done) + ' images'})")
     for col in ("layer", "kind", "shape", "units", "max activation", "NaN"):
         table.add_column(col, justify="right" if col in ("units", "max activation", "NaN") else "left")
     for name in run.layers:
@@ -69,7 +85,7 @@ def layers_table(run: Run) -> Table:
         best = values[idx >= 0].max() if (idx >= 0).any() else float("nan")
         nans = int(np.asarray(g["nan_count"][...]).sum()) if "nan_count" in g else 0
         shape = "×".join(map(str, g.attrs["shape"]))
-        table.add_row(name, g.attrs.get("kind", ""), shape, str(g.attrs["shape"][0]), f"{best:.4g}", str(nans))
+        table.add_row(safe(name), safe(g.attrs.get("kind", "")), safe(shape), str(g.attrs["shape"][0]), f"{best:.4g}", str(nans))
     return table
 
 
@@ -81,7 +97,7 @@ def accuracy_table(run: Run) -> Table:
     table.add_column("accuracy %", justify="right")
     table.add_column("images", justify="right")
     for name, row in acc.iterrows():
-        table.add_row(escape(str(name)), "-" if np.isnan(row["accuracy"]) else f"{row['accuracy'] * 100:.2f}", str(int(row["count"])))
+        table.add_row(safe(name), "-" if np.isnan(row["accuracy"]) else f"{row['accuracy'] * 100:.2f}", str(int(row["count"])))
     return table
 
 
@@ -93,9 +109,9 @@ def preferences_table(run: Run, n: int = 5) -> Table:
     table.add_column(f"bottom {n}")
     for name in run.layers:
         fmt = lambda df: ", ".join(  # noqa: E731
-            f"{escape(str(cls))} {int(r['count'])}" + ("" if np.isnan(r["accuracy"]) else f" ({r['accuracy'] * 100:.1f})")
+            f"{safe(cls)} {int(r['count'])}" + ("" if np.isnan(r["accuracy"]) else f" ({r['accuracy'] * 100:.1f})")
             for cls, r in df.iterrows())
-        table.add_row(name, fmt(run.top_classes(name, n)), fmt(run.bottom_classes(name, n)))
+        table.add_row(safe(name), fmt(run.top_classes(name, n)), fmt(run.bottom_classes(name, n)))
     return table
 
 
@@ -115,9 +131,9 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
     for name in run.layers:
         pref = analysis.class_preference(run, name)
         si = analysis.selectivity(run, name)
-        fmt = lambda df: ", ".join(f"{escape(str(c))} {r['preference']:+.2f}" for c, r in df.iterrows())  # noqa: E731
+        fmt = lambda df: ", ".join(f"{safe(c)} {r['preference']:+.2f}" for c, r in df.iterrows())  # noqa: E731
         row = corr.loc[name]
-        table.add_row(name, fmt(pref.head(n)), fmt(pref.tail(n)),
+        table.add_row(safe(name), fmt(pref.head(n)), fmt(pref.tail(n)),
                       f"{si.median():.3f}" if si.notna().any() else "-",
                       f"{row['spearman']:+.3f}", f"{row['p_value']:.3g}")
     return table
@@ -134,26 +150,38 @@ def ink_table(run: Run) -> Table:
         table.add_column(col, justify="left" if col == "class" else "right")
     for c, v in ink.items():
         a = acc.get(c, float("nan"))
-        table.add_row(escape(str(c)), f"{v:.3f}", "-" if np.isnan(a) else f"{a * 100:.2f}")
+        table.add_row(safe(c), f"{v:.3f}", "-" if np.isnan(a) else f"{a * 100:.2f}")
     return table
 
 
 def compare_tables(cmp) -> list[Table]:
     """`compare.Comparison` as two tables: accuracy side by side, layers paired by depth."""
     oa, ob = cmp.overall
-    acc = Table(title=f"accuracy: A {cmp.a.path} ({'-' if oa is None else f'{oa * 100:.2f}%'}) vs "
-                      f"B {cmp.b.path} ({'-' if ob is None else f'{ob * 100:.2f}%'})")
+    acc = Table(title=f"accuracy: A {safe(cmp.a.path)} ({'-' if oa is None else f'{oa * 100:.2f}%'}) vs "
+                      f"B {safe(cmp.b.path)} ({'-' if ob is None else f'{ob * 100:.2f}%'})")
     for col in ("class", "A %", "B %", "B − A"):
         acc.add_column(col, justify="left" if col == "class" else "right")
     pct = lambda v: "-" if np.isnan(v) else f"{v * 100:.2f}"  # noqa: E731
     for c, r in cmp.accuracy.iterrows():
-        acc.add_row(escape(str(c)), pct(r["accuracy_a"]), pct(r["accuracy_b"]), pct(r["difference"]))
+        acc.add_row(safe(c), pct(r["accuracy_a"]), pct(r["accuracy_b"]), pct(r["difference"]))
     lay = Table(title=f"layers paired by relative depth: top/bottom {cmp.n} classes among the top-k images, Jaccard overlap")
     for col in ("layer A", "layer B", f"top {cmp.n} A", f"top {cmp.n} B", "J top", f"bottom {cmp.n} A",
                 f"bottom {cmp.n} B", "J bottom"):
         lay.add_column(col, justify="right" if col.startswith("J") else "left")
     for _, r in cmp.layers.iterrows():
-        lay.add_row(r["layer_a"], r["layer_b"], ", ".join(escape(str(x)) for x in r["top_a"]), ", ".join(escape(str(x)) for x in r["top_b"]),
-                    f"{r['jaccard_top']:.2f}", ", ".join(escape(str(x)) for x in r["bottom_a"]), ", ".join(escape(str(x)) for x in r["bottom_b"]),
+        lay.add_row(safe(r["layer_a"]), safe(r["layer_b"]), ", ".join(safe(x) for x in r["top_a"]), ", ".join(safe(x) for x in r["top_b"]),
+                    f"{r['jaccard_top']:.2f}", ", ".join(safe(x) for x in r["bottom_a"]), ", ".join(safe(x) for x in r["bottom_b"]),
                     f"{r['jaccard_bottom']:.2f}")
     return [acc, lay]
+
+
+def importance_table(run: Run, name: str, n: int) -> Table:
+    """A rich table of the `n` units of `name` that matter most for the correct class."""
+    df = run.unit_importance(name)
+    table = Table(title=f"{safe(name)}: units that matter most for the correct class "
+                        f"({df.attrs['images']} images, accuracy {df.attrs['base_accuracy'] * 100:.2f}%)")
+    for col in df.columns:
+        table.add_column(col, justify="right")
+    for row in df.head(n).itertuples(index=False):
+        table.add_row(str(row.unit), *(f"{v:.4f}" for v in row[1:]))
+    return table

@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 
 from .data import MinerDataset
 from .run import Run
@@ -46,11 +45,11 @@ def animal_shape_test(model: str) -> MinerDataset:
 def mine_and_visualize(model: str, out: Path, batch_size: int, console: Console) -> Run:
     """Mine every default layer of `model` into `out`, then crop every unit's patches and
     deconvolutions; both passes resume where an earlier demo left off."""
-    from .console import RichProgress
+    from .console import RichProgress, safe
     from .miner import mine
     from .visualize import visualize
 
-    console.print(f"[bold]{model}[/] → {out}")
+    console.print(f"[bold]{model}[/] → {safe(out)}")
     bar = RichProgress(console)
     try:
         run = mine(model, animal_shape_test(model), out=out, batch_size=batch_size, progress=bar)
@@ -68,23 +67,75 @@ def print_comparison(a: Run, b: Run, console: Console, n: int = 5) -> None:
     from .compare import compare
     from .console import compare_tables
 
-    console.rule(f"[bold]compare[/]: A = {a.attrs.get('model')}, B = {b.attrs.get('model')}")
+    from .console import safe
+
+    console.rule(f"[bold]compare[/]: A = {safe(a.attrs.get('model'))}, B = {safe(b.attrs.get('model'))}")
     for table in compare_tables(compare(a, b, n)):
         console.print(table)
+
+
+DEMO_MARKER = ".sketchmine-demo"
+"""The file that makes a folder a demo folder: the demo writes only its runs and reports there."""
+
+
+def demo_entries(report_in_out: bool) -> set[str]:
+    """The names the demo writes directly under OUT."""
+    return {f"{m}.zarr" for m in (*MODELS, RECURRENT[0])} | ({"report"} if report_in_out else set()) | {DEMO_MARKER}
+
+
+def check_demo_dir(out: Path, reports: Path) -> None:
+    """Refuse, before anything is mined, an OUT that is not the demo's: a file, a path inside
+    a run, or a non-empty folder that holds anything but an earlier demo's runs and reports
+    (with or without the marker); and report folders `write_report` would refuse."""
+    from .errors import SketchmineError
+    from .report import check_report_dir
+    from .store import is_run
+
+    target = out.resolve()
+    if target.exists() and not target.is_dir():
+        raise SketchmineError(f"demo folder {out} exists and is not a folder; choose a new or empty folder")
+    for p in (target, *target.parents):
+        if is_run(p):
+            raise SketchmineError(f"demo folder {out} is inside the run {p}; choose a folder outside any run")
+    if target.is_dir():
+        names = {p.name for p in target.iterdir()}
+        foreign = sorted(names - demo_entries(reports.resolve() == target / "report"))
+        if foreign and not (target / DEMO_MARKER).is_file():
+            raise SketchmineError(f"demo folder {out} is not empty and is not a sketchmine demo folder (it holds "
+                                  f"{', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''}); choose a new or "
+                                  "empty folder")
+    for m in (*MODELS, RECURRENT[0]):
+        check_report_dir(reports / m, out / f"{m}.zarr")
 
 
 def run_demo(out_dir: str | Path | None, batch_size: int, report_dir: str | Path | None,
              console: Console) -> dict[str, Path]:
     """Mine, visualize, summarise and report the embedded models, compare the two image models,
     and rank the GRU's hidden units by importance; returns each model's report index.html.
-    out_dir: where the runs go (None: a new temporary directory); report_dir: the reports'
-    parent folder (None: out_dir/report)."""
-    from .cli import print_report, print_summary
-    from .importance import importance_table, unit_importance
-    from .run import open_run
-
+    out_dir: where the runs go (None: a new temporary directory), new, empty or an earlier
+    demo's (refused otherwise); report_dir: the reports' parent folder (None: out_dir/report).
+    Ctrl-C says what a re-run does (a KeyboardInterrupt carrying the message)."""
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="sketchmine-demo-"))
     reports = Path(report_dir) if report_dir else out / "report"
+    check_demo_dir(out, reports)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("sketchmine demo: runs demo.zarr, demo-resnet.zarr, demo-gru.zarr and reports\n")
+    try:
+        return _run_demo(out, batch_size, reports, console)
+    except KeyboardInterrupt:
+        again = f"sketchmine demo --out {out}" + (f" --report {report_dir}" if report_dir else "")
+        raise KeyboardInterrupt(
+            f"interrupted; `{again}` resumes mining and visualizing where the runs stopped (last flush / unit "
+            "block), then measures the GRU's unit importance and writes the reports again (earlier reports are "
+            "kept until replaced)") from None
+
+
+def _run_demo(out: Path, batch_size: int, reports: Path, console: Console) -> dict[str, Path]:
+    from .cli import print_report, print_summary
+    from .console import importance_table, safe
+    from .importance import unit_importance
+    from .run import open_run
+
     console.print("[bold]sketchmine demo[/]: every layer of the embedded SketchNet (demo) and small ResNet "
                   "(demo-resnet) over the Animal-Shape test split, the two compared, then the CNN + GRU "
                   "(demo-gru) over the same images drawn progressively")
@@ -99,5 +150,5 @@ def run_demo(out_dir: str | Path | None, batch_size: int, report_dir: str | Path
     console.print(importance_table(open_run(runs[gru].path), layer, 10))
     index = {m: print_report(str(run.path), str(reports / m), console) for m, run in runs.items()}
     a, b = (runs[m].path for m in MODELS)
-    console.print(escape(f"runs stored in {out}; compare them again with: sketchmine compare {a} {b}"))
+    console.print(safe(f"runs stored in {out}; compare them again with: sketchmine compare {a} {b}"))
     return index

@@ -366,15 +366,32 @@ def importance_table(run: Run, name: str, n: int) -> Any:
 
 
 def run_cli(args: Any, console: Any) -> None:
-    """`sketchmine importance RUN [--layers ...]`: compute, store, print the top units, plot."""
+    """`sketchmine importance RUN [--layers ...]`: compute, store, print the top units, plot.
+    The layers and the plot path are checked before any computation; Ctrl-C says which
+    layers' importance was stored (a re-run recomputes every layer it is given)."""
+    from .console import importance_table as table, safe
+    from .plots import check_plot_path, save_figure
+
     run = open_run(args.run)
     layers = args.layers or [l for l in run.layers if l != SOFTMAX and not l.endswith(".cell")]
     for name in layers:
-        unit_importance(run, name, args.model, args.data, weights=args.weights, batch_size=args.batch_size,
-                        device=args.device)
+        run._check_layer(name)
+    if args.plot:
+        check_plot_path(args.plot)
+    done: list[str] = []
+    try:
+        for name in layers:
+            unit_importance(run, name, args.model, args.data, weights=args.weights, batch_size=args.batch_size,
+                            device=args.device)
+            done.append(name)
+    except KeyboardInterrupt:
+        rest = [l for l in layers if l not in done]
+        kept = (f"the importance of {', '.join(done)} is stored" if done else "no layer's importance was stored")
+        raise KeyboardInterrupt(f"interrupted; {kept}; a re-run recomputes every layer it is given, so pass "
+                                f"--layers {' '.join(rest)} to compute only the rest") from None
     run = open_run(args.run)
     for name in layers:
-        console.print(importance_table(run, name, args.n))
+        console.print(table(run, name, args.n))
     if args.plot:
-        plot_importance(run, layers, args.n, args.plot)
-        console.print(f"plot written to {args.plot}")
+        save_figure(plot_importance(run, layers, args.n), args.plot)
+        console.print(f"plot written to {safe(args.plot)}")

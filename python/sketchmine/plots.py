@@ -107,3 +107,47 @@ def ink_figure(run: Run) -> Figure:
 
 def ink_plot(run: Run, out: str | os.PathLike, formats: tuple[str, ...] = FORMATS) -> list[Path]:
     return _save(ink_figure(run), Path(out), formats)
+
+
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """A plot file sketchmine may write (checked before any computation): its folder exists
+    and is writable and not inside a run, it is not a folder, its extension is a format
+    matplotlib writes. An existing file of that name is replaced (the path was asked for);
+    nothing else is ever removed."""
+    from .errors import SketchmineError
+    from .store import is_run
+
+    p = Path(path)
+    target = p.resolve()
+    fmt = p.suffix[1:].lower()
+    formats = Figure().canvas.get_supported_filetypes()
+    if fmt not in formats:
+        raise SketchmineError(f"plot file {p}: {'no extension' if not fmt else f'unknown format {fmt!r}'}; "
+                              f"name it .png, .svg or .pdf (matplotlib writes {', '.join(sorted(formats))})")
+    if target.is_dir():
+        raise SketchmineError(f"plot file {p} is a folder; give a file name such as {p / 'importance.png'}")
+    if not target.parent.is_dir():
+        raise SketchmineError(f"plot file {p}: the folder {p.parent} does not exist")
+    if not os.access(target.parent, os.W_OK):
+        raise SketchmineError(f"plot file {p}: the folder {p.parent} is not writable")
+    for q in target.parents:
+        if is_run(q):
+            raise SketchmineError(f"plot file {p} is inside the run {q}; write it outside any run")
+    return target
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write `fig` to `path` (format from the extension) through a temporary sibling file, so
+    a failed write leaves an earlier file of that name as it was; closes the figure."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.sketchmine-tmp-{os.getpid()}")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
+            fig.savefig(tmp, format=p.suffix[1:].lower(), dpi=dpi)
+        os.replace(tmp, p)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return p
