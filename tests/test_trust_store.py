@@ -193,3 +193,64 @@ def test_layer_misuse_is_a_clear_error(tmp_path, mined):
     (path / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(SketchmineError, match="layer_names"):
         sketchmine.open_run(path)
+
+
+# ---- 11: reading a run while it is mined ----------------------------------------------------------
+_SLOW_MINE = """
+import sys
+import sketchmine
+from sketchmine.data import animal_shape
+from sketchmine.models import load_model, preprocessing_for
+from tests.helpers import per_class_subset
+
+model = load_model("demo")
+ds = per_class_subset(animal_shape("test", preprocessing_for(model)), 40, "0:400")
+sketchmine.mine(model.module, ds, out=sys.argv[1], batch_size=2, flush_every=1, num_workers=0)
+"""
+
+
+def test_reads_while_mined_see_a_commit_or_a_clear_retry(tmp_path):
+    from sketchmine.analysis import class_stats
+
+    out = tmp_path / "run.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_MINE, str(out)], stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    rounds, retry, seen = 0, 0, set()
+    try:
+        while rounds < 50 and proc.poll() is None:
+            if not (out / "zarr.json").exists():
+                time.sleep(0.02)
+                continue
+            try:
+                run = sketchmine.open_run(out)
+                for layer in run.layers[rounds % 3::3]:  # a third of the layers per round, all in turn
+                    values, index, yx = run.topk(layer)
+                    c = run.layer_shape(layer)[0]
+                    assert values.shape == index.shape == (c, 9) and yx.shape == (c, 9, 2)
+                    assert ((index >= -1) & (index < 400)).all()
+                    ok = index >= 0
+                    assert (ok[:, :-1] >= ok[:, 1:]).all()  # filled slots first
+                    v = np.where(ok, values, -np.inf)
+                    assert (v[:, :-1] >= v[:, 1:]).all()  # best first
+                    assert len(set(ok.sum(1))) == 1  # every unit has seen the same images: one commit
+                    hist = run.class_histogram(layer)  # (perhaps of a newer commit)
+                    assert hist.sum() % c == 0 and ok.sum() <= hist.sum() <= 9 * c
+                    mean, count = class_stats(run, layer)
+                    assert mean.shape == count.shape and count.shape[0] == c
+                acc = run.class_accuracy()
+                assert acc["count"].sum() <= 400
+                seen.add(run.images_done)
+            except SketchmineError as exc:
+                if "no results" in str(exc) and "nothing flushed" in str(exc):
+                    continue  # created, nothing committed yet
+                assert "being written by another process" in str(exc) and "retry" in str(exc), exc
+                retry += 1
+            rounds += 1
+    finally:
+        proc.wait(timeout=600)
+    assert proc.returncode == 0, proc.stderr.read()
+    print(f"{rounds} rounds, {retry} told to retry, commits seen: {sorted(seen)}")
+    assert rounds >= 10 and len(seen) >= 3, (rounds, seen)
+    assert retry <= rounds // 2, (retry, rounds)
+    run = sketchmine.open_run(out)
+    assert run.complete and run.images_done == 400

@@ -67,10 +67,16 @@ def performance_line(df: pd.DataFrame) -> str:
 # ---- unbiased statistics (all images) --------------------------------------------------------
 def class_stats(run: Run, layer: str) -> tuple[np.ndarray, np.ndarray]:
     """(class_mean (C, K) float64, class_count (C, K) int64) over all labelled images: the mean
-    image-level maximum of each unit per class. A partial run reads its last checkpoint."""
-    g = run.store.group[f"layers/{run._check_layer(layer)}"]
-    if "class_mean" in g:
-        return np.asarray(g["class_mean"][...]), np.asarray(g["class_count"][...])
+    image-level maximum of each unit per class. A partial run reads its last committed
+    checkpoint (another process may be mining it: see RunStore.committed)."""
+    run._check_layer(layer)
+    return run.store.committed(lambda: _class_stats(run, layer))
+
+
+def _class_stats(run: Run, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    g = run.store.group[f"layers/{layer}"]
+    if run.complete and "class_mean" in g:  # final arrays, checked against the run's checksums
+        return run.store.read(f"layers/{layer}/class_mean"), run.store.read(f"layers/{layer}/class_count")
     stats = _checkpoint_stats(run)
     if stats is None:
         raise SketchmineError(f"run {run.path} has no class statistics for {layer!r}: the dataset has no labels, "

@@ -278,11 +278,12 @@ class RunStore:
     def committed(self, read: Callable[[], Any], tries: int = 10) -> Any:
         """`read()` against one committed state of a run another process may be mining.
 
-        A writer only rewrites the checkpoint slot its last commit does not name, and commits
-        by rewriting the root attributes; so a read during which the committed progress did
-        not change saw one consistent state. When it changed, the read is repeated against the
-        newer commit (this store refreshed); an error during a read the writer did not
-        disturb is the run's real error. Gives up after `tries` with a clear "retry"."""
+        A writer only rewrites the checkpoint slot its last commit does not name, commits by
+        rewriting the root attributes (atomically), and never rewrites per-image rows below a
+        commit; a reader's checkpoint reads are pinned to one commit (`_pinned`). A read that
+        fails while the committed progress changed is repeated against the newer commit (this
+        store refreshed); an error during a read the writer did not disturb is the run's real
+        error. Gives up after `tries` with a clear "retry"."""
         for attempt in range(tries):
             before = self._progress_on_disk()
             if before != self.group.attrs.get("progress"):
@@ -290,12 +291,10 @@ class RunStore:
             if before.get("complete"):  # final arrays, written before the commit and never again
                 return read()
             try:
-                result, error = read(), None
+                return read()  # checkpoint reads are pinned to one commit (`_pinned`); rows below it do not change
             except Exception as exc:
-                result, error = None, exc
+                error = exc
             if self._progress_on_disk() == before:
-                if error is None:
-                    return result
                 if isinstance(error, SketchmineError):
                     raise error
                 raise SketchmineError(f"run {self.path} is damaged: {type(error).__name__}: {str(error)[:120]}; "
@@ -447,17 +446,51 @@ class RunStore:
         except Exception:  # unreadable, truncated or missing files
             return None
 
-    def read_checkpoint(self, layers: list[str]) -> dict[str, dict[str, torch.Tensor]] | None:
-        """The newest intact state (see `checkpoint`), or None when there is none."""
-        slot = self.checkpoint()[0]
+    def _pinned(self, keys: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """For a reader (read-only handle): the committed slot's attributes and arrays `keys`
+        (those it has), read once each and checked against the slot's own checksums and the
+        committed progress. A writer rewrites a slot only after committing the other one, so
+        arrays that match the checksums of a slot whose images_done is the committed one are
+        that commit's state, whatever the writer did meanwhile. None when the slot cannot be
+        pinned although the run did not move on (damaged: the caller's `checkpoint` path
+        decides); a SketchmineError when the writer moved on (RunStore.committed retries)."""
+        progress = self._progress_on_disk()
+        slot = progress.get("slot")
         if slot is None:
             return None
         try:
-            sg = self.group[f"_checkpoint/{slot}"]
-            flat = {key: np.asarray(sg[key][...]) for key in _STATE_KEYS}
+            sg = zarr.open_group(str(self.path / "_checkpoint" / slot), mode="r")
+            meta = dict(sg.attrs)
+            sums = meta["checksums"]
+            if meta.get("images_done") != progress.get("images_done"):
+                raise ValueError("the slot is not the committed one")
+            flat = {key: np.asarray(sg[key][...]) for key in keys if key in sums}
+            if any(_digest(arr) != sums[key] for key, arr in flat.items()):
+                raise ValueError("the slot's arrays do not match its checksums")
+            return meta, flat
+        except Exception as exc:
+            if self._progress_on_disk() != progress:
+                raise SketchmineError(f"{self.path}: the checkpoint moved on while it was read ({exc})") from None
+            return None
+
+    def read_checkpoint(self, layers: list[str]) -> dict[str, dict[str, torch.Tensor]] | None:
+        """The newest intact state (see `checkpoint`), or None when there is none."""
+        pinned = self._pinned(_STATE_KEYS) if self.group.read_only else None
+        if pinned is not None and all(key in pinned[1] for key in _STATE_KEYS):
+            slot, meta, flat = self._progress_on_disk().get("slot"), pinned[0], pinned[1]
+        else:
+            slot = self.checkpoint()[0]
+            if slot is None:
+                return None
+            meta = flat = None
+        try:
+            if flat is None:
+                sg = self.group[f"_checkpoint/{slot}"]
+                flat = {key: np.asarray(sg[key][...]) for key in _STATE_KEYS}
+                meta = dict(sg.attrs)
             out: dict[str, dict[str, torch.Tensor]] = {}
             at = at_c = 0
-            for layer, (c, k) in zip(sg.attrs["layers"], sg.attrs["shapes"]):
+            for layer, (c, k) in zip(meta["layers"], meta["shapes"]):
                 st = {key: torch.from_numpy(flat[key][at:at + c * k].reshape(c, k).copy())
                       for key in ("values", "index", "position")}
                 st["nan_count"] = torch.from_numpy(flat["nan_count"][at_c:at_c + c].copy())
@@ -475,13 +508,20 @@ class RunStore:
 
     def read_checkpoint_arrays(self, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
         """The checkpoint's further arrays (see write_checkpoint), or None when absent."""
+        pinned = self._pinned(keys) if self.group.read_only else None
+        if pinned is not None:
+            return pinned[1] if all(key in pinned[1] for key in keys) else None
         slot = self.checkpoint()[0]
         if slot is None or f"_checkpoint/{slot}" not in self.group:
             return None
         sg = self.group[f"_checkpoint/{slot}"]
         if not all(key in sg for key in keys):
             return None
-        return {key: np.asarray(sg[key][...]) for key in keys}
+        try:
+            return {key: np.asarray(sg[key][...]) for key in keys}
+        except Exception as exc:  # vanished or rewritten meanwhile (a reader's RunStore.committed retries)
+            raise SketchmineError(f"{self.path}: the checkpoint ({slot}) cannot be read "
+                                  f"({type(exc).__name__}: {exc})") from None
 
     @_io_errors
     def write_arrays(self, group: str, arrays: dict[str, np.ndarray]) -> None:
