@@ -254,3 +254,86 @@ def test_reads_while_mined_see_a_commit_or_a_clear_retry(tmp_path):
     assert retry <= rounds // 2, (retry, rounds)
     run = sketchmine.open_run(out)
     assert run.complete and run.images_done == 400
+
+
+# ---- 16: a half-written importance group ---------------------------------------------------------
+def _importance(units: int):
+    from sketchmine.importance import Importance
+
+    rng = np.random.default_rng(0)
+    return Importance(*(rng.random(units) for _ in range(4)), attrs={"images": 300, "base_accuracy": 0.5,
+                                                                    "method": "split"})
+
+
+def test_a_half_written_importance_group_counts_as_not_computed(tmp_path, mined):
+    from sketchmine.importance import read_importance, write_importance
+    from sketchmine.report import write_report
+
+    path = _copy(mined, tmp_path)
+    run = sketchmine.open_run(path)
+    write_importance(run, "classifier.4", _importance(256))
+    assert len(run.unit_importance("classifier.4")) == 256 and run.has_importance("classifier.4")
+    # as a write interrupted between arrays leaves it (written before the marker): one array
+    # gone, and the attributes that came last never written
+    imp = path / "layers" / "classifier.4" / "importance"
+    shutil.rmtree(imp / "mean_act_wrong")
+    meta = json.loads((imp / "zarr.json").read_text())
+    meta["attributes"] = {}
+    (imp / "zarr.json").write_text(json.dumps(meta))
+    run = sketchmine.open_run(path)
+    with pytest.raises(SketchmineError, match="no unit importance for 'classifier.4'"):
+        read_importance(run, "classifier.4")
+    assert not run.has_importance("classifier.4")
+    # the marker alone missing, or one array alone missing, counts the same
+    write_importance(run, "classifier.4", _importance(256))
+    meta = json.loads((imp / "zarr.json").read_text())
+    del meta["attributes"]["complete"]
+    meta["attributes"] = {}
+    (imp / "zarr.json").write_text(json.dumps(meta))
+    assert not sketchmine.open_run(path).has_importance("classifier.4")
+    write_importance(run, "classifier.4", _importance(256))
+    (imp / "acc_drop" / "zarr.json").unlink()
+    with pytest.raises(SketchmineError, match="no unit importance"):
+        sketchmine.open_run(path).unit_importance("classifier.4")
+
+
+def test_an_interrupted_importance_write_leaves_the_earlier_result_and_report_works(tmp_path, mined):
+    import zarr
+
+    from sketchmine.importance import write_importance
+    from sketchmine.report import write_report
+
+    path = _copy(mined, tmp_path)
+    run = sketchmine.open_run(path)
+    # a first write killed half-way leaves its staging group (no marker), never "importance"
+    staging = zarr.open_group(str(path / "layers" / "features.3" / "importance.writing"), mode="w")
+    staging.create_array("prob_drop", shape=(64,), dtype="float64")[:] = np.ones(64)
+    with pytest.raises(SketchmineError, match="no unit importance"):
+        run.unit_importance("features.3")
+    write_report(run, tmp_path / "report", images=False)
+    # the next write replaces the leftover; a later interrupted one leaves the earlier result
+    write_importance(run, "features.3", _importance(64))
+    assert not (path / "layers" / "features.3" / "importance.writing").exists()
+    first = run.unit_importance("features.3")
+    staging = zarr.open_group(str(path / "layers" / "features.3" / "importance.writing"), mode="w")
+    staging.create_array("prob_drop", shape=(64,), dtype="float64")[:] = np.zeros(64)
+    again = sketchmine.open_run(path).unit_importance("features.3")
+    assert again.equals(first) and again.attrs == first.attrs == {"images": 300, "base_accuracy": 0.5, "method": "split"}
+    index = write_report(sketchmine.open_run(path), tmp_path / "report2", images=False)
+    assert "Which units matter for the label" in (index.parent / "layers").joinpath(
+        next(p.name for p in (index.parent / "layers").iterdir() if "features" in p.name and "3" in p.name)).read_text()
+
+
+def test_patches_of_a_unit_not_visualized_yet_is_an_error(tmp_path, mined, demo_model, small_test_set):
+    from sketchmine.visualize import patches_of, visualize
+
+    path = _copy(mined, tmp_path)
+    visualize(path, ["classifier.4"], model=demo_model.module, data=small_test_set, max_units=10, batch_size=27)
+    run = sketchmine.open_run(path)
+    done = run.layer_group("classifier.4").attrs["visualized"]["units_done"]
+    assert 10 <= done < 256
+    assert patches_of(run, "classifier.4", 0)["patches"].shape[0] == 3
+    with pytest.raises(SketchmineError, match="no patches yet"):
+        patches_of(run, "classifier.4", done)
+    with pytest.raises(SketchmineError, match="units are 0 to 255"):
+        patches_of(run, "classifier.4", 256)

@@ -290,38 +290,39 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
 
 
 def write_importance(run: Run, layer: str, result: Importance) -> None:
-    """layers/<layer>/importance/<column> arrays plus attrs; replaces an earlier result."""
-    import zarr
+    """layers/<layer>/importance/<column> arrays plus attrs; replaces an earlier result as a
+    unit (RunStore.write_group): an interrupted write leaves the earlier result, or none."""
+    from .store import RunLock, RunStore
 
-    from .store import RunLock
-
+    run._check_layer(layer)
     lock = RunLock(run.path)
     lock.acquire()
     try:
-        root = zarr.open_group(str(run.path), mode="r+")
-        lg = root[f"layers/{layer}"]
-        if "importance" in lg:
-            del lg["importance"]
-        g = lg.create_group("importance")
-        for col in COLUMNS:
-            values = np.asarray(getattr(result, col), dtype=np.float64)
-            g.create_array(col, shape=values.shape, dtype="float64", chunks=(max(len(values), 1),))[:] = values
-        g.attrs.update(result.attrs)
+        RunStore.open(run.path, mode="r+").write_group(
+            f"layers/{layer}/importance",
+            {col: np.asarray(getattr(result, col), dtype=np.float64) for col in COLUMNS}, dict(result.attrs))
     finally:
         lock.release()
 
 
+def has_importance(run: Run, layer: str) -> bool:
+    """True when `layer` has a whole stored importance result (see write_importance)."""
+    return run.store.read_group(f"layers/{run._check_layer(layer)}/importance", COLUMNS) is not None
+
+
 def read_importance(run: Run, layer: str) -> pd.DataFrame:
     """(unit, prob_drop, acc_drop, mean_act_correct, mean_act_wrong), one row per unit,
-    most important (largest prob_drop) first."""
-    g = run.store.group[f"layers/{run._check_layer(layer)}"]
-    if "importance" not in g:
+    most important (largest prob_drop) first. A result whose write was interrupted counts
+    as not computed."""
+    found = run.store.read_group(f"layers/{run._check_layer(layer)}/importance", COLUMNS)
+    if found is None:
         raise SketchmineError(f"run {run.path} has no unit importance for {layer!r}; compute it with "
                               f"sketchmine importance {run.path} --layers {layer}")
-    imp = g["importance"]
-    df = pd.DataFrame({col: np.asarray(imp[col][...]) for col in COLUMNS})
+    arrays, attrs = found
+    df = pd.DataFrame(arrays)
     df.insert(0, "unit", np.arange(len(df)))
-    df.attrs.update(dict(imp.attrs))
+    attrs.pop("complete", None)
+    df.attrs.update(attrs)
     return df.sort_values(["prob_drop", "unit"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
@@ -333,7 +334,7 @@ def plot_importance(run: Run, layers: list[str] | None = None, n: int = 10, path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = layers or [l for l in run.layers if "importance" in run.store.group[f"layers/{l}"]]
+    names = layers or [l for l in run.layers if has_importance(run, l)]
     if not names:
         raise SketchmineError(f"run {run.path} has no unit importance yet; run sketchmine importance first")
     fig, axes = plt.subplots(len(names), 1, figsize=(7, 0.35 * n * len(names) + 1.2), squeeze=False)

@@ -177,6 +177,13 @@ class Run:
 
         return read_importance(self, layer)
 
+    def has_importance(self, layer: str) -> bool:
+        """True when `unit_importance(layer)` has a whole stored result to read (a write that
+        was interrupted counts as none)."""
+        from .importance import has_importance
+
+        return has_importance(self, layer)
+
     # ---- summaries over all images and per unit: computed in analysis.py ----------------------
     def unit_classes(self, layer: str, unit: int) -> pd.DataFrame:
         """One unit's top-k, best first, with class and class accuracy (the seed's "Classes with performance")."""

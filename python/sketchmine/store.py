@@ -529,6 +529,52 @@ class RunStore:
         "layers/conv1/values"), one chunk each, replacing earlier ones, in one Zarr call."""
         _put_all(self.group[group] if group else self.group, arrays)
 
+    @_io_errors
+    def write_group(self, path: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+        """Replace the group at `path` (e.g. "layers/conv1/importance") by `arrays` (one chunk
+        each) and `attrs`, as a unit: they are written into the sibling group `<path>.writing`
+        with the marker attribute "complete" last, which is then renamed into place. An
+        interrupted write leaves only that sibling (removed by the next write), so readers see
+        the previous group or the new one, never part of one. The caller holds the RunLock."""
+        import shutil
+
+        target = self.path / path
+        staging = target.with_name(target.name + ".writing")
+        old = target.with_name(target.name + ".old")
+        for leftover in (staging, old):  # ours, by name, from an interrupted write
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+        try:
+            group = zarr.open_group(str(staging), mode="w")
+            _put_all(group, arrays)
+            group.attrs.update({**attrs, "complete": True})
+            if target.exists():
+                os.rename(target, old)
+            os.rename(staging, target)
+        except Exception:
+            if staging.is_dir():
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            if old.is_dir() and target.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+
+    def read_group(self, path: str, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """(arrays `keys`, attributes) of a group `write_group` wrote, or None when it is absent or
+        incomplete: no "complete" marker (nor, written before the marker, its attributes), or an
+        array missing or unreadable (a write interrupted by a sketchmine before 14)."""
+        try:
+            group = self.group[path]
+            attrs = dict(group.attrs)
+            if not (attrs.get("complete") is True or ("complete" not in attrs and attrs)):
+                return None
+            arrays = {key: np.asarray(group[key][...]) for key in keys}
+        except Exception:
+            return None
+        if len({arr.shape for arr in arrays.values()}) > 1:
+            return None
+        return arrays, attrs
+
     # ---- final results -------------------------------------------------------------------
     @_io_errors
     def write_results(self, arrays: dict[str, np.ndarray], accuracy: float | None = None) -> None:

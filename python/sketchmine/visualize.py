@@ -173,13 +173,21 @@ def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int
     g = store.group[f"layers/{p.name}"]
     want = p.attrs(method, block)
     have = g.attrs.get("visualized")
-    if have is not None and not redo:
+    whole = all(a in g for a in ARRAYS)
+    if have is not None and not redo and (whole or have.get("units_done", 0) > 0):
         keys = ("method", "patch_size", "source_size")
-        if all(have.get(key) == want[key] for key in keys) and all(a in g for a in ARRAYS):
+        if all(have.get(key) == want[key] for key in keys) and whole:
             return int(have.get("units_done", 0)), int(have["block_units"])
+        if not whole:
+            raise SketchmineError(f"layer {p.name!r} of {store.path} is damaged: its patch arrays are missing "
+                                  f"({have.get('units_done')} units were done); pass --redo to make them again")
         raise SketchmineError(
             f"layer {p.name!r} of {store.path} was visualized with other settings ({have.get('method')}, patches "
             f"{have.get('patch_size')}); pass the same --method/--max-patch, or --redo to replace them")
+    if "visualized" in g.attrs:  # first: a pass interrupted below leaves no claim on missing arrays
+        attrs = dict(g.attrs)
+        del attrs["visualized"]
+        g.attrs.put(attrs)
     for key in ARRAYS:
         if key in g:
             del g[key]
@@ -398,7 +406,13 @@ def _check_present(ds: MinerDataset, needed: np.ndarray) -> None:
 def patches_of(run: Run, layer: str, unit: int) -> dict[str, np.ndarray]:
     """One unit's stored patches, deconvolutions and boxes (for reports and notebooks)."""
     g = run.store.group[f"layers/{run._check_layer(layer)}"]
-    if "visualized" not in g.attrs:
+    if "visualized" not in g.attrs or not all(key in g for key in ARRAYS):
         raise SketchmineError(f"layer {layer!r} of {run.path} has no patches; run `sketchmine visualize {run.path}`")
+    units, done = int(g["patches"].shape[0]), int(g.attrs["visualized"].get("units_done", 0))
+    if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or not 0 <= unit < units:
+        raise SketchmineError(f"unit {unit!r} is not in layer {layer!r} of {run.path}: its units are 0 to {units - 1}")
+    if unit >= done:  # its blocks are not committed: the arrays hold fill values there
+        raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no patches yet ({done} of {units} "
+                              f"units done); run `sketchmine visualize {run.path}` to continue")
     return {key: np.asarray(g[key][unit]) for key in ARRAYS}
 
