@@ -79,8 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="torchvision name, 'sketchnet'/'sketchresnet'/'sketchgru' (with --weights), 'demo', "
                         "'demo-resnet', 'demo-gru', a checkpoint path, or an .onnx file (ONNX Runtime)")
     m.add_argument("--weights", help="state_dict file for a named model (loaded with weights_only=True)")
-    m.add_argument("--seed", type=int, default=0,
-                   help="initialisation seed of a model named without --weights (recorded; default 0)")
+    m.add_argument("--seed", type=int, default=None,
+                   help="initialisation seed of a model named by architecture without --weights (recorded; "
+                        "default 0); refused for any other model")
     m.add_argument("--data", required=True, help="ImageFolder directory: DIR/<class>/<image>")
     m.add_argument("--out", required=True, help="run directory (Zarr); an unfinished one is resumed")
     m.add_argument("--layers", nargs="+", help="qualified module names (default: every conv, linear, softmax)")
@@ -288,12 +289,31 @@ def _os_error(exc: OSError) -> str:
 
 
 def _quiet_after_failure() -> None:
-    """A handled failure can leave zarr's asyncio tasks failed or pending (other chunk writes of
-    the same full disk); asyncio logs each with a traceback when it is garbage collected. The
-    one-line error already said what happened, so that logger is silenced for the exit."""
+    """A handled failure (disk full mid-write, Ctrl-C) can leave zarr's asyncio tasks pending
+    or failed (the other chunk writes of the same call); at exit asyncio would print each with
+    a traceback. The one-line error already said what happened: the pending tasks are awaited
+    (their exceptions retrieved) on zarr's loop, and asyncio's logger is silenced for the exit."""
+    import asyncio
     import logging
 
     logging.getLogger("asyncio").disabled = True
+    sync = sys.modules.get("zarr.core.sync")
+    loop = (getattr(sync, "loop", None) or [None])[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def drain() -> None:
+        me = asyncio.current_task()
+        for _ in range(100):
+            pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if not pending:
+                return
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout=30)
+    except Exception:  # noqa: BLE001 - best effort: the error line is already printed
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,19 +341,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             return _bench(args.args)
     except SketchmineError as exc:
-        _quiet_after_failure()
         _error(str(exc))
+        _quiet_after_failure()
         return 2
     except OSError as exc:  # disk full, permission denied, a file gone: the path and the reason, no traceback
-        _quiet_after_failure()
         _error(_os_error(exc))
+        _quiet_after_failure()
         return 2
     except KeyboardInterrupt as exc:
-        _quiet_after_failure()
         from .console import safe
 
         said = str(exc) if exc.args else f"interrupted; {INTERRUPTED.get(args.command, 'nothing was written')}"
         print(f"sketchmine: {' '.join(safe(said, markup=False).split())}", file=sys.stderr)
+        _quiet_after_failure()
         return 130
     return 0
 

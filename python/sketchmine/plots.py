@@ -121,11 +121,11 @@ def check_plot_path(path: str | os.PathLike) -> Path:
     target = p.resolve()
     fmt = p.suffix[1:].lower()
     formats = Figure().canvas.get_supported_filetypes()
+    if target.is_dir():
+        raise SketchmineError(f"plot file {p} is a folder; give a file name such as {p / 'importance.png'}")
     if fmt not in formats:
         raise SketchmineError(f"plot file {p}: {'no extension' if not fmt else f'unknown format {fmt!r}'}; "
                               f"name it .png, .svg or .pdf (matplotlib writes {', '.join(sorted(formats))})")
-    if target.is_dir():
-        raise SketchmineError(f"plot file {p} is a folder; give a file name such as {p / 'importance.png'}")
     if not target.parent.is_dir():
         raise SketchmineError(f"plot file {p}: the folder {p.parent} does not exist")
     if not os.access(target.parent, os.W_OK):

@@ -1,0 +1,310 @@
+"""No silent wrong answers at the command line (issue 14, cases 8, 12, 13 and 16): the report and the
+demo write only into folders they own, bad arguments and failures are one line, control characters
+in names never reach the terminal raw, and Ctrl-C says what a re-run does. Real subprocesses
+`python -m sketchmine`, one real run mined once per module."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sketchmine
+from sketchmine.console import safe
+from sketchmine.data import ArrayDataset, export_image_folder
+from sketchmine.report import MARKER, write_report
+
+WEIRD = "\x1b[2J[bold]bear\x07"
+"""A class folder name that would clear the screen, ring the bell and open rich markup."""
+
+LAYERS = ["features.0", "features.3", "classifier.4", "classifier.6"]
+
+
+def sm(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "250"}  # rich tables as wide as the names in them
+    return subprocess.run([sys.executable, "-m", "sketchmine", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env=env)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    """Exit code 2 and exactly one stderr line, `sketchmine: error: …`, matching `pattern`."""
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    assert len(lines) == 1 and lines[0].startswith("sketchmine: error: "), proc.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under root with its bytes (a folder's state, to compare before and after)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, demo_test_set) -> Path:
+    """200 real test images (20 per class) as an ImageFolder; one class folder is named WEIRD."""
+    from tests.helpers import per_class_subset
+
+    sub = per_class_subset(demo_test_set, 20, "trust-cli")
+    names = [WEIRD if n == "bear" else n for n in sub.class_names]
+    ds = ArrayDataset(sub.images, sub.labels(), names, sub.preprocessing, sub.describe())
+    return export_image_folder(ds, tmp_path_factory.mktemp("trust") / "images")
+
+
+@pytest.fixture(scope="module")
+def run_dir(images) -> Path:
+    out = images.parent / "run.zarr"
+    proc = sm("mine", "--model", "demo", "--data", str(images), "--out", str(out), "--layers", *LAYERS,
+              "--batch-size", "100", "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture()
+def run_copy(run_dir, tmp_path) -> Path:
+    dst = tmp_path / "run.zarr"
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+# ---- case 8: the report (and the demo) write only into folders they own -------------------------
+def test_report_into_a_project_folder_or_a_run_is_refused_and_nothing_moves(run_dir, tmp_path):
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    shutil.copytree(run_dir, project / "data" / "run.zarr")
+    (project / "data" / "notes.txt").write_text("mine, not sketchmine's")
+    (project / "layers").mkdir()
+    (project / "layers" / "keep.txt").write_text("a folder the old report deleted")
+    before = tree(project)
+    one_line_error(sm("report", "data/run.zarr", "--out", ".", cwd=project), r"holds the run it reports")
+    one_line_error(sm("report", "data/run.zarr", "--out", "data", cwd=project), r"holds the run it reports")
+    one_line_error(sm("report", "data/run.zarr", "--out", "data/run.zarr", cwd=project), r"inside the run")
+    one_line_error(sm("report", "data/run.zarr", "--out", "data/run.zarr/layers", cwd=project), r"inside the run")
+    other = tmp_path / "other.zarr"
+    shutil.copytree(run_dir, other)
+    one_line_error(sm("report", str(other), "--out", ".", cwd=project), r"not empty and is not a sketchmine report")
+    assert tree(project) == before
+    assert sketchmine.open_run(project / "data" / "run.zarr").complete
+
+
+def test_report_replaces_its_own_folder_and_refuses_a_foreign_one(run_copy, tmp_path):
+    rep = tmp_path / "rep"
+    proc = sm("report", str(run_copy), "--out", str(rep))
+    assert proc.returncode == 0, proc.stderr
+    marker = json.loads((rep / MARKER).read_text())
+    assert "index.html" in marker["files"]
+    first = tree(rep)
+    proc = sm("report", str(run_copy), "--out", str(rep))  # its own folder: replaced
+    assert proc.returncode == 0, proc.stderr
+    assert set(tree(rep)) == set(first) and (rep / "index.html").is_file()
+    assert not list(tmp_path.glob(".rep*")), list(tmp_path.glob(".rep*"))  # no temporary folder left
+    (rep / "img" / "yours.txt").write_text("put here by someone")  # a file the report did not write
+    before = tree(rep)
+    one_line_error(sm("report", str(run_copy), "--out", str(rep)), r"holds files the report did not write.*yours\.txt")
+    assert tree(rep) == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "index.html").write_text("someone's page")
+    one_line_error(sm("report", str(run_copy), "--out", str(foreign)), r"not empty and is not a sketchmine report")
+    assert (foreign / "index.html").read_text() == "someone's page" and len(list(foreign.iterdir())) == 1
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    one_line_error(sm("report", str(run_copy), "--out", str(afile)), r"exists and is not a folder")
+    assert afile.read_text() == "x"
+
+
+def test_a_killed_report_leaves_the_previous_one_and_its_leftover_is_cleaned(run_copy, tmp_path):
+    rep = tmp_path / "rep"
+    write_report(run_copy, rep)
+    before = tree(rep)
+    proc = subprocess.Popen([sys.executable, "-m", "sketchmine", "report", str(run_copy), "--out", str(rep)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    partial = _wait_for(lambda: list(tmp_path.glob(".rep.sketchmine-report-tmp-*")), proc)
+    time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    assert partial and partial[0].exists()  # SIGKILL: the temporary folder stays behind ...
+    assert tree(rep) == before  # ... and the previous report is untouched
+    write_report(run_copy, rep)  # the next report removes the dead process's leftover
+    assert not list(tmp_path.glob(".rep.sketchmine-report-tmp-*"))
+    assert set(tree(rep)) == set(before)
+
+
+def test_demo_refuses_a_foreign_out_before_mining(tmp_path):
+    from sketchmine.demo import DEMO_MARKER, check_demo_dir
+
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    one_line_error(sm("demo", "--out", str(out)), r"not empty and is not a sketchmine demo folder.*thesis\.tex")
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    one_line_error(sm("demo", "--out", str(afile)), r"exists and is not a folder")
+    reports = tmp_path / "reports"
+    (reports / "demo").mkdir(parents=True)
+    (reports / "demo" / "a.txt").write_text("x")
+    one_line_error(sm("demo", "--out", str(tmp_path / "new"), "--report", str(reports)),
+                   r"report folder .*demo is not empty")
+    assert not (tmp_path / "new").exists()
+    # accepted: an earlier demo's layout (its runs and reports only), or the demo's marker
+    old = tmp_path / "old"
+    for name in ("demo.zarr", "demo-resnet.zarr", "report"):
+        (old / name).mkdir(parents=True)
+    check_demo_dir(old, old / "report")
+    (out / DEMO_MARKER).write_text("")
+    check_demo_dir(out, out / "report")
+
+
+# ---- case 12: one line, not a traceback ---------------------------------------------------------
+@pytest.mark.parametrize("args,pattern", [
+    (["--image-size", "-3"], r"--image-size: must be a whole number >= 1, got -3"),
+    (["--flush-every", "0"], r"--flush-every: must be a whole number >= 1, got 0"),
+    (["--flush-every", "-1"], r"--flush-every: must be a whole number >= 1"),
+    (["--workers", "-1"], r"--workers: must be a whole number >= 0"),
+    (["--batch-size", "zero"], r"--batch-size: expected a whole number"),
+    (["--device", "banana"], r"unknown device 'banana'"),
+    (["-k", "0"], r"-k: must be a whole number >= 1"),
+])
+def test_bad_mine_arguments_are_usage_errors(tmp_path, images, args, pattern):
+    proc = sm("mine", "--model", "demo", "--data", str(images), "--out", str(tmp_path / "r"), *args)
+    one_line_error(proc, pattern)
+    assert not (tmp_path / "r").exists()
+
+
+def test_cuda_without_a_gpu_is_one_line(tmp_path, images):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for cmd in (["mine", "--model", "demo", "--data", str(images), "--out", str(tmp_path / "r")],
+                ["visualize", str(tmp_path / "r")], ["importance", str(tmp_path / "r")]):
+        one_line_error(sm(*cmd, "--device", "cuda"), r"--device: device 'cuda': this machine has no CUDA GPU")
+
+
+def test_existing_files_as_out_and_bad_importance_arguments(run_copy, images, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    one_line_error(sm("mine", "--model", "demo", "--data", str(images), "--out", str(afile)), r"afile")
+    one_line_error(sm("report", str(run_copy), "--out", str(afile)), r"exists and is not a folder")
+    assert afile.read_text() == "x"
+    one_line_error(sm("importance", str(run_copy), "--batch-size", "0"), r"--batch-size: must be a whole number >= 1")
+    t0 = time.perf_counter()
+    for plot, pattern in (("/nonexistent/x.png", r"folder /nonexistent does not exist"),
+                          (str(tmp_path), r"is a folder"),
+                          (str(tmp_path / "x.txt"), r"unknown format 'txt'"),
+                          (str(run_copy / "x.png"), r"inside the run")):
+        one_line_error(sm("importance", str(run_copy), "--layers", "features.3", "--plot", plot), pattern)
+    assert time.perf_counter() - t0 < 60  # refused before the ablations, not after them
+    assert "importance" not in sketchmine.open_run(run_copy).layer_group("features.3")
+    for cmd in (["importance", str(run_copy)], ["visualize", str(run_copy)]):
+        one_line_error(sm(*cmd, "--layers", ".."), r"'\.\.'")
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A tmpfs (root only; skipped elsewhere) of the given size."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"disk{len(mounted)}"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                          capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_report_on_a_full_disk_is_one_line_and_leaves_nothing(run_copy, small_disk):
+    disk = small_disk("300k")
+    proc = sm("report", str(run_copy), "--out", str(disk / "rep"))
+    one_line_error(proc, r"cannot write the report to .*rep: No space left on device")
+    assert list(disk.iterdir()) == []  # the partial report was removed
+
+
+def test_visualize_on_a_full_disk_prints_one_line_not_asyncio_noise(run_dir, small_disk, images):
+    disk = small_disk("2m")  # fills mid-visualize, with chunk writes in flight (measured)
+    shutil.copytree(run_dir, disk / "run.zarr")
+    proc = sm("visualize", str(disk / "run.zarr"), "--data", str(images), "--batch-size", "64")
+    one_line_error(proc, r"No space left on device.*re-run")
+
+
+# ---- case 13: control characters and markup in names -----------------------------------------
+def test_safe_escapes_every_control_character_and_markup():
+    text = "a\x1b[2J\x07\x9b\t\n\r\x00[bold]b\u202e"
+    got = safe(text)
+    assert not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in got)
+    assert "\\x1b" in got and "\\x9b" in got and "\\u202e" in got and "\\[bold]" in got
+    assert safe(text, markup=False).count("[bold]") == 1 and "\\[" not in safe(text, markup=False)
+
+
+def test_names_with_escape_sequences_never_reach_the_terminal_raw(run_dir, images, tmp_path):
+    proc = sm("summary", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout
+    assert "\\x1b[2J[bold]bear\\x07" in proc.stdout.replace("\n", "")  # shown, escaped, markup as text
+    bad = images.parent / "bad"
+    shutil.copytree(images, bad)
+    (bad / WEIRD / "zz\x1b[31mgarbage.png").write_bytes(b"not a png" * 10)
+    proc = sm("mine", "--model", "demo", "--data", str(bad), "--out", str(tmp_path / "r"), "--workers", "0")
+    one_line_error(proc, r"cannot read image \\x1b\[2J\[bold\]bear\\x07/zz\\x1b\[31mgarbage\.png")
+    assert "\x1b" not in proc.stderr and "\x1b" not in proc.stdout
+
+
+# ---- case 16: Ctrl-C says what a re-run does -------------------------------------------------------
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 300):
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        got = cond()
+        if got:
+            return got
+        assert proc.poll() is None, f"finished before the condition: {proc.communicate()}"
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("timed out")
+
+
+def test_ctrl_c_during_report_keeps_the_previous_one_and_says_so(run_copy, tmp_path):
+    rep = tmp_path / "rep"
+    write_report(run_copy, rep)
+    before = tree(rep)
+    proc = subprocess.Popen([sys.executable, "-m", "sketchmine", "report", str(run_copy), "--out", str(rep)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: list(tmp_path.glob(".rep.sketchmine-report-tmp-*")), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert re.search(r"sketchmine: interrupted; no report was written and the previous one .* is unchanged; "
+                     r"re-running writes the report again from the start", err), err
+    assert tree(rep) == before
+    assert not list(tmp_path.glob(".rep.sketchmine-report-tmp-*"))  # the partial report removed
+
+
+def test_ctrl_c_during_importance_names_the_layers_kept(run_copy):
+    proc = subprocess.Popen([sys.executable, "-m", "sketchmine", "importance", str(run_copy), "--layers",
+                             "classifier.6", "features.3", "--batch-size", "50"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = run_copy / "layers" / "classifier.6" / "importance"
+    _wait_for(lambda: done.is_dir() and (done / "mean_act_wrong").is_dir(), proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert re.search(r"sketchmine: interrupted; the importance of classifier\.6 is stored; a re-run recomputes "
+                     r"every layer it is given, so pass --layers features\.3 to compute only the rest", err), err
+    run = sketchmine.open_run(run_copy)
+    assert "importance" in run.layer_group("classifier.6") and "importance" not in run.layer_group("features.3")
