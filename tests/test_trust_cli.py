@@ -203,7 +203,7 @@ def test_existing_files_as_out_and_bad_importance_arguments(run_copy, images, tm
                           (str(run_copy / "x.png"), r"inside the run")):
         one_line_error(sm("importance", str(run_copy), "--layers", "features.3", "--plot", plot), pattern)
     assert time.perf_counter() - t0 < 60  # refused before the ablations, not after them
-    assert "importance" not in sketchmine.open_run(run_copy).layer_group("features.3")
+    assert not sketchmine.open_run(run_copy).has_importance("features.3")
     for cmd in (["importance", str(run_copy)], ["visualize", str(run_copy)]):
         one_line_error(sm(*cmd, "--layers", ".."), r"'\.\.'")
 
@@ -307,4 +307,4 @@ def test_ctrl_c_during_importance_names_the_layers_kept(run_copy):
     assert re.search(r"sketchmine: interrupted; the importance of classifier\.6 is stored; a re-run recomputes "
                      r"every layer it is given, so pass --layers features\.3 to compute only the rest", err), err
     run = sketchmine.open_run(run_copy)
-    assert "importance" in run.layer_group("classifier.6") and "importance" not in run.layer_group("features.3")
+    assert run.has_importance("classifier.6") and not run.has_importance("features.3")

@@ -270,7 +270,7 @@ IMPORTANCE_COLUMNS = [("unit", "unit"), ("prob_drop", "prob. drop"), ("acc_drop"
 
 def _importance(run: Run, name: str) -> dict[int, dict] | None:
     """unit → its importance row, when `layers/<name>/importance` exists."""
-    if "importance" not in run.store.group[f"layers/{name}"]:
+    if not run.has_importance(name):
         return None
     df = run.unit_importance(name)
     return {int(r["unit"]): {"rank": int(k) + 1, "prob_drop": _num(r["prob_drop"]), "acc_drop": _num(r["acc_drop"])}
@@ -336,7 +336,7 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                      f"maxima; class selectivity index (Morcos et al. 2018): median {np.nanmedian(si) if si.notna().any() else float('nan'):.3f} "
                      f"over {int(si.notna().sum())} units</p>"
                      + _table(["class", "preference", "units preferring", "accuracy %"], rows, {1, 2, 3}))
-    if "importance" in g:
+    if run.has_importance(name):
         parts.append(_importance_section(run, name, lid))
     if g.attrs.get("position") == "time" or g.attrs.get("time_steps"):
         parts.append(f"<p>Position is time ({e(str(g.attrs.get('tapped') or g.attrs.get('position')))}): each top-k "
@@ -586,7 +586,7 @@ def _build(run: Run, out: Path, images: bool, dataset, t0: float) -> None:
         plots.ink_plot(run, out / "ink")
     whole = _Images(run, out, dataset) if images else None
     for name, lid in ids.items():
-        if "importance" in run.store.group[f"layers/{name}"]:
+        if run.has_importance(name):
             from .importance import plot_importance
             import matplotlib.pyplot as plt
 
