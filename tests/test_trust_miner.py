@@ -36,6 +36,8 @@ def test_resume_with_other_forward_options_is_refused(tmp_path, demo_model, tiny
     with pytest.raises(SketchmineError, match="forward option") as info:
         sketchmine.mine(demo_model.module, tiny_set, out=out, batch_size=8, **then)
     assert __import__("re").search(what, str(info.value)), str(info.value)
+    # a refused resume leaves the caller's module as it was (channels-last weights changed its numbers)
+    assert all(p.is_contiguous() for p in demo_model.module.parameters())
     recorded = sketchmine.open_run(out).attrs["forward_options"]
     assert recorded["autocast"] == first.get("autocast")
     # the same options resume and end identical to an uninterrupted run with them
@@ -68,7 +70,7 @@ def test_k_larger_than_the_dataset_is_clamped_and_said(tmp_path, demo_model, tin
                           progress=notes)
     assert run.k == len(tiny_set) == 40
     values, index, _ = run.topk("features.0")
-    assert values.shape == (16, 40)
+    assert values.shape == (32, 40)
     assert sorted(index[0].tolist()) == list(range(40))  # every image, each once
     assert sum("k=100000" in n and "k=40" in n for n in notes.notes) == 1
 
@@ -123,3 +125,56 @@ def test_cuda_without_a_gpu_is_refused(tmp_path, demo_model, tiny_set):
     with pytest.raises(SketchmineError, match="no CUDA GPU"):
         sketchmine.mine(demo_model.module, tiny_set, out=tmp_path / "r.zarr", device="cuda")
     assert not (tmp_path / "r.zarr").exists()
+
+
+def test_parameters_that_would_not_act_are_refused(tmp_path, demo_model, tiny_set):
+    """The audit's silently ignored parameters: weights with a model carrying its own, a seed
+    for a model that is not randomly initialised, ink without drawings, an empty layer list."""
+    out = tmp_path / "r.zarr"
+    with pytest.raises(SketchmineError, match="carries its own weights"):
+        sketchmine.mine("demo", tiny_set, out=out, weights=tmp_path / "nothing.pt")
+    with pytest.raises(SketchmineError, match="carries its own weights"):
+        sketchmine.mine(demo_model.module, tiny_set, out=out, weights=tmp_path / "nothing.pt")
+    with pytest.raises(SketchmineError, match="seed 7 given with model 'demo'"):
+        sketchmine.mine("demo", tiny_set, out=out, seed=7)
+    with pytest.raises(SketchmineError, match="ink='dark' applies to progressive drawings"):
+        sketchmine.mine("demo", tiny_set, out=out, ink="dark")
+    with pytest.raises(SketchmineError, match="unknown ink"):
+        sketchmine.mine("demo", tiny_set, out=out, ink="bogus")
+    with pytest.raises(SketchmineError, match=r"layers=\[\] names no layer"):
+        sketchmine.mine("demo", tiny_set, out=out, layers=[])
+    assert not out.exists()
+
+
+def test_other_normalisation_numbers_do_not_resume(tmp_path, tiny_set):
+    """The resume key held preset, channels and size only: a resume with other mean/std
+    finished a run with both normalisations mixed, recorded as the first."""
+    from sketchmine.data import ArrayDataset, Preprocessing
+
+    def subset(pre):
+        return ArrayDataset(tiny_set.images, tiny_set.labels(), tiny_set.class_names, pre, tiny_set.describe())
+
+    a, b = Preprocessing("none", 1, None, (0.5,), (0.5,)), Preprocessing("none", 1, None, (0.0,), (0.05,))
+    out = tmp_path / "r.zarr"
+    _interrupted("demo", subset(a), out)
+    with pytest.raises(SketchmineError, match="different preprocessing"):
+        sketchmine.mine("demo", subset(b), out=out, batch_size=8)
+    assert sketchmine.mine("demo", subset(a), out=out, batch_size=8).complete
+
+
+def test_a_torch_dataset_that_cannot_read_a_file_is_skipped_on_request(tmp_path, tiny_set):
+    """skip_bad_images had no effect for a plain torch Dataset: its OSError propagated raw."""
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            if i == 5:
+                raise OSError(f"cannot open file {i}.png")
+            return tiny_set[i][1], int(tiny_set.labels()[i])
+
+    with pytest.raises(SketchmineError, match=r"cannot read image #5: OSError: cannot open file 5\.png"):
+        sketchmine.mine("demo", Files(), out=tmp_path / "a.zarr", batch_size=4)
+    run = sketchmine.mine("demo", Files(), out=tmp_path / "b.zarr", batch_size=4, skip_bad_images=True)
+    assert [b["index"] for b in run.attrs["bad_images"]] == [5]
+    assert 5 not in run.topk("features.0")[1]

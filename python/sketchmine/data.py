@@ -364,7 +364,10 @@ class TorchDataset(MinerDataset):
         return h.hexdigest()
 
     def __getitem__(self, i: int):
-        x, y = self.dataset[i][:2]
+        try:
+            x, y = self.dataset[i][:2]
+        except READ_ERRORS as exc:  # the dataset's own file read failed: skip_bad_images decides
+            return i, torch.zeros(1), -1, f"error:{type(exc).__name__}: {exc}"
         x = torch.as_tensor(x)
         p = self.preprocessing
         if p is None:

@@ -144,7 +144,11 @@ def _as_sequences(ds: MinerDataset, loaded: LoadedModel, steps: int | None, ink:
     """`ds` as progressive drawings when `steps` asks for them, or, with steps=None, when the
     model was trained on them (its recorded steps) and `ds` holds images; else `ds` unchanged."""
     recorded = loaded.sequence or {}
+    sequences.check_ink(ink)
     if steps is None and (not recorded or not isinstance(ds, (ArrayDataset, ImageFolderDataset))):
+        if ink != "auto":
+            raise SketchmineError(f"ink={ink!r} applies to progressive drawings, and none are made here (no steps "
+                                  "given, and the model records none); pass steps=T (--steps T) or leave ink='auto'")
         return ds  # single images, or the caller's own dataset (of sequences already, presumably)
     if steps is None:
         steps = sequences.recorded_steps(recorded, f"model {loaded.model_id}'s training")
@@ -176,7 +180,7 @@ def mine(
     overlap_flushes: bool = True,
     steps: int | None = None,
     ink: str = "auto",
-    seed: int = 0,
+    seed: int | None = None,
 ) -> Run:
     """Stream `dataset` through `model` once and keep the top-k images of every unit.
 
@@ -207,8 +211,10 @@ def mine(
     drawing of T frames (sequences.py; `ink` says which pixels are ink: "light" on black,
     "dark" on white, or "auto" per image); None takes the steps a model was trained with
     when it records them (the embedded 'demo-gru'), else single images.
-    seed: how a model named without weights (a torchvision name, 'sketchnet') is initialised,
-    recorded in the run so later passes rebuild the same random weights.
+    seed: how a model named without weights (a torchvision name, 'sketchnet') is initialised
+    (None: 0), recorded in the run so later passes rebuild the same random weights; refused
+    for any other model. weights: refused for a model that carries its own (module, checkpoint,
+    embedded). ink: refused unless drawings are made (steps, or a model trained on them).
     k larger than the dataset is clamped to its size (said once).
     """
     _check_counts(k=k, batch_size=batch_size, flush_every=flush_every, num_workers=num_workers)
@@ -216,7 +222,7 @@ def mine(
     progress = team.progress(progress or Silent())
     loaded = load_model(model, weights, seed=seed)
     if loaded.random_init:
-        progress.note(f"{loaded.model_id} has random weights (initialised from seed {seed}; no --weights given): "
+        progress.note(f"{loaded.model_id} has random weights (initialised from seed {seed or 0}; no --weights given): "
                       "its units show what an untrained network responds to")
     net, model_id = loaded.module, loaded.model_id
     forward = as_forward(net)
@@ -230,6 +236,9 @@ def mine(
     if k > len(ds):
         progress.note(f"k={k} is more than the {len(ds)} images of the dataset: keeping k={len(ds)}")
         k = len(ds)
+    if layers is not None and not list(layers):
+        raise SketchmineError("layers=[] names no layer to mine; pass layer names, or None for every conv, "
+                              "linear and softmax layer")
     names = forward.resolve_layers(layers)
     if not logits and layers is None:  # the default layers without the virtual softmax (it needs the logits)
         names = [n for n in names if n != SOFTMAX]
@@ -246,13 +255,13 @@ def mine(
         "layer_names": names,
         "k": k,
         "dataset_fingerprint": ds.fingerprint(),
-        "preprocessing_key": None if pre is None else f"{pre.preset}/{pre.channels}/{pre.size}",
+        "preprocessing_key": _preprocessing_key(pre),
         "forward_options": _forward_options(speed),
     }
-    team.check_same(want)
+    team.check_same({**want, "logits": logits, "batch_size": batch_size, "flush_every": flush_every})
+    # before the model is touched (and again under the lock); a refusal on rank 0 reaches every rank
+    team.on_writer(lambda: _check_resumable(store, want, logits) if store is not None else None)
     forward.to(device)
-    if channels_last:
-        forward.net.to(memory_format=torch.channels_last)
     if compile:
         forward.compile = True
     first = _first_readable(ds)
@@ -288,7 +297,7 @@ def mine(
         fields = forward.fields(tuple(first.shape), progress) if first.ndim >= 3 else {}
         labels = ds.labels()
         attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
-                 "model_spec": _model_spec(model, weights, seed if loaded.random_init else None),
+                 "model_spec": _model_spec(model, weights, (seed or 0) if loaded.random_init else None),
                  "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
                  "versions": _versions(), "bad_images": []}
         if not logits:  # recorded only when set, so default runs keep their attributes
@@ -299,12 +308,16 @@ def mine(
                                                 "receptive_field": fields.get(l.name, fields.get("*"))}
                                        for l in spec})
 
+    if channels_last:  # the caller's module gets its memory format back whatever happens
+        forward.net.to(memory_format=torch.channels_last)
     try:
         run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
         return _mine_into(run_store, forward, ds, spec, k, batch_size, device, num_workers, flush_every,
                           skip_bad_images, progress, needs_labels=ds.labels() is None, team=team, speed=speed)
     finally:
         lock.release()
+        if channels_last:
+            forward.net.to(memory_format=torch.contiguous_format)
 
 
 def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, batch_size: int, num_workers: int,
@@ -459,6 +472,15 @@ class _Speed:
     prefetch_factor: int | None = None  # DataLoader's own default when None
     pin_memory: bool | None = None  # None: pinned when mining on CUDA
     overlap_flushes: bool = True
+
+
+def _preprocessing_key(pre: Preprocessing | None) -> str | None:
+    """What the resume check compares of the preprocessing: preset, channels, size and the
+    numbers (a "dataset" preset's numbers are the run's own, taken on resume)."""
+    if pre is None:
+        return None
+    numbers = "" if not pre.mean else "/" + ",".join(f"{v:.9g}" for v in (*pre.mean, *pre.std))
+    return f"{pre.preset}/{pre.channels}/{pre.size}{numbers}"
 
 
 def _forward_options(speed: _Speed) -> dict[str, Any]:

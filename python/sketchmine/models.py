@@ -128,21 +128,31 @@ class LoadedModel:
     random_init: bool = False  # built by name without weights (initialised from a seed)
 
 
-def load_model(spec: str | nn.Module, weights: str | Path | None = None, seed: int = 0) -> LoadedModel:
+def load_model(spec: str | nn.Module, weights: str | Path | None = None, seed: int | None = None) -> LoadedModel:
     """Resolve a model spec.
 
     spec: an nn.Module; 'demo' (the embedded trained SketchNet), 'demo-resnet' (SketchResNet),
     'demo-gru' (CNN + GRU over progressive drawings); a torchvision name or
-    'sketchnet' (random init from `seed` unless `weights`); or a checkpoint file {'arch', 'state_dict'}.
+    'sketchnet' (random init from `seed`, default 0, unless `weights`); or a checkpoint file
+    {'arch', 'state_dict'}. `weights` and `seed` are refused where they would not act.
     """
+    from . import zoo
+
+    named = not isinstance(spec, nn.Module) and not str(spec).endswith(".onnx") and spec not in zoo.EMBEDDED \
+        and not (Path(spec).suffix in (".pt", ".pth", ".ckpt") or Path(spec).exists())
+    shown = type(spec).__name__ if isinstance(spec, nn.Module) else repr(str(spec))
+    if weights is not None and not named and not str(spec).endswith(".onnx"):
+        raise SketchmineError(f"weights file {weights} given with model {shown}, which carries its own weights; "
+                              "weights apply to a model named by architecture (a torchvision name, 'sketchnet')")
+    if seed is not None and (not named or weights is not None):
+        raise SketchmineError(f"seed {seed} given with model {shown}" + (" and a weights file" if named else "")
+                              + ": a seed initialises a model named by architecture without weights only")
     if isinstance(spec, nn.Module):
         return LoadedModel(spec.eval(), type(spec).__name__)
     if str(spec).endswith(".onnx"):  # run by ONNX Runtime: `module` is an onnx_backend.OnnxModel
         from .onnx_backend import load_onnx
 
         return load_onnx(spec, weights)
-    from . import zoo
-
     if spec in zoo.EMBEDDED:  # "demo", "demo-resnet", "demo-gru": the embedded trained models
         model, meta = zoo.load_embedded(spec)
         return LoadedModel(model.eval(), f"demo:{zoo.EMBEDDED[spec][1]}", meta.get("preprocessing"),
@@ -158,7 +168,8 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None, seed: i
         ckpt = {**_sidecar(Path(weights)), **_load_state_dict(Path(weights))} if weights else {}
         state = ckpt.get("state_dict")
     pre, seq = ckpt.get("preprocessing"), ckpt.get("sequence")
-    model = build(str(spec), _num_classes(state) if state else None, _in_channels(state) if state else None, seed)
+    model = build(str(spec), _num_classes(state) if state else None, _in_channels(state) if state else None,
+                  seed or 0)
     if state is not None:
         try:
             model.load_state_dict(state)

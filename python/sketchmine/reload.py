@@ -66,8 +66,14 @@ def run_dataset(run: Run, data: Any = None) -> MinerDataset:
 
     base = _recorded_base(run, desc, pre, data)
     ds = reopen(desc, base) or base
-    if not isinstance(base, ImageFolderDataset):  # a folder's files are checked one by one as they are read
-        _check_fingerprint(run, ds)
+    if isinstance(base, ImageFolderDataset):
+        missing = missing_images(base, np.arange(len(base)))
+        if missing:  # named first: clearer than a fingerprint that differs
+            raise SketchmineError(f"{len(missing)} image(s) of run {run.path} are missing, e.g. {missing[0]}; "
+                                  "pass --data DIR (data=) if the images moved")
+    # a folder's content hashes are cached by file (data.content_hashes), so this re-reads
+    # only files changed since mining or a folder that moved
+    _check_fingerprint(run, ds)
     return ds
 
 
@@ -85,7 +91,8 @@ def _recorded_base(run: Run, desc: dict[str, Any], pre: Preprocessing, data: str
     if kind == "embedded" and "subset" not in desc:
         return animal_shape(desc.get("split", "test"), pre)
     raise SketchmineError(f"run {run.path} was mined from a {desc.get('type', 'Python')} dataset object that "
-                          "cannot be reopened from the store; pass the same dataset (dataset=...)")
+                          "cannot be reopened from the store; pass the same dataset object (visualize(data=...), "
+                          "unit_importance(dataset=...))")
 
 
 def missing_images(ds: MinerDataset, indices: np.ndarray) -> list[str]:

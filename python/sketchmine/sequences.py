@@ -181,6 +181,8 @@ def progressive(dataset: MinerDataset, steps: int, ink: str = "auto") -> Sequenc
     if isinstance(dataset, SequenceDataset):
         if dataset.steps != steps:
             raise SketchmineError(f"the dataset is already a sequence of {dataset.steps} steps; steps={steps} asked")
+        if ink != "auto" and ink != dataset.ink:
+            raise SketchmineError(f"the dataset is already a sequence drawn with ink={dataset.ink!r}; ink={ink!r} asked")
         return dataset
     return SequenceDataset(dataset, steps, ink)  # type: ignore[arg-type]
 
