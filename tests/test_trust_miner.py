@@ -178,3 +178,22 @@ def test_a_torch_dataset_that_cannot_read_a_file_is_skipped_on_request(tmp_path,
     run = sketchmine.mine("demo", Files(), out=tmp_path / "b.zarr", batch_size=4, skip_bad_images=True)
     assert [b["index"] for b in run.attrs["bad_images"]] == [5]
     assert 5 not in run.topk("features.0")[1]
+
+
+def test_later_passes_refuse_counts_that_would_not_act(tmp_path, tiny_set):
+    """visualize(max_units<=0) did nothing and returned; unit_importance(units_per_pass<0)
+    stored zero importance for every unit; n<=0 in top_classes/compare read as "all but |n|"."""
+    run = sketchmine.mine("demo", tiny_set, out=tmp_path / "r.zarr", layers=["features.0", "classifier.6"])
+    with pytest.raises(SketchmineError, match="max_units must be at least 1"):
+        sketchmine.visualize(run, data=tiny_set, max_units=0)
+    with pytest.raises(SketchmineError, match="units_per_pass must be at least 1"):
+        sketchmine.unit_importance(run, "features.0", dataset=tiny_set, units_per_pass=-1)
+    with pytest.raises(SketchmineError, match="no layer given"):
+        sketchmine.unit_importance(run, [], dataset=tiny_set)
+    with pytest.raises(SketchmineError, match="unknown device 'banana'"):
+        sketchmine.unit_importance(run, "features.0", dataset=tiny_set, device="banana")
+    with pytest.raises(SketchmineError, match="n must be a whole number of at least 1, got -1"):
+        run.top_classes("features.0", -1)
+    with pytest.raises(SketchmineError, match="got 0"):
+        sketchmine.compare(run, run, 0)
+    assert len(run.top_classes("features.0", 3)) == 3

@@ -31,8 +31,9 @@ from torch import fx, nn
 from torch.utils.data import DataLoader
 
 from .data import MinerDataset, collate
+from .device import as_device
 from .errors import SketchmineError
-from .run import Run, open_run
+from .run import Run, check_count, open_run
 from .taps import SOFTMAX, Taps, ablation_dims, module_of, replace_element, tapped_element, to_units
 
 COLUMNS = ("prob_drop", "acc_drop", "mean_act_correct", "mean_act_wrong")
@@ -273,13 +274,20 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
     model/dataset: as mined; None reloads them from the run's record (reload.py). The
     model's weights must be those the run was mined with.
     """
+    if units_per_pass is not None and units_per_pass < 1:
+        raise SketchmineError(f"units_per_pass must be at least 1 (or None to size passes by memory), got {units_per_pass}")
+    if batch_size < 1:
+        raise SketchmineError(f"batch_size must be at least 1, got {batch_size}")
+    device = as_device(device)
+    layers = [layer] if isinstance(layer, str) else list(layer)
+    if not layers:
+        raise SketchmineError("no layer given; name the layers to ablate")
     run = run if isinstance(run, Run) else open_run(run)
     from . import reload
 
     loaded = reload.run_model(run, model, weights)
     ds = reload.run_dataset(run, dataset)
     labels = _labels(run, ds)
-    layers = [layer] if isinstance(layer, str) else list(layer)
     for name in layers:
         run._check_layer(name)
         if not isinstance(loaded.module, nn.Module):
@@ -339,7 +347,7 @@ def plot_importance(run: Run, layers: list[str] | None = None, n: int = 10, path
         raise SketchmineError(f"run {run.path} has no unit importance yet; run sketchmine importance first")
     fig, axes = plt.subplots(len(names), 1, figsize=(7, 0.35 * n * len(names) + 1.2), squeeze=False)
     for ax, name in zip(axes[:, 0], names):
-        df = read_importance(run, name).head(n)
+        df = read_importance(run, name).head(check_count(n))
         ax.barh([f"unit {u}" for u in df["unit"]][::-1], df["prob_drop"][::-1], color="#4c72b0")
         for i, (p, a) in enumerate(zip(df["prob_drop"][::-1], df["acc_drop"][::-1])):
             ax.text(p, i, f"  acc −{a * 100:.1f} pt", va="center", fontsize=7)
@@ -361,7 +369,7 @@ def importance_table(run: Run, name: str, n: int) -> Any:
                         f"({df.attrs['images']} images, accuracy {df.attrs['base_accuracy'] * 100:.2f}%)")
     for col in df.columns:
         table.add_column(col, justify="right")
-    for row in df.head(n).itertuples(index=False):
+    for row in df.head(check_count(n)).itertuples(index=False):
         table.add_row(str(row.unit), *(f"{v:.4f}" for v in row[1:]))
     return table
 

@@ -26,6 +26,7 @@ from . import __version__
 from . import classstats, distributed, sequences
 from .data import (ArrayDataset, ImageFolderDataset, MinerDataset, Preprocessing, as_miner_dataset, as_size, collate,
                    compute_mean_std)
+from .device import as_device
 from .errors import SketchmineError
 from .forward import Forward, Layer, TorchForward, as_forward, probe
 from .models import LoadedModel, load_model, preprocessing_for
@@ -218,7 +219,7 @@ def mine(
     k larger than the dataset is clamped to its size (said once).
     """
     _check_counts(k=k, batch_size=batch_size, flush_every=flush_every, num_workers=num_workers)
-    team, device = distributed.team(_device(device))  # one process unless torch.distributed says otherwise
+    team, device = distributed.team(as_device(device))  # one process unless torch.distributed says otherwise
     progress = team.progress(progress or Silent())
     loaded = load_model(model, weights, seed=seed)
     if loaded.random_init:
@@ -499,25 +500,6 @@ def _check_counts(**counts: int) -> None:
         low = 0 if name == "num_workers" else 1
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise SketchmineError(f"{name} ({_FLAGS[name]}) must be an integer >= {low}, got {value!r}")
-
-
-def _device(device: str | torch.device) -> torch.device:
-    """`device` as a torch.device that this machine has, else a clear error."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise SketchmineError(f"unknown device {device!r} ({' '.join(str(exc).split())[:80]}); "
-                              "expected cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SketchmineError(f"device {device!r} asked for, but this machine has no CUDA GPU that torch can "
-                                  "use; pass --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SketchmineError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} "
-                                  "CUDA device(s)")
-    elif dev.type not in ("cpu", "mps", "xpu"):
-        raise SketchmineError(f"device {device!r} is not supported; expected cpu or cuda[:N]")
-    return dev
 
 
 _AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}

@@ -164,11 +164,11 @@ class Run:
 
     def top_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
         """The n classes most frequent among the layer's top-k images, with accuracy."""
-        return self._ranked(layer).head(n)
+        return self._ranked(layer).head(check_count(n))
 
     def bottom_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
         """The n least frequent classes (zero counts included), least frequent last."""
-        return self._ranked(layer).tail(n)
+        return self._ranked(layer).tail(check_count(n))
 
     def unit_importance(self, layer: str) -> pd.DataFrame:
         """Per-unit ablation importance stored by `sketchmine.unit_importance`: columns unit,
@@ -228,6 +228,13 @@ def class_counts(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tupl
     count = np.bincount(labels[valid], minlength=num_classes)[:num_classes]
     correct = np.bincount(labels[valid & (pred == labels)], minlength=num_classes)[:num_classes]
     return correct.astype(np.int64), count.astype(np.int64)
+
+
+def check_count(n: int) -> int:
+    """A number of rows asked for: at least 1 (pandas would read 0 and -1 as "none" and "all but one")."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise SketchmineError(f"n must be a whole number of at least 1, got {n!r}")
+    return int(n)
 
 
 def open_run(path: str | os.PathLike) -> Run:

@@ -28,6 +28,7 @@ from torch import nn
 
 from .data import MinerDataset, Preprocessing
 from .deconv import METHODS, Deconvolver, shared_order
+from .device import as_device
 from .errors import SketchmineError
 from .progress import Progress, Silent
 from .ops import clip_boxes, crop_patches
@@ -78,13 +79,15 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
         raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
     if batch_size < 1 or max_patch < 1:
         raise SketchmineError("batch size and max patch size must be at least 1")
+    if max_units is not None and max_units < 1:
+        raise SketchmineError(f"max_units must be at least 1 (or None for every unit), got {max_units}")
     progress = progress or Silent()
     run = run if isinstance(run, Run) else open_run(run)
     if not run.complete:
         raise SketchmineError(f"run {run.path} is still being mined ({run.images_done} images done); "
                               "finish it (re-run the same mine command) before visualizing")
     names = [run._check_layer(l) for l in layers] if layers else run.layers
-    device = torch.device(device)
+    device = as_device(device)
     ds = run_dataset(run, data)
     needed = np.unique(np.concatenate([np.zeros(0, np.int64)] + [run.topk(l)[1].ravel() for l in names]))
     needed = needed[needed >= 0]
