@@ -124,7 +124,10 @@ def test_image_less_folders_and_runs_in_the_root_are_not_classes(tmp_path):
     root, ds = _export(tmp_path)
     (root / "notes").mkdir()
     (root / "__MACOSX").mkdir()
-    (root / "__MACOSX" / "readme.txt").write_text("resource fork")
+    (root / "__MACOSX" / "bear").mkdir()  # what a zip made on macOS holds: AppleDouble files named as images
+    first = sorted((root / "bear").iterdir())[0].name
+    (root / "__MACOSX" / "bear" / f"._{first}").write_bytes(b"\x00\x05\x16\x07resource fork")
+    (root / "bear" / f"._{first}").write_bytes(b"\x00\x05\x16\x07resource fork")
     want = sketchmine.mine("demo", ds, out=tmp_path / "array.zarr", layers=["features.0"], k=2).accuracy()
     notes = StopAfter(10 ** 9)
     inside = sketchmine.mine("demo", root, out=root / "run.zarr", layers=["features.0"], k=2, progress=notes)
@@ -132,7 +135,8 @@ def test_image_less_folders_and_runs_in_the_root_are_not_classes(tmp_path):
     assert any("__MACOSX/" in n and "notes/" in n for n in notes.notes), notes.notes
     folder = ImageFolderDataset(root, Preprocessing("none", 1))
     assert folder.class_names == ds.class_names and len(folder) == 200
-    assert folder.skipped == {"__MACOSX": "no images", "notes": "no images", "run.zarr": "a sketchmine run"}
+    assert folder.skipped == {"__MACOSX": "macOS archive metadata", "notes": "no images",
+                              "run.zarr": "a sketchmine run"}
     again = sketchmine.mine("demo", root, out=tmp_path / "again.zarr", layers=["features.0"], k=2)
     assert again.class_names == ds.class_names and again.accuracy() == want
 

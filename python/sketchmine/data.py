@@ -172,10 +172,10 @@ class ImageFolderDataset(MinerDataset):
       directory, kept when their lowercased name ends with one of `IMAGE_EXTENSIONS`
       (torchvision's list: no .gif).
 
-    Differences, on purpose: a folder without images (``notes/``, ``__MACOSX/`` holding no
-    listed image) is skipped instead of refused, so it neither becomes a class nor shifts the
-    labels of the classes after it; a sketchmine run stored in the root (a directory with a
-    zarr.json) is never a class. Both are named in `skipped` (and noted by `mine`). A folder
+    Differences, on purpose: a folder without images (``notes/``) is skipped instead of
+    refused, so it neither becomes a class nor shifts the labels of the classes after it; a
+    sketchmine run stored in the root (a directory with a zarr.json) is never a class; macOS
+    archive metadata (a ``__MACOSX/`` folder, ``._name.png`` AppleDouble files) is not read. Both are named in `skipped` (and noted by `mine`). A folder
     with no listed image but files PIL reads under other extensions (e.g. only .gif) is
     refused: it looks like a class that would silently vanish.
 
@@ -198,6 +198,9 @@ class ImageFolderDataset(MinerDataset):
         for name in folders:
             if _is_run_dir(self.root / name):
                 self.skipped[name] = "a sketchmine run"
+                continue
+            if name == "__MACOSX":  # what a zip made on macOS adds: AppleDouble metadata, never a class
+                self.skipped[name] = "macOS archive metadata"
                 continue
             files, others = _list_images(self.root, name)
             if files:
@@ -272,12 +275,10 @@ class ImageFolderDataset(MinerDataset):
             return im.convert(native), note
 
     def image_array(self, i: int) -> tuple[np.ndarray, str]:
-        """The image as uint8 (H, W) or (H, W, C), resized to the preprocessing's size, and a
-        note (raises READ_ERRORS)."""
+        """The image as uint8 (H, W) or (H, W, C) at its own size, and a note (raises
+        READ_ERRORS). Resizing is `Preprocessing.prepare`'s, as for arrays: a file and the
+        same pixels in memory give the same model input at any size."""
         im, note = self.load_pil(i)
-        size = self.preprocessing.size
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
         return np.asarray(im, dtype=np.uint8).copy(), note
 
     def __getitem__(self, i: int):
@@ -469,6 +470,8 @@ def _list_images(root: Path, name: str) -> tuple[list[str], list[str]]:
         for f in sorted(filenames):
             rel = os.path.relpath(os.path.join(dirpath, f), root)
             low = f.lower()
+            if f.startswith("._"):
+                continue  # macOS AppleDouble metadata ("._x.png" beside x.png): not an image
             if low.endswith(IMAGE_EXTENSIONS):
                 images.append(rel)
             elif os.path.splitext(low)[1] in OTHER_IMAGE_EXTENSIONS:

@@ -33,7 +33,7 @@ def run_model(run: Run, model: nn.Module | str | None = None, weights: str | os.
         weights = weights or recorded.get("weights")
         model = spec
     seed = recorded.get("seed")
-    loaded = load_model(model, weights, seed=seed if isinstance(seed, int) else 0)
+    loaded = load_model(model, weights, seed=seed if isinstance(seed, int) else None)
     if weights_hash(loaded.module) != attrs.get("weights_sha256"):
         raise SketchmineError(f"the model's weights differ from those run {run.path} was mined with "
                               f"(sha256 {str(attrs.get('weights_sha256'))[:12]}…); pass the same model")
