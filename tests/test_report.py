@@ -20,17 +20,19 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 NASTY = ['<img src=x onerror=alert(1)>', '<b>bold&"quote\'', "ünïcödé 猫 ✓"]
+# one folder per output of the demo model (mine checks the count); the rest hold markup too
+CLASSES = NASTY + [f"<i>class {c}&amp;" for c in range(3, 10)]
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, demo_test_set) -> Path:
-    """36 real images in three class folders whose names hold markup and unicode."""
+    """120 real images in ten class folders (one per model output) whose names hold markup and unicode."""
     ds = demo_test_set
-    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:12] for c in (0, 5, 9)])
-    labels = np.repeat(np.arange(3), 12)
-    sub = ArrayDataset(ds.images[pick], labels, NASTY, ds.preprocessing, ds.describe())
+    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:12] for c in range(10)])
+    labels = np.repeat(np.arange(10), 12)
+    sub = ArrayDataset(ds.images[pick], labels, CLASSES, ds.preprocessing, ds.describe())
     root = export_image_folder(sub, tmp_path_factory.mktemp("img") / "images")
-    assert sorted(p.name for p in root.iterdir()) == sorted(NASTY)
+    assert sorted(p.name for p in root.iterdir()) == sorted(CLASSES)
     return root
 
 
@@ -86,7 +88,7 @@ def test_report_files_and_escaping_in_html(tmp_path, runs):
     payload = pages[0].read_text()
     assert "<" not in payload  # JSON with < escaped: nothing can close a tag
     units = json.loads(payload[payload.index("["):payload.rindex("]") + 1])
-    assert len(units) == PAGE_SIZE and {e["cls"] for u in units for e in u["entries"]} <= set(NASTY)
+    assert len(units) == PAGE_SIZE and {e["cls"] for u in units for e in u["entries"]} <= set(CLASSES)
     assert all((tmp_path / "rep" / "layers" / u["patches"]).resolve().is_file() for u in units if u["entries"])
     assert "http://" not in text and "https://" not in text  # offline: no CDN
 
@@ -148,7 +150,7 @@ def test_report_cli_and_partial_run(tmp_path, folder):
     assert proc.returncode == 0, proc.stderr
     assert "report written" in proc.stdout
     text = (tmp_path / "rep" / "index.html").read_text()
-    assert "PARTIAL run: 16 of 36 images" in text
+    assert "PARTIAL run: 16 of 120 images" in text
     assert f"<p>image folder {Path(folder).resolve()}; 16 images;" in text  # the dataset in words
     summary = sm("summary", str(out))
     assert summary.returncode == 0 and "PARTIAL" in summary.stdout
@@ -158,7 +160,7 @@ def test_report_cli_and_partial_run(tmp_path, folder):
 
 @pytest.fixture(scope="module")
 def resnet_run(tmp_path_factory, folder):
-    """The trained demo-resnet over the 36 real images, a residual-block output tapped, and
+    """The trained demo-resnet over the 120 real images, a residual-block output tapped, and
     ablation importance of that block's units."""
     run = sketchmine.mine("demo-resnet", folder, out=tmp_path_factory.mktemp("rn") / "rn.zarr", batch_size=36,
                           layers=["layer2.0", "fc"])

@@ -70,6 +70,10 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        blocked = next((p for p in (self.run.parent, *self.run.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise SketchmineError(f"cannot write the run to {self.run}: {blocked} is a file, not a folder; "
+                                  "choose another --out")
         try:
             self.run.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
