@@ -197,3 +197,16 @@ def test_later_passes_refuse_counts_that_would_not_act(tmp_path, tiny_set):
     with pytest.raises(SketchmineError, match="got 0"):
         sketchmine.compare(run, run, 0)
     assert len(run.top_classes("features.0", 3)) == 3
+
+
+def test_report_refuses_a_dataset_that_is_not_the_runs(tmp_path, tiny_set):
+    """write_report(dataset=<another>) was accepted: a note inside a layer page at most."""
+    from sketchmine.data import ArrayDataset
+    from sketchmine.report import write_report
+
+    run = sketchmine.mine("demo", tiny_set, out=tmp_path / "r.zarr", layers=["features.0"])
+    other = ArrayDataset(tiny_set.images[:30], tiny_set.labels()[:30], tiny_set.class_names,
+                         tiny_set.preprocessing, {})
+    with pytest.raises(SketchmineError, match="is not the one run"):
+        write_report(run, tmp_path / "rep", dataset=other)
+    assert write_report(run, tmp_path / "rep", dataset=tiny_set).is_file()

@@ -85,11 +85,14 @@ class _Images:
         self.written: set[tuple[int, int | None]] = set()
         self.ds = self.pre = None
         self.reason = ""
-        try:
-            from .reload import run_dataset, run_preprocessing
+        from .reload import run_dataset, run_preprocessing
 
+        if dataset is not None:  # given explicitly: one that is not the run's is the caller's error
             self.ds, self.pre = run_dataset(run, dataset), run_preprocessing(run)
-        except (SketchmineError, ImportError, OSError) as exc:
+            return
+        try:
+            self.ds, self.pre = run_dataset(run, dataset), run_preprocessing(run)
+        except (SketchmineError, ImportError, OSError) as exc:  # the recorded one may be gone: say so
             self.reason = str(exc)
 
     def url(self, index: int, step: int | None = None) -> str | None:
