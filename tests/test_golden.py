@@ -1,0 +1,116 @@
+"""The golden run: mine + visualize + importance + report of the embedded demo models on a
+fixed subset, compared array by array with the arrays recorded in tests/golden/ before the
+code was restructured. Restructuring must not change a single result.
+
+Regenerate only when a result is meant to change (and say why in the commit):
+    python -m tests.test_golden --write
+
+Bit for bit on the kind of machine that recorded it (same CPU model, torch version and CPU
+capability, recorded in golden/machine.json); elsewhere floats may differ in the last bits
+(other SIMD paths), so they are compared within 1e-5 there, integers always exactly.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def machine() -> dict[str, str]:
+    model = ""
+    try:
+        model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                      if l.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "cpu": model, "torch": torch.__version__,
+            "capability": str(torch.backends.cpu.get_cpu_capability())}
+
+
+def build(root: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every array of the golden runs by '<run>/<store path>', and the report's page data."""
+    import sketchmine
+    from sketchmine.data import animal_shape
+    from sketchmine.models import preprocessing_for
+    from sketchmine.report import write_report
+    from sketchmine.sequences import SequenceDataset
+    from tests.helpers import per_class_subset, store_arrays
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ds = per_class_subset(animal_shape("test", preprocessing_for("demo")), 20, "golden")
+        demo = sketchmine.mine("demo", ds, out=root / "demo.zarr", batch_size=50, flush_every=1)
+        sketchmine.visualize(demo, layers=["features.3", "classifier.6"], data=ds, batch_size=64)
+        sketchmine.unit_importance(demo, "features.10", dataset=ds, batch_size=100)
+        resnet = sketchmine.mine("demo-resnet", ds, out=root / "resnet.zarr", batch_size=64,
+                                 layers=["conv1", "layer1.0", "layer2.1.conv2", "fc", "softmax"])
+        sketchmine.visualize(resnet, layers=["layer1.0", "fc"], data=ds, batch_size=64)
+        gru_ds = SequenceDataset(per_class_subset(animal_shape("test", preprocessing_for("demo-gru")), 8, "golden"), 8)
+        gru = sketchmine.mine("demo-gru", gru_ds, out=root / "gru.zarr", batch_size=40)
+        sketchmine.unit_importance(gru, "gru", dataset=gru_ds, batch_size=40)
+        report = write_report(demo, root / "report").parent
+    finally:
+        torch.set_num_threads(threads)
+    arrays = {}
+    for name in ("demo", "resnet", "gru"):
+        for key, value in store_arrays(root / f"{name}.zarr").items():
+            if not key.startswith("_checkpoint"):  # strings as plain unicode arrays (npz without pickle)
+                arrays[f"{name}/{key}"] = np.array(value.tolist(), dtype=str) if value.dtype.kind in "OT" else value
+    pages = {str(p.relative_to(report)): _digests(p.read_text()) for p in sorted((report / "data").rglob("*.js"))}
+    return arrays, pages
+
+
+def _digests(text: str) -> list[str]:
+    """sha256 of a page's data, exactly and with every digit blanked (its layout and words)."""
+    import hashlib
+
+    return [hashlib.sha256(t.encode()).hexdigest() for t in (text, re.sub(r"\d", "0", text))]
+
+
+def _write(root: Path) -> None:
+    arrays, pages = build(root)
+    GOLDEN.mkdir(exist_ok=True)
+    np.savez_compressed(GOLDEN / "arrays.npz", **{k.replace("/", "|"): v for k, v in arrays.items()})
+    (GOLDEN / "pages.json").write_text(json.dumps(pages, indent=0, sort_keys=True))
+    (GOLDEN / "machine.json").write_text(json.dumps(machine(), indent=1))
+
+
+@pytest.mark.skipif(not (GOLDEN / "arrays.npz").exists(), reason="no golden recorded")
+def test_golden_runs_are_unchanged(tmp_path):
+    arrays, pages = build(tmp_path)
+    with np.load(GOLDEN / "arrays.npz", allow_pickle=False) as z:
+        want = {k.replace("|", "/"): z[k] for k in z.files}
+    assert sorted(arrays) == sorted(want), sorted(set(arrays) ^ set(want))
+    strict = json.loads((GOLDEN / "machine.json").read_text()) == machine()
+    for key, value in want.items():
+        got = arrays[key]
+        assert got.dtype == value.dtype and got.shape == value.shape, key
+        if strict or value.dtype.kind not in "fc":
+            np.testing.assert_array_equal(got, value, err_msg=key)
+        else:
+            np.testing.assert_allclose(got, value, rtol=1e-5, atol=1e-6, err_msg=key)
+    recorded = json.loads((GOLDEN / "pages.json").read_text())
+    assert sorted(pages) == sorted(recorded)
+    for name, (exact, shape) in recorded.items():
+        if strict:
+            assert pages[name][0] == exact, name
+        else:  # the same page data; numbers as printed may differ in their last digit elsewhere
+            assert pages[name][1] == shape, name
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            _write(Path(tmp))
+        print(f"golden written to {GOLDEN}")
