@@ -1,59 +1,37 @@
-"""The forward pass as the miner sees it, whatever runs it (`Forward`): torch modules read by
-Taps hooks (`TorchForward`, here; eager, stopped early, or torch.compile'd) and ONNX Runtime
-sessions (onnx_backend.OnnxModel). Also the probe that learns each tapped layer's shape
-from one forward, and the receptive fields recorded for the store.
+"""The torch backend: a torch module read by Taps hooks during its own forward (eager,
+stopped early, or torch.compile'd), registered in backend.py as the Forward of every
+nn.Module. Also the probe that learns each tapped layer's shape from one forward (any
+backend), and the receptive fields recorded for the store.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ContextManager, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
+from . import cut
+from .backend import Forward, Layer, as_forward, first_tensor, register_backend
 from .errors import SketchmineError
-from .models import weights_hash
-from .onnx_backend import OnnxModel
 from .progress import Progress
-from .receptive_field import receptive_fields
-from .taps import SOFTMAX, Taps, layer_kind, module_of, resolve_layers
+from .receptive_field import module_input_channels, receptive_fields
+from .taps import SOFTMAX, Taps, layer_kind, resolve_layers
+
+__all__ = ["Forward", "Layer", "TorchForward", "as_forward", "fields_attrs", "module_weights_hash", "probe"]
 
 
-@dataclass
-class Layer:
-    """A tapped layer as the pass sees it: units, grid, kind and the tap's layout attrs."""
-
-    name: str
-    channels: int
-    spatial: tuple[int, ...]
-    kind: str
-    attrs: dict[str, Any] = field(default_factory=dict)  # how the tap read it (taps.Taps.layouts)
-
-
-def _first_tensor(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-class Forward(Protocol):
-    """A model as the pass sees it, whatever runs it: `open` yields a callable that runs one
-    batch, hands each tapped layer's output to `on_output(name, t)` and returns the logits.
-    Implemented by torch modules with Taps hooks (below) and onnx_backend.OnnxModel."""
-
-    def resolve_layers(self, layers: list[str] | None) -> list[str]: ...
-    def weights_hash(self) -> str: ...
-    def to(self, device: torch.device) -> Any: ...
-    def kind(self, name: str) -> str: ...
-    def fields(self, sample: tuple[int, ...], progress: Progress) -> dict[str, Any]: ...
-    def shapes(self, layers: list[str], x: torch.Tensor
-               ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]: ...
-    def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]
-             ) -> ContextManager[Callable[[torch.Tensor], torch.Tensor]]: ...
-
-
-class _StopForward(Exception):
-    """Raised by a hook on the deepest tapped module when logits are not needed (logits=False)."""
+def module_weights_hash(model: nn.Module) -> str:
+    """sha256 over the names, shapes and bytes of every parameter and buffer."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy; 0-dim ok
+    return h.hexdigest()
 
 
 class TorchForward:
@@ -70,7 +48,10 @@ class TorchForward:
         return resolve_layers(self.net, layers)
 
     def weights_hash(self) -> str:
-        return weights_hash(self.net)
+        return module_weights_hash(self.net)
+
+    def input_channels(self, default: int = 3) -> int:
+        return module_input_channels(self.net, default)
 
     def to(self, device: torch.device) -> nn.Module:
         return self.net.to(device)
@@ -97,28 +78,12 @@ class TorchForward:
             with self._open_compiled(layers, on_output) as run:
                 yield run
             return
-        with Taps(self.net, layers, on_output):
+        with Taps(self.net, layers, on_output):  # the taps' hooks first: the stop comes after them
             if self.stop_after is None:
-                yield lambda x: _first_tensor(self.net(x))
+                yield lambda x: first_tensor(self.net(x))
                 return
-
-            def stop(module: nn.Module, inputs: tuple, output: Any) -> None:
-                raise _StopForward  # registered after the taps' hook, so this module's taps have run
-
-            target, _ = module_of(self.net, self.stop_after)
-            handle = dict(self.net.named_modules())[target].register_forward_hook(stop)
-
-            def run(x: torch.Tensor) -> None:
-                try:
-                    self.net(x)
-                except _StopForward:
-                    return None
-                raise SketchmineError(f"the forward pass did not reach layer {self.stop_after!r}")
-
-            try:
+            with cut.stop_after(self.net, self.stop_after) as run:
                 yield run
-            finally:
-                handle.remove()
 
     @contextlib.contextmanager
     def _open_compiled(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):
@@ -142,7 +107,7 @@ class TorchForward:
         def run(x: torch.Tensor) -> torch.Tensor | None:
             captured.clear()
             try:
-                out = _first_tensor(net(x))
+                out = first_tensor(net(x))
             except (BackendCompilerFailed, InductorError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise SketchmineError(f"torch.compile failed: {first[:300]}; on CPU it needs a C++ compiler (g++ "
@@ -157,9 +122,7 @@ class TorchForward:
             yield run
 
 
-def as_forward(net: nn.Module | OnnxModel) -> Forward:
-    """The model as the pass runs it: ONNX Runtime models are Forwards already."""
-    return net if isinstance(net, OnnxModel) else TorchForward(net)
+register_backend(nn.Module, TorchForward)
 
 
 def probe(forward: Forward, layers: list[str], x: torch.Tensor) -> tuple[list[Layer], int | None]:
@@ -189,9 +152,9 @@ def _shape_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     without arithmetic (a VGG-19 forward costs ~0.25 s on two cores); else a real forward."""
     try:
         meta = {n: t.to("meta") for n, t in [*model.named_parameters(), *model.named_buffers()]}
-        return _first_tensor(torch.func.functional_call(model, meta, (x.to("meta"),)))
+        return first_tensor(torch.func.functional_call(model, meta, (x.to("meta"),)))
     except Exception:  # an op without a meta kernel: compute for real
-        return _first_tensor(model(x))
+        return first_tensor(model(x))
 
 
 def fields_attrs(net: nn.Module, sample: tuple[int, ...], progress: Progress) -> dict[str, dict[str, list[int]] | None]:

@@ -1,42 +1,24 @@
-"""Turning a model spec (module, torchvision name, checkpoint path) into an eval-mode
-module, plus the facts the miner needs about it: an identity for resume checks and the
-input channel count. No per-model branches: everything is read off the module."""
+"""Turning a model spec (module, torchvision name, checkpoint path, .onnx file) into a
+LoadedModel, and the input preset for it. Dispatch is by explicit type and file suffix;
+the facts the miner needs (weights identity, input channels) come from the model's
+registered backend (backend.py; re-exported here). No per-model branches: everything is
+read off the module. Imports run one way: models -> {forward, onnx_backend} -> backend."""
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .backend import LoadedModel, input_channels, weights_hash
 from .data import Preprocessing, as_size, preset
 from .errors import SketchmineError, closest
+from .forward import TorchForward  # noqa: F401  (importing it registers nn.Module's backend)
+from .onnx_backend import load_onnx  # (registers OnnxModel's backend)
 
-
-def weights_hash(model: nn.Module) -> str:
-    """sha256 over the names, shapes and bytes of every parameter and buffer."""
-    if not isinstance(model, nn.Module):  # an ONNX model hashes its initializers
-        return model.weights_hash()
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
-        if t.numel():
-            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy; 0-dim ok
-    return h.hexdigest()
-
-
-def input_channels(model: nn.Module, default: int = 3) -> int:
-    """Channel count the model takes: in_channels of its first convolution."""
-    if not isinstance(model, nn.Module):  # an ONNX model reads it off its input
-        return model.input_channels(default)
-    for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            return m.in_channels
-    return default
+__all__ = ["LoadedModel", "build", "input_channels", "load_model", "preprocessing_for", "weights_hash"]
 
 
 def _load_state_dict(path: Path) -> dict[str, Any]:
@@ -115,19 +97,6 @@ def _build(arch: str, num_classes: int | None, in_channels: int | None) -> nn.Mo
     return torchvision.models.get_model(arch, **kwargs)
 
 
-@dataclass
-class LoadedModel:
-    """An eval-mode module, its id for resume checks, the normalisation it was trained with
-    when the checkpoint records one ({"mean": [...], "std": [...]}), and the progressive
-    drawings it was trained on, if any ({"transform": ..., "steps": T})."""
-
-    module: nn.Module
-    model_id: str
-    preprocessing: dict[str, Any] | None = None
-    sequence: dict[str, Any] | None = None
-    random_init: bool = False  # built by name without weights (initialised from a seed)
-
-
 def load_model(spec: str | nn.Module, weights: str | Path | None = None, seed: int | None = None) -> LoadedModel:
     """Resolve a model spec.
 
@@ -150,8 +119,6 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None, seed: i
     if isinstance(spec, nn.Module):
         return LoadedModel(spec.eval(), type(spec).__name__)
     if str(spec).endswith(".onnx"):  # run by ONNX Runtime: `module` is an onnx_backend.OnnxModel
-        from .onnx_backend import load_onnx
-
         return load_onnx(spec, weights)
     if spec in zoo.EMBEDDED:  # "demo", "demo-resnet", "demo-gru": the embedded trained models
         model, meta = zoo.load_embedded(spec)

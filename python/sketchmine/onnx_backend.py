@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import SketchmineError, closest
-from .models import LoadedModel
+from .backend import LoadedModel, register_backend
 from .taps import SOFTMAX
 
 _DEFAULT_OPS = ("Conv", "Gemm", "MatMul")
@@ -124,7 +124,7 @@ class OnnxModel:
                 self._by_module[scope] = node.output[0]
                 scope = scope.rpartition(".")[0]
 
-    # ---- facts the miner records ---------------------------------------------------
+    # ---- facts the miner records (backend.Forward) ------------------------------------
     def input_channels(self, default: int = 3) -> int:
         """dim 1 of the image input when the graph fixes it."""
         dims = self.input.type.tensor_type.shape.dim
@@ -307,3 +307,6 @@ class OnnxModel:
             return torch.from_numpy(arrays[0]).to(device, non_blocking=True)
 
         yield forward
+
+
+register_backend(OnnxModel, lambda model: model)  # an OnnxModel is its own Forward

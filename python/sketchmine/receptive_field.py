@@ -84,6 +84,15 @@ def _union(fields: list[_Field], where: str) -> _Field:
                   tuple(max(f.hi[a] for f in fields) for a in range(2)))
 
 
+def module_input_channels(model: nn.Module, default: int = 3) -> int:
+    """Channel count a torch model takes: in_channels of its first convolution, else `default`
+    (the input shape a graph analysis or a probe gives the model)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return m.in_channels
+    return default
+
+
 def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
                      leading: tuple[int, ...] = (), channels: int | None = None) -> dict[str, ReceptiveField]:
     """Receptive field of every module with a spatial output, by qualified name; modules
@@ -98,11 +107,10 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
     (C, H, W) (`data.parse_size`); a C that differs from `channels` or from the model's first
     convolution is refused."""
     from .data import parse_size
-    from .models import input_channels
 
     c, (h, w) = parse_size(input_size, "receptive_fields input_size")
     if c is not None:
-        takes = channels if channels is not None else input_channels(model, default=c)
+        takes = channels if channels is not None else module_input_channels(model, default=c)
         if c != takes:
             raise SketchmineError(f"receptive_fields input_size {tuple(input_size)} has {c} channels but "
                                   f"{type(model).__name__} takes {takes}; pass (H, W) or ({takes}, H, W)")
@@ -224,9 +232,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, lead
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
 
-    from .models import input_channels
-
-    c = channels or input_channels(model)
+    c = channels or module_input_channels(model)
     shape = (1, *leading, c, h, w)
     was_training = model.training
     model.eval()
