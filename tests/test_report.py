@@ -14,7 +14,7 @@ from PIL import Image
 
 import sketchmine
 from sketchmine.data import ArrayDataset, export_image_folder
-from sketchmine.report import PAGE_SIZE, write_report
+from sketchmine.report import PAGE_SIZE, layer_ids, write_report
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -126,16 +126,67 @@ def test_report_in_chromium(tmp_path, runs, browser):
     assert problems == []
 
 
-def test_report_without_patches_shows_note_and_whole_images(tmp_path, runs, browser):
+@pytest.fixture()
+def no_model(monkeypatch):
+    """The report must run no model and open no dataset: any module call or reload fails."""
+    refuse_models(monkeypatch)
+
+
+def refuse_models(monkeypatch) -> None:
+    """Make every torch module call and every reload of a run's model or dataset fail."""
+    import torch
+
+    import sketchmine.reload as reload
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report ran a model or reopened a dataset")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", refuse)
+    for name in ("run_model", "run_dataset", "run_preprocessing"):
+        monkeypatch.setattr(reload, name, refuse)
+
+
+def test_report_without_patches_says_how_to_add_them(tmp_path, runs, browser, no_model):
     plain, _ = runs
     index = write_report(plain, tmp_path / "rep")
     page, problems = _open(browser, (tmp_path / "rep" / "layers" / "00-features.0.html").as_uri())
     page.wait_for_selector(".card")
-    assert "run `sketchmine visualize" in page.inner_text("#pictures-note")
+    assert f"sketchmine visualize {plain.path} --layers features.0" in page.inner_text("#pictures-note")
     page.wait_for_function("() => [...document.images].every(i => i.complete)")
     total, ok = _images_ok(page)
-    assert total >= 9 * 32 and ok == total
+    assert ok == total and not (tmp_path / "rep" / "img" / "images").exists()  # no picture the store lacks
     assert index.is_file() and problems == []
+
+
+def test_report_dataset_argument_is_refused(tmp_path, runs, demo_test_set):
+    _, vis = runs
+    with pytest.raises(sketchmine.SketchmineError, match="reads the run store only"):
+        write_report(vis, tmp_path / "rep", dataset=demo_test_set)
+    assert not (tmp_path / "rep").exists()
+
+
+def test_report_without_the_dataset_or_the_model(tmp_path, demo_test_set, monkeypatch):
+    """Mined and visualized from an ImageFolder that is then deleted: the report (API and CLI)
+    is written from the store alone, its pictures the stored patches."""
+    import shutil
+
+    from tests.test_cli import sm
+
+    ds = demo_test_set
+    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:2] for c in range(10)])
+    sub = ArrayDataset(ds.images[pick], ds.labels()[pick], ds.class_names, ds.preprocessing, ds.describe())
+    root = export_image_folder(sub, tmp_path / "images")
+    run = sketchmine.mine("demo", root, out=tmp_path / "run.zarr", k=4, batch_size=20,
+                          layers=["features.3", "classifier.6"])
+    run = sketchmine.visualize(run, batch_size=64)
+    shutil.rmtree(root)
+    refuse_models(monkeypatch)
+    index = write_report(run, tmp_path / "rep")
+    assert index.is_file() and "pictures-note" not in (tmp_path / "rep" / "layers" / "00-features.3.html").read_text()
+    assert len(list((tmp_path / "rep" / "img" / "00-features.3").glob("*_p.png"))) == run.layer_shape("features.3")[0]
+    proc = sm("report", str(run.path), "--out", str(tmp_path / "rep2"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "rep2" / "img" / "01-classifier.6" / "0_p.png").is_file()
 
 
 def test_report_cli_and_partial_run(tmp_path, folder):
@@ -171,7 +222,9 @@ def resnet_run(tmp_path_factory, folder):
 @pytest.fixture(scope="module")
 def gru_run(tmp_path_factory):
     """The trained demo-gru over progressive drawings of 40 real test images (a subset, so the
-    store cannot reopen it: the dataset is passed to the report), with GRU unit importance."""
+    store cannot reopen it: the dataset is passed to the passes, never to the report), with GRU
+    unit importance, and the first GRU_UNITS units of the time-distributed conv and the GRU
+    visualized (their activation over time stored for every unit)."""
     from sketchmine.data import animal_shape
     from sketchmine.models import preprocessing_for
     from sketchmine.models import load_model
@@ -185,7 +238,11 @@ def gru_run(tmp_path_factory):
     run = sketchmine.mine("demo-gru", ds, out=tmp_path_factory.mktemp("gru") / "gru.zarr", batch_size=40,
                           layers=["features.6", "gru", "classifier"])
     sketchmine.unit_importance(run, "gru", dataset=ds)
+    sketchmine.visualize(run, ["features.6", "gru"], data=ds, max_units=GRU_UNITS)
     return sketchmine.open_run(run.path), ds
+
+
+GRU_UNITS = 3
 
 
 def _sorted_units(page) -> list[float]:
@@ -210,7 +267,7 @@ def test_report_resnet_block_and_importance_in_chromium(tmp_path, resnet_run, br
     assert len(page.query_selector_all(".card")) == min(PAGE_SIZE, run.layer_shape("layer2.0")[0])
     page.wait_for_function("() => [...document.images].every(i => i.complete)")
     total, ok = _images_ok(page)
-    assert total > PAGE_SIZE and ok == total  # whole images (no patches) and the importance plot
+    assert total >= 1 and ok == total  # the plots (no patches: the cards say how to add them)
     assert NASTY[0] in page.inner_text("#cards") and page.query_selector("#cards b") is None
     assert "importance rank" in page.inner_text("#cards")
     # the table: most important first as written; sorting by a header click, both ways
@@ -230,9 +287,15 @@ def test_report_resnet_block_and_importance_in_chromium(tmp_path, resnet_run, br
     assert problems == []
 
 
-def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser):
+def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser, no_model):
+    """Steps, drawings and activation over time read from the store (visualize wrote them)."""
+    from sketchmine.traces import read_traces
+    from sketchmine.visualize import patches_of
+
     run, ds = gru_run
-    index = write_report(run, tmp_path / "rep", dataset=ds)
+    stored = read_traces(run, "gru")
+    assert stored is not None and stored.shape == (*run.topk("gru")[1].shape, 8)
+    index = write_report(run, tmp_path / "rep")
     assert "as progressive drawings (outline-then-fill/v1, 8 steps, ink auto)" in index.read_text()
     payload = (tmp_path / "rep" / "data" / "01-gru" / "page_0000.js").read_text()
     units = json.loads(payload[payload.index("["):payload.rindex("]") + 1])
@@ -241,22 +304,22 @@ def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser):
         for ent in units[u]["entries"]:
             r = ent["rank"]
             assert ent["index"] == image_index[u, r] and ent["t"] == yx[u, r, 1] and ent["steps"] == 8
-            assert ent["image"].endswith(f"{ent['index']}_t{ent['t']}.png")
+            assert ent["trace"] == [round(float(v), 5) for v in stored[u, r]]
             # the trace is the unit's activation at every step; at the entry's step it is the top-k value
             assert len(ent["trace"]) == 8
             assert ent["trace"][ent["t"]] == pytest.approx(values[u, r], abs=1e-4)
             assert max(ent["trace"]) == pytest.approx(values[u, 0] if r == 0 else max(ent["trace"]), abs=1e-4)
-    # a drawing at an early step has less ink than the finished sketch
-    early = next(e for u in units for e in u["entries"] if e["t"] < 4)
-    with Image.open(tmp_path / "rep" / "img" / "images" / Path(early["image"]).name) as im:
-        part = np.asarray(im.convert("L")).astype(float)
+    assert units[0]["patches"] and "patches" not in units[GRU_UNITS]  # visualized units only
+    # a stored drawing at an early step has less ink than the finished sketch
+    u, early = next((u, e) for u in range(GRU_UNITS) for e in units[u]["entries"] if e["t"] < 4)
+    part = patches_of(run, "gru", u)["patches"][early["rank"]].astype(float)
     full = ds.base.images[early["index"]]
     assert (part > 127).sum() < (full > 127).sum()
     page, problems = _open(browser, (tmp_path / "rep" / "layers" / "01-gru.html").as_uri())
     page.wait_for_selector(".card")
     page.wait_for_function("() => [...document.images].every(i => i.complete)")
     total, ok = _images_ok(page)
-    assert total >= 64 * 9 and ok == total
+    assert total >= GRU_UNITS * 2 and ok == total
     cards = page.inner_text("#cards")
     assert "t=" in cards and " of 8" in cards and "activation over time" in cards
     assert len(page.query_selector_all("#cards svg.trace")) == sum(len(u["entries"]) for u in units)
@@ -272,15 +335,11 @@ def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser):
 
 
 def test_report_gru_visualized_in_chromium(tmp_path, gru_run, browser):
-    """The CNN + GRU run visualized (a copy): its time-distributed conv and its hidden units show
-    patch and deconvolution strips cut from the frame of each entry's step, steps still marked."""
-    import shutil
-
-    run, ds = gru_run
-    copy = sketchmine.open_run(shutil.copytree(run.path, tmp_path / "gru.zarr"))
-    units = 3
-    copy = sketchmine.visualize(copy, ["features.6", "gru"], data=ds, max_units=units)
-    index = write_report(copy, tmp_path / "rep", dataset=ds)
+    """The CNN + GRU run visualized: its time-distributed conv and its hidden units show patch
+    and deconvolution strips cut from the frame of each entry's step, steps still marked."""
+    run, _ = gru_run
+    units = GRU_UNITS
+    index = write_report(run, tmp_path / "rep")
     page, problems = _open(browser, index.as_uri())
     for lid, name in (("00-features.6", "features.6"), ("01-gru", "gru")):
         page.goto((tmp_path / "rep" / "layers" / f"{lid}.html").as_uri())
@@ -325,7 +384,6 @@ def test_torchvision_googlenet_and_resnet50_in_chromium(tmp_path, imagenet_224, 
     import torchvision
 
     from sketchmine.deconv import deconvolve
-    from sketchmine.report import _layer_ids
     from sketchmine.visualize import patches_of
 
     options, layers = TORCHVISION[arch]
@@ -367,14 +425,14 @@ def test_torchvision_googlenet_and_resnet50_in_chromium(tmp_path, imagenet_224, 
         vis = run.store.group[f"layers/{name}"].attrs["visualized"]
         assert vis["units_done"] == units, (name, vis)
     assert patches_of(run, block, 0)["patches"].shape == (k, *rf["size"], 3)  # the field's crop
-    index = write_report(run, tmp_path / "rep", dataset=ds)
+    index = write_report(run, tmp_path / "rep")
     page, problems = _open(browser, index.as_uri())
     page.wait_for_load_state("load")
     body = page.inner_text("body")
     assert all(name in body for name in layers)
     total, ok = _images_ok(page)
     assert total >= 1 and ok == total
-    ids = _layer_ids(run)
+    ids = layer_ids(run)
     for name in layers:
         page.click(f'a[href="layers/{ids[name]}.html"]')
         page.wait_for_selector("#unit-0")

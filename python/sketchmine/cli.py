@@ -1,4 +1,7 @@
-"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | bench`. Errors print as one line, no traceback."""
+"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench`.
+
+Only parses and dispatches: what each command prints is in console.py. Errors print as one
+line, no traceback."""
 from __future__ import annotations
 
 import argparse
@@ -176,7 +179,7 @@ def _bench(args: list[str]) -> int:
 
 def _mine(args: argparse.Namespace, console: Console) -> None:
     from . import distributed, mine
-    from .console import RichProgress, layers_table, safe
+    from .console import RichProgress, print_mined
 
     bar = RichProgress(console)
     try:
@@ -194,17 +197,11 @@ def _mine(args: argparse.Namespace, console: Console) -> None:
         distributed.close()  # the process group sketchmine started under torchrun, if any
     if rank != 0:  # rank 0 reports for every process
         return
-    console.print(layers_table(run))
-    acc = run.accuracy()
-    console.print(f"{run.images_done} images, {bar.images} this session in {bar.seconds:.1f} s"
-                  + (f"; accuracy {acc * 100:.2f}%" if acc is not None else "") + f" → {safe(run.path)}")
-    if args.no_logits:
-        console.print("--no-logits: the forward pass stopped after the deepest mined layer; "
-                      "no predictions or accuracy were written")
+    print_mined(run, bar, args.no_logits, console)
 
 
 def _visualize(args: argparse.Namespace, console: Console) -> None:
-    from .console import RichProgress, safe
+    from .console import RichProgress, print_visualized
     from .visualize import visualize
 
     bar = RichProgress(console, "visualizing", unit="units")
@@ -214,49 +211,7 @@ def _visualize(args: argparse.Namespace, console: Console) -> None:
                         max_patch=args.max_patch, redo=args.redo, progress=bar)
     finally:
         bar.stop()
-    console.print(f"patches and {args.method} crops of {len(args.layers or run.layers)} layers "
-                  f"in {bar.seconds:.1f} s → {safe(run.path)}")
-
-
-def print_summary(path: str, n: int, console: Console) -> None:
-    """`sketchmine summary`: layers, accuracy, class preferences (also printed by the demo)."""
-    from .console import accuracy_table, layers_table, preferences_table
-    from .run import open_run
-
-    run = open_run(path)
-    console.print(layers_table(run))
-    if run.complete:
-        console.print(accuracy_table(run))
-    else:
-        console.print(f"[yellow]partial run[/]: {run.images_done} images mined so far; accuracy comes at the end")
-    console.print(preferences_table(run, n))
-    from .console import ink_table, unbiased_table
-
-    unbiased = unbiased_table(run, n)
-    if unbiased is not None:
-        console.print(ink_table(run))
-        console.print(unbiased)
-
-
-def print_report(path: str, out: str, console: Console) -> Path:
-    """`sketchmine report`: write the HTML report and say where it is."""
-    import time
-
-    from .console import safe
-    from .report import write_report
-
-    t0 = time.perf_counter()
-    index = write_report(path, out)
-    console.print(f"report written in {time.perf_counter() - t0:.1f} s: open {safe(index)}")
-    return index
-
-
-def _compare(args: argparse.Namespace, console: Console) -> None:
-    from .compare import compare
-    from .console import compare_tables
-
-    for table in compare_tables(compare(args.run_a, args.run_b, args.n)):
-        console.print(table)
+    print_visualized(run, args.layers, args.method, bar, console)
 
 
 INTERRUPTED = {
@@ -329,11 +284,17 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args.out, args.batch_size, args.report, console)
         elif args.command == "summary":
+            from .console import print_summary
+
             print_summary(args.run, args.n, console)
         elif args.command == "report":
+            from .console import print_report
+
             print_report(args.run, args.out, console)
         elif args.command == "compare":
-            _compare(args, console)
+            from .console import print_compare
+
+            print_compare(args.run_a, args.run_b, args.n, console)
         elif args.command == "importance":
             from .importance import run_cli
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -185,3 +186,61 @@ def importance_table(run: Run, name: str, n: int) -> Table:
     for row in df.head(n).itertuples(index=False):
         table.add_row(str(row.unit), *(f"{v:.4f}" for v in row[1:]))
     return table
+
+
+# ---- what the commands print (cli parses and dispatches; the demo prints the same) ----------
+def print_summary(path: str, n: int, console: Console) -> None:
+    """`sketchmine summary`: layers, accuracy, class preferences (also printed by the demo)."""
+    from .run import open_run
+
+    run = open_run(path)
+    console.print(layers_table(run))
+    if run.complete:
+        console.print(accuracy_table(run))
+    else:
+        console.print(f"[yellow]partial run[/]: {run.images_done} images mined so far; accuracy comes at the end")
+    console.print(preferences_table(run, n))
+    unbiased = unbiased_table(run, n)
+    if unbiased is not None:
+        console.print(ink_table(run))
+        console.print(unbiased)
+
+
+def print_report(path: str, out: str, console: Console) -> Path:
+    """`sketchmine report`: write the HTML report (from the store alone) and say where it is."""
+    from .report import write_report
+
+    t0 = time.perf_counter()
+    index = write_report(path, out)
+    console.print(f"report written in {time.perf_counter() - t0:.1f} s: open {safe(index)}")
+    return index
+
+
+def print_compare(a: Run | str, b: Run | str, n: int, console: Console, title: bool = False) -> None:
+    """`sketchmine compare A B`: accuracy per class side by side, layers paired by depth; with
+    `title`, a rule naming the two models first (the demo)."""
+    from .compare import compare
+
+    cmp = compare(a, b, n)
+    if title:
+        console.rule(f"[bold]compare[/]: A = {safe(cmp.a.attrs.get('model'))}, B = {safe(cmp.b.attrs.get('model'))}")
+    for table in compare_tables(cmp):
+        console.print(table)
+
+
+def print_mined(run: Run, progress: RichProgress, no_logits: bool, console: Console) -> None:
+    """What `sketchmine mine` says at the end: the layers, the images and the accuracy."""
+    console.print(layers_table(run))
+    acc = run.accuracy()
+    console.print(f"{run.images_done} images, {progress.images} this session in {progress.seconds:.1f} s"
+                  + (f"; accuracy {acc * 100:.2f}%" if acc is not None else "") + f" → {safe(run.path)}")
+    if no_logits:
+        console.print("--no-logits: the forward pass stopped after the deepest mined layer; "
+                      "no predictions or accuracy were written")
+
+
+def print_visualized(run: Run, layers: list[str] | None, method: str, progress: RichProgress,
+                     console: Console) -> None:
+    """What `sketchmine visualize` says at the end."""
+    console.print(f"patches and {method} crops of {len(layers or run.layers)} layers "
+                  f"in {progress.seconds:.1f} s → {safe(run.path)}")

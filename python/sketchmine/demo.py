@@ -62,18 +62,6 @@ def mine_and_visualize(model: str, out: Path, batch_size: int, console: Console)
         vbar.stop()
 
 
-def print_comparison(a: Run, b: Run, console: Console, n: int = 5) -> None:
-    """The `sketchmine compare A B` tables: accuracy per class, layers paired by depth."""
-    from .compare import compare
-    from .console import compare_tables
-
-    from .console import safe
-
-    console.rule(f"[bold]compare[/]: A = {safe(a.attrs.get('model'))}, B = {safe(b.attrs.get('model'))}")
-    for table in compare_tables(compare(a, b, n)):
-        console.print(table)
-
-
 DEMO_MARKER = ".sketchmine-demo"
 """The file that makes a folder a demo folder: the demo writes only its runs and reports there."""
 
@@ -131,8 +119,7 @@ def run_demo(out_dir: str | Path | None, batch_size: int, report_dir: str | Path
 
 
 def _run_demo(out: Path, batch_size: int, reports: Path, console: Console) -> dict[str, Path]:
-    from .cli import print_report, print_summary
-    from .console import importance_table, safe
+    from .console import importance_table, print_compare, print_report, print_summary, safe
     from .importance import unit_importance
     from .run import open_run
 
@@ -145,7 +132,7 @@ def _run_demo(out: Path, batch_size: int, reports: Path, console: Console) -> di
     for model, run in runs.items():
         console.rule(f"[bold]summary[/]: {model}")
         print_summary(str(run.path), 5, console)
-    print_comparison(runs[MODELS[0]], runs[MODELS[1]], console)
+    print_compare(runs[MODELS[0]], runs[MODELS[1]], 5, console, title=True)
     console.rule(f"[bold]which {layer} units matter for the label[/]: {gru} (ablation over the test split)")
     console.print(importance_table(open_run(runs[gru].path), layer, 10))
     index = {m: print_report(str(run.path), str(reports / m), console) for m, run in runs.items()}

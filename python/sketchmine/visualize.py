@@ -36,6 +36,7 @@ from .receptive_field import ReceptiveField
 from .reload import missing_images, run_dataset, run_model, run_preprocessing
 from .run import Run, open_run
 from .store import RunLock, RunStore, put_rows
+from .traces import write_traces
 
 ARRAYS = ("patches", "deconv", "boxes", "inside")
 
@@ -113,6 +114,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
             done, layer_block = todo[p.name]
             _visualize_layer(store, run, p, done, layer_block, limit[p.name], images, deconv, batch_size, device,
                              progress)
+        write_traces(store, run, names, net, ds, device)  # the report reads them, it runs no model
     finally:
         lock.release()
     return open_run(run.path)
