@@ -176,11 +176,11 @@ def test_a_checkpoint_whose_statistics_do_not_fit_is_a_clear_error(tmp_path, sma
         sketchmine.mine("demo", small_test_set, out=out, batch_size=40, flush_every=2,
                         progress=StopAfter(5, calls=True, exc=_Stop))
     store = RunStore.open(out, mode="r+")
-    layers = store.attrs["layer_names"]
-    states = store.read_checkpoint(layers)
-    packed = store.read_checkpoint_arrays(PACKED_KEYS)
-    packed["class_sums"] = packed["class_sums"][:-1]
-    store.write_checkpoint(states, store.progress["images_done"], {}, arrays=packed)
+    keys = store.group[f"_checkpoint/{store.progress['slot']}"].attrs["accumulators"]
+    states = {key: store.read_checkpoint_state(key) for key in keys}
+    assert set(states["classes"]) == set(PACKED_KEYS)
+    states["classes"]["class_sums"] = states["classes"]["class_sums"][:-1]
+    store.write_checkpoint(states, store.progress["images_done"], {})
     with pytest.raises(SketchmineError, match=f"{out}: the class statistics in its checkpoint do not fit"):
         sketchmine.open_run(out).class_stats("features.0")
     with pytest.raises(SketchmineError, match="do not fit the run .*mine it again with a new --out"):

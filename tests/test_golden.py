@@ -23,6 +23,11 @@ import torch
 
 GOLDEN = Path(__file__).parent / "golden"
 
+NEW_SINCE_GOLDEN = {"max_count", "max_mean", "firing"}
+"""Array names (the last part of a store path) of statistics added after the golden was
+recorded: moments.py's per-unit count, mean and firing count of image maxima (issue 15).
+Their own tests check them; here they are left out of the comparison."""
+
 
 def machine() -> dict[str, str]:
     model = ""
@@ -63,8 +68,9 @@ def build(root: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     arrays = {}
     for name in ("demo", "resnet", "gru"):
         for key, value in store_arrays(root / f"{name}.zarr").items():
-            if not key.startswith("_checkpoint"):  # strings as plain unicode arrays (npz without pickle)
-                arrays[f"{name}/{key}"] = np.array(value.tolist(), dtype=str) if value.dtype.kind in "OT" else value
+            if key.startswith("_checkpoint") or key.rsplit("/", 1)[-1] in NEW_SINCE_GOLDEN:
+                continue  # strings as plain unicode arrays (npz without pickle)
+            arrays[f"{name}/{key}"] = np.array(value.tolist(), dtype=str) if value.dtype.kind in "OT" else value
     pages = {str(p.relative_to(report)): _digests(p.read_text()) for p in sorted((report / "data").rglob("*.js"))}
     return arrays, pages
 

@@ -6,18 +6,27 @@ count of the image-level maximum (the same spatial max the top-k ranks) over eve
 image, so the class preference of a unit can be read from the whole dataset. It also keeps,
 per class, the summed ink density of the input images (see `ink_density`).
 
-Like `topk.RunningTopK` it knows nothing about models: add, merge, state, restore.
-Labels outside [0, num_classes) (unknown: -1) land in a discarded extra row, so no
+Like `topk.RunningTopK` it knows nothing about models: add, merge, state, restore; it is the
+pass's accumulator under the key "classes" (accumulators.py), fed the image maxima the top-k
+computed. Labels outside [0, num_classes) (unknown: -1) land in a discarded extra row, so no
 host-device synchronisation is needed to filter them.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from . import schema
 from .errors import SketchmineError
+
+if TYPE_CHECKING:
+    from .accumulators import Batch, Setup
+
+KEY = "classes"
+"""The class statistics' namespace in the checkpoint."""
 
 INK_THRESHOLD = 0.5
 """A pixel is ink when its gray value differs from the image's background by more than this
@@ -69,6 +78,8 @@ class RunningClassStats:
     layers: {name: channels}. mean/std: the normalisation to undo before measuring ink
     (empty: inputs are taken as [0, 1] already).
     """
+
+    key, title = KEY, "class statistics"
 
     def __init__(self, layers: dict[str, int], num_classes: int, device: torch.device | str = "cpu",
                  mean: Sequence[float] = (), std: Sequence[float] = ()) -> None:
@@ -127,8 +138,15 @@ class RunningClassStats:
         self._labels = labels
         self._pending[layer] = maxima
 
-    def end_batch(self) -> None:
-        """Add the held batch: one block over all layers when every layer was seen, else per layer."""
+    def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
+        """The accumulator's per-layer step: the batch's image maxima of `layer` (see `add`)."""
+        self.add(layer, batch.maxima_of(layer), batch.labels)
+
+    def end_batch(self, batch: Batch | None = None) -> None:
+        """Add the held batch: one block over all layers when every layer was seen, else per
+        layer; with the accumulator's `batch`, also the ink density of its input images."""
+        if batch is not None:
+            self.add_images(batch.x, batch.labels)
         pending, labels = self._pending, self._labels
         self._pending, self._labels = {}, None
         if not pending:
@@ -236,6 +254,32 @@ class RunningClassStats:
         self.ink.copy_(torch.from_numpy(f[-rows:]))
         self.images.copy_(torch.from_numpy(i[-rows:]))
 
+    def state(self) -> dict[str, np.ndarray]:
+        return self.packed()
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        self.load_packed(dict(state))
+
+    def results(self, layer: str | None = None) -> Any:
+        """The accumulator's final arrays (no `layer`): layers/<name>/{class_mean, class_count,
+        class_nan_count} and dataset/{class_ink_density, class_image_count}, only when some
+        labelled image was seen (else none). With `layer`: that layer's (class_mean, class_count),
+        see `results_of` (what analysis reads)."""
+        if layer is not None:
+            return self.results_of(layer)
+        if self.labelled_images == 0:
+            return {}
+        arrays: dict[str, np.ndarray] = {}
+        for name in self.layers:
+            mean, count = self.results_of(name)
+            arrays.update({schema.layer_array(name, "class_mean"): mean,
+                           schema.layer_array(name, "class_count"): count,
+                           schema.layer_array(name, "class_nan_count"): self.nan_counts(name)})
+        ink, images = self.ink_results()
+        arrays.update({schema.dataset_array("class_ink_density"): ink,
+                       schema.dataset_array("class_image_count"): images})
+        return arrays
+
     # ---- results --------------------------------------------------------------------------
     @property
     def labelled_images(self) -> int:
@@ -247,7 +291,7 @@ class RunningClassStats:
         seen = self._seen[:, i:i + 1].expand(-1, cols.stop - cols.start)
         return seen if self._nan_cells is None else seen - self._nan_cells[:, cols]
 
-    def results(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    def results_of(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
         """(class_mean (C, K) float64, NaN where a class has no image; class_count (C, K) int64)."""
         self.end_batch()
         s = self._sums[:self.num_classes, self._columns[layer]]
@@ -268,50 +312,26 @@ class RunningClassStats:
 
 
 PACKED_KEYS = ("class_sums", "class_counts")
-DENSE_KEYS = ("class_sum", "class_count")  # checkpoints written before PACKED_KEYS
+"""The arrays of `packed()`, i.e. of the accumulator's state."""
 
 
 def restore(store, stats: RunningClassStats) -> bool:
-    """Load the statistics of the store's newest intact checkpoint (either layout) into `stats`;
-    False when it holds none. A layout that does not fit is the run's clear error."""
-    saved = store.read_checkpoint_arrays(PACKED_KEYS) or store.read_checkpoint_arrays(DENSE_KEYS)
+    """Load the statistics of the store's newest intact checkpoint into `stats` (a reader of a
+    partial run); False when it holds none. A layout that does not fit is the run's clear error."""
+    saved = store.read_checkpoint_state(KEY)
     if saved is None:
         return False
     try:
-        stats.load_packed(saved)
-    except ValueError as exc:
+        stats.restore(saved)
+    except (ValueError, KeyError) as exc:
         raise SketchmineError(f"{store.path}: the class statistics in its checkpoint do not fit the run ({exc}); "
                               "mine it again with a new --out") from None
     return True
 
 
-# ---- the miner's hook: start (or resume) and write ------------------------------------------
-
-
-def start(store, layers: dict[str, int], class_names: Sequence[str], preprocessing, device: torch.device,
-          resumed: bool) -> RunningClassStats | None:
-    """Statistics for a mining pass: None when the dataset has no classes, or when a resumed
-    checkpoint predates class statistics (that run then ends without them)."""
-    k = num_classes_for(class_names, store.attrs.get("num_classes"))
-    if k == 0:
+def accumulator(setup: Setup) -> RunningClassStats | None:
+    """The registry's factory: None when the labels name no classes."""
+    if setup.num_classes == 0:
         return None
-    pre = preprocessing
-    stats = RunningClassStats(layers, k, device, getattr(pre, "mean", ()) or (), getattr(pre, "std", ()) or ())
-    if resumed and not restore(store, stats):
-        return None
-    return stats
-
-
-def final_arrays(stats: RunningClassStats | None) -> dict[str, np.ndarray]:
-    """layers/<name>/{class_mean, class_count, class_nan_count} and dataset/{class_ink_density,
-    class_image_count} by store path, only when some labelled image was seen (else none)."""
-    if stats is None or stats.labelled_images == 0:
-        return {}
-    arrays: dict[str, np.ndarray] = {}
-    for name in stats.layers:
-        mean, count = stats.results(name)
-        arrays.update({f"layers/{name}/class_mean": mean, f"layers/{name}/class_count": count,
-                       f"layers/{name}/class_nan_count": stats.nan_counts(name)})
-    ink, images = stats.ink_results()
-    arrays.update({"dataset/class_ink_density": ink, "dataset/class_image_count": images})
-    return arrays
+    return RunningClassStats({l.name: l.channels for l in setup.layers}, setup.num_classes, setup.device,
+                             setup.mean, setup.std)

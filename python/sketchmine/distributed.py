@@ -12,8 +12,9 @@ all ranks together are then a contiguous prefix, so the store's `images_done` st
 number and a run interrupted under any world size resumes under any other; and each batch
 holds the same images as in a one-process run with the same batch size, so activations,
 and with them the store, are bit-identical to it. At each flush (and at the end) the
-per-rank states are gathered to rank 0, merged exactly (same tie-break as the op) into a
-copy, and checkpointed there; only rank 0 writes.
+per-rank states of every accumulator (accumulators.py) are gathered to rank 0, merged into
+copies in rank order (the top-k exactly, with the op's tie-break; float64 sums to rounding),
+and checkpointed there; only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -31,7 +32,9 @@ import torch.distributed as dist
 from .errors import SketchmineError
 from .run import Run
 from .store import RunStore, is_run
-from .topk import RunningTopK
+
+if TYPE_CHECKING:
+    from .accumulators import Accumulator
 
 T = TypeVar("T")
 _OWNED = False  # True when sketchmine initialised the process group itself (torchrun env)
@@ -64,9 +67,9 @@ class Solo:
     def flush_due(self, batches: int) -> bool:
         return True
 
-    def gather(self, states: dict[str, RunningTopK], pending: Any, bad: list[dict[str, Any]],
-               converted: dict[str, int], classes: Any = None) -> tuple[dict[str, RunningTopK], Any, Any]:
-        return states, pending, classes
+    def gather(self, accs: list[Accumulator], pending: Any, bad: list[dict[str, Any]],
+               converted: dict[str, int]) -> tuple[list[Accumulator], Any]:
+        return accs, pending
 
     def result(self, store: RunStore) -> Run:
         return Run(store)
@@ -147,10 +150,7 @@ class _RemoteStore:
     def progress(self) -> dict[str, Any]:
         return dict(self.attrs["progress"])
 
-    def read_checkpoint(self, layers: list[str]) -> None:
-        return None
-
-    def read_checkpoint_arrays(self, keys: Sequence[str]) -> None:
+    def read_checkpoint_state(self, key: str) -> None:
         return None
 
 
@@ -245,42 +245,33 @@ class Group:
         """A flush is collective: only at steps every rank reaches (not the last one)."""
         return batches < self._steps
 
-    def gather(self, states: dict[str, RunningTopK], pending: Any, bad: list[dict[str, Any]],
-               converted: dict[str, int], classes: Any = None) -> tuple[dict[str, RunningTopK], Any, Any]:
-        """Rank 0: merged copies of all ranks' top-k states and class statistics, and their rows
-        since the last flush in global order; bad-image records and conversion counts move to
-        rank 0's lists. Other ranks keep their own states (a copy is merged, so nothing is
-        counted twice at the next flush)."""
-        mine = ({name: s.state_dict() for name, s in states.items()}, _rows(pending),
-                [] if self.writes else list(bad), {} if self.writes else dict(converted),
-                None if self.writes or classes is None else classes.packed())
+    def gather(self, accs: list[Accumulator], pending: Any, bad: list[dict[str, Any]],
+               converted: dict[str, int]) -> tuple[list[Accumulator], Any]:
+        """Rank 0: merged copies of all ranks' accumulators (rank 0's, then 1, 2, ... folded in),
+        and their rows since the last flush in global order; bad-image records and conversion
+        counts move to rank 0's lists. Other ranks keep their own accumulators (a copy is
+        merged, so nothing is counted twice at the next flush)."""
+        mine = (None if self.writes else [acc.state() for acc in accs], _rows(pending),
+                [] if self.writes else list(bad), {} if self.writes else dict(converted))
         everyone: list[Any] | None = [None] * self.size if self.writes else None
         dist.gather_object(mine, everyone, dst=0)
         if not self.writes:
             bad.clear()
             converted.clear()
-            return states, pending, classes
+            return accs, pending
         assert everyone is not None
-        merged = {}
-        for name, s in states.items():
-            m = RunningTopK(s.channels, s.k, s.spatial, s.state["values"].device)
-            m.load_state_dict(everyone[0][0][name])
+        merged = [copy.deepcopy(acc) for acc in accs]
+        for i, (acc, into) in enumerate(zip(accs, merged)):
+            other = copy.deepcopy(acc)  # restored from each rank's state in turn
             for theirs in everyone[1:]:
-                other = RunningTopK(s.channels, s.k, s.spatial, "cpu")
-                other.load_state_dict(theirs[0][name])
-                m.merge(other)
-            merged[name] = m
-        merged_classes = copy.deepcopy(classes)
+                other.restore(theirs[0][i])
+                into.merge(other)
         for theirs in everyone[1:]:
             bad.extend(theirs[2])
             for mode, count in theirs[3].items():
                 converted[mode] = converted.get(mode, 0) + count
-            if merged_classes is not None and theirs[4] is not None:
-                other = copy.deepcopy(classes)
-                other.load_packed(theirs[4])
-                merged_classes.merge(other)
         bad[:] = sorted({b["index"]: b for b in bad}.values(), key=lambda b: b["index"])  # committed ones once
-        return merged, _merged_rows(pending, [e[1] for e in everyone]), merged_classes
+        return merged, _merged_rows(pending, [e[1] for e in everyone])
 
     def result(self, store: RunStore | _RemoteStore) -> Run | None:
         """The finished run on every rank (called after rank 0 finished writing); ranks that

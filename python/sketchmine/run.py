@@ -11,6 +11,7 @@ import zarr
 
 from .errors import SketchmineError, closest
 from .store import RunStore, check_layer_attrs
+from . import topk
 from .topk import flat_to_yx
 
 
@@ -108,12 +109,15 @@ class Run:
         if self.complete:
             base = f"layers/{layer}/"
             return self.store.read(base + "values"), self.store.read(base + "image_index"), self.store.read(base + "yx")
-        state = self.store.read_checkpoint([layer])
+        state = self.store.read_checkpoint_state(topk.KEY)
         if state is None:
             raise SketchmineError(f"run {self.path} has no results for {layer!r} yet (nothing flushed)")
-        s = state[layer]
-        idx = s["index"].numpy()
-        return s["values"].numpy(), idx, flat_to_yx(s["position"].numpy(), idx, self.layer_shape(layer)[1:])
+        try:
+            s = topk.unpack(state, self.layers)[layer]
+        except (ValueError, KeyError) as exc:
+            raise SketchmineError(f"{self.path}: the top-k in its checkpoint does not fit the run ({exc})") from None
+        idx = s["index"]
+        return s["values"], idx, flat_to_yx(s["position"], idx, self.layer_shape(layer)[1:])
 
     def class_accuracy(self) -> pd.DataFrame:
         """Per-class accuracy: columns accuracy (fraction), correct, count.

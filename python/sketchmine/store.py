@@ -4,8 +4,8 @@
       dataset/{labels, paths, class_names}
       eval/{logits, predictions, per_class_accuracy}
       layers/<name>/{values, image_index, yx, nan_count}   attrs: shape, kind, receptive_field
-      _checkpoint/slot0|slot1/{values, index, position, nan_count}   (while mining; all layers
-                                                                      packed, shapes in attrs)
+      _checkpoint/slot0|slot1/<accumulator>/<array>   (while mining: each accumulator's state,
+                                                       see accumulators.py)
 
 Crash safety: a flush writes the whole state into the slot not named by the committed
 progress, then commits by rewriting the root attributes (zarr writes each file through a
@@ -33,10 +33,10 @@ from zarr.core.group import GroupMetadata
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 
+from . import schema
 from .errors import SketchmineError
 
 SCHEMA_VERSION = 1
-_STATE_KEYS = ("values", "index", "position", "nan_count")
 _ROW_CHUNK = 8192
 
 
@@ -383,24 +383,22 @@ class RunStore:
             self._written.append(["dataset/labels", start, start + len(labels), _digest(labels)])
 
     @_io_errors
-    def write_checkpoint(self, states: dict[str, dict[str, torch.Tensor]], images_done: int,
-                         extra: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
-        """Write the full state into the free slot, then commit (atomic attribute rewrite).
-        `arrays`: further flat arrays of the same state (class statistics), in the same slot."""
+    def write_checkpoint(self, states: dict[str, dict[str, np.ndarray]], images_done: int,
+                         extra: dict[str, Any]) -> None:
+        """Write every accumulator's state into the free slot, then commit (atomic attribute
+        rewrite). `states`: accumulator key -> its flat arrays, stored as `<key>/<array>`; the
+        store does not know what they are (accumulators.py)."""
         prog = self.progress
         slot = "slot1" if prog.get("slot") == "slot0" else "slot0"
-        ck = self.group.require_group("_checkpoint")
+        ck = self.group.require_group(schema.CHECKPOINT)
         if slot in ck:
             del ck[slot]
         sg = ck.create_group(slot)
-        # all layers packed into one array per key: four writes per flush, whatever the depth
-        layers = list(states)
-        packed = {key: np.concatenate([states[l][key].numpy().ravel() for l in layers]) for key in _STATE_KEYS}
-        packed.update(arrays or {})
+        packed = {f"{key}/{name}": np.asarray(arr) for key, state in states.items() for name, arr in state.items()}
         _put_all(sg, packed)
         # what resume needs to check this slot and to restart from it alone: the checksums of
         # its arrays and of the rows written since the previous slot, and the committed extras
-        sg.attrs.update({"layers": layers, "shapes": [list(states[l]["values"].shape) for l in layers],
+        sg.attrs.update({"accumulators": {key: list(state) for key, state in states.items()},
                          "images_done": images_done, "extra": extra, "rows": self._written,
                          "checksums": {key: _digest(arr) for key, arr in packed.items()}})
         self.commit({"images_done": images_done, "slot": slot, "complete": False,
@@ -450,26 +448,28 @@ class RunStore:
         except Exception:  # unreadable, truncated or missing files
             return None
 
-    def _pinned(self, keys: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-        """For a reader (read-only handle): the committed slot's attributes and arrays `keys`
-        (those it has), read once each and checked against the slot's own checksums and the
-        committed progress. A writer rewrites a slot only after committing the other one, so
-        arrays that match the checksums of a slot whose images_done is the committed one are
-        that commit's state, whatever the writer did meanwhile. None when the slot cannot be
-        pinned although the run did not move on (damaged: the caller's `checkpoint` path
-        decides); a SketchmineError when the writer moved on (RunStore.committed retries)."""
+    def _pinned(self, key: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """For a reader (read-only handle): the committed slot's attributes and the arrays of
+        accumulator `key` (by their own names), read once each and checked against the slot's
+        own checksums and the committed progress. A writer rewrites a slot only after committing
+        the other one, so arrays that match the checksums of a slot whose images_done is the
+        committed one are that commit's state, whatever the writer did meanwhile. None when the
+        slot cannot be pinned although the run did not move on (damaged: the caller's
+        `checkpoint` path decides); a SketchmineError when the writer moved on
+        (RunStore.committed retries)."""
         progress = self._progress_on_disk()
         slot = progress.get("slot")
         if slot is None:
             return None
         try:
-            sg = zarr.open_group(str(self.path / "_checkpoint" / slot), mode="r")
+            sg = zarr.open_group(str(self.path / schema.CHECKPOINT / slot), mode="r")
             meta = dict(sg.attrs)
             sums = meta["checksums"]
             if meta.get("images_done") != progress.get("images_done"):
                 raise ValueError("the slot is not the committed one")
-            flat = {key: np.asarray(sg[key][...]) for key in keys if key in sums}
-            if any(_digest(arr) != sums[key] for key, arr in flat.items()):
+            names = (meta.get("accumulators") or {}).get(key, [])
+            flat = {name: np.asarray(sg[f"{key}/{name}"][...]) for name in names}
+            if any(_digest(arr) != sums.get(f"{key}/{name}") for name, arr in flat.items()):
                 raise ValueError("the slot's arrays do not match its checksums")
             return meta, flat
         except Exception as exc:
@@ -477,55 +477,37 @@ class RunStore:
                 raise SketchmineError(f"{self.path}: the checkpoint moved on while it was read ({exc})") from None
             return None
 
-    def read_checkpoint(self, layers: list[str]) -> dict[str, dict[str, torch.Tensor]] | None:
-        """The newest intact state (see `checkpoint`), or None when there is none."""
-        pinned = self._pinned(_STATE_KEYS) if self.group.read_only else None
-        if pinned is not None and all(key in pinned[1] for key in _STATE_KEYS):
-            slot, meta, flat = self._progress_on_disk().get("slot"), pinned[0], pinned[1]
-        else:
-            slot = self.checkpoint()[0]
-            if slot is None:
-                return None
-            meta = flat = None
-        try:
-            if flat is None:
-                sg = self.group[f"_checkpoint/{slot}"]
-                flat = {key: np.asarray(sg[key][...]) for key in _STATE_KEYS}
-                meta = dict(sg.attrs)
-            out: dict[str, dict[str, torch.Tensor]] = {}
-            at = at_c = 0
-            for layer, (c, k) in zip(meta["layers"], meta["shapes"]):
-                st = {key: torch.from_numpy(flat[key][at:at + c * k].reshape(c, k).copy())
-                      for key in ("values", "index", "position")}
-                st["nan_count"] = torch.from_numpy(flat["nan_count"][at_c:at_c + c].copy())
-                out[layer] = st
-                at, at_c = at + c * k, at_c + c
-            missing = [l for l in layers if l not in out]
-            if missing:
-                raise KeyError(f"layers {missing} not in the checkpoint")
-            return {l: out[l] for l in layers}
-        except Exception as exc:
-            raise SketchmineError(
-                f"{self.path}: the committed checkpoint ({slot}) cannot be read ({type(exc).__name__}: {exc}); "
-                "the run cannot be resumed, start it again with a new --out"
-            ) from None
-
-    def read_checkpoint_arrays(self, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
-        """The checkpoint's further arrays (see write_checkpoint), or None when absent."""
-        pinned = self._pinned(keys) if self.group.read_only else None
+    def read_checkpoint_state(self, key: str) -> dict[str, np.ndarray] | None:
+        """The state accumulator `key` saved in the newest intact checkpoint (see `checkpoint`;
+        a reader's is pinned to the committed one), or None when there is no checkpoint or it
+        holds no state under `key`. A checkpoint of the layout before accumulators (one set of
+        top-k arrays for all layers) is a clear error: such a run is finished by the version
+        that started it."""
+        pinned = self._pinned(key) if self.group.read_only else None
         if pinned is not None:
-            return pinned[1] if all(key in pinned[1] for key in keys) else None
+            meta, flat = pinned
+            self._check_checkpoint_layout(meta)
+            return flat if key in meta["accumulators"] else None
         slot = self.checkpoint()[0]
-        if slot is None or f"_checkpoint/{slot}" not in self.group:
-            return None
-        sg = self.group[f"_checkpoint/{slot}"]
-        if not all(key in sg for key in keys):
+        if slot is None:
             return None
         try:
-            return {key: np.asarray(sg[key][...]) for key in keys}
+            sg = self.group[f"{schema.CHECKPOINT}/{slot}"]
+            meta = dict(sg.attrs)
+            self._check_checkpoint_layout(meta)
+            names = meta["accumulators"].get(key)
+            return None if names is None else {name: np.asarray(sg[f"{key}/{name}"][...]) for name in names}
+        except SketchmineError:
+            raise
         except Exception as exc:  # vanished or rewritten meanwhile (a reader's RunStore.committed retries)
-            raise SketchmineError(f"{self.path}: the checkpoint ({slot}) cannot be read "
-                                  f"({type(exc).__name__}: {exc})") from None
+            raise SketchmineError(f"{self.path}: the committed checkpoint ({slot}) cannot be read "
+                                  f"({type(exc).__name__}: {exc}); if it persists, mine it again with a new --out"
+                                  ) from None
+
+    def _check_checkpoint_layout(self, meta: dict[str, Any]) -> None:
+        if not isinstance(meta.get("accumulators"), dict):
+            raise SketchmineError(f"{self.path}: this run's checkpoint was written by an earlier sketchmine; finish it "
+                                  "with that version or mine again with a new --out")
 
     @_io_errors
     def write_arrays(self, group: str, arrays: dict[str, np.ndarray]) -> None:
