@@ -1,4 +1,4 @@
-"""The run store's schema: every path of a run, in one place.
+"""The run store's schema: every path, attribute, dtype and chunking of a run, in one place.
 
 A run is a Zarr v3 directory (see docs/store.md). Passes write through `store.RunStore` and
 readers read through `run.Run`; both name arrays with these functions and constants, so no
@@ -6,6 +6,10 @@ other module spells a store path. A new per-layer statistic declares its arrays 
 (`layer_array(layer, name)`), and its accumulator says which (see accumulators.py).
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 SCHEMA_VERSION = 2
 """2: the checkpoint holds every accumulator's state under one namespace per accumulator."""
@@ -42,3 +46,65 @@ def layer_result(layer: str, name: str) -> str:
     """A multi-array result of a later pass on a layer (importance, traces): a group
     committed as a unit (RunStore.write_group / read_group)."""
     return f"{LAYERS}/{layer}/{name}"
+
+
+# ---- attributes ------------------------------------------------------------------------------
+# root: schema_version, layer_names, k, progress {images_done, slot, complete, updated},
+# row_chunk, checksums {array path: {rows, sums}}, dataset, dataset_fingerprint, preprocessing,
+# model_spec, weights_sha256, num_classes, bad_images, converted_images, versions, logits
+VERSION_ATTR = "schema_version"
+PROGRESS = "progress"
+ROW_CHUNK_ATTR = "row_chunk"
+CHECKSUMS = "checksums"
+LAYER_NAMES = "layer_names"
+ACCURACY = "accuracy"
+"""eval/ attribute: overall accuracy over the readable images (set by write_results)."""
+VISUALIZED = "visualized"
+"""layers/<name>/ attribute of a visualize pass: {method, patch_size, source_size, block_units,
+units_done, complete}; units below units_done have committed patches."""
+COMPLETE = "complete"
+"""Marker attribute of a group written as a unit (write_group), set last."""
+
+RELEASED_VERSIONS = {1: "0.1.0"}
+"""Schema versions of released sketchmine, by version: their complete runs are read as they are
+(the final arrays' layout did not change); their unfinished runs cannot be resumed here."""
+
+
+# ---- arrays: dtype, fill value, chunking -----------------------------------------------------
+ROW_CHUNK = 8192
+"""Default rows per chunk of the per-image arrays (the miner passes the rows of one flush)."""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """How one kind of array is stored; `chunks(shape, rows)` gives its chunk shape (`rows`: the
+    run's row chunk, or the units of a block)."""
+
+    dtype: Any
+    fill_value: Any
+    chunks: Callable[[tuple[int, ...], int], tuple[int, ...]]
+
+
+def _by_rows(shape: tuple[int, ...], rows: int) -> tuple[int, ...]:
+    return (min(max(shape[0], 1), rows), *shape[1:])
+
+
+ARRAYS: dict[str, ArraySpec] = {
+    LABELS: ArraySpec("int64", -1, _by_rows),
+    PATHS: ArraySpec(str, None, _by_rows),
+    CLASS_NAMES: ArraySpec(str, None, lambda shape, rows: (max(shape[0], 1),)),
+    LOGITS: ArraySpec("float32", float("nan"), _by_rows),
+    PREDICTIONS: ArraySpec("int64", -1, _by_rows),
+}
+"""The per-image arrays, written row block by row block while mining. Every other final array
+(layers/<name>/{values, image_index, yx, nan_count, class_*}, eval/per_class_accuracy,
+dataset/class_*) is written whole as one chunk with the dtype its accumulator gives."""
+
+VISUAL_ARRAYS: dict[str, ArraySpec] = {
+    "patches": ArraySpec("uint8", 0, lambda shape, rows: (1, *shape[1:])),  # one chunk per unit
+    "deconv": ArraySpec("uint8", 128, lambda shape, rows: (1, *shape[1:])),
+    "boxes": ArraySpec("int32", -1, lambda shape, rows: (min(shape[0], 4096), *shape[1:])),
+    "inside": ArraySpec("int32", -1, lambda shape, rows: (min(shape[0], 4096), *shape[1:])),
+}
+"""layers/<name>/{patches, deconv} (C, k, h, w, channels) and {boxes, inside} (C, k, 4) of a
+visualize pass, written a block of units at a time."""

@@ -15,10 +15,6 @@ rewritten on resume.
 """
 from __future__ import annotations
 
-import asyncio
-import copy
-import fcntl
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -28,16 +24,21 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from zarr.api.asynchronous import create_hierarchy
 from zarr.core.group import GroupMetadata
-from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 
-from . import schema
+from . import checksums, schema
+from .checksums import block_sums, digest
 from .errors import SketchmineError
+from .lock import RunLock, check_writable, stage
+from .runattrs import check_layer_attrs, check_root_attrs
+from .storeio import create_nodes, put_all, put_rows
 
-SCHEMA_VERSION = 1
-_ROW_CHUNK = 8192
+__all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_run", "put_rows"]
+
+SCHEMA_VERSION = schema.SCHEMA_VERSION
+_ROW_CHUNK = schema.ROW_CHUNK
+_digest, _block_sums, _put_all = digest, block_sums, put_all  # the names the checkpoint code uses
 
 
 def is_run(path: Path) -> bool:
@@ -49,74 +50,6 @@ def is_run(path: Path) -> bool:
         return "schema_version" in zarr.open_group(str(path), mode="r").attrs
     except Exception:
         return False
-
-
-class RunLock:
-    """Exclusive writer lock on a run: flock on `.<name>.lock`, a file beside the run folder,
-    released by the OS if the holder dies.
-
-    Beside, not inside: the lock is taken before the run folder exists, so it covers the run's
-    creation (two `mine` started at once on a fresh --out: one creates, the other is refused)
-    as well as every later write. The file stays (removing a lock file races with a process
-    about to lock it). Where the folder above an existing run is not writable, the lock is
-    `run/.lock` inside it, as sketchmine before 14 did (a run cannot be created there anyway)."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        run = Path(path).resolve()
-        self.run = run
-        self.path = run.parent / f".{run.name}.lock"
-        if not os.access(run.parent, os.W_OK) and run.is_dir():
-            self.path = run / ".lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        blocked = next((p for p in (self.run.parent, *self.run.parent.parents) if p.exists() and not p.is_dir()), None)
-        if blocked is not None:
-            raise SketchmineError(f"cannot write the run to {self.run}: {blocked} is a file, not a folder; "
-                                  "choose another --out")
-        try:
-            self.run.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise SketchmineError(f"cannot lock {self.run} for writing ({self.path}: {exc.strerror or exc}); "
-                                  "make its folder writable") from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise SketchmineError(
-                f"{self.run} is being written by another process; wait for it or stop it first"
-            ) from None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-_CREATING = "creating"
-_MARKER = ".sketchmine-creating"
-
-
-def _staging(path: Path) -> Path:
-    """The sibling folder a new run is laid out in before it is renamed into place."""
-    return path.parent / f".{path.name}.{_CREATING}-{os.getpid()}"
-
-
-def _remove_stale_staging(path: Path) -> list[Path]:
-    """Remove the staging folders of creations of `path` that died (the caller holds the run's
-    lock, so no live process is creating it): only folders named as `_staging` names them that
-    carry our marker file, or are still empty. Returns what was removed."""
-    import shutil
-
-    removed = []
-    for q in path.parent.glob(f".{path.name}.{_CREATING}-*"):
-        if q.is_dir() and not q.is_symlink() and ((q / _MARKER).is_file() or not any(q.iterdir())):
-            shutil.rmtree(q)
-            removed.append(q)
-    return removed
 
 
 def _io_errors(method: Callable) -> Callable:
@@ -134,14 +67,6 @@ def _io_errors(method: Callable) -> Callable:
                 "make room (or make it writable) and re-run the same command to resume") from None
 
     return wrapper
-
-
-def _check_writable(path: Path) -> None:
-    parent = path if path.exists() else path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise SketchmineError(f"cannot write the run to {path}: {parent} is not writable")
 
 
 class RunStore:
@@ -188,36 +113,19 @@ class RunStore:
         row_chunk: rows per chunk of the per-image arrays; the miner passes the rows of one
         flush, so each flush writes new chunk files and never rewrites an older one (a power
         cut can then only damage the newest flush, which resume detects and redoes)."""
-        import shutil
-
         p = Path(path)
         if p.exists() and (not p.is_dir() or any(p.iterdir())):
             what = "is a sketchmine run" if is_run(p) else "exists and is not a sketchmine run"
             raise SketchmineError(f"{p} {what}; choose another --out or remove it")
-        _check_writable(p)
-        tmp = _staging(p)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale_staging(p)
-            tmp.mkdir()
-            (tmp / _MARKER).write_text(f"a sketchmine run being created at {p.name} by process {os.getpid()}; "
-                                       "the next `sketchmine mine` on it removes this folder if that process died\n")
+        check_writable(p)
+
+        def lay_out(tmp: Path) -> None:
             group = zarr.open_group(str(tmp), mode="a")  # "w" would clear the folder, marker included
             cls._layout(tmp, group, attrs, n_images, class_names, path_of, labels, row_chunk)
             if layers:
                 cls(tmp, group).declare_layers(layers)
-            if p.exists():
-                p.rmdir()  # empty (checked above): the rename takes its place
-            os.rename(tmp, p)
-            (p / _MARKER).unlink()
-        except OSError as exc:
-            if tmp.exists() and (tmp / _MARKER).is_file():
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise SketchmineError(f"cannot write the run to {p}: {exc.strerror or exc}") from None
-        except BaseException:
-            if tmp.exists() and (tmp / _MARKER).is_file():
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        stage(p, lay_out)
         return cls(p, zarr.open_group(str(p), mode="r+"))
 
     @classmethod
@@ -264,19 +172,16 @@ class RunStore:
         try:
             if entry is None:
                 return np.asarray(arr[start:stop] if rows is not None else arr[...])
-            step, sums = int(entry["rows"]), list(entry["sums"])
-            first, last = start // step, max(start, stop - 1) // step  # the checksummed blocks covering the rows
+            first, last, step = checksums.covering(entry, n, start, stop)
             data = np.asarray(arr[first * step:min((last + 1) * step, n)] if arr.ndim else arr[...])
         except SketchmineError:
             raise
         except Exception as exc:  # a chunk file that does not decode
             raise self._damaged(name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})") from None
-        for b in range(first, last + 1):
-            lo = (b - first) * step
-            if b >= len(sums) or _digest(data[lo:lo + step] if arr.ndim else data) != sums[b]:
-                where = f"rows {b * step}-{min((b + 1) * step, n) - 1}" if arr.ndim and len(sums) > 1 else "its data"
-                raise self._damaged(name, f"does not match the checksum recorded when the run was written "
-                                          f"({where}: a chunk file is missing or corrupt)")
+        where = checksums.mismatch(data, entry, first, last, n)
+        if where is not None:
+            raise self._damaged(name, f"does not match the checksum recorded when the run was written "
+                                      f"({where}: a chunk file is missing or corrupt)")
         return data if rows is None or not arr.ndim else data[start - first * step:stop - first * step]
 
     def committed(self, read: Callable[[], Any], tries: int = 10) -> Any:
@@ -355,8 +260,8 @@ class RunStore:
     @_io_errors
     def declare_layers(self, layers: dict[str, dict[str, Any]]) -> None:
         """Create one group per layer with its shape and kind (once, at run creation)."""
-        nodes = {f"layers/{name}": GroupMetadata(attributes=meta) for name, meta in layers.items()}
-        sync(_create(self.group, nodes))
+        nodes = {schema.layer_group(name): GroupMetadata(attributes=meta) for name, meta in layers.items()}
+        sync(create_nodes(self.group, nodes))
 
     # ---- streaming writes ----------------------------------------------------------------
     @_io_errors
@@ -586,142 +491,3 @@ class RunStore:
                      "updated": time.time()}, {**extra, "checksums": sums})
         if "_checkpoint" in self.group:
             del self.group["_checkpoint"]
-
-
-_TEMPLATES: dict[str, dict[str, Any]] = {}
-_METADATA: dict[tuple[str, tuple[int, ...]], ArrayV3Metadata] = {}
-
-
-def _metadata(arr: np.ndarray) -> ArrayV3Metadata:
-    """The metadata `create_array(data=arr)` would write (Zarr's default codecs for the dtype),
-    as one chunk. Built from a per-dtype template instead of Zarr's creation path, which costs
-    ~2 ms per array, and kept per (dtype, shape): metadata objects are immutable."""
-    key = (arr.dtype.str, tuple(arr.shape))
-    if key not in _METADATA:
-        if arr.dtype.str not in _TEMPLATES:
-            probe = zarr.create_array(zarr.storage.MemoryStore(), shape=(1,), dtype=arr.dtype)
-            _TEMPLATES[arr.dtype.str] = probe.metadata.to_dict()
-        doc = copy.deepcopy(_TEMPLATES[arr.dtype.str])
-        doc["shape"] = list(arr.shape)
-        doc["chunk_grid"]["configuration"]["chunk_shape"] = [max(n, 1) for n in arr.shape]
-        _METADATA[key] = ArrayV3Metadata.from_dict(doc)
-    return _METADATA[key]
-
-
-async def _create(group: zarr.Group, nodes: dict[str, GroupMetadata | ArrayV3Metadata]) -> dict[str, Any]:
-    """Create `nodes` (paths relative to `group`) concurrently, replacing any there; returns the
-    created async nodes by the same relative paths."""
-    base = f"{group.path}/" if group.path else ""
-    made = {path: node async for path, node in
-            create_hierarchy(store=group.store, nodes={base + k: v for k, v in nodes.items()}, overwrite=True)}
-    return {k: made[base + k] for k in nodes}
-
-
-def _put_all(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
-    """Each of `arrays` as the whole array at its path under `group`, one chunk, replacing an
-    earlier one. One event-loop call for all: Zarr's per-call overhead (~3 ms an array, ten times
-    the file I/O) was most of a ResNet-50 run's fixed cost with one call per array."""
-    if not arrays:
-        return
-
-    nodes = {k: _metadata(a) for k, a in arrays.items()}
-
-    async def write() -> None:
-        made = await _create(group, nodes)
-        await asyncio.gather(*(made[k].setitem(..., a) for k, a in arrays.items()))
-
-    sync(write())
-
-
-def put_rows(arrays: dict[str, zarr.Array], rows: slice, values: dict[str, np.ndarray]) -> None:
-    """values[k] into arrays[k][rows] for every k, in one event-loop call (one Zarr call per
-    array costs a round trip to Zarr's loop thread each, more than these small writes)."""
-    async def write() -> None:
-        await asyncio.gather(*(arrays[k].async_array.setitem(rows, v) for k, v in values.items()))
-
-    sync(write())
-
-
-def _digest(arr: np.ndarray) -> str:
-    arr = np.asarray(arr)
-    if arr.dtype.kind in "UOT":  # strings: their text, whatever width or string dtype holds them
-        return hashlib.blake2b("\x00".join(map(str, arr.ravel())).encode("utf-8", "surrogatepass"),
-                               digest_size=16).hexdigest()
-    return hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=16).hexdigest()
-
-
-def _block_sums(arr: np.ndarray, rows: int | None = None) -> dict[str, Any]:
-    """Checksums of `arr` in blocks of `rows` along its first axis (its chunks; None: one)."""
-    rows = max(1, int(rows or (arr.shape[0] if arr.ndim else 1)))
-    n = arr.shape[0] if arr.ndim else 1
-    return {"rows": rows, "sums": [_digest(arr[i:i + rows] if arr.ndim else arr) for i in range(0, max(n, 1), rows)]}
-
-
-def _is_int(v: Any, low: int = 0) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _is_pair(v: Any, low: int) -> bool:
-    return isinstance(v, list) and len(v) == 2 and all(_is_int(x, low) for x in v)
-
-
-_ROOT_CHECKS: dict[str, tuple[bool, str, Callable[[Any], bool]]] = {
-    # key: (required, what is expected, check)
-    "layer_names": (True, "a non-empty list of distinct layer names (no '/' or '..')",
-                    lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x and "/" not in x and ".." not in x
-                                                                for x in v)
-                    and len(set(v)) == len(v)),
-    "k": (True, "a positive integer", lambda v: _is_int(v, 1)),
-    "progress": (True, "{images_done: int, slot: null|slot0|slot1, complete: bool}",
-                 lambda v: isinstance(v, dict) and _is_int(v.get("images_done"), 0)
-                 and v.get("slot") in (None, "slot0", "slot1") and isinstance(v.get("complete"), bool)),
-    "num_classes": (False, "null or a non-negative integer", lambda v: v is None or _is_int(v, 0)),
-    "dataset": (False, "an object", lambda v: isinstance(v, dict)),
-    "preprocessing": (False, "null or {preset, channels, size, mean, std}",
-                      lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("preset"), str)
-                                              and _is_int(v.get("channels"), 1)
-                                              and (v.get("size") is None or _is_pair(v.get("size"), 1))
-                                              and all(isinstance(v.get(key, []), list) and
-                                                      all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                          for x in v.get(key, [])) for key in ("mean", "std")))),
-    "model_spec": (False, "{spec: str|null, weights: str|null}",
-                   lambda v: isinstance(v, dict) and all(v.get(key) is None or isinstance(v.get(key), str)
-                                                         for key in ("spec", "weights"))),
-    "weights_sha256": (False, "a string", lambda v: isinstance(v, str)),
-    "bad_images": (False, "a list of {index, path, error}", lambda v: isinstance(v, list)
-                   and all(isinstance(b, dict) and _is_int(b.get("index"), 0) and isinstance(b.get("path"), str)
-                           for b in v)),
-    "checksums": (False, "{array path: {rows: int, sums: [str]}}", lambda v: isinstance(v, dict)
-                  and all(isinstance(e, dict) and _is_int(e.get("rows"), 1) and isinstance(e.get("sums"), list)
-                          and all(isinstance(x, str) for x in e["sums"]) for e in v.values())),
-    "converted_images": (False, "an object of counts", lambda v: isinstance(v, dict)
-                         and all(isinstance(key, str) and _is_int(n, 0) for key, n in v.items())),
-}
-
-
-def check_root_attrs(path: Path, attrs: dict[str, Any]) -> None:
-    """Refuse a run whose root attributes a reader would trust but cannot (edited, damaged)."""
-    for key, (required, expected, ok) in _ROOT_CHECKS.items():
-        if key not in attrs:
-            if required:
-                raise SketchmineError(f"run {path} is damaged: attribute {key!r} is missing")
-            continue
-        if not ok(attrs[key]):
-            raise SketchmineError(f"run {path} is damaged: attribute {key!r} should be {expected}, "
-                                  f"found {str(attrs[key])[:60]!r}")
-
-
-def check_layer_attrs(path: Path, layer: str, attrs: dict[str, Any]) -> None:
-    """The per-layer attributes a reader uses: shape, kind, receptive field."""
-    shape, kind, rf = attrs.get("shape"), attrs.get("kind"), attrs.get("receptive_field")
-    problems = []
-    if not (isinstance(shape, list) and 1 <= len(shape) <= 4 and all(_is_int(x, 0) for x in shape)):
-        problems.append(f"'shape' should be a list of 1 to 4 sizes, found {str(shape)[:40]!r}")
-    if kind is not None and not isinstance(kind, str):
-        problems.append(f"'kind' should be a string, found {str(kind)[:40]!r}")
-    if rf is not None and not (isinstance(rf, dict) and _is_pair(rf.get("size"), 1)
-                               and _is_pair(rf.get("stride"), 0) and isinstance(rf.get("offset"), list)
-                               and len(rf["offset"]) == 2 and all(_is_int(x, -10**9) for x in rf["offset"])):
-        problems.append(f"'receptive_field' should be {{size, stride, offset}} pairs, found {str(rf)[:60]!r}")
-    if problems:
-        raise SketchmineError(f"run {path} is damaged: layer {layer!r} attribute " + "; ".join(problems))

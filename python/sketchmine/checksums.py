@@ -1,0 +1,42 @@
+"""Checksums of a run's arrays: what `RunStore.finish` records and `verify` checks on every
+read, so a lost or damaged chunk file is an error instead of fill values read as results."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+
+def digest(arr: np.ndarray) -> str:
+    """blake2b-128 of an array's bytes (strings: of their text, whatever dtype holds them)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "UOT":  # strings: their text, whatever width or string dtype holds them
+        return hashlib.blake2b("\x00".join(map(str, arr.ravel())).encode("utf-8", "surrogatepass"),
+                               digest_size=16).hexdigest()
+    return hashlib.blake2b(np.ascontiguousarray(arr).tobytes(), digest_size=16).hexdigest()
+
+
+def block_sums(arr: np.ndarray, rows: int | None = None) -> dict[str, Any]:
+    """Checksums of `arr` in blocks of `rows` along its first axis (its chunks; None: one)."""
+    rows = max(1, int(rows or (arr.shape[0] if arr.ndim else 1)))
+    n = arr.shape[0] if arr.ndim else 1
+    return {"rows": rows, "sums": [digest(arr[i:i + rows] if arr.ndim else arr) for i in range(0, max(n, 1), rows)]}
+
+
+def covering(entry: dict[str, Any], n: int, start: int, stop: int) -> tuple[int, int, int]:
+    """(first block, last block, rows per block) of the checksummed blocks holding rows
+    [start, stop) of an array of `n` rows: a partial read is verified a whole block at a time."""
+    step = int(entry["rows"])
+    return start // step, max(start, stop - 1) // step, step
+
+
+def mismatch(data: np.ndarray, entry: dict[str, Any], first: int, last: int, n: int) -> str | None:
+    """Where `data` (blocks first..last of the array, 0-d: the whole) differs from the recorded
+    checksums `entry`, or None when it matches."""
+    step, sums = int(entry["rows"]), list(entry["sums"])
+    for b in range(first, last + 1):
+        lo = (b - first) * step
+        if b >= len(sums) or digest(data[lo:lo + step] if data.ndim else data) != sums[b]:
+            return f"rows {b * step}-{min((b + 1) * step, n) - 1}" if data.ndim and len(sums) > 1 else "its data"
+    return None

@@ -1,0 +1,70 @@
+"""Zarr writes in bulk: many whole arrays, or rows of several arrays, in one event-loop call.
+
+Zarr's per-call overhead (a round trip to its loop thread, ~3 ms per created array) dominated
+a run's fixed cost; these helpers batch it away. Only the store modules use them.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.api.asynchronous import create_hierarchy
+from zarr.core.group import GroupMetadata
+from zarr.core.metadata import ArrayV3Metadata
+from zarr.core.sync import sync
+
+_TEMPLATES: dict[str, dict[str, Any]] = {}
+_METADATA: dict[tuple[str, tuple[int, ...]], ArrayV3Metadata] = {}
+
+
+def _metadata(arr: np.ndarray) -> ArrayV3Metadata:
+    """The metadata `create_array(data=arr)` would write (Zarr's default codecs for the dtype),
+    as one chunk. Built from a per-dtype template instead of Zarr's creation path, which costs
+    ~2 ms per array, and kept per (dtype, shape): metadata objects are immutable."""
+    key = (arr.dtype.str, tuple(arr.shape))
+    if key not in _METADATA:
+        if arr.dtype.str not in _TEMPLATES:
+            probe = zarr.create_array(zarr.storage.MemoryStore(), shape=(1,), dtype=arr.dtype)
+            _TEMPLATES[arr.dtype.str] = probe.metadata.to_dict()
+        doc = copy.deepcopy(_TEMPLATES[arr.dtype.str])
+        doc["shape"] = list(arr.shape)
+        doc["chunk_grid"]["configuration"]["chunk_shape"] = [max(n, 1) for n in arr.shape]
+        _METADATA[key] = ArrayV3Metadata.from_dict(doc)
+    return _METADATA[key]
+
+
+async def create_nodes(group: zarr.Group, nodes: dict[str, GroupMetadata | ArrayV3Metadata]) -> dict[str, Any]:
+    """Create `nodes` (paths relative to `group`) concurrently, replacing any there; returns the
+    created async nodes by the same relative paths."""
+    base = f"{group.path}/" if group.path else ""
+    made = {path: node async for path, node in
+            create_hierarchy(store=group.store, nodes={base + k: v for k, v in nodes.items()}, overwrite=True)}
+    return {k: made[base + k] for k in nodes}
+
+
+def put_all(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
+    """Each of `arrays` as the whole array at its path under `group`, one chunk, replacing an
+    earlier one. One event-loop call for all: Zarr's per-call overhead (~3 ms an array, ten times
+    the file I/O) was most of a ResNet-50 run's fixed cost with one call per array."""
+    if not arrays:
+        return
+
+    nodes = {k: _metadata(a) for k, a in arrays.items()}
+
+    async def write() -> None:
+        made = await create_nodes(group, nodes)
+        await asyncio.gather(*(made[k].setitem(..., a) for k, a in arrays.items()))
+
+    sync(write())
+
+
+def put_rows(arrays: dict[str, zarr.Array], rows: slice, values: dict[str, np.ndarray]) -> None:
+    """values[k] into arrays[k][rows] for every k, in one event-loop call (one Zarr call per
+    array costs a round trip to Zarr's loop thread each, more than these small writes)."""
+    async def write() -> None:
+        await asyncio.gather(*(arrays[k].async_array.setitem(rows, v) for k, v in values.items()))
+
+    sync(write())
