@@ -1,5 +1,9 @@
 """A mined run, read back from its store: top-k per layer, labels, accuracy, and the
-class summaries the seed's tables are built from."""
+class summaries the seed's tables are built from.
+
+`Run` is the readers' only door to the store: every array and attribute is read through its
+accessors (paths from schema.py, reads verified by RunStore), so presentation code never spells a
+store path. The summaries are computed by summaries.py from the arrays read here."""
 from __future__ import annotations
 
 import os
@@ -7,12 +11,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import zarr
 
+from . import schema, summaries, topk
+from .classstats import RunningClassStats, num_classes_for, restore
 from .errors import SketchmineError, closest
-from .store import RunStore, check_layer_attrs
-from . import topk
+from .store import RunStore
+from .summaries import class_counts
 from .topk import flat_to_yx
+
+__all__ = ["Run", "check_count", "class_counts", "open_run"]
 
 
 class Run:
@@ -48,39 +55,73 @@ class Run:
 
     @property
     def class_names(self) -> list[str]:
-        names = [str(s) for s in self.store.read("dataset/class_names")]
+        names = [str(s) for s in self.store.read(schema.CLASS_NAMES)]
         n = self.attrs.get("num_classes") or 0
         return names or [str(i) for i in range(n)]
 
     @property
     def labels(self) -> np.ndarray:
         """(N,) int64 label per image; -1 where not yet known."""
-        return self.store.read("dataset/labels")
+        return self.store.read(schema.LABELS)
 
     @property
     def paths(self) -> np.ndarray:
-        return self.store.read("dataset/paths")
+        return self.store.read(schema.PATHS)
 
     def image_path(self, i: int) -> str:
         """The path (or dataset-relative name) of global image `i`, as recorded in dataset/paths."""
-        n = int(self.store.group["dataset/paths"].shape[0])
+        n = self.store.shape(schema.PATHS)[0]
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
             raise SketchmineError(f"image index should be an integer from 0 to {n - 1}, got {i!r}")
         if not 0 <= int(i) < n:
             raise SketchmineError(f"image {int(i)} is not in run {self.path}: its images are numbered 0 to {n - 1}")
-        return str(self.store.read("dataset/paths", slice(int(i), int(i) + 1))[0])
+        return str(self.store.read(schema.PATHS, slice(int(i), int(i) + 1))[0])
 
     def layer_shape(self, layer: str) -> tuple[int, ...]:
-        return tuple(self.layer_group(layer).attrs["shape"])
+        return tuple(self.layer_attrs(layer)["shape"])
 
-    def layer_group(self, layer: str) -> zarr.Group:
-        """The layer's Zarr group, its attributes checked (a damaged run is refused clearly)."""
-        try:
-            g = self.store.group[f"layers/{self._check_layer(layer)}"]
-        except KeyError:
-            raise SketchmineError(f"run {self.path} is damaged: layer {layer!r} is listed but has no group") from None
-        check_layer_attrs(self.store.path, layer, dict(g.attrs))
-        return g
+    def layer_group(self, layer: str) -> Any:
+        """The layer's Zarr group, its attributes checked. Kept for callers not yet moved to
+        `layer_attrs` / `layer_array` / `has_array`, which do not hand out Zarr objects."""
+        self.layer_attrs(layer)
+        return self.store.layer_group(layer)
+
+    def layer_attrs(self, layer: str) -> dict[str, Any]:
+        """The layer's attributes (shape, kind, receptive_field, visualized, ...), checked: a
+        damaged run is refused clearly."""
+        return self.store.layer_attrs(self._check_layer(layer))
+
+    def has_array(self, layer: str, name: str) -> bool:
+        """True when the layer holds array `name` (class_mean, nan_count, patches, ...)."""
+        return self.store.has(schema.layer_array(self._check_layer(layer), name))
+
+    def layer_array(self, layer: str, name: str, rows: slice | None = None) -> np.ndarray:
+        """Array `name` of the layer (rows `rows` of its first axis, or all), verified against
+        the run's checksums where it has them."""
+        return self.store.read(schema.layer_array(self._check_layer(layer), name), rows)
+
+    def array_shape(self, layer: str, name: str) -> tuple[int, ...]:
+        return self.store.shape(schema.layer_array(self._check_layer(layer), name))
+
+    def layer_result(self, layer: str, name: str, keys: tuple[str, ...]
+                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """(arrays `keys`, attributes) of a later pass's result on the layer (importance,
+        traces), or None when there is no whole one."""
+        return self.store.read_group(schema.layer_result(self._check_layer(layer), name), keys)
+
+    def has_dataset_array(self, name: str) -> bool:
+        return self.store.has(schema.dataset_array(name))
+
+    def dataset_array(self, name: str) -> np.ndarray:
+        """A per-dataset array, e.g. "class_ink_density" (verified)."""
+        return self.store.read(schema.dataset_array(name))
+
+    def eval_attrs(self) -> dict[str, Any]:
+        """Attributes of eval/ (accuracy)."""
+        return self.store.group_attrs(schema.EVAL)
+
+    def has_predictions(self) -> bool:
+        return self.store.has(schema.PREDICTIONS)
 
     def _check_layer(self, layer: str) -> str:
         if not isinstance(layer, str):
@@ -102,13 +143,12 @@ class Run:
         Empty slots have image index -1. For an unfinished run the last committed checkpoint
         is read (another process may be writing it: see RunStore.committed).
         """
-        self.layer_group(layer)
+        self.layer_attrs(layer)
         return self.store.committed(lambda: self._topk(layer))
 
     def _topk(self, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.complete:
-            base = f"layers/{layer}/"
-            return self.store.read(base + "values"), self.store.read(base + "image_index"), self.store.read(base + "yx")
+            return tuple(self.store.read(schema.layer_array(layer, key)) for key in ("values", "image_index", "yx"))
         state = self.store.read_checkpoint_state(topk.KEY)
         if state is None:
             raise SketchmineError(f"run {self.path} has no results for {layer!r} yet (nothing flushed)")
@@ -127,14 +167,13 @@ class Run:
         return self.store.committed(self._class_accuracy)
 
     def _class_accuracy(self) -> pd.DataFrame:
-        ev = self.store.group["eval"]
         if self.store.attrs.get("logits", True) is False:
             raise SketchmineError(f"run {self.path} was mined with logits=False (--no-logits): the forward pass "
                                   "stopped after the deepest mined layer, so it has no predictions or accuracy")
-        if "predictions" not in ev:
+        if not self.has_predictions():
             raise SketchmineError(f"run {self.path} has no predictions yet (the model output is not (N, classes) "
                                   "logits, or nothing was flushed)")
-        pred, labels = self.store.read("eval/predictions"), self.labels
+        pred, labels = self.store.read(schema.PREDICTIONS), self.labels
         pred = np.where(np.arange(len(pred)) < self.images_done, pred, -1)
         names = self.class_names
         correct, count = class_counts(pred, labels, len(names))
@@ -144,7 +183,7 @@ class Run:
 
     def accuracy(self) -> float | None:
         """Overall accuracy over all readable images (None until the run is complete)."""
-        return self.store.group["eval"].attrs.get("accuracy")
+        return self.eval_attrs().get(schema.ACCURACY)
 
     def class_histogram(self, layer: str) -> pd.Series:
         """Counts of each class among the top-k images of all units of `layer` (all classes)."""
@@ -188,50 +227,116 @@ class Run:
 
         return has_importance(self, layer)
 
-    # ---- summaries over all images and per unit: computed in analysis.py ----------------------
-    def unit_classes(self, layer: str, unit: int) -> pd.DataFrame:
-        """One unit's top-k, best first, with class and class accuracy (the seed's "Classes with performance")."""
-        from .analysis import unit_classes
-        return unit_classes(self, layer, unit)
+    # ---- summaries over all images and per unit: summaries.py over this run's arrays ----------
+    def class_accuracy_series(self) -> pd.Series:
+        """Per-class accuracy (fraction) by class name; NaN when the run has no predictions."""
+        try:
+            return self.class_accuracy()["accuracy"]
+        except SketchmineError:
+            return pd.Series(np.nan, index=pd.Index(self.class_names, name="class"), name="accuracy")
 
     def unit_table(self, layer: str) -> pd.DataFrame:
         """Every unit's top-k as one long table: unit, rank, image_index, value, y, x, label, class, accuracy."""
-        from .analysis import unit_table
-        return unit_table(self, layer)
+        values, index, yx = self.topk(layer)
+        df = summaries.unit_rows(values, index, yx, self.labels, self.class_names,
+                                 self.class_accuracy_series().to_numpy())
+        df.attrs["partial"] = not self.complete
+        return df
+
+    def unit_classes(self, layer: str, unit: int) -> pd.DataFrame:
+        """One unit's top-k, best first, with class, class accuracy, value and image path (the
+        seed's "Classes with performance")."""
+        c = self.layer_shape(layer)[0]
+        if not 0 <= unit < c:
+            raise SketchmineError(f"unit {unit} is not in layer {layer!r} of run {self.path}: it has units 0..{c - 1}")
+        df = self.unit_table(layer)
+        df = df[df["unit"] == unit].drop(columns="unit").set_index("rank")
+        df["path"] = self.paths[df["image_index"].to_numpy()] if len(df) else []
+        return df
 
     def class_stats(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
-        """(class_mean (C, K), class_count (C, K)) of the image maxima over all labelled images."""
-        from .analysis import class_stats
-        return class_stats(self, layer)
+        """(class_mean (C, K) float64, class_count (C, K) int64) of the image maxima over all
+        labelled images. A partial run reads its last committed checkpoint (another process may
+        be mining it: see RunStore.committed)."""
+        self._check_layer(layer)
+        return self.store.committed(lambda: self._class_stats(layer))
+
+    def _class_stats(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        if self.complete and self.has_array(layer, "class_mean"):  # final arrays, checked against the checksums
+            return self.layer_array(layer, "class_mean"), self.layer_array(layer, "class_count")
+        stats = self._checkpoint_stats()
+        if stats is None:
+            raise SketchmineError(f"run {self.path} has no class statistics for {layer!r}: the dataset has no labels, "
+                                  "or the run was mined before sketchmine kept them (mine it again)")
+        return stats.results(layer)
+
+    def _checkpoint_stats(self) -> RunningClassStats | None:
+        if self.complete:
+            return None
+        k = num_classes_for(self.class_names, self.attrs.get("num_classes"))
+        if k == 0:
+            return None
+        stats = RunningClassStats({l: self.layer_shape(l)[0] for l in self.layers}, k)
+        return stats if restore(self.store, stats) else None
 
     def selectivity(self, layer: str) -> pd.Series:
-        """Class-selectivity index per unit (Morcos et al. 2018)."""
-        from .analysis import selectivity
-        return selectivity(self, layer)
+        """Class-selectivity index per unit (Morcos et al. 2018, "On the importance of single
+        directions for generalization"): (mu_max - mu_rest) / (mu_max + mu_rest), mu_max the largest
+        class mean of the unit's image maxima, mu_rest the mean of the other class means. 0: the
+        same for every class; 1: responds to one class only. Morcos define it on non-negative
+        (post-ReLU) activity, where the index lies in [0, 1]; our taps may be pre-ReLU (negative
+        class means), so a unit gets NaN unless mu_max > 0 and mu_rest >= 0."""
+        return summaries.selectivity_index(self.class_stats(layer)[0])
 
     def class_preference(self, layer: str) -> pd.DataFrame:
-        """The layer's class preference over all images, most preferred first."""
-        from .analysis import class_preference
-        return class_preference(self, layer)
+        """The layer's class preference over ALL images, per class, most preferred first.
+
+        preference: the mean over units of the unit's z-scored class means (each unit's K class
+        means minus their mean, over their std). Chosen over "units whose argmax class is c"
+        (kept as column units_preferring) because it uses every unit's whole profile, weighs
+        units equally whatever their activation scale (the seed's maxima range 10^2..10^4), is
+        sign-safe for pre-ReLU taps, and is continuous (no ties for the rank correlation).
+        Units with no spread over classes (dead units) are left out (column units in attrs)."""
+        df = summaries.preference(self.class_stats(layer)[0], self.class_accuracy_series().to_numpy(),
+                                  self.class_names)
+        df.attrs["partial"] = not self.complete
+        return df
 
     def ink_density(self) -> pd.Series:
-        """Mean ink density of each class's images."""
-        from .analysis import ink_density
-        return ink_density(self)
+        """Mean ink density of each class's images (fraction of pixels differing from the image's
+        background by more than half the range, measured on the model's input; see
+        `classstats.ink_density`)."""
+        if self.has_dataset_array("class_ink_density"):
+            ink = self.dataset_array("class_ink_density")
+        else:
+            stats = self._checkpoint_stats()
+            if stats is None:
+                raise SketchmineError(f"run {self.path} has no per-class ink density: the dataset has no labels, "
+                                      "or the run was mined before sketchmine measured it (mine it again)")
+            ink = stats.ink_results()[0]
+        return pd.Series(ink, index=pd.Index(self.class_names, name="class"), name="ink_density")
 
     def ink_correlation(self) -> pd.DataFrame:
-        """Per layer: Spearman correlation of class preference with class ink density."""
-        from .analysis import ink_correlation
-        return ink_correlation(self)
+        """Per layer: Spearman correlation between the layer's unbiased class preference and the
+        classes' ink density (the seed's "conv layers prefer classes of high stroke density")."""
+        ink = self.ink_density()
+        rows = []
+        for layer in self.layers:
+            pref = self.class_preference(layer)["preference"].reindex(ink.index)
+            rho, p = summaries.spearman(pref.to_numpy(), ink.to_numpy())
+            rows.append({"layer": layer, "kind": self.layer_attrs(layer).get("kind", ""),
+                         "spearman": rho, "p_value": p, "classes": int(np.isfinite(pref.to_numpy()).sum())})
+        df = pd.DataFrame(rows).set_index("layer")
+        df.attrs["partial"] = not self.complete
+        return df
 
-
-def class_counts(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per class: images predicted correctly, and images with a prediction and a label
-    (pred -1: unreadable or not mined yet; label -1: unknown)."""
-    valid = (pred >= 0) & (labels >= 0)
-    count = np.bincount(labels[valid], minlength=num_classes)[:num_classes]
-    correct = np.bincount(labels[valid & (pred == labels)], minlength=num_classes)[:num_classes]
-    return correct.astype(np.int64), count.astype(np.int64)
+    def has_class_stats(self) -> bool:
+        """True when the unbiased statistics can be read (final arrays or a partial checkpoint)."""
+        try:
+            self.class_stats(self.layers[0])
+            return True
+        except SketchmineError:
+            return False
 
 
 def check_count(n: int) -> int:

@@ -161,11 +161,7 @@ class RunStore:
         """The array at `name` (rows `rows` of it, or all), checked against the checksums its
         run recorded (see finish): a missing or damaged chunk file is a SketchmineError naming
         the run and the array, never the fill values Zarr would return in its place."""
-        try:
-            arr = self.group[name]
-        except KeyError:
-            raise SketchmineError(f"run {self.path} is damaged: array {name!r} is missing; "
-                                  "mine the run again with a new --out") from None
+        arr = self._array(name)
         entry = (self.attrs.get("checksums") or {}).get(name)
         n = arr.shape[0] if arr.ndim else 1
         start, stop = (0, n) if rows is None else rows.indices(n)[:2]
@@ -233,6 +229,38 @@ class RunStore:
                                "from a copy, or mine it again with a new --out")
 
     # ---- attributes ------------------------------------------------------------------
+    def has(self, name: str) -> bool:
+        """True when the run holds the array or group at `name` (a schema path)."""
+        return name in self.group
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of the array at `name`, without reading it."""
+        return tuple(self._array(name).shape)
+
+    def group_attrs(self, name: str) -> dict[str, Any]:
+        """The attributes of the group at `name` (e.g. schema.EVAL); {} when it is absent."""
+        return dict(self.group[name].attrs) if name in self.group else {}
+
+    def layer_group(self, layer: str) -> zarr.Group:
+        """The layer's Zarr group (store modules only; readers use `layer_attrs` / `read`)."""
+        try:
+            return self.group[schema.layer_group(layer)]
+        except KeyError:
+            raise SketchmineError(f"run {self.path} is damaged: layer {layer!r} is listed but has no group") from None
+
+    def layer_attrs(self, layer: str) -> dict[str, Any]:
+        """The layer's attributes, checked (a damaged run is refused clearly)."""
+        attrs = dict(self.layer_group(layer).attrs)
+        check_layer_attrs(self.path, layer, attrs)
+        return attrs
+
+    def _array(self, name: str) -> zarr.Array:
+        try:
+            return self.group[name]
+        except KeyError:
+            raise SketchmineError(f"run {self.path} is damaged: array {name!r} is missing; "
+                                  "mine the run again with a new --out") from None
+
     @property
     def attrs(self) -> dict[str, Any]:
         return {**self.group.attrs, **self._override}
