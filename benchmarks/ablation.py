@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from sketchmine.data import ArrayDataset, animal_shape
-from sketchmine.importance import _Split, ablation_importance
+from sketchmine.ablation import Split, ablation_importance
 from sketchmine.models import preprocessing_for
 from sketchmine.models import load_model
 from sketchmine.sequences import SequenceDataset
@@ -79,7 +79,7 @@ def suffix_bound(net: torch.nn.Module, x: torch.Tensor, layer: str, batch: int, 
     """The best speed-up any exact ablation can reach over the loop: the loop pays a full
     forward per unit, an exact batched method at least the network after the layer per unit
     (zeroing a unit changes everything downstream of it). Both timed here over the same images."""
-    split = _Split(net, layer)
+    split = Split(net, layer)
     full, rest = [], []
     with torch.inference_mode():
         states = [split.prepare(x[s:s + batch]) for s in range(0, len(x), batch)]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, Protocol
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import torch
 
@@ -44,7 +45,7 @@ class Forward(Protocol):
     def shapes(self, layers: list[str], x: torch.Tensor
                ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]: ...
     def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]
-             ) -> ContextManager[Callable[[torch.Tensor], torch.Tensor]]: ...
+             ) -> AbstractContextManager[Callable[[torch.Tensor], torch.Tensor]]: ...
 
 
 @dataclass

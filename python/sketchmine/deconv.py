@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from . import cut
 from .errors import SketchmineError
 from .ops import crop_patches
 from .receptive_field import ReceptiveField, module_outputs, trace
-from .taps import SOFTMAX, module_of, tapped_element, to_units
+from .taps import SOFTMAX, tapped_element, to_units
 
 METHODS = ("deconvnet", "guided", "gradient")
 
@@ -128,32 +129,22 @@ class Deconvolver:
             out = self.graph(x)
             return torch.softmax(out[0] if isinstance(out, (tuple, list)) else out, dim=1)
         try:
-            target, module = module_of(self.model, layer)  # "<lstm>.cell" reads its LSTM's output
+            target, module = cut.cut_module(self.model, layer)  # "<lstm>.cell" reads its LSTM's output
         except SketchmineError:
             raise SketchmineError(f"unknown layer {layer!r} for deconvolution") from None
         cell = target != layer
-        raw = tapped_element(layer, module, self._cut(target)(x), cell)
+        raw = tapped_element(layer, module, self._head(target)(x), cell)
         return to_units(layer, module, raw, x.shape[0], cell)[0]
 
-    def _cut(self, layer: str) -> fx.GraphModule:
-        """The rule-aware graph up to `layer`'s output, which it returns (built once per layer;
-        parameters shared): nothing after the layer is computed."""
+    def _head(self, layer: str) -> fx.GraphModule:
+        """The rule-aware graph up to `layer`'s output, which it returns (cut.head; built once
+        per layer, parameters shared): nothing after the layer is computed."""
         if layer not in self._upto:
             end = self._outputs.get(layer)
             if end is None:
                 raise SketchmineError(f"layer {layer!r} does not appear once in the traced graph "
                                       "(is it called exactly once in forward?)")
-            graph = fx.Graph()
-            env: dict[fx.Node, fx.Node] = {}
-            for node in self.graph.graph.nodes:  # topological order: all of end's inputs come first
-                env[node] = graph.node_copy(node, env.__getitem__)
-                if node is end:
-                    break
-            graph.output(env[end])
-            cut = fx.GraphModule(self.graph, graph)
-            cut.graph.eliminate_dead_code()
-            cut.recompile()
-            self._upto[layer] = cut.eval()
+            self._upto[layer] = cut.head(self.graph, end).eval()
         return self._upto[layer]
 
     def field_crops(self, images: torch.Tensor, image_index: torch.Tensor, layer: str, channels, yx,
