@@ -186,3 +186,57 @@ def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkey
     assert "layers paired by relative depth" in text
     for a, b in (("features.0", "conv1"), ("softmax", "softmax")):  # first with first, last with last
         assert re.search(rf"│ {re.escape(a)} +│ {re.escape(b)} +│", text), (a, b)
+
+
+PRESENTATION = ("cli", "demo", "console", "report", "report_data", "report_folder", "plots", "compare", "progress")
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module → the sketchmine modules it imports anywhere in its body (lazy imports included)."""
+    import ast
+
+    pkg = Path(__file__).resolve().parents[1] / "python" / "sketchmine"
+    graph: dict[str, set[str]] = {}
+    for f in pkg.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:
+                    deps.update(a.name for a in node.names)
+        graph[f.stem] = deps
+    return graph
+
+
+def test_presentation_is_in_no_import_cycle_and_imports_no_private_name():
+    """cli only dispatches, the demo prints through console: no presentation module is on an
+    import cycle with another (lazy imports count), none imports an underscore name of another
+    module, and what renders a run (report, plots, console, compare) imports nothing that runs
+    a model or opens a dataset."""
+    import ast
+
+    graph = {m: deps & set(PRESENTATION) for m, deps in _imports().items() if m in PRESENTATION}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), list(graph.get(start, ()))
+        while todo:
+            m = todo.pop()
+            if m == goal:
+                return True
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph.get(m, ()))
+        return False
+
+    assert [m for m in PRESENTATION if reaches(m, m)] == []
+    pkg = Path(__file__).resolve().parents[1] / "python" / "sketchmine"
+    private = [(m, a.name) for m in PRESENTATION
+               for node in ast.walk(ast.parse((pkg / f"{m}.py").read_text()))
+               if isinstance(node, ast.ImportFrom) and node.level == 1
+               for a in node.names if a.name.startswith("_")]
+    assert private == []
+    passes = {"reload", "taps", "forward", "models", "visualize", "miner", "importance", "data", "deconv"}
+    assert {m: sorted(_imports()[m] & passes) for m in ("report", "report_data", "report_folder", "plots",
+                                                        "console", "compare")} == {
+        m: [] for m in ("report", "report_data", "report_folder", "plots", "console", "compare")}

@@ -81,7 +81,7 @@ def layers_table(run: Run) -> Table:
     for col in ("layer", "kind", "shape", "units", "max activation", "NaN"):
         table.add_column(col, justify="right" if col in ("units", "max activation", "NaN") else "left")
     for name in run.layers:
-        g = run.store.group[f"layers/{name}"]
+        g = run.layer_group(name)
         values, idx, _ = run.topk(name)
         best = values[idx >= 0].max() if (idx >= 0).any() else float("nan")
         nans = int(np.asarray(g["nan_count"][...]).sum()) if "nan_count" in g else 0
@@ -142,10 +142,13 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
 
 def ink_table(run: Run) -> Table:
     """Mean ink density of each class's images beside the class accuracy."""
-    from . import analysis
+    from .errors import SketchmineError
 
-    ink = analysis.ink_density(run)
-    acc = analysis._accuracy(run)
+    ink = run.ink_density()
+    try:
+        acc = run.class_accuracy()["accuracy"]
+    except SketchmineError:  # no predictions: the column says "-"
+        acc = {}
     table = Table(title="ink density per class (fraction of pixels that differ from the background)")
     for col in ("class", "ink density", "accuracy %"):
         table.add_column(col, justify="left" if col == "class" else "right")

@@ -71,7 +71,7 @@ def summary_plot(run: Run, out: str | os.PathLike, n: int = 5, formats: tuple[st
 def histogram_figure(run: Run, layer: str) -> Figure:
     """Bar chart of the class histogram of one layer (most frequent first), bars coloured by
     the class's accuracy."""
-    df = run._ranked(layer)
+    df = run.top_classes(layer, len(run.class_names))  # every class, most frequent first
     fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(df) + 1.5), 3.2))
     acc = df["accuracy"].to_numpy()
     colors = [("#bbbbbb" if np.isnan(a) else plt.get_cmap("RdYlGn")(a)) for a in acc]
@@ -107,6 +107,27 @@ def ink_figure(run: Run) -> Figure:
 
 def ink_plot(run: Run, out: str | os.PathLike, formats: tuple[str, ...] = FORMATS) -> list[Path]:
     return _save(ink_figure(run), Path(out), formats)
+
+
+def importance_figure(run: Run, layer: str, n: int = 10) -> Figure:
+    """Bar chart of the layer's n most important units (drop in correct-class probability when
+    the unit is zeroed; accuracy drop annotated), from its stored importance result."""
+    df = run.unit_importance(layer).head(n)
+    fig, ax = plt.subplots(figsize=(7, 0.35 * n + 1.2))
+    ax.barh([f"unit {u}" for u in df["unit"]][::-1], df["prob_drop"][::-1], color="#4c72b0")
+    for i, (p, a) in enumerate(zip(df["prob_drop"][::-1], df["acc_drop"][::-1])):
+        ax.text(p, i, f"  acc −{a * 100:.1f} pt", va="center", fontsize=7)
+    ax.set_title(f"{layer}: most important units (ablated)", fontsize=9)
+    ax.set_xlabel("drop in correct-class probability", fontsize=8)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def importance_plot(run: Run, layer: str, out: str | os.PathLike, n: int = 10,
+                    formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """The importance figure saved as out.png (the report's per-layer plot)."""
+    return _save(importance_figure(run, layer, n), Path(out), formats)
 
 
 def check_plot_path(path: str | os.PathLike) -> Path:

@@ -257,11 +257,7 @@ def _build(run: Run, out: Path, images: bool, t0: float) -> None:
         plots.ink_plot(run, out / "ink")
     for name, lid in ids.items():
         if run.has_importance(name):
-            from .importance import plot_importance
-            import matplotlib.pyplot as plt
-
-            (out / "importance").mkdir(exist_ok=True)
-            plt.close(plot_importance(run, [name], 10, out / "importance" / f"{lid}.png"))
+            plots.importance_plot(run, name, out / "importance" / lid)
         if labelled:
             plots.histogram_plot(run, name, out / "hist" / lid, formats=("png",))
         pages, note = layer_data(run, name, lid, out, importance_ranks(run, name), images)
