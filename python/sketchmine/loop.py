@@ -24,7 +24,8 @@ from .errors import SketchmineError
 from .forward import Forward, Layer
 from .options import LoadOptions, SpeedOptions
 from .progress import Progress
-from .run import Run, class_counts
+from .run import Run
+from .summaries import class_counts
 from .store import RunStore
 from .taps import SOFTMAX
 
