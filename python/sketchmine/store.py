@@ -494,6 +494,42 @@ class RunStore:
             return None
         return arrays, attrs
 
+    # ---- a visualize pass's arrays (schema.VISUAL_ARRAYS) and its `visualized` attribute -----
+    def visual_state(self, layer: str) -> tuple[dict[str, Any] | None, bool]:
+        """(the layer's `visualized` attribute or None, whether all its visualize arrays exist)."""
+        g = self.layer_group(layer)
+        return g.attrs.get(schema.VISUALIZED), all(key in g for key in schema.VISUAL_ARRAYS)
+
+    @_io_errors
+    def reset_visual(self, layer: str, units: int, k: int, size: tuple[int, int], channels: int,
+                     visualized: dict[str, Any]) -> None:
+        """Drop the layer's visualize arrays and claim, then create them empty for `units` units of
+        `k` entries (patches/deconv (units, k, *size, channels), boxes/inside (units, k, 4)) and set
+        `visualized`. The claim goes first, so an interruption leaves no claim on missing arrays."""
+        g = self.layer_group(layer)
+        if schema.VISUALIZED in g.attrs:
+            attrs = dict(g.attrs)
+            del attrs[schema.VISUALIZED]
+            g.attrs.put(attrs)
+        for key in schema.VISUAL_ARRAYS:
+            if key in g:
+                del g[key]
+        for key, spec in schema.VISUAL_ARRAYS.items():
+            shape = (units, k, *size, channels) if key in ("patches", "deconv") else (units, k, 4)
+            g.create_array(key, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, units),
+                           fill_value=spec.fill_value)
+        g.attrs[schema.VISUALIZED] = visualized
+
+    def write_visual(self, layer: str, units: slice, values: dict[str, np.ndarray],
+                     visualized: dict[str, Any] | None) -> None:
+        """A block of units' visualize arrays, then (the commit) the `visualized` attribute.
+        OSError passes through: the caller says what is kept."""
+        g = self.layer_group(layer)
+        if values:
+            put_rows({key: g[key] for key in values}, units, values)
+        if visualized is not None:
+            g.attrs[schema.VISUALIZED] = visualized
+
     # ---- final results -------------------------------------------------------------------
     @_io_errors
     def write_results(self, arrays: dict[str, np.ndarray], accuracy: float | None = None) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import schema
 from .data import MinerDataset, Preprocessing
 from .deconv import METHODS, Deconvolver, shared_order
 from .device import as_device
@@ -35,10 +36,10 @@ from .ops import clip_boxes, crop_patches
 from .receptive_field import ReceptiveField
 from .reload import missing_images, run_dataset, run_model, run_preprocessing
 from .run import Run, open_run
-from .store import RunLock, RunStore, put_rows
+from .store import RunLock, RunStore
 from .traces import write_traces
 
-ARRAYS = ("patches", "deconv", "boxes", "inside")
+ARRAYS = tuple(schema.VISUAL_ARRAYS)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def _block_units(p: _Plan, batch_size: int, k: int) -> int:
 def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Plan:
     """Crop geometry of one layer from its recorded receptive field."""
     shape = run.layer_shape(name)
-    attrs = run.store.group[f"layers/{name}"].attrs
+    attrs = run.layer_attrs(name)
     grid = len(shape) == 3
     frame_h = int(attrs["frame"][0]) if grid and _time_stacked(run, name) else 0
     if frame_h and not attrs.get("receptive_field"):
@@ -166,7 +167,7 @@ def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Pl
 def _time_stacked(run: Run, name: str) -> bool:
     """A time-distributed layer of a sequence model with a spatial frame per step (frames stacked
     along y); per-step vectors (an empty frame) are a plain line of time steps."""
-    attrs = run.store.group[f"layers/{name}"].attrs
+    attrs = run.layer_attrs(name)
     return attrs.get("position") == "time-stacked" and bool(attrs.get("frame"))
 
 
@@ -175,10 +176,8 @@ def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int
 
     A resumed layer keeps the block size it was started with, so its batches (and thus
     every floating-point result) are the same as in an uninterrupted pass."""
-    g = store.group[f"layers/{p.name}"]
     want = p.attrs(method, block)
-    have = g.attrs.get("visualized")
-    whole = all(a in g for a in ARRAYS)
+    have, whole = store.visual_state(p.name)
     if have is not None and not redo and (whole or have.get("units_done", 0) > 0):
         keys = ("method", "patch_size", "source_size")
         if all(have.get(key) == want[key] for key in keys) and whole:
@@ -189,45 +188,29 @@ def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int
         raise SketchmineError(
             f"layer {p.name!r} of {store.path} was visualized with other settings ({have.get('method')}, patches "
             f"{have.get('patch_size')}); pass the same --method/--max-patch, or --redo to replace them")
-    if "visualized" in g.attrs:  # first: a pass interrupted below leaves no claim on missing arrays
-        attrs = dict(g.attrs)
-        del attrs["visualized"]
-        g.attrs.put(attrs)
-    for key in ARRAYS:
-        if key in g:
-            del g[key]
-    for key in ("patches", "deconv"):
-        g.create_array(key, shape=(p.channels, k, *p.size, ch), dtype="uint8", chunks=(1, k, *p.size, ch),
-                       fill_value=0 if key == "patches" else 128)
-    for key in ("boxes", "inside"):
-        g.create_array(key, shape=(p.channels, k, 4), dtype="int32", chunks=(min(p.channels, 4096), k, 4),
-                       fill_value=-1)
-    g.attrs["visualized"] = want
+    store.reset_visual(p.name, p.channels, k, p.size, ch, want)
     return 0, block
 
 
 def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, limit: int, images: _Images,
                      deconv: Deconvolver, batch_size: int, device: torch.device, progress: Progress) -> None:
-    g = store.group[f"layers/{p.name}"]
-    arrays = {key: g[key] for key in ARRAYS}
-    visualized = dict(g.attrs["visualized"])
+    visualized = dict(store.visual_state(p.name)[0] or {})
+    channels = store.shape(schema.layer_array(p.name, "patches"))[-1]
     _, index, yx = run.topk(p.name)
     u0 = done  # a block boundary, the end, or where a call with max_units stopped
     while u0 < limit:
         u1 = min((u0 // block + 1) * block, limit)  # blocks stay at multiples of `block`
-        out = _block(p, index[u0:u1], yx[u0:u1], u0, images, deconv, batch_size, device,
-                     arrays["patches"].shape[-1])
+        out = _block(p, index[u0:u1], yx[u0:u1], u0, images, deconv, batch_size, device, channels)
         try:
-            put_rows(arrays, slice(u0, u1), out)  # the block's arrays first, then the commit
             visualized.update(units_done=u1, complete=u1 == p.channels)
-            g.attrs["visualized"] = visualized
+            store.write_visual(p.name, slice(u0, u1), out, visualized)  # the block's arrays first, then the commit
         except OSError as exc:
             raise SketchmineError(f"cannot write to {store.path}: {exc.strerror or exc}; the units done so far are "
                                   "kept — make room and re-run the same command to resume") from None
         progress.advance(u1 - u0)
         u0 = u1
     if p.channels == 0 or done >= p.channels:
-        g.attrs["visualized"] = {**visualized, "units_done": p.channels, "complete": True}
+        store.write_visual(p.name, slice(0, 0), {}, {**visualized, "units_done": p.channels, "complete": True})
 
 
 def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, images: _Images, deconv: Deconvolver,
@@ -410,14 +393,14 @@ def _check_present(ds: MinerDataset, needed: np.ndarray) -> None:
 
 def patches_of(run: Run, layer: str, unit: int) -> dict[str, np.ndarray]:
     """One unit's stored patches, deconvolutions and boxes (for reports and notebooks)."""
-    g = run.store.group[f"layers/{run._check_layer(layer)}"]
-    if "visualized" not in g.attrs or not all(key in g for key in ARRAYS):
+    visualized = run.layer_attrs(layer).get(schema.VISUALIZED)
+    if visualized is None or not all(run.has_array(layer, key) for key in ARRAYS):
         raise SketchmineError(f"layer {layer!r} of {run.path} has no patches; run `sketchmine visualize {run.path}`")
-    units, done = int(g["patches"].shape[0]), int(g.attrs["visualized"].get("units_done", 0))
+    units, done = run.array_shape(layer, "patches")[0], int(visualized.get("units_done", 0))
     if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or not 0 <= unit < units:
         raise SketchmineError(f"unit {unit!r} is not in layer {layer!r} of {run.path}: its units are 0 to {units - 1}")
     if unit >= done:  # its blocks are not committed: the arrays hold fill values there
         raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no patches yet ({done} of {units} "
                               f"units done); run `sketchmine visualize {run.path}` to continue")
-    return {key: np.asarray(g[key][unit]) for key in ARRAYS}
+    return {key: run.layer_array(layer, key, slice(int(unit), int(unit) + 1))[0] for key in ARRAYS}
 
