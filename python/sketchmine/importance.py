@@ -5,11 +5,8 @@ For every unit (a whole channel, or a recurrent hidden unit at every step) of on
 the drop in the correct class's probability and in accuracy when the unit is zeroed,
 over the run's dataset, plus the unit's mean activation (its per-image maximum over
 positions, the statistic the top-k ranks) on correctly and wrongly predicted images.
-The ablation itself (batched: network split at the layer, or replicated) is ablation.py.
-
-Stored as schema.layer_result(layer, "importance") = layers/<name>/importance/{prob_drop,
-acc_drop, mean_act_correct, mean_act_wrong} (float64, one per unit) with attrs (images,
-base accuracy, method, ...), written and read as a unit (RunStore.write_group / read_group).
+The ablation itself (batched: network split at the layer, or replicated) is ablation.py;
+how results are stored and read back is importance_store.py (below run.py, which reads them).
 """
 from __future__ import annotations
 
@@ -21,19 +18,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import schema
 from .ablation import Importance, ablation_importance
 from .data import MinerDataset
 from .device import as_device
 from .errors import SketchmineError
+from .importance_store import COLUMNS, has_importance, read_importance, write_importance
 from .run import Run, check_count, open_run
 from .taps import SOFTMAX
 
 __all__ = ["COLUMNS", "Importance", "ablation_importance", "has_importance", "importance_table", "plot_importance",
            "read_importance", "run_cli", "unit_importance", "write_importance"]
-
-COLUMNS = ("prob_drop", "acc_drop", "mean_act_correct", "mean_act_wrong")
-
 
 # ---- run API ------------------------------------------------------------------------------
 def _labels(run: Run, ds: MinerDataset) -> np.ndarray:
@@ -70,49 +64,12 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
     ds = reload.run_dataset(run, dataset)
     labels = _labels(run, ds)
     for name in layers:
-        run._check_layer(name)
+        run.layer_attrs(name)  # a layer the run does not have is refused with the run's layers
         if not isinstance(loaded.module, nn.Module):
             raise SketchmineError(f"run {run.path}: ablation importance needs the torch model (pass model=...)")
         result = ablation_importance(loaded.module, ds, name, labels, batch_size, device, units_per_pass)
         write_importance(run, name, result)
     return open_run(run.path).unit_importance(layers[-1])
-
-
-def write_importance(run: Run, layer: str, result: Importance) -> None:
-    """layers/<layer>/importance/<column> arrays plus attrs; replaces an earlier result as a
-    unit (RunStore.write_group): an interrupted write leaves the earlier result, or none."""
-    from .store import RunLock, RunStore
-
-    run._check_layer(layer)
-    lock = RunLock(run.path)
-    lock.acquire()
-    try:
-        RunStore.open(run.path, mode="r+").write_group(
-            schema.layer_result(layer, "importance"),
-            {col: np.asarray(getattr(result, col), dtype=np.float64) for col in COLUMNS}, dict(result.attrs))
-    finally:
-        lock.release()
-
-
-def has_importance(run: Run, layer: str) -> bool:
-    """True when `layer` has a whole stored importance result (see write_importance)."""
-    return run.store.read_group(schema.layer_result(run._check_layer(layer), "importance"), COLUMNS) is not None
-
-
-def read_importance(run: Run, layer: str) -> pd.DataFrame:
-    """(unit, prob_drop, acc_drop, mean_act_correct, mean_act_wrong), one row per unit,
-    most important (largest prob_drop) first. A result whose write was interrupted counts
-    as not computed."""
-    found = run.store.read_group(schema.layer_result(run._check_layer(layer), "importance"), COLUMNS)
-    if found is None:
-        raise SketchmineError(f"run {run.path} has no unit importance for {layer!r}; compute it with "
-                              f"sketchmine importance {run.path} --layers {layer}")
-    arrays, attrs = found
-    df = pd.DataFrame(arrays)
-    df.insert(0, "unit", np.arange(len(df)))
-    attrs.pop("complete", None)
-    df.attrs.update(attrs)
-    return df.sort_values(["prob_drop", "unit"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
 def plot_importance(run: Run, layers: list[str] | None = None, n: int = 10, path: str | os.PathLike | None = None):
@@ -165,7 +122,7 @@ def run_cli(args: Any, console: Any) -> None:
     run = open_run(args.run)
     layers = args.layers or [l for l in run.layers if l != SOFTMAX and not l.endswith(".cell")]
     for name in layers:
-        run._check_layer(name)
+        run.layer_attrs(name)
     if args.plot:
         check_plot_path(args.plot)
     done: list[str] = []
