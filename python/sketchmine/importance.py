@@ -6,7 +6,8 @@ the drop in the correct class's probability and in accuracy when the unit is zer
 over the run's dataset, plus the unit's mean activation (its per-image maximum over
 positions, the statistic the top-k ranks) on correctly and wrongly predicted images.
 The ablation itself (batched: network split at the layer, or replicated) is ablation.py;
-how results are stored and read back is importance_store.py (below run.py, which reads them).
+how results are stored and read back is importance_store.py (below run.py, which reads them);
+the console table of them is console.importance_table.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .importance_store import COLUMNS, has_importance, read_importance, write_im
 from .run import Run, check_count, open_run
 from .taps import SOFTMAX
 
-__all__ = ["COLUMNS", "Importance", "ablation_importance", "has_importance", "importance_table", "plot_importance",
+__all__ = ["COLUMNS", "Importance", "ablation_importance", "has_importance", "plot_importance",
            "read_importance", "run_cli", "unit_importance", "write_importance"]
 
 # ---- run API ------------------------------------------------------------------------------
@@ -96,20 +97,6 @@ def plot_importance(run: Run, layers: list[str] | None = None, n: int = 10, path
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
-
-
-def importance_table(run: Run, name: str, n: int) -> Any:
-    """A rich table of the `n` units of `name` that matter most for the correct class."""
-    from rich.table import Table
-
-    df = run.unit_importance(name)
-    table = Table(title=f"{name}: units that matter most for the correct class "
-                        f"({df.attrs['images']} images, accuracy {df.attrs['base_accuracy'] * 100:.2f}%)")
-    for col in df.columns:
-        table.add_column(col, justify="right")
-    for row in df.head(check_count(n)).itertuples(index=False):
-        table.add_row(str(row.unit), *(f"{v:.4f}" for v in row[1:]))
-    return table
 
 
 def run_cli(args: Any, console: Any) -> None:
