@@ -199,14 +199,17 @@ def test_later_passes_refuse_counts_that_would_not_act(tmp_path, tiny_set):
     assert len(run.top_classes("features.0", 3)) == 3
 
 
-def test_report_refuses_a_dataset_that_is_not_the_runs(tmp_path, tiny_set):
-    """write_report(dataset=<another>) was accepted: a note inside a layer page at most."""
+def test_report_refuses_a_dataset(tmp_path, tiny_set):
+    """write_report(dataset=<another>) was accepted: a note inside a layer page at most. The
+    report now reads the store only, so any dataset is refused, saying what to run instead."""
     from sketchmine.data import ArrayDataset
     from sketchmine.report import write_report
 
     run = sketchmine.mine("demo", tiny_set, out=tmp_path / "r.zarr", layers=["features.0"])
     other = ArrayDataset(tiny_set.images[:30], tiny_set.labels()[:30], tiny_set.class_names,
                          tiny_set.preprocessing, {})
-    with pytest.raises(SketchmineError, match="is not the one run"):
-        write_report(run, tmp_path / "rep", dataset=other)
-    assert write_report(run, tmp_path / "rep", dataset=tiny_set).is_file()
+    for ds in (other, tiny_set):
+        with pytest.raises(SketchmineError, match="reads the run store only.*sketchmine visualize"):
+            write_report(run, tmp_path / "rep", dataset=ds)
+    assert not (tmp_path / "rep").exists()
+    assert write_report(run, tmp_path / "rep").is_file()

@@ -14,13 +14,19 @@ says so).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import schema
 from .errors import SketchmineError
 from .run import Run
+
+if TYPE_CHECKING:  # torch stays unimported for the report, which only reads stored traces
+    from torch import nn
+
+    from .data import MinerDataset
+    from .store import RunStore
 
 MAX_TRACE_IMAGES = 4000
 """Traces are computed (one forward pass over the layer's top-k images) only when the layer's
@@ -51,8 +57,8 @@ def is_timed(run: Run, layer: str) -> bool:
     return entry_steps(attrs, np.zeros((0, 0, 2), np.int32)) is not None
 
 
-def compute(net: Any, name: str, attrs: dict[str, Any], images: list[int], ds: Any, batch: int = 64,
-            device: Any = "cpu") -> dict[int, np.ndarray]:
+def compute(net: nn.Module, name: str, attrs: dict[str, Any], images: list[int], ds: MinerDataset,
+            batch: int = 64, device: Any = "cpu") -> dict[int, np.ndarray]:
     """Per image, the layer's activation per unit and step (units, T) float32. One forward pass
     over `images` only, in batches of `batch` (ds[i][1] is image i's model input)."""
     import torch
@@ -90,7 +96,8 @@ def compute(net: Any, name: str, attrs: dict[str, Any], images: list[int], ds: A
     return out
 
 
-def layer_traces(run: Run, name: str, net: Any, ds: Any, device: Any = "cpu") -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+def layer_traces(run: Run, name: str, net: nn.Module, ds: MinerDataset,
+                 device: Any = "cpu") -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """(arrays, attrs) of one time layer's traces as the store holds them, or None when the
     layer has no time position or too many distinct top-k images."""
     attrs = dict(run.layer_group(name).attrs)
@@ -113,7 +120,8 @@ def layer_traces(run: Run, name: str, net: Any, ds: Any, device: Any = "cpu") ->
     return {ARRAY: act}, {"steps": int(t), "images": len(uniq)}
 
 
-def write_traces(store: Any, run: Run, layers: list[str], net: Any, ds: Any, device: Any = "cpu") -> list[str]:
+def write_traces(store: RunStore, run: Run, layers: list[str], net: nn.Module, ds: MinerDataset,
+                 device: Any = "cpu") -> list[str]:
     """Compute and store the traces of every time layer among `layers` (the caller holds the
     run's RunLock); returns the layers written."""
     written = []
