@@ -32,7 +32,7 @@ from .checksums import block_sums, digest
 from .errors import SketchmineError
 from .lock import RunLock, check_writable, stage
 from .runattrs import check_layer_attrs, check_root_attrs
-from .storeio import create_nodes, put_all, put_rows
+from .storeio import create_nodes, new_array, put_all, put_rows
 
 __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_run", "put_rows"]
 
@@ -47,7 +47,7 @@ def is_run(path: Path) -> bool:
     if not meta.is_file():
         return False
     try:
-        return "schema_version" in zarr.open_group(str(path), mode="r").attrs
+        return schema.VERSION_ATTR in zarr.open_group(str(path), mode="r").attrs
     except Exception:
         return False
 
@@ -90,12 +90,21 @@ class RunStore:
         if not is_run(p):
             raise SketchmineError(f"{p} is not a sketchmine run (no run.zarr attributes found)")
         group = zarr.open_group(str(p), mode=mode)
-        version = group.attrs.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        version = group.attrs.get(schema.VERSION_ATTR)
+        if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
             raise SketchmineError(
                 f"{p} has schema version {version!r}; this sketchmine reads up to {SCHEMA_VERSION}: upgrade sketchmine"
             )
+        if version < SCHEMA_VERSION and version not in schema.RELEASED_VERSIONS:
+            raise SketchmineError(f"{p} has schema version {version}, which no released sketchmine wrote; "
+                                  "mine it again with a new --out")
         check_root_attrs(p, dict(group.attrs))
+        if version < SCHEMA_VERSION and not group.attrs[schema.PROGRESS].get("complete"):
+            raise SketchmineError(
+                f"{p} is an unfinished run of sketchmine {schema.RELEASED_VERSIONS[version]} (schema version {version}); "
+                f"this sketchmine (schema version {SCHEMA_VERSION}) reads its complete runs but cannot resume or read "
+                f"its checkpoints: finish it with sketchmine {schema.RELEASED_VERSIONS[version]} (re-run the same "
+                "`sketchmine mine` command), or mine it again with a new --out")
         return cls(p, group)
 
     @classmethod
@@ -131,29 +140,27 @@ class RunStore:
     @classmethod
     def _layout(cls, p: Path, group: zarr.Group, attrs: dict[str, Any], n_images: int, class_names: list[str],
                 path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None) -> RunStore:
-        ds = group.create_group("dataset")
-        chunk = (min(max(n_images, 1), row_chunk or _ROW_CHUNK),)
-        lab = ds.create_array("labels", shape=(n_images,), dtype="int64", chunks=chunk, fill_value=-1)
+        for name in (schema.DATASET, schema.EVAL, schema.LAYERS):
+            group.create_group(name)
+        rows = min(max(n_images, 1), row_chunk or _ROW_CHUNK)
+        lab = new_array(group, schema.LABELS, (n_images,), rows)
         if labels is not None:
             lab[:] = labels
-        pa = ds.create_array("paths", shape=(n_images,), dtype=str, chunks=chunk)
+        pa = new_array(group, schema.PATHS, (n_images,), rows)
         path_sums = []
-        for start in range(0, n_images, chunk[0]):  # a chunk at a time: flat memory for any size
-            stop = min(start + chunk[0], n_images)
+        for start in range(0, n_images, rows):  # a chunk at a time: flat memory for any size
+            stop = min(start + rows, n_images)
             block = np.array([path_of(i) for i in range(start, stop)], dtype=str)
             pa[start:stop] = block
-            path_sums.append(_digest(block))
-        cn = ds.create_array("class_names", shape=(len(class_names),), dtype=str, chunks=(max(len(class_names), 1),))
+            path_sums.append(digest(block))
+        cn = new_array(group, schema.CLASS_NAMES, (len(class_names),), rows)
         names = np.array(class_names, dtype=str)
         if class_names:
             cn[:] = names
-        sums = {"dataset/paths": {"rows": chunk[0], "sums": path_sums},
-                "dataset/class_names": _block_sums(names)}
-        group.create_group("eval")
-        group.create_group("layers")
-        group.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "row_chunk": chunk[0], "checksums": sums,
-                            "progress": {"images_done": 0, "slot": None, "complete": False,
-                                         "updated": time.time()}})
+        sums = {schema.PATHS: {"rows": rows, "sums": path_sums}, schema.CLASS_NAMES: block_sums(names)}
+        group.attrs.update({**attrs, schema.VERSION_ATTR: SCHEMA_VERSION, schema.ROW_CHUNK_ATTR: rows,
+                            schema.CHECKSUMS: sums,
+                            schema.PROGRESS: {"images_done": 0, "slot": None, "complete": False, "updated": time.time()}})
         return cls(p, group)
 
     # ---- verified reads ----------------------------------------------------------------
@@ -162,7 +169,7 @@ class RunStore:
         run recorded (see finish): a missing or damaged chunk file is a SketchmineError naming
         the run and the array, never the fill values Zarr would return in its place."""
         arr = self._array(name)
-        entry = (self.attrs.get("checksums") or {}).get(name)
+        entry = (self.attrs.get(schema.CHECKSUMS) or {}).get(name)
         n = arr.shape[0] if arr.ndim else 1
         start, stop = (0, n) if rows is None else rows.indices(n)[:2]
         try:
@@ -296,24 +303,21 @@ class RunStore:
     def write_rows(self, start: int, logits: np.ndarray | None, labels: np.ndarray | None) -> None:
         """Logits and labels of images [start, start + rows)."""
         if logits is not None and len(logits):
-            ev = self.group["eval"]
-            rows = int(self.group.attrs.get("row_chunk", _ROW_CHUNK))
-            if "logits" not in ev:
-                n = self.group["dataset/labels"].shape[0]
-                ev.create_array("logits", shape=(n, logits.shape[1]), dtype="float32",
-                                chunks=(min(n, rows), logits.shape[1]), fill_value=float("nan"))
-            ev["logits"][start:start + len(logits)] = logits
-            if "predictions" not in ev:
-                n = self.group["dataset/labels"].shape[0]
-                ev.create_array("predictions", shape=(n,), dtype="int64", chunks=(min(n, rows),), fill_value=-1)
+            rows = int(self.group.attrs.get(schema.ROW_CHUNK_ATTR, _ROW_CHUNK))
+            n = self.shape(schema.LABELS)[0]
+            if not self.has(schema.LOGITS):
+                new_array(self.group, schema.LOGITS, (n, logits.shape[1]), rows)
+            self.group[schema.LOGITS][start:start + len(logits)] = logits
+            if not self.has(schema.PREDICTIONS):
+                new_array(self.group, schema.PREDICTIONS, (n,), rows)
             valid = ~np.isnan(logits).any(axis=1)
             pred = np.where(valid, np.nan_to_num(logits, nan=-np.inf).argmax(axis=1), -1)
-            ev["predictions"][start:start + len(logits)] = pred
-            self._written += [["eval/logits", start, start + len(logits), _digest(logits)],
-                              ["eval/predictions", start, start + len(pred), _digest(pred)]]
+            self.group[schema.PREDICTIONS][start:start + len(logits)] = pred
+            self._written += [[schema.LOGITS, start, start + len(logits), digest(logits)],
+                              [schema.PREDICTIONS, start, start + len(pred), digest(pred)]]
         if labels is not None and len(labels):
-            self.group["dataset/labels"][start:start + len(labels)] = labels
-            self._written.append(["dataset/labels", start, start + len(labels), _digest(labels)])
+            self.group[schema.LABELS][start:start + len(labels)] = labels
+            self._written.append([schema.LABELS, start, start + len(labels), digest(labels)])
 
     @_io_errors
     def write_checkpoint(self, states: dict[str, dict[str, np.ndarray]], images_done: int,
@@ -537,8 +541,8 @@ class RunStore:
         call; the overall accuracy when there are predictions."""
         _put_all(self.group, arrays)
         self._final_sums.update({name: _block_sums(arr) for name, arr in arrays.items()})
-        if "eval/per_class_accuracy" in arrays:
-            self.group["eval"].attrs.update({"accuracy": accuracy})
+        if schema.PER_CLASS_ACCURACY in arrays:
+            self.group[schema.EVAL].attrs.update({schema.ACCURACY: accuracy})
 
     @_io_errors
     def finish(self, n_images: int, extra: dict[str, Any]) -> None:
@@ -546,12 +550,12 @@ class RunStore:
         the final arrays and of the per-image labels and predictions (as on disk, chunk by
         chunk), which `read` verifies: a chunk file lost or damaged later is an error, not
         fill values read as results."""
-        sums = {**self.attrs.get("checksums", {}), **self._final_sums}
-        for name in ("dataset/labels", "eval/predictions"):
+        sums = {**self.attrs.get(schema.CHECKSUMS, {}), **self._final_sums}
+        for name in (schema.LABELS, schema.PREDICTIONS):
             if name in self.group:
                 arr = self.group[name]
                 sums[name] = _block_sums(np.asarray(arr[...]), arr.chunks[0])
         self.commit({"images_done": n_images, "slot": self.progress.get("slot"), "complete": True,
-                     "updated": time.time()}, {**extra, "checksums": sums})
-        if "_checkpoint" in self.group:
-            del self.group["_checkpoint"]
+                     "updated": time.time()}, {**extra, schema.CHECKSUMS: sums})
+        if schema.CHECKPOINT in self.group:
+            del self.group[schema.CHECKPOINT]

@@ -16,6 +16,8 @@ from zarr.core.group import GroupMetadata
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 
+from . import schema
+
 _TEMPLATES: dict[str, dict[str, Any]] = {}
 _METADATA: dict[tuple[str, tuple[int, ...]], ArrayV3Metadata] = {}
 
@@ -68,3 +70,12 @@ def put_rows(arrays: dict[str, zarr.Array], rows: slice, values: dict[str, np.nd
         await asyncio.gather(*(arrays[k].async_array.setitem(rows, v) for k, v in values.items()))
 
     sync(write())
+
+
+def new_array(group: zarr.Group, path: str, shape: tuple[int, ...], rows: int) -> zarr.Array:
+    """Create the per-image array `path` (a key of schema.ARRAYS) under the root `group`, with the
+    dtype, fill value and chunking the schema declares (`rows`: the run's row chunk)."""
+    spec = schema.ARRAYS[path]
+    parent, _, name = path.rpartition("/")
+    extra = {} if spec.fill_value is None else {"fill_value": spec.fill_value}
+    return group[parent].create_array(name, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, rows), **extra)
