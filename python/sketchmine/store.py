@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 import zarr
 from zarr.core.group import GroupMetadata
 from zarr.core.sync import sync
@@ -30,9 +29,10 @@ from zarr.core.sync import sync
 from . import checksums, schema
 from .checksums import block_sums, digest
 from .errors import SketchmineError
+from .groups import read_unit, write_unit
 from .lock import RunLock, check_writable, stage
 from .runattrs import check_layer_attrs, check_root_attrs
-from .storeio import create_nodes, new_array, put_all, put_rows
+from .storeio import create_nodes, lay_out_run, new_array, put_all, put_rows
 
 __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_run", "put_rows"]
 
@@ -130,38 +130,12 @@ class RunStore:
 
         def lay_out(tmp: Path) -> None:
             group = zarr.open_group(str(tmp), mode="a")  # "w" would clear the folder, marker included
-            cls._layout(tmp, group, attrs, n_images, class_names, path_of, labels, row_chunk)
+            lay_out_run(group, attrs, n_images, class_names, path_of, labels, row_chunk)
             if layers:
                 cls(tmp, group).declare_layers(layers)
 
         stage(p, lay_out)
         return cls(p, zarr.open_group(str(p), mode="r+"))
-
-    @classmethod
-    def _layout(cls, p: Path, group: zarr.Group, attrs: dict[str, Any], n_images: int, class_names: list[str],
-                path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None) -> RunStore:
-        for name in (schema.DATASET, schema.EVAL, schema.LAYERS):
-            group.create_group(name)
-        rows = min(max(n_images, 1), row_chunk or _ROW_CHUNK)
-        lab = new_array(group, schema.LABELS, (n_images,), rows)
-        if labels is not None:
-            lab[:] = labels
-        pa = new_array(group, schema.PATHS, (n_images,), rows)
-        path_sums = []
-        for start in range(0, n_images, rows):  # a chunk at a time: flat memory for any size
-            stop = min(start + rows, n_images)
-            block = np.array([path_of(i) for i in range(start, stop)], dtype=str)
-            pa[start:stop] = block
-            path_sums.append(digest(block))
-        cn = new_array(group, schema.CLASS_NAMES, (len(class_names),), rows)
-        names = np.array(class_names, dtype=str)
-        if class_names:
-            cn[:] = names
-        sums = {schema.PATHS: {"rows": rows, "sums": path_sums}, schema.CLASS_NAMES: block_sums(names)}
-        group.attrs.update({**attrs, schema.VERSION_ATTR: SCHEMA_VERSION, schema.ROW_CHUNK_ATTR: rows,
-                            schema.CHECKSUMS: sums,
-                            schema.PROGRESS: {"images_done": 0, "slot": None, "complete": False, "updated": time.time()}})
-        return cls(p, group)
 
     # ---- verified reads ----------------------------------------------------------------
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
@@ -454,49 +428,17 @@ class RunStore:
 
     @_io_errors
     def write_group(self, path: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
-        """Replace the group at `path` (e.g. "layers/conv1/importance") by `arrays` (one chunk
-        each) and `attrs`, as a unit: they are written into the sibling group `<path>.writing`
-        with the marker attribute "complete" last, which is then renamed into place. An
-        interrupted write leaves only that sibling (removed by the next write), so readers see
-        the previous group or the new one, never part of one. The caller holds the RunLock."""
-        import shutil
+        """Replace the group at `path` (schema.layer_result) as a unit: see groups.write_unit."""
+        write_unit(self.path, path, arrays, attrs)
 
-        target = self.path / path
-        staging = target.with_name(target.name + ".writing")
-        old = target.with_name(target.name + ".old")
-        for leftover in (staging, old):  # ours, by name, from an interrupted write
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-        try:
-            group = zarr.open_group(str(staging), mode="w")
-            _put_all(group, arrays)
-            group.attrs.update({**attrs, "complete": True})
-            if target.exists():
-                os.rename(target, old)
-            os.rename(staging, target)
-        except Exception:
-            if staging.is_dir():
-                shutil.rmtree(staging, ignore_errors=True)
-            raise
-        finally:
-            if old.is_dir() and target.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
+    def write_result(self, layer: str, name: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+        """A later pass's result `name` on `layer` (importance, traces), replacing the earlier one whole."""
+        self.write_group(schema.layer_result(layer, name), arrays, attrs)
 
     def read_group(self, path: str, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        """(arrays `keys`, attributes) of a group `write_group` wrote, or None when it is absent or
-        incomplete: no "complete" marker (nor, written before the marker, its attributes), or an
-        array missing or unreadable (a write interrupted by a sketchmine before 14)."""
-        try:
-            group = self.group[path]
-            attrs = dict(group.attrs)
-            if not (attrs.get("complete") is True or ("complete" not in attrs and attrs)):
-                return None
-            arrays = {key: np.asarray(group[key][...]) for key in keys}
-        except Exception:
-            return None
-        if len({arr.shape for arr in arrays.values()}) > 1:
-            return None
-        return arrays, attrs
+        """(arrays `keys`, attributes) of a group `write_group` wrote, or None when it is absent
+        or not whole (see groups.read_unit)."""
+        return read_unit(self.group, path, keys)
 
     # ---- a visualize pass's arrays (schema.VISUAL_ARRAYS) and its `visualized` attribute -----
     def visual_state(self, layer: str) -> tuple[dict[str, Any] | None, bool]:

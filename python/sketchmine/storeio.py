@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 
 from . import schema
+from .checksums import block_sums, digest
 
 _TEMPLATES: dict[str, dict[str, Any]] = {}
 _METADATA: dict[tuple[str, tuple[int, ...]], ArrayV3Metadata] = {}
@@ -79,3 +82,32 @@ def new_array(group: zarr.Group, path: str, shape: tuple[int, ...], rows: int) -
     parent, _, name = path.rpartition("/")
     extra = {} if spec.fill_value is None else {"fill_value": spec.fill_value}
     return group[parent].create_array(name, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, rows), **extra)
+
+
+def lay_out_run(group: zarr.Group, attrs: dict[str, Any], n_images: int, class_names: list[str],
+                path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None) -> None:
+    """A new run's skeleton in the empty root `group`: the dataset/, eval/ and layers/ groups,
+    labels (when known), paths and class names with their checksums, and the root attributes
+    (`attrs` plus the schema version, row chunk and an empty progress)."""
+    for name in (schema.DATASET, schema.EVAL, schema.LAYERS):
+        group.create_group(name)
+    rows = min(max(n_images, 1), row_chunk or schema.ROW_CHUNK)
+    lab = new_array(group, schema.LABELS, (n_images,), rows)
+    if labels is not None:
+        lab[:] = labels
+    pa = new_array(group, schema.PATHS, (n_images,), rows)
+    path_sums = []
+    for start in range(0, n_images, rows):  # a chunk at a time: flat memory for any size
+        stop = min(start + rows, n_images)
+        block = np.array([path_of(i) for i in range(start, stop)], dtype=str)
+        pa[start:stop] = block
+        path_sums.append(digest(block))
+    cn = new_array(group, schema.CLASS_NAMES, (len(class_names),), rows)
+    names = np.array(class_names, dtype=str)
+    if class_names:
+        cn[:] = names
+    sums = {schema.PATHS: {"rows": rows, "sums": path_sums}, schema.CLASS_NAMES: block_sums(names)}
+    group.attrs.update({**attrs, schema.VERSION_ATTR: schema.SCHEMA_VERSION, schema.ROW_CHUNK_ATTR: rows,
+                        schema.CHECKSUMS: sums,
+                        schema.PROGRESS: {"images_done": 0, "slot": None, "complete": False, "updated": time.time()}})
+
