@@ -1,6 +1,6 @@
 """ONNX Runtime backend: mine an `.onnx` model by exposing its tapped tensors as graph outputs.
 
-The forward abstraction (forward.Forward) the miner shares with the torch path: `open(layers, on_output)`
+The forward abstraction (backend.Forward, registered for OnnxModel at the end of this module) the miner shares with the torch path: `open(layers, on_output)`
 yields a callable that runs one batch, hands every tapped tensor to `on_output(name, t)`
 and returns the logits (the graph's first output). Intermediate tensors become extra
 graph outputs of an in-memory copy of the model; the file on disk is never changed.
