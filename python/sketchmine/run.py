@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import schema, summaries, topk
+from . import importance_store, schema, summaries, topk
 from .classstats import RunningClassStats, num_classes_for, restore
 from .errors import SketchmineError, closest
 from .store import RunStore
@@ -89,25 +89,25 @@ class Run:
     def layer_attrs(self, layer: str) -> dict[str, Any]:
         """The layer's attributes (shape, kind, receptive_field, visualized, ...), checked: a
         damaged run is refused clearly."""
-        return self.store.layer_attrs(self._check_layer(layer))
+        return self.store.layer_attrs(self.check_layer(layer))
 
     def has_array(self, layer: str, name: str) -> bool:
         """True when the layer holds array `name` (class_mean, nan_count, patches, ...)."""
-        return self.store.has(schema.layer_array(self._check_layer(layer), name))
+        return self.store.has(schema.layer_array(self.check_layer(layer), name))
 
     def layer_array(self, layer: str, name: str, rows: slice | None = None) -> np.ndarray:
         """Array `name` of the layer (rows `rows` of its first axis, or all), verified against
         the run's checksums where it has them."""
-        return self.store.read(schema.layer_array(self._check_layer(layer), name), rows)
+        return self.store.read(schema.layer_array(self.check_layer(layer), name), rows)
 
     def array_shape(self, layer: str, name: str) -> tuple[int, ...]:
-        return self.store.shape(schema.layer_array(self._check_layer(layer), name))
+        return self.store.shape(schema.layer_array(self.check_layer(layer), name))
 
     def layer_result(self, layer: str, name: str, keys: tuple[str, ...]
                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         """(arrays `keys`, attributes) of a later pass's result on the layer (importance,
         traces), or None when there is no whole one."""
-        return self.store.read_group(schema.layer_result(self._check_layer(layer), name), keys)
+        return self.store.read_group(schema.layer_result(self.check_layer(layer), name), keys)
 
     def has_dataset_array(self, name: str) -> bool:
         return self.store.has(schema.dataset_array(name))
@@ -123,7 +123,9 @@ class Run:
     def has_predictions(self) -> bool:
         return self.store.has(schema.PREDICTIONS)
 
-    def _check_layer(self, layer: str) -> str:
+    def check_layer(self, layer: str) -> str:
+        """`layer` when it names a mined layer; else a clear error with the closest names (also
+        what keeps a layer name from reaching outside the store as a path)."""
         if not isinstance(layer, str):
             raise SketchmineError(f"a layer is named by a string (one of {', '.join(self.layers)}), got "
                                   f"{type(layer).__name__} {layer!r}")
@@ -216,16 +218,12 @@ class Run:
     def unit_importance(self, layer: str) -> pd.DataFrame:
         """Per-unit ablation importance stored by `sketchmine.unit_importance`: columns unit,
         prob_drop, acc_drop, mean_act_correct, mean_act_wrong; most important first."""
-        from .importance import read_importance
-
-        return read_importance(self, layer)
+        return importance_store.read_importance(self, layer)
 
     def has_importance(self, layer: str) -> bool:
         """True when `unit_importance(layer)` has a whole stored result to read (a write that
         was interrupted counts as none)."""
-        from .importance import has_importance
-
-        return has_importance(self, layer)
+        return importance_store.has_importance(self, layer)
 
     # ---- summaries over all images and per unit: summaries.py over this run's arrays ----------
     def class_accuracy_series(self) -> pd.Series:
@@ -258,7 +256,7 @@ class Run:
         """(class_mean (C, K) float64, class_count (C, K) int64) of the image maxima over all
         labelled images. A partial run reads its last committed checkpoint (another process may
         be mining it: see RunStore.committed)."""
-        self._check_layer(layer)
+        self.check_layer(layer)
         return self.store.committed(lambda: self._class_stats(layer))
 
     def _class_stats(self, layer: str) -> tuple[np.ndarray, np.ndarray]:

@@ -88,7 +88,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     if not run.complete:
         raise SketchmineError(f"run {run.path} is still being mined ({run.images_done} images done); "
                               "finish it (re-run the same mine command) before visualizing")
-    names = [run._check_layer(l) for l in layers] if layers else run.layers
+    names = [run.check_layer(l) for l in layers] if layers else run.layers
     device = as_device(device)
     ds = run_dataset(run, data)
     needed = np.unique(np.concatenate([np.zeros(0, np.int64)] + [run.topk(l)[1].ravel() for l in names]))
