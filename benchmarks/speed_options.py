@@ -204,10 +204,10 @@ def _loader(args, ds, every: list[str], convs: list[str], tmp: Path) -> list[dic
 
 
 def _flush(args, ds, every: list[str], convs: list[str], tmp: Path) -> list[dict]:
-    from sketchmine import miner
+    from sketchmine import loop
 
     writes = [0.0]
-    original = miner._flush
+    original = loop._flush
 
     def timed(*a, **kw):  # runs on the writer thread when overlapped
         t0 = time.perf_counter()
@@ -219,7 +219,7 @@ def _flush(args, ds, every: list[str], convs: list[str], tmp: Path) -> list[dict
     configs = [(f, overlap) for f in (1, 2) for overlap in (False, True)]
     times: dict[tuple, float] = {}
     spent: dict[tuple, float] = {}
-    miner._flush = timed
+    loop._flush = timed
     try:
         for r in range(args.repeats):
             for key in configs:
@@ -229,7 +229,7 @@ def _flush(args, ds, every: list[str], convs: list[str], tmp: Path) -> list[dict
                 if t < times.get(key, float("inf")):
                     times[key], spent[key] = t, writes[0]
     finally:
-        miner._flush = original
+        loop._flush = original
     rows = []
     print(f"\nflush (a checkpoint every 1 or 2 batches of {args.batch_size}: the worst case)")
     print(f"{'config':<30}{'flushes':>8}{'time s':>9}{'writes s':>10}{'speed-up':>10}")
