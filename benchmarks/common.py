@@ -235,7 +235,7 @@ class QuietWaiter:
 class Meter:
     """Wall time, this process's CPU time, and the CPU time other processes used meanwhile."""
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         self._j0 = _busy_jiffies()
         self._c0 = time.process_time()
         self._t0 = time.perf_counter()

@@ -4,7 +4,6 @@ ends bit-identical to an uninterrupted one, two processes merge to one process's
 partial run checkpointed in the layout before accumulators is a clear error."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -35,7 +35,7 @@ def _linearised(model: nn.Module) -> nn.Module:
     ReLU in its linear part."""
     m = copy.deepcopy(model).eval()
     g = torch.Generator().manual_seed(0)
-    for name, mod in list(m.named_modules()):
+    for _, mod in list(m.named_modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, nn.MaxPool2d):
                 setattr(mod, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,

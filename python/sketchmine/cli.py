@@ -24,7 +24,7 @@ def _default_workers() -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse, its usage errors as the one line every other error is: `sketchmine: error: …`."""
 
-    def error(self, message: str) -> "typing.NoReturn":  # noqa: F821
+    def error(self, message: str) -> typing.NoReturn:  # noqa: F821
         from .console import safe
 
         cmd = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""

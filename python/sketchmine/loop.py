@@ -157,8 +157,9 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
             if batches % flush_every == 0 and team.flush_due(batches):
                 merged, rows = team.gather(accs, pending, bad, converted)  # on rank 0
 
+                # called at once below (on rank 0), so it sees this iteration's merged state and rows
                 def flush() -> None:  # rank 0: copy what the flush writes, then write it on the writer thread
-                    job = _Flush.take(merged, rows, needs_labels, bad, converted)
+                    job = _Flush.take(merged, rows, needs_labels, bad, converted)  # noqa: B023
                     converted.clear()  # counted in the job
                     writer.submit(lambda: _flush(store, job))
 

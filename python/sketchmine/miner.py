@@ -272,6 +272,11 @@ def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, load: LoadO
         pre.mean, pre.std = compute_mean_std(getattr(ds, "base", ds), load.batch_size, load.num_workers)
 
 
+def _short(value: Any) -> Any:
+    """A long value (a fingerprint, a hash) cut for a message."""
+    return (str(value)[:16] + "…") if isinstance(value, str) and len(value) > 20 else value
+
+
 def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> None:
     """Refuse to resume a run mined with another model, weights, layers, k, dataset,
     preprocessing or logits setting, naming each difference."""
@@ -286,8 +291,7 @@ def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> N
     for key, label in checks:
         a, b = attrs.get(key), want.get(key)
         if a != b:
-            show = (lambda v: (str(v)[:16] + "…") if isinstance(v, str) and len(v) > 20 else v)
-            diffs.append(f"{label} (run: {show(a)}, now: {show(b)})")
+            diffs.append(f"{label} (run: {_short(a)}, now: {_short(b)})")
     if attrs.get("logits", True) != logits:
         diffs.append(f"logits (run: {attrs.get('logits', True)}, now: {logits})")
     if diffs:

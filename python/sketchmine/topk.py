@@ -116,7 +116,7 @@ class TopK:
         channels = [s.channels for s in self.layers.values()]
         if list(np.asarray(state.get("channels", []))) != channels:
             raise ValueError(f"layer channels {list(state.get('channels', []))} are not the run's {channels}")
-        for (name, s), st in zip(self.layers.items(), unpack(state, list(self.layers)).values()):
+        for s, st in zip(self.layers.values(), unpack(state, list(self.layers)).values()):
             s.load_state_dict({key: torch.from_numpy(v) for key, v in st.items()})
 
     def merge(self, other: TopK) -> None:
