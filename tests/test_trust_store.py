@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -267,7 +266,6 @@ def _importance(units: int):
 
 def test_a_half_written_importance_group_counts_as_not_computed(tmp_path, mined):
     from sketchmine.importance import read_importance, write_importance
-    from sketchmine.report import write_report
 
     path = _copy(mined, tmp_path)
     run = sketchmine.open_run(path)

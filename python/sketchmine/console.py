@@ -81,12 +81,12 @@ def layers_table(run: Run) -> Table:
     for col in ("layer", "kind", "shape", "units", "max activation", "NaN"):
         table.add_column(col, justify="right" if col in ("units", "max activation", "NaN") else "left")
     for name in run.layers:
-        g = run.layer_group(name)
+        attrs = run.layer_attrs(name)
         values, idx, _ = run.topk(name)
         best = values[idx >= 0].max() if (idx >= 0).any() else float("nan")
-        nans = int(np.asarray(g["nan_count"][...]).sum()) if "nan_count" in g else 0
-        shape = "×".join(map(str, g.attrs["shape"]))
-        table.add_row(safe(name), safe(g.attrs.get("kind", "")), safe(shape), str(g.attrs["shape"][0]), f"{best:.4g}", str(nans))
+        nans = int(run.layer_array(name, "nan_count").sum()) if run.has_array(name, "nan_count") else 0
+        shape = "×".join(map(str, attrs["shape"]))
+        table.add_row(safe(name), safe(attrs.get("kind", "")), safe(shape), str(attrs["shape"][0]), f"{best:.4g}", str(nans))
     return table
 
 

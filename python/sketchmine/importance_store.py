@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from . import schema
 from .errors import SketchmineError
 
 if TYPE_CHECKING:  # annotations only: run.py imports this module
@@ -32,8 +31,8 @@ def write_importance(run: Run, layer: str, result: Importance) -> None:
     lock = RunLock(run.path)
     lock.acquire()
     try:
-        RunStore.open(run.path, mode="r+").write_group(
-            schema.layer_result(layer, "importance"),
+        RunStore.open(run.path, mode="r+").write_result(
+            layer, "importance",
             {col: np.asarray(getattr(result, col), dtype=np.float64) for col in COLUMNS}, dict(result.attrs))
     finally:
         lock.release()

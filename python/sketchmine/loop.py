@@ -320,11 +320,10 @@ def _finalize(store: RunStore, accs: list[Accumulator], n: int, bad: list[dict[s
     arrays: dict[str, np.ndarray] = {}
     for acc in accs:
         arrays.update(acc.results())
-    ev = store.group[schema.EVAL]
     overall = None
-    if "predictions" in ev:
-        labels = np.asarray(store.group[schema.LABELS][...])
-        correct, count = class_counts(np.asarray(store.group[schema.PREDICTIONS][...]), labels, ev["logits"].shape[1])
+    if store.has(schema.PREDICTIONS):
+        labels = store.read(schema.LABELS)
+        correct, count = class_counts(store.read(schema.PREDICTIONS), labels, store.shape(schema.LOGITS)[1])
         arrays[schema.PER_CLASS_ACCURACY] = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
         overall = float(correct.sum() / count.sum()) if count.sum() else None
     store.write_results(arrays, overall)

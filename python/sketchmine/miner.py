@@ -70,9 +70,9 @@ def _first_readable(ds: MinerDataset, limit: int = 64) -> torch.Tensor:
 
 
 def _versions() -> dict[str, str]:
-    import zarr
+    from importlib.metadata import version  # the store alone imports zarr
 
-    return {"sketchmine": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
+    return {"sketchmine": __version__, "torch": torch.__version__, "zarr": version("zarr"),
             "numpy": np.__version__, "python": platform.python_version()}
 
 

@@ -90,10 +90,10 @@ def _importance_section(run: Run, name: str, lid: str) -> str:
 
 
 def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: bool) -> str:
-    g = run.layer_group(name)
-    shape = "×".join(map(str, g.attrs["shape"]))
+    attrs = run.layer_attrs(name)
+    shape = "×".join(map(str, attrs["shape"]))
     parts = [f'<p><a href="../index.html">← all layers</a></p><h1>{e(name)}</h1>',
-             f"<p>{e(str(g.attrs.get('kind', '')))}, output {e(shape)}, top-{run.k} images per unit</p>"]
+             f"<p>{e(str(attrs.get('kind', '')))}, output {e(shape)}, top-{run.k} images per unit</p>"]
     if not run.complete:
         parts.append(f'<p class="partial">PARTIAL run: {run.images_done} images mined so far</p>')
     try:
@@ -115,8 +115,8 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                      + _table(["class", "preference", "units preferring", "accuracy %"], rows, {1, 2, 3}))
     if run.has_importance(name):
         parts.append(_importance_section(run, name, lid))
-    if g.attrs.get("position") == "time" or g.attrs.get("time_steps"):
-        parts.append(f"<p>Position is time ({e(str(g.attrs.get('tapped') or g.attrs.get('position')))}): each top-k "
+    if attrs.get("position") == "time" or attrs.get("time_steps"):
+        parts.append(f"<p>Position is time ({e(str(attrs.get('tapped') or attrs.get('position')))}): each top-k "
                      "entry is an (image, step) pair; cards show the drawing at the step where the unit peaked "
                      "(t counted from 1) and the unit's activation over all steps of that sequence.</p>")
     parts.append("<h2>Units</h2>")
@@ -182,13 +182,13 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float) -> str:
                      + _table(["class", "ink density"], [[e(str(c)), f"{v:.3f}"] for c, v in ink.items()], {1}))
     rows = []
     for name, lid in ids.items():
-        g = run.layer_group(name)
+        attrs = run.layer_attrs(name)
         try:
             top = ", ".join(e(str(c)) for c in run.top_classes(name, 5).index)
         except SketchmineError:
             top = "-"
-        rows.append([f'<a href="layers/{e(lid)}.html">{e(name)}</a>', e(str(g.attrs.get("kind", ""))),
-                     e("×".join(map(str, g.attrs["shape"]))), top])
+        rows.append([f'<a href="layers/{e(lid)}.html">{e(name)}</a>', e(str(attrs.get("kind", ""))),
+                     e("×".join(map(str, attrs["shape"]))), top])
     parts.append("<h2>Layers</h2>" + _table(["layer", "kind", "shape", f"top 5 classes (top-{run.k})"], rows))
     parts.append(f'<p class="note">written by sketchmine in {seconds:.1f} s</p>')
     return _page("sketchmine report", "\n".join(parts))

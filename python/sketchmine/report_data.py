@@ -83,13 +83,13 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
     """Write the layer's page scripts and image strips; returns (pages, note on pictures).
     images: entries without a stored patch carry "image": null (no picture: the report opens
     no dataset), as the cards' data always had."""
-    g = run.layer_group(name)
-    attrs = dict(g.attrs)
+    attrs = run.layer_attrs(name)
     values, index, yx = run.topk(name)
     labels, names, paths = run.labels, run.class_names, run.paths
     acc = class_accuracy_array(run)
     vis = dict(attrs.get("visualized") or {})
-    has_patches = "patches" in g
+    has_patches = run.has_array(name, "patches")
+    has_deconv = has_patches and run.has_array(name, "deconv")
     done = int(vis.get("units_done", index.shape[0])) if has_patches else 0
     steps = entry_steps(attrs, yx)
     traces = read_traces(run, name) if steps is not None else None
@@ -105,8 +105,8 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
     pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
     for p in range(pages):
         u0, u1 = p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)
-        patches = np.asarray(g["patches"][u0:u1]) if has_patches and u0 < done else None
-        deconv = np.asarray(g["deconv"][u0:u1]) if has_patches and "deconv" in g and u0 < done else None
+        patches = run.layer_array(name, "patches", slice(u0, u1)) if has_patches and u0 < done else None
+        deconv = run.layer_array(name, "deconv", slice(u0, u1)) if has_deconv and u0 < done else None
         units = []
         for u in range(u0, u1):
             ok = index[u] >= 0

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import schema
 from .errors import SketchmineError
 from .run import Run
 
@@ -53,7 +52,7 @@ def entry_steps(attrs: dict[str, Any], yx: np.ndarray) -> tuple[np.ndarray, int]
 
 def is_timed(run: Run, layer: str) -> bool:
     """True when `layer`'s position is time (its entries have a step, so traces apply)."""
-    attrs = dict(run.layer_group(layer).attrs)
+    attrs = run.layer_attrs(layer)
     return entry_steps(attrs, np.zeros((0, 0, 2), np.int32)) is not None
 
 
@@ -100,7 +99,7 @@ def layer_traces(run: Run, name: str, net: nn.Module, ds: MinerDataset,
                  device: Any = "cpu") -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """(arrays, attrs) of one time layer's traces as the store holds them, or None when the
     layer has no time position or too many distinct top-k images."""
-    attrs = dict(run.layer_group(name).attrs)
+    attrs = run.layer_attrs(name)
     _, index, yx = run.topk(name)
     steps = entry_steps(attrs, yx)
     if steps is None:
@@ -128,12 +127,12 @@ def write_traces(store: RunStore, run: Run, layers: list[str], net: nn.Module, d
     for name in layers:
         result = layer_traces(run, name, net, ds, device)
         if result is not None:
-            store.write_group(schema.layer_result(name, "traces"), *result)
+            store.write_result(name, "traces", *result)
             written.append(name)
     return written
 
 
 def read_traces(run: Run, layer: str) -> np.ndarray | None:
     """The stored (C, k, T) float32 traces of `layer`, or None when the pass has not written them."""
-    got = run.store.read_group(schema.layer_result(layer, "traces"), (ARRAY,))
+    got = run.layer_result(layer, "traces", (ARRAY,))
     return None if got is None else got[0][ARRAY]
