@@ -24,7 +24,7 @@ setup: $(STAMP)
 $(STAMP): $(SOURCES)
 	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install -q "setuptools>=68" wheel "pybind11>=2.12" "cmake>=3.18" ninja \
-		"numpy>=1.26" "zarr>=3.1.3,<4" "rich>=13" "pillow>=10" "pandas>=2" "pytest>=8" "hypothesis>=6.100" \
+		"numpy>=1.26" "zarr>=3.1.3,<4" "rich>=13" "pillow>=10" "pandas>=2" "pytest>=8" "hypothesis>=6.100" "ruff>=0.6" "mypy>=1.10" \
 		"onnx>=1.16" "onnxruntime>=1.18" "onnxscript>=0.2" \
 		"matplotlib>=3.7" "scipy>=1.10" "playwright>=1.40"
 	$(PIP) install -q --no-build-isolation -e .
