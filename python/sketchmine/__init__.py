@@ -13,7 +13,8 @@ from .receptive_field import ReceptiveField, receptive_fields  # noqa: E402
 from .deconv import deconvolve  # noqa: E402
 from .visualize import visualize  # noqa: E402
 from .compare import compare  # noqa: E402
-from .importance import plot_importance, unit_importance  # noqa: E402
+from .importance import unit_importance  # noqa: E402
+from .plots import plot_importance  # noqa: E402
 
 __all__ = ["ReceptiveField", "Run", "SketchmineError", "compare", "deconvolve", "mine", "open_run", "receptive_fields", "visualize",
            "unit_importance", "plot_importance", "__version__"]

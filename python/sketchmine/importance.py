@@ -24,10 +24,10 @@ from .data import MinerDataset
 from .device import as_device
 from .errors import SketchmineError
 from .importance_store import COLUMNS, has_importance, read_importance, write_importance
-from .run import Run, check_count, open_run
+from .run import Run, open_run
 from .taps import SOFTMAX
 
-__all__ = ["COLUMNS", "Importance", "ablation_importance", "has_importance", "plot_importance",
+__all__ = ["COLUMNS", "Importance", "ablation_importance", "has_importance",
            "read_importance", "run_cli", "unit_importance", "write_importance"]
 
 # ---- run API ------------------------------------------------------------------------------
@@ -73,38 +73,12 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
     return open_run(run.path).unit_importance(layers[-1])
 
 
-def plot_importance(run: Run, layers: list[str] | None = None, n: int = 10, path: str | os.PathLike | None = None):
-    """Bar chart of the n most important units (prob drop; accuracy drop annotated) of each
-    layer with stored importance; saved as PNG when `path` is given. Returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = layers or [l for l in run.layers if has_importance(run, l)]
-    if not names:
-        raise SketchmineError(f"run {run.path} has no unit importance yet; run sketchmine importance first")
-    fig, axes = plt.subplots(len(names), 1, figsize=(7, 0.35 * n * len(names) + 1.2), squeeze=False)
-    for ax, name in zip(axes[:, 0], names):
-        df = read_importance(run, name).head(check_count(n))
-        ax.barh([f"unit {u}" for u in df["unit"]][::-1], df["prob_drop"][::-1], color="#4c72b0")
-        for i, (p, a) in enumerate(zip(df["prob_drop"][::-1], df["acc_drop"][::-1])):
-            ax.text(p, i, f"  acc −{a * 100:.1f} pt", va="center", fontsize=7)
-        ax.set_title(f"{name}: most important units (ablated)", fontsize=9)
-        ax.set_xlabel("drop in correct-class probability", fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
-
-
 def run_cli(args: Any, console: Any) -> None:
     """`sketchmine importance RUN [--layers ...]`: compute, store, print the top units, plot.
     The layers and the plot path are checked before any computation; Ctrl-C says which
     layers' importance was stored (a re-run recomputes every layer it is given)."""
     from .console import importance_table as table, safe
-    from .plots import check_plot_path, save_figure
+    from .plots import check_plot_path, plot_importance, save_figure
 
     run = open_run(args.run)
     layers = args.layers or [l for l in run.layers if l != SOFTMAX and not l.endswith(".cell")]

@@ -109,18 +109,38 @@ def ink_plot(run: Run, out: str | os.PathLike, formats: tuple[str, ...] = FORMAT
     return _save(ink_figure(run), Path(out), formats)
 
 
-def importance_figure(run: Run, layer: str, n: int = 10) -> Figure:
-    """Bar chart of the layer's n most important units (drop in correct-class probability when
-    the unit is zeroed; accuracy drop annotated), from its stored importance result."""
-    df = run.unit_importance(layer).head(n)
-    fig, ax = plt.subplots(figsize=(7, 0.35 * n + 1.2))
-    ax.barh([f"unit {u}" for u in df["unit"]][::-1], df["prob_drop"][::-1], color="#4c72b0")
-    for i, (p, a) in enumerate(zip(df["prob_drop"][::-1], df["acc_drop"][::-1])):
-        ax.text(p, i, f"  acc −{a * 100:.1f} pt", va="center", fontsize=7)
-    ax.set_title(f"{layer}: most important units (ablated)", fontsize=9)
-    ax.set_xlabel("drop in correct-class probability", fontsize=8)
-    ax.tick_params(labelsize=7)
+def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
+    """Bar charts, one per layer, of its n most important units (drop in correct-class
+    probability when the unit is zeroed; accuracy drop annotated), from the stored results."""
+    from .run import check_count
+
+    names = [layers] if isinstance(layers, str) else list(layers)
+    n = check_count(n)
+    fig, axes = plt.subplots(len(names), 1, figsize=(7, 0.35 * n * len(names) + 1.2), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        df = run.unit_importance(name).head(n)
+        ax.barh([f"unit {u}" for u in df["unit"]][::-1], df["prob_drop"][::-1], color="#4c72b0")
+        for i, (p, a) in enumerate(zip(df["prob_drop"][::-1], df["acc_drop"][::-1])):
+            ax.text(p, i, f"  acc −{a * 100:.1f} pt", va="center", fontsize=7)
+        ax.set_title(f"{name}: most important units (ablated)", fontsize=9)
+        ax.set_xlabel("drop in correct-class probability", fontsize=8)
+        ax.tick_params(labelsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot_importance(run: Run, layers: list[str] | None = None, n: int = 10,
+                    path: str | os.PathLike | None = None) -> Figure:
+    """`importance_figure` of the given layers (default: every layer with stored importance),
+    saved as PNG when `path` is given. Returns the figure."""
+    from .errors import SketchmineError
+
+    names = layers or [l for l in run.layers if run.has_importance(l)]
+    if not names:
+        raise SketchmineError(f"run {run.path} has no unit importance yet; run sketchmine importance first")
+    fig = importance_figure(run, names, n)
+    if path is not None:
+        fig.savefig(path, dpi=120)
     return fig
 
 
