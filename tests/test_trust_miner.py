@@ -213,3 +213,11 @@ def test_report_refuses_a_dataset(tmp_path, tiny_set):
             write_report(run, tmp_path / "rep", dataset=ds)
     assert not (tmp_path / "rep").exists()
     assert write_report(run, tmp_path / "rep").is_file()
+
+
+def test_every_table_of_images_names_their_files(tmp_path, tiny_set):
+    """Case 7's last part: Run.image_path(i) and a path column wherever a table lists images."""
+    run = sketchmine.mine("demo", tiny_set, out=tmp_path / "r.zarr", layers=["features.0"])
+    table = run.unit_table("features.0")
+    assert list(table["path"]) == [run.image_path(i) for i in table["image_index"]]
+    assert list(run.unit_classes("features.0", 3)["path"]) == list(table[table["unit"] == 3]["path"])

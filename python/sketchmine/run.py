@@ -234,10 +234,12 @@ class Run:
             return pd.Series(np.nan, index=pd.Index(self.class_names, name="class"), name="accuracy")
 
     def unit_table(self, layer: str) -> pd.DataFrame:
-        """Every unit's top-k as one long table: unit, rank, image_index, value, y, x, label, class, accuracy."""
+        """Every unit's top-k as one long table: unit, rank, image_index, value, y, x, label, class,
+        accuracy, path (the image's file, or its name in the dataset, as `image_path` gives it)."""
         values, index, yx = self.topk(layer)
         df = summaries.unit_rows(values, index, yx, self.labels, self.class_names,
                                  self.class_accuracy_series().to_numpy())
+        df["path"] = self.paths[df["image_index"].to_numpy()] if len(df) else np.zeros(0, dtype=object)
         df.attrs["partial"] = not self.complete
         return df
 
@@ -248,9 +250,7 @@ class Run:
         if not 0 <= unit < c:
             raise SketchmineError(f"unit {unit} is not in layer {layer!r} of run {self.path}: it has units 0..{c - 1}")
         df = self.unit_table(layer)
-        df = df[df["unit"] == unit].drop(columns="unit").set_index("rank")
-        df["path"] = self.paths[df["image_index"].to_numpy()] if len(df) else []
-        return df
+        return df[df["unit"] == unit].drop(columns="unit").set_index("rank")
 
     def class_stats(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
         """(class_mean (C, K) float64, class_count (C, K) int64) of the image maxima over all
