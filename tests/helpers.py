@@ -97,3 +97,13 @@ def per_class_subset(ds, n: int, tag: str):
     keep = np.sort(np.concatenate([np.nonzero(labels == c)[0][:n] for c in range(len(ds.class_names))]))
     return ArrayDataset(ds.images[keep], labels[keep], ds.class_names, ds.preprocessing,
                         {**ds.describe(), "subset": tag})
+
+
+def image_folder(ds, root, per_class: int = 12):
+    """The first `per_class` real test images of every class of `ds`, as PNGs in
+    root/<class>/<image>.png (the ImageFolder the CLI tests mine)."""
+    from sketchmine.data import ArrayDataset, export_image_folder
+
+    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:per_class] for c in range(len(ds.class_names))])
+    sub = ArrayDataset(ds.images[pick], ds.labels()[pick], ds.class_names, ds.preprocessing, ds.describe())
+    return export_image_folder(sub, root)

@@ -16,17 +16,13 @@ import numpy as np
 import pytest
 
 import sketchmine
-from sketchmine.data import ArrayDataset, export_image_folder
-from tests.helpers import assert_same_store
+from tests.helpers import assert_same_store, image_folder
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, demo_test_set) -> Path:
     """120 real test images (12 per class) as PNGs."""
-    ds = demo_test_set
-    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:12] for c in range(10)])
-    sub = ArrayDataset(ds.images[pick], ds.labels()[pick], ds.class_names, ds.preprocessing, ds.describe())
-    return export_image_folder(sub, tmp_path_factory.mktemp("kill") / "images")
+    return image_folder(demo_test_set, tmp_path_factory.mktemp("kill") / "images")
 
 
 def _cli(*args: str) -> list[str]:

@@ -53,24 +53,15 @@ def _int_at_least(text: str, low: int) -> int:
 
 
 def device(text: str) -> str:
-    """An argparse type: a device this machine has (cpu, cuda[:N] with a usable GPU, mps, xpu)."""
+    """An argparse type: a device this machine has (device.as_device's check, as a usage error)."""
     if text == "cpu":
         return text
-    import torch
+    from .device import as_device  # imports torch: only when a device other than cpu is named
 
     try:
-        dev = torch.device(text)
-    except (RuntimeError, TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"device {text!r}: this machine has no CUDA GPU that torch can use; "
-                                             "pass --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"device {text!r}: this machine has {torch.cuda.device_count()} CUDA "
-                                             "device(s)")
-    elif dev.type not in ("cpu", "mps", "xpu"):
-        raise argparse.ArgumentTypeError(f"device {text!r} is not supported; expected cpu, cuda or cuda:N")
+        as_device(text)
+    except SketchmineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

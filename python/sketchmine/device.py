@@ -16,11 +16,11 @@ def as_device(device: str | torch.device) -> torch.device:
                               "expected cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise SketchmineError(f"device {device!r} asked for, but this machine has no CUDA GPU that torch can "
-                                  "use; pass --device cpu")
+            raise SketchmineError(f"device {str(device)!r}: this machine has no CUDA GPU that torch can use; "
+                                  "pass --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SketchmineError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} "
-                                  "CUDA device(s)")
+            raise SketchmineError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                  "device(s)")
     elif dev.type not in ("cpu", "mps", "xpu"):
-        raise SketchmineError(f"device {device!r} is not supported; expected cpu or cuda[:N]")
+        raise SketchmineError(f"device {str(device)!r} is not supported; expected cpu, cuda or cuda:N")
     return dev
