@@ -1,4 +1,4 @@
-"""Ablation importance: batched (`sketchmine.importance`) vs a one-unit-per-forward loop.
+"""Ablation importance: batched (`sketchmine.passes.importance`) vs a one-unit-per-forward loop.
 
     python -m benchmarks.ablation                 # 5 layers of 2 models, 2,000 test images (~5 min, 2 cores)
     python -m benchmarks.ablation --quick         # 500 images, one layer (< 1 min)
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from sketchmine.data import ArrayDataset, animal_shape
-from sketchmine.ablation import Split, ablation_importance
-from sketchmine.models import preprocessing_for
-from sketchmine.models import load_model
-from sketchmine.sequences import SequenceDataset
+from sketchmine.passes.ablation import Split, ablation_importance
+from sketchmine.model.models import preprocessing_for
+from sketchmine.model.models import load_model
+from sketchmine.data.sequences import SequenceDataset
 
 from .common import machine_info
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sketchmine.classstats import RunningClassStats
+from sketchmine.stats.classstats import RunningClassStats
 from sketchmine.store import RunStore
-from sketchmine.topk import RunningTopK
+from sketchmine.stats.topk import RunningTopK
 
 from .common import build_model, conv_linear_layers, machine_info
 

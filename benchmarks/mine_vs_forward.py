@@ -267,7 +267,7 @@ def child_main(spec: dict) -> dict:
     holds the parent's peak (the fork image before exec is counted), so it is not usable.
     """
     torch.set_num_threads(spec["threads"])
-    import sketchmine.ops  # noqa: F401  (imports zarr, loads the op: not part of the measurement)
+    import sketchmine.stats.ops  # noqa: F401  (imports zarr, loads the op: not part of the measurement)
     import zarr  # noqa: F401
 
     model = build_model(spec["model"], spec["seed"])

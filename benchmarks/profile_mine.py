@@ -37,7 +37,10 @@ def _wrap(fn, label: str, timers: Timers):
 @contextmanager
 def instrumented(dataset_type: type):
     """Patch the miner's steps with timers; yields the Timers."""
-    from sketchmine import forward, miner, ops, store
+    from sketchmine.model import forward
+    from sketchmine.mining import miner
+    from sketchmine.stats import ops
+    from sketchmine import store
 
     timers = Timers()
     undo: list[tuple[Any, str, Any]] = []

@@ -91,7 +91,7 @@ def _bare(model_name: str, ds, batch_size: int, workers: int, prefetch: int | No
 def _agreement(run_dir: Path, ref_dir: Path, layers: list[str]) -> tuple[float, float]:
     """Top-k recall vs the reference (mean over layers of the mean over units) and the largest
     |value difference| / (value range of the layer)."""
-    from sketchmine.run import open_run
+    from sketchmine.results.run import open_run
 
     run, ref = open_run(run_dir), open_run(ref_dir)
     recalls, worst = [], 0.0
@@ -204,7 +204,7 @@ def _loader(args, ds, every: list[str], convs: list[str], tmp: Path) -> list[dic
 
 
 def _flush(args, ds, every: list[str], convs: list[str], tmp: Path) -> list[dict]:
-    from sketchmine import loop
+    from sketchmine.mining import loop
 
     writes = [0.0]
     original = loop._flush

@@ -54,7 +54,7 @@ def bench_layers(model: nn.Module, layers: list[str], batch_size: int, k: int = 
 
 
 def _bench_layers(model: nn.Module, layers: list[str], batch_size: int, k: int, repeats: int) -> dict:
-    from sketchmine import ops
+    from sketchmine.stats import ops
 
     out = {}
     gen = torch.Generator().manual_seed(0)

@@ -78,7 +78,7 @@ def _loop_unit(model: nn.Module, layer: nn.Module, images: torch.Tensor, channel
 
 def run(images: int, units: int, loop_units: int, batch_size: int, seed: int, device: str = "cpu") -> dict:
     import sketchmine
-    from sketchmine.visualize import visualize
+    from sketchmine.passes.visualize import visualize
 
     torch.manual_seed(seed)
     dev = torch.device(device)

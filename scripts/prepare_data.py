@@ -178,7 +178,7 @@ split by `scripts/train_demo_model.py` (CPU, seeded, deterministic). The `.pt`
 file is a plain `state_dict` loaded with `torch.load(..., weights_only=True)`;
 the `.json` records preprocessing (`x = (pixel / 255 - mean) / std`, scalar
 mean/std of the train split), training settings, test accuracy and the sha256
-of the `.pt`. Load both with `sketchmine.zoo.load_demo_model()`.
+of the `.pt`. Load both with `sketchmine.model.zoo.load_demo_model()`.
 
 ## Licence
 

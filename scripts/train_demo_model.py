@@ -5,10 +5,10 @@ Run by a maintainer after ``scripts/prepare_data.py``:
 ``python scripts/train_demo_model.py [--arch sketchnet|resnet|cnn_gru]``.  CPU only,
 fully seeded, a few minutes on two cores.  Writes ``data/<stem>.pt`` (state_dict) and
 ``data/<stem>.json`` (preprocessing + evaluation metadata that
-``sketchmine.zoo.load_embedded`` returns alongside the model); stems:
+``sketchmine.model.zoo.load_embedded`` returns alongside the model); stems:
 sketchnet -> sketchnet_animal ("demo"), resnet -> sketchresnet_animal ("demo-resnet"),
 cnn_gru -> sketchgru_animal ("demo-gru"; trained on progressive drawings, see
-``sketchmine.sequences``, with the loss on every step's prediction).
+``sketchmine.data.sequences``, with the loss on every step's prediction).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
-from sketchmine.sequences import DEFAULT_STEPS, TRANSFORM, progressive_batch  # noqa: E402
-from sketchmine.zoo import EMBEDDED, SketchGRU, SketchNet, SketchResNet  # noqa: E402
+from sketchmine.data.sequences import DEFAULT_STEPS, TRANSFORM, progressive_batch  # noqa: E402
+from sketchmine.model.zoo import EMBEDDED, SketchGRU, SketchNet, SketchResNet  # noqa: E402
 
 DATA = REPO / "data"
 SHIFT = 2  # max random translation in pixels (augmentation)

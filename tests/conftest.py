@@ -16,7 +16,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def demo_model():
-    from sketchmine.models import load_model
+    from sketchmine.model.models import load_model
 
     return load_model("demo")
 
@@ -24,7 +24,7 @@ def demo_model():
 @pytest.fixture(scope="session")
 def demo_test_set(demo_model):
     from sketchmine.data import animal_shape
-    from sketchmine.models import preprocessing_for
+    from sketchmine.model.models import preprocessing_for
 
     return animal_shape("test", preprocessing_for(demo_model))
 

@@ -12,9 +12,10 @@ import torch.distributed as dist
 import zarr
 
 import sketchmine
-from sketchmine import accumulators, schema
+from sketchmine.stats import accumulators
+from sketchmine.store import schema
 from sketchmine.errors import SketchmineError
-from sketchmine.moments import RunningMoments
+from sketchmine.stats.moments import RunningMoments
 from tests.helpers import StopAfter, all_activations, assert_same_store, store_arrays
 from tests.test_distributed import free_port
 
@@ -122,7 +123,7 @@ def test_checkpoint_of_the_earlier_layout_is_a_clear_error(tmp_path, demo_model,
 # ---- two processes merge to one -----------------------------------------------------------------
 def _spawned(rank: int, port: int, out: str) -> None:
     from sketchmine.data import animal_shape
-    from sketchmine.models import load_model, preprocessing_for
+    from sketchmine.model.models import load_model, preprocessing_for
     from tests.helpers import per_class_subset
 
     torch.set_num_threads(1)
@@ -137,7 +138,7 @@ def _spawned(rank: int, port: int, out: str) -> None:
 
 def test_two_processes_merge_to_one(tmp_path, demo_model):
     from sketchmine.data import animal_shape
-    from sketchmine.models import preprocessing_for
+    from sketchmine.model.models import preprocessing_for
     from tests.helpers import per_class_subset
 
     threads = torch.get_num_threads()

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 import sketchmine
-from sketchmine import analysis, plots
-from sketchmine.compare import compare, depth_pairs
+from sketchmine.results import analysis
+from sketchmine.present import plots
+from sketchmine.results.compare import compare, depth_pairs
 from sketchmine.errors import SketchmineError
 from tests.helpers import StopAfter, all_activations
 

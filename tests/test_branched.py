@@ -61,8 +61,8 @@ def test_resnet18_default_layers_are_every_conv_and_fc(tmp_path, rgb_images):
 
 def test_demo_resnet_block_outputs(tmp_path, demo_test_set):
     """The embedded trained SketchResNet: loadable by spec, block outputs mined = brute force."""
-    loaded = sketchmine.models.load_model("demo-resnet")
-    from sketchmine.models import preprocessing_for
+    loaded = sketchmine.load_model("demo-resnet")
+    from sketchmine.model.models import preprocessing_for
 
     base = sketchmine.data.animal_shape("test", preprocessing_for(loaded))
     keep = np.arange(0, 2000, 20)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sketchmine.classstats import PACKED_KEYS, RunningClassStats
+from sketchmine.stats.classstats import PACKED_KEYS, RunningClassStats
 
 
 def unpack(arrays: dict[str, np.ndarray], layers: dict[str, int], num_classes: int) -> RunningClassStats:
@@ -133,30 +133,11 @@ def test_packed_state_of_another_layout_is_refused():
         unpack(stats.packed(), {"a": 3, "b": 3}, 4)
 
 
-def _dense_layout(stats: RunningClassStats) -> dict[str, np.ndarray]:
-    """The per-layer checkpoint layout sketchmine wrote before `packed` (sums and counts per
-    layer as (rows, C) blocks, then ink; counts, NaN maps per unit, images), built from the
-    brute-force-checked accessors."""
-    sums, counts, nans = [], [], []
-    for name, cols in stats._columns.items():
-        sums.append(stats._sums[:, cols].numpy().ravel())
-        counts.append(stats.counts(name).numpy().ravel())
-        nans.append(stats.nan_counts(name))
-    return {"class_sum": np.concatenate([*sums, stats.ink.numpy()]),
-            "class_count": np.concatenate([*counts, *nans, stats.images.numpy()])}
-
-
-@settings(max_examples=40, deadline=None)
-@given(_streams(), st.integers(0, 5))
-def test_checkpoints_of_the_dense_layout_resume_exactly(stream, cut):
-    """A run checkpointed by the earlier layout resumes to the same statistics as one pass."""
-    layers, classes, batches = stream
-    whole = _feed(RunningClassStats(layers, classes), batches)
-    first = _feed(RunningClassStats(layers, classes), batches[:cut])
-    resumed = unpack(_dense_layout(first), layers, classes)
-    _assert_same(resumed, first)
-    _feed(resumed, batches[cut:])
-    _assert_same(resumed, whole)
+def test_a_state_without_packed_statistics_is_refused():
+    """Only the packed layout is read (no released sketchmine resumed another one)."""
+    stats = RunningClassStats({"a": 3}, 4)
+    with pytest.raises(ValueError, match="no packed class statistics"):
+        stats.load_packed({"class_sum": np.ones(4), "class_count": np.ones(4, np.int64)})
 
 
 class _Stop(Exception):

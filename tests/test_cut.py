@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from sketchmine import cut
+from sketchmine.model import cut
 from sketchmine.errors import SketchmineError
-from sketchmine.receptive_field import module_outputs, trace
-from sketchmine.zoo import SketchResNet
+from sketchmine.model.receptive_field import module_outputs, trace
+from sketchmine.model.zoo import SketchResNet
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def test_imagenet_preset_and_channel_conversion(folder):
 
 def test_whole_bad_batch_keeps_rows_aligned(tmp_path, folder, demo_model):
     root, sub = folder
-    ds = ImageFolderDataset(root, sketchmine.models.preprocessing_for(demo_model))
+    ds = ImageFolderDataset(root, sketchmine.preprocessing_for(demo_model))
     for j in (2, 3):  # images 2 and 3 form one whole batch of size 2
         (root / ds.path(j)).write_bytes(b"\x89PNG broken")
     run = sketchmine.mine("demo", root, out=tmp_path / "r.zarr", batch_size=2, flush_every=3, skip_bad_images=True)

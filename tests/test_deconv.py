@@ -106,8 +106,8 @@ def test_receptive_field_windows_equal_the_whole_image(arch, method):
     """Deconvolving each unit on its stride-aligned receptive-field window gives the whole-image
     signal inside the box, at borders and corners too (branched models, ceil-mode pools)."""
     from sketchmine import receptive_fields
-    from sketchmine.deconv import Deconvolver
-    from sketchmine.ops import crop_patches
+    from sketchmine.passes.deconv import Deconvolver
+    from sketchmine.stats.ops import crop_patches
 
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch, weights=None, num_classes=10, **(
@@ -140,7 +140,7 @@ def test_receptive_field_windows_equal_the_whole_image(arch, method):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from sketchmine.deconv import Deconvolver, shared_order  # noqa: E402
+from sketchmine.passes.deconv import Deconvolver, shared_order  # noqa: E402
 
 _SHARED = {}
 

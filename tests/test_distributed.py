@@ -79,8 +79,8 @@ def test_torchrun_two_processes_equal_one(tmp_path, demo_test_set):
 def _spawned(rank: int, port: int, out: str, shift: bool, result: str, k: int) -> None:
     """One rank: a gloo group initialised here (as a user would), then sketchmine.mine."""
     from sketchmine.data import ArrayDataset, animal_shape
-    from sketchmine.models import preprocessing_for
-    from sketchmine.models import load_model
+    from sketchmine.model.models import preprocessing_for
+    from sketchmine.model.models import load_model
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

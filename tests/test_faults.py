@@ -197,7 +197,7 @@ def test_full_disk_is_a_clear_error_and_the_run_resumes(tmp_path, small_disk, de
 
 
 def test_full_disk_during_visualize(tmp_path, small_disk, demo_model, small_test_set):
-    from sketchmine.visualize import visualize
+    from sketchmine.passes.visualize import visualize
     from tests.helpers import assert_same_store
 
     mnt, grow = small_disk

@@ -44,9 +44,9 @@ def build(root: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Every array of the golden runs by '<run>/<store path>', and the report's page data."""
     import sketchmine
     from sketchmine.data import animal_shape
-    from sketchmine.models import preprocessing_for
-    from sketchmine.report import write_report
-    from sketchmine.sequences import SequenceDataset
+    from sketchmine.model.models import preprocessing_for
+    from sketchmine.present.report import write_report
+    from sketchmine.data.sequences import SequenceDataset
     from tests.helpers import per_class_subset, store_arrays
 
     threads = torch.get_num_threads()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import sketchmine
-from sketchmine.cli import main as cli
+from sketchmine.cli.main import main as cli
 from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
 from sketchmine.errors import SketchmineError
 
@@ -114,8 +114,8 @@ def test_untraceable_model_uses_replication(tmp_path, demo_model, small_test_set
 
 def test_recurrent_unit_importance(tmp_path):
     """Ablating a GRU hidden unit zeroes it in the layer's output at every step."""
-    from sketchmine.sequences import SequenceDataset
-    from sketchmine.zoo import SketchGRU
+    from sketchmine.data.sequences import SequenceDataset
+    from sketchmine.model.zoo import SketchGRU
 
     torch.manual_seed(0)
     net = SketchGRU().eval()
@@ -171,8 +171,8 @@ def test_cli_importance_reloads_the_run_and_plots(tmp_path, demo_test_set, capsy
 
 def test_residual_block_output_is_cut_and_equals_direct(tmp_path):
     """A whole BasicBlock of the embedded ResNet is ablated at its output (after the addition)."""
-    from sketchmine.models import preprocessing_for
-    from sketchmine.models import load_model
+    from sketchmine.model.models import preprocessing_for
+    from sketchmine.model.models import load_model
 
     loaded = load_model("demo-resnet")
     base = animal_shape("test", preprocessing_for(loaded))

@@ -198,7 +198,7 @@ def test_store_records_receptive_fields(reference_run, demo_model):
 def test_pending_rows_fill_preallocated_buffers():
     """The rows between flushes: skipped images get NaN logits, a longer interval than planned
     grows the buffers, and what a flush reads is exactly what was added, in order."""
-    from sketchmine.loop import _Pending
+    from sketchmine.mining.loop import _Pending
 
     rng = np.random.default_rng(5)
     block = _Pending(100, 4)

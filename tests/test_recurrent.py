@@ -10,8 +10,8 @@ from torch import nn
 import sketchmine
 from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
 from sketchmine.errors import SketchmineError
-from sketchmine.sequences import SequenceDataset, pixel_order, progressive_batch, progressive_drawing
-from sketchmine.zoo import SketchGRU
+from sketchmine.data.sequences import SequenceDataset, pixel_order, progressive_batch, progressive_drawing
+from sketchmine.model.zoo import SketchGRU
 from tests.helpers import brute_topk
 
 PRE = Preprocessing("model", 1, None, (0.2728,), (0.4056,))
@@ -157,7 +157,7 @@ def test_lstm_hidden_and_cell_states(tmp_path, seq_set):
     # the taps read the model's outputs without changing them
     np.testing.assert_allclose(np.asarray(run.store.group["eval/logits"][...]), logits.numpy(), rtol=1e-6)
     # visualized: the cell state's deconvolution is autograd from c_n through the real LSTM
-    from sketchmine.visualize import patches_of
+    from sketchmine.passes.visualize import patches_of
 
     run = sketchmine.visualize(run, ["lstm.cell", "lstm"], model=net, data=seq_set, method="gradient", max_units=2)
     _, index, _ = run.topk("lstm.cell")
@@ -227,11 +227,11 @@ def test_bad_recurrent_layers_are_refused(tmp_path, seq_set, model, layer, messa
 def test_embedded_gru_model_mined_and_ablated(tmp_path):
     """The trained CNN + GRU ('demo-gru') over the whole test split as progressive drawings:
     better than chance, and `sketchmine importance` reopens the run's sequences by itself."""
-    from sketchmine.cli import main as cli
-    from sketchmine.models import preprocessing_for
-    from sketchmine.zoo import load_embedded
+    from sketchmine.cli.main import main as cli
+    from sketchmine.model.models import preprocessing_for
+    from sketchmine.model.zoo import load_embedded
 
-    loaded = sketchmine.models.load_model("demo-gru")
+    loaded = sketchmine.load_model("demo-gru")
     assert isinstance(loaded.module, SketchGRU) and loaded.preprocessing["mean"]
     meta = load_embedded("demo-gru")[1]
     assert meta["sequence"]["steps"] == 8
@@ -250,10 +250,10 @@ def test_visualize_a_sequence_run(tmp_path):
     field of the frame at its step (fields per frame, from the graph), a hidden unit or per-step
     linear unit the drawing at the step it peaked, the softmax the last step; each deconvolution
     (gradient rule) is autograd through the real model from that unit, summed over the frames."""
-    from sketchmine.models import preprocessing_for
-    from sketchmine.visualize import patches_of
+    from sketchmine.model.models import preprocessing_for
+    from sketchmine.passes.visualize import patches_of
 
-    loaded = sketchmine.models.load_model("demo-gru")
+    loaded = sketchmine.load_model("demo-gru")
     pre = preprocessing_for(loaded)
     base = animal_shape("test", pre)
     keep = np.sort(np.concatenate([np.nonzero(base.labels() == c)[0][:4] for c in range(10)]))

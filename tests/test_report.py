@@ -14,7 +14,7 @@ from PIL import Image
 
 import sketchmine
 from sketchmine.data import ArrayDataset, export_image_folder
-from sketchmine.report import PAGE_SIZE, layer_ids, write_report
+from sketchmine.present.report import PAGE_SIZE, layer_ids, write_report
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -43,7 +43,7 @@ def runs(tmp_path_factory, folder):
     plain = sketchmine.mine("demo", folder, out=base / "plain.zarr", batch_size=36)
     vis = sketchmine.mine("demo", folder, out=base / "vis.zarr", batch_size=36,
                           layers=["features.0", "features.6", "classifier.1"])
-    importlib.import_module("sketchmine.visualize").visualize(vis, batch_size=256)
+    importlib.import_module("sketchmine.passes.visualize").visualize(vis, batch_size=256)
     return plain, vis
 
 
@@ -136,7 +136,7 @@ def refuse_models(monkeypatch) -> None:
     """Make every torch module call and every reload of a run's model or dataset fail."""
     import torch
 
-    import sketchmine.reload as reload
+    import sketchmine.passes.reload as reload
 
     def refuse(*args, **kwargs):
         raise AssertionError("the report ran a model or reopened a dataset")
@@ -226,9 +226,9 @@ def gru_run(tmp_path_factory):
     unit importance, and the first GRU_UNITS units of the time-distributed conv and the GRU
     visualized (their activation over time stored for every unit)."""
     from sketchmine.data import animal_shape
-    from sketchmine.models import preprocessing_for
-    from sketchmine.models import load_model
-    from sketchmine.sequences import SequenceDataset
+    from sketchmine.model.models import preprocessing_for
+    from sketchmine.model.models import load_model
+    from sketchmine.data.sequences import SequenceDataset
 
     base = animal_shape("test", preprocessing_for(load_model("demo-gru")))
     keep = np.sort(np.concatenate([np.nonzero(base.labels() == c)[0][:4] for c in range(10)]))
@@ -289,8 +289,8 @@ def test_report_resnet_block_and_importance_in_chromium(tmp_path, resnet_run, br
 
 def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser, no_model):
     """Steps, drawings and activation over time read from the store (visualize wrote them)."""
-    from sketchmine.traces import read_traces
-    from sketchmine.visualize import patches_of
+    from sketchmine.passes.traces import read_traces
+    from sketchmine.passes.visualize import patches_of
 
     run, ds = gru_run
     stored = read_traces(run, "gru")
@@ -383,8 +383,8 @@ def test_torchvision_googlenet_and_resnet50_in_chromium(tmp_path, imagenet_224, 
     import torch
     import torchvision
 
-    from sketchmine.deconv import deconvolve
-    from sketchmine.visualize import patches_of
+    from sketchmine.passes.deconv import deconvolve
+    from sketchmine.passes.visualize import patches_of
 
     options, layers = TORCHVISION[arch]
     torch.manual_seed(0)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import sketchmine
-from sketchmine import SketchmineError, schema
+from sketchmine import SketchmineError
+from sketchmine.store import schema
 
 LAYERS = ["features.3", "classifier.4"]
 

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import sketchmine
-from sketchmine.cli import main
+from sketchmine.cli.main import main
 from sketchmine.data import ArrayDataset, ImageFolderDataset, animal_shape, export_image_folder
 from sketchmine.errors import SketchmineError
-from sketchmine.models import preprocessing_for
-from sketchmine.sequences import SequenceDataset, background_of, pixel_order, progressive_drawing, reopen
+from sketchmine.model.models import preprocessing_for
+from sketchmine.data.sequences import SequenceDataset, background_of, pixel_order, progressive_drawing, reopen
 from tests.helpers import per_class_subset
 
 
@@ -153,7 +153,7 @@ def test_retrained_architectures_load_by_name_with_their_sidecar(folders, tmp_pa
     its JSON beside it giving the preprocessing and the drawing steps (here: the embedded
     CNN + GRU's own files, so the run must equal the 'demo-gru' spec's)."""
     from sketchmine.data import embedded_path
-    from sketchmine.models import load_model, weights_hash
+    from sketchmine.model.models import load_model, weights_hash
 
     light, _ = folders
     for arch, spec in (("sketchgru", "demo-gru"), ("sketchresnet", "demo-resnet"), ("sketchnet", "demo")):

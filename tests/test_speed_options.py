@@ -98,7 +98,7 @@ def _assert_close_run(run, baseline, layers, recall=0.95):
 
 
 def test_compile_same_topk_as_eager(baseline, small_test_set, tmp_path):
-    from sketchmine.models import load_model
+    from sketchmine.model.models import load_model
 
     net = load_model("demo").module  # one module object for both calls: a compiled graph must not keep old hooks
     run = mine(net, small_test_set, layers=LAYERS, out=tmp_path / "a.zarr", batch_size=64, compile=True)
@@ -230,7 +230,8 @@ def test_slow_overlapped_flushes_checkpoint_a_copy_and_resume_identical(small_te
 def test_failed_background_flush_is_the_stores_clear_error_and_resumes(small_test_set, tmp_path, monkeypatch):
     import errno
 
-    from sketchmine.store import RunStore, _io_errors
+    from sketchmine.store import RunStore
+    from sketchmine.store.io import io_errors
     from tests.helpers import assert_same_store
 
     kw = dict(layers=LAYERS, batch_size=20, flush_every=1)
@@ -244,7 +245,7 @@ def test_failed_background_flush_is_the_stores_clear_error_and_resumes(small_tes
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(RunStore, "write_rows", _io_errors(fail_third))  # as the store turns an OSError
+    monkeypatch.setattr(RunStore, "write_rows", io_errors(fail_third))  # as the store turns an OSError
     out = tmp_path / "run.zarr"
     with pytest.raises(SketchmineError, match=r"cannot write to .*No space left on device.*re-run"):
         mine("demo", small_test_set, out=out, **kw)

@@ -1,5 +1,5 @@
 """The store's bulk writer against Zarr's own one-array-at-a-time path: every final array
-goes through `_put_all` (one event-loop call for hundreds of arrays), so what it writes must
+goes through `put_all` (one event-loop call for hundreds of arrays), so what it writes must
 read back, through plain Zarr, exactly as `create_array(data=...)` would have stored it."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from sketchmine.store import _put_all, put_rows
+from sketchmine.store.io import put_all, put_rows
 
 DTYPES = st.sampled_from([np.float32, np.float64, np.int64, np.int32, np.uint8, np.bool_])
 
@@ -26,7 +26,7 @@ def arrays(draw) -> np.ndarray:
 @given(first=st.dictionaries(st.sampled_from(["a", "b/c", "layers/x.1/values", "layers/x.1/yx"]), arrays(),
                              min_size=1),
        second=st.dictionaries(st.sampled_from(["a", "b/c", "layers/x.1/values"]), arrays(), min_size=1))
-def test_put_all_equals_zarr_create_array_and_replaces(tmp_path_factory, first, second):
+def testput_all_equals_zarr_create_array_and_replaces(tmp_path_factory, first, second):
     """Written, then partly replaced with other shapes and dtypes (a resumed finalize): each array
     reads back equal (NaN where NaN), with the dtype, shape, fill value and codecs Zarr's
     create_array(data=...) gives it; arrays not replaced stay as they were."""
@@ -35,7 +35,7 @@ def test_put_all_equals_zarr_create_array_and_replaces(tmp_path_factory, first, 
     want = zarr.open_group(str(root / "zarr.zarr"), mode="w")
     got.create_group("layers/x.1").attrs["kept"] = 1  # an existing parent group keeps its attributes
     for batch in (first, second):
-        _put_all(got, batch)
+        put_all(got, batch)
         for key, arr in batch.items():
             want.create_array(key, data=arr, chunks=tuple(max(n, 1) for n in arr.shape), overwrite=True)
     expected = {**first, **second}
@@ -48,12 +48,12 @@ def test_put_all_equals_zarr_create_array_and_replaces(tmp_path_factory, first, 
         assert a.metadata.to_dict() == b.metadata.to_dict(), key
 
 
-def test_put_all_under_a_subgroup(tmp_path):
+def testput_all_under_a_subgroup(tmp_path):
     """Keys are relative to the group given (the checkpoint slot's case)."""
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w").create_group("_checkpoint/slot0")
     rng = np.random.default_rng(3)
     data = {"values": rng.standard_normal(40).astype(np.float32), "index": rng.integers(0, 9, 40)}
-    _put_all(g, data)
+    put_all(g, data)
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
     for key, arr in data.items():
         np.testing.assert_array_equal(root[f"_checkpoint/slot0/{key}"][...], arr)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import sketchmine
-from sketchmine.console import safe
+from sketchmine.present.console import safe
 from sketchmine.data import ArrayDataset, export_image_folder
-from sketchmine.report import MARKER, write_report
+from sketchmine.present.report import MARKER, write_report
 
 WEIRD = "\x1b[2J[bold]bear\x07"
 """A class folder name that would clear the screen, ring the bell and open rich markup."""
@@ -137,7 +137,7 @@ def test_a_killed_report_leaves_the_previous_one_and_its_leftover_is_cleaned(run
 
 
 def test_demo_refuses_a_foreign_out_before_mining(tmp_path):
-    from sketchmine.demo import DEMO_MARKER, check_demo_dir
+    from sketchmine.cli.demo import DEMO_MARKER, check_demo_dir
 
     out = tmp_path / "work"
     out.mkdir()

@@ -16,7 +16,7 @@ import sketchmine
 from sketchmine import data
 from sketchmine.data import ArrayDataset, ImageFolderDataset, Preprocessing, animal_shape, export_image_folder
 from sketchmine.errors import SketchmineError
-from sketchmine.models import preprocessing_for
+from sketchmine.model.models import preprocessing_for
 from tests.helpers import StopAfter
 
 DEMO_JSON = Path(__file__).resolve().parents[1] / "data" / "sketchnet_animal.json"

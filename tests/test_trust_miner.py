@@ -78,8 +78,8 @@ def test_k_larger_than_the_dataset_is_clamped_and_said(tmp_path, demo_model, tin
 def test_random_init_model_is_seeded_recorded_and_reloadable(tmp_path, tiny_set):
     """Case 15: a run of a randomly initialised model could never be resumed, visualized or
     ablated ("different model weights"). Now the seed is recorded and honoured."""
-    from sketchmine.models import load_model, weights_hash
-    from sketchmine.reload import run_model
+    from sketchmine.model.models import load_model, weights_hash
+    from sketchmine.passes.reload import run_model
 
     a, b, c = load_model("sketchnet"), load_model("sketchnet"), load_model("sketchnet", seed=1)
     assert a.random_init and weights_hash(a.module) == weights_hash(b.module) != weights_hash(c.module)
@@ -203,7 +203,7 @@ def test_report_refuses_a_dataset(tmp_path, tiny_set):
     """write_report(dataset=<another>) was accepted: a note inside a layer page at most. The
     report now reads the store only, so any dataset is refused, saying what to run instead."""
     from sketchmine.data import ArrayDataset
-    from sketchmine.report import write_report
+    from sketchmine.present.report import write_report
 
     run = sketchmine.mine("demo", tiny_set, out=tmp_path / "r.zarr", layers=["features.0"])
     other = ArrayDataset(tiny_set.images[:30], tiny_set.labels()[:30], tiny_set.class_names,

@@ -196,7 +196,7 @@ _SLOW_MINE = """
 import sys
 import sketchmine
 from sketchmine.data import animal_shape
-from sketchmine.models import load_model, preprocessing_for
+from sketchmine.model.models import load_model, preprocessing_for
 from tests.helpers import per_class_subset
 
 model = load_model("demo")
@@ -206,7 +206,7 @@ sketchmine.mine(model.module, ds, out=sys.argv[1], batch_size=2, flush_every=1, 
 
 
 def test_reads_while_mined_see_a_commit_or_a_clear_retry(tmp_path):
-    from sketchmine.analysis import class_stats
+    from sketchmine.results.analysis import class_stats
 
     out = tmp_path / "run.zarr"
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_MINE, str(out)], stderr=subprocess.PIPE, text=True,
@@ -254,7 +254,7 @@ def test_reads_while_mined_see_a_commit_or_a_clear_retry(tmp_path):
 
 # ---- 16: a half-written importance group ---------------------------------------------------------
 def _importance(units: int):
-    from sketchmine.importance import Importance
+    from sketchmine.passes.importance import Importance
 
     rng = np.random.default_rng(0)
     return Importance(*(rng.random(units) for _ in range(4)), attrs={"images": 300, "base_accuracy": 0.5,
@@ -262,7 +262,7 @@ def _importance(units: int):
 
 
 def test_a_half_written_importance_group_counts_as_not_computed(tmp_path, mined):
-    from sketchmine.importance import read_importance, write_importance
+    from sketchmine.passes.importance import read_importance, write_importance
 
     path = _copy(mined, tmp_path)
     run = sketchmine.open_run(path)
@@ -295,8 +295,8 @@ def test_a_half_written_importance_group_counts_as_not_computed(tmp_path, mined)
 def test_an_interrupted_importance_write_leaves_the_earlier_result_and_report_works(tmp_path, mined):
     import zarr
 
-    from sketchmine.importance import write_importance
-    from sketchmine.report import write_report
+    from sketchmine.passes.importance import write_importance
+    from sketchmine.present.report import write_report
 
     path = _copy(mined, tmp_path)
     run = sketchmine.open_run(path)
@@ -320,7 +320,7 @@ def test_an_interrupted_importance_write_leaves_the_earlier_result_and_report_wo
 
 
 def test_patches_of_a_unit_not_visualized_yet_is_an_error(tmp_path, mined, demo_model, small_test_set):
-    from sketchmine.visualize import patches_of, visualize
+    from sketchmine.passes.visualize import patches_of, visualize
 
     path = _copy(mined, tmp_path)
     visualize(path, ["classifier.4"], model=demo_model.module, data=small_test_set, max_units=10, batch_size=27)

@@ -13,8 +13,8 @@ from torch import nn
 import sketchmine
 from sketchmine import SketchmineError
 from sketchmine.data import ArrayDataset, export_image_folder
-from sketchmine.ops import crop_patches_reference
-from sketchmine.visualize import visualize
+from sketchmine.stats.ops import crop_patches_reference
+from sketchmine.passes.visualize import visualize
 from tests.helpers import StopAfter, per_class_subset
 
 LAYERS = ["features.3", "features.10", "classifier.4", "softmax"]

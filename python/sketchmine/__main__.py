@@ -1,6 +1,6 @@
 """`python -m sketchmine ...` is the CLI (also what torchrun launches)."""
 import sys
 
-from .cli import main
+from sketchmine.cli.main import main
 
 sys.exit(main())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import SketchmineError
+from sketchmine.errors import SketchmineError
 
 
 def as_device(device: str | torch.device) -> torch.device:

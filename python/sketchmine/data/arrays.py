@@ -1,0 +1,152 @@
+"""In-memory datasets: uint8 arrays (the embedded Animal-Shape set among them) and any
+torch Dataset.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from sketchmine.data.dataset import MinerDataset
+from sketchmine.data.folder import READ_ERRORS
+from sketchmine.data.preprocess import Preprocessing, chw
+from sketchmine.errors import SketchmineError
+
+
+class ArrayDataset(MinerDataset):
+    """In-memory uint8 images (N, H, W) or (N, H, W, C) with labels: the embedded data."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: list[str],
+                 preprocessing: Preprocessing, description: dict[str, Any], *, explicit: bool = True) -> None:
+        self.images, self._labels = images, labels.astype(np.int64)
+        self.class_names = list(class_names)
+        self.preprocessing = preprocessing
+        self.preprocessing_explicit = explicit
+        self._description = description
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def path(self, i: int) -> str:
+        return f"{self._description.get('name', 'array')}/{self._description.get('split', '')}/{i:05d}"
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._description)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.images).tobytes())
+        h.update(np.ascontiguousarray(self._labels).tobytes())
+        return h.hexdigest()
+
+    def image_array(self, i: int) -> tuple[np.ndarray, str]:
+        """The stored uint8 image, (H, W) or (H, W, C), and an empty note."""
+        return np.asarray(self.images[i], dtype=np.uint8), ""
+
+    def __getitem__(self, i: int):
+        return i, self.preprocessing.prepare(chw(self.image_array(i)[0])[None])[0], int(self._labels[i]), ""
+
+
+class TorchDataset(MinerDataset):
+    """Wraps a user's torch Dataset of (image tensor, int label).
+
+    Its tensors are the model input as they are (preprocessing None, recorded as null), unless
+    a preprocessing is given: `mine(..., preprocessing=<not "auto">)` or `image_size=`. Then the
+    tensors are taken as pixels, (C, H, W) or a sequence (T, C, H, W), float in [0, 1] or
+    uint8 (divided by 255), and `Preprocessing.prepare` is applied (channels, resize,
+    normalisation) and recorded; a float tensor outside [0, 1] is refused when the preprocessing
+    normalises (it looks normalised already)."""
+
+    def __init__(self, dataset: Dataset, preprocessing: Preprocessing | None = None) -> None:
+        self.dataset = dataset
+        self.class_names = list(getattr(dataset, "classes", []) or [])
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def path(self, i: int) -> str:
+        samples = getattr(self.dataset, "samples", None)
+        return str(samples[i][0]) if samples else f"#{i}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "python", "type": type(self.dataset).__name__}
+
+    def fingerprint(self) -> str:
+        """Length plus the bytes of up to 8 evenly spaced samples."""
+        n = len(self)
+        h = hashlib.sha256(f"{type(self.dataset).__name__}:{n}".encode())
+        for i in sorted({(j * (n - 1)) // 7 for j in range(8)} if n else set()):
+            x, y = self.dataset[i][:2]
+            h.update(torch.as_tensor(x).float().numpy().tobytes())
+            h.update(str(int(y)).encode())
+        return h.hexdigest()
+
+    def __getitem__(self, i: int):
+        try:
+            x, y = self.dataset[i][:2]
+        except READ_ERRORS as exc:  # the dataset's own file read failed: skip_bad_images decides
+            return i, torch.zeros(1), -1, f"error:{type(exc).__name__}: {exc}"
+        x = torch.as_tensor(x)
+        p = self.preprocessing
+        if p is None:
+            return i, x, int(y), ""
+        if x.ndim not in (3, 4):
+            raise SketchmineError(f"sample #{i} of the dataset has shape {tuple(x.shape)}; a preprocessing applies to "
+                                  "(C, H, W) images or (T, C, H, W) sequences (pass preprocessing='auto' to use the "
+                                  "tensors as they are)")
+        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+        if p.mean and x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+            raise SketchmineError(
+                f"sample #{i} of the dataset holds values in [{float(x.min()):.3g}, {float(x.max()):.3g}], not pixels in "
+                f"[0, 1], so the {p.preset!r} normalisation asked cannot be applied to it; pass preprocessing='auto' "
+                "(and no image_size) to use the tensors as they are, or yield unnormalised tensors (ToTensor())")
+        return i, (p.prepare(x[None])[0] if x.ndim == 3 else p.prepare(x)), int(y), ""
+
+
+def embedded_path(name: str) -> Path:
+    """A file shipped in data/ (package sketchmine._embedded), also from a source checkout."""
+    try:
+        p = Path(str(importlib.resources.files("sketchmine._embedded") / name))
+        if p.exists():
+            return p
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[3] / "data" / name
+
+
+def animal_shape(split: str = "test", preprocessing: Preprocessing | None = None) -> ArrayDataset:
+    """The embedded Animal-Shape silhouettes (28×28, 10 classes); split "train", "test" or "all".
+    Without `preprocessing` the images are raw pixels in [0, 1] ("none") until `mine` gives
+    them the model's preprocessing (the dataset's is not explicit)."""
+    with np.load(embedded_path("animal_shape.npz"), allow_pickle=False) as z:
+        images, labels, names, split_ids = z["images"], z["labels"], z["class_names"], z["split"]
+    if split != "all":
+        if split not in ("train", "test"):
+            raise SketchmineError(f"unknown split {split!r}; expected train, test or all")
+        keep = split_ids == (1 if split == "test" else 0)
+        images, labels = images[keep], labels[keep]
+    pre = preprocessing or Preprocessing("none", 1, None)
+    desc = {"kind": "embedded", "name": "animal_shape", "split": split}
+    return ArrayDataset(images, labels, [str(n) for n in names], pre, desc, explicit=preprocessing is not None)
+
+
+def export_image_folder(dataset: ArrayDataset, root: str | os.PathLike) -> Path:
+    """Write an in-memory dataset as PNGs in ImageFolder layout (for CLI use and tests)."""
+    root = Path(root)
+    for i in range(len(dataset)):
+        label = int(dataset.labels()[i])
+        folder = root / dataset.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(dataset.images[i])).save(folder / f"{i:05d}.png")
+    return root

@@ -1,0 +1,66 @@
+"""The miner's view of any dataset: (index, image, label, note) samples in a stable global
+order. A note is "" for a clean sample, "converted:<mode>" when an image's channel count was
+converted, and "error:<message>" for an unreadable file, so that the main process (not a
+DataLoader worker) decides whether to stop, skip or warn.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sketchmine.data.preprocess import Preprocessing
+from sketchmine.errors import SketchmineError
+
+
+class MinerDataset(Dataset):
+    """Base of the datasets the miner reads: yields (index, image, label, note)."""
+
+    preprocessing: Preprocessing | None = None
+    preprocessing_explicit: bool = True
+    """False when the preprocessing is a default nobody chose (`animal_shape()` without one):
+    `mine` then gives the dataset its own resolved preprocessing (`as_miner_dataset`)."""
+    class_names: list[str] = []
+
+    def with_preprocessing(self, preprocessing: Preprocessing) -> MinerDataset:
+        """The same images under another preprocessing (a shallow copy; this one is unchanged)."""
+        ds = copy.copy(self)
+        ds.preprocessing, ds.preprocessing_explicit = preprocessing, True
+        return ds
+
+    def path(self, i: int) -> str:
+        return f"#{i}"
+
+    def describe(self) -> dict[str, Any]:
+        """How to find this dataset again (recorded in the run for later passes)."""
+        return {"kind": "python", "type": type(self).__name__}
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def labels(self) -> np.ndarray | None:
+        """All labels without reading images, or None when only a pass can tell."""
+        return None
+
+
+def collate(batch: list[tuple[int, torch.Tensor, int, str]]):
+    """Stack samples; an unreadable image's placeholder takes the shape of the readable ones,
+    and differing image sizes raise an error that says what to do."""
+    good = [s for s in batch if not s[3].startswith("error:")]
+    shape = good[0][1].shape if good else batch[0][1].shape
+    images = []
+    for i, x, _, note in batch:
+        if note.startswith("error:"):
+            x = torch.zeros(shape)
+        elif x.shape != shape:
+            raise SketchmineError(
+                f"images differ in size: image #{batch[0][0]} is {tuple(shape)}, image #{i} is {tuple(x.shape)}; "
+                "pass --image-size (image_size=) to resize them all"
+            )
+        images.append(x)
+    # default_collate stacks into shared memory inside a worker: no extra copy on the way back
+    return (torch.tensor([s[0] for s in batch]), torch.utils.data.default_collate(images),
+            torch.tensor([s[2] for s in batch]), [s[3] for s in batch])

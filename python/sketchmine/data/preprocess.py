@@ -1,0 +1,132 @@
+"""How pixels become model inputs: the presets, the one grey conversion (luma) and the
+one resize rule every route (files, arrays, tensors) shares.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from sketchmine.errors import SketchmineError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+LUMA = (0.299, 0.587, 0.114)
+"""Colour → grey weights (ITU-R 601-2 luma, PIL's convert("L")), the one grey conversion of
+every route: `convert_channels` applies it to arrays, files and tensors alike."""
+
+
+def parse_size(value: Any, what: str) -> tuple[int | None, tuple[int, int]]:
+    """A size argument as (channels or None, (H, W)): an int S (S×S), (H, W) or (C, H, W) with
+    positive ints; anything else (zero, negative, floats, bools, other lengths) is refused, naming it."""
+    def positive(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and int(v) > 0
+
+    if positive(value):
+        return None, (int(value), int(value))
+    if isinstance(value, (tuple, list, torch.Size)) and len(value) in (2, 3) and all(positive(v) for v in value):
+        v = [int(x) for x in value]
+        return (v[0] if len(v) == 3 else None), (v[-2], v[-1])
+    raise SketchmineError(f"{what} must be a positive int S (S×S), (H, W) or (C, H, W) of positive ints; "
+                          f"got {value!r}")
+
+
+def as_size(value: Any, what: str, channels: int | None = None) -> tuple[int, int]:
+    """`parse_size`'s (H, W); a (C, H, W) whose C differs from `channels` (when known) is refused."""
+    c, hw = parse_size(value, what)
+    if c is not None and channels is not None and c != channels:
+        raise SketchmineError(f"{what} {tuple(value)} has {c} channels but the model takes {channels}; "
+                              f"pass (H, W) or ({channels}, H, W)")
+    return hw
+
+
+@dataclass
+class Preprocessing:
+    """How raw pixels become model input: resize, scale to [0, 1], normalise per channel.
+
+    preset: "imagenet", "dataset" (mean/std of this dataset, computed in one pass) or
+    "none"; mean/std hold the numbers actually used and are recorded in the run.
+    """
+
+    preset: str = "none"
+    channels: int = 3
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            self.size = as_size(self.size, "the preprocessing size", self.channels)
+
+    def same_normalisation(self, other: Preprocessing) -> bool:
+        """Same preset, channels and numbers (a "dataset" preset whose numbers one side has not
+        computed yet matches on the preset)."""
+        if (self.preset, self.channels) != (other.preset, other.channels):
+            return False
+        return not (self.mean and other.mean) or (tuple(self.mean), tuple(self.std)) == (tuple(other.mean), tuple(other.std))
+
+    def describe(self) -> str:
+        """Short human form for messages: preset, channels, numbers, size."""
+        nums = f" mean {list(self.mean)} std {list(self.std)}" if self.mean else ""
+        size = f" size {self.size[0]}×{self.size[1]}" if self.size else " size as stored"
+        return f"{self.preset!r} ({self.channels} channel(s){nums},{size})"
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., C, H, W) float in [0, 1] → normalised input."""
+        if not self.mean:
+            return x
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
+        return (x - mean) / std
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, c, H, W) float in [0, 1], any channels and size → model input (N, channels,
+        *size), normalised: what every dataset does to its images (a drawing to each frame)."""
+        if x.shape[1] != self.channels:
+            x = convert_channels(x, self.channels)
+        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+            x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", antialias=True)
+        return self.normalise(x)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = list(self.size) if self.size else None
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+def preset(name: str, channels: int, size: tuple[int, int] | None) -> Preprocessing:
+    """A named preset; "dataset" starts without numbers (see `compute_mean_std`)."""
+    if name == "imagenet":
+        mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,) * channels
+        std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,) * channels
+        return Preprocessing("imagenet", channels, size, tuple(mean), tuple(std))
+    if name in ("dataset", "none"):
+        return Preprocessing(name, channels, size)
+    raise SketchmineError(f"unknown preprocessing preset {name!r}; expected imagenet, dataset or none")
+
+
+def chw(image: np.ndarray) -> torch.Tensor:
+    """uint8 pixels (H, W) or (H, W, c) → float (c, H, W) in [0, 1] (a new tensor)."""
+    x = torch.from_numpy(np.array(image, dtype=np.uint8))
+    return (x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)).float().div_(255)
+
+
+def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(..., c, H, W) → (..., channels, H, W): grey is repeated, alpha dropped, colour made grey
+    by `LUMA` (R*0.299 + G*0.587 + B*0.114, in float: files, arrays and tensors alike; files are
+    no longer made grey by PIL, whose integer luma rounds to 8 bits)."""
+    if x.shape[-3] in (2, 4):
+        x = x[..., :-1, :, :]
+    if channels == 1:
+        if x.shape[-3] == 3:
+            w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(3, 1, 1)
+            return (x * w).sum(dim=-3, keepdim=True)
+        return x.mean(dim=-3, keepdim=True)
+    return x.expand(*x.shape[:-3], channels, -1, -1).clone() if x.shape[-3] == 1 else x[..., :channels, :, :]

@@ -1,0 +1,305 @@
+"""Mining across processes and machines with torch.distributed (torchrun, or a process
+group the caller initialised), kept out of the mining loop.
+
+The loop sees a team: which global images this process mines (`shard`), when a flush is
+a collective step (`flush_due`), how states and rows reach the writer (`gather`), and how
+rank 0's store work, and its errors, reach every rank (`on_writer`). One process is the
+trivial team `SOLO`: no copies, no communication.
+
+Sharding: the images after the committed point are cut into batches of `batch_size` in
+the global order and dealt round-robin to the ranks. At every flush the images done by
+all ranks together are then a contiguous prefix, so the store's `images_done` stays one
+number and a run interrupted under any world size resumes under any other; and each batch
+holds the same images as in a one-process run with the same batch size, so activations,
+and with them the store, are bit-identical to it. At each flush (and at the end) the
+per-rank states of every accumulator (accumulators.py) are gathered to rank 0, merged into
+copies in rank order (the top-k exactly, with the op's tie-break; float64 sums to rounding),
+and checkpointed there; only rank 0 writes.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sketchmine.errors import SketchmineError
+from sketchmine.results.run import Run
+from sketchmine.store.runstore import RunStore, is_run
+
+if TYPE_CHECKING:
+    from sketchmine.stats.accumulators import Accumulator
+
+T = TypeVar("T")
+_OWNED = False  # True when sketchmine initialised the process group itself (torchrun env)
+_CHECKS = {"dataset_fingerprint": "dataset", "model": "model", "weights_sha256": "model weights",
+           "layer_names": "layers", "k": "k", "preprocessing_key": "preprocessing",
+           "forward_options": "forward options", "logits": "logits setting", "batch_size": "batch size",
+           "flush_every": "flush interval"}
+
+
+class Solo:
+    """One process: every image, every flush, the store written in place."""
+
+    rank, size, writes = 0, 1, True
+
+    def progress(self, progress: Any) -> Any:
+        return progress
+
+    def check_same(self, want: dict[str, Any]) -> None:
+        return None
+
+    def on_writer(self, fn: Callable[[], T], share: bool = True) -> T:
+        return fn()
+
+    def store(self, open_store: Callable[[], RunStore]) -> RunStore:
+        return open_store()
+
+    def shard(self, done: int, n: int, batch_size: int) -> Sequence[int]:
+        return range(done, n)
+
+    def flush_due(self, batches: int) -> bool:
+        return True
+
+    def gather(self, accs: list[Accumulator], pending: Any, bad: list[dict[str, Any]],
+               converted: dict[str, int]) -> tuple[list[Accumulator], Any]:
+        return accs, pending
+
+    def result(self, store: RunStore) -> Run:
+        return Run(store)
+
+
+SOLO = Solo()
+
+
+def team(device: torch.device) -> tuple[Solo | Group, torch.device]:
+    """The team for this process and the device it mines on.
+
+    A process group the caller initialised is used as it is; WORLD_SIZE > 1 (torchrun)
+    initialises one here, gloo for CPU and nccl for CUDA (cuda = cuda:LOCAL_RANK).
+    """
+    global _OWNED
+    if not dist.is_available():
+        return SOLO, device
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return SOLO, device
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        except (ValueError, RuntimeError) as exc:
+            raise SketchmineError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but the process group cannot "
+                                  f"start ({str(exc).splitlines()[0]}); launch with torchrun") from None
+        _OWNED = True
+    if dist.get_world_size() == 1:
+        return SOLO, device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    return Group(), device
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def close() -> None:
+    """Shut down the process group if sketchmine started it (end of a CLI run)."""
+    global _OWNED
+    if _OWNED and dist.is_initialized():
+        dist.destroy_process_group()
+    _OWNED = False
+
+
+class _Strided(Sequence[int]):
+    """Global indices of one rank's batches: batch j of rank r is global batch j*size + r."""
+
+    def __init__(self, done: int, n: int, batch_size: int, rank: int, size: int) -> None:
+        self.done, self.n, self.b, self.rank, self.size = done, n, batch_size, rank, size
+        batches = math.ceil((n - done) / batch_size)
+        mine = range(rank, batches, size)
+        self.length = len(mine) * batch_size
+        if mine and mine[-1] == batches - 1:  # the last global batch may be short
+            self.length -= batches * batch_size - (n - done)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        j, off = divmod(i, self.b)
+        return self.done + (j * self.size + self.rank) * self.b + off
+
+
+class _RemoteStore:
+    """The run as ranks other than 0 see it: the attributes rank 0 read at the start, and no
+    checkpoint (their states start empty; rank 0's holds the committed images). No writes."""
+
+    def __init__(self, path: Path, attrs: dict[str, Any]) -> None:
+        self.path, self.attrs = path, attrs
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        return dict(self.attrs["progress"])
+
+    def read_checkpoint_state(self, key: str) -> None:
+        return None
+
+
+class _Muted:
+    """Progress of ranks other than 0: they say nothing (rank 0 reports for everyone)."""
+
+    def start(self, total: int, done: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class _Counted:
+    """Rank 0's progress counting every rank's images (all ranks mine one batch per step)."""
+
+    def __init__(self, inner: Any, size: int) -> None:
+        self.inner, self.size, self.total, self.done = inner, size, 0, 0
+
+    def start(self, total: int, done: int) -> None:
+        self.total, self.done = total, done
+        self.inner.start(total, done)
+
+    def advance(self, n: int) -> None:
+        step = max(min(n * self.size, self.total - self.done), 0)
+        self.done += step
+        self.inner.advance(step)
+
+    def note(self, message: str) -> None:
+        self.inner.note(message)
+
+
+class Group:
+    """This process's place in an initialised torch.distributed process group."""
+
+    def __init__(self) -> None:
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.writes = self.rank == 0
+        self._steps = 0
+
+    def progress(self, progress: Any) -> Any:
+        return _Counted(progress, self.size) if self.writes else _Muted()
+
+    def check_same(self, want: dict[str, Any]) -> None:
+        """Refuse a world whose ranks see different data, models or settings (on every rank)."""
+        everyone: list[Any] = [None] * self.size
+        dist.all_gather_object(everyone, want)
+        ref = everyone[0]
+        for rank, theirs in enumerate(everyone[1:], 1):
+            diffs = [label for key, label in _CHECKS.items() if theirs.get(key) != ref.get(key)]
+            if diffs:
+                fp = ""
+                if "dataset" in diffs:
+                    fp = (f" (dataset fingerprint {str(theirs.get('dataset_fingerprint'))[:12]}… vs "
+                          f"{str(ref.get('dataset_fingerprint'))[:12]}…)")
+                raise SketchmineError(f"rank {rank} sees a different {' and '.join(diffs)} than rank 0{fp}; "
+                                      "every rank must mine the same dataset with the same model and settings")
+
+    def on_writer(self, fn: Callable[[], T], share: bool = True) -> T:
+        """Run `fn` on rank 0; its result (when `share`) or its error reaches every rank."""
+        message, result, error = None, None, None
+        if self.writes:
+            try:
+                result = fn()
+            except BaseException as exc:  # every rank must leave the collective below
+                error = exc
+                message = str(exc) if isinstance(exc, SketchmineError) else f"{type(exc).__name__}: {exc}"
+        box = [(message, result if share else None)]
+        dist.broadcast_object_list(box, src=0)
+        if error is not None:
+            raise error
+        message, shared = box[0]
+        if message is not None:
+            raise SketchmineError(f"rank 0 stopped: {message}")
+        return result if self.writes else shared  # type: ignore[return-value]
+
+    def store(self, open_store: Callable[[], RunStore]) -> RunStore | _RemoteStore:
+        """Rank 0 opens (or creates) the run; the others get its attributes."""
+        opened: list[RunStore] = []
+
+        def run() -> dict[str, Any]:
+            opened.append(open_store())
+            return {"path": str(opened[0].path), "attrs": opened[0].attrs}
+
+        info = self.on_writer(run)
+        return opened[0] if self.writes else _RemoteStore(Path(info["path"]), info["attrs"])
+
+    def shard(self, done: int, n: int, batch_size: int) -> Sequence[int]:
+        batches = math.ceil((n - done) / batch_size)
+        self._steps = math.ceil(batches / self.size)
+        return _Strided(done, n, batch_size, self.rank, self.size)
+
+    def flush_due(self, batches: int) -> bool:
+        """A flush is collective: only at steps every rank reaches (not the last one)."""
+        return batches < self._steps
+
+    def gather(self, accs: list[Accumulator], pending: Any, bad: list[dict[str, Any]],
+               converted: dict[str, int]) -> tuple[list[Accumulator], Any]:
+        """Rank 0: merged copies of all ranks' accumulators (rank 0's, then 1, 2, ... folded in),
+        and their rows since the last flush in global order; bad-image records and conversion
+        counts move to rank 0's lists. Other ranks keep their own accumulators (a copy is
+        merged, so nothing is counted twice at the next flush)."""
+        mine = (None if self.writes else [acc.state() for acc in accs], _rows(pending),
+                [] if self.writes else list(bad), {} if self.writes else dict(converted))
+        everyone: list[Any] | None = [None] * self.size if self.writes else None
+        dist.gather_object(mine, everyone, dst=0)
+        if not self.writes:
+            bad.clear()
+            converted.clear()
+            return accs, pending
+        assert everyone is not None
+        merged = [copy.deepcopy(acc) for acc in accs]
+        for i, (acc, into) in enumerate(zip(accs, merged)):
+            other = copy.deepcopy(acc)  # restored from each rank's state in turn
+            for theirs in everyone[1:]:
+                other.restore(theirs[0][i])
+                into.merge(other)
+        for theirs in everyone[1:]:
+            bad.extend(theirs[2])
+            for mode, count in theirs[3].items():
+                converted[mode] = converted.get(mode, 0) + count
+        bad[:] = sorted({b["index"]: b for b in bad}.values(), key=lambda b: b["index"])  # committed ones once
+        return merged, _merged_rows(pending, [e[1] for e in everyone])
+
+    def result(self, store: RunStore | _RemoteStore) -> Run | None:
+        """The finished run on every rank (called after rank 0 finished writing); ranks that
+        cannot see rank 0's store path (another machine, no shared filesystem) get None."""
+        if self.writes:
+            return Run(store)  # type: ignore[arg-type]
+        return Run(RunStore.open(store.path)) if is_run(Path(store.path)) else None
+
+
+def _rows(pending: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(global index, logits or None, labels) of one rank's rows since the last flush."""
+    return pending.index_rows().copy(), pending.logit_rows(), pending.label_rows().copy()
+
+
+def _merged_rows(pending: Any, parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]) -> Any:
+    """All ranks' rows as one pending block in global order (a contiguous range)."""
+    index = np.concatenate([p[0] for p in parts])
+    if not len(index):
+        return type(pending).of(pending.start, index, index, None)
+    order = np.argsort(index, kind="stable")
+    start = int(index[order[0]])
+    if not np.array_equal(index[order], np.arange(start, start + len(index))):
+        raise RuntimeError(f"ranks' rows do not form one block of images from {start}: a sharding bug")
+    logits = None
+    widths = {p[1].shape[1] for p in parts if p[1] is not None}
+    if widths:
+        w = widths.pop()
+        logits = np.concatenate([p[1] if p[1] is not None else np.full((len(p[0]), w), np.nan, np.float32)
+                                 for p in parts])[order]
+    labels = np.concatenate([p[2] for p in parts])[order]
+    return type(pending).of(start, index[order], labels, logits)

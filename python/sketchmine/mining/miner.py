@@ -1,0 +1,319 @@
+"""The streaming pass, orchestrated: `mine` resolves the model, dataset, layers and options,
+opens (or resumes) the run store, and hands the batch loop (loop.py) to the accumulators.
+
+One pass over the dataset in its stable order; every `flush_every` batches every
+accumulator's state is checkpointed so that re-running the same call resumes and ends
+identical to an uninterrupted run (the top-k order is total, so results do not depend on
+where the pass was cut, nor on batch size).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sketchmine import __version__
+from sketchmine.data import (
+    ArrayDataset,
+    ImageFolderDataset,
+    MinerDataset,
+    Preprocessing,
+    as_miner_dataset,
+    as_size,
+    compute_mean_std,
+    sequences,
+)
+from sketchmine.device import as_device
+from sketchmine.errors import SketchmineError
+from sketchmine.mining import distributed
+from sketchmine.mining.loop import run_pass
+from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts
+from sketchmine.model.forward import TorchForward, as_forward, probe
+from sketchmine.model.models import LoadedModel, load_model, preprocessing_for
+from sketchmine.model.taps import SOFTMAX
+from sketchmine.progress import Progress, Silent
+from sketchmine.results.run import Run
+from sketchmine.store.runstore import RunLock, RunStore, is_run
+
+
+def _model_spec(model: nn.Module | str, weights: str | os.PathLike | None, seed: int | None = None) -> dict[str, Any]:
+    """How a later pass (visualize, importance) can load the model again: the spec string
+    and weights file as absolute paths, or None for an in-memory module (it must be passed);
+    the seed of a randomly initialised model."""
+    if isinstance(model, nn.Module):
+        return {"spec": None, "weights": None}
+    spec = str(model)
+    if Path(spec).exists():
+        spec = str(Path(spec).resolve())
+    record = {"spec": spec, "weights": str(Path(weights).resolve()) if weights else None}
+    return record if seed is None else {**record, "seed": int(seed)}
+
+
+def _resolve_preprocessing(loaded: LoadedModel, preprocessing: str | Preprocessing,
+                           image_size: Any) -> tuple[Preprocessing, bool]:
+    """`mine`'s preprocessing= and image_size= as one Preprocessing, and whether its preset was
+    chosen (anything but "auto"); see `data.as_miner_dataset` for how every dataset kind takes it."""
+    if isinstance(preprocessing, str):
+        return preprocessing_for(loaded, preprocessing, image_size), preprocessing != "auto"
+    if image_size is not None:
+        size = as_size(image_size, "image_size", preprocessing.channels)
+        if preprocessing.size is not None and tuple(preprocessing.size) != size:
+            raise SketchmineError(f"image_size {size} conflicts with the size {tuple(preprocessing.size)} of the "
+                                  "Preprocessing passed; give one of them")
+        preprocessing = dataclasses.replace(preprocessing, size=size)
+    return preprocessing, True
+
+
+def _first_readable(ds: MinerDataset, limit: int = 64) -> torch.Tensor:
+    for i in range(min(len(ds), limit)):
+        _, x, _, note = ds[i]
+        if not note.startswith("error:"):
+            return x
+    raise SketchmineError(f"none of the first {limit} images of the dataset can be read")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version  # the store alone imports zarr
+
+    return {"sketchmine": __version__, "torch": torch.__version__, "zarr": version("zarr"),
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _as_sequences(ds: MinerDataset, loaded: LoadedModel, steps: int | None, ink: str) -> MinerDataset:
+    """`ds` as progressive drawings when `steps` asks for them, or, with steps=None, when the
+    model was trained on them (its recorded steps) and `ds` holds images; else `ds` unchanged."""
+    recorded = loaded.sequence or {}
+    sequences.check_ink(ink)
+    if steps is None and (not recorded or not isinstance(ds, (ArrayDataset, ImageFolderDataset))):
+        if ink != "auto":
+            raise SketchmineError(f"ink={ink!r} applies to progressive drawings, and none are made here (no steps "
+                                  "given, and the model records none); pass steps=T (--steps T) or leave ink='auto'")
+        return ds  # single images, or the caller's own dataset (of sequences already, presumably)
+    if steps is None:
+        steps = sequences.recorded_steps(recorded, f"model {loaded.model_id}'s training")
+    return sequences.progressive(ds, steps, ink)
+
+
+def mine(
+    model: nn.Module | str,
+    dataset: Any,
+    layers: list[str] | None = None,
+    k: int = 9,
+    out: str | os.PathLike = "run.zarr",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    *,
+    weights: str | os.PathLike | None = None,
+    preprocessing: str | Preprocessing = "auto",
+    image_size: int | tuple[int, ...] | None = None,
+    num_workers: int = 0,
+    flush_every: int = 50,
+    skip_bad_images: bool = False,
+    progress: Progress | None = None,
+    logits: bool = True,
+    channels_last: bool = False,
+    autocast: str | None = None,
+    compile: bool = False,
+    prefetch_factor: int | None = None,
+    pin_memory: bool | None = None,
+    overlap_flushes: bool = True,
+    steps: int | None = None,
+    ink: str = "auto",
+    seed: int | None = None,
+) -> Run:
+    """Stream `dataset` through `model` once and keep the top-k images of every unit.
+
+    model: nn.Module, torchvision name, 'demo', checkpoint path, or .onnx file (ONNX Runtime).
+    dataset: torch Dataset of (image, label), an ImageFolder directory, or a sketchmine dataset.
+    preprocessing ("auto": the model's recorded normalisation, else ImageNet's; "model",
+    "imagenet", "dataset", "none", or a Preprocessing) and image_size (int, (H, W) or (C, H, W))
+    resolve to one Preprocessing, which is what the model sees and what the run records, for
+    every dataset kind (data.as_miner_dataset): a folder is read with it; a sketchmine dataset
+    built without one (animal_shape()) takes it; one built with its own keeps it, and a chosen
+    preset or size that differs is an error; a torch Dataset's tensors are used as they are
+    under "auto" (resized when image_size is given), and a chosen preset is applied to them as
+    pixels in [0, 1] (data.TorchDataset). The model's output count must equal the dataset's
+    class count (unless logits=False or the dataset names no classes).
+    layers: qualified module names (None = every conv, linear and softmax). Re-running on an
+    unfinished `out` resumes. Under torch.distributed (or torchrun) each rank mines a shard and
+    rank 0 writes the store (see distributed.py).
+    Opt-in speed options (torch models only): logits=False ends each forward pass after the
+    deepest tapped layer (no logits, predictions or accuracy; not with the softmax layer);
+    channels_last=True runs model and batches in channels-last memory format; autocast="bf16"
+    or "fp16" runs the forward under torch.autocast (activations are cast to float32 for top-k);
+    compile=True runs each forward through torch.compile (see forward.TorchForward._open_compiled).
+    Loading: num_workers DataLoader processes, each `prefetch_factor` batches ahead (workers
+    only; torch's default 2); pin_memory (None: pinned when the device is CUDA).
+    overlap_flushes=False writes each periodic checkpoint in the loop instead of on a
+    background thread while the next batches compute (the default; same store either way).
+    Sequences (CNN + recurrent models): steps=T shows each image to the model as a progressive
+    drawing of T frames (sequences.py; `ink` says which pixels are ink: "light" on black,
+    "dark" on white, or "auto" per image); None takes the steps a model was trained with
+    when it records them (the embedded 'demo-gru'), else single images.
+    seed: how a model named without weights (a torchvision name, 'sketchnet') is initialised
+    (None: 0), recorded in the run so later passes rebuild the same random weights; refused
+    for any other model. weights: refused for a model that carries its own (module, checkpoint,
+    embedded). ink: refused unless drawings are made (steps, or a model trained on them).
+    k larger than the dataset is clamped to its size (said once).
+    """
+    check_counts(k=k, batch_size=batch_size, flush_every=flush_every, num_workers=num_workers)
+    team, device = distributed.team(as_device(device))  # one process unless torch.distributed says otherwise
+    progress = team.progress(progress or Silent())
+    loaded = load_model(model, weights, seed=seed)
+    if loaded.random_init:
+        progress.note(f"{loaded.model_id} has random weights (initialised from seed {seed or 0}; no --weights given): "
+                      "its units show what an untrained network responds to")
+    net, model_id = loaded.module, loaded.model_id
+    forward = as_forward(net)
+    preprocessing, chosen = _resolve_preprocessing(loaded, preprocessing, image_size)
+    ds = _as_sequences(as_miner_dataset(dataset, preprocessing, chosen=chosen), loaded, steps, ink)
+    skipped = getattr(getattr(ds, "base", ds), "skipped_note", None)
+    if skipped is not None and skipped():
+        progress.note(skipped())
+    if len(ds) == 0:
+        raise SketchmineError("the dataset is empty")
+    if k > len(ds):
+        progress.note(f"k={k} is more than the {len(ds)} images of the dataset: keeping k={len(ds)}")
+        k = len(ds)
+    if layers is not None and not list(layers):
+        raise SketchmineError("layers=[] names no layer to mine; pass layer names, or None for every conv, "
+                              "linear and softmax layer")
+    names = forward.resolve_layers(layers)
+    if not logits and layers is None:  # the default layers without the virtual softmax (it needs the logits)
+        names = [n for n in names if n != SOFTMAX]
+    load = LoadOptions.checked(batch_size, num_workers, prefetch_factor, pin_memory)
+    speed = SpeedOptions.checked(torch_model=isinstance(forward, TorchForward), logits=logits,
+                                 softmax_mined=SOFTMAX in names, channels_last=channels_last, autocast=autocast,
+                                 compile=compile, overlap_flushes=overlap_flushes)
+    out = Path(out)
+    existing = team.writes and is_run(out)  # only rank 0 reads or writes the store
+    store = RunStore.open(out, mode="r+") if existing else None
+    pre = ds.preprocessing
+    _dataset_normalisation(ds, store, load, progress)
+    want = {
+        "model": model_id,
+        "weights_sha256": forward.weights_hash(),
+        "layer_names": names,
+        "k": k,
+        "dataset_fingerprint": ds.fingerprint(),
+        "preprocessing_key": _preprocessing_key(pre),
+        "forward_options": speed.forward_options(),
+    }
+    team.check_same({**want, "logits": logits, "batch_size": batch_size, "flush_every": flush_every})
+    # before the model is touched (and again under the lock); a refusal on rank 0 reaches every rank
+    team.on_writer(lambda: _check_resumable(store, want, logits) if store is not None else None)
+    forward.to(device)
+    if compile:
+        forward.compile = True
+    first = _first_readable(ds)
+    spec, num_classes = probe(forward, names, first[None].to(device))
+    if logits and num_classes is not None and ds.class_names and num_classes != len(ds.class_names):
+        raise SketchmineError(f"the model has {num_classes} outputs but the dataset has {len(ds.class_names)} classes "
+                              f"({', '.join(ds.class_names[:5])}{', …' if len(ds.class_names) > 5 else ''}): its "
+                              "predictions would be scored against other labels. Pass the model trained on these "
+                              "classes, or logits=False (--no-logits) to mine the layers without predictions")
+    if not logits:
+        forward.stop_after = forward.order[-1]
+        num_classes = None
+
+    lock = RunLock(out)
+
+    def open_store() -> RunStore:
+        """Rank 0's store, locked before the run is read or created: an existing run checked
+        against this call, or a new one (laid out aside and renamed into place, see
+        RunStore.create). A second `mine` started at once on the same --out is refused while
+        this one holds the lock, and finds the run whole afterwards."""
+        lock.acquire()
+        if is_run(out):  # read afresh under the lock: another writer may have created it or moved it on
+            current = RunStore.open(out, mode="r+")
+            _check_resumable(current, want, logits)
+            recorded = current.attrs.get("preprocessing") or {}
+            if store is None and pre is not None and pre.preset == "dataset" and recorded.get("mean"):
+                pre.mean, pre.std = tuple(recorded["mean"]), tuple(recorded["std"])  # created meanwhile
+            # a crash can lose the newest writes: start before them (a complete run has no checkpoint left)
+            damaged = None if current.progress.get("complete") else current.resume_from_intact()
+            if damaged:
+                progress.note(damaged)
+            return current
+        fields = forward.fields(tuple(first.shape), progress) if first.ndim >= 3 else {}
+        labels = ds.labels()
+        attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
+                 "model_spec": _model_spec(model, weights, (seed or 0) if loaded.random_init else None),
+                 "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
+                 "versions": _versions(), "bad_images": []}
+        if not logits:  # recorded only when set, so default runs keep their attributes
+            attrs["logits"] = False
+        return RunStore.create(out, attrs, len(ds), ds.class_names, ds.path, labels,
+                               row_chunk=batch_size * flush_every,  # a flush writes whole new chunks
+                               layers={l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
+                                                "receptive_field": fields.get(l.name, fields.get("*"))}
+                                       for l in spec})
+
+    if channels_last:  # the caller's module gets its memory format back whatever happens
+        forward.net.to(memory_format=torch.channels_last)
+    try:
+        run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
+        return run_pass(run_store, forward, ds, spec, k, device, load, speed, flush_every, skip_bad_images,
+                        progress, needs_labels=ds.labels() is None, team=team)
+    finally:
+        lock.release()
+        if channels_last:
+            forward.net.to(memory_format=torch.contiguous_format)
+
+
+def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, load: LoadOptions, progress: Progress) -> None:
+    """Fill in the "dataset" preset's mean and std: the ones a resumed run recorded, else one
+    pass over the images (of a drawing's base dataset: its frames are those images, partly drawn)."""
+    pre = ds.preprocessing
+    if pre is None or pre.preset != "dataset" or pre.mean:
+        return
+    recorded = store.attrs.get("preprocessing") if store else None
+    if recorded and recorded.get("mean"):
+        pre.mean, pre.std = tuple(recorded["mean"]), tuple(recorded["std"])
+    else:
+        progress.note("computing the dataset mean and std (one pass)")
+        pre.mean, pre.std = compute_mean_std(getattr(ds, "base", ds), load.batch_size, load.num_workers)
+
+
+def _short(value: Any) -> Any:
+    """A long value (a fingerprint, a hash) cut for a message."""
+    return (str(value)[:16] + "…") if isinstance(value, str) and len(value) > 20 else value
+
+
+def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> None:
+    """Refuse to resume a run mined with another model, weights, layers, k, dataset,
+    preprocessing or logits setting, naming each difference."""
+    attrs, diffs = current.attrs, []
+    checks = [("model", "model id"), ("weights_sha256", "model weights"), ("layer_names", "layers"),
+              ("k", "k"), ("dataset_fingerprint", "dataset"), ("preprocessing_key", "preprocessing")]
+    # runs that predate the record of forward options were mined with the plain forward
+    options = attrs.get("forward_options") or SpeedOptions().forward_options()
+    checks += [(f"forward_options.{o}", f"forward option {o}") for o in want["forward_options"]]
+    attrs = {**attrs, **{f"forward_options.{o}": v for o, v in options.items()}}
+    want = {**want, **{f"forward_options.{o}": v for o, v in want["forward_options"].items()}}
+    for key, label in checks:
+        a, b = attrs.get(key), want.get(key)
+        if a != b:
+            diffs.append(f"{label} (run: {_short(a)}, now: {_short(b)})")
+    if attrs.get("logits", True) != logits:
+        diffs.append(f"logits (run: {attrs.get('logits', True)}, now: {logits})")
+    if diffs:
+        raise SketchmineError(f"cannot resume {current.path}: it was mined with a different " + "; ".join(diffs)
+                              + ". Use another --out for a new run")
+
+
+def _preprocessing_key(pre: Preprocessing | None) -> str | None:
+    """What the resume check compares of the preprocessing: preset, channels, size and the
+    numbers (a "dataset" preset's numbers are the run's own, taken on resume)."""
+    if pre is None:
+        return None
+    numbers = "" if not pre.mean else "/" + ",".join(f"{v:.9g}" for v in (*pre.mean, *pre.std))
+    return f"{pre.preset}/{pre.channels}/{pre.size}{numbers}"
+
+

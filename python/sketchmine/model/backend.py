@@ -1,0 +1,94 @@
+"""What every model backend meets: the `Forward` protocol (how a pass runs a model and reads
+its layers), the `Layer` a probe returns, the `LoadedModel` that `load_model` hands out, and
+an explicit registry from a loaded model's type to its Forward.
+
+The backends are implementations below nothing but this module: forward.TorchForward (a
+torch module read by Taps hooks) and onnx_backend.OnnxModel (an ONNX Runtime session). Each
+registers itself here (`register_backend`); callers ask `as_forward(model)` and never probe
+a model for methods. Imports run one way: models -> {forward, onnx_backend} -> backend.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from sketchmine.errors import SketchmineError
+from sketchmine.progress import Progress
+
+
+@dataclass
+class Layer:
+    """A tapped layer as the pass sees it: units, grid, kind and the tap's layout attrs."""
+
+    name: str
+    channels: int
+    spatial: tuple[int, ...]
+    kind: str
+    attrs: dict[str, Any] = field(default_factory=dict)  # how the tap read it (taps.Taps.layouts)
+
+
+class Forward(Protocol):
+    """A model as the pass sees it, whatever runs it: `open` yields a callable that runs one
+    batch, hands each tapped layer's output to `on_output(name, t)` and returns the logits.
+    Implemented by forward.TorchForward and onnx_backend.OnnxModel."""
+
+    def resolve_layers(self, layers: list[str] | None) -> list[str]: ...
+    def weights_hash(self) -> str: ...
+    def input_channels(self, default: int = 3) -> int: ...
+    def to(self, device: torch.device) -> Any: ...
+    def kind(self, name: str) -> str: ...
+    def fields(self, sample: tuple[int, ...], progress: Progress) -> dict[str, Any]: ...
+    def shapes(self, layers: list[str], x: torch.Tensor
+               ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]: ...
+    def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]
+             ) -> AbstractContextManager[Callable[[torch.Tensor], torch.Tensor]]: ...
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model (an eval-mode nn.Module, or a registered backend's model such as an
+    onnx_backend.OnnxModel), its id for resume checks, the normalisation it was trained with
+    when the checkpoint records one ({"mean": [...], "std": [...]}), and the progressive
+    drawings it was trained on, if any ({"transform": ..., "steps": T})."""
+
+    module: Any
+    model_id: str
+    preprocessing: dict[str, Any] | None = None
+    sequence: dict[str, Any] | None = None
+    random_init: bool = False  # built by name without weights (initialised from a seed)
+
+
+_BACKENDS: dict[type, Callable[[Any], Forward]] = {}
+
+
+def register_backend(model_type: type, wrap: Callable[[Any], Forward]) -> None:
+    """Declare how a loaded model of `model_type` (or a subclass) is run: `wrap(model)`."""
+    _BACKENDS[model_type] = wrap
+
+
+def as_forward(model: Any) -> Forward:
+    """The model as a pass runs it, by its registered type (nearest class in its MRO)."""
+    for cls in type(model).__mro__:
+        if cls in _BACKENDS:
+            return _BACKENDS[cls](model)
+    raise SketchmineError(f"no backend runs a {type(model).__name__}; expected a torch.nn.Module or an "
+                          "ONNX model (a path ending in .onnx)")
+
+
+def weights_hash(model: Any) -> str:
+    """The model's weights identity (sha256), as its backend computes it."""
+    return as_forward(model).weights_hash()
+
+
+def input_channels(model: Any, default: int = 3) -> int:
+    """Channel count the model takes, as its backend reads it (default when it cannot)."""
+    return as_forward(model).input_channels(default)
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    """Element 0 of a tuple/list output (the logits of a model returning extras), else `out`."""
+    return out[0] if isinstance(out, (tuple, list)) else out

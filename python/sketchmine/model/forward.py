@@ -1,0 +1,174 @@
+"""The torch backend: a torch module read by Taps hooks during its own forward (eager,
+stopped early, or torch.compile'd), registered in backend.py as the Forward of every
+nn.Module. Also the probe that learns each tapped layer's shape from one forward (any
+backend), and the receptive fields recorded for the store.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from sketchmine.errors import SketchmineError
+from sketchmine.model import cut
+from sketchmine.model.backend import Forward, Layer, as_forward, first_tensor, register_backend
+from sketchmine.model.receptive_field import module_input_channels, receptive_fields
+from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
+from sketchmine.progress import Progress
+
+__all__ = ["Forward", "Layer", "TorchForward", "as_forward", "fields_attrs", "module_weights_hash", "probe"]
+
+
+def module_weights_hash(model: nn.Module) -> str:
+    """sha256 over the names, shapes and bytes of every parameter and buffer."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy; 0-dim ok
+    return h.hexdigest()
+
+
+class TorchForward:
+    """The torch path: Taps hooks read the tapped modules during the module's own forward."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+        self.order: list[str] = []  # tapped layers in call order, from the probe
+        self.stop_after: str | None = None  # a tapped layer: end each forward right after it (logits=False)
+        self.compile = False  # run each forward as a torch.compile graph (see _open_compiled)
+        self.layouts: dict[str, dict[str, Any]] = {}  # how each tap read its module, from the probe
+
+    def resolve_layers(self, layers: list[str] | None) -> list[str]:
+        return resolve_layers(self.net, layers)
+
+    def weights_hash(self) -> str:
+        return module_weights_hash(self.net)
+
+    def input_channels(self, default: int = 3) -> int:
+        return module_input_channels(self.net, default)
+
+    def to(self, device: torch.device) -> nn.Module:
+        return self.net.to(device)
+
+    def kind(self, name: str) -> str:
+        return layer_kind(self.net, name)
+
+    def fields(self, sample: tuple[int, ...], progress: Progress) -> dict[str, Any]:
+        return fields_attrs(self.net, sample, progress)
+
+    def shapes(self, layers: list[str], x: torch.Tensor
+               ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]:
+        """Tapped output shapes (no batch dim), the output, and how each tap read its module."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        record = lambda n, t: shapes.setdefault(n, tuple(t.shape[1:]))  # noqa: E731
+        with torch.inference_mode(), Taps(self.net, layers, record) as taps:
+            out = _shape_forward(self.net, x)
+        self.order, self.layouts = list(shapes), taps.layouts
+        return shapes, out, taps.layouts
+
+    @contextlib.contextmanager
+    def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):
+        if self.compile:
+            with self._open_compiled(layers, on_output) as run:
+                yield run
+            return
+        with Taps(self.net, layers, on_output):  # the taps' hooks first: the stop comes after them
+            if self.stop_after is None:
+                yield lambda x: first_tensor(self.net(x))
+                return
+            with cut.stop_after(self.net, self.stop_after) as run:
+                yield run
+
+    @contextlib.contextmanager
+    def _open_compiled(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):
+        """compile=True: the whole forward, taps included, as one torch.compile graph.
+
+        torch.compile traces forward hooks into the graph; traced, the top-k bookkeeping
+        (the compiled op, .item(), bincount) would split it into many small graphs. So the
+        taps only copy each tapped output out of the graph (a copy: an in-place op after the
+        module, ReLU(inplace=True), would otherwise change it) and `on_output` runs on the
+        copies, eagerly and in call order, after the forward. The cost: a batch's tapped
+        outputs are all alive at once. Hooks are guarded (dynamo skips that by default), so a
+        compiled graph is never reused with another call's hooks: a new set recompiles.
+        logits=False still computes the whole forward (an exception cannot end a graph
+        early); the logits are dropped."""
+        from torch._dynamo.exc import BackendCompilerFailed
+        from torch._inductor.exc import InductorError
+
+        captured: list[tuple[str, torch.Tensor]] = []
+        net = torch.compile(self.net, dynamic=False)  # static shapes: a shorter last batch compiles once more
+
+        def run(x: torch.Tensor) -> torch.Tensor | None:
+            captured.clear()
+            try:
+                out = first_tensor(net(x))
+            except (BackendCompilerFailed, InductorError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise SketchmineError(f"torch.compile failed: {first[:300]}; on CPU it needs a C++ compiler (g++ "
+                                      "or clang), on CUDA Triton. Mine without --compile (compile=False)") from None
+            for name, t in captured:
+                on_output(name, t)
+            return out if self.stop_after is None else None
+
+        with Taps(self.net, layers, lambda name, t: captured.append((name, t.clone()))) as taps, \
+                torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+            taps.layouts.update(self.layouts)  # as after a first batch: the second does not recompile
+            yield run
+
+
+register_backend(nn.Module, TorchForward)
+
+
+def probe(forward: Forward, layers: list[str], x: torch.Tensor) -> tuple[list[Layer], int | None]:
+    """Shapes of the tapped outputs and the logit count, from one forward pass."""
+    try:
+        shapes, out, layouts = forward.shapes(layers, x)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SketchmineError(f"the model cannot take input of shape {tuple(x.shape[1:])}: {first}; "
+                              "resize the images with --image-size (image_size=)") from None
+    num_classes = int(out.shape[1]) if out.ndim == 2 else None
+    if SOFTMAX in layers:
+        if num_classes is None:
+            raise SketchmineError(f"layer 'softmax' needs (N, classes) logits; the model returns {tuple(out.shape)}")
+        shapes[SOFTMAX] = (num_classes,)
+    result = []
+    for name in layers:
+        if name not in shapes:
+            raise SketchmineError(f"layer {name!r} was not called during the forward pass; it cannot be tapped")
+        shape = shapes[name]
+        result.append(Layer(name, shape[0], tuple(shape[1:]), forward.kind(name), layouts.get(name, {})))
+    return result, num_classes
+
+
+def _shape_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's output for `x`, on the meta device when every op allows it: shapes
+    without arithmetic (a VGG-19 forward costs ~0.25 s on two cores); else a real forward."""
+    try:
+        meta = {n: t.to("meta") for n, t in [*model.named_parameters(), *model.named_buffers()]}
+        return first_tensor(torch.func.functional_call(model, meta, (x.to("meta"),)))
+    except Exception:  # an op without a meta kernel: compute for real
+        return first_tensor(model(x))
+
+
+def fields_attrs(net: nn.Module, sample: tuple[int, ...], progress: Progress) -> dict[str, dict[str, list[int]] | None]:
+    """Receptive field per module as store attributes ("*": the whole image, for the virtual
+    softmax); a model the graph analysis cannot handle is mined all the same, without them.
+    `sample`: one input's shape, (C, H, W), or (T, C, H, W) for a sequence of frames (fields
+    per frame)."""
+    size = tuple(sample[-2:])
+    try:
+        rf = receptive_fields(net, size, tuple(sample[:-3]), channels=int(sample[-3]))
+    except SketchmineError as exc:
+        progress.note(f"no receptive fields recorded: {exc}")
+        return {}
+    out: dict[str, dict[str, list[int]] | None] = {
+        name: {"size": list(f.size), "stride": list(f.stride), "offset": list(f.offset)} for name, f in rf.items()}
+    out["*"] = {"size": list(size), "stride": [0, 0], "offset": [0, 0]}
+    return out

@@ -1,0 +1,164 @@
+"""Turning a model spec (module, torchvision name, checkpoint path, .onnx file) into a
+LoadedModel, and the input preset for it. Dispatch is by explicit type and file suffix;
+the facts the miner needs (weights identity, input channels) come from the model's
+registered backend (backend.py; re-exported here). No per-model branches: everything is
+read off the module. Imports run one way: models -> {forward, onnx_backend} -> backend."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sketchmine.data import Preprocessing, as_size, preset
+from sketchmine.errors import SketchmineError, closest
+from sketchmine.model.backend import LoadedModel, input_channels, weights_hash
+from sketchmine.model.forward import TorchForward  # noqa: F401  (importing it registers nn.Module's backend)
+from sketchmine.model.onnx_backend import load_onnx  # (registers OnnxModel's backend)
+
+__all__ = ["LoadedModel", "build", "input_channels", "load_model", "preprocessing_for", "weights_hash"]
+
+
+def _load_state_dict(path: Path) -> dict[str, Any]:
+    """A checkpoint read with weights_only=True: no arbitrary unpickling, ever."""
+    if not path.is_file():
+        raise SketchmineError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for non-checkpoints
+        raise SketchmineError(
+            f"{path} is not a loadable checkpoint (read with weights_only=True): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        return obj
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"state_dict": obj}
+    raise SketchmineError(f"{path} holds a {type(obj).__name__}, expected a state_dict or {{'arch', 'state_dict'}}")
+
+
+def _sidecar(weights: Path) -> dict[str, Any]:
+    """What the JSON beside a state_dict file (same stem; scripts/train_demo_model.py writes
+    one) says of its input: {"preprocessing": ..., "sequence": ...}; {} when there is none."""
+    path = weights.with_suffix(".json")
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SketchmineError(f"{path} (beside the weights {weights.name}) is not readable JSON: {exc}") from None
+    return {k: meta[k] for k in ("preprocessing", "sequence") if isinstance(meta, dict) and isinstance(meta.get(k), dict)}
+
+
+def _in_channels(state_dict: dict[str, torch.Tensor]) -> int | None:
+    """Input channels of the first 4-D weight (the first conv), if any."""
+    convs = [t for k, t in state_dict.items() if k.endswith("weight") and t.ndim == 4]
+    return int(convs[0].shape[1]) if convs else None
+
+
+def _num_classes(state_dict: dict[str, torch.Tensor]) -> int | None:
+    """Output width of the last 2-D weight (the classifier), if any."""
+    mats = [t for k, t in state_dict.items() if k.endswith("weight") and t.ndim == 2]
+    return int(mats[-1].shape[0]) if mats else None
+
+
+def build(arch: str, num_classes: int | None = None, in_channels: int | None = None, seed: int = 0) -> nn.Module:
+    """A randomly initialised model by name: one of this package's architectures (zoo.ARCHS:
+    sketchnet, sketchresnet, sketchgru) or any torchvision model. Initialised from `seed`
+    (without touching the caller's random state) so a run of an untrained model can be
+    resumed, visualized and ablated: the same seed rebuilds the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(arch, num_classes, in_channels)
+
+
+def _build(arch: str, num_classes: int | None, in_channels: int | None) -> nn.Module:
+    import torchvision
+
+    from sketchmine.model import zoo
+
+    if arch.lower() in zoo.ARCHS:
+        return zoo.ARCHS[arch.lower()](num_classes=num_classes or 10, in_channels=in_channels or 1)
+    names = torchvision.models.list_models()
+    if arch not in names:
+        hint = closest(arch, names + sorted(zoo.ARCHS))
+        raise SketchmineError(
+            f"unknown model {arch!r}: expected a torchvision model name, {', '.join(repr(a) for a in zoo.ARCHS)}, "
+            "or a checkpoint path" + (f"; did you mean {', '.join(hint)}?" if hint else "")
+        )
+    kwargs: dict[str, Any] = {"weights": None}
+    if num_classes:
+        kwargs["num_classes"] = num_classes
+    if arch in ("googlenet", "inception_v3"):
+        kwargs["aux_logits"] = False
+        kwargs["init_weights"] = True
+    return torchvision.models.get_model(arch, **kwargs)
+
+
+def load_model(spec: str | nn.Module, weights: str | Path | None = None, seed: int | None = None) -> LoadedModel:
+    """Resolve a model spec.
+
+    spec: an nn.Module; 'demo' (the embedded trained SketchNet), 'demo-resnet' (SketchResNet),
+    'demo-gru' (CNN + GRU over progressive drawings); a torchvision name or
+    'sketchnet' (random init from `seed`, default 0, unless `weights`); or a checkpoint file
+    {'arch', 'state_dict'}. `weights` and `seed` are refused where they would not act.
+    """
+    from sketchmine.model import zoo
+
+    named = not isinstance(spec, nn.Module) and not str(spec).endswith(".onnx") and spec not in zoo.EMBEDDED \
+        and not (Path(spec).suffix in (".pt", ".pth", ".ckpt") or Path(spec).exists())
+    shown = type(spec).__name__ if isinstance(spec, nn.Module) else repr(str(spec))
+    if weights is not None and not named and not str(spec).endswith(".onnx"):
+        raise SketchmineError(f"weights file {weights} given with model {shown}, which carries its own weights; "
+                              "weights apply to a model named by architecture (a torchvision name, 'sketchnet')")
+    if seed is not None and (not named or weights is not None):
+        raise SketchmineError(f"seed {seed} given with model {shown}" + (" and a weights file" if named else "")
+                              + ": a seed initialises a model named by architecture without weights only")
+    if isinstance(spec, nn.Module):
+        return LoadedModel(spec.eval(), type(spec).__name__)
+    if str(spec).endswith(".onnx"):  # run by ONNX Runtime: `module` is an onnx_backend.OnnxModel
+        return load_onnx(spec, weights)
+    if spec in zoo.EMBEDDED:  # "demo", "demo-resnet", "demo-gru": the embedded trained models
+        model, meta = zoo.load_embedded(spec)
+        return LoadedModel(model.eval(), f"demo:{zoo.EMBEDDED[spec][1]}", meta.get("preprocessing"),
+                           meta.get("sequence"))
+    path = Path(spec)
+    if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
+        ckpt = _load_state_dict(path)
+        arch = ckpt.get("arch")
+        if not isinstance(arch, str):
+            raise SketchmineError(f"{path} has no 'arch' entry; save {{'arch': NAME, 'state_dict': ...}} or pass --model NAME --weights {path}")
+        spec, state = arch, ckpt["state_dict"]
+    else:
+        ckpt = {**_sidecar(Path(weights)), **_load_state_dict(Path(weights))} if weights else {}
+        state = ckpt.get("state_dict")
+    pre, seq = ckpt.get("preprocessing"), ckpt.get("sequence")
+    model = build(str(spec), _num_classes(state) if state else None, _in_channels(state) if state else None,
+                  seed or 0)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise SketchmineError(f"weights do not fit {spec}: {str(exc).splitlines()[0]}") from None
+    return LoadedModel(model.eval(), str(spec), pre if isinstance(pre, dict) else None,
+                       seq if isinstance(seq, dict) else None, random_init=state is None)
+
+
+def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
+                      image_size: int | tuple[int, int] | None = None) -> Preprocessing:
+    """The input preset `mine` uses for `model` (a spec as `load_model` takes, or a loaded one):
+    "auto" takes the model's recorded normalisation (embedded models, checkpoints that record
+    one), else ImageNet's; "model" requires a recorded one; "imagenet", "dataset", "none" as
+    `data.preset`. image_size: an int S (S×S), (H, W) or (C, H, W) whose C must be the model's
+    input channels (`data.as_size`). Build datasets for a model with it, e.g. `animal_shape("test", preprocessing_for("demo"))`."""
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    channels = input_channels(loaded.module)
+    size = None if image_size is None else as_size(image_size, "image_size", channels)
+    if name in ("auto", "model") and loaded.preprocessing:
+        p = loaded.preprocessing
+        return Preprocessing("model", channels, size, tuple(p["mean"]), tuple(p["std"]))
+    if name == "model":
+        raise SketchmineError(f"model {loaded.model_id} records no preprocessing; use imagenet, dataset or none")
+    return preset("imagenet" if name == "auto" else name, channels, size)

@@ -1,0 +1,312 @@
+"""ONNX Runtime backend: mine an `.onnx` model by exposing its tapped tensors as graph outputs.
+
+The forward abstraction (backend.Forward, registered for OnnxModel at the end of this module) the miner shares with the torch path: `open(layers, on_output)`
+yields a callable that runs one batch, hands every tapped tensor to `on_output(name, t)`
+and returns the logits (the graph's first output). Intermediate tensors become extra
+graph outputs of an in-memory copy of the model; the file on disk is never changed.
+
+Layer names: a torch module name when the model came from `torch.onnx.export` (its node
+names "/features/features.0/Conv", or the new exporter's `pkg.torch.onnx.name_scopes`
+metadata, say which module a node belongs to; the module's output is the last node of
+its scope), else a node name, else a tensor name ("/" is written "|" in the run).
+Requires `onnx` and `onnxruntime` (`onnxruntime-gpu` for device="cuda"); both are
+imported only when an ONNX model is used.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sketchmine.errors import SketchmineError, closest
+from sketchmine.model.backend import LoadedModel, register_backend
+from sketchmine.model.taps import SOFTMAX
+
+_DEFAULT_OPS = ("Conv", "Gemm", "MatMul")
+_SLASH = "|"
+"""Stands for "/" in the layer names of a run: a node or tensor name "/features/Relu" is
+mined as layer "|features|Relu" (Zarr group names cannot hold "/"); either form is accepted."""
+_FLOAT_KINDS = "f"
+
+
+def _modules() -> tuple[Any, Any]:
+    """onnx and onnxruntime, or an error that says how to install them."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise SketchmineError(f"mining an ONNX model needs the onnx and onnxruntime packages ({exc.name} is "
+                              "missing): pip install onnx onnxruntime (onnxruntime-gpu for CUDA)") from None
+    return onnx, onnxruntime
+
+
+def load_onnx(path: str | Path, weights: str | Path | None = None) -> LoadedModel:
+    """An ONNX file as a LoadedModel whose `module` is an OnnxModel (id: "onnx:<file name>")."""
+    if weights:
+        raise SketchmineError(f"{path}: an ONNX file carries its own weights; drop --weights {weights}")
+    model = OnnxModel(path)
+    return LoadedModel(model, f"onnx:{model.path.name}", None)  # type: ignore[arg-type]
+
+
+def _torch_scope(node: Any) -> str | None:
+    """The qualified torch module name a node was exported from, if the exporter said so.
+
+    New exporter: metadata `pkg.torch.onnx.name_scopes` = ['', 'features', 'features.0', 'conv2d']
+    (module names, then the op). TorchScript exporter: node name "/layer2/layer2.0/downsample/
+    downsample.0/Conv", where a Sequential child repeats its parent's segment ("downsample.0").
+    """
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            return scopes[-2] or None if len(scopes) >= 2 else None
+    parts = node.name.split("/")
+    if not node.name.startswith("/") or len(parts) < 3:
+        return None
+    name, last = "", ""
+    for seg in parts[1:-1]:
+        if last and seg.startswith(last + "."):
+            name += seg[len(last):]  # "downsample" + ".0"
+        else:
+            name = f"{name}.{seg}" if name else seg
+        last = seg
+    return name
+
+
+class OnnxModel:
+    """A loaded ONNX graph: layer names, tensor shapes and an ONNX Runtime session with the
+    tapped tensors as extra outputs (one session per layer set and device, built lazily)."""
+
+    def __init__(self, path: str | Path) -> None:
+        onnx, _ = _modules()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SketchmineError(f"ONNX model file {self.path} does not exist")
+        try:
+            self.proto = onnx.load(str(self.path))
+        except Exception as exc:  # protobuf DecodeError, missing external data, ...
+            raise SketchmineError(f"{self.path} is not an ONNX model (cannot be parsed: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        graph = self.proto.graph
+        if not graph.node or not graph.output:
+            raise SketchmineError(f"{self.path} is not an ONNX model (no graph nodes or outputs found)")
+        weights = {t.name for t in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in weights]
+        if len(inputs) != 1:
+            raise SketchmineError(f"{self.path}: expected one image input, the graph has "
+                                  f"{[i.name for i in inputs]}")
+        self.input = inputs[0]
+        self.logits_name = graph.output[0].name
+        self.device = torch.device("cpu")
+        self._sessions: dict[tuple[Any, ...], Any] = {}
+        self._producer: dict[str, Any] = {}  # tensor name → node
+        self._by_node: dict[str, str] = {}  # node name → first output
+        self._by_module: dict[str, str] = {}  # torch module name → output of the last node of its scope
+        self._scope: dict[str, str | None] = {}  # node output → its module
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    self._producer[out] = node
+            if node.name and node.output:
+                self._by_node.setdefault(node.name, node.output[0])
+            scope = _torch_scope(node)
+            if node.output:
+                self._scope[node.output[0]] = scope
+            while scope:  # the node belongs to its module and every enclosing one
+                self._by_module[scope] = node.output[0]
+                scope = scope.rpartition(".")[0]
+
+    # ---- facts the miner records (backend.Forward) ------------------------------------
+    def input_channels(self, default: int = 3) -> int:
+        """dim 1 of the image input when the graph fixes it."""
+        dims = self.input.type.tensor_type.shape.dim
+        return int(dims[1].dim_value) if len(dims) > 1 and dims[1].dim_value > 0 else default
+
+    def weights_hash(self) -> str:
+        """sha256 over the name, shape, type and bytes of every initializer (graph order)."""
+        from onnx import numpy_helper
+
+        h = hashlib.sha256()
+        for t in self.proto.graph.initializer:
+            arr = np.ascontiguousarray(numpy_helper.to_array(t))
+            h.update(f"{t.name}:{tuple(t.dims)}:{t.data_type}\n".encode())
+            h.update(memoryview(arr.reshape(-1).view(np.uint8)))
+        return h.hexdigest()
+
+    # ---- layers ----------------------------------------------------------------------
+    def default_layers(self) -> list[str]:
+        """Every Conv, Gemm and MatMul output in graph order, named by its torch module when
+        that module holds no other such node, plus the softmax (virtual unless the graph has one)."""
+        nodes = list(self.proto.graph.node)
+        per_scope: dict[str, int] = {}
+        for node in nodes:
+            if node.op_type in _DEFAULT_OPS and (s := self._scope.get(node.output[0])):
+                per_scope[s] = per_scope.get(s, 0) + 1
+        names: list[str] = []
+        for node in nodes:
+            if node.op_type not in (*_DEFAULT_OPS, "Softmax"):
+                continue
+            scope = self._scope.get(node.output[0])
+            if scope and per_scope.get(scope, 1) == 1 and self._by_module.get(scope):
+                name = scope
+            elif node.name and self._by_node.get(node.name) == node.output[0]:
+                name = node.name
+            else:
+                name = node.output[0]
+            name = name.replace("/", _SLASH)
+            if name not in names:
+                names.append(name)
+        if not any(n.op_type == "Softmax" for n in nodes):
+            names.append(SOFTMAX)
+        return names
+
+    def tensor(self, layer: str) -> str | None:
+        """The tensor a layer name stands for: module, then node, then tensor name."""
+        if layer not in self._by_node and layer not in self._producer:
+            layer = layer.replace(_SLASH, "/")
+        if layer in self._by_module:
+            return self._by_module[layer]
+        if layer in self._by_node:
+            return self._by_node[layer]
+        return layer if layer in self._producer else None
+
+    def resolve_layers(self, layers: Sequence[str] | None) -> list[str]:
+        """Validate requested layer names; unknown names raise with the closest matches."""
+        if layers is None:
+            return self.default_layers()
+        result: list[str] = []
+        for name in layers:
+            if name != SOFTMAX and self.tensor(name) is None:
+                hint = closest(name, [*self._by_module, *self._by_node, *self._producer])
+                raise SketchmineError(
+                    f"unknown layer {name!r} in {self.path.name} (no such torch module, node or tensor)"
+                    + (f"; closest matches: {', '.join(hint)}" if hint else "")
+                    + f". Layers available by default: {', '.join(self.default_layers())}")
+            name = name.replace("/", _SLASH)
+            if name not in result:
+                result.append(name)
+        return result
+
+    def kind(self, layer: str) -> str:
+        """The producing op, lower case ("conv", "gemm"), or "softmax" for the virtual layer."""
+        if layer == SOFTMAX:
+            return "softmax"
+        return str(self._producer[self.tensor(layer)].op_type).lower()
+
+    def fields(self, sample: tuple[int, ...], progress: Any) -> dict[str, Any]:
+        """Receptive fields are not computed for ONNX graphs: the store records None."""
+        return {}
+
+    # ---- running ---------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> OnnxModel:
+        self.device = torch.device(device)
+        return self
+
+    def _session(self, tensors: tuple[str, ...]) -> Any:
+        """An InferenceSession over a copy of the graph with `tensors` as extra outputs."""
+        key = (tensors, str(self.device))
+        if key in self._sessions:
+            return self._sessions[key]
+        onnx, ort = _modules()
+        model = onnx.ModelProto()
+        model.CopyFrom(self.proto)
+        present = {o.name for o in model.graph.output}
+        for name in tensors:
+            if name not in present:
+                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+                present.add(name)
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise SketchmineError(
+                    f"device {self.device} for {self.path.name} needs onnxruntime-gpu (pip install "
+                    "'sketchmine[gpu]'); the installed onnxruntime offers " + ", ".join(ort.get_available_providers()))
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as torch
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        except Exception as exc:
+            raise SketchmineError(f"ONNX Runtime cannot load {self.path}: {str(exc).splitlines()[0]}") from None
+        self._sessions[key] = session
+        return session
+
+    def _runner(self, tensors: tuple[str, ...]) -> Callable[[torch.Tensor], list[np.ndarray]]:
+        """Runs a batch; a graph with a fixed batch size gets it in padded chunks of that size."""
+        session = self._session(tensors)
+        onnx, _ = _modules()
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.input.type.tensor_type.elem_type)
+        dims = self.input.type.tensor_type.shape.dim
+        fixed = int(dims[0].dim_value) if dims and dims[0].dim_value > 0 else 0
+        names = [self.input.name]
+
+        def run(x: torch.Tensor) -> list[np.ndarray]:
+            arr = x.detach().cpu().numpy().astype(dtype, copy=False)
+            if not fixed or len(arr) == fixed:
+                return session.run(list(tensors), {names[0]: arr})
+            parts = []
+            for s in range(0, len(arr), fixed):
+                chunk = arr[s:s + fixed]
+                if len(chunk) < fixed:
+                    chunk = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), dtype)])
+                parts.append(session.run(list(tensors), {names[0]: chunk}))
+            return [np.concatenate([p[i] for p in parts])[:len(arr)] for i in range(len(tensors))]
+
+        return run
+
+    def _plan(self, layers: Sequence[str]) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
+        """Tensors to fetch (logits first, each once) and the position of every tapped layer's."""
+        tensors = [self.logits_name]
+        at: list[tuple[str, int]] = []
+        for layer in layers:
+            if layer == SOFTMAX:
+                continue
+            t = self.tensor(layer)
+            if t is None:
+                raise SketchmineError(f"unknown layer {layer!r} in {self.path.name}")
+            if t not in tensors:
+                tensors.append(t)
+            at.append((layer, tensors.index(t)))
+        return tuple(tensors), at
+
+    def shapes(self, layers: Sequence[str], x: torch.Tensor
+               ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]:
+        """Per-layer output shapes (without the batch dim), the logits, and per-layer store
+        attributes (the tensor each layer reads), from one real run."""
+        tensors, at = self._plan(layers)
+        arrays = self._runner(tensors)(x)
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer, i in at:
+            a = arrays[i]
+            if a.dtype.kind not in _FLOAT_KINDS or a.ndim < 2:
+                raise SketchmineError(f"layer {layer!r} of {self.path.name} is a {a.dtype} tensor of shape "
+                                      f"{a.shape}; only floating-point (N, C, ...) tensors can be mined")
+            shapes[layer] = tuple(a.shape[1:])
+        layouts = {layer: {"onnx_tensor": tensors[i]} for layer, i in at}
+        return shapes, torch.from_numpy(np.asarray(arrays[0])), layouts
+
+    @contextlib.contextmanager
+    def open(self, layers: Sequence[str],
+             on_output: Callable[[str, torch.Tensor], None]) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+        """The forward callable: one session run per batch, every tapped tensor to `on_output`."""
+        tensors, at = self._plan(layers)
+        run, device = self._runner(tensors), self.device
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            arrays = run(x)
+            for layer, i in at:
+                on_output(layer, torch.from_numpy(arrays[i]).to(device, non_blocking=True))
+            return torch.from_numpy(arrays[0]).to(device, non_blocking=True)
+
+        yield forward
+
+
+register_backend(OnnxModel, lambda model: model)  # an OnnxModel is its own Forward

@@ -1,0 +1,239 @@
+"""Instrumentation: which layers to tap and the hooks that read them.
+
+Kept apart from the statistics (topk.py) and the mining loop (miner.py): a `Taps`
+object hooks modules by qualified name, hands each output to a callback, and always
+puts the model back as it found it.
+
+Every tap hands the callback a tensor in one layout, (N, units, *positions), whatever the
+module returns; the rules (also recorded per layer in the run, see `Taps.layouts`):
+
+- conv (N, C, H, W), linear (N, F): as returned.
+- tuple outputs: element 0 (`tapped` names it).
+- nn.RNN / nn.GRU / nn.LSTM: element 0, the last layer's hidden state at every step,
+  (N, T, H) when batch_first else (T, N, H), becomes (N, H, T): time is the unit's
+  position, so the top-k entries are (image, step) pairs with yx = (0, t). Bidirectional
+  layers have 2H units (forward directions first). A PackedSequence output is refused.
+- "<lstm>.cell" (virtual, for every nn.LSTM): the last layer's cell state after the final
+  step, c_n = output[1][1][-D:], (N, D*H); read from the tuple the LSTM returns anyway,
+  so the model's results do not change. Per-step cell states are not exposed by
+  nn.LSTM; unroll the model with an nn.LSTMCell per step to study them.
+- nn.Linear applied to (N, *, F): features last → (N, F, *), e.g. a per-step classifier.
+- a module that sees the frames of a sequence folded into the batch, (N*T, ...) for a model
+  input of N samples: unfolded to (N, C, T*H, W) (y = t*H + y_frame) or (N, F, T).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from sketchmine.errors import SketchmineError, closest
+
+SOFTMAX = "softmax"
+"""Virtual layer: softmax of the model's output, for models without an nn.Softmax module."""
+CELL = ".cell"
+"""Suffix of the virtual layer that reads an nn.LSTM's final cell state ("lstm.cell")."""
+
+_DEFAULT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Softmax, nn.RNNBase)
+
+
+def _cells(model: nn.Module) -> dict[str, str]:
+    """Virtual cell-state layer name → its nn.LSTM's module name."""
+    return {n + CELL: n for n, m in model.named_modules() if n and isinstance(m, nn.LSTM)}
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Every conv, linear, recurrent (plus each LSTM's cell state) and softmax module in
+    `named_modules` order, plus the output softmax (virtual) when the model has no
+    softmax module of its own."""
+    names: list[str] = []
+    for n, m in model.named_modules():
+        if n and isinstance(m, _DEFAULT_TYPES):
+            names.append(n)
+            if isinstance(m, nn.LSTM):
+                names.append(n + CELL)
+    if not any(isinstance(m, nn.Softmax) for m in model.modules()):
+        names.append(SOFTMAX)
+    return names
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
+    """Validate requested layer names; unknown names raise with the closest matches."""
+    if layers is None:
+        return default_layers(model)
+    available = [n for n, _ in model.named_modules() if n]
+    known = set(available) | set(_cells(model)) | {SOFTMAX}
+    result: list[str] = []
+    for name in layers:
+        if name not in known:
+            hint = closest(name, available + list(_cells(model)))
+            tapable = ", ".join(default_layers(model))
+            raise SketchmineError(
+                f"unknown layer {name!r}"
+                + (f"; closest matches: {', '.join(hint)}" if hint else "")
+                + f". Layers available by default: {tapable}"
+            )
+        if name not in result:
+            result.append(name)
+    return result
+
+
+def module_of(model: nn.Module, name: str) -> tuple[str, nn.Module]:
+    """The module a (possibly virtual ".cell") layer name reads from (one walk of the modules)."""
+    modules = dict(model.named_modules())
+    target = name
+    if name.endswith(CELL) and isinstance(modules.get(name[:-len(CELL)]), nn.LSTM):
+        target = name[:-len(CELL)]
+    if target not in modules or not target:
+        raise SketchmineError(f"unknown layer {name!r}")
+    return target, modules[target]
+
+
+def layer_kind(model: nn.Module, name: str) -> str:
+    """Store `kind` of a layer: the module's class name in lower case ("lstm_cell" for a cell state)."""
+    if name == SOFTMAX:
+        return "softmax"
+    target, module = module_of(model, name)
+    return type(module).__name__.lower() + ("_cell" if target != name else "")
+
+
+def tapped_element(name: str, module: nn.Module, output: Any, cell: bool = False) -> torch.Tensor:
+    """The tensor a tap reads from a module's output, in the module's own layout."""
+    first = output[0] if isinstance(output, (tuple, list)) else output
+    if isinstance(output, PackedSequence) or isinstance(first, PackedSequence):
+        raise SketchmineError(
+            f"layer {name!r} returns a PackedSequence; sketchmine taps padded (N, T, H) outputs only "
+            "(padding would enter the top-k as activations): feed equal-length sequences or tap the modules after it")
+    if cell:
+        c_n = output[1][1]  # (layers * D, N, H)
+        d = 2 if module.bidirectional else 1
+        return c_n[-d:].permute(1, 0, 2).reshape(c_n.shape[1], -1)
+    return first
+
+
+def to_units(name: str, module: nn.Module, t: torch.Tensor, batch: int | None,
+             cell: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(N, units, *positions) view of a tapped tensor, and the attributes that say how it
+    was read (empty for plain conv and linear outputs)."""
+    if cell:
+        return t, {"tapped": "output[1][1][-D:]: c_n, the last layer's cell state after the final step",
+                   "units": "cell units (bidirectional: forward then backward)"}
+    info: dict[str, Any] = {}
+    if isinstance(module, nn.RNNBase):
+        if t.ndim != 3:
+            raise SketchmineError(f"layer {name!r} returned a {t.ndim}-D output; recurrent taps need batched "
+                                  "input, (N, T, features) with batch_first or (T, N, features)")
+        first = bool(module.batch_first)
+        t = t.permute(0, 2, 1) if first else t.permute(1, 2, 0)
+        return t, {"tapped": f"output[0]: the last layer's hidden state at every step "
+                             f"({'(N, T, H)' if first else '(T, N, H)'} → (N, H, T))",
+                   "position": "time", "yx": "(0, t)"}
+    if isinstance(module, nn.Linear) and t.ndim > 2:
+        t = t.movedim(-1, 1)
+        info = {"position": "sequence", "yx": "(0, t)" if t.ndim == 3 else "flattened positions"}
+    if batch and t.ndim >= 2 and t.shape[0] != batch and t.shape[0] % batch == 0:
+        steps = t.shape[0] // batch  # a sequence's frames folded into the batch (time-distributed CNN)
+        t = t.unflatten(0, (batch, steps)).movedim(1, 2)  # (N, C, T, *frame)
+        frame = list(t.shape[3:])
+        if len(frame) >= 1:
+            t = t.flatten(2, 3)
+        info = {"position": "time-stacked", "time_steps": steps, "frame": frame,
+                "yx": "(t * frame_height + y, x)" if len(frame) == 2 else "(0, t * frame_length + i)"
+                if frame else "(0, t)"}
+    return t, info
+
+
+class Taps:
+    """Context manager that calls `callback(name, tensor)` for each tapped layer, with the
+    tensor in the (N, units, *positions) layout (see the module docstring).
+
+    The callback runs inside the forward hook, before any in-place op that follows the
+    module (an in-place ReLU) can change the tensor. `layouts[name]` holds the attributes
+    describing how each layer was read, once it has been called.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str],
+        callback: Callable[[str, torch.Tensor], None],
+    ) -> None:
+        self.model = model
+        self.layers = [n for n in layers if n != SOFTMAX]
+        self.callback = callback
+        self.layouts: dict[str, dict[str, Any]] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._called: set[str] = set()
+        self._batch: int | None = None
+
+    def __enter__(self) -> Taps:
+        try:
+            # each forward pass starts with no tapped module called yet
+            self._handles.append(self.model.register_forward_pre_hook(self._start))
+            by_module: dict[str, list[str]] = {}
+            for name in self.layers:
+                target, _ = module_of(self.model, name)
+                by_module.setdefault(target, []).append(name)
+            modules = dict(self.model.named_modules())
+            for target, names in by_module.items():
+                self._handles.append(modules[target].register_forward_hook(self._hook(target, names)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self, module: nn.Module, args: tuple) -> None:
+        self._called.clear()
+        self._batch = int(args[0].shape[0]) if args and isinstance(args[0], torch.Tensor) and args[0].ndim else None
+
+    def _hook(self, target: str, names: list[str]) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output) -> None:
+            if target in self._called:  # a reused module (ResNet's block ReLU): one tap, two tensors
+                extra = (" (a recurrent cell unrolled over time: tap an nn.GRU/nn.LSTM layer instead)"
+                         if isinstance(module, nn.RNNCellBase) else "")
+                raise SketchmineError(
+                    f"layer {target!r} is called more than once per forward pass, so one tap would mix its "
+                    f"calls{extra}; tap the modules around it instead (e.g. the conv or the block output)")
+            self._called.add(target)
+            for name in names:
+                cell = name != target
+                t = tapped_element(name, module, output, cell)
+                t, info = to_units(name, module, t, self._batch, cell)
+                if isinstance(output, (tuple, list)) and not cell and "tapped" not in info:
+                    info = {**info, "tapped": "output[0]"}
+                self.layouts.setdefault(name, info)
+                self.callback(name, t)
+
+        return hook
+
+    def close(self) -> None:
+        """Remove every hook this object added."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ablation_dims(name: str, module: nn.Module) -> tuple[int, int]:
+    """(batch dim, unit dim) of the tensor `tapped_element` returns, for zeroing units."""
+    if name.endswith(CELL) and isinstance(module, nn.LSTM):
+        raise SketchmineError(f"layer {name!r} is a read-only view of the final cell state; ablate {name[:-len(CELL)]!r}")
+    if isinstance(module, nn.RNNBase):
+        return (0 if module.batch_first else 1), -1
+    if isinstance(module, nn.Linear):
+        return 0, -1
+    return 0, 1
+
+
+def replace_element(output: Any, t: torch.Tensor) -> Any:
+    """The module output with its tapped element (element 0 of a tuple) replaced by `t`."""
+    if isinstance(output, tuple):
+        return (t, *output[1:])
+    if isinstance(output, list):
+        return [t, *output[1:]]
+    return t

@@ -1,0 +1,3 @@
+"""Passes over a mined run that write more into its store: patches and deconvolutions
+(visualize), activation traces, unit importance by ablation.
+"""

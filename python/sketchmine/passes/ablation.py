@@ -1,0 +1,217 @@
+"""Ablation mechanics: zeroing units of one layer, batched, and the pass that measures what
+that does to the correct class over a dataset (`ablation_importance`). importance.py runs it
+for a mined run and stores the results; this module knows nothing of runs or stores.
+
+Batched two ways, chosen per layer (recorded as `method`):
+
+- "split": the network cut at the layer (cut.py); the head runs once per image chunk, and
+  only the tail runs for the ablations, G units at a time on a G-times replicated chunk
+  (each replica zeroes another unit). The cut is checked against the full model's logits
+  before it is used.
+- "replicate" (when the model cannot be traced or cut): the whole model runs on a
+  G-times replicated chunk, a forward hook zeroing a different unit in each replica.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sketchmine.data import MinerDataset, collate
+from sketchmine.errors import SketchmineError
+from sketchmine.model import cut
+from sketchmine.model.taps import SOFTMAX, Taps, ablation_dims, replace_element, tapped_element, to_units
+
+_BUDGET = 1 << 23  # elements of one replicated activation tensor (32 MB float32)
+
+
+# ---- ablation plumbing --------------------------------------------------------------------
+def zero_units(t: torch.Tensor, batch_dim: int, unit_dim: int, units: list[int],
+               replicate: bool = False) -> torch.Tensor:
+    """A new tensor of G = len(units) replicas stacked along `batch_dim` (replica-major), where
+    replica g has unit `units[g]` zeroed along `unit_dim` (every position). `t` holds the G
+    replicas already, or (replicate=True) one copy that is replicated in the same single pass.
+    No units: a plain copy."""
+    if not units:
+        return t.clone()
+    bd, ud = batch_dim % t.ndim, unit_dim % t.ndim
+    g = len(units)
+    v = t.unsqueeze(bd) if replicate else t.unflatten(bd, (g, -1))
+    ud = ud + 1 if ud > bd else ud
+    mask = torch.zeros(g, t.shape[unit_dim], dtype=torch.bool, device=t.device)
+    mask[torch.arange(g), torch.as_tensor(units)] = True
+    shape = [1] * v.ndim
+    shape[bd], shape[ud] = g, t.shape[unit_dim]
+    return torch.where(mask.view(shape), torch.zeros((), dtype=t.dtype, device=t.device), v).flatten(bd, bd + 1)
+
+
+def replicate_batch(obj: Any, g: int, batch: int, dim: int) -> Any:
+    """G replicas of a value, stacked along `dim` when it holds the batch; other values as is."""
+    if isinstance(obj, torch.Tensor):
+        d = dim % obj.ndim if obj.ndim else 0
+        if obj.ndim and obj.shape[d] % batch == 0:
+            return torch.cat([obj] * g, dim=d)
+        return obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(replicate_batch(o, g, batch, dim) for o in obj)
+    return obj
+
+
+class Replicate:
+    """Whole-model forward on a replicated batch; a hook zeroes one unit per replica."""
+
+    method = "replicate"
+
+    def __init__(self, net: nn.Module, layer: str) -> None:
+        self.net, self.layer = net, layer
+        self.target, self.module = cut.cut_module(net, layer)
+        self.dims = ablation_dims(layer, self.module)
+
+    def prepare(self, x: torch.Tensor) -> Any:
+        return x
+
+    def base(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unablated logits (B, classes) and the layer's (B, units, *positions) output."""
+        act: dict[str, torch.Tensor] = {}
+        with Taps(self.net, [self.layer], lambda n, t: act.__setitem__("t", t.clone())):  # before in-place ops
+            logits = _logits(self.net(x))
+        return logits, act["t"]
+
+    def run(self, x: Any, units: list[int], replicas: int) -> torch.Tensor:
+        """(replicas * B, classes) logits; replica g zeroes units[g] (none when units is empty)."""
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> Any:
+            t = tapped_element(self.layer, module, output)
+            return replace_element(output, zero_units(t, *self.dims, units))
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            return _logits(self.net(torch.cat([x] * replicas)))
+        finally:
+            handle.remove()
+
+
+class Split(Replicate):
+    """The network cut at the layer (cut.split over cut.trace_at): the head once per chunk,
+    the tail per ablation group."""
+
+    method = "split"
+
+    def __init__(self, net: nn.Module, layer: str) -> None:
+        super().__init__(net, layer)
+        self.prefix, self.suffix = cut.split(*cut.trace_at(net, layer))
+
+    def prepare(self, x: torch.Tensor) -> tuple:
+        """The chunk size, the layer's output and every earlier value the rest of the network reads."""
+        return (len(x), *self.prefix(x))
+
+    def base(self, state: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        t = tapped_element(self.layer, self.module, state[1])
+        return self.run(state, [], 1), to_units(self.layer, self.module, t, state[0])[0]
+
+    def run(self, state: tuple, units: list[int], replicas: int) -> torch.Tensor:
+        batch, tapped, *live = state  # a tensor holding the batch has B or B*T (folded frames) rows
+        t = tapped_element(self.layer, self.module, tapped)
+        zeroed = zero_units(t, *self.dims, units, replicate=True) if units else replicate_batch(t, replicas, batch,
+                                                                                            self.dims[0])
+        rest = replicate_batch(tapped, replicas, batch, self.dims[0]) if isinstance(tapped, (tuple, list)) else tapped
+        rep = replace_element(rest, zeroed)
+        live = [replicate_batch(v, replicas, batch, 0) for v in live]
+        return _logits(self.suffix(rep, *live))
+
+
+def _logits(out: Any) -> torch.Tensor:
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if out.ndim != 2:
+        raise SketchmineError(f"ablation importance needs (N, classes) logits; the model returns {tuple(out.shape)}")
+    return out
+
+
+def choose_ablator(net: nn.Module, layer: str, x: torch.Tensor, reference: torch.Tensor) -> Replicate:
+    """The split ablator when the model can be cut at the layer and the cut reproduces the
+    model's logits (two replicas, nothing zeroed), else whole-model replication."""
+    try:
+        split = Split(net, layer)
+        with torch.inference_mode():
+            got = split.run(split.prepare(x), [], 2)
+        if got.shape == (2 * len(x), reference.shape[1]) and torch.allclose(
+                got, torch.cat([reference] * 2), rtol=1e-4, atol=1e-5):
+            return split
+    except Exception:  # untraceable or uncuttable model: replication (which raises what is wrong, if anything)
+        pass
+    return Replicate(net, layer)
+
+
+@dataclass
+class Importance:
+    """Per-unit results (arrays of length units) and the facts they were computed under."""
+
+    prob_drop: np.ndarray
+    acc_drop: np.ndarray
+    mean_act_correct: np.ndarray
+    mean_act_wrong: np.ndarray
+    attrs: dict[str, Any]
+
+
+def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, labels: np.ndarray,
+                        batch_size: int = 256, device: str | torch.device = "cpu",
+                        units_per_pass: int | None = None) -> Importance:
+    """Zero each unit of `layer` in turn over `dataset` (batched, see the module docstring).
+
+    labels (N,) int64: the correct class of each image (all >= 0).
+    """
+    if layer == SOFTMAX:
+        raise SketchmineError("layer 'softmax' is the model's output (virtual); ablate a module layer")
+    device = torch.device(device)
+    net = net.eval().to(device)
+    labels_t = torch.as_tensor(labels, dtype=torch.int64)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    sums: dict[str, torch.Tensor] = {}
+    n_images = n_correct = 0
+    prob_base_sum, ablator, groups = 0.0, None, []
+    with torch.inference_mode():
+        for idx, x, _, notes in loader:
+            if any(n.startswith("error:") for n in notes):
+                raise SketchmineError(f"cannot read image {dataset.path(int(idx[0]))}: ablation needs every image")
+            x, y = x.to(device), labels_t[idx].to(device)
+            if ablator is None:
+                ablator = choose_ablator(net, layer, x, Replicate(net, layer).base(x)[0])
+            state = ablator.prepare(x)
+            logits, act = ablator.base(state)
+            per_image = act.float().flatten(2).amax(dim=2) if act.ndim > 2 else act.float()  # (B, units)
+            if not groups:
+                units = per_image.shape[1]
+                per = max(1, math.prod(act.shape[1:]))
+                g = units_per_pass or max(1, min(units, _BUDGET // (per * len(x))))
+                groups = [list(range(s, min(s + g, units))) for s in range(0, units, g)]
+                sums = {k: torch.zeros(units, dtype=torch.float64) for k in ("prob", "correct", "act_ok", "act_bad")}
+            base_p = torch.softmax(logits.double(), 1).gather(1, y[:, None])[:, 0]
+            ok = logits.argmax(1) == y
+            n_images += len(x)
+            n_correct += int(ok.sum())
+            prob_base_sum += float(base_p.sum())
+            sums["act_ok"] += per_image[ok].double().sum(0).cpu()
+            sums["act_bad"] += per_image[~ok].double().sum(0).cpu()
+            for group in groups:
+                out = ablator.run(state, group, len(group)).double().view(len(group), len(x), -1)
+                p = torch.softmax(out, 2).gather(2, y[None, :, None].expand(len(group), -1, 1))[..., 0]
+                sums["prob"][group] += (base_p[None] - p).sum(1).cpu()
+                sums["correct"][group] += (out.argmax(2) == y[None]).sum(1).double().cpu()
+    if not n_images:
+        raise SketchmineError("the dataset is empty: no images to ablate over")
+    n_wrong = n_images - n_correct
+    nan = float("nan")
+    return Importance(
+        prob_drop=(sums["prob"] / n_images).numpy(),
+        acc_drop=((n_correct - sums["correct"]) / n_images).numpy(),
+        mean_act_correct=(sums["act_ok"] / n_correct).numpy() if n_correct else np.full(len(sums["prob"]), nan),
+        mean_act_wrong=(sums["act_bad"] / n_wrong).numpy() if n_wrong else np.full(len(sums["prob"]), nan),
+        attrs={"images": n_images, "base_accuracy": n_correct / n_images, "base_mean_prob": prob_base_sum / n_images,
+               "method": ablator.method if ablator else None, "units_per_pass": len(groups[0]) if groups else 0,
+               "ablation": "unit zeroed at every position (a recurrent unit: in the layer's output, every step)",
+               "activation": "per-image maximum over the unit's positions"},
+    )

@@ -1,0 +1,236 @@
+"""Input-space visualisation of single units: deconvnet, guided backprop, gradient.
+
+One function; the methods differ only in the rule applied where the signal passes back
+through a ReLU (Springenberg et al. 2015; Zeiler & Fergus 2014):
+
+    gradient   grad_in = grad_out · [x > 0]
+    deconvnet  grad_in = relu(grad_out)                (max-pool switches and transposed
+    guided     grad_in = relu(grad_out) · [x > 0]       filters come from autograd)
+
+The model is traced with torch.fx into a new module whose ReLUs (modules, functions and
+in-place variants alike) call a rule-aware autograd function; the caller's model is
+never changed and no hook outlives the call. Batched: one unit per image, one forward
+and one backward for the whole batch.
+"""
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from sketchmine.errors import SketchmineError
+from sketchmine.model import cut
+from sketchmine.model.receptive_field import ReceptiveField, module_outputs, trace
+from sketchmine.model.taps import SOFTMAX, tapped_element, to_units
+from sketchmine.stats.ops import crop_patches
+
+METHODS = ("deconvnet", "guided", "gradient")
+
+
+class _RuleReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, method: str) -> torch.Tensor:
+        ctx.method = method
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        if ctx.method == "gradient":
+            return grad * (x > 0), None
+        if ctx.method == "deconvnet":
+            return grad.clamp_min(0), None
+        return grad.clamp_min(0) * (x > 0), None
+
+
+def _rule_relu(x: torch.Tensor, method: str) -> torch.Tensor:
+    return _RuleReLU.apply(x, method)
+
+
+_RELU_FUNCS = {torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu_}
+
+
+def _with_rule(model: nn.Module, method: str) -> fx.GraphModule:
+    """A traced copy of the graph (parameters shared) with every ReLU swapped for the rule."""
+    gm = trace(model, "for deconvolution")
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        is_relu = (node.op == "call_module" and isinstance(modules.get(node.target), nn.ReLU)) or \
+                  (node.op == "call_function" and node.target in _RELU_FUNCS) or \
+                  (node.op == "call_method" and node.target in ("relu", "relu_"))
+        if is_relu:
+            with gm.graph.inserting_after(node):
+                new = gm.graph.call_function(_rule_relu, (node.args[0], method))
+            new.meta.update(node.meta)  # the module it belongs to (module_outputs reads it)
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+class Deconvolver:
+    """One traced, rule-aware copy of a model, reused for many batches and layers.
+
+    The forward pass stops at the visualised layer (the rest of the network cannot change
+    the unit's signal), so visualising an early layer costs only the layers before it. A
+    layer is found by its output node in the graph (`module_outputs`), so modules that
+    tracing inlines (ResNet and Inception blocks) are visualised like leaf modules.
+    """
+
+    def __init__(self, model: nn.Module, method: str = "deconvnet") -> None:
+        if method not in METHODS:
+            raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
+        self.model, self.method = model, method
+        self.graph = _with_rule(model, method)
+        self.graph.eval()
+        self._outputs = module_outputs(self.graph)
+        self._upto: dict[str, fx.GraphModule] = {}
+
+    def __call__(self, images: torch.Tensor, layer: str, channels, yx=None, steps: bool = False) -> torch.Tensor:
+        """(N, C, H, W) float32 input-space signal of one unit (channel, position) per image.
+        steps: the model reads sequences, (N, T, C, H, W); each image is given to it as a
+        one-step sequence (for the convs of a time-distributed CNN, which see one frame)."""
+        if steps:
+            return self(images.unsqueeze(1), layer, channels, yx).squeeze(1)
+        x = images.detach().clone().float().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(_units(self._unit_outputs(x, layer), channels, yx).sum(), x)
+        return grad.detach()
+
+    def shared(self, images: torch.Tensor, image_of, layer: str, channels, yx=None) -> torch.Tensor:
+        """`self(images[image_of], layer, channels, yx)` with one forward per image of `images`
+        instead of one per unit: the units of one image are seeded in separate slots of one
+        batched backward (`torch.autograd.grad(..., is_grads_batched=True)`), which reuses that
+        forward's switches and masks. Worth it where every unit needs the whole image (FC,
+        softmax, recurrent units), when images recur among the units; order the units with
+        `shared_order` so images with as many units go together (an image with fewer units
+        than the most in the call leaves slots of zeros, computed all the same)."""
+        image_of = torch.as_tensor(image_of).long().cpu()
+        if len(image_of) == 0:
+            return images.new_zeros((0, *images.shape[1:]), dtype=torch.float32)
+        used, local = torch.unique(image_of, return_inverse=True)
+        slot = _slots(local)
+        x = images[used.to(images.device)].detach().clone().float().requires_grad_(True)
+        with torch.enable_grad():
+            out = self._unit_outputs(x, layer)
+            seeds = out.new_zeros((int(slot.max()) + 1, *out.shape))
+            at = _unit_index(out, local.to(out.device), channels, yx)
+            seeds[(slot.to(out.device), *at)] = 1
+            (grad,) = torch.autograd.grad(out, x, grad_outputs=seeds, is_grads_batched=True)
+        return grad[slot.to(grad.device), local.to(grad.device)].detach()
+
+    def _unit_outputs(self, x: torch.Tensor, layer: str) -> torch.Tensor:
+        """The layer's output for input x, in the layout the miner's taps read (N, units,
+        *positions), so (channel, yx) address the same unit: a GRU's (N, T, H) is (N, H, T), a
+        time-distributed conv's frames are stacked along y, an LSTM's cell state is its final
+        c_n; the virtual softmax is the class probabilities."""
+        if layer == SOFTMAX:
+            out = self.graph(x)
+            return torch.softmax(out[0] if isinstance(out, (tuple, list)) else out, dim=1)
+        try:
+            target, module = cut.cut_module(self.model, layer)  # "<lstm>.cell" reads its LSTM's output
+        except SketchmineError:
+            raise SketchmineError(f"unknown layer {layer!r} for deconvolution") from None
+        cell = target != layer
+        raw = tapped_element(layer, module, self._head(target)(x), cell)
+        return to_units(layer, module, raw, x.shape[0], cell)[0]
+
+    def _head(self, layer: str) -> fx.GraphModule:
+        """The rule-aware graph up to `layer`'s output, which it returns (cut.head; built once
+        per layer, parameters shared): nothing after the layer is computed."""
+        if layer not in self._upto:
+            end = self._outputs.get(layer)
+            if end is None:
+                raise SketchmineError(f"layer {layer!r} does not appear once in the traced graph "
+                                      "(is it called exactly once in forward?)")
+            self._upto[layer] = cut.head(self.graph, end).eval()
+        return self._upto[layer]
+
+    def field_crops(self, images: torch.Tensor, image_index: torch.Tensor, layer: str, channels, yx,
+                    field: ReceptiveField, steps: bool = False) -> torch.Tensor:
+        """(N, C, *field.size): each unit's signal over its receptive-field box (zero outside the image).
+
+        Computed on the smallest stride-aligned window of the image that holds the box: nothing
+        outside the box reaches the unit, and a window that starts at a multiple of the layer's
+        stride (or at the image border) gives every unit of the unit's cone the same inputs and
+        padding as the whole image, so the result is exact — and an 11-px conv1 field costs an
+        11-px forward, not a 224-px one. images (B, C, H, W); image_index (N,) into them;
+        steps: the model reads sequences (see `__call__`).
+        """
+        (h, w), (jy, jx) = images.shape[-2:], field.stride
+        pos = torch.as_tensor(yx).long().cpu()
+        top = field.offset[0] + pos[:, 0] * jy
+        left = field.offset[1] + pos[:, 1] * jx
+        sy, sx = (top.clamp_min(0) // jy) * jy, (left.clamp_min(0) // jx) * jx
+        # one window size for every interior unit (box + alignment slack), so they batch together;
+        # only windows cut by the image's far border differ
+        ey = (sy + field.size[0] + jy - 1).clamp_max(h)
+        ex = (sx + field.size[1] + jx - 1).clamp_max(w)
+        out = images.new_zeros((len(pos), images.shape[1], *field.size), dtype=torch.float32)
+        channels = torch.as_tensor(channels).long()
+        shapes = torch.stack([ey - sy, ex - sx], dim=1)
+        for shape in torch.unique(shapes, dim=0).tolist():
+            group = torch.nonzero((shapes == torch.tensor(shape)).all(dim=1)).flatten()
+            corners = torch.stack([sy[group], sx[group]], dim=1).to(images.device)
+            windows = crop_patches(images, image_index[group.to(image_index.device)], corners, *shape)
+            local = torch.stack([pos[group, 0] - sy[group] // jy, pos[group, 1] - sx[group] // jx], dim=1)
+            signal = self(windows, layer, channels[group], local, steps)
+            for j, n in enumerate(group.tolist()):  # the window may start before and end after the box
+                ay, ax = int(max(top[n] - sy[n], 0)), int(max(left[n] - sx[n], 0))
+                by, bx = int(sy[n] + ay - top[n]), int(sx[n] + ax - left[n])
+                hh = min(shape[0] - ay, field.size[0] - by)
+                ww = min(shape[1] - ax, field.size[1] - bx)
+                out[n, :, by:by + hh, bx:bx + ww] = signal[j, :, ay:ay + hh, ax:ax + ww]
+        return out
+
+
+def _unit_index(out: torch.Tensor, n: torch.Tensor, channels, yx) -> tuple[torch.Tensor, ...]:
+    """Indices into `out` of one unit per row n: (n, channel, y, x) on a grid, (n, channel, t)
+    on a line of positions (time steps: yx = (0, t)), (n, channel, 0...) without positions
+    (the run's yx convention for each layout)."""
+    ch = torch.as_tensor(channels, device=out.device).long()
+    if out.ndim == 4:
+        pos = torch.as_tensor(yx, device=out.device).long()
+        return n, ch, pos[:, 0], pos[:, 1]
+    if out.ndim == 3 and yx is not None:
+        return n, ch, torch.as_tensor(yx, device=out.device).long()[:, 1]
+    return (n, ch, *[torch.zeros_like(n)] * (out.ndim - 2))
+
+
+def _units(out: torch.Tensor, channels, yx) -> torch.Tensor:
+    """The value of one unit per image (see `_unit_index`)."""
+    return out[_unit_index(out, torch.arange(out.shape[0], device=out.device), channels, yx)]
+
+
+def _slots(group: torch.Tensor) -> torch.Tensor:
+    """For each element, how many earlier elements have its group: 0, 1, ... within a group."""
+    order = torch.argsort(group, stable=True)
+    sorted_group = group[order]
+    first = torch.searchsorted(sorted_group, sorted_group, side="left")
+    slot = torch.empty_like(group)
+    slot[order] = torch.arange(len(group)) - first
+    return slot
+
+
+def shared_order(image_of) -> torch.Tensor:
+    """A permutation of units (one image index each) for `Deconvolver.shared` in chunks:
+    images with the most units first, each image's units together, so a chunk holds images
+    with similar numbers of units (few empty slots)."""
+    image_of = torch.as_tensor(image_of).long().cpu()
+    if len(image_of) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    _, local, counts = torch.unique(image_of, return_inverse=True, return_counts=True)
+    key = (counts.max() - counts[local]) * (len(counts) + 1) + local  # count descending, then image
+    return torch.argsort(key, stable=True)
+
+
+def deconvolve(model: nn.Module, images: torch.Tensor, layer: str, channels, yx=None,
+               method: str = "deconvnet") -> torch.Tensor:
+    """Visualise one unit per image in input space.
+
+    images (N, C, H, W); layer a qualified module name; channels (N,) the unit's channel per
+    image; yx (N, 2) its grid position (ignored for layers without a grid).
+    Returns (N, C, H, W) float32: the signal the unit sends back to the input.
+    """
+    return Deconvolver(model, method)(images, layer, channels, yx)

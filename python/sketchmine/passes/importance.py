@@ -1,0 +1,72 @@
+"""Which units matter for the label: ablation importance per unit of a tapped layer, for a
+mined run, stored in it and read back.
+
+For every unit (a whole channel, or a recurrent hidden unit at every step) of one layer:
+the drop in the correct class's probability and in accuracy when the unit is zeroed,
+over the run's dataset, plus the unit's mean activation (its per-image maximum over
+positions, the statistic the top-k ranks) on correctly and wrongly predicted images.
+The ablation itself (batched: network split at the layer, or replicated) is ablation.py;
+how results are stored and read back is importance_store.py (below run.py, which reads them);
+the console table of them is console.importance_table, the command cli.main._importance.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from sketchmine.data import MinerDataset
+from sketchmine.device import as_device
+from sketchmine.errors import SketchmineError
+from sketchmine.passes.ablation import Importance, ablation_importance
+from sketchmine.results.importance_store import COLUMNS, has_importance, read_importance, write_importance
+from sketchmine.results.run import Run, open_run
+
+__all__ = ["COLUMNS", "Importance", "ablation_importance", "has_importance",
+           "read_importance", "unit_importance", "write_importance"]
+
+# ---- run API ------------------------------------------------------------------------------
+def _labels(run: Run, ds: MinerDataset) -> np.ndarray:
+    labels = ds.labels()
+    labels = run.labels if labels is None else np.asarray(labels)
+    classes = int(run.attrs.get("num_classes") or 0)
+    if len(labels) != len(ds) or (labels < 0).any() or not classes or (labels >= classes).any():
+        raise SketchmineError(f"run {run.path}: the dataset has no class label for every image (labels 0..{classes - 1} "
+                              "expected); ablation importance measures the correct class, so it needs a labelled dataset")
+    return labels
+
+
+def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model: Any = None, dataset: Any = None,
+                    *, weights: str | os.PathLike | None = None, batch_size: int = 256,
+                    device: str | torch.device = "cpu", units_per_pass: int | None = None) -> pd.DataFrame:
+    """Compute and store per-unit ablation importance of `layer` (or each of a list) of a
+    mined run; returns the (last) layer's table, as `Run.unit_importance` reads it back.
+
+    model/dataset: as mined; None reloads them from the run's record (reload.py). The
+    model's weights must be those the run was mined with.
+    """
+    if units_per_pass is not None and units_per_pass < 1:
+        raise SketchmineError(f"units_per_pass must be at least 1 (or None to size passes by memory), got {units_per_pass}")
+    if batch_size < 1:
+        raise SketchmineError(f"batch_size must be at least 1, got {batch_size}")
+    device = as_device(device)
+    layers = [layer] if isinstance(layer, str) else list(layer)
+    if not layers:
+        raise SketchmineError("no layer given; name the layers to ablate")
+    run = run if isinstance(run, Run) else open_run(run)
+    from sketchmine.passes import reload
+
+    loaded = reload.run_model(run, model, weights)
+    ds = reload.run_dataset(run, dataset)
+    labels = _labels(run, ds)
+    for name in layers:
+        run.layer_attrs(name)  # a layer the run does not have is refused with the run's layers
+        if not isinstance(loaded.module, nn.Module):
+            raise SketchmineError(f"run {run.path}: ablation importance needs the torch model (pass model=...)")
+        result = ablation_importance(loaded.module, ds, name, labels, batch_size, device, units_per_pass)
+        write_importance(run, name, result)
+    return open_run(run.path).unit_importance(layers[-1])

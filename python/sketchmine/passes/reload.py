@@ -1,0 +1,108 @@
+"""Load a run's model and dataset again, for passes after mining (visualize, importance).
+
+The run records how it was made (attrs `model_spec`, `weights_sha256`, `dataset`,
+`preprocessing`, and the per-image `dataset/paths`); these functions rebuild the same
+inputs from that record and refuse anything that no longer matches, so a second pass
+never silently reads other images or another model.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from sketchmine.data import ImageFolderDataset, MinerDataset, Preprocessing, animal_shape, as_miner_dataset
+from sketchmine.errors import SketchmineError
+from sketchmine.model.models import LoadedModel, load_model, weights_hash
+from sketchmine.results.run import Run
+
+
+def run_model(run: Run, model: nn.Module | str | None = None, weights: str | os.PathLike | None = None) -> LoadedModel:
+    """The run's model: `model` when given, else the recorded spec; its weights must hash
+    to the run's `weights_sha256`."""
+    attrs = run.attrs
+    recorded = attrs.get("model_spec") or {}
+    if model is None:
+        spec = recorded.get("spec")
+        if spec is None:
+            raise SketchmineError(f"run {run.path} was mined from an in-memory model ({attrs.get('model')}); "
+                                  "pass the same model (model=...)")
+        weights = weights or recorded.get("weights")
+        model = spec
+    seed = recorded.get("seed")
+    loaded = load_model(model, weights, seed=seed if isinstance(seed, int) else None)
+    if weights_hash(loaded.module) != attrs.get("weights_sha256"):
+        raise SketchmineError(f"the model's weights differ from those run {run.path} was mined with "
+                              f"(sha256 {str(attrs.get('weights_sha256'))[:12]}…); pass the same model")
+    return loaded
+
+
+def run_preprocessing(run: Run) -> Preprocessing | None:
+    """The recorded preprocessing (None for a plain torch Dataset)."""
+    rec: dict[str, Any] | None = run.attrs.get("preprocessing")
+    if not rec:
+        return None
+    return Preprocessing(rec["preset"], int(rec["channels"]), tuple(rec["size"]) if rec.get("size") else None,
+                         tuple(rec.get("mean") or ()), tuple(rec.get("std") or ()))
+
+
+def run_dataset(run: Run, data: Any = None) -> MinerDataset:
+    """The dataset the run was mined on, in the same global order (as progressive drawings
+    again when the run mined sequences).
+
+    data: None (the recorded dataset), a directory (a moved ImageFolder root: the recorded
+    relative paths are read under it), or a dataset object (used as given, fingerprint-checked).
+    """
+    desc = dict(run.attrs.get("dataset") or {})
+    pre = run_preprocessing(run) or Preprocessing("none")
+    if data is not None and not isinstance(data, (str, os.PathLike)):
+        ds = as_miner_dataset(data, run_preprocessing(run))  # the recorded one (None: tensors as they were)
+        _check_fingerprint(run, ds)
+        return ds
+    from sketchmine.data.sequences import reopen
+
+    base = _recorded_base(run, desc, pre, data)
+    ds = reopen(desc, base) or base
+    if isinstance(base, ImageFolderDataset):
+        missing = missing_images(base, np.arange(len(base)))
+        if missing:  # named first: clearer than a fingerprint that differs
+            raise SketchmineError(f"{len(missing)} image(s) of run {run.path} are missing, e.g. {missing[0]}; "
+                                  "pass --data DIR (data=) if the images moved")
+    # a folder's content hashes are cached by file (data.content_hashes), so this re-reads
+    # only files changed since mining or a folder that moved
+    _check_fingerprint(run, ds)
+    return ds
+
+
+def _recorded_base(run: Run, desc: dict[str, Any], pre: Preprocessing, data: str | os.PathLike | None) -> MinerDataset:
+    """The images the run's record names: its ImageFolder (under `data` if it moved) or the
+    embedded split."""
+    kind = desc.get("kind")
+    if kind == "image_folder" or data is not None:
+        root = Path(data) if data is not None else Path(desc["root"])
+        if not root.is_dir():
+            raise SketchmineError(f"dataset root {root} of run {run.path} does not exist; "
+                                  "pass --data DIR (data=) if the images moved")
+        samples = list(zip((str(p) for p in run.paths), (int(l) for l in run.labels)))
+        return ImageFolderDataset.from_samples(root, samples, run.class_names, pre)
+    if kind == "embedded" and "subset" not in desc:
+        return animal_shape(desc.get("split", "test"), pre)
+    raise SketchmineError(f"run {run.path} was mined from a {desc.get('type', 'Python')} dataset object that "
+                          "cannot be reopened from the store; pass the same dataset object (visualize(data=...), "
+                          "unit_importance(dataset=...))")
+
+
+def missing_images(ds: MinerDataset, indices: np.ndarray) -> list[str]:
+    """Paths of the given images that are not on disk (ImageFolder datasets only)."""
+    if not isinstance(ds, ImageFolderDataset):
+        return []
+    return [str(ds.root / ds.samples[i][0]) for i in indices if not (ds.root / ds.samples[i][0]).is_file()]
+
+
+def _check_fingerprint(run: Run, ds: MinerDataset) -> None:
+    if len(ds) != run.labels.shape[0] or ds.fingerprint() != run.attrs.get("dataset_fingerprint"):
+        raise SketchmineError(f"the dataset given ({len(ds)} images) is not the one run {run.path} was mined on "
+                              f"({run.labels.shape[0]} images, fingerprint {str(run.attrs.get('dataset_fingerprint'))[:12]}…)")

@@ -1,0 +1,333 @@
+"""The second pass: for every top-k entry, the input patch under the unit's receptive field
+and the deconvolution of that unit, written into the run store.
+
+Only the top-k images are read (reloaded from the dataset the run recorded). Units are
+processed in fixed blocks (ceil(batch_size / k) units, one forward and one backward each);
+a block's arrays are written, then `units_done` is committed in the layer's attributes, so
+a killed pass resumes at a block boundary with the same batches and ends identical to an
+uninterrupted one.
+
+    layers/<name>/patches  uint8 (C, k, h, w, ch)  pixels as the model saw them (0 outside the image)
+    layers/<name>/deconv   uint8 (C, k, h, w, ch)  128 + 127 · signal / max|signal| over the crop
+    layers/<name>/boxes    int32 (C, k, 4)  receptive-field box (top, left, bottom, right), unclipped
+    layers/<name>/inside   int32 (C, k, 4)  the part of the box inside the image; -1: empty slot
+    attrs "visualized": method, patch_size, source_size, units_done, block_units, complete
+
+Patches larger than `max_patch` pixels on a side are resized (area) to fit it: the
+whole-image patches of FC and softmax units at 224 px would otherwise take gigabytes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sketchmine.data import MinerDataset
+from sketchmine.device import as_device
+from sketchmine.errors import SketchmineError
+from sketchmine.model.receptive_field import ReceptiveField
+from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
+from sketchmine.passes.images import ImageCache, fit, signal_to_uint8, to_hwc
+from sketchmine.passes.reload import missing_images, run_dataset, run_model, run_preprocessing
+from sketchmine.passes.traces import write_traces
+from sketchmine.progress import Progress, Silent
+from sketchmine.results.run import Run, open_run
+from sketchmine.stats.ops import clip_boxes, crop_patches
+from sketchmine.store import schema
+from sketchmine.store.runstore import RunLock, RunStore
+
+ARRAYS = tuple(schema.VISUAL_ARRAYS)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one layer's entries become patches."""
+
+    name: str
+    channels: int
+    grid: bool
+    source: tuple[int, int]   # crop size in input pixels (the receptive field, or the whole image)
+    size: tuple[int, int]     # stored patch size (source, shrunk to fit max_patch)
+    stride: tuple[int, int]
+    offset: tuple[int, int]
+    timed: bool = False       # a line of time steps (recurrent, per-step linear): yx = (0, t)
+    frame_h: int = 0          # time-distributed conv: frames stacked along y, yx = (t * frame_h + y, x)
+
+    @property
+    def field(self) -> ReceptiveField:
+        return ReceptiveField(self.source, self.stride, self.offset)
+
+    def attrs(self, method: str, block: int) -> dict[str, Any]:
+        return {"method": method, "patch_size": list(self.size), "source_size": list(self.source),
+                "block_units": block, "units_done": 0, "complete": False}
+
+
+def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, model: nn.Module | str | None = None,
+              weights: str | os.PathLike | None = None, data: Any = None, method: str = "deconvnet",
+              batch_size: int = 64, device: str | torch.device = "cpu", max_patch: int = 128,
+              max_units: int | None = None, redo: bool = False, progress: Progress | None = None) -> Run:
+    """Crop the receptive-field patch and the deconvolution of every top-k entry of `layers`
+    (default: all mined layers) into the run. Re-running an interrupted call resumes it.
+
+    model/weights: the model the run was mined with (default: reloaded from the run's record);
+    data: a moved ImageFolder root, or the dataset object for runs mined from one.
+    max_units: stop after the first N units of each layer (a later call without it goes on,
+    finishing the block it stopped in first).
+    """
+    if method not in METHODS:
+        raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
+    if batch_size < 1 or max_patch < 1:
+        raise SketchmineError("batch size and max patch size must be at least 1")
+    if max_units is not None and max_units < 1:
+        raise SketchmineError(f"max_units must be at least 1 (or None for every unit), got {max_units}")
+    progress = progress or Silent()
+    run = run if isinstance(run, Run) else open_run(run)
+    if not run.complete:
+        raise SketchmineError(f"run {run.path} is still being mined ({run.images_done} images done); "
+                              "finish it (re-run the same mine command) before visualizing")
+    names = [run.check_layer(l) for l in layers] if layers else run.layers
+    device = as_device(device)
+    ds = run_dataset(run, data)
+    needed = np.unique(np.concatenate([np.zeros(0, np.int64)] + [run.topk(l)[1].ravel() for l in names]))
+    needed = needed[needed >= 0]
+    _check_present(ds, needed)
+    # the model input's channels and size, from an image it saw: patches are stored like it
+    # (a sequence sample, (T, C, H, W), is stored by its frames)
+    pre = run_preprocessing(run)
+    images = ImageCache(ds, pre)  # decoded once, shared by all layers
+    channels, *image_hw = images.inputs([int(needed[0])])[0].shape[-3:] if len(needed) else (1, 1, 1)
+    image_hw = tuple(image_hw)
+    plans = [_plan(run, name, image_hw, max_patch) for name in names]
+    net = run_model(run, model, weights).module.to(device)
+    deconv = Deconvolver(net, method)
+    store = RunStore.open(run.path, mode="r+")
+    lock = RunLock(store.path)
+    lock.acquire()
+    try:
+        todo = {p.name: _prepare(store, p, run.k, channels, method, _block_units(p, batch_size, run.k), redo)
+                for p in plans}
+        limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
+        progress.start(sum(limit.values()), sum(min(done, limit[n]) for n, (done, _) in todo.items()))
+        for p in plans:
+            done, layer_block = todo[p.name]
+            _visualize_layer(store, run, p, done, layer_block, limit[p.name], images, deconv, batch_size, device,
+                             progress)
+        write_traces(store, run, names, net, ds, device)  # the report reads them, it runs no model
+    finally:
+        lock.release()
+    return open_run(run.path)
+
+
+WHOLE_IMAGE_GROUPS = 8
+"""Groups of `batch_size` entries per block of whole-image units: a larger block holds more
+entries of each image, which then share its forward (`Deconvolver.shared`)."""
+
+
+def _block_units(p: _Plan, batch_size: int, k: int) -> int:
+    """Units per block (the unit of resumption): one batch of entries for grid units, where
+    each entry has its own window; WHOLE_IMAGE_GROUPS batches for whole-image units."""
+    return max(1, (batch_size if p.grid else WHOLE_IMAGE_GROUPS * batch_size) // k)
+
+
+def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Plan:
+    """Crop geometry of one layer from its recorded receptive field."""
+    shape = run.layer_shape(name)
+    attrs = run.layer_attrs(name)
+    grid = len(shape) == 3
+    frame_h = int(attrs["frame"][0]) if grid and _time_stacked(run, name) else 0
+    if frame_h and not attrs.get("receptive_field"):
+        raise SketchmineError(
+            f"layer {name!r} of {run.path} is a time-distributed conv (each step's frame stacked along y) and "
+            "the run has no receptive field for it (mined before they were computed per frame); mine it again "
+            "with this version, or visualize its recurrent, linear and softmax layers")
+    if grid:
+        if "receptive_field" not in attrs:
+            raise SketchmineError(f"run {run.path} was mined before receptive fields were recorded; "
+                                  f"mine it again with this version to visualize {name!r}")
+        rf = attrs["receptive_field"]
+        if rf is None or not rf.get("size"):
+            raise SketchmineError(f"run {run.path} has no receptive field for layer {name!r} (the model's graph "
+                                  "could not be analysed when it was mined); only layers without a grid can be visualized")
+        grid = 0 not in rf["stride"]  # stride 0: a grid whose units all see the whole image (after global pooling)
+        source, stride, offset = tuple(rf["size"]), tuple(rf["stride"]), tuple(rf["offset"])
+        if not grid:
+            source, stride, offset = image_hw, (0, 0), (0, 0)
+    else:  # FC, softmax and 1-D layers: the whole image
+        source, stride, offset = image_hw, (0, 0), (0, 0)
+    scale = min(1.0, max_patch / max(source))
+    size = tuple(max(1, round(s * scale)) for s in source)
+    timed = len(shape) == 2 and (attrs.get("position") in ("time", "sequence")
+                                 or (attrs.get("position") == "time-stacked" and not attrs.get("frame")))
+    return _Plan(name, shape[0], grid, source, size, stride, offset, timed, frame_h)  # type: ignore[arg-type]
+
+
+def _time_stacked(run: Run, name: str) -> bool:
+    """A time-distributed layer of a sequence model with a spatial frame per step (frames stacked
+    along y); per-step vectors (an empty frame) are a plain line of time steps."""
+    attrs = run.layer_attrs(name)
+    return attrs.get("position") == "time-stacked" and bool(attrs.get("frame"))
+
+
+def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int, redo: bool) -> tuple[int, int]:
+    """Create the layer's arrays (or check the existing ones match): (units done, block size).
+
+    A resumed layer keeps the block size it was started with, so its batches (and thus
+    every floating-point result) are the same as in an uninterrupted pass."""
+    want = p.attrs(method, block)
+    have, whole = store.visual_state(p.name)
+    if have is not None and not redo and (whole or have.get("units_done", 0) > 0):
+        keys = ("method", "patch_size", "source_size")
+        if all(have.get(key) == want[key] for key in keys) and whole:
+            return int(have.get("units_done", 0)), int(have["block_units"])
+        if not whole:
+            raise SketchmineError(f"layer {p.name!r} of {store.path} is damaged: its patch arrays are missing "
+                                  f"({have.get('units_done')} units were done); pass --redo to make them again")
+        raise SketchmineError(
+            f"layer {p.name!r} of {store.path} was visualized with other settings ({have.get('method')}, patches "
+            f"{have.get('patch_size')}); pass the same --method/--max-patch, or --redo to replace them")
+    store.reset_visual(p.name, p.channels, k, p.size, ch, want)
+    return 0, block
+
+
+def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, limit: int, images: ImageCache,
+                     deconv: Deconvolver, batch_size: int, device: torch.device, progress: Progress) -> None:
+    visualized = dict(store.visual_state(p.name)[0] or {})
+    channels = store.shape(schema.layer_array(p.name, "patches"))[-1]
+    _, index, yx = run.topk(p.name)
+    u0 = done  # a block boundary, the end, or where a call with max_units stopped
+    while u0 < limit:
+        u1 = min((u0 // block + 1) * block, limit)  # blocks stay at multiples of `block`
+        out = _block(p, index[u0:u1], yx[u0:u1], u0, images, deconv, batch_size, device, channels)
+        try:
+            visualized.update(units_done=u1, complete=u1 == p.channels)
+            store.write_visual(p.name, slice(u0, u1), out, visualized)  # the block's arrays first, then the commit
+        except OSError as exc:
+            raise SketchmineError(f"cannot write to {store.path}: {exc.strerror or exc}; the units done so far are "
+                                  "kept — make room and re-run the same command to resume") from None
+        progress.advance(u1 - u0)
+        u0 = u1
+    if p.channels == 0 or done >= p.channels:
+        store.write_visual(p.name, slice(0, 0), {}, {**visualized, "units_done": p.channels, "complete": True})
+
+
+def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, images: ImageCache, deconv: Deconvolver,
+           batch_size: int, device: torch.device, channels: int) -> dict[str, np.ndarray]:
+    """Patches, deconvolutions and boxes of units [u0, u0 + len(index)); `channels` those of
+    the stored pixels.
+
+    Grid units are taken as one group of entries (blocks of them are small). Whole-image units
+    (FC, softmax, recurrent) share each image's forward (`Deconvolver.shared`), so their entries
+    are taken in groups of `batch_size` that keep an image's entries together, each group
+    loading only its own images (their blocks are larger: more entries per image)."""
+    units, k = index.shape
+    filled = index >= 0
+    unit_of, slot_of = np.nonzero(filled)
+    shown, at = index[filled], yx[filled]  # each entry's image and position
+    local = _in_frame(p, at)  # grid positions within the entry's image (or frame)
+    corners = _corners(p, local) if len(shown) else np.zeros((0, 2), dtype=np.int64)
+    out = {"patches": np.zeros((units, k, *p.size, channels), dtype=np.uint8),
+           "deconv": np.full((units, k, *p.size, channels), 128, dtype=np.uint8),
+           "boxes": np.full((units, k, 4), -1, dtype=np.int32), "inside": np.full((units, k, 4), -1, dtype=np.int32)}
+    order = np.arange(len(shown)) if p.grid else shared_order(shown).numpy()
+    group = len(shown) if p.grid else batch_size
+    for s in range(0, len(shown), max(group, 1)):
+        e = order[s:s + group]
+        x, patches, deconvs = _entries(p, shown[e], at[e], local[e], corners[e], unit_of[e] + u0, images, deconv,
+                                       batch_size, device)
+        out["patches"][unit_of[e], slot_of[e]] = patches
+        out["deconv"][unit_of[e], slot_of[e]] = deconvs
+        out["boxes"][unit_of[e], slot_of[e]] = np.concatenate(
+            [corners[e], corners[e] + np.array(p.source) - 1], axis=1).astype(np.int32)
+        out["inside"][unit_of[e], slot_of[e]] = clip_boxes(torch.from_numpy(corners[e]), *p.source,
+                                                           tuple(x.shape[-2:])).numpy()
+    return out
+
+
+def _entries(p: _Plan, shown: np.ndarray, yx: np.ndarray, local: np.ndarray, corners: np.ndarray,
+             units: np.ndarray, images: ImageCache, deconv: Deconvolver, batch_size: int, device: torch.device
+             ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The loaded images, and the (n, h, w, ch) uint8 patches and deconvolution crops of n
+    entries (image `shown`, unit, position)."""
+    uniq, inverse = np.unique(shown, return_inverse=True)
+    x = images.inputs(uniq.tolist()).to(device)
+    inv = torch.from_numpy(inverse.astype(np.int64).reshape(-1)).to(device)
+    corners_t = torch.from_numpy(corners).to(device)
+    frames, frame_of = _frames(x, inv, p, yx)
+    pixels, _ = _frames(images.pixels(uniq.tolist()).to(device), inv, p, yx)
+    crop = crop_patches(pixels, frame_of, corners_t, *p.source)
+    patches = to_hwc(fit(crop, p.size)).cpu().numpy()
+    deconvs = np.empty_like(patches)
+    entry_yx = torch.from_numpy(local.astype(np.int64))
+    for s in range(0, len(shown), batch_size):
+        j = slice(s, s + batch_size)
+        units_j = torch.from_numpy(units[j])
+        if p.grid:  # each unit on its own receptive field only
+            if x.ndim == 5:  # a frame's conv units: windows of that frame, each a one-step sequence
+                crop = deconv.field_crops(frames, frame_of[j], p.name, units_j, entry_yx[j], p.field, steps=True)
+            else:
+                crop = deconv.field_crops(x, inv[j], p.name, units_j, entry_yx[j], p.field)
+        else:
+            sig = deconv.shared(x, inv[j].cpu(), p.name, units_j, entry_yx[j])
+            if sig.ndim == 5:  # a sequence: the signal on every step's frame, summed onto the image plane
+                sig = sig.sum(dim=1)
+            crop = crop_patches(sig, torch.arange(sig.shape[0], device=sig.device), corners_t[j], *p.source)
+        deconvs[j] = to_hwc(signal_to_uint8(fit(crop, p.size))).cpu().numpy()
+    return x, patches, deconvs
+
+
+def _frames(x: torch.Tensor, inv: torch.Tensor, p: _Plan, yx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images patches are cut from, and each entry's index into them. Plain inputs: the
+    loaded images. Sequences (B, T, C, H, W): each entry's frame — the drawing at the step the
+    unit peaked for layers with a time position, else the last (the whole drawing)."""
+    if x.ndim != 5:
+        return x, inv
+    last = x.shape[1] - 1
+    if p.frame_h:
+        steps = torch.from_numpy(yx[:, 0].astype(np.int64) // p.frame_h)
+    elif p.timed:
+        steps = torch.from_numpy(yx[:, 1].astype(np.int64))
+    else:
+        steps = torch.full((len(inv),), last, dtype=torch.long)
+    return x[inv, steps.clamp(0, last).to(x.device)], torch.arange(len(inv), device=x.device)
+
+
+def _in_frame(p: _Plan, yx: np.ndarray) -> np.ndarray:
+    """Entries' grid positions within their own frame (time-distributed convs stack the frames
+    along y); unchanged for every other layer."""
+    if not p.frame_h:
+        return yx
+    return np.stack([yx[:, 0] % p.frame_h, yx[:, 1]], axis=1).astype(yx.dtype)
+
+
+def _corners(p: _Plan, yx: np.ndarray) -> np.ndarray:
+    """(M, 2) int64 top-left corners of the entries' boxes in input pixels."""
+    if not p.grid:
+        return np.zeros((len(yx), 2), dtype=np.int64)
+    return (np.asarray(p.offset) + yx.astype(np.int64) * np.asarray(p.stride)).astype(np.int64)
+
+
+def _check_present(ds: MinerDataset, needed: np.ndarray) -> None:
+    missing = missing_images(ds, needed)
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise SketchmineError(f"{len(missing)} top-k images are missing from the dataset root: "
+                              f"{', '.join(missing[:5])}{more}; pass --data DIR (data=) if the dataset moved")
+
+
+def patches_of(run: Run, layer: str, unit: int) -> dict[str, np.ndarray]:
+    """One unit's stored patches, deconvolutions and boxes (for reports and notebooks)."""
+    visualized = run.layer_attrs(layer).get(schema.VISUALIZED)
+    if visualized is None or not all(run.has_array(layer, key) for key in ARRAYS):
+        raise SketchmineError(f"layer {layer!r} of {run.path} has no patches; run `sketchmine visualize {run.path}`")
+    units, done = run.array_shape(layer, "patches")[0], int(visualized.get("units_done", 0))
+    if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or not 0 <= unit < units:
+        raise SketchmineError(f"unit {unit!r} is not in layer {layer!r} of {run.path}: its units are 0 to {units - 1}")
+    if unit >= done:  # its blocks are not committed: the arrays hold fill values there
+        raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no patches yet ({done} of {units} "
+                              f"units done); run `sketchmine visualize {run.path}` to continue")
+    return {key: run.layer_array(layer, key, slice(int(unit), int(unit) + 1))[0] for key in ARRAYS}
+

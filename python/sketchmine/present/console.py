@@ -1,0 +1,256 @@
+"""Console output with rich: the mining progress bar and the closing tables.
+
+Kept out of the miner: the miner reports through the `Progress` protocol only.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from sketchmine.results.run import Run
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: object, markup: bool = True) -> str:
+    """`text` fit for a terminal: every C0/C1 control character (ESC, CR, BEL, tab, newline, …)
+    and bidi/line-separator format character shown as a `\\x1b`-style escape, so no file or
+    class name can move the cursor, clear the screen or reorder a line; with `markup`, rich
+    markup (`[bold]`) escaped too, for text handed to a rich Console or Table."""
+    def esc(m: re.Match) -> str:
+        c = ord(m.group())
+        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+    out = _CONTROL.sub(esc, str(text))
+    return escape(out) if markup else out
+
+
+class RichProgress:
+    """Progress bar with images/s and ETA; notes are printed above the bar once each."""
+
+    def __init__(self, console: Console, label: str = "mining", unit: str = "images") -> None:
+        self.console = console
+        self.label, self.unit = label, unit
+        self._bar: Progress | None = None
+        self._task = None
+        self._t0 = 0.0
+        self._start_done = 0
+        self.images = 0
+
+    def start(self, total: int, done: int) -> None:
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(self.label, total=total, completed=done, rate="")
+        self._t0, self._start_done, self.images = time.perf_counter(), done, 0
+        if done and done < total:
+            self.console.print(f"resuming at {self.unit[:-1]} {done} of {total}")
+
+    def advance(self, n: int) -> None:
+        self.images += n
+        rate = self.images / max(time.perf_counter() - self._t0, 1e-9)
+        assert self._bar is not None
+        self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} {'img' if self.unit == 'images' else self.unit}/s")
+
+    def note(self, message: str) -> None:
+        self.console.print(f"[yellow]note:[/] {safe(message)}")
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self._t0
+
+
+def layers_table(run: Run) -> Table:
+    """One row per mined layer: shape, units, best activation, NaNs seen."""
+    table = Table(title=f"{safe(run.path)}  ({'complete' if run.complete else 'PARTIAL: ' + str(run.images_done) + ' images'})")
+    for col in ("layer", "kind", "shape", "units", "max activation", "NaN"):
+        table.add_column(col, justify="right" if col in ("units", "max activation", "NaN") else "left")
+    for name in run.layers:
+        attrs = run.layer_attrs(name)
+        values, idx, _ = run.topk(name)
+        best = values[idx >= 0].max() if (idx >= 0).any() else float("nan")
+        nans = int(run.layer_array(name, "nan_count").sum()) if run.has_array(name, "nan_count") else 0
+        shape = "×".join(map(str, attrs["shape"]))
+        table.add_row(safe(name), safe(attrs.get("kind", "")), safe(shape), str(attrs["shape"][0]), f"{best:.4g}", str(nans))
+    return table
+
+
+def accuracy_table(run: Run) -> Table:
+    acc = run.class_accuracy()
+    overall = run.accuracy()
+    table = Table(title=f"per-class accuracy (overall {overall * 100:.2f}%)" if overall is not None else "per-class accuracy")
+    table.add_column("class")
+    table.add_column("accuracy %", justify="right")
+    table.add_column("images", justify="right")
+    for name, row in acc.iterrows():
+        table.add_row(safe(name), "-" if np.isnan(row["accuracy"]) else f"{row['accuracy'] * 100:.2f}", str(int(row["count"])))
+    return table
+
+
+def preferences_table(run: Run, n: int = 5) -> Table:
+    """The seed's summary: per layer the n most and least frequent classes among top-k images."""
+    table = Table(title=f"classes among the top-{run.k} images of every unit (count, class accuracy %)")
+    table.add_column("layer")
+    table.add_column(f"top {n}")
+    table.add_column(f"bottom {n}")
+    for name in run.layers:
+        fmt = lambda df: ", ".join(  # noqa: E731
+            f"{safe(cls)} {int(r['count'])}" + ("" if np.isnan(r["accuracy"]) else f" ({r['accuracy'] * 100:.1f})")
+            for cls, r in df.iterrows())
+        table.add_row(safe(name), fmt(run.top_classes(name, n)), fmt(run.bottom_classes(name, n)))
+    return table
+
+
+def unbiased_table(run: Run, n: int = 5) -> Table | None:
+    """Per layer the n most and least preferred classes over ALL images (z-scored class means),
+    the median class-selectivity index and the correlation with class ink density; None when
+    the run has no class statistics (no labels, or mined before they were kept)."""
+    from sketchmine.results import analysis
+
+    if not analysis.has_class_stats(run):
+        return None
+    corr = analysis.ink_correlation(run)
+    title = "class preference over all images (mean z-scored class mean; Spearman ρ with class ink density)"
+    table = Table(title=title if run.complete else f"PARTIAL ({run.images_done} images): {title}")
+    for col in ("layer", f"top {n}", f"bottom {n}", "selectivity (median)", "ρ ink", "p"):
+        table.add_column(col, justify="right" if col in ("ρ ink", "p", "selectivity (median)") else "left")
+    for name in run.layers:
+        pref = analysis.class_preference(run, name)
+        si = analysis.selectivity(run, name)
+        fmt = lambda df: ", ".join(f"{safe(c)} {r['preference']:+.2f}" for c, r in df.iterrows())  # noqa: E731
+        row = corr.loc[name]
+        table.add_row(safe(name), fmt(pref.head(n)), fmt(pref.tail(n)),
+                      f"{si.median():.3f}" if si.notna().any() else "-",
+                      f"{row['spearman']:+.3f}", f"{row['p_value']:.3g}")
+    return table
+
+
+def ink_table(run: Run) -> Table:
+    """Mean ink density of each class's images beside the class accuracy."""
+    from sketchmine.errors import SketchmineError
+
+    ink = run.ink_density()
+    try:
+        acc = run.class_accuracy()["accuracy"]
+    except SketchmineError:  # no predictions: the column says "-"
+        acc = {}
+    table = Table(title="ink density per class (fraction of pixels that differ from the background)")
+    for col in ("class", "ink density", "accuracy %"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c, v in ink.items():
+        a = acc.get(c, float("nan"))
+        table.add_row(safe(c), f"{v:.3f}", "-" if np.isnan(a) else f"{a * 100:.2f}")
+    return table
+
+
+def compare_tables(cmp) -> list[Table]:
+    """`compare.Comparison` as two tables: accuracy side by side, layers paired by depth."""
+    oa, ob = cmp.overall
+    acc = Table(title=f"accuracy: A {safe(cmp.a.path)} ({'-' if oa is None else f'{oa * 100:.2f}%'}) vs "
+                      f"B {safe(cmp.b.path)} ({'-' if ob is None else f'{ob * 100:.2f}%'})")
+    for col in ("class", "A %", "B %", "B − A"):
+        acc.add_column(col, justify="left" if col == "class" else "right")
+    pct = lambda v: "-" if np.isnan(v) else f"{v * 100:.2f}"  # noqa: E731
+    for c, r in cmp.accuracy.iterrows():
+        acc.add_row(safe(c), pct(r["accuracy_a"]), pct(r["accuracy_b"]), pct(r["difference"]))
+    lay = Table(title=f"layers paired by relative depth: top/bottom {cmp.n} classes among the top-k images, Jaccard overlap")
+    for col in ("layer A", "layer B", f"top {cmp.n} A", f"top {cmp.n} B", "J top", f"bottom {cmp.n} A",
+                f"bottom {cmp.n} B", "J bottom"):
+        lay.add_column(col, justify="right" if col.startswith("J") else "left")
+    for _, r in cmp.layers.iterrows():
+        lay.add_row(safe(r["layer_a"]), safe(r["layer_b"]), ", ".join(safe(x) for x in r["top_a"]), ", ".join(safe(x) for x in r["top_b"]),
+                    f"{r['jaccard_top']:.2f}", ", ".join(safe(x) for x in r["bottom_a"]), ", ".join(safe(x) for x in r["bottom_b"]),
+                    f"{r['jaccard_bottom']:.2f}")
+    return [acc, lay]
+
+
+def importance_table(run: Run, name: str, n: int) -> Table:
+    """A rich table of the `n` units of `name` that matter most for the correct class."""
+    df = run.unit_importance(name)
+    table = Table(title=f"{safe(name)}: units that matter most for the correct class "
+                        f"({df.attrs['images']} images, accuracy {df.attrs['base_accuracy'] * 100:.2f}%)")
+    for col in df.columns:
+        table.add_column(col, justify="right")
+    for row in df.head(n).itertuples(index=False):
+        table.add_row(str(row.unit), *(f"{v:.4f}" for v in row[1:]))
+    return table
+
+
+# ---- what the commands print (cli parses and dispatches; the demo prints the same) ----------
+def print_summary(path: str, n: int, console: Console) -> None:
+    """`sketchmine summary`: layers, accuracy, class preferences (also printed by the demo)."""
+    from sketchmine.results.run import open_run
+
+    run = open_run(path)
+    console.print(layers_table(run))
+    if run.complete:
+        console.print(accuracy_table(run))
+    else:
+        console.print(f"[yellow]partial run[/]: {run.images_done} images mined so far; accuracy comes at the end")
+    console.print(preferences_table(run, n))
+    unbiased = unbiased_table(run, n)
+    if unbiased is not None:
+        console.print(ink_table(run))
+        console.print(unbiased)
+
+
+def print_report(path: str, out: str, console: Console) -> Path:
+    """`sketchmine report`: write the HTML report (from the store alone) and say where it is."""
+    from sketchmine.present.report import write_report
+
+    t0 = time.perf_counter()
+    index = write_report(path, out)
+    console.print(f"report written in {time.perf_counter() - t0:.1f} s: open {safe(index)}")
+    return index
+
+
+def print_compare(a: Run | str, b: Run | str, n: int, console: Console, title: bool = False) -> None:
+    """`sketchmine compare A B`: accuracy per class side by side, layers paired by depth; with
+    `title`, a rule naming the two models first (the demo)."""
+    from sketchmine.results.compare import compare
+
+    cmp = compare(a, b, n)
+    if title:
+        console.rule(f"[bold]compare[/]: A = {safe(cmp.a.attrs.get('model'))}, B = {safe(cmp.b.attrs.get('model'))}")
+    for table in compare_tables(cmp):
+        console.print(table)
+
+
+def print_mined(run: Run, progress: RichProgress, no_logits: bool, console: Console) -> None:
+    """What `sketchmine mine` says at the end: the layers, the images and the accuracy."""
+    console.print(layers_table(run))
+    acc = run.accuracy()
+    console.print(f"{run.images_done} images, {progress.images} this session in {progress.seconds:.1f} s"
+                  + (f"; accuracy {acc * 100:.2f}%" if acc is not None else "") + f" → {safe(run.path)}")
+    if no_logits:
+        console.print("--no-logits: the forward pass stopped after the deepest mined layer; "
+                      "no predictions or accuracy were written")
+
+
+def print_visualized(run: Run, layers: list[str] | None, method: str, progress: RichProgress,
+                     console: Console) -> None:
+    """What `sketchmine visualize` says at the end."""
+    console.print(f"patches and {method} crops of {len(layers or run.layers)} layers "
+                  f"in {progress.seconds:.1f} s → {safe(run.path)}")

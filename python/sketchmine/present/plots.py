@@ -1,0 +1,194 @@
+"""Pictures of a run (matplotlib, Agg backend, no display needed): the seed's summary plot
+and class-histogram bar charts, each written as PNG and SVG.
+
+Dataset strings are drawn as plain text (`parse_math=False`): a class named "$x$" stays "$x$".
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from sketchmine.results.run import Run  # noqa: E402
+
+FORMATS = ("png", "svg")
+
+
+def _save(fig: Figure, base: Path, formats: tuple[str, ...]) -> list[Path]:
+    """base.png, base.svg …; returns the files written."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in formats:
+        path = base.with_name(f"{base.name}.{fmt}")
+        with warnings.catch_warnings():  # class names in scripts the default font lacks: boxes, not errors
+            warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
+            fig.savefig(path, format=fmt, dpi=110, bbox_inches="tight")
+        out.append(path)
+    plt.close(fig)
+    return out
+
+
+def summary_figure(run: Run, n: int = 5) -> Figure:
+    """One row per layer: its n most and n least frequent classes among the top-k images, each
+    cell coloured by the class's accuracy (red 0 % … green 100 %), the seed's summary plot."""
+    layers = run.layers
+    fig, ax = plt.subplots(figsize=(1.5 * 2 * n + 1.6, 0.62 * len(layers) + 1.2))
+    cmap = plt.get_cmap("RdYlGn")
+    for r, layer in enumerate(layers):
+        cells = list(run.top_classes(layer, n).iterrows()) + list(run.bottom_classes(layer, n).iterrows())
+        for c, (name, row) in enumerate(cells):
+            x = c + (0.3 if c >= n else 0.0)
+            acc = row["accuracy"]
+            ax.add_patch(plt.Rectangle((x, r), 0.96, 0.92, color="#dddddd" if np.isnan(acc) else cmap(acc), alpha=0.55))
+            label = f"{str(name)[:18]}\n{'-' if np.isnan(acc) else f'{acc * 100:.2f}'}  ({int(row['count'])})"
+            ax.text(x + 0.48, r + 0.46, label, ha="center", va="center", fontsize=7, parse_math=False)
+    ax.set_xlim(-0.05, 2 * n + 0.35)
+    ax.set_ylim(len(layers), -0.6)
+    ax.set_yticks(np.arange(len(layers)) + 0.46)
+    ax.set_yticklabels(layers, fontsize=8)
+    ax.set_xticks([])
+    for side, x in (("Top", n / 2), ("Bottom", n + 0.3 + n / 2)):
+        ax.text(x, -0.3, f"{side} {n} classes", ha="center", fontsize=10, weight="bold")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    title = f"classes among the top-{run.k} images of every unit (class accuracy %, count)"
+    ax.set_title(title if run.complete else f"PARTIAL ({run.images_done} images): {title}", fontsize=10)
+    return fig
+
+
+def summary_plot(run: Run, out: str | os.PathLike, n: int = 5, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Write the summary plot as out.png / out.svg."""
+    return _save(summary_figure(run, n), Path(out), formats)
+
+
+def histogram_figure(run: Run, layer: str) -> Figure:
+    """Bar chart of the class histogram of one layer (most frequent first), bars coloured by
+    the class's accuracy."""
+    df = run.top_classes(layer, len(run.class_names))  # every class, most frequent first
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(df) + 1.5), 3.2))
+    acc = df["accuracy"].to_numpy()
+    colors = [("#bbbbbb" if np.isnan(a) else plt.get_cmap("RdYlGn")(a)) for a in acc]
+    ax.bar(np.arange(len(df)), df["count"].to_numpy(), color=colors, edgecolor="#444444", linewidth=0.4)
+    ax.set_xticks(np.arange(len(df)))
+    ax.set_xticklabels([str(c) for c in df.index], rotation=60, ha="right", fontsize=7)
+    for t in ax.get_xticklabels():
+        t.set_parse_math(False)
+    ax.set_ylabel(f"images in top-{run.k}")
+    ax.set_title(f"{layer}: classes among the top-{run.k} images of its units", fontsize=9, parse_math=False)
+    return fig
+
+
+def histogram_plot(run: Run, layer: str, out: str | os.PathLike, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Write one layer's class histogram as out.png / out.svg."""
+    return _save(histogram_figure(run, layer), Path(out), formats)
+
+
+def ink_figure(run: Run) -> Figure:
+    """Per layer: Spearman correlation of its class preference with the classes' ink density."""
+    corr = run.ink_correlation()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(corr) + 1.5), 3.0))
+    rho = corr["spearman"].to_numpy()
+    ax.bar(np.arange(len(corr)), np.nan_to_num(rho), color=["#3b7dd8" if r >= 0 else "#d8703b" for r in rho])
+    ax.axhline(0, color="#333333", linewidth=0.6)
+    ax.set_ylim(-1, 1)
+    ax.set_xticks(np.arange(len(corr)))
+    ax.set_xticklabels(list(corr.index), rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("Spearman ρ")
+    ax.set_title("class preference (all images) vs class ink density", fontsize=9)
+    return fig
+
+
+def ink_plot(run: Run, out: str | os.PathLike, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    return _save(ink_figure(run), Path(out), formats)
+
+
+def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
+    """Bar charts, one per layer, of its n most important units (drop in correct-class
+    probability when the unit is zeroed; accuracy drop annotated), from the stored results."""
+    from sketchmine.results.run import check_count
+
+    names = [layers] if isinstance(layers, str) else list(layers)
+    n = check_count(n)
+    fig, axes = plt.subplots(len(names), 1, figsize=(7, 0.35 * n * len(names) + 1.2), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        df = run.unit_importance(name).head(n)
+        ax.barh([f"unit {u}" for u in df["unit"]][::-1], df["prob_drop"][::-1], color="#4c72b0")
+        for i, (p, a) in enumerate(zip(df["prob_drop"][::-1], df["acc_drop"][::-1])):
+            ax.text(p, i, f"  acc −{a * 100:.1f} pt", va="center", fontsize=7)
+        ax.set_title(f"{name}: most important units (ablated)", fontsize=9)
+        ax.set_xlabel("drop in correct-class probability", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_importance(run: Run, layers: list[str] | None = None, n: int = 10,
+                    path: str | os.PathLike | None = None) -> Figure:
+    """`importance_figure` of the given layers (default: every layer with stored importance),
+    saved as PNG when `path` is given. Returns the figure."""
+    from sketchmine.errors import SketchmineError
+
+    names = layers or [l for l in run.layers if run.has_importance(l)]
+    if not names:
+        raise SketchmineError(f"run {run.path} has no unit importance yet; run sketchmine importance first")
+    fig = importance_figure(run, names, n)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def importance_plot(run: Run, layer: str, out: str | os.PathLike, n: int = 10,
+                    formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """The importance figure saved as out.png (the report's per-layer plot)."""
+    return _save(importance_figure(run, layer, n), Path(out), formats)
+
+
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """A plot file sketchmine may write (checked before any computation): its folder exists
+    and is writable and not inside a run, it is not a folder, its extension is a format
+    matplotlib writes. An existing file of that name is replaced (the path was asked for);
+    nothing else is ever removed."""
+    from sketchmine.errors import SketchmineError
+    from sketchmine.store.runstore import is_run
+
+    p = Path(path)
+    target = p.resolve()
+    fmt = p.suffix[1:].lower()
+    formats = Figure().canvas.get_supported_filetypes()
+    if target.is_dir():
+        raise SketchmineError(f"plot file {p} is a folder; give a file name such as {p / 'importance.png'}")
+    if fmt not in formats:
+        raise SketchmineError(f"plot file {p}: {'no extension' if not fmt else f'unknown format {fmt!r}'}; "
+                              f"name it .png, .svg or .pdf (matplotlib writes {', '.join(sorted(formats))})")
+    if not target.parent.is_dir():
+        raise SketchmineError(f"plot file {p}: the folder {p.parent} does not exist")
+    if not os.access(target.parent, os.W_OK):
+        raise SketchmineError(f"plot file {p}: the folder {p.parent} is not writable")
+    for q in target.parents:
+        if is_run(q):
+            raise SketchmineError(f"plot file {p} is inside the run {q}; write it outside any run")
+    return target
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write `fig` to `path` (format from the extension) through a temporary sibling file, so
+    a failed write leaves an earlier file of that name as it was; closes the figure."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.sketchmine-tmp-{os.getpid()}")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
+            fig.savefig(tmp, format=p.suffix[1:].lower(), dpi=dpi)
+        os.replace(tmp, p)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return p

@@ -1,0 +1,276 @@
+"""The HTML report: one static folder that opens offline in any browser.
+
+    out/index.html               run, accuracy table, summary plot, unbiased preferences, layer list
+    out/layers/<id>.html         one page per layer: histogram, preferences, unit cards (paged)
+    out/data/<id>/page_NNNN.js   the cards of PAGE_SIZE units, loaded when shown (a script, not
+                                 fetch(), so it works from file://)
+    out/img/<id>/<unit>_p.png    the unit's k patches (and _d: deconvolutions) as one strip
+    out/assets/                  report.css, report.js (no CDN)
+
+The report reads the run store only (a `Run`): it runs no model and opens no dataset, so it
+can be written where neither is at hand. Pictures and activation over time come from
+`sketchmine visualize`. This module renders the pages; report_data writes the cards' data,
+report_folder owns the folder and its atomic replacement.
+Every dataset string is escaped here (html.escape) or set with textContent in report.js.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sketchmine.errors import SketchmineError
+from sketchmine.present import plots
+from sketchmine.present.report_data import PAGE_SIZE, importance_ranks, layer_data, layer_ids
+from sketchmine.present.report_folder import MARKER, TMP, check_report_dir, remove_stale, swap_in
+from sketchmine.results import analysis
+from sketchmine.results.run import Run, open_run
+
+__all__ = ["PAGE_SIZE", "MARKER", "write_report", "check_report_dir", "dataset_words", "layer_ids"]
+
+e = html.escape
+
+
+def _pct(a: float) -> str:
+    return "-" if a is None or np.isnan(a) else f"{a * 100:.2f}"
+
+
+def _page(title: str, body: str, depth: int = 0, attrs: str = "") -> str:
+    up = "../" * depth
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
+            f'<link rel="stylesheet" href="{up}assets/report.css"></head>\n<body{attrs}>\n{body}\n</body></html>\n')
+
+
+def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    """Rows of already-escaped cells."""
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+IMPORTANCE_COLUMNS = [("unit", "unit"), ("prob_drop", "prob. drop"), ("acc_drop", "accuracy drop (pt)"),
+                      ("mean_act_correct", "mean act. correct"), ("mean_act_wrong", "mean act. wrong")]
+
+
+def _importance_section(run: Run, name: str, lid: str) -> str:
+    """The sortable per-unit importance table (sorted by report.js) and the plot."""
+    df = run.unit_importance(name)
+    a = df.attrs
+    head = "".join(f'<th data-col="{i}" data-type="{"num"}" title="click to sort">{e(label)}</th>'
+                   for i, (_, label) in enumerate(IMPORTANCE_COLUMNS))
+    rows = []
+    for _, r in df.iterrows():
+        u = int(r["unit"])
+        cells = [f'<td class="num" data-v="{u}"><a href="#page={u // PAGE_SIZE + 1}">{u}</a></td>']
+        for col, _ in IMPORTANCE_COLUMNS[1:]:
+            v = float(r[col])
+            shown = "-" if np.isnan(v) else (f"{v * 100:.2f}" if col == "acc_drop" else f"{v:.4g}")
+            cells.append(f'<td class="num" data-v="{"" if np.isnan(v) else repr(v)}">{e(shown)}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    info = []
+    if a.get("images") is not None:
+        info.append(f"{int(a['images'])} images")
+    if a.get("base_accuracy") is not None:
+        info.append(f"accuracy {float(a['base_accuracy']) * 100:.2f}% with no unit ablated")
+    if a.get("method"):
+        info.append(f"method {a['method']}")
+    return ("<h2>Which units matter for the label</h2>"
+            f"<p>Each unit zeroed in turn; drop of the correct class's probability and of accuracy "
+            f"({e('; '.join(info))}). Click a column header to sort; a unit number opens its card's page.</p>"
+            f'<img class="plot" src="../importance/{e(lid)}.png" alt="most important units">'
+            f'<div class="scroll"><table id="importance" class="sortable"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: bool) -> str:
+    attrs = run.layer_attrs(name)
+    shape = "×".join(map(str, attrs["shape"]))
+    parts = [f'<p><a href="../index.html">← all layers</a></p><h1>{e(name)}</h1>',
+             f"<p>{e(str(attrs.get('kind', '')))}, output {e(shape)}, top-{run.k} images per unit</p>"]
+    if not run.complete:
+        parts.append(f'<p class="partial">PARTIAL run: {run.images_done} images mined so far</p>')
+    try:
+        rows = [[e(str(c)), str(int(r["count"])), _pct(r["accuracy"])] for c, r in run.top_classes(name, len(run.class_names)).iterrows()]
+        parts.append(f'<h2>Classes among the top-{run.k} images</h2>'
+                     f'<img class="plot" src="../hist/{lid}.png" alt="class histogram">'
+                     + _table(["class", "count", "accuracy %"], rows, {1, 2}))
+    except SketchmineError as exc:
+        parts.append(f'<p class="note">{e(str(exc))}</p>')
+    if stats:
+        pref = run.class_preference(name)
+        si = run.selectivity(name)
+        rows = [[e(str(c)), f"{r['preference']:.3f}", str(int(r["units_preferring"])), _pct(r["accuracy"])]
+                for c, r in pref.iterrows()]
+        parts.append("<h2>Class preference over all images</h2>"
+                     f"<p>mean over {pref.attrs['units']} units of the unit's z-scored class means of its image "
+                     f"maxima; class selectivity index (Morcos et al. 2018): median {np.nanmedian(si) if si.notna().any() else float('nan'):.3f} "
+                     f"over {int(si.notna().sum())} units</p>"
+                     + _table(["class", "preference", "units preferring", "accuracy %"], rows, {1, 2, 3}))
+    if run.has_importance(name):
+        parts.append(_importance_section(run, name, lid))
+    if attrs.get("position") == "time" or attrs.get("time_steps"):
+        parts.append(f"<p>Position is time ({e(str(attrs.get('tapped') or attrs.get('position')))}): each top-k "
+                     "entry is an (image, step) pair; cards show the drawing at the step where the unit peaked "
+                     "(t counted from 1) and the unit's activation over all steps of that sequence.</p>")
+    parts.append("<h2>Units</h2>")
+    if note:
+        parts.append(f'<p class="note" id="pictures-note">{e(note)}</p>')
+    parts.append('<nav class="pager"><button id="prev">◀ previous</button><span id="page-label"></span>'
+                 '<button id="next">next ▶</button></nav><div id="cards"></div>'
+                 '<script src="../assets/report.js"></script>')
+    return _page(f"{name} — sketchmine report", "\n".join(parts), 1,
+                 f' data-layer="{e(lid)}" data-pages="{pages}"')
+
+
+def dataset_words(ds: dict[str, Any]) -> str:
+    """A run's recorded dataset in words ("the embedded animal_shape, test split, as progressive
+    drawings (…)"); keys it does not know are listed as key=value."""
+    ds = dict(ds)
+    kind, seq = ds.pop("kind", None), ds.pop("sequence", None)
+    ds.pop("size", None)  # the image count is said beside it
+    if kind == "embedded":
+        text = f"the embedded {ds.pop('name', '?')}, {ds.pop('split', '?')} split"
+    elif kind == "image_folder":
+        text = f"image folder {ds.pop('root', '?')}"
+    elif kind == "python":
+        text = f"Python dataset {ds.pop('type', '?')}"
+    else:
+        text = "dataset" if kind is None else f"{kind} dataset"
+    if seq:
+        text += (f", as progressive drawings ({seq.get('transform')}, {seq.get('steps')} steps, "
+                 f"ink {seq.get('ink', 'light')})")
+    extra = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in ds.items())
+    return f"{text} ({extra})" if extra else text
+
+
+def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float) -> str:
+    a = run.attrs
+    ds = a.get("dataset") or {}
+    parts = [f"<h1>sketchmine report: {e(str(a.get('model')))}</h1>",
+             f"<p>{e(dataset_words(ds))}; {run.images_done} images; "
+             f"k = {run.k}; run {e(str(run.path))}</p>"]
+    if not run.complete:
+        parts.append(f'<p class="partial">PARTIAL run: {run.images_done} of {ds.get("size", "?")} images mined; '
+                     "every table covers those only</p>")
+    overall = run.accuracy()
+    try:
+        acc = run.class_accuracy()
+        rows = [[e(str(c)), _pct(r["accuracy"]), str(int(r["count"]))] for c, r in acc.iterrows()]
+        parts.append(f"<h2>Accuracy{'' if overall is None else f' {overall * 100:.2f}%'}</h2>"
+                     + _table(["class", "accuracy %", "images"], rows, {1, 2}))
+    except SketchmineError as exc:
+        parts.append(f'<p class="note">{e(str(exc))}</p>')
+    parts.append('<h2>Summary plot</h2><p><img class="plot" id="summary" src="summary.png" alt="summary plot"> '
+                 '<a href="summary.svg">SVG</a></p>' if (run.path and ids) else "")
+    if stats:
+        corr = run.ink_correlation()
+        ink = run.ink_density()
+        rows = [[e(l), e(str(r["kind"])), f"{r['spearman']:.3f}", f"{r['p_value']:.3g}", str(r["classes"])]
+                for l, r in corr.iterrows()]
+        parts.append("<h2>Class preference vs ink density</h2><p>Spearman correlation, per layer, between the "
+                     "layer's class preference over all images and the mean ink density of each class's images "
+                     '(pixels differing from the image background by more than half the range).</p>'
+                     '<img class="plot" src="ink.png" alt="ink correlation">'
+                     + _table(["layer", "kind", "Spearman ρ", "p", "classes"], rows, {2, 3, 4})
+                     + _table(["class", "ink density"], [[e(str(c)), f"{v:.3f}"] for c, v in ink.items()], {1}))
+    rows = []
+    for name, lid in ids.items():
+        attrs = run.layer_attrs(name)
+        try:
+            top = ", ".join(e(str(c)) for c in run.top_classes(name, 5).index)
+        except SketchmineError:
+            top = "-"
+        rows.append([f'<a href="layers/{e(lid)}.html">{e(name)}</a>', e(str(attrs.get("kind", ""))),
+                     e("×".join(map(str, attrs["shape"]))), top])
+    parts.append("<h2>Layers</h2>" + _table(["layer", "kind", "shape", f"top 5 classes (top-{run.k})"], rows))
+    parts.append(f'<p class="note">written by sketchmine in {seconds:.1f} s</p>')
+    return _page("sketchmine report", "\n".join(parts))
+
+
+def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: bool = True,
+                 dataset: None = None) -> Path:
+    """Write the report folder; returns the path of index.html.
+
+    `out` is a folder the report owns: new, empty, or holding an earlier report (the marker
+    file `.sketchmine-report` lists what it wrote). Anything else is refused before a byte is
+    written: a non-empty folder without the marker, an earlier report beside files it did not
+    write, a file, a path inside (or equal to) a run, a folder holding the run it reads. The
+    report is built in a temporary sibling folder and swapped in at the end, so an
+    interrupted or failed report (Ctrl-C, full disk) leaves the previous one as it was.
+
+    Only the store is read: patches, deconvolutions and (for layers whose position is time)
+    the drawing at each entry's step and the activation over time are those `sketchmine
+    visualize` stored; a layer without them says how to add them. Layers with stored unit
+    importance get a sortable table and plot.
+    images: False leaves the cards' picture slots out for layers without patches.
+    dataset: no longer read (the report opens no dataset); anything but None is refused."""
+    t0 = time.perf_counter()
+    if dataset is not None:
+        raise SketchmineError("write_report reads the run store only and opens no dataset: store the pictures "
+                              "and activation over time with sketchmine.visualize(run, data=dataset) (CLI: "
+                              "`sketchmine visualize RUN --layers L`), then write the report without dataset=")
+    run = run if isinstance(run, Run) else open_run(run)
+    shown = Path(out)
+    target = check_report_dir(shown, run.path)
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target)
+        tmp = target.parent / f".{target.name}{TMP}{os.getpid()}"
+        if tmp.exists():  # our own leftover (same pid)
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "partial": True}) + "\n")
+        _build(run, tmp, images, t0)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir() and p.name != MARKER)
+        (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "run": str(run.path), "files": files}) + "\n")
+        swap_in(tmp, target)
+        tmp = None
+    except OSError as exc:
+        where = exc.filename or target
+        raise SketchmineError(f"cannot write the report to {shown}: {exc.strerror or exc} ({where}); the previous "
+                              "report there (if any) is unchanged") from None
+    finally:
+        if tmp is not None:  # interrupted or failed: remove only what this call created
+            shutil.rmtree(tmp, ignore_errors=True)
+    return shown / "index.html"
+
+
+def _build(run: Run, out: Path, images: bool, t0: float) -> None:
+    (out / "assets").mkdir(exist_ok=True)
+    for name in ("report.css", "report.js"):
+        src = resources.files("sketchmine.present") / "report_assets" / name
+        (out / "assets" / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    ids = layer_ids(run)
+    labelled = _labelled(run)
+    stats = analysis.has_class_stats(run)
+    if labelled:
+        plots.summary_plot(run, out / "summary")
+    if stats:
+        plots.ink_plot(run, out / "ink")
+    for name, lid in ids.items():
+        if run.has_importance(name):
+            plots.importance_plot(run, name, out / "importance" / lid)
+        if labelled:
+            plots.histogram_plot(run, name, out / "hist" / lid, formats=("png",))
+        pages, note = layer_data(run, name, lid, out, importance_ranks(run, name), images)
+        (out / "layers").mkdir(exist_ok=True)
+        (out / "layers" / f"{lid}.html").write_text(_layer_page(run, name, lid, pages, note, stats), encoding="utf-8")
+    (out / "index.html").write_text(_index(run, ids if labelled else {}, stats, time.perf_counter() - t0),
+                                    encoding="utf-8")
+
+
+def _labelled(run: Run) -> bool:
+    try:
+        run.class_histogram(run.layers[0])
+        return True
+    except SketchmineError:
+        return False

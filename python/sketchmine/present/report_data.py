@@ -1,0 +1,156 @@
+"""The report's per-layer data: the unit cards' page scripts and image strips, read from the
+run store only (patches and deconvolutions from `visualize`, activation over time from the
+traces it stores, unit importance), never from the model or the dataset.
+
+    out/data/<id>/page_NNNN.js   the cards of PAGE_SIZE units, loaded when shown
+    out/img/<id>/<unit>_p.png    the unit's k patches (and _d: deconvolutions) as one strip
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sketchmine.errors import SketchmineError
+from sketchmine.results.run import Run
+from sketchmine.results.traces import MAX_TRACE_IMAGES, entry_steps, read_traces
+
+PAGE_SIZE = 64
+THUMB = 96
+"""Strips are stored at most this many pixels high (cards show 64 px tiles)."""
+
+
+def layer_ids(run: Run) -> dict[str, str]:
+    """Filesystem-safe, unique id per layer (module names may hold any character)."""
+    return {name: f"{i:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:60]}" for i, name in enumerate(run.layers)}
+
+
+def to_js(obj: Any) -> str:
+    """JSON safe inside a <script> (no '<')."""
+    return json.dumps(obj, ensure_ascii=True, allow_nan=False).replace("<", "\\u003c")
+
+
+def save_png(arr: np.ndarray, path: Path) -> None:
+    """(h, w) or (h, w, 3) uint8 → PNG, shrunk to THUMB pixels high."""
+    im = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+    if im.height > THUMB:
+        im = im.resize((max(1, round(im.width * THUMB / im.height)), THUMB), Image.BILINEAR)
+    im.save(path, compress_level=1)
+
+
+def strip(tiles: np.ndarray) -> np.ndarray:
+    """(k, h, w, ch) → (h, k*w, ch): the tiles side by side."""
+    k, h, w, ch = tiles.shape
+    return tiles.transpose(1, 0, 2, 3).reshape(h, k * w, ch)
+
+
+def class_accuracy_array(run: Run) -> np.ndarray:
+    """(classes,) accuracy per class; NaN everywhere when the run has no predictions."""
+    try:
+        return run.class_accuracy()["accuracy"].to_numpy()
+    except SketchmineError:
+        return np.full(len(run.class_names), np.nan)
+
+
+def visualize_hint(run: Run, name: str) -> str:
+    """The command that adds what the report reads for a layer (patches, traces)."""
+    return f"run `sketchmine visualize {run.path} --layers {name}`"
+
+
+def pictures_note(run: Run, name: str, attrs: dict[str, Any], has_patches: bool, done: int, units: int,
+                  traced: bool, distinct: int) -> str:
+    """The note above a layer's cards: what the store lacks for it and how to add it."""
+    note = ""
+    if not has_patches:
+        what = "the drawings at each entry's step" if attrs.get("position") in ("time", "sequence") else \
+            "patches and deconvolutions"
+        note = f"no pictures stored for this layer: {visualize_hint(run, name)} to add {what}"
+    elif done < units:
+        note = f"patches for units 0..{done - 1} only: the visualize pass is unfinished"
+    if not traced:
+        why = (f"the top-k hold {distinct} images (more than {MAX_TRACE_IMAGES})" if distinct > MAX_TRACE_IMAGES
+               else f"not stored; {visualize_hint(run, name)} to add it")
+        note = (note + "; " if note else "") + f"activation over time not shown: {why}"
+    return note
+
+
+def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, dict] | None,
+               images: bool = True) -> tuple[int, str]:
+    """Write the layer's page scripts and image strips; returns (pages, note on pictures).
+    images: entries without a stored patch carry "image": null (no picture: the report opens
+    no dataset), as the cards' data always had."""
+    attrs = run.layer_attrs(name)
+    values, index, yx = run.topk(name)
+    labels, names, paths = run.labels, run.class_names, run.paths
+    acc = class_accuracy_array(run)
+    vis = dict(attrs.get("visualized") or {})
+    has_patches = run.has_array(name, "patches")
+    has_deconv = has_patches and run.has_array(name, "deconv")
+    done = int(vis.get("units_done", index.shape[0])) if has_patches else 0
+    steps = entry_steps(attrs, yx)
+    traces = read_traces(run, name) if steps is not None else None
+    if traces is not None and traces.shape[:2] != index.shape:
+        traces = None  # written for another top-k: not this run's
+    distinct = len(np.unique(index[index >= 0])) if steps is not None else 0
+    note = pictures_note(run, name, attrs, has_patches, done, index.shape[0], steps is None or traces is not None,
+                         distinct)
+    img_dir, data_dir = out / "img" / lid, out / "data" / lid
+    img_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    c = index.shape[0]
+    pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
+    for p in range(pages):
+        u0, u1 = p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)
+        patches = run.layer_array(name, "patches", slice(u0, u1)) if has_patches and u0 < done else None
+        deconv = run.layer_array(name, "deconv", slice(u0, u1)) if has_deconv and u0 < done else None
+        units = []
+        for u in range(u0, u1):
+            ok = index[u] >= 0
+            entries = []
+            for r in np.nonzero(ok)[0]:
+                i = int(index[u, r])
+                lab = int(labels[i]) if 0 <= labels[i] < len(names) else -1
+                ent = {"rank": int(r), "index": i, "value": float(values[u, r]), "path": str(paths[i]),
+                       "cls": names[lab] if lab >= 0 else None,
+                       "acc": None if lab < 0 or not len(acc) or np.isnan(acc[lab]) else float(acc[lab])}
+                if steps is not None:
+                    ent.update({"t": int(steps[0][u, r]), "steps": steps[1]})
+                    if traces is not None:
+                        ent["trace"] = [round(float(v), 5) for v in traces[u, r]]
+                if patches is None and images:
+                    ent["image"] = None
+                entries.append(ent)
+            unit = {"unit": u, "max": float(values[u, 0]) if ok[0] else None, "entries": entries}
+            if importance is not None and u in importance:
+                unit["importance"] = importance[u]
+            if patches is not None and u < done and entries:
+                h, w = patches.shape[2:4]
+                scale = min(1.0, THUMB / h)
+                unit.update({"h": max(1, round(h * scale)), "w": max(1, round(w * scale)),
+                             "patches": f"../img/{lid}/{u}_p.png"})
+                save_png(strip(patches[u - u0]), img_dir / f"{u}_p.png")
+                if deconv is not None:
+                    save_png(strip(deconv[u - u0]), img_dir / f"{u}_d.png")
+                    unit["deconv"] = f"../img/{lid}/{u}_d.png"
+            units.append(unit)
+        (data_dir / f"page_{p:04d}.js").write_text(f"sketchmineReport.page({p}, {to_js(units)});\n")
+    return pages, note
+
+
+def num(v: Any) -> float | None:
+    """A float for JSON: None for NaN and infinities."""
+    v = float(v)
+    return None if np.isnan(v) or np.isinf(v) else v
+
+
+def importance_ranks(run: Run, name: str) -> dict[int, dict] | None:
+    """unit → its importance rank and drops, when the layer has a stored importance result."""
+    if not run.has_importance(name):
+        return None
+    df = run.unit_importance(name)
+    return {int(r["unit"]): {"rank": int(k) + 1, "prob_drop": num(r["prob_drop"]), "acc_drop": num(r["acc_drop"])}
+            for k, r in df.iterrows()}

@@ -1,0 +1,122 @@
+"""The report folder's ownership and atomic replacement: which folders a report may (re)write
+(`check_report_dir`), and how a finished report is swapped in so that an interrupted one
+leaves the previous report as it was (`swap_in`)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from sketchmine.errors import SketchmineError
+
+MARKER = ".sketchmine-report"
+"""The file that makes a folder a report folder sketchmine may replace (JSON: the files it wrote)."""
+
+TMP = ".sketchmine-report-tmp-"
+
+
+def inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_report_dir(out: str | os.PathLike, run_path: str | os.PathLike | None = None) -> Path:
+    """The resolved report folder `out`, or a SketchmineError saying why sketchmine may not
+    (re)write it. Nothing is created or removed."""
+    from sketchmine.store.runstore import is_run
+
+    shown = Path(out)
+    target = shown.resolve()
+    if target.exists() and not target.is_dir():
+        raise SketchmineError(f"report folder {shown} exists and is not a folder; choose a new or empty folder")
+    for p in (target, *target.parents):
+        if is_run(p):
+            raise SketchmineError(f"report folder {shown} is inside the run {p}; write the report outside any run")
+    if run_path is not None and inside(Path(run_path).resolve(), target):
+        raise SketchmineError(f"report folder {shown} holds the run it reports ({run_path}); a report replaces its "
+                              "whole folder, so choose a new or empty folder outside the run")
+    if target == Path(target.anchor):
+        raise SketchmineError(f"report folder {shown} is a filesystem root; choose a new or empty folder")
+    if target.is_dir() and any(target.iterdir()):
+        marker = target / MARKER
+        if not marker.is_file():
+            raise SketchmineError(f"report folder {shown} is not empty and is not a sketchmine report (no {MARKER} "
+                                  "file); choose a new or empty folder (a report replaces its whole folder)")
+        try:
+            info = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            info = {}
+        if not isinstance(info, dict) or info.get("sketchmine") != "report":
+            raise SketchmineError(f"report folder {shown}: {MARKER} is not a sketchmine report marker; "
+                                  "choose a new or empty folder")
+        if not info.get("partial"):
+            mine = set(info.get("files") or [])
+            foreign = sorted(str(p.relative_to(target)) for p in target.rglob("*")
+                             if not p.is_dir() and p.name != MARKER and str(p.relative_to(target)) not in mine)
+            if foreign:
+                more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+                raise SketchmineError(f"report folder {shown} holds files the report did not write "
+                                      f"({', '.join(foreign[:3])}{more}); move them, or choose another folder")
+    return target
+
+
+def remove_stale(target: Path) -> None:
+    """Temporary report folders of killed report processes (their pid is gone)."""
+    for p in target.parent.glob(f".{glob_escape(target.name)}{TMP}*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or not (p / MARKER).is_file():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import errno
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_in(tmp: Path, target: Path) -> None:
+    """The finished report `tmp` becomes `target`; the previous report (checked to hold only
+    files sketchmine wrote) is removed after the swap."""
+    if not target.exists():
+        os.rename(tmp, target)
+        return
+    cwd = Path.cwd().resolve()
+    if inside(cwd, target):  # keep the folder itself (a shell sitting in it keeps seeing it): swap its entries
+        for p in list(target.iterdir()):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        for p in list(tmp.iterdir()):
+            os.rename(p, target / p.name)
+        tmp.rmdir()
+        return
+    if exchange(tmp, target):  # tmp now holds the previous report
+        shutil.rmtree(tmp)
+        return
+    old = target.parent / f".{target.name}{TMP}old-{os.getpid()}"
+    os.rename(target, old)
+    os.rename(tmp, target)
+    shutil.rmtree(old)

@@ -1,0 +1,3 @@
+"""Reading a run: `Run` (typed accessors over the store), pure analysis functions over its
+arrays, comparisons between runs.
+"""

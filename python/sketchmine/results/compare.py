@@ -1,0 +1,77 @@
+"""Two runs over the same dataset side by side (say AlexNet vs VGG-19): accuracy, per-layer
+top/bottom classes, and how much the preferred classes overlap."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pandas as pd
+
+from sketchmine.errors import SketchmineError
+from sketchmine.results.run import Run, open_run
+
+
+@dataclass
+class Comparison:
+    """accuracy: per class (accuracy_a, accuracy_b, difference); layers: layer pairs matched by
+    relative depth with their top/bottom n classes and Jaccard overlaps; jaccard: top-n Jaccard
+    for every (layer of a, layer of b)."""
+
+    a: Run
+    b: Run
+    n: int
+    accuracy: pd.DataFrame
+    layers: pd.DataFrame
+    jaccard: pd.DataFrame
+
+    @property
+    def overall(self) -> tuple[float | None, float | None]:
+        return self.a.accuracy(), self.b.accuracy()
+
+
+def jaccard(x: set, y: set) -> float:
+    """|x ∩ y| / |x ∪ y| (NaN for two empty sets)."""
+    return len(x & y) / len(x | y) if x | y else float("nan")
+
+
+def depth_pairs(a: list[str], b: list[str]) -> list[tuple[str, str]]:
+    """Each layer of the shallower run with the layer of the other at the nearest relative
+    depth (first layer with first, last with last)."""
+    flip = len(a) > len(b)
+    short, long_ = (b, a) if flip else (a, b)
+    pairs = []
+    for i, name in enumerate(short):
+        rel = i / (len(short) - 1) if len(short) > 1 else 0.0
+        other = long_[int(round(rel * (len(long_) - 1)))]
+        pairs.append((other, name) if flip else (name, other))
+    return pairs
+
+
+def _as_run(r: Run | str | os.PathLike) -> Run:
+    return r if isinstance(r, Run) else open_run(r)
+
+
+def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: int = 5) -> Comparison:
+    """Compare two runs mined over the same dataset (same fingerprint), or refuse."""
+    a, b = _as_run(run_a), _as_run(run_b)
+    fa, fb = a.attrs.get("dataset_fingerprint"), b.attrs.get("dataset_fingerprint")
+    if fa != fb:
+        raise SketchmineError(f"runs {a.path} and {b.path} were mined over different datasets (fingerprint "
+                              f"{str(fa)[:12]}… vs {str(fb)[:12]}…); compare runs over the same images")
+    acc_a, acc_b = a.class_accuracy()["accuracy"], b.class_accuracy()["accuracy"]
+    accuracy = pd.DataFrame({"accuracy_a": acc_a, "accuracy_b": acc_b})
+    accuracy["difference"] = accuracy["accuracy_b"] - accuracy["accuracy_a"]
+    top_a = {l: list(a.top_classes(l, n).index) for l in a.layers}
+    top_b = {l: list(b.top_classes(l, n).index) for l in b.layers}
+    rows = []
+    for la, lb in depth_pairs(a.layers, b.layers):
+        bot_a, bot_b = list(a.bottom_classes(la, n).index), list(b.bottom_classes(lb, n).index)
+        rows.append({"layer_a": la, "layer_b": lb, "top_a": top_a[la], "top_b": top_b[lb],
+                     "bottom_a": bot_a, "bottom_b": bot_b,
+                     "jaccard_top": jaccard(set(top_a[la]), set(top_b[lb])),
+                     "jaccard_bottom": jaccard(set(bot_a), set(bot_b))})
+    matrix = pd.DataFrame([[jaccard(set(top_a[x]), set(top_b[y])) for y in b.layers] for x in a.layers],
+                          index=pd.Index(a.layers, name="layer_a"), columns=pd.Index(b.layers, name="layer_b"))
+    return Comparison(a, b, n, accuracy, pd.DataFrame(rows), matrix)
+
+

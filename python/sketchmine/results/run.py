@@ -1,0 +1,351 @@
+"""A mined run, read back from its store: top-k per layer, labels, accuracy, and the
+class summaries the seed's tables are built from.
+
+`Run` is the readers' only door to the store: every array and attribute is read through its
+accessors (paths from schema.py, reads verified by RunStore), so presentation code never spells a
+store path. The summaries are computed by summaries.py from the arrays read here."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sketchmine.errors import SketchmineError, closest
+from sketchmine.results import importance_store, summaries
+from sketchmine.results.summaries import class_counts
+from sketchmine.stats import topk
+from sketchmine.stats.classstats import RunningClassStats, num_classes_for, restore
+from sketchmine.stats.topk import flat_to_yx
+from sketchmine.store import schema
+from sketchmine.store.runstore import RunStore
+
+__all__ = ["Run", "check_count", "class_counts", "open_run"]
+
+
+class Run:
+    """Read access to one run directory (complete or, clearly labelled, partial)."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    @property
+    def path(self) -> os.PathLike:
+        return self.store.path
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.store.attrs
+
+    @property
+    def layers(self) -> list[str]:
+        """Mined layer names, in forward order."""
+        return list(self.attrs["layer_names"])
+
+    @property
+    def k(self) -> int:
+        return int(self.attrs["k"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.store.progress.get("complete"))
+
+    @property
+    def images_done(self) -> int:
+        return int(self.store.progress.get("images_done", 0))
+
+    @property
+    def class_names(self) -> list[str]:
+        names = [str(s) for s in self.store.read(schema.CLASS_NAMES)]
+        n = self.attrs.get("num_classes") or 0
+        return names or [str(i) for i in range(n)]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64 label per image; -1 where not yet known."""
+        return self.store.read(schema.LABELS)
+
+    @property
+    def paths(self) -> np.ndarray:
+        return self.store.read(schema.PATHS)
+
+    def image_path(self, i: int) -> str:
+        """The path (or dataset-relative name) of global image `i`, as recorded in dataset/paths."""
+        n = self.store.shape(schema.PATHS)[0]
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise SketchmineError(f"image index should be an integer from 0 to {n - 1}, got {i!r}")
+        if not 0 <= int(i) < n:
+            raise SketchmineError(f"image {int(i)} is not in run {self.path}: its images are numbered 0 to {n - 1}")
+        return str(self.store.read(schema.PATHS, slice(int(i), int(i) + 1))[0])
+
+    def layer_shape(self, layer: str) -> tuple[int, ...]:
+        return tuple(self.layer_attrs(layer)["shape"])
+
+    def layer_group(self, layer: str) -> Any:
+        """The layer's Zarr group, its attributes checked. Kept for callers not yet moved to
+        `layer_attrs` / `layer_array` / `has_array`, which do not hand out Zarr objects."""
+        self.layer_attrs(layer)
+        return self.store.layer_group(layer)
+
+    def layer_attrs(self, layer: str) -> dict[str, Any]:
+        """The layer's attributes (shape, kind, receptive_field, visualized, ...), checked: a
+        damaged run is refused clearly."""
+        return self.store.layer_attrs(self.check_layer(layer))
+
+    def has_array(self, layer: str, name: str) -> bool:
+        """True when the layer holds array `name` (class_mean, nan_count, patches, ...)."""
+        return self.store.has(schema.layer_array(self.check_layer(layer), name))
+
+    def layer_array(self, layer: str, name: str, rows: slice | None = None) -> np.ndarray:
+        """Array `name` of the layer (rows `rows` of its first axis, or all), verified against
+        the run's checksums where it has them."""
+        return self.store.read(schema.layer_array(self.check_layer(layer), name), rows)
+
+    def array_shape(self, layer: str, name: str) -> tuple[int, ...]:
+        return self.store.shape(schema.layer_array(self.check_layer(layer), name))
+
+    def layer_result(self, layer: str, name: str, keys: tuple[str, ...]
+                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """(arrays `keys`, attributes) of a later pass's result on the layer (importance,
+        traces), or None when there is no whole one."""
+        return self.store.read_group(schema.layer_result(self.check_layer(layer), name), keys)
+
+    def has_dataset_array(self, name: str) -> bool:
+        return self.store.has(schema.dataset_array(name))
+
+    def dataset_array(self, name: str) -> np.ndarray:
+        """A per-dataset array, e.g. "class_ink_density" (verified)."""
+        return self.store.read(schema.dataset_array(name))
+
+    def eval_attrs(self) -> dict[str, Any]:
+        """Attributes of eval/ (accuracy)."""
+        return self.store.group_attrs(schema.EVAL)
+
+    def has_predictions(self) -> bool:
+        return self.store.has(schema.PREDICTIONS)
+
+    def check_layer(self, layer: str) -> str:
+        """`layer` when it names a mined layer; else a clear error with the closest names (also
+        what keeps a layer name from reaching outside the store as a path)."""
+        if not isinstance(layer, str):
+            raise SketchmineError(f"a layer is named by a string (one of {', '.join(self.layers)}), got "
+                                  f"{type(layer).__name__} {layer!r}")
+        if "/" in layer or "\\" in layer or ".." in layer or layer in ("", "."):
+            raise SketchmineError(f"{layer!r} is not a layer name (it holds a path separator or '..'); "
+                                  f"mined layers of run {self.path}: {', '.join(self.layers)}")
+        if layer not in self.layers:
+            hint = closest(layer, self.layers)
+            raise SketchmineError(f"layer {layer!r} is not in run {self.path}"
+                                  + (f"; closest: {', '.join(hint)}" if hint else "")
+                                  + f". Mined layers: {', '.join(self.layers)}")
+        return layer
+
+    def topk(self, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(values (C, k) float32, image_index (C, k) int64, yx (C, k, 2) int32), best first.
+
+        Empty slots have image index -1. For an unfinished run the last committed checkpoint
+        is read (another process may be writing it: see RunStore.committed).
+        """
+        self.layer_attrs(layer)
+        return self.store.committed(lambda: self._topk(layer))
+
+    def _topk(self, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.complete:
+            return tuple(self.store.read(schema.layer_array(layer, key)) for key in ("values", "image_index", "yx"))
+        state = self.store.read_checkpoint_state(topk.KEY)
+        if state is None:
+            raise SketchmineError(f"run {self.path} has no results for {layer!r} yet (nothing flushed)")
+        try:
+            s = topk.unpack(state, self.layers)[layer]
+        except (ValueError, KeyError) as exc:
+            raise SketchmineError(f"{self.path}: the top-k in its checkpoint does not fit the run ({exc})") from None
+        idx = s["index"]
+        return s["values"], idx, flat_to_yx(s["position"], idx, self.layer_shape(layer)[1:])
+
+    def class_accuracy(self) -> pd.DataFrame:
+        """Per-class accuracy: columns accuracy (fraction), correct, count.
+
+        For an unfinished run it covers the images mined so far (check `Run.complete`).
+        """
+        return self.store.committed(self._class_accuracy)
+
+    def _class_accuracy(self) -> pd.DataFrame:
+        if self.store.attrs.get("logits", True) is False:
+            raise SketchmineError(f"run {self.path} was mined with logits=False (--no-logits): the forward pass "
+                                  "stopped after the deepest mined layer, so it has no predictions or accuracy")
+        if not self.has_predictions():
+            raise SketchmineError(f"run {self.path} has no predictions yet (the model output is not (N, classes) "
+                                  "logits, or nothing was flushed)")
+        pred, labels = self.store.read(schema.PREDICTIONS), self.labels
+        pred = np.where(np.arange(len(pred)) < self.images_done, pred, -1)
+        names = self.class_names
+        correct, count = class_counts(pred, labels, len(names))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            acc = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
+        return pd.DataFrame({"class": names, "accuracy": acc, "correct": correct, "count": count}).set_index("class")
+
+    def accuracy(self) -> float | None:
+        """Overall accuracy over all readable images (None until the run is complete)."""
+        return self.eval_attrs().get(schema.ACCURACY)
+
+    def class_histogram(self, layer: str) -> pd.Series:
+        """Counts of each class among the top-k images of all units of `layer` (all classes)."""
+        _, idx, labels = self.store.committed(lambda: (*self.topk(layer)[:2], self.labels))
+        found = labels[idx[idx >= 0]]
+        if (found < 0).any() or not len(self.class_names):
+            raise SketchmineError(f"run {self.path}: {int((found < 0).sum())} top-k images of layer {layer!r} have no "
+                                  "label (the dataset has no labels?); class histograms need labelled images")
+        counts = np.bincount(found, minlength=len(self.class_names))
+        return pd.Series(counts, index=pd.Index(self.class_names, name="class"), name="count")
+
+    def _ranked(self, layer: str) -> pd.DataFrame:
+        hist = self.class_histogram(layer).to_frame()
+        try:
+            hist["accuracy"] = self.class_accuracy()["accuracy"]
+        except SketchmineError:
+            hist["accuracy"] = np.nan
+        hist["order"] = np.arange(len(hist))
+        # most frequent first; ties in class order (deterministic)
+        return hist.sort_values(["count", "order"], ascending=[False, True], kind="stable").drop(columns="order")
+
+    def top_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
+        """The n classes most frequent among the layer's top-k images, with accuracy."""
+        return self._ranked(layer).head(check_count(n))
+
+    def bottom_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
+        """The n least frequent classes (zero counts included), least frequent last."""
+        return self._ranked(layer).tail(check_count(n))
+
+    def unit_importance(self, layer: str) -> pd.DataFrame:
+        """Per-unit ablation importance stored by `sketchmine.unit_importance`: columns unit,
+        prob_drop, acc_drop, mean_act_correct, mean_act_wrong; most important first."""
+        return importance_store.read_importance(self, layer)
+
+    def has_importance(self, layer: str) -> bool:
+        """True when `unit_importance(layer)` has a whole stored result to read (a write that
+        was interrupted counts as none)."""
+        return importance_store.has_importance(self, layer)
+
+    # ---- summaries over all images and per unit: summaries.py over this run's arrays ----------
+    def class_accuracy_series(self) -> pd.Series:
+        """Per-class accuracy (fraction) by class name; NaN when the run has no predictions."""
+        try:
+            return self.class_accuracy()["accuracy"]
+        except SketchmineError:
+            return pd.Series(np.nan, index=pd.Index(self.class_names, name="class"), name="accuracy")
+
+    def unit_table(self, layer: str) -> pd.DataFrame:
+        """Every unit's top-k as one long table: unit, rank, image_index, value, y, x, label, class,
+        accuracy, path (the image's file, or its name in the dataset, as `image_path` gives it)."""
+        values, index, yx = self.topk(layer)
+        df = summaries.unit_rows(values, index, yx, self.labels, self.class_names,
+                                 self.class_accuracy_series().to_numpy())
+        df["path"] = self.paths[df["image_index"].to_numpy()] if len(df) else np.zeros(0, dtype=object)
+        df.attrs["partial"] = not self.complete
+        return df
+
+    def unit_classes(self, layer: str, unit: int) -> pd.DataFrame:
+        """One unit's top-k, best first, with class, class accuracy, value and image path (the
+        seed's "Classes with performance")."""
+        c = self.layer_shape(layer)[0]
+        if not 0 <= unit < c:
+            raise SketchmineError(f"unit {unit} is not in layer {layer!r} of run {self.path}: it has units 0..{c - 1}")
+        df = self.unit_table(layer)
+        return df[df["unit"] == unit].drop(columns="unit").set_index("rank")
+
+    def class_stats(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(class_mean (C, K) float64, class_count (C, K) int64) of the image maxima over all
+        labelled images. A partial run reads its last committed checkpoint (another process may
+        be mining it: see RunStore.committed)."""
+        self.check_layer(layer)
+        return self.store.committed(lambda: self._class_stats(layer))
+
+    def _class_stats(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        if self.complete and self.has_array(layer, "class_mean"):  # final arrays, checked against the checksums
+            return self.layer_array(layer, "class_mean"), self.layer_array(layer, "class_count")
+        stats = self._checkpoint_stats()
+        if stats is None:
+            raise SketchmineError(f"run {self.path} has no class statistics for {layer!r}: the dataset has no labels, "
+                                  "or the run was mined before sketchmine kept them (mine it again)")
+        return stats.results(layer)
+
+    def _checkpoint_stats(self) -> RunningClassStats | None:
+        if self.complete:
+            return None
+        k = num_classes_for(self.class_names, self.attrs.get("num_classes"))
+        if k == 0:
+            return None
+        stats = RunningClassStats({l: self.layer_shape(l)[0] for l in self.layers}, k)
+        return stats if restore(self.store, stats) else None
+
+    def selectivity(self, layer: str) -> pd.Series:
+        """Class-selectivity index per unit (Morcos et al. 2018, "On the importance of single
+        directions for generalization"): (mu_max - mu_rest) / (mu_max + mu_rest), mu_max the largest
+        class mean of the unit's image maxima, mu_rest the mean of the other class means. 0: the
+        same for every class; 1: responds to one class only. Morcos define it on non-negative
+        (post-ReLU) activity, where the index lies in [0, 1]; our taps may be pre-ReLU (negative
+        class means), so a unit gets NaN unless mu_max > 0 and mu_rest >= 0."""
+        return summaries.selectivity_index(self.class_stats(layer)[0])
+
+    def class_preference(self, layer: str) -> pd.DataFrame:
+        """The layer's class preference over ALL images, per class, most preferred first.
+
+        preference: the mean over units of the unit's z-scored class means (each unit's K class
+        means minus their mean, over their std). Chosen over "units whose argmax class is c"
+        (kept as column units_preferring) because it uses every unit's whole profile, weighs
+        units equally whatever their activation scale (the seed's maxima range 10^2..10^4), is
+        sign-safe for pre-ReLU taps, and is continuous (no ties for the rank correlation).
+        Units with no spread over classes (dead units) are left out (column units in attrs)."""
+        df = summaries.preference(self.class_stats(layer)[0], self.class_accuracy_series().to_numpy(),
+                                  self.class_names)
+        df.attrs["partial"] = not self.complete
+        return df
+
+    def ink_density(self) -> pd.Series:
+        """Mean ink density of each class's images (fraction of pixels differing from the image's
+        background by more than half the range, measured on the model's input; see
+        `classstats.ink_density`)."""
+        if self.has_dataset_array("class_ink_density"):
+            ink = self.dataset_array("class_ink_density")
+        else:
+            stats = self._checkpoint_stats()
+            if stats is None:
+                raise SketchmineError(f"run {self.path} has no per-class ink density: the dataset has no labels, "
+                                      "or the run was mined before sketchmine measured it (mine it again)")
+            ink = stats.ink_results()[0]
+        return pd.Series(ink, index=pd.Index(self.class_names, name="class"), name="ink_density")
+
+    def ink_correlation(self) -> pd.DataFrame:
+        """Per layer: Spearman correlation between the layer's unbiased class preference and the
+        classes' ink density (the seed's "conv layers prefer classes of high stroke density")."""
+        ink = self.ink_density()
+        rows = []
+        for layer in self.layers:
+            pref = self.class_preference(layer)["preference"].reindex(ink.index)
+            rho, p = summaries.spearman(pref.to_numpy(), ink.to_numpy())
+            rows.append({"layer": layer, "kind": self.layer_attrs(layer).get("kind", ""),
+                         "spearman": rho, "p_value": p, "classes": int(np.isfinite(pref.to_numpy()).sum())})
+        df = pd.DataFrame(rows).set_index("layer")
+        df.attrs["partial"] = not self.complete
+        return df
+
+    def has_class_stats(self) -> bool:
+        """True when the unbiased statistics can be read (final arrays or a partial checkpoint)."""
+        try:
+            self.class_stats(self.layers[0])
+            return True
+        except SketchmineError:
+            return False
+
+
+def check_count(n: int) -> int:
+    """A number of rows asked for: at least 1 (pandas would read 0 and -1 as "none" and "all but one")."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise SketchmineError(f"n must be a whole number of at least 1, got {n!r}")
+    return int(n)
+
+
+def open_run(path: str | os.PathLike) -> Run:
+    """Open a run directory for reading."""
+    return Run(RunStore.open(path, mode="r"))

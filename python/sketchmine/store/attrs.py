@@ -1,0 +1,79 @@
+"""Validation of a run's root and layer attributes: a reader trusts them (sizes, names, the
+committed progress), so an edited or damaged value is refused with what was expected."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sketchmine.errors import SketchmineError
+
+
+def _is_int(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_pair(v: Any, low: int) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(_is_int(x, low) for x in v)
+
+
+_ROOT_CHECKS: dict[str, tuple[bool, str, Callable[[Any], bool]]] = {
+    # key: (required, what is expected, check)
+    "layer_names": (True, "a non-empty list of distinct layer names (no '/' or '..')",
+                    lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x and "/" not in x and ".." not in x
+                                                                for x in v)
+                    and len(set(v)) == len(v)),
+    "k": (True, "a positive integer", lambda v: _is_int(v, 1)),
+    "progress": (True, "{images_done: int, slot: null|slot0|slot1, complete: bool}",
+                 lambda v: isinstance(v, dict) and _is_int(v.get("images_done"), 0)
+                 and v.get("slot") in (None, "slot0", "slot1") and isinstance(v.get("complete"), bool)),
+    "num_classes": (False, "null or a non-negative integer", lambda v: v is None or _is_int(v, 0)),
+    "dataset": (False, "an object", lambda v: isinstance(v, dict)),
+    "preprocessing": (False, "null or {preset, channels, size, mean, std}",
+                      lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("preset"), str)
+                                              and _is_int(v.get("channels"), 1)
+                                              and (v.get("size") is None or _is_pair(v.get("size"), 1))
+                                              and all(isinstance(v.get(key, []), list) and
+                                                      all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                          for x in v.get(key, [])) for key in ("mean", "std")))),
+    "model_spec": (False, "{spec: str|null, weights: str|null}",
+                   lambda v: isinstance(v, dict) and all(v.get(key) is None or isinstance(v.get(key), str)
+                                                         for key in ("spec", "weights"))),
+    "weights_sha256": (False, "a string", lambda v: isinstance(v, str)),
+    "bad_images": (False, "a list of {index, path, error}", lambda v: isinstance(v, list)
+                   and all(isinstance(b, dict) and _is_int(b.get("index"), 0) and isinstance(b.get("path"), str)
+                           for b in v)),
+    "checksums": (False, "{array path: {rows: int, sums: [str]}}", lambda v: isinstance(v, dict)
+                  and all(isinstance(e, dict) and _is_int(e.get("rows"), 1) and isinstance(e.get("sums"), list)
+                          and all(isinstance(x, str) for x in e["sums"]) for e in v.values())),
+    "converted_images": (False, "an object of counts", lambda v: isinstance(v, dict)
+                         and all(isinstance(key, str) and _is_int(n, 0) for key, n in v.items())),
+}
+
+
+def check_root_attrs(path: Path, attrs: dict[str, Any]) -> None:
+    """Refuse a run whose root attributes a reader would trust but cannot (edited, damaged)."""
+    for key, (required, expected, ok) in _ROOT_CHECKS.items():
+        if key not in attrs:
+            if required:
+                raise SketchmineError(f"run {path} is damaged: attribute {key!r} is missing")
+            continue
+        if not ok(attrs[key]):
+            raise SketchmineError(f"run {path} is damaged: attribute {key!r} should be {expected}, "
+                                  f"found {str(attrs[key])[:60]!r}")
+
+
+def check_layer_attrs(path: Path, layer: str, attrs: dict[str, Any]) -> None:
+    """The per-layer attributes a reader uses: shape, kind, receptive field."""
+    shape, kind, rf = attrs.get("shape"), attrs.get("kind"), attrs.get("receptive_field")
+    problems = []
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 4 and all(_is_int(x, 0) for x in shape)):
+        problems.append(f"'shape' should be a list of 1 to 4 sizes, found {str(shape)[:40]!r}")
+    if kind is not None and not isinstance(kind, str):
+        problems.append(f"'kind' should be a string, found {str(kind)[:40]!r}")
+    if rf is not None and not (isinstance(rf, dict) and _is_pair(rf.get("size"), 1)
+                               and _is_pair(rf.get("stride"), 0) and isinstance(rf.get("offset"), list)
+                               and len(rf["offset"]) == 2 and all(_is_int(x, -10**9) for x in rf["offset"])):
+        problems.append(f"'receptive_field' should be {{size, stride, offset}} pairs, found {str(rf)[:60]!r}")
+    if problems:
+        raise SketchmineError(f"run {path} is damaged: layer {layer!r} attribute " + "; ".join(problems))

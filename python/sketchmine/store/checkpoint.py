@@ -1,0 +1,144 @@
+"""The mining checkpoint: two slots under _checkpoint/, each holding every accumulator's state
+(`<accumulator>/<array>`) with checksums of its arrays and of the rows written since the
+previous slot. A flush writes the free slot, then commits by rewriting the root attributes
+(atomic), so a crash at any moment leaves the committed slot intact; a slot that fails its
+checksums (a power cut loses the newest writes) falls back to the other one.
+
+A mixin of RunStore (it uses the store's group, path and row log), kept apart because the
+checkpoint's protocol is its own: writers flush and resume, readers pin the committed slot.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import zarr
+
+from sketchmine.errors import SketchmineError
+from sketchmine.store import schema
+from sketchmine.store.checksums import digest
+from sketchmine.store.io import io_errors, put_all
+
+
+class Checkpoints:
+    """Checkpoint slots of a RunStore (see the module docstring)."""
+
+    group: zarr.Group
+    path: Any
+    _written: list[list[Any]]
+    _intact: tuple[str | None, int, dict[str, Any]] | None
+    _override: dict[str, Any]
+
+    @io_errors
+    def write_checkpoint(self, states: dict[str, dict[str, np.ndarray]], images_done: int,
+                         extra: dict[str, Any]) -> None:
+        """Write every accumulator's state into the free slot, then commit (atomic attribute
+        rewrite). `states`: accumulator key -> its flat arrays, stored as `<key>/<array>`; the
+        store does not know what they are (accumulators.py)."""
+        prog = self.progress
+        slot = "slot1" if prog.get("slot") == "slot0" else "slot0"
+        ck = self.group.require_group(schema.CHECKPOINT)
+        if slot in ck:
+            del ck[slot]
+        sg = ck.create_group(slot)
+        packed = {f"{key}/{name}": np.asarray(arr) for key, state in states.items() for name, arr in state.items()}
+        put_all(sg, packed)
+        # what resume needs to check this slot and to restart from it alone: the checksums of
+        # its arrays and of the rows written since the previous slot, and the committed extras
+        sg.attrs.update({"accumulators": {key: list(state) for key, state in states.items()},
+                         "images_done": images_done, "extra": extra, "rows": self._written,
+                         "checksums": {key: digest(arr) for key, arr in packed.items()}})
+        self.commit({"images_done": images_done, "slot": slot, "complete": False,
+                     "updated": time.time()}, extra)
+        self._written, self._intact, self._override = [], None, {}
+
+    def checkpoint(self) -> tuple[str | None, int, dict[str, Any]]:
+        """(slot, images done, committed extras) of the newest intact checkpoint.
+
+        Normally the committed slot. If its files (or the rows written with it) fail their
+        checksums — a power cut loses the newest writes — the slot before it, whose rows are in
+        older chunk files; if neither is intact, (None, 0, {}): start again from the first image.
+        """
+        if self._intact is not None:
+            return self._intact
+        progress = dict(self.group.attrs["progress"])  # as committed on disk
+        committed = progress.get("slot")
+        self._intact = (None, 0, {})
+        if committed is not None:
+            other = "slot1" if committed == "slot0" else "slot0"
+            done = int(progress.get("images_done", 0))
+            for slot in (committed, other):
+                meta = self._verified(slot)
+                if meta is not None and (slot == committed or int(meta.get("images_done", -1)) < done):
+                    self._intact = (slot, int(meta.get("images_done", done)), dict(meta.get("extra") or {}))
+                    break
+        return self._intact
+
+    def _verified(self, slot: str) -> dict[str, Any] | None:
+        """The slot's attributes when its arrays and rows match their checksums, else None."""
+        try:
+            sg = self.group[f"_checkpoint/{slot}"]
+            meta = dict(sg.attrs)
+            sums = meta["checksums"]
+            if any(digest(np.asarray(sg[key][...])) != want for key, want in sums.items()):
+                return None
+            for name, start, stop, want in meta.get("rows", []):
+                if digest(np.asarray(self.group[name][start:stop])) != want:
+                    return None
+            return meta
+        except Exception:  # unreadable, truncated or missing files
+            return None
+
+    def _pinned(self, key: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """For a reader (read-only handle): the committed slot's attributes and the arrays of
+        accumulator `key` (by their own names), read once each and checked against the slot's
+        own checksums and the committed progress. A writer rewrites a slot only after committing
+        the other one, so arrays that match the checksums of a slot whose images_done is the
+        committed one are that commit's state, whatever the writer did meanwhile. None when the
+        slot cannot be pinned although the run did not move on (damaged: the caller's
+        `checkpoint` path decides); a SketchmineError when the writer moved on
+        (RunStore.committed retries)."""
+        progress = self._progress_on_disk()
+        slot = progress.get("slot")
+        if slot is None:
+            return None
+        try:
+            sg = zarr.open_group(str(self.path / schema.CHECKPOINT / slot), mode="r")
+            meta = dict(sg.attrs)
+            sums = meta["checksums"]
+            if meta.get("images_done") != progress.get("images_done"):
+                raise ValueError("the slot is not the committed one")
+            names = (meta.get("accumulators") or {}).get(key, [])
+            flat = {name: np.asarray(sg[f"{key}/{name}"][...]) for name in names}
+            if any(digest(arr) != sums.get(f"{key}/{name}") for name, arr in flat.items()):
+                raise ValueError("the slot's arrays do not match its checksums")
+            return meta, flat
+        except Exception as exc:
+            if self._progress_on_disk() != progress:
+                raise SketchmineError(f"{self.path}: the checkpoint moved on while it was read ({exc})") from None
+            return None
+
+    def read_checkpoint_state(self, key: str) -> dict[str, np.ndarray] | None:
+        """The state accumulator `key` saved in the newest intact checkpoint (see `checkpoint`;
+        a reader's is pinned to the committed one), or None when there is no checkpoint or it
+        holds no state under `key`. (Unfinished runs of an older schema never get here:
+        RunStore.open refuses them.)"""
+        pinned = self._pinned(key) if self.group.read_only else None
+        if pinned is not None:
+            meta, flat = pinned
+            return flat if key in meta["accumulators"] else None
+        slot = self.checkpoint()[0]
+        if slot is None:
+            return None
+        try:
+            sg = self.group[f"{schema.CHECKPOINT}/{slot}"]
+            meta = dict(sg.attrs)
+            names = meta["accumulators"].get(key)
+            return None if names is None else {name: np.asarray(sg[f"{key}/{name}"][...]) for name in names}
+        except SketchmineError:
+            raise
+        except Exception as exc:  # vanished or rewritten meanwhile (a reader's RunStore.committed retries)
+            raise SketchmineError(f"{self.path}: the committed checkpoint ({slot}) cannot be read "
+                                  f"({type(exc).__name__}: {exc}); if it persists, mine it again with a new --out"
+                                  ) from None

@@ -1,0 +1,117 @@
+"""Who may write a run, and how a new run comes into being whole.
+
+`RunLock` serialises writers (mine, visualize, importance) on one run; `stage` lays a new run
+out in a marked sibling folder and renames it into place, so a run folder is either absent or
+whole. No Zarr here: the layout itself is `store.RunStore.create`'s.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from sketchmine.errors import SketchmineError
+
+CREATING = "creating"
+MARKER = ".sketchmine-creating"
+"""File inside a staging folder: it is ours, and the next creation may remove it."""
+
+
+class RunLock:
+    """Exclusive writer lock on a run: flock on `.<name>.lock`, a file beside the run folder,
+    released by the OS if the holder dies.
+
+    Beside, not inside: the lock is taken before the run folder exists, so it covers the run's
+    creation (two `mine` started at once on a fresh --out: one creates, the other is refused)
+    as well as every later write. The file stays (removing a lock file races with a process
+    about to lock it). Where the folder above an existing run is not writable, the lock is
+    `run/.lock` inside it, as sketchmine before 14 did (a run cannot be created there anyway)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        run = Path(path).resolve()
+        self.run = run
+        self.path = run.parent / f".{run.name}.lock"
+        if not os.access(run.parent, os.W_OK) and run.is_dir():
+            self.path = run / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        blocked = next((p for p in (self.run.parent, *self.run.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise SketchmineError(f"cannot write the run to {self.run}: {blocked} is a file, not a folder; "
+                                  "choose another --out")
+        try:
+            self.run.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SketchmineError(f"cannot lock {self.run} for writing ({self.path}: {exc.strerror or exc}); "
+                                  "make its folder writable") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise SketchmineError(
+                f"{self.run} is being written by another process; wait for it or stop it first"
+            ) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def staging(path: Path) -> Path:
+    """The sibling folder a new run is laid out in before it is renamed into place."""
+    return path.parent / f".{path.name}.{CREATING}-{os.getpid()}"
+
+
+def remove_stale_staging(path: Path) -> list[Path]:
+    """Remove the staging folders of creations of `path` that died (the caller holds the run's
+    lock, so no live process is creating it): only folders named as `staging` names them that
+    carry our marker file, or are still empty. Returns what was removed."""
+    removed = []
+    for q in path.parent.glob(f".{path.name}.{CREATING}-*"):
+        if q.is_dir() and not q.is_symlink() and ((q / MARKER).is_file() or not any(q.iterdir())):
+            shutil.rmtree(q)
+            removed.append(q)
+    return removed
+
+
+def check_writable(path: Path) -> None:
+    """Refuse before anything is written when the nearest existing folder is read-only."""
+    parent = path if path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise SketchmineError(f"cannot write the run to {path}: {parent} is not writable")
+
+
+def stage(path: Path, lay_out: Callable[[Path], None]) -> None:
+    """Create a run at `path` atomically: `lay_out(folder)` writes it into a marked sibling
+    folder, which is renamed into place when whole. `path` is either absent (or the empty
+    folder it was) or a whole new run; a creation that died (disk full, killed) leaves only
+    the marked folder, which the next creation removes. The caller holds the run's RunLock."""
+    tmp = staging(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(path)
+        tmp.mkdir()
+        (tmp / MARKER).write_text(f"a sketchmine run being created at {path.name} by process {os.getpid()}; "
+                                  "the next `sketchmine mine` on it removes this folder if that process died\n")
+        lay_out(tmp)
+        if path.exists():
+            path.rmdir()  # empty (checked by the caller): the rename takes its place
+        os.rename(tmp, path)
+        (path / MARKER).unlink()
+    except OSError as exc:
+        if tmp.exists() and (tmp / MARKER).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise SketchmineError(f"cannot write the run to {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        if tmp.exists() and (tmp / MARKER).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise

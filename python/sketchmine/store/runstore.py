@@ -1,0 +1,364 @@
+"""The run store: a Zarr v3 directory any Zarr reader can open.
+
+    run.zarr/   attrs: schema_version, model, preprocessing, k, layers, dataset, progress, versions
+      dataset/{labels, paths, class_names}
+      eval/{logits, predictions, per_class_accuracy}
+      layers/<name>/{values, image_index, yx, nan_count}   attrs: shape, kind, receptive_field
+      _checkpoint/slot0|slot1/<accumulator>/<array>   (while mining: each accumulator's state,
+                                                       see accumulators.py)
+
+Crash safety: a flush writes the whole state into the slot not named by the committed
+progress, then commits by rewriting the root attributes (zarr writes each file through a
+temporary file and a rename, so the commit is atomic). A crash at any moment leaves the
+previously committed slot intact; rows of logits/labels past the commit point are simply
+rewritten on resume.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.core.group import GroupMetadata
+from zarr.core.sync import sync
+
+from sketchmine.errors import SketchmineError
+from sketchmine.store import checksums, schema
+from sketchmine.store.attrs import check_layer_attrs, check_root_attrs
+from sketchmine.store.checkpoint import Checkpoints
+from sketchmine.store.checksums import block_sums, digest
+from sketchmine.store.groups import read_unit, write_unit
+from sketchmine.store.io import create_nodes, io_errors, lay_out_run, new_array, put_all, put_rows
+from sketchmine.store.lock import RunLock, check_writable, stage
+
+__all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_run", "put_rows"]
+
+SCHEMA_VERSION = schema.SCHEMA_VERSION
+_ROW_CHUNK = schema.ROW_CHUNK
+
+
+
+def is_run(path: Path) -> bool:
+    """True when `path` is a directory holding a sketchmine run."""
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        return schema.VERSION_ATTR in zarr.open_group(str(path), mode="r").attrs
+    except Exception:
+        return False
+
+
+class RunStore(Checkpoints):
+    """Read and write one run directory."""
+
+    def __init__(self, path: str | os.PathLike, group: zarr.Group) -> None:
+        self.path = Path(path)
+        self.group = group
+        self._written: list[list[Any]] = []   # [array, start, stop, digest] since the last checkpoint
+        self._intact: tuple[str | None, int, dict[str, Any]] | None = None
+        self._override: dict[str, Any] = {}   # see resume_from_intact
+        self._final_sums: dict[str, dict[str, Any]] = {}  # checksums of write_results' arrays, for finish
+
+    # ---- opening -------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> RunStore:
+        """Open an existing run; refuse anything that is not one, or a newer schema."""
+        p = Path(path)
+        if not p.exists():
+            raise SketchmineError(f"{p} does not exist")
+        if not is_run(p):
+            raise SketchmineError(f"{p} is not a sketchmine run (no run.zarr attributes found)")
+        group = zarr.open_group(str(p), mode=mode)
+        version = group.attrs.get(schema.VERSION_ATTR)
+        if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+            raise SketchmineError(
+                f"{p} has schema version {version!r}; this sketchmine reads up to {SCHEMA_VERSION}: upgrade sketchmine"
+            )
+        if version < SCHEMA_VERSION and version not in schema.RELEASED_VERSIONS:
+            raise SketchmineError(f"{p} has schema version {version}, which no released sketchmine wrote; "
+                                  "mine it again with a new --out")
+        check_root_attrs(p, dict(group.attrs))
+        if version < SCHEMA_VERSION and not group.attrs[schema.PROGRESS].get("complete"):
+            raise SketchmineError(
+                f"{p} is an unfinished run of sketchmine {schema.RELEASED_VERSIONS[version]} (schema version {version}); "
+                f"this sketchmine (schema version {SCHEMA_VERSION}) reads its complete runs but cannot resume or read "
+                f"its checkpoints: finish it with sketchmine {schema.RELEASED_VERSIONS[version]} (re-run the same "
+                "`sketchmine mine` command), or mine it again with a new --out")
+        return cls(p, group)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, attrs: dict[str, Any], n_images: int, class_names: list[str],
+               path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None = None,
+               layers: dict[str, dict[str, Any]] | None = None) -> RunStore:
+        """Lay out a new run: dataset arrays, empty eval arrays, the layers' groups (`layers`,
+        see declare_layers), root attributes. The caller holds the run's RunLock.
+
+        Atomic: the run is laid out in a sibling folder `.<name>.creating-<pid>` (marked as
+        ours) and renamed into place when whole, so `path` is either absent (or the empty
+        folder it was) or a whole new run; a creation that died (disk full, killed) leaves only
+        that folder, which the next creation removes.
+
+        row_chunk: rows per chunk of the per-image arrays; the miner passes the rows of one
+        flush, so each flush writes new chunk files and never rewrites an older one (a power
+        cut can then only damage the newest flush, which resume detects and redoes)."""
+        p = Path(path)
+        if p.exists() and (not p.is_dir() or any(p.iterdir())):
+            what = "is a sketchmine run" if is_run(p) else "exists and is not a sketchmine run"
+            raise SketchmineError(f"{p} {what}; choose another --out or remove it")
+        check_writable(p)
+
+        def lay_out(tmp: Path) -> None:
+            group = zarr.open_group(str(tmp), mode="a")  # "w" would clear the folder, marker included
+            lay_out_run(group, attrs, n_images, class_names, path_of, labels, row_chunk)
+            if layers:
+                cls(tmp, group).declare_layers(layers)
+
+        stage(p, lay_out)
+        return cls(p, zarr.open_group(str(p), mode="r+"))
+
+    # ---- verified reads ----------------------------------------------------------------
+    def read(self, name: str, rows: slice | None = None) -> np.ndarray:
+        """The array at `name` (rows `rows` of it, or all), checked against the checksums its
+        run recorded (see finish): a missing or damaged chunk file is a SketchmineError naming
+        the run and the array, never the fill values Zarr would return in its place."""
+        arr = self._array(name)
+        entry = (self.attrs.get(schema.CHECKSUMS) or {}).get(name)
+        n = arr.shape[0] if arr.ndim else 1
+        start, stop = (0, n) if rows is None else rows.indices(n)[:2]
+        try:
+            if entry is None:
+                return np.asarray(arr[start:stop] if rows is not None else arr[...])
+            first, last, step = checksums.covering(entry, n, start, stop)
+            data = np.asarray(arr[first * step:min((last + 1) * step, n)] if arr.ndim else arr[...])
+        except SketchmineError:
+            raise
+        except Exception as exc:  # a chunk file that does not decode
+            raise self._damaged(name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})") from None
+        where = checksums.mismatch(data, entry, first, last, n)
+        if where is not None:
+            raise self._damaged(name, f"does not match the checksum recorded when the run was written "
+                                      f"({where}: a chunk file is missing or corrupt)")
+        return data if rows is None or not arr.ndim else data[start - first * step:stop - first * step]
+
+    def committed(self, read: Callable[[], Any], tries: int = 10) -> Any:
+        """`read()` against one committed state of a run another process may be mining.
+
+        A writer only rewrites the checkpoint slot its last commit does not name, commits by
+        rewriting the root attributes (atomically), and never rewrites per-image rows below a
+        commit; a reader's checkpoint reads are pinned to one commit (`_pinned`). A read that
+        fails while the committed progress changed is repeated against the newer commit (this
+        store refreshed); an error during a read the writer did not disturb is the run's real
+        error. Gives up after `tries` with a clear "retry"."""
+        for attempt in range(tries):
+            before = self._progress_on_disk()
+            if before != self.group.attrs.get("progress"):
+                self.refresh()
+            if before.get("complete"):  # final arrays, written before the commit and never again
+                return read()
+            try:
+                return read()  # checkpoint reads are pinned to one commit (`_pinned`); rows below it do not change
+            except Exception as exc:
+                error = exc
+            if self._progress_on_disk() == before:
+                if isinstance(error, SketchmineError):
+                    raise error
+                raise SketchmineError(f"run {self.path} is damaged: {type(error).__name__}: {str(error)[:120]}; "
+                                      "mine it again with a new --out") from error
+            time.sleep(min(0.01 * 2 ** attempt, 0.2))
+        raise SketchmineError(f"run {self.path} is being written by another process, which committed newer results "
+                              f"during each of {tries} attempts to read it; retry in a moment")
+
+    def _progress_on_disk(self) -> dict[str, Any]:
+        """The committed progress as on disk now (zarr writes zarr.json atomically)."""
+        import json
+
+        try:
+            return dict(json.loads((self.path / "zarr.json").read_bytes())["attributes"]["progress"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SketchmineError(f"run {self.path} is damaged: its root attributes cannot be read "
+                                  f"({type(exc).__name__}: {exc})") from None
+
+    def refresh(self) -> None:
+        """Read the run's attributes afresh (a writer committed since this handle opened it)."""
+        group = zarr.open_group(str(self.path), mode="r" if self.group.read_only else "r+")
+        check_root_attrs(self.path, dict(group.attrs))
+        self.group, self._intact = group, None
+
+    def _damaged(self, name: str, what: str) -> SketchmineError:
+        return SketchmineError(f"run {self.path} is damaged: array {name!r} {what}; restore the run's files "
+                               "from a copy, or mine it again with a new --out")
+
+    # ---- attributes ------------------------------------------------------------------
+    def has(self, name: str) -> bool:
+        """True when the run holds the array or group at `name` (a schema path)."""
+        return name in self.group
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of the array at `name`, without reading it."""
+        return tuple(self._array(name).shape)
+
+    def group_attrs(self, name: str) -> dict[str, Any]:
+        """The attributes of the group at `name` (e.g. schema.EVAL); {} when it is absent."""
+        return dict(self.group[name].attrs) if name in self.group else {}
+
+    def layer_group(self, layer: str) -> zarr.Group:
+        """The layer's Zarr group (store modules only; readers use `layer_attrs` / `read`)."""
+        try:
+            return self.group[schema.layer_group(layer)]
+        except KeyError:
+            raise SketchmineError(f"run {self.path} is damaged: layer {layer!r} is listed but has no group") from None
+
+    def layer_attrs(self, layer: str) -> dict[str, Any]:
+        """The layer's attributes, checked (a damaged run is refused clearly)."""
+        attrs = dict(self.layer_group(layer).attrs)
+        check_layer_attrs(self.path, layer, attrs)
+        return attrs
+
+    def _array(self, name: str) -> zarr.Array:
+        try:
+            return self.group[name]
+        except KeyError:
+            raise SketchmineError(f"run {self.path} is damaged: array {name!r} is missing; "
+                                  "mine the run again with a new --out") from None
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {**self.group.attrs, **self._override}
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        return dict(self.attrs["progress"])
+
+    def resume_from_intact(self) -> str | None:
+        """Make this handle treat the newest intact checkpoint as the committed one.
+
+        Nothing is written: the next flush goes into the other slot (the damaged one) and
+        commits over it. Returns a note to show when the committed checkpoint was damaged."""
+        slot, done, extra = self.checkpoint()
+        committed = self.progress
+        if slot == committed.get("slot"):
+            return None
+        self._override = {**extra, "progress": {"images_done": done, "slot": slot, "complete": False,
+                                                "updated": committed.get("updated")}}
+        if slot is None:
+            self._override.update({"bad_images": [], "converted_images": {}})
+        return (f"the newest checkpoint of {self.path} is damaged or incomplete (image {committed.get('images_done')}; "
+                f"a crash or power cut before it reached the disk); resuming from image {done}")
+
+    @io_errors
+    def declare_layers(self, layers: dict[str, dict[str, Any]]) -> None:
+        """Create one group per layer with its shape and kind (once, at run creation)."""
+        nodes = {schema.layer_group(name): GroupMetadata(attributes=meta) for name, meta in layers.items()}
+        sync(create_nodes(self.group, nodes))
+
+    # ---- streaming writes ----------------------------------------------------------------
+    @io_errors
+    def write_rows(self, start: int, logits: np.ndarray | None, labels: np.ndarray | None) -> None:
+        """Logits and labels of images [start, start + rows)."""
+        if logits is not None and len(logits):
+            rows = int(self.group.attrs.get(schema.ROW_CHUNK_ATTR, _ROW_CHUNK))
+            n = self.shape(schema.LABELS)[0]
+            if not self.has(schema.LOGITS):
+                new_array(self.group, schema.LOGITS, (n, logits.shape[1]), rows)
+            self.group[schema.LOGITS][start:start + len(logits)] = logits
+            if not self.has(schema.PREDICTIONS):
+                new_array(self.group, schema.PREDICTIONS, (n,), rows)
+            valid = ~np.isnan(logits).any(axis=1)
+            pred = np.where(valid, np.nan_to_num(logits, nan=-np.inf).argmax(axis=1), -1)
+            self.group[schema.PREDICTIONS][start:start + len(logits)] = pred
+            self._written += [[schema.LOGITS, start, start + len(logits), digest(logits)],
+                              [schema.PREDICTIONS, start, start + len(pred), digest(pred)]]
+        if labels is not None and len(labels):
+            self.group[schema.LABELS][start:start + len(labels)] = labels
+            self._written.append([schema.LABELS, start, start + len(labels), digest(labels)])
+
+    @io_errors
+    def commit(self, progress: dict[str, Any], extra: dict[str, Any]) -> None:
+        self.group.attrs.update({**extra, "progress": progress})
+
+    @io_errors
+    def write_arrays(self, group: str, arrays: dict[str, np.ndarray]) -> None:
+        """Whole arrays under `group` ("" for the root; keys may hold "/", e.g.
+        "layers/conv1/values"), one chunk each, replacing earlier ones, in one Zarr call."""
+        put_all(self.group[group] if group else self.group, arrays)
+
+    @io_errors
+    def write_group(self, path: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+        """Replace the group at `path` (schema.layer_result) as a unit: see groups.write_unit."""
+        write_unit(self.path, path, arrays, attrs)
+
+    def write_result(self, layer: str, name: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+        """A later pass's result `name` on `layer` (importance, traces), replacing the earlier one whole."""
+        self.write_group(schema.layer_result(layer, name), arrays, attrs)
+
+    def read_group(self, path: str, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """(arrays `keys`, attributes) of a group `write_group` wrote, or None when it is absent
+        or not whole (see groups.read_unit)."""
+        return read_unit(self.group, path, keys)
+
+    # ---- a visualize pass's arrays (schema.VISUAL_ARRAYS) and its `visualized` attribute -----
+    def visual_state(self, layer: str) -> tuple[dict[str, Any] | None, bool]:
+        """(the layer's `visualized` attribute or None, whether all its visualize arrays exist)."""
+        g = self.layer_group(layer)
+        return g.attrs.get(schema.VISUALIZED), all(key in g for key in schema.VISUAL_ARRAYS)
+
+    @io_errors
+    def reset_visual(self, layer: str, units: int, k: int, size: tuple[int, int], channels: int,
+                     visualized: dict[str, Any]) -> None:
+        """Drop the layer's visualize arrays and claim, then create them empty for `units` units of
+        `k` entries (patches/deconv (units, k, *size, channels), boxes/inside (units, k, 4)) and set
+        `visualized`. The claim goes first, so an interruption leaves no claim on missing arrays."""
+        g = self.layer_group(layer)
+        if schema.VISUALIZED in g.attrs:
+            attrs = dict(g.attrs)
+            del attrs[schema.VISUALIZED]
+            g.attrs.put(attrs)
+        for key in schema.VISUAL_ARRAYS:
+            if key in g:
+                del g[key]
+        for key, spec in schema.VISUAL_ARRAYS.items():
+            shape = (units, k, *size, channels) if key in ("patches", "deconv") else (units, k, 4)
+            g.create_array(key, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, units),
+                           fill_value=spec.fill_value)
+        g.attrs[schema.VISUALIZED] = visualized
+
+    def write_visual(self, layer: str, units: slice, values: dict[str, np.ndarray],
+                     visualized: dict[str, Any] | None) -> None:
+        """A block of units' visualize arrays, then (the commit) the `visualized` attribute.
+        OSError passes through: the caller says what is kept."""
+        g = self.layer_group(layer)
+        if values:
+            put_rows({key: g[key] for key in values}, units, values)
+        if visualized is not None:
+            g.attrs[schema.VISUALIZED] = visualized
+
+    # ---- final results -------------------------------------------------------------------
+    @io_errors
+    def write_results(self, arrays: dict[str, np.ndarray], accuracy: float | None = None) -> None:
+        """The final arrays of every layer (top-k, class statistics) and of eval/, in one Zarr
+        call; the overall accuracy when there are predictions."""
+        put_all(self.group, arrays)
+        self._final_sums.update({name: block_sums(arr) for name, arr in arrays.items()})
+        if schema.PER_CLASS_ACCURACY in arrays:
+            self.group[schema.EVAL].attrs.update({schema.ACCURACY: accuracy})
+
+    @io_errors
+    def finish(self, n_images: int, extra: dict[str, Any]) -> None:
+        """Mark the run complete and drop the checkpoint slots. The commit records checksums of
+        the final arrays and of the per-image labels and predictions (as on disk, chunk by
+        chunk), which `read` verifies: a chunk file lost or damaged later is an error, not
+        fill values read as results."""
+        sums = {**self.attrs.get(schema.CHECKSUMS, {}), **self._final_sums}
+        for name in (schema.LABELS, schema.PREDICTIONS):
+            if name in self.group:
+                arr = self.group[name]
+                sums[name] = block_sums(np.asarray(arr[...]), arr.chunks[0])
+        self.commit({"images_done": n_images, "slot": self.progress.get("slot"), "complete": True,
+                     "updated": time.time()}, {**extra, schema.CHECKSUMS: sums})
+        if schema.CHECKPOINT in self.group:
+            del self.group[schema.CHECKPOINT]
