@@ -92,10 +92,10 @@ class QuantileExamples:
 
     def add(self, layer: str, maxima: torch.Tensor, image_index: torch.Tensor) -> None:
         """One layer's (N, C) image maxima (NaN: left out) of images `image_index` (N,)."""
+        if not len(maxima):
+            return
         cols = self._columns[layer]
         x = maxima.reshape(len(maxima), -1).double()
-        if not len(x):
-            return
         old_first, old_e = self.grid.advance(cols, *finite_range(x))
         first, e = self.grid.first_bin(cols), self.grid.e[cols]
         hashes, index = self.hashes[cols], self.index[cols]

@@ -63,10 +63,10 @@ class RunningHistogram:
 
     def add(self, layer: str, maxima: torch.Tensor) -> None:
         """One layer's (N, C) image maxima (NaN: left out)."""
+        if not len(maxima):
+            return
         cols = self._columns[layer]
         x = maxima.reshape(len(maxima), -1).double()
-        if not len(x):
-            return
         self.inf[cols, 0] += (x == float("-inf")).sum(0)
         self.inf[cols, 1] += (x == float("inf")).sum(0)
         old_first, old_e = self.grid.advance(cols, *finite_range(x))

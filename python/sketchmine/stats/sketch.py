@@ -63,10 +63,10 @@ class QuantileSketch:
 
     def add(self, layer: str, maxima: torch.Tensor) -> None:
         """One layer's (N, C) image maxima (NaN: left out)."""
+        if not len(maxima):
+            return
         cols = self._columns[layer]
         x = maxima.reshape(len(maxima), -1).float()
-        if not len(x):
-            return
         for i, v in enumerate((float("-inf"), 0.0, float("inf"))):
             self.special[cols, i] += (x == v).sum(0)
         valid = torch.isfinite(x) & (x != 0)
