@@ -76,9 +76,9 @@ class RunningHistogram:
             block = self.counts[cols]
             block[moved] = rebin(block[moved], old_first[moved], old_e[moved], first[moved], e[moved])
         finite = torch.isfinite(x)
-        j = bin_of(torch.where(finite, x, 0.0), e[None, :]) - first[None, :]
-        flat = (torch.arange(x.shape[1], device=x.device)[None, :] * BINS + j)[finite]
-        self.counts[cols].view(-1).scatter_add_(0, flat, torch.ones_like(flat))
+        j = (bin_of(torch.where(finite, x, 0.0), e[None, :]) - first[None, :]).clamp(0, BINS - 1)
+        flat = torch.arange(x.shape[1], device=x.device)[None, :] * BINS + j
+        self.counts[cols].view(-1).scatter_add_(0, flat.view(-1), finite.view(-1).long())  # no compaction
 
     # ---- the accumulator protocol --------------------------------------------------------
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:

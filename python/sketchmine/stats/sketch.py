@@ -77,8 +77,8 @@ class QuantileSketch:
         top = self.top[cols]
         base = torch.where(sign == 1, top[None, :, 1], top[None, :, 0]) - (BUCKETS - 1)
         slot = (key - base).clamp_min(0)
-        flat = ((torch.arange(x.shape[1], device=x.device)[None, :] * 2 + sign) * BUCKETS + slot)[valid]
-        self.counts[cols].view(-1).scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        flat = (torch.arange(x.shape[1], device=x.device)[None, :] * 2 + sign) * BUCKETS + slot.clamp_max(BUCKETS - 1)
+        self.counts[cols].view(-1).scatter_add_(0, flat.view(-1), valid.view(-1).int())  # invalid entries add 0
 
     def _raise_top(self, cols: slice, new_top: torch.Tensor) -> None:
         """Move columns `cols` to the larger tops, collapsing buckets that fall below the window."""
