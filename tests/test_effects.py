@@ -105,6 +105,8 @@ def check_top(unit, r, ref_r, m, exact_order=True):
     rows, cols = np.nonzero(unit >= 0)
     np.testing.assert_allclose(r[rows, cols], ref_r[rows, unit[rows, cols]], atol=1e-5)
     assert all(len(set(row[row >= 0])) == (row >= 0).sum() and i not in row for i, row in enumerate(unit))
+    tie = (r[:, 1:] == r[:, :-1]) & (unit[:, 1:] >= 0)
+    assert (unit[:, 1:][tie] > unit[:, :-1][tie]).all()  # equal r: the smaller unit index first
     if exact_order:
         np.testing.assert_array_equal(unit, want_u)
 
