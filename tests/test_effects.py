@@ -136,6 +136,7 @@ def test_batched_effects_equal_one_unit_at_a_time(mined, demo_model, subset, lay
     c = mined.layer_shape(layer)[0]
     assert logit.shape == prob.shape == (c, 10) and list(prob.columns) == subset.class_names
     assert prob.index.name == "unit" and prob.attrs["kind"] == "prob" and logit.attrs["kind"] == "logit"
+    assert set(prob.dtypes) == set(logit.dtypes) == {np.dtype(np.float64)}
     assert prob.attrs["images"] == 60 and prob.attrs["method"] == "split"
     assert prob.attrs["units_per_pass"] == (7 if layer == "features.10" else c)  # groups of 7, the last ragged
     np.testing.assert_allclose(prob.sum(axis=1), 0, atol=1e-12)  # probabilities still sum to one
@@ -187,6 +188,29 @@ def test_replicated_ablation_when_the_model_cannot_be_cut(tmp_path, demo_model, 
         want_logit, want_prob = direct_effect(model, ds, "inner.features.0", u)
         np.testing.assert_allclose(df.loc[u].to_numpy(), want_prob, atol=PROB_TOL)
         np.testing.assert_allclose(logit.loc[u].to_numpy(), want_logit, atol=LOGIT_TOL)
+
+
+def test_recurrent_layer_is_ablated_at_every_step(tmp_path):
+    """A GRU hidden unit zeroed in the layer's output at every step; its maxima over the steps."""
+    from sketchmine.data.sequences import SequenceDataset
+    from sketchmine.model.zoo import SketchGRU
+
+    torch.manual_seed(0)
+    net = SketchGRU().eval()
+    base = animal_shape("test", Preprocessing("model", 1, None, (0.27,), (0.4,)))
+    keep = np.arange(0, 2000, 50)
+    ds = SequenceDataset(ArrayDataset(base.images[keep], base.labels()[keep], base.class_names, base.preprocessing,
+                                      {"kind": "python"}), 4)
+    run = sketchmine.mine(net, ds, layers=["gru"], k=2, out=tmp_path / "r.zarr", batch_size=40)
+    df = sketchmine.unit_effects(run, "gru", model=net, data=ds, batch_size=40)
+    assert df.attrs["method"] == "split"
+    for u in (3, 40):
+        _, want_prob = direct_effect(net, ds, "gru", u, unit_dim=2, element=0)
+        np.testing.assert_allclose(df.loc[u].to_numpy(), want_prob, atol=PROB_TOL)
+    got = []
+    _forward(net, ds, net.gru, lambda m, i, o: got.append(o[0].detach().clone()))
+    maxima = torch.cat(got).double().amax(dim=1).numpy()  # batch_first (N, T, H): max over steps
+    check_top(*run.correlated_units("gru"), brute_r(maxima), 8)
 
 
 # ---- correlations: NaN maxima and constant units ------------------------------------------------
