@@ -1,4 +1,4 @@
-"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench`.
+"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench | effects`.
 
 Only parses and dispatches: what each command prints is in console.py. Errors print as one
 line, no traceback."""
@@ -146,6 +146,14 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--plot", help="write a PNG of the most important units per layer")
     b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
+    e = sub.add_parser("effects", help="per unit: the mean change of every class's logit and probability when it "
+                                       "is zeroed, and its most correlated units, stored in RUN")
+    e.add_argument("run")
+    e.add_argument("--layers", nargs="+", help="mined layers (default: every mined module layer)")
+    _reload_options(e)
+    e.add_argument("--batch-size", type=positive_int, default=256)
+    e.add_argument("--units-per-pass", type=positive_int, help="units zeroed per tail run (default: by memory)")
+    e.add_argument("-n", type=positive_int, default=10, help="units listed per layer (default 10)")
     return p
 
 
@@ -250,6 +258,8 @@ INTERRUPTED = {
     "report": "no report was written and the previous one in the folder (if any) is unchanged; re-running "
               "writes the report again from the start",
     "demo": "re-run with the same --out to resume the runs; importance and reports are computed again",
+    "effects": "layers finished before the interrupt keep their stored effects; re-running recomputes every "
+               "layer it is given",
 }
 """What a re-run does after Ctrl-C, per command (a KeyboardInterrupt with a message says more)."""
 
@@ -327,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
             _importance(args, console)
         elif args.command == "bench":
             return _bench(args.args)
+        elif args.command == "effects":
+            from sketchmine.cli.effects import run_effects
+
+            run_effects(args, console)
     except SketchmineError as exc:
         _error(str(exc))
         _quiet_after_failure()
