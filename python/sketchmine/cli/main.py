@@ -130,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write a static HTML report of RUN (opens offline in any browser)")
     r.add_argument("run")
     r.add_argument("--out", required=True, help="report folder (index.html inside)")
+    r.add_argument("--no-probe", action="store_true", help="leave out the live probe (it loads and exports the model)")
     c = sub.add_parser("compare", help="two runs over the same dataset side by side")
     c.add_argument("run_a")
     c.add_argument("run_b")
@@ -146,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--plot", help="write a PNG of the most important units per layer")
     b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
+    from sketchmine.cli import probe as probe_cli
+
+    probe_cli.add_parser(sub)
     return p
 
 
@@ -318,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             from sketchmine.present.console import print_report
 
-            print_report(args.run, args.out, console)
+            from sketchmine.cli.probe import report_probe
+
+            print_report(args.run, args.out, console, report_probe(args.run, args.no_probe))
         elif args.command == "compare":
             from sketchmine.present.console import print_compare
 
@@ -327,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
             _importance(args, console)
         elif args.command == "bench":
             return _bench(args.args)
+        elif args.command == "probe":
+            from sketchmine.cli.probe import run_probe
+
+            run_probe(args, console)
     except SketchmineError as exc:
         _error(str(exc))
         _quiet_after_failure()
