@@ -16,9 +16,9 @@ only writes the bytes this module returns.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import math
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,16 +145,16 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
             names.append(f"map{i}")
             k += 1
         specs.append(ProbeLayer(name, units, grid, wrapped.pools.get(name, 1)))
-    buf = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapped, (x,), buf, dynamo=False, opset_version=17, input_names=["pixels"],
-                              output_names=names, do_constant_folding=True)
+            torch.onnx.export(wrapped, (x,), Path(tmp) / "probe.onnx", dynamo=False, opset_version=17,
+                              input_names=["pixels"], output_names=names, do_constant_folding=True)
+            onnx = (Path(tmp) / "probe.onnx").read_bytes()
     except Exception as exc:  # noqa: BLE001 - any exporter failure means "no probe", said on the page
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SketchmineError(f"torch.onnx cannot export the model {run.attrs.get('model')}: {first[:300]}") from None
-    return ProbeGraph(buf.getvalue(), size, specs, notes)
+    return ProbeGraph(onnx, size, specs, notes)
 
 
 def dataset_images(run: Run, size: tuple[int, int]) -> list[dict[str, Any]]:
@@ -172,8 +172,10 @@ def dataset_images(run: Run, size: tuple[int, int]) -> list[dict[str, Any]]:
         patches = run.layer_array(name, "patches")
         if tuple(patches.shape[2:4]) != tuple(size):
             continue
-        done = int((run.layer_attrs(name).get("visualized") or {}).get("units_done", index.shape[0]))
-        for u in range(min(done, index.shape[0])):
+        vis: dict[str, Any] = run.layer_attrs(name).get("visualized") or {}
+        units = len(index)
+        done = int(vis["units_done"]) if "units_done" in vis else units
+        for u in range(min(done, units)):
             for r in range(index.shape[1]):
                 i = int(index[u, r])
                 if i < 0 or i in seen or len(out) >= MAX_IMAGES:

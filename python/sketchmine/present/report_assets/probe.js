@@ -13,7 +13,9 @@
   var S = Math.max(1, Math.ceil(280 / Math.max(H, W)));  // canvas pixels per model pixel
   var status = document.getElementById("probe-status");
   var session = null, lastMaps = {}, queue = Promise.resolve();
-  var api = { meta: M, updates: 0, lastLatency: null, latencies: [] };
+  // latencies: ms from the first change an update covers to its predictions shown;
+  // strokeLatencies: ms from a stroke's end (pointerup) to the predictions that include it
+  var api = { meta: M, updates: 0, lastLatency: null, latencies: [], strokeLatencies: [] };
   window.sketchmine = api;
 
   function el(tag, cls, text) {
@@ -128,14 +130,14 @@
   api.canvasSize = [pad.height, pad.width];
 
   // ---- live updates: one inference at a time, always on the latest drawing ----
-  var busy = false, dirty = false, since = null;
+  var busy = false, dirty = false, since = null, upAt = null;
   function changed(t) {
     if (since === null) { since = t; }
     if (busy) { dirty = true; return; }
     update();
   }
   function update() {
-    var t0 = since; since = null; dirty = false;
+    var t0 = since, up = upAt; since = null; upAt = null; dirty = false;
     if (empty()) {
       document.getElementById("hint").textContent = "Empty canvas: draw a shape (" + M.ink + " ink on a " +
         (M.ink === "light" ? "dark" : "light") + " background), or load or pick an image.";
@@ -152,7 +154,9 @@
     api.probe(px).then(function (r) {
       show(r, px);
       api.updates++;
-      if (t0 !== null) { api.lastLatency = performance.now() - t0; api.latencies.push(api.lastLatency); }
+      var now = performance.now();
+      if (t0 !== null) { api.lastLatency = now - t0; api.latencies.push(api.lastLatency); }
+      if (up !== null) { api.strokeLatencies.push(now - up); }
     }, function (e) { status.textContent = "probe failed: " + e; }).then(function () {
       busy = false;
       if (dirty) { update(); }
@@ -230,7 +234,7 @@
     current.pts.push(at(e));
     redraw(); changed(e.timeStamp);
   });
-  function end(e) { if (current) { current = null; changed(e.timeStamp); } }
+  function end(e) { if (current) { current = null; upAt = e.timeStamp; changed(e.timeStamp); } }
   pad.addEventListener("pointerup", end);
   pad.addEventListener("pointercancel", end);
   document.getElementById("undo").addEventListener("click", function (e) { if (strokes.length) { strokes.pop(); } else { base = null; } redraw(); changed(e.timeStamp); });
