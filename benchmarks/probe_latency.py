@@ -3,7 +3,7 @@
 28×28) and for torchvision's AlexNet at 224 px (random weights, 1000 classes); and the
 bytes the probe adds to a report.
 
-    python3 -m benchmarks.probe_latency [--strokes 30] [--no-alexnet] [--json out.json]
+    python3 -m benchmarks.probe_latency [--strokes 30] [--models sketchnet,alexnet] [--json out.json]
 
 Needs Debian's /usr/bin/chromium, playwright and onnxruntime-web vendored
 (scripts/vendor_ort_web.sh). Each stroke is a Playwright mouse drag of a few moves; the
@@ -43,7 +43,7 @@ def measure(page_path: Path, strokes: int) -> dict[str, Any]:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         t0 = time.perf_counter()
-        page.goto(page_path.as_uri())
+        page.goto(page_path.as_uri(), timeout=600_000)
         page.wait_for_function("() => document.body.getAttribute('data-ready') === '1'", timeout=600_000)
         load_s = time.perf_counter() - t0
         box = page.locator("#pad").bounding_box()
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m benchmarks.probe_latency", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--strokes", type=int, default=30)
-    ap.add_argument("--no-alexnet", action="store_true")
+    ap.add_argument("--models", default="sketchnet,alexnet", help="comma-separated: sketchnet, alexnet")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     import sketchmine
@@ -78,12 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": machine_info()}
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        ds = animal_shape("test", preprocessing_for(load_model("demo")))
-        run = sketchmine.mine("demo", ds, out=base / "demo.zarr", batch_size=500)
-        page, sizes = probe_folder(run, base / "demo-probe")
-        results["sketchnet"] = {**measure(page, args.strokes), "bytes": sizes, "total_bytes": sum(sizes.values())}
-        print("SketchNet 28 px:", json.dumps(results["sketchnet"]))
-        if not args.no_alexnet:
+        models = args.models.split(",")
+        if "sketchnet" in models:
+            ds = animal_shape("test", preprocessing_for(load_model("demo")))
+            run = sketchmine.mine("demo", ds, out=base / "demo.zarr", batch_size=500)
+            page, sizes = probe_folder(run, base / "demo-probe")
+            results["sketchnet"] = {**measure(page, args.strokes), "bytes": sizes, "total_bytes": sum(sizes.values())}
+            print("SketchNet 28 px:", json.dumps(results["sketchnet"]))
+        if "alexnet" in models:
             net = build_model("alexnet")
             run = sketchmine.mine(net, make_dataset(8), out=base / "alexnet.zarr", batch_size=8)
             page, sizes = probe_folder(run, base / "alexnet-probe", model=net)

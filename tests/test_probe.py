@@ -240,3 +240,60 @@ def test_probe_cli_writes_a_probe_folder(tmp_path, report, browser):
     ready(page)
     assert page.evaluate("window.sketchmine.meta.size") == [28, 28]
     assert problems == []
+
+
+def graph_outputs(files: dict[str, bytes], pixels: np.ndarray) -> tuple[dict, list[np.ndarray]]:
+    """The probe graph (model.js) run by Python's onnxruntime on (n, H, W) uint8 pixels, one at a time."""
+    import base64
+    import json
+
+    import onnxruntime as ort
+
+    text = files["model.js"].decode()
+    meta = json.loads(text[text.index("=") + 1:text.index(";\n")])
+    sess = ort.InferenceSession(base64.b64decode(text.split('onnx = "')[1].split('"')[0]))
+    runs = [sess.run(None, {"pixels": p[None, None].astype(np.float32)}) for p in pixels]
+    return meta, [np.stack([r[i].reshape(-1) for r in runs]) for i in range(len(runs[0]))]
+
+
+def test_run_of_an_onnx_file_reuses_it_with_the_preprocessing_prepended(tmp_path, subset, demo_model):
+    """A run mined from an .onnx file: its own graph, the run's normalisation prepended, the
+    probs and every layer's unit maxima as outputs (run here by onnxruntime, the same graph
+    the page runs), against the torch model the file was exported from."""
+    vendored()
+    import warnings
+
+    net = demo_model.module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(1, 1, 28, 28),), tmp_path / "demo.onnx", dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    run = sketchmine.mine(str(tmp_path / "demo.onnx"), subset, out=tmp_path / "onnx.zarr", batch_size=50,
+                          layers=["features.0", "features.6", "classifier.1"])
+    meta, outs = graph_outputs(build_probe(run), subset.images[:20])
+    assert meta["size"] == [28, 28] and "demo.onnx" in meta["notes"][-1]
+    assert [l["grid"] for l in meta["layers"]] == [[28, 28], [7, 7], None]
+    pre = subset.preprocessing
+    probs, acts = torch_reference(net, subset.images[:20], pre.mean[0], pre.std[0], ["features.0", "features.6", "classifier.1"])
+    assert np.abs(outs[0] - probs).max() < 1e-5
+    for i, name in enumerate(["features.0", "features.6", "classifier.1"]):
+        np.testing.assert_allclose(outs[1 + 2 * i if i < 2 else 5], acts[name], atol=1e-4 * np.abs(acts[name]).max())
+
+
+def test_resnet_graph_in_python_and_heat_maps_bounded(tmp_path, demo_test_set):
+    """The torch export of another embedded model (ResNet blocks, colour-free), run by Python's
+    onnxruntime: the same softmax as the torch model, and maps no larger than MAP_SIDE a side."""
+    vendored()
+    from sketchmine.model.models import load_model, preprocessing_for
+    from sketchmine.passes.probe import MAP_SIDE
+
+    loaded = load_model("demo-resnet")
+    ds = per_class_subset(demo_test_set, 2, "0:20")
+    run = sketchmine.mine("demo-resnet", ds, out=tmp_path / "r.zarr", batch_size=20)
+    meta, outs = graph_outputs(build_probe(run), ds.images)
+    pre = preprocessing_for(loaded)
+    with torch.no_grad():
+        x = pre.normalise(torch.from_numpy(ds.images).float()[:, None] / 255)
+        ref = torch.softmax(loaded.module.eval()(x), 1).numpy()
+    assert np.abs(outs[0] - ref).max() < 1e-4
+    assert all(l["grid"] is None or max(l["grid"]) <= MAP_SIDE for l in meta["layers"])

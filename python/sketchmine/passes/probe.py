@@ -157,6 +157,19 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
     return ProbeGraph(onnx, size, specs, notes)
 
 
+def onnx_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, int]) -> ProbeGraph:
+    """The probe graph of a run mined from an .onnx file (passes.probe_onnx)."""
+    from sketchmine.passes.probe_onnx import onnx_probe_graph
+
+    if run.attrs.get("dataset", {}).get("sequence"):
+        raise SketchmineError("the run mined progressive drawings; the probe draws one image and does not cover "
+                              "sequence runs yet")
+    layers, notes = probe_layers(run)
+    data, specs = onnx_probe_graph(run, model, pre, size, layers, MAP_SIDE)
+    return ProbeGraph(data, size, [ProbeLayer(*s) for s in specs],
+                      notes + [f"the run's ONNX file {model.path.name} with the preprocessing prepended"])
+
+
 def dataset_images(run: Run, size: tuple[int, int]) -> list[dict[str, Any]]:
     """Whole input images the run stores: the patches (`sketchmine visualize`) of a layer that sees
     the whole input, as [{index, cls, pixels (base64 of H*W uint8)}], at most MAX_IMAGES."""
@@ -222,12 +235,16 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
     run = run if isinstance(run, Run) else open_run(run)
     ort = ort_files()
     loaded = run_model(run, model, weights)
-    if not isinstance(loaded.module, nn.Module):
-        raise SketchmineError(f"run {run.path} was mined from an ONNX file ({run.attrs.get('model')}); the probe "
-                              "exports torch models only for now (see docs/probe.md)")
     pre = run_preprocessing(run) or Preprocessing("none", 1)
-    size = input_size(run, pre, size)
-    graph = export_graph(run, loaded.module, pre, size)
+    if isinstance(loaded.module, nn.Module):
+        size = input_size(run, pre, size)
+        graph = export_graph(run, loaded.module, pre, size)
+    else:  # an .onnx file: its own graph, preprocessing prepended, outputs appended
+        dims = [d.dim_value for d in loaded.module.input.type.tensor_type.shape.dim]
+        if size is None and pre.size is None and len(dims) == 4 and min(dims[2:]) > 0:
+            size = (dims[2], dims[3])
+        size = input_size(run, pre, size)
+        graph = onnx_graph(run, loaded.module, pre, size)
     images = dataset_images(run, size)
     ink, why = ink_polarity(images)
     meta = {"model": str(run.attrs.get("model")), "size": list(size), "classes": [str(c) for c in run.class_names],
