@@ -57,11 +57,13 @@ def measure(page_path: Path, strokes: int) -> dict[str, Any]:
             page.mouse.up()
             page.wait_for_function(f"() => window.sketchmine.strokeLatencies.length >= {i + 1}", timeout=120_000)
         lat = page.evaluate("window.sketchmine.strokeLatencies")[2:]
+        phases = page.evaluate("window.sketchmine.loadTimes")
         once = page.evaluate("async () => { const p = window.sketchmine.pixels(); const t = performance.now(); "
                              "await window.sketchmine.probe(p); return performance.now() - t; }")
         browser.close()
     return {"strokes": len(lat), "median_ms": statistics.median(lat), "min_ms": min(lat), "max_ms": max(lat),
-            "probe_call_ms": once, "page_load_s": load_s}
+            "probe_call_ms": once, "page_load_s": load_s,
+            "load_ms": {k: round(v) for k, v in phases.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -251,7 +251,10 @@ def graph_outputs(files: dict[str, bytes], pixels: np.ndarray) -> tuple[dict, li
 
     text = files["model.js"].decode()
     meta = json.loads(text[text.index("=") + 1:text.index(";\n")])
-    sess = ort.InferenceSession(base64.b64decode(text.split('onnx = "')[1].split('"')[0]))
+    pieces = [files[n].decode() for n in sorted(files) if n.startswith("graph-")]
+    graph = b"".join(base64.b64decode(p[p.index('push("') + 6:p.rindex('")')]) for p in pieces)
+    assert len(graph) == meta["model_bytes"]
+    sess = ort.InferenceSession(graph)
     runs = [sess.run(None, {"pixels": p[None, None].astype(np.float32)}) for p in pixels]
     return meta, [np.stack([r[i].reshape(-1) for r in runs]) for i in range(len(runs[0]))]
 

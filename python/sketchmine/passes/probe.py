@@ -38,6 +38,8 @@ MAP_SIDE = 32
 """Heat maps are max-pooled to at most this many positions per side."""
 TOP_UNITS = 8
 """Units shown per layer on the page (and returned by `window.sketchmine.probe`)."""
+CHUNK = 8_000_000
+"""Base64 characters per embedded script (a multiple of 4)."""
 MAX_IMAGES = 40
 """Dataset images offered by "pick a dataset image" (full-input patches the run stores)."""
 ORT_VERSION = "1.30.0"
@@ -227,9 +229,10 @@ def ort_files() -> dict[str, bytes]:
 
 def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: str | None = None,
                 size: Any = None) -> dict[str, bytes]:
-    """The probe's files (name → bytes) for `write_report(probe=...)` / `write_probe`: the model
-    graph and metadata (model.js), onnxruntime-web with its WebAssembly embedded (ort.js: a
-    script, because Chromium loads neither .wasm nor ES modules from file://)."""
+    """The probe's files (name → bytes) for `write_report(probe=...)` / `write_probe_folder`: the
+    metadata (model.js), the graph in base64 pieces (graph-NNN.js), onnxruntime-web with its loader
+    (ort-loader.js) and WebAssembly (wasm-NNN.js) embedded: scripts all, because Chromium loads
+    neither .wasm nor ES modules from file://."""
     from sketchmine.passes.reload import run_model, run_preprocessing
 
     run = run if isinstance(run, Run) else open_run(run)
@@ -255,9 +258,22 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
             "images_note": "" if images else "no dataset images: the run stores no patches of a layer that sees the "
                                              "whole input (sketchmine visualize RUN --layers LAYER adds them)",
             "ort": ORT_VERSION, "model_bytes": len(graph.onnx)}
-    model_js = ("window.sketchmineProbeModel = " + json.dumps(meta, ensure_ascii=True).replace("<", "\\u003c")
-                + ";\nwindow.sketchmineProbeModel.onnx = \"" + base64.b64encode(graph.onnx).decode() + "\";\n")
-    ort_js = ("window.sketchmineOrtWasm = {mjs: " + json.dumps(ort["ort-wasm-simd-threaded.mjs"].decode("utf-8"))
-              .replace("<", "\\u003c") + ",\nwasm: \"" + base64.b64encode(ort["ort-wasm-simd-threaded.wasm"]).decode()
-              + "\"};\n")
-    return {"model.js": model_js.encode(), "ort.wasm.min.js": ort["ort.wasm.min.js"], "ort-wasm.js": ort_js.encode()}
+    files = {"model.js": ("window.sketchmineProbeModel = " + json.dumps(meta, ensure_ascii=True).replace("<", "\\u003c")
+                          + ";\n").encode(),
+             "ort.wasm.min.js": ort["ort.wasm.min.js"],
+             "ort-loader.js": ("window.sketchmineOrtMjs = " + json.dumps(ort["ort-wasm-simd-threaded.mjs"].decode("utf-8"))
+                               .replace("<", "\\u003c") + ";\n").encode()}
+    files.update(chunk_scripts("wasm", ort["ort-wasm-simd-threaded.wasm"]))
+    files.update(chunk_scripts("graph", graph.onnx))
+    return files
+
+
+def chunk_scripts(kind: str, data: bytes) -> dict[str, bytes]:
+    """`data` in base64 as scripts of at most CHUNK characters each ("graph-000.js", ...), each pushing
+    its piece to window.sketchmineChunks[kind]: Chromium parses many 8 MB string literals about five
+    times faster than one of 100 MB (measured), and every piece decodes on its own (4 | CHUNK)."""
+    text = base64.b64encode(data).decode()
+    head = f"(window.sketchmineChunks = window.sketchmineChunks || {{}})[{json.dumps(kind)}] = " \
+           f"window.sketchmineChunks[{json.dumps(kind)}] || [];\nwindow.sketchmineChunks[{json.dumps(kind)}].push(\""
+    return {f"{kind}-{i // CHUNK:03d}.js": (head + text[i:i + CHUNK] + "\");\n").encode()
+            for i in range(0, max(len(text), 1), CHUNK)}

@@ -4,7 +4,8 @@ runs no model; without a probe it says on the index page why there is none.
 
     out/probe.html          the drawing pad, predictions and the units that fire most
     out/assets/probe.js     the page's script (window.sketchmine.probe)
-    out/probe/model.js      graph (base64) and metadata; ort.wasm.min.js, ort-wasm.js: the runtime
+    out/probe/model.js      metadata; graph-NNN.js: the graph (base64 pieces); ort.wasm.min.js,
+                            ort-loader.js, wasm-NNN.js: the runtime (onnxruntime-web), embedded
     out/probe/links.js      layer name → report page id, for the unit links (absent in a probe-only folder)
 """
 from __future__ import annotations
@@ -26,11 +27,13 @@ NO_PROBE = ("written without the model (write_report reads the store only); `ske
 MARKER = ".sketchmine-probe"
 
 
-def probe_page(meta_note: str, linked: bool) -> str:
+def probe_page(meta_note: str, linked: bool, names: list[str]) -> str:
+    """The page; `names`: the probe's files, loaded in order: the runtime, its loader and WebAssembly
+    pieces, the metadata, the graph pieces, then the page's script."""
     back = '<p><a href="index.html">← report</a></p>' if linked else ""
-    scripts = "".join(f'<script src="{s}"></script>' for s in
-                      ((["probe/links.js"] if linked else []) + ["probe/ort.wasm.min.js", "probe/ort-wasm.js",
-                                                                  "probe/model.js", "assets/probe.js"]))
+    order = (["links.js"] if linked else []) + ["ort.wasm.min.js", "ort-loader.js"] + \
+        sorted(n for n in names if n.startswith("wasm-")) + ["model.js"] + sorted(n for n in names if n.startswith("graph-"))
+    scripts = "".join(f'<script src="probe/{e(s)}"></script>' for s in order) + '<script src="assets/probe.js"></script>'
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>live probe — sketchmine</title>'
             '<link rel="stylesheet" href="assets/report.css"></head>\n<body class="probe-page">\n'
             f'{back}<h1>Live probe</h1><p id="probe-status">loading the model…</p>'
@@ -66,10 +69,10 @@ def write_probe_files(out: Path, probe: Mapping[str, bytes], links: dict[str, st
     note = (f"Model input {meta['size'][0]}×{meta['size'][1]}, preprocessing {meta['preprocessing']} inside the "
             "ONNX graph; the canvas is brought to the input size by antialiased bilinear resampling (the miner's "
             f"resize) and rounded to 0-255. Ink: {meta['ink']} ({meta['ink_why']}). Opens from file:// (the "
-            "WebAssembly runtime is embedded in probe/ort-wasm.js).")
+            "WebAssembly runtime and the graph are embedded in scripts under probe/).")
     for n in meta.get("notes") or []:
         note += f" {n}."
-    (out / "probe.html").write_text(probe_page(note, links is not None), encoding="utf-8")
+    (out / "probe.html").write_text(probe_page(note, links is not None, list(probe)), encoding="utf-8")
     return note
 
 

@@ -1,7 +1,8 @@
 // sketchmine live probe: draw, and watch the run's model respond, in the browser.
 // The model runs in onnxruntime-web (WebAssembly, one thread). Everything is loaded by <script>
-// tags (probe/ort.wasm.min.js, probe/ort-wasm.js with the .wasm and its loader embedded, probe/model.js
-// with the ONNX graph in base64), because Chromium loads neither .wasm nor ES modules from file://.
+// tags (probe/ort.wasm.min.js, probe/ort-loader.js and wasm-NNN.js: the runtime's loader and its .wasm
+// in base64 pieces; model.js: metadata; graph-NNN.js: the ONNX graph in base64 pieces), because
+// Chromium loads neither .wasm nor ES modules from file://.
 // The graph holds the run's preprocessing (/255, channels, normalisation); this script brings the
 // canvas to the model's input size with the miner's resize (torch's antialiased bilinear).
 // window.sketchmine.probe(pixels) is the one inference function: tests and the UI both call it.
@@ -25,9 +26,20 @@
     return e;
   }
   function b64(s) {
+    if (typeof Uint8Array.fromBase64 === "function") { return Uint8Array.fromBase64(s); }
     var b = atob(s), a = new Uint8Array(b.length);
     for (var i = 0; i < b.length; i++) { a[i] = b.charCodeAt(i); }
     return a;
+  }
+
+  function pieces(kind) {
+    // the base64 pieces the probe/<kind>-NNN.js scripts pushed, decoded into one array
+    var parts = (window.sketchmineChunks[kind] || []).map(b64), n = 0, at = 0;
+    parts.forEach(function (p) { n += p.length; });
+    var all = new Uint8Array(n);
+    parts.forEach(function (p) { all.set(p, at); at += p.length; });
+    window.sketchmineChunks[kind] = null;
+    return all;
   }
 
   // ---- the miner's resize: torch.nn.functional.interpolate(mode="bilinear", antialias=True) ----
@@ -285,13 +297,17 @@
 
   // ---- start ----
   redraw();
+  api.loadTimes = { scriptsLoaded: performance.now() };  // ms since navigation
   api.ready = (function () {
     ort.env.wasm.numThreads = 1;
-    ort.env.wasm.wasmPaths = { mjs: URL.createObjectURL(new Blob([window.sketchmineOrtWasm.mjs], { type: "text/javascript" })) };
-    ort.env.wasm.wasmBinary = b64(window.sketchmineOrtWasm.wasm);
-    return ort.InferenceSession.create(b64(M.onnx), { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+    ort.env.wasm.wasmPaths = { mjs: URL.createObjectURL(new Blob([window.sketchmineOrtMjs], { type: "text/javascript" })) };
+    ort.env.wasm.wasmBinary = pieces("wasm");
+    var graph = pieces("graph");
+    api.loadTimes.decoded = performance.now();
+    return ort.InferenceSession.create(graph, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
   })().then(function (s) {
     session = s;
+    api.loadTimes.session = performance.now();
     status.textContent = "model loaded (" + M.model + ", input " + H + "×" + W + ", onnxruntime-web " + M.ort + ", WebAssembly, one thread)";
     document.body.setAttribute("data-ready", "1");
     changed(performance.now());
