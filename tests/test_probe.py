@@ -300,3 +300,31 @@ def test_resnet_graph_in_python_and_heat_maps_bounded(tmp_path, demo_test_set):
         ref = torch.softmax(loaded.module.eval()(x), 1).numpy()
     assert np.abs(outs[0] - ref).max() < 1e-4
     assert all(l["grid"] is None or max(l["grid"]) <= MAP_SIDE for l in meta["layers"])
+
+
+def test_loaded_image_converted_as_the_miner_would(tmp_path, report, browser, subset, demo_model):
+    """A colour image of another size: grey by luma and resized as the miner's Preprocessing.prepare
+    does (up to the rounding to 0-255), said once on the page, and predicted as torch predicts it."""
+    from PIL import Image
+
+    from sketchmine.data.preprocess import Preprocessing, chw
+
+    rng = np.random.default_rng(0)
+    grey = np.kron(subset.images[7], np.ones((3, 2), np.uint8))  # 84×56: another size and aspect
+    rgb = np.stack([grey, np.clip(grey * 0.5 + rng.integers(0, 60, grey.shape), 0, 255),
+                    255 - grey // 2], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "cat.png")
+    page, problems = open_page(browser, (report.parent / "probe.html").as_uri())
+    ready(page)
+    page.set_input_files("#file", str(tmp_path / "cat.png"))
+    r = settled(page)
+    note = page.inner_text("#convert-note")
+    assert "56×84 colour, made grey by luma" in note and "resized to 28×28 by antialiased bilinear" in note
+    px = np.array(page.evaluate("Array.from(window.sketchmine.pixels())"), np.float32).reshape(28, 28)
+    pre = subset.preprocessing
+    at_size = Preprocessing(pre.preset, pre.channels, (28, 28), pre.mean, pre.std)  # as a run at 28×28
+    miner = at_size.prepare(chw(rgb)[None])  # the miner: grey by luma, resized, normalised
+    assert np.abs(px - (miner[0, 0].numpy() * pre.std[0] + pre.mean[0]) * 255).max() <= 0.5 + 1e-3
+    probs, _ = torch_reference(demo_model.module, px[None].astype(np.uint8), pre.mean[0], pre.std[0], [])
+    assert np.abs(np.array(r["probs"]) - probs[0]).max() < 1e-4
+    assert problems == []
