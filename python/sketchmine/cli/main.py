@@ -1,4 +1,4 @@
-"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench`.
+"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench | probe`.
 
 Only parses and dispatches: what each command prints is in console.py. Errors print as one
 line, no traceback."""
