@@ -1,4 +1,5 @@
-"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench | effects`.
+"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench | effects
+| probe`.
 
 Only parses and dispatches: what each command prints is in console.py. Errors print as one
 line, no traceback."""
@@ -130,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write a static HTML report of RUN (opens offline in any browser)")
     r.add_argument("run")
     r.add_argument("--out", required=True, help="report folder (index.html inside)")
+    r.add_argument("--no-probe", action="store_true", help="leave out the live probe (it loads and exports the model)")
     c = sub.add_parser("compare", help="two runs over the same dataset side by side")
     c.add_argument("run_a")
     c.add_argument("run_b")
@@ -154,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=positive_int, default=256)
     e.add_argument("--units-per-pass", type=positive_int, help="units zeroed per tail run (default: by memory)")
     e.add_argument("-n", type=positive_int, default=10, help="units listed per layer (default 10)")
+    from sketchmine.cli import probe as probe_cli
+
+    probe_cli.add_parser(sub)
     return p
 
 
@@ -328,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             from sketchmine.present.console import print_report
 
-            print_report(args.run, args.out, console)
+            from sketchmine.cli.probe import report_probe
+
+            print_report(args.run, args.out, console, report_probe(args.run, args.no_probe))
         elif args.command == "compare":
             from sketchmine.present.console import print_compare
 
@@ -341,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
             from sketchmine.cli.effects import run_effects
 
             run_effects(args, console)
+        elif args.command == "probe":
+            from sketchmine.cli.probe import run_probe
+
+            run_probe(args, console)
     except SketchmineError as exc:
         _error(str(exc))
         _quiet_after_failure()
