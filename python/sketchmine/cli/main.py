@@ -1,18 +1,33 @@
 """Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench`.
 
-Only parses and dispatches: what each command prints is in console.py. Errors print as one
-line, no traceback."""
+Only parses and dispatches: what each command prints is in console.py (tables) and json_out.py
+(`--json`). Results go to stdout; notes, progress and errors to stderr (present/logs.py). Errors
+print as one line, no traceback (with -v, the traceback too). Exit codes (docs/cli.md): 0 done,
+1 running failed (disk full, a failed write), 2 usage error, 3 input refused (SketchmineError:
+a bad dataset, layer or option, a run that cannot be resumed), 130 interrupted.
+
+Nothing here imports torch, zarr or rich at module level: `sketchmine --help` and
+`sketchmine --version` answer without them.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import typing
 from pathlib import Path
 
-from rich.console import Console
-
-from sketchmine.data.sequences import INKS
+from sketchmine import __version__
 from sketchmine.errors import SketchmineError
+
+if typing.TYPE_CHECKING:
+    from rich.console import Console
+
+INKS = ("auto", "light", "dark")
+"""data.sequences.INKS, spelled out so `--help` needs no torch (tests/test_habits.py checks they agree)."""
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+"""The exit codes, documented in docs/cli.md."""
 
 
 def _default_workers() -> int:
@@ -24,12 +39,51 @@ def _default_workers() -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse, its usage errors as the one line every other error is: `sketchmine: error: …`."""
 
-    def error(self, message: str) -> typing.NoReturn:  # noqa: F821
+    def error(self, message: str) -> typing.NoReturn:
+        cmd = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""
+        if message.startswith("unrecognized arguments") and "--layers" in sys.argv[1:]:
+            message += " (several layers go in one value: --layers a,b, or a repeated --layers)"
         from sketchmine.present.console import safe
 
-        cmd = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""
         print(f"sketchmine: error: {safe(message, markup=False)} (see: sketchmine {cmd}--help)", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(EXIT_USAGE)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help: `(default: X)` unless its help already says its default;
+    no value shows as `none`, a flag's False as `off`."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings
+                or action.required):
+            return text
+        shown = {None: "none", False: "off", True: "on"}.get(action.default, "%(default)s") \
+            if isinstance(action.default, (bool, type(None))) else "%(default)s"
+        return f"{text} (default: {shown})".strip()
+
+
+def layer_list(text: str) -> list[str]:
+    """An argparse type: layer names separated by commas (or spaces in one quoted value)."""
+    names = [n for n in text.replace(",", " ").split() if n]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected layer names separated by commas, got {text!r}")
+    return names
+
+
+def _layers_option(p: argparse.ArgumentParser, what: str) -> None:
+    """`--layers a,b` (repeatable): one value per flag, so it never swallows a positional."""
+    p.add_argument("--layers", type=layer_list, action="extend", metavar="L[,L...]",
+                   help=f"{what}, comma-separated; repeat --layers to add more")
+
+
+def _verbosity_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """-q/-v, accepted before the command and after it (`sketchmine -q mine …`, `sketchmine mine -q …`)."""
+    default = 0 if top else argparse.SUPPRESS
+    p.add_argument("-q", "--quiet", action="count", default=default,
+                   help="errors only: no notes or progress bars; results still print (default: off)")
+    p.add_argument("-v", "--verbose", action="count", default=default,
+                   help="debug notes, and the traceback of an error (default: off)")
 
 
 def positive_int(text: str) -> int:
@@ -66,22 +120,28 @@ def device(text: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sketchmine", description="Mine the top-k images of every CNN unit.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="sketchmine", description="Mine the top-k images of every CNN unit.", formatter_class=_Help,
+                epilog="exit codes: 0 done, 1 running failed, 2 usage error, 3 input refused, 130 interrupted")
+    p.add_argument("--version", action="version", version=f"sketchmine {__version__}")
+    _verbosity_options(p, top=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_SubParser)
     m = sub.add_parser("mine", help="stream a dataset through a model and keep every unit's top-k images")
     m.add_argument("--model", required=True,
                    help="torchvision name, 'sketchnet'/'sketchresnet'/'sketchgru' (with --weights), 'demo', "
                         "'demo-resnet', 'demo-gru', a checkpoint path, or an .onnx file (ONNX Runtime)")
-    m.add_argument("--weights", help="state_dict file for a named model (loaded with weights_only=True)")
+    m.add_argument("--weights", help="state_dict file for a named model (loaded with weights_only=True), or "
+                                     "DEFAULT (or a weight enum name) for torchvision's pretrained weights when cached "
+                                     "under TORCH_HOME (default: none, random weights)")
     m.add_argument("--seed", type=int, default=None,
                    help="initialisation seed of a model named by architecture without --weights (recorded; "
                         "default 0); refused for any other model")
     m.add_argument("--data", required=True, help="ImageFolder directory: DIR/<class>/<image>")
-    m.add_argument("--out", required=True, help="run directory (Zarr); an unfinished one is resumed")
-    m.add_argument("--layers", nargs="+", help="qualified module names (default: every conv, linear, softmax)")
-    m.add_argument("-k", type=positive_int, default=9, help="images kept per unit (default 9)")
-    m.add_argument("--batch-size", type=positive_int, default=64)
-    m.add_argument("--device", type=device, default="cpu")
+    m.add_argument("--out", help="run directory (Zarr); an unfinished one is resumed (default: MODEL.zarr in the "
+                                 "current folder, MODEL the --model name without folder and extension)")
+    _layers_option(m, "qualified module names (default: every conv, linear, softmax)")
+    m.add_argument("-k", type=positive_int, default=9, help="images kept per unit")
+    m.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    m.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     m.add_argument("--workers", type=nonnegative_int, default=_default_workers(),
                    help="DataLoader worker processes (default: 0 on machines with <= 2 cores, where "
                         "workers compete with the forward pass for the cores (measured 10-16%% slower), "
@@ -112,9 +172,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(per image, from the median of its border; default)")
     v = sub.add_parser("visualize", help="crop each top-k entry's receptive field and its deconvolution into RUN")
     v.add_argument("run")
-    v.add_argument("--layers", nargs="+", help="layers to visualize (default: every mined layer)")
+    _layers_option(v, "layers to visualize (default: every mined layer)")
     _reload_options(v)
-    v.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided", "gradient"])
+    v.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided", "gradient"],
+                   help="how a unit's activation is projected back to pixels")
     v.add_argument("--batch-size", type=positive_int, default=64, help="(image, unit) pairs per forward and backward")
     v.add_argument("--max-patch", type=positive_int, default=128, help="shrink larger patches to fit N×N pixels")
     v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
@@ -124,29 +185,59 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help=demo_help, description=demo_help)
     d.add_argument("--out", help="folder for the runs, OUT/demo.zarr, OUT/demo-resnet.zarr and OUT/demo-gru.zarr; "
                                  "a re-run resumes them (default: a new temporary directory)")
-    d.add_argument("--batch-size", type=positive_int, default=250, help="images per mining batch (default 250)")
+    d.add_argument("--batch-size", type=positive_int, default=250, help="images per mining batch")
     d.add_argument("--report", help="folder for the reports, REPORT/demo/, REPORT/demo-resnet/ and "
                                     "REPORT/demo-gru/ (default: OUT/report)")
     r = sub.add_parser("report", help="write a static HTML report of RUN (opens offline in any browser)")
     r.add_argument("run")
-    r.add_argument("--out", required=True, help="report folder (index.html inside)")
+    r.add_argument("--out", help="report folder, index.html inside (default: RUN-report beside the run, RUN "
+                                 "without .zarr)")
+    r.add_argument("--open", action="store_true", help="open the report in the default web browser")
     c = sub.add_parser("compare", help="two runs over the same dataset side by side")
     c.add_argument("run_a")
     c.add_argument("run_b")
-    c.add_argument("-n", type=positive_int, default=5, help="classes per side (default 5)")
+    c.add_argument("-n", type=positive_int, default=5, help="classes per side")
+    _json_option(c)
     s = sub.add_parser("summary", help="print a run's accuracy and per-layer class preferences")
     s.add_argument("run")
-    s.add_argument("-n", type=positive_int, default=5, help="classes per side (default 5)")
+    s.add_argument("-n", type=positive_int, default=5, help="classes per side")
+    _json_option(s)
     i = sub.add_parser("importance", help="per-unit ablation importance for the correct class, stored in RUN")
     i.add_argument("run")
-    i.add_argument("--layers", nargs="+", help="mined layers (default: every mined module layer)")
+    _layers_option(i, "mined layers (default: every mined module layer)")
     _reload_options(i)
-    i.add_argument("--batch-size", type=positive_int, default=256)
-    i.add_argument("-n", type=positive_int, default=10, help="units listed (and plotted) per layer (default 10)")
+    i.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    i.add_argument("-n", type=positive_int, default=10, help="units listed (and plotted) per layer")
     i.add_argument("--plot", help="write a PNG of the most important units per layer")
+    _json_option(i)
     b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
     return p
+
+
+class _SubParser(_Parser):
+    """A command's parser: defaults shown in its --help, -q/-v accepted after the command too."""
+
+    def __init__(self, **kwargs: typing.Any) -> None:
+        super().__init__(formatter_class=_Help, **{k: v for k, v in kwargs.items() if k != "formatter_class"})
+        _verbosity_options(self, top=False)
+
+
+def _json_option(p: argparse.ArgumentParser) -> None:
+    """`--json`: the command's result as one JSON document on stdout (present/json_out.py)."""
+    p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts) instead of tables")
+
+
+def default_run_out(model: str) -> str:
+    """`mine`'s --out when none is given: MODEL.zarr in the current folder."""
+    name = Path(model.rstrip("/")).name.split(".")[0] or "run"
+    return f"{name}.zarr"
+
+
+def default_report_out(run: str) -> str:
+    """`report`'s --out when none is given: RUN-report beside the run (RUN without .zarr)."""
+    p = Path(run.rstrip("/"))
+    return str(p.with_name(f"{p.name.removesuffix('.zarr')}-report"))
 
 
 def _reload_options(p: argparse.ArgumentParser) -> None:
@@ -154,7 +245,7 @@ def _reload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="the dataset's ImageFolder root, if it moved since mining")
     p.add_argument("--model", help="the model, if the run cannot reload it (mined from an in-memory model)")
     p.add_argument("--weights", help="state_dict file for --model")
-    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
 
 
 def _bench(args: list[str]) -> int:
@@ -168,7 +259,7 @@ def _bench(args: list[str]) -> int:
     return int(bench_main(args) or 0)
 
 
-def _importance(args: argparse.Namespace, console: Console) -> None:
+def _importance(args: argparse.Namespace, console: Console, err: Console) -> None:
     """`sketchmine importance RUN [--layers ...]`: compute, store, print the top units, plot.
     The layers and the plot path are checked before any computation; Ctrl-C says which
     layers' importance was stored (a re-run recomputes every layer it is given)."""
@@ -195,23 +286,33 @@ def _importance(args: argparse.Namespace, console: Console) -> None:
         rest = [l for l in layers if l not in done]
         kept = (f"the importance of {', '.join(done)} is stored" if done else "no layer's importance was stored")
         raise KeyboardInterrupt(f"interrupted; {kept}; a re-run recomputes every layer it is given, so pass "
-                                f"--layers {' '.join(rest)} to compute only the rest") from None
+                                f"--layers {','.join(rest)} to compute only the rest") from None
     run = open_run(args.run)
-    for name in layers:
-        console.print(table(run, name, args.n))
+    if args.json:
+        from sketchmine.present.json_out import importance_data, print_json
+
+        print_json(importance_data(run, layers, args.n))
+    else:
+        for name in layers:
+            console.print(table(run, name, args.n))
     if args.plot:
         save_figure(plot_importance(run, layers, args.n), args.plot)
-        console.print(f"plot written to {safe(args.plot)}")
+        (err if args.json else console).print(f"plot written to {safe(args.plot)}")
 
 
-def _mine(args: argparse.Namespace, console: Console) -> None:
+def _mine(args: argparse.Namespace, console: Console, err: Console) -> None:
+    import logging
+
     from sketchmine import mine
     from sketchmine.mining import distributed
     from sketchmine.present.console import RichProgress, print_mined
 
-    bar = RichProgress(console)
+    out = args.out or default_run_out(args.model)
+    if not args.out:
+        logging.getLogger("sketchmine").info(f"no --out given: the run goes to {out}")
+    bar = RichProgress(err)
     try:
-        run = mine(args.model, args.data, layers=args.layers, k=args.k, out=args.out, batch_size=args.batch_size,
+        run = mine(args.model, args.data, layers=args.layers, k=args.k, out=out, batch_size=args.batch_size,
                    device=args.device, weights=args.weights, preprocessing=args.preprocessing,
                    image_size=args.image_size, num_workers=args.workers, flush_every=args.flush_every,
                    skip_bad_images=args.skip_bad_images, progress=bar, logits=not args.no_logits,
@@ -228,11 +329,11 @@ def _mine(args: argparse.Namespace, console: Console) -> None:
     print_mined(run, bar, args.no_logits, console)
 
 
-def _visualize(args: argparse.Namespace, console: Console) -> None:
+def _visualize(args: argparse.Namespace, console: Console, err: Console) -> None:
     from sketchmine.passes.visualize import visualize
     from sketchmine.present.console import RichProgress, print_visualized
 
-    bar = RichProgress(console, "visualizing", unit="units")
+    bar = RichProgress(err, "visualizing", unit="units")
     try:
         run = visualize(args.run, args.layers, model=args.model, weights=args.weights, data=args.data,
                         method=args.method, batch_size=args.batch_size, device=args.device,
@@ -254,9 +355,15 @@ INTERRUPTED = {
 """What a re-run does after Ctrl-C, per command (a KeyboardInterrupt with a message says more)."""
 
 
-def _error(message: str) -> None:
-    """One line on stderr, every control character escaped (a file or class name cannot drive the terminal)."""
+def _error(message: str, verbosity: int = 0) -> None:
+    """One line on stderr, every control character escaped (a file or class name cannot drive the terminal);
+    with -v the traceback first."""
     from sketchmine.present.console import safe
+
+    if verbosity > 0:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
     print(f"sketchmine: error: {' '.join(safe(message, markup=False).split())}", file=sys.stderr)
 
@@ -299,50 +406,90 @@ def _quiet_after_failure() -> None:
         pass
 
 
+def _report(args: argparse.Namespace, console: Console) -> None:
+    """`sketchmine report RUN [--out DIR] [--open]`."""
+    from sketchmine.present.console import print_report
+
+    index = print_report(args.run, args.out or default_report_out(args.run), console)
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(Path(index).resolve().as_uri()):
+            raise SketchmineError(f"no web browser to open {index} with; open the file in one (or set BROWSER)")
+
+
+def _summary(args: argparse.Namespace, console: Console) -> None:
+    if args.json:
+        from sketchmine.present.json_out import print_json, summary_data
+        from sketchmine.results.run import open_run
+
+        print_json(summary_data(open_run(args.run), args.n))
+    else:
+        from sketchmine.present.console import print_summary
+
+        print_summary(args.run, args.n, console)
+
+
+def _compare(args: argparse.Namespace, console: Console) -> None:
+    if args.json:
+        from sketchmine.present.json_out import compare_data, print_json
+        from sketchmine.results.compare import compare
+
+        print_json(compare_data(compare(args.run_a, args.run_b, args.n)))
+    else:
+        from sketchmine.present.console import print_compare
+
+        print_compare(args.run_a, args.run_b, args.n, console)
+
+
+def _dispatch(args: argparse.Namespace, console: Console, err: Console) -> int:
+    if args.command == "mine":
+        _mine(args, console, err)
+    elif args.command == "visualize":
+        _visualize(args, console, err)
+    elif args.command == "demo":
+        from sketchmine.cli.demo import run_demo
+
+        run_demo(args.out, args.batch_size, args.report, console)
+    elif args.command == "summary":
+        _summary(args, console)
+    elif args.command == "report":
+        _report(args, console)
+    elif args.command == "compare":
+        _compare(args, console)
+    elif args.command == "importance":
+        _importance(args, console, err)
+    elif args.command == "bench":
+        return _bench(args.args)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = Console()
+    from rich.console import Console
+
+    from sketchmine.present.logs import setup
+
+    verbosity = args.verbose - args.quiet
+    err = setup(verbosity)
+    console = Console()  # results: stdout
     try:
-        if args.command == "mine":
-            _mine(args, console)
-        elif args.command == "visualize":
-            _visualize(args, console)
-        elif args.command == "demo":
-            from sketchmine.cli.demo import run_demo
-
-            run_demo(args.out, args.batch_size, args.report, console)
-        elif args.command == "summary":
-            from sketchmine.present.console import print_summary
-
-            print_summary(args.run, args.n, console)
-        elif args.command == "report":
-            from sketchmine.present.console import print_report
-
-            print_report(args.run, args.out, console)
-        elif args.command == "compare":
-            from sketchmine.present.console import print_compare
-
-            print_compare(args.run_a, args.run_b, args.n, console)
-        elif args.command == "importance":
-            _importance(args, console)
-        elif args.command == "bench":
-            return _bench(args.args)
+        return _dispatch(args, console, err)
     except SketchmineError as exc:
-        _error(str(exc))
+        _error(str(exc), verbosity)
         _quiet_after_failure()
-        return 2
+        return exc.exit_code
     except OSError as exc:  # disk full, permission denied, a file gone: the path and the reason, no traceback
-        _error(_os_error(exc))
+        _error(_os_error(exc), verbosity)
         _quiet_after_failure()
-        return 2
+        return EXIT_FAILURE
     except KeyboardInterrupt as exc:
         from sketchmine.present.console import safe
 
         said = str(exc) if exc.args else f"interrupted; {INTERRUPTED.get(args.command, 'nothing was written')}"
         print(f"sketchmine: {' '.join(safe(said, markup=False).split())}", file=sys.stderr)
         _quiet_after_failure()
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from zarr.core.group import GroupMetadata
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineFailure
 from sketchmine.store import schema
 from sketchmine.store.checksums import block_sums, digest
 
@@ -123,7 +123,7 @@ def io_errors(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except OSError as exc:
-            raise SketchmineError(
+            raise SketchmineFailure(
                 f"cannot write to {self.path}: {exc.strerror or exc}; nothing committed is lost — "
                 "make room (or make it writable) and re-run the same command to resume") from None
 

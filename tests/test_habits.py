@@ -1,0 +1,211 @@
+"""The ecosystem's habits (issue 19): CLI conventions (--version, defaults in --help, stdout for
+results and stderr for the rest, --json, exit codes, -q/-v through logging, --layers beside a
+positional, report --open), notebook display of a run and a unit, and standard readers
+(xarray opens a run with named dimensions). Real subprocesses and one real run mined once."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sketchmine
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["features.0", "classifier.6"]
+
+
+def sm(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sketchmine", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, demo_test_set) -> Path:
+    """60 real test images (6 per class) as an ImageFolder."""
+    from tests.helpers import image_folder
+
+    return image_folder(demo_test_set, tmp_path_factory.mktemp("habits") / "images", per_class=6)
+
+
+@pytest.fixture(scope="module")
+def mined(images) -> tuple[Path, subprocess.CompletedProcess]:
+    """The run `sketchmine mine` writes (two layers, k=3) and what the command printed."""
+    out = images.parent / "run.zarr"
+    proc = sm("mine", "--model", "demo", "--data", str(images), "--out", str(out), "--layers", ",".join(LAYERS),
+              "-k", "3", "--workers", "0", "--batch-size", "32")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+# ---- CLI conventions -------------------------------------------------------------------------
+def test_version_and_help_load_neither_torch_nor_zarr():
+    proc = sm("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"sketchmine {sketchmine.__version__}", proc
+    code = ("import sys\nfrom sketchmine.cli.main import main\n"
+            "for argv in (['--help'], ['mine', '--help'], ['--version']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, e\n"
+            "print(sorted(m for m in ('torch', 'zarr', 'sketchmine._C') if m in sys.modules), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr.strip() == "[]", proc.stderr
+    assert "usage: sketchmine mine" in proc.stdout
+
+
+def test_every_option_shows_its_default_in_help():
+    from sketchmine.cli.main import _Help, _parser
+
+    p = _parser()
+    subs = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    seen = 0
+    for name, parser in [("", p), *subs.choices.items()]:
+        fmt = _Help(parser.prog)
+        for a in parser._actions:
+            if not a.option_strings or a.required or isinstance(a, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            assert a.help, f"{name} {a.option_strings} has no help"
+            assert "default" in fmt._get_help_string(a).lower(), f"{name} {a.option_strings}: {a.help!r}"
+            seen += 1
+    assert seen > 40
+    text = sm("mine", "--help").stdout
+    assert "(default: 64)" in " ".join(text.split()) and "(default: cpu)" in text
+
+
+def test_cli_inks_are_the_datasets():
+    from sketchmine.cli.main import INKS
+    from sketchmine.data.sequences import INKS as DATA_INKS
+
+    assert INKS == DATA_INKS
+
+
+def test_results_on_stdout_notes_and_progress_on_stderr(mined):
+    out, proc = mined
+    assert "features.0" in proc.stdout and "accuracy" in proc.stdout  # the closing table
+    assert "mining" in proc.stderr and "mining" not in proc.stdout   # the bar
+    run = sketchmine.open_run(out)
+    assert run.complete and run.images_done == 60 and run.k == 3 and run.layers == LAYERS
+
+
+def test_quiet_keeps_results_drops_notes_and_default_out(images, tmp_path):
+    """k=100 > 60 images is a note; -q drops it (and the bar), keeps the table; no --out: ./demo.zarr."""
+    loud = sm("mine", "--model", "demo", "--data", str(images), "--layers", "classifier.6", "-k", "100",
+              "--workers", "0", cwd=tmp_path)
+    assert loud.returncode == 0, loud.stderr
+    assert "note: k=100 is more than the 60 images" in loud.stderr and "note" not in loud.stdout
+    assert "no --out given: the run goes to demo.zarr" in loud.stderr
+    assert sketchmine.open_run(tmp_path / "demo.zarr").k == 60
+    quiet = sm("-q", "mine", "--model", "demo", "--data", str(images), "--layers", "classifier.6", "-k", "100",
+               "--out", str(tmp_path / "q.zarr"), "--workers", "0")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert "classifier.6" in quiet.stdout
+    after = sm("summary", str(tmp_path / "q.zarr"), "-q")  # -q after the command too
+    assert after.returncode == 0 and after.stderr == "" and "classifier.6" in after.stdout
+
+
+def test_api_notes_go_to_logging_not_warnings(small_test_set, tmp_path, caplog):
+    from sketchmine.data import ArrayDataset
+
+    ds = ArrayDataset(small_test_set.images[:20], small_test_set.labels()[:20], small_test_set.class_names,
+                      small_test_set.preprocessing, small_test_set.describe())
+    with warnings.catch_warnings(), caplog.at_level("WARNING", logger="sketchmine"):
+        warnings.simplefilter("error")  # a UserWarning would fail the call
+        sketchmine.mine("demo", ds, layers=["classifier.6"], k=30, out=tmp_path / "r.zarr")
+    notes = [r for r in caplog.records if r.name == "sketchmine"]
+    assert any("k=30 is more than the 20 images" in r.getMessage() for r in notes), notes
+
+
+def test_json_output_parses_and_matches_the_run(mined):
+    out, _ = mined
+    run = sketchmine.open_run(out)
+    proc = sm("summary", str(out), "--json", "-n", "3")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["images"] == 60 and data["k"] == 3 and data["complete"] is True
+    assert data["accuracy"] == pytest.approx(run.accuracy())
+    assert [l["name"] for l in data["layers"]] == LAYERS
+    top = run.top_classes("features.0", 3)
+    assert [c["class"] for c in data["layers"][0]["top_classes"]] == list(top.index)
+    assert [c["count"] for c in data["layers"][0]["top_classes"]] == top["count"].tolist()
+    assert data["layers"][0]["max_activation"] == pytest.approx(float(run.topk("features.0")[0].max()))
+    assert len(data["class_accuracy"]) == 10
+
+    proc = sm("compare", str(out), str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    cmp = json.loads(proc.stdout)
+    assert cmp["accuracy"]["a"] == cmp["accuracy"]["b"] == pytest.approx(run.accuracy())
+    assert all(r["jaccard_top"] == 1.0 for r in cmp["layers"]) and len(cmp["classes"]) == 10
+
+
+def test_importance_json(mined, tmp_path):
+    import shutil
+
+    run_copy = tmp_path / "run.zarr"
+    shutil.copytree(mined[0], run_copy)
+    proc = sm("importance", str(run_copy), "--layers", "features.0", "-n", "4", "--json", "--batch-size", "60")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    want = sketchmine.open_run(run_copy).unit_importance("features.0").head(4)
+    got = data["layers"]["features.0"]
+    assert [u["unit"] for u in got["units"]] == want["unit"].tolist() and got["images"] == 60
+    np.testing.assert_allclose([u[want.columns[1]] for u in got["units"]], want.iloc[:, 1].to_numpy())
+
+
+def test_exit_codes(mined, images, tmp_path):
+    out, _ = mined
+    usage = sm("mine", "--data", str(images))  # --model missing
+    assert usage.returncode == 2 and "sketchmine: error:" in usage.stderr
+    refused = sm("mine", "--model", "demo", "--data", str(images), "--out", str(tmp_path / "r"), "--layers", "conv9")
+    assert refused.returncode == 3 and "unknown layer 'conv9'" in refused.stderr and refused.stdout == ""
+    resume = sm("mine", "--model", "demo", "--data", str(images), "--out", str(out), "--layers", ",".join(LAYERS),
+                "-k", "4")  # the run was mined with k=3: not this run
+    assert resume.returncode == 3 and "cannot resume" in resume.stderr, resume.stderr
+    assert "Traceback" not in resume.stderr
+    verbose = sm("-v", "summary", str(tmp_path / "nope.zarr"))
+    assert verbose.returncode == 3 and "Traceback" in verbose.stderr
+
+
+def test_exit_code_of_a_failure_is_1():
+    from sketchmine.errors import SketchmineError, SketchmineFailure
+
+    assert SketchmineError("x").exit_code == 3 and SketchmineFailure("x").exit_code == 1
+    assert issubclass(SketchmineFailure, SketchmineError)
+
+
+def test_layers_never_swallow_a_positional():
+    from sketchmine.cli.main import _parser
+
+    p = _parser()
+    args = p.parse_args(["visualize", "--layers", "features.0,features.3", "run.zarr"])
+    assert args.layers == ["features.0", "features.3"] and args.run == "run.zarr"
+    args = p.parse_args(["importance", "--layers", "a", "--layers", "b,c", "r.zarr", "-n", "2"])
+    assert args.layers == ["a", "b", "c"] and args.run == "r.zarr" and args.n == 2
+    assert p.parse_args(["visualize", "r.zarr"]).layers is None
+    proc = sm("mine", "--model", "demo", "--data", "x", "--layers", "a", "b")
+    assert proc.returncode == 2 and "--layers a,b" in proc.stderr
+
+
+def test_report_default_out_and_open(mined, tmp_path):
+    """--open hands the report's file URL to the browser; BROWSER names a real script that records it."""
+    import shutil
+
+    run_copy = tmp_path / "mine.zarr"
+    shutil.copytree(mined[0], run_copy)
+    record = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > "{record}"\n')
+    browser.chmod(0o755)
+    proc = sm("report", str(run_copy), "--open", env={"BROWSER": str(browser)})
+    assert proc.returncode == 0, proc.stderr
+    index = tmp_path / "mine-report" / "index.html"
+    assert index.is_file()
+    assert record.read_text() == index.resolve().as_uri()
+
+
+def test_no_matplotlib_use_in_library_code():
+    hits = [p for p in (ROOT / "python" / "sketchmine").rglob("*.py") if "matplotlib.use(" in p.read_text()]
+    assert hits == []
