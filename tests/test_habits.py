@@ -209,3 +209,85 @@ def test_report_default_out_and_open(mined, tmp_path):
 def test_no_matplotlib_use_in_library_code():
     hits = [p for p in (ROOT / "python" / "sketchmine").rglob("*.py") if "matplotlib.use(" in p.read_text()]
     assert hits == []
+
+
+# ---- notebooks -------------------------------------------------------------------------------
+def test_run_repr_and_html(mined):
+    from html.parser import HTMLParser
+
+    run = sketchmine.open_run(mined[0])
+    text = repr(run)
+    assert str(run.path) in text and "k=3" in text and "60 images" in text and "complete" in text
+    assert f"accuracy {run.accuracy() * 100:.2f}%" in text and "features.0, classifier.6" in text
+
+    class Rows(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[str]] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+
+        def handle_data(self, data):
+            if self.rows and self.lasttag == "td":
+                self.rows[-1].append(data)
+
+    parser = Rows()
+    parser.feed(run._repr_html_())
+    body = [r for r in parser.rows if r]
+    assert [r[0] for r in body] == LAYERS
+    assert [int(r[2]) for r in body] == [run.layer_shape(l)[0] for l in LAYERS]
+    assert "60 images" in run._repr_html_() and "complete" in run._repr_html_()
+
+
+def test_unit_card_shows_the_stored_patches_and_classes(mined, tmp_path):
+    import base64
+    import io
+    import re
+    import shutil
+
+    from PIL import Image
+
+    from sketchmine.errors import SketchmineError
+
+    copy = tmp_path / "run.zarr"
+    shutil.copytree(mined[0], copy)
+    run = sketchmine.open_run(copy)
+    bare = run.unit("features.0", 2)._repr_html_()
+    assert "<img" not in bare and f"sketchmine visualize {copy} --layers features.0" in bare
+    sketchmine.visualize(run, ["features.0"])
+    run = sketchmine.open_run(copy)
+    card = run.unit("features.0", 2)
+    page = card._repr_html_()
+    urls = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(urls) == 2  # patches and deconvolutions
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(urls[0]))))
+    tiles = run.layer_array("features.0", "patches", slice(2, 3))[0]  # (k, h, w, 1), small: not shrunk
+    assert np.array_equal(got, np.concatenate(list(tiles[..., 0]), axis=1))
+    values, index, _ = run.topk("features.0")
+    assert card.max_activation == pytest.approx(float(values[2, 0]))
+    mean, count = run.class_stats("features.0")
+    best = [run.class_names[c] for c in np.argsort(-mean[2], kind="stable")[:5]]
+    assert list(card.top_classes().index) == best
+    assert all(f">{c}<" in page for c in best)
+    assert "features.0[2]" in repr(card) and run.class_names[run.labels[index[2, 0]]] in repr(card)
+    with pytest.raises(SketchmineError, match="unit 99 is not in layer 'classifier.6'"):
+        run.unit("classifier.6", 99)
+
+
+# ---- standard readers ------------------------------------------------------------------------
+def test_xarray_opens_a_run_with_named_dimensions(mined):
+    xr = pytest.importorskip("xarray")
+    run = sketchmine.open_run(mined[0])
+    tree = xr.open_datatree(str(mined[0]), engine="zarr", consolidated=False)
+    layer = tree["layers/features.0"].to_dataset()
+    assert layer["values"].dims == ("unit", "rank") and layer.sizes["unit"] == 32 and layer.sizes["rank"] == 3
+    assert layer["yx"].dims == ("unit", "rank", "yx") and layer["class_mean"].dims == ("unit", "class")
+    np.testing.assert_array_equal(layer["values"].values, run.topk("features.0")[0])
+    ev = tree["eval"].to_dataset()
+    assert ev["logits"].dims == ("image", "output") and ev.sizes["image"] == 60
+    ds = tree["dataset"].to_dataset()
+    assert ds["labels"].dims == ("image",) and ds["class_names"].dims == ("class",)
+    assert [str(c) for c in ds["class_names"].values] == run.class_names
+    np.testing.assert_array_equal(ds["labels"].values, run.labels)

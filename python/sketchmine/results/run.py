@@ -14,6 +14,7 @@ import pandas as pd
 
 from sketchmine.errors import SketchmineError, closest
 from sketchmine.results import importance_store, summaries
+from sketchmine.results.notebook import UnitCard, run_html, run_repr
 from sketchmine.results.summaries import class_counts
 from sketchmine.stats import topk
 from sketchmine.stats.classstats import RunningClassStats, num_classes_for, restore
@@ -337,6 +338,17 @@ class Run:
             return True
         except SketchmineError:
             return False
+
+    # ---- notebooks: results/notebook.py ---------------------------------------------------------
+    def unit(self, layer: str, unit: int) -> UnitCard:
+        """One unit's card: top-k images, top classes, patches and deconvolutions (inline in a notebook)."""
+        return UnitCard(self, layer, unit)
+
+    def __repr__(self) -> str:
+        return run_repr(self)
+
+    def _repr_html_(self) -> str:
+        return run_html(self)
 
 
 def check_count(n: int) -> int:

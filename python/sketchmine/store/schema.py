@@ -108,3 +108,41 @@ VISUAL_ARRAYS: dict[str, ArraySpec] = {
 }
 """layers/<name>/{patches, deconv} (C, k, h, w, channels) and {boxes, inside} (C, k, 4) of a
 visualize pass, written a block of units at a time."""
+
+
+# ---- dimension names (Zarr v3 `dimension_names`: xarray and other readers name the axes) -----
+DIMENSIONS: dict[str, tuple[str, ...]] = {
+    LABELS: ("image",), PATHS: ("image",), CLASS_NAMES: ("class",),
+    dataset_array("class_image_count"): ("class",), dataset_array("class_ink_density"): ("class",),
+    LOGITS: ("image", "output"), PREDICTIONS: ("image",), PER_CLASS_ACCURACY: ("class",),
+}
+"""dataset/ and eval/ arrays. The logits' second axis is the model's outputs ("output"), which
+may be more than the dataset's classes (a 1000-way head over 10 named classes)."""
+
+LAYER_DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "values": ("unit", "rank"), "image_index": ("unit", "rank"), "yx": ("unit", "rank", "yx"),
+    "nan_count": ("unit",), "firing": ("unit",), "max_count": ("unit",), "max_mean": ("unit",),
+    "class_nan_count": ("unit",), "class_mean": ("unit", "class"), "class_count": ("unit", "class"),
+    "patches": ("unit", "rank", "patch_y", "patch_x", "channel"),
+    "deconv": ("unit", "rank", "patch_y", "patch_x", "channel"),
+    "boxes": ("unit", "rank", "box"), "inside": ("unit", "rank", "box"),
+}
+"""layers/<name>/<array>, by array name; results of later passes by their group's name below."""
+
+RESULT_DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "importance": ("unit",),              # layers/<name>/importance/<column>
+    "traces": ("unit", "rank", "step"),   # layers/<name>/traces/activation
+}
+
+
+def dimension_names(path: str, ndim: int) -> tuple[str, ...]:
+    """The axis names stored with the array at `path` (relative to the run's root). Every array
+    gets names, so a generic Zarr v3 reader (xarray) can open the whole run: an array not
+    declared above (the checkpoint's state) gets names of its own, `<array>_0`, `<array>_1`, ..."""
+    parent, _, name = path.rpartition("/")
+    dims = DIMENSIONS.get(path)
+    if dims is None and path.startswith(f"{LAYERS}/"):
+        dims = RESULT_DIMENSIONS.get(parent.rpartition("/")[2]) or LAYER_DIMENSIONS.get(name)
+    if dims is None or len(dims) != ndim:
+        return tuple(f"{name}_{i}" for i in range(ndim))
+    return dims
