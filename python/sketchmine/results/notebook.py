@@ -69,7 +69,7 @@ def png_data_url(tiles: np.ndarray, height: int = THUMB) -> str:
     strip = tiles.transpose(1, 0, 2, 3).reshape(h, k * w, ch)
     im = Image.fromarray(strip[..., 0] if ch == 1 else strip)
     if im.height > height:
-        im = im.resize((max(1, round(im.width * height / im.height)), height), Image.BILINEAR)
+        im = im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
