@@ -58,7 +58,8 @@ def test_version_and_help_load_neither_torch_nor_zarr():
 
 
 def test_every_option_shows_its_default_in_help():
-    from sketchmine.cli.main import _Help, _parser
+    from sketchmine.cli.parser import DefaultsHelp as _Help
+    from sketchmine.cli.parser import build_parser as _parser
 
     p = _parser()
     subs = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
@@ -77,7 +78,7 @@ def test_every_option_shows_its_default_in_help():
 
 
 def test_cli_inks_are_the_datasets():
-    from sketchmine.cli.main import INKS
+    from sketchmine.cli.parser import INKS
     from sketchmine.data.sequences import INKS as DATA_INKS
 
     assert INKS == DATA_INKS
@@ -177,7 +178,7 @@ def test_exit_code_of_a_failure_is_1():
 
 
 def test_layers_never_swallow_a_positional():
-    from sketchmine.cli.main import _parser
+    from sketchmine.cli.parser import build_parser as _parser
 
     p = _parser()
     args = p.parse_args(["visualize", "--layers", "features.0,features.3", "run.zarr"])
