@@ -292,3 +292,39 @@ def test_xarray_opens_a_run_with_named_dimensions(mined):
     assert ds["labels"].dims == ("image",) and ds["class_names"].dims == ("class",)
     assert [str(c) for c in ds["class_names"].values] == run.class_names
     np.testing.assert_array_equal(ds["labels"].values, run.labels)
+
+
+# ---- pretrained weights --------------------------------------------------------------------
+def test_pretrained_weights_come_from_the_local_cache_only(tmp_path, monkeypatch):
+    """--weights DEFAULT: refused with where to put the file when it is not cached; read from the
+    cache (a real file at torch's hub path) with the weights' own normalisation, size and categories."""
+    import torch
+    import torchvision
+
+    from sketchmine.errors import SketchmineError
+    from sketchmine.model.models import load_model, preprocessing_for
+    from sketchmine.model.pretrained import cached_file, is_weights_name
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    weights = torchvision.models.SqueezeNet1_1_Weights.DEFAULT
+    target = cached_file(weights.url)
+    assert str(target).startswith(str(tmp_path / "torch-home"))
+    with pytest.raises(SketchmineError, match=r"not in the local cache .*" + target.name + r".*--weights FILE"):
+        load_model("squeezenet1_1", "DEFAULT")
+    with pytest.raises(SketchmineError, match="has no such weights; expected DEFAULT or one of IMAGENET1K_V1"):
+        load_model("squeezenet1_1", "IMAGENET9K_V9")
+    torch.manual_seed(5)
+    state = torchvision.models.squeezenet1_1(weights=None).state_dict()
+    target.parent.mkdir(parents=True)
+    torch.save(state, target)
+    for name in ("DEFAULT", "IMAGENET1K_V1", "SqueezeNet1_1_Weights.IMAGENET1K_V1"):
+        loaded = load_model("squeezenet1_1", name)
+        got = loaded.module.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in state.items())
+        assert loaded.categories == weights.meta["categories"] and len(loaded.categories) == 1000
+        assert not loaded.random_init and loaded.model_id == "squeezenet1_1:SqueezeNet1_1_Weights.IMAGENET1K_V1"
+    pre = preprocessing_for(loaded)
+    t = weights.transforms()
+    assert pre.mean == pytest.approx(tuple(t.mean)) and pre.std == pytest.approx(tuple(t.std))
+    assert tuple(pre.size)[-2:] == (t.crop_size[0], t.crop_size[0])
+    assert is_weights_name("DEFAULT") and not is_weights_name("model.pth") and not is_weights_name("weights.pt")
