@@ -126,8 +126,8 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None, seed: i
         return LoadedModel(model.eval(), f"demo:{zoo.EMBEDDED[spec][1]}", meta.get("preprocessing"),
                            meta.get("sequence"))
     if named and is_weights_name(weights):  # torchvision's pretrained weights, from the local cache
-        pre = load_pretrained(str(spec), str(weights))
-        return LoadedModel(pre.module, pre.weights_id, pre.preprocessing, None, categories=pre.categories)
+        got = load_pretrained(str(spec), str(weights))
+        return LoadedModel(got.module, got.weights_id, got.preprocessing, None, categories=got.categories)
     path = Path(spec)
     if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
         ckpt = _load_state_dict(path)
