@@ -195,8 +195,11 @@ def _report(args: argparse.Namespace, console: Console) -> None:
     if args.open:
         import webbrowser
 
-        if not webbrowser.open(Path(index).resolve().as_uri()):
-            raise SketchmineError(f"no web browser to open {index} with; open the file in one (or set BROWSER)")
+        if not webbrowser.open(Path(index).resolve().as_uri()):  # the report is written: a note, not a failure
+            import logging
+
+            logging.getLogger("sketchmine").warning(f"no web browser found to open {index}; open it in one "
+                                                    "(or set BROWSER to a browser command)")
 
 
 def _summary(args: argparse.Namespace, console: Console) -> None:
