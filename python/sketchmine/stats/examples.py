@@ -206,6 +206,8 @@ class QuantileExamples:
         return arrays
 
 
-def accumulator(setup: Setup) -> QuantileExamples:
-    """The registry's factory: every pass."""
+def accumulator(setup: Setup) -> QuantileExamples | None:
+    """The registry's factory: passes that asked for distributions (Setup.distributions)."""
+    if not setup.distributions:
+        return None
     return QuantileExamples({l.name: l.channels for l in setup.layers}, setup.device)
