@@ -60,6 +60,7 @@ class LoadedModel:
     preprocessing: dict[str, Any] | None = None
     sequence: dict[str, Any] | None = None
     random_init: bool = False  # built by name without weights (initialised from a seed)
+    input_size: tuple[int, int] | None = None  # (H, W) it was trained at, when its metadata records it
 
 
 _BACKENDS: dict[type, Callable[[Any], Forward]] = {}

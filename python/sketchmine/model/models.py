@@ -122,8 +122,9 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None, seed: i
         return load_onnx(spec, weights)
     if spec in zoo.EMBEDDED:  # "demo", "demo-resnet", "demo-gru": the embedded trained models
         model, meta = zoo.load_embedded(spec)
+        size = meta.get("input_size")
         return LoadedModel(model.eval(), f"demo:{zoo.EMBEDDED[spec][1]}", meta.get("preprocessing"),
-                           meta.get("sequence"))
+                           meta.get("sequence"), input_size=tuple(size) if size else None)
     path = Path(spec)
     if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
         ckpt = _load_state_dict(path)

@@ -338,6 +338,14 @@ class Run:
         except SketchmineError:
             return False
 
+    def optimized(self, layer: str, unit: int | None = None, key: str = "optimized") -> np.ndarray:
+        """Feature visualisation images of `visualize --optimize`: one unit's (H, W, channels) uint8,
+        or (units done, H, W, channels); key "optimized_peak" / "optimized_stopped" for the unit's
+        activation at its image and the step a non-finite value stopped it (results/optimized.py)."""
+        from sketchmine.results import optimized
+
+        return optimized.optimized(self, layer, unit, key)
+
 
 def check_count(n: int) -> int:
     """A number of rows asked for: at least 1 (pandas would read 0 and -1 as "none" and "all but one")."""

@@ -108,3 +108,16 @@ VISUAL_ARRAYS: dict[str, ArraySpec] = {
 }
 """layers/<name>/{patches, deconv} (C, k, h, w, channels) and {boxes, inside} (C, k, 4) of a
 visualize pass, written a block of units at a time."""
+
+OPTIMIZED = "optimized"
+"""layers/<name>/ attribute of a feature visualisation pass (visualize --optimize): {method, steps,
+seed, regularizers, size, block_units, units_done, complete}; units below units_done are committed."""
+
+OPTIMIZED_ARRAYS: dict[str, ArraySpec] = {
+    "optimized": ArraySpec("uint8", 0, lambda shape, rows: (1, *shape[1:])),  # one chunk per unit
+    "optimized_peak": ArraySpec("float32", float("nan"), lambda shape, rows: (min(max(shape[0], 1), 4096),)),
+    "optimized_stopped": ArraySpec("int64", -1, lambda shape, rows: (min(max(shape[0], 1), 4096),)),
+}
+"""layers/<name>/optimized (C, H, W, channels) uint8: each unit's optimised input image;
+optimized_peak (C,): the unit's spatial maximum at that image; optimized_stopped (C,): the step a
+non-finite value stopped the unit at, -1 none. Written a block of units at a time."""
