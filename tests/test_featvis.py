@@ -142,7 +142,7 @@ def test_visualize_optimize_stores_resumes_and_reads(demo_model, small_test_set,
     part = visualize(tmp_path / "b.zarr", data=small_test_set, batch_size=4, optimize=True, optimize_steps=3,
                      max_units=6)
     with pytest.raises(SketchmineError, match="no optimised image yet"):
-        part.optimized("features.0", 9)
+        part.optimized("classifier.6", 9)
     part = visualize(part, data=small_test_set, batch_size=4, optimize=True, optimize_steps=3)
     for layer in whole.layers:
         a, b = whole.optimized(layer), part.optimized(layer)
@@ -156,3 +156,9 @@ def test_visualize_optimize_stores_resumes_and_reads(demo_model, small_test_set,
         visualize(whole, data=small_test_set, batch_size=4, optimize=True, optimize_steps=4)
     with pytest.raises(SketchmineError, match="apply to the feature visualisation pass only"):
         visualize(whole, data=small_test_set, optimize_steps=4)
+    from sketchmine.present.report import write_report
+
+    write_report(whole, tmp_path / "rep")
+    pages = "".join(p.read_text() for p in (tmp_path / "rep").rglob("page_*.js"))
+    assert pages.count('"optimized"') == whole.layer_shape("classifier.6")[0]
+    assert len(list((tmp_path / "rep").rglob("*_o.png"))) == whole.layer_shape("classifier.6")[0]
