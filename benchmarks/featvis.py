@@ -98,7 +98,7 @@ def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fouri
     ds = sketchmine.animal_shape("test", sketchmine.preprocessing_for(loaded))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        run = sketchmine.mine(loaded, ds, k=1, out=Path(tmp) / "run.zarr")
+        run = sketchmine.mine(model_spec, ds, k=1, out=Path(tmp) / "run.zarr")
         for layer in run.layers:
             top1 = run.topk(layer)[0][:, 0]
             units = list(range(min(per_layer, len(top1))))

@@ -162,3 +162,9 @@ def test_visualize_optimize_stores_resumes_and_reads(demo_model, small_test_set,
     pages = "".join(p.read_text() for p in (tmp_path / "rep").rglob("page_*.js"))
     assert pages.count('"optimized"') == whole.layer_shape("classifier.6")[0]
     assert len(list((tmp_path / "rep").rglob("*_o.png"))) == whole.layer_shape("classifier.6")[0]
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "sketchmine", "visualize", str(whole.path), "--optimize-steps", "3"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "apply to the feature visualisation pass only" in proc.stderr, proc.stderr
