@@ -4,7 +4,8 @@ resolution; skipped, and said so, when it does not import), the optimised images
 run's top-1 images per layer, and the regularisers' figure (docs/featvis.png).
 
     python3 -m benchmarks.featvis [--steps 16] [--alexnet-units 32] [--ratio-steps 256]
-                                  [--ratio-units 16] [--skip-lucent] [--parts speed ratio figure]
+                                  [--ratio-units 16] [--ratio-models demo demo-resnet]
+                                  [--skip-lucent] [--parts speed ratio figure]
 
 Writes benchmarks/results_featvis.json. Every number is measured in this process, side by side.
 """
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alexnet-units", type=int, default=32, help="AlexNet conv5 units timed (of 256)")
     p.add_argument("--ratio-steps", type=int, default=256)
     p.add_argument("--ratio-units", type=int, default=16, help="units per layer in the top-1 comparison")
+    p.add_argument("--ratio-models", nargs="+", default=["demo", "demo-resnet"])
     p.add_argument("--figure-steps", type=int, default=128)
     p.add_argument("--skip-lucent", action="store_true")
     p.add_argument("--parts", nargs="+", default=["speed", "ratio", "figure"])
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                                        not a.skip_lucent))
         print(out["speed"][-1], flush=True)
     if "ratio" in a.parts:
-        out["ratio"] = ratio_rows("demo", a.ratio_steps, a.ratio_units)
+        done = [r for r in out.get("ratio", []) if r["model"] not in a.ratio_models]
+        out["ratio"] = done + [r for m in a.ratio_models for r in ratio_rows(m, a.ratio_steps, a.ratio_units)]
     if "figure" in a.parts:
         figure(REPO / "docs" / "featvis.png", a.figure_steps)
         out["figure"] = {"path": "docs/featvis.png", "steps": a.figure_steps}
