@@ -119,7 +119,8 @@ def _visualize(args: argparse.Namespace, console: Console, err: Console) -> None
     try:
         run = visualize(args.run, args.layers, model=args.model, weights=args.weights, data=args.data,
                         method=args.method, batch_size=args.batch_size, device=args.device,
-                        max_patch=args.max_patch, redo=args.redo, progress=bar)
+                        max_patch=args.max_patch, redo=args.redo, progress=bar, optimize=args.optimize,
+                        optimize_method=args.optimize_method, optimize_steps=args.optimize_steps)
     finally:
         bar.stop()
     print_visualized(run, args.layers, args.method, bar, console)

@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-size", type=positive_int, default=64, help="(image, unit) pairs per forward and backward")
     v.add_argument("--max-patch", type=positive_int, default=128, help="shrink larger patches to fit N×N pixels")
     v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
+    v.add_argument("--optimize", action="store_true",
+                   help="also store one feature visualisation image per unit (the input that drives it hardest)")
+    v.add_argument("--optimize-method", choices=["fourier", "pixel"],
+                   help="with --optimize: lucent-era Fourier parameterisation (fourier) or deconvnet-era pixels")
+    v.add_argument("--optimize-steps", type=positive_int, help="with --optimize: optimisation steps (256 when not given)")
     demo_help = ("mine, visualize and report the embedded trained models over the embedded Animal-Shape test "
                  "split: SketchNet 'demo' and ResNet 'demo-resnet' compared, then the CNN + GRU 'demo-gru' over "
                  "progressive drawings with its hidden units ranked by importance")
