@@ -1,4 +1,5 @@
-"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench`.
+"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench
+| effects | probe`.
 
 Only parses and dispatches: what each command prints is in console.py (tables) and json_out.py
 (`--json`). Results go to stdout; notes, progress and errors to stderr (present/logs.py). Errors
@@ -132,6 +133,8 @@ INTERRUPTED = {
     "report": "no report was written and the previous one in the folder (if any) is unchanged; re-running "
               "writes the report again from the start",
     "demo": "re-run with the same --out to resume the runs; importance and reports are computed again",
+    "effects": "layers finished before the interrupt keep their stored effects; re-running recomputes every "
+               "layer it is given",
 }
 """What a re-run does after Ctrl-C, per command (a KeyboardInterrupt with a message says more)."""
 
@@ -191,7 +194,10 @@ def _report(args: argparse.Namespace, console: Console) -> None:
     """`sketchmine report RUN [--out DIR] [--open]`."""
     from sketchmine.present.console import print_report
 
-    index = print_report(args.run, args.out or default_report_out(args.run), console)
+    from sketchmine.cli.probe import report_probe
+
+    index = print_report(args.run, args.out or default_report_out(args.run), console,
+                         report_probe(args.run, args.no_probe))
     if args.open:
         import webbrowser
 
@@ -245,6 +251,14 @@ def _dispatch(args: argparse.Namespace, console: Console, err: Console) -> int:
         _importance(args, console, err)
     elif args.command == "bench":
         return _bench(args.args)
+    elif args.command == "effects":
+        from sketchmine.cli.effects import run_effects
+
+        run_effects(args, console)
+    elif args.command == "probe":
+        from sketchmine.cli.probe import run_probe
+
+        run_probe(args, console)
     return EXIT_OK
 
 

@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="report folder, index.html inside (default: RUN-report beside the run, RUN "
                                  "without .zarr)")
     r.add_argument("--open", action="store_true", help="open the report in the default web browser")
+    r.add_argument("--no-probe", action="store_true", help="leave out the live probe (it loads and exports the model)")
     c = sub.add_parser("compare", help="two runs over the same dataset side by side")
     c.add_argument("run_a")
     c.add_argument("run_b")
@@ -203,6 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     json_option(i)
     b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
+    e = sub.add_parser("effects", help="per unit: the mean change of every class's logit and probability when it "
+                                       "is zeroed, and its most correlated units, stored in RUN")
+    e.add_argument("run")
+    layers_option(e, "mined layers (default: every mined module layer)")
+    reload_options(e)
+    e.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    e.add_argument("--units-per-pass", type=positive_int, help="units zeroed per tail run (default: by memory)")
+    e.add_argument("-n", type=positive_int, default=10, help="units listed per layer")
+    p_ = sub.add_parser("probe", help="export RUN's model for the live probe page (drawing → predictions and units "
+                                      "in the browser); `sketchmine report` includes it when the model loads")
+    p_.add_argument("run")
+    p_.add_argument("--out", required=True, help="folder for probe.html (new or empty)")
+    p_.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                    help="the model's input size when the run records none")
     return p
 
 

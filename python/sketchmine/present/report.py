@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.present import plots
 from sketchmine.present.report_data import PAGE_SIZE, importance_ranks, layer_data, layer_ids
 from sketchmine.present.report_folder import MARKER, TMP, check_report_dir, remove_stale, swap_in
+from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis
 from sketchmine.results.run import Run, open_run
 
@@ -151,7 +153,7 @@ def dataset_words(ds: dict[str, Any]) -> str:
     return f"{text} ({extra})" if extra else text
 
 
-def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float) -> str:
+def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: str = "") -> str:
     a = run.attrs
     ds = a.get("dataset") or {}
     parts = [f"<h1>sketchmine report: {e(str(a.get('model')))}</h1>",
@@ -191,12 +193,13 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float) -> str:
         rows.append([f'<a href="layers/{e(lid)}.html">{e(name)}</a>', e(str(attrs.get("kind", ""))),
                      e("×".join(map(str, attrs["shape"]))), top])
     parts.append("<h2>Layers</h2>" + _table(["layer", "kind", "shape", f"top 5 classes (top-{run.k})"], rows))
+    parts.append(probe)
     parts.append(f'<p class="note">written by sketchmine in {seconds:.1f} s</p>')
     return _page("sketchmine report", "\n".join(parts))
 
 
 def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: bool = True,
-                 dataset: None = None) -> Path:
+                 dataset: None = None, probe: Mapping[str, bytes] | str | None = None) -> Path:
     """Write the report folder; returns the path of index.html.
 
     `out` is a folder the report owns: new, empty, or holding an earlier report (the marker
@@ -211,7 +214,9 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
     visualize` stored; a layer without them says how to add them. Layers with stored unit
     importance get a sortable table and plot.
     images: False leaves the cards' picture slots out for layers without patches.
-    dataset: no longer read (the report opens no dataset); anything but None is refused."""
+    dataset: no longer read (the report opens no dataset); anything but None is refused.
+    probe: the live probe's files (`sketchmine.passes.probe.build_probe(run)`, which needs the
+    model), or why there is none (a str, shown on the index page; None: written without the model)."""
     t0 = time.perf_counter()
     if dataset is not None:
         raise SketchmineError("write_report reads the run store only and opens no dataset: store the pictures "
@@ -229,7 +234,7 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
             shutil.rmtree(tmp)
         tmp.mkdir()
         (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "partial": True}) + "\n")
-        _build(run, tmp, images, t0)
+        _build(run, tmp, images, t0, probe)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir() and p.name != MARKER)
         (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "run": str(run.path), "files": files}) + "\n")
         swap_in(tmp, target)
@@ -244,7 +249,7 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
     return shown / "index.html"
 
 
-def _build(run: Run, out: Path, images: bool, t0: float) -> None:
+def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, bytes] | str | None = None) -> None:
     (out / "assets").mkdir(exist_ok=True)
     for name in ("report.css", "report.js"):
         src = resources.files("sketchmine.present") / "report_assets" / name
@@ -264,8 +269,10 @@ def _build(run: Run, out: Path, images: bool, t0: float) -> None:
         pages, note = layer_data(run, name, lid, out, importance_ranks(run, name), images)
         (out / "layers").mkdir(exist_ok=True)
         (out / "layers" / f"{lid}.html").write_text(_layer_page(run, name, lid, pages, note, stats), encoding="utf-8")
-    (out / "index.html").write_text(_index(run, ids if labelled else {}, stats, time.perf_counter() - t0),
-                                    encoding="utf-8")
+    if isinstance(probe, Mapping):
+        write_probe_files(out, probe, ids, PAGE_SIZE)
+    (out / "index.html").write_text(_index(run, ids if labelled else {}, stats, time.perf_counter() - t0,
+                                           index_section(probe)), encoding="utf-8")
 
 
 def _labelled(run: Run) -> bool:

@@ -16,6 +16,7 @@ from sketchmine.errors import SketchmineError, closest
 from sketchmine.results import importance_store, summaries
 from sketchmine.results.notebook import UnitCard, run_html, run_repr
 from sketchmine.results.summaries import class_counts
+from sketchmine.results.unit_views import UnitViews
 from sketchmine.stats import topk
 from sketchmine.stats.classstats import RunningClassStats, num_classes_for, restore
 from sketchmine.stats.topk import flat_to_yx
@@ -25,7 +26,7 @@ from sketchmine.store.runstore import RunStore
 __all__ = ["Run", "check_count", "class_counts", "open_run"]
 
 
-class Run:
+class Run(UnitViews):
     """Read access to one run directory (complete or, clearly labelled, partial)."""
 
     def __init__(self, store: RunStore) -> None:

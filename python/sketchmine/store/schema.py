@@ -110,6 +110,33 @@ VISUAL_ARRAYS: dict[str, ArraySpec] = {
 visualize pass, written a block of units at a time."""
 
 
+# ---- each unit's whole distribution (issue 16) -------------------------------------------------
+DISTRIBUTION_ARRAYS: dict[str, str] = {
+    "hist_edges": "(C, 65) float64 edges of the exact histogram of the image maxima (stats/histogram.py)",
+    "hist_counts": "(C, 64) int64 images per histogram bin (±inf in the edge bins, NaN left out)",
+    "max_range": "(C, 2) float32 exact [min, max] of the non-NaN image maxima",
+    "sketch_counts": "(C, 2, 512) int32 quantile-sketch buckets [negative, positive] (stats/sketch.py)",
+    "sketch_top": "(C, 2) int64 largest bucket key per sign (-1: none)",
+    "sketch_special": "(C, 3) int64 counts of -inf, exact-zero and +inf maxima",
+    "example_edges": "(C, 18) float64 edges of the example bins (stats/examples.py)",
+    "example_index": "(C, 17, 8) int64 images per example bin, smallest hash first (-1: fewer)",
+    "bottom_values": "(C, k) float32 the k least image maxima, least first (stats/bottomk.py)",
+    "bottom_image_index": "(C, k) int64 their images (-1: empty slot)",
+    "bottom_yx": "(C, k, 2) int32 where in the map each maximum lies",
+}
+"""layers/<name>/<array> of the distribution accumulators, written whole by the mining pass
+(layer_array(layer, name)). Runs mined before them lack these arrays; readers say so."""
+# ---- unit effects and correlated units (sketchmine effects), layer_result groups ------------
+EFFECTS = "effects"
+EFFECT_ARRAYS = {"logit": "logit_delta", "prob": "prob_delta"}
+"""layers/<name>/effects/{logit_delta, prob_delta}: float64 (C, K), the mean change of each
+class's logit / softmax probability when the unit is zeroed (ablated minus clean, mean over
+all the run's images). attrs: images, method, units_per_pass, ablation, delta."""
+CORRELATED = "correlated"
+CORRELATED_ARRAYS = {"unit": "int32", "r": "float32"}
+"""layers/<name>/correlated/{unit, r}: (C, m) the m units of the same layer whose image maxima
+correlate most with each unit (Pearson r, largest first; unit -1 and r NaN pad). attrs: m,
+images, nonfinite, block_units, order."""
 # ---- dimension names (Zarr v3 `dimension_names`: xarray and other readers name the axes) -----
 DIMENSIONS: dict[str, tuple[str, ...]] = {
     LABELS: ("image",), PATHS: ("image",), CLASS_NAMES: ("class",),
@@ -126,12 +153,18 @@ LAYER_DIMENSIONS: dict[str, tuple[str, ...]] = {
     "patches": ("unit", "rank", "patch_y", "patch_x", "channel"),
     "deconv": ("unit", "rank", "patch_y", "patch_x", "channel"),
     "boxes": ("unit", "rank", "box"), "inside": ("unit", "rank", "box"),
+    "hist_edges": ("unit", "hist_edge"), "hist_counts": ("unit", "hist_bin"), "max_range": ("unit", "range"),
+    "sketch_counts": ("unit", "sign", "bucket"), "sketch_top": ("unit", "sign"), "sketch_special": ("unit", "special"),
+    "example_edges": ("unit", "example_edge"), "example_index": ("unit", "example_bin", "example"),
+    "bottom_values": ("unit", "rank"), "bottom_image_index": ("unit", "rank"), "bottom_yx": ("unit", "rank", "yx"),
 }
 """layers/<name>/<array>, by array name; results of later passes by their group's name below."""
 
 RESULT_DIMENSIONS: dict[str, tuple[str, ...]] = {
     "importance": ("unit",),              # layers/<name>/importance/<column>
     "traces": ("unit", "rank", "step"),   # layers/<name>/traces/activation
+    "effects": ("unit", "output"),        # layers/<name>/effects/{logit_delta, prob_delta}
+    "correlated": ("unit", "neighbour"),  # layers/<name>/correlated/{unit, r}
 }
 
 
