@@ -295,7 +295,7 @@ def test_ctrl_c_during_report_keeps_the_previous_one_and_says_so(run_copy, tmp_p
 
 def test_ctrl_c_during_importance_names_the_layers_kept(run_copy):
     proc = subprocess.Popen([sys.executable, "-m", "sketchmine", "importance", str(run_copy), "--layers",
-                             "classifier.6", "features.3", "--batch-size", "50"],
+                             "classifier.6,features.3", "--batch-size", "50"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     done = run_copy / "layers" / "classifier.6" / "importance"
     _wait_for(lambda: done.is_dir() and (done / "mean_act_wrong").is_dir(), proc)

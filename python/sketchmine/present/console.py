@@ -44,8 +44,10 @@ def safe(text: object, markup: bool = True) -> str:
 
 
 class RichProgress:
-    """Progress bar with images/s and ETA on `console` (the CLI's stderr console); notes go to
-    the `sketchmine` logger, which the CLI prints above the bar (present/logs.py)."""
+    """Progress bar with images/s and ETA on `console` (the CLI's stderr console), live on a
+    terminal and cleared when done (transient: a log or a captured stderr gets no bar, and an
+    error stays the one line on stderr); notes go to the `sketchmine` logger, which the CLI
+    prints above the bar (present/logs.py)."""
 
     def __init__(self, console: Console, label: str = "mining", unit: str = "images") -> None:
         self.console = console
@@ -60,7 +62,7 @@ class RichProgress:
         self._bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False,
+            TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True,
         )
         self._bar.start()
         self._task = self._bar.add_task(self.label, total=total, completed=done, rate="")
