@@ -1,4 +1,4 @@
-"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench`.
+"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | unit | bench`.
 
 Only parses and dispatches: what each command prints is in console.py. Errors print as one
 line, no traceback."""
@@ -144,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--batch-size", type=positive_int, default=256)
     i.add_argument("-n", type=positive_int, default=10, help="units listed (and plotted) per layer (default 10)")
     i.add_argument("--plot", help="write a PNG of the most important units per layer")
+    un = sub.add_parser("unit", help="one unit's dashboard: distribution, examples, classes, effects, importance")
+    un.add_argument("run")
+    un.add_argument("layer")
+    un.add_argument("unit", type=int)
+    un.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
     return p
@@ -325,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             print_compare(args.run_a, args.run_b, args.n, console)
         elif args.command == "importance":
             _importance(args, console)
+        elif args.command == "unit":
+            from sketchmine.present.unit_console import print_unit
+
+            print_unit(args.run, args.layer, args.unit, console, args.json)
         elif args.command == "bench":
             return _bench(args.args)
     except SketchmineError as exc:
