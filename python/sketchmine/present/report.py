@@ -30,6 +30,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.present import plots
 from sketchmine.present.report_data import PAGE_SIZE, importance_ranks, layer_data, layer_ids
 from sketchmine.present.report_folder import MARKER, TMP, check_report_dir, remove_stale, swap_in
+from sketchmine.present.report_unit import MONTAGES, unit_pages
 from sketchmine.results import analysis
 from sketchmine.results.run import Run, open_run
 
@@ -121,6 +122,9 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                      "entry is an (image, step) pair; cards show the drawing at the step where the unit peaked "
                      "(t counted from 1) and the unit's activation over all steps of that sequence.</p>")
     parts.append("<h2>Units</h2>")
+    parts.append(f'<p>Each unit has a dashboard (distribution, examples at every level, classes it prefers and '
+                 f'pushes, units that move with it): <a id="dashboards" href="../units/{e(lid)}.html#unit=0">unit 0'
+                 "</a>, or the link on each card.</p>")
     if note:
         parts.append(f'<p class="note" id="pictures-note">{e(note)}</p>')
     parts.append('<nav class="pager"><button id="prev">◀ previous</button><span id="page-label"></span>'
@@ -196,7 +200,7 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float) -> str:
 
 
 def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: bool = True,
-                 dataset: None = None) -> Path:
+                 dataset: None = None, montages: int = MONTAGES) -> Path:
     """Write the report folder; returns the path of index.html.
 
     `out` is a folder the report owns: new, empty, or holding an earlier report (the marker
@@ -211,7 +215,10 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
     visualize` stored; a layer without them says how to add them. Layers with stored unit
     importance get a sortable table and plot.
     images: False leaves the cards' picture slots out for layers without patches.
-    dataset: no longer read (the report opens no dataset); anything but None is refused."""
+    dataset: no longer read (the report opens no dataset); anything but None is refused.
+    montages: the most slide montages (PNG) written per layer, for units with patches (the most
+    important first where importance is stored); 0 writes none. Every unit gets a dashboard
+    page (units/<layer>.html#unit=U) whatever this is."""
     t0 = time.perf_counter()
     if dataset is not None:
         raise SketchmineError("write_report reads the run store only and opens no dataset: store the pictures "
@@ -229,7 +236,7 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
             shutil.rmtree(tmp)
         tmp.mkdir()
         (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "partial": True}) + "\n")
-        _build(run, tmp, images, t0)
+        _build(run, tmp, images, t0, montages)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir() and p.name != MARKER)
         (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "run": str(run.path), "files": files}) + "\n")
         swap_in(tmp, target)
@@ -244,7 +251,7 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
     return shown / "index.html"
 
 
-def _build(run: Run, out: Path, images: bool, t0: float) -> None:
+def _build(run: Run, out: Path, images: bool, t0: float, montages: int = MONTAGES) -> None:
     (out / "assets").mkdir(exist_ok=True)
     for name in ("report.css", "report.js"):
         src = resources.files("sketchmine.present") / "report_assets" / name
@@ -261,7 +268,8 @@ def _build(run: Run, out: Path, images: bool, t0: float) -> None:
             plots.importance_plot(run, name, out / "importance" / lid)
         if labelled:
             plots.histogram_plot(run, name, out / "hist" / lid, formats=("png",))
-        pages, note = layer_data(run, name, lid, out, importance_ranks(run, name), images)
+        links = unit_pages(run, name, lid, out, montages)
+        pages, note = layer_data(run, name, lid, out, importance_ranks(run, name), images, links)
         (out / "layers").mkdir(exist_ok=True)
         (out / "layers" / f"{lid}.html").write_text(_layer_page(run, name, lid, pages, note, stats), encoding="utf-8")
     (out / "index.html").write_text(_index(run, ids if labelled else {}, stats, time.perf_counter() - t0),

@@ -76,6 +76,19 @@
     var c = el("div", "card");
     c.id = "unit-" + u.unit;
     c.appendChild(el("h3", null, "unit " + u.unit + " \u00b7 max " + (u.max === null ? "-" : u.max.toPrecision(5))));
+    if (u.dash) {
+      var links = el("div", "dash-links");
+      var a = el("a", null, "dashboard");
+      a.href = u.dash;
+      links.appendChild(a);
+      if (u.montage) {
+        links.appendChild(document.createTextNode(" \u00b7 "));
+        var m = el("a", null, "slide");
+        m.href = u.montage;
+        links.appendChild(m);
+      }
+      c.appendChild(links);
+    }
     var n = u.entries.length;
     if (u.importance) {
       var im = u.importance;

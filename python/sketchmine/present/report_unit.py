@@ -1,0 +1,109 @@
+"""The report's unit dashboards: one page per layer, `units/<id>.html#unit=U`, that shows any
+of its units (report_assets/unit.js renders it), and the units' slide montages.
+
+    out/units/<id>.html           the dashboard page of a layer's units (#unit=U picks one)
+    out/data/<id>/unit_NNNN.js    the dashboards of PAGE_SIZE units, loaded when shown
+    out/montage/<id>/<unit>.png   the unit's slide (present/montage.py), for at most
+                                  `montages` units per layer that have patches
+
+Everything comes from `results.unit_summary` (the numbers `sketchmine unit` prints); a
+section the run lacks carries the note that says how to add it. Like the rest of the report,
+the store is the only input and every string is set with textContent by unit.js.
+"""
+from __future__ import annotations
+
+import html
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sketchmine.present.montage import save_montage
+from sketchmine.present.report_data import PAGE_SIZE, THUMB, to_js
+from sketchmine.results.run import Run
+from sketchmine.results.unit_summary import LayerSummary
+
+ASSETS = ("unit.js", "unit.css")
+MONTAGES = 8
+"""Montages per layer by default: each is a 1600 × 900 PNG of about half a second to draw, so
+a report of wide layers stays quick; `sketchmine.plots.unit_montage` draws any other."""
+
+e = html.escape
+
+
+def copy_assets(out: Path) -> None:
+    """unit.js and unit.css into out/assets (beside report.css and report.js)."""
+    (out / "assets").mkdir(exist_ok=True)
+    for name in ASSETS:
+        src = resources.files("sketchmine.present") / "report_assets" / name
+        (out / "assets" / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def montage_units(run: Run, name: str, limit: int) -> list[int]:
+    """The units that get a montage: those with stored patches, the most important first when
+    the layer has a stored importance, else in unit order; at most `limit`."""
+    vis = run.layer_attrs(name).get("visualized") or {}
+    if limit < 1 or not run.has_array(name, "patches"):
+        return []
+    done = int(vis.get("units_done", 0))
+    order = [int(u) for u in run.unit_importance(name)["unit"]] if run.has_importance(name) else list(range(done))
+    return [u for u in order if u < done][:limit]
+
+
+def _strip(run: Run, name: str, lid: str, u: int) -> dict[str, Any]:
+    """The card's patch and deconvolution strips of unit u (report_data writes them), if any."""
+    vis = run.layer_attrs(name).get("visualized") or {}
+    if not run.has_array(name, "patches") or u >= int(vis.get("units_done", 0)):
+        return {}
+    h, w = vis.get("patch_size") or run.array_shape(name, "patches")[2:4]
+    scale = min(1.0, THUMB / h)
+    out = {"h": max(1, round(h * scale)), "w": max(1, round(w * scale)), "patches": f"../img/{lid}/{u}_p.png"}
+    if run.has_array(name, "deconv"):
+        out["deconv"] = f"../img/{lid}/{u}_d.png"
+    return out
+
+
+def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGES) -> dict[int, dict[str, str]]:
+    """Write the layer's dashboard page, its data scripts and its montages; returns, per unit,
+    the links its card shows ({"dash": ..., "montage": ...})."""
+    copy_assets(out)
+    summary = LayerSummary(run, name)
+    slides = set(montage_units(run, name, montages))
+    data_dir = out / "data" / lid
+    data_dir.mkdir(parents=True, exist_ok=True)
+    links: dict[int, dict[str, str]] = {}
+    c = summary.units
+    pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
+    for p in range(pages):
+        units = []
+        for u in range(p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)):
+            d = summary.unit(u)
+            links[u] = {"dash": f"../units/{lid}.html#unit={u}"}
+            if u in slides:
+                save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d)
+                links[u]["montage"] = f"../montage/{lid}/{u}.png"
+                d["montage"] = links[u]["montage"]
+            d.update(_strip(run, name, lid, u))
+            d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}"
+            units.append(d)
+        (data_dir / f"unit_{p:04d}.js").write_text(f"sketchmineUnit.page({p}, {to_js(units)});\n")
+    (out / "units").mkdir(exist_ok=True)
+    (out / "units" / f"{lid}.html").write_text(_page(run, name, lid, c, pages, len(slides)), encoding="utf-8")
+    return links
+
+
+def _page(run: Run, name: str, lid: str, units: int, pages: int, slides: int) -> str:
+    partial = "" if run.complete else f'<p class="partial">PARTIAL run: {run.images_done} images mined so far</p>'
+    note = (f"slide montages for {slides} unit{'s' if slides != 1 else ''} of this layer (the most important first, "
+            "where importance is stored); draw any other with <code>sketchmine.plots.unit_montage(run, layer, "
+            "unit)</code>") if slides else ""
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{e(name)} units — sketchmine report</title>"
+            '<link rel="stylesheet" href="../assets/report.css"><link rel="stylesheet" href="../assets/unit.css">'
+            f'</head>\n<body data-layer="{e(lid)}" data-pages="{pages}" data-units="{units}">\n'
+            f'<p><a href="../index.html">← all layers</a> · <a href="../layers/{e(lid)}.html">{e(name)} cards</a></p>'
+            f"<h1>{e(name)}: unit <span id=\"unit-number\"></span></h1>{partial}"
+            '<nav class="pager"><button id="prev-unit">◀ previous unit</button>'
+            f'<label>unit <input id="unit-input" type="number" min="0" max="{units - 1}" value="0"></label>'
+            '<button id="next-unit">next unit ▶</button></nav>'
+            f'<div id="dash"></div><p class="note">{note}</p>'
+            '<script src="../assets/unit.js"></script>\n</body></html>\n')
