@@ -63,7 +63,7 @@ def mosaic(tiles: np.ndarray, ranks: list[int], gap: int) -> np.ndarray:
     return out
 
 
-def _grid(fig: Figure, box: list[float], tiles: np.ndarray, entries: list[dict[str, Any]], title: str,
+def _grid(fig: Figure, box: tuple[float, float, float, float], tiles: np.ndarray, entries: list[dict[str, Any]], title: str,
           captions: bool) -> None:
     """The 3 × 3 grid as one image in figure box `box` (one axes, no ticks: drawing it is far
     cheaper than nine), each tile's class and activation under it."""
@@ -128,9 +128,9 @@ def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = 
     info = info if info is not None else unit_summary(run, layer, int(unit))
     entries = info["top"][:SHOWN]
     fig = Figure(figsize=SLIDE_INCHES, dpi=DPI, facecolor="white")
-    _grid(fig, [0.02, 0.06, 0.31, 0.78], patches, entries, "top patches", True)
+    _grid(fig, (0.02, 0.06, 0.31, 0.78), patches, entries, "top patches", True)
     if deconv is not None:
-        _grid(fig, [0.37, 0.06, 0.31, 0.78], deconv, entries, "deconvolutions", False)
+        _grid(fig, (0.37, 0.06, 0.31, 0.78), deconv, entries, "deconvolutions", False)
     _panel(fig, 0.72, 0.975, info)
     model = run.attrs.get("model")
     fig.text(0.03, 0.93, f"{layer} · unit {int(unit)}" + (f"   ({model})" if model else ""), fontsize=24,

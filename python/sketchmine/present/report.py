@@ -91,7 +91,8 @@ def _importance_section(run: Run, name: str, lid: str) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
-def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: bool) -> str:
+def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: bool,
+                slides: list[int] | None = None) -> str:
     attrs = run.layer_attrs(name)
     shape = "×".join(map(str, attrs["shape"]))
     parts = [f'<p><a href="../index.html">← all layers</a></p><h1>{e(name)}</h1>',
@@ -131,7 +132,7 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                  '<button id="next">next ▶</button></nav><div id="cards"></div>'
                  '<script src="../assets/report.js"></script>')
     return _page(f"{name} — sketchmine report", "\n".join(parts), 1,
-                 f' data-layer="{e(lid)}" data-pages="{pages}"')
+                 f' data-layer="{e(lid)}" data-pages="{pages}" data-montages="{",".join(map(str, slides or []))}"')
 
 
 def dataset_words(ds: dict[str, Any]) -> str:
@@ -268,10 +269,11 @@ def _build(run: Run, out: Path, images: bool, t0: float, montages: int = MONTAGE
             plots.importance_plot(run, name, out / "importance" / lid)
         if labelled:
             plots.histogram_plot(run, name, out / "hist" / lid, formats=("png",))
-        links = unit_pages(run, name, lid, out, montages)
-        pages, note = layer_data(run, name, lid, out, importance_ranks(run, name), images, links)
+        slides = unit_pages(run, name, lid, out, montages)
+        pages, note = layer_data(run, name, lid, out, importance_ranks(run, name), images)
         (out / "layers").mkdir(exist_ok=True)
-        (out / "layers" / f"{lid}.html").write_text(_layer_page(run, name, lid, pages, note, stats), encoding="utf-8")
+        (out / "layers" / f"{lid}.html").write_text(_layer_page(run, name, lid, pages, note, stats, slides),
+                                                    encoding="utf-8")
     (out / "index.html").write_text(_index(run, ids if labelled else {}, stats, time.perf_counter() - t0),
                                     encoding="utf-8")
 

@@ -79,11 +79,10 @@ def pictures_note(run: Run, name: str, attrs: dict[str, Any], has_patches: bool,
 
 
 def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, dict] | None,
-               images: bool = True, links: dict[int, dict[str, str]] | None = None) -> tuple[int, str]:
+               images: bool = True) -> tuple[int, str]:
     """Write the layer's page scripts and image strips; returns (pages, note on pictures).
     images: entries without a stored patch carry "image": null (no picture: the report opens
-    no dataset), as the cards' data always had. links: per unit, more keys for its card (its
-    dashboard and montage, report_unit.py)."""
+    no dataset), as the cards' data always had."""
     attrs = run.layer_attrs(name)
     values, index, yx = run.topk(name)
     labels, names, paths = run.labels, run.class_names, run.paths
@@ -128,8 +127,6 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
             unit = {"unit": u, "max": float(values[u, 0]) if ok[0] else None, "entries": entries}
             if importance is not None and u in importance:
                 unit["importance"] = importance[u]
-            if links is not None and u in links:
-                unit.update(links[u])
             if patches is not None and u < done and entries:
                 h, w = patches.shape[2:4]
                 scale = min(1.0, THUMB / h)

@@ -2,7 +2,7 @@
 of its units (report_assets/unit.js renders it), and the units' slide montages.
 
     out/units/<id>.html           the dashboard page of a layer's units (#unit=U picks one)
-    out/data/<id>/unit_NNNN.js    the dashboards of PAGE_SIZE units, loaded when shown
+    out/dash/<id>/unit_NNNN.js    the dashboards of PAGE_SIZE units, loaded when shown
     out/montage/<id>/<unit>.png   the unit's slide (present/montage.py), for at most
                                   `montages` units per layer that have patches
 
@@ -23,6 +23,8 @@ from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary
 
 ASSETS = ("unit.js", "unit.css")
+BIN_EXAMPLES = 6
+"""Examples per activation bin shown on a dashboard (`sketchmine unit --json` gives them all)."""
 MONTAGES = 8
 """Montages per layer by default: each is a 1600 × 900 PNG of about half a second to draw, so
 a report of wide layers stays quick; `sketchmine.plots.unit_montage` draws any other."""
@@ -62,33 +64,39 @@ def _strip(run: Run, name: str, lid: str, u: int) -> dict[str, Any]:
     return out
 
 
-def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGES) -> dict[int, dict[str, str]]:
-    """Write the layer's dashboard page, its data scripts and its montages; returns, per unit,
-    the links its card shows ({"dash": ..., "montage": ...})."""
+def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGES) -> list[int]:
+    """Write the layer's dashboard page, its data scripts and its montages; returns the units
+    with a montage (the layer page lists them: its cards link to them)."""
     copy_assets(out)
     summary = LayerSummary(run, name)
     slides = set(montage_units(run, name, montages))
-    data_dir = out / "data" / lid
+    data_dir = out / "dash" / lid
     data_dir.mkdir(parents=True, exist_ok=True)
-    links: dict[int, dict[str, str]] = {}
     c = summary.units
     pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
     for p in range(pages):
         units = []
         for u in range(p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)):
             d = summary.unit(u)
-            links[u] = {"dash": f"../units/{lid}.html#unit={u}"}
             if u in slides:
                 save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d)
-                links[u]["montage"] = f"../montage/{lid}/{u}.png"
-                d["montage"] = links[u]["montage"]
+                d["montage"] = f"../montage/{lid}/{u}.png"
+            cut_examples(d, BIN_EXAMPLES)
             d.update(_strip(run, name, lid, u))
             d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}"
             units.append(d)
         (data_dir / f"unit_{p:04d}.js").write_text(f"sketchmineUnit.page({p}, {to_js(units)});\n")
     (out / "units").mkdir(exist_ok=True)
     (out / "units" / f"{lid}.html").write_text(_page(run, name, lid, c, pages, len(slides)), encoding="utf-8")
-    return links
+    return sorted(slides)
+
+
+def cut_examples(d: dict[str, Any], m: int) -> None:
+    """At most m examples per bin in the page data (the bins hold up to 8 each: 17 bins × 8
+    images, paths included, would make a wide layer's dashboards tens of megabytes)."""
+    for b in d.get("bins") or []:
+        if len(b["examples"]) > m:
+            b["examples"], b["more"] = b["examples"][:m], len(b["examples"]) - m
 
 
 def _page(run: Run, name: str, lid: str, units: int, pages: int, slides: int) -> str:

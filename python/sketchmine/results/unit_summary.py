@@ -66,6 +66,7 @@ class LayerSummary:
         self.q_values = self._get("quantiles", "quantiles", layer, np.asarray(self.quantiles))
         self.hist = self._get("histogram", "histogram", layer)
         self.bins = self._get("bins", "quantile_examples", layer)
+        self.bin_edges = self._get("bins", "example_edges", layer) if self.bins is not None else None
         self.effects = self._get("effects", "unit_effects", layer)
         self.correlated = self._get("correlated", "correlated_units", layer)
         self.moments = self._moments()
@@ -161,18 +162,15 @@ class LayerSummary:
                 "mean": num(self.moments["max_mean"][u])}
 
     def _bins(self, u: int) -> list[dict[str, Any]] | None:
-        """Examples per activation bin: quantile_examples' (C, bins, m) indices (-1: none), with
-        the bins' edges when the reader gives them ((edges, index) or an `edges` attribute)."""
+        """Examples per activation bin: `Run.quantile_examples` (C, bins, m) image indices (-1:
+        none) within the bins `Run.example_edges` (C, bins + 1) bound, lowest bin first."""
         if self.bins is None:
             return None
-        edges, index = (self.bins if isinstance(self.bins, tuple) else (getattr(self.bins, "edges", None), self.bins))
-        index = np.asarray(index)
-        rows = []
-        for b in range(index.shape[1]):
-            e = None if edges is None else np.asarray(edges)[u]
-            rows.append({"bin": b, "lo": None if e is None else num(e[b]), "hi": None if e is None else num(e[b + 1]),
-                         "examples": [self.image(int(i)) for i in index[u, b] if i >= 0]})
-        return rows
+        index = np.asarray(self.bins)
+        edges = None if self.bin_edges is None else np.asarray(self.bin_edges)[u]
+        return [{"bin": b, "lo": None if edges is None else num(edges[b]),
+                 "hi": None if edges is None else num(edges[b + 1]),
+                 "examples": [self.image(int(i)) for i in index[u, b] if i >= 0]} for b in range(index.shape[1])]
 
     def _class_means(self, u: int) -> list[dict[str, Any]] | None:
         """Classes by the unit's mean image maximum over all their images, highest first."""
@@ -185,13 +183,14 @@ class LayerSummary:
                  "acc": num(self.acc[c])} for c in order if c < len(self.names)]
 
     def _effects(self, u: int) -> dict[str, Any] | None:
-        """The classes the unit pushes up and down most: effect = mean change of the class's
-        output when the unit is zeroed, sign flipped (positive: the unit raises the class)."""
+        """The classes the unit pushes up and down most. `Run.unit_effects` stores ablated minus
+        clean (the change when the unit is zeroed); the unit's own effect is its negative:
+        positive when the unit raises the class."""
         if self.effects is None:
             return None
         df = self.effects
         row = df.loc[u] if u in df.index else df.iloc[u]
-        vals = row.to_numpy(dtype=np.float64)
+        vals = -row.to_numpy(dtype=np.float64)
         cls = [str(c) for c in row.index]
         up = [int(i) for i in np.argsort(-np.nan_to_num(vals, nan=-np.inf), kind="stable")[:CLASSES_SHOWN]]
         down = [int(i) for i in np.argsort(np.nan_to_num(vals, nan=np.inf), kind="stable")[:CLASSES_SHOWN]]

@@ -1,5 +1,5 @@
 // sketchmine report: one unit's dashboard (units/<layer>.html#unit=U).
-// Data arrive as page scripts (data/<layer>/unit_NNNN.js) calling sketchmineUnit.page(), which
+// Data arrive as page scripts (dash/<layer>/unit_NNNN.js) calling sketchmineUnit.page(), which
 // works from file:// (no fetch). Every data string is set with textContent; a section the run
 // lacks shows the note that says how to add it (data-missing="<section>").
 (function () {
@@ -195,7 +195,7 @@
       row.appendChild(el("td", "num", i < down.length ? fmt(down[i].effect, 3) : ""));
       tb.appendChild(row);
     }
-    box.appendChild(el("p", null, "mean change of each class's " + d.effects.kind + " the unit causes (zeroing it removes it)"));
+    box.appendChild(el("p", null, "the unit's effect on each class's " + (d.effects.kind === "logit" ? "logit" : "probability") + ": its mean change when the unit is zeroed, sign flipped (positive: the unit raises the class), over all images"));
     box.appendChild(t);
   }
 
@@ -247,6 +247,9 @@
       for (var b = d.bins.length - 1; b >= 0; b--) {
         var bin = d.bins[b];
         examples(ex, "bin " + bin.bin + (bin.lo === null ? "" : ": " + fmt(bin.lo, 3) + "\u2026" + fmt(bin.hi, 3)), bin.examples, null);
+        if (bin.more) {
+          ex.lastChild.appendChild(el("div", "cap more", "+" + bin.more + " more (sketchmine unit --json)"));
+        }
       }
     } else { ex.appendChild(missing(d, "bins", "examples per bin")); }
     classes(d, section(box, "Classes it prefers", "classes"));
@@ -266,7 +269,7 @@
     var p = Math.floor(u / PAGE);
     if (cache[p]) { render(cache[p][u - p * PAGE]); return; }
     var s = document.createElement("script");
-    s.src = "../data/" + layerId + "/unit_" + String(p).padStart(4, "0") + ".js";
+    s.src = "../dash/" + layerId + "/unit_" + String(p).padStart(4, "0") + ".js";
     document.head.appendChild(s);
   }
 
