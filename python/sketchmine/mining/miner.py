@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,10 @@ def mine(
                       "its units show what an untrained network responds to")
     net, model_id = loaded.module, loaded.model_id
     forward = as_forward(net)
+    # hashing the weights (hundreds of MB for VGG) overlaps resolving and fingerprinting the dataset
+    hashing = ThreadPoolExecutor(1, thread_name_prefix="sketchmine-weights")
+    weights_sha256 = hashing.submit(forward.weights_hash)
+    hashing.shutdown(wait=False)
     preprocessing, chosen = _resolve_preprocessing(loaded, preprocessing, image_size)
     ds = _as_sequences(as_miner_dataset(dataset, preprocessing, chosen=chosen), loaded, steps, ink)
     skipped = getattr(getattr(ds, "base", ds), "skipped_note", None)
@@ -198,7 +203,7 @@ def mine(
     _dataset_normalisation(ds, store, load, progress)
     want = {
         "model": model_id,
-        "weights_sha256": forward.weights_hash(),
+        "weights_sha256": weights_sha256.result(),
         "layer_names": names,
         "k": k,
         "dataset_fingerprint": ds.fingerprint(),

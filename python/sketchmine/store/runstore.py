@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -342,8 +343,12 @@ class RunStore(Checkpoints):
     def write_results(self, arrays: dict[str, np.ndarray], accuracy: float | None = None) -> None:
         """The final arrays of every layer (top-k, class statistics) and of eval/, in one Zarr
         call; the overall accuracy when there are predictions."""
-        put_all(self.group, arrays)
-        self._final_sums.update({name: block_sums(arr) for name, arr in arrays.items()})
+        # the checksums are computed while zarr compresses and writes (both release the GIL):
+        # for 1,000-class tables they cost as much as the write itself
+        with ThreadPoolExecutor(1, thread_name_prefix="sketchmine-checksums") as pool:
+            sums = pool.submit(lambda: {name: block_sums(arr) for name, arr in arrays.items()})
+            put_all(self.group, arrays)
+            self._final_sums.update(sums.result())
         if schema.PER_CLASS_ACCURACY in arrays:
             self.group[schema.EVAL].attrs.update({schema.ACCURACY: accuracy})
 
