@@ -118,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-size", type=positive_int, default=64, help="(image, unit) pairs per forward and backward")
     v.add_argument("--max-patch", type=positive_int, default=128, help="shrink larger patches to fit N×N pixels")
     v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
+    v.add_argument("--examples", default="top", choices=["top", "all"],
+                   help="top: the top-k entries (default); all: also the bottom-k and each activation bin's examples")
     demo_help = ("mine, visualize and report the embedded trained models over the embedded Animal-Shape test "
                  "split: SketchNet 'demo' and ResNet 'demo-resnet' compared, then the CNN + GRU 'demo-gru' over "
                  "progressive drawings with its hidden units ranked by importance")
@@ -241,7 +243,7 @@ def _visualize(args: argparse.Namespace, console: Console) -> None:
     try:
         run = visualize(args.run, args.layers, model=args.model, weights=args.weights, data=args.data,
                         method=args.method, batch_size=args.batch_size, device=args.device,
-                        max_patch=args.max_patch, redo=args.redo, progress=bar)
+                        max_patch=args.max_patch, redo=args.redo, progress=bar, examples=args.examples)
     finally:
         bar.stop()
     print_visualized(run, args.layers, args.method, bar, console)
