@@ -17,8 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sketchmine.present.montage import save_montage
-from sketchmine.present.report_data import PAGE_SIZE, THUMB, to_js
+from sketchmine.present.report_data import PAGE_SIZE, THUMB, save_png, strip, to_js
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary
 
@@ -69,6 +71,8 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
     with a montage (the layer page lists them: its cards link to them)."""
     copy_assets(out)
     summary = LayerSummary(run, name)
+    extra = example_pictures(run, name)
+    per_bin = int(np.asarray(summary.bins).shape[2]) if summary.bins is not None else 0
     slides = set(montage_units(run, name, montages))
     data_dir = out / "dash" / lid
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -83,12 +87,58 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
                 d["montage"] = f"../montage/{lid}/{u}.png"
             cut_examples(d, BIN_EXAMPLES)
             d.update(_strip(run, name, lid, u))
+            d.update(example_strips(extra, lid, u, out, per_bin))
             d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}"
             units.append(d)
         (data_dir / f"unit_{p:04d}.js").write_text(f"sketchmineUnit.page({p}, {to_js(units)});\n")
     (out / "units").mkdir(exist_ok=True)
     (out / "units" / f"{lid}.html").write_text(_page(run, name, lid, c, pages, len(slides)), encoding="utf-8")
     return sorted(slides)
+
+
+PICTURE_GROUPS = {"bottom": "bottom_pictures", "bins": "bin_pictures"}
+"""The groups `visualize(..., examples="all")` writes (passes/example_pictures.py)."""
+
+
+def example_pictures(run: Run, name: str) -> dict[str, dict[str, Any]]:
+    """{"bottom"/"bins": {"patches": (C, n, h, w, ch) uint8, "deconv": … or absent}} for the
+    example sets the layer has pictures of (read one array at a time: they differ in shape
+    from the groups' boxes)."""
+    out: dict[str, dict[str, Any]] = {}
+    for which, group in PICTURE_GROUPS.items():
+        found = run.layer_result(name, group, ("patches",))
+        if found is None:
+            continue
+        out[which] = {"patches": found[0]["patches"]}
+        deconv = run.layer_result(name, group, ("deconv",))
+        if deconv is not None:
+            out[which]["deconv"] = deconv[0]["deconv"]
+    return out
+
+
+def example_strips(extra: dict[str, dict[str, Any]], lid: str, u: int, out: Path, per_bin: int = 0) -> dict[str, Any]:
+    """Write unit u's strips of its bottom-k and bin example pictures (img/<id>/<u>_{b,q}{p,d}.png);
+    the dashboard's references to them ({"bottom_pictures": {...}, "bin_pictures": {...}})."""
+    refs: dict[str, Any] = {}
+    for which, arrays in extra.items():
+        tag = "b" if which == "bottom" else "q"
+        patches = arrays["patches"]
+        if u >= len(patches) or not patches.shape[1]:
+            continue
+        h, w = patches.shape[2:4]
+        scale = min(1.0, THUMB / h)
+        ref = {"h": max(1, round(h * scale)), "w": max(1, round(w * scale)), "patches": f"../img/{lid}/{u}_{tag}p.png"}
+        (out / "img" / lid).mkdir(parents=True, exist_ok=True)
+        save_png(strip(patches[u]), out / "img" / lid / f"{u}_{tag}p.png")
+        if "deconv" in arrays:
+            save_png(strip(arrays["deconv"][u]), out / "img" / lid / f"{u}_{tag}d.png")
+            ref["deconv"] = f"../img/{lid}/{u}_{tag}d.png"
+        if which == "bins":
+            if not per_bin:
+                continue  # pictures without the examples they show
+            ref["m"] = per_bin
+        refs[f"{which}_pictures"] = ref
+    return refs
 
 
 def cut_examples(d: dict[str, Any], m: int) -> None:

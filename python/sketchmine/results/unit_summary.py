@@ -170,7 +170,8 @@ class LayerSummary:
         edges = None if self.bin_edges is None else np.asarray(self.bin_edges)[u]
         return [{"bin": b, "lo": None if edges is None else num(edges[b]),
                  "hi": None if edges is None else num(edges[b + 1]),
-                 "examples": [self.image(int(i)) for i in index[u, b] if i >= 0]} for b in range(index.shape[1])]
+                 "examples": [{**self.image(int(i)), "slot": j} for j, i in enumerate(index[u, b]) if i >= 0]}
+                for b in range(index.shape[1])]
 
     def _class_means(self, u: int) -> list[dict[str, Any]] | None:
         """Classes by the unit's mean image maximum over all their images, highest first."""

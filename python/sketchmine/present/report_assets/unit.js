@@ -149,16 +149,18 @@
     cap.title = e.path;
     return cap;
   }
-  function examples(box, label, entries, d) {
-    if (d && d.patches) {
+  function examples(box, label, entries, d, at) {
+    // d: the strips of the set's pictures ({patches, deconv, w, h}) or null; at(e): e's tile in them
+    at = at || function (e) { return e.rank; };
+    if (d && d.patches && entries.length) {
       var pics = el("div", "row");
       pics.appendChild(el("div", "label", "patches"));
-      for (var i = 0; i < entries.length; i++) { pics.appendChild(tile(d.patches, entries[i].rank, d.w, d.h)); }
+      for (var i = 0; i < entries.length; i++) { pics.appendChild(tile(d.patches, at(entries[i]), d.w, d.h)); }
       box.appendChild(pics);
       if (d.deconv) {
         var dec = el("div", "row");
         dec.appendChild(el("div", "label", "deconv"));
-        for (var j = 0; j < entries.length; j++) { dec.appendChild(tile(d.deconv, entries[j].rank, d.w, d.h)); }
+        for (var j = 0; j < entries.length; j++) { dec.appendChild(tile(d.deconv, at(entries[j]), d.w, d.h)); }
         box.appendChild(dec);
       }
     }
@@ -241,12 +243,14 @@
     ex.appendChild(el("h3", null, "top " + d.top.length + " (most activating)"));
     examples(ex, "class / value / image", d.top, d);
     ex.appendChild(el("h3", null, "bottom (least activating)"));
-    if (d.bottom) { examples(ex, "class / value / image", d.bottom, null); } else { ex.appendChild(missing(d, "bottom", "bottom images")); }
+    if (d.bottom) { examples(ex, "class / value / image", d.bottom, d.bottom_pictures || null); } else { ex.appendChild(missing(d, "bottom", "bottom images")); }
     ex.appendChild(el("h3", null, "by activation bin"));
     if (d.bins) {
       for (var b = d.bins.length - 1; b >= 0; b--) {
         var bin = d.bins[b];
-        examples(ex, "bin " + bin.bin + (bin.lo === null ? "" : ": " + fmt(bin.lo, 3) + "\u2026" + fmt(bin.hi, 3)), bin.examples, null);
+        var per = d.bin_pictures ? d.bin_pictures.m : 0;
+        examples(ex, "bin " + bin.bin + (bin.lo === null ? "" : ": " + fmt(bin.lo, 3) + "\u2026" + fmt(bin.hi, 3)), bin.examples,
+          d.bin_pictures || null, (function (b) { return function (e) { return b * per + e.slot; }; })(bin.bin));
         if (bin.more) {
           ex.lastChild.appendChild(el("div", "cap more", "+" + bin.more + " more (sketchmine unit --json)"));
         }
