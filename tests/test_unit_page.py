@@ -32,14 +32,37 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, demo_test_set):
-    """60 real test images (6 per class) mined; features.6 visualized and ranked by importance."""
-    ds = per_class_subset(demo_test_set, 6, "unit page")
+def subset(demo_test_set):
+    """60 real test images (6 per class)."""
+    return per_class_subset(demo_test_set, 6, "unit page")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, subset):
+    """The subset mined; features.6 visualized and ranked by importance."""
     base = tmp_path_factory.mktemp("unitpage")
-    r = sketchmine.mine("demo", ds, out=base / "run.zarr", batch_size=60, layers=LAYERS)
-    sketchmine.visualize(r, [SHOWN], data=ds, batch_size=256)
-    sketchmine.unit_importance(r, SHOWN, dataset=ds)
+    r = sketchmine.mine("demo", subset, out=base / "run.zarr", batch_size=60, layers=LAYERS)
+    sketchmine.visualize(r, [SHOWN], data=subset, batch_size=256)
+    sketchmine.unit_importance(r, SHOWN, dataset=subset)
     return sketchmine.open_run(r.path)
+
+
+def test_example_positions_are_found_as_the_topk_defines_them(run, subset):
+    """The forward pass that places bin examples, given the top-k's images, finds the top-k's
+    own positions (the mining pass's record) on a conv layer (in-place ReLU after it) and a linear one."""
+    import torch
+
+    from sketchmine.passes.example_pictures import positions
+    from sketchmine.passes.images import ImageCache
+    from sketchmine.passes.reload import run_model, run_preprocessing
+
+    net = run_model(run, None, None).module
+    images = ImageCache(subset, run_preprocessing(run))
+    for layer in LAYERS:
+        _, index, yx = run.topk(layer)
+        got = positions(net, layer, run.layer_shape(layer), index, images, 16, torch.device("cpu"))
+        np.testing.assert_array_equal(got, yx, err_msg=layer)
+    assert (yx[index >= 0] == -1).all()  # a linear layer's entries have no position
 
 
 def test_montage_is_a_slide_of_the_units_pictures(tmp_path, run):

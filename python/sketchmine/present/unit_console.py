@@ -38,7 +38,8 @@ def overview_table(d: dict[str, Any]) -> Table:
     m = d["moments"]
     if m is not None:
         rows += [("mean of image maxima", _f(m["mean"])),
-                 ("firing density", f"{_pct(m['density'])} % ({m['firing']} of {m['images']} images > 0)")]
+                 ("firing density", f"{_pct(m['density'])} %" + ("" if m["images"] is None else
+                                                                 f" ({m['firing']} of {m['images']} images > 0)"))]
     imp = d["importance"]
     if imp is not None:
         rows += [("importance rank", f"{imp['rank']} of {d['units']}"),

@@ -90,10 +90,16 @@ class LayerSummary:
         return value
 
     def _moments(self) -> dict[str, np.ndarray] | None:
+        """The final arrays of a complete run; else (an unfinished one) the readers, which
+        rebuild density and mean from its checkpoint (no image counts then)."""
         if all(self.run.has_array(self.layer, a) for a in ("max_count", "max_mean", "firing")):
             return {a: self.run.layer_array(self.layer, a) for a in ("max_count", "max_mean", "firing")}
-        self.missing["moments"] = (f"run {self.run.path} has no firing density or mean for {self.layer!r} (mined "
-                                   f"before sketchmine kept them, or unfinished): {_MINE_AGAIN}")
+        density, _ = _reader(self.run, "firing_density", self.layer)
+        mean, why = _reader(self.run, "max_mean", self.layer)
+        if density is not None and mean is not None:
+            return {"density": density, "max_mean": mean}
+        self.missing["moments"] = (f"run {self.run.path} has no firing density or mean for {self.layer!r} "
+                                   f"({why or 'mined before sketchmine kept them'}): {_MINE_AGAIN}")
         return None
 
     def check_unit(self, unit: Any) -> int:
@@ -154,12 +160,13 @@ class LayerSummary:
         return [{"class": c, "count": counts[c], "acc": num(self.acc[self.names.index(c)])} for c in order]
 
     def _unit_moments(self, u: int) -> dict[str, Any] | None:
-        if self.moments is None:
+        m = self.moments
+        if m is None:
             return None
-        n = int(self.moments["max_count"][u])
-        fired = int(self.moments["firing"][u])
-        return {"images": n, "firing": fired, "density": fired / n if n else None,
-                "mean": num(self.moments["max_mean"][u])}
+        if "density" in m:
+            return {"images": None, "firing": None, "density": num(m["density"][u]), "mean": num(m["max_mean"][u])}
+        n, fired = int(m["max_count"][u]), int(m["firing"][u])
+        return {"images": n, "firing": fired, "density": fired / n if n else None, "mean": num(m["max_mean"][u])}
 
     def _bins(self, u: int) -> list[dict[str, Any]] | None:
         """Examples per activation bin: `Run.quantile_examples` (C, bins, m) image indices (-1:

@@ -62,7 +62,8 @@
       ["images mined", String(d.images) + (d.complete ? "" : " (PARTIAL run)")]];
     if (d.moments) {
       rows.push(["mean of image maxima", fmt(d.moments.mean)]);
-      rows.push(["firing density", pct(d.moments.density) + " (" + d.moments.firing + " of " + d.moments.images + " images > 0)"]);
+      rows.push(["firing density", pct(d.moments.density) + (d.moments.images === null ? "" :
+        " (" + d.moments.firing + " of " + d.moments.images + " images > 0)")]);
     }
     if (d.importance) {
       rows.push(["importance rank", d.importance.rank + " of " + d.units]);
@@ -81,7 +82,16 @@
 
   function histogram(d) {
     // bars of the image maxima; marks under the axis: top-k (red), bottom-k (blue), bin examples (green bands)
-    var h = d.histogram, edges = h.edges, counts = h.counts;
+    // only the bins from the first to the last holding images (the grid spans more); an outer
+    // edge at -inf/+inf (infinite maxima) is drawn at its finite neighbour
+    var h = d.histogram, counts = h.counts;
+    var first = 0, last = counts.length - 1;
+    while (first < last && counts[first] === 0) { first++; }
+    while (last > first && counts[last] === 0) { last--; }
+    var edges = h.edges.slice(first, last + 2);
+    counts = counts.slice(first, last + 1);
+    if (edges[0] === null) { edges[0] = edges[1]; }
+    if (edges[edges.length - 1] === null) { edges[edges.length - 1] = edges[edges.length - 2]; }
     var W = 640, H = 230, L = 48, R = 12, T = 10, B = 70;
     var lo = edges[0], hi = edges[edges.length - 1];
     var s = svgEl("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H, "class": "hist", id: "histogram" });
@@ -237,6 +247,13 @@
     if (d.histogram) { row.appendChild(histogram(d)); }
     top.appendChild(row);
     if (!d.histogram) { top.appendChild(missing(d, "histogram", "histogram")); }
+    var total = d.histogram ? d.histogram.counts.reduce(function (a, b) { return a + b; }, 0) : -1;
+    if (total === 0) {
+      top.appendChild(el("p", "note", "no image maximum of this unit is a number (every map was all NaN): nothing to draw"));
+    } else if (d.quantiles && d.quantiles.values[0] !== null && d.quantiles.values[0] === d.quantiles.values[d.quantiles.values.length - 1]) {
+      top.appendChild(el("p", "note", "every image maximum of this unit is " + fmt(d.quantiles.values[0]) +
+        " (a constant unit): its histogram is one value"));
+    }
     if (!d.moments) { top.appendChild(missing(d, "moments", "firing density")); }
     if (!d.importance) { top.appendChild(missing(d, "importance", "importance")); }
     var ex = section(box, "Examples at every level", "examples");
