@@ -36,9 +36,9 @@ def test_registry_puts_the_top_k_first_and_names_each_statistic_once():
     setup = accumulators.Setup((accumulators.LayerSpec("a", 3, (4, 4)), accumulators.LayerSpec("b", 2)), 5,
                                torch.device("cpu"), num_classes=4)
     accs = accumulators.build(setup)
-    assert [a.key for a in accs] == ["topk", "classes", "moments"]
-    assert [a.key for a in accumulators.build(accumulators.Setup(setup.layers, 5, setup.device))] == ["topk",
-                                                                                                    "moments"]
+    assert [a.key for a in accs] == ["topk", "classes", "moments", "histogram", "quantiles", "examples", "bottomk"]
+    assert [a.key for a in accumulators.build(accumulators.Setup(setup.layers, 5, setup.device))] == [
+        "topk", "moments", "histogram", "quantiles", "examples", "bottomk"]
 
 
 def test_moments_equal_a_numpy_brute_force(reference, demo_model, small_test_set):

@@ -23,9 +23,12 @@ import torch
 
 GOLDEN = Path(__file__).parent / "golden"
 
-NEW_SINCE_GOLDEN = {"max_count", "max_mean", "firing"}
+NEW_SINCE_GOLDEN = {"max_count", "max_mean", "firing",
+                    "hist_edges", "hist_counts", "max_range", "sketch_counts", "sketch_top", "sketch_special",
+                    "example_edges", "example_index", "bottom_values", "bottom_image_index", "bottom_yx"}
 """Array names (the last part of a store path) of statistics added after the golden was
-recorded: moments.py's per-unit count, mean and firing count of image maxima (issue 15).
+recorded: moments.py's per-unit count, mean and firing count of image maxima (issue 15); the
+distribution accumulators' arrays (issue 16, schema.DISTRIBUTION_ARRAYS).
 Their own tests check them; here they are left out of the comparison."""
 
 

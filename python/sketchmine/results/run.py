@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError, closest
-from sketchmine.results import importance_store, summaries
+from sketchmine.results import distribution, importance_store, summaries
 from sketchmine.results.summaries import class_counts
 from sketchmine.stats import topk
 from sketchmine.stats.classstats import RunningClassStats, num_classes_for, restore
@@ -337,6 +337,41 @@ class Run:
             return True
         except SketchmineError:
             return False
+
+    # ---- each unit's whole distribution (issue 16): results/distribution.py ----------------
+    def histogram(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(edges (C, 65) float64, counts (C, 64) int64) exact histogram of each unit's image
+        maxima; counts sum to the images whose maximum is not NaN (stats/histogram.py)."""
+        return distribution.histogram_of(self, layer)
+
+    def quantiles(self, layer: str, q: Any) -> np.ndarray:
+        """(C, len(q)) quantiles of each unit's image maxima, with the guarantee of
+        `distribution.quantiles` (relative error <= 1/65; exact at q = 0 and 1)."""
+        return distribution.quantiles(self, layer, q)
+
+    def max_range(self, layer: str) -> np.ndarray:
+        """(C, 2) float32 exact [min, max] of each unit's image maxima (NaN: none)."""
+        return distribution.max_range(self, layer)
+
+    def quantile_examples(self, layer: str) -> np.ndarray:
+        """(C, 17, 8) int64 images per activation bin (`example_edges`), -1 where fewer."""
+        return distribution.quantile_examples(self, layer)
+
+    def example_edges(self, layer: str) -> np.ndarray:
+        """(C, 18) float64 edges of the bins of `quantile_examples`."""
+        return distribution.example_edges(self, layer)
+
+    def bottomk(self, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As `topk`, for the k least-activating images: least first (empty slots: index -1, value +inf)."""
+        return distribution.bottom_k(self, layer)
+
+    def firing_density(self, layer: str) -> np.ndarray:
+        """(C,) share of images (with a non-NaN maximum) whose maximum is > 0."""
+        return distribution.firing_density(self, layer)
+
+    def max_mean(self, layer: str) -> np.ndarray:
+        """(C,) mean of each unit's non-NaN image maxima."""
+        return distribution.max_mean(self, layer)
 
 
 def check_count(n: int) -> int:

@@ -106,12 +106,16 @@ Factory = Callable[[Setup], "Accumulator | None"]
 
 
 def _registry() -> list[Factory]:
-    from sketchmine.stats import classstats, moments, topk
+    from sketchmine.stats import bottomk, classstats, examples, histogram, moments, sketch, topk
 
     return [
         topk.accumulator,  # first: computes the image maxima the others read (Batch.maxima)
         classstats.accumulator,
         moments.accumulator,
+        histogram.accumulator,  # issue 16: each unit's whole distribution and examples at every level
+        sketch.accumulator,
+        examples.accumulator,
+        bottomk.accumulator,
     ]
 
 

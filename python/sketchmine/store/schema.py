@@ -108,3 +108,21 @@ VISUAL_ARRAYS: dict[str, ArraySpec] = {
 }
 """layers/<name>/{patches, deconv} (C, k, h, w, channels) and {boxes, inside} (C, k, 4) of a
 visualize pass, written a block of units at a time."""
+
+
+# ---- each unit's whole distribution (issue 16) -------------------------------------------------
+DISTRIBUTION_ARRAYS: dict[str, str] = {
+    "hist_edges": "(C, 65) float64 edges of the exact histogram of the image maxima (stats/histogram.py)",
+    "hist_counts": "(C, 64) int64 images per histogram bin (±inf in the edge bins, NaN left out)",
+    "max_range": "(C, 2) float32 exact [min, max] of the non-NaN image maxima",
+    "sketch_counts": "(C, 2, 512) int32 quantile-sketch buckets [negative, positive] (stats/sketch.py)",
+    "sketch_top": "(C, 2) int64 largest bucket key per sign (-1: none)",
+    "sketch_special": "(C, 3) int64 counts of -inf, exact-zero and +inf maxima",
+    "example_edges": "(C, 18) float64 edges of the example bins (stats/examples.py)",
+    "example_index": "(C, 17, 8) int64 images per example bin, smallest hash first (-1: fewer)",
+    "bottom_values": "(C, k) float32 the k least image maxima, least first (stats/bottomk.py)",
+    "bottom_image_index": "(C, k) int64 their images (-1: empty slot)",
+    "bottom_yx": "(C, k, 2) int32 where in the map each maximum lies",
+}
+"""layers/<name>/<array> of the distribution accumulators, written whole by the mining pass
+(layer_array(layer, name)). Runs mined before them lack these arrays; readers say so."""

@@ -1,0 +1,141 @@
+"""Readers of each unit's whole distribution: histogram, quantiles, examples at every level,
+bottom-k, firing density and mean (issue 16), as functions over a `Run`.
+
+They read the final arrays of a complete run, or rebuild the statistic from the last
+committed checkpoint of an unfinished one (the same accumulator, restored, asked for its
+results). A run mined before sketchmine kept a statistic is refused with what is missing and
+how to get it (mine again into a new directory). See docs/analysis.md for the guarantees.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from sketchmine.errors import SketchmineError
+from sketchmine.stats import accumulators, bottomk, examples, histogram, moments, sketch
+from sketchmine.store import schema
+
+if TYPE_CHECKING:
+    from sketchmine.results.run import Run
+
+_FACTORIES: dict[str, Callable[[accumulators.Setup], Any]] = {
+    histogram.KEY: histogram.accumulator, sketch.KEY: sketch.accumulator, examples.KEY: examples.accumulator,
+    bottomk.KEY: bottomk.accumulator, moments.KEY: moments.accumulator}
+
+
+def layer_arrays(run: Run, layer: str, key: str, names: Sequence[str], what: str) -> list[np.ndarray]:
+    """Arrays `names` of the statistic under checkpoint key `key` for `layer`: the final arrays of
+    a complete run, else rebuilt from its last committed checkpoint."""
+    run.layer_attrs(layer)
+    return run.store.committed(lambda: _read(run, layer, key, names, what))
+
+
+def _read(run: Run, layer: str, key: str, names: Sequence[str], what: str) -> list[np.ndarray]:
+    again = ("it was mined before sketchmine kept them; mine it again into a new directory "
+             "(`sketchmine mine --model ... --data ... --out NEW_DIR`) to add them")
+    if run.complete:
+        missing = [n for n in names if not run.has_array(layer, n)]
+        if missing:
+            raise SketchmineError(f"run {run.path} has no {what} for layer {layer!r} (missing "
+                                  f"{', '.join(schema.layer_array(layer, n) for n in missing)}): {again}")
+        return [run.layer_array(layer, n) for n in names]
+    state = run.store.read_checkpoint_state(key)
+    if state is None:
+        raise SketchmineError(f"run {run.path} has no {what} for layer {layer!r} yet: nothing flushed, or {again}")
+    shapes = {l: run.layer_shape(l) for l in run.layers}
+    specs = tuple(accumulators.LayerSpec(l, s[0], tuple(s[1:])) for l, s in shapes.items())
+    acc = _FACTORIES[key](accumulators.Setup(specs, run.k, torch.device("cpu")))
+    try:
+        acc.restore(state)
+    except (ValueError, KeyError) as exc:
+        raise SketchmineError(f"{run.path}: the {what} in its checkpoint do not fit the run ({exc})") from None
+    arrays = acc.results()
+    return [arrays[schema.layer_array(layer, n)] for n in names]
+
+
+def histogram_of(run: Run, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """(edges (C, 65) float64, counts (C, 64) int64): see stats/histogram.py."""
+    edges, counts = layer_arrays(run, layer, histogram.KEY, ("hist_edges", "hist_counts"), "histograms")
+    return edges, counts
+
+
+def max_range(run: Run, layer: str) -> np.ndarray:
+    """(C, 2) float32 exact [min, max] of each unit's non-NaN image maxima (NaN: none)."""
+    return layer_arrays(run, layer, histogram.KEY, ("max_range",), "histograms")[0]
+
+
+def quantiles(run: Run, layer: str, q: Sequence[float] | np.ndarray | float) -> np.ndarray:
+    """(C, len(q)) float64 estimates of the q-quantiles of each unit's non-NaN image maxima.
+
+    The q-quantile is x_r, r = floor(q·(n-1)), of the n sorted maxima (numpy's method="lower").
+    Guarantee for the estimate x̂: exact when r = 0 or n-1 (the exact min/max) and when x_r is
+    0 or ±inf; always within the exact histogram bin holding x_r (|x̂ - x_r| < that bin's
+    width); and |x̂ - x_r| <= |x_r|/65 (sketch.ALPHA) when x_r is a normal float32 whose
+    magnitude is at least 2^-15 of the largest finite magnitude of its sign. NaN: no maxima."""
+    qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
+    if qs.ndim != 1 or not np.all((qs >= 0) & (qs <= 1)):
+        raise SketchmineError(f"quantiles are numbers from 0 to 1, got {q!r}")
+    counts, top, special = layer_arrays(run, layer, sketch.KEY, ("sketch_counts", "sketch_top", "sketch_special"),
+                                        "quantile sketches")
+    edges, hist = histogram_of(run, layer)
+    return estimate(counts, top, special, edges, hist, max_range(run, layer), qs)
+
+
+def estimate(counts: np.ndarray, top: np.ndarray, special: np.ndarray, edges: np.ndarray, hist: np.ndarray,
+             bounds: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The quantile estimates of `quantiles` from the stored arrays (sketch, histogram, range)."""
+    c = len(counts)
+    est = sketch.estimates(top)
+    col = np.ones((c, 1))
+    ordered = np.concatenate([special[:, :1], counts[:, 0, ::-1], special[:, 1:2], counts[:, 1], special[:, 2:]],
+                             axis=1).astype(np.int64)
+    reps = np.concatenate([-np.inf * col, -est[:, 0, ::-1], 0 * col, est[:, 1], np.inf * col], axis=1)
+    n = ordered.sum(1)
+    r = np.floor(q[None, :] * np.maximum(n - 1, 0)[:, None]).astype(np.int64)
+    val = np.take_along_axis(reps, _holding(ordered, r), 1)
+    hb = _holding(hist, r)
+    val = np.clip(val, np.take_along_axis(edges, hb, 1), np.take_along_axis(edges, hb + 1, 1))
+    lo, hi = bounds[:, :1].astype(np.float64), bounds[:, 1:].astype(np.float64)
+    val = np.clip(val, lo, hi)
+    val = np.where(r == 0, lo, np.where(r == (n - 1)[:, None], hi, val))
+    return np.where(n[:, None] > 0, val, np.nan)
+
+
+def _holding(counts: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Per row the bucket holding rank r (0-based) of counts (C, B) → (C, Q) int64, within [0, B)."""
+    cum = np.cumsum(counts, axis=1)
+    span = int(cum[:, -1].max(initial=0)) + 1
+    offs = np.arange(len(cum), dtype=np.int64)[:, None] * span
+    at = np.searchsorted((cum + offs).ravel(), (r + offs).ravel(), side="right").reshape(r.shape)
+    return np.clip(at - np.arange(len(cum))[:, None] * counts.shape[1], 0, counts.shape[1] - 1)
+
+
+def quantile_examples(run: Run, layer: str) -> np.ndarray:
+    """(C, 17, 8) int64 image indices, per example bin the 8 of smallest hash (-1: fewer)."""
+    return layer_arrays(run, layer, examples.KEY, ("example_index",), "quantile examples")[0]
+
+
+def example_edges(run: Run, layer: str) -> np.ndarray:
+    """(C, 18) float64 edges of the example bins; bin b is [edges[b], edges[b+1])."""
+    return layer_arrays(run, layer, examples.KEY, ("example_edges",), "quantile examples")[0]
+
+
+def bottom_k(run: Run, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values (C, k) float32, image_index (C, k) int64, yx (C, k, 2) int32), least first."""
+    v, i, yx = layer_arrays(run, layer, bottomk.KEY, ("bottom_values", "bottom_image_index", "bottom_yx"),
+                            "bottom-k")
+    return v, i, yx
+
+
+def firing_density(run: Run, layer: str) -> np.ndarray:
+    """(C,) float64 share of the images with a non-NaN maximum whose maximum is > 0 (NaN: none)."""
+    firing, count = layer_arrays(run, layer, moments.KEY, ("firing", "max_count"), "unit moments")
+    return np.where(count > 0, firing / np.maximum(count, 1), np.nan)
+
+
+def max_mean(run: Run, layer: str) -> np.ndarray:
+    """(C,) float64 mean of each unit's non-NaN image maxima (NaN: none)."""
+    return layer_arrays(run, layer, moments.KEY, ("max_mean",), "unit moments")[0]

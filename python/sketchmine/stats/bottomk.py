@@ -1,0 +1,71 @@
+"""The k least-activating images of every unit (lucid's "negative" view), exact.
+
+Ranks the (N, C) image maxima negated with the compiled top-k op, so it is the top-k with
+the order reversed: smaller maximum first, ties to the smaller image index, NaN (an all-NaN
+map) never ranked. The op's positions refer to the (N, C) input, so the position of each new
+entry's maximum in its map is found afterwards: the first position holding the maximum, as
+the top-k records it. An accumulator under the key "bottomk" (state, restore and merge are
+the top-k's). Final arrays per layer, mirroring the top-k's values / image_index / yx:
+
+    layers/<name>/bottom_values      (C, k) float32   the maxima, least first (+inf: empty slot)
+    layers/<name>/bottom_image_index (C, k) int64     -1: empty slot (fewer than k images)
+    layers/<name>/bottom_yx          (C, k, 2) int32  where in the map the maximum lies
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from sketchmine.stats import ops
+from sketchmine.stats.topk import TopK
+from sketchmine.store import schema
+
+if TYPE_CHECKING:
+    from sketchmine.stats.accumulators import Batch, Setup
+
+KEY = "bottomk"
+
+
+def first_position(acts: torch.Tensor, rows: torch.Tensor, chans: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Flat position of the first element equal to `value` in each map acts[rows, chans]."""
+    maps = acts.reshape(acts.shape[0], acts.shape[1], -1)[rows, chans]
+    length = maps.shape[1]
+    ar = torch.arange(length, device=maps.device).expand_as(maps)
+    return torch.where(maps == value[:, None], ar, length).amin(1).clamp_max(max(length - 1, 0))
+
+
+class BottomK(TopK):
+    """The top-k of the negated image maxima, with each entry's position in its map."""
+
+    key, title = KEY, "bottom-k"
+
+    def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
+        maxima = batch.maxima_of(layer)
+        s = self.layers[layer]
+        ops.topk_update((-maxima).contiguous(), batch.index, **s.state)
+        if acts.dim() <= 2 or not len(maxima):
+            return
+        order = torch.argsort(batch.index)
+        ranked = batch.index[order]
+        idx = s.state["index"]
+        at = torch.searchsorted(ranked, idx).clamp_max(len(ranked) - 1)
+        chans, slots = ((ranked[at] == idx) & (idx >= 0)).nonzero(as_tuple=True)
+        if len(chans):
+            rows = order[at[chans, slots]]
+            s.state["position"][chans, slots] = first_position(acts, rows, chans, maxima[rows, chans])
+
+    def results(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {}
+        for name, s in self.layers.items():
+            st = s.state_dict()
+            arrays.update({schema.layer_array(name, "bottom_values"): (-st["values"]).numpy(),
+                           schema.layer_array(name, "bottom_image_index"): st["index"].numpy(),
+                           schema.layer_array(name, "bottom_yx"): s.yx().numpy()})
+        return arrays
+
+
+def accumulator(setup: Setup) -> BottomK:
+    """The registry's factory: every pass."""
+    return BottomK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device)

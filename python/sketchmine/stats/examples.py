@@ -1,0 +1,190 @@
+"""Example images at every activation level of a unit, picked the same way under any batching.
+
+Why: the top-9 show what a unit does at its extreme, which can mislead; a dashboard shows
+images from every level. Levels are the coarse bins of grid.py's aligned power-of-two grid
+(blocks of 4 histogram bins, so they rebin exactly as the range grows): 17 bins, of which the
+8-17 between the unit's min and max are used. Per bin the pick is the `PER_BIN` (8) images
+with the smallest `image_hash` of their global index: a bottom-m-by-hash sample, uniform over
+the bin's images, which merges exactly (bottom-m of a union = bottom-m of the parts'
+bottom-m) and depends on no order or RNG state. -inf / +inf maxima are kept in two extra
+slots and joined to the first / last bin at the end (whose outer edge is then -inf / +inf,
+as in the histogram). An accumulator under the key "examples". Final arrays per layer:
+
+    layers/<name>/example_edges (C, 18) float64   bin edges; bin b is [edges[b], edges[b+1])
+    layers/<name>/example_index (C, 17, 8) int64  image indices by ascending hash, -1: none
+
+Per-batch cost: an entry is considered only if its hash is below the current 8th smallest
+of its bin (a gather and a compare); the survivors (all at first, rare later) are merged
+with the touched bins' tables by one sort.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from sketchmine.stats.grid import AlignedGrid, bin_of, slots
+from sketchmine.stats.histogram import columns, finite_range
+from sketchmine.store import schema
+
+if TYPE_CHECKING:
+    from sketchmine.stats.accumulators import Batch, Setup
+
+KEY = "examples"
+PER_BIN = 8
+SCALE = 4
+"""Histogram bins per example bin."""
+LEVELS = 17
+"""Example bins per unit: 64 histogram bins in aligned blocks of 4 touch at most 17 blocks."""
+SLOTS = LEVELS + 2  # 0: -inf, 1..17: the bins, 18: +inf
+HASH_BITS = 40
+"""Hashes are a bijection of [0, 2^40): global image indices must stay below 2^40 (10^12)."""
+EMPTY = 1 << HASH_BITS
+"""The hash of an empty place (above every image's)."""
+_MASK = (1 << HASH_BITS) - 1
+_GROUPS = 1 << (63 - HASH_BITS)
+
+
+def image_hash(index: torch.Tensor) -> torch.Tensor:
+    """A fixed bijective mix of [0, 2^40) (splitmix64-style steps modulo 2^40) of global image
+    indices: distinct images never tie, and no RNG state is involved."""
+    x = (index.long() + 0x9E3779B97F) & _MASK
+    x = x ^ (x >> 20)
+    x = (x * 0xBF58476D1D) & _MASK
+    x = x ^ (x >> 17)
+    x = (x * 0x94D049BB13) & _MASK
+    return x ^ (x >> 20)
+
+
+def bottom(group: torch.Tensor, h: torch.Tensor, index: torch.Tensor, groups: int, m: int
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group 0..groups-1 the m entries of smallest hash, ascending: (groups, m) hashes and
+    indices (EMPTY / -1 where fewer). Entries with index < 0 are ignored. One sort of the
+    packed key group·2^40 + hash (unique: an image is in a group at most once)."""
+    if groups > _GROUPS:
+        raise ValueError(f"{groups} example bins in one sort exceed {_GROUPS}")
+    keep = index >= 0
+    key, order = torch.sort((group[keep] << HASH_BITS) | h[keep])
+    index = index[keep][order]
+    group = key >> HASH_BITS
+    rank = torch.arange(len(group), device=group.device) - torch.searchsorted(group, group)
+    sel = rank < m
+    out_h = torch.full((groups, m), EMPTY, dtype=torch.int64, device=group.device)
+    out_i = torch.full((groups, m), -1, dtype=torch.int64, device=group.device)
+    out_h[group[sel], rank[sel]] = key[sel] & _MASK
+    out_i[group[sel], rank[sel]] = index[sel]
+    return out_h, out_i
+
+
+class QuantileExamples:
+    """Per unit: the grid and, per slot, the PER_BIN (hash, image) pairs of smallest hash."""
+
+    key, title = KEY, "quantile examples"
+
+    def __init__(self, layers: dict[str, int], device: torch.device | str = "cpu", m: int = PER_BIN) -> None:
+        self.layers, self.device, self.m = dict(layers), torch.device(device), m
+        self._columns, units = columns(self.layers)
+        self.grid = AlignedGrid(units, self.device)
+        self.hashes = torch.full((units, SLOTS, m), EMPTY, dtype=torch.int64, device=self.device)
+        self.index = torch.full((units, SLOTS, m), -1, dtype=torch.int64, device=self.device)
+
+    def add(self, layer: str, maxima: torch.Tensor, image_index: torch.Tensor) -> None:
+        """One layer's (N, C) image maxima (NaN: left out) of images `image_index` (N,)."""
+        if not len(maxima):
+            return
+        cols = self._columns[layer]
+        x = maxima.reshape(len(maxima), -1).double()
+        old_first, old_e = self.grid.advance(cols, *finite_range(x))
+        first, e = self.grid.first_bin(cols), self.grid.e[cols]
+        hashes, index = self.hashes[cols], self.index[cols]
+        moved = ((old_first // SCALE != first // SCALE) | (old_e != e)).nonzero().squeeze(1)
+        if len(moved):
+            new = slots(old_first[moved], old_e[moved], first[moved], e[moved], LEVELS, SCALE) + 1
+            where = torch.cat([torch.zeros_like(new[:, :1]), new, torch.full_like(new[:, :1], SLOTS - 1)], 1)
+            group = (torch.arange(len(moved), device=x.device)[:, None] * SLOTS + where)[:, :, None]
+            h, i = bottom(group.expand(-1, -1, self.m).reshape(-1), hashes[moved].reshape(-1),
+                          index[moved].reshape(-1), len(moved) * SLOTS, self.m)
+            hashes[moved], index[moved] = h.view(-1, SLOTS, self.m), i.view(-1, SLOTS, self.m)
+        finite = torch.isfinite(x)
+        coarse = torch.div(bin_of(torch.where(finite, x, 0.0), e[None, :]), SCALE, rounding_mode="floor")
+        slot = coarse - torch.div(first, SCALE, rounding_mode="floor")[None, :] + 1
+        slot = torch.where(finite, slot, torch.where(x > 0, SLOTS - 1, 0))
+        if int(image_index.max()) > _MASK or int(image_index.min()) < 0:
+            raise ValueError(f"image indices must lie in [0, 2^{HASH_BITS}) for the example hash")
+        h = image_hash(image_index.to(x.device))
+        threshold = hashes[:, :, self.m - 1].t().gather(0, slot)  # (N, C): the bin's m-th smallest
+        n, c = ((h[:, None] < threshold) & ~torch.isnan(x)).nonzero(as_tuple=True)
+        if not len(n):
+            return
+        group = c * SLOTS + slot[n, c]
+        touched, local = torch.unique(group, return_inverse=True)
+        flat_h, flat_i = hashes.view(-1, self.m), index.view(-1, self.m)
+        old_local = torch.arange(len(touched), device=x.device)[:, None].expand(-1, self.m).reshape(-1)
+        th, ti = bottom(torch.cat([old_local, local]), torch.cat([flat_h[touched].reshape(-1), h[n]]),
+                        torch.cat([flat_i[touched].reshape(-1), image_index.to(x.device).long()[n]]),
+                        len(touched), self.m)
+        flat_h[touched], flat_i[touched] = th, ti
+
+    # ---- the accumulator protocol --------------------------------------------------------
+    def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
+        self.add(layer, batch.maxima_of(layer), batch.index)
+
+    def end_batch(self, batch: Batch) -> None:
+        return None
+
+    def state(self) -> dict[str, np.ndarray]:
+        g = self.grid.state()
+        return {"range": torch.cat([g["lo"], g["hi"]]).cpu().numpy().copy(),
+                "picks": torch.cat([g["e"], self.hashes.ravel(), self.index.ravel()]).cpu().numpy().copy()}
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        units, size = self.index.shape[0], self.index.numel()
+        r, p = np.asarray(state["range"]), np.asarray(state["picks"])
+        if r.shape != (2 * units,) or p.shape != (units + 2 * size,):
+            raise ValueError(f"quantile examples of shape {r.shape}/{p.shape} do not fit {units} units")
+        r_t, p_t = torch.from_numpy(r).to(self.device), torch.from_numpy(p).to(self.device)
+        self.grid.restore(r_t[:units], r_t[units:], p_t[:units])
+        self.hashes.copy_(p_t[units:units + size].view_as(self.hashes))
+        self.index.copy_(p_t[units + size:].view_as(self.index))
+
+    def merge(self, other: QuantileExamples) -> None:
+        parts = self.grid.merge(other.grid)
+        first, e = self.grid.first_bin(), self.grid.e
+        for cols in self._columns.values():  # one sort per layer keeps the packed groups small
+            groups, hs, idx = [], [], []
+            for (old_first, old_e), h, i in (((parts[0], parts[1]), self.hashes, self.index),
+                                             ((parts[2], parts[3]), other.hashes, other.index)):
+                new = slots(old_first[cols], old_e[cols], first[cols], e[cols], LEVELS, SCALE) + 1
+                where = torch.cat([torch.zeros_like(new[:, :1]), new, torch.full_like(new[:, :1], SLOTS - 1)], 1)
+                g = torch.arange(len(new), device=self.device)[:, None] * SLOTS + where
+                groups.append(g[:, :, None].expand(-1, -1, self.m).reshape(-1))
+                hs.append(h[cols].to(self.device).reshape(-1))
+                idx.append(i[cols].to(self.device).reshape(-1))
+            h, i = bottom(torch.cat(groups), torch.cat(hs), torch.cat(idx), len(new) * SLOTS, self.m)
+            self.hashes[cols] = h.view(-1, SLOTS, self.m)
+            self.index[cols] = i.view(-1, SLOTS, self.m)
+
+    def results(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {}
+        for name, cols in self._columns.items():
+            h, i = self.hashes[cols], self.index[cols]
+            units = h.shape[0]
+            ends = []
+            for inner, outer in ((1, 0), (LEVELS, SLOTS - 1)):  # join ±inf to the first / last bin
+                group = torch.arange(units, device=h.device)[:, None].expand(-1, 2 * self.m).reshape(-1)
+                ends.append(bottom(group, torch.cat([h[:, inner], h[:, outer]], 1).reshape(-1),
+                                   torch.cat([i[:, inner], i[:, outer]], 1).reshape(-1), units, self.m)[1])
+            picks = torch.cat([ends[0][:, None], i[:, 2:LEVELS], ends[1][:, None]], 1)
+            edges = self.grid.edges(cols, SCALE, LEVELS)
+            edges[:, 0] = torch.where(i[:, 0, 0] >= 0, float("-inf"), edges[:, 0])
+            edges[:, -1] = torch.where(i[:, -1, 0] >= 0, float("inf"), edges[:, -1])
+            arrays.update({schema.layer_array(name, "example_edges"): edges.cpu().numpy().copy(),
+                           schema.layer_array(name, "example_index"): picks.cpu().numpy().copy()})
+        return arrays
+
+
+def accumulator(setup: Setup) -> QuantileExamples:
+    """The registry's factory: every pass."""
+    return QuantileExamples({l.name: l.channels for l in setup.layers}, setup.device)
