@@ -39,10 +39,11 @@ def subset(demo_test_set):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, subset):
-    """The subset mined; features.6 visualized and ranked by importance."""
+    """The subset mined; features.6 visualized (its top-k, bottom-k and bin examples) and ranked
+    by importance."""
     base = tmp_path_factory.mktemp("unitpage")
     r = sketchmine.mine("demo", subset, out=base / "run.zarr", batch_size=60, layers=LAYERS)
-    sketchmine.visualize(r, [SHOWN], data=subset, batch_size=256)
+    sketchmine.visualize(r, [SHOWN], data=subset, batch_size=256, examples="all")
     sketchmine.unit_importance(r, SHOWN, dataset=subset)
     return sketchmine.open_run(r.path)
 
@@ -63,6 +64,37 @@ def test_example_positions_are_found_as_the_topk_defines_them(run, subset):
         got = positions(net, layer, run.layer_shape(layer), index, images, 16, torch.device("cpu"))
         np.testing.assert_array_equal(got, yx, err_msg=layer)
     assert (yx[index >= 0] == -1).all()  # a linear layer's entries have no position
+
+
+def test_bottom_and_bin_pictures_match_the_topk_pictures(run):
+    """visualize(examples="all"): every image that is both a top-k entry and a bin example (or a
+    bottom-k entry) of a unit gets the same position, patch and (within one level: another
+    batch) deconvolution in both sets; the bottom-k's boxes are those of their positions."""
+    top = {key: run.layer_array(SHOWN, key) for key in ("patches", "deconv", "boxes")}
+    _, index, yx = run.topk(SHOWN)
+    bins = run.layer_result(SHOWN, "bin_pictures", ("patches",))[0]["patches"]
+    bin_deconv = run.layer_result(SHOWN, "bin_pictures", ("deconv",))[0]["deconv"]
+    bin_yx = run.layer_result(SHOWN, "bin_pictures", ("yx",))[0]["yx"]
+    examples = run.quantile_examples(SHOWN).reshape(len(index), -1)
+    assert bins.shape[:2] == examples.shape and bins.shape[2:] == top["patches"].shape[2:]
+    shared = 0
+    for u in range(len(index)):
+        for r, i in enumerate(index[u]):
+            for j in np.nonzero(examples[u] == i)[0]:
+                shared += 1
+                assert (bin_yx[u, j] == yx[u, r]).all()
+                np.testing.assert_array_equal(bins[u, j], top["patches"][u, r])
+                assert np.abs(bin_deconv[u, j].astype(int) - top["deconv"][u, r]).max() <= 1
+    assert shared >= 10
+    assert (bin_yx[examples < 0] == -1).all()
+    bottom = run.layer_result(SHOWN, "bottom_pictures", ("patches",))[0]["patches"]
+    boxes = run.layer_result(SHOWN, "bottom_pictures", ("boxes",))[0]["boxes"]
+    _, b_index, b_yx = run.bottomk(SHOWN)
+    rf = run.layer_attrs(SHOWN)["receptive_field"]
+    assert bottom.shape == top["patches"].shape
+    ok = b_index >= 0
+    want = np.asarray(rf["offset"]) + b_yx * np.asarray(rf["stride"])
+    np.testing.assert_array_equal(boxes[..., :2][ok], want[ok])
 
 
 def test_montage_is_a_slide_of_the_units_pictures(tmp_path, run):
@@ -190,7 +222,7 @@ def test_report_unit_dashboard_in_chromium(tmp_path, run, browser):  # noqa: F81
     page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{slides[0]}'")
     page.wait_for_function("() => [...document.images].every(i => i.complete)")
     total, ok = _images_ok(page)
-    assert total == 2 * run.k and ok == total  # the top-9 patches and deconvolutions
+    assert total >= 4 * run.k and ok == total  # top-9 and bottom-9 patches and deconvolutions, bin examples
     text = page.inner_text("#dash")
     assert "firing density" in text and "importance rank" in text and "classes among its top 9 images" in text
     assert run.class_names[run.labels[run.topk(SHOWN)[1][slides[0], 0]]] in page.inner_text("#examples")
