@@ -4,13 +4,18 @@ PIP := $(PYTHON) -m pip
 STAMP := build/.installed
 SOURCES := setup.py pyproject.toml CMakeLists.txt $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test setup bench clean ort
 
 demo: $(STAMP)
 	$(PYTHON) -m sketchmine demo
 
-test: $(STAMP)
+test: $(STAMP) ort
 	$(PYTHON) -m pytest -q
+
+# onnxruntime-web for the report's live probe (pinned, from npm; git-ignored: 14 MB of WebAssembly)
+ort:
+	@if command -v npm >/dev/null; then scripts/vendor_ort_web.sh; \
+	else echo "npm is missing: the live probe's tests skip (scripts/vendor_ort_web.sh vendors onnxruntime-web)"; fi
 
 # the peer (zennit-crp) goes into the benchmark environment only: not a sketchmine dependency
 bench: $(STAMP)

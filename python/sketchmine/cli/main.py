@@ -1,4 +1,5 @@
-"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | unit | bench`.
+"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | unit | bench
+| effects | probe`.
 
 Only parses and dispatches: what each command prints is in console.py. Errors print as one
 line, no traceback."""
@@ -132,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write a static HTML report of RUN (opens offline in any browser)")
     r.add_argument("run")
     r.add_argument("--out", required=True, help="report folder (index.html inside)")
+    r.add_argument("--no-probe", action="store_true", help="leave out the live probe (it loads and exports the model)")
     c = sub.add_parser("compare", help="two runs over the same dataset side by side")
     c.add_argument("run_a")
     c.add_argument("run_b")
@@ -153,6 +155,17 @@ def _parser() -> argparse.ArgumentParser:
     un.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
+    e = sub.add_parser("effects", help="per unit: the mean change of every class's logit and probability when it "
+                                       "is zeroed, and its most correlated units, stored in RUN")
+    e.add_argument("run")
+    e.add_argument("--layers", nargs="+", help="mined layers (default: every mined module layer)")
+    _reload_options(e)
+    e.add_argument("--batch-size", type=positive_int, default=256)
+    e.add_argument("--units-per-pass", type=positive_int, help="units zeroed per tail run (default: by memory)")
+    e.add_argument("-n", type=positive_int, default=10, help="units listed per layer (default 10)")
+    from sketchmine.cli import probe as probe_cli
+
+    probe_cli.add_parser(sub)
     return p
 
 
@@ -257,6 +270,8 @@ INTERRUPTED = {
     "report": "no report was written and the previous one in the folder (if any) is unchanged; re-running "
               "writes the report again from the start",
     "demo": "re-run with the same --out to resume the runs; importance and reports are computed again",
+    "effects": "layers finished before the interrupt keep their stored effects; re-running recomputes every "
+               "layer it is given",
 }
 """What a re-run does after Ctrl-C, per command (a KeyboardInterrupt with a message says more)."""
 
@@ -325,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             from sketchmine.present.console import print_report
 
-            print_report(args.run, args.out, console)
+            from sketchmine.cli.probe import report_probe
+
+            print_report(args.run, args.out, console, report_probe(args.run, args.no_probe))
         elif args.command == "compare":
             from sketchmine.present.console import print_compare
 
@@ -338,6 +355,14 @@ def main(argv: list[str] | None = None) -> int:
             print_unit(args.run, args.layer, args.unit, console, args.json)
         elif args.command == "bench":
             return _bench(args.args)
+        elif args.command == "effects":
+            from sketchmine.cli.effects import run_effects
+
+            run_effects(args, console)
+        elif args.command == "probe":
+            from sketchmine.cli.probe import run_probe
+
+            run_probe(args, console)
     except SketchmineError as exc:
         _error(str(exc))
         _quiet_after_failure()

@@ -14,6 +14,7 @@ Batched two ways, chosen per layer (recorded as `method`):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +147,26 @@ def choose_ablator(net: nn.Module, layer: str, x: torch.Tensor, reference: torch
     return Replicate(net, layer)
 
 
+def unit_groups(act_shape: torch.Size | tuple[int, ...], units_per_pass: int | None) -> list[list[int]]:
+    """The layer's units (act_shape: (B, units, *positions) of one chunk) in groups ablated
+    together: `units_per_pass` each, or as many as keep one replicated activation tensor
+    within _BUDGET elements."""
+    units, per = act_shape[1], max(1, math.prod(act_shape[1:]))
+    g = units_per_pass or max(1, min(units, _BUDGET // (per * act_shape[0])))
+    return [list(range(s, min(s + g, units))) for s in range(0, units, g)]
+
+
+def image_batches(dataset: MinerDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(global image indices, images) of `dataset` in order, `batch_size` at a time; an
+    unreadable image is refused (an ablation pass averages over every image)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for idx, x, _, notes in loader:
+        bad = [int(i) for i, n in zip(idx, notes) if n.startswith("error:")]
+        if bad:
+            raise SketchmineError(f"cannot read image {dataset.path(bad[0])}: ablation needs every image")
+        yield idx, x
+
+
 @dataclass
 class Importance:
     """Per-unit results (arrays of length units) and the facts they were computed under."""
@@ -169,14 +190,11 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
     device = torch.device(device)
     net = net.eval().to(device)
     labels_t = torch.as_tensor(labels, dtype=torch.int64)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     sums: dict[str, torch.Tensor] = {}
     n_images = n_correct = 0
     prob_base_sum, ablator, groups = 0.0, None, []
     with torch.inference_mode():
-        for idx, x, _, notes in loader:
-            if any(n.startswith("error:") for n in notes):
-                raise SketchmineError(f"cannot read image {dataset.path(int(idx[0]))}: ablation needs every image")
+        for idx, x in image_batches(dataset, batch_size):
             x, y = x.to(device), labels_t[idx].to(device)
             if ablator is None:
                 ablator = choose_ablator(net, layer, x, Replicate(net, layer).base(x)[0])
@@ -185,9 +203,7 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
             per_image = act.float().flatten(2).amax(dim=2) if act.ndim > 2 else act.float()  # (B, units)
             if not groups:
                 units = per_image.shape[1]
-                per = max(1, math.prod(act.shape[1:]))
-                g = units_per_pass or max(1, min(units, _BUDGET // (per * len(x))))
-                groups = [list(range(s, min(s + g, units))) for s in range(0, units, g)]
+                groups = unit_groups(act.shape, units_per_pass)
                 sums = {k: torch.zeros(units, dtype=torch.float64) for k in ("prob", "correct", "act_ok", "act_bad")}
             base_p = torch.softmax(logits.double(), 1).gather(1, y[:, None])[:, 0]
             ok = logits.argmax(1) == y

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -216,12 +218,15 @@ def print_summary(path: str, n: int, console: Console) -> None:
         console.print(unbiased)
 
 
-def print_report(path: str, out: str, console: Console) -> Path:
-    """`sketchmine report`: write the HTML report (from the store alone) and say where it is."""
+def print_report(path: str, out: str, console: Console, probe: Any = None) -> Path:
+    """`sketchmine report`: write the HTML report (from the store alone; probe: the live probe's files
+    or why there are none) and say where it is."""
     from sketchmine.present.report import write_report
 
     t0 = time.perf_counter()
-    index = write_report(path, out)
+    index = write_report(path, out, probe=probe)
+    if probe is not None and not isinstance(probe, Mapping):
+        console.print(f"no live probe: {safe(probe)}")
     console.print(f"report written in {time.perf_counter() - t0:.1f} s: open {safe(index)}")
     return index
 

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from sketchmine.present import plots
 from sketchmine.present.report_data import PAGE_SIZE, importance_ranks, layer_data, layer_ids
 from sketchmine.present.report_folder import MARKER, TMP, check_report_dir, remove_stale, swap_in
 from sketchmine.present.report_unit import MONTAGES, unit_pages
+from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis
 from sketchmine.results.run import Run, open_run
 
@@ -156,7 +158,7 @@ def dataset_words(ds: dict[str, Any]) -> str:
     return f"{text} ({extra})" if extra else text
 
 
-def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float) -> str:
+def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: str = "") -> str:
     a = run.attrs
     ds = a.get("dataset") or {}
     parts = [f"<h1>sketchmine report: {e(str(a.get('model')))}</h1>",
@@ -196,12 +198,14 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float) -> str:
         rows.append([f'<a href="layers/{e(lid)}.html">{e(name)}</a>', e(str(attrs.get("kind", ""))),
                      e("×".join(map(str, attrs["shape"]))), top])
     parts.append("<h2>Layers</h2>" + _table(["layer", "kind", "shape", f"top 5 classes (top-{run.k})"], rows))
+    parts.append(probe)
     parts.append(f'<p class="note">written by sketchmine in {seconds:.1f} s</p>')
     return _page("sketchmine report", "\n".join(parts))
 
 
 def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: bool = True,
-                 dataset: None = None, montages: int = MONTAGES) -> Path:
+                 dataset: None = None, probe: Mapping[str, bytes] | str | None = None,
+                 montages: int = MONTAGES) -> Path:
     """Write the report folder; returns the path of index.html.
 
     `out` is a folder the report owns: new, empty, or holding an earlier report (the marker
@@ -217,6 +221,8 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
     importance get a sortable table and plot.
     images: False leaves the cards' picture slots out for layers without patches.
     dataset: no longer read (the report opens no dataset); anything but None is refused.
+    probe: the live probe's files (`sketchmine.passes.probe.build_probe(run)`, which needs the
+    model), or why there is none (a str, shown on the index page; None: written without the model).
     montages: the most slide montages (PNG) written per layer, for units with patches (the most
     important first where importance is stored); 0 writes none. Every unit gets a dashboard
     page (units/<layer>.html#unit=U) whatever this is."""
@@ -237,7 +243,7 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
             shutil.rmtree(tmp)
         tmp.mkdir()
         (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "partial": True}) + "\n")
-        _build(run, tmp, images, t0, montages)
+        _build(run, tmp, images, t0, probe, montages)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir() and p.name != MARKER)
         (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "run": str(run.path), "files": files}) + "\n")
         swap_in(tmp, target)
@@ -252,7 +258,8 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
     return shown / "index.html"
 
 
-def _build(run: Run, out: Path, images: bool, t0: float, montages: int = MONTAGES) -> None:
+def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, bytes] | str | None = None,
+           montages: int = MONTAGES) -> None:
     (out / "assets").mkdir(exist_ok=True)
     for name in ("report.css", "report.js"):
         src = resources.files("sketchmine.present") / "report_assets" / name
@@ -274,8 +281,10 @@ def _build(run: Run, out: Path, images: bool, t0: float, montages: int = MONTAGE
         (out / "layers").mkdir(exist_ok=True)
         (out / "layers" / f"{lid}.html").write_text(_layer_page(run, name, lid, pages, note, stats, slides),
                                                     encoding="utf-8")
-    (out / "index.html").write_text(_index(run, ids if labelled else {}, stats, time.perf_counter() - t0),
-                                    encoding="utf-8")
+    if isinstance(probe, Mapping):
+        write_probe_files(out, probe, ids, PAGE_SIZE)
+    (out / "index.html").write_text(_index(run, ids if labelled else {}, stats, time.perf_counter() - t0,
+                                           index_section(probe)), encoding="utf-8")
 
 
 def _labelled(run: Run) -> bool:

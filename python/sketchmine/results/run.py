@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError, closest
-from sketchmine.results import distribution, importance_store, summaries
+from sketchmine.results import distribution, effects, importance_store, summaries
 from sketchmine.results.summaries import class_counts
 from sketchmine.stats import topk
 from sketchmine.stats.classstats import RunningClassStats, num_classes_for, restore
@@ -372,6 +372,18 @@ class Run:
     def max_mean(self, layer: str) -> np.ndarray:
         """(C,) mean of each unit's non-NaN image maxima."""
         return distribution.max_mean(self, layer)
+    # ---- unit effects and correlated units: results/effects.py (sketchmine effects) -----------
+    def unit_effects(self, layer: str, kind: str = "prob") -> pd.DataFrame:
+        """unit × class: mean change of each class's probability (kind="prob") or logit
+        ("logit") when the unit is zeroed, ablated minus clean, over all images."""
+        return effects.read_effects(self, layer, kind)
+
+    def correlated_units(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(unit (C, m) int32, r (C, m) float32): each unit's most correlated units in the layer."""
+        return effects.read_correlated(self, layer)
+
+    def has_unit_effects(self, layer: str) -> bool:
+        return effects.has_effects(self, layer)
 
 
 def check_count(n: int) -> int:

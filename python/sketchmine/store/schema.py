@@ -126,3 +126,14 @@ DISTRIBUTION_ARRAYS: dict[str, str] = {
 }
 """layers/<name>/<array> of the distribution accumulators, written whole by the mining pass
 (layer_array(layer, name)). Runs mined before them lack these arrays; readers say so."""
+# ---- unit effects and correlated units (sketchmine effects), layer_result groups ------------
+EFFECTS = "effects"
+EFFECT_ARRAYS = {"logit": "logit_delta", "prob": "prob_delta"}
+"""layers/<name>/effects/{logit_delta, prob_delta}: float64 (C, K), the mean change of each
+class's logit / softmax probability when the unit is zeroed (ablated minus clean, mean over
+all the run's images). attrs: images, method, units_per_pass, ablation, delta."""
+CORRELATED = "correlated"
+CORRELATED_ARRAYS = {"unit": "int32", "r": "float32"}
+"""layers/<name>/correlated/{unit, r}: (C, m) the m units of the same layer whose image maxima
+correlate most with each unit (Pearson r, largest first; unit -1 and r NaN pad). attrs: m,
+images, nonfinite, block_units, order."""

@@ -1,0 +1,41 @@
+"""`sketchmine probe RUN --out DIR` and the probe step of `sketchmine report`: export the run's
+model for the report's live probe page (passes.probe), or say why there is none."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+
+from sketchmine.errors import SketchmineError
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("probe", help="export RUN's model for the live probe page (drawing → predictions and units "
+                                     "in the browser); `sketchmine report` includes it when the model loads")
+    p.add_argument("run")
+    p.add_argument("--out", required=True, help="folder for probe.html (new or empty)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="the model's input size when the run records none")
+
+
+def report_probe(run: str, skip: bool = False) -> Mapping[str, bytes] | str:
+    """The probe's files for `sketchmine report`, or why there are none (shown on the report's index)."""
+    if skip:
+        return "left out with --no-probe"
+    from sketchmine.passes.probe import build_probe
+
+    try:
+        return build_probe(run)
+    except SketchmineError as exc:
+        return str(exc)
+
+
+def run_probe(args: argparse.Namespace, console: Console) -> None:
+    from sketchmine.passes.probe import build_probe
+    from sketchmine.present.console import safe
+    from sketchmine.present.report_probe import write_probe_folder
+
+    page = write_probe_folder(args.out, build_probe(args.run, size=tuple(args.size) if args.size else None))
+    console.print(f"probe written: open {safe(page)}")

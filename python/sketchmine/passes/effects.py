@@ -1,0 +1,146 @@
+"""What each unit does to the output: for every unit of a tapped layer, the mean change of
+each class's logit and softmax probability when the unit is zeroed (ablated minus clean,
+mean over ALL the run's images: no labels needed), and the units of the same layer whose
+image maxima correlate most with it (stats/correlation.py), in one pass over the dataset.
+
+The ablation is importance's (ablation.py: the network split at the layer, or replicated,
+`units_per_pass` units zeroed per tail run); the clean forward of each chunk also gives the
+image maxima the correlations need. Results are stored by results/effects.py and read back
+with `Run.unit_effects(layer, kind)` and `Run.correlated_units(layer)`.
+
+The output layer (the Linear computing the logits) is ablated like any layer: zeroing unit c
+sets logit c to 0, so its row of logit_delta is minus the mean logit c in column c and 0
+elsewhere. The virtual 'softmax' layer has no module to zero and is refused; recurrent
+layers are ablated at every step (as importance), their '.cell' views are refused.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from sketchmine.data import MinerDataset
+from sketchmine.device import as_device
+from sketchmine.errors import SketchmineError
+from sketchmine.model.taps import SOFTMAX
+from sketchmine.passes.ablation import Replicate, choose_ablator, image_batches, unit_groups
+from sketchmine.results.effects import write_effects
+from sketchmine.results.run import Run, open_run
+from sketchmine.stats.correlation import BLOCK_UNITS, Correlated, image_maxima, top_correlated
+
+__all__ = ["Correlated", "Effects", "ablation_effects", "check_ablatable", "unit_effects"]
+
+DELTA = "ablated minus clean, mean over all images of the dataset (labels not used)"
+
+
+@dataclass
+class Effects:
+    """logit_delta, prob_delta (units, classes) float64; maxima (images, units) float32: the
+    clean image maxima (for the correlations); attrs: how they were computed."""
+
+    logit_delta: np.ndarray
+    prob_delta: np.ndarray
+    maxima: np.ndarray
+    attrs: dict[str, Any]
+
+
+def check_ablatable(layer: str, net: nn.Module | None = None) -> None:
+    """Refuse, before any computation, a layer no unit of which can be zeroed: the virtual
+    'softmax' output, and (given the model) an LSTM's read-only '.cell' view."""
+    if layer == SOFTMAX:
+        raise SketchmineError("layer 'softmax' is the model's output (virtual): it has no module to zero; its units "
+                              "are the classes, ablate the layer that computes the logits instead")
+    if net is not None:
+        Replicate(net, layer)  # resolves the module and its ablation dims, or says why not
+
+
+def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_size: int = 256,
+                     device: str | torch.device = "cpu", units_per_pass: int | None = None) -> Effects:
+    """Zero each unit of `layer` in turn over `dataset` (batched as ablation.py) and average
+    the change of every class's logit and probability; keep the clean image maxima."""
+    check_ablatable(layer)
+    device = torch.device(device)
+    net = net.eval().to(device)
+    ablator: Replicate | None = None
+    groups: list[list[int]] = []
+    logit_sum = prob_sum = torch.zeros(0, dtype=torch.float64)
+    maxima: list[torch.Tensor] = []
+    n_images = 0
+    with torch.inference_mode():
+        for _, x in image_batches(dataset, batch_size):
+            x = x.to(device)
+            if ablator is None:
+                ablator = choose_ablator(net, layer, x, Replicate(net, layer).base(x)[0])
+            state = ablator.prepare(x)
+            logits, act = ablator.base(state)
+            maxima.append(image_maxima(act).cpu())
+            if not groups:
+                groups = unit_groups(act.shape, units_per_pass)
+                logit_sum = torch.zeros(act.shape[1], logits.shape[1], dtype=torch.float64)
+                prob_sum = torch.zeros_like(logit_sum)
+            base = logits.double()
+            base_p = torch.softmax(base, 1)
+            for group in groups:
+                units = slice(group[0], group[-1] + 1)  # groups are runs of consecutive units
+                out = ablator.run(state, group, len(group)).double().view(len(group), len(x), -1)
+                logit_sum[units] += (out - base[None]).sum(1).cpu()
+                prob_sum[units] += (torch.softmax(out, 2) - base_p[None]).sum(1).cpu()
+            n_images += len(x)
+    if not n_images:
+        raise SketchmineError("the dataset is empty: no images to ablate over")
+    return Effects(
+        logit_delta=(logit_sum / n_images).numpy(), prob_delta=(prob_sum / n_images).numpy(),
+        maxima=torch.cat(maxima).numpy(),
+        attrs={"images": n_images, "classes": int(logit_sum.shape[1]),
+               "method": ablator.method if ablator else None, "units_per_pass": len(groups[0]) if groups else 0,
+               "ablation": "unit zeroed at every position (a recurrent unit: in the layer's output, every step)",
+               "delta": DELTA})
+
+
+def unit_effects(run: Run | str | os.PathLike, layers: str | list[str], model: Any = None, data: Any = None,
+                 *, weights: str | os.PathLike | None = None, batch_size: int = 256,
+                 device: str | torch.device = "cpu", units_per_pass: int | None = None, correlated: int = 8,
+                 block_units: int = BLOCK_UNITS) -> pd.DataFrame:
+    """Compute and store, for each unit of `layers` (a name or a list) of a mined run, its
+    effects on every class (logit and probability) and its `correlated` most correlated units;
+    returns the (last) layer's probability effects as `Run.unit_effects` reads them back.
+
+    model/data: as mined; None reloads them from the run's record (reload.py); the model's
+    weights must be those the run was mined with. block_units bounds the correlation's memory
+    (stats/correlation.py). Every layer is checked before any computation.
+    """
+    for name, value, low in (("batch_size", batch_size, 1), ("correlated", correlated, 1),
+                             ("block_units", block_units, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise SketchmineError(f"{name} must be a whole number of at least {low}, got {value!r}")
+    if units_per_pass is not None and (isinstance(units_per_pass, bool) or not isinstance(units_per_pass, int)
+                                       or units_per_pass < 1):
+        raise SketchmineError(f"units_per_pass must be at least 1 (or None to size passes by memory), "
+                              f"got {units_per_pass!r}")
+    device = as_device(device)
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if not names:
+        raise SketchmineError("no layer given; name the layers to ablate")
+    run = run if isinstance(run, Run) else open_run(run)
+    for name in names:
+        run.layer_attrs(name)  # a layer the run does not have is refused with the run's layers
+        check_ablatable(name)
+    from sketchmine.passes import reload
+
+    loaded = reload.run_model(run, model, weights)
+    if not isinstance(loaded.module, nn.Module):
+        raise SketchmineError(f"run {run.path}: unit effects need the torch model (pass model=...)")
+    for name in names:
+        check_ablatable(name, loaded.module)
+    ds = reload.run_dataset(run, data)
+    for name in names:
+        result = ablation_effects(loaded.module, ds, name, batch_size, device, units_per_pass)
+        corr = top_correlated(result.maxima, correlated, block_units, device)
+        write_effects(run, name, result, corr)
+    return open_run(run.path).unit_effects(names[-1])
+

@@ -1,0 +1,316 @@
+// sketchmine live probe: draw, and watch the run's model respond, in the browser.
+// The model runs in onnxruntime-web (WebAssembly, one thread). Everything is loaded by <script>
+// tags (probe/ort.wasm.min.js, probe/ort-loader.js and wasm-NNN.js: the runtime's loader and its .wasm
+// in base64 pieces; model.js: metadata; graph-NNN.js: the ONNX graph in base64 pieces), because
+// Chromium loads neither .wasm nor ES modules from file://.
+// The graph holds the run's preprocessing (/255, channels, normalisation); this script brings the
+// canvas to the model's input size with the miner's resize (torch's antialiased bilinear).
+// window.sketchmine.probe(pixels) is the one inference function: tests and the UI both call it.
+(function () {
+  "use strict";
+  var M = window.sketchmineProbeModel;
+  var LINKS = window.sketchmineProbeLinks || null;
+  var H = M.size[0], W = M.size[1];
+  var S = Math.max(1, Math.ceil(280 / Math.max(H, W)));  // canvas pixels per model pixel
+  var status = document.getElementById("probe-status");
+  var session = null, lastMaps = {}, queue = Promise.resolve();
+  // latencies: ms from the first change an update covers to its predictions shown;
+  // strokeLatencies: ms from a stroke's end (pointerup) to the predictions that include it
+  var api = { meta: M, updates: 0, lastLatency: null, latencies: [], strokeLatencies: [] };
+  window.sketchmine = api;
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    if (text !== undefined && text !== null) { e.textContent = String(text); }
+    return e;
+  }
+  function b64(s) {
+    if (typeof Uint8Array.fromBase64 === "function") { return Uint8Array.fromBase64(s); }
+    var b = atob(s), a = new Uint8Array(b.length);
+    for (var i = 0; i < b.length; i++) { a[i] = b.charCodeAt(i); }
+    return a;
+  }
+
+  function pieces(kind) {
+    // the base64 pieces the probe/<kind>-NNN.js scripts pushed, decoded into one array
+    var parts = (window.sketchmineChunks[kind] || []).map(b64), n = 0, at = 0;
+    parts.forEach(function (p) { n += p.length; });
+    var all = new Uint8Array(n);
+    parts.forEach(function (p) { all.set(p, at); at += p.length; });
+    window.sketchmineChunks[kind] = null;
+    return all;
+  }
+
+  // ---- the miner's resize: torch.nn.functional.interpolate(mode="bilinear", antialias=True) ----
+  function aaTaps(inSize, outSize) {
+    var scale = inSize / outSize, support = scale >= 1 ? scale : 1, inv = scale >= 1 ? 1 / scale : 1, taps = [];
+    for (var i = 0; i < outSize; i++) {
+      var center = scale * (i + 0.5);
+      var lo = Math.max(Math.trunc(center - support + 0.5), 0), hi = Math.min(Math.trunc(center + support + 0.5), inSize);
+      var w = [], total = 0;
+      for (var j = lo; j < hi; j++) { var x = Math.abs((j - center + 0.5) * inv); var v = x < 1 ? 1 - x : 0; w.push(v); total += v; }
+      for (var k = 0; k < w.length; k++) { w[k] = total > 0 ? w[k] / total : 0; }
+      taps.push({ lo: lo, w: w });
+    }
+    return taps;
+  }
+  function resize(grey, w, h, ow, oh) {
+    // grey: Float32Array h*w (0-255) → Float64Array oh*ow; separable, width first
+    if (w === ow && h === oh) { return Float64Array.from(grey); }
+    var tx = aaTaps(w, ow), ty = aaTaps(h, oh), mid = new Float64Array(h * ow), out = new Float64Array(oh * ow);
+    for (var y = 0; y < h; y++) {
+      for (var x = 0; x < ow; x++) { var t = tx[x], s = 0; for (var k = 0; k < t.w.length; k++) { s += t.w[k] * grey[y * w + t.lo + k]; } mid[y * ow + x] = s; }
+    }
+    for (var yy = 0; yy < oh; yy++) {
+      var u = ty[yy];
+      for (var xx = 0; xx < ow; xx++) { var s2 = 0; for (var k2 = 0; k2 < u.w.length; k2++) { s2 += u.w[k2] * mid[(u.lo + k2) * ow + xx]; } out[yy * ow + xx] = s2; }
+    }
+    return out;
+  }
+  function toBytes(values) {
+    var px = new Uint8Array(values.length);
+    for (var i = 0; i < values.length; i++) { px[i] = Math.min(255, Math.max(0, Math.round(values[i]))); }
+    return px;
+  }
+  function luma(data, n) {
+    // RGBA bytes → grey floats, the miner's LUMA (alpha dropped, as the miner does)
+    var g = new Float32Array(n);
+    for (var i = 0; i < n; i++) { g[i] = 0.299 * data[4 * i] + 0.587 * data[4 * i + 1] + 0.114 * data[4 * i + 2]; }
+    return g;
+  }
+
+  // ---- inference ----
+  function topUnits(values, n) {
+    var idx = [];
+    for (var i = 0; i < values.length; i++) { idx.push(i); }
+    idx.sort(function (a, b) { return values[b] - values[a] || a - b; });
+    return idx.slice(0, n).map(function (u) { return [u, values[u]]; });
+  }
+  api.probe = function (pixels) {
+    if (!session) { return Promise.reject(new Error("the probe's model is not loaded yet (await sketchmine.ready)")); }
+    if (!pixels || pixels.length !== H * W) {
+      return Promise.reject(new Error("probe(pixels) takes the model's input, " + H + "×" + W + " = " + (H * W) +
+                                      " grey values 0-255, row-major; got " + (pixels ? pixels.length : pixels)));
+    }
+    var x = new Float32Array(H * W);
+    for (var i = 0; i < x.length; i++) { x[i] = pixels[i]; }
+    var run = queue.then(function () { return session.run({ pixels: new ort.Tensor("float32", x, [1, 1, H, W]) }); });
+    queue = run.catch(function () { return null; });
+    return run.then(function (out) {
+      var layers = {}, maps = {};
+      M.layers.forEach(function (l, i) {
+        layers[l.name] = topUnits(out["max" + i].data, M.top);
+        if (l.grid) { maps[l.name] = out["map" + i].data; }
+      });
+      lastMaps = maps;
+      return { probs: Array.from(out.probs.data), layers: layers };
+    });
+  };
+
+  // ---- the drawing pad ----
+  var pad = document.getElementById("pad"), ctx = pad.getContext("2d", { willReadFrequently: true });
+  pad.width = W * S; pad.height = H * S;
+  var INK = M.ink === "light" ? "#ffffff" : "#000000", BG = M.ink === "light" ? "#000000" : "#ffffff";
+  var strokes = [], current = null, base = null;  // base: {grey, w, h, img} of a loaded or picked image
+  var width = document.getElementById("width");
+  width.min = 1; width.max = String(8 * S); width.value = String(Math.round(2.5 * S));
+
+  function redraw() {
+    ctx.fillStyle = BG;
+    ctx.fillRect(0, 0, pad.width, pad.height);
+    if (base) { ctx.imageSmoothingEnabled = !base.exact; ctx.drawImage(base.img, 0, 0, pad.width, pad.height); }
+    strokes.forEach(function (s) {
+      ctx.strokeStyle = INK; ctx.fillStyle = INK; ctx.lineWidth = s.w; ctx.lineCap = "round"; ctx.lineJoin = "round";
+      if (s.pts.length === 1) { ctx.beginPath(); ctx.arc(s.pts[0][0], s.pts[0][1], s.w / 2, 0, 2 * Math.PI); ctx.fill(); return; }
+      ctx.beginPath(); ctx.moveTo(s.pts[0][0], s.pts[0][1]);
+      for (var i = 1; i < s.pts.length; i++) { ctx.lineTo(s.pts[i][0], s.pts[i][1]); }
+      ctx.stroke();
+    });
+  }
+  function empty() { return strokes.length === 0 && !base; }
+  api.pixels = function () {
+    // the model's input as the probe sends it: H×W grey bytes (row-major)
+    if (base && strokes.length === 0) { return toBytes(resize(base.grey, base.w, base.h, W, H)); }
+    var d = ctx.getImageData(0, 0, pad.width, pad.height).data;
+    return toBytes(resize(luma(d, pad.width * pad.height), pad.width, pad.height, W, H));
+  };
+  api.canvasPixels = function () {
+    // the canvas itself, grey (for measuring the resize against torch's)
+    return Array.from(luma(ctx.getImageData(0, 0, pad.width, pad.height).data, pad.width * pad.height));
+  };
+  api.canvasSize = [pad.height, pad.width];
+
+  // ---- live updates: one inference at a time, always on the latest drawing ----
+  var busy = false, dirty = false, since = null, upAt = null;
+  function changed(t) {
+    if (since === null) { since = t; }
+    if (busy) { dirty = true; return; }
+    update();
+  }
+  function update() {
+    var t0 = since, up = upAt; since = null; upAt = null; dirty = false;
+    if (empty()) {
+      document.getElementById("hint").textContent = "Empty canvas: draw a shape (" + M.ink + " ink on a " +
+        (M.ink === "light" ? "dark" : "light") + " background), or load or pick an image.";
+      document.getElementById("preds").textContent = "";
+      document.getElementById("layers").textContent = "";
+      document.body.setAttribute("data-empty", "1");
+      api.updates++;
+      return;
+    }
+    document.getElementById("hint").textContent = "";
+    document.body.removeAttribute("data-empty");
+    busy = true;
+    var px = api.pixels();
+    api.probe(px).then(function (r) {
+      show(r, px);
+      api.updates++;
+      var now = performance.now();
+      if (t0 !== null) { api.lastLatency = now - t0; api.latencies.push(api.lastLatency); }
+      if (up !== null) { api.strokeLatencies.push(now - up); }
+    }, function (e) { status.textContent = "probe failed: " + e; }).then(function () {
+      busy = false;
+      if (dirty) { update(); }
+    });
+  }
+
+  function heat(map, grid, px) {
+    // the unit's map over the drawing: the input in grey, the map stretched over it in red
+    var c = el("canvas", "heat");
+    c.width = W; c.height = H;
+    var g = c.getContext("2d"), img = g.createImageData(W, H);
+    for (var i = 0; i < H * W; i++) { img.data[4 * i] = img.data[4 * i + 1] = img.data[4 * i + 2] = px[i] * 0.6; img.data[4 * i + 3] = 255; }
+    g.putImageData(img, 0, 0);
+    var m = el("canvas"); m.width = grid[1]; m.height = grid[0];
+    var mg = m.getContext("2d"), mi = mg.createImageData(grid[1], grid[0]), hi = 0;
+    for (var k = 0; k < map.length; k++) { hi = Math.max(hi, map[k]); }
+    for (var j = 0; j < map.length; j++) {
+      var v = hi > 0 ? Math.max(0, map[j]) / hi : 0;
+      mi.data[4 * j] = 255; mi.data[4 * j + 1] = 60; mi.data[4 * j + 2] = 0; mi.data[4 * j + 3] = Math.round(220 * v);
+    }
+    mg.putImageData(mi, 0, 0);
+    g.imageSmoothingEnabled = true;
+    g.drawImage(m, 0, 0, W, H);
+    return c;
+  }
+
+  function show(r, px) {
+    var order = topUnits(r.probs, Math.min(5, r.probs.length));
+    var preds = document.getElementById("preds");
+    preds.textContent = "";
+    order.forEach(function (p) {
+      var row = el("tr");
+      row.appendChild(el("td", null, M.classes[p[0]] !== undefined ? M.classes[p[0]] : "class " + p[0]));
+      var bar = el("td", "num");
+      var b = el("span", "bar"); b.style.width = Math.round(p[1] * 120) + "px";
+      bar.appendChild(b); bar.appendChild(document.createTextNode(" " + (p[1] * 100).toFixed(1) + "%"));
+      row.appendChild(bar);
+      preds.appendChild(row);
+    });
+    var box = document.getElementById("layers");
+    box.textContent = "";
+    M.layers.forEach(function (l) {
+      var sec = el("div", "probe-layer");
+      sec.appendChild(el("h3", null, l.name + " (" + l.units + " units)"));
+      var row = el("div", "probe-units");
+      r.layers[l.name].forEach(function (uv) {
+        var card = el("div", "probe-unit");
+        var lid = LINKS && LINKS.layers[l.name];
+        var label = lid ? el("a", null, "unit " + uv[0]) : el("span", null, "unit " + uv[0]);
+        if (lid) { label.href = "layers/" + lid + ".html#page=" + (Math.floor(uv[0] / LINKS.page_size) + 1); }
+        card.appendChild(label);
+        card.appendChild(el("div", "num", uv[1].toPrecision(4)));
+        if (l.grid && lastMaps[l.name]) {
+          var n = l.grid[0] * l.grid[1];
+          card.appendChild(heat(lastMaps[l.name].subarray(uv[0] * n, (uv[0] + 1) * n), l.grid, px));
+        }
+        row.appendChild(card);
+      });
+      sec.appendChild(row);
+      box.appendChild(sec);
+    });
+  }
+
+  // ---- input: pointer events (mouse, pen, touch), undo, clear, images ----
+  function at(e) { var r = pad.getBoundingClientRect(); return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height]; }
+  pad.addEventListener("pointerdown", function (e) {
+    e.preventDefault();
+    pad.setPointerCapture(e.pointerId);
+    current = { w: parseFloat(width.value), pts: [at(e)] };
+    strokes.push(current);
+    redraw(); changed(e.timeStamp);
+  });
+  pad.addEventListener("pointermove", function (e) {
+    if (!current) { return; }
+    current.pts.push(at(e));
+    redraw(); changed(e.timeStamp);
+  });
+  function end(e) { if (current) { current = null; upAt = e.timeStamp; changed(e.timeStamp); } }
+  pad.addEventListener("pointerup", end);
+  pad.addEventListener("pointercancel", end);
+  document.getElementById("undo").addEventListener("click", function (e) { if (strokes.length) { strokes.pop(); } else { base = null; } redraw(); changed(e.timeStamp); });
+  document.getElementById("clear").addEventListener("click", function (e) { strokes = []; base = null; redraw(); changed(e.timeStamp); });
+  var note = document.getElementById("convert-note");
+  document.getElementById("file").addEventListener("change", function (e) {
+    var f = e.target.files && e.target.files[0];
+    if (!f) { return; }
+    var img = new Image();
+    img.onload = function () {
+      var c = el("canvas"); c.width = img.naturalWidth; c.height = img.naturalHeight;
+      var g = c.getContext("2d"); g.drawImage(img, 0, 0);
+      var n = c.width * c.height, d = g.getImageData(0, 0, c.width, c.height).data, colour = false;
+      for (var i = 0; i < n && !colour; i++) { colour = d[4 * i] !== d[4 * i + 1] || d[4 * i] !== d[4 * i + 2]; }
+      base = { grey: luma(d, n), w: c.width, h: c.height, img: img, exact: false };
+      strokes = [];
+      note.textContent = "Loaded " + f.name + ": " + c.width + "×" + c.height + (colour ? " colour, made grey by luma (0.299 R + 0.587 G + 0.114 B)" : " grey") +
+        ((c.width !== W || c.height !== H) ? ", resized to " + W + "×" + H + " by antialiased bilinear" : "") + ", as the miner converts images.";
+      redraw(); changed(performance.now());
+    };
+    img.src = URL.createObjectURL(f);
+  });
+  function pick(im) {
+    var px = b64(im.pixels), c = el("canvas"); c.width = W; c.height = H;
+    var g = c.getContext("2d"), d = g.createImageData(W, H);
+    for (var i = 0; i < H * W; i++) { d.data[4 * i] = d.data[4 * i + 1] = d.data[4 * i + 2] = px[i]; d.data[4 * i + 3] = 255; }
+    g.putImageData(d, 0, 0);
+    base = { grey: Float32Array.from(px), w: W, h: H, img: c, exact: true };
+    strokes = [];
+    note.textContent = "Dataset image " + im.index + (im.cls !== null ? " (" + im.cls + ")" : "") + ", at the model's input size.";
+    redraw(); changed(performance.now());
+  }
+  var gallery = document.getElementById("images");
+  document.getElementById("pick").addEventListener("click", function () {
+    if (!M.images.length) { gallery.textContent = M.images_note; return; }
+    gallery.hidden = !gallery.hidden;
+  });
+  M.images.forEach(function (im) {
+    var px = b64(im.pixels), c = el("canvas", "thumb"); c.width = W; c.height = H;
+    var g = c.getContext("2d"), d = g.createImageData(W, H);
+    for (var i = 0; i < H * W; i++) { d.data[4 * i] = d.data[4 * i + 1] = d.data[4 * i + 2] = px[i]; d.data[4 * i + 3] = 255; }
+    g.putImageData(d, 0, 0);
+    c.title = (im.cls || "") + " #" + im.index;
+    c.addEventListener("click", function () { pick(im); });
+    gallery.appendChild(c);
+  });
+  gallery.hidden = true;
+
+  // ---- start ----
+  redraw();
+  api.loadTimes = { scriptsLoaded: performance.now() };  // ms since navigation
+  api.ready = (function () {
+    ort.env.wasm.numThreads = 1;
+    ort.env.wasm.wasmPaths = { mjs: URL.createObjectURL(new Blob([window.sketchmineOrtMjs], { type: "text/javascript" })) };
+    ort.env.wasm.wasmBinary = pieces("wasm");
+    var graph = pieces("graph");
+    api.loadTimes.decoded = performance.now();
+    return ort.InferenceSession.create(graph, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+  })().then(function (s) {
+    session = s;
+    api.loadTimes.session = performance.now();
+    status.textContent = "model loaded (" + M.model + ", input " + H + "×" + W + ", onnxruntime-web " + M.ort + ", WebAssembly, one thread)";
+    document.body.setAttribute("data-ready", "1");
+    changed(performance.now());
+    return api;
+  }, function (e) { status.textContent = "the model could not be loaded: " + e; throw e; });
+}());

@@ -1,0 +1,97 @@
+"""The report's live probe page: writes the files `passes.probe.build_probe` made (the model as
+ONNX, onnxruntime-web) beside probe.html and assets/probe.js. The report stays a reader: it
+runs no model; without a probe it says on the index page why there is none.
+
+    out/probe.html          the drawing pad, predictions and the units that fire most
+    out/assets/probe.js     the page's script (window.sketchmine.probe)
+    out/probe/model.js      metadata; graph-NNN.js: the graph (base64 pieces); ort.wasm.min.js,
+                            ort-loader.js, wasm-NNN.js: the runtime (onnxruntime-web), embedded
+    out/probe/links.js      layer name → report page id, for the unit links (absent in a probe-only folder)
+"""
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+
+from sketchmine.errors import SketchmineError
+
+e = html.escape
+
+NO_PROBE = ("written without the model (write_report reads the store only); `sketchmine report RUN --out DIR` "
+            "adds the probe when the run's model can be loaded")
+"""Why a report has no probe when the caller said nothing."""
+
+MARKER = ".sketchmine-probe"
+
+
+def probe_page(meta_note: str, linked: bool, names: list[str]) -> str:
+    """The page; `names`: the probe's files, loaded in order: the runtime, its loader and WebAssembly
+    pieces, the metadata, the graph pieces, then the page's script."""
+    back = '<p><a href="index.html">← report</a></p>' if linked else ""
+    order = (["links.js"] if linked else []) + ["ort.wasm.min.js", "ort-loader.js"] + \
+        sorted(n for n in names if n.startswith("wasm-")) + ["model.js"] + sorted(n for n in names if n.startswith("graph-"))
+    scripts = "".join(f'<script src="probe/{e(s)}"></script>' for s in order) + '<script src="assets/probe.js"></script>'
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>live probe — sketchmine</title>'
+            '<link rel="stylesheet" href="assets/report.css"></head>\n<body class="probe-page">\n'
+            f'{back}<h1>Live probe</h1><p id="probe-status">loading the model…</p>'
+            f'<p class="note">{e(meta_note)}</p>'
+            '<div class="probe"><div class="probe-left">'
+            '<canvas id="pad" style="touch-action:none"></canvas>'
+            '<div class="tools"><button id="undo">undo</button> <button id="clear">clear</button> '
+            '<label>stroke width <input id="width" type="range"></label></div>'
+            '<div class="tools"><label>load an image <input id="file" type="file" accept="image/*"></label> '
+            '<button id="pick">pick a dataset image</button></div>'
+            '<p id="hint" class="note"></p><p id="convert-note" class="note"></p><div id="images"></div></div>'
+            '<div class="probe-right"><h2>Prediction</h2><table id="preds"></table><div id="layers"></div></div></div>\n'
+            f'{scripts}\n</body></html>\n')
+
+
+def write_probe_files(out: Path, probe: Mapping[str, bytes], links: dict[str, str] | None, page_size: int) -> str:
+    """probe.html, assets/probe.js and probe/*; returns the page's note (from the graph's metadata)."""
+    (out / "probe").mkdir(exist_ok=True)
+    (out / "assets").mkdir(exist_ok=True)
+    for name, data in probe.items():
+        if "/" in name or name.startswith("."):
+            raise SketchmineError(f"probe file name {name!r} must be a plain file name")
+        (out / "probe" / name).write_bytes(data)
+    src = resources.files("sketchmine.present") / "report_assets"
+    (out / "assets" / "probe.js").write_text((src / "probe.js").read_text(encoding="utf-8"), encoding="utf-8")
+    if not (out / "assets" / "report.css").exists():
+        (out / "assets" / "report.css").write_text((src / "report.css").read_text(encoding="utf-8"), encoding="utf-8")
+    if links is not None:
+        (out / "probe" / "links.js").write_text("window.sketchmineProbeLinks = " + json.dumps(
+            {"layers": links, "page_size": page_size}).replace("<", "\\u003c") + ";\n")
+    text = probe["model.js"].decode()
+    meta = json.loads(text[text.index("=") + 1:text.index(";\n")])
+    note = (f"Model input {meta['size'][0]}×{meta['size'][1]}, preprocessing {meta['preprocessing']} inside the "
+            "ONNX graph; the canvas is brought to the input size by antialiased bilinear resampling (the miner's "
+            f"resize) and rounded to 0-255. Ink: {meta['ink']} ({meta['ink_why']}). Opens from file:// (the "
+            "WebAssembly runtime and the graph are embedded in scripts under probe/).")
+    for n in meta.get("notes") or []:
+        note += f" {n}."
+    (out / "probe.html").write_text(probe_page(note, links is not None, list(probe)), encoding="utf-8")
+    return note
+
+
+def index_section(probe: Mapping[str, bytes] | str | None) -> str:
+    """The index page's paragraph: a link to the probe, or why there is none."""
+    if isinstance(probe, Mapping):
+        return ('<h2>Live probe</h2><p><a href="probe.html" id="probe-link">Draw a sketch and watch the network</a> '
+                "(the model runs in this browser, offline).</p>")
+    why = NO_PROBE if probe is None else str(probe)
+    return f'<h2>Live probe</h2><p class="note" id="no-probe">No live probe: {e(why)}</p>'
+
+
+def write_probe_folder(out: str | Path, probe: Mapping[str, bytes]) -> Path:
+    """A probe-only folder (`sketchmine probe RUN --out DIR`): new, empty, or one this wrote before."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
+        raise SketchmineError(f"probe folder {out} exists and is not empty (and not a probe folder); choose a new "
+                              "or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    write_probe_files(out, probe, None, 0)
+    (out / MARKER).write_text(json.dumps({"sketchmine": "probe"}) + "\n")
+    return out / "probe.html"

@@ -1,0 +1,90 @@
+"""Unit effects and correlated units in the run store, written by the effects pass
+(passes/effects.py) and read back through `Run.unit_effects` / `Run.correlated_units`:
+
+    layers/<name>/effects/{logit_delta, prob_delta}   float64 (C, K): mean change of each
+        class's logit / probability when the unit is zeroed (ablated minus clean, mean over
+        all images); attrs images, classes, method, units_per_pass, ablation, delta
+    layers/<name>/correlated/{unit, r}   int32 / float32 (C, m): the m most correlated units
+        of the same layer (Pearson r of image maxima), -1 / NaN pad; attrs m, images, ...
+
+Each group is written as a unit (RunStore.write_result): an interrupted write leaves the
+earlier result, or none. Kept apart from the pass so run.py reads without importing it.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from sketchmine.errors import SketchmineError
+from sketchmine.store import schema
+
+if TYPE_CHECKING:  # annotations only: run.py imports this module
+    from sketchmine.passes.effects import Effects
+    from sketchmine.results.run import Run
+    from sketchmine.stats.correlation import Correlated
+
+KINDS = tuple(schema.EFFECT_ARRAYS)
+EFFECT_KEYS = tuple(schema.EFFECT_ARRAYS.values())
+CORRELATED_KEYS = tuple(schema.CORRELATED_ARRAYS)
+
+
+def write_effects(run: Run, layer: str, effects: Effects, correlated: Correlated) -> None:
+    """Store a layer's effects and correlated units (each group replacing an earlier one whole)."""
+    from sketchmine.store.runstore import RunLock, RunStore
+
+    run.layer_attrs(layer)  # a layer the run does not have is refused with the run's layers
+    lock = RunLock(run.path)
+    lock.acquire()
+    try:
+        store = RunStore.open(run.path, mode="r+")
+        store.write_result(layer, schema.CORRELATED,
+                           {key: np.asarray(getattr(correlated, key), dtype=dtype)
+                            for key, dtype in schema.CORRELATED_ARRAYS.items()}, dict(correlated.attrs))
+        store.write_result(layer, schema.EFFECTS,
+                           {key: np.asarray(getattr(effects, key), dtype=np.float64) for key in EFFECT_KEYS},
+                           dict(effects.attrs))
+    finally:
+        lock.release()
+
+
+def _missing(run: Run, layer: str, what: str) -> SketchmineError:
+    return SketchmineError(f"run {run.path} has no {what} for {layer!r}; compute them with "
+                           f"sketchmine effects {run.path} --layers {layer} (or sketchmine.unit_effects)")
+
+
+def has_effects(run: Run, layer: str) -> bool:
+    """True when `layer` has whole stored effects and correlated units."""
+    return (run.layer_result(layer, schema.EFFECTS, EFFECT_KEYS) is not None
+            and run.layer_result(layer, schema.CORRELATED, CORRELATED_KEYS) is not None)
+
+
+def read_effects(run: Run, layer: str, kind: str = "prob") -> pd.DataFrame:
+    """unit × class DataFrame (index "unit", columns the class names) of the mean change of
+    each class's probability (kind="prob") or logit (kind="logit") when the unit is zeroed:
+    ablated minus clean, mean over all images; the group's attrs in `.attrs`."""
+    if kind not in KINDS:
+        raise SketchmineError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
+    found = run.layer_result(layer, schema.EFFECTS, EFFECT_KEYS)
+    if found is None:
+        raise _missing(run, layer, "unit effects")
+    arrays, attrs = found
+    values = arrays[schema.EFFECT_ARRAYS[kind]]
+    names = run.class_names
+    columns = names if len(names) == values.shape[1] else [str(i) for i in range(values.shape[1])]
+    df = pd.DataFrame(values, index=pd.RangeIndex(values.shape[0], name="unit"),
+                      columns=pd.Index(columns, name="class"))
+    attrs.pop(schema.COMPLETE, None)
+    df.attrs.update({**attrs, "kind": kind})
+    return df
+
+
+def read_correlated(run: Run, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """(unit (C, m) int32, r (C, m) float32): per unit, the m units of the layer whose image
+    maxima correlate most with it, largest r first (-1 / NaN where fewer have a defined r)."""
+    found = run.layer_result(layer, schema.CORRELATED, CORRELATED_KEYS)
+    if found is None:
+        raise _missing(run, layer, "correlated units")
+    arrays, _ = found
+    return arrays["unit"], arrays["r"]
