@@ -39,12 +39,13 @@ def subset(demo_test_set):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, subset):
-    """The subset mined; features.6 visualized (its top-k, bottom-k and bin examples) and ranked
-    by importance."""
+    """The subset mined; features.6 visualized (its top-k, bottom-k and bin examples), ranked by
+    importance, its effects and correlated units computed; classifier.1 has none of these."""
     base = tmp_path_factory.mktemp("unitpage")
     r = sketchmine.mine("demo", subset, out=base / "run.zarr", batch_size=60, layers=LAYERS)
     sketchmine.visualize(r, [SHOWN], data=subset, batch_size=256, examples="all")
     sketchmine.unit_importance(r, SHOWN, dataset=subset)
+    sketchmine.unit_effects(r, SHOWN, data=subset)
     return sketchmine.open_run(r.path)
 
 
@@ -177,9 +178,48 @@ def test_unit_json_equals_the_run_readers(run):
         ex = run.quantile_examples(SHOWN)
         assert [[e["index"] for e in b["examples"]] for b in d["bins"]] == [[int(i) for i in row if i >= 0]
                                                                             for row in ex[u]]
-    # no effects pass was run: the note names the command that adds them
-    assert d["effects"] is None and d["correlated"] is None
-    assert "effects" in d["missing"]["effects"]
+    # effects: the unit's own (clean minus ablated, the stored change negated), largest first
+    change = run.unit_effects(SHOWN).loc[u].to_numpy()
+    effect = -change
+    up = [e["effect"] for e in d["effects"]["up"]]
+    assert up == sorted(up, reverse=True) and up[0] == float(effect.max()) and all(v > 0 for v in up)
+    down = [e["effect"] for e in d["effects"]["down"]]
+    assert down == sorted(down) and all(v < 0 for v in down)
+    if down:
+        assert down[0] == float(effect.min())
+    names = list(run.unit_effects(SHOWN).columns)
+    assert all(float(effect[names.index(e["class"])]) == e["effect"] for e in d["effects"]["up"] + d["effects"]["down"])
+    units, r = run.correlated_units(SHOWN)
+    assert [c["unit"] for c in d["correlated"]] == [int(v) for v in units[u] if v >= 0]
+    assert [c["r"] for c in d["correlated"]] == [float(v) for v, w in zip(r[u], units[u]) if w >= 0]
+    assert d["missing"] == {}
+    # a layer without effects: the note names the command that adds them
+    bare = _unit_json(run, BARE, 0)
+    assert bare["effects"] is None and "sketchmine effects" in bare["missing"]["effects"]
+    assert bare["histogram"] is not None  # mined with the distribution sketch: every layer has it
+
+
+def test_a_run_mined_before_the_distribution_says_how_to_add_it(tmp_path, run, browser):  # noqa: F811
+    """A copy of the run without the distribution arrays (as mined before them): the CLI and the
+    dashboard say what is missing and that mining again adds it; nothing fails."""
+    old = tmp_path / "old.zarr"
+    shutil.copytree(run.path, old)
+    for name in ("hist_edges", "hist_counts", "max_range", "sketch_counts", "sketch_top", "sketch_special",
+                 "example_edges", "example_index", "bottom_values", "bottom_image_index", "bottom_yx"):
+        shutil.rmtree(old / "layers" / SHOWN / name)
+    d = _unit_json(sketchmine.open_run(old), SHOWN, 3)
+    for section in ("histogram", "quantiles", "bins", "bottom"):
+        assert d[section] is None and "mine it again" in d["missing"][section], section
+    assert d["top"] and d["effects"] is not None
+    index = write_report(old, tmp_path / "rep", montages=0)
+    page, problems = _open(browser, (index.parent / "units" / "00-features.6.html").as_uri() + "#unit=3")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '3'")
+    for section in ("histogram", "bottom", "bins"):
+        assert "mine it again" in page.inner_text(f"[data-missing={section}]")
+    assert page.query_selector("#histogram") is None
+    page.wait_for_function("() => [...document.images].every(i => i.complete)")
+    total, ok = _images_ok(page)
+    assert total >= 2 * run.k and ok == total and problems == []
 
 
 def test_unit_tables_and_errors(run):
@@ -226,12 +266,18 @@ def test_report_unit_dashboard_in_chromium(tmp_path, run, browser):  # noqa: F81
     text = page.inner_text("#dash")
     assert "firing density" in text and "importance rank" in text and "classes among its top 9 images" in text
     assert run.class_names[run.labels[run.topk(SHOWN)[1][slides[0], 0]]] in page.inner_text("#examples")
-    assert "effects" in page.inner_text("[data-missing=effects]")
-    if hasattr(run, "histogram"):  # a run mined with the distribution sketch: its histogram, top-k marked
-        assert page.query_selector("#histogram") is not None
-        assert len(page.query_selector_all("#histogram .mark-top")) == run.k
-    else:
-        assert page.query_selector("[data-missing=histogram]") is not None
+    assert len(page.query_selector_all("#effects tbody tr")) >= 1
+    first = page.query_selector("#correlated a")  # a correlated unit opens its dashboard
+    other = int(first.get_attribute("href").split("=")[1])
+    first.click()
+    page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{other}'")
+    page.go_back()
+    page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{slides[0]}'")
+    assert page.query_selector("#histogram") is not None  # the histogram, the top-k, bottom-k and bins marked
+    assert len(page.query_selector_all("#histogram .mark-top")) == run.k
+    assert len(page.query_selector_all("#histogram .mark-bottom")) == run.k
+    assert len(page.query_selector_all("#histogram .mark-bin")) >= 2
+    assert page.query_selector("[data-missing]") is None
     page.click("#next-unit")
     page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{slides[0] + 1}'")
     page.click("#prev-unit")
@@ -249,6 +295,7 @@ def test_report_unit_dashboard_in_chromium(tmp_path, run, browser):  # noqa: F81
     page.goto((rep / "units" / "01-classifier.1.html").as_uri() + "#unit=7")
     page.wait_for_function("() => document.body.getAttribute('data-rendered') === '7'")
     assert f"sketchmine importance {run.path} --layers {BARE}" in page.inner_text("[data-missing=importance]")
+    assert "sketchmine effects" in page.inner_text("[data-missing=effects]")
     total, ok = _images_ok(page)
     assert ok == total and page.query_selector("#montage-link") is None
     assert problems == []
