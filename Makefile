@@ -1,8 +1,21 @@
 # Two entry points, each doing all set-up first: `make demo` and `make test`.
-PYTHON ?= python3
+# Everything goes into a project virtual environment, .venv (nothing is installed system-wide;
+# a Debian/Ubuntu interpreter refuses that anyway, PEP 668). The dependencies are pyproject.toml's:
+# its build requirements first (the compiled core is built against the torch it will run with,
+# so without build isolation), then the package with its [test] extra.
+#
+# VENV_FLAGS=--system-site-packages (the default) lets the venv reuse a torch the interpreter
+# already has (torch with its CUDA libraries is ~5 GB to download); anything missing or of
+# another version is installed into .venv. `make VENV_FLAGS= test` makes a fully isolated one.
+VENV ?= .venv
+VENV_FLAGS ?= --system-site-packages
+PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
-STAMP := build/.installed
+STAMP := $(VENV)/.sketchmine-installed
 SOURCES := setup.py pyproject.toml CMakeLists.txt $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+# pyproject.toml's [build-system] requires, read from the file (the first `requires = [...]` in it)
+BUILD_REQUIRES = $(shell python3 -c "import re; t = open('pyproject.toml').read(); \
+	print(' '.join(repr(r) for r in re.findall(r'\"([^\"]+)\"', re.search(r'requires = \[(.*?)\]', t, re.S)[1])))")
 
 .PHONY: demo test setup bench clean ort
 
@@ -24,16 +37,15 @@ bench: $(STAMP)
 
 setup: $(STAMP)
 
-# torch/torchvision come from this machine's disk; the extension is built against them
-# (no build isolation), with the CUDA kernels whenever nvcc is present.
-$(STAMP): $(SOURCES)
-	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PIP) install -q "setuptools>=68" wheel "pybind11>=2.12" "cmake>=3.18" ninja \
-		"numpy>=1.26" "zarr>=3.1.3,<4" "rich>=13" "pillow>=10" "pandas>=2" "pytest>=8" "hypothesis>=6.100" "ruff>=0.6" "mypy>=1.10" \
-		"onnx>=1.16" "onnxruntime>=1.18" "onnxscript>=0.2" \
-		"matplotlib>=3.7" "scipy>=1.10" "playwright>=1.40"
-	$(PIP) install -q --no-build-isolation -e .
-	mkdir -p build && touch $(STAMP)
+$(PYTHON):
+	python3 -m venv $(VENV_FLAGS) $(VENV)
+
+# torch/torchvision come from the package index pip is configured with (this machine's disk here);
+# the extension is built against them, with the CUDA kernels whenever nvcc is present.
+$(STAMP): $(PYTHON) $(SOURCES)
+	$(PIP) install -q $(BUILD_REQUIRES)
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	touch $(STAMP)
 
 clean:
-	rm -rf build python/sketchmine/_C*.so
+	rm -rf build python/sketchmine/_C*.so $(VENV)

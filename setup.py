@@ -1,8 +1,12 @@
 """Builds the compiled core sketchmine._C with CMake against the installed torch.
 
 Build with `pip install --no-build-isolation .` so the extension links the torch it
-will run with. The CUDA kernels are compiled whenever nvcc is on PATH and torch is a
-CUDA build; set SKETCHMINE_CUDA=0 to skip them (faster local CPU-only builds).
+will run with (an isolated build fetches torch==2.14.1 a second time, into the build
+environment). The CUDA kernels are compiled whenever nvcc is on PATH and torch is a
+CUDA build, for the architectures in TORCH_CUDA_ARCH_LIST when set (torch's syntax,
+"7.5;8.0;9.0+PTX"), else sm_75 to sm_90; set SKETCHMINE_CUDA=0 to skip them (faster
+local CPU-only builds). CMake and ninja are the `cmake`/`ninja` Python packages' binaries
+when installed (a system CMake may be too old for CUDA 20), else the ones on PATH.
 """
 from __future__ import annotations
 
@@ -16,6 +20,50 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+
+DEFAULT_CUDA_ARCHS = "75-real;80-real;90"
+"""sm_75 (Turing) to sm_90 (Hopper): machine code for sm_75, sm_80 (which sm_86 and sm_89 run: same
+major version) and sm_90, plus sm_90 PTX for newer GPUs. Each architecture adds to the build time
+(five took 22 minutes on the 2-core CI box)."""
+
+NO_TORCH = ("sketchmine builds its compiled core against the installed torch, and none is importable here. "
+            "Install torch first, then build without isolation:\n"
+            "    pip install torch==2.14.1 'setuptools>=68' wheel 'pybind11>=2.12' 'cmake>=3.18' ninja\n"
+            "    pip install --no-build-isolation .\n"
+            "(or run `make test`, which does both in a project .venv)")
+
+
+def cuda_architectures(spec: str | None) -> str:
+    """TORCH_CUDA_ARCH_LIST ("7.5;8.6 9.0+PTX") as CMake CUDA_ARCHITECTURES ("75-real;86-real;90");
+    the default when unset or empty. "X.Y" is machine code only, "+PTX" adds PTX (torch's meaning)."""
+    items = (spec or "").replace(",", ";").replace(" ", ";").split(";")
+    archs = []
+    for item in filter(None, (i.strip() for i in items)):
+        ptx = item.upper().endswith("+PTX")
+        number = item[:-4] if ptx else item
+        try:
+            major, minor = number.split(".")
+            code = f"{int(major)}{minor}"
+        except ValueError:
+            raise SystemExit(f"TORCH_CUDA_ARCH_LIST: cannot read {item!r}; expected e.g. '8.0;9.0+PTX'") from None
+        archs.append(code if ptx else f"{code}-real")
+    return ";".join(archs) or DEFAULT_CUDA_ARCHS
+
+
+def tool(name: str, module: str) -> str:
+    """The `cmake`/`ninja` binary of the Python package of that name (the one the build
+    requirements install, recent enough) when importable, else the one on PATH."""
+    try:
+        pkg = __import__(module)
+        path = Path(pkg.BIN_DIR if module == "ninja" else pkg.CMAKE_BIN_DIR) / name
+        if path.is_file():
+            return str(path)
+    except (ImportError, AttributeError):
+        pass
+    found = shutil.which(name)
+    if found is None and name == "cmake":
+        raise SystemExit("sketchmine's build needs CMake >= 3.18: pip install 'cmake>=3.18'")
+    return found or ""
 
 
 class CMakeExtension(Extension):
@@ -41,14 +89,19 @@ def _cuda_args(torch) -> list[str]:
         f"-DCMAKE_CUDA_COMPILER={nvcc}",
         f"-DCUDA_EXTRA_INCLUDE_DIRS={';'.join(map(str, includes))}",
         f"-DCUDA_RUNTIME_LIBRARY_DIR={libdir}",
+        f"-DSKETCHMINE_CUDA_ARCHITECTURES={cuda_architectures(os.environ.get('TORCH_CUDA_ARCH_LIST'))}",
     ]
 
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
         import pybind11
-        import torch
-        from torch.utils import cpp_extension
+
+        try:
+            import torch
+            from torch.utils import cpp_extension
+        except ImportError:
+            raise SystemExit(NO_TORCH) from None
 
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_dir = Path(self.build_temp).resolve() / "cmake"
@@ -62,11 +115,12 @@ class CMakeBuild(build_ext):
             f"-DTORCH_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
             "-DCMAKE_BUILD_TYPE=Release",
         ] + _cuda_args(torch)
-        if shutil.which("ninja"):
-            args.append("-GNinja")
-        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
+        cmake, ninja = tool("cmake", "cmake"), tool("ninja", "ninja")
+        if ninja:
+            args += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+        subprocess.run([cmake, "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
-        subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)
+        subprocess.run([cmake, "--build", str(build_dir), "-j", jobs], check=True)
         # CMake names the module with the interpreter's suffix; put it where setuptools expects.
         built = next(out_dir.glob("_C*.so"))
         target = Path(self.get_ext_fullpath(ext.name))

@@ -27,11 +27,13 @@ def folder(tmp_path, demo_test_set) -> Path:
     return export_image_folder(sub, tmp_path / "images")
 
 
-def assert_clean_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
-    assert proc.returncode == 2, proc.stderr + proc.stdout
+def assert_clean_error(proc: subprocess.CompletedProcess, pattern: str, code: int = 3) -> None:
+    """A one-line error last on stderr, no traceback; exit code 2 for a usage error (argparse's,
+    which points at --help), else `code` (3: input refused, 1: running failed)."""
     assert "Traceback" not in proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert lines and lines[-1].startswith("sketchmine: error:"), proc.stderr
+    assert proc.returncode == (2 if lines[-1].endswith("--help)") else code), proc.stderr + proc.stdout
     import re
 
     assert re.search(pattern, proc.stderr.replace("\n", " ")), proc.stderr
@@ -88,7 +90,7 @@ def test_other_channel_count_is_converted_once(tmp_path, folder):
         Image.open(p).convert("RGB").save(p)
     proc = sm("mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "r"), "--workers", "0")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("converting RGB images") == 1
+    assert proc.stderr.count("converting RGB images") == 1 and "converting" not in proc.stdout
     assert sketchmine.open_run(tmp_path / "r").attrs["converted_images"] == {"RGB": 3}
 
 

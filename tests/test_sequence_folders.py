@@ -120,7 +120,7 @@ def test_cli_mines_a_folder_as_the_models_drawings_and_reopens_it(gru_set, folde
 
     moved = tmp_path / "moved"
     shutil.copytree(light, moved)
-    assert main(["visualize", str(out), "--layers", "gru", "features.3", "--data", str(moved)]) == 0
+    assert main(["visualize", str(out), "--layers", "gru,features.3", "--data", str(moved)]) == 0
     sketchmine.visualize(ref, layers=["gru", "features.3"], data=SequenceDataset(gru_set, 8))
     run, ref = sketchmine.open_run(out), sketchmine.open_run(ref.path)
     for layer in ("gru", "features.3"):

@@ -33,10 +33,11 @@ def sm(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.Co
                           cwd=cwd, timeout=timeout, env=env)
 
 
-def one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
-    """Exit code 2 and exactly one stderr line, `sketchmine: error: …`, matching `pattern`."""
+def one_line_error(proc: subprocess.CompletedProcess, pattern: str, code: int = 3) -> None:
+    """Exactly one stderr line, `sketchmine: error: …`, matching `pattern`; exit code 2 for a usage
+    error (argparse's, which points at --help), else `code` (3: input refused, 1: running failed)."""
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert proc.returncode == 2, proc.stderr + proc.stdout
+    assert proc.returncode == (2 if lines and lines[-1].endswith("--help)") else code), proc.stderr + proc.stdout
     assert len(lines) == 1 and lines[0].startswith("sketchmine: error: "), proc.stderr
     assert re.search(pattern, lines[0]), lines[0]
 
@@ -60,7 +61,7 @@ def images(tmp_path_factory, demo_test_set) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(images) -> Path:
     out = images.parent / "run.zarr"
-    proc = sm("mine", "--model", "demo", "--data", str(images), "--out", str(out), "--layers", *LAYERS,
+    proc = sm("mine", "--model", "demo", "--data", str(images), "--out", str(out), "--layers", ",".join(LAYERS),
               "--batch-size", "100", "--workers", "0")
     assert proc.returncode == 0, proc.stderr
     return out
@@ -229,7 +230,7 @@ def small_disk(tmp_path):
 def test_report_on_a_full_disk_is_one_line_and_leaves_nothing(run_copy, small_disk):
     disk = small_disk("300k")
     proc = sm("report", str(run_copy), "--out", str(disk / "rep"))
-    one_line_error(proc, r"cannot write the report to .*rep: No space left on device")
+    one_line_error(proc, r"cannot write the report to .*rep: No space left on device", code=1)
     assert list(disk.iterdir()) == []  # the partial report was removed
 
 
@@ -237,7 +238,7 @@ def test_visualize_on_a_full_disk_prints_one_line_not_asyncio_noise(run_dir, sma
     disk = small_disk("2m")  # fills mid-visualize, with chunk writes in flight (measured)
     shutil.copytree(run_dir, disk / "run.zarr")
     proc = sm("visualize", str(disk / "run.zarr"), "--data", str(images), "--batch-size", "64")
-    one_line_error(proc, r"No space left on device.*re-run")
+    one_line_error(proc, r"No space left on device.*re-run", code=1)
 
 
 # ---- case 13: control characters and markup in names -----------------------------------------

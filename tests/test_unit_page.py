@@ -236,7 +236,7 @@ def test_unit_tables_and_errors(run):
                        ((SHOWN, "-1"), "unit -1 is not in layer"),
                        (("feature.6", "0"), "closest: features.6")):
         bad = sm("unit", str(run.path), *args)
-        assert bad.returncode == 2 and bad.stdout == ""
+        assert bad.returncode == SketchmineError.exit_code and bad.stdout == ""
         lines = bad.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("sketchmine: error: ") and said in lines[0], bad.stderr
 

@@ -153,11 +153,12 @@ class _Branchy(nn.Module):
         return self.fc(y.amax(dim=(2, 3)))
 
 
-def test_untraceable_model_and_runs_without_receptive_fields(tmp_path, tiny_set):
+def test_untraceable_model_and_runs_without_receptive_fields(tmp_path, tiny_set, caplog):
     model = _Branchy()
     out = tmp_path / "run.zarr"
-    with pytest.warns(UserWarning, match="no receptive fields"):
+    with caplog.at_level("WARNING", logger="sketchmine"):
         sketchmine.mine(model, tiny_set, layers=["conv", "fc"], k=2, out=out, batch_size=60)
+    assert any("no receptive fields" in r.getMessage() for r in caplog.records)
     with pytest.raises(SketchmineError, match="no receptive field for layer 'conv'"):
         visualize(out, ["conv"], model=model, data=tiny_set)
     with pytest.raises(SketchmineError, match="cannot trace _Branchy"):

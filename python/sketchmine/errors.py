@@ -7,7 +7,17 @@ from collections.abc import Iterable
 
 
 class SketchmineError(Exception):
-    """A user-facing error (bad input, incompatible run, unwritable output)."""
+    """A user-facing error: sketchmine refused the input as given (a bad dataset or option, an
+    unknown layer, a run it cannot resume). The CLI exits with `exit_code` (3)."""
+
+    exit_code = 3
+
+
+class SketchmineFailure(SketchmineError):
+    """A user-facing error where the input was fine but running failed (the disk filled, a write
+    or a compiler failed): re-running after fixing the machine goes on. CLI exit code 1."""
+
+    exit_code = 1
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:

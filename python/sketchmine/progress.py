@@ -5,6 +5,7 @@ Kept out of the passes' logic: they call `Progress` only; the CLI draws it with 
 """
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 
@@ -17,11 +18,11 @@ class Progress(Protocol):
 
 
 class Silent:
-    """No bar; notes become warnings (the API's default, so nothing is lost unseen)."""
+    """No bar; notes go to the `sketchmine` logger at WARNING level (the API's default:
+    Python shows warnings of an unconfigured logger on stderr, so nothing is lost unseen, and
+    `logging.getLogger("sketchmine").setLevel(logging.ERROR)` silences them)."""
 
     def start(self, total: int, done: int) -> None: ...
     def advance(self, n: int) -> None: ...
     def note(self, message: str) -> None:
-        import warnings
-
-        warnings.warn(message, stacklevel=3)
+        logging.getLogger("sketchmine").warning(message)

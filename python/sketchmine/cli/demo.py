@@ -48,14 +48,15 @@ def mine_and_visualize(model: str, out: Path, batch_size: int, console: Console)
     from sketchmine.mining.miner import mine
     from sketchmine.passes.visualize import visualize
     from sketchmine.present.console import RichProgress, safe
+    from sketchmine.present.logs import err_console
 
     console.print(f"[bold]{model}[/] → {safe(out)}")
-    bar = RichProgress(console)
+    bar = RichProgress(err_console())  # progress on stderr, results on stdout
     try:
         run = mine(model, animal_shape_test(model), out=out, batch_size=batch_size, progress=bar)
     finally:
         bar.stop()
-    vbar = RichProgress(console, "visualizing", unit="units")
+    vbar = RichProgress(err_console(), "visualizing", unit="units")
     try:
         return visualize(run, batch_size=VISUALIZE_BATCH, progress=vbar)
     finally:

@@ -1,9 +1,11 @@
-"""`sketchmine effects RUN`: the unit-effects pass from the command line (parsed in main.py)."""
+"""`sketchmine effects RUN`: the unit-effects pass from the command line (parsed in parser.py)."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def run_effects(args: argparse.Namespace, console: Console) -> None:

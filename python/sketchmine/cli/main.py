@@ -1,181 +1,34 @@
-"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | unit | bench
-| effects | probe`.
+"""Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench
+| effects | probe | unit`.
 
-Only parses and dispatches: what each command prints is in console.py. Errors print as one
-line, no traceback."""
+Only parses and dispatches: what each command prints is in console.py (tables) and json_out.py
+(`--json`). Results go to stdout; notes, progress and errors to stderr (present/logs.py). Errors
+print as one line, no traceback (with -v, the traceback too). Exit codes (docs/cli.md): 0 done,
+1 running failed (disk full, a failed write), 2 usage error, 3 input refused (SketchmineError:
+a bad dataset, layer or option, a run that cannot be resumed), 130 interrupted.
+
+Nothing here imports torch, zarr or rich at module level: `sketchmine --help` and
+`sketchmine --version` answer without them.
+"""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+import typing
 from pathlib import Path
 
-from rich.console import Console
-
-from sketchmine.data.sequences import INKS
+from sketchmine.cli.parser import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    build_parser,
+    default_report_out,
+    default_run_out,
+)
 from sketchmine.errors import SketchmineError
 
-
-def _default_workers() -> int:
-    """Loader workers by default: none on small machines (the forward already uses every core)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 0 if cores <= 2 else min(4, cores // 2)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, its usage errors as the one line every other error is: `sketchmine: error: …`."""
-
-    def error(self, message: str) -> typing.NoReturn:  # noqa: F821
-        from sketchmine.present.console import safe
-
-        cmd = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""
-        print(f"sketchmine: error: {safe(message, markup=False)} (see: sketchmine {cmd}--help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
-    return _int_at_least(text, 1)
-
-
-def nonnegative_int(text: str) -> int:
-    """An argparse type: a whole number >= 0."""
-    return _int_at_least(text, 0)
-
-
-def _int_at_least(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {value}")
-    return value
-
-
-def device(text: str) -> str:
-    """An argparse type: a device this machine has (device.as_device's check, as a usage error)."""
-    if text == "cpu":
-        return text
-    from sketchmine.device import as_device  # imports torch: only when a device other than cpu is named
-
-    try:
-        as_device(text)
-    except SketchmineError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sketchmine", description="Mine the top-k images of every CNN unit.")
-    sub = p.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("mine", help="stream a dataset through a model and keep every unit's top-k images")
-    m.add_argument("--model", required=True,
-                   help="torchvision name, 'sketchnet'/'sketchresnet'/'sketchgru' (with --weights), 'demo', "
-                        "'demo-resnet', 'demo-gru', a checkpoint path, or an .onnx file (ONNX Runtime)")
-    m.add_argument("--weights", help="state_dict file for a named model (loaded with weights_only=True)")
-    m.add_argument("--seed", type=int, default=None,
-                   help="initialisation seed of a model named by architecture without --weights (recorded; "
-                        "default 0); refused for any other model")
-    m.add_argument("--data", required=True, help="ImageFolder directory: DIR/<class>/<image>")
-    m.add_argument("--out", required=True, help="run directory (Zarr); an unfinished one is resumed")
-    m.add_argument("--layers", nargs="+", help="qualified module names (default: every conv, linear, softmax)")
-    m.add_argument("-k", type=positive_int, default=9, help="images kept per unit (default 9)")
-    m.add_argument("--batch-size", type=positive_int, default=64)
-    m.add_argument("--device", type=device, default="cpu")
-    m.add_argument("--workers", type=nonnegative_int, default=_default_workers(),
-                   help="DataLoader worker processes (default: 0 on machines with <= 2 cores, where "
-                        "workers compete with the forward pass for the cores (measured 10-16%% slower), "
-                        "else min(4, cores // 2))")
-    m.add_argument("--prefetch-factor", type=positive_int,
-                   help="batches each loader worker prepares ahead (needs --workers >= 1; torch's default 2)")
-    m.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
-                   help="page-locked loader batches (default: on when --device is CUDA)")
-    m.add_argument("--preprocessing", default="auto", choices=["auto", "model", "imagenet", "dataset", "none"],
-                   help="auto: the model's recorded normalisation, else ImageNet mean/std")
-    m.add_argument("--image-size", type=positive_int, help="resize images to S×S (default: keep their size)")
-    m.add_argument("--flush-every", type=positive_int, default=50, help="checkpoint every N batches")
-    m.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and record them")
-    m.add_argument("--no-logits", action="store_true",
-                   help="stop each forward pass after the deepest mined layer (no predictions or accuracy)")
-    m.add_argument("--channels-last", action="store_true", help="model and batches in channels-last memory format")
-    m.add_argument("--autocast", choices=["bf16", "fp16"], help="run the forward pass under torch.autocast")
-    m.add_argument("--compile", action="store_true",
-                   help="run the forward through torch.compile (torch models; the first batch compiles, ~15 s "
-                        "for AlexNet on CPU, and needs a C++ compiler; same top-k within float tolerance)")
-    m.add_argument("--no-overlap-flushes", action="store_true",
-                   help="write each checkpoint in the loop instead of on a background thread")
-    m.add_argument("--steps", type=positive_int,
-                   help="show each image as a progressive drawing of STEPS frames, for CNN + recurrent models "
-                        "(default: the steps the model was trained with, e.g. 8 for 'demo-gru'; else single images)")
-    m.add_argument("--ink", default="auto", choices=INKS,
-                   help="with --steps: which pixels are drawn: light ink on black, dark ink on white, or auto "
-                        "(per image, from the median of its border; default)")
-    v = sub.add_parser("visualize", help="crop each top-k entry's receptive field and its deconvolution into RUN")
-    v.add_argument("run")
-    v.add_argument("--layers", nargs="+", help="layers to visualize (default: every mined layer)")
-    _reload_options(v)
-    v.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided", "gradient"])
-    v.add_argument("--batch-size", type=positive_int, default=64, help="(image, unit) pairs per forward and backward")
-    v.add_argument("--max-patch", type=positive_int, default=128, help="shrink larger patches to fit N×N pixels")
-    v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
-    v.add_argument("--examples", default="top", choices=["top", "all"],
-                   help="top: the top-k entries (default); all: also the bottom-k and each activation bin's examples")
-    demo_help = ("mine, visualize and report the embedded trained models over the embedded Animal-Shape test "
-                 "split: SketchNet 'demo' and ResNet 'demo-resnet' compared, then the CNN + GRU 'demo-gru' over "
-                 "progressive drawings with its hidden units ranked by importance")
-    d = sub.add_parser("demo", help=demo_help, description=demo_help)
-    d.add_argument("--out", help="folder for the runs, OUT/demo.zarr, OUT/demo-resnet.zarr and OUT/demo-gru.zarr; "
-                                 "a re-run resumes them (default: a new temporary directory)")
-    d.add_argument("--batch-size", type=positive_int, default=250, help="images per mining batch (default 250)")
-    d.add_argument("--report", help="folder for the reports, REPORT/demo/, REPORT/demo-resnet/ and "
-                                    "REPORT/demo-gru/ (default: OUT/report)")
-    r = sub.add_parser("report", help="write a static HTML report of RUN (opens offline in any browser)")
-    r.add_argument("run")
-    r.add_argument("--out", required=True, help="report folder (index.html inside)")
-    r.add_argument("--no-probe", action="store_true", help="leave out the live probe (it loads and exports the model)")
-    c = sub.add_parser("compare", help="two runs over the same dataset side by side")
-    c.add_argument("run_a")
-    c.add_argument("run_b")
-    c.add_argument("-n", type=positive_int, default=5, help="classes per side (default 5)")
-    s = sub.add_parser("summary", help="print a run's accuracy and per-layer class preferences")
-    s.add_argument("run")
-    s.add_argument("-n", type=positive_int, default=5, help="classes per side (default 5)")
-    i = sub.add_parser("importance", help="per-unit ablation importance for the correct class, stored in RUN")
-    i.add_argument("run")
-    i.add_argument("--layers", nargs="+", help="mined layers (default: every mined module layer)")
-    _reload_options(i)
-    i.add_argument("--batch-size", type=positive_int, default=256)
-    i.add_argument("-n", type=positive_int, default=10, help="units listed (and plotted) per layer (default 10)")
-    i.add_argument("--plot", help="write a PNG of the most important units per layer")
-    un = sub.add_parser("unit", help="one unit's dashboard: distribution, examples, classes, effects, importance")
-    un.add_argument("run")
-    un.add_argument("layer")
-    un.add_argument("unit", type=int)
-    un.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
-    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
-    e = sub.add_parser("effects", help="per unit: the mean change of every class's logit and probability when it "
-                                       "is zeroed, and its most correlated units, stored in RUN")
-    e.add_argument("run")
-    e.add_argument("--layers", nargs="+", help="mined layers (default: every mined module layer)")
-    _reload_options(e)
-    e.add_argument("--batch-size", type=positive_int, default=256)
-    e.add_argument("--units-per-pass", type=positive_int, help="units zeroed per tail run (default: by memory)")
-    e.add_argument("-n", type=positive_int, default=10, help="units listed per layer (default 10)")
-    from sketchmine.cli import probe as probe_cli
-
-    probe_cli.add_parser(sub)
-    return p
-
-
-def _reload_options(p: argparse.ArgumentParser) -> None:
-    """Options of the passes after mining, which load the run's model and dataset again."""
-    p.add_argument("--data", help="the dataset's ImageFolder root, if it moved since mining")
-    p.add_argument("--model", help="the model, if the run cannot reload it (mined from an in-memory model)")
-    p.add_argument("--weights", help="state_dict file for --model")
-    p.add_argument("--device", type=device, default="cpu")
-
+if typing.TYPE_CHECKING:
+    from rich.console import Console
 
 def _bench(args: list[str]) -> int:
     """The suite lives in the repository's benchmarks/ package, beside python/."""
@@ -188,7 +41,7 @@ def _bench(args: list[str]) -> int:
     return int(bench_main(args) or 0)
 
 
-def _importance(args: argparse.Namespace, console: Console) -> None:
+def _importance(args: argparse.Namespace, console: Console, err: Console) -> None:
     """`sketchmine importance RUN [--layers ...]`: compute, store, print the top units, plot.
     The layers and the plot path are checked before any computation; Ctrl-C says which
     layers' importance was stored (a re-run recomputes every layer it is given)."""
@@ -215,23 +68,33 @@ def _importance(args: argparse.Namespace, console: Console) -> None:
         rest = [l for l in layers if l not in done]
         kept = (f"the importance of {', '.join(done)} is stored" if done else "no layer's importance was stored")
         raise KeyboardInterrupt(f"interrupted; {kept}; a re-run recomputes every layer it is given, so pass "
-                                f"--layers {' '.join(rest)} to compute only the rest") from None
+                                f"--layers {','.join(rest)} to compute only the rest") from None
     run = open_run(args.run)
-    for name in layers:
-        console.print(table(run, name, args.n))
+    if args.json:
+        from sketchmine.present.json_out import importance_data, print_json
+
+        print_json(importance_data(run, layers, args.n))
+    else:
+        for name in layers:
+            console.print(table(run, name, args.n))
     if args.plot:
         save_figure(plot_importance(run, layers, args.n), args.plot)
-        console.print(f"plot written to {safe(args.plot)}")
+        (err if args.json else console).print(f"plot written to {safe(args.plot)}")
 
 
-def _mine(args: argparse.Namespace, console: Console) -> None:
+def _mine(args: argparse.Namespace, console: Console, err: Console) -> None:
+    import logging
+
     from sketchmine import mine
     from sketchmine.mining import distributed
     from sketchmine.present.console import RichProgress, print_mined
 
-    bar = RichProgress(console)
+    out = args.out or default_run_out(args.model)
+    if not args.out:
+        logging.getLogger("sketchmine").info(f"no --out given: the run goes to {out}")
+    bar = RichProgress(err)
     try:
-        run = mine(args.model, args.data, layers=args.layers, k=args.k, out=args.out, batch_size=args.batch_size,
+        run = mine(args.model, args.data, layers=args.layers, k=args.k, out=out, batch_size=args.batch_size,
                    device=args.device, weights=args.weights, preprocessing=args.preprocessing,
                    image_size=args.image_size, num_workers=args.workers, flush_every=args.flush_every,
                    skip_bad_images=args.skip_bad_images, progress=bar, logits=not args.no_logits,
@@ -248,11 +111,11 @@ def _mine(args: argparse.Namespace, console: Console) -> None:
     print_mined(run, bar, args.no_logits, console)
 
 
-def _visualize(args: argparse.Namespace, console: Console) -> None:
+def _visualize(args: argparse.Namespace, console: Console, err: Console) -> None:
     from sketchmine.passes.visualize import visualize
     from sketchmine.present.console import RichProgress, print_visualized
 
-    bar = RichProgress(console, "visualizing", unit="units")
+    bar = RichProgress(err, "visualizing", unit="units")
     try:
         run = visualize(args.run, args.layers, model=args.model, weights=args.weights, data=args.data,
                         method=args.method, batch_size=args.batch_size, device=args.device,
@@ -276,9 +139,15 @@ INTERRUPTED = {
 """What a re-run does after Ctrl-C, per command (a KeyboardInterrupt with a message says more)."""
 
 
-def _error(message: str) -> None:
-    """One line on stderr, every control character escaped (a file or class name cannot drive the terminal)."""
+def _error(message: str, verbosity: int = 0) -> None:
+    """One line on stderr, every control character escaped (a file or class name cannot drive the terminal);
+    with -v the traceback first."""
     from sketchmine.present.console import safe
+
+    if verbosity > 0:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
     print(f"sketchmine: error: {' '.join(safe(message, markup=False).split())}", file=sys.stderr)
 
@@ -321,64 +190,108 @@ def _quiet_after_failure() -> None:
         pass
 
 
+def _report(args: argparse.Namespace, console: Console) -> None:
+    """`sketchmine report RUN [--out DIR] [--open]`."""
+    from sketchmine.present.console import print_report
+
+    from sketchmine.cli.probe import report_probe
+
+    index = print_report(args.run, args.out or default_report_out(args.run), console,
+                         report_probe(args.run, args.no_probe))
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(Path(index).resolve().as_uri()):  # the report is written: a note, not a failure
+            import logging
+
+            logging.getLogger("sketchmine").warning(f"no web browser found to open {index}; open it in one "
+                                                    "(or set BROWSER to a browser command)")
+
+
+def _summary(args: argparse.Namespace, console: Console) -> None:
+    if args.json:
+        from sketchmine.present.json_out import print_json, summary_data
+        from sketchmine.results.run import open_run
+
+        print_json(summary_data(open_run(args.run), args.n))
+    else:
+        from sketchmine.present.console import print_summary
+
+        print_summary(args.run, args.n, console)
+
+
+def _compare(args: argparse.Namespace, console: Console) -> None:
+    if args.json:
+        from sketchmine.present.json_out import compare_data, print_json
+        from sketchmine.results.compare import compare
+
+        print_json(compare_data(compare(args.run_a, args.run_b, args.n)))
+    else:
+        from sketchmine.present.console import print_compare
+
+        print_compare(args.run_a, args.run_b, args.n, console)
+
+
+def _dispatch(args: argparse.Namespace, console: Console, err: Console) -> int:
+    if args.command == "mine":
+        _mine(args, console, err)
+    elif args.command == "visualize":
+        _visualize(args, console, err)
+    elif args.command == "demo":
+        from sketchmine.cli.demo import run_demo
+
+        run_demo(args.out, args.batch_size, args.report, console)
+    elif args.command == "summary":
+        _summary(args, console)
+    elif args.command == "report":
+        _report(args, console)
+    elif args.command == "compare":
+        _compare(args, console)
+    elif args.command == "importance":
+        _importance(args, console, err)
+    elif args.command == "bench":
+        return _bench(args.args)
+    elif args.command == "effects":
+        from sketchmine.cli.effects import run_effects
+
+        run_effects(args, console)
+    elif args.command == "probe":
+        from sketchmine.cli.probe import run_probe
+
+        run_probe(args, console)
+    elif args.command == "unit":
+        from sketchmine.present.unit_console import print_unit
+
+        print_unit(args.run, args.layer, args.unit, console, args.json)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    console = Console()
+    args = build_parser().parse_args(argv)
+    from rich.console import Console
+
+    from sketchmine.present.logs import setup
+
+    verbosity = args.verbose - args.quiet
+    err = setup(verbosity)
+    console = Console()  # results: stdout
     try:
-        if args.command == "mine":
-            _mine(args, console)
-        elif args.command == "visualize":
-            _visualize(args, console)
-        elif args.command == "demo":
-            from sketchmine.cli.demo import run_demo
-
-            run_demo(args.out, args.batch_size, args.report, console)
-        elif args.command == "summary":
-            from sketchmine.present.console import print_summary
-
-            print_summary(args.run, args.n, console)
-        elif args.command == "report":
-            from sketchmine.present.console import print_report
-
-            from sketchmine.cli.probe import report_probe
-
-            print_report(args.run, args.out, console, report_probe(args.run, args.no_probe))
-        elif args.command == "compare":
-            from sketchmine.present.console import print_compare
-
-            print_compare(args.run_a, args.run_b, args.n, console)
-        elif args.command == "importance":
-            _importance(args, console)
-        elif args.command == "unit":
-            from sketchmine.present.unit_console import print_unit
-
-            print_unit(args.run, args.layer, args.unit, console, args.json)
-        elif args.command == "bench":
-            return _bench(args.args)
-        elif args.command == "effects":
-            from sketchmine.cli.effects import run_effects
-
-            run_effects(args, console)
-        elif args.command == "probe":
-            from sketchmine.cli.probe import run_probe
-
-            run_probe(args, console)
+        return _dispatch(args, console, err)
     except SketchmineError as exc:
-        _error(str(exc))
+        _error(str(exc), verbosity)
         _quiet_after_failure()
-        return 2
+        return exc.exit_code
     except OSError as exc:  # disk full, permission denied, a file gone: the path and the reason, no traceback
-        _error(_os_error(exc))
+        _error(_os_error(exc), verbosity)
         _quiet_after_failure()
-        return 2
+        return EXIT_FAILURE
     except KeyboardInterrupt as exc:
         from sketchmine.present.console import safe
 
         said = str(exc) if exc.args else f"interrupted; {INTERRUPTED.get(args.command, 'nothing was written')}"
         print(f"sketchmine: {' '.join(safe(said, markup=False).split())}", file=sys.stderr)
         _quiet_after_failure()
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,23 +1,15 @@
-"""`sketchmine probe RUN --out DIR` and the probe step of `sketchmine report`: export the run's
+"""`sketchmine probe RUN --out DIR` (parsed in parser.py) and the probe step of `sketchmine report`: export the run's
 model for the report's live probe page (passes.probe), or say why there is none."""
 from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from sketchmine.errors import SketchmineError
 
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("probe", help="export RUN's model for the live probe page (drawing → predictions and units "
-                                     "in the browser); `sketchmine report` includes it when the model loads")
-    p.add_argument("run")
-    p.add_argument("--out", required=True, help="folder for probe.html (new or empty)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="the model's input size when the run records none")
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def report_probe(run: str, skip: bool = False) -> Mapping[str, bytes] | str:

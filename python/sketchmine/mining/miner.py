@@ -37,6 +37,7 @@ from sketchmine.mining.loop import run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts
 from sketchmine.model.forward import TorchForward, as_forward, probe
 from sketchmine.model.models import LoadedModel, load_model, preprocessing_for
+from sketchmine.model.pretrained import is_weights_name
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.progress import Progress, Silent
 from sketchmine.results.run import Run
@@ -52,7 +53,8 @@ def _model_spec(model: nn.Module | str, weights: str | os.PathLike | None, seed:
     spec = str(model)
     if Path(spec).exists():
         spec = str(Path(spec).resolve())
-    record = {"spec": spec, "weights": str(Path(weights).resolve()) if weights else None}
+    weights_file = weights is not None and not is_weights_name(str(weights))  # else a torchvision weight name
+    record = {"spec": spec, "weights": str(Path(weights).resolve()) if weights_file else (str(weights) if weights else None)}
     return record if seed is None else {**record, "seed": int(seed)}
 
 

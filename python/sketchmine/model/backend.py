@@ -60,6 +60,7 @@ class LoadedModel:
     preprocessing: dict[str, Any] | None = None
     sequence: dict[str, Any] | None = None
     random_init: bool = False  # built by name without weights (initialised from a seed)
+    categories: list[str] | None = None  # names of the outputs (torchvision's pretrained weights)
 
 
 _BACKENDS: dict[type, Callable[[Any], Forward]] = {}

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.model import cut
 from sketchmine.model.backend import Forward, Layer, as_forward, first_tensor, register_backend
 from sketchmine.model.receptive_field import module_input_channels, receptive_fields
@@ -110,7 +110,7 @@ class TorchForward:
                 out = first_tensor(net(x))
             except (BackendCompilerFailed, InductorError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise SketchmineError(f"torch.compile failed: {first[:300]}; on CPU it needs a C++ compiler (g++ "
+                raise SketchmineFailure(f"torch.compile failed: {first[:300]}; on CPU it needs a C++ compiler (g++ "
                                       "or clang), on CUDA Triton. Mine without --compile (compile=False)") from None
             for name, t in captured:
                 on_output(name, t)

@@ -15,6 +15,7 @@ from torch import nn
 from sketchmine.data import Preprocessing, as_size, preset
 from sketchmine.errors import SketchmineError, closest
 from sketchmine.model.backend import LoadedModel, input_channels, weights_hash
+from sketchmine.model.pretrained import is_weights_name, load_pretrained
 from sketchmine.model.forward import TorchForward  # noqa: F401  (importing it registers nn.Module's backend)
 from sketchmine.model.onnx_backend import load_onnx  # (registers OnnxModel's backend)
 
@@ -124,6 +125,9 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None, seed: i
         model, meta = zoo.load_embedded(spec)
         return LoadedModel(model.eval(), f"demo:{zoo.EMBEDDED[spec][1]}", meta.get("preprocessing"),
                            meta.get("sequence"))
+    if named and is_weights_name(weights):  # torchvision's pretrained weights, from the local cache
+        got = load_pretrained(str(spec), str(weights))
+        return LoadedModel(got.module, got.weights_id, got.preprocessing, None, categories=got.categories)
     path = Path(spec)
     if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
         ckpt = _load_state_dict(path)
@@ -155,6 +159,8 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
     input channels (`data.as_size`). Build datasets for a model with it, e.g. `animal_shape("test", preprocessing_for("demo"))`."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     channels = input_channels(loaded.module)
+    if image_size is None and name in ("auto", "model") and loaded.preprocessing and loaded.preprocessing.get("size"):
+        image_size = int(loaded.preprocessing["size"])  # the pretrained weights' input size
     size = None if image_size is None else as_size(image_size, "image_size", channels)
     if name in ("auto", "model") and loaded.preprocessing:
         p = loaded.preprocessing

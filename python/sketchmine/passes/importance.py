@@ -7,7 +7,7 @@ over the run's dataset, plus the unit's mean activation (its per-image maximum o
 positions, the statistic the top-k ranks) on correctly and wrongly predicted images.
 The ablation itself (batched: network split at the layer, or replicated) is ablation.py;
 how results are stored and read back is importance_store.py (below run.py, which reads them);
-the console table of them is console.importance_table, the command cli.main._importance.
+the console table of them is console.importance_table, the command cli.main (`sketchmine importance`).
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.model.receptive_field import ReceptiveField
 from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
 from sketchmine.passes.example_pictures import check_examples, needed_images, picture_examples
@@ -218,7 +218,7 @@ def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int,
             visualized.update(units_done=u1, complete=u1 == p.channels)
             store.write_visual(p.name, slice(u0, u1), out, visualized)  # the block's arrays first, then the commit
         except OSError as exc:
-            raise SketchmineError(f"cannot write to {store.path}: {exc.strerror or exc}; the units done so far are "
+            raise SketchmineFailure(f"cannot write to {store.path}: {exc.strerror or exc}; the units done so far are "
                                   "kept — make room and re-run the same command to resume") from None
         progress.advance(u1 - u0)
         u0 = u1

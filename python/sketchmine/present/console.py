@@ -4,6 +4,7 @@ Kept out of the miner: the miner reports through the `Progress` protocol only.
 """
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Mapping
@@ -43,7 +44,8 @@ def safe(text: object, markup: bool = True) -> str:
 
 
 class RichProgress:
-    """Progress bar with images/s and ETA; notes are printed above the bar once each."""
+    """Progress bar with images/s and ETA on `console` (the CLI's stderr console); notes go to
+    the `sketchmine` logger, which the CLI prints above the bar (present/logs.py)."""
 
     def __init__(self, console: Console, label: str = "mining", unit: str = "images") -> None:
         self.console = console
@@ -64,7 +66,7 @@ class RichProgress:
         self._task = self._bar.add_task(self.label, total=total, completed=done, rate="")
         self._t0, self._start_done, self.images = time.perf_counter(), done, 0
         if done and done < total:
-            self.console.print(f"resuming at {self.unit[:-1]} {done} of {total}")
+            logging.getLogger("sketchmine").info(f"resuming at {self.unit[:-1]} {done} of {total}")
 
     def advance(self, n: int) -> None:
         self.images += n
@@ -73,7 +75,7 @@ class RichProgress:
         self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} {'img' if self.unit == 'images' else self.unit}/s")
 
     def note(self, message: str) -> None:
-        self.console.print(f"[yellow]note:[/] {safe(message)}")
+        logging.getLogger("sketchmine").warning(message)  # the CLI draws it on stderr (present/logs.py)
 
     def stop(self) -> None:
         if self._bar is not None:
@@ -250,8 +252,8 @@ def print_mined(run: Run, progress: RichProgress, no_logits: bool, console: Cons
     console.print(f"{run.images_done} images, {progress.images} this session in {progress.seconds:.1f} s"
                   + (f"; accuracy {acc * 100:.2f}%" if acc is not None else "") + f" → {safe(run.path)}")
     if no_logits:
-        console.print("--no-logits: the forward pass stopped after the deepest mined layer; "
-                      "no predictions or accuracy were written")
+        logging.getLogger("sketchmine").warning("--no-logits: the forward pass stopped after the deepest mined "
+                                                "layer; no predictions or accuracy were written")
 
 
 def print_visualized(run: Run, layers: list[str] | None, method: str, progress: RichProgress,

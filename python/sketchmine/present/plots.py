@@ -1,5 +1,6 @@
-"""Pictures of a run (matplotlib, Agg backend, no display needed): the seed's summary plot
-and class-histogram bar charts, each written as PNG and SVG.
+"""Pictures of a run (matplotlib's object API: `Figure` objects, no pyplot state and no
+backend chosen, so no display is needed and a notebook shows a returned figure inline): the
+seed's summary plot and class-histogram bar charts, each written as PNG and SVG.
 
 Dataset strings are drawn as plain text (`parse_math=False`): a class named "$x$" stays "$x$".
 """
@@ -10,13 +11,11 @@ import warnings
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from sketchmine.results.run import Run  # noqa: E402
+from sketchmine.results.run import Run
 
 FORMATS = ("png", "svg")
 
@@ -31,7 +30,6 @@ def _save(fig: Figure, base: Path, formats: tuple[str, ...]) -> list[Path]:
             warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
             fig.savefig(path, format=fmt, dpi=110, bbox_inches="tight")
         out.append(path)
-    plt.close(fig)
     return out
 
 
@@ -39,14 +37,15 @@ def summary_figure(run: Run, n: int = 5) -> Figure:
     """One row per layer: its n most and n least frequent classes among the top-k images, each
     cell coloured by the class's accuracy (red 0 % … green 100 %), the seed's summary plot."""
     layers = run.layers
-    fig, ax = plt.subplots(figsize=(1.5 * 2 * n + 1.6, 0.62 * len(layers) + 1.2))
-    cmap = plt.get_cmap("RdYlGn")
+    fig = Figure(figsize=(1.5 * 2 * n + 1.6, 0.62 * len(layers) + 1.2))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["RdYlGn"]
     for r, layer in enumerate(layers):
         cells = list(run.top_classes(layer, n).iterrows()) + list(run.bottom_classes(layer, n).iterrows())
         for c, (name, row) in enumerate(cells):
             x = c + (0.3 if c >= n else 0.0)
             acc = row["accuracy"]
-            ax.add_patch(plt.Rectangle((x, r), 0.96, 0.92, color="#dddddd" if np.isnan(acc) else cmap(acc), alpha=0.55))
+            ax.add_patch(Rectangle((x, r), 0.96, 0.92, color="#dddddd" if np.isnan(acc) else cmap(acc), alpha=0.55))
             label = f"{str(name)[:18]}\n{'-' if np.isnan(acc) else f'{acc * 100:.2f}'}  ({int(row['count'])})"
             ax.text(x + 0.48, r + 0.46, label, ha="center", va="center", fontsize=7, parse_math=False)
     ax.set_xlim(-0.05, 2 * n + 0.35)
@@ -72,9 +71,10 @@ def histogram_figure(run: Run, layer: str) -> Figure:
     """Bar chart of the class histogram of one layer (most frequent first), bars coloured by
     the class's accuracy."""
     df = run.top_classes(layer, len(run.class_names))  # every class, most frequent first
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(df) + 1.5), 3.2))
+    fig = Figure(figsize=(max(4.0, 0.28 * len(df) + 1.5), 3.2))
+    ax = fig.subplots()
     acc = df["accuracy"].to_numpy()
-    colors = [("#bbbbbb" if np.isnan(a) else plt.get_cmap("RdYlGn")(a)) for a in acc]
+    colors = [("#bbbbbb" if np.isnan(a) else matplotlib.colormaps["RdYlGn"](a)) for a in acc]
     ax.bar(np.arange(len(df)), df["count"].to_numpy(), color=colors, edgecolor="#444444", linewidth=0.4)
     ax.set_xticks(np.arange(len(df)))
     ax.set_xticklabels([str(c) for c in df.index], rotation=60, ha="right", fontsize=7)
@@ -93,7 +93,8 @@ def histogram_plot(run: Run, layer: str, out: str | os.PathLike, formats: tuple[
 def ink_figure(run: Run) -> Figure:
     """Per layer: Spearman correlation of its class preference with the classes' ink density."""
     corr = run.ink_correlation()
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(corr) + 1.5), 3.0))
+    fig = Figure(figsize=(max(4.0, 0.5 * len(corr) + 1.5), 3.0))
+    ax = fig.subplots()
     rho = corr["spearman"].to_numpy()
     ax.bar(np.arange(len(corr)), np.nan_to_num(rho), color=["#3b7dd8" if r >= 0 else "#d8703b" for r in rho])
     ax.axhline(0, color="#333333", linewidth=0.6)
@@ -116,7 +117,8 @@ def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
 
     names = [layers] if isinstance(layers, str) else list(layers)
     n = check_count(n)
-    fig, axes = plt.subplots(len(names), 1, figsize=(7, 0.35 * n * len(names) + 1.2), squeeze=False)
+    fig = Figure(figsize=(7, 0.35 * n * len(names) + 1.2))
+    axes = fig.subplots(len(names), 1, squeeze=False)
     for ax, name in zip(axes[:, 0], names):
         df = run.unit_importance(name).head(n)
         ax.barh([f"unit {u}" for u in df["unit"]][::-1], df["prob_drop"][::-1], color="#4c72b0")
@@ -179,7 +181,7 @@ def check_plot_path(path: str | os.PathLike) -> Path:
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Write `fig` to `path` (format from the extension) through a temporary sibling file, so
-    a failed write leaves an earlier file of that name as it was; closes the figure."""
+    a failed write leaves an earlier file of that name as it was."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.sketchmine-tmp-{os.getpid()}")
     try:
@@ -188,7 +190,6 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
             fig.savefig(tmp, format=p.suffix[1:].lower(), dpi=dpi)
         os.replace(tmp, p)
     finally:
-        plt.close(fig)
         if tmp.exists():
             tmp.unlink()
     return p

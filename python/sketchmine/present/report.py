@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.present import plots
 from sketchmine.present.report_data import PAGE_SIZE, importance_ranks, layer_data, layer_ids
 from sketchmine.present.report_folder import MARKER, TMP, check_report_dir, remove_stale, swap_in
@@ -250,7 +250,7 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
         tmp = None
     except OSError as exc:
         where = exc.filename or target
-        raise SketchmineError(f"cannot write the report to {shown}: {exc.strerror or exc} ({where}); the previous "
+        raise SketchmineFailure(f"cannot write the report to {shown}: {exc.strerror or exc} ({where}); the previous "
                               "report there (if any) is unchanged") from None
     finally:
         if tmp is not None:  # interrupted or failed: remove only what this call created

@@ -3,15 +3,14 @@
 Sections the run lacks are listed with how to add them."""
 from __future__ import annotations
 
-import json
 import os
-import sys
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from sketchmine.present.console import safe
+from sketchmine.present.json_out import print_json
 from sketchmine.results.run import open_run
 from sketchmine.results.unit_summary import LayerSummary
 
@@ -75,7 +74,10 @@ def bins_table(d: dict[str, Any]) -> Table:
     t = Table(title="examples at every level (images per activation bin)")
     for col in ("bin", "range", "images (class)"):
         t.add_column(col, justify="right" if col == "bin" else "left")
+    held = [b["bin"] for b in d["bins"] if b["examples"]]
     for b in d["bins"]:
+        if not held or not held[0] <= b["bin"] <= held[-1]:
+            continue  # the grid's empty bins below the minimum and above the maximum
         rng = "-" if b["lo"] is None else f"{_f(b['lo'])} … {_f(b['hi'])}"
         ex = ", ".join(f"{e['index']} ({safe(e['cls'] or '?')})" for e in b["examples"]) or "(none)"
         t.add_row(str(b["bin"]), rng, ex)
@@ -115,7 +117,7 @@ def print_unit(run_path: str | os.PathLike, layer: str, unit: int, console: Cons
     """Print one unit's dashboard (tables, or one JSON object on stdout)."""
     d = LayerSummary(open_run(run_path), layer).unit(unit)
     if as_json:
-        sys.stdout.write(json.dumps(d, ensure_ascii=False, allow_nan=False) + "\n")
+        print_json(d)
         return
     console.print(overview_table(d))
     if d["quantiles"] is not None:

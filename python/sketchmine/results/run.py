@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError, closest
-from sketchmine.results import distribution, effects, importance_store, summaries
+from sketchmine.results import importance_store, summaries
+from sketchmine.results.notebook import UnitCard, run_html, run_repr
 from sketchmine.results.summaries import class_counts
+from sketchmine.results.unit_views import UnitViews
 from sketchmine.stats import topk
 from sketchmine.stats.classstats import RunningClassStats, num_classes_for, restore
 from sketchmine.stats.topk import flat_to_yx
@@ -24,7 +26,7 @@ from sketchmine.store.runstore import RunStore
 __all__ = ["Run", "check_count", "class_counts", "open_run"]
 
 
-class Run:
+class Run(UnitViews):
     """Read access to one run directory (complete or, clearly labelled, partial)."""
 
     def __init__(self, store: RunStore) -> None:
@@ -338,52 +340,16 @@ class Run:
         except SketchmineError:
             return False
 
-    # ---- each unit's whole distribution (issue 16): results/distribution.py ----------------
-    def histogram(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
-        """(edges (C, 65) float64, counts (C, 64) int64) exact histogram of each unit's image
-        maxima; counts sum to the images whose maximum is not NaN (stats/histogram.py)."""
-        return distribution.histogram_of(self, layer)
+    # ---- notebooks: results/notebook.py ---------------------------------------------------------
+    def unit(self, layer: str, unit: int) -> UnitCard:
+        """One unit's card: top-k images, top classes, patches and deconvolutions (inline in a notebook)."""
+        return UnitCard(self, layer, unit)
 
-    def quantiles(self, layer: str, q: Any) -> np.ndarray:
-        """(C, len(q)) quantiles of each unit's image maxima, with the guarantee of
-        `distribution.quantiles` (relative error <= 1/65; exact at q = 0 and 1)."""
-        return distribution.quantiles(self, layer, q)
+    def __repr__(self) -> str:
+        return run_repr(self)
 
-    def max_range(self, layer: str) -> np.ndarray:
-        """(C, 2) float32 exact [min, max] of each unit's image maxima (NaN: none)."""
-        return distribution.max_range(self, layer)
-
-    def quantile_examples(self, layer: str) -> np.ndarray:
-        """(C, 17, 8) int64 images per activation bin (`example_edges`), -1 where fewer."""
-        return distribution.quantile_examples(self, layer)
-
-    def example_edges(self, layer: str) -> np.ndarray:
-        """(C, 18) float64 edges of the bins of `quantile_examples`."""
-        return distribution.example_edges(self, layer)
-
-    def bottomk(self, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """As `topk`, for the k least-activating images: least first (empty slots: index -1, value +inf)."""
-        return distribution.bottom_k(self, layer)
-
-    def firing_density(self, layer: str) -> np.ndarray:
-        """(C,) share of images (with a non-NaN maximum) whose maximum is > 0."""
-        return distribution.firing_density(self, layer)
-
-    def max_mean(self, layer: str) -> np.ndarray:
-        """(C,) mean of each unit's non-NaN image maxima."""
-        return distribution.max_mean(self, layer)
-    # ---- unit effects and correlated units: results/effects.py (sketchmine effects) -----------
-    def unit_effects(self, layer: str, kind: str = "prob") -> pd.DataFrame:
-        """unit × class: mean change of each class's probability (kind="prob") or logit
-        ("logit") when the unit is zeroed, ablated minus clean, over all images."""
-        return effects.read_effects(self, layer, kind)
-
-    def correlated_units(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
-        """(unit (C, m) int32, r (C, m) float32): each unit's most correlated units in the layer."""
-        return effects.read_correlated(self, layer)
-
-    def has_unit_effects(self, layer: str) -> bool:
-        return effects.has_effects(self, layer)
+    def _repr_html_(self) -> str:
+        return run_html(self)
 
 
 def check_count(n: int) -> int:

@@ -28,7 +28,7 @@ def write_unit(root: Path, path: str, arrays: dict[str, np.ndarray], attrs: dict
             shutil.rmtree(leftover)
     try:
         group = zarr.open_group(str(staging), mode="w")
-        put_all(group, arrays)
+        put_all(group, arrays, at=path)
         group.attrs.update({**attrs, schema.COMPLETE: True})
         if target.exists():
             os.rename(target, old)

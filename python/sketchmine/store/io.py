@@ -18,19 +18,20 @@ from zarr.core.group import GroupMetadata
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineFailure
 from sketchmine.store import schema
 from sketchmine.store.checksums import block_sums, digest
 
 _TEMPLATES: dict[str, dict[str, Any]] = {}
-_METADATA: dict[tuple[str, tuple[int, ...]], ArrayV3Metadata] = {}
+_METADATA: dict[tuple[str, tuple[int, ...], tuple[str, ...]], ArrayV3Metadata] = {}
 
 
-def _metadata(arr: np.ndarray) -> ArrayV3Metadata:
-    """The metadata `create_array(data=arr)` would write (Zarr's default codecs for the dtype),
-    as one chunk. Built from a per-dtype template instead of Zarr's creation path, which costs
-    ~2 ms per array, and kept per (dtype, shape): metadata objects are immutable."""
-    key = (arr.dtype.str, tuple(arr.shape))
+def _metadata(arr: np.ndarray, dims: tuple[str, ...]) -> ArrayV3Metadata:
+    """The metadata `create_array(data=arr, dimension_names=dims)` would write (Zarr's default
+    codecs for the dtype), as one chunk. Built from a per-dtype template instead of Zarr's
+    creation path, which costs ~2 ms per array, and kept per (dtype, shape, dims): metadata
+    objects are immutable."""
+    key = (arr.dtype.str, tuple(arr.shape), dims)
     if key not in _METADATA:
         if arr.dtype.str not in _TEMPLATES:
             probe = zarr.create_array(zarr.storage.MemoryStore(), shape=(1,), dtype=arr.dtype)
@@ -38,6 +39,7 @@ def _metadata(arr: np.ndarray) -> ArrayV3Metadata:
         doc = copy.deepcopy(_TEMPLATES[arr.dtype.str])
         doc["shape"] = list(arr.shape)
         doc["chunk_grid"]["configuration"]["chunk_shape"] = [max(n, 1) for n in arr.shape]
+        doc["dimension_names"] = list(dims)
         _METADATA[key] = ArrayV3Metadata.from_dict(doc)
     return _METADATA[key]
 
@@ -51,14 +53,16 @@ async def create_nodes(group: zarr.Group, nodes: dict[str, GroupMetadata | Array
     return {k: made[base + k] for k in nodes}
 
 
-def put_all(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
+def put_all(group: zarr.Group, arrays: dict[str, np.ndarray], at: str | None = None) -> None:
     """Each of `arrays` as the whole array at its path under `group`, one chunk, replacing an
     earlier one. One event-loop call for all: Zarr's per-call overhead (~3 ms an array, ten times
     the file I/O) was most of a ResNet-50 run's fixed cost with one call per array."""
     if not arrays:
         return
 
-    nodes = {k: _metadata(a) for k, a in arrays.items()}
+    where = group.path if at is None else at  # `at`: the group's path in the run when opened on its own
+    base = f"{where}/" if where else ""
+    nodes = {k: _metadata(a, schema.dimension_names(base + k, a.ndim)) for k, a in arrays.items()}
 
     async def write() -> None:
         made = await create_nodes(group, nodes)
@@ -82,7 +86,8 @@ def new_array(group: zarr.Group, path: str, shape: tuple[int, ...], rows: int) -
     spec = schema.ARRAYS[path]
     parent, _, name = path.rpartition("/")
     extra = {} if spec.fill_value is None else {"fill_value": spec.fill_value}
-    return group[parent].create_array(name, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, rows), **extra)
+    return group[parent].create_array(name, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, rows),
+                                      dimension_names=schema.dimension_names(path, len(shape)), **extra)
 
 
 def lay_out_run(group: zarr.Group, attrs: dict[str, Any], n_images: int, class_names: list[str],
@@ -123,7 +128,7 @@ def io_errors(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except OSError as exc:
-            raise SketchmineError(
+            raise SketchmineFailure(
                 f"cannot write to {self.path}: {exc.strerror or exc}; nothing committed is lost — "
                 "make room (or make it writable) and re-run the same command to resume") from None
 

@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, SketchmineFailure
 
 CREATING = "creating"
 MARKER = ".sketchmine-creating"
@@ -46,7 +46,7 @@ class RunLock:
             self.run.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise SketchmineError(f"cannot lock {self.run} for writing ({self.path}: {exc.strerror or exc}); "
+            raise SketchmineFailure(f"cannot lock {self.run} for writing ({self.path}: {exc.strerror or exc}); "
                                   "make its folder writable") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -110,7 +110,7 @@ def stage(path: Path, lay_out: Callable[[Path], None]) -> None:
     except OSError as exc:
         if tmp.exists() and (tmp / MARKER).is_file():
             shutil.rmtree(tmp, ignore_errors=True)
-        raise SketchmineError(f"cannot write the run to {path}: {exc.strerror or exc}") from None
+        raise SketchmineFailure(f"cannot write the run to {path}: {exc.strerror or exc}") from None
     except BaseException:
         if tmp.exists() and (tmp / MARKER).is_file():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -325,7 +325,8 @@ class RunStore(Checkpoints):
         for key, spec in schema.VISUAL_ARRAYS.items():
             shape = (units, k, *size, channels) if key in ("patches", "deconv") else (units, k, 4)
             g.create_array(key, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, units),
-                           fill_value=spec.fill_value)
+                           fill_value=spec.fill_value,
+                           dimension_names=schema.dimension_names(schema.layer_array(layer, key), len(shape)))
         g.attrs[schema.VISUALIZED] = visualized
 
     def write_visual(self, layer: str, units: slice, values: dict[str, np.ndarray],

@@ -137,3 +137,45 @@ CORRELATED_ARRAYS = {"unit": "int32", "r": "float32"}
 """layers/<name>/correlated/{unit, r}: (C, m) the m units of the same layer whose image maxima
 correlate most with each unit (Pearson r, largest first; unit -1 and r NaN pad). attrs: m,
 images, nonfinite, block_units, order."""
+# ---- dimension names (Zarr v3 `dimension_names`: xarray and other readers name the axes) -----
+DIMENSIONS: dict[str, tuple[str, ...]] = {
+    LABELS: ("image",), PATHS: ("image",), CLASS_NAMES: ("class",),
+    dataset_array("class_image_count"): ("class",), dataset_array("class_ink_density"): ("class",),
+    LOGITS: ("image", "output"), PREDICTIONS: ("image",), PER_CLASS_ACCURACY: ("class",),
+}
+"""dataset/ and eval/ arrays. The logits' second axis is the model's outputs ("output"), which
+may be more than the dataset's classes (a 1000-way head over 10 named classes)."""
+
+LAYER_DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "values": ("unit", "rank"), "image_index": ("unit", "rank"), "yx": ("unit", "rank", "yx"),
+    "nan_count": ("unit",), "firing": ("unit",), "max_count": ("unit",), "max_mean": ("unit",),
+    "class_nan_count": ("unit",), "class_mean": ("unit", "class"), "class_count": ("unit", "class"),
+    "patches": ("unit", "rank", "patch_y", "patch_x", "channel"),
+    "deconv": ("unit", "rank", "patch_y", "patch_x", "channel"),
+    "boxes": ("unit", "rank", "box"), "inside": ("unit", "rank", "box"),
+    "hist_edges": ("unit", "hist_edge"), "hist_counts": ("unit", "hist_bin"), "max_range": ("unit", "range"),
+    "sketch_counts": ("unit", "sign", "bucket"), "sketch_top": ("unit", "sign"), "sketch_special": ("unit", "special"),
+    "example_edges": ("unit", "example_edge"), "example_index": ("unit", "example_bin", "example"),
+    "bottom_values": ("unit", "rank"), "bottom_image_index": ("unit", "rank"), "bottom_yx": ("unit", "rank", "yx"),
+}
+"""layers/<name>/<array>, by array name; results of later passes by their group's name below."""
+
+RESULT_DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "importance": ("unit",),              # layers/<name>/importance/<column>
+    "traces": ("unit", "rank", "step"),   # layers/<name>/traces/activation
+    "effects": ("unit", "output"),        # layers/<name>/effects/{logit_delta, prob_delta}
+    "correlated": ("unit", "neighbour"),  # layers/<name>/correlated/{unit, r}
+}
+
+
+def dimension_names(path: str, ndim: int) -> tuple[str, ...]:
+    """The axis names stored with the array at `path` (relative to the run's root). Every array
+    gets names, so a generic Zarr v3 reader (xarray) can open the whole run: an array not
+    declared above (the checkpoint's state) gets names of its own, `<array>_0`, `<array>_1`, ..."""
+    parent, _, name = path.rpartition("/")
+    dims = DIMENSIONS.get(path)
+    if dims is None and path.startswith(f"{LAYERS}/"):
+        dims = RESULT_DIMENSIONS.get(parent.rpartition("/")[2]) or LAYER_DIMENSIONS.get(name)
+    if dims is None or len(dims) != ndim:
+        return tuple(f"{name}_{i}" for i in range(ndim))
+    return dims

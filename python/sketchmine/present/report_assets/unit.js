@@ -263,7 +263,11 @@
     if (d.bottom) { examples(ex, "class / value / image", d.bottom, d.bottom_pictures || null); } else { ex.appendChild(missing(d, "bottom", "bottom images")); }
     ex.appendChild(el("h3", null, "by activation bin"));
     if (d.bins) {
-      for (var b = d.bins.length - 1; b >= 0; b--) {
+      var lowest = d.bins.length, highest = -1;
+      for (var q = 0; q < d.bins.length; q++) {
+        if (d.bins[q].examples.length) { lowest = Math.min(lowest, q); highest = Math.max(highest, q); }
+      }
+      for (var b = highest; b >= lowest; b--) {  // the grid's empty bins outside [min, max] left out
         var bin = d.bins[b];
         var per = d.bin_pictures ? d.bin_pictures.m : 0;
         examples(ex, "bin " + bin.bin + (bin.lo === null ? "" : ": " + fmt(bin.lo, 3) + "\u2026" + fmt(bin.hi, 3)), bin.examples,

@@ -1,0 +1,261 @@
+"""The command line's parser: every command, option, default and help text, and the argparse
+types that check values (usage errors exit with 2, as one line that points at --help).
+
+Imports neither torch nor zarr nor rich: `sketchmine --help` and `--version` answer without them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import typing
+from pathlib import Path
+
+from sketchmine import __version__
+from sketchmine.errors import SketchmineError
+
+INKS = ("auto", "light", "dark")
+"""data.sequences.INKS, spelled out so `--help` needs no torch (tests/test_habits.py checks they agree)."""
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+"""The exit codes, documented in docs/cli.md."""
+
+
+def default_workers() -> int:
+    """Loader workers by default: none on small machines (the forward already uses every core)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores <= 2 else min(4, cores // 2)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, its usage errors as the one line every other error is: `sketchmine: error: …`."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        cmd = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""
+        if message.startswith("unrecognized arguments") and "--layers" in sys.argv[1:]:
+            message += " (several layers go in one value: --layers a,b, or a repeated --layers)"
+        from sketchmine.present.console import safe
+
+        print(f"sketchmine: error: {safe(message, markup=False)} (see: sketchmine {cmd}--help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help: `(default: X)` unless its help already says its default;
+    no value shows as `none`, a flag's False as `off`."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings
+                or action.required):
+            return text
+        shown = {None: "none", False: "off", True: "on"}.get(action.default, "%(default)s") \
+            if isinstance(action.default, (bool, type(None))) else "%(default)s"
+        return f"{text} (default: {shown})".strip()
+
+
+def layer_list(text: str) -> list[str]:
+    """An argparse type: layer names separated by commas (or spaces in one quoted value)."""
+    names = [n for n in text.replace(",", " ").split() if n]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected layer names separated by commas, got {text!r}")
+    return names
+
+
+def layers_option(p: argparse.ArgumentParser, what: str) -> None:
+    """`--layers a,b` (repeatable): one value per flag, so it never swallows a positional."""
+    p.add_argument("--layers", type=layer_list, action="extend", metavar="L[,L...]",
+                   help=f"{what}, comma-separated; repeat --layers to add more")
+
+
+def verbosity_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """-q/-v, accepted before the command and after it (`sketchmine -q mine …`, `sketchmine mine -q …`)."""
+    default = 0 if top else argparse.SUPPRESS
+    p.add_argument("-q", "--quiet", action="count", default=default,
+                   help="errors only: no notes or progress bars; results still print (default: off)")
+    p.add_argument("-v", "--verbose", action="count", default=default,
+                   help="debug notes, and the traceback of an error (default: off)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    return int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    return int_at_least(text, 0)
+
+
+def int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {value}")
+    return value
+
+
+def device(text: str) -> str:
+    """An argparse type: a device this machine has (device.as_device's check, as a usage error)."""
+    if text == "cpu":
+        return text
+    from sketchmine.device import as_device  # imports torch: only when a device other than cpu is named
+
+    try:
+        as_device(text)
+    except SketchmineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="sketchmine", description="Mine the top-k images of every CNN unit.", formatter_class=DefaultsHelp,
+                epilog="exit codes: 0 done, 1 running failed, 2 usage error, 3 input refused, 130 interrupted")
+    p.add_argument("--version", action="version", version=f"sketchmine {__version__}")
+    verbosity_options(p, top=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=SubParser)
+    m = sub.add_parser("mine", help="stream a dataset through a model and keep every unit's top-k images")
+    m.add_argument("--model", required=True,
+                   help="torchvision name, 'sketchnet'/'sketchresnet'/'sketchgru' (with --weights), 'demo', "
+                        "'demo-resnet', 'demo-gru', a checkpoint path, or an .onnx file (ONNX Runtime)")
+    m.add_argument("--weights", help="state_dict file for a named model (loaded with weights_only=True), or "
+                                     "DEFAULT (or a weight enum name) for torchvision's pretrained weights when cached "
+                                     "under TORCH_HOME (default: none, random weights)")
+    m.add_argument("--seed", type=int, default=None,
+                   help="initialisation seed of a model named by architecture without --weights (recorded; "
+                        "default 0); refused for any other model")
+    m.add_argument("--data", required=True, help="ImageFolder directory: DIR/<class>/<image>")
+    m.add_argument("--out", help="run directory (Zarr); an unfinished one is resumed (default: MODEL.zarr in the "
+                                 "current folder, MODEL the --model name without folder and extension)")
+    layers_option(m, "qualified module names (default: every conv, linear, softmax)")
+    m.add_argument("-k", type=positive_int, default=9, help="images kept per unit")
+    m.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    m.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
+    m.add_argument("--workers", type=nonnegative_int, default=default_workers(),
+                   help="DataLoader worker processes (default: 0 on machines with <= 2 cores, where "
+                        "workers compete with the forward pass for the cores (measured 10-16%% slower), "
+                        "else min(4, cores // 2))")
+    m.add_argument("--prefetch-factor", type=positive_int,
+                   help="batches each loader worker prepares ahead (needs --workers >= 1; torch's default 2)")
+    m.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="page-locked loader batches (default: on when --device is CUDA)")
+    m.add_argument("--preprocessing", default="auto", choices=["auto", "model", "imagenet", "dataset", "none"],
+                   help="auto: the model's recorded normalisation, else ImageNet mean/std")
+    m.add_argument("--image-size", type=positive_int, help="resize images to S×S (default: keep their size)")
+    m.add_argument("--flush-every", type=positive_int, default=50, help="checkpoint every N batches")
+    m.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and record them")
+    m.add_argument("--no-logits", action="store_true",
+                   help="stop each forward pass after the deepest mined layer (no predictions or accuracy)")
+    m.add_argument("--channels-last", action="store_true", help="model and batches in channels-last memory format")
+    m.add_argument("--autocast", choices=["bf16", "fp16"], help="run the forward pass under torch.autocast")
+    m.add_argument("--compile", action="store_true",
+                   help="run the forward through torch.compile (torch models; the first batch compiles, ~15 s "
+                        "for AlexNet on CPU, and needs a C++ compiler; same top-k within float tolerance)")
+    m.add_argument("--no-overlap-flushes", action="store_true",
+                   help="write each checkpoint in the loop instead of on a background thread")
+    m.add_argument("--steps", type=positive_int,
+                   help="show each image as a progressive drawing of STEPS frames, for CNN + recurrent models "
+                        "(default: the steps the model was trained with, e.g. 8 for 'demo-gru'; else single images)")
+    m.add_argument("--ink", default="auto", choices=INKS,
+                   help="with --steps: which pixels are drawn: light ink on black, dark ink on white, or auto "
+                        "(per image, from the median of its border; default)")
+    v = sub.add_parser("visualize", help="crop each top-k entry's receptive field and its deconvolution into RUN")
+    v.add_argument("run")
+    layers_option(v, "layers to visualize (default: every mined layer)")
+    reload_options(v)
+    v.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided", "gradient"],
+                   help="how a unit's activation is projected back to pixels")
+    v.add_argument("--batch-size", type=positive_int, default=64, help="(image, unit) pairs per forward and backward")
+    v.add_argument("--max-patch", type=positive_int, default=128, help="shrink larger patches to fit N×N pixels")
+    v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
+    v.add_argument("--examples", default="top", choices=["top", "all"],
+                   help="top: the top-k entries; all: also the bottom-k and each activation bin's examples")
+    demo_help = ("mine, visualize and report the embedded trained models over the embedded Animal-Shape test "
+                 "split: SketchNet 'demo' and ResNet 'demo-resnet' compared, then the CNN + GRU 'demo-gru' over "
+                 "progressive drawings with its hidden units ranked by importance")
+    d = sub.add_parser("demo", help=demo_help, description=demo_help)
+    d.add_argument("--out", help="folder for the runs, OUT/demo.zarr, OUT/demo-resnet.zarr and OUT/demo-gru.zarr; "
+                                 "a re-run resumes them (default: a new temporary directory)")
+    d.add_argument("--batch-size", type=positive_int, default=250, help="images per mining batch")
+    d.add_argument("--report", help="folder for the reports, REPORT/demo/, REPORT/demo-resnet/ and "
+                                    "REPORT/demo-gru/ (default: OUT/report)")
+    r = sub.add_parser("report", help="write a static HTML report of RUN (opens offline in any browser)")
+    r.add_argument("run")
+    r.add_argument("--out", help="report folder, index.html inside (default: RUN-report beside the run, RUN "
+                                 "without .zarr)")
+    r.add_argument("--open", action="store_true", help="open the report in the default web browser")
+    r.add_argument("--no-probe", action="store_true", help="leave out the live probe (it loads and exports the model)")
+    c = sub.add_parser("compare", help="two runs over the same dataset side by side")
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.add_argument("-n", type=positive_int, default=5, help="classes per side")
+    json_option(c)
+    s = sub.add_parser("summary", help="print a run's accuracy and per-layer class preferences")
+    s.add_argument("run")
+    s.add_argument("-n", type=positive_int, default=5, help="classes per side")
+    json_option(s)
+    i = sub.add_parser("importance", help="per-unit ablation importance for the correct class, stored in RUN")
+    i.add_argument("run")
+    layers_option(i, "mined layers (default: every mined module layer)")
+    reload_options(i)
+    i.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    i.add_argument("-n", type=positive_int, default=10, help="units listed (and plotted) per layer")
+    i.add_argument("--plot", help="write a PNG of the most important units per layer")
+    json_option(i)
+    b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
+    e = sub.add_parser("effects", help="per unit: the mean change of every class's logit and probability when it "
+                                       "is zeroed, and its most correlated units, stored in RUN")
+    e.add_argument("run")
+    layers_option(e, "mined layers (default: every mined module layer)")
+    reload_options(e)
+    e.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    e.add_argument("--units-per-pass", type=positive_int, help="units zeroed per tail run (default: by memory)")
+    e.add_argument("-n", type=positive_int, default=10, help="units listed per layer")
+    p_ = sub.add_parser("probe", help="export RUN's model for the live probe page (drawing → predictions and units "
+                                      "in the browser); `sketchmine report` includes it when the model loads")
+    p_.add_argument("run")
+    p_.add_argument("--out", required=True, help="folder for probe.html (new or empty)")
+    p_.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                    help="the model's input size when the run records none")
+    un = sub.add_parser("unit", help="one unit's dashboard: distribution, examples, classes, effects, importance")
+    un.add_argument("run")
+    un.add_argument("layer")
+    un.add_argument("unit", type=int)
+    json_option(un)
+    return p
+
+
+class SubParser(Parser):
+    """A command's parser: defaults shown in its --help, -q/-v accepted after the command too."""
+
+    def __init__(self, **kwargs: typing.Any) -> None:
+        super().__init__(formatter_class=DefaultsHelp, **{k: v for k, v in kwargs.items() if k != "formatter_class"})
+        verbosity_options(self, top=False)
+
+
+def json_option(p: argparse.ArgumentParser) -> None:
+    """`--json`: the command's result as one JSON document on stdout (present/json_out.py)."""
+    p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts) instead of tables")
+
+
+def default_run_out(model: str) -> str:
+    """`mine`'s --out when none is given: MODEL.zarr in the current folder."""
+    name = Path(model.rstrip("/")).name.split(".")[0] or "run"
+    return f"{name}.zarr"
+
+
+def default_report_out(run: str) -> str:
+    """`report`'s --out when none is given: RUN-report beside the run (RUN without .zarr)."""
+    p = Path(run.rstrip("/"))
+    return str(p.with_name(f"{p.name.removesuffix('.zarr')}-report"))
+
+
+def reload_options(p: argparse.ArgumentParser) -> None:
+    """Options of the passes after mining, which load the run's model and dataset again."""
+    p.add_argument("--data", help="the dataset's ImageFolder root, if it moved since mining")
+    p.add_argument("--model", help="the model, if the run cannot reload it (mined from an in-memory model)")
+    p.add_argument("--weights", help="state_dict file for --model")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")

@@ -1,0 +1,87 @@
+"""`--json`: what summary, compare and importance print, as one JSON document on stdout.
+
+Scripts read these instead of parsing tables. NaN and ±inf become `null` (JSON has neither),
+numpy scalars become numbers. Every command with `--json` prints through `print_json`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sketchmine.results.run import Run
+
+
+def plain(value: Any) -> Any:
+    """`value` with numpy and pandas values as JSON types; non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray, pd.Index)):
+        return [plain(v) for v in value]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)  # a path
+
+
+def print_json(data: Any) -> None:
+    """`data` as indented JSON on stdout (the one way commands print `--json`)."""
+    sys.stdout.write(json.dumps(plain(data), indent=2, allow_nan=False, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def records(df: pd.DataFrame, index: str | None = None) -> list[dict[str, Any]]:
+    """A DataFrame's rows as dicts; its index as the field `index` when named."""
+    frame = df.reset_index(names=index) if index else df
+    return [plain(r) for r in frame.to_dict(orient="records")]
+
+
+def summary_data(run: Run, n: int) -> dict[str, Any]:
+    """`sketchmine summary --json`: the run, its accuracy, per layer its units, best activation
+    and the `n` most and least frequent classes among the top-k images."""
+    from sketchmine.errors import SketchmineError
+
+    layers = []
+    for name in run.layers:
+        attrs = run.layer_attrs(name)
+        values, idx, _ = run.topk(name)
+        layers.append({
+            "name": name, "kind": attrs.get("kind"), "shape": list(attrs["shape"]), "units": attrs["shape"][0],
+            "max_activation": values[idx >= 0].max() if (idx >= 0).any() else None,
+            "nan_count": int(run.layer_array(name, "nan_count").sum()) if run.has_array(name, "nan_count") else 0,
+            "top_classes": records(run.top_classes(name, n), "class"),
+            "bottom_classes": records(run.bottom_classes(name, n), "class"),
+        })
+    try:
+        classes = records(run.class_accuracy(), "class") if run.complete else []
+    except SketchmineError:  # no predictions (--no-logits) or no labels
+        classes = []
+    return {"run": str(run.path), "model": run.attrs.get("model"), "complete": run.complete,
+            "images": run.images_done, "k": run.k, "accuracy": run.accuracy() if run.complete else None,
+            "class_accuracy": classes, "layers": layers}
+
+
+def compare_data(cmp: Any) -> dict[str, Any]:
+    """`sketchmine compare --json`: a `results.compare.Comparison`."""
+    oa, ob = cmp.overall
+    return {"a": str(cmp.a.path), "b": str(cmp.b.path), "accuracy": {"a": oa, "b": ob}, "n": cmp.n,
+            "classes": records(cmp.accuracy, "class"), "layers": records(cmp.layers)}
+
+
+def importance_data(run: Run, layers: list[str], n: int) -> dict[str, Any]:
+    """`sketchmine importance --json`: per layer the `n` units that matter most."""
+    out = {}
+    for name in layers:
+        df = run.unit_importance(name)
+        out[name] = {"images": df.attrs.get("images"), "base_accuracy": df.attrs.get("base_accuracy"),
+                     "units": records(df.head(n))}
+    return {"run": str(run.path), "layers": out}

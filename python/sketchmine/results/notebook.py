@@ -1,0 +1,157 @@
+"""A run and a unit as a notebook shows them: `repr(run)`, `run._repr_html_()` and the unit
+card `run.unit(layer, i)`.
+
+Only the run's readers, PIL and base64: no model, no dataset, no presentation module (readers
+sit below present/). Pictures are the `visualize` pass's stored patches and deconvolutions,
+inlined as PNG data URLs; a layer without them says how to add them.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from sketchmine.errors import SketchmineError
+
+if TYPE_CHECKING:
+    from sketchmine.results.run import Run
+
+TOP_CLASSES = 5
+"""Classes a unit card lists from the class statistics (highest mean image maximum first)."""
+
+THUMB = 64
+"""Height in pixels of a card's picture strips (larger patches are shrunk)."""
+
+
+def state(run: Run) -> str:
+    return "complete" if run.complete else f"partial ({run.images_done} images so far)"
+
+
+def accuracy_text(run: Run) -> str:
+    acc = run.accuracy() if run.complete else None
+    return "-" if acc is None else f"{acc * 100:.2f}%"
+
+
+def run_repr(run: Run) -> str:
+    """One line: path, layers, k, images, accuracy, complete or partial."""
+    names = run.layers
+    shown = ", ".join(names[:4]) + (f", … ({len(names)} layers)" if len(names) > 4 else "")
+    return (f"<sketchmine.Run {str(run.path)!r}: layers [{shown}], k={run.k}, {run.images_done} images, "
+            f"accuracy {accuracy_text(run)}, {state(run)}>")
+
+
+def run_html(run: Run) -> str:
+    """A small table: one row per layer (kind, units, pictures stored), under a caption with the
+    run's path, k, images, accuracy and state."""
+    esc = html.escape
+    rows = []
+    for name in run.layers:
+        attrs = run.layer_attrs(name)
+        shape = [int(s) for s in attrs.get("shape", run.layer_shape(name))]
+        pictures = "yes" if run.has_array(name, "patches") else "-"
+        rows.append(f"<tr><td style='text-align:left'>{esc(name)}</td><td>{esc(str(attrs.get('kind', '')))}</td>"
+                    f"<td>{shape[0]}</td><td>{esc('×'.join(map(str, shape)))}</td><td>{pictures}</td></tr>")
+    caption = (f"<b>sketchmine run</b> {esc(str(run.path))}<br>k={run.k} · {run.images_done} images · "
+               f"accuracy {esc(accuracy_text(run))} · {esc(state(run))}")
+    head = "".join(f"<th>{c}</th>" for c in ("layer", "kind", "units", "shape", "pictures"))
+    return (f"<table class='sketchmine-run'><caption style='text-align:left'>{caption}</caption>"
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def png_data_url(tiles: np.ndarray, height: int = THUMB) -> str:
+    """(k, h, w, ch) uint8 tiles side by side as a PNG data URL, `height` pixels high at most."""
+    k, h, w, ch = tiles.shape
+    strip = tiles.transpose(1, 0, 2, 3).reshape(h, k * w, ch)
+    im = Image.fromarray(strip[..., 0] if ch == 1 else strip)
+    if im.height > height:
+        im = im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class UnitCard:
+    """One unit of one mined layer: its top-k images (value, class, file), its top classes over
+    all images (class statistics) and, once `visualize` has run, its patches and deconvolutions.
+    Displays inline in a notebook (`_repr_html_`); `repr` is a text summary."""
+
+    def __init__(self, run: Run, layer: str, unit: int) -> None:
+        run.check_layer(layer)
+        units = run.layer_shape(layer)[0]
+        if not 0 <= int(unit) < units:
+            raise SketchmineError(f"unit {unit} is not in layer {layer!r} of run {run.path}: it has units "
+                                  f"0..{units - 1}")
+        self.run, self.layer, self.unit = run, layer, int(unit)
+
+    @property
+    def top(self) -> pd.DataFrame:
+        """The unit's top-k, best first (rank index; value, class, accuracy, path, ...)."""
+        return self.run.unit_classes(self.layer, self.unit)
+
+    @property
+    def max_activation(self) -> float:
+        """The unit's largest activation over the images mined (NaN before any image)."""
+        values, index, _ = self.run.topk(self.layer)
+        return float(values[self.unit, 0]) if index[self.unit, 0] >= 0 else float("nan")
+
+    def top_classes(self, n: int = TOP_CLASSES) -> pd.DataFrame | None:
+        """The `n` classes with the highest mean image maximum of this unit over ALL labelled images
+        (mean, images); None when the run has no class statistics."""
+        try:
+            mean, count = self.run.class_stats(self.layer)
+        except SketchmineError:
+            return None
+        df = pd.DataFrame({"mean": mean[self.unit], "images": count[self.unit]},
+                          index=pd.Index(self.run.class_names[:mean.shape[1]], name="class"))
+        return df.sort_values("mean", ascending=False, kind="stable").head(n)
+
+    def pictures(self) -> dict[str, str]:
+        """{"patches": data URL, "deconv": data URL} of what `visualize` stored for this unit."""
+        run, name, u = self.run, self.layer, self.unit
+        if not run.has_array(name, "patches"):
+            return {}
+        done = int(dict(run.layer_attrs(name).get("visualized") or {}).get("units_done", 0))
+        if u >= done:
+            return {}
+        ok = int((run.topk(name)[1][u] >= 0).sum())
+        out = {"patches": png_data_url(run.layer_array(name, "patches", slice(u, u + 1))[0][:ok])}
+        if run.has_array(name, "deconv"):
+            out["deconv"] = png_data_url(run.layer_array(name, "deconv", slice(u, u + 1))[0][:ok])
+        return out
+
+    def __repr__(self) -> str:
+        top = self.top
+        classes = ", ".join(f"{c}" for c in top["class"].head(self.run.k).tolist())
+        return (f"<sketchmine.UnitCard {self.layer}[{self.unit}] of {str(self.run.path)!r}: max activation "
+                f"{self.max_activation:.4g}; top-{len(top)} classes: {classes}>")
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        parts = [f"<div class='sketchmine-unit'><b>{esc(self.layer)}</b> unit {self.unit} · max activation "
+                 f"{self.max_activation:.4g} · {esc(str(self.run.path))}"]
+        pics = self.pictures()
+        for key, title in (("patches", "top-k patches"), ("deconv", "deconvolutions")):
+            if key in pics:
+                parts.append(f"<div>{title}<br><img src='{pics[key]}' alt='{title}' style='height:{THUMB}px;image-rendering:pixelated'></div>")
+        if not pics:
+            parts.append(f"<div><i>no pictures stored for this unit: run <code>sketchmine visualize "
+                         f"{esc(str(self.run.path))} --layers {esc(self.layer)}</code> (or "
+                         f"<code>sketchmine.visualize(run, [{esc(repr(self.layer))}])</code>) to add its patches "
+                         "and deconvolutions</i></div>")
+        rows = "".join(f"<tr><td>{r}</td><td>{row['value']:.4g}</td><td>{esc(str(row['class']))}</td>"
+                       f"<td style='text-align:left'>{esc(str(row['path']))}</td></tr>"
+                       for r, row in self.top.iterrows())
+        parts.append(f"<table><caption>top-{self.run.k} images</caption><thead><tr><th>rank</th><th>value</th>"
+                     f"<th>class</th><th>file</th></tr></thead><tbody>{rows}</tbody></table>")
+        classes = self.top_classes()
+        if classes is not None:
+            crow = "".join(f"<tr><td style='text-align:left'>{esc(str(c))}</td><td>{r['mean']:.4g}</td>"
+                           f"<td>{int(r['images'])}</td></tr>" for c, r in classes.iterrows())
+            parts.append(f"<table><caption>top classes over all images (mean image maximum)</caption><thead><tr>"
+                         f"<th>class</th><th>mean</th><th>images</th></tr></thead><tbody>{crow}</tbody></table>")
+        return "".join(parts) + "</div>"

@@ -1,0 +1,72 @@
+"""The per-unit views of a run beyond its top-k: each unit's whole distribution
+(results/distribution.py), its effects on the output and its correlated units
+(results/effects.py). A base class of `Run`, so the reader keeps one namespace while each
+family of readers lives in its own module.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import pandas as pd
+
+from sketchmine.results import distribution, effects
+
+if TYPE_CHECKING:
+    from sketchmine.results.run import Run
+
+
+class UnitViews:
+    """Readers of the distribution and effects arrays (methods of `Run`)."""
+
+    @property
+    def _as_run(self) -> Run:
+        """This object as the `Run` it is a base of (what the reader functions take)."""
+        return cast("Run", self)
+
+    # ---- each unit's whole distribution (issue 16): results/distribution.py ----------------
+    def histogram(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(edges (C, 65) float64, counts (C, 64) int64) exact histogram of each unit's image
+        maxima; counts sum to the images whose maximum is not NaN (stats/histogram.py)."""
+        return distribution.histogram_of(self._as_run, layer)
+
+    def quantiles(self, layer: str, q: Any) -> np.ndarray:
+        """(C, len(q)) quantiles of each unit's image maxima, with the guarantee of
+        `distribution.quantiles` (relative error <= 1/65; exact at q = 0 and 1)."""
+        return distribution.quantiles(self._as_run, layer, q)
+
+    def max_range(self, layer: str) -> np.ndarray:
+        """(C, 2) float32 exact [min, max] of each unit's image maxima (NaN: none)."""
+        return distribution.max_range(self._as_run, layer)
+
+    def quantile_examples(self, layer: str) -> np.ndarray:
+        """(C, 17, 8) int64 images per activation bin (`example_edges`), -1 where fewer."""
+        return distribution.quantile_examples(self._as_run, layer)
+
+    def example_edges(self, layer: str) -> np.ndarray:
+        """(C, 18) float64 edges of the bins of `quantile_examples`."""
+        return distribution.example_edges(self._as_run, layer)
+
+    def bottomk(self, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As `topk`, for the k least-activating images: least first (empty slots: index -1, value +inf)."""
+        return distribution.bottom_k(self._as_run, layer)
+
+    def firing_density(self, layer: str) -> np.ndarray:
+        """(C,) share of images (with a non-NaN maximum) whose maximum is > 0."""
+        return distribution.firing_density(self._as_run, layer)
+
+    def max_mean(self, layer: str) -> np.ndarray:
+        """(C,) mean of each unit's non-NaN image maxima."""
+        return distribution.max_mean(self._as_run, layer)
+    # ---- unit effects and correlated units: results/effects.py (sketchmine effects) -----------
+    def unit_effects(self, layer: str, kind: str = "prob") -> pd.DataFrame:
+        """unit × class: mean change of each class's probability (kind="prob") or logit
+        ("logit") when the unit is zeroed, ablated minus clean, over all images."""
+        return effects.read_effects(self._as_run, layer, kind)
+
+    def correlated_units(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(unit (C, m) int32, r (C, m) float32): each unit's most correlated units in the layer."""
+        return effects.read_correlated(self._as_run, layer)
+
+    def has_unit_effects(self, layer: str) -> bool:
+        return effects.has_effects(self._as_run, layer)

@@ -1,0 +1,330 @@
+"""The ecosystem's habits (issue 19): CLI conventions (--version, defaults in --help, stdout for
+results and stderr for the rest, --json, exit codes, -q/-v through logging, --layers beside a
+positional, report --open), notebook display of a run and a unit, and standard readers
+(xarray opens a run with named dimensions). Real subprocesses and one real run mined once."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sketchmine
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["features.0", "classifier.6"]
+
+
+def sm(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sketchmine", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, demo_test_set) -> Path:
+    """60 real test images (6 per class) as an ImageFolder."""
+    from tests.helpers import image_folder
+
+    return image_folder(demo_test_set, tmp_path_factory.mktemp("habits") / "images", per_class=6)
+
+
+@pytest.fixture(scope="module")
+def mined(images) -> tuple[Path, subprocess.CompletedProcess]:
+    """The run `sketchmine mine` writes (two layers, k=3) and what the command printed."""
+    out = images.parent / "run.zarr"
+    proc = sm("mine", "--model", "demo", "--data", str(images), "--out", str(out), "--layers", ",".join(LAYERS),
+              "-k", "3", "--workers", "0", "--batch-size", "32")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+# ---- CLI conventions -------------------------------------------------------------------------
+def test_version_and_help_load_neither_torch_nor_zarr():
+    proc = sm("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"sketchmine {sketchmine.__version__}", proc
+    code = ("import sys\nfrom sketchmine.cli.main import main\n"
+            "for argv in (['--help'], ['mine', '--help'], ['--version']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, e\n"
+            "print(sorted(m for m in ('torch', 'zarr', 'sketchmine._C') if m in sys.modules), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr.strip() == "[]", proc.stderr
+    assert "usage: sketchmine mine" in proc.stdout
+
+
+def test_every_option_shows_its_default_in_help():
+    from sketchmine.cli.parser import DefaultsHelp as _Help
+    from sketchmine.cli.parser import build_parser as _parser
+
+    p = _parser()
+    subs = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    seen = 0
+    for name, parser in [("", p), *subs.choices.items()]:
+        fmt = _Help(parser.prog)
+        for a in parser._actions:
+            if not a.option_strings or a.required or isinstance(a, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            assert a.help, f"{name} {a.option_strings} has no help"
+            assert "default" in fmt._get_help_string(a).lower(), f"{name} {a.option_strings}: {a.help!r}"
+            seen += 1
+    assert seen > 40
+    text = sm("mine", "--help").stdout
+    assert "(default: 64)" in " ".join(text.split()) and "(default: cpu)" in text
+
+
+def test_cli_inks_are_the_datasets():
+    from sketchmine.cli.parser import INKS
+    from sketchmine.data.sequences import INKS as DATA_INKS
+
+    assert INKS == DATA_INKS
+
+
+def test_results_on_stdout_notes_and_progress_on_stderr(mined):
+    out, proc = mined
+    assert "features.0" in proc.stdout and "accuracy" in proc.stdout  # the closing table
+    assert "mining" in proc.stderr and "mining" not in proc.stdout   # the bar
+    run = sketchmine.open_run(out)
+    assert run.complete and run.images_done == 60 and run.k == 3 and run.layers == LAYERS
+
+
+def test_quiet_keeps_results_drops_notes_and_default_out(images, tmp_path):
+    """k=100 > 60 images is a note; -q drops it (and the bar), keeps the table; no --out: ./demo.zarr."""
+    loud = sm("mine", "--model", "demo", "--data", str(images), "--layers", "classifier.6", "-k", "100",
+              "--workers", "0", cwd=tmp_path)
+    assert loud.returncode == 0, loud.stderr
+    assert "note: k=100 is more than the 60 images" in loud.stderr and "note" not in loud.stdout
+    assert "no --out given: the run goes to demo.zarr" in loud.stderr
+    assert sketchmine.open_run(tmp_path / "demo.zarr").k == 60
+    quiet = sm("-q", "mine", "--model", "demo", "--data", str(images), "--layers", "classifier.6", "-k", "100",
+               "--out", str(tmp_path / "q.zarr"), "--workers", "0")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert "classifier.6" in quiet.stdout
+    after = sm("summary", str(tmp_path / "q.zarr"), "-q")  # -q after the command too
+    assert after.returncode == 0 and after.stderr == "" and "classifier.6" in after.stdout
+
+
+def test_api_notes_go_to_logging_not_warnings(small_test_set, tmp_path, caplog):
+    from sketchmine.data import ArrayDataset
+
+    ds = ArrayDataset(small_test_set.images[:20], small_test_set.labels()[:20], small_test_set.class_names,
+                      small_test_set.preprocessing, small_test_set.describe())
+    with warnings.catch_warnings(), caplog.at_level("WARNING", logger="sketchmine"):
+        warnings.simplefilter("error")  # a UserWarning would fail the call
+        sketchmine.mine("demo", ds, layers=["classifier.6"], k=30, out=tmp_path / "r.zarr")
+    notes = [r for r in caplog.records if r.name == "sketchmine"]
+    assert any("k=30 is more than the 20 images" in r.getMessage() for r in notes), notes
+
+
+def test_json_output_parses_and_matches_the_run(mined):
+    out, _ = mined
+    run = sketchmine.open_run(out)
+    proc = sm("summary", str(out), "--json", "-n", "3")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["images"] == 60 and data["k"] == 3 and data["complete"] is True
+    assert data["accuracy"] == pytest.approx(run.accuracy())
+    assert [l["name"] for l in data["layers"]] == LAYERS
+    top = run.top_classes("features.0", 3)
+    assert [c["class"] for c in data["layers"][0]["top_classes"]] == list(top.index)
+    assert [c["count"] for c in data["layers"][0]["top_classes"]] == top["count"].tolist()
+    assert data["layers"][0]["max_activation"] == pytest.approx(float(run.topk("features.0")[0].max()))
+    assert len(data["class_accuracy"]) == 10
+
+    proc = sm("compare", str(out), str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    cmp = json.loads(proc.stdout)
+    assert cmp["accuracy"]["a"] == cmp["accuracy"]["b"] == pytest.approx(run.accuracy())
+    assert all(r["jaccard_top"] == 1.0 for r in cmp["layers"]) and len(cmp["classes"]) == 10
+
+
+def test_importance_json(mined, tmp_path):
+    import shutil
+
+    run_copy = tmp_path / "run.zarr"
+    shutil.copytree(mined[0], run_copy)
+    proc = sm("importance", str(run_copy), "--layers", "features.0", "-n", "4", "--json", "--batch-size", "60")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    want = sketchmine.open_run(run_copy).unit_importance("features.0").head(4)
+    got = data["layers"]["features.0"]
+    assert [u["unit"] for u in got["units"]] == want["unit"].tolist() and got["images"] == 60
+    np.testing.assert_allclose([u[want.columns[1]] for u in got["units"]], want.iloc[:, 1].to_numpy())
+
+
+def test_exit_codes(mined, images, tmp_path):
+    out, _ = mined
+    usage = sm("mine", "--data", str(images))  # --model missing
+    assert usage.returncode == 2 and "sketchmine: error:" in usage.stderr
+    refused = sm("mine", "--model", "demo", "--data", str(images), "--out", str(tmp_path / "r"), "--layers", "conv9")
+    assert refused.returncode == 3 and "unknown layer 'conv9'" in refused.stderr and refused.stdout == ""
+    resume = sm("mine", "--model", "demo", "--data", str(images), "--out", str(out), "--layers", ",".join(LAYERS),
+                "-k", "4")  # the run was mined with k=3: not this run
+    assert resume.returncode == 3 and "cannot resume" in resume.stderr, resume.stderr
+    assert "Traceback" not in resume.stderr
+    verbose = sm("-v", "summary", str(tmp_path / "nope.zarr"))
+    assert verbose.returncode == 3 and "Traceback" in verbose.stderr
+
+
+def test_exit_code_of_a_failure_is_1():
+    from sketchmine.errors import SketchmineError, SketchmineFailure
+
+    assert SketchmineError("x").exit_code == 3 and SketchmineFailure("x").exit_code == 1
+    assert issubclass(SketchmineFailure, SketchmineError)
+
+
+def test_layers_never_swallow_a_positional():
+    from sketchmine.cli.parser import build_parser as _parser
+
+    p = _parser()
+    args = p.parse_args(["visualize", "--layers", "features.0,features.3", "run.zarr"])
+    assert args.layers == ["features.0", "features.3"] and args.run == "run.zarr"
+    args = p.parse_args(["importance", "--layers", "a", "--layers", "b,c", "r.zarr", "-n", "2"])
+    assert args.layers == ["a", "b", "c"] and args.run == "r.zarr" and args.n == 2
+    assert p.parse_args(["visualize", "r.zarr"]).layers is None
+    proc = sm("mine", "--model", "demo", "--data", "x", "--layers", "a", "b")
+    assert proc.returncode == 2 and "--layers a,b" in proc.stderr
+
+
+def test_report_default_out_and_open(mined, tmp_path):
+    """--open hands the report's file URL to the browser; BROWSER names a real script that records it."""
+    import shutil
+
+    run_copy = tmp_path / "mine.zarr"
+    shutil.copytree(mined[0], run_copy)
+    record = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > "{record}"\n')
+    browser.chmod(0o755)
+    proc = sm("report", str(run_copy), "--open", env={"BROWSER": str(browser)})
+    assert proc.returncode == 0, proc.stderr
+    index = tmp_path / "mine-report" / "index.html"
+    assert index.is_file()
+    assert record.read_text() == index.resolve().as_uri()
+
+
+def test_no_matplotlib_use_in_library_code():
+    hits = [p for p in (ROOT / "python" / "sketchmine").rglob("*.py") if "matplotlib.use(" in p.read_text()]
+    assert hits == []
+
+
+# ---- notebooks -------------------------------------------------------------------------------
+def test_run_repr_and_html(mined):
+    from html.parser import HTMLParser
+
+    run = sketchmine.open_run(mined[0])
+    text = repr(run)
+    assert str(run.path) in text and "k=3" in text and "60 images" in text and "complete" in text
+    assert f"accuracy {run.accuracy() * 100:.2f}%" in text and "features.0, classifier.6" in text
+
+    class Rows(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[str]] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+
+        def handle_data(self, data):
+            if self.rows and self.lasttag == "td":
+                self.rows[-1].append(data)
+
+    parser = Rows()
+    parser.feed(run._repr_html_())
+    body = [r for r in parser.rows if r]
+    assert [r[0] for r in body] == LAYERS
+    assert [int(r[2]) for r in body] == [run.layer_shape(l)[0] for l in LAYERS]
+    assert "60 images" in run._repr_html_() and "complete" in run._repr_html_()
+
+
+def test_unit_card_shows_the_stored_patches_and_classes(mined, tmp_path):
+    import base64
+    import io
+    import re
+    import shutil
+
+    from PIL import Image
+
+    from sketchmine.errors import SketchmineError
+
+    copy = tmp_path / "run.zarr"
+    shutil.copytree(mined[0], copy)
+    run = sketchmine.open_run(copy)
+    bare = run.unit("features.0", 2)._repr_html_()
+    assert "<img" not in bare and f"sketchmine visualize {copy} --layers features.0" in bare
+    sketchmine.visualize(run, ["features.0"])
+    run = sketchmine.open_run(copy)
+    card = run.unit("features.0", 2)
+    page = card._repr_html_()
+    urls = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(urls) == 2  # patches and deconvolutions
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(urls[0]))))
+    tiles = run.layer_array("features.0", "patches", slice(2, 3))[0]  # (k, h, w, 1), small: not shrunk
+    assert np.array_equal(got, np.concatenate(list(tiles[..., 0]), axis=1))
+    values, index, _ = run.topk("features.0")
+    assert card.max_activation == pytest.approx(float(values[2, 0]))
+    mean, count = run.class_stats("features.0")
+    best = [run.class_names[c] for c in np.argsort(-mean[2], kind="stable")[:5]]
+    assert list(card.top_classes().index) == best
+    assert all(f">{c}<" in page for c in best)
+    assert "features.0[2]" in repr(card) and run.class_names[run.labels[index[2, 0]]] in repr(card)
+    with pytest.raises(SketchmineError, match="unit 99 is not in layer 'classifier.6'"):
+        run.unit("classifier.6", 99)
+
+
+# ---- standard readers ------------------------------------------------------------------------
+def test_xarray_opens_a_run_with_named_dimensions(mined):
+    xr = pytest.importorskip("xarray")
+    run = sketchmine.open_run(mined[0])
+    tree = xr.open_datatree(str(mined[0]), engine="zarr", consolidated=False)
+    layer = tree["layers/features.0"].to_dataset()
+    assert layer["values"].dims == ("unit", "rank") and layer.sizes["unit"] == 32 and layer.sizes["rank"] == 3
+    assert layer["yx"].dims == ("unit", "rank", "yx") and layer["class_mean"].dims == ("unit", "class")
+    np.testing.assert_array_equal(layer["values"].values, run.topk("features.0")[0])
+    ev = tree["eval"].to_dataset()
+    assert ev["logits"].dims == ("image", "output") and ev.sizes["image"] == 60
+    ds = tree["dataset"].to_dataset()
+    assert ds["labels"].dims == ("image",) and ds["class_names"].dims == ("class",)
+    assert [str(c) for c in ds["class_names"].values] == run.class_names
+    np.testing.assert_array_equal(ds["labels"].values, run.labels)
+
+
+# ---- pretrained weights --------------------------------------------------------------------
+def test_pretrained_weights_come_from_the_local_cache_only(tmp_path, monkeypatch):
+    """--weights DEFAULT: refused with where to put the file when it is not cached; read from the
+    cache (a real file at torch's hub path) with the weights' own normalisation, size and categories."""
+    import torch
+    import torchvision
+
+    from sketchmine.errors import SketchmineError
+    from sketchmine.model.models import load_model, preprocessing_for
+    from sketchmine.model.pretrained import cached_file, is_weights_name
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    weights = torchvision.models.SqueezeNet1_1_Weights.DEFAULT
+    target = cached_file(weights.url)
+    assert str(target).startswith(str(tmp_path / "torch-home"))
+    with pytest.raises(SketchmineError, match=r"not in the local cache .*" + target.name + r".*--weights FILE"):
+        load_model("squeezenet1_1", "DEFAULT")
+    with pytest.raises(SketchmineError, match="has no such weights; expected DEFAULT or one of IMAGENET1K_V1"):
+        load_model("squeezenet1_1", "IMAGENET9K_V9")
+    torch.manual_seed(5)
+    state = torchvision.models.squeezenet1_1(weights=None).state_dict()
+    target.parent.mkdir(parents=True)
+    torch.save(state, target)
+    for name in ("DEFAULT", "IMAGENET1K_V1", "SqueezeNet1_1_Weights.IMAGENET1K_V1"):
+        loaded = load_model("squeezenet1_1", name)
+        got = loaded.module.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in state.items())
+        assert loaded.categories == weights.meta["categories"] and len(loaded.categories) == 1000
+        assert not loaded.random_init and loaded.model_id == "squeezenet1_1:SqueezeNet1_1_Weights.IMAGENET1K_V1"
+    pre = preprocessing_for(loaded)
+    t = weights.transforms()
+    assert pre.mean == pytest.approx(tuple(t.mean)) and pre.std == pytest.approx(tuple(t.std))
+    assert tuple(pre.size)[-2:] == (t.crop_size[0], t.crop_size[0])
+    assert is_weights_name("DEFAULT") and not is_weights_name("model.pth") and not is_weights_name("weights.pt")
