@@ -275,6 +275,9 @@ def test_report_unit_dashboard_in_chromium(tmp_path, run, browser):  # noqa: F81
     page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{slides[0]}'")
     assert page.query_selector("#histogram") is not None  # the histogram, the top-k, bottom-k and bins marked
     assert len(page.query_selector_all("#histogram .mark-top")) == run.k
+    tallest = page.evaluate("() => Math.max(...[...document.querySelectorAll('#histogram .hist-bar')]"
+                            ".map(r => r.getBBox().height))")
+    assert tallest > 100  # the bars are drawn to their counts (no stylesheet rule of the same name clips them)
     assert len(page.query_selector_all("#histogram .mark-bottom")) == run.k
     assert len(page.query_selector_all("#histogram .mark-bin")) >= 2
     assert page.query_selector("[data-missing]") is None

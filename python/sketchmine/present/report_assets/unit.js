@@ -108,7 +108,7 @@
     for (var i = 0; i < counts.length; i++) {
       var x0 = px(edges[i]), x1 = hi > lo ? px(edges[i + 1]) : W - R;
       var bar = svgEl("rect", { x: x0, y: py(counts[i]), width: Math.max(1, x1 - x0 - 0.5), height: base - py(counts[i]),
-        fill: "#4c72b0", "class": "bar" });
+        fill: "#4c72b0", "class": "hist-bar" });
       bar.appendChild(svgEl("title", {}, counts[i] + " images in [" + fmt(edges[i]) + ", " + fmt(edges[i + 1]) + ")"));
       s.appendChild(bar);
     }
