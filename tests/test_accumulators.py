@@ -29,16 +29,17 @@ def _moments(run, layer: str) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, demo_model, small_test_set):
     out = tmp_path_factory.mktemp("ref") / "run.zarr"
-    return sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2)
+    return sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2, distributions=True)
 
 
 def test_registry_puts_the_top_k_first_and_names_each_statistic_once():
     setup = accumulators.Setup((accumulators.LayerSpec("a", 3, (4, 4)), accumulators.LayerSpec("b", 2)), 5,
                                torch.device("cpu"), num_classes=4)
-    accs = accumulators.build(setup)
-    assert [a.key for a in accs] == ["topk", "classes", "moments", "histogram", "quantiles", "examples", "bottomk"]
-    assert [a.key for a in accumulators.build(accumulators.Setup(setup.layers, 5, setup.device))] == [
-        "topk", "moments", "histogram", "quantiles", "examples", "bottomk"]
+    assert [a.key for a in accumulators.build(setup)] == ["topk", "classes", "moments"]
+    full = accumulators.Setup(setup.layers, 5, setup.device, num_classes=4, distributions=True)
+    assert [a.key for a in accumulators.build(full)] == [
+        "topk", "classes", "moments", "histogram", "quantiles", "examples", "bottomk"]
+    assert [a.key for a in accumulators.build(accumulators.Setup(setup.layers, 5, setup.device))] == ["topk", "moments"]
 
 
 def test_moments_equal_a_numpy_brute_force(reference, demo_model, small_test_set):
@@ -88,7 +89,7 @@ def test_resume_is_bit_identical_with_moments(tmp_path, reference, demo_model, s
     out = tmp_path / "run.zarr"
     with pytest.raises(KeyboardInterrupt):
         sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2,
-                        progress=StopAfter(stop_at))
+                        progress=StopAfter(stop_at), distributions=True)
     partial = sketchmine.open_run(out)
     done = partial.images_done
     assert 0 < done <= stop_at and not partial.complete
@@ -96,7 +97,7 @@ def test_resume_is_bit_identical_with_moments(tmp_path, reference, demo_model, s
     units = sum(partial.layer_shape(l)[0] for l in partial.layers)
     assert saved is not None and (saved["counts"][:units] == done).all()  # no NaN maps in this model
     assert partial.topk("features.0")[1].max() < done  # the top-k state read back generically
-    sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2)
+    sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2, distributions=True)
     assert_same_store(out, reference.path)
     for layer in reference.layers:
         assert (_moments(sketchmine.open_run(out), layer)["max_count"] == len(small_test_set)).all()
@@ -132,7 +133,7 @@ def _spawned(rank: int, port: int, out: str) -> None:
     try:
         model = load_model("demo")
         ds = per_class_subset(animal_shape("test", preprocessing_for(model)), 12, "0:120")
-        sketchmine.mine(model.module, ds, out=out, batch_size=16, flush_every=2)
+        sketchmine.mine(model.module, ds, out=out, batch_size=16, flush_every=2, distributions=True)
     finally:
         dist.destroy_process_group()
 
@@ -146,7 +147,8 @@ def test_two_processes_merge_to_one(tmp_path, demo_model):
     torch.set_num_threads(1)  # as each rank: the same GEMM code paths
     try:
         ds = per_class_subset(animal_shape("test", preprocessing_for(demo_model)), 12, "0:120")
-        one = sketchmine.mine(demo_model.module, ds, out=tmp_path / "one.zarr", batch_size=16, flush_every=2)
+        one = sketchmine.mine(demo_model.module, ds, out=tmp_path / "one.zarr", batch_size=16, flush_every=2,
+                              distributions=True)
     finally:
         torch.set_num_threads(threads)
     two = tmp_path / "two.zarr"

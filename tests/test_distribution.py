@@ -75,7 +75,7 @@ def ref_unit(x: np.ndarray, ids: np.ndarray, k: int = K) -> dict:
 
 # ---- the accumulators as the mining loop drives them ------------------------------------------
 def new_accs(c: int) -> list:
-    setup = accumulators.Setup((accumulators.LayerSpec("l", c, (2, 2)),), K, torch.device("cpu"))
+    setup = accumulators.Setup((accumulators.LayerSpec("l", c, (2, 2)),), K, torch.device("cpu"), distributions=True)
     return [f(setup) for f in (topk.accumulator, histogram.accumulator, sketch.accumulator, examples.accumulator,
                                bottomk.accumulator)]
 
@@ -210,13 +210,13 @@ def test_state_of_another_width_is_refused():
 @pytest.fixture(scope="module")
 def mined(tmp_path_factory, demo_model, small_test_set):
     out = tmp_path_factory.mktemp("dist")
-    a = sketchmine.mine(demo_model.module, small_test_set, out=out / "a.zarr", batch_size=128)
+    a = sketchmine.mine(demo_model.module, small_test_set, distributions=True, out=out / "a.zarr", batch_size=128)
     # the same batches (so the same activations), flushed often and interrupted twice
     for stop in (70, 130):
         with pytest.raises(KeyboardInterrupt):
-            sketchmine.mine(demo_model.module, small_test_set, out=out / "b.zarr", batch_size=128, flush_every=1,
+            sketchmine.mine(demo_model.module, small_test_set, distributions=True, out=out / "b.zarr", batch_size=128, flush_every=1,
                             progress=StopAfter(stop))
-    b = sketchmine.mine(demo_model.module, small_test_set, out=out / "b.zarr", batch_size=128, flush_every=1)
+    b = sketchmine.mine(demo_model.module, small_test_set, distributions=True, out=out / "b.zarr", batch_size=128, flush_every=1)
     return a, b
 
 
@@ -269,7 +269,7 @@ def test_a_run_mined_without_them_says_what_is_missing(tmp_path, mined):
         shutil.rmtree(old / "layers" / layer / name)
     run = sketchmine.open_run(old)
     for read in (run.histogram, run.quantile_examples, run.bottomk, lambda l: run.quantiles(l, [0.5])):
-        with pytest.raises(SketchmineError, match="mined before sketchmine kept them.*sketchmine mine"):
+        with pytest.raises(SketchmineError, match="mined without them.*sketchmine mine --distributions"):
             read(layer)
     with pytest.raises(SketchmineError, match="from 0 to 1"):
         mined[0].quantiles(layer, [1.5])
@@ -278,7 +278,7 @@ def test_a_run_mined_without_them_says_what_is_missing(tmp_path, mined):
 def test_an_unfinished_run_reads_its_checkpoint(tmp_path, demo_model, small_test_set):
     out = tmp_path / "run.zarr"
     with pytest.raises(KeyboardInterrupt):
-        sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2,
+        sketchmine.mine(demo_model.module, small_test_set, distributions=True, out=out, batch_size=32, flush_every=2,
                         progress=StopAfter(150))
     run = sketchmine.open_run(out)
     assert not run.complete and run.images_done > 0

@@ -28,6 +28,7 @@ _PUBLIC = {
     "compare": "sketchmine.results.compare",
     "plot_importance": "sketchmine.present.plots",
     "unit_effects": "sketchmine.passes.effects",
+    "feature_visualization": "sketchmine.passes.featvis",
 }
 _MODULES = {"plots": "sketchmine.present.plots", "data": "sketchmine.data"}
 
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from sketchmine.model.receptive_field import ReceptiveField, receptive_fields  # noqa: F401
     from sketchmine.passes.deconv import deconvolve  # noqa: F401
     from sketchmine.passes.effects import unit_effects  # noqa: F401
+    from sketchmine.passes.featvis import feature_visualization  # noqa: F401
     from sketchmine.passes.importance import unit_importance  # noqa: F401
     from sketchmine.passes.visualize import visualize  # noqa: F401
     from sketchmine.present.plots import plot_importance  # noqa: F401

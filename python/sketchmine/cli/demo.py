@@ -53,7 +53,7 @@ def mine_and_visualize(model: str, out: Path, batch_size: int, console: Console)
     console.print(f"[bold]{model}[/] → {safe(out)}")
     bar = RichProgress(err_console())  # progress on stderr, results on stdout
     try:
-        run = mine(model, animal_shape_test(model), out=out, batch_size=batch_size, progress=bar)
+        run = mine(model, animal_shape_test(model), out=out, batch_size=batch_size, progress=bar, distributions=True)
     finally:
         bar.stop()
     vbar = RichProgress(err_console(), "visualizing", unit="units")

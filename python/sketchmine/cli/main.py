@@ -101,7 +101,7 @@ def _mine(args: argparse.Namespace, console: Console, err: Console) -> None:
                    channels_last=args.channels_last, autocast=args.autocast, compile=args.compile,
                    prefetch_factor=args.prefetch_factor, pin_memory=args.pin_memory,
                    overlap_flushes=not args.no_overlap_flushes, steps=args.steps, ink=args.ink,
-                   seed=args.seed)
+                   seed=args.seed, distributions=args.distributions)
     finally:
         bar.stop()
         rank = distributed.rank()
@@ -119,7 +119,8 @@ def _visualize(args: argparse.Namespace, console: Console, err: Console) -> None
     try:
         run = visualize(args.run, args.layers, model=args.model, weights=args.weights, data=args.data,
                         method=args.method, batch_size=args.batch_size, device=args.device,
-                        max_patch=args.max_patch, redo=args.redo, progress=bar, examples=args.examples)
+                        max_patch=args.max_patch, redo=args.redo, progress=bar, examples=args.examples, optimize=args.optimize,
+                        optimize_method=args.optimize_method, optimize_steps=args.optimize_steps)
     finally:
         bar.stop()
     print_visualized(run, args.layers, args.method, bar, console)

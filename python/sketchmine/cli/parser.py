@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--image-size", type=positive_int, help="resize images to S×S (default: keep their size)")
     m.add_argument("--flush-every", type=positive_int, default=50, help="checkpoint every N batches")
     m.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and record them")
+    m.add_argument("--distributions", action="store_true",
+                   help="also keep each unit's whole distribution: exact histogram, quantiles, example images per "
+                        "activation bin, bottom-k (about twice the mining time on a CPU)")
     m.add_argument("--no-logits", action="store_true",
                    help="stop each forward pass after the deepest mined layer (no predictions or accuracy)")
     m.add_argument("--channels-last", action="store_true", help="model and batches in channels-last memory format")
@@ -172,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
     v.add_argument("--examples", default="top", choices=["top", "all"],
                    help="top: the top-k entries; all: also the bottom-k and each activation bin's examples")
+    v.add_argument("--optimize", action="store_true",
+                   help="also store one feature visualisation image per unit (the input that drives it hardest)")
+    v.add_argument("--optimize-method", choices=["fourier", "pixel"],
+                   help="with --optimize: lucent-era Fourier parameterisation (fourier) or deconvnet-era pixels")
+    v.add_argument("--optimize-steps", type=positive_int, help="with --optimize: optimisation steps (256 when not given)")
     demo_help = ("mine, visualize and report the embedded trained models over the embedded Animal-Shape test "
                  "split: SketchNet 'demo' and ResNet 'demo-resnet' compared, then the CNN + GRU 'demo-gru' over "
                  "progressive drawings with its hidden units ranked by importance")

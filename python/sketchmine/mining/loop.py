@@ -107,7 +107,8 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     setup = Setup(tuple(LayerSpec(l.name, l.channels, tuple(l.spatial)) for l in spec), k, device,
                   # the classes of the labels: the dataset's names, else the model's output width
                   len(ds.class_names) or int(store.attrs.get("num_classes") or 0),
-                  tuple(getattr(pre, "mean", ()) or ()), tuple(getattr(pre, "std", ()) or ()))
+                  tuple(getattr(pre, "mean", ()) or ()), tuple(getattr(pre, "std", ()) or ()),
+                  distributions=bool(store.attrs.get("distributions", False)))
     accs = accumulators.build(setup)
     _restore(store, accs)
     done = int(prog.get("images_done", 0)) if prog.get("slot") is not None else 0  # saved: rank 0 only

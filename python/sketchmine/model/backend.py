@@ -61,6 +61,7 @@ class LoadedModel:
     sequence: dict[str, Any] | None = None
     random_init: bool = False  # built by name without weights (initialised from a seed)
     categories: list[str] | None = None  # names of the outputs (torchvision's pretrained weights)
+    input_size: tuple[int, int] | None = None  # (H, W) it was trained at, when its metadata records it
 
 
 _BACKENDS: dict[type, Callable[[Any], Forward]] = {}

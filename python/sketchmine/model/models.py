@@ -123,8 +123,9 @@ def load_model(spec: str | nn.Module, weights: str | Path | None = None, seed: i
         return load_onnx(spec, weights)
     if spec in zoo.EMBEDDED:  # "demo", "demo-resnet", "demo-gru": the embedded trained models
         model, meta = zoo.load_embedded(spec)
+        size = meta.get("input_size")
         return LoadedModel(model.eval(), f"demo:{zoo.EMBEDDED[spec][1]}", meta.get("preprocessing"),
-                           meta.get("sequence"))
+                           meta.get("sequence"), input_size=tuple(size) if size else None)
     if named and is_weights_name(weights):  # torchvision's pretrained weights, from the local cache
         got = load_pretrained(str(spec), str(weights))
         return LoadedModel(got.module, got.weights_id, got.preprocessing, None, categories=got.categories)

@@ -32,6 +32,7 @@ from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.model.receptive_field import ReceptiveField
 from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
 from sketchmine.passes.example_pictures import check_examples, needed_images, picture_examples
+from sketchmine.passes.featvis_run import OptimizePass, check_options
 from sketchmine.passes.images import ImageCache, fit, signal_to_uint8, to_hwc
 from sketchmine.passes.reload import missing_images, run_dataset, run_model, run_preprocessing
 from sketchmine.passes.traces import write_traces
@@ -71,7 +72,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
               weights: str | os.PathLike | None = None, data: Any = None, method: str = "deconvnet",
               batch_size: int = 64, device: str | torch.device = "cpu", max_patch: int = 128,
               max_units: int | None = None, redo: bool = False, progress: Progress | None = None,
-              examples: str = "top") -> Run:
+              examples: str = "top", optimize: bool = False, optimize_method: str | None = None,
+              optimize_steps: int | None = None) -> Run:
     """Crop the receptive-field patch and the deconvolution of every top-k entry of `layers`
     (default: all mined layers) into the run. Re-running an interrupted call resumes it.
 
@@ -81,6 +83,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     finishing the block it stopped in first).
     examples: "top" (the top-k only), or "all": also the bottom-k and the example images of
     each activation bin, each layer's sets written whole after its top-k (example_pictures.py).
+    optimize: also store one feature visualisation image per unit (featvis_run.py; method
+    "fourier" or "pixel", default "fourier"; steps default 256), resumable in blocks of units.
     """
     if method not in METHODS:
         raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
@@ -90,6 +94,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
         raise SketchmineError(f"max_units must be at least 1 (or None for every unit), got {max_units}")
     progress = progress or Silent()
     check_examples(examples)
+    opt_method, opt_steps = check_options(optimize, optimize_method, optimize_steps)
     run = run if isinstance(run, Run) else open_run(run)
     if not run.complete:
         raise SketchmineError(f"run {run.path} is still being mined ({run.images_done} images done); "
@@ -109,7 +114,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     channels, *image_hw = images.inputs([int(needed[0])])[0].shape[-3:] if len(needed) else (1, 1, 1)
     image_hw = tuple(image_hw)
     plans = [_plan(run, name, image_hw, max_patch) for name in names]
-    net = run_model(run, model, weights).module.to(device)
+    loaded = run_model(run, model, weights)
+    net = loaded.module.to(device)
     deconv = Deconvolver(net, method)
     store = RunStore.open(run.path, mode="r+")
     lock = RunLock(store.path)
@@ -118,7 +124,10 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
         todo = {p.name: _prepare(store, p, run.k, channels, method, _block_units(p, batch_size, run.k), redo)
                 for p in plans}
         limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
-        progress.start(sum(limit.values()), sum(min(done, limit[n]) for n, (done, _) in todo.items()))
+        opt = OptimizePass(store, run, loaded, names, limit, pre, channels, image_hw, opt_method, opt_steps,  # type: ignore[arg-type]
+                           batch_size, device, redo) if optimize else None
+        progress.start(sum(limit.values()) + (opt.total if opt else 0),
+                       sum(min(done, limit[n]) for n, (done, _) in todo.items()) + (opt.done if opt else 0))
         for p in plans:
             done, layer_block = todo[p.name]
             _visualize_layer(store, run, p, done, layer_block, limit[p.name], images, deconv, batch_size, device,
@@ -128,6 +137,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
                 picture_examples(store, run, p, store.visual_state(p.name)[0], lambda q, i, yx, u0, ch=channels_p:
                                  _block(q, i, yx, u0, images, deconv, batch_size, device, ch),
                                  net, images, batch_size, device, layer_block)
+        if opt:
+            opt.run_all(progress)
         write_traces(store, run, names, net, ds, device)  # the report reads them, it runs no model
     finally:
         lock.release()

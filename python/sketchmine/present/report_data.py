@@ -102,6 +102,8 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
     img_dir.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
     c = index.shape[0]
+    opt = attrs.get("optimized") if run.has_array(name, "optimized") else None
+    opt_done = int(opt.get("units_done", 0)) if opt else 0
     pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
     for p in range(pages):
         u0, u1 = p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)
@@ -136,9 +138,18 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
                 if deconv is not None:
                     save_png(strip(deconv[u - u0]), img_dir / f"{u}_d.png")
                     unit["deconv"] = f"../img/{lid}/{u}_d.png"
+            if u < opt_done:
+                unit["optimized"] = optimized_tile(run, name, u, lid, img_dir, opt)
             units.append(unit)
         (data_dir / f"page_{p:04d}.js").write_text(f"sketchmineReport.page({p}, {to_js(units)});\n")
     return pages, note
+
+
+def optimized_tile(run: Run, name: str, u: int, lid: str, img_dir: Path, opt: dict[str, Any]) -> dict[str, Any]:
+    """A unit's stored feature visualisation image as a PNG beside its patches: its card entry."""
+    save_png(run.optimized(name, u), img_dir / f"{u}_o.png")
+    return {"src": f"../img/{lid}/{u}_o.png", "method": opt.get("method"),
+            "peak": num(run.optimized(name, u, key="optimized_peak"))}
 
 
 def num(v: Any) -> float | None:

@@ -34,8 +34,9 @@ def layer_arrays(run: Run, layer: str, key: str, names: Sequence[str], what: str
 
 
 def _read(run: Run, layer: str, key: str, names: Sequence[str], what: str) -> list[np.ndarray]:
-    again = ("it was mined before sketchmine kept them; mine it again into a new directory "
-             "(`sketchmine mine --model ... --data ... --out NEW_DIR`) to add them")
+    again = ("it was mined without them (they are asked for: they double the mining time on a CPU); mine it "
+             "again into a new directory with distributions=True (`sketchmine mine --distributions --model ... "
+             "--data ... --out NEW_DIR`) to add them")
     if run.complete:
         missing = [n for n in names if not run.has_array(layer, n)]
         if missing:
@@ -47,7 +48,7 @@ def _read(run: Run, layer: str, key: str, names: Sequence[str], what: str) -> li
         raise SketchmineError(f"run {run.path} has no {what} for layer {layer!r} yet: nothing flushed, or {again}")
     shapes = {l: run.layer_shape(l) for l in run.layers}
     specs = tuple(accumulators.LayerSpec(l, s[0], tuple(s[1:])) for l, s in shapes.items())
-    acc = _FACTORIES[key](accumulators.Setup(specs, run.k, torch.device("cpu")))
+    acc = _FACTORIES[key](accumulators.Setup(specs, run.k, torch.device("cpu"), distributions=True))
     try:
         acc.restore(state)
     except (ValueError, KeyError) as exc:

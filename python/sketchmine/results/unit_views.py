@@ -70,3 +70,12 @@ class UnitViews:
 
     def has_unit_effects(self, layer: str) -> bool:
         return effects.has_effects(self._as_run, layer)
+
+    # ---- feature visualisation (visualize --optimize): results/optimized.py --------------------
+    def optimized(self, layer: str, unit: int | None = None, key: str = "optimized") -> np.ndarray:
+        """Feature visualisation images of `visualize --optimize`: one unit's (H, W, channels) uint8,
+        or (units done, H, W, channels); key "optimized_peak" / "optimized_stopped" for the unit's
+        activation at its image and the step a non-finite value stopped it (results/optimized.py)."""
+        from sketchmine.results import optimized
+
+        return optimized.optimized(self._as_run, layer, unit, key)

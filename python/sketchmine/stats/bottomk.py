@@ -66,6 +66,8 @@ class BottomK(TopK):
         return arrays
 
 
-def accumulator(setup: Setup) -> BottomK:
-    """The registry's factory: every pass."""
+def accumulator(setup: Setup) -> BottomK | None:
+    """The registry's factory: passes that asked for distributions (Setup.distributions)."""
+    if not setup.distributions:
+        return None
     return BottomK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device)

@@ -114,18 +114,39 @@ class QuantileExamples:
         if int(image_index.max()) > _MASK or int(image_index.min()) < 0:
             raise ValueError(f"image indices must lie in [0, 2^{HASH_BITS}) for the example hash")
         h = image_hash(image_index.to(x.device))
-        threshold = hashes[:, :, self.m - 1].t().gather(0, slot)  # (N, C): the bin's m-th smallest
-        n, c = ((h[:, None] < threshold) & ~torch.isnan(x)).nonzero(as_tuple=True)
-        if not len(n):
+        self._insert(hashes, index, slot.masked_fill(torch.isnan(x), SLOTS), h, image_index.to(x.device).long())
+
+    def _insert(self, hashes: torch.Tensor, index: torch.Tensor, slot: torch.Tensor, h: torch.Tensor,
+                ids: torch.Tensor) -> None:
+        """Merge a batch into one layer's tables without a global sort: the batch's images in hash
+        order (one small sort, shared by all units); per unit a stable sort by slot gives each
+        entry its rank among the batch's entries of its bin; only ranks < m whose hash beats the
+        bin's current m-th smallest are candidates; each touched bin's m table entries and its
+        candidates are then sorted as one short row. slot (N, C), SLOTS marking NaN (none)."""
+        m, n = self.m, len(h)
+        order = torch.argsort(h)
+        h, ids, slot = h[order], ids[order], slot[order]
+        pos = torch.arange(n, device=h.device)
+        key = torch.sort((slot.t() * n + pos[None, :]).contiguous(), dim=1).values  # per unit: bins in turn, hash order within
+        seq = torch.div(key, n, rounding_mode="floor")
+        rank = (pos[None, :] - torch.searchsorted(seq, seq)).t()
+        by_slot, row = seq.t(), (key - seq * n).t()
+        threshold = hashes[:, :, m - 1].t().gather(0, by_slot.clamp_max(SLOTS - 1))
+        cand = (rank < m) & (by_slot < SLOTS) & (h[row] < threshold)
+        r, c = cand.nonzero(as_tuple=True)
+        if not len(r):
             return
-        group = c * SLOTS + slot[n, c]
+        group = c * SLOTS + by_slot[r, c]
         touched, local = torch.unique(group, return_inverse=True)
-        flat_h, flat_i = hashes.view(-1, self.m), index.view(-1, self.m)
-        old_local = torch.arange(len(touched), device=x.device)[:, None].expand(-1, self.m).reshape(-1)
-        th, ti = bottom(torch.cat([old_local, local]), torch.cat([flat_h[touched].reshape(-1), h[n]]),
-                        torch.cat([flat_i[touched].reshape(-1), image_index.to(x.device).long()[n]]),
-                        len(touched), self.m)
-        flat_h[touched], flat_i[touched] = th, ti
+        new_h = torch.full((len(touched), m), EMPTY, dtype=torch.int64, device=h.device)
+        new_i = torch.full((len(touched), m), -1, dtype=torch.int64, device=h.device)
+        new_h[local, rank[r, c]] = h[row[r, c]]
+        new_i[local, rank[r, c]] = ids[row[r, c]]
+        flat_h, flat_i = hashes.view(-1, m), index.view(-1, m)
+        both_h = torch.cat([flat_h[touched], new_h], 1)
+        both_h, pick = torch.sort(both_h, dim=1)
+        flat_h[touched] = both_h[:, :m]
+        flat_i[touched] = torch.cat([flat_i[touched], new_i], 1).gather(1, pick[:, :m])
 
     # ---- the accumulator protocol --------------------------------------------------------
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
@@ -185,6 +206,8 @@ class QuantileExamples:
         return arrays
 
 
-def accumulator(setup: Setup) -> QuantileExamples:
-    """The registry's factory: every pass."""
+def accumulator(setup: Setup) -> QuantileExamples | None:
+    """The registry's factory: passes that asked for distributions (Setup.distributions)."""
+    if not setup.distributions:
+        return None
     return QuantileExamples({l.name: l.channels for l in setup.layers}, setup.device)

@@ -133,6 +133,8 @@ class RunningHistogram:
         return np.where(some[:, None], np.stack([low, high], axis=1), np.nan).astype(np.float32)
 
 
-def accumulator(setup: Setup) -> RunningHistogram:
-    """The registry's factory: every pass."""
+def accumulator(setup: Setup) -> RunningHistogram | None:
+    """The registry's factory: passes that asked for distributions (Setup.distributions)."""
+    if not setup.distributions:
+        return None
     return RunningHistogram({l.name: l.channels for l in setup.layers}, setup.device)

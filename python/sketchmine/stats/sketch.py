@@ -145,6 +145,8 @@ def estimates(top: np.ndarray) -> np.ndarray:
     return np.where(ok, est, np.nan)
 
 
-def accumulator(setup: Setup) -> QuantileSketch:
-    """The registry's factory: every pass."""
+def accumulator(setup: Setup) -> QuantileSketch | None:
+    """The registry's factory: passes that asked for distributions (Setup.distributions)."""
+    if not setup.distributions:
+        return None
     return QuantileSketch({l.name: l.channels for l in setup.layers}, setup.device)

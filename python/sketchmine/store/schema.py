@@ -157,6 +157,8 @@ LAYER_DIMENSIONS: dict[str, tuple[str, ...]] = {
     "sketch_counts": ("unit", "sign", "bucket"), "sketch_top": ("unit", "sign"), "sketch_special": ("unit", "special"),
     "example_edges": ("unit", "example_edge"), "example_index": ("unit", "example_bin", "example"),
     "bottom_values": ("unit", "rank"), "bottom_image_index": ("unit", "rank"), "bottom_yx": ("unit", "rank", "yx"),
+    "optimized": ("unit", "optimized_y", "optimized_x", "channel"), "optimized_peak": ("unit",),
+    "optimized_stopped": ("unit",),
 }
 """layers/<name>/<array>, by array name; results of later passes by their group's name below."""
 
@@ -179,3 +181,15 @@ def dimension_names(path: str, ndim: int) -> tuple[str, ...]:
     if dims is None or len(dims) != ndim:
         return tuple(f"{name}_{i}" for i in range(ndim))
     return dims
+OPTIMIZED = "optimized"
+"""layers/<name>/ attribute of a feature visualisation pass (visualize --optimize): {method, steps,
+seed, regularizers, size, block_units, units_done, complete}; units below units_done are committed."""
+
+OPTIMIZED_ARRAYS: dict[str, ArraySpec] = {
+    "optimized": ArraySpec("uint8", 0, lambda shape, rows: (1, *shape[1:])),  # one chunk per unit
+    "optimized_peak": ArraySpec("float32", float("nan"), lambda shape, rows: (min(max(shape[0], 1), 4096),)),
+    "optimized_stopped": ArraySpec("int64", -1, lambda shape, rows: (min(max(shape[0], 1), 4096),)),
+}
+"""layers/<name>/optimized (C, H, W, channels) uint8: each unit's optimised input image;
+optimized_peak (C,): the unit's spatial maximum at that image; optimized_stopped (C,): the step a
+non-finite value stopped the unit at, -1 none. Written a block of units at a time."""

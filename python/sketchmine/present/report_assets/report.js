@@ -112,6 +112,15 @@
     }
     if (u.patches) { strip("patches", u.patches, u.w, u.h, false); }
     if (u.deconv) { strip("deconv", u.deconv, u.w, u.h, false); }
+    if (u.optimized) {  // visualize --optimize: the input that drives the unit hardest
+      var o = el("div", "row");
+      o.appendChild(el("div", "label", "optimised"));
+      var ot = single(u.optimized.src);
+      ot.title = "feature visualisation (" + u.optimized.method + "), unit value " +
+        (u.optimized.peak === null ? "-" : u.optimized.peak.toPrecision(4));
+      o.appendChild(ot);
+      c.appendChild(o);
+    }
     if (!u.patches && n && u.entries[0].image) {
       strip(u.entries[0].t === undefined ? "images" : "drawing at step", null, 0, 0, true);
     }

@@ -1,0 +1,258 @@
+"""Feature visualisation by optimisation, many units at once: the input that drives each unit
+hardest, under one of two regularisation families (featvis_params.py).
+
+Batched over units: one batch element per unit, one forward and one backward per step for
+the whole batch, each element's objective its own unit (a gather). Every piece acts per
+element (model in eval mode, per-unit initial noise, elementwise optimiser, transforms shared
+by the batch), so a unit gets the same image in any batch (float tolerance).
+
+The objective of a unit, on the layer's output in the miner's layout (taps.to_units):
+- grid units (conv): the unit at the centre of the grid, as the Deep Visualization Toolbox
+  pushed it. Chosen over the mean over positions because the run ranks a unit by one position
+  (its spatial maximum) and shows the patch under one receptive field beside the image: the
+  centre gives one receptive field's worth of image, comparable with the patches, and it drives
+  the spatial maximum higher than spreading the same steps over every position;
+- FC units (and an LSTM's cell state): the output itself;
+- softmax (the virtual layer or an nn.Softmax module): the logit, the softmax's input (the
+  probability saturates and its gradient vanishes; the logit's does not);
+- recurrent layers (time as the position): the mean over steps of the whole output.
+Models that read sequences of drawings (demo-gru) are refused: their input is not one image.
+The forward stops right after the layer (cut.stop_after): nothing after it is computed.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sketchmine.data import Preprocessing
+from sketchmine.data.preprocess import as_size
+from sketchmine.device import as_device
+from sketchmine.errors import SketchmineError
+from sketchmine.model import cut
+from sketchmine.model.backend import LoadedModel, first_tensor
+from sketchmine.model.models import load_model, preprocessing_for
+from sketchmine.model.taps import SOFTMAX, resolve_layers, tapped_element, to_units
+from sketchmine.passes.featvis_params import FourierImage, PixelImage, random_transform, settings
+
+METHODS = ("fourier", "pixel")
+DEFAULT_SIZE = 224
+"""Input size when neither `size` nor the model's recorded preprocessing gives one (ImageNet's)."""
+
+
+@dataclass
+class FeatureVisualization:
+    """Optimised images of `units` of `layer`. Unpacks as (images, pixels).
+
+    images (U, C, H, W) float32: model input (normalised as the model was trained);
+    pixels (U, H, W, C) uint8: the same images for display;
+    objective (U,): each unit's objective at its final image (float, untransformed);
+    peak (U,): the unit's spatial maximum at the uint8 image, as the run's top-k ranks it;
+    stopped (U,): the step at which a non-finite value stopped the unit (its image is the last
+    finite one), -1 for units that ran every step."""
+
+    layer: str
+    units: np.ndarray
+    images: torch.Tensor
+    pixels: np.ndarray
+    objective: np.ndarray
+    peak: np.ndarray
+    stopped: np.ndarray
+    method: str
+    steps: int
+    seed: int
+    regularizers: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.images, self.pixels))
+
+
+class LayerReader:
+    """Reads one layer's output, in the miner's (N, units, *positions) layout, from a forward
+    that stops right after it; `objective` and `peak` pick each element's own unit."""
+
+    def __init__(self, net: nn.Module, layer: str) -> None:
+        resolve_layers(net, [layer])  # unknown names: the closest ones
+        self.net, self.layer = net, layer
+        if layer == SOFTMAX:
+            self.module: nn.Module = net
+            self.target, self.centre = "", False
+        else:
+            self.target, self.module = cut.cut_module(net, layer)
+            self.centre = not isinstance(self.module, (nn.RNNBase, nn.Linear, nn.Softmax)) and self.target == layer
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer == SOFTMAX:
+            return first_tensor(self.net(x))  # the logits
+        got: list[torch.Tensor] = []
+        cell = self.target != self.layer
+
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            if got:
+                raise SketchmineError(f"layer {self.layer!r} ({type(module).__name__}) is called more than once per "
+                                      "forward pass; visualise the modules around it instead")
+            if isinstance(module, nn.Softmax):
+                got.append(inputs[0])  # the logits
+            else:
+                got.append(to_units(self.layer, module, tapped_element(self.layer, module, output, cell),
+                                    x.shape[0], cell)[0])
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            with cut.stop_after(self.net, self.layer) as run:
+                run(x)
+        finally:
+            handle.remove()
+        return got[0]
+
+    def objective(self, out: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """(U,) each element's unit: centre position (conv), mean over positions (recurrent,
+        per-step linear), the value (FC, logit)."""
+        per = out[torch.arange(out.shape[0], device=out.device), units].reshape(out.shape[0], -1)
+        if per.shape[1] == 1:
+            return per[:, 0]
+        if self.centre:
+            pos = out.shape[2:]
+            centre = 0
+            for n in pos:
+                centre = centre * n + n // 2
+            return per[:, centre]
+        return per.mean(1)
+
+    def peak(self, out: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """(U,) each element's unit's maximum over positions (what the top-k ranks): for a
+        softmax, the probability (the top-k's value), not the logit the objective pushes."""
+        if self.layer == SOFTMAX or isinstance(self.module, nn.Softmax):
+            dim = getattr(self.module, "dim", None)
+            out = torch.softmax(out, dim=1 if dim is None else dim)
+        return out[torch.arange(out.shape[0], device=out.device), units].reshape(out.shape[0], -1).amax(1)
+
+
+def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, units: Sequence[int] | int, *,
+                          steps: int = 256, size: int | tuple[int, int] | None = None, method: str = "fourier",
+                          regularizers: str | dict[str, Any] | None = "default", seed: int = 0,
+                          device: str | torch.device = "cpu", preprocessing: Preprocessing | None = None,
+                          ) -> FeatureVisualization:
+    """Optimise one input image per unit of `layer` (all units in one batch).
+
+    model: a spec as `load_model` takes, or a loaded one; layer: a mined layer name (a module,
+    "<lstm>.cell" or the virtual "softmax"); units: unit indices. method: "fourier" (lucent
+    era) or "pixel" (deconvnet era); regularizers: "default", "none", a preset (pixel:
+    "yosinski1".."yosinski4") or a dict overriding the family's settings (featvis_params).
+    size: an int S or (H, W); default the model's recorded preprocessing size, else the input size
+    its metadata records (the embedded models: 28), else 224.
+    preprocessing: the normalisation the model was trained with (default: `preprocessing_for`).
+    The channel count is the model's (1: a grey image; 3: colour). Deterministic for a seed.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    net = loaded.module
+    if not isinstance(net, nn.Module):
+        raise SketchmineError(f"{loaded.model_id} runs in {type(net).__name__} (ONNX Runtime), which gives no gradients; "
+                              "feature visualisation needs the torch module")
+    if loaded.sequence:
+        raise SketchmineError(f"{loaded.model_id} reads sequences of drawings ({loaded.sequence.get('steps')} steps), "
+                              "not one image; feature visualisation optimises one input image per unit")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SketchmineError(f"steps must be a positive int, got {steps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise SketchmineError(f"seed must be an int, got {seed!r}")
+    s = settings(method, regularizers)
+    pre = preprocessing or preprocessing_for(loaded)
+    hw = as_size(size, "size", pre.channels) if size is not None else \
+        (pre.size or loaded.input_size or (DEFAULT_SIZE, DEFAULT_SIZE))
+    device = as_device(device)
+    net = net.eval().to(device)
+    reader = LayerReader(net, layer)
+    unit_arr = _check_units(reader, units, pre.channels, hw, device)
+    return optimize(reader, unit_arr, pre, tuple(hw), method, s, steps, int(seed), device)  # type: ignore[arg-type]
+
+
+def _check_units(reader: LayerReader, units: Sequence[int] | int, channels: int, hw: tuple[int, int],
+                 device: torch.device) -> np.ndarray:
+    """The unit indices as an int64 array, each checked against the layer's unit count (one
+    probe forward of a grey image)."""
+    arr = np.atleast_1d(np.asarray(units))
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise SketchmineError(f"units must be unit indices (ints), got {units!r}")
+    if arr.size == 0:
+        raise SketchmineError(f"no units given for layer {reader.layer!r}")
+    with torch.no_grad():
+        try:
+            out = reader(torch.zeros((1, channels, *hw), device=device))
+        except SketchmineError:
+            raise
+        except RuntimeError as exc:
+            raise SketchmineError(f"the model did not run on a ({channels}, {hw[0]}, {hw[1]}) input up to layer "
+                                  f"{reader.layer!r}: {str(exc).splitlines()[0]}; pass its input size (size=)") from None
+    n = int(out.shape[1])
+    bad = [int(u) for u in arr if not 0 <= int(u) < n]
+    if bad:
+        raise SketchmineError(f"unit(s) {', '.join(map(str, bad[:5]))} out of range for layer {reader.layer!r}, which "
+                              f"has {n} units (0 to {n - 1})")
+    return arr.astype(np.int64)
+
+
+def optimize(reader: LayerReader, units: np.ndarray, pre: Preprocessing, hw: tuple[int, int], method: str,
+             s: dict[str, Any], steps: int, seed: int, device: torch.device) -> FeatureVisualization:
+    """The optimisation loop: one batched forward and backward per step."""
+    idx = torch.from_numpy(units).to(device)
+    if method == "fourier":
+        param: FourierImage | PixelImage = FourierImage.create(units, pre.channels, hw, seed, s, device)
+    else:
+        param = PixelImage.create(units, pre.channels, hw, seed, s, device, tuple(pre.mean))
+    g = torch.Generator().manual_seed(int(seed))  # the transforms: one draw per step for every unit
+    jitter = method == "fourier" and bool(s["transforms"])
+    normalise = _normaliser(pre, device)
+    active = torch.ones(len(units), dtype=torch.bool, device=device)
+    stopped = np.full(len(units), -1, dtype=np.int64)
+    for step in range(steps):
+        p = param.params.detach().requires_grad_(True)
+        with torch.enable_grad():
+            img = _image_of(param, p)
+            seen = random_transform(img, g) if jitter else img
+            out = reader(normalise(seen))
+            if not out.requires_grad:
+                raise SketchmineError(f"layer {reader.layer!r} ({type(reader.module).__name__}) gives no gradient "
+                                      "with respect to the input (not differentiable); visualise another layer")
+            obj = reader.objective(out, idx)
+            (grad,) = torch.autograd.grad(obj[active].sum(), p, allow_unused=True)
+        if grad is None:
+            grad = torch.zeros_like(p)
+        bad = ~torch.isfinite(obj.detach()) | ~torch.isfinite(grad).flatten(1).all(1)
+        newly = bad & active
+        if newly.any():
+            stopped[newly.cpu().numpy()] = step
+            active &= ~bad
+        grad = torch.where(active.view(-1, *[1] * (grad.ndim - 1)), grad, torch.zeros_like(grad))
+        if not active.any():
+            break
+        param.update(grad, active, step)
+    with torch.no_grad():
+        img = param.image().clamp(0, 1)
+        images = normalise(img)
+        objective = reader.objective(reader(images), idx)
+        pixels = (img * 255).round().to(torch.uint8)
+        peak = reader.peak(reader(normalise(pixels.float() / 255)), idx)
+    return FeatureVisualization(reader.layer, units, images.cpu(), pixels.permute(0, 2, 3, 1).cpu().numpy(),
+                                objective.float().cpu().numpy(), peak.float().cpu().numpy(), stopped, method,
+                                steps, seed, s)
+
+
+def _image_of(param: FourierImage | PixelImage, p: torch.Tensor) -> torch.Tensor:
+    """The image from parameters `p` (a leaf requiring grad standing in for param.params)."""
+    if isinstance(param, FourierImage):
+        return FourierImage(p, param.scale, param.size, param.decorrelate, param.opt).image()
+    return p
+
+
+def _normaliser(pre: Preprocessing, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """[0, 1] pixels (U, C, H, W) → model input, by the recorded mean/std."""
+    if not pre.mean:
+        return lambda x: x
+    mean = torch.tensor(pre.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return lambda x: (x - mean) / std

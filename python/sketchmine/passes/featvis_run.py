@@ -1,0 +1,121 @@
+"""`visualize(..., optimize=True)`: one optimised image per unit of every visualised layer,
+stored in the run (schema.OPTIMIZED_ARRAYS) in blocks of units like the patches.
+
+A block is one optimisation batch (`batch_size` units, one forward and backward per step for
+all of them); its arrays are written, then `units_done` is committed, so a killed pass resumes
+at a block boundary. Units are independent in a batch (featvis.py), so a resumed pass stores
+what an uninterrupted one does. The images have the size and channels of the run's inputs and
+are optimised in the normalisation the run recorded.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from sketchmine.data import Preprocessing
+from sketchmine.errors import SketchmineError
+from sketchmine.model.backend import LoadedModel
+from sketchmine.passes.featvis import METHODS, LayerReader, optimize
+from sketchmine.passes.featvis_params import settings
+from sketchmine.progress import Progress
+from sketchmine.results.run import Run
+from sketchmine.store.optimized import optimized_state, reset_optimized, write_optimized
+from sketchmine.store.runstore import RunStore
+
+DEFAULT_STEPS = 256
+
+
+def check_options(optimize: bool, method: str | None, steps: int | None) -> tuple[str, int]:
+    """The method and steps of an optimize pass; refused when given without `optimize`."""
+    if not optimize:
+        if method is not None or steps is not None:
+            raise SketchmineError("optimize_method / optimize_steps (--optimize-method / --optimize-steps) apply to "
+                                  "the feature visualisation pass only: pass optimize=True (--optimize) as well")
+        return "fourier", DEFAULT_STEPS
+    method = method or "fourier"
+    if method not in METHODS:
+        raise SketchmineError(f"unknown feature visualisation method {method!r}; expected one of {', '.join(METHODS)}")
+    steps = DEFAULT_STEPS if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SketchmineError(f"optimize steps must be a positive int, got {steps!r}")
+    return method, steps
+
+
+class OptimizePass:
+    """The optimisation of a visualize call: claims (or resumes) each layer's arrays on creation,
+    so `total` and `done` can join the call's progress bar; `run` does the blocks."""
+
+    def __init__(self, store: RunStore, run: Run, loaded: LoadedModel, names: list[str], limit: dict[str, int],
+                 pre: Preprocessing, channels: int, image_hw: tuple[int, int], method: str, steps: int,
+                 batch_size: int, device: torch.device, redo: bool) -> None:
+        if loaded.sequence:
+            raise SketchmineError(f"run {run.path} was mined from sequences of drawings ({loaded.model_id}); feature "
+                                  "visualisation optimises one input image per unit: visualize without --optimize")
+        self.store, self.run, self.net = store, run, loaded.module
+        self.pre, self.channels, self.hw = pre, channels, tuple(image_hw)
+        self.method, self.steps, self.device = method, steps, device
+        self.settings = settings(method, "default")
+        self.limit = limit
+        self.todo = {n: self._prepare(n, batch_size, redo) for n in names}
+
+    @property
+    def total(self) -> int:
+        return sum(self.limit.values())
+
+    @property
+    def done(self) -> int:
+        return sum(min(done, self.limit[n]) for n, (done, _) in self.todo.items())
+
+    def _want(self, block: int) -> dict[str, Any]:
+        return {"method": self.method, "steps": self.steps, "seed": 0, "regularizers": self.settings,
+                "size": list(self.hw), "block_units": block, "units_done": 0, "complete": False}
+
+    def _prepare(self, name: str, batch_size: int, redo: bool) -> tuple[int, int]:
+        """(units done, block size) of a layer, its arrays created when new or `redo`."""
+        want = self._want(max(1, batch_size))
+        have, whole = optimized_state(self.store, name)
+        if have is not None and not redo and (whole or have.get("units_done", 0) > 0):
+            keys = ("method", "steps", "seed", "regularizers", "size")
+            if whole and all(have.get(k) == want[k] for k in keys):
+                return int(have.get("units_done", 0)), int(have["block_units"])
+            if not whole:
+                raise SketchmineError(f"layer {name!r} of {self.store.path} is damaged: its optimised images are "
+                                      "missing; pass --redo to make them again")
+            raise SketchmineError(f"layer {name!r} of {self.store.path} was optimised with other settings "
+                                  f"({have.get('method')}, {have.get('steps')} steps); pass the same "
+                                  "--optimize-method/--optimize-steps, or --redo to replace them")
+        units = self.run.layer_shape(name)[0]
+        reset_optimized(self.store, name, units, self.hw, self.channels, want)  # type: ignore[arg-type]
+        return 0, want["block_units"]
+
+    def run_all(self, progress: Progress) -> None:
+        for name, (done, block) in self.todo.items():
+            self._layer(name, done, block, progress)
+
+    def _layer(self, name: str, done: int, block: int, progress: Progress) -> None:
+        attrs = dict(optimized_state(self.store, name)[0] or {})
+        units, limit = self.run.layer_shape(name)[0], self.limit[name]
+        reader = LayerReader(self.net, name)
+        u0 = done
+        while u0 < limit:
+            u1 = min((u0 // block + 1) * block, limit)
+            r = optimize(reader, np.arange(u0, u1), self.pre, self.hw, self.method, self.settings,  # type: ignore[arg-type]
+                         self.steps, 0, self.device)
+            attrs.update(units_done=u1, complete=u1 == units)
+            try:
+                write_optimized(self.store, name, slice(u0, u1),
+                                {"optimized": r.pixels, "optimized_peak": r.peak, "optimized_stopped": r.stopped},
+                                attrs)
+            except OSError as exc:
+                raise SketchmineError(f"cannot write to {self.store.path}: {exc.strerror or exc}; the units done so "
+                                      "far are kept — make room and re-run the same command to resume") from None
+            if (r.stopped >= 0).any():
+                progress.note(f"layer {name!r}: units {', '.join(str(u0 + i) for i in np.flatnonzero(r.stopped >= 0))} "
+                              "hit a non-finite value while optimised; their images are the last finite ones")
+            progress.advance(u1 - u0)
+            u0 = u1
+        if units == 0 or done >= units:
+            write_optimized(self.store, name, slice(0, 0), {}, {**attrs, "units_done": units, "complete": True})
+

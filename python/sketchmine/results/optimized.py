@@ -1,0 +1,40 @@
+"""Reading a feature visualisation pass's images back (`Run.optimized`): one unit's, or a
+layer's committed ones, refused clearly where the pass has not reached them."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sketchmine.errors import SketchmineError
+from sketchmine.store import schema
+
+if TYPE_CHECKING:
+    from sketchmine.results.run import Run
+
+
+def settings(run: Run, layer: str) -> dict[str, Any]:
+    """The layer's `optimized` attribute (method, steps, units_done, ...); refused when absent."""
+    attrs = run.layer_attrs(layer).get(schema.OPTIMIZED)
+    if attrs is None or not all(run.has_array(layer, key) for key in schema.OPTIMIZED_ARRAYS):
+        raise SketchmineError(f"layer {layer!r} of {run.path} has no optimised images; run "
+                              f"`sketchmine visualize {run.path} --optimize`")
+    return dict(attrs)
+
+
+def optimized(run: Run, layer: str, unit: int | None = None, key: str = "optimized") -> np.ndarray:
+    """Array `key` of schema.OPTIMIZED_ARRAYS: of one unit, or of the units done (all when
+    complete). Images are (H, W, channels) uint8 per unit."""
+    attrs = settings(run, layer)
+    if key not in schema.OPTIMIZED_ARRAYS:
+        raise SketchmineError(f"{key!r} is not an array of a feature visualisation pass; expected one of "
+                              f"{', '.join(schema.OPTIMIZED_ARRAYS)}")
+    units, done = run.array_shape(layer, "optimized")[0], int(attrs.get("units_done", 0))
+    if unit is None:
+        return run.layer_array(layer, key, slice(0, done))
+    if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or not 0 <= unit < units:
+        raise SketchmineError(f"unit {unit!r} is not in layer {layer!r} of {run.path}: its units are 0 to {units - 1}")
+    if unit >= done:
+        raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no optimised image yet ({done} of "
+                              f"{units} units done); run `sketchmine visualize {run.path} --optimize` to continue")
+    return run.layer_array(layer, key, slice(int(unit), int(unit) + 1))[0]
