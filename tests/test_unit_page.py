@@ -42,7 +42,7 @@ def run(tmp_path_factory, subset):
     """The subset mined; features.6 visualized (its top-k, bottom-k and bin examples), ranked by
     importance, its effects and correlated units computed; classifier.1 has none of these."""
     base = tmp_path_factory.mktemp("unitpage")
-    r = sketchmine.mine("demo", subset, out=base / "run.zarr", batch_size=60, layers=LAYERS)
+    r = sketchmine.mine("demo", subset, out=base / "run.zarr", batch_size=60, layers=LAYERS, distributions=True)
     sketchmine.visualize(r, [SHOWN], data=subset, batch_size=256, examples="all")
     sketchmine.unit_importance(r, SHOWN, dataset=subset)
     sketchmine.unit_effects(r, SHOWN, data=subset)

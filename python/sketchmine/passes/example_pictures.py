@@ -52,8 +52,8 @@ def example_sets(run: Run, name: str) -> dict[str, tuple[np.ndarray, np.ndarray 
         bins = np.asarray(run.quantile_examples(name))
     except (SketchmineError, AttributeError) as exc:
         raise SketchmineError(f"layer {name!r} of {run.path} has no bottom-k or bin examples to picture ({exc}); "
-                              "mine the run again with this sketchmine (a new --out), or visualize with "
-                              "--examples top") from None
+                              "mine the run again into a new --out with --distributions, or visualize "
+                              "with --examples top") from None
     return {"bottom": (np.asarray(bottom), np.asarray(yx)), "bins": (bins.reshape(bins.shape[0], -1), None)}
 
 

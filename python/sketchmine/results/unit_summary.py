@@ -26,7 +26,7 @@ CLASSES_SHOWN = 5
 SECTIONS = ("bottom", "moments", "quantiles", "histogram", "bins", "class_means", "effects", "correlated",
             "importance", "classes_top")
 
-_MINE_AGAIN = "mine the run again with this sketchmine (a new --out) to add it"
+_MINE_AGAIN = "mine the run again into a new --out (with --distributions for the histogram, quantiles, bins, bottom-k)"
 
 
 def num(v: Any) -> float | None:
