@@ -1,5 +1,5 @@
 """Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench
-| effects | probe`.
+| effects | probe | unit`.
 
 Only parses and dispatches: what each command prints is in console.py (tables) and json_out.py
 (`--json`). Results go to stdout; notes, progress and errors to stderr (present/logs.py). Errors
@@ -119,7 +119,7 @@ def _visualize(args: argparse.Namespace, console: Console, err: Console) -> None
     try:
         run = visualize(args.run, args.layers, model=args.model, weights=args.weights, data=args.data,
                         method=args.method, batch_size=args.batch_size, device=args.device,
-                        max_patch=args.max_patch, redo=args.redo, progress=bar, optimize=args.optimize,
+                        max_patch=args.max_patch, redo=args.redo, progress=bar, examples=args.examples, optimize=args.optimize,
                         optimize_method=args.optimize_method, optimize_steps=args.optimize_steps)
     finally:
         bar.stop()
@@ -260,6 +260,10 @@ def _dispatch(args: argparse.Namespace, console: Console, err: Console) -> int:
         from sketchmine.cli.probe import run_probe
 
         run_probe(args, console)
+    elif args.command == "unit":
+        from sketchmine.present.unit_console import print_unit
+
+        print_unit(args.run, args.layer, args.unit, console, args.json)
     return EXIT_OK
 
 

@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-size", type=positive_int, default=64, help="(image, unit) pairs per forward and backward")
     v.add_argument("--max-patch", type=positive_int, default=128, help="shrink larger patches to fit N×N pixels")
     v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
+    v.add_argument("--examples", default="top", choices=["top", "all"],
+                   help="top: the top-k entries; all: also the bottom-k and each activation bin's examples")
     v.add_argument("--optimize", action="store_true",
                    help="also store one feature visualisation image per unit (the input that drives it hardest)")
     v.add_argument("--optimize-method", choices=["fourier", "pixel"],
@@ -226,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_.add_argument("--out", required=True, help="folder for probe.html (new or empty)")
     p_.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                     help="the model's input size when the run records none")
+    un = sub.add_parser("unit", help="one unit's dashboard: distribution, examples, classes, effects, importance")
+    un.add_argument("run")
+    un.add_argument("layer")
+    un.add_argument("unit", type=int)
+    json_option(un)
     return p
 
 

@@ -31,6 +31,7 @@ from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.model.receptive_field import ReceptiveField
 from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
+from sketchmine.passes.example_pictures import check_examples, needed_images, picture_examples
 from sketchmine.passes.featvis_run import OptimizePass, check_options
 from sketchmine.passes.images import ImageCache, fit, signal_to_uint8, to_hwc
 from sketchmine.passes.reload import missing_images, run_dataset, run_model, run_preprocessing
@@ -71,7 +72,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
               weights: str | os.PathLike | None = None, data: Any = None, method: str = "deconvnet",
               batch_size: int = 64, device: str | torch.device = "cpu", max_patch: int = 128,
               max_units: int | None = None, redo: bool = False, progress: Progress | None = None,
-              optimize: bool = False, optimize_method: str | None = None, optimize_steps: int | None = None) -> Run:
+              examples: str = "top", optimize: bool = False, optimize_method: str | None = None,
+              optimize_steps: int | None = None) -> Run:
     """Crop the receptive-field patch and the deconvolution of every top-k entry of `layers`
     (default: all mined layers) into the run. Re-running an interrupted call resumes it.
 
@@ -79,6 +81,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     data: a moved ImageFolder root, or the dataset object for runs mined from one.
     max_units: stop after the first N units of each layer (a later call without it goes on,
     finishing the block it stopped in first).
+    examples: "top" (the top-k only), or "all": also the bottom-k and the example images of
+    each activation bin, each layer's sets written whole after its top-k (example_pictures.py).
     optimize: also store one feature visualisation image per unit (featvis_run.py; method
     "fourier" or "pixel", default "fourier"; steps default 256), resumable in blocks of units.
     """
@@ -89,6 +93,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     if max_units is not None and max_units < 1:
         raise SketchmineError(f"max_units must be at least 1 (or None for every unit), got {max_units}")
     progress = progress or Silent()
+    check_examples(examples)
     opt_method, opt_steps = check_options(optimize, optimize_method, optimize_steps)
     run = run if isinstance(run, Run) else open_run(run)
     if not run.complete:
@@ -99,6 +104,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     ds = run_dataset(run, data)
     needed = np.unique(np.concatenate([np.zeros(0, np.int64)] + [run.topk(l)[1].ravel() for l in names]))
     needed = needed[needed >= 0]
+    if examples == "all":
+        needed = np.union1d(needed, needed_images(run, names))
     _check_present(ds, needed)
     # the model input's channels and size, from an image it saw: patches are stored like it
     # (a sequence sample, (T, C, H, W), is stored by its frames)
@@ -125,6 +132,11 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
             done, layer_block = todo[p.name]
             _visualize_layer(store, run, p, done, layer_block, limit[p.name], images, deconv, batch_size, device,
                              progress)
+            if examples == "all":
+                channels_p = store.shape(schema.layer_array(p.name, "patches"))[-1]
+                picture_examples(store, run, p, store.visual_state(p.name)[0], lambda q, i, yx, u0, ch=channels_p:
+                                 _block(q, i, yx, u0, images, deconv, batch_size, device, ch),
+                                 net, images, batch_size, device, layer_block)
         if opt:
             opt.run_all(progress)
         write_traces(store, run, names, net, ds, device)  # the report reads them, it runs no model

@@ -193,3 +193,6 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
         if tmp.exists():
             tmp.unlink()
     return p
+
+
+from sketchmine.present.montage import save_montage, unit_montage  # noqa: E402, F401  (sketchmine.plots.unit_montage)

@@ -31,6 +31,7 @@ from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.present import plots
 from sketchmine.present.report_data import PAGE_SIZE, importance_ranks, layer_data, layer_ids
 from sketchmine.present.report_folder import MARKER, TMP, check_report_dir, remove_stale, swap_in
+from sketchmine.present.report_unit import MONTAGES, unit_pages
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis
 from sketchmine.results.run import Run, open_run
@@ -92,7 +93,8 @@ def _importance_section(run: Run, name: str, lid: str) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
-def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: bool) -> str:
+def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: bool,
+                slides: list[int] | None = None) -> str:
     attrs = run.layer_attrs(name)
     shape = "×".join(map(str, attrs["shape"]))
     parts = [f'<p><a href="../index.html">← all layers</a></p><h1>{e(name)}</h1>',
@@ -123,13 +125,16 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                      "entry is an (image, step) pair; cards show the drawing at the step where the unit peaked "
                      "(t counted from 1) and the unit's activation over all steps of that sequence.</p>")
     parts.append("<h2>Units</h2>")
+    parts.append(f'<p>Each unit has a dashboard (distribution, examples at every level, classes it prefers and '
+                 f'pushes, units that move with it): <a id="dashboards" href="../units/{e(lid)}.html#unit=0">unit 0'
+                 "</a>, or the link on each card.</p>")
     if note:
         parts.append(f'<p class="note" id="pictures-note">{e(note)}</p>')
     parts.append('<nav class="pager"><button id="prev">◀ previous</button><span id="page-label"></span>'
                  '<button id="next">next ▶</button></nav><div id="cards"></div>'
                  '<script src="../assets/report.js"></script>')
     return _page(f"{name} — sketchmine report", "\n".join(parts), 1,
-                 f' data-layer="{e(lid)}" data-pages="{pages}"')
+                 f' data-layer="{e(lid)}" data-pages="{pages}" data-montages="{",".join(map(str, slides or []))}"')
 
 
 def dataset_words(ds: dict[str, Any]) -> str:
@@ -199,7 +204,8 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
 
 
 def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: bool = True,
-                 dataset: None = None, probe: Mapping[str, bytes] | str | None = None) -> Path:
+                 dataset: None = None, probe: Mapping[str, bytes] | str | None = None,
+                 montages: int = MONTAGES) -> Path:
     """Write the report folder; returns the path of index.html.
 
     `out` is a folder the report owns: new, empty, or holding an earlier report (the marker
@@ -216,7 +222,10 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
     images: False leaves the cards' picture slots out for layers without patches.
     dataset: no longer read (the report opens no dataset); anything but None is refused.
     probe: the live probe's files (`sketchmine.passes.probe.build_probe(run)`, which needs the
-    model), or why there is none (a str, shown on the index page; None: written without the model)."""
+    model), or why there is none (a str, shown on the index page; None: written without the model).
+    montages: the most slide montages (PNG) written per layer, for units with patches (the most
+    important first where importance is stored); 0 writes none. Every unit gets a dashboard
+    page (units/<layer>.html#unit=U) whatever this is."""
     t0 = time.perf_counter()
     if dataset is not None:
         raise SketchmineError("write_report reads the run store only and opens no dataset: store the pictures "
@@ -234,7 +243,7 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
             shutil.rmtree(tmp)
         tmp.mkdir()
         (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "partial": True}) + "\n")
-        _build(run, tmp, images, t0, probe)
+        _build(run, tmp, images, t0, probe, montages)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir() and p.name != MARKER)
         (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "run": str(run.path), "files": files}) + "\n")
         swap_in(tmp, target)
@@ -249,7 +258,8 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
     return shown / "index.html"
 
 
-def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, bytes] | str | None = None) -> None:
+def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, bytes] | str | None = None,
+           montages: int = MONTAGES) -> None:
     (out / "assets").mkdir(exist_ok=True)
     for name in ("report.css", "report.js"):
         src = resources.files("sketchmine.present") / "report_assets" / name
@@ -266,9 +276,11 @@ def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, byt
             plots.importance_plot(run, name, out / "importance" / lid)
         if labelled:
             plots.histogram_plot(run, name, out / "hist" / lid, formats=("png",))
+        slides = unit_pages(run, name, lid, out, montages)
         pages, note = layer_data(run, name, lid, out, importance_ranks(run, name), images)
         (out / "layers").mkdir(exist_ok=True)
-        (out / "layers" / f"{lid}.html").write_text(_layer_page(run, name, lid, pages, note, stats), encoding="utf-8")
+        (out / "layers" / f"{lid}.html").write_text(_layer_page(run, name, lid, pages, note, stats, slides),
+                                                    encoding="utf-8")
     if isinstance(probe, Mapping):
         write_probe_files(out, probe, ids, PAGE_SIZE)
     (out / "index.html").write_text(_index(run, ids if labelled else {}, stats, time.perf_counter() - t0,

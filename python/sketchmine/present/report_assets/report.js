@@ -72,10 +72,28 @@
     return box;
   }
 
+  var montages = (body.getAttribute("data-montages") || "").split(",");
+
+  function dashLinks(unit) {
+    // the unit's dashboard (units/<layer>.html) and, for the units listed in data-montages, its slide
+    var links = el("div", "dash-links");
+    var a = el("a", null, "dashboard");
+    a.href = "../units/" + layerId + ".html#unit=" + unit;
+    links.appendChild(a);
+    if (montages.indexOf(String(unit)) >= 0) {
+      links.appendChild(document.createTextNode(" \u00b7 "));
+      var m = el("a", "montage-link", "slide");
+      m.href = "../montage/" + layerId + "/" + unit + ".png";
+      links.appendChild(m);
+    }
+    return links;
+  }
+
   function card(u) {
     var c = el("div", "card");
     c.id = "unit-" + u.unit;
     c.appendChild(el("h3", null, "unit " + u.unit + " \u00b7 max " + (u.max === null ? "-" : u.max.toPrecision(5))));
+    c.appendChild(dashLinks(u.unit));
     var n = u.entries.length;
     if (u.importance) {
       var im = u.importance;

@@ -1,0 +1,150 @@
+"""The slide of one unit, as the Deep Visualization Toolbox study showed it at lab meetings:
+its 9 top patches, their 9 deconvolutions, the classes of those images with each class's
+accuracy, its maximum activation and its receptive-field size, on one 16:9 figure readable
+at slide size.
+
+Object API only (a `Figure`, no pyplot state, no backend switch), so it is safe in
+notebooks and servers alike. The pictures are the ones `sketchmine visualize` stored; a unit
+without them is refused with the command that adds them.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from sketchmine.errors import SketchmineError
+from sketchmine.results.run import Run
+from sketchmine.results.unit_summary import unit_summary
+
+SLIDE_INCHES = (16.0, 9.0)
+"""16:9, the size of a default presentation slide: text sizes below are readable on it."""
+DPI = 100
+"""Pixels per inch of the PNG (1600 × 900)."""
+SHOWN = 9
+
+
+def montage_pixels(run: Run, layer: str, unit: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The unit's stored patches and deconvolutions, (k, h, w, ch) uint8 each (deconvolutions
+    None when the pass stored none); a SketchmineError saying how to add them otherwise."""
+    attrs = run.layer_attrs(layer)
+    vis = attrs.get("visualized")
+    units = int(attrs["shape"][0])
+    if isinstance(unit, (bool, np.bool_)) or not isinstance(unit, (int, np.integer)) or not 0 <= int(unit) < units:
+        raise SketchmineError(f"unit {unit!r} is not in layer {layer!r} of run {run.path}: its units are 0 to "
+                              f"{units - 1}")
+    if vis is None or not run.has_array(layer, "patches"):
+        raise SketchmineError(f"layer {layer!r} of {run.path} has no patches for a montage; run "
+                              f"`sketchmine visualize {run.path} --layers {layer}` first")
+    if int(unit) >= int(vis.get("units_done", 0)):
+        raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no patches yet "
+                              f"({vis.get('units_done', 0)} of {units} units done); run `sketchmine visualize "
+                              f"{run.path} --layers {layer}` to continue")
+    rows = slice(int(unit), int(unit) + 1)
+    patches = run.layer_array(layer, "patches", rows)[0]
+    deconv = run.layer_array(layer, "deconv", rows)[0] if run.has_array(layer, "deconv") else None
+    return patches, deconv
+
+
+def mosaic(tiles: np.ndarray, ranks: list[int], gap: int) -> np.ndarray:
+    """(k, h, w, ch) tiles → one (3h + 2gap, 3w + 2gap, 4) RGBA image of the tiles `ranks` in a
+    3 × 3 grid, transparent between tiles and where the unit has fewer entries."""
+    _, h, w, ch = tiles.shape
+    out = np.zeros((3 * h + 2 * gap, 3 * w + 2 * gap, 4), dtype=np.uint8)
+    for i, r in enumerate(ranks[:SHOWN]):
+        y, x = (i // 3) * (h + gap), (i % 3) * (w + gap)
+        out[y:y + h, x:x + w, :3] = tiles[r] if ch == 3 else tiles[r][..., :1]
+        out[y:y + h, x:x + w, 3] = 255
+    return out
+
+
+def _grid(fig: Figure, box: tuple[float, float, float, float], tiles: np.ndarray, entries: list[dict[str, Any]], title: str,
+          captions: bool) -> None:
+    """The 3 × 3 grid as one image in figure box `box` (one axes, no ticks: drawing it is far
+    cheaper than nine), each tile's class and activation under it."""
+    ax = fig.add_axes(box)
+    ax.axis("off")
+    _, h, w, _ = tiles.shape
+    gap = max(1, round(0.3 * h))
+    ax.imshow(mosaic(tiles, [e["rank"] for e in entries], gap), interpolation="nearest")
+    for i in range(SHOWN):  # a frame per slot: white pixels stay apart from the white page
+        ax.add_patch(Rectangle(((i % 3) * (w + gap) - 0.5, (i // 3) * (h + gap) - 0.5), w, h, fill=False,
+                               edgecolor="#8a8a8a", linewidth=1.0))
+    aspect = SLIDE_INCHES[0] / SLIDE_INCHES[1]  # the mosaic is square: its top, in figure units
+    top = box[1] + box[3] / 2 + min(box[3], box[2] * aspect) / 2
+    fig.text(box[0] + box[2] / 2, top + 0.012, title, fontsize=17, weight="bold", ha="center")
+    if captions:
+        for i, e in enumerate(entries[:SHOWN]):
+            cls = e["cls"] if e["cls"] is not None else "?"
+            ax.text((i % 3) * (w + gap) + w / 2, (i // 3) * (h + gap) + h + gap * 0.12,
+                    f"{cls[:14]}  {e['value']:.3g}", fontsize=12, ha="center", va="top", parse_math=False)
+
+
+def _pct(a: float | None) -> str:
+    return "-" if a is None else f"{a * 100:.1f}%"
+
+
+def _panel(fig: Figure, x0: float, x1: float, info: dict[str, Any]) -> None:
+    """The right-hand text: maximum, receptive field, classes with accuracy, distribution."""
+    rf = info["receptive_field"]
+    lines = [("max activation", f"{info['max']:.4g}" if info["max"] is not None else "-"),
+             ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "whole image")]
+    m = info.get("moments")
+    if m is not None:
+        lines.append(("mean, all images", f"{m['mean']:.3g}" if m["mean"] is not None else "-"))
+        lines.append(("firing density", _pct(m["density"])))
+    imp = info.get("importance")
+    if imp is not None:
+        lines.append(("importance rank", f"{imp['rank']} of {info['units']}"))
+    y = 0.86
+    for key, value in lines:
+        fig.text(x0, y, key, fontsize=15, color="#555555", va="top")
+        fig.text(x1, y, value, fontsize=16, weight="bold", va="top", ha="right")
+        y -= 0.058
+    y -= 0.03
+    fig.text(x0, y, f"classes of the top {len(info['top'])}", fontsize=15, weight="bold", va="top")
+    fig.text(x1, y, "accuracy", fontsize=13, color="#555555", va="top", ha="right")
+    y -= 0.055
+    for c in (info.get("classes_top") or [])[:8]:
+        fig.text(x0, y, f"{c['class'][:20]}  ×{c['count']}", fontsize=15, va="top", parse_math=False)
+        fig.text(x1, y, _pct(c["acc"]), fontsize=15, va="top", ha="right")
+        y -= 0.05
+    if not info.get("classes_top"):
+        fig.text(x0, y, "(no labels)", fontsize=14, color="#777777", va="top")
+
+
+def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = None) -> Figure:
+    """One unit's slide (16:9, 1600 × 900 px at DPI): its top-9 patches and deconvolutions
+    (3 × 3 each, class and activation under each patch), the classes of those images with
+    their accuracy, its maximum activation and receptive-field size (and, where the run has
+    them, mean, firing density and importance rank). `info`: the unit's `unit_summary`, when
+    the caller has it already (the report reads a layer's once)."""
+    patches, deconv = montage_pixels(run, layer, unit)
+    info = info if info is not None else unit_summary(run, layer, int(unit))
+    entries = info["top"][:SHOWN]
+    fig = Figure(figsize=SLIDE_INCHES, dpi=DPI, facecolor="white")
+    _grid(fig, (0.02, 0.06, 0.31, 0.78), patches, entries, "top patches", True)
+    if deconv is not None:
+        _grid(fig, (0.37, 0.06, 0.31, 0.78), deconv, entries, "deconvolutions", False)
+    _panel(fig, 0.72, 0.975, info)
+    model = run.attrs.get("model")
+    fig.text(0.03, 0.93, f"{layer} · unit {int(unit)}" + (f"   ({model})" if model else ""), fontsize=24,
+             weight="bold", va="bottom", parse_math=False)
+    return fig
+
+
+def save_montage(run: Run, layer: str, unit: int, path: str | os.PathLike, info: dict[str, Any] | None = None
+                 ) -> Path:
+    """Write the unit's montage as a PNG (exactly 1600 × 900 px) to `path`."""
+    fig = unit_montage(run, layer, unit, info)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # class names in scripts the default font lacks: boxes, not errors
+        warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
+        fig.savefig(p, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
+    return p

@@ -1,0 +1,324 @@
+// sketchmine report: one unit's dashboard (units/<layer>.html#unit=U).
+// Data arrive as page scripts (dash/<layer>/unit_NNNN.js) calling sketchmineUnit.page(), which
+// works from file:// (no fetch). Every data string is set with textContent; a section the run
+// lacks shows the note that says how to add it (data-missing="<section>").
+(function () {
+  "use strict";
+  var body = document.body;
+  var layerId = body.getAttribute("data-layer");
+  var units = parseInt(body.getAttribute("data-units"), 10) || 0;
+  var PAGE = 64;
+  var cache = {};
+  var current = -1;
+  var SVG = "http://www.w3.org/2000/svg";
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    if (text !== undefined && text !== null) { e.textContent = String(text); }
+    return e;
+  }
+  function svgEl(tag, attrs, text) {
+    var e = document.createElementNS(SVG, tag);
+    for (var k in attrs) { if (Object.prototype.hasOwnProperty.call(attrs, k)) { e.setAttribute(k, String(attrs[k])); } }
+    if (text !== undefined) { e.textContent = String(text); }
+    return e;
+  }
+  function fmt(v, p) { return v === null || v === undefined ? "-" : Number(v).toPrecision(p || 4); }
+  function pct(v) { return v === null || v === undefined ? "-" : (v * 100).toFixed(2) + " %"; }
+  function missing(d, section, what) {
+    var p = el("p", "note missing", "no " + what + ": " + (d.missing[section] || "not stored"));
+    p.setAttribute("data-missing", section);
+    return p;
+  }
+  function section(box, title, id) {
+    var s = el("section", "dash-section");
+    s.id = id;
+    s.appendChild(el("h2", null, title));
+    box.appendChild(s);
+    return s;
+  }
+  function table(headers, rows) {
+    var t = el("table"), head = el("thead"), tr = el("tr"), tb = el("tbody");
+    for (var i = 0; i < headers.length; i++) { tr.appendChild(el("th", null, headers[i])); }
+    head.appendChild(tr);
+    if (headers.join("")) { t.appendChild(head); }
+    for (var r = 0; r < rows.length; r++) {
+      var row = el("tr");
+      for (var c = 0; c < rows[r].length; c++) {
+        var cell = rows[r][c];
+        if (cell instanceof Node) { var td = el("td"); td.appendChild(cell); row.appendChild(td); }
+        else { row.appendChild(el("td", typeof cell === "number" ? "num" : null, cell)); }
+      }
+      tb.appendChild(row);
+    }
+    t.appendChild(tb);
+    return t;
+  }
+
+  function overview(d) {
+    var rows = [["max activation", fmt(d.max)],
+      ["receptive field", d.receptive_field ? d.receptive_field[0] + "\u00d7" + d.receptive_field[1] + " px" : "the whole image"],
+      ["images mined", String(d.images) + (d.complete ? "" : " (PARTIAL run)")]];
+    if (d.moments) {
+      rows.push(["mean of image maxima", fmt(d.moments.mean)]);
+      rows.push(["firing density", pct(d.moments.density) + (d.moments.images === null ? "" :
+        " (" + d.moments.firing + " of " + d.moments.images + " images > 0)")]);
+    }
+    if (d.importance) {
+      rows.push(["importance rank", d.importance.rank + " of " + d.units]);
+      rows.push(["prob. drop when zeroed", fmt(d.importance.prob_drop, 3)]);
+      rows.push(["accuracy drop when zeroed", d.importance.acc_drop === null ? "-" : (d.importance.acc_drop * 100).toFixed(2) + " pt"]);
+    }
+    if (d.quantiles) {
+      for (var i = 0; i < d.quantiles.q.length; i++) {
+        rows.push(["quantile " + d.quantiles.q[i], fmt(d.quantiles.values[i])]);
+      }
+    }
+    var t = table(["", ""], rows);
+    t.id = "overview";
+    return t;
+  }
+
+  function histogram(d) {
+    // bars of the image maxima; marks under the axis: top-k (red), bottom-k (blue), bin examples (green bands)
+    // only the bins from the first to the last holding images (the grid spans more); an outer
+    // edge at -inf/+inf (infinite maxima) is drawn at its finite neighbour
+    var h = d.histogram, counts = h.counts;
+    var first = 0, last = counts.length - 1;
+    while (first < last && counts[first] === 0) { first++; }
+    while (last > first && counts[last] === 0) { last--; }
+    var edges = h.edges.slice(first, last + 2);
+    counts = counts.slice(first, last + 1);
+    if (edges[0] === null) { edges[0] = edges[1]; }
+    if (edges[edges.length - 1] === null) { edges[edges.length - 1] = edges[edges.length - 2]; }
+    var W = 640, H = 230, L = 48, R = 12, T = 10, B = 70;
+    var lo = edges[0], hi = edges[edges.length - 1];
+    var s = svgEl("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H, "class": "hist", id: "histogram" });
+    if (lo === null || hi === null) { return s; }
+    var span = hi > lo ? hi - lo : 1;
+    var peak = Math.max.apply(null, counts.concat([1]));
+    function px(v) { return L + (Math.min(Math.max(v, lo), lo + span) - lo) * (W - L - R) / span; }
+    function py(c) { return T + (H - T - B) * (1 - c / peak); }
+    var base = H - B;
+    s.appendChild(svgEl("line", { x1: L, x2: W - R, y1: base, y2: base, stroke: "#333" }));
+    s.appendChild(svgEl("line", { x1: L, x2: L, y1: T, y2: base, stroke: "#333" }));
+    s.appendChild(svgEl("text", { x: L - 4, y: T + 8, "text-anchor": "end", "font-size": 10 }, String(peak)));
+    s.appendChild(svgEl("text", { x: L - 4, y: base, "text-anchor": "end", "font-size": 10 }, "0"));
+    for (var i = 0; i < counts.length; i++) {
+      var x0 = px(edges[i]), x1 = hi > lo ? px(edges[i + 1]) : W - R;
+      var bar = svgEl("rect", { x: x0, y: py(counts[i]), width: Math.max(1, x1 - x0 - 0.5), height: base - py(counts[i]),
+        fill: "#4c72b0", "class": "hist-bar" });
+      bar.appendChild(svgEl("title", {}, counts[i] + " images in [" + fmt(edges[i]) + ", " + fmt(edges[i + 1]) + ")"));
+      s.appendChild(bar);
+    }
+    s.appendChild(svgEl("text", { x: L, y: base + 12, "font-size": 10 }, fmt(lo)));
+    s.appendChild(svgEl("text", { x: W - R, y: base + 12, "font-size": 10, "text-anchor": "end" }, fmt(hi)));
+    function marks(entries, y, color, cls, label) {
+      for (var j = 0; j < entries.length; j++) {
+        if (entries[j].value === null) { continue; }
+        var x = px(entries[j].value);
+        var m = svgEl("path", { d: "M" + x + "," + y + " l-4,8 l8,0 z", fill: color, "class": cls, opacity: 0.8 });
+        m.appendChild(svgEl("title", {}, label + " " + (entries[j].rank + 1) + ": image " + entries[j].index + ", " + fmt(entries[j].value)));
+        s.appendChild(m);
+      }
+      s.appendChild(svgEl("text", { x: 4, y: y + 8, "font-size": 10, fill: color }, label));
+    }
+    marks(d.top, base + 16, "#d62728", "mark-top", "top-" + d.top.length);
+    if (d.bottom) { marks(d.bottom, base + 30, "#1f77b4", "mark-bottom", "bottom"); }
+    if (d.bins) {
+      for (var b = 0; b < d.bins.length; b++) {
+        var bin = d.bins[b];
+        if (bin.lo === null || bin.hi === null || !bin.examples.length) { continue; }
+        var band = svgEl("rect", { x: px(bin.lo), y: base + 46, width: Math.max(2, px(bin.hi) - px(bin.lo) - 1), height: 8,
+          fill: b % 2 ? "#2ca02c" : "#98df8a", "class": "mark-bin" });
+        band.appendChild(svgEl("title", {}, "bin " + bin.bin + ": " + bin.examples.length + " examples in [" + fmt(bin.lo) + ", " + fmt(bin.hi) + ")"));
+        s.appendChild(band);
+      }
+      s.appendChild(svgEl("text", { x: 4, y: base + 54, "font-size": 10, fill: "#2ca02c" }, "bins"));
+    }
+    return s;
+  }
+
+  function tile(src, i, w, h) {
+    var t = el("div", "tile");
+    var scale = 64 / h;
+    t.style.width = Math.round(w * scale) + "px";
+    var img = document.createElement("img");
+    img.src = src;
+    img.alt = "";
+    img.style.marginLeft = (-i * w * scale) + "px";
+    t.appendChild(img);
+    return t;
+  }
+  function caption(e) {
+    var cap = el("div", "cap");
+    cap.appendChild(el("div", "cls", e.cls === null ? "?" : e.cls));
+    if (e.value !== undefined) { cap.appendChild(el("div", null, fmt(e.value))); }
+    cap.appendChild(el("div", "idx", "#" + e.index));
+    cap.title = e.path;
+    return cap;
+  }
+  function examples(box, label, entries, d, at) {
+    // d: the strips of the set's pictures ({patches, deconv, w, h}) or null; at(e): e's tile in them
+    at = at || function (e) { return e.rank; };
+    if (d && d.patches && entries.length) {
+      var pics = el("div", "row");
+      pics.appendChild(el("div", "label", "patches"));
+      for (var i = 0; i < entries.length; i++) { pics.appendChild(tile(d.patches, at(entries[i]), d.w, d.h)); }
+      box.appendChild(pics);
+      if (d.deconv) {
+        var dec = el("div", "row");
+        dec.appendChild(el("div", "label", "deconv"));
+        for (var j = 0; j < entries.length; j++) { dec.appendChild(tile(d.deconv, at(entries[j]), d.w, d.h)); }
+        box.appendChild(dec);
+      }
+    }
+    var r = el("div", "row");
+    r.appendChild(el("div", "label", label));
+    for (var k = 0; k < entries.length; k++) { r.appendChild(caption(entries[k])); }
+    if (!entries.length) { r.appendChild(el("div", "cap", "(none)")); }
+    box.appendChild(r);
+  }
+
+  function classes(d, box) {
+    if (d.classes_top) {
+      box.appendChild(el("h3", null, "classes among its top " + d.top.length + " images"));
+      box.appendChild(table(["class", "images", "class accuracy"], d.classes_top.map(function (c) {
+        return [c["class"], c.count, pct(c.acc)]; })));
+    } else { box.appendChild(missing(d, "classes_top", "classes of the top images")); }
+    if (d.class_means) {
+      box.appendChild(el("h3", null, "classes it prefers over all images (mean image maximum)"));
+      box.appendChild(table(["class", "mean", "images", "class accuracy"], d.class_means.map(function (c) {
+        return [c["class"], fmt(c.mean), c.images, pct(c.acc)]; })));
+    } else { box.appendChild(missing(d, "class_means", "class means over all images")); }
+  }
+
+  function effects(d, box) {
+    if (!d.effects) { box.appendChild(missing(d, "effects", "effects on the output")); return; }
+    var t = table(["pushed up", "by", "pushed down", "by"], []);
+    t.id = "effects";
+    var up = d.effects.up, down = d.effects.down, tb = t.tBodies[0];
+    for (var i = 0; i < Math.max(up.length, down.length); i++) {
+      var row = el("tr");
+      row.appendChild(el("td", null, i < up.length ? up[i]["class"] : ""));
+      row.appendChild(el("td", "num", i < up.length ? "+" + fmt(up[i].effect, 3) : ""));
+      row.appendChild(el("td", null, i < down.length ? down[i]["class"] : ""));
+      row.appendChild(el("td", "num", i < down.length ? fmt(down[i].effect, 3) : ""));
+      tb.appendChild(row);
+    }
+    box.appendChild(el("p", null, "the unit's effect on each class's " + (d.effects.kind === "logit" ? "logit" : "probability") + ": its mean change when the unit is zeroed, sign flipped (positive: the unit raises the class), over all images"));
+    box.appendChild(t);
+  }
+
+  function correlated(d, box) {
+    if (!d.correlated) { box.appendChild(missing(d, "correlated", "correlated units")); return; }
+    var list = el("p", "correlated");
+    for (var i = 0; i < d.correlated.length; i++) {
+      var a = el("a", null, "unit " + d.correlated[i].unit);
+      a.href = "#unit=" + d.correlated[i].unit;
+      list.appendChild(a);
+      list.appendChild(document.createTextNode(" (r = " + fmt(d.correlated[i].r, 3) + ")" + (i + 1 < d.correlated.length ? ", " : "")));
+    }
+    if (!d.correlated.length) { list.textContent = "(none)"; }
+    box.appendChild(list);
+  }
+
+  function render(d) {
+    var box = document.getElementById("dash");
+    while (box.firstChild) { box.removeChild(box.firstChild); }
+    document.getElementById("unit-number").textContent = d.unit + " of " + d.units;
+    document.getElementById("unit-input").value = d.unit;
+    var links = el("p", "dash-links");
+    var card = el("a", null, "its card");
+    card.href = d.card;
+    links.appendChild(card);
+    if (d.montage) {
+      links.appendChild(document.createTextNode(" \u00b7 "));
+      var m = el("a", null, "slide montage (PNG)");
+      m.href = d.montage;
+      m.id = "montage-link";
+      links.appendChild(m);
+    }
+    box.appendChild(links);
+    var top = section(box, "Distribution of its image maxima", "distribution");
+    var row = el("div", "dash-row");
+    row.appendChild(overview(d));
+    if (d.histogram) { row.appendChild(histogram(d)); }
+    top.appendChild(row);
+    if (!d.histogram) { top.appendChild(missing(d, "histogram", "histogram")); }
+    var total = d.histogram ? d.histogram.counts.reduce(function (a, b) { return a + b; }, 0) : -1;
+    if (total === 0) {
+      top.appendChild(el("p", "note", "no image maximum of this unit is a number (every map was all NaN): nothing to draw"));
+    } else if (d.quantiles && d.quantiles.values[0] !== null && d.quantiles.values[0] === d.quantiles.values[d.quantiles.values.length - 1]) {
+      top.appendChild(el("p", "note", "every image maximum of this unit is " + fmt(d.quantiles.values[0]) +
+        " (a constant unit): its histogram is one value"));
+    }
+    if (!d.moments) { top.appendChild(missing(d, "moments", "firing density")); }
+    if (!d.importance) { top.appendChild(missing(d, "importance", "importance")); }
+    var ex = section(box, "Examples at every level", "examples");
+    ex.appendChild(el("h3", null, "top " + d.top.length + " (most activating)"));
+    examples(ex, "class / value / image", d.top, d);
+    ex.appendChild(el("h3", null, "bottom (least activating)"));
+    if (d.bottom) { examples(ex, "class / value / image", d.bottom, d.bottom_pictures || null); } else { ex.appendChild(missing(d, "bottom", "bottom images")); }
+    ex.appendChild(el("h3", null, "by activation bin"));
+    if (d.bins) {
+      var lowest = d.bins.length, highest = -1;
+      for (var q = 0; q < d.bins.length; q++) {
+        if (d.bins[q].examples.length) { lowest = Math.min(lowest, q); highest = Math.max(highest, q); }
+      }
+      for (var b = highest; b >= lowest; b--) {  // the grid's empty bins outside [min, max] left out
+        var bin = d.bins[b];
+        var per = d.bin_pictures ? d.bin_pictures.m : 0;
+        examples(ex, "bin " + bin.bin + (bin.lo === null ? "" : ": " + fmt(bin.lo, 3) + "\u2026" + fmt(bin.hi, 3)), bin.examples,
+          d.bin_pictures || null, (function (b) { return function (e) { return b * per + e.slot; }; })(bin.bin));
+        if (bin.more) {
+          ex.lastChild.appendChild(el("div", "cap more", "+" + bin.more + " more (sketchmine unit --json)"));
+        }
+      }
+    } else { ex.appendChild(missing(d, "bins", "examples per bin")); }
+    classes(d, section(box, "Classes it prefers", "classes"));
+    effects(d, section(box, "Classes it pushes", "pushes"));
+    correlated(d, section(box, "Units that move with it", "correlated"));
+    body.setAttribute("data-rendered", String(d.unit));
+  }
+
+  function show(u, replace) {
+    if (!units) { return; }
+    u = Math.max(0, Math.min(units - 1, u));
+    current = u;
+    var hash = "#unit=" + u;
+    if (window.location.hash !== hash) {
+      if (replace) { history.replaceState(null, "", hash); } else { window.location.hash = hash; }
+    }
+    var p = Math.floor(u / PAGE);
+    if (cache[p]) { render(cache[p][u - p * PAGE]); return; }
+    var s = document.createElement("script");
+    s.src = "../dash/" + layerId + "/unit_" + String(p).padStart(4, "0") + ".js";
+    document.head.appendChild(s);
+  }
+
+  window.sketchmineUnit = {
+    page: function (p, data) {
+      cache[p] = data;
+      if (Math.floor(current / PAGE) === p) { render(data[current - p * PAGE]); }
+    },
+    show: show
+  };
+
+  function fromHash() {
+    var m = /unit=(\d+)/.exec(window.location.hash);
+    return m ? parseInt(m[1], 10) : 0;
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    document.getElementById("prev-unit").addEventListener("click", function () { show(current - 1); });
+    document.getElementById("next-unit").addEventListener("click", function () { show(current + 1); });
+    document.getElementById("unit-input").addEventListener("change", function (ev) {
+      var v = parseInt(ev.target.value, 10);
+      if (!isNaN(v)) { show(v); }
+    });
+    window.addEventListener("hashchange", function () { var u = fromHash(); if (u !== current) { show(u); } });
+    show(fromHash(), true);
+  });
+})();

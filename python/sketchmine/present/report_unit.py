@@ -1,0 +1,167 @@
+"""The report's unit dashboards: one page per layer, `units/<id>.html#unit=U`, that shows any
+of its units (report_assets/unit.js renders it), and the units' slide montages.
+
+    out/units/<id>.html           the dashboard page of a layer's units (#unit=U picks one)
+    out/dash/<id>/unit_NNNN.js    the dashboards of PAGE_SIZE units, loaded when shown
+    out/montage/<id>/<unit>.png   the unit's slide (present/montage.py), for at most
+                                  `montages` units per layer that have patches
+
+Everything comes from `results.unit_summary` (the numbers `sketchmine unit` prints); a
+section the run lacks carries the note that says how to add it. Like the rest of the report,
+the store is the only input and every string is set with textContent by unit.js.
+"""
+from __future__ import annotations
+
+import html
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sketchmine.present.montage import save_montage
+from sketchmine.present.report_data import PAGE_SIZE, THUMB, save_png, strip, to_js
+from sketchmine.results.run import Run
+from sketchmine.results.unit_summary import LayerSummary
+
+ASSETS = ("unit.js", "unit.css")
+BIN_EXAMPLES = 6
+"""Examples per activation bin shown on a dashboard (`sketchmine unit --json` gives them all)."""
+MONTAGES = 8
+"""Montages per layer by default: each is a 1600 × 900 PNG of about half a second to draw, so
+a report of wide layers stays quick; `sketchmine.plots.unit_montage` draws any other."""
+
+e = html.escape
+
+
+def copy_assets(out: Path) -> None:
+    """unit.js and unit.css into out/assets (beside report.css and report.js)."""
+    (out / "assets").mkdir(exist_ok=True)
+    for name in ASSETS:
+        src = resources.files("sketchmine.present") / "report_assets" / name
+        (out / "assets" / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def montage_units(run: Run, name: str, limit: int) -> list[int]:
+    """The units that get a montage: those with stored patches, the most important first when
+    the layer has a stored importance, else in unit order; at most `limit`."""
+    vis = run.layer_attrs(name).get("visualized") or {}
+    if limit < 1 or not run.has_array(name, "patches"):
+        return []
+    done = int(vis.get("units_done", 0))
+    order = [int(u) for u in run.unit_importance(name)["unit"]] if run.has_importance(name) else list(range(done))
+    return [u for u in order if u < done][:limit]
+
+
+def _strip(run: Run, name: str, lid: str, u: int) -> dict[str, Any]:
+    """The card's patch and deconvolution strips of unit u (report_data writes them), if any."""
+    vis = run.layer_attrs(name).get("visualized") or {}
+    if not run.has_array(name, "patches") or u >= int(vis.get("units_done", 0)):
+        return {}
+    h, w = vis.get("patch_size") or run.array_shape(name, "patches")[2:4]
+    scale = min(1.0, THUMB / h)
+    out = {"h": max(1, round(h * scale)), "w": max(1, round(w * scale)), "patches": f"../img/{lid}/{u}_p.png"}
+    if run.has_array(name, "deconv"):
+        out["deconv"] = f"../img/{lid}/{u}_d.png"
+    return out
+
+
+def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGES) -> list[int]:
+    """Write the layer's dashboard page, its data scripts and its montages; returns the units
+    with a montage (the layer page lists them: its cards link to them)."""
+    copy_assets(out)
+    summary = LayerSummary(run, name)
+    extra = example_pictures(run, name)
+    per_bin = int(np.asarray(summary.bins).shape[2]) if summary.bins is not None else 0
+    slides = set(montage_units(run, name, montages))
+    data_dir = out / "dash" / lid
+    data_dir.mkdir(parents=True, exist_ok=True)
+    c = summary.units
+    pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
+    for p in range(pages):
+        units = []
+        for u in range(p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)):
+            d = summary.unit(u)
+            if u in slides:
+                save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d)
+                d["montage"] = f"../montage/{lid}/{u}.png"
+            cut_examples(d, BIN_EXAMPLES)
+            d.update(_strip(run, name, lid, u))
+            d.update(example_strips(extra, lid, u, out, per_bin))
+            d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}"
+            units.append(d)
+        (data_dir / f"unit_{p:04d}.js").write_text(f"sketchmineUnit.page({p}, {to_js(units)});\n")
+    (out / "units").mkdir(exist_ok=True)
+    (out / "units" / f"{lid}.html").write_text(_page(run, name, lid, c, pages, len(slides)), encoding="utf-8")
+    return sorted(slides)
+
+
+PICTURE_GROUPS = {"bottom": "bottom_pictures", "bins": "bin_pictures"}
+"""The groups `visualize(..., examples="all")` writes (passes/example_pictures.py)."""
+
+
+def example_pictures(run: Run, name: str) -> dict[str, dict[str, Any]]:
+    """{"bottom"/"bins": {"patches": (C, n, h, w, ch) uint8, "deconv": … or absent}} for the
+    example sets the layer has pictures of (read one array at a time: they differ in shape
+    from the groups' boxes)."""
+    out: dict[str, dict[str, Any]] = {}
+    for which, group in PICTURE_GROUPS.items():
+        found = run.layer_result(name, group, ("patches",))
+        if found is None:
+            continue
+        out[which] = {"patches": found[0]["patches"]}
+        deconv = run.layer_result(name, group, ("deconv",))
+        if deconv is not None:
+            out[which]["deconv"] = deconv[0]["deconv"]
+    return out
+
+
+def example_strips(extra: dict[str, dict[str, Any]], lid: str, u: int, out: Path, per_bin: int = 0) -> dict[str, Any]:
+    """Write unit u's strips of its bottom-k and bin example pictures (img/<id>/<u>_{b,q}{p,d}.png);
+    the dashboard's references to them ({"bottom_pictures": {...}, "bin_pictures": {...}})."""
+    refs: dict[str, Any] = {}
+    for which, arrays in extra.items():
+        tag = "b" if which == "bottom" else "q"
+        patches = arrays["patches"]
+        if u >= len(patches) or not patches.shape[1]:
+            continue
+        h, w = patches.shape[2:4]
+        scale = min(1.0, THUMB / h)
+        ref = {"h": max(1, round(h * scale)), "w": max(1, round(w * scale)), "patches": f"../img/{lid}/{u}_{tag}p.png"}
+        (out / "img" / lid).mkdir(parents=True, exist_ok=True)
+        save_png(strip(patches[u]), out / "img" / lid / f"{u}_{tag}p.png")
+        if "deconv" in arrays:
+            save_png(strip(arrays["deconv"][u]), out / "img" / lid / f"{u}_{tag}d.png")
+            ref["deconv"] = f"../img/{lid}/{u}_{tag}d.png"
+        if which == "bins":
+            if not per_bin:
+                continue  # pictures without the examples they show
+            ref["m"] = per_bin
+        refs[f"{which}_pictures"] = ref
+    return refs
+
+
+def cut_examples(d: dict[str, Any], m: int) -> None:
+    """At most m examples per bin in the page data (the bins hold up to 8 each: 17 bins × 8
+    images, paths included, would make a wide layer's dashboards tens of megabytes)."""
+    for b in d.get("bins") or []:
+        if len(b["examples"]) > m:
+            b["examples"], b["more"] = b["examples"][:m], len(b["examples"]) - m
+
+
+def _page(run: Run, name: str, lid: str, units: int, pages: int, slides: int) -> str:
+    partial = "" if run.complete else f'<p class="partial">PARTIAL run: {run.images_done} images mined so far</p>'
+    note = (f"slide montages for {slides} unit{'s' if slides != 1 else ''} of this layer (the most important first, "
+            "where importance is stored); draw any other with <code>sketchmine.plots.unit_montage(run, layer, "
+            "unit)</code>") if slides else ""
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{e(name)} units — sketchmine report</title>"
+            '<link rel="stylesheet" href="../assets/report.css"><link rel="stylesheet" href="../assets/unit.css">'
+            f'</head>\n<body data-layer="{e(lid)}" data-pages="{pages}" data-units="{units}">\n'
+            f'<p><a href="../index.html">← all layers</a> · <a href="../layers/{e(lid)}.html">{e(name)} cards</a></p>'
+            f"<h1>{e(name)}: unit <span id=\"unit-number\"></span></h1>{partial}"
+            '<nav class="pager"><button id="prev-unit">◀ previous unit</button>'
+            f'<label>unit <input id="unit-input" type="number" min="0" max="{units - 1}" value="0"></label>'
+            '<button id="next-unit">next unit ▶</button></nav>'
+            f'<div id="dash"></div><p class="note">{note}</p>'
+            '<script src="../assets/unit.js"></script>\n</body></html>\n')

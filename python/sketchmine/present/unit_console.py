@@ -1,0 +1,135 @@
+"""`sketchmine unit RUN LAYER UNIT`: one unit's dashboard as rich tables, or as one JSON object
+(`--json`), both from `results.unit_summary` (the same numbers the report's unit page shows).
+Sections the run lacks are listed with how to add them."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from sketchmine.present.console import safe
+from sketchmine.present.json_out import print_json
+from sketchmine.results.run import open_run
+from sketchmine.results.unit_summary import LayerSummary
+
+
+def _f(v: float | None, fmt: str = ".4g") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.2f}"
+
+
+def overview_table(d: dict[str, Any]) -> Table:
+    """Key facts: shape, maximum, receptive field, mean, firing density, importance."""
+    t = Table(title=f"{safe(d['layer'])} · unit {d['unit']} of {d['units']}" + ("" if d["complete"] else
+                                                                                 "  (PARTIAL run)"),
+              show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    rf = d["receptive_field"]
+    rows = [("kind, output", f"{safe(d['kind'])}, {'×'.join(map(str, d['shape']))}"),
+            ("images mined", str(d["images"])), ("max activation", _f(d["max"])),
+            ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "the whole image")]
+    m = d["moments"]
+    if m is not None:
+        rows += [("mean of image maxima", _f(m["mean"])),
+                 ("firing density", f"{_pct(m['density'])} %" + ("" if m["images"] is None else
+                                                                 f" ({m['firing']} of {m['images']} images > 0)"))]
+    imp = d["importance"]
+    if imp is not None:
+        rows += [("importance rank", f"{imp['rank']} of {d['units']}"),
+                 ("prob. drop / accuracy drop", f"{_f(imp.get('prob_drop'))} / {_pct(imp.get('acc_drop'))} pt")]
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def images_table(title: str, entries: list[dict[str, Any]]) -> Table:
+    """Ranked images: value, image index, class, class accuracy, path."""
+    t = Table(title=title)
+    for col in ("rank", "value", "image", "class", "acc. %", "path"):
+        t.add_column(col, justify="right" if col in ("rank", "value", "image", "acc. %") else "left")
+    for e in entries:
+        t.add_row(str(e["rank"] + 1), _f(e["value"]), str(e["index"]), safe(e["cls"] or "?"), _pct(e["acc"]),
+                  safe(e["path"]))
+    return t
+
+
+def distribution_table(d: dict[str, Any]) -> Table:
+    """Quantiles of the unit's image maxima."""
+    q = d["quantiles"]
+    t = Table(title="quantiles of the image maxima")
+    for p in q["q"]:
+        t.add_column(f"q{p * 100:g}", justify="right")
+    t.add_row(*[_f(v) for v in q["values"]])
+    return t
+
+
+def bins_table(d: dict[str, Any]) -> Table:
+    """Example images per activation bin, lowest bin first."""
+    t = Table(title="examples at every level (images per activation bin)")
+    for col in ("bin", "range", "images (class)"):
+        t.add_column(col, justify="right" if col == "bin" else "left")
+    held = [b["bin"] for b in d["bins"] if b["examples"]]
+    for b in d["bins"]:
+        if not held or not held[0] <= b["bin"] <= held[-1]:
+            continue  # the grid's empty bins below the minimum and above the maximum
+        rng = "-" if b["lo"] is None else f"{_f(b['lo'])} … {_f(b['hi'])}"
+        ex = ", ".join(f"{e['index']} ({safe(e['cls'] or '?')})" for e in b["examples"]) or "(none)"
+        t.add_row(str(b["bin"]), rng, ex)
+    return t
+
+
+def classes_table(d: dict[str, Any]) -> Table:
+    """Classes the unit prefers (among its top-k; by mean over all images) and pushes (effects)."""
+    t = Table(title="classes")
+    heads, cols = [], []
+    if d["classes_top"] is not None:
+        heads.append(f"among the top {len(d['top'])} (count, acc. %)")
+        cols.append([f"{safe(c['class'])} {c['count']} ({_pct(c['acc'])})" for c in d["classes_top"]])
+    if d["class_means"] is not None:
+        heads.append("highest mean maximum (mean)")
+        cols.append([f"{safe(c['class'])} ({_f(c['mean'], '.3g')})" for c in d["class_means"]])
+    if d["effects"] is not None:
+        heads += [f"pushed up ({safe(d['effects']['kind'])})", "pushed down"]
+        cols += [[f"{safe(c['class'])} {_f(c['effect'], '+.3g')}" for c in d["effects"][side]] for side in ("up", "down")]
+    for h in heads:
+        t.add_column(h)
+    for i in range(max(map(len, cols), default=0)):
+        t.add_row(*[c[i] if i < len(c) else "" for c in cols])
+    return t
+
+
+def correlated_table(d: dict[str, Any]) -> Table:
+    t = Table(title="most correlated units (image maxima)")
+    t.add_column("unit", justify="right")
+    t.add_column("r", justify="right")
+    for c in d["correlated"]:
+        t.add_row(str(c["unit"]), _f(c["r"], ".3f"))
+    return t
+
+
+def print_unit(run_path: str | os.PathLike, layer: str, unit: int, console: Console, as_json: bool = False) -> None:
+    """Print one unit's dashboard (tables, or one JSON object on stdout)."""
+    d = LayerSummary(open_run(run_path), layer).unit(unit)
+    if as_json:
+        print_json(d)
+        return
+    console.print(overview_table(d))
+    if d["quantiles"] is not None:
+        console.print(distribution_table(d))
+    console.print(images_table(f"top {len(d['top'])} images", d["top"]))
+    if d["bottom"] is not None:
+        console.print(images_table(f"bottom {len(d['bottom'])} images (least activating)", d["bottom"]))
+    if d["bins"] is not None:
+        console.print(bins_table(d))
+    if d["classes_top"] is not None or d["class_means"] is not None or d["effects"] is not None:
+        console.print(classes_table(d))
+    if d["correlated"] is not None:
+        console.print(correlated_table(d))
+    for section, why in d["missing"].items():
+        console.print(f"[yellow]no {section.replace('_', ' ')}:[/] {safe(why)}")

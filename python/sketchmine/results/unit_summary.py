@@ -1,0 +1,219 @@
+"""One unit's dashboard, read from a run: its maximum, distribution (histogram, quantiles,
+firing density, mean), examples at every level (top-k, bottom-k, images per activation bin),
+the classes it prefers and pushes, the units it moves with, and its importance.
+
+`LayerSummary(run, layer)` reads the layer's arrays once and answers `unit(u)` with a
+JSON-ready dict (floats, ints, strings, None; never NaN), which the console (`sketchmine
+unit`), the report's unit dashboard and the montage all show. A section whose data the run
+lacks (a run mined before the distribution sketch, no `effects` pass, no labels) is None, and
+`missing[section]` says why and how to add it: nothing raises for missing data. Only a layer
+the run does not have or a unit outside it is an error."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sketchmine.errors import SketchmineError
+from sketchmine.results.run import Run
+
+QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+"""The quantiles the dashboard lists (0 and 1: the sketch's minimum and maximum)."""
+CLASSES_SHOWN = 5
+"""Classes listed per side (preferred, pushed up, pushed down)."""
+
+SECTIONS = ("bottom", "moments", "quantiles", "histogram", "bins", "class_means", "effects", "correlated",
+            "importance", "classes_top")
+
+_MINE_AGAIN = "mine the run again into a new --out (with --distributions for the histogram, quantiles, bins, bottom-k)"
+
+
+def num(v: Any) -> float | None:
+    """A float for JSON: None for NaN and the infinities."""
+    f = float(v)
+    return f if np.isfinite(f) else None
+
+
+def _reader(run: Run, method: str, *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
+    """(result, None), or (None, why) when the run lacks that data (its reader raises a
+    SketchmineError) or this sketchmine has no such reader."""
+    fn: Callable[..., Any] | None = getattr(run, method, None)
+    if fn is None:
+        return None, f"this sketchmine cannot read it (no Run.{method})"
+    try:
+        return fn(*args, **kwargs), None
+    except SketchmineError as exc:
+        return None, str(exc)
+
+
+class LayerSummary:
+    """A layer's dashboard data, read once; `unit(u)` gives one unit's."""
+
+    def __init__(self, run: Run, layer: str, quantiles: tuple[float, ...] = QUANTILES) -> None:
+        self.run, self.layer = run, run.check_layer(layer)
+        self.attrs = run.layer_attrs(layer)
+        self.units = int(self.attrs["shape"][0])
+        self.missing: dict[str, str] = {}
+        self.names = run.class_names
+        self.labels = run.labels
+        self.paths = run.paths
+        acc, why = _reader(run, "class_accuracy")
+        self.acc = acc["accuracy"].to_numpy() if acc is not None else np.full(len(self.names), np.nan)
+        self.top = run.topk(layer)
+        self.bottom = self._get("bottom", "bottomk", layer)
+        self.quantiles = tuple(float(q) for q in quantiles)
+        self.q_values = self._get("quantiles", "quantiles", layer, np.asarray(self.quantiles))
+        self.hist = self._get("histogram", "histogram", layer)
+        self.bins = self._get("bins", "quantile_examples", layer)
+        self.bin_edges = self._get("bins", "example_edges", layer) if self.bins is not None else None
+        self.effects = self._get("effects", "unit_effects", layer)
+        self.correlated = self._get("correlated", "correlated_units", layer)
+        self.moments = self._moments()
+        self.class_means = self._get("class_means", "class_stats", layer)
+        if run.has_importance(layer):
+            df = run.unit_importance(layer)
+            self.importance: dict[int, dict[str, Any]] | None = {
+                int(r["unit"]): {"rank": int(i) + 1, **{c: num(r[c]) for c in df.columns if c != "unit"}}
+                for i, (_, r) in enumerate(df.iterrows())}
+        else:
+            self.importance = None
+            self.missing["importance"] = (f"no unit importance stored for this layer: run `sketchmine importance "
+                                          f"{run.path} --layers {layer}` to add it")
+        if why is not None and not (self.labels >= 0).any():
+            self.missing["classes_top"] = f"the dataset has no labels: {why}"
+
+    def _get(self, section: str, method: str, *args: Any) -> Any:
+        value, why = _reader(self.run, method, *args)
+        if why is not None:
+            self.missing[section] = why
+        return value
+
+    def _moments(self) -> dict[str, np.ndarray] | None:
+        """The final arrays of a complete run; else (an unfinished one) the readers, which
+        rebuild density and mean from its checkpoint (no image counts then)."""
+        if all(self.run.has_array(self.layer, a) for a in ("max_count", "max_mean", "firing")):
+            return {a: self.run.layer_array(self.layer, a) for a in ("max_count", "max_mean", "firing")}
+        density, _ = _reader(self.run, "firing_density", self.layer)
+        mean, why = _reader(self.run, "max_mean", self.layer)
+        if density is not None and mean is not None:
+            return {"density": density, "max_mean": mean}
+        self.missing["moments"] = (f"run {self.run.path} has no firing density or mean for {self.layer!r} "
+                                   f"({why or 'mined before sketchmine kept them'}): {_MINE_AGAIN}")
+        return None
+
+    def check_unit(self, unit: Any) -> int:
+        if isinstance(unit, (bool, np.bool_)) or not isinstance(unit, (int, np.integer)) \
+                or not 0 <= int(unit) < self.units:
+            raise SketchmineError(f"unit {unit!r} is not in layer {self.layer!r} of run {self.run.path}: "
+                                  f"its units are 0 to {self.units - 1}")
+        return int(unit)
+
+    def image(self, i: int) -> dict[str, Any]:
+        """One image of the run: index, path, class (None when unlabelled), that class's accuracy."""
+        lab = int(self.labels[i])
+        ok = 0 <= lab < len(self.names)
+        return {"index": int(i), "path": str(self.paths[i]), "cls": self.names[lab] if ok else None,
+                "acc": num(self.acc[lab]) if ok else None}
+
+    def _entries(self, ranked: tuple[np.ndarray, np.ndarray, np.ndarray], u: int) -> list[dict[str, Any]]:
+        values, index, yx = ranked
+        return [{"rank": int(r), **self.image(int(index[u, r])), "value": num(values[u, r]),
+                 "y": int(yx[u, r, 0]), "x": int(yx[u, r, -1])}
+                for r in range(index.shape[1]) if index[u, r] >= 0]
+
+    def unit(self, unit: Any) -> dict[str, Any]:
+        """Unit `unit`'s dashboard as a JSON-ready dict (see the module docstring)."""
+        u = self.check_unit(unit)
+        run = self.run
+        top = self._entries(self.top, u)
+        rf = self.attrs.get("receptive_field")
+        out: dict[str, Any] = {
+            "layer": self.layer, "unit": u, "units": self.units, "kind": str(self.attrs.get("kind", "")),
+            "shape": [int(s) for s in self.attrs["shape"]], "images": run.images_done, "complete": run.complete,
+            "k": run.k, "receptive_field": list(rf["size"]) if rf and rf.get("size") else None,
+            "max": top[0]["value"] if top else None, "top": top,
+            "bottom": self._entries(self.bottom, u) if self.bottom is not None else None,
+            "classes_top": self._classes_top(top), "moments": self._unit_moments(u),
+            "quantiles": None if self.q_values is None else
+            {"q": list(self.quantiles), "values": [num(v) for v in np.asarray(self.q_values)[u]]},
+            "histogram": None if self.hist is None else
+            {"edges": [num(v) for v in self.hist[0][u]], "counts": [int(c) for c in self.hist[1][u]]},
+            "bins": self._bins(u), "class_means": self._class_means(u), "effects": self._effects(u),
+            "correlated": self._correlated(u),
+            "importance": None if self.importance is None else self.importance.get(u),
+        }
+        out["missing"] = {s: why for s, why in self.missing.items() if out.get(s) is None}
+        if self.importance is not None and out["importance"] is None:
+            out["missing"]["importance"] = "this unit is not in the stored importance result"
+        return out
+
+    def _classes_top(self, top: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """The classes among the unit's top-k images, most frequent first (ties in class order),
+        with each class's accuracy: the seed's "classes with performance"."""
+        if not top or any(e["cls"] is None for e in top):
+            return None
+        counts: dict[str, int] = {}
+        for e in top:
+            counts[e["cls"]] = counts.get(e["cls"], 0) + 1
+        order = sorted(counts, key=lambda c: (-counts[c], self.names.index(c)))
+        return [{"class": c, "count": counts[c], "acc": num(self.acc[self.names.index(c)])} for c in order]
+
+    def _unit_moments(self, u: int) -> dict[str, Any] | None:
+        m = self.moments
+        if m is None:
+            return None
+        if "density" in m:
+            return {"images": None, "firing": None, "density": num(m["density"][u]), "mean": num(m["max_mean"][u])}
+        n, fired = int(m["max_count"][u]), int(m["firing"][u])
+        return {"images": n, "firing": fired, "density": fired / n if n else None, "mean": num(m["max_mean"][u])}
+
+    def _bins(self, u: int) -> list[dict[str, Any]] | None:
+        """Examples per activation bin: `Run.quantile_examples` (C, bins, m) image indices (-1:
+        none) within the bins `Run.example_edges` (C, bins + 1) bound, lowest bin first."""
+        if self.bins is None:
+            return None
+        index = np.asarray(self.bins)
+        edges = None if self.bin_edges is None else np.asarray(self.bin_edges)[u]
+        return [{"bin": b, "lo": None if edges is None else num(edges[b]),
+                 "hi": None if edges is None else num(edges[b + 1]),
+                 "examples": [{**self.image(int(i)), "slot": j} for j, i in enumerate(index[u, b]) if i >= 0]}
+                for b in range(index.shape[1])]
+
+    def _class_means(self, u: int) -> list[dict[str, Any]] | None:
+        """Classes by the unit's mean image maximum over all their images, highest first."""
+        if self.class_means is None:
+            return None
+        mean, count = self.class_means
+        row = np.asarray(mean[u], dtype=np.float64)
+        order = [int(c) for c in np.argsort(-np.nan_to_num(row, nan=-np.inf), kind="stable")[:CLASSES_SHOWN]]
+        return [{"class": self.names[c], "mean": num(row[c]), "images": int(count[u, c]),
+                 "acc": num(self.acc[c])} for c in order if c < len(self.names)]
+
+    def _effects(self, u: int) -> dict[str, Any] | None:
+        """The classes the unit pushes up and down most. `Run.unit_effects` stores ablated minus
+        clean (the change when the unit is zeroed); the unit's own effect is its negative:
+        positive when the unit raises the class."""
+        if self.effects is None:
+            return None
+        df = self.effects
+        row = df.loc[u] if u in df.index else df.iloc[u]
+        vals = -row.to_numpy(dtype=np.float64)
+        cls = [str(c) for c in row.index]
+        up = [int(i) for i in np.argsort(-np.nan_to_num(vals, nan=-np.inf), kind="stable")[:CLASSES_SHOWN]]
+        down = [int(i) for i in np.argsort(np.nan_to_num(vals, nan=np.inf), kind="stable")[:CLASSES_SHOWN]]
+        return {"kind": str(df.attrs.get("kind", "prob")),
+                "up": [{"class": cls[i], "effect": num(vals[i])} for i in up if np.isfinite(vals[i]) and vals[i] > 0],
+                "down": [{"class": cls[i], "effect": num(vals[i])} for i in down
+                         if np.isfinite(vals[i]) and vals[i] < 0]}
+
+    def _correlated(self, u: int) -> list[dict[str, Any]] | None:
+        if self.correlated is None:
+            return None
+        units, r = self.correlated
+        return [{"unit": int(v), "r": num(c)} for v, c in zip(np.asarray(units)[u], np.asarray(r)[u]) if v >= 0]
+
+
+def unit_summary(run: Run, layer: str, unit: int) -> dict[str, Any]:
+    """One unit's dashboard (`LayerSummary(run, layer).unit(unit)`)."""
+    return LayerSummary(run, layer).unit(unit)

@@ -1,0 +1,311 @@
+"""The unit page (issue 16, presentation): the slide montage, `sketchmine unit` (tables and
+--json, its numbers those of the Run readers) and the report's unit dashboard in a real
+headless Chromium, on a real mined, visualized run of the embedded demo model.
+
+UPDATE_DOCS_SCREENSHOTS=1 also writes the dashboard's screenshot to docs/unit_page.png."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sketchmine
+from sketchmine.errors import SketchmineError
+from sketchmine.present.montage import save_montage
+from sketchmine.present.report import write_report
+from sketchmine.present.report_unit import MONTAGES, montage_units
+from sketchmine.results.unit_summary import QUANTILES
+from tests.helpers import per_class_subset
+from tests.test_cli import sm
+from tests.test_report import _images_ok, _open, browser  # noqa: F401  (the Chromium fixture)
+
+LAYERS = ["features.6", "classifier.1"]
+SHOWN = "features.6"     # visualized, with importance
+BARE = "classifier.1"    # neither: its dashboard says how to add them
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.fixture(scope="module")
+def subset(demo_test_set):
+    """60 real test images (6 per class)."""
+    return per_class_subset(demo_test_set, 6, "unit page")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, subset):
+    """The subset mined; features.6 visualized (its top-k, bottom-k and bin examples), ranked by
+    importance, its effects and correlated units computed; classifier.1 has none of these."""
+    base = tmp_path_factory.mktemp("unitpage")
+    r = sketchmine.mine("demo", subset, out=base / "run.zarr", batch_size=60, layers=LAYERS, distributions=True)
+    sketchmine.visualize(r, [SHOWN], data=subset, batch_size=256, examples="all")
+    sketchmine.unit_importance(r, SHOWN, dataset=subset)
+    sketchmine.unit_effects(r, SHOWN, data=subset)
+    return sketchmine.open_run(r.path)
+
+
+def test_example_positions_are_found_as_the_topk_defines_them(run, subset):
+    """The forward pass that places bin examples, given the top-k's images, finds the top-k's
+    own positions (the mining pass's record) on a conv layer (in-place ReLU after it) and a linear one."""
+    import torch
+
+    from sketchmine.passes.example_pictures import positions
+    from sketchmine.passes.images import ImageCache
+    from sketchmine.passes.reload import run_model, run_preprocessing
+
+    net = run_model(run, None, None).module
+    images = ImageCache(subset, run_preprocessing(run))
+    for layer in LAYERS:
+        _, index, yx = run.topk(layer)
+        got = positions(net, layer, run.layer_shape(layer), index, images, 16, torch.device("cpu"))
+        np.testing.assert_array_equal(got, yx, err_msg=layer)
+    assert (yx[index >= 0] == -1).all()  # a linear layer's entries have no position
+
+
+def test_bottom_and_bin_pictures_match_the_topk_pictures(run):
+    """visualize(examples="all"): every image that is both a top-k entry and a bin example (or a
+    bottom-k entry) of a unit gets the same position, patch and (within one level: another
+    batch) deconvolution in both sets; the bottom-k's boxes are those of their positions."""
+    top = {key: run.layer_array(SHOWN, key) for key in ("patches", "deconv", "boxes")}
+    _, index, yx = run.topk(SHOWN)
+    bins = run.layer_result(SHOWN, "bin_pictures", ("patches",))[0]["patches"]
+    bin_deconv = run.layer_result(SHOWN, "bin_pictures", ("deconv",))[0]["deconv"]
+    bin_yx = run.layer_result(SHOWN, "bin_pictures", ("yx",))[0]["yx"]
+    examples = run.quantile_examples(SHOWN).reshape(len(index), -1)
+    assert bins.shape[:2] == examples.shape and bins.shape[2:] == top["patches"].shape[2:]
+    shared = 0
+    for u in range(len(index)):
+        for r, i in enumerate(index[u]):
+            for j in np.nonzero(examples[u] == i)[0]:
+                shared += 1
+                assert (bin_yx[u, j] == yx[u, r]).all()
+                np.testing.assert_array_equal(bins[u, j], top["patches"][u, r])
+                assert np.abs(bin_deconv[u, j].astype(int) - top["deconv"][u, r]).max() <= 1
+    assert shared >= 10
+    assert (bin_yx[examples < 0] == -1).all()
+    bottom = run.layer_result(SHOWN, "bottom_pictures", ("patches",))[0]["patches"]
+    boxes = run.layer_result(SHOWN, "bottom_pictures", ("boxes",))[0]["boxes"]
+    _, b_index, b_yx = run.bottomk(SHOWN)
+    rf = run.layer_attrs(SHOWN)["receptive_field"]
+    assert bottom.shape == top["patches"].shape
+    ok = b_index >= 0
+    want = np.asarray(rf["offset"]) + b_yx * np.asarray(rf["stride"])
+    np.testing.assert_array_equal(boxes[..., :2][ok], want[ok])
+
+
+def test_montage_is_a_slide_of_the_units_pictures(tmp_path, run):
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    fig = sketchmine.plots.unit_montage(run, SHOWN, 3)
+    assert plt.get_fignums() == before  # object API: no pyplot figure left open
+    assert tuple(fig.get_size_inches()) == (16.0, 9.0)
+    shots = [save_montage(run, SHOWN, u, tmp_path / f"{u}.png") for u in (3, 4)]
+    with Image.open(shots[0]) as im:
+        a = np.asarray(im.convert("RGB"))
+    with Image.open(shots[1]) as im:
+        b = np.asarray(im.convert("RGB"))
+    assert a.shape == (900, 1600, 3)
+    assert len(np.unique(a.reshape(-1, 3), axis=0)) > 50 and a.std() > 20  # pictures and text, not blank
+    assert (a != b).any()  # another unit, other pictures
+    # the stored patches are in it: the darkest stored pixel's value appears in the patch grid
+    patches = run.layer_array(SHOWN, "patches", slice(3, 4))[0]
+    assert patches.min() in a[:, :560].min(axis=2)
+    with pytest.raises(SketchmineError, match=f"sketchmine visualize {run.path} --layers {BARE}"):
+        sketchmine.plots.unit_montage(run, BARE, 0)
+    with pytest.raises(SketchmineError, match="its units are 0 to 95"):
+        sketchmine.plots.unit_montage(run, SHOWN, 96)
+
+
+def _unit_json(run, layer: str, unit: int) -> dict:
+    proc = sm("unit", str(run.path), layer, str(unit), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_unit_json_equals_the_run_readers(run):
+    u = int(run.unit_importance(SHOWN)["unit"].iloc[1])  # the second most important unit
+    d = _unit_json(run, SHOWN, u)
+    values, index, yx = run.topk(SHOWN)
+    ok = index[u] >= 0
+    assert [e["value"] for e in d["top"]] == [float(v) for v in values[u][ok]]
+    assert [e["index"] for e in d["top"]] == index[u][ok].tolist()
+    assert [[e["y"], e["x"]] for e in d["top"]] == yx[u][ok].tolist()
+    assert [e["path"] for e in d["top"]] == [str(p) for p in run.paths[index[u][ok]]]
+    assert d["max"] == float(values[u, 0])
+    # classes among the top-k: counted by hand from the labels
+    counts = collections.Counter(run.class_names[run.labels[i]] for i in index[u][ok])
+    assert {c["class"]: c["count"] for c in d["classes_top"]} == dict(counts)
+    acc = run.class_accuracy()["accuracy"]
+    assert all(c["acc"] == pytest.approx(acc[c["class"]]) for c in d["classes_top"])
+    # moments
+    firing, count = run.layer_array(SHOWN, "firing")[u], run.layer_array(SHOWN, "max_count")[u]
+    assert d["moments"] == {"images": int(count), "firing": int(firing), "density": firing / count,
+                            "mean": float(run.layer_array(SHOWN, "max_mean")[u])}
+    # importance: its row and rank
+    imp = run.unit_importance(SHOWN)
+    assert d["importance"]["rank"] == 2 and d["importance"]["prob_drop"] == float(imp["prob_drop"].iloc[1])
+    # classes by mean over all images: the class statistics' row, highest first
+    mean, n = run.class_stats(SHOWN)
+    best = np.argsort(-mean[u], kind="stable")[:5]
+    assert [c["class"] for c in d["class_means"]] == [run.class_names[c] for c in best]
+    assert [c["mean"] for c in d["class_means"]] == [float(mean[u, c]) for c in best]
+    assert [c["images"] for c in d["class_means"]] == [int(n[u, c]) for c in best]
+    # the distribution sections, from their readers (or, on a run without them, a note)
+    for section, reader in (("quantiles", "quantiles"), ("histogram", "histogram"), ("bottom", "bottomk"),
+                            ("bins", "quantile_examples")):
+        if d[section] is None:
+            assert d["missing"][section], section
+            continue
+        assert hasattr(run, reader)
+    if d["quantiles"] is not None:
+        want = run.quantiles(SHOWN, np.asarray(QUANTILES))[u]
+        assert d["quantiles"]["values"] == [None if not np.isfinite(v) else float(v) for v in want]
+    if d["histogram"] is not None:
+        edges, counts = run.histogram(SHOWN)
+        assert d["histogram"]["counts"] == counts[u].tolist() and d["histogram"]["edges"] == edges[u].tolist()
+        assert sum(d["histogram"]["counts"]) == count
+    if d["bottom"] is not None:
+        bv, bi, _ = run.bottomk(SHOWN)
+        assert [e["index"] for e in d["bottom"]] == bi[u][bi[u] >= 0].tolist()
+        assert [e["value"] for e in d["bottom"]] == [float(v) for v in bv[u][bi[u] >= 0]]
+    if d["bins"] is not None:
+        ex = run.quantile_examples(SHOWN)
+        assert [[e["index"] for e in b["examples"]] for b in d["bins"]] == [[int(i) for i in row if i >= 0]
+                                                                            for row in ex[u]]
+    # effects: the unit's own (clean minus ablated, the stored change negated), largest first
+    change = run.unit_effects(SHOWN).loc[u].to_numpy()
+    effect = -change
+    up = [e["effect"] for e in d["effects"]["up"]]
+    assert up == sorted(up, reverse=True) and up[0] == float(effect.max()) and all(v > 0 for v in up)
+    down = [e["effect"] for e in d["effects"]["down"]]
+    assert down == sorted(down) and all(v < 0 for v in down)
+    if down:
+        assert down[0] == float(effect.min())
+    names = list(run.unit_effects(SHOWN).columns)
+    assert all(float(effect[names.index(e["class"])]) == e["effect"] for e in d["effects"]["up"] + d["effects"]["down"])
+    units, r = run.correlated_units(SHOWN)
+    assert [c["unit"] for c in d["correlated"]] == [int(v) for v in units[u] if v >= 0]
+    assert [c["r"] for c in d["correlated"]] == [float(v) for v, w in zip(r[u], units[u]) if w >= 0]
+    assert d["missing"] == {}
+    # a layer without effects: the note names the command that adds them
+    bare = _unit_json(run, BARE, 0)
+    assert bare["effects"] is None and "sketchmine effects" in bare["missing"]["effects"]
+    assert bare["histogram"] is not None  # mined with the distribution sketch: every layer has it
+
+
+def test_a_run_mined_before_the_distribution_says_how_to_add_it(tmp_path, run, browser):  # noqa: F811
+    """A copy of the run without the distribution arrays (as mined before them): the CLI and the
+    dashboard say what is missing and that mining again adds it; nothing fails."""
+    old = tmp_path / "old.zarr"
+    shutil.copytree(run.path, old)
+    for name in ("hist_edges", "hist_counts", "max_range", "sketch_counts", "sketch_top", "sketch_special",
+                 "example_edges", "example_index", "bottom_values", "bottom_image_index", "bottom_yx"):
+        shutil.rmtree(old / "layers" / SHOWN / name)
+    d = _unit_json(sketchmine.open_run(old), SHOWN, 3)
+    for section in ("histogram", "quantiles", "bins", "bottom"):
+        assert d[section] is None and "mine it again" in d["missing"][section], section
+    assert d["top"] and d["effects"] is not None
+    index = write_report(old, tmp_path / "rep", montages=0)
+    page, problems = _open(browser, (index.parent / "units" / "00-features.6.html").as_uri() + "#unit=3")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '3'")
+    for section in ("histogram", "bottom", "bins"):
+        assert "mine it again" in page.inner_text(f"[data-missing={section}]")
+    assert page.query_selector("#histogram") is None
+    page.wait_for_function("() => [...document.images].every(i => i.complete)")
+    total, ok = _images_ok(page)
+    assert total >= 2 * run.k and ok == total and problems == []
+
+
+def test_unit_tables_and_errors(run):
+    proc = sm("unit", str(run.path), SHOWN, "5")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "max activation" in out and "firing density" in out and "importance rank" in out
+    assert str(run.paths[run.topk(SHOWN)[1][5, 0]]) in out
+    bare = sm("unit", str(run.path), BARE, "0")
+    said = " ".join(bare.stdout.split())  # rich wraps at the terminal's width
+    assert bare.returncode == 0 and "no importance: " in said
+    assert f"run `sketchmine importance {run.path} --layers {BARE}` to add it" in said
+    for args, said in (((SHOWN, "96"), "unit 96 is not in layer 'features.6'"),
+                       ((SHOWN, "-1"), "unit -1 is not in layer"),
+                       (("feature.6", "0"), "closest: features.6")):
+        bad = sm("unit", str(run.path), *args)
+        assert bad.returncode == SketchmineError.exit_code and bad.stdout == ""
+        lines = bad.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("sketchmine: error: ") and said in lines[0], bad.stderr
+
+
+def test_report_unit_dashboard_in_chromium(tmp_path, run, browser):  # noqa: F811
+    index = write_report(run, tmp_path / "rep")
+    rep = index.parent
+    slides = montage_units(run, SHOWN, MONTAGES)
+    assert len(slides) == MONTAGES and slides[0] == int(run.unit_importance(SHOWN)["unit"].iloc[0])
+    assert sorted(int(p.stem) for p in (rep / "montage" / "00-features.6").glob("*.png")) == sorted(slides)
+    assert not (rep / "montage" / "01-classifier.1").exists()  # no patches, no montage
+    with Image.open(rep / "montage" / "00-features.6" / f"{slides[0]}.png") as im:
+        assert im.size == (1600, 900)
+    # the card of the most important unit links to its slide and its dashboard
+    from sketchmine.present.report import PAGE_SIZE
+
+    page, problems = _open(browser, (rep / "layers" / "00-features.6.html").as_uri()
+                           + f"#page={slides[0] // PAGE_SIZE + 1}")
+    page.wait_for_selector(f"#unit-{slides[0]}")
+    card = f"#unit-{slides[0]}"
+    assert page.get_attribute(f"{card} a.montage-link", "href").endswith(f"montage/00-features.6/{slides[0]}.png")
+    page.click(f"{card} .dash-links a:first-child")
+    page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{slides[0]}'")
+    page.wait_for_function("() => [...document.images].every(i => i.complete)")
+    total, ok = _images_ok(page)
+    assert total >= 4 * run.k and ok == total  # top-9 and bottom-9 patches and deconvolutions, bin examples
+    text = page.inner_text("#dash")
+    assert "firing density" in text and "importance rank" in text and "classes among its top 9 images" in text
+    assert run.class_names[run.labels[run.topk(SHOWN)[1][slides[0], 0]]] in page.inner_text("#examples")
+    assert len(page.query_selector_all("#effects tbody tr")) >= 1
+    first = page.query_selector("#correlated a")  # a correlated unit opens its dashboard
+    other = int(first.get_attribute("href").split("=")[1])
+    first.click()
+    page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{other}'")
+    page.go_back()
+    page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{slides[0]}'")
+    assert page.query_selector("#histogram") is not None  # the histogram, the top-k, bottom-k and bins marked
+    assert len(page.query_selector_all("#histogram .mark-top")) == run.k
+    tallest = page.evaluate("() => Math.max(...[...document.querySelectorAll('#histogram .hist-bar')]"
+                            ".map(r => r.getBBox().height))")
+    assert tallest > 100  # the bars are drawn to their counts (no stylesheet rule of the same name clips them)
+    assert len(page.query_selector_all("#histogram .mark-bottom")) == run.k
+    assert len(page.query_selector_all("#histogram .mark-bin")) >= 2
+    assert page.query_selector("[data-missing]") is None
+    page.click("#next-unit")
+    page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{slides[0] + 1}'")
+    page.click("#prev-unit")
+    page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{slides[0]}'")
+    page.wait_for_function("() => [...document.images].every(i => i.complete)")
+    shot = tmp_path / "unit_page.png"
+    page.set_viewport_size({"width": 1000, "height": 1100})
+    page.screenshot(path=str(shot), full_page=False)
+    with Image.open(shot) as im:
+        arr = np.asarray(im.convert("RGB"))
+        assert im.size == (1000, 1100) and len(np.unique(arr.reshape(-1, 3), axis=0)) > 50
+        if os.environ.get("UPDATE_DOCS_SCREENSHOTS"):
+            im.convert("RGB").quantize(64).save(DOCS / "unit_page.png", optimize=True)
+    # a layer with neither patches nor importance: notes that say how to add them, no broken image
+    page.goto((rep / "units" / "01-classifier.1.html").as_uri() + "#unit=7")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '7'")
+    assert f"sketchmine importance {run.path} --layers {BARE}" in page.inner_text("[data-missing=importance]")
+    assert "sketchmine effects" in page.inner_text("[data-missing=effects]")
+    total, ok = _images_ok(page)
+    assert ok == total and page.query_selector("#montage-link") is None
+    assert problems == []
+
+
+def test_report_without_montages(tmp_path, run):
+    write_report(run, tmp_path / "rep", montages=0)
+    assert not (tmp_path / "rep" / "montage").exists()
+    assert (tmp_path / "rep" / "units" / "00-features.6.html").is_file()
+    shutil.rmtree(tmp_path / "rep")
