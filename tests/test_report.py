@@ -289,7 +289,7 @@ def test_report_resnet_block_and_importance_in_chromium(tmp_path, resnet_run, br
 
 def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser, no_model):
     """Steps, drawings and activation over time read from the store (visualize wrote them)."""
-    from sketchmine.passes.traces import read_traces
+    from sketchmine.results.traces import read_traces
     from sketchmine.passes.visualize import patches_of
 
     run, ds = gru_run
