@@ -3,6 +3,7 @@ a plain forward hook; the top correlated units equal np.corrcoef of brute-force 
 (pairwise over finite maxima), for any block size; the store round trip; the CLI."""
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -168,7 +169,7 @@ def test_correlated_units_equal_corrcoef_of_image_maxima(mined, demo_model, subs
     np.testing.assert_allclose(one.r, blocks.r, atol=1e-6, equal_nan=True)
 
 
-def test_replicated_ablation_when_the_model_cannot_be_cut(tmp_path, demo_model, subset):
+def test_replicated_ablation_when_the_model_cannot_be_cut(tmp_path, demo_model, subset, caplog):
     class Untraceable(nn.Module):
         def __init__(self, inner: nn.Module) -> None:
             super().__init__()
@@ -180,8 +181,9 @@ def test_replicated_ablation_when_the_model_cannot_be_cut(tmp_path, demo_model, 
     model = Untraceable(demo_model.module).eval()
     ds = ArrayDataset(subset.images[::5], subset.labels()[::5], subset.class_names, subset.preprocessing,
                       {"kind": "python"})
-    with pytest.warns(UserWarning, match="no receptive fields recorded"):
+    with caplog.at_level(logging.WARNING, logger="sketchmine"):
         run = sketchmine.mine(model, ds, layers=["inner.features.0"], k=2, out=tmp_path / "r.zarr", batch_size=20)
+    assert "no receptive fields recorded" in caplog.text
     df = sketchmine.unit_effects(run, "inner.features.0", model=model, data=ds, batch_size=15, units_per_pass=12)
     assert df.attrs["method"] == "replicate"
     logit = run.unit_effects("inner.features.0", "logit")
@@ -323,7 +325,7 @@ def test_cli_effects_on_a_mined_folder(tmp_path, demo_test_set, capsys):
     image_folder(demo_test_set, tmp_path / "animals", per_class=4)
     out = tmp_path / "run.zarr"
     assert cli(["mine", "--model", "demo", "--data", str(tmp_path / "animals"), "--out", str(out),
-                "--layers", "features.0", "classifier.6", "softmax", "-k", "2"]) == 0
+                "--layers", "features.0,classifier.6,softmax", "-k", "2"]) == 0
     capsys.readouterr()
     assert cli(["effects", str(out), "--batch-size", "16", "-n", "3"]) == 0
     text = " ".join(capsys.readouterr().out.split())
@@ -333,7 +335,7 @@ def test_cli_effects_on_a_mined_folder(tmp_path, demo_test_set, capsys):
     prob = run.unit_effects("classifier.6")
     top = int(prob.abs().max(axis=1).idxmax())
     assert f"{prob.abs().max(axis=1)[top]:.4f}" in text  # the unit moving the output most is listed
-    assert cli(["effects", str(out), "--layers", "nope"]) == 2
+    assert cli(["effects", str(out), "--layers", "nope"]) == 3  # input refused
     assert "layer 'nope' is not in run" in capsys.readouterr().err
-    assert cli(["effects", str(out), "--layers", "softmax"]) == 2
+    assert cli(["effects", str(out), "--layers", "softmax"]) == 3
     assert "'softmax' is the model's output" in capsys.readouterr().err

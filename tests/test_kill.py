@@ -75,7 +75,7 @@ def _kill_repeatedly(cmd: list[str], out: Path, key: str, fractions: list[float]
 
 def test_mine_killed_at_many_points_ends_identical(tmp_path, folder):
     args = ["mine", "--model", "demo", "--data", str(folder), "--batch-size", "4", "--flush-every", "1",
-            "--workers", "0"]
+            "--workers", "0", "--distributions"]  # every accumulator, the opt-in ones too
     ref = subprocess.run(_cli(*args, "--out", str(tmp_path / "ref.zarr")), capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "run.zarr"

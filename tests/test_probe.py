@@ -235,7 +235,7 @@ def test_probe_cli_writes_a_probe_folder(tmp_path, report, browser):
     assert main(["probe", str(run), "--out", str(tmp_path / "p")]) == 0  # its own folder: rewritten
     (tmp_path / "q").mkdir()
     (tmp_path / "q" / "mine.txt").write_text("x")
-    assert main(["probe", str(run), "--out", str(tmp_path / "q")]) == 2  # not ours: refused
+    assert main(["probe", str(run), "--out", str(tmp_path / "q")]) == 3  # not ours: refused (input error)
     page, problems = open_page(browser, (tmp_path / "p" / "probe.html").as_uri())
     ready(page)
     assert page.evaluate("window.sketchmine.meta.size") == [28, 28]

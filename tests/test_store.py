@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from sketchmine.store import schema
 from sketchmine.store.io import put_all, put_rows
 
 DTYPES = st.sampled_from([np.float32, np.float64, np.int64, np.int32, np.uint8, np.bool_])
@@ -37,7 +38,8 @@ def testput_all_equals_zarr_create_array_and_replaces(tmp_path_factory, first, s
     for batch in (first, second):
         put_all(got, batch)
         for key, arr in batch.items():
-            want.create_array(key, data=arr, chunks=tuple(max(n, 1) for n in arr.shape), overwrite=True)
+            want.create_array(key, data=arr, chunks=tuple(max(n, 1) for n in arr.shape), overwrite=True,
+                              dimension_names=schema.dimension_names(key, arr.ndim))
     expected = {**first, **second}
     reopened = zarr.open_group(str(root / "bulk.zarr"), mode="r")
     assert reopened["layers/x.1"].attrs["kept"] == 1
