@@ -302,42 +302,62 @@ class RunStore(Checkpoints):
         or not whole (see groups.read_unit)."""
         return read_unit(self.group, path, keys)
 
+    # ---- arrays a pass writes a block of units at a time, committed by a claim attribute --------
+    def block_state(self, layer: str, claim: str, specs: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+        """(the layer's `claim` attribute or None, whether all the arrays of `specs` exist)."""
+        g = self.layer_group(layer)
+        attrs = g.attrs.get(claim)
+        return (dict(attrs) if isinstance(attrs, dict) else None), all(key in g for key in specs)
+
+    @io_errors
+    def reset_blocks(self, layer: str, claim: str, specs: dict[str, Any], shapes: dict[str, tuple[int, ...]],
+                     attrs: dict[str, Any]) -> None:
+        """Drop the layer's arrays of `specs` and its `claim`, then create them empty with `shapes`
+        and set the claim to `attrs`. The claim goes first, so an interruption leaves no claim on
+        missing arrays."""
+        g = self.layer_group(layer)
+        if claim in g.attrs:
+            kept = dict(g.attrs)
+            del kept[claim]
+            g.attrs.put(kept)
+        for key in specs:
+            if key in g:
+                del g[key]
+        for key, spec in specs.items():
+            shape = shapes[key]
+            g.create_array(key, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, shape[0]),
+                           fill_value=spec.fill_value,
+                           dimension_names=schema.dimension_names(schema.layer_array(layer, key), len(shape)))
+        g.attrs[claim] = attrs
+
+    def write_blocks(self, layer: str, claim: str, units: slice, values: dict[str, np.ndarray],
+                     attrs: dict[str, Any] | None) -> None:
+        """A block of units' arrays, then (the commit) the `claim` attribute unless None. OSError
+        passes through: the caller says what is kept."""
+        g = self.layer_group(layer)
+        if values:
+            put_rows({key: g[key] for key in values}, units, values)
+        if attrs is not None:
+            g.attrs[claim] = attrs
+
     # ---- a visualize pass's arrays (schema.VISUAL_ARRAYS) and its `visualized` attribute -----
     def visual_state(self, layer: str) -> tuple[dict[str, Any] | None, bool]:
         """(the layer's `visualized` attribute or None, whether all its visualize arrays exist)."""
         g = self.layer_group(layer)
         return g.attrs.get(schema.VISUALIZED), all(key in g for key in schema.VISUAL_ARRAYS)
 
-    @io_errors
     def reset_visual(self, layer: str, units: int, k: int, size: tuple[int, int], channels: int,
                      visualized: dict[str, Any]) -> None:
-        """Drop the layer's visualize arrays and claim, then create them empty for `units` units of
-        `k` entries (patches/deconv (units, k, *size, channels), boxes/inside (units, k, 4)) and set
-        `visualized`. The claim goes first, so an interruption leaves no claim on missing arrays."""
-        g = self.layer_group(layer)
-        if schema.VISUALIZED in g.attrs:
-            attrs = dict(g.attrs)
-            del attrs[schema.VISUALIZED]
-            g.attrs.put(attrs)
-        for key in schema.VISUAL_ARRAYS:
-            if key in g:
-                del g[key]
-        for key, spec in schema.VISUAL_ARRAYS.items():
-            shape = (units, k, *size, channels) if key in ("patches", "deconv") else (units, k, 4)
-            g.create_array(key, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, units),
-                           fill_value=spec.fill_value,
-                           dimension_names=schema.dimension_names(schema.layer_array(layer, key), len(shape)))
-        g.attrs[schema.VISUALIZED] = visualized
+        """Empty visualize arrays for `units` units of `k` entries (patches/deconv (units, k, *size,
+        channels), boxes/inside (units, k, 4)), claimed by `visualized` (see reset_blocks)."""
+        shapes = {key: (units, k, *size, channels) if key in ("patches", "deconv") else (units, k, 4)
+                  for key in schema.VISUAL_ARRAYS}
+        self.reset_blocks(layer, schema.VISUALIZED, schema.VISUAL_ARRAYS, shapes, visualized)
 
     def write_visual(self, layer: str, units: slice, values: dict[str, np.ndarray],
                      visualized: dict[str, Any] | None) -> None:
-        """A block of units' visualize arrays, then (the commit) the `visualized` attribute.
-        OSError passes through: the caller says what is kept."""
-        g = self.layer_group(layer)
-        if values:
-            put_rows({key: g[key] for key in values}, units, values)
-        if visualized is not None:
-            g.attrs[schema.VISUALIZED] = visualized
+        """A block of units' visualize arrays, then the `visualized` attribute (see write_blocks)."""
+        self.write_blocks(layer, schema.VISUALIZED, units, values, visualized)
 
     # ---- final results -------------------------------------------------------------------
     @io_errors
