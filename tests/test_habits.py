@@ -293,6 +293,12 @@ def test_xarray_opens_a_run_with_named_dimensions(mined):
     assert ds["labels"].dims == ("image",) and ds["class_names"].dims == ("class",)
     assert [str(c) for c in ds["class_names"].values] == run.class_names
     np.testing.assert_array_equal(ds["labels"].values, run.labels)
+    # class names and image paths label the class and image axes in every group (root coordinates)
+    assert [str(c) for c in layer["class_mean"].coords["class"].values] == run.class_names
+    picked = layer["class_mean"].sel({"class": run.class_names[2]}).values
+    np.testing.assert_array_equal(picked, run.class_stats("features.0")[0][:, 2])
+    assert [str(p) for p in ev["logits"].coords["image"].values] == [str(p) for p in run.paths]
+    assert [str(p) for p in ds["labels"].coords["image"].values] == [str(p) for p in run.paths]
 
 
 # ---- pretrained weights --------------------------------------------------------------------

@@ -86,7 +86,7 @@ def new_array(group: zarr.Group, path: str, shape: tuple[int, ...], rows: int) -
     spec = schema.ARRAYS[path]
     parent, _, name = path.rpartition("/")
     extra = {} if spec.fill_value is None else {"fill_value": spec.fill_value}
-    return group[parent].create_array(name, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, rows),
+    return (group[parent] if parent else group).create_array(name, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, rows),
                                       dimension_names=schema.dimension_names(path, len(shape)), **extra)
 
 
@@ -102,16 +102,18 @@ def lay_out_run(group: zarr.Group, attrs: dict[str, Any], n_images: int, class_n
     if labels is not None:
         lab[:] = labels
     pa = new_array(group, schema.PATHS, (n_images,), rows)
+    pc = new_array(group, schema.IMAGE_COORD, (n_images,), rows)
     path_sums = []
     for start in range(0, n_images, rows):  # a chunk at a time: flat memory for any size
         stop = min(start + rows, n_images)
         block = np.array([path_of(i) for i in range(start, stop)], dtype=str)
-        pa[start:stop] = block
+        put_rows({"p": pa, "c": pc}, slice(start, stop), {"p": block, "c": block})
         path_sums.append(digest(block))
     cn = new_array(group, schema.CLASS_NAMES, (len(class_names),), rows)
+    cc = new_array(group, schema.CLASS_COORD, (len(class_names),), rows)
     names = np.array(class_names, dtype=str)
     if class_names:
-        cn[:] = names
+        put_rows({"n": cn, "c": cc}, slice(0, len(names)), {"n": names, "c": names})
     sums = {schema.PATHS: {"rows": rows, "sums": path_sums}, schema.CLASS_NAMES: block_sums(names)}
     group.attrs.update({**attrs, schema.VERSION_ATTR: schema.SCHEMA_VERSION, schema.ROW_CHUNK_ATTR: rows,
                         schema.CHECKSUMS: sums,

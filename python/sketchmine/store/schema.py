@@ -22,6 +22,12 @@ CHECKPOINT = "_checkpoint"
 LABELS = f"{DATASET}/labels"
 PATHS = f"{DATASET}/paths"
 CLASS_NAMES = f"{DATASET}/class_names"
+IMAGE_COORD = "image"
+CLASS_COORD = "class"
+"""Root copies of dataset/paths and dataset/class_names, each named as its axis: xarray's
+DataTree takes a root array named as a dimension for that dimension's coordinate and hands it
+down to every group, so class_mean's class axis reads class names and the logits' image axis
+reads paths in any group. The copies cost the paths once more; Run reads dataset/."""
 LOGITS = f"{EVAL}/logits"
 PREDICTIONS = f"{EVAL}/predictions"
 PER_CLASS_ACCURACY = f"{EVAL}/per_class_accuracy"
@@ -93,6 +99,8 @@ ARRAYS: dict[str, ArraySpec] = {
     LABELS: ArraySpec("int64", -1, _by_rows),
     PATHS: ArraySpec(str, None, _by_rows),
     CLASS_NAMES: ArraySpec(str, None, lambda shape, rows: (max(shape[0], 1),)),
+    IMAGE_COORD: ArraySpec(str, None, _by_rows),
+    CLASS_COORD: ArraySpec(str, None, lambda shape, rows: (max(shape[0], 1),)),
     LOGITS: ArraySpec("float32", float("nan"), _by_rows),
     PREDICTIONS: ArraySpec("int64", -1, _by_rows),
 }
@@ -140,6 +148,7 @@ images, nonfinite, block_units, order."""
 # ---- dimension names (Zarr v3 `dimension_names`: xarray and other readers name the axes) -----
 DIMENSIONS: dict[str, tuple[str, ...]] = {
     LABELS: ("image",), PATHS: ("image",), CLASS_NAMES: ("class",),
+    IMAGE_COORD: ("image",), CLASS_COORD: ("class",),
     dataset_array("class_image_count"): ("class",), dataset_array("class_ink_density"): ("class",),
     LOGITS: ("image", "output"), PREDICTIONS: ("image",), PER_CLASS_ACCURACY: ("class",),
 }
