@@ -5,7 +5,7 @@
     out/data/<id>/page_NNNN.js   the cards of PAGE_SIZE units, loaded when shown (a script, not
                                  fetch(), so it works from file://)
     out/img/<id>/<unit>_p.png    the unit's k patches (and _d: deconvolutions) as one strip
-    out/assets/                  report.css, report.js (no CDN)
+    out/assets/                  report.css, dom.js, report.js (no CDN)
 
 The report reads the run store only (a `Run`): it runs no model and opens no dataset, so it
 can be written where neither is at hand. Pictures and activation over time come from
@@ -132,7 +132,7 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
         parts.append(f'<p class="note" id="pictures-note">{e(note)}</p>')
     parts.append('<nav class="pager"><button id="prev">◀ previous</button><span id="page-label"></span>'
                  '<button id="next">next ▶</button></nav><div id="cards"></div>'
-                 '<script src="../assets/report.js"></script>')
+                 '<script src="../assets/dom.js"></script><script src="../assets/report.js"></script>')
     return _page(f"{name} — sketchmine report", "\n".join(parts), 1,
                  f' data-layer="{e(lid)}" data-pages="{pages}" data-montages="{",".join(map(str, slides or []))}"')
 
@@ -261,7 +261,7 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
 def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, bytes] | str | None = None,
            montages: int = MONTAGES) -> None:
     (out / "assets").mkdir(exist_ok=True)
-    for name in ("report.css", "report.js"):
+    for name in ("report.css", "dom.js", "report.js"):
         src = resources.files("sketchmine.present") / "report_assets" / name
         (out / "assets" / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
     ids = layer_ids(run)

@@ -164,4 +164,4 @@ def _page(run: Run, name: str, lid: str, units: int, pages: int, slides: int) ->
             f'<label>unit <input id="unit-input" type="number" min="0" max="{units - 1}" value="0"></label>'
             '<button id="next-unit">next unit ▶</button></nav>'
             f'<div id="dash"></div><p class="note">{note}</p>'
-            '<script src="../assets/unit.js"></script>\n</body></html>\n')
+            '<script src="../assets/dom.js"></script><script src="../assets/unit.js"></script>\n</body></html>\n')

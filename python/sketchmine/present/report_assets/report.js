@@ -9,25 +9,7 @@
   var cache = {};
   var current = -1;
 
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) { e.className = cls; }
-    if (text !== undefined && text !== null) { e.textContent = String(text); }
-    return e;
-  }
-
-  function tile(src, i, w, h) {
-    // one tile of a horizontal strip (k tiles of w x h pixels), shown 64 px high
-    var t = el("div", "tile");
-    var scale = 64 / h;
-    t.style.width = Math.round(w * scale) + "px";
-    var img = document.createElement("img");
-    img.src = src;
-    img.alt = "";
-    img.style.marginLeft = (-i * w * scale) + "px";
-    t.appendChild(img);
-    return t;
-  }
+  var dom = window.sketchmineDom, el = dom.el, tile = dom.tile, svgEl = dom.svgEl;
 
   function single(src) {
     var t = el("div", "tile");
@@ -41,12 +23,6 @@
 
   function fmtAcc(a) { return a === null ? "-" : (a * 100).toFixed(2); }
 
-  var SVG = "http://www.w3.org/2000/svg";
-  function svgEl(tag, attrs) {
-    var e = document.createElementNS(SVG, tag);
-    for (var k in attrs) { if (Object.prototype.hasOwnProperty.call(attrs, k)) { e.setAttribute(k, String(attrs[k])); } }
-    return e;
-  }
 
   function trace(values, t) {
     // the unit's activation at every step of one sequence, 64 x 36 px, the entry's step marked
@@ -64,9 +40,7 @@
       s.appendChild(svgEl("line", { x1: px(t), x2: px(t), y1: 0, y2: h, stroke: "#d62728", "stroke-width": 1, "stroke-dasharray": "2,2" }));
       s.appendChild(svgEl("circle", { cx: px(t), cy: py(values[t]), r: 2.5, fill: "#d62728" }));
     }
-    var title = document.createElementNS(SVG, "title");
-    title.textContent = "activation over " + n + " steps, min " + lo.toPrecision(3) + ", max " + hi.toPrecision(3);
-    s.appendChild(title);
+    s.appendChild(svgEl("title", {}, "activation over " + n + " steps, min " + lo.toPrecision(3) + ", max " + hi.toPrecision(3)));
     var box = el("div", "tile trace-tile");
     box.appendChild(s);
     return box;

@@ -10,20 +10,8 @@
   var PAGE = 64;
   var cache = {};
   var current = -1;
-  var SVG = "http://www.w3.org/2000/svg";
+  var dom = window.sketchmineDom, el = dom.el, svgEl = dom.svgEl, tile = dom.tile;
 
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) { e.className = cls; }
-    if (text !== undefined && text !== null) { e.textContent = String(text); }
-    return e;
-  }
-  function svgEl(tag, attrs, text) {
-    var e = document.createElementNS(SVG, tag);
-    for (var k in attrs) { if (Object.prototype.hasOwnProperty.call(attrs, k)) { e.setAttribute(k, String(attrs[k])); } }
-    if (text !== undefined) { e.textContent = String(text); }
-    return e;
-  }
   function fmt(v, p) { return v === null || v === undefined ? "-" : Number(v).toPrecision(p || 4); }
   function pct(v) { return v === null || v === undefined ? "-" : (v * 100).toFixed(2) + " %"; }
   function missing(d, section, what) {
@@ -140,17 +128,6 @@
     return s;
   }
 
-  function tile(src, i, w, h) {
-    var t = el("div", "tile");
-    var scale = 64 / h;
-    t.style.width = Math.round(w * scale) + "px";
-    var img = document.createElement("img");
-    img.src = src;
-    img.alt = "";
-    img.style.marginLeft = (-i * w * scale) + "px";
-    t.appendChild(img);
-    return t;
-  }
   function caption(e) {
     var cap = el("div", "cap");
     cap.appendChild(el("div", "cls", e.cls === null ? "?" : e.cls));

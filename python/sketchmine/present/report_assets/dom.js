@@ -1,0 +1,35 @@
+// sketchmine report: the DOM helpers report.js and unit.js share (loaded before either).
+// Every string goes in through textContent or setAttribute, never as HTML.
+(function () {
+  "use strict";
+  var SVG = "http://www.w3.org/2000/svg";
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    if (text !== undefined && text !== null) { e.textContent = String(text); }
+    return e;
+  }
+
+  function svgEl(tag, attrs, text) {
+    var e = document.createElementNS(SVG, tag);
+    for (var k in attrs) { if (Object.prototype.hasOwnProperty.call(attrs, k)) { e.setAttribute(k, String(attrs[k])); } }
+    if (text !== undefined) { e.textContent = String(text); }
+    return e;
+  }
+
+  function tile(src, i, w, h) {
+    // tile i of a horizontal strip of w x h tiles, shown 64 px high
+    var t = el("div", "tile");
+    var scale = 64 / h;
+    t.style.width = Math.round(w * scale) + "px";
+    var img = document.createElement("img");
+    img.src = src;
+    img.alt = "";
+    img.style.marginLeft = (-i * w * scale) + "px";
+    t.appendChild(img);
+    return t;
+  }
+
+  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile };
+})();
