@@ -204,3 +204,46 @@ def test_demo_reports_carry_the_probe(gru_report, tmp_path, browser):  # noqa: F
     ready(page)
     assert page.evaluate("window.sketchmine.meta.step_probs") is True
     assert problems == []
+
+
+class FixedSteps(torch.nn.Module):
+    """A sequence model that needs exactly STEPS frames (its classifier reads all of them at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 5, stride=4)
+        self.fc = torch.nn.Linear(STEPS * 4 * 6 * 6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(self.conv(x.flatten(0, 1)))  # (N*T, 4, 6, 6)
+        return self.fc(f.unflatten(0, x.shape[:2]).flatten(1))
+
+
+def test_model_that_needs_every_step_gets_no_strip_and_says_why(tmp_path, base, browser):  # noqa: F811
+    """A sequence model that refuses a shorter sequence: the probe has no per-step output, the page
+    says why, shows the frames without predictions, and the final prediction equals torch's."""
+    from sketchmine.present.report_probe import write_probe_folder
+
+    vendored()
+    torch.manual_seed(0)
+    net = FixedSteps().eval()
+    sub = per_class_subset(base, 1, "0:10")
+    run = sketchmine.mine(net, SequenceDataset(sub, STEPS), out=tmp_path / "fixed.zarr", batch_size=10)
+    page_path = write_probe_folder(tmp_path / "p", build_probe(run, model=net, size=(28, 28)))
+    page, problems = open_page(browser, page_path.as_uri())
+    ready(page)
+    assert page.evaluate("window.sketchmine.meta.step_probs") is False
+    assert "no prediction per step: the model does not take a shorter sequence" in page.inner_text(".note")
+    im = sub.images[3]
+    r = page.evaluate("async (p) => window.sketchmine.probe(new Uint8Array(p))", im.reshape(-1).tolist())
+    assert "steps" not in r
+    x = (torch.from_numpy(python_frames(im)).float()[None, :, None] / 255 - sub.preprocessing.mean[0]) \
+        / sub.preprocessing.std[0]
+    with torch.no_grad():
+        ref = torch.softmax(net(x), 1)[0].numpy()
+    assert np.abs(np.array(r["probs"]) - ref).max() < 1e-4
+    draw(page, [[(0.3, 0.3), (0.7, 0.4), (0.5, 0.8)]])
+    settled(page)
+    assert page.locator("canvas.step").count() == STEPS and page.locator(".step-class").count() == 0
+    assert "no prediction per step" in page.inner_text("#steps")
+    assert problems == []
