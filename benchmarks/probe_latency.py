@@ -1,9 +1,11 @@
 """The live probe's latency in headless Chromium: median time from the end of a stroke
 (pointerup) to the updated predictions on the page, for the embedded SketchNet ("demo",
-28×28) and for torchvision's AlexNet at 224 px (random weights, 1000 classes); and the
-bytes the probe adds to a report.
+28×28), the embedded ResNet ("demo-resnet"), the embedded CNN + GRU ("demo-gru", 8 progressive
+frames: the page makes the frames and the graph runs the model on frames 1..t for the strip)
+and torchvision's AlexNet at 224 px (random weights, 1000 classes); and the bytes the probe
+adds to a report (no size cap here: AlexNet's graph is over the default 100 MB).
 
-    python3 -m benchmarks.probe_latency [--strokes 30] [--models sketchnet,alexnet] [--json out.json]
+    python3 -m benchmarks.probe_latency [--strokes 30] [--models sketchnet,resnet,gru,alexnet] [--json out.json]
 
 Needs Debian's /usr/bin/chromium, playwright and onnxruntime-web vendored
 (scripts/vendor_ort_web.sh). Each stroke is a Playwright mouse drag of a few moves; the
@@ -30,10 +32,18 @@ def probe_folder(run: Any, out: Path, model: Any = None) -> tuple[Path, dict[str
     from sketchmine.passes.probe import build_probe
     from sketchmine.present.report_probe import write_probe_folder
 
-    files = build_probe(run, model=model)
+    files = build_probe(run, model=model, max_mb=None)
     page = write_probe_folder(out, files)
     sizes = {p.name: p.stat().st_size for p in [*out.joinpath("probe").iterdir(), page, out / "assets" / "probe.js"]}
     return page, sizes
+
+
+def size_parts(sizes: dict[str, int]) -> dict[str, int]:
+    """The probe's bytes by part: the runtime (onnxruntime-web: its script, loader, WebAssembly in
+    base64), the model (the graph in base64, model.js with its metadata and dataset images), the page."""
+    runtime = sum(v for k, v in sizes.items() if k.startswith(("ort", "wasm-")))
+    model = sum(v for k, v in sizes.items() if k.startswith("graph-") or k == "model.js")
+    return {"runtime": runtime, "model": model, "page": sum(sizes.values()) - runtime - model}
 
 
 def measure(page_path: Path, strokes: int) -> dict[str, Any]:
@@ -70,29 +80,38 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m benchmarks.probe_latency", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--strokes", type=int, default=30)
-    ap.add_argument("--models", default="sketchnet,alexnet", help="comma-separated: sketchnet, alexnet")
+    ap.add_argument("--models", default="sketchnet,resnet,gru,alexnet",
+                    help="comma-separated: sketchnet, resnet, gru, alexnet")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     import sketchmine
-    from sketchmine.data import animal_shape
+    from sketchmine.data import ArrayDataset, animal_shape
+    from sketchmine.data.sequences import SequenceDataset, recorded_steps
     from sketchmine.model.models import load_model, preprocessing_for
 
     results: dict[str, Any] = {"machine": machine_info()}
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         models = args.models.split(",")
-        if "sketchnet" in models:
-            ds = animal_shape("test", preprocessing_for(load_model("demo")))
-            run = sketchmine.mine("demo", ds, out=base / "demo.zarr", batch_size=500)
-            page, sizes = probe_folder(run, base / "demo-probe")
-            results["sketchnet"] = {**measure(page, args.strokes), "bytes": sizes, "total_bytes": sum(sizes.values())}
-            print("SketchNet 28 px:", json.dumps(results["sketchnet"]))
+        for key, spec in (("sketchnet", "demo"), ("resnet", "demo-resnet"), ("gru", "demo-gru")):
+            if key not in models:
+                continue
+            loaded = load_model(spec)
+            ds = animal_shape("test", preprocessing_for(loaded))
+            ds = ArrayDataset(ds.images[:200], ds.labels()[:200], ds.class_names, ds.preprocessing,
+                              {**ds.describe(), "subset": "0:200"})  # the run only tells the probe its model
+            data = SequenceDataset(ds, recorded_steps(loaded.sequence, spec)) if loaded.sequence else ds
+            run = sketchmine.mine(spec, data, out=base / f"{spec}.zarr", batch_size=200)
+            page, sizes = probe_folder(run, base / f"{spec}-probe")
+            results[key] = {**measure(page, args.strokes), "bytes": sizes, "total_bytes": sum(sizes.values()),
+                            "parts": size_parts(sizes)}
+            print(f"{spec} 28 px:", json.dumps(results[key]))
         if "alexnet" in models:
             net = build_model("alexnet")
             run = sketchmine.mine(net, make_dataset(8), out=base / "alexnet.zarr", batch_size=8)
             page, sizes = probe_folder(run, base / "alexnet-probe", model=net)
             results["alexnet"] = {**measure(page, max(5, args.strokes // 3)), "bytes": sizes,
-                                  "total_bytes": sum(sizes.values())}
+                                  "total_bytes": sum(sizes.values()), "parts": size_parts(sizes)}
             print("AlexNet 224 px:", json.dumps(results["alexnet"]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

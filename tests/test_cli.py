@@ -174,6 +174,9 @@ def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkey
         assert index.is_file() and f"open {index}" in text.replace("\n", "")
         assert f"sketchmine report: {run.attrs['model']}" in index.read_text()
         assert (rep / model / "img" / f"00-{run.layers[0]}" / "0_p.png").is_file()
+        from sketchmine.passes.probe import ORT_DIR, ORT_FILES  # the live probe, when onnxruntime-web is vendored
+
+        assert (rep / model / "probe.html").is_file() == all((ORT_DIR / n).is_file() for n in ORT_FILES), model
         assert f"summary: {model}" in text
     assert runs["demo"].accuracy() == pytest.approx(0.9705) and runs["demo-resnet"].accuracy() == pytest.approx(0.9835)
     assert runs["demo-gru"].accuracy() == pytest.approx(0.8955)

@@ -8,7 +8,7 @@ as a progressive drawing; it is mined and visualized the same way, and the impor
 GRU hidden unit for the correct label is measured by ablation. One static report per model:
 
     OUT/demo.zarr  OUT/demo-resnet.zarr  OUT/demo-gru.zarr     the runs (a re-run with the same OUT resumes)
-    REPORT/<model>/index.html                                   (REPORT defaults to OUT/report)
+    REPORT/<model>/index.html, probe.html                       (REPORT defaults to OUT/report; the live probe)
 """
 from __future__ import annotations
 
@@ -119,9 +119,18 @@ def run_demo(out_dir: str | Path | None, batch_size: int, report_dir: str | Path
             "kept until replaced)") from None
 
 
+def demo_report(run: Run, dest: Path, console: Console) -> Path:
+    """One model's report, with the live probe (the demo shows it off; each embedded model's probe
+    adds about 20 MB, docs/probe.md), or the reason there is none on its index page."""
+    from sketchmine.cli.probe import report_probe
+    from sketchmine.present.console import print_report
+
+    return print_report(str(run.path), str(dest), console, report_probe(str(run.path)))
+
+
 def _run_demo(out: Path, batch_size: int, reports: Path, console: Console) -> dict[str, Path]:
     from sketchmine.passes.importance import unit_importance
-    from sketchmine.present.console import importance_table, print_compare, print_report, print_summary, safe
+    from sketchmine.present.console import importance_table, print_compare, print_summary, safe
     from sketchmine.results.run import open_run
 
     console.print("[bold]sketchmine demo[/]: every layer of the embedded SketchNet (demo) and small ResNet "
@@ -136,7 +145,7 @@ def _run_demo(out: Path, batch_size: int, reports: Path, console: Console) -> di
     print_compare(runs[MODELS[0]], runs[MODELS[1]], 5, console, title=True)
     console.rule(f"[bold]which {layer} units matter for the label[/]: {gru} (ablation over the test split)")
     console.print(importance_table(open_run(runs[gru].path), layer, 10))
-    index = {m: print_report(str(run.path), str(reports / m), console) for m, run in runs.items()}
+    index = {m: demo_report(run, reports / m, console) for m, run in runs.items()}
     a, b = (runs[m].path for m in MODELS)
     console.print(safe(f"runs stored in {out}; compare them again with: sketchmine compare {a} {b}"))
     return index

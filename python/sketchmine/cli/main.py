@@ -198,7 +198,7 @@ def _report(args: argparse.Namespace, console: Console) -> None:
     from sketchmine.cli.probe import report_probe
 
     index = print_report(args.run, args.out or default_report_out(args.run), console,
-                         report_probe(args.run, args.no_probe))
+                         report_probe(args.run, args.no_probe, args.probe_max_mb))
     if args.open:
         import webbrowser
 

@@ -97,6 +97,17 @@ def int_at_least(text: str, low: int) -> int:
     return value
 
 
+def megabytes(text: str) -> float:
+    """An argparse type: a size in MB (10^6 bytes), >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in MB >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a size in MB >= 0, got {text}")
+    return value
+
+
 def device(text: str) -> str:
     """An argparse type: a device this machine has (device.as_device's check, as a usage error)."""
     if text == "cpu":
@@ -195,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "without .zarr)")
     r.add_argument("--open", action="store_true", help="open the report in the default web browser")
     r.add_argument("--no-probe", action="store_true", help="leave out the live probe (it loads and exports the model)")
+    r.add_argument("--probe-max-mb", type=megabytes, metavar="MB",
+                   help="largest model graph the probe embeds (default 100; 0: no cap); larger: no probe, said why")
     c = sub.add_parser("compare", help="two runs over the same dataset side by side")
     c.add_argument("run_a")
     c.add_argument("run_b")
@@ -228,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_.add_argument("--out", required=True, help="folder for probe.html (new or empty)")
     p_.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                     help="the model's input size when the run records none")
+    p_.add_argument("--max-mb", type=megabytes, metavar="MB",
+                    help="largest model graph to embed (default 100; 0: no cap)")
     un = sub.add_parser("unit", help="one unit's dashboard: distribution, examples, classes, effects, importance")
     un.add_argument("run")
     un.add_argument("layer")

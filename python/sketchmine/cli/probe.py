@@ -1,5 +1,5 @@
-"""`sketchmine probe RUN --out DIR` (parsed in parser.py) and the probe step of `sketchmine report`: export the run's
-model for the report's live probe page (passes.probe), or say why there is none."""
+"""`sketchmine probe RUN --out DIR` (parsed in parser.py) and the probe step of `sketchmine report` (and of the
+demo's reports): export the run's model for the report's live probe page (passes.probe), or say why there is none."""
 from __future__ import annotations
 
 import argparse
@@ -12,14 +12,22 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-def report_probe(run: str, skip: bool = False) -> Mapping[str, bytes] | str:
-    """The probe's files for `sketchmine report`, or why there are none (shown on the report's index)."""
+def max_mb(option: float | None) -> float | None:
+    """The probe's size cap from a `--probe-max-mb` / `--max-mb` value: None → the default, 0 → no cap."""
+    from sketchmine.passes.probe import MAX_MODEL_MB
+
+    return MAX_MODEL_MB if option is None else (None if option == 0 else option)
+
+
+def report_probe(run: str, skip: bool = False, cap: float | None = None) -> Mapping[str, bytes] | str:
+    """The probe's files for `sketchmine report`, or why there are none (shown on the report's index);
+    cap: the size cap in MB (None: the default, 0: none)."""
     if skip:
         return "left out with --no-probe"
     from sketchmine.passes.probe import build_probe
 
     try:
-        return build_probe(run)
+        return build_probe(run, max_mb=max_mb(cap))
     except SketchmineError as exc:
         return str(exc)
 
@@ -29,5 +37,6 @@ def run_probe(args: argparse.Namespace, console: Console) -> None:
     from sketchmine.present.console import safe
     from sketchmine.present.report_probe import write_probe_folder
 
-    page = write_probe_folder(args.out, build_probe(args.run, size=tuple(args.size) if args.size else None))
+    files = build_probe(args.run, size=tuple(args.size) if args.size else None, max_mb=max_mb(args.max_mb))
+    page = write_probe_folder(args.out, files)
     console.print(f"probe written: open {safe(page)}")

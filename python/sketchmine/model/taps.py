@@ -132,7 +132,7 @@ def to_units(name: str, module: nn.Module, t: torch.Tensor, batch: int | None,
                              f"({'(N, T, H)' if first else '(T, N, H)'} → (N, H, T))",
                    "position": "time", "yx": "(0, t)"}
     if isinstance(module, nn.Linear) and t.ndim > 2:
-        t = t.movedim(-1, 1)
+        t = t.movedim(t.ndim - 1, 1)  # not -1: torch.onnx exports a negative source as an invalid Transpose
         info = {"position": "sequence", "yx": "(0, t)" if t.ndim == 3 else "flattened positions"}
     if batch and t.ndim >= 2 and t.shape[0] != batch and t.shape[0] % batch == 0:
         steps = t.shape[0] // batch  # a sequence's frames folded into the batch (time-distributed CNN)

@@ -32,6 +32,8 @@ from sketchmine.data.preprocess import Preprocessing, convert_channels
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import first_tensor
 from sketchmine.model.taps import SOFTMAX, Taps
+from sketchmine.passes.probe_sequence import (TIME_POSITIONS, check_sequence_model, last_frame, prefix_problem,
+                                              run_sequence, sequence_ink, step_probs)
 from sketchmine.results.run import Run, open_run
 
 MAP_SIDE = 32
@@ -42,6 +44,9 @@ CHUNK = 8_000_000
 """Base64 characters per embedded script (a multiple of 4)."""
 MAX_IMAGES = 40
 """Dataset images offered by "pick a dataset image" (full-input patches the run stores)."""
+MAX_MODEL_MB = 100.0
+"""The largest probe graph (ONNX, in MB of 10^6 bytes) a report embeds by default; a larger model's
+report is written without the probe and says why (`--probe-max-mb` raises the cap)."""
 ORT_VERSION = "1.30.0"
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 ORT_DIR = Path(__file__).resolve().parents[1] / "present" / "report_assets" / "ort"
@@ -63,30 +68,39 @@ class ProbeGraph:
     size: tuple[int, int]
     layers: list[ProbeLayer]
     notes: list[str] = field(default_factory=list)
+    steps: bool = False  # the graph has the per-step output `steps` (sequence runs)
 
 
 class ProbeNet(nn.Module):
     """pixels (1, 1, H, W) 0-255 → (probs, max0, map0?, max1, ...): the miner's preprocessing,
-    the model, and the tapped layers as extra outputs."""
+    the model, and the tapped layers as extra outputs. With `steps`, the input is a sequence's
+    frames (1, T, 1, H, W) and `steps` (T, classes) follows `probs` (passes.probe_sequence)."""
 
-    def __init__(self, net: nn.Module, layers: list[str], pre: Preprocessing) -> None:
+    def __init__(self, net: nn.Module, layers: list[str], pre: Preprocessing, steps: bool = False) -> None:
         super().__init__()
-        self.net, self.layers, self.pre = net, layers, pre
+        self.net, self.layers, self.pre, self.steps = net, layers, pre, steps
         self.pools: dict[str, int] = {}
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def prepare(self, pixels: torch.Tensor) -> torch.Tensor:
+        """0-255 grey (..., 1, H, W) → the model's input, as the miner prepares an image (each frame)."""
         x = pixels / 255.0
         if self.pre.channels != 1:
             x = convert_channels(x, self.pre.channels)
-        x = self.pre.normalise(x)
+        return self.pre.normalise(x)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.prepare(pixels)
         got: dict[str, torch.Tensor] = {}
-        with Taps(self.net, self.layers, lambda n, t: got.__setitem__(n, t.clone())):
+        with Taps(self.net, self.layers, lambda n, t: got.__setitem__(n, t.clone())) as taps:
             logits = first_tensor(self.net(x))
         outs = [torch.softmax(logits.flatten(1), dim=1)[0]]
+        if self.steps:
+            outs.append(step_probs(self.net, x, outs[0]))
         for name in self.layers:
             t = got[name]
             outs.append(t.flatten(2).amax(2)[0] if t.ndim > 2 else t[0])
             if t.ndim == 4:
+                t = last_frame(t, taps.layouts.get(name, {}))
                 s = self.pools.setdefault(name, max(1, math.ceil(max(t.shape[2:]) / MAP_SIDE)))
                 m = torch.nn.functional.max_pool2d(t, s, s, ceil_mode=True) if s > 1 else t
                 outs.append(m[0])
@@ -111,32 +125,48 @@ def input_size(run: Run, pre: Preprocessing | None, size: Any = None) -> tuple[i
 
 def probe_layers(run: Run) -> tuple[list[str], list[str]]:
     """(layers the probe taps, notes on those it leaves out): every mined layer but the virtual
-    softmax (the probabilities are shown anyway) and layers whose position is time."""
+    softmax (the probabilities are shown anyway); layers whose position is time only in sequence
+    runs (where their maximum over the steps is the value the miner ranks)."""
     keep, notes = [], []
+    seq = run_sequence(run) is not None
     for name in run.layers:
         a = run.layer_attrs(name)
         if name == SOFTMAX:
             continue
-        if a.get("position") in ("time", "time-stacked", "sequence") or a.get("time_steps"):
+        if not seq and (a.get("position") in TIME_POSITIONS or a.get("time_steps")):
             notes.append(f"layer {name} is left out: its position is time (the probe draws one image)")
             continue
         keep.append(name)
     return keep, notes
 
 
-def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, int]) -> ProbeGraph:
+def check_size(what: str, nbytes: int, max_mb: float | None) -> None:
+    """Refuse a probe graph over the cap (None: no cap), saying how to raise it."""
+    if max_mb is not None and nbytes > max_mb * 1e6:
+        raise SketchmineError(f"{what} is {nbytes / 1e6:.1f} MB, over the probe's cap of {max_mb:g} MB (the page "
+                              f"embeds it); raise it with --probe-max-mb (sketchmine probe: --max-mb) or "
+                              "build_probe(max_mb=...)")
+
+
+def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, int],
+                 max_mb: float | None = MAX_MODEL_MB) -> ProbeGraph:
     """torch.onnx export (TorchScript exporter, opset 17) of `ProbeNet`; a model it cannot
-    export raises a SketchmineError that says why (the report then goes without the probe)."""
-    if run.attrs.get("dataset", {}).get("sequence"):
-        raise SketchmineError("the run mined progressive drawings (a recurrent model over frames); the probe "
-                              "draws one image and does not cover sequence runs yet")
+    export, or one whose graph would be over `max_mb`, raises a SketchmineError that says why
+    (the report then goes without the probe)."""
+    check_size(f"the model {run.attrs.get('model')} (its weights alone)",
+               sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers())), max_mb)
+    seq = run_sequence(run)
     layers, notes = probe_layers(run)
-    wrapped = ProbeNet(net.eval(), layers, pre).eval()
-    x = torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(0)) * 255
+    shape = (1, seq["steps"], 1, *size) if seq else (1, 1, *size)
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0)) * 255
+    why = prefix_problem(net.eval(), ProbeNet(net, [], pre).prepare(x)) if seq else None
+    if why:
+        notes.append(f"no prediction per step: {why}")
+    wrapped = ProbeNet(net.eval(), layers, pre, steps=bool(seq) and not why).eval()
     with torch.no_grad():
         outs = wrapped(x)
-    names, specs = ["probs"], []
-    k = 1
+    names, specs = ["probs"] + (["steps"] if wrapped.steps else []), []
+    k = len(names)
     for i, name in enumerate(layers):
         units = int(outs[k].shape[0])
         names.append(f"max{i}")
@@ -151,21 +181,23 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
         with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
             warnings.simplefilter("ignore")
             torch.onnx.export(wrapped, (x,), Path(tmp) / "probe.onnx", dynamo=False, opset_version=17,
-                              input_names=["pixels"], output_names=names, do_constant_folding=True)
+                              input_names=["frames" if seq else "pixels"], output_names=names,
+                              do_constant_folding=True)
             onnx = (Path(tmp) / "probe.onnx").read_bytes()
     except Exception as exc:  # noqa: BLE001 - any exporter failure means "no probe", said on the page
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SketchmineError(f"torch.onnx cannot export the model {run.attrs.get('model')}: {first[:300]}") from None
-    return ProbeGraph(onnx, size, specs, notes)
+    check_size(f"the probe graph of {run.attrs.get('model')}", len(onnx), max_mb)
+    return ProbeGraph(onnx, size, specs, notes, wrapped.steps)
 
 
-def onnx_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, int]) -> ProbeGraph:
+def onnx_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, int],
+               max_mb: float | None = MAX_MODEL_MB) -> ProbeGraph:
     """The probe graph of a run mined from an .onnx file (passes.probe_onnx)."""
     from sketchmine.passes.probe_onnx import onnx_probe_graph
 
-    if run.attrs.get("dataset", {}).get("sequence"):
-        raise SketchmineError("the run mined progressive drawings; the probe draws one image and does not cover "
-                              "sequence runs yet")
+    check_sequence_model(run_sequence(run), onnx_file=True)
+    check_size(f"the model {model.path.name}", model.proto.ByteSize(), max_mb)
     layers, notes = probe_layers(run)
     data, specs = onnx_probe_graph(run, model, pre, size, layers, MAP_SIDE)
     return ProbeGraph(data, size, [ProbeLayer(*s) for s in specs],
@@ -181,8 +213,8 @@ def dataset_images(run: Run, size: tuple[int, int]) -> list[dict[str, Any]]:
         if not run.has_array(name, "patches"):
             continue
         rf = run.layer_attrs(name).get("receptive_field") or {}
-        if list(rf.get("size") or []) != list(size):
-            continue
+        if list(rf.get("size") or []) != list(size) or run.layer_attrs(name).get("position") in TIME_POSITIONS:
+            continue  # a layer over time stores the frame of its peak step, not the whole drawing
         _, index, _ = run.topk(name)
         patches = run.layer_array(name, "patches")
         if tuple(patches.shape[2:4]) != tuple(size):
@@ -228,11 +260,11 @@ def ort_files() -> dict[str, bytes]:
 
 
 def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: str | None = None,
-                size: Any = None) -> dict[str, bytes]:
+                size: Any = None, max_mb: float | None = MAX_MODEL_MB) -> dict[str, bytes]:
     """The probe's files (name → bytes) for `write_report(probe=...)` / `write_probe_folder`: the
     metadata (model.js), the graph in base64 pieces (graph-NNN.js), onnxruntime-web with its loader
     (ort-loader.js) and WebAssembly (wasm-NNN.js) embedded: scripts all, because Chromium loads
-    neither .wasm nor ES modules from file://."""
+    neither .wasm nor ES modules from file://. A graph over `max_mb` (None: no cap) is refused."""
     from sketchmine.passes.reload import run_model, run_preprocessing
 
     run = run if isinstance(run, Run) else open_run(run)
@@ -241,15 +273,16 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
     pre = run_preprocessing(run) or Preprocessing("none", 1)
     if isinstance(loaded.module, nn.Module):
         size = input_size(run, pre, size)
-        graph = export_graph(run, loaded.module, pre, size)
+        graph = export_graph(run, loaded.module, pre, size, max_mb)
     else:  # an .onnx file: its own graph, preprocessing prepended, outputs appended
         dims = [d.dim_value for d in loaded.module.input.type.tensor_type.shape.dim]
         if size is None and pre.size is None and len(dims) == 4 and min(dims[2:]) > 0:
             size = (dims[2], dims[3])
         size = input_size(run, pre, size)
-        graph = onnx_graph(run, loaded.module, pre, size)
+        graph = onnx_graph(run, loaded.module, pre, size, max_mb)
     images = dataset_images(run, size)
-    ink, why = ink_polarity(images)
+    seq = run_sequence(run)
+    ink, why = sequence_ink(seq) or ink_polarity(images)
     meta = {"model": str(run.attrs.get("model")), "size": list(size), "classes": [str(c) for c in run.class_names],
             "preprocessing": pre.describe(), "channels": pre.channels, "ink": ink, "ink_why": why,
             "layers": [{"name": l.name, "units": l.units, "grid": list(l.grid) if l.grid else None, "pool": l.pool}
@@ -257,7 +290,7 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
             "top": TOP_UNITS, "notes": graph.notes, "images": images,
             "images_note": "" if images else "no dataset images: the run stores no patches of a layer that sees the "
                                              "whole input (sketchmine visualize RUN --layers LAYER adds them)",
-            "ort": ORT_VERSION, "model_bytes": len(graph.onnx)}
+            "ort": ORT_VERSION, "model_bytes": len(graph.onnx), "sequence": seq, "step_probs": graph.steps}
     files = {"model.js": ("window.sketchmineProbeModel = " + json.dumps(meta, ensure_ascii=True).replace("<", "\\u003c")
                           + ";\n").encode(),
              "ort.wasm.min.js": ort["ort.wasm.min.js"],

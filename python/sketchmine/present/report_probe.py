@@ -44,7 +44,7 @@ def probe_page(meta_note: str, linked: bool, names: list[str]) -> str:
             '<label>stroke width <input id="width" type="range"></label></div>'
             '<div class="tools"><label>load an image <input id="file" type="file" accept="image/*"></label> '
             '<button id="pick">pick a dataset image</button></div>'
-            '<p id="hint" class="note"></p><p id="convert-note" class="note"></p><div id="images"></div></div>'
+            '<div id="steps"></div><p id="hint" class="note"></p><p id="convert-note" class="note"></p><div id="images"></div></div>'
             '<div class="probe-right"><h2>Prediction</h2><table id="preds"></table><div id="layers"></div></div></div>\n'
             f'{scripts}\n</body></html>\n')
 
@@ -70,6 +70,11 @@ def write_probe_files(out: Path, probe: Mapping[str, bytes], links: dict[str, st
             "ONNX graph; the canvas is brought to the input size by antialiased bilinear resampling (the miner's "
             f"resize) and rounded to 0-255. Ink: {meta['ink']} ({meta['ink_why']}). Opens from file:// (the "
             "WebAssembly runtime and the graph are embedded in scripts under probe/).")
+    seq = meta.get("sequence")
+    if seq:
+        note += (f" The run mined progressive drawings: the page makes the drawing at {meta['size'][0]}×{meta['size'][1]} "
+                 f"into the run's {seq['steps']} frames ({seq['transform']}, ink {seq['ink']}) as data/sequences.py "
+                 "does, and the strip under the canvas shows the model's prediction on frames 1…t.")
     for n in meta.get("notes") or []:
         note += f" {n}."
     (out / "probe.html").write_text(probe_page(note, links is not None, list(probe)), encoding="utf-8")

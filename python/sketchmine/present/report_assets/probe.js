@@ -80,6 +80,66 @@
     return g;
   }
 
+  // ---- sequence runs: the drawing as the run's progressive frames (data/sequences.py) ----
+  // A port of progressive_drawing ("outline-then-fill/v1") on the H×W grey bytes: foreground =
+  // pixels unlike the background; outline (erosion depth 0) first, clockwise from 12 o'clock around
+  // the centroid (angle and radius rounded to 1e-6 as numpy's round does), then the fill inward.
+  var SEQ = M.sequence || null;
+  function rint(v) { var f = Math.floor(v), d = v - f; return d > 0.5 ? f + 1 : d < 0.5 ? f : (f % 2 === 0 ? f : f + 1); }
+  function round6(v) { return rint(v * 1e6) / 1e6; }
+  function backgroundOf(px, ink) {
+    if (ink !== "auto") { return ink === "light" ? 0 : 255; }
+    var b = [], x, y;
+    for (x = 0; x < W; x++) { b.push(px[x]); }
+    for (x = 0; x < W; x++) { b.push(px[(H - 1) * W + x]); }
+    for (y = 1; y < H - 1; y++) { b.push(px[y * W]); b.push(px[y * W + W - 1]); }
+    b.sort(function (a, c) { return a - c; });
+    var n = b.length, med = n % 2 ? b[(n - 1) / 2] : (b[n / 2 - 1] + b[n / 2]) / 2;
+    return med < 128 ? 0 : 255;
+  }
+  function pixelOrder(px, bg) {
+    var n = H * W, depth = new Int32Array(n).fill(-1), alive = new Uint8Array(n), any = false, i;
+    for (i = 0; i < n; i++) { alive[i] = px[i] !== bg ? 1 : 0; any = any || alive[i] === 1; }
+    if (!any) { return { order: [], outline: 0 }; }
+    var fg = Uint8Array.from(alive), d = 0, left = true;
+    while (left) {
+      var inner = new Uint8Array(n);
+      left = false;
+      for (var y = 0; y < H; y++) {
+        for (var x = 0; x < W; x++) {
+          var k = y * W + x;
+          if (!alive[k]) { continue; }
+          inner[k] = (y > 0 && alive[k - W] && y < H - 1 && alive[k + W] && x > 0 && alive[k - 1] && x < W - 1 && alive[k + 1]) ? 1 : 0;
+          if (!inner[k]) { depth[k] = d; } else { left = true; }
+        }
+      }
+      alive = inner; d++;
+    }
+    var ys = [], xs = [], sy = 0, sx = 0;
+    for (i = 0; i < n; i++) { if (fg[i]) { ys.push(Math.floor(i / W)); xs.push(i % W); sy += Math.floor(i / W); sx += i % W; } }
+    var cy = sy / ys.length, cx = sx / xs.length, TWO_PI = 2 * Math.PI, items = [], outline = 0;
+    for (i = 0; i < ys.length; i++) {
+      var a = Math.atan2(xs[i] - cx, -(ys[i] - cy)) % TWO_PI;
+      if (a < 0) { a += TWO_PI; }
+      var k2 = ys[i] * W + xs[i];
+      items.push([depth[k2], round6(a), round6(Math.hypot(ys[i] - cy, xs[i] - cx)), k2]);
+      if (depth[k2] === 0) { outline++; }
+    }
+    items.sort(function (p, q) { return p[0] - q[0] || p[1] - q[1] || p[2] - q[2] || p[3] - q[3]; });
+    return { order: items.map(function (it) { return it[3]; }), outline: outline };
+  }
+  api.frames = function (px) {
+    // the run's T frames of the drawing px (H×W grey bytes): T*H*W bytes, the last one px itself
+    var T = SEQ.steps, n = H * W, bg = backgroundOf(px, SEQ.ink), po = pixelOrder(px, bg);
+    var fill = po.order.length - po.outline, tOut = T > 1 ? Math.ceil(T / 2) : 0, out = new Uint8Array(T * n).fill(bg);
+    for (var t = 1; t <= T; t++) {
+      var shown = t <= tOut ? rint(t / tOut * po.outline) : po.outline + rint((t - tOut) / (T - tOut) * fill);
+      for (var j = 0; j < shown; j++) { out[(t - 1) * n + po.order[j]] = px[po.order[j]]; }
+    }
+    out.set(px, (T - 1) * n);
+    return out;
+  };
+
   // ---- inference ----
   function topUnits(values, n) {
     var idx = [];
@@ -93,9 +153,11 @@
       return Promise.reject(new Error("probe(pixels) takes the model's input, " + H + "×" + W + " = " + (H * W) +
                                       " grey values 0-255, row-major; got " + (pixels ? pixels.length : pixels)));
     }
-    var x = new Float32Array(H * W);
-    for (var i = 0; i < x.length; i++) { x[i] = pixels[i]; }
-    var run = queue.then(function () { return session.run({ pixels: new ort.Tensor("float32", x, [1, 1, H, W]) }); });
+    var src = SEQ ? api.frames(pixels) : pixels, x = new Float32Array(src.length);
+    for (var i = 0; i < x.length; i++) { x[i] = src[i]; }
+    var feeds = SEQ ? { frames: new ort.Tensor("float32", x, [1, SEQ.steps, 1, H, W]) }
+      : { pixels: new ort.Tensor("float32", x, [1, 1, H, W]) };
+    var run = queue.then(function () { return session.run(feeds); });
     queue = run.catch(function () { return null; });
     return run.then(function (out) {
       var layers = {}, maps = {};
@@ -104,7 +166,13 @@
         if (l.grid) { maps[l.name] = out["map" + i].data; }
       });
       lastMaps = maps;
-      return { probs: Array.from(out.probs.data), layers: layers };
+      var r = { probs: Array.from(out.probs.data), layers: layers };
+      if (M.step_probs) {
+        var c = out.probs.data.length;
+        r.steps = [];
+        for (var t = 0; t < SEQ.steps; t++) { r.steps.push(Array.from(out.steps.data.subarray(t * c, (t + 1) * c))); }
+      }
+      return r;
     });
   };
 
@@ -155,6 +223,7 @@
         (M.ink === "light" ? "dark" : "light") + " background), or load or pick an image.";
       document.getElementById("preds").textContent = "";
       document.getElementById("layers").textContent = "";
+      document.getElementById("steps").textContent = "";
       document.body.setAttribute("data-empty", "1");
       api.updates++;
       return;
@@ -195,7 +264,35 @@
     return c;
   }
 
+  function strip(r, px) {
+    // the prediction as the drawing grows: each of the run's T frames, the class the model
+    // predicts having read frames 1..t, and its probability
+    var box = document.getElementById("steps");
+    box.textContent = "";
+    if (!SEQ) { return; }
+    var fr = api.frames(px), n = H * W;
+    box.appendChild(el("div", "note", M.step_probs ? "The prediction as the drawing grows (the model on frames 1…t of the run's " +
+      SEQ.steps + "-step drawing, " + SEQ.transform + "):" : "The run's " + SEQ.steps + "-step drawing (" + SEQ.transform + "); " +
+      "no prediction per step: see the note above."));
+    var row = el("div", "probe-steps");
+    for (var t = 0; t < SEQ.steps; t++) {
+      var cell = el("div", "probe-step"), c = el("canvas", "step"), g, img, i;
+      c.width = W; c.height = H; g = c.getContext("2d"); img = g.createImageData(W, H);
+      for (i = 0; i < n; i++) { img.data[4 * i] = img.data[4 * i + 1] = img.data[4 * i + 2] = fr[t * n + i]; img.data[4 * i + 3] = 255; }
+      g.putImageData(img, 0, 0);
+      cell.appendChild(c);
+      if (r.steps) {
+        var best = topUnits(r.steps[t], 1)[0];
+        cell.appendChild(el("div", "step-class", M.classes[best[0]] !== undefined ? M.classes[best[0]] : "class " + best[0]));
+        cell.appendChild(el("div", "num", (best[1] * 100).toFixed(0) + "%"));
+      }
+      row.appendChild(cell);
+    }
+    box.appendChild(row);
+  }
+
   function show(r, px) {
+    strip(r, px);
     var order = topUnits(r.probs, Math.min(5, r.probs.length));
     var preds = document.getElementById("preds");
     preds.textContent = "";
