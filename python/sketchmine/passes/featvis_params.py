@@ -45,9 +45,14 @@ PIXEL_PRESETS: dict[str, dict[str, float]] = {
 """The four rows of Yosinski et al. 2015, Table 1 (DVT doc/running-optimize-image.md)."""
 
 FOURIER_DEFAULTS: dict[str, Any] = {"decay_power": 1.0, "decorrelate": True, "transforms": True, "lr": 0.05,
-                                    "init_std": 0.01}
+                                    "init_std": 0.01, "polish": 0.25}
 """Lucent-era defaults (lucent 0.1.8: fft_image sd 0.01, decay_power 1, Adam lr 0.05,
-standard_transforms)."""
+standard_transforms), plus polish: the share of the last steps run without the transforms
+(0 is lucent's loop). The transforms make the objective a mean over jittered, scaled and
+rotated copies, while the unit is judged (and the run ranked its images) on the image as it is:
+with transforms to the end, a third of SketchNet's and most of the demo ResNet's units stayed
+under their top-1 dataset image (benchmarks/RESULTS.md, session 17); a last quarter without
+them keeps the robust image's structure and brings the unit to its maximum on the image itself."""
 
 NONE: dict[str, dict[str, Any]] = {
     "pixel": {"decay": 0.0, "blur_radius": 0.0, "blur_every": 0, "norm_pct": 0.0, "contrib_pct": 0.0},
@@ -80,6 +85,10 @@ def settings(method: str, regularizers: str | dict[str, Any] | None) -> dict[str
     if unknown:
         raise SketchmineError(f"unknown regularizer setting(s) {', '.join(map(repr, unknown))} for method {method!r}; "
                               f"its settings: {', '.join(sorted(base))}")
+    polish = regularizers.get("polish", 0.0)
+    if isinstance(polish, bool) or not isinstance(polish, (int, float)) or not 0 <= polish <= 1:
+        raise SketchmineError(f"regularizer setting 'polish' is the share of the last steps run without the transforms, "
+                              f"a number from 0 to 1; got {polish!r}")
     return {**base, **regularizers}
 
 
