@@ -227,7 +227,7 @@ class _Detached(nn.Module):
 def test_untraceable_model_works_and_bad_layers_name_the_module():
     torch.manual_seed(0)
     net = _Gated()
-    with pytest.raises(Exception):  # torch.fx cannot trace the branch
+    with pytest.raises(torch.fx.proxy.TraceError):  # torch.fx cannot trace the branch
         torch.fx.symbolic_trace(net)
     r = feature_visualization(net, "conv", [0, 3], steps=4, size=12)
     assert r.images.shape == (2, 1, 12, 12) and (r.stopped == -1).all()
