@@ -45,14 +45,15 @@ PIXEL_PRESETS: dict[str, dict[str, float]] = {
 """The four rows of Yosinski et al. 2015, Table 1 (DVT doc/running-optimize-image.md)."""
 
 FOURIER_DEFAULTS: dict[str, Any] = {"decay_power": 1.0, "decorrelate": True, "transforms": True, "lr": 0.05,
-                                    "init_std": 0.01, "polish": 0.25}
+                                    "init_std": 0.01, "polish": 0.5}
 """Lucent-era defaults (lucent 0.1.8: fft_image sd 0.01, decay_power 1, Adam lr 0.05,
 standard_transforms), plus polish: the share of the last steps run without the transforms
 (0 is lucent's loop). The transforms make the objective a mean over jittered, scaled and
 rotated copies, while the unit is judged (and the run ranked its images) on the image as it is:
-with transforms to the end, a third of SketchNet's and most of the demo ResNet's units stayed
-under their top-1 dataset image (benchmarks/RESULTS.md, session 17); a last quarter without
-them keeps the robust image's structure and brings the unit to its maximum on the image itself."""
+with transforms to the end, SketchNet's first conv layer reached its top-1 dataset image for 7
+of 16 units; a last quarter without them, 13; the last half, 15 (benchmarks/RESULTS.md,
+session 17). The first half keeps the robust image's structure; the second brings the unit to
+its maximum on the image itself."""
 
 NONE: dict[str, dict[str, Any]] = {
     "pixel": {"decay": 0.0, "blur_radius": 0.0, "blur_every": 0, "norm_pct": 0.0, "contrib_pct": 0.0},
