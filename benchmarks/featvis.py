@@ -122,7 +122,8 @@ def lucent_case(model: Any, layer: str, units: list[int], size: int, steps: int)
 
 def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fourier") -> list[dict[str, Any]]:
     """Per layer of a run mined on the embedded test split: the share of units whose spatial
-    maximum at the optimised image reaches the run's top-1 value, and the median ratio."""
+    maximum at the optimised image reaches the run's top-1 value, and the median and least
+    ratio over the units whose top-1 value is positive."""
     import tempfile
 
     import sketchmine
@@ -137,7 +138,7 @@ def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fouri
             top1 = run.topk(layer)[0][:, 0]
             units = list(range(min(per_layer, len(top1)) if per_layer > 0 else len(top1)))
             r, t = _timed(lambda: feature_visualization(loaded, layer, units, steps=steps, method=method))
-            ratio = r.peak / np.where(top1[units] == 0, np.nan, top1[units])
+            ratio = r.peak / np.where(top1[units] > 0, top1[units], np.nan)  # a top-1 <= 0: no ratio, only >=
             rows.append({"model": model_spec, "layer": layer, "units": len(units), "steps": steps, "method": method,
                          "share_ge_1": round(float((r.peak >= top1[units]).mean()), 3),
                          "units_ge_1": int((r.peak >= top1[units]).sum()),
