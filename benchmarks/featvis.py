@@ -66,9 +66,9 @@ def ceiling_case(name: str, model: Any, layer: str, units: int, size: int, repea
     x = torch.rand((units, channels, size, size), generator=torch.Generator().manual_seed(0))
     idx = torch.arange(units)
 
-    def step(lo: int, hi: int) -> None:
+    def step(lo: int, hi: int) -> torch.Tensor:
         p = x[lo:hi].clone().requires_grad_(True)
-        torch.autograd.grad(reader.objective(reader(p), idx[lo:hi]).sum(), p)
+        return torch.autograd.grad(reader.objective(reader(p), idx[lo:hi]).sum(), p)[0]
 
     step(0, units)
     step(0, 1)
@@ -108,10 +108,10 @@ def lucent_case(model: Any, layer: str, units: list[int], size: int, steps: int)
     grey = pre.channels == 1
     name = layer.replace(".", "_")
 
-    def one(u: int) -> None:
+    def one(u: int) -> Any:
         def param_f() -> Any:
             return param.image(size, channels=pre.channels, decorrelate=not grey)
-        render.render_vis(net, f"{name}:{u}", param_f, transforms=transforms, thresholds=(steps,),
+        return render.render_vis(net, f"{name}:{u}", param_f, transforms=transforms, thresholds=(steps,),
                           preprocess=False, progress=False, show_image=False, fixed_image_size=size)
 
     one(units[0])  # warm-up
@@ -120,7 +120,8 @@ def lucent_case(model: Any, layer: str, units: list[int], size: int, steps: int)
             "lucent_units_per_s": round(len(units) / t, 3)}
 
 
-def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fourier") -> list[dict[str, Any]]:
+def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fourier",
+               regularizers: str | dict[str, Any] = "default") -> list[dict[str, Any]]:
     """Per layer of a run mined on the embedded test split: the share of units whose spatial
     maximum at the optimised image reaches the run's top-1 value, and the median and least
     ratio over the units whose top-1 value is positive."""
@@ -137,10 +138,11 @@ def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fouri
         for layer in run.layers:
             top1 = run.topk(layer)[0][:, 0]
             units = list(range(min(per_layer, len(top1)) if per_layer > 0 else len(top1)))
-            r, t = _timed(lambda: feature_visualization(loaded, layer, units, steps=steps, method=method))
+            r, t = _timed(lambda: feature_visualization(loaded, layer, units, steps=steps, method=method,
+                                                        regularizers=regularizers))
             ratio = r.peak / np.where(top1[units] > 0, top1[units], np.nan)  # a top-1 <= 0: no ratio, only >=
             rows.append({"model": model_spec, "layer": layer, "units": len(units), "steps": steps, "method": method,
-                         "share_ge_1": round(float((r.peak >= top1[units]).mean()), 3),
+                         "regularizers": regularizers, "share_ge_1": round(float((r.peak >= top1[units]).mean()), 3),
                          "units_ge_1": int((r.peak >= top1[units]).sum()),
                          "min_ratio": round(float(np.nanmin(ratio)), 3),
                          "median_ratio": round(float(np.nanmedian(ratio)), 3), "seconds": round(t, 1)})
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratio-steps", type=int, default=256)
     p.add_argument("--ratio-units", type=int, default=16, help="units per layer in the top-1 comparison (0: all)")
     p.add_argument("--ratio-models", nargs="+", default=["demo", "demo-resnet"])
+    p.add_argument("--ratio-regularizers", type=json.loads, default="default",
+                   help='the ratio part\'s regularizers as JSON, e.g. \'{"transforms": false}\'')
     p.add_argument("--figure-steps", type=int, default=128)
     p.add_argument("--skip-lucent", action="store_true")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a loaded box: OpenMP barriers wait "
@@ -223,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         print(out["speed"][-1], flush=True)
     if "ratio" in a.parts:
         done = [r for r in out.get("ratio", []) if r["model"] not in a.ratio_models]
-        out["ratio"] = done + [r for m in a.ratio_models for r in ratio_rows(m, a.ratio_steps, a.ratio_units)]
+        out["ratio"] = done + [r for m in a.ratio_models for r in ratio_rows(m, a.ratio_steps, a.ratio_units,
+                                                                                 regularizers=a.ratio_regularizers)]
     if "figure" in a.parts:
         figure(REPO / "docs" / "featvis.png", a.figure_steps)
         out["figure"] = {"path": "docs/featvis.png", "steps": a.figure_steps}
