@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratio-steps", type=int, default=256)
     p.add_argument("--ratio-units", type=int, default=16, help="units per layer in the top-1 comparison (0: all)")
     p.add_argument("--ratio-models", nargs="+", default=["demo", "demo-resnet"])
-    p.add_argument("--ratio-regularizers", type=json.loads, default="default",
+    p.add_argument("--ratio-regularizers", type=json.loads, default=None,
                    help='the ratio part\'s regularizers as JSON, e.g. \'{"transforms": false}\'')
     p.add_argument("--figure-steps", type=int, default=128)
     p.add_argument("--skip-lucent", action="store_true")
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ratio" in a.parts:
         done = [r for r in out.get("ratio", []) if r["model"] not in a.ratio_models]
         out["ratio"] = done + [r for m in a.ratio_models for r in ratio_rows(m, a.ratio_steps, a.ratio_units,
-                                                                                 regularizers=a.ratio_regularizers)]
+                                                                                 regularizers=a.ratio_regularizers or "default")]
     if "figure" in a.parts:
         figure(REPO / "docs" / "featvis.png", a.figure_steps)
         out["figure"] = {"path": "docs/featvis.png", "steps": a.figure_steps}

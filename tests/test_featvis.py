@@ -236,10 +236,16 @@ def test_untraceable_model_works_and_bad_layers_name_the_module():
 
 
 def test_polish_runs_the_last_steps_on_the_image_itself(demo_model):
-    """polish = 1: every step untransformed, the same as transforms off; polish out of range is refused."""
+    """polish = 1: every step untransformed, the same as transforms off; reset restarts Adam
+    when the polish begins (another image); settings out of range are refused."""
     a = feature_visualization(demo_model, "features.3", [1, 2], steps=4, regularizers={"polish": 1.0})
     b = feature_visualization(demo_model, "features.3", [1, 2], steps=4, regularizers={"transforms": False})
     c = feature_visualization(demo_model, "features.3", [1, 2], steps=4, regularizers={"polish": 0.0})
     assert torch.equal(a.images, b.images) and not torch.allclose(a.images, c.images, atol=1e-4)
     with pytest.raises(SketchmineError, match="'polish' is the share of the last steps"):
         feature_visualization(demo_model, "features.3", [1], steps=2, regularizers={"polish": 1.5})
+    d = feature_visualization(demo_model, "features.3", [1, 2], steps=4, regularizers={"polish": 0.5, "reset": False})
+    e = feature_visualization(demo_model, "features.3", [1, 2], steps=4, regularizers={"polish": 0.5, "reset": True})
+    assert not torch.allclose(d.images, e.images, atol=1e-5)
+    with pytest.raises(SketchmineError, match="'reset' .* is a bool"):
+        feature_visualization(demo_model, "features.3", [1], steps=2, regularizers={"reset": 1})

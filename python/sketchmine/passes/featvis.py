@@ -230,6 +230,8 @@ def optimize(reader: LayerReader, units: np.ndarray, pre: Preprocessing, hw: tup
         grad = torch.where(active.view(-1, *[1] * (grad.ndim - 1)), grad, torch.zeros_like(grad))
         if not active.any():
             break
+        if step == robust and step > 0 and isinstance(param, FourierImage) and s["reset"]:
+            param.opt.restart()  # the polish's gradients are not the transformed ones Adam averaged
         param.update(grad, active, step)
     with torch.no_grad():
         img = param.image().clamp(0, 1)
