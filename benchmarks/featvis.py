@@ -5,7 +5,7 @@ run's top-1 images per layer, and the regularisers' figure (docs/featvis.png).
 
     python3 -m benchmarks.featvis [--steps 16] [--alexnet-units 32] [--ratio-steps 256]
                                   [--ratio-units 16] [--ratio-models demo demo-resnet]
-                                  [--skip-lucent] [--parts speed ratio figure]
+                                  [--skip-lucent] [--threads 2] [--parts ceiling speed ratio figure]
 
 Writes benchmarks/results_featvis.json. Every number is measured in this process, side by side.
 """
@@ -50,6 +50,39 @@ def speed_case(name: str, model: Any, layer: str, units: list[int], size: int, s
     return row
 
 
+def ceiling_case(name: str, model: Any, layer: str, units: int, size: int, repeats: int) -> dict[str, Any]:
+    """The bound on the batched speed-up: one step's forward to the layer and backward to the
+    input (featvis.LayerReader and its objective, nothing else) for `units` images in one batch
+    against `units` batch-1 calls, interleaved, `repeats` times (median and best). Whatever
+    else a step does (parameterisation, transforms, optimiser) is elementwise and batches at
+    least as well; on a CPU whose GEMMs one image already fills, this ratio is the ceiling."""
+    from sketchmine.model.models import load_model, preprocessing_for
+    from sketchmine.passes.featvis import LayerReader
+
+    loaded = load_model(model) if not hasattr(model, "module") else model
+    net = loaded.module.eval()
+    reader = LayerReader(net, layer)
+    channels = preprocessing_for(loaded).channels
+    x = torch.rand((units, channels, size, size), generator=torch.Generator().manual_seed(0))
+    idx = torch.arange(units)
+
+    def step(lo: int, hi: int) -> torch.Tensor:
+        p = x[lo:hi].clone().requires_grad_(True)
+        return torch.autograd.grad(reader.objective(reader(p), idx[lo:hi]).sum(), p)[0]
+
+    step(0, units)
+    step(0, 1)
+    batched, single = [], []
+    for _ in range(repeats):
+        batched.append(_timed(lambda: step(0, units))[1])
+        single.append(_timed(lambda: [step(u, u + 1) for u in range(units)])[1])
+    med = float(np.median(single) / np.median(batched))
+    return {"case": name, "layer": layer, "units": units, "size": size, "repeats": repeats,
+            "batched_ms_per_unit": round(1000 * float(np.median(batched)) / units, 2),
+            "one_at_a_time_ms_per_unit": round(1000 * float(np.median(single)) / units, 2),
+            "ceiling_median": round(med, 2), "ceiling_best": round(float(min(single) / min(batched)), 2)}
+
+
 def lucent_case(model: Any, layer: str, units: list[int], size: int, steps: int) -> dict[str, Any]:
     """torch-lucent's render_vis per unit (it optimises one objective at a time): its defaults
     (fft + decorrelation for colour, standard_transforms, Adam 0.05, channel objective) at the
@@ -75,10 +108,10 @@ def lucent_case(model: Any, layer: str, units: list[int], size: int, steps: int)
     grey = pre.channels == 1
     name = layer.replace(".", "_")
 
-    def one(u: int) -> None:
+    def one(u: int) -> Any:
         def param_f() -> Any:
             return param.image(size, channels=pre.channels, decorrelate=not grey)
-        render.render_vis(net, f"{name}:{u}", param_f, transforms=transforms, thresholds=(steps,),
+        return render.render_vis(net, f"{name}:{u}", param_f, transforms=transforms, thresholds=(steps,),
                           preprocess=False, progress=False, show_image=False, fixed_image_size=size)
 
     one(units[0])  # warm-up
@@ -87,9 +120,11 @@ def lucent_case(model: Any, layer: str, units: list[int], size: int, steps: int)
             "lucent_units_per_s": round(len(units) / t, 3)}
 
 
-def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fourier") -> list[dict[str, Any]]:
+def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fourier",
+               regularizers: str | dict[str, Any] = "default") -> list[dict[str, Any]]:
     """Per layer of a run mined on the embedded test split: the share of units whose spatial
-    maximum at the optimised image reaches the run's top-1 value, and the median ratio."""
+    maximum at the optimised image reaches the run's top-1 value, and the median and least
+    ratio over the units whose top-1 value is positive."""
     import tempfile
 
     import sketchmine
@@ -102,11 +137,14 @@ def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fouri
         run = sketchmine.mine(model_spec, ds, k=1, out=Path(tmp) / "run.zarr")
         for layer in run.layers:
             top1 = run.topk(layer)[0][:, 0]
-            units = list(range(min(per_layer, len(top1))))
-            r, t = _timed(lambda: feature_visualization(loaded, layer, units, steps=steps, method=method))
-            ratio = r.peak / np.where(top1[units] == 0, np.nan, top1[units])
+            units = list(range(min(per_layer, len(top1)) if per_layer > 0 else len(top1)))
+            r, t = _timed(lambda: feature_visualization(loaded, layer, units, steps=steps, method=method,
+                                                        regularizers=regularizers))
+            ratio = r.peak / np.where(top1[units] > 0, top1[units], np.nan)  # a top-1 <= 0: no ratio, only >=
             rows.append({"model": model_spec, "layer": layer, "units": len(units), "steps": steps, "method": method,
-                         "share_ge_1": round(float((r.peak >= top1[units]).mean()), 3),
+                         "regularizers": regularizers, "share_ge_1": round(float((r.peak >= top1[units]).mean()), 3),
+                         "units_ge_1": int((r.peak >= top1[units]).sum()),
+                         "min_ratio": round(float(np.nanmin(ratio)), 3),
                          "median_ratio": round(float(np.nanmedian(ratio)), 3), "seconds": round(t, 1)})
             print(rows[-1], flush=True)
     return rows
@@ -151,17 +189,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=16, help="steps of the speed cases (same for every contender)")
     p.add_argument("--alexnet-units", type=int, default=32, help="AlexNet conv5 units timed (of 256)")
     p.add_argument("--ratio-steps", type=int, default=256)
-    p.add_argument("--ratio-units", type=int, default=16, help="units per layer in the top-1 comparison")
+    p.add_argument("--ratio-units", type=int, default=16, help="units per layer in the top-1 comparison (0: all)")
     p.add_argument("--ratio-models", nargs="+", default=["demo", "demo-resnet"])
+    p.add_argument("--ratio-regularizers", type=json.loads, default=None,
+                   help='the ratio part\'s regularizers as JSON, e.g. \'{"transforms": false}\'')
     p.add_argument("--figure-steps", type=int, default=128)
     p.add_argument("--skip-lucent", action="store_true")
-    p.add_argument("--parts", nargs="+", default=["speed", "ratio", "figure"])
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a loaded box: OpenMP barriers wait "
+                   "on descheduled threads)")
+    p.add_argument("--ceiling-repeats", type=int, default=5)
+    p.add_argument("--parts", nargs="+", default=["ceiling", "speed", "ratio", "figure"])
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results_featvis.json"))
     a = p.parse_args(argv)
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    torch.set_num_threads(a.threads)
     out: dict[str, Any] = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     if Path(a.out).is_file():
         out = {**json.loads(Path(a.out).read_text()), **out}
+    if "ceiling" in a.parts:
+        from sketchmine.model.models import build, load_model
+
+        out["ceiling"] = [ceiling_case("SketchNet demo conv5, all units", load_model("demo"), "features.10", 64, 28,
+                                       a.ceiling_repeats),
+                          ceiling_case(f"AlexNet conv5 (random weights), {a.alexnet_units} units",
+                                       load_model(build("alexnet", seed=0)), "features.10", a.alexnet_units, 224,
+                                       a.ceiling_repeats)]
+        print(out["ceiling"], flush=True)
     if "speed" in a.parts:
         from sketchmine.model.models import build, load_model
 
@@ -175,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         print(out["speed"][-1], flush=True)
     if "ratio" in a.parts:
         done = [r for r in out.get("ratio", []) if r["model"] not in a.ratio_models]
-        out["ratio"] = done + [r for m in a.ratio_models for r in ratio_rows(m, a.ratio_steps, a.ratio_units)]
+        out["ratio"] = done + [r for m in a.ratio_models for r in ratio_rows(m, a.ratio_steps, a.ratio_units,
+                                                                                 regularizers=a.ratio_regularizers or "default")]
     if "figure" in a.parts:
         figure(REPO / "docs" / "featvis.png", a.figure_steps)
         out["figure"] = {"path": "docs/featvis.png", "steps": a.figure_steps}

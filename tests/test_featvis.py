@@ -168,3 +168,84 @@ def test_visualize_optimize_stores_resumes_and_reads(demo_model, small_test_set,
     proc = subprocess.run([sys.executable, "-m", "sketchmine", "visualize", str(whole.path), "--optimize-steps", "3"],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "apply to the feature visualisation pass only" in proc.stderr, proc.stderr
+
+
+def _shown_image(fig, want: np.ndarray) -> np.ndarray:
+    """The (h, w) grey values the rendered figure shows where its single-image axes (the
+    optimised input) is: each cell's centre pixel, read from the Agg buffer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    buf = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    axes = [ax for ax in fig.axes if ax.images and ax.images[0].get_array().shape == want.shape[:2]
+            and len(ax.patches) == 1]
+    assert len(axes) == 1
+    box = axes[0].get_window_extent()
+    h, w = want.shape[:2]
+    ys = (buf.shape[0] - (box.y1 - (np.arange(h) + 0.5) * box.height / h)).astype(int)
+    xs = (box.x0 + (np.arange(w) + 0.5) * box.width / w).astype(int)
+    return buf[ys][:, xs].mean(axis=2)
+
+
+def test_montage_shows_the_optimised_image(small_test_set, tmp_path):
+    from sketchmine.passes.visualize import visualize
+
+    run = sketchmine.mine("demo", small_test_set, layers=["classifier.6"], k=3, out=tmp_path / "m.zarr")
+    plain = sketchmine.plots.unit_montage(visualize(run, data=small_test_set, batch_size=4), "classifier.6", 2)
+    assert not [ax for ax in plain.axes if ax.images and len(ax.patches) == 1]  # no optimised image yet
+    run = visualize(run, data=small_test_set, batch_size=4, optimize=True, optimize_steps=4)
+    for unit in (2, 7):
+        want = run.optimized("classifier.6", unit)
+        other = run.optimized("classifier.6", 9 - unit)
+        shown = _shown_image(sketchmine.plots.unit_montage(run, "classifier.6", unit), want)
+        assert np.abs(shown - want[..., 0]).max() <= 1  # the stored pixels, grey level for grey level
+        assert np.abs(shown - other[..., 0]).max() > 10  # not another unit's
+
+
+class _Gated(nn.Module):
+    """A real model with a data-dependent branch (torch.fx cannot trace it) and a layer whose
+    output carries no gradient (`stop`: detached and rounded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.stop = _Detached()
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv(x)
+        if c.mean() > 0:  # data-dependent control flow
+            c = c * 2
+        return self.act(self.stop(c) + c)
+
+
+class _Detached(nn.Module):
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return c.detach().round()
+
+
+def test_untraceable_model_works_and_bad_layers_name_the_module():
+    torch.manual_seed(0)
+    net = _Gated()
+    with pytest.raises(torch.fx.proxy.TraceError):  # torch.fx cannot trace the branch
+        torch.fx.symbolic_trace(net)
+    r = feature_visualization(net, "conv", [0, 3], steps=4, size=12)
+    assert r.images.shape == (2, 1, 12, 12) and (r.stopped == -1).all()
+    with pytest.raises(SketchmineError, match=r"layer 'stop' \(_Detached\) gives no gradient"):
+        feature_visualization(net, "stop", [0], steps=2, size=12)
+
+
+def test_polish_runs_the_last_steps_on_the_image_itself(demo_model):
+    """polish = 1: every step untransformed, the same as transforms off; reset restarts Adam
+    when the polish begins (another image); settings out of range are refused."""
+    a = feature_visualization(demo_model, "features.3", [1, 2], steps=4, regularizers={"polish": 1.0})
+    b = feature_visualization(demo_model, "features.3", [1, 2], steps=4, regularizers={"transforms": False})
+    c = feature_visualization(demo_model, "features.3", [1, 2], steps=4, regularizers={"polish": 0.0})
+    assert torch.equal(a.images, b.images) and not torch.allclose(a.images, c.images, atol=1e-4)
+    with pytest.raises(SketchmineError, match="'polish' is the share of the last steps"):
+        feature_visualization(demo_model, "features.3", [1], steps=2, regularizers={"polish": 1.5})
+    d = feature_visualization(demo_model, "features.3", [1, 2], steps=4, regularizers={"polish": 0.5, "reset": False})
+    e = feature_visualization(demo_model, "features.3", [1, 2], steps=4, regularizers={"polish": 0.5, "reset": True})
+    assert not torch.allclose(d.images, e.images, atol=1e-5)
+    with pytest.raises(SketchmineError, match="'reset' .* is a bool"):
+        feature_visualization(demo_model, "features.3", [1], steps=2, regularizers={"reset": 1})

@@ -205,7 +205,7 @@ def optimize(reader: LayerReader, units: np.ndarray, pre: Preprocessing, hw: tup
     else:
         param = PixelImage.create(units, pre.channels, hw, seed, s, device, tuple(pre.mean))
     g = torch.Generator().manual_seed(int(seed))  # the transforms: one draw per step for every unit
-    jitter = method == "fourier" and bool(s["transforms"])
+    robust = steps - round(float(s.get("polish", 0.0)) * steps) if method == "fourier" and s["transforms"] else 0
     normalise = _normaliser(pre, device)
     active = torch.ones(len(units), dtype=torch.bool, device=device)
     stopped = np.full(len(units), -1, dtype=np.int64)
@@ -213,7 +213,7 @@ def optimize(reader: LayerReader, units: np.ndarray, pre: Preprocessing, hw: tup
         p = param.params.detach().requires_grad_(True)
         with torch.enable_grad():
             img = _image_of(param, p)
-            seen = random_transform(img, g) if jitter else img
+            seen = random_transform(img, g) if step < robust else img  # then polish
             out = reader(normalise(seen))
             if not out.requires_grad:
                 raise SketchmineError(f"layer {reader.layer!r} ({type(reader.module).__name__}) gives no gradient "
@@ -230,6 +230,8 @@ def optimize(reader: LayerReader, units: np.ndarray, pre: Preprocessing, hw: tup
         grad = torch.where(active.view(-1, *[1] * (grad.ndim - 1)), grad, torch.zeros_like(grad))
         if not active.any():
             break
+        if step == robust and step > 0 and isinstance(param, FourierImage) and s["reset"]:
+            param.opt.restart()  # the polish's gradients are not the transformed ones Adam averaged
         param.update(grad, active, step)
     with torch.no_grad():
         img = param.image().clamp(0, 1)

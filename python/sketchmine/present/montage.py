@@ -51,6 +51,15 @@ def montage_pixels(run: Run, layer: str, unit: int) -> tuple[np.ndarray, np.ndar
     return patches, deconv
 
 
+def montage_optimized(run: Run, layer: str, unit: int) -> np.ndarray | None:
+    """The unit's stored feature visualisation image (h, w, ch) uint8, or None where the run
+    has none for it (no `--optimize` pass, or the pass has not reached the unit)."""
+    opt = run.layer_attrs(layer).get("optimized")
+    if not opt or not run.has_array(layer, "optimized") or int(unit) >= int(opt.get("units_done", 0)):
+        return None
+    return run.optimized(layer, int(unit))
+
+
 def mosaic(tiles: np.ndarray, ranks: list[int], gap: int) -> np.ndarray:
     """(k, h, w, ch) tiles → one (3h + 2gap, 3w + 2gap, 4) RGBA image of the tiles `ranks` in a
     3 × 3 grid, transparent between tiles and where the unit has fewer entries."""
@@ -83,6 +92,21 @@ def _grid(fig: Figure, box: tuple[float, float, float, float], tiles: np.ndarray
             cls = e["cls"] if e["cls"] is not None else "?"
             ax.text((i % 3) * (w + gap) + w / 2, (i // 3) * (h + gap) + h + gap * 0.12,
                     f"{cls[:14]}  {e['value']:.3g}", fontsize=12, ha="center", va="top", parse_math=False)
+
+
+def _single(fig: Figure, box: tuple[float, float, float, float], image: np.ndarray, title: str, caption: str) -> None:
+    """One image (the optimised input) in figure box `box`, framed, titled like the grids."""
+    ax = fig.add_axes(box)
+    ax.axis("off")
+    h, w, ch = image.shape
+    ax.imshow(image if ch == 3 else image[..., 0], cmap=None if ch == 3 else "gray", vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, edgecolor="#8a8a8a", linewidth=1.0))
+    aspect = SLIDE_INCHES[0] / SLIDE_INCHES[1]
+    side = min(box[3], box[2] * aspect * h / w)
+    top, bottom = box[1] + box[3] / 2 + side / 2, box[1] + box[3] / 2 - side / 2
+    fig.text(box[0] + box[2] / 2, top + 0.012, title, fontsize=17, weight="bold", ha="center")
+    fig.text(box[0] + box[2] / 2, bottom - 0.01, caption, fontsize=12, ha="center", va="top", parse_math=False)
 
 
 def _pct(a: float | None) -> str:
@@ -120,17 +144,24 @@ def _panel(fig: Figure, x0: float, x1: float, info: dict[str, Any]) -> None:
 
 def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = None) -> Figure:
     """One unit's slide (16:9, 1600 × 900 px at DPI): its top-9 patches and deconvolutions
-    (3 × 3 each, class and activation under each patch), the classes of those images with
+    (3 × 3 each, class and activation under each patch), its optimised input where the run
+    has one (`sketchmine visualize --optimize`), the classes of those images with
     their accuracy, its maximum activation and receptive-field size (and, where the run has
     them, mean, firing density and importance rank). `info`: the unit's `unit_summary`, when
     the caller has it already (the report reads a layer's once)."""
     patches, deconv = montage_pixels(run, layer, unit)
     info = info if info is not None else unit_summary(run, layer, int(unit))
     entries = info["top"][:SHOWN]
+    opt = montage_optimized(run, layer, int(unit))
     fig = Figure(figsize=SLIDE_INCHES, dpi=DPI, facecolor="white")
-    _grid(fig, (0.02, 0.06, 0.31, 0.78), patches, entries, "top patches", True)
+    width = 0.31 if opt is None else (0.23 if deconv is not None else 0.4)  # room for the optimised image
+    _grid(fig, (0.02, 0.06, width, 0.78), patches, entries, "top patches", True)
     if deconv is not None:
-        _grid(fig, (0.37, 0.06, 0.31, 0.78), deconv, entries, "deconvolutions", False)
+        _grid(fig, (0.05 + width, 0.06, width, 0.78), deconv, entries, "deconvolutions", False)
+    if opt is not None:
+        x0 = 0.05 + (2 * width + 0.03 if deconv is not None else width)
+        peak = float(run.optimized(layer, int(unit), key="optimized_peak"))
+        _single(fig, (x0, 0.06, 0.69 - x0, 0.78), opt, "optimised input", f"activation {peak:.3g}")
     _panel(fig, 0.72, 0.975, info)
     model = run.attrs.get("model")
     fig.text(0.03, 0.93, f"{layer} · unit {int(unit)}" + (f"   ({model})" if model else ""), fontsize=24,
