@@ -81,8 +81,8 @@ class Preprocessing:
         """x (..., C, H, W) float in [0, 1] → normalised input."""
         if not self.mean:
             return x
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         return (x - mean) / std
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
