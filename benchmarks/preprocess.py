@@ -144,6 +144,27 @@ def bench(name: str, images: int | None, batch_size: int, repeats: int, workers:
             "agreement_device_vs_cpu": agree}
 
 
+def op_only(images: int, batch_size: int, repeats: int) -> dict[str, float]:
+    """The preprocessing alone, 28 → 224 px ImageNet input on the CPU: per image (the cpu
+    route's work) vs one `prepare_uint8` per batch (the device route's), median seconds."""
+    from sketchmine.data.batchprep import prepare_uint8
+
+    ds = dataset(images, 224)
+    raw = torch.from_numpy(np.ascontiguousarray(ds.images)).unsqueeze(-1)
+    per, batched = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s in range(0, len(ds), batch_size):
+            torch.stack([ds[i][1] for i in range(s, min(s + batch_size, len(ds)))])
+        t1 = time.perf_counter()
+        for s in range(0, len(ds), batch_size):
+            prepare_uint8(raw[s:s + batch_size], ds.preprocessing)
+        per.append(t1 - t0)
+        batched.append(time.perf_counter() - t1)
+    return {"images": len(ds), "per_image_s": median(per), "batched_s": median(batched),
+            "ratio": median(per) / median(batched)}
+
+
 def demo_agreement(log, device: torch.device = CPU) -> dict:
     """The two routes on the embedded SketchNet ("demo") over the whole test split."""
     import sketchmine
@@ -187,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet = QuietWaiter(enabled=not args.no_wait_quiet)
     results = {"machine": machine_info(), "loadavg_start": loadavg(), "args": {k: str(v) for k, v in vars(args).items()},
-               "demo_agreement": demo_agreement(log, torch.device(args.device)), "models": []}
+               "demo_agreement": demo_agreement(log, torch.device(args.device)), "models": [],
+               "op_only": op_only(args.images or 2000, args.batch_size, 5)}
+    log(f"preprocessing alone: {results['op_only']}")
     for name in args.models.split(","):
         n = args.vgg19_images if name == "vgg19" else args.images
         bs = args.vgg19_batch_size if name == "vgg19" else args.batch_size
@@ -199,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
           f"machine {results['machine']['cpu']} ({results['machine']['cpus_usable']} cores), "
           f"git {results['machine']['git']}")
     print(f"demo (SketchNet, test split): device vs cpu {results['demo_agreement']}")
+    o = results["op_only"]
+    print(f"preprocessing alone, {o['images']} images 28 → 224 px on the CPU: per image {o['per_image_s']:.2f}s, "
+          f"batched {o['batched_s']:.2f}s ({o['ratio']:.1f}×)")
     print(f"{'model':8} {'source':7} {'images':>6} {'pure s':>7} {'cpu s':>7} {'device s':>8} {'cpu/pure':>9} {'device/pure':>11} "
           f"{'device/cpu':>10}  top-9 identical, max|Δ|")
     for m in results["models"]:

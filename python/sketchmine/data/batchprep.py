@@ -94,7 +94,12 @@ def collate_native(batch: list[tuple[int, torch.Tensor, int, str]]):
 def prepare_uint8(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """uint8 (N, H, W, c) → model input (N, channels, *size) float32, contiguous: the rule of
     `Preprocessing.prepare` on the whole batch, on x's device."""
-    x = x.permute(0, 3, 1, 2).float().div_(255)
+    x = x.permute(0, 3, 1, 2)
+    if x.shape[1] == 2:
+        x = x[:, :1]  # grey + alpha: the alpha dropped, as `convert_channels` does
+    x = x.float().div_(255)
+    if x.shape[1] == 1 and pre.channels > 1:
+        x = pre.resize(x)  # one grey plane resized, then repeated: the same floats, a third of the work
     out = pre.prepare(x)
     # the standard strides, also for one channel (where "contiguous" is ambiguous and a conv may
     # take the channels-last kernel, which rounds differently)
