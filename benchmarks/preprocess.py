@@ -239,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m['model']:8} {m['source']:7} {m['images']:>6} {w['pure']:7.2f} {w['cpu']:7.2f} {w['device']:8.2f} "
               f"{m['ratios']['cpu']['median']:9.3f} {m['ratios']['device']['median']:11.3f} "
               f"{m['device_over_cpu_median']:10.3f}  {a['identical_top9_share']:.4f}, {a['max_abs_delta']:.3g}")
+    for m in results["models"]:
+        c = {k: median([x["cpu"] for x in v]) for k, v in m["runs"].items()}
+        print(f"{m['model']:8} {m['source']:7} CPU time (this process, median s): pure {c['pure']:.2f} cpu {c['cpu']:.2f} "
+              f"device {c['device']:.2f}; cpu/pure {c['cpu'] / c['pure']:.3f} device/pure {c['device'] / c['pure']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
