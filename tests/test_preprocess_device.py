@@ -254,3 +254,21 @@ def test_the_message_names_the_fitting_batch_size():
     # the attempt: 7500 + 1500 - 1000 = 8000 MiB for 256 images; room 0.9 * 8000 - 1000 = 6200 MiB → 198
     assert "needed more than 8,000 MiB on top of the 1,000 MiB in use before it, of 8,000 MiB" in text
     assert "--batch-size 198 (batch_size=) fits" in text
+
+
+def test_a_run_made_before_the_record_resumes_per_image(tmp_path, demo_model, small_test_set):
+    """A run whose attributes predate `preprocess` was mined per image: the default resumes it so."""
+    import json
+
+    out = tmp_path / "old.zarr"
+    kw = dict(out=out, batch_size=30, flush_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(demo_model.module, small_test_set, preprocess="cpu", progress=StopAfter(150), **kw)
+    meta = json.loads((out / "zarr.json").read_text())
+    del meta["attributes"]["preprocess"]
+    (out / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(SketchmineError, match=r"preprocess \(run: cpu, now: device"):
+        sketchmine.mine(demo_model.module, small_test_set, preprocess="device", **kw)
+    sketchmine.mine(demo_model.module, small_test_set, **kw)
+    sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "whole.zarr", batch_size=30, preprocess="cpu")
+    assert_same_store(out, tmp_path / "whole.zarr")
