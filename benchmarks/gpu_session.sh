@@ -10,9 +10,11 @@
 #   bash benchmarks/gpu_session.sh tests       # the CUDA kernels against their references, CUDA mining = CPU
 #   bash benchmarks/gpu_session.sh mine        # mine vs bare forward, AlexNet and VGG-19 (benchmarks.gpu_mine)
 #   bash benchmarks/gpu_session.sh visualize   # visualize vs the per-unit loop on the GPU (issue 3's target)
+#   bash benchmarks/gpu_session.sh preprocess  # issue 20: mine by both --preprocess routes vs the on-device
+#                                              # forward, 16k images from arrays and from a PNG folder
 # Logs and JSON land in $OUT (set by the device tool); record the figures in benchmarks/RESULTS.md.
 set -euo pipefail
-stage=${1:?"usage: gpu_session.sh tests|mine|visualize"}
+stage=${1:?"usage: gpu_session.sh tests|mine|visualize|preprocess"}
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -29,7 +31,8 @@ case "$stage" in
     # 2.14.1): that test runs alone afterwards, so a crash there cannot hide the others
     bad=tests/test_ops.py::test_bad_arguments_are_rejected
     python3 -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_build.py tests/test_classstats.py \
-      "tests/test_miner.py::test_cuda_mining_matches_cpu" --deselect "$bad" 2>&1 | tee "$out/tests.log"
+      "tests/test_miner.py::test_cuda_mining_matches_cpu" tests/test_preprocess_device.py \
+      --deselect "$bad" 2>&1 | tee "$out/tests.log"
     python3 -m pytest -q -p no:cacheprovider "$bad" 2>&1 | tee "$out/tests_bad_arguments.log" || true
     ;;
   mine)
@@ -39,6 +42,15 @@ case "$stage" in
   visualize)
     python3 -m benchmarks.visualize_vs_loop --device cuda --images 1024 --units 256 --loop-units 32 \
       --json "$out/visualize_gpu.json" 2>&1 | tee "$out/visualize_gpu.log"
+    ;;
+  preprocess)
+    # AlexNet at 16k images (~1 min per route on an H100-class GPU), VGG-19 at 4k; both sources
+    python3 -m benchmarks.preprocess --device cuda --models alexnet --images 16384 --batch-size 256 \
+      --workers 12 --repeats 2 --folder --no-wait-quiet --json "$out/preprocess_alexnet.json" 2>&1 \
+      | tee "$out/preprocess_alexnet.log"
+    python3 -m benchmarks.preprocess --device cuda --models vgg19 --vgg19-images 4096 --vgg19-batch-size 128 \
+      --workers 12 --repeats 2 --no-wait-quiet --json "$out/preprocess_vgg19.json" 2>&1 \
+      | tee "$out/preprocess_vgg19.log"
     ;;
   *)
     echo "unknown stage $stage" >&2

@@ -101,7 +101,7 @@ def _mine(args: argparse.Namespace, console: Console, err: Console) -> None:
                    channels_last=args.channels_last, autocast=args.autocast, compile=args.compile,
                    prefetch_factor=args.prefetch_factor, pin_memory=args.pin_memory,
                    overlap_flushes=not args.no_overlap_flushes, steps=args.steps, ink=args.ink,
-                   seed=args.seed, distributions=args.distributions)
+                   seed=args.seed, distributions=args.distributions, preprocess=args.preprocess)
     finally:
         bar.stop()
         rank = distributed.rank()

@@ -175,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ink", default="auto", choices=INKS,
                    help="with --steps: which pixels are drawn: light ink on black, dark ink on white, or auto "
                         "(per image, from the median of its border; default)")
+    m.add_argument("--preprocess", choices=["device", "cpu"], default=None,
+                   help="device: resize and normalise each batch in one op on --device (images copied there as "
+                        "stored); cpu: each image in the loader. Same rule, same results (default: the run's on "
+                        "resume, else device; cpu with --steps)")
     v = sub.add_parser("visualize", help="crop each top-k entry's receptive field and its deconvolution into RUN")
     v.add_argument("run")
     layers_option(v, "layers to visualize (default: every mined layer)")

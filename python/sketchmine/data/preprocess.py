@@ -81,8 +81,8 @@ class Preprocessing:
         """x (..., C, H, W) float in [0, 1] → normalised input."""
         if not self.mean:
             return x
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         return (x - mean) / std
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,9 +90,14 @@ class Preprocessing:
         *size), normalised: what every dataset does to its images (a drawing to each frame)."""
         if x.shape[1] != self.channels:
             x = convert_channels(x, self.channels)
+        return self.normalise(self.resize(x))
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, c, H, W) float → (N, c, *size): torch's antialiased bilinear resize, the rule's
+        only one (no-op without a size or at that size already)."""
         if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
             x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", antialias=True)
-        return self.normalise(x)
+        return x
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -18,9 +18,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from sketchmine.data import MinerDataset, collate
+from sketchmine.data.batchprep import DevicePreparer, NativeSamples, collate_native
 from sketchmine.errors import SketchmineError
-from sketchmine.mining import distributed
+from sketchmine.mining import distributed, memory
 from sketchmine.mining.options import LoadOptions, SpeedOptions
+from sketchmine.mining.prefetch import prepared
 from sketchmine.model.forward import Forward, Layer
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.progress import Progress
@@ -114,8 +116,12 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     done = int(prog.get("images_done", 0)) if prog.get("slot") is not None else 0  # saved: rank 0 only
     bad: list[dict[str, Any]] = list(store.attrs.get("bad_images", []))
     converted: dict[str, int] = {}
-    loader = DataLoader(Subset(ds, team.shard(done, n, load.batch_size)), shuffle=False, collate_fn=collate,
-                        persistent_workers=False, **load.loader_kwargs(device))
+    # preprocess="device": the loader yields stored pixels, made model input a batch at a time on the device
+    preparer = DevicePreparer(ds, device) if load.preprocess == "device" else None  # type: ignore[arg-type]
+    source = NativeSamples(preparer.ds, jpeg_bytes=device.type == "cuda") if preparer else ds
+    loader = DataLoader(Subset(source, team.shard(done, n, load.batch_size)), shuffle=False,
+                        collate_fn=collate_native if preparer else collate, persistent_workers=False,
+                        **load.loader_kwargs(device))
     progress.start(n, done)
     current: list[Batch] = []  # the batch being tapped
     cast = speed.autocast is not None or speed.channels_last
@@ -131,13 +137,14 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     pending = _Pending(done, min(interval, max(n - done, 0)))
     batches = 0
     with torch.inference_mode(), forward.open([l.name for l in spec], on_output) as run_batch, \
-            _plain_worker_errors(), _FlushWriter(speed.overlap_flushes) as writer:
-        for idx, x, y, notes in loader:
+            _plain_worker_errors(), _FlushWriter(speed.overlap_flushes) as writer, \
+            memory.guard(device, load.batch_size):
+        for idx, x, y, notes in prepared(loader, preparer, device):
             ok = _readable(ds, idx, notes, skip_bad_images, bad, converted, progress)
             logits = None
             if ok.any():
                 whole = bool(ok.all())  # the common case: no copy of the (pinned) batch
-                xb = (x if whole else x[ok]).to(device, non_blocking=True)
+                xb = (x if whole else x[ok.to(x.device)]).to(device, non_blocking=True)
                 batch = Batch((idx if whole else idx[ok]).to(device, non_blocking=True),
                               (y if whole else y[ok]).to(device, non_blocking=True), xb)
                 current[:] = [batch]
@@ -178,6 +185,9 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
             _finalize(store, merged, n, bad, converted)
 
         team.on_writer(finish)
+    if preparer is not None and preparer.fallbacks:
+        progress.note(f"{len(preparer.fallbacks)} JPEG(s) the {device} decoder could not read were decoded by PIL "
+                      f"(first: {preparer.fallbacks[0]})")
     return team.result(store)
 
 

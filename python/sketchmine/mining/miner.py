@@ -30,6 +30,7 @@ from sketchmine.data import (
     compute_mean_std,
     sequences,
 )
+from sketchmine.data.batchprep import choose
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
@@ -42,6 +43,7 @@ from sketchmine.model.taps import SOFTMAX
 from sketchmine.progress import Progress, Silent
 from sketchmine.results.run import Run
 from sketchmine.store.runstore import RunLock, RunStore, is_run
+from sketchmine.store.schema import PREPROCESS
 
 
 def _model_spec(model: nn.Module | str, weights: str | os.PathLike | None, seed: int | None = None) -> dict[str, Any]:
@@ -130,6 +132,7 @@ def mine(
     ink: str = "auto",
     seed: int | None = None,
     distributions: bool = False,
+    preprocess: str | None = None,
 ) -> Run:
     """Stream `dataset` through `model` once and keep the top-k images of every unit.
 
@@ -170,6 +173,10 @@ def mine(
     .quantile_examples, .bottomk): about twice the mining time on a CPU today, so asked for;
     recorded, and a resume must agree. The top-k, class statistics, mean and firing density
     are always kept.
+    preprocess: "device" makes each batch model input in one batched op on `device` (stored
+    uint8 pixels copied there; data/batchprep.py), "cpu" each image in the loader; None: the
+    run's on resume, else "device" for arrays and image folders, "cpu" for other datasets.
+    Same rule either way (equal on the CPU); recorded, and a resume must agree.
     """
     check_counts(k=k, batch_size=batch_size, flush_every=flush_every, num_workers=num_workers)
     team, device = distributed.team(as_device(device))  # one process unless torch.distributed says otherwise
@@ -208,6 +215,8 @@ def mine(
     existing = team.writes and is_run(out)  # only rank 0 reads or writes the store
     store = RunStore.open(out, mode="r+") if existing else None
     pre = ds.preprocessing
+    recorded = store.attrs.get(PREPROCESS, "cpu") if store else None  # runs made before the record: per image
+    load = dataclasses.replace(load, preprocess=choose(preprocess, ds, recorded))
     _dataset_normalisation(ds, store, load, progress)
     want = {
         "model": model_id,
@@ -220,6 +229,7 @@ def mine(
     }
     if distributions:  # recorded only when asked, so other runs keep their attributes; a resume must agree
         want["distributions"] = True
+    want[PREPROCESS] = load.preprocess
     team.check_same({**want, "logits": logits, "batch_size": batch_size, "flush_every": flush_every})
     # before the model is touched (and again under the lock); a refusal on rank 0 reaches every rank
     team.on_writer(lambda: _check_resumable(store, want, logits) if store is not None else None)
@@ -321,6 +331,9 @@ def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> N
     if bool(attrs.get("distributions", False)) != bool(want.get("distributions", False)):
         diffs.append(f"distributions (run: {bool(attrs.get('distributions', False))}, "
                      f"now: {bool(want.get('distributions', False))})")
+    if attrs.get(PREPROCESS, "cpu") != want.get(PREPROCESS, "cpu"):  # runs before the record: per image
+        diffs.append(f"preprocess (run: {attrs.get(PREPROCESS, 'cpu')}, now: {want.get(PREPROCESS, 'cpu')}; "
+                     f"pass --preprocess {attrs.get(PREPROCESS, 'cpu')})")
     if diffs:
         raise SketchmineError(f"cannot resume {current.path}: it was mined with a different " + "; ".join(diffs)
                               + ". Use another --out for a new run")

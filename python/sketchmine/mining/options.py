@@ -55,12 +55,14 @@ class SpeedOptions:
 class LoadOptions:
     """How images reach the model: batches of `batch_size` from `num_workers` DataLoader
     processes, each `prefetch_factor` batches ahead (None: torch's default), pinned when
-    `pin_memory` (None: when mining on CUDA)."""
+    `pin_memory` (None: when mining on CUDA); `preprocess` "cpu" prepares each image in the
+    loader, "device" each batch on the mining device (data/batchprep.py)."""
 
     batch_size: int = 64
     num_workers: int = 0
     prefetch_factor: int | None = None
     pin_memory: bool | None = None
+    preprocess: str = "cpu"
 
     @classmethod
     def checked(cls, batch_size: int, num_workers: int = 0, prefetch_factor: int | None = None,

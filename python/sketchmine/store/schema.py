@@ -70,6 +70,10 @@ VISUALIZED = "visualized"
 units_done, complete}; units below units_done have committed patches."""
 COMPLETE = "complete"
 """Marker attribute of a group written as a unit (write_group), set last."""
+PREPROCESS = "preprocess"
+"""Root attribute: where the mining pass made its images model input, "device" (a batch at a
+time on the mining device) or "cpu" (per image in the loader); absent in runs made before it
+(per image). A resume must agree."""
 
 RELEASED_VERSIONS = {1: "0.1.0"}
 """Schema versions of released sketchmine, by version: their complete runs are read as they are

@@ -1,0 +1,252 @@
+"""mine by both preprocessing routes vs the pure forward (issue 20, items 1-2).
+
+The embedded Animal-Shape test split (2,000 28×28 silhouettes, or the first --images of them) resized to 224 px, ImageNet preset (grey → 3 channels), on torchvision
+AlexNet (and VGG-19 with --models alexnet,vgg19) with a 10-way head, random init, every
+nn.Conv2d and nn.Linear mined, k = 9, side by side and interleaved (the order rotates every
+repeat):
+
+  pure         the model over the same batches, made beforehand and stacked (no loading);
+  mine cpu     sketchmine.mine(..., preprocess="cpu"): each image prepared in the loader;
+  mine device  sketchmine.mine(..., preprocess="device"): uint8 batches prepared in one op
+               on the mining device (here the CPU, in the main process).
+
+Prints each route's ratio to pure (median and minimum over repeats, and the per-repeat
+paired ratios), the top-9 agreement of the two routes' stores (share of identical top-9
+sets per unit, max |Δ activation|), and the load average.
+
+    python -m benchmarks.preprocess [--models alexnet,vgg19] [--images N] [--repeats R] [--json F]
+    python -m benchmarks.preprocess --device cuda --images 16384 --folder --workers 12   # a GPU session
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import Meter, PhaseClock, QuietWaiter, conv_linear_layers, machine_info, median
+
+ROUTES = ("cpu", "device")
+CPU = torch.device("cpu")
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+def dataset(n: int | None, size: int, folder: Path | None = None):
+    """The embedded test split (its first n images; more than 2,000 repeat it), ImageNet preset
+    at size px, 10 named classes; written as PNGs into `folder` and read from there when given."""
+    from sketchmine import data
+
+    full = data.animal_shape("test", data.preset("imagenet", 3, (size, size)))
+    pick = np.arange(len(full) if n is None else n) % len(full)
+    ds = data.ArrayDataset(full.images[pick], full.labels()[pick], full.class_names, full.preprocessing,
+                           {**full.describe(), "first": len(pick)})
+    if folder is None:
+        return ds
+    data.export_image_folder(ds, folder)
+    return data.ImageFolderDataset(folder, full.preprocessing)
+
+
+def stacked(ds, batch_size: int) -> list[torch.Tensor]:
+    """The same batches mine makes, prepared by the per-image rule and stacked beforehand."""
+    return [torch.stack([ds[i][1] for i in range(s, min(s + batch_size, len(ds)))])
+            for s in range(0, len(ds), batch_size)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def pure(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device) -> None:
+    """The forward over batches already made (and, on a GPU, already on the device)."""
+    with torch.inference_mode():
+        for x in batches:
+            model(x)
+    sync(device)
+
+
+def mine(model, ds, layers, batch_size: int, route: str, out: Path, workers: int,
+         device: torch.device) -> dict[str, float]:
+    import sketchmine
+
+    clock = PhaseClock()
+    t0 = time.perf_counter()
+    sketchmine.mine(model, ds, layers=layers, k=9, out=out, batch_size=batch_size, num_workers=workers,
+                    preprocess=route, progress=clock, device=device)
+    sync(device)
+    return clock.phases(t0, time.perf_counter())
+
+
+def agreement(a: Path, b: Path, layers: list[str]) -> dict[str, float]:
+    """Share of units whose top-9 image sets are identical, and max |Δ value| over the top-9."""
+    import sketchmine
+
+    ra, rb = sketchmine.open_run(a), sketchmine.open_run(b)
+    same = units = 0
+    delta = 0.0
+    for name in layers:
+        ia, ib = ra.layer_array(name, "image_index"), rb.layer_array(name, "image_index")
+        va, vb = ra.layer_array(name, "values"), rb.layer_array(name, "values")
+        same += sum(set(x) == set(y) for x, y in zip(ia.tolist(), ib.tolist()))
+        units += len(ia)
+        finite = np.isfinite(va) & np.isfinite(vb)
+        delta = max(delta, float(np.abs(va[finite].astype(np.float64) - vb[finite]).max(initial=0.0)))
+    return {"units": units, "identical_top9_share": same / units, "max_abs_delta": delta}
+
+
+def bench(name: str, images: int | None, batch_size: int, repeats: int, workers: int, quiet: QuietWaiter,
+          log, device: torch.device = CPU, folder: bool = False) -> dict:
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10).eval().to(device)
+    layers = conv_linear_layers(model)
+    tmp = Path(tempfile.mkdtemp(prefix="sketchmine-prep-"))
+    ds = dataset(images, 224, tmp / "images" if folder else None)
+    batches = [x.to(device) for x in stacked(ds, batch_size)]
+    runs: dict[str, list[dict]] = {"pure": [], "cpu": [], "device": []}
+    try:
+        warm = dataset(min(batch_size, len(ds)), 224)  # imports, allocator, threads: no first-call cost timed
+        for route in ROUTES:
+            mine(model, warm, layers, batch_size, route, tmp / f"warm-{route}.zarr", workers, device)
+        pure(model, batches[:1], device)
+        order = ["pure", "cpu", "device"]
+        for r in range(repeats):
+            for method in order[r % 3:] + order[:r % 3]:
+                busy = quiet()
+                out = tmp / f"{method}-{r}.zarr"
+                with Meter() as m:
+                    phases = pure(model, batches, device) if method == "pure" else \
+                        mine(model, ds, layers, batch_size, method, out, workers, device)
+                runs[method].append({**m.as_dict(), "busy_before": busy, "repeat": r, **(phases or {})})
+                log(f"{name} repeat {r} {method}: {m.wall:.2f}s")
+        agree = agreement(tmp / "device-0.zarr", tmp / "cpu-0.zarr", layers)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    walls = {k: [x["wall"] for x in v] for k, v in runs.items()}
+    ratios = {route: {"median": median(walls[route]) / median(walls["pure"]),
+                      "min": min(walls[route]) / min(walls["pure"]),
+                      "paired": [a / b for a, b in zip(walls[route], walls["pure"])]} for route in ROUTES}
+    return {"model": name, "images": len(ds), "device": str(device), "source": "folder" if folder else "arrays", "batch_size": batch_size, "layers": len(layers), "runs": runs,
+            "ratios": ratios, "device_over_cpu_median": median(walls["device"]) / median(walls["cpu"]),
+            "agreement_device_vs_cpu": agree}
+
+
+def op_only(images: int, batch_size: int, repeats: int) -> dict[str, float]:
+    """The preprocessing alone, 28 → 224 px ImageNet input on the CPU: per image (the cpu
+    route's work) vs one `prepare_uint8` per batch (the device route's), median seconds."""
+    from sketchmine.data.batchprep import prepare_uint8
+
+    ds = dataset(images, 224)
+    raw = torch.from_numpy(np.ascontiguousarray(ds.images)).unsqueeze(-1)
+    per, batched = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s in range(0, len(ds), batch_size):
+            torch.stack([ds[i][1] for i in range(s, min(s + batch_size, len(ds)))])
+        t1 = time.perf_counter()
+        for s in range(0, len(ds), batch_size):
+            prepare_uint8(raw[s:s + batch_size], ds.preprocessing)
+        per.append(t1 - t0)
+        batched.append(time.perf_counter() - t1)
+    return {"images": len(ds), "per_image_s": median(per), "batched_s": median(batched),
+            "ratio": median(per) / median(batched)}
+
+
+def demo_agreement(log, device: torch.device = CPU) -> dict:
+    """The two routes on the embedded SketchNet ("demo") over the whole test split."""
+    import sketchmine
+
+    tmp = Path(tempfile.mkdtemp(prefix="sketchmine-prep-demo-"))
+    try:
+        from sketchmine import data
+
+        ds = data.animal_shape("test")
+        walls: dict[str, list[float]] = {route: [] for route in ROUTES}
+        for r in range(3):  # the first pair warms up; walls of the last two, interleaved
+            for route in ROUTES if r % 2 else ROUTES[::-1]:
+                t0 = time.perf_counter()
+                sketchmine.mine("demo", ds, out=tmp / f"{route}{r}.zarr", preprocess=route, device=device)
+                if r:
+                    walls[route].append(time.perf_counter() - t0)
+        layers = sketchmine.open_run(tmp / "cpu0.zarr").layers
+        agree = {**agreement(tmp / "device0.zarr", tmp / "cpu0.zarr", list(layers)),
+                 **{f"{route}_wall_s": median(w) for route, w in walls.items()}}
+        log(f"demo: {agree}")
+        return agree
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.preprocess", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="alexnet", help="comma-separated: alexnet, vgg19")
+    p.add_argument("--images", type=int, default=None, help="first N test images (default: all 2,000)")
+    p.add_argument("--vgg19-images", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--vgg19-batch-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=0, help="loader workers of both mine routes")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-wait-quiet", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (pure: batches already on the device)")
+    p.add_argument("--folder", action="store_true", help="also read the images as an ImageFolder of PNGs")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    quiet = QuietWaiter(enabled=not args.no_wait_quiet)
+    results = {"machine": machine_info(), "loadavg_start": loadavg(), "args": {k: str(v) for k, v in vars(args).items()},
+               "demo_agreement": demo_agreement(log, torch.device(args.device)), "models": [],
+               "op_only": op_only(args.images or 2000, args.batch_size, 5)}
+    log(f"preprocessing alone: {results['op_only']}")
+    for name in args.models.split(","):
+        n = args.vgg19_images if name == "vgg19" else args.images
+        bs = args.vgg19_batch_size if name == "vgg19" else args.batch_size
+        for folder in (False, True) if args.folder else (False,):
+            results["models"].append(bench(name, n, bs, args.repeats, args.workers, quiet, log,
+                                           torch.device(args.device), folder))
+    results["loadavg_end"] = loadavg()
+    print(f"load average start {results['loadavg_start']} end {results['loadavg_end']}; "
+          f"machine {results['machine']['cpu']} ({results['machine']['cpus_usable']} cores), "
+          f"git {results['machine']['git']}")
+    print(f"demo (SketchNet, test split): device vs cpu {results['demo_agreement']}")
+    o = results["op_only"]
+    print(f"preprocessing alone, {o['images']} images 28 → 224 px on the CPU: per image {o['per_image_s']:.2f}s, "
+          f"batched {o['batched_s']:.2f}s ({o['ratio']:.1f}×)")
+    print(f"{'model':8} {'source':7} {'images':>6} {'pure s':>7} {'cpu s':>7} {'device s':>8} {'cpu/pure':>9} {'device/pure':>11} "
+          f"{'device/cpu':>10}  top-9 identical, max|Δ|")
+    for m in results["models"]:
+        w = {k: median([x["wall"] for x in v]) for k, v in m["runs"].items()}
+        a = m["agreement_device_vs_cpu"]
+        print(f"{m['model']:8} {m['source']:7} {m['images']:>6} {w['pure']:7.2f} {w['cpu']:7.2f} {w['device']:8.2f} "
+              f"{m['ratios']['cpu']['median']:9.3f} {m['ratios']['device']['median']:11.3f} "
+              f"{m['device_over_cpu_median']:10.3f}  {a['identical_top9_share']:.4f}, {a['max_abs_delta']:.3g}")
+    for m in results["models"]:
+        c = {k: median([x["cpu"] for x in v]) for k, v in m["runs"].items()}
+        print(f"{m['model']:8} {m['source']:7} CPU time (this process, median s): pure {c['pure']:.2f} cpu {c['cpu']:.2f} "
+              f"device {c['device']:.2f}; cpu/pure {c['cpu'] / c['pure']:.3f} device/pure {c['device'] / c['pure']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""Batched preprocessing on the mining device (`mine(..., preprocess="device")`).
+
+The loader yields images as stored (uint8, native size; a JPEG file's bytes when the device
+decodes JPEGs); a batch is collated by size, moved to the device as uint8 and made model input
+there in one batched op per size: `Preprocessing.prepare`, the one rule every route shares
+(luma grey, bilinear antialiased resize, normalisation), applied to (N, c, H, W) instead of
+(1, c, H, W). On the CPU the two paths give the same floats (tests/test_preprocess_device.py);
+on a GPU they agree within float rounding (RESULTS.md, session 17).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sketchmine.data.arrays import ArrayDataset
+from sketchmine.data.dataset import MinerDataset
+from sketchmine.data.folder import READ_ERRORS, ImageFolderDataset
+from sketchmine.data.preprocess import Preprocessing
+from sketchmine.errors import SketchmineError
+
+PREPROCESS = ("device", "cpu")
+"""device: one batched op per batch on the mining device; cpu: `Preprocessing.prepare` per
+image in the loader (the DataLoader workers when there are any)."""
+
+JPEG = (".jpg", ".jpeg")
+JPEG_NOTE = "jpeg"
+"""The note of a sample whose payload is a JPEG file's bytes, decoded on the device."""
+
+
+def supports_device(ds: MinerDataset) -> bool:
+    """Datasets of stored pixels (arrays, image folders) under a preprocessing; a torch
+    Dataset's tensors and progressive drawings are prepared per sample."""
+    return isinstance(ds, (ArrayDataset, ImageFolderDataset)) and ds.preprocessing is not None
+
+
+def choose(preprocess: str | None, ds: MinerDataset, recorded: str | None) -> str:
+    """The preprocessing route of this pass: the one asked, else the run's on resume (runs that
+    predate the record were "cpu"), else "device" where the dataset allows it, else "cpu"."""
+    if preprocess is not None and preprocess not in PREPROCESS:
+        raise SketchmineError(f"preprocess must be 'device' or 'cpu' (or None), got {preprocess!r}")
+    if preprocess == "device" and not supports_device(ds):
+        raise SketchmineError(f"preprocess='device' prepares stored pixels (arrays, image folders) in batches; this "
+                              f"{type(ds).__name__} is prepared per sample: pass preprocess='cpu' (--preprocess cpu)")
+    if preprocess is None:
+        preprocess = recorded or ("device" if supports_device(ds) else "cpu")
+    return preprocess
+
+
+class NativeSamples(Dataset):
+    """A dataset's images as stored: (index, uint8 (H, W, c) tensor, label, note); with
+    `jpeg_bytes`, a .jpg/.jpeg file's bytes (1-D uint8) and the note "jpeg" instead."""
+
+    def __init__(self, ds: ArrayDataset | ImageFolderDataset, jpeg_bytes: bool = False) -> None:
+        self.ds, self.jpeg_bytes = ds, jpeg_bytes and isinstance(ds, ImageFolderDataset)
+        self.labels = ds.labels()
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, int, str]:
+        label = int(self.labels[i])
+        if self.jpeg_bytes and self.ds.path(i).lower().endswith(JPEG):
+            try:
+                data = (self.ds.root / self.ds.path(i)).read_bytes()  # type: ignore[union-attr]
+                return i, torch.frombuffer(bytearray(data), dtype=torch.uint8), label, JPEG_NOTE
+            except OSError as exc:
+                return i, torch.zeros(0, dtype=torch.uint8), label, f"error:{type(exc).__name__}: {exc}"
+        try:
+            image, note = self.ds.image_array(i)
+        except READ_ERRORS as exc:
+            return i, torch.zeros(0, dtype=torch.uint8), label, f"error:{type(exc).__name__}: {exc}"
+        return i, as_uint8_hwc(image), label, note
+
+
+def collate_native(batch: list[tuple[int, torch.Tensor, int, str]]):
+    """(index, (groups, jpegs), label, notes): `groups` one (positions, uint8 (n, H, W, c)) per
+    stored shape, in order of first appearance; `jpegs` (position, bytes) to decode on the
+    device. Plain tuples and lists, so the DataLoader pins them."""
+    shapes: dict[tuple[int, ...], list[int]] = {}
+    jpegs = []
+    for j, (_, x, _, note) in enumerate(batch):
+        if note == JPEG_NOTE:
+            jpegs.append((j, x))
+        elif not note.startswith("error:"):
+            shapes.setdefault(tuple(x.shape), []).append(j)
+    groups = [(torch.tensor(pos), torch.stack([batch[j][1] for j in pos])) for pos in shapes.values()]
+    return (torch.tensor([s[0] for s in batch]), (groups, jpegs), torch.tensor([s[2] for s in batch]),
+            [s[3] for s in batch])
+
+
+def prepare_uint8(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """uint8 (N, H, W, c) → model input (N, channels, *size) float32, contiguous: the rule of
+    `Preprocessing.prepare` on the whole batch, on x's device."""
+    x = x.permute(0, 3, 1, 2)
+    if x.shape[1] == 2:
+        x = x[:, :1]  # grey + alpha: the alpha dropped, as `convert_channels` does
+    x = x.float().div_(255)
+    if x.shape[1] == 1 and pre.channels > 1:
+        x = pre.resize(x)  # one grey plane resized, then repeated: the same floats, a third of the work
+    out = pre.prepare(x)
+    # the standard strides, also for one channel (where "contiguous" is ambiguous and a conv may
+    # take the channels-last kernel, which rounds differently)
+    return out if out.stride() == _strides(out.shape) else out.clone(memory_format=torch.contiguous_format)
+
+
+def _strides(shape: torch.Size) -> tuple[int, ...]:
+    out, step = [], 1
+    for n in reversed(shape):
+        out.append(step)
+        step *= n
+    return tuple(reversed(out))
+
+
+class DevicePreparer:
+    """Turns a native batch into model input on `device`: uint8 copies (non-blocking from
+    pinned memory), JPEG decoding there (`decode_jpeg` on CUDA; an image it cannot decode is
+    decoded by PIL instead and counted in `fallbacks`), one `prepare_uint8` per size."""
+
+    def __init__(self, ds: ArrayDataset | ImageFolderDataset, device: torch.device) -> None:
+        if ds.preprocessing is None:
+            raise SketchmineError("batched preprocessing needs a preprocessing")
+        self.ds, self.pre, self.device = ds, ds.preprocessing, device
+        self.fallbacks: list[str] = []
+
+    def __call__(self, idx: torch.Tensor, packed: Any, notes: list[str]) -> tuple[torch.Tensor, list[str]]:
+        groups, jpegs = packed
+        notes = list(notes)
+        groups = [(pos, x.to(self.device, non_blocking=True)) for pos, x in groups]
+        if jpegs:
+            groups += self.decode(idx, jpegs, notes)
+        self._check_sizes(idx, groups)
+        n = len(idx)
+        if len(groups) == 1 and len(groups[0][0]) == n:
+            return prepare_uint8(groups[0][1], self.pre), notes
+        size = self.pre.size or (tuple(groups[0][1].shape[1:3]) if groups else (1, 1))
+        out = torch.zeros(n, self.pre.channels, *size, device=self.device)
+        for pos, x in groups:
+            out[pos.to(self.device)] = prepare_uint8(x, self.pre)
+        return out, notes
+
+    def decode(self, idx: torch.Tensor, jpegs: list[tuple[int, torch.Tensor]],
+               notes: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Decode the batch's JPEGs on the device, one by one where the batched call fails;
+        what the device decoder refuses is decoded by PIL (the cpu route's decoder)."""
+        images = decode_jpegs([b for _, b in jpegs], self.device)
+        by_shape: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+        for (j, _), image in zip(jpegs, images):
+            i = int(idx[j])
+            if image is None:
+                self.fallbacks.append(self.ds.path(i))
+                try:
+                    array, note = self.ds.image_array(i)
+                except READ_ERRORS as exc:
+                    notes[j] = f"error:{type(exc).__name__}: {exc}"
+                    continue
+                image = as_uint8_hwc(array).to(self.device)
+                notes[j] = note
+            else:
+                notes[j] = "" if image.shape[-1] == self.pre.channels else f"converted:{'L' if image.shape[-1] == 1 else 'RGB'}"
+            by_shape.setdefault(tuple(image.shape), []).append((j, image))
+        return [(torch.tensor([j for j, _ in items]), torch.stack([im for _, im in items]))
+                for items in by_shape.values()]
+
+    def _check_sizes(self, idx: torch.Tensor, groups: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Images kept at their stored size must all have one size: else name two of them."""
+        if self.pre.size is not None:
+            return
+        sizes = {tuple(x.shape[1:3]): int(idx[int(pos[0])]) for pos, x in groups}
+        if len(sizes) > 1:
+            (a, ia), (b, ib) = list(sizes.items())[:2]
+            raise SketchmineError(f"images differ in size: {self.ds.path(ia)} is {a[0]}×{a[1]}, {self.ds.path(ib)} is "
+                                  f"{b[0]}×{b[1]}; pass --image-size (image_size=) to resize them all")
+
+
+def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """(H, W, c) uint8 images on `device` decoded by torchvision's `decode_jpeg` (nvJPEG on
+    CUDA), grey files as 1 channel and colour as 3 (PIL's "L" and "RGB"); None for a file it
+    cannot decode. One batched call, then one call per file when the batch fails."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    def one(b: torch.Tensor) -> torch.Tensor | None:
+        try:
+            im = decode_jpeg(b, mode=ImageReadMode.UNCHANGED, device=device)
+        except RuntimeError:
+            return None
+        return im.permute(1, 2, 0) if im.shape[0] in (1, 3) else None  # CMYK and the like: PIL's
+
+    if device.type == "cuda" and len(data) > 1:
+        try:
+            ims = decode_jpeg(data, mode=ImageReadMode.UNCHANGED, device=device)
+            if all(im.shape[0] in (1, 3) for im in ims):
+                return [im.permute(1, 2, 0) for im in ims]
+        except RuntimeError:
+            pass
+    return [one(b) for b in data]
+
+
+def as_uint8_hwc(image: np.ndarray) -> torch.Tensor:
+    """A stored (H, W) or (H, W, c) uint8 image as an (H, W, c) tensor."""
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8))
+    return x.unsqueeze(-1) if x.ndim == 2 else x

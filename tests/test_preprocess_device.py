@@ -1,0 +1,274 @@
+"""Batched preprocessing on the mining device (data/batchprep.py, mining/prefetch.py,
+mining/memory.py): the batched op against the per-image rule, native batches grouped by size,
+JPEG decoding with its PIL fallback, whole mining passes by both routes, the resume check and
+the out-of-memory message."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import sketchmine
+from sketchmine.data import ImageFolderDataset, chw, preset
+from sketchmine.data.batchprep import DevicePreparer, NativeSamples, choose, collate_native, decode_jpegs, prepare_uint8
+from sketchmine.errors import SketchmineError
+from sketchmine.mining import memory
+from sketchmine.mining.prefetch import prepared
+from tests.helpers import StopAfter, assert_same_store, image_folder, store_arrays
+
+CUDA = torch.cuda.is_available()
+
+
+def per_image(images: np.ndarray, pre) -> torch.Tensor:
+    """The reference: `Preprocessing.prepare` one image at a time, as the cpu route does."""
+    return torch.stack([pre.prepare(chw(im)[None])[0] for im in images])
+
+
+@st.composite
+def batches(draw):
+    """Random uint8 batches (never all zero), 1 or 3 stored channels (2 and 4: with alpha),
+    and a preprocessing to 1 or 3 channels, resized (up or down) or not."""
+    n, h, w = draw(st.integers(1, 4)), draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    c = draw(st.sampled_from([1, 2, 3, 4]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    images = np.random.default_rng(seed).integers(0, 256, (n, h, w, c), dtype=np.uint8)
+    assume(images.any())
+    size = draw(st.one_of(st.none(), st.tuples(st.integers(1, 48), st.integers(1, 48))))
+    pre = preset(draw(st.sampled_from(["imagenet", "none"])), draw(st.sampled_from([1, 3])), size)
+    return images, pre
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+def test_batched_op_equals_the_per_image_rule(case):
+    images, pre = case
+    got = prepare_uint8(torch.from_numpy(images), pre)
+    want = per_image(images[..., 0] if images.shape[-1] == 1 else images, pre)  # (H, W) and (H, W, 1) alike
+    assert got.shape == want.shape and got.stride() == want.contiguous().stride() == torch.empty(want.shape).stride()
+    assert torch.equal(got, want)  # on the CPU: the same floats
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=40)
+@given(batches())
+def test_batched_op_on_cuda_is_within_float_rounding(case):
+    images, pre = case
+    got = prepare_uint8(torch.from_numpy(images).cuda(), pre).cpu()
+    want = per_image(images, pre)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_grey_conversion_is_luma_on_real_colour_pixels(small_test_set):
+    """RGB → 1 channel through the batch op is R*.299 + G*.587 + B*.114 of the real images."""
+    grey = small_test_set.images[:8]
+    rgb = np.stack([grey, 255 - grey, grey // 2], axis=-1).astype(np.uint8)
+    got = prepare_uint8(torch.from_numpy(rgb), preset("none", 1, None))[:, 0].double()
+    want = torch.from_numpy(rgb.astype(np.float64) / 255 @ np.array([0.299, 0.587, 0.114]))
+    assert float(want.abs().max()) > 0.1
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def folder_batch(ds, indices, jpeg_bytes=False):
+    return collate_native([NativeSamples(ds, jpeg_bytes)[i] for i in indices])
+
+
+def test_mixed_sizes_are_grouped_and_equal_the_per_image_route(tmp_path, small_test_set):
+    root = image_folder(small_test_set, tmp_path / "f", per_class=1)
+    files = sorted(root.rglob("*.png"))
+    Image.open(files[1]).resize((40, 30)).save(files[1])  # one 30×40 image among 28×28 ones
+    Image.open(files[2]).convert("RGB").save(files[2])  # and one colour file
+    ds = ImageFolderDataset(root, preset("imagenet", 3, (32, 32)))
+    idx, packed, _, notes = folder_batch(ds, range(len(ds)))
+    assert len(packed[0]) == 3  # 28×28 grey, 30×40 grey, 28×28 colour
+    x, _ = DevicePreparer(ds, torch.device("cpu"))(idx, packed, notes)
+    assert torch.equal(x, torch.stack([ds[i][1] for i in range(len(ds))]))
+
+
+def test_differing_sizes_without_a_size_name_two_files(tmp_path, small_test_set):
+    root = image_folder(small_test_set, tmp_path / "f", per_class=1)
+    files = sorted(root.rglob("*.png"))
+    Image.open(files[3]).resize((20, 24)).save(files[3])
+    ds = ImageFolderDataset(root, preset("none", 1, None))
+    idx, packed, _, notes = folder_batch(ds, range(len(ds)))
+    with pytest.raises(SketchmineError, match=r"images differ in size: .*\.png is 28×28, .*\.png is 24×20"):
+        DevicePreparer(ds, torch.device("cpu"))(idx, packed, notes)
+
+
+def write_jpegs(ds, root, colour):
+    for i in range(4):
+        folder = root / ds.class_names[int(ds.labels()[i])]
+        folder.mkdir(parents=True, exist_ok=True)
+        im = Image.fromarray(np.asarray(ds.images[i]))
+        (im.convert("RGB") if colour and i % 2 else im).resize((40, 40)).save(folder / f"{i}.jpg", quality=90)
+
+
+def test_jpegs_decoded_in_the_loop_match_pil(tmp_path, small_test_set):
+    """The device route's decoder (torchvision's decode_jpeg; here on the CPU, nvJPEG on a GPU)
+    gives PIL's pixels for grey and colour JPEGs of real images, so the same inputs."""
+    write_jpegs(small_test_set, tmp_path / "j", colour=True)
+    ds = ImageFolderDataset(tmp_path / "j", preset("imagenet", 3, (32, 32)))
+    idx, packed, _, notes = folder_batch(ds, range(len(ds)), jpeg_bytes=True)
+    assert len(packed[1]) == len(ds) and notes == ["jpeg"] * len(ds)
+    prep = DevicePreparer(ds, torch.device("cpu"))
+    x, notes = prep(idx, packed, notes)
+    assert not prep.fallbacks
+    assert notes == [ds[i][3] for i in range(len(ds))]  # the grey files' "converted:L" as PIL says
+    torch.testing.assert_close(x, torch.stack([ds[i][1] for i in range(len(ds))]), rtol=0, atol=1e-6)
+
+
+def test_a_jpeg_the_decoder_refuses_falls_back_to_pil_and_is_counted(tmp_path, small_test_set):
+    write_jpegs(small_test_set, tmp_path / "j", colour=False)
+    ds = ImageFolderDataset(tmp_path / "j", preset("none", 1, (28, 28)))
+    bad = ds.root / ds.path(2)
+    Image.fromarray(np.asarray(small_test_set.images[9])).save(bad, format="PNG")  # PIL reads it, decode_jpeg not
+    assert decode_jpegs([torch.frombuffer(bytearray(bad.read_bytes()), dtype=torch.uint8)], torch.device("cpu")) == [None]
+    idx, packed, _, notes = folder_batch(ds, range(len(ds)), jpeg_bytes=True)
+    prep = DevicePreparer(ds, torch.device("cpu"))
+    x, notes = prep(idx, packed, notes)
+    assert prep.fallbacks == [ds.path(2)]
+    torch.testing.assert_close(x, torch.stack([ds[i][1] for i in range(len(ds))]), rtol=0, atol=1e-6)
+
+
+def test_prepared_batches_on_the_cpu_are_the_loaders_in_order(small_test_set):
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(NativeSamples(small_test_set), batch_size=7, collate_fn=collate_native)
+    prep = DevicePreparer(small_test_set, torch.device("cpu"))
+    got = list(prepared(loader, prep, torch.device("cpu")))
+    assert torch.equal(torch.cat([b[0] for b in got]), torch.arange(len(small_test_set)))
+    assert torch.equal(torch.cat([b[1] for b in got]), torch.stack([small_test_set[i][1] for i in range(len(small_test_set))]))
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_prepared_batches_ahead_on_cuda_match_the_cpu(small_test_set):
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(NativeSamples(small_test_set), batch_size=64, collate_fn=collate_native, pin_memory=True)
+    dev = torch.device("cuda")
+    got = torch.cat([b[1].cpu() for b in prepared(loader, DevicePreparer(small_test_set, dev), dev)])
+    want = torch.stack([small_test_set[i][1] for i in range(len(small_test_set))])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_both_routes_mine_the_same_store(tmp_path, demo_model, small_test_set):
+    runs = {p: sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / f"{p}.zarr", batch_size=32,
+                               preprocess=p) for p in ("cpu", "device")}
+    assert runs["cpu"].attrs["preprocess"] == "cpu" and runs["device"].attrs["preprocess"] == "device"
+    assert_same_store(tmp_path / "device.zarr", tmp_path / "cpu.zarr")
+    assert float(np.nanmax(store_arrays(tmp_path / "cpu.zarr")["layers/features.0/values"])) > 0
+
+
+def test_both_routes_mine_the_same_folder_resized(tmp_path, demo_model, small_test_set):
+    """An ImageFolder of three sizes and a colour file, resized to the model's 28 px: grey
+    conversion and antialiased resize per batch, by size group."""
+    root = image_folder(small_test_set, tmp_path / "f", per_class=4)
+    files = sorted(root.rglob("*.png"))
+    Image.open(files[5]).convert("RGB").save(files[5])
+    for f in files[::3]:
+        Image.open(f).resize((41, 33), Image.Resampling.BICUBIC).save(f)
+    for f in files[1::7]:
+        Image.open(f).resize((20, 17)).save(f)
+    for p in ("cpu", "device"):
+        sketchmine.mine(demo_model.module, root, out=tmp_path / f"{p}.zarr", batch_size=16, image_size=28,
+                        preprocess=p)
+    assert_same_store(tmp_path / "device.zarr", tmp_path / "cpu.zarr")
+
+
+def test_resume_must_agree_on_the_route(tmp_path, demo_model, small_test_set):
+    out = tmp_path / "r.zarr"
+    kw = dict(out=out, batch_size=30, flush_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(demo_model.module, small_test_set, preprocess="device", progress=StopAfter(150), **kw)
+    with pytest.raises(SketchmineError, match=r"preprocess \(run: device, now: cpu; pass --preprocess device\)"):
+        sketchmine.mine(demo_model.module, small_test_set, preprocess="cpu", **kw)
+    run = sketchmine.mine(demo_model.module, small_test_set, **kw)  # None: the run's own
+    assert run.attrs["preprocess"] == "device"
+    sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "whole.zarr", batch_size=30, preprocess="cpu")
+    assert_same_store(out, tmp_path / "whole.zarr")
+
+
+def test_route_choice(small_test_set):
+    from sketchmine.data import TorchDataset
+
+    tensors = TorchDataset(torch.utils.data.TensorDataset(torch.rand(3, 1, 8, 8), torch.tensor([0, 1, 2])))
+    assert choose(None, small_test_set, None) == "device"
+    assert choose(None, small_test_set, "cpu") == "cpu"
+    assert choose(None, tensors, None) == "cpu"
+    with pytest.raises(SketchmineError, match="pass preprocess='cpu'"):
+        choose("device", tensors, None)
+    with pytest.raises(SketchmineError, match="must be 'device' or 'cpu'"):
+        choose("gpu", small_test_set, None)
+
+
+def test_cli_records_the_route(tmp_path, small_test_set):
+    root = image_folder(small_test_set, tmp_path / "f", per_class=2)
+    out = tmp_path / "cli.zarr"
+    done = subprocess.run([sys.executable, "-m", "sketchmine", "mine", "--model", "demo", "--data", str(root),
+                           "--out", str(out), "--preprocess", "cpu", "--workers", "0"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sketchmine.open_run(out).attrs["preprocess"] == "cpu"
+
+
+# ---- out of memory -----------------------------------------------------------------------------
+@given(st.integers(1, 4096), st.integers(0, 2**34), st.integers(1, 2**33), st.integers(0, 2**32),
+       st.integers(2**20, 2**36))
+def test_fitting_batch_size_fits_by_the_measure_and_is_the_largest(batch, before, used, asked, capacity):
+    peak = before + used
+    fits = memory.fitting_batch_size(batch, before, peak, asked, capacity)
+    per_image = (peak + asked - before) / batch
+    room = capacity * memory.MARGIN - before
+    assert fits >= 0
+    assert before + fits * per_image <= capacity * memory.MARGIN + 1e-6 * per_image or fits == 0
+    assert (fits + 1) * per_image > room - 1e-6 * per_image
+
+
+def test_asked_bytes_reads_torchs_messages():
+    cuda = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB"
+    cpu = "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 123456 bytes."
+    assert memory.asked_bytes(cuda) == 2 * 2**30 and memory.asked_bytes(cpu) == 123456
+    assert memory.asked_bytes("something else") == 0
+    assert memory.is_out_of_memory(RuntimeError(cpu)) and not memory.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_a_real_failed_allocation_becomes_the_message():
+    """A real allocation no machine holds, inside the loop's guard: torch's CPU allocator error
+    becomes the SketchmineError, measured (not even one image fits, by what it asked)."""
+    with pytest.raises(SketchmineError, match=r"out of cpu memory mining batches of 64 images: the attempt needed "
+                                              r"more than [\d,]+ MiB .* not even one image fits"):
+        with memory.guard(torch.device("cpu"), 64):
+            torch.empty(2**52, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="shape"), memory.guard(torch.device("cpu"), 64):  # other errors pass
+        torch.ones(2, 3) @ torch.ones(2, 3)
+
+
+def test_the_message_names_the_fitting_batch_size():
+    mib = 2**20
+    before, after = memory.Memory(1000 * mib, 1000 * mib, 8000 * mib), memory.Memory(7000 * mib, 7500 * mib, 8000 * mib)
+    text = memory.message(torch.device("cuda"), 256, before, after, 1500 * mib)
+    # the attempt: 7500 + 1500 - 1000 = 8000 MiB for 256 images; room 0.9 * 8000 - 1000 = 6200 MiB → 198
+    assert "needed more than 8,000 MiB on top of the 1,000 MiB in use before it, of 8,000 MiB" in text
+    assert "--batch-size 198 (batch_size=) fits" in text
+
+
+def test_a_run_made_before_the_record_resumes_per_image(tmp_path, demo_model, small_test_set):
+    """A run whose attributes predate `preprocess` was mined per image: the default resumes it so."""
+    import json
+
+    out = tmp_path / "old.zarr"
+    kw = dict(out=out, batch_size=30, flush_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(demo_model.module, small_test_set, preprocess="cpu", progress=StopAfter(150), **kw)
+    meta = json.loads((out / "zarr.json").read_text())
+    del meta["attributes"]["preprocess"]
+    (out / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(SketchmineError, match=r"preprocess \(run: cpu, now: device"):
+        sketchmine.mine(demo_model.module, small_test_set, preprocess="device", **kw)
+    sketchmine.mine(demo_model.module, small_test_set, **kw)
+    sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "whole.zarr", batch_size=30, preprocess="cpu")
+    assert_same_store(out, tmp_path / "whole.zarr")
