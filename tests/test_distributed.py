@@ -124,13 +124,14 @@ def test_two_processes_resume_a_one_process_run(tmp_path, demo_model, small_test
         out = tmp_path / "run.zarr"
         with pytest.raises(KeyboardInterrupt):
             sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2,
-                            progress=StopAfter(100))
+                            progress=StopAfter(100), preprocess="cpu")  # not the arrays' default route
     finally:
         torch.set_num_threads(threads)
     assert sketchmine.open_run(out).images_done == 64
-    said = spawn(out)
+    said = spawn(out)  # the default route: every rank takes the one rank 0 finds recorded
     assert said == [f"ok 300 {out}", f"ok 300 {out}"]  # every rank returns the finished run
     assert_same_as_one_process(out, ref.path)
+    assert sketchmine.open_run(out).attrs["preprocess"] == "cpu"
     said = spawn(out, k=5)  # rank 0's refusal to resume with other settings reaches rank 1
     assert said[0].startswith(f"error cannot resume {out}: it was mined with a different k (run: 9, now: 5)")
     assert said[1] == "error rank 0 stopped: " + said[0][len("error "):]

@@ -215,7 +215,8 @@ def mine(
     existing = team.writes and is_run(out)  # only rank 0 reads or writes the store
     store = RunStore.open(out, mode="r+") if existing else None
     pre = ds.preprocessing
-    recorded = store.attrs.get(PREPROCESS, "cpu") if store else None  # runs made before the record: per image
+    # the route a resumed run recorded (runs made before the record: per image), from rank 0 to every rank
+    recorded = team.on_writer(lambda: store.attrs.get(PREPROCESS, "cpu") if store else None)
     load = dataclasses.replace(load, preprocess=choose(preprocess, ds, recorded))
     _dataset_normalisation(ds, store, load, progress)
     want = {
