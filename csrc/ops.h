@@ -23,6 +23,14 @@ at::Tensor topk_update_cpu(const at::Tensor& acts, const at::Tensor& image_index
                            at::Tensor& values, at::Tensor& index, at::Tensor& position,
                            at::Tensor& nan_count);
 
+// The unit-distribution statistics (stats/histogram.py, sketch.py, examples.py), in place on
+// the packed per-unit state; maxima (N, C) float32, any strides.
+void histogram_update_cpu(const at::Tensor& maxima, at::Tensor& lo, at::Tensor& hi, at::Tensor& e,
+                          at::Tensor& counts, at::Tensor& inf);
+void sketch_update_cpu(const at::Tensor& maxima, at::Tensor& counts, at::Tensor& top, at::Tensor& special);
+void examples_update_cpu(const at::Tensor& maxima, const at::Tensor& image_index, at::Tensor& lo, at::Tensor& hi,
+                         at::Tensor& e, at::Tensor& hashes, at::Tensor& index);
+
 #ifdef SKETCHMINE_WITH_CUDA
 at::Tensor crop_patches_cuda(const at::Tensor& images, const at::Tensor& image_index,
                              const at::Tensor& corners, int64_t height, int64_t width, double fill);
