@@ -84,6 +84,8 @@ TORCH_LIBRARY(sketchmine, m) {
   m.def("sketch_update(Tensor maxima, Tensor(a!) counts, Tensor(b!) top, Tensor(c!) special) -> ()");
   m.def("examples_update(Tensor maxima, Tensor image_index, Tensor(a!) lo, Tensor(b!) hi, Tensor(c!) e, "
         "Tensor(d!) hashes, Tensor(e!) index) -> ()");
+  m.def("bottomk_update(Tensor maxima, Tensor acts, Tensor image_index, Tensor(a!) values, Tensor(b!) index, "
+        "Tensor(c!) position, Tensor(d!) nan_count) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(sketchmine, CPU, m) {
@@ -92,6 +94,7 @@ TORCH_LIBRARY_IMPL(sketchmine, CPU, m) {
   m.impl("histogram_update", &sketchmine::histogram_update_cpu);
   m.impl("sketch_update", &sketchmine::sketch_update_cpu);
   m.impl("examples_update", &sketchmine::examples_update_cpu);
+  m.impl("bottomk_update", &sketchmine::bottomk_update_cpu);
 }
 
 #ifdef SKETCHMINE_WITH_CUDA

@@ -30,6 +30,10 @@ void histogram_update_cpu(const at::Tensor& maxima, at::Tensor& lo, at::Tensor& 
 void sketch_update_cpu(const at::Tensor& maxima, at::Tensor& counts, at::Tensor& top, at::Tensor& special);
 void examples_update_cpu(const at::Tensor& maxima, const at::Tensor& image_index, at::Tensor& lo, at::Tensor& hi,
                          at::Tensor& e, at::Tensor& hashes, at::Tensor& index);
+// The bottom-k (stats/bottomk.py): the top-k state of the negated maxima, each new entry's
+// position the first in its map (acts (N, C, L)) equal to the maximum.
+void bottomk_update_cpu(const at::Tensor& maxima, const at::Tensor& acts, const at::Tensor& image_index,
+                        at::Tensor& values, at::Tensor& index, at::Tensor& position, at::Tensor& nan_count);
 
 #ifdef SKETCHMINE_WITH_CUDA
 at::Tensor crop_patches_cuda(const at::Tensor& images, const at::Tensor& image_index,

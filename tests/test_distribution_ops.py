@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from sketchmine.stats import ops
+from sketchmine.stats.accumulators import Batch
+from sketchmine.stats.bottomk import BottomK
 from sketchmine.stats.examples import QuantileExamples
 from sketchmine.stats.histogram import RunningHistogram
 from sketchmine.stats.sketch import QuantileSketch
@@ -104,3 +106,32 @@ def test_opcheck():
     q = QuantileExamples({"l": 3})
     torch.library.opcheck(torch.ops.sketchmine.examples_update.default,
                           (x, torch.tensor([4, 9]), q.grid.lo, q.grid.hi, q.grid.e, q.hashes, q.index))
+
+
+maps_cases = st.tuples(st.integers(1, 5), st.integers(1, 4), st.sampled_from([(), (1,), (3,), (2, 3)])).flatmap(
+    lambda t: st.tuples(st.just(t), st.lists(st.integers(1, 10).flatmap(lambda n: arrays(
+        np.float32, (n, t[0], *t[2]), elements=st.one_of(st.sampled_from(SPECIAL), st.integers(-3, 3).map(float),
+                                                          st.floats(-1e6, 1e6, width=32)))), min_size=1, max_size=4)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(case=maps_cases)
+def test_bottomk_compiled_equals_reference(case):
+    (width, k, spatial), parts = case
+    shape = [("mined", width, spatial)]
+    fast, ref = BottomK(shape, k), BottomK(shape, k)
+    start = 0
+    for part in parts:
+        acts = torch.from_numpy(part)
+        if spatial:
+            acts[::3, :1] = math.nan  # all-NaN maps: NaN maxima, counted and never ranked
+        ids = torch.arange(start, start + len(acts)) * 3 + 2
+        start += len(acts)
+        maxima = ops.spatial_max_reference(acts)[0]
+        maxima = maxima.masked_fill(torch.isnan(acts.reshape(len(acts), width, -1)).all(2), math.nan)
+        fast.update("mined", acts, Batch(ids, torch.full_like(ids, -1), acts, maxima={"mined": maxima}))
+        ref.update_reference("mined", acts, maxima, ids)
+    got, want = fast.state(), ref.state()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    np.testing.assert_equal(fast.results(), ref.results())

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../ops.h"
+#include "../topk_common.h"
 
 namespace sketchmine {
 namespace {
@@ -289,6 +290,49 @@ void examples_update_cpu(const at::Tensor& maxima, const at::Tensor& image_index
           slot = v > 0 ? kSlots - 1 : 0;
         }
         insert_bottom(hs + slot * m, is + slot * m, m, h[i], ids_p[i]);
+      }
+    }
+  });
+}
+
+void bottomk_update_cpu(const at::Tensor& maxima, const at::Tensor& acts, const at::Tensor& image_index,
+                        at::Tensor& values, at::Tensor& index, at::Tensor& position, at::Tensor& nan_count) {
+  const int64_t units = values.size(0), k = values.size(1);
+  check_maxima("bottomk_update", maxima, units);
+  const int64_t n = maxima.size(0);
+  TORCH_CHECK(acts.dim() == 3 && acts.size(0) == n && acts.size(1) == units && acts.size(2) >= 1 &&
+                  acts.scalar_type() == at::kFloat && acts.is_contiguous() && acts.device().is_cpu(),
+              "bottomk_update: acts must be contiguous (N, C, L) float32 on the CPU with (N, C) = (", n, ", ", units,
+              "), got ", acts.sizes(), " ", acts.scalar_type());
+  TORCH_CHECK(image_index.dim() == 1 && image_index.size(0) == n && image_index.scalar_type() == at::kLong,
+              "bottomk_update: image_index must be (N,) int64 with N = ", n);
+  check_state("bottomk_update", values, at::kFloat, {units, k});
+  check_state("bottomk_update", index, at::kLong, {units, k});
+  check_state("bottomk_update", position, at::kLong, {units, k});
+  check_state("bottomk_update", nan_count, at::kLong, {units});
+  const at::Tensor ids = image_index.contiguous();
+  const int64_t* ids_p = ids.data_ptr<int64_t>();
+  const float* acts_p = acts.data_ptr<float>();
+  const int64_t len = acts.size(2);
+  float* values_p = values.data_ptr<float>();
+  int64_t *index_p = index.data_ptr<int64_t>(), *pos_p = position.data_ptr<int64_t>();
+  int64_t* nan_p = nan_count.data_ptr<int64_t>();
+  at::parallel_for(0, units, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const Column col = column(maxima, c);
+      float* vs = values_p + c * k;
+      int64_t *is = index_p + c * k, *ps = pos_p + c * k;
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = col.at(i);
+        if (v != v) {
+          ++nan_p[c];
+          continue;
+        }
+        if (!ranks_before(-v, ids_p[i], vs[k - 1], is[k - 1])) continue;
+        const float* map = acts_p + (i * units + c) * len;  // the first position holding the maximum
+        int64_t p = 0;
+        while (p < len - 1 && map[p] != v) ++p;
+        insert_candidate(vs, is, ps, k, -v, ids_p[i], p);
       }
     }
   });

@@ -177,6 +177,19 @@ def examples_update(maxima: torch.Tensor, image_index: torch.Tensor, lo: torch.T
     torch.ops.sketchmine.examples_update(maxima, image_index, lo, hi, e, hashes, index)
 
 
+def bottomk_update(maxima: torch.Tensor, acts: torch.Tensor, image_index: torch.Tensor, values: torch.Tensor,
+                   index: torch.Tensor, position: torch.Tensor, nan_count: torch.Tensor) -> None:
+    """Compiled (CPU) `BottomK.update_reference`, in place on a top-k state (values = the negated
+    maxima): acts (N, C, L) float32 contiguous, where a new entry's position is the first equal
+    to its maximum (bottomk.py)."""
+    torch.ops.sketchmine.bottomk_update(maxima, acts, image_index, values, index, position, nan_count)
+
+
+@torch.library.register_fake("sketchmine::bottomk_update")
+def _bottomk_update_fake(maxima, acts, image_index, values, index, position, nan_count) -> None:
+    return None
+
+
 @torch.library.register_fake("sketchmine::histogram_update")
 def _histogram_update_fake(maxima, lo, hi, e, counts, inf) -> None:
     return None
