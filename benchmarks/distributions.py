@@ -3,8 +3,11 @@
 rotating every repeat; then peak RSS of `mine` with them at two dataset sizes, each in a fresh
 subprocess (mine_vs_forward.child_main), and the store bytes per unit of each distribution array.
 
-    python -m benchmarks.distributions [--model alexnet] [--images 768] [--repeats 3]
+    python -m benchmarks.distributions [--model alexnet] [--images 768] [--repeats 3] [--reference]
                                        [--memory-images 768,3072] [--json out.json]
+
+--reference adds `mine` with the statistics on their pure-torch path (the code before the
+compiled kernels, as session 16 measured it) to the rotation.
 
 On a shared machine other processes only add time: the minimum over repeats is the primary
 estimate, the median and the process CPU time (steadier under contention) are shown too.
@@ -29,7 +32,28 @@ DISTRIBUTION_ARRAYS = ("hist_edges", "hist_counts", "max_range", "sketch_counts"
                        "example_edges", "example_index", "bottom_values", "bottom_image_index", "bottom_yx")
 
 
-def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, num_workers: int, log) -> dict:
+def torch_path(on: bool) -> None:
+    """Route the distribution statistics through their pure-torch references (the code before the
+    compiled kernels, session 16) when on; back to the kernels when off."""
+    from sketchmine.stats import ops
+
+    if on:
+        ops.compiled_here = lambda t: False
+    else:
+        ops.compiled_here = ORIGINAL_COMPILED_HERE
+
+
+def _original():
+    from sketchmine.stats import ops
+
+    return ops.compiled_here
+
+
+ORIGINAL_COMPILED_HERE = _original()
+
+
+def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, num_workers: int, log,
+                 reference: bool = False) -> dict:
     model = build_model(model_name, 0)
     layers = conv_linear_layers(model)
     ds = make_dataset(images)
@@ -37,17 +61,21 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
     bare_forward(model, warm, batch_size, num_workers)
     mine_once(model, warm, layers, batch_size, num_workers, distributions=True)
     mine_once(model, warm, layers, batch_size, num_workers, distributions=False)
-    order = ["bare", "off", "on"]
+    order = ["bare", "off", "on"] + (["torch"] if reference else [])
     runs: dict[str, list[dict]] = {m: [] for m in order}
     for r in range(repeats):
-        for method in order[r % 3:] + order[:r % 3]:
+        for method in order[r % len(order):] + order[:r % len(order)]:
             gc.collect()
             load = loadavg()
             with Meter() as m:
                 if method == "bare":
                     bare_forward(model, ds, batch_size, num_workers)
                 else:
-                    mine_once(model, ds, layers, batch_size, num_workers, distributions=method == "on")
+                    torch_path(method == "torch")
+                    try:
+                        mine_once(model, ds, layers, batch_size, num_workers, distributions=method != "off")
+                    finally:
+                        torch_path(False)
             runs[method].append({**m.as_dict(), "loadavg_before": load})
             log(f"{model_name} {images} images: repeat {r + 1}/{repeats} {method:4s} {m.wall:7.2f}s wall "
                 f"{m.cpu:7.2f}s cpu, others {m.others_cpu:6.2f}s cpu, load {load[:1]}")
@@ -58,7 +86,8 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
 
     out: dict = {"model": model_name, "images": images, "batch_size": batch_size, "repeats": repeats,
                  "num_workers": num_workers, "runs": runs, "ratios": {}}
-    for a, b in (("on", "bare"), ("off", "bare"), ("on", "off")):
+    pairs = [("on", "bare"), ("off", "bare"), ("on", "off")] + ([("torch", "off")] if reference else [])
+    for a, b in pairs:
         for key in ("wall", "cpu"):
             sa, sb = stat(a, key), stat(b, key)
             out["ratios"][f"{a}/{b} {key}"] = {"min": sa["min"] / sb["min"], "median": sa["median"] / sb["median"]}
@@ -107,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--memory-images", default="768,3072", help="comma list ('' to skip)")
     p.add_argument("--no-side-by-side", action="store_true")
+    p.add_argument("--reference", action="store_true",
+                   help="also mine with the statistics' pure-torch path (before the compiled kernels)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -117,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     out["store"] = store_bytes_per_unit(args.model, args.batch_size)
     log(f"store per unit: {out['store']}")
     if not args.no_side_by_side:
-        out["side_by_side"] = side_by_side(args.model, args.images, args.batch_size, args.repeats, args.workers, log)
+        out["side_by_side"] = side_by_side(args.model, args.images, args.batch_size, args.repeats, args.workers, log,
+                                           args.reference)
         for name, v in out["side_by_side"]["ratios"].items():
             log(f"{name}: {v if isinstance(v, float) else ', '.join(f'{k} {x:.3f}' for k, x in v.items())}")
     sizes = [int(x) for x in args.memory_images.split(",") if x]

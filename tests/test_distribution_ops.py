@@ -2,7 +2,9 @@
 references (`add_reference` of RunningHistogram, QuantileSketch, QuantileExamples): the whole
 state bit for bit after several hypothesis batches (random widths and batch sizes, magnitudes
 from 1e-30 to 1e30 so the grids and sketch tops move, ties, NaN, ±0, ±inf, float16 / bfloat16 /
-float32 inputs, strided maxima); and the kernels refuse state that does not fit."""
+float32 inputs, strided maxima); the bottom-k kernel against `BottomK.update_reference` on maps
+of every rank (FC, 1-D, 2-D) with all-NaN maps; the CUDA kernels against the CPU ones (on a GPU
+only); and the kernels refuse state that does not fit."""
 from __future__ import annotations
 
 import math
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from sketchmine import _C as sketchmine_C
 from sketchmine.stats import ops
 from sketchmine.stats.accumulators import Batch
 from sketchmine.stats.bottomk import BottomK
@@ -135,3 +138,29 @@ def test_bottomk_compiled_equals_reference(case):
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     np.testing.assert_equal(fast.results(), ref.results())
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and getattr(sketchmine_C, "with_cuda", False)),
+                    reason="needs a GPU and the CUDA build")
+def test_cuda_kernels_equal_the_cpu_kernels():
+    """The CUDA kernels (a thread per unit, distribution_common.h) give the CPU kernels' bits."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 7, 3, generator=g) * 10.0 ** torch.randint(-5, 5, (50, 7, 1), generator=g)
+    x[::7, 2] = math.nan
+    x[3, 4, :], x[5, 1, :] = math.inf, -math.inf
+    maxima = x.amax(2).contiguous()
+    ids = torch.arange(50) * 11 + 4
+    states = {}
+    for device in ("cpu", "cuda"):
+        h, s, q = RunningHistogram({"l": 7}, device), QuantileSketch({"l": 7}, device), QuantileExamples({"l": 7}, device)
+        b = BottomK([("l", 7, (3,))], 4, device)
+        for part in (slice(0, 20), slice(20, 50)):
+            m, xi, i = maxima[part].to(device), x[part].to(device).contiguous(), ids[part].to(device)
+            ops.histogram_update(m, h.grid.lo, h.grid.hi, h.grid.e, h.counts, h.inf)
+            ops.sketch_update(m, s.counts, s.top, s.special)
+            ops.examples_update(m, i, q.grid.lo, q.grid.hi, q.grid.e, q.hashes, q.index)
+            ops.bottomk_update(m, xi, i, **b.layers["l"].state)
+        states[device] = [a.state() for a in (h, s, q, b)]
+    for got, want in zip(states["cuda"], states["cpu"]):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
