@@ -3,6 +3,7 @@
 // bits. Units are independent: no atomics, deterministic. (Compiled in CI; not yet run on a GPU.)
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "../distribution_common.h"
