@@ -44,7 +44,7 @@ def pure_forward(model: nn.Module, batches: list[torch.Tensor]) -> float:
 
 # ---- (b) sketchmine ------------------------------------------------------------------------------
 def mine_once(model: nn.Module, ds, layers: list[str], batch_size: int, num_workers: int, k: int = 9,
-              keep: Path | None = None) -> tuple[dict[str, float], Path | None]:
+              keep: Path | None = None, distributions: bool = True) -> tuple[dict[str, float], Path | None]:
     """One `sketchmine.mine` call into a fresh temporary directory.
 
     Returns the phase times (total / setup / loop / finish, from PhaseClock) and, when
@@ -57,7 +57,7 @@ def mine_once(model: nn.Module, ds, layers: list[str], batch_size: int, num_work
     try:
         t0 = time.perf_counter()
         sketchmine.mine(model, ds, layers=layers, k=k, out=tmp / "run.zarr", batch_size=batch_size,
-                        device="cpu", num_workers=num_workers, progress=clock)
+                        device="cpu", num_workers=num_workers, progress=clock, distributions=distributions)
         t1 = time.perf_counter()
         phases = clock.phases(t0, t1)
         phases["store_bytes"] = float(sum(f.stat().st_size for f in (tmp / "run.zarr").rglob("*") if f.is_file()))

@@ -77,17 +77,34 @@ TORCH_LIBRARY(sketchmine, m) {
   m.def(
       "topk_update(Tensor acts, Tensor image_index, Tensor(a!) values, Tensor(b!) index, "
       "Tensor(c!) position, Tensor(d!) nan_count) -> Tensor");
+  // The unit-distribution statistics over a batch's (N, C) image maxima, in place (CPU; CUDA
+  // compiled but not yet run on a GPU; elsewhere the Python classes run their pure-torch reference).
+  m.def("histogram_update(Tensor maxima, Tensor(a!) lo, Tensor(b!) hi, Tensor(c!) e, Tensor(d!) counts, "
+        "Tensor(e!) inf) -> ()");
+  m.def("sketch_update(Tensor maxima, Tensor(a!) counts, Tensor(b!) top, Tensor(c!) special) -> ()");
+  m.def("examples_update(Tensor maxima, Tensor image_index, Tensor(a!) lo, Tensor(b!) hi, Tensor(c!) e, "
+        "Tensor(d!) hashes, Tensor(e!) index) -> ()");
+  m.def("bottomk_update(Tensor maxima, Tensor acts, Tensor image_index, Tensor(a!) values, Tensor(b!) index, "
+        "Tensor(c!) position, Tensor(d!) nan_count) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(sketchmine, CPU, m) {
   m.impl("topk_update", &sketchmine::topk_update_cpu);
   m.impl("crop_patches", &sketchmine::crop_patches_cpu);
+  m.impl("histogram_update", &sketchmine::histogram_update_cpu);
+  m.impl("sketch_update", &sketchmine::sketch_update_cpu);
+  m.impl("examples_update", &sketchmine::examples_update_cpu);
+  m.impl("bottomk_update", &sketchmine::bottomk_update_cpu);
 }
 
 #ifdef SKETCHMINE_WITH_CUDA
 TORCH_LIBRARY_IMPL(sketchmine, CUDA, m) {
   m.impl("topk_update", &sketchmine::topk_update_cuda);
   m.impl("crop_patches", &sketchmine::crop_patches_cuda);
+  m.impl("histogram_update", &sketchmine::histogram_update_cuda);
+  m.impl("sketch_update", &sketchmine::sketch_update_cuda);
+  m.impl("examples_update", &sketchmine::examples_update_cuda);
+  m.impl("bottomk_update", &sketchmine::bottomk_update_cuda);
 }
 #endif
 

@@ -23,7 +23,38 @@ at::Tensor topk_update_cpu(const at::Tensor& acts, const at::Tensor& image_index
                            at::Tensor& values, at::Tensor& index, at::Tensor& position,
                            at::Tensor& nan_count);
 
+// The unit-distribution statistics (stats/histogram.py, sketch.py, examples.py), in place on
+// the packed per-unit state; maxima (N, C) float32, any strides.
+void histogram_update_cpu(const at::Tensor& maxima, at::Tensor& lo, at::Tensor& hi, at::Tensor& e,
+                          at::Tensor& counts, at::Tensor& inf);
+void sketch_update_cpu(const at::Tensor& maxima, at::Tensor& counts, at::Tensor& top, at::Tensor& special);
+void examples_update_cpu(const at::Tensor& maxima, const at::Tensor& image_index, at::Tensor& lo, at::Tensor& hi,
+                         at::Tensor& e, at::Tensor& hashes, at::Tensor& index);
+// The bottom-k (stats/bottomk.py): the top-k state of the negated maxima, each new entry's
+// position the first in its map (acts (N, C, L)) equal to the maximum.
+void bottomk_update_cpu(const at::Tensor& maxima, const at::Tensor& acts, const at::Tensor& image_index,
+                        at::Tensor& values, at::Tensor& index, at::Tensor& position, at::Tensor& nan_count);
+// Their argument checks (shapes, dtypes, one device), shared by both devices' kernels.
+void check_histogram_args(const at::Tensor& maxima, const at::Tensor& lo, const at::Tensor& hi, const at::Tensor& e,
+                          const at::Tensor& counts, const at::Tensor& inf);
+void check_sketch_args(const at::Tensor& maxima, const at::Tensor& counts, const at::Tensor& top,
+                       const at::Tensor& special);
+void check_examples_args(const at::Tensor& maxima, const at::Tensor& image_index, const at::Tensor& lo,
+                         const at::Tensor& hi, const at::Tensor& e, const at::Tensor& hashes,
+                         const at::Tensor& index);
+void check_bottomk_args(const at::Tensor& maxima, const at::Tensor& acts, const at::Tensor& image_index,
+                        const at::Tensor& values, const at::Tensor& index, const at::Tensor& position,
+                        const at::Tensor& nan_count);
+
 #ifdef SKETCHMINE_WITH_CUDA
+void histogram_update_cuda(const at::Tensor& maxima, at::Tensor& lo, at::Tensor& hi, at::Tensor& e,
+                           at::Tensor& counts, at::Tensor& inf);
+void sketch_update_cuda(const at::Tensor& maxima, at::Tensor& counts, at::Tensor& top, at::Tensor& special);
+void examples_update_cuda(const at::Tensor& maxima, const at::Tensor& image_index, at::Tensor& lo, at::Tensor& hi,
+                          at::Tensor& e, at::Tensor& hashes, at::Tensor& index);
+void bottomk_update_cuda(const at::Tensor& maxima, const at::Tensor& acts, const at::Tensor& image_index,
+                         at::Tensor& values, at::Tensor& index, at::Tensor& position, at::Tensor& nan_count);
+
 at::Tensor crop_patches_cuda(const at::Tensor& images, const at::Tensor& image_index,
                              const at::Tensor& corners, int64_t height, int64_t width, double fill);
 

@@ -58,14 +58,15 @@ def build(root: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     torch.set_num_threads(2)
     try:
         ds = per_class_subset(animal_shape("test", preprocessing_for("demo")), 20, "golden")
-        demo = sketchmine.mine("demo", ds, out=root / "demo.zarr", batch_size=50, flush_every=1)
+        demo = sketchmine.mine("demo", ds, out=root / "demo.zarr", batch_size=50, flush_every=1,
+                               distributions=False)  # the golden predates them (NEW_SINCE_GOLDEN)
         sketchmine.visualize(demo, layers=["features.3", "classifier.6"], data=ds, batch_size=64)
         sketchmine.unit_importance(demo, "features.10", dataset=ds, batch_size=100)
         resnet = sketchmine.mine("demo-resnet", ds, out=root / "resnet.zarr", batch_size=64,
-                                 layers=["conv1", "layer1.0", "layer2.1.conv2", "fc", "softmax"])
+                                 layers=["conv1", "layer1.0", "layer2.1.conv2", "fc", "softmax"], distributions=False)
         sketchmine.visualize(resnet, layers=["layer1.0", "fc"], data=ds, batch_size=64)
         gru_ds = SequenceDataset(per_class_subset(animal_shape("test", preprocessing_for("demo-gru")), 8, "golden"), 8)
-        gru = sketchmine.mine("demo-gru", gru_ds, out=root / "gru.zarr", batch_size=40)
+        gru = sketchmine.mine("demo-gru", gru_ds, out=root / "gru.zarr", batch_size=40, distributions=False)
         sketchmine.unit_importance(gru, "gru", dataset=gru_ds, batch_size=40)
         report = write_report(demo, root / "report").parent
     finally:

@@ -131,7 +131,7 @@ def mine(
     steps: int | None = None,
     ink: str = "auto",
     seed: int | None = None,
-    distributions: bool = False,
+    distributions: bool = True,
     preprocess: str | None = None,
 ) -> Run:
     """Stream `dataset` through `model` once and keep the top-k images of every unit.
@@ -168,11 +168,11 @@ def mine(
     for any other model. weights: refused for a model that carries its own (module, checkpoint,
     embedded). ink: refused unless drawings are made (steps, or a model trained on them).
     k larger than the dataset is clamped to its size (said once).
-    distributions=True also keeps each unit's whole distribution (exact histogram, quantile
-    sketch, example images per activation bin, bottom-k; Run.histogram, .quantiles,
-    .quantile_examples, .bottomk): about twice the mining time on a CPU today, so asked for;
-    recorded, and a resume must agree. The top-k, class statistics, mean and firing density
-    are always kept.
+    distributions (default True) also keeps each unit's whole distribution (exact histogram,
+    quantile sketch, example images per activation bin, bottom-k; Run.histogram, .quantiles,
+    .quantile_examples, .bottomk): compiled kernels, about 2 % of AlexNet's forward on a CPU
+    (benchmarks/RESULTS.md, session 17); distributions=False leaves them out. Recorded, and a
+    resume must agree. The top-k, class statistics, mean and firing density are always kept.
     preprocess: "device" makes each batch model input in one batched op on `device` (stored
     uint8 pixels copied there; data/batchprep.py), "cpu" each image in the loader; None: the
     run's on resume, else "device" for arrays and image folders, "cpu" for other datasets.
@@ -228,8 +228,8 @@ def mine(
         "preprocessing_key": _preprocessing_key(pre),
         "forward_options": speed.forward_options(),
     }
-    if distributions:  # recorded only when asked, so other runs keep their attributes; a resume must agree
-        want["distributions"] = True
+    # recorded either way (runs from before the default was on lack it: False); a resume must agree
+    want["distributions"] = bool(distributions)
     want[PREPROCESS] = load.preprocess
     team.check_same({**want, "logits": logits, "batch_size": batch_size, "flush_every": flush_every})
     # before the model is touched (and again under the lock); a refusal on rank 0 reaches every rank
@@ -331,7 +331,9 @@ def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> N
         diffs.append(f"logits (run: {attrs.get('logits', True)}, now: {logits})")
     if bool(attrs.get("distributions", False)) != bool(want.get("distributions", False)):
         diffs.append(f"distributions (run: {bool(attrs.get('distributions', False))}, "
-                     f"now: {bool(want.get('distributions', False))})")
+                     f"now: {bool(want.get('distributions', False))}; pass distributions="
+                     f"{bool(attrs.get('distributions', False))} / --{'' if attrs.get('distributions') else 'no-'}"
+                     "distributions to resume it)")
     if attrs.get(PREPROCESS, "cpu") != want.get(PREPROCESS, "cpu"):  # runs before the record: per image
         diffs.append(f"preprocess (run: {attrs.get(PREPROCESS, 'cpu')}, now: {want.get(PREPROCESS, 'cpu')}; "
                      f"pass --preprocess {attrs.get(PREPROCESS, 'cpu')})")

@@ -43,12 +43,21 @@ class BottomK(TopK):
 
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
         maxima = batch.maxima_of(layer)
+        if not ops.compiled_here(maxima) or acts.dtype != torch.float32 or not len(maxima):
+            return self.update_reference(layer, acts, maxima, batch.index)
+        maps = acts.reshape(acts.shape[0], acts.shape[1], -1) if acts.dim() > 2 else maxima[:, :, None]
+        ops.bottomk_update(maxima.float(), maps.contiguous(), batch.index, **self.layers[layer].state)
+
+    def update_reference(self, layer: str, acts: torch.Tensor, maxima: torch.Tensor, image_index: torch.Tensor
+                         ) -> None:
+        """`update` in pure torch (the top-k op on the negated maxima, then each new entry's
+        position): the specification of the kernel, and the path on other devices."""
         s = self.layers[layer]
-        ops.topk_update((-maxima).contiguous(), batch.index, **s.state)
+        ops.topk_update((-maxima).contiguous(), image_index, **s.state)
         if acts.dim() <= 2 or not len(maxima):
             return
-        order = torch.argsort(batch.index)
-        ranked = batch.index[order]
+        order = torch.argsort(image_index)
+        ranked = image_index[order]
         idx = s.state["index"]
         at = torch.searchsorted(ranked, idx).clamp_max(len(ranked) - 1)
         chans, slots = ((ranked[at] == idx) & (idx >= 0)).nonzero(as_tuple=True)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from sketchmine.stats import ops
 from sketchmine.stats.grid import AlignedGrid, bin_of, slots
 from sketchmine.stats.histogram import columns, finite_range
 from sketchmine.store import schema
@@ -91,7 +92,20 @@ class QuantileExamples:
         self.index = torch.full((units, SLOTS, m), -1, dtype=torch.int64, device=self.device)
 
     def add(self, layer: str, maxima: torch.Tensor, image_index: torch.Tensor) -> None:
-        """One layer's (N, C) image maxima (NaN: left out) of images `image_index` (N,)."""
+        """One layer's (N, C) image maxima (NaN: left out) of images `image_index` (N,): the
+        compiled kernel on the CPU."""
+        if not len(maxima):
+            return
+        if not ops.compiled_here(self.hashes):
+            return self.add_reference(layer, maxima, image_index)
+        if int(image_index.max()) > _MASK or int(image_index.min()) < 0:
+            raise ValueError(f"image indices must lie in [0, 2^{HASH_BITS}) for the example hash")
+        cols = self._columns[layer]
+        ops.examples_update(maxima.reshape(len(maxima), -1).float(), image_index.long().cpu(), self.grid.lo[cols],
+                            self.grid.hi[cols], self.grid.e[cols], self.hashes[cols], self.index[cols])
+
+    def add_reference(self, layer: str, maxima: torch.Tensor, image_index: torch.Tensor) -> None:
+        """`add` in pure torch: the specification of the kernel, and the path on other devices."""
         if not len(maxima):
             return
         cols = self._columns[layer]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from sketchmine.stats import ops
 from sketchmine.stats.grid import BINS, AlignedGrid, bin_of, rebin
 from sketchmine.store import schema
 
@@ -62,7 +63,18 @@ class RunningHistogram:
         self.inf = torch.zeros(units, 2, dtype=torch.int64, device=self.device)  # [-inf, +inf]
 
     def add(self, layer: str, maxima: torch.Tensor) -> None:
-        """One layer's (N, C) image maxima (NaN: left out)."""
+        """One layer's (N, C) image maxima (NaN: left out): the compiled kernel on the CPU."""
+        if not len(maxima):
+            return
+        if not ops.compiled_here(self.counts):
+            return self.add_reference(layer, maxima)
+        cols = self._columns[layer]
+        x = maxima.reshape(len(maxima), -1).float()
+        ops.histogram_update(x, self.grid.lo[cols], self.grid.hi[cols], self.grid.e[cols], self.counts[cols],
+                             self.inf[cols])
+
+    def add_reference(self, layer: str, maxima: torch.Tensor) -> None:
+        """`add` in pure torch: the specification of the kernel, and the path on other devices."""
         if not len(maxima):
             return
         cols = self._columns[layer]

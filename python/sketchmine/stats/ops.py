@@ -154,3 +154,58 @@ def clip_boxes(corners: torch.Tensor, height: int, width: int, image_hw: tuple[i
                        (left + width - 1).clamp_max(image_hw[1] - 1)], dim=1)
     empty = (box[:, 2] < box[:, 0]) | (box[:, 3] < box[:, 1])
     return box.masked_fill(empty[:, None], -1)
+
+
+def histogram_update(maxima: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, e: torch.Tensor,
+                     counts: torch.Tensor, inf: torch.Tensor) -> None:
+    """Compiled (CPU) `RunningHistogram.add_reference` on one layer's packed state, in place:
+    maxima (N, C) float32; grid lo/hi (C,) float64, e (C,) int64; counts (C, 64) int64; inf (C, 2)
+    int64 (histogram.py says what they hold)."""
+    torch.ops.sketchmine.histogram_update(maxima, lo, hi, e, counts, inf)
+
+
+def sketch_update(maxima: torch.Tensor, counts: torch.Tensor, top: torch.Tensor, special: torch.Tensor) -> None:
+    """Compiled (CPU) `QuantileSketch.add_reference`, in place: counts (C, 2, 512) int32, top (C, 2)
+    int64, special (C, 3) int64 (sketch.py)."""
+    torch.ops.sketchmine.sketch_update(maxima, counts, top, special)
+
+
+def examples_update(maxima: torch.Tensor, image_index: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                    e: torch.Tensor, hashes: torch.Tensor, index: torch.Tensor) -> None:
+    """Compiled (CPU) `QuantileExamples.add_reference`, in place: image_index (N,) int64 in
+    [0, 2^40); hashes / index (C, 19, m) int64 (examples.py)."""
+    torch.ops.sketchmine.examples_update(maxima, image_index, lo, hi, e, hashes, index)
+
+
+def bottomk_update(maxima: torch.Tensor, acts: torch.Tensor, image_index: torch.Tensor, values: torch.Tensor,
+                   index: torch.Tensor, position: torch.Tensor, nan_count: torch.Tensor) -> None:
+    """Compiled (CPU) `BottomK.update_reference`, in place on a top-k state (values = the negated
+    maxima): acts (N, C, L) float32 contiguous, where a new entry's position is the first equal
+    to its maximum (bottomk.py)."""
+    torch.ops.sketchmine.bottomk_update(maxima, acts, image_index, values, index, position, nan_count)
+
+
+@torch.library.register_fake("sketchmine::bottomk_update")
+def _bottomk_update_fake(maxima, acts, image_index, values, index, position, nan_count) -> None:
+    return None
+
+
+@torch.library.register_fake("sketchmine::histogram_update")
+def _histogram_update_fake(maxima, lo, hi, e, counts, inf) -> None:
+    return None
+
+
+@torch.library.register_fake("sketchmine::sketch_update")
+def _sketch_update_fake(maxima, counts, top, special) -> None:
+    return None
+
+
+@torch.library.register_fake("sketchmine::examples_update")
+def _examples_update_fake(maxima, image_index, lo, hi, e, hashes, index) -> None:
+    return None
+
+
+def compiled_here(t: torch.Tensor) -> bool:
+    """Whether the distribution kernels above run for tensors on t's device (the CPU only; other
+    devices use the classes' pure-torch references)."""
+    return t.device.type == "cpu"

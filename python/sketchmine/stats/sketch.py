@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from sketchmine.stats import ops
 from sketchmine.stats.histogram import columns
 from sketchmine.store import schema
 
@@ -62,7 +63,17 @@ class QuantileSketch:
         self.special = torch.zeros(units, 3, dtype=torch.int64, device=self.device)
 
     def add(self, layer: str, maxima: torch.Tensor) -> None:
-        """One layer's (N, C) image maxima (NaN: left out)."""
+        """One layer's (N, C) image maxima (NaN: left out): the compiled kernel on the CPU."""
+        if not len(maxima):
+            return
+        if not ops.compiled_here(self.counts):
+            return self.add_reference(layer, maxima)
+        cols = self._columns[layer]
+        ops.sketch_update(maxima.reshape(len(maxima), -1).float(), self.counts[cols], self.top[cols],
+                          self.special[cols])
+
+    def add_reference(self, layer: str, maxima: torch.Tensor) -> None:
+        """`add` in pure torch: the specification of the kernel, and the path on other devices."""
         if not len(maxima):
             return
         cols = self._columns[layer]
