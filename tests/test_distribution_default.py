@@ -47,13 +47,15 @@ def test_on_by_default_off_when_asked_and_resume_must_agree(tmp_path, demo_model
                         distributions=False, progress=StopAfter(40))
     with pytest.raises(SketchmineError, match=r"distributions \(run: False, now: True; pass distributions=False / "
                                               r"--no-distributions to resume it\)"):
-        sketchmine.mine(demo_model.module, subset, out=partial, batch_size=32, flush_every=1)
+        sketchmine.mine(demo_model.module, subset, out=partial, batch_size=32, flush_every=1, distributions=True)
+    resumed = sketchmine.mine(demo_model.module, subset, out=partial, batch_size=32, flush_every=1)  # the run's
+    assert resumed.attrs["distributions"] is False and resumed.images_done == 96 and not ours(partial)
 
 
-def test_the_cli_flag_defaults_on_and_switches_off():
+def test_the_cli_flag_defaults_to_the_run_or_on_and_switches_off():
     parser = build_parser()
     base = ["mine", "--model", "demo", "--data", "x", "--out", "y"]
-    assert parser.parse_args(base).distributions is True
+    assert parser.parse_args(base).distributions is None  # the run's on resume, else on
     assert parser.parse_args([*base, "--distributions"]).distributions is True
     assert parser.parse_args([*base, "--no-distributions"]).distributions is False
 

@@ -157,10 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--image-size", type=positive_int, help="resize images to S×S (default: keep their size)")
     m.add_argument("--flush-every", type=positive_int, default=50, help="checkpoint every N batches")
     m.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and record them")
-    m.add_argument("--distributions", action=argparse.BooleanOptionalAction, default=True,
+    m.add_argument("--distributions", action=argparse.BooleanOptionalAction, default=None,
                    help="keep each unit's whole distribution: exact histogram, quantiles, example images per "
-                        "activation bin, bottom-k (default: on, about 2%% of the forward pass on a CPU; "
-                        "--no-distributions leaves them out)")
+                        "activation bin, bottom-k (default: the run's setting on resume, else on; about 2%% of "
+                        "the forward pass on a CPU; --no-distributions leaves them out)")
     m.add_argument("--no-logits", action="store_true",
                    help="stop each forward pass after the deepest mined layer (no predictions or accuracy)")
     m.add_argument("--channels-last", action="store_true", help="model and batches in channels-last memory format")

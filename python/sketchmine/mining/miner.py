@@ -131,7 +131,7 @@ def mine(
     steps: int | None = None,
     ink: str = "auto",
     seed: int | None = None,
-    distributions: bool = True,
+    distributions: bool | None = None,
     preprocess: str | None = None,
 ) -> Run:
     """Stream `dataset` through `model` once and keep the top-k images of every unit.
@@ -168,11 +168,11 @@ def mine(
     for any other model. weights: refused for a model that carries its own (module, checkpoint,
     embedded). ink: refused unless drawings are made (steps, or a model trained on them).
     k larger than the dataset is clamped to its size (said once).
-    distributions (default True) also keeps each unit's whole distribution (exact histogram,
-    quantile sketch, example images per activation bin, bottom-k; Run.histogram, .quantiles,
-    .quantile_examples, .bottomk): compiled kernels, about 2 % of AlexNet's forward on a CPU
-    (benchmarks/RESULTS.md, session 17); distributions=False leaves them out. Recorded, and a
-    resume must agree. The top-k, class statistics, mean and firing density are always kept.
+    distributions also keeps each unit's whole distribution (exact histogram, quantile sketch,
+    example images per activation bin, bottom-k; Run.histogram, .quantiles, .quantile_examples,
+    .bottomk): compiled kernels, about 2 % of AlexNet's forward on a CPU (benchmarks/RESULTS.md,
+    session 17). None: the run's setting on resume, else on; False leaves them out. Recorded,
+    and a resume must agree. The top-k, class statistics, mean and firing density are always kept.
     preprocess: "device" makes each batch model input in one batched op on `device` (stored
     uint8 pixels copied there; data/batchprep.py), "cpu" each image in the loader; None: the
     run's on resume, else "device" for arrays and image folders, "cpu" for other datasets.
@@ -217,6 +217,8 @@ def mine(
     pre = ds.preprocessing
     # the route a resumed run recorded (runs made before the record: per image), from rank 0 to every rank
     recorded = team.on_writer(lambda: store.attrs.get(PREPROCESS, "cpu") if store else None)
+    if distributions is None:  # likewise the run's setting (runs from before the record: without), else on
+        distributions = team.on_writer(lambda: bool(store.attrs.get("distributions", False)) if store else True)
     load = dataclasses.replace(load, preprocess=choose(preprocess, ds, recorded))
     _dataset_normalisation(ds, store, load, progress)
     want = {
