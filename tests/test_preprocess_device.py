@@ -272,3 +272,17 @@ def test_a_run_made_before_the_record_resumes_per_image(tmp_path, demo_model, sm
     sketchmine.mine(demo_model.module, small_test_set, **kw)
     sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "whole.zarr", batch_size=30, preprocess="cpu")
     assert_same_store(out, tmp_path / "whole.zarr")
+
+
+def test_a_one_pixel_wide_size_is_resized_right():
+    """torch's antialiased resize into a one-pixel-wide output of 3 channels repeats the first row
+    for standard strides; the rule avoids that kernel. Rows 95, 217, 15 to 2 rows: the triangle
+    filter's weights are 0.625/0.375 (hand-computed), on the per-image and the batched route."""
+    column = np.array([95, 217, 15], dtype=np.uint8)
+    image = np.repeat(column[:, None, None], 3, axis=2)[:, :1]  # (H=3, W=1, 3), grey in RGB
+    image[..., 1] = 255 - image[..., 1]  # channels that differ
+    pre = sketchmine.data.preprocess.Preprocessing("none", 3, (2, 1), (), ())
+    want = np.array([95 * 0.625 + 217 * 0.375, 217 * 0.375 + 15 * 0.625]) / 255
+    for got in (per_image(image[None], pre), prepare_uint8(torch.from_numpy(image[None]), pre)):
+        np.testing.assert_allclose(got[0, 0, :, 0].numpy(), want, rtol=1e-6)
+        np.testing.assert_allclose(got[0, 1, :, 0].numpy(), 1 - want, rtol=1e-6)

@@ -96,6 +96,11 @@ class Preprocessing:
         """x (N, c, H, W) float → (N, c, *size): torch's antialiased bilinear resize, the rule's
         only one (no-op without a size or at that size already)."""
         if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+            if 1 in self.size and x.ndim == 4:
+                # torch 2.14's kernel for standard strides repeats the first row or column into a
+                # one-pixel-wide output of 3 channels (measured); the one for channels-last strides
+                # is right (written out: a one-pixel-wide input may look channels-last already)
+                x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).copy_(x)
             x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", antialias=True)
         return x
 
