@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "../grain.h"
 #include "../ops.h"
 #include "../topk_common.h"
 
@@ -210,9 +211,9 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
 
   if (len == 1) {
     // No grid (FC, softmax): the activations are the candidates. Channel blocks in
-    // parallel; within a block, image-major so each image's row is read contiguously
-    // while the block's states stay in cache.
-    at::parallel_for(0, c, 64, [&](int64_t begin, int64_t end) {
+    // parallel (only when each has enough work, see grain.h); within a block, image-major so
+    // each image's row is read contiguously while the block's states stay in cache.
+    at::parallel_for(0, c, task_grain(n, 64), [&](int64_t begin, int64_t end) {
       for (int64_t i = 0; i < n; ++i) {
         const T* row = data + i * sn;
         for (int64_t ch = begin; ch < end; ++ch) {
@@ -232,9 +233,8 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
   float* cand_v = maxima.data_ptr<float>();
   std::vector<int64_t> cand_p(n * c), cand_nan(n * c);
 
-  // Phase 1: one spatial reduction per (image, channel); grain keeps tasks ~32k elements.
-  const int64_t grain = std::max<int64_t>(1, 32768 / len);
-  at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+  // Phase 1: one spatial reduction per (image, channel), len elements each.
+  at::parallel_for(0, n * c, task_grain(len, 1), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r / c, ch = r % c;
       scan_row(data + i * sn + ch * sc, len, sl, cand_v[r], cand_p[r], cand_nan[r]);
@@ -244,7 +244,7 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
 
   // Phase 2: merge the N candidates of each channel into its k-deep state; image-major
   // within a channel block, as above (the order of insertion does not change the result).
-  at::parallel_for(0, c, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, c, task_grain(n, 64), [&](int64_t begin, int64_t end) {
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t ch = begin; ch < end; ++ch) {
         const int64_t r = i * c + ch;
