@@ -7,8 +7,11 @@ over repeats). With --threads 1 this is the work itself; with 2 on a busy machin
 what short parallel regions cost (threads spinning while the other waits to be scheduled).
 
     python -m benchmarks.accumulator_cost [--images 384] [--repeats 3] [--threads 1] [--torch-path]
+        [--classes 1000]
 
 --torch-path runs the distribution statistics' pure-torch references instead of the kernels.
+--classes: the class statistics' class count, fed the images' real labels (1000: what mine keeps
+for AlexNet's unnamed 1000-way head, as in the mine-vs-bare suite; 0 leaves them out).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--torch-path", action="store_true")
+    p.add_argument("--classes", type=int, default=1000)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from sketchmine.stats import accumulators as acc
@@ -41,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         modules[name].register_forward_hook(lambda m, i, o, name=name: outs.__setitem__(name, o.detach().contiguous()))
     ds = make_dataset(args.images)
     xs = torch.stack([ds[i][1] for i in range(len(ds))])
+    labels = torch.tensor([ds[i][2] for i in range(len(ds))], dtype=torch.int64)
     batches, forward = [], []
     with torch.inference_mode():
         for s in range(0, len(ds), 64):
@@ -50,13 +55,13 @@ def main(argv: list[str] | None = None) -> int:
             forward.append(time.process_time() - t)
             batches.append((torch.arange(s, min(s + 64, len(ds))), dict(outs)))
     spec = tuple(acc.LayerSpec(n, batches[0][1][n].shape[1], tuple(batches[0][1][n].shape[2:])) for n in layers)
-    setup = acc.Setup(spec, 9, torch.device("cpu"), distributions=True)
+    setup = acc.Setup(spec, 9, torch.device("cpu"), num_classes=args.classes, distributions=True)
     best: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         made = acc.build(setup)
         took: dict[str, list[float]] = {a.key: [] for a in made}
         for index, acts in batches:
-            batch = acc.Batch(index, torch.full_like(index, -1), xs[:1])
+            batch = acc.Batch(index, labels[index], xs[index])
             for a in made:
                 t = time.process_time()
                 for name in layers:

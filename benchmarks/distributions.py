@@ -3,7 +3,7 @@
 rotating every repeat; then peak RSS of `mine` with them at two dataset sizes, each in a fresh
 subprocess (mine_vs_forward.child_main), and the store bytes per unit of each distribution array.
 
-    python -m benchmarks.distributions [--model alexnet] [--images 768] [--repeats 3] [--reference]
+    python -m benchmarks.distributions [--model alexnet] [--images 768] [--repeats 3] [--reference] [--preprocess cpu]
                                        [--memory-images 768,3072] [--json out.json]
 
 --reference adds `mine` with the statistics on their pure-torch path (the code before the
@@ -53,14 +53,14 @@ ORIGINAL_COMPILED_HERE = _original()
 
 
 def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, num_workers: int, log,
-                 reference: bool = False) -> dict:
+                 reference: bool = False, preprocess: str | None = None) -> dict:
     model = build_model(model_name, 0)
     layers = conv_linear_layers(model)
     ds = make_dataset(images)
     warm = make_dataset(min(batch_size, images))
     bare_forward(model, warm, batch_size, num_workers)
-    mine_once(model, warm, layers, batch_size, num_workers, distributions=True)
-    mine_once(model, warm, layers, batch_size, num_workers, distributions=False)
+    mine_once(model, warm, layers, batch_size, num_workers, distributions=True, preprocess=preprocess)
+    mine_once(model, warm, layers, batch_size, num_workers, distributions=False, preprocess=preprocess)
     order = ["bare", "off", "on"] + (["torch"] if reference else [])
     runs: dict[str, list[dict]] = {m: [] for m in order}
     for r in range(repeats):
@@ -73,7 +73,8 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
                 else:
                     torch_path(method == "torch")
                     try:
-                        mine_once(model, ds, layers, batch_size, num_workers, distributions=method != "off")
+                        mine_once(model, ds, layers, batch_size, num_workers, distributions=method != "off",
+                                  preprocess=preprocess)
                     finally:
                         torch_path(False)
             runs[method].append({**m.as_dict(), "loadavg_before": load})
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-side-by-side", action="store_true")
     p.add_argument("--reference", action="store_true",
                    help="also mine with the statistics' pure-torch path (before the compiled kernels)")
+    p.add_argument("--preprocess", choices=["cpu", "device"], default=None,
+                   help="mine's preprocess (default: mine's own; 'cpu' loads per image as the bare loop does)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"store per unit: {out['store']}")
     if not args.no_side_by_side:
         out["side_by_side"] = side_by_side(args.model, args.images, args.batch_size, args.repeats, args.workers, log,
-                                           args.reference)
+                                           args.reference, args.preprocess)
         for name, v in out["side_by_side"]["ratios"].items():
             log(f"{name}: {v if isinstance(v, float) else ', '.join(f'{k} {x:.3f}' for k, x in v.items())}")
     sizes = [int(x) for x in args.memory_images.split(",") if x]

@@ -44,8 +44,10 @@ def pure_forward(model: nn.Module, batches: list[torch.Tensor]) -> float:
 
 # ---- (b) sketchmine ------------------------------------------------------------------------------
 def mine_once(model: nn.Module, ds, layers: list[str], batch_size: int, num_workers: int, k: int = 9,
-              keep: Path | None = None, distributions: bool = True) -> tuple[dict[str, float], Path | None]:
-    """One `sketchmine.mine` call into a fresh temporary directory.
+              keep: Path | None = None, distributions: bool = True,
+              preprocess: str | None = None) -> tuple[dict[str, float], Path | None]:
+    """One `sketchmine.mine` call into a fresh temporary directory (preprocess: mine's; "cpu" makes
+    the loader the bare loop's, per image).
 
     Returns the phase times (total / setup / loop / finish, from PhaseClock) and, when
     `keep` is given, the run directory moved there (for the correctness cross-check).
@@ -57,7 +59,8 @@ def mine_once(model: nn.Module, ds, layers: list[str], batch_size: int, num_work
     try:
         t0 = time.perf_counter()
         sketchmine.mine(model, ds, layers=layers, k=k, out=tmp / "run.zarr", batch_size=batch_size,
-                        device="cpu", num_workers=num_workers, progress=clock, distributions=distributions)
+                        device="cpu", num_workers=num_workers, progress=clock, distributions=distributions,
+                        preprocess=preprocess)
         t1 = time.perf_counter()
         phases = clock.phases(t0, t1)
         phases["store_bytes"] = float(sum(f.stat().st_size for f in (tmp / "run.zarr").rglob("*") if f.is_file()))

@@ -86,6 +86,9 @@ TORCH_LIBRARY(sketchmine, m) {
         "Tensor(d!) hashes, Tensor(e!) index) -> ()");
   m.def("bottomk_update(Tensor maxima, Tensor acts, Tensor image_index, Tensor(a!) values, Tensor(b!) index, "
         "Tensor(c!) position, Tensor(d!) nan_count) -> ()");
+  // Per-batch sums over the (N, C) image maxima, in place, images in order (CPU only).
+  m.def("moments_update(Tensor maxima, Tensor(a!) sum, Tensor(b!) count, Tensor(c!) firing) -> ()");
+  m.def("class_sums_update(Tensor maxima, Tensor rows, Tensor(a!) sums) -> int");
 }
 
 TORCH_LIBRARY_IMPL(sketchmine, CPU, m) {
@@ -95,6 +98,8 @@ TORCH_LIBRARY_IMPL(sketchmine, CPU, m) {
   m.impl("sketch_update", &sketchmine::sketch_update_cpu);
   m.impl("examples_update", &sketchmine::examples_update_cpu);
   m.impl("bottomk_update", &sketchmine::bottomk_update_cpu);
+  m.impl("moments_update", &sketchmine::moments_update_cpu);
+  m.impl("class_sums_update", &sketchmine::class_sums_update_cpu);
 }
 
 #ifdef SKETCHMINE_WITH_CUDA

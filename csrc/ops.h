@@ -46,6 +46,12 @@ void check_bottomk_args(const at::Tensor& maxima, const at::Tensor& acts, const 
                         const at::Tensor& values, const at::Tensor& index, const at::Tensor& position,
                         const at::Tensor& nan_count);
 
+// Per-batch sums over the (N, C) image maxima (csrc/cpu/maxima_sums.cpp; CPU only, other devices
+// run the Python classes' torch path): the unit moments (stats/moments.py) and the class sums
+// (stats/classstats.py; returns the NaN maxima it left out).
+void moments_update_cpu(const at::Tensor& maxima, at::Tensor& sum, at::Tensor& count, at::Tensor& firing);
+int64_t class_sums_update_cpu(const at::Tensor& maxima, const at::Tensor& rows, at::Tensor& sums);
+
 #ifdef SKETCHMINE_WITH_CUDA
 void histogram_update_cuda(const at::Tensor& maxima, at::Tensor& lo, at::Tensor& hi, at::Tensor& e,
                            at::Tensor& counts, at::Tensor& inf);

@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "../grain.h"
 #include "../ops.h"
 #include "../topk_common.h"
 
@@ -210,13 +211,15 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
 
   if (len == 1) {
     // No grid (FC, softmax): the activations are the candidates. Channel blocks in
-    // parallel; within a block, image-major so each image's row is read contiguously
-    // while the block's states stay in cache.
-    at::parallel_for(0, c, 64, [&](int64_t begin, int64_t end) {
+    // parallel (only when each has enough work, see grain.h); within a block, image-major so
+    // each image's row is read contiguously while the block's states stay in cache.
+    float* out = maxima.data_ptr<float>();
+    at::parallel_for(0, c, task_grain(n, 64), [&](int64_t begin, int64_t end) {
       for (int64_t i = 0; i < n; ++i) {
         const T* row = data + i * sn;
         for (int64_t ch = begin; ch < end; ++ch) {
           const float v = static_cast<float>(row[ch * sc]);
+          out[i * c + ch] = v;  // the returned maxima: the rows themselves, as float32
           if (v != v) {
             ++nanc[ch];
             continue;
@@ -232,9 +235,8 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
   float* cand_v = maxima.data_ptr<float>();
   std::vector<int64_t> cand_p(n * c), cand_nan(n * c);
 
-  // Phase 1: one spatial reduction per (image, channel); grain keeps tasks ~32k elements.
-  const int64_t grain = std::max<int64_t>(1, 32768 / len);
-  at::parallel_for(0, n * c, grain, [&](int64_t begin, int64_t end) {
+  // Phase 1: one spatial reduction per (image, channel), len elements each.
+  at::parallel_for(0, n * c, task_grain(len, 1), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r / c, ch = r % c;
       scan_row(data + i * sn + ch * sc, len, sl, cand_v[r], cand_p[r], cand_nan[r]);
@@ -244,7 +246,7 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
 
   // Phase 2: merge the N candidates of each channel into its k-deep state; image-major
   // within a channel block, as above (the order of insertion does not change the result).
-  at::parallel_for(0, c, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, c, task_grain(n, 64), [&](int64_t begin, int64_t end) {
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t ch = begin; ch < end; ++ch) {
         const int64_t r = i * c + ch;
@@ -269,9 +271,9 @@ at::Tensor topk_update_cpu(const at::Tensor& acts, const at::Tensor& image_index
   if (n == 0 || acts3.size(2) == 0) {
     return at::full({n, c}, std::numeric_limits<float>::quiet_NaN(), opts);
   }
-  // FC/softmax rows are their own maxima (a float32 copy); spatial layers fill it below.
-  at::Tensor maxima = acts3.size(2) == 1 ? acts3.reshape({n, c}).to(at::kFloat, false, true)
-                                         : at::empty({n, c}, opts);
+  // Filled by the kernel: FC/softmax rows are their own maxima (copied in the merge loop, not
+  // by a separate parallel copy), spatial layers' are the scans' results.
+  at::Tensor maxima = at::empty({n, c}, opts);
   const at::Tensor img = image_index.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, acts3.scalar_type(), "topk_update_cpu",
                                   [&] {

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from sketchmine.errors import SketchmineError
+from sketchmine.stats import ops
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
@@ -152,6 +153,16 @@ class RunningClassStats:
         if not pending:
             return
         rows = self.rows(labels)
+        if self.host:  # one compiled pass per layer, no block copy (see _add_host)
+            counts = torch.bincount(rows, minlength=self.num_classes + 1)[:, None]
+            for n, m in pending.items():
+                i, m = self._index[n], m.reshape(len(rows), -1)
+                if m.dtype != torch.float32:  # the kernel reads float32; others take the torch path
+                    self._add_block(m, rows, self._columns[n], slice(i, i + 1))
+                    continue
+                self._seen[:, i:i + 1] += counts
+                self._add_host(m, rows, self._columns[n])
+            return
         if len(pending) == len(self.layers):
             m = torch.cat([pending[n].reshape(len(rows), -1) for n in self.layers], dim=1)
             self._add_block(m, rows, slice(None), slice(None))
@@ -168,6 +179,16 @@ class RunningClassStats:
             self._sums[:, columns].index_add_(0, rows, m)
             return
         self._accumulate(self._sums[:, columns], rows, m.masked_fill(nan, 0.0))
+        self._nan_table()[:, columns].index_add_(0, rows, nan.long())  # integers: any order adds alike
+        self._nans[columns] += nan.sum(dim=0)
+
+    def _add_host(self, maxima: torch.Tensor, rows: torch.Tensor, columns: slice) -> None:
+        """The host's sums: `ops.class_sums_update` adds each image in order (index_add_'s roundings)
+        in one pass without short parallel regions (several times their work in CPU on a busy
+        machine: issue 20); the rare NaN maps are then counted with torch ops."""
+        if ops.class_sums_update(maxima, rows, self._sums[:, columns]) == 0:
+            return
+        nan = torch.isnan(maxima)
         self._nan_table()[:, columns].index_add_(0, rows, nan.long())  # integers: any order adds alike
         self._nans[columns] += nan.sum(dim=0)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from sketchmine.stats import ops
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
@@ -29,9 +30,10 @@ class RunningMoments:
     """Per unit (all layers in one column block): the float64 sum and count of non-NaN image
     maxima, and the count of maxima > 0.
 
-    On the host the sum is added image by image in global order (one vector add per image:
-    ten times faster than index_add_ into the column slice, and the same sequence of roundings),
-    so it does not depend on batch size or resume point; on CUDA a per-batch column sum."""
+    On the host one compiled pass (`ops.moments_update`) adds the batch image by image in global
+    order, so the sum does not depend on batch size or resume point, without short parallel
+    regions (each costs several times its work on a busy machine: issue 20); elsewhere (CUDA)
+    the torch path `add_reference` (a per-batch column sum)."""
 
     key, title = KEY, "unit moments"
 
@@ -49,8 +51,18 @@ class RunningMoments:
 
     def add(self, layer: str, maxima: torch.Tensor) -> None:
         """One layer's (N, C) image maxima (NaN: an all-NaN map, left out)."""
+        if not self._host or maxima.dtype != torch.float32:
+            self.add_reference(layer, maxima)
+            return
         cols = self._columns[layer]
-        m = maxima.reshape(len(maxima), -1).double()
+        ops.moments_update(maxima.reshape(len(maxima), cols.stop - cols.start), self._sum[0, cols], self._count[cols],
+                           self._firing[cols])
+
+    def add_reference(self, layer: str, maxima: torch.Tensor) -> None:
+        """`add` in torch ops (the path on CUDA; on the host the spec the kernel equals bit for bit):
+        on the host the rows are added one vector add per image, in order."""
+        cols = self._columns[layer]
+        m = maxima.reshape(len(maxima), cols.stop - cols.start).double()
         nan = torch.isnan(m)
         m = m.masked_fill(nan, 0.0)
         if self._host:

@@ -209,3 +209,23 @@ def compiled_here(t: torch.Tensor) -> bool:
     """Whether the distribution kernels above run for tensors on t's device (the CPU only; other
     devices use the classes' pure-torch references)."""
     return t.device.type == "cpu"
+
+
+def moments_update(maxima: torch.Tensor, total: torch.Tensor, count: torch.Tensor, firing: torch.Tensor) -> None:
+    """Compiled (CPU) `RunningMoments.add_reference`, in place: maxima (N, C) float32; total (C,)
+    float64, count and firing (C,) int64, contiguous. Images are added in order, one thread
+    unless a task has enough work (csrc/grain.h)."""
+    torch.ops.sketchmine.moments_update(maxima, total, count, firing)
+
+
+@torch.library.register_fake("sketchmine::moments_update")
+def _moments_update_fake(maxima, total, count, firing) -> None:
+    return None
+
+
+def class_sums_update(maxima: torch.Tensor, rows: torch.Tensor, sums: torch.Tensor) -> int:
+    """Compiled (CPU) sums[rows[i], c] += maxima[i, c] for every non-NaN maximum, images in order
+    (index_add_'s roundings): maxima (N, C) float32; rows (N,) int64 in [0, R); sums (R, C)
+    float64 with unit stride along C (a column slice of the class table). Returns how many
+    maxima were NaN (left out; the caller counts them)."""
+    return int(torch.ops.sketchmine.class_sums_update(maxima, rows, sums))
