@@ -275,9 +275,9 @@ def test_a_run_made_before_the_record_resumes_per_image(tmp_path, demo_model, sm
 
 
 def test_a_one_pixel_wide_size_is_resized_right():
-    """torch's antialiased resize into a one-pixel-wide output of 3 channels repeats the first row
-    for standard strides; the rule avoids that kernel. Rows 95, 217, 15 to 2 rows: the triangle
-    filter's weights are 0.625/0.375 (hand-computed), on the per-image and the batched route."""
+    """torch's antialiased resize into a one-pixel-wide output repeats its first row; the rule
+    resizes the transpose there. Rows 95, 217, 15 to 2 rows: the triangle filter's weights are
+    0.625/0.375 (hand-computed), on the per-image and the batched route, colour and grey."""
     column = np.array([95, 217, 15], dtype=np.uint8)
     image = np.repeat(column[:, None, None], 3, axis=2)[:, :1]  # (H=3, W=1, 3), grey in RGB
     image[..., 1] = 255 - image[..., 1]  # channels that differ
@@ -286,3 +286,6 @@ def test_a_one_pixel_wide_size_is_resized_right():
     for got in (per_image(image[None], pre), prepare_uint8(torch.from_numpy(image[None]), pre)):
         np.testing.assert_allclose(got[0, 0, :, 0].numpy(), want, rtol=1e-6)
         np.testing.assert_allclose(got[0, 1, :, 0].numpy(), 1 - want, rtol=1e-6)
+    grey = column[:, None, None]  # (H=3, W=1, 1): one plane resized, then repeated to 3 channels
+    for got in (per_image(grey[None], pre), prepare_uint8(torch.from_numpy(grey[None]), pre)):
+        np.testing.assert_allclose(got[0, :, :, 0].numpy(), np.stack([want] * 3), rtol=1e-6)

@@ -95,14 +95,15 @@ class Preprocessing:
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, c, H, W) float → (N, c, *size): torch's antialiased bilinear resize, the rule's
         only one (no-op without a size or at that size already)."""
-        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
-            if 1 in self.size and x.ndim == 4:
-                # torch 2.14's kernel for standard strides repeats the first row or column into a
-                # one-pixel-wide output of 3 channels (measured); the one for channels-last strides
-                # is right (written out: a one-pixel-wide input may look channels-last already)
-                x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).copy_(x)
-            x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", antialias=True)
-        return x
+        if self.size is None or tuple(x.shape[-2:]) == tuple(self.size):
+            return x
+        h, w = self.size
+        if w == 1 and h > 1:
+            # torch 2.14's antialiased resize into a one-pixel-wide output repeats its first row
+            # (measured against the filter's weights); one pixel high is right, so resize the transpose
+            t = torch.nn.functional.interpolate(x.transpose(-1, -2), size=(1, h), mode="bilinear", antialias=True)
+            return t.transpose(-1, -2).contiguous()
+        return torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", antialias=True)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
