@@ -4,8 +4,8 @@
 // and for a while after it): on a busy 2-core machine a region over a few hundred
 // microseconds of work burns 3-6x that in CPU time, more than the work itself. So a region
 // only splits into tasks of at least kMinTaskWork elementary steps (an element read, an
-// insertion tried); smaller work runs on the calling thread. 2^18 as the distribution kernels
-// (distribution.cpp); for the top-k, 2^15 left 2-3x the single-thread CPU with 2 threads, 2^18
+// insertion tried); smaller work runs on the calling thread. The mining pass's kernels take their grain
+// from here. For the top-k, 2^15 left 2-3x the single-thread CPU with 2 threads, 2^18
 // the same as never splitting (benchmarks/accumulator_cost.py; RESULTS.md, "Session 17: thread
 // grain of the mining accumulators"). A batch of 64 then splits only the convolutions' scans.
 #pragma once

@@ -10,16 +10,16 @@
 #include <vector>
 
 #include "../distribution_common.h"
+#include "../grain.h"
 #include "../ops.h"
 
 namespace sketchmine {
 
 using namespace dist;
 
-// Units per parallel task: at least 2^18 entries of maxima each (about a millisecond), so a batch
-// of 64 splits only layers wider than 4,096 units. Many short parallel regions cost more than
-// they gain: on a busy machine each waits for both threads to be scheduled (measured, session 17).
-int64_t grain(const at::Tensor& maxima) { return std::max<int64_t>(64, (int64_t{1} << 18) / std::max<int64_t>(maxima.size(0), 1)); }
+// Units per parallel task: each unit reads its N maxima, so a task holds at least kMinTaskWork
+// entries (grain.h; a batch of 64 splits only layers wider than 4,096 units), and 64 units.
+int64_t grain(const at::Tensor& maxima) { return task_grain(maxima.size(0), 64); }
 
 Column column(const at::Tensor& x, int64_t c) {
   return {x.data_ptr<float>() + c * x.stride(1), x.size(0), x.stride(0)};

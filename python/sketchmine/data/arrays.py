@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from sketchmine.data.dataset import MinerDataset
+from sketchmine.data.dataset import MinerDataset, error_note
 from sketchmine.data.folder import READ_ERRORS
 from sketchmine.data.preprocess import Preprocessing, chw
 from sketchmine.errors import SketchmineError
@@ -96,7 +96,7 @@ class TorchDataset(MinerDataset):
         try:
             x, y = self.dataset[i][:2]
         except READ_ERRORS as exc:  # the dataset's own file read failed: skip_bad_images decides
-            return i, torch.zeros(1), -1, f"error:{type(exc).__name__}: {exc}"
+            return i, torch.zeros(1), -1, error_note(exc)
         x = torch.as_tensor(x)
         p = self.preprocessing
         if p is None:

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sketchmine.data.arrays import ArrayDataset
-from sketchmine.data.dataset import MinerDataset
+from sketchmine.data.dataset import MinerDataset, error_note
 from sketchmine.data.folder import READ_ERRORS, ImageFolderDataset
 from sketchmine.data.preprocess import Preprocessing
 from sketchmine.errors import SketchmineError
@@ -62,16 +62,13 @@ class NativeSamples(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, int, str]:
         label = int(self.labels[i])
-        if self.jpeg_bytes and self.ds.path(i).lower().endswith(JPEG):
-            try:
+        try:
+            if self.jpeg_bytes and self.ds.path(i).lower().endswith(JPEG):
                 data = (self.ds.root / self.ds.path(i)).read_bytes()  # type: ignore[union-attr]
                 return i, torch.frombuffer(bytearray(data), dtype=torch.uint8), label, JPEG_NOTE
-            except OSError as exc:
-                return i, torch.zeros(0, dtype=torch.uint8), label, f"error:{type(exc).__name__}: {exc}"
-        try:
             image, note = self.ds.image_array(i)
-        except READ_ERRORS as exc:
-            return i, torch.zeros(0, dtype=torch.uint8), label, f"error:{type(exc).__name__}: {exc}"
+        except READ_ERRORS as exc:  # OSError among them: a JPEG's read as well
+            return i, torch.zeros(0, dtype=torch.uint8), label, error_note(exc)
         return i, as_uint8_hwc(image), label, note
 
 
@@ -154,7 +151,7 @@ class DevicePreparer:
                 try:
                     array, note = self.ds.image_array(i)
                 except READ_ERRORS as exc:
-                    notes[j] = f"error:{type(exc).__name__}: {exc}"
+                    notes[j] = error_note(exc)
                     continue
                 image = as_uint8_hwc(array).to(self.device)
                 notes[j] = note

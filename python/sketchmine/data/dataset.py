@@ -16,6 +16,11 @@ from sketchmine.data.preprocess import Preprocessing
 from sketchmine.errors import SketchmineError
 
 
+def error_note(exc: BaseException) -> str:
+    """The note of a sample whose file could not be read: "error:<type>: <message>"."""
+    return f"error:{type(exc).__name__}: {exc}"
+
+
 class MinerDataset(Dataset):
     """Base of the datasets the miner reads: yields (index, image, label, note)."""
 

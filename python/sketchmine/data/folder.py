@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sketchmine.data.dataset import MinerDataset
+from sketchmine.data.dataset import MinerDataset, error_note
 from sketchmine.data.preprocess import Preprocessing, chw
 from sketchmine.errors import SketchmineError
 
@@ -157,7 +157,7 @@ class ImageFolderDataset(MinerDataset):
             image, note = self.image_array(i)
         except READ_ERRORS as exc:
             size = p.size or (1, 1)
-            return i, torch.zeros(p.channels, *size), label, f"error:{type(exc).__name__}: {exc}"
+            return i, torch.zeros(p.channels, *size), label, error_note(exc)
         return i, p.prepare(chw(image)[None])[0], label, note
 
 

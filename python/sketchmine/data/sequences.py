@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from sketchmine.data import READ_ERRORS, ArrayDataset, ImageFolderDataset, MinerDataset, chw
+from sketchmine.data.dataset import error_note
 from sketchmine.errors import SketchmineError
 
 TRANSFORM = "outline-then-fill/v1"
@@ -170,7 +171,7 @@ class SequenceDataset(MinerDataset):
             image, note = self.base.image_array(i)
         except READ_ERRORS as exc:
             x = torch.zeros(self.steps, p.channels, *(p.size or (1, 1)))
-            return i, x, label, f"error:{type(exc).__name__}: {exc}"
+            return i, x, label, error_note(exc)
         frames = progressive_drawing(image, self.steps, background_of(image, self.ink))
         return i, p.prepare(torch.stack([chw(f) for f in frames])), label, note
 

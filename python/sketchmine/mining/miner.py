@@ -215,10 +215,13 @@ def mine(
     existing = team.writes and is_run(out)  # only rank 0 reads or writes the store
     store = RunStore.open(out, mode="r+") if existing else None
     pre = ds.preprocessing
-    # the route a resumed run recorded (runs made before the record: per image), from rank 0 to every rank
-    recorded = team.on_writer(lambda: store.attrs.get(PREPROCESS, "cpu") if store else None)
-    if distributions is None:  # likewise the run's setting (runs from before the record: without), else on
-        distributions = team.on_writer(lambda: bool(store.attrs.get("distributions", False)) if store else True)
+    # what a resumed run recorded (runs made before the records: per image, without distributions),
+    # from rank 0 to every rank; a new run: the defaults
+    recorded, recorded_distributions = team.on_writer(
+        lambda: (store.attrs.get(PREPROCESS, "cpu"), bool(store.attrs.get("distributions", False))) if store
+        else (None, True))
+    if distributions is None:
+        distributions = recorded_distributions
     load = dataclasses.replace(load, preprocess=choose(preprocess, ds, recorded))
     _dataset_normalisation(ds, store, load, progress)
     want = {
@@ -331,14 +334,13 @@ def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> N
             diffs.append(f"{label} (run: {_short(a)}, now: {_short(b)})")
     if attrs.get("logits", True) != logits:
         diffs.append(f"logits (run: {attrs.get('logits', True)}, now: {logits})")
-    if bool(attrs.get("distributions", False)) != bool(want.get("distributions", False)):
-        diffs.append(f"distributions (run: {bool(attrs.get('distributions', False))}, "
-                     f"now: {bool(want.get('distributions', False))}; pass distributions="
-                     f"{bool(attrs.get('distributions', False))} / --{'' if attrs.get('distributions') else 'no-'}"
-                     "distributions to resume it)")
-    if attrs.get(PREPROCESS, "cpu") != want.get(PREPROCESS, "cpu"):  # runs before the record: per image
-        diffs.append(f"preprocess (run: {attrs.get(PREPROCESS, 'cpu')}, now: {want.get(PREPROCESS, 'cpu')}; "
-                     f"pass --preprocess {attrs.get(PREPROCESS, 'cpu')})")
+    had, has = bool(attrs.get("distributions", False)), bool(want.get("distributions", False))
+    if had != has:
+        diffs.append(f"distributions (run: {had}, now: {has}; pass distributions={had} / "
+                     f"--{'' if had else 'no-'}distributions to resume it)")
+    route, asked = attrs.get(PREPROCESS, "cpu"), want.get(PREPROCESS, "cpu")  # runs before the record: per image
+    if route != asked:
+        diffs.append(f"preprocess (run: {route}, now: {asked}; pass --preprocess {route})")
     if diffs:
         raise SketchmineError(f"cannot resume {current.path}: it was mined with a different " + "; ".join(diffs)
                               + ". Use another --out for a new run")

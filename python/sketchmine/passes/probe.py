@@ -159,10 +159,11 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
     layers, notes = probe_layers(run)
     shape = (1, seq["steps"], 1, *size) if seq else (1, 1, *size)
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(0)) * 255
-    why = prefix_problem(net.eval(), ProbeNet(net, [], pre).prepare(x)) if seq else None
+    wrapped = ProbeNet(net.eval(), layers, pre).eval()
+    why = prefix_problem(net, wrapped.prepare(x)) if seq else None
     if why:
         notes.append(f"no prediction per step: {why}")
-    wrapped = ProbeNet(net.eval(), layers, pre, steps=bool(seq) and not why).eval()
+    wrapped.steps = bool(seq) and not why
     with torch.no_grad():
         outs = wrapped(x)
     names, specs = ["probs"] + (["steps"] if wrapped.steps else []), []

@@ -179,16 +179,17 @@ class RunningClassStats:
             self._sums[:, columns].index_add_(0, rows, m)
             return
         self._accumulate(self._sums[:, columns], rows, m.masked_fill(nan, 0.0))
-        self._nan_table()[:, columns].index_add_(0, rows, nan.long())  # integers: any order adds alike
-        self._nans[columns] += nan.sum(dim=0)
+        self._count_nans(nan, rows, columns)
 
     def _add_host(self, maxima: torch.Tensor, rows: torch.Tensor, columns: slice) -> None:
         """The host's sums: `ops.class_sums_update` adds each image in order (index_add_'s roundings)
         in one pass without short parallel regions (several times their work in CPU on a busy
         machine: issue 20); the rare NaN maps are then counted with torch ops."""
-        if ops.class_sums_update(maxima, rows, self._sums[:, columns]) == 0:
-            return
-        nan = torch.isnan(maxima)
+        if ops.class_sums_update(maxima, rows, self._sums[:, columns]) != 0:
+            self._count_nans(torch.isnan(maxima), rows, columns)
+
+    def _count_nans(self, nan: torch.Tensor, rows: torch.Tensor, columns: slice) -> None:
+        """The NaN maxima `nan` (N, columns) left out of the sums, per class and per unit."""
         self._nan_table()[:, columns].index_add_(0, rows, nan.long())  # integers: any order adds alike
         self._nans[columns] += nan.sum(dim=0)
 
