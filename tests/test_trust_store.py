@@ -143,6 +143,28 @@ def test_a_damaged_topk_chunk_is_an_error_naming_the_array(tmp_path, mined, dama
     run.topk("classifier.4")  # the other layers are intact
 
 
+def test_a_run_with_the_older_blake2b_checksums_still_verifies(tmp_path, mined):
+    """Runs written before sha256 record bare blake2b-128 digests: they read as before, and a
+    damaged chunk is still found."""
+    import hashlib
+
+    import zarr
+
+    path = _copy(mined, tmp_path)
+    group = zarr.open_group(str(path), mode="r+")
+    sums = dict(group.attrs["checksums"])
+    name = "layers/features.3/image_index"
+    data = np.asarray(group[name][...])
+    assert sums[name]["sums"][0].startswith("sha256:")
+    sums[name] = {**sums[name], "sums": [hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()]}
+    group.attrs["checksums"] = sums
+    assert np.array_equal(sketchmine.open_run(path).topk("features.3")[1], data)
+    [chunk] = [c for c in _chunks(path, name) if c.is_file()]
+    chunk.unlink()
+    with pytest.raises(SketchmineError, match=r"damaged: array 'layers/features\.3/image_index'"):
+        sketchmine.open_run(path).topk("features.3")
+
+
 @pytest.mark.parametrize("array", ["dataset/labels", "eval/predictions"])
 def test_a_missing_label_or_prediction_chunk_is_an_error(tmp_path, mined, array):
     path = _copy(mined, tmp_path)
