@@ -81,3 +81,44 @@ def test_put_rows_equals_one_slice_assignment_per_array(tmp_path_factory, rows, 
         np.testing.assert_array_equal(zarr.open_group(str(root / "bulk.zarr"))[k][...],
                                       zarr.open_group(str(root / "plain.zarr"))[k][...])
         np.testing.assert_array_equal(made[0][k][a:b], values[k])
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 9), k=st.integers(1, 200), dtype=st.sampled_from([np.float64, np.int64]), data=st.data())
+def test_columns_write_and_checksum_the_array_they_stand_for(tmp_path_factory, rows, k, dtype, data):
+    """A `Columns` (a table that is its fill value outside some columns) reads back as the whole
+    array, writes only the chunks of its data columns, and its streamed checksums equal those of
+    the whole array in the same blocks, so `mismatch` accepts what is read and finds a lost chunk."""
+    from sketchmine.store import checksums
+    from sketchmine.store.columns import COLUMN_CHUNK, Columns
+
+    at = np.array(sorted(data.draw(st.sets(st.integers(0, k - 1), max_size=min(k, 12)))), dtype=np.int64)
+    fill = np.nan if dtype is np.float64 else 0
+    elements = (st.floats(-1e6, 1e6) | st.just(np.nan)) if dtype is np.float64 else st.integers(-5, 10**6)
+    values = data.draw(hnp.arrays(dtype, (rows, len(at)), elements=elements))
+    table = Columns((rows, k), fill, at, values)
+    whole = np.full((rows, k), fill, dtype=dtype)
+    whole[:, at] = values
+    np.testing.assert_array_equal(np.asarray(table), whole)
+    root = tmp_path_factory.mktemp("columns") / "c.zarr"
+    put_all(zarr.open_group(str(root), mode="w"), {"layers/x.1/class_mean": table})
+    arr = zarr.open_group(str(root), mode="r")["layers/x.1/class_mean"]
+    read = arr[...]
+    np.testing.assert_array_equal(read, whole)
+    assert read.dtype == dtype and arr.metadata.dimension_names == ("unit", "class")
+    files = [f for f in (root / "layers/x.1/class_mean" / "c").rglob("*") if f.is_file()]
+    written = {int(f.relative_to(root / "layers/x.1/class_mean" / "c").parts[1]) for f in files}
+    data_chunks = {int(a) // COLUMN_CHUNK for a in at}
+    assert written <= data_chunks  # only the data columns' chunks (Zarr skips one that is all fill)
+    assert written == {j for j in data_chunks
+                       if not np.array_equal(whole[:, j * COLUMN_CHUNK:(j + 1) * COLUMN_CHUNK], np.full(
+                           (rows, len(range(k)[j * COLUMN_CHUNK:(j + 1) * COLUMN_CHUNK])), fill, dtype=dtype),
+                           equal_nan=dtype is np.float64)}
+    sums = table.block_sums()
+    assert sums == checksums.block_sums(whole, sums["rows"])
+    assert checksums.mismatch(read, sums, 0, len(sums["sums"]) - 1, rows) is None
+    if files:
+        files[0].unlink()
+        lost = zarr.open_group(str(root), mode="r")["layers/x.1/class_mean"][...]
+        if not np.array_equal(lost, whole, equal_nan=dtype is np.float64):  # a chunk of only fill-equal data is no loss
+            assert checksums.mismatch(lost, sums, 0, len(sums["sums"]) - 1, rows) is not None

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from sketchmine.store.columns import Columns
+
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -100,8 +102,9 @@ class Accumulator(Protocol):
     def merge(self, other: Any) -> None:
         """Fold in the same statistic over disjoint images (another rank), in a fixed order."""
 
-    def results(self) -> dict[str, np.ndarray]:
-        """Final arrays by store path (schema.layer_array / schema.dataset_array)."""
+    def results(self) -> Mapping[str, np.ndarray | Columns]:
+        """Final arrays by store path (schema.layer_array / schema.dataset_array); a table that is
+        mostly its fill value may come as its data columns (store.columns.Columns)."""
 
 
 Factory = Callable[[Setup], "Accumulator | None"]

@@ -22,6 +22,7 @@ import torch
 from sketchmine.errors import SketchmineError
 from sketchmine.stats import ops
 from sketchmine.store import schema
+from sketchmine.store.columns import Columns
 
 if TYPE_CHECKING:
     from sketchmine.stats.accumulators import Batch, Setup
@@ -264,9 +265,9 @@ class RunningClassStats:
             return self.results_of(layer)
         if self.labelled_images == 0:
             return {}
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, np.ndarray | Columns] = {}
         for name in self.layers:
-            mean, count = self.results_of(name)
+            mean, count = self.columns_of(name)
             arrays.update({schema.layer_array(name, "class_mean"): mean,
                            schema.layer_array(name, "class_count"): count,
                            schema.layer_array(name, "class_nan_count"): self.nan_counts(name)})
@@ -287,24 +288,25 @@ class RunningClassStats:
         return seen if self._nan_cells is None else seen - self._nan_cells[:, cols]
 
     def results_of(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
-        """(class_mean (C, K) float64, NaN where a class has no image; class_count (C, K) int64).
+        """(class_mean (C, K) float64, NaN where a class has no image; class_count (C, K) int64)."""
+        mean, count = self.columns_of(layer)
+        return mean.whole(), count.whole()
 
-        Computed for the classes the layer saw only: a 1,000-way head over a 10-class probe set
-        is 99 % empty columns, and dividing and transposing all of them was most of a run's
-        final write (issue 20)."""
+    def columns_of(self, layer: str) -> tuple[Columns, Columns]:
+        """`results_of` as the columns of the classes the layer saw (the other columns NaN and 0).
+
+        A 1,000-way head over a 10-class probe set is 99 % empty columns: the store writes these
+        without making the tables whole (store/columns.py, issue 20)."""
         self.end_batch()
         cols, i, k = self._columns[layer], self._index[layer], self.num_classes
         units = cols.stop - cols.start
-        present = torch.nonzero(self._seen[:k, i] > 0).flatten()
-        mean = np.full((units, k), np.nan)
-        count = np.zeros((units, k), dtype=np.int64)
-        if len(present):
-            s = self._sums[present.to(self.device), cols]
-            c = self.counts(layer)[present.to(self.device)]
-            at = present.cpu().numpy()
-            mean[:, at] = torch.where(c > 0, s / c.clamp_min(1), torch.nan).T.cpu().numpy()
-            count[:, at] = c.T.cpu().numpy()
-        return mean, count
+        present = torch.nonzero(self._seen[:k, i] > 0).flatten().to(self.device)
+        s = self._sums[present, cols]
+        c = self.counts(layer)[present]
+        mean = torch.where(c > 0, s / c.clamp_min(1), torch.nan).T.contiguous().cpu().numpy()
+        at = present.cpu().numpy()
+        return (Columns((units, k), np.nan, at, mean),
+                Columns((units, k), 0, at, c.T.contiguous().cpu().numpy()))
 
     def nan_counts(self, layer: str) -> np.ndarray:
         """Per unit of `layer`, the images whose map was all NaN (any label), int64."""

@@ -32,6 +32,7 @@ from sketchmine.store import checksums, schema
 from sketchmine.store.attrs import check_layer_attrs, check_root_attrs
 from sketchmine.store.checkpoint import Checkpoints
 from sketchmine.store.checksums import block_sums, digest
+from sketchmine.store.columns import Columns
 from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import create_nodes, io_errors, lay_out_run, new_array, put_all, put_rows
 from sketchmine.store.lock import RunLock, check_writable, stage
@@ -361,13 +362,14 @@ class RunStore(Checkpoints):
 
     # ---- final results -------------------------------------------------------------------
     @io_errors
-    def write_results(self, arrays: dict[str, np.ndarray], accuracy: float | None = None) -> None:
+    def write_results(self, arrays: dict[str, np.ndarray | Columns], accuracy: float | None = None) -> None:
         """The final arrays of every layer (top-k, class statistics) and of eval/, in one Zarr
         call; the overall accuracy when there are predictions."""
         # the checksums are computed while zarr compresses and writes (both release the GIL):
         # for 1,000-class tables they cost as much as the write itself
         with ThreadPoolExecutor(1, thread_name_prefix="sketchmine-checksums") as pool:
-            sums = pool.submit(lambda: {name: block_sums(arr) for name, arr in arrays.items()})
+            sums = pool.submit(lambda: {name: arr.block_sums() if isinstance(arr, Columns) else block_sums(arr)
+                                        for name, arr in arrays.items()})
             put_all(self.group, arrays)
             self._final_sums.update(sums.result())
         if schema.PER_CLASS_ACCURACY in arrays:

@@ -110,7 +110,9 @@ ARRAYS: dict[str, ArraySpec] = {
 }
 """The per-image arrays, written row block by row block while mining. Every other final array
 (layers/<name>/{values, image_index, yx, nan_count, class_*}, eval/per_class_accuracy,
-dataset/class_*) is written whole as one chunk with the dtype its accumulator gives."""
+dataset/class_*) is written whole as one chunk with the dtype its accumulator gives, except
+layers/<name>/{class_mean, class_count}: chunks of 64 classes (store/columns.py), fill NaN and 0,
+only the chunks of classes the layer saw written."""
 
 VISUAL_ARRAYS: dict[str, ArraySpec] = {
     "patches": ArraySpec("uint8", 0, lambda shape, rows: (1, *shape[1:])),  # one chunk per unit
