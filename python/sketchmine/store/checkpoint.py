@@ -46,9 +46,9 @@ class Checkpoints:
         put_all(sg, packed)
         # what resume needs to check this slot and to restart from it alone: the checksums of
         # its arrays and of the rows written since the previous slot, and the committed extras
-        sg.attrs.update({"accumulators": {key: list(state) for key, state in states.items()},
-                         "images_done": images_done, "extra": extra, "rows": self._written,
-                         "checksums": {key: digest(arr) for key, arr in packed.items()}})
+        sg.update_attributes({"accumulators": {key: list(state) for key, state in states.items()},
+                              "images_done": images_done, "extra": extra, "rows": self._written,
+                              "checksums": {key: digest(arr) for key, arr in packed.items()}})
         self.commit({"images_done": images_done, "slot": slot, "complete": False,
                      "updated": time.time()}, extra)
         self._written, self._intact, self._override = [], None, {}

@@ -29,7 +29,7 @@ def write_unit(root: Path, path: str, arrays: dict[str, np.ndarray], attrs: dict
     try:
         group = zarr.open_group(str(staging), mode="w")
         put_all(group, arrays, at=path)
-        group.attrs.update({**attrs, schema.COMPLETE: True})
+        group.update_attributes({**attrs, schema.COMPLETE: True})
         if target.exists():
             os.rename(target, old)
         os.rename(staging, target)

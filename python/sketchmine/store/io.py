@@ -130,9 +130,9 @@ def lay_out_run(group: zarr.Group, attrs: dict[str, Any], n_images: int, class_n
     if class_names:
         put_rows({"n": cn, "c": cc}, slice(0, len(names)), {"n": names, "c": names})
     sums = {schema.PATHS: {"rows": rows, "sums": path_sums}, schema.CLASS_NAMES: block_sums(names)}
-    group.attrs.update({**attrs, schema.VERSION_ATTR: schema.SCHEMA_VERSION, schema.ROW_CHUNK_ATTR: rows,
-                        schema.CHECKSUMS: sums,
-                        schema.PROGRESS: {"images_done": 0, "slot": None, "complete": False, "updated": time.time()}})
+    group.update_attributes({**attrs, schema.VERSION_ATTR: schema.SCHEMA_VERSION, schema.ROW_CHUNK_ATTR: rows,
+                             schema.CHECKSUMS: sums,
+                             schema.PROGRESS: {"images_done": 0, "slot": None, "complete": False, "updated": time.time()}})
 
 
 def io_errors(method: Callable) -> Callable:

@@ -281,7 +281,7 @@ class RunStore(Checkpoints):
 
     @io_errors
     def commit(self, progress: dict[str, Any], extra: dict[str, Any]) -> None:
-        self.group.attrs.update({**extra, "progress": progress})
+        self.group.update_attributes({**extra, "progress": progress})  # one write: the commit is atomic
 
     @io_errors
     def write_arrays(self, group: str, arrays: dict[str, np.ndarray]) -> None:
@@ -373,7 +373,7 @@ class RunStore(Checkpoints):
             put_all(self.group, arrays)
             self._final_sums.update(sums.result())
         if schema.PER_CLASS_ACCURACY in arrays:
-            self.group[schema.EVAL].attrs.update({schema.ACCURACY: accuracy})
+            self.group[schema.EVAL].update_attributes({schema.ACCURACY: accuracy})
 
     @io_errors
     def finish(self, n_images: int, extra: dict[str, Any]) -> None:
