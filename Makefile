@@ -22,8 +22,12 @@ BUILD_REQUIRES = $(shell python3 -c "import re; t = open('pyproject.toml').read(
 demo: $(STAMP)
 	$(PYTHON) -m sketchmine demo
 
+# the suite on TEST_WORKERS pytest-xdist processes (auto: one per CPU; 1: in this process), a test
+# file per worker at a time so its module fixtures (mined runs) are made once
+TEST_WORKERS ?= auto
+
 test: $(STAMP) ort
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # onnxruntime-web for the report's live probe (pinned, from npm; git-ignored: 14 MB of WebAssembly)
 ort:

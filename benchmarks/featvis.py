@@ -4,7 +4,7 @@ resolution; skipped, and said so, when it does not import), the optimised images
 run's top-1 images per layer, and the regularisers' figure (docs/featvis.png).
 
     python3 -m benchmarks.featvis [--steps 16] [--alexnet-units 32] [--ratio-steps 256]
-                                  [--ratio-units 16] [--ratio-models demo demo-resnet]
+                                  [--ratio-units 16] [--ratio-spread] [--ratio-models demo demo-resnet]
                                   [--skip-lucent] [--threads 2] [--parts ceiling speed ratio figure]
 
 Writes benchmarks/results_featvis.json. Every number is measured in this process, side by side.
@@ -121,10 +121,11 @@ def lucent_case(model: Any, layer: str, units: list[int], size: int, steps: int)
 
 
 def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fourier",
-               regularizers: str | dict[str, Any] = "default") -> list[dict[str, Any]]:
+               regularizers: str | dict[str, Any] = "default", spread: bool = False) -> list[dict[str, Any]]:
     """Per layer of a run mined on the embedded test split: the share of units whose spatial
     maximum at the optimised image reaches the run's top-1 value, and the median and least
-    ratio over the units whose top-1 value is positive."""
+    ratio over the units whose top-1 value is positive. `per_layer` units: the first ones, or with
+    `spread` evenly spaced over the layer (a sample not tied to the first channels)."""
     import tempfile
 
     import sketchmine
@@ -137,11 +138,18 @@ def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fouri
         run = sketchmine.mine(model_spec, ds, k=1, out=Path(tmp) / "run.zarr")
         for layer in run.layers:
             top1 = run.topk(layer)[0][:, 0]
-            units = list(range(min(per_layer, len(top1)) if per_layer > 0 else len(top1)))
+            if per_layer <= 0 or per_layer >= len(top1):
+                units = list(range(len(top1)))
+            elif spread:
+                units = sorted({int(u) for u in np.linspace(0, len(top1) - 1, per_layer).round()})
+            else:
+                units = list(range(per_layer))
             r, t = _timed(lambda: feature_visualization(loaded, layer, units, steps=steps, method=method,
                                                         regularizers=regularizers))
             ratio = r.peak / np.where(top1[units] > 0, top1[units], np.nan)  # a top-1 <= 0: no ratio, only >=
-            rows.append({"model": model_spec, "layer": layer, "units": len(units), "steps": steps, "method": method,
+            rows.append({"model": model_spec, "layer": layer, "units": len(units), "of_units": len(top1),
+                         "sample": "spread" if spread and len(units) < len(top1) else "first",
+                         "steps": steps, "method": method,
                          "regularizers": regularizers, "share_ge_1": round(float((r.peak >= top1[units]).mean()), 3),
                          "units_ge_1": int((r.peak >= top1[units]).sum()),
                          "min_ratio": round(float(np.nanmin(ratio)), 3),
@@ -190,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alexnet-units", type=int, default=32, help="AlexNet conv5 units timed (of 256)")
     p.add_argument("--ratio-steps", type=int, default=256)
     p.add_argument("--ratio-units", type=int, default=16, help="units per layer in the top-1 comparison (0: all)")
+    p.add_argument("--ratio-spread", action="store_true",
+                   help="take the top-1 comparison's units evenly spaced over each layer instead of the first ones")
     p.add_argument("--ratio-models", nargs="+", default=["demo", "demo-resnet"])
     p.add_argument("--ratio-regularizers", type=json.loads, default=None,
                    help='the ratio part\'s regularizers as JSON, e.g. \'{"transforms": false}\'')
@@ -228,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     if "ratio" in a.parts:
         done = [r for r in out.get("ratio", []) if r["model"] not in a.ratio_models]
         out["ratio"] = done + [r for m in a.ratio_models for r in ratio_rows(m, a.ratio_steps, a.ratio_units,
-                                                                                 regularizers=a.ratio_regularizers or "default")]
+                                                                                 regularizers=a.ratio_regularizers or "default",
+                                                                                 spread=a.ratio_spread)]
     if "figure" in a.parts:
         figure(REPO / "docs" / "featvis.png", a.figure_steps)
         out["figure"] = {"path": "docs/featvis.png", "steps": a.figure_steps}
