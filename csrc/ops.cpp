@@ -89,6 +89,8 @@ TORCH_LIBRARY(sketchmine, m) {
   // Per-batch sums over the (N, C) image maxima, in place, images in order (CPU only).
   m.def("moments_update(Tensor maxima, Tensor(a!) sum, Tensor(b!) count, Tensor(c!) firing) -> ()");
   m.def("class_sums_update(Tensor maxima, Tensor rows, Tensor(a!) sums) -> int");
+  // Per image of a normalised (N, ch, H, W) batch, the share of ink pixels (CPU only).
+  m.def("ink_density(Tensor x, float[] scale, float? offset, float threshold) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sketchmine, CPU, m) {
@@ -100,6 +102,7 @@ TORCH_LIBRARY_IMPL(sketchmine, CPU, m) {
   m.impl("bottomk_update", &sketchmine::bottomk_update_cpu);
   m.impl("moments_update", &sketchmine::moments_update_cpu);
   m.impl("class_sums_update", &sketchmine::class_sums_update_cpu);
+  m.impl("ink_density", &sketchmine::ink_density_cpu);
 }
 
 #ifdef SKETCHMINE_WITH_CUDA

@@ -3,6 +3,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 namespace sketchmine {
 
 // Checks every argument of topk_update (shapes, dtypes, devices) and returns the
@@ -51,6 +53,10 @@ void check_bottomk_args(const at::Tensor& maxima, const at::Tensor& acts, const 
 // (stats/classstats.py; returns the NaN maxima it left out).
 void moments_update_cpu(const at::Tensor& maxima, at::Tensor& sum, at::Tensor& count, at::Tensor& firing);
 int64_t class_sums_update_cpu(const at::Tensor& maxima, const at::Tensor& rows, at::Tensor& sums);
+// The share of ink pixels per image of a normalised input batch (stats/classstats.py; CPU only):
+// gray = sum_c x_c * scale_c (+ offset), background the border's lower median.
+at::Tensor ink_density_cpu(const at::Tensor& x, at::ArrayRef<double> scale, std::optional<double> offset,
+                           double threshold);
 
 #ifdef SKETCHMINE_WITH_CUDA
 void histogram_update_cuda(const at::Tensor& maxima, at::Tensor& lo, at::Tensor& hi, at::Tensor& e,

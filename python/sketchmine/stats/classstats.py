@@ -41,15 +41,21 @@ def num_classes_for(class_names: Sequence[str], logit_width: int | None) -> int:
     return len(class_names) or int(logit_width or 0)
 
 
+def gray_terms(ch: int, mean: Sequence[float] = (), std: Sequence[float] = ()) -> tuple[list[float], float | None]:
+    """(per-channel scale, offset or None): gray = sum_c x_c * scale_c + offset, the channel mean
+    of x * std + mean."""
+    return [(std[c] if std else 1.0) / ch for c in range(ch)], (sum(mean) / ch if mean else None)
+
+
 def gray_levels(x: torch.Tensor, mean: Sequence[float] = (), std: Sequence[float] = ()) -> torch.Tensor:
     """(N, ch, H, W) model input → (N, H, W) float32 gray value in [0, 1]: the channel mean of
-    x * std + mean, accumulated channel by channel (one pass over the batch, no full copy)."""
-    ch = x.shape[1]
-    scale = list(std) if std else [1.0] * ch
-    gray = x[:, 0].float() * (scale[0] / ch)
-    for c in range(1, ch):
-        gray.add_(x[:, c], alpha=scale[c] / ch)
-    return gray.add_(sum(mean) / ch) if mean else gray
+    x * std + mean, accumulated channel by channel, each product rounded before its sum (the
+    compiled `ops.ink_density` rounds alike)."""
+    scale, offset = gray_terms(x.shape[1], mean, std)
+    gray = x[:, 0].float() * scale[0]
+    for c in range(1, x.shape[1]):
+        gray.add_(x[:, c].float() * scale[c])
+    return gray.add_(offset) if offset is not None else gray
 
 
 def ink_density(gray: torch.Tensor) -> torch.Tensor:
@@ -199,7 +205,12 @@ class RunningClassStats:
         if x.ndim != 4 or min(x.shape[-2:]) < 3:
             return
         rows = self.rows(labels)
-        self._accumulate(self.ink, rows, ink_density(gray_levels(x, self._mean, self._std)))
+        if self.host and x.dtype == torch.float32:  # one compiled pass, no (N, H, W) temporaries
+            scale, offset = gray_terms(x.shape[1], self._mean, self._std)
+            ink = ops.ink_density(x, scale, offset, INK_THRESHOLD)
+        else:
+            ink = ink_density(gray_levels(x, self._mean, self._std))
+        self._accumulate(self.ink, rows, ink)
         self.images.index_add_(0, rows, torch.ones_like(rows))
 
     def merge(self, other: RunningClassStats) -> None:

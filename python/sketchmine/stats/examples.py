@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from sketchmine.stats import ops
+from sketchmine.stats.held import HeldMaxima
 from sketchmine.stats.grid import AlignedGrid, bin_of, slots
 from sketchmine.stats.histogram import columns, finite_range
 from sketchmine.store import schema
@@ -90,6 +91,7 @@ class QuantileExamples:
         self.grid = AlignedGrid(units, self.device)
         self.hashes = torch.full((units, SLOTS, m), EMPTY, dtype=torch.int64, device=self.device)
         self.index = torch.full((units, SLOTS, m), -1, dtype=torch.int64, device=self.device)
+        self._held = HeldMaxima(units, self.add)  # updates in blocks of images (held.py)
 
     def add(self, layer: str, maxima: torch.Tensor, image_index: torch.Tensor) -> None:
         """One layer's (N, C) image maxima (NaN: left out) of images `image_index` (N,): the
@@ -164,17 +166,19 @@ class QuantileExamples:
 
     # ---- the accumulator protocol --------------------------------------------------------
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
-        self.add(layer, batch.maxima_of(layer), batch.index)
+        self._held.add(layer, batch.maxima_of(layer), batch.index)
 
     def end_batch(self, batch: Batch) -> None:
         return None
 
     def state(self) -> dict[str, np.ndarray]:
+        self._held.release()
         g = self.grid.state()
         return {"range": torch.cat([g["lo"], g["hi"]]).cpu().numpy().copy(),
                 "picks": torch.cat([g["e"], self.hashes.ravel(), self.index.ravel()]).cpu().numpy().copy()}
 
     def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        self._held.clear()  # the state restored is the whole of it
         units, size = self.index.shape[0], self.index.numel()
         r, p = np.asarray(state["range"]), np.asarray(state["picks"])
         if r.shape != (2 * units,) or p.shape != (units + 2 * size,):
@@ -185,6 +189,8 @@ class QuantileExamples:
         self.index.copy_(p_t[units + size:].view_as(self.index))
 
     def merge(self, other: QuantileExamples) -> None:
+        self._held.release()
+        other._held.release()
         parts = self.grid.merge(other.grid)
         first, e = self.grid.first_bin(), self.grid.e
         for cols in self._columns.values():  # one sort per layer keeps the packed groups small
@@ -202,6 +208,7 @@ class QuantileExamples:
             self.index[cols] = i.view(-1, SLOTS, self.m)
 
     def results(self) -> dict[str, np.ndarray]:
+        self._held.release()
         arrays: dict[str, np.ndarray] = {}
         for name, cols in self._columns.items():
             h, i = self.hashes[cols], self.index[cols]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from sketchmine.stats import ops
+from sketchmine.stats.held import HeldMaxima
 from sketchmine.stats.grid import BINS, AlignedGrid, bin_of, rebin
 from sketchmine.store import schema
 
@@ -61,6 +62,7 @@ class RunningHistogram:
         self.grid = AlignedGrid(units, self.device)
         self.counts = torch.zeros(units, BINS, dtype=torch.int64, device=self.device)
         self.inf = torch.zeros(units, 2, dtype=torch.int64, device=self.device)  # [-inf, +inf]
+        self._held = HeldMaxima(units, self.add, with_index=False)  # updates in blocks of images (held.py)
 
     def add(self, layer: str, maxima: torch.Tensor) -> None:
         """One layer's (N, C) image maxima (NaN: left out): the compiled kernel on the CPU."""
@@ -94,17 +96,19 @@ class RunningHistogram:
 
     # ---- the accumulator protocol --------------------------------------------------------
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
-        self.add(layer, batch.maxima_of(layer))
+        self._held.add(layer, batch.maxima_of(layer), batch.index)
 
     def end_batch(self, batch: Batch) -> None:
         return None
 
     def state(self) -> dict[str, np.ndarray]:
+        self._held.release()
         g = self.grid.state()
         return {"range": torch.cat([g["lo"], g["hi"]]).cpu().numpy().copy(),
                 "counts": torch.cat([g["e"], self.inf.ravel(), self.counts.ravel()]).cpu().numpy().copy()}
 
     def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        self._held.clear()  # the state restored is the whole of it
         units = self.counts.shape[0]
         r, c = np.asarray(state["range"]), np.asarray(state["counts"])
         if r.shape != (2 * units,) or c.shape != (units * (3 + BINS),):
@@ -115,6 +119,8 @@ class RunningHistogram:
         self.counts.copy_(c_t[3 * units:].view(units, BINS))
 
     def merge(self, other: RunningHistogram) -> None:
+        self._held.release()
+        other._held.release()
         mine_first, mine_e, their_first, their_e = self.grid.merge(other.grid)
         first, e = self.grid.first_bin(), self.grid.e
         self.counts = (rebin(self.counts, mine_first, mine_e, first, e)
@@ -122,6 +128,7 @@ class RunningHistogram:
         self.inf += other.inf.to(self.device)
 
     def results(self) -> dict[str, np.ndarray]:
+        self._held.release()
         arrays: dict[str, np.ndarray] = {}
         for name, cols in self._columns.items():
             edges = self.grid.edges(cols).cpu().numpy().copy()

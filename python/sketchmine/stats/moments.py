@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sketchmine.stats import ops
+from sketchmine.stats.held import HeldMaxima
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class RunningMoments:
         self._count = torch.zeros(at, dtype=torch.int64, device=self.device)
         self._firing = torch.zeros(at, dtype=torch.int64, device=self.device)
         self._host = self.device.type == "cpu"
+        self._held = HeldMaxima(at, self.add, with_index=False)  # updates in blocks of images (held.py)
 
     def add(self, layer: str, maxima: torch.Tensor) -> None:
         """One layer's (N, C) image maxima (NaN: an all-NaN map, left out)."""
@@ -76,16 +78,18 @@ class RunningMoments:
 
     # ---- the accumulator protocol --------------------------------------------------------
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
-        self.add(layer, batch.maxima_of(layer))
+        self._held.add(layer, batch.maxima_of(layer), batch.index)
 
     def end_batch(self, batch: Batch) -> None:
         return None
 
     def state(self) -> dict[str, np.ndarray]:
+        self._held.release()
         return {"sum": self._sum[0].cpu().numpy().copy(),
                 "counts": torch.cat([self._count, self._firing]).cpu().numpy()}
 
     def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        self._held.clear()  # the state restored is the whole of it
         units = self._sum.shape[1]
         s, c = np.asarray(state["sum"]), np.asarray(state["counts"])
         if s.shape != (units,) or c.shape != (2 * units,):
@@ -95,10 +99,13 @@ class RunningMoments:
         self._firing.copy_(torch.from_numpy(c[units:]))
 
     def merge(self, other: RunningMoments) -> None:
+        self._held.release()
+        other._held.release()
         for mine, theirs in ((self._sum, other._sum), (self._count, other._count), (self._firing, other._firing)):
             mine.add_(theirs.to(self.device))
 
     def results(self) -> dict[str, np.ndarray]:
+        self._held.release()
         total, count, firing = (t.cpu().numpy() for t in (self._sum[0], self._count, self._firing))
         mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         arrays: dict[str, np.ndarray] = {}

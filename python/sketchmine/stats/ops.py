@@ -229,3 +229,15 @@ def class_sums_update(maxima: torch.Tensor, rows: torch.Tensor, sums: torch.Tens
     float64 with unit stride along C (a column slice of the class table). Returns how many
     maxima were NaN (left out; the caller counts them)."""
     return int(torch.ops.sketchmine.class_sums_update(maxima, rows, sums))
+
+
+def ink_density(x: torch.Tensor, scale: list[float], offset: float | None, threshold: float) -> torch.Tensor:
+    """Compiled (CPU) classstats.ink_density(gray_levels(x, ...)) for x (N, ch, H, W) float32:
+    (N,) float64 share of pixels whose gray level (sum_c x_c * scale_c + offset) is further than
+    `threshold` from the image's background (its border's lower median)."""
+    return torch.ops.sketchmine.ink_density(x, scale, offset, threshold)
+
+
+@torch.library.register_fake("sketchmine::ink_density")
+def _ink_density_fake(x, scale, offset, threshold) -> torch.Tensor:
+    return x.new_empty((x.shape[0],), dtype=torch.float64)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sketchmine.stats import ops
+from sketchmine.stats.held import HeldMaxima
 from sketchmine.stats.histogram import columns
 from sketchmine.store import schema
 
@@ -61,6 +62,7 @@ class QuantileSketch:
         self.counts = torch.zeros(units, 2, BUCKETS, dtype=torch.int32, device=self.device)
         self.top = torch.full((units, 2), -1, dtype=torch.int64, device=self.device)
         self.special = torch.zeros(units, 3, dtype=torch.int64, device=self.device)
+        self._held = HeldMaxima(units, self.add, with_index=False)  # updates in blocks of images (held.py)
 
     def add(self, layer: str, maxima: torch.Tensor) -> None:
         """One layer's (N, C) image maxima (NaN: left out): the compiled kernel on the CPU."""
@@ -101,16 +103,18 @@ class QuantileSketch:
 
     # ---- the accumulator protocol --------------------------------------------------------
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
-        self.add(layer, batch.maxima_of(layer))
+        self._held.add(layer, batch.maxima_of(layer), batch.index)
 
     def end_batch(self, batch: Batch) -> None:
         return None
 
     def state(self) -> dict[str, np.ndarray]:
+        self._held.release()
         return {"counts": self.counts.ravel().cpu().numpy().copy(),
                 "top": torch.cat([self.top.ravel(), self.special.ravel()]).cpu().numpy().copy()}
 
     def restore(self, state: Mapping[str, np.ndarray]) -> None:
+        self._held.clear()  # the state restored is the whole of it
         units = self.top.shape[0]
         c, t = np.asarray(state["counts"]), np.asarray(state["top"])
         if c.shape != (units * 2 * BUCKETS,) or t.shape != (5 * units,):
@@ -121,6 +125,8 @@ class QuantileSketch:
         self.special.copy_(t_t[2 * units:].view(units, 3))
 
     def merge(self, other: QuantileSketch) -> None:
+        self._held.release()
+        other._held.release()
         theirs, their_top = other.counts.to(self.device), other.top.to(self.device)
         top = torch.maximum(self.top, their_top)
         self._raise_top(slice(None), top)
@@ -128,6 +134,7 @@ class QuantileSketch:
         self.special += other.special.to(self.device)
 
     def results(self) -> dict[str, np.ndarray]:
+        self._held.release()
         arrays: dict[str, np.ndarray] = {}
         for name, cols in self._columns.items():
             arrays.update({schema.layer_array(name, "sketch_counts"): self.counts[cols].cpu().numpy().copy(),

@@ -1,0 +1,68 @@
+"""The compiled ink density (csrc/cpu/ink_density.cpp) against its torch reference
+(classstats.ink_density(gray_levels(...))): equal, per image, on random batches near the
+threshold, with border ties, NaN, any channel count and normalisation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sketchmine.stats import ops
+from sketchmine.stats.classstats import INK_THRESHOLD, gray_levels, gray_terms, ink_density
+
+
+@st.composite
+def batches(draw):
+    n, ch = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    h, w = draw(st.integers(3, 19)), draw(st.integers(3, 19))
+    seed = draw(st.integers(0, 2**31 - 1))
+    normalised = draw(st.booleans())
+    g = torch.Generator().manual_seed(seed)
+    # gray levels in a few steps of 1/8 (ties on the border, pixels exactly at the threshold),
+    # jittered by a few ulps in half the batches
+    levels = torch.randint(0, 9, (n, ch, h, w), generator=g).float() / 8
+    if draw(st.booleans()):
+        levels += torch.randn(n, ch, h, w, generator=g) * 1e-6
+    mean = tuple(draw(st.floats(0.0, 1.0, width=32)) for _ in range(ch)) if normalised else ()
+    std = tuple(draw(st.floats(0.0625, 2.0, width=32)) for _ in range(ch)) if normalised else ()
+    x = levels if not normalised else (levels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    if draw(st.booleans()):
+        x[0, 0, draw(st.integers(0, h - 1)), draw(st.integers(0, w - 1))] = math.nan
+    return x.contiguous(), mean, std
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=batches())
+def test_compiled_ink_density_equals_the_reference(case):
+    x, mean, std = case
+    scale, offset = gray_terms(x.shape[1], mean, std)
+    got = ops.ink_density(x, scale, offset, INK_THRESHOLD)
+    want = ink_density(gray_levels(x, mean, std))
+    assert got.dtype == torch.float64
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_a_real_sketch_batch_and_strided_input():
+    """The embedded images at 224 px, ImageNet normalisation, read through a channels-last view."""
+    from sketchmine import data
+
+    ds = data.animal_shape("test", data.preset("imagenet", 3, (224, 224)))
+    x = torch.stack([ds[i][1] for i in range(8)])
+    pre = ds.preprocessing
+    scale, offset = gray_terms(3, pre.mean, pre.std)
+    want = ink_density(gray_levels(x, pre.mean, pre.std))
+    assert 0.02 < float(want.mean()) < 0.9  # silhouettes: some ink, not all
+    for view in (x, x.contiguous(memory_format=torch.channels_last)):
+        np.testing.assert_array_equal(ops.ink_density(view, scale, offset, INK_THRESHOLD).numpy(), want.numpy())
+
+
+def test_bad_input_is_refused():
+    import pytest
+
+    with pytest.raises(RuntimeError, match="at least 3x3"):
+        ops.ink_density(torch.rand(1, 1, 2, 5), [1.0], None, 0.5)
+    with pytest.raises(RuntimeError, match="channel scales"):
+        ops.ink_density(torch.rand(1, 3, 4, 4), [1.0], None, 0.5)
