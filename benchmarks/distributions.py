@@ -3,10 +3,12 @@
 rotating every repeat; then peak RSS of `mine` with them at two dataset sizes, each in a fresh
 subprocess (mine_vs_forward.child_main), and the store bytes per unit of each distribution array.
 
-    python -m benchmarks.distributions [--model alexnet] [--images 768] [--repeats 3] [--reference] [--preprocess cpu]
+    python -m benchmarks.distributions [--model alexnet] [--images 768] [--repeats 3] [--reference] [--floor]
+                                       [--preprocess cpu]
                                        [--memory-images 768,3072] [--json out.json]
 
---reference adds `mine` with the statistics on their pure-torch path (the code before the
+--floor adds "read": the bare forward with every tapped output read once in a hook (methods.read_forward),
+the floor under any miner's ratio on this machine. --reference adds `mine` with the statistics on their pure-torch path (the code before the
 compiled kernels, as session 16 measured it) to the rotation.
 
 On a shared machine other processes only add time: the minimum over repeats is the primary
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import Meter, build_model, conv_linear_layers, git_revision, make_dataset, median
-from .methods import bare_forward, mine_once
+from .methods import bare_forward, mine_once, read_forward
 from .mine_vs_forward import loadavg, run_child
 
 DISTRIBUTION_ARRAYS = ("hist_edges", "hist_counts", "max_range", "sketch_counts", "sketch_top", "sketch_special",
@@ -53,7 +55,7 @@ ORIGINAL_COMPILED_HERE = _original()
 
 
 def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, num_workers: int, log,
-                 reference: bool = False, preprocess: str | None = None) -> dict:
+                 reference: bool = False, preprocess: str | None = None, floor: bool = False) -> dict:
     model = build_model(model_name, 0)
     layers = conv_linear_layers(model)
     ds = make_dataset(images)
@@ -61,7 +63,7 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
     bare_forward(model, warm, batch_size, num_workers)
     mine_once(model, warm, layers, batch_size, num_workers, distributions=True, preprocess=preprocess)
     mine_once(model, warm, layers, batch_size, num_workers, distributions=False, preprocess=preprocess)
-    order = ["bare", "off", "on"] + (["torch"] if reference else [])
+    order = ["bare"] + (["read"] if floor else []) + ["off", "on"] + (["torch"] if reference else [])
     runs: dict[str, list[dict]] = {m: [] for m in order}
     for r in range(repeats):
         for method in order[r % len(order):] + order[:r % len(order)]:
@@ -70,6 +72,8 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
             with Meter() as m:
                 if method == "bare":
                     bare_forward(model, ds, batch_size, num_workers)
+                elif method == "read":
+                    read_forward(model, ds, layers, batch_size, num_workers)
                 else:
                     torch_path(method == "torch")
                     try:
@@ -87,7 +91,8 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
 
     out: dict = {"model": model_name, "images": images, "batch_size": batch_size, "repeats": repeats,
                  "num_workers": num_workers, "runs": runs, "ratios": {}}
-    pairs = [("on", "bare"), ("off", "bare"), ("on", "off")] + ([("torch", "off")] if reference else [])
+    pairs = ([("read", "bare")] if floor else []) + [("on", "bare"), ("off", "bare"), ("on", "off")] + (
+        [("torch", "off")] if reference else [])
     for a, b in pairs:
         for key in ("wall", "cpu"):
             sa, sb = stat(a, key), stat(b, key)
@@ -137,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--memory-images", default="768,3072", help="comma list ('' to skip)")
     p.add_argument("--no-side-by-side", action="store_true")
+    p.add_argument("--floor", action="store_true", help="add the bare forward that reads every tapped output once")
     p.add_argument("--reference", action="store_true",
                    help="also mine with the statistics' pure-torch path (before the compiled kernels)")
     p.add_argument("--preprocess", choices=["cpu", "device"], default=None,
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"store per unit: {out['store']}")
     if not args.no_side_by_side:
         out["side_by_side"] = side_by_side(args.model, args.images, args.batch_size, args.repeats, args.workers, log,
-                                           args.reference, args.preprocess)
+                                           args.reference, args.preprocess, args.floor)
         for name, v in out["side_by_side"]["ratios"].items():
             log(f"{name}: {v if isinstance(v, float) else ', '.join(f'{k} {x:.3f}' for k, x in v.items())}")
     sizes = [int(x) for x in args.memory_images.split(",") if x]

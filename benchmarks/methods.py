@@ -28,6 +28,29 @@ def bare_forward(model: nn.Module, ds, batch_size: int, num_workers: int) -> flo
     return time.perf_counter() - t0
 
 
+def read_forward(model: nn.Module, ds, layers: list[str], batch_size: int, num_workers: int) -> float:
+    """bare_forward plus the least any miner does: each tapped output read once in its forward
+    hook (the max over its positions, kept until the next batch). Its ratio to the bare forward
+    is the floor under `mine`'s on this machine."""
+    modules = dict(model.named_modules())
+    kept: list[torch.Tensor] = []
+
+    def read(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+        kept.append(out.flatten(2).amax(2) if out.ndim > 2 else out.clone())
+
+    handles = [modules[name].register_forward_hook(read) for name in layers]
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for _idx, x, _y, _notes in loader(ds, batch_size, num_workers):
+                kept.clear()
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return time.perf_counter() - t0
+
+
 def stack_batches(ds, batch_size: int) -> list[torch.Tensor]:
     """The dataset pre-loaded as batches, for the forward-only reference."""
     return [x for _idx, x, _y, _notes in loader(ds, batch_size, 0)]

@@ -6,8 +6,10 @@ Regenerate only when a result is meant to change (and say why in the commit):
     python -m tests.test_golden --write
 
 Bit for bit on the kind of machine that recorded it (same CPU model, torch version and CPU
-capability, recorded in golden/machine.json); elsewhere floats may differ in the last bits
-(other SIMD paths), so they are compared within 1e-5 there, integers always exactly.
+capability, recorded in golden/machine.json). Elsewhere (an AVX-512 machine runs other GEMM
+kernels) floats differ in the last bits, and what is ranked by them can swap near-ties: floats
+are compared within 1e-5, pictures within a grey level, and the top-k's integer arrays exactly
+except at ranks whose values are near-ties (`_assert_close_elsewhere`).
 """
 from __future__ import annotations
 
@@ -106,17 +108,46 @@ def test_golden_runs_are_unchanged(tmp_path):
     for key, value in want.items():
         got = arrays[key]
         assert got.dtype == value.dtype and got.shape == value.shape, key
-        if strict or value.dtype.kind not in "fc":
+        if strict:
             np.testing.assert_array_equal(got, value, err_msg=key)
         else:
-            np.testing.assert_allclose(got, value, rtol=1e-5, atol=1e-6, err_msg=key)
+            _assert_close_elsewhere(key, got, value, want)
     recorded = json.loads((GOLDEN / "pages.json").read_text())
     assert sorted(pages) == sorted(recorded)
-    for name, (exact, shape) in recorded.items():
-        if strict:
+    if strict:
+        for name, (exact, _shape) in recorded.items():
             assert pages[name][0] == exact, name
-        else:  # the same page data; numbers as printed may differ in their last digit elsewhere
-            assert pages[name][1] == shape, name
+    # elsewhere the pages print numbers that differ in their last digits (0.9999999 against 1), so
+    # even their digit-blanked shape differs: the arrays above are what is compared there
+
+
+def _near_ties(values: np.ndarray) -> np.ndarray:
+    """(C, k) bool: top-k entries whose value is within float32 rounding of another entry of
+    the same unit (their order may differ between CPUs whose GEMMs round differently)."""
+    v = values.astype(np.float64)
+    tol = 1e-6 * np.maximum(1.0, np.abs(v))
+    diff = np.abs(v[:, :, None] - v[:, None, :]) <= tol[:, :, None]
+    diff[:, np.arange(v.shape[1]), np.arange(v.shape[1])] = False
+    return diff.any(axis=2)
+
+
+def _assert_close_elsewhere(key: str, got: np.ndarray, value: np.ndarray, want: dict[str, np.ndarray]) -> None:
+    """On another kind of CPU (other SIMD paths in torch's GEMMs): floats within 1e-5 relative
+    (1e-6 of the array's largest magnitude absolute), pictures within one grey level, and an
+    array indexed by (unit, top-k rank) may differ only at ranks whose values are near-ties."""
+    if value.dtype.kind in "fc":
+        finite = np.abs(value[np.isfinite(value)])
+        atol = 1e-6 * max(1.0, float(finite.max()) if finite.size else 1.0)
+        np.testing.assert_allclose(got, value, rtol=1e-5, atol=atol, err_msg=key)
+        return
+    off = got != value if value.dtype != np.uint8 else np.abs(got.astype(int) - value.astype(int)) > 1
+    if not off.any():
+        return
+    values = want.get(key.rsplit("/", 1)[0] + "/values")
+    assert values is not None and off.ndim >= 2 and off.shape[:2] == values.shape, (
+        f"{key}: {int(off.sum())} entries differ")
+    ranks = off.reshape(*off.shape[:2], -1).any(axis=2)
+    assert not (ranks & ~_near_ties(values)).any(), f"{key}: entries differ at ranks that are not near-ties"
 
 
 if __name__ == "__main__":
