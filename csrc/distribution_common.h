@@ -243,10 +243,22 @@ SKM_HD void examples_unit(const Column& col, const int64_t* h, const int64_t* id
   }
 }
 
+// The first position of a map (len elements) equal to v, else len - 1 (v is the map's maximum,
+// so it is there). The CPU kernel passes a vectorised finder with this result.
+struct ScanFirstEqual {
+  SKM_HD int64_t operator()(const float* map, int64_t len, float v) const {
+    int64_t p = 0;
+    while (p < len - 1 && map[p] != v) ++p;
+    return p;
+  }
+};
+
 // BottomK.update_reference for one unit: the k-deep top-k state of the negated maxima; a new
 // entry's position is the first in its map (maps + i * map_stride, len elements) equal to it.
+template <typename FirstEqual>
 SKM_HD void bottomk_unit(const Column& col, const float* maps, int64_t map_stride, int64_t len, const int64_t* ids,
-                         int64_t k, float* values, int64_t* index, int64_t* position, int64_t* nan_count) {
+                         int64_t k, float* values, int64_t* index, int64_t* position, int64_t* nan_count,
+                         FirstEqual first_equal) {
   for (int64_t i = 0; i < col.n; ++i) {
     const float v = col.at(i);
     if (is_nan(v)) {
@@ -254,10 +266,7 @@ SKM_HD void bottomk_unit(const Column& col, const float* maps, int64_t map_strid
       continue;
     }
     if (!ranks_before(-v, ids[i], values[k - 1], index[k - 1])) continue;
-    const float* map = maps + i * map_stride;
-    int64_t p = 0;
-    while (p < len - 1 && map[p] != v) ++p;
-    insert_candidate(values, index, position, k, -v, ids[i], p);
+    insert_candidate(values, index, position, k, -v, ids[i], first_equal(maps + i * map_stride, len, v));
   }
 }
 

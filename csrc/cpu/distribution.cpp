@@ -6,6 +6,10 @@
 // Units are independent, so the parallel loop is deterministic.
 #include <ATen/Parallel.h>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <vector>
 
@@ -142,6 +146,27 @@ void examples_update_cpu(const at::Tensor& maxima, const at::Tensor& image_index
   });
 }
 
+#if defined(__SSE2__)
+// ScanFirstEqual four floats at a time: the bottom-k's candidates in a first batch are every image,
+// and each scan of its map was scalar (VGG-19: a whole pass over the activations, one thread).
+struct FirstEqual {
+  int64_t operator()(const float* map, int64_t len, float v) const {
+    const __m128 t = _mm_set1_ps(v);
+    int64_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+      const int hit = _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(map + i), t));
+      if (hit) return std::min<int64_t>(i + __builtin_ctz(hit), len - 1);
+    }
+    for (; i < len - 1; ++i) {
+      if (map[i] == v) return i;
+    }
+    return len - 1;
+  }
+};
+#else
+using FirstEqual = ScanFirstEqual;
+#endif
+
 void bottomk_update_cpu(const at::Tensor& maxima, const at::Tensor& acts, const at::Tensor& image_index,
                         at::Tensor& values, at::Tensor& index, at::Tensor& position, at::Tensor& nan_count) {
   check_bottomk_args(maxima, acts, image_index, values, index, position, nan_count);
@@ -155,7 +180,7 @@ void bottomk_update_cpu(const at::Tensor& maxima, const at::Tensor& acts, const 
   at::parallel_for(0, units, grain(maxima), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       bottomk_unit(column(maxima, c), acts_p + c * len, units * len, len, ids_p, k, values_p + c * k,
-                   index_p + c * k, pos_p + c * k, nan_p + c);
+                   index_p + c * k, pos_p + c * k, nan_p + c, FirstEqual{});
     }
   });
 }

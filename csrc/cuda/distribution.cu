@@ -54,7 +54,7 @@ __global__ void bottomk_kernel(const float* __restrict__ x, int64_t n, int64_t s
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= units) return;
   bottomk_unit(Column{x + c * s1, n, s0}, acts + c * len, units * len, len, ids, k, values + c * k,
-               index + c * k, position + c * k, nan_count + c);
+               index + c * k, position + c * k, nan_count + c, ScanFirstEqual{});
 }
 
 }  // namespace
