@@ -12,7 +12,7 @@ VENV_FLAGS ?= --system-site-packages
 PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
 STAMP := $(VENV)/.sketchmine-installed
-SOURCES := setup.py pyproject.toml CMakeLists.txt $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+SOURCES := setup.py pyproject.toml CMakeLists.txt $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 # pyproject.toml's [build-system] requires, read from the file (the first `requires = [...]` in it)
 BUILD_REQUIRES = $(shell python3 -c "import re; t = open('pyproject.toml').read(); \
 	print(' '.join(repr(r) for r in re.findall(r'\"([^\"]+)\"', re.search(r'requires = \[(.*?)\]', t, re.S)[1])))")

@@ -6,15 +6,12 @@
 // Units are independent, so the parallel loop is deterministic.
 #include <ATen/Parallel.h>
 
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <vector>
 
 #include "../distribution_common.h"
 #include "../grain.h"
+#include "first_equal.h"
 #include "../ops.h"
 
 namespace sketchmine {
@@ -146,21 +143,13 @@ void examples_update_cpu(const at::Tensor& maxima, const at::Tensor& image_index
   });
 }
 
-#if defined(__SSE2__)
+#if defined(SKETCHMINE_FIRST_EQUAL_SSE)
 // ScanFirstEqual four floats at a time: the bottom-k's candidates in a first batch are every image,
 // and each scan of its map was scalar (VGG-19: a whole pass over the activations, one thread).
 struct FirstEqual {
   int64_t operator()(const float* map, int64_t len, float v) const {
-    const __m128 t = _mm_set1_ps(v);
-    int64_t i = 0;
-    for (; i + 4 <= len; i += 4) {
-      const int hit = _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(map + i), t));
-      if (hit) return std::min<int64_t>(i + __builtin_ctz(hit), len - 1);
-    }
-    for (; i < len - 1; ++i) {
-      if (map[i] == v) return i;
-    }
-    return len - 1;
+    const int64_t p = first_equal_sse(map, len, v);
+    return p < 0 ? len - 1 : p;
   }
 };
 #else

@@ -40,12 +40,7 @@ int64_t count_ink(const float* const* planes, const float* scale, float offset, 
     s[c] = scale[c];
   }
   int64_t ink = 0;
-  for (int64_t p = 0; p < plane; ++p) {
-    float g = x[0][p] * s[0];
-    for (int c = 1; c < CH; ++c) g = g + x[c][p] * s[c];
-    if (OFFSET) g = g + offset;
-    ink += std::fabs(g - background) > thr;
-  }
+  for (int64_t p = 0; p < plane; ++p) ink += std::fabs(gray_at(x, s, CH, OFFSET, offset, p) - background) > thr;
   return ink;
 }
 

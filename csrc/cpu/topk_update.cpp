@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../grain.h"
+#include "first_equal.h"
 #include "../ops.h"
 #include "../topk_common.h"
 
@@ -57,19 +58,6 @@ int64_t count_nan(const float* row, int64_t len) {
   int64_t n = 0;
   for (int64_t i = 0; i < len; ++i) n += row[i] != row[i];
   return n;
-}
-
-int64_t first_equal_sse(const float* row, int64_t len, float target) {
-  const __m128 t = _mm_set1_ps(target);
-  int64_t i = 0;
-  for (; i + 4 <= len; i += 4) {
-    const int hit = _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(row + i), t));
-    if (hit) return i + __builtin_ctz(hit);
-  }
-  for (; i < len; ++i) {
-    if (row[i] == target) return i;
-  }
-  return -1;
 }
 
 void scan_row_sse(const float* row, int64_t len, float& best, int64_t& pos, int64_t& nans) {

@@ -36,16 +36,15 @@ class HeldMaxima:
         self.rows = rows if rows is not None else max(1, min(MAX_ROWS, MAX_ELEMENTS // max(units, 1)))
         self._sink, self._with_index = sink, with_index
         self._held: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        self._count: dict[str, int] = {}
 
     def add(self, layer: str, maxima: torch.Tensor, image_index: torch.Tensor) -> None:
         """Hold one batch of `layer` (kept by reference: the top-k makes a new maxima tensor per
         batch and nothing writes to it later)."""
         if not len(maxima):
             return
-        self._held.setdefault(layer, []).append((maxima, image_index))
-        self._count[layer] = self._count.get(layer, 0) + len(maxima)
-        if self._count[layer] >= self.rows:
+        parts = self._held.setdefault(layer, [])
+        parts.append((maxima, image_index))
+        if sum(len(m) for m, _ in parts) >= self.rows:
             self._release(layer)
 
     def release(self) -> None:
@@ -56,17 +55,15 @@ class HeldMaxima:
     def clear(self) -> None:
         """Drop every held row (the statistic's state is being replaced as a whole)."""
         self._held.clear()
-        self._count.clear()
 
     def _release(self, layer: str) -> None:
         parts = self._held.pop(layer, [])
-        self._count.pop(layer, None)
         if not parts:
             return
         if len(parts) == 1:
             maxima, index = parts[0]
         else:
-            maxima = torch.cat([m.reshape(len(m), -1) for m, _ in parts])
+            maxima = torch.cat([m for m, _ in parts])
             index = torch.cat([i for _, i in parts])
         if self._with_index:
             self._sink(layer, maxima, index)
