@@ -44,7 +44,7 @@ def assert_same_as_one_process(got_path: Path, want_path: Path) -> None:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     a, b = zarr.open_group(str(got_path), mode="r"), zarr.open_group(str(want_path), mode="r")
     assert a["eval"].attrs["accuracy"] == b["eval"].attrs["accuracy"]
-    for key in ("layer_names", "k", "dataset_fingerprint", "weights_sha256", "bad_images", "converted_images"):
+    for key in ("layer_names", "k", "dataset_fingerprint", "weights_hash", "bad_images", "converted_images"):
         assert a.attrs[key] == b.attrs[key], key
     assert a.attrs["progress"]["complete"] and a.attrs["progress"]["images_done"] == b.attrs["progress"]["images_done"]
 

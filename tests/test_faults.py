@@ -44,7 +44,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers(-5, 10**6) | st.flo
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
                      max_leaves=6)
 _ROOT_KEYS = ["schema_version", "layer_names", "k", "progress", "num_classes", "dataset", "preprocessing",
-              "model_spec", "bad_images", "converted_images", "weights_sha256"]
+              "model_spec", "bad_images", "converted_images", "weights_hash"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -68,7 +68,7 @@ def test_onnx_mining_matches_torch(onnx_run, torch_run):
     np.testing.assert_array_equal(ev_o["predictions"][...], ev_t["predictions"][...])
     assert onnx_run.accuracy() == torch_run.accuracy()
     assert onnx_run.attrs["model"] == "onnx:sketchnet.onnx"
-    assert onnx_run.attrs["weights_sha256"] != torch_run.attrs["weights_sha256"]  # initializers, not a state_dict
+    assert onnx_run.attrs["weights_hash"] != torch_run.attrs["weights_hash"]  # initializers, not a state_dict
     layer = onnx_run.store.group["layers/features.0"].attrs
     assert layer["kind"] == "conv" and layer["receptive_field"] is None
     assert layer["onnx_tensor"] == "/features/features.0/Conv_output_0"

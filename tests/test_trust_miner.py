@@ -93,7 +93,7 @@ def test_random_init_model_is_seeded_recorded_and_reloadable(tmp_path, tiny_set)
     assert any("random weights" in n and "seed 3" in n for n in notes.notes)
     run = sketchmine.mine("sketchnet", tiny_set, out=out, batch_size=8, seed=3)  # resumes
     assert run.complete and run.attrs["model_spec"]["seed"] == 3
-    assert weights_hash(run_model(run).module) == run.attrs["weights_sha256"]
+    assert weights_hash(run_model(run).module) == run.attrs["weights_hash"]
     with pytest.raises(KeyboardInterrupt):
         sketchmine.mine("sketchnet", tiny_set, out=tmp_path / "other.zarr", batch_size=8, flush_every=1, seed=4,
                         progress=StopAfter(16))
@@ -101,6 +101,40 @@ def test_random_init_model_is_seeded_recorded_and_reloadable(tmp_path, tiny_set)
         sketchmine.mine("sketchnet", tiny_set, out=tmp_path / "other.zarr", batch_size=8, seed=3)
     # trained weights record no seed
     assert "seed" not in sketchmine.mine("demo", tiny_set, out=tmp_path / "d.zarr").attrs["model_spec"]
+
+
+def test_runs_that_recorded_a_sha256_of_the_weights_still_resume_and_reload(tmp_path, tiny_set):
+    """Runs mined before the xxh3 weights identity recorded a bare sha256 as `weights_sha256`:
+    they resume (the weights hashed their way), reload for later passes, and other weights are
+    still refused."""
+    import hashlib
+    import json
+
+    from sketchmine.model.models import load_model, weights_hash, weights_match
+    from sketchmine.passes.reload import run_model
+
+    out = tmp_path / "old.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine("sketchnet", tiny_set, out=out, batch_size=8, flush_every=1, seed=3, progress=StopAfter(16))
+    meta = json.loads((out / "zarr.json").read_text())
+    identity = meta["attributes"].pop("weights_hash")
+    module = load_model("sketchnet", seed=3).module
+    assert identity == weights_hash(module) and identity.startswith("xxh3_128:")
+    sha = hashlib.sha256()  # the old identity, computed here the way it was then
+    for name, t in module.state_dict().items():
+        sha.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
+        sha.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    meta["attributes"]["weights_sha256"] = sha.hexdigest()
+    (out / "zarr.json").write_text(json.dumps(meta))
+    assert weights_hash(module, "sha256") == f"sha256:{sha.hexdigest()}"
+
+    with pytest.raises(SketchmineError, match="model weights"):  # another seed, hashed by sha256
+        sketchmine.mine("sketchnet", tiny_set, out=out, batch_size=8, seed=4)
+    run = sketchmine.mine("sketchnet", tiny_set, out=out, batch_size=8, seed=3)  # resumes
+    assert run.complete and run.attrs["weights_sha256"] == sha.hexdigest() and "weights_hash" not in run.attrs
+    assert_same_store(out, sketchmine.mine("sketchnet", tiny_set, out=tmp_path / "new.zarr", batch_size=8, seed=3).path)
+    assert weights_hash(run_model(run).module) == identity
+    assert weights_match(module, run.attrs) and not weights_match(load_model("sketchnet", seed=1).module, run.attrs)
 
 
 @pytest.mark.parametrize("option, value, message", [

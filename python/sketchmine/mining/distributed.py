@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _OWNED = False  # True when sketchmine initialised the process group itself (torchrun env)
-_CHECKS = {"dataset_fingerprint": "dataset", "model": "model", "weights_sha256": "model weights",
+_CHECKS = {"dataset_fingerprint": "dataset", "model": "model", "weights_hash": "model weights",
            "layer_names": "layers", "k": "k", "preprocessing_key": "preprocessing",
            "forward_options": "forward options", "logits": "logits setting", "batch_size": "batch size",
            "flush_every": "flush interval"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
 from sketchmine.mining.loop import run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts
+from sketchmine.model.backend import WEIGHTS_HASH, algorithm_of, recorded_weights
 from sketchmine.model.forward import TorchForward, as_forward, probe
 from sketchmine.model.models import LoadedModel, load_model, preprocessing_for
 from sketchmine.model.pretrained import is_weights_name
@@ -187,10 +187,6 @@ def mine(
                       "its units show what an untrained network responds to")
     net, model_id = loaded.module, loaded.model_id
     forward = as_forward(net)
-    # hashing the weights (hundreds of MB for VGG) overlaps resolving and fingerprinting the dataset
-    hashing = ThreadPoolExecutor(1, thread_name_prefix="sketchmine-weights")
-    weights_sha256 = hashing.submit(forward.weights_hash)
-    hashing.shutdown(wait=False)
     preprocessing, chosen = _resolve_preprocessing(loaded, preprocessing, image_size)
     ds = _as_sequences(as_miner_dataset(dataset, preprocessing, chosen=chosen), loaded, steps, ink)
     skipped = getattr(getattr(ds, "base", ds), "skipped_note", None)
@@ -217,16 +213,16 @@ def mine(
     pre = ds.preprocessing
     # what a resumed run recorded (runs made before the records: per image, without distributions),
     # from rank 0 to every rank; a new run: the defaults
-    recorded, recorded_distributions = team.on_writer(
-        lambda: (store.attrs.get(PREPROCESS, "cpu"), bool(store.attrs.get("distributions", False))) if store
-        else (None, True))
+    recorded, recorded_distributions, weights_algorithm = team.on_writer(
+        lambda: (store.attrs.get(PREPROCESS, "cpu"), bool(store.attrs.get("distributions", False)),
+                 algorithm_of(recorded_weights(store.attrs))) if store else (None, True, WEIGHTS_HASH))
     if distributions is None:
         distributions = recorded_distributions
     load = dataclasses.replace(load, preprocess=choose(preprocess, ds, recorded))
     _dataset_normalisation(ds, store, load, progress)
     want = {
         "model": model_id,
-        "weights_sha256": weights_sha256.result(),
+        "weights_hash": forward.weights_hash(weights_algorithm),  # as a resumed run hashed them (older: sha256)
         "layer_names": names,
         "k": k,
         "dataset_fingerprint": ds.fingerprint(),
@@ -321,10 +317,11 @@ def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> N
     """Refuse to resume a run mined with another model, weights, layers, k, dataset,
     preprocessing or logits setting, naming each difference."""
     attrs, diffs = current.attrs, []
-    checks = [("model", "model id"), ("weights_sha256", "model weights"), ("layer_names", "layers"),
+    checks = [("model", "model id"), ("weights_hash", "model weights"), ("layer_names", "layers"),
               ("k", "k"), ("dataset_fingerprint", "dataset"), ("preprocessing_key", "preprocessing")]
     # runs that predate the record of forward options were mined with the plain forward
     options = attrs.get("forward_options") or SpeedOptions().forward_options()
+    attrs = {**attrs, "weights_hash": recorded_weights(attrs)}
     checks += [(f"forward_options.{o}", f"forward option {o}") for o in want["forward_options"]]
     attrs = {**attrs, **{f"forward_options.{o}": v for o, v in options.items()}}
     want = {**want, **{f"forward_options.{o}": v for o, v in want["forward_options"].items()}}

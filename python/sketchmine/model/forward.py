@@ -6,7 +6,6 @@ backend), and the receptive fields recorded for the store.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,8 @@ from torch import nn
 
 from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.model import cut
-from sketchmine.model.backend import Forward, Layer, as_forward, first_tensor, register_backend
+from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, as_forward, first_tensor, register_backend,
+                                      weights_hasher)
 from sketchmine.model.receptive_field import module_input_channels, receptive_fields
 from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
 from sketchmine.progress import Progress
@@ -23,15 +23,15 @@ from sketchmine.progress import Progress
 __all__ = ["Forward", "Layer", "TorchForward", "as_forward", "fields_attrs", "module_weights_hash", "probe"]
 
 
-def module_weights_hash(model: nn.Module) -> str:
-    """sha256 over the names, shapes and bytes of every parameter and buffer."""
-    h = hashlib.sha256()
+def module_weights_hash(model: nn.Module, algorithm: str = WEIGHTS_HASH) -> str:
+    """"<algorithm>:<digest>" over the names, shapes and bytes of every parameter and buffer."""
+    h = weights_hasher(algorithm)
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
         if t.numel():
             h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy; 0-dim ok
-    return h.hexdigest()
+    return f"{algorithm}:{h.hexdigest()}"
 
 
 class TorchForward:
@@ -47,8 +47,8 @@ class TorchForward:
     def resolve_layers(self, layers: list[str] | None) -> list[str]:
         return resolve_layers(self.net, layers)
 
-    def weights_hash(self) -> str:
-        return module_weights_hash(self.net)
+    def weights_hash(self, algorithm: str = WEIGHTS_HASH) -> str:
+        return module_weights_hash(self.net, algorithm)
 
     def input_channels(self, default: int = 3) -> int:
         return module_input_channels(self.net, default)

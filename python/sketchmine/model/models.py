@@ -14,12 +14,13 @@ from torch import nn
 
 from sketchmine.data import Preprocessing, as_size, preset
 from sketchmine.errors import SketchmineError, closest
-from sketchmine.model.backend import LoadedModel, input_channels, weights_hash
+from sketchmine.model.backend import LoadedModel, input_channels, recorded_weights, weights_hash, weights_match
 from sketchmine.model.pretrained import is_weights_name, load_pretrained
 from sketchmine.model.forward import TorchForward  # noqa: F401  (importing it registers nn.Module's backend)
 from sketchmine.model.onnx_backend import load_onnx  # (registers OnnxModel's backend)
 
-__all__ = ["LoadedModel", "build", "input_channels", "load_model", "preprocessing_for", "weights_hash"]
+__all__ = ["LoadedModel", "build", "input_channels", "load_model", "preprocessing_for", "recorded_weights", "weights_hash",
+           "weights_match"]
 
 
 def _load_state_dict(path: Path) -> dict[str, Any]:

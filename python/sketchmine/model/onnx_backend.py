@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from sketchmine.errors import SketchmineError, closest
-from sketchmine.model.backend import LoadedModel, register_backend
+from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, register_backend, weights_hasher
 from sketchmine.model.taps import SOFTMAX
 
 _DEFAULT_OPS = ("Conv", "Gemm", "MatMul")
@@ -130,16 +129,17 @@ class OnnxModel:
         dims = self.input.type.tensor_type.shape.dim
         return int(dims[1].dim_value) if len(dims) > 1 and dims[1].dim_value > 0 else default
 
-    def weights_hash(self) -> str:
-        """sha256 over the name, shape, type and bytes of every initializer (graph order)."""
+    def weights_hash(self, algorithm: str = WEIGHTS_HASH) -> str:
+        """"<algorithm>:<digest>" over the name, shape, type and bytes of every initializer
+        (graph order)."""
         from onnx import numpy_helper
 
-        h = hashlib.sha256()
+        h = weights_hasher(algorithm)
         for t in self.proto.graph.initializer:
             arr = np.ascontiguousarray(numpy_helper.to_array(t))
             h.update(f"{t.name}:{tuple(t.dims)}:{t.data_type}\n".encode())
             h.update(memoryview(arr.reshape(-1).view(np.uint8)))
-        return h.hexdigest()
+        return f"{algorithm}:{h.hexdigest()}"
 
     # ---- layers ----------------------------------------------------------------------
     def default_layers(self) -> list[str]:

@@ -1,6 +1,6 @@
 """Load a run's model and dataset again, for passes after mining (visualize, importance).
 
-The run records how it was made (attrs `model_spec`, `weights_sha256`, `dataset`,
+The run records how it was made (attrs `model_spec`, `weights_hash`, `dataset`,
 `preprocessing`, and the per-image `dataset/paths`); these functions rebuild the same
 inputs from that record and refuse anything that no longer matches, so a second pass
 never silently reads other images or another model.
@@ -16,13 +16,13 @@ from torch import nn
 
 from sketchmine.data import ImageFolderDataset, MinerDataset, Preprocessing, animal_shape, as_miner_dataset
 from sketchmine.errors import SketchmineError
-from sketchmine.model.models import LoadedModel, load_model, weights_hash
+from sketchmine.model.models import LoadedModel, load_model, recorded_weights, weights_match
 from sketchmine.results.run import Run
 
 
 def run_model(run: Run, model: nn.Module | str | None = None, weights: str | os.PathLike | None = None) -> LoadedModel:
     """The run's model: `model` when given, else the recorded spec; its weights must hash
-    to the run's `weights_sha256`."""
+    to the run's recorded identity (`weights_hash`)."""
     attrs = run.attrs
     recorded = attrs.get("model_spec") or {}
     if model is None:
@@ -34,9 +34,9 @@ def run_model(run: Run, model: nn.Module | str | None = None, weights: str | os.
         model = spec
     seed = recorded.get("seed")
     loaded = load_model(model, weights, seed=seed if isinstance(seed, int) else None)
-    if weights_hash(loaded.module) != attrs.get("weights_sha256"):
+    if not weights_match(loaded.module, attrs):
         raise SketchmineError(f"the model's weights differ from those run {run.path} was mined with "
-                              f"(sha256 {str(attrs.get('weights_sha256'))[:12]}…); pass the same model")
+                              f"({str(recorded_weights(attrs))[:20]}…); pass the same model")
     return loaded
 
 

@@ -39,7 +39,8 @@ _ROOT_CHECKS: dict[str, tuple[bool, str, Callable[[Any], bool]]] = {
     "model_spec": (False, "{spec: str|null, weights: str|null}",
                    lambda v: isinstance(v, dict) and all(v.get(key) is None or isinstance(v.get(key), str)
                                                          for key in ("spec", "weights"))),
-    "weights_sha256": (False, "a string", lambda v: isinstance(v, str)),
+    "weights_hash": (False, "a string '<algorithm>:<hex digest>'", lambda v: isinstance(v, str) and ":" in v),
+    "weights_sha256": (False, "a string", lambda v: isinstance(v, str)),  # runs before weights_hash
     "bad_images": (False, "a list of {index, path, error}", lambda v: isinstance(v, list)
                    and all(isinstance(b, dict) and _is_int(b.get("index"), 0) and isinstance(b.get("path"), str)
                            for b in v)),
