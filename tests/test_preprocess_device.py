@@ -54,6 +54,36 @@ def test_batched_op_equals_the_per_image_rule(case):
     assert torch.equal(got, want)  # on the CPU: the same floats
 
 
+def rule_written_out(x: torch.Tensor, pre) -> torch.Tensor:
+    """The preprocessing rule step by step, each step materialised: the channels converted
+    (alpha dropped, grey repeated, colour to luma), every plane resized, then (x - mean) / std."""
+    if x.shape[1] in (2, 4):
+        x = x[:, :-1]
+    if pre.channels == 1 and x.shape[1] == 3:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(dim=1, keepdim=True)
+    elif x.shape[1] == 1 and pre.channels > 1:
+        x = x.repeat(1, pre.channels, 1, 1)
+    else:
+        x = x[:, :pre.channels]
+    if pre.size is not None and tuple(x.shape[-2:]) != tuple(pre.size):
+        x = pre.resize(x)
+    if pre.mean:
+        x = (x - torch.tensor(pre.mean).view(-1, 1, 1)) / torch.tensor(pre.std).view(-1, 1, 1)
+    return x
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+def test_prepare_equals_the_rule_written_out(case):
+    """`prepare` resizes a grey plane once and writes the repeat in the normalisation: the same
+    floats as the rule done step by step, with a repeat written (no zero stride)."""
+    images, pre = case
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    got, want = pre.prepare(x), rule_written_out(x, pre)
+    assert got.shape == want.shape and 0 not in got.stride()
+    assert torch.equal(got, want)
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @settings(suppress_health_check=[HealthCheck.too_slow], max_examples=40)
 @given(batches())

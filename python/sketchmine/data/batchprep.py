@@ -92,12 +92,9 @@ def prepare_uint8(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """uint8 (N, H, W, c) → model input (N, channels, *size) float32, contiguous: the rule of
     `Preprocessing.prepare` on the whole batch, on x's device."""
     x = x.permute(0, 3, 1, 2)
-    if x.shape[1] == 2:
-        x = x[:, :1]  # grey + alpha: the alpha dropped, as `convert_channels` does
-    x = x.float().div_(255)
-    if x.shape[1] == 1 and pre.channels > 1:
-        x = pre.resize(x)  # one grey plane resized, then repeated: the same floats, a third of the work
-    out = pre.prepare(x)
+    if x.shape[1] == 2 and pre.channels > 1:
+        x = x[:, :1]  # grey + alpha: the alpha dropped before the conversion to float
+    out = pre.prepare(x.float().div_(255))
     # the standard strides, also for one channel (where "contiguous" is ambiguous and a conv may
     # take the channels-last kernel, which rounds differently)
     return out if out.stride() == _strides(out.shape) else out.clone(memory_format=torch.contiguous_format)
