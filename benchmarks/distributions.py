@@ -8,7 +8,8 @@ subprocess (mine_vs_forward.child_main), and the store bytes per unit of each di
                                        [--memory-images 768,3072] [--json out.json]
 
 --floor adds "read": the bare forward with every tapped output read once in a hook (methods.read_forward),
-the floor under any miner's ratio on this machine. --reference adds `mine` with the statistics on their pure-torch path (the code before the
+the floor under any miner's ratio on this machine, and "glibc": the bare forward with glibc's own malloc
+thresholds (what a plain script gets; the other references keep freed memory as `mine` does). --reference adds `mine` with the statistics on their pure-torch path (the code before the
 compiled kernels, as session 16 measured it) to the rotation.
 
 On a shared machine other processes only add time: the minimum over repeats is the primary
@@ -63,15 +64,15 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
     bare_forward(model, warm, batch_size, num_workers)
     mine_once(model, warm, layers, batch_size, num_workers, distributions=True, preprocess=preprocess)
     mine_once(model, warm, layers, batch_size, num_workers, distributions=False, preprocess=preprocess)
-    order = ["bare"] + (["read"] if floor else []) + ["off", "on"] + (["torch"] if reference else [])
+    order = ["bare"] + (["read", "glibc"] if floor else []) + ["off", "on"] + (["torch"] if reference else [])
     runs: dict[str, list[dict]] = {m: [] for m in order}
     for r in range(repeats):
         for method in order[r % len(order):] + order[:r % len(order)]:
             gc.collect()
             load = loadavg()
             with Meter() as m:
-                if method == "bare":
-                    bare_forward(model, ds, batch_size, num_workers)
+                if method in ("bare", "glibc"):
+                    bare_forward(model, ds, batch_size, num_workers, glibc=method == "glibc")
                 elif method == "read":
                     read_forward(model, ds, layers, batch_size, num_workers)
                 else:
@@ -91,7 +92,7 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
 
     out: dict = {"model": model_name, "images": images, "batch_size": batch_size, "repeats": repeats,
                  "num_workers": num_workers, "runs": runs, "ratios": {}}
-    pairs = ([("read", "bare")] if floor else []) + [("on", "bare"), ("off", "bare"), ("on", "off")] + (
+    pairs = ([("read", "bare"), ("on", "glibc")] if floor else []) + [("on", "bare"), ("off", "bare"), ("on", "off")] + (
         [("torch", "off")] if reference else [])
     for a, b in pairs:
         for key in ("wall", "cpu"):

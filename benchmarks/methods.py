@@ -2,13 +2,18 @@
 one-image-at-a-time loops in the way of the Deep Visualization Toolbox.
 
 Every method reads the same dataset through a DataLoader and taps the same conv and
-linear layers; all run under torch.inference_mode on the CPU.
+linear layers; all run under torch.inference_mode on the CPU. The reference forwards keep freed
+memory as `mine` does on the CPU (sketchmine.mining.allocator), so a ratio measures mining, not
+malloc; `glibc=True` runs them with glibc's own thresholds instead (what a plain script gets).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +23,30 @@ from torch import nn
 from .common import PhaseClock, loader
 
 
+@contextlib.contextmanager
+def malloc_as(glibc: bool) -> Iterator[None]:
+    """The allocator setting of a reference forward: mine's (freed memory kept), or glibc's own."""
+    from sketchmine.mining.allocator import kept_freed_memory
+
+    if glibc:
+        previous = os.environ.get("SKETCHMINE_MALLOC")
+        os.environ["SKETCHMINE_MALLOC"] = "default"
+    try:
+        with kept_freed_memory():
+            yield
+    finally:
+        if glibc:
+            if previous is None:
+                del os.environ["SKETCHMINE_MALLOC"]
+            else:
+                os.environ["SKETCHMINE_MALLOC"] = previous
+
+
 # ---- (a) the floor: forward only ---------------------------------------------------------------
-def bare_forward(model: nn.Module, ds, batch_size: int, num_workers: int) -> float:
+def bare_forward(model: nn.Module, ds, batch_size: int, num_workers: int, glibc: bool = False) -> float:
     """Iterate the same DataLoader mine iterates and run the model, no hooks: data + forward."""
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), malloc_as(glibc):
         for _idx, x, _y, _notes in loader(ds, batch_size, num_workers):
             model(x)
     return time.perf_counter() - t0
@@ -41,7 +65,7 @@ def read_forward(model: nn.Module, ds, layers: list[str], batch_size: int, num_w
     handles = [modules[name].register_forward_hook(read) for name in layers]
     t0 = time.perf_counter()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), malloc_as(False):
             for _idx, x, _y, _notes in loader(ds, batch_size, num_workers):
                 kept.clear()
                 model(x)
@@ -56,10 +80,10 @@ def stack_batches(ds, batch_size: int) -> list[torch.Tensor]:
     return [x for _idx, x, _y, _notes in loader(ds, batch_size, 0)]
 
 
-def pure_forward(model: nn.Module, batches: list[torch.Tensor]) -> float:
+def pure_forward(model: nn.Module, batches: list[torch.Tensor], glibc: bool = False) -> float:
     """Forward over pre-stacked tensors: no data loading at all."""
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), malloc_as(glibc):
         for x in batches:
             model(x)
     return time.perf_counter() - t0

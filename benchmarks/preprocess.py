@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .common import Meter, PhaseClock, QuietWaiter, conv_linear_layers, machine_info, median
+from .methods import malloc_as
 
 ROUTES = ("cpu", "device")
 CPU = torch.device("cpu")
@@ -70,8 +71,9 @@ def sync(device: torch.device) -> None:
 
 
 def pure(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device) -> None:
-    """The forward over batches already made (and, on a GPU, already on the device)."""
-    with torch.inference_mode():
+    """The forward over batches already made (and, on a GPU, already on the device), with
+    freed memory kept as `mine` keeps it on the CPU (methods.malloc_as)."""
+    with torch.inference_mode(), malloc_as(False):
         for x in batches:
             model(x)
     sync(device)

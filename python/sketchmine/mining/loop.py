@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from sketchmine.data import MinerDataset, collate
 from sketchmine.data.batchprep import DevicePreparer, NativeSamples, collate_native
 from sketchmine.errors import SketchmineError
-from sketchmine.mining import distributed, memory
+from sketchmine.mining import allocator, distributed, memory
 from sketchmine.mining.options import LoadOptions, SpeedOptions
 from sketchmine.mining.prefetch import prepared
 from sketchmine.model.forward import Forward, Layer
@@ -138,7 +138,8 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     batches = 0
     with torch.inference_mode(), forward.open([l.name for l in spec], on_output) as run_batch, \
             _plain_worker_errors(), _FlushWriter(speed.overlap_flushes) as writer, \
-            memory.guard(device, load.batch_size):
+            memory.guard(device, load.batch_size), \
+            (allocator.kept_freed_memory() if device.type == "cpu" else contextlib.nullcontext()):
         for idx, x, y, notes in prepared(loader, preparer, device):
             ok = _readable(ds, idx, notes, skip_bad_images, bad, converted, progress)
             logits = None
