@@ -1,4 +1,4 @@
-"""Freed memory kept for the next batch while mining on the CPU (glibc's malloc).
+"""Freed memory kept for the next batch while mining (and ablating) on the CPU (glibc's malloc).
 
 Why: glibc serves every allocation above its mmap threshold (at most 32 MiB by default) with
 fresh pages from the kernel and returns them on free. A batch's activations are that big
@@ -20,6 +20,8 @@ import os
 import platform
 import threading
 from collections.abc import Iterator
+
+import torch
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 KEPT = 1 << 30
@@ -67,3 +69,9 @@ def kept_freed_memory() -> Iterator[bool]:
             if _depth == 0:
                 _set(libc, _AFTER)
                 libc.malloc_trim(0)
+
+
+def kept_freed_memory_on(device: torch.device) -> contextlib.AbstractContextManager[bool]:
+    """`kept_freed_memory()` for a pass on the CPU; nothing on another device (its batches live
+    in that device's allocator)."""
+    return kept_freed_memory() if device.type == "cpu" else contextlib.nullcontext(False)

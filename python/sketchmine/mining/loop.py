@@ -139,7 +139,7 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     with torch.inference_mode(), forward.open([l.name for l in spec], on_output) as run_batch, \
             _plain_worker_errors(), _FlushWriter(speed.overlap_flushes) as writer, \
             memory.guard(device, load.batch_size), \
-            (allocator.kept_freed_memory() if device.type == "cpu" else contextlib.nullcontext()):
+            allocator.kept_freed_memory_on(device):
         for idx, x, y, notes in prepared(loader, preparer, device):
             ok = _readable(ds, idx, notes, skip_bad_images, bad, converted, progress)
             logits = None

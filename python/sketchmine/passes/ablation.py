@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from sketchmine.data import MinerDataset, collate
 from sketchmine.errors import SketchmineError
+from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model import cut
 from sketchmine.model.taps import SOFTMAX, Taps, ablation_dims, replace_element, tapped_element, to_units
 
@@ -193,7 +194,7 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
     sums: dict[str, torch.Tensor] = {}
     n_images = n_correct = 0
     prob_base_sum, ablator, groups = 0.0, None, []
-    with torch.inference_mode():
+    with torch.inference_mode(), kept_freed_memory_on(device):
         for idx, x in image_batches(dataset, batch_size):
             x, y = x.to(device), labels_t[idx].to(device)
             if ablator is None:

@@ -27,6 +27,7 @@ from torch import nn
 from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
+from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.passes.ablation import Replicate, choose_ablator, image_batches, unit_groups
 from sketchmine.results.effects import write_effects
@@ -71,7 +72,7 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
     logit_sum = prob_sum = torch.zeros(0, dtype=torch.float64)
     maxima: list[torch.Tensor] = []
     n_images = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), kept_freed_memory_on(device):
         for _, x in image_batches(dataset, batch_size):
             x = x.to(device)
             if ablator is None:
