@@ -133,13 +133,10 @@ def reset_peak_rss() -> bool:
 
 
 def _status_mib(key: str) -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    from sketchmine.mining.memory import process_status
+
+    value = process_status().get(key)
+    return float("nan") if value is None else value / 2**20
 
 
 def peak_rss_since_reset_mib() -> float:

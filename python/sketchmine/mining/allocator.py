@@ -3,8 +3,10 @@
 Why: glibc serves every allocation above its mmap threshold (at most 32 MiB by default) with
 fresh pages from the kernel and returns them on free. A batch's activations are that big
 (AlexNet's first conv output at batch 64: 50 MB; the batch itself: 38 MB), so every batch
-paid a page fault per 4 KiB again: 10 ms per 38 MB here, 20 % of AlexNet's forward at batch
-64 (0.41 -> 0.33 s a batch with freed memory kept; the peak resident memory unchanged).
+paid a page fault per 4 KiB again: 10 ms per 38 MB here. Kept, a batch of 64 at 224 px took
+0.33 s against 0.43 s on AlexNet (same peak resident memory) and 9.8 s against 13.9 s on VGG-19
+(peak 5.2 GB against 3.7: the heap does not fit every next size into what was freed);
+benchmarks/allocator.py.
 
 While `kept_freed_memory()` is entered, allocations up to 1 GiB come from the heap and freed
 memory stays there for the next batch. On exit the thresholds go to glibc's own steady state

@@ -44,7 +44,7 @@ def measure(device: torch.device) -> Memory | None:
                       used + free)  # what this process may hold: its own reserve and what is free
     if device.type != "cpu":
         return None
-    status = _status()
+    status = process_status()
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY and "VmSize" in status:
         return Memory(status["VmSize"], status.get("VmPeak", status["VmSize"]), int(soft))
@@ -104,12 +104,16 @@ def message(device: torch.device, batch_size: int, before: Memory | None, after:
     mib = 2**20
     measured = (f"the attempt needed more than {need / mib:,.0f} MiB on top of the {before.in_use / mib:,.0f} MiB "
                 f"in use before it, of {after.capacity / mib:,.0f} MiB")
+    # on the CPU freed memory is kept between batches (allocator.py): faster, and it can hold more
+    kept = ("; SKETCHMINE_MALLOC=default in the environment returns freed memory between batches (slower, "
+            "less resident memory)") if device.type == "cpu" else ""
     if fits >= 1:
-        return f"{head}: {measured}; --batch-size {min(fits, batch_size - 1)} (batch_size=) fits by that measure"
-    return f"{head}: {measured}; not even one image fits by that measure: free memory, or use a smaller model or images"
+        return f"{head}: {measured}; --batch-size {min(fits, batch_size - 1)} (batch_size=) fits by that measure{kept}"
+    return (f"{head}: {measured}; not even one image fits by that measure: free memory, or use a smaller model or "
+            f"images{kept}")
 
 
-def _status() -> dict[str, int]:
+def process_status() -> dict[str, int]:
     """VmSize, VmPeak, VmRSS, VmHWM of this process in bytes (Linux); {} elsewhere."""
     out: dict[str, int] = {}
     with contextlib.suppress(OSError):
