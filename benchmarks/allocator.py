@@ -20,15 +20,14 @@ from .common import REPO, median
 SETTINGS = ("glibc", "settled", "kept")
 
 CHILD = r"""
-import contextlib, ctypes, json, resource, sys, time
+import contextlib, json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
 from benchmarks.common import build_model
 from sketchmine.mining import allocator
 setting, model_name, batch, forwards = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 if setting == "settled":
-    libc = ctypes.CDLL("libc.so.6")
-    assert libc.mallopt(-3, 32 << 20) == 1 and libc.mallopt(-1, 64 << 20) == 1
+    assert allocator.settle()
 model = build_model(model_name, 0).eval()
 x = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 times = []

@@ -9,11 +9,9 @@ malloc; `glibc=True` runs them with glibc's own thresholds instead (what a plain
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +21,11 @@ from torch import nn
 from .common import PhaseClock, loader
 
 
-@contextlib.contextmanager
-def malloc_as(glibc: bool) -> Iterator[None]:
+def malloc_as(glibc: bool) -> contextlib.AbstractContextManager:
     """The allocator setting of a reference forward: mine's (freed memory kept), or glibc's own."""
     from sketchmine.mining.allocator import kept_freed_memory
 
-    if glibc:
-        previous = os.environ.get("SKETCHMINE_MALLOC")
-        os.environ["SKETCHMINE_MALLOC"] = "default"
-    try:
-        with kept_freed_memory():
-            yield
-    finally:
-        if glibc:
-            if previous is None:
-                del os.environ["SKETCHMINE_MALLOC"]
-            else:
-                os.environ["SKETCHMINE_MALLOC"] = previous
+    return contextlib.nullcontext() if glibc else kept_freed_memory()
 
 
 # ---- (a) the floor: forward only ---------------------------------------------------------------

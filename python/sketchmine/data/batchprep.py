@@ -91,10 +91,7 @@ def collate_native(batch: list[tuple[int, torch.Tensor, int, str]]):
 def prepare_uint8(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """uint8 (N, H, W, c) → model input (N, channels, *size) float32, contiguous: the rule of
     `Preprocessing.prepare` on the whole batch, on x's device."""
-    x = x.permute(0, 3, 1, 2)
-    if x.shape[1] == 2 and pre.channels > 1:
-        x = x[:, :1]  # grey + alpha: the alpha dropped before the conversion to float
-    out = pre.prepare(x.float().div_(255))
+    out = pre.prepare(x.permute(0, 3, 1, 2).float().div_(255))
     # the standard strides, also for one channel (where "contiguous" is ambiguous and a conv may
     # take the channels-last kernel, which rounds differently)
     return out if out.stride() == _strides(out.shape) else out.clone(memory_format=torch.contiguous_format)

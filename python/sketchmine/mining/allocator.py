@@ -51,6 +51,18 @@ def _set(libc: ctypes.CDLL, values: dict[int, int]) -> bool:
     return all(libc.mallopt(param, value) == 1 for param, value in values.items())
 
 
+def settle(libc: ctypes.CDLL | None = None) -> bool:
+    """glibc's thresholds where its own dynamic ones settle after the first large free (mmap
+    above 32 MiB, trim above 64 MiB), the heap trimmed: what a pass leaves behind. False off
+    glibc or when opted out."""
+    libc = libc or _libc()
+    if libc is None:
+        return False
+    applied = _set(libc, _AFTER)
+    libc.malloc_trim(0)
+    return applied
+
+
 @contextlib.contextmanager
 def kept_freed_memory() -> Iterator[bool]:
     """Inside: freed memory up to KEPT is reused, not returned (yields whether it applies).
@@ -69,8 +81,7 @@ def kept_freed_memory() -> Iterator[bool]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                _set(libc, _AFTER)
-                libc.malloc_trim(0)
+                settle(libc)
 
 
 def kept_freed_memory_on(device: torch.device) -> contextlib.AbstractContextManager[bool]:
