@@ -143,9 +143,10 @@ def test_a_damaged_topk_chunk_is_an_error_naming_the_array(tmp_path, mined, dama
     run.topk("classifier.4")  # the other layers are intact
 
 
-def test_a_run_with_the_older_blake2b_checksums_still_verifies(tmp_path, mined):
-    """Runs written before sha256 record bare blake2b-128 digests: they read as before, and a
-    damaged chunk is still found."""
+@pytest.mark.parametrize("form", ["blake2b", "sha256"])
+def test_a_run_with_older_checksums_still_verifies(tmp_path, mined, form):
+    """Runs written before xxh3 record "sha256:" digests (and before those, bare blake2b-128):
+    they read as before, and a damaged chunk is still found."""
     import hashlib
 
     import zarr
@@ -155,8 +156,10 @@ def test_a_run_with_the_older_blake2b_checksums_still_verifies(tmp_path, mined):
     sums = dict(group.attrs["checksums"])
     name = "layers/features.3/image_index"
     data = np.asarray(group[name][...])
-    assert sums[name]["sums"][0].startswith("sha256:")
-    sums[name] = {**sums[name], "sums": [hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()]}
+    assert sums[name]["sums"][0].startswith("xxh3_128:")
+    old = (hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest() if form == "blake2b"
+           else "sha256:" + hashlib.sha256(data.tobytes()).hexdigest()[:32])
+    sums[name] = {**sums[name], "sums": [old]}
     group.attrs["checksums"] = sums
     assert np.array_equal(sketchmine.open_run(path).topk("features.3")[1], data)
     [chunk] = [c for c in _chunks(path, name) if c.is_file()]
