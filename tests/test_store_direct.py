@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -101,3 +102,26 @@ def test_direct_replaces_an_array_and_declines_other_stores(tmp_path: Path) -> N
     assert not put_whole(memory, second, nodes)  # not a local store: Zarr's path writes it
     strings = {"s": np.array(["a", "bc"])}
     assert not put_whole(g, strings, {"s": store_io._metadata(strings["s"], ("x",))})
+
+
+def test_bulk_writer_writes_every_part_on_either_path(tmp_path: Path) -> None:
+    parts = [{"a": np.arange(6, dtype=np.float32).reshape(2, 3) + 0.5},
+             {"b/c": np.arange(4, dtype=np.int64) - 2, "t": Columns((2, 70), np.nan, np.array([3, 69]),
+                                                                     np.array([[1, 2], [3, 4]], np.float32))},
+             {}]
+    for group in (zarr.open_group(tmp_path / "r.zarr", mode="w"), zarr.open_group(zarr.storage.MemoryStore(), mode="w")):
+        with store_io.BulkWriter(group) as writer:
+            for part in parts:
+                writer.put(part)
+        for part in parts:
+            for k, a in part.items():
+                np.testing.assert_array_equal(group[k][...], np.asarray(a))
+
+
+@pytest.mark.parametrize("name", ["blocked", "blocked/x"])
+def test_bulk_writer_raises_a_failed_write(tmp_path: Path, name: str) -> None:
+    """A file where an array's folder (written on a thread) or its parent group goes."""
+    g = zarr.open_group(tmp_path / "r.zarr", mode="w")
+    (tmp_path / "r.zarr" / "blocked").write_text("not a folder")
+    with pytest.raises(OSError), store_io.BulkWriter(g) as writer:
+        writer.put({"ok": np.ones(3, np.float32), name: np.ones(3, np.float32)})

@@ -8,7 +8,7 @@ statistics: adding one touches nothing here.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -329,19 +329,23 @@ def _write_rows(store: RunStore, pending: _Pending, needs_labels: bool) -> None:
 def _finalize(store: RunStore, accs: list[Accumulator], n: int, bad: list[dict[str, Any]],
               converted: dict[str, int]) -> None:
     """Every accumulator's final arrays, predictions and per-class accuracy; mark the run
-    complete. All final arrays go to the store in one call (per-array Zarr calls were most of
-    the fixed cost)."""
-    arrays: dict[str, np.ndarray] = {}
-    for acc in accs:
-        arrays.update(acc.results())
+    complete. Each accumulator's results are computed while the previous one's are written."""
+    accuracy: dict[str, np.ndarray] = {}
     overall = None
     if store.has(schema.PREDICTIONS):
         labels = store.read(schema.LABELS)
         correct, count = class_counts(store.read(schema.PREDICTIONS), labels, store.shape(schema.LOGITS)[1])
-        arrays[schema.PER_CLASS_ACCURACY] = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
+        accuracy[schema.PER_CLASS_ACCURACY] = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
         overall = float(correct.sum() / count.sum()) if count.sum() else None
-    store.write_results(arrays, overall)
+    store.write_results(_parts(accuracy, accs), overall)
     store.finish(n, {"bad_images": bad, "converted_images": _merged_counts(store, converted)})
+
+
+def _parts(first: dict[str, np.ndarray], accs: list[Accumulator]) -> Iterator[Mapping[str, Any]]:
+    """`first`, then each accumulator's results, computed as the store asks for the next."""
+    yield first
+    for acc in accs:
+        yield acc.results()
 
 
 def _merged_counts(store: RunStore, converted: dict[str, int]) -> dict[str, int]:

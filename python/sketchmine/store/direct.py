@@ -96,22 +96,27 @@ def _write(where: Path, arr: np.ndarray | Columns, meta: ArrayV3Metadata, doc: b
         path.write_bytes(zstd.encode(chunk))
 
 
-def put_whole(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], metadata: dict[str, ArrayV3Metadata]) -> bool:
-    """Write each of `arrays` (path relative to `group` -> its data, with `metadata[path]`) as a
-    whole array, replacing one there, creating missing parent groups; False (nothing written)
-    when the store, a codec chain or a dtype is not one this writes as Zarr would."""
+Job = tuple[Path, Any, ArrayV3Metadata, bytes, Zstd]
+"""One array's write: (its folder, data, metadata, metadata document, zstd codec)."""
+
+
+def plan(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], metadata: dict[str, ArrayV3Metadata]
+         ) -> list[Job] | None:
+    """The writes of `arrays` (path relative to `group` -> its data, with `metadata[path]`) as
+    whole arrays, replacing any there, once their missing parent groups are created; None
+    (nothing done) when the store, a codec chain or a dtype is not one this writes as Zarr would."""
     root = _root(group)
     if root is None or zarr.config.get("array.write_empty_chunks"):
-        return False
-    plan: list[tuple[Path, Any, ArrayV3Metadata, bytes, Zstd]] = []
+        return None
+    base = root / group.path if group.path else root
+    jobs: list[Job] = []
     for name, arr in arrays.items():
         meta = metadata[name]
         doc, zstd, slash = _document(meta)
         if zstd is None or not slash or arr.dtype.kind not in "biuf" or arr.dtype.byteorder not in "=<|":
-            return False
-        plan.append((root / group.path / name if group.path else root / name, arr, meta, doc, zstd))
-    base = root / group.path if group.path else root
-    for name in arrays:  # parents first, in order, before the threads write into them
+            return None
+        jobs.append((base / name, arr, meta, doc, zstd))
+    for name in arrays:  # parents first, in order, before threads write into them
         parent = (base / name).parent
         missing = []
         while parent != base and not (parent / "zarr.json").exists():
@@ -120,7 +125,20 @@ def put_whole(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], metada
         for p in reversed(missing):
             p.mkdir(parents=True, exist_ok=True)
             (p / "zarr.json").write_bytes(_GROUP_DOC)
+    return jobs
+
+
+def write(job: Job) -> None:
+    """One planned array's files."""
+    _write(*job)
+
+
+def put_whole(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], metadata: dict[str, ArrayV3Metadata]) -> bool:
+    """`plan` and its writes, on WORKERS threads; False (nothing written) where `plan` declines."""
+    jobs = plan(group, arrays, metadata)
+    if jobs is None:
+        return False
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="sketchmine-write") as pool:
-        for f in [pool.submit(_write, *job) for job in plan]:
+        for f in [pool.submit(write, job) for job in jobs]:
             f.result()
     return True

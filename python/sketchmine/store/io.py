@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,9 @@ from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 
 from sketchmine.errors import SketchmineFailure
-from sketchmine.store import schema
+from sketchmine.store import direct, schema
 from sketchmine.store.checksums import block_sums, digest
 from sketchmine.store.columns import Columns
-from sketchmine.store.direct import put_whole
 
 _TEMPLATES: dict[str, dict[str, Any]] = {}
 _METADATA: dict[tuple[str, tuple[int, ...], tuple[str, ...]], ArrayV3Metadata] = {}
@@ -62,17 +62,59 @@ async def create_nodes(group: zarr.Group, nodes: dict[str, GroupMetadata | Array
 
 def put_all(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], at: str | None = None) -> None:
     """Each of `arrays` as the whole array at its path under `group`, one chunk, replacing an
-    earlier one. Written directly on a local store (store.direct), else in one event-loop call:
-    Zarr's per-call overhead (~3 ms an array, ten times the file I/O) was most of a ResNet-50
-    run's fixed cost with one call per array."""
-    if not arrays:
-        return
+    earlier one (see BulkWriter)."""
+    with BulkWriter(group, at) as writer:
+        writer.put(arrays)
 
-    where = group.path if at is None else at  # `at`: the group's path in the run when opened on its own
-    base = f"{where}/" if where else ""
+
+class BulkWriter:
+    """Whole arrays written as they come, in parts (a pass's statistics' results one after the
+    other): on a local store each part's files are written on threads (store.direct) while the
+    caller computes the next part; elsewhere every part goes to Zarr in one event-loop call on
+    leaving the block (Zarr's per-call overhead, ~3 ms an array, was ten times the file I/O).
+    Leaving the block waits for every write and raises the first error. The arrays must not
+    change after `put`. `at`: the group's path in the run when opened on its own."""
+
+    def __init__(self, group: zarr.Group, at: str | None = None) -> None:
+        self.group = group
+        where = group.path if at is None else at
+        self._base = f"{where}/" if where else ""
+        self._pool: ThreadPoolExecutor | None = None
+        self._writes: list[Future[None]] = []
+        self._to_zarr: dict[str, np.ndarray | Columns] = {}
+
+    def put(self, arrays: Mapping[str, np.ndarray | Columns]) -> None:
+        arrays = dict(arrays)
+        if not arrays:
+            return
+        nodes = {k: _metadata(a, schema.dimension_names(self._base + k, a.ndim)) for k, a in arrays.items()}
+        jobs = None if self._to_zarr else direct.plan(self.group, arrays, nodes)
+        if jobs is None:
+            self._to_zarr.update(arrays)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(direct.WORKERS, thread_name_prefix="sketchmine-write")
+        self._writes += [self._pool.submit(direct.write, job) for job in jobs]
+
+    def __enter__(self) -> BulkWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
+        try:
+            for f in self._writes:
+                if kind is None:
+                    f.result()
+                else:
+                    f.cancel()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+        if kind is None and self._to_zarr:
+            _put_with_zarr(self.group, self._to_zarr, self._base)
+
+
+def _put_with_zarr(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], base: str) -> None:
     nodes = {k: _metadata(a, schema.dimension_names(base + k, a.ndim)) for k, a in arrays.items()}
-    if put_whole(group, arrays, nodes):  # a local store: the same files without the event loop
-        return
 
     def writes(made: dict[str, Any]) -> list[Any]:
         out = []

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from sketchmine.store.checkpoint import Checkpoints
 from sketchmine.store.checksums import block_sums, digest
 from sketchmine.store.columns import Columns
 from sketchmine.store.groups import read_unit, write_unit
-from sketchmine.store.io import create_nodes, io_errors, lay_out_run, new_array, put_all, put_rows
+from sketchmine.store.io import BulkWriter, create_nodes, io_errors, lay_out_run, new_array, put_all, put_rows
 from sketchmine.store.lock import RunLock, check_writable, stage
 
 __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_run", "put_rows"]
@@ -362,17 +361,18 @@ class RunStore(Checkpoints):
 
     # ---- final results -------------------------------------------------------------------
     @io_errors
-    def write_results(self, arrays: dict[str, np.ndarray | Columns], accuracy: float | None = None) -> None:
-        """The final arrays of every layer (top-k, class statistics) and of eval/, in one Zarr
-        call; the overall accuracy when there are predictions."""
-        # the checksums are computed while zarr compresses and writes (both release the GIL):
-        # for 1,000-class tables they cost as much as the write itself
-        with ThreadPoolExecutor(1, thread_name_prefix="sketchmine-checksums") as pool:
-            sums = pool.submit(lambda: {name: arr.block_sums() if isinstance(arr, Columns) else block_sums(arr)
-                                        for name, arr in arrays.items()})
-            put_all(self.group, arrays)
-            self._final_sums.update(sums.result())
-        if schema.PER_CLASS_ACCURACY in arrays:
+    def write_results(self, parts: Iterable[Mapping[str, np.ndarray | Columns]], accuracy: float | None = None) -> None:
+        """The final arrays of every layer (each statistic's results, a part at a time: a part's
+        files are written while the next is computed) and of eval/; the overall accuracy when
+        there are predictions. Their checksums are recorded for `finish`."""
+        written: set[str] = set()
+        with BulkWriter(self.group) as writer:
+            for arrays in parts:
+                writer.put(arrays)
+                self._final_sums.update({name: arr.block_sums() if isinstance(arr, Columns) else block_sums(arr)
+                                         for name, arr in arrays.items()})
+                written.update(arrays)
+        if schema.PER_CLASS_ACCURACY in written:
             self.group[schema.EVAL].update_attributes({schema.ACCURACY: accuracy})
 
     @io_errors
