@@ -26,11 +26,11 @@ def batches(seed: int = 0, sizes=(3, 1, 8, 2, 5, 4, 6)):
         yield Batch(ids, torch.full((n,), -1), torch.zeros(n, 1, 1, 1), maxima=maxima)
 
 
-def fed(rows: int | None, restore_after: int | None = None) -> list:
+def fed(rows: int | None, restore_after: int | None = None, shared: bool = True) -> list:
     setup = Setup(LAYERS, 3, torch.device("cpu"), distributions=True)
     accs = [f(setup) for f in FACTORIES]
-    for acc in accs:
-        acc._held = HeldMaxima(12, acc._held._sink, rows, acc._held._with_index)
+    for acc in accs:  # shared=False: each concatenates its own blocks
+        acc._held = HeldMaxima(12, acc._held._sink, rows, acc._held._with_index, setup.blocks if shared else None)
     for j, batch in enumerate(batches()):
         if j == restore_after:  # a resume: a fresh object restored from the state taken mid-hold
             fresh = [f(setup) for f in FACTORIES]
@@ -57,6 +57,22 @@ def test_any_block_of_images_gives_the_same_state():
     every_batch = fed(1)
     for rows in (2, 5, 16, 29, 512):
         same(fed(rows), every_batch)
+        same(fed(rows, shared=False), every_batch)
+
+
+def test_statistics_of_one_pass_concatenate_a_held_block_once(monkeypatch):
+    """The four holding statistics release the same batches at the same rows: one concatenation
+    of maxima (and one of image indices, for the examples) per layer and release, not four."""
+    made = []
+    cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda parts, *a, **k: made.append(len(parts)) or cat(parts, *a, **k))
+    fed(16)
+    shared = len(made)
+    made.clear()
+    fed(16, shared=False)
+    # one release (16 of the 29 rows, in 5 batches) of 2 layers: per layer, shared, one maxima and
+    # one index concatenation; unshared, each of the 4 statistics' maxima and the examples' index
+    assert (shared, len(made)) == (2 * 2, 2 * 5)
 
 
 def test_state_taken_mid_hold_includes_every_image():

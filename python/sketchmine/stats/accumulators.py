@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from sketchmine.stats.held import SharedBlocks
 from sketchmine.store.columns import Columns
 
 
@@ -52,6 +53,8 @@ class Setup:
     distributions: bool = False
     """Keep each unit's whole distribution (histogram, quantile sketch, examples per bin, bottom-k). mine's
     default is on (compiled kernels, a few % of the forward); False here is what runs mined before record."""
+    blocks: SharedBlocks = field(default_factory=SharedBlocks, compare=False)
+    """The pass's held blocks of image maxima, concatenated once for every statistic that holds them."""
 
 
 @dataclass

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sketchmine.stats import ops
-from sketchmine.stats.held import HeldMaxima
+from sketchmine.stats.held import HeldMaxima, SharedBlocks
 from sketchmine.stats.grid import AlignedGrid, bin_of, slots
 from sketchmine.stats.histogram import columns, finite_range
 from sketchmine.store import schema
@@ -85,13 +85,14 @@ class QuantileExamples:
 
     key, title = KEY, "quantile examples"
 
-    def __init__(self, layers: dict[str, int], device: torch.device | str = "cpu", m: int = PER_BIN) -> None:
+    def __init__(self, layers: dict[str, int], device: torch.device | str = "cpu", m: int = PER_BIN,
+                 blocks: SharedBlocks | None = None) -> None:
         self.layers, self.device, self.m = dict(layers), torch.device(device), m
         self._columns, units = columns(self.layers)
         self.grid = AlignedGrid(units, self.device)
         self.hashes = torch.full((units, SLOTS, m), EMPTY, dtype=torch.int64, device=self.device)
         self.index = torch.full((units, SLOTS, m), -1, dtype=torch.int64, device=self.device)
-        self._held = HeldMaxima(units, self.add)  # updates in blocks of images (held.py)
+        self._held = HeldMaxima(units, self.add, blocks=blocks)  # updates in blocks of images (held.py)
 
     def add(self, layer: str, maxima: torch.Tensor, image_index: torch.Tensor) -> None:
         """One layer's (N, C) image maxima (NaN: left out) of images `image_index` (N,): the
@@ -231,4 +232,4 @@ def accumulator(setup: Setup) -> QuantileExamples | None:
     """The registry's factory: passes that asked for distributions (Setup.distributions)."""
     if not setup.distributions:
         return None
-    return QuantileExamples({l.name: l.channels for l in setup.layers}, setup.device)
+    return QuantileExamples({l.name: l.channels for l in setup.layers}, setup.device, blocks=setup.blocks)

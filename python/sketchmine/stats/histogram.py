@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sketchmine.stats import ops
-from sketchmine.stats.held import HeldMaxima
+from sketchmine.stats.held import HeldMaxima, SharedBlocks
 from sketchmine.stats.grid import BINS, AlignedGrid, bin_of, rebin
 from sketchmine.store import schema
 
@@ -56,13 +56,14 @@ class RunningHistogram:
 
     key, title = KEY, "unit histograms"
 
-    def __init__(self, layers: dict[str, int], device: torch.device | str = "cpu") -> None:
+    def __init__(self, layers: dict[str, int], device: torch.device | str = "cpu",
+                 blocks: SharedBlocks | None = None) -> None:
         self.layers, self.device = dict(layers), torch.device(device)
         self._columns, units = columns(self.layers)
         self.grid = AlignedGrid(units, self.device)
         self.counts = torch.zeros(units, BINS, dtype=torch.int64, device=self.device)
         self.inf = torch.zeros(units, 2, dtype=torch.int64, device=self.device)  # [-inf, +inf]
-        self._held = HeldMaxima(units, self.add, with_index=False)  # updates in blocks of images (held.py)
+        self._held = HeldMaxima(units, self.add, with_index=False, blocks=blocks)  # updates in blocks of images (held.py)
 
     def add(self, layer: str, maxima: torch.Tensor) -> None:
         """One layer's (N, C) image maxima (NaN: left out): the compiled kernel on the CPU."""
@@ -156,4 +157,4 @@ def accumulator(setup: Setup) -> RunningHistogram | None:
     """The registry's factory: passes that asked for distributions (Setup.distributions)."""
     if not setup.distributions:
         return None
-    return RunningHistogram({l.name: l.channels for l in setup.layers}, setup.device)
+    return RunningHistogram({l.name: l.channels for l in setup.layers}, setup.device, blocks=setup.blocks)

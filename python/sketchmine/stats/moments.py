@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sketchmine.stats import ops
-from sketchmine.stats.held import HeldMaxima
+from sketchmine.stats.held import HeldMaxima, SharedBlocks
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ class RunningMoments:
 
     key, title = KEY, "unit moments"
 
-    def __init__(self, layers: dict[str, int], device: torch.device | str = "cpu") -> None:
+    def __init__(self, layers: dict[str, int], device: torch.device | str = "cpu",
+                 blocks: SharedBlocks | None = None) -> None:
         self.layers, self.device = dict(layers), torch.device(device)
         self._columns: dict[str, slice] = {}
         at = 0
@@ -49,7 +50,7 @@ class RunningMoments:
         self._count = torch.zeros(at, dtype=torch.int64, device=self.device)
         self._firing = torch.zeros(at, dtype=torch.int64, device=self.device)
         self._host = self.device.type == "cpu"
-        self._held = HeldMaxima(at, self.add, with_index=False)  # updates in blocks of images (held.py)
+        self._held = HeldMaxima(at, self.add, with_index=False, blocks=blocks)  # updates in blocks of images (held.py)
 
     def add(self, layer: str, maxima: torch.Tensor) -> None:
         """One layer's (N, C) image maxima (NaN: an all-NaN map, left out)."""
@@ -118,4 +119,4 @@ class RunningMoments:
 
 def accumulator(setup: Setup) -> RunningMoments:
     """The registry's factory: every pass."""
-    return RunningMoments({l.name: l.channels for l in setup.layers}, setup.device)
+    return RunningMoments({l.name: l.channels for l in setup.layers}, setup.device, blocks=setup.blocks)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from sketchmine.stats import ops
-from sketchmine.stats.held import HeldMaxima
+from sketchmine.stats.held import HeldMaxima, SharedBlocks
 from sketchmine.stats.histogram import columns
 from sketchmine.store import schema
 
@@ -56,13 +56,14 @@ class QuantileSketch:
 
     key, title = KEY, "quantile sketches"
 
-    def __init__(self, layers: dict[str, int], device: torch.device | str = "cpu") -> None:
+    def __init__(self, layers: dict[str, int], device: torch.device | str = "cpu",
+                 blocks: SharedBlocks | None = None) -> None:
         self.layers, self.device = dict(layers), torch.device(device)
         self._columns, units = columns(self.layers)
         self.counts = torch.zeros(units, 2, BUCKETS, dtype=torch.int32, device=self.device)
         self.top = torch.full((units, 2), -1, dtype=torch.int64, device=self.device)
         self.special = torch.zeros(units, 3, dtype=torch.int64, device=self.device)
-        self._held = HeldMaxima(units, self.add, with_index=False)  # updates in blocks of images (held.py)
+        self._held = HeldMaxima(units, self.add, with_index=False, blocks=blocks)  # updates in blocks of images (held.py)
 
     def add(self, layer: str, maxima: torch.Tensor) -> None:
         """One layer's (N, C) image maxima (NaN: left out): the compiled kernel on the CPU."""
@@ -167,4 +168,4 @@ def accumulator(setup: Setup) -> QuantileSketch | None:
     """The registry's factory: passes that asked for distributions (Setup.distributions)."""
     if not setup.distributions:
         return None
-    return QuantileSketch({l.name: l.channels for l in setup.layers}, setup.device)
+    return QuantileSketch({l.name: l.channels for l in setup.layers}, setup.device, blocks=setup.blocks)
