@@ -213,12 +213,15 @@ class QuantileExamples:
         arrays: dict[str, np.ndarray] = {}
         for name, cols in self._columns.items():
             h, i = self.hashes[cols], self.index[cols]
-            units = h.shape[0]
             ends = []
             for inner, outer in ((1, 0), (LEVELS, SLOTS - 1)):  # join ±inf to the first / last bin
-                group = torch.arange(units, device=h.device)[:, None].expand(-1, 2 * self.m).reshape(-1)
-                ends.append(bottom(group, torch.cat([h[:, inner], h[:, outer]], 1).reshape(-1),
-                                   torch.cat([i[:, inner], i[:, outer]], 1).reshape(-1), units, self.m)[1])
+                end = i[:, inner].clone()  # a bin alone is its picks as kept (ascending hash)
+                u = (i[:, outer, 0] >= 0).nonzero().squeeze(1)  # the few units that saw ±inf
+                if len(u):
+                    group = torch.arange(len(u), device=h.device)[:, None].expand(-1, 2 * self.m).reshape(-1)
+                    end[u] = bottom(group, torch.cat([h[u, inner], h[u, outer]], 1).reshape(-1),
+                                    torch.cat([i[u, inner], i[u, outer]], 1).reshape(-1), len(u), self.m)[1]
+                ends.append(end)
             picks = torch.cat([ends[0][:, None], i[:, 2:LEVELS], ends[1][:, None]], 1)
             edges = self.grid.edges(cols, SCALE, LEVELS)
             edges[:, 0] = torch.where(i[:, 0, 0] >= 0, float("-inf"), edges[:, 0])
