@@ -183,6 +183,26 @@ void scan_row<float>(const float* row, int64_t len, int64_t stride, float& best,
 }
 #endif
 
+// The k-th value of each channel of a block, kept contiguous: a candidate strictly below it
+// cannot enter (ranks_before needs a larger value, or an equal one with a smaller image), and
+// after the first batches nearly every candidate is, so the merge reads this small array
+// instead of each channel's k slots (one cache line per channel). An empty slot is -inf
+// (anything but NaN may enter; NaN is never below, so the caller counts it).
+struct Floors {
+  std::vector<float> at;
+  const float* vals;
+  const int64_t* idx;
+  int64_t k, begin;
+  Floors(const float* v, const int64_t* i, int64_t k_, int64_t b, int64_t e)
+      : at(e - b), vals(v), idx(i), k(k_), begin(b) {
+    for (int64_t ch = b; ch < e; ++ch) update(ch);
+  }
+  bool below(int64_t ch, float v) const { return v < at[ch - begin]; }
+  void update(int64_t ch) {
+    at[ch - begin] = idx[ch * k + k - 1] < 0 ? -std::numeric_limits<float>::infinity() : vals[ch * k + k - 1];
+  }
+};
+
 template <typename T>
 void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index,
                           at::Tensor& values, at::Tensor& index, at::Tensor& position,
@@ -203,16 +223,19 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
     // each image's row is read contiguously while the block's states stay in cache.
     float* out = maxima.data_ptr<float>();
     at::parallel_for(0, c, task_grain(n, 64), [&](int64_t begin, int64_t end) {
+      Floors floor(vals, idx, k, begin, end);
       for (int64_t i = 0; i < n; ++i) {
         const T* row = data + i * sn;
         for (int64_t ch = begin; ch < end; ++ch) {
           const float v = static_cast<float>(row[ch * sc]);
           out[i * c + ch] = v;  // the returned maxima: the rows themselves, as float32
+          if (floor.below(ch, v)) continue;
           if (v != v) {
             ++nanc[ch];
             continue;
           }
           insert_candidate(vals + ch * k, idx + ch * k, pos + ch * k, k, v, img[i], 0);
+          floor.update(ch);
         }
       }
     });
@@ -235,13 +258,15 @@ void topk_update_cpu_impl(const at::Tensor& acts3, const at::Tensor& image_index
   // Phase 2: merge the N candidates of each channel into its k-deep state; image-major
   // within a channel block, as above (the order of insertion does not change the result).
   at::parallel_for(0, c, task_grain(n, 64), [&](int64_t begin, int64_t end) {
+    Floors floor(vals, idx, k, begin, end);
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t ch = begin; ch < end; ++ch) {
         const int64_t r = i * c + ch;
         nanc[ch] += cand_nan[r];
-        if (cand_p[r] < 0) continue;
+        if (cand_p[r] < 0 || floor.below(ch, cand_v[r])) continue;
         insert_candidate(vals + ch * k, idx + ch * k, pos + ch * k, k, cand_v[r], img[i],
                          cand_p[r]);
+        floor.update(ch);
       }
     }
   });
