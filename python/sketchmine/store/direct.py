@@ -8,6 +8,11 @@ its chunks encoded by the codecs that metadata names, skipped where Zarr skips t
 equal to the fill value everywhere, by Zarr's own test). tests/test_store_direct.py checks the
 files are byte for byte those Zarr writes. Anything else — another store, codec, key encoding
 or dtype — returns False and the caller takes Zarr's path.
+
+Files are written in place, not through a temporary name as Zarr does: every caller writes where
+no reader looks until a later commit (a checkpoint's free slot, a group staged under another name
+and renamed into place, a run's final arrays before the commit that marks it complete), and a
+crash before that commit leaves the committed state, which the next run rewrites over.
 """
 from __future__ import annotations
 

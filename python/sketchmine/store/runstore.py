@@ -33,7 +33,7 @@ from sketchmine.store.checkpoint import Checkpoints
 from sketchmine.store.checksums import block_sums, digest
 from sketchmine.store.columns import Columns
 from sketchmine.store.groups import read_unit, write_unit
-from sketchmine.store.io import BulkWriter, create_nodes, io_errors, lay_out_run, new_array, put_all, put_rows
+from sketchmine.store.io import BulkWriter, create_nodes, io_errors, lay_out_run, new_array, put_rows
 from sketchmine.store.lock import RunLock, check_writable, stage
 
 __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_run", "put_rows"]
@@ -281,12 +281,6 @@ class RunStore(Checkpoints):
     @io_errors
     def commit(self, progress: dict[str, Any], extra: dict[str, Any]) -> None:
         self.group.update_attributes({**extra, "progress": progress})  # one write: the commit is atomic
-
-    @io_errors
-    def write_arrays(self, group: str, arrays: dict[str, np.ndarray]) -> None:
-        """Whole arrays under `group` ("" for the root; keys may hold "/", e.g.
-        "layers/conv1/values"), one chunk each, replacing earlier ones, in one Zarr call."""
-        put_all(self.group[group] if group else self.group, arrays)
 
     @io_errors
     def write_group(self, path: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
