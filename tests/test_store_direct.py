@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 from sketchmine.store import io as store_io
 from sketchmine.store.columns import Columns
-from sketchmine.store.direct import put_whole
+from sketchmine.store import direct
 
 DTYPES = [np.float32, np.float64, np.int64, np.int32, np.uint8, np.bool_, np.uint32]
 NAMES = ["values", "image_index", "yx", "sub/counts", "sub/deeper/edges", "eval_like"]
@@ -24,23 +24,16 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _zarr_path(group: zarr.Group, arrays: dict) -> None:
-    """What put_all does when the direct path declines: Zarr's event loop."""
-    nodes = {k: store_io._metadata(a, store_io.schema.dimension_names(k, a.ndim)) for k, a in arrays.items()}
+def _nodes(arrays: dict) -> dict:
+    return {k: store_io._metadata(a, store_io.schema.dimension_names(k, a.ndim)) for k, a in arrays.items()}
 
-    async def write() -> None:
-        import asyncio
 
-        made = await store_io.create_nodes(group, nodes)
-        jobs = []
-        for k, a in arrays.items():
-            if isinstance(a, Columns):
-                jobs += [made[k].setitem((slice(None), cols), block) for cols, block in a.chunk_blocks()]
-            else:
-                jobs.append(made[k].setitem(..., a))
-        await asyncio.gather(*jobs)
-
-    store_io.sync(write())
+def _direct(group: zarr.Group, arrays: dict) -> bool:
+    """The direct path alone: whether it takes `arrays`, and their files when it does."""
+    jobs = direct.plan(group, arrays, _nodes(arrays))
+    for job in jobs or []:
+        direct.write(job)
+    return jobs is not None
 
 
 @st.composite
@@ -77,9 +70,8 @@ def test_direct_files_are_zarrs_files(arrays: dict, nested_group: bool) -> None:
         for root in roots:
             g = zarr.open_group(root, mode="w")
             groups.append(g.create_group("layers").create_group("conv") if nested_group else g)
-        nodes = {k: store_io._metadata(a, store_io.schema.dimension_names(k, a.ndim)) for k, a in arrays.items()}
-        assert put_whole(groups[0], arrays, nodes)
-        _zarr_path(groups[1], arrays)
+        assert _direct(groups[0], arrays)
+        store_io._put_with_zarr(groups[1], arrays, _nodes(arrays))  # Zarr's own path
         direct, reference = _tree(roots[0]), _tree(roots[1])
         assert direct.keys() == reference.keys()
         for name in direct:
@@ -98,10 +90,8 @@ def test_direct_replaces_an_array_and_declines_other_stores(tmp_path: Path) -> N
     store_io.put_all(g, second)
     np.testing.assert_array_equal(zarr.open_group(tmp_path / "r.zarr", mode="r")["a"][...], second["a"])
     memory = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
-    nodes = {k: store_io._metadata(a, ("x", "y")) for k, a in second.items()}
-    assert not put_whole(memory, second, nodes)  # not a local store: Zarr's path writes it
-    strings = {"s": np.array(["a", "bc"])}
-    assert not put_whole(g, strings, {"s": store_io._metadata(strings["s"], ("x",))})
+    assert not _direct(memory, second)  # not a local store: Zarr's path writes it
+    assert not _direct(g, {"s": np.array(["a", "bc"])})
 
 
 def test_bulk_writer_writes_every_part_on_either_path(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ is its metadata document (Zarr's own serialisation of the metadata `io._metadata
 its chunks encoded by the codecs that metadata names, skipped where Zarr skips them (a chunk
 equal to the fill value everywhere, by Zarr's own test). tests/test_store_direct.py checks the
 files are byte for byte those Zarr writes. Anything else — another store, codec, key encoding
-or dtype — returns False and the caller takes Zarr's path.
+or dtype — `plan` declines, and the caller (io.BulkWriter) takes Zarr's path.
 
 Files are written in place, not through a temporary name as Zarr does: every caller writes where
 no reader looks until a later commit (a checkpoint's free slot, a group staged under another name
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -85,22 +84,6 @@ def _chunks(arr: np.ndarray | Columns) -> list[tuple[str, np.ndarray]]:
     return [("c/" + "/".join(["0"] * arr.ndim) if arr.ndim else "c", arr)]
 
 
-def _write(where: Path, arr: np.ndarray | Columns, meta: ArrayV3Metadata, doc: bytes, zstd: Zstd) -> None:
-    if where.exists():
-        shutil.rmtree(where)  # Zarr's overwrite: the array there before (ours: the same path)
-    where.mkdir(parents=True)
-    (where / "zarr.json").write_bytes(doc)
-    if 0 in arr.shape:
-        return
-    for key, chunk in _chunks(arr):
-        chunk = np.ascontiguousarray(chunk)
-        if NDBuffer.from_numpy_array(chunk).all_equal(meta.fill_value):
-            continue  # Zarr writes no chunk that is all fill value (write_empty_chunks off)
-        path = where / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(zstd.encode(chunk))
-
-
 Job = tuple[Path, Any, ArrayV3Metadata, bytes, Zstd]
 """One array's write: (its folder, data, metadata, metadata document, zstd codec)."""
 
@@ -135,15 +118,17 @@ def plan(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], metadata: d
 
 def write(job: Job) -> None:
     """One planned array's files."""
-    _write(*job)
-
-
-def put_whole(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], metadata: dict[str, ArrayV3Metadata]) -> bool:
-    """`plan` and its writes, on WORKERS threads; False (nothing written) where `plan` declines."""
-    jobs = plan(group, arrays, metadata)
-    if jobs is None:
-        return False
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="sketchmine-write") as pool:
-        for f in [pool.submit(write, job) for job in jobs]:
-            f.result()
-    return True
+    where, arr, meta, doc, zstd = job
+    if where.exists():
+        shutil.rmtree(where)  # Zarr's overwrite: the array there before (ours: the same path)
+    where.mkdir(parents=True)
+    (where / "zarr.json").write_bytes(doc)
+    if 0 in arr.shape:
+        return
+    for key, chunk in _chunks(arr):
+        chunk = np.ascontiguousarray(chunk)
+        if NDBuffer.from_numpy_array(chunk).all_equal(meta.fill_value):
+            continue  # Zarr writes no chunk that is all fill value (write_empty_chunks off)
+        path = where / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(zstd.encode(chunk))

@@ -82,6 +82,7 @@ class BulkWriter:
         self._pool: ThreadPoolExecutor | None = None
         self._writes: list[Future[None]] = []
         self._to_zarr: dict[str, np.ndarray | Columns] = {}
+        self._to_zarr_nodes: dict[str, ArrayV3Metadata] = {}
 
     def put(self, arrays: Mapping[str, np.ndarray | Columns]) -> None:
         arrays = dict(arrays)
@@ -91,6 +92,7 @@ class BulkWriter:
         jobs = None if self._to_zarr else direct.plan(self.group, arrays, nodes)
         if jobs is None:
             self._to_zarr.update(arrays)
+            self._to_zarr_nodes.update(nodes)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(direct.WORKERS, thread_name_prefix="sketchmine-write")
@@ -110,11 +112,12 @@ class BulkWriter:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
         if kind is None and self._to_zarr:
-            _put_with_zarr(self.group, self._to_zarr, self._base)
+            _put_with_zarr(self.group, self._to_zarr, self._to_zarr_nodes)
 
 
-def _put_with_zarr(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], base: str) -> None:
-    nodes = {k: _metadata(a, schema.dimension_names(base + k, a.ndim)) for k, a in arrays.items()}
+def _put_with_zarr(group: zarr.Group, arrays: dict[str, np.ndarray | Columns],
+                   nodes: dict[str, ArrayV3Metadata]) -> None:
+    """`arrays` through Zarr's own path, in one event-loop call (nodes: their metadata)."""
 
     def writes(made: dict[str, Any]) -> list[Any]:
         out = []

@@ -359,14 +359,12 @@ class RunStore(Checkpoints):
         """The final arrays of every layer (each statistic's results, a part at a time: a part's
         files are written while the next is computed) and of eval/; the overall accuracy when
         there are predictions. Their checksums are recorded for `finish`."""
-        written: set[str] = set()
         with BulkWriter(self.group) as writer:
             for arrays in parts:
                 writer.put(arrays)
                 self._final_sums.update({name: arr.block_sums() if isinstance(arr, Columns) else block_sums(arr)
                                          for name, arr in arrays.items()})
-                written.update(arrays)
-        if schema.PER_CLASS_ACCURACY in written:
+        if schema.PER_CLASS_ACCURACY in self._final_sums:
             self.group[schema.EVAL].update_attributes({schema.ACCURACY: accuracy})
 
     @io_errors
