@@ -1,5 +1,5 @@
 """What the unit-distribution statistics cost (issue 16): bare forward vs `mine` without them
-(distributions=False) vs `mine` with them (the default), interleaved in one process, the order
+(distributions=False, the default) vs `mine` with them (distributions=True), interleaved in one process, the order
 rotating every repeat; then peak RSS of `mine` with them at two dataset sizes, each in a fresh
 subprocess (mine_vs_forward.child_main), and the store bytes per unit of each distribution array.
 

@@ -77,7 +77,7 @@ def pure_forward(model: nn.Module, batches: list[torch.Tensor], glibc: bool = Fa
 
 # ---- (b) sketchmine ------------------------------------------------------------------------------
 def mine_once(model: nn.Module, ds, layers: list[str], batch_size: int, num_workers: int, k: int = 9,
-              keep: Path | None = None, distributions: bool = True,
+              keep: Path | None = None, distributions: bool = False,
               preprocess: str | None = None) -> tuple[dict[str, float], Path | None]:
     """One `sketchmine.mine` call into a fresh temporary directory (preprocess: mine's; "cpu" makes
     the loader the bare loop's, per image).

@@ -17,7 +17,8 @@ from tests.helpers import StopAfter, all_activations
 
 @pytest.fixture(scope="module")
 def mined(tmp_path_factory, demo_model, small_test_set):
-    run = sketchmine.mine("demo", small_test_set, out=tmp_path_factory.mktemp("a") / "run.zarr", batch_size=64)
+    run = sketchmine.mine("demo", small_test_set, out=tmp_path_factory.mktemp("a") / "run.zarr", batch_size=64,
+                          distributions=True)
     acts, logits = all_activations(demo_model.module, small_test_set, run.layers)
     maxima = {n: (a.amax(dim=tuple(range(2, a.ndim))) if a.ndim > 2 else a).double().numpy() for n, a in acts.items()}
     return run, maxima, logits.numpy()

@@ -60,7 +60,7 @@ def test_torchrun_two_processes_equal_one(tmp_path, demo_test_set):
     good = next((folder / "dog").glob("*.png"))
     (folder / "dog" / "zz_extra.png").write_bytes(good.read_bytes())
     args = ["mine", "--model", "demo", "--data", str(folder), "--batch-size", "8", "--flush-every", "2",
-            "--workers", "0", "--skip-bad-images"]
+            "--workers", "0", "--skip-bad-images", "--distributions"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's per-rank default: the same GEMM code paths
     one = subprocess.run([sys.executable, "-m", "sketchmine", *args, "--out", str(tmp_path / "one.zarr")],
                          capture_output=True, text=True, timeout=600, env=env)
@@ -93,7 +93,7 @@ def _spawned(rank: int, port: int, out: str, shift: bool, result: str, k: int) -
         ds = ArrayDataset(full.images[keep], full.labels()[keep], full.class_names, full.preprocessing,
                           {**full.describe(), "subset": "0:300"})
         try:
-            run = sketchmine.mine(model.module, ds, out=out, batch_size=32, flush_every=2, k=k)
+            run = sketchmine.mine(model.module, ds, out=out, batch_size=32, flush_every=2, k=k)  # the run's distributions
             Path(f"{result}.{rank}").write_text(f"ok {run.images_done} {run.path}")
         except SketchmineError as exc:
             Path(f"{result}.{rank}").write_text(f"error {exc}")
@@ -120,11 +120,12 @@ def test_two_processes_resume_a_one_process_run(tmp_path, demo_model, small_test
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank: bit-identical activations need the same GEMM code paths
     try:
-        ref = sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "ref.zarr", batch_size=32)
+        ref = sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "ref.zarr", batch_size=32,
+                              distributions=True)
         out = tmp_path / "run.zarr"
         with pytest.raises(KeyboardInterrupt):
             sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2,
-                            progress=StopAfter(100), preprocess="cpu")  # not the arrays' default route
+                            progress=StopAfter(100), preprocess="cpu", distributions=True)  # not the arrays' default route
     finally:
         torch.set_num_threads(threads)
     assert sketchmine.open_run(out).images_done == 64

@@ -13,7 +13,8 @@ from tests.helpers import StopAfter, all_activations, brute_topk, assert_same_st
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, demo_model, small_test_set):
     out = tmp_path_factory.mktemp("ref") / "run.zarr"
-    return sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2)
+    # every accumulator, the opt-in distribution statistics too: the store comparisons below cover them
+    return sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2, distributions=True)
 
 
 def test_mine_equals_brute_force(reference_run, demo_model, small_test_set):
@@ -76,7 +77,8 @@ def test_invariant_to_batch_size_and_workers(tmp_path, reference_run, demo_model
 
 
 def test_workers_give_bit_identical_results(tmp_path, reference_run, demo_model, small_test_set):
-    a = sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "a.zarr", batch_size=32, num_workers=2)
+    a = sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "a.zarr", batch_size=32, num_workers=2,
+                        distributions=True)
     assert_same_store(a.path, reference_run.path)
 
 
@@ -86,13 +88,13 @@ def test_resume_is_identical_to_uninterrupted(tmp_path, reference_run, demo_mode
     out = tmp_path / "run.zarr"
     with pytest.raises(KeyboardInterrupt):
         sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2,
-                        progress=StopAfter(stop_at))
+                        progress=StopAfter(stop_at), distributions=True)
     partial = sketchmine.open_run(out)
     assert not partial.complete and partial.images_done <= stop_at
     if partial.images_done:
         assert partial.topk("features.0")[1].max() < partial.images_done
-    run = sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2)
-    assert run.complete
+    run = sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2)  # the run's setting
+    assert run.complete and run.attrs["distributions"] is True
     assert_same_store(out, reference_run.path)
 
 

@@ -168,11 +168,13 @@ def mine(
     for any other model. weights: refused for a model that carries its own (module, checkpoint,
     embedded). ink: refused unless drawings are made (steps, or a model trained on them).
     k larger than the dataset is clamped to its size (said once).
-    distributions also keeps each unit's whole distribution (exact histogram, quantile sketch,
+    distributions=True also keeps each unit's whole distribution (exact histogram, quantile sketch,
     example images per activation bin, bottom-k; Run.histogram, .quantiles, .quantile_examples,
-    .bottomk): compiled kernels, about 2 % of AlexNet's forward on a CPU (benchmarks/RESULTS.md,
-    session 17). None: the run's setting on resume, else on; False leaves them out. Recorded,
-    and a resume must agree. The top-k, class statistics, mean and firing density are always kept.
+    .bottomk). Opt-in because on a small network they cost more than the 5 % of the forward the
+    rest of `mine` stays within: about 12 % of AlexNet's at 768 images on a 2-core CPU, 2-4 % of
+    VGG-19's (benchmarks/RESULTS.md, session 22). None: the run's setting on resume, else off.
+    Recorded, and a resume must agree. The top-k, class statistics, mean and firing density are
+    always kept.
     preprocess: "device" makes each batch model input in one batched op on `device` (stored
     uint8 pixels copied there; data/batchprep.py), "cpu" each image in the loader; None: the
     run's on resume, else "device" for arrays and image folders, "cpu" for other datasets.
@@ -215,7 +217,7 @@ def mine(
     # from rank 0 to every rank; a new run: the defaults
     recorded, recorded_distributions, weights_algorithm = team.on_writer(
         lambda: (store.attrs.get(PREPROCESS, "cpu"), bool(store.attrs.get("distributions", False)),
-                 algorithm_of(recorded_weights(store.attrs))) if store else (None, True, WEIGHTS_HASH))
+                 algorithm_of(recorded_weights(store.attrs))) if store else (None, False, WEIGHTS_HASH))
     if distributions is None:
         distributions = recorded_distributions
     load = dataclasses.replace(load, preprocess=choose(preprocess, ds, recorded))
@@ -229,7 +231,7 @@ def mine(
         "preprocessing_key": _preprocessing_key(pre),
         "forward_options": speed.forward_options(),
     }
-    # recorded either way (runs from before the default was on lack it: False); a resume must agree
+    # recorded either way (runs from before the statistics existed lack it: False); a resume must agree
     want["distributions"] = bool(distributions)
     want[PREPROCESS] = load.preprocess
     team.check_same({**want, "logits": logits, "batch_size": batch_size, "flush_every": flush_every})
