@@ -112,7 +112,7 @@ def store_bytes_per_unit(model_name: str, batch_size: int) -> dict:
     layers = conv_linear_layers(model)
     with tempfile.TemporaryDirectory() as tmp:
         run = sketchmine.mine(model, make_dataset(batch_size), layers=layers, out=Path(tmp) / "r.zarr",
-                              batch_size=batch_size, device="cpu", num_workers=0)
+                              batch_size=batch_size, device="cpu", num_workers=0, distributions=True)
         layer = run.layers[0]
         c = run.layer_array(layer, "values").shape[0]
         per_unit = {name: int(np.asarray(run.layer_array(layer, name)).nbytes // c) for name in DISTRIBUTION_ARRAYS}

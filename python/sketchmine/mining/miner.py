@@ -171,8 +171,8 @@ def mine(
     distributions=True also keeps each unit's whole distribution (exact histogram, quantile sketch,
     example images per activation bin, bottom-k; Run.histogram, .quantiles, .quantile_examples,
     .bottomk). Opt-in because on a small network they cost more than the 5 % of the forward the
-    rest of `mine` stays within: about 12 % of AlexNet's at 768 images on a 2-core CPU, 2-4 % of
-    VGG-19's (benchmarks/RESULTS.md, session 22). None: the run's setting on resume, else off.
+    rest of `mine` stays within: they add 5-8 % to AlexNet's at 768 images on a 2-core CPU, at most
+    about 3 % to VGG-19's (benchmarks/RESULTS.md, sessions 20 and 22). None: the run's setting on resume, else off.
     Recorded, and a resume must agree. The top-k, class statistics, mean and firing density are
     always kept.
     preprocess: "device" makes each batch model input in one batched op on `device` (stored
