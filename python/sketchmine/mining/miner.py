@@ -172,9 +172,9 @@ def mine(
     example images per activation bin, bottom-k; Run.histogram, .quantiles, .quantile_examples,
     .bottomk). Opt-in because on a small network they cost more than the 5 % of the forward the
     rest of `mine` stays within: they add 5-8 % to AlexNet's at 768 images on a 2-core CPU, at most
-    about 3 % to VGG-19's (benchmarks/RESULTS.md, sessions 20 and 22). None: the run's setting on resume, else off.
-    Recorded, and a resume must agree. The top-k, class statistics, mean and firing density are
-    always kept.
+    about 3 % to VGG-19's (benchmarks/RESULTS.md, sessions 20 and 22). None: the run's setting
+    on resume, else off. Recorded, and a resume must agree. The top-k, class statistics, mean and
+    firing density are always kept.
     preprocess: "device" makes each batch model input in one batched op on `device` (stored
     uint8 pixels copied there; data/batchprep.py), "cpu" each image in the loader; None: the
     run's on resume, else "device" for arrays and image folders, "cpu" for other datasets.

@@ -34,8 +34,8 @@ def layer_arrays(run: Run, layer: str, key: str, names: Sequence[str], what: str
 
 
 def _read(run: Run, layer: str, key: str, names: Sequence[str], what: str) -> list[np.ndarray]:
-    again = ("it was mined without them (they are opt-in: on a CPU they add 5-8 % to AlexNet's forward pass); mine it "
-             "again into a new directory with distributions=True (`sketchmine mine --distributions --model ... "
+    again = ("it was mined without them (they are opt-in: docs/analysis.md, \"Why opt-in\", gives their cost); "
+             "mine it again into a new directory with distributions=True (`sketchmine mine --distributions --model ... "
              "--data ... --out NEW_DIR`) to add them")
     if run.complete:
         missing = [n for n in names if not run.has_array(layer, n)]
