@@ -74,12 +74,13 @@ def machine_info() -> dict:
 
 
 # ---- model and data ------------------------------------------------------------------------
-def build_model(name: str, seed: int = 0) -> nn.Module:
-    """A torchvision model, random init (weights=None), eval mode, fixed seed."""
+def build_model(name: str, seed: int = 0, num_classes: int = 1000) -> nn.Module:
+    """A torchvision model, random init (weights=None), eval mode, fixed seed; `num_classes`
+    is the head's width (10: the embedded dataset's classes)."""
     import torchvision
 
     torch.manual_seed(seed)
-    return torchvision.models.get_model(name, weights=None).eval()
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes).eval()
 
 
 def conv_linear_layers(model: nn.Module) -> list[str]:
@@ -87,10 +88,11 @@ def conv_linear_layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if n and isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def make_dataset(n: int, size: int = 224):
+def make_dataset(n: int, size: int = 224, named: bool = False):
     """The first `n` images of the embedded Animal-Shape set (train+test, stable order),
     ImageNet preset: 3 channels, `size` px. Loading (gray→RGB, bilinear resize, normalise)
-    happens per item, so it is part of every DataLoader-driven measurement alike."""
+    happens per item, so it is part of every DataLoader-driven measurement alike. `named`: with
+    the 10 class names, for a 10-way head."""
     from sketchmine import data
 
     full = data.animal_shape("all", data.preset("imagenet", 3, (size, size)))
@@ -100,7 +102,8 @@ def make_dataset(n: int, size: int = 224):
     # no class names: the benchmarks mine ImageNet-width (1000-way) heads over these images, which
     # mine refuses to score against 10 named classes; unnamed labels are kept per logit (as a
     # TensorDataset's are), so the class statistics cost what they cost for 1,000 classes
-    return data.ArrayDataset(full.images[:n], full.labels()[:n], [], full.preprocessing, desc)
+    names = list(full.class_names) if named else []
+    return data.ArrayDataset(full.images[:n], full.labels()[:n], names, full.preprocessing, desc)
 
 
 def loader(ds, batch_size: int, num_workers: int):

@@ -4,7 +4,7 @@ rotating every repeat; then peak RSS of `mine` with them at two dataset sizes, e
 subprocess (mine_vs_forward.child_main), and the store bytes per unit of each distribution array.
 
     python -m benchmarks.distributions [--model alexnet] [--images 768] [--repeats 3] [--reference] [--floor]
-                                       [--preprocess cpu]
+                                       [--preprocess cpu] [--classes 10] [--methods bare,off]
                                        [--memory-images 768,3072] [--json out.json]
 
 --floor adds "read": the bare forward with every tapped output read once in a hook (methods.read_forward),
@@ -56,15 +56,17 @@ ORIGINAL_COMPILED_HERE = _original()
 
 
 def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, num_workers: int, log,
-                 reference: bool = False, preprocess: str | None = None, floor: bool = False) -> dict:
-    model = build_model(model_name, 0)
+                 reference: bool = False, preprocess: str | None = None, floor: bool = False,
+                 classes: int = 1000, methods: list[str] | None = None) -> dict:
+    model = build_model(model_name, 0, classes)
     layers = conv_linear_layers(model)
-    ds = make_dataset(images)
-    warm = make_dataset(min(batch_size, images))
+    ds = make_dataset(images, named=classes == 10)
+    warm = make_dataset(min(batch_size, images), named=classes == 10)
     bare_forward(model, warm, batch_size, num_workers)
     mine_once(model, warm, layers, batch_size, num_workers, distributions=True, preprocess=preprocess)
     mine_once(model, warm, layers, batch_size, num_workers, distributions=False, preprocess=preprocess)
     order = ["bare"] + (["read", "glibc"] if floor else []) + ["off", "on"] + (["torch"] if reference else [])
+    order = [m for m in order if methods is None or m in methods]
     runs: dict[str, list[dict]] = {m: [] for m in order}
     for r in range(repeats):
         for method in order[r % len(order):] + order[:r % len(order)]:
@@ -91,10 +93,12 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
         return {"min": min(xs), "median": median(xs)}
 
     out: dict = {"model": model_name, "images": images, "batch_size": batch_size, "repeats": repeats,
-                 "num_workers": num_workers, "runs": runs, "ratios": {}}
+                 "num_workers": num_workers, "classes": classes, "runs": runs, "ratios": {}}
     pairs = ([("read", "bare"), ("on", "glibc")] if floor else []) + [("on", "bare"), ("off", "bare"), ("on", "off")] + (
         [("torch", "off")] if reference else [])
     for a, b in pairs:
+        if a not in runs or b not in runs:
+            continue
         for key in ("wall", "cpu"):
             sa, sb = stat(a, key), stat(b, key)
             out["ratios"][f"{a}/{b} {key}"] = {"min": sa["min"] / sb["min"], "median": sa["median"] / sb["median"]}
@@ -148,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="also mine with the statistics' pure-torch path (before the compiled kernels)")
     p.add_argument("--preprocess", choices=["cpu", "device"], default=None,
                    help="mine's preprocess (default: mine's own; 'cpu' loads per image as the bare loop does)")
+    p.add_argument("--classes", type=int, choices=[10, 1000], default=1000,
+                   help="the head's width: 1000 (ImageNet's, the labels unnamed) or 10 (the dataset's named classes)")
+    p.add_argument("--methods", default=None,
+                   help="comma list of the methods to time (default all of bare,read,glibc,off,on,torch asked for)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -159,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"store per unit: {out['store']}")
     if not args.no_side_by_side:
         out["side_by_side"] = side_by_side(args.model, args.images, args.batch_size, args.repeats, args.workers, log,
-                                           args.reference, args.preprocess, args.floor)
+                                           args.reference, args.preprocess, args.floor, args.classes,
+                                           args.methods.split(",") if args.methods else None)
         for name, v in out["side_by_side"]["ratios"].items():
             log(f"{name}: {v if isinstance(v, float) else ', '.join(f'{k} {x:.3f}' for k, x in v.items())}")
     sizes = [int(x) for x in args.memory_images.split(",") if x]
