@@ -12,9 +12,13 @@
 #   bash benchmarks/gpu_session.sh visualize   # visualize vs the per-unit loop on the GPU (issue 3's target)
 #   bash benchmarks/gpu_session.sh preprocess  # issue 20: mine by both --preprocess routes vs the on-device
 #                                              # forward, 16k images from arrays and from a PNG folder
+#   bash benchmarks/gpu_session.sh quick       # one call for a 15-minute lease (timeout_s 540): the tests
+#                                              # stage, then issue 20's targets at 16k images (AlexNet from
+#                                              # arrays and PNGs, VGG-19 from arrays), fp32 and bf16 with
+#                                              # its top-9 recall; each step writes its log to $OUT first
 # Logs and JSON land in $OUT (set by the device tool); record the figures in benchmarks/RESULTS.md.
 set -euo pipefail
-stage=${1:?"usage: gpu_session.sh tests|mine|visualize|preprocess"}
+stage=${1:?"usage: gpu_session.sh tests|mine|visualize|preprocess|quick"}
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -25,8 +29,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 setup.py build_ext --inplace > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 python3 -c "import sketchmine._C as c; assert c.with_cuda, 'built without CUDA kernels'; print('CUDA kernels built')"
 
-case "$stage" in
-  tests)
+run_tests() {
     # session 9 saw a TORCH_CHECK failure segfault under the device image's torch 2.11 (not under
     # 2.14.1): that test runs alone afterwards, so a crash there cannot hide the others
     bad=tests/test_ops.py::test_bad_arguments_are_rejected
@@ -34,6 +37,20 @@ case "$stage" in
       "tests/test_miner.py::test_cuda_mining_matches_cpu" tests/test_preprocess_device.py \
       --deselect "$bad" 2>&1 | tee "$out/tests.log"
     python3 -m pytest -q -p no:cacheprovider "$bad" 2>&1 | tee "$out/tests_bad_arguments.log" || true
+}
+
+case "$stage" in
+  tests)
+    run_tests
+    ;;
+  quick)
+    run_tests || true  # the figures below are worth having even when a test fails
+    python3 -m benchmarks.preprocess --device cuda --models alexnet --images 16384 --batch-size 256 \
+      --workers 12 --repeats 2 --folder --autocast bf16 --no-wait-quiet --json "$out/quick_alexnet.json" 2>&1 \
+      | tee "$out/quick_alexnet.log"
+    python3 -m benchmarks.preprocess --device cuda --models vgg19 --vgg19-images 16384 --vgg19-batch-size 256 \
+      --workers 12 --repeats 2 --autocast bf16 --no-wait-quiet --json "$out/quick_vgg19.json" 2>&1 \
+      | tee "$out/quick_vgg19.log"
     ;;
   mine)
     python3 -m benchmarks.gpu_mine --images 16384 --batch-size 256 --workers 12 --repeats 3 \

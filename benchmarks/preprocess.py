@@ -14,6 +14,10 @@ Prints each route's ratio to pure (median and minimum over repeats, and the per-
 paired ratios), the top-9 agreement of the two routes' stores (share of identical top-9
 sets per unit, max |Δ activation|), and the load average.
 
+--autocast bf16 adds two methods: "pure-bf16" (the pure forward under torch.autocast) and
+"bf16" (mine --preprocess device --autocast bf16), its ratio taken to pure-bf16, and the top-9
+recall of its store against the float32 device route's (|top-9 ∩ top-9| / 9, mean over units).
+
     python -m benchmarks.preprocess [--models alexnet,vgg19] [--images N] [--repeats R] [--json F]
     python -m benchmarks.preprocess --device cuda --images 16384 --folder --workers 12   # a GPU session
 """
@@ -70,10 +74,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def pure(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device) -> None:
+def pure(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device,
+         autocast: torch.dtype | None = None) -> None:
     """The forward over batches already made (and, on a GPU, already on the device), with
     freed memory kept as `mine` keeps it on the CPU (methods.malloc_as)."""
-    with torch.inference_mode(), malloc_as(False):
+    with torch.inference_mode(), malloc_as(False), \
+            torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         for x in batches:
             model(x)
     sync(device)
@@ -81,12 +87,14 @@ def pure(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.devi
 
 def mine(model, ds, layers, batch_size: int, route: str, out: Path, workers: int,
          device: torch.device) -> dict[str, float]:
+    """route: "cpu", "device", or "bf16" (the device route under --autocast bf16)."""
     import sketchmine
 
     clock = PhaseClock()
     t0 = time.perf_counter()
     sketchmine.mine(model, ds, layers=layers, k=9, out=out, batch_size=batch_size, num_workers=workers,
-                    preprocess=route, progress=clock, device=device)
+                    preprocess="device" if route == "bf16" else route, progress=clock, device=device,
+                    autocast="bf16" if route == "bf16" else None)
     sync(device)
     return clock.phases(t0, time.perf_counter())
 
@@ -108,8 +116,23 @@ def agreement(a: Path, b: Path, layers: list[str]) -> dict[str, float]:
     return {"units": units, "identical_top9_share": same / units, "max_abs_delta": delta}
 
 
+def recall(a: Path, reference: Path, layers: list[str]) -> dict[str, float]:
+    """Top-9 recall of run `a` against `reference`: |top-9 ∩ top-9| / 9 per unit, mean and
+    minimum over every unit, and the share of units that lost none."""
+    import sketchmine
+
+    ra, rr = sketchmine.open_run(a), sketchmine.open_run(reference)
+    per_unit: list[float] = []
+    for name in layers:
+        for x, y in zip(ra.layer_array(name, "image_index").tolist(), rr.layer_array(name, "image_index").tolist()):
+            want = {i for i in y if i >= 0}
+            per_unit.append(len(want & set(x)) / max(len(want), 1))
+    return {"units": len(per_unit), "top9_recall_mean": float(np.mean(per_unit)),
+            "top9_recall_min": float(np.min(per_unit)), "units_all_nine": float(np.mean(np.equal(per_unit, 1.0)))}
+
+
 def bench(name: str, images: int | None, batch_size: int, repeats: int, workers: int, quiet: QuietWaiter,
-          log, device: torch.device = CPU, folder: bool = False) -> dict:
+          log, device: torch.device = CPU, folder: bool = False, bf16: bool = False) -> dict:
     import torchvision
 
     torch.manual_seed(0)
@@ -118,32 +141,42 @@ def bench(name: str, images: int | None, batch_size: int, repeats: int, workers:
     tmp = Path(tempfile.mkdtemp(prefix="sketchmine-prep-"))
     ds = dataset(images, 224, tmp / "images" if folder else None)
     batches = [x.to(device) for x in stacked(ds, batch_size)]
-    runs: dict[str, list[dict]] = {"pure": [], "cpu": [], "device": []}
+    order = ["pure", "cpu", "device"] + (["pure-bf16", "bf16"] if bf16 else [])
+    runs: dict[str, list[dict]] = {m: [] for m in order}
     try:
         warm = dataset(min(batch_size, len(ds)), 224)  # imports, allocator, threads: no first-call cost timed
-        for route in ROUTES:
+        for route in ROUTES + (("bf16",) if bf16 else ()):
             mine(model, warm, layers, batch_size, route, tmp / f"warm-{route}.zarr", workers, device)
         pure(model, batches[:1], device)
-        order = ["pure", "cpu", "device"]
+        if bf16:
+            pure(model, batches[:1], device, torch.bfloat16)
         for r in range(repeats):
-            for method in order[r % 3:] + order[:r % 3]:
+            for method in order[r % len(order):] + order[:r % len(order)]:
                 busy = quiet()
                 out = tmp / f"{method}-{r}.zarr"
                 with Meter() as m:
-                    phases = pure(model, batches, device) if method == "pure" else \
-                        mine(model, ds, layers, batch_size, method, out, workers, device)
+                    if method.startswith("pure"):
+                        phases = pure(model, batches, device, torch.bfloat16 if method == "pure-bf16" else None)
+                    else:
+                        phases = mine(model, ds, layers, batch_size, method, out, workers, device)
                 runs[method].append({**m.as_dict(), "busy_before": busy, "repeat": r, **(phases or {})})
                 log(f"{name} repeat {r} {method}: {m.wall:.2f}s")
         agree = agreement(tmp / "device-0.zarr", tmp / "cpu-0.zarr", layers)
+        bf16_recall = recall(tmp / "bf16-0.zarr", tmp / "device-0.zarr", layers) if bf16 else None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     walls = {k: [x["wall"] for x in v] for k, v in runs.items()}
     ratios = {route: {"median": median(walls[route]) / median(walls["pure"]),
                       "min": min(walls[route]) / min(walls["pure"]),
                       "paired": [a / b for a, b in zip(walls[route], walls["pure"])]} for route in ROUTES}
+    if bf16:
+        ratios["bf16"] = {"median": median(walls["bf16"]) / median(walls["pure-bf16"]),
+                          "min": min(walls["bf16"]) / min(walls["pure-bf16"]),
+                          "paired": [a / b for a, b in zip(walls["bf16"], walls["pure-bf16"])]}
     return {"model": name, "images": len(ds), "device": str(device), "source": "folder" if folder else "arrays", "batch_size": batch_size, "layers": len(layers), "runs": runs,
             "ratios": ratios, "device_over_cpu_median": median(walls["device"]) / median(walls["cpu"]),
-            "agreement_device_vs_cpu": agree}
+            "agreement_device_vs_cpu": agree, "bf16_recall_vs_fp32": bf16_recall,
+            "images_per_s_median": {k: len(ds) / median(w) for k, w in walls.items()}}
 
 
 def op_only(images: int, batch_size: int, repeats: int) -> dict[str, float]:
@@ -206,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-wait-quiet", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda (pure: batches already on the device)")
     p.add_argument("--folder", action="store_true", help="also read the images as an ImageFolder of PNGs")
+    p.add_argument("--autocast", choices=["bf16"], default=None,
+                   help="also time the pure forward and the device route under autocast, with the top-9 recall")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -224,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         bs = args.vgg19_batch_size if name == "vgg19" else args.batch_size
         for folder in (False, True) if args.folder else (False,):
             results["models"].append(bench(name, n, bs, args.repeats, args.workers, quiet, log,
-                                           torch.device(args.device), folder))
+                                           torch.device(args.device), folder, args.autocast == "bf16"))
     results["loadavg_end"] = loadavg()
     print(f"load average start {results['loadavg_start']} end {results['loadavg_end']}; "
           f"machine {results['machine']['cpu']} ({results['machine']['cpus_usable']} cores), "
@@ -241,6 +276,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m['model']:8} {m['source']:7} {m['images']:>6} {w['pure']:7.2f} {w['cpu']:7.2f} {w['device']:8.2f} "
               f"{m['ratios']['cpu']['median']:9.3f} {m['ratios']['device']['median']:11.3f} "
               f"{m['device_over_cpu_median']:10.3f}  {a['identical_top9_share']:.4f}, {a['max_abs_delta']:.3g}")
+    for m in results["models"]:
+        if m.get("bf16_recall_vs_fp32"):
+            b = m["bf16_recall_vs_fp32"]
+            print(f"{m['model']:8} {m['source']:7} bf16: mine/pure-bf16 {m['ratios']['bf16']['median']:.3f} (median), "
+                  f"top-9 recall vs float32 mean {b['top9_recall_mean']:.4f}, min {b['top9_recall_min']:.3f}, "
+                  f"units with all nine {b['units_all_nine']:.4f}")
+        print(f"{m['model']:8} {m['source']:7} images/s (median): " +
+              ", ".join(f"{k} {v:.0f}" for k, v in m["images_per_s_median"].items()))
     for m in results["models"]:
         c = {k: median([x["cpu"] for x in v]) for k, v in m["runs"].items()}
         print(f"{m['model']:8} {m['source']:7} CPU time (this process, median s): pure {c['pure']:.2f} cpu {c['cpu']:.2f} "

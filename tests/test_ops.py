@@ -16,7 +16,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @st.composite
 def batches(draw):
     """A sequence of activation batches with unique global image ids and tie-prone values."""
-    c = draw(st.integers(1, 6))
+    c = draw(st.integers(1, 21))  # from 8 channels, rows without a grid take the 8-wide compare and its tail
     # long rows exercise the blocked (64-wide) scan, short ones its tail path
     spatial = draw(st.sampled_from([(), (1,), (5,), (1, 1), (3, 4), (7, 5), (64,), (9, 13), (11, 12), (200,)]))
     k = draw(st.integers(1, 12))
@@ -71,6 +71,27 @@ def test_split_invariance(device, case, cut):
         ops.topk_update(x[lo:hi].to(device), ids[lo:hi].to(device), **parts)
     for key in whole:
         assert torch.equal(whole[key], parts[key]), key
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_wide_rows_without_grid(device):
+    """FC-like rows wider than one parallel task (grain.h: 4,096 channels for 64 images), so a
+    task's channel block starts off a multiple of 8: ties, NaN and ±inf over several batches."""
+    g = torch.Generator().manual_seed(7)
+    c, k = 10_003, 5
+    got, want = ops.new_state(c, k, device), ops.new_state(c, k, "cpu")
+    for b in range(4):
+        x = torch.randint(-6, 6, (64, c), generator=g).float() / 2
+        x[torch.rand(x.shape, generator=g) < 0.02] = float("nan")
+        x[torch.rand(x.shape, generator=g) < 0.01] = float("inf")
+        x[torch.rand(x.shape, generator=g) < 0.01] = float("-inf")
+        x[:, 17] = float("nan")  # a unit that never sees a number
+        ids = torch.arange(64) * 4 + (3 - b)  # interleaved, not increasing across batches
+        got_max = ops.topk_update(x.to(device), ids.to(device), **got)
+        want_max = ops.topk_update_reference(x, ids, **want)
+        torch.testing.assert_close(got_max.cpu(), want_max, rtol=0, atol=0, equal_nan=True)
+    for key in got:
+        assert torch.equal(got[key].cpu(), want[key]), key
 
 
 def test_semantics_by_hand():
