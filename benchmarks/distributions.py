@@ -4,7 +4,7 @@ rotating every repeat; then peak RSS of `mine` with them at two dataset sizes, e
 subprocess (mine_vs_forward.child_main), and the store bytes per unit of each distribution array.
 
     python -m benchmarks.distributions [--model alexnet] [--images 768] [--repeats 3] [--reference] [--floor]
-                                       [--preprocess cpu] [--classes 10] [--methods bare,off]
+                                       [--preprocess cpu] [--classes 10] [--methods bare,off] [--split]
                                        [--memory-images 768,3072] [--json out.json]
 
 --floor adds "read": the bare forward with every tapped output read once in a hook (methods.read_forward),
@@ -14,10 +14,18 @@ compiled kernels, as session 16 measured it) to the rotation.
 
 On a shared machine other processes only add time: the minimum over repeats is the primary
 estimate, the median and the process CPU time (steadier under contention) are shown too.
+
+--split times the model's own convolutions and linear layers in every run (a timer around
+torch.nn.functional.conv2d / linear as the modules call them), so each wall splits into "layers"
+(the same work in every method) and the rest. On a VM whose speed drifts by 5-15 % within minutes,
+the layers' time moves with it while the rest is mostly the method's own: "accounted" is the bare
+forward's median wall plus the median difference of the rest, over the bare median. It leaves out
+any slowdown a method causes inside the layers' own calls (their "layers" columns show it).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -55,9 +63,40 @@ def _original():
 ORIGINAL_COMPILED_HERE = _original()
 
 
+class LayerClock:
+    """Time spent in the model's conv2d and linear calls while installed (--split)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._saved: list[tuple[object, str, object]] = []
+
+    def __enter__(self) -> LayerClock:
+        import torch.nn.modules.conv as conv
+        import torch.nn.modules.linear as linear
+
+        for module, name in ((conv.F, "conv2d"), (linear.F, "linear")):
+            original = getattr(module, name)
+
+            def timed(*args, _original=original, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    self.seconds += time.perf_counter() - t0
+
+            self._saved.append((module, name, original))
+            setattr(module, name, timed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for module, name, original in reversed(self._saved):
+            setattr(module, name, original)
+        self._saved.clear()
+
+
 def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, num_workers: int, log,
                  reference: bool = False, preprocess: str | None = None, floor: bool = False,
-                 classes: int = 1000, methods: list[str] | None = None) -> dict:
+                 classes: int = 1000, methods: list[str] | None = None, split: bool = False) -> dict:
     model = build_model(model_name, 0, classes)
     layers = conv_linear_layers(model)
     ds = make_dataset(images, named=classes == 10)
@@ -72,7 +111,8 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
         for method in order[r % len(order):] + order[:r % len(order)]:
             gc.collect()
             load = loadavg()
-            with Meter() as m:
+            layer_clock = LayerClock() if split else contextlib.nullcontext()
+            with layer_clock, Meter() as m:
                 if method in ("bare", "glibc"):
                     bare_forward(model, ds, batch_size, num_workers, glibc=method == "glibc")
                 elif method == "read":
@@ -84,9 +124,13 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
                                   preprocess=preprocess)
                     finally:
                         torch_path(False)
-            runs[method].append({**m.as_dict(), "loadavg_before": load})
+            row = {**m.as_dict(), "loadavg_before": load}
+            if split:
+                row.update(layers=layer_clock.seconds, rest=m.wall - layer_clock.seconds)
+            runs[method].append(row)
             log(f"{model_name} {images} images: repeat {r + 1}/{repeats} {method:4s} {m.wall:7.2f}s wall "
-                f"{m.cpu:7.2f}s cpu, others {m.others_cpu:6.2f}s cpu, load {load[:1]}")
+                f"{m.cpu:7.2f}s cpu, others {m.others_cpu:6.2f}s cpu, load {load[:1]}"
+                + (f", layers {row['layers']:.2f}s rest {row['rest']:.2f}s" if split else ""))
 
     def stat(method: str, key: str) -> dict[str, float]:
         xs = [x[key] for x in runs[method]]
@@ -104,6 +148,11 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
             out["ratios"][f"{a}/{b} {key}"] = {"min": sa["min"] / sb["min"], "median": sa["median"] / sb["median"]}
         paired = [x["wall"] / y["wall"] for x, y in zip(runs[a], runs[b])]
         out["ratios"][f"{a}/{b} wall paired median"] = median(paired)
+        if split:
+            base = stat(b, "wall")["median"]
+            extra = stat(a, "rest")["median"] - stat(b, "rest")["median"]
+            out["ratios"][f"{a}/{b} accounted"] = (base + extra) / base
+            out["ratios"][f"{a}/{b} layers"] = stat(a, "layers")["median"] / stat(b, "layers")["median"]
     return out
 
 
@@ -156,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the head's width: 1000 (ImageNet's, the labels unnamed) or 10 (the dataset's named classes)")
     p.add_argument("--methods", default=None,
                    help="comma list of the methods to time (default all of bare,read,glibc,off,on,torch asked for)")
+    p.add_argument("--split", action="store_true",
+                   help="time the model's conv and linear calls in every run; adds the 'accounted' ratio")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -168,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_side_by_side:
         out["side_by_side"] = side_by_side(args.model, args.images, args.batch_size, args.repeats, args.workers, log,
                                            args.reference, args.preprocess, args.floor, args.classes,
-                                           args.methods.split(",") if args.methods else None)
+                                           args.methods.split(",") if args.methods else None, args.split)
         for name, v in out["side_by_side"]["ratios"].items():
             log(f"{name}: {v if isinstance(v, float) else ', '.join(f'{k} {x:.3f}' for k, x in v.items())}")
     sizes = [int(x) for x in args.memory_images.split(",") if x]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What to run when a session is lent a GPU machine (the `device` tool), in stages that each end
 # well inside one call's 10 minutes. A machine starts bare, so every stage installs and builds
-# first (about 1 minute on its 16 cores). Its image has torch, nvcc, pytest and hypothesis but
+# first (about 1 minute on its 16 cores, for sm_90, the lent H100/H200, unless TORCH_CUDA_ARCH_LIST
+# says otherwise). Its image has torch, nvcc, pytest and hypothesis but
 # not zarr: carry the wheels, made once here (README of the device tool):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -26,7 +27,7 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/python:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-python3 setup.py build_ext --inplace > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} python3 setup.py build_ext --inplace > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 python3 -c "import sketchmine._C as c; assert c.with_cuda, 'built without CUDA kernels'; print('CUDA kernels built')"
 
 run_tests() {
