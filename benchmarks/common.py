@@ -106,6 +106,14 @@ def make_dataset(n: int, size: int = 224, named: bool = False):
     return data.ArrayDataset(full.images[:n], full.labels()[:n], names, full.preprocessing, desc)
 
 
+def topk_recall(run, reference, layer: str) -> np.ndarray:
+    """Per unit of `layer`: the share of the reference run's top-k images (its filled slots) that
+    `run` also kept: how much a lossy speed option (autocast, compile) changes the answer."""
+    got, want = run.layer_array(layer, "image_index").tolist(), reference.layer_array(layer, "image_index").tolist()
+    return np.array([len({i for i in y if i >= 0} & set(x)) / max(sum(i >= 0 for i in y), 1)
+                     for x, y in zip(got, want)])
+
+
 def loader(ds, batch_size: int, num_workers: int):
     """The DataLoader every batched measurement iterates: the one `mine` builds (same
     dataset, batch size, workers, and sketchmine's collate function when it has one)."""

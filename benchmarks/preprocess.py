@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import Meter, PhaseClock, QuietWaiter, conv_linear_layers, machine_info, median
+from .common import Meter, PhaseClock, QuietWaiter, conv_linear_layers, machine_info, median, topk_recall
 from .methods import malloc_as
 
 ROUTES = ("cpu", "device")
@@ -117,16 +117,12 @@ def agreement(a: Path, b: Path, layers: list[str]) -> dict[str, float]:
 
 
 def recall(a: Path, reference: Path, layers: list[str]) -> dict[str, float]:
-    """Top-9 recall of run `a` against `reference`: |top-9 ∩ top-9| / 9 per unit, mean and
-    minimum over every unit, and the share of units that lost none."""
+    """Top-9 recall of run `a` against `reference` (common.topk_recall): mean and minimum over
+    every unit, and the share of units that lost none."""
     import sketchmine
 
     ra, rr = sketchmine.open_run(a), sketchmine.open_run(reference)
-    per_unit: list[float] = []
-    for name in layers:
-        for x, y in zip(ra.layer_array(name, "image_index").tolist(), rr.layer_array(name, "image_index").tolist()):
-            want = {i for i in y if i >= 0}
-            per_unit.append(len(want & set(x)) / max(len(want), 1))
+    per_unit = np.concatenate([topk_recall(ra, rr, name) for name in layers])
     return {"units": len(per_unit), "top9_recall_mean": float(np.mean(per_unit)),
             "top9_recall_min": float(np.min(per_unit)), "units_all_nine": float(np.mean(np.equal(per_unit, 1.0)))}
 
@@ -166,13 +162,14 @@ def bench(name: str, images: int | None, batch_size: int, repeats: int, workers:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     walls = {k: [x["wall"] for x in v] for k, v in runs.items()}
-    ratios = {route: {"median": median(walls[route]) / median(walls["pure"]),
-                      "min": min(walls[route]) / min(walls["pure"]),
-                      "paired": [a / b for a, b in zip(walls[route], walls["pure"])]} for route in ROUTES}
+
+    def ratio(a: str, b: str) -> dict:
+        return {"median": median(walls[a]) / median(walls[b]), "min": min(walls[a]) / min(walls[b]),
+                "paired": [x / y for x, y in zip(walls[a], walls[b])]}
+
+    ratios = {route: ratio(route, "pure") for route in ROUTES}
     if bf16:
-        ratios["bf16"] = {"median": median(walls["bf16"]) / median(walls["pure-bf16"]),
-                          "min": min(walls["bf16"]) / min(walls["pure-bf16"]),
-                          "paired": [a / b for a, b in zip(walls["bf16"], walls["pure-bf16"])]}
+        ratios["bf16"] = ratio("bf16", "pure-bf16")
     return {"model": name, "images": len(ds), "device": str(device), "source": "folder" if folder else "arrays", "batch_size": batch_size, "layers": len(layers), "runs": runs,
             "ratios": ratios, "device_over_cpu_median": median(walls["device"]) / median(walls["cpu"]),
             "agreement_device_vs_cpu": agree, "bf16_recall_vs_fp32": bf16_recall,

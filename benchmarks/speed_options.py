@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .common import build_model, conv_linear_layers, machine_info, make_dataset
+from .common import build_model, conv_linear_layers, machine_info, make_dataset, topk_recall
 
 
 
@@ -96,9 +96,9 @@ def _agreement(run_dir: Path, ref_dir: Path, layers: list[str]) -> tuple[float, 
     run, ref = open_run(run_dir), open_run(ref_dir)
     recalls, worst = [], 0.0
     for layer in layers:
-        v, i, _ = run.topk(layer)
-        rv, ri, _ = ref.topk(layer)
-        recalls.append(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(i, ri)]))
+        v, _, _ = run.topk(layer)
+        rv, _, _ = ref.topk(layer)
+        recalls.append(float(np.mean(topk_recall(run, ref, layer))))
         span = float(np.nanmax(rv) - np.nanmin(rv)) or 1.0
         worst = max(worst, float(np.nanmax(np.abs(v - rv))) / span)
     return float(np.mean(recalls)), worst
