@@ -20,7 +20,8 @@ torch.nn.functional.conv2d / linear as the modules call them), so each wall spli
 (the same work in every method) and the rest. On a VM whose speed drifts by 5-15 % within minutes,
 the layers' time moves with it while the rest is mostly the method's own: "accounted" is the bare
 forward's median wall plus the median difference of the rest, over the bare median. It leaves out
-any slowdown a method causes inside the layers' own calls (their "layers" columns show it).
+any slowdown a method causes inside the layers' own calls (their "layers" columns show it; the
+page faults and system time beside them say whether the heap's layout, not the method, moved them).
 """
 from __future__ import annotations
 
@@ -130,7 +131,8 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
             runs[method].append(row)
             log(f"{model_name} {images} images: repeat {r + 1}/{repeats} {method:4s} {m.wall:7.2f}s wall "
                 f"{m.cpu:7.2f}s cpu, others {m.others_cpu:6.2f}s cpu, load {load[:1]}"
-                + (f", layers {row['layers']:.2f}s rest {row['rest']:.2f}s" if split else ""))
+                + (f", layers {row['layers']:.2f}s rest {row['rest']:.2f}s, {m.faults / 1e6:.2f}M faults "
+                   f"{m.sys:.1f}s sys" if split else ""))
 
     def stat(method: str, key: str) -> dict[str, float]:
         xs = [x[key] for x in runs[method]]
