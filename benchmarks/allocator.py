@@ -1,6 +1,7 @@
 """The bare forward under three settings of glibc's malloc (issue 20): its defaults, the thresholds
 they settle at (mmap above 32 MiB, trim above 64 MiB; where sketchmine leaves them after a pass), and
-freed memory kept (sketchmine.mining.allocator, what `mine` uses on the CPU). Each setting in a fresh
+freed memory kept (sketchmine.mining.allocator, what `mine` uses on the CPU: the heap kept and
+blocks of 1 MiB or more reused by the compiled core's block cache). Each setting in a fresh
 process (a heap remembers what came before), the settings interleaved, the order rotating.
 
     python -m benchmarks.allocator [--models alexnet,vgg19] [--batch-size 64] [--forwards 8] [--repeats 2]

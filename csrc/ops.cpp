@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "ops.h"
+#include "cpu/block_cache.h"
 
 namespace sketchmine {
 
@@ -118,6 +119,12 @@ TORCH_LIBRARY_IMPL(sketchmine, CUDA, m) {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "sketchmine compiled core: registers the torch.ops.sketchmine ops";
+  m.def("block_cache_enter", &sketchmine::block_cache_enter,
+        "Install the CPU block cache as torch's CPU allocator; False when it cannot.");
+  m.def("block_cache_exit", [] {
+    const auto c = sketchmine::block_cache_exit();
+    return pybind11::make_tuple(c.reused, c.fresh, c.idle_bytes);
+  }, "Restore the previous CPU allocator, free the kept blocks; (reused, fresh, idle bytes).");
 #ifdef SKETCHMINE_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

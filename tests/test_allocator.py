@@ -60,3 +60,59 @@ def test_the_environment_turns_it_off():
     got = run_child({"SKETCHMINE_MALLOC": "default"})
     assert not got["applied"] and not got["inner"]
     assert got["inside"] < got["before"] + 50, got
+
+
+CACHE_CHILD = r"""
+import gc, json, torch
+from sketchmine.mining import allocator
+
+def batch(seed):  # a batch's worth of large tensors, written, read back, then freed
+    g = torch.Generator().manual_seed(seed)
+    big = [torch.rand(n, generator=g) for n in (3 << 20, 1 << 20, 3 << 20)]  # 12, 4, 12 MiB
+    small = torch.rand(1000, generator=g)  # below the cache's 1 MiB: the heap's
+    ref = [t.clone() for t in big]
+    mixed = big[0] * 2 + big[2]  # an op's output: the allocator's block too
+    ok = all(torch.equal(t, r) for t, r in zip(big, ref)) and torch.equal(mixed, ref[0] * 2 + ref[2])
+    return ok, float(small.sum())
+
+before = torch.rand(2 << 20)  # allocated by torch's own allocator, freed inside
+out = {}
+with allocator.kept_freed_memory() as applied:
+    oks = [batch(s)[0] for s in range(4)]
+    del before
+    kept = torch.rand(2 << 20)  # outlives the pass: freed by the cache's deleter after it closed
+    expected = float(kept.sum())
+out.update(applied=applied, oks=oks, counts=allocator.block_counts)
+out["kept_intact"] = float(kept.sum()) == expected
+del kept
+gc.collect()
+with allocator.kept_freed_memory():
+    batch(0)
+out["second"] = allocator.block_counts
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_the_block_cache_serves_each_batch_from_the_last_ones_blocks():
+    env = {**os.environ, "SKETCHMINE_MALLOC": ""}
+    done = subprocess.run([sys.executable, "-c", CACHE_CHILD], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["applied"] and all(got["oks"]) and got["kept_intact"], got
+    reused, fresh, idle = got["counts"]
+    # per batch: 3 random tensors + 3 clones + 2 outputs (mixed and its temporary) ≥ 1 MiB; the first
+    # batch takes new blocks, the next three reuse them (same sizes), plus `kept`
+    assert fresh <= 9 + 1 and reused >= 3 * 8 - 1, got
+    assert idle > 0, got  # the last batch's blocks, given back on exit
+    # a second pass counts afresh: nothing cached from the first survives its exit
+    assert got["second"][1] >= 8, got
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_the_environment_turns_the_block_cache_off():
+    env = {**os.environ, "SKETCHMINE_MALLOC": "default"}
+    done = subprocess.run([sys.executable, "-c", CACHE_CHILD], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not got["applied"] and got["counts"] is None and all(got["oks"]), got

@@ -13,6 +13,15 @@ memory stays there for the next batch. On exit the thresholds go to glibc's own 
 (mmap above 32 MiB, trim above 64 MiB, what its dynamic thresholds reach after the first
 large free) and the heap is trimmed, so the process keeps no more memory than without it.
 Nothing happens off glibc, or with SKETCHMINE_MALLOC=default in the environment.
+
+Inside, torch's CPU allocator also keeps large blocks itself (csrc/cpu/block_cache.cpp): a tensor
+block of 1 MiB or more is mapped on its own and, when freed, waits for the next request it fits
+(at most twice its size). A model whose batch frees more than the heap keeps (VGG-19 at batch 64
+frees 3-4 GB) otherwise has the heap's top trimmed and faulted back every batch, ≈ 15-20 % of its
+forward here, and never trimming the heap lets its layout drift until the peak grows with the
+number of batches (benchmarks/RESULTS.md, session 24). On exit its blocks are unmapped; once
+installed it stays torch's CPU allocator, passing everything else to the one it replaced.
+SKETCHMINE_MALLOC=default turns it off too.
 """
 from __future__ import annotations
 
@@ -33,6 +42,10 @@ _AFTER = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20}
 
 _lock = threading.Lock()
 _depth = 0
+_cached = False  # whether the outermost entry installed the block cache
+block_counts: tuple[int, int, int] | None = None
+"""The last pass's block cache: (allocations served from a freed block, fresh ones, bytes kept
+and unused at the end); None before any."""
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -67,13 +80,19 @@ def settle(libc: ctypes.CDLL | None = None) -> bool:
 def kept_freed_memory() -> Iterator[bool]:
     """Inside: freed memory up to KEPT is reused, not returned (yields whether it applies).
     Nested and concurrent entries are counted: the last exit restores."""
-    global _depth
+    global _depth, _cached, block_counts
     libc = _libc()
     if libc is None:
         yield False
         return
+    from sketchmine import _C
+
     with _lock:
-        applied = _set(libc, {_M_MMAP_THRESHOLD: KEPT, _M_TRIM_THRESHOLD: KEPT}) if _depth == 0 else True
+        if _depth == 0:
+            applied = _set(libc, {_M_MMAP_THRESHOLD: KEPT, _M_TRIM_THRESHOLD: KEPT})
+            _cached = bool(_C.block_cache_enter())
+        else:
+            applied = True
         _depth += 1
     try:
         yield applied
@@ -81,6 +100,9 @@ def kept_freed_memory() -> Iterator[bool]:
         with _lock:
             _depth -= 1
             if _depth == 0:
+                if _cached:
+                    block_counts = tuple(_C.block_cache_exit())
+                    _cached = False
                 settle(libc)
 
 

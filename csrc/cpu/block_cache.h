@@ -1,0 +1,22 @@
+// Large CPU tensors' memory kept by size while mining (block_cache.cpp).
+#pragma once
+
+#include <cstddef>
+
+namespace sketchmine {
+
+struct BlockCacheCounts {
+  size_t reused;      // large allocations served from a block freed before
+  size_t fresh;       // large allocations that took new memory
+  size_t idle_bytes;  // kept and unused when the cache closed (then given back)
+};
+
+// Installs the cache as torch's CPU allocator; false when it cannot (already active, or another
+// allocator registered with a higher priority) and nothing changed.
+bool block_cache_enter();
+
+// Puts back the allocator it replaced and frees the kept blocks; blocks still in use are freed
+// when their tensors are. The counts since enter.
+BlockCacheCounts block_cache_exit();
+
+}  // namespace sketchmine
