@@ -123,8 +123,8 @@ PYBIND11_MODULE(_C, m) {
         "Install the CPU block cache as torch's CPU allocator; False when it cannot.");
   m.def("block_cache_exit", [] {
     const auto c = sketchmine::block_cache_exit();
-    return pybind11::make_tuple(c.reused, c.fresh, c.idle_bytes);
-  }, "Restore the previous CPU allocator, free the kept blocks; (reused, fresh, idle bytes).");
+    return pybind11::make_tuple(c.reused, c.fresh, c.evicted, c.idle_bytes);
+  }, "Stop keeping blocks and unmap the kept ones; (reused, fresh, evicted, idle bytes) since enter.");
 #ifdef SKETCHMINE_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

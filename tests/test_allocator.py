@@ -100,11 +100,11 @@ def test_the_block_cache_serves_each_batch_from_the_last_ones_blocks():
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["applied"] and all(got["oks"]) and got["kept_intact"], got
-    reused, fresh, idle = got["counts"]
+    reused, fresh, evicted, idle = got["counts"]
     # per batch: 3 random tensors + 3 clones + 2 outputs (mixed and its temporary) ≥ 1 MiB; the first
     # batch takes new blocks, the next three reuse them (same sizes), plus `kept`
     assert fresh <= 9 + 1 and reused >= 3 * 8 - 1, got
-    assert idle > 0, got  # the last batch's blocks, given back on exit
+    assert idle > 0 and evicted == 0, got  # the last batch's blocks, given back on exit
     # a second pass counts afresh: nothing cached from the first survives its exit
     assert got["second"][1] >= 8, got
 
@@ -116,3 +116,28 @@ def test_the_environment_turns_the_block_cache_off():
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert not got["applied"] and got["counts"] is None and all(got["oks"]), got
+
+
+GROWING_CHILD = r"""
+import json, torch
+from sketchmine.mining import allocator
+
+with allocator.kept_freed_memory():
+    for mib in range(2, 42):  # every "batch" a new, larger size (images at their own sizes)
+        t = torch.empty(mib << 18).fill_(1.0)
+        assert float(t[-1]) == 1.0
+        del t
+print(json.dumps(allocator.block_counts))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_the_block_cache_stays_bounded_when_sizes_keep_changing():
+    env = {**os.environ, "SKETCHMINE_MALLOC": ""}
+    done = subprocess.run([sys.executable, "-c", GROWING_CHILD], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    reused, fresh, evicted, idle = json.loads(done.stdout.strip().splitlines()[-1])
+    # 40 sizes of 2-41 MiB, one alive at a time, each larger than every kept block: what stays
+    # kept is bounded by twice the most in use at once (41 MiB), not the 860 MiB of every size seen
+    assert fresh == 40 and evicted > 0, (reused, fresh, evicted, idle)
+    assert idle <= 2 * (41 << 20), (reused, fresh, evicted, idle)

@@ -20,6 +20,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -40,7 +41,8 @@ struct State {
   c10::DeleterFnPtr previous_raw = nullptr;
   std::unordered_map<void*, size_t> mapped;  // blocks handed out, by their mapped size
   std::map<size_t, std::vector<void*>> idle;  // freed while active, by mapped size
-  size_t idle_bytes = 0, reused = 0, fresh = 0;
+  size_t idle_bytes = 0, live_bytes = 0, live_peak = 0;  // live: blocks handed out
+  size_t reused = 0, fresh = 0, evicted = 0;
 };
 
 State& state() {
@@ -61,6 +63,7 @@ void release(void* p) {
     } else {
       const size_t n = it->second;
       s.mapped.erase(it);
+      s.live_bytes -= n;
       if (s.active) {
         s.idle[n].push_back(p);
         s.idle_bytes += n;
@@ -72,6 +75,28 @@ void release(void* p) {
   }
   TORCH_INTERNAL_ASSERT(other != nullptr, "sketchmine block cache: a pointer it did not hand out");
   other(p);
+}
+
+void hand_out(State& s, void* p, size_t n) {  // with s.mu held
+  s.mapped.emplace(p, n);
+  s.live_bytes += n;
+  s.live_peak = std::max(s.live_peak, s.live_bytes);
+}
+
+// Before mapping `n` more bytes: unmap kept blocks, smallest first, while everything mapped would
+// exceed twice the most the pass has had in use at once. A pass whose batches keep their sizes
+// never gets here after its first batch; one whose sizes keep changing (images at their own
+// sizes) would otherwise keep a block of every size it ever saw.
+void evict_for(State& s, size_t n) {  // with s.mu held
+  const size_t bound = 2 * std::max(s.live_peak, s.live_bytes + n);
+  while (!s.idle.empty() && s.live_bytes + s.idle_bytes + n > bound) {
+    auto it = s.idle.begin();
+    unmap(it->second.back(), it->first);
+    s.idle_bytes -= it->first;
+    ++s.evicted;
+    it->second.pop_back();
+    if (it->second.empty()) s.idle.erase(it);
+  }
 }
 
 class BlockCache final : public c10::Allocator {
@@ -90,16 +115,17 @@ class BlockCache final : public c10::Allocator {
         it->second.pop_back();
         if (it->second.empty()) s.idle.erase(it);
         s.idle_bytes -= size;
-        s.mapped.emplace(p, size);
+        hand_out(s, p, size);
         ++s.reused;
         return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
       }
+      evict_for(s, n);
     }
     // outside the lock: the kernel maps it lazily, the first writes fault it in
     void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     TORCH_CHECK(p != MAP_FAILED, "sketchmine: out of memory mapping ", n, " bytes for a CPU tensor");
     std::lock_guard<std::mutex> g(s.mu);
-    s.mapped.emplace(p, n);
+    hand_out(s, p, n);
     ++s.fresh;
     return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
   }
@@ -146,14 +172,15 @@ bool block_cache_enter() {
     return false;  // replaced since by someone else
   }
   s.active = true;
-  s.reused = s.fresh = 0;
+  s.reused = s.fresh = s.evicted = 0;
+  s.live_peak = s.live_bytes;
   return true;
 }
 
 BlockCacheCounts block_cache_exit() {
   State& s = state();
   std::lock_guard<std::mutex> g(s.mu);
-  BlockCacheCounts counts{s.reused, s.fresh, s.idle_bytes};
+  BlockCacheCounts counts{s.reused, s.fresh, s.evicted, s.idle_bytes};
   s.active = false;
   for (auto& [n, blocks] : s.idle) {
     for (void* p : blocks) unmap(p, n);

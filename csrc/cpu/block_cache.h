@@ -8,6 +8,7 @@ namespace sketchmine {
 struct BlockCacheCounts {
   size_t reused;      // large allocations served from a block freed before
   size_t fresh;       // large allocations that took new memory
+  size_t evicted;     // kept blocks unmapped to bound what the cache holds
   size_t idle_bytes;  // kept and unused when the cache closed (then given back)
 };
 

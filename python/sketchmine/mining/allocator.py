@@ -43,9 +43,9 @@ _AFTER = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20}
 _lock = threading.Lock()
 _depth = 0
 _cached = False  # whether the outermost entry installed the block cache
-block_counts: tuple[int, int, int] | None = None
-"""The last pass's block cache: (allocations served from a freed block, fresh ones, bytes kept
-and unused at the end); None before any."""
+block_counts: tuple[int, int, int, int] | None = None
+"""The last pass's block cache: (allocations served from a freed block, fresh ones, kept blocks
+unmapped to bound the cache, bytes kept and unused at the end); None before any."""
 
 
 def _libc() -> ctypes.CDLL | None:
