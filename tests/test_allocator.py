@@ -39,9 +39,10 @@ print(json.dumps(out))
 """
 
 
-def run_child(env_extra: dict[str, str]) -> dict[str, float]:
+def run_child(env_extra: dict[str, str], script: str = CHILD):
+    """The last line `script` prints, as JSON, run in a fresh interpreter with `env_extra`."""
     env = {**os.environ, **env_extra}
-    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -95,10 +96,7 @@ print(json.dumps(out))
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_the_block_cache_serves_each_batch_from_the_last_ones_blocks():
-    env = {**os.environ, "SKETCHMINE_MALLOC": ""}
-    done = subprocess.run([sys.executable, "-c", CACHE_CHILD], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    got = run_child({"SKETCHMINE_MALLOC": ""}, CACHE_CHILD)
     assert got["applied"] and all(got["oks"]) and got["kept_intact"], got
     reused, fresh, evicted, idle = got["counts"]
     # per batch: 3 random tensors + 3 clones + 2 outputs (mixed and its temporary) ≥ 1 MiB; the first
@@ -111,10 +109,7 @@ def test_the_block_cache_serves_each_batch_from_the_last_ones_blocks():
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_the_environment_turns_the_block_cache_off():
-    env = {**os.environ, "SKETCHMINE_MALLOC": "default"}
-    done = subprocess.run([sys.executable, "-c", CACHE_CHILD], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    got = run_child({"SKETCHMINE_MALLOC": "default"}, CACHE_CHILD)
     assert not got["applied"] and got["counts"] is None and all(got["oks"]), got
 
 
@@ -133,10 +128,7 @@ print(json.dumps(allocator.block_counts))
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_the_block_cache_stays_bounded_when_sizes_keep_changing():
-    env = {**os.environ, "SKETCHMINE_MALLOC": ""}
-    done = subprocess.run([sys.executable, "-c", GROWING_CHILD], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    reused, fresh, evicted, idle = json.loads(done.stdout.strip().splitlines()[-1])
+    reused, fresh, evicted, idle = run_child({"SKETCHMINE_MALLOC": ""}, GROWING_CHILD)
     # 40 sizes of 2-41 MiB, one alive at a time, each larger than every kept block: what stays
     # kept is bounded by twice the most in use at once (41 MiB), not the 860 MiB of every size seen
     assert fresh == 40 and evicted > 0, (reused, fresh, evicted, idle)

@@ -34,6 +34,8 @@ from collections.abc import Iterator
 
 import torch
 
+from sketchmine import _C  # the block cache (csrc/cpu/block_cache.cpp)
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 KEPT = 1 << 30
 """Allocations up to this size come from the heap while mining, and freed memory up to it stays."""
@@ -78,15 +80,14 @@ def settle(libc: ctypes.CDLL | None = None) -> bool:
 
 @contextlib.contextmanager
 def kept_freed_memory() -> Iterator[bool]:
-    """Inside: freed memory up to KEPT is reused, not returned (yields whether it applies).
-    Nested and concurrent entries are counted: the last exit restores."""
+    """Inside: freed memory is kept for the next batch, not returned (the heap's up to KEPT,
+    blocks of 1 MiB or more in the block cache); yields whether it applies. Nested and
+    concurrent entries are counted: the last exit restores."""
     global _depth, _cached, block_counts
     libc = _libc()
     if libc is None:
         yield False
         return
-    from sketchmine import _C
-
     with _lock:
         if _depth == 0:
             applied = _set(libc, {_M_MMAP_THRESHOLD: KEPT, _M_TRIM_THRESHOLD: KEPT})
@@ -101,7 +102,7 @@ def kept_freed_memory() -> Iterator[bool]:
             _depth -= 1
             if _depth == 0:
                 if _cached:
-                    block_counts = tuple(_C.block_cache_exit())
+                    block_counts = _C.block_cache_exit()
                     _cached = False
                 settle(libc)
 

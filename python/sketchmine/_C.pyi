@@ -1,0 +1,6 @@
+"""Types of the compiled core (csrc/ops.cpp's pybind11 module); loading it registers torch.ops.sketchmine."""
+
+with_cuda: bool
+
+def block_cache_enter() -> bool: ...
+def block_cache_exit() -> tuple[int, int, int, int]: ...
