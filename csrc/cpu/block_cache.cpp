@@ -83,6 +83,15 @@ void hand_out(State& s, void* p, size_t n) {  // with s.mu held
   s.live_peak = std::max(s.live_peak, s.live_bytes);
 }
 
+// One kept block of `it`'s size, no longer kept.
+void* take_idle(State& s, std::map<size_t, std::vector<void*>>::iterator it) {  // with s.mu held
+  void* p = it->second.back();
+  it->second.pop_back();
+  s.idle_bytes -= it->first;
+  if (it->second.empty()) s.idle.erase(it);
+  return p;
+}
+
 // Before mapping `n` more bytes: unmap kept blocks, smallest first, while everything mapped would
 // exceed twice the most the pass has had in use at once. A pass whose batches keep their sizes
 // never gets here after its first batch; one whose sizes keep changing (images at their own
@@ -91,11 +100,9 @@ void evict_for(State& s, size_t n) {  // with s.mu held
   const size_t bound = 2 * std::max(s.live_peak, s.live_bytes + n);
   while (!s.idle.empty() && s.live_bytes + s.idle_bytes + n > bound) {
     auto it = s.idle.begin();
-    unmap(it->second.back(), it->first);
-    s.idle_bytes -= it->first;
+    const size_t size = it->first;
+    unmap(take_idle(s, it), size);
     ++s.evicted;
-    it->second.pop_back();
-    if (it->second.empty()) s.idle.erase(it);
   }
 }
 
@@ -111,10 +118,7 @@ class BlockCache final : public c10::Allocator {
       auto it = s.idle.lower_bound(n);
       if (it != s.idle.end() && it->first <= 2 * n) {
         const size_t size = it->first;
-        void* p = it->second.back();
-        it->second.pop_back();
-        if (it->second.empty()) s.idle.erase(it);
-        s.idle_bytes -= size;
+        void* p = take_idle(s, it);
         hand_out(s, p, size);
         ++s.reused;
         return {p, p, &release, c10::Device(c10::DeviceType::CPU)};

@@ -16,8 +16,9 @@ struct BlockCacheCounts {
 // allocator registered with a higher priority) and nothing changed.
 bool block_cache_enter();
 
-// Puts back the allocator it replaced and frees the kept blocks; blocks still in use are freed
-// when their tensors are. The counts since enter.
+// Stops keeping blocks and unmaps the kept ones; blocks still in use are unmapped when their
+// tensors are freed. The allocator stays installed, passing every request to the one it replaced
+// (see block_cache.cpp). The counts since enter.
 BlockCacheCounts block_cache_exit();
 
 }  // namespace sketchmine
