@@ -98,6 +98,27 @@ def test_resume_is_identical_to_uninterrupted(tmp_path, reference_run, demo_mode
     assert_same_store(out, reference_run.path)
 
 
+def test_a_run_begun_with_folder_chunk_keys_resumes_identical(tmp_path, monkeypatch, reference_run, demo_model,
+                                                              small_test_set):
+    """Runs written before the schema's "." chunk keys used "/" (c/0/0 two folders down): an
+    unfinished one resumes under "." to the arrays of an uninterrupted run, each array read by
+    the encoding its own metadata names; a new run makes no chunk folders at all."""
+    from sketchmine.store import schema
+
+    out = tmp_path / "run.zarr"
+    monkeypatch.setattr(schema, "CHUNK_KEY_ENCODING", {"name": "default", "separator": "/"})
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2,
+                        progress=StopAfter(130), distributions=True)
+    assert any(p.is_dir() for p in out.rglob("c"))  # the older layout: chunk folders
+    monkeypatch.undo()
+    run = sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=32, flush_every=2)
+    assert run.complete
+    assert_same_store(out, reference_run.path)
+    assert not [p for p in reference_run.path.rglob("c") if p.is_dir()]
+    assert (reference_run.path / "layers" / "features.0" / "values" / "c.0.0").is_file()
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, demo_model, small_test_set):
     out = tmp_path / "run.zarr"
     with pytest.raises(KeyboardInterrupt):

@@ -120,7 +120,8 @@ def _copy(mined: Path, tmp_path: Path) -> Path:
 
 
 def _chunks(path: Path, array: str) -> list[Path]:
-    return sorted((path / array / "c").rglob("*"), key=str)
+    """The chunk files of `array` (every file of its folder but its metadata)."""
+    return sorted((p for p in (path / array).rglob("*") if p.name != "zarr.json"), key=str)
 
 
 @pytest.mark.parametrize("damage", ["remove", "corrupt", "truncate"])

@@ -8,6 +8,7 @@ its chunks encoded by the codecs that metadata names, skipped where Zarr skips t
 equal to the fill value everywhere, by Zarr's own test). tests/test_store_direct.py checks the
 files are byte for byte those Zarr writes. Anything else — another store, codec, key encoding
 or dtype — `plan` declines, and the caller (io.BulkWriter) takes Zarr's path.
+Chunk keys are Zarr's default encoding with either separator (the schema's is ".": no folders).
 
 Files are written in place, not through a temporary name as Zarr does: every caller writes where
 no reader looks until a later commit (a checkpoint's free slot, a group staged under another name
@@ -36,19 +37,20 @@ WORKERS = 2
 2 cores (0.13 s vs 0.12 s for AlexNet's final arrays with 4)."""
 
 _GROUP_DOC = GroupMetadata(zarr_format=3).to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
-_DOCS: dict[int, tuple[ArrayV3Metadata, bytes, Zstd | None, bool]] = {}
+_DOCS: dict[int, tuple[ArrayV3Metadata, bytes, Zstd | None, str | None]] = {}
 
 
-def _document(meta: ArrayV3Metadata) -> tuple[bytes, Zstd | None, bool]:
-    """(zarr.json bytes, zstd codec or None, default "/" chunk keys) of `meta`, kept per metadata
-    object (io._metadata reuses them; serialising one costs ~0.3 ms)."""
+def _document(meta: ArrayV3Metadata) -> tuple[bytes, Zstd | None, str | None]:
+    """(zarr.json bytes, zstd codec or None, the separator of Zarr's default chunk keys or None
+    for another encoding) of `meta`, kept per metadata object (io._metadata reuses them;
+    serialising one costs ~0.3 ms)."""
     hit = _DOCS.get(id(meta))
     if hit is None or hit[0] is not meta:
         doc: dict[str, Any] = dict(meta.to_dict())
         key = doc["chunk_key_encoding"]
-        slash = key.get("name") == "default" and key.get("configuration", {}).get("separator", "/") == "/"
+        sep = key.get("configuration", {}).get("separator", "/") if key.get("name") == "default" else None
         text = meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
-        hit = _DOCS[id(meta)] = (meta, text, _compressor(doc["codecs"]), slash)
+        hit = _DOCS[id(meta)] = (meta, text, _compressor(doc["codecs"]), sep if sep in ("/", ".") else None)
     return hit[1], hit[2], hit[3]
 
 
@@ -70,22 +72,23 @@ def _compressor(chain: list[dict[str, Any]]) -> Zstd | None:
     return Zstd(level=int(conf.get("level", 0)), checksum=bool(conf.get("checksum", False)))
 
 
-def _chunks(arr: np.ndarray | Columns) -> list[tuple[str, np.ndarray]]:
+def _chunks(arr: np.ndarray | Columns, sep: str) -> list[tuple[str, np.ndarray]]:
     """(chunk key, whole chunk) of each chunk holding data: the array as one chunk, or a
-    `Columns`' data blocks, an edge block padded with the fill as Zarr pads it."""
+    `Columns`' data blocks, an edge block padded with the fill as Zarr pads it; Zarr's default
+    keys with separator `sep`."""
     if isinstance(arr, Columns):
         width = arr.chunks()[1]
         out = []
         for cols, block in arr.chunk_blocks():
             if block.shape[1] < width:
                 block = np.concatenate([block, np.full((block.shape[0], width - block.shape[1]), arr.fill, arr.dtype)], 1)
-            out.append((f"c/0/{cols.start // width}", block))
+            out.append((sep.join(("c", "0", str(cols.start // width))), block))
         return out
-    return [("c/" + "/".join(["0"] * arr.ndim) if arr.ndim else "c", arr)]
+    return [(sep.join(["c"] + ["0"] * arr.ndim), arr)]
 
 
-Job = tuple[Path, Any, ArrayV3Metadata, bytes, Zstd]
-"""One array's write: (its folder, data, metadata, metadata document, zstd codec)."""
+Job = tuple[Path, Any, ArrayV3Metadata, bytes, Zstd, str]
+"""One array's write: (its folder, data, metadata, metadata document, zstd codec, chunk key separator)."""
 
 
 def plan(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], metadata: dict[str, ArrayV3Metadata]
@@ -100,10 +103,10 @@ def plan(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], metadata: d
     jobs: list[Job] = []
     for name, arr in arrays.items():
         meta = metadata[name]
-        doc, zstd, slash = _document(meta)
-        if zstd is None or not slash or arr.dtype.kind not in "biuf" or arr.dtype.byteorder not in "=<|":
+        doc, zstd, sep = _document(meta)
+        if zstd is None or sep is None or arr.dtype.kind not in "biuf" or arr.dtype.byteorder not in "=<|":
             return None
-        jobs.append((base / name, arr, meta, doc, zstd))
+        jobs.append((base / name, arr, meta, doc, zstd, sep))
     for name in arrays:  # parents first, in order, before threads write into them
         parent = (base / name).parent
         missing = []
@@ -118,17 +121,18 @@ def plan(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], metadata: d
 
 def write(job: Job) -> None:
     """One planned array's files."""
-    where, arr, meta, doc, zstd = job
+    where, arr, meta, doc, zstd, sep = job
     if where.exists():
         shutil.rmtree(where)  # Zarr's overwrite: the array there before (ours: the same path)
     where.mkdir(parents=True)
     (where / "zarr.json").write_bytes(doc)
     if 0 in arr.shape:
         return
-    for key, chunk in _chunks(arr):
+    for key, chunk in _chunks(arr, sep):
         chunk = np.ascontiguousarray(chunk)
         if NDBuffer.from_numpy_array(chunk).all_equal(meta.fill_value):
             continue  # Zarr writes no chunk that is all fill value (write_empty_chunks off)
         path = where / key
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if sep == "/":
+            path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(zstd.encode(chunk))

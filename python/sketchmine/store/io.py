@@ -25,18 +25,18 @@ from sketchmine.store.checksums import block_sums, digest
 from sketchmine.store.columns import Columns
 
 _TEMPLATES: dict[str, dict[str, Any]] = {}
-_METADATA: dict[tuple[str, tuple[int, ...], tuple[str, ...]], ArrayV3Metadata] = {}
+_METADATA: dict[tuple[Any, ...], ArrayV3Metadata] = {}
 
 
 def _metadata(arr: np.ndarray | Columns, dims: tuple[str, ...]) -> ArrayV3Metadata:
     """The metadata `create_array(data=arr, dimension_names=dims)` would write (Zarr's default
-    codecs for the dtype), as one chunk (a `Columns`: by column blocks, with its fill value).
+    codecs for the dtype; the schema's chunk keys), as one chunk (a `Columns`: by column blocks, with its fill value).
     Built from a per-dtype template instead of Zarr's creation path, which costs ~2 ms per
     array, and kept per (dtype, shape, dims, chunks, fill): metadata objects are immutable."""
     columns = isinstance(arr, Columns)
     chunks = arr.chunks() if columns else tuple(max(n, 1) for n in arr.shape)
     fill = arr.fill if columns else None
-    key = (arr.dtype.str, tuple(arr.shape), dims, chunks, repr(fill))
+    key = (arr.dtype.str, tuple(arr.shape), dims, chunks, repr(fill), schema.CHUNK_KEY_ENCODING["separator"])
     if key not in _METADATA:
         if arr.dtype.str not in _TEMPLATES:
             probe = zarr.create_array(zarr.storage.MemoryStore(), shape=(1,), dtype=arr.dtype)
@@ -45,6 +45,8 @@ def _metadata(arr: np.ndarray | Columns, dims: tuple[str, ...]) -> ArrayV3Metada
         doc["shape"] = list(arr.shape)
         doc["chunk_grid"]["configuration"]["chunk_shape"] = list(chunks)
         doc["dimension_names"] = list(dims)
+        doc["chunk_key_encoding"] = {"name": schema.CHUNK_KEY_ENCODING["name"],
+                                     "configuration": {"separator": schema.CHUNK_KEY_ENCODING["separator"]}}
         if columns:
             doc["fill_value"] = fill
         _METADATA[key] = ArrayV3Metadata.from_dict(doc)
@@ -150,8 +152,9 @@ def new_array(group: zarr.Group, path: str, shape: tuple[int, ...], rows: int) -
     spec = schema.ARRAYS[path]
     parent, _, name = path.rpartition("/")
     extra = {} if spec.fill_value is None else {"fill_value": spec.fill_value}
-    return (group[parent] if parent else group).create_array(name, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, rows),
-                                      dimension_names=schema.dimension_names(path, len(shape)), **extra)
+    return (group[parent] if parent else group).create_array(
+        name, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, rows), chunk_key_encoding=schema.CHUNK_KEY_ENCODING,
+        dimension_names=schema.dimension_names(path, len(shape)), **extra)
 
 
 def lay_out_run(group: zarr.Group, attrs: dict[str, Any], n_images: int, class_names: list[str],

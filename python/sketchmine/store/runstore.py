@@ -320,7 +320,7 @@ class RunStore(Checkpoints):
         for key, spec in specs.items():
             shape = shapes[key]
             g.create_array(key, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, shape[0]),
-                           fill_value=spec.fill_value,
+                           fill_value=spec.fill_value, chunk_key_encoding=schema.CHUNK_KEY_ENCODING,
                            dimension_names=schema.dimension_names(schema.layer_array(layer, key), len(shape)))
         g.attrs[claim] = attrs
 
