@@ -88,9 +88,9 @@ ROW_CHUNK = 8192
 CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
 """Every array's chunk keys: `c.0.0` in the array's own folder, not `c/0/0` two folders below it
 (Zarr v3's default encoding with its other separator; any Zarr reads either, per array). Most
-arrays here are one chunk, so "/" made two folders per array: at ~0.3 ms per created folder or
-file on this VM's disk, 40 % of a run's final write (~170 arrays on AlexNet). Runs written with
-"/" before read and resume as they are: each array's metadata names its encoding."""
+arrays here are one chunk, so "/" made two folders per array, each a file-system metadata write
+(docs/store.md has the times). Runs written with "/" before read and resume as they are: each
+array's metadata names its encoding."""
 
 
 @dataclass(frozen=True)
