@@ -56,6 +56,22 @@ def test_mine_cli_matches_api_and_resumes(tmp_path, folder):
     assert summary.returncode == 0 and "top 5" in summary.stdout and "per-class accuracy" in summary.stdout
 
 
+def test_a_command_makes_no_full_collection_over_its_imports(tmp_path, folder):
+    """`mine` imports torch, Zarr and the rest (~330 K objects); at Python's default collector
+    thresholds that made full collections over all of them (0.2-0.45 s here). main() raises the
+    young-object threshold while the command runs, and puts the caller's back."""
+    script = (
+        "import gc, sys\n"
+        "from sketchmine.cli.main import main\n"
+        "gc.set_threshold(700, 10, 10)\n"
+        "before = gc.get_stats()[2]['collections']\n"
+        f"code = main(['-q', 'mine', '--model', 'demo', '--data', {str(folder)!r}, '--out', {str(tmp_path / 'r.zarr')!r}])\n"
+        "print(code, gc.get_stats()[2]['collections'] - before, gc.get_threshold())\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-5:] == ["0", "0", "(700,", "10,", "10)"], proc.stdout
+
+
 def test_unknown_layer(tmp_path, folder):
     proc = sm("mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "r"), "--layers", "conv9")
     assert_clean_error(proc, r"unknown layer 'conv9'.*Layers available by default: features\.0")

@@ -13,6 +13,7 @@ Nothing here imports torch, zarr or rich at module level: `sketchmine --help` an
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import typing
 from pathlib import Path
@@ -267,8 +268,24 @@ def _dispatch(args: argparse.Namespace, console: Console, err: Console) -> int:
     return EXIT_OK
 
 
+YOUNG_OBJECTS = 50_000
+"""Objects the cyclic collector lets accumulate before a pass over the youngest (Python's
+default: 700). Why: a command imports torch, Zarr and their kin, ~330 K objects, and at the
+default that made four full collections over everything imported: 0.2-0.45 s of the 1.7-2.0 s
+those imports took here (none at 50,000). Garbage cycles are still collected, in larger steps."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    before = gc.get_threshold()
+    gc.set_threshold(YOUNG_OBJECTS, *before[1:])
+    try:
+        return _run(args)
+    finally:
+        gc.set_threshold(*before)  # main() is also called in-process (tests, notebooks)
+
+
+def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sketchmine.present.logs import setup
