@@ -271,8 +271,9 @@ def _dispatch(args: argparse.Namespace, console: Console, err: Console) -> int:
 YOUNG_OBJECTS = 50_000
 """Objects the cyclic collector lets accumulate before a pass over the youngest (Python's
 default: 700). Why: a command imports torch, Zarr and their kin, ~330 K objects, and at the
-default that made four full collections over everything imported: 0.2-0.45 s of the 1.7-2.0 s
-those imports took here (none at 50,000). Garbage cycles are still collected, in larger steps."""
+default those imports alone made four full collections over everything imported (a CLI `mine`
+six): 0.2-0.45 s of the 1.7-2.0 s the imports took here, none at 50,000. Garbage cycles are
+still collected, in larger steps."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,9 +30,10 @@ _METADATA: dict[tuple[Any, ...], ArrayV3Metadata] = {}
 
 def _metadata(arr: np.ndarray | Columns, dims: tuple[str, ...]) -> ArrayV3Metadata:
     """The metadata `create_array(data=arr, dimension_names=dims)` would write (Zarr's default
-    codecs for the dtype; the schema's chunk keys), as one chunk (a `Columns`: by column blocks, with its fill value).
+    codecs for the dtype; the schema's chunk keys), as one chunk (a `Columns`: by column blocks,
+    with its fill value).
     Built from a per-dtype template instead of Zarr's creation path, which costs ~2 ms per
-    array, and kept per (dtype, shape, dims, chunks, fill): metadata objects are immutable."""
+    array, and kept per (dtype, shape, dims, chunks, fill, separator): metadata objects are immutable."""
     columns = isinstance(arr, Columns)
     chunks = arr.chunks() if columns else tuple(max(n, 1) for n in arr.shape)
     fill = arr.fill if columns else None
