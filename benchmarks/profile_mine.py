@@ -84,8 +84,7 @@ def instrumented(dataset_type: type):
         patch_method(dataset_type, "fingerprint", "setup: dataset fingerprint")
     patch_func(miner, "_first_readable", "setup: _first_readable")
     patch_func(miner, "probe", "setup: probe (layer shapes)")
-    patch_method(store.RunStore, "create", "setup: RunStore.create (zarr layout, paths, labels)")
-    patch_method(store.RunStore, "declare_layers", "setup: RunStore.declare_layers")
+    patch_method(store.RunStore, "create", "setup: RunStore.create (zarr layout, layer groups, paths, labels)")
     timers.order.append(topk_label)
     undo.append((ops, "topk_update", orig_topk))
     ops.topk_update = topk_update

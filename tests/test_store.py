@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sketchmine.store import schema
-from sketchmine.store.io import put_all, put_rows
+from sketchmine.store.io import new_arrays, put_all, put_rows
 
 DTYPES = st.sampled_from([np.float32, np.float64, np.int64, np.int32, np.uint8, np.bool_])
 
@@ -60,6 +60,32 @@ def testput_all_under_a_subgroup(tmp_path):
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
     for key, arr in data.items():
         np.testing.assert_array_equal(root[f"_checkpoint/slot0/{key}"][...], arr)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(0, 40), width=st.integers(1, 12), rows=st.integers(1, 16))
+def test_new_arrays_equal_zarr_create_array(tmp_path_factory, n, width, rows):
+    """The per-image arrays made in one call (a run's layout, its first logits) have the metadata
+    Zarr's create_array gives them from the schema's spec, and are usable as made."""
+    root = tmp_path_factory.mktemp("new_arrays")
+    got = zarr.open_group(str(root / "bulk.zarr"), mode="w")
+    want = zarr.open_group(str(root / "zarr.zarr"), mode="w")
+    shapes = {path: ((n, width) if path == schema.LOGITS else (n,)) for path in schema.ARRAYS}
+    made = new_arrays(got, shapes, rows, {"dataset": zarr.core.group.GroupMetadata(),
+                                          "eval": zarr.core.group.GroupMetadata()})
+    for path, shape in shapes.items():
+        spec = schema.ARRAYS[path]
+        parent, _, name = path.rpartition("/")
+        extra = {} if spec.fill_value is None else {"fill_value": spec.fill_value}
+        b = want.require_group(parent).create_array(
+            name, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, rows), **extra,
+            chunk_key_encoding=schema.CHUNK_KEY_ENCODING, dimension_names=schema.dimension_names(path, len(shape)))
+        a = zarr.open_group(str(root / "bulk.zarr"), mode="r")[path]
+        assert a.metadata.to_dict() == b.metadata.to_dict(), path
+        assert made[path].shape == shape
+    if n:
+        made[schema.LABELS][:] = np.arange(n) % 7 - 1
+        np.testing.assert_array_equal(zarr.open_group(str(root / "bulk.zarr"))[schema.LABELS][...], np.arange(n) % 7 - 1)
 
 
 @settings(max_examples=25, deadline=None)

@@ -39,19 +39,24 @@ def _metadata(arr: np.ndarray | Columns, dims: tuple[str, ...]) -> ArrayV3Metada
     fill = arr.fill if columns else None
     key = (arr.dtype.str, tuple(arr.shape), dims, chunks, repr(fill), schema.CHUNK_KEY_ENCODING["separator"])
     if key not in _METADATA:
-        if arr.dtype.str not in _TEMPLATES:
-            probe = zarr.create_array(zarr.storage.MemoryStore(), shape=(1,), dtype=arr.dtype)
-            _TEMPLATES[arr.dtype.str] = probe.metadata.to_dict()
-        doc = copy.deepcopy(_TEMPLATES[arr.dtype.str])
-        doc["shape"] = list(arr.shape)
-        doc["chunk_grid"]["configuration"]["chunk_shape"] = list(chunks)
-        doc["dimension_names"] = list(dims)
-        doc["chunk_key_encoding"] = {"name": schema.CHUNK_KEY_ENCODING["name"],
-                                     "configuration": {"separator": schema.CHUNK_KEY_ENCODING["separator"]}}
-        if columns:
-            doc["fill_value"] = fill
-        _METADATA[key] = ArrayV3Metadata.from_dict(doc)
+        _METADATA[key] = _from_template(arr.dtype.str, {"dtype": arr.dtype}, arr.shape, chunks, dims,
+                                        {"fill_value": fill} if columns else {})
     return _METADATA[key]
+
+
+def _from_template(name: str, create: dict[str, Any], shape: tuple[int, ...], chunks: tuple[int, ...],
+                   dims: tuple[str, ...], extra: dict[str, Any]) -> ArrayV3Metadata:
+    """The metadata of Zarr's create_array(**create) (made once per template `name`, in memory)
+    with this shape, chunks, dimension names, the schema's chunk keys and `extra` fields."""
+    if name not in _TEMPLATES:
+        _TEMPLATES[name] = zarr.create_array(zarr.storage.MemoryStore(), shape=(1,), **create).metadata.to_dict()
+    doc = copy.deepcopy(_TEMPLATES[name])
+    doc["shape"] = list(shape)
+    doc["chunk_grid"]["configuration"]["chunk_shape"] = list(chunks)
+    doc["dimension_names"] = list(dims)
+    doc["chunk_key_encoding"] = {"name": schema.CHUNK_KEY_ENCODING["name"],
+                                 "configuration": {"separator": schema.CHUNK_KEY_ENCODING["separator"]}}
+    return ArrayV3Metadata.from_dict({**doc, **extra})
 
 
 async def create_nodes(group: zarr.Group, nodes: dict[str, GroupMetadata | ArrayV3Metadata]) -> dict[str, Any]:
@@ -141,51 +146,73 @@ def _put_with_zarr(group: zarr.Group, arrays: dict[str, np.ndarray | Columns],
 def put_rows(arrays: dict[str, zarr.Array], rows: slice, values: dict[str, np.ndarray]) -> None:
     """values[k] into arrays[k][rows] for every k, in one event-loop call (one Zarr call per
     array costs a round trip to Zarr's loop thread each, more than these small writes)."""
-    async def write() -> None:
-        await asyncio.gather(*(arrays[k].async_array.setitem(rows, v) for k, v in values.items()))
-
-    sync(write())
+    put_slices(arrays, {k: (rows, v) for k, v in values.items()})
 
 
-def new_array(group: zarr.Group, path: str, shape: tuple[int, ...], rows: int) -> zarr.Array:
-    """Create the per-image array `path` (a key of schema.ARRAYS) under the root `group`, with the
-    dtype, fill value and chunking the schema declares (`rows`: the run's row chunk)."""
+def _row_metadata(path: str, shape: tuple[int, ...], rows: int) -> ArrayV3Metadata:
+    """The metadata `create_array` writes for the per-image array `path` (a key of schema.ARRAYS:
+    its dtype, fill value and chunking, `rows` the run's row chunk), built as `_metadata` builds
+    whole arrays' (tests/test_store.py checks it equals Zarr's)."""
     spec = schema.ARRAYS[path]
-    parent, _, name = path.rpartition("/")
-    extra = {} if spec.fill_value is None else {"fill_value": spec.fill_value}
-    return (group[parent] if parent else group).create_array(
-        name, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, rows), chunk_key_encoding=schema.CHUNK_KEY_ENCODING,
-        dimension_names=schema.dimension_names(path, len(shape)), **extra)
+    chunks = spec.chunks(shape, rows)
+    key = ("rows", path, tuple(shape), chunks, schema.CHUNK_KEY_ENCODING["separator"])
+    if key not in _METADATA:
+        create = {"dtype": spec.dtype, **({} if spec.fill_value is None else {"fill_value": spec.fill_value})}
+        _METADATA[key] = _from_template(f"rows:{path}", create, shape, chunks,
+                                        schema.dimension_names(path, len(shape)), {})
+    return _METADATA[key]
+
+
+def new_arrays(group: zarr.Group, shapes: Mapping[str, tuple[int, ...]], rows: int,
+               groups: Mapping[str, GroupMetadata] | None = None) -> dict[str, zarr.Array]:
+    """Create the per-image arrays `shapes` (keys of schema.ARRAYS -> shape) under the root
+    `group`, and the `groups` given, in one event-loop call (Zarr's create_array is a round trip
+    each, ~2 ms); returns the arrays by path."""
+    nodes: dict[str, GroupMetadata | ArrayV3Metadata] = dict(groups or {})
+    nodes.update({path: _row_metadata(path, shape, rows) for path, shape in shapes.items()})
+    made = sync(create_nodes(group, nodes))
+    return {path: zarr.Array(made[path]) for path in shapes}
 
 
 def lay_out_run(group: zarr.Group, attrs: dict[str, Any], n_images: int, class_names: list[str],
-                path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None) -> None:
-    """A new run's skeleton in the empty root `group`: the dataset/, eval/ and layers/ groups,
-    labels (when known), paths and class names with their checksums, and the root attributes
-    (`attrs` plus the schema version, row chunk and an empty progress)."""
-    for name in (schema.DATASET, schema.EVAL, schema.LAYERS):
-        group.create_group(name)
+                path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None,
+                groups: Mapping[str, GroupMetadata] | None = None) -> None:
+    """A new run's skeleton in the empty root `group`: the dataset/, eval/ and layers/ groups and
+    `groups` (the layers' own), labels (when known), paths and class names with their checksums,
+    and the root attributes (`attrs` plus the schema version, row chunk and an empty progress)."""
     rows = min(max(n_images, 1), row_chunk or schema.ROW_CHUNK)
-    lab = new_array(group, schema.LABELS, (n_images,), rows)
-    if labels is not None:
-        lab[:] = labels
-    pa = new_array(group, schema.PATHS, (n_images,), rows)
-    pc = new_array(group, schema.IMAGE_COORD, (n_images,), rows)
+    made = new_arrays(group, {schema.LABELS: (n_images,), schema.PATHS: (n_images,), schema.IMAGE_COORD: (n_images,),
+                              schema.CLASS_NAMES: (len(class_names),), schema.CLASS_COORD: (len(class_names),)},
+                      rows, {**{name: GroupMetadata() for name in (schema.DATASET, schema.EVAL, schema.LAYERS)},
+                             **(groups or {})})
+    names = np.array(class_names, dtype=str)
+    first: dict[str, np.ndarray] = {}  # written with the first block of paths: one call
+    if class_names:
+        first.update({schema.CLASS_NAMES: names, schema.CLASS_COORD: names})
+    if labels is not None and n_images:
+        first[schema.LABELS] = np.asarray(labels)
     path_sums = []
     for start in range(0, n_images, rows):  # a chunk at a time: flat memory for any size
         stop = min(start + rows, n_images)
         block = np.array([path_of(i) for i in range(start, stop)], dtype=str)
-        put_rows({"p": pa, "c": pc}, slice(start, stop), {"p": block, "c": block})
+        put_slices(made, {schema.PATHS: (slice(start, stop), block), schema.IMAGE_COORD: (slice(start, stop), block),
+                           **{k: (slice(0, len(v)), v) for k, v in first.items()}})
+        first = {}
         path_sums.append(digest(block))
-    cn = new_array(group, schema.CLASS_NAMES, (len(class_names),), rows)
-    cc = new_array(group, schema.CLASS_COORD, (len(class_names),), rows)
-    names = np.array(class_names, dtype=str)
-    if class_names:
-        put_rows({"n": cn, "c": cc}, slice(0, len(names)), {"n": names, "c": names})
+    if first:  # no images: the class names alone
+        put_slices(made, {k: (slice(0, len(v)), v) for k, v in first.items()})
     sums = {schema.PATHS: {"rows": rows, "sums": path_sums}, schema.CLASS_NAMES: block_sums(names)}
     group.update_attributes({**attrs, schema.VERSION_ATTR: schema.SCHEMA_VERSION, schema.ROW_CHUNK_ATTR: rows,
                              schema.CHECKSUMS: sums,
                              schema.PROGRESS: {"images_done": 0, "slot": None, "complete": False, "updated": time.time()}})
+
+
+def put_slices(arrays: Mapping[str, zarr.Array], values: Mapping[str, tuple[slice, np.ndarray]]) -> None:
+    """arrays[k][where] = v for every k: (where, v) in `values`, in one event-loop call."""
+    async def write() -> None:
+        await asyncio.gather(*(arrays[k].async_array.setitem(where, v) for k, (where, v) in values.items()))
+
+    sync(write())
 
 
 def io_errors(method: Callable) -> Callable:

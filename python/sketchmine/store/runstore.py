@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.core.group import GroupMetadata
-from zarr.core.sync import sync
 
 from sketchmine.errors import SketchmineError
 from sketchmine.store import checksums, schema
@@ -33,7 +32,7 @@ from sketchmine.store.checkpoint import Checkpoints
 from sketchmine.store.checksums import block_sums, digest
 from sketchmine.store.columns import Columns
 from sketchmine.store.groups import read_unit, write_unit
-from sketchmine.store.io import BulkWriter, create_nodes, io_errors, lay_out_run, new_array, put_rows
+from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
 from sketchmine.store.lock import RunLock, check_writable, stage
 
 __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_run", "put_rows"]
@@ -41,6 +40,11 @@ __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_r
 SCHEMA_VERSION = schema.SCHEMA_VERSION
 _ROW_CHUNK = schema.ROW_CHUNK
 
+
+
+def _layer_groups(layers: dict[str, dict[str, Any]]) -> dict[str, GroupMetadata]:
+    """One group per layer, its attributes its shape and kind (RunStore.create)."""
+    return {schema.layer_group(name): GroupMetadata(attributes=meta) for name, meta in layers.items()}
 
 
 def is_run(path: Path) -> bool:
@@ -97,7 +101,7 @@ class RunStore(Checkpoints):
                path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None = None,
                layers: dict[str, dict[str, Any]] | None = None) -> RunStore:
         """Lay out a new run: dataset arrays, empty eval arrays, the layers' groups (`layers`,
-        see declare_layers), root attributes. The caller holds the run's RunLock.
+        each a group with its shape and kind), root attributes. The caller holds the run's RunLock.
 
         Atomic: the run is laid out in a sibling folder `.<name>.creating-<pid>` (marked as
         ours) and renamed into place when whole, so `path` is either absent (or the empty
@@ -115,9 +119,7 @@ class RunStore(Checkpoints):
 
         def lay_out(tmp: Path) -> None:
             group = zarr.open_group(str(tmp), mode="a")  # "w" would clear the folder, marker included
-            lay_out_run(group, attrs, n_images, class_names, path_of, labels, row_chunk)
-            if layers:
-                cls(tmp, group).declare_layers(layers)
+            lay_out_run(group, attrs, n_images, class_names, path_of, labels, row_chunk, _layer_groups(layers or {}))
 
         stage(p, lay_out)
         return cls(p, zarr.open_group(str(p), mode="r+"))
@@ -251,32 +253,33 @@ class RunStore(Checkpoints):
         return (f"the newest checkpoint of {self.path} is damaged or incomplete (image {committed.get('images_done')}; "
                 f"a crash or power cut before it reached the disk); resuming from image {done}")
 
-    @io_errors
-    def declare_layers(self, layers: dict[str, dict[str, Any]]) -> None:
-        """Create one group per layer with its shape and kind (once, at run creation)."""
-        nodes = {schema.layer_group(name): GroupMetadata(attributes=meta) for name, meta in layers.items()}
-        sync(create_nodes(self.group, nodes))
-
     # ---- streaming writes ----------------------------------------------------------------
     @io_errors
     def write_rows(self, start: int, logits: np.ndarray | None, labels: np.ndarray | None) -> None:
         """Logits and labels of images [start, start + rows)."""
+        values: dict[str, np.ndarray] = {}
+        arrays: dict[str, zarr.Array] = {}
         if logits is not None and len(logits):
-            rows = int(self.group.attrs.get(schema.ROW_CHUNK_ATTR, _ROW_CHUNK))
-            n = self.shape(schema.LABELS)[0]
-            if not self.has(schema.LOGITS):
-                new_array(self.group, schema.LOGITS, (n, logits.shape[1]), rows)
-            self.group[schema.LOGITS][start:start + len(logits)] = logits
-            if not self.has(schema.PREDICTIONS):
-                new_array(self.group, schema.PREDICTIONS, (n,), rows)
+            arrays[schema.LABELS] = self._array(schema.LABELS)
+            n = arrays[schema.LABELS].shape[0]
+            missing: dict[str, tuple[int, ...]] = {}
+            for key, shape in ((schema.LOGITS, (n, logits.shape[1])), (schema.PREDICTIONS, (n,))):
+                try:
+                    arrays[key] = self.group[key]
+                except KeyError:
+                    missing[key] = shape
+            if missing:  # the first rows: made in one call
+                arrays.update(new_arrays(self.group, missing, int(self.group.attrs.get(schema.ROW_CHUNK_ATTR,
+                                                                                     _ROW_CHUNK))))
             valid = ~np.isnan(logits).any(axis=1)
-            pred = np.where(valid, np.nan_to_num(logits, nan=-np.inf).argmax(axis=1), -1)
-            self.group[schema.PREDICTIONS][start:start + len(logits)] = pred
-            self._written += [[schema.LOGITS, start, start + len(logits), digest(logits)],
-                              [schema.PREDICTIONS, start, start + len(pred), digest(pred)]]
+            values[schema.LOGITS] = logits
+            values[schema.PREDICTIONS] = np.where(valid, np.nan_to_num(logits, nan=-np.inf).argmax(axis=1), -1)
         if labels is not None and len(labels):
-            self.group[schema.LABELS][start:start + len(labels)] = labels
-            self._written.append([schema.LABELS, start, start + len(labels), digest(labels)])
+            arrays.setdefault(schema.LABELS, self._array(schema.LABELS))
+            values[schema.LABELS] = labels
+        if values:  # every array's rows in one call
+            put_slices(arrays, {key: (slice(start, start + len(v)), v) for key, v in values.items()})
+        self._written += [[key, start, start + len(v), digest(v)] for key, v in values.items()]
 
     @io_errors
     def commit(self, progress: dict[str, Any], extra: dict[str, Any]) -> None:
