@@ -172,8 +172,8 @@ def mine(
     example images per activation bin, bottom-k; Run.histogram, .quantiles, .quantile_examples,
     .bottomk). Opt-in because on a small network they cost as much as the rest of `mine` does: they
     add 5-8 % to AlexNet's forward at 768 images on a 2-core CPU, at most about 3 % to VGG-19's
-    (benchmarks/RESULTS.md, sessions 20 and 22), where the rest of `mine` takes 6.5 % and 1.6 %
-    (session 25; 3.6 % on AlexNet at 4,096 images). None: the run's setting
+    (benchmarks/RESULTS.md, sessions 20 and 22), where the rest of `mine` takes 4-6 % and 1.6 %
+    (sessions 25-26; 3.6 % on AlexNet at 4,096 images). None: the run's setting
     on resume, else off. Recorded, and a resume must agree. The top-k, class statistics, mean and
     firing density are always kept.
     preprocess: "device" makes each batch model input in one batched op on `device` (stored
