@@ -275,7 +275,8 @@ class RunStore(Checkpoints):
             values[schema.LOGITS] = logits
             values[schema.PREDICTIONS] = np.where(valid, np.nan_to_num(logits, nan=-np.inf).argmax(axis=1), -1)
         if labels is not None and len(labels):
-            arrays.setdefault(schema.LABELS, self._array(schema.LABELS))
+            if schema.LABELS not in arrays:
+                arrays[schema.LABELS] = self._array(schema.LABELS)
             values[schema.LABELS] = labels
         if values:  # every array's rows in one call
             put_slices(arrays, {key: (slice(start, start + len(v)), v) for key, v in values.items()})
