@@ -319,3 +319,19 @@ def test_a_one_pixel_wide_size_is_resized_right():
     grey = column[:, None, None]  # (H=3, W=1, 1): one plane resized, then repeated to 3 channels
     for got in (per_image(grey[None], pre), prepare_uint8(torch.from_numpy(grey[None]), pre)):
         np.testing.assert_allclose(got[0, :, :, 0].numpy(), np.stack([want] * 3), rtol=1e-6)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=60)
+@given(st.integers(1, 40), st.integers(2, 40), st.integers(0, 64), st.integers(0, 64), st.integers(0, 2**32 - 1))
+def test_enlarging_is_the_antialiased_filter_to_its_rounding(h, w, dh, dw, seed):
+    """Enlarged, the antialiased filter's weights are bilinear's and torch's bilinear kernel
+    computes them: no further from the exact (float64) values than torch's antialiased kernel
+    in float32, plus two ulps of [0, 1] values (its index and weight roundings differ)."""
+    assume(dh or dw)
+    x = torch.from_numpy(np.random.default_rng(seed).random((2, 1, h, w), dtype=np.float32))
+    size = (h + dh, w + dw)
+    got = preset("none", 1, size).resize(x)
+    exact = torch.nn.functional.interpolate(x.double(), size=size, mode="bilinear", antialias=True)
+    antialiased = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
+    eps = torch.finfo(torch.float32).eps
+    assert (got - exact).abs().max() <= (antialiased - exact).abs().max() + 2 * eps

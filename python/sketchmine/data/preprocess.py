@@ -102,10 +102,16 @@ class Preprocessing:
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, c, H, W) float → (N, c, *size): torch's antialiased bilinear resize, the rule's
-        only one (no-op without a size or at that size already)."""
+        only one (no-op without a size or at that size already). Enlarging, its triangle filter
+        keeps its width and its weights are plain bilinear's, so torch's bilinear kernel computes
+        it: the same weights, 1.8× faster (a 28 → 224 px batch of 64: 2.9-3.6 against 5.2-6.4 ms), the
+        floats as close to the exact values as the antialiased kernel's (a few ulps either way;
+        tests/test_preprocess_device.py)."""
         if self.size is None or tuple(x.shape[-2:]) == tuple(self.size):
             return x
         h, w = self.size
+        if h >= x.shape[-2] and w >= x.shape[-1] and w > 1:
+            return torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
         if w == 1 and h > 1:
             # torch 2.14's antialiased resize into a one-pixel-wide output repeats its first row
             # (measured against the filter's weights); one pixel high is right, so resize the transpose
