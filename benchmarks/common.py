@@ -188,6 +188,51 @@ class PhaseClock:
                 "finish": t_return - t_last}
 
 
+class LayerClock:
+    """Time spent in the model's own work while installed (--split in distributions.py and
+    preprocess.py): torch's conv2d and linear calls; given a model, every leaf module's forward
+    (its pooling and activations too, without the forward hooks that run after it)."""
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        self.seconds = 0.0
+        self.model = model
+        self._saved: list[tuple[object, str, object]] = []
+
+    def _timed(self, original):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        return timed
+
+    def __enter__(self) -> LayerClock:
+        if self.model is not None:
+            for module in self.model.modules():
+                if next(module.children(), None) is None:
+                    module.forward = self._timed(module.forward)  # an instance attribute, deleted on exit
+                    self._saved.append((module, "forward", None))
+            return self
+        import torch.nn.modules.conv as conv
+        import torch.nn.modules.linear as linear
+
+        for owner, name in ((conv.F, "conv2d"), (linear.F, "linear")):
+            original = getattr(owner, name)
+            self._saved.append((owner, name, original))
+            setattr(owner, name, self._timed(original))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for owner, name, original in reversed(self._saved):
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+        self._saved.clear()
+
+
 def median(xs: list[float]) -> float:
     return float(np.median(np.asarray(xs, dtype=float))) if xs else float("nan")
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import Meter, build_model, conv_linear_layers, git_revision, make_dataset, median
+from .common import LayerClock, Meter, build_model, conv_linear_layers, git_revision, make_dataset, median
 from .methods import bare_forward, mine_once, read_forward
 from .mine_vs_forward import loadavg, run_child
 
@@ -62,37 +62,6 @@ def _original():
 
 
 ORIGINAL_COMPILED_HERE = _original()
-
-
-class LayerClock:
-    """Time spent in the model's conv2d and linear calls while installed (--split)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._saved: list[tuple[object, str, object]] = []
-
-    def __enter__(self) -> LayerClock:
-        import torch.nn.modules.conv as conv
-        import torch.nn.modules.linear as linear
-
-        for module, name in ((conv.F, "conv2d"), (linear.F, "linear")):
-            original = getattr(module, name)
-
-            def timed(*args, _original=original, **kwargs):
-                t0 = time.perf_counter()
-                try:
-                    return _original(*args, **kwargs)
-                finally:
-                    self.seconds += time.perf_counter() - t0
-
-            self._saved.append((module, name, original))
-            setattr(module, name, timed)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for module, name, original in reversed(self._saved):
-            setattr(module, name, original)
-        self._saved.clear()
 
 
 def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, num_workers: int, log,

@@ -18,12 +18,13 @@ sets per unit, max |Δ activation|), and the load average.
 "bf16" (mine --preprocess device --autocast bf16), its ratio taken to pure-bf16, and the top-9
 recall of its store against the float32 device route's (|top-9 ∩ top-9| / 9, mean over units).
 
-    python -m benchmarks.preprocess [--models alexnet,vgg19] [--images N] [--repeats R] [--json F]
+    python -m benchmarks.preprocess [--models alexnet,vgg19] [--images N] [--repeats R] [--split] [--json F]
     python -m benchmarks.preprocess --device cuda --images 16384 --folder --workers 12   # a GPU session
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import Meter, PhaseClock, QuietWaiter, conv_linear_layers, machine_info, median, topk_recall
+from .common import LayerClock, Meter, PhaseClock, QuietWaiter, conv_linear_layers, machine_info, median, topk_recall
 from .methods import malloc_as
 
 ROUTES = ("cpu", "device")
@@ -128,7 +129,7 @@ def recall(a: Path, reference: Path, layers: list[str]) -> dict[str, float]:
 
 
 def bench(name: str, images: int | None, batch_size: int, repeats: int, workers: int, quiet: QuietWaiter,
-          log, device: torch.device = CPU, folder: bool = False, bf16: bool = False) -> dict:
+          log, device: torch.device = CPU, folder: bool = False, bf16: bool = False, split: bool = False) -> dict:
     import torchvision
 
     torch.manual_seed(0)
@@ -150,13 +151,18 @@ def bench(name: str, images: int | None, batch_size: int, repeats: int, workers:
             for method in order[r % len(order):] + order[:r % len(order)]:
                 busy = quiet()
                 out = tmp / f"{method}-{r}.zarr"
-                with Meter() as m:
+                layer_clock = LayerClock(model) if split else contextlib.nullcontext()
+                with layer_clock, Meter() as m:
                     if method.startswith("pure"):
                         phases = pure(model, batches, device, torch.bfloat16 if method == "pure-bf16" else None)
                     else:
                         phases = mine(model, ds, layers, batch_size, method, out, workers, device)
-                runs[method].append({**m.as_dict(), "busy_before": busy, "repeat": r, **(phases or {})})
-                log(f"{name} repeat {r} {method}: {m.wall:.2f}s")
+                row = {**m.as_dict(), "busy_before": busy, "repeat": r, **(phases or {})}
+                if split:
+                    row.update(layers=layer_clock.seconds, rest=m.wall - layer_clock.seconds)
+                runs[method].append(row)
+                log(f"{name} repeat {r} {method}: {m.wall:.2f}s"
+                    + (f" (layers {row['layers']:.2f}s, rest {row['rest']:.2f}s)" if split else ""))
         agree = agreement(tmp / "device-0.zarr", tmp / "cpu-0.zarr", layers)
         bf16_recall = recall(tmp / "bf16-0.zarr", tmp / "device-0.zarr", layers) if bf16 else None
     finally:
@@ -164,8 +170,13 @@ def bench(name: str, images: int | None, batch_size: int, repeats: int, workers:
     walls = {k: [x["wall"] for x in v] for k, v in runs.items()}
 
     def ratio(a: str, b: str) -> dict:
-        return {"median": median(walls[a]) / median(walls[b]), "min": min(walls[a]) / min(walls[b]),
-                "paired": [x / y for x, y in zip(walls[a], walls[b])]}
+        out = {"median": median(walls[a]) / median(walls[b]), "min": min(walls[a]) / min(walls[b]),
+               "paired": [x / y for x, y in zip(walls[a], walls[b])]}
+        if split:  # as distributions.py: the reference's wall plus the median difference of the rest
+            rest = {k: median([x["rest"] for x in runs[k]]) for k in (a, b)}
+            out["accounted"] = (median(walls[b]) + rest[a] - rest[b]) / median(walls[b])
+            out["layers"] = median([x["layers"] for x in runs[a]]) / median([x["layers"] for x in runs[b]])
+        return out
 
     ratios = {route: ratio(route, "pure") for route in ROUTES}
     if bf16:
@@ -178,23 +189,30 @@ def bench(name: str, images: int | None, batch_size: int, repeats: int, workers:
 
 def op_only(images: int, batch_size: int, repeats: int) -> dict[str, float]:
     """The preprocessing alone, 28 → 224 px ImageNet input on the CPU: per image (the cpu
-    route's work) vs one `prepare_uint8` per batch (the device route's), median seconds."""
+    route's work) vs one `prepare_uint8` per batch (the device route's), median seconds; with
+    freed memory kept as `mine` keeps it (a fresh 38 MB batch would add its page faults)."""
     from sketchmine.data.batchprep import prepare_uint8
 
     ds = dataset(images, 224)
     raw = torch.from_numpy(np.ascontiguousarray(ds.images)).unsqueeze(-1)
     per, batched = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for s in range(0, len(ds), batch_size):
-            torch.stack([ds[i][1] for i in range(s, min(s + batch_size, len(ds)))])
-        t1 = time.perf_counter()
-        for s in range(0, len(ds), batch_size):
-            prepare_uint8(raw[s:s + batch_size], ds.preprocessing)
-        per.append(t1 - t0)
-        batched.append(time.perf_counter() - t1)
+    with malloc_as(False):
+        for _ in range(repeats):
+            per_image, batch = _op_once(ds, raw, batch_size, prepare_uint8)
+            per.append(per_image)
+            batched.append(batch)
     return {"images": len(ds), "per_image_s": median(per), "batched_s": median(batched),
             "ratio": median(per) / median(batched)}
+
+
+def _op_once(ds, raw: torch.Tensor, batch_size: int, prepare_uint8) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    for s in range(0, len(ds), batch_size):
+        torch.stack([ds[i][1] for i in range(s, min(s + batch_size, len(ds)))])
+    t1 = time.perf_counter()
+    for s in range(0, len(ds), batch_size):
+        prepare_uint8(raw[s:s + batch_size], ds.preprocessing)
+    return t1 - t0, time.perf_counter() - t1
 
 
 def demo_agreement(log, device: torch.device = CPU) -> dict:
@@ -238,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folder", action="store_true", help="also read the images as an ImageFolder of PNGs")
     p.add_argument("--autocast", choices=["bf16"], default=None,
                    help="also time the pure forward and the device route under autocast, with the top-9 recall")
+    p.add_argument("--split", action="store_true",
+                   help="time the model's leaf modules (their forward, not the hooks after it) in every run; "
+                        "adds the 'accounted' ratio (distributions.py's: the pure wall plus the median "
+                        "difference of the rest)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -256,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         bs = args.vgg19_batch_size if name == "vgg19" else args.batch_size
         for folder in (False, True) if args.folder else (False,):
             results["models"].append(bench(name, n, bs, args.repeats, args.workers, quiet, log,
-                                           torch.device(args.device), folder, args.autocast == "bf16"))
+                                           torch.device(args.device), folder, args.autocast == "bf16",
+                                           args.split))
     results["loadavg_end"] = loadavg()
     print(f"load average start {results['loadavg_start']} end {results['loadavg_end']}; "
           f"machine {results['machine']['cpu']} ({results['machine']['cpus_usable']} cores), "
@@ -281,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"units with all nine {b['units_all_nine']:.4f}")
         print(f"{m['model']:8} {m['source']:7} images/s (median): " +
               ", ".join(f"{k} {v:.0f}" for k, v in m["images_per_s_median"].items()))
+    for m in results["models"]:
+        if "accounted" in m["ratios"]["device"]:
+            print(f"{m['model']:8} {m['source']:7} accounted (layers): " + ", ".join(
+                f"{route}/pure {m['ratios'][route]['accounted']:.3f} ({m['ratios'][route]['layers']:.3f})" for route in ROUTES))
     for m in results["models"]:
         c = {k: median([x["cpu"] for x in v]) for k, v in m["runs"].items()}
         print(f"{m['model']:8} {m['source']:7} CPU time (this process, median s): pure {c['pure']:.2f} cpu {c['cpu']:.2f} "

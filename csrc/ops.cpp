@@ -92,6 +92,8 @@ TORCH_LIBRARY(sketchmine, m) {
   m.def("class_sums_update(Tensor maxima, Tensor rows, Tensor(a!) sums) -> int");
   // Per image of a normalised (N, ch, H, W) batch, the share of ink pixels (CPU only).
   m.def("ink_density(Tensor x, float[] scale, float? offset, float threshold) -> Tensor");
+  // (x - mean) / std per channel of an (N, c, H, W) batch, c = channels or 1 (CPU only).
+  m.def("normalise(Tensor x, float[] mean, float[] std, int channels) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sketchmine, CPU, m) {
@@ -104,6 +106,7 @@ TORCH_LIBRARY_IMPL(sketchmine, CPU, m) {
   m.impl("moments_update", &sketchmine::moments_update_cpu);
   m.impl("class_sums_update", &sketchmine::class_sums_update_cpu);
   m.impl("ink_density", &sketchmine::ink_density_cpu);
+  m.impl("normalise", &sketchmine::normalise_cpu);
 }
 
 #ifdef SKETCHMINE_WITH_CUDA

@@ -57,6 +57,10 @@ int64_t class_sums_update_cpu(const at::Tensor& maxima, const at::Tensor& rows, 
 // gray = sum_c x_c * scale_c (+ offset), background the border's lower median.
 at::Tensor ink_density_cpu(const at::Tensor& x, at::ArrayRef<double> scale, std::optional<double> offset,
                            double threshold);
+// The preprocessing's normalisation in one pass (data/preprocess.py; CPU only): (N, c, H, W) with
+// c = channels or 1 (repeated) → (N, channels, H, W), (x - mean) / std per channel.
+at::Tensor normalise_cpu(const at::Tensor& x, at::ArrayRef<double> mean, at::ArrayRef<double> std,
+                         int64_t channels);
 
 #ifdef SKETCHMINE_WITH_CUDA
 void histogram_update_cuda(const at::Tensor& maxima, at::Tensor& lo, at::Tensor& hi, at::Tensor& e,
