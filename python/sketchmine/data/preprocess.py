@@ -82,11 +82,13 @@ class Preprocessing:
         """x (..., C, H, W) float in [0, 1] → normalised input. A float32 (N, C, H, W) batch on the
         CPU takes the compiled op: the same floats in one pass (a grey plane repeated by a zero
         stride is read as the one plane it is), 1.2-1.6× faster on a 224-px batch of 64. The op has
-        no gradient: a tensor that needs one takes torch's ops."""
+        no gradient and no ONNX or compiler form: a tensor that needs a gradient, and a trace or
+        compilation (the probe's ONNX export), take torch's ops."""
         if not self.mean:
             return x
         if (x.device.type == "cpu" and x.dtype == torch.float32 and x.ndim == 4 and x.shape[1] == len(self.mean)
-                and not (x.requires_grad and torch.is_grad_enabled())):
+                and not (x.requires_grad and torch.is_grad_enabled())
+                and not torch.jit.is_tracing() and not torch.compiler.is_compiling()):
             plane = x[:, :1] if x.shape[1] > 1 and x.stride(1) == 0 else x
             return torch.ops.sketchmine.normalise(plane, list(self.mean), list(self.std), len(self.mean))
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
