@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                         "difference of the rest)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.split and args.device != "cpu":
+        p.error("--split times the model's calls, which return before a GPU's kernels finish: use it on the CPU")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
 
