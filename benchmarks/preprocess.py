@@ -198,21 +198,16 @@ def op_only(images: int, batch_size: int, repeats: int) -> dict[str, float]:
     per, batched = [], []
     with malloc_as(False):
         for _ in range(repeats):
-            per_image, batch = _op_once(ds, raw, batch_size, prepare_uint8)
-            per.append(per_image)
-            batched.append(batch)
+            t0 = time.perf_counter()
+            for s in range(0, len(ds), batch_size):
+                torch.stack([ds[i][1] for i in range(s, min(s + batch_size, len(ds)))])
+            t1 = time.perf_counter()
+            for s in range(0, len(ds), batch_size):
+                prepare_uint8(raw[s:s + batch_size], ds.preprocessing)
+            per.append(t1 - t0)
+            batched.append(time.perf_counter() - t1)
     return {"images": len(ds), "per_image_s": median(per), "batched_s": median(batched),
             "ratio": median(per) / median(batched)}
-
-
-def _op_once(ds, raw: torch.Tensor, batch_size: int, prepare_uint8) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    for s in range(0, len(ds), batch_size):
-        torch.stack([ds[i][1] for i in range(s, min(s + batch_size, len(ds)))])
-    t1 = time.perf_counter()
-    for s in range(0, len(ds), batch_size):
-        prepare_uint8(raw[s:s + batch_size], ds.preprocessing)
-    return t1 - t0, time.perf_counter() - t1
 
 
 def demo_agreement(log, device: torch.device = CPU) -> dict:

@@ -4,7 +4,7 @@
 // writes it again (a 224-px batch of 64 is 38 MB, three channels repeated from one grey plane
 // by a zero stride); here one pass reads the source plane and writes the output. Subtraction
 // and division are IEEE-rounded as torch's, so the floats are the same
-// (tests/test_preprocess_device.py).
+// (tests/test_normalise.py).
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 

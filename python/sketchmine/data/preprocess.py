@@ -120,7 +120,7 @@ class Preprocessing:
         if self.size is None or tuple(x.shape[-2:]) == tuple(self.size):
             return x
         h, w = self.size
-        if h >= x.shape[-2] and w >= x.shape[-1] and w > 1:
+        if h >= x.shape[-2] and w >= x.shape[-1] and w > 1:  # one pixel wide: the transpose below
             return torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
         if w == 1 and h > 1:
             # torch 2.14's antialiased resize into a one-pixel-wide output repeats its first row
