@@ -6,6 +6,7 @@ DataLoader worker) decides whether to stop, skip or warn.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,18 +52,19 @@ class MinerDataset(Dataset):
         return None
 
 
-def collate(batch: list[tuple[int, torch.Tensor, int, str]]):
+def collate(batch: list[tuple[int, torch.Tensor, int, str]], path: Callable[[int], str] | None = None):
     """Stack samples; an unreadable image's placeholder takes the shape of the readable ones,
-    and differing image sizes raise an error that says what to do."""
+    and differing image sizes raise an error that names two of them (by `path`, else number)."""
     good = [s for s in batch if not s[3].startswith("error:")]
-    shape = good[0][1].shape if good else batch[0][1].shape
+    first, shape = (good[0][0], good[0][1].shape) if good else (batch[0][0], batch[0][1].shape)
+    name = path or (lambda i: f"image #{i}")
     images = []
     for i, x, _, note in batch:
         if note.startswith("error:"):
             x = torch.zeros(shape)
         elif x.shape != shape:
             raise SketchmineError(
-                f"images differ in size: image #{batch[0][0]} is {tuple(shape)}, image #{i} is {tuple(x.shape)}; "
+                f"images differ in size: {name(first)} is {tuple(shape)}, {name(i)} is {tuple(x.shape)}; "
                 "pass --image-size (image_size=) to resize them all"
             )
         images.append(x)

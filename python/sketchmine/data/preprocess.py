@@ -62,6 +62,18 @@ class Preprocessing:
     std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        # images become grey or RGB (convert_channels): any other count would be filled from
+        # colour planes by position, which no rule defines
+        if self.channels not in (1, 3):
+            raise SketchmineError(f"preprocessing for {self.channels}-channel input: sketchmine makes images into "
+                                  "1-channel (grey) or 3-channel (RGB) model input, and mines models that take one "
+                                  "of those")
+        if len(self.mean) != len(self.std) or (self.mean and len(self.mean) != self.channels):
+            raise SketchmineError(f"preprocessing {self.preset!r}: mean {list(self.mean)} and std {list(self.std)} "
+                                  f"need one number per channel ({self.channels}), or none to normalise nothing")
+        if self.preset in ("imagenet", "model") and not self.mean:
+            raise SketchmineError(f"preprocessing {self.preset!r} without its mean and std would normalise nothing; "
+                                  f"take data.preset({self.preset!r}, ...) or sketchmine.preprocessing_for(model)")
         if self.size is not None:
             self.size = as_size(self.size, "the preprocessing size", self.channels)
 

@@ -8,6 +8,7 @@ statistics: adding one touches nothing here.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -98,8 +99,10 @@ class _Pending:
 def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Layer], k: int,
              device: torch.device, load: LoadOptions, speed: SpeedOptions, flush_every: int,
              skip_bad_images: bool, progress: Progress, needs_labels: bool,
+             input_shape: tuple[int, tuple[int, ...]],
              team: distributed.Solo | distributed.Group = distributed.SOLO) -> Run:
-    """Mine the images after the committed point into `store` (rank 0) and finish the run."""
+    """Mine the images after the committed point into `store` (rank 0) and finish the run.
+    `input_shape`: (image, its model input's shape), the image the layers were probed with."""
     n = len(ds)
     prog = store.progress
     if prog.get("complete"):
@@ -120,7 +123,8 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     preparer = DevicePreparer(ds, device) if load.preprocess == "device" else None  # type: ignore[arg-type]
     source = NativeSamples(preparer.ds, jpeg_bytes=device.type == "cuda") if preparer else ds
     loader = DataLoader(Subset(source, team.shard(done, n, load.batch_size)), shuffle=False,
-                        collate_fn=collate_native if preparer else collate, persistent_workers=False,
+                        collate_fn=collate_native if preparer else functools.partial(collate, path=ds.path),
+                        persistent_workers=False,
                         **load.loader_kwargs(device))
     progress.start(n, done)
     current: list[Batch] = []  # the batch being tapped
@@ -143,7 +147,10 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
         for idx, x, y, notes in prepared(loader, preparer, device):
             ok = _readable(ds, idx, notes, skip_bad_images, bad, converted, progress)
             logits = None
+            if needs_labels:
+                check_labels(ds, idx, y, setup.num_classes)
             if ok.any():
+                _check_size(ds, idx, x, ok, input_shape)
                 whole = bool(ok.all())  # the common case: no copy of the (pinned) batch
                 xb = (x if whole else x[ok.to(x.device)]).to(device, non_blocking=True)
                 batch = Batch((idx if whole else idx[ok]).to(device, non_blocking=True),
@@ -179,13 +186,17 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
         # No checkpoint for the tail: a crash before the run is marked complete resumes from the
         # last periodic flush, so the final arrays are the only write here.
         merged, rows = team.gather(accs, pending, bad, converted)
+        nan_outputs: list[int] = []
 
         def finish() -> None:
             writer.wait()  # the last periodic flush has committed (or its error is raised here)
-            _write_rows(store, rows, needs_labels)
-            _finalize(store, merged, n, bad, converted)
+            _write_rows(store, rows, needs_labels, bad)
+            nan_outputs.append(_finalize(store, merged, n, bad, converted))
 
         team.on_writer(finish)
+    if nan_outputs and nan_outputs[0]:
+        progress.note(f"{nan_outputs[0]} image(s) gave a model output with NaN: counted as wrong predictions "
+                      f"(eval/predictions {schema.NAN_PREDICTION})")
     if preparer is not None and preparer.fallbacks:
         progress.note(f"{len(preparer.fallbacks)} JPEG(s) the {device} decoder could not read were decoded by PIL "
                       f"(first: {preparer.fallbacks[0]})")
@@ -208,6 +219,32 @@ def _restore(store: RunStore, accs: list[Accumulator]) -> None:
         except (ValueError, KeyError) as exc:
             raise SketchmineError(f"{store.path}: the {acc.title} in its checkpoint do not fit the run ({exc}); "
                                   "mine it again with a new --out") from None
+
+
+def check_labels(ds: MinerDataset, idx: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+                 num_classes: int) -> None:
+    """Labels are class numbers below `num_classes` (when known), or -1 for an unknown class:
+    any other would leave its image out of every per-class figure without a word."""
+    labels = torch.as_tensor(labels)
+    wrong = (labels < -1) | (labels >= num_classes) if num_classes > 0 else labels < -1
+    if bool(wrong.any()):
+        j = int(torch.nonzero(wrong)[0])
+        expected = f"0 to {num_classes - 1}" if num_classes > 0 else "0 or more"
+        raise SketchmineError(f"image {ds.path(int(idx[j]))} has label {int(labels[j])}; labels are class numbers "
+                              f"{expected} (the dataset's classes, else the model's outputs), or -1 for an unknown "
+                              "class")
+
+
+def _check_size(ds: MinerDataset, idx: torch.Tensor, x: torch.Tensor, ok: torch.Tensor,
+                input_shape: tuple[int, tuple[int, ...]]) -> None:
+    """A batch's images have the size the layers were probed with: a batch stacks only images
+    of one size, so a later batch of another size would otherwise be mined (or refused) by
+    where the batch boundaries fall."""
+    if tuple(x.shape[1:]) != tuple(input_shape[1]):
+        i = int(idx[int(torch.nonzero(ok)[0])])
+        raise SketchmineError(f"images differ in size: {ds.path(input_shape[0])} is {tuple(input_shape[1])} as model "
+                              f"input, {ds.path(i)} is {tuple(x.shape[1:])}; pass --image-size (image_size=) to "
+                              "resize them all")
 
 
 def _readable(ds: MinerDataset, idx: torch.Tensor, notes: list[str], skip_bad_images: bool,
@@ -255,7 +292,7 @@ class _Flush:
 
 def _flush(store: RunStore, job: _Flush) -> None:
     """Write a flush's rows, then checkpoint the states and commit the new progress."""
-    store.write_rows(job.start, job.logits, job.labels)
+    store.write_rows(job.start, job.logits, job.labels, skipped=(b["index"] for b in job.bad))
     store.write_checkpoint(job.states, job.done,
                            {"bad_images": job.bad, "converted_images": _merged_counts(store, job.converted)})
 
@@ -320,25 +357,28 @@ def _rows(pending: _Pending, needs_labels: bool) -> tuple[int, np.ndarray | None
     return pending.start, pending.logit_rows(), labels, pending.start + pending.rows
 
 
-def _write_rows(store: RunStore, pending: _Pending, needs_labels: bool) -> None:
+def _write_rows(store: RunStore, pending: _Pending, needs_labels: bool, bad: list[dict[str, Any]]) -> None:
     """Logits, predictions and (streamed) labels of the pending rows."""
     start, logits, labels, _ = _rows(pending, needs_labels)
-    store.write_rows(start, logits, labels)
+    store.write_rows(start, logits, labels, skipped=(b["index"] for b in bad))
 
 
 def _finalize(store: RunStore, accs: list[Accumulator], n: int, bad: list[dict[str, Any]],
-              converted: dict[str, int]) -> None:
+              converted: dict[str, int]) -> int:
     """Every accumulator's final arrays, predictions and per-class accuracy; mark the run
-    complete. Each accumulator's results are computed while the previous one's are written."""
+    complete. Each accumulator's results are computed while the previous one's are written.
+    Returns how many images' model output held a NaN."""
     accuracy: dict[str, np.ndarray] = {}
-    overall = None
+    overall, nan_outputs = None, 0
     if store.has(schema.PREDICTIONS):
-        labels = store.read(schema.LABELS)
-        correct, count = class_counts(store.read(schema.PREDICTIONS), labels, store.shape(schema.LOGITS)[1])
+        labels, pred = store.read(schema.LABELS), store.read(schema.PREDICTIONS)
+        nan_outputs = int((pred == schema.NAN_PREDICTION).sum())
+        correct, count = class_counts(pred, labels, store.shape(schema.LOGITS)[1])
         accuracy[schema.PER_CLASS_ACCURACY] = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
         overall = float(correct.sum() / count.sum()) if count.sum() else None
     store.write_results(_parts(accuracy, accs), overall)
     store.finish(n, {"bad_images": bad, "converted_images": _merged_counts(store, converted)})
+    return nan_outputs
 
 
 def _parts(first: dict[str, np.ndarray], accs: list[Accumulator]) -> Iterator[Mapping[str, Any]]:

@@ -33,9 +33,9 @@ from sketchmine.data.batchprep import choose
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
-from sketchmine.mining.loop import run_pass
+from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts
-from sketchmine.model.backend import WEIGHTS_HASH, algorithm_of, recorded_weights
+from sketchmine.model.backend import WEIGHTS_HASH, algorithm_of, input_channels, recorded_weights
 from sketchmine.model.forward import TorchForward, as_forward, probe
 from sketchmine.model.models import LoadedModel, load_model, preprocessing_for
 from sketchmine.model.pretrained import is_weights_name
@@ -66,6 +66,10 @@ def _resolve_preprocessing(loaded: LoadedModel, preprocessing: str | Preprocessi
     chosen (anything but "auto"); see `data.as_miner_dataset` for how every dataset kind takes it."""
     if isinstance(preprocessing, str):
         return preprocessing_for(loaded, preprocessing, image_size), preprocessing != "auto"
+    channels = input_channels(loaded.module, preprocessing.channels)  # the Preprocessing's when it cannot tell
+    if preprocessing.channels != channels:
+        raise SketchmineError(f"the Preprocessing passed makes {preprocessing.channels}-channel input but model "
+                              f"{loaded.model_id} takes {channels} channels")
     if image_size is not None:
         size = as_size(image_size, "image_size", preprocessing.channels)
         if preprocessing.size is not None and tuple(preprocessing.size) != size:
@@ -75,11 +79,11 @@ def _resolve_preprocessing(loaded: LoadedModel, preprocessing: str | Preprocessi
     return preprocessing, True
 
 
-def _first_readable(ds: MinerDataset, limit: int = 64) -> torch.Tensor:
+def _first_readable(ds: MinerDataset, limit: int = 64) -> tuple[int, torch.Tensor]:
     for i in range(min(len(ds), limit)):
         _, x, _, note = ds[i]
         if not note.startswith("error:"):
-            return x
+            return i, x
     raise SketchmineError(f"none of the first {limit} images of the dataset can be read")
 
 
@@ -241,7 +245,7 @@ def mine(
     forward.to(device)
     if compile:
         forward.compile = True
-    first = _first_readable(ds)
+    first_index, first = _first_readable(ds)
     spec, num_classes = probe(forward, names, first[None].to(device))
     if logits and num_classes is not None and ds.class_names and num_classes != len(ds.class_names):
         raise SketchmineError(f"the model has {num_classes} outputs but the dataset has {len(ds.class_names)} classes "
@@ -251,6 +255,9 @@ def mine(
     if not logits:
         forward.stop_after = forward.order[-1]
         num_classes = None
+    known = ds.labels()
+    if known is not None:  # streamed labels are checked batch by batch
+        check_labels(ds, np.arange(len(known)), known, len(ds.class_names) or num_classes or 0)
 
     lock = RunLock(out)
 
@@ -279,7 +286,9 @@ def mine(
                  "versions": _versions(), "bad_images": []}
         if not logits:  # recorded only when set, so default runs keep their attributes
             attrs["logits"] = False
-        return RunStore.create(out, attrs, len(ds), ds.class_names, ds.path, labels,
+        # a dataset without class names: the output numbers, so the class axis has its coordinate
+        names = ds.class_names or [str(i) for i in range(num_classes or 0)]
+        return RunStore.create(out, attrs, len(ds), names, ds.path, labels,
                                row_chunk=batch_size * flush_every,  # a flush writes whole new chunks
                                layers={l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
                                                 "receptive_field": fields.get(l.name, fields.get("*"))}
@@ -290,7 +299,8 @@ def mine(
     try:
         run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
         return run_pass(run_store, forward, ds, spec, k, device, load, speed, flush_every, skip_bad_images,
-                        progress, needs_labels=ds.labels() is None, team=team)
+                        progress, needs_labels=ds.labels() is None, input_shape=(first_index, tuple(first.shape)),
+                        team=team)
     finally:
         lock.release()
         if channels_last:

@@ -161,6 +161,9 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
     input channels (`data.as_size`). Build datasets for a model with it, e.g. `animal_shape("test", preprocessing_for("demo"))`."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     channels = input_channels(loaded.module)
+    if channels not in (1, 3):
+        raise SketchmineError(f"model {loaded.model_id} takes {channels}-channel input: sketchmine makes images into "
+                              "1-channel (grey) or 3-channel (RGB) model input, and mines models that take one of those")
     if image_size is None and name in ("auto", "model") and loaded.preprocessing and loaded.preprocessing.get("size"):
         image_size = int(loaded.preprocessing["size"])  # the pretrained weights' input size
     size = None if image_size is None else as_size(image_size, "image_size", channels)

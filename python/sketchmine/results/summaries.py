@@ -1,6 +1,6 @@
 """Class summaries as pure functions of arrays: per-unit class tables, class preference,
 class selectivity, rank correlation. `Run` feeds them its arrays (run.py); `analysis` offers
-them per run. No store, no model: data flows store → run → these → presentation."""
+them per run. No store access, no model: data flows store → run → these → presentation."""
 from __future__ import annotations
 
 import warnings
@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
+from sketchmine.store import schema
 
 
 def unit_rows(values: np.ndarray, index: np.ndarray, yx: np.ndarray, labels: np.ndarray,
@@ -82,9 +84,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def class_counts(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per class: images predicted correctly, and images with a prediction and a label
-    (pred -1: unreadable or not mined yet; label -1: unknown)."""
-    valid = (pred >= 0) & (labels >= 0)
+    """Per class: images predicted correctly, and mined images with a label (pred -1:
+    unreadable or not mined yet; pred -2: a NaN output, never correct; label -1: unknown)."""
+    valid = (pred != schema.NO_PREDICTION) & (labels >= 0)
     count = np.bincount(labels[valid], minlength=num_classes)[:num_classes]
     correct = np.bincount(labels[valid & (pred == labels)], minlength=num_classes)[:num_classes]
     return correct.astype(np.int64), count.astype(np.int64)

@@ -255,8 +255,10 @@ class RunStore(Checkpoints):
 
     # ---- streaming writes ----------------------------------------------------------------
     @io_errors
-    def write_rows(self, start: int, logits: np.ndarray | None, labels: np.ndarray | None) -> None:
-        """Logits and labels of images [start, start + rows)."""
+    def write_rows(self, start: int, logits: np.ndarray | None, labels: np.ndarray | None,
+                   skipped: Iterable[int] = ()) -> None:
+        """Logits and labels of images [start, start + rows); `skipped`: global indices of
+        images that were not read (their NaN logits mean no prediction, not a NaN output)."""
         values: dict[str, np.ndarray] = {}
         arrays: dict[str, zarr.Array] = {}
         if logits is not None and len(logits):
@@ -271,9 +273,12 @@ class RunStore(Checkpoints):
             if missing:  # the first rows: made in one call
                 arrays.update(new_arrays(self.group, missing, int(self.group.attrs.get(schema.ROW_CHUNK_ATTR,
                                                                                      _ROW_CHUNK))))
-            valid = ~np.isnan(logits).any(axis=1)
+            pred = np.where(np.isnan(logits).any(axis=1), schema.NAN_PREDICTION,
+                            np.nan_to_num(logits, nan=-np.inf).argmax(axis=1))
+            rows = np.array([i - start for i in skipped if start <= i < start + len(logits)], dtype=np.int64)
+            pred[rows] = schema.NO_PREDICTION
             values[schema.LOGITS] = logits
-            values[schema.PREDICTIONS] = np.where(valid, np.nan_to_num(logits, nan=-np.inf).argmax(axis=1), -1)
+            values[schema.PREDICTIONS] = pred
         if labels is not None and len(labels):
             if schema.LABELS not in arrays:
                 arrays[schema.LABELS] = self._array(schema.LABELS)

@@ -30,6 +30,11 @@ down to every group, so class_mean's class axis reads class names and the logits
 reads paths in any group. The copies cost the paths once more; Run reads dataset/."""
 LOGITS = f"{EVAL}/logits"
 PREDICTIONS = f"{EVAL}/predictions"
+NO_PREDICTION = -1
+"""eval/predictions of an image that was not mined: unreadable and skipped, or not reached yet."""
+NAN_PREDICTION = -2
+"""eval/predictions of a mined image whose model output holds a NaN: a prediction that is wrong
+whatever the label, so the image counts in its class's accuracy instead of leaving it."""
 PER_CLASS_ACCURACY = f"{EVAL}/per_class_accuracy"
 
 

@@ -1,0 +1,139 @@
+"""What `mine` refuses or counts instead of mining a silently different answer: images of two
+sizes in different batches, labels outside the classes, model outputs with NaN, channel
+counts no rule defines, a Preprocessing that does not fit the model; and the class axis of a
+dataset without class names."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import sketchmine
+from sketchmine.data import ArrayDataset
+from sketchmine.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from sketchmine.errors import SketchmineError
+from sketchmine.progress import Silent
+from sketchmine.store import schema
+
+
+class Notes(Silent):
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.said.append(message)
+
+
+class Tensors(torch.utils.data.Dataset):
+    """Real test images as a plain torch Dataset (labels streamed), optionally changed."""
+
+    def __init__(self, base, labels=None, nan_every: int = 0) -> None:
+        self.base, self.labels, self.nan_every = base, labels, nan_every
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        _, x, y, _ = self.base[i]
+        if self.nan_every and i % self.nan_every == 0:
+            x = x.clone()
+            x[0, 0, 0] = float("nan")  # one pixel: the conv spreads it to every logit
+        return x, int(y if self.labels is None else self.labels[i])
+
+
+@pytest.mark.parametrize("route", ["cpu", "device"])
+def test_two_image_sizes_are_refused_whatever_the_batches(tmp_path, demo_test_set, route):
+    """4 images of 28 px then 4 of 36 px per class: batches of 4 never mix them, and the
+    demo ResNet takes either size, yet the layers' grids are the first image's."""
+    root = tmp_path / "mixed"
+    labels = demo_test_set.labels()
+    for c, name in enumerate(demo_test_set.class_names[:3]):
+        (root / name).mkdir(parents=True)
+        for j, i in enumerate(np.flatnonzero(labels == c)[:8]):
+            im = Image.fromarray(demo_test_set.images[i])
+            (im if j < 4 else im.resize((36, 36), Image.BILINEAR)).save(root / name / f"{j:02d}.png")
+    for batch_size in (4, 24):
+        out = tmp_path / f"run{batch_size}.zarr"
+        with pytest.raises(SketchmineError, match=r"images differ in size: .*00\.png is .*28.*, .*04\.png is .*36"):
+            sketchmine.mine("demo-resnet", str(root), layers=["conv1"], k=3, out=out, batch_size=batch_size,
+                            preprocess=route, logits=False)
+
+
+def test_a_nan_output_counts_as_a_wrong_prediction(tmp_path, small_test_set, demo_model):
+    notes = Notes()
+    data = Tensors(small_test_set, nan_every=4)
+    run = sketchmine.mine(demo_model.module, data, layers=["features.0"], k=3, out=tmp_path / "r.zarr",
+                          batch_size=32, progress=notes)
+    with torch.no_grad():
+        logits = demo_model.module(torch.stack([data[i][0] for i in range(len(data))]))
+    labels = small_test_set.labels()
+    nan = torch.isnan(logits).any(1).numpy()
+    assert nan.sum() == 75  # every 4th of 300
+    right = (logits.argmax(1).numpy() == labels) & ~nan
+    assert run.accuracy() == pytest.approx(right.mean())
+    table = run.class_accuracy()
+    assert table["count"].sum() == 300
+    np.testing.assert_array_equal(table["correct"], np.bincount(labels[right], minlength=10))
+    np.testing.assert_array_equal(run.store.read(schema.PREDICTIONS)[nan], schema.NAN_PREDICTION)
+    assert any(n.startswith("75 image(s) gave a model output with NaN") for n in notes.said)
+
+
+def test_a_skipped_image_still_has_no_prediction(tmp_path, demo_test_set, demo_model):
+    """An unreadable image's NaN row is no prediction (-1), not a NaN output (-2)."""
+    from tests.helpers import image_folder
+
+    root = image_folder(demo_test_set, tmp_path / "f", per_class=3)
+    broken = sorted(root.glob("*/*.png"))[4]
+    broken.write_bytes(b"not a png")
+    run = sketchmine.mine("demo", str(root), layers=["features.0"], k=3, out=tmp_path / "r.zarr",
+                          batch_size=8, skip_bad_images=True)
+    pred = run.store.read(schema.PREDICTIONS)
+    (bad,) = run.attrs["bad_images"]
+    assert pred[bad["index"]] == schema.NO_PREDICTION
+    assert (np.delete(pred, bad["index"]) >= 0).all()
+    assert run.class_accuracy()["count"].sum() == len(pred) - 1
+
+
+def test_labels_outside_the_classes_are_refused(tmp_path, small_test_set, demo_model):
+    labels = small_test_set.labels().copy()
+    labels[37] = 10  # the demo model has 10 outputs; a torch Dataset has no class names
+    with pytest.raises(SketchmineError, match=r"image #37 has label 10; labels are class numbers 0 to 9"):
+        sketchmine.mine(demo_model.module, Tensors(small_test_set, labels), layers=["features.0"],
+                        out=tmp_path / "a.zarr", batch_size=16)
+    arrays = ArrayDataset(small_test_set.images, labels, [], small_test_set.preprocessing, {})  # no class names
+    with pytest.raises(SketchmineError, match=r"image \S*00037 has label 10; .*or -1 for an unknown class"):
+        sketchmine.mine("demo", arrays, layers=["features.0"], out=tmp_path / "b.zarr")
+    assert not (tmp_path / "b.zarr").exists()  # known labels are checked before the run is made
+
+
+def test_a_dataset_without_class_names_gets_the_output_numbers(tmp_path, small_test_set, demo_model):
+    xr = pytest.importorskip("xarray")
+    run = sketchmine.mine(demo_model.module, Tensors(small_test_set), layers=["features.0"],
+                          out=tmp_path / "r.zarr", batch_size=64)
+    assert run.class_names == [str(i) for i in range(10)]
+    tree = xr.open_datatree(tmp_path / "r.zarr", engine="zarr", consolidated=False)
+    assert list(tree["layers/features.0"].dataset["class_mean"].coords["class"].values) == run.class_names
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_models_taking_other_channel_counts_are_refused(tmp_path, small_test_set, channels):
+    net = nn.Sequential(nn.Conv2d(channels, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 10))
+    with pytest.raises(SketchmineError, match=rf"takes {channels}-channel input: .*1-channel \(grey\) or 3-channel"):
+        sketchmine.mine(net, small_test_set, out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()
+
+
+def test_a_preprocessing_that_does_not_fit_is_refused(tmp_path, small_test_set):
+    arrays = ArrayDataset(small_test_set.images, small_test_set.labels(), small_test_set.class_names,
+                          small_test_set.preprocessing, {})
+    with pytest.raises(SketchmineError, match=r"makes 3-channel input but model demo:\S+ takes 1 channels"):
+        sketchmine.mine("demo", arrays, preprocessing=Preprocessing("imagenet", 3, None, IMAGENET_MEAN, IMAGENET_STD),
+                        out=tmp_path / "r.zarr")
+    with pytest.raises(SketchmineError, match=r"need one number per channel \(1\)"):
+        Preprocessing("imagenet", 1, None, IMAGENET_MEAN, IMAGENET_STD)
+    with pytest.raises(SketchmineError, match=r"'imagenet' without its mean and std would normalise nothing"):
+        Preprocessing("imagenet", 1, None)
+    assert not (tmp_path / "r.zarr").exists()
