@@ -21,12 +21,15 @@ from sketchmine.errors import SketchmineError
 
 
 class ArrayDataset(MinerDataset):
-    """In-memory uint8 images (N, H, W) or (N, H, W, C) with labels: the embedded data."""
+    """In-memory uint8 images (N, H, W) or (N, H, W, C), C in 1-4, with labels (-1: unlabelled):
+    the embedded data. Anything else is refused here (`check_images`, `check_labels`), since a
+    cast to uint8 or a channels-first array read as channels-last would be mined as garbage."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: list[str],
                  preprocessing: Preprocessing, description: dict[str, Any], *, explicit: bool = True) -> None:
-        self.images, self._labels = images, labels.astype(np.int64)
+        self.images = check_images(images if isinstance(images, np.ndarray) else np.asarray(images))
         self.class_names = list(class_names)
+        self._labels = check_labels(labels, len(self.images), len(self.class_names))
         self.preprocessing = preprocessing
         self.preprocessing_explicit = explicit
         self._description = description
@@ -57,6 +60,61 @@ class ArrayDataset(MinerDataset):
         return i, self.preprocessing.prepare(chw(self.image_array(i)[0])[None])[0], int(self._labels[i]), ""
 
 
+CHANNELS = (1, 2, 3, 4)
+"""Channel counts an image may have: grey, grey + alpha, RGB, RGBA."""
+
+
+def check_images(images: np.ndarray) -> np.ndarray:
+    """`images` if they are uint8 (N, H, W) or (N, H, W, C) with C in `CHANNELS`, else a
+    SketchmineError saying what was found and how to convert it."""
+    shape = tuple(images.shape)
+    if images.dtype != np.uint8:
+        if images.dtype.kind == "f":
+            how = "for floats in [0, 1]: (images * 255).round().astype(np.uint8)"
+        elif images.dtype == np.bool_:
+            how = "for a mask: images.astype(np.uint8) * 255"
+        elif images.dtype == np.uint16:
+            how = "for 16-bit pixels: (images // 257).astype(np.uint8)"
+        else:
+            how = "scale them to 0-255 and take .astype(np.uint8)"
+        raise SketchmineError(f"ArrayDataset images are {images.dtype}; expected uint8 pixels 0-255 ({how})")
+    if images.ndim == 4 and shape[3] not in CHANNELS:
+        hint = "; channels-first? use images.transpose(0, 2, 3, 1)" if shape[1] in CHANNELS else ""
+        raise SketchmineError(f"ArrayDataset images have shape {shape}; expected (N, H, W) or (N, H, W, C) with C in "
+                              f"1-4 (grey, grey + alpha, RGB, RGBA){hint}")
+    if images.ndim not in (3, 4):
+        raise SketchmineError(f"ArrayDataset images have shape {shape}; expected (N, H, W) or (N, H, W, C)")
+    return images
+
+
+def check_labels(labels: np.ndarray, n: int, classes: int) -> np.ndarray:
+    """`labels` as int64, one per image: whole numbers >= -1 (-1 unlabelled) and, when the
+    classes are named, < their count. The first offending image is named."""
+    raw = np.asarray(labels)
+    if raw.shape != (n,):
+        raise SketchmineError(f"ArrayDataset labels have shape {raw.shape}; expected one per image, ({n},)")
+    if raw.dtype.kind == "f":  # whole floats (np.zeros(n)) are labels; 2.5 or NaN would be cut silently
+        odd = np.flatnonzero(~np.isfinite(raw) | (raw != np.round(raw)))
+        if len(odd):
+            raise SketchmineError(f"ArrayDataset label {raw[odd[0]]} of image {int(odd[0])} is not a whole number; "
+                                  "expected integer class indices (-1: unlabelled)")
+    elif raw.dtype.kind not in "iub":
+        raise SketchmineError(f"ArrayDataset labels are {raw.dtype}; expected integer class indices (-1: unlabelled)")
+    out = raw.astype(np.int64)
+    below = np.flatnonzero(out < -1)
+    if len(below):
+        i = int(below[0])
+        raise SketchmineError(f"ArrayDataset label {out[i]} of image {i} is below -1 ({len(below)} such image(s)); "
+                              "expected a class index, or -1 for an unlabelled image")
+    above = np.flatnonzero(out >= classes) if classes else []
+    if len(above):
+        i = int(above[0])
+        raise SketchmineError(f"ArrayDataset label {out[i]} of image {i} names no class: {classes} class names are "
+                              f"given, so labels run 0-{classes - 1} ({len(above)} image(s) outside); pass every "
+                              "class name, or -1 for an unlabelled image")
+    return out
+
+
 class TorchDataset(MinerDataset):
     """Wraps a user's torch Dataset of (image tensor, int label).
 
@@ -65,7 +123,13 @@ class TorchDataset(MinerDataset):
     tensors are taken as pixels, (C, H, W) or a sequence (T, C, H, W), float in [0, 1] or
     uint8 (divided by 255), and `Preprocessing.prepare` is applied (channels, resize,
     normalisation) and recorded; a float tensor outside [0, 1] is refused when the preprocessing
-    normalises (it looks normalised already)."""
+    normalises (it looks normalised already).
+
+    A sample must be a tensor (a numpy array is taken as one); a PIL image or anything else is
+    refused, naming the sample, and so is, under a preprocessing, one whose dimension -3 is no
+    channel count (an (H, W, C) image). The fingerprint a resume compares is the length plus
+    8 evenly spaced samples: a different dataset that agrees at those samples is not detected
+    (the dataset is opaque; an ImageFolder's or array's fingerprint covers every image)."""
 
     def __init__(self, dataset: Dataset, preprocessing: Preprocessing | None = None) -> None:
         self.dataset = dataset
@@ -83,28 +147,51 @@ class TorchDataset(MinerDataset):
         return {"kind": "python", "type": type(self.dataset).__name__}
 
     def fingerprint(self) -> str:
-        """Length plus the bytes of up to 8 evenly spaced samples."""
+        """Length plus the bytes of up to 8 evenly spaced samples (read in this process, so a
+        sample `_sample` refuses is refused before mining). Not the whole dataset: see the class."""
         n = len(self)
         h = hashlib.sha256(f"{type(self.dataset).__name__}:{n}".encode())
         for i in sorted({(j * (n - 1)) // 7 for j in range(8)} if n else set()):
-            x, y = self.dataset[i][:2]
-            h.update(torch.as_tensor(x).float().numpy().tobytes())
+            x, y = self._sample(i)
+            h.update(x.float().numpy().tobytes())
             h.update(str(int(y)).encode())
         return h.hexdigest()
 
-    def __getitem__(self, i: int):
-        try:
-            x, y = self.dataset[i][:2]
-        except READ_ERRORS as exc:  # the dataset's own file read failed: skip_bad_images decides
-            return i, torch.zeros(1), -1, error_note(exc)
+    def _sample(self, i: int) -> tuple[torch.Tensor, Any]:
+        """Sample i's (image tensor, label); a sample that is no tensor, or (under a
+        preprocessing) no (C, H, W) image or (T, C, H, W) sequence, is refused, naming it."""
+        x, y = self.dataset[i][:2]
+        if not isinstance(x, (torch.Tensor, np.ndarray)):
+            what = f"{type(x).__module__}.{type(x).__name__}"
+            raise SketchmineError(f"sample #{i} of the dataset is a {what}, not an image tensor; expected a (C, H, W) "
+                                  "tensor: add transforms.ToTensor() to the dataset's transform")
         x = torch.as_tensor(x)
         p = self.preprocessing
         if p is None:
-            return i, x, int(y), ""
+            return x, y
         if x.ndim not in (3, 4):
             raise SketchmineError(f"sample #{i} of the dataset has shape {tuple(x.shape)}; a preprocessing applies to "
                                   "(C, H, W) images or (T, C, H, W) sequences (pass preprocessing='auto' to use the "
                                   "tensors as they are)")
+        if x.shape[-3] not in CHANNELS:
+            shape = tuple(x.shape)
+            if x.shape[-1] in CHANNELS:
+                order = "(0, 3, 1, 2)" if x.ndim == 4 else "(2, 0, 1)"
+                raise SketchmineError(f"sample #{i} of the dataset has shape {shape}: looks like (H, W, C)? expected a "
+                                      f"(C, H, W) tensor: add transforms.ToTensor() (it puts channels first), or "
+                                      f"yield x.permute{order}")
+            raise SketchmineError(f"sample #{i} of the dataset has shape {shape}; expected a (C, H, W) image or "
+                                  "(T, C, H, W) sequence with C in 1-4 channels")
+        return x, y
+
+    def __getitem__(self, i: int):
+        try:
+            x, y = self._sample(i)
+        except READ_ERRORS as exc:  # the dataset's own file read failed: skip_bad_images decides
+            return i, torch.zeros(1), -1, error_note(exc)
+        p = self.preprocessing
+        if p is None:
+            return i, x, int(y), ""
         x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
         if p.mean and x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
             raise SketchmineError(

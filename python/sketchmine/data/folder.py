@@ -26,6 +26,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 that image indices match torchvision's ImageFolder on the same folder."""
 
 
+SKETCHMINE_OUTPUTS = {".sketchmine-report": "a sketchmine report", ".sketchmine-probe": "a sketchmine probe page"}
+"""Marker file → what a folder holding it is: folders sketchmine wrote (`present.report_folder.MARKER`
+and `present.report_probe.MARKER`, named here because data may not import the presentation). A
+run's default report (RUN-report) lands beside a run stored in the data root; its PNGs are no class."""
+
+
 OTHER_IMAGE_EXTENSIONS = (".gif", ".apng", ".jfif", ".jpe", ".avif", ".heic", ".heif", ".ico", ".tga", ".pbm", ".pnm",
                           ".qoi", ".jp2", ".j2k", ".dib", ".psd", ".svg")
 """Image files an ImageFolder does not read: a folder holding only these is refused, not skipped."""
@@ -43,10 +49,13 @@ class ImageFolderDataset(MinerDataset):
 
     Differences, on purpose: a folder without images (``notes/``) is skipped instead of
     refused, so it neither becomes a class nor shifts the labels of the classes after it; a
-    sketchmine run stored in the root (a directory with a zarr.json) is never a class; macOS
-    archive metadata (a ``__MACOSX/`` folder, ``._name.png`` AppleDouble files) is not read. Both are named in `skipped` (and noted by `mine`). A folder
-    with no listed image but files PIL reads under other extensions (e.g. only .gif) is
-    refused: it looks like a class that would silently vanish.
+    sketchmine run stored in the root (a directory with a zarr.json) is never a class, nor is a
+    report or probe folder sketchmine wrote (`SKETCHMINE_OUTPUTS`); macOS archive metadata (a
+    ``__MACOSX/`` folder, ``._name.png`` AppleDouble files) is not read. All are named in
+    `skipped` (and noted by `mine`). A folder with no listed image but files PIL reads under
+    other extensions (e.g. only .gif) is refused: it looks like a class that would silently
+    vanish. A class or file name that is not valid UTF-8 is refused at once, naming it: the
+    run stores names as text.
 
     `preprocessing_explicit`: False when built by `mine` itself, so that another resolution
     may replace the preprocessing (see `as_miner_dataset`)."""
@@ -68,6 +77,11 @@ class ImageFolderDataset(MinerDataset):
             if _is_run_dir(self.root / name):
                 self.skipped[name] = "a sketchmine run"
                 continue
+            output = next((what for marker, what in SKETCHMINE_OUTPUTS.items() if (self.root / name / marker).is_file()),
+                          None)
+            if output:
+                self.skipped[name] = output
+                continue
             if name == "__MACOSX":  # what a zip made on macOS adds: AppleDouble metadata, never a class
                 self.skipped[name] = "macOS archive metadata"
                 continue
@@ -86,6 +100,7 @@ class ImageFolderDataset(MinerDataset):
             raise SketchmineError(
                 f"dataset directory {self.root} has folders but no images ({', '.join(IMAGE_EXTENSIONS)})"
             )
+        _check_storable(self.root, listed)
         self.class_names = list(listed)
         self.samples: list[tuple[str, int]] = [(rel, label) for label, name in enumerate(self.class_names)
                                                for rel in listed[name]]
@@ -96,8 +111,8 @@ class ImageFolderDataset(MinerDataset):
         """One line naming the folders that are not classes, or None."""
         if not self.skipped:
             return None
-        parts = [f"{name}/ ({why})" for name, why in self.skipped.items()]
-        return f"not classes, skipped in {self.root}: " + ", ".join(parts)
+        parts = [f"{printable(name)}/ ({why})" for name, why in self.skipped.items()]
+        return f"not classes, skipped in {printable(str(self.root))}: " + ", ".join(parts)
 
     @classmethod
     def from_samples(cls, root: str | os.PathLike, samples: list[tuple[str, int]], class_names: list[str],
@@ -126,7 +141,7 @@ class ImageFolderDataset(MinerDataset):
         file's bytes, see `content_hashes`): an image rewritten in place is another dataset."""
         h = hashlib.sha256(b"image_folder/content-v1\n")
         for (rel, label), digest in zip(self.samples, content_hashes(self.root, [r for r, _ in self.samples])):
-            h.update(f"{rel}\0{label}\0{digest}\n".encode())
+            h.update(f"{rel}\0{label}\0{digest}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     def load_pil(self, i: int):
@@ -185,7 +200,8 @@ def content_hashes(root: str | os.PathLike, rels: list[str]) -> list[str]:
     dataset's first `mine` pays about one extra read of its files)."""
     root = Path(root).resolve()
     key = str(root)
-    cache_file = cache_dir() / "fingerprints" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    name = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    cache_file = cache_dir() / "fingerprints" / f"{name}.json"
     cache = _HASH_CACHE.get(key)
     if cache is None:
         try:
@@ -226,6 +242,28 @@ def content_hashes(root: str | os.PathLike, rels: list[str]) -> list[str]:
     return out
 
 
+def _check_storable(root: Path, listed: dict[str, list[str]]) -> None:
+    """Refuse a class or file name that is not valid UTF-8 (os.listdir hands its bytes back as
+    lone surrogates): the run stores class names and paths as UTF-8 text, so mining it would
+    fail at the first write, after the dataset was read and hashed."""
+    for name, files in listed.items():
+        for rel in (name, *files):
+            if printable(rel) != rel:
+                what = "class folder" if rel == name else "file"
+                raise SketchmineError(f"{what} name '{printable(rel)}' in {printable(str(root))} is not valid UTF-8; "
+                                      "a run stores image paths and class names as UTF-8 text: rename it "
+                                      "(e.g. convmv -f latin1 -t utf8)")
+
+
+def printable(name: str) -> str:
+    """A file name as text any stream can write: the bytes of a non-UTF-8 name (lone
+    surrogates from os.listdir) shown as \\xNN escapes; a valid name unchanged."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file system name decodes to
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _is_run_dir(path: Path) -> bool:
     """A sketchmine run (a Zarr group whose zarr.json records a schema_version), read-only."""
     meta = path / "zarr.json"
@@ -255,13 +293,20 @@ def _list_images(root: Path, name: str) -> tuple[list[str], list[str]]:
 
 
 def _to_8bit(im):
-    """16- and 32-bit grey images scaled to 8 bits (PIL's own convert("L") would clip them to white)."""
+    """16- and 32-bit grey images scaled to 8 bits by one fixed rule (PIL's own convert("L")
+    would clip them to white): integers as 16-bit (0-65535), floats as 0-1. A scale taken from
+    each image's own range would make the same value a different grey in every file, so values
+    outside the rule's range are refused (ValueError: unreadable, named, skippable)."""
     if im.mode.startswith("I;16") or im.mode == "I":
         a = np.asarray(im).astype(np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or a.max() <= 65535 else float(a.max())
-        return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"{im.mode} pixels range {a.min():g} to {a.max():g}; integer images are read as "
+                             "16-bit, 0 to 65535: save it as 8 or 16-bit")
+        return Image.fromarray(np.rint(a * (255.0 / 65535.0)).astype(np.uint8), "L")
     if im.mode == "F":
-        a = np.nan_to_num(np.asarray(im, dtype=np.float64))
-        lo, hi = float(a.min()), float(a.max())
-        return Image.fromarray(np.rint((a - lo) * (255.0 / (hi - lo or 1.0))).astype(np.uint8), "L")
+        a = np.asarray(im, dtype=np.float64)
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise ValueError(f"float pixels range {np.nanmin(a):g} to {np.nanmax(a):g}{' with NaN' if np.isnan(a).any() else ''}; "
+                             "float images are read as 0 to 1: save it as 8 or 16-bit")
+        return Image.fromarray(np.rint(a * 255.0).astype(np.uint8), "L")
     return im

@@ -22,7 +22,8 @@ the background) and drawn with all their channels.
 
 `SequenceDataset` wraps an `ArrayDataset` or an `ImageFolderDataset` so the miner, training,
 visualize and importance passes read (T, C, H, W) samples, normalised frame by frame like
-the base dataset; `mine(..., steps=T)` and `sketchmine mine --steps T` build it.
+the base dataset; an image the preprocessing resizes is resized first and drawn at the
+model's size (`draw_resized`); `mine(..., steps=T)` and `sketchmine mine --steps T` build it.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sketchmine.data import READ_ERRORS, ArrayDataset, ImageFolderDataset, MinerDataset, chw
+from sketchmine.data import READ_ERRORS, ArrayDataset, ImageFolderDataset, MinerDataset, Preprocessing, chw
 from sketchmine.data.dataset import error_note
 from sketchmine.errors import SketchmineError
 
@@ -94,26 +95,54 @@ def pixel_order(image: np.ndarray, background: int = 0) -> tuple[np.ndarray, int
     return flat[order], int((depth == 0).sum())
 
 
+def shown_counts(steps: int, outline: int, total: int) -> list[int]:
+    """How many of the ordered ink pixels (`outline` of `total` first) each of the `steps`
+    steps shows (rule 3 above)."""
+    t_outline = math.ceil(steps / 2) if steps > 1 else 0
+    return [round(t / t_outline * outline) if t <= t_outline
+            else outline + round((t - t_outline) / (steps - t_outline) * (total - outline))
+            for t in range(1, steps + 1)]
+
+
 def progressive_drawing(image: np.ndarray, steps: int = DEFAULT_STEPS, background: int = 0) -> np.ndarray:
     """(H, W[, C]) uint8 image → (steps, H, W[, C]) of the same dtype: the drawing after each
     step on `background`; the last step equals `image`."""
     if steps < 1:
         raise SketchmineError(f"a progressive drawing needs at least 1 step, got {steps}")
     order, outline = pixel_order(image, background)
-    fill = len(order) - outline
-    t_outline = math.ceil(steps / 2) if steps > 1 else 0
+    counts = shown_counts(steps, outline, len(order))
     h, w = image.shape[:2]
     out = np.full((steps,) + image.shape, background, dtype=image.dtype)
     flat_img = image.reshape(h * w, -1)
-    for t in range(1, steps + 1):
-        if t <= t_outline:
-            shown = round(t / t_outline * outline)
-        else:
-            shown = outline + round((t - t_outline) / (steps - t_outline) * fill)
+    for t, shown in enumerate(counts):
         idx = order[:shown]
-        out[t - 1].reshape(h * w, -1)[idx] = flat_img[idx]
+        out[t].reshape(h * w, -1)[idx] = flat_img[idx]
     out[-1] = image  # exact, whatever the rounding above
     return out
+
+
+def draw_resized(image: np.ndarray, steps: int, ink: str, pre: Preprocessing) -> torch.Tensor:
+    """uint8 (H, W[, C]) image → (steps, channels, *size) [0, 1] float frames, unnormalised: the
+    image resized and converted by `pre`'s rule first, then drawn. The pixel order and the ink
+    are those of the resized image rounded to uint8 (the rule above is defined on 8-bit pixels,
+    and a blurred background would otherwise be ink); shown pixels keep the resized floats, so
+    the last frame is exactly the base dataset's sample before normalisation."""
+    x = chw(image)[None]
+    small = pre.resize(x)  # the image's own channels, at the model's size
+    pixels = image if small is x else small[0].mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    pixels = pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels
+    background = background_of(pixels, ink)
+    order, outline = pixel_order(pixels, background)
+    plain = Preprocessing("none", pre.channels, pre.size)  # resize + channels, no normalisation
+    values = (small if x.shape[1] == pre.channels else plain.prepare(x))[0]
+    c, h, w = values.shape
+    flat = values.reshape(c, h * w)
+    frames = torch.full((steps, c, h * w), background / 255, dtype=values.dtype)
+    index = torch.from_numpy(order)
+    for t, shown in enumerate(shown_counts(steps, outline, len(order))):
+        frames[t][:, index[:shown]] = flat[:, index[:shown]]
+    frames[-1] = flat  # exact, whatever the rounding above
+    return frames.reshape(steps, c, h, w)
 
 
 def progressive_batch(images: np.ndarray, steps: int = DEFAULT_STEPS, ink: str = "auto") -> np.ndarray:
@@ -125,8 +154,9 @@ def progressive_batch(images: np.ndarray, steps: int = DEFAULT_STEPS, ink: str =
 class SequenceDataset(MinerDataset):
     """Images of an `ArrayDataset` or `ImageFolderDataset` seen as progressive drawings:
     samples are (index, (T, C, H, W) float tensor, label, note), each frame preprocessed as the
-    base dataset would preprocess the image (a folder's image is resized before it is drawn,
-    so the last frame is exactly the base dataset's sample)."""
+    base dataset would preprocess the image. An image is resized (and its channels converted)
+    before it is drawn (`draw_resized`), so the drawing is made at the model's size, whatever
+    size the files are stored at, and the last frame is exactly the base dataset's sample."""
 
     def __init__(self, base: ArrayDataset | ImageFolderDataset, steps: int = DEFAULT_STEPS,
                  ink: str = "auto") -> None:
@@ -172,8 +202,7 @@ class SequenceDataset(MinerDataset):
         except READ_ERRORS as exc:
             x = torch.zeros(self.steps, p.channels, *(p.size or (1, 1)))
             return i, x, label, error_note(exc)
-        frames = progressive_drawing(image, self.steps, background_of(image, self.ink))
-        return i, p.prepare(torch.stack([chw(f) for f in frames])), label, note
+        return i, p.prepare(draw_resized(image, self.steps, self.ink, p)), label, note
 
 
 def progressive(dataset: MinerDataset, steps: int, ink: str = "auto") -> SequenceDataset:
