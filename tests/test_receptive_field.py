@@ -99,3 +99,59 @@ def test_untraceable_model_is_named():
 
     with pytest.raises(SketchmineError, match="cannot trace Branchy"):
         receptive_fields(Branchy(), 32)
+
+
+class _Pixels(nn.Module):
+    """Two convs with an op between them that may move pixels along H or W."""
+
+    def __init__(self, between, padding: int | str = 0):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=padding)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=padding if isinstance(padding, str) else 2 * padding, dilation=2)
+        self.between = between
+
+    def forward(self, x):
+        return self.c2(self.between(self.c1(x)))
+
+
+@pytest.mark.parametrize("between", [lambda y: y[:, :, 4:, 4:], lambda y: torch.cat([y, y], dim=2),
+                                     lambda y: y.chunk(2, dim=-1)[1]])
+def test_ops_that_move_pixels_along_h_or_w_are_refused(between):
+    with pytest.raises(SketchmineError, match=r"indexes, joins or splits the height or width"):
+        receptive_fields(_Pixels(between), 24)
+
+
+def test_ops_that_keep_the_grid_are_pointwise():
+    """Channels indexed, joined or split: each output pixel is still the input pixel at the
+    same place, so the field is the plain stack's (checked against the empirical field)."""
+    plain = receptive_fields(_Pixels(lambda y: y), 24)["c2"]
+    for between in (lambda y: torch.cat([y[:, 2:], y[:, :2]], dim=1), lambda y: torch.cat([y, y], dim=1)[:, 2:6],
+                    lambda y: torch.cat(y.chunk(2, dim=1)[::-1], dim=1)):
+        model = _Pixels(between)
+        assert receptive_fields(model, 24)["c2"] == plain
+        (t, l, b, r), (y, x) = _empirical_box(_linearised(model), "c2", 24)
+        assert (t, l, b, r) == plain.box(y, x)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_same_and_valid_padding_are_their_numbers():
+    for word, number in (("same", 1), ("valid", 0)):
+        assert receptive_fields(_Pixels(lambda y: y, word), 24) == receptive_fields(_Pixels(lambda y: y, number), 24)
+    asym = nn.Sequential(nn.Conv2d(3, 4, (4, 3), padding="same"))  # even kernel: torch pads 1 above, 2 below
+    assert receptive_fields(asym, 16)["0"].offset == (-1, -1)
+    (t, l, b, r), (y, x) = _empirical_box(_linearised(asym), "0", 16)
+    top, left, bottom, right = receptive_fields(asym, 16)["0"].box(y, x)
+    assert (t, l, b, r) == (max(top, 0), max(left, 0), min(bottom, 15), min(right, 15))
+
+
+def test_each_module_keeps_its_own_training_flag():
+    model = torchvision.models.resnet18(weights=None).train()
+    model.bn1.eval()  # a frozen BatchNorm inside a model being trained
+    receptive_fields(model, 64)
+    assert model.training and not model.bn1.training and model.layer1[0].bn1.training
+
+
+def test_a_module_called_twice_has_no_single_field():
+    rf = receptive_fields(torchvision.models.resnet18(weights=None), 64)
+    assert "layer1.0.relu" not in rf  # applied after bn1 and after the addition: two fields
+    assert "layer1.0.bn1" in rf and "layer1.0" in rf

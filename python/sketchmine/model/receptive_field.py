@@ -9,6 +9,7 @@ image. No per-model rules: a model this cannot analyse gets an error naming the 
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +67,21 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
 
 
+def _padding(p, k, d) -> tuple[int, int]:
+    """A conv's padding as ints: "valid" pads nothing, "same" pads d*(k-1) in all and torch
+    puts the smaller half first (its left and top padding)."""
+    if p == "valid":
+        return (0, 0)
+    if p == "same":
+        k, d = _pair(k), _pair(d)
+        return (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
+    return _pair(p)
+
+
 def _window(f: _Field, k, s, p, d) -> _Field:
     """Field after a sliding window (conv or pool) with kernel k, stride s, padding p, dilation d."""
-    k, s, p, d = _pair(k), _pair(s), _pair(p), _pair(d)
+    p = _padding(p, k, d)
+    k, s, d = _pair(k), _pair(s), _pair(d)
     return _Field(
         tuple(f.jump[a] * s[a] for a in range(2)),
         tuple(f.lo[a] - p[a] * f.jump[a] for a in range(2)),
@@ -121,6 +134,7 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
     fields: dict[fx.Node, _Field] = {}
     modules = dict(gm.named_modules())
     out: dict[str, ReceptiveField] = {}
+    calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
     for node in gm.graph.nodes:
         ins = [fields[a] for a in node.all_input_nodes if a in fields]
         if node.op == "placeholder":
@@ -149,7 +163,8 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
             elif not isinstance(m, _POINTWISE_MODULES):
                 raise SketchmineError(f"receptive fields: module {node.target!r} ({type(m).__name__}) is not supported")
             fields[node] = f
-            out[node.target] = _field(f, h, w)
+            if calls[node.target] == 1:  # a module called twice has two fields (the miner refuses it too)
+                out[node.target] = _field(f, h, w)
         elif node.op == "call_function":
             if node.target in _RESHAPE_FUNCS and _keeps_grid(node):
                 pass
@@ -158,6 +173,8 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
             elif node.target not in _POINTWISE_FUNCS:
                 raise SketchmineError(f"receptive fields: function {getattr(node.target, '__name__', node.target)} "
                                       f"at {node.name} is not supported")
+            else:
+                _check_one_grid(node, fields)
             fields[node] = f
         elif node.op == "call_method":
             if node.target in _RESHAPE_METHODS and _keeps_grid(node):
@@ -166,11 +183,36 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
                 f = whole
             elif node.target not in _POINTWISE_METHODS:
                 raise SketchmineError(f"receptive fields: method .{node.target}() at {node.name} is not supported")
+            else:
+                _check_one_grid(node, fields)
             fields[node] = f
     for name, node in module_outputs(gm).items():  # modules traced through: blocks, containers
         if name not in out and node in fields:
             out[name] = _field(fields[node], h, w)
     return out
+
+
+def _grids(meta: Any) -> set[tuple[int, ...]]:
+    """The (H, W) of every tensor of at least 2 dimensions in a node's shape record (a tuple
+    of them for a split)."""
+    shape = getattr(meta, "shape", None)  # a TensorMetadata (itself a named tuple)
+    if shape is not None:
+        return {tuple(shape[-2:])} if len(shape) >= 2 else set()
+    if isinstance(meta, (tuple, list)):
+        return set().union(*(_grids(m) for m in meta)) if meta else set()
+    return set()
+
+
+def _check_one_grid(node: fx.Node, fields: dict[fx.Node, _Field]) -> None:
+    """An op taken as pointwise (getitem, cat, chunk, add, ...) keeps its pixel-carrying inputs'
+    (H, W) grid: one that indexes, joins or splits along H or W moves pixels, and is refused."""
+    grids = _grids(node.meta.get("tensor_meta"))
+    for a in node.all_input_nodes:
+        if a in fields:
+            grids |= _grids(a.meta.get("tensor_meta"))
+    if len(grids) > 1:
+        raise SketchmineError(f"receptive fields: {getattr(node.target, '__name__', node.target)} at {node.name} "
+                              f"indexes, joins or splits the height or width (grids {sorted(grids)}); not supported")
 
 
 def _keeps_grid(node: fx.Node) -> bool:
@@ -234,7 +276,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, lead
 
     c = channels or module_input_channels(model)
     shape = (1, *leading, c, h, w)
-    was_training = model.training
+    was_training = {m: m.training for m in model.modules()}  # per module: a frozen BatchNorm stays frozen
     model.eval()
     try:
         with torch.no_grad():
@@ -250,7 +292,8 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, lead
         raise SketchmineError(f"{type(model).__name__} cannot take a {'×'.join(map(str, shape[1:]))} input: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     finally:
-        model.train(was_training)
+        for m, training in was_training.items():
+            m.training = training
 
 
 class _ShapeRun(nn.Module):
