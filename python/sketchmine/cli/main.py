@@ -46,17 +46,14 @@ def _importance(args: argparse.Namespace, console: Console, err: Console) -> Non
     """`sketchmine importance RUN [--layers ...]`: compute, store, print the top units, plot.
     The layers and the plot path are checked before any computation; Ctrl-C says which
     layers' importance was stored (a re-run recomputes every layer it is given)."""
-    from sketchmine.model.taps import SOFTMAX
+    from sketchmine.cli.effects import ablation_layers
     from sketchmine.passes.importance import unit_importance
     from sketchmine.present.console import importance_table as table
     from sketchmine.present.console import safe
     from sketchmine.present.plots import check_plot_path, plot_importance, save_figure
     from sketchmine.results.run import open_run
 
-    run = open_run(args.run)
-    layers = args.layers or [l for l in run.layers if l != SOFTMAX and not l.endswith(".cell")]
-    for name in layers:
-        run.layer_attrs(name)
+    run, layers = ablation_layers(args)  # every layer checked (and given once) before any computation
     if args.plot:
         check_plot_path(args.plot)
     done: list[str] = []

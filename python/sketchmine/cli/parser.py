@@ -62,9 +62,19 @@ def layer_list(text: str) -> list[str]:
     return names
 
 
+class ExtendUnique(argparse.Action):
+    """argparse's "extend", each name kept once (in order): `--layers a,a` or `--layers a --layers a`
+    names layer a once, so no command computes or writes a layer twice."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: typing.Any,
+                 option_string: str | None = None) -> None:
+        have = list(getattr(namespace, self.dest, None) or [])
+        setattr(namespace, self.dest, have + [v for v in dict.fromkeys(values) if v not in have])
+
+
 def layers_option(p: argparse.ArgumentParser, what: str) -> None:
     """`--layers a,b` (repeatable): one value per flag, so it never swallows a positional."""
-    p.add_argument("--layers", type=layer_list, action="extend", metavar="L[,L...]",
+    p.add_argument("--layers", type=layer_list, action=ExtendUnique, metavar="L[,L...]",
                    help=f"{what}, comma-separated; repeat --layers to add more")
 
 
@@ -245,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_.add_argument("run")
     p_.add_argument("--out", required=True, help="folder for probe.html (new or empty)")
     p_.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                    help="the model's input size when the run records none")
+                    help="the model's input size, for a run that records none (one differing from the size the "
+                         "run or the .onnx file fixes is refused)")
     p_.add_argument("--max-mb", type=megabytes, metavar="MB",
                     help="largest model graph to embed (default 100; 0: no cap)")
     un = sub.add_parser("unit", help="one unit's dashboard: distribution, examples, classes, effects, importance")
@@ -277,7 +288,11 @@ def default_run_out(model: str) -> str:
 
 def default_report_out(run: str) -> str:
     """`report`'s --out when none is given: RUN-report beside the run (RUN without .zarr)."""
-    p = Path(run.rstrip("/"))
+    p = Path(run.rstrip("/") or "/")
+    if p.name in ("", ".", ".."):  # `report .` inside the run, `report ..`: the folder's own name
+        p = p.resolve()
+    if not p.name:
+        raise SketchmineError(f"run {run} is a filesystem root: pass --out DIR for the report")
     return str(p.with_name(f"{p.name.removesuffix('.zarr')}-report"))
 
 

@@ -35,8 +35,9 @@ def report_probe(run: str, skip: bool = False, cap: float | None = None) -> Mapp
 def run_probe(args: argparse.Namespace, console: Console) -> None:
     from sketchmine.passes.probe import build_probe
     from sketchmine.present.console import safe
-    from sketchmine.present.report_probe import write_probe_folder
+    from sketchmine.present.report_probe import check_probe_folder, write_probe_folder
 
+    check_probe_folder(args.out)  # before the export (seconds): a folder the probe may not write is said at once
     files = build_probe(args.run, size=tuple(args.size) if args.size else None, max_mb=max_mb(args.max_mb))
     page = write_probe_folder(args.out, files)
     console.print(f"probe written: open {safe(page)}")

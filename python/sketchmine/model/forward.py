@@ -16,6 +16,7 @@ from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.model import cut
 from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, as_forward, first_tensor, register_backend,
                                       weights_hasher)
+from sketchmine.model.onnx_backend import OnnxRunError
 from sketchmine.model.receptive_field import module_input_channels, receptive_fields
 from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
 from sketchmine.progress import Progress
@@ -129,10 +130,10 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor) -> tuple[list[La
     """Shapes of the tapped outputs and the logit count, from one forward pass."""
     try:
         shapes, out, layouts = forward.shapes(layers, x)
-    except (RuntimeError, ValueError, IndexError) as exc:
+    except (RuntimeError, ValueError, IndexError, OnnxRunError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SketchmineError(f"the model cannot take input of shape {tuple(x.shape[1:])}: {first}; "
-                              "resize the images with --image-size (image_size=)") from None
+        raise SketchmineError(f"the model cannot take input of shape {tuple(x.shape[1:])} ({input_words(x)}): "
+                              f"{first}; {input_advice(x)}") from None
     num_classes = int(out.shape[1]) if out.ndim == 2 else None
     if SOFTMAX in layers:
         if num_classes is None:
@@ -145,6 +146,24 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor) -> tuple[list[La
         shape = shapes[name]
         result.append(Layer(name, shape[0], tuple(shape[1:]), forward.kind(name), layouts.get(name, {})))
     return result, num_classes
+
+
+def input_words(x: torch.Tensor) -> str:
+    """What one input of the batch `x` is, in words: an image (C, H, W) or a progressive drawing
+    of T frames (T, C, H, W)."""
+    if x.ndim == 5:
+        return f"a progressive drawing: {x.shape[1]} frames (--steps, steps=) of channels, height, width"
+    return "one image: channels, height, width"
+
+
+def input_advice(x: torch.Tensor) -> str:
+    """What to change so the model takes the input: what was given decides (a model that cannot
+    read sequences is not helped by resizing, a wrong size is not helped by --steps)."""
+    if x.ndim == 5:
+        return ("--steps (steps=) is for CNN + recurrent models that read sequences of frames: leave it out for a "
+                "model of single images, or check the model's image size (--image-size, image_size=)")
+    return ("check what the model takes: resize the images with --image-size (image_size=), or give the model "
+            "trained at this size")
 
 
 def _shape_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

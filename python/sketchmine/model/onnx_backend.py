@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sketchmine.errors import SketchmineError, closest
+from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, register_backend, weights_hasher
 from sketchmine.model.taps import SOFTMAX
 
@@ -32,6 +32,12 @@ _SLASH = "|"
 """Stands for "/" in the layer names of a run: a node or tensor name "/features/Relu" is
 mined as layer "|features|Relu" (Zarr group names cannot hold "/"); either form is accepted."""
 _FLOAT_KINDS = "f"
+
+
+class OnnxRunError(SketchmineFailure):
+    """ONNX Runtime refused or failed a batch (its pybind errors are no Python built-ins): the
+    input shape, the graph's declared one and ORT's message, in one line. A failure (exit 1)
+    mid-run; `forward.probe` turns one on the first image into a refused input (exit 3)."""
 
 
 def _modules() -> tuple[Any, Any]:
@@ -122,6 +128,11 @@ class OnnxModel:
             while scope:  # the node belongs to its module and every enclosing one
                 self._by_module[scope] = node.output[0]
                 scope = scope.rpartition(".")[0]
+
+    def declared_input(self) -> tuple[int | str, ...]:
+        """The image input's shape as the graph declares it (a name or "?" for a free dimension)."""
+        return tuple(d.dim_value if d.dim_value > 0 else (d.dim_param or "?")
+                     for d in self.input.type.tensor_type.shape.dim)
 
     # ---- facts the miner records (backend.Forward) ------------------------------------
     def input_channels(self, default: int = 3) -> int:
@@ -248,16 +259,26 @@ class OnnxModel:
         fixed = int(dims[0].dim_value) if dims and dims[0].dim_value > 0 else 0
         names = [self.input.name]
 
+        def call(arr: np.ndarray) -> list[np.ndarray]:
+            try:
+                return session.run(list(tensors), {names[0]: arr})
+            except Exception as exc:  # ONNX Runtime's own (pybind) errors: one line, not a traceback
+                if not type(exc).__module__.startswith("onnxruntime"):
+                    raise
+                raise OnnxRunError(f"ONNX Runtime cannot run {self.path.name} on input {names[0]!r} of shape "
+                                   f"{tuple(arr.shape)} (the graph declares {self.declared_input()}): "
+                                   f"{' '.join(str(exc).split())[:400]}") from None
+
         def run(x: torch.Tensor) -> list[np.ndarray]:
             arr = x.detach().cpu().numpy().astype(dtype, copy=False)
             if not fixed or len(arr) == fixed:
-                return session.run(list(tensors), {names[0]: arr})
+                return call(arr)
             parts = []
             for s in range(0, len(arr), fixed):
                 chunk = arr[s:s + fixed]
                 if len(chunk) < fixed:
                     chunk = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), dtype)])
-                parts.append(session.run(list(tensors), {names[0]: chunk}))
+                parts.append(call(chunk))
             return [np.concatenate([p[i] for p in parts])[:len(arr)] for i in range(len(tensors))]
 
         return run

@@ -30,11 +30,12 @@ from sketchmine.errors import SketchmineError
 from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.passes.ablation import Replicate, choose_ablator, image_batches, unit_groups
-from sketchmine.results.effects import write_effects
+from sketchmine.results.effects import logits_layer, not_ablatable, onnx_run, write_effects
 from sketchmine.results.run import Run, open_run
 from sketchmine.stats.correlation import BLOCK_UNITS, Correlated, image_maxima, top_correlated
 
-__all__ = ["Correlated", "Effects", "ablation_effects", "check_ablatable", "unit_effects"]
+__all__ = ["Correlated", "Effects", "ablation_effects", "check_ablatable", "check_run_ablatable", "torch_net",
+           "unique", "unit_effects"]
 
 DELTA = "ablated minus clean, mean over all images of the dataset (labels not used)"
 
@@ -50,14 +51,38 @@ class Effects:
     attrs: dict[str, Any]
 
 
-def check_ablatable(layer: str, net: nn.Module | None = None) -> None:
+def check_ablatable(layer: str, net: nn.Module | None = None, run: Run | None = None) -> None:
     """Refuse, before any computation, a layer no unit of which can be zeroed: the virtual
-    'softmax' output, and (given the model) an LSTM's read-only '.cell' view."""
+    'softmax' output (given the run: naming the layer computing the logits), and (given the
+    model) an LSTM's read-only '.cell' view."""
     if layer == SOFTMAX:
+        target = logits_layer(run) if run is not None else None
         raise SketchmineError("layer 'softmax' is the model's output (virtual): it has no module to zero; its units "
-                              "are the classes, ablate the layer that computes the logits instead")
+                              "are the classes, ablate the layer that computes the logits instead"
+                              + (f" (--layers {target})" if target else ""))
     if net is not None:
         Replicate(net, layer)  # resolves the module and its ablation dims, or says why not
+
+
+def check_run_ablatable(run: Run) -> None:
+    """Refuse a run whose units cannot be ablated at all (mined from an ONNX file), before its
+    model is loaded: a torch model given for it would only be refused for differing weights."""
+    if onnx_run(run):
+        raise SketchmineError(str(not_ablatable(run, "")))
+
+
+def torch_net(run: Run, module: Any) -> nn.Module:
+    """The loaded model as the torch module ablation runs, or why an ONNX model cannot be ablated."""
+    if not isinstance(module, nn.Module):
+        raise SketchmineError(f"run {run.path}: {module.path.name if hasattr(module, 'path') else 'this model'} runs in "
+                              "ONNX Runtime, and ablation zeroes units in a torch model: an ONNX model cannot be "
+                              "ablated; mine the torch model into a new run to compute effects and importance")
+    return module
+
+
+def unique(names: list[str]) -> list[str]:
+    """`names` without repeats, in order: a layer given twice is computed once."""
+    return list(dict.fromkeys(names))
 
 
 def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_size: int = 256,
@@ -124,23 +149,22 @@ def unit_effects(run: Run | str | os.PathLike, layers: str | list[str], model: A
         raise SketchmineError(f"units_per_pass must be at least 1 (or None to size passes by memory), "
                               f"got {units_per_pass!r}")
     device = as_device(device)
-    names = [layers] if isinstance(layers, str) else list(layers)
+    names = unique([layers] if isinstance(layers, str) else list(layers))
     if not names:
         raise SketchmineError("no layer given; name the layers to ablate")
     run = run if isinstance(run, Run) else open_run(run)
     for name in names:
         run.layer_attrs(name)  # a layer the run does not have is refused with the run's layers
-        check_ablatable(name)
+        check_ablatable(name, run=run)
+    check_run_ablatable(run)
     from sketchmine.passes import reload
 
-    loaded = reload.run_model(run, model, weights)
-    if not isinstance(loaded.module, nn.Module):
-        raise SketchmineError(f"run {run.path}: unit effects need the torch model (pass model=...)")
+    net = torch_net(run, reload.run_model(run, model, weights).module)
     for name in names:
-        check_ablatable(name, loaded.module)
+        check_ablatable(name, net)
     ds = reload.run_dataset(run, data)
     for name in names:
-        result = ablation_effects(loaded.module, ds, name, batch_size, device, units_per_pass)
+        result = ablation_effects(net, ds, name, batch_size, device, units_per_pass)
         corr = top_correlated(result.maxima, correlated, block_units, device)
         write_effects(run, name, result, corr)
     return open_run(run.path).unit_effects(names[-1])

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.passes.ablation import Importance, ablation_importance
+from sketchmine.passes.effects import check_ablatable, check_run_ablatable, torch_net, unique
 from sketchmine.results.importance_store import COLUMNS, has_importance, read_importance, write_importance
 from sketchmine.results.run import Run, open_run
 
@@ -54,19 +54,22 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
     if batch_size < 1:
         raise SketchmineError(f"batch_size must be at least 1, got {batch_size}")
     device = as_device(device)
-    layers = [layer] if isinstance(layer, str) else list(layer)
+    layers = unique([layer] if isinstance(layer, str) else list(layer))
     if not layers:
         raise SketchmineError("no layer given; name the layers to ablate")
     run = run if isinstance(run, Run) else open_run(run)
+    for name in layers:  # every layer checked before any computation
+        run.layer_attrs(name)  # a layer the run does not have is refused with the run's layers
+        check_ablatable(name, run=run)
+    check_run_ablatable(run)
     from sketchmine.passes import reload
 
-    loaded = reload.run_model(run, model, weights)
+    net = torch_net(run, reload.run_model(run, model, weights).module)
+    for name in layers:
+        check_ablatable(name, net)
     ds = reload.run_dataset(run, dataset)
     labels = _labels(run, ds)
     for name in layers:
-        run.layer_attrs(name)  # a layer the run does not have is refused with the run's layers
-        if not isinstance(loaded.module, nn.Module):
-            raise SketchmineError(f"run {run.path}: ablation importance needs the torch model (pass model=...)")
-        result = ablation_importance(loaded.module, ds, name, labels, batch_size, device, units_per_pass)
+        result = ablation_importance(net, ds, name, labels, batch_size, device, units_per_pass)
         write_importance(run, name, result)
     return open_run(run.path).unit_importance(layers[-1])

@@ -107,18 +107,38 @@ class ProbeNet(nn.Module):
         return tuple(outs)
 
 
-def input_size(run: Run, pre: Preprocessing | None, size: Any = None) -> tuple[int, int]:
-    """The model's input (H, W): `size` when given, else the recorded preprocessing size, else the
-    receptive field of a layer that sees the whole input (stride 0), which the run records."""
-    if size is not None:
-        from sketchmine.data.preprocess import as_size
-        return as_size(size, "the probe's input size")
+def recorded_size(run: Run, pre: Preprocessing | None) -> tuple[tuple[int, int], str] | None:
+    """The model's input (H, W) as the run records it, and where from: the preprocessing's resize,
+    else the receptive field of a layer that sees the whole input (stride 0); None when neither."""
     if pre is not None and pre.size is not None:
-        return (int(pre.size[0]), int(pre.size[1]))
+        return (int(pre.size[0]), int(pre.size[1])), "its preprocessing resizes every image to it"
     for name in run.layers:
         rf = run.layer_attrs(name).get("receptive_field") or {}
         if list(rf.get("stride") or []) == [0, 0] and len(rf.get("size") or []) == 2:
-            return (int(rf["size"][0]), int(rf["size"][1]))
+            return (int(rf["size"][0]), int(rf["size"][1])), f"its layer {name} sees the whole input at that size"
+    return None
+
+
+def input_size(run: Run, pre: Preprocessing | None, size: Any = None,
+               model_size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The model's input (H, W): the size the run records (`recorded_size`), else the model's own
+    fixed input size (`model_size`: an .onnx file's), else `size`. Why: the run was mined at its
+    size, so the probe must feed that size; `size` is the fallback for a run that records none,
+    and a `size` that differs from a known one is refused (the model would fail, or the page would
+    show values the run never mined)."""
+    known = recorded_size(run, pre) or (None if model_size is None else (model_size, "the model file fixes it"))
+    given = None
+    if size is not None:
+        from sketchmine.data.preprocess import as_size
+        given = as_size(size, "the probe's input size")
+    if given is not None and known is not None and given != known[0]:
+        raise SketchmineError(f"the probe's input size {given[0]}×{given[1]} (--size, size=) differs from the input "
+                              f"size of run {run.path}, {known[0][0]}×{known[0][1]} ({known[1]}); --size is "
+                              "only for a run that records no input size: leave it out")
+    if known is not None:
+        return known[0]
+    if given is not None:
+        return given
     raise SketchmineError(f"run {run.path} records no input size (no preprocessing size, no layer seeing the "
                           "whole input); pass size=(H, W) (CLI: --size H W)")
 
@@ -164,8 +184,13 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
     if why:
         notes.append(f"no prediction per step: {why}")
     wrapped.steps = bool(seq) and not why
-    with torch.no_grad():
-        outs = wrapped(x)
+    try:
+        with torch.no_grad():
+            outs = wrapped(x)  # the test forward: a model that cannot take this input is said, not a traceback
+    except Exception as exc:  # noqa: BLE001 - any failure means "no probe", said on the page (report) or as one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SketchmineError(f"the model {run.attrs.get('model')} cannot run on the probe's input of shape "
+                              f"{tuple(shape)} ({size[0]}×{size[1]} grey): {type(exc).__name__}: {first[:300]}") from None
     names, specs = ["probs"] + (["steps"] if wrapped.steps else []), []
     k = len(names)
     for i, name in enumerate(layers):
@@ -277,9 +302,8 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
         graph = export_graph(run, loaded.module, pre, size, max_mb)
     else:  # an .onnx file: its own graph, preprocessing prepended, outputs appended
         dims = [d.dim_value for d in loaded.module.input.type.tensor_type.shape.dim]
-        if size is None and pre.size is None and len(dims) == 4 and min(dims[2:]) > 0:
-            size = (dims[2], dims[3])
-        size = input_size(run, pre, size)
+        fixed = (int(dims[2]), int(dims[3])) if len(dims) == 4 and min(dims[2:]) > 0 else None
+        size = input_size(run, pre, size, fixed)
         graph = onnx_graph(run, loaded.module, pre, size, max_mb)
     images = dataset_images(run, size)
     seq = run_sequence(run)

@@ -31,13 +31,14 @@ from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.model.receptive_field import ReceptiveField
 from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
-from sketchmine.passes.example_pictures import check_examples, needed_images, picture_examples
+from sketchmine.passes.example_pictures import GROUPS, check_examples, needed_images, picture_examples
 from sketchmine.passes.featvis_run import OptimizePass, check_options
 from sketchmine.passes.images import ImageCache, fit, signal_to_uint8, to_hwc
 from sketchmine.passes.reload import missing_images, run_dataset, run_model, run_preprocessing
 from sketchmine.passes.traces import write_traces
 from sketchmine.progress import Progress, Silent
 from sketchmine.results.run import Run, open_run
+from sketchmine.results.unit_summary import pictures_current
 from sketchmine.stats.ops import clip_boxes, crop_patches
 from sketchmine.store import schema
 from sketchmine.store.runstore import RunLock, RunStore
@@ -99,7 +100,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     if not run.complete:
         raise SketchmineError(f"run {run.path} is still being mined ({run.images_done} images done); "
                               "finish it (re-run the same mine command) before visualizing")
-    names = [run.check_layer(l) for l in layers] if layers else run.layers
+    names = list(dict.fromkeys(run.check_layer(l) for l in layers)) if layers else run.layers  # each once
     device = as_device(device)
     ds = run_dataset(run, data)
     needed = np.unique(np.concatenate([np.zeros(0, np.int64)] + [run.topk(l)[1].ravel() for l in names]))
@@ -123,6 +124,9 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     try:
         todo = {p.name: _prepare(store, p, run.k, channels, method, _block_units(p, batch_size, run.k), redo)
                 for p in plans}
+        if examples != "all":
+            for p in plans:
+                stale_pictures(store, p.name, progress)
         limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
         opt = OptimizePass(store, run, loaded, names, limit, pre, channels, image_hw, opt_method, opt_steps,  # type: ignore[arg-type]
                            batch_size, device, redo) if optimize else None
@@ -214,6 +218,25 @@ def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int
             f"{have.get('patch_size')}); pass the same --method/--max-patch, or --redo to replace them")
     store.reset_visual(p.name, p.channels, k, p.size, ch, want)
     return 0, block
+
+
+def stale_pictures(store: RunStore, name: str, progress: Progress) -> None:
+    """Say when the layer's bottom-k / bin pictures (`--examples all`) were made with other settings
+    than its top-k pictures now (after a --redo): the report leaves them out, and this is how to
+    make them again. They are not removed (they stay readable until a pass with --examples all
+    replaces them)."""
+    visualized = store.visual_state(name)[0]
+    stale = {}
+    for which, group in GROUPS.items():
+        found = store.read_group(schema.layer_result(name, group), ())
+        if found is not None and not pictures_current(found[1], visualized):
+            stale[{"bottom": "bottom-k", "bins": "activation-bin"}.get(which, which)] = found[1]
+    if stale:
+        old = next(iter(stale.values()))
+        progress.note(f"layer {name!r}: its {' and '.join(stale)} pictures were made with {old.get('method')}, patches "
+                      f"{old.get('patch_size')}, not as its top-k pictures now; the report leaves them out until "
+                      f"`sketchmine visualize {store.path} --layers {name} --examples all` with these settings makes "
+                      "them again")
 
 
 def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, limit: int, images: ImageCache,

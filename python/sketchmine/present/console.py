@@ -12,6 +12,7 @@ from typing import Any
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -104,7 +105,18 @@ def layers_table(run: Run) -> Table:
 
 
 def accuracy_table(run: Run) -> Table:
-    acc = run.class_accuracy()
+    """Per class: accuracy and image count. A run without predictions (--no-logits) still lists
+    its classes and their images, accuracy "-", and says why in a note (stderr), as summary --json
+    and the report do, instead of failing the whole summary."""
+    from sketchmine.errors import SketchmineError
+
+    try:
+        acc = run.class_accuracy()
+    except SketchmineError as exc:
+        logging.getLogger("sketchmine").warning(f"no per-class accuracy: {exc}")
+        labels = run.labels[:run.images_done]
+        counts = np.bincount(labels[labels >= 0], minlength=len(run.class_names))[:len(run.class_names)]
+        acc = pd.DataFrame({"accuracy": np.nan, "count": counts}, index=pd.Index(run.class_names, name="class"))
     overall = run.accuracy()
     table = Table(title=f"per-class accuracy (overall {overall * 100:.2f}%)" if overall is not None else "per-class accuracy")
     table.add_column("class")
@@ -229,8 +241,8 @@ def print_report(path: str, out: str, console: Console, probe: Any = None) -> Pa
 
     t0 = time.perf_counter()
     index = write_report(path, out, probe=probe)
-    if probe is not None and not isinstance(probe, Mapping):
-        console.print(f"no live probe: {safe(probe)}")
+    if probe is not None and not isinstance(probe, Mapping):  # a note: stderr, silenced by -q
+        logging.getLogger("sketchmine").warning(f"no live probe: {probe}")
     console.print(f"report written in {time.perf_counter() - t0:.1f} s: open {safe(index)}")
     return index
 
@@ -261,5 +273,5 @@ def print_mined(run: Run, progress: RichProgress, no_logits: bool, console: Cons
 def print_visualized(run: Run, layers: list[str] | None, method: str, progress: RichProgress,
                      console: Console) -> None:
     """What `sketchmine visualize` says at the end."""
-    console.print(f"patches and {method} crops of {len(layers or run.layers)} layers "
+    console.print(f"patches and {method} crops of {len(set(layers or run.layers))} layers "
                   f"in {progress.seconds:.1f} s → {safe(run.path)}")

@@ -90,12 +90,28 @@ def index_section(probe: Mapping[str, bytes] | str | None) -> str:
     return f'<h2>Live probe</h2><p class="note" id="no-probe">No live probe: {e(why)}</p>'
 
 
-def write_probe_folder(out: str | Path, probe: Mapping[str, bytes]) -> Path:
-    """A probe-only folder (`sketchmine probe RUN --out DIR`): new, empty, or one this wrote before."""
+def check_probe_folder(out: str | Path) -> Path:
+    """`out` as a folder a probe may be written to, checked before the model is exported: a new or
+    empty folder, or one a probe wrote before; never a file, nor a folder inside a run (the probe's
+    files would sit among the run's arrays)."""
+    from sketchmine.store.runstore import is_run
+
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
+    if out.exists() and not out.is_dir():
+        raise SketchmineError(f"probe folder {out} exists and is a file, not a folder; choose a new or empty folder")
+    target = out.resolve()
+    for p in (target, *target.parents):
+        if is_run(p):
+            raise SketchmineError(f"probe folder {out} is inside the run {p}; write the probe outside any run")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise SketchmineError(f"probe folder {out} exists and is not empty (and not a probe folder); choose a new "
                               "or empty folder")
+    return out
+
+
+def write_probe_folder(out: str | Path, probe: Mapping[str, bytes]) -> Path:
+    """A probe-only folder (`sketchmine probe RUN --out DIR`): new, empty, or one this wrote before."""
+    out = check_probe_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     write_probe_files(out, probe, None, 0)
     (out / MARKER).write_text(json.dumps({"sketchmine": "probe"}) + "\n")

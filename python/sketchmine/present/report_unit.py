@@ -22,7 +22,7 @@ import numpy as np
 from sketchmine.present.montage import save_montage
 from sketchmine.present.report_data import PAGE_SIZE, THUMB, save_png, strip, to_js
 from sketchmine.results.run import Run
-from sketchmine.results.unit_summary import LayerSummary
+from sketchmine.results.unit_summary import LayerSummary, pictures_current
 
 ASSETS = ("unit.js", "unit.css")
 BIN_EXAMPLES = 6
@@ -103,11 +103,13 @@ PICTURE_GROUPS = {"bottom": "bottom_pictures", "bins": "bin_pictures"}
 def example_pictures(run: Run, name: str) -> dict[str, dict[str, Any]]:
     """{"bottom"/"bins": {"patches": (C, n, h, w, ch) uint8, "deconv": … or absent}} for the
     example sets the layer has pictures of (read one array at a time: they differ in shape
-    from the groups' boxes)."""
+    from the groups' boxes). Sets made with other settings than the layer's top-k pictures (left
+    by a `visualize --redo` with another method or patch size) are left out."""
     out: dict[str, dict[str, Any]] = {}
+    visualized = run.layer_attrs(name).get("visualized")
     for which, group in PICTURE_GROUPS.items():
         found = run.layer_result(name, group, ("patches",))
-        if found is None:
+        if found is None or not pictures_current(found[1], visualized):
             continue
         out[which] = {"patches": found[0]["patches"]}
         deconv = run.layer_result(name, group, ("deconv",))

@@ -49,7 +49,41 @@ def write_effects(run: Run, layer: str, effects: Effects, correlated: Correlated
         lock.release()
 
 
+def onnx_run(run: Run) -> bool:
+    """Whether the run was mined from an ONNX file (ONNX Runtime): its weights identity is the
+    file's, so no torch model ever matches it, and its units cannot be ablated."""
+    return str(run.attrs.get("model") or "").startswith("onnx:")
+
+
+def logits_layer(run: Run) -> str | None:
+    """The mined layer that computes the logits, as far as the run shows it: the last mined layer
+    (not the virtual softmax) whose output is one value per class; None when none is mined."""
+    classes = int(run.attrs.get("num_classes") or len(run.class_names) or 0)
+    found = [n for n in run.layers if n != "softmax" and list(run.layer_attrs(n).get("shape") or []) == [classes]]
+    return found[-1] if classes and found else None
+
+
+def not_ablatable(run: Run, layer: str) -> str | None:
+    """Why no unit of `layer` can be ablated (so no effects or importance can ever be computed
+    for it, and no hint should point at a command that refuses), or None. Why: the virtual
+    'softmax' layer has no module to zero, and an ONNX run has no torch model with its weights."""
+    if onnx_run(run):
+        return (f"run {run.path} was mined from an ONNX file ({run.attrs.get('model')}): ablation zeroes units in a "
+                "torch model and a torch model's weights never match an ONNX run's, so its units cannot be ablated; "
+                "mine the torch model into a new run to compute effects and importance")
+    if layer == "softmax":
+        target = logits_layer(run)
+        where = (f"ablate the layer that computes the logits instead: --layers {target}" if target
+                 else "mine the layer that computes the logits to ablate it")
+        return ("nothing can be ablated at 'softmax': it is the model's output (virtual, no module to zero; its "
+                f"units are the classes); {where}")
+    return None
+
+
 def _missing(run: Run, layer: str, what: str) -> SketchmineError:
+    why = not_ablatable(run, layer)
+    if why is not None:
+        return SketchmineError(f"run {run.path} has no {what} for {layer!r}: {why}")
     return SketchmineError(f"run {run.path} has no {what} for {layer!r}; compute them with "
                            f"sketchmine effects {run.path} --layers {layer} (or sketchmine.unit_effects)")
 

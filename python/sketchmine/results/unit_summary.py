@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sketchmine.errors import SketchmineError
+from sketchmine.results.effects import not_ablatable
 from sketchmine.results.run import Run
 
 QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
@@ -27,6 +28,16 @@ SECTIONS = ("bottom", "moments", "quantiles", "histogram", "bins", "class_means"
             "importance", "classes_top")
 
 _MINE_AGAIN = "mine the run again into a new --out (with --distributions for the histogram, quantiles, bins, bottom-k)"
+
+
+def pictures_current(pictures: dict[str, Any], visualized: dict[str, Any] | None) -> bool:
+    """Whether a layer's bottom-k / bin pictures (their group's attrs) were made with the settings
+    of its top-k pictures (`visualized`): a `visualize --redo` with another method or patch size
+    replaces the top-k pictures only, and the older example pictures must not be shown beside them."""
+    if not visualized:
+        return False
+    return (pictures.get("method") == visualized.get("method")
+            and list(pictures.get("patch_size") or []) == list(visualized.get("patch_size") or []))
 
 
 def num(v: Any) -> float | None:
@@ -78,7 +89,9 @@ class LayerSummary:
                 for i, (_, r) in enumerate(df.iterrows())}
         else:
             self.importance = None
-            self.missing["importance"] = (f"no unit importance stored for this layer: run `sketchmine importance "
+            why = not_ablatable(run, layer)
+            self.missing["importance"] = (f"no unit importance for this layer: {why}" if why else
+                                          f"no unit importance stored for this layer: run `sketchmine importance "
                                           f"{run.path} --layers {layer}` to add it")
         if why is not None and not (self.labels >= 0).any():
             self.missing["classes_top"] = f"the dataset has no labels: {why}"
