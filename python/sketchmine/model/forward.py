@@ -79,7 +79,7 @@ class TorchForward:
             with self._open_compiled(layers, on_output) as run:
                 yield run
             return
-        with Taps(self.net, layers, on_output):  # the taps' hooks first: the stop comes after them
+        with Taps(self.net, layers, on_output, self.layouts):  # the taps' hooks first: the stop comes after them
             if self.stop_after is None:
                 yield lambda x: first_tensor(self.net(x))
                 return

@@ -23,7 +23,7 @@ module returns; the rules (also recorded per layer in the run, see `Taps.layouts
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -114,10 +114,29 @@ def tapped_element(name: str, module: nn.Module, output: Any, cell: bool = False
     return first
 
 
+TIME_FIRST = "(T, N, features) → (N, features, T)"
+"""The `layout` attribute of a per-step Linear layer whose output is time-first (T, N, F), as
+after an nn.GRU/nn.LSTM without batch_first."""
+
+
+def time_first(t: torch.Tensor, batch: int | None, known: Mapping[str, Any] | None = None) -> bool:
+    """Whether a per-step Linear's 3-D output is time-first (T, N, F) rather than batch-first
+    (N, T, F) or frames folded into the batch (N*T, P, F). `known`: the layer's attributes from
+    an earlier call (the miner's one-image probe, where (T, 1, F) cannot be mistaken) decide a
+    batch with as many images as steps; otherwise the dimension holding the batch does."""
+    if t.ndim != 3 or not batch:
+        return False
+    first, second = int(t.shape[0]), int(t.shape[1])
+    if first != second and batch in (first, second):
+        return second == batch
+    return bool(known) and known.get("layout") == TIME_FIRST  # T == N; or neither: folded frames
+
+
 def to_units(name: str, module: nn.Module, t: torch.Tensor, batch: int | None,
-             cell: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+             cell: bool = False, known: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """(N, units, *positions) view of a tapped tensor, and the attributes that say how it
-    was read (empty for plain conv and linear outputs)."""
+    was read (empty for plain conv and linear outputs). `known`: those attributes from an
+    earlier call of the same layer (see `time_first`)."""
     if cell:
         return t, {"tapped": "output[1][1][-D:]: c_n, the last layer's cell state after the final step",
                    "units": "cell units (bidirectional: forward then backward)"}
@@ -132,6 +151,8 @@ def to_units(name: str, module: nn.Module, t: torch.Tensor, batch: int | None,
                              f"({'(N, T, H)' if first else '(T, N, H)'} → (N, H, T))",
                    "position": "time", "yx": "(0, t)"}
     if isinstance(module, nn.Linear) and t.ndim > 2:
+        if time_first(t, batch, known):  # read as folded frames, its steps would be credited to other images
+            return t.permute(1, 2, 0), {"position": "sequence", "yx": "(0, t)", "layout": TIME_FIRST}
         t = t.movedim(t.ndim - 1, 1)  # not -1: torch.onnx exports a negative source as an invalid Transpose
         info = {"position": "sequence", "yx": "(0, t)" if t.ndim == 3 else "flattened positions"}
     if batch and t.ndim >= 2 and t.shape[0] != batch and t.shape[0] % batch == 0:
@@ -160,10 +181,12 @@ class Taps:
         model: nn.Module,
         layers: Sequence[str],
         callback: Callable[[str, torch.Tensor], None],
+        known: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.model = model
         self.layers = [n for n in layers if n != SOFTMAX]
         self.callback = callback
+        self.known = dict(known or {})
         self.layouts: dict[str, dict[str, Any]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._called: set[str] = set()
@@ -201,7 +224,7 @@ class Taps:
             for name in names:
                 cell = name != target
                 t = tapped_element(name, module, output, cell)
-                t, info = to_units(name, module, t, self._batch, cell)
+                t, info = to_units(name, module, t, self._batch, cell, self.known.get(name) or self.layouts.get(name))
                 if isinstance(output, (tuple, list)) and not cell and "tapped" not in info:
                     info = {**info, "tapped": "output[0]"}
                 self.layouts.setdefault(name, info)

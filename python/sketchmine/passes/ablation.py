@@ -27,7 +27,8 @@ from sketchmine.data import MinerDataset, collate
 from sketchmine.errors import SketchmineError
 from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model import cut
-from sketchmine.model.taps import SOFTMAX, Taps, ablation_dims, replace_element, tapped_element, to_units
+from sketchmine.model.taps import (SOFTMAX, TIME_FIRST, Taps, ablation_dims, replace_element, tapped_element,
+                                   to_units)
 
 _BUDGET = 1 << 23  # elements of one replicated activation tensor (32 MB float32)
 
@@ -80,9 +81,15 @@ class Replicate:
     def base(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Unablated logits (B, classes) and the layer's (B, units, *positions) output."""
         act: dict[str, torch.Tensor] = {}
-        with Taps(self.net, [self.layer], lambda n, t: act.__setitem__("t", t.clone())):  # before in-place ops
+        with Taps(self.net, [self.layer], lambda n, t: act.__setitem__("t", t.clone())) as taps:  # before in-place ops
             logits = _logits(self.net(x))
+        self._batch_dim(taps.layouts.get(self.layer, {}))
         return logits, act["t"]
+
+    def _batch_dim(self, layout: dict) -> None:
+        """A per-step Linear after a time-first recurrent layer holds the batch in dim 1."""
+        if layout.get("layout") == TIME_FIRST:
+            self.dims = (1, self.dims[1])
 
     def run(self, x: Any, units: list[int], replicas: int) -> torch.Tensor:
         """(replicas * B, classes) logits; replica g zeroes units[g] (none when units is empty)."""
@@ -113,7 +120,9 @@ class Split(Replicate):
 
     def base(self, state: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         t = tapped_element(self.layer, self.module, state[1])
-        return self.run(state, [], 1), to_units(self.layer, self.module, t, state[0])[0]
+        units, layout = to_units(self.layer, self.module, t, state[0])
+        self._batch_dim(layout)
+        return self.run(state, [], 1), units
 
     def run(self, state: tuple, units: list[int], replicas: int) -> torch.Tensor:
         batch, tapped, *live = state  # a tensor holding the batch has B or B*T (folded frames) rows

@@ -1,0 +1,84 @@
+"""A per-step nn.Linear after a time-first recurrent layer (nn.GRU without batch_first): its
+(T, N, F) output holds the batch in dim 1. Read as frames folded into the batch, its steps were
+credited to other images; the one-image probe fixes the layout for batches with as many images
+as steps."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sketchmine
+
+T, N = 4, 12
+
+
+class TimeFirst(nn.Module):
+    """Frames → conv features → GRU over time (T, N, F) → a Linear on every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.gru = nn.GRU(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def steps(self, x: torch.Tensor) -> torch.Tensor:
+        n, t = x.shape[:2]
+        f = self.conv(x.flatten(0, 1)).amax(dim=(2, 3)).view(n, t, 4).transpose(0, 1)
+        return self.head(self.gru(f)[0])  # (T, N, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.steps(x)[-1]
+
+
+class Drawings(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], i % 3
+
+
+@pytest.fixture(scope="module")
+def net_and_data():
+    torch.manual_seed(0)
+    net = TimeFirst().eval()
+    from sketchmine.data import animal_shape
+
+    images = animal_shape("test").images[:N * T].astype(np.float32) / 255  # real silhouettes as frames
+    x = torch.from_numpy(images).view(N, T, 1, 28, 28)[..., ::3, ::3].contiguous()
+    return net, x
+
+
+@pytest.mark.parametrize("batch_size", [2, T, 5])
+def test_a_time_first_linear_credits_each_step_to_its_image(tmp_path, net_and_data, batch_size):
+    net, x = net_and_data
+    run = sketchmine.mine(net, Drawings(x), layers=["head"], k=3, out=tmp_path / "r.zarr", batch_size=batch_size)
+    with torch.no_grad():
+        per_step = net.steps(x)  # (T, N, 3)
+    values, index, yx = run.topk("head")
+    maxima = per_step.amax(0).T.numpy()  # (3, N)
+    want = np.argsort(-maxima, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(index, want)
+    np.testing.assert_array_equal(values, np.take_along_axis(maxima, want, 1))
+    steps = per_step.argmax(0).T.numpy()  # the step of each image's maximum
+    np.testing.assert_array_equal(yx[..., 1], np.take_along_axis(steps, want, 1))
+    assert run.layer_attrs("head")["layout"] == "(T, N, features) → (N, features, T)"
+
+
+def test_a_time_first_linear_is_ablated_per_image(tmp_path, net_and_data):
+    net, x = net_and_data
+    run = sketchmine.mine(net, Drawings(x), layers=["head"], out=tmp_path / "r.zarr", batch_size=5)
+    sketchmine.unit_effects(run, "head", model=net, data=Drawings(x), batch_size=5, units_per_pass=2)
+    with torch.no_grad():
+        clean = net(x)
+        for unit in range(3):
+            zeroed = clean.clone()
+            zeroed[:, unit] = 0  # the head's unit u is the logit u at the last step
+            want = (zeroed - clean).double().mean(0)
+            got = run.store.read("layers/head/effects/logit_delta")[unit]
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
