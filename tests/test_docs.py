@@ -74,7 +74,8 @@ def test_every_block_runs_or_is_a_template():
     for page in PAGES:
         for lang, code in blocks(page):
             assert lang in RUN | TEMPLATE, f"{page.name}: a block fenced {lang!r} is neither run nor a template"
-            commandlike = re.match(r"\s*(#.*\n\s*)*(sketchmine|python|torchrun|make|pip)\b", code)
+            commandlike = re.match(r"\s*(#.*\n\s*)*(sketchmine|python3?|torchrun|make|pip|bash|npm|scripts/|\.venv/)",
+                                   code)
             if lang in TEMPLATE and commandlike:  # a command shown, not run, must say what to fill in
                 assert re.search(r"\b[A-Z][A-Z0-9_]{1,}\b", code), \
                     f"{page.name}: a `text` command without a placeholder should be run: {code[:80]!r}"
