@@ -9,10 +9,14 @@ through a ReLU (Springenberg et al. 2015; Zeiler & Fergus 2014):
 
 The model is traced with torch.fx into a new module whose ReLUs (modules, functions and
 in-place variants alike) call a rule-aware autograd function; the caller's model is
-never changed and no hook outlives the call. Batched: one unit per image, one forward
-and one backward for the whole batch.
+never changed (it runs in eval mode during a call, and each module's training flag is put
+back after) and no hook outlives the call. Batched: one unit per image, one forward and
+one backward for the whole batch.
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import fx, nn
@@ -48,22 +52,74 @@ def _rule_relu(x: torch.Tensor, method: str) -> torch.Tensor:
 
 
 _RELU_FUNCS = {torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu_}
+_IN_PLACE_FUNCS = {torch.relu_, nn.functional.relu_}
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode inside the block; each module's own training flag put back
+    after, on errors too (a training model with a frozen BatchNorm comes back as it was).
+    The traced graphs share the model's modules, so this is what they run in."""
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in was_training.items():
+            m.training = training
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return (node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.ReLU)) or \
+           (node.op == "call_function" and node.target in _RELU_FUNCS) or \
+           (node.op == "call_method" and node.target in ("relu", "relu_"))
+
+
+def _is_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether the ReLU node rectifies its input tensor itself (nn.ReLU(inplace=True),
+    x.relu_(), torch.relu_, F.relu_, F.relu(x, inplace=True))."""
+    if node.op == "call_module":
+        return bool(getattr(modules[str(node.target)], "inplace", False))
+    if node.op == "call_method":
+        return node.target == "relu_"
+    if node.target in _IN_PLACE_FUNCS:
+        return True
+    return node.target is nn.functional.relu and \
+        bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
+
+
+def _later_users(node: fx.Node, value: fx.Node) -> list[fx.Node]:
+    """The users of `value` that come after `node` in graph order."""
+    users, later = set(value.users), []
+    n = node.next
+    while n.op != "root" and len(later) < len(users):
+        if n in users:
+            later.append(n)
+        n = n.next
+    return later
 
 
 def _with_rule(model: nn.Module, method: str) -> fx.GraphModule:
-    """A traced copy of the graph (parameters shared) with every ReLU swapped for the rule."""
-    gm = trace(model, "for deconvolution")
+    """A traced copy of the graph (parameters shared) with every ReLU swapped for the rule.
+
+    The rule is out of place, so an in-place ReLU's effect on its input is kept by giving
+    the rule's output to every later reader of that input: `y.relu_(); return conv(y)`
+    (result unused) feeds the rectified y to the conv, as the model does."""
+    with _eval_mode(model):  # `self.training` branches are traced as they run here
+        gm = trace(model, "for deconvolution")
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
-        is_relu = (node.op == "call_module" and isinstance(modules.get(node.target), nn.ReLU)) or \
-                  (node.op == "call_function" and node.target in _RELU_FUNCS) or \
-                  (node.op == "call_method" and node.target in ("relu", "relu_"))
-        if is_relu:
-            with gm.graph.inserting_after(node):
-                new = gm.graph.call_function(_rule_relu, (node.args[0], method))
-            new.meta.update(node.meta)  # the module it belongs to (module_outputs reads it)
-            node.replace_all_uses_with(new)
-            gm.graph.erase_node(node)
+        if not _is_relu(node, modules):
+            continue
+        source = node.args[0]
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_function(_rule_relu, (source, method))
+        new.meta.update(node.meta)  # the module it belongs to (module_outputs reads it)
+        if isinstance(source, fx.Node) and _is_in_place(node, modules):
+            for user in _later_users(new, source):
+                user.replace_input_with(source, new)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
     return gm
@@ -82,8 +138,7 @@ class Deconvolver:
         if method not in METHODS:
             raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
         self.model, self.method = model, method
-        self.graph = _with_rule(model, method)
-        self.graph.eval()
+        self.graph = _with_rule(model, method)  # run in eval mode by `_unit_outputs`
         self._outputs = module_outputs(self.graph)
         self._upto: dict[str, fx.GraphModule] = {}
 
@@ -124,7 +179,12 @@ class Deconvolver:
         """The layer's output for input x, in the layout the miner's taps read (N, units,
         *positions), so (channel, yx) address the same unit: a GRU's (N, T, H) is (N, H, T), a
         time-distributed conv's frames are stacked along y, an LSTM's cell state is its final
-        c_n; the virtual softmax is the class probabilities."""
+        c_n; the virtual softmax is the class probabilities. Runs the model in eval mode;
+        the caller's training flags are put back after."""
+        with _eval_mode(self.model):
+            return self._unit_outputs_eval(x, layer)
+
+    def _unit_outputs_eval(self, x: torch.Tensor, layer: str) -> torch.Tensor:
         if layer == SOFTMAX:
             out = self.graph(x)
             return torch.softmax(out[0] if isinstance(out, (tuple, list)) else out, dim=1)
@@ -144,7 +204,7 @@ class Deconvolver:
             if end is None:
                 raise SketchmineError(f"layer {layer!r} does not appear once in the traced graph "
                                       "(is it called exactly once in forward?)")
-            self._upto[layer] = cut.head(self.graph, end).eval()
+            self._upto[layer] = cut.head(self.graph, end)
         return self._upto[layer]
 
     def field_crops(self, images: torch.Tensor, image_index: torch.Tensor, layer: str, channels, yx,

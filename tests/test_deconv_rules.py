@@ -1,0 +1,221 @@
+"""deconvolve: in-place ReLUs whose result goes unused keep their rectification, the rules
+match a reference built from ReLU hooks, and the caller's modules keep their training flags."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from sketchmine import deconvolve
+from sketchmine.errors import SketchmineError
+from sketchmine.passes.deconv import Deconvolver
+
+SPELLINGS = ("method", "functional", "module")
+
+
+class SideEffectNet(nn.Module):
+    """The demo model's features (shared, trained weights) with every ReLU applied in place
+    for its side effect, its result unused: `h.relu_()`, `F.relu(h, inplace=True)`, or the
+    model's own nn.ReLU(inplace=True) called as `relu(h)`."""
+
+    def __init__(self, features: nn.Sequential, spelling: str) -> None:
+        super().__init__()
+        self.features, self.spelling = features, spelling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for m in self.features:
+            if isinstance(m, nn.ReLU):
+                if self.spelling == "method":
+                    h.relu_()
+                elif self.spelling == "functional":
+                    F.relu(h, inplace=True)
+                else:
+                    m(h)
+            else:
+                h = m(h)
+        return h
+
+
+class _Stop(Exception):
+    pass
+
+
+def hooked_reference(model: nn.Module, images: torch.Tensor, layer: str, channels, yx, method: str) -> torch.Tensor:
+    """The rules applied by backward hooks on the ReLU modules of a copy of the model (made
+    out of place), the unit's value read by a forward hook on its layer (Captum's way)."""
+    m = copy.deepcopy(model).eval()
+    handles = []
+    for mod in m.modules():
+        if isinstance(mod, nn.ReLU):
+            mod.inplace = False
+            if method != "gradient":
+                inputs: list[torch.Tensor] = []  # one module may run more than once (ResNet blocks)
+
+                def keep(mod, args, out, inputs=inputs):
+                    inputs.append(args[0])
+
+                def rule(mod, grad_in, grad_out, inputs=inputs):
+                    g = grad_out[0].clamp_min(0)
+                    return (g * (inputs.pop() > 0) if method == "guided" else g,)
+
+                handles += [mod.register_forward_hook(keep), mod.register_full_backward_hook(rule)]
+    seen = {}
+
+    def stop(mod, args, out):
+        seen["out"] = out
+        raise _Stop
+
+    handles.append(m.get_submodule(layer).register_forward_hook(stop))
+    x = images.detach().clone().requires_grad_(True)
+    try:
+        m(x)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    out, n = seen["out"], torch.arange(len(x))
+    ch = torch.as_tensor(channels)
+    unit = out[n, ch, yx[:, 0], yx[:, 1]] if out.ndim == 4 else out[n, ch]
+    (grad,) = torch.autograd.grad(unit.sum(), x)
+    return grad
+
+
+@pytest.fixture(scope="module")
+def net(demo_model):
+    return demo_model.module
+
+
+@pytest.fixture(scope="module")
+def images(demo_test_set):
+    return torch.stack([demo_test_set[i][1] for i in (3, 420, 777, 1630)])
+
+
+UNITS = {"features.6": ([9, 40, 2, 77], [[3, 2], [0, 6], [6, 0], [4, 4]]),
+         "features.12": ([5, 17, 33, 60], [[1, 1], [0, 2], [2, 0], [2, 2]])}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("layer,upto", [("features.6", 7), ("features.12", 13)])
+def test_gradient_of_in_place_relu_equals_autograd(net, images, spelling, layer, upto):
+    channels, yx = torch.tensor(UNITS[layer][0]), torch.tensor(UNITS[layer][1])
+    x = images.clone().requires_grad_(True)
+    out = SideEffectNet(net.features[:upto], spelling)(x)  # the in-place model itself, eagerly
+    (want,) = torch.autograd.grad(out[torch.arange(len(x)), channels, yx[:, 0], yx[:, 1]].sum(), x)
+    assert want.abs().max() > 0
+    got = deconvolve(SideEffectNet(net.features, spelling), images, layer, channels, yx, method="gradient")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("method", ["guided", "deconvnet"])
+def test_rules_of_in_place_relu_equal_hooked_reference(net, images, spelling, method):
+    channels, yx = torch.tensor(UNITS["features.12"][0]), torch.tensor(UNITS["features.12"][1])
+    want = hooked_reference(net, images, "features.12", channels, yx, method)
+    assert want.abs().max() > 0
+    got = deconvolve(SideEffectNet(net.features, spelling), images, "features.12", channels, yx, method=method)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    plain = deconvolve(net, images, "features.12", channels, yx, method=method)  # ReLUs used the ordinary way
+    torch.testing.assert_close(plain, want, rtol=1e-5, atol=1e-6)
+
+
+def test_in_place_relu_reaches_readers_of_its_input_only_after_it():
+    """`z = relu_(y)` with y read both before and after: the earlier reader sees y unrectified."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c3 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.c1(x)
+            before = 0.5 * y  # (autograd's own check refuses a reader that saves y before relu_)
+            z = F.relu(y, inplace=True)
+            return before + self.c3(y) * z
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(3, 1, 9, 9)
+    channels, yx = torch.tensor([0, 2, 3]), torch.tensor([[4, 4], [0, 3], [8, 1]])
+    xr = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(model(xr)[torch.arange(3), channels, yx[:, 0], yx[:, 1]].sum(), xr)
+    forward = Deconvolver(model, "gradient").graph(x)  # the rule-aware graph computes the model's forward
+    torch.testing.assert_close(forward, model(x.clone()))
+    wrapped = nn.Sequential(model, nn.Identity())  # the model's output as a layer
+    got = deconvolve(wrapped, x, "1", channels, yx, method="gradient")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["guided", "deconvnet", "gradient"])
+def test_resnet18_equals_hooked_reference(method):
+    """torchvision's nn.ReLU(inplace=True), used the ordinary way and twice per block."""
+    torch.manual_seed(1)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(2, 3, 64, 64)
+    for layer, channels, yx in [("layer2.0.conv2", [1, 7], [[3, 3], [0, 7]]), ("layer3.1", [4, 200], [[2, 1], [0, 3]])]:
+        yx_t = torch.tensor(yx)
+        want = hooked_reference(model, x, layer, channels, yx_t, method)
+        got = deconvolve(model, x, layer, channels, yx_t, method=method)
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def _flags(model: nn.Module) -> dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+@pytest.fixture()
+def training_resnet():
+    """A ResNet-18 in train mode with two BatchNorms frozen in eval, as fine-tuning leaves it."""
+    torch.manual_seed(2)
+    model = torchvision.models.resnet18().train()
+    model.bn1.eval()
+    model.layer2[0].bn2.eval()
+    return model
+
+
+def test_training_flags_survive(training_resnet):
+    model = training_resnet
+    before = _flags(model)
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 64, 64)
+    got = deconvolve(model, x, "layer2.0.conv1", [0, 5], [[0, 0], [3, 2]], method="gradient")
+    assert _flags(model) == before
+    assert not model.bn1.training and model.layer1[0].bn1.training and model.training
+    for k, v in model.state_dict().items():  # ran in eval mode: no BatchNorm statistics updated
+        assert torch.equal(v, stats[k]), k
+    want = deconvolve(copy.deepcopy(model).eval(), x, "layer2.0.conv1", [0, 5], [[0, 0], [3, 2]], method="gradient")
+    assert want.abs().max() > 0
+    torch.testing.assert_close(got, want)
+    deconv = Deconvolver(model, "guided")  # a reused Deconvolver, a batched shared call too
+    assert _flags(model) == before
+    deconv.shared(x, [0, 1, 1], "fc", [3, 4, 5])
+    assert _flags(model) == before
+
+
+def test_training_flags_survive_errors(training_resnet):
+    model = training_resnet
+    before = _flags(model)
+    deconv = Deconvolver(model, "gradient")
+    with pytest.raises(SketchmineError, match="unknown layer"):
+        deconv(torch.randn(1, 3, 64, 64), "layer9", [0], [[0, 0]])
+    assert _flags(model) == before
+
+    class Untraceable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = model
+
+        def forward(self, x):
+            return self.body(x) if x.sum() > 0 else x  # data-dependent: torch.fx refuses it
+
+    wrapper = Untraceable().train()
+    before = _flags(wrapper)
+    with pytest.raises(SketchmineError, match="cannot trace"):
+        Deconvolver(wrapper, "gradient")
+    assert _flags(wrapper) == before
