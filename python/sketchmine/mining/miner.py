@@ -46,11 +46,11 @@ from sketchmine.store.runstore import RunLock, RunStore, is_run
 from sketchmine.store.schema import PREPROCESS
 
 
-def _model_spec(model: nn.Module | str, weights: str | os.PathLike | None, seed: int | None = None) -> dict[str, Any]:
+def _model_spec(model: nn.Module | LoadedModel | str, weights: str | os.PathLike | None, seed: int | None = None) -> dict[str, Any]:
     """How a later pass (visualize, importance) can load the model again: the spec string
     and weights file as absolute paths, or None for an in-memory module (it must be passed);
     the seed of a randomly initialised model."""
-    if isinstance(model, nn.Module):
+    if isinstance(model, (nn.Module, LoadedModel)):  # in memory: later passes are given the model
         return {"spec": None, "weights": None}
     spec = str(model)
     if Path(spec).exists():
@@ -110,7 +110,7 @@ def _as_sequences(ds: MinerDataset, loaded: LoadedModel, steps: int | None, ink:
 
 
 def mine(
-    model: nn.Module | str,
+    model: nn.Module | LoadedModel | str,
     dataset: Any,
     layers: list[str] | None = None,
     k: int = 9,

@@ -99,16 +99,20 @@ def _build(arch: str, num_classes: int | None, in_channels: int | None) -> nn.Mo
     return torchvision.models.get_model(arch, **kwargs)
 
 
-def load_model(spec: str | nn.Module, weights: str | Path | None = None, seed: int | None = None) -> LoadedModel:
+def load_model(spec: str | nn.Module | LoadedModel, weights: str | Path | None = None, seed: int | None = None) -> LoadedModel:
     """Resolve a model spec.
 
-    spec: an nn.Module; 'demo' (the embedded trained SketchNet), 'demo-resnet' (SketchResNet),
+    spec: a LoadedModel (returned as it is); an nn.Module; 'demo' (the embedded trained SketchNet), 'demo-resnet' (SketchResNet),
     'demo-gru' (CNN + GRU over progressive drawings); a torchvision name or
     'sketchnet' (random init from `seed`, default 0, unless `weights`); or a checkpoint file
     {'arch', 'state_dict'}. `weights` and `seed` are refused where they would not act.
     """
     from sketchmine.model import zoo
 
+    if isinstance(spec, LoadedModel):  # loaded already (load_model's own result): as it is
+        if weights is not None or seed is not None:
+            raise SketchmineError(f"model {spec.model_id} is loaded already: weights= and seed= apply when loading")
+        return spec
     named = not isinstance(spec, nn.Module) and not str(spec).endswith(".onnx") and spec not in zoo.EMBEDDED \
         and not (Path(spec).suffix in (".pt", ".pth", ".ckpt") or Path(spec).exists())
     shown = type(spec).__name__ if isinstance(spec, nn.Module) else repr(str(spec))

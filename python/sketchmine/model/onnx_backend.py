@@ -8,13 +8,14 @@ graph outputs of an in-memory copy of the model; the file on disk is never chang
 Layer names: a torch module name when the model came from `torch.onnx.export` (its node
 names "/features/features.0/Conv", or the new exporter's `pkg.torch.onnx.name_scopes`
 metadata, say which module a node belongs to; the module's output is the last node of
-its scope), else a node name, else a tensor name ("/" is written "|" in the run).
+its scope), else a node name, else a tensor name ("/" is written "|" in the run); see
+onnx_names, which also refuses a module whose computation the exporter folded away
+(a conv with its BatchNorm folded in).
 Requires `onnx` and `onnxruntime` (`onnxruntime-gpu` for device="cuda"); both are
 imported only when an ONNX model is used.
 """
 from __future__ import annotations
 
-import ast
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -25,12 +26,9 @@ import torch
 
 from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, register_backend, weights_hasher
+from sketchmine.model.onnx_names import SLASH, GraphNames
 from sketchmine.model.taps import SOFTMAX
 
-_DEFAULT_OPS = ("Conv", "Gemm", "MatMul")
-_SLASH = "|"
-"""Stands for "/" in the layer names of a run: a node or tensor name "/features/Relu" is
-mined as layer "|features|Relu" (Zarr group names cannot hold "/"); either form is accepted."""
 _FLOAT_KINDS = "f"
 
 
@@ -59,33 +57,6 @@ def load_onnx(path: str | Path, weights: str | Path | None = None) -> LoadedMode
     return LoadedModel(model, f"onnx:{model.path.name}", None)  # type: ignore[arg-type]
 
 
-def _torch_scope(node: Any) -> str | None:
-    """The qualified torch module name a node was exported from, if the exporter said so.
-
-    New exporter: metadata `pkg.torch.onnx.name_scopes` = ['', 'features', 'features.0', 'conv2d']
-    (module names, then the op). TorchScript exporter: node name "/layer2/layer2.0/downsample/
-    downsample.0/Conv", where a Sequential child repeats its parent's segment ("downsample.0").
-    """
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return None
-            return scopes[-2] or None if len(scopes) >= 2 else None
-    parts = node.name.split("/")
-    if not node.name.startswith("/") or len(parts) < 3:
-        return None
-    name, last = "", ""
-    for seg in parts[1:-1]:
-        if last and seg.startswith(last + "."):
-            name += seg[len(last):]  # "downsample" + ".0"
-        else:
-            name = f"{name}.{seg}" if name else seg
-        last = seg
-    return name
-
-
 class OnnxModel:
     """A loaded ONNX graph: layer names, tensor shapes and an ONNX Runtime session with the
     tapped tensors as extra outputs (one session per layer set and device, built lazily)."""
@@ -112,22 +83,7 @@ class OnnxModel:
         self.logits_name = graph.output[0].name
         self.device = torch.device("cpu")
         self._sessions: dict[tuple[Any, ...], Any] = {}
-        self._producer: dict[str, Any] = {}  # tensor name → node
-        self._by_node: dict[str, str] = {}  # node name → first output
-        self._by_module: dict[str, str] = {}  # torch module name → output of the last node of its scope
-        self._scope: dict[str, str | None] = {}  # node output → its module
-        for node in graph.node:
-            for out in node.output:
-                if out:
-                    self._producer[out] = node
-            if node.name and node.output:
-                self._by_node.setdefault(node.name, node.output[0])
-            scope = _torch_scope(node)
-            if node.output:
-                self._scope[node.output[0]] = scope
-            while scope:  # the node belongs to its module and every enclosing one
-                self._by_module[scope] = node.output[0]
-                scope = scope.rpartition(".")[0]
+        self.names = GraphNames(graph, self.path.name)
 
     def declared_input(self) -> tuple[int | str, ...]:
         """The image input's shape as the graph declares it (a name or "?" for a free dimension)."""
@@ -154,40 +110,23 @@ class OnnxModel:
 
     # ---- layers ----------------------------------------------------------------------
     def default_layers(self) -> list[str]:
-        """Every Conv, Gemm and MatMul output in graph order, named by its torch module when
-        that module holds no other such node, plus the softmax (virtual unless the graph has one)."""
-        nodes = list(self.proto.graph.node)
-        per_scope: dict[str, int] = {}
-        for node in nodes:
-            if node.op_type in _DEFAULT_OPS and (s := self._scope.get(node.output[0])):
-                per_scope[s] = per_scope.get(s, 0) + 1
-        names: list[str] = []
-        for node in nodes:
-            if node.op_type not in (*_DEFAULT_OPS, "Softmax"):
-                continue
-            scope = self._scope.get(node.output[0])
-            if scope and per_scope.get(scope, 1) == 1 and self._by_module.get(scope):
-                name = scope
-            elif node.name and self._by_node.get(node.name) == node.output[0]:
-                name = node.name
-            else:
-                name = node.output[0]
-            name = name.replace("/", _SLASH)
-            if name not in names:
-                names.append(name)
-        if not any(n.op_type == "Softmax" for n in nodes):
-            names.append(SOFTMAX)
-        return names
+        """Every Conv, Gemm and MatMul output in graph order, plus the softmax (onnx_names)."""
+        return self.names.default_layers()
 
     def tensor(self, layer: str) -> str | None:
         """The tensor a layer name stands for: module, then node, then tensor name."""
-        if layer not in self._by_node and layer not in self._producer:
-            layer = layer.replace(_SLASH, "/")
-        if layer in self._by_module:
-            return self._by_module[layer]
-        if layer in self._by_node:
-            return self._by_node[layer]
-        return layer if layer in self._producer else None
+        return self.names.tensor(layer)
+
+    def _unknown(self, name: str) -> SketchmineError:
+        """Why a layer name has no tensor: a module whose computation the exporter folded
+        away, or no such name (with the closest matches)."""
+        if name in self.names.refused:
+            return SketchmineError(self.names.refused[name])
+        hint = closest(name, [*self.names.by_module, *self.names.by_node, *self.names.producer])
+        return SketchmineError(
+            f"unknown layer {name!r} in {self.path.name} (no such torch module, node or tensor)"
+            + (f"; closest matches: {', '.join(hint)}" if hint else "")
+            + f". Layers available by default: {', '.join(self.default_layers())}")
 
     def resolve_layers(self, layers: Sequence[str] | None) -> list[str]:
         """Validate requested layer names; unknown names raise with the closest matches."""
@@ -196,12 +135,8 @@ class OnnxModel:
         result: list[str] = []
         for name in layers:
             if name != SOFTMAX and self.tensor(name) is None:
-                hint = closest(name, [*self._by_module, *self._by_node, *self._producer])
-                raise SketchmineError(
-                    f"unknown layer {name!r} in {self.path.name} (no such torch module, node or tensor)"
-                    + (f"; closest matches: {', '.join(hint)}" if hint else "")
-                    + f". Layers available by default: {', '.join(self.default_layers())}")
-            name = name.replace("/", _SLASH)
+                raise self._unknown(name)
+            name = name.replace("/", SLASH)
             if name not in result:
                 result.append(name)
         return result
@@ -210,7 +145,7 @@ class OnnxModel:
         """The producing op, lower case ("conv", "gemm"), or "softmax" for the virtual layer."""
         if layer == SOFTMAX:
             return "softmax"
-        return str(self._producer[self.tensor(layer)].op_type).lower()
+        return str(self.names.producer[self.tensor(layer)].op_type).lower()
 
     def fields(self, sample: tuple[int, ...], progress: Any) -> dict[str, Any]:
         """Receptive fields are not computed for ONNX graphs: the store records None."""
@@ -292,7 +227,7 @@ class OnnxModel:
                 continue
             t = self.tensor(layer)
             if t is None:
-                raise SketchmineError(f"unknown layer {layer!r} in {self.path.name}")
+                raise self._unknown(layer)
             if t not in tensors:
                 tensors.append(t)
             at.append((layer, tensors.index(t)))

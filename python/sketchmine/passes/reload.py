@@ -20,20 +20,29 @@ from sketchmine.model.models import LoadedModel, load_model, recorded_weights, w
 from sketchmine.results.run import Run
 
 
-def run_model(run: Run, model: nn.Module | str | None = None, weights: str | os.PathLike | None = None) -> LoadedModel:
-    """The run's model: `model` when given, else the recorded spec; its weights must hash
-    to the run's recorded identity (`weights_hash`)."""
+def run_model(run: Run, model: nn.Module | LoadedModel | str | None = None,
+              weights: str | os.PathLike | None = None) -> LoadedModel:
+    """The run's model: `model` when given (a spec as `load_model` takes, or a model it
+    loaded, used as it is), else the recorded spec; its weights must hash to the run's
+    recorded identity (`weights_hash`)."""
     attrs = run.attrs
     recorded = attrs.get("model_spec") or {}
-    if model is None:
-        spec = recorded.get("spec")
-        if spec is None:
-            raise SketchmineError(f"run {run.path} was mined from an in-memory model ({attrs.get('model')}); "
-                                  "pass the same model (model=...)")
-        weights = weights or recorded.get("weights")
-        model = spec
-    seed = recorded.get("seed")
-    loaded = load_model(model, weights, seed=seed if isinstance(seed, int) else None)
+    if isinstance(model, LoadedModel):
+        if weights is not None:
+            raise SketchmineError(f"weights file {weights} given with a loaded model ({model.model_id}), which "
+                                  "carries its own weights; load the model with them (load_model(spec, weights)) "
+                                  "or drop the weights")
+        loaded = model
+    else:
+        if model is None:
+            spec = recorded.get("spec")
+            if spec is None:
+                raise SketchmineError(f"run {run.path} was mined from an in-memory model ({attrs.get('model')}); "
+                                      "pass the same model (model=...)")
+            weights = weights or recorded.get("weights")
+            model = spec
+        seed = recorded.get("seed")
+        loaded = load_model(model, weights, seed=seed if isinstance(seed, int) else None)
     if not weights_match(loaded.module, attrs):
         raise SketchmineError(f"the model's weights differ from those run {run.path} was mined with "
                               f"({str(recorded_weights(attrs))[:20]}…); pass the same model")
