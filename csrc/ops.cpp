@@ -3,6 +3,9 @@
 #include <torch/library.h>
 
 #include "ops.h"
+
+#include <ATen/Dispatch.h>
+#include <c10/util/TypeCast.h>
 #include "cpu/block_cache.h"
 
 namespace sketchmine {
@@ -39,13 +42,22 @@ at::Tensor check_topk_args(const at::Tensor& acts, const at::Tensor& image_index
     TORCH_CHECK(t->device() == acts.device(), "topk_update: all tensors must be on ",
                 acts.device(), ", found one on ", t->device());
   }
+  check_image_ids("topk_update", image_index);
   int64_t len = 1;
   for (int64_t d = 2; d < acts.dim(); ++d) len *= acts.size(d);
   return acts.reshape({n, c, len});
 }
 
+void check_image_ids(const char* op, const at::Tensor& image_index) {
+  // a negative id is an empty slot's mark: an image given one would be dropped without a word
+  if (image_index.numel() > 0 && image_index.device().is_cpu()) {
+    const auto lo = image_index.min().item<int64_t>();
+    TORCH_CHECK(lo >= 0, op, ": image_index must be global image indices >= 0, found ", lo);
+  }
+}
+
 void check_crop_args(const at::Tensor& images, const at::Tensor& image_index, const at::Tensor& corners,
-                     int64_t height, int64_t width) {
+                     int64_t height, int64_t width, double fill) {
   TORCH_CHECK(images.dim() == 4, "crop_patches: images must be (B, C, H, W), got shape ", images.sizes());
   TORCH_CHECK(corners.dim() == 2 && corners.size(1) == 2 && corners.scalar_type() == at::kLong,
               "crop_patches: corners must be (M, 2) int64 (top, left), got ", corners.sizes(), " ",
@@ -62,6 +74,11 @@ void check_crop_args(const at::Tensor& images, const at::Tensor& image_index, co
     TORCH_CHECK(lo >= 0 && hi < images.size(0), "crop_patches: image_index must lie in [0, ",
                 images.size(0), "), found [", lo, ", ", hi, "]");
   }
+  // torch's own overflow check (as torch.full): a fill the dtype cannot hold (a negative or NaN
+  // fill of uint8 images) is refused instead of converted with undefined behaviour
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, images.scalar_type(), "crop_patches", [&] {
+    (void)c10::checked_convert<scalar_t, double>(fill, c10::toString(images.scalar_type()));
+  });
 }
 
 }  // namespace sketchmine

@@ -15,7 +15,9 @@ at::Tensor check_topk_args(const at::Tensor& acts, const at::Tensor& image_index
 
 // Checks crop_patches' arguments; returns nothing, throws with a message.
 void check_crop_args(const at::Tensor& images, const at::Tensor& image_index, const at::Tensor& corners,
-                     int64_t height, int64_t width);
+                     int64_t height, int64_t width, double fill);
+// Global image indices are >= 0 (a negative one marks an empty slot); checked on the CPU.
+void check_image_ids(const char* op, const at::Tensor& image_index);
 
 at::Tensor crop_patches_cpu(const at::Tensor& images, const at::Tensor& image_index,
                             const at::Tensor& corners, int64_t height, int64_t width, double fill);

@@ -10,7 +10,7 @@ namespace sketchmine {
 
 at::Tensor crop_patches_cpu(const at::Tensor& images, const at::Tensor& image_index,
                             const at::Tensor& corners, int64_t height, int64_t width, double fill) {
-  check_crop_args(images, image_index, corners, height, width);
+  check_crop_args(images, image_index, corners, height, width, fill);
   const at::Tensor img = images.contiguous();
   const at::Tensor idx = image_index.contiguous(), cor = corners.contiguous();
   const int64_t m = cor.size(0), c = img.size(1), h = img.size(2), w = img.size(3);
@@ -21,7 +21,7 @@ at::Tensor crop_patches_cpu(const at::Tensor& images, const at::Tensor& image_in
   AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, img.scalar_type(), "crop_patches_cpu", [&] {
     const scalar_t* src = img.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
-    const scalar_t f = static_cast<scalar_t>(fill);
+    const scalar_t f = static_cast<scalar_t>(fill);  // representable: check_crop_args
     at::parallel_for(0, m * c, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t p = r / c, ch = r % c;

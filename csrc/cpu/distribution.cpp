@@ -86,6 +86,8 @@ void check_examples_args(const at::Tensor& maxima, const at::Tensor& image_index
 void check_bottomk_args(const at::Tensor& maxima, const at::Tensor& acts, const at::Tensor& image_index,
                         const at::Tensor& values, const at::Tensor& index, const at::Tensor& position,
                         const at::Tensor& nan_count) {
+  TORCH_CHECK(values.dim() == 2 && values.size(1) >= 1, "bottomk_update: values must be (C, k) with k >= 1, got ",
+              values.sizes());
   const int64_t units = values.size(0), k = values.size(1), n = maxima.size(0);
   check_maxima("bottomk_update", maxima, units);
   TORCH_CHECK(acts.dim() == 3 && acts.size(0) == n && acts.size(1) == units && acts.size(2) >= 1 &&
@@ -99,6 +101,7 @@ void check_bottomk_args(const at::Tensor& maxima, const at::Tensor& acts, const 
   check_state("bottomk_update", index, at::kLong, {units, k}, maxima);
   check_state("bottomk_update", position, at::kLong, {units, k}, maxima);
   check_state("bottomk_update", nan_count, at::kLong, {units}, maxima);
+  check_image_ids("bottomk_update", image_index);
 }
 
 void histogram_update_cpu(const at::Tensor& maxima, at::Tensor& lo, at::Tensor& hi, at::Tensor& e,

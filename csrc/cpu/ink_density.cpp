@@ -68,6 +68,7 @@ at::Tensor ink_density_cpu(const at::Tensor& x, at::ArrayRef<double> scale, std:
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
               "ink_density: x must be (N, ch, H, W) float32 on the CPU, got ", x.sizes(), " ", x.scalar_type());
   const int64_t n = x.size(0), ch = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(ch >= 1, "ink_density: x must have at least one channel, got ", x.sizes());
   TORCH_CHECK(static_cast<int64_t>(scale.size()) == ch, "ink_density: ", scale.size(), " channel scales for ", ch,
               " channels");
   TORCH_CHECK(h >= 3 && w >= 3, "ink_density: images must be at least 3x3, got ", h, "x", w);

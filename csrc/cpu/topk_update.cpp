@@ -87,8 +87,9 @@ void scan_row_sse(const float* row, int64_t len, float& best, int64_t& pos, int6
     if (v != v) any_nan = true;
     else if (v > m) m = v;
   }
-  best = m;
   pos = first_equal_sse(row, len, m);  // -1 only when every element is NaN
+  // the first maximum's own value: maxps keeps either zero of -0.0 and +0.0
+  best = pos >= 0 ? row[pos] : m;
   nans = any_nan ? count_nan(row, len) : 0;
 }
 
@@ -146,6 +147,7 @@ SKM_AVX2 void scan_row_avx2(const float* row, int64_t len, float& best, int64_t&
     }
   }
   pos = p;
+  best = p >= 0 ? row[p] : m;  // as scan_row_sse: the first maximum's sign of zero
   nans = any_nan ? count_nan(row, len) : 0;
 }
 

@@ -26,7 +26,7 @@ __global__ void crop_kernel(const T* __restrict__ src, const int64_t* __restrict
 
 at::Tensor crop_patches_cuda(const at::Tensor& images, const at::Tensor& image_index,
                              const at::Tensor& corners, int64_t height, int64_t width, double fill) {
-  check_crop_args(images, image_index, corners, height, width);
+  check_crop_args(images, image_index, corners, height, width, fill);
   const c10::cuda::CUDAGuard guard(images.device());
   const at::Tensor img = images.contiguous();
   const at::Tensor idx = image_index.contiguous(), cor = corners.contiguous();

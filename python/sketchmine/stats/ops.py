@@ -64,6 +64,8 @@ def spatial_max_reference(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     ar = torch.arange(length, device=flat.device).expand_as(hits)
     pos = torch.where(hits, ar, length).amin(dim=2) if length else best.long()
     allnan = isnan.all(dim=2)
+    if length:  # the first maximum's own value: amax may return either zero of -0.0 and +0.0
+        best = torch.where(allnan, best, filled.gather(2, pos.clamp(max=length - 1).unsqueeze(2)).squeeze(2))
     pos = torch.where(allnan, torch.full_like(pos, EMPTY_INDEX), pos)
     return best, pos, isnan.sum(dim=2)
 
