@@ -107,6 +107,7 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     prog = store.progress
     if prog.get("complete"):
         progress.start(n, n)
+        team.on_writer(lambda: store.drop_checkpoints())  # a kill between the completion and the removal left them
         return team.result(store)
     pre = ds.preprocessing
     setup = Setup(tuple(LayerSpec(l.name, l.channels, tuple(l.spatial)) for l in spec), k, device,

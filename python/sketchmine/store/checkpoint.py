@@ -9,6 +9,7 @@ checkpoint's protocol is its own: writers flush and resume, readers pin the comm
 """
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any
 
@@ -38,9 +39,10 @@ class Checkpoints:
         store does not know what they are (accumulators.py)."""
         prog = self.progress
         slot = "slot1" if prog.get("slot") == "slot0" else "slot0"
+        # the free slot is ours and never committed: removed by path, as a power cut may have left
+        # its metadata damaged (zarr would fail to parse it before deleting it)
+        shutil.rmtree(self.path / schema.CHECKPOINT / slot, ignore_errors=True)
         ck = self.group.require_group(schema.CHECKPOINT)
-        if slot in ck:
-            del ck[slot]
         sg = ck.create_group(slot)
         packed = {f"{key}/{name}": np.asarray(arr) for key, state in states.items() for name, arr in state.items()}
         put_all(sg, packed)

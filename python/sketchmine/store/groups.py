@@ -23,6 +23,8 @@ def write_unit(root: Path, path: str, arrays: dict[str, np.ndarray], attrs: dict
     target = root / path
     staging = target.with_name(target.name + ".writing")
     old = target.with_name(target.name + ".old")
+    if old.is_dir() and not target.exists():  # killed between the two renames: the earlier group back first
+        os.rename(old, target)
     for leftover in (staging, old):  # ours, by name, from an interrupted write
         if leftover.is_dir():
             shutil.rmtree(leftover)
@@ -44,9 +46,13 @@ def write_unit(root: Path, path: str, arrays: dict[str, np.ndarray], attrs: dict
 
 def read_unit(root: zarr.Group, path: str, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """(arrays `keys`, attributes) of a group `write_unit` wrote, or None when it is absent or
-    incomplete (no marker, an array missing or unreadable, arrays of different shapes)."""
+    incomplete (no marker, an array missing or unreadable, arrays of different shapes). A
+    write killed between its two renames left the earlier group as `<path>.old`: read there."""
     try:
-        group = root[path]
+        try:
+            group = root[path]
+        except KeyError:
+            group = root[f"{path}.old"]
         attrs = dict(group.attrs)
         if attrs.get(schema.COMPLETE) is not True:
             return None

@@ -16,6 +16,7 @@ rewritten on resume.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -389,5 +390,11 @@ class RunStore(Checkpoints):
                 sums[name] = block_sums(np.asarray(arr[...]), arr.chunks[0])
         self.commit({"images_done": n_images, "slot": self.progress.get("slot"), "complete": True,
                      "updated": time.time()}, {**extra, schema.CHECKSUMS: sums})
-        if schema.CHECKPOINT in self.group:
-            del self.group[schema.CHECKPOINT]
+        self.drop_checkpoints()
+
+    @io_errors
+    def drop_checkpoints(self) -> None:
+        """Remove the checkpoint slots of a complete run (ours; by path, so that one a kill left
+        half removed goes too): finish does it after the commit, and a re-run of a complete
+        run whose process died between the two does it then."""
+        shutil.rmtree(self.path / schema.CHECKPOINT, ignore_errors=True)

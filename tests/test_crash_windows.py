@@ -1,0 +1,65 @@
+"""Kills in the narrow windows between two writes: a checkpoint slot whose metadata a power cut
+damaged, a run killed between its completion commit and the removal of its checkpoint, a
+result group killed between its two renames. Each resumes (or reads) as if uninterrupted."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pandas as pd
+import pytest
+
+import sketchmine
+from tests.helpers import StopAfter, assert_same_store
+
+LAYERS = ["features.3", "classifier.6"]
+KWARGS = dict(layers=LAYERS, k=3, batch_size=20, flush_every=2)
+
+
+@pytest.fixture()
+def reference(tmp_path, demo_model, small_test_set):
+    return sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "ref.zarr", **KWARGS)
+
+
+def _interrupted(out, demo_model, data):
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(demo_model.module, data, out=out, progress=StopAfter(9, calls=True), **KWARGS)
+    return sketchmine.open_run(out)
+
+
+def test_a_damaged_slot_s_metadata_is_rewritten_on_resume(tmp_path, reference, demo_model, small_test_set):
+    """The newest slot's zarr.json zeroed (never reached the disk): resume goes back to the
+    other slot, and its first flush writes the damaged one afresh instead of parsing it."""
+    out = tmp_path / "run.zarr"
+    slot = _interrupted(out, demo_model, small_test_set).attrs["progress"]["slot"]
+    meta = out / "_checkpoint" / slot / "zarr.json"
+    meta.write_bytes(b"\0" * meta.stat().st_size)
+    progress = StopAfter(10**9, calls=True)
+    sketchmine.mine(demo_model.module, small_test_set, out=out, progress=progress, **KWARGS)
+    assert any("damaged" in n for n in progress.notes)
+    assert_same_store(out, reference.path)
+
+
+def test_a_kill_after_the_completion_commit_leaves_no_checkpoint(tmp_path, reference, demo_model, small_test_set):
+    out = tmp_path / "run.zarr"
+    _interrupted(out, demo_model, small_test_set)
+    kept = tmp_path / "slots"
+    shutil.copytree(out / "_checkpoint", kept)
+    sketchmine.mine(demo_model.module, small_test_set, out=out, **KWARGS)
+    assert not (out / "_checkpoint").exists()
+    shutil.copytree(kept, out / "_checkpoint")  # as a kill between the commit and the removal leaves it
+    run = sketchmine.mine(demo_model.module, small_test_set, out=out, **KWARGS)
+    assert run.complete and not (out / "_checkpoint").exists()
+    assert_same_store(out, reference.path)
+
+
+def test_a_kill_between_the_renames_keeps_the_earlier_result(tmp_path, reference, demo_model, small_test_set):
+    layer = reference.path / "layers" / "classifier.6"
+    first = sketchmine.unit_importance(reference, "classifier.6", demo_model.module, small_test_set, batch_size=100)
+    # the first rename done, the second not: the earlier group as importance.old, the new one staged
+    os.rename(layer / "importance", layer / "importance.old")
+    shutil.copytree(layer / "importance.old", layer / "importance.writing")
+    pd.testing.assert_frame_equal(sketchmine.open_run(reference.path).unit_importance("classifier.6"), first)
+    again = sketchmine.unit_importance(reference, "classifier.6", demo_model.module, small_test_set, batch_size=100)
+    pd.testing.assert_frame_equal(again, first)
+    assert sorted(p.name for p in layer.iterdir() if p.name.startswith("importance")) == ["importance"]
