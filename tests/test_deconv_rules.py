@@ -219,3 +219,20 @@ def test_training_flags_survive_errors(training_resnet):
     with pytest.raises(SketchmineError, match="cannot trace"):
         Deconvolver(wrapper, "gradient")
     assert _flags(wrapper) == before
+
+
+def test_units_outside_the_layer_are_refused(demo_model, images):
+    """A top-k's empty slot holds position (-1, -1) and image -1: passed on, -1 would address
+    the last row and column without a word."""
+    net = demo_model.module
+    n = len(images)
+    good = deconvolve(net, images, "features.3", [1] * n, [[2, 3]] * n)
+    assert good.abs().sum() > 0
+    for channels, yx, match in (([1] * n, [[-1, -1]] * n, r"yx's y must lie in \[0, 14\)"),
+                                ([1] * n, [[2, 14]] * n, r"yx's x must lie in \[0, 14\)"),
+                                ([64] * n, [[2, 3]] * n, r"channels must lie in \[0, 64\)"),
+                                ([1] * n, None, r"yx is needed: the layer's output has a 14×14 grid")):
+        with pytest.raises(SketchmineError, match=match):
+            deconvolve(net, images, "features.3", channels, yx)
+    with pytest.raises(SketchmineError, match=r"channels must lie in \[0, 10\)"):
+        deconvolve(net, images, "classifier.6", [-1] * n)

@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="page-locked loader batches (default: on when --device is CUDA)")
     m.add_argument("--preprocessing", default="auto", choices=["auto", "model", "imagenet", "dataset", "none"],
                    help="auto: the model's recorded normalisation, else ImageNet mean/std")
-    m.add_argument("--image-size", type=positive_int, help="resize images to S×S (default: keep their size)")
+    m.add_argument("--image-size", type=positive_int,
+                   help="resize images to S×S (default: the size pretrained weights record, else keep their size)")
     m.add_argument("--flush-every", type=positive_int, default=50, help="checkpoint every N batches")
     m.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images and record them")
     m.add_argument("--distributions", action=argparse.BooleanOptionalAction, default=None,
@@ -204,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--optimize", action="store_true",
                    help="also store one feature visualisation image per unit (the input that drives it hardest)")
     v.add_argument("--optimize-method", choices=["fourier", "pixel"],
-                   help="with --optimize: lucent-era Fourier parameterisation (fourier) or deconvnet-era pixels")
+                   help="with --optimize: lucent-era Fourier parameterisation (fourier, when not given) or "
+                        "deconvnet-era pixels")
     v.add_argument("--optimize-steps", type=positive_int, help="with --optimize: optimisation steps (256 when not given)")
     demo_help = ("mine, visualize and report the embedded trained models over the embedded Animal-Shape test "
                  "split: SketchNet 'demo' and ResNet 'demo-resnet' compared, then the CNN + GRU 'demo-gru' over "

@@ -250,12 +250,27 @@ def _unit_index(out: torch.Tensor, n: torch.Tensor, channels, yx) -> tuple[torch
     on a line of positions (time steps: yx = (0, t)), (n, channel, 0...) without positions
     (the run's yx convention for each layout)."""
     ch = torch.as_tensor(channels, device=out.device).long()
+    _check_within(ch, out.shape[1], "channels", "the layer's units")
     if out.ndim == 4:
+        if yx is None:
+            raise SketchmineError(f"yx is needed: the layer's output has a {out.shape[2]}×{out.shape[3]} grid")
         pos = torch.as_tensor(yx, device=out.device).long()
+        _check_within(pos[:, 0], out.shape[2], "yx's y", "the grid's rows")
+        _check_within(pos[:, 1], out.shape[3], "yx's x", "the grid's columns")
         return n, ch, pos[:, 0], pos[:, 1]
     if out.ndim == 3 and yx is not None:
-        return n, ch, torch.as_tensor(yx, device=out.device).long()[:, 1]
+        t = torch.as_tensor(yx, device=out.device).long()[:, 1]
+        _check_within(t, out.shape[2], "yx's position", "the layer's positions")
+        return n, ch, t
     return (n, ch, *[torch.zeros_like(n)] * (out.ndim - 2))
+
+
+def _check_within(i: torch.Tensor, size: int, what: str, of: str) -> None:
+    """Indices in [0, size): a negative one (the -1 of an empty top-k slot) would silently
+    address the last unit or position."""
+    if len(i) and (int(i.min()) < 0 or int(i.max()) >= size):
+        raise SketchmineError(f"{what} must lie in [0, {size}) ({of}), found {int(i.min())} to {int(i.max())}; "
+                              "drop empty top-k slots (image index -1) before visualising them")
 
 
 def _units(out: torch.Tensor, channels, yx) -> torch.Tensor:
@@ -290,7 +305,8 @@ def deconvolve(model: nn.Module, images: torch.Tensor, layer: str, channels, yx=
     """Visualise one unit per image in input space.
 
     images (N, C, H, W); layer a qualified module name; channels (N,) the unit's channel per
-    image; yx (N, 2) its grid position (ignored for layers without a grid).
+    image; yx (N, 2) its grid position (ignored for layers without a grid). Channels and
+    positions outside the layer are refused (a top-k's empty slots hold -1).
     Returns (N, C, H, W) float32: the signal the unit sends back to the input.
     """
     return Deconvolver(model, method)(images, layer, channels, yx)

@@ -140,7 +140,8 @@ def input_size(run: Run, pre: Preprocessing | None, size: Any = None,
     if given is not None:
         return given
     raise SketchmineError(f"run {run.path} records no input size (no preprocessing size, no layer seeing the "
-                          "whole input); pass size=(H, W) (CLI: --size H W)")
+                          f"whole input); pass size=(H, W), on the command line `sketchmine probe {run.path} --out "
+                          "DIR --size H W` (report has no --size)")
 
 
 def probe_layers(run: Run) -> tuple[list[str], list[str]]:
