@@ -80,6 +80,22 @@ def torch_net(run: Run, module: Any) -> nn.Module:
     return module
 
 
+def ablation_net(run: Run, names: list[str], model: Any, weights: str | os.PathLike | None) -> nn.Module:
+    """The torch model to ablate `names` of `run` in, every layer checked first: in the run,
+    ablatable (not softmax, not an ONNX run), then found in the loaded model; so a refusal comes
+    before any computation or write."""
+    for name in names:
+        run.layer_attrs(name)  # a layer the run does not have is refused with the run's layers
+        check_ablatable(name, run=run)
+    check_run_ablatable(run)
+    from sketchmine.passes import reload
+
+    net = torch_net(run, reload.run_model(run, model, weights).module)
+    for name in names:
+        check_ablatable(name, net)
+    return net
+
+
 def unique(names: list[str]) -> list[str]:
     """`names` without repeats, in order: a layer given twice is computed once."""
     return list(dict.fromkeys(names))
@@ -153,15 +169,9 @@ def unit_effects(run: Run | str | os.PathLike, layers: str | list[str], model: A
     if not names:
         raise SketchmineError("no layer given; name the layers to ablate")
     run = run if isinstance(run, Run) else open_run(run)
-    for name in names:
-        run.layer_attrs(name)  # a layer the run does not have is refused with the run's layers
-        check_ablatable(name, run=run)
-    check_run_ablatable(run)
+    net = ablation_net(run, names, model, weights)
     from sketchmine.passes import reload
 
-    net = torch_net(run, reload.run_model(run, model, weights).module)
-    for name in names:
-        check_ablatable(name, net)
     ds = reload.run_dataset(run, data)
     for name in names:
         result = ablation_effects(net, ds, name, batch_size, device, units_per_pass)

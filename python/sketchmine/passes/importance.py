@@ -22,7 +22,7 @@ from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.passes.ablation import Importance, ablation_importance
-from sketchmine.passes.effects import check_ablatable, check_run_ablatable, torch_net, unique
+from sketchmine.passes.effects import ablation_net, unique
 from sketchmine.results.importance_store import COLUMNS, has_importance, read_importance, write_importance
 from sketchmine.results.run import Run, open_run
 
@@ -58,15 +58,9 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
     if not layers:
         raise SketchmineError("no layer given; name the layers to ablate")
     run = run if isinstance(run, Run) else open_run(run)
-    for name in layers:  # every layer checked before any computation
-        run.layer_attrs(name)  # a layer the run does not have is refused with the run's layers
-        check_ablatable(name, run=run)
-    check_run_ablatable(run)
+    net = ablation_net(run, layers, model, weights)  # every layer checked before any computation
     from sketchmine.passes import reload
 
-    net = torch_net(run, reload.run_model(run, model, weights).module)
-    for name in layers:
-        check_ablatable(name, net)
     ds = reload.run_dataset(run, dataset)
     labels = _labels(run, ds)
     for name in layers:
