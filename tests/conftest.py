@@ -29,6 +29,16 @@ def demo_test_set(demo_model):
     return animal_shape("test", preprocessing_for(demo_model))
 
 
+@pytest.fixture()
+def run_copy(run_dir, tmp_path):
+    """A copy of the test module's `run_dir` run, for a test that changes it."""
+    import shutil
+
+    dst = tmp_path / "run.zarr"
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def small_test_set(demo_test_set):
     """300 real test images (30 per class, in the stable order), for quicker passes."""

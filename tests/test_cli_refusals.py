@@ -5,7 +5,6 @@ run in-process (`cli.main`), as tests/test_effects.py and tests/test_importance.
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -34,11 +33,6 @@ def run_dir(folder) -> Path:
     return out
 
 
-@pytest.fixture()
-def run_copy(run_dir, tmp_path) -> Path:
-    dst = tmp_path / "run.zarr"
-    shutil.copytree(run_dir, dst)
-    return dst
 
 
 @pytest.fixture(scope="module")

@@ -67,11 +67,6 @@ def run_dir(images) -> Path:
     return out
 
 
-@pytest.fixture()
-def run_copy(run_dir, tmp_path) -> Path:
-    dst = tmp_path / "run.zarr"
-    shutil.copytree(run_dir, dst)
-    return dst
 
 
 # ---- case 8: the report (and the demo) write only into folders they own -------------------------

@@ -279,7 +279,7 @@ def mine(
                 progress.note(damaged)
             return current
         fields = forward.fields(tuple(first.shape), progress) if first.ndim >= 3 else {}
-        labels = ds.labels()
+        labels = known
         attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
                  "model_spec": _model_spec(model, weights, (seed or 0) if loaded.random_init else None),
                  "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
@@ -299,7 +299,7 @@ def mine(
     try:
         run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
         return run_pass(run_store, forward, ds, spec, k, device, load, speed, flush_every, skip_bad_images,
-                        progress, needs_labels=ds.labels() is None, input_shape=(first_index, tuple(first.shape)),
+                        progress, needs_labels=known is None, input_shape=(first_index, tuple(first.shape)),
                         team=team)
     finally:
         lock.release()

@@ -89,8 +89,8 @@ class LayerSummary:
                 for i, (_, r) in enumerate(df.iterrows())}
         else:
             self.importance = None
-            why = not_ablatable(run, layer)
-            self.missing["importance"] = (f"no unit importance for this layer: {why}" if why else
+            blocked = not_ablatable(run, layer)  # not `why`: that one says why the class accuracy is missing
+            self.missing["importance"] = (f"no unit importance for this layer: {blocked}" if blocked else
                                           f"no unit importance stored for this layer: run `sketchmine importance "
                                           f"{run.path} --layers {layer}` to add it")
         if why is not None and not (self.labels >= 0).any():
