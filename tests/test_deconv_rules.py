@@ -45,23 +45,34 @@ class _Stop(Exception):
     pass
 
 
-def hooked_reference(model: nn.Module, images: torch.Tensor, layer: str, channels, yx, method: str) -> torch.Tensor:
-    """The rules applied by backward hooks on the ReLU modules of a copy of the model (made
-    out of place), the unit's value read by a forward hook on its layer (Captum's way)."""
+def _derivative(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The elementwise activation's derivative at x (its forward called without hooks)."""
+    with torch.enable_grad():
+        xi = x.detach().requires_grad_(True)
+        (d,) = torch.autograd.grad(mod.forward(xi).sum(), xi)
+    return d
+
+
+def hooked_reference(model: nn.Module, images: torch.Tensor, layer: str, channels, yx, method: str,
+                     rectifiers: tuple[type[nn.Module], ...] = (nn.ReLU,)) -> torch.Tensor:
+    """The rules applied by backward hooks on the rectifier modules of a copy of the model
+    (made out of place), the unit's value read by a forward hook on its layer (Captum's way);
+    guided multiplies the rectified signal by the activation's derivative ([x > 0] for ReLU)."""
     m = copy.deepcopy(model).eval()
     handles = []
     for mod in m.modules():
-        if isinstance(mod, nn.ReLU):
-            mod.inplace = False
+        if isinstance(mod, rectifiers):
+            if hasattr(mod, "inplace"):
+                mod.inplace = False
             if method != "gradient":
-                inputs: list[torch.Tensor] = []  # one module may run more than once (ResNet blocks)
+                slopes: list[torch.Tensor] = []  # one module may run more than once (ResNet blocks)
 
-                def keep(mod, args, out, inputs=inputs):
-                    inputs.append(args[0])
+                def keep(mod, args, out, slopes=slopes):
+                    slopes.append(_derivative(mod, args[0]))
 
-                def rule(mod, grad_in, grad_out, inputs=inputs):
+                def rule(mod, grad_in, grad_out, slopes=slopes):
                     g = grad_out[0].clamp_min(0)
-                    return (g * (inputs.pop() > 0) if method == "guided" else g,)
+                    return (g * slopes.pop() if method == "guided" else g,)
 
                 handles += [mod.register_forward_hook(keep), mod.register_full_backward_hook(rule)]
     seen = {}
@@ -236,3 +247,55 @@ def test_units_outside_the_layer_are_refused(demo_model, images):
             deconvolve(net, images, "features.3", channels, yx)
     with pytest.raises(SketchmineError, match=r"channels must lie in \[0, 10\)"):
         deconvolve(net, images, "classifier.6", [-1] * n)
+
+
+OTHER_RECTIFIERS = (lambda: nn.ReLU6(inplace=True), lambda: nn.LeakyReLU(0.1), lambda: nn.GELU(),
+                    lambda: nn.SiLU(inplace=True), lambda: nn.Hardswish(), lambda: nn.ELU())
+
+
+def _with_other_rectifiers(net: nn.Module) -> nn.Module:
+    """The demo model (trained weights, copied) with its ReLUs swapped for other rectifiers."""
+    other = copy.deepcopy(net)
+    relus = [name for name, m in other.named_modules() if isinstance(m, nn.ReLU)]
+    assert len(relus) >= 4
+    for i, name in enumerate(relus):
+        parent, _, child = name.rpartition(".")
+        setattr(other.get_submodule(parent), child, OTHER_RECTIFIERS[i % len(OTHER_RECTIFIERS)]())
+    return other
+
+
+@pytest.mark.parametrize("method", ["guided", "deconvnet", "gradient"])
+def test_rules_of_other_rectifiers_equal_hooked_reference(net, images, method):
+    """ReLU6, LeakyReLU, GELU, SiLU, Hardswish, ELU get the method's rule with their own
+    derivative: deconvnet and guided differ from the gradient (before, they were silently it)."""
+    other = _with_other_rectifiers(net)
+    channels, yx = torch.tensor(UNITS["features.12"][0]), torch.tensor(UNITS["features.12"][1])
+    kinds = (nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.ELU)
+    want = hooked_reference(other, images, "features.12", channels, yx, method, kinds)
+    got = deconvolve(other, images, "features.12", channels, yx, method=method)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    gradient = hooked_reference(other, images, "features.12", channels, yx, "gradient", kinds)
+    assert (method == "gradient") == bool(torch.allclose(got, gradient, atol=1e-6))
+
+
+def test_rules_of_other_rectifiers_in_the_shared_backward(net, images):
+    """`Deconvolver.shared` (one forward per image, a batched backward) gives what one
+    backward per unit gives, through the other rectifiers' rule too."""
+    other = _with_other_rectifiers(net)
+    layer = next(name for name, m in other.named_modules() if isinstance(m, nn.Linear))
+    d = Deconvolver(other, "guided")
+    image_of, units = torch.tensor([0, 0, 1, 3, 3, 3]), torch.tensor([1, 4, 2, 0, 7, 9])
+    want = d(images[image_of], layer, units)
+    assert want.abs().max() > 0
+    torch.testing.assert_close(d.shared(images, image_of, layer, units), want, rtol=1e-5, atol=1e-6)
+
+
+def test_saturating_activations_pass_the_gradient():
+    """Sigmoid and Tanh have no deconvnet rule: every method gives the gradient there."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3), nn.Sigmoid(), nn.Conv2d(6, 6, 3), nn.Tanh(), nn.Conv2d(6, 4, 3))
+    x = torch.rand(2, 1, 12, 12)
+    channels, yx = torch.tensor([1, 3]), torch.tensor([[2, 2], [0, 5]])
+    grads = [deconvolve(net, x, "4", channels, yx, method=m) for m in ("gradient", "deconvnet", "guided")]
+    torch.testing.assert_close(grads[1], grads[0])
+    torch.testing.assert_close(grads[2], grads[0])

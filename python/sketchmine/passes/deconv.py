@@ -7,6 +7,12 @@ through a ReLU (Springenberg et al. 2015; Zeiler & Fergus 2014):
     deconvnet  grad_in = relu(grad_out)                (max-pool switches and transposed
     guided     grad_in = relu(grad_out) · [x > 0]       filters come from autograd)
 
+The other rectifiers (ReLU6, LeakyReLU, PReLU, ELU, GELU, SiLU, Hardswish, ...) get the
+same rules with their own derivative f'(x) in place of [x > 0]: deconvnet rectifies the
+signal and ignores the forward pass, guided rectifies it and multiplies by f'(x). Without
+this, "deconvnet" on a network of GELUs would silently be the plain gradient. Saturating
+nonlinearities (Sigmoid, Tanh), which no paper gives a rule for, pass the gradient.
+
 The model is traced with torch.fx into a new module whose ReLUs (modules, functions and
 in-place variants alike) call a rule-aware autograd function; the caller's model is
 never changed (it runs in eval mode during a call, and each module's training flag is put
@@ -16,6 +22,7 @@ one backward for the whole batch.
 from __future__ import annotations
 
 from collections.abc import Iterator
+import inspect
 from contextlib import contextmanager
 
 import torch
@@ -51,8 +58,53 @@ def _rule_relu(x: torch.Tensor, method: str) -> torch.Tensor:
     return _RuleReLU.apply(x, method)
 
 
+class _RuleActivation(torch.autograd.Function):
+    """The rule at a rectifier f other than ReLU, given y = f(x) and d = f'(x) (elementwise)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, method: str) -> torch.Tensor:
+        ctx.method = method
+        ctx.save_for_backward(d)
+        return y.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (d,) = ctx.saved_tensors
+        if ctx.method == "gradient":
+            return grad * d, None, None, None
+        if ctx.method == "deconvnet":
+            return grad.clamp_min(0), None, None, None
+        return grad.clamp_min(0) * d, None, None, None
+
+
+class _RuleRectifier(nn.Module):
+    """Calls a rectifier (a module, or a function with its other arguments) out of place and
+    applies the method's rule where the signal passes back through it. Its derivative is
+    taken with autograd on the forward's input (the activations are elementwise), so the
+    backward is pointwise arithmetic that `is_grads_batched` can vectorise."""
+
+    def __init__(self, fn, method: str, in_place: bool, kwargs: dict) -> None:
+        super().__init__()
+        self.fn, self.method, self.in_place, self.kwargs = fn, method, in_place, kwargs
+
+    def forward(self, x: torch.Tensor, *args) -> torch.Tensor:
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            y = self.fn(xx.clone(), *args, **self.kwargs)  # the clone takes an in-place write
+            (d,) = torch.autograd.grad(y.sum(), xx)
+        return _RuleActivation.apply(x, y.detach(), d, self.method)
+
+
 _RELU_FUNCS = {torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu_}
 _IN_PLACE_FUNCS = {torch.relu_, nn.functional.relu_}
+# rectifiers: unbounded above (or clipped, ReLU6/Hardtanh) and (nearly) flat below 0
+_RECTIFIER_MODULES = (nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
+                      nn.SiLU, nn.Mish, nn.Hardswish, nn.Softplus)
+_F = nn.functional
+_RECTIFIER_FUNCS = {_F.relu6, _F.hardtanh, _F.leaky_relu, _F.prelu, _F.rrelu, _F.elu, _F.celu, _F.selu,
+                    _F.gelu, _F.silu, _F.mish, _F.hardswish, _F.softplus, torch.selu, torch.celu, torch.prelu}
+_IN_PLACE_RECTIFIER_FUNCS = {_F.hardtanh_, _F.leaky_relu_, _F.rrelu_, _F.elu_, _F.celu_, torch.selu_,
+                             torch.celu_, torch.rrelu_}
 
 
 @contextmanager
@@ -88,6 +140,28 @@ def _is_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
 
 
+def _rectifier(node: fx.Node, modules: dict[str, nn.Module], method: str) -> _RuleRectifier | None:
+    """The rule-aware stand-in for a rectifier other than ReLU, or None if `node` is not one."""
+    if node.op == "call_module" and isinstance(modules.get(str(node.target)), _RECTIFIER_MODULES):
+        module = modules[str(node.target)]
+        return _RuleRectifier(module, method, bool(getattr(module, "inplace", False)), {})
+    if node.op == "call_function" and node.target in _RECTIFIER_FUNCS | _IN_PLACE_RECTIFIER_FUNCS:
+        if any(isinstance(v, fx.Node) for v in node.kwargs.values()):
+            return None  # a keyword given by a traced value: left as the gradient (no torch model does this)
+        in_place = node.target in _IN_PLACE_RECTIFIER_FUNCS or _inplace_argument(node)
+        return _RuleRectifier(node.target, method, in_place, dict(node.kwargs))
+    return None
+
+
+def _inplace_argument(node: fx.Node) -> bool:
+    """The `inplace` argument of a functional call, given by keyword or by position."""
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a builtin without a Python signature has no `inplace`
+        return False
+    return bool(bound.arguments.get("inplace", False))
+
+
 def _later_users(node: fx.Node, value: fx.Node) -> list[fx.Node]:
     """The users of `value` that come after `node` in graph order."""
     users, later = set(value.users), []
@@ -108,14 +182,21 @@ def _with_rule(model: nn.Module, method: str) -> fx.GraphModule:
     with _eval_mode(model):  # `self.training` branches are traced as they run here
         gm = trace(model, "for deconvolution")
     modules = dict(gm.named_modules())
-    for node in list(gm.graph.nodes):
-        if not _is_relu(node, modules):
+    for i, node in enumerate(list(gm.graph.nodes)):
+        rectifier = _rectifier(node, modules, method)
+        if rectifier is None and not _is_relu(node, modules):
             continue
         source = node.args[0]
         with gm.graph.inserting_after(node):
-            new = gm.graph.call_function(_rule_relu, (source, method))
+            if rectifier is None:
+                new = gm.graph.call_function(_rule_relu, (source, method))
+            else:
+                name = f"_rule_rectifier_{i}"
+                gm.add_submodule(name, rectifier)
+                new = gm.graph.call_module(name, (source, *node.args[1:]))
         new.meta.update(node.meta)  # the module it belongs to (module_outputs reads it)
-        if isinstance(source, fx.Node) and _is_in_place(node, modules):
+        in_place = rectifier.in_place if rectifier is not None else _is_in_place(node, modules)
+        if isinstance(source, fx.Node) and in_place:
             for user in _later_users(new, source):
                 user.replace_input_with(source, new)
         node.replace_all_uses_with(new)
