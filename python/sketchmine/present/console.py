@@ -133,11 +133,17 @@ def preferences_table(run: Run, n: int = 5) -> Table:
     table.add_column("layer")
     table.add_column(f"top {n}")
     table.add_column(f"bottom {n}")
+    unlabelled = []
     for name in run.layers:
         fmt = lambda df: ", ".join(  # noqa: E731
             f"{safe(cls)} {int(r['count'])}" + ("" if np.isnan(r["accuracy"]) else f" ({r['accuracy'] * 100:.1f})")
             for cls, r in df.iterrows())
-        table.add_row(safe(name), fmt(run.top_classes(name, n)), fmt(run.bottom_classes(name, n)))
+        top = run.top_classes(name, n)
+        table.add_row(safe(name), fmt(top), fmt(run.bottom_classes(name, n)))
+        if top.attrs.get("unlabelled"):
+            unlabelled.append(f"{safe(name)} {top.attrs['unlabelled']}")
+    if unlabelled:  # a dataset with some images labelled -1: their entries count for no class
+        table.caption = "top-k entries of unlabelled images, left out of the counts: " + ", ".join(unlabelled)
     return table
 
 

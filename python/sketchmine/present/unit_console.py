@@ -89,7 +89,9 @@ def classes_table(d: dict[str, Any]) -> Table:
     t = Table(title="classes")
     heads, cols = [], []
     if d["classes_top"] is not None:
-        heads.append(f"among the top {len(d['top'])} (count, acc. %)")
+        off = d.get("classes_top_unlabelled") or 0
+        heads.append(f"among the top {len(d['top'])} (count, acc. %)" if not off else
+                     f"among the {len(d['top']) - off} labelled of the top {len(d['top'])} (count, acc. %)")
         cols.append([f"{safe(c['class'])} {c['count']} ({_pct(c['acc'])})" for c in d["classes_top"]])
     if d["class_means"] is not None:
         heads.append("highest mean maximum (mean)")

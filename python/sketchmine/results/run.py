@@ -191,25 +191,40 @@ class Run(UnitViews):
         """Overall accuracy over all readable images (None until the run is complete)."""
         return self.eval_attrs().get(schema.ACCURACY)
 
+    def has_labels(self) -> bool:
+        """True when some image of the run has a known label (class histograms need one)."""
+        return bool(len(self.class_names)) and bool((self.labels >= 0).any())
+
     def class_histogram(self, layer: str) -> pd.Series:
-        """Counts of each class among the top-k images of all units of `layer` (all classes)."""
+        """Counts of each class among the top-k images of all units of `layer` (all classes).
+
+        Only labelled images count: a dataset may leave some images unlabelled (-1), and one of
+        them among the top-k must not hide the other entries' classes. attrs["unlabelled"]: the
+        top-k entries left out for that. A run with no labels at all is refused."""
         _, idx, labels = self.store.committed(lambda: (*self.topk(layer)[:2], self.labels))
         found = labels[idx[idx >= 0]]
-        if (found < 0).any() or not len(self.class_names):
-            raise SketchmineError(f"run {self.path}: {int((found < 0).sum())} top-k images of layer {layer!r} have no "
-                                  "label (the dataset has no labels?); class histograms need labelled images")
-        counts = np.bincount(found, minlength=len(self.class_names))
-        return pd.Series(counts, index=pd.Index(self.class_names, name="class"), name="count")
+        if not len(self.class_names) or not (labels >= 0).any():
+            raise SketchmineError(f"run {self.path}: no image has a label (the dataset has no labels), so the "
+                                  f"{int((found < 0).sum())} top-k images of layer {layer!r} have no label; "
+                                  "class histograms need labelled images")
+        known = found[(found >= 0) & (found < len(self.class_names))]
+        counts = np.bincount(known, minlength=len(self.class_names))
+        hist = pd.Series(counts, index=pd.Index(self.class_names, name="class"), name="count")
+        hist.attrs["unlabelled"] = int(len(found) - len(known))
+        return hist
 
     def _ranked(self, layer: str) -> pd.DataFrame:
-        hist = self.class_histogram(layer).to_frame()
+        hist = self.class_histogram(layer)
+        ranked = hist.to_frame()
         try:
-            hist["accuracy"] = self.class_accuracy()["accuracy"]
+            ranked["accuracy"] = self.class_accuracy()["accuracy"]
         except SketchmineError:
-            hist["accuracy"] = np.nan
-        hist["order"] = np.arange(len(hist))
+            ranked["accuracy"] = np.nan
+        ranked["order"] = np.arange(len(ranked))
         # most frequent first; ties in class order (deterministic)
-        return hist.sort_values(["count", "order"], ascending=[False, True], kind="stable").drop(columns="order")
+        ranked = ranked.sort_values(["count", "order"], ascending=[False, True], kind="stable").drop(columns="order")
+        ranked.attrs["unlabelled"] = hist.attrs["unlabelled"]
+        return ranked
 
     def top_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
         """The n classes most frequent among the layer's top-k images, with accuracy."""

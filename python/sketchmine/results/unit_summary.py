@@ -93,8 +93,9 @@ class LayerSummary:
             self.missing["importance"] = (f"no unit importance for this layer: {blocked}" if blocked else
                                           f"no unit importance stored for this layer: run `sketchmine importance "
                                           f"{run.path} --layers {layer}` to add it")
-        if why is not None and not (self.labels >= 0).any():
-            self.missing["classes_top"] = f"the dataset has no labels: {why}"
+        if not run.has_labels():
+            self.missing["classes_top"] = ("the dataset has no labels" + (f": {why}" if why else "")
+                                           + "; the classes of the top images need labelled images")
 
     def _get(self, section: str, method: str, *args: Any) -> Any:
         value, why = _reader(self.run, method, *args)
@@ -147,7 +148,8 @@ class LayerSummary:
             "k": run.k, "receptive_field": list(rf["size"]) if rf and rf.get("size") else None,
             "max": top[0]["value"] if top else None, "top": top,
             "bottom": self._entries(self.bottom, u) if self.bottom is not None else None,
-            "classes_top": self._classes_top(top), "moments": self._unit_moments(u),
+            "classes_top": self._classes_top(top),
+            "classes_top_unlabelled": sum(e["cls"] is None for e in top), "moments": self._unit_moments(u),
             "quantiles": None if self.q_values is None else
             {"q": list(self.quantiles), "values": [num(v) for v in np.asarray(self.q_values)[u]]},
             "histogram": None if self.hist is None else
@@ -162,13 +164,15 @@ class LayerSummary:
         return out
 
     def _classes_top(self, top: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        """The classes among the unit's top-k images, most frequent first (ties in class order),
-        with each class's accuracy: the seed's "classes with performance"."""
-        if not top or any(e["cls"] is None for e in top):
+        """The classes among the unit's labelled top-k images, most frequent first (ties in class
+        order), with each class's accuracy: the seed's "classes with performance". Unlabelled
+        images are left out (counted in "classes_top_unlabelled"); None when the run has no labels."""
+        if not top or "classes_top" in self.missing:
             return None
         counts: dict[str, int] = {}
         for e in top:
-            counts[e["cls"]] = counts.get(e["cls"], 0) + 1
+            if e["cls"] is not None:
+                counts[e["cls"]] = counts.get(e["cls"], 0) + 1
         order = sorted(counts, key=lambda c: (-counts[c], self.names.index(c)))
         return [{"class": c, "count": counts[c], "acc": num(self.acc[self.names.index(c)])} for c in order]
 

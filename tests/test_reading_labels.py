@@ -1,0 +1,87 @@
+"""Reading a run whose dataset labels only some images (-1 for the rest) and has classes with no
+images at all: the class summaries count the labelled images, say how many they left out, and
+never rank a class the run has no image of. Real images (the embedded test split) and the
+trained demo model; numpy recomputes every number from the run's top-k and labels."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+import sketchmine
+from sketchmine.errors import SketchmineError
+from sketchmine.present.console import print_summary
+from sketchmine.results.unit_summary import LayerSummary
+
+EMPTY = (3, 7)
+"""Classes left without images (cow, horse)."""
+
+
+@pytest.fixture(scope="module")
+def partly(tmp_path_factory, demo_test_set):
+    """30 images of each class but EMPTY, every fourth one unlabelled (-1)."""
+    from sketchmine.data import ArrayDataset
+
+    labels = demo_test_set.labels()
+    keep = np.sort(np.concatenate([np.nonzero(labels == c)[0][:30] for c in range(10) if c not in EMPTY]))
+    lab = labels[keep].copy()
+    lab[::4] = -1
+    ds = ArrayDataset(demo_test_set.images[keep], lab, demo_test_set.class_names, demo_test_set.preprocessing,
+                      {**demo_test_set.describe(), "subset": "partly labelled"})
+    return sketchmine.mine("demo", ds, out=tmp_path_factory.mktemp("p") / "run.zarr", batch_size=64,
+                           distributions=True)
+
+
+def _hist(run, layer):
+    """(counts per class over the labelled top-k entries, unlabelled entries), by numpy."""
+    idx = run.topk(layer)[1]
+    found = run.labels[idx[idx >= 0]]
+    return np.bincount(found[found >= 0], minlength=10), int((found < 0).sum())
+
+
+def test_unlabelled_topk_images_are_left_out_and_counted(partly):
+    run = partly
+    for layer in ("features.6", "classifier.6"):
+        want, off = _hist(run, layer)
+        assert off > 0  # the case under test: unlabelled images among the top-k
+        hist = run.class_histogram(layer)
+        np.testing.assert_array_equal(hist.to_numpy(), want)
+        assert hist.attrs["unlabelled"] == off
+        top = run.top_classes(layer, 3)
+        order = sorted((c for c in range(10) if c not in EMPTY), key=lambda c: (-want[c], c))
+        assert list(top.index) == [run.class_names[c] for c in order[:3]]
+        assert top.attrs["unlabelled"] == off
+
+
+def test_summary_and_unit_dashboard_with_unlabelled_images(partly):
+    run = partly
+    out = io.StringIO()
+    print_summary(str(run.path), 3, Console(file=out, width=400))
+    text = out.getvalue()
+    _, off = _hist(run, "features.6")
+    assert f"features.6 {off}" in text.split("top-k entries of unlabelled images, left out of the counts:")[1]
+    summary = LayerSummary(run, "features.6")
+    idx = run.topk("features.6")[1]
+    for u in range(4):
+        d = summary.unit(u)
+        lab = run.labels[idx[u][idx[u] >= 0]]
+        counts = np.bincount(lab[lab >= 0], minlength=10)
+        assert d["classes_top"] is not None and "classes_top" not in d["missing"]
+        assert {c["class"]: c["count"] for c in d["classes_top"]} == \
+            {run.class_names[c]: int(counts[c]) for c in range(10) if counts[c]}
+        assert d["classes_top_unlabelled"] == int((lab < 0).sum())
+
+
+def test_a_run_without_labels_still_refuses(tmp_path, demo_test_set):
+    from sketchmine.data import ArrayDataset
+
+    ds = ArrayDataset(demo_test_set.images[:40], np.full(40, -1), demo_test_set.class_names,
+                      demo_test_set.preprocessing, {**demo_test_set.describe(), "subset": "no labels"})
+    run = sketchmine.mine("demo", ds, out=tmp_path / "u.zarr", layers=["features.0"])
+    assert not run.has_labels()
+    with pytest.raises(SketchmineError, match="no image has a label"):
+        run.top_classes("features.0")
+    d = LayerSummary(run, "features.0").unit(0)
+    assert d["classes_top"] is None and "no labels" in d["missing"]["classes_top"]
