@@ -1,14 +1,16 @@
 """The live probe's export: the run's model as an ONNX graph the report's probe page runs in
 the browser (onnxruntime-web, WebAssembly), with the run's preprocessing inside the graph.
 
-The graph takes `pixels`, float32 (1, 1, H, W) grey values 0-255 at the model's input size
-(the page resizes the canvas to H×W itself, see docs/probe.md), and does exactly what the
-miner does to such an image: /255, grey repeated to the model's channels, the run's recorded
-normalisation. Its outputs are `probs` (softmax of the logits), then per tapped layer
+The graph takes `pixels`, float32 (1, C, H, W) values 0-255 at the model's input size and
+channels (grey, or RGB for a 3-channel run: the page resizes the canvas to H×W itself, see
+docs/probe.md), and does exactly what the miner does to such an image: /255, the run's recorded
+normalisation. Its outputs are `probs` (the softmax of the logits, or the model's output as it
+is when that is a softmax already), then per tapped layer
 `max<i>` (units,): each unit's maximum over its positions (the value the top-k ranks), and
 for grid layers `map<i>` (units, h, w): the map, max-pooled to at most MAP_SIDE per side so
 that the output stays bounded. Layers are tapped as the miner taps them (`Taps`, before any
-in-place op that follows), so the browser sees what the run mined.
+in-place op that follows), so the browser sees what the run mined. The exported graph is
+run against the model on a few inputs before it is kept (tracing fixes the path a forward takes).
 
 This is a pass (it needs the model); the report stays a reader: `write_report(probe=...)`
 only writes the bytes this module returns.
@@ -28,10 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sketchmine.data.preprocess import Preprocessing, convert_channels
+from sketchmine.data.preprocess import LUMA, Preprocessing, convert_channels
+from sketchmine.data.sequences import background_of
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import first_tensor
 from sketchmine.model.taps import SOFTMAX, Taps
+from sketchmine.passes.probe_onnx import check_graph, data_dependent, ends_in_softmax
 from sketchmine.passes.probe_sequence import (TIME_POSITIONS, check_sequence_model, last_frame, prefix_problem,
                                               run_sequence, sequence_ink, step_probs)
 from sketchmine.results.run import Run, open_run
@@ -69,22 +73,26 @@ class ProbeGraph:
     layers: list[ProbeLayer]
     notes: list[str] = field(default_factory=list)
     steps: bool = False  # the graph has the per-step output `steps` (sequence runs)
+    channels: int = 1  # the input's channels: 1 (grey) or 3 (RGB)
 
 
 class ProbeNet(nn.Module):
-    """pixels (1, 1, H, W) 0-255 → (probs, max0, map0?, max1, ...): the miner's preprocessing,
+    """pixels (1, C, H, W) 0-255 → (probs, max0, map0?, max1, ...): the miner's preprocessing,
     the model, and the tapped layers as extra outputs. With `steps`, the input is a sequence's
-    frames (1, T, 1, H, W) and `steps` (T, classes) follows `probs` (passes.probe_sequence)."""
+    frames (1, T, 1, H, W) and `steps` (T, classes) follows `probs` (passes.probe_sequence).
+    `probabilities`: the model's output is a softmax already, shown as it is (a second softmax
+    would flatten it towards uniform)."""
 
     def __init__(self, net: nn.Module, layers: list[str], pre: Preprocessing, steps: bool = False) -> None:
         super().__init__()
         self.net, self.layers, self.pre, self.steps = net, layers, pre, steps
+        self.probabilities = False
         self.pools: dict[str, int] = {}
 
     def prepare(self, pixels: torch.Tensor) -> torch.Tensor:
-        """0-255 grey (..., 1, H, W) → the model's input, as the miner prepares an image (each frame)."""
+        """0-255 (..., c, H, W) → the model's input, as the miner prepares an image (each frame)."""
         x = pixels / 255.0
-        if self.pre.channels != 1:
+        if x.shape[-3] != self.pre.channels:
             x = convert_channels(x, self.pre.channels)
         return self.pre.normalise(x)
 
@@ -93,9 +101,9 @@ class ProbeNet(nn.Module):
         got: dict[str, torch.Tensor] = {}
         with Taps(self.net, self.layers, lambda n, t: got.__setitem__(n, t.clone())) as taps:
             logits = first_tensor(self.net(x))
-        outs = [torch.softmax(logits.flatten(1), dim=1)[0]]
+        outs = [logits.flatten(1)[0] if self.probabilities else torch.softmax(logits.flatten(1), dim=1)[0]]
         if self.steps:
-            outs.append(step_probs(self.net, x, outs[0]))
+            outs.append(step_probs(self.net, x, outs[0], self.probabilities))
         for name in self.layers:
             t = got[name]
             outs.append(t.flatten(2).amax(2)[0] if t.ndim > 2 else t[0])
@@ -145,20 +153,10 @@ def input_size(run: Run, pre: Preprocessing | None, size: Any = None,
 
 
 def probe_layers(run: Run) -> tuple[list[str], list[str]]:
-    """(layers the probe taps, notes on those it leaves out): every mined layer but the virtual
-    softmax (the probabilities are shown anyway); layers whose position is time only in sequence
-    runs (where their maximum over the steps is the value the miner ranks)."""
-    keep, notes = [], []
-    seq = run_sequence(run) is not None
-    for name in run.layers:
-        a = run.layer_attrs(name)
-        if name == SOFTMAX:
-            continue
-        if not seq and (a.get("position") in TIME_POSITIONS or a.get("time_steps")):
-            notes.append(f"layer {name} is left out: its position is time (the probe draws one image)")
-            continue
-        keep.append(name)
-    return keep, notes
+    """(layers the probe taps, notes): every mined layer but the virtual softmax (the
+    probabilities are shown anyway). A layer with positions of any kind (grid, time, tokens)
+    shows each unit's maximum over them, the value the miner ranks."""
+    return [name for name in run.layers if name != SOFTMAX], []
 
 
 def check_size(what: str, nbytes: int, max_mb: float | None) -> None:
@@ -170,15 +168,17 @@ def check_size(what: str, nbytes: int, max_mb: float | None) -> None:
 
 
 def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, int],
-                 max_mb: float | None = MAX_MODEL_MB) -> ProbeGraph:
-    """torch.onnx export (TorchScript exporter, opset 17) of `ProbeNet`; a model it cannot
-    export, or one whose graph would be over `max_mb`, raises a SketchmineError that says why
-    (the report then goes without the probe)."""
+                 max_mb: float | None = MAX_MODEL_MB, images: list[dict[str, Any]] | None = None) -> ProbeGraph:
+    """torch.onnx export (TorchScript exporter, opset 17) of `ProbeNet`, checked against the model
+    (`probe_onnx.check_graph`, on `images` among other inputs); a model it cannot export, a graph
+    that differs from the model, or one over `max_mb` raises a SketchmineError that says why (the
+    report then goes without the probe)."""
     check_size(f"the model {run.attrs.get('model')} (its weights alone)",
                sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers())), max_mb)
     seq = run_sequence(run)
     layers, notes = probe_layers(run)
-    shape = (1, seq["steps"], 1, *size) if seq else (1, 1, *size)
+    channels = 1 if seq else pre.channels  # progressive frames are grey (data/sequences.py)
+    shape = (1, seq["steps"], 1, *size) if seq else (1, channels, *size)
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(0)) * 255
     wrapped = ProbeNet(net.eval(), layers, pre).eval()
     why = prefix_problem(net, wrapped.prepare(x)) if seq else None
@@ -188,10 +188,14 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
     try:
         with torch.no_grad():
             outs = wrapped(x)  # the test forward: a model that cannot take this input is said, not a traceback
+        wrapped.probabilities = ends_in_softmax(net, wrapped.prepare(x))
     except Exception as exc:  # noqa: BLE001 - any failure means "no probe", said on the page (report) or as one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SketchmineError(f"the model {run.attrs.get('model')} cannot run on the probe's input of shape "
-                              f"{tuple(shape)} ({size[0]}×{size[1]} grey): {type(exc).__name__}: {first[:300]}") from None
+                              f"{tuple(shape)} ({size[0]}×{size[1]} {'grey' if channels == 1 else 'RGB'}): "
+                              f"{type(exc).__name__}: {first[:300]}") from None
+    if wrapped.probabilities:
+        notes.append("the model's output is a softmax already: shown as it is, no second softmax")
     names, specs = ["probs"] + (["steps"] if wrapped.steps else []), []
     k = len(names)
     for i, name in enumerate(layers):
@@ -205,8 +209,8 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
             k += 1
         specs.append(ProbeLayer(name, units, grid, wrapped.pools.get(name, 1)))
     try:
-        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryDirectory() as tmp:
+            warnings.simplefilter("always")  # recorded, not shown: a TracerWarning is judged below
             torch.onnx.export(wrapped, (x,), Path(tmp) / "probe.onnx", dynamo=False, opset_version=17,
                               input_names=["frames" if seq else "pixels"], output_names=names,
                               do_constant_folding=True)
@@ -215,7 +219,8 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SketchmineError(f"torch.onnx cannot export the model {run.attrs.get('model')}: {first[:300]}") from None
     check_size(f"the probe graph of {run.attrs.get('model')}", len(onnx), max_mb)
-    return ProbeGraph(onnx, size, specs, notes, wrapped.steps)
+    notes += check_graph(onnx, wrapped, x, images or [], seq, data_dependent(caught), str(run.attrs.get("model")))
+    return ProbeGraph(onnx, size, specs, notes, wrapped.steps, channels)
 
 
 def onnx_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, int],
@@ -226,14 +231,18 @@ def onnx_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, int],
     check_sequence_model(run_sequence(run), onnx_file=True)
     check_size(f"the model {model.path.name}", model.proto.ByteSize(), max_mb)
     layers, notes = probe_layers(run)
-    data, specs = onnx_probe_graph(run, model, pre, size, layers, MAP_SIDE)
+    data, specs, probabilities = onnx_probe_graph(run, model, pre, size, layers, MAP_SIDE)
+    if probabilities:
+        notes.append("the model's output is a softmax already: shown as it is, no second softmax")
     return ProbeGraph(data, size, [ProbeLayer(*s) for s in specs],
-                      notes + [f"the run's ONNX file {model.path.name} with the preprocessing prepended"])
+                      notes + [f"the run's ONNX file {model.path.name} with the preprocessing prepended"],
+                      channels=pre.channels)
 
 
-def dataset_images(run: Run, size: tuple[int, int]) -> list[dict[str, Any]]:
+def dataset_images(run: Run, size: tuple[int, int], channels: int = 1) -> list[dict[str, Any]]:
     """Whole input images the run stores: the patches (`sketchmine visualize`) of a layer that sees
-    the whole input, as [{index, cls, pixels (base64 of H*W uint8)}], at most MAX_IMAGES."""
+    the whole input, as [{index, cls, pixels (base64 of H*W*channels uint8, channels last)}], at
+    most MAX_IMAGES: RGB for a 3-channel model (the image it mined, not its grey)."""
     out: list[dict[str, Any]] = []
     seen: set[int] = set()
     for name in run.layers:
@@ -255,26 +264,28 @@ def dataset_images(run: Run, size: tuple[int, int]) -> list[dict[str, Any]]:
                 if i < 0 or i in seen or len(out) >= MAX_IMAGES:
                     continue
                 seen.add(i)
-                grey = patches[u, r].astype(np.float32)
-                grey = grey[..., 0] if grey.shape[-1] == 1 else grey[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+                px = patches[u, r].astype(np.float32)
+                if channels == 3:
+                    px = np.repeat(px[..., :1], 3, -1) if px.shape[-1] == 1 else px[..., :3]
+                else:
+                    px = px[..., 0] if px.shape[-1] == 1 else px[..., :3] @ np.array(LUMA, np.float32)
                 lab = int(run.labels[i])
                 out.append({"index": i, "cls": run.class_names[lab] if 0 <= lab < len(run.class_names) else None,
-                            "pixels": base64.b64encode(np.clip(np.rint(grey), 0, 255).astype(np.uint8).tobytes()).decode()})
+                            "pixels": base64.b64encode(np.clip(np.rint(px), 0, 255).astype(np.uint8).tobytes()).decode()})
         if out:
             break
     return out
 
 
-def ink_polarity(images: list[dict[str, Any]]) -> tuple[str, str]:
-    """("light" | "dark", how it was decided): ink is light when the images' border (background) is dark."""
+def ink_polarity(images: list[dict[str, Any]], size: tuple[int, int]) -> tuple[str, str]:
+    """("light" | "dark", how it was decided): ink is light when the images' background is dark,
+    each image's background by the median of its one-pixel border (`background_of`, the rule of
+    the progressive drawings): a large shape would sway the median of all pixels."""
     if not images:
         return "light", "no dataset images stored: drawing light ink on a dark background, as the embedded set is drawn"
-    border = []
-    for im in images:
-        a = np.frombuffer(base64.b64decode(im["pixels"]), np.uint8)
-        border.append(float(np.median(a)))
-    bg = float(np.median(border))
-    return ("light" if bg < 128 else "dark"), f"background of the stored images is {'dark' if bg < 128 else 'light'}"
+    bg = [background_of(np.frombuffer(base64.b64decode(im["pixels"]), np.uint8).reshape(*size, -1)) for im in images]
+    dark = sum(b == 0 for b in bg) * 2 >= len(bg)
+    return ("light" if dark else "dark"), f"the border of the stored images is {'dark' if dark else 'light'}"
 
 
 def ort_files() -> dict[str, bytes]:
@@ -286,44 +297,78 @@ def ort_files() -> dict[str, bytes]:
     return {n: (ORT_DIR / n).read_bytes() for n in ORT_FILES}
 
 
+def probe_preprocessing(run: Run, given: Preprocessing | None) -> Preprocessing:
+    """The run's recorded preprocessing, else `given`: a run of a plain torch Dataset of tensors
+    records none, and the probe cannot guess how pixels became its model's input (/255? channels?
+    normalised?). `given` differing from a recorded one is refused."""
+    from sketchmine.passes.reload import run_preprocessing
+
+    pre = run_preprocessing(run)
+    if pre is not None and given is not None and given != pre:
+        raise SketchmineError(f"preprocessing={given.describe()} differs from the one run {run.path} records, "
+                              f"{pre.describe()}; leave it out (it is only for a run that records none)")
+    if pre is None and given is None:
+        raise SketchmineError(f"run {run.path} does not record how pixels become the model's input (it was mined "
+                              "from a torch Dataset of tensors, not images), so the probe cannot feed it a drawing; "
+                              "mine an image folder or a sketchmine dataset, or pass build_probe(preprocessing="
+                              "Preprocessing(...)) as the dataset prepared its images")
+    return pre or given  # type: ignore[return-value]
+
+
+def output_labels(run: Run, categories: list[str] | None) -> tuple[list[str], bool]:
+    """(names of the model's outputs, whether they are the run's classes): a run mined with
+    logits=False never checked its model's outputs against its classes, so they are named by the
+    model's own categories when it has them, else left unnamed ("output i" on the page)."""
+    if run.attrs.get("logits", True) is not False:
+        return [str(c) for c in run.class_names], True
+    return [str(c) for c in categories or []], False
+
+
 def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: str | None = None,
-                size: Any = None, max_mb: float | None = MAX_MODEL_MB) -> dict[str, bytes]:
+                size: Any = None, max_mb: float | None = MAX_MODEL_MB,
+                preprocessing: Preprocessing | None = None) -> dict[str, bytes]:
     """The probe's files (name → bytes) for `write_report(probe=...)` / `write_probe_folder`: the
     metadata (model.js), the graph in base64 pieces (graph-NNN.js), onnxruntime-web with its loader
     (ort-loader.js) and WebAssembly (wasm-NNN.js) embedded: scripts all, because Chromium loads
-    neither .wasm nor ES modules from file://. A graph over `max_mb` (None: no cap) is refused."""
-    from sketchmine.passes.reload import run_model, run_preprocessing
+    neither .wasm nor ES modules from file://. A graph over `max_mb` (None: no cap) is refused.
+    `preprocessing`: only for a run that records none (a plain torch Dataset), else refused."""
+    from sketchmine.passes.reload import run_model
 
     run = run if isinstance(run, Run) else open_run(run)
     ort = ort_files()
+    pre = probe_preprocessing(run, preprocessing)
     loaded = run_model(run, model, weights)
-    pre = run_preprocessing(run) or Preprocessing("none", 1)
+    seq = run_sequence(run)
     if isinstance(loaded.module, nn.Module):
         size = input_size(run, pre, size)
-        graph = export_graph(run, loaded.module, pre, size, max_mb)
+        images = dataset_images(run, size, 1 if seq else pre.channels)
+        graph = export_graph(run, loaded.module, pre, size, max_mb, images)
     else:  # an .onnx file: its own graph, preprocessing prepended, outputs appended
         dims = [d.dim_value for d in loaded.module.input.type.tensor_type.shape.dim]
         fixed = (int(dims[2]), int(dims[3])) if len(dims) == 4 and min(dims[2:]) > 0 else None
         size = input_size(run, pre, size, fixed)
         graph = onnx_graph(run, loaded.module, pre, size, max_mb)
-    images = dataset_images(run, size)
-    seq = run_sequence(run)
-    ink, why = sequence_ink(seq) or ink_polarity(images)
-    meta = {"model": str(run.attrs.get("model")), "size": list(size), "classes": [str(c) for c in run.class_names],
-            "preprocessing": pre.describe(), "channels": pre.channels, "ink": ink, "ink_why": why,
+        images = dataset_images(run, size, graph.channels)
+    ink, why = sequence_ink(seq) or ink_polarity(images, size)
+    labels, are_classes = output_labels(run, getattr(loaded, "categories", None))
+    meta = {"model": str(run.attrs.get("model")), "size": list(size), "classes": labels,
+            "outputs_are_classes": are_classes, "preprocessing": pre.describe(), "channels": graph.channels,
+            "ink": ink, "ink_why": why,
             "layers": [{"name": l.name, "units": l.units, "grid": list(l.grid) if l.grid else None, "pool": l.pool}
                        for l in graph.layers],
             "top": TOP_UNITS, "notes": graph.notes, "images": images,
             "images_note": "" if images else "no dataset images: the run stores no patches of a layer that sees the "
                                              "whole input (sketchmine visualize RUN --layers LAYER adds them)",
             "ort": ORT_VERSION, "model_bytes": len(graph.onnx), "sequence": seq, "step_probs": graph.steps}
-    files = {"model.js": ("window.sketchmineProbeModel = " + json.dumps(meta, ensure_ascii=True).replace("<", "\\u003c")
-                          + ";\n").encode(),
-             "ort.wasm.min.js": ort["ort.wasm.min.js"],
+    files = {"ort.wasm.min.js": ort["ort.wasm.min.js"],
              "ort-loader.js": ("window.sketchmineOrtMjs = " + json.dumps(ort["ort-wasm-simd-threaded.mjs"].decode("utf-8"))
                                .replace("<", "\\u003c") + ";\n").encode()}
     files.update(chunk_scripts("wasm", ort["ort-wasm-simd-threaded.wasm"]))
     files.update(chunk_scripts("graph", graph.onnx))
+    # the page checks that every piece arrived, naming a missing one (a copied report may lose files)
+    meta["pieces"] = {k: sorted(n for n in files if n.startswith(k + "-")) for k in ("wasm", "graph")}
+    files["model.js"] = ("window.sketchmineProbeModel = " + json.dumps(meta, ensure_ascii=True).replace("<", "\\u003c")
+                         + ";\n").encode()
     return files
 
 

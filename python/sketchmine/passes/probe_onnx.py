@@ -1,29 +1,145 @@
-"""The live probe's graph for runs whose model is an `.onnx` file: the file's own graph (weights
-untouched), with the run's preprocessing prepended and the probe's outputs appended, in the
-layout `passes.probe` exports from torch models:
+"""The live probe's ONNX side: the graph for runs whose model is an `.onnx` file, and the check
+of a graph exported from a torch model against that model.
 
-    pixels (1, 1, H, W) float 0-255 → Div 255 → Concat to the model's channels → Sub mean → Div std
-    → (the model) → probs = Softmax(Flatten(logits)); max<i> = GlobalMaxPool of each tapped
-    tensor (a (N, F) tensor as it is); map<i> = the (N, C, H, W) tensor, MaxPool-ed to at most
-    MAP_SIDE per side.
+An `.onnx` run's graph is the file's own (weights untouched), with the run's preprocessing
+prepended and the probe's outputs appended, in the layout `passes.probe` exports from torch models:
+
+    pixels (1, C, H, W) float 0-255 → Div 255 → Sub mean → Div std → (the model) → probs =
+    Softmax(Flatten(logits)) (Flatten alone when the model ends in a Softmax); max<i> =
+    GlobalMaxPool of each tapped tensor (a (N, F) tensor as it is); map<i> = the (N, C, H, W)
+    tensor, MaxPool-ed to at most MAP_SIDE per side.
 
 Only ops every opset since 13 has in the same form are added, so the model's own opset is kept.
+
+A torch model is exported by tracing one forward: a branch on the input's values is fixed in the
+graph as that input took it. So `check_graph` runs the exported graph (Python's onnxruntime)
+against the model on inputs that take other paths (blank canvases of both polarities, a drawing
+of each, stored images) and refuses the probe when they differ.
 """
 from __future__ import annotations
 
+import base64
 import math
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from sketchmine.data.preprocess import Preprocessing
 from sketchmine.errors import SketchmineError
+from sketchmine.model.backend import first_tensor
 from sketchmine.results.run import Run
+
+KEEP_VALUES = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+"""ONNX ops between a Softmax and the graph's output that leave its values probabilities."""
+TORCH_VIEWS = ("View", "UnsafeView", "ReshapeAlias", "Squeeze", "Unsqueeze", "Clone", "Alias")
+"""Autograd nodes (names without "Backward<n>") that leave the values they pass on as they are."""
+TRACE_DATA = ("Python boolean", "Python number", "Python index", "Python integer", "Python float",
+              "Iterating over a tensor")
+"""TracerWarnings that say a value of the input was read as a constant (a branch, a count)."""
+TOLERANCE = 1e-3
+"""Largest difference between graph and model, relative to max(1, |output|), taken as equal."""
+
+
+def ends_in_softmax(net: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the model's output is a softmax (nn.Softmax, F.softmax: the last op its autograd
+    graph records, through reshapes), i.e. probabilities already; `x`: a model input."""
+    try:
+        with torch.enable_grad():
+            out = first_tensor(net(x.detach().requires_grad_(True) * 1))  # not a leaf: in-place ops stay legal
+    except Exception as exc:  # noqa: BLE001 - said as the reason there is no probe
+        raise SketchmineError(f"cannot tell whether the model's output is a softmax already: its forward with "
+                              f"gradients fails ({type(exc).__name__}: {str(exc)[:200]})") from None
+    fn = out.grad_fn
+    while fn is not None and fn.name().rstrip("0123456789").removesuffix("Backward") in TORCH_VIEWS:
+        fn = fn.next_functions[0][0] if fn.next_functions else None
+    return fn is not None and fn.name().rstrip("0123456789") == "SoftmaxBackward"
+
+
+def data_dependent(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The TracerWarnings among `caught` that say the model's own code read a traced value as a
+    constant ("file:line: first line"); those raised in sketchmine's or torch's code (shape checks,
+    the taps) are left out: they fix shapes, which the probe's input keeps."""
+    ours = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file__).resolve().parent))
+    return [f"{Path(w.filename).name}:{w.lineno}: {str(w.message).strip().split(' might ')[0]}" for w in caught
+            if issubclass(w.category, torch.jit.TracerWarning) and any(k in str(w.message) for k in TRACE_DATA)
+            and not str(Path(w.filename).resolve()).startswith(ours)]
+
+
+def check_inputs(x: torch.Tensor, images: list[dict[str, Any]], seq: dict[str, Any] | None) -> list[tuple[str, torch.Tensor]]:
+    """(what, input) pairs shaped like `x` (the trace's random input, included): blank canvases and a
+    drawing in both polarities, up to four stored images; a sequence run's as its frames."""
+    from sketchmine.data.sequences import background_of, progressive_drawing
+
+    h, w = x.shape[-2:]
+    yy, xx = np.mgrid[:h, :w]
+    t = max(1.0, min(h, w) / 14)
+    drawing = (np.abs(np.hypot(yy - h / 2, xx - w / 2) - min(h, w) * 0.3) < t) | (np.abs(yy - xx * h / w) < t)
+    grey = [("a blank canvas (0)", np.zeros((h, w), np.uint8)), ("a blank canvas (255)", np.full((h, w), 255, np.uint8)),
+            ("a drawing, light on dark", drawing.astype(np.uint8) * 255),
+            ("a drawing, dark on light", (~drawing).astype(np.uint8) * 255)]
+    stored = [(f"dataset image {im['index']}", np.frombuffer(base64.b64decode(im["pixels"]), np.uint8).reshape(h, w, -1))
+              for im in images[:4]]
+    out = [("the traced input", x)]
+    for what, a in grey + stored:
+        if seq is not None:
+            g = a if a.ndim == 2 else a[..., 0]
+            frames = progressive_drawing(g, seq["steps"], background_of(g, seq["ink"]))
+            out.append((what, torch.from_numpy(frames.astype(np.float32)).reshape(1, seq["steps"], 1, h, w)))
+        else:
+            c = a.reshape(h, w, -1).transpose(2, 0, 1)
+            out.append((what, torch.from_numpy(np.ascontiguousarray(c, np.float32)).expand(1, x.shape[1], h, w)))
+    return out
+
+
+def check_graph(onnx_bytes: bytes, wrapped: nn.Module, x: torch.Tensor, images: list[dict[str, Any]],
+                seq: dict[str, Any] | None, tracer: list[str], model: str) -> list[str]:
+    """Run the exported graph (onnxruntime) and the model (`wrapped`, torch) on `check_inputs`;
+    raise when an output differs by more than TOLERANCE, saying on which input; returns the notes
+    (what was checked when tracing warned of a value fixed, or why nothing was checked)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        if tracer:
+            raise SketchmineError(f"torch.onnx fixed a value of the input while tracing the model {model} ({tracer[0]}) "
+                                  "and onnxruntime is not installed to check the graph (pip install onnxruntime)") from None
+        return ["the exported graph was not checked against the model (onnxruntime is not installed)"]
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    feed, names = sess.get_inputs()[0].name, [o.name for o in sess.get_outputs()]
+    inputs = check_inputs(x, images, seq)
+    for what, inp in inputs:
+        with torch.no_grad():
+            ref = [np.asarray(o, np.float64).reshape(-1) for o in wrapped(inp)]
+        got = [np.asarray(o, np.float64).reshape(-1) for o in sess.run(None, {feed: inp.numpy()})]
+        for name, r, g in zip(names, ref, got):
+            d = np.where(np.isnan(r) & np.isnan(g), 0.0, np.abs(r - g)).max(initial=0.0) if r.shape == g.shape else np.inf
+            if not d <= TOLERANCE * max(1.0, float(np.nanmax(np.abs(r), initial=0.0))):
+                why = f" (torch.onnx warned: {tracer[0]})" if tracer else ""
+                raise SketchmineError(f"the probe graph exported from the model {model} differs from the model on "
+                                      f"{what} (output {name} off by {d:.3g}): tracing fixed the path its forward "
+                                      f"took on one input{why}; the page would show wrong numbers")
+    if tracer:
+        return [f"tracing warned that the model's code read a value of its input ({tracer[0][:160]}); the graph equals the model on the {len(inputs)} "
+                "inputs checked (blank canvases and a drawing of each polarity, stored images), other drawings may "
+                "take another path through the model"]
+    return []
+
+
+def onnx_ends_in_softmax(model: Any) -> bool:
+    """Whether the .onnx model's output comes from a Softmax (through reshapes): probabilities already."""
+    node = model.names.producer.get(model.logits_name)
+    while node is not None and node.op_type in KEEP_VALUES:
+        node = model.names.producer.get(node.input[0])
+    return node is not None and node.op_type == "Softmax"
 
 
 def onnx_probe_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, int],
-                     layers: list[str], map_side: int) -> tuple[bytes, list[tuple[str, int, tuple[int, int] | None, int]]]:
-    """(the probe graph's bytes, per layer (name, units, map grid or None, pool stride))."""
+                     layers: list[str], map_side: int) -> tuple[bytes, list[tuple[str, int, tuple[int, int] | None, int]], bool]:
+    """(the probe graph's bytes, per layer (name, units, map grid or None, pool stride), whether the
+    model's output is a softmax already and `probs` is that output as it is)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -40,9 +156,6 @@ def onnx_probe_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, 
     consts = [numpy_helper.from_array(np.array(255.0, np.float32), "probe_255")]
     nodes = [helper.make_node("Div", ["pixels", "probe_255"], ["probe_x01"])]
     x = "probe_x01"
-    if c != 1:
-        nodes.append(helper.make_node("Concat", [x] * c, ["probe_xc"], axis=1))
-        x = "probe_xc"
     if pre.mean:
         consts += [numpy_helper.from_array(np.array(pre.mean, np.float32).reshape(1, -1, 1, 1), "probe_mean"),
                    numpy_helper.from_array(np.array(pre.std, np.float32).reshape(1, -1, 1, 1), "probe_std")]
@@ -52,8 +165,10 @@ def onnx_probe_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, 
     nodes.append(helper.make_node("Cast", [x], [src], to=elem) if elem != TensorProto.FLOAT
                  else helper.make_node("Identity", [x], [src]))
     outputs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, "classes"])]
-    tail = [helper.make_node("Flatten", [model.logits_name], ["probe_logits"], axis=1),
-            helper.make_node("Softmax", ["probe_logits"], ["probs"], axis=1)]
+    probabilities = onnx_ends_in_softmax(model)
+    tail = [helper.make_node("Flatten", [model.logits_name], ["probs" if probabilities else "probe_logits"], axis=1)]
+    if not probabilities:
+        tail.append(helper.make_node("Softmax", ["probe_logits"], ["probs"], axis=1))
     specs: list[tuple[str, int, tuple[int, int] | None, int]] = []
     for i, name in enumerate(layers):
         t = model.tensor(name)
@@ -76,7 +191,7 @@ def onnx_probe_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, 
         specs.append((name, shape[0], grid, s))
     kept_inputs = [v for v in g.input if v.name != src]
     del g.input[:]
-    g.input.extend([helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 1, *size]), *kept_inputs])
+    g.input.extend([helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, c, *size]), *kept_inputs])
     old = list(g.node)
     del g.node[:]
     g.node.extend(nodes + old + tail)
@@ -88,4 +203,4 @@ def onnx_probe_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, 
     except Exception as exc:  # noqa: BLE001 - said on the page
         raise SketchmineError(f"the probe graph built on {model.path.name} is not valid ONNX: "
                               f"{str(exc).splitlines()[0][:300]}") from None
-    return proto.SerializeToString(), specs
+    return proto.SerializeToString(), specs, probabilities

@@ -37,10 +37,12 @@ def run_sequence(run: Run) -> dict[str, Any] | None:
             "ink": str(seq.get("ink", "light"))}
 
 
-def step_probs(net: nn.Module, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    """(T, classes): the softmax of the model on frames 1..t of `x` (1, T, C, H, W), t = 1..T;
-    `last` is the softmax on all T frames, already computed."""
-    rows = [torch.softmax(first_tensor(net(x[:, :t])).flatten(1), dim=1)[0] for t in range(1, x.shape[1])]
+def step_probs(net: nn.Module, x: torch.Tensor, last: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
+    """(T, classes): the softmax of the model on frames 1..t of `x` (1, T, C, H, W), t = 1..T
+    (the output as it is when `probabilities`: a softmax already); `last`: the row on all T frames,
+    already computed."""
+    outs = [first_tensor(net(x[:, :t])).flatten(1) for t in range(1, x.shape[1])]
+    rows = [o[0] if probabilities else torch.softmax(o, dim=1)[0] for o in outs]
     return torch.stack(rows + [last])
 
 

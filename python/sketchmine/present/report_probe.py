@@ -27,9 +27,10 @@ NO_PROBE = ("written without the model (write_report reads the store only); `ske
 MARKER = ".sketchmine-probe"
 
 
-def probe_page(meta_note: str, linked: bool, names: list[str]) -> str:
+def probe_page(meta_note: str, linked: bool, names: list[str], title: str = "Prediction") -> str:
     """The page; `names`: the probe's files, loaded in order: the runtime, its loader and WebAssembly
-    pieces, the metadata, the graph pieces, then the page's script."""
+    pieces, the metadata, the graph pieces, then the page's script. `title` heads the model's outputs
+    ("Prediction" only when they are the run's classes)."""
     back = '<p><a href="index.html">← report</a></p>' if linked else ""
     order = (["links.js"] if linked else []) + ["ort.wasm.min.js", "ort-loader.js"] + \
         sorted(n for n in names if n.startswith("wasm-")) + ["model.js"] + sorted(n for n in names if n.startswith("graph-"))
@@ -45,7 +46,7 @@ def probe_page(meta_note: str, linked: bool, names: list[str]) -> str:
             '<div class="tools"><label>load an image <input id="file" type="file" accept="image/*"></label> '
             '<button id="pick">pick a dataset image</button></div>'
             '<div id="steps"></div><p id="hint" class="note"></p><p id="convert-note" class="note"></p><div id="images"></div></div>'
-            '<div class="probe-right"><h2>Prediction</h2><table id="preds"></table><div id="layers"></div></div></div>\n'
+            f'<div class="probe-right"><h2 id="preds-title">{e(title)}</h2><table id="preds"></table><div id="layers"></div></div></div>\n'
             f'{scripts}\n</body></html>\n')
 
 
@@ -66,10 +67,16 @@ def write_probe_files(out: Path, probe: Mapping[str, bytes], links: dict[str, st
             {"layers": links, "page_size": page_size}).replace("<", "\\u003c") + ";\n")
     text = probe["model.js"].decode()
     meta = json.loads(text[text.index("=") + 1:text.index(";\n")])
-    note = (f"Model input {meta['size'][0]}×{meta['size'][1]}, preprocessing {meta['preprocessing']} inside the "
-            "ONNX graph; the canvas is brought to the input size by antialiased bilinear resampling (the miner's "
-            f"resize) and rounded to 0-255. Ink: {meta['ink']} ({meta['ink_why']}). Opens from file:// (the "
-            "WebAssembly runtime and the graph are embedded in scripts under probe/).")
+    rgb = meta.get("channels") == 3 and not meta.get("sequence")
+    note = (f"Model input {meta['size'][0]}×{meta['size'][1]} {'RGB' if rgb else 'grey'}, preprocessing "
+            f"{meta['preprocessing']} inside the ONNX graph; the canvas is brought to the input size by antialiased "
+            f"bilinear resampling (the miner's resize) and rounded to 0-255. Ink: {meta['ink']} ({meta['ink_why']}). "
+            "Opens from file:// (the WebAssembly runtime and the graph are embedded in scripts under probe/).")
+    are_classes = meta.get("outputs_are_classes", True)
+    if not are_classes:
+        note += (" The run was mined with logits=False (--no-logits), so the model's outputs were never matched with "
+                 "the run's classes: shown as the softmax of its outputs, " + ("named by the model's own categories."
+                                                                                if meta["classes"] else "numbered."))
     seq = meta.get("sequence")
     if seq:
         note += (f" The run mined progressive drawings: the page makes the drawing at {meta['size'][0]}×{meta['size'][1]} "
@@ -77,7 +84,8 @@ def write_probe_files(out: Path, probe: Mapping[str, bytes], links: dict[str, st
                  "does, and the strip under the canvas shows the model's prediction on frames 1…t.")
     for n in meta.get("notes") or []:
         note += f" {n}."
-    (out / "probe.html").write_text(probe_page(note, links is not None, list(probe)), encoding="utf-8")
+    title = "Prediction" if are_classes else "Model outputs (not the run's classes)"
+    (out / "probe.html").write_text(probe_page(note, links is not None, list(probe), title), encoding="utf-8")
     return note
 
 

@@ -3,16 +3,37 @@
 // tags (probe/ort.wasm.min.js, probe/ort-loader.js and wasm-NNN.js: the runtime's loader and its .wasm
 // in base64 pieces; model.js: metadata; graph-NNN.js: the ONNX graph in base64 pieces), because
 // Chromium loads neither .wasm nor ES modules from file://.
-// The graph holds the run's preprocessing (/255, channels, normalisation); this script brings the
-// canvas to the model's input size with the miner's resize (torch's antialiased bilinear).
-// window.sketchmine.probe(pixels) is the one inference function: tests and the UI both call it.
+// The graph holds the run's preprocessing (/255, normalisation); this script brings the canvas to
+// the model's input size with the miner's resize (torch's antialiased bilinear), grey or RGB as the
+// model takes it. window.sketchmine.probe(pixels) is the one inference function: tests and the UI
+// both call it.
 (function () {
   "use strict";
-  var M = window.sketchmineProbeModel;
-  var LINKS = window.sketchmineProbeLinks || null;
-  var H = M.size[0], W = M.size[1];
-  var S = Math.max(1, Math.ceil(280 / Math.max(H, W)));  // canvas pixels per model pixel
   var status = document.getElementById("probe-status");
+  var M = window.sketchmineProbeModel;
+  function lost() {
+    // the first of the probe's files that did not load (a copied report may miss some): named, not a hang
+    if (!M) { return "probe/model.js"; }
+    if (typeof ort === "undefined") { return "probe/ort.wasm.min.js"; }
+    if (typeof window.sketchmineOrtMjs !== "string") { return "probe/ort-loader.js"; }
+    var got = window.sketchmineChunks || {}, kinds = ["wasm", "graph"];
+    for (var i = 0; i < kinds.length; i++) {
+      var want = (M.pieces || {})[kinds[i]] || [], have = (got[kinds[i]] || []).length;
+      if (have < want.length) {
+        return want.length === 1 ? "probe/" + want[0] : "one of probe/" + want.join(", probe/") + " (" + have + " of " + want.length + " loaded)";
+      }
+    }
+    return null;
+  }
+  var gone = lost();
+  if (gone) {
+    status.textContent = "the probe cannot start: " + gone + " is missing or did not load (copy the probe/ folder whole, or write the report again)";
+    document.body.setAttribute("data-failed", "1");
+    return;
+  }
+  var LINKS = window.sketchmineProbeLinks || null;
+  var H = M.size[0], W = M.size[1], C = M.sequence ? 1 : (M.channels || 1);  // C: the input's channels, 1 grey or 3 RGB
+  var S = Math.max(1, Math.ceil(280 / Math.max(H, W)));  // canvas pixels per model pixel
   var session = null, lastMaps = {}, queue = Promise.resolve();
   // latencies: ms from the first change an update covers to its predictions shown;
   // strokeLatencies: ms from a stroke's end (pointerup) to the predictions that include it
@@ -78,6 +99,46 @@
     var g = new Float32Array(n);
     for (var i = 0; i < n; i++) { g[i] = 0.299 * data[4 * i] + 0.587 * data[4 * i + 1] + 0.114 * data[4 * i + 2]; }
     return g;
+  }
+  function plane(data, n, c) {
+    // RGBA bytes → one colour plane as floats
+    var g = new Float32Array(n);
+    for (var i = 0; i < n; i++) { g[i] = data[4 * i + c]; }
+    return g;
+  }
+  function toInput(data, w, h) {
+    // RGBA bytes w×h → the model's input bytes H×W×C (channels last): grey by luma for a grey model,
+    // the RGB planes for a colour one, each resized by the miner's resize and rounded
+    if (C === 1) { return toBytes(resize(luma(data, w * h), w, h, W, H)); }
+    var out = new Uint8Array(H * W * 3);
+    for (var c = 0; c < 3; c++) {
+      var p = toBytes(resize(plane(data, w * h, c), w, h, W, H));
+      for (var i = 0; i < H * W; i++) { out[3 * i + c] = p[i]; }
+    }
+    return out;
+  }
+  function greyOf(px) {
+    // the model's input bytes (grey, or RGB channels last) as grey bytes, for pictures on the page
+    if (px.length === H * W) { return px; }
+    var g = new Uint8Array(H * W);
+    for (var i = 0; i < H * W; i++) { g[i] = Math.round(0.299 * px[3 * i] + 0.587 * px[3 * i + 1] + 0.114 * px[3 * i + 2]); }
+    return g;
+  }
+  function rgba(px) {
+    // the model's input bytes → ImageData-style RGBA for a canvas W×H
+    var d = new Uint8ClampedArray(4 * H * W), rgb = px.length !== H * W;
+    for (var i = 0; i < H * W; i++) {
+      d[4 * i] = rgb ? px[3 * i] : px[i]; d[4 * i + 1] = rgb ? px[3 * i + 1] : px[i]; d[4 * i + 2] = rgb ? px[3 * i + 2] : px[i]; d[4 * i + 3] = 255;
+    }
+    return d;
+  }
+  function picture(px, cls) {
+    // a W×H canvas showing the input bytes px
+    var c = el("canvas", cls); c.width = W; c.height = H;
+    var g = c.getContext("2d"), d = g.createImageData(W, H);
+    d.data.set(rgba(px));
+    g.putImageData(d, 0, 0);
+    return c;
   }
 
   // ---- sequence runs: the drawing as the run's progressive frames (data/sequences.py) ----
@@ -149,14 +210,19 @@
   }
   api.probe = function (pixels) {
     if (!session) { return Promise.reject(new Error("the probe's model is not loaded yet (await sketchmine.ready)")); }
-    if (!pixels || pixels.length !== H * W) {
+    if (!pixels || (pixels.length !== H * W && pixels.length !== H * W * C)) {
       return Promise.reject(new Error("probe(pixels) takes the model's input, " + H + "×" + W + " = " + (H * W) +
-                                      " grey values 0-255, row-major; got " + (pixels ? pixels.length : pixels)));
+                                      " grey values 0-255, row-major" + (C === 3 ? ", or " + (H * W * 3) +
+                                      " RGB values (channels last)" : "") + "; got " + (pixels ? pixels.length : pixels)));
     }
-    var src = SEQ ? api.frames(pixels) : pixels, x = new Float32Array(src.length);
-    for (var i = 0; i < x.length; i++) { x[i] = src[i]; }
+    var src = SEQ ? api.frames(pixels) : pixels, x = new Float32Array(SEQ ? src.length : C * H * W), n = H * W;
+    if (SEQ || src.length === x.length && C === 1) { for (var i = 0; i < x.length; i++) { x[i] = src[i]; } }
+    else {  // to planes (C, H, W); grey repeated to every channel, as the miner repeats a grey image
+      var rgb = src.length === 3 * n;
+      for (var c = 0; c < C; c++) { for (var j = 0; j < n; j++) { x[c * n + j] = rgb ? src[3 * j + c] : src[j]; } }
+    }
     var feeds = SEQ ? { frames: new ort.Tensor("float32", x, [1, SEQ.steps, 1, H, W]) }
-      : { pixels: new ort.Tensor("float32", x, [1, 1, H, W]) };
+      : { pixels: new ort.Tensor("float32", x, [1, C, H, W]) };
     var run = queue.then(function () { return session.run(feeds); });
     queue = run.catch(function () { return null; });
     return run.then(function (out) {
@@ -180,28 +246,47 @@
   var pad = document.getElementById("pad"), ctx = pad.getContext("2d", { willReadFrequently: true });
   pad.width = W * S; pad.height = H * S;
   var INK = M.ink === "light" ? "#ffffff" : "#000000", BG = M.ink === "light" ? "#000000" : "#ffffff";
-  var strokes = [], current = null, base = null;  // base: {grey, w, h, img} of a loaded or picked image
+  // base: {px, img} of a loaded or picked image, px its bytes at the model's input (H×W×C);
+  // strokes are also drawn alone on `layer` (transparent), whose coverage is what they add over a base
+  var strokes = [], current = null, base = null, history = [];
+  var layer = el("canvas"), lctx = layer.getContext("2d", { willReadFrequently: true });
+  layer.width = pad.width; layer.height = pad.height;
   var width = document.getElementById("width");
   width.min = 1; width.max = String(8 * S); width.value = String(Math.round(2.5 * S));
 
+  function paint(g) {
+    g.strokeStyle = INK; g.fillStyle = INK; g.lineCap = "round"; g.lineJoin = "round";
+    strokes.forEach(function (s) {
+      g.lineWidth = s.w;
+      if (s.pts.length === 1) { g.beginPath(); g.arc(s.pts[0][0], s.pts[0][1], s.w / 2, 0, 2 * Math.PI); g.fill(); return; }
+      g.beginPath(); g.moveTo(s.pts[0][0], s.pts[0][1]);
+      for (var i = 1; i < s.pts.length; i++) { g.lineTo(s.pts[i][0], s.pts[i][1]); }
+      g.stroke();
+    });
+  }
   function redraw() {
     ctx.fillStyle = BG;
     ctx.fillRect(0, 0, pad.width, pad.height);
-    if (base) { ctx.imageSmoothingEnabled = !base.exact; ctx.drawImage(base.img, 0, 0, pad.width, pad.height); }
-    strokes.forEach(function (s) {
-      ctx.strokeStyle = INK; ctx.fillStyle = INK; ctx.lineWidth = s.w; ctx.lineCap = "round"; ctx.lineJoin = "round";
-      if (s.pts.length === 1) { ctx.beginPath(); ctx.arc(s.pts[0][0], s.pts[0][1], s.w / 2, 0, 2 * Math.PI); ctx.fill(); return; }
-      ctx.beginPath(); ctx.moveTo(s.pts[0][0], s.pts[0][1]);
-      for (var i = 1; i < s.pts.length; i++) { ctx.lineTo(s.pts[i][0], s.pts[i][1]); }
-      ctx.stroke();
-    });
+    if (base) { ctx.imageSmoothingEnabled = false; ctx.drawImage(base.img, 0, 0, pad.width, pad.height); }
+    paint(ctx);
+    lctx.clearRect(0, 0, layer.width, layer.height);
+    paint(lctx);
   }
   function empty() { return strokes.length === 0 && !base; }
   api.pixels = function () {
-    // the model's input as the probe sends it: H×W grey bytes (row-major)
-    if (base && strokes.length === 0) { return toBytes(resize(base.grey, base.w, base.h, W, H)); }
-    var d = ctx.getImageData(0, 0, pad.width, pad.height).data;
-    return toBytes(resize(luma(d, pad.width * pad.height), pad.width, pad.height, W, H));
+    // the model's input as the probe sends it: H×W bytes, grey, or RGB channels last (H×W×3) for a
+    // 3-channel model. Over a loaded or picked image the strokes are combined at the input size: the
+    // image's own bytes where nothing is drawn, so a stroke never resamples the rest of the image.
+    var n = pad.width * pad.height;
+    if (!base) { return toInput(ctx.getImageData(0, 0, pad.width, pad.height).data, pad.width, pad.height); }
+    if (strokes.length === 0) { return Uint8Array.from(base.px); }
+    var cover = resize(plane(lctx.getImageData(0, 0, pad.width, pad.height).data, n, 3), pad.width, pad.height, W, H);
+    var ink = M.ink === "light" ? 255 : 0, c = base.px.length / (H * W), out = new Uint8Array(base.px.length);
+    for (var i = 0; i < base.px.length; i++) {
+      var a = cover[Math.floor(i / c)] / 255;
+      out[i] = Math.min(255, Math.max(0, Math.round(base.px[i] * (1 - a) + ink * a)));
+    }
+    return out;
   };
   api.canvasPixels = function () {
     // the canvas itself, grey (for measuring the resize against torch's)
@@ -246,10 +331,10 @@
 
   function heat(map, grid, px) {
     // the unit's map over the drawing: the input in grey, the map stretched over it in red
-    var c = el("canvas", "heat");
+    var c = el("canvas", "heat"), grey = greyOf(px);
     c.width = W; c.height = H;
     var g = c.getContext("2d"), img = g.createImageData(W, H);
-    for (var i = 0; i < H * W; i++) { img.data[4 * i] = img.data[4 * i + 1] = img.data[4 * i + 2] = px[i] * 0.6; img.data[4 * i + 3] = 255; }
+    for (var i = 0; i < H * W; i++) { img.data[4 * i] = img.data[4 * i + 1] = img.data[4 * i + 2] = grey[i] * 0.6; img.data[4 * i + 3] = 255; }
     g.putImageData(img, 0, 0);
     var m = el("canvas"); m.width = grid[1]; m.height = grid[0];
     var mg = m.getContext("2d"), mi = mg.createImageData(grid[1], grid[0]), hi = 0;
@@ -283,7 +368,7 @@
       cell.appendChild(c);
       if (r.steps) {
         var best = topUnits(r.steps[t], 1)[0];
-        cell.appendChild(el("div", "step-class", M.classes[best[0]] !== undefined ? M.classes[best[0]] : "class " + best[0]));
+        cell.appendChild(el("div", "step-class", label(best[0], r.steps[t].length)));
         cell.appendChild(el("div", "num", (best[1] * 100).toFixed(0) + "%"));
       }
       row.appendChild(cell);
@@ -291,6 +376,12 @@
     box.appendChild(row);
   }
 
+  function label(i, n) {
+    // an output's name: the run's class, or (a run mined with logits=False) the model's own
+    // category when it names as many, else "output i": its outputs need not be the run's classes
+    if (M.classes.length === n && M.classes[i] !== undefined) { return M.classes[i]; }
+    return (M.outputs_are_classes === false ? "output " : "class ") + i;
+  }
   function show(r, px) {
     strip(r, px);
     var order = topUnits(r.probs, Math.min(5, r.probs.length));
@@ -298,7 +389,7 @@
     preds.textContent = "";
     order.forEach(function (p) {
       var row = el("tr");
-      row.appendChild(el("td", null, M.classes[p[0]] !== undefined ? M.classes[p[0]] : "class " + p[0]));
+      row.appendChild(el("td", null, label(p[0], r.probs.length)));
       var bar = el("td", "num");
       var b = el("span", "bar"); b.style.width = Math.round(p[1] * 120) + "px";
       bar.appendChild(b); bar.appendChild(document.createTextNode(" " + (p[1] * 100).toFixed(1) + "%"));
@@ -330,10 +421,14 @@
   }
 
   // ---- input: pointer events (mouse, pen, touch), undo, clear, images ----
+  // undo takes back the last change of any kind (a stroke, a loaded or picked image, a clear)
+  var note = document.getElementById("convert-note");
+  function remember() { history.push({ strokes: strokes.slice(), base: base, note: note.textContent }); }
   function at(e) { var r = pad.getBoundingClientRect(); return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height]; }
   pad.addEventListener("pointerdown", function (e) {
     e.preventDefault();
     pad.setPointerCapture(e.pointerId);
+    remember();
     current = { w: parseFloat(width.value), pts: [at(e)] };
     strokes.push(current);
     redraw(); changed(e.timeStamp);
@@ -346,35 +441,82 @@
   function end(e) { if (current) { current = null; upAt = e.timeStamp; changed(e.timeStamp); } }
   pad.addEventListener("pointerup", end);
   pad.addEventListener("pointercancel", end);
-  document.getElementById("undo").addEventListener("click", function (e) { if (strokes.length) { strokes.pop(); } else { base = null; } redraw(); changed(e.timeStamp); });
-  document.getElementById("clear").addEventListener("click", function (e) { strokes = []; base = null; redraw(); changed(e.timeStamp); });
-  var note = document.getElementById("convert-note");
+  document.getElementById("undo").addEventListener("click", function (e) {
+    var last = history.pop();
+    if (!last) { return; }
+    strokes = last.strokes; base = last.base; note.textContent = last.note;
+    redraw(); changed(e.timeStamp);
+  });
+  document.getElementById("clear").addEventListener("click", function (e) {
+    if (empty()) { return; }
+    remember();
+    strokes = []; base = null; note.textContent = "";
+    redraw(); changed(e.timeStamp);
+  });
+  function setBase(px, text) {
+    // a loaded or picked image (its bytes at the input size) replaces the drawing; undo brings it back
+    remember();
+    base = { px: px, img: picture(px) };
+    strokes = [];
+    note.textContent = text;
+    redraw(); changed(performance.now());
+  }
+
+  var TURN = { 0: "", 90: "rotated 90°", 180: "rotated 180°", 270: "rotated 270°" };
+  function stored(f) {
+    // the file's pixels as stored, RGBA, as PIL reads them for the miner: no EXIF rotation (the
+    // browser applies it when decoding: read it with ImageDecoder and draw the bitmap back), no
+    // colour management; refused when transparent (the browser premultiplies alpha, losing the
+    // colour under it, which the miner keeps: it drops alpha)
+    return Promise.all([createImageBitmap(f, { colorSpaceConversion: "none", premultiplyAlpha: "none" }), f.arrayBuffer()]).then(function (got) {
+      var bmp = got[0], o = { rotation: 0, flip: false, known: false, w: bmp.width, h: bmp.height };
+      var dec = typeof ImageDecoder === "function" && f.type ? ImageDecoder.isTypeSupported(f.type).then(function (ok) {
+        if (!ok) { return null; }
+        var d = new ImageDecoder({ data: got[1], type: f.type });
+        return d.decode().then(function (r) {
+          var v = r.image;
+          o = { rotation: v.rotation || 0, flip: !!v.flip, known: true, w: v.codedWidth, h: v.codedHeight };
+          v.close(); d.close();
+        });
+      }).catch(function () { return null; }) : Promise.resolve(null);
+      return dec.then(function () {
+        var c = el("canvas"); c.width = o.w; c.height = o.h;
+        var g = c.getContext("2d", { willReadFrequently: true });
+        g.imageSmoothingEnabled = false;
+        g.translate(o.w / 2, o.h / 2); g.rotate(-o.rotation * Math.PI / 180); if (o.flip) { g.scale(-1, 1); }
+        g.drawImage(bmp, -bmp.width / 2, -bmp.height / 2);
+        var d = g.getImageData(0, 0, o.w, o.h).data;
+        for (var i = 3; i < d.length; i += 4) {
+          if (d[i] !== 255) {
+            throw new Error(f.name + " has transparent pixels: the miner drops the alpha channel and keeps the colour " +
+              "stored under it, which the browser does not give this page; save the image without transparency (flattened) " +
+              "and load it again");
+          }
+        }
+        var turned = (TURN[o.rotation] || "rotated " + o.rotation + "°") + (o.flip ? (o.rotation ? ", " : "") + "mirrored" : "");
+        return { data: d, w: o.w, h: o.h, orientation: !o.known ? "its EXIF orientation could not be read here (the browser may show it rotated)"
+          : turned ? "its EXIF orientation (" + turned + ") not applied, as the miner reads the stored pixels" : "" };
+      });
+    });
+  }
   document.getElementById("file").addEventListener("change", function (e) {
     var f = e.target.files && e.target.files[0];
     if (!f) { return; }
-    var img = new Image();
-    img.onload = function () {
-      var c = el("canvas"); c.width = img.naturalWidth; c.height = img.naturalHeight;
-      var g = c.getContext("2d"); g.drawImage(img, 0, 0);
-      var n = c.width * c.height, d = g.getImageData(0, 0, c.width, c.height).data, colour = false;
+    stored(f).then(function (im) {
+      var n = im.w * im.h, d = im.data, colour = false;
       for (var i = 0; i < n && !colour; i++) { colour = d[4 * i] !== d[4 * i + 1] || d[4 * i] !== d[4 * i + 2]; }
-      base = { grey: luma(d, n), w: c.width, h: c.height, img: img, exact: false };
-      strokes = [];
-      note.textContent = "Loaded " + f.name + ": " + c.width + "×" + c.height + (colour ? " colour, made grey by luma (0.299 R + 0.587 G + 0.114 B)" : " grey") +
-        ((c.width !== W || c.height !== H) ? ", resized to " + W + "×" + H + " by antialiased bilinear" : "") + ", as the miner converts images.";
-      redraw(); changed(performance.now());
-    };
-    img.src = URL.createObjectURL(f);
+      var how = C === 1 ? (colour ? " colour, made grey by luma (0.299 R + 0.587 G + 0.114 B)" : " grey")
+        : (colour ? " colour (RGB)" : " grey, repeated to 3 channels");
+      setBase(toInput(d, im.w, im.h), "Loaded " + f.name + ": " + im.w + "×" + im.h + how +
+        ((im.w !== W || im.h !== H) ? ", resized to " + W + "×" + H + " by antialiased bilinear" : "") +
+        (im.orientation ? ", " + im.orientation : "") + ", as the miner converts images.");
+    }, function (err) {
+      note.textContent = "Not loaded: " + (err && err.message ? err.message : err) + ".";
+    }).then(function () { e.target.value = ""; });
   });
   function pick(im) {
-    var px = b64(im.pixels), c = el("canvas"); c.width = W; c.height = H;
-    var g = c.getContext("2d"), d = g.createImageData(W, H);
-    for (var i = 0; i < H * W; i++) { d.data[4 * i] = d.data[4 * i + 1] = d.data[4 * i + 2] = px[i]; d.data[4 * i + 3] = 255; }
-    g.putImageData(d, 0, 0);
-    base = { grey: Float32Array.from(px), w: W, h: H, img: c, exact: true };
-    strokes = [];
-    note.textContent = "Dataset image " + im.index + (im.cls !== null ? " (" + im.cls + ")" : "") + ", at the model's input size.";
-    redraw(); changed(performance.now());
+    setBase(b64(im.pixels), "Dataset image " + im.index + (im.cls !== null ? " (" + im.cls + ")" : "") +
+      ", at the model's input size, its exact pixels" + (C === 3 ? " (RGB)" : "") + ".");
   }
   var gallery = document.getElementById("images");
   document.getElementById("pick").addEventListener("click", function () {
@@ -382,10 +524,7 @@
     gallery.hidden = !gallery.hidden;
   });
   M.images.forEach(function (im) {
-    var px = b64(im.pixels), c = el("canvas", "thumb"); c.width = W; c.height = H;
-    var g = c.getContext("2d"), d = g.createImageData(W, H);
-    for (var i = 0; i < H * W; i++) { d.data[4 * i] = d.data[4 * i + 1] = d.data[4 * i + 2] = px[i]; d.data[4 * i + 3] = 255; }
-    g.putImageData(d, 0, 0);
+    var c = picture(b64(im.pixels), "thumb");
     c.title = (im.cls || "") + " #" + im.index;
     c.addEventListener("click", function () { pick(im); });
     gallery.appendChild(c);
@@ -395,19 +534,19 @@
   // ---- start ----
   redraw();
   api.loadTimes = { scriptsLoaded: performance.now() };  // ms since navigation
-  api.ready = (function () {
+  api.ready = new Promise(function (ok) {
     ort.env.wasm.numThreads = 1;
     ort.env.wasm.wasmPaths = { mjs: URL.createObjectURL(new Blob([window.sketchmineOrtMjs], { type: "text/javascript" })) };
     ort.env.wasm.wasmBinary = pieces("wasm");
     var graph = pieces("graph");
     api.loadTimes.decoded = performance.now();
-    return ort.InferenceSession.create(graph, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
-  })().then(function (s) {
+    ok(ort.InferenceSession.create(graph, { executionProviders: ["wasm"], graphOptimizationLevel: "all" }));
+  }).then(function (s) {
     session = s;
     api.loadTimes.session = performance.now();
     status.textContent = "model loaded (" + M.model + ", input " + H + "×" + W + ", onnxruntime-web " + M.ort + ", WebAssembly, one thread)";
     document.body.setAttribute("data-ready", "1");
     changed(performance.now());
     return api;
-  }, function (e) { status.textContent = "the model could not be loaded: " + e; throw e; });
+  }, function (e) { status.textContent = "the model could not be loaded: " + e; document.body.setAttribute("data-failed", "1"); throw e; });
 }());
