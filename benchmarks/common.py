@@ -37,15 +37,34 @@ def mem_total_gib() -> float | None:
     return None
 
 
+GIT_ENV = "SKETCHMINE_GIT"
+
+
 def git_revision() -> str:
+    """The commit measured: `git rev-parse --short HEAD` (+dirty when python/ or csrc/ differ from it);
+    where the checkout has no .git (a copy of the working tree on the device machine), the value of
+    $SKETCHMINE_GIT, which the session writes into the command (benchmarks/gpu_session.sh)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "python", "csrc"],
-                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        return rev + ("+dirty" if dirty else "") if rev else "unknown"
+                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip() if rev else ""
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        rev = dirty = ""
+    if rev:
+        return rev + ("+dirty" if dirty else "")
+    given = os.environ.get(GIT_ENV, "").strip()
+    return f"{given} (from ${GIT_ENV})" if given else "unknown"
+
+
+def set_tf32(enabled: bool = False) -> dict[str, bool]:
+    """Set TF32 for CUDA convolutions and matmuls explicitly, once per process, so that every arm of a
+    GPU benchmark runs them alike: off (the default) makes the float32 arms true float32 (torch's
+    own default leaves cuDNN's convolutions in TF32). Returns the setting, for the JSON."""
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    return {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
 
 
 def machine_info() -> dict:

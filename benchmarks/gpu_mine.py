@@ -6,6 +6,9 @@ Both read the same DataLoader over in-memory 224 px images (the embedded Animal-
 silhouettes, upscaled, 3 channels), so the ratio isolates the cost of the taps, the
 compiled top-k kernels and the store. Also reports the forward over tensors already on
 the device (the floor) and the top-k op alone on the layer outputs.
+
+TF32 is off in every arm unless --tf32 (true float32; recorded in the JSON), and the JSON (--json)
+is rewritten after each model, so a run cut short keeps what it measured.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import numpy as np
 import torch
 import torchvision
 from torch.utils.data import DataLoader, Dataset
+
+from .common import git_revision, set_tf32
 
 
 class _Images(Dataset):
@@ -84,13 +89,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--models", default="alexnet,vgg19", help="comma-separated, in this order")
+    p.add_argument("--tf32", action="store_true", help="let convolutions and matmuls use TF32 (default: off)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     device = torch.device("cuda")
+    tf32 = set_tf32(args.tf32)
     ds = _Images(args.images)
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "images": args.images,
-               "batch_size": args.batch_size, "workers": args.workers, "models": {}}
-    for name in ("alexnet", "vgg19"):
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "git": git_revision(),
+               "tf32": tf32, "images": args.images, "batch_size": args.batch_size, "workers": args.workers,
+               "complete": False, "models": {}}
+    print(f"git {results['git']}; TF32 {tf32}", flush=True)
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+
+    for name in [n.strip() for n in args.models.split(",") if n.strip()]:
         torch.manual_seed(0)
         model = torchvision.models.get_model(name, weights=None).eval().to(device)
         layers = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
@@ -106,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         results["models"][name] = r
         print(f"{name:8s} bare {r['bare_s']:.3f}s  mine {r['mine_s']:.3f}s  ratio {r['ratio_mine_over_bare']:.3f}  "
               f"floor(on-device forward) {r['floor_s']:.3f}s  mine {r['mine_images_per_s']:.0f} img/s", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        save()
+    results["complete"] = True
+    save()
     return 0
 
 

@@ -16,7 +16,9 @@ converts it). Sections:
   call of the process starts from an empty inductor cache (a temporary one); later calls
   reuse its graph.
 * loader: num_workers 0/1/2, prefetch_factor 2/4 with workers, for the bare forward (the
-  same DataLoader feeding the model, no hooks, no store) and for mine: mine/bare per setting.
+  same DataLoader feeding the model, no hooks, no store) and for mine with preprocess="cpu" (each
+  image prepared in the loader, as bare's are): mine/bare per setting. Both under mine's allocator
+  setting (freed memory kept: methods.malloc_as(False)).
 * flush: flush_every 1 and 2 (a checkpoint after every batch or two: the worst case) with
   the flushes written on the background thread (default) and in the loop
   (overlap_flushes=False); "writes s" is the time spent writing them (rows + checkpoint).
@@ -36,6 +38,7 @@ import torch
 from torch import nn
 
 from .common import build_model, conv_linear_layers, machine_info, make_dataset, topk_recall
+from .methods import malloc_as
 
 
 
@@ -72,7 +75,8 @@ def _mine(model_name: str, ds, layers: list[str], batch_size: int, workers: int,
 
 
 def _bare(model_name: str, ds, batch_size: int, workers: int, prefetch: int | None) -> float:
-    """The model's forward over the same DataLoader `mine` builds (no hooks, no store)."""
+    """The model's forward over the DataLoader `mine` builds with preprocess="cpu" (no hooks, no store),
+    freed memory kept as `mine` keeps it on the CPU."""
     from torch.utils.data import DataLoader
 
     from sketchmine.data import collate
@@ -82,7 +86,7 @@ def _bare(model_name: str, ds, batch_size: int, workers: int, prefetch: int | No
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                         persistent_workers=False, **ahead)
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), malloc_as(False):
         for _, x, _, _ in loader:
             model(x)
     return time.perf_counter() - t0
@@ -184,11 +188,12 @@ def _loader(args, ds, every: list[str], convs: list[str], tmp: Path) -> list[dic
             bare[key] = min(bare.get(key, float("inf")), _bare(args.model, ds, args.batch_size, workers, prefetch))
             clock = _Clock()
             t = _mine(args.model, ds, every, args.batch_size, workers, tmp / f"l{r}-{workers}-{prefetch}.zarr",
-                      clock, prefetch_factor=prefetch)
+                      clock, prefetch_factor=prefetch, preprocess="cpu")
             mined[key] = min(mined.get(key, float("inf")), t)
             loop[key] = min(loop.get(key, float("inf")), clock.ends[-1] - clock.t0)
     rows = []
-    print(f"\nloader (bare = the same DataLoader feeding the model's forward: no hooks, no store; mine loop = "
+    print(f"\nloader (mine with preprocess='cpu'; bare = the same DataLoader feeding the model's forward: no hooks, "
+          f"no store; mine loop = "
           f"mine without its setup and final writes; {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads)")
     print(f"{'workers':>7}{'prefetch':>10}{'bare s':>9}{'mine s':>9}{'mine/bare':>11}{'loop s':>9}{'loop/bare':>11}"
           f"{'mine vs 0 workers':>19}")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .common import build_model, conv_linear_layers, machine_info, make_dataset
+from .common import build_model, conv_linear_layers, machine_info, make_dataset, set_tf32
 
 
 def _sync(device: torch.device) -> None:
@@ -82,6 +82,7 @@ def run(images: int, units: int, loop_units: int, batch_size: int, seed: int, de
 
     torch.manual_seed(seed)
     dev = torch.device(device)
+    tf32 = set_tf32(False) if dev.type == "cuda" else None  # both sides in true float32
     model = build_model("alexnet", seed).to(dev)
     for m in model.modules():  # full backward hooks cannot follow in-place ReLUs
         if isinstance(m, nn.ReLU):
@@ -151,7 +152,7 @@ def run(images: int, units: int, loop_units: int, batch_size: int, seed: int, de
     if fc_floor:
         print(f"bound for all units: {summary['speedup_bound_all_units']:.1f}x (loop total / the FC units' "
               f"backward passes alone, {fc_floor:.0f} s)")
-    return {"machine": machine_info(), "device": str(dev), "images": images, "units": units, "loop_units": loop_units,
+    return {"machine": machine_info(), "device": str(dev), "tf32": tf32, "images": images, "units": units, "loop_units": loop_units,
             "batch_size": batch_size, "layers": rows, **summary}
 
 
