@@ -166,3 +166,50 @@ def test_a_checkpoint_whose_statistics_do_not_fit_is_a_clear_error(tmp_path, sma
         sketchmine.open_run(out).class_stats("features.0")
     with pytest.raises(SketchmineError, match="do not fit the run .*mine it again with a new --out"):
         sketchmine.mine("demo", small_test_set, out=out, batch_size=40, flush_every=2)
+
+
+def test_progressive_drawings_are_counted_measured_and_merge_exactly():
+    """5-D input (N, T, ch, H, W): every labelled drawing counts (labelled_images, the final
+    arrays exist) and its ink is the last frame's; two halves merged, and a state restored,
+    give the whole stream's ink and counts bit for bit."""
+    from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
+    from sketchmine.data.sequences import SequenceDataset
+    from sketchmine.store import schema
+
+    base = animal_shape("test")
+    pre = Preprocessing("model", 1, None, (0.2728,), (0.4056,))
+    ds = SequenceDataset(ArrayDataset(base.images[:24], base.labels()[:24], base.class_names, pre,
+                                      {"kind": "embedded", "name": "animal_shape", "split": "test"}), 4)
+    x = torch.stack([ds[i][1] for i in range(24)])                       # (24, 4, 1, 28, 28)
+    labels = torch.from_numpy(base.labels()[:24].copy())
+    labels[::5] = -1
+    maxima = torch.from_numpy(np.random.default_rng(0).standard_normal((24, 3)).astype(np.float32))
+
+    def feed(stats, rows):
+        for s in rows:
+            stats.add("l", maxima[s], labels[s])
+            stats.add_images(x[s], labels[s])
+            stats.end_batch()
+        return stats
+
+    parts = [slice(0, 8), slice(8, 16), slice(16, 24)]
+    whole = feed(RunningClassStats({"l": 3}, 10, mean=(0.2728,), std=(0.4056,)), parts)
+    assert whole.labelled_images == int((labels >= 0).sum())
+    still = feed(RunningClassStats({"l": 3}, 10, mean=(0.2728,), std=(0.4056,)), [slice(0, 24)])
+    still.ink.zero_()
+    still.images.zero_()
+    still.add_images(x[:, -1], labels)                                  # the final frames as still images
+    np.testing.assert_array_equal(whole.ink_results()[0], still.ink_results()[0])
+    arrays = whole.results()
+    np.testing.assert_array_equal(arrays[schema.dataset_array("class_image_count")],
+                                  np.bincount(labels[labels >= 0].numpy(), minlength=10))
+    half = feed(RunningClassStats({"l": 3}, 10, mean=(0.2728,), std=(0.4056,)), parts[:1])
+    half.merge(feed(RunningClassStats({"l": 3}, 10, mean=(0.2728,), std=(0.4056,)), parts[1:]))
+    back = unpack(half.state(), {"l": 3}, 10)
+    for other in (half, back):
+        got = other.results()
+        assert set(got) == set(arrays)
+        for key in arrays:
+            np.testing.assert_array_equal(np.asarray(got[key].whole() if hasattr(got[key], "whole") else got[key]),
+                                          np.asarray(arrays[key].whole() if hasattr(arrays[key], "whole")
+                                                     else arrays[key]), err_msg=key)

@@ -320,3 +320,50 @@ def test_visualize_a_sequence_run(tmp_path):
                 assert peak > 0, (name, u, j)
                 want_d = np.clip(np.round(128 + 127 * sig / peak), 0, 255)
                 assert np.abs(got["deconv"][j, ..., 0].astype(int) - want_d.astype(int)).max() <= 1, (name, u, j)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_gru_run_keeps_class_statistics_and_resumes_identically(tmp_path, images):
+    """Progressive drawings (5-D input) keep the unbiased class statistics like still images: the
+    per-class mean of each hidden unit's image maximum over every labelled drawing (a forward
+    with plain hooks recomputes it), and the ink density of the whole drawing (its last frame,
+    the full image: numpy from the raw pixels). A run stopped after its second flush and
+    resumed writes the same arrays bit for bit."""
+    from sketchmine.model.models import preprocessing_for
+    from tests.helpers import StopAfter
+
+    im, lab, names = images
+    pre = preprocessing_for("demo-gru")
+    ds = SequenceDataset(ArrayDataset(im, lab, names, pre, {"kind": "embedded", "name": "animal_shape",
+                                                            "split": "test", "subset": "6 per class"}), 8)
+    run = sketchmine.mine("demo-gru", ds, layers=["gru"], out=tmp_path / "r.zarr", batch_size=16)
+    assert run.has_class_stats()
+    outs, _ = _hooked(sketchmine.load_model("demo-gru").module.eval(), ds, ["gru"])
+    maxima = torch.cat([o[0] for o in outs["gru"]]).amax(dim=1).double().numpy()   # (N, H) over time
+    mean, count = run.class_stats("gru")
+    np.testing.assert_array_equal(count, np.tile(np.bincount(lab, minlength=10), (64, 1)))
+    want = np.stack([maxima[lab == c].mean(0) for c in range(10)], axis=1)
+    np.testing.assert_allclose(mean, want, rtol=1e-5, atol=1e-5)
+    gray = im.astype(np.float64) / 255
+    border = np.concatenate([gray[:, 0], gray[:, -1], gray[:, 1:-1, 0], gray[:, 1:-1, -1]], axis=1)
+    bg = np.sort(border, axis=1)[:, (border.shape[1] - 1) // 2]                       # the lower median
+    ink = (np.abs(gray - bg[:, None, None]) > 0.5).mean(axis=(1, 2))
+    np.testing.assert_allclose(run.ink_density().to_numpy(), [ink[lab == c].mean() for c in range(10)],
+                               rtol=1e-6)
+    assert run.class_preference("gru")["preference"].notna().all()
+
+    out = tmp_path / "cut.zarr"
+    with pytest.raises(_Stop):
+        sketchmine.mine("demo-gru", ds, layers=["gru"], out=out, batch_size=16, flush_every=2,
+                        progress=StopAfter(3, calls=True, exc=_Stop))
+    partial = sketchmine.open_run(out)
+    assert not partial.complete and partial.has_class_stats()
+    np.testing.assert_array_equal(partial.class_stats("gru")[1][0], np.bincount(lab[:32], minlength=10))
+    done = sketchmine.mine("demo-gru", ds, layers=["gru"], out=out, batch_size=16, flush_every=2)
+    for a, b in zip(run.class_stats("gru"), done.class_stats("gru")):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(run.ink_density().to_numpy(), done.ink_density().to_numpy())
+    np.testing.assert_array_equal(done.dataset_array("class_image_count"), np.bincount(lab, minlength=10))

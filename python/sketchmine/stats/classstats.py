@@ -210,7 +210,13 @@ class RunningClassStats:
         self._nans[columns] += nan.sum(dim=0)
 
     def add_images(self, x: torch.Tensor, labels: torch.Tensor) -> None:
-        """The model's input batch x (N, ch, H, W), normalised as in preprocessing."""
+        """The ink density of the model's input batch x (N, ch, H, W), normalised as in
+        preprocessing. A progressive drawing (N, T, ch, H, W) is measured on its last frame,
+        which is the whole drawing (sequences.py: step T is the full image); inputs that are
+        no images (other ranks, or smaller than 3×3) get no ink density (NaN), while their
+        labelled images still count for the class statistics (`labelled_images`)."""
+        if x.ndim == 5:
+            x = x[:, -1]
         if x.ndim != 4 or min(x.shape[-2:]) < 3:
             return
         rows = self.rows(labels)
@@ -279,7 +285,7 @@ class RunningClassStats:
     def results(self, layer: str | None = None) -> Any:
         """The accumulator's final arrays (no `layer`): layers/<name>/{class_mean, class_count,
         class_nan_count} and dataset/{class_ink_density, class_image_count}, only when some
-        labelled image was seen (else none). With `layer`: that layer's (class_mean, class_count),
+        labelled image was seen (else none), whether or not its ink density could be measured. With `layer`: that layer's (class_mean, class_count),
         see `results_of` (what analysis reads)."""
         if layer is not None:
             return self.results_of(layer)
@@ -291,15 +297,22 @@ class RunningClassStats:
             arrays.update({schema.layer_array(name, "class_mean"): mean,
                            schema.layer_array(name, "class_count"): count,
                            schema.layer_array(name, "class_nan_count"): self.nan_counts(name)})
-        ink, images = self.ink_results()
-        arrays.update({schema.dataset_array("class_ink_density"): ink,
-                       schema.dataset_array("class_image_count"): images})
+        arrays.update({schema.dataset_array("class_ink_density"): self.ink_results()[0],
+                       schema.dataset_array("class_image_count"): self.class_images()})
         return arrays
 
     # ---- results --------------------------------------------------------------------------
     @property
     def labelled_images(self) -> int:
-        return int(self.images[:self.num_classes].sum())
+        """Labelled images the layers saw (counted from the batches' labels, whatever the input:
+        not `images`, which counts only the images whose ink density was measured)."""
+        return int(self.class_images().sum())
+
+    def class_images(self) -> np.ndarray:
+        """(K,) int64: per class, the images the layers saw (every layer sees every image)."""
+        self.end_batch()
+        seen = self._seen[:self.num_classes]
+        return (seen.amax(dim=1) if seen.shape[1] else seen.sum(dim=1)).cpu().numpy().copy()
 
     def counts(self, layer: str, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
         """(rows, C) int64: per class (and the discard row) the layer's non-NaN image maxima; only
@@ -335,7 +348,8 @@ class RunningClassStats:
         return self._nans[self._columns[layer]].cpu().numpy().copy()
 
     def ink_results(self) -> tuple[np.ndarray, np.ndarray]:
-        """(mean ink density per class (K,) float64, NaN for classes without images; images (K,) int64)."""
+        """(mean ink density per class (K,) float64, NaN for classes without measured images;
+        the images measured (K,) int64)."""
         s, c = self.ink[:self.num_classes].cpu().numpy(), self.images[:self.num_classes].cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(c > 0, s / np.maximum(c, 1), np.nan), c.copy()
