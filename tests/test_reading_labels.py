@@ -13,6 +13,7 @@ from rich.console import Console
 import sketchmine
 from sketchmine.errors import SketchmineError
 from sketchmine.present.console import print_summary
+from sketchmine.results.compare import compare
 from sketchmine.results.unit_summary import LayerSummary
 
 EMPTY = (3, 7)
@@ -72,6 +73,36 @@ def test_summary_and_unit_dashboard_with_unlabelled_images(partly):
         assert {c["class"]: c["count"] for c in d["classes_top"]} == \
             {run.class_names[c]: int(counts[c]) for c in range(10) if counts[c]}
         assert d["classes_top_unlabelled"] == int((lab < 0).sum())
+
+
+def test_bottom_classes_leave_out_classes_without_images(partly):
+    run = partly
+    for layer in ("features.6", "classifier.6"):
+        want, _ = _hist(run, layer)
+        order = sorted((c for c in range(10) if c not in EMPTY), key=lambda c: (-want[c], c))
+        bottom = run.bottom_classes(layer, 3)
+        assert list(bottom.index) == [run.class_names[c] for c in order[-3:]]
+        assert bottom.attrs["no_images"] == [run.class_names[c] for c in EMPTY]
+        assert len(run.top_classes(layer, 10)) == 8  # all the classes that have images
+
+
+def test_unbiased_bottom_classes_leave_out_classes_without_images(partly):
+    run = partly
+    pref = run.class_preference("features.6")
+    assert pref["preference"].notna().all() and len(pref) == 8
+    assert pref.attrs["no_images"] == [run.class_names[c] for c in EMPTY]
+    out = io.StringIO()
+    print_summary(str(run.path), 3, Console(file=out, width=400))
+    assert "nan" not in out.getvalue()
+    assert "classes without images, left out: cow, horse" in out.getvalue()
+
+
+def test_compare_bottom_sets_leave_out_classes_without_images(partly):
+    cmp = compare(partly, partly, 3)
+    for _, row in cmp.layers.iterrows():
+        assert not {"cow", "horse"} & set(row["bottom_a"])
+        assert row["jaccard_bottom"] == 1.0
+    assert cmp.no_images == ["cow", "horse"]
 
 
 def test_a_run_without_labels_still_refuses(tmp_path, demo_test_set):

@@ -142,9 +142,17 @@ def preferences_table(run: Run, n: int = 5) -> Table:
         table.add_row(safe(name), fmt(top), fmt(run.bottom_classes(name, n)))
         if top.attrs.get("unlabelled"):
             unlabelled.append(f"{safe(name)} {top.attrs['unlabelled']}")
+    notes = []
     if unlabelled:  # a dataset with some images labelled -1: their entries count for no class
-        table.caption = "top-k entries of unlabelled images, left out of the counts: " + ", ".join(unlabelled)
+        notes.append("top-k entries of unlabelled images, left out of the counts: " + ", ".join(unlabelled))
+    if run.layers and top.attrs.get("no_images"):
+        notes.append(_no_images(top.attrs["no_images"]))
+    table.caption = "\n".join(notes) or None
     return table
+
+
+def _no_images(classes: list[str]) -> str:
+    return f"classes without images, left out: {', '.join(safe(c) for c in classes)}"
 
 
 def unbiased_table(run: Run, n: int = 5) -> Table | None:
@@ -160,14 +168,18 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
     table = Table(title=title if run.complete else f"PARTIAL ({run.images_done} images): {title}")
     for col in ("layer", f"top {n}", f"bottom {n}", "selectivity (median)", "ρ ink", "p"):
         table.add_column(col, justify="right" if col in ("ρ ink", "p", "selectivity (median)") else "left")
+    no_images: set[str] = set()
     for name in run.layers:
         pref = analysis.class_preference(run, name)
+        no_images.update(pref.attrs.get("no_images", []))
         si = analysis.selectivity(run, name)
-        fmt = lambda df: ", ".join(f"{safe(c)} {r['preference']:+.2f}" for c, r in df.iterrows())  # noqa: E731
+        fmt = lambda df: ", ".join(f"{safe(c)} {_num(r['preference'], '+.2f')}" for c, r in df.iterrows())  # noqa: E731
         row = corr.loc[name]
         table.add_row(safe(name), fmt(pref.head(n)), fmt(pref.tail(n)),
                       f"{si.median():.3f}" if si.notna().any() else "-",
-                      f"{row['spearman']:+.3f}", f"{row['p_value']:.3g}")
+                      _num(row["spearman"], "+.3f"), _num(row["p_value"], ".3g"))
+    if no_images:
+        table.caption = _no_images([c for c in run.class_names if c in no_images])
     return table
 
 
@@ -185,8 +197,13 @@ def ink_table(run: Run) -> Table:
         table.add_column(col, justify="left" if col == "class" else "right")
     for c, v in ink.items():
         a = acc.get(c, float("nan"))
-        table.add_row(safe(c), f"{v:.3f}", "-" if np.isnan(a) else f"{a * 100:.2f}")
+        table.add_row(safe(c), _num(v, ".3f"), "-" if np.isnan(a) else f"{a * 100:.2f}")
     return table
+
+
+def _num(v: float, fmt: str) -> str:
+    """`v` formatted, "-" for NaN (a class without images, a correlation with too few classes)."""
+    return "-" if np.isnan(v) else format(v, fmt)
 
 
 def compare_tables(cmp) -> list[Table]:
@@ -207,6 +224,8 @@ def compare_tables(cmp) -> list[Table]:
         lay.add_row(safe(r["layer_a"]), safe(r["layer_b"]), ", ".join(safe(x) for x in r["top_a"]), ", ".join(safe(x) for x in r["top_b"]),
                     f"{r['jaccard_top']:.2f}", ", ".join(safe(x) for x in r["bottom_a"]), ", ".join(safe(x) for x in r["bottom_b"]),
                     f"{r['jaccard_bottom']:.2f}")
+    if getattr(cmp, "no_images", None):
+        lay.caption = _no_images(cmp.no_images)
     return [acc, lay]
 
 

@@ -3,7 +3,7 @@ top/bottom classes, and how much the preferred classes overlap."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -23,6 +23,8 @@ class Comparison:
     accuracy: pd.DataFrame
     layers: pd.DataFrame
     jaccard: pd.DataFrame
+    no_images: list[str] = field(default_factory=list)
+    """Classes with no image in the runs, left out of every top and bottom list."""
 
     @property
     def overall(self) -> tuple[float | None, float | None]:
@@ -63,15 +65,18 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: i
     accuracy["difference"] = accuracy["accuracy_b"] - accuracy["accuracy_a"]
     top_a = {l: list(a.top_classes(l, n).index) for l in a.layers}
     top_b = {l: list(b.top_classes(l, n).index) for l in b.layers}
-    rows = []
+    rows, no_images = [], set()
     for la, lb in depth_pairs(a.layers, b.layers):
-        bot_a, bot_b = list(a.bottom_classes(la, n).index), list(b.bottom_classes(lb, n).index)
+        frame_a, frame_b = a.bottom_classes(la, n), b.bottom_classes(lb, n)
+        no_images.update(frame_a.attrs.get("no_images", []), frame_b.attrs.get("no_images", []))
+        bot_a, bot_b = list(frame_a.index), list(frame_b.index)
         rows.append({"layer_a": la, "layer_b": lb, "top_a": top_a[la], "top_b": top_b[lb],
                      "bottom_a": bot_a, "bottom_b": bot_b,
                      "jaccard_top": jaccard(set(top_a[la]), set(top_b[lb])),
                      "jaccard_bottom": jaccard(set(bot_a), set(bot_b))})
     matrix = pd.DataFrame([[jaccard(set(top_a[x]), set(top_b[y])) for y in b.layers] for x in a.layers],
                           index=pd.Index(a.layers, name="layer_a"), columns=pd.Index(b.layers, name="layer_b"))
-    return Comparison(a, b, n, accuracy, pd.DataFrame(rows), matrix)
+    return Comparison(a, b, n, accuracy, pd.DataFrame(rows), matrix,
+                      [c for c in a.class_names if c in no_images])
 
 

@@ -214,7 +214,12 @@ class Run(UnitViews):
         return hist
 
     def _ranked(self, layer: str) -> pd.DataFrame:
+        """The class histogram with accuracy, most frequent first, over the classes that have
+        images in the run: a class without any is no "least preferred" class (attrs["no_images"]
+        names those left out)."""
         hist = self.class_histogram(layer)
+        labels = self.labels
+        has = np.bincount(labels[labels >= 0], minlength=len(hist))[:len(hist)] > 0
         ranked = hist.to_frame()
         try:
             ranked["accuracy"] = self.class_accuracy()["accuracy"]
@@ -222,17 +227,22 @@ class Run(UnitViews):
             ranked["accuracy"] = np.nan
         ranked["order"] = np.arange(len(ranked))
         # most frequent first; ties in class order (deterministic)
-        ranked = ranked.sort_values(["count", "order"], ascending=[False, True], kind="stable").drop(columns="order")
-        ranked.attrs["unlabelled"] = hist.attrs["unlabelled"]
+        ranked = ranked[has].sort_values(["count", "order"], ascending=[False, True], kind="stable")
+        ranked = ranked.drop(columns="order")
+        ranked.attrs.update(unlabelled=hist.attrs["unlabelled"], no_images=list(hist.index[~has]))
         return ranked
 
     def top_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
-        """The n classes most frequent among the layer's top-k images, with accuracy."""
-        return self._ranked(layer).head(check_count(n))
+        """The n classes most frequent among the layer's top-k images, with accuracy; attrs:
+        "unlabelled" (top-k entries without a label) and "no_images" (classes left out)."""
+        ranked = self._ranked(layer)
+        return _keep_attrs(ranked.head(check_count(n)), ranked)
 
     def bottom_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
-        """The n least frequent classes (zero counts included), least frequent last."""
-        return self._ranked(layer).tail(check_count(n))
+        """The n least frequent classes among those with images in the run (zero counts
+        included), least frequent last; attrs as `top_classes`."""
+        ranked = self._ranked(layer)
+        return _keep_attrs(ranked.tail(check_count(n)), ranked)
 
     def unit_importance(self, layer: str) -> pd.DataFrame:
         """Per-unit ablation importance stored by `sketchmine.unit_importance`: columns unit,
@@ -313,9 +323,10 @@ class Run(UnitViews):
         (kept as column units_preferring) because it uses every unit's whole profile, weighs
         units equally whatever their activation scale (the seed's maxima range 10^2..10^4), is
         sign-safe for pre-ReLU taps, and is continuous (no ties for the rank correlation).
-        Units with no spread over classes (dead units) are left out (column units in attrs)."""
-        df = summaries.preference(self.class_stats(layer)[0], self.class_accuracy_series().to_numpy(),
-                                  self.class_names)
+        Units with no spread over classes (dead units) are left out (column units in attrs), and
+        so are classes without images (attrs["no_images"]: no preference to rank them by)."""
+        mean, count = self.class_stats(layer)
+        df = summaries.preference(mean, self.class_accuracy_series().to_numpy(), self.class_names, count)
         df.attrs["partial"] = not self.complete
         return df
 
@@ -365,6 +376,11 @@ class Run(UnitViews):
 
     def _repr_html_(self) -> str:
         return run_html(self)
+
+
+def _keep_attrs(df: pd.DataFrame, source: pd.DataFrame) -> pd.DataFrame:
+    df.attrs.update(source.attrs)
+    return df
 
 
 def check_count(n: int) -> int:

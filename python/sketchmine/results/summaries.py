@@ -46,10 +46,13 @@ def selectivity_index(mean: np.ndarray) -> pd.Series:
     return pd.Series(si, index=pd.RangeIndex(len(si), name="unit"), name="selectivity")
 
 
-def preference(mean: np.ndarray, accuracy: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+def preference(mean: np.ndarray, accuracy: np.ndarray, class_names: Sequence[str],
+               count: np.ndarray | None = None) -> pd.DataFrame:
     """A layer's class preference from class means (C, K), most preferred first: the mean over
     live units of their z-scored class means (see Run.class_preference for why); attrs["units"]:
-    the live units (with spread over classes)."""
+    the live units (with spread over classes). Classes without images (`count` (C, K) all 0, or
+    without `count` a column of NaN means) have no preference and are left out, not ranked last
+    as NaN: attrs["no_images"] names them."""
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # classes without images yet (partial runs)
         mu = np.nanmean(mean, axis=1, keepdims=True)
@@ -63,8 +66,11 @@ def preference(mean: np.ndarray, accuracy: np.ndarray, class_names: Sequence[str
                        "accuracy": accuracy},
                       index=pd.Index(list(class_names), name="class"))
     df["order"] = np.arange(len(df))
-    df = df.sort_values(["preference", "order"], ascending=[False, True], kind="stable").drop(columns="order")
-    df.attrs["units"] = int(live.sum())
+    empty = (np.asarray(count).sum(axis=0) == 0) if count is not None else np.isnan(mean).all(axis=0)
+    no_images = [str(c) for c in df.index[empty]]
+    df = df[~empty].sort_values(["preference", "order"], ascending=[False, True], kind="stable")
+    df = df.drop(columns="order")
+    df.attrs.update(units=int(live.sum()), no_images=no_images)
     return df
 
 
