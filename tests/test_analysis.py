@@ -2,15 +2,19 @@
 raw arrays and a brute-force pass of plain forward hooks (tests/helpers.py)."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from rich.console import Console
 
 import sketchmine
 from sketchmine.results import analysis
 from sketchmine.present import plots
-from sketchmine.results.compare import compare, depth_pairs
+from sketchmine.present.console import print_compare
+from sketchmine.results.compare import compare, depth_pairs, layer_pairs
 from sketchmine.errors import SketchmineError
 from tests.helpers import StopAfter, all_activations
 
@@ -167,19 +171,32 @@ def test_dataset_without_labels(tmp_path, small_test_set):
     assert df["class"].isna().all() and len(df) == run.k
 
 
-def test_compare_pairs_by_depth_and_refuses_other_datasets(tmp_path, mined, demo_test_set, small_test_set):
-    """The third run sees other images (the first 50 of the full test split, as a plain list)."""
+def test_compare_pairs_by_name_or_depth_and_refuses_other_datasets(tmp_path, mined, demo_test_set,
+                                                                   small_test_set):
+    """Layers both runs have are paired by name (the same model mined twice: by depth,
+    classifier.6 of the 3-layer run was paired with softmax); the others by relative depth. A
+    run mined with logits=False compares with NaN accuracy. The third run sees other images
+    (the first 50 of the full test split, as a plain list)."""
     run, _, _ = mined
     assert depth_pairs(["a", "b", "c"], ["1", "2", "3", "4", "5"]) == [("a", "1"), ("b", "3"), ("c", "5")]
     assert depth_pairs(["1", "2", "3", "4", "5"], ["a", "b"]) == [("1", "a"), ("5", "b")]
-    other = sketchmine.mine("demo", small_test_set, layers=["features.0", "features.10", "classifier.6"],
-                            out=tmp_path / "b.zarr", batch_size=100)
+    assert layer_pairs(["1", "b", "3", "4", "5"], ["a", "b"]) == [("1", "a", "depth"), ("b", "b", "name")]
+    other = sketchmine.mine("demo", small_test_set, layers=["features.0", "features.6", "classifier.6"],
+                            out=tmp_path / "b.zarr", batch_size=100, logits=False)
     cmp = compare(run, other, n=3)
-    assert list(cmp.layers["layer_b"]) == ["features.0", "features.10", "classifier.6"]
-    assert list(cmp.layers["layer_a"]) == ["features.0", "features.10", "softmax"]
-    assert (cmp.layers.iloc[:2]["jaccard_top"] == 1.0).all()  # same model, same layers
+    assert list(cmp.layers["layer_b"]) == ["features.0", "features.6", "classifier.6"]
+    assert list(cmp.layers["layer_a"]) == ["features.0", "features.6", "classifier.6"]
+    assert list(cmp.layers["paired_by"]) == ["name"] * 3
+    assert (cmp.layers["jaccard_top"] == 1.0).all() and (cmp.layers["jaccard_bottom"] == 1.0).all()
     assert cmp.jaccard.shape == (len(run.layers), 3)
-    np.testing.assert_array_equal(cmp.accuracy["difference"].to_numpy(), 0.0)
+    assert cmp.accuracy["accuracy_b"].isna().all() and cmp.accuracy["difference"].isna().all()
+    np.testing.assert_array_equal(cmp.accuracy["accuracy_a"], run.class_accuracy()["accuracy"])
+    assert cmp.overall == (run.accuracy(), None)
+    back = compare(other, run, n=3)
+    assert list(back.layers["layer_a"]) == list(back.layers["layer_b"]) == ["features.0", "features.6", "classifier.6"]
+    out = io.StringIO()
+    print_compare(run, other, 3, Console(file=out, width=300))
+    assert "layers paired by name:" in out.getvalue()
     third = sketchmine.mine("demo", [(demo_test_set[i][1], int(demo_test_set.labels()[i])) for i in range(50)],
                             out=tmp_path / "c.zarr", batch_size=50)
     with pytest.raises(SketchmineError, match="different datasets"):

@@ -207,7 +207,8 @@ def _num(v: float, fmt: str) -> str:
 
 
 def compare_tables(cmp) -> list[Table]:
-    """`compare.Comparison` as two tables: accuracy side by side, layers paired by depth."""
+    """`compare.Comparison` as two tables: accuracy side by side, then the paired layers (the
+    title says how they were paired: by name or by relative depth)."""
     oa, ob = cmp.overall
     acc = Table(title=f"accuracy: A {safe(cmp.a.path)} ({'-' if oa is None else f'{oa * 100:.2f}%'}) vs "
                       f"B {safe(cmp.b.path)} ({'-' if ob is None else f'{ob * 100:.2f}%'})")
@@ -216,7 +217,10 @@ def compare_tables(cmp) -> list[Table]:
     pct = lambda v: "-" if np.isnan(v) else f"{v * 100:.2f}"  # noqa: E731
     for c, r in cmp.accuracy.iterrows():
         acc.add_row(safe(c), pct(r["accuracy_a"]), pct(r["accuracy_b"]), pct(r["difference"]))
-    lay = Table(title=f"layers paired by relative depth: top/bottom {cmp.n} classes among the top-k images, Jaccard overlap")
+    how = set(cmp.layers["paired_by"]) if len(cmp.layers) else {"depth"}
+    paired = ("by name" if how == {"name"} else "by relative depth" if how == {"depth"} else
+              "by name where both runs have the layer, else by relative depth")
+    lay = Table(title=f"layers paired {paired}: top/bottom {cmp.n} classes among the top-k images, Jaccard overlap")
     for col in ("layer A", "layer B", f"top {cmp.n} A", f"top {cmp.n} B", "J top", f"bottom {cmp.n} A",
                 f"bottom {cmp.n} B", "J bottom"):
         lay.add_column(col, justify="right" if col.startswith("J") else "left")
@@ -273,7 +277,7 @@ def print_report(path: str, out: str, console: Console, probe: Any = None) -> Pa
 
 
 def print_compare(a: Run | str, b: Run | str, n: int, console: Console, title: bool = False) -> None:
-    """`sketchmine compare A B`: accuracy per class side by side, layers paired by depth; with
+    """`sketchmine compare A B`: accuracy per class side by side, layers paired by name or depth; with
     `title`, a rule naming the two models first (the demo)."""
     from sketchmine.results.compare import compare
 

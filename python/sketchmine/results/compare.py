@@ -13,9 +13,10 @@ from sketchmine.results.run import Run, open_run
 
 @dataclass
 class Comparison:
-    """accuracy: per class (accuracy_a, accuracy_b, difference); layers: layer pairs matched by
-    relative depth with their top/bottom n classes and Jaccard overlaps; jaccard: top-n Jaccard
-    for every (layer of a, layer of b)."""
+    """accuracy: per class (accuracy_a, accuracy_b, difference; NaN for a run without
+    predictions); layers: layer pairs (see `layer_pairs`; column paired_by "name" or "depth")
+    with their top/bottom n classes and Jaccard overlaps; jaccard: top-n Jaccard for every
+    (layer of a, layer of b)."""
 
     a: Run
     b: Run
@@ -49,6 +50,19 @@ def depth_pairs(a: list[str], b: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def layer_pairs(a: list[str], b: list[str]) -> list[tuple[str, str, str]]:
+    """(layer of a, layer of b, "name" | "depth"): each layer of the run with fewer layers with
+    the layer of the same name in the other when there is one (the same model mined twice, or
+    a subset of its layers), else with the layer at the nearest relative depth (`depth_pairs`:
+    two architectures). Pairing by depth alone put a 2-layer run's features.6 beside the other
+    run's features.0."""
+    flip = len(a) > len(b)
+    short, long_ = (b, a) if flip else (a, b)
+    by_depth = dict(depth_pairs(short, long_))
+    pairs = [(name, name, "name") if name in long_ else (name, by_depth[name], "depth") for name in short]
+    return [(o, s, how) for s, o, how in pairs] if flip else pairs
+
+
 def _as_run(r: Run | str | os.PathLike) -> Run:
     return r if isinstance(r, Run) else open_run(r)
 
@@ -60,17 +74,17 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: i
     if fa != fb:
         raise SketchmineError(f"runs {a.path} and {b.path} were mined over different datasets (fingerprint "
                               f"{str(fa)[:12]}… vs {str(fb)[:12]}…); compare runs over the same images")
-    acc_a, acc_b = a.class_accuracy()["accuracy"], b.class_accuracy()["accuracy"]
+    acc_a, acc_b = a.class_accuracy_series(), b.class_accuracy_series()  # NaN: no predictions (--no-logits)
     accuracy = pd.DataFrame({"accuracy_a": acc_a, "accuracy_b": acc_b})
     accuracy["difference"] = accuracy["accuracy_b"] - accuracy["accuracy_a"]
     top_a = {l: list(a.top_classes(l, n).index) for l in a.layers}
     top_b = {l: list(b.top_classes(l, n).index) for l in b.layers}
     rows, no_images = [], set()
-    for la, lb in depth_pairs(a.layers, b.layers):
+    for la, lb, how in layer_pairs(a.layers, b.layers):
         frame_a, frame_b = a.bottom_classes(la, n), b.bottom_classes(lb, n)
         no_images.update(frame_a.attrs.get("no_images", []), frame_b.attrs.get("no_images", []))
         bot_a, bot_b = list(frame_a.index), list(frame_b.index)
-        rows.append({"layer_a": la, "layer_b": lb, "top_a": top_a[la], "top_b": top_b[lb],
+        rows.append({"layer_a": la, "layer_b": lb, "paired_by": how, "top_a": top_a[la], "top_b": top_b[lb],
                      "bottom_a": bot_a, "bottom_b": bot_b,
                      "jaccard_top": jaccard(set(top_a[la]), set(top_b[lb])),
                      "jaccard_bottom": jaccard(set(bot_a), set(bot_b))})
