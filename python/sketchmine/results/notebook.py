@@ -81,12 +81,7 @@ class UnitCard:
     Displays inline in a notebook (`_repr_html_`); `repr` is a text summary."""
 
     def __init__(self, run: Run, layer: str, unit: int) -> None:
-        run.check_layer(layer)
-        units = run.layer_shape(layer)[0]
-        if not 0 <= int(unit) < units:
-            raise SketchmineError(f"unit {unit} is not in layer {layer!r} of run {run.path}: it has units "
-                                  f"0..{units - 1}")
-        self.run, self.layer, self.unit = run, layer, int(unit)
+        self.run, self.layer, self.unit = run, run.check_layer(layer), run.check_unit(layer, unit)
 
     @property
     def top(self) -> pd.DataFrame:
@@ -102,6 +97,9 @@ class UnitCard:
     def top_classes(self, n: int = TOP_CLASSES) -> pd.DataFrame | None:
         """The `n` classes with the highest mean image maximum of this unit over ALL labelled images
         (mean, images); None when the run has no class statistics."""
+        from sketchmine.results.run import check_count  # run.py imports this module
+
+        n = check_count(n)
         try:
             mean, count = self.run.class_stats(self.layer)
         except SketchmineError:

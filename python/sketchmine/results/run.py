@@ -97,15 +97,15 @@ class Run(UnitViews):
 
     def has_array(self, layer: str, name: str) -> bool:
         """True when the layer holds array `name` (class_mean, nan_count, patches, ...)."""
-        return self.store.has(schema.layer_array(self.check_layer(layer), name))
+        return self.store.has(schema.layer_array(self.check_layer(layer), check_array_name(name)))
 
     def layer_array(self, layer: str, name: str, rows: slice | None = None) -> np.ndarray:
         """Array `name` of the layer (rows `rows` of its first axis, or all), verified against
         the run's checksums where it has them."""
-        return self.store.read(schema.layer_array(self.check_layer(layer), name), rows)
+        return self.store.read(schema.layer_array(self.check_layer(layer), check_array_name(name)), rows)
 
     def array_shape(self, layer: str, name: str) -> tuple[int, ...]:
-        return self.store.shape(schema.layer_array(self.check_layer(layer), name))
+        return self.store.shape(schema.layer_array(self.check_layer(layer), check_array_name(name)))
 
     def layer_result(self, layer: str, name: str, keys: tuple[str, ...]
                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
@@ -272,12 +272,20 @@ class Run(UnitViews):
         df.attrs["partial"] = not self.complete
         return df
 
+    def check_unit(self, layer: str, unit: Any) -> int:
+        """`unit` as an int when it is a unit of `layer`; else a clear error. One check for every
+        reader taking a unit: a float (1.5, 2.7), a bool or a string is refused, not truncated,
+        compared or matched to no row; numpy integers are fine."""
+        c = int(self.layer_shape(layer)[0])
+        if isinstance(unit, (bool, np.bool_)) or not isinstance(unit, (int, np.integer)) or not 0 <= int(unit) < c:
+            raise SketchmineError(f"unit {unit!r} is not in layer {layer!r} of run {self.path}: its units are "
+                                  f"0 to {c - 1} (integers)")
+        return int(unit)
+
     def unit_classes(self, layer: str, unit: int) -> pd.DataFrame:
         """One unit's top-k, best first, with class, class accuracy, value and image path (the
         seed's "Classes with performance")."""
-        c = self.layer_shape(layer)[0]
-        if not 0 <= unit < c:
-            raise SketchmineError(f"unit {unit} is not in layer {layer!r} of run {self.path}: it has units 0..{c - 1}")
+        unit = self.check_unit(layer, unit)
         df = self.unit_table(layer)
         return df[df["unit"] == unit].drop(columns="unit").set_index("rank")
 
@@ -376,6 +384,16 @@ class Run(UnitViews):
 
     def _repr_html_(self) -> str:
         return run_html(self)
+
+
+def check_array_name(name: str) -> str:
+    """`name` when the schema declares it as a layer array; a typo is an unknown name (listing the
+    valid ones), not a run "damaged" by a missing array."""
+    if isinstance(name, str) and name in schema.LAYER_DIMENSIONS:
+        return name
+    hint = closest(name, schema.LAYER_DIMENSIONS) if isinstance(name, str) else []
+    raise SketchmineError(f"unknown layer array name {name!r}" + (f" (closest: {', '.join(hint)})" if hint else "")
+                          + f"; a layer's arrays are {', '.join(schema.LAYER_DIMENSIONS)}")
 
 
 def _keep_attrs(df: pd.DataFrame, source: pd.DataFrame) -> pd.DataFrame:

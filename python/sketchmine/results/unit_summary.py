@@ -117,11 +117,7 @@ class LayerSummary:
         return None
 
     def check_unit(self, unit: Any) -> int:
-        if isinstance(unit, (bool, np.bool_)) or not isinstance(unit, (int, np.integer)) \
-                or not 0 <= int(unit) < self.units:
-            raise SketchmineError(f"unit {unit!r} is not in layer {self.layer!r} of run {self.run.path}: "
-                                  f"its units are 0 to {self.units - 1}")
-        return int(unit)
+        return self.run.check_unit(self.layer, unit)
 
     def image(self, i: int) -> dict[str, Any]:
         """One image of the run: index, path, class (None when unlabelled), that class's accuracy."""
