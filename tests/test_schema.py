@@ -18,7 +18,8 @@ LAYERS = ["features.3", "classifier.4"]
 @pytest.fixture(scope="module")
 def mined(tmp_path_factory, demo_model, small_test_set):
     out = tmp_path_factory.mktemp("schema") / "run.zarr"
-    sketchmine.mine(demo_model.module, small_test_set, layers=LAYERS, k=3, out=out, batch_size=100)
+    sketchmine.mine(demo_model.module, small_test_set, layers=LAYERS, k=3, out=out, batch_size=100,
+                    distributions=True)
     return out
 
 
@@ -52,3 +53,41 @@ def test_unfinished_release_run_is_refused_naming_the_version(tmp_path, mined):
 def test_versions_no_release_wrote_are_refused(tmp_path, mined, version):
     with pytest.raises(SketchmineError, match="schema version"):
         sketchmine.open_run(_with_attrs(mined, tmp_path / "odd.zarr", schema_version=version))
+
+
+def test_xarray_reads_the_positions_as_data_not_as_a_coordinate(mined):
+    """`yx`'s last axis is "axis": named "yx" (the array's own name), xarray made the top-k
+    positions the coordinate of that dimension, left them out of the data variables and
+    attached them to bottom_yx."""
+    xr = pytest.importorskip("xarray")
+    run = sketchmine.open_run(mined)
+    tree = xr.open_datatree(str(mined), engine="zarr", consolidated=False)
+    for layer in LAYERS:
+        ds = tree[f"layers/{layer}"].to_dataset()
+        assert "yx" in ds.data_vars and "yx" not in ds.coords and "axis" not in ds.coords
+        assert ds["yx"].dims == ds["bottom_yx"].dims == ("unit", "rank", "axis")
+        assert "yx" not in ds["bottom_yx"].coords
+        np.testing.assert_array_equal(ds["yx"].values, run.topk(layer)[2])
+        np.testing.assert_array_equal(ds["bottom_yx"].values, run.bottomk(layer)[2])
+        np.testing.assert_array_equal(ds["yx"].sel(axis=1).values, run.topk(layer)[2][..., 1])
+        flat = xr.open_zarr(str(mined), group=f"layers/{layer}", consolidated=False)
+        assert "yx" in flat.data_vars and flat["yx"].dims == ("unit", "rank", "axis")
+
+
+def test_a_run_written_with_the_old_yx_axis_name_reads_as_before(tmp_path, mined):
+    old = tmp_path / "old.zarr"
+    shutil.copytree(mined, old)
+    for layer in LAYERS:
+        for name in ("yx", "bottom_yx"):
+            meta_path = old / "layers" / layer / name / "zarr.json"
+            meta = json.loads(meta_path.read_text())
+            assert meta["dimension_names"] == ["unit", "rank", "axis"]
+            meta["dimension_names"] = ["unit", "rank", "yx"]
+            meta_path.write_text(json.dumps(meta))
+    before, now = sketchmine.open_run(old), sketchmine.open_run(mined)
+    for layer in LAYERS:
+        for a, b in zip(before.topk(layer) + before.bottomk(layer), now.topk(layer) + now.bottomk(layer)):
+            np.testing.assert_array_equal(a, b)
+    xr = pytest.importorskip("xarray")
+    ds = xr.open_datatree(str(old), engine="zarr", consolidated=False)[f"layers/{LAYERS[0]}"].to_dataset()
+    np.testing.assert_array_equal(ds["yx"].values, now.topk(LAYERS[0])[2])  # a coordinate there, as it was

@@ -175,7 +175,7 @@ DIMENSIONS: dict[str, tuple[str, ...]] = {
 may be more than the dataset's classes (a 1000-way head over 10 named classes)."""
 
 LAYER_DIMENSIONS: dict[str, tuple[str, ...]] = {
-    "values": ("unit", "rank"), "image_index": ("unit", "rank"), "yx": ("unit", "rank", "yx"),
+    "values": ("unit", "rank"), "image_index": ("unit", "rank"), "yx": ("unit", "rank", "axis"),
     "nan_count": ("unit",), "firing": ("unit",), "max_count": ("unit",), "max_mean": ("unit",),
     "class_nan_count": ("unit",), "class_mean": ("unit", "class"), "class_count": ("unit", "class"),
     "patches": ("unit", "rank", "patch_y", "patch_x", "channel"),
@@ -184,11 +184,14 @@ LAYER_DIMENSIONS: dict[str, tuple[str, ...]] = {
     "hist_edges": ("unit", "hist_edge"), "hist_counts": ("unit", "hist_bin"), "max_range": ("unit", "range"),
     "sketch_counts": ("unit", "sign", "bucket"), "sketch_top": ("unit", "sign"), "sketch_special": ("unit", "special"),
     "example_edges": ("unit", "example_edge"), "example_index": ("unit", "example_bin", "example"),
-    "bottom_values": ("unit", "rank"), "bottom_image_index": ("unit", "rank"), "bottom_yx": ("unit", "rank", "yx"),
+    "bottom_values": ("unit", "rank"), "bottom_image_index": ("unit", "rank"), "bottom_yx": ("unit", "rank", "axis"),
     "optimized": ("unit", "optimized_y", "optimized_x", "channel"), "optimized_peak": ("unit",),
     "optimized_stopped": ("unit",),
 }
-"""layers/<name>/<array>, by array name; results of later passes by their group's name below."""
+"""layers/<name>/<array>, by array name; results of later passes by their group's name below.
+The (y, x) pairs' last axis is "axis" (0: y, 1: x), not "yx": xarray takes an array named as one
+of its dimensions for that dimension's coordinate, so `yx` left the data variables and was
+attached to bottom_yx. Runs written before keep "yx" there; sketchmine reads them by array name."""
 
 RESULT_DIMENSIONS: dict[str, tuple[str, ...]] = {
     "importance": ("unit",),              # layers/<name>/importance/<column>
