@@ -20,7 +20,7 @@ from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError
 from sketchmine.results.run import Run
-from sketchmine.results.unit_summary import unit_summary
+from sketchmine.results.unit_summary import LayerSummary
 
 SLIDE_INCHES = (16.0, 9.0)
 """16:9, the size of a default presentation slide: text sizes below are readable on it."""
@@ -60,6 +60,43 @@ def montage_optimized(run: Run, layer: str, unit: int) -> np.ndarray | None:
     return run.optimized(layer, int(unit))
 
 
+def infinite(v: Any) -> str | None:
+    """"inf" / "-inf" for an infinite value, else None."""
+    f = float(v)
+    return ("inf" if f > 0 else "-inf") if np.isinf(f) else None
+
+
+def restore_infinities(d: dict[str, Any], summary: LayerSummary, u: int) -> dict[str, Any]:
+    """`d` (unit u's `LayerSummary.unit`) with the infinities it wrote as None (JSON has none)
+    put back as "inf" / "-inf": a unit that overflowed reached them, and "-" would say it has
+    no value. Top and bottom values, the maximum, the quantiles and the mean."""
+    for key, ranked in (("top", summary.top), ("bottom", summary.bottom)):
+        for e in d.get(key) or []:
+            if e["value"] is None:
+                e["value"] = infinite(ranked[0][u, e["rank"]])
+    d["max"] = d["top"][0]["value"] if d.get("top") else None
+    if d.get("quantiles") is not None and summary.q_values is not None:
+        d["quantiles"]["values"] = [v if v is not None else infinite(x)
+                                    for v, x in zip(d["quantiles"]["values"], np.asarray(summary.q_values)[u])]
+    m = d.get("moments")
+    if m is not None and m.get("mean") is None and summary.moments is not None:
+        m["mean"] = infinite(summary.moments["max_mean"][u])
+    return d
+
+
+def unit_info(run: Run, layer: str, unit: int) -> dict[str, Any]:
+    """Unit `unit`'s summary as the slide and the dashboard show it (infinities kept)."""
+    summary = LayerSummary(run, layer)
+    return restore_infinities(summary.unit(unit), summary, int(unit))
+
+
+def value_text(v: Any, spec: str = ".3g") -> str:
+    """A summary value as text: "-" for none (NaN), "inf" / "-inf" as such."""
+    if v is None:
+        return "-"
+    return v if isinstance(v, str) else format(float(v), spec)
+
+
 def mosaic(tiles: np.ndarray, ranks: list[int], gap: int) -> np.ndarray:
     """(k, h, w, ch) tiles → one (3h + 2gap, 3w + 2gap, 4) RGBA image of the tiles `ranks` in a
     3 × 3 grid, transparent between tiles and where the unit has fewer entries."""
@@ -91,7 +128,7 @@ def _grid(fig: Figure, box: tuple[float, float, float, float], tiles: np.ndarray
         for i, e in enumerate(entries[:SHOWN]):
             cls = e["cls"] if e["cls"] is not None else "?"
             ax.text((i % 3) * (w + gap) + w / 2, (i // 3) * (h + gap) + h + gap * 0.12,
-                    f"{cls[:14]}  {e['value']:.3g}", fontsize=12, ha="center", va="top", parse_math=False)
+                    f"{cls[:14]}  {value_text(e['value'])}", fontsize=12, ha="center", va="top", parse_math=False)
 
 
 def _single(fig: Figure, box: tuple[float, float, float, float], image: np.ndarray, title: str, caption: str) -> None:
@@ -116,11 +153,11 @@ def _pct(a: float | None) -> str:
 def _panel(fig: Figure, x0: float, x1: float, info: dict[str, Any]) -> None:
     """The right-hand text: maximum, receptive field, classes with accuracy, distribution."""
     rf = info["receptive_field"]
-    lines = [("max activation", f"{info['max']:.4g}" if info["max"] is not None else "-"),
+    lines = [("max activation", value_text(info["max"], ".4g")),
              ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "whole image")]
     m = info.get("moments")
     if m is not None:
-        lines.append(("mean, all images", f"{m['mean']:.3g}" if m["mean"] is not None else "-"))
+        lines.append(("mean, all images", value_text(m["mean"])))
         lines.append(("firing density", _pct(m["density"])))
     imp = info.get("importance")
     if imp is not None:
@@ -150,7 +187,7 @@ def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = 
     them, mean, firing density and importance rank). `info`: the unit's `unit_summary`, when
     the caller has it already (the report reads a layer's once)."""
     patches, deconv = montage_pixels(run, layer, unit)
-    info = info if info is not None else unit_summary(run, layer, int(unit))
+    info = info if info is not None else unit_info(run, layer, int(unit))
     entries = info["top"][:SHOWN]
     opt = montage_optimized(run, layer, int(unit))
     fig = Figure(figsize=SLIDE_INCHES, dpi=DPI, facecolor="white")

@@ -116,17 +116,17 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
             for r in np.nonzero(ok)[0]:
                 i = int(index[u, r])
                 lab = int(labels[i]) if 0 <= labels[i] < len(names) else -1
-                ent = {"rank": int(r), "index": i, "value": float(values[u, r]), "path": str(paths[i]),
+                ent = {"rank": int(r), "index": i, "value": jnum(values[u, r]), "path": str(paths[i]),
                        "cls": names[lab] if lab >= 0 else None,
                        "acc": None if lab < 0 or not len(acc) or np.isnan(acc[lab]) else float(acc[lab])}
                 if steps is not None:
                     ent.update({"t": int(steps[0][u, r]), "steps": steps[1]})
                     if traces is not None:
-                        ent["trace"] = [round(float(v), 5) for v in traces[u, r]]
+                        ent["trace"] = [jnum(round(float(v), 5)) for v in traces[u, r]]
                 if patches is None and images:
                     ent["image"] = None
                 entries.append(ent)
-            unit = {"unit": u, "max": float(values[u, 0]) if ok[0] else None, "entries": entries}
+            unit = {"unit": u, "max": jnum(values[u, 0]) if ok[0] else None, "entries": entries}
             if importance is not None and u in importance:
                 unit["importance"] = importance[u]
             if patches is not None and u < done and entries:
@@ -156,6 +156,15 @@ def num(v: Any) -> float | None:
     """A float for JSON: None for NaN and infinities."""
     v = float(v)
     return None if np.isnan(v) or np.isinf(v) else v
+
+
+def jnum(v: Any) -> float | str | None:
+    """A value for the pages' JSON, which has no infinity: "inf" / "-inf" for an infinite one (a
+    unit that overflowed really reached it; dom.js shows it as such), None for NaN."""
+    v = float(v)
+    if np.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return None if np.isnan(v) else v
 
 
 def importance_ranks(run: Run, name: str) -> dict[int, dict] | None:

@@ -31,5 +31,19 @@
     return t;
   }
 
-  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile };
+  // Values arrive as JSON numbers, null (NaN: none) or "inf" / "-inf" (JSON has no infinity;
+  // a unit that overflowed really reached it, so it is shown, never as "-").
+  function num(v) {
+    if (v === "inf") { return Infinity; }
+    if (v === "-inf") { return -Infinity; }
+    return v === null || v === undefined ? null : Number(v);
+  }
+  function fmt(v, p) {
+    var x = num(v);
+    if (x === null || isNaN(x)) { return "-"; }
+    if (!isFinite(x)) { return x > 0 ? "inf" : "-inf"; }
+    return x.toPrecision(p || 4);
+  }
+
+  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt };
 })();

@@ -9,7 +9,7 @@
   var cache = {};
   var current = -1;
 
-  var dom = window.sketchmineDom, el = dom.el, tile = dom.tile, svgEl = dom.svgEl;
+  var dom = window.sketchmineDom, el = dom.el, tile = dom.tile, svgEl = dom.svgEl, num = dom.num, fmt = dom.fmt;
 
   function single(src) {
     var t = el("div", "tile");
@@ -25,22 +25,29 @@
 
 
   function trace(values, t) {
-    // the unit's activation at every step of one sequence, 64 x 36 px, the entry's step marked
+    // the unit's activation at every step of one sequence, 64 x 36 px, the entry's step marked;
+    // steps whose value is no finite number (NaN, an overflow) are left out of the line
     var w = 64, h = 36, pad = 3;
-    var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values);
+    values = values.map(num);
+    var finite = values.filter(function (v) { return v !== null && isFinite(v); });
+    var lo = finite.length ? Math.min.apply(null, finite) : 0, hi = finite.length ? Math.max.apply(null, finite) : 1;
     if (!(hi > lo)) { hi = lo + 1; }
     var n = values.length;
     function px(i) { return n > 1 ? pad + i * (w - 2 * pad) / (n - 1) : w / 2; }
     function py(v) { return h - pad - (v - lo) * (h - 2 * pad) / (hi - lo); }
     var s = svgEl("svg", { width: w, height: h, viewBox: "0 0 " + w + " " + h, "class": "trace" });
     var pts = [];
-    for (var i = 0; i < n; i++) { pts.push(px(i).toFixed(1) + "," + py(values[i]).toFixed(1)); }
+    for (var i = 0; i < n; i++) {
+      if (values[i] !== null && isFinite(values[i])) { pts.push(px(i).toFixed(1) + "," + py(values[i]).toFixed(1)); }
+    }
     s.appendChild(svgEl("polyline", { points: pts.join(" "), fill: "none", stroke: "#4c72b0", "stroke-width": 1.5 }));
-    if (t >= 0 && t < n) {
+    if (t >= 0 && t < n && values[t] !== null && isFinite(values[t])) {
       s.appendChild(svgEl("line", { x1: px(t), x2: px(t), y1: 0, y2: h, stroke: "#d62728", "stroke-width": 1, "stroke-dasharray": "2,2" }));
       s.appendChild(svgEl("circle", { cx: px(t), cy: py(values[t]), r: 2.5, fill: "#d62728" }));
     }
-    s.appendChild(svgEl("title", {}, "activation over " + n + " steps, min " + lo.toPrecision(3) + ", max " + hi.toPrecision(3)));
+    s.appendChild(svgEl("title", {}, "activation over " + n + " steps, min " + fmt(lo, 3) + ", max " + fmt(hi, 3) +
+      (finite.length < n ? " (" + (n - finite.length) + " steps not finite: " + values.filter(function (v) {
+        return v === null || !isFinite(v); }).map(function (v) { return fmt(v); }).join(", ") + ")" : "")));
     var box = el("div", "tile trace-tile");
     box.appendChild(s);
     return box;
@@ -66,7 +73,7 @@
   function card(u) {
     var c = el("div", "card");
     c.id = "unit-" + u.unit;
-    c.appendChild(el("h3", null, "unit " + u.unit + " \u00b7 max " + (u.max === null ? "-" : u.max.toPrecision(5))));
+    c.appendChild(el("h3", null, "unit " + u.unit + " \u00b7 max " + fmt(u.max, 5)));
     c.appendChild(dashLinks(u.unit));
     var n = u.entries.length;
     if (u.importance) {
@@ -122,7 +129,7 @@
       var cap = el("div", "cap");
       cap.appendChild(el("div", "cls", e.cls === null ? "?" : e.cls));
       cap.appendChild(el("div", null, fmtAcc(e.acc)));
-      cap.appendChild(el("div", null, e.value.toPrecision(4)));
+      cap.appendChild(el("div", null, fmt(e.value)));
       cap.title = e.path;
       caps.appendChild(cap);
       perf.push((e.cls === null ? "?" : e.cls) + " " + fmtAcc(e.acc));

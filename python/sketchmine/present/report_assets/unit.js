@@ -10,9 +10,7 @@
   var PAGE = 64;
   var cache = {};
   var current = -1;
-  var dom = window.sketchmineDom, el = dom.el, svgEl = dom.svgEl, tile = dom.tile;
-
-  function fmt(v, p) { return v === null || v === undefined ? "-" : Number(v).toPrecision(p || 4); }
+  var dom = window.sketchmineDom, el = dom.el, svgEl = dom.svgEl, tile = dom.tile, num = dom.num, fmt = dom.fmt;
   function pct(v) { return v === null || v === undefined ? "-" : (v * 100).toFixed(2) + " %"; }
   function missing(d, section, what) {
     var p = el("p", "note missing", "no " + what + ": " + (d.missing[section] || "not stored"));
@@ -105,7 +103,7 @@
     function marks(entries, y, color, cls, label) {
       for (var j = 0; j < entries.length; j++) {
         if (entries[j].value === null) { continue; }
-        var x = px(entries[j].value);
+        var x = px(num(entries[j].value));  // an infinite value at the axis's end
         var m = svgEl("path", { d: "M" + x + "," + y + " l-4,8 l8,0 z", fill: color, "class": cls, opacity: 0.8 });
         m.appendChild(svgEl("title", {}, label + " " + (entries[j].rank + 1) + ": image " + entries[j].index + ", " + fmt(entries[j].value)));
         s.appendChild(m);
