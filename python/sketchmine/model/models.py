@@ -6,6 +6,7 @@ read off the module. Imports run one way: models -> {forward, onnx_backend} -> b
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,28 @@ from sketchmine.model.pretrained import is_weights_name, load_pretrained
 from sketchmine.model.forward import TorchForward  # noqa: F401  (importing it registers nn.Module's backend)
 from sketchmine.model.onnx_backend import load_onnx  # (registers OnnxModel's backend)
 
-__all__ = ["LoadedModel", "build", "input_channels", "load_model", "preprocessing_for", "recorded_weights", "weights_hash",
-           "weights_match"]
+__all__ = ["LoadedModel", "build", "input_channels", "is_model_path", "load_model", "preprocessing_for",
+           "recorded_weights", "weights_hash", "weights_match"]
 
 
-def _load_state_dict(path: Path) -> dict[str, Any]:
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def is_model_path(spec: str | os.PathLike) -> bool:
+    """Whether a model spec names a file: it holds a path separator or ends in .pt, .pth, .ckpt or
+    .onnx. Anything else is a name (an embedded model, a torchvision or sketchmine architecture),
+    whatever the working directory holds: a folder named `demo` there must not turn "demo" into a
+    path (write ./demo for that). `mine` records a spec as an absolute path only when this is True."""
+    text = os.fspath(spec)
+    return any(sep in text for sep in {"/", os.sep, os.altsep or "/"}) or text.endswith((*CHECKPOINT_SUFFIXES, ".onnx"))
+
+
+def _load_state_dict(path: Path, what: str = "weights file") -> dict[str, Any]:
     """A checkpoint read with weights_only=True: no arbitrary unpickling, ever."""
+    if path.is_dir():
+        raise SketchmineError(f"{what} {path} is a directory, not a checkpoint file")
     if not path.is_file():
-        raise SketchmineError(f"weights file {path} does not exist")
+        raise SketchmineError(f"{what} {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for non-checkpoints
@@ -89,6 +104,7 @@ def _build(arch: str, num_classes: int | None, in_channels: int | None) -> nn.Mo
         raise SketchmineError(
             f"unknown model {arch!r}: expected a torchvision model name, {', '.join(repr(a) for a in zoo.ARCHS)}, "
             "or a checkpoint path" + (f"; did you mean {', '.join(hint)}?" if hint else "")
+            + (f"; a bare word is a model name: for the file {arch!r} here write ./{arch}" if Path(arch).exists() else "")
         )
     kwargs: dict[str, Any] = {"weights": None}
     if num_classes:
@@ -105,7 +121,8 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | Path | None =
     spec: a LoadedModel (returned as it is); an nn.Module; 'demo' (the embedded trained SketchNet), 'demo-resnet' (SketchResNet),
     'demo-gru' (CNN + GRU over progressive drawings); a torchvision name or
     'sketchnet' (random init from `seed`, default 0, unless `weights`); or a checkpoint file
-    {'arch', 'state_dict'}. `weights` and `seed` are refused where they would not act.
+    {'arch', 'state_dict'}, named by a path (`is_model_path`: a bare word is always a model name,
+    never a file of the working directory). `weights` and `seed` are refused where they would not act.
     """
     from sketchmine.model import zoo
 
@@ -113,8 +130,7 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | Path | None =
         if weights is not None or seed is not None:
             raise SketchmineError(f"model {spec.model_id} is loaded already: weights= and seed= apply when loading")
         return spec
-    named = not isinstance(spec, nn.Module) and not str(spec).endswith(".onnx") and spec not in zoo.EMBEDDED \
-        and not (Path(spec).suffix in (".pt", ".pth", ".ckpt") or Path(spec).exists())
+    named = not isinstance(spec, nn.Module) and not is_model_path(spec) and spec not in zoo.EMBEDDED
     shown = type(spec).__name__ if isinstance(spec, nn.Module) else repr(str(spec))
     if weights is not None and not named and not str(spec).endswith(".onnx"):
         raise SketchmineError(f"weights file {weights} given with model {shown}, which carries its own weights; "
@@ -135,8 +151,8 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | Path | None =
         got = load_pretrained(str(spec), str(weights))
         return LoadedModel(got.module, got.weights_id, got.preprocessing, None, categories=got.categories)
     path = Path(spec)
-    if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
-        ckpt = _load_state_dict(path)
+    if is_model_path(spec):  # a checkpoint file {'arch', 'state_dict'}
+        ckpt = _load_state_dict(path, "checkpoint file")
         arch = ckpt.get("arch")
         if not isinstance(arch, str):
             raise SketchmineError(f"{path} has no 'arch' entry; save {{'arch': NAME, 'state_dict': ...}} or pass --model NAME --weights {path}")
