@@ -3,7 +3,7 @@ ONNX, onnxruntime-web) beside probe.html and assets/probe.js. The report stays a
 runs no model; without a probe it says on the index page why there is none.
 
     out/probe.html          the drawing pad, predictions and the units that fire most
-    out/assets/probe.js     the page's script (window.sketchmine.probe)
+    out/assets/probe.js     the page's script (window.sketchmine.probe), with probe_pixels.js
     out/probe/model.js      metadata; graph-NNN.js: the graph (base64 pieces); ort.wasm.min.js,
                             ort-loader.js, wasm-NNN.js: the runtime (onnxruntime-web), embedded
     out/probe/links.js      layer name → report page id, for the unit links (absent in a probe-only folder)
@@ -34,7 +34,8 @@ def probe_page(meta_note: str, linked: bool, names: list[str], title: str = "Pre
     back = '<p><a href="index.html">← report</a></p>' if linked else ""
     order = (["links.js"] if linked else []) + ["ort.wasm.min.js", "ort-loader.js"] + \
         sorted(n for n in names if n.startswith("wasm-")) + ["model.js"] + sorted(n for n in names if n.startswith("graph-"))
-    scripts = "".join(f'<script src="probe/{e(s)}"></script>' for s in order) + '<script src="assets/probe.js"></script>'
+    scripts = "".join(f'<script src="probe/{e(s)}"></script>' for s in order) + \
+        '<script src="assets/probe_pixels.js"></script><script src="assets/probe.js"></script>'
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>live probe — sketchmine</title>'
             '<link rel="stylesheet" href="assets/report.css"></head>\n<body class="probe-page">\n'
             f'{back}<h1>Live probe</h1><p id="probe-status">loading the model…</p>'
@@ -51,7 +52,7 @@ def probe_page(meta_note: str, linked: bool, names: list[str], title: str = "Pre
 
 
 def write_probe_files(out: Path, probe: Mapping[str, bytes], links: dict[str, str] | None, page_size: int) -> str:
-    """probe.html, assets/probe.js and probe/*; returns the page's note (from the graph's metadata)."""
+    """probe.html, assets/probe.js, assets/probe_pixels.js and probe/*; returns the page's note (from the graph's metadata)."""
     (out / "probe").mkdir(exist_ok=True)
     (out / "assets").mkdir(exist_ok=True)
     for name, data in probe.items():
@@ -59,7 +60,8 @@ def write_probe_files(out: Path, probe: Mapping[str, bytes], links: dict[str, st
             raise SketchmineError(f"probe file name {name!r} must be a plain file name")
         (out / "probe" / name).write_bytes(data)
     src = resources.files("sketchmine.present") / "report_assets"
-    (out / "assets" / "probe.js").write_text((src / "probe.js").read_text(encoding="utf-8"), encoding="utf-8")
+    for script in ("probe_pixels.js", "probe.js"):
+        (out / "assets" / script).write_text((src / script).read_text(encoding="utf-8"), encoding="utf-8")
     if not (out / "assets" / "report.css").exists():
         (out / "assets" / "report.css").write_text((src / "report.css").read_text(encoding="utf-8"), encoding="utf-8")
     if links is not None:
