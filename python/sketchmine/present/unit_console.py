@@ -15,8 +15,9 @@ from sketchmine.results.run import open_run
 from sketchmine.results.unit_summary import LayerSummary
 
 
-def _f(v: float | None, fmt: str = ".4g") -> str:
-    return "-" if v is None else format(v, fmt)
+def _f(v: float | str | None, fmt: str = ".4g") -> str:
+    """A value as text: "-" for none (NaN), "inf" / "-inf" as such (`LayerSummary.unit(u, infinities=True)`)."""
+    return "-" if v is None else v if isinstance(v, str) else format(v, fmt)
 
 
 def _pct(v: float | None) -> str:
@@ -33,7 +34,7 @@ def overview_table(d: dict[str, Any]) -> Table:
     rf = d["receptive_field"]
     rows = [("kind, output", f"{safe(d['kind'])}, {'×'.join(map(str, d['shape']))}"),
             ("images mined", str(d["images"])), ("max activation", _f(d["max"])),
-            ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "the whole image")]
+            ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "no receptive field recorded")]
     m = d["moments"]
     if m is not None:
         rows += [("mean of image maxima", _f(m["mean"])),
@@ -117,10 +118,11 @@ def correlated_table(d: dict[str, Any]) -> Table:
 
 def print_unit(run_path: str | os.PathLike, layer: str, unit: int, console: Console, as_json: bool = False) -> None:
     """Print one unit's dashboard (tables, or one JSON object on stdout)."""
-    d = LayerSummary(open_run(run_path), layer).unit(unit)
-    if as_json:
-        print_json(d)
+    summary = LayerSummary(open_run(run_path), layer)
+    if as_json:  # JSON has no infinities: null, as for NaN
+        print_json(summary.unit(unit))
         return
+    d = summary.unit(unit, infinities=True)
     console.print(overview_table(d))
     if d["quantiles"] is not None:
         console.print(distribution_table(d))

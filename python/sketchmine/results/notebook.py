@@ -124,9 +124,9 @@ class UnitCard:
 
     def __repr__(self) -> str:
         top = self.top
-        classes = ", ".join(f"{c}" for c in top["class"].head(self.run.k).tolist())
+        classes = ", ".join("?" if c is None else f"{c}" for c in top["class"].tolist())
         return (f"<sketchmine.UnitCard {self.layer}[{self.unit}] of {str(self.run.path)!r}: max activation "
-                f"{self.max_activation:.4g}; top-{len(top)} classes: {classes}>")
+                f"{self.max_activation:.4g}; classes of its top-{len(top)} images, best first: {classes}>")
 
     def _repr_html_(self) -> str:
         esc = html.escape

@@ -46,6 +46,12 @@ def num(v: Any) -> float | None:
     return f if np.isfinite(f) else None
 
 
+def infinite(v: Any) -> str | None:
+    """"inf" / "-inf" for an infinite value, else None (NaN stays "no value")."""
+    f = float(v)
+    return ("inf" if f > 0 else "-inf") if np.isinf(f) else None
+
+
 def _reader(run: Run, method: str, *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
     """(result, None), or (None, why) when the run lacks that data (its reader raises a
     SketchmineError) or this sketchmine has no such reader."""
@@ -132,9 +138,34 @@ class LayerSummary:
                  "y": int(yx[u, r, 0]), "x": int(yx[u, r, -1])}
                 for r in range(index.shape[1]) if index[u, r] >= 0]
 
-    def unit(self, unit: Any) -> dict[str, Any]:
-        """Unit `unit`'s dashboard as a JSON-ready dict (see the module docstring)."""
-        u = self.check_unit(unit)
+    def unit(self, unit: Any, infinities: bool = False) -> dict[str, Any]:
+        """Unit `unit`'s dashboard as a JSON-ready dict (see the module docstring). With
+        `infinities`, for text: a value that is +inf / -inf (a unit that overflowed) is the string
+        "inf" / "-inf" instead of None, which says "no value" (top and bottom values, the
+        maximum, the quantiles, the mean, the bins' bounds)."""
+        out = self._unit(self.check_unit(unit))
+        return self._infinities(out) if infinities else out
+
+    def _infinities(self, d: dict[str, Any]) -> dict[str, Any]:
+        u = d["unit"]
+        for key, ranked in (("top", self.top), ("bottom", self.bottom)):
+            for e in d.get(key) or []:
+                e["value"] = e["value"] if e["value"] is not None else infinite(ranked[0][u, e["rank"]])
+        d["max"] = d["top"][0]["value"] if d["top"] else None
+        if d["quantiles"] is not None:
+            d["quantiles"]["values"] = [v if v is not None else infinite(x)
+                                        for v, x in zip(d["quantiles"]["values"], np.asarray(self.q_values)[u])]
+        m = d["moments"]
+        if m is not None and m["mean"] is None and self.moments is not None:
+            m["mean"] = infinite(self.moments["max_mean"][u])
+        if d["bins"] is not None and self.bin_edges is not None:
+            edges = np.asarray(self.bin_edges)[u]
+            for b in d["bins"]:
+                b["lo"] = b["lo"] if b["lo"] is not None else infinite(edges[b["bin"]])
+                b["hi"] = b["hi"] if b["hi"] is not None else infinite(edges[b["bin"] + 1])
+        return d
+
+    def _unit(self, u: int) -> dict[str, Any]:
         run = self.run
         top = self._entries(self.top, u)
         rf = self.attrs.get("receptive_field")

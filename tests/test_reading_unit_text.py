@@ -1,0 +1,75 @@
+"""How a unit reads as text: infinite values print as inf / -inf (None in JSON, which has none),
+a layer without a recorded receptive field says so (not "the whole image"), and a unit card's
+repr lists its top images' classes as such. Real test images; the overflowing model is the demo
+model's first conv with one infinite weight (its nan_to_num also keeps the graph analysis from
+recording receptive fields: a conv layer without one)."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
+
+import sketchmine
+from sketchmine.present.unit_console import print_unit
+from sketchmine.results.unit_summary import LayerSummary
+from tests.helpers import per_class_subset
+
+
+class Overflow(nn.Module):
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        with torch.no_grad():
+            self.conv.weight.copy_(conv.weight)
+            self.conv.bias.copy_(conv.bias)
+            self.conv.weight[0, 0, 1, 1] = float("inf")  # unit 0: +inf wherever the centre pixel is ink
+        self.head = nn.Linear(conv.out_channels, 10)
+
+    def forward(self, x):
+        return self.head(torch.nan_to_num(self.conv(x)).amax(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, demo_model, demo_test_set):
+    ds = per_class_subset(demo_test_set, 4, "0:40")
+    root = tmp_path_factory.mktemp("u")
+    hot = sketchmine.mine(Overflow(demo_model.module.features[0]), ds, layers=["conv"], out=root / "hot.zarr",
+                          distributions=True)
+    plain = sketchmine.mine("demo", ds, layers=["features.3"], out=root / "plain.zarr")
+    return hot, plain
+
+
+def _text(path, layer, unit):
+    out = io.StringIO()
+    print_unit(path, layer, unit, Console(file=out, width=200))
+    return out.getvalue()
+
+
+def test_infinities_print_as_inf(runs):
+    hot, _ = runs
+    u, sign = 0, "inf"
+    assert hot.topk("conv")[0][0, 0] == float("inf")
+    assert LayerSummary(hot, "conv").unit(u)["max"] is None          # JSON: null
+    d = LayerSummary(hot, "conv").unit(u, infinities=True)
+    assert d["max"] == sign and d["top"][0]["value"] == sign
+    line = next(x for x in _text(hot.path, "conv", u).splitlines() if "max activation" in x)
+    assert line.split()[-2] == sign                                      # "│ max activation │ inf │"
+    assert all(v == sign for v in d["quantiles"]["values"][-2:])      # the top quantiles too
+
+
+def test_no_receptive_field_recorded_is_said_so(runs):
+    hot, plain = runs
+    assert hot.layer_attrs("conv")["kind"] == "conv2d" and not hot.layer_attrs("conv").get("receptive_field")
+    text = _text(hot.path, "conv", 1)
+    assert "no receptive field recorded" in text and "the whole image" not in text
+    assert "10×10 px" in _text(plain.path, "features.3", 0)
+
+
+def test_unit_card_repr_names_its_top_images_classes(runs):
+    _, plain = runs
+    card = plain.unit("features.3", 2)
+    classes = [plain.class_names[plain.labels[i]] for i in plain.topk("features.3")[1][2] if i >= 0]
+    assert repr(card).endswith(f"classes of its top-{len(classes)} images, best first: {', '.join(classes)}>")
