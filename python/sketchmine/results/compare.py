@@ -79,7 +79,8 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: i
     accuracy["difference"] = accuracy["accuracy_b"] - accuracy["accuracy_a"]
     top_a = {l: list(a.top_classes(l, n).index) for l in a.layers}
     top_b = {l: list(b.top_classes(l, n).index) for l in b.layers}
-    rows, no_images = [], set()
+    rows: list[dict] = []
+    no_images: set[str] = set()
     for la, lb, how in layer_pairs(a.layers, b.layers):
         frame_a, frame_b = a.bottom_classes(la, n), b.bottom_classes(lb, n)
         no_images.update(frame_a.attrs.get("no_images", []), frame_b.attrs.get("no_images", []))
