@@ -242,6 +242,23 @@ def test_probe_cli_writes_a_probe_folder(tmp_path, report, browser):
     assert problems == []
 
 
+def test_a_probe_folder_stopped_while_written_is_written_again(tmp_path, report):
+    """A probe stopped part-way through its files (here: a file name the write refuses, after
+    the others were written; a kill leaves the same) leaves a folder the same command writes
+    again: it is marked as a probe folder before the first file goes in."""
+    from sketchmine.cli.main import main
+    from sketchmine.errors import SketchmineError
+    from sketchmine.present.report_probe import MARKER, write_probe_folder
+
+    run = report.parent.parent / "run.zarr"
+    out = tmp_path / "p"
+    with pytest.raises(SketchmineError, match="plain file name"):
+        write_probe_folder(out, {**build_probe(sketchmine.open_run(run)), "../x": b""})
+    assert (out / MARKER).is_file() and (out / "probe" / "model.js").is_file() and not (out / "probe.html").exists()
+    assert main(["probe", str(run), "--out", str(out)]) == 0
+    assert (out / "probe.html").is_file()
+
+
 def graph_outputs(files: dict[str, bytes], pixels: np.ndarray) -> tuple[dict, list[np.ndarray]]:
     """The probe graph (model.js) run by Python's onnxruntime on (n, H, W) uint8 pixels, one at a time."""
     import base64

@@ -134,6 +134,7 @@ INTERRUPTED = {
     "demo": "re-run with the same --out to resume the runs; importance and reports are computed again",
     "effects": "layers finished before the interrupt keep their stored effects; re-running recomputes every "
                "layer it is given",
+    "probe": "the probe folder may hold part of the probe; re-running the same command writes it again",
 }
 """What a re-run does after Ctrl-C, per command (a KeyboardInterrupt with a message says more)."""
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sketchmine.data import Preprocessing
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.model.backend import LoadedModel
 from sketchmine.passes.featvis import METHODS, LayerReader, optimize
 from sketchmine.passes.featvis_params import settings
@@ -109,8 +109,8 @@ class OptimizePass:
                                 {"optimized": r.pixels, "optimized_peak": r.peak, "optimized_stopped": r.stopped},
                                 attrs)
             except OSError as exc:
-                raise SketchmineError(f"cannot write to {self.store.path}: {exc.strerror or exc}; the units done so "
-                                      "far are kept — make room and re-run the same command to resume") from None
+                raise SketchmineFailure(f"cannot write to {self.store.path}: {exc.strerror or exc}; the units done so "
+                                        "far are kept — make room and re-run the same command to resume") from None
             if (r.stopped >= 0).any():
                 progress.note(f"layer {name!r}: units {', '.join(str(u0 + i) for i in np.flatnonzero(r.stopped >= 0))} "
                               "hit a non-finite value while optimised; their images are the last finite ones")

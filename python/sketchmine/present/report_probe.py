@@ -123,6 +123,9 @@ def write_probe_folder(out: str | Path, probe: Mapping[str, bytes]) -> Path:
     """A probe-only folder (`sketchmine probe RUN --out DIR`): new, empty, or one this wrote before."""
     out = check_probe_folder(out)
     out.mkdir(parents=True, exist_ok=True)
+    # the marker goes first: a probe killed while writing leaves a folder the same command
+    # writes again, not one it refuses as someone else's
+    (out / MARKER).write_text(json.dumps({"sketchmine": "probe", "complete": False}) + "\n")
     write_probe_files(out, probe, None, 0)
-    (out / MARKER).write_text(json.dumps({"sketchmine": "probe"}) + "\n")
+    (out / MARKER).write_text(json.dumps({"sketchmine": "probe", "complete": True}) + "\n")
     return out / "probe.html"
