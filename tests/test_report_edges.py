@@ -86,3 +86,218 @@ def test_the_slide_of_an_infinite_unit(inf_run):
     fig = unit_montage(inf_run, "boom", 0)
     texts = [t.get_text() for t in fig.texts] + [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "inf" in texts and any(t.endswith("  inf") for t in texts)
+
+
+# ---- labels: none at all, some missing; unreadable images skipped -----------------------------
+
+class _Relabelled(torch.utils.data.Dataset):
+    """Real test images with the label of `label(i)` (-1: unknown)."""
+
+    def __init__(self, base, n: int, label) -> None:
+        self.base, self.n, self.label = base, n, label
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.base[i * 40][1], self.label(i)
+
+
+def test_a_run_without_labels_lists_its_layers_and_no_classes(tmp_path, demo_test_set, browser):  # noqa: F811
+    """The index used to leave the Layers table empty (no link to any layer page) and list
+    classes 0..9 with 0 images under Accuracy; now every layer is listed and one line says why
+    there is no accuracy or class table."""
+    run = sketchmine.mine("demo", _Relabelled(demo_test_set, 40, lambda i: -1), out=tmp_path / "u.zarr",
+                          batch_size=40, layers=["features.0", "classifier.6"])
+    index = write_report(run, tmp_path / "rep")
+    text = index.read_text()
+    assert re.findall(r'href="(layers/[^"]+)"', text) == ["layers/00-features.0.html", "layers/01-classifier.6.html"]
+    assert 'id="no-labels"' in text and "<th>accuracy %</th>" not in text and "summary.png" not in text
+    page, problems = _open(browser, index.as_uri())
+    page.click('a[href="layers/01-classifier.6.html"]')
+    page.wait_for_selector("#unit-0")
+    assert "no image has a label" in page.inner_text("body")
+    assert problems == []
+
+
+def test_some_unlabelled_images_keep_the_class_tables_and_are_counted(tmp_path, demo_test_set):
+    """A run where some images have label -1 is a labelled run (summary plot, class tables);
+    the index says how many images have no label and, per layer, how many top-k entries
+    were left out of the class counts."""
+    ds = demo_test_set
+    labels = ds.labels()
+    run = sketchmine.mine("demo", _Relabelled(ds, 50, lambda i: -1 if i % 5 == 0 else int(labels[i * 40])),
+                          out=tmp_path / "s.zarr", batch_size=50, layers=["features.0", "classifier.6"])
+    text = write_report(run, tmp_path / "rep").read_text()
+    assert "50 images; 10 without a label (in no class table or accuracy)" in text
+    assert "<h2>Summary plot</h2>" in text and "over 40 labelled, readable images" in text
+    left = {name: int(run.top_classes(name, 5).attrs["unlabelled"]) for name in run.layers}
+    assert left["features.0"] > 0
+    for lid, name in (("00-features.0", "features.0"), ("01-classifier.6", "classifier.6")):
+        assert re.search(rf'{re.escape(name)}</a></td>.*?<td class="num">{left[name]}</td></tr>', text)
+        page = (tmp_path / "rep" / "layers" / f"{lid}.html").read_text()
+        assert (f">{left[name]} top-k entr" in page) == (left[name] > 0)
+
+
+@pytest.fixture(scope="module")
+def bad_run(tmp_path_factory, demo_test_set):
+    """30 real images in class folders, one of them garbage, mined with skip_bad_images."""
+    from tests.helpers import per_class_subset
+
+    from sketchmine.data import export_image_folder
+
+    root = export_image_folder(per_class_subset(demo_test_set, 3, "bad"), tmp_path_factory.mktemp("bad") / "img")
+    victim = sorted(sorted(root.iterdir())[1].iterdir())[0]
+    victim.write_bytes(b"garbage")
+    return sketchmine.mine("demo", root, out=root.parent / "bad.zarr", batch_size=30, skip_bad_images=True,
+                           distributions=True, layers=["features.0", "classifier.6"])
+
+
+def test_unreadable_images_skipped_are_said_and_counts_add_up(tmp_path, bad_run, browser):  # noqa: F811
+    """'30 images' beside an accuracy over 29 and dashboards 'images mined 30' beside 'of 29
+    images' never said why; now the skipped image is named in the count everywhere."""
+    run = bad_run
+    assert len(run.attrs["bad_images"]) == 1 and run.images_done == 30
+    index = write_report(run, tmp_path / "rep", montages=0)
+    text = index.read_text()
+    assert "30 images (1 unreadable, skipped: in no table or statistic)" in text
+    counts = re.findall(r'<td class="num">[^<]*</td><td class="num">(\d+)</td></tr>', text.split("<h2>Accuracy")[1])
+    assert "over 29 labelled, readable images" in text and sum(map(int, counts[:10])) == 29
+    page, problems = _open(browser, (tmp_path / "rep" / "units" / "00-features.0.html").as_uri() + "#unit=3")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '3'")
+    overview = page.inner_text("#overview")
+    assert "30 (1 unreadable, skipped: in no statistic)" in overview and "of 29 images" in overview
+    assert problems == []
+
+
+# ---- names that matplotlib would read as mathtext; number formats in plots and slides ---------
+
+DOLLAR = ["$x^$", "a $b", "conv$"]
+
+
+class _DollarNet(nn.Module):
+    """Three modules whose names hold unbalanced "$" (mathtext cannot parse them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.add_module(DOLLAR[0], nn.Conv2d(1, 4, 3, padding=1))
+        self.add_module(DOLLAR[1], nn.Conv2d(4, 4, 3, padding=1))
+        self.add_module(DOLLAR[2], nn.Linear(4, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = dict(self.named_children())
+        x = m[DOLLAR[1]](torch.relu(m[DOLLAR[0]](x)))
+        return m[DOLLAR[2]](x.amax((2, 3)))
+
+
+def test_layer_and_class_names_with_dollars_draw_as_text(tmp_path, demo_test_set):
+    """Module names with an unbalanced "$" crashed the summary, ink and importance plots
+    (matplotlib parsed them as mathtext); they are drawn as written, class names too."""
+    from sketchmine.data import ArrayDataset
+    from sketchmine.present import plots
+
+    ds = demo_test_set
+    keep = np.arange(0, 2000, 40)
+    names = [f"${c}" if c % 2 else f"cls {c}$^" for c in range(10)]
+    sub = ArrayDataset(ds.images[keep], ds.labels()[keep], names, ds.preprocessing, ds.describe())
+    net = _DollarNet()
+    run = sketchmine.mine(net, sub, out=tmp_path / "d.zarr", batch_size=50)
+    assert run.layers[:3] == DOLLAR
+    sketchmine.unit_importance(run, DOLLAR[0], model=net, dataset=sub)
+    run = sketchmine.open_run(run.path)
+    write_report(run, tmp_path / "rep", montages=0)
+    assert (tmp_path / "rep" / "summary.png").is_file() and (tmp_path / "rep" / "ink.png").is_file()
+    assert (tmp_path / "rep" / "importance" / "00-_x__.png").is_file()
+    fig = plots.summary_figure(run)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == run.layers
+    fig.canvas.draw()  # nothing is parsed as mathtext
+    fig = plots.importance_figure(run, DOLLAR[0])
+    fig.canvas.draw()
+    assert fig.axes[0].get_title() == f"{DOLLAR[0]}: most important units (ablated)"
+
+
+def test_importance_plot_writes_the_accuracy_change_with_its_sign():
+    """'acc −-0.5 pt' (accuracy rising when a unit is zeroed) and 'acc −0.0 pt' (a drop
+    rounded away) are now '+0.5', '−0.04', '±0'."""
+    from sketchmine.present.plots import change_pt
+
+    assert [change_pt(v) for v in (0.5, -1.25, -0.04, 0.0, 0.002, float("nan"))] == \
+        ["+0.5", "−1.2", "−0.04", "±0", "+0.002", "-"]
+
+
+# ---- quantiles below the sketch's resolution ---------------------------------------------------
+
+def test_quantiles_below_the_sketch_floor_are_shown_as_bounds(tmp_path, demo_test_set, demo_model, browser):  # noqa: F811
+    """The softmax's low quantiles (1e-16 and the like) lie below the sketch's floor (2^-15 of
+    the largest); the dashboard showed its estimate (1.6e-5, orders of magnitude too high) as
+    a value. quantile_bounds flags them with a bound the exact quantile obeys, and the
+    dashboard shows "< bound"; the other estimates stay within 1/65 of the exact quantile."""
+    from tests.helpers import per_class_subset
+
+    from sketchmine.results.distribution import quantile_bounds
+    from sketchmine.results.unit_summary import QUANTILES
+
+    sub = per_class_subset(demo_test_set, 20, "floor")
+    run = sketchmine.mine("demo", sub, out=tmp_path / "q.zarr", batch_size=100, layers=["softmax"],
+                          distributions=True)
+    with torch.no_grad():
+        x = torch.stack([sub[i][1] for i in range(len(sub))])
+        exact_maxima = torch.softmax(demo_model.module.eval()(x), 1).double().numpy()
+    q = np.asarray(QUANTILES)
+    exact = np.sort(exact_maxima, 0)[np.floor(q * (len(sub) - 1)).astype(int)].T  # (C, Q)
+    b = quantile_bounds(run, "softmax", q)
+    assert b.coarse.sum() > 5 and (b.floor[:, 1] > 0).all()
+    assert np.all(exact[b.coarse] < b.bound[b.coarse]) and np.all(exact[b.coarse] >= 0)
+    assert (b.values[b.coarse] > 10 * exact[b.coarse]).any()  # what the dashboard used to show as a value
+    fine = ~b.coarse & (exact != 0)
+    assert np.all(np.abs(b.values[fine] - exact[fine]) <= exact[fine] / 65 * 1.0001)
+    index = write_report(run, tmp_path / "rep", montages=0)
+    u, j = (int(v) for v in np.argwhere(b.coarse)[0])
+    page, problems = _open(browser, (index.parent / "units" / "00-softmax.html").as_uri() + f"#unit={u}")
+    page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{u}'")
+    shown = re.search(rf"quantile {QUANTILES[j]}\t< ([0-9.e+-]+)", page.inner_text("#overview"))
+    assert shown and float(shown.group(1)) == pytest.approx(b.bound[u, j], rel=1e-2)
+    assert page.query_selector("#coarse-quantiles") is not None
+    assert problems == []
+
+
+def test_percentages_are_100_or_0_only_when_exact(tmp_path, inf_run, browser):  # noqa: F811
+    """The slide rounded a firing density of 1999/2000 to "100.0%" and the pages'
+    toFixed(2) did the same to 19999/20000: all or none is now said only when exact."""
+    from sketchmine.present.montage import _pct
+    from sketchmine.present.report_data import percent
+
+    assert [_pct(1999 / 2000), _pct(1.0), _pct(0.0), _pct(1 / 2000), _pct(None)] == \
+        ["99.95%", "100%", "0%", "0.1%", "-"]
+    assert [percent(19999 / 20000, 2), percent(1e-9, 2), percent(float("nan"))] == ["99.995", "< 0.000001", "-"]
+    index = write_report(inf_run, tmp_path / "rep", montages=0)
+    page, problems = _open(browser, (index.parent / "layers" / "00-boom.html").as_uri())
+    page.wait_for_selector("#unit-0")
+    got = page.evaluate("() => [0.99995, 1, 0, 0.5, null, 1e-9].map(a => window.sketchmineDom.percent(a, 2))")
+    assert got == ["99.995", "100", "0", "50.00", "-", "< 0.000001"] and problems == []
+
+
+def test_a_layer_visualize_never_reached_says_no_pictures_yet(tmp_path, demo_test_set):
+    """visualize stopped before a layer: the note said "patches for units 0..-1 only"; it now
+    says there are no pictures yet and gives the command that resumes the pass."""
+    from tests.helpers import StopAfter, per_class_subset
+
+    class Stop(Exception):
+        pass
+
+    sub = per_class_subset(demo_test_set, 4, "vis")
+    run = sketchmine.mine("demo", sub, out=tmp_path / "v.zarr", batch_size=40, layers=["features.0", "classifier.6"])
+    with pytest.raises(Stop):
+        sketchmine.visualize(run, data=sub, batch_size=64, progress=StopAfter(1, calls=True, exc=Stop))
+    run = sketchmine.open_run(run.path)
+    done = {name: int((run.layer_attrs(name).get("visualized") or {}).get("units_done", -1)) for name in run.layers}
+    assert 0 in done.values(), done
+    write_report(run, tmp_path / "rep", montages=0)
+    for lid, name in zip(("00-features.0", "01-classifier.6"), run.layers):
+        note = re.findall(r'id="pictures-note">([^<]*)', (tmp_path / "rep" / "layers" / f"{lid}.html").read_text())
+        hint = f"sketchmine visualize {run.path} --layers {name}"
+        if done[name] == 0:
+            assert note and note[0].startswith("no pictures yet") and hint in note[0] and "0..-1" not in note[0]
+        elif 0 < done[name] < run.layer_shape(name)[0]:
+            assert note and f"units 0..{done[name] - 1} only" in note[0] and hint in note[0]

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError
+from sketchmine.present.report_data import percent
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary
 
@@ -147,7 +148,8 @@ def _single(fig: Figure, box: tuple[float, float, float, float], image: np.ndarr
 
 
 def _pct(a: float | None) -> str:
-    return "-" if a is None else f"{a * 100:.1f}%"
+    text = percent(a)
+    return text if text == "-" else f"{text}%"
 
 
 def _panel(fig: Figure, x0: float, x1: float, info: dict[str, Any]) -> None:

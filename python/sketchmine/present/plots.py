@@ -2,7 +2,8 @@
 backend chosen, so no display is needed and a notebook shows a returned figure inline): the
 seed's summary plot and class-histogram bar charts, each written as PNG and SVG.
 
-Dataset strings are drawn as plain text (`parse_math=False`): a class named "$x$" stays "$x$".
+Dataset strings and layer names are drawn as plain text (`parse_math=False`): a class named
+"$x$" stays "$x$", and a module named "$x^$" (unbalanced, which mathtext cannot parse) draws.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from sketchmine.present.report_data import percent
 from sketchmine.results.run import Run
 
 FORMATS = ("png", "svg")
@@ -46,19 +48,20 @@ def summary_figure(run: Run, n: int = 5) -> Figure:
             x = c + (0.3 if c >= n else 0.0)
             acc = row["accuracy"]
             ax.add_patch(Rectangle((x, r), 0.96, 0.92, color="#dddddd" if np.isnan(acc) else cmap(acc), alpha=0.55))
-            label = f"{str(name)[:18]}\n{'-' if np.isnan(acc) else f'{acc * 100:.2f}'}  ({int(row['count'])})"
+            label = f"{str(name)[:18]}\n{percent(acc, 2)}  ({int(row['count'])})"
             ax.text(x + 0.48, r + 0.46, label, ha="center", va="center", fontsize=7, parse_math=False)
     ax.set_xlim(-0.05, 2 * n + 0.35)
     ax.set_ylim(len(layers), -0.6)
     ax.set_yticks(np.arange(len(layers)) + 0.46)
-    ax.set_yticklabels(layers, fontsize=8)
+    ax.set_yticklabels(layers, fontsize=8, parse_math=False)  # module names may hold "$"
     ax.set_xticks([])
     for side, x in (("Top", n / 2), ("Bottom", n + 0.3 + n / 2)):
         ax.text(x, -0.3, f"{side} {n} classes", ha="center", fontsize=10, weight="bold")
     for spine in ax.spines.values():
         spine.set_visible(False)
     title = f"classes among the top-{run.k} images of every unit (class accuracy %, count)"
-    ax.set_title(title if run.complete else f"PARTIAL ({run.images_done} images): {title}", fontsize=10)
+    ax.set_title(title if run.complete else f"PARTIAL ({run.images_done} images): {title}", fontsize=10,
+                 parse_math=False)
     return fig
 
 
@@ -77,9 +80,7 @@ def histogram_figure(run: Run, layer: str) -> Figure:
     colors = [("#bbbbbb" if np.isnan(a) else matplotlib.colormaps["RdYlGn"](a)) for a in acc]
     ax.bar(np.arange(len(df)), df["count"].to_numpy(), color=colors, edgecolor="#444444", linewidth=0.4)
     ax.set_xticks(np.arange(len(df)))
-    ax.set_xticklabels([str(c) for c in df.index], rotation=60, ha="right", fontsize=7)
-    for t in ax.get_xticklabels():
-        t.set_parse_math(False)
+    ax.set_xticklabels([str(c) for c in df.index], rotation=60, ha="right", fontsize=7, parse_math=False)
     ax.set_ylabel(f"images in top-{run.k}")
     ax.set_title(f"{layer}: classes among the top-{run.k} images of its units", fontsize=9, parse_math=False)
     return fig
@@ -100,7 +101,7 @@ def ink_figure(run: Run) -> Figure:
     ax.axhline(0, color="#333333", linewidth=0.6)
     ax.set_ylim(-1, 1)
     ax.set_xticks(np.arange(len(corr)))
-    ax.set_xticklabels(list(corr.index), rotation=45, ha="right", fontsize=8)
+    ax.set_xticklabels(list(corr.index), rotation=45, ha="right", fontsize=8, parse_math=False)
     ax.set_ylabel("Spearman ρ")
     ax.set_title("class preference (all images) vs class ink density", fontsize=9)
     return fig
@@ -123,12 +124,25 @@ def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
         df = run.unit_importance(name).head(n)
         ax.barh([f"unit {u}" for u in df["unit"]][::-1], df["prob_drop"][::-1], color="#4c72b0")
         for i, (p, a) in enumerate(zip(df["prob_drop"][::-1], df["acc_drop"][::-1])):
-            ax.text(p, i, f"  acc −{a * 100:.1f} pt", va="center", fontsize=7)
-        ax.set_title(f"{name}: most important units (ablated)", fontsize=9)
+            ax.text(p, i, f"  acc {change_pt(-a * 100)} pt", va="center", fontsize=7)
+        ax.set_title(f"{name}: most important units (ablated)", fontsize=9, parse_math=False)
         ax.set_xlabel("drop in correct-class probability", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     return fig
+
+
+def change_pt(d: float) -> str:
+    """A change in percentage points with its sign always written ("+0.5", "−1.2", "±0"): a
+    rounding to 0.0 keeps a significant digit, and NaN is "-"."""
+    if np.isnan(d):
+        return "-"
+    if d == 0:
+        return "±0"
+    text = f"{d:+.1f}"
+    if float(text) == 0:
+        text = f"{d:+.1g}"
+    return text.replace("-", "−")
 
 
 def plot_importance(run: Run, layers: list[str] | None = None, n: int = 10,

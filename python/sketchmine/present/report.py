@@ -29,7 +29,7 @@ import numpy as np
 
 from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.present import plots
-from sketchmine.present.report_data import PAGE_SIZE, importance_ranks, layer_data, layer_ids
+from sketchmine.present.report_data import PAGE_SIZE, importance_ranks, layer_data, layer_ids, percent
 from sketchmine.present.report_folder import MARKER, TMP, check_report_dir, remove_stale, swap_in
 from sketchmine.present.report_unit import MONTAGES, unit_pages
 from sketchmine.present.report_probe import index_section, write_probe_files
@@ -42,7 +42,7 @@ e = html.escape
 
 
 def _pct(a: float) -> str:
-    return "-" if a is None or np.isnan(a) else f"{a * 100:.2f}"
+    return percent(a, 2)
 
 
 def _page(title: str, body: str, depth: int = 0, attrs: str = "") -> str:
@@ -72,7 +72,7 @@ def _importance_section(run: Run, name: str, lid: str) -> str:
     rows = []
     for _, r in df.iterrows():
         u = int(r["unit"])
-        cells = [f'<td class="num" data-v="{u}"><a href="#page={u // PAGE_SIZE + 1}">{u}</a></td>']
+        cells = [f'<td class="num" data-v="{u}"><a href="#page={u // PAGE_SIZE + 1}&amp;unit={u}">{u}</a></td>']
         for col, _ in IMPORTANCE_COLUMNS[1:]:
             v = float(r[col])
             shown = "-" if np.isnan(v) else (f"{v * 100:.2f}" if col == "acc_drop" else f"{v:.4g}")
@@ -82,7 +82,7 @@ def _importance_section(run: Run, name: str, lid: str) -> str:
     if a.get("images") is not None:
         info.append(f"{int(a['images'])} images")
     if a.get("base_accuracy") is not None:
-        info.append(f"accuracy {float(a['base_accuracy']) * 100:.2f}% with no unit ablated")
+        info.append(f"accuracy {percent(float(a['base_accuracy']), 2)}% with no unit ablated")
     if a.get("method"):
         info.append(f"method {a['method']}")
     return ("<h2>Which units matter for the label</h2>"
@@ -102,9 +102,13 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
     if not run.complete:
         parts.append(f'<p class="partial">PARTIAL run: {run.images_done} images mined so far</p>')
     try:
-        rows = [[e(str(c)), str(int(r["count"])), _pct(r["accuracy"])] for c, r in run.top_classes(name, len(run.class_names)).iterrows()]
+        ranked = run.top_classes(name, len(run.class_names))
+        rows = [[e(str(c)), str(int(r["count"])), _pct(r["accuracy"])] for c, r in ranked.iterrows()]
+        left = int(ranked.attrs.get("unlabelled", 0))
         parts.append(f'<h2>Classes among the top-{run.k} images</h2>'
                      f'<img class="plot" src="../hist/{lid}.png" alt="class histogram">'
+                     + (f'<p class="note" id="unlabelled-entries">{left} top-k entr{"y is an image" if left == 1 else "ies are images"} '
+                        "without a label: left out of these counts</p>" if left else "")
                      + _table(["class", "count", "accuracy %"], rows, {1, 2}))
     except SketchmineError as exc:
         parts.append(f'<p class="note">{e(str(exc))}</p>')
@@ -158,25 +162,49 @@ def dataset_words(ds: dict[str, Any]) -> str:
     return f"{text} ({extra})" if extra else text
 
 
+def images_words(run: Run) -> str:
+    """"N images", with the unreadable ones `mine --skip-bad-images` skipped (counted in N, in no
+    table) and the unlabelled ones (in no class table) said, so the counts below add up."""
+    bad = len(run.attrs.get("bad_images") or [])
+    text = f"{run.images_done} images"
+    if bad:
+        text += f" ({bad} unreadable, skipped: in no table or statistic)"
+    unlabelled = int((run.labels[:run.images_done] < 0).sum())
+    if unlabelled and run.has_labels():
+        text += f"; {unlabelled} without a label (in no class table or accuracy)"
+    return text
+
+
+def _accuracy_section(run: Run) -> str:
+    """The per-class accuracy table, or why there is none: a run without labels gets one line,
+    not a table of classes with no images."""
+    if not run.has_labels():
+        return ('<h2>Accuracy</h2><p class="note" id="no-labels">no image of this run has a label (the dataset gave '
+                "none), so there is no accuracy and no class table: the layers' units and their pictures are below</p>")
+    try:
+        acc = run.class_accuracy()
+    except SketchmineError as exc:
+        return f'<p class="note">{e(str(exc))}</p>'
+    overall = run.accuracy()
+    rows = [[e(str(c)), _pct(r["accuracy"]), str(int(r["count"]))] for c, r in acc.iterrows()]
+    over = f" over {int(acc['count'].sum())} labelled, readable images"
+    return (f"<h2>Accuracy{'' if overall is None else f' {percent(overall, 2)}%'}</h2><p>{over.strip()}</p>"
+            + _table(["class", "accuracy %", "images"], rows, {1, 2}))
+
+
 def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: str = "") -> str:
     a = run.attrs
     ds = a.get("dataset") or {}
+    labelled = run.has_labels()
     parts = [f"<h1>sketchmine report: {e(str(a.get('model')))}</h1>",
-             f"<p>{e(dataset_words(ds))}; {run.images_done} images; "
+             f"<p>{e(dataset_words(ds))}; {e(images_words(run))}; "
              f"k = {run.k}; run {e(str(run.path))}</p>"]
     if not run.complete:
         parts.append(f'<p class="partial">PARTIAL run: {run.images_done} of {ds.get("size", "?")} images mined; '
                      "every table covers those only</p>")
-    overall = run.accuracy()
-    try:
-        acc = run.class_accuracy()
-        rows = [[e(str(c)), _pct(r["accuracy"]), str(int(r["count"]))] for c, r in acc.iterrows()]
-        parts.append(f"<h2>Accuracy{'' if overall is None else f' {overall * 100:.2f}%'}</h2>"
-                     + _table(["class", "accuracy %", "images"], rows, {1, 2}))
-    except SketchmineError as exc:
-        parts.append(f'<p class="note">{e(str(exc))}</p>')
+    parts.append(_accuracy_section(run))
     parts.append('<h2>Summary plot</h2><p><img class="plot" id="summary" src="summary.png" alt="summary plot"> '
-                 '<a href="summary.svg">SVG</a></p>' if (run.path and ids) else "")
+                 '<a href="summary.svg">SVG</a></p>' if (run.path and labelled and ids) else "")
     if stats:
         corr = run.ink_correlation()
         ink = run.ink_density()
@@ -188,16 +216,25 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
                      '<img class="plot" src="ink.png" alt="ink correlation">'
                      + _table(["layer", "kind", "Spearman ρ", "p", "classes"], rows, {2, 3, 4})
                      + _table(["class", "ink density"], [[e(str(c)), f"{v:.3f}"] for c, v in ink.items()], {1}))
-    rows = []
+    rows, unlabelled = [], False
     for name, lid in ids.items():
         attrs = run.layer_attrs(name)
-        try:
-            top = ", ".join(e(str(c)) for c in run.top_classes(name, 5).index)
-        except SketchmineError:
-            top = "-"
-        rows.append([f'<a href="layers/{e(lid)}.html">{e(name)}</a>', e(str(attrs.get("kind", ""))),
-                     e("×".join(map(str, attrs["shape"]))), top])
-    parts.append("<h2>Layers</h2>" + _table(["layer", "kind", "shape", f"top 5 classes (top-{run.k})"], rows))
+        row = [f'<a href="layers/{e(lid)}.html">{e(name)}</a>', e(str(attrs.get("kind", ""))),
+               e("×".join(map(str, attrs["shape"])))]
+        if labelled:
+            try:
+                top = run.top_classes(name, 5)
+                left = int(top.attrs.get("unlabelled", 0))
+                unlabelled |= left > 0
+                row += [", ".join(e(str(c)) for c in top.index), str(left)]
+            except SketchmineError:
+                row += ["-", "-"]
+        rows.append(row)
+    heads = ["layer", "kind", "shape"] + ([f"top 5 classes (top-{run.k})", "unlabelled top-k entries"]
+                                         if labelled else [])
+    if labelled and not unlabelled:  # the column only where some entry has no label
+        heads, rows = heads[:-1], [r[:-1] for r in rows]
+    parts.append("<h2>Layers</h2>" + _table(heads, rows, {4}))
     parts.append(probe)
     parts.append(f'<p class="note">written by sketchmine in {seconds:.1f} s</p>')
     return _page("sketchmine report", "\n".join(parts))
@@ -265,7 +302,7 @@ def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, byt
         src = resources.files("sketchmine.present") / "report_assets" / name
         (out / "assets" / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
     ids = layer_ids(run)
-    labelled = _labelled(run)
+    labelled = run.has_labels()  # some image has a label (others may have none: -1)
     stats = analysis.has_class_stats(run)
     if labelled:
         plots.summary_plot(run, out / "summary")
@@ -283,13 +320,6 @@ def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, byt
                                                     encoding="utf-8")
     if isinstance(probe, Mapping):
         write_probe_files(out, probe, ids, PAGE_SIZE)
-    (out / "index.html").write_text(_index(run, ids if labelled else {}, stats, time.perf_counter() - t0,
+    (out / "index.html").write_text(_index(run, ids, stats, time.perf_counter() - t0,
                                            index_section(probe)), encoding="utf-8")
 
-
-def _labelled(run: Run) -> bool:
-    try:
-        run.class_histogram(run.layers[0])
-        return True
-    except SketchmineError:
-        return False

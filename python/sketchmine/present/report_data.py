@@ -69,8 +69,12 @@ def pictures_note(run: Run, name: str, attrs: dict[str, Any], has_patches: bool,
         what = "the drawings at each entry's step" if attrs.get("position") in ("time", "sequence") else \
             "patches and deconvolutions"
         note = f"no pictures stored for this layer: {visualize_hint(run, name)} to add {what}"
+    elif done == 0:
+        note = (f"no pictures yet: the visualize pass stopped before it reached this layer; {visualize_hint(run, name)} "
+                "to resume it")
     elif done < units:
-        note = f"patches for units 0..{done - 1} only: the visualize pass is unfinished"
+        note = (f"patches for units 0..{done - 1} only (of {units}): the visualize pass is unfinished; "
+                f"{visualize_hint(run, name)} to resume it")
     if not traced:
         why = (f"the top-k hold {distinct} images (more than {MAX_TRACE_IMAGES})" if distinct > MAX_TRACE_IMAGES
                else f"not stored; {visualize_hint(run, name)} to add it")
@@ -156,6 +160,22 @@ def num(v: Any) -> float | None:
     """A float for JSON: None for NaN and infinities."""
     v = float(v)
     return None if np.isnan(v) or np.isinf(v) else v
+
+
+def percent(a: float | None, decimals: int = 1) -> str:
+    """A fraction as a percentage without the number sign ("99.95"): 100 or 0 only when exact;
+    a fraction that rounds to either gets more decimals (up to 6, then "> 99.999999" /
+    "< 0.000001"), so 1999 of 2000 never reads as all. "-" for None or NaN."""
+    if a is None or np.isnan(a):
+        return "-"
+    v = float(a) * 100
+    if v in (0.0, 100.0):
+        return f"{v:.0f}"
+    for d in range(decimals, 7):
+        text = f"{v:.{d}f}"
+        if float(text) not in (0.0, 100.0):
+            return text
+    return "> 99.999999" if v > 50 else "< 0.000001"
 
 
 def jnum(v: Any) -> float | str | None:

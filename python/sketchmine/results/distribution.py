@@ -9,7 +9,7 @@ how to get it (mine again into a new directory). See docs/analysis.md for the gu
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -75,19 +75,63 @@ def quantiles(run: Run, layer: str, q: Sequence[float] | np.ndarray | float) -> 
     Guarantee for the estimate x̂: exact when r = 0 or n-1 (the exact min/max) and when x_r is
     0 or ±inf; always within the exact histogram bin holding x_r (|x̂ - x_r| < that bin's
     width); and |x̂ - x_r| <= |x_r|/65 (sketch.ALPHA) when x_r is a normal float32 whose
-    magnitude is at least 2^-15 of the largest finite magnitude of its sign. NaN: no maxima."""
+    magnitude is at least 2^-15 of the largest finite magnitude of its sign. NaN: no maxima.
+    Below that floor the estimate can be far off (a softmax output of 1e-7 read as 3e-6):
+    `quantile_bounds` says which estimates those are and the bound they obey."""
+    return quantile_bounds(run, layer, q).values
+
+
+class QuantileBounds(NamedTuple):
+    """Quantile estimates and where they fall below the sketch's resolution.
+
+    values  (C, Q) float64: the estimates (`quantiles`).
+    coarse  (C, Q) bool: x_r lies in the lowest bucket of its sign, where the sketch collapses
+            every magnitude below its floor: the estimate is no 1/65-accurate value there, only
+            the bound below holds (never set at q's exact ends, 0 or ±inf).
+    bound   (C, Q) float64 where coarse (NaN elsewhere): 0 < x_r < bound for a positive x_r,
+            bound < x_r < 0 for a negative one (the floor tightened by the exact histogram bin
+            and the exact min / max).
+    floor   (C, 2) float64 per sign [negative, positive]: the magnitude below which the sketch
+            keeps no resolution (the upper edge of its lowest bucket); 0 where no value can be
+            collapsed (the sign's magnitudes span under 16 octaves) or the sign has no value."""
+
+    values: np.ndarray
+    coarse: np.ndarray
+    bound: np.ndarray
+    floor: np.ndarray
+
+
+def quantile_bounds(run: Run, layer: str, q: Sequence[float] | np.ndarray | float) -> QuantileBounds:
+    """`quantiles` with, per estimate, whether it is below the sketch's resolution floor and the
+    bound that holds there (see QuantileBounds): a reader must show those as "< bound", not
+    as a value."""
     qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
     if qs.ndim != 1 or not np.all((qs >= 0) & (qs <= 1)):
         raise SketchmineError(f"quantiles are numbers from 0 to 1, got {q!r}")
     counts, top, special = layer_arrays(run, layer, sketch.KEY, ("sketch_counts", "sketch_top", "sketch_special"),
                                         "quantile sketches")
     edges, hist = histogram_of(run, layer)
-    return estimate(counts, top, special, edges, hist, max_range(run, layer), qs)
+    return estimate_bounds(counts, top, special, edges, hist, max_range(run, layer), qs)
 
 
 def estimate(counts: np.ndarray, top: np.ndarray, special: np.ndarray, edges: np.ndarray, hist: np.ndarray,
              bounds: np.ndarray, q: np.ndarray) -> np.ndarray:
     """The quantile estimates of `quantiles` from the stored arrays (sketch, histogram, range)."""
+    return estimate_bounds(counts, top, special, edges, hist, bounds, q).values
+
+
+def resolution_floor(top: np.ndarray) -> np.ndarray:
+    """(C, 2) float64 per sign the magnitude under which the sketch collapses values: the lower
+    edge of key top - (BUCKETS - 2), read off the float32 bits; 0 where top < BUCKETS - 1
+    (no key can fall under the window)."""
+    key = np.asarray(top, dtype=np.int64) - (sketch.BUCKETS - 2)
+    bits = (np.maximum(key, 0) << sketch.SHIFT).astype(np.uint32)
+    return np.where(key > 0, bits.view(np.float32).astype(np.float64), 0.0)
+
+
+def estimate_bounds(counts: np.ndarray, top: np.ndarray, special: np.ndarray, edges: np.ndarray,
+                    hist: np.ndarray, bounds: np.ndarray, q: np.ndarray) -> QuantileBounds:
+    """`estimate` with the resolution of each estimate (QuantileBounds)."""
     c = len(counts)
     est = sketch.estimates(top)
     col = np.ones((c, 1))
@@ -96,13 +140,24 @@ def estimate(counts: np.ndarray, top: np.ndarray, special: np.ndarray, edges: np
     reps = np.concatenate([-np.inf * col, -est[:, 0, ::-1], 0 * col, est[:, 1], np.inf * col], axis=1)
     n = ordered.sum(1)
     r = np.floor(q[None, :] * np.maximum(n - 1, 0)[:, None]).astype(np.int64)
-    val = np.take_along_axis(reps, _holding(ordered, r), 1)
+    hold = _holding(ordered, r)
+    val = np.take_along_axis(reps, hold, 1)
     hb = _holding(hist, r)
-    val = np.clip(val, np.take_along_axis(edges, hb, 1), np.take_along_axis(edges, hb + 1, 1))
+    bin_lo, bin_hi = np.take_along_axis(edges, hb, 1), np.take_along_axis(edges, hb + 1, 1)
+    val = np.clip(val, bin_lo, bin_hi)
     lo, hi = bounds[:, :1].astype(np.float64), bounds[:, 1:].astype(np.float64)
     val = np.clip(val, lo, hi)
+    ends = (r == 0) | (r == (n - 1)[:, None])
     val = np.where(r == 0, lo, np.where(r == (n - 1)[:, None], hi, val))
-    return np.where(n[:, None] > 0, val, np.nan)
+    floor = resolution_floor(top)
+    neg_low, pos_low = sketch.BUCKETS, sketch.BUCKETS + 2  # the lowest bucket of each sign in `ordered`
+    has = (n > 0)[:, None]
+    coarse = has & ~ends & (((hold == neg_low) & (floor[:, :1] > 0)) | ((hold == pos_low) & (floor[:, 1:] > 0)))
+    with np.errstate(invalid="ignore"):
+        pos_bound = np.minimum(np.minimum(floor[:, 1:], bin_hi), hi)
+        neg_bound = np.maximum(np.maximum(-floor[:, :1], bin_lo), lo)
+    bound = np.where(coarse, np.where(hold == pos_low, pos_bound, neg_bound), np.nan)
+    return QuantileBounds(np.where(has, val, np.nan), coarse, bound, floor)
 
 
 def _holding(counts: np.ndarray, r: np.ndarray) -> np.ndarray:

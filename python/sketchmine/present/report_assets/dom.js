@@ -45,5 +45,17 @@
     return x.toPrecision(p || 4);
   }
 
-  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt };
+  // a fraction as a percentage: 100 or 0 only when exact (1999 of 2000 is "99.95", not "100.00")
+  function percent(a, decimals) {
+    if (a === null || a === undefined || isNaN(a)) { return "-"; }
+    var v = a * 100;
+    if (v === 0 || v === 100) { return String(v); }
+    for (var d = decimals === undefined ? 2 : decimals; d <= 6; d++) {
+      var t = v.toFixed(d);
+      if (parseFloat(t) !== 0 && parseFloat(t) !== 100) { return t; }
+    }
+    return v > 50 ? "> 99.999999" : "< 0.000001";
+  }
+
+  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent };
 })();

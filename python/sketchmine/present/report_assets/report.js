@@ -21,7 +21,7 @@
     return t;
   }
 
-  function fmtAcc(a) { return a === null ? "-" : (a * 100).toFixed(2); }
+  function fmtAcc(a) { return dom.percent(a, 2); }
 
 
   function trace(values, t) {
@@ -146,15 +146,26 @@
     for (var i = 0; i < units.length; i++) { box.appendChild(card(units[i])); }
     document.getElementById("page-label").textContent = "page " + (p + 1) + " of " + pages;
     body.setAttribute("data-rendered", String(p));
+    reveal();
   }
 
-  function show(p, replace) {
+  var target = null;  // the unit a link asked for (#page=P&unit=U): its card is scrolled to once shown
+  function reveal() {
+    if (target === null) { return; }
+    var c = document.getElementById("unit-" + target);
+    if (c) { c.scrollIntoView({ block: "start" }); c.classList.add("target"); target = null; }
+  }
+
+  function show(p, replace, unit) {
     // `replace`: the page shown on arrival rewrites the URL instead of adding a history entry,
-    // so the browser's Back button leaves the layer page in one press.
+    // so the browser's Back button leaves the layer page in one press. `unit`: a card to scroll to.
     if (pages === 0) { return; }
     p = Math.max(0, Math.min(pages - 1, p));
     current = p;
-    var hash = "#page=" + (p + 1);
+    var marked = document.querySelector(".card.target");
+    if (marked) { marked.classList.remove("target"); }
+    target = unit === undefined || unit === null ? null : unit;
+    var hash = "#page=" + (p + 1) + (target === null ? "" : "&unit=" + target);
     if (window.location.hash !== hash) {
       if (replace) { history.replaceState(null, "", hash); } else { window.location.hash = hash; }
     }
@@ -172,6 +183,10 @@
   function fromHash() {
     var m = /page=(\d+)/.exec(window.location.hash);
     return m ? parseInt(m[1], 10) - 1 : 0;
+  }
+  function unitFromHash() {
+    var m = /unit=(\d+)/.exec(window.location.hash);
+    return m ? parseInt(m[1], 10) : null;
   }
 
   function sortable(table) {
@@ -210,7 +225,10 @@
     var prev = document.getElementById("prev"), next = document.getElementById("next");
     if (prev) { prev.addEventListener("click", function () { show(current - 1); }); }
     if (next) { next.addEventListener("click", function () { show(current + 1); }); }
-    window.addEventListener("hashchange", function () { var p = fromHash(); if (p !== current) { show(p); } });
-    show(fromHash(), true);
+    window.addEventListener("hashchange", function () {
+      var p = fromHash(), u = unitFromHash();
+      if (p !== current) { show(p, false, u); } else if (u !== null) { target = u; reveal(); }
+    });
+    show(fromHash(), true, unitFromHash());
   });
 })();

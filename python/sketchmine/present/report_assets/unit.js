@@ -11,7 +11,7 @@
   var cache = {};
   var current = -1;
   var dom = window.sketchmineDom, el = dom.el, svgEl = dom.svgEl, tile = dom.tile, num = dom.num, fmt = dom.fmt;
-  function pct(v) { return v === null || v === undefined ? "-" : (v * 100).toFixed(2) + " %"; }
+  function pct(v) { var t = dom.percent(v, 2); return t === "-" ? t : t + " %"; }
   function missing(d, section, what) {
     var p = el("p", "note missing", "no " + what + ": " + (d.missing[section] || "not stored"));
     p.setAttribute("data-missing", section);
@@ -45,7 +45,8 @@
   function overview(d) {
     var rows = [["max activation", fmt(d.max)],
       ["receptive field", d.receptive_field ? d.receptive_field[0] + "\u00d7" + d.receptive_field[1] + " px" : "the whole image"],
-      ["images mined", String(d.images) + (d.complete ? "" : " (PARTIAL run)")]];
+      ["images mined", String(d.images) + (d.unreadable ? " (" + d.unreadable + " unreadable, skipped: in no statistic)" : "") +
+        (d.complete ? "" : " (PARTIAL run)")]];
     if (d.moments) {
       rows.push(["mean of image maxima", fmt(d.moments.mean)]);
       rows.push(["firing density", pct(d.moments.density) + (d.moments.images === null ? "" :
@@ -57,8 +58,12 @@
       rows.push(["accuracy drop when zeroed", d.importance.acc_drop === null ? "-" : (d.importance.acc_drop * 100).toFixed(2) + " pt"]);
     }
     if (d.quantiles) {
+      // below the sketch's resolution floor an estimate is no value, only a bound: shown as "< b"
+      var bound = d.quantiles.bound || [];
       for (var i = 0; i < d.quantiles.q.length; i++) {
-        rows.push(["quantile " + d.quantiles.q[i], fmt(d.quantiles.values[i])]);
+        var b = bound[i];
+        rows.push(["quantile " + d.quantiles.q[i], b === null || b === undefined ? fmt(d.quantiles.values[i]) :
+          (b > 0 ? "< " + fmt(b, 3) : "> " + fmt(b, 3))]);
       }
     }
     var t = table(["", ""], rows);
@@ -228,6 +233,12 @@
     } else if (d.quantiles && d.quantiles.values[0] !== null && d.quantiles.values[0] === d.quantiles.values[d.quantiles.values.length - 1]) {
       top.appendChild(el("p", "note", "every image maximum of this unit is " + fmt(d.quantiles.values[0]) +
         " (a constant unit): its histogram is one value"));
+    }
+    if (d.quantiles && (d.quantiles.bound || []).some(function (b) { return b !== null; })) {
+      var coarse = el("p", "note", "\u201c< b\u201d: that quantile lies below the quantile sketch's resolution " +
+        "(about 2^-15 of the unit's largest value of that sign; docs/analysis.md): it is between 0 and b, closer it cannot say");
+      coarse.id = "coarse-quantiles";
+      top.appendChild(coarse);
     }
     if (!d.moments) { top.appendChild(missing(d, "moments", "firing density")); }
     if (!d.importance) { top.appendChild(missing(d, "importance", "importance")); }
