@@ -285,7 +285,7 @@ def test_xarray_opens_a_run_with_named_dimensions(mined):
     tree = xr.open_datatree(str(mined[0]), engine="zarr", consolidated=False)
     layer = tree["layers/features.0"].to_dataset()
     assert layer["values"].dims == ("unit", "rank") and layer.sizes["unit"] == 32 and layer.sizes["rank"] == 3
-    assert layer["yx"].dims == ("unit", "rank", "yx") and layer["class_mean"].dims == ("unit", "class")
+    assert layer["yx"].dims == ("unit", "rank", "axis") and layer["class_mean"].dims == ("unit", "class")
     np.testing.assert_array_equal(layer["values"].values, run.topk("features.0")[0])
     ev = tree["eval"].to_dataset()
     assert ev["logits"].dims == ("image", "output") and ev.sizes["image"] == 60

@@ -116,3 +116,21 @@ def test_a_run_without_labels_still_refuses(tmp_path, demo_test_set):
         run.top_classes("features.0")
     d = LayerSummary(run, "features.0").unit(0)
     assert d["classes_top"] is None and "no labels" in d["missing"]["classes_top"]
+
+
+def test_summary_and_compare_json_say_what_they_left_out(partly, capsys):
+    """`summary --json` gives each layer's unlabelled top-k entries and classes without images;
+    `compare --json` its classes without images and how each layer pair was made."""
+    import json
+
+    from sketchmine.cli.main import main
+
+    assert main(["summary", str(partly.path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    names = [partly.class_names[c] for c in EMPTY]
+    for layer in data["layers"]:
+        assert layer["unlabelled"] == _hist(partly, layer["name"])[1] and layer["no_images"] == names
+        assert not set(names) & {c["class"] for c in layer["top_classes"] + layer["bottom_classes"]}
+    assert main(["compare", str(partly.path), str(partly.path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["no_images"] == names and {pair["paired_by"] for pair in data["layers"]} == {"name"}

@@ -29,3 +29,17 @@ def test_a_folder_or_file_named_like_a_model_does_not_shadow_it(tmp_path, monkey
     assert isinstance(load_model("./checkpoint").module, SketchNet)
     with pytest.raises(SketchmineError, match=r"checkpoint file .*demo is a directory, not a checkpoint file"):
         load_model(str(tmp_path / "demo"))
+
+
+def test_mine_records_a_model_name_as_a_name_beside_a_folder_of_that_name(tmp_path, monkeypatch, small_test_set):
+    """mine("demo") with a folder `demo` in the working directory records the spec "demo" (it
+    recorded the folder's absolute path, so visualize and importance failed to load it)."""
+    import sketchmine
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    run = sketchmine.mine("demo", small_test_set, out=tmp_path / "run.zarr", layers=["features.0"], k=2,
+                          batch_size=50)
+    assert run.attrs["model_spec"]["spec"] == "demo"
+    run = sketchmine.visualize(run, layers=["features.0"], data=small_test_set, max_units=2)  # loads "demo" again
+    assert run.layer_attrs("features.0")["visualized"]["units_done"] == 2

@@ -37,7 +37,7 @@ from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts
 from sketchmine.model.backend import WEIGHTS_HASH, algorithm_of, input_channels, recorded_weights
 from sketchmine.model.forward import TorchForward, as_forward, probe
-from sketchmine.model.models import LoadedModel, load_model, preprocessing_for
+from sketchmine.model.models import LoadedModel, is_model_path, load_model, preprocessing_for
 from sketchmine.model.pretrained import is_weights_name
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.progress import Progress, Silent
@@ -53,7 +53,7 @@ def _model_spec(model: nn.Module | LoadedModel | str, weights: str | os.PathLike
     if isinstance(model, (nn.Module, LoadedModel)):  # in memory: later passes are given the model
         return {"spec": None, "weights": None}
     spec = str(model)
-    if Path(spec).exists():
+    if is_model_path(spec):  # a name ("demo", "alexnet") stays a name, whatever the working directory holds
         spec = str(Path(spec).resolve())
     weights_file = weights is not None and not is_weights_name(str(weights))  # else a torchvision weight name
     record = {"spec": spec, "weights": str(Path(weights).resolve()) if weights_file else (str(weights) if weights else None)}

@@ -54,12 +54,15 @@ def summary_data(run: Run, n: int) -> dict[str, Any]:
     for name in run.layers:
         attrs = run.layer_attrs(name)
         values, idx, _ = run.topk(name)
+        top = run.top_classes(name, n)
         layers.append({
             "name": name, "kind": attrs.get("kind"), "shape": list(attrs["shape"]), "units": attrs["shape"][0],
             "max_activation": values[idx >= 0].max() if (idx >= 0).any() else None,
             "nan_count": int(run.layer_array(name, "nan_count").sum()) if run.has_array(name, "nan_count") else 0,
-            "top_classes": records(run.top_classes(name, n), "class"),
+            "top_classes": records(top, "class"),
             "bottom_classes": records(run.bottom_classes(name, n), "class"),
+            # top-k entries of unlabelled images, and classes without images: left out of both lists
+            "unlabelled": top.attrs.get("unlabelled", 0), "no_images": list(top.attrs.get("no_images", [])),
         })
     try:
         classes = records(run.class_accuracy(), "class") if run.complete else []
@@ -74,7 +77,7 @@ def compare_data(cmp: Any) -> dict[str, Any]:
     """`sketchmine compare --json`: a `results.compare.Comparison`."""
     oa, ob = cmp.overall
     return {"a": str(cmp.a.path), "b": str(cmp.b.path), "accuracy": {"a": oa, "b": ob}, "n": cmp.n,
-            "classes": records(cmp.accuracy, "class"), "layers": records(cmp.layers)}
+            "classes": records(cmp.accuracy, "class"), "layers": records(cmp.layers), "no_images": list(cmp.no_images)}
 
 
 def importance_data(run: Run, layers: list[str], n: int) -> dict[str, Any]:
