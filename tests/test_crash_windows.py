@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pandas as pd
+import torch
 import pytest
 
 import sketchmine
@@ -63,3 +64,30 @@ def test_a_kill_between_the_renames_keeps_the_earlier_result(tmp_path, reference
     again = sketchmine.unit_importance(reference, "classifier.6", demo_model.module, small_test_set, batch_size=100)
     pd.testing.assert_frame_equal(again, first)
     assert sorted(p.name for p in layer.iterdir() if p.name.startswith("importance")) == ["importance"]
+
+
+class _Untouchable(torch.utils.data.Dataset):
+    """A dataset that fails the test if the pass reads it."""
+
+    def __len__(self) -> int:
+        return 100
+
+    def __getitem__(self, i):
+        raise AssertionError("the pass read the dataset before checking the run's lock")
+
+
+@pytest.mark.parametrize("what", ["importance", "effects"])
+def test_ablation_passes_are_refused_before_their_work_while_another_process_writes(reference, demo_model, what):
+    """importance and effects computed the whole ablation, then were refused at the write when
+    a visualize held the run: they check the lock before reading any image now."""
+    from sketchmine.errors import SketchmineError
+    from sketchmine.store.lock import RunLock
+
+    held = RunLock(reference.path)  # another writer (its own open file: flock conflicts within a process too)
+    held.acquire()
+    try:
+        call = sketchmine.unit_importance if what == "importance" else sketchmine.unit_effects
+        with pytest.raises(SketchmineError, match="being written by another process"):
+            call(reference, "features.3", demo_model.module, _Untouchable(), batch_size=50)
+    finally:
+        held.release()

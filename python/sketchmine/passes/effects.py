@@ -82,12 +82,15 @@ def torch_net(run: Run, module: Any) -> nn.Module:
 
 def ablation_net(run: Run, names: list[str], model: Any, weights: str | os.PathLike | None) -> nn.Module:
     """The torch model to ablate `names` of `run` in, every layer checked first: in the run,
-    ablatable (not softmax, not an ONNX run), then found in the loaded model; so a refusal comes
-    before any computation or write."""
+    ablatable (not softmax, not an ONNX run), then found in the loaded model, and the run not
+    being written by another process; so a refusal comes before any computation or write."""
+    from sketchmine.store.lock import RunLock
+
     for name in names:
         run.layer_attrs(name)  # a layer the run does not have is refused with the run's layers
         check_ablatable(name, run=run)
     check_run_ablatable(run)
+    RunLock(run.path).check_free()
     from sketchmine.passes import reload
 
     net = torch_net(run, reload.run_model(run, model, weights).module)

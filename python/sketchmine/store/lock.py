@@ -57,6 +57,13 @@ class RunLock:
                 f"{self.run} is being written by another process; wait for it or stop it first"
             ) from None
 
+    def check_free(self) -> None:
+        """Refuse now, as `acquire` would, if another process writes the run: a pass that
+        computes for minutes before it writes (importance, effects) checks first rather than
+        be refused after its work."""
+        self.acquire()
+        self.release()
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
