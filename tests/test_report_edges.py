@@ -301,3 +301,94 @@ def test_a_layer_visualize_never_reached_says_no_pictures_yet(tmp_path, demo_tes
             assert note and note[0].startswith("no pictures yet") and hint in note[0] and "0..-1" not in note[0]
         elif 0 < done[name] < run.layer_shape(name)[0]:
             assert note and f"units 0..{done[name] - 1} only" in note[0] and hint in note[0]
+
+
+# ---- navigation: no redraw of what is shown, links to a card scroll to it ---------------------
+
+def test_showing_the_unit_or_page_already_shown_redraws_nothing(tmp_path, bad_run, browser):  # noqa: F811
+    """The number box's change to the unit already shown (fired when it loses focus on a click)
+    redrew the dashboard under the pointer and the click was lost; the cards' pager did the
+    same at its ends. Both now leave the page as it is."""
+    index = write_report(bad_run, tmp_path / "rep", montages=0)
+    page, problems = _open(browser, (index.parent / "units" / "00-features.0.html").as_uri() + "#unit=5")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '5'")
+    page.evaluate("() => { document.getElementById('overview').dataset.kept = 'yes'; }")
+    page.fill("#unit-input", "5")
+    page.dispatch_event("#unit-input", "change")
+    assert page.evaluate("() => document.getElementById('overview').dataset.kept") == "yes"
+    page.fill("#unit-input", "6")
+    page.dispatch_event("#unit-input", "change")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '6'")
+    page.goto((index.parent / "layers" / "00-features.0.html").as_uri())
+    page.wait_for_selector("#unit-0")
+    page.evaluate("() => { document.getElementById('unit-0').dataset.kept = 'yes'; }")
+    page.click("#next")  # one page only: nothing to show
+    assert page.evaluate("() => document.getElementById('unit-0').dataset.kept") == "yes"
+    assert problems == []
+
+
+def test_a_link_to_a_card_scrolls_to_it(tmp_path, bad_run, browser):  # noqa: F811
+    """The dashboard's "its card" opened the right page of cards at its top; it now scrolls to
+    the unit's card and marks it."""
+    index = write_report(bad_run, tmp_path / "rep", montages=0)
+    page, problems = _open(browser, (index.parent / "units" / "00-features.0.html").as_uri() + "#unit=30")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '30'")
+    page.click("#dash .dash-links a")
+    page.wait_for_selector("#unit-30.target")
+    top, bottom = page.evaluate("() => { const r = document.getElementById('unit-30').getBoundingClientRect();"
+                                " return [r.top, r.bottom]; }")
+    assert page.evaluate("() => window.scrollY") > 0 and 0 <= top and bottom <= 900  # in view
+    assert page.evaluate("() => location.hash") == "#page=1&unit=30"
+    page.click("#next")  # the pager still works from there
+    assert problems == []
+
+
+# ---- units without numbers, runs of one class ---------------------------------------------------
+
+class _Nanify(nn.Module):
+    """Channel 0 all NaN on every image; the others as they come."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, :1] * float("nan"), x[:, 1:]], 1)
+
+
+class _NanNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.nan = _Nanify()
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.fc = nn.Linear(3, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.nan_to_num(torch.flatten(self.pool(self.nan(self.conv(x))), 1)))
+
+
+def test_a_unit_of_all_nan_maps_prefers_no_class(tmp_path, demo_test_set, browser):  # noqa: F811
+    """Its dashboard listed 5 "preferred" classes, each with mean "-" and 0 images; now none,
+    with a note."""
+    from tests.helpers import per_class_subset
+
+    sub = per_class_subset(demo_test_set, 4, "nan")
+    run = sketchmine.mine(_NanNet(), sub, out=tmp_path / "n.zarr", layers=["nan"], batch_size=40, distributions=True)
+    index = write_report(run, tmp_path / "rep", montages=0)
+    dash = _page_data(index.parent / "dash" / "00-nan" / "unit_0000.js")
+    assert dash[0]["class_means"] == [] and len(dash[1]["class_means"]) == 5
+    page, problems = _open(browser, (index.parent / "units" / "00-nan.html").as_uri() + "#unit=0")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '0'")
+    assert page.query_selector("#no-class-means") is not None
+    assert problems == []
+
+
+def test_a_run_of_one_class_says_why_no_unit_has_a_selectivity(tmp_path, demo_test_set):
+    """'median nan over 0 units' became a sentence saying why."""
+    from sketchmine.data import ArrayDataset
+
+    ds = demo_test_set
+    keep = np.nonzero(ds.labels() == 3)[0][:20]
+    sub = ArrayDataset(ds.images[keep], ds.labels()[keep], ds.class_names, ds.preprocessing, ds.describe())
+    run = sketchmine.mine("demo", sub, out=tmp_path / "o.zarr", batch_size=20, layers=["features.0"])
+    write_report(run, tmp_path / "rep", montages=0)
+    text = (tmp_path / "rep" / "layers" / "00-features.0.html").read_text()
+    assert "median nan" not in text and "this run has images of one class only" in text

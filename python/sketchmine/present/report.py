@@ -119,8 +119,7 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                 for c, r in pref.iterrows()]
         parts.append("<h2>Class preference over all images</h2>"
                      f"<p>mean over {pref.attrs['units']} units of the unit's z-scored class means of its image "
-                     f"maxima; class selectivity index (Morcos et al. 2018): median {np.nanmedian(si) if si.notna().any() else float('nan'):.3f} "
-                     f"over {int(si.notna().sum())} units</p>"
+                     f"maxima; {e(_selectivity_words(run, si))}</p>"
                      + _table(["class", "preference", "units preferring", "accuracy %"], rows, {1, 2, 3}))
     if run.has_importance(name):
         parts.append(_importance_section(run, name, lid))
@@ -139,6 +138,20 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                  '<script src="../assets/dom.js"></script><script src="../assets/report.js"></script>')
     return _page(f"{name} — sketchmine report", "\n".join(parts), 1,
                  f' data-layer="{e(lid)}" data-pages="{pages}" data-montages="{",".join(map(str, slides or []))}"')
+
+
+def _selectivity_words(run: Run, si: Any) -> str:
+    """The layer's median class selectivity, or why no unit has one (not "median nan over 0")."""
+    name = "class selectivity index (Morcos et al. 2018)"
+    if si.notna().any():
+        return f"{name}: median {float(np.nanmedian(si)):.3f} over {int(si.notna().sum())} units"
+    labels = run.labels[:run.images_done]
+    classes = len(np.unique(labels[labels >= 0]))
+    if classes < 2:
+        return (f"no {name}: it sets a unit's best class against the others, and this run has images of "
+                f"{'one class' if classes else 'no class'} only")
+    return (f"no unit has a {name}: it needs a best-class mean above 0 and the other classes' mean at least 0 "
+            "(taps before a ReLU can be negative), or the unit's maps were all NaN")
 
 
 def dataset_words(ds: dict[str, Any]) -> str:

@@ -86,6 +86,8 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
         for u in range(p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)):
             d = restore_infinities(summary.unit(u), summary, u)
             mark_coarse(d, bounds, u)
+            if d.get("class_means") is not None:  # a class none of whose maps held a number is no preference
+                d["class_means"] = [c for c in d["class_means"] if c["mean"] is not None]
             if u in slides:
                 save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d)
                 d["montage"] = f"../montage/{lid}/{u}.png"

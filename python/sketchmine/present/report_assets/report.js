@@ -153,7 +153,12 @@
   function reveal() {
     if (target === null) { return; }
     var c = document.getElementById("unit-" + target);
-    if (c) { c.scrollIntoView({ block: "start" }); c.classList.add("target"); target = null; }
+    if (!c) { return; }
+    var marked = document.querySelector(".card.target");
+    if (marked) { marked.classList.remove("target"); }
+    c.scrollIntoView({ block: "start" });
+    c.classList.add("target");
+    target = null;
   }
 
   function show(p, replace, unit) {
@@ -161,9 +166,11 @@
     // so the browser's Back button leaves the layer page in one press. `unit`: a card to scroll to.
     if (pages === 0) { return; }
     p = Math.max(0, Math.min(pages - 1, p));
+    if (p === current && body.getAttribute("data-rendered") === String(p)) {  // shown: no redraw
+      if (unit !== undefined && unit !== null) { target = unit; reveal(); }
+      return;
+    }
     current = p;
-    var marked = document.querySelector(".card.target");
-    if (marked) { marked.classList.remove("target"); }
     target = unit === undefined || unit === null ? null : unit;
     var hash = "#page=" + (p + 1) + (target === null ? "" : "&unit=" + target);
     if (window.location.hash !== hash) {

@@ -167,7 +167,11 @@
       box.appendChild(table(["class", "images", "class accuracy"], d.classes_top.map(function (c) {
         return [c["class"], c.count, pct(c.acc)]; })));
     } else { box.appendChild(missing(d, "classes_top", "classes of the top images")); }
-    if (d.class_means) {
+    if (d.class_means && !d.class_means.length) {
+      var none = el("p", "note", "no class has a mean for this unit: none of its maps over labelled images holds a number (all NaN)");
+      none.id = "no-class-means";
+      box.appendChild(none);
+    } else if (d.class_means) {
       box.appendChild(el("h3", null, "classes it prefers over all images (mean image maximum)"));
       box.appendChild(table(["class", "mean", "images", "class accuracy"], d.class_means.map(function (c) {
         return [c["class"], fmt(c.mean), c.images, pct(c.acc)]; })));
@@ -272,6 +276,9 @@
   function show(u, replace) {
     if (!units) { return; }
     u = Math.max(0, Math.min(units - 1, u));
+    // the unit already shown: nothing to redraw (a redraw under the pointer, e.g. when the number
+    // box loses focus on a click, would swallow that click)
+    if (u === current && body.getAttribute("data-rendered") === String(u)) { return; }
     current = u;
     var hash = "#unit=" + u;
     if (window.location.hash !== hash) {
