@@ -279,9 +279,42 @@ def main(argv: list[str] | None = None) -> int:
     before = gc.get_threshold()
     gc.set_threshold(YOUNG_OBJECTS, *before[1:])
     try:
+        try:
+            _import_holding_ctrl_c()
+        except KeyboardInterrupt:
+            print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
+            return EXIT_INTERRUPTED
         return _run(args)
     finally:
         gc.set_threshold(*before)  # main() is also called in-process (tests, notebooks)
+
+
+def _import_holding_ctrl_c() -> None:
+    """Import numpy, pandas, rich, torch, Zarr and the compiled core with Ctrl-C held back, then raise the
+    KeyboardInterrupt if one came. A KeyboardInterrupt raised inside a C extension's
+    initialisation leaves it half-loaded: the next import of it failed with an ImportError or
+    a ValueError traceback, or the process died of a segmentation fault (9 of 20 Ctrl-Cs in a
+    command's first 3 s did). Every command imports them anyway."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread has signals
+        return
+    came: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    try:
+        import numpy  # noqa: F401
+        import pandas  # noqa: F401
+        import rich.console  # noqa: F401
+        import torch  # noqa: F401
+        import zarr  # noqa: F401
+
+        import sketchmine.present.logs  # noqa: F401
+        import sketchmine.stats.ops  # noqa: F401  (the compiled core)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if came:
+        raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace) -> int:
