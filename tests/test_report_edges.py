@@ -260,6 +260,22 @@ def test_quantiles_below_the_sketch_floor_are_shown_as_bounds(tmp_path, demo_tes
     assert shown and float(shown.group(1)) == pytest.approx(b.bound[u, j], rel=1e-2)
     assert page.query_selector("#coarse-quantiles") is not None
     assert problems == []
+    # `sketchmine unit`: the same bound in --json and "< bound" in the console table
+    import io
+    import json
+
+    from rich.console import Console
+
+    from sketchmine.present.unit_console import distribution_table
+    from sketchmine.results.unit_summary import LayerSummary
+
+    d = LayerSummary(run, "softmax").unit(u)
+    assert d["quantiles"]["bound"][j] == pytest.approx(b.bound[u, j]) and d["quantiles"]["floor"][1] > 0
+    assert all((x is None) == (not c) for x, c in zip(d["quantiles"]["bound"], b.coarse[u]))
+    json.dumps(d, allow_nan=False)
+    out = io.StringIO()
+    Console(file=out, width=250).print(distribution_table(d))
+    assert len(re.findall(r"< [0-9]", out.getvalue())) == int(b.coarse[u].sum()) and "below the sketch's resolution" in out.getvalue()
 
 
 def test_percentages_are_100_or_0_only_when_exact(tmp_path, inf_run, browser):  # noqa: F811

@@ -26,6 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from sketchmine.results.numbers import percent
 from sketchmine.results.run import Run
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -118,12 +119,12 @@ def accuracy_table(run: Run) -> Table:
         counts = np.bincount(labels[labels >= 0], minlength=len(run.class_names))[:len(run.class_names)]
         acc = pd.DataFrame({"accuracy": np.nan, "count": counts}, index=pd.Index(run.class_names, name="class"))
     overall = run.accuracy()
-    table = Table(title=f"per-class accuracy (overall {overall * 100:.2f}%)" if overall is not None else "per-class accuracy")
+    table = Table(title=f"per-class accuracy (overall {percent(overall, 2)}%)" if overall is not None else "per-class accuracy")
     table.add_column("class")
     table.add_column("accuracy %", justify="right")
     table.add_column("images", justify="right")
     for name, row in acc.iterrows():
-        table.add_row(safe(name), "-" if np.isnan(row["accuracy"]) else f"{row['accuracy'] * 100:.2f}", str(int(row["count"])))
+        table.add_row(safe(name), percent(row["accuracy"], 2), str(int(row["count"])))
     return table
 
 
@@ -197,7 +198,7 @@ def ink_table(run: Run) -> Table:
         table.add_column(col, justify="left" if col == "class" else "right")
     for c, v in ink.items():
         a = acc.get(c, float("nan"))
-        table.add_row(safe(c), _num(v, ".3f"), "-" if np.isnan(a) else f"{a * 100:.2f}")
+        table.add_row(safe(c), _num(v, ".3f"), percent(a, 2))
     return table
 
 
@@ -210,11 +211,11 @@ def compare_tables(cmp) -> list[Table]:
     """`compare.Comparison` as two tables: accuracy side by side, then the paired layers (the
     title says how they were paired: by name or by relative depth)."""
     oa, ob = cmp.overall
-    acc = Table(title=f"accuracy: A {safe(cmp.a.path)} ({'-' if oa is None else f'{oa * 100:.2f}%'}) vs "
-                      f"B {safe(cmp.b.path)} ({'-' if ob is None else f'{ob * 100:.2f}%'})")
+    acc = Table(title=f"accuracy: A {safe(cmp.a.path)} ({'-' if oa is None else f'{percent(oa, 2)}%'}) vs "
+                      f"B {safe(cmp.b.path)} ({'-' if ob is None else f'{percent(ob, 2)}%'})")
     for col in ("class", "A %", "B %", "B − A"):
         acc.add_column(col, justify="left" if col == "class" else "right")
-    pct = lambda v: "-" if np.isnan(v) else f"{v * 100:.2f}"  # noqa: E731
+    pct = lambda v: percent(v, 2)  # noqa: E731
     for c, r in cmp.accuracy.iterrows():
         acc.add_row(safe(c), pct(r["accuracy_a"]), pct(r["accuracy_b"]), pct(r["difference"]))
     how = set(cmp.layers["paired_by"]) if len(cmp.layers) else {"depth"}
@@ -237,7 +238,7 @@ def importance_table(run: Run, name: str, n: int) -> Table:
     """A rich table of the `n` units of `name` that matter most for the correct class."""
     df = run.unit_importance(name)
     table = Table(title=f"{safe(name)}: units that matter most for the correct class "
-                        f"({df.attrs['images']} images, accuracy {df.attrs['base_accuracy'] * 100:.2f}%)")
+                        f"({df.attrs['images']} images, accuracy {percent(df.attrs['base_accuracy'], 2)}%)")
     for col in df.columns:
         table.add_column(col, justify="right")
     for row in df.head(n).itertuples(index=False):
@@ -293,7 +294,7 @@ def print_mined(run: Run, progress: RichProgress, no_logits: bool, console: Cons
     console.print(layers_table(run))
     acc = run.accuracy()
     console.print(f"{run.images_done} images, {progress.images} this session in {progress.seconds:.1f} s"
-                  + (f"; accuracy {acc * 100:.2f}%" if acc is not None else "") + f" → {safe(run.path)}")
+                  + (f"; accuracy {percent(acc, 2)}%" if acc is not None else "") + f" → {safe(run.path)}")
     if no_logits:
         logging.getLogger("sketchmine").warning("--no-logits: the forward pass stopped after the deepest mined "
                                                 "layer; no predictions or accuracy were written")

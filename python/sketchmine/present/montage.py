@@ -70,7 +70,8 @@ def infinite(v: Any) -> str | None:
 def restore_infinities(d: dict[str, Any], summary: LayerSummary, u: int) -> dict[str, Any]:
     """`d` (unit u's `LayerSummary.unit`) with the infinities it wrote as None (JSON has none)
     put back as "inf" / "-inf": a unit that overflowed reached them, and "-" would say it has
-    no value. Top and bottom values, the maximum, the quantiles and the mean."""
+    no value. Top and bottom values, the maximum, the quantiles, the mean and the class means
+    (not the bins' bounds, which the dashboard places on its axis)."""
     for key, ranked in (("top", summary.top), ("bottom", summary.bottom)):
         for e in d.get(key) or []:
             if e["value"] is None:
@@ -82,6 +83,7 @@ def restore_infinities(d: dict[str, Any], summary: LayerSummary, u: int) -> dict
     m = d.get("moments")
     if m is not None and m.get("mean") is None and summary.moments is not None:
         m["mean"] = infinite(summary.moments["max_mean"][u])
+    summary.class_mean_infinities(d)
     return d
 
 

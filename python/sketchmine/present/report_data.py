@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from sketchmine.errors import SketchmineError
+from sketchmine.results.numbers import percent  # noqa: F401  (report.py, plots.py and montage.py take it from here)
 from sketchmine.results.run import Run
 from sketchmine.results.traces import MAX_TRACE_IMAGES, entry_steps, read_traces
 
@@ -160,22 +161,6 @@ def num(v: Any) -> float | None:
     """A float for JSON: None for NaN and infinities."""
     v = float(v)
     return None if np.isnan(v) or np.isinf(v) else v
-
-
-def percent(a: float | None, decimals: int = 1) -> str:
-    """A fraction as a percentage without the number sign ("99.95"): 100 or 0 only when exact;
-    a fraction that rounds to either gets more decimals (up to 6, then "> 99.999999" /
-    "< 0.000001"), so 1999 of 2000 never reads as all. "-" for None or NaN."""
-    if a is None or np.isnan(a):
-        return "-"
-    v = float(a) * 100
-    if v in (0.0, 100.0):
-        return f"{v:.0f}"
-    for d in range(decimals, 7):
-        text = f"{v:.{d}f}"
-        if float(text) not in (0.0, 100.0):
-            return text
-    return "> 99.999999" if v > 50 else "< 0.000001"
 
 
 def jnum(v: Any) -> float | str | None:

@@ -21,7 +21,6 @@ import numpy as np
 
 from sketchmine.present.montage import restore_infinities, save_montage
 from sketchmine.present.report_data import PAGE_SIZE, THUMB, save_png, strip, to_js
-from sketchmine.results.distribution import QuantileBounds, quantile_bounds
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary, pictures_current
 
@@ -80,14 +79,10 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
     c = summary.units
     pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
     unreadable = len(run.attrs.get("bad_images") or [])  # counted in "images", in no statistic
-    bounds = quantile_bounds(run, name, summary.quantiles) if summary.q_values is not None else None
     for p in range(pages):
         units = []
         for u in range(p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)):
             d = restore_infinities(summary.unit(u), summary, u)
-            mark_coarse(d, bounds, u)
-            if d.get("class_means") is not None:  # a class none of whose maps held a number is no preference
-                d["class_means"] = [c for c in d["class_means"] if c["mean"] is not None]
             if u in slides:
                 save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d)
                 d["montage"] = f"../montage/{lid}/{u}.png"
@@ -101,17 +96,6 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
     (out / "units").mkdir(exist_ok=True)
     (out / "units" / f"{lid}.html").write_text(_page(run, name, lid, c, pages, len(slides)), encoding="utf-8")
     return sorted(slides)
-
-
-def mark_coarse(d: dict[str, Any], bounds: QuantileBounds | None, u: int) -> None:
-    """Give the dashboard's quantiles their resolution: "bound" per quantile, None where the
-    estimate is 1/65-accurate, else the bound it obeys (x < bound, or x > bound when negative):
-    below the sketch's floor an estimate may be far above the true value (a softmax of 1e-16
-    read as 1.6e-5), so the page shows "< bound" there, never a value."""
-    if bounds is None or d.get("quantiles") is None:
-        return
-    d["quantiles"]["bound"] = [float(b) if c else None for c, b in zip(bounds.coarse[u], bounds.bound[u])]
-    d["quantiles"]["floor"] = [float(f) for f in bounds.floor[u]]
 
 
 PICTURE_GROUPS = {"bottom": "bottom_pictures", "bins": "bin_pictures"}

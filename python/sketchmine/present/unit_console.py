@@ -11,6 +11,7 @@ from rich.table import Table
 
 from sketchmine.present.console import safe
 from sketchmine.present.json_out import print_json
+from sketchmine.results.numbers import percent
 from sketchmine.results.run import open_run
 from sketchmine.results.unit_summary import LayerSummary
 
@@ -21,7 +22,7 @@ def _f(v: float | str | None, fmt: str = ".4g") -> str:
 
 
 def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{v * 100:.2f}"
+    return percent(v, 2)
 
 
 def overview_table(d: dict[str, Any]) -> Table:
@@ -66,7 +67,11 @@ def distribution_table(d: dict[str, Any]) -> Table:
     t = Table(title="quantiles of the image maxima")
     for p in q["q"]:
         t.add_column(f"q{p * 100:g}", justify="right")
-    t.add_row(*[_f(v) for v in q["values"]])
+    bounds = q.get("bound") or [None] * len(q["values"])
+    t.add_row(*[_f(v) if b is None else (f"< {_f(b)}" if b > 0 else f"> {_f(b)}") for v, b in zip(q["values"], bounds)])
+    if any(b is not None for b in bounds):  # the sketch keeps 16 octaves below the maximum
+        t.caption = ("< b / > b: below the sketch's resolution (16 octaves under the largest value of that sign) "
+                     "only the bound is known, not the value")
     return t
 
 

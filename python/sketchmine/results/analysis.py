@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from sketchmine.results.numbers import percent
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import spearman
 
@@ -39,7 +40,7 @@ def unit_classes(run: Run, layer: str, unit: int) -> pd.DataFrame:
 
 def performance_line(df: pd.DataFrame) -> str:
     """'zebra 92.86 mouse 71.43 …' from `unit_classes` (accuracy in percent, '-' unknown)."""
-    return " ".join(f"{c if c is not None else '?'} {'-' if np.isnan(a) else f'{a * 100:.2f}'}"
+    return " ".join(f"{c if c is not None else '?'} {percent(a, 2)}"
                     for c, a in zip(df["class"], df["accuracy"]))
 
 

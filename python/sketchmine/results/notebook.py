@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from sketchmine.errors import SketchmineError
+from sketchmine.results.numbers import percent
 
 if TYPE_CHECKING:
     from sketchmine.results.run import Run
@@ -34,7 +35,7 @@ def state(run: Run) -> str:
 
 def accuracy_text(run: Run) -> str:
     acc = run.accuracy() if run.complete else None
-    return "-" if acc is None else f"{acc * 100:.2f}%"
+    return "-" if acc is None else f"{percent(acc, 2)}%"
 
 
 def run_repr(run: Run) -> str:

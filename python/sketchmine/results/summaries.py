@@ -36,7 +36,8 @@ def selectivity_index(mean: np.ndarray) -> pd.Series:
     """Class-selectivity index per unit (Morcos et al. 2018) from class means (C, K):
     (mu_max - mu_rest) / (mu_max + mu_rest). Pre-ReLU taps can have negative class means, where
     the index is undefined: NaN unless mu_max > 0 and mu_rest >= 0."""
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a unit of all-NaN maps: NaN, said by the readers
         mu_max = np.nanmax(mean, axis=1) if mean.shape[1] else np.full(len(mean), np.nan)
         n = np.sum(~np.isnan(mean), axis=1)
         mu_rest = (np.nansum(mean, axis=1) - mu_max) / (n - 1)

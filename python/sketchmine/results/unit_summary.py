@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sketchmine.errors import SketchmineError
+from sketchmine.results.distribution import quantile_bounds
 from sketchmine.results.effects import not_ablatable
 from sketchmine.results.run import Run
 
@@ -81,6 +82,9 @@ class LayerSummary:
         self.bottom = self._get("bottom", "bottomk", layer)
         self.quantiles = tuple(float(q) for q in quantiles)
         self.q_values = self._get("quantiles", "quantiles", layer, np.asarray(self.quantiles))
+        # where an estimate falls below the sketch's resolution, only a bound holds (a softmax
+        # quantile of 1e-16 reads as 1.6e-5): every view shows those as "< bound"
+        self.q_bounds = None if self.q_values is None else quantile_bounds(run, layer, np.asarray(self.quantiles))
         self.hist = self._get("histogram", "histogram", layer)
         self.bins = self._get("bins", "quantile_examples", layer)
         self.bin_edges = self._get("bins", "example_edges", layer) if self.bins is not None else None
@@ -146,6 +150,15 @@ class LayerSummary:
         out = self._unit(self.check_unit(unit))
         return self._infinities(out) if infinities else out
 
+    def class_mean_infinities(self, d: dict[str, Any]) -> None:
+        """d's class means that are +inf / -inf (written None) as "inf" / "-inf"."""
+        if d.get("class_means") is None or self.class_means is None:
+            return
+        row = np.asarray(self.class_means[0][d["unit"]], dtype=np.float64)
+        for c in d["class_means"]:
+            if c["mean"] is None:
+                c["mean"] = infinite(row[self.names.index(c["class"])])
+
     def _infinities(self, d: dict[str, Any]) -> dict[str, Any]:
         u = d["unit"]
         for key, ranked in (("top", self.top), ("bottom", self.bottom)):
@@ -158,6 +171,7 @@ class LayerSummary:
         m = d["moments"]
         if m is not None and m["mean"] is None and self.moments is not None:
             m["mean"] = infinite(self.moments["max_mean"][u])
+        self.class_mean_infinities(d)
         if d["bins"] is not None and self.bin_edges is not None:
             edges = np.asarray(self.bin_edges)[u]
             for b in d["bins"]:
@@ -177,8 +191,7 @@ class LayerSummary:
             "bottom": self._entries(self.bottom, u) if self.bottom is not None else None,
             "classes_top": self._classes_top(top),
             "classes_top_unlabelled": sum(e["cls"] is None for e in top), "moments": self._unit_moments(u),
-            "quantiles": None if self.q_values is None else
-            {"q": list(self.quantiles), "values": [num(v) for v in np.asarray(self.q_values)[u]]},
+            "quantiles": None if self.q_values is None else self._quantiles(u),
             "histogram": None if self.hist is None else
             {"edges": [num(v) for v in self.hist[0][u]], "counts": [int(c) for c in self.hist[1][u]]},
             "bins": self._bins(u), "class_means": self._class_means(u), "effects": self._effects(u),
@@ -189,6 +202,15 @@ class LayerSummary:
         if self.importance is not None and out["importance"] is None:
             out["missing"]["importance"] = "this unit is not in the stored importance result"
         return out
+
+    def _quantiles(self, u: int) -> dict[str, Any]:
+        """q, the estimates, and per quantile its bound (None where the estimate is 1/65-accurate;
+        else x < bound, or x > bound when negative) and the sketch's floor per sign."""
+        b = self.q_bounds
+        assert b is not None
+        return {"q": list(self.quantiles), "values": [num(v) for v in np.asarray(self.q_values)[u]],
+                "bound": [float(x) if c else None for c, x in zip(b.coarse[u], b.bound[u])],
+                "floor": [float(f) for f in b.floor[u]]}
 
     def _classes_top(self, top: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         """The classes among the unit's labelled top-k images, most frequent first (ties in class
@@ -225,12 +247,14 @@ class LayerSummary:
                 for b in range(index.shape[1])]
 
     def _class_means(self, u: int) -> list[dict[str, Any]] | None:
-        """Classes by the unit's mean image maximum over all their images, highest first."""
+        """Classes by the unit's mean image maximum over all their images, highest first; a class
+        none of whose maps held a number (NaN mean) is no preference and is left out."""
         if self.class_means is None:
             return None
         mean, count = self.class_means
         row = np.asarray(mean[u], dtype=np.float64)
-        order = [int(c) for c in np.argsort(-np.nan_to_num(row, nan=-np.inf), kind="stable")[:CLASSES_SHOWN]]
+        ranked = np.argsort(-np.nan_to_num(row, nan=-np.inf), kind="stable")
+        order = [int(c) for c in ranked if not np.isnan(row[c])][:CLASSES_SHOWN]
         return [{"class": self.names[c], "mean": num(row[c]), "images": int(count[u, c]),
                  "acc": num(self.acc[c])} for c in order if c < len(self.names)]
 

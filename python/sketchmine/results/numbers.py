@@ -1,0 +1,21 @@
+"""How numbers are written for people: one rule for percentages everywhere (console, notebook,
+report, slides), so no view calls 1,999 of 2,000 "100%"."""
+from __future__ import annotations
+
+import math
+
+
+def percent(a: float | None, decimals: int = 1) -> str:
+    """A fraction as a percentage without the number sign ("99.95"): 100 or 0 only when exact;
+    a fraction that rounds to either gets more decimals (up to 6, then "> 99.999999" /
+    "< 0.000001"), so 1999 of 2000 never reads as all. "-" for None or NaN."""
+    if a is None or math.isnan(a):
+        return "-"
+    v = float(a) * 100
+    if v in (0.0, 100.0):
+        return f"{v:.0f}"
+    for d in range(decimals, 7):
+        text = f"{v:.{d}f}"
+        if float(text) not in (0.0, 100.0):
+            return text
+    return "> 99.999999" if v > 50 else "< 0.000001"
