@@ -115,6 +115,55 @@ def test_report_replaces_its_own_folder_and_refuses_a_foreign_one(run_copy, tmp_
     assert afile.read_text() == "x"
 
 
+def test_report_refuses_a_folder_with_a_link_or_a_folder_it_did_not_write(run_copy, tmp_path):
+    """A link to a folder and an empty folder put into a report folder were removed by the next
+    report without a word (only files were checked): refused now, naming them; and the same
+    run gives the same report byte for byte (the SVGs held a date and random ids)."""
+    rep = tmp_path / "rep"
+    write_report(run_copy, rep)
+    first = tree(rep)
+    write_report(run_copy, rep)
+    timed = re.compile(rb"written by sketchmine in [0-9.]+ s")  # the one line that says how long it took
+    assert {k: timed.sub(b"", v) for k, v in tree(rep).items()} == {k: timed.sub(b"", v) for k, v in first.items()}
+    data = tmp_path / "my_data"
+    data.mkdir()
+    (data / "keep.txt").write_text("mine")
+    (rep / "my_data_link").symlink_to(data, target_is_directory=True)
+    with pytest.raises(sketchmine.SketchmineError, match=r"did not write \(my_data_link/\)"):
+        write_report(run_copy, rep)
+    (rep / "my_data_link").unlink()
+    (rep / "my_notes").mkdir()
+    with pytest.raises(sketchmine.SketchmineError, match=r"did not write \(my_notes/\)"):
+        write_report(run_copy, rep)
+    assert (rep / "my_notes").is_dir() and (data / "keep.txt").read_text() == "mine"
+
+
+def test_a_report_stopped_while_swapped_in_from_inside_its_folder_is_written_again(run_copy, tmp_path, monkeypatch):
+    """With the shell inside the report folder the report is swapped in entry by entry; a stop
+    there (here: a rename that fails part-way, as a kill would stop it) left a folder without
+    its marker that every later report refused. It is marked partial first now."""
+    from sketchmine.present import report_folder
+
+    rep = tmp_path / "rep"
+    write_report(run_copy, rep)
+    monkeypatch.chdir(rep)
+    real, calls = os.replace, []
+
+    def stop_on_third(a, b):  # os.replace itself, stopped at the third entry (a KeyboardInterrupt, as Ctrl-C)
+        calls.append(b)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(a, b)
+
+    monkeypatch.setattr(report_folder.os, "replace", stop_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(run_copy, rep)
+    monkeypatch.setattr(report_folder.os, "replace", real)
+    assert json.loads((rep / MARKER).read_text()).get("partial")
+    write_report(run_copy, rep)  # the same command writes it again
+    assert (rep / "index.html").is_file() and not json.loads((rep / MARKER).read_text()).get("partial")
+
+
 def test_a_killed_report_leaves_the_previous_one_and_its_leftover_is_cleaned(run_copy, tmp_path):
     rep = tmp_path / "rep"
     write_report(run_copy, rep)

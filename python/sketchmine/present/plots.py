@@ -22,15 +22,19 @@ from sketchmine.results.run import Run
 FORMATS = ("png", "svg")
 
 
+_NO_DATE = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}}
+
+
 def _save(fig: Figure, base: Path, formats: tuple[str, ...]) -> list[Path]:
     """base.png, base.svg …; returns the files written."""
     base.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for fmt in formats:
         path = base.with_name(f"{base.name}.{fmt}")
-        with warnings.catch_warnings():  # class names in scripts the default font lacks: boxes, not errors
-            warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
-            fig.savefig(path, format=fmt, dpi=110, bbox_inches="tight")
+        with warnings.catch_warnings(), matplotlib.rc_context({"svg.hashsalt": "sketchmine"}):
+            warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)  # class names the font lacks
+            # no date and fixed ids: the same run gives the same report, byte for byte
+            fig.savefig(path, format=fmt, dpi=110, bbox_inches="tight", metadata=_NO_DATE.get(fmt))
         out.append(path)
     return out
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from sketchmine.errors import SketchmineError
 
@@ -50,14 +51,46 @@ def check_report_dir(out: str | os.PathLike, run_path: str | os.PathLike | None 
             raise SketchmineError(f"report folder {shown}: {MARKER} is not a sketchmine report marker; "
                                   "choose a new or empty folder")
         if not info.get("partial"):
-            mine = set(info.get("files") or [])
-            foreign = sorted(str(p.relative_to(target)) for p in target.rglob("*")
-                             if not p.is_dir() and p.name != MARKER and str(p.relative_to(target)) not in mine)
+            foreign = foreign_entries(target, info)
             if foreign:
                 more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
                 raise SketchmineError(f"report folder {shown} holds files the report did not write "
                                       f"({', '.join(foreign[:3])}{more}); move them, or choose another folder")
     return target
+
+
+def foreign_entries(target: Path, info: dict[str, Any]) -> list[str]:
+    """What the report folder holds that the report (its marker `info`) did not write: files,
+    links (to files or folders: a report writes none; removing one would reach past the
+    folder) and folders that hold none of its files (a marker that lists its folders; older
+    ones list files only, so only their files and links are checked)."""
+    mine = set(info.get("files") or [])
+    folders = info.get("folders")
+    ours = set(folders or []) | {str(Path(f).parent) for f in mine}
+    foreign = []
+    for root, dirs, files in os.walk(target):  # links are entries here, never folders to enter
+        for name in dirs + files:
+            p = Path(root) / name
+            rel = str(p.relative_to(target))
+            if rel == MARKER:
+                continue
+            if p.is_symlink() or not p.is_dir():
+                if p.is_symlink() or rel not in mine:
+                    foreign.append(rel + ("/" if p.is_dir() else ""))
+            elif folders is not None and rel not in ours:
+                foreign.append(rel + "/")
+    return sorted(foreign)
+
+
+def report_marker(run_path: str, tmp: Path) -> str:
+    """The marker of a finished report in `tmp`: the files and folders it wrote."""
+    files: list[str] = []
+    folders: list[str] = []
+    for p in sorted(tmp.rglob("*")):
+        rel = str(p.relative_to(tmp))
+        if rel != MARKER:
+            (folders if p.is_dir() else files).append(rel)
+    return json.dumps({"sketchmine": "report", "run": run_path, "files": files, "folders": folders}) + "\n"
 
 
 def remove_stale(target: Path) -> None:
@@ -107,10 +140,14 @@ def swap_in(tmp: Path, target: Path) -> None:
         return
     cwd = Path.cwd().resolve()
     if inside(cwd, target):  # keep the folder itself (a shell sitting in it keeps seeing it): swap its entries
+        # marked partial first, its new marker last: a kill in between leaves a folder the same
+        # command writes again (not the previous report: that went with the first removal)
+        (target / MARKER).write_text(json.dumps({"sketchmine": "report", "partial": True}) + "\n")
         for p in list(target.iterdir()):
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        for p in list(tmp.iterdir()):
-            os.rename(p, target / p.name)
+            if p.name != MARKER:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        for p in sorted(tmp.iterdir(), key=lambda q: q.name == MARKER):
+            os.replace(p, target / p.name)
         tmp.rmdir()
         return
     if exchange(tmp, target):  # tmp now holds the previous report
