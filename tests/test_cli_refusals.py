@@ -76,7 +76,7 @@ def test_probe_size_differing_from_the_recorded_one_is_refused(run_dir, tmp_path
     assert "56×56" in line and "28×28" in line and "classifier.6" in line
     assert not (tmp_path / "p").exists()
     assert cli(["probe", str(run_dir), "--out", str(tmp_path / "p"), "--size", "28", "28"]) == 0  # the same: fine
-    assert json.loads((tmp_path / "p" / ".sketchmine-probe").read_text()) == {"sketchmine": "probe"}
+    assert json.loads((tmp_path / "p" / ".sketchmine-probe").read_text()) == {"sketchmine": "probe", "complete": True}
 
 
 def test_probe_forward_that_fails_at_the_given_size_is_one_line(folder, tmp_path, capsys):

@@ -146,8 +146,11 @@ def test_ctrl_c_while_a_command_starts_is_one_line_and_exit_130(tmp_path):
         _, err = proc.communicate(timeout=120)
         outcomes.append((delay, proc.returncode, err.strip()))
     for delay, rc, err in outcomes:
-        if rc in (130, 3):
-            assert len(err.splitlines()) == 1, (delay, rc, err[-400:])
+        # a Ctrl-C after main() returned lands in Python's own shutdown, which reports it itself
+        err = err.split("Exception ignored in")[0].strip()
+        if err.startswith("sketchmine: "):  # the one line: interrupted (130), or the command's own
+            # refusal (3; a Ctrl-C after it, while Python exits, can end it by the signal: -2)
+            assert rc in (130, 3, -signal.SIGINT) and len(err.splitlines()) == 1, (delay, rc, err[-400:])
         else:  # before main() runs (Python's start-up, the CLI module's own light imports): Python's
             # plain KeyboardInterrupt, never inside numpy's, torch's or the core's loading, nor a crash
             assert rc in (1, -signal.SIGINT) and err.splitlines()[-1] == "KeyboardInterrupt" and not any(

@@ -307,10 +307,10 @@ def _import_holding_ctrl_c() -> None:
         import pandas  # noqa: F401
         import rich.console  # noqa: F401
         import torch  # noqa: F401
-        import zarr  # noqa: F401
 
         import sketchmine.present.logs  # noqa: F401
         import sketchmine.stats.ops  # noqa: F401  (the compiled core)
+        import sketchmine.store.runstore  # noqa: F401  (Zarr, which only the store imports)
     finally:
         signal.signal(signal.SIGINT, previous)
     if came:

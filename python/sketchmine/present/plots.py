@@ -118,7 +118,7 @@ def ink_plot(run: Run, out: str | os.PathLike, formats: tuple[str, ...] = FORMAT
 def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
     """Bar charts, one per layer, of its n most important units (drop in correct-class
     probability when the unit is zeroed; accuracy drop annotated), from the stored results."""
-    from sketchmine.results.run import check_count
+    from sketchmine.results.checks import check_count
 
     names = [layers] if isinstance(layers, str) else list(layers)
     n = check_count(n)

@@ -98,7 +98,7 @@ class UnitCard:
     def top_classes(self, n: int = TOP_CLASSES) -> pd.DataFrame | None:
         """The `n` classes with the highest mean image maximum of this unit over ALL labelled images
         (mean, images); None when the run has no class statistics."""
-        from sketchmine.results.run import check_count  # run.py imports this module
+        from sketchmine.results.checks import check_count
 
         n = check_count(n)
         try:

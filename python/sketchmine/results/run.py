@@ -14,6 +14,7 @@ import pandas as pd
 
 from sketchmine.errors import SketchmineError, closest
 from sketchmine.results import importance_store, summaries
+from sketchmine.results.checks import check_array_name, check_count
 from sketchmine.results.notebook import UnitCard, run_html, run_repr
 from sketchmine.results.summaries import class_counts
 from sketchmine.results.unit_views import UnitViews
@@ -23,7 +24,7 @@ from sketchmine.stats.topk import flat_to_yx
 from sketchmine.store import schema
 from sketchmine.store.runstore import RunStore
 
-__all__ = ["Run", "check_count", "class_counts", "open_run"]
+__all__ = ["Run", "class_counts", "open_run"]
 
 
 class Run(UnitViews):
@@ -386,26 +387,9 @@ class Run(UnitViews):
         return run_html(self)
 
 
-def check_array_name(name: str) -> str:
-    """`name` when the schema declares it as a layer array; a typo is an unknown name (listing the
-    valid ones), not a run "damaged" by a missing array."""
-    if isinstance(name, str) and name in schema.LAYER_DIMENSIONS:
-        return name
-    hint = closest(name, schema.LAYER_DIMENSIONS) if isinstance(name, str) else []
-    raise SketchmineError(f"unknown layer array name {name!r}" + (f" (closest: {', '.join(hint)})" if hint else "")
-                          + f"; a layer's arrays are {', '.join(schema.LAYER_DIMENSIONS)}")
-
-
 def _keep_attrs(df: pd.DataFrame, source: pd.DataFrame) -> pd.DataFrame:
     df.attrs.update(source.attrs)
     return df
-
-
-def check_count(n: int) -> int:
-    """A number of rows asked for: at least 1 (pandas would read 0 and -1 as "none" and "all but one")."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise SketchmineError(f"n must be a whole number of at least 1, got {n!r}")
-    return int(n)
 
 
 def open_run(path: str | os.PathLike) -> Run:
