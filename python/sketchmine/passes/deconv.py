@@ -136,8 +136,7 @@ def _is_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         return node.target == "relu_"
     if node.target in _IN_PLACE_FUNCS:
         return True
-    return node.target is nn.functional.relu and \
-        bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
+    return node.target is nn.functional.relu and _inplace_argument(node)
 
 
 def _rectifier(node: fx.Node, modules: dict[str, nn.Module], method: str) -> _RuleRectifier | None:

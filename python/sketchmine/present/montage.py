@@ -61,36 +61,9 @@ def montage_optimized(run: Run, layer: str, unit: int) -> np.ndarray | None:
     return run.optimized(layer, int(unit))
 
 
-def infinite(v: Any) -> str | None:
-    """"inf" / "-inf" for an infinite value, else None."""
-    f = float(v)
-    return ("inf" if f > 0 else "-inf") if np.isinf(f) else None
-
-
-def restore_infinities(d: dict[str, Any], summary: LayerSummary, u: int) -> dict[str, Any]:
-    """`d` (unit u's `LayerSummary.unit`) with the infinities it wrote as None (JSON has none)
-    put back as "inf" / "-inf": a unit that overflowed reached them, and "-" would say it has
-    no value. Top and bottom values, the maximum, the quantiles, the mean and the class means
-    (not the bins' bounds, which the dashboard places on its axis)."""
-    for key, ranked in (("top", summary.top), ("bottom", summary.bottom)):
-        for e in d.get(key) or []:
-            if e["value"] is None:
-                e["value"] = infinite(ranked[0][u, e["rank"]])
-    d["max"] = d["top"][0]["value"] if d.get("top") else None
-    if d.get("quantiles") is not None and summary.q_values is not None:
-        d["quantiles"]["values"] = [v if v is not None else infinite(x)
-                                    for v, x in zip(d["quantiles"]["values"], np.asarray(summary.q_values)[u])]
-    m = d.get("moments")
-    if m is not None and m.get("mean") is None and summary.moments is not None:
-        m["mean"] = infinite(summary.moments["max_mean"][u])
-    summary.class_mean_infinities(d)
-    return d
-
-
 def unit_info(run: Run, layer: str, unit: int) -> dict[str, Any]:
     """Unit `unit`'s summary as the slide and the dashboard show it (infinities kept)."""
-    summary = LayerSummary(run, layer)
-    return restore_infinities(summary.unit(unit), summary, int(unit))
+    return LayerSummary(run, layer).unit(unit, infinities=True, infinite_bins=False)
 
 
 def value_text(v: Any, spec: str = ".3g") -> str:

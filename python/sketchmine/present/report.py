@@ -30,7 +30,7 @@ import numpy as np
 from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.present import plots
 from sketchmine.present.report_data import PAGE_SIZE, importance_ranks, layer_data, layer_ids, percent
-from sketchmine.present.report_folder import MARKER, TMP, check_report_dir, remove_stale, report_marker, swap_in
+from sketchmine.present.report_folder import MARKER, PARTIAL, TMP, check_report_dir, remove_stale, report_marker, swap_in
 from sketchmine.present.report_unit import MONTAGES, unit_pages
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis
@@ -292,7 +292,7 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
         if tmp.exists():  # our own leftover (same pid)
             shutil.rmtree(tmp)
         tmp.mkdir()
-        (tmp / MARKER).write_text(json.dumps({"sketchmine": "report", "partial": True}) + "\n")
+        (tmp / MARKER).write_text(PARTIAL)
         _build(run, tmp, images, t0, probe, montages)
         (tmp / MARKER).write_text(report_marker(str(run.path), tmp))
         swap_in(tmp, target)

@@ -19,6 +19,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.results.numbers import percent  # noqa: F401  (report.py, plots.py and montage.py take it from here)
 from sketchmine.results.run import Run
 from sketchmine.results.traces import MAX_TRACE_IMAGES, entry_steps, read_traces
+from sketchmine.results.unit_summary import infinite, num
 
 PAGE_SIZE = 64
 THUMB = 96
@@ -157,19 +158,10 @@ def optimized_tile(run: Run, name: str, u: int, lid: str, img_dir: Path, opt: di
             "peak": num(run.optimized(name, u, key="optimized_peak"))}
 
 
-def num(v: Any) -> float | None:
-    """A float for JSON: None for NaN and infinities."""
-    v = float(v)
-    return None if np.isnan(v) or np.isinf(v) else v
-
-
 def jnum(v: Any) -> float | str | None:
     """A value for the pages' JSON, which has no infinity: "inf" / "-inf" for an infinite one (a
     unit that overflowed really reached it; dom.js shows it as such), None for NaN."""
-    v = float(v)
-    if np.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return None if np.isnan(v) else v
+    return infinite(v) or num(v)
 
 
 def importance_ranks(run: Run, name: str) -> dict[int, dict] | None:

@@ -16,6 +16,9 @@ MARKER = ".sketchmine-report"
 
 TMP = ".sketchmine-report-tmp-"
 
+PARTIAL = json.dumps({"sketchmine": "report", "partial": True}) + "\n"
+"""The marker of a report folder being written: any later report may replace it whole."""
+
 
 def inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
@@ -142,7 +145,7 @@ def swap_in(tmp: Path, target: Path) -> None:
     if inside(cwd, target):  # keep the folder itself (a shell sitting in it keeps seeing it): swap its entries
         # marked partial first, its new marker last: a kill in between leaves a folder the same
         # command writes again (not the previous report: that went with the first removal)
-        (target / MARKER).write_text(json.dumps({"sketchmine": "report", "partial": True}) + "\n")
+        (target / MARKER).write_text(PARTIAL)
         for p in list(target.iterdir()):
             if p.name != MARKER:
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sketchmine.present.montage import restore_infinities, save_montage
+from sketchmine.present.montage import save_montage
 from sketchmine.present.report_data import PAGE_SIZE, THUMB, save_png, strip, to_js
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary, pictures_current
@@ -82,7 +82,7 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
     for p in range(pages):
         units = []
         for u in range(p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)):
-            d = restore_infinities(summary.unit(u), summary, u)
+            d = summary.unit(u, infinities=True, infinite_bins=False)  # "inf" shown, unbounded bins skipped
             if u in slides:
                 save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d)
                 d["montage"] = f"../montage/{lid}/{u}.png"

@@ -142,24 +142,16 @@ class LayerSummary:
                  "y": int(yx[u, r, 0]), "x": int(yx[u, r, -1])}
                 for r in range(index.shape[1]) if index[u, r] >= 0]
 
-    def unit(self, unit: Any, infinities: bool = False) -> dict[str, Any]:
+    def unit(self, unit: Any, infinities: bool = False, infinite_bins: bool = True) -> dict[str, Any]:
         """Unit `unit`'s dashboard as a JSON-ready dict (see the module docstring). With
         `infinities`, for text: a value that is +inf / -inf (a unit that overflowed) is the string
         "inf" / "-inf" instead of None, which says "no value" (top and bottom values, the
-        maximum, the quantiles, the mean, the bins' bounds)."""
+        maximum, the quantiles, the mean, the class means and, unless `infinite_bins` is False,
+        the bins' bounds: the report's dashboard places bins on its axis and skips unbounded ones)."""
         out = self._unit(self.check_unit(unit))
-        return self._infinities(out) if infinities else out
+        return self._infinities(out, infinite_bins) if infinities else out
 
-    def class_mean_infinities(self, d: dict[str, Any]) -> None:
-        """d's class means that are +inf / -inf (written None) as "inf" / "-inf"."""
-        if d.get("class_means") is None or self.class_means is None:
-            return
-        row = np.asarray(self.class_means[0][d["unit"]], dtype=np.float64)
-        for c in d["class_means"]:
-            if c["mean"] is None:
-                c["mean"] = infinite(row[self.names.index(c["class"])])
-
-    def _infinities(self, d: dict[str, Any]) -> dict[str, Any]:
+    def _infinities(self, d: dict[str, Any], bins: bool) -> dict[str, Any]:
         u = d["unit"]
         for key, ranked in (("top", self.top), ("bottom", self.bottom)):
             for e in d.get(key) or []:
@@ -171,8 +163,12 @@ class LayerSummary:
         m = d["moments"]
         if m is not None and m["mean"] is None and self.moments is not None:
             m["mean"] = infinite(self.moments["max_mean"][u])
-        self.class_mean_infinities(d)
-        if d["bins"] is not None and self.bin_edges is not None:
+        if d["class_means"] is not None and self.class_means is not None:
+            row = np.asarray(self.class_means[0][u], dtype=np.float64)
+            for c in d["class_means"]:
+                if c["mean"] is None:
+                    c["mean"] = infinite(row[self.names.index(c["class"])])
+        if bins and d["bins"] is not None and self.bin_edges is not None:
             edges = np.asarray(self.bin_edges)[u]
             for b in d["bins"]:
                 b["lo"] = b["lo"] if b["lo"] is not None else infinite(edges[b["bin"]])

@@ -285,8 +285,8 @@ class RunningClassStats:
     def results(self, layer: str | None = None) -> Any:
         """The accumulator's final arrays (no `layer`): layers/<name>/{class_mean, class_count,
         class_nan_count} and dataset/{class_ink_density, class_image_count}, only when some
-        labelled image was seen (else none), whether or not its ink density could be measured. With `layer`: that layer's (class_mean, class_count),
-        see `results_of` (what analysis reads)."""
+        labelled image was seen (else none), whether or not its ink density could be measured.
+        With `layer`: that layer's (class_mean, class_count), see `results_of` (what analysis reads)."""
         if layer is not None:
             return self.results_of(layer)
         if self.labelled_images == 0:
