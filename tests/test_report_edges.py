@@ -287,11 +287,13 @@ def test_percentages_are_100_or_0_only_when_exact(tmp_path, inf_run, browser):  
     assert [_pct(1999 / 2000), _pct(1.0), _pct(0.0), _pct(1 / 2000), _pct(None)] == \
         ["99.95%", "100%", "0%", "0.1%", "-"]
     assert [percent(19999 / 20000, 2), percent(1e-9, 2), percent(float("nan"))] == ["99.995", "< 0.000001", "-"]
+    # an accuracy drop of one image in 50,000 (ablating a unit can help): "-0.002", never "-0.00"
+    assert [percent(-1 / 50000, 2), percent(1 / 50000, 2), percent(-0.0, 2)] == ["-0.002", "0.002", "0"]
     index = write_report(inf_run, tmp_path / "rep", montages=0)
     page, problems = _open(browser, (index.parent / "layers" / "00-boom.html").as_uri())
     page.wait_for_selector("#unit-0")
-    got = page.evaluate("() => [0.99995, 1, 0, 0.5, null, 1e-9].map(a => window.sketchmineDom.percent(a, 2))")
-    assert got == ["99.995", "100", "0", "50.00", "-", "< 0.000001"] and problems == []
+    got = page.evaluate("() => [0.99995, 1, 0, 0.5, null, 1e-9, -1 / 50000].map(a => window.sketchmineDom.percent(a, 2))")
+    assert got == ["99.995", "100", "0", "50.00", "-", "< 0.000001", "-0.002"] and problems == []
 
 
 def test_a_layer_visualize_never_reached_says_no_pictures_yet(tmp_path, demo_test_set):

@@ -75,7 +75,7 @@ def _importance_section(run: Run, name: str, lid: str) -> str:
         cells = [f'<td class="num" data-v="{u}"><a href="#page={u // PAGE_SIZE + 1}&amp;unit={u}">{u}</a></td>']
         for col, _ in IMPORTANCE_COLUMNS[1:]:
             v = float(r[col])
-            shown = "-" if np.isnan(v) else (f"{v * 100:.2f}" if col == "acc_drop" else f"{v:.4g}")
+            shown = percent(v, 2) if col == "acc_drop" else "-" if np.isnan(v) else f"{v:.4g}"
             cells.append(f'<td class="num" data-v="{"" if np.isnan(v) else repr(v)}">{e(shown)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     info = []

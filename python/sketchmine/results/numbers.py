@@ -8,14 +8,15 @@ import math
 def percent(a: float | None, decimals: int = 1) -> str:
     """A fraction as a percentage without the number sign ("99.95"): 100 or 0 only when exact;
     a fraction that rounds to either gets more decimals (up to 6, then "> 99.999999" /
-    "< 0.000001"), so 1999 of 2000 never reads as all. "-" for None or NaN."""
+    "< 0.000001"), so 1999 of 2000 never reads as all. A change (an accuracy drop) keeps its sign
+    the same way: one image in 50,000 is "-0.002", not "-0.00". "-" for None or NaN."""
     if a is None or math.isnan(a):
         return "-"
     v = float(a) * 100
     if v in (0.0, 100.0):
-        return f"{v:.0f}"
+        return "0" if v == 0 else "100"
     for d in range(decimals, 7):
         text = f"{v:.{d}f}"
         if float(text) not in (0.0, 100.0):
             return text
-    return "> 99.999999" if v > 50 else "< 0.000001"
+    return "> 99.999999" if v > 50 else "< 0.000001" if v > 0 else "> -0.000001"

@@ -45,7 +45,8 @@
     return x.toPrecision(p || 4);
   }
 
-  // a fraction as a percentage: 100 or 0 only when exact (1999 of 2000 is "99.95", not "100.00")
+  // a fraction as a percentage: 100 or 0 only when exact (1999 of 2000 is "99.95", not "100.00");
+  // a change keeps its sign the same way (one image in 50,000 is "-0.002", not "-0.00")
   function percent(a, decimals) {
     if (a === null || a === undefined || isNaN(a)) { return "-"; }
     var v = a * 100;
@@ -54,7 +55,7 @@
       var t = v.toFixed(d);
       if (parseFloat(t) !== 0 && parseFloat(t) !== 100) { return t; }
     }
-    return v > 50 ? "> 99.999999" : "< 0.000001";
+    return v > 50 ? "> 99.999999" : v > 0 ? "< 0.000001" : "> -0.000001";
   }
 
   window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent };

@@ -80,7 +80,7 @@
       var im = u.importance;
       c.appendChild(el("div", "imp", "importance rank " + im.rank + ": prob. drop " +
         (im.prob_drop === null ? "-" : im.prob_drop.toPrecision(3)) + ", accuracy drop " +
-        (im.acc_drop === null ? "-" : (im.acc_drop * 100).toFixed(2)) + " pt"));
+        dom.percent(im.acc_drop, 2) + " pt"));
     }
     function strip(label, src, w, h, per) {
       var r = el("div", "row");

@@ -55,7 +55,7 @@
     if (d.importance) {
       rows.push(["importance rank", d.importance.rank + " of " + d.units]);
       rows.push(["prob. drop when zeroed", fmt(d.importance.prob_drop, 3)]);
-      rows.push(["accuracy drop when zeroed", d.importance.acc_drop === null ? "-" : (d.importance.acc_drop * 100).toFixed(2) + " pt"]);
+      rows.push(["accuracy drop when zeroed", dom.percent(d.importance.acc_drop, 2) + " pt"]);
     }
     if (d.quantiles) {
       // below the sketch's resolution floor an estimate is no value, only a bound: shown as "< b"
