@@ -124,6 +124,26 @@ def _chunks(path: Path, array: str) -> list[Path]:
     return sorted((p for p in (path / array).rglob("*") if p.name != "zarr.json"), key=str)
 
 
+@pytest.mark.filterwarnings("ignore:Object at .* is not recognized:UserWarning")  # the look-alikes kept
+def test_temporary_files_of_killed_writes_are_removed_by_the_next_writer(tmp_path, mined, demo_model,
+                                                                         small_test_set):
+    """Zarr writes a file as `<name>.<uuid hex>.partial` and renames it into place; a SIGKILL
+    between the two left that file in the run for good. The next writer removes exactly those
+    files (a reader removes nothing) and the run reads as before."""
+    path = _copy(mined, tmp_path)
+    layer = path / "layers" / "features.3"
+    temps = [layer / f"zarr.{'3f' * 16}.partial", layer / "values" / f"c.0.{'a1' * 16}.partial"]
+    kept = [layer / "notes.partial", layer / "zarr.1234.partial", path / f"zarr.{'3f' * 16}.partial.txt"]
+    for p in temps + kept:
+        p.write_bytes(b'{"attributes": ')
+    assert sketchmine.open_run(path).topk("features.3")[0].shape[0] > 0 and all(p.exists() for p in temps)
+    run = sketchmine.mine(demo_model.module, small_test_set, layers=LAYERS, k=3, out=path, batch_size=100,
+                          flush_every=1)  # the complete run opened for writing: nothing to do
+    assert not any(p.exists() for p in temps) and all(p.exists() for p in kept)
+    assert_same_store(path, mined)
+    assert np.array_equal(run.topk("features.3")[0], sketchmine.open_run(mined).topk("features.3")[0])
+
+
 @pytest.mark.parametrize("damage", ["remove", "corrupt", "truncate"])
 def test_a_damaged_topk_chunk_is_an_error_naming_the_array(tmp_path, mined, damage):
     path = _copy(mined, tmp_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ from sketchmine.errors import SketchmineError, SketchmineFailure
 CREATING = "creating"
 MARKER = ".sketchmine-creating"
 """File inside a staging folder: it is ours, and the next creation may remove it."""
+WRITE_TEMP = re.compile(r"\.[0-9a-f]{32}\.partial$")
+"""Zarr writes each file of a run as `<name>.<uuid hex>.partial` and renames it into place."""
 
 
 class RunLock:
@@ -122,3 +125,17 @@ def stage(path: Path, lay_out: Callable[[Path], None]) -> None:
         if tmp.exists() and (tmp / MARKER).is_file():
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_write_temps(run: Path) -> list[Path]:
+    """Remove the temporary files of writes into `run` that a kill cut short (a SIGKILL between
+    Zarr's write and its rename leaves `zarr.<uuid>.partial` beside the file it was replacing).
+    They are this run's own, nothing reads them, and the caller holds the run's lock, so no
+    live write owns one. Returns what was removed."""
+    removed = []
+    for folder, _, files in os.walk(run):
+        for name in files:
+            if WRITE_TEMP.search(name):
+                (Path(folder) / name).unlink(missing_ok=True)
+                removed.append(Path(folder) / name)
+    return removed

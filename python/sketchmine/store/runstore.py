@@ -15,6 +15,7 @@ rewritten on resume.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -34,13 +35,12 @@ from sketchmine.store.checksums import block_sums, digest
 from sketchmine.store.columns import Columns
 from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
-from sketchmine.store.lock import RunLock, check_writable, stage
+from sketchmine.store.lock import RunLock, check_writable, remove_write_temps, stage
 
 __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_run", "put_rows"]
 
 SCHEMA_VERSION = schema.SCHEMA_VERSION
 _ROW_CHUNK = schema.ROW_CHUNK
-
 
 
 def _layer_groups(layers: dict[str, dict[str, Any]]) -> dict[str, GroupMetadata]:
@@ -73,12 +73,14 @@ class RunStore(Checkpoints):
     # ---- opening -------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> RunStore:
-        """Open an existing run; refuse anything that is not one, or a newer schema."""
+        """Open a run (refusing anything else or a newer schema); a writer first removes killed writes' temps."""
         p = Path(path)
         if not p.exists():
             raise SketchmineError(f"{p} does not exist")
         if not is_run(p):
             raise SketchmineError(f"{p} is not a sketchmine run (no run.zarr attributes found)")
+        if mode != "r":
+            remove_write_temps(p)
         group = zarr.open_group(str(p), mode=mode)
         version = group.attrs.get(schema.VERSION_ATTR)
         if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
@@ -179,8 +181,6 @@ class RunStore(Checkpoints):
 
     def _progress_on_disk(self) -> dict[str, Any]:
         """The committed progress as on disk now (zarr writes zarr.json atomically)."""
-        import json
-
         try:
             return dict(json.loads((self.path / "zarr.json").read_bytes())["attributes"]["progress"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
