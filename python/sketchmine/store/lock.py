@@ -7,6 +7,7 @@ whole. No Zarr here: the layout itself is `store.RunStore.create`'s.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sketchmine.errors import SketchmineError, SketchmineFailure
+from sketchmine.store.schema import VERSION_ATTR
 
 CREATING = "creating"
 MARKER = ".sketchmine-creating"
@@ -59,6 +61,8 @@ class RunLock:
             raise SketchmineError(
                 f"{self.run} is being written by another process; wait for it or stop it first"
             ) from None
+        if _is_run(self.run):  # no other writer lives now: what killed writes left is stale
+            remove_write_temps(self.run)
 
     def check_free(self) -> None:
         """Refuse now, as `acquire` would, if another process writes the run: a pass that
@@ -130,8 +134,8 @@ def stage(path: Path, lay_out: Callable[[Path], None]) -> None:
 def remove_write_temps(run: Path) -> list[Path]:
     """Remove the temporary files of writes into `run` that a kill cut short (a SIGKILL between
     Zarr's write and its rename leaves `zarr.<uuid>.partial` beside the file it was replacing).
-    They are this run's own, nothing reads them, and the caller holds the run's lock, so no
-    live write owns one. Returns what was removed."""
+    They are this run's own, nothing reads them, and the caller holds the run's lock (taking
+    it calls this), so no live write owns one. Returns what was removed."""
     removed = []
     for folder, _, files in os.walk(run):
         for name in files:
@@ -139,3 +143,11 @@ def remove_write_temps(run: Path) -> list[Path]:
                 (Path(folder) / name).unlink(missing_ok=True)
                 removed.append(Path(folder) / name)
     return removed
+
+
+def _is_run(path: Path) -> bool:
+    """A sketchmine run's folder (its root zarr.json carries the schema version), read without Zarr."""
+    try:
+        return VERSION_ATTR in json.loads((path / "zarr.json").read_bytes()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -35,7 +35,7 @@ from sketchmine.store.checksums import block_sums, digest
 from sketchmine.store.columns import Columns
 from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
-from sketchmine.store.lock import RunLock, check_writable, remove_write_temps, stage
+from sketchmine.store.lock import RunLock, check_writable, stage
 
 __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_run", "put_rows"]
 
@@ -73,14 +73,12 @@ class RunStore(Checkpoints):
     # ---- opening -------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> RunStore:
-        """Open a run (refusing anything else or a newer schema); a writer first removes killed writes' temps."""
+        """Open an existing run; refuse anything that is not one, or a newer schema."""
         p = Path(path)
         if not p.exists():
             raise SketchmineError(f"{p} does not exist")
         if not is_run(p):
             raise SketchmineError(f"{p} is not a sketchmine run (no run.zarr attributes found)")
-        if mode != "r":
-            remove_write_temps(p)
         group = zarr.open_group(str(p), mode=mode)
         version = group.attrs.get(schema.VERSION_ATTR)
         if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
