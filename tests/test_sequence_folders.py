@@ -72,6 +72,25 @@ def test_colour_images_are_drawn_by_their_ink_mask(gru_set):
     np.testing.assert_array_equal(frames[-1], rgb)
 
 
+@pytest.mark.parametrize("kind", ["grey+alpha", "rgba"])
+def test_an_alpha_channel_is_not_ink(gru_set, kind):
+    """The model never sees alpha (the preprocessing drops it): an opaque alpha made every pixel
+    ink, so the drawing grew around the image square instead of the silhouette (ink per step
+    2, 6, 13, … against 20, 39, 58, …) and the GRU's early predictions changed."""
+    grey = np.asarray(gru_set.images[:20])
+    opaque = np.full_like(grey[..., None], 255)
+    colour = grey[..., None] if kind == "grey+alpha" else np.repeat(grey[..., None], 3, axis=-1)
+    images = np.concatenate([colour, opaque], axis=-1)
+    for im, g in zip(images[:3], grey[:3]):
+        assert background_of(im) == background_of(g)
+        np.testing.assert_array_equal(pixel_order(im, background_of(im))[0], pixel_order(g, background_of(g))[0])
+    pre = gru_set.preprocessing
+    drawn = SequenceDataset(ArrayDataset(images, gru_set.labels()[:20], gru_set.class_names, pre, {}), 8)
+    plain = SequenceDataset(ArrayDataset(grey, gru_set.labels()[:20], gru_set.class_names, pre, {}), 8)
+    for i in range(20):
+        torch.testing.assert_close(drawn[i][1], plain[i][1], rtol=0, atol=1e-6)
+
+
 def test_folder_sequences_in_both_polarities_match_the_array_drawings(gru_set, folders):
     light, dark = folders
     pre = gru_set.preprocessing

@@ -61,10 +61,18 @@ def recorded_steps(sequence: dict[str, Any], what: str) -> int:
     return int(sequence["steps"])
 
 
+def seen_channels(image: np.ndarray) -> np.ndarray:
+    """The channels of a (H, W[, C]) image the model sees: grey + alpha and RGBA without their
+    alpha, which the preprocessing drops (`convert_channels`); an opaque alpha would make every
+    pixel ink."""
+    return image[..., :-1] if image.ndim == 3 and image.shape[-1] in (2, 4) else image
+
+
 def background_of(image: np.ndarray, ink: str = "auto") -> int:
     """The background value (0 or 255) of one uint8 (H, W) or (H, W, C) image for an `INKS` mode."""
     if check_ink(ink) != "auto":
         return 0 if ink == "light" else 255
+    image = seen_channels(image)
     gray = image.mean(axis=-1) if image.ndim == 3 else image
     border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
     return 0 if np.median(border) < 128 else 255
@@ -75,7 +83,7 @@ def pixel_order(image: np.ndarray, background: int = 0) -> tuple[np.ndarray, int
     indices, and how many of them (the first ones) are the outline."""
     if image.ndim not in (2, 3):
         raise SketchmineError(f"progressive drawing needs one (H, W) or (H, W, C) image, got shape {image.shape}")
-    fg = image != background
+    fg = seen_channels(image) != background
     fg = fg.any(axis=-1) if image.ndim == 3 else fg
     if not fg.any():
         return np.zeros(0, dtype=np.int64), 0
