@@ -75,6 +75,21 @@ def test_summary_and_unit_dashboard_with_unlabelled_images(partly):
         assert d["classes_top_unlabelled"] == int((lab < 0).sum())
 
 
+def test_a_unit_card_writes_an_unlabelled_image_as_a_question_mark(partly):
+    """The card's text and HTML and the seed's performance line wrote "nan" for a top-k image
+    without a label (the class column holds NaN there, not None)."""
+    from sketchmine.results.analysis import performance_line
+
+    run = partly
+    idx = run.topk("features.6")[1]
+    unit = next(u for u in range(idx.shape[0]) if (run.labels[idx[u]] < 0).any())
+    card = run.unit("features.6", unit)
+    want = ["?" if run.labels[i] < 0 else run.class_names[run.labels[i]] for i in idx[unit]]
+    assert repr(card).endswith(f"best first: {', '.join(want)}>")
+    assert [w.split(" ")[0] for w in performance_line(card.top).split(" ")[::2]] == want
+    assert "nan" not in card._repr_html_().replace("nan_", "")
+
+
 def test_bottom_classes_leave_out_classes_without_images(partly):
     run = partly
     for layer in ("features.6", "classifier.6"):

@@ -40,7 +40,7 @@ def unit_classes(run: Run, layer: str, unit: int) -> pd.DataFrame:
 
 def performance_line(df: pd.DataFrame) -> str:
     """'zebra 92.86 mouse 71.43 …' from `unit_classes` (accuracy in percent, '-' unknown)."""
-    return " ".join(f"{c if c is not None else '?'} {percent(a, 2)}"
+    return " ".join(f"{'?' if pd.isna(c) else c} {percent(a, 2)}"
                     for c, a in zip(df["class"], df["accuracy"]))
 
 

@@ -125,7 +125,7 @@ class UnitCard:
 
     def __repr__(self) -> str:
         top = self.top
-        classes = ", ".join("?" if c is None else f"{c}" for c in top["class"].tolist())
+        classes = ", ".join("?" if pd.isna(c) else f"{c}" for c in top["class"].tolist())
         return (f"<sketchmine.UnitCard {self.layer}[{self.unit}] of {str(self.run.path)!r}: max activation "
                 f"{self.max_activation:.4g}; classes of its top-{len(top)} images, best first: {classes}>")
 
@@ -142,7 +142,7 @@ class UnitCard:
                          f"{esc(str(self.run.path))} --layers {esc(self.layer)}</code> (or "
                          f"<code>sketchmine.visualize(run, [{esc(repr(self.layer))}])</code>) to add its patches "
                          "and deconvolutions</i></div>")
-        rows = "".join(f"<tr><td>{r}</td><td>{row['value']:.4g}</td><td>{esc(str(row['class']))}</td>"
+        rows = "".join(f"<tr><td>{r}</td><td>{row['value']:.4g}</td><td>{'?' if pd.isna(row['class']) else esc(str(row['class']))}</td>"
                        f"<td style='text-align:left'>{esc(str(row['path']))}</td></tr>"
                        for r, row in self.top.iterrows())
         parts.append(f"<table><caption>top-{self.run.k} images</caption><thead><tr><th>rank</th><th>value</th>"
