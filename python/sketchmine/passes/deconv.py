@@ -7,30 +7,28 @@ through a ReLU (Springenberg et al. 2015; Zeiler & Fergus 2014):
     deconvnet  grad_in = relu(grad_out)                (max-pool switches and transposed
     guided     grad_in = relu(grad_out) · [x > 0]       filters come from autograd)
 
-The other rectifiers (ReLU6, LeakyReLU, PReLU, ELU, GELU, SiLU, Hardswish, ...) get the
-same rules with their own derivative f'(x) in place of [x > 0]: deconvnet rectifies the
-signal and ignores the forward pass, guided rectifies it and multiplies by f'(x). Without
-this, "deconvnet" on a network of GELUs would silently be the plain gradient. Saturating
-nonlinearities (Sigmoid, Tanh), which no paper gives a rule for, pass the gradient.
+The other rectifiers (ReLU6, LeakyReLU, PReLU, ELU, GELU, SiLU, Hardswish, ...) get the same
+rules with their own f'(x) in place of [x > 0], else "deconvnet" on a network of GELUs would
+silently be the gradient. Sigmoid and Tanh, which no paper gives a rule for, pass the gradient.
 
-The model is traced with torch.fx into a new module whose ReLUs (modules, functions and
-in-place variants alike) call a rule-aware autograd function; the caller's model is
-never changed (it runs in eval mode during a call, and each module's training flag is put
-back after) and no hook outlives the call. Batched: one unit per image, one forward and
-one backward for the whole batch.
+The model is traced with torch.fx into a new module whose ReLUs (modules, functions, in-place
+variants) call a rule-aware autograd function; the caller's model is never changed (eval mode
+during a call, each module's training flag put back after) and no hook outlives the call.
+Batched: one unit per image, one forward and one backward for the whole batch.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 import inspect
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.model import cut
-from sketchmine.model.receptive_field import ReceptiveField, module_outputs, trace
+from sketchmine.model.receptive_field import ReceptiveField, module_outputs, position_coupled, trace
 from sketchmine.model.taps import SOFTMAX, tapped_element, to_units
 from sketchmine.stats.ops import crop_patches
 
@@ -109,9 +107,8 @@ _IN_PLACE_RECTIFIER_FUNCS = {_F.hardtanh_, _F.leaky_relu_, _F.rrelu_, _F.elu_, _
 
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """The model in eval mode inside the block; each module's own training flag put back
-    after, on errors too (a training model with a frozen BatchNorm comes back as it was).
-    The traced graphs share the model's modules, so this is what they run in."""
+    """The model (whose modules the traced graphs share) in eval mode inside the block; each
+    module's own training flag put back after, on errors too (a frozen BatchNorm stays frozen)."""
     was_training = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -163,8 +160,7 @@ def _inplace_argument(node: fx.Node) -> bool:
 
 def _later_users(node: fx.Node, value: fx.Node) -> list[fx.Node]:
     """The users of `value` that come after `node` in graph order."""
-    users, later = set(value.users), []
-    n = node.next
+    users, later, n = set(value.users), [], node.next
     while n.op != "root" and len(later) < len(users):
         if n in users:
             later.append(n)
@@ -212,15 +208,19 @@ class Deconvolver:
     the unit's signal), so visualising an early layer costs only the layers before it. A
     layer is found by its output node in the graph (`module_outputs`), so modules that
     tracing inlines (ResNet and Inception blocks) are visualised like leaf modules.
+    `layouts`: each layer's attributes as mined (`Run.layer_attrs`: how a time-first output was
+    read); a layer without them is probed once on one image, as the miner does (T images can't tell).
     """
 
-    def __init__(self, model: nn.Module, method: str = "deconvnet") -> None:
+    def __init__(self, model: nn.Module, method: str = "deconvnet",
+                 layouts: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         if method not in METHODS:
             raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
         self.model, self.method = model, method
         self.graph = _with_rule(model, method)  # run in eval mode by `_unit_outputs`
         self._outputs = module_outputs(self.graph)
         self._upto: dict[str, fx.GraphModule] = {}
+        self._layouts: dict[str, Mapping[str, Any]] = dict(layouts or {})
 
     def __call__(self, images: torch.Tensor, layer: str, channels, yx=None, steps: bool = False) -> torch.Tensor:
         """(N, C, H, W) float32 input-space signal of one unit (channel, position) per image.
@@ -230,7 +230,9 @@ class Deconvolver:
             return self(images.unsqueeze(1), layer, channels, yx).squeeze(1)
         x = images.detach().clone().float().requires_grad_(True)
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad(_units(self._unit_outputs(x, layer), channels, yx).sum(), x)
+            out = self._unit_outputs(x, layer)
+            (grad,) = torch.autograd.grad(out[_unit_index(out, torch.arange(len(x), device=out.device),
+                                                          channels, yx)].sum(), x)
         return grad.detach()
 
     def shared(self, images: torch.Tensor, image_of, layer: str, channels, yx=None) -> torch.Tensor:
@@ -259,8 +261,7 @@ class Deconvolver:
         """The layer's output for input x, in the layout the miner's taps read (N, units,
         *positions), so (channel, yx) address the same unit: a GRU's (N, T, H) is (N, H, T), a
         time-distributed conv's frames are stacked along y, an LSTM's cell state is its final
-        c_n; the virtual softmax is the class probabilities. Runs the model in eval mode;
-        the caller's training flags are put back after."""
+        c_n; the virtual softmax is the class probabilities. Runs in eval mode (flags put back)."""
         with _eval_mode(self.model):
             return self._unit_outputs_eval(x, layer)
 
@@ -273,8 +274,12 @@ class Deconvolver:
         except SketchmineError:
             raise SketchmineError(f"unknown layer {layer!r} for deconvolution") from None
         cell = target != layer
+        if layer not in self._layouts:  # one image cannot be read both as (T, N, F) and as (N, T, F)
+            with torch.no_grad():
+                one = tapped_element(layer, module, self._head(target)(x[:1]), cell)
+            self._layouts[layer] = to_units(layer, module, one, 1, cell)[1]
         raw = tapped_element(layer, module, self._head(target)(x), cell)
-        return to_units(layer, module, raw, x.shape[0], cell)[0]
+        return to_units(layer, module, raw, x.shape[0], cell, self._layouts[layer])[0]
 
     def _head(self, layer: str) -> fx.GraphModule:
         """The rule-aware graph up to `layer`'s output, which it returns (cut.head; built once
@@ -287,6 +292,11 @@ class Deconvolver:
             self._upto[layer] = cut.head(self.graph, end)
         return self._upto[layer]
 
+    def windowable(self, layer: str) -> bool:
+        """Whether `layer`'s units can be computed on windows of the image: no op in its cone
+        reads the input's size or statistics over positions (`position_coupled`)."""
+        return layer != SOFTMAX and not position_coupled(self._head(cut.cut_module(self.model, layer)[0]))
+
     def field_crops(self, images: torch.Tensor, image_index: torch.Tensor, layer: str, channels, yx,
                     field: ReceptiveField, steps: bool = False) -> torch.Tensor:
         """(N, C, *field.size): each unit's signal over its receptive-field box (zero outside the image).
@@ -295,13 +305,18 @@ class Deconvolver:
         outside the box reaches the unit, and a window that starts at a multiple of the layer's
         stride (or at the image border) gives every unit of the unit's cone the same inputs and
         padding as the whole image, so the result is exact — and an 11-px conv1 field costs an
-        11-px forward, not a 224-px one. images (B, C, H, W); image_index (N,) into them;
-        steps: the model reads sequences (see `__call__`).
+        11-px forward, not a 224-px one. A layer that is not `windowable` (a window would change
+        what it computes) is deconvolved on the whole image and cropped. images (B, C, H, W);
+        image_index (N,) into them; steps: the model reads sequences (see `__call__`).
         """
         (h, w), (jy, jx) = images.shape[-2:], field.stride
         pos = torch.as_tensor(yx).long().cpu()
         top = field.offset[0] + pos[:, 0] * jy
         left = field.offset[1] + pos[:, 1] * jx
+        if not self.windowable(layer):
+            sig = self(images[image_index], layer, channels, pos, steps)
+            return crop_patches(sig, torch.arange(len(pos), device=sig.device),
+                                torch.stack([top, left], dim=1).to(sig.device), *field.size)
         sy, sx = (top.clamp_min(0) // jy) * jy, (left.clamp_min(0) // jx) * jx
         # one window size for every interior unit (box + alignment slack), so they batch together;
         # only windows cut by the image's far border differ
@@ -346,23 +361,16 @@ def _unit_index(out: torch.Tensor, n: torch.Tensor, channels, yx) -> tuple[torch
 
 
 def _check_within(i: torch.Tensor, size: int, what: str, of: str) -> None:
-    """Indices in [0, size): a negative one (the -1 of an empty top-k slot) would silently
-    address the last unit or position."""
+    """Indices in [0, size): a negative one (an empty top-k slot's -1) would address the last unit."""
     if len(i) and (int(i.min()) < 0 or int(i.max()) >= size):
         raise SketchmineError(f"{what} must lie in [0, {size}) ({of}), found {int(i.min())} to {int(i.max())}; "
                               "drop empty top-k slots (image index -1) before visualising them")
 
 
-def _units(out: torch.Tensor, channels, yx) -> torch.Tensor:
-    """The value of one unit per image (see `_unit_index`)."""
-    return out[_unit_index(out, torch.arange(out.shape[0], device=out.device), channels, yx)]
-
-
 def _slots(group: torch.Tensor) -> torch.Tensor:
     """For each element, how many earlier elements have its group: 0, 1, ... within a group."""
     order = torch.argsort(group, stable=True)
-    sorted_group = group[order]
-    first = torch.searchsorted(sorted_group, sorted_group, side="left")
+    first = torch.searchsorted(group[order], group[order], side="left")
     slot = torch.empty_like(group)
     slot[order] = torch.arange(len(group)) - first
     return slot

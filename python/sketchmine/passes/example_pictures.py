@@ -6,10 +6,14 @@ Opt-in (`visualize(..., examples="all")`, `sketchmine visualize --examples all`)
 one more visualize pass per set (bottom-k: as many entries as the top-k; bins: bins × m per
 unit) plus, for the bins, one forward pass over their images to find each entry's position.
 
-    layers/<name>/bottom_pictures/{patches, deconv, boxes, inside}  as the top-k's, (C, k, …)
-    layers/<name>/bin_pictures/{patches, deconv, boxes, inside}     (C, bins · m, …), entry
-        b · m + j is image quantile_examples[c, b, j]; yx (C, bins · m, 2) its position
-    attrs: method, patch_size, set, complete (each group is written whole: write_result)
+    layers/<name>/bottom_pictures/{patches, deconv, boxes, inside}  as the top-k's, (U, k, …)
+    layers/<name>/bin_pictures/{patches, deconv, boxes, inside}     (U, bins · m, …), entry
+        b · m + j is image quantile_examples[c, b, j]; yx (U, bins · m, 2) its position
+    attrs: method, patch_size, set, units_done (U), complete (each group is written whole:
+        write_result)
+
+U: the layer's first U units, all C of them unless visualize's `max_units` stopped short (a
+later call without it makes the groups again, whole).
 
 Positions: the bottom-k carry theirs (like the top-k). A bin example's is found as the top-k
 defines it: the layer's output for that image (the same taps as mining), the unit's maximum
@@ -17,6 +21,7 @@ ignoring NaN at its first flat position (`ops.spatial_max_reference`).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -58,41 +63,49 @@ def example_sets(run: Run, name: str) -> dict[str, tuple[np.ndarray, np.ndarray 
 
 
 def positions(net: nn.Module, name: str, shape: tuple[int, ...], index: np.ndarray, images: ImageCache,
-              batch: int, device: torch.device) -> np.ndarray:
-    """(C, n, 2) int32 position of unit c's maximum on image index[c, j], as the top-k records
-    it (-1: empty slot, or a layer without a grid)."""
+              batch: int, device: torch.device, known: Mapping[str, Any] | None = None) -> np.ndarray:
+    """(U, n, 2) int32 position of unit c's maximum on image index[c, j], as the top-k records
+    it (-1: empty slot, or a layer without a grid). `known`: the layer's recorded attributes,
+    read as mining read it (a time-first layer's batch of exactly T images is not (N, T, F))."""
     spatial = tuple(shape[1:])
     if not spatial:
         return np.full((*index.shape, 2), -1, dtype=np.int32)
     uniq = np.unique(index[index >= 0])
-    pos = np.full((len(uniq), shape[0]), -1, dtype=np.int64)
+    units = index.shape[0]
+    pos = np.full((len(uniq), units), -1, dtype=np.int64)
     got: list[torch.Tensor] = []
     was_training = net.training
     net.eval()
     try:
         # positions taken inside the hook: an in-place op after the layer (ReLU) changes its output
-        with torch.no_grad(), Taps(net, [name], lambda _, t: got.append(spatial_max_reference(t.detach())[1].cpu())):
+        with torch.no_grad(), Taps(net, [name], lambda _, t: got.append(spatial_max_reference(t.detach())[1].cpu()),
+                                        known={name: known} if known else None):
             for s in range(0, len(uniq), batch):
                 got.clear()
                 net(images.inputs(uniq[s:s + batch].tolist()).to(device))
                 if len(got) != 1:
                     raise SketchmineError(f"layer {name!r} was not called exactly once")
-                pos[s:s + batch] = got[0].numpy()
+                pos[s:s + batch] = got[0][:, :units].numpy()
     finally:
         net.train(was_training)
     row = np.searchsorted(uniq, np.where(index >= 0, index, uniq[0] if len(uniq) else 0))
-    flat = np.where(index >= 0, pos[row, np.arange(shape[0])[:, None]] if len(uniq) else -1, -1)
+    flat = np.where(index >= 0, pos[row, np.arange(units)[:, None]] if len(uniq) else -1, -1)
     return flat_to_yx(flat, index, spatial).astype(np.int32)
 
 
 def picture_examples(store: RunStore, run: Run, plan: Any, attrs: dict[str, Any], pictures: Any, net: nn.Module,
-                     images: ImageCache, batch_size: int, device: torch.device, block: int) -> None:
-    """Write the bottom-k and bin pictures of one layer (`plan`, `attrs`: visualize's plan and
-    `visualized` attributes; `pictures(plan, index, yx, u0)`: its entry → arrays function),
-    a block of `block` units at a time, each set's group committed whole at its end."""
+                     images: ImageCache, batch_size: int, device: torch.device, block: int,
+                     limit: int | None = None) -> None:
+    """Write the bottom-k and bin pictures of the first `limit` units (None: all) of one layer
+    (`plan`, `attrs`: visualize's plan and `visualized` attributes; `pictures(plan, index, yx,
+    u0)`: its entry → arrays function), a block of `block` units at a time, each set's group
+    committed whole at its end."""
     for which, (index, yx) in example_sets(run, plan.name).items():
+        index = index[:limit]
         if yx is None:
-            yx = positions(net, plan.name, run.layer_shape(plan.name), index, images, batch_size, device)
+            yx = positions(net, plan.name, run.layer_shape(plan.name), index, images, batch_size, device,
+                           run.layer_attrs(plan.name))
+        yx = yx[:limit]
         parts: dict[str, list[np.ndarray]] = {key: [] for key in KEYS}
         for u0 in range(0, index.shape[0], block):
             out = pictures(plan, index[u0:u0 + block], yx[u0:u0 + block], u0)
@@ -102,7 +115,8 @@ def picture_examples(store: RunStore, run: Run, plan: Any, attrs: dict[str, Any]
         if which == "bins":
             arrays["yx"] = yx
         store.write_result(plan.name, GROUPS[which], arrays,
-                           {"method": attrs["method"], "patch_size": attrs["patch_size"], "set": which})
+                           {"method": attrs["method"], "patch_size": attrs["patch_size"], "set": which,
+                            "units_done": int(index.shape[0])})
 
 
 def needed_images(run: Run, names: list[str]) -> np.ndarray:

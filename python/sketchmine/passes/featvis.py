@@ -17,7 +17,8 @@ The objective of a unit, on the layer's output in the miner's layout (taps.to_un
   probability saturates and its gradient vanishes; the logit's does not);
 - recurrent layers (time as the position): the mean over steps of the whole output.
 Models that read sequences of drawings (demo-gru) are refused: their input is not one image.
-The forward stops right after the layer (cut.stop_after): nothing after it is computed.
+The forward stops right after the layer (cut.stop_after): nothing after it is computed; a module
+the forward calls more than once is refused (one full probe forward counts its calls).
 """
 from __future__ import annotations
 
@@ -92,9 +93,6 @@ class LayerReader:
         cell = self.target != self.layer
 
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-            if got:
-                raise SketchmineError(f"layer {self.layer!r} ({type(module).__name__}) is called more than once per "
-                                      "forward pass; visualise the modules around it instead")
             if isinstance(module, nn.Softmax):
                 got.append(inputs[0])  # the logits
             else:
@@ -108,6 +106,33 @@ class LayerReader:
         finally:
             handle.remove()
         return got[0]
+
+    def check_called_once(self, x: torch.Tensor) -> None:
+        """Refuse a module the forward calls more than once (ResNet's shared block ReLU), as the
+        miner does: `__call__` stops at its first call and would optimise that call only. One
+        full forward, counting; one that fails after the first call (the layers after it need
+        another input size) has no second call before the failure and ends the count there."""
+        if self.layer == SOFTMAX:
+            return
+        calls: list[str] = []
+
+        def count(module: nn.Module, inputs: tuple, output: Any) -> None:
+            calls.append(type(module).__name__)
+            if len(calls) > 1:
+                raise SketchmineError(f"layer {self.layer!r} ({calls[0]}) is called more than once per forward pass, "
+                                      "so one objective would mix its calls; visualise the modules around it instead "
+                                      "(e.g. the conv or the block output)")
+
+        handle = self.module.register_forward_hook(count)
+        try:
+            self.net(x)
+        except SketchmineError:
+            raise
+        except Exception:
+            if not calls:
+                raise
+        finally:
+            handle.remove()
 
     def objective(self, out: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """(U,) each element's unit: centre position (conv), mean over positions (recurrent,
@@ -173,8 +198,8 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
 
 def _check_units(reader: LayerReader, units: Sequence[int] | int, channels: int, hw: tuple[int, int],
                  device: torch.device) -> np.ndarray:
-    """The unit indices as an int64 array, each checked against the layer's unit count (one
-    probe forward of a grey image)."""
+    """The unit indices as an int64 array, each checked against the layer's unit count (a
+    probe forward of a grey image), and the layer checked to be called once per forward."""
     arr = np.atleast_1d(np.asarray(units))
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise SketchmineError(f"units must be unit indices (ints), got {units!r}")
@@ -182,7 +207,9 @@ def _check_units(reader: LayerReader, units: Sequence[int] | int, channels: int,
         raise SketchmineError(f"no units given for layer {reader.layer!r}")
     with torch.no_grad():
         try:
-            out = reader(torch.zeros((1, channels, *hw), device=device))
+            probe = torch.zeros((1, channels, *hw), device=device)
+            reader.check_called_once(probe)
+            out = reader(probe)
         except SketchmineError:
             raise
         except RuntimeError as exc:

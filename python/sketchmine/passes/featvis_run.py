@@ -44,21 +44,34 @@ def check_options(optimize: bool, method: str | None, steps: int | None) -> tupl
 
 
 class OptimizePass:
-    """The optimisation of a visualize call: claims (or resumes) each layer's arrays on creation,
-    so `total` and `done` can join the call's progress bar; `run` does the blocks."""
+    """The optimisation of a visualize call. Created before the call resets or writes anything,
+    so what it refuses loses nothing; `claim` then claims (or resumes) each layer's arrays, so
+    `total` and `done` can join the call's progress bar; `run_all` does the blocks."""
 
-    def __init__(self, store: RunStore, run: Run, loaded: LoadedModel, names: list[str], limit: dict[str, int],
-                 pre: Preprocessing, channels: int, image_hw: tuple[int, int], method: str, steps: int,
-                 batch_size: int, device: torch.device, redo: bool) -> None:
-        if loaded.sequence:
+    def __init__(self, run: Run, loaded: LoadedModel, names: list[str], limit: dict[str, int],
+                 pre: Preprocessing | None, sample: tuple[int, ...], method: str, steps: int,
+                 device: torch.device) -> None:
+        """sample: the shape of one model input, (C, H, W), or (T, C, H, W) for a sequence."""
+        if loaded.sequence or len(sample) != 3:
             raise SketchmineError(f"run {run.path} was mined from sequences of drawings ({loaded.model_id}); feature "
                                   "visualisation optimises one input image per unit: visualize without --optimize")
-        self.store, self.run, self.net = store, run, loaded.module
-        self.pre, self.channels, self.hw = pre, channels, tuple(image_hw)
+        if pre is None:  # the optimised [0, 1] pixels would need a guess at how pixels became the input
+            raise SketchmineError(
+                f"run {run.path} does not record how pixels become the model's input (it was mined from a torch "
+                "Dataset of tensors, not images), so there is no pixel space to optimise in; visualize without "
+                "--optimize, or call feature_visualization(model, layer, units, preprocessing=Preprocessing(...)) "
+                "as the dataset prepared its images")
+        self.run, self.net = run, loaded.module
+        self.pre, self.channels, self.hw = pre, int(sample[0]), (int(sample[1]), int(sample[2]))
         self.method, self.steps, self.device = method, steps, device
         self.settings = settings(method, "default")
-        self.limit = limit
-        self.todo = {n: self._prepare(n, batch_size, redo) for n in names}
+        self.names, self.limit = names, limit
+        self.todo: dict[str, tuple[int, int]] = {}
+
+    def claim(self, store: RunStore, batch_size: int, redo: bool) -> None:
+        """Each layer's (units done, block size), its arrays created when new or `redo`."""
+        self.store = store
+        self.todo = {n: self._prepare(n, batch_size, redo) for n in self.names}
 
     @property
     def total(self) -> int:

@@ -81,7 +81,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     model/weights: the model the run was mined with (default: reloaded from the run's record);
     data: a moved ImageFolder root, or the dataset object for runs mined from one.
     max_units: stop after the first N units of each layer (a later call without it goes on,
-    finishing the block it stopped in first).
+    finishing the block it stopped in first); with examples="all", their example pictures too.
     examples: "top" (the top-k only), or "all": also the bottom-k and the example images of
     each activation bin, each layer's sets written whole after its top-k (example_pictures.py).
     optimize: also store one feature visualisation image per unit (featvis_run.py; method
@@ -112,12 +112,16 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     # (a sequence sample, (T, C, H, W), is stored by its frames)
     pre = run_preprocessing(run)
     images = ImageCache(ds, pre)  # decoded once, shared by all layers
-    channels, *image_hw = images.inputs([int(needed[0])])[0].shape[-3:] if len(needed) else (1, 1, 1)
+    sample = tuple(images.inputs([int(needed[0])])[0].shape) if len(needed) else (1, 1, 1)
+    channels, *image_hw = sample[-3:]
     image_hw = tuple(image_hw)
     plans = [_plan(run, name, image_hw, max_patch) for name in names]
+    limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
     loaded = run_model(run, model, weights)
+    # what the optimisation refuses, refused before anything below resets or writes
+    opt = OptimizePass(run, loaded, names, limit, pre, sample, opt_method, opt_steps, device) if optimize else None
     net = loaded.module.to(device)
-    deconv = Deconvolver(net, method)
+    deconv = Deconvolver(net, method, layouts={n: run.layer_attrs(n) for n in names})  # read as mined
     store = RunStore.open(run.path, mode="r+")
     lock = RunLock(store.path)
     lock.acquire()
@@ -127,9 +131,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
         if examples != "all":
             for p in plans:
                 stale_pictures(store, p.name, progress)
-        limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
-        opt = OptimizePass(store, run, loaded, names, limit, pre, channels, image_hw, opt_method, opt_steps,  # type: ignore[arg-type]
-                           batch_size, device, redo) if optimize else None
+        if opt:
+            opt.claim(store, batch_size, redo)
         progress.start(sum(limit.values()) + (opt.total if opt else 0),
                        sum(min(done, limit[n]) for n, (done, _) in todo.items()) + (opt.done if opt else 0))
         for p in plans:
@@ -140,7 +143,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
                 channels_p = store.shape(schema.layer_array(p.name, "patches"))[-1]
                 picture_examples(store, run, p, store.visual_state(p.name)[0], lambda q, i, yx, u0, ch=channels_p:
                                  _block(q, i, yx, u0, images, deconv, batch_size, device, ch),
-                                 net, images, batch_size, device, layer_block)
+                                 net, images, batch_size, device, layer_block, limit[p.name])
         if opt:
             opt.run_all(progress)
         write_traces(store, run, names, net, ds, device)  # the report reads them, it runs no model
