@@ -260,3 +260,31 @@ def replace_element(output: Any, t: torch.Tensor) -> Any:
     if isinstance(output, list):
         return [t, *output[1:]]
     return t
+
+
+STATE_BATCH_DIM = 1
+"""Batch dim of a recurrent module's h_n / c_n, (layers * D, N, H), whatever batch_first says."""
+
+
+def final_hidden(module: nn.Module, output: Any) -> torch.Tensor | None:
+    """The last layer's final hidden state h_n[-D:] of a recurrent module's output as (N, D*H),
+    units in the tapped output's order (forward directions first), so a unit zeroed in output[0]
+    can be zeroed here too: h_n holds the same values, and a model may read either. None for
+    other modules. An LSTM's c_n is not included: the tapped unit is the hidden state h."""
+    if not isinstance(module, nn.RNNBase) or not isinstance(output, (tuple, list)) or len(output) < 2:
+        return None
+    h = output[1][0] if isinstance(module, nn.LSTM) else output[1]
+    d = 2 if module.bidirectional else 1
+    return h[-d:].permute(1, 0, 2).reshape(h.shape[1], -1)
+
+
+def replace_hidden(module: nn.Module, output: Any, hidden: torch.Tensor) -> Any:
+    """A recurrent module's output with the last layer's h_n slice replaced by `hidden` (N, D*H),
+    the layout `final_hidden` returns; earlier layers' h_n and an LSTM's c_n unchanged."""
+    state = output[1]
+    h = state[0] if isinstance(module, nn.LSTM) else state
+    d = 2 if module.bidirectional else 1
+    last = hidden.reshape(hidden.shape[0], d, -1).permute(1, 0, 2).to(h.dtype)
+    h = torch.cat([h[:-d], last]) if h.shape[0] > d else last.contiguous()
+    state = type(state)((h, *state[1:])) if isinstance(module, nn.LSTM) else h
+    return type(output)((output[0], state, *output[2:]))

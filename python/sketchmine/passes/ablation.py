@@ -14,7 +14,7 @@ Batched two ways, chosen per layer (recorded as `method`):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,10 +27,12 @@ from sketchmine.data import MinerDataset, collate
 from sketchmine.errors import SketchmineError
 from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model import cut
-from sketchmine.model.taps import (SOFTMAX, TIME_FIRST, Taps, ablation_dims, replace_element, tapped_element,
-                                   to_units)
+from sketchmine.model.taps import (SOFTMAX, STATE_BATCH_DIM, TIME_FIRST, Taps, ablation_dims, final_hidden,
+                                   replace_element, replace_hidden, tapped_element, to_units)
 
 _BUDGET = 1 << 23  # elements of one replicated activation tensor (32 MB float32)
+ABLATION = ("unit zeroed at every position (a recurrent unit: in the layer's output at every step and in the last "
+            "layer's final hidden state h_n; an LSTM's cell state c_n is left as it is)")
 
 
 # ---- ablation plumbing --------------------------------------------------------------------
@@ -66,14 +68,21 @@ def replicate_batch(obj: Any, g: int, batch: int, dim: int) -> Any:
 
 
 class Replicate:
-    """Whole-model forward on a replicated batch; a hook zeroes one unit per replica."""
+    """Whole-model forward on a replicated batch; a hook zeroes one unit per replica.
+
+    `known`: the layer's recorded attributes (`Run.layer_attrs`, or `layer_layout`); they fix
+    the layout of a chunk that cannot tell it (a per-step Linear after a time-first recurrent
+    layer, on a chunk of as many images as steps). Without them the first chunk's layout is kept.
+    """
 
     method = "replicate"
 
-    def __init__(self, net: nn.Module, layer: str) -> None:
+    def __init__(self, net: nn.Module, layer: str, known: Mapping[str, Any] | None = None) -> None:
         self.net, self.layer = net, layer
         self.target, self.module = cut.cut_module(net, layer)
         self.dims = ablation_dims(layer, self.module)
+        self.known: dict[str, Any] = {}
+        self._keep(dict(known or {}))
 
     def prepare(self, x: torch.Tensor) -> Any:
         return x
@@ -81,21 +90,35 @@ class Replicate:
     def base(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Unablated logits (B, classes) and the layer's (B, units, *positions) output."""
         act: dict[str, torch.Tensor] = {}
-        with Taps(self.net, [self.layer], lambda n, t: act.__setitem__("t", t.clone())) as taps:  # before in-place ops
+        with Taps(self.net, [self.layer], lambda n, t: act.__setitem__("t", t.clone()),  # before in-place ops
+                  known={self.layer: self.known}) as taps:
             logits = _logits(self.net(x))
-        self._batch_dim(taps.layouts.get(self.layer, {}))
+        self._keep(taps.layouts.get(self.layer, {}))
         return logits, act["t"]
 
-    def _batch_dim(self, layout: dict) -> None:
-        """A per-step Linear after a time-first recurrent layer holds the batch in dim 1."""
-        if layout.get("layout") == TIME_FIRST:
+    def _keep(self, layout: Mapping[str, Any]) -> None:
+        """Keep the first layout seen for every later chunk; a per-step Linear after a time-first
+        recurrent layer holds the batch in dim 1."""
+        if not self.known:
+            self.known = dict(layout)
+        if self.known.get("layout") == TIME_FIRST:
             self.dims = (1, self.dims[1])
+
+    def _zeroed(self, output: Any, t: torch.Tensor, units: list[int]) -> Any:
+        """`output` (replicated) with element 0 replaced by `t` (units zeroed already) and, for a
+        recurrent module, the same units zeroed in the last layer's h_n: it holds the same
+        hidden state, and a model reading h_n[-1] would otherwise see no ablation at all."""
+        output = replace_element(output, t)
+        hidden = final_hidden(self.module, output)
+        if hidden is None or not units:
+            return output
+        return replace_hidden(self.module, output, zero_units(hidden, 0, 1, units))
 
     def run(self, x: Any, units: list[int], replicas: int) -> torch.Tensor:
         """(replicas * B, classes) logits; replica g zeroes units[g] (none when units is empty)."""
         def hook(module: nn.Module, inputs: tuple, output: Any) -> Any:
             t = tapped_element(self.layer, module, output)
-            return replace_element(output, zero_units(t, *self.dims, units))
+            return self._zeroed(output, zero_units(t, *self.dims, units), units)
 
         handle = self.module.register_forward_hook(hook)
         try:
@@ -110,8 +133,8 @@ class Split(Replicate):
 
     method = "split"
 
-    def __init__(self, net: nn.Module, layer: str) -> None:
-        super().__init__(net, layer)
+    def __init__(self, net: nn.Module, layer: str, known: Mapping[str, Any] | None = None) -> None:
+        super().__init__(net, layer, known)
         self.prefix, self.suffix = cut.split(*cut.trace_at(net, layer))
 
     def prepare(self, x: torch.Tensor) -> tuple:
@@ -120,8 +143,8 @@ class Split(Replicate):
 
     def base(self, state: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         t = tapped_element(self.layer, self.module, state[1])
-        units, layout = to_units(self.layer, self.module, t, state[0])
-        self._batch_dim(layout)
+        units, layout = to_units(self.layer, self.module, t, state[0], known=self.known)
+        self._keep(layout)
         return self.run(state, [], 1), units
 
     def run(self, state: tuple, units: list[int], replicas: int) -> torch.Tensor:
@@ -129,8 +152,11 @@ class Split(Replicate):
         t = tapped_element(self.layer, self.module, tapped)
         zeroed = zero_units(t, *self.dims, units, replicate=True) if units else replicate_batch(t, replicas, batch,
                                                                                             self.dims[0])
-        rest = replicate_batch(tapped, replicas, batch, self.dims[0]) if isinstance(tapped, (tuple, list)) else tapped
-        rep = replace_element(rest, zeroed)
+        rest = tapped
+        if isinstance(tapped, (tuple, list)):  # element 0 is replaced; h_n / c_n hold the batch in their dim 1
+            dim = STATE_BATCH_DIM if isinstance(self.module, nn.RNNBase) else self.dims[0]
+            rest = type(tapped)((tapped[0], *(replicate_batch(v, replicas, batch, dim) for v in tapped[1:])))
+        rep = self._zeroed(rest, zeroed, units)
         live = [replicate_batch(v, replicas, batch, 0) for v in live]
         return _logits(self.suffix(rep, *live))
 
@@ -142,11 +168,24 @@ def _logits(out: Any) -> torch.Tensor:
     return out
 
 
-def choose_ablator(net: nn.Module, layer: str, x: torch.Tensor, reference: torch.Tensor) -> Replicate:
+def layer_layout(net: nn.Module, layer: str, x: torch.Tensor) -> dict[str, Any]:
+    """How the layer's output is read, from a forward pass of one image (as the miner's probe:
+    (T, 1, F) cannot be mistaken for (1, T, F)), for callers without the run's attributes."""
+    probe = Replicate(net, layer)
+    probe.base(x[:1])
+    return probe.known
+
+
+def choose_ablator(net: nn.Module, layer: str, x: torch.Tensor,
+                   known: Mapping[str, Any] | None = None) -> Replicate:
     """The split ablator when the model can be cut at the layer and the cut reproduces the
-    model's logits (two replicas, nothing zeroed), else whole-model replication."""
+    model's logits (two replicas, nothing zeroed), else whole-model replication. `known`: the
+    layer's recorded attributes; None probes them with one image (`layer_layout`)."""
+    known = layer_layout(net, layer, x) if known is None else known
+    replicate = Replicate(net, layer, known)
+    reference = replicate.base(x)[0]
     try:
-        split = Split(net, layer)
+        split = Split(net, layer, known)
         with torch.inference_mode():
             got = split.run(split.prepare(x), [], 2)
         if got.shape == (2 * len(x), reference.shape[1]) and torch.allclose(
@@ -154,7 +193,7 @@ def choose_ablator(net: nn.Module, layer: str, x: torch.Tensor, reference: torch
             return split
     except Exception:  # untraceable or uncuttable model: replication (which raises what is wrong, if anything)
         pass
-    return Replicate(net, layer)
+    return replicate
 
 
 def unit_groups(act_shape: torch.Size | tuple[int, ...], units_per_pass: int | None) -> list[list[int]]:
@@ -190,10 +229,11 @@ class Importance:
 
 def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, labels: np.ndarray,
                         batch_size: int = 256, device: str | torch.device = "cpu",
-                        units_per_pass: int | None = None) -> Importance:
+                        units_per_pass: int | None = None, known: Mapping[str, Any] | None = None) -> Importance:
     """Zero each unit of `layer` in turn over `dataset` (batched, see the module docstring).
 
-    labels (N,) int64: the correct class of each image (all >= 0).
+    labels (N,) int64: the correct class of each image (all >= 0). known: the layer's attributes
+    as the run recorded them (its layout); None finds them with a one-image forward pass.
     """
     if layer == SOFTMAX:
         raise SketchmineError("layer 'softmax' is the model's output (virtual); ablate a module layer")
@@ -207,7 +247,7 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
         for idx, x in image_batches(dataset, batch_size):
             x, y = x.to(device), labels_t[idx].to(device)
             if ablator is None:
-                ablator = choose_ablator(net, layer, x, Replicate(net, layer).base(x)[0])
+                ablator = choose_ablator(net, layer, x, known)
             state = ablator.prepare(x)
             logits, act = ablator.base(state)
             per_image = act.float().flatten(2).amax(dim=2) if act.ndim > 2 else act.float()  # (B, units)
@@ -238,6 +278,6 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
         mean_act_wrong=(sums["act_bad"] / n_wrong).numpy() if n_wrong else np.full(len(sums["prob"]), nan),
         attrs={"images": n_images, "base_accuracy": n_correct / n_images, "base_mean_prob": prob_base_sum / n_images,
                "method": ablator.method if ablator else None, "units_per_pass": len(groups[0]) if groups else 0,
-               "ablation": "unit zeroed at every position (a recurrent unit: in the layer's output, every step)",
+               "ablation": ABLATION,
                "activation": "per-image maximum over the unit's positions"},
     )

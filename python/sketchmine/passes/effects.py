@@ -11,11 +11,12 @@ with `Run.unit_effects(layer, kind)` and `Run.correlated_units(layer)`.
 The output layer (the Linear computing the logits) is ablated like any layer: zeroing unit c
 sets logit c to 0, so its row of logit_delta is minus the mean logit c in column c and 0
 elsewhere. The virtual 'softmax' layer has no module to zero and is refused; recurrent
-layers are ablated at every step (as importance), their '.cell' views are refused.
+layers are ablated at every step and in h_n (as importance), their '.cell' views are refused.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model.taps import SOFTMAX
-from sketchmine.passes.ablation import Replicate, choose_ablator, image_batches, unit_groups
+from sketchmine.passes.ablation import ABLATION, Replicate, choose_ablator, image_batches, unit_groups
 from sketchmine.results.effects import logits_layer, not_ablatable, onnx_run, write_effects
 from sketchmine.results.run import Run, open_run
 from sketchmine.stats.correlation import BLOCK_UNITS, Correlated, image_maxima, top_correlated
@@ -105,9 +106,11 @@ def unique(names: list[str]) -> list[str]:
 
 
 def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_size: int = 256,
-                     device: str | torch.device = "cpu", units_per_pass: int | None = None) -> Effects:
+                     device: str | torch.device = "cpu", units_per_pass: int | None = None,
+                     known: Mapping[str, Any] | None = None) -> Effects:
     """Zero each unit of `layer` in turn over `dataset` (batched as ablation.py) and average
-    the change of every class's logit and probability; keep the clean image maxima."""
+    the change of every class's logit and probability; keep the clean image maxima. known: the
+    layer's attributes as the run recorded them (its layout); None finds them with one image."""
     check_ablatable(layer)
     device = torch.device(device)
     net = net.eval().to(device)
@@ -120,7 +123,7 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
         for _, x in image_batches(dataset, batch_size):
             x = x.to(device)
             if ablator is None:
-                ablator = choose_ablator(net, layer, x, Replicate(net, layer).base(x)[0])
+                ablator = choose_ablator(net, layer, x, known)
             state = ablator.prepare(x)
             logits, act = ablator.base(state)
             maxima.append(image_maxima(act).cpu())
@@ -143,7 +146,7 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
         maxima=torch.cat(maxima).numpy(),
         attrs={"images": n_images, "classes": int(logit_sum.shape[1]),
                "method": ablator.method if ablator else None, "units_per_pass": len(groups[0]) if groups else 0,
-               "ablation": "unit zeroed at every position (a recurrent unit: in the layer's output, every step)",
+               "ablation": ABLATION,
                "delta": DELTA})
 
 
@@ -177,7 +180,7 @@ def unit_effects(run: Run | str | os.PathLike, layers: str | list[str], model: A
 
     ds = reload.run_dataset(run, data)
     for name in names:
-        result = ablation_effects(net, ds, name, batch_size, device, units_per_pass)
+        result = ablation_effects(net, ds, name, batch_size, device, units_per_pass, run.layer_attrs(name))
         corr = top_correlated(result.maxima, correlated, block_units, device)
         write_effects(run, name, result, corr)
     return open_run(run.path).unit_effects(names[-1])

@@ -1,7 +1,7 @@
 """Which units matter for the label: ablation importance per unit of a tapped layer, for a
 mined run, stored in it and read back.
 
-For every unit (a whole channel, or a recurrent hidden unit at every step) of one layer:
+For every unit (a whole channel, or a recurrent hidden unit at every step and in h_n) of one layer:
 the drop in the correct class's probability and in accuracy when the unit is zeroed,
 over the run's dataset, plus the unit's mean activation (its per-image maximum over
 positions, the statistic the top-k ranks) on correctly and wrongly predicted images.
@@ -64,6 +64,6 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
     ds = reload.run_dataset(run, dataset)
     labels = _labels(run, ds)
     for name in layers:
-        result = ablation_importance(net, ds, name, labels, batch_size, device, units_per_pass)
+        result = ablation_importance(net, ds, name, labels, batch_size, device, units_per_pass, run.layer_attrs(name))
         write_importance(run, name, result)
     return open_run(run.path).unit_importance(layers[-1])

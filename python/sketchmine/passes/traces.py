@@ -51,7 +51,8 @@ def compute(net: nn.Module, name: str, attrs: dict[str, Any], images: list[int],
 
     out: dict[int, np.ndarray] = {}
     try:
-        with torch.no_grad(), Taps(net, [name], keep):
+        # the run's layout: top-k images as many as steps cannot tell a time-first (T, N) output from (N, T)
+        with torch.no_grad(), Taps(net, [name], keep, known={name: attrs}):
             for b in range(0, len(images), batch):
                 chunk = images[b:b + batch]
                 x = torch.stack([ds[i][1].float() for i in chunk]).to(device)
