@@ -34,7 +34,9 @@ def probe_folder(run: Any, out: Path, model: Any = None) -> tuple[Path, dict[str
 
     files = build_probe(run, model=model, max_mb=None)
     page = write_probe_folder(out, files)
-    sizes = {p.name: p.stat().st_size for p in [*out.joinpath("probe").iterdir(), page, out / "assets" / "probe.js"]}
+    # every file the probe page loads: its own folder, the page, its scripts and style under assets/
+    scripts = [p for p in out.joinpath("assets").iterdir() if p.suffix in (".js", ".css")]
+    sizes = {p.name: p.stat().st_size for p in [*out.joinpath("probe").iterdir(), page, *scripts]}
     return page, sizes
 
 
