@@ -205,8 +205,11 @@ def test_redo_with_another_method_leaves_out_the_old_example_pictures(run_copy):
     run = sketchmine.visualize(run_copy, ["features.3"], method="guided", redo=True, progress=seen)
     assert run.layer_attrs("features.3")["visualized"]["method"] == "guided"
     assert example_pictures(run, "features.3") == {}  # made with deconvnet: not beside the guided top-k
-    assert any("bottom-k and activation-bin pictures were made with deconvnet" in n for n in seen.notes), seen.notes
-    run = sketchmine.visualize(run_copy, ["features.3"], method="guided", examples="all")
+    note = next(n for n in seen.notes if "bottom-k and activation-bin pictures were made with deconvnet" in n)
+    command = note.split("`")[1].split()  # the command the note gives is one that works (it named no settings)
+    assert command[:2] == ["sketchmine", "visualize"] and "--method" in command
+    assert cli(["-q", *command[1:]]) == 0
+    run = sketchmine.open_run(run_copy)
     assert set(example_pictures(run, "features.3")) == {"bottom", "bins"}  # made again: shown again
 
 

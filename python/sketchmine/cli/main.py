@@ -68,16 +68,17 @@ def _importance(args: argparse.Namespace, console: Console, err: Console) -> Non
         raise KeyboardInterrupt(f"interrupted; {kept}; a re-run recomputes every layer it is given, so pass "
                                 f"--layers {','.join(rest)} to compute only the rest") from None
     run = open_run(args.run)
-    if args.json:
+    if args.plot:
+        save_figure(plot_importance(run, layers, args.n), args.plot)
+    if args.json:  # stdout stays one JSON document: the plot's path is in it
         from sketchmine.present.json_out import importance_data, print_json
 
-        print_json(importance_data(run, layers, args.n))
+        print_json({**importance_data(run, layers, args.n), **({"plot": str(args.plot)} if args.plot else {})})
     else:
         for name in layers:
             console.print(table(run, name, args.n))
-    if args.plot:
-        save_figure(plot_importance(run, layers, args.n), args.plot)
-        (err if args.json else console).print(f"plot written to {safe(args.plot)}")
+        if args.plot:
+            console.print(f"plot written to {safe(args.plot)}")
 
 
 def _mine(args: argparse.Namespace, console: Console, err: Console) -> None:

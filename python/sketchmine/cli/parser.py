@@ -46,7 +46,7 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings
+        if ("(default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings
                 or action.required):
             return text
         shown = {None: "none", False: "off", True: "on"}.get(action.default, "%(default)s") \
@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "DEFAULT (or a weight enum name) for torchvision's pretrained weights when cached "
                                      "under TORCH_HOME (default: none, random weights)")
     m.add_argument("--seed", type=int, default=None,
-                   help="initialisation seed of a model named by architecture without --weights (recorded; "
-                        "default 0); refused for any other model")
+                   help="initialisation seed of a model named by architecture without --weights, recorded; "
+                        "refused for any other model (default: 0)")
     m.add_argument("--data", required=True, help="ImageFolder directory: DIR/<class>/<image>")
     m.add_argument("--out", help="run directory (Zarr); an unfinished one is resumed (default: MODEL.zarr in the "
                                  "current folder, MODEL the --model name without folder and extension)")
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "workers compete with the forward pass for the cores (measured 10-16%% slower), "
                         "else min(4, cores // 2))")
     m.add_argument("--prefetch-factor", type=positive_int,
-                   help="batches each loader worker prepares ahead (needs --workers >= 1; torch's default 2)")
+                   help="batches each loader worker prepares ahead (needs --workers >= 1) (default: torch's, 2)")
     m.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="page-locked loader batches (default: on when --device is CUDA)")
     m.add_argument("--preprocessing", default="auto", choices=["auto", "model", "imagenet", "dataset", "none"],
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the steps the model was trained with, e.g. 8 for 'demo-gru'; else single images)")
     m.add_argument("--ink", default="auto", choices=INKS,
                    help="with --steps: which pixels are drawn: light ink on black, dark ink on white, or auto "
-                        "(per image, from the median of its border; default)")
+                        "(per image, from the median of its border)")
     m.add_argument("--preprocess", choices=["device", "cpu"], default=None,
                    help="device: resize and normalise each batch in one op on --device (images copied there as "
                         "stored); cpu: each image in the loader. Same rule, same results (default: the run's on "
@@ -205,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--optimize", action="store_true",
                    help="also store one feature visualisation image per unit (the input that drives it hardest)")
     v.add_argument("--optimize-method", choices=["fourier", "pixel"],
-                   help="with --optimize: lucent-era Fourier parameterisation (fourier, when not given) or "
-                        "deconvnet-era pixels")
-    v.add_argument("--optimize-steps", type=positive_int, help="with --optimize: optimisation steps (256 when not given)")
+                   help="with --optimize: lucent-era Fourier parameterisation or deconvnet-era pixels "
+                        "(default: fourier)")
+    v.add_argument("--optimize-steps", type=positive_int, help="with --optimize: optimisation steps (default: 256)")
     demo_help = ("mine, visualize and report the embedded trained models over the embedded Animal-Shape test "
                  "split: SketchNet 'demo' and ResNet 'demo-resnet' compared, then the CNN + GRU 'demo-gru' over "
                  "progressive drawings with its hidden units ranked by importance")
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "in the browser); `sketchmine report` includes it when the model loads")
     p_.add_argument("run")
     p_.add_argument("--out", required=True, help="folder for probe.html (new or empty)")
-    p_.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+    p_.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
                     help="the model's input size, for a run that records none (one differing from the size the "
                          "run or the .onnx file fixes is refused)")
     p_.add_argument("--max-mb", type=megabytes, metavar="MB",
@@ -284,7 +284,7 @@ def json_option(p: argparse.ArgumentParser) -> None:
 
 def default_run_out(model: str) -> str:
     """`mine`'s --out when none is given: MODEL.zarr in the current folder."""
-    name = Path(model.rstrip("/")).name.split(".")[0] or "run"
+    name = Path(model.rstrip("/")).stem or "run"  # the last extension only: net.v2.pt is net.v2, not net
     return f"{name}.zarr"
 
 

@@ -210,11 +210,14 @@ def mine(
     names = forward.resolve_layers(layers)
     if not logits and layers is None:  # the default layers without the virtual softmax (it needs the logits)
         names = [n for n in names if n != SOFTMAX]
-    load = LoadOptions.checked(batch_size, num_workers, prefetch_factor, pin_memory)
+    load = LoadOptions.checked(batch_size, num_workers, prefetch_factor, pin_memory, device)
     speed = SpeedOptions.checked(torch_model=isinstance(forward, TorchForward), logits=logits,
                                  softmax_mined=SOFTMAX in names, channels_last=channels_last, autocast=autocast,
                                  compile=compile, overlap_flushes=overlap_flushes)
     out = Path(out)
+    outer = next((q for q in out.resolve().parents if is_run(q)), None)
+    if outer is not None:  # Zarr readers of the outer run would list the new run as one of its groups
+        raise SketchmineError(f"out {out} is inside the run {outer}; choose a folder outside any run")
     existing = team.writes and is_run(out)  # only rank 0 reads or writes the store
     store = RunStore.open(out, mode="r+") if existing else None
     pre = ds.preprocessing

@@ -66,8 +66,11 @@ class LoadOptions:
 
     @classmethod
     def checked(cls, batch_size: int, num_workers: int = 0, prefetch_factor: int | None = None,
-                pin_memory: bool | None = None) -> LoadOptions:
+                pin_memory: bool | None = None, device: torch.device | None = None) -> LoadOptions:
         check_counts(batch_size=batch_size, num_workers=num_workers)
+        if pin_memory and device is not None and device.type != "cuda":  # torch would warn and not pin
+            raise SketchmineError(f"pin_memory (--pin-memory) page-locks loader batches for copies to a CUDA device; "
+                                  f"mining on {device} it would do nothing: leave it out, or mine on cuda")
         if prefetch_factor is not None and (num_workers < 1 or prefetch_factor < 1):
             raise SketchmineError(f"prefetch_factor ({prefetch_factor}) needs num_workers >= 1 and must be at least "
                                   "1: it is how many batches each loader worker prepares ahead")

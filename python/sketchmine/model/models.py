@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -166,10 +167,23 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | Path | None =
     if state is not None:
         try:
             model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise SketchmineError(f"weights do not fit {spec}: {str(exc).splitlines()[0]}") from None
+        except RuntimeError:
+            raise SketchmineError(f"weights {weights} do not fit {spec}: {_misfit(model, state)}; were they trained "
+                                  "as another --model?") from None
     return LoadedModel(model.eval(), str(spec), pre if isinstance(pre, dict) else None,
                        seq if isinstance(seq, dict) else None, random_init=state is None)
+
+
+def _misfit(model: nn.Module, state: Mapping[str, Any]) -> str:
+    """Why a state_dict does not load, in one line: what is missing, unexpected, or of another
+    shape (torch's own message is a multi-line list)."""
+    own = model.state_dict()
+    missing, extra = [k for k in own if k not in state], [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} for {tuple(own[k].shape)}" for k in own
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = [f"{len(v)} {what} (first: {', '.join(v[:2])})" for what, v in
+             (("tensors missing", missing), ("unexpected tensors", extra), ("tensors of another shape", shapes)) if v]
+    return "; ".join(parts) or "torch refused them"
 
 
 def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",

@@ -236,10 +236,10 @@ def stale_pictures(store: RunStore, name: str, progress: Progress) -> None:
             stale[{"bottom": "bottom-k", "bins": "activation-bin"}.get(which, which)] = found[1]
     if stale:
         old = next(iter(stale.values()))
+        settings = f"--method {visualized['method']} --max-patch {max(visualized['patch_size'])}"
         progress.note(f"layer {name!r}: its {' and '.join(stale)} pictures were made with {old.get('method')}, patches "
                       f"{old.get('patch_size')}, not as its top-k pictures now; the report leaves them out until "
-                      f"`sketchmine visualize {store.path} --layers {name} --examples all` with these settings makes "
-                      "them again")
+                      f"`sketchmine visualize {store.path} --layers {name} --examples all {settings}` makes them again")
 
 
 def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, limit: int, images: ImageCache,
