@@ -67,7 +67,16 @@ def _sidecar(weights: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SketchmineError(f"{path} (beside the weights {weights.name}) is not readable JSON: {exc}") from None
-    return {k: meta[k] for k in ("preprocessing", "sequence") if isinstance(meta, dict) and isinstance(meta.get(k), dict)}
+    got = {k: meta[k] for k in ("preprocessing", "sequence") if isinstance(meta, dict) and isinstance(meta.get(k), dict)}
+    if isinstance(meta, dict) and isinstance(meta.get(TRANSFORM_INPUT), bool):
+        got[TRANSFORM_INPUT] = meta[TRANSFORM_INPUT]
+    return got
+
+
+TRANSFORM_INPUT = "transform_input"
+"""A model switch no state_dict records (torchvision's GoogLeNet and Inception v3 re-normalise their
+input with it; torchvision turns it on whenever it loads its pretrained weights, so a model
+fine-tuned from them needs it, one trained from scratch does not)."""
 
 
 def _in_channels(state_dict: dict[str, torch.Tensor]) -> int | None:
@@ -77,8 +86,11 @@ def _in_channels(state_dict: dict[str, torch.Tensor]) -> int | None:
 
 
 def _num_classes(state_dict: dict[str, torch.Tensor]) -> int | None:
-    """Output width of the last 2-D weight (the classifier), if any."""
+    """Output width of the classifier: the last 2-D weight (a Linear), else, in a model without
+    one, the last 1×1 conv's (SqueezeNet classifies with a conv)."""
     mats = [t for k, t in state_dict.items() if k.endswith("weight") and t.ndim == 2]
+    if not mats:
+        mats = [t for k, t in state_dict.items() if k.endswith("weight") and t.ndim == 4 and t.shape[2:] == (1, 1)]
     return int(mats[-1].shape[0]) if mats else None
 
 
@@ -165,11 +177,22 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | Path | None =
     model = build(str(spec), _num_classes(state) if state else None, _in_channels(state) if state else None,
                   seed or 0)
     if state is not None:
+        source = weights if weights else path
         try:
             model.load_state_dict(state)
         except RuntimeError:
-            raise SketchmineError(f"weights {weights} do not fit {spec}: {_misfit(model, state)}; were they trained "
+            raise SketchmineError(f"weights {source} do not fit {spec}: {_misfit(model, state)}; were they trained "
                                   "as another --model?") from None
+        if isinstance(getattr(model, TRANSFORM_INPUT, None), bool):
+            if not isinstance(ckpt.get(TRANSFORM_INPUT), bool):
+                where = (f"the JSON beside them, {Path(weights).with_suffix('.json')}" if weights else
+                         f"the checkpoint's dict ({path})")
+                raise SketchmineError(
+                    f"{spec} has a {TRANSFORM_INPUT} switch that the weights {source} do not record, and it changes "
+                    f"every activation: say it in {where} as {{\"{TRANSFORM_INPUT}\": true}} when they were "
+                    "fine-tuned from torchvision's pretrained weights (torchvision turns it on then), false when the "
+                    "model was trained from scratch")
+            setattr(model, TRANSFORM_INPUT, ckpt[TRANSFORM_INPUT])
     return LoadedModel(model.eval(), str(spec), pre if isinstance(pre, dict) else None,
                        seq if isinstance(seq, dict) else None, random_init=state is None)
 
