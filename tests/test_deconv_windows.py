@@ -11,7 +11,7 @@ from torch import fx, nn
 
 import sketchmine
 from sketchmine import receptive_fields
-from sketchmine.model.receptive_field import position_coupled
+from sketchmine.model.coupling import position_coupled
 from sketchmine.model.taps import TIME_FIRST
 from sketchmine.passes.deconv import Deconvolver
 from sketchmine.stats.ops import crop_patches

@@ -72,13 +72,20 @@ def _empirical_box(model: nn.Module, layer: str, size: int, channel: int = 0) ->
     ("resnet18", ["layer1.0.conv2", "layer2.1.conv1", "layer3.0.downsample.0", "layer4.1.conv2"]),
     ("resnet50", ["layer2.0.conv3", "layer3.2.conv2"]),
     ("googlenet", ["inception3a.branch3.1.conv", "inception4c.branch4.1.conv", "inception5b.branch2.1.conv"]),
+    # pools called as functions (F.max_pool2d, F.avg_pool2d) and a channel shuffle's transpose:
+    # both had no fields at all (the first unknown op dropped every layer's)
+    ("inception_v3", ["Conv2d_1a_3x3.conv", "Mixed_5b.branch_pool.conv", "Mixed_6a.branch3x3.conv"]),
+    ("shufflenet_v2_x0_5", ["conv1.0", "stage2.0.branch1.0", "stage3.1.branch2.3"]),
 ])
-def test_graph_field_equals_empirical_field(name, layers):
-    kw = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+def test_graph_field_equals_empirical_field(name, layers, monkeypatch):
+    kw = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
     model = torchvision.models.get_model(name, weights=None, **kw).eval()
     size = 160
     rf = receptive_fields(model, size)
     lin = _linearised(model)
+    # the empirical field needs every window position to pass gradient: functional max pools too
+    monkeypatch.setattr(torch.nn.functional, "max_pool2d", lambda x, kernel_size, stride=None, padding=0, **_:
+                        torch.nn.functional.avg_pool2d(x, kernel_size, stride, padding, count_include_pad=True))
     for layer in layers:
         (t, l, b, r), (y, x) = _empirical_box(lin, layer, size)
         top, left, bottom, right = rf[layer].box(y, x)
@@ -121,12 +128,23 @@ def test_ops_that_move_pixels_along_h_or_w_are_refused(between):
         receptive_fields(_Pixels(between), 24)
 
 
+@pytest.mark.parametrize("between", [lambda y: y.transpose(2, 3), lambda y: y.permute(0, 1, 3, 2),
+                                     lambda y: torch.transpose(y, -1, -2)])
+def test_transposes_that_move_the_grid_are_refused(between):
+    """A transpose or permute is pointwise only when H and W stay the last two dims in order
+    (a square map transposed keeps its shape, not its pixels)."""
+    with pytest.raises(SketchmineError, match="not supported"):
+        receptive_fields(_Pixels(between), 24)
+
+
 def test_ops_that_keep_the_grid_are_pointwise():
     """Channels indexed, joined or split: each output pixel is still the input pixel at the
     same place, so the field is the plain stack's (checked against the empirical field)."""
     plain = receptive_fields(_Pixels(lambda y: y), 24)["c2"]
     for between in (lambda y: torch.cat([y[:, 2:], y[:, :2]], dim=1), lambda y: torch.cat([y, y], dim=1)[:, 2:6],
-                    lambda y: torch.cat(y.chunk(2, dim=1)[::-1], dim=1)):
+                    lambda y: torch.cat(y.chunk(2, dim=1)[::-1], dim=1),
+                    lambda y: y.unflatten(1, (2, 2)).transpose(1, 2).flatten(1, 2),  # a channel shuffle
+                    lambda y: y.unflatten(1, (2, 2)).permute(0, 2, 1, 3, 4).flatten(1, 2)):
         model = _Pixels(between)
         assert receptive_fields(model, 24)["c2"] == plain
         (t, l, b, r), (y, x) = _empirical_box(_linearised(model), "c2", 24)

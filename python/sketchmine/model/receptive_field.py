@@ -11,11 +11,10 @@ A field is where a unit's pattern comes from. Normalisations with statistics ove
 the analysed size are taken as pointwise for it: the statistics scale and shift a whole map
 alike, and the field of every unit after a GroupNorm would otherwise be the whole image. Such
 ops do make a unit depend on the image's size and on pixels outside its field, so
-`position_coupled` names them: a unit behind one cannot be computed on a window of the image.
+`coupling.position_coupled` names them: a unit behind one cannot be computed on a window of the image.
 """
 from __future__ import annotations
 
-import inspect
 import operator
 from collections import Counter
 from dataclasses import dataclass
@@ -40,8 +39,13 @@ _GLOBAL_FUNCS = {torch.flatten, torch.mean, torch.nn.functional.adaptive_avg_poo
 _GLOBAL_METHODS = {"view", "reshape", "flatten", "unflatten", "mean", "sum"}
 # reshapes: the whole image in general, but pointwise when they keep the last two (H, W)
 # dimensions (folding a sequence's frames into the batch, (N, T, C, H, W) -> (N*T, C, H, W))
-_RESHAPE_FUNCS = {torch.flatten, torch.reshape}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten"}
+# (a channel shuffle's transpose of (N, groups, C/groups, H, W) keeps them too)
+_RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.transpose}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permute"}
+# sliding windows called as functions (Inception v3's branch pools), by their positional
+# parameters (builtins: no signature to bind); stride defaults to the kernel, as torch's
+_WINDOW_FUNCS = {torch.nn.functional.max_pool2d: ("input", "kernel_size", "stride", "padding", "dilation"),
+                 torch.nn.functional.avg_pool2d: ("input", "kernel_size", "stride", "padding")}
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,8 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
         elif node.op == "call_function":
             if node.target in _RESHAPE_FUNCS and _keeps_grid(node):
                 pass
+            elif node.target in _WINDOW_FUNCS:
+                f = _window(f, *_window_args(node))
             elif node.target in _GLOBAL_FUNCS:
                 f = whole
             elif node.target not in _POINTWISE_FUNCS:
@@ -198,6 +204,13 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
         if name not in out and node in fields:
             out[name] = _field(fields[node], h, w)
     return out
+
+
+def _window_args(node: fx.Node) -> tuple[Any, Any, Any, Any]:
+    """(kernel, stride, padding, dilation) of a pool called as a function."""
+    bound = {**dict(zip(_WINDOW_FUNCS[node.target], node.args)), **node.kwargs}
+    k = bound["kernel_size"]
+    return k, bound.get("stride") or k, bound.get("padding", 0), bound.get("dilation", 1)
 
 
 def _grids(meta: Any) -> set[tuple[int, ...]]:
@@ -230,6 +243,16 @@ def _keeps_grid(node: fx.Node) -> bool:
     dst = node.meta.get("tensor_meta")
     if src is None or dst is None or not hasattr(src, "shape") or not hasattr(dst, "shape"):
         return False
+    if node.target in (torch.transpose, "transpose", "permute"):  # the grid's dims must stay last, in order
+        n, args = len(src.shape), node.args[1:]
+        if node.kwargs or not args:
+            return False
+        if node.target == "permute":
+            order = list(args[0]) if isinstance(args[0], (tuple, list)) else list(args)
+            if [int(d) % n for d in order[-2:]] != [n - 2, n - 1]:
+                return False
+        elif {int(d) % n for d in args[:2]} & {n - 2, n - 1}:
+            return False
     return len(src.shape) >= 4 and len(dst.shape) >= 4 and tuple(src.shape[-2:]) == tuple(dst.shape[-2:])
 
 
@@ -333,68 +356,3 @@ def _adaptive(f: _Field, output_size, node: fx.Node, whole: _Field) -> _Field:
     if meta is not None and None not in out and tuple(meta.shape[-2:]) == out:
         return f
     return whole
-
-
-# ops whose value at a position depends on the input's size or on positions beyond a kernel
-_RESIZING_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-                     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample)
-_STATISTICS_MODULES = (nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
-_F = torch.nn.functional
-_COUPLED_FUNCS = {_F.adaptive_avg_pool1d, _F.adaptive_avg_pool2d, _F.adaptive_avg_pool3d, _F.adaptive_max_pool1d,
-                  _F.adaptive_max_pool2d, _F.adaptive_max_pool3d, torch.adaptive_avg_pool1d,
-                  torch.adaptive_max_pool1d, _F.interpolate, _F.upsample, _F.upsample_nearest,
-                  _F.upsample_bilinear, _F.grid_sample, _F.group_norm, _F.layer_norm, _F.instance_norm,
-                  _F.rms_norm, torch.group_norm, torch.layer_norm, torch.instance_norm}
-# along `dim`: over positions unless that is the channels (dim 1)
-_DIM_FUNCS = {torch.softmax, _F.softmax, torch.log_softmax, _F.log_softmax, _F.softmin, _F.normalize,
-              torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp}
-_DIM_METHODS = {"softmax", "log_softmax", "mean", "sum", "amax", "amin", "std", "var", "logsumexp", "norm"}
-
-
-def position_coupled(gm: fx.GraphModule) -> list[str]:
-    """The ops of a traced graph (a layer's cone, `cut.head`) whose value at a position depends
-    on the input's size or on statistics over positions (adaptive pooling, resampling, norms
-    over positions, softmax and reductions along other axes than the channels): a layer behind
-    one computes something else on a window of the image. Empty: windows are exact."""
-    modules = dict(gm.named_modules())
-    found = []
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            m = modules[str(node.target)]
-            if isinstance(m, _RESIZING_MODULES + _STATISTICS_MODULES) or _batch_statistics(m) or (
-                    isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)) and m.dim != 1):
-                found.append(f"{node.target} ({type(m).__name__})")
-        elif node.op == "call_function" and (node.target in _COUPLED_FUNCS or (
-                node.target in _DIM_FUNCS and not _channels_only(node))
-                or (node.target is _F.batch_norm and _batch_norm_statistics(node))):
-            found.append(f"{node.name} ({getattr(node.target, '__name__', node.target)})")
-        elif node.op == "call_method" and node.target in _DIM_METHODS and not _channels_only(node):
-            found.append(f"{node.name} (.{node.target}())")
-    return found
-
-
-def _batch_statistics(m: nn.Module) -> bool:
-    """A BatchNorm or InstanceNorm that normalises with the input's own statistics in eval mode."""
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return m.running_mean is None and m.running_var is None
-    return isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats
-
-
-def _batch_norm_statistics(node: fx.Node) -> bool:
-    """F.batch_norm called with training=True or without running statistics."""
-    args = inspect.signature(_F.batch_norm).bind(*node.args, **node.kwargs).arguments
-    return bool(args.get("training", False)) or args.get("running_mean") is None
-
-
-def _channels_only(node: fx.Node) -> bool:
-    """Whether a softmax, norm or reduction runs along the channels (dim 1) alone; no dim: all."""
-    if "dim" in node.kwargs:
-        dim = node.kwargs["dim"]
-    elif node.target is _F.normalize:
-        dim = node.args[2] if len(node.args) > 2 else 1
-    elif node.op == "call_method" and node.target == "norm":
-        dim = node.args[2] if len(node.args) > 2 else None
-    else:
-        dim = node.args[1] if len(node.args) > 1 else None
-    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
-    return len(dims) > 0 and all(isinstance(d, int) and d == 1 for d in dims)

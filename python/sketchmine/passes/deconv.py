@@ -27,8 +27,8 @@ import torch
 from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
-from sketchmine.model import cut
-from sketchmine.model.receptive_field import ReceptiveField, module_outputs, position_coupled, trace
+from sketchmine.model import coupling, cut
+from sketchmine.model.receptive_field import ReceptiveField, module_outputs, trace
 from sketchmine.model.taps import SOFTMAX, tapped_element, to_units
 from sketchmine.stats.ops import crop_patches
 
@@ -295,7 +295,7 @@ class Deconvolver:
     def windowable(self, layer: str) -> bool:
         """Whether `layer`'s units can be computed on windows of the image: no op in its cone
         reads the input's size or statistics over positions (`position_coupled`)."""
-        return layer != SOFTMAX and not position_coupled(self._head(cut.cut_module(self.model, layer)[0]))
+        return layer != SOFTMAX and not coupling.position_coupled(self._head(cut.cut_module(self.model, layer)[0]))
 
     def field_crops(self, images: torch.Tensor, image_index: torch.Tensor, layer: str, channels, yx,
                     field: ReceptiveField, steps: bool = False) -> torch.Tensor:
