@@ -169,10 +169,12 @@ def test_loader_options_same_result(baseline, small_test_set, tmp_path):
 
     ref = mine("demo", small_test_set, layers=LAYERS, out=tmp_path / "a.zarr", batch_size=64, num_workers=1)
     run = mine("demo", small_test_set, layers=LAYERS, out=tmp_path / "b.zarr", batch_size=64, num_workers=1,
-               prefetch_factor=4, pin_memory=True)
+               prefetch_factor=4, pin_memory=False)
     assert_same_store(run.path, ref.path)
     with pytest.raises(SketchmineError, match="prefetch_factor"):
         mine("demo", small_test_set, layers=CONVS, out=tmp_path / "c.zarr", prefetch_factor=2)
+    with pytest.raises(SketchmineError, match="pin_memory"):  # pinning is for copies to a CUDA device
+        mine("demo", small_test_set, layers=CONVS, out=tmp_path / "c.zarr", pin_memory=True)
 
 
 # ---- flushes overlapped with compute (item 3c) ------------------------------------------------
