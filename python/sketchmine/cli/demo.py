@@ -78,14 +78,13 @@ def check_demo_dir(out: Path, reports: Path) -> None:
     (with or without the marker); and report folders `write_report` would refuse."""
     from sketchmine.errors import SketchmineError
     from sketchmine.present.report import check_report_dir
-    from sketchmine.store.runstore import is_run
+    from sketchmine.store.lock import enclosing_run
 
     target = out.resolve()
     if target.exists() and not target.is_dir():
         raise SketchmineError(f"demo folder {out} exists and is not a folder; choose a new or empty folder")
-    for p in (target, *target.parents):
-        if is_run(p):
-            raise SketchmineError(f"demo folder {out} is inside the run {p}; choose a folder outside any run")
+    if (run := enclosing_run(target)) is not None:
+        raise SketchmineError(f"demo folder {out} is inside the run {run}; choose a folder outside any run")
     if target.is_dir():
         names = {p.name for p in target.iterdir()}
         foreign = sorted(names - demo_entries(reports.resolve() == target / "report"))

@@ -42,6 +42,7 @@ from sketchmine.model.pretrained import is_weights_name
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.progress import Progress, Silent
 from sketchmine.results.run import Run
+from sketchmine.store.lock import enclosing_run
 from sketchmine.store.runstore import RunLock, RunStore, is_run
 from sketchmine.store.schema import PREPROCESS
 
@@ -215,8 +216,7 @@ def mine(
                                  softmax_mined=SOFTMAX in names, channels_last=channels_last, autocast=autocast,
                                  compile=compile, overlap_flushes=overlap_flushes)
     out = Path(out)
-    outer = next((q for q in out.resolve().parents if is_run(q)), None)
-    if outer is not None:  # Zarr readers of the outer run would list the new run as one of its groups
+    if (outer := enclosing_run(out, itself=False)) is not None:  # Zarr readers of the outer run would list the new run as one of its groups
         raise SketchmineError(f"out {out} is inside the run {outer}; choose a folder outside any run")
     existing = team.writes and is_run(out)  # only rank 0 reads or writes the store
     store = RunStore.open(out, mode="r+") if existing else None

@@ -176,7 +176,7 @@ def check_plot_path(path: str | os.PathLike) -> Path:
     matplotlib writes. An existing file of that name is replaced (the path was asked for);
     nothing else is ever removed."""
     from sketchmine.errors import SketchmineError
-    from sketchmine.store.runstore import is_run
+    from sketchmine.store.lock import enclosing_run
 
     p = Path(path)
     target = p.resolve()
@@ -191,9 +191,8 @@ def check_plot_path(path: str | os.PathLike) -> Path:
         raise SketchmineError(f"plot file {p}: the folder {p.parent} does not exist")
     if not os.access(target.parent, os.W_OK):
         raise SketchmineError(f"plot file {p}: the folder {p.parent} is not writable")
-    for q in target.parents:
-        if is_run(q):
-            raise SketchmineError(f"plot file {p} is inside the run {q}; write it outside any run")
+    if (run := enclosing_run(target, itself=False)) is not None:
+        raise SketchmineError(f"plot file {p} is inside the run {run}; write it outside any run")
     return target
 
 

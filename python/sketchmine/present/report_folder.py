@@ -27,15 +27,14 @@ def inside(path: Path, folder: Path) -> bool:
 def check_report_dir(out: str | os.PathLike, run_path: str | os.PathLike | None = None) -> Path:
     """The resolved report folder `out`, or a SketchmineError saying why sketchmine may not
     (re)write it. Nothing is created or removed."""
-    from sketchmine.store.runstore import is_run
+    from sketchmine.store.lock import enclosing_run
 
     shown = Path(out)
     target = shown.resolve()
     if target.exists() and not target.is_dir():
         raise SketchmineError(f"report folder {shown} exists and is not a folder; choose a new or empty folder")
-    for p in (target, *target.parents):
-        if is_run(p):
-            raise SketchmineError(f"report folder {shown} is inside the run {p}; write the report outside any run")
+    if (run := enclosing_run(target)) is not None:
+        raise SketchmineError(f"report folder {shown} is inside the run {run}; write the report outside any run")
     if run_path is not None and inside(Path(run_path).resolve(), target):
         raise SketchmineError(f"report folder {shown} holds the run it reports ({run_path}); a report replaces its "
                               "whole folder, so choose a new or empty folder outside the run")

@@ -104,15 +104,13 @@ def check_probe_folder(out: str | Path) -> Path:
     """`out` as a folder a probe may be written to, checked before the model is exported: a new or
     empty folder, or one a probe wrote before; never a file, nor a folder inside a run (the probe's
     files would sit among the run's arrays)."""
-    from sketchmine.store.runstore import is_run
+    from sketchmine.store.lock import enclosing_run
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SketchmineError(f"probe folder {out} exists and is a file, not a folder; choose a new or empty folder")
-    target = out.resolve()
-    for p in (target, *target.parents):
-        if is_run(p):
-            raise SketchmineError(f"probe folder {out} is inside the run {p}; write the probe outside any run")
+    if (run := enclosing_run(out)) is not None:
+        raise SketchmineError(f"probe folder {out} is inside the run {run}; write the probe outside any run")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise SketchmineError(f"probe folder {out} exists and is not empty (and not a probe folder); choose a new "
                               "or empty folder")

@@ -145,6 +145,14 @@ def remove_write_temps(run: Path) -> list[Path]:
     return removed
 
 
+def enclosing_run(path: str | os.PathLike, itself: bool = True) -> Path | None:
+    """The sketchmine run folder at `path` (when `itself`) or above it, else None: what is written
+    there becomes part of that run (its readers list it), so every writer outside the run's own
+    files refuses such a place."""
+    p = Path(path).resolve()
+    return next((q for q in ((p, *p.parents) if itself else p.parents) if _is_run(q)), None)
+
+
 def _is_run(path: Path) -> bool:
     """A sketchmine run's folder (its root zarr.json carries the schema version), read without Zarr."""
     try:
