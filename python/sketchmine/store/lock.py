@@ -43,6 +43,12 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        """Take the lock, then remove what killed writes left in the run (`remove_write_temps`)."""
+        self._flock()
+        if is_run(self.run):  # no other writer lives now: what killed writes left is stale
+            remove_write_temps(self.run)
+
+    def _flock(self) -> None:
         blocked = next((p for p in (self.run.parent, *self.run.parent.parents) if p.exists() and not p.is_dir()), None)
         if blocked is not None:
             raise SketchmineError(f"cannot write the run to {self.run}: {blocked} is a file, not a folder; "
@@ -61,14 +67,12 @@ class RunLock:
             raise SketchmineError(
                 f"{self.run} is being written by another process; wait for it or stop it first"
             ) from None
-        if _is_run(self.run):  # no other writer lives now: what killed writes left is stale
-            remove_write_temps(self.run)
 
     def check_free(self) -> None:
         """Refuse now, as `acquire` would, if another process writes the run: a pass that
         computes for minutes before it writes (importance, effects) checks first rather than
         be refused after its work."""
-        self.acquire()
+        self._flock()
         self.release()
 
     def release(self) -> None:
@@ -150,12 +154,14 @@ def enclosing_run(path: str | os.PathLike, itself: bool = True) -> Path | None:
     there becomes part of that run (its readers list it), so every writer outside the run's own
     files refuses such a place."""
     p = Path(path).resolve()
-    return next((q for q in ((p, *p.parents) if itself else p.parents) if _is_run(q)), None)
+    return next((q for q in ((p, *p.parents) if itself else p.parents) if is_run(q)), None)
 
 
-def _is_run(path: Path) -> bool:
-    """A sketchmine run's folder (its root zarr.json carries the schema version), read without Zarr."""
+def is_run(path: Path) -> bool:
+    """True when `path` is a directory holding a sketchmine run: its root zarr.json is a group's
+    and carries the schema version (read as JSON: no Zarr needed to tell)."""
     try:
-        return VERSION_ATTR in json.loads((path / "zarr.json").read_bytes()).get("attributes", {})
-    except (OSError, ValueError, AttributeError):
+        meta = json.loads((Path(path) / "zarr.json").read_bytes())
+        return meta.get("node_type") == "group" and VERSION_ATTR in meta.get("attributes", {})
+    except (OSError, ValueError, AttributeError, TypeError):
         return False

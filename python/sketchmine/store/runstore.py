@@ -35,7 +35,7 @@ from sketchmine.store.checksums import block_sums, digest
 from sketchmine.store.columns import Columns
 from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
-from sketchmine.store.lock import RunLock, check_writable, stage
+from sketchmine.store.lock import RunLock, check_writable, is_run, stage
 
 __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_run", "put_rows"]
 
@@ -46,17 +46,6 @@ _ROW_CHUNK = schema.ROW_CHUNK
 def _layer_groups(layers: dict[str, dict[str, Any]]) -> dict[str, GroupMetadata]:
     """One group per layer, its attributes its shape and kind (RunStore.create)."""
     return {schema.layer_group(name): GroupMetadata(attributes=meta) for name, meta in layers.items()}
-
-
-def is_run(path: Path) -> bool:
-    """True when `path` is a directory holding a sketchmine run."""
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        return schema.VERSION_ATTR in zarr.open_group(str(path), mode="r").attrs
-    except Exception:
-        return False
 
 
 class RunStore(Checkpoints):
