@@ -36,7 +36,7 @@ from sketchmine.mining import distributed
 from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts
 from sketchmine.model.backend import WEIGHTS_HASH, algorithm_of, input_channels, recorded_weights
-from sketchmine.model.forward import TorchForward, as_forward, probe
+from sketchmine.model.forward import Layer, TorchForward, as_forward, probe
 from sketchmine.model.models import LoadedModel, is_model_path, load_model, preprocessing_for
 from sketchmine.model.pretrained import is_weights_name
 from sketchmine.model.taps import SOFTMAX
@@ -294,7 +294,7 @@ def mine(
         return RunStore.create(out, attrs, len(ds), names, ds.path, labels,
                                row_chunk=batch_size * flush_every,  # a flush writes whole new chunks
                                layers={l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
-                                                "receptive_field": fields.get(l.name, fields.get("*"))}
+                                                "receptive_field": _field_of(l, fields)}
                                        for l in spec})
 
     if channels_last:  # the caller's module gets its memory format back whatever happens
@@ -322,6 +322,15 @@ def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, load: LoadO
     else:
         progress.note("computing the dataset mean and std (one pass)")
         pre.mean, pre.std = compute_mean_std(getattr(ds, "base", ds), load.batch_size, load.num_workers)
+
+
+def _field_of(layer: Layer, fields: dict[str, Any]) -> dict[str, list[int]] | None:
+    """The layer's recorded field: its own, else the whole image ("*") for a layer without
+    positions (the virtual softmax, an LSTM's cell state, a vector); a grid layer the graph
+    analysis gave no field has none (visualize refuses it rather than crop a guess)."""
+    if layer.name in fields:
+        return fields[layer.name]
+    return fields.get("*") if not layer.spatial else None
 
 
 def _short(value: Any) -> Any:

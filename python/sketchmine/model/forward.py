@@ -17,7 +17,7 @@ from sketchmine.model import cut
 from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, as_forward, first_tensor, register_backend,
                                       weights_hasher)
 from sketchmine.model.onnx_backend import OnnxRunError
-from sketchmine.model.receptive_field import module_input_channels, receptive_fields
+from sketchmine.model.receptive_field import field_analysis, module_input_channels
 from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
 from sketchmine.progress import Progress
 
@@ -178,16 +178,22 @@ def _shape_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def fields_attrs(net: nn.Module, sample: tuple[int, ...], progress: Progress) -> dict[str, dict[str, list[int]] | None]:
     """Receptive field per module as store attributes ("*": the whole image, for the virtual
-    softmax); a model the graph analysis cannot handle is mined all the same, without them.
+    layers); a model the graph analysis cannot handle is mined all the same, without them, and
+    an op it cannot follow costs only the fields of the modules after it (said once).
     `sample`: one input's shape, (C, H, W), or (T, C, H, W) for a sequence of frames (fields
     per frame)."""
     size = tuple(sample[-2:])
     try:
-        rf = receptive_fields(net, size, tuple(sample[:-3]), channels=int(sample[-3]))
+        analysis = field_analysis(net, size, tuple(sample[:-3]), channels=int(sample[-3]))
     except SketchmineError as exc:
         progress.note(f"no receptive fields recorded: {exc}")
         return {}
+    if analysis.missing:
+        names = list(analysis.missing)
+        progress.note(f"no receptive fields recorded for {len(names)} modules ({', '.join(names[:3])}"
+                      f"{', …' if len(names) > 3 else ''}): {next(iter(analysis.missing.values()))}")
     out: dict[str, dict[str, list[int]] | None] = {
-        name: {"size": list(f.size), "stride": list(f.stride), "offset": list(f.offset)} for name, f in rf.items()}
+        name: {"size": list(f.size), "stride": list(f.stride), "offset": list(f.offset)}
+        for name, f in analysis.fields.items()}
     out["*"] = {"size": list(size), "stride": [0, 0], "offset": [0, 0]}
     return out

@@ -4,10 +4,13 @@ The model is traced with torch.fx and shapes are propagated on the meta device; 
 node's field is derived from its inputs' fields through the op's kernel, stride, padding
 and dilation. Branches are merged by union (residual additions, Inception concatenations),
 and anything that mixes all positions (flatten, linear, global pooling) sees the whole
-image. No per-model rules: a model this cannot analyse gets an error naming the module.
+image. Each node also carries where its tensor holds H and W, so channels-last stretches
+(ConvNeXt's permute, LayerNorm, Linear, permute back) are pointwise. No per-model rules: an op
+the analysis cannot follow is named; the nodes it feeds get no field (`field_analysis`), or
+`receptive_fields` refuses.
 
 A field is where a unit's pattern comes from. Normalisations with statistics over positions
-(GroupNorm; BatchNorm without running statistics) and adaptive pooling that is the identity at
+(GroupNorm, LayerNorm; BatchNorm without running statistics) and adaptive pooling that is the identity at
 the analysed size are taken as pointwise for it: the statistics scale and shift a whole map
 alike, and the field of every unit after a GroupNorm would otherwise be the whole image. Such
 ops do make a unit depend on the image's size and on pixels outside its field, so
@@ -15,6 +18,7 @@ ops do make a unit depend on the image's size and on pixels outside its field, s
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections import Counter
 from dataclasses import dataclass
@@ -24,15 +28,21 @@ import torch
 from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
+from sketchmine.model.graph import module_input_channels, module_outputs, propagate_shapes, trace
 
 _POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                       nn.Hardswish, nn.Hardsigmoid, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm,
-                      nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Softmax, nn.LogSoftmax)
+                      nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Softmax, nn.LogSoftmax,
+                      nn.LayerNorm)
 _POINTWISE_FUNCS = {torch.relu, torch.nn.functional.relu, torch.sigmoid, torch.tanh, torch.add, torch.mul,
                     torch.cat, torch.nn.functional.dropout, torch.softmax, torch.nn.functional.softmax,
                     torch.nn.functional.batch_norm, torch.nn.functional.hardtanh, torch.nn.functional.relu6,
                     torch.nn.functional.gelu, torch.nn.functional.silu, torch.unsqueeze,
+                    torch.nn.functional.layer_norm, torch.nn.functional.group_norm,
                     operator.add, operator.mul, operator.getitem}
+# pointwise functions outside torch, by qualified name (importing their library here would cost
+# every caller its import): stochastic depth scales whole samples
+_POINTWISE_NAMES = {"torchvision.ops.stochastic_depth.stochastic_depth"}
 _POINTWISE_METHODS = {"relu", "relu_", "add", "add_", "mul", "mul_", "sigmoid", "contiguous", "clone",
                       "unsqueeze", "float", "to", "chunk", "size"}
 _GLOBAL_FUNCS = {torch.flatten, torch.mean, torch.nn.functional.adaptive_avg_pool2d}
@@ -40,7 +50,7 @@ _GLOBAL_METHODS = {"view", "reshape", "flatten", "unflatten", "mean", "sum"}
 # reshapes: the whole image in general, but pointwise when they keep the last two (H, W)
 # dimensions (folding a sequence's frames into the batch, (N, T, C, H, W) -> (N*T, C, H, W))
 # (a channel shuffle's transpose of (N, groups, C/groups, H, W) keeps them too)
-_RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.transpose}
+_RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.transpose, torch.permute}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permute"}
 # sliding windows called as functions (Inception v3's branch pools), by their positional
 # parameters (builtins: no signature to bind); stride defaults to the kernel, as torch's
@@ -68,11 +78,13 @@ class ReceptiveField:
 
 @dataclass(frozen=True)
 class _Field:
-    """Per axis: jump (input pixels between neighbouring units) and unit 0's window [lo, hi]."""
+    """Per axis: jump (input pixels between neighbouring units) and unit 0's window [lo, hi];
+    `grid`: the dims of the node's tensor that hold H and W, from the end ((-3, -2) channels-last)."""
 
     jump: tuple[int, int]
     lo: tuple[int, int]
     hi: tuple[int, int]
+    grid: tuple[int, int] = (-2, -1)
 
 
 def _pair(v) -> tuple[int, int]:
@@ -94,7 +106,7 @@ def _window(f: _Field, k, s, p, d) -> _Field:
     """Field after a sliding window (conv or pool) with kernel k, stride s, padding p, dilation d."""
     p = _padding(p, k, d)
     k, s, d = _pair(k), _pair(s), _pair(d)
-    return _Field(
+    return _Field(  # the grid is last (_check_grid_last)
         tuple(f.jump[a] * s[a] for a in range(2)),
         tuple(f.lo[a] - p[a] * f.jump[a] for a in range(2)),
         tuple(f.hi[a] + ((k[a] - 1) * d[a] - p[a]) * f.jump[a] for a in range(2)),
@@ -102,20 +114,14 @@ def _window(f: _Field, k, s, p, d) -> _Field:
 
 
 def _union(fields: list[_Field], where: str) -> _Field:
-    jumps = {f.jump for f in fields}
+    jumps, grids = {f.jump for f in fields}, {f.grid for f in fields}
     if len(jumps) > 1:
         raise SketchmineError(f"cannot merge receptive fields at {where}: branches have strides {sorted(jumps)}")
+    if len(grids) > 1:
+        raise SketchmineError(f"cannot merge receptive fields at {where}: branches hold the height and width at "
+                              f"different dims {sorted(grids)}")
     return _Field(fields[0].jump, tuple(min(f.lo[a] for f in fields) for a in range(2)),
-                  tuple(max(f.hi[a] for f in fields) for a in range(2)))
-
-
-def module_input_channels(model: nn.Module, default: int = 3) -> int:
-    """Channel count a torch model takes: in_channels of its first convolution, else `default`
-    (the input shape a graph analysis or a probe gives the model)."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            return m.in_channels
-    return default
+                  tuple(max(f.hi[a] for f in fields) for a in range(2)), fields[0].grid)
 
 
 def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
@@ -130,7 +136,28 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
     as folding the frames into the batch, leaves the field as it is). `channels`: the input's
     channels (default: the first conv's, else 3). `input_size`: an int S (S×S), (H, W) or
     (C, H, W) (`data.parse_size`); a C that differs from `channels` or from the model's first
-    convolution is refused."""
+    convolution is refused. An op the analysis cannot follow is refused naming it
+    (`field_analysis` keeps the fields of the modules before it)."""
+    analysis = field_analysis(model, input_size, leading, channels)
+    if analysis.missing:
+        raise SketchmineError(next(iter(analysis.missing.values())))
+    return analysis.fields
+
+
+@dataclass(frozen=True)
+class FieldAnalysis:
+    """The fields the graph gives (`fields`), and the modules without one because an op the
+    analysis cannot follow comes before them (`missing`: module name → that op, in words)."""
+
+    fields: dict[str, ReceptiveField]
+    missing: dict[str, str]
+
+
+def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
+                   leading: tuple[int, ...] = (), channels: int | None = None) -> FieldAnalysis:
+    """`receptive_fields`, except that an op the analysis cannot follow costs only the fields
+    of the nodes it feeds (a field depends on the node's inputs alone): the layers before it
+    keep theirs, the rest are listed in `missing` with the reason."""
     from sketchmine.data import parse_size
 
     c, (h, w) = parse_size(input_size, "receptive_fields input_size")
@@ -141,69 +168,104 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
                                   f"{type(model).__name__} takes {takes}; pass (H, W) or ({takes}, H, W)")
         channels = c
     gm = trace(model, "to compute receptive fields")
-    _propagate_shapes(gm, model, h, w, tuple(leading), channels)
+    propagate_shapes(gm, model, h, w, tuple(leading), channels)
     whole = _Field((0, 0), (0, 0), (h - 1, w - 1))
     fields: dict[fx.Node, _Field] = {}
+    unknown: dict[fx.Node, str] = {}
     modules = dict(gm.named_modules())
     out: dict[str, ReceptiveField] = {}
+    missing: dict[str, str] = {}
     calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
     for node in gm.graph.nodes:
-        ins = [fields[a] for a in node.all_input_nodes if a in fields]
         if node.op == "placeholder":
             fields[node] = _Field((1, 1), (0, 0), (0, 0))
             continue
-        if node.op in ("output", "get_attr") or not ins:
+        before = [unknown[a] for a in node.all_input_nodes if a in unknown]
+        ins = [fields[a] for a in node.all_input_nodes if a in fields]
+        if node.op in ("output", "get_attr") or not (ins or before):
             continue
         if "tensor_meta" not in node.meta:  # a shape, size or other non-tensor value: no pixels
             continue
-        where = node.target if node.op == "call_module" else node.name
-        f = _union(ins, str(where)) if all(i.jump != (0, 0) for i in ins) else whole
-        if f.jump == (0, 0):  # computed from whole-image features (a recurrent head, an MLP): whole
-            fields[node] = whole
+        try:
+            if before:  # after an op the analysis cannot follow: unknown as well, for the same reason
+                raise SketchmineError(before[0])
+            f = _node_field(node, ins, [a for a in node.all_input_nodes if a in fields], modules, whole)
+        except SketchmineError as exc:
+            unknown[node] = str(exc)
             if node.op == "call_module":
-                out[node.target] = _field(whole, h, w)
+                missing[str(node.target)] = str(exc)
             continue
-        if node.op == "call_module":
-            m = modules[node.target]
-            if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-                dil = getattr(m, "dilation", 1)
-                f = _window(f, m.kernel_size, m.stride, m.padding, dil if dil is not None else 1)
-            elif isinstance(m, (nn.Linear, nn.Flatten)):
-                f = whole
-            elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-                f = _adaptive(f, m.output_size, node, whole)
-            elif not isinstance(m, _POINTWISE_MODULES):
-                raise SketchmineError(f"receptive fields: module {node.target!r} ({type(m).__name__}) is not supported")
-            fields[node] = f
-            if calls[node.target] == 1:  # a module called twice has two fields (the miner refuses it too)
-                out[node.target] = _field(f, h, w)
-        elif node.op == "call_function":
-            if node.target in _RESHAPE_FUNCS and _keeps_grid(node):
-                pass
-            elif node.target in _WINDOW_FUNCS:
-                f = _window(f, *_window_args(node))
-            elif node.target in _GLOBAL_FUNCS:
-                f = whole
-            elif node.target not in _POINTWISE_FUNCS:
-                raise SketchmineError(f"receptive fields: function {getattr(node.target, '__name__', node.target)} "
-                                      f"at {node.name} is not supported")
-            else:
-                _check_one_grid(node, fields)
-            fields[node] = f
-        elif node.op == "call_method":
-            if node.target in _RESHAPE_METHODS and _keeps_grid(node):
-                pass
-            elif node.target in _GLOBAL_METHODS:
-                f = whole
-            elif node.target not in _POINTWISE_METHODS:
-                raise SketchmineError(f"receptive fields: method .{node.target}() at {node.name} is not supported")
-            else:
-                _check_one_grid(node, fields)
-            fields[node] = f
+        fields[node] = f
+        if node.op == "call_module" and calls[node.target] == 1:  # called twice: two fields (the miner refuses it)
+            out[str(node.target)] = _field(f, h, w)
     for name, node in module_outputs(gm).items():  # modules traced through: blocks, containers
-        if name not in out and node in fields:
+        if name in out or name in missing:
+            continue
+        if node in fields:
             out[name] = _field(fields[node], h, w)
-    return out
+        elif node in unknown:
+            missing[name] = unknown[node]
+    return FieldAnalysis(out, missing)
+
+
+def _node_field(node: fx.Node, ins: list[_Field], carriers: list[fx.Node], modules: dict[str, nn.Module],
+                whole: _Field) -> _Field:
+    """A node's field from its pixel-carrying inputs' fields (`ins`, of the nodes `carriers`),
+    or a SketchmineError naming an op whose effect on positions is not known."""
+    where = node.target if node.op == "call_module" else node.name
+    if not all(i.jump != (0, 0) for i in ins):  # from whole-image features (a recurrent head, an MLP)
+        return whole
+    f = _union(ins, str(where))
+    if node.op == "call_module":
+        m = modules[str(node.target)]
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            _check_grid_last(node, f)
+            dil = getattr(m, "dilation", 1)
+            return _window(f, m.kernel_size, m.stride, m.padding, dil if dil is not None else 1)
+        if isinstance(m, nn.Linear):  # along the last dim: pointwise when that holds channels (NHWC)
+            return f if f.grid[1] != -1 else whole
+        if isinstance(m, nn.Flatten):
+            return whole
+        if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            _check_grid_last(node, f)
+            return _adaptive(f, m.output_size, node, whole)
+        if not isinstance(m, _POINTWISE_MODULES):
+            raise SketchmineError(f"receptive fields: module {node.target!r} ({type(m).__name__}) is not supported")
+        return f
+    if node.op == "call_function":
+        if node.target in _RESHAPE_FUNCS and (grid := _moved_grid(node, f.grid)) is not None:
+            return dataclasses.replace(f, grid=grid)
+        if node.target in _WINDOW_FUNCS:
+            _check_grid_last(node, f)
+            return _window(f, *_window_args(node))
+        if node.target is torch.nn.functional.linear:
+            return f if f.grid[1] != -1 else whole
+        if node.target in _GLOBAL_FUNCS:
+            return whole
+        if node.target not in _POINTWISE_FUNCS and _qualname(node.target) not in _POINTWISE_NAMES:
+            raise SketchmineError(f"receptive fields: function {getattr(node.target, '__name__', node.target)} "
+                                  f"at {node.name} is not supported")
+        _check_one_grid(node, f.grid, carriers)
+        return f
+    if node.target in _RESHAPE_METHODS and (grid := _moved_grid(node, f.grid)) is not None:
+        return dataclasses.replace(f, grid=grid)
+    if node.target in _GLOBAL_METHODS:
+        return whole
+    if node.target not in _POINTWISE_METHODS:
+        raise SketchmineError(f"receptive fields: method .{node.target}() at {node.name} is not supported")
+    _check_one_grid(node, f.grid, carriers)
+    return f
+
+
+def _qualname(target: Any) -> str:
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}"
+
+
+def _check_grid_last(node: fx.Node, f: _Field) -> None:
+    """A window op (conv, pool) slides over the last two dims: the grid must be there."""
+    if f.grid != (-2, -1):
+        raise SketchmineError(f"receptive fields: {node.target if node.op == 'call_module' else node.name} slides "
+                              f"over the last two dims, but the height and width are at dims {f.grid}; not supported")
 
 
 def _window_args(node: fx.Node) -> tuple[Any, Any, Any, Any]:
@@ -213,47 +275,59 @@ def _window_args(node: fx.Node) -> tuple[Any, Any, Any, Any]:
     return k, bound.get("stride") or k, bound.get("padding", 0), bound.get("dilation", 1)
 
 
-def _grids(meta: Any) -> set[tuple[int, ...]]:
-    """The (H, W) of every tensor of at least 2 dimensions in a node's shape record (a tuple
-    of them for a split)."""
+def _grids(meta: Any, grid: tuple[int, int]) -> set[tuple[int, ...]]:
+    """The sizes at the grid's dims of every tensor with enough dimensions in a node's shape
+    record (a tuple of them for a split)."""
     shape = getattr(meta, "shape", None)  # a TensorMetadata (itself a named tuple)
     if shape is not None:
-        return {tuple(shape[-2:])} if len(shape) >= 2 else set()
+        return {(int(shape[grid[0]]), int(shape[grid[1]]))} if len(shape) >= -grid[0] else set()
     if isinstance(meta, (tuple, list)):
-        return set().union(*(_grids(m) for m in meta)) if meta else set()
+        return set().union(*(_grids(m, grid) for m in meta)) if meta else set()
     return set()
 
 
-def _check_one_grid(node: fx.Node, fields: dict[fx.Node, _Field]) -> None:
+def _check_one_grid(node: fx.Node, grid: tuple[int, int], carriers: list[fx.Node]) -> None:
     """An op taken as pointwise (getitem, cat, chunk, add, ...) keeps its pixel-carrying inputs'
-    (H, W) grid: one that indexes, joins or splits along H or W moves pixels, and is refused."""
-    grids = _grids(node.meta.get("tensor_meta"))
-    for a in node.all_input_nodes:
-        if a in fields:
-            grids |= _grids(a.meta.get("tensor_meta"))
+    (H, W) grid at the same dims: one that indexes, joins or splits along H or W moves pixels,
+    and is refused."""
+    grids = _grids(node.meta.get("tensor_meta"), grid)
+    for a in carriers:
+        grids |= _grids(a.meta.get("tensor_meta"), grid)
     if len(grids) > 1:
         raise SketchmineError(f"receptive fields: {getattr(node.target, '__name__', node.target)} at {node.name} "
                               f"indexes, joins or splits the height or width (grids {sorted(grids)}); not supported")
 
 
-def _keeps_grid(node: fx.Node) -> bool:
-    """A reshape whose input and output both end in the same (H, W) grid (shapes from the
-    propagation), so each output pixel is the input pixel at the same place."""
+def _moved_grid(node: fx.Node, grid: tuple[int, int]) -> tuple[int, int] | None:
+    """Where a reshape puts the (H, W) grid (dims from the end), or None when it does not keep
+    each output pixel at the input pixel's place: a transpose or permute must keep H before W
+    (a channels-last permute moves them, ConvNeXt's LayerNorm does); a view, reshape or flatten
+    must have the grid last on both sides, with the same sizes."""
     src = node.all_input_nodes[0].meta.get("tensor_meta") if node.all_input_nodes else None
     dst = node.meta.get("tensor_meta")
     if src is None or dst is None or not hasattr(src, "shape") or not hasattr(dst, "shape"):
-        return False
-    if node.target in (torch.transpose, "transpose", "permute"):  # the grid's dims must stay last, in order
-        n, args = len(src.shape), node.args[1:]
+        return None
+    n = len(src.shape)
+    if n < max(-grid[0], 2) or len(dst.shape) != n and node.target in (torch.transpose, torch.permute, "transpose",
+                                                                      "permute"):
+        return None
+    if node.target in (torch.transpose, torch.permute, "transpose", "permute"):
+        args = node.args[1:]
         if node.kwargs or not args:
-            return False
-        if node.target == "permute":
-            order = list(args[0]) if isinstance(args[0], (tuple, list)) else list(args)
-            if [int(d) % n for d in order[-2:]] != [n - 2, n - 1]:
-                return False
-        elif {int(d) % n for d in args[:2]} & {n - 2, n - 1}:
-            return False
-    return len(src.shape) >= 4 and len(dst.shape) >= 4 and tuple(src.shape[-2:]) == tuple(dst.shape[-2:])
+            return None
+        if node.target in (torch.permute, "permute"):
+            order = [int(d) % n for d in (list(args[0]) if isinstance(args[0], (tuple, list)) else args)]
+        else:
+            order = list(range(n))
+            a, b = int(args[0]) % n, int(args[1]) % n
+            order[a], order[b] = order[b], order[a]
+        if sorted(order) != list(range(n)):
+            return None
+        moved = (order.index(grid[0] % n) - n, order.index(grid[1] % n) - n)
+        return moved if moved[0] < moved[1] else None  # H after W: the grid transposed
+    if grid != (-2, -1) or len(src.shape) < 4 or len(dst.shape) < 4:
+        return None
+    return grid if tuple(src.shape[-2:]) == tuple(dst.shape[-2:]) else None
 
 
 def _field(f: _Field, h: int, w: int) -> ReceptiveField:
@@ -262,89 +336,6 @@ def _field(f: _Field, h: int, w: int) -> ReceptiveField:
     if f.jump == (0, 0):
         return ReceptiveField((h, w), (0, 0), (0, 0))
     return ReceptiveField(tuple(f.hi[a] - f.lo[a] + 1 for a in range(2)), f.jump, f.lo)
-
-
-def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
-    """The model's torch.fx graph (sharing its parameters), or an error naming the model, what
-    the graph was for, and the tracer's first line."""
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as exc:
-        raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx {purpose}: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-
-
-def module_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
-    """The node holding each module's output in a traced graph, by qualified name.
-
-    symbolic_trace inlines every module that is not a torch.nn leaf (a ResNet block, an
-    Inception block, a Sequential), so such a module has no node of its own; its nodes carry
-    it in their ``nn_module_stack``, and its output is the last of them that a node outside
-    the call uses. A leaf module's output is its call node. Modules called more than once
-    per forward are left out (their output is ambiguous; the miner refuses them too).
-    """
-    calls: dict[str, set[str]] = {}
-    last: dict[str, fx.Node] = {}
-    for node in gm.graph.nodes:
-        for key, val in (node.meta.get("nn_module_stack") or {}).items():
-            name = val[0] if isinstance(val, tuple) else str(key).split("@")[0]
-            calls.setdefault(name, set()).add(key)
-            if any(key not in (u.meta.get("nn_module_stack") or {}) for u in node.users):
-                last[key] = node
-    return {name: last[next(iter(keys))] for name, keys in calls.items()
-            if len(keys) == 1 and next(iter(keys)) in last}
-
-
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leading: tuple[int, ...] = (),
-                      channels: int | None = None) -> None:
-    """Tensor shapes on every node (adaptive pooling needs its input grid), computed without
-    arithmetic where possible: on the meta device (parameters swapped for meta copies, ~1 ms
-    for ResNet-50's 170 nodes), else with fake tensors, else a real one-image forward if an op
-    has neither a meta nor a fake kernel. The caller's model is never changed (but for the eval
-    mode it is put in and restored)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    c = channels or module_input_channels(model)
-    shape = (1, *leading, c, h, w)
-    was_training = {m: m.training for m in model.modules()}  # per module: a frozen BatchNorm stays frozen
-    model.eval()
-    try:
-        with torch.no_grad():
-            try:
-                _meta_shapes(gm, shape)
-            except Exception:
-                try:
-                    ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(
-                        torch.zeros(shape))
-                except Exception:
-                    ShapeProp(gm).propagate(torch.zeros(shape))
-    except Exception as exc:
-        raise SketchmineError(f"{type(model).__name__} cannot take a {'×'.join(map(str, shape[1:]))} input: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    finally:
-        for m, training in was_training.items():
-            m.training = training
-
-
-class _ShapeRun(nn.Module):
-    """Runs ShapeProp over a traced graph, so that functional_call can swap its tensors."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__()
-        self.gm = gm
-
-    def forward(self, x: torch.Tensor) -> Any:
-        from torch.fx.passes.shape_prop import ShapeProp
-
-        return ShapeProp(self.gm).propagate(x)
-
-
-def _meta_shapes(gm: fx.GraphModule, shape: tuple[int, ...]) -> None:
-    """ShapeProp on meta tensors: every parameter and buffer replaced, for this call only, by a
-    meta tensor of its shape (no data copied), and a meta input."""
-    tensors = {f"gm.{k}": v.to("meta") for k, v in [*gm.named_parameters(), *gm.named_buffers()]}
-    torch.func.functional_call(_ShapeRun(gm), tensors, (torch.zeros(shape, device="meta"),))
 
 
 def _adaptive(f: _Field, output_size, node: fx.Node, whole: _Field) -> _Field:

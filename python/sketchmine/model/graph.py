@@ -1,0 +1,105 @@
+"""The model's torch.fx graph as the analyses read it: traced once, shapes on every node
+(computed on the meta device where possible), and the node holding each module's output.
+Receptive fields (receptive_field.py), window coupling (coupling.py) and the cut models of
+visualize (cut.py) all start from it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from sketchmine.errors import SketchmineError
+
+
+def module_input_channels(model: nn.Module, default: int = 3) -> int:
+    """Channel count a torch model takes: in_channels of its first convolution, else `default`
+    (the input shape a graph analysis or a probe gives the model)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return m.in_channels
+    return default
+
+
+def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
+    """The model's torch.fx graph (sharing its parameters), or an error naming the model, what
+    the graph was for, and the tracer's first line."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:
+        raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx {purpose}: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def module_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
+    """The node holding each module's output in a traced graph, by qualified name.
+
+    symbolic_trace inlines every module that is not a torch.nn leaf (a ResNet block, an
+    Inception block, a Sequential), so such a module has no node of its own; its nodes carry
+    it in their ``nn_module_stack``, and its output is the last of them that a node outside
+    the call uses. A leaf module's output is its call node. Modules called more than once
+    per forward are left out (their output is ambiguous; the miner refuses them too).
+    """
+    calls: dict[str, set[str]] = {}
+    last: dict[str, fx.Node] = {}
+    for node in gm.graph.nodes:
+        for key, val in (node.meta.get("nn_module_stack") or {}).items():
+            name = val[0] if isinstance(val, tuple) else str(key).split("@")[0]
+            calls.setdefault(name, set()).add(key)
+            if any(key not in (u.meta.get("nn_module_stack") or {}) for u in node.users):
+                last[key] = node
+    return {name: last[next(iter(keys))] for name, keys in calls.items()
+            if len(keys) == 1 and next(iter(keys)) in last}
+
+
+def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leading: tuple[int, ...] = (),
+                      channels: int | None = None) -> None:
+    """Tensor shapes on every node (adaptive pooling needs its input grid), computed without
+    arithmetic where possible: on the meta device (parameters swapped for meta copies, ~1 ms
+    for ResNet-50's 170 nodes), else with fake tensors, else a real one-image forward if an op
+    has neither a meta nor a fake kernel. The caller's model is never changed (but for the eval
+    mode it is put in and restored)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    c = channels or module_input_channels(model)
+    shape = (1, *leading, c, h, w)
+    was_training = {m: m.training for m in model.modules()}  # per module: a frozen BatchNorm stays frozen
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                _meta_shapes(gm, shape)
+            except Exception:
+                try:
+                    ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(
+                        torch.zeros(shape))
+                except Exception:
+                    ShapeProp(gm).propagate(torch.zeros(shape))
+    except Exception as exc:
+        raise SketchmineError(f"{type(model).__name__} cannot take a {'×'.join(map(str, shape[1:]))} input: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    finally:
+        for m, training in was_training.items():
+            m.training = training
+
+
+class _ShapeRun(nn.Module):
+    """Runs ShapeProp over a traced graph, so that functional_call can swap its tensors."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, x: torch.Tensor) -> Any:
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        return ShapeProp(self.gm).propagate(x)
+
+
+def _meta_shapes(gm: fx.GraphModule, shape: tuple[int, ...]) -> None:
+    """ShapeProp on meta tensors: every parameter and buffer replaced, for this call only, by a
+    meta tensor of its shape (no data copied), and a meta input."""
+    tensors = {f"gm.{k}": v.to("meta") for k, v in [*gm.named_parameters(), *gm.named_buffers()]}
+    torch.func.functional_call(_ShapeRun(gm), tensors, (torch.zeros(shape, device="meta"),))
