@@ -69,3 +69,35 @@ def test_a_conv_classifier_gives_the_class_count(tmp_path):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert loaded.module(x).shape == (2, 10) and torch.equal(loaded.module(x), net(x))
+
+
+def test_a_run_records_transform_input_and_every_pass_holds_to_it(googlenet_finetuned, small_test_set, tmp_path):
+    """The switch is not in the weights' identity: a run records it, and a resume or a later pass
+    with the switch set the other way (the JSON edited, a model object changed) is refused."""
+    from sketchmine import mine
+    from sketchmine.data import ArrayDataset, Preprocessing
+    from sketchmine.passes.reload import run_model
+    from tests.helpers import per_class_subset
+
+    net, path = googlenet_finetuned
+    side = path.with_suffix(".json")
+    sub = per_class_subset(small_test_set, 2, "gn_switch")  # real sketches, given the model's preprocessing by mine
+    data = ArrayDataset(sub.images, sub.labels(), sub.class_names, Preprocessing("none", 1, None), sub.describe(),
+                        explicit=False)
+    side.write_text(json.dumps({"transform_input": True}))
+    try:
+        out = tmp_path / "gn.zarr"
+        run = mine("googlenet", data, weights=str(path), layers=["conv1.conv"], k=2, out=out, image_size=64)
+        assert run.attrs["model_switches"] == {"transform_input": True}
+        assert run_model(run).module.transform_input is True
+        side.write_text(json.dumps({"transform_input": False}))
+        with pytest.raises(SketchmineError, match=r"model switch transform_input \(run: True, now: False\)"):
+            mine("googlenet", data, weights=str(path), layers=["conv1.conv"], k=2, out=out, image_size=64)
+        with pytest.raises(SketchmineError, match=r"transform_input \(run: True, now: False\) differs"):
+            run_model(run)
+        net.transform_input = False
+        with pytest.raises(SketchmineError, match=r"transform_input \(run: True, now: False\) differs"):
+            run_model(run, net)
+    finally:
+        net.transform_input = True
+        side.unlink(missing_ok=True)

@@ -41,7 +41,7 @@ _OWNED = False  # True when sketchmine initialised the process group itself (tor
 _CHECKS = {"dataset_fingerprint": "dataset", "model": "model", "weights_hash": "model weights",
            "layer_names": "layers", "k": "k", "preprocessing_key": "preprocessing",
            "forward_options": "forward options", "logits": "logits setting", "batch_size": "batch size",
-           "flush_every": "flush interval"}
+           "flush_every": "flush interval", "model_switches": "model switches"}
 
 
 class Solo:

@@ -35,8 +35,9 @@ from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
 from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts
-from sketchmine.model.backend import WEIGHTS_HASH, algorithm_of, input_channels, recorded_weights
-from sketchmine.model.forward import Layer, TorchForward, as_forward, probe
+from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
+                                      recorded_weights, switches_differ_from)
+from sketchmine.model.forward import TorchForward, as_forward, layer_field, probe
 from sketchmine.model.models import LoadedModel, is_model_path, load_model, preprocessing_for
 from sketchmine.model.pretrained import is_weights_name
 from sketchmine.model.taps import SOFTMAX
@@ -241,15 +242,24 @@ def mine(
     }
     # recorded either way (runs from before the statistics existed lack it: False); a resume must agree
     want["distributions"] = bool(distributions)
+    if switches := model_switches(loaded.module):  # recorded only for models that have them
+        want[MODEL_SWITCHES] = switches
     want[PREPROCESS] = load.preprocess
     team.check_same({**want, "logits": logits, "batch_size": batch_size, "flush_every": flush_every})
     # before the model is touched (and again under the lock); a refusal on rank 0 reaches every rank
-    team.on_writer(lambda: _check_resumable(store, want, logits) if store is not None else None)
+    # (the default layers are known after the probe: a module never called is left out then)
+    early = want if layers is not None else {key: v for key, v in want.items() if key != "layer_names"}
+    team.on_writer(lambda: _check_resumable(store, early, logits) if store is not None else None)
     forward.to(device)
     if compile:
         forward.compile = True
     first_index, first = _first_readable(ds)
-    spec, num_classes = probe(forward, names, first[None].to(device))
+    spec, num_classes = probe(forward, names, first[None].to(device), optional=layers is None)
+    if len(spec) < len(names):
+        unused = [n for n in names if n not in {l.name for l in spec}]
+        progress.note(f"{len(unused)} of the model's layers are not called by its forward pass and are not mined: "
+                      f"{', '.join(unused[:4])}{', …' if len(unused) > 4 else ''}")
+        names = want["layer_names"] = [l.name for l in spec]
     if logits and num_classes is not None and ds.class_names and num_classes != len(ds.class_names):
         raise SketchmineError(f"the model has {num_classes} outputs but the dataset has {len(ds.class_names)} classes "
                               f"({', '.join(ds.class_names[:5])}{', …' if len(ds.class_names) > 5 else ''}): its "
@@ -294,10 +304,11 @@ def mine(
         return RunStore.create(out, attrs, len(ds), names, ds.path, labels,
                                row_chunk=batch_size * flush_every,  # a flush writes whole new chunks
                                layers={l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
-                                                "receptive_field": _field_of(l, fields)}
+                                                "receptive_field": layer_field(l, fields)}
                                        for l in spec})
 
     if channels_last:  # the caller's module gets its memory format back whatever happens
+        was = _memory_format(forward.net)
         forward.net.to(memory_format=torch.channels_last)
     try:
         run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
@@ -307,7 +318,15 @@ def mine(
     finally:
         lock.release()
         if channels_last:
-            forward.net.to(memory_format=torch.contiguous_format)
+            forward.net.to(memory_format=was)
+
+
+def _memory_format(net: nn.Module) -> torch.memory_format:
+    """The memory format the module's 4-D weights are in: channels-last when any is laid out so
+    (and not also plain contiguous, as 1×1 kernels are both)."""
+    cl = any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+             for p in net.parameters())
+    return torch.channels_last if cl else torch.contiguous_format
 
 
 def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, load: LoadOptions, progress: Progress) -> None:
@@ -324,15 +343,6 @@ def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, load: LoadO
         pre.mean, pre.std = compute_mean_std(getattr(ds, "base", ds), load.batch_size, load.num_workers)
 
 
-def _field_of(layer: Layer, fields: dict[str, Any]) -> dict[str, list[int]] | None:
-    """The layer's recorded field: its own, else the whole image ("*") for a layer without
-    positions (the virtual softmax, an LSTM's cell state, a vector); a grid layer the graph
-    analysis gave no field has none (visualize refuses it rather than crop a guess)."""
-    if layer.name in fields:
-        return fields[layer.name]
-    return fields.get("*") if not layer.spatial else None
-
-
 def _short(value: Any) -> Any:
     """A long value (a fingerprint, a hash) cut for a message."""
     return (str(value)[:16] + "…") if isinstance(value, str) and len(value) > 20 else value
@@ -342,8 +352,9 @@ def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> N
     """Refuse to resume a run mined with another model, weights, layers, k, dataset,
     preprocessing or logits setting, naming each difference."""
     attrs, diffs = current.attrs, []
-    checks = [("model", "model id"), ("weights_hash", "model weights"), ("layer_names", "layers"),
-              ("k", "k"), ("dataset_fingerprint", "dataset"), ("preprocessing_key", "preprocessing")]
+    checks = [(key, label) for key, label in (
+        ("model", "model id"), ("weights_hash", "model weights"), ("layer_names", "layers"), ("k", "k"),
+        ("dataset_fingerprint", "dataset"), ("preprocessing_key", "preprocessing")) if key in want]
     # runs that predate the record of forward options were mined with the plain forward
     options = attrs.get("forward_options") or SpeedOptions().forward_options()
     attrs = {**attrs, "weights_hash": recorded_weights(attrs)}
@@ -354,6 +365,8 @@ def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> N
         a, b = attrs.get(key), want.get(key)
         if a != b:
             diffs.append(f"{label} (run: {_short(a)}, now: {_short(b)})")
+    if MODEL_SWITCHES in attrs:  # runs before the record, and of models without switches: not compared
+        diffs += [f"model switch {d}" for d in switches_differ_from(attrs[MODEL_SWITCHES], want.get(MODEL_SWITCHES, {}))]
     if attrs.get("logits", True) != logits:
         diffs.append(f"logits (run: {attrs.get('logits', True)}, now: {logits})")
     had, has = bool(attrs.get("distributions", False)), bool(want.get("distributions", False))

@@ -127,6 +127,35 @@ def weights_match(model: Any, attrs: dict[str, Any]) -> bool:
     return recorded is not None and weights_hash(model, algorithm_of(recorded)) == recorded
 
 
+TRANSFORM_INPUT = "transform_input"
+"""A model switch no state_dict records (torchvision's GoogLeNet and Inception v3 re-normalise their
+input with it; torchvision turns it on whenever it loads its pretrained weights, so a model
+fine-tuned from them needs it, one trained from scratch does not)."""
+MODEL_SWITCHES = "model_switches"
+"""The run attribute recording them ({} is not written: runs of models without one stay as they were)."""
+
+
+def model_switches(model: Any) -> dict[str, bool]:
+    """The switches of a torch model that change its outputs but no state_dict records, by name:
+    the weights' identity cannot tell them apart, so a run records them beside it."""
+    net = model.module if isinstance(model, LoadedModel) else model
+    value = getattr(net, TRANSFORM_INPUT, None) if isinstance(net, torch.nn.Module) else None
+    return {TRANSFORM_INPUT: value} if isinstance(value, bool) else {}
+
+
+def switches_differ(model: Any, attrs: dict[str, Any]) -> list[str]:
+    """Each switch whose value in `model` is not the one a run recorded, in words; a run that
+    recorded none (mined before the record, or of a model without switches) is not compared."""
+    recorded = attrs.get(MODEL_SWITCHES)
+    return switches_differ_from(recorded, model_switches(model)) if isinstance(recorded, dict) else []
+
+
+def switches_differ_from(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Each switch set differently in `recorded` and `now`, in words."""
+    return [f"{k} (run: {recorded.get(k)}, now: {now.get(k)})" for k in sorted({*recorded, *now})
+            if recorded.get(k) != now.get(k)]
+
+
 def input_channels(model: Any, default: int = 3) -> int:
     """Channel count the model takes, as its backend reads it (default when it cannot)."""
     return as_forward(model).input_channels(default)

@@ -21,7 +21,7 @@ from sketchmine.model.receptive_field import field_analysis, module_input_channe
 from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
 from sketchmine.progress import Progress
 
-__all__ = ["Forward", "Layer", "TorchForward", "as_forward", "fields_attrs", "module_weights_hash", "probe"]
+__all__ = ["Forward", "Layer", "TorchForward", "as_forward", "fields_attrs", "layer_field", "module_weights_hash", "probe"]
 
 
 def module_weights_hash(model: nn.Module, algorithm: str = WEIGHTS_HASH) -> str:
@@ -35,10 +35,19 @@ def module_weights_hash(model: nn.Module, algorithm: str = WEIGHTS_HASH) -> str:
     return f"{algorithm}:{h.hexdigest()}"
 
 
+MINED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+"""What the compiled statistics read (held as float32)."""
+
+
 class TorchForward:
     """The torch path: Taps hooks read the tapped modules during the module's own forward."""
 
     def __init__(self, net: nn.Module) -> None:
+        if isinstance(net, torch.jit.ScriptModule):  # its graph runs without the Python hooks taps are
+            raise SketchmineError(
+                f"{type(net).__name__} is a TorchScript module (torch.jit.trace or torch.jit.script): its layers run "
+                "inside the compiled graph, where no hook sees them; pass the nn.Module it was made from, or export "
+                "it to ONNX")
         self.net = net
         self.order: list[str] = []  # tapped layers in call order, from the probe
         self.stop_after: str | None = None  # a tapped layer: end each forward right after it (logits=False)
@@ -67,9 +76,21 @@ class TorchForward:
                ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]:
         """Tapped output shapes (no batch dim), the output, and how each tap read its module."""
         shapes: dict[str, tuple[int, ...]] = {}
-        record = lambda n, t: shapes.setdefault(n, tuple(t.shape[1:]))  # noqa: E731
+        dtypes: dict[str, torch.dtype] = {}
+
+        def record(name: str, t: torch.Tensor) -> None:
+            shapes.setdefault(name, tuple(t.shape[1:]))
+            dtypes.setdefault(name, t.dtype)
+
         with torch.inference_mode(), Taps(self.net, layers, record) as taps:
             out = _shape_forward(self.net, x)
+        for name, dtype in dtypes.items():
+            if dtype not in MINED_DTYPES:  # the statistics hold float32: a double would be ranked rounded
+                raise SketchmineError(
+                    f"layer {name!r} outputs {str(dtype).removeprefix('torch.')} values; sketchmine mines float32, "
+                    "float16 and bfloat16 activations" + (" (it ranks and stores them as float32): cast the model "
+                                                          "with model.float()" if dtype.is_floating_point else
+                                                          ": tap a module whose output is floating-point"))
         self.order, self.layouts = list(shapes), taps.layouts
         return shapes, out, taps.layouts
 
@@ -126,8 +147,11 @@ class TorchForward:
 register_backend(nn.Module, TorchForward)
 
 
-def probe(forward: Forward, layers: list[str], x: torch.Tensor) -> tuple[list[Layer], int | None]:
-    """Shapes of the tapped outputs and the logit count, from one forward pass."""
+def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool = False
+          ) -> tuple[list[Layer], int | None]:
+    """Shapes of the tapped outputs and the logit count, from one forward pass. A layer the
+    forward does not call is refused, or left out when the layers are `optional` (the defaults:
+    an auxiliary head that runs only in training)."""
     try:
         shapes, out, layouts = forward.shapes(layers, x)
     except (RuntimeError, ValueError, IndexError, OnnxRunError) as exc:
@@ -142,6 +166,8 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor) -> tuple[list[La
     result = []
     for name in layers:
         if name not in shapes:
+            if optional:
+                continue
             raise SketchmineError(f"layer {name!r} was not called during the forward pass; it cannot be tapped")
         shape = shapes[name]
         result.append(Layer(name, shape[0], tuple(shape[1:]), forward.kind(name), layouts.get(name, {})))
@@ -197,3 +223,12 @@ def fields_attrs(net: nn.Module, sample: tuple[int, ...], progress: Progress) ->
         for name, f in analysis.fields.items()}
     out["*"] = {"size": list(size), "stride": [0, 0], "offset": [0, 0]}
     return out
+
+
+def layer_field(layer: Layer, fields: dict[str, Any]) -> dict[str, list[int]] | None:
+    """The layer's recorded field: its own, else the whole image ("*") for a layer without
+    positions (the virtual softmax, an LSTM's cell state, a vector); a grid layer the graph
+    analysis gave no field has none (visualize refuses it rather than crop a guess)."""
+    if layer.name in fields:
+        return fields[layer.name]
+    return fields.get("*") if not layer.spatial else None

@@ -65,18 +65,20 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leadi
 
     c = channels or module_input_channels(model)
     shape = (1, *leading, c, h, w)
+    # the parameters' dtype (a half or double model refuses a float input)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     was_training = {m: m.training for m in model.modules()}  # per module: a frozen BatchNorm stays frozen
     model.eval()
     try:
         with torch.no_grad():
             try:
-                _meta_shapes(gm, shape)
+                _meta_shapes(gm, shape, dtype)
             except Exception:
                 try:
                     ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(
-                        torch.zeros(shape))
+                        torch.zeros(shape, dtype=dtype))
                 except Exception:
-                    ShapeProp(gm).propagate(torch.zeros(shape))
+                    ShapeProp(gm).propagate(torch.zeros(shape, dtype=dtype))
     except Exception as exc:
         raise SketchmineError(f"{type(model).__name__} cannot take a {'×'.join(map(str, shape[1:]))} input: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
@@ -98,8 +100,8 @@ class _ShapeRun(nn.Module):
         return ShapeProp(self.gm).propagate(x)
 
 
-def _meta_shapes(gm: fx.GraphModule, shape: tuple[int, ...]) -> None:
+def _meta_shapes(gm: fx.GraphModule, shape: tuple[int, ...], dtype: torch.dtype) -> None:
     """ShapeProp on meta tensors: every parameter and buffer replaced, for this call only, by a
     meta tensor of its shape (no data copied), and a meta input."""
     tensors = {f"gm.{k}": v.to("meta") for k, v in [*gm.named_parameters(), *gm.named_buffers()]}
-    torch.func.functional_call(_ShapeRun(gm), tensors, (torch.zeros(shape, device="meta"),))
+    torch.func.functional_call(_ShapeRun(gm), tensors, (torch.zeros(shape, dtype=dtype, device="meta"),))

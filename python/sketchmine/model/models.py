@@ -16,7 +16,8 @@ from torch import nn
 
 from sketchmine.data import Preprocessing, as_size, preset
 from sketchmine.errors import SketchmineError, closest
-from sketchmine.model.backend import LoadedModel, input_channels, recorded_weights, weights_hash, weights_match
+from sketchmine.model.backend import (TRANSFORM_INPUT, LoadedModel, input_channels, recorded_weights, weights_hash,
+                                      weights_match)
 from sketchmine.model.pretrained import is_weights_name, load_pretrained
 from sketchmine.model.forward import TorchForward  # noqa: F401  (importing it registers nn.Module's backend)
 from sketchmine.model.onnx_backend import load_onnx  # (registers OnnxModel's backend)
@@ -71,12 +72,6 @@ def _sidecar(weights: Path) -> dict[str, Any]:
     if isinstance(meta, dict) and isinstance(meta.get(TRANSFORM_INPUT), bool):
         got[TRANSFORM_INPUT] = meta[TRANSFORM_INPUT]
     return got
-
-
-TRANSFORM_INPUT = "transform_input"
-"""A model switch no state_dict records (torchvision's GoogLeNet and Inception v3 re-normalise their
-input with it; torchvision turns it on whenever it loads its pretrained weights, so a model
-fine-tuned from them needs it, one trained from scratch does not)."""
 
 
 def _in_channels(state_dict: dict[str, torch.Tensor]) -> int | None:

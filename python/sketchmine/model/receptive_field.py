@@ -45,8 +45,8 @@ _POINTWISE_FUNCS = {torch.relu, torch.nn.functional.relu, torch.sigmoid, torch.t
 _POINTWISE_NAMES = {"torchvision.ops.stochastic_depth.stochastic_depth"}
 _POINTWISE_METHODS = {"relu", "relu_", "add", "add_", "mul", "mul_", "sigmoid", "contiguous", "clone",
                       "unsqueeze", "float", "to", "chunk", "size"}
-_GLOBAL_FUNCS = {torch.flatten, torch.mean, torch.nn.functional.adaptive_avg_pool2d}
-_GLOBAL_METHODS = {"view", "reshape", "flatten", "unflatten", "mean", "sum"}
+_GLOBAL_FUNCS = {torch.flatten, torch.mean, torch.amax, torch.amin, torch.nn.functional.adaptive_avg_pool2d}
+_GLOBAL_METHODS = {"view", "reshape", "flatten", "unflatten", "mean", "sum", "amax", "amin"}
 # reshapes: the whole image in general, but pointwise when they keep the last two (H, W)
 # dimensions (folding a sequence's frames into the batch, (N, T, C, H, W) -> (N*T, C, H, W))
 # (a channel shuffle's transpose of (N, groups, C/groups, H, W) keeps them too)

@@ -16,6 +16,7 @@ from torch import nn
 
 from sketchmine.data import ImageFolderDataset, MinerDataset, Preprocessing, animal_shape, as_miner_dataset
 from sketchmine.errors import SketchmineError
+from sketchmine.model.backend import switches_differ
 from sketchmine.model.models import LoadedModel, load_model, recorded_weights, weights_match
 from sketchmine.results.run import Run
 
@@ -46,6 +47,9 @@ def run_model(run: Run, model: nn.Module | LoadedModel | str | None = None,
     if not weights_match(loaded.module, attrs):
         raise SketchmineError(f"the model's weights differ from those run {run.path} was mined with "
                               f"({str(recorded_weights(attrs))[:20]}…); pass the same model")
+    if differ := switches_differ(loaded.module, attrs):  # the same weights, computing something else
+        raise SketchmineError(f"the model's {'; '.join(differ)} differs from the run {run.path}'s; set it as the "
+                              "run was mined (the JSON beside the weights, or the checkpoint's dict)")
     return loaded
 
 

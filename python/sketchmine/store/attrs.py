@@ -41,6 +41,8 @@ _ROOT_CHECKS: dict[str, tuple[bool, str, Callable[[Any], bool]]] = {
                                                          for key in ("spec", "weights"))),
     "weights_hash": (False, "a string '<algorithm>:<hex digest>'", lambda v: isinstance(v, str) and ":" in v),
     "weights_sha256": (False, "a string", lambda v: isinstance(v, str)),  # runs before weights_hash
+    "model_switches": (False, "an object of booleans", lambda v: isinstance(v, dict)
+                       and all(isinstance(key, str) and isinstance(b, bool) for key, b in v.items())),
     "bad_images": (False, "a list of {index, path, error}", lambda v: isinstance(v, list)
                    and all(isinstance(b, dict) and _is_int(b.get("index"), 0) and isinstance(b.get("path"), str)
                            for b in v)),

@@ -1,0 +1,114 @@
+"""Models that are legal in torch but unusual (found by an audit): double and integer outputs,
+TorchScript modules, a head the forward never calls, a model kept channels-last, a half model's
+receptive fields. Real sketches, small models; each test failed before its fix."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sketchmine
+from sketchmine import SketchmineError
+from tests.helpers import brute_topk, per_class_subset
+
+
+@pytest.fixture(scope="module")
+def sketches(small_test_set):
+    """40 real test sketches as a torch Dataset of (1, 28, 28) tensors in [0, 1]."""
+    sub = per_class_subset(small_test_set, 4, "unusual")
+    x = torch.from_numpy(np.asarray(sub.images)).float().div(255)[:, None]
+    return torch.utils.data.TensorDataset(x, torch.from_numpy(sub.labels()).long())
+
+
+class _Net(nn.Module):
+    """conv, global max, a head; `aux` runs only in training (GoogLeNet's auxiliary heads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2)
+        self.fc = nn.Linear(8, 10)
+        self.aux = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor):
+        h = torch.relu(self.conv1(x))
+        out = self.fc(torch.relu(self.conv2(h)).amax(dim=(2, 3)))
+        return (out, self.aux(h.amax(dim=(2, 3)))) if self.training else out
+
+
+def _net(seed: int = 5) -> _Net:
+    torch.manual_seed(seed)
+    return _Net().eval()
+
+
+def test_a_double_model_is_refused_naming_the_layer(sketches, tmp_path):
+    """Its activations were ranked at float32 precision (ties broken by index) and its bottom-k
+    positions all read the last cell; the statistics are float32, so a double model is refused."""
+    double = torch.utils.data.TensorDataset(sketches.tensors[0].double(), sketches.tensors[1])
+    with pytest.raises(SketchmineError, match=r"layer 'conv1' outputs float64 .*model\.float\(\)"):
+        sketchmine.mine(_net().double(), double, layers=["conv1"], out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()
+
+
+def test_an_integer_output_is_refused_before_the_run_exists(sketches, tmp_path):
+    class Counts(nn.Module):
+        def forward(self, x):
+            return (x > 0.5).sum(dim=1, dtype=torch.int32)
+
+    net = _net()
+    net.counts = Counts()
+    net.forward = lambda x: (net.counts(x), _Net.forward(net, x))[1]  # type: ignore[method-assign]
+    with pytest.raises(SketchmineError, match=r"layer 'counts' outputs int32 .*floating-point"):
+        sketchmine.mine(net, sketches, layers=["counts", "conv1"], out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()
+
+
+@pytest.mark.parametrize("make", [torch.jit.trace, lambda net, x: torch.jit.script(net)])
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_a_torchscript_module_is_refused(sketches, tmp_path, make):
+    """No hook fires inside its graph: the default layers were silently only the softmax."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 24 * 24, 10)).eval()
+    with pytest.raises(SketchmineError, match="TorchScript module .* pass the nn.Module"):
+        sketchmine.mine(make(net, sketches[0][0][None]), sketches, out=tmp_path / "r.zarr")
+
+
+def test_the_default_layers_leave_out_a_head_the_forward_never_calls(sketches, tmp_path, caplog):
+    net = _net()
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(net, sketches, k=3, out=tmp_path / "r.zarr", batch_size=16)
+    assert run.layers == ["conv1", "conv2", "fc", "softmax"]
+    assert any("not called" in r.getMessage() and "aux" in r.getMessage() for r in caplog.records)
+    got: list[torch.Tensor] = []
+    handle = net.conv2.register_forward_hook(lambda m, i, o: got.append(o.detach().clone()))
+    with torch.inference_mode():
+        net(sketches.tensors[0])
+    handle.remove()
+    acts = got[0]
+    values, index, _ = run.topk("conv2")
+    want_values, want_index = brute_topk(acts, 3)[:2]
+    assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)
+    again = sketchmine.mine(net, sketches, k=3, out=tmp_path / "r.zarr", batch_size=16)  # resumes: the same layers
+    assert again.layers == run.layers
+    with pytest.raises(SketchmineError, match="was not called during the forward pass"):  # named: refused
+        sketchmine.mine(net, sketches, layers=["conv1", "aux"], out=tmp_path / "named.zarr")
+
+
+def test_a_channels_last_model_stays_channels_last(sketches, tmp_path):
+    net = _net().to(memory_format=torch.channels_last)
+    before = net.conv2.weight.stride()
+    sketchmine.mine(net, sketches, layers=["conv2"], k=2, out=tmp_path / "r.zarr", channels_last=True)
+    assert net.conv2.weight.stride() == before and not net.conv2.weight.is_contiguous()
+    plain = _net()
+    sketchmine.mine(plain, sketches, layers=["conv2"], k=2, out=tmp_path / "p.zarr", channels_last=True)
+    assert plain.conv2.weight.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_model_has_receptive_fields(dtype):
+    """The shape propagation fed a float input to a half model and failed: no fields, and
+    visualize refused every grid layer, blaming the input size."""
+    fields = sketchmine.receptive_fields(_net().to(dtype), 28)
+    assert fields["conv2"] == sketchmine.receptive_fields(_net(), 28)["conv2"]
+    assert fields["conv2"].size == (7, 7) and fields["conv2"].stride == (2, 2)
