@@ -112,3 +112,73 @@ def test_a_half_model_has_receptive_fields(dtype):
     fields = sketchmine.receptive_fields(_net().to(dtype), 28)
     assert fields["conv2"] == sketchmine.receptive_fields(_net(), 28)["conv2"]
     assert fields["conv2"].size == (7, 7) and fields["conv2"].stride == (2, 2)
+
+
+class _Flipped(nn.Module):
+    """Test-time augmentation: conv1 sees the batch doubled, [every image, every flip]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(torch.cat([x, x.flip(3)]))).amax(dim=(2, 3))
+        return self.fc(h[: len(x)] + h[len(x):])
+
+
+class _Attention(nn.Module):
+    """A time-first attention layer over the image's rows: (L, N, E) whatever N is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(28, 4)
+        self.fc = nn.Linear(28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x[:, 0].permute(1, 0, 2)  # (L=28, N, E=28)
+        return self.fc(self.attn(rows, rows, rows)[0].mean(0))
+
+
+class _Patches(nn.Module):
+    """Four quadrants of each image through one conv, folded into the batch image by image:
+    (N, 4, 1, 14, 14) -> (N*4, ...), the order a time-distributed CNN has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = x.unfold(2, 14, 14).unfold(3, 14, 14).permute(0, 2, 3, 1, 4, 5).reshape(-1, 1, 14, 14)
+        h = torch.relu(self.conv1(q)).amax(dim=(2, 3)).view(len(x), 4, 6).amax(1)
+        return self.fc(h)
+
+
+@pytest.mark.parametrize("make,layer", [(_Flipped, "conv1"), (_Attention, "attn")])
+def test_rows_that_are_not_each_images_in_turn_are_refused(sketches, tmp_path, make, layer):
+    """The doubled batch's rows were read as two frames of each image (top-k image indices
+    wrong, and changing with the batch size); the attention's L rows as frames of one image,
+    its units fused into one."""
+    torch.manual_seed(0)
+    with pytest.raises(SketchmineError, match=rf"layer '{layer}' returns \d+ rows per image, and they are not"):
+        sketchmine.mine(make().eval(), sketches, layers=[layer], out=tmp_path / "r.zarr", batch_size=16)
+    assert not (tmp_path / "r.zarr").exists()
+
+
+def test_rows_folded_image_by_image_are_mined_per_image(sketches, tmp_path):
+    torch.manual_seed(0)
+    net = _Patches().eval()
+    got: list[torch.Tensor] = []
+    handle = net.conv1.register_forward_hook(lambda m, i, o: got.append(o.detach().clone()))
+    with torch.inference_mode():
+        net(sketches.tensors[0])
+    handle.remove()
+    per_image = got[0].view(len(sketches), 4, 6, 12, 12).movedim(1, 2).flatten(2, 3)  # quadrants stacked along y
+    for batch_size in (16, 40):
+        run = sketchmine.mine(net, sketches, layers=["conv1"], k=3, out=tmp_path / f"r{batch_size}.zarr",
+                              batch_size=batch_size)
+        values, index, yx = run.topk("conv1")
+        want_values, want_index, want_flat = brute_topk(per_image, 3)
+        assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)
+        assert np.array_equal(yx[..., 0] * 12 + yx[..., 1], want_flat)

@@ -91,6 +91,9 @@ class TorchForward:
                     "float16 and bfloat16 activations" + (" (it ranks and stores them as float32): cast the model "
                                                           "with model.float()" if dtype.is_floating_point else
                                                           ": tap a module whose output is floating-point"))
+        folded = [name for name, info in taps.layouts.items() if "time_steps" in info]
+        if folded:
+            _check_folded_rows(self.net, folded, x, taps.layouts)
         self.order, self.layouts = list(shapes), taps.layouts
         return shapes, out, taps.layouts
 
@@ -145,6 +148,32 @@ class TorchForward:
 
 
 register_backend(nn.Module, TorchForward)
+
+
+def _check_folded_rows(net: nn.Module, layers: list[str], x: torch.Tensor,
+                       layouts: dict[str, dict[str, Any]]) -> None:
+    """A layer whose output has T rows per image is read as each image's T rows in turn (a
+    sequence's frames folded into the batch, (N, T, ...) -> (N*T, ...)). Other orders exist:
+    a batch doubled by torch.cat([x, flipped x]) holds every image, then every flip; a
+    time-first (L, N, E) output has L rows whatever N is. One image cannot tell them apart, so
+    two are run, and the first's rows must be those it has alone; else the layer is refused
+    (its positions would be credited to other images)."""
+    other = x.flip(-1, -2) * 0.5 + 0.25 * x.float().mean().to(x.dtype)  # any second input unlike x
+    got: dict[int, dict[str, torch.Tensor]] = {1: {}, 2: {}}
+    for n, batch in ((1, x), (2, torch.cat([x, other]))):
+        record = lambda name, t, n=n: got[n].setdefault(name, t.detach().float().clone())  # noqa: E731
+        with torch.inference_mode(), Taps(net, layers, record, layouts):
+            net(batch)
+    for name in layers:
+        alone, pair = got[1].get(name), got[2].get(name)
+        if pair is None or alone is None or pair.shape[1:] != alone.shape[1:] or len(pair) != 2 or not torch.allclose(
+                pair[:1], alone, rtol=1e-4, atol=1e-5 * max(float(alone.abs().max()), 1.0)):
+            steps = layouts[name]["time_steps"]
+            raise SketchmineError(
+                f"layer {name!r} returns {steps} rows per image, and they are not each image's rows in turn (a batch of "
+                "two images did not hold the first image's rows first, as it would for a sequence's frames folded "
+                "into the batch): its first dimension is not the batch (a time-first output, a batch doubled by "
+                "torch.cat), so its positions cannot be credited to images; mine the modules before or after it")
 
 
 def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool = False
