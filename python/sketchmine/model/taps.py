@@ -242,6 +242,38 @@ class Taps:
         self.close()
 
 
+class _Probed(Exception):
+    """Raised by `probe_layouts`' callback once every tapped layer has been read."""
+
+
+def probe_layouts(model: nn.Module, layers: Sequence[str], x: torch.Tensor) -> dict[str, dict[str, Any]]:
+    """How each layer's output is read (`Taps.layouts`), from one forward of the first image
+    x[:1], as the miner's probe learns it: one image tells a time-first per-step Linear's
+    (T, 1, F) from (1, T, F), where a batch of as many images as steps cannot.
+
+    The forward ends once every layer has been read (no grad, nothing after them computed):
+    a caller's input may be too small for the layers after them (a deconvolution's window).
+    The virtual "softmax" (read as the model returns it) and a layer the forward never calls
+    get no entry. Runs in the model's own mode: put it in eval first, or a batch norm in
+    training mode counts the probe in its running statistics."""
+    wanted = {n for n in layers if n != SOFTMAX}
+    if not wanted:
+        return {}
+    read: set[str] = set()
+
+    def done(name: str, t: torch.Tensor) -> None:
+        read.add(name)
+        if read >= wanted:  # after the last name of the module's hook, so every layout is kept
+            raise _Probed
+
+    with torch.inference_mode(), Taps(model, layers, done) as taps:
+        try:
+            model(x[:1])
+        except _Probed:
+            pass
+    return taps.layouts
+
+
 def ablation_dims(name: str, module: nn.Module) -> tuple[int, int]:
     """(batch dim, unit dim) of the tensor `tapped_element` returns, for zeroing units."""
     if name.endswith(CELL) and isinstance(module, nn.LSTM):

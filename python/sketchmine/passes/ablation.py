@@ -28,7 +28,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model import cut
 from sketchmine.model.taps import (SOFTMAX, STATE_BATCH_DIM, TIME_FIRST, Taps, ablation_dims, final_hidden,
-                                   replace_element, replace_hidden, tapped_element, to_units)
+                                   probe_layouts, replace_element, replace_hidden, tapped_element, to_units)
 
 _BUDGET = 1 << 23  # elements of one replicated activation tensor (32 MB float32)
 ABLATION = ("unit zeroed at every position (a recurrent unit: in the layer's output at every step and in the last "
@@ -169,11 +169,9 @@ def _logits(out: Any) -> torch.Tensor:
 
 
 def layer_layout(net: nn.Module, layer: str, x: torch.Tensor) -> dict[str, Any]:
-    """How the layer's output is read, from a forward pass of one image (as the miner's probe:
-    (T, 1, F) cannot be mistaken for (1, T, F)), for callers without the run's attributes."""
-    probe = Replicate(net, layer)
-    probe.base(x[:1])
-    return probe.known
+    """How the layer's output is read, from a forward pass of one image (`probe_layouts`, as the
+    miner's probe: (T, 1, F) cannot be mistaken for (1, T, F)), for callers without the run's attributes."""
+    return dict(probe_layouts(net, [layer], x).get(layer, {}))
 
 
 def choose_ablator(net: nn.Module, layer: str, x: torch.Tensor,

@@ -18,7 +18,8 @@ The objective of a unit, on the layer's output in the miner's layout (taps.to_un
 - recurrent layers (time as the position): the mean over steps of the whole output.
 Models that read sequences of drawings (demo-gru) are refused: their input is not one image.
 The forward stops right after the layer (cut.stop_after): nothing after it is computed; a module
-the forward calls more than once is refused (one full probe forward counts its calls).
+the forward calls more than once is refused (the one full probe forward that counts the layer's
+units counts its calls too).
 """
 from __future__ import annotations
 
@@ -90,14 +91,9 @@ class LayerReader:
         if self.layer == SOFTMAX:
             return first_tensor(self.net(x))  # the logits
         got: list[torch.Tensor] = []
-        cell = self.target != self.layer
 
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-            if isinstance(module, nn.Softmax):
-                got.append(inputs[0])  # the logits
-            else:
-                got.append(to_units(self.layer, module, tapped_element(self.layer, module, output, cell),
-                                    x.shape[0], cell)[0])
+            got.append(self._read(module, inputs, output, x.shape[0]))
 
         handle = self.module.register_forward_hook(hook)
         try:
@@ -107,21 +103,30 @@ class LayerReader:
             handle.remove()
         return got[0]
 
-    def check_called_once(self, x: torch.Tensor) -> None:
-        """Refuse a module the forward calls more than once (ResNet's shared block ReLU), as the
-        miner does: `__call__` stops at its first call and would optimise that call only. One
-        full forward, counting; one that fails after the first call (the layers after it need
-        another input size) has no second call before the failure and ends the count there."""
+    def _read(self, module: nn.Module, inputs: tuple, output: Any, batch: int) -> torch.Tensor:
+        """The layer's output in the miner's layout from one call of its module (a softmax: the logits)."""
+        if isinstance(module, nn.Softmax):
+            return inputs[0]
+        cell = self.target != self.layer
+        return to_units(self.layer, module, tapped_element(self.layer, module, output, cell), batch, cell)[0]
+
+    def unit_count(self, x: torch.Tensor) -> int:
+        """The layer's unit count, from one full forward that also refuses a module the forward
+        calls more than once (ResNet's shared block ReLU), as the miner does: `__call__` stops at
+        its first call and would optimise that call only. A forward that fails after the first
+        call (the layers after it need another input size) has no second call before the failure
+        and ends the count there. The first call is read after the forward, so a second call is
+        refused before anything wrong with the first (as two forwards, counting then reading, did)."""
         if self.layer == SOFTMAX:
-            return
-        calls: list[str] = []
+            return int(self(x).shape[1])
+        calls: list[tuple[nn.Module, tuple, Any]] = []
 
         def count(module: nn.Module, inputs: tuple, output: Any) -> None:
-            calls.append(type(module).__name__)
-            if len(calls) > 1:
-                raise SketchmineError(f"layer {self.layer!r} ({calls[0]}) is called more than once per forward pass, "
-                                      "so one objective would mix its calls; visualise the modules around it instead "
-                                      "(e.g. the conv or the block output)")
+            if calls:
+                raise SketchmineError(f"layer {self.layer!r} ({type(module).__name__}) is called more than once per "
+                                      "forward pass, so one objective would mix its calls; visualise the modules "
+                                      "around it instead (e.g. the conv or the block output)")
+            calls.append((module, inputs, output))
 
         handle = self.module.register_forward_hook(count)
         try:
@@ -133,6 +138,9 @@ class LayerReader:
                 raise
         finally:
             handle.remove()
+        if not calls:
+            raise SketchmineError(f"the forward pass did not reach layer {self.layer!r}")
+        return int(self._read(*calls[0], x.shape[0]).shape[1])
 
     def objective(self, out: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """(U,) each element's unit: centre position (conv), mean over positions (recurrent,
@@ -207,15 +215,12 @@ def _check_units(reader: LayerReader, units: Sequence[int] | int, channels: int,
         raise SketchmineError(f"no units given for layer {reader.layer!r}")
     with torch.no_grad():
         try:
-            probe = torch.zeros((1, channels, *hw), device=device)
-            reader.check_called_once(probe)
-            out = reader(probe)
+            n = reader.unit_count(torch.zeros((1, channels, *hw), device=device))
         except SketchmineError:
             raise
         except RuntimeError as exc:
             raise SketchmineError(f"the model did not run on a ({channels}, {hw[0]}, {hw[1]}) input up to layer "
                                   f"{reader.layer!r}: {str(exc).splitlines()[0]}; pass its input size (size=)") from None
-    n = int(out.shape[1])
     bad = [int(u) for u in arr if not 0 <= int(u) < n]
     if bad:
         raise SketchmineError(f"unit(s) {', '.join(map(str, bad[:5]))} out of range for layer {reader.layer!r}, which "

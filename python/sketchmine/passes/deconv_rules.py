@@ -1,0 +1,195 @@
+"""The rules of the deconvolution methods: what happens where the signal passes back through a
+rectifier (Springenberg et al. 2015; Zeiler & Fergus 2014), and the traced, rule-aware copy of
+a model that applies them (`with_rule`), which deconv.py runs:
+
+    gradient   grad_in = grad_out · [x > 0]
+    deconvnet  grad_in = relu(grad_out)                (max-pool switches and transposed
+    guided     grad_in = relu(grad_out) · [x > 0]       filters come from autograd)
+
+The other rectifiers (ReLU6, LeakyReLU, PReLU, ELU, GELU, SiLU, Hardswish, ...) get the same
+rules with their own f'(x) in place of [x > 0], else "deconvnet" on a network of GELUs would
+silently be the gradient. Sigmoid and Tanh, which no paper gives a rule for, pass the gradient.
+
+The model is traced with torch.fx into a new module whose ReLUs (modules, functions, in-place
+variants) call a rule-aware autograd function; the caller's model is never changed (eval mode
+while traced, each module's training flag put back after).
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import fx, nn
+
+from sketchmine.model.receptive_field import trace
+
+METHODS = ("deconvnet", "guided", "gradient")
+
+
+class _RuleReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, method: str) -> torch.Tensor:
+        ctx.method = method
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        if ctx.method == "gradient":
+            return grad * (x > 0), None
+        if ctx.method == "deconvnet":
+            return grad.clamp_min(0), None
+        return grad.clamp_min(0) * (x > 0), None
+
+
+def _rule_relu(x: torch.Tensor, method: str) -> torch.Tensor:
+    return _RuleReLU.apply(x, method)
+
+
+class _RuleActivation(torch.autograd.Function):
+    """The rule at a rectifier f other than ReLU, given y = f(x) and d = f'(x) (elementwise)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, method: str) -> torch.Tensor:
+        ctx.method = method
+        ctx.save_for_backward(d)
+        return y.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (d,) = ctx.saved_tensors
+        if ctx.method == "gradient":
+            return grad * d, None, None, None
+        if ctx.method == "deconvnet":
+            return grad.clamp_min(0), None, None, None
+        return grad.clamp_min(0) * d, None, None, None
+
+
+class _RuleRectifier(nn.Module):
+    """Calls a rectifier (a module, or a function with its other arguments) out of place and
+    applies the method's rule where the signal passes back through it. Its derivative is
+    taken with autograd on the forward's input (the activations are elementwise), so the
+    backward is pointwise arithmetic that `is_grads_batched` can vectorise."""
+
+    def __init__(self, fn, method: str, in_place: bool, kwargs: dict) -> None:
+        super().__init__()
+        self.fn, self.method, self.in_place, self.kwargs = fn, method, in_place, kwargs
+
+    def forward(self, x: torch.Tensor, *args) -> torch.Tensor:
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            y = self.fn(xx.clone(), *args, **self.kwargs)  # the clone takes an in-place write
+            (d,) = torch.autograd.grad(y.sum(), xx)
+        return _RuleActivation.apply(x, y.detach(), d, self.method)
+
+
+_RELU_FUNCS = {torch.relu, torch.relu_, nn.functional.relu, nn.functional.relu_}
+_IN_PLACE_FUNCS = {torch.relu_, nn.functional.relu_}
+# rectifiers: unbounded above (or clipped, ReLU6/Hardtanh) and (nearly) flat below 0
+_RECTIFIER_MODULES = (nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
+                      nn.SiLU, nn.Mish, nn.Hardswish, nn.Softplus)
+_F = nn.functional
+_RECTIFIER_FUNCS = {_F.relu6, _F.hardtanh, _F.leaky_relu, _F.prelu, _F.rrelu, _F.elu, _F.celu, _F.selu,
+                    _F.gelu, _F.silu, _F.mish, _F.hardswish, _F.softplus, torch.selu, torch.celu, torch.prelu}
+_IN_PLACE_RECTIFIER_FUNCS = {_F.hardtanh_, _F.leaky_relu_, _F.rrelu_, _F.elu_, _F.celu_, torch.selu_,
+                             torch.celu_, torch.rrelu_}
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model (whose modules the traced graphs share) in eval mode inside the block; each
+    module's own training flag put back after, on errors too (a frozen BatchNorm stays frozen)."""
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in was_training.items():
+            m.training = training
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return (node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.ReLU)) or \
+           (node.op == "call_function" and node.target in _RELU_FUNCS) or \
+           (node.op == "call_method" and node.target in ("relu", "relu_"))
+
+
+def _is_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether the ReLU node rectifies its input tensor itself (nn.ReLU(inplace=True),
+    x.relu_(), torch.relu_, F.relu_, F.relu(x, inplace=True))."""
+    if node.op == "call_module":
+        return bool(getattr(modules[str(node.target)], "inplace", False))
+    if node.op == "call_method":
+        return node.target == "relu_"
+    if node.target in _IN_PLACE_FUNCS:
+        return True
+    return node.target is nn.functional.relu and _inplace_argument(node)
+
+
+def _rectifier(node: fx.Node, modules: dict[str, nn.Module], method: str) -> _RuleRectifier | None:
+    """The rule-aware stand-in for a rectifier other than ReLU, or None if `node` is not one."""
+    if node.op == "call_module" and isinstance(modules.get(str(node.target)), _RECTIFIER_MODULES):
+        module = modules[str(node.target)]
+        return _RuleRectifier(module, method, bool(getattr(module, "inplace", False)), {})
+    if node.op == "call_function" and node.target in _RECTIFIER_FUNCS | _IN_PLACE_RECTIFIER_FUNCS:
+        if any(isinstance(v, fx.Node) for v in node.kwargs.values()):
+            return None  # a keyword given by a traced value: left as the gradient (no torch model does this)
+        in_place = node.target in _IN_PLACE_RECTIFIER_FUNCS or _inplace_argument(node)
+        return _RuleRectifier(node.target, method, in_place, dict(node.kwargs))
+    return None
+
+
+def _inplace_argument(node: fx.Node) -> bool:
+    """The `inplace` argument of a functional call, given by keyword or by position."""
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a builtin without a Python signature has no `inplace`
+        return False
+    return bool(bound.arguments.get("inplace", False))
+
+
+def _later_users(node: fx.Node, value: fx.Node) -> list[fx.Node]:
+    """The users of `value` that come after `node` in graph order."""
+    users, n = set(value.users), node.next
+    later: list[fx.Node] = []
+    while n.op != "root" and len(later) < len(users):
+        if n in users:
+            later.append(n)
+        n = n.next
+    return later
+
+
+def with_rule(model: nn.Module, method: str) -> fx.GraphModule:
+    """A traced copy of the graph (parameters shared) with every ReLU swapped for the rule.
+
+    The rule is out of place, so an in-place ReLU's effect on its input is kept by giving
+    the rule's output to every later reader of that input: `y.relu_(); return conv(y)`
+    (result unused) feeds the rectified y to the conv, as the model does."""
+    with eval_mode(model):  # `self.training` branches are traced as they run here
+        gm = trace(model, "for deconvolution")
+    modules = dict(gm.named_modules())
+    for i, node in enumerate(list(gm.graph.nodes)):
+        rectifier = _rectifier(node, modules, method)
+        if rectifier is None and not _is_relu(node, modules):
+            continue
+        source = node.args[0]
+        with gm.graph.inserting_after(node):
+            if rectifier is None:
+                new = gm.graph.call_function(_rule_relu, (source, method))
+            else:
+                name = f"_rule_rectifier_{i}"
+                gm.add_submodule(name, rectifier)
+                new = gm.graph.call_module(name, (source, *node.args[1:]))
+        new.meta.update(node.meta)  # the module it belongs to (module_outputs reads it)
+        in_place = rectifier.in_place if rectifier is not None else _is_in_place(node, modules)
+        if isinstance(source, fx.Node) and in_place:
+            for user in _later_users(new, source):
+                user.replace_input_with(source, new)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
