@@ -182,3 +182,61 @@ def test_rows_folded_image_by_image_are_mined_per_image(sketches, tmp_path):
         want_values, want_index, want_flat = brute_topk(per_image, 3)
         assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)
         assert np.array_equal(yx[..., 0] * 12 + yx[..., 1], want_flat)
+
+
+class _Volume(nn.Module):
+    """A Conv3d over the sketch stacked with its flips as a depth of 3 (a video model's layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv3 = nn.Conv3d(1, 5, (2, 5, 5))
+        self.fc = nn.Linear(5, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = torch.stack([x, x.flip(-1), x.flip(-2)], dim=2)  # (N, 1, 3, 28, 28)
+        return self.fc(torch.relu(self.conv3(v)).amax(dim=(2, 3, 4)))
+
+
+def test_a_conv3d_layer_keeps_its_positions_stacked_along_y(sketches, tmp_path):
+    """Its (d, y, x) peaks were stored as (-1, -1), the mark of a layer without positions."""
+    torch.manual_seed(0)
+    net = _Volume().eval()
+    got: list[torch.Tensor] = []
+    handle = net.conv3.register_forward_hook(lambda m, i, o: got.append(o.detach().clone()))
+    with torch.inference_mode():
+        net(sketches.tensors[0])
+    handle.remove()
+    acts = got[0]  # (N, 5, 2, 24, 24)
+    run = sketchmine.mine(net, sketches, layers=["conv3"], k=3, out=tmp_path / "r.zarr", batch_size=16)
+    assert run.layer_shape("conv3") == (5, 48, 24)
+    assert run.layer_attrs("conv3")["yx"] == "(d * frame_height + y, x)"
+    values, index, yx = run.topk("conv3")
+    want_values, want_index, want_flat = brute_topk(acts, 3)
+    assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)
+    d, y, x = np.unravel_index(want_flat, (2, 24, 24))
+    assert np.array_equal(yx[..., 0], d * 24 + y) and np.array_equal(yx[..., 1], x)
+    assert (yx >= 0).all()
+
+
+def test_dict_outputs_are_refused_naming_what(sketches, tmp_path):
+    class Heads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _net()
+
+        def forward(self, x):
+            return {"logits": self.body(x)}
+
+    with pytest.raises(SketchmineError, match="the model returns a dict; .* wrap the model"):
+        sketchmine.mine(Heads().eval(), sketches, layers=["body.conv1"], out=tmp_path / "r.zarr")
+
+    class Named(nn.Module):
+        def forward(self, x):
+            return {"x": x}
+
+    net = _net()
+    net.named = Named()
+    net.forward = lambda x: _Net.forward(net, net.named(x)["x"])  # type: ignore[method-assign]
+    with pytest.raises(SketchmineError, match="layer 'named' returns a dict; a tap reads a tensor"):
+        sketchmine.mine(net, sketches, layers=["named"], out=tmp_path / "r2.zarr")
+    assert not (tmp_path / "r.zarr").exists() and not (tmp_path / "r2.zarr").exists()

@@ -162,5 +162,12 @@ def input_channels(model: Any, default: int = 3) -> int:
 
 
 def first_tensor(out: Any) -> torch.Tensor:
-    """Element 0 of a tuple/list output (the logits of a model returning extras), else `out`."""
-    return out[0] if isinstance(out, (tuple, list)) else out
+    """Element 0 of a tuple/list output (the logits of a model returning extras), else `out`;
+    anything else (a dict of outputs) is refused: which entry holds the logits is the model's."""
+    first = out[0] if isinstance(out, (tuple, list)) and len(out) else out
+    if not isinstance(first, torch.Tensor):
+        raise SketchmineError(f"the model returns a {type(out).__name__}"
+                              + (f" whose first element is a {type(first).__name__}" if first is not out else "")
+                              + "; sketchmine reads the logits from a tensor or a tuple's first element: wrap the "
+                              "model so that its forward returns them")
+    return first

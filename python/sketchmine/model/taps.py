@@ -17,7 +17,10 @@ module returns; the rules (also recorded per layer in the run, see `Taps.layouts
   step, c_n = output[1][1][-D:], (N, D*H); read from the tuple the LSTM returns anyway,
   so the model's results do not change. Per-step cell states are not exposed by
   nn.LSTM; unroll the model with an nn.LSTMCell per step to study them.
-- nn.Linear applied to (N, *, F): features last → (N, F, *), e.g. a per-step classifier.
+- nn.Linear applied to (N, *, F): features last → (N, F, *), e.g. a per-step classifier, or
+  a per-position Linear on a channels-last (N, H, W, F) map (ConvNeXt), its (y, x) kept.
+- a grid of more dims than (H, W), Conv3d's (N, C, D, H, W): the leading ones stacked along y,
+  (N, C, D*H, W) with y = d*H + y_frame (the run's `yx` attribute says so).
 - a module that sees the frames of a sequence folded into the batch, (N*T, ...) for a model
   input of N samples: unfolded to (N, C, T*H, W) (y = t*H + y_frame) or (N, F, T).
 """
@@ -103,6 +106,11 @@ def layer_kind(model: nn.Module, name: str) -> str:
 def tapped_element(name: str, module: nn.Module, output: Any, cell: bool = False) -> torch.Tensor:
     """The tensor a tap reads from a module's output, in the module's own layout."""
     first = output[0] if isinstance(output, (tuple, list)) else output
+    if not isinstance(first, (torch.Tensor, PackedSequence)):
+        raise SketchmineError(f"layer {name!r} returns a {type(output).__name__}"
+                              + (f" whose first element is a {type(first).__name__}" if first is not output else "")
+                              + "; a tap reads a tensor, or the first element of a tuple: tap the module that makes "
+                              "the tensor")
     if isinstance(output, PackedSequence) or isinstance(first, PackedSequence):
         raise SketchmineError(
             f"layer {name!r} returns a PackedSequence; sketchmine taps padded (N, T, H) outputs only "
@@ -154,7 +162,9 @@ def to_units(name: str, module: nn.Module, t: torch.Tensor, batch: int | None,
         if time_first(t, batch, known):  # read as folded frames, its steps would be credited to other images
             return t.permute(1, 2, 0), {"position": "sequence", "yx": "(0, t)", "layout": TIME_FIRST}
         t = t.movedim(t.ndim - 1, 1)  # not -1: torch.onnx exports a negative source as an invalid Transpose
-        info = {"position": "sequence", "yx": "(0, t)" if t.ndim == 3 else "flattened positions"}
+        # (N, H, W, F): a per-position Linear in a channels-last stretch (ConvNeXt), its grid kept
+        info = ({"position": "sequence", "yx": "(0, t)"} if t.ndim == 3 else
+                {"position": "grid", "yx": "(y, x)"} if t.ndim == 4 else {})
     if batch and t.ndim >= 2 and t.shape[0] != batch and t.shape[0] % batch == 0:
         steps = t.shape[0] // batch  # a sequence's frames folded into the batch (time-distributed CNN)
         t = t.unflatten(0, (batch, steps)).movedim(1, 2)  # (N, C, T, *frame)
@@ -164,6 +174,13 @@ def to_units(name: str, module: nn.Module, t: torch.Tensor, batch: int | None,
         info = {"position": "time-stacked", "time_steps": steps, "frame": frame,
                 "yx": "(t * frame_height + y, x)" if len(frame) == 2 else "(0, t * frame_length + i)"
                 if frame else "(0, t)"}
+    if t.ndim > 4:  # a grid of more dims than (H, W), Conv3d's (D, H, W): the leading ones stacked along y
+        if info:
+            raise SketchmineError(f"layer {name!r}: frames of a sequence with a {t.ndim - 3}-D grid each are not "
+                                  "supported; tap a layer with (H, W) or (L,) positions")
+        info = {"position": "depth-stacked", "depth": list(t.shape[2:-2]), "frame": list(t.shape[-2:]),
+                "yx": "(d * frame_height + y, x)"}
+        t = t.flatten(2, t.ndim - 2)
     return t, info
 
 
