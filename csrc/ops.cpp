@@ -17,7 +17,7 @@ at::Tensor check_topk_args(const at::Tensor& acts, const at::Tensor& image_index
               "topk_update: activations must be (N, C) or (N, C, *spatial), got shape ",
               acts.sizes());
   const auto st = acts.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
+  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
               "topk_update: activations must be float32, float16 or bfloat16, got ", st);
   const int64_t n = acts.size(0), c = acts.size(1);
   TORCH_CHECK(values.dim() == 2 && values.size(0) == c && values.size(1) >= 1,

@@ -34,6 +34,16 @@ def test_negative_image_indices_are_refused_by_both_heaps():
         ops.bottomk_update(acts.amax(2), acts, ids, *_bottomk_state(1, 3))
 
 
+def test_double_activations_are_refused_not_rounded():
+    """The op ranked a double map as float32 (values 1e6 apart by 0.01 tied, ties broken by
+    index), though its message named float32, float16 and bfloat16 only."""
+    acts = (1e6 + torch.tensor([0.01, 0.02, 0.03], dtype=torch.float64))[:, None, None]
+    state = ops.new_state(1, 2)
+    with pytest.raises(RuntimeError, match=r"topk_update: activations must be float32, float16 or bfloat16, got Double"):
+        ops.topk_update(acts, torch.tensor([0, 1, 2]), *state.values())
+    assert (state["index"] == -1).all()
+
+
 def test_ink_density_of_no_channels_is_refused():
     with pytest.raises(RuntimeError, match=r"ink_density: x must have at least one channel"):
         ops.ink_density(torch.rand(2, 0, 4, 4), [], None, 0.1)

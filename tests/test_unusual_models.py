@@ -124,7 +124,7 @@ class _Flipped(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.conv1(torch.cat([x, x.flip(3)]))).amax(dim=(2, 3))
-        return self.fc(h[: len(x)] + h[len(x):])
+        return self.fc(h.reshape(2, -1, h.shape[1]).sum(0))
 
 
 class _Attention(nn.Module):
@@ -240,3 +240,14 @@ def test_dict_outputs_are_refused_naming_what(sketches, tmp_path):
     with pytest.raises(SketchmineError, match="layer 'named' returns a dict; a tap reads a tensor"):
         sketchmine.mine(net, sketches, layers=["named"], out=tmp_path / "r2.zarr")
     assert not (tmp_path / "r.zarr").exists() and not (tmp_path / "r2.zarr").exists()
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+def test_an_onnx_tensor_whose_rows_are_not_the_images_is_refused(sketches, tmp_path):
+    torch.manual_seed(0)
+    net = _Flipped().eval()
+    path = tmp_path / "flipped.onnx"
+    torch.onnx.export(net, (sketches.tensors[0][:2],), str(path), input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    with pytest.raises(SketchmineError, match=r"layer 'conv1' of flipped.onnx has 2 rows for 1 image"):
+        sketchmine.mine(str(path), sketches, layers=["conv1"], out=tmp_path / "r.zarr")

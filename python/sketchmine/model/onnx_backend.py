@@ -29,7 +29,6 @@ from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, register_backend
 from sketchmine.model.onnx_names import SLASH, GraphNames
 from sketchmine.model.taps import SOFTMAX
 
-_FLOAT_KINDS = "f"
 
 
 class OnnxRunError(SketchmineFailure):
@@ -242,9 +241,13 @@ class OnnxModel:
         shapes: dict[str, tuple[int, ...]] = {}
         for layer, i in at:
             a = arrays[i]
-            if a.dtype.kind not in _FLOAT_KINDS or a.ndim < 2:
+            if a.dtype not in (np.float32, np.float16) or a.ndim < 2:  # a double would be ranked as float32
                 raise SketchmineError(f"layer {layer!r} of {self.path.name} is a {a.dtype} tensor of shape "
-                                      f"{a.shape}; only floating-point (N, C, ...) tensors can be mined")
+                                      f"{a.shape}; only float32 or float16 (N, C, ...) tensors can be mined")
+            if a.shape[0] != x.shape[0]:  # (L, N, E), or a batch doubled: its rows are not the images
+                raise SketchmineError(f"layer {layer!r} of {self.path.name} has {a.shape[0]} rows for {x.shape[0]} "
+                                      "image: its first dimension is not the batch, so its positions cannot be "
+                                      "credited to images; mine the tensors before or after it")
             shapes[layer] = tuple(a.shape[1:])
         layouts = {layer: {"onnx_tensor": tensors[i]} for layer, i in at}
         return shapes, torch.from_numpy(np.asarray(arrays[0])), layouts
