@@ -39,6 +39,7 @@ from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of
                                       recorded_weights, switches_differ_from)
 from sketchmine.model.forward import TorchForward, as_forward, layer_field, probe
 from sketchmine.model.models import LoadedModel, is_model_path, load_model, preprocessing_for
+from sketchmine.model.modes import eval_mode
 from sketchmine.model.pretrained import is_weights_name
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.progress import Progress, Silent
@@ -253,72 +254,73 @@ def mine(
     forward.to(device)
     if compile:
         forward.compile = True
-    first_index, first = _first_readable(ds)
-    spec, num_classes = probe(forward, names, first[None].to(device), optional=layers is None)
-    if len(spec) < len(names):
-        unused = [n for n in names if n not in {l.name for l in spec}]
-        progress.note(f"{len(unused)} of the model's layers are not called by its forward pass and are not mined: "
-                      f"{', '.join(unused[:4])}{', …' if len(unused) > 4 else ''}")
-        names = want["layer_names"] = [l.name for l in spec]
-    if logits and num_classes is not None and ds.class_names and num_classes != len(ds.class_names):
-        raise SketchmineError(f"the model has {num_classes} outputs but the dataset has {len(ds.class_names)} classes "
-                              f"({', '.join(ds.class_names[:5])}{', …' if len(ds.class_names) > 5 else ''}): its "
-                              "predictions would be scored against other labels. Pass the model trained on these "
-                              "classes, or logits=False (--no-logits) to mine the layers without predictions")
-    if not logits:
-        forward.stop_after = forward.order[-1]
-        num_classes = None
-    known = ds.labels()
-    if known is not None:  # streamed labels are checked batch by batch
-        check_labels(ds, np.arange(len(known)), known, len(ds.class_names) or num_classes or 0)
+    with eval_mode(net):  # as a trained model computes; each module's own flag back after, whatever happens
+        first_index, first = _first_readable(ds)
+        spec, num_classes = probe(forward, names, first[None].to(device), optional=layers is None)
+        if len(spec) < len(names):
+            unused = [n for n in names if n not in {l.name for l in spec}]
+            progress.note(f"{len(unused)} of the model's layers are not called by its forward pass and are not mined: "
+                          f"{', '.join(unused[:4])}{', …' if len(unused) > 4 else ''}")
+            names = want["layer_names"] = [l.name for l in spec]
+        if logits and num_classes is not None and ds.class_names and num_classes != len(ds.class_names):
+            raise SketchmineError(f"the model has {num_classes} outputs but the dataset has {len(ds.class_names)} classes "
+                                  f"({', '.join(ds.class_names[:5])}{', …' if len(ds.class_names) > 5 else ''}): its "
+                                  "predictions would be scored against other labels. Pass the model trained on these "
+                                  "classes, or logits=False (--no-logits) to mine the layers without predictions")
+        if not logits:
+            forward.stop_after = forward.order[-1]
+            num_classes = None
+        known = ds.labels()
+        if known is not None:  # streamed labels are checked batch by batch
+            check_labels(ds, np.arange(len(known)), known, len(ds.class_names) or num_classes or 0)
 
-    lock = RunLock(out)
+        lock = RunLock(out)
 
-    def open_store() -> RunStore:
-        """Rank 0's store, locked before the run is read or created: an existing run checked
-        against this call, or a new one (laid out aside and renamed into place, see
-        RunStore.create). A second `mine` started at once on the same --out is refused while
-        this one holds the lock, and finds the run whole afterwards."""
-        lock.acquire()
-        if is_run(out):  # read afresh under the lock: another writer may have created it or moved it on
-            current = RunStore.open(out, mode="r+")
-            _check_resumable(current, want, logits)
-            recorded = current.attrs.get("preprocessing") or {}
-            if store is None and pre is not None and pre.preset == "dataset" and recorded.get("mean"):
-                pre.mean, pre.std = tuple(recorded["mean"]), tuple(recorded["std"])  # created meanwhile
-            # a crash can lose the newest writes: start before them (a complete run has no checkpoint left)
-            damaged = None if current.progress.get("complete") else current.resume_from_intact()
-            if damaged:
-                progress.note(damaged)
-            return current
-        fields = forward.fields(tuple(first.shape), progress) if first.ndim >= 3 else {}
-        labels = known
-        attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
-                 "model_spec": _model_spec(model, weights, (seed or 0) if loaded.random_init else None),
-                 "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
-                 "versions": _versions(), "bad_images": []}
-        if not logits:  # recorded only when set, so default runs keep their attributes
-            attrs["logits"] = False
-        # a dataset without class names: the output numbers, so the class axis has its coordinate
-        names = ds.class_names or [str(i) for i in range(num_classes or 0)]
-        return RunStore.create(out, attrs, len(ds), names, ds.path, labels,
-                               row_chunk=batch_size * flush_every,  # a flush writes whole new chunks
-                               layers={l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
-                                                "receptive_field": layer_field(l, fields)}
-                                       for l in spec})
+        def open_store() -> RunStore:
+            """Rank 0's store, locked before the run is read or created: an existing run checked
+            against this call, or a new one (laid out aside and renamed into place, see
+            RunStore.create). A second `mine` started at once on the same --out is refused while
+            this one holds the lock, and finds the run whole afterwards."""
+            lock.acquire()
+            if is_run(out):  # read afresh under the lock: another writer may have created it or moved it on
+                current = RunStore.open(out, mode="r+")
+                _check_resumable(current, want, logits)
+                recorded = current.attrs.get("preprocessing") or {}
+                if store is None and pre is not None and pre.preset == "dataset" and recorded.get("mean"):
+                    pre.mean, pre.std = tuple(recorded["mean"]), tuple(recorded["std"])  # created meanwhile
+                # a crash can lose the newest writes: start before them (a complete run has no checkpoint left)
+                damaged = None if current.progress.get("complete") else current.resume_from_intact()
+                if damaged:
+                    progress.note(damaged)
+                return current
+            fields = forward.fields(tuple(first.shape), progress) if first.ndim >= 3 else {}
+            labels = known
+            attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
+                     "model_spec": _model_spec(model, weights, (seed or 0) if loaded.random_init else None),
+                     "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
+                     "versions": _versions(), "bad_images": []}
+            if not logits:  # recorded only when set, so default runs keep their attributes
+                attrs["logits"] = False
+            # a dataset without class names: the output numbers, so the class axis has its coordinate
+            names = ds.class_names or [str(i) for i in range(num_classes or 0)]
+            return RunStore.create(out, attrs, len(ds), names, ds.path, labels,
+                                   row_chunk=batch_size * flush_every,  # a flush writes whole new chunks
+                                   layers={l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
+                                                    "receptive_field": layer_field(l, fields)}
+                                           for l in spec})
 
-    if channels_last:  # the caller's module gets its memory format back whatever happens
-        was = _memory_format(forward.net)
-        forward.net.to(memory_format=torch.channels_last)
-    try:
-        run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
-        return run_pass(run_store, forward, ds, spec, k, device, load, speed, flush_every, skip_bad_images,
-                        progress, needs_labels=known is None, input_shape=(first_index, tuple(first.shape)),
-                        team=team)
-    finally:
-        lock.release()
-        if channels_last:
-            forward.net.to(memory_format=was)
+        if channels_last:  # the caller's module gets its memory format back whatever happens
+            was = _memory_format(forward.net)
+            forward.net.to(memory_format=torch.channels_last)
+        try:
+            run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
+            return run_pass(run_store, forward, ds, spec, k, device, load, speed, flush_every, skip_bad_images,
+                            progress, needs_labels=known is None, input_shape=(first_index, tuple(first.shape)),
+                            team=team)
+        finally:
+            lock.release()
+            if channels_last:
+                forward.net.to(memory_format=was)
 
 
 def _memory_format(net: nn.Module) -> torch.memory_format:

@@ -11,6 +11,7 @@ import torch
 from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
+from sketchmine.model.modes import eval_mode, input_dtype
 
 
 def module_input_channels(model: nn.Module, default: int = 3) -> int:
@@ -24,9 +25,11 @@ def module_input_channels(model: nn.Module, default: int = 3) -> int:
 
 def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
     """The model's torch.fx graph (sharing its parameters), or an error naming the model, what
-    the graph was for, and the tracer's first line."""
+    the graph was for, and the tracer's first line. Traced in eval mode, so that `self.training`
+    branches (an auxiliary head) are the ones the passes run; the caller's flags put back."""
     try:
-        return fx.symbolic_trace(model)
+        with eval_mode(model):
+            return fx.symbolic_trace(model)
     except Exception as exc:
         raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx {purpose}: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
@@ -65,12 +68,9 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leadi
 
     c = channels or module_input_channels(model)
     shape = (1, *leading, c, h, w)
-    # the parameters' dtype (a half or double model refuses a float input)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    was_training = {m: m.training for m in model.modules()}  # per module: a frozen BatchNorm stays frozen
-    model.eval()
+    dtype = input_dtype(model)  # a half or double model refuses a float input
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():  # a frozen BatchNorm inside a training model stays frozen
             try:
                 _meta_shapes(gm, shape, dtype)
             except Exception:
@@ -82,9 +82,6 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leadi
     except Exception as exc:
         raise SketchmineError(f"{type(model).__name__} cannot take a {'×'.join(map(str, shape[1:]))} input: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    finally:
-        for m, training in was_training.items():
-            m.training = training
 
 
 class _ShapeRun(nn.Module):

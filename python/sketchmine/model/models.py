@@ -131,6 +131,8 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | Path | None =
     'sketchnet' (random init from `seed`, default 0, unless `weights`); or a checkpoint file
     {'arch', 'state_dict'}, named by a path (`is_model_path`: a bare word is always a model name,
     never a file of the working directory). `weights` and `seed` are refused where they would not act.
+    A module passed in keeps its training flags (the passes run it in eval mode and put them
+    back); the models built here are in eval mode.
     """
     from sketchmine.model import zoo
 
@@ -146,8 +148,8 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | Path | None =
     if seed is not None and (not named or weights is not None):
         raise SketchmineError(f"seed {seed} given with model {shown}" + (" and a weights file" if named else "")
                               + ": a seed initialises a model named by architecture without weights only")
-    if isinstance(spec, nn.Module):
-        return LoadedModel(spec.eval(), type(spec).__name__)
+    if isinstance(spec, nn.Module):  # the caller's, left in its mode: each pass runs it under modes.eval_mode
+        return LoadedModel(spec, type(spec).__name__)
     if str(spec).endswith(".onnx"):  # run by ONNX Runtime: `module` is an onnx_backend.OnnxModel
         return load_onnx(spec, weights)
     if spec in zoo.EMBEDDED:  # "demo", "demo-resnet", "demo-gru": the embedded trained models

@@ -27,6 +27,7 @@ from sketchmine.data import MinerDataset, collate
 from sketchmine.errors import SketchmineError
 from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model import cut
+from sketchmine.model.modes import eval_mode
 from sketchmine.model.taps import (SOFTMAX, STATE_BATCH_DIM, TIME_FIRST, Taps, ablation_dims, final_hidden,
                                    probe_layouts, replace_element, replace_hidden, tapped_element, to_units)
 
@@ -236,12 +237,12 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
     if layer == SOFTMAX:
         raise SketchmineError("layer 'softmax' is the model's output (virtual); ablate a module layer")
     device = torch.device(device)
-    net = net.eval().to(device)
+    net = net.to(device)
     labels_t = torch.as_tensor(labels, dtype=torch.int64)
     sums: dict[str, torch.Tensor] = {}
     n_images = n_correct = 0
     prob_base_sum, ablator, groups = 0.0, None, []
-    with torch.inference_mode(), kept_freed_memory_on(device):
+    with eval_mode(net), torch.inference_mode(), kept_freed_memory_on(device):  # the caller's flags back after
         for idx, x in image_batches(dataset, batch_size):
             x, y = x.to(device), labels_t[idx].to(device)
             if ablator is None:

@@ -8,7 +8,8 @@ the whole batch.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,9 +17,10 @@ from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.model import coupling, cut
+from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.receptive_field import ReceptiveField, module_outputs
 from sketchmine.model.taps import SOFTMAX, probe_layouts, tapped_element, to_units
-from sketchmine.passes.deconv_rules import METHODS, eval_mode, with_rule
+from sketchmine.passes.deconv_rules import METHODS, with_rule
 from sketchmine.stats.ops import crop_patches
 
 __all__ = ["METHODS", "Deconvolver", "deconvolve", "shared_order"]
@@ -52,12 +54,17 @@ class Deconvolver:
         one-step sequence (for the convs of a time-distributed CNN, which see one frame)."""
         if steps:
             return self(images.unsqueeze(1), layer, channels, yx).squeeze(1)
-        x = images.detach().clone().float().requires_grad_(True)
-        with torch.enable_grad():
+        x = self._input(images)
+        with torch.enable_grad(), _dtype_refusal(x.dtype):
             out = self._unit_outputs(x, layer)
             (grad,) = torch.autograd.grad(out[_unit_index(out, torch.arange(len(x), device=out.device),
                                                           channels, yx)].sum(), x)
-        return grad.detach()
+        return grad.detach().float()
+
+    def _input(self, images: torch.Tensor) -> torch.Tensor:
+        """A leaf copy of `images` in the dtype of the model's parameters (a half or double
+        model refuses a float32 input), to take the gradient at."""
+        return images.detach().to(input_dtype(self.model), copy=True).requires_grad_(True)
 
     def shared(self, images: torch.Tensor, image_of, layer: str, channels, yx=None) -> torch.Tensor:
         """`self(images[image_of], layer, channels, yx)` with one forward per image of `images`
@@ -72,14 +79,14 @@ class Deconvolver:
             return images.new_zeros((0, *images.shape[1:]), dtype=torch.float32)
         used, local = torch.unique(image_of, return_inverse=True)
         slot = _slots(local)
-        x = images[used.to(images.device)].detach().clone().float().requires_grad_(True)
-        with torch.enable_grad():
+        x = self._input(images[used.to(images.device)])
+        with torch.enable_grad(), _dtype_refusal(x.dtype):
             out = self._unit_outputs(x, layer)
             seeds = out.new_zeros((int(slot.max()) + 1, *out.shape))
             at = _unit_index(out, local.to(out.device), channels, yx)
             seeds[(slot.to(out.device), *at)] = 1
             (grad,) = torch.autograd.grad(out, x, grad_outputs=seeds, is_grads_batched=True)
-        return grad[slot.to(grad.device), local.to(grad.device)].detach()
+        return grad[slot.to(grad.device), local.to(grad.device)].detach().float()
 
     def _unit_outputs(self, x: torch.Tensor, layer: str) -> torch.Tensor:
         """The layer's output for input x, in the layout the miner's taps read (N, units,
@@ -92,7 +99,8 @@ class Deconvolver:
     def _unit_outputs_eval(self, x: torch.Tensor, layer: str) -> torch.Tensor:
         if layer == SOFTMAX:
             out = self.graph(x)
-            return torch.softmax(out[0] if isinstance(out, (tuple, list)) else out, dim=1)
+            # in float32, as mined: a half model's confident probability loses its gradient to rounding
+            return torch.softmax((out[0] if isinstance(out, (tuple, list)) else out).float(), dim=1)
         try:
             target, module = cut.cut_module(self.model, layer)  # "<lstm>.cell" reads its LSTM's output
         except SketchmineError:
@@ -166,6 +174,20 @@ class Deconvolver:
         return out
 
 
+@contextmanager
+def _dtype_refusal(dtype: torch.dtype) -> Iterator[None]:
+    """An op with no kernel for a half model's dtype (on the CPU, some have none) refused naming it."""
+    try:
+        yield
+    except (RuntimeError, NotImplementedError) as exc:
+        name = str(dtype).removeprefix("torch.")
+        if dtype not in (torch.float16, torch.bfloat16) or "not implemented for" not in str(exc):
+            raise
+        raise SketchmineError(f"the model's {name} parameters: an op of its forward or backward has no {name} "
+                              f"kernel here ({str(exc).splitlines()[0]}); deconvolve a float32 copy of the model "
+                              "(model.float()), or run it on a device that has one") from None
+
+
 def _unit_index(out: torch.Tensor, n: torch.Tensor, channels, yx) -> tuple[torch.Tensor, ...]:
     """Indices into `out` of one unit per row n: (n, channel, y, x) on a grid, (n, channel, t)
     on a line of positions (time steps: yx = (0, t)), (n, channel, 0...) without positions
@@ -221,6 +243,7 @@ def deconvolve(model: nn.Module, images: torch.Tensor, layer: str, channels, yx=
     images (N, C, H, W); layer a qualified module name; channels (N,) the unit's channel per
     image; yx (N, 2) its grid position (ignored for layers without a grid). Channels and
     positions outside the layer are refused (a top-k's empty slots hold -1).
-    Returns (N, C, H, W) float32: the signal the unit sends back to the input.
+    Returns (N, C, H, W) float32: the signal the unit sends back to the input, computed in the
+    dtype of the model's parameters (a half model's images are cast to it).
     """
     return Deconvolver(model, method)(images, layer, channels, yx)

@@ -17,8 +17,6 @@ while traced, each module's training flag put back after).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import fx, nn
@@ -98,19 +96,6 @@ _IN_PLACE_RECTIFIER_FUNCS = {_F.hardtanh_, _F.leaky_relu_, _F.rrelu_, _F.elu_, _
                              torch.celu_, torch.rrelu_}
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """The model (whose modules the traced graphs share) in eval mode inside the block; each
-    module's own training flag put back after, on errors too (a frozen BatchNorm stays frozen)."""
-    was_training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in was_training.items():
-            m.training = training
-
-
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return (node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.ReLU)) or \
            (node.op == "call_function" and node.target in _RELU_FUNCS) or \
@@ -168,8 +153,7 @@ def with_rule(model: nn.Module, method: str) -> fx.GraphModule:
     The rule is out of place, so an in-place ReLU's effect on its input is kept by giving
     the rule's output to every later reader of that input: `y.relu_(); return conv(y)`
     (result unused) feeds the rectified y to the conv, as the model does."""
-    with eval_mode(model):  # `self.training` branches are traced as they run here
-        gm = trace(model, "for deconvolution")
+    gm = trace(model, "for deconvolution")  # in eval mode: `self.training` branches as they run here
     modules = dict(gm.named_modules())
     for i, node in enumerate(list(gm.graph.nodes)):
         rectifier = _rectifier(node, modules, method)

@@ -29,6 +29,7 @@ from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.mining.allocator import kept_freed_memory_on
+from sketchmine.model.modes import eval_mode
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.passes.ablation import ABLATION, Replicate, choose_ablator, image_batches, unit_groups
 from sketchmine.results.effects import logits_layer, not_ablatable, onnx_run, write_effects
@@ -113,13 +114,13 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
     layer's attributes as the run recorded them (its layout); None finds them with one image."""
     check_ablatable(layer)
     device = torch.device(device)
-    net = net.eval().to(device)
+    net = net.to(device)
     ablator: Replicate | None = None
     groups: list[list[int]] = []
     logit_sum = prob_sum = torch.zeros(0, dtype=torch.float64)
     maxima: list[torch.Tensor] = []
     n_images = 0
-    with torch.inference_mode(), kept_freed_memory_on(device):
+    with eval_mode(net), torch.inference_mode(), kept_freed_memory_on(device):  # the caller's flags back after
         for _, x in image_batches(dataset, batch_size):
             x = x.to(device)
             if ablator is None:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from sketchmine.errors import SketchmineError
+from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import Taps
 from sketchmine.passes.images import ImageCache
 from sketchmine.results.run import Run
@@ -74,20 +75,17 @@ def positions(net: nn.Module, name: str, shape: tuple[int, ...], index: np.ndarr
     units = index.shape[0]
     pos = np.full((len(uniq), units), -1, dtype=np.int64)
     got: list[torch.Tensor] = []
-    was_training = net.training
-    net.eval()
-    try:
-        # positions taken inside the hook: an in-place op after the layer (ReLU) changes its output
-        with torch.no_grad(), Taps(net, [name], lambda _, t: got.append(spatial_max_reference(t.detach())[1].cpu()),
-                                        known={name: known} if known else None):
-            for s in range(0, len(uniq), batch):
-                got.clear()
-                net(images.inputs(uniq[s:s + batch].tolist()).to(device))
-                if len(got) != 1:
-                    raise SketchmineError(f"layer {name!r} was not called exactly once")
-                pos[s:s + batch] = got[0][:, :units].numpy()
-    finally:
-        net.train(was_training)
+    dtype = input_dtype(net)  # a half model refuses a float32 input
+    # positions taken inside the hook: an in-place op after the layer (ReLU) changes its output
+    with eval_mode(net), torch.no_grad(), \
+            Taps(net, [name], lambda _, t: got.append(spatial_max_reference(t.detach())[1].cpu()),
+                 known={name: known} if known else None):
+        for s in range(0, len(uniq), batch):
+            got.clear()
+            net(images.inputs(uniq[s:s + batch].tolist()).to(device, dtype))
+            if len(got) != 1:
+                raise SketchmineError(f"layer {name!r} was not called exactly once")
+            pos[s:s + batch] = got[0][:, :units].numpy()
     row = np.searchsorted(uniq, np.where(index >= 0, index, uniq[0] if len(uniq) else 0))
     flat = np.where(index >= 0, pos[row, np.arange(units)[:, None]] if len(uniq) else -1, -1)
     return flat_to_yx(flat, index, spatial).astype(np.int32)

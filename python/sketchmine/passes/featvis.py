@@ -38,6 +38,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.model import cut
 from sketchmine.model.backend import LoadedModel, first_tensor
 from sketchmine.model.models import load_model, preprocessing_for
+from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import SOFTMAX, resolve_layers, tapped_element, to_units
 from sketchmine.passes.featvis_params import FourierImage, PixelImage, random_transform, settings
 
@@ -88,8 +89,11 @@ class LayerReader:
             self.centre = not isinstance(self.module, (nn.RNNBase, nn.Linear, nn.Softmax)) and self.target == layer
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output for float32 input `x`, as float32; the model is fed its parameters'
+        dtype (a half model refuses float32), so the optimised image stays float32."""
+        x = x.to(input_dtype(self.net))
         if self.layer == SOFTMAX:
-            return first_tensor(self.net(x))  # the logits
+            return first_tensor(self.net(x)).float()  # the logits
         got: list[torch.Tensor] = []
 
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
@@ -101,7 +105,7 @@ class LayerReader:
                 run(x)
         finally:
             handle.remove()
-        return got[0]
+        return got[0].float()
 
     def _read(self, module: nn.Module, inputs: tuple, output: Any, batch: int) -> torch.Tensor:
         """The layer's output in the miner's layout from one call of its module (a softmax: the logits)."""
@@ -130,7 +134,7 @@ class LayerReader:
 
         handle = self.module.register_forward_hook(count)
         try:
-            self.net(x)
+            self.net(x.to(input_dtype(self.net)))
         except SketchmineError:
             raise
         except Exception:
@@ -198,10 +202,11 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
     hw = as_size(size, "size", pre.channels) if size is not None else \
         (pre.size or loaded.input_size or (DEFAULT_SIZE, DEFAULT_SIZE))
     device = as_device(device)
-    net = net.eval().to(device)
+    net = net.to(device)
     reader = LayerReader(net, layer)
-    unit_arr = _check_units(reader, units, pre.channels, hw, device)
-    return optimize(reader, unit_arr, pre, tuple(hw), method, s, steps, int(seed), device)  # type: ignore[arg-type]
+    with eval_mode(net):  # the caller's flags back after
+        unit_arr = _check_units(reader, units, pre.channels, hw, device)
+        return optimize(reader, unit_arr, pre, tuple(hw), method, s, steps, int(seed), device)  # type: ignore[arg-type]
 
 
 def _check_units(reader: LayerReader, units: Sequence[int] | int, channels: int, hw: tuple[int, int],

@@ -17,6 +17,7 @@ import torch
 from sketchmine.data import Preprocessing
 from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.model.backend import LoadedModel
+from sketchmine.model.modes import eval_mode
 from sketchmine.passes.featvis import METHODS, LayerReader, optimize
 from sketchmine.passes.featvis_params import settings
 from sketchmine.progress import Progress
@@ -104,8 +105,9 @@ class OptimizePass:
         return 0, want["block_units"]
 
     def run_all(self, progress: Progress) -> None:
-        for name, (done, block) in self.todo.items():
-            self._layer(name, done, block, progress)
+        with eval_mode(self.net):  # the caller's flags back after
+            for name, (done, block) in self.todo.items():
+                self._layer(name, done, block, progress)
 
     def _layer(self, name: str, done: int, block: int, progress: Progress) -> None:
         attrs = dict(optimized_state(self.store, name)[0] or {})

@@ -54,7 +54,9 @@ class ImageCache:
 
 def to_pixels(x: torch.Tensor, pre: Preprocessing | None) -> torch.Tensor:
     """Model inputs back to uint8 pixels: undo the recorded normalisation (per-image min-max
-    for datasets with no recorded preprocessing)."""
+    for datasets with no recorded preprocessing). In float32 whatever the model's dtype (a
+    bfloat16 input's own arithmetic is off by up to 2 levels)."""
+    x = x.float()
     if pre is not None and pre.mean:
         mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

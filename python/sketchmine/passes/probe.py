@@ -34,6 +34,7 @@ from sketchmine.data.preprocess import LUMA, Preprocessing, convert_channels
 from sketchmine.data.sequences import background_of
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import first_tensor
+from sketchmine.model.modes import eval_mode
 from sketchmine.model.taps import SOFTMAX, Taps
 from sketchmine.passes.probe_onnx import check_graph, data_dependent, ends_in_softmax
 from sketchmine.passes.probe_sequence import (TIME_POSITIONS, check_sequence_model, last_frame, prefix_problem,
@@ -180,7 +181,7 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
     channels = 1 if seq else pre.channels  # progressive frames are grey (data/sequences.py)
     shape = (1, seq["steps"], 1, *size) if seq else (1, channels, *size)
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(0)) * 255
-    wrapped = ProbeNet(net.eval(), layers, pre).eval()
+    wrapped = ProbeNet(net, layers, pre).eval()  # net: in eval mode (the caller's eval_mode)
     why = prefix_problem(net, wrapped.prepare(x)) if seq else None
     if why:
         notes.append(f"no prediction per step: {why}")
@@ -342,7 +343,8 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
     if isinstance(loaded.module, nn.Module):
         size = input_size(run, pre, size)
         images = dataset_images(run, size, 1 if seq else pre.channels)
-        graph = export_graph(run, loaded.module, pre, size, max_mb, images)
+        with eval_mode(loaded.module):  # the caller's module is given back with its own flags
+            graph = export_graph(run, loaded.module, pre, size, max_mb, images)
     else:  # an .onnx file: its own graph, preprocessing prepended, outputs appended
         dims = [d.dim_value for d in loaded.module.input.type.tensor_type.shape.dim]
         fixed = (int(dims[2]), int(dims[3])) if len(dims) == 4 and min(dims[2:]) > 0 else None

@@ -34,12 +34,12 @@ def compute(net: nn.Module, name: str, attrs: dict[str, Any], images: list[int],
     over `images` only, in batches of `batch` (ds[i][1] is image i's model input)."""
     import torch
 
+    from sketchmine.model.modes import eval_mode, input_dtype
     from sketchmine.model.taps import Taps
 
     if not isinstance(net, torch.nn.Module):
         raise SketchmineError("activation over time needs the torch model")
-    was_training = net.training
-    net.eval()
+    dtype = input_dtype(net)  # a half model refuses a float32 input
     got: list[torch.Tensor] = []
 
     def keep(layer: str, t: torch.Tensor) -> None:
@@ -50,21 +50,18 @@ def compute(net: nn.Module, name: str, attrs: dict[str, Any], images: list[int],
         got.append(t.cpu().clone())
 
     out: dict[int, np.ndarray] = {}
-    try:
-        # the run's layout: top-k images as many as steps cannot tell a time-first (T, N) output from (N, T)
-        with torch.no_grad(), Taps(net, [name], keep, known={name: attrs}):
-            for b in range(0, len(images), batch):
-                chunk = images[b:b + batch]
-                x = torch.stack([ds[i][1].float() for i in chunk]).to(device)
-                got.clear()
-                net(x)
-                if len(got) != 1:
-                    raise SketchmineError(f"layer {name!r} was not called exactly once")
-                arr = got[0].numpy()
-                for j, i in enumerate(chunk):
-                    out[i] = arr[j]
-    finally:
-        net.train(was_training)
+    # the run's layout: top-k images as many as steps cannot tell a time-first (T, N) output from (N, T)
+    with eval_mode(net), torch.no_grad(), Taps(net, [name], keep, known={name: attrs}):
+        for b in range(0, len(images), batch):
+            chunk = images[b:b + batch]
+            x = torch.stack([ds[i][1] for i in chunk]).to(device, dtype)
+            got.clear()
+            net(x)
+            if len(got) != 1:
+                raise SketchmineError(f"layer {name!r} was not called exactly once")
+            arr = got[0].numpy()
+            for j, i in enumerate(chunk):
+                out[i] = arr[j]
     return out
 
 
