@@ -156,3 +156,18 @@ def test_ctrl_c_while_a_command_starts_is_one_line_and_exit_130(tmp_path):
             assert rc in (1, -signal.SIGINT) and err.splitlines()[-1] == "KeyboardInterrupt" and not any(
                 f"/{lib}/" in err for lib in ("numpy", "torch", "zarr", "pandas")), (delay, rc, err[-400:])
     assert any(rc == 130 for _, rc, _ in outcomes)
+
+
+def test_a_run_killed_with_loader_workers_resumes_at_once(tmp_path, folder):
+    """Forked DataLoader workers shared the run's flock: a killed run stayed locked until they
+    noticed their parent's death (≈ 5 s), and the immediate re-run was refused as "being
+    written by another process". The workers close it as they start."""
+    args = ["mine", "--model", "demo", "--data", str(folder), "--batch-size", "4", "--flush-every", "1",
+            "--workers", "2", "--out", str(tmp_path / "run.zarr")]
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _wait_for_commit(proc, tmp_path / "run.zarr", "images", 0) is not None
+    os.kill(proc.pid, signal.SIGKILL)  # the workers live on a moment
+    proc.wait()
+    again = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert _progress(tmp_path / "run.zarr", "images") == 120

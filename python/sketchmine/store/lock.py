@@ -24,6 +24,24 @@ WRITE_TEMP = re.compile(r"\.[0-9a-f]{32}\.partial$")
 """Zarr writes each file of a run as `<name>.<uuid hex>.partial` and renames it into place."""
 
 
+_HELD: set[int] = set()
+"""Descriptors of the locks this process holds. A flock belongs to the open file, which a fork
+shares: a DataLoader worker would keep a killed run locked until it noticed its parent's death
+(≈ 5 s), and the re-run the docs promise would be refused. Children close them at once."""
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 class RunLock:
     """Exclusive writer lock on a run: flock on `.<name>.lock`, a file beside the run folder,
     released by the OS if the holder dies.
@@ -67,6 +85,7 @@ class RunLock:
             raise SketchmineError(
                 f"{self.run} is being written by another process; wait for it or stop it first"
             ) from None
+        _HELD.add(self._fd)
 
     def check_free(self) -> None:
         """Refuse now, as `acquire` would, if another process writes the run: a pass that
@@ -77,6 +96,7 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD.discard(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
