@@ -102,9 +102,13 @@ def test_corrupt_image_stops_naming_the_file_or_is_skipped(tmp_path, folder):
 
 
 def test_other_channel_count_is_converted_once(tmp_path, folder):
-    for p in list((folder / "cat").glob("*.png"))[:3]:
+    """Said once a call, however many flushes come between the converted images (it was said
+    again after every flush)."""
+    classes = sorted(d for d in folder.iterdir() if d.is_dir())
+    for p in [sorted(c.glob("*.png"))[0] for c in (classes[0], classes[3], classes[-1])]:
         Image.open(p).convert("RGB").save(p)
-    proc = sm("mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "r"), "--workers", "0")
+    proc = sm("mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "r"), "--workers", "0",
+              "--batch-size", "4", "--flush-every", "1")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("converting RGB images") == 1 and "converting" not in proc.stdout
     assert sketchmine.open_run(tmp_path / "r").attrs["converted_images"] == {"RGB": 3}

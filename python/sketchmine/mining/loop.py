@@ -119,7 +119,8 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     _restore(store, accs)
     done = int(prog.get("images_done", 0)) if prog.get("slot") is not None else 0  # saved: rank 0 only
     bad: list[dict[str, Any]] = list(store.attrs.get("bad_images", []))
-    converted: dict[str, int] = {}
+    converted: dict[str, int] = {}  # since the last flush
+    said: set[str] = set()  # modes whose conversion was said (once a call, whatever the flushes)
     # preprocess="device": the loader yields stored pixels, made model input a batch at a time on the device
     preparer = DevicePreparer(ds, device) if load.preprocess == "device" else None  # type: ignore[arg-type]
     source = NativeSamples(preparer.ds, jpeg_bytes=device.type == "cuda") if preparer else ds
@@ -146,7 +147,7 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
             memory.guard(device, load.batch_size), \
             allocator.kept_freed_memory_on(device):
         for idx, x, y, notes in prepared(loader, preparer, device):
-            ok = _readable(ds, idx, notes, skip_bad_images, bad, converted, progress)
+            ok = _readable(ds, idx, notes, skip_bad_images, bad, converted, progress, said)
             logits = None
             if needs_labels:
                 check_labels(ds, idx, y, setup.num_classes)
@@ -249,7 +250,7 @@ def _check_size(ds: MinerDataset, idx: torch.Tensor, x: torch.Tensor, ok: torch.
 
 
 def _readable(ds: MinerDataset, idx: torch.Tensor, notes: list[str], skip_bad_images: bool,
-              bad: list[dict[str, Any]], converted: dict[str, int], progress: Progress) -> torch.Tensor:
+              bad: list[dict[str, Any]], converted: dict[str, int], progress: Progress, said: set[str]) -> torch.Tensor:
     """(N,) bool: the batch's images that could be read; unreadable ones are recorded in `bad`
     (or refused), converted ones counted per mode."""
     ok = torch.ones(len(idx), dtype=torch.bool)
@@ -264,7 +265,8 @@ def _readable(ds: MinerDataset, idx: torch.Tensor, notes: list[str], skip_bad_im
             progress.note(f"skipped unreadable image {path}: {note[6:]}")
         elif note.startswith("converted:"):
             mode = note.split(":", 1)[1]
-            if mode not in converted:
+            if mode not in said:
+                said.add(mode)
                 progress.note(f"converting {mode} images to the model's "
                               f"{ds.preprocessing.channels}-channel input (first: {ds.path(int(idx[j]))})")
             converted[mode] = converted.get(mode, 0) + 1
