@@ -292,10 +292,15 @@ def mine(
                 damaged = None if current.progress.get("complete") else current.resume_from_intact()
                 if damaged:
                     progress.note(damaged)
+                was = current.attrs.get("batch_size")  # allowed (a batch that fits after an out-of-memory), and said
+                if not current.progress.get("complete") and isinstance(was, int) and was != batch_size:
+                    progress.note(f"resuming at batch size {batch_size}, mined so far at {was}: CPU matrix products "
+                                  "round the last bit by batch size, so ties within that rounding may rank as "
+                                  f"neither uninterrupted run would; --batch-size {was} resumes bit-identically")
                 return current
             fields = forward.fields(tuple(first.shape), progress) if first.ndim >= 3 else {}
             labels = known
-            attrs = {**want, "preprocessing": None if pre is None else pre.to_dict(),
+            attrs = {**want, "batch_size": batch_size, "preprocessing": None if pre is None else pre.to_dict(),
                      "model_spec": _model_spec(model, weights, (seed or 0) if loaded.random_init else None),
                      "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
                      "versions": _versions(), "bad_images": []}

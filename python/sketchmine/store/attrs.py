@@ -41,6 +41,7 @@ _ROOT_CHECKS: dict[str, tuple[bool, str, Callable[[Any], bool]]] = {
                                                          for key in ("spec", "weights"))),
     "weights_hash": (False, "a string '<algorithm>:<hex digest>'", lambda v: isinstance(v, str) and ":" in v),
     "weights_sha256": (False, "a string", lambda v: isinstance(v, str)),  # runs before weights_hash
+    "batch_size": (False, "a positive integer", lambda v: _is_int(v, 1)),
     "model_switches": (False, "an object of booleans", lambda v: isinstance(v, dict)
                        and all(isinstance(key, str) and isinstance(b, bool) for key, b in v.items())),
     "bad_images": (False, "a list of {index, path, error}", lambda v: isinstance(v, list)
