@@ -251,3 +251,26 @@ def test_an_onnx_tensor_whose_rows_are_not_the_images_is_refused(sketches, tmp_p
                       dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
     with pytest.raises(SketchmineError, match=r"layer 'conv1' of flipped.onnx has 2 rows for 1 image"):
         sketchmine.mine(str(path), sketches, layers=["conv1"], out=tmp_path / "r.zarr")
+
+
+def test_a_half_model_is_fed_half_input(small_test_set, tmp_path):
+    """A bfloat16 model mined from arrays (float32 batches) was refused at the probe, blaming the
+    input size; its results equal a plain-hook brute force in its own dtype."""
+    data = per_class_subset(small_test_set, 3, "unusual_half")
+    net = _net().to(torch.bfloat16)
+    run = sketchmine.mine(net, data, layers=["conv2"], k=3, out=tmp_path / "r.zarr", batch_size=16)
+    x = torch.stack([data[i][1] for i in range(len(data))]).to(torch.bfloat16)
+    got: list[torch.Tensor] = []
+    handle = net.conv2.register_forward_hook(lambda m, i, o: got.append(o.detach().float()))
+    with torch.inference_mode():
+        net(x)
+    handle.remove()
+    values, index, _ = run.topk("conv2")
+    want_values, want_index = brute_topk(got[0], 3)[:2]
+    assert np.array_equal(index, want_index) and np.array_equal(values, want_values)
+
+
+def test_channels_last_on_a_model_without_4d_weights_is_refused(sketches, tmp_path):
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    with pytest.raises(SketchmineError, match="channels_last .* has none, so it would change nothing"):
+        sketchmine.mine(mlp, sketches, out=tmp_path / "r.zarr", channels_last=True)

@@ -39,7 +39,7 @@ from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of
                                       recorded_weights, switches_differ_from)
 from sketchmine.model.forward import TorchForward, as_forward, layer_field, probe
 from sketchmine.model.models import LoadedModel, is_model_path, load_model, preprocessing_for
-from sketchmine.model.modes import eval_mode
+from sketchmine.model.modes import eval_mode, memory_format
 from sketchmine.model.pretrained import is_weights_name
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.progress import Progress, Silent
@@ -217,6 +217,9 @@ def mine(
     speed = SpeedOptions.checked(torch_model=isinstance(forward, TorchForward), logits=logits,
                                  softmax_mined=SOFTMAX in names, channels_last=channels_last, autocast=autocast,
                                  compile=compile, overlap_flushes=overlap_flushes)
+    if channels_last and not any(p.ndim == 4 for p in net.parameters()):  # recorded, and asked again on resume
+        raise SketchmineError(f"channels_last (--channels-last) lays out 4-D convolution weights; {model_id} has none, "
+                              "so it would change nothing: leave it out")
     out = Path(out)
     if (outer := enclosing_run(out, itself=False)) is not None:  # Zarr readers of the outer run would list the new run as one of its groups
         raise SketchmineError(f"out {out} is inside the run {outer}; choose a folder outside any run")
@@ -315,7 +318,7 @@ def mine(
                                            for l in spec})
 
         if channels_last:  # the caller's module gets its memory format back whatever happens
-            was = _memory_format(forward.net)
+            was = memory_format(forward.net)
             forward.net.to(memory_format=torch.channels_last)
         try:
             run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
@@ -326,14 +329,6 @@ def mine(
             lock.release()
             if channels_last:
                 forward.net.to(memory_format=was)
-
-
-def _memory_format(net: nn.Module) -> torch.memory_format:
-    """The memory format the module's 4-D weights are in: channels-last when any is laid out so
-    (and not also plain contiguous, as 1×1 kernels are both)."""
-    cl = any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-             for p in net.parameters())
-    return torch.channels_last if cl else torch.contiguous_format
 
 
 def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, load: LoadOptions, progress: Progress) -> None:

@@ -17,6 +17,7 @@ from sketchmine.model import cut
 from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, as_forward, first_tensor, register_backend,
                                       weights_hasher)
 from sketchmine.model.onnx_backend import OnnxRunError
+from sketchmine.model.modes import input_dtype
 from sketchmine.model.receptive_field import field_analysis, module_input_channels
 from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
 from sketchmine.progress import Progress
@@ -82,6 +83,7 @@ class TorchForward:
             shapes.setdefault(name, tuple(t.shape[1:]))
             dtypes.setdefault(name, t.dtype)
 
+        x = x.to(input_dtype(self.net))
         with torch.inference_mode(), Taps(self.net, layers, record) as taps:
             out = _shape_forward(self.net, x)
         for name, dtype in dtypes.items():
@@ -101,14 +103,15 @@ class TorchForward:
     def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):
         if self.compile:
             with self._open_compiled(layers, on_output) as run:
-                yield run
+                yield lambda x: run(x.to(input_dtype(self.net)))
             return
+        dtype = input_dtype(self.net)  # a half model takes half input; batches come as float32
         with Taps(self.net, layers, on_output, self.layouts):  # the taps' hooks first: the stop comes after them
             if self.stop_after is None:
-                yield lambda x: first_tensor(self.net(x))
+                yield lambda x: first_tensor(self.net(x.to(dtype)))
                 return
             with cut.stop_after(self.net, self.stop_after) as run:
-                yield run
+                yield lambda x: run(x.to(dtype))
 
     @contextlib.contextmanager
     def _open_compiled(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):

@@ -1,5 +1,5 @@
 """How a pass runs a caller's module: in eval mode, and given back with each submodule's own
-training flag; fed inputs of its parameters' floating dtype.
+training flag; fed inputs of its parameters' floating dtype; its memory format, to give back.
 
 Every pass that runs a caller's model (mine, visualize's deconvolutions, traces and example
 pictures, importance, effects, feature visualisation, the graph's shape propagation) goes
@@ -43,3 +43,11 @@ def input_dtype(model: Any) -> torch.dtype:
     half or double model takes, which refuses a float32 one."""
     params = model.parameters() if isinstance(model, nn.Module) else ()
     return next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+
+
+def memory_format(net: nn.Module) -> torch.memory_format:
+    """The memory format the module's 4-D weights are in: channels-last when any is laid out so
+    (and not also plain contiguous, as 1×1 kernels are both)."""
+    cl = any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+             for p in net.parameters())
+    return torch.channels_last if cl else torch.contiguous_format
