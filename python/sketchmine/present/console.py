@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 from sketchmine.results.numbers import percent
+from sketchmine.results.precision import precision_differs, precision_note
 from sketchmine.results.run import Run
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -91,8 +92,12 @@ class RichProgress:
 
 
 def layers_table(run: Run) -> Table:
-    """One row per mined layer: shape, units, best activation, NaNs seen."""
-    table = Table(title=f"{safe(run.path)}  ({'complete' if run.complete else 'PARTIAL: ' + str(run.images_done) + ' images'})")
+    """One row per mined layer: shape, units, best activation, NaNs seen. The title (the
+    header of `summary` and `mine`) names an autocast run's precision; the caption says what it means."""
+    state = "complete" if run.complete else f"PARTIAL: {run.images_done} images"
+    note = precision_note(run)
+    table = Table(title=f"{safe(run.path)}  ({state}" + (f"; {safe(run.precision)})" if note else ")"),
+                  caption=None if note is None else safe(note), caption_justify="left")
     for col in ("layer", "kind", "shape", "units", "max activation", "NaN"):
         table.add_column(col, justify="right" if col in ("units", "max activation", "NaN") else "left")
     for name in run.layers:
@@ -211,8 +216,10 @@ def compare_tables(cmp) -> list[Table]:
     """`compare.Comparison` as two tables: accuracy side by side, then the paired layers (the
     title says how they were paired: by name or by relative depth)."""
     oa, ob = cmp.overall
-    acc = Table(title=f"accuracy: A {safe(cmp.a.path)} ({'-' if oa is None else f'{percent(oa, 2)}%'}) vs "
-                      f"B {safe(cmp.b.path)} ({'-' if ob is None else f'{percent(ob, 2)}%'})")
+    acc = Table(title=f"accuracy: A {safe(cmp.a.path)} ({_overall(oa, cmp.a)}) vs B {safe(cmp.b.path)} "
+                      f"({_overall(ob, cmp.b)})", caption_justify="left")
+    if (differs := precision_differs(cmp.a, cmp.b)) is not None:
+        acc.caption = safe(differs)
     for col in ("class", "A %", "B %", "B − A"):
         acc.add_column(col, justify="left" if col == "class" else "right")
     pct = lambda v: percent(v, 2)  # noqa: E731
@@ -232,6 +239,11 @@ def compare_tables(cmp) -> list[Table]:
     if getattr(cmp, "no_images", None):
         lay.caption = _no_images(cmp.no_images)
     return [acc, lay]
+
+
+def _overall(acc: float | None, run: Run) -> str:
+    """A compared run's accuracy, with its precision when it was mined under autocast."""
+    return ("-" if acc is None else f"{percent(acc, 2)}%") + (f", {safe(run.precision)}" if run.reduced_precision else "")
 
 
 def importance_table(run: Run, name: str, n: int) -> Table:

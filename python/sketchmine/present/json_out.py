@@ -46,8 +46,9 @@ def records(df: pd.DataFrame, index: str | None = None) -> list[dict[str, Any]]:
 
 
 def summary_data(run: Run, n: int) -> dict[str, Any]:
-    """`sketchmine summary --json`: the run, its accuracy, per layer its units, best activation
-    and the `n` most and least frequent classes among the top-k images."""
+    """`sketchmine summary --json`: the run, the precision its numbers were computed in (and the
+    forward options recorded), its accuracy, per layer its units, best activation and the `n`
+    most and least frequent classes among the top-k images."""
     from sketchmine.errors import SketchmineError
 
     layers = []
@@ -69,14 +70,17 @@ def summary_data(run: Run, n: int) -> dict[str, Any]:
     except SketchmineError:  # no predictions (--no-logits) or no labels
         classes = []
     return {"run": str(run.path), "model": run.attrs.get("model"), "complete": run.complete,
+            "precision": run.precision, "forward_options": run.forward_options,
             "images": run.images_done, "k": run.k, "accuracy": run.accuracy() if run.complete else None,
             "class_accuracy": classes, "layers": layers}
 
 
 def compare_data(cmp: Any) -> dict[str, Any]:
-    """`sketchmine compare --json`: a `results.compare.Comparison`."""
+    """`sketchmine compare --json`: a `results.compare.Comparison`; "precision" says what each
+    run was computed in (runs in different ones are not comparable bit for bit)."""
     oa, ob = cmp.overall
     return {"a": str(cmp.a.path), "b": str(cmp.b.path), "accuracy": {"a": oa, "b": ob}, "n": cmp.n,
+            "precision": {"a": cmp.a.precision, "b": cmp.b.precision, "same": cmp.a.precision == cmp.b.precision},
             "classes": records(cmp.accuracy, "class"), "layers": records(cmp.layers), "no_images": list(cmp.no_images)}
 
 

@@ -177,8 +177,9 @@ def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = 
         peak = float(run.optimized(layer, int(unit), key="optimized_peak"))
         _single(fig, (x0, 0.06, 0.69 - x0, 0.78), opt, "optimised input", f"activation {peak:.3g}")
     _panel(fig, 0.72, 0.975, info)
-    model = run.attrs.get("model")
-    fig.text(0.03, 0.93, f"{layer} · unit {int(unit)}" + (f"   ({model})" if model else ""), fontsize=24,
+    # a slide travels alone: an autocast run's says so beside the model
+    about = ", ".join(str(w) for w in (run.attrs.get("model"), run.precision if run.reduced_precision else None) if w)
+    fig.text(0.03, 0.93, f"{layer} · unit {int(unit)}" + (f"   ({about})" if about else ""), fontsize=24,
              weight="bold", va="bottom", parse_math=False)
     return fig
 

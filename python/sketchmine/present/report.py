@@ -29,7 +29,7 @@ import numpy as np
 
 from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.present import plots
-from sketchmine.present.report_data import PAGE_SIZE, importance_ranks, layer_data, layer_ids, percent
+from sketchmine.present.report_data import PAGE_SIZE, importance_ranks, layer_data, layer_ids, percent, precision_html
 from sketchmine.present.report_folder import MARKER, PARTIAL, TMP, check_report_dir, remove_stale, report_marker, swap_in
 from sketchmine.present.report_unit import MONTAGES, unit_pages
 from sketchmine.present.report_probe import index_section, write_probe_files
@@ -99,6 +99,8 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
     shape = "×".join(map(str, attrs["shape"]))
     parts = [f'<p><a href="../index.html">← all layers</a></p><h1>{e(name)}</h1>',
              f"<p>{e(str(attrs.get('kind', '')))}, output {e(shape)}, top-{run.k} images per unit</p>"]
+    if precision := precision_html(run):  # an autocast run: above the layer's numbers
+        parts.append(precision)
     if not run.complete:
         parts.append(f'<p class="partial">PARTIAL run: {run.images_done} images mined so far</p>')
     try:
@@ -215,6 +217,8 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
     if not run.complete:
         parts.append(f'<p class="partial">PARTIAL run: {run.images_done} of {ds.get("size", "?")} images mined; '
                      "every table covers those only</p>")
+    if precision := precision_html(run):  # an autocast run: directly above the accuracy it qualifies
+        parts.append(precision)
     parts.append(_accuracy_section(run))
     parts.append('<h2>Summary plot</h2><p><img class="plot" id="summary" src="summary.png" alt="summary plot"> '
                  '<a href="summary.svg">SVG</a></p>' if (run.path and labelled and ids) else "")

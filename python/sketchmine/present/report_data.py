@@ -7,6 +7,7 @@ traces it stores, unit importance), never from the model or the dataset.
 """
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ from PIL import Image
 
 from sketchmine.errors import SketchmineError
 from sketchmine.results.numbers import percent  # noqa: F401  (report.py, plots.py and montage.py take it from here)
+from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.traces import MAX_TRACE_IMAGES, entry_steps, read_traces
 from sketchmine.results.unit_summary import infinite, num
@@ -56,6 +58,13 @@ def class_accuracy_array(run: Run) -> np.ndarray:
         return run.class_accuracy()["accuracy"].to_numpy()
     except SketchmineError:
         return np.full(len(run.class_names), np.nan)
+
+
+def precision_html(run: Run) -> str:
+    """The line every page of an autocast run shows above its numbers (index, layer, unit
+    pages); "" for a float32 run, whose pages stay as they were."""
+    note = precision_note(run)
+    return "" if note is None else f'<p class="precision" id="precision">{html.escape(note)}</p>'
 
 
 def visualize_hint(run: Run, name: str) -> str:

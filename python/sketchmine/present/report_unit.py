@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sketchmine.present.montage import save_montage
-from sketchmine.present.report_data import PAGE_SIZE, THUMB, save_png, strip, to_js
+from sketchmine.present.report_data import PAGE_SIZE, THUMB, precision_html, save_png, strip, to_js
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary, pictures_current
 
@@ -163,7 +163,7 @@ def _page(run: Run, name: str, lid: str, units: int, pages: int, slides: int) ->
             '<link rel="stylesheet" href="../assets/report.css"><link rel="stylesheet" href="../assets/unit.css">'
             f'</head>\n<body data-layer="{e(lid)}" data-pages="{pages}" data-units="{units}">\n'
             f'<p><a href="../index.html">← all layers</a> · <a href="../layers/{e(lid)}.html">{e(name)} cards</a></p>'
-            f"<h1>{e(name)}: unit <span id=\"unit-number\"></span></h1>{partial}"
+            f"<h1>{e(name)}: unit <span id=\"unit-number\"></span></h1>{partial}{precision_html(run)}"
             '<nav class="pager"><button id="prev-unit">◀ previous unit</button>'
             f'<label>unit <input id="unit-input" type="number" min="0" max="{units - 1}" value="0"></label>'
             '<button id="next-unit">next unit ▶</button></nav>'

@@ -26,7 +26,7 @@ def _pct(v: float | None) -> str:
 
 
 def overview_table(d: dict[str, Any]) -> Table:
-    """Key facts: shape, maximum, receptive field, mean, firing density, importance."""
+    """Key facts: shape, precision (autocast runs), maximum, receptive field, mean, firing density, importance."""
     t = Table(title=f"{safe(d['layer'])} · unit {d['unit']} of {d['units']}" + ("" if d["complete"] else
                                                                                  "  (PARTIAL run)"),
               show_header=False)
@@ -34,7 +34,10 @@ def overview_table(d: dict[str, Any]) -> Table:
     t.add_column("value", justify="right")
     rf = d["receptive_field"]
     rows = [("kind, output", f"{safe(d['kind'])}, {'×'.join(map(str, d['shape']))}"),
-            ("images mined", str(d["images"])), ("max activation", _f(d["max"])),
+            ("images mined", str(d["images"]))]
+    if d.get("precision", "float32") != "float32":  # an autocast run: its values are not float32's
+        rows.append(("computed in", safe(d["precision"])))
+    rows += [("max activation", _f(d["max"])),
             ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "no receptive field recorded")]
     m = d["moments"]
     if m is not None:

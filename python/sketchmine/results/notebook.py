@@ -18,6 +18,7 @@ from PIL import Image
 
 from sketchmine.errors import SketchmineError
 from sketchmine.results.numbers import percent
+from sketchmine.results.precision import precision_note
 
 if TYPE_CHECKING:
     from sketchmine.results.run import Run
@@ -38,17 +39,23 @@ def accuracy_text(run: Run) -> str:
     return "-" if acc is None else f"{percent(acc, 2)}%"
 
 
+def precision_text(run: Run) -> str:
+    """"bfloat16 autocast, " before the numbers of a run mined under autocast; "" for float32
+    (whose views read as they always did)."""
+    return f"{run.precision}, " if run.reduced_precision else ""
+
+
 def run_repr(run: Run) -> str:
-    """One line: path, layers, k, images, accuracy, complete or partial."""
+    """One line: path, layers, k, images, precision (autocast runs only), accuracy, complete or partial."""
     names = run.layers
     shown = ", ".join(names[:4]) + (f", … ({len(names)} layers)" if len(names) > 4 else "")
     return (f"<sketchmine.Run {str(run.path)!r}: layers [{shown}], k={run.k}, {run.images_done} images, "
-            f"accuracy {accuracy_text(run)}, {state(run)}>")
+            f"{precision_text(run)}accuracy {accuracy_text(run)}, {state(run)}>")
 
 
 def run_html(run: Run) -> str:
     """A small table: one row per layer (kind, units, pictures stored), under a caption with the
-    run's path, k, images, accuracy and state."""
+    run's path, k, images, accuracy and state (and, for an autocast run, a line saying so)."""
     esc = html.escape
     rows = []
     for name in run.layers:
@@ -59,6 +66,9 @@ def run_html(run: Run) -> str:
                     f"<td>{shape[0]}</td><td>{esc('×'.join(map(str, shape)))}</td><td>{pictures}</td></tr>")
     caption = (f"<b>sketchmine run</b> {esc(str(run.path))}<br>k={run.k} · {run.images_done} images · "
                f"accuracy {esc(accuracy_text(run))} · {esc(state(run))}")
+    note = precision_note(run)
+    if note:
+        caption += f"<br><span class='sketchmine-precision'>{esc(note)}</span>"
     head = "".join(f"<th>{c}</th>" for c in ("layer", "kind", "units", "shape", "pictures"))
     return (f"<table class='sketchmine-run'><caption style='text-align:left'>{caption}</caption>"
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
@@ -126,13 +136,15 @@ class UnitCard:
     def __repr__(self) -> str:
         top = self.top
         classes = ", ".join("?" if pd.isna(c) else f"{c}" for c in top["class"].tolist())
-        return (f"<sketchmine.UnitCard {self.layer}[{self.unit}] of {str(self.run.path)!r}: max activation "
-                f"{self.max_activation:.4g}; classes of its top-{len(top)} images, best first: {classes}>")
+        return (f"<sketchmine.UnitCard {self.layer}[{self.unit}] of {str(self.run.path)!r}: "
+                f"{precision_text(self.run)}max activation {self.max_activation:.4g}; classes of its top-{len(top)} images, best first: {classes}>")
 
     def _repr_html_(self) -> str:
         esc = html.escape
         parts = [f"<div class='sketchmine-unit'><b>{esc(self.layer)}</b> unit {self.unit} · max activation "
                  f"{self.max_activation:.4g} · {esc(str(self.run.path))}"]
+        if (note := precision_note(self.run)) is not None:
+            parts.append(f"<div class='sketchmine-precision'>{esc(note)}</div>")
         pics = self.pictures()
         for key, title in (("patches", "top-k patches"), ("deconv", "deconvolutions")):
             if key in pics:

@@ -16,6 +16,7 @@ from sketchmine.errors import SketchmineError, closest
 from sketchmine.results import importance_store, summaries
 from sketchmine.results.checks import check_array_name, check_count
 from sketchmine.results.notebook import UnitCard, run_html, run_repr
+from sketchmine.results.precision import Precision
 from sketchmine.results.summaries import class_counts
 from sketchmine.results.unit_views import UnitViews
 from sketchmine.stats import topk
@@ -27,7 +28,7 @@ from sketchmine.store.runstore import RunStore
 __all__ = ["Run", "class_counts", "open_run"]
 
 
-class Run(UnitViews):
+class Run(UnitViews, Precision):
     """Read access to one run directory (complete or, clearly labelled, partial)."""
 
     def __init__(self, store: RunStore) -> None:

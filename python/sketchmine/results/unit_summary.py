@@ -76,6 +76,7 @@ class LayerSummary:
         self.names = run.class_names
         self.labels = run.labels
         self.paths = run.paths
+        self.precision = run.precision  # what the values were computed in ("float32", "bfloat16 autocast")
         acc, why = _reader(run, "class_accuracy")
         self.acc = acc["accuracy"].to_numpy() if acc is not None else np.full(len(self.names), np.nan)
         self.top = run.topk(layer)
@@ -182,7 +183,7 @@ class LayerSummary:
         out: dict[str, Any] = {
             "layer": self.layer, "unit": u, "units": self.units, "kind": str(self.attrs.get("kind", "")),
             "shape": [int(s) for s in self.attrs["shape"]], "images": run.images_done, "complete": run.complete,
-            "k": run.k, "receptive_field": list(rf["size"]) if rf and rf.get("size") else None,
+            "precision": self.precision, "k": run.k, "receptive_field": list(rf["size"]) if rf and rf.get("size") else None,
             "max": top[0]["value"] if top else None, "top": top,
             "bottom": self._entries(self.bottom, u) if self.bottom is not None else None,
             "classes_top": self._classes_top(top),

@@ -1,0 +1,87 @@
+"""The precision a run's mining pass computed in, read from its record (`forward_options`).
+
+A run mined under `autocast="bf16"` or `"fp16"` holds activations, logits and accuracy computed
+in that precision: its logits differ from a float32 run's far beyond float rounding, and its
+top-k holds other images wherever values were close. Every reader says so where it shows those
+numbers, from the words here. `channels_last` and `compile` change only the last bits (as
+another batch size does): they are listed in `forward_options` (and `--json`), not shown.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from sketchmine.errors import SketchmineError
+
+if TYPE_CHECKING:
+    from sketchmine.results.run import Run
+
+FLOAT32 = "float32"
+"""`Run.precision` of a run mined without autocast (and of runs mined before the record)."""
+PLAIN: dict[str, Any] = {"autocast": None, "channels_last": False, "compile": False}
+"""The forward options of the plain pass: what a run without the record was mined with."""
+_AUTOCAST = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+_EXPECTED = "{autocast: null, 'bf16' or 'fp16', channels_last: bool, compile: bool}"
+
+
+def forward_options(path: object, attrs: dict[str, Any]) -> dict[str, Any]:
+    """The run's recorded forward options, every key present (PLAIN where unrecorded); a value a
+    reader cannot trust (an edited or damaged attribute) is refused, naming it."""
+    recorded = attrs.get("forward_options")
+    if recorded is None:
+        return dict(PLAIN)
+    ok = (isinstance(recorded, dict) and (recorded.get("autocast") is None or isinstance(recorded["autocast"], str))
+          and all(isinstance(recorded.get(k, False), bool) for k in ("channels_last", "compile")))
+    if not ok:
+        raise SketchmineError(f"run {path} is damaged: attribute 'forward_options' should be {_EXPECTED}, "
+                              f"found {str(recorded)[:60]!r}")
+    return {**PLAIN, **recorded}
+
+
+def precision_of(options: dict[str, Any]) -> str:
+    """"float32", "bfloat16 autocast" or "float16 autocast" for forward options; an autocast
+    this sketchmine does not know (a newer one's) is named as recorded, never read as float32."""
+    autocast = options.get("autocast")
+    if autocast is None:
+        return FLOAT32
+    return f"{_AUTOCAST.get(autocast.lower(), autocast)} autocast"
+
+
+class Precision:
+    """What `Run` says of the precision its numbers were computed in (a base of `Run`)."""
+
+    @property
+    def forward_options(self) -> dict[str, Any]:
+        """{autocast: None | "bf16" | "fp16", channels_last: bool, compile: bool}: the mining
+        pass's forward options (runs mined before they were recorded: the plain pass)."""
+        run = cast("Run", self)
+        return forward_options(run.path, run.attrs)
+
+    @property
+    def precision(self) -> str:
+        """The precision the mining pass computed activations, logits and accuracy in: "float32",
+        or "bfloat16 autocast" / "float16 autocast" (values then differ from a float32 run's
+        beyond float rounding). Later passes (visualize, importance, effects) run without autocast."""
+        return precision_of(self.forward_options)
+
+    @property
+    def reduced_precision(self) -> bool:
+        """True when the mining pass ran under autocast (`precision` is not "float32")."""
+        return self.precision != FLOAT32
+
+
+def precision_note(run: Run) -> str | None:
+    """The sentence a view shows once where a reduced-precision run's numbers are; None for a
+    float32 run (its views stay as they were)."""
+    if not run.reduced_precision:
+        return None
+    what = "activations" if run.attrs.get("logits", True) is False else "activations, logits and accuracy"
+    return (f"mined under {run.precision}: {what} differ from a float32 run's beyond float rounding (its "
+            "top-k can hold other images where values are close)")
+
+
+def precision_differs(a: Run, b: Run) -> str | None:
+    """What `compare` says when its two runs were mined in different precisions, else None."""
+    if a.precision == b.precision:
+        return None
+    return (f"A was mined in {a.precision}, B in {b.precision}: their activations, logits and accuracy differ "
+            "beyond float rounding, so their values are not comparable bit for bit")
