@@ -268,6 +268,8 @@ def test_a_half_model_is_fed_half_input(small_test_set, tmp_path):
     values, index, _ = run.topk("conv2")
     want_values, want_index = brute_topk(got[0], 3)[:2]
     assert np.array_equal(index, want_index) and np.array_equal(values, want_values)
+    assert run.attrs["model_dtype"] == "bfloat16" and run.precision == "bfloat16"  # readers say it
+    assert "bfloat16" in repr(run)
 
 
 def test_channels_last_on_a_model_without_4d_weights_is_refused(sketches, tmp_path):

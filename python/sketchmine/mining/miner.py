@@ -39,7 +39,7 @@ from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of
                                       recorded_weights, switches_differ_from)
 from sketchmine.model.forward import TorchForward, as_forward, layer_field, probe
 from sketchmine.model.models import LoadedModel, is_model_path, load_model, preprocessing_for
-from sketchmine.model.modes import eval_mode, memory_format
+from sketchmine.model.modes import eval_mode, input_dtype, memory_format
 from sketchmine.model.pretrained import is_weights_name
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.progress import Progress, Silent
@@ -303,7 +303,9 @@ def mine(
                 return current
             fields = forward.fields(tuple(first.shape), progress) if first.ndim >= 3 else {}
             labels = known
+            half = input_dtype(net)  # a half model's activations are its dtype's (readers say so; float32: no record)
             attrs = {**want, "batch_size": batch_size, "preprocessing": None if pre is None else pre.to_dict(),
+                     **({"model_dtype": str(half).removeprefix("torch.")} if half != torch.float32 else {}),
                      "model_spec": _model_spec(model, weights, (seed or 0) if loaded.random_init else None),
                      "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
                      "versions": _versions(), "bad_images": []}

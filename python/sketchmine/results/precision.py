@@ -59,9 +59,13 @@ class Precision:
     @property
     def precision(self) -> str:
         """The precision the mining pass computed activations, logits and accuracy in: "float32",
-        or "bfloat16 autocast" / "float16 autocast" (values then differ from a float32 run's
-        beyond float rounding). Later passes (visualize, importance, effects) run without autocast."""
-        return precision_of(self.forward_options)
+        "bfloat16 autocast" / "float16 autocast", or a half model's own dtype ("bfloat16",
+        "float16"; `model_dtype`) — values then differ from a float32 run's beyond float
+        rounding. Later passes (visualize, importance, effects) run without autocast."""
+        run = cast("Run", self)
+        own = precision_of(self.forward_options)
+        model = run.attrs.get("model_dtype")
+        return str(model) if own == FLOAT32 and isinstance(model, str) else own
 
     @property
     def reduced_precision(self) -> bool:

@@ -42,6 +42,10 @@ _ROOT_CHECKS: dict[str, tuple[bool, str, Callable[[Any], bool]]] = {
     "weights_hash": (False, "a string '<algorithm>:<hex digest>'", lambda v: isinstance(v, str) and ":" in v),
     "weights_sha256": (False, "a string", lambda v: isinstance(v, str)),  # runs before weights_hash
     "batch_size": (False, "a positive integer", lambda v: _is_int(v, 1)),
+    "forward_options": (False, "{autocast: null|str, channels_last: bool, compile: bool}", lambda v: isinstance(v, dict)
+                        and (v.get("autocast") is None or isinstance(v.get("autocast"), str))
+                        and all(isinstance(v.get(key, False), bool) for key in ("channels_last", "compile"))),
+    "model_dtype": (False, "'float16' or 'bfloat16'", lambda v: v in ("float16", "bfloat16")),
     "model_switches": (False, "an object of booleans", lambda v: isinstance(v, dict)
                        and all(isinstance(key, str) and isinstance(b, bool) for key, b in v.items())),
     "bad_images": (False, "a list of {index, path, error}", lambda v: isinstance(v, list)
