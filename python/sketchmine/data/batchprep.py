@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from sketchmine.data.arrays import ArrayDataset
 from sketchmine.data.dataset import MinerDataset, error_note
 from sketchmine.data.folder import READ_ERRORS, ImageFolderDataset
+from sketchmine.data.imagefile import conversion_note, header_orientation
 from sketchmine.data.preprocess import Preprocessing
 from sketchmine.errors import SketchmineError
 
@@ -27,7 +28,8 @@ image in the loader (the DataLoader workers when there are any)."""
 
 JPEG = (".jpg", ".jpeg")
 JPEG_NOTE = "jpeg"
-"""The note of a sample whose payload is a JPEG file's bytes, decoded on the device."""
+"""The note of a sample whose payload is a JPEG file's bytes, decoded on the device; "jpeg:6"
+when the file carries EXIF orientation 6, for the note the decoded image then gets."""
 
 
 def supports_device(ds: MinerDataset) -> bool:
@@ -51,7 +53,9 @@ def choose(preprocess: str | None, ds: MinerDataset, recorded: str | None) -> st
 
 class NativeSamples(Dataset):
     """A dataset's images as stored: (index, uint8 (H, W, c) tensor, label, note); with
-    `jpeg_bytes`, a .jpg/.jpeg file's bytes (1-D uint8) and the note "jpeg" instead."""
+    `jpeg_bytes`, a .jpg/.jpeg file's bytes (1-D uint8) and the note `JPEG_NOTE` instead, once
+    its header passed the cpu route's checks (PIL's decompression-bomb limit: a 2 MB JPEG of
+    182 megapixels is refused by the same error, not decoded)."""
 
     def __init__(self, ds: ArrayDataset | ImageFolderDataset, jpeg_bytes: bool = False) -> None:
         self.ds, self.jpeg_bytes = ds, jpeg_bytes and isinstance(ds, ImageFolderDataset)
@@ -65,7 +69,9 @@ class NativeSamples(Dataset):
         try:
             if self.jpeg_bytes and self.ds.path(i).lower().endswith(JPEG):
                 data = (self.ds.root / self.ds.path(i)).read_bytes()  # type: ignore[union-attr]
-                return i, torch.frombuffer(bytearray(data), dtype=torch.uint8), label, JPEG_NOTE
+                orientation = header_orientation(data)
+                note = JPEG_NOTE if orientation == 1 else f"{JPEG_NOTE}:{orientation}"
+                return i, torch.frombuffer(bytearray(data), dtype=torch.uint8), label, note
             image, note = self.ds.image_array(i)
         except READ_ERRORS as exc:  # OSError among them: a JPEG's read as well
             return i, torch.zeros(0, dtype=torch.uint8), label, error_note(exc)
@@ -79,7 +85,7 @@ def collate_native(batch: list[tuple[int, torch.Tensor, int, str]]):
     shapes: dict[tuple[int, ...], list[int]] = {}
     jpegs = []
     for j, (_, x, _, note) in enumerate(batch):
-        if note == JPEG_NOTE:
+        if note.partition(":")[0] == JPEG_NOTE:
             jpegs.append((j, x))
         elif not note.startswith("error:"):
             shapes.setdefault(tuple(x.shape), []).append(j)
@@ -137,6 +143,7 @@ class DevicePreparer:
         """Decode the batch's JPEGs on the device, one by one where the batched call fails;
         what the device decoder refuses is decoded by PIL (the cpu route's decoder)."""
         images = decode_jpegs([b for _, b in jpegs], self.device)
+        mode = "L" if self.pre.channels == 1 else "RGB"
         by_shape: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
         for (j, _), image in zip(jpegs, images):
             i = int(idx[j])
@@ -149,8 +156,9 @@ class DevicePreparer:
                     continue
                 image = as_uint8_hwc(array).to(self.device)
                 notes[j] = note
-            else:
-                notes[j] = "" if image.shape[-1] == self.pre.channels else f"converted:{'L' if image.shape[-1] == 1 else 'RGB'}"
+            else:  # the cpu route's note for the same file (PIL's "L" or "RGB")
+                orientation = int(notes[j].partition(":")[2] or 1)
+                notes[j] = conversion_note("L" if image.shape[-1] == 1 else "RGB", mode, orientation)
             by_shape.setdefault(tuple(image.shape), []).append((j, image))
         return [(torch.tensor([j for j, _ in items]), torch.stack([im for _, im in items]))
                 for items in by_shape.values()]

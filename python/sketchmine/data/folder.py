@@ -11,14 +11,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from sketchmine.data.dataset import MinerDataset, error_note
+from sketchmine.data.imagefile import READ_ERRORS, read_image
 from sketchmine.data.preprocess import Preprocessing, chw
 from sketchmine.errors import SketchmineError
-
-READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-"""What reading a damaged or hostile image file raises (PIL and the OS)."""
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -45,16 +42,20 @@ class ImageFolderDataset(MinerDataset):
       included), sorted by name;
     - images: `sorted(os.walk(class_dir, followlinks=True))`, files sorted within each
       directory, kept when their lowercased name ends with one of `IMAGE_EXTENSIONS`
-      (torchvision's list: no .gif).
+      (torchvision's list: no .gif); symlinked files and class folders are followed.
 
     Differences, on purpose: a folder without images (``notes/``) is skipped instead of
     refused, so it neither becomes a class nor shifts the labels of the classes after it; a
     sketchmine run stored in the root (a directory with a zarr.json) is never a class, nor is a
     report or probe folder sketchmine wrote (`SKETCHMINE_OUTPUTS`); macOS archive metadata (a
     ``__MACOSX/`` folder, ``._name.png`` AppleDouble files) is not read. All are named in
-    `skipped` (and noted by `mine`). A folder with no listed image but files PIL reads under
-    other extensions (e.g. only .gif) is refused: it looks like a class that would silently
-    vanish. A class or file name that is not valid UTF-8 is refused at once, naming it: the
+    `skipped` (and noted by `mine`). No folder is entered twice within a class: a symlink loop
+    (``bear/again -> .``) or a second link to a folder listed already is not followed, so each
+    image is listed once (torchvision lists a loop's images until the path is too long). What
+    is left out besides (those links, unread image files such as .gif beside the images,
+    images in the root itself) is named in `left_out` and `skipped_note`. A folder with no
+    listed image but files PIL reads under other extensions (e.g. only .gif) is refused: it
+    looks like a class that would silently vanish. A class or file name that is not valid UTF-8 is refused at once, naming it: the
     run stores names as text.
 
     `preprocessing_explicit`: False when built by `mine` itself, so that another resolution
@@ -66,13 +67,18 @@ class ImageFolderDataset(MinerDataset):
             raise SketchmineError(f"dataset directory {self.root} does not exist")
         if not self.root.is_dir():
             raise SketchmineError(f"dataset {self.root} is not a directory of class folders")
-        folders = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
+        entries = list(os.scandir(self.root))
+        folders = sorted(e.name for e in entries if e.is_dir())
+        loose = sorted(e.name for e in entries if not e.is_dir() and not e.name.startswith("._")
+                       and e.name.lower().endswith(IMAGE_EXTENSIONS + OTHER_IMAGE_EXTENSIONS))
         if not folders:
             raise SketchmineError(
                 f"dataset directory {self.root} has no class folders; expected {self.root}/<class>/<image>.png"
             )
         self.skipped: dict[str, str] = {}
         listed: dict[str, list[str]] = {}
+        not_followed: list[str] = []
+        unread: list[str] = []
         for name in folders:
             if _is_run_dir(self.root / name):
                 self.skipped[name] = "a sketchmine run"
@@ -85,9 +91,10 @@ class ImageFolderDataset(MinerDataset):
             if name == "__MACOSX":  # what a zip made on macOS adds: AppleDouble metadata, never a class
                 self.skipped[name] = "macOS archive metadata"
                 continue
-            files, others = _list_images(self.root, name)
+            files, others = _list_images(self.root, name, not_followed)
             if files:
                 listed[name] = files
+                unread += others
             elif others:
                 raise SketchmineError(
                     f"folder {self.root / name} holds no {'/'.join(IMAGE_EXTENSIONS)} image but {len(others)} other "
@@ -106,13 +113,17 @@ class ImageFolderDataset(MinerDataset):
                                                for rel in listed[name]]
         self.preprocessing = preprocessing
         self.preprocessing_explicit = explicit
+        self.left_out = _left_out(self.root, not_followed, unread, loose)
 
     def skipped_note(self) -> str | None:
-        """One line naming the folders that are not classes, or None."""
-        if not self.skipped:
-            return None
-        parts = [f"{printable(name)}/ ({why})" for name, why in self.skipped.items()]
-        return f"not classes, skipped in {printable(str(self.root))}: " + ", ".join(parts)
+        """One line naming what the listing leaves out: the folders that are not classes, the
+        symlinked folders not followed, unread image files beside the images and images in the
+        root itself; None when nothing is."""
+        parts = list(self.left_out)
+        if self.skipped:
+            named = [f"{printable(name)}/ ({why})" for name, why in self.skipped.items()]
+            parts.insert(0, f"not classes, skipped in {printable(str(self.root))}: " + ", ".join(named))
+        return "; ".join(parts) or None
 
     @classmethod
     def from_samples(cls, root: str | os.PathLike, samples: list[tuple[str, int]], class_names: list[str],
@@ -121,7 +132,7 @@ class ImageFolderDataset(MinerDataset):
         a later pass keeps the global indices of the run even if files were added since."""
         ds = cls.__new__(cls)
         ds.root, ds.samples, ds.class_names = Path(root), list(samples), list(class_names)
-        ds.preprocessing, ds.preprocessing_explicit, ds.skipped = preprocessing, True, {}
+        ds.preprocessing, ds.preprocessing_explicit, ds.skipped, ds.left_out = preprocessing, True, {}, []
         return ds
 
     def __len__(self) -> int:
@@ -146,17 +157,11 @@ class ImageFolderDataset(MinerDataset):
 
     def load_pil(self, i: int):
         """The image as an 8-bit PIL image, "L" for grey files and "RGB" for the others (alpha
-        and palettes resolved by PIL), and a note saying when its channels differ from the
-        preprocessing's (raises READ_ERRORS). The channel conversion itself is
-        `convert_channels`', as for arrays: one grey conversion for every route."""
-        path = self.root / self.samples[i][0]
-        mode = "L" if self.preprocessing.channels == 1 else "RGB"
-        with Image.open(path) as im:
-            im.load()
-            note = "" if im.mode == mode else f"converted:{im.mode}"
-            im = _to_8bit(im)
-            native = "L" if im.mode in ("1", "L", "LA", "La") else "RGB"
-            return im.convert(native), note
+        and palettes resolved by PIL), and a note saying what differs from the model's input as
+        stored (channels, bit depth, an EXIF orientation not applied: `imagefile.read_image`;
+        raises READ_ERRORS). The channel conversion itself is `convert_channels`', as for
+        arrays: one grey conversion for every route."""
+        return read_image(self.root / self.samples[i][0], "L" if self.preprocessing.channels == 1 else "RGB")
 
     def image_array(self, i: int) -> tuple[np.ndarray, str]:
         """The image as uint8 (H, W) or (H, W, C) at its own size, and a note (raises
@@ -264,6 +269,25 @@ def printable(name: str) -> str:
         return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _left_out(root: Path, not_followed: list[str], unread: list[str], loose: list[str]) -> list[str]:
+    """The listing's notes on files it does not mine, one clause each, names made printable."""
+    def some(names: list[str]) -> str:
+        return ", ".join(printable(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    out = []
+    if not_followed:
+        out.append(f"symlinked folders not followed, so that each image is listed once (a loop, or a folder "
+                   f"listed already): {some(not_followed)}")
+    if unread:
+        exts = ", ".join(sorted({os.path.splitext(u)[1].lower() for u in unread}))
+        out.append(f"{len(unread)} image file(s) beside the images are not read ({exts}: not among "
+                   f"{' '.join(IMAGE_EXTENSIONS)}; e.g. {some(unread)}): convert them to PNG to mine them")
+    if loose:
+        out.append(f"{len(loose)} image file(s) directly in {printable(str(root))} are not mined ({some(loose)}): "
+                   "images are read from <root>/<class>/<image> only")
+    return out
+
+
 def _is_run_dir(path: Path) -> bool:
     """A sketchmine run (a Zarr group whose zarr.json records a schema_version), read-only."""
     meta = path / "zarr.json"
@@ -275,11 +299,11 @@ def _is_run_dir(path: Path) -> bool:
         return True  # an unreadable Zarr group: not images either way
 
 
-def _list_images(root: Path, name: str) -> tuple[list[str], list[str]]:
+def _list_images(root: Path, name: str, not_followed: list[str]) -> tuple[list[str], list[str]]:
     """(images, other image-like files) of class folder `name`, paths relative to root, in
     torchvision's `make_dataset` order."""
     images, others = [], []
-    for dirpath, _, filenames in sorted(os.walk(root / name, followlinks=True)):
+    for dirpath, filenames in _walk(root / name, root, not_followed):
         for f in sorted(filenames):
             rel = os.path.relpath(os.path.join(dirpath, f), root)
             low = f.lower()
@@ -292,21 +316,33 @@ def _list_images(root: Path, name: str) -> tuple[list[str], list[str]]:
     return images, others
 
 
-def _to_8bit(im):
-    """16- and 32-bit grey images scaled to 8 bits by one fixed rule (PIL's own convert("L")
-    would clip them to white): integers as 16-bit (0-65535), floats as 0-1. A scale taken from
-    each image's own range would make the same value a different grey in every file, so values
-    outside the rule's range are refused (ValueError: unreadable, named, skippable)."""
-    if im.mode.startswith("I;16") or im.mode == "I":
-        a = np.asarray(im).astype(np.float64)
-        if a.size and (a.min() < 0 or a.max() > 65535):
-            raise ValueError(f"{im.mode} pixels range {a.min():g} to {a.max():g}; integer images are read as "
-                             "16-bit, 0 to 65535: save it as 8 or 16-bit")
-        return Image.fromarray(np.rint(a * (255.0 / 65535.0)).astype(np.uint8), "L")
-    if im.mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
-            raise ValueError(f"float pixels range {np.nanmin(a):g} to {np.nanmax(a):g}{' with NaN' if np.isnan(a).any() else ''}; "
-                             "float images are read as 0 to 1: save it as 8 or 16-bit")
-        return Image.fromarray(np.rint(a * 255.0).astype(np.uint8), "L")
-    return im
+def _walk(top: Path, root: Path, not_followed: list[str]) -> list[tuple[str, list[str]]]:
+    """(dirpath, filenames) of `os.walk(top, followlinks=True)` sorted by dirpath, entering no
+    folder twice: a symlinked folder whose real path lies in a tree the walk enters anyway (the
+    class folder's, or one an earlier link led to) or holds the folder it sits in (a loop,
+    `bear/again -> .`), and a folder first reached through a link, are not entered and are
+    named in `not_followed` ("link → target"). os.walk itself follows a loop until the path
+    is too long (each image listed ~40 times), and two loops double the listing at every level."""
+    trees = [os.path.realpath(top)]
+    real_root = os.path.realpath(root)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        here, keep = os.path.realpath(dirpath), []
+        for d in sorted(dirnames):
+            path = os.path.join(dirpath, d)
+            real, link = os.path.realpath(path), os.path.islink(path)
+            if (any(_inside(real, t) for t in trees) or _inside(here, real)) if link else real in trees:
+                shown = os.path.relpath(real, real_root) if _inside(real, real_root) else real
+                not_followed.append(f"{os.path.relpath(path, root)} → {shown}")
+                continue
+            if link:
+                trees.append(real)
+            keep.append(d)
+        dirnames[:] = keep
+        out.append((dirpath, filenames))
+    return sorted(out)
+
+
+def _inside(path: str, tree: str) -> bool:
+    """`path` is `tree` or lies under it (both real paths)."""
+    return path == tree or path.startswith(tree.rstrip(os.sep) + os.sep)

@@ -1,0 +1,172 @@
+"""One image file as 8-bit pixels: the decoding every route shares (the cpu route per image, the
+device route for every file its JPEG decoder does not take), and the note that says what was
+converted.
+
+A file is read as stored: the first frame of a multi-frame file (TIFF pages, animated
+WebP/APNG), EXIF orientation not applied (counted in the note), 16- and 32-bit samples scaled
+to 8 bits by one rule, alpha dropped later by `convert_channels`, except where the alpha
+channel is the drawing.
+"""
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What reading a damaged or hostile image file raises (PIL and the OS)."""
+
+
+ORIENTATION = 0x0112
+"""The EXIF (and TIFF) orientation tag: 1 is upright, 2-8 rotate and/or mirror for display."""
+
+
+EXIF_NOT_APPLIED = " (EXIF orientation not applied)"
+"""Added to a note's mode when the file asks to be shown rotated or mirrored: counted in
+`converted_images` under its own key, so a run says how many such files it mined as stored."""
+
+
+_OTHER_END = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
+_LOW_BYTE = {f"{mode};16{end}": f"{mode};16{other}"
+             for mode in ("RGB", "RGBA", "RGBX", "CMYK") for end, other in _OTHER_END.items()} | {"LA;16B": "RGBA"}
+"""16-bit colour rawmodes (PNG; TIFF, big-, little- or native-endian when libtiff decodes it) that
+PIL cuts to each sample's high byte → the rawmode that unpacks the same decoded bytes keeping
+the low byte instead (for 16-bit grey + alpha, PNG's "LA;16B" read as RGBA: 8 bits a band, L
+high, L low, A high, A low). Premultiplied "RGBa;16" is not among them: its unpacker divides by
+the alpha's high byte."""
+
+
+def read_image(path: str | os.PathLike, mode: str) -> tuple[Image.Image, str]:
+    """The file as an 8-bit PIL image, "L" for grey files and "RGB" for the others, and its
+    note (`conversion_note`) against the model's `mode` ("L" or "RGB"); raises READ_ERRORS
+    (a ValueError for a drawing held in the alpha channel). PIL's decompression-bomb limit
+    (`Image.MAX_IMAGE_PIXELS`) applies at `Image.open`."""
+    with Image.open(path) as im:
+        wide = _wide_rawmode(im)
+        tiles = list(im.tile)
+        im.load()
+        stored, orientation = im.mode, exif_orientation(im)
+        if wide is not None:
+            stored = "LA;16" if wide == "LA;16B" else f"{im.mode};16"
+            if wide in _LOW_BYTE:
+                im = _full_depth(path, tiles, wide, im)
+        elif im.mode == "RGB" and tiles and tiles[0].codec_name == "ppm" and _maxval(tiles[0]) > 255:
+            stored = "RGB;16"  # PIL scales a 16-bit PPM by its maxval itself: the same rule
+        im = _to_8bit(im)
+        _refuse_alpha_drawing(im)
+        native = "L" if im.mode in ("1", "L", "LA", "La") else "RGB"
+        return im.convert(native), conversion_note(stored, mode, orientation)
+
+
+def conversion_note(stored: str, mode: str, orientation: int = 1) -> str:
+    """A sample's note: "" when the file's pixels are the model's as stored, else
+    "converted:<stored mode>" (channels or bit depth converted: "RGBA", "I;16", "RGB;16"),
+    with `EXIF_NOT_APPLIED` when the file carries an orientation other than 1 (the pixels stay
+    as stored, as torchvision reads them, on both routes)."""
+    rotated = orientation in range(2, 9)
+    if stored == mode and not rotated:
+        return ""
+    return f"converted:{stored}{EXIF_NOT_APPLIED if rotated else ''}"
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The orientation a loaded image asks to be displayed with (1 when it says none). Looked up
+    only where the file has metadata that can hold it (EXIF, XMP, a TIFF's own tags), so a
+    plain PNG pays one dict lookup per key. A damaged EXIF block says nothing about the pixels,
+    which are read as stored either way: it counts as no orientation."""
+    tags = getattr(im, "tag_v2", None)
+    try:
+        if tags is not None:
+            value = tags.get(ORIENTATION, 1)
+        elif any(k in im.info for k in ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")):
+            value = im.getexif().get(ORIENTATION, 1)
+        else:
+            return 1
+        return int(value)
+    except Exception:  # noqa: BLE001 - see the docstring: unreadable metadata is no orientation
+        return 1
+
+
+def header_orientation(data: bytes) -> int:
+    """Read a file's header as `read_image` opens it (PIL's decompression-bomb limit,
+    `Image.MAX_IMAGE_PIXELS`, refused or warned alike; not an image: UnidentifiedImageError) and
+    return its EXIF orientation: what the device route checks before its own JPEG decoder,
+    which has neither the limit nor the note."""
+    with Image.open(io.BytesIO(data)) as im:
+        return exif_orientation(im)
+
+
+def _wide_rawmode(im: Image.Image) -> str | None:
+    """The rawmode of an opened (not loaded) image whose colour samples are 16-bit and which PIL
+    cuts to 8 bits by their high byte, else None (grey 16-bit is "I;16", read whole)."""
+    modes = {_rawmode(t.args) for t in im.tile}
+    if len(modes) != 1 or im.mode not in ("RGB", "RGBA", "CMYK"):
+        return None
+    raw = modes.pop()
+    return raw if raw is not None and raw.endswith((";16B", ";16L", ";16N")) else None
+
+
+def _rawmode(args: object) -> str | None:
+    if isinstance(args, str):
+        return args
+    return args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else None
+
+
+def _maxval(tile: object) -> int:
+    args = getattr(tile, "args", None)
+    return int(args[1]) if isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], int) else 255
+
+
+def _full_depth(path: str | os.PathLike, tiles: list, rawmode: str, high: Image.Image) -> Image.Image:
+    """16-bit colour samples scaled by the one 16-bit rule, rint(v * 255 / 65535), as grey
+    16-bit files are (PIL alone keeps each sample's high byte, up to one level off): the same
+    tiles decoded again with the unpacker that keeps the low byte."""
+    with Image.open(path) as again:
+        again.tile = [t._replace(args=_LOW_BYTE[rawmode] if isinstance(t.args, str)
+                                 else (_LOW_BYTE[rawmode], *t.args[1:])) for t in tiles]
+        again.load()
+        low = np.asarray(again).astype(np.uint32)
+    if rawmode == "LA;16B":
+        value, out_mode = np.stack([low[..., 0] << 8 | low[..., 1], low[..., 2] << 8 | low[..., 3]], -1), "LA"
+    else:
+        value, out_mode = np.asarray(high).astype(np.uint32) << 8 | low, high.mode
+    pixels = np.rint(value * (255.0 / 65535.0)).astype(np.uint8)
+    return Image.frombytes(out_mode, high.size, pixels.tobytes())
+
+
+def _refuse_alpha_drawing(im: Image.Image) -> None:
+    """A drawing held only in the alpha channel (one colour everywhere, the strokes in alpha: a
+    canvas export of "ink on transparent") would become a flat image once alpha is dropped:
+    refused (ValueError: unreadable, named, skippable) instead of mined as a blank."""
+    if im.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in im.info:
+        return
+    rgba = im if im.mode in ("RGBA", "LA") else im.convert("RGBA")
+    *colour, alpha = rgba.getextrema()
+    if all(lo == hi for lo, hi in colour) and alpha[0] != alpha[1]:
+        raise ValueError(f"the drawing is in its alpha channel ({im.mode}: colour {tuple(lo for lo, _ in colour)} "
+                         f"everywhere, alpha {alpha[0]} to {alpha[1]}), which sketchmine drops: the model would "
+                         "see one flat colour; flatten it onto a background first (e.g. ImageMagick "
+                         "`mogrify -background white -flatten`)")
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16- and 32-bit grey images scaled to 8 bits by one fixed rule (PIL's own convert("L")
+    would clip them to white): integers as 16-bit (0-65535), floats as 0-1. A scale taken from
+    each image's own range would make the same value a different grey in every file, so values
+    outside the rule's range are refused (ValueError: unreadable, named, skippable)."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.float64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"{im.mode} pixels range {a.min():g} to {a.max():g}; integer images are read as "
+                             "16-bit, 0 to 65535: save it as 8 or 16-bit")
+        return Image.fromarray(np.rint(a * (255.0 / 65535.0)).astype(np.uint8), "L")
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise ValueError(f"float pixels range {np.nanmin(a):g} to {np.nanmax(a):g}{' with NaN' if np.isnan(a).any() else ''}; "
+                             "float images are read as 0 to 1: save it as 8 or 16-bit")
+        return Image.fromarray(np.rint(a * 255.0).astype(np.uint8), "L")
+    return im
