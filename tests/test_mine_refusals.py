@@ -137,3 +137,14 @@ def test_a_preprocessing_that_does_not_fit_is_refused(tmp_path, small_test_set):
     with pytest.raises(SketchmineError, match=r"'imagenet' without its mean and std would normalise nothing"):
         Preprocessing("imagenet", 1, None)
     assert not (tmp_path / "r.zarr").exists()
+
+
+def test_a_folder_of_unreadable_images_names_the_first_and_why(tmp_path, small_test_set):
+    """It said only "none of the first 64 images can be read", without a file or a reason."""
+    for c in ("bird", "cat"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "data" / c / f"{i}.png").write_bytes(bytes(small_test_set.images[i].ravel()[:300]))
+    with pytest.raises(SketchmineError, match=r"none of the first 6 images of the dataset can be read \(the first, "
+                                              r"bird/0\.png: .+\)"):
+        sketchmine.mine("demo", tmp_path / "data", out=tmp_path / "r.zarr", skip_bad_images=True, logits=False)

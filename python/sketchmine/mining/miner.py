@@ -83,11 +83,13 @@ def _resolve_preprocessing(loaded: LoadedModel, preprocessing: str | Preprocessi
 
 
 def _first_readable(ds: MinerDataset, limit: int = 64) -> tuple[int, torch.Tensor]:
+    first = ""
     for i in range(min(len(ds), limit)):
         _, x, _, note = ds[i]
         if not note.startswith("error:"):
             return i, x
-    raise SketchmineError(f"none of the first {limit} images of the dataset can be read")
+        first = first or f" (the first, {ds.path(i)}: {note[6:]})"
+    raise SketchmineError(f"none of the first {min(len(ds), limit)} images of the dataset can be read{first}")
 
 
 def _versions() -> dict[str, str]:
