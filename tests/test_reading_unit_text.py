@@ -29,6 +29,7 @@ class Overflow(nn.Module):
         self.head = nn.Linear(conv.out_channels, 10)
 
     def forward(self, x):
+        x = torch.roll(x, 0, -1)  # the identity, through an op the field analysis does not follow: no field
         return self.head(torch.nan_to_num(self.conv(x)).amax(dim=(2, 3)))
 
 

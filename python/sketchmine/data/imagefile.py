@@ -72,6 +72,14 @@ def conversion_note(stored: str, mode: str, orientation: int = 1) -> str:
     return f"converted:{stored}{EXIF_NOT_APPLIED if rotated else ''}"
 
 
+def conversion_words(mode: str, channels: int) -> str:
+    """What a note says of a mode `conversion_note` counted (said once a call)."""
+    stored = mode.removesuffix(EXIF_NOT_APPLIED)
+    if mode.endswith(EXIF_NOT_APPLIED):
+        return f"reading {stored} images as stored (their EXIF orientation not applied) as the model's {channels}-channel input"
+    return f"converting {stored} images to the model's {channels}-channel input"
+
+
 def exif_orientation(im: Image.Image) -> int:
     """The orientation a loaded image asks to be displayed with (1 when it says none). Looked up
     only where the file has metadata that can hold it (EXIF, XMP, a TIFF's own tags), so a

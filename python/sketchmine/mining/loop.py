@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from sketchmine.data.imagefile import conversion_words
 from sketchmine.data import MinerDataset, collate
 from sketchmine.data.batchprep import DevicePreparer, NativeSamples, collate_native
 from sketchmine.errors import SketchmineError
@@ -267,8 +268,7 @@ def _readable(ds: MinerDataset, idx: torch.Tensor, notes: list[str], skip_bad_im
             mode = note.split(":", 1)[1]
             if mode not in said:
                 said.add(mode)
-                progress.note(f"converting {mode} images to the model's "
-                              f"{ds.preprocessing.channels}-channel input (first: {ds.path(int(idx[j]))})")
+                progress.note(f"{conversion_words(mode, ds.preprocessing.channels)} (first: {ds.path(int(idx[j]))})")
             converted[mode] = converted.get(mode, 0) + 1
     return ok
 
