@@ -14,26 +14,9 @@ from sketchmine.model.models import build
 from sketchmine.model.taps import TIME_FIRST, Taps, default_layers, probe_layouts, to_units
 from sketchmine.passes.ablation import layer_layout
 from sketchmine.passes.deconv import Deconvolver
+from tests.test_time_first import TimeFirst as TimeFirstGRU  # frames → conv → time-first GRU → per-step Linear
 
 T = 4
-
-
-class TimeFirstGRU(nn.Module):
-    """Frames → conv features → nn.GRU without batch_first, over (T, N, F) → a Linear on every step."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.gru = nn.GRU(4, 6)
-        self.head = nn.Linear(6, 3)
-
-    def steps(self, x: torch.Tensor) -> torch.Tensor:
-        n, t = x.shape[:2]
-        f = self.conv(x.flatten(0, 1)).amax(dim=(2, 3)).view(n, t, 4).transpose(0, 1)
-        return self.head(self.gru(f)[0])  # (T, N, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.steps(x)[-1]
 
 
 class TimeFirstLSTM(nn.Module):
