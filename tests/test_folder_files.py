@@ -262,3 +262,18 @@ def test_image_files_that_are_not_read_are_said_once(tmp_path, sketches, caplog)
         run = sketchmine.mine("demo", root, out=tmp_path / "r.zarr", layers=["features.0"])
     assert len(run.paths) == len(sketches)
     assert [n for n in notes(caplog) if "not read" in n] == [note]
+
+
+def test_class_names_differing_only_in_unicode_form_are_refused(tmp_path, sketches):
+    """NFC and NFD "café" printed alike and became two classes, each with part of the images."""
+    import unicodedata
+
+    root = tmp_path / "data"
+    for j, form in enumerate(("NFC", "NFD")):
+        folder = root / unicodedata.normalize(form, "café")
+        folder.mkdir(parents=True)
+        Image.fromarray(sketches[j][1]).save(folder / "a.png")
+    (root / "dog").mkdir()
+    Image.fromarray(sketches[2][1]).save(root / "dog" / "a.png")
+    with pytest.raises(SketchmineError, match=r"two class folders named 'café', in different Unicode forms"):
+        ImageFolderDataset(root, preset("none", 1, None))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,7 @@ class ImageFolderDataset(MinerDataset):
                 f"dataset directory {self.root} has folders but no images ({', '.join(IMAGE_EXTENSIONS)})"
             )
         _check_storable(self.root, listed)
+        _check_distinct(self.root, list(listed))
         self.class_names = list(listed)
         self.samples: list[tuple[str, int]] = [(rel, label) for label, name in enumerate(self.class_names)
                                                for rel in listed[name]]
@@ -286,6 +288,20 @@ def _left_out(root: Path, not_followed: list[str], unread: list[str], loose: lis
         out.append(f"{len(loose)} image file(s) directly in {printable(str(root))} are not mined ({some(loose)}): "
                    "images are read from <root>/<class>/<image> only")
     return out
+
+
+def _check_distinct(root: Path, names: list[str]) -> None:
+    """Refuse two class folders whose names differ only in Unicode form (NFC "café" and NFD
+    "café", as macOS and Linux tools may write them): they print alike but would be two classes,
+    each with part of the images."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = unicodedata.normalize("NFC", name)
+        if key in seen:
+            raise SketchmineError(f"dataset directory {root} has two class folders named {key!r}, in different "
+                                  f"Unicode forms ({ascii(seen[key])} and {ascii(name)}): they would be two classes "
+                                  "that look the same; merge them into one folder")
+        seen[key] = name
 
 
 def _is_run_dir(path: Path) -> bool:
