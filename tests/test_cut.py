@@ -8,7 +8,7 @@ from torch import nn
 
 from sketchmine.model import cut
 from sketchmine.errors import SketchmineError
-from sketchmine.model.receptive_field import module_outputs, trace
+from sketchmine.model.graph import module_outputs, trace
 from sketchmine.model.zoo import SketchResNet
 
 

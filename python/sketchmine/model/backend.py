@@ -58,9 +58,10 @@ class Forward(Protocol):
 @dataclass
 class LoadedModel:
     """A loaded model (an nn.Module: in eval mode when this package built it, as given otherwise;
-    or a registered backend's model such as an onnx_backend.OnnxModel), its id for resume checks, the normalisation it was trained with
-    when the checkpoint records one ({"mean": [...], "std": [...]}), and the progressive
-    drawings it was trained on, if any ({"transform": ..., "steps": T})."""
+    or a registered backend's model such as an onnx_backend.OnnxModel), its id for resume
+    checks, the normalisation it was trained with when the checkpoint records one ({"mean":
+    [...], "std": [...]}), and the progressive drawings it was trained on, if any
+    ({"transform": ..., "steps": T})."""
 
     module: Any
     model_id: str

@@ -101,11 +101,11 @@ class TorchForward:
 
     @contextlib.contextmanager
     def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):
+        dtype = input_dtype(self.net)  # a half model takes half input; batches come as float32
         if self.compile:
             with self._open_compiled(layers, on_output) as run:
-                yield lambda x: run(x.to(input_dtype(self.net)))
+                yield lambda x: run(x.to(dtype))
             return
-        dtype = input_dtype(self.net)  # a half model takes half input; batches come as float32
         with Taps(self.net, layers, on_output, self.layouts):  # the taps' hooks first: the stop comes after them
             if self.stop_after is None:
                 yield lambda x: first_tensor(self.net(x.to(dtype)))

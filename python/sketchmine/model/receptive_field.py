@@ -52,6 +52,7 @@ _GLOBAL_METHODS = {"view", "reshape", "flatten", "unflatten", "mean", "sum", "am
 # (a channel shuffle's transpose of (N, groups, C/groups, H, W) keeps them too)
 _RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.transpose, torch.permute}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permute"}
+_TRANSPOSES = {torch.transpose, torch.permute, "transpose", "permute"}  # reorder dims: the grid may move
 # sliding windows called as functions (Inception v3's branch pools), by their positional
 # parameters (builtins: no signature to bind); stride defaults to the kernel, as torch's
 _WINDOW_FUNCS = {torch.nn.functional.max_pool2d: ("input", "kernel_size", "stride", "padding", "dilation"),
@@ -308,10 +309,9 @@ def _moved_grid(node: fx.Node, grid: tuple[int, int]) -> tuple[int, int] | None:
     if src is None or dst is None or not hasattr(src, "shape") or not hasattr(dst, "shape"):
         return None
     n = len(src.shape)
-    if n < max(-grid[0], 2) or len(dst.shape) != n and node.target in (torch.transpose, torch.permute, "transpose",
-                                                                      "permute"):
+    if n < max(-grid[0], 2) or len(dst.shape) != n and node.target in _TRANSPOSES:
         return None
-    if node.target in (torch.transpose, torch.permute, "transpose", "permute"):
+    if node.target in _TRANSPOSES:
         args = node.args[1:]
         if node.kwargs or not args:
             return None

@@ -18,7 +18,8 @@ from torch import fx, nn
 from sketchmine.errors import SketchmineError
 from sketchmine.model import coupling, cut
 from sketchmine.model.modes import eval_mode, input_dtype
-from sketchmine.model.receptive_field import ReceptiveField, module_outputs
+from sketchmine.model.graph import module_outputs
+from sketchmine.model.receptive_field import ReceptiveField
 from sketchmine.model.taps import SOFTMAX, probe_layouts, tapped_element, to_units
 from sketchmine.passes.deconv_rules import METHODS, with_rule
 from sketchmine.stats.ops import crop_patches

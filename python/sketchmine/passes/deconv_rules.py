@@ -21,7 +21,7 @@ import inspect
 import torch
 from torch import fx, nn
 
-from sketchmine.model.receptive_field import trace
+from sketchmine.model.graph import trace
 
 METHODS = ("deconvnet", "guided", "gradient")
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from sketchmine.errors import SketchmineError
-
 if TYPE_CHECKING:
     from sketchmine.results.run import Run
 
@@ -20,21 +18,12 @@ FLOAT32 = "float32"
 PLAIN: dict[str, Any] = {"autocast": None, "channels_last": False, "compile": False}
 """The forward options of the plain pass: what a run without the record was mined with."""
 _AUTOCAST = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
-_EXPECTED = "{autocast: null, 'bf16' or 'fp16', channels_last: bool, compile: bool}"
 
 
-def forward_options(path: object, attrs: dict[str, Any]) -> dict[str, Any]:
-    """The run's recorded forward options, every key present (PLAIN where unrecorded); a value a
-    reader cannot trust (an edited or damaged attribute) is refused, naming it."""
-    recorded = attrs.get("forward_options")
-    if recorded is None:
-        return dict(PLAIN)
-    ok = (isinstance(recorded, dict) and (recorded.get("autocast") is None or isinstance(recorded["autocast"], str))
-          and all(isinstance(recorded.get(k, False), bool) for k in ("channels_last", "compile")))
-    if not ok:
-        raise SketchmineError(f"run {path} is damaged: attribute 'forward_options' should be {_EXPECTED}, "
-                              f"found {str(recorded)[:60]!r}")
-    return {**PLAIN, **recorded}
+def forward_options(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The run's recorded forward options, every key present (PLAIN where unrecorded); a damaged
+    record was refused when the run was opened (store/attrs.py checks it with the others)."""
+    return {**PLAIN, **(attrs.get("forward_options") or {})}
 
 
 def precision_of(options: dict[str, Any]) -> str:
@@ -54,7 +43,7 @@ class Precision:
         """{autocast: None | "bf16" | "fp16", channels_last: bool, compile: bool}: the mining
         pass's forward options (runs mined before they were recorded: the plain pass)."""
         run = cast("Run", self)
-        return forward_options(run.path, run.attrs)
+        return forward_options(run.attrs)
 
     @property
     def precision(self) -> str:
