@@ -21,6 +21,18 @@ def sketches(small_test_set):
     return torch.utils.data.TensorDataset(x, torch.from_numpy(sub.labels()).long())
 
 
+def _output(net: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module`'s output in one plain forward of `x` (a forward hook): the brute force's input."""
+    got: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda m, i, o: got.append(o.detach().clone()))
+    try:
+        with torch.inference_mode():
+            net(x)
+    finally:
+        handle.remove()
+    return got[0]
+
+
 class _Net(nn.Module):
     """conv, global max, a head; `aux` runs only in training (GoogLeNet's auxiliary heads)."""
 
@@ -80,12 +92,7 @@ def test_the_default_layers_leave_out_a_head_the_forward_never_calls(sketches, t
         run = sketchmine.mine(net, sketches, k=3, out=tmp_path / "r.zarr", batch_size=16)
     assert run.layers == ["conv1", "conv2", "fc", "softmax"]
     assert any("not called" in r.getMessage() and "aux" in r.getMessage() for r in caplog.records)
-    got: list[torch.Tensor] = []
-    handle = net.conv2.register_forward_hook(lambda m, i, o: got.append(o.detach().clone()))
-    with torch.inference_mode():
-        net(sketches.tensors[0])
-    handle.remove()
-    acts = got[0]
+    acts = _output(net, net.conv2, sketches.tensors[0])
     values, index, _ = run.topk("conv2")
     want_values, want_index = brute_topk(acts, 3)[:2]
     assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)
@@ -169,12 +176,7 @@ def test_rows_that_are_not_each_images_in_turn_are_refused(sketches, tmp_path, m
 def test_rows_folded_image_by_image_are_mined_per_image(sketches, tmp_path):
     torch.manual_seed(0)
     net = _Patches().eval()
-    got: list[torch.Tensor] = []
-    handle = net.conv1.register_forward_hook(lambda m, i, o: got.append(o.detach().clone()))
-    with torch.inference_mode():
-        net(sketches.tensors[0])
-    handle.remove()
-    per_image = got[0].view(len(sketches), 4, 6, 12, 12).movedim(1, 2).flatten(2, 3)  # quadrants stacked along y
+    per_image = _output(net, net.conv1, sketches.tensors[0]).view(len(sketches), 4, 6, 12, 12).movedim(1, 2).flatten(2, 3)  # quadrants stacked along y
     for batch_size in (16, 40):
         run = sketchmine.mine(net, sketches, layers=["conv1"], k=3, out=tmp_path / f"r{batch_size}.zarr",
                               batch_size=batch_size)
@@ -201,12 +203,7 @@ def test_a_conv3d_layer_keeps_its_positions_stacked_along_y(sketches, tmp_path):
     """Its (d, y, x) peaks were stored as (-1, -1), the mark of a layer without positions."""
     torch.manual_seed(0)
     net = _Volume().eval()
-    got: list[torch.Tensor] = []
-    handle = net.conv3.register_forward_hook(lambda m, i, o: got.append(o.detach().clone()))
-    with torch.inference_mode():
-        net(sketches.tensors[0])
-    handle.remove()
-    acts = got[0]  # (N, 5, 2, 24, 24)
+    acts = _output(net, net.conv3, sketches.tensors[0])  # (N, 5, 2, 24, 24)
     run = sketchmine.mine(net, sketches, layers=["conv3"], k=3, out=tmp_path / "r.zarr", batch_size=16)
     assert run.layer_shape("conv3") == (5, 48, 24)
     assert run.layer_attrs("conv3")["yx"] == "(d * frame_height + y, x)"
@@ -260,13 +257,8 @@ def test_a_half_model_is_fed_half_input(small_test_set, tmp_path):
     net = _net().to(torch.bfloat16)
     run = sketchmine.mine(net, data, layers=["conv2"], k=3, out=tmp_path / "r.zarr", batch_size=16)
     x = torch.stack([data[i][1] for i in range(len(data))]).to(torch.bfloat16)
-    got: list[torch.Tensor] = []
-    handle = net.conv2.register_forward_hook(lambda m, i, o: got.append(o.detach().float()))
-    with torch.inference_mode():
-        net(x)
-    handle.remove()
     values, index, _ = run.topk("conv2")
-    want_values, want_index = brute_topk(got[0], 3)[:2]
+    want_values, want_index = brute_topk(_output(net, net.conv2, x).float(), 3)[:2]
     assert np.array_equal(index, want_index) and np.array_equal(values, want_values)
     assert run.attrs["model_dtype"] == "bfloat16" and run.precision == "bfloat16"  # readers say it
     assert "bfloat16" in repr(run)
