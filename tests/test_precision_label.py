@@ -16,6 +16,7 @@ import pytest
 import sketchmine
 from sketchmine.cli.main import main as cli
 from sketchmine.errors import SketchmineError
+from sketchmine.mining.options import SpeedOptions
 from sketchmine.present.report import write_report
 from tests.helpers import per_class_subset, store_arrays
 
@@ -76,6 +77,7 @@ def test_a_run_mined_before_the_record_is_float32_and_a_damaged_record_is_refuse
     del zarr.open_group(str(old), mode="r+").attrs["forward_options"]
     run = sketchmine.open_run(old)
     assert run.precision == "float32" and run.forward_options["autocast"] is None
+    assert run.forward_options == SpeedOptions().forward_options()  # the default pass is what is assumed
     assert not REDUCED.search(repr(run))
     zarr.open_group(str(old), mode="r+").attrs["forward_options"] = {"autocast": "fp8", "channels_last": False,
                                                                      "compile": False}

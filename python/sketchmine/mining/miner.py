@@ -46,7 +46,7 @@ from sketchmine.progress import Progress, Silent
 from sketchmine.results.run import Run
 from sketchmine.store.lock import enclosing_run
 from sketchmine.store.runstore import RunLock, RunStore, is_run
-from sketchmine.store.schema import PREPROCESS
+from sketchmine.store.schema import FORWARD_OPTIONS, PLAIN_FORWARD_OPTIONS, PREPROCESS
 
 
 def _model_spec(model: nn.Module | LoadedModel | str, weights: str | os.PathLike | None, seed: int | None = None) -> dict[str, Any]:
@@ -362,7 +362,7 @@ def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> N
         ("model", "model id"), ("weights_hash", "model weights"), ("layer_names", "layers"), ("k", "k"),
         ("dataset_fingerprint", "dataset"), ("preprocessing_key", "preprocessing")) if key in want]
     # runs that predate the record of forward options were mined with the plain forward
-    options = attrs.get("forward_options") or SpeedOptions().forward_options()
+    options = attrs.get(FORWARD_OPTIONS) or PLAIN_FORWARD_OPTIONS
     attrs = {**attrs, "weights_hash": recorded_weights(attrs)}
     checks += [(f"forward_options.{o}", f"forward option {o}") for o in want["forward_options"]]
     attrs = {**attrs, **{f"forward_options.{o}": v for o, v in options.items()}}

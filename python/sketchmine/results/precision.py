@@ -10,20 +10,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from sketchmine.store.schema import FORWARD_OPTIONS, PLAIN_FORWARD_OPTIONS
+
 if TYPE_CHECKING:
     from sketchmine.results.run import Run
 
 FLOAT32 = "float32"
 """`Run.precision` of a run mined without autocast (and of runs mined before the record)."""
-PLAIN: dict[str, Any] = {"autocast": None, "channels_last": False, "compile": False}
-"""The forward options of the plain pass: what a run without the record was mined with."""
 _AUTOCAST = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
 
 
 def forward_options(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The run's recorded forward options, every key present (PLAIN where unrecorded); a damaged
+    """The run's recorded forward options, every key present (the plain pass's where unrecorded); a damaged
     record was refused when the run was opened (store/attrs.py checks it with the others)."""
-    return {**PLAIN, **(attrs.get("forward_options") or {})}
+    return {**PLAIN_FORWARD_OPTIONS, **(attrs.get(FORWARD_OPTIONS) or {})}
 
 
 def precision_of(options: dict[str, Any]) -> str:

@@ -79,6 +79,10 @@ PREPROCESS = "preprocess"
 """Root attribute: where the mining pass made its images model input, "device" (a batch at a
 time on the mining device) or "cpu" (per image in the loader); absent in runs made before it
 (per image). A resume must agree."""
+FORWARD_OPTIONS = "forward_options"
+PLAIN_FORWARD_OPTIONS: dict[str, Any] = {"autocast": None, "channels_last": False, "compile": False}
+"""Root attribute: the forward options the mining pass ran with (mining.options.SpeedOptions);
+a run without the record was mined with the plain pass, these."""
 
 RELEASED_VERSIONS = {1: "0.1.0"}
 """Schema versions of released sketchmine, by version: their complete runs are read as they are
