@@ -182,15 +182,15 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
             fields[node] = _Field((1, 1), (0, 0), (0, 0))
             continue
         before = [unknown[a] for a in node.all_input_nodes if a in unknown]
-        ins = [fields[a] for a in node.all_input_nodes if a in fields]
-        if node.op in ("output", "get_attr") or not (ins or before):
+        carriers = {a: fields[a] for a in node.all_input_nodes if a in fields}
+        if node.op in ("output", "get_attr") or not (carriers or before):
             continue
         if "tensor_meta" not in node.meta:  # a shape, size or other non-tensor value: no pixels
             continue
         try:
             if before:  # after an op the analysis cannot follow: unknown as well, for the same reason
                 raise SketchmineError(before[0])
-            f = _node_field(node, ins, [a for a in node.all_input_nodes if a in fields], modules, whole)
+            f = _node_field(node, carriers, modules, whole)
         except SketchmineError as exc:
             unknown[node] = str(exc)
             if node.op == "call_module":
@@ -209,11 +209,12 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
     return FieldAnalysis(out, missing)
 
 
-def _node_field(node: fx.Node, ins: list[_Field], carriers: list[fx.Node], modules: dict[str, nn.Module],
+def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[str, nn.Module],
                 whole: _Field) -> _Field:
-    """A node's field from its pixel-carrying inputs' fields (`ins`, of the nodes `carriers`),
+    """A node's field from its pixel-carrying inputs' fields (`carriers`: input node → field),
     or a SketchmineError naming an op whose effect on positions is not known."""
     where = node.target if node.op == "call_module" else node.name
+    ins = list(carriers.values())
     if not all(i.jump != (0, 0) for i in ins):  # from whole-image features (a recurrent head, an MLP)
         return whole
     f = _union(ins, str(where))
@@ -287,7 +288,7 @@ def _grids(meta: Any, grid: tuple[int, int]) -> set[tuple[int, ...]]:
     return set()
 
 
-def _check_one_grid(node: fx.Node, grid: tuple[int, int], carriers: list[fx.Node]) -> None:
+def _check_one_grid(node: fx.Node, grid: tuple[int, int], carriers: dict[fx.Node, _Field]) -> None:
     """An op taken as pointwise (getitem, cat, chunk, add, ...) keeps its pixel-carrying inputs'
     (H, W) grid at the same dims: one that indexes, joins or splits along H or W moves pixels,
     and is refused."""
