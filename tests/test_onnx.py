@@ -166,3 +166,19 @@ def test_onnx_cli(tmp_path, onnx_path, demo_test_set):
     bad.write_text("not onnx")
     assert_clean_error(sm("mine", "--model", str(bad), "--data", str(folder), "--out", str(tmp_path / "r")),
                        r"model\.onnx is not an ONNX model")
+
+
+def test_a_float16_graph_is_said(tmp_path, demo_model, small_test_set):
+    """A float16 graph's activations are float16's: its run records and says so, as a half torch
+    model's does (it was shown as float32)."""
+    import copy
+
+    half = copy.deepcopy(demo_model.module).half()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(half, (torch.rand(2, 1, 28, 28).half(),), str(tmp_path / "half.onnx"), dynamo=False,
+                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}})
+    run = sketchmine.mine(str(tmp_path / "half.onnx"), subset(small_test_set, 20), out=tmp_path / "o.zarr",
+                          batch_size=10, layers=["features.0"])
+    assert run.attrs["model_dtype"] == "float16" and run.precision == "float16" and "float16" in repr(run)
+    assert sketchmine.open_run(tmp_path / "o.zarr").precision == "float16"

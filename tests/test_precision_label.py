@@ -5,6 +5,7 @@ autocast; each view is read as a user gets it: the repr, the CLI's tables and --
 report's HTML files, the slide."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import sketchmine
 from sketchmine.cli.main import main as cli
@@ -143,3 +145,25 @@ def test_the_slide_says_it(runs):
     fig = sketchmine.plots.unit_montage(run, "features.0", 0)
     title = [t.get_text() for t in fig.texts if t.get_text().startswith("features.0 · unit 0")]
     assert title == [f"features.0 · unit 0   ({run.attrs['model']}, bfloat16 autocast)"]
+
+
+def probe_notes(files: dict[str, bytes]) -> list[str]:
+    text = files["model.js"].decode()
+    return json.loads(text.split("=", 1)[1].strip().rstrip(";"))["notes"]
+
+
+def test_the_probe_says_it_computes_in_float32(runs, demo_model, data, tmp_path):
+    """The probe runs a float32 graph in the browser: a reduced-precision run's probe says its values
+    differ; a half model (whose float32 input it refused, so no probe) is exported as a float32 copy."""
+    pytest.importorskip("onnx")
+    from sketchmine.passes.probe import build_probe
+
+    said_float32 = re.compile(r"probe computes in float32 and the run was mined in ([a-z0-9]+)")
+    assert [m[1] for n in probe_notes(build_probe(runs["bf16"])) if (m := said_float32.search(n))] == ["bfloat16"]
+    assert not any(said_float32.search(n) for n in probe_notes(build_probe(runs["plain"])))
+    half = copy.deepcopy(demo_model.module).to(torch.bfloat16)
+    run = sketchmine.mine(half, per_class_subset(data, 2, "half"), out=tmp_path / "half.zarr", batch_size=20,
+                          layers=LAYERS)
+    assert run.precision == "bfloat16"
+    assert [m[1] for n in probe_notes(build_probe(run, half)) if (m := said_float32.search(n))] == ["bfloat16"]
+    assert next(half.parameters()).dtype == torch.bfloat16  # the caller's module is not converted

@@ -305,9 +305,10 @@ def mine(
                 return current
             fields = forward.fields(tuple(first.shape), progress) if first.ndim >= 3 else {}
             labels = known
-            half = input_dtype(net)  # a half model's activations are its dtype's (readers say so; float32: no record)
+            # a half model's activations are its dtype's (readers say so; float32: no record)
+            half = input_dtype(net) if isinstance(net, nn.Module) else net.weights_dtype()
             attrs = {**want, "batch_size": batch_size, "preprocessing": None if pre is None else pre.to_dict(),
-                     **({"model_dtype": str(half).removeprefix("torch.")} if half != torch.float32 else {}),
+                     **({"model_dtype": str(half).removeprefix("torch.")} if half in (torch.float16, torch.bfloat16) else {}),
                      "model_spec": _model_spec(model, weights, (seed or 0) if loaded.random_init else None),
                      "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,
                      "versions": _versions(), "bad_images": []}

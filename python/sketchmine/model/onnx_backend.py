@@ -107,6 +107,15 @@ class OnnxModel:
             h.update(memoryview(arr.reshape(-1).view(np.uint8)))
         return f"{algorithm}:{h.hexdigest()}"
 
+    def weights_dtype(self) -> torch.dtype:
+        """The floating dtype of the graph's first floating initializer (float32 when it has
+        none): a float16 graph's activations are float16's, which its run records and says."""
+        onnx, _ = _modules()
+        floating = {onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
+                    onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64}
+        return next((floating[t.data_type] for t in self.proto.graph.initializer if t.data_type in floating),
+                    torch.float32)
+
     # ---- layers ----------------------------------------------------------------------
     def default_layers(self) -> list[str]:
         """Every Conv, Gemm and MatMul output in graph order, plus the softmax (onnx_names)."""

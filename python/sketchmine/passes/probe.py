@@ -18,6 +18,7 @@ only writes the bytes this module returns.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import math
 import tempfile
@@ -34,11 +35,12 @@ from sketchmine.data.preprocess import LUMA, Preprocessing, convert_channels
 from sketchmine.data.sequences import background_of
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import first_tensor
-from sketchmine.model.modes import eval_mode
+from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import SOFTMAX, Taps
 from sketchmine.passes.probe_onnx import check_graph, data_dependent, ends_in_softmax
 from sketchmine.passes.probe_sequence import (TIME_POSITIONS, check_sequence_model, last_frame, prefix_problem,
                                               run_sequence, sequence_ink, step_probs)
+from sketchmine.results.precision import FLOAT32
 from sketchmine.results.run import Run, open_run
 
 MAP_SIDE = 32
@@ -343,14 +345,20 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
     if isinstance(loaded.module, nn.Module):
         size = input_size(run, pre, size)
         images = dataset_images(run, size, 1 if seq else pre.channels)
-        with eval_mode(loaded.module):  # the caller's module is given back with its own flags
-            graph = export_graph(run, loaded.module, pre, size, max_mb, images)
+        net = loaded.module
+        if input_dtype(net) != torch.float32:  # the browser's runtime computes in float32: a float32 copy
+            net = copy.deepcopy(net).float()
+        with eval_mode(net):  # the caller's module is given back with its own flags
+            graph = export_graph(run, net, pre, size, max_mb, images)
     else:  # an .onnx file: its own graph, preprocessing prepended, outputs appended
         dims = [d.dim_value for d in loaded.module.input.type.tensor_type.shape.dim]
         fixed = (int(dims[2]), int(dims[3])) if len(dims) == 4 and min(dims[2:]) > 0 else None
         size = input_size(run, pre, size, fixed)
         graph = onnx_graph(run, loaded.module, pre, size, max_mb)
         images = dataset_images(run, size, graph.channels)
+    if run.precision != FLOAT32 and isinstance(loaded.module, nn.Module):  # an ONNX graph runs in its own dtype
+        graph.notes.append(f"the probe computes in float32 and the run was mined in {run.precision}: its values "
+                           "differ from the run's beyond float rounding")
     ink, why = sequence_ink(seq) or ink_polarity(images, size)
     labels, are_classes = output_labels(run, getattr(loaded, "categories", None))
     meta = {"model": str(run.attrs.get("model")), "size": list(size), "classes": labels,
