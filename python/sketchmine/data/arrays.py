@@ -106,7 +106,7 @@ def check_labels(labels: np.ndarray, n: int, classes: int) -> np.ndarray:
         i = int(below[0])
         raise SketchmineError(f"ArrayDataset label {out[i]} of image {i} is below -1 ({len(below)} such image(s)); "
                               "expected a class index, or -1 for an unlabelled image")
-    above = np.flatnonzero(out >= classes) if classes else []
+    above = np.flatnonzero(out >= classes) if classes else np.empty(0, np.int64)
     if len(above):
         i = int(above[0])
         raise SketchmineError(f"ArrayDataset label {out[i]} of image {i} names no class: {classes} class names are "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ class MinerDataset(Dataset):
         ds = copy.copy(self)
         ds.preprocessing, ds.preprocessing_explicit = preprocessing, True
         return ds
+
+    if TYPE_CHECKING:  # every dataset the miner reads has a length (torch's Dataset does not declare one)
+        def __len__(self) -> int: ...
 
     def path(self, i: int) -> str:
         return f"#{i}"

@@ -101,8 +101,9 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
              device: torch.device, load: LoadOptions, speed: SpeedOptions, flush_every: int,
              skip_bad_images: bool, progress: Progress, needs_labels: bool,
              input_shape: tuple[int, tuple[int, ...]],
-             team: distributed.Solo | distributed.Group = distributed.SOLO) -> Run:
-    """Mine the images after the committed point into `store` (rank 0) and finish the run.
+             team: distributed.Solo | distributed.Group = distributed.SOLO) -> Run | None:
+    """Mine the images after the committed point into `store` (rank 0) and finish the run (None on
+    a rank that cannot see rank 0's store: distributed.Group.result).
     `input_shape`: (image, its model input's shape), the image the layers were probed with."""
     n = len(ds)
     prog = store.progress

@@ -145,9 +145,8 @@ def mine(
 ) -> Run:
     """Stream `dataset` through `model` once and keep the top-k images of every unit.
 
-    model: nn.Module, torchvision name, 'demo', checkpoint path, or .onnx file (ONNX Runtime). A
-    module passed in is moved to `device` and stays there, as `module.to(device)` leaves it (copying
-    a large model back would cost a second transfer); each submodule's train/eval flag is given back.
+    model: nn.Module, torchvision name, 'demo', checkpoint path, or .onnx file (ONNX Runtime). A module
+    stays on `device` (as `module.to(device)` leaves it); each submodule's train/eval flag is given back.
     dataset: torch Dataset of (image, label), an ImageFolder directory, or a sketchmine dataset.
     preprocessing ("auto": the model's recorded normalisation, else ImageNet's; "model",
     "imagenet", "dataset", "none", or a Preprocessing) and image_size (int, (H, W) or (C, H, W))

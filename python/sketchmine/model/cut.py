@@ -54,7 +54,7 @@ def _copy_upto(gm: fx.GraphModule, end: fx.Node) -> tuple[fx.Graph, dict[fx.Node
     """A new graph with copies of `gm`'s nodes up to and including `end` (topological order:
     all of end's inputs come first), the old-to-new map, and the old nodes in order."""
     nodes = list(gm.graph.nodes)
-    graph, env = fx.Graph(), {}
+    graph, env = fx.Graph(), dict[fx.Node, fx.Node]()
     for node in nodes[:nodes.index(end) + 1]:
         env[node] = graph.node_copy(node, env.__getitem__)
     return graph, env, nodes

@@ -164,7 +164,9 @@ def _check_folded_rows(net: nn.Module, layers: list[str], x: torch.Tensor,
     other = x.flip(-1, -2) * 0.5 + 0.25 * x.float().mean().to(x.dtype)  # any second input unlike x
     got: dict[int, dict[str, torch.Tensor]] = {1: {}, 2: {}}
     for n, batch in ((1, x), (2, torch.cat([x, other]))):
-        record = lambda name, t, n=n: got[n].setdefault(name, t.detach().float().clone())  # noqa: E731
+        def record(name: str, t: torch.Tensor, n: int = n) -> None:
+            got[n].setdefault(name, t.detach().float().clone())
+
         with torch.inference_mode(), Taps(net, layers, record, layouts):
             net(batch)
     for name in layers:

@@ -123,7 +123,7 @@ def _build(arch: str, num_classes: int | None, in_channels: int | None) -> nn.Mo
     return torchvision.models.get_model(arch, **kwargs)
 
 
-def load_model(spec: str | nn.Module | LoadedModel, weights: str | Path | None = None, seed: int | None = None) -> LoadedModel:
+def load_model(spec: str | nn.Module | LoadedModel, weights: str | os.PathLike | None = None, seed: int | None = None) -> LoadedModel:
     """Resolve a model spec.
 
     spec: a LoadedModel (returned as it is); an nn.Module; 'demo' (the embedded trained SketchNet), 'demo-resnet' (SketchResNet),

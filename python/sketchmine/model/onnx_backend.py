@@ -17,6 +17,7 @@ imported only when an ONNX model is used.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def _modules() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def load_onnx(path: str | Path, weights: str | Path | None = None) -> LoadedModel:
+def load_onnx(path: str | Path, weights: str | os.PathLike | None = None) -> LoadedModel:
     """An ONNX file as a LoadedModel whose `module` is an OnnxModel (id: "onnx:<file name>")."""
     if weights:
         raise SketchmineError(f"{path}: an ONNX file carries its own weights; drop --weights {weights}")
@@ -104,7 +105,7 @@ class OnnxModel:
         for t in self.proto.graph.initializer:
             arr = np.ascontiguousarray(numpy_helper.to_array(t))
             h.update(f"{t.name}:{tuple(t.dims)}:{t.data_type}\n".encode())
-            h.update(memoryview(arr.reshape(-1).view(np.uint8)))
+            h.update(arr.reshape(-1).view(np.uint8).data)
         return f"{algorithm}:{h.hexdigest()}"
 
     def weights_dtype(self) -> torch.dtype:

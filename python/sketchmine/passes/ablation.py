@@ -241,7 +241,7 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
     labels_t = torch.as_tensor(labels, dtype=torch.int64)
     sums: dict[str, torch.Tensor] = {}
     n_images = n_correct = 0
-    prob_base_sum, ablator, groups = 0.0, None, []
+    prob_base_sum, ablator, groups = 0.0, None, list[list[int]]()
     with eval_mode(net), torch.inference_mode(), kept_freed_memory_on(device):  # the caller's flags back after
         for idx, x in image_batches(dataset, batch_size):
             x, y = x.to(device), labels_t[idx].to(device)

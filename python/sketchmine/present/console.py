@@ -22,6 +22,7 @@ from rich.progress import (
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
+    TaskID,
     TimeRemainingColumn,
 )
 from rich.table import Table
@@ -56,7 +57,7 @@ class RichProgress:
         self.console = console
         self.label, self.unit = label, unit
         self._bar: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._t0 = 0.0
         self._start_done = 0
         self.images = 0
@@ -76,7 +77,7 @@ class RichProgress:
     def advance(self, n: int) -> None:
         self.images += n
         rate = self.images / max(time.perf_counter() - self._t0, 1e-9)
-        assert self._bar is not None
+        assert self._bar is not None and self._task is not None
         self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} {'img' if self.unit == 'images' else self.unit}/s")
 
     def note(self, message: str) -> None:

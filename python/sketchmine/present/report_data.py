@@ -42,7 +42,7 @@ def save_png(arr: np.ndarray, path: Path) -> None:
     """(h, w) or (h, w, 3) uint8 → PNG, shrunk to THUMB pixels high."""
     im = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
     if im.height > THUMB:
-        im = im.resize((max(1, round(im.width * THUMB / im.height)), THUMB), Image.BILINEAR)
+        im = im.resize((max(1, round(im.width * THUMB / im.height)), THUMB), Image.Resampling.BILINEAR)
     im.save(path, compress_level=1)
 
 

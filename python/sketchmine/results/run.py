@@ -156,7 +156,8 @@ class Run(UnitViews, Precision):
 
     def _topk(self, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.complete:
-            return tuple(self.store.read(schema.layer_array(layer, key)) for key in ("values", "image_index", "yx"))
+            values, index, yx = (self.store.read(schema.layer_array(layer, key)) for key in ("values", "image_index", "yx"))
+            return values, index, yx
         state = self.store.read_checkpoint_state(topk.KEY)
         if state is None:
             raise SketchmineError(f"run {self.path} has no results for {layer!r} yet (nothing flushed)")

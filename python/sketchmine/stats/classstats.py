@@ -168,6 +168,7 @@ class RunningClassStats:
         self._pending, self._labels = {}, None
         if not pending:
             return
+        assert labels is not None  # held with the layers' maxima (add)
         rows = self.rows(labels)
         if self.host:  # one compiled pass per layer, no block copy (see _add_host)
             counts = torch.bincount(rows, minlength=self.num_classes + 1)[:, None]

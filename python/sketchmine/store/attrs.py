@@ -20,7 +20,7 @@ def _is_pair(v: Any, low: int) -> bool:
 _ROOT_CHECKS: dict[str, tuple[bool, str, Callable[[Any], bool]]] = {
     # key: (required, what is expected, check)
     "layer_names": (True, "a non-empty list of distinct layer names (no '/' or '..')",
-                    lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x and "/" not in x and ".." not in x
+                    lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) and x and "/" not in x and ".." not in x
                                                                 for x in v)
                     and len(set(v)) == len(v)),
     "k": (True, "a positive integer", lambda v: _is_int(v, 1)),

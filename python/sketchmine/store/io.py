@@ -59,7 +59,7 @@ def _from_template(name: str, create: dict[str, Any], shape: tuple[int, ...], ch
     return ArrayV3Metadata.from_dict({**doc, **extra})
 
 
-async def create_nodes(group: zarr.Group, nodes: dict[str, GroupMetadata | ArrayV3Metadata]) -> dict[str, Any]:
+async def create_nodes(group: zarr.Group, nodes: Mapping[str, GroupMetadata | ArrayV3Metadata]) -> dict[str, Any]:
     """Create `nodes` (paths relative to `group`) concurrently, replacing any there; returns the
     created async nodes by the same relative paths."""
     base = f"{group.path}/" if group.path else ""
