@@ -33,10 +33,11 @@ from sketchmine.data.batchprep import choose
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
+from sketchmine.mining.checks import check_classes, check_resumable
 from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts
 from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
-                                      recorded_weights, switches_differ_from)
+                                      recorded_weights)
 from sketchmine.model.forward import TorchForward, as_forward, layer_field, probe
 from sketchmine.model.models import LoadedModel, is_model_path, load_model, preprocessing_for
 from sketchmine.model.modes import eval_mode, input_dtype, memory_format
@@ -46,7 +47,7 @@ from sketchmine.progress import Progress, Silent
 from sketchmine.results.run import Run
 from sketchmine.store.lock import enclosing_run
 from sketchmine.store.runstore import RunLock, RunStore, is_run
-from sketchmine.store.schema import FORWARD_OPTIONS, PLAIN_FORWARD_OPTIONS, PREPROCESS
+from sketchmine.store.schema import PREPROCESS
 
 
 def _model_spec(model: nn.Module | LoadedModel | str, weights: str | os.PathLike | None, seed: int | None = None) -> dict[str, Any]:
@@ -256,7 +257,7 @@ def mine(
     # before the model is touched (and again under the lock); a refusal on rank 0 reaches every rank
     # (the default layers are known after the probe: a module never called is left out then)
     early = want if layers is not None else {key: v for key, v in want.items() if key != "layer_names"}
-    team.on_writer(lambda: _check_resumable(store, early, logits) if store is not None else None)
+    team.on_writer(lambda: check_resumable(store, early, logits) if store is not None else None)
     forward.to(device)
     if compile:
         forward.compile = True
@@ -268,11 +269,8 @@ def mine(
             progress.note(f"{len(unused)} of the model's layers are not called by its forward pass and are not mined: "
                           f"{', '.join(unused[:4])}{', …' if len(unused) > 4 else ''}")
             names = want["layer_names"] = [l.name for l in spec]
-        if logits and num_classes is not None and ds.class_names and num_classes != len(ds.class_names):
-            raise SketchmineError(f"the model has {num_classes} outputs but the dataset has {len(ds.class_names)} classes "
-                                  f"({', '.join(ds.class_names[:5])}{', …' if len(ds.class_names) > 5 else ''}): its "
-                                  "predictions would be scored against other labels. Pass the model trained on these "
-                                  "classes, or logits=False (--no-logits) to mine the layers without predictions")
+        if logits:
+            check_classes(num_classes, loaded.categories, ds.class_names, progress)
         if not logits:
             forward.stop_after = forward.order[-1]
             num_classes = None
@@ -290,7 +288,7 @@ def mine(
             lock.acquire()
             if is_run(out):  # read afresh under the lock: another writer may have created it or moved it on
                 current = RunStore.open(out, mode="r+")
-                _check_resumable(current, want, logits)
+                check_resumable(current, want, logits)
                 recorded = current.attrs.get("preprocessing") or {}
                 if store is None and pre is not None and pre.preset == "dataset" and recorded.get("mean"):
                     pre.mean, pre.std = tuple(recorded["mean"]), tuple(recorded["std"])  # created meanwhile
@@ -349,44 +347,6 @@ def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, load: LoadO
     else:
         progress.note("computing the dataset mean and std (one pass)")
         pre.mean, pre.std = compute_mean_std(getattr(ds, "base", ds), load.batch_size, load.num_workers)
-
-
-def _short(value: Any) -> Any:
-    """A long value (a fingerprint, a hash) cut for a message."""
-    return (str(value)[:16] + "…") if isinstance(value, str) and len(value) > 20 else value
-
-
-def _check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> None:
-    """Refuse to resume a run mined with another model, weights, layers, k, dataset,
-    preprocessing or logits setting, naming each difference."""
-    attrs, diffs = current.attrs, []
-    checks = [(key, label) for key, label in (
-        ("model", "model id"), ("weights_hash", "model weights"), ("layer_names", "layers"), ("k", "k"),
-        ("dataset_fingerprint", "dataset"), ("preprocessing_key", "preprocessing")) if key in want]
-    # runs that predate the record of forward options were mined with the plain forward
-    options = attrs.get(FORWARD_OPTIONS) or PLAIN_FORWARD_OPTIONS
-    attrs = {**attrs, "weights_hash": recorded_weights(attrs)}
-    checks += [(f"forward_options.{o}", f"forward option {o}") for o in want["forward_options"]]
-    attrs = {**attrs, **{f"forward_options.{o}": v for o, v in options.items()}}
-    want = {**want, **{f"forward_options.{o}": v for o, v in want["forward_options"].items()}}
-    for key, label in checks:
-        a, b = attrs.get(key), want.get(key)
-        if a != b:
-            diffs.append(f"{label} (run: {_short(a)}, now: {_short(b)})")
-    if MODEL_SWITCHES in attrs:  # runs before the record, and of models without switches: not compared
-        diffs += [f"model switch {d}" for d in switches_differ_from(attrs[MODEL_SWITCHES], want.get(MODEL_SWITCHES, {}))]
-    if attrs.get("logits", True) != logits:
-        diffs.append(f"logits (run: {attrs.get('logits', True)}, now: {logits})")
-    had, has = bool(attrs.get("distributions", False)), bool(want.get("distributions", False))
-    if had != has:
-        diffs.append(f"distributions (run: {had}, now: {has}; pass distributions={had} / "
-                     f"--{'' if had else 'no-'}distributions to resume it)")
-    route, asked = attrs.get(PREPROCESS, "cpu"), want.get(PREPROCESS, "cpu")  # runs before the record: per image
-    if route != asked:
-        diffs.append(f"preprocess (run: {route}, now: {asked}; pass --preprocess {route})")
-    if diffs:
-        raise SketchmineError(f"cannot resume {current.path}: it was mined with a different " + "; ".join(diffs)
-                              + ". Use another --out for a new run")
 
 
 def _preprocessing_key(pre: Preprocessing | None) -> str | None:

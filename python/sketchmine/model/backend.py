@@ -68,7 +68,7 @@ class LoadedModel:
     preprocessing: dict[str, Any] | None = None
     sequence: dict[str, Any] | None = None
     random_init: bool = False  # built by name without weights (initialised from a seed)
-    categories: list[str] | None = None  # names of the outputs (torchvision's pretrained weights)
+    categories: list[str] | None = None  # names of the outputs in order (torchvision weights, recorded class_names)
     input_size: tuple[int, int] | None = None  # (H, W) it was trained at, when its metadata records it
 
 

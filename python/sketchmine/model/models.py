@@ -60,7 +60,8 @@ def _load_state_dict(path: Path, what: str = "weights file") -> dict[str, Any]:
 
 def _sidecar(weights: Path) -> dict[str, Any]:
     """What the JSON beside a state_dict file (same stem; scripts/train_demo_model.py writes
-    one) says of its input: {"preprocessing": ..., "sequence": ...}; {} when there is none."""
+    one) says of its input and outputs: {"preprocessing": ..., "sequence": ..., "class_names": [...]};
+    {} when there is none."""
     path = weights.with_suffix(".json")
     if not path.is_file():
         return {}
@@ -71,6 +72,8 @@ def _sidecar(weights: Path) -> dict[str, Any]:
     got = {k: meta[k] for k in ("preprocessing", "sequence") if isinstance(meta, dict) and isinstance(meta.get(k), dict)}
     if isinstance(meta, dict) and isinstance(meta.get(TRANSFORM_INPUT), bool):
         got[TRANSFORM_INPUT] = meta[TRANSFORM_INPUT]
+    if isinstance(meta, dict) and _class_names(meta):
+        got["class_names"] = meta["class_names"]
     return got
 
 
@@ -156,7 +159,8 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | os.PathLike |
         model, meta = zoo.load_embedded(spec)
         size = meta.get("input_size")
         return LoadedModel(model.eval(), f"demo:{zoo.EMBEDDED[spec][1]}", meta.get("preprocessing"),
-                           meta.get("sequence"), input_size=tuple(size) if size else None)
+                           meta.get("sequence"), input_size=tuple(size) if size else None,
+                           categories=_class_names(meta))
     if named and is_weights_name(weights):  # torchvision's pretrained weights, from the local cache
         got = load_pretrained(str(spec), str(weights))
         return LoadedModel(got.module, got.weights_id, got.preprocessing, None, categories=got.categories)
@@ -191,7 +195,16 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | os.PathLike |
                     "model was trained from scratch")
             setattr(model, TRANSFORM_INPUT, ckpt[TRANSFORM_INPUT])
     return LoadedModel(model.eval(), str(spec), pre if isinstance(pre, dict) else None,
-                       seq if isinstance(seq, dict) else None, random_init=state is None)
+                       seq if isinstance(seq, dict) else None, random_init=state is None, categories=_class_names(ckpt))
+
+
+def _class_names(record: Mapping[str, Any]) -> list[str] | None:
+    """The names of a model's outputs when its checkpoint (or the JSON beside its weights)
+    records them as `class_names`, in output order; `mine` compares them with the dataset's."""
+    names = record.get("class_names")
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
 
 
 def _misfit(model: nn.Module, state: Mapping[str, Any]) -> str:

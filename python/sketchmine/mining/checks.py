@@ -1,0 +1,83 @@
+"""What `mine` checks before it mines: that a run it resumes was mined the same way, and that the
+model's outputs and the dataset's classes can be scored against each other.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sketchmine.errors import SketchmineError
+from sketchmine.model.backend import MODEL_SWITCHES, recorded_weights, switches_differ_from
+from sketchmine.progress import Progress
+from sketchmine.store.runstore import RunStore
+from sketchmine.store.schema import FORWARD_OPTIONS, PLAIN_FORWARD_OPTIONS, PREPROCESS
+
+
+def check_classes(num_classes: int | None, categories: list[str] | None, class_names: list[str],
+                  progress: Progress) -> None:
+    """Output i of the model is scored against the dataset's class i (a folder's i-th class in
+    sorted order). Refused when the counts differ, or when the model names its outputs
+    (`LoadedModel.categories`: an embedded model's or a checkpoint's class_names, torchvision's
+    categories) and a class sits at another position in the dataset: every accuracy would be
+    another class's. Names that differ altogether (ImageNet's synset folders against the
+    weights' English names) cannot be matched, and are said once."""
+    if num_classes is None or not class_names:
+        return
+    shown = f"{', '.join(class_names[:5])}{', …' if len(class_names) > 5 else ''}"
+    if num_classes != len(class_names):
+        raise SketchmineError(f"the model has {num_classes} outputs but the dataset has {len(class_names)} classes "
+                              f"({shown}): its predictions would be scored against other labels. Pass the model "
+                              "trained on these classes, or logits=False (--no-logits) to mine the layers without "
+                              "predictions")
+    if not categories or len(categories) != num_classes or list(categories) == list(class_names):
+        return
+    output = {name: i for i, name in enumerate(categories)}
+    moved = [(i, name, output[name]) for i, name in enumerate(class_names) if output.get(name, i) != i]
+    if moved:
+        i, name, j = moved[0]
+        raise SketchmineError(
+            f"the model names its outputs, and they are in another order than the dataset's classes: class {i} of the "
+            f"dataset, {name!r}, is the model's output {j} ({len(moved)} of {num_classes} classes at other positions), "
+            "so every prediction would be scored against another class. Give the dataset its classes in the model's "
+            f"order (the model's: {', '.join(categories[:5])}{', …' if num_classes > 5 else ''}), or logits=False "
+            "(--no-logits) to mine the layers without predictions")
+    i = next(i for i, (a, b) in enumerate(zip(categories, class_names)) if a != b)
+    progress.note(f"the model names its outputs otherwise than the dataset's classes (output {i}: {categories[i]!r}, "
+                  f"class {i}: {class_names[i]!r}): each output is scored against the class at its position")
+
+
+def _short(value: Any) -> Any:
+    """A long value (a fingerprint, a hash) cut for a message."""
+    return (str(value)[:16] + "…") if isinstance(value, str) and len(value) > 20 else value
+
+
+def check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> None:
+    """Refuse to resume a run mined with another model, weights, layers, k, dataset,
+    preprocessing or logits setting, naming each difference."""
+    attrs, diffs = current.attrs, []
+    checks = [(key, label) for key, label in (
+        ("model", "model id"), ("weights_hash", "model weights"), ("layer_names", "layers"), ("k", "k"),
+        ("dataset_fingerprint", "dataset"), ("preprocessing_key", "preprocessing")) if key in want]
+    # runs that predate the record of forward options were mined with the plain forward
+    options = attrs.get(FORWARD_OPTIONS) or PLAIN_FORWARD_OPTIONS
+    attrs = {**attrs, "weights_hash": recorded_weights(attrs)}
+    checks += [(f"forward_options.{o}", f"forward option {o}") for o in want["forward_options"]]
+    attrs = {**attrs, **{f"forward_options.{o}": v for o, v in options.items()}}
+    want = {**want, **{f"forward_options.{o}": v for o, v in want["forward_options"].items()}}
+    for key, label in checks:
+        a, b = attrs.get(key), want.get(key)
+        if a != b:
+            diffs.append(f"{label} (run: {_short(a)}, now: {_short(b)})")
+    if MODEL_SWITCHES in attrs:  # runs before the record, and of models without switches: not compared
+        diffs += [f"model switch {d}" for d in switches_differ_from(attrs[MODEL_SWITCHES], want.get(MODEL_SWITCHES, {}))]
+    if attrs.get("logits", True) != logits:
+        diffs.append(f"logits (run: {attrs.get('logits', True)}, now: {logits})")
+    had, has = bool(attrs.get("distributions", False)), bool(want.get("distributions", False))
+    if had != has:
+        diffs.append(f"distributions (run: {had}, now: {has}; pass distributions={had} / "
+                     f"--{'' if had else 'no-'}distributions to resume it)")
+    route, asked = attrs.get(PREPROCESS, "cpu"), want.get(PREPROCESS, "cpu")  # runs before the record: per image
+    if route != asked:
+        diffs.append(f"preprocess (run: {route}, now: {asked}; pass --preprocess {route})")
+    if diffs:
+        raise SketchmineError(f"cannot resume {current.path}: it was mined with a different " + "; ".join(diffs)
+                              + ". Use another --out for a new run")

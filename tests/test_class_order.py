@@ -1,0 +1,93 @@
+"""Output i of the model is scored against the dataset's class i. A model that names its outputs
+(the embedded models and checkpoints recording class_names, torchvision's weights) is checked
+against the dataset's class names (found by an audit: the demo's ten classes under other folder
+names were scored at 20 % where the model is 99 % right, without a word)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sketchmine
+from sketchmine.data import ArrayDataset
+from sketchmine.errors import SketchmineError
+from sketchmine.model.models import load_model
+from tests.helpers import image_folder, per_class_subset
+
+GERMAN = {"bear": "Bär", "bird": "Vogel", "cat": "Katze", "cow": "Kuh", "dog": "Hund", "elephant": "Elefant",
+          "giraffe": "Giraffe", "horse": "Pferd", "sheep": "Schaf", "zebra": "Zebra"}
+
+
+class Notes:
+    """A Progress that keeps the notes `mine` says."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def start(self, total: int, done: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def note(self, message: str) -> None:
+        self.said.append(message)
+
+
+@pytest.fixture(scope="module")
+def data(demo_test_set):
+    return per_class_subset(demo_test_set, 4, "class-order")
+
+
+def test_the_embedded_model_names_its_outputs(demo_model):
+    assert load_model("demo").categories == ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse",
+                                             "sheep", "zebra"]
+
+
+def test_classes_in_another_order_are_refused(data, tmp_path):
+    """The same ten names, class 0 another class: every prediction would be scored against another
+    class. The labels follow the names (a consistent dataset), so only the order is wrong."""
+    order = np.roll(np.arange(10), 1)  # dataset class i is the model's class order[i]
+    names = [data.class_names[j] for j in order]
+    labels = np.argsort(order)[data.labels()]
+    shuffled = ArrayDataset(data.images, labels, names, data.preprocessing, {**data.describe(), "order": "rolled"})
+    with pytest.raises(SketchmineError, match=r"class 0 of the dataset, 'zebra', is the model's output 9 \(10 of 10"):
+        sketchmine.mine("demo", shuffled, out=tmp_path / "r.zarr", batch_size=40)
+    assert not (tmp_path / "r.zarr").exists()
+    run = sketchmine.mine("demo", shuffled, out=tmp_path / "n.zarr", batch_size=40, logits=False, layers=["features.0"])
+    assert run.class_names == names  # the layers alone: allowed
+
+
+def test_other_names_are_said_and_the_same_names_are_not(data, tmp_path):
+    """Folders named in German sort in another order: nothing can match them to the model's
+    names, so mine says it scores by position; the model's own names say nothing."""
+    renamed = ArrayDataset(data.images, data.labels(), [GERMAN[n] for n in data.class_names], data.preprocessing,
+                           data.describe())
+    notes = Notes()
+    sketchmine.mine("demo", renamed, out=tmp_path / "de.zarr", batch_size=40, layers=["features.0"], progress=notes)
+    said = [n for n in notes.said if "names its outputs otherwise" in n]
+    assert said == ["the model names its outputs otherwise than the dataset's classes (output 0: 'bear', class 0: "
+                    "'Bär'): each output is scored against the class at its position"]
+    same = Notes()
+    sketchmine.mine("demo", data, out=tmp_path / "en.zarr", batch_size=40, layers=["features.0"], progress=same)
+    assert not [n for n in same.said if "names its outputs" in n]
+
+
+def test_a_checkpoint_records_its_class_names(demo_model, demo_test_set, tmp_path):
+    """A checkpoint (or the JSON beside weights) recording the training order of its classes:
+    a folder sorted by name that puts them elsewhere is refused, through the CLI as well."""
+    trained = ["zebra", *GERMAN.keys()][:10]  # a training order that is not the sorted one
+    state = {k: v.clone() for k, v in demo_model.module.state_dict().items()}
+    torch.save({"arch": "sketchnet", "state_dict": state, "class_names": trained,
+                "preprocessing": load_model("demo").preprocessing}, tmp_path / "net.pt")
+    assert load_model(str(tmp_path / "net.pt")).categories == trained
+    folder = image_folder(demo_test_set, tmp_path / "images", per_class=3)
+    with pytest.raises(SketchmineError, match="class 0 of the dataset, 'bear', is the model's output 1"):
+        sketchmine.mine(str(tmp_path / "net.pt"), folder, out=tmp_path / "ckpt.zarr")
+    torch.save(state, tmp_path / "weights.pt")
+    (tmp_path / "weights.json").write_text(json.dumps({"class_names": trained}))
+    from tests.test_cli import sm
+
+    result = sm("mine", "--model", "sketchnet", "--weights", str(tmp_path / "weights.pt"), "--data", str(folder),
+                "--out", str(tmp_path / "cli.zarr"))
+    assert result.returncode != 0 and "is the model's output 1" in result.stderr, result.stderr
