@@ -91,3 +91,4 @@ def test_a_checkpoint_records_its_class_names(demo_model, demo_test_set, tmp_pat
     result = sm("mine", "--model", "sketchnet", "--weights", str(tmp_path / "weights.pt"), "--data", str(folder),
                 "--out", str(tmp_path / "cli.zarr"))
     assert result.returncode != 0 and "is the model's output 1" in result.stderr, result.stderr
+

@@ -148,3 +148,14 @@ def test_a_folder_of_unreadable_images_names_the_first_and_why(tmp_path, small_t
     with pytest.raises(SketchmineError, match=r"none of the first 6 images of the dataset can be read \(the first, "
                                               r"bird/0\.png: .+\)"):
         sketchmine.mine("demo", tmp_path / "data", out=tmp_path / "r.zarr", skip_bad_images=True, logits=False)
+
+
+def test_distributions_over_more_images_than_a_sketch_counts_are_refused():
+    """The quantile sketch counts in int32: 2^31 images in one bucket would wrap (found by an
+    audit at LAION scale); refused before anything is mined."""
+    from sketchmine.mining.checks import SKETCH_IMAGES, check_sketch_size
+
+    check_sketch_size(SKETCH_IMAGES, True)
+    check_sketch_size(SKETCH_IMAGES + 1, False)
+    with pytest.raises(SketchmineError, match="2,147,483,648 images; distributions=True"):
+        check_sketch_size(SKETCH_IMAGES + 1, True)

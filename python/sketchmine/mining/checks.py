@@ -12,6 +12,19 @@ from sketchmine.store.runstore import RunStore
 from sketchmine.store.schema import FORWARD_OPTIONS, PLAIN_FORWARD_OPTIONS, PREPROCESS
 
 
+SKETCH_IMAGES = 2**31 - 1
+"""The most images a run with distributions can mine: the quantile sketch counts a unit's images
+per bucket in int32 (stats/sketch.py, the compiled kernel and the store's sketch_counts)."""
+
+
+def check_sketch_size(images: int, distributions: bool) -> None:
+    """Refuse distributions over more images than a sketch bucket can count (it would wrap)."""
+    if distributions and images > SKETCH_IMAGES:
+        raise SketchmineError(f"the dataset has {images:,} images; distributions=True (--distributions) counts each "
+                              f"unit's images in int32 quantile-sketch buckets, at most {SKETCH_IMAGES:,}: mine it "
+                              "without distributions, or in parts of fewer images")
+
+
 def check_classes(num_classes: int | None, categories: list[str] | None, class_names: list[str],
                   progress: Progress) -> None:
     """Output i of the model is scored against the dataset's class i (a folder's i-th class in

@@ -33,7 +33,7 @@ from sketchmine.data.batchprep import choose
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
-from sketchmine.mining.checks import check_classes, check_resumable
+from sketchmine.mining.checks import check_classes, check_resumable, check_sketch_size
 from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts
 from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
@@ -237,6 +237,7 @@ def mine(
                  algorithm_of(recorded_weights(store.attrs))) if store else (None, False, WEIGHTS_HASH))
     if distributions is None:
         distributions = recorded_distributions
+    check_sketch_size(len(ds), bool(distributions))
     load = dataclasses.replace(load, preprocess=choose(preprocess, ds, recorded))
     _dataset_normalisation(ds, store, load, progress)
     want = {
