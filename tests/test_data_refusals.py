@@ -17,6 +17,7 @@ import sketchmine
 from sketchmine.data import ArrayDataset, ImageFolderDataset, Preprocessing, TorchDataset, chw, export_image_folder
 from sketchmine.data import folder as folder_module
 from sketchmine.data.sequences import SequenceDataset, background_of, progressive_drawing
+from sketchmine.data.resolve import as_miner_dataset
 from sketchmine.errors import SketchmineError
 from sketchmine.model.models import preprocessing_for
 from tests.helpers import per_class_subset
@@ -151,7 +152,9 @@ def test_channels_last_samples_are_refused_under_a_preprocessing(rgb_folder, tmp
     chw_tv = torchvision.datasets.ImageFolder(str(rgb_folder), transform=lambda im: np.array(im).transpose(2, 0, 1))
     ok = TorchDataset(chw_tv, Preprocessing("none", 1, (28, 28)))
     assert ok[9][1].shape == (1, 28, 28) and ok.fingerprint()  # a (C, H, W) array is a tensor
-    assert TorchDataset(chw_tv)[9][1].shape == (3, 28, 28)  # no preprocessing: as it is
+    with pytest.raises(SketchmineError, match=r"sample #9 of the dataset is a uint8 tensor"):
+        TorchDataset(chw_tv)[9]  # no preprocessing: used as it is, and uint8 is no model input
+    assert as_miner_dataset(chw_tv, preprocessing_for("demo"), chosen=False)[9][1].shape == (1, 28, 28)  # pixels
 
 
 # ---- an ImageFolder root: sketchmine's own outputs are not classes ---------------------------------------

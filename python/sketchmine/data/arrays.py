@@ -1,8 +1,8 @@
-"""In-memory datasets: uint8 arrays (the embedded Animal-Shape set among them) and any
-torch Dataset.
+"""In-memory datasets: uint8 arrays, the embedded Animal-Shape set among them.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.resources
 import os
@@ -10,12 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from sketchmine.data.dataset import MinerDataset, error_note
-from sketchmine.data.folder import READ_ERRORS
+from sketchmine.data.dataset import MinerDataset
 from sketchmine.data.preprocess import Preprocessing, chw
 from sketchmine.errors import SketchmineError
 
@@ -24,6 +21,9 @@ class ArrayDataset(MinerDataset):
     """In-memory uint8 images (N, H, W) or (N, H, W, C), C in 1-4, with labels (-1: unlabelled):
     the embedded data. Anything else is refused here (`check_images`, `check_labels`), since a
     cast to uint8 or a channels-first array read as channels-last would be mined as garbage."""
+
+    index: np.ndarray | None = None
+    """Each image's number in the dataset it was taken from (`subset`), for its path; None: its own."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: list[str],
                  preprocessing: Preprocessing, description: dict[str, Any], *, explicit: bool = True) -> None:
@@ -38,7 +38,20 @@ class ArrayDataset(MinerDataset):
         return len(self.images)
 
     def path(self, i: int) -> str:
-        return f"{self._description.get('name', 'array')}/{self._description.get('split', '')}/{i:05d}"
+        number = i if self.index is None else int(self.index[i])
+        return f"{self._description.get('name', 'array')}/{self._description.get('split', '')}/{number:05d}"
+
+    def subset(self, index: np.ndarray) -> ArrayDataset:
+        """The images at `index` (a torch Subset of this dataset, as `mine` takes it): numbered
+        0..n-1 as the run's images, their paths keep their numbers here, and the description
+        says how many of how many were taken (the paths say which)."""
+        ds = copy.copy(self)
+        ds.images, ds._labels = self.images[index], self._labels[index]
+        ds.index = index if self.index is None else self.index[index]
+        taken = f"{len(index)} of {len(self)} images"
+        was = self._description.get("subset")
+        ds._description = {**self._description, "subset": f"{was}, then {taken}" if was else taken}
+        return ds
 
     def labels(self) -> np.ndarray:
         return self._labels
@@ -62,6 +75,9 @@ class ArrayDataset(MinerDataset):
 
 CHANNELS = (1, 2, 3, 4)
 """Channel counts an image may have: grey, grey + alpha, RGB, RGBA."""
+
+LABELS_EXPECTED = "expected integer class indices (-1: unlabelled)"
+"""What every dataset kind's labels must be (`check_labels`; a torch Dataset's: `torchdata.as_label`)."""
 
 
 def check_images(images: np.ndarray) -> np.ndarray:
@@ -97,9 +113,9 @@ def check_labels(labels: np.ndarray, n: int, classes: int) -> np.ndarray:
         odd = np.flatnonzero(~np.isfinite(raw) | (raw != np.round(raw)))
         if len(odd):
             raise SketchmineError(f"ArrayDataset label {raw[odd[0]]} of image {int(odd[0])} is not a whole number; "
-                                  "expected integer class indices (-1: unlabelled)")
+                                  f"{LABELS_EXPECTED}")
     elif raw.dtype.kind not in "iub":
-        raise SketchmineError(f"ArrayDataset labels are {raw.dtype}; expected integer class indices (-1: unlabelled)")
+        raise SketchmineError(f"ArrayDataset labels are {raw.dtype}; {LABELS_EXPECTED}")
     out = raw.astype(np.int64)
     below = np.flatnonzero(out < -1)
     if len(below):
@@ -113,92 +129,6 @@ def check_labels(labels: np.ndarray, n: int, classes: int) -> np.ndarray:
                               f"given, so labels run 0-{classes - 1} ({len(above)} image(s) outside); pass every "
                               "class name, or -1 for an unlabelled image")
     return out
-
-
-class TorchDataset(MinerDataset):
-    """Wraps a user's torch Dataset of (image tensor, int label).
-
-    Its tensors are the model input as they are (preprocessing None, recorded as null), unless
-    a preprocessing is given: `mine(..., preprocessing=<not "auto">)` or `image_size=`. Then the
-    tensors are taken as pixels, (C, H, W) or a sequence (T, C, H, W), float in [0, 1] or
-    uint8 (divided by 255), and `Preprocessing.prepare` is applied (channels, resize,
-    normalisation) and recorded; a float tensor outside [0, 1] is refused when the preprocessing
-    normalises (it looks normalised already).
-
-    A sample must be a tensor (a numpy array is taken as one); a PIL image or anything else is
-    refused, naming the sample, and so is, under a preprocessing, one whose dimension -3 is no
-    channel count (an (H, W, C) image). The fingerprint a resume compares is the length plus
-    8 evenly spaced samples: a different dataset that agrees at those samples is not detected
-    (the dataset is opaque; an ImageFolder's or array's fingerprint covers every image)."""
-
-    def __init__(self, dataset: Dataset, preprocessing: Preprocessing | None = None) -> None:
-        self.dataset = dataset
-        self.class_names = list(getattr(dataset, "classes", []) or [])
-        self.preprocessing = preprocessing
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def path(self, i: int) -> str:
-        samples = getattr(self.dataset, "samples", None)
-        return str(samples[i][0]) if samples else f"#{i}"
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "python", "type": type(self.dataset).__name__}
-
-    def fingerprint(self) -> str:
-        """Length plus the bytes of up to 8 evenly spaced samples (read in this process, so a
-        sample `_sample` refuses is refused before mining). Not the whole dataset: see the class."""
-        n = len(self)
-        h = hashlib.sha256(f"{type(self.dataset).__name__}:{n}".encode())
-        for i in sorted({(j * (n - 1)) // 7 for j in range(8)} if n else set()):
-            x, y = self._sample(i)
-            h.update(x.float().numpy().tobytes())
-            h.update(str(int(y)).encode())
-        return h.hexdigest()
-
-    def _sample(self, i: int) -> tuple[torch.Tensor, Any]:
-        """Sample i's (image tensor, label); a sample that is no tensor, or (under a
-        preprocessing) no (C, H, W) image or (T, C, H, W) sequence, is refused, naming it."""
-        x, y = self.dataset[i][:2]
-        if not isinstance(x, (torch.Tensor, np.ndarray)):
-            what = f"{type(x).__module__}.{type(x).__name__}"
-            raise SketchmineError(f"sample #{i} of the dataset is a {what}, not an image tensor; expected a (C, H, W) "
-                                  "tensor: add transforms.ToTensor() to the dataset's transform")
-        x = torch.as_tensor(x)
-        p = self.preprocessing
-        if p is None:
-            return x, y
-        if x.ndim not in (3, 4):
-            raise SketchmineError(f"sample #{i} of the dataset has shape {tuple(x.shape)}; a preprocessing applies to "
-                                  "(C, H, W) images or (T, C, H, W) sequences (pass preprocessing='auto' to use the "
-                                  "tensors as they are)")
-        if x.shape[-3] not in CHANNELS:
-            shape = tuple(x.shape)
-            if x.shape[-1] in CHANNELS:
-                order = "(0, 3, 1, 2)" if x.ndim == 4 else "(2, 0, 1)"
-                raise SketchmineError(f"sample #{i} of the dataset has shape {shape}: looks like (H, W, C)? expected a "
-                                      f"(C, H, W) tensor: add transforms.ToTensor() (it puts channels first), or "
-                                      f"yield x.permute{order}")
-            raise SketchmineError(f"sample #{i} of the dataset has shape {shape}; expected a (C, H, W) image or "
-                                  "(T, C, H, W) sequence with C in 1-4 channels")
-        return x, y
-
-    def __getitem__(self, i: int):
-        try:
-            x, y = self._sample(i)
-        except READ_ERRORS as exc:  # the dataset's own file read failed: skip_bad_images decides
-            return i, torch.zeros(1), -1, error_note(exc)
-        p = self.preprocessing
-        if p is None:
-            return i, x, int(y), ""
-        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-        if p.mean and x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-            raise SketchmineError(
-                f"sample #{i} of the dataset holds values in [{float(x.min()):.3g}, {float(x.max()):.3g}], not pixels in "
-                f"[0, 1], so the {p.preset!r} normalisation asked cannot be applied to it; pass preprocessing='auto' "
-                "(and no image_size) to use the tensors as they are, or yield unnormalised tensors (ToTensor())")
-        return i, (p.prepare(x[None])[0] if x.ndim == 3 else p.prepare(x)), int(y), ""
 
 
 def embedded_path(name: str) -> Path:

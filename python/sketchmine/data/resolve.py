@@ -2,16 +2,19 @@
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from sketchmine.data.arrays import TorchDataset
+from sketchmine.data.arrays import ArrayDataset
 from sketchmine.data.dataset import MinerDataset, collate
 from sketchmine.data.folder import ImageFolderDataset
 from sketchmine.data.preprocess import Preprocessing
+from sketchmine.data.torchdata import TorchDataset, torch_dataset
 from sketchmine.errors import SketchmineError
 
 
@@ -26,10 +29,13 @@ def as_miner_dataset(dataset: Any, preprocessing: Preprocessing | None, *, chose
       `preprocessing` (`with_preprocessing`), and so does a SequenceDataset over one;
     - a sketchmine dataset built with its own: kept, unless a chosen preset or an asked size
       differs from it, which is an error naming both;
-    - a torch Dataset: its tensors as they are when nothing was chosen (preprocessing None, or
-      not `chosen` and no size); with "auto" and a size, only resized ("none" with that size);
-      a chosen preprocessing is applied to them (see `TorchDataset`).
+    - a torch Subset of a sketchmine dataset: that dataset's kind over those images (`subset`),
+      then as above;
+    - a torch Dataset: a chosen preprocessing is applied to its tensors as pixels; under "auto"
+      uint8 tensors are pixels and take `preprocessing`, other tensors go in as they are, only
+      resized ("none") when a size was asked; None: as they are (`torchdata.torch_dataset`).
     """
+    dataset = sketchmine_subset(dataset)
     if isinstance(dataset, MinerDataset):
         have = dataset.preprocessing
         if preprocessing is None or have is None:
@@ -52,13 +58,53 @@ def as_miner_dataset(dataset: Any, preprocessing: Preprocessing | None, *, chose
             raise SketchmineError("an ImageFolder directory needs a preprocessing")
         return ImageFolderDataset(dataset, preprocessing)
     if isinstance(dataset, Dataset) or hasattr(dataset, "__getitem__"):
-        if preprocessing is not None and not chosen:  # "auto": the tensors as they are, resized when a size was asked
-            preprocessing = Preprocessing("none", preprocessing.channels, preprocessing.size) if preprocessing.size else None
-        ds = TorchDataset(dataset, preprocessing)
-        if len(ds) == 0:
-            raise SketchmineError("the dataset is empty")
-        return ds
-    raise SketchmineError(f"expected a torch Dataset or an ImageFolder directory, got {type(dataset).__name__}")
+        return torch_dataset(dataset, preprocessing, chosen=chosen)
+    hint = ": pass its dataset, loader.dataset (mine batches it itself: batch_size=, num_workers=)" \
+        if isinstance(dataset, DataLoader) else ""
+    raise SketchmineError(f"expected a torch Dataset or an ImageFolder directory, got {type(dataset).__name__}{hint}")
+
+
+def sketchmine_subset(dataset: Any) -> Any:
+    """A torch Subset (nested or not; `random_split` makes them) of a sketchmine dataset as a
+    sketchmine dataset over those images (`subset`); anything else as it is."""
+    chain = []
+    inner = dataset
+    while isinstance(inner, Subset):
+        chain.append(inner.indices)
+        inner = inner.dataset
+    if not chain or not isinstance(inner, MinerDataset):
+        return dataset
+    index = np.arange(len(inner))
+    for indices in reversed(chain):  # the innermost Subset's first
+        picked = np.asarray(indices).reshape(-1)
+        if picked.size and picked.dtype.kind not in "iu":
+            raise SketchmineError(f"a Subset's indices are {picked.dtype}; expected integer image indices")
+        outside = picked[(picked >= len(index)) | (picked < -len(index))]
+        if len(outside):
+            raise SketchmineError(f"Subset index {int(outside[0])} is outside the {len(index)} images it selects from")
+        index = index[picked.astype(np.int64)]
+    return subset(inner, index)
+
+
+def subset(ds: MinerDataset, index: np.ndarray) -> MinerDataset:
+    """The images of `ds` at `index`, as the same kind of dataset: an array's rows or a folder's
+    files (so every route, the batched preprocessing and progressive drawings among them, takes
+    it as it takes the whole, and a folder's run reopens from its recorded paths), the drawings
+    over such a base, a torch Dataset's Subset; another kind is refused, saying how to slice."""
+    if isinstance(ds, ArrayDataset):
+        return ds.subset(index)
+    part = copy.copy(ds)
+    if isinstance(ds, ImageFolderDataset):
+        part.samples = [ds.samples[int(i)] for i in index]  # type: ignore[attr-defined]
+    elif isinstance(ds, TorchDataset):
+        part.dataset = Subset(ds.dataset, index.tolist())  # type: ignore[attr-defined]
+    elif isinstance(getattr(ds, "base", None), MinerDataset):  # progressive drawings: the same over the base's images
+        part.base = subset(ds.base, index)  # type: ignore[attr-defined]
+    else:
+        raise SketchmineError(f"a Subset of a sketchmine {type(ds).__name__} cannot be mined: build the "
+                              f"{type(ds).__name__} over the images you want instead (e.g. ArrayDataset(images[idx], "
+                              "labels[idx], ...))")
+    return part
 
 
 def compute_mean_std(dataset: MinerDataset, batch_size: int = 256, num_workers: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -154,10 +154,10 @@ def mine(
     resolve to one Preprocessing, which is what the model sees and what the run records, for
     every dataset kind (data.as_miner_dataset): a folder is read with it; a sketchmine dataset
     built without one (animal_shape()) takes it; one built with its own keeps it, and a chosen
-    preset or size that differs is an error; a torch Dataset's tensors are used as they are
-    under "auto" (resized when image_size is given), and a chosen preset is applied to them as
-    pixels in [0, 1] (data.TorchDataset). The model's output count must equal the dataset's
-    class count (unless logits=False or the dataset names no classes).
+    preset or size that differs is an error; a torch Dataset's float tensors are used as they are
+    under "auto" (resized when image_size is given), its uint8 tensors are pixels and get the
+    resolved preprocessing, and a chosen preset is applied to them as pixels in [0, 1]
+    (data.torchdata). Output i of the model is scored against class i (mining/checks.py).
     layers: qualified module names (None = every conv, linear and softmax). Re-running on an
     unfinished `out` resumes. Under torch.distributed (or torchrun) each rank mines a shard and
     rank 0 writes the store (see distributed.py).
@@ -203,9 +203,9 @@ def mine(
     forward = as_forward(net)
     preprocessing, chosen = _resolve_preprocessing(loaded, preprocessing, image_size)
     ds = _as_sequences(as_miner_dataset(dataset, preprocessing, chosen=chosen), loaded, steps, ink)
-    skipped = getattr(getattr(ds, "base", ds), "skipped_note", None)
-    if skipped is not None and skipped():
-        progress.note(skipped())
+    for said in (getattr(getattr(ds, "base", ds), name, None) for name in ("skipped_note", "input_note")):
+        if said is not None and said():  # what a folder's listing left out; how "auto" took a torch Dataset
+            progress.note(said())
     if len(ds) == 0:
         raise SketchmineError("the dataset is empty")
     if k > len(ds):

@@ -83,7 +83,7 @@ class TorchForward:
             shapes.setdefault(name, tuple(t.shape[1:]))
             dtypes.setdefault(name, t.dtype)
 
-        x = x.to(input_dtype(self.net))
+        x = _floating(x).to(input_dtype(self.net))
         with torch.inference_mode(), Taps(self.net, layers, record) as taps:
             out = _shape_forward(self.net, x)
         for name, dtype in dtypes.items():
@@ -104,14 +104,14 @@ class TorchForward:
         dtype = input_dtype(self.net)  # a half model takes half input; batches come as float32
         if self.compile:
             with self._open_compiled(layers, on_output) as run:
-                yield lambda x: run(x.to(dtype))
+                yield lambda x: run(_floating(x).to(dtype))
             return
         with Taps(self.net, layers, on_output, self.layouts):  # the taps' hooks first: the stop comes after them
             if self.stop_after is None:
-                yield lambda x: first_tensor(self.net(x.to(dtype)))
+                yield lambda x: first_tensor(self.net(_floating(x).to(dtype)))
                 return
             with cut.stop_after(self.net, self.stop_after) as run:
-                yield lambda x: run(x.to(dtype))
+                yield lambda x: run(_floating(x).to(dtype))
 
     @contextlib.contextmanager
     def _open_compiled(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):
@@ -153,6 +153,18 @@ class TorchForward:
 register_backend(nn.Module, TorchForward)
 
 
+def _floating(x: torch.Tensor) -> torch.Tensor:
+    """`x`, refused when it is not floating-point: the cast to the model's dtype would feed
+    integer values unscaled (uint8 pixels as 0-255 where [0, 1] is meant)."""
+    if not x.is_floating_point():
+        raise SketchmineError(
+            f"the model input is a {str(x.dtype).removeprefix('torch.')} tensor of shape {tuple(x.shape)}; the model "
+            "takes floating-point input, and a cast would feed integer values unscaled (0-255 pixels where [0, 1] is "
+            "meant): give float input, or, for a torch Dataset, pass a preprocessing (preprocessing='model', "
+            "'imagenet' or 'none') so that its tensors are taken as pixels")
+    return x
+
+
 def _check_folded_rows(net: nn.Module, layers: list[str], x: torch.Tensor,
                        layouts: dict[str, dict[str, Any]]) -> None:
     """A layer whose output has T rows per image is read as each image's T rows in turn (a
@@ -191,7 +203,7 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
     except (RuntimeError, ValueError, IndexError, OnnxRunError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SketchmineError(f"the model cannot take input of shape {tuple(x.shape[1:])} ({input_words(x)}): "
-                              f"{first}; {input_advice(x)}") from None
+                              f"{first}; {input_advice(x, forward.input_channels(0))}") from None
     num_classes = int(out.shape[1]) if out.ndim == 2 else None
     if SOFTMAX in layers:
         if num_classes is None:
@@ -216,12 +228,22 @@ def input_words(x: torch.Tensor) -> str:
     return "one image: channels, height, width"
 
 
-def input_advice(x: torch.Tensor) -> str:
-    """What to change so the model takes the input: what was given decides (a model that cannot
-    read sequences is not helped by resizing, a wrong size is not helped by --steps)."""
+def input_advice(x: torch.Tensor, channels: int = 0) -> str:
+    """What to change so the model takes the batch `x`: what was given decides (a model that
+    cannot read sequences is not helped by resizing, a wrong size is not helped by --steps, and
+    neither helps images whose dimension -3 is not the model's `channels`, 0 when unknown: a
+    channel count of another kind, or channels last)."""
     if x.ndim == 5:
         return ("--steps (steps=) is for CNN + recurrent models that read sequences of frames: leave it out for a "
                 "model of single images, or check the model's image size (--image-size, image_size=)")
+    if x.ndim == 4 and channels and x.shape[-3] != channels:
+        c, shape = int(x.shape[-3]), tuple(x.shape[1:])
+        if x.shape[-1] == channels or (c > 4 and x.shape[-1] <= 4):
+            return (f"the images look channels-last, (H, W, C) = {shape}, and the model takes {channels} channel(s) "
+                    "first: yield x.permute(2, 0, 1) (transforms.ToTensor() puts channels first)")
+        return (f"the images have {c} channel(s) and the model takes {channels}: convert them (a preprocessing "
+                "converts grey and colour: preprocessing='model', 'imagenet' or 'none' takes a torch Dataset's tensors "
+                f"as pixels in [0, 1]), or give the model trained on {c}-channel images")
     return ("check what the model takes: resize the images with --image-size (image_size=), or give the model "
             "trained at this size")
 
