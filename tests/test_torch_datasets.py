@@ -18,7 +18,7 @@ from sketchmine.data import export_image_folder
 from sketchmine.errors import SketchmineError
 from sketchmine.model.forward import TorchForward
 from sketchmine.model.models import preprocessing_for
-from tests.helpers import StopAfter, per_class_subset
+from tests.helpers import StopAfter, per_class_subset, store_arrays
 
 LAYER = ["features.0"]
 
@@ -226,6 +226,9 @@ def test_a_subset_of_a_sketchmine_dataset_is_mined_as_those_images(few, demo_tes
     assert [nested.path(0), nested.path(1)] == ["animal_shape/test/00199", "animal_shape/test/00100"]
     with pytest.raises(SketchmineError, match=r"Subset index 100 is outside the 100 images"):
         as_miner_dataset(Subset(Subset(animal_shape("test"), range(100)), [100]), preprocessing_for("demo"))
+    # a later pass reopens those images from the run's record, as it reopens the whole split
+    sketchmine.visualize(run, layers=["features.0"], max_units=2)
+    assert store_arrays(run.path)["layers/features.0/patches"][:2].any()  # the first two units' crops
 
 
 def test_a_subset_of_an_image_folder_is_mined_as_those_files(few, tmp_path):

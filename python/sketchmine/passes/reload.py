@@ -8,6 +8,7 @@ never silently reads other images or another model.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,10 @@ def _recorded_base(run: Run, desc: dict[str, Any], pre: Preprocessing, data: str
         return ImageFolderDataset.from_samples(root, samples, run.class_names, pre)
     if kind == "embedded" and "subset" not in desc:
         return animal_shape(desc.get("split", "test"), pre)
+    if kind == "embedded" and re.fullmatch(r"\d+ of \d+ images", str(desc["subset"])):  # a torch Subset of it
+        numbers = [re.fullmatch(r".*/(\d+)", str(p)) for p in run.paths]
+        if all(numbers):  # its paths keep the images' numbers in the split (ArrayDataset.subset)
+            return animal_shape(desc.get("split", "test"), pre).subset(np.array([int(m[1]) for m in numbers if m]))
     raise SketchmineError(f"run {run.path} was mined from a {desc.get('type', 'Python')} dataset object that "
                           "cannot be reopened from the store; pass the same dataset object (visualize(data=...), "
                           "unit_importance(dataset=...))")
