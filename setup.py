@@ -5,8 +5,11 @@ will run with (an isolated build fetches torch==2.14.1 a second time, into the b
 environment). The CUDA kernels are compiled whenever nvcc is on PATH and torch is a
 CUDA build, for the architectures in TORCH_CUDA_ARCH_LIST when set (torch's syntax,
 "7.5;8.0;9.0+PTX"), else sm_75 to sm_90; set SKETCHMINE_CUDA=0 to skip them (faster
-local CPU-only builds). CMake and ninja are the `cmake`/`ninja` Python packages' binaries
-when installed (a system CMake may be too old for CUDA 20), else the ones on PATH.
+local CPU-only builds). A CUDA build of torch without nvcc on PATH gives a core without CUDA
+kernels (`--device cuda` is then refused): put the CUDA toolkit's bin/ on PATH (the nvcc of the
+CUDA version torch.version.cuda names) and rebuild. CMake and ninja are the `cmake`/`ninja`
+Python packages' binaries when installed (a system CMake may be too old for CUDA 20), else the
+ones on PATH.
 """
 from __future__ import annotations
 
@@ -28,9 +31,24 @@ major version) and sm_90, plus sm_90 PTX for newer GPUs. Each architecture adds 
 
 NO_TORCH = ("sketchmine builds its compiled core against the installed torch, and none is importable here. "
             "Install torch first, then build without isolation:\n"
-            "    pip install torch==2.14.1 'setuptools>=68' wheel 'pybind11>=2.12' 'cmake>=3.18' ninja\n"
+            "    pip install torch==2.14.1 'setuptools>=77' wheel 'pybind11>=2.12' 'cmake>=3.18' ninja\n"
             "    pip install --no-build-isolation .\n"
             "(or run `make test`, which does both in a project .venv)")
+
+
+BUILD_FILES = ("CMakeLists.txt", "csrc/ops.cpp")
+"""What CMake builds the core from: an sdist made without MANIFEST.in lacks both."""
+
+
+def check_build_files(root: Path) -> None:
+    """Stop with what is missing and what to do, before CMake's "does not appear to contain
+    CMakeLists.txt" (said after the torch import, in CMake's words)."""
+    missing = [name for name in BUILD_FILES if not (root / name).is_file()]
+    if missing:
+        raise SystemExit(f"sketchmine's compiled core cannot be built from {root}: {' and '.join(missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} missing (a source distribution made without "
+                         "MANIFEST.in lacks CMakeLists.txt and csrc/); build from a git checkout of sketchmine, "
+                         "or from an sdist made with its MANIFEST.in (`python setup.py sdist` in a checkout)")
 
 
 def cuda_architectures(spec: str | None) -> str:
@@ -71,10 +89,22 @@ class CMakeExtension(Extension):
         super().__init__(name, sources=[])
 
 
+NO_NVCC = ("warning: torch is a CUDA {cuda} build but nvcc is not on PATH: sketchmine._C is built WITHOUT "
+           "CUDA kernels, and `--device cuda` will be refused. To build them, put the CUDA toolkit's bin/ on PATH "
+           "(`which nvcc` must answer) and rebuild; set SKETCHMINE_CUDA=0 to build for the CPU only without "
+           "this warning.")
+
+
 def _cuda_args(torch) -> list[str]:
-    """CMake arguments enabling the CUDA kernels, or [] when they cannot be built."""
+    """CMake arguments enabling the CUDA kernels, or [] when they cannot be built, with a warning when
+    torch could have used them (shown by `python -m build` and `pip -v`; a plain pip hides a successful
+    build's output, so sketchmine.device refuses `--device cuda` on such a core too)."""
     nvcc = shutil.which("nvcc")
-    if os.environ.get("SKETCHMINE_CUDA", "1") == "0" or nvcc is None or torch.version.cuda is None:
+    if os.environ.get("SKETCHMINE_CUDA", "1") == "0" or torch.version.cuda is None:
+        return []
+    if nvcc is None:
+        banner = "*" * 100
+        print(f"{banner}\n{NO_NVCC.format(cuda=torch.version.cuda)}\n{banner}", file=sys.stderr, flush=True)
         return []
     nvidia = Path(torch.__file__).resolve().parent.parent / "nvidia"
     major = torch.version.cuda.split(".")[0]
@@ -95,6 +125,7 @@ def _cuda_args(torch) -> list[str]:
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
+        check_build_files(ROOT)
         import pybind11
 
         try:
@@ -128,7 +159,9 @@ class CMakeBuild(build_ext):
             shutil.copy2(built, target)
 
 
-setup(
-    ext_modules=[CMakeExtension("sketchmine._C")],
-    cmdclass={"build_ext": CMakeBuild},
-)
+# setuptools' build backend runs this file as __main__; tests load it for its functions (runpy)
+if __name__ == "__main__":
+    setup(
+        ext_modules=[CMakeExtension("sketchmine._C")],
+        cmdclass={"build_ext": CMakeBuild},
+    )

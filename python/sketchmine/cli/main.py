@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import sys
 import typing
 from pathlib import Path
@@ -275,11 +276,24 @@ six): 0.2-0.45 s of the 1.7-2.0 s the imports took here, none at 50,000. Garbage
 still collected, in larger steps."""
 
 
+def _tolerant_streams() -> list[tuple[io.TextIOWrapper, str]]:
+    """Make stdout and stderr write what their encoding cannot as backslash escapes; returns what to
+    restore. Why: under a non-UTF-8 locale or PYTHONIOENCODING=ascii, a ×, · or → (tables, --help)
+    or a non-ASCII name would raise UnicodeEncodeError and fail a command whose work is done."""
+    changed: list[tuple[io.TextIOWrapper, str]] = []
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors != "backslashreplace":
+            changed.append((stream, stream.errors or "strict"))
+            stream.reconfigure(errors="backslashreplace")
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    streams = _tolerant_streams()  # before argparse: --help prints arrows
     before = gc.get_threshold()
     gc.set_threshold(YOUNG_OBJECTS, *before[1:])
     try:
+        args = build_parser().parse_args(argv)
         try:
             _import_holding_ctrl_c()
         except KeyboardInterrupt:
@@ -288,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     finally:
         gc.set_threshold(*before)  # main() is also called in-process (tests, notebooks)
+        for stream, errors in streams:
+            stream.reconfigure(errors=errors)
 
 
 def _import_holding_ctrl_c() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sketchmine.data.dataset import MinerDataset, error_note
 from sketchmine.data.imagefile import READ_ERRORS, read_image
 from sketchmine.data.preprocess import Preprocessing, chw
 from sketchmine.errors import SketchmineError
+from sketchmine.names import printable
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -252,23 +254,28 @@ def content_hashes(root: str | os.PathLike, rels: list[str]) -> list[str]:
 def _check_storable(root: Path, listed: dict[str, list[str]]) -> None:
     """Refuse a class or file name that is not valid UTF-8 (os.listdir hands its bytes back as
     lone surrogates): the run stores class names and paths as UTF-8 text, so mining it would
-    fail at the first write, after the dataset was read and hashed."""
+    fail at the first write, after the dataset was read and hashed. A UTF-8 name that a non-UTF-8
+    locale decoded so is the locale's fault, and the error says to change that, not the name."""
     for name, files in listed.items():
         for rel in (name, *files):
-            if printable(rel) != rel:
-                what = "class folder" if rel == name else "file"
-                raise SketchmineError(f"{what} name '{printable(rel)}' in {printable(str(root))} is not valid UTF-8; "
-                                      "a run stores image paths and class names as UTF-8 text: rename it "
-                                      "(e.g. convmv -f latin1 -t utf8)")
-
-
-def printable(name: str) -> str:
-    """A file name as text any stream can write: the bytes of a non-UTF-8 name (lone
-    surrogates from os.listdir) shown as \\xNN escapes; a valid name unchanged."""
-    try:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate no file system name decodes to
-        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+            if printable(rel) == rel:
+                continue
+            what = "class folder" if rel == name else "file"
+            shown = f"{what} name '{printable(rel)}' in {printable(str(root))}"
+            try:  # the bytes on disk behind the decoded name
+                os.fsencode(rel).decode("utf-8")
+                utf8_on_disk = True
+            except (UnicodeEncodeError, UnicodeDecodeError):
+                utf8_on_disk = False
+            if utf8_on_disk and sys.getfilesystemencoding().lower().replace("-", "") != "utf8":
+                # the name is fine: this Python decodes file names in another encoding (a C/POSIX or
+                # Latin-1 locale without UTF-8 mode); renaming would encode it twice
+                raise SketchmineError(f"{shown} is UTF-8, but this Python reads file names as "
+                                      f"{sys.getfilesystemencoding()} (the locale's encoding), so it cannot store "
+                                      "the name as text: run sketchmine under a UTF-8 locale (LC_ALL=C.UTF-8) or "
+                                      "in Python's UTF-8 mode (PYTHONUTF8=1)")
+            raise SketchmineError(f"{shown} is not valid UTF-8; a run stores image paths and class names as "
+                                  "UTF-8 text: rename it (e.g. convmv -f latin1 -t utf8)")
 
 
 def _left_out(root: Path, not_followed: list[str], unread: list[str], loose: list[str]) -> list[str]:

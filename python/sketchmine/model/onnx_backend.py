@@ -45,7 +45,7 @@ def _modules() -> tuple[Any, Any]:
         import onnxruntime
     except ImportError as exc:
         raise SketchmineError(f"mining an ONNX model needs the onnx and onnxruntime packages ({exc.name} is "
-                              "missing): pip install onnx onnxruntime (onnxruntime-gpu for CUDA)") from None
+                              "missing): pip install 'sketchmine[onnx]' ('sketchmine[gpu]' for CUDA)") from None
     return onnx, onnxruntime
 
 

@@ -38,6 +38,9 @@ from sketchmine.model.backend import first_tensor
 from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import SOFTMAX, Taps
 from sketchmine.passes.probe_onnx import check_graph, data_dependent, ends_in_softmax
+from sketchmine.passes.probe_runtime import ORT_DIR as ORT_DIR
+from sketchmine.passes.probe_runtime import ORT_FILES as ORT_FILES
+from sketchmine.passes.probe_runtime import ORT_VERSION, check_onnx_packages, ort_files
 from sketchmine.passes.probe_sequence import (TIME_POSITIONS, check_sequence_model, last_frame, prefix_problem,
                                               run_sequence, sequence_ink, step_probs)
 from sketchmine.results.precision import FLOAT32
@@ -54,10 +57,6 @@ MAX_IMAGES = 40
 MAX_MODEL_MB = 100.0
 """The largest probe graph (ONNX, in MB of 10^6 bytes) a report embeds by default; a larger model's
 report is written without the probe and says why (`--probe-max-mb` raises the cap)."""
-ORT_VERSION = "1.30.0"
-ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-ORT_DIR = Path(__file__).resolve().parents[1] / "present" / "report_assets" / "ort"
-"""Where scripts/vendor_ort_web.sh puts onnxruntime-web's WebAssembly build (not committed: 14 MB)."""
 
 
 @dataclass
@@ -291,15 +290,6 @@ def ink_polarity(images: list[dict[str, Any]], size: tuple[int, int]) -> tuple[s
     return ("light" if dark else "dark"), f"the border of the stored images is {'dark' if dark else 'light'}"
 
 
-def ort_files() -> dict[str, bytes]:
-    """The vendored onnxruntime-web WebAssembly build, or an error naming the script that vendors it."""
-    missing = [n for n in ORT_FILES if not (ORT_DIR / n).is_file()]
-    if missing:
-        raise SketchmineError(f"onnxruntime-web is not vendored ({ORT_DIR / missing[0]} is missing): run "
-                              f"scripts/vendor_ort_web.sh (installs onnxruntime-web@{ORT_VERSION} from npm)")
-    return {n: (ORT_DIR / n).read_bytes() for n in ORT_FILES}
-
-
 def probe_preprocessing(run: Run, given: Preprocessing | None) -> Preprocessing:
     """The run's recorded preprocessing, else `given`: a run of a plain torch Dataset of tensors
     records none, and the probe cannot guess how pixels became its model's input (/255? channels?
@@ -338,6 +328,7 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
     from sketchmine.passes.reload import run_model
 
     run = run if isinstance(run, Run) else open_run(run)
+    check_onnx_packages()  # both before the model is loaded (seconds): what the environment lacks first
     ort = ort_files()
     pre = probe_preprocessing(run, preprocessing)
     loaded = run_model(run, model, weights)
