@@ -1,13 +1,19 @@
 """What `mine` checks before it mines: that a run it resumes was mined the same way, and that the
-model's outputs and the dataset's classes can be scored against each other.
+model's outputs and the dataset's classes can be scored against each other; and what it says
+about the values its layers are read at (before a reversing BatchNorm, before a ReLU).
 """
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+from torch import nn
+
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import MODEL_SWITCHES, recorded_weights, switches_differ_from
+from sketchmine.model.followers import followers
 from sketchmine.progress import Progress
+from sketchmine.results.run import Run
 from sketchmine.store.runstore import RunStore
 from sketchmine.store.schema import FORWARD_OPTIONS, PLAIN_FORWARD_OPTIONS, PREPROCESS
 
@@ -56,6 +62,41 @@ def check_classes(num_classes: int | None, categories: list[str] | None, class_n
     i = next(i for i, (a, b) in enumerate(zip(categories, class_names)) if a != b)
     progress.note(f"the model names its outputs otherwise than the dataset's classes (output {i}: {categories[i]!r}, "
                   f"class {i}: {class_names[i]!r}): each output is scored against the class at its position")
+
+
+def note_followers(net: nn.Module, layers: list[str], progress: Progress) -> frozenset[str]:
+    """Say once which mined layers feed a BatchNorm that reverses some of their units (their
+    top-k are the images the network passes on as the least active), and return the layers
+    the network passes on only through a ReLU (for `note_dead_units`). Best effort: a model
+    that cannot be traced gets no note."""
+    found = followers(net, layers)
+    if found.reversed:
+        shown = ", ".join(f"{r.layer}: {r.units} of {r.channels} units (mine {r.norm} instead)"
+                          for r in found.reversed[:6])
+        more = f", and {len(found.reversed) - 6} more layers" if len(found.reversed) > 6 else ""
+        progress.note(f"{len(found.reversed)} mined layer(s) are read before a BatchNorm whose scale (gamma) is "
+                      "negative on some units, which reverses those units' order: their top-k are the images the "
+                      f"network passes on as the least active. {shown}{more}")
+    return found.rectified
+
+
+def note_dead_units(run: Run | None, rectified: frozenset[str], progress: Progress) -> Run | None:
+    """Say once how many units of each layer read before its ReLU never rose above 0 on any
+    image (the best value of their top-k is at most 0): the network passes on 0 for them every
+    time, yet their top-k are ranked and counted like any other unit's. `run` is returned."""
+    if run is None:  # a rank that cannot see the run
+        return run
+    dead = []
+    for layer in (name for name in run.layers if name in rectified):
+        best = (run.layer_array(layer, "values") if run.complete else run.topk(layer)[0])[:, 0]
+        count = int((np.isfinite(best) & (best <= 0)).sum())  # -inf: an empty slot (no value), not a dead unit
+        if count:
+            dead.append(f"{layer}: {count} of {len(best)} units")
+    if dead:
+        progress.note(f"{', '.join(dead)} never rose above 0 on any image (read before the ReLU that follows, which "
+                      "passes on 0 for them every time): their top-k are values of at most 0, ranked all the same, and "
+                      "they count in the layer's class histogram like any other unit's")
+    return run
 
 
 def _short(value: Any) -> Any:

@@ -33,7 +33,8 @@ from sketchmine.data.batchprep import choose
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
-from sketchmine.mining.checks import check_classes, check_resumable, check_sketch_size
+from sketchmine.mining.checks import (check_classes, check_resumable, check_sketch_size, note_dead_units,
+                                     note_followers)
 from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts
 from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
@@ -279,6 +280,7 @@ def mine(
         if known is not None:  # streamed labels are checked batch by batch
             check_labels(ds, np.arange(len(known)), known, len(ds.class_names) or num_classes or 0)
 
+        rectified = note_followers(net, names, progress)  # what the taps read before (a BatchNorm, a ReLU)
         lock = RunLock(out)
 
         def open_store() -> RunStore:
@@ -327,9 +329,10 @@ def mine(
             forward.net.to(memory_format=torch.channels_last)
         try:
             run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
-            return run_pass(run_store, forward, ds, spec, k, device, load, speed, flush_every, skip_bad_images,
-                            progress, needs_labels=known is None, input_shape=(first_index, tuple(first.shape)),
-                            team=team)
+            return note_dead_units(run_pass(run_store, forward, ds, spec, k, device, load, speed, flush_every,
+                                            skip_bad_images, progress, needs_labels=known is None,
+                                            input_shape=(first_index, tuple(first.shape)), team=team),
+                                   rectified, progress)
         finally:
             lock.release()
             if channels_last:
