@@ -43,6 +43,20 @@ def brute_topk(acts: torch.Tensor, k: int):
     return np.array(values, np.float32), np.array(index), np.array(position)
 
 
+def log_odds64(logits) -> np.ndarray:
+    """(N, C) float64 log-odds z_c = logit_c - logsumexp_{j != c} logit_j of each image's softmax
+    probability, from the float32 logits: the order the softmax layer's top-k must follow."""
+    x = torch.as_tensor(np.asarray(logits)).double()
+    others = x[:, None, :].expand(-1, x.shape[1], -1).masked_fill(torch.eye(x.shape[1], dtype=torch.bool), float("-inf"))
+    return (x - torch.logsumexp(others, 2)).numpy()
+
+
+def ranked64(key: np.ndarray, k: int) -> np.ndarray:
+    """(C, k) image indices of each column's k largest float64 `key` (N, C), ties to the smaller index."""
+    n = key.shape[0]
+    return np.stack([np.lexsort((np.arange(n), -key[:, c]))[:k] for c in range(key.shape[1])])
+
+
 def store_arrays(path) -> dict[str, np.ndarray]:
     """Every array of a Zarr store by path, for array-by-array comparison."""
     root = zarr.open_group(str(path), mode="r")

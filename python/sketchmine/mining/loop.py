@@ -168,7 +168,7 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
                 else:
                     logits = run_batch(xb)
                 batch.logits = logits
-                if softmax:  # the virtual layer: computed from the logits
+                if softmax:  # the virtual layer, p from the logits (its top-k ranks their log-odds: topk.py)
                     on_output(SOFTMAX, torch.softmax(logits.float(), dim=1))
                 for acc in accs:
                     acc.end_batch(batch)

@@ -34,7 +34,8 @@ from sketchmine.model.taps import SOFTMAX
 from sketchmine.passes.ablation import ABLATION, Replicate, choose_ablator, image_batches, unit_groups
 from sketchmine.results.effects import logits_layer, not_ablatable, onnx_run, write_effects
 from sketchmine.results.run import Run, open_run
-from sketchmine.stats.correlation import BLOCK_UNITS, Correlated, image_maxima, top_correlated
+from sketchmine.stats.correlation import (BLOCK_UNITS, Correlated, check_maxima_memory, image_maxima, maxima_array,
+                                          top_correlated)
 
 __all__ = ["Correlated", "Effects", "ablation_effects", "check_ablatable", "check_run_ablatable", "torch_net",
            "unique", "unit_effects"]
@@ -118,7 +119,7 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
     ablator: Replicate | None = None
     groups: list[list[int]] = []
     logit_sum = prob_sum = torch.zeros(0, dtype=torch.float64)
-    maxima: list[torch.Tensor] = []
+    maxima = np.empty((0, 0), dtype=np.float32)
     n_images = 0
     with eval_mode(net), torch.inference_mode(), kept_freed_memory_on(device):  # the caller's flags back after
         for _, x in image_batches(dataset, batch_size):
@@ -127,7 +128,9 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
                 ablator = choose_ablator(net, layer, x, known)
             state = ablator.prepare(x)
             logits, act = ablator.base(state)
-            maxima.append(image_maxima(act).cpu())
+            if not n_images:  # the layer's width is known now: refused here when it cannot be held
+                maxima = maxima_array(layer, len(dataset), act.shape[1])
+            maxima[n_images:n_images + len(x)] = image_maxima(act).cpu().numpy()
             if not groups:
                 groups = unit_groups(act.shape, units_per_pass)
                 logit_sum = torch.zeros(act.shape[1], logits.shape[1], dtype=torch.float64)
@@ -144,7 +147,7 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
         raise SketchmineError("the dataset is empty: no images to ablate over")
     return Effects(
         logit_delta=(logit_sum / n_images).numpy(), prob_delta=(prob_sum / n_images).numpy(),
-        maxima=torch.cat(maxima).numpy(),
+        maxima=maxima[:n_images],
         attrs={"images": n_images, "classes": int(logit_sum.shape[1]),
                "method": ablator.method if ablator else None, "units_per_pass": len(groups[0]) if groups else 0,
                "ablation": ABLATION,
@@ -180,9 +183,11 @@ def unit_effects(run: Run | str | os.PathLike, layers: str | list[str], model: A
     from sketchmine.passes import reload
 
     ds = reload.run_dataset(run, data)
+    for name in names:  # every layer's maxima fit (one layer's at a time), or nothing is computed
+        check_maxima_memory(name, len(ds), run.layer_shape(name)[0])
     for name in names:
         result = ablation_effects(net, ds, name, batch_size, device, units_per_pass, run.layer_attrs(name))
-        corr = top_correlated(result.maxima, correlated, block_units, device)
-        write_effects(run, name, result, corr)
+        write_effects(run, name, result, top_correlated(result.maxima, correlated, block_units, device))
+        del result  # its maxima go before the next layer's are allocated
     return open_run(run.path).unit_effects(names[-1])
 

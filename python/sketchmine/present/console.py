@@ -30,6 +30,7 @@ from rich.table import Table
 from sketchmine.results.numbers import percent
 from sketchmine.results.precision import precision_differs, precision_note
 from sketchmine.results.run import Run
+from sketchmine.results.summaries import size_note, ties_words
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -134,22 +135,39 @@ def accuracy_table(run: Run) -> Table:
     return table
 
 
+def _classes_cell(df: pd.DataFrame, per_image: bool = False) -> str:
+    """A top or bottom list as "cls count (accuracy %)", with the count per image of the class
+    when `per_image` (classes of different sizes), then the classes tied at its cut that it
+    leaves out ("+ 3 more tied at 15"); a layer whose classes all tie says so instead."""
+    ties = ties_words(df)
+    if df.attrs.get("all_tied"):
+        return ties
+
+    def extra(r: pd.Series) -> str:
+        shown = ([] if np.isnan(r["accuracy"]) else [f"{r['accuracy'] * 100:.1f}"]) + ([f"{r['per_image']:.2f}/img"] if per_image else [])
+        return f" ({'; '.join(shown)})" if shown else ""
+
+    listed = ", ".join(f"{safe(cls)} {int(r['count'])}{extra(r)}" for cls, r in df.iterrows())
+    return f"{listed} {ties}" if ties else listed
+
+
 def preferences_table(run: Run, n: int = 5) -> Table:
-    """The seed's summary: per layer the n most and least frequent classes among top-k images."""
-    table = Table(title=f"classes among the top-{run.k} images of every unit (count, class accuracy %)")
+    """The seed's summary: per layer the n most and least frequent classes among top-k images
+    (raw counts; the caption says when the classes differ in size, which favours the larger)."""
+    note = size_note(run.class_sizes()) if run.layers else None
+    shown = "count, class accuracy %" + ("; count per image of the class" if note else "")
+    table = Table(title=f"classes among the top-{run.k} images of every unit ({shown})", caption_justify="left")
     table.add_column("layer")
     table.add_column(f"top {n}")
     table.add_column(f"bottom {n}")
     unlabelled = []
     for name in run.layers:
-        fmt = lambda df: ", ".join(  # noqa: E731
-            f"{safe(cls)} {int(r['count'])}" + ("" if np.isnan(r["accuracy"]) else f" ({r['accuracy'] * 100:.1f})")
-            for cls, r in df.iterrows())
         top = run.top_classes(name, n)
-        table.add_row(safe(name), fmt(top), fmt(run.bottom_classes(name, n)))
+        table.add_row(safe(name), _classes_cell(top, note is not None),
+                      _classes_cell(run.bottom_classes(name, n), note is not None))
         if top.attrs.get("unlabelled"):
             unlabelled.append(f"{safe(name)} {top.attrs['unlabelled']}")
-    notes = []
+    notes = [safe(note)] if note else []
     if unlabelled:  # a dataset with some images labelled -1: their entries count for no class
         notes.append("top-k entries of unlabelled images, left out of the counts: " + ", ".join(unlabelled))
     if run.layers and top.attrs.get("no_images"):
@@ -164,17 +182,26 @@ def _no_images(classes: list[str]) -> str:
 
 def unbiased_table(run: Run, n: int = 5) -> Table | None:
     """Per layer the n most and least preferred classes over ALL images (z-scored class means),
-    the median class-selectivity index and the correlation with class ink density; None when
-    the run has no class statistics (no labels, or mined before they were kept)."""
+    the median class-selectivity index over the units that have one (the cell says how many: a
+    layer read before its ReLU leaves most out), the correlation with class ink density and
+    with class accuracy (`Run.accuracy_correlation`, by top-k count per image and by this
+    preference); None when the run has no class statistics (no labels, or mined before them)."""
+    from sketchmine.errors import SketchmineError
     from sketchmine.results import analysis
 
     if not analysis.has_class_stats(run):
         return None
     corr = analysis.ink_correlation(run)
-    title = "class preference over all images (mean z-scored class mean; Spearman ρ with class ink density)"
-    table = Table(title=title if run.complete else f"PARTIAL ({run.images_done} images): {title}")
-    for col in ("layer", f"top {n}", f"bottom {n}", "selectivity (median)", "ρ ink", "p"):
-        table.add_column(col, justify="right" if col in ("ρ ink", "p", "selectivity (median)") else "left")
+    try:
+        acc = run.accuracy_correlation()
+    except SketchmineError:  # no predictions: the accuracy columns say "-"
+        acc = None
+    title = ("class preference over all images (mean z-scored class mean; Spearman ρ with class ink density "
+             "and with class accuracy, by top-k count per image and by this preference)")
+    table = Table(title=title if run.complete else f"PARTIAL ({run.images_done} images): {title}", caption_justify="left")
+    numeric = ("selectivity (median)", "ρ ink", "p", "ρ acc top-k", "ρ acc all")
+    for col in ("layer", f"top {n}", f"bottom {n}", *numeric):
+        table.add_column(col, justify="right" if col in numeric else "left")
     no_images: set[str] = set()
     for name in run.layers:
         pref = analysis.class_preference(run, name)
@@ -182,11 +209,15 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
         si = analysis.selectivity(run, name)
         fmt = lambda df: ", ".join(f"{safe(c)} {_num(r['preference'], '+.2f')}" for c, r in df.iterrows())  # noqa: E731
         row = corr.loc[name]
+        rho = ["-", "-"] if acc is None else [_num(acc.loc[name, f"spearman_{m}"], "+.3f") for m in ("topk", "preference")]
         table.add_row(safe(name), fmt(pref.head(n)), fmt(pref.tail(n)),
-                      f"{si.median():.3f}" if si.notna().any() else "-",
-                      _num(row["spearman"], "+.3f"), _num(row["p_value"], ".3g"))
+                      (f"{si.median():.3f} " if si.notna().any() else "- ") + f"over {int(si.notna().sum())} of {len(si)} units",
+                      _num(row["spearman"], "+.3f"), _num(row["p_value"], ".3g"), *rho)
+    notes = ["selectivity: median over the units that have one; it needs non-negative class means, so units of a "
+             "layer read before its ReLU (a negative class mean) have none"]
     if no_images:
-        table.caption = _no_images([c for c in run.class_names if c in no_images])
+        notes.append(_no_images([c for c in run.class_names if c in no_images]))
+    table.caption = "\n".join(notes)
     return table
 
 
@@ -233,12 +264,21 @@ def compare_tables(cmp) -> list[Table]:
     for col in ("layer A", "layer B", f"top {cmp.n} A", f"top {cmp.n} B", "J top", f"bottom {cmp.n} A",
                 f"bottom {cmp.n} B", "J bottom"):
         lay.add_column(col, justify="right" if col.startswith("J") else "left")
+
+    def cell(r: pd.Series, key: str) -> str:  # the list, then the classes tied at its cut
+        if r[f"all_tied_{key[-1]}"]:
+            return f"all {len(r[key]) + len(r['tied_' + key])} classes tied"
+        tied = len(r[f"tied_{key}"])
+        return ", ".join(safe(x) for x in r[key]) + (f" + {tied} tied" if tied else "")
+
     for _, r in cmp.layers.iterrows():
-        lay.add_row(safe(r["layer_a"]), safe(r["layer_b"]), ", ".join(safe(x) for x in r["top_a"]), ", ".join(safe(x) for x in r["top_b"]),
-                    f"{r['jaccard_top']:.2f}", ", ".join(safe(x) for x in r["bottom_a"]), ", ".join(safe(x) for x in r["bottom_b"]),
-                    f"{r['jaccard_bottom']:.2f}")
+        lay.add_row(safe(r["layer_a"]), safe(r["layer_b"]), cell(r, "top_a"), cell(r, "top_b"), _num(r["jaccard_top"], ".2f"),
+                    cell(r, "bottom_a"), cell(r, "bottom_b"), _num(r["jaccard_bottom"], ".2f"))
+    lay.caption = ("J: Jaccard overlap of the listed classes plus those tied at the cut; '-' where a layer's classes all "
+                   "tie (no top or bottom classes)")
     if getattr(cmp, "no_images", None):
-        lay.caption = _no_images(cmp.no_images)
+        lay.caption += "\n" + _no_images(cmp.no_images)
+    lay.caption_justify = "left"
     return [acc, lay]
 
 

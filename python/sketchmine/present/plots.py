@@ -18,6 +18,7 @@ from matplotlib.patches import Rectangle
 
 from sketchmine.present.report_data import percent
 from sketchmine.results.run import Run
+from sketchmine.results.summaries import size_note, ties_words
 
 FORMATS = ("png", "svg")
 
@@ -41,19 +42,32 @@ def _save(fig: Figure, base: Path, formats: tuple[str, ...]) -> list[Path]:
 
 def summary_figure(run: Run, n: int = 5) -> Figure:
     """One row per layer: its n most and n least frequent classes among the top-k images, each
-    cell coloured by the class's accuracy (red 0 % … green 100 %), the seed's summary plot."""
+    cell coloured by the class's accuracy (red 0 % … green 100 %), the seed's summary plot. The
+    cell at a cut that splits a tie says how many tied classes the row leaves out, a layer whose
+    classes all tie gets one grey cell saying so, and the title notes classes of different sizes
+    (raw counts favour the larger)."""
     layers = run.layers
     fig = Figure(figsize=(1.5 * 2 * n + 1.6, 0.62 * len(layers) + 1.2))
     ax = fig.subplots()
     cmap = matplotlib.colormaps["RdYlGn"]
     for r, layer in enumerate(layers):
-        cells = list(run.top_classes(layer, n).iterrows()) + list(run.bottom_classes(layer, n).iterrows())
+        top, bottom = run.top_classes(layer, n), run.bottom_classes(layer, n)
+        if top.attrs.get("all_tied"):
+            ax.add_patch(Rectangle((0, r), 2 * n + 0.26, 0.92, color="#dddddd", alpha=0.55))
+            ax.text(n + 0.15, r + 0.46, f"{ties_words(top)}: no top or bottom classes", ha="center", va="center",
+                    fontsize=8, parse_math=False)
+            continue
+        cells = list(top.iterrows()) + list(bottom.iterrows())
+        cut = {len(top) - 1: ties_words(top), len(top): ties_words(bottom)}  # the cell at each list's cut
         for c, (name, row) in enumerate(cells):
             x = c + (0.3 if c >= n else 0.0)
             acc = row["accuracy"]
             ax.add_patch(Rectangle((x, r), 0.96, 0.92, color="#dddddd" if np.isnan(acc) else cmap(acc), alpha=0.55))
             label = f"{str(name)[:18]}\n{percent(acc, 2)}  ({int(row['count'])})"
-            ax.text(x + 0.48, r + 0.46, label, ha="center", va="center", fontsize=7, parse_math=False)
+            if cut.get(c):
+                label += f"\n{cut[c]}"
+            ax.text(x + 0.48, r + 0.46, label, ha="center", va="center", fontsize=7 if not cut.get(c) else 6,
+                    parse_math=False)
     ax.set_xlim(-0.05, 2 * n + 0.35)
     ax.set_ylim(len(layers), -0.6)
     ax.set_yticks(np.arange(len(layers)) + 0.46)
@@ -64,6 +78,8 @@ def summary_figure(run: Run, n: int = 5) -> Figure:
     for spine in ax.spines.values():
         spine.set_visible(False)
     title = f"classes among the top-{run.k} images of every unit (class accuracy %, count)"
+    if layers and (note := size_note(run.class_sizes())):
+        title += f"\n{note}"
     ax.set_title(title if run.complete else f"PARTIAL ({run.images_done} images): {title}", fontsize=10,
                  parse_math=False)
     return fig
@@ -86,7 +102,10 @@ def histogram_figure(run: Run, layer: str) -> Figure:
     ax.set_xticks(np.arange(len(df)))
     ax.set_xticklabels([str(c) for c in df.index], rotation=60, ha="right", fontsize=7, parse_math=False)
     ax.set_ylabel(f"images in top-{run.k}")
-    ax.set_title(f"{layer}: classes among the top-{run.k} images of its units", fontsize=9, parse_math=False)
+    title = f"{layer}: classes among the top-{run.k} images of its units"
+    if note := size_note(run.class_sizes()):  # raw counts favour the larger classes: say so where they are drawn
+        title += "\n" + note.replace("; ", ";\n")
+    ax.set_title(title, fontsize=9 if note is None else 7, parse_math=False)
     return fig
 
 

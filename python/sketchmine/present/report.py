@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from sketchmine.errors import SketchmineError, SketchmineFailure
+from sketchmine.names import printable
 from sketchmine.present import plots
-from sketchmine.present.report_data import PAGE_SIZE, importance_ranks, layer_data, layer_ids, percent, precision_html
+from sketchmine.present.report_data import (PAGE_SIZE, classes_cell, importance_ranks, layer_data, layer_ids, percent,
+                                             precision_html, size_html)
 from sketchmine.present.report_folder import MARKER, PARTIAL, TMP, check_report_dir, remove_stale, report_marker, swap_in
 from sketchmine.present.report_unit import MONTAGES, unit_pages
 from sketchmine.present.report_probe import index_section, write_probe_files
@@ -49,6 +51,13 @@ def _page(title: str, body: str, depth: int = 0, attrs: str = "") -> str:
     up = "../" * depth
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
             f'<link rel="stylesheet" href="{up}assets/report.css"></head>\n<body{attrs}>\n{body}\n</body></html>\n')
+
+
+def _write_page(path: Path, text: str) -> None:
+    """A page as UTF-8. The run's path as a command line gave it holds lone surrogates under a
+    non-UTF-8 locale (the bytes it could not decode), which UTF-8 cannot encode: `printable`
+    gives the name back (its bytes were UTF-8) or shows the bytes as \\xNN."""
+    path.write_text(printable(text), encoding="utf-8")
 
 
 def _table(headers: list[str], rows: list[list[str]], numeric: frozenset[int] | set[int] = frozenset()) -> str:
@@ -207,6 +216,23 @@ def _accuracy_section(run: Run) -> str:
             + _table(["class", "accuracy %", "images"], rows, {1, 2}))
 
 
+def _accuracy_correlation(run: Run) -> str:
+    """Per layer, Spearman ρ of class accuracy with the class preference by top-k count (per image
+    of the class) and over all images (`Run.accuracy_correlation`); "" without predictions."""
+    try:
+        corr = run.accuracy_correlation()
+    except SketchmineError:  # no predictions (--no-logits): no accuracy to correlate with
+        return ""
+    num = lambda v, fmt: "-" if np.isnan(v) else format(v, fmt)  # noqa: E731  (NaN: all classes tie, or no statistics)
+    rows = [[e(l), e(str(r["kind"])), *(num(r[f"{w}_{m}"], f) for m in ("topk", "preference")
+                                        for w, f in (("spearman", ".3f"), ("p_value", ".3g"))), str(r["classes"])]
+            for l, r in corr.iterrows()]
+    return ('<h2>Class preference vs class accuracy</h2><p>Spearman correlation, per layer, between each class\'s '
+            f"accuracy and the layer's preference for it: by its count among the top-{run.k} images per image of "
+            "the class, and over all images (the layer's class preference, z-scored class means). \"-\": no ranking (every class ties) or no class statistics.</p>"
+            + _table(["layer", "kind", "ρ top-k", "p", "ρ all images", "p", "classes"], rows, {2, 3, 4, 5, 6}))
+
+
 def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: str = "") -> str:
     a = run.attrs
     ds = a.get("dataset") or {}
@@ -233,6 +259,7 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
                      '<img class="plot" src="ink.png" alt="ink correlation">'
                      + _table(["layer", "kind", "Spearman ρ", "p", "classes"], rows, {2, 3, 4})
                      + _table(["class", "ink density"], [[e(str(c)), f"{v:.3f}"] for c, v in ink.items()], {1}))
+    parts.append(_accuracy_correlation(run) if labelled else "")
     rows, unlabelled = [], False
     for name, lid in ids.items():
         attrs = run.layer_attrs(name)
@@ -243,15 +270,15 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
                 top = run.top_classes(name, 5)
                 left = int(top.attrs.get("unlabelled", 0))
                 unlabelled |= left > 0
-                row += [", ".join(e(str(c)) for c in top.index), str(left)]
+                row += [classes_cell(top), str(left)]
             except SketchmineError:
                 row += ["-", "-"]
         rows.append(row)
-    heads = ["layer", "kind", "shape"] + ([f"top 5 classes (top-{run.k})", "unlabelled top-k entries"]
+    heads = ["layer", "kind", "shape"] + ([f"top 5 classes (count among the top-{run.k})", "unlabelled top-k entries"]
                                          if labelled else [])
     if labelled and not unlabelled:  # the column only where some entry has no label
         heads, rows = heads[:-1], [r[:-1] for r in rows]
-    parts.append("<h2>Layers</h2>" + _table(heads, rows, {4}))
+    parts.append("<h2>Layers</h2>" + _table(heads, rows, {4}) + (size_html(run) if labelled and ids else ""))
     parts.append(probe)
     parts.append(f'<p class="note">written by sketchmine in {seconds:.1f} s</p>')
     return _page("sketchmine report", "\n".join(parts))
@@ -332,10 +359,8 @@ def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, byt
         slides = unit_pages(run, name, lid, out, montages)
         pages, note = layer_data(run, name, lid, out, importance_ranks(run, name), images)
         (out / "layers").mkdir(exist_ok=True)
-        (out / "layers" / f"{lid}.html").write_text(_layer_page(run, name, lid, pages, note, stats, slides),
-                                                    encoding="utf-8")
+        _write_page(out / "layers" / f"{lid}.html", _layer_page(run, name, lid, pages, note, stats, slides))
     if isinstance(probe, Mapping):
         write_probe_files(out, probe, ids, PAGE_SIZE)
-    (out / "index.html").write_text(_index(run, ids, stats, time.perf_counter() - t0,
-                                           index_section(probe)), encoding="utf-8")
+    _write_page(out / "index.html", _index(run, ids, stats, time.perf_counter() - t0, index_section(probe)))
 

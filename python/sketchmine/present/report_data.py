@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from sketchmine.errors import SketchmineError
 from sketchmine.results.numbers import percent  # noqa: F401  (report.py, plots.py and montage.py take it from here)
 from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
+from sketchmine.results.summaries import size_note, ties_words
 from sketchmine.results.traces import MAX_TRACE_IMAGES, entry_steps, read_traces
 from sketchmine.results.unit_summary import infinite, num
 
@@ -65,6 +67,23 @@ def precision_html(run: Run) -> str:
     pages); "" for a float32 run, whose pages stay as they were."""
     note = precision_note(run)
     return "" if note is None else f'<p class="precision" id="precision">{html.escape(note)}</p>'
+
+
+def classes_cell(listed: pd.DataFrame) -> str:
+    """A `Run.top_classes` list as escaped HTML "bird 163, bear 125, … + 2 more tied at 88": with
+    counts, so a cut through a tie can be seen, and the tied classes it leaves out said; a layer
+    whose classes all tie says so instead of listing some."""
+    ties = html.escape(ties_words(listed))
+    if listed.attrs.get("all_tied"):
+        return ties
+    shown = ", ".join(f"{html.escape(str(c))} {int(r['count'])}" for c, r in listed.iterrows())
+    return f"{shown} {ties}" if ties else shown
+
+
+def size_html(run: Run) -> str:
+    """The note beside top-k class counts when the classes differ in size; "" when they do not."""
+    note = size_note(run.class_sizes())
+    return "" if note is None else f'<p class="note" id="class-sizes">{html.escape(note)}</p>'
 
 
 def visualize_hint(run: Run, name: str) -> str:

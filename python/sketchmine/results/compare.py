@@ -9,14 +9,19 @@ import pandas as pd
 
 from sketchmine.errors import SketchmineError
 from sketchmine.results.run import Run, open_run
+from sketchmine.results.summaries import class_set
 
 
 @dataclass
 class Comparison:
     """accuracy: per class (accuracy_a, accuracy_b, difference; NaN for a run without
     predictions); layers: layer pairs (see `layer_pairs`; column paired_by "name" or "depth")
-    with their top/bottom n classes and Jaccard overlaps; jaccard: top-n Jaccard for every
-    (layer of a, layer of b)."""
+    with their top/bottom n classes, the classes tied at each list's cut and left out
+    (tied_top_a, …: `summaries.cut_at`), whether all of a layer's classes tie (all_tied_a,
+    all_tied_b) and the Jaccard overlaps; jaccard: top-n Jaccard for
+    every (layer of a, layer of b). Each Jaccard is over the listed classes plus those tied at the
+    cut (so it does not depend on class order) and NaN where a layer's classes all tie (it has no
+    top or bottom classes to overlap)."""
 
     a: Run
     b: Run
@@ -32,8 +37,10 @@ class Comparison:
         return self.a.accuracy(), self.b.accuracy()
 
 
-def jaccard(x: set, y: set) -> float:
-    """|x ∩ y| / |x ∪ y| (NaN for two empty sets)."""
+def jaccard(x: set | None, y: set | None) -> float:
+    """|x ∩ y| / |x ∪ y| (NaN for two empty sets, or when either is None: no set to overlap)."""
+    if x is None or y is None:
+        return float("nan")
     return len(x & y) / len(x | y) if x | y else float("nan")
 
 
@@ -77,19 +84,21 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: i
     acc_a, acc_b = a.class_accuracy_series(), b.class_accuracy_series()  # NaN: no predictions (--no-logits)
     accuracy = pd.DataFrame({"accuracy_a": acc_a, "accuracy_b": acc_b})
     accuracy["difference"] = accuracy["accuracy_b"] - accuracy["accuracy_a"]
-    top_a = {l: list(a.top_classes(l, n).index) for l in a.layers}
-    top_b = {l: list(b.top_classes(l, n).index) for l in b.layers}
+    top_a = {l: a.top_classes(l, n) for l in a.layers}
+    top_b = {l: b.top_classes(l, n) for l in b.layers}
     rows: list[dict] = []
     no_images: set[str] = set()
     for la, lb, how in layer_pairs(a.layers, b.layers):
         frame_a, frame_b = a.bottom_classes(la, n), b.bottom_classes(lb, n)
         no_images.update(frame_a.attrs.get("no_images", []), frame_b.attrs.get("no_images", []))
-        bot_a, bot_b = list(frame_a.index), list(frame_b.index)
-        rows.append({"layer_a": la, "layer_b": lb, "paired_by": how, "top_a": top_a[la], "top_b": top_b[lb],
-                     "bottom_a": bot_a, "bottom_b": bot_b,
-                     "jaccard_top": jaccard(set(top_a[la]), set(top_b[lb])),
-                     "jaccard_bottom": jaccard(set(bot_a), set(bot_b))})
-    matrix = pd.DataFrame([[jaccard(set(top_a[x]), set(top_b[y])) for y in b.layers] for x in a.layers],
+        lists = {"top_a": top_a[la], "top_b": top_b[lb], "bottom_a": frame_a, "bottom_b": frame_b}
+        rows.append({"layer_a": la, "layer_b": lb, "paired_by": how,
+                     **{key: list(df.index) for key, df in lists.items()},
+                     "jaccard_top": jaccard(class_set(top_a[la]), class_set(top_b[lb])),
+                     "jaccard_bottom": jaccard(class_set(frame_a), class_set(frame_b)),
+                     **{f"tied_{key}": list(df.attrs["tied_out"]) for key, df in lists.items()},
+                     **{f"all_tied_{side}": bool(top.attrs["all_tied"]) for side, top in (("a", top_a[la]), ("b", top_b[lb]))}})
+    matrix = pd.DataFrame([[jaccard(class_set(top_a[x]), class_set(top_b[y])) for y in b.layers] for x in a.layers],
                           index=pd.Index(a.layers, name="layer_a"), columns=pd.Index(b.layers, name="layer_b"))
     return Comparison(a, b, n, accuracy, pd.DataFrame(rows), matrix,
                       [c for c in a.class_names if c in no_images])

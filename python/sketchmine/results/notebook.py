@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 TOP_CLASSES = 5
 """Classes a unit card lists from the class statistics (highest mean image maximum first)."""
 
+RANKED_BY = "mean image maximum over all images"
+"""How a unit card ranks its top classes (a layer's `Run.top_classes` ranks by top-k count)."""
+
 THUMB = 64
 """Height in pixels of a card's picture strips (larger patches are shrunk)."""
 
@@ -87,9 +90,11 @@ def png_data_url(tiles: np.ndarray, height: int = THUMB) -> str:
 
 
 class UnitCard:
-    """One unit of one mined layer: its top-k images (value, class, file), its top classes over
-    all images (class statistics) and, once `visualize` has run, its patches and deconvolutions.
-    Displays inline in a notebook (`_repr_html_`); `repr` is a text summary."""
+    """One unit of one mined layer: its top-k images (value, class, file), its top classes ranked
+    by the unit's mean image maximum over ALL images (class statistics; not `Run.top_classes`,
+    which ranks a layer's classes by their count among its units' top-k images) and, once
+    `visualize` has run, its patches and deconvolutions. Displays inline in a notebook
+    (`_repr_html_`); `repr` is a text summary that says which ranking each list is."""
 
     def __init__(self, run: Run, layer: str, unit: int) -> None:
         self.run, self.layer, self.unit = run, run.check_layer(layer), run.check_unit(layer, unit)
@@ -107,7 +112,8 @@ class UnitCard:
 
     def top_classes(self, n: int = TOP_CLASSES) -> pd.DataFrame | None:
         """The `n` classes with the highest mean image maximum of this unit over ALL labelled images
-        (mean, images); None when the run has no class statistics."""
+        (columns mean, images; attrs["ranked_by"] says so), not by count among the top-k as
+        `Run.top_classes` ranks a layer's classes; None when the run has no class statistics."""
         from sketchmine.results.checks import check_count
 
         n = check_count(n)
@@ -117,7 +123,9 @@ class UnitCard:
             return None
         df = pd.DataFrame({"mean": mean[self.unit], "images": count[self.unit]},
                           index=pd.Index(self.run.class_names[:mean.shape[1]], name="class"))
-        return df.sort_values("mean", ascending=False, kind="stable").head(n)
+        df = df.sort_values("mean", ascending=False, kind="stable").head(n)
+        df.attrs["ranked_by"] = RANKED_BY
+        return df
 
     def pictures(self) -> dict[str, str]:
         """{"patches": data URL, "deconv": data URL} of what `visualize` stored for this unit."""
@@ -136,8 +144,11 @@ class UnitCard:
     def __repr__(self) -> str:
         top = self.top
         classes = ", ".join("?" if pd.isna(c) else f"{c}" for c in top["class"].tolist())
+        best = self.top_classes()
+        ranked = "" if best is None else f"; top classes by {RANKED_BY}: {', '.join(map(str, best.index))}"
         return (f"<sketchmine.UnitCard {self.layer}[{self.unit}] of {str(self.run.path)!r}: "
-                f"{precision_text(self.run)}max activation {self.max_activation:.4g}; classes of its top-{len(top)} images, best first: {classes}>")
+                f"{precision_text(self.run)}max activation {self.max_activation:.4g}{ranked}; classes of its "
+                f"top-{len(top)} images, best first: {classes}>")
 
     def _repr_html_(self) -> str:
         esc = html.escape
@@ -163,6 +174,6 @@ class UnitCard:
         if classes is not None:
             crow = "".join(f"<tr><td style='text-align:left'>{esc(str(c))}</td><td>{r['mean']:.4g}</td>"
                            f"<td>{int(r['images'])}</td></tr>" for c, r in classes.iterrows())
-            parts.append(f"<table><caption>top classes over all images (mean image maximum)</caption><thead><tr>"
+            parts.append(f"<table><caption>top classes by {RANKED_BY}</caption><thead><tr>"
                          f"<th>class</th><th>mean</th><th>images</th></tr></thead><tbody>{crow}</tbody></table>")
         return "".join(parts) + "</div>"

@@ -166,13 +166,11 @@ class Run(UnitViews, Precision):
         except (ValueError, KeyError) as exc:
             raise SketchmineError(f"{self.path}: the top-k in its checkpoint does not fit the run ({exc})") from None
         idx = s["index"]
-        return s["values"], idx, flat_to_yx(s["position"], idx, self.layer_shape(layer)[1:])
+        return s["shown"], idx, flat_to_yx(s["position"], idx, self.layer_shape(layer)[1:])
 
     def class_accuracy(self) -> pd.DataFrame:
-        """Per-class accuracy: columns accuracy (fraction), correct, count.
-
-        For an unfinished run it covers the images mined so far (check `Run.complete`).
-        """
+        """Per-class accuracy: columns accuracy (fraction), correct, count. For an unfinished run it
+        covers the images mined so far (check `Run.complete`)."""
         return self.store.committed(self._class_accuracy)
 
     def _class_accuracy(self) -> pd.DataFrame:
@@ -182,13 +180,9 @@ class Run(UnitViews, Precision):
         if not self.has_predictions():
             raise SketchmineError(f"run {self.path} has no predictions yet (the model output is not (N, classes) "
                                   "logits, or nothing was flushed)")
-        pred, labels = self.store.read(schema.PREDICTIONS), self.labels
-        pred = np.where(np.arange(len(pred)) < self.images_done, pred, -1)
-        names = self.class_names
-        correct, count = class_counts(pred, labels, len(names))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            acc = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
-        return pd.DataFrame({"class": names, "accuracy": acc, "correct": correct, "count": count}).set_index("class")
+        pred = self.store.read(schema.PREDICTIONS)
+        return summaries.accuracy_table(np.where(np.arange(len(pred)) < self.images_done, pred, -1), self.labels,
+                                        self.class_names)
 
     def accuracy(self) -> float | None:
         """Overall accuracy over all readable images (None until the run is complete)."""
@@ -198,8 +192,10 @@ class Run(UnitViews, Precision):
         """True when some image of the run has a known label (class histograms need one)."""
         return bool(len(self.class_names)) and bool((self.labels >= 0).any())
 
-    def class_histogram(self, layer: str) -> pd.Series:
-        """Counts of each class among the top-k images of all units of `layer` (all classes).
+    def class_histogram(self, layer: str, per_image: bool = False) -> pd.Series:
+        """Counts of each class among the top-k images of all units of `layer` (all classes); with
+        `per_image`, each divided by the class's labelled images (`class_sizes`; NaN for a class
+        without any): raw counts favour larger classes when the classes differ in size.
 
         Only labelled images count: a dataset may leave some images unlabelled (-1), and one of
         them among the top-k must not hide the other entries' classes. attrs["unlabelled"]: the
@@ -213,39 +209,39 @@ class Run(UnitViews, Precision):
         known = found[(found >= 0) & (found < len(self.class_names))]
         counts = np.bincount(known, minlength=len(self.class_names))
         hist = pd.Series(counts, index=pd.Index(self.class_names, name="class"), name="count")
+        if per_image:
+            sizes = self.class_sizes().to_numpy()
+            hist = (hist / np.where(sizes > 0, sizes, np.nan)).rename("per_image")
         hist.attrs["unlabelled"] = int(len(found) - len(known))
         return hist
 
+    def class_sizes(self) -> pd.Series:
+        """Labelled images per class that the layers saw: dataset/class_image_count, else (a
+        partial run, or one mined before it was kept) the labels of the images mined so far."""
+        if self.complete and self.has_dataset_array("class_image_count"):
+            sizes = self.dataset_array("class_image_count")
+        else:
+            labels = self.labels[:self.images_done]
+            sizes = np.bincount(labels[labels >= 0], minlength=len(self.class_names))
+        return pd.Series(sizes[:len(self.class_names)], index=pd.Index(self.class_names, name="class"), name="images")
+
     def _ranked(self, layer: str) -> pd.DataFrame:
-        """The class histogram with accuracy, most frequent first, over the classes that have
-        images in the run: a class without any is no "least preferred" class (attrs["no_images"]
-        names those left out)."""
-        hist = self.class_histogram(layer)
-        labels = self.labels
+        """`summaries.ranked_classes` of the layer's class histogram, over the classes that have images."""
+        hist, labels = self.class_histogram(layer), self.labels
         has = np.bincount(labels[labels >= 0], minlength=len(hist))[:len(hist)] > 0
-        ranked = hist.to_frame()
-        try:
-            ranked["accuracy"] = self.class_accuracy()["accuracy"]
-        except SketchmineError:
-            ranked["accuracy"] = np.nan
-        ranked["order"] = np.arange(len(ranked))
-        # most frequent first; ties in class order (deterministic)
-        ranked = ranked[has].sort_values(["count", "order"], ascending=[False, True], kind="stable")
-        ranked = ranked.drop(columns="order")
-        ranked.attrs.update(unlabelled=hist.attrs["unlabelled"], no_images=list(hist.index[~has]))
-        return ranked
+        return summaries.ranked_classes(hist, self.class_accuracy_series().to_numpy(), self.class_sizes().to_numpy(), has)
 
     def top_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
-        """The n classes most frequent among the layer's top-k images, with accuracy; attrs:
-        "unlabelled" (top-k entries without a label) and "no_images" (classes left out)."""
-        ranked = self._ranked(layer)
-        return _keep_attrs(ranked.head(check_count(n)), ranked)
+        """The n classes most frequent among the layer's top-k images (raw counts), with accuracy and
+        per_image. attrs: "unlabelled" (top-k entries without a label), "no_images" (classes left
+        out), and where the cut falls (`summaries.cut_at`): "cut_count", "tied_out" (classes left
+        out with the count at the cut: ties are listed in class order) and "all_tied"."""
+        return summaries.cut_at(self._ranked(layer), check_count(n), top=True)
 
     def bottom_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
         """The n least frequent classes among those with images in the run (zero counts
-        included), least frequent last; attrs as `top_classes`."""
-        ranked = self._ranked(layer)
-        return _keep_attrs(ranked.tail(check_count(n)), ranked)
+        included), least frequent last; attrs as `top_classes` (the cut is the first row)."""
+        return summaries.cut_at(self._ranked(layer), check_count(n), top=False)
 
     def unit_importance(self, layer: str) -> pd.DataFrame:
         """Per-unit ablation importance stored by `sketchmine.unit_importance`: columns unit,
@@ -318,24 +314,15 @@ class Run(UnitViews, Precision):
         return stats if restore(self.store, stats) else None
 
     def selectivity(self, layer: str) -> pd.Series:
-        """Class-selectivity index per unit (Morcos et al. 2018, "On the importance of single
-        directions for generalization"): (mu_max - mu_rest) / (mu_max + mu_rest), mu_max the largest
-        class mean of the unit's image maxima, mu_rest the mean of the other class means. 0: the
-        same for every class; 1: responds to one class only. Morcos define it on non-negative
-        (post-ReLU) activity, where the index lies in [0, 1]; our taps may be pre-ReLU (negative
-        class means), so a unit gets NaN unless mu_max > 0 and mu_rest >= 0."""
+        """Class-selectivity index per unit (Morcos et al. 2018) of its class means of image maxima;
+        NaN where it does not apply (a negative class mean: the tap is before its ReLU), see
+        `summaries.selectivity_index`."""
         return summaries.selectivity_index(self.class_stats(layer)[0])
 
     def class_preference(self, layer: str) -> pd.DataFrame:
-        """The layer's class preference over ALL images, per class, most preferred first.
-
-        preference: the mean over units of the unit's z-scored class means (each unit's K class
-        means minus their mean, over their std). Chosen over "units whose argmax class is c"
-        (kept as column units_preferring) because it uses every unit's whole profile, weighs
-        units equally whatever their activation scale (the seed's maxima range 10^2..10^4), is
-        sign-safe for pre-ReLU taps, and is continuous (no ties for the rank correlation).
-        Units with no spread over classes (dead units) are left out (column units in attrs), and
-        so are classes without images (attrs["no_images"]: no preference to rank them by)."""
+        """The layer's class preference over ALL images, per class, most preferred first: the mean
+        over units of the unit's z-scored class means (why this measure: `summaries.preference`);
+        columns preference, units_preferring, accuracy; attrs units, no_images, partial."""
         mean, count = self.class_stats(layer)
         df = summaries.preference(mean, self.class_accuracy_series().to_numpy(), self.class_names, count)
         df.attrs["partial"] = not self.complete
@@ -365,9 +352,22 @@ class Run(UnitViews, Precision):
             rho, p = summaries.spearman(pref.to_numpy(), ink.to_numpy())
             rows.append({"layer": layer, "kind": self.layer_attrs(layer).get("kind", ""),
                          "spearman": rho, "p_value": p, "classes": int(np.isfinite(pref.to_numpy()).sum())})
-        df = pd.DataFrame(rows).set_index("layer")
-        df.attrs["partial"] = not self.complete
-        return df
+        return summaries.layer_table(rows, partial=not self.complete)
+
+    def accuracy_correlation(self) -> pd.DataFrame:
+        """Per layer, as `ink_correlation`: Spearman ρ (and p) between per-class accuracy and the
+        layer's class preference by its top-k (`class_histogram(per_image=True)`: the raw counts'
+        order when classes are the same size), columns *_topk, and over all images
+        (`class_preference`; NaN without class statistics), *_preference. Does a layer prefer
+        the classes the network classifies well? A run without predictions is refused."""
+        acc, stats = self.class_accuracy()["accuracy"], self.has_class_stats()
+        rows = []
+        for layer in self.layers:
+            topk = self.class_histogram(layer, per_image=True).reindex(acc.index).to_numpy()
+            pref = self.class_preference(layer)["preference"].reindex(acc.index).to_numpy() if stats else topk * np.nan
+            rows.append({"layer": layer, "kind": self.layer_attrs(layer).get("kind", ""),
+                         **summaries.rank_correlations({"topk": topk, "preference": pref}, acc.to_numpy())})
+        return summaries.layer_table(rows, partial=not self.complete)
 
     def has_class_stats(self) -> bool:
         """True when the unbiased statistics can be read (final arrays or a partial checkpoint)."""
@@ -387,11 +387,6 @@ class Run(UnitViews, Precision):
 
     def _repr_html_(self) -> str:
         return run_html(self)
-
-
-def _keep_attrs(df: pd.DataFrame, source: pd.DataFrame) -> pd.DataFrame:
-    df.attrs.update(source.attrs)
-    return df
 
 
 def open_run(path: str | os.PathLike) -> Run:

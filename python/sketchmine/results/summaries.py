@@ -33,9 +33,12 @@ def unit_rows(values: np.ndarray, index: np.ndarray, yx: np.ndarray, labels: np.
 
 
 def selectivity_index(mean: np.ndarray) -> pd.Series:
-    """Class-selectivity index per unit (Morcos et al. 2018) from class means (C, K):
-    (mu_max - mu_rest) / (mu_max + mu_rest). Pre-ReLU taps can have negative class means, where
-    the index is undefined: NaN unless mu_max > 0 and mu_rest >= 0."""
+    """Class-selectivity index per unit (Morcos et al. 2018, "On the importance of single
+    directions for generalization") from class means (C, K): (mu_max - mu_rest) / (mu_max +
+    mu_rest), mu_max the largest class mean, mu_rest the mean of the others; 0: the same for
+    every class, 1: one class only. Defined for non-negative (post-ReLU) responses, where it
+    lies in [0, 1]; a layer read before its ReLU has negative class means, where it does not
+    apply: NaN unless mu_max > 0 and mu_rest >= 0."""
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a unit of all-NaN maps: NaN, said by the readers
         mu_max = np.nanmax(mean, axis=1) if mean.shape[1] else np.full(len(mean), np.nan)
@@ -50,8 +53,12 @@ def selectivity_index(mean: np.ndarray) -> pd.Series:
 def preference(mean: np.ndarray, accuracy: np.ndarray, class_names: Sequence[str],
                count: np.ndarray | None = None) -> pd.DataFrame:
     """A layer's class preference from class means (C, K), most preferred first: the mean over
-    live units of their z-scored class means (see Run.class_preference for why); attrs["units"]:
-    the live units (with spread over classes). Classes without images (`count` (C, K) all 0, or
+    live units of their z-scored class means (each unit's K class means minus their mean, over
+    their std). Chosen over "units whose argmax class is c" (kept as column units_preferring)
+    because it uses every unit's whole profile, weighs units equally whatever their activation
+    scale (the seed's maxima range 10^2..10^4), is sign-safe for pre-ReLU taps, and is
+    continuous (no ties for the rank correlation). attrs["units"]: the live units (with spread
+    over classes; dead units are left out). Classes without images (`count` (C, K) all 0, or
     without `count` a column of NaN means) have no preference and are left out, not ranked last
     as NaN: attrs["no_images"] names them."""
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
@@ -90,6 +97,14 @@ def spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
+def accuracy_table(pred: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """Per class (index class): accuracy (fraction; NaN for a class without images), correct, count."""
+    correct, count = class_counts(pred, labels, len(class_names))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
+    return pd.DataFrame({"class": list(class_names), "accuracy": acc, "correct": correct, "count": count}).set_index("class")
+
+
 def class_counts(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Per class: images predicted correctly, and mined images with a label (pred -1:
     unreadable or not mined yet; pred -2: a NaN output, never correct; label -1: unknown)."""
@@ -97,3 +112,85 @@ def class_counts(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tupl
     count = np.bincount(labels[valid], minlength=num_classes)[:num_classes]
     correct = np.bincount(labels[valid & (pred == labels)], minlength=num_classes)[:num_classes]
     return correct.astype(np.int64), count.astype(np.int64)
+
+
+# ---- the top-k class histogram as ranked lists ------------------------------------------------
+def ranked_classes(hist: pd.Series, accuracy: np.ndarray, sizes: np.ndarray, has: np.ndarray) -> pd.DataFrame:
+    """The class histogram `hist` (K,) as a table, most frequent first, over the classes that have
+    images (`has` (K,) bool: a class without any is no "least preferred" class). Ranked by the raw
+    count, the deck's measure on its balanced test set; per_image (count over the class's
+    labelled images, `sizes` (K,)) is the fair one when classes differ in size. Ties go to class
+    order only to be deterministic: `cut_at` says where a list cuts through one. attrs:
+    unlabelled (top-k entries without a label), no_images (the classes left out)."""
+    df = hist.to_frame()
+    df["accuracy"] = accuracy
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df["per_image"] = np.where(sizes > 0, hist.to_numpy() / np.maximum(sizes, 1), np.nan)
+    df["order"] = np.arange(len(df))
+    df = df[has].sort_values(["count", "order"], ascending=[False, True], kind="stable").drop(columns="order")
+    df.attrs.update(unlabelled=hist.attrs.get("unlabelled", 0), no_images=list(hist.index[~has]))
+    return df
+
+
+def cut_at(ranked: pd.DataFrame, n: int, top: bool) -> pd.DataFrame:
+    """The first (`top`) or last n rows of `ranked` (see `ranked_classes`), and where the cut falls.
+
+    A count shared across the cut makes the choice among those classes arbitrary (class order),
+    so attrs say it: cut_count, the count of the listed class at the cut (the last row of a top
+    list, the first of a bottom list; None for an empty list); tied_out, the classes left out with
+    that count, in class order; all_tied, every ranked class has one count (no class stands
+    out, so the views say so instead of listing n). Existing attrs are kept."""
+    listed = ranked.head(n) if top else ranked.tail(n)
+    rest = ranked.iloc[n:] if top else ranked.iloc[:max(len(ranked) - n, 0)]
+    cut = int(listed["count"].iloc[-1 if top else 0]) if len(listed) else None
+    out = listed.copy()
+    out.attrs.update(ranked.attrs)
+    out.attrs.update(cut_count=cut, tied_out=[str(c) for c in rest.index[rest["count"] == cut]],
+                     all_tied=len(ranked) > 1 and ranked["count"].nunique() == 1)
+    return out
+
+
+def class_set(listed: pd.DataFrame) -> set[str] | None:
+    """The classes of a `cut_at` list with those tied at its cut (a set that does not depend on
+    class order); None when all classes tie (no top or bottom classes to overlap)."""
+    if listed.attrs.get("all_tied"):
+        return None
+    return {str(c) for c in listed.index} | set(listed.attrs.get("tied_out", []))
+
+
+def ties_words(listed: pd.DataFrame) -> str:
+    """What a `cut_at` list leaves out: "all 10 classes tied at 9" when every class ties (said
+    instead of the list), "+ 3 more tied at 15" when the cut splits a tie, else ""."""
+    a = listed.attrs
+    if a.get("all_tied"):
+        return f"all {len(listed) + len(a.get('tied_out', []))} classes tied at {a.get('cut_count')}"
+    tied = len(a.get("tied_out", []))
+    return f"+ {tied} more tied at {a.get('cut_count')}" if tied else ""
+
+
+def size_note(sizes: pd.Series) -> str | None:
+    """A note when the classes (with images) differ in size, naming the smallest and largest;
+    None when they are the same size. Raw top-k counts favour the larger classes."""
+    n = sizes[sizes > 0]
+    if n.empty or n.min() == n.max():
+        return None
+    return (f"classes differ in size ({int(n.min())} to {int(n.max())} labelled images): counts are raw top-k "
+            "entries, which favour larger classes; per image of the class: class_histogram(layer, per_image=True)")
+
+
+def layer_table(rows: list[dict], partial: bool) -> pd.DataFrame:
+    """Per-layer rows (each with its "layer") as a table indexed by layer; attrs["partial"]."""
+    df = pd.DataFrame(rows).set_index("layer")
+    df.attrs["partial"] = partial
+    return df
+
+
+def rank_correlations(measures: dict[str, np.ndarray], target: np.ndarray) -> dict[str, float | int]:
+    """Spearman ρ and p of each measure (K,) against `target` (K,), as columns spearman_<name>
+    and p_value_<name>; classes: those with a finite target and a finite first measure."""
+    out: dict[str, float | int] = {}
+    for name, values in measures.items():
+        out[f"spearman_{name}"], out[f"p_value_{name}"] = spearman(np.asarray(values, float), target)
+    first = np.asarray(next(iter(measures.values())), float)
+    out["classes"] = int((np.isfinite(first) & np.isfinite(np.asarray(target, float))).sum())
+    return out

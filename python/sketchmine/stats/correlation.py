@@ -7,8 +7,10 @@ taken `block_units` at a time; for a block, its float64 cross-product with every
 accumulated over the images in row chunks of `block_units` images, reduced to the block's
 top m, and dropped. Working memory: the block's accumulator(s) and one row chunk, about
 2 × block_units × C × 8 bytes (C = 4,096, block 1,024: 64 MB), plus the (N, C) float32 maxima
-themselves. Values are centred on each unit's mean first, so large offsets (maxima of 10^3
-varying by 1) do not cancel.
+themselves and a finiteness mask of them: N × C × 5 bytes, which grows with the dataset, so
+`check_maxima_memory` refuses before the pass where that does not fit in the memory available.
+Values are centred on each unit's mean first, so large offsets (maxima of 10^3 varying by 1) do
+not cancel.
 
 Non-finite maxima (an all-NaN map, ±inf) are excluded pairwise: r(i, j) uses the images
 where both units' maxima are finite (as pandas' DataFrame.corr). That needs six accumulators
@@ -23,6 +25,8 @@ of an exact zero).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,12 +34,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from sketchmine.errors import SketchmineError
+
 BLOCK_UNITS = 1024
 """Units per block (see the module docstring for the memory this bounds)."""
 PAIRWISE_ACCUMULATORS = 6
 FLOOR = 1e-10
 """A pair's variance at most FLOOR × its second moment (about the unit mean) counts as zero."""
 ORDER = "r descending (most positively correlated first); equal float32 r: smaller unit index first"
+MAXIMA_BYTES = 4 + 1
+"""Bytes held per image and unit: its float32 maximum and its finiteness mask (bool)."""
 
 
 @dataclass
@@ -57,6 +65,44 @@ def image_maxima(act: torch.Tensor) -> torch.Tensor:
     nan = torch.isnan(flat)
     best = flat.masked_fill(nan, float("-inf")).amax(dim=2)
     return best.masked_fill(nan.all(dim=2), float("nan"))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can get: Linux's MemAvailable (free pages plus the page
+    cache it would give back; the free pages alone understate it after reading a dataset), else
+    the free physical pages; None where neither can be read."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def check_maxima_memory(layer: str, images: int, units: int, available: int | None = None) -> None:
+    """Refuse, before a pass, correlations whose (images, units) maxima and mask (MAXIMA_BYTES
+    each) do not fit in `available` bytes (None: read now, `available_memory`; no check where it
+    cannot be read): they grow with the dataset, and an allocation the machine cannot give is a
+    crash (or the kernel's OOM killer) hours in."""
+    need = images * units * MAXIMA_BYTES
+    if available is None:
+        available = available_memory()
+    if available is not None and need > available:
+        gib = 2**30
+        raise SketchmineError(
+            f"layer {layer!r}: its unit correlations hold every image's maximum of every unit, {images:,} images x "
+            f"{units:,} units x {MAXIMA_BYTES} bytes (float32 maxima and a finiteness mask) = {need / gib:,.1f} GiB, "
+            f"and {available / gib:,.1f} GiB of memory is available; compute effects over fewer images (data=, "
+            f"--data: a subset of the dataset) or for a layer with fewer units")
+
+
+def maxima_array(layer: str, images: int, units: int) -> np.ndarray:
+    """(images, units) float32, uninitialised: the image maxima, filled batch by batch (one copy,
+    not a list of batches concatenated), once `check_maxima_memory` let it."""
+    check_maxima_memory(layer, images, units)
+    return np.empty((images, units), dtype=np.float32)
 
 
 def _rows(n: int, step: int) -> Iterator[slice]:
@@ -163,6 +209,7 @@ def top_correlated(maxima: np.ndarray | torch.Tensor, m: int = 8, block_units: i
         corr[own, own + b.start] = float("nan")  # a unit is not its own partner
         unit[b], r[b] = _top(corr.cpu(), m)
     return Correlated(unit.numpy(), r.numpy(), {
-        "m": m, "images": int(x.shape[0]), "nonfinite": int((~valid).sum()), "constant_units": int(constant.sum()),
+        "m": m, "images": int(x.shape[0]), "nonfinite": valid.numel() - int(valid.sum()),  # no second (N, C) mask
+        "constant_units": int(constant.sum()),
         "block_units": block, "order": ORDER, "statistic": "Pearson r of per-image maxima over the images where "
         "both units' maxima are finite (pairwise)"})

@@ -4,15 +4,21 @@ Knows nothing about models: `add` takes activations, `merge` combines two states
 (workers, ranks), `state_dict`/`load_state_dict` save and resume. The heavy lifting is
 the compiled op `topk_update`. `TopK` is the mining pass's accumulator (accumulators.py)
 over every layer: one `RunningTopK` each, and the image maxima for the other statistics.
+
+The virtual softmax layer is ranked by each class's log-odds, not its float32 probability:
+past a margin of about 17 over the runner-up p rounds to exactly 1.0, every such image ties
+and the tie-break (smaller image index) would rank confident images in dataset order. Its
+values stay the probabilities torch.softmax gave (see `RunningTopK`).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from sketchmine.model.taps import SOFTMAX
 from sketchmine.stats import ops
 from sketchmine.store import schema
 
@@ -22,6 +28,38 @@ if TYPE_CHECKING:
 KEY = "topk"
 """The top-k's namespace in the checkpoint (RunStore.read_checkpoint_state(KEY))."""
 _PER_ENTRY = ("values", "index", "position")  # (C, k) per layer; nan_count is (C,)
+LOG_ODDS = "log_odds"
+"""State array: per layer 1 where its top-k ranks log-odds (`log_odds`), 0 where its values."""
+
+
+def log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """(N, C) float32 z_c = logit_c - logsumexp_{j != c} logit_j, so p_c = sigmoid(z_c): the
+    ranking key of the softmax layer, monotone in p, and still finite and apart where float32 p
+    is 1.0 or 0.0. logits (N, C), any float dtype; z is ±inf only where -inf logits make p 0 or 1.
+
+    Stable in float32: for a class other than the row's argmax the others' sum holds the
+    argmax's exp(0) = 1, so it is at least 1 and subtracting the class's own term loses nothing;
+    the argmax's own sum (tiny once confident) is taken over the others shifted by the runner-up.
+    """
+    x = logits.float()
+    if x.shape[1] < 2:
+        return torch.softmax(x, 1)  # one class: p = 1 for every image, nothing to tell apart
+    top, arg = x.topk(2, dim=1)
+    first, second, arg = top[:, :1], top[:, 1:], arg[:, :1]
+    e = torch.exp(x - first)
+    z = (x - first) - torch.log(e.sum(1, keepdim=True) - e)
+    others = torch.exp(x.scatter(1, arg, float("-inf")) - second).sum(1, keepdim=True)
+    z_top = torch.where(second == float("-inf"), float("inf"), (first - second) - torch.log(others))
+    return z.scatter(1, arg, z_top)
+
+
+def shown_values(values: np.ndarray, index: np.ndarray, position: np.ndarray, log_odds: bool) -> np.ndarray:
+    """(C, k) float32 values a reader shows for a state's entries: the ranked values, or for a
+    layer ranked by log-odds the probabilities its position slots hold (-inf in empty slots)."""
+    if not log_odds:
+        return values
+    shown = np.asarray(position).astype(np.int32).view(np.float32)
+    return np.where(np.asarray(index) < 0, np.float32(-np.inf), shown).astype(np.float32)
 
 
 class RunningTopK:
@@ -29,6 +67,11 @@ class RunningTopK:
 
     Entries are sorted best-first; empty slots have image index -1. `spatial` is the
     layer's grid (H, W), () for layers without one (FC, softmax).
+
+    A layer ranked by a key other than the value it shows (the softmax: log-odds, showing p)
+    has no grid, so its position slot, always 0 otherwise, holds the shown value's float32 bits:
+    the op, the merge and the checkpoint carry it with its entry, and p stays exactly what
+    torch.softmax gave (`shown_values` reads it back).
     """
 
     def __init__(self, channels: int, k: int, spatial: tuple[int, ...] = (),
@@ -40,6 +83,20 @@ class RunningTopK:
         """Merge a batch: acts (N, C, *spatial), image_index (N,) int64 global ids. Returns the
         (N, C) float32 image maxima it ranked (NaN: an all-NaN map), for the class statistics."""
         return ops.topk_update(acts, image_index, **self.state)
+
+    def add_keyed(self, key: torch.Tensor, shown: torch.Tensor, image_index: torch.Tensor) -> None:
+        """Merge a batch of a grid-less layer ranked by `key` (N, C) float32, NaN exactly where
+        `shown` (N, C) is NaN; each new entry keeps its shown value in its position slot."""
+        ops.topk_update(key, image_index, **self.state)
+        if not len(image_index):
+            return
+        order = torch.argsort(image_index)
+        ranked, idx = image_index[order], self.state["index"]
+        at = torch.searchsorted(ranked, idx).clamp_max(len(ranked) - 1)
+        new = (ranked[at] == idx) & (idx >= 0)  # entries of this batch (an image is in one batch)
+        chans = torch.arange(idx.shape[0], device=idx.device)[:, None]
+        bits = shown.float()[order[at], chans].view(torch.int32).long()
+        self.state["position"].copy_(torch.where(new, bits, self.state["position"]))
 
     def merge(self, other: RunningTopK) -> None:
         """Fold another state over disjoint images into this one (same tie-break)."""
@@ -89,19 +146,31 @@ class TopK:
     layer's batch and puts the (N, C) image maxima it computed on the batch, for the
     statistics after it (class statistics, moments).
 
-    State: all layers packed, one flat array per key (four checkpoint writes whatever the
+    State: all layers packed, one flat array per key (a few checkpoint writes whatever the
     depth): values, index, position (C*k per layer, in layer order), nan_count (C per layer),
-    channels (per layer, so a reader can unpack it, see `unpack`)."""
+    channels and log_odds (per layer, so a reader can unpack it, see `unpack`).
+
+    `log_odds`: the layers ranked by the log-odds of the batch's logits (`log_odds`) while the
+    statistics after it see the probabilities the layer was fed (the virtual softmax)."""
 
     key, title = KEY, "top-k"
 
     def __init__(self, layers: Sequence[tuple[str, int, tuple[int, ...]]], k: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", log_odds: Collection[str] = ()) -> None:
         self.k = k
         self.layers = {name: RunningTopK(c, k, spatial, device) for name, c, spatial in layers}
+        self.log_odds = [name in log_odds for name in self.layers]
+        self._keyed = {name for name in self.layers if name in log_odds}
 
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
-        batch.maxima[layer] = self.layers[layer].add(acts, batch.index)
+        if layer not in self._keyed:
+            batch.maxima[layer] = self.layers[layer].add(acts, batch.index)
+            return
+        if batch.logits is None:
+            raise RuntimeError(f"layer {layer!r} is ranked by the log-odds of the batch's logits, and it has none")
+        key = log_odds(batch.logits).masked_fill(torch.isnan(acts), float("nan"))  # NaN (counted) where p is
+        self.layers[layer].add_keyed(key, acts, batch.index)
+        batch.maxima[layer] = acts  # a grid-less layer's maxima are its values
 
     def end_batch(self, batch: Batch) -> None:
         return None
@@ -111,12 +180,18 @@ class TopK:
         out = {key: np.concatenate([p[key].numpy().ravel() for p in parts.values()])
                for key in (*_PER_ENTRY, "nan_count")}
         out["channels"] = np.array([s.channels for s in self.layers.values()], dtype=np.int64)
+        out[LOG_ODDS] = np.array(self.log_odds, dtype=np.int64)
         return out
 
     def restore(self, state: Mapping[str, np.ndarray]) -> None:
         channels = [s.channels for s in self.layers.values()]
         if list(np.asarray(state.get("channels", []))) != channels:
             raise ValueError(f"layer channels {list(state.get('channels', []))} are not the run's {channels}")
+        saved = _log_odds(state)
+        if saved != self.log_odds:  # a checkpoint from before the softmax was ranked by log-odds
+            names = ", ".join(repr(name) for name, a, b in zip(self.layers, saved, self.log_odds) if a != b)
+            raise ValueError(f"{names} ranked by {'log-odds' if any(saved) else 'probability'} there, "
+                             f"by {'log-odds' if any(self.log_odds) else 'probability'} now")
         for s, st in zip(self.layers.values(), unpack(state, list(self.layers)).values()):
             s.load_state_dict({key: torch.from_numpy(v) for key, v in st.items()})
 
@@ -128,18 +203,26 @@ class TopK:
         """layers/<name>/{values (C, k) float32, image_index (C, k) int64, yx (C, k, 2) int32,
         nan_count (C,) int64}."""
         arrays: dict[str, np.ndarray] = {}
-        for name, s in self.layers.items():
-            st = s.state_dict()
-            arrays.update({schema.layer_array(name, "values"): st["values"].numpy(),
-                           schema.layer_array(name, "image_index"): st["index"].numpy(),
+        for (name, s), keyed in zip(self.layers.items(), self.log_odds):
+            st = {key: t.numpy() for key, t in s.state_dict().items()}
+            arrays.update({schema.layer_array(name, "values"): shown_values(st["values"], st["index"],
+                                                                             st["position"], keyed),
+                           schema.layer_array(name, "image_index"): st["index"],
                            schema.layer_array(name, "yx"): s.yx().numpy(),
-                           schema.layer_array(name, "nan_count"): st["nan_count"].numpy()})
+                           schema.layer_array(name, "nan_count"): st["nan_count"]})
         return arrays
 
 
+def _log_odds(state: Mapping[str, np.ndarray]) -> list[bool]:
+    """Per layer whether the state ranks it by log-odds (a state from before: none)."""
+    saved = state.get(LOG_ODDS)
+    return [False] * len(state["channels"]) if saved is None else [bool(v) for v in np.asarray(saved)]
+
+
 def unpack(state: Mapping[str, np.ndarray], layers: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
-    """A `TopK.state()` as per-layer {values, index, position (C, k); nan_count (C,)} copies;
-    `layers` in the order of the run's layer_names. ValueError when the arrays do not fit."""
+    """A `TopK.state()` as per-layer {values, index, position (C, k); nan_count (C,)} copies,
+    plus `shown` (C, k): the values a reader shows (`shown_values`); `layers` in the order of
+    the run's layer_names. ValueError when the arrays do not fit."""
     channels = np.asarray(state["channels"], dtype=np.int64)
     if len(channels) != len(layers):
         raise ValueError(f"the top-k state holds {len(channels)} layers, the run {len(layers)}")
@@ -150,14 +233,16 @@ def unpack(state: Mapping[str, np.ndarray], layers: Sequence[str]) -> dict[str, 
                          f"do not fit {total} units")
     out: dict[str, dict[str, np.ndarray]] = {}
     at = 0
-    for name, c in zip(layers, channels.tolist()):
+    for name, c, keyed in zip(layers, channels.tolist(), _log_odds(state)):
         st = {key: np.asarray(state[key][at * k:(at + c) * k]).reshape(c, k).copy() for key in _PER_ENTRY}
         st["nan_count"] = np.asarray(state["nan_count"][at:at + c]).copy()
+        st["shown"] = shown_values(st["values"], st["index"], st["position"], keyed)
         out[name] = st
         at += c
     return out
 
 
 def accumulator(setup: Setup) -> TopK:
-    """The registry's factory (accumulators.REGISTRY): always present, first."""
-    return TopK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device)
+    """The registry's factory (accumulators.REGISTRY): always present, first; the virtual
+    softmax (the loop feeds it torch.softmax of the logits) ranked by log-odds."""
+    return TopK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device, {SOFTMAX})

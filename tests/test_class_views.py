@@ -1,0 +1,197 @@
+"""The class views say what their numbers can and cannot tell, on real runs of the demo model over
+the embedded data: top/bottom lists that cut through ties (every class of the output layer has
+count 9), classes of different sizes (raw top-k counts favour the larger), the selectivity
+median over the few units a pre-ReLU layer leaves, and class preference against class accuracy.
+References are numpy and scipy over the run's own top-k, labels and class means."""
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from rich.console import Console
+from scipy.stats import spearmanr
+
+import sketchmine
+from sketchmine.data import ArrayDataset
+from sketchmine.present import plots
+from sketchmine.present.console import compare_tables, preferences_table, unbiased_table
+from sketchmine.present.report import write_report
+from sketchmine.results.compare import compare
+
+N = 5
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, small_test_set):
+    """300 test images, 30 per class: the classes are the same size."""
+    return sketchmine.mine("demo", small_test_set, out=tmp_path_factory.mktemp("views") / "run.zarr", batch_size=100)
+
+
+@pytest.fixture(scope="module")
+def unbalanced(tmp_path_factory, demo_test_set):
+    """All 200 zebra test images and 20 of every other class."""
+    labels = demo_test_set.labels()
+    zebra = demo_test_set.class_names.index("zebra")
+    keep = np.sort(np.concatenate([np.nonzero(labels == c)[0][:200 if c == zebra else 20]
+                                   for c in range(len(demo_test_set.class_names))]))
+    ds = ArrayDataset(demo_test_set.images[keep], labels[keep], demo_test_set.class_names,
+                      demo_test_set.preprocessing, {**demo_test_set.describe(), "subset": "unbalanced"})
+    return sketchmine.mine("demo", ds, out=tmp_path_factory.mktemp("unbalanced") / "run.zarr", batch_size=100,
+                           layers=["features.6", "classifier.4", "classifier.6"])
+
+
+def _counts(run, layer: str) -> np.ndarray:
+    """The layer's class histogram from its top-k indices and the labels, in numpy."""
+    _, idx, _ = run.topk(layer)
+    return np.bincount(run.labels[idx[idx >= 0]], minlength=len(run.class_names))
+
+
+def _text(renderable) -> str:
+    buf = io.StringIO()
+    Console(file=buf, width=400).print(renderable)
+    return re.sub(r"\s+", " ", buf.getvalue())
+
+
+def _expected_cut(counts: np.ndarray, names: list[str], n: int, top: bool) -> tuple[int, list[str], bool]:
+    """(count at the cut, classes with that count left out in class order, all classes tie)."""
+    order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+    listed = order[:n] if top else order[-n:]
+    cut = int(counts[listed[-1] if top else listed[0]])
+    left = [names[c] for c in range(len(counts)) if counts[c] == cut and c not in listed]
+    return cut, left, bool((counts == counts[0]).all())
+
+
+def test_top_and_bottom_lists_say_the_ties_at_their_cut(run):
+    names, splits = run.class_names, 0
+    for layer in run.layers:
+        counts = _counts(run, layer)
+        for n in range(1, len(names)):
+            for top, frame in ((True, run.top_classes(layer, n)), (False, run.bottom_classes(layer, n))):
+                cut, left, all_tied = _expected_cut(counts, names, n, top)
+                assert (frame.attrs["cut_count"], frame.attrs["tied_out"], frame.attrs["all_tied"]) == (cut, left, all_tied)
+                splits += bool(left) and not all_tied
+    assert splits  # some cut of some layer splits a tie without all classes tying
+    top = run.top_classes("classifier.6", N)
+    assert (_counts(run, "classifier.6") == 9).all() and top.attrs["all_tied"] and top.attrs["cut_count"] == 9
+
+
+def test_console_plot_and_report_say_the_ties(run, tmp_path):
+    layer, n = _split_layer(run)
+    top = run.top_classes(layer, n)
+    words = f"+ {len(top.attrs['tied_out'])} more tied at {top.attrs['cut_count']}"
+    console = _text(preferences_table(run, n))
+    assert words in console
+    assert _text(preferences_table(run, N)).count("all 10 classes tied at 9") == 4  # classifier.6, softmax: top, bottom
+    fig = plots.summary_figure(run, n)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any(t.endswith(words) for t in texts)
+    assert sum(t == "all 10 classes tied at 9: no top or bottom classes" for t in plots.summary_figure(run).axes[0].texts
+               for t in [t.get_text()]) == 2
+    index = write_report(run, tmp_path / "report", images=False, montages=0).read_text()
+    cells = dict(re.findall(r'<td><a href="layers/[^"]+">([^<]+)</a></td><td>[^<]*</td><td>[^<]*</td><td>([^<]*)</td>', index))
+    assert cells["classifier.6"] == "all 10 classes tied at 9" and cells["softmax"] == "all 10 classes tied at 9"
+    counts, names = _counts(run, "features.6"), run.class_names
+    first = sorted(range(len(names)), key=lambda c: (-counts[c], c))[0]
+    assert cells["features.6"].startswith(f"{names[first]} {counts[first]}, ")  # with counts
+
+
+def _split_layer(run) -> tuple[str, int]:
+    """A layer and a list length whose top list cuts through a tie (not all classes tying)."""
+    for layer in run.layers:
+        for n in range(1, len(run.class_names)):
+            top = run.top_classes(layer, n)
+            if top.attrs["tied_out"] and not top.attrs["all_tied"]:
+                return layer, n
+    raise AssertionError("no cut splits a tie")
+
+
+def test_compare_jaccard_takes_the_tied_classes_and_is_undefined_when_all_tie(run):
+    cmp = compare(run, run, N)
+    rows = cmp.layers.set_index("layer_a")
+    assert np.isnan(rows.loc["classifier.6", "jaccard_top"]) and np.isnan(rows.loc["softmax", "jaccard_bottom"])
+    assert "all 10 classes tied" in _text(compare_tables(cmp)[1])
+    names = run.class_names
+
+    def tied_set(layer: str) -> set[str] | None:
+        counts = _counts(run, layer)
+        if (counts == counts[0]).all():
+            return None
+        cut = sorted(counts, reverse=True)[N - 1]
+        return {names[c] for c in range(len(names)) if counts[c] >= cut}
+
+    for a in run.layers:
+        for b in run.layers:
+            sa, sb = tied_set(a), tied_set(b)
+            want = np.nan if sa is None or sb is None else len(sa & sb) / len(sa | sb)
+            np.testing.assert_equal(cmp.jaccard.loc[a, b], want)
+
+
+def test_selectivity_median_says_over_how_many_units(run):
+    text = _text(unbiased_table(run, N))
+    for layer in run.layers:
+        mean, _ = run.class_stats(layer)
+        best = mean.max(axis=1)
+        rest = (mean.sum(axis=1) - best) / (mean.shape[1] - 1)
+        has = int(((best > 0) & (rest >= 0)).sum())
+        assert re.search(rf"{re.escape(layer)} .* over {has} of {mean.shape[0]} units", text), layer
+    assert "read before its ReLU" in text
+    fc = run.class_stats("classifier.1")[0]
+    assert (fc.min(axis=1) < 0).any()  # a pre-ReLU layer: some class means are negative
+
+
+def test_unbalanced_classes_per_image_counts_and_notes(unbalanced, run, tmp_path):
+    sizes = np.bincount(unbalanced.labels, minlength=10)
+    assert unbalanced.class_sizes().to_numpy().tolist() == sizes.tolist() == [20] * 9 + [200]
+    counts = _counts(unbalanced, "classifier.4")
+    np.testing.assert_allclose(unbalanced.class_histogram("classifier.4", per_image=True).to_numpy(), counts / sizes)
+    top = unbalanced.top_classes("classifier.4", 10)
+    np.testing.assert_allclose(top["per_image"].to_numpy(), top["count"].to_numpy() / sizes[
+        [unbalanced.class_names.index(c) for c in top.index]])
+    assert list(top.index) == [unbalanced.class_names[c] for c in sorted(range(10), key=lambda c: (-counts[c], c))]
+    note = "classes differ in size (20 to 200 labelled images)"
+    text = _text(preferences_table(unbalanced, N))
+    assert note in text and f"{top['per_image'].iloc[0]:.2f}/img" in text
+    assert note in plots.summary_figure(unbalanced).axes[0].get_title()
+    assert note in plots.histogram_figure(unbalanced, "features.6").axes[0].get_title()
+    index = write_report(unbalanced, tmp_path / "report", images=False, montages=0).read_text()
+    assert 'id="class-sizes"' in index and note in index
+    assert note not in _text(preferences_table(run, N))  # 30 images of every class: no note
+    assert "differ in size" not in plots.summary_figure(run).axes[0].get_title()
+
+
+def test_accuracy_correlation_by_both_measures(run, tmp_path):
+    acc = run.class_accuracy()["accuracy"].to_numpy()
+    sizes = np.bincount(run.labels, minlength=10)
+    got = run.accuracy_correlation()
+    assert list(got.index) == run.layers
+    for layer in run.layers:
+        rate = _counts(run, layer) / sizes
+        pref = run.class_preference(layer)["preference"].reindex(run.class_names).to_numpy()
+        row = got.loc[layer]
+        if np.ptp(rate) == 0:  # every class ties: no ranking
+            assert np.isnan(row["spearman_topk"])
+        else:
+            want = spearmanr(rate, acc)
+            assert row["spearman_topk"] == pytest.approx(want.statistic) and row["p_value_topk"] == pytest.approx(want.pvalue)
+        want = spearmanr(pref, acc)
+        assert row["spearman_preference"] == pytest.approx(want.statistic)
+        assert row["p_value_preference"] == pytest.approx(want.pvalue)
+        assert row["classes"] == 10
+    text = _text(unbiased_table(run, N))
+    assert "ρ acc top-k" in text and "ρ acc all" in text
+    assert f"{got.loc['features.6', 'spearman_preference']:+.3f}" in text
+    index = write_report(run, tmp_path / "report", images=False, montages=0).read_text()
+    assert "Class preference vs class accuracy" in index
+    assert f"<td>features.6</td><td>conv2d</td><td class=\"num\">{got.loc['features.6', 'spearman_topk']:.3f}</td>" in index
+
+
+def test_unit_card_says_its_classes_are_ranked_by_mean_maximum(run):
+    card = run.unit("features.6", 3)
+    classes = card.top_classes()
+    mean = run.class_stats("features.6")[0][3]
+    assert list(classes.index) == [run.class_names[c] for c in np.argsort(-mean, kind="stable")[:5]]
+    assert classes.attrs["ranked_by"] == "mean image maximum over all images"
+    assert f"top classes by mean image maximum over all images: {', '.join(classes.index)}" in repr(card)
+    assert "ranks a layer's classes by their count" in " ".join(type(card).__doc__.split())
