@@ -34,9 +34,11 @@ def sm(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.Co
 
 
 def one_line_error(proc: subprocess.CompletedProcess, pattern: str, code: int = 3) -> None:
-    """Exactly one stderr line, `sketchmine: error: …`, matching `pattern`; exit code 2 for a usage
-    error (argparse's, which points at --help), else `code` (3: input refused, 1: running failed)."""
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    """Exactly one stderr error line, `sketchmine: error: …`, matching `pattern` (notes said before it,
+    such as the class-name note of a folder named otherwise than the model's outputs, are no error);
+    exit code 2 for a usage error (argparse's, which points at --help), else `code` (3: input refused,
+    1: running failed)."""
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("note: ")]
     assert proc.returncode == (2 if lines and lines[-1].endswith("--help)") else code), proc.stderr + proc.stdout
     assert len(lines) == 1 and lines[0].startswith("sketchmine: error: "), proc.stderr
     assert re.search(pattern, lines[0]), lines[0]
