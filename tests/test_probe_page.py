@@ -17,6 +17,7 @@ import sketchmine
 from sketchmine.data import ArrayDataset
 from sketchmine.data.folder import ImageFolderDataset
 from sketchmine.data.preprocess import Preprocessing, preset
+from sketchmine.model.models import load_model
 from sketchmine.passes.probe import build_probe
 from sketchmine.present.report import write_report
 from tests.test_probe import browser, draw, open_page, ready, report, settled, subset, vendored  # noqa: F401 - fixtures
@@ -160,6 +161,16 @@ def test_a_run_without_logits_names_outputs_not_classes(tmp_path, browser, subse
     ready(page)
     assert page.inner_text("#preds-title") == "Model outputs (not the run's classes)"
     assert "logits=False" in page.inner_text(".note")
+    draw(page, [[(0.3, 0.3), (0.7, 0.7)]])
+    settled(page)
+    names = [row.split("\t")[0] for row in page.inner_text("#preds").splitlines()]
+    own = load_model("demo").categories  # the embedded model names its outputs: those, not the run's classes
+    assert own and names and set(names) <= set(own) and not set(names) & {"cup", "tree", "car"}
+    assert problems == []
+    module = load_model("demo").module  # a bare module names nothing: its outputs are numbered
+    index = write_report(run, tmp_path / "rep2", probe=build_probe(run, model=module))
+    page, problems = open_page(browser, (index.parent / "probe.html").as_uri())
+    ready(page)
     draw(page, [[(0.3, 0.3), (0.7, 0.7)]])
     settled(page)
     names = [row.split("\t")[0] for row in page.inner_text("#preds").splitlines()]
