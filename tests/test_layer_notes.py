@@ -122,3 +122,20 @@ def test_a_model_that_cannot_be_traced_is_mined_without_the_notes(tmp_path, smal
                           progress=notes)
     assert run.complete
     assert not [n for n in notes.said if "BatchNorm" in n or "never rose" in n], notes.said
+
+
+def test_mine_traces_the_model_once_for_fields_and_notes(tmp_path, small_test_set, monkeypatch):
+    """Receptive fields and the layer notes read one torch.fx graph per `mine` call; a later
+    call traces afresh (the caller may have changed the model in between)."""
+    from sketchmine.model import graph
+
+    calls: list[str] = []
+    real = graph.fx.symbolic_trace
+    monkeypatch.setattr(graph.fx, "symbolic_trace", lambda m, *a, **kw: calls.append(type(m).__name__) or real(m, *a, **kw))
+    model = load_model("demo").module
+    run = sketchmine.mine(model, small_test_set, out=tmp_path / "a.zarr", batch_size=100)
+    assert run.complete and run.layer_attrs("features.0")["receptive_field"]["size"] == [5, 5] and len(calls) == 1, calls
+    sketchmine.mine(model, small_test_set, out=tmp_path / "b.zarr", batch_size=100)
+    assert len(calls) == 2, calls
+    with pytest.raises(sketchmine.SketchmineError, match="cannot trace _Branchy"):
+        sketchmine.receptive_fields(_Branchy(), (1, 32, 32))

@@ -40,6 +40,7 @@ from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts
 from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
                                       recorded_weights)
 from sketchmine.model.forward import TorchForward, as_forward, layer_field, probe
+from sketchmine.model.graph import shared_traces
 from sketchmine.model.models import LoadedModel, is_model_path, load_model, preprocessing_for
 from sketchmine.model.modes import eval_mode, input_dtype, memory_format
 from sketchmine.model.pretrained import is_weights_name
@@ -263,7 +264,7 @@ def mine(
     forward.to(device)
     if compile:
         forward.compile = True
-    with eval_mode(net):  # as a trained model computes; each module's own flag back after, whatever happens
+    with eval_mode(net), shared_traces():  # eval: as a trained model computes (flags back after, whatever happens)
         first_index, first = _first_readable(ds)
         spec, num_classes = probe(forward, names, first[None].to(device), optional=layers is None)
         if len(spec) < len(names):
