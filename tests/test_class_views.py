@@ -195,3 +195,19 @@ def test_unit_card_says_its_classes_are_ranked_by_mean_maximum(run):
     assert classes.attrs["ranked_by"] == "mean image maximum over all images"
     assert f"top classes by mean image maximum over all images: {', '.join(classes.index)}" in repr(card)
     assert "ranks a layer's classes by their count" in " ".join(type(card).__doc__.split())
+
+
+def test_summary_json_says_the_ties_as_the_lists_do(run):
+    from sketchmine.present.json_out import summary_data
+
+    doc = summary_data(run, N)
+    for layer in doc["layers"]:
+        counts = _counts(run, layer["name"])
+        for key, top in (("top", True), ("bottom", False)):
+            _, left, all_tied = _expected_cut(counts, run.class_names, N, top)
+            assert layer[f"tied_{key}"] == left and layer["all_tied"] == all_tied, layer["name"]
+    by_name = {layer["name"]: layer for layer in doc["layers"]}
+    assert by_name["classifier.6"]["all_tied"] and len(by_name["classifier.6"]["tied_top"]) == 5
+    split, n = _split_layer(run)
+    layer = {layer["name"]: layer for layer in summary_data(run, n)["layers"]}[split]
+    assert layer["tied_top"] == list(run.top_classes(split, n).attrs["tied_out"]) != [] and not layer["all_tied"]

@@ -55,13 +55,16 @@ def summary_data(run: Run, n: int) -> dict[str, Any]:
     for name in run.layers:
         attrs = run.layer_attrs(name)
         values, idx, _ = run.topk(name)
-        top = run.top_classes(name, n)
+        top, bottom = run.top_classes(name, n), run.bottom_classes(name, n)
         layers.append({
             "name": name, "kind": attrs.get("kind"), "shape": list(attrs["shape"]), "units": attrs["shape"][0],
             "max_activation": values[idx >= 0].max() if (idx >= 0).any() else None,
             "nan_count": int(run.layer_array(name, "nan_count").sum()) if run.has_array(name, "nan_count") else 0,
             "top_classes": records(top, "class"),
-            "bottom_classes": records(run.bottom_classes(name, n), "class"),
+            "bottom_classes": records(bottom, "class"),
+            # the classes tied at each list's cut and left out (class order); every class tied: no order at all
+            "tied_top": list(top.attrs["tied_out"]), "tied_bottom": list(bottom.attrs["tied_out"]),
+            "all_tied": bool(top.attrs["all_tied"]),
             # top-k entries of unlabelled images, and classes without images: left out of both lists
             "unlabelled": top.attrs.get("unlabelled", 0), "no_images": list(top.attrs.get("no_images", [])),
         })
