@@ -18,7 +18,7 @@ from hypothesis.extra.numpy import arrays
 
 import sketchmine
 from sketchmine.errors import SketchmineError
-from sketchmine.results.distribution import estimate
+from sketchmine.results.distribution import estimate, estimate_bounds
 from sketchmine.stats import accumulators, bottomk, examples, histogram, ops, sketch, topk
 from tests.helpers import StopAfter, all_activations, store_arrays
 
@@ -163,6 +163,21 @@ def test_matches_brute_force_under_any_split_restore_and_merge(case):
     check_quantiles(got, maxima)
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_subnormal_maxima_get_a_bound_not_a_value(sign):
+    """Below 2^-126 (1.18e-38) the sketch's keys are linear (1e-44 and 1.5e-40 share one): such quantiles
+    say a bound, as those under the 16-octave floor do."""
+    x = sign * np.logspace(-44, -38.1, 200).astype(np.float32)
+    acts = np.repeat(x[:, None, None, None], 4, axis=2).reshape(200, 1, 2, 2)
+    acts = np.concatenate([acts, np.random.default_rng(0).normal(size=(200, 2, 2, 2)).astype(np.float32)], axis=1)
+    got = run(acts, np.arange(200, dtype=np.int64), [77])
+    best, pos, _ = ops.spatial_max_reference(torch.from_numpy(acts))
+    check_quantiles(got, best.masked_fill(pos < 0, float("nan")).numpy())
+    inner = estimate_bounds(got["sketch_counts"], got["sketch_top"], got["sketch_special"], got["hist_edges"],
+                            got["hist_counts"], got["max_range"], Q[1:-1])
+    assert inner.coarse[0].all() and not inner.coarse[1:].any()
+
+
 def check_examples_in_bins(picks: np.ndarray, edges: np.ndarray, x: np.ndarray, ids: np.ndarray) -> None:
     value = dict(zip(ids.tolist(), x.tolist()))
     for b in range(picks.shape[0]):
@@ -176,8 +191,9 @@ Q = np.array([0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0])
 
 def check_quantiles(got: dict[str, np.ndarray], maxima: np.ndarray) -> None:
     """The guarantee stated in distribution.quantiles, against numpy's method="lower"."""
-    est = estimate(got["sketch_counts"], got["sketch_top"], got["sketch_special"], got["hist_edges"],
-                   got["hist_counts"], got["max_range"], Q)
+    bounds = estimate_bounds(got["sketch_counts"], got["sketch_top"], got["sketch_special"], got["hist_edges"],
+                             got["hist_counts"], got["max_range"], Q)
+    est = bounds.values
     for c in range(maxima.shape[1]):
         xs = np.sort(maxima[:, c][~np.isnan(maxima[:, c])].astype(np.float64))
         if not len(xs):
@@ -193,10 +209,15 @@ def check_quantiles(got: dict[str, np.ndarray], maxima: np.ndarray) -> None:
                 continue
             edges = got["hist_edges"][c]
             b = min(int(np.searchsorted(edges, true, side="right")) - 1, 63)
-            assert edges[b] <= x <= edges[b + 1], (q, x, true, edges[b:b + 2])
+            assert edges[b] <= x < edges[b + 1], (q, x, true, edges[b:b + 2])  # inside the bin [lo, hi)
             same = fin[np.sign(fin) == np.sign(true)]
             if abs(true) >= 2.0 ** -126 and abs(true) >= 2.0 ** -15 * np.abs(same).max():
+                assert not bounds.coarse[c, qi]
+            if not bounds.coarse[c, qi]:  # no bound said: the 1/65 holds
                 assert abs(x - true) <= abs(true) * sketch.ALPHA * (1 + 1e-9), (q, x, true)
+            else:  # a bound said: it holds (equal only to the exact maximum / minimum it is tightened by)
+                bound, hi = bounds.bound[c, qi], (xs[-1] if true > 0 else xs[0])
+                assert (0 < true < bound or true == bound == hi) if true > 0 else (bound < true < 0 or true == bound == hi)
 
 
 def test_state_of_another_width_is_refused():

@@ -1,4 +1,5 @@
-"""How a unit reads as text: infinite values print as inf / -inf (None in JSON, which has none),
+"""How a unit reads as text: infinite values print as inf / -inf (in --json too: "inf" strings,
+as null says "no value"), quantiles print whole at 80 columns,
 a layer without a recorded receptive field says so (not "the whole image"), and a unit card's
 repr lists its top images' classes as such. Real test images; the overflowing model is the demo
 model's first conv with one infinite weight (its nan_to_num also keeps the graph analysis from
@@ -6,6 +7,8 @@ recording receptive fields: a conv layer without one)."""
 from __future__ import annotations
 
 import io
+import json
+import re
 
 import pytest
 import torch
@@ -59,6 +62,26 @@ def test_infinities_print_as_inf(runs):
     line = next(x for x in _text(hot.path, "conv", u).splitlines() if "max activation" in x)
     assert line.split()[-2] == sign                                      # "│ max activation │ inf │"
     assert all(v == sign for v in d["quantiles"]["values"][-2:])      # the top quantiles too
+
+
+def test_unit_json_tells_infinity_from_no_value(runs, capsys):
+    hot, _ = runs
+    print_unit(hot.path, "conv", 0, Console(file=io.StringIO()), as_json=True)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["max"] == "inf" and doc["top"][0]["value"] == "inf" and doc["quantiles"]["values"][-1] == "inf"
+    assert doc["quantiles"]["values"][0] is not None
+
+
+def test_quantiles_print_whole_at_80_columns(runs):
+    hot, _ = runs
+    u = 1
+    d = LayerSummary(hot, "conv").unit(u, infinities=True)
+    out = io.StringIO()
+    print_unit(hot.path, "conv", u, Console(file=out, width=80))
+    rows = dict(re.findall(r"│\s+([0-9.]+) %\s+│\s+(\S+)\s+│", out.getvalue()))
+    assert len(rows) == len(d["quantiles"]["q"]) and "…" not in "".join(rows.values())
+    for q, v in zip(d["quantiles"]["q"], d["quantiles"]["values"]):
+        assert float(rows[f"{q * 100:g}"]) == pytest.approx(v, rel=1e-3)
 
 
 def test_no_receptive_field_recorded_is_said_so(runs):

@@ -67,13 +67,15 @@ def images_table(title: str, entries: list[dict[str, Any]]) -> Table:
 def distribution_table(d: dict[str, Any]) -> Table:
     """Quantiles of the unit's image maxima."""
     q = d["quantiles"]
-    t = Table(title="quantiles of the image maxima")
-    for p in q["q"]:
-        t.add_column(f"q{p * 100:g}", justify="right")
+    t = Table(title="quantiles of the image maxima")  # one row per quantile: nine columns cut exponents at 80 columns
+    t.add_column("quantile", justify="right")
+    t.add_column("value", justify="right", no_wrap=True)
     bounds = q.get("bound") or [None] * len(q["values"])
-    t.add_row(*[_f(v) if b is None else (f"< {_f(b)}" if b > 0 else f"> {_f(b)}") for v, b in zip(q["values"], bounds)])
+    for p, v, b in zip(q["q"], q["values"], bounds):
+        t.add_row(f"{p * 100:g} %", _f(v) if b is None else (f"< {_f(b)}" if b > 0 else f"> {_f(b)}"))
     if any(b is not None for b in bounds):  # the sketch keeps 16 octaves below the maximum
-        t.caption = ("< b / > b: below the sketch's resolution (16 octaves under the largest value of that sign) "
+        t.caption = ("< b / > b: below the sketch's resolution (16 octaves under the largest value of that sign, or a "
+                     "float32 subnormal) "
                      "only the bound is known, not the value")
     return t
 
@@ -127,8 +129,8 @@ def correlated_table(d: dict[str, Any]) -> Table:
 def print_unit(run_path: str | os.PathLike, layer: str, unit: int, console: Console, as_json: bool = False) -> None:
     """Print one unit's dashboard (tables, or one JSON object on stdout)."""
     summary = LayerSummary(open_run(run_path), layer)
-    if as_json:  # JSON has no infinities: null, as for NaN
-        print_json(summary.unit(unit))
+    if as_json:  # JSON has no infinities: "inf" / "-inf", as the report's data (null says "no value")
+        print_json(summary.unit(unit, infinities=True))
         return
     d = summary.unit(unit, infinities=True)
     console.print(overview_table(d))

@@ -86,11 +86,12 @@ class QuantileBounds(NamedTuple):
 
     values  (C, Q) float64: the estimates (`quantiles`).
     coarse  (C, Q) bool: x_r lies in the lowest bucket of its sign, where the sketch collapses
-            every magnitude below its floor: the estimate is no 1/65-accurate value there, only
-            the bound below holds (never set at q's exact ends, 0 or ±inf).
+            every magnitude below its floor, or among float32 subnormals (|x| < 2^-126, where
+            the buckets are linear): the estimate is no 1/65-accurate value there, only the
+            bound below holds (never set at q's exact ends, 0 or ±inf).
     bound   (C, Q) float64 where coarse (NaN elsewhere): 0 < x_r < bound for a positive x_r,
-            bound < x_r < 0 for a negative one (the floor tightened by the exact histogram bin
-            and the exact min / max).
+            bound < x_r < 0 for a negative one (the upper edge of x_r's bucket, the floor for
+            the lowest, tightened by the exact histogram bin and the exact min / max).
     floor   (C, 2) float64 per sign [negative, positive]: the magnitude below which the sketch
             keeps no resolution (the upper edge of its lowest bucket); 0 where no value can be
             collapsed (the sign's magnitudes span under 16 octaves) or the sign has no value."""
@@ -144,7 +145,8 @@ def estimate_bounds(counts: np.ndarray, top: np.ndarray, special: np.ndarray, ed
     val = np.take_along_axis(reps, hold, 1)
     hb = _holding(hist, r)
     bin_lo, bin_hi = np.take_along_axis(edges, hb, 1), np.take_along_axis(edges, hb + 1, 1)
-    val = np.clip(val, bin_lo, bin_hi)
+    # a bin is [lo, hi): x_r is below hi (the last bin's +inf edge takes +inf maxima)
+    val = np.clip(val, bin_lo, np.where(np.isinf(bin_hi), bin_hi, np.nextafter(bin_hi, -np.inf)))
     lo, hi = bounds[:, :1].astype(np.float64), bounds[:, 1:].astype(np.float64)
     val = np.clip(val, lo, hi)
     ends = (r == 0) | (r == (n - 1)[:, None])
@@ -152,11 +154,20 @@ def estimate_bounds(counts: np.ndarray, top: np.ndarray, special: np.ndarray, ed
     floor = resolution_floor(top)
     neg_low, pos_low = sketch.BUCKETS, sketch.BUCKETS + 2  # the lowest bucket of each sign in `ordered`
     has = (n > 0)[:, None]
-    coarse = has & ~ends & (((hold == neg_low) & (floor[:, :1] > 0)) | ((hold == pos_low) & (floor[:, 1:] > 0)))
+    positive = (hold >= pos_low) & (hold < pos_low + sketch.BUCKETS)
+    negative = (hold >= 1) & (hold <= neg_low)
+    # the held bucket's key, and the magnitude its bucket ends at (its upper edge, read off the bits)
+    key = np.where(positive, top[:, 1:] - (sketch.BUCKETS - 1) + (hold - pos_low),
+                   top[:, :1] - (sketch.BUCKETS - 1) + (neg_low - hold)).astype(np.int64)
+    edge = ((np.clip(key, 0, None) + 1) << sketch.SHIFT).astype(np.uint32).view(np.float32).astype(np.float64)
+    collapsed = ((hold == neg_low) & (floor[:, :1] > 0)) | ((hold == pos_low) & (floor[:, 1:] > 0))
+    # below 2^-126 (float32 subnormals) the keys are linear, not 32 per octave: no 1/65 there either
+    subnormal = (positive | negative) & (key < 1 << sketch.SUB_BITS)
+    coarse = has & ~ends & (collapsed | subnormal)
     with np.errstate(invalid="ignore"):
-        pos_bound = np.minimum(np.minimum(floor[:, 1:], bin_hi), hi)
-        neg_bound = np.maximum(np.maximum(-floor[:, :1], bin_lo), lo)
-    bound = np.where(coarse, np.where(hold == pos_low, pos_bound, neg_bound), np.nan)
+        pos_bound = np.minimum(np.minimum(edge, bin_hi), hi)
+        neg_bound = np.maximum(np.maximum(-edge, bin_lo), lo)
+    bound = np.where(coarse, np.where(positive, pos_bound, neg_bound), np.nan)
     return QuantileBounds(np.where(has, val, np.nan), coarse, bound, floor)
 
 

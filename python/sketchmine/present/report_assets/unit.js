@@ -240,7 +240,8 @@
     }
     if (d.quantiles && (d.quantiles.bound || []).some(function (b) { return b !== null; })) {
       var coarse = el("p", "note", "\u201c< b\u201d: that quantile lies below the quantile sketch's resolution " +
-        "(about 2^-15 of the unit's largest value of that sign; docs/analysis.md): it is between 0 and b, closer it cannot say");
+        "(about 2^-15 of the unit's largest value of that sign, or a float32 subnormal; docs/analysis.md): it is between 0 and b, " +
+        "closer it cannot say");
       coarse.id = "coarse-quantiles";
       top.appendChild(coarse);
     }
