@@ -157,6 +157,13 @@ def test_unbalanced_classes_per_image_counts_and_notes(unbalanced, run, tmp_path
     assert note in plots.histogram_figure(unbalanced, "features.6").axes[0].get_title()
     index = write_report(unbalanced, tmp_path / "report", images=False, montages=0).read_text()
     assert 'id="class-sizes"' in index and note in index
+    page = next((tmp_path / "report" / "layers").glob("*classifier.4*.html")).read_text()
+    cells = re.findall(r"<tr><td>([^<]+)</td><td[^>]*>(\d+)</td><td[^>]*>[^<]*</td><td[^>]*>(\d+)</td><td[^>]*>([0-9.]+)</td></tr>", page)
+    assert note in page and [c for c, *_ in cells] == list(top.index)  # the layer page: class sizes and per image
+    for c, count, size, per_image in cells:
+        assert int(size) == sizes[unbalanced.class_names.index(c)] and float(per_image) == pytest.approx(int(count) / int(size), abs=5e-4)
+    balanced = write_report(run, tmp_path / "balanced", images=False, montages=0).parent / "layers"
+    assert "count per image" not in next(balanced.glob("*features.6*.html")).read_text()
     assert note not in _text(preferences_table(run, N))  # 30 images of every class: no note
     assert "differ in size" not in plots.summary_figure(run).axes[0].get_title()
 
@@ -211,3 +218,17 @@ def test_summary_json_says_the_ties_as_the_lists_do(run):
     split, n = _split_layer(run)
     layer = {layer["name"]: layer for layer in summary_data(run, n)["layers"]}[split]
     assert layer["tied_top"] == list(run.top_classes(split, n).attrs["tied_out"]) != [] and not layer["all_tied"]
+
+
+def test_console_class_lists_never_round_to_all(run):
+    """summary's class cells printed 2000 of 2001 right as "100.0"; they say accuracy as every
+    other view does (results/numbers.percent), and a unit card numbers its ranks from 1."""
+    from sketchmine.present.console import _classes_cell
+
+    top = run.top_classes("features.6", 2)
+    top["accuracy"] = [2000 / 2001, 1.0]
+    cell = _classes_cell(top)
+    assert "(99.95)" in cell and "(100)" in cell and "100.0" not in cell
+    card = run.unit("features.6", 0)._repr_html_()
+    ranks = re.findall(r"<tr><td>(\d+)</td>", card)
+    assert ranks == [str(r) for r in range(1, run.k + 1)]

@@ -74,6 +74,21 @@ def test_xarray_reads_the_positions_as_data_not_as_a_coordinate(mined):
         assert "yx" in flat.data_vars and flat["yx"].dims == ("unit", "rank", "axis")
 
 
+def test_xarray_opens_a_run_with_its_example_pictures(tmp_path, mined, small_test_set, demo_model):
+    """bin_pictures hold bins × examples entries per unit (136), not k: their own dimension, or
+    xarray's DataTree refuses the run as "not aligned with its parents"."""
+    xr = pytest.importorskip("xarray")
+    run = tmp_path / "pictured.zarr"
+    shutil.copytree(mined, run)
+    sketchmine.visualize(sketchmine.open_run(run), layers=["features.3"], examples="all", data=small_test_set,
+                         model=demo_model.module)
+    tree = xr.open_datatree(str(run), engine="zarr", consolidated=False)
+    bins = tree["layers/features.3/bin_pictures"].to_dataset()
+    assert bins["patches"].dims[:2] == ("unit", "bin_entry") and bins.sizes["bin_entry"] == 17 * 8
+    bottom = tree["layers/features.3/bottom_pictures"].to_dataset()
+    assert bottom["patches"].dims[:2] == ("unit", "rank") and bottom.sizes["rank"] == 3
+
+
 def test_a_run_written_with_the_old_yx_axis_name_reads_as_before(tmp_path, mined):
     old = tmp_path / "old.zarr"
     shutil.copytree(mined, old)

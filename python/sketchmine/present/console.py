@@ -144,7 +144,7 @@ def _classes_cell(df: pd.DataFrame, per_image: bool = False) -> str:
         return ties
 
     def extra(r: pd.Series) -> str:
-        shown = ([] if np.isnan(r["accuracy"]) else [f"{r['accuracy'] * 100:.1f}"]) + ([f"{r['per_image']:.2f}/img"] if per_image else [])
+        shown = ([] if np.isnan(r["accuracy"]) else [percent(r["accuracy"], 1)]) + ([f"{r['per_image']:.2f}/img"] if per_image else [])
         return f" ({'; '.join(shown)})" if shown else ""
 
     listed = ", ".join(f"{safe(cls)} {int(r['count'])}{extra(r)}" for cls, r in df.iterrows())

@@ -37,6 +37,7 @@ from sketchmine.present.report_unit import MONTAGES, unit_pages
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis
 from sketchmine.results.run import Run, open_run
+from sketchmine.results.summaries import size_note
 
 __all__ = ["PAGE_SIZE", "MARKER", "write_report", "check_report_dir", "dataset_words", "layer_ids"]
 
@@ -114,13 +115,17 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
         parts.append(f'<p class="partial">PARTIAL run: {run.images_done} images mined so far</p>')
     try:
         ranked = run.top_classes(name, len(run.class_names))
-        rows = [[e(str(c)), str(int(r["count"])), _pct(r["accuracy"])] for c, r in ranked.iterrows()]
+        sizes = run.class_sizes()
+        unequal = size_note(sizes) is not None  # raw counts favour larger classes: their sizes and the fair count beside
+        rows = [[e(str(c)), str(int(r["count"])), _pct(r["accuracy"])]
+                + ([str(int(sizes[c])), f"{r['per_image']:.3f}"] if unequal else []) for c, r in ranked.iterrows()]
         left = int(ranked.attrs.get("unlabelled", 0))
         parts.append(f'<h2>Classes among the top-{run.k} images</h2>'
                      f'<img class="plot" src="../hist/{lid}.png" alt="class histogram">'
                      + (f'<p class="note" id="unlabelled-entries">{left} top-k entr{"y is an image" if left == 1 else "ies are images"} '
-                        "without a label: left out of these counts</p>" if left else "")
-                     + _table(["class", "count", "accuracy %"], rows, {1, 2}))
+                        "without a label: left out of these counts</p>" if left else "") + size_html(run)
+                     + _table(["class", "count", "accuracy %"] + (["images", "count per image"] if unequal else []),
+                              rows, {1, 2, 3, 4}))
     except SketchmineError as exc:
         parts.append(f'<p class="note">{e(str(exc))}</p>')
     if stats:

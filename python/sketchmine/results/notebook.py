@@ -165,7 +165,7 @@ class UnitCard:
                          f"{esc(str(self.run.path))} --layers {esc(self.layer)}</code> (or "
                          f"<code>sketchmine.visualize(run, [{esc(repr(self.layer))}])</code>) to add its patches "
                          "and deconvolutions</i></div>")
-        rows = "".join(f"<tr><td>{r}</td><td>{row['value']:.4g}</td><td>{'?' if pd.isna(row['class']) else esc(str(row['class']))}</td>"
+        rows = "".join(f"<tr><td>{r + 1}</td><td>{row['value']:.4g}</td><td>{'?' if pd.isna(row['class']) else esc(str(row['class']))}</td>"
                        f"<td style='text-align:left'>{esc(str(row['path']))}</td></tr>"
                        for r, row in self.top.iterrows())
         parts.append(f"<table><caption>top-{self.run.k} images</caption><thead><tr><th>rank</th><th>value</th>"

@@ -205,6 +205,12 @@ RESULT_DIMENSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+GROUP_DIMENSIONS: dict[str, dict[str, str]] = {"bin_pictures": {"rank": "bin_entry"}}
+"""Picture groups whose arrays are laid out as the top-k's (by array name above) but along
+another entry axis: layers/<name>/bin_pictures/* hold bins × examples entries per unit, not k.
+xarray's DataTree requires a dimension shared with a parent group to have the parent's size."""
+
+
 def dimension_names(path: str, ndim: int) -> tuple[str, ...]:
     """The axis names stored with the array at `path` (relative to the run's root). Every array
     gets names, so a generic Zarr v3 reader (xarray) can open the whole run: an array not
@@ -212,7 +218,10 @@ def dimension_names(path: str, ndim: int) -> tuple[str, ...]:
     parent, _, name = path.rpartition("/")
     dims = DIMENSIONS.get(path)
     if dims is None and path.startswith(f"{LAYERS}/"):
-        dims = RESULT_DIMENSIONS.get(parent.rpartition("/")[2]) or LAYER_DIMENSIONS.get(name)
+        group = parent.rpartition("/")[2]
+        dims = RESULT_DIMENSIONS.get(group) or LAYER_DIMENSIONS.get(name)
+        if dims is not None and group in GROUP_DIMENSIONS:
+            dims = tuple(GROUP_DIMENSIONS[group].get(d, d) for d in dims)
     if dims is None or len(dims) != ndim:
         return tuple(f"{name}_{i}" for i in range(ndim))
     return dims
