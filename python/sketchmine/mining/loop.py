@@ -26,7 +26,7 @@ from sketchmine.mining import allocator, distributed, memory
 from sketchmine.mining.options import LoadOptions, SpeedOptions
 from sketchmine.mining.prefetch import prepared
 from sketchmine.model.forward import Forward, Layer
-from sketchmine.model.taps import SOFTMAX
+from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
 from sketchmine.progress import Progress
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import class_counts
@@ -116,6 +116,7 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
                   # the classes of the labels: the dataset's names, else the model's output width
                   len(ds.class_names) or int(store.attrs.get("num_classes") or 0),
                   tuple(getattr(pre, "mean", ()) or ()), tuple(getattr(pre, "std", ()) or ()),
+                  log_odds=frozenset(l.name for l in spec if l.attrs.get("ranked_by") == RANKED_BY_INPUT),
                   distributions=bool(store.attrs.get("distributions", False)))
     accs = accumulators.build(setup)
     _restore(store, accs)
@@ -141,10 +142,13 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
         for acc in accs:  # the top-k first: it puts the image maxima on the batch
             acc.update(name, t, current[0])
 
+    def on_fed(name: str, logits: torch.Tensor) -> None:  # a softmax module's input: its top-k ranks their log-odds
+        current[0].fed[name] = logits
+
     interval = load.batch_size * flush_every  # rows between two flushes (this rank's)
     pending = _Pending(done, min(interval, max(n - done, 0)))
     batches = 0
-    with torch.inference_mode(), forward.open([l.name for l in spec], on_output) as run_batch, \
+    with torch.inference_mode(), forward.open([l.name for l in spec], on_output, on_fed) as run_batch, \
             _plain_worker_errors(), _FlushWriter(speed.overlap_flushes) as writer, \
             memory.guard(device, load.batch_size), \
             allocator.kept_freed_memory_on(device):

@@ -51,7 +51,8 @@ class Forward(Protocol):
     def fields(self, sample: tuple[int, ...], progress: Progress) -> dict[str, Any]: ...
     def shapes(self, layers: list[str], x: torch.Tensor
                ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]: ...
-    def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]
+    def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None],
+             on_fed: Callable[[str, torch.Tensor], None] | None = None
              ) -> AbstractContextManager[Callable[[torch.Tensor], torch.Tensor]]: ...
 
 

@@ -100,13 +100,14 @@ class TorchForward:
         return shapes, out, taps.layouts
 
     @contextlib.contextmanager
-    def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):
+    def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None],
+             on_fed: Callable[[str, torch.Tensor], None] | None = None):
         dtype = input_dtype(self.net)  # a half model takes half input; batches come as float32
         if self.compile:
-            with self._open_compiled(layers, on_output) as run:
+            with self._open_compiled(layers, on_output, on_fed) as run:
                 yield lambda x: run(_floating(x).to(dtype))
             return
-        with Taps(self.net, layers, on_output, self.layouts):  # the taps' hooks first: the stop comes after them
+        with Taps(self.net, layers, on_output, self.layouts, on_fed):  # the taps' hooks first: the stop comes after them
             if self.stop_after is None:
                 yield lambda x: first_tensor(self.net(_floating(x).to(dtype)))
                 return
@@ -114,7 +115,8 @@ class TorchForward:
                 yield lambda x: run(_floating(x).to(dtype))
 
     @contextlib.contextmanager
-    def _open_compiled(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None]):
+    def _open_compiled(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None],
+                       on_fed: Callable[[str, torch.Tensor], None] | None = None):
         """compile=True: the whole forward, taps included, as one torch.compile graph.
 
         torch.compile traces forward hooks into the graph; traced, the top-k bookkeeping
@@ -129,7 +131,7 @@ class TorchForward:
         from torch._dynamo.exc import BackendCompilerFailed
         from torch._inductor.exc import InductorError
 
-        captured: list[tuple[str, torch.Tensor]] = []
+        captured: list[tuple[str, torch.Tensor, bool]] = []  # (layer, tensor, whether it is a softmax's input)
         net = torch.compile(self.net, dynamic=False)  # static shapes: a shorter last batch compiles once more
 
         def run(x: torch.Tensor) -> torch.Tensor | None:
@@ -140,11 +142,15 @@ class TorchForward:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise SketchmineFailure(f"torch.compile failed: {first[:300]}; on CPU it needs a C++ compiler (g++ "
                                       "or clang), on CUDA Triton. Mine without --compile (compile=False)") from None
-            for name, t in captured:
-                on_output(name, t)
+            for name, t, fed in captured:
+                if not fed:
+                    on_output(name, t)
+                elif on_fed is not None:
+                    on_fed(name, t)
             return out if self.stop_after is None else None
 
-        with Taps(self.net, layers, lambda name, t: captured.append((name, t.clone()))) as taps, \
+        with Taps(self.net, layers, lambda name, t: captured.append((name, t.clone(), False)), None,
+                  lambda name, t: captured.append((name, t.clone(), True))) as taps, \
                 torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
             taps.layouts.update(self.layouts)  # as after a first batch: the second does not recompile
             yield run

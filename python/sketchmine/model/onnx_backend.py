@@ -263,9 +263,10 @@ class OnnxModel:
         return shapes, torch.from_numpy(np.asarray(arrays[0])), layouts
 
     @contextlib.contextmanager
-    def open(self, layers: Sequence[str],
-             on_output: Callable[[str, torch.Tensor], None]) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-        """The forward callable: one session run per batch, every tapped tensor to `on_output`."""
+    def open(self, layers: Sequence[str], on_output: Callable[[str, torch.Tensor], None],
+             on_fed: Callable[[str, torch.Tensor], None] | None = None) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+        """The forward callable: one session run per batch, every tapped tensor to `on_output`.
+        `on_fed` is never called: a graph's Softmax node is ranked by its output (docs/mining.md)."""
         tensors, at = self._plan(layers)
         run, device = self._runner(tensors), self.device
 

@@ -103,6 +103,20 @@ def layer_kind(model: nn.Module, name: str) -> str:
     return type(module).__name__.lower() + ("_cell" if target != name else "")
 
 
+RANKED_BY_INPUT = "log-odds of its input"
+"""The `ranked_by` attribute of a layer that is an nn.Softmax / nn.LogSoftmax over the units of
+(N, units) logits: float32 p reaches 1.0 (log p 0.0) past a logit margin of about 17, so its
+top-k ranks the log-odds of the logits it was fed (stats/topk.log_odds), as the virtual softmax
+ranks the model's logits; its stored values stay the module's output."""
+
+
+def softmax_over_units(module: nn.Module, fed: Any) -> bool:
+    """Whether `module` normalises the units of its (N, units) input `fed` (dim 1, -1, or None,
+    which torch takes as 1 for a 2-D input)."""
+    return (isinstance(module, (nn.Softmax, nn.LogSoftmax)) and isinstance(fed, torch.Tensor) and fed.ndim == 2
+            and module.dim in (None, 1, -1))
+
+
 def tapped_element(name: str, module: nn.Module, output: Any, cell: bool = False) -> torch.Tensor:
     """The tensor a tap reads from a module's output, in the module's own layout."""
     first = output[0] if isinstance(output, (tuple, list)) else output
@@ -190,7 +204,8 @@ class Taps:
 
     The callback runs inside the forward hook, before any in-place op that follows the
     module (an in-place ReLU) can change the tensor. `layouts[name]` holds the attributes
-    describing how each layer was read, once it has been called.
+    describing how each layer was read, once it has been called. `on_fed(name, logits)`, when
+    given, runs before the callback for a softmax over units (RANKED_BY_INPUT) with its input.
     """
 
     def __init__(
@@ -199,8 +214,10 @@ class Taps:
         layers: Sequence[str],
         callback: Callable[[str, torch.Tensor], None],
         known: Mapping[str, Mapping[str, Any]] | None = None,
+        on_fed: Callable[[str, torch.Tensor], None] | None = None,
     ) -> None:
         self.model = model
+        self.on_fed = on_fed
         self.layers = [n for n in layers if n != SOFTMAX]
         self.callback = callback
         self.known = dict(known or {})
@@ -238,12 +255,17 @@ class Taps:
                     f"layer {target!r} is called more than once per forward pass, so one tap would mix its "
                     f"calls{extra}; tap the modules around it instead (e.g. the conv or the block output)")
             self._called.add(target)
+            fed = inputs[0] if inputs else None
             for name in names:
                 cell = name != target
                 t = tapped_element(name, module, output, cell)
                 t, info = to_units(name, module, t, self._batch, cell, self.known.get(name) or self.layouts.get(name))
                 if isinstance(output, (tuple, list)) and not cell and "tapped" not in info:
                     info = {**info, "tapped": "output[0]"}
+                if not cell and isinstance(fed, torch.Tensor) and softmax_over_units(module, fed):
+                    info = {**info, "ranked_by": RANKED_BY_INPUT}
+                    if self.on_fed is not None:
+                        self.on_fed(name, fed)
                 self.layouts.setdefault(name, info)
                 self.callback(name, t)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sketchmine.errors import SketchmineError
-from sketchmine.stats import accumulators, bottomk, examples, histogram, moments, sketch
+from sketchmine.stats import accumulators, bottomk, examples, histogram, moments, sketch, topk
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
@@ -48,7 +48,8 @@ def _read(run: Run, layer: str, key: str, names: Sequence[str], what: str) -> li
         raise SketchmineError(f"run {run.path} has no {what} for layer {layer!r} yet: nothing flushed, or {again}")
     shapes = {l: run.layer_shape(l) for l in run.layers}
     specs = tuple(accumulators.LayerSpec(l, s[0], tuple(s[1:])) for l, s in shapes.items())
-    acc = _FACTORIES[key](accumulators.Setup(specs, run.k, torch.device("cpu"), distributions=True))
+    keyed = topk.keyed_layers(state, list(shapes)) if "channels" in state else frozenset()  # as it was ranked
+    acc = _FACTORIES[key](accumulators.Setup(specs, run.k, torch.device("cpu"), log_odds=keyed, distributions=True))
     try:
         acc.restore(state)
     except (ValueError, KeyError) as exc:

@@ -50,6 +50,9 @@ class Setup:
     num_classes: int = 0
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    log_odds: frozenset[str] = frozenset()
+    """Layers the top-k ranks by the log-odds of logits (the virtual softmax: the batch's; a softmax
+    module: the input it was fed, `Batch.fed`) rather than by their values (topk.py)."""
     distributions: bool = False
     """Keep each unit's whole distribution (histogram, quantile sketch, examples per bin, bottom-k). mine's
     default is on (compiled kernels, a few % of the forward); False here is what runs mined before record."""
@@ -71,6 +74,8 @@ class Batch:
     x: torch.Tensor
     logits: torch.Tensor | None = None
     maxima: dict[str, torch.Tensor] = field(default_factory=dict)
+    fed: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per softmax-module layer the logits it was fed this batch (taps.RANKED_BY_INPUT)."""
 
     def maxima_of(self, layer: str) -> torch.Tensor:
         """(N, C) image maxima of `layer` in this batch; the top-k must have seen it first."""

@@ -5,7 +5,9 @@ the order reversed: smaller maximum first, ties to the smaller image index, NaN 
 map) never ranked. The op's positions refer to the (N, C) input, so the position of each new
 entry's maximum in its map is found afterwards: the first position holding the maximum, as
 the top-k records it. An accumulator under the key "bottomk" (state, restore and merge are
-the top-k's). Final arrays per layer, mirroring the top-k's values / image_index / yx:
+the top-k's). A softmax layer is ranked by least log-odds (as the top-k ranks it by most: float32
+p is 0.0 for every image past a logit gap of ~104, and would tie), showing p. Final arrays per
+layer, mirroring the top-k's values / image_index / yx:
 
     layers/<name>/bottom_values      (C, k) float32   the maxima, least first (+inf: empty slot)
     layers/<name>/bottom_image_index (C, k) int64     -1: empty slot (fewer than k images)
@@ -19,7 +21,8 @@ import numpy as np
 import torch
 
 from sketchmine.stats import ops
-from sketchmine.stats.topk import TopK
+from sketchmine.model.taps import SOFTMAX
+from sketchmine.stats.topk import TopK, log_odds, shown_values
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
@@ -42,6 +45,13 @@ class BottomK(TopK):
     key, title = KEY, "bottom-k"
 
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
+        if layer in self._keyed:  # a softmax: least log-odds first (float32 p is 0.0 for many images)
+            logits = batch.fed.get(layer, batch.logits)
+            if logits is None:
+                raise RuntimeError(f"layer {layer!r} is ranked by the log-odds of the logits it was fed, and it has none")
+            self.layers[layer].add_keyed((-log_odds(logits)).masked_fill(torch.isnan(acts), float("nan")), acts,
+                                         batch.index)
+            return
         maxima = batch.maxima_of(layer)
         if not ops.compiled_here(maxima) or acts.dtype != torch.float32 or not len(maxima):
             return self.update_reference(layer, acts, maxima, batch.index)
@@ -67,9 +77,12 @@ class BottomK(TopK):
 
     def results(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}
-        for name, s in self.layers.items():
+        for (name, s), keyed in zip(self.layers.items(), self.log_odds):
             st = s.state_dict()
-            arrays.update({schema.layer_array(name, "bottom_values"): (-st["values"]).numpy(),
+            shown = (-st["values"]).numpy() if not keyed else np.where(
+                st["index"].numpy() < 0, np.float32(np.inf),
+                shown_values(st["values"].numpy(), st["index"].numpy(), st["position"].numpy(), True))
+            arrays.update({schema.layer_array(name, "bottom_values"): shown,
                            schema.layer_array(name, "bottom_image_index"): st["index"].numpy(),
                            schema.layer_array(name, "bottom_yx"): s.yx().numpy()})
         return arrays
@@ -79,4 +92,5 @@ def accumulator(setup: Setup) -> BottomK | None:
     """The registry's factory: passes that asked for distributions (Setup.distributions)."""
     if not setup.distributions:
         return None
-    return BottomK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device)
+    return BottomK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device,
+                   {SOFTMAX, *setup.log_odds})

@@ -166,9 +166,10 @@ class TopK:
         if layer not in self._keyed:
             batch.maxima[layer] = self.layers[layer].add(acts, batch.index)
             return
-        if batch.logits is None:
-            raise RuntimeError(f"layer {layer!r} is ranked by the log-odds of the batch's logits, and it has none")
-        key = log_odds(batch.logits).masked_fill(torch.isnan(acts), float("nan"))  # NaN (counted) where p is
+        logits = batch.fed.get(layer, batch.logits)  # a softmax module's own input, else the model's output
+        if logits is None:
+            raise RuntimeError(f"layer {layer!r} is ranked by the log-odds of the logits it was fed, and it has none")
+        key = log_odds(logits).masked_fill(torch.isnan(acts), float("nan"))  # NaN (counted) where p is
         self.layers[layer].add_keyed(key, acts, batch.index)
         batch.maxima[layer] = acts  # a grid-less layer's maxima are its values
 
@@ -213,6 +214,11 @@ class TopK:
         return arrays
 
 
+def keyed_layers(state: Mapping[str, np.ndarray], layers: Sequence[str]) -> frozenset[str]:
+    """The layers a saved top-k (or bottom-k) state ranks by log-odds (`layers`: the run's order)."""
+    return frozenset(name for name, keyed in zip(layers, _log_odds(state)) if keyed)
+
+
 def _log_odds(state: Mapping[str, np.ndarray]) -> list[bool]:
     """Per layer whether the state ranks it by log-odds (a state from before: none)."""
     saved = state.get(LOG_ODDS)
@@ -244,5 +250,6 @@ def unpack(state: Mapping[str, np.ndarray], layers: Sequence[str]) -> dict[str, 
 
 def accumulator(setup: Setup) -> TopK:
     """The registry's factory (accumulators.REGISTRY): always present, first; the virtual
-    softmax (the loop feeds it torch.softmax of the logits) ranked by log-odds."""
-    return TopK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device, {SOFTMAX})
+    softmax (the loop feeds it torch.softmax of the logits) and `setup.log_odds` ranked by log-odds."""
+    return TopK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device,
+                {SOFTMAX, *setup.log_odds})
