@@ -92,3 +92,24 @@ def test_a_checkpoint_records_its_class_names(demo_model, demo_test_set, tmp_pat
                 "--out", str(tmp_path / "cli.zarr"))
     assert result.returncode != 0 and "is the model's output 1" in result.stderr, result.stderr
 
+
+
+def test_a_name_the_model_repeats_is_at_any_of_its_positions(demo_model, data, tmp_path):
+    """ImageNet's word lists name two classes "crane": a dataset with the same repeated name at
+    the same positions is in the model's order; a class moved off every position is refused."""
+    from sketchmine.mining.checks import check_classes
+
+    model = ["crane", "dog", "crane", "cat"]
+    check_classes(4, model, ["crane", "dog", "crane", "kitty"], Notes())  # no class out of place
+    with pytest.raises(SketchmineError, match="class 0 of the dataset, 'dog', is the model's output 1"):
+        check_classes(4, model, ["dog", "crane", "cat", "crane"], Notes())
+    # a dataset naming two classes alike mines, and its per-class views line up by position
+    names = list(data.class_names)
+    names[1] = names[3] = "animal"  # a name the model does not use: scored by position, as said
+    twice = ArrayDataset(data.images, data.labels(), names, data.preprocessing, {**data.describe(), "names": "twice"})
+    run = sketchmine.mine("demo", twice, out=tmp_path / "twice.zarr", batch_size=40, layers=["features.0", "classifier.6"])
+    table = run.accuracy_correlation()
+    same = sketchmine.mine("demo", data, out=tmp_path / "once.zarr", batch_size=40, layers=["features.0", "classifier.6"])
+    pd_testing = pytest.importorskip("pandas").testing
+    pd_testing.assert_frame_equal(table, same.accuracy_correlation())
+    pd_testing.assert_frame_equal(run.ink_correlation(), same.ink_correlation())

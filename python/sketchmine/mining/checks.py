@@ -49,8 +49,10 @@ def check_classes(num_classes: int | None, categories: list[str] | None, class_n
                               "predictions")
     if not categories or len(categories) != num_classes or list(categories) == list(class_names):
         return
-    output = {name: i for i, name in enumerate(categories)}
-    moved = [(i, name, output[name]) for i, name in enumerate(class_names) if output.get(name, i) != i]
+    output: dict[str, list[int]] = {}  # a name may repeat (ImageNet's two "crane"s): each of its positions
+    for i, name in enumerate(categories):
+        output.setdefault(name, []).append(i)
+    moved = [(i, name, output[name][0]) for i, name in enumerate(class_names) if i not in output.get(name, [i])]
     if moved:
         i, name, j = moved[0]
         raise SketchmineError(

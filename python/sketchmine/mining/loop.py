@@ -142,13 +142,11 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
         for acc in accs:  # the top-k first: it puts the image maxima on the batch
             acc.update(name, t, current[0])
 
-    def on_fed(name: str, logits: torch.Tensor) -> None:  # a softmax module's input: its top-k ranks their log-odds
-        current[0].fed[name] = logits
-
     interval = load.batch_size * flush_every  # rows between two flushes (this rank's)
     pending = _Pending(done, min(interval, max(n - done, 0)))
     batches = 0
-    with torch.inference_mode(), forward.open([l.name for l in spec], on_output, on_fed) as run_batch, \
+    with torch.inference_mode(), forward.open([l.name for l in spec], on_output,  # + a softmax module's input logits
+                                                  lambda name, z: current[0].fed.update({name: z})) as run_batch, \
             _plain_worker_errors(), _FlushWriter(speed.overlap_flushes) as writer, \
             memory.guard(device, load.batch_size), \
             allocator.kept_freed_memory_on(device):

@@ -345,13 +345,13 @@ class Run(UnitViews, Precision):
     def ink_correlation(self) -> pd.DataFrame:
         """Per layer: Spearman correlation between the layer's unbiased class preference and the
         classes' ink density (the seed's "conv layers prefer classes of high stroke density")."""
-        ink = self.ink_density()
+        ink = self.ink_density().to_numpy()
         rows = []
         for layer in self.layers:
-            pref = self.class_preference(layer)["preference"].reindex(ink.index)
-            rho, p = summaries.spearman(pref.to_numpy(), ink.to_numpy())
+            pref = self._preference_in_class_order(layer)
+            rho, p = summaries.spearman(pref, ink)
             rows.append({"layer": layer, "kind": self.layer_attrs(layer).get("kind", ""),
-                         "spearman": rho, "p_value": p, "classes": int(np.isfinite(pref.to_numpy()).sum())})
+                         "spearman": rho, "p_value": p, "classes": int(np.isfinite(pref).sum())})
         return summaries.layer_table(rows, partial=not self.complete)
 
     def accuracy_correlation(self) -> pd.DataFrame:
@@ -360,14 +360,20 @@ class Run(UnitViews, Precision):
         order when classes are the same size), columns *_topk, and over all images
         (`class_preference`; NaN without class statistics), *_preference. Does a layer prefer
         the classes the network classifies well? A run without predictions is refused."""
-        acc, stats = self.class_accuracy()["accuracy"], self.has_class_stats()
+        acc, stats = self.class_accuracy()["accuracy"].to_numpy(), self.has_class_stats()
         rows = []
         for layer in self.layers:
-            topk = self.class_histogram(layer, per_image=True).reindex(acc.index).to_numpy()
-            pref = self.class_preference(layer)["preference"].reindex(acc.index).to_numpy() if stats else topk * np.nan
+            topk = self.class_histogram(layer, per_image=True).to_numpy()  # class order, as acc
+            pref = self._preference_in_class_order(layer) if stats else topk * np.nan
             rows.append({"layer": layer, "kind": self.layer_attrs(layer).get("kind", ""),
-                         **summaries.rank_correlations({"topk": topk, "preference": pref}, acc.to_numpy())})
+                         **summaries.rank_correlations({"topk": topk, "preference": pref}, acc)})
         return summaries.layer_table(rows, partial=not self.complete)
+
+    def _preference_in_class_order(self, layer: str) -> np.ndarray:
+        """(K,) `class_preference` by class number (NaN: no images): two classes may share a name."""
+        mean, count = self.class_stats(layer)
+        k = [str(c) for c in range(mean.shape[1])]
+        return summaries.preference(mean, np.full(len(k), np.nan), k, count)["preference"].reindex(k).to_numpy()
 
     def has_class_stats(self) -> bool:
         """True when the unbiased statistics can be read (final arrays or a partial checkpoint)."""
