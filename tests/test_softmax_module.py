@@ -111,3 +111,18 @@ def test_a_softmax_module_survives_resume_and_reads_partially(tmp_path, demo_mod
     run = sketchmine.mine(model, small_test_set, out=out, **kwargs)
     for a, b in zip(run.topk("prob") + run.bottomk("prob"), ref.topk("prob") + ref.bottomk("prob")):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_onnx_softmax_node_ranks_by_the_log_odds_of_its_input(tmp_path, demo_model, small_test_set):
+    pytest.importorskip("onnxruntime")
+    from tests.test_onnx import export
+
+    model = Prob(demo_model.module).eval()
+    path = export(model, tmp_path / "prob.onnx")
+    run = sketchmine.mine(str(path), small_test_set, out=tmp_path / "run.zarr", batch_size=64, distributions=True)
+    prob = next(l for l in run.layers if run.layer_attrs(l).get("kind") == "softmax" and l != "softmax")
+    assert run.layer_attrs(prob)["ranked_by"] == RANKED_BY_INPUT, run.layers
+    logits = _reference(model, small_test_set)
+    p = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    _check(*run.topk(prob)[:2], log_odds64(logits), p)
+    _check(*run.bottomk(prob)[:2], log_odds64(logits), p, least=True)

@@ -28,7 +28,7 @@ import torch
 from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, register_backend, weights_hasher
 from sketchmine.model.onnx_names import SLASH, GraphNames
-from sketchmine.model.taps import SOFTMAX
+from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
 
 
 
@@ -227,26 +227,32 @@ class OnnxModel:
 
         return run
 
-    def _plan(self, layers: Sequence[str]) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
-        """Tensors to fetch (logits first, each once) and the position of every tapped layer's."""
+    def _plan(self, layers: Sequence[str]) -> tuple[tuple[str, ...], list[tuple[str, int]], dict[str, int]]:
+        """Tensors to fetch (logits first, each once), the position of every tapped layer's, and
+        of the input of each layer a Softmax / LogSoftmax node makes (its logits: `fed`)."""
         tensors = [self.logits_name]
         at: list[tuple[str, int]] = []
+        fed: dict[str, int] = {}
         for layer in layers:
             if layer == SOFTMAX:
                 continue
             t = self.tensor(layer)
             if t is None:
                 raise self._unknown(layer)
-            if t not in tensors:
-                tensors.append(t)
+            node = _softmax_node(self.names.producer.get(t))
+            for name in [t, *(node.input[:1] if node is not None else [])]:
+                if name not in tensors:
+                    tensors.append(name)
             at.append((layer, tensors.index(t)))
-        return tuple(tensors), at
+            if node is not None:
+                fed[layer] = tensors.index(node.input[0])
+        return tuple(tensors), at, fed
 
     def shapes(self, layers: Sequence[str], x: torch.Tensor
                ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]:
         """Per-layer output shapes (without the batch dim), the logits, and per-layer store
         attributes (the tensor each layer reads), from one real run."""
-        tensors, at = self._plan(layers)
+        tensors, at, fed = self._plan(layers)
         arrays = self._runner(tensors)(x)
         shapes: dict[str, tuple[int, ...]] = {}
         for layer, i in at:
@@ -259,24 +265,38 @@ class OnnxModel:
                                       "image: its first dimension is not the batch, so its positions cannot be "
                                       "credited to images; mine the tensors before or after it")
             shapes[layer] = tuple(a.shape[1:])
-        layouts = {layer: {"onnx_tensor": tensors[i]} for layer, i in at}
+        layouts: dict[str, dict[str, Any]] = {layer: {"onnx_tensor": tensors[i]} for layer, i in at}
+        for layer, i in fed.items():  # a softmax over the units of (N, units) logits: ranked by their log-odds
+            if arrays[i].ndim == 2 and arrays[i].shape == arrays[dict(at)[layer]].shape:
+                layouts[layer]["ranked_by"] = RANKED_BY_INPUT
         return shapes, torch.from_numpy(np.asarray(arrays[0])), layouts
 
     @contextlib.contextmanager
     def open(self, layers: Sequence[str], on_output: Callable[[str, torch.Tensor], None],
              on_fed: Callable[[str, torch.Tensor], None] | None = None) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-        """The forward callable: one session run per batch, every tapped tensor to `on_output`.
-        `on_fed` is never called: a graph's Softmax node is ranked by its output (docs/mining.md)."""
-        tensors, at = self._plan(layers)
+        """The forward callable: one session run per batch, every tapped tensor to `on_output`,
+        and the logits a Softmax node is fed to `on_fed` before its output."""
+        tensors, at, fed = self._plan(layers)
         run, device = self._runner(tensors), self.device
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             arrays = run(x)
             for layer, i in at:
+                if on_fed is not None and layer in fed and arrays[fed[layer]].ndim == 2:
+                    on_fed(layer, torch.from_numpy(arrays[fed[layer]]).to(device, non_blocking=True))
                 on_output(layer, torch.from_numpy(arrays[i]).to(device, non_blocking=True))
             return torch.from_numpy(arrays[0]).to(device, non_blocking=True)
 
         yield forward
+
+
+def _softmax_node(node: Any) -> Any:
+    """`node` when it is a Softmax / LogSoftmax over the last axis (on (N, units) logits: the units;
+    an axis 0 normalises over the batch), else None."""
+    if node is None or node.op_type not in ("Softmax", "LogSoftmax"):
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    return node if axis in (1, -1) else None
 
 
 register_backend(OnnxModel, lambda model: model)  # an OnnxModel is its own Forward
