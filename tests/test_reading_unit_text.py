@@ -70,6 +70,9 @@ def test_unit_json_tells_infinity_from_no_value(runs, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["max"] == "inf" and doc["top"][0]["value"] == "inf" and doc["quantiles"]["values"][-1] == "inf"
     assert doc["quantiles"]["values"][0] is not None
+    from sketchmine.present.json_out import summary_data
+
+    assert summary_data(hot, 3)["layers"][0]["max_activation"] == "inf"
 
 
 def test_quantiles_print_whole_at_80_columns(runs):

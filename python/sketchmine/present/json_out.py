@@ -50,15 +50,18 @@ def summary_data(run: Run, n: int) -> dict[str, Any]:
     forward options recorded), its accuracy, per layer its units, best activation and the `n`
     most and least frequent classes among the top-k images."""
     from sketchmine.errors import SketchmineError
+    from sketchmine.results.unit_summary import infinite
 
     layers = []
     for name in run.layers:
         attrs = run.layer_attrs(name)
         values, idx, _ = run.topk(name)
         top, bottom = run.top_classes(name, n), run.bottom_classes(name, n)
+        peak = float(values[idx >= 0].max()) if (idx >= 0).any() else None
+        best = infinite(peak) if peak is not None and math.isinf(peak) else peak  # "inf" as `unit --json`; null: none
         layers.append({
             "name": name, "kind": attrs.get("kind"), "shape": list(attrs["shape"]), "units": attrs["shape"][0],
-            "max_activation": values[idx >= 0].max() if (idx >= 0).any() else None,
+            "max_activation": best,
             "nan_count": int(run.layer_array(name, "nan_count").sum()) if run.has_array(name, "nan_count") else 0,
             "top_classes": records(top, "class"),
             "bottom_classes": records(bottom, "class"),
