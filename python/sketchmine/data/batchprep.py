@@ -68,7 +68,7 @@ class NativeSamples(Dataset):
         label = int(self.labels[i])
         try:
             if self.jpeg_bytes and self.ds.path(i).lower().endswith(JPEG):
-                data = (self.ds.root / self.ds.path(i)).read_bytes()  # type: ignore[union-attr]
+                data = self.ds.file_bytes(i)  # type: ignore[union-attr]
                 orientation = header_orientation(data)
                 note = JPEG_NOTE if orientation == 1 else f"{JPEG_NOTE}:{orientation}"
                 return i, torch.frombuffer(bytearray(data), dtype=torch.uint8), label, note

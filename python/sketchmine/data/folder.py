@@ -155,9 +155,25 @@ class ImageFolderDataset(MinerDataset):
         """sha256 over every sample's relative path, label and content hash (blake2b of the
         file's bytes, see `content_hashes`): an image rewritten in place is another dataset."""
         h = hashlib.sha256(b"image_folder/content-v1\n")
-        for (rel, label), digest in zip(self.samples, content_hashes(self.root, [r for r, _ in self.samples])):
+        digests = content_hashes(self.root, [r for r, _ in self.samples])
+        for (rel, label), digest in zip(self.samples, digests):
             h.update(f"{rel}\0{label}\0{digest}\n".encode("utf-8", "surrogateescape"))
+        # 16 bytes an image (20 MB for ImageNet) to check each file as it is read: `file_bytes`
+        self._digests = np.array([bytes.fromhex(d) if len(d) == 32 else bytes(16) for d in digests], dtype="S16")
         return h.hexdigest()
+
+    def file_bytes(self, i: int) -> bytes:
+        """Image i's file, read once; once `fingerprint` has hashed the folder (a run records it),
+        checked against that hash: an image replaced while it is mined would be mined as its new
+        content under the old fingerprint (raises READ_ERRORS, or SketchmineError when changed)."""
+        rel = self.samples[i][0]
+        data = (self.root / rel).read_bytes()
+        digests = getattr(self, "_digests", None)
+        if digests is not None and hashlib.blake2b(data, digest_size=16).digest() != digests[i].ljust(16, b"\0"):
+            raise SketchmineError(f"image {self.root / rel} changed after the run began (its bytes differ from those the "
+                                  "run's dataset fingerprint was made of): put it back as it was and re-run to resume, "
+                                  "or mine the folder as it is now into a new --out")
+        return data
 
     def load_pil(self, i: int):
         """The image as an 8-bit PIL image, "L" for grey files and "RGB" for the others (alpha
@@ -165,7 +181,8 @@ class ImageFolderDataset(MinerDataset):
         stored (channels, bit depth, an EXIF orientation not applied: `imagefile.read_image`;
         raises READ_ERRORS). The channel conversion itself is `convert_channels`', as for
         arrays: one grey conversion for every route."""
-        return read_image(self.root / self.samples[i][0], "L" if self.preprocessing.channels == 1 else "RGB")
+        return read_image(self.root / self.samples[i][0], "L" if self.preprocessing.channels == 1 else "RGB",
+                          self.file_bytes(i))
 
     def image_array(self, i: int) -> tuple[np.ndarray, str]:
         """The image as uint8 (H, W) or (H, W, C) at its own size, and a note (raises

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -39,12 +40,29 @@ high, L low, A high, A low). Premultiplied "RGBa;16" is not among them: its unpa
 the alpha's high byte."""
 
 
-def read_image(path: str | os.PathLike, mode: str) -> tuple[Image.Image, str]:
+class _Named(io.BytesIO):
+    """A file's bytes read once, shown as the file's path in PIL's errors ("cannot identify
+    image file '/data/x.png'", as when PIL opens the path itself)."""
+
+    def __init__(self, data: bytes, path: str | os.PathLike) -> None:
+        super().__init__(data)
+        self.path = os.fspath(path)
+
+    def __repr__(self) -> str:
+        return repr(self.path)
+
+
+def _source(path: str | os.PathLike, data: bytes | None) -> Any:
+    return path if data is None else _Named(data, path)
+
+
+def read_image(path: str | os.PathLike, mode: str, data: bytes | None = None) -> tuple[Image.Image, str]:
     """The file as an 8-bit PIL image, "L" for grey files and "RGB" for the others, and its
     note (`conversion_note`) against the model's `mode` ("L" or "RGB"); raises READ_ERRORS
     (a ValueError for a drawing held in the alpha channel). PIL's decompression-bomb limit
-    (`Image.MAX_IMAGE_PIXELS`) applies at `Image.open`."""
-    with Image.open(path) as im:
+    (`Image.MAX_IMAGE_PIXELS`) applies at `Image.open`. `data`: the file's bytes, already read
+    (and checked: folder.ImageFolderDataset.file_bytes), decoded instead of reading `path`."""
+    with Image.open(_source(path, data)) as im:
         wide = _wide_rawmode(im)
         tiles = list(im.tile)
         im.load()
@@ -52,7 +70,7 @@ def read_image(path: str | os.PathLike, mode: str) -> tuple[Image.Image, str]:
         if wide is not None:
             stored = "LA;16" if wide == "LA;16B" else f"{im.mode};16"
             if wide in _LOW_BYTE:
-                im = _full_depth(path, tiles, wide, im)
+                im = _full_depth(_source(path, data), tiles, wide, im)
         elif im.mode == "RGB" and tiles and tiles[0].codec_name == "ppm" and _maxval(tiles[0]) > 255:
             stored = "RGB;16"  # PIL scales a 16-bit PPM by its maxval itself: the same rule
         im = _to_8bit(im)
@@ -128,7 +146,7 @@ def _maxval(tile: object) -> int:
     return int(args[1]) if isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], int) else 255
 
 
-def _full_depth(path: str | os.PathLike, tiles: list, rawmode: str, high: Image.Image) -> Image.Image:
+def _full_depth(path: Any, tiles: list, rawmode: str, high: Image.Image) -> Image.Image:
     """16-bit colour samples scaled by the one 16-bit rule, rint(v * 255 / 65535), as grey
     16-bit files are (PIL alone keeps each sample's high byte, up to one level off): the same
     tiles decoded again with the unpacker that keeps the low byte."""
