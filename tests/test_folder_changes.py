@@ -61,3 +61,14 @@ def test_a_file_read_without_a_fingerprint_is_not_checked(tmp_path, demo_test_se
     assert (ds.image_array(0)[0] != before).any()
     ds.fingerprint()
     assert ds.file_bytes(0) == (folder / ds.path(0)).read_bytes()
+
+
+def test_a_file_rewritten_with_its_own_bytes_mines_on(tmp_path, demo_test_set):
+    """A new stamp (mtime, ctime) with the same content: the bytes decide, and they are the same."""
+    folder = image_folder(demo_test_set, tmp_path / "images", per_class=3)
+    ref = sketchmine.mine("demo", folder, out=tmp_path / "ref.zarr", batch_size=10, layers=["features.0"])
+    target = folder / ImageFolderDataset(folder, preset("none", 1, 28)).path(25)
+    run = sketchmine.mine("demo", folder, out=tmp_path / "run.zarr", batch_size=10, layers=["features.0"],
+                          progress=ReplaceAfterFirstBatch(target, target))
+    assert run.complete
+    assert_same_store(ref.path, run.path)

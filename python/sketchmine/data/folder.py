@@ -155,21 +155,25 @@ class ImageFolderDataset(MinerDataset):
         """sha256 over every sample's relative path, label and content hash (blake2b of the
         file's bytes, see `content_hashes`): an image rewritten in place is another dataset."""
         h = hashlib.sha256(b"image_folder/content-v1\n")
-        digests = content_hashes(self.root, [r for r, _ in self.samples])
+        stamps: list[list[int]] = []
+        digests = content_hashes(self.root, [r for r, _ in self.samples], stamps)
         for (rel, label), digest in zip(self.samples, digests):
             h.update(f"{rel}\0{label}\0{digest}\n".encode("utf-8", "surrogateescape"))
-        # 16 bytes an image (20 MB for ImageNet) to check each file as it is read: `file_bytes`
+        # 48 bytes an image (60 MB for ImageNet) to check each file as it is read: `file_bytes`
         self._digests = np.array([bytes.fromhex(d) if len(d) == 32 else bytes(16) for d in digests], dtype="S16")
+        self._stamps = np.array(stamps, dtype=np.int64).reshape(len(stamps), 4)
         return h.hexdigest()
 
     def file_bytes(self, i: int) -> bytes:
-        """Image i's file, read once; once `fingerprint` has hashed the folder (a run records it),
-        checked against that hash: an image replaced while it is mined would be mined as its new
-        content under the old fingerprint (raises READ_ERRORS, or SketchmineError when changed)."""
-        rel = self.samples[i][0]
-        data = (self.root / rel).read_bytes()
+        """Image i's file, read once; after `fingerprint`, checked against it (its stamp, else its
+        hash): a file replaced mid-run would be mined as new content under the old fingerprint."""
+        with open(self.root / self.samples[i][0], "rb") as f:
+            before, data, after = _stamp(os.fstat(f.fileno())), f.read(), _stamp(os.fstat(f.fileno()))
         digests = getattr(self, "_digests", None)
-        if digests is not None and hashlib.blake2b(data, digest_size=16).digest() != digests[i].ljust(16, b"\0"):
+        if digests is None or before == after == self._stamps[i].tolist():  # as hashed (the hash cache's own rule)
+            return data
+        if hashlib.blake2b(data, digest_size=16).digest() != digests[i].ljust(16, b"\0"):  # touched, or changed?
+            rel = self.samples[i][0]
             raise SketchmineError(f"image {self.root / rel} changed after the run began (its bytes differ from those the "
                                   "run's dataset fingerprint was made of): put it back as it was and re-run to resume, "
                                   "or mine the folder as it is now into a new --out")
@@ -212,7 +216,12 @@ _HASH_CACHE: dict[str, dict[str, list[Any]]] = {}
 """Per dataset root (absolute): relative path → [size, mtime_ns, ctime_ns, inode, digest]."""
 
 
-def content_hashes(root: str | os.PathLike, rels: list[str]) -> list[str]:
+def _stamp(st: os.stat_result) -> list[int]:
+    """A file unchanged since hashed keeps these: size, mtime, ctime (no os.utime restores it), inode."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def content_hashes(root: str | os.PathLike, rels: list[str], stamps: list[list[int]] | None = None) -> list[str]:
     """blake2b-128 (hex) of the bytes of each file root/rel: what an ImageFolder fingerprint is made of.
 
     Hashed once per file and cached by (size, mtime_ns, ctime_ns, inode): in memory for the
@@ -223,9 +232,9 @@ def content_hashes(root: str | os.PathLike, rels: list[str]) -> list[str]:
     (the pass then reports the file itself). Cost on the 2,000-image Animal-Shape export
     (28×28 PNGs; two busy cores): 0.2-0.4 s uncached, 20-80 ms cached, against 10-40 ms for
     the names-and-sizes fingerprint it replaces; uncached, it reads every byte once (a large
-    dataset's first `mine` pays about one extra read of its files)."""
-    root = Path(root).resolve()
-    key = str(root)
+    dataset's first `mine` pays about one extra read of its files). `stamps`, when given, gets
+    each file's `_stamp` (-1s for a missing one)."""
+    key = str(Path(root).resolve())
     name = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
     cache_file = cache_dir() / "fingerprints" / f"{name}.json"
     cache = _HASH_CACHE.get(key)
@@ -240,11 +249,14 @@ def content_hashes(root: str | os.PathLike, rels: list[str]) -> list[str]:
     for rel in rels:
         path = os.path.join(key, rel)
         try:
-            st = os.stat(path)
+            stamp = _stamp(os.stat(path))
         except OSError:
+            stamp = None
+        if stamps is not None:
+            stamps.append(stamp or [-1] * 4)
+        if stamp is None:
             out.append("missing")
             continue
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         hit = cache.get(rel)
         if isinstance(hit, list) and len(hit) == 5 and hit[:4] == stamp:
             out.append(hit[4])
