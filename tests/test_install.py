@@ -179,3 +179,14 @@ def test_onnxruntime_missing_names_the_extra_too(monkeypatch, tmp_path):
         check_onnx_packages()
     with pytest.raises(SketchmineError, match=r"onnxruntime is missing\): pip install 'sketchmine\[onnx\]'"):
         load_onnx(tmp_path / "model.onnx")
+
+
+def test_report_data_shows_undecodable_names_as_the_pages_do():
+    """A path a C locale decoded into lone surrogates: escaped in the dashboards' JSON, a browser
+    showed each byte as a replacement character; `names.printable` gives the pages' text."""
+    import json
+
+    from sketchmine.present.report_data import to_js
+
+    assert json.loads(to_js({"path": ["r\udcc3\udcbc/\udcff.png", "\U0001F400 <b>"]})) == \
+        {"path": ["rü/\\xff.png", "\U0001F400 <b>"]}

@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from sketchmine.errors import SketchmineError
+from sketchmine.names import printable
 from sketchmine.results.numbers import percent  # noqa: F401  (report.py, plots.py and montage.py take it from here)
 from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
@@ -36,8 +37,23 @@ def layer_ids(run: Run) -> dict[str, str]:
 
 
 def to_js(obj: Any) -> str:
-    """JSON safe inside a <script> (no '<')."""
-    return json.dumps(obj, ensure_ascii=True, allow_nan=False).replace("<", "\\u003c")
+    """JSON safe inside a <script> (no '<'). A path that a non-UTF-8 locale decoded into lone
+    surrogates (escaped "\\udcNN": a browser shows each as a replacement character) is written
+    as `names.printable` gives it, as the pages' HTML does."""
+    text = json.dumps(obj, ensure_ascii=True, allow_nan=False)
+    if "\\udc" in text:  # rare: redo with every string made printable
+        text = json.dumps(_printable_texts(obj), ensure_ascii=True, allow_nan=False)
+    return text.replace("<", "\\u003c")
+
+
+def _printable_texts(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return printable(obj)
+    if isinstance(obj, dict):
+        return {_printable_texts(k): _printable_texts(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_printable_texts(v) for v in obj]
+    return obj
 
 
 def save_png(arr: np.ndarray, path: Path) -> None:
