@@ -169,27 +169,12 @@ def _quiet_after_failure() -> None:
     or failed (the other chunk writes of the same call); at exit asyncio would print each with
     a traceback. The one-line error already said what happened: the pending tasks are awaited
     (their exceptions retrieved) on zarr's loop, and asyncio's logger is silenced for the exit."""
-    import asyncio
     import logging
 
+    from sketchmine.store.lock import settle_zarr_writes
+
     logging.getLogger("asyncio").disabled = True
-    sync = sys.modules.get("zarr.core.sync")
-    loop = (getattr(sync, "loop", None) or [None])[0]
-    if loop is None or loop.is_closed() or not loop.is_running():
-        return
-
-    async def drain() -> None:
-        me = asyncio.current_task()
-        for _ in range(100):
-            pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-            if not pending:
-                return
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    try:
-        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout=30)
-    except Exception:  # noqa: BLE001 - best effort: the error line is already printed
-        pass
+    settle_zarr_writes(timeout=30)
 
 
 def _report(args: argparse.Namespace, console: Console) -> None:

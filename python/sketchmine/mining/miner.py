@@ -47,7 +47,7 @@ from sketchmine.model.pretrained import is_weights_name
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.progress import Progress, Silent
 from sketchmine.results.run import Run
-from sketchmine.store.lock import enclosing_run
+from sketchmine.store.lock import enclosing_run, out_path
 from sketchmine.store.runstore import RunLock, RunStore, is_run
 from sketchmine.store.schema import PREPROCESS
 
@@ -226,7 +226,7 @@ def mine(
     if channels_last and not any(p.ndim == 4 for p in net.parameters()):  # recorded, and asked again on resume
         raise SketchmineError(f"channels_last (--channels-last) lays out 4-D convolution weights; {model_id} has none, "
                               "so it would change nothing: leave it out")
-    out = Path(out)
+    out = out_path(out)  # a link loop, a dangling link, the current folder: refused by name, nothing created
     if (outer := enclosing_run(out, itself=False)) is not None:  # Zarr readers of the outer run would list the new run as one of its groups
         raise SketchmineError(f"out {out} is inside the run {outer}; choose a folder outside any run")
     existing = team.writes and is_run(out)  # only rank 0 reads or writes the store

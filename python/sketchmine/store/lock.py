@@ -6,11 +6,14 @@ whole. No Zarr here: the layout itself is `store.RunStore.create`'s.
 """
 from __future__ import annotations
 
+import asyncio
+import errno
 import fcntl
 import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,7 +56,7 @@ class RunLock:
     `run/.lock` inside it, as sketchmine before 14 did (a run cannot be created there anyway)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        run = Path(path).resolve()
+        run = resolved(path, "run")
         self.run = run
         self.path = run.parent / f".{run.name}.lock"
         if not os.access(run.parent, os.W_OK) and run.is_dir():
@@ -110,13 +113,55 @@ def staging(path: Path) -> Path:
 def remove_stale_staging(path: Path) -> list[Path]:
     """Remove the staging folders of creations of `path` that died (the caller holds the run's
     lock, so no live process is creating it): only folders named as `staging` names them that
-    carry our marker file, or are still empty. Returns what was removed."""
+    carry our marker file, are still empty, or name a process that no longer lives (a Ctrl-C
+    during creation can leave Zarr's last files there, unmarked, after `stage` removed the
+    rest). Returns what was removed."""
     removed = []
     for q in path.parent.glob(f".{path.name}.{CREATING}-*"):
-        if q.is_dir() and not q.is_symlink() and ((q / MARKER).is_file() or not any(q.iterdir())):
+        if q.is_dir() and not q.is_symlink() and ((q / MARKER).is_file() or not any(q.iterdir()) or _dead(q)):
             shutil.rmtree(q)
             removed.append(q)
     return removed
+
+
+def _dead(folder: Path) -> bool:
+    """True when `folder` is named by `staging` for a process that no longer lives, or for this
+    one (which holds the run's lock and is not creating it now)."""
+    pid = folder.name.rpartition(f".{CREATING}-")[2]
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # alive as another user's process, or not a PID at all
+        return False
+    return False
+
+
+def settle_zarr_writes(timeout: float = 10.0) -> None:
+    """Wait for Zarr's writes still running on its event loop (a Ctrl-C or a failed write stops
+    the caller, not the other chunk writes of the same call), so that a folder removed after a
+    failure is not written into again. No Zarr import: nothing to wait for if it is not loaded."""
+    sync = sys.modules.get("zarr.core.sync")
+    loop = (getattr(sync, "loop", None) or [None])[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def drain() -> None:
+        me = asyncio.current_task()
+        for _ in range(100):
+            pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if not pending:
+                return
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout=timeout)
+    except BaseException:  # noqa: BLE001 - best effort: the caller is already failing
+        pass
 
 
 def check_writable(path: Path) -> None:
@@ -146,13 +191,19 @@ def stage(path: Path, lay_out: Callable[[Path], None]) -> None:
         os.rename(tmp, path)
         (path / MARKER).unlink()
     except OSError as exc:
-        if tmp.exists() and (tmp / MARKER).is_file():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_staging(tmp)
         raise SketchmineFailure(f"cannot write the run to {path}: {exc.strerror or exc}") from None
     except BaseException:
-        if tmp.exists() and (tmp / MARKER).is_file():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_staging(tmp)
         raise
+
+
+def _remove_staging(tmp: Path) -> None:
+    """Remove this process's staging folder after a failed creation, once Zarr's writes into it
+    have stopped (else they recreate part of it, unmarked, after the removal)."""
+    if tmp.exists() and (tmp / MARKER).is_file():
+        settle_zarr_writes()
+        shutil.rmtree(tmp, ignore_errors=True)  # what a write outliving the wait leaves: `remove_stale_staging`'s
 
 
 def remove_write_temps(run: Path) -> list[Path]:
@@ -173,8 +224,55 @@ def enclosing_run(path: str | os.PathLike, itself: bool = True) -> Path | None:
     """The sketchmine run folder at `path` (when `itself`) or above it, else None: what is written
     there becomes part of that run (its readers list it), so every writer outside the run's own
     files refuses such a place."""
-    p = Path(path).resolve()
+    p = resolved(path)
     return next((q for q in ((p, *p.parents) if itself else p.parents) if is_run(q)), None)
+
+
+def resolved(path: str | os.PathLike, what: str = "path") -> Path:
+    """`path` made absolute with its symbolic links followed (`Path.resolve`), or a one-line
+    SketchmineError naming it (`what`: how the message calls it, "out", "report folder") when
+    following them leads back to a link already followed (a loop), rather than Python's
+    `RuntimeError: Symlink loop`. Nothing is created."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
+            raise
+        raise SketchmineError(f"{what} {path} is or goes through a symbolic link loop (its links lead back to "
+                              "themselves); fix or remove the link, or choose another path") from None
+
+
+def out_path(out: str | os.PathLike) -> Path:
+    """`mine --out` as the path the run is written to, or a one-line SketchmineError before
+    anything is created: a symbolic link loop; a symbolic link (the run folder, or a folder
+    above it) whose target does not exist (following it would create folders where it points,
+    perhaps an unmounted disk's mount point); a filesystem root; the current folder, empty
+    (a new run is renamed into place, which would leave the shell, and this process, in a
+    removed folder). A name without a folder name of its own (".", "..") and a symbolic link
+    to an existing folder are resolved, so that the run's lock, its staging folder and the
+    run itself are all beside the real folder; any other path is returned as given."""
+    given = Path(out)
+    real = resolved(given, "out")
+    parts = given.absolute().parts
+    for i in range(1, len(parts) + 1):
+        q = Path(*parts[:i])
+        if not os.path.lexists(q):
+            break
+        if q.is_symlink() and not q.exists():
+            what = f"out {given} is" if q == given.absolute() else f"out {given}: its folder {q} is"
+            raise SketchmineError(f"{what} a symbolic link to {os.readlink(q)}, which does not exist (nothing was "
+                                  "created); create the folder it points to, or choose another --out")
+    if real == Path(real.anchor):
+        raise SketchmineError(f"out {given} is a filesystem root; give the run folder's own name (--out DIR/run.zarr)")
+    try:
+        here = Path.cwd().resolve()
+    except OSError:
+        here = None
+    if real == here and not is_run(real) and not any(real.iterdir()):
+        raise SketchmineError(f"out {given} is the current folder: a new run is laid out beside it and renamed into "
+                              f"place, which would leave this shell in a removed folder; from the folder above, "
+                              f"give --out {real.name}")
+    return real if given.name in ("", "..") or given.is_symlink() else given
 
 
 def is_run(path: Path) -> bool:
