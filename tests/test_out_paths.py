@@ -129,3 +129,12 @@ def test_a_failed_creation_waits_for_zarrs_writes_before_removing(tmp_path):
         stage(out, lay_out)
     time.sleep(1)  # past the late write
     assert _tree(tmp_path) == []
+
+
+def test_a_report_folder_that_is_a_symlink_loop_is_refused_in_one_line(tmp_path):
+    from sketchmine.present.report_folder import check_report_dir
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop")
+    with pytest.raises(SketchmineError, match=r"report folder .*loop is or goes through a symbolic link loop"):
+        check_report_dir(loop)

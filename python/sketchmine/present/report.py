@@ -32,7 +32,8 @@ from sketchmine.names import printable
 from sketchmine.present import plots
 from sketchmine.present.report_data import (PAGE_SIZE, classes_cell, importance_ranks, layer_data, layer_ids, percent,
                                              precision_html, size_html)
-from sketchmine.present.report_folder import MARKER, PARTIAL, TMP, check_report_dir, remove_stale, report_marker, swap_in
+from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
+                                              report_marker, swap_in)
 from sketchmine.present.report_unit import MONTAGES, unit_pages
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis
@@ -331,12 +332,14 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
         (tmp / MARKER).write_text(PARTIAL)
         _build(run, tmp, images, t0, probe, montages)
         (tmp / MARKER).write_text(report_marker(str(run.path), tmp))
-        swap_in(tmp, target)
+        swap_in(tmp, target, shown)
         tmp = None
     except OSError as exc:
         where = exc.filename or target
-        raise SketchmineFailure(f"cannot write the report to {shown}: {exc.strerror or exc} ({where}); the previous "
-                              "report there (if any) is unchanged") from None
+        kept = ("the report folder is incomplete (the previous report there is already, at least partly, removed): run "
+                "`sketchmine report` again" if isinstance(exc, InPlaceSwapError) else
+                "the previous report there (if any) is unchanged")
+        raise SketchmineFailure(f"cannot write the report to {shown}: {exc.strerror or exc} ({where}); {kept}") from None
     finally:
         if tmp is not None:  # interrupted or failed: remove only what this call created
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,11 +1,20 @@
 """The report folder's ownership and atomic replacement: which folders a report may (re)write
 (`check_report_dir`), and how a finished report is swapped in so that an interrupted one
-leaves the previous report as it was (`swap_in`)."""
+leaves the previous report as it was (`swap_in`).
+
+A report removes only what a report wrote: the files and folders its marker lists. The check
+is made before the report is built, again just before the swap (a file put in the folder
+meanwhile refuses the swap: the previous report stays, with the file) and on the swapped-out
+copy before it is removed (put back in place when it holds anything else). A folder marked
+partial (an interrupted in-place swap) lists what the two reports wrote; a partial marker of
+an older sketchmine lists nothing, so only entries recognisably a report's (REPORT_ENTRIES,
+with REPORT_SUFFIXES inside its folders; no links) count as written by it."""
 from __future__ import annotations
 
+import errno
 import json
 import os
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +25,22 @@ MARKER = ".sketchmine-report"
 
 TMP = ".sketchmine-report-tmp-"
 
+STAGED = MARKER + ".partial"
+"""The partial marker of an in-place swap, written beside the new report and moved in at once."""
+
 PARTIAL = json.dumps({"sketchmine": "report", "partial": True}) + "\n"
-"""The marker of a report folder being written: any later report may replace it whole."""
+"""The marker of a report being built in its temporary folder (the files are not listed yet)."""
+
+REPORT_ENTRIES = frozenset({"index.html", "probe.html", "summary.png", "summary.svg", "ink.png", "ink.svg", "assets",
+                            "layers", "units", "data", "dash", "img", "hist", "importance", "montage", "probe"})
+"""What a report writes at the top of its folder (the files, and the folders that hold the rest)."""
+
+REPORT_SUFFIXES = (".html", ".js", ".mjs", ".css", ".png", ".svg", ".onnx", ".wasm")
+
+
+class InPlaceSwapError(OSError):
+    """An OSError in the entry-by-entry swap after the folder was marked partial: the previous
+    report is (partly) removed, the new one not (wholly) in place."""
 
 
 def inside(path: Path, folder: Path) -> bool:
@@ -27,38 +50,71 @@ def inside(path: Path, folder: Path) -> bool:
 def check_report_dir(out: str | os.PathLike, run_path: str | os.PathLike | None = None) -> Path:
     """The resolved report folder `out`, or a SketchmineError saying why sketchmine may not
     (re)write it. Nothing is created or removed."""
-    from sketchmine.store.lock import enclosing_run
+    from sketchmine.store.lock import enclosing_run, resolved
 
     shown = Path(out)
-    target = shown.resolve()
+    target = resolved(shown, "report folder")
     if target.exists() and not target.is_dir():
         raise SketchmineError(f"report folder {shown} exists and is not a folder; choose a new or empty folder")
     if (run := enclosing_run(target)) is not None:
         raise SketchmineError(f"report folder {shown} is inside the run {run}; write the report outside any run")
-    if run_path is not None and inside(Path(run_path).resolve(), target):
+    if run_path is not None and inside(resolved(run_path, "run"), target):
         raise SketchmineError(f"report folder {shown} holds the run it reports ({run_path}); a report replaces its "
                               "whole folder, so choose a new or empty folder outside the run")
     if target == Path(target.anchor):
         raise SketchmineError(f"report folder {shown} is a filesystem root; choose a new or empty folder")
-    if target.is_dir() and any(target.iterdir()):
-        marker = target / MARKER
-        if not marker.is_file():
-            raise SketchmineError(f"report folder {shown} is not empty and is not a sketchmine report (no {MARKER} "
-                                  "file); choose a new or empty folder (a report replaces its whole folder)")
-        try:
-            info = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            info = {}
-        if not isinstance(info, dict) or info.get("sketchmine") != "report":
-            raise SketchmineError(f"report folder {shown}: {MARKER} is not a sketchmine report marker; "
-                                  "choose a new or empty folder")
-        if not info.get("partial"):
-            foreign = foreign_entries(target, info)
-            if foreign:
-                more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-                raise SketchmineError(f"report folder {shown} holds files the report did not write "
-                                      f"({', '.join(foreign[:3])}{more}); move them, or choose another folder")
+    if target.is_dir():
+        owned(target, shown)
     return target
+
+
+def owned(folder: Path, shown: str | os.PathLike, late: str = "") -> dict[str, Any]:
+    """The marker of the report folder `folder`, listing the files and folders the report(s)
+    wrote (an empty folder: none), or a SketchmineError naming what no report wrote. `late`
+    ends the message of a check made after the report was built."""
+    if not any(folder.iterdir()):
+        return {"sketchmine": "report", "files": [], "folders": []}
+    marker = folder / MARKER
+    if not marker.is_file() or marker.is_symlink():
+        raise SketchmineError(f"report folder {shown} is not empty and is not a sketchmine report (no {MARKER} "
+                              f"file); choose a new or empty folder (a report replaces its whole folder){late}")
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict) or info.get("sketchmine") != "report":
+        raise SketchmineError(f"report folder {shown}: {MARKER} is not a sketchmine report marker; "
+                              f"choose a new or empty folder{late}")
+    older = info.get("partial") and not isinstance(info.get("files"), list)
+    if older:  # an interrupted swap of an older sketchmine: only what is recognisably a report's
+        info = recognised(folder)
+    foreign = foreign_entries(folder, info)
+    if foreign:
+        why = " (its marker, left by an interrupted report, lists no files)" if older else ""
+        raise SketchmineError(f"report folder {shown} holds files the report did not write ({names(foreign)}){why}; "
+                              f"move them, or choose another folder{late}")
+    return info
+
+
+def names(entries: list[str]) -> str:
+    more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+    return ", ".join(entries[:3]) + more
+
+
+def recognised(folder: Path) -> dict[str, Any]:
+    """A marker listing the entries of `folder` that are recognisably a report's (no links)."""
+    files, folders = [], []
+    for root, dirs, fs in os.walk(folder):
+        for name in dirs + fs:
+            p = Path(root) / name
+            rel = p.relative_to(folder)
+            if p.is_symlink() or rel.parts[0] not in REPORT_ENTRIES:
+                continue
+            if p.is_dir():
+                folders.append(str(rel))
+            elif len(rel.parts) == 1 or p.suffix in REPORT_SUFFIXES:
+                files.append(str(rel))
+    return {"sketchmine": "report", "partial": True, "files": sorted(files), "folders": sorted(folders)}
 
 
 def foreign_entries(target: Path, info: dict[str, Any]) -> list[str]:
@@ -74,7 +130,7 @@ def foreign_entries(target: Path, info: dict[str, Any]) -> list[str]:
         for name in dirs + files:
             p = Path(root) / name
             rel = str(p.relative_to(target))
-            if rel == MARKER:
+            if rel in (MARKER, STAGED):
                 continue
             if p.is_symlink() or not p.is_dir():
                 if p.is_symlink() or rel not in mine:
@@ -82,6 +138,27 @@ def foreign_entries(target: Path, info: dict[str, Any]) -> list[str]:
             elif folders is not None and rel not in ours:
                 foreign.append(rel + "/")
     return sorted(foreign)
+
+
+def listed_folders(info: dict[str, Any]) -> set[str]:
+    files = info.get("files") or []
+    return (set(info.get("folders") or []) | {str(Path(f).parent) for f in files}) - {"."}
+
+
+def remove_listed(folder: Path, info: dict[str, Any]) -> list[str]:
+    """Removes the files and (emptied) folders the marker `info` lists, nothing else; what
+    `folder` holds afterwards besides its marker."""
+    for rel in info.get("files") or []:
+        p = folder / rel
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+    for rel in sorted(listed_folders(info), key=lambda r: len(Path(r).parts), reverse=True):
+        try:
+            (folder / rel).rmdir()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+    return foreign_entries(folder, {})
 
 
 def report_marker(run_path: str, tmp: Path) -> str:
@@ -96,7 +173,8 @@ def report_marker(run_path: str, tmp: Path) -> str:
 
 
 def remove_stale(target: Path) -> None:
-    """Temporary report folders of killed report processes (their pid is gone)."""
+    """Temporary report folders of killed report processes (their pid is gone): what a report
+    wrote there; a folder holding anything else is left as it is."""
     for p in target.parent.glob(f".{glob_escape(target.name)}{TMP}*"):
         pid = p.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or int(pid) == os.getpid() or not (p / MARKER).is_file():
@@ -105,8 +183,15 @@ def remove_stale(target: Path) -> None:
             os.kill(int(pid), 0)
             continue  # still running
         except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
+            pass
         except PermissionError:
+            continue
+        try:
+            if not remove_listed(p, owned(p, p)):
+                (p / STAGED).unlink(missing_ok=True)
+                (p / MARKER).unlink()
+                p.rmdir()
+        except (SketchmineError, OSError):
             continue
 
 
@@ -119,7 +204,6 @@ def glob_escape(name: str) -> str:
 def exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
     import ctypes
-    import errno
 
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
@@ -134,28 +218,68 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def swap_in(tmp: Path, target: Path) -> None:
-    """The finished report `tmp` becomes `target`; the previous report (checked to hold only
-    files sketchmine wrote) is removed after the swap."""
+LATE = "; they were put there while this report was written: the previous report there is kept as it was"
+
+
+def swap_in(tmp: Path, target: Path, shown: str | os.PathLike | None = None) -> None:
+    """The finished report `tmp` becomes `target`; the previous report is removed after the
+    swap, only the files it wrote (checked again just before, and on the swapped-out copy)."""
+    shown = target if shown is None else shown
     if not target.exists():
         os.rename(tmp, target)
         return
+    old = owned(target, shown, LATE)
     cwd = Path.cwd().resolve()
     if inside(cwd, target):  # keep the folder itself (a shell sitting in it keeps seeing it): swap its entries
-        # marked partial first, its new marker last: a kill in between leaves a folder the same
-        # command writes again (not the previous report: that went with the first removal)
-        (target / MARKER).write_text(PARTIAL)
-        for p in list(target.iterdir()):
-            if p.name != MARKER:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        swap_entries(tmp, target, old, shown)
+        return
+    if exchange(tmp, target):  # tmp now holds the previous report
+        discard(tmp, shown, lambda: exchange(tmp, target))
+        return
+    aside = target.parent / f".{target.name}{TMP}old-{os.getpid()}"
+    os.rename(target, aside)
+    os.rename(tmp, target)
+
+    def back() -> None:
+        os.rename(target, tmp)
+        os.rename(aside, target)
+    discard(aside, shown, back)
+
+
+def discard(old: Path, shown: str | os.PathLike, undo: Callable[[], object]) -> None:
+    """Removes the swapped-out previous report `old`; one holding what no report wrote is put
+    back in place (`undo`) and the swap refused."""
+    try:
+        info = owned(old, shown, LATE)
+    except SketchmineError:
+        undo()
+        raise
+    left = remove_listed(old, info)
+    if left:  # put there in the instant between the check and the removal: kept
+        raise SketchmineError(f"the report was written to {shown}, but {names(left)} appeared in the previous "
+                              f"report while it was replaced: kept in {old}")
+    (old / MARKER).unlink(missing_ok=True)
+    old.rmdir()
+
+
+def swap_entries(tmp: Path, target: Path, old: dict[str, Any], shown: str | os.PathLike) -> None:
+    """The in-place swap: `target` is marked partial (listing what both reports wrote) before
+    its first entry is removed and gets the new marker last, so a kill or error in between
+    leaves a folder the same command writes again. Errors after the marking: InPlaceSwapError."""
+    new = json.loads((tmp / MARKER).read_text())
+    partial = {"sketchmine": "report", "partial": True, "run": new.get("run"),
+               "files": sorted(set(old.get("files") or []) | set(new.get("files") or [])),
+               "folders": sorted(listed_folders(old) | listed_folders(new))}
+    staged = tmp / STAGED
+    staged.write_text(json.dumps(partial) + "\n")
+    os.replace(staged, target / MARKER)  # at once: until here the previous report is whole
+    try:
+        left = remove_listed(target, old)
+        if left:
+            raise SketchmineError(f"report folder {shown} is incomplete: {names(left)} appeared in it while the "
+                                  "previous report was removed (kept); move them and run `sketchmine report` again")
         for p in sorted(tmp.iterdir(), key=lambda q: q.name == MARKER):
             os.replace(p, target / p.name)
         tmp.rmdir()
-        return
-    if exchange(tmp, target):  # tmp now holds the previous report
-        shutil.rmtree(tmp)
-        return
-    old = target.parent / f".{target.name}{TMP}old-{os.getpid()}"
-    os.rename(target, old)
-    os.rename(tmp, target)
-    shutil.rmtree(old)
+    except OSError as exc:
+        raise InPlaceSwapError(exc.errno, exc.strerror or str(exc), exc.filename) from exc

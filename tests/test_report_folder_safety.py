@@ -1,0 +1,167 @@
+"""A report removes only what a report wrote, on real reports of a real mined run: a file put in
+the report folder while the report is built, just before the swap or during the in-place swap
+(the shell inside the folder) is kept and the report refused in one line; a folder marked
+partial (an interrupted in-place swap, by this or an older sketchmine) keeps a file put in it;
+an error during the in-place swap says the folder is incomplete, not that it is unchanged."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import sketchmine
+from sketchmine.present import report, report_folder
+from sketchmine.present.report import MARKER, write_report
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def leftovers(rep: Path) -> list[str]:
+    return sorted(p.name for p in rep.parent.iterdir() if p.name.startswith(f".{rep.name}"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, small_test_set):
+    return sketchmine.mine("demo", small_test_set, out=tmp_path_factory.mktemp("run") / "run.zarr", batch_size=100)
+
+
+@pytest.fixture()
+def rep(run, tmp_path) -> Path:
+    """A finished report of `run`."""
+    out = tmp_path / "rep"
+    write_report(run, out)
+    return out
+
+
+@pytest.mark.parametrize("from_inside", [False, True], ids=["swapped-whole", "swapped-entry-by-entry"])
+def test_a_file_put_in_the_report_folder_while_the_report_is_built_is_kept(run, rep, monkeypatch, from_inside):
+    """The folder was checked only before the build: a file put there meanwhile went with the
+    previous report. Checked again just before the swap now: refused, naming it, nothing removed."""
+    if from_inside:
+        monkeypatch.chdir(rep)
+    real = report._build
+
+    def build(*a, **k):  # the real build, with the user saving a file into the report folder meanwhile
+        (rep / "added_meanwhile.txt").write_text("the user's")
+        return real(*a, **k)
+
+    monkeypatch.setattr(report, "_build", build)
+    before = tree(rep)
+    with pytest.raises(sketchmine.SketchmineError, match=r"did not write \(added_meanwhile\.txt\).*while this report "
+                                                         r"was written") as e:
+        write_report(run, rep)
+    assert "\n" not in str(e.value)
+    after = tree(rep)
+    assert after.pop("added_meanwhile.txt") == b"the user's"
+    assert after == before  # the previous report as it was
+    assert leftovers(rep) == []
+    monkeypatch.setattr(report, "_build", real)
+    (rep / "added_meanwhile.txt").unlink()
+    write_report(run, rep)  # moved away: written again
+    assert set(tree(rep)) == set(before)
+
+
+def test_a_file_put_in_just_before_the_exchange_is_put_back_with_the_previous_report(run, rep, monkeypatch):
+    """The swapped-out previous report is checked before it is removed: one holding a file no
+    report wrote is swapped back (the file where the user put it) and the report refused."""
+    real, done = report_folder.exchange, []
+
+    def exchange(a, b):  # the real exchange, with the user saving a file in the instant before it
+        if not done:
+            done.append(b)
+            (b / "img" / "late.txt").write_text("the user's")
+        return real(a, b)
+
+    monkeypatch.setattr(report_folder, "exchange", exchange)
+    before = tree(rep)
+    with pytest.raises(sketchmine.SketchmineError, match=r"did not write \(img/late\.txt\)"):
+        write_report(run, rep)
+    after = tree(rep)
+    assert after.pop("img/late.txt") == b"the user's"
+    assert after == before
+    assert leftovers(rep) == []
+
+
+def test_a_file_put_in_during_the_in_place_swap_is_kept(run, rep, monkeypatch):
+    """With the shell inside the report folder the previous report's entries went whole
+    (rmtree): a file put in one of its folders after the check went with it. Only the files the
+    report wrote are removed now; the file stays and the folder is said to be incomplete."""
+    monkeypatch.chdir(rep)
+    real, done = report_folder.inside, []
+
+    def inside(path, folder):  # the swap's own test of the shell's folder; the user saves a file just then
+        if path == Path.cwd().resolve() and not done:
+            done.append(folder)
+            (folder / "layers" / "my_notes.txt").write_text("the user's")
+        return real(path, folder)
+
+    monkeypatch.setattr(report_folder, "inside", inside)
+    with pytest.raises(sketchmine.SketchmineError, match=r"incomplete: layers/my_notes\.txt appeared") as e:
+        write_report(run, rep)
+    assert "\n" not in str(e.value)
+    assert (rep / "layers" / "my_notes.txt").read_text() == "the user's"
+    assert leftovers(rep) == []
+    monkeypatch.setattr(report_folder, "inside", real)
+    with pytest.raises(sketchmine.SketchmineError, match=r"did not write \(layers/my_notes\.txt\)"):
+        write_report(run, rep)  # the partial folder still refuses while the file is there
+    os.rename(rep / "layers" / "my_notes.txt", rep.parent / "my_notes.txt")
+    write_report(run, rep)
+    assert (rep / "index.html").is_file() and not json.loads((rep / MARKER).read_text()).get("partial")
+
+
+def test_an_error_in_the_in_place_swap_says_the_folder_is_incomplete_and_its_partial_marker_lists_the_files(
+        run, rep, monkeypatch):
+    """EIO while the previous report's entries were removed said "the previous report there is
+    unchanged" (it was already partly removed). It says the folder is incomplete now; the folder
+    marked partial lists what the reports wrote, so a file put there later is still refused
+    (a partial folder was replaced whole, the file with it)."""
+    from sketchmine.errors import SketchmineFailure
+
+    monkeypatch.chdir(rep)
+    real = Path.unlink
+
+    def unlink(self, *a, **k):  # the disk fails removing the previous index.html
+        if self == rep / "index.html":
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(SketchmineFailure) as e:
+        write_report(run, rep)
+    monkeypatch.setattr(Path, "unlink", real)
+    msg = str(e.value)
+    assert "Input/output error" in msg and "incomplete" in msg and "unchanged" not in msg, msg
+    marker = json.loads((rep / MARKER).read_text())
+    assert marker["partial"] and "index.html" in marker["files"]
+    assert leftovers(rep) == []
+    (rep / "my_notes.txt").write_text("the user's")
+    with pytest.raises(sketchmine.SketchmineError, match=r"did not write \(my_notes\.txt\)"):
+        write_report(run, rep)
+    assert (rep / "my_notes.txt").read_text() == "the user's"
+    (rep / "my_notes.txt").unlink()
+    write_report(run, rep)  # the same command writes it again
+    assert (rep / "index.html").is_file() and not json.loads((rep / MARKER).read_text()).get("partial")
+
+
+def test_a_partial_marker_of_an_older_sketchmine_keeps_what_is_not_a_reports(run, rep):
+    """An older sketchmine's partial marker lists no files, and any later report replaced such a
+    folder whole. Now only entries recognisably a report's are taken as its: anything else is
+    refused, named; a folder of report files only is written again."""
+    (rep / MARKER).write_text(json.dumps({"sketchmine": "report", "partial": True}) + "\n")
+    (rep / "my_notes.txt").write_text("the user's")
+    (rep / "assets" / "mine.txt").write_text("the user's too")
+    before = tree(rep)
+    with pytest.raises(sketchmine.SketchmineError, match=r"did not write \(assets/mine\.txt, my_notes\.txt\) "
+                                                         r"\(its marker, left by an interrupted report, lists no files\)"):
+        write_report(run, rep)
+    assert tree(rep) == before
+    (rep / "my_notes.txt").unlink()
+    (rep / "assets" / "mine.txt").unlink()
+    write_report(run, rep)  # report files only: replaced
+    assert (rep / "index.html").is_file() and not json.loads((rep / MARKER).read_text()).get("partial")
+    assert leftovers(rep) == []
