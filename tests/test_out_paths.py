@@ -103,8 +103,13 @@ def test_a_dead_creations_unmarked_litter_is_removed(tmp_path, small_test_set):
     user = tmp_path / f".run.zarr.{CREATING}-notes"
     user.mkdir()
     (user / "a.txt").write_text("mine")
+    kept = tmp_path / f".run.zarr.{CREATING}-{_dead_pid()}"  # a dead PID, but a file Zarr does not write
+    (kept / "sub").mkdir(parents=True)
+    (kept / "zarr.json").write_text("{}")
+    (kept / "sub" / "notes.txt").write_text("mine")
     _mine(small_test_set, tmp_path / "run.zarr")
     assert not dead.exists() and alive.exists() and (user / "a.txt").read_text() == "mine"
+    assert (kept / "sub" / "notes.txt").read_text() == "mine"
 
 
 def test_a_failed_creation_waits_for_zarrs_writes_before_removing(tmp_path):

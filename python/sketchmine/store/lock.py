@@ -113,15 +113,26 @@ def staging(path: Path) -> Path:
 def remove_stale_staging(path: Path) -> list[Path]:
     """Remove the staging folders of creations of `path` that died (the caller holds the run's
     lock, so no live process is creating it): only folders named as `staging` names them that
-    carry our marker file, are still empty, or name a process that no longer lives (a Ctrl-C
-    during creation can leave Zarr's last files there, unmarked, after `stage` removed the
-    rest). Returns what was removed."""
+    carry our marker file, are still empty, or name a process that no longer lives and hold
+    nothing but Zarr's metadata files (a Ctrl-C during creation can leave Zarr's last zarr.json
+    there, unmarked, after `stage` removed the rest; anything else may be a user's). Returns
+    what was removed."""
     removed = []
     for q in path.parent.glob(f".{path.name}.{CREATING}-*"):
-        if q.is_dir() and not q.is_symlink() and ((q / MARKER).is_file() or not any(q.iterdir()) or _dead(q)):
+        if q.is_dir() and not q.is_symlink() and ((q / MARKER).is_file() or not any(q.iterdir())
+                                                  or (_dead(q) and _only_zarr_metadata(q))):
             shutil.rmtree(q)
             removed.append(q)
     return removed
+
+
+def _only_zarr_metadata(folder: Path) -> bool:
+    """True when every file under `folder` is a zarr.json and nothing is a link."""
+    for root, dirs, files in os.walk(folder):
+        if any(Path(root, d).is_symlink() for d in dirs) or any(f != "zarr.json" or Path(root, f).is_symlink()
+                                                                for f in files):
+            return False
+    return True
 
 
 def _dead(folder: Path) -> bool:
