@@ -282,7 +282,7 @@ class OnnxModel:
         def forward(x: torch.Tensor) -> torch.Tensor:
             arrays = run(x)
             for layer, i in at:
-                if on_fed is not None and layer in fed and arrays[fed[layer]].ndim == 2:
+                if on_fed is not None and layer in fed:  # used where `shapes` recorded ranked_by
                     on_fed(layer, torch.from_numpy(arrays[fed[layer]]).to(device, non_blocking=True))
                 on_output(layer, torch.from_numpy(arrays[i]).to(device, non_blocking=True))
             return torch.from_numpy(arrays[0]).to(device, non_blocking=True)

@@ -76,6 +76,8 @@ class Batch:
     maxima: dict[str, torch.Tensor] = field(default_factory=dict)
     fed: dict[str, torch.Tensor] = field(default_factory=dict)
     """Per softmax-module layer the logits it was fed this batch (taps.RANKED_BY_INPUT)."""
+    keys: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per layer ranked by log-odds the (N, C) key the top-k ranked it by (the bottom-k's too)."""
 
     def maxima_of(self, layer: str) -> torch.Tensor:
         """(N, C) image maxima of `layer` in this batch; the top-k must have seen it first."""

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from sketchmine.stats import ops
-from sketchmine.model.taps import SOFTMAX
-from sketchmine.stats.topk import TopK, log_odds, shown_values
+from sketchmine.stats.topk import TopK, ranked_by_log_odds, shown_values
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
@@ -46,11 +45,7 @@ class BottomK(TopK):
 
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
         if layer in self._keyed:  # a softmax: least log-odds first (float32 p is 0.0 for many images)
-            logits = batch.fed.get(layer, batch.logits)
-            if logits is None:
-                raise RuntimeError(f"layer {layer!r} is ranked by the log-odds of the logits it was fed, and it has none")
-            self.layers[layer].add_keyed((-log_odds(logits)).masked_fill(torch.isnan(acts), float("nan")), acts,
-                                         batch.index)
+            self.layers[layer].add_keyed(-batch.keys[layer], acts, batch.index)  # the top-k's key (it comes first)
             return
         maxima = batch.maxima_of(layer)
         if not ops.compiled_here(maxima) or acts.dtype != torch.float32 or not len(maxima):
@@ -93,4 +88,4 @@ def accumulator(setup: Setup) -> BottomK | None:
     if not setup.distributions:
         return None
     return BottomK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device,
-                   {SOFTMAX, *setup.log_odds})
+                   ranked_by_log_odds(setup))

@@ -166,10 +166,10 @@ class TopK:
         if layer not in self._keyed:
             batch.maxima[layer] = self.layers[layer].add(acts, batch.index)
             return
-        logits = batch.fed.get(layer, batch.logits)  # a softmax module's own input, else the model's output
+        logits = batch.logits if layer == SOFTMAX else batch.fed.get(layer)  # the model's, or a softmax module's input
         if logits is None:
             raise RuntimeError(f"layer {layer!r} is ranked by the log-odds of the logits it was fed, and it has none")
-        key = log_odds(logits).masked_fill(torch.isnan(acts), float("nan"))  # NaN (counted) where p is
+        key = batch.keys[layer] = log_odds(logits).masked_fill(torch.isnan(acts), float("nan"))  # NaN (counted) where p is
         self.layers[layer].add_keyed(key, acts, batch.index)
         batch.maxima[layer] = acts  # a grid-less layer's maxima are its values
 
@@ -214,6 +214,11 @@ class TopK:
         return arrays
 
 
+def ranked_by_log_odds(setup: Setup) -> set[str]:
+    """The layers the top-k and bottom-k rank by log-odds: the virtual softmax and `setup.log_odds`."""
+    return {SOFTMAX, *setup.log_odds}
+
+
 def keyed_layers(state: Mapping[str, np.ndarray], layers: Sequence[str]) -> frozenset[str]:
     """The layers a saved top-k (or bottom-k) state ranks by log-odds (`layers`: the run's order)."""
     return frozenset(name for name, keyed in zip(layers, _log_odds(state)) if keyed)
@@ -252,4 +257,4 @@ def accumulator(setup: Setup) -> TopK:
     """The registry's factory (accumulators.REGISTRY): always present, first; the virtual
     softmax (the loop feeds it torch.softmax of the logits) and `setup.log_odds` ranked by log-odds."""
     return TopK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device,
-                {SOFTMAX, *setup.log_odds})
+                ranked_by_log_odds(setup))
