@@ -118,6 +118,7 @@ class ImageFolderDataset(MinerDataset):
         self.preprocessing = preprocessing
         self.preprocessing_explicit = explicit
         self.left_out = _left_out(self.root, not_followed, unread, loose)
+        self._hashed: tuple[np.ndarray, np.ndarray] | None = None  # `fingerprint`'s (digests, stamps)
 
     def skipped_note(self) -> str | None:
         """One line naming what the listing leaves out: the folders that are not classes, the
@@ -137,6 +138,7 @@ class ImageFolderDataset(MinerDataset):
         ds = cls.__new__(cls)
         ds.root, ds.samples, ds.class_names = Path(root), list(samples), list(class_names)
         ds.preprocessing, ds.preprocessing_explicit, ds.skipped, ds.left_out = preprocessing, True, {}, []
+        ds._hashed = None
         return ds
 
     def __len__(self) -> int:
@@ -160,8 +162,8 @@ class ImageFolderDataset(MinerDataset):
         for (rel, label), digest in zip(self.samples, digests):
             h.update(f"{rel}\0{label}\0{digest}\n".encode("utf-8", "surrogateescape"))
         # 48 bytes an image (60 MB for ImageNet) to check each file as it is read: `file_bytes`
-        self._digests = np.array([bytes.fromhex(d) if len(d) == 32 else bytes(16) for d in digests], dtype="S16")
-        self._stamps = np.array(stamps, dtype=np.int64).reshape(len(stamps), 4)
+        self._hashed = (np.array([bytes.fromhex(d) if len(d) == 32 else bytes(16) for d in digests], dtype="S16"),
+                        np.array(stamps, dtype=np.int64).reshape(len(stamps), 4))
         return h.hexdigest()
 
     def file_bytes(self, i: int) -> bytes:
@@ -169,14 +171,12 @@ class ImageFolderDataset(MinerDataset):
         hash): a file replaced mid-run would be mined as new content under the old fingerprint."""
         with open(self.root / self.samples[i][0], "rb") as f:
             before, data, after = _stamp(os.fstat(f.fileno())), f.read(), _stamp(os.fstat(f.fileno()))
-        digests = getattr(self, "_digests", None)
-        if digests is None or before == after == self._stamps[i].tolist():  # as hashed (the hash cache's own rule)
-            return data
-        if hashlib.blake2b(data, digest_size=16).digest() != digests[i].ljust(16, b"\0"):  # touched, or changed?
-            rel = self.samples[i][0]
-            raise SketchmineError(f"image {self.root / rel} changed after the run began (its bytes differ from those the "
-                                  "run's dataset fingerprint was made of): put it back as it was and re-run to resume, "
-                                  "or mine the folder as it is now into a new --out")
+        if self._hashed is None or before == after == self._hashed[1][i].tolist():
+            return data  # not fingerprinted, or as hashed (the hash cache's own rule)
+        if hashlib.blake2b(data, digest_size=16).digest() != self._hashed[0][i].ljust(16, b"\0"):  # touched, or changed?
+            raise SketchmineError(f"image {self.root / self.samples[i][0]} changed after the run began (its bytes "
+                                  "differ from those the run's dataset fingerprint was made of): put it back as it was "
+                                  "and re-run to resume, or mine the folder as it is now into a new --out")
         return data
 
     def load_pil(self, i: int):
