@@ -87,7 +87,7 @@ def test_softmax_ranking_survives_checkpoints_and_resume(tmp_path, demo_model, s
 def _topk(batches: list[tuple[torch.Tensor, torch.Tensor]], classes: int, k: int) -> TopK:
     acc = TopK([("softmax", classes, ())], k, log_odds={"softmax"})
     for index, logits in batches:
-        acc.update("softmax", torch.softmax(logits, 1), Batch(index, index, index, logits))
+        acc.update("softmax", torch.softmax(logits, 1), Batch(index, index, index, logits, fed={"softmax": logits}))
     return acc
 
 

@@ -112,11 +112,11 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
         team.on_writer(lambda: store.drop_checkpoints())  # a kill between the completion and the removal left them
         return team.result(store)
     pre = ds.preprocessing
+    softmax = any(l.name == SOFTMAX for l in spec)
+    keyed = frozenset(l.name for l in spec if l.name == SOFTMAX or l.attrs.get("ranked_by") == RANKED_BY_INPUT)
     setup = Setup(tuple(LayerSpec(l.name, l.channels, tuple(l.spatial)) for l in spec), k, device,
-                  # the classes of the labels: the dataset's names, else the model's output width
-                  len(ds.class_names) or int(store.attrs.get("num_classes") or 0),
-                  tuple(getattr(pre, "mean", ()) or ()), tuple(getattr(pre, "std", ()) or ()),
-                  log_odds=frozenset(l.name for l in spec if l.attrs.get("ranked_by") == RANKED_BY_INPUT),
+                  len(ds.class_names) or int(store.attrs.get("num_classes") or 0),  # else the model's output width
+                  tuple(pre.mean) if pre else (), tuple(pre.std) if pre else (), log_odds=keyed,
                   distributions=bool(store.attrs.get("distributions", False)))
     accs = accumulators.build(setup)
     _restore(store, accs)
@@ -134,7 +134,6 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     progress.start(n, done)
     current: list[Batch] = []  # the batch being tapped
     cast = speed.autocast is not None or speed.channels_last
-    softmax = any(l.name == SOFTMAX for l in spec)
 
     def on_output(name: str, t: torch.Tensor) -> None:
         if cast:  # float32 in the standard layout for the top-k op and the statistics
@@ -171,6 +170,7 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
                     logits = run_batch(xb)
                 batch.logits = logits
                 if softmax:  # the virtual layer, p from the logits (its top-k ranks their log-odds: topk.py)
+                    batch.fed[SOFTMAX] = logits
                     on_output(SOFTMAX, torch.softmax(logits.float(), dim=1))
                 for acc in accs:
                     acc.end_batch(batch)

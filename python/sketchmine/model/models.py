@@ -27,6 +27,12 @@ __all__ = ["LoadedModel", "build", "input_channels", "is_model_path", "load_mode
 
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+TORCHVISION_BUILD_OPTIONS: dict[str, dict[str, Any]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+"""Builder arguments of torchvision models that need them: without them the builder adds the
+auxiliary heads (run only in training, never mined) and warns that its weights are not initialised."""
 
 
 def is_model_path(spec: str | os.PathLike) -> bool:
@@ -120,9 +126,7 @@ def _build(arch: str, num_classes: int | None, in_channels: int | None) -> nn.Mo
     kwargs: dict[str, Any] = {"weights": None}
     if num_classes:
         kwargs["num_classes"] = num_classes
-    if arch in ("googlenet", "inception_v3"):
-        kwargs["aux_logits"] = False
-        kwargs["init_weights"] = True
+    kwargs.update(TORCHVISION_BUILD_OPTIONS.get(arch, {}))
     return torchvision.models.get_model(arch, **kwargs)
 
 

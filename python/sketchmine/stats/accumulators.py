@@ -51,8 +51,8 @@ class Setup:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     log_odds: frozenset[str] = frozenset()
-    """Layers the top-k ranks by the log-odds of logits (the virtual softmax: the batch's; a softmax
-    module: the input it was fed, `Batch.fed`) rather than by their values (topk.py)."""
+    """Layers the top-k ranks by the log-odds of the logits they were fed (`Batch.fed`) rather than
+    by their values (topk.py): softmax modules, and the virtual softmax over the model's logits."""
     distributions: bool = False
     """Keep each unit's whole distribution (histogram, quantile sketch, examples per bin, bottom-k). mine's
     default is on (compiled kernels, a few % of the forward); False here is what runs mined before record."""
@@ -75,7 +75,8 @@ class Batch:
     logits: torch.Tensor | None = None
     maxima: dict[str, torch.Tensor] = field(default_factory=dict)
     fed: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Per softmax-module layer the logits it was fed this batch (taps.RANKED_BY_INPUT)."""
+    """Per layer ranked by log-odds (`Setup.log_odds`) the logits it was fed this batch: a softmax
+    module's input (taps.RANKED_BY_INPUT), the model's logits for the virtual softmax."""
     keys: dict[str, torch.Tensor] = field(default_factory=dict)
     """Per layer ranked by log-odds the (N, C) key the top-k ranked it by (the bottom-k's too)."""
 

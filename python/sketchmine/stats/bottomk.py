@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sketchmine.stats import ops
-from sketchmine.stats.topk import TopK, ranked_by_log_odds, shown_values
+from sketchmine.stats.topk import TopK, batch_entries, shown_values
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
@@ -61,13 +61,10 @@ class BottomK(TopK):
         ops.topk_update((-maxima).contiguous(), image_index, **s.state)
         if acts.dim() <= 2 or not len(maxima):
             return
-        order = torch.argsort(image_index)
-        ranked = image_index[order]
-        idx = s.state["index"]
-        at = torch.searchsorted(ranked, idx).clamp_max(len(ranked) - 1)
-        chans, slots = ((ranked[at] == idx) & (idx >= 0)).nonzero(as_tuple=True)
+        rows, new = batch_entries(image_index, s.state["index"])
+        chans, slots = new.nonzero(as_tuple=True)
         if len(chans):
-            rows = order[at[chans, slots]]
+            rows = rows[chans, slots]
             s.state["position"][chans, slots] = first_position(acts, rows, chans, maxima[rows, chans])
 
     def results(self) -> dict[str, np.ndarray]:
@@ -87,5 +84,4 @@ def accumulator(setup: Setup) -> BottomK | None:
     """The registry's factory: passes that asked for distributions (Setup.distributions)."""
     if not setup.distributions:
         return None
-    return BottomK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device,
-                   ranked_by_log_odds(setup))
+    return BottomK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device, setup.log_odds)

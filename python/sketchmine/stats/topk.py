@@ -5,10 +5,11 @@ Knows nothing about models: `add` takes activations, `merge` combines two states
 the compiled op `topk_update`. `TopK` is the mining pass's accumulator (accumulators.py)
 over every layer: one `RunningTopK` each, and the image maxima for the other statistics.
 
-The virtual softmax layer is ranked by each class's log-odds, not its float32 probability:
-past a margin of about 17 over the runner-up p rounds to exactly 1.0, every such image ties
-and the tie-break (smaller image index) would rank confident images in dataset order. Its
-values stay the probabilities torch.softmax gave (see `RunningTopK`).
+A softmax layer (the virtual one, or a model's own) is ranked by each class's log-odds of the
+logits it was fed (`Batch.fed`), not its float32 probability: past a margin of about 17 over the
+runner-up p rounds to exactly 1.0, every such image ties and the tie-break (smaller image index)
+would rank confident images in dataset order. Its values stay the probabilities the layer gave
+(see `RunningTopK`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from sketchmine.model.taps import SOFTMAX
 from sketchmine.stats import ops
 from sketchmine.store import schema
 
@@ -62,6 +62,16 @@ def shown_values(values: np.ndarray, index: np.ndarray, position: np.ndarray, lo
     return np.where(np.asarray(index) < 0, np.float32(-np.inf), shown).astype(np.float32)
 
 
+def batch_entries(image_index: torch.Tensor, heap_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which entries of a heap's (C, k) `heap_index` came from the batch just merged, whose global
+    ids are `image_index` (N,), non-empty: (rows, new), each (C, k): the batch row of each entry's
+    image (meaningless where not new) and whether it is from this batch (an image is in one batch)."""
+    order = torch.argsort(image_index)
+    ranked = image_index[order]
+    at = torch.searchsorted(ranked, heap_index).clamp_max(len(ranked) - 1)
+    return order[at], (ranked[at] == heap_index) & (heap_index >= 0)
+
+
 class RunningTopK:
     """The k best (value, image, position) entries per channel of one layer.
 
@@ -90,12 +100,9 @@ class RunningTopK:
         ops.topk_update(key, image_index, **self.state)
         if not len(image_index):
             return
-        order = torch.argsort(image_index)
-        ranked, idx = image_index[order], self.state["index"]
-        at = torch.searchsorted(ranked, idx).clamp_max(len(ranked) - 1)
-        new = (ranked[at] == idx) & (idx >= 0)  # entries of this batch (an image is in one batch)
-        chans = torch.arange(idx.shape[0], device=idx.device)[:, None]
-        bits = shown.float()[order[at], chans].view(torch.int32).long()
+        rows, new = batch_entries(image_index, self.state["index"])
+        chans = torch.arange(rows.shape[0], device=rows.device)[:, None]
+        bits = shown.float()[rows, chans].view(torch.int32).long()
         self.state["position"].copy_(torch.where(new, bits, self.state["position"]))
 
     def merge(self, other: RunningTopK) -> None:
@@ -166,7 +173,7 @@ class TopK:
         if layer not in self._keyed:
             batch.maxima[layer] = self.layers[layer].add(acts, batch.index)
             return
-        logits = batch.logits if layer == SOFTMAX else batch.fed.get(layer)  # the model's, or a softmax module's input
+        logits = batch.fed.get(layer)
         if logits is None:
             raise RuntimeError(f"layer {layer!r} is ranked by the log-odds of the logits it was fed, and it has none")
         key = batch.keys[layer] = log_odds(logits).masked_fill(torch.isnan(acts), float("nan"))  # NaN (counted) where p is
@@ -214,11 +221,6 @@ class TopK:
         return arrays
 
 
-def ranked_by_log_odds(setup: Setup) -> set[str]:
-    """The layers the top-k and bottom-k rank by log-odds: the virtual softmax and `setup.log_odds`."""
-    return {SOFTMAX, *setup.log_odds}
-
-
 def keyed_layers(state: Mapping[str, np.ndarray], layers: Sequence[str]) -> frozenset[str]:
     """The layers a saved top-k (or bottom-k) state ranks by log-odds (`layers`: the run's order)."""
     return frozenset(name for name, keyed in zip(layers, _log_odds(state)) if keyed)
@@ -254,7 +256,6 @@ def unpack(state: Mapping[str, np.ndarray], layers: Sequence[str]) -> dict[str, 
 
 
 def accumulator(setup: Setup) -> TopK:
-    """The registry's factory (accumulators.REGISTRY): always present, first; the virtual
-    softmax (the loop feeds it torch.softmax of the logits) and `setup.log_odds` ranked by log-odds."""
-    return TopK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device,
-                ranked_by_log_odds(setup))
+    """The registry's factory (accumulators.REGISTRY): always present, first; `setup.log_odds`
+    ranked by log-odds."""
+    return TopK([(l.name, l.channels, l.spatial) for l in setup.layers], setup.k, setup.device, setup.log_odds)
