@@ -165,3 +165,38 @@ def test_a_partial_marker_of_an_older_sketchmine_keeps_what_is_not_a_reports(run
     write_report(run, rep)  # report files only: replaced
     assert (rep / "index.html").is_file() and not json.loads((rep / MARKER).read_text()).get("partial")
     assert leftovers(rep) == []
+
+
+def test_a_file_put_in_the_swapped_out_previous_report_is_kept_where_the_message_says(run, rep, monkeypatch):
+    """After the atomic exchange the temporary folder's path names the previous report: a file put
+    in it in the instant before its removal was announced as kept there, then removed with the
+    whole folder by the report's own clean-up. It stays, and a second report in the same process
+    (the same pid) neither removes nor reuses that folder."""
+    real = report_folder.remove_listed
+    put: list[Path] = []
+
+    def remove_listed(folder, info):  # the real removal, with the user saving a file there first
+        if folder != rep and not put:
+            put.append(folder / "notes.txt")
+            put[0].write_text("the user's")
+        return real(folder, info)
+
+    monkeypatch.setattr(report_folder, "remove_listed", remove_listed)
+    with pytest.raises(sketchmine.SketchmineError, match=r"notes\.txt appeared in the previous report") as e:
+        write_report(run, rep)
+    assert put and str(put[0].parent) in str(e.value)
+    assert put[0].read_text() == "the user's"
+    monkeypatch.setattr(report_folder, "remove_listed", real)
+    write_report(run, rep)
+    assert put[0].read_text() == "the user's"
+    assert (rep / "index.html").is_file()
+
+
+def test_a_listed_name_that_is_no_longer_a_file_is_not_the_reports(run, rep):
+    """A named pipe where the report wrote index.html passed as the report's own (listed, not a
+    link, not a folder), then was not removed, and the report failed after the swap."""
+    (rep / "index.html").unlink()
+    os.mkfifo(rep / "index.html")
+    with pytest.raises(sketchmine.SketchmineError, match=r"did not write \(index\.html\)"):
+        write_report(run, rep)
+    assert (rep / "index.html").is_fifo() and leftovers(rep) == []

@@ -321,14 +321,15 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
     run = run if isinstance(run, Run) else open_run(run)
     shown = Path(out)
     target = check_report_dir(shown, run.path)
-    tmp = None
+    tmp, made = None, -1
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(target)
-        tmp = target.parent / f".{target.name}{TMP}{os.getpid()}"
-        if tmp.exists():  # our own leftover (same pid)
-            shutil.rmtree(tmp)
+        # a name of its own each call: an earlier call's may hold a previous report kept (swap_in);
+        # the pid last, for `remove_stale`
+        tmp = target.parent / f".{target.name}{TMP}{time.time_ns()}-{os.getpid()}"
         tmp.mkdir()
+        made = tmp.stat().st_ino  # after a swap the path may name the previous report, kept (swap_in)
         (tmp / MARKER).write_text(PARTIAL)
         _build(run, tmp, images, t0, probe, montages)
         (tmp / MARKER).write_text(report_marker(str(run.path), tmp))
@@ -341,9 +342,16 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
                 "the previous report there (if any) is unchanged")
         raise SketchmineFailure(f"cannot write the report to {shown}: {exc.strerror or exc} ({where}); {kept}") from None
     finally:
-        if tmp is not None:  # interrupted or failed: remove only what this call created
+        if tmp is not None and _same_folder(tmp, made):  # interrupted or failed: only what this call created
             shutil.rmtree(tmp, ignore_errors=True)
     return shown / "index.html"
+
+
+def _same_folder(path: Path, inode: int) -> bool:
+    try:
+        return path.stat().st_ino == inode and not path.is_symlink()
+    except OSError:
+        return False
 
 
 def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, bytes] | str | None = None,

@@ -132,8 +132,8 @@ def foreign_entries(target: Path, info: dict[str, Any]) -> list[str]:
             rel = str(p.relative_to(target))
             if rel in (MARKER, STAGED):
                 continue
-            if p.is_symlink() or not p.is_dir():
-                if p.is_symlink() or rel not in mine:
+            if p.is_symlink() or not p.is_dir():  # a listed name holding a pipe or device: not the report's file
+                if p.is_symlink() or not p.is_file() or rel not in mine:
                     foreign.append(rel + ("/" if p.is_dir() else ""))
             elif folders is not None and rel not in ours:
                 foreign.append(rel + "/")
