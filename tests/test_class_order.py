@@ -113,3 +113,35 @@ def test_a_name_the_model_repeats_is_at_any_of_its_positions(demo_model, data, t
     pd_testing = pytest.importorskip("pandas").testing
     pd_testing.assert_frame_equal(table, same.accuracy_correlation())
     pd_testing.assert_frame_equal(run.ink_correlation(), same.ink_correlation())
+
+
+def test_every_view_of_a_dataset_repeating_a_name_with_classes_of_unequal_size(demo_test_set, tmp_path):
+    """The report's layer page looked each class's size up by name, `summary`'s ink table its
+    accuracy: with a repeated name each got two values and raised. Both go by position now."""
+    import re
+    import subprocess
+    import sys
+
+    from sketchmine.present.report import write_report
+
+    labels = demo_test_set.labels()
+    pick = np.concatenate([np.flatnonzero(labels == c)[:6 if c < 5 else 3] for c in range(10)])
+    sub = demo_test_set.subset(pick)
+    names = list(sub.class_names)
+    names[1] = names[6] = "animal"  # 6 and 3 images
+    twice = ArrayDataset(sub.images, sub.labels(), names, sub.preprocessing, {**sub.describe(), "names": "unequal"})
+    run = sketchmine.mine("demo", twice, out=tmp_path / "run.zarr", batch_size=40, layers=["features.0", "classifier.6"])
+    sizes, acc = run.class_sizes().to_numpy(), run.class_accuracy()["accuracy"].to_numpy()
+    assert sizes.tolist() == [6] * 5 + [3] * 5
+    done = subprocess.run([sys.executable, "-m", "sketchmine", "summary", str(run.path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ink = re.findall(r"│ (\w+) +│ +([0-9.]+) │ +([0-9.]+) │", done.stdout.split("ink density per class")[1])
+    assert [c for c, *_ in ink] == names
+    assert [float(a) for *_, a in ink] == pytest.approx((acc * 100).tolist(), abs=0.051)
+    write_report(run, tmp_path / "rep", images=False, montages=0)
+    page = next((tmp_path / "rep" / "layers").glob("*classifier.6*.html")).read_text()
+    cells = re.findall(r"<tr><td>([^<]+)</td><td[^>]*>(\d+)</td><td[^>]*>[^<]*</td><td[^>]*>(\d+)</td>", page)
+    top = run.top_classes("classifier.6", 10)
+    assert sorted((c, int(n), int(s)) for c, n, s in cells) == sorted(
+        (c, int(r["count"]), int(r["images"])) for c, r in top.iterrows())
+    assert sorted(int(s) for c, _, s in cells if c == "animal") == [3, 6]

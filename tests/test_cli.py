@@ -127,7 +127,8 @@ def test_output_problems(tmp_path, folder):
 
 def test_unknown_model_and_bad_checkpoint(tmp_path, folder):
     assert_clean_error(sm("mine", "--model", "alexnett", "--data", str(folder), "--out", str(tmp_path / "r")),
-                       "unknown model 'alexnett'.*alexnet")
+                       "unknown model 'alexnett': expected an embedded trained model \\('demo', 'demo-resnet', "
+                       "'demo-gru'\\).*an .onnx file; did you mean alexnet")
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"not a checkpoint")
     assert_clean_error(sm("mine", "--model", str(ckpt), "--data", str(folder), "--out", str(tmp_path / "r")),

@@ -76,8 +76,9 @@ def test_torchrun_two_processes_equal_one(tmp_path, demo_test_set):
     assert run.images_done == 122
 
 
-def _spawned(rank: int, port: int, out: str, shift: bool, result: str, k: int) -> None:
-    """One rank: a gloo group initialised here (as a user would), then sketchmine.mine."""
+def _spawned(rank: int, port: int, out: str, differ: str, result: str, k: int) -> None:
+    """One rank: a gloo group initialised here (as a user would), then sketchmine.mine; `differ`:
+    what rank 1 sees otherwise ("dataset": other images, "distributions": them asked for)."""
     from sketchmine.data import ArrayDataset, animal_shape
     from sketchmine.model.models import preprocessing_for
     from sketchmine.model.models import load_model
@@ -88,12 +89,13 @@ def _spawned(rank: int, port: int, out: str, shift: bool, result: str, k: int) -
         model = load_model("demo")
         full = animal_shape("test", preprocessing_for(model))
         keep = np.sort(np.concatenate([np.nonzero(full.labels() == c)[0][:30] for c in range(10)]))
-        if shift and rank == 1:
+        if differ == "dataset" and rank == 1:
             keep = keep + 1  # another set of images on this rank
         ds = ArrayDataset(full.images[keep], full.labels()[keep], full.class_names, full.preprocessing,
                           {**full.describe(), "subset": "0:300"})
         try:
-            run = sketchmine.mine(model.module, ds, out=out, batch_size=32, flush_every=2, k=k)  # the run's distributions
+            distributions = True if differ == "distributions" and rank == 1 else None  # None: the run's
+            run = sketchmine.mine(model.module, ds, out=out, batch_size=32, flush_every=2, k=k, distributions=distributions)
             Path(f"{result}.{rank}").write_text(f"ok {run.images_done} {run.path}")
         except SketchmineError as exc:
             Path(f"{result}.{rank}").write_text(f"error {exc}")
@@ -101,16 +103,24 @@ def _spawned(rank: int, port: int, out: str, shift: bool, result: str, k: int) -
         dist.destroy_process_group()
 
 
-def spawn(out: Path, shift: bool = False, k: int = 9) -> list[str]:
+def spawn(out: Path, differ: str = "", k: int = 9) -> list[str]:
     result = str(out.parent / "result")
-    torch.multiprocessing.spawn(_spawned, args=(free_port(), str(out), shift, result, k), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_spawned, args=(free_port(), str(out), differ, result, k), nprocs=2, join=True)
     return [Path(f"{result}.{r}").read_text() for r in range(2)]
 
 
 def test_ranks_with_different_datasets_are_refused(tmp_path):
-    said = spawn(tmp_path / "run.zarr", shift=True)
+    said = spawn(tmp_path / "run.zarr", differ="dataset")
     for text in said:  # every rank stops with the same message, before anything is written
         assert text.startswith("error rank 1 sees a different dataset than rank 0 (dataset fingerprint"), text
+    assert not (tmp_path / "run.zarr").exists()
+
+
+def test_ranks_asking_for_different_statistics_are_refused(tmp_path):
+    """Rank 1 asked for the distributions, rank 0 not: the ranks' accumulators would not merge."""
+    said = spawn(tmp_path / "run.zarr", differ="distributions")
+    for text in said:
+        assert text.startswith("error rank 1 sees a different distributions setting than rank 0;"), text
     assert not (tmp_path / "run.zarr").exists()
 
 
@@ -134,5 +144,5 @@ def test_two_processes_resume_a_one_process_run(tmp_path, demo_model, small_test
     assert_same_as_one_process(out, ref.path)
     assert sketchmine.open_run(out).attrs["preprocess"] == "cpu"
     said = spawn(out, k=5)  # rank 0's refusal to resume with other settings reaches rank 1
-    assert said[0].startswith(f"error cannot resume {out}: it was mined with a different k (run: 9, now: 5)")
+    assert said[0].startswith(f"error cannot resume {out}: it was mined otherwise, k (run: 9, now: 5)")
     assert said[1] == "error rank 0 stopped: " + said[0][len("error "):]

@@ -16,7 +16,7 @@ def test_maxima_that_do_not_fit_are_refused_with_the_numbers():
         check_maxima_memory("classifier.1", images, units, available=16 * 2**30)
     text = str(err.value)
     for words in ("'classifier.1'", "1,281,167 images", "4,096 units", f"{need / 2**30:,.1f} GiB", "16.0 GiB",
-                  "fewer images", "fewer units"):
+                  "fewer units", "mine a subset of the dataset into a new run"):
         assert words in text, words
     check_maxima_memory("classifier.1", images, units, available=need)  # exactly enough: no refusal
 

@@ -143,3 +143,19 @@ def test_a_report_folder_that_is_a_symlink_loop_is_refused_in_one_line(tmp_path)
     loop.symlink_to(tmp_path / "loop")
     with pytest.raises(SketchmineError, match=r"report folder .*loop is or goes through a symbolic link loop"):
         check_report_dir(loop)
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["the-folder", "a-folder-above"])
+def test_report_and_probe_folders_through_a_dangling_link_are_refused_creating_nothing(tmp_path, deep):
+    """As `mine --out`: `report --out` followed the link and wrote the whole report where it points
+    (its folders made on the way), and the probe folder likewise."""
+    from sketchmine.present.report_folder import check_report_dir
+    from sketchmine.present.report_probe import check_probe_folder
+
+    os.symlink(tmp_path / "nowhere" / "deep", tmp_path / "link")
+    out = tmp_path / "link" / "rep" if deep else tmp_path / "link"
+    for check, what in ((check_report_dir, "report folder"), (check_probe_folder, "probe folder")):
+        with pytest.raises(SketchmineError, match=rf"{what} {out}(: its folder {tmp_path}/link)? is a symbolic link to "
+                                                  rf"{tmp_path}/nowhere/deep, which does not exist \(nothing was created\)"):
+            check(out)
+    assert _tree(tmp_path) == ["link"]

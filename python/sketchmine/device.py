@@ -37,9 +37,8 @@ def as_device(device: str | torch.device) -> torch.device:
     traceback deep in the first copy or op)."""
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise SketchmineError(f"unknown device {device!r} ({' '.join(str(exc).split())[:80]}); "
-                              "expected cpu, cuda or cuda:N") from None
+    except (RuntimeError, TypeError):
+        raise SketchmineError(f"unknown device {device!r}: expected cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise SketchmineError(f"device {str(device)!r}: this machine has no CUDA GPU that torch can use; "

@@ -20,6 +20,13 @@ class SketchmineFailure(SketchmineError):
     exit_code = 1
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message, for a one-line error (a library's message may run to a
+    traceback of its own); the exception type's name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The choices most similar to `name`, for 'did you mean' hints."""
     return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.4)

@@ -54,6 +54,14 @@ class MinerDataset(Dataset):
         """All labels without reading images, or None when only a pass can tell."""
         return None
 
+    def skipped_note(self) -> str | None:
+        """One line `mine` says about what the dataset's listing left out (a folder's); None: nothing."""
+        return None
+
+    def input_note(self) -> str | None:
+        """One line `mine` says about how the samples were taken as input (a torch Dataset's); None: nothing."""
+        return None
+
 
 def collate(batch: list[tuple[int, torch.Tensor, int, str]], path: Callable[[int], str] | None = None):
     """Stack samples; an unreadable image's placeholder takes the shape of the readable ones,

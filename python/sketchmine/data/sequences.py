@@ -195,6 +195,12 @@ class SequenceDataset(MinerDataset):
     def labels(self) -> np.ndarray:
         return self.base.labels()
 
+    def skipped_note(self) -> str | None:
+        return self.base.skipped_note()
+
+    def input_note(self) -> str | None:
+        return self.base.input_note()
+
     def describe(self) -> dict[str, Any]:
         return {**self.base.describe(), "sequence": {"transform": TRANSFORM, "steps": self.steps, "ink": self.ink}}
 

@@ -156,7 +156,8 @@ def torch_dataset(dataset: Dataset, preprocessing: Preprocessing | None, *, chos
     in [0, 1] (unnormalised pixels, by the look of it) for a model that records a normalisation."""
     ds = TorchDataset(dataset, preprocessing if chosen else None)
     if len(ds) == 0:
-        raise SketchmineError("the dataset is empty")
+        raise SketchmineError(f"the torch Dataset {type(dataset).__name__} is empty: its len() is 0, expected at least "
+                              "one (image, label) sample")
     if preprocessing is None or chosen:
         return ds
     first = _first_readable(ds)

@@ -15,7 +15,7 @@ from sketchmine.model.followers import followers
 from sketchmine.progress import Progress
 from sketchmine.results.run import Run
 from sketchmine.store.runstore import RunStore
-from sketchmine.store.schema import FORWARD_OPTIONS, PLAIN_FORWARD_OPTIONS, PREPROCESS
+from sketchmine.store.schema import FORWARD_OPTIONS, LAYER_NAMES, PLAIN_FORWARD_OPTIONS, PREPROCESS
 
 
 SKETCH_IMAGES = 2**31 - 1
@@ -106,13 +106,20 @@ def _short(value: Any) -> Any:
     return (str(value)[:16] + "…") if isinstance(value, str) and len(value) > 20 else value
 
 
+RESUME_CHECKS: dict[str, str] = {
+    "model": "model id", "weights_hash": "model weights", LAYER_NAMES: "layers", "k": "k",
+    "dataset_fingerprint": "dataset", "preprocessing_key": "preprocessing"}
+"""What makes two passes mine the same run, by root attribute, with its name in a message: a resume
+must agree with the run (check_resumable), every rank with rank 0 (distributed.py)."""
+
+
 def check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> None:
-    """Refuse to resume a run mined with another model, weights, layers, k, dataset,
-    preprocessing or logits setting, naming each difference."""
+    """Refuse to resume a run mined otherwise, naming each difference: RESUME_CHECKS (model id,
+    weights, layers, k, dataset, preprocessing; each only when `want` names it), every forward
+    option, the model switches (when the run recorded them), the logits setting, distributions and
+    the preprocess route."""
     attrs, diffs = current.attrs, []
-    checks = [(key, label) for key, label in (
-        ("model", "model id"), ("weights_hash", "model weights"), ("layer_names", "layers"), ("k", "k"),
-        ("dataset_fingerprint", "dataset"), ("preprocessing_key", "preprocessing")) if key in want]
+    checks = [(key, label) for key, label in RESUME_CHECKS.items() if key in want]
     # runs that predate the record of forward options were mined with the plain forward
     options = attrs.get(FORWARD_OPTIONS) or PLAIN_FORWARD_OPTIONS
     attrs = {**attrs, "weights_hash": recorded_weights(attrs)}
@@ -135,5 +142,5 @@ def check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> No
     if route != asked:
         diffs.append(f"preprocess (run: {route}, now: {asked}; pass --preprocess {route})")
     if diffs:
-        raise SketchmineError(f"cannot resume {current.path}: it was mined with a different " + "; ".join(diffs)
+        raise SketchmineError(f"cannot resume {current.path}: it was mined otherwise, " + "; ".join(diffs)
                               + ". Use another --out for a new run")

@@ -30,18 +30,21 @@ import torch
 import torch.distributed as dist
 
 from sketchmine.errors import SketchmineError
+from sketchmine.mining.checks import RESUME_CHECKS
+from sketchmine.model.backend import MODEL_SWITCHES
 from sketchmine.results.run import Run
 from sketchmine.store.runstore import RunStore, is_run
+from sketchmine.store.schema import PREPROCESS
 
 if TYPE_CHECKING:
     from sketchmine.stats.accumulators import Accumulator
 
 T = TypeVar("T")
 _OWNED = False  # True when sketchmine initialised the process group itself (torchrun env)
-_CHECKS = {"dataset_fingerprint": "dataset", "model": "model", "weights_hash": "model weights",
-           "layer_names": "layers", "k": "k", "preprocessing_key": "preprocessing",
-           "forward_options": "forward options", "logits": "logits setting", "batch_size": "batch size",
-           "flush_every": "flush interval", "model_switches": "model switches"}
+_CHECKS = {**RESUME_CHECKS, "forward_options": "forward options", "logits": "logits setting", "batch_size": "batch size",
+           "flush_every": "flush interval", MODEL_SWITCHES: "model switches", "distributions": "distributions setting",
+           PREPROCESS: "preprocess route"}
+"""What every rank must share with rank 0: what a resume checks, and the pass's own settings."""
 
 
 class Solo:

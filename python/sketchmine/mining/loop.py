@@ -29,8 +29,8 @@ from sketchmine.model.forward import Forward, Layer
 from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
 from sketchmine.progress import Progress
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import class_counts
 from sketchmine.stats import accumulators
+from sketchmine.stats.accuracy import per_class_accuracy
 from sketchmine.stats.accumulators import Accumulator, Batch, LayerSpec, Setup
 from sketchmine.store import schema
 from sketchmine.store.runstore import RunStore
@@ -379,8 +379,7 @@ def _finalize(store: RunStore, accs: list[Accumulator], n: int, bad: list[dict[s
     if store.has(schema.PREDICTIONS):
         labels, pred = store.read(schema.LABELS), store.read(schema.PREDICTIONS)
         nan_outputs = int((pred == schema.NAN_PREDICTION).sum())
-        correct, count = class_counts(pred, labels, store.shape(schema.LOGITS)[1])
-        accuracy[schema.PER_CLASS_ACCURACY] = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
+        accuracy[schema.PER_CLASS_ACCURACY], correct, count = per_class_accuracy(pred, labels, store.shape(schema.LOGITS)[1])
         overall = float(correct.sum() / count.sum()) if count.sum() else None
     store.write_results(_parts(accuracy, accs), overall)
     store.finish(n, {"bad_images": bad, "converted_images": _merged_counts(store, converted)})

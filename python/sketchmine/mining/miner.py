@@ -49,7 +49,7 @@ from sketchmine.progress import Progress, Silent
 from sketchmine.results.run import Run
 from sketchmine.store.lock import enclosing_run, out_path
 from sketchmine.store.runstore import RunLock, RunStore, is_run
-from sketchmine.store.schema import PREPROCESS
+from sketchmine.store.schema import LAYER_NAMES, PREPROCESS
 
 
 def _model_spec(model: nn.Module | LoadedModel | str, weights: str | os.PathLike | None, seed: int | None = None) -> dict[str, Any]:
@@ -205,11 +205,12 @@ def mine(
     forward = as_forward(net)
     preprocessing, chosen = _resolve_preprocessing(loaded, preprocessing, image_size)
     ds = _as_sequences(as_miner_dataset(dataset, preprocessing, chosen=chosen), loaded, steps, ink)
-    for said in (getattr(getattr(ds, "base", ds), name, None) for name in ("skipped_note", "input_note")):
-        if said is not None and said():  # what a folder's listing left out; how "auto" took a torch Dataset
-            progress.note(said())
+    for said in (ds.skipped_note(), ds.input_note()):
+        if said:  # what a folder's listing left out; how "auto" took a torch Dataset
+            progress.note(said)
     if len(ds) == 0:
-        raise SketchmineError("the dataset is empty")
+        shown = (d := ds.describe()).get("root") or d.get("name") or d.get("type") or type(ds).__name__
+        raise SketchmineError(f"the dataset ({shown}) is empty: mine needs at least one image")
     if k > len(ds):
         progress.note(f"k={k} is more than the {len(ds)} images of the dataset: keeping k={len(ds)}")
         k = len(ds)
@@ -245,7 +246,7 @@ def mine(
     want = {
         "model": model_id,
         "weights_hash": forward.weights_hash(weights_algorithm),  # as a resumed run hashed them (older: sha256)
-        "layer_names": names,
+        LAYER_NAMES: names,
         "k": k,
         "dataset_fingerprint": ds.fingerprint(),
         "preprocessing_key": _preprocessing_key(pre),
@@ -259,7 +260,7 @@ def mine(
     team.check_same({**want, "logits": logits, "batch_size": batch_size, "flush_every": flush_every})
     # before the model is touched (and again under the lock); a refusal on rank 0 reaches every rank
     # (the default layers are known after the probe: a module never called is left out then)
-    early = want if layers is not None else {key: v for key, v in want.items() if key != "layer_names"}
+    early = want if layers is not None else {key: v for key, v in want.items() if key != LAYER_NAMES}
     team.on_writer(lambda: check_resumable(store, early, logits) if store is not None else None)
     forward.to(device)
     if compile:
@@ -271,7 +272,7 @@ def mine(
             unused = [n for n in names if n not in {l.name for l in spec}]
             progress.note(f"{len(unused)} of the model's layers are not called by its forward pass and are not mined: "
                           f"{', '.join(unused[:4])}{', …' if len(unused) > 4 else ''}")
-            names = want["layer_names"] = [l.name for l in spec]
+            names = want[LAYER_NAMES] = [l.name for l in spec]
         if logits:
             check_classes(num_classes, loaded.categories, ds.class_names, progress)
         if not logits:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sketchmine.errors import SketchmineError, SketchmineFailure
+from sketchmine.errors import SketchmineError, SketchmineFailure, first_line
 from sketchmine.model import cut
 from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, as_forward, first_tensor, register_backend,
                                       weights_hasher)
@@ -139,7 +139,7 @@ class TorchForward:
             try:
                 out = first_tensor(net(x))
             except (BackendCompilerFailed, InductorError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise SketchmineFailure(f"torch.compile failed: {first[:300]}; on CPU it needs a C++ compiler (g++ "
                                       "or clang), on CUDA Triton. Mine without --compile (compile=False)") from None
             for name, t, fed in captured:
@@ -207,7 +207,7 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
     try:
         shapes, out, layouts = forward.shapes(layers, x)
     except (RuntimeError, ValueError, IndexError, OnnxRunError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SketchmineError(f"the model cannot take input of shape {tuple(x.shape[1:])} ({input_words(x)}): "
                               f"{first}; {input_advice(x, forward.input_channels(0))}") from None
     num_classes = int(out.shape[1]) if out.ndim == 2 else None

@@ -117,10 +117,11 @@ def _build(arch: str, num_classes: int | None, in_channels: int | None) -> nn.Mo
         return zoo.ARCHS[arch.lower()](num_classes=num_classes or 10, in_channels=in_channels or 1)
     names = torchvision.models.list_models()
     if arch not in names:
-        hint = closest(arch, names + sorted(zoo.ARCHS))
+        hint = closest(arch, names + sorted(zoo.ARCHS) + sorted(zoo.EMBEDDED))
         raise SketchmineError(
-            f"unknown model {arch!r}: expected a torchvision model name, {', '.join(repr(a) for a in zoo.ARCHS)}, "
-            "or a checkpoint path" + (f"; did you mean {', '.join(hint)}?" if hint else "")
+            f"unknown model {arch!r}: expected an embedded trained model ({', '.join(repr(a) for a in zoo.EMBEDDED)}), "
+            f"a torchvision model name, {', '.join(repr(a) for a in zoo.ARCHS)}, a checkpoint path or an .onnx file"
+            + (f"; did you mean {', '.join(hint)}?" if hint else "")
             + (f"; a bare word is a model name: for the file {arch!r} here write ./{arch}" if Path(arch).exists() else "")
         )
     kwargs: dict[str, Any] = {"weights": None}

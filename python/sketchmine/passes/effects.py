@@ -5,8 +5,8 @@ image maxima correlate most with it (stats/correlation.py), in one pass over the
 
 The ablation is importance's (ablation.py: the network split at the layer, or replicated,
 `units_per_pass` units zeroed per tail run); the clean forward of each chunk also gives the
-image maxima the correlations need. Results are stored by results/effects.py and read back
-with `Run.unit_effects(layer, kind)` and `Run.correlated_units(layer)`.
+image maxima the correlations need. Results are stored here (`write_effects`) and read back
+with `Run.unit_effects(layer, kind)` and `Run.correlated_units(layer)` (results/effects.py).
 
 The output layer (the Linear computing the logits) is ablated like any layer: zeroing unit c
 sets logit c to 0, so its row of logit_delta is minus the mean logit c in column c and 0
@@ -32,10 +32,12 @@ from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model.modes import eval_mode
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.passes.ablation import ABLATION, Replicate, choose_ablator, image_batches, unit_groups
-from sketchmine.results.effects import logits_layer, not_ablatable, onnx_run, write_effects
+from sketchmine.results.effects import EFFECT_KEYS, logits_layer, not_ablatable, onnx_run
 from sketchmine.results.run import Run, open_run
 from sketchmine.stats.correlation import (BLOCK_UNITS, Correlated, check_maxima_memory, image_maxima, maxima_array,
                                           top_correlated)
+from sketchmine.store import schema
+from sketchmine.store.layer_results import write_layer_results
 
 __all__ = ["Correlated", "Effects", "ablation_effects", "check_ablatable", "check_run_ablatable", "torch_net",
            "unique", "unit_effects"]
@@ -152,6 +154,17 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
                "method": ablator.method if ablator else None, "units_per_pass": len(groups[0]) if groups else 0,
                "ablation": ABLATION,
                "delta": DELTA})
+
+
+def write_effects(run: Run, layer: str, effects: Effects, correlated: Correlated) -> None:
+    """Store a layer's correlated units, then its effects (each group replacing an earlier one
+    whole): layers/<layer>/{correlated, effects} (schema.CORRELATED_ARRAYS, EFFECT_ARRAYS)."""
+    run.layer_attrs(layer)  # a layer the run does not have is refused with the run's layers
+    write_layer_results(run.path, layer, {
+        schema.CORRELATED: ({key: np.asarray(getattr(correlated, key), dtype=dtype)
+                             for key, dtype in schema.CORRELATED_ARRAYS.items()}, dict(correlated.attrs)),
+        schema.EFFECTS: ({key: np.asarray(getattr(effects, key), dtype=np.float64) for key in EFFECT_KEYS},
+                         dict(effects.attrs))})
 
 
 def unit_effects(run: Run | str | os.PathLike, layers: str | list[str], model: Any = None, data: Any = None,

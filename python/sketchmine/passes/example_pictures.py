@@ -36,10 +36,10 @@ from sketchmine.results.run import Run
 from sketchmine.stats.ops import spatial_max_reference
 from sketchmine.stats.topk import flat_to_yx
 from sketchmine.store.runstore import RunStore
+from sketchmine.store.schema import PICTURE_GROUPS as GROUPS
 
 EXAMPLES = ("top", "all")
 """visualize's `examples`: the top-k only (default), or also the bottom-k and the bin examples."""
-GROUPS = {"bottom": "bottom_pictures", "bins": "bin_pictures"}
 KEYS = ("patches", "deconv", "boxes", "inside")
 
 

@@ -6,7 +6,7 @@ the drop in the correct class's probability and in accuracy when the unit is zer
 over the run's dataset, plus the unit's mean activation (its per-image maximum over
 positions, the statistic the top-k ranks) on correctly and wrongly predicted images.
 The ablation itself (batched: network split at the layer, or replicated) is ablation.py;
-how results are stored and read back is importance_store.py (below run.py, which reads them);
+results are stored here (`write_importance`) and read back by importance_store.py (below run.py);
 the console table of them is console.importance_table, the command cli.main (`sketchmine importance`).
 """
 from __future__ import annotations
@@ -23,11 +23,22 @@ from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.passes.ablation import Importance, ablation_importance
 from sketchmine.passes.effects import ablation_net, unique
-from sketchmine.results.importance_store import COLUMNS, has_importance, read_importance, write_importance
+from sketchmine.results.importance_store import COLUMNS, has_importance, read_importance
 from sketchmine.results.run import Run, open_run
+from sketchmine.store import schema
+from sketchmine.store.layer_results import write_layer_results
 
 __all__ = ["COLUMNS", "Importance", "ablation_importance", "has_importance",
            "read_importance", "unit_importance", "write_importance"]
+
+
+def write_importance(run: Run, layer: str, result: Importance) -> None:
+    """layers/<layer>/importance/<column> arrays plus attrs; replaces an earlier result as a
+    unit (RunStore.write_group): an interrupted write leaves the earlier result, or none."""
+    run.layer_attrs(layer)  # a layer the run does not have is refused with the run's layers
+    write_layer_results(run.path, layer, {schema.IMPORTANCE: (
+        {col: np.asarray(getattr(result, col), dtype=np.float64) for col in COLUMNS}, dict(result.attrs))})
+
 
 # ---- run API ------------------------------------------------------------------------------
 def _labels(run: Run, ds: MinerDataset) -> np.ndarray:

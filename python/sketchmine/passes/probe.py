@@ -33,7 +33,7 @@ from torch import nn
 
 from sketchmine.data.preprocess import LUMA, Preprocessing, convert_channels
 from sketchmine.data.sequences import background_of
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, first_line
 from sketchmine.model.backend import first_tensor
 from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import SOFTMAX, Taps
@@ -192,7 +192,7 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
             outs = wrapped(x)  # the test forward: a model that cannot take this input is said, not a traceback
         wrapped.probabilities = ends_in_softmax(net, wrapped.prepare(x))
     except Exception as exc:  # noqa: BLE001 - any failure means "no probe", said on the page (report) or as one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SketchmineError(f"the model {run.attrs.get('model')} cannot run on the probe's input of shape "
                               f"{tuple(shape)} ({size[0]}×{size[1]} {'grey' if channels == 1 else 'RGB'}): "
                               f"{type(exc).__name__}: {first[:300]}") from None
@@ -218,7 +218,7 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
                               do_constant_folding=True)
             onnx = (Path(tmp) / "probe.onnx").read_bytes()
     except Exception as exc:  # noqa: BLE001 - any exporter failure means "no probe", said on the page
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SketchmineError(f"torch.onnx cannot export the model {run.attrs.get('model')}: {first[:300]}") from None
     check_size(f"the probe graph of {run.attrs.get('model')}", len(onnx), max_mb)
     notes += check_graph(onnx, wrapped, x, images or [], seq, data_dependent(caught), str(run.attrs.get("model")))
@@ -351,7 +351,7 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
         graph.notes.append(f"the probe computes in float32 and the run was mined in {run.precision}: its values "
                            "differ from the run's beyond float rounding")
     ink, why = sequence_ink(seq) or ink_polarity(images, size)
-    labels, are_classes = output_labels(run, getattr(loaded, "categories", None))
+    labels, are_classes = output_labels(run, loaded.categories)
     meta = {"model": str(run.attrs.get("model")), "size": list(size), "classes": labels,
             "outputs_are_classes": are_classes, "preprocessing": pre.describe(), "channels": graph.channels,
             "ink": ink, "ink_why": why,

@@ -21,6 +21,7 @@ import numpy as np
 from sketchmine.errors import SketchmineError
 from sketchmine.results.run import Run
 from sketchmine.results.traces import ARRAY, MAX_TRACE_IMAGES, entry_steps
+from sketchmine.store import schema
 
 if TYPE_CHECKING:  # torch stays unimported for the report, which only reads stored traces
     from torch import nn
@@ -97,6 +98,6 @@ def write_traces(store: RunStore, run: Run, layers: list[str], net: nn.Module, d
     for name in layers:
         result = layer_traces(run, name, net, ds, device)
         if result is not None:
-            store.write_result(name, "traces", *result)
+            store.write_result(name, schema.TRACES, *result)
             written.append(name)
     return written

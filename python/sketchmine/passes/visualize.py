@@ -369,14 +369,13 @@ def _check_present(ds: MinerDataset, needed: np.ndarray) -> None:
 
 def patches_of(run: Run, layer: str, unit: int) -> dict[str, np.ndarray]:
     """One unit's stored patches, deconvolutions and boxes (for reports and notebooks)."""
-    visualized = run.layer_attrs(layer).get(schema.VISUALIZED)
-    if visualized is None or not all(run.has_array(layer, key) for key in ARRAYS):
+    done = run.patches_done(layer)
+    if done == 0 or not all(run.has_array(layer, key) for key in ARRAYS):
         raise SketchmineError(f"layer {layer!r} of {run.path} has no patches; run `sketchmine visualize {run.path}`")
-    units, done = run.array_shape(layer, "patches")[0], int(visualized.get("units_done", 0))
-    if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or not 0 <= unit < units:
-        raise SketchmineError(f"unit {unit!r} is not in layer {layer!r} of {run.path}: its units are 0 to {units - 1}")
+    unit = run.check_unit(layer, unit)
     if unit >= done:  # its blocks are not committed: the arrays hold fill values there
-        raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no patches yet ({done} of {units} "
-                              f"units done); run `sketchmine visualize {run.path}` to continue")
-    return {key: run.layer_array(layer, key, slice(int(unit), int(unit) + 1))[0] for key in ARRAYS}
+        raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no patches yet ({done} of "
+                              f"{run.array_shape(layer, 'patches')[0]} units done); run `sketchmine visualize "
+                              f"{run.path}` to continue")
+    return {key: run.layer_array(layer, key, slice(unit, unit + 1))[0] for key in ARRAYS}
 

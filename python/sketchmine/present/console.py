@@ -8,7 +8,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from sketchmine.errors import SketchmineError
 from sketchmine.results.numbers import percent
 from sketchmine.results.precision import precision_differs, precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import size_note, ties_words
+
+if TYPE_CHECKING:
+    from sketchmine.results.compare import Comparison
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -104,11 +108,11 @@ def layers_table(run: Run) -> Table:
         table.add_column(col, justify="right" if col in ("units", "max activation", "NaN") else "left")
     for name in run.layers:
         attrs = run.layer_attrs(name)
-        values, idx, _ = run.topk(name)
-        best = values[idx >= 0].max() if (idx >= 0).any() else float("nan")
-        nans = int(run.layer_array(name, "nan_count").sum()) if run.has_array(name, "nan_count") else 0
+        peak = run.peak(name)
+        best = float("nan") if peak is None else peak
         shape = "×".join(map(str, attrs["shape"]))
-        table.add_row(safe(name), safe(attrs.get("kind", "")), safe(shape), str(attrs["shape"][0]), f"{best:.4g}", str(nans))
+        table.add_row(safe(name), safe(attrs.get("kind", "")), safe(shape), str(attrs["shape"][0]), f"{best:.4g}",
+                      str(run.nan_total(name)))
     return table
 
 
@@ -116,8 +120,6 @@ def accuracy_table(run: Run) -> Table:
     """Per class: accuracy and image count. A run without predictions (--no-logits) still lists
     its classes and their images, accuracy "-", and says why in a note (stderr), as summary --json
     and the report do, instead of failing the whole summary."""
-    from sketchmine.errors import SketchmineError
-
     try:
         acc = run.class_accuracy()
     except SketchmineError as exc:
@@ -186,7 +188,6 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
     layer read before its ReLU leaves most out), the correlation with class ink density and
     with class accuracy (`Run.accuracy_correlation`, by top-k count per image and by this
     preference); None when the run has no class statistics (no labels, or mined before them)."""
-    from sketchmine.errors import SketchmineError
     from sketchmine.results import analysis
 
     if not analysis.has_class_stats(run):
@@ -223,18 +224,12 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
 
 def ink_table(run: Run) -> Table:
     """Mean ink density of each class's images beside the class accuracy."""
-    from sketchmine.errors import SketchmineError
-
     ink = run.ink_density()
-    try:
-        acc = run.class_accuracy()["accuracy"]
-    except SketchmineError:  # no predictions: the column says "-"
-        acc = {}
+    acc = run.class_accuracy_series().to_numpy()  # NaN without predictions: the column says "-"
     table = Table(title="ink density per class (fraction of pixels that differ from the background)")
     for col in ("class", "ink density", "accuracy %"):
         table.add_column(col, justify="left" if col == "class" else "right")
-    for c, v in ink.items():
-        a = acc.get(c, float("nan"))
+    for c, v, a in zip(ink.index, ink.to_numpy(), acc):  # by position: a dataset may repeat a class name
         table.add_row(safe(c), _num(v, ".3f"), percent(a, 2))
     return table
 
@@ -244,7 +239,7 @@ def _num(v: float, fmt: str) -> str:
     return "-" if np.isnan(v) else format(v, fmt)
 
 
-def compare_tables(cmp) -> list[Table]:
+def compare_tables(cmp: Comparison) -> list[Table]:
     """`compare.Comparison` as two tables: accuracy side by side, then the paired layers (the
     title says how they were paired: by name or by relative depth)."""
     oa, ob = cmp.overall
@@ -276,7 +271,7 @@ def compare_tables(cmp) -> list[Table]:
                     cell(r, "bottom_a"), cell(r, "bottom_b"), _num(r["jaccard_bottom"], ".2f"))
     lay.caption = ("J: Jaccard overlap of the listed classes plus those tied at the cut; '-' where a layer's classes all "
                    "tie (no top or bottom classes)")
-    if getattr(cmp, "no_images", None):
+    if cmp.no_images:
         lay.caption += "\n" + _no_images(cmp.no_images)
     lay.caption_justify = "left"
     return [acc, lay]

@@ -55,14 +55,13 @@ def summary_data(run: Run, n: int) -> dict[str, Any]:
     layers = []
     for name in run.layers:
         attrs = run.layer_attrs(name)
-        values, idx, _ = run.topk(name)
         top, bottom = run.top_classes(name, n), run.bottom_classes(name, n)
-        peak = float(values[idx >= 0].max()) if (idx >= 0).any() else None
+        peak = run.peak(name)
         best = infinite(peak) if peak is not None and math.isinf(peak) else peak  # "inf" as `unit --json`; null: none
         layers.append({
             "name": name, "kind": attrs.get("kind"), "shape": list(attrs["shape"]), "units": attrs["shape"][0],
             "max_activation": best,
-            "nan_count": int(run.layer_array(name, "nan_count").sum()) if run.has_array(name, "nan_count") else 0,
+            "nan_count": run.nan_total(name),
             "top_classes": records(top, "class"),
             "bottom_classes": records(bottom, "class"),
             # the classes tied at each list's cut and left out (class order); every class tied: no order at all

@@ -22,6 +22,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.present.report_data import percent
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary
+from sketchmine.store import schema
 
 SLIDE_INCHES = (16.0, 9.0)
 """16:9, the size of a default presentation slide: text sizes below are readable on it."""
@@ -33,20 +34,16 @@ SHOWN = 9
 def montage_pixels(run: Run, layer: str, unit: int) -> tuple[np.ndarray, np.ndarray | None]:
     """The unit's stored patches and deconvolutions, (k, h, w, ch) uint8 each (deconvolutions
     None when the pass stored none); a SketchmineError saying how to add them otherwise."""
-    attrs = run.layer_attrs(layer)
-    vis = attrs.get("visualized")
-    units = int(attrs["shape"][0])
-    if isinstance(unit, (bool, np.bool_)) or not isinstance(unit, (int, np.integer)) or not 0 <= int(unit) < units:
-        raise SketchmineError(f"unit {unit!r} is not in layer {layer!r} of run {run.path}: its units are 0 to "
-                              f"{units - 1}")
-    if vis is None or not run.has_array(layer, "patches"):
+    unit = run.check_unit(layer, unit)
+    done, units = run.patches_done(layer), int(run.layer_shape(layer)[0])
+    if done == 0:
         raise SketchmineError(f"layer {layer!r} of {run.path} has no patches for a montage; run "
                               f"`sketchmine visualize {run.path} --layers {layer}` first")
-    if int(unit) >= int(vis.get("units_done", 0)):
+    if unit >= done:
         raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no patches yet "
-                              f"({vis.get('units_done', 0)} of {units} units done); run `sketchmine visualize "
+                              f"({done} of {units} units done); run `sketchmine visualize "
                               f"{run.path} --layers {layer}` to continue")
-    rows = slice(int(unit), int(unit) + 1)
+    rows = slice(unit, unit + 1)
     patches = run.layer_array(layer, "patches", rows)[0]
     deconv = run.layer_array(layer, "deconv", rows)[0] if run.has_array(layer, "deconv") else None
     return patches, deconv
@@ -55,7 +52,7 @@ def montage_pixels(run: Run, layer: str, unit: int) -> tuple[np.ndarray, np.ndar
 def montage_optimized(run: Run, layer: str, unit: int) -> np.ndarray | None:
     """The unit's stored feature visualisation image (h, w, ch) uint8, or None where the run
     has none for it (no `--optimize` pass, or the pass has not reached the unit)."""
-    opt = run.layer_attrs(layer).get("optimized")
+    opt = run.layer_attrs(layer).get(schema.OPTIMIZED)
     if not opt or not run.has_array(layer, "optimized") or int(unit) >= int(opt.get("units_done", 0)):
         return None
     return run.optimized(layer, int(unit))

@@ -21,7 +21,6 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from sketchmine.present.report_data import (PAGE_SIZE, classes_cell, importance_
                                              precision_html, size_html)
 from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
                                               report_marker, swap_in)
-from sketchmine.present.report_unit import MONTAGES, unit_pages
+from sketchmine.present.report_unit import MONTAGES, copy_assets, unit_pages
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis
 from sketchmine.results.run import Run, open_run
@@ -116,10 +115,9 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
         parts.append(f'<p class="partial">PARTIAL run: {run.images_done} images mined so far</p>')
     try:
         ranked = run.top_classes(name, len(run.class_names))
-        sizes = run.class_sizes()
-        unequal = size_note(sizes) is not None  # raw counts favour larger classes: their sizes and the fair count beside
+        unequal = size_note(run.class_sizes()) is not None  # raw counts favour larger classes: sizes, fair count beside
         rows = [[e(str(c)), str(int(r["count"])), _pct(r["accuracy"])]
-                + ([str(int(sizes[c])), f"{r['per_image']:.3f}"] if unequal else []) for c, r in ranked.iterrows()]
+                + ([str(int(r["images"])), f"{r['per_image']:.3f}"] if unequal else []) for c, r in ranked.iterrows()]
         left = int(ranked.attrs.get("unlabelled", 0))
         parts.append(f'<h2>Classes among the top-{run.k} images</h2>'
                      f'<img class="plot" src="../hist/{lid}.png" alt="class histogram">'
@@ -307,7 +305,8 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
     visualize` stored; a layer without them says how to add them. Layers with stored unit
     importance get a sortable table and plot.
     images: False leaves the cards' picture slots out for layers without patches.
-    dataset: no longer read (the report opens no dataset); anything but None is refused.
+    dataset: refused unless None — the report reads only the store; pictures come from
+    sketchmine.visualize(run, data=...).
     probe: the live probe's files (`sketchmine.passes.probe.build_probe(run)`, which needs the
     model), or why there is none (a str, shown on the index page; None: written without the model).
     montages: the most slide montages (PNG) written per layer, for units with patches (the most
@@ -356,10 +355,7 @@ def _same_folder(path: Path, inode: int) -> bool:
 
 def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, bytes] | str | None = None,
            montages: int = MONTAGES) -> None:
-    (out / "assets").mkdir(exist_ok=True)
-    for name in ("report.css", "dom.js", "report.js"):
-        src = resources.files("sketchmine.present") / "report_assets" / name
-        (out / "assets" / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    copy_assets(out, ("report.css", "dom.js", "report.js"))
     ids = layer_ids(run)
     labelled = run.has_labels()  # some image has a label (others may have none: -1)
     stats = analysis.has_class_stats(run)

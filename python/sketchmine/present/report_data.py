@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sketchmine.errors import SketchmineError
 from sketchmine.names import printable
 from sketchmine.results.numbers import percent  # noqa: F401  (report.py, plots.py and montage.py take it from here)
 from sketchmine.results.precision import precision_note
@@ -25,6 +24,7 @@ from sketchmine.results.run import Run
 from sketchmine.results.summaries import size_note, ties_words
 from sketchmine.results.traces import MAX_TRACE_IMAGES, entry_steps, read_traces
 from sketchmine.results.unit_summary import infinite, num
+from sketchmine.store import schema
 
 PAGE_SIZE = 64
 THUMB = 96
@@ -68,14 +68,6 @@ def strip(tiles: np.ndarray) -> np.ndarray:
     """(k, h, w, ch) → (h, k*w, ch): the tiles side by side."""
     k, h, w, ch = tiles.shape
     return tiles.transpose(1, 0, 2, 3).reshape(h, k * w, ch)
-
-
-def class_accuracy_array(run: Run) -> np.ndarray:
-    """(classes,) accuracy per class; NaN everywhere when the run has no predictions."""
-    try:
-        return run.class_accuracy()["accuracy"].to_numpy()
-    except SketchmineError:
-        return np.full(len(run.class_names), np.nan)
 
 
 def precision_html(run: Run) -> str:
@@ -136,11 +128,10 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
     attrs = run.layer_attrs(name)
     values, index, yx = run.topk(name)
     labels, names, paths = run.labels, run.class_names, run.paths
-    acc = class_accuracy_array(run)
-    vis = dict(attrs.get("visualized") or {})
+    acc = run.class_accuracy_series().to_numpy()  # NaN everywhere without predictions
     has_patches = run.has_array(name, "patches")
     has_deconv = has_patches and run.has_array(name, "deconv")
-    done = int(vis.get("units_done", index.shape[0])) if has_patches else 0
+    done = run.patches_done(name)
     steps = entry_steps(attrs, yx)
     traces = read_traces(run, name) if steps is not None else None
     if traces is not None and traces.shape[:2] != index.shape:
@@ -152,7 +143,7 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
     img_dir.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
     c = index.shape[0]
-    opt = attrs.get("optimized") if run.has_array(name, "optimized") else None
+    opt = attrs.get(schema.OPTIMIZED) if run.has_array(name, "optimized") else None
     opt_done = int(opt.get("units_done", 0)) if opt else 0
     pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
     for p in range(pages):

@@ -50,10 +50,11 @@ def inside(path: Path, folder: Path) -> bool:
 def check_report_dir(out: str | os.PathLike, run_path: str | os.PathLike | None = None) -> Path:
     """The resolved report folder `out`, or a SketchmineError saying why sketchmine may not
     (re)write it. Nothing is created or removed."""
-    from sketchmine.store.lock import enclosing_run, resolved
+    from sketchmine.store.lock import enclosing_run, refuse_dangling_links, resolved
 
     shown = Path(out)
     target = resolved(shown, "report folder")
+    refuse_dangling_links(shown, "report folder", "report folder")
     if target.exists() and not target.is_dir():
         raise SketchmineError(f"report folder {shown} exists and is not a folder; choose a new or empty folder")
     if (run := enclosing_run(target)) is not None:

@@ -104,9 +104,11 @@ def check_probe_folder(out: str | Path) -> Path:
     """`out` as a folder a probe may be written to, checked before the model is exported: a new or
     empty folder, or one a probe wrote before; never a file, nor a folder inside a run (the probe's
     files would sit among the run's arrays)."""
-    from sketchmine.store.lock import enclosing_run
+    from sketchmine.store.lock import enclosing_run, refuse_dangling_links, resolved
 
     out = Path(out)
+    resolved(out, "probe folder")
+    refuse_dangling_links(out, "probe folder", "--out")
     if out.exists() and not out.is_dir():
         raise SketchmineError(f"probe folder {out} exists and is a file, not a folder; choose a new or empty folder")
     if (run := enclosing_run(out)) is not None:

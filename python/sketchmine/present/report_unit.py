@@ -23,6 +23,8 @@ from sketchmine.present.montage import save_montage
 from sketchmine.present.report_data import PAGE_SIZE, THUMB, precision_html, save_png, strip, to_js
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary, pictures_current
+from sketchmine.store import schema
+from sketchmine.store.schema import PICTURE_GROUPS
 
 ASSETS = ("unit.js", "unit.css")
 BIN_EXAMPLES = 6
@@ -34,10 +36,11 @@ a report of wide layers stays quick; `sketchmine.plots.unit_montage` draws any o
 e = html.escape
 
 
-def copy_assets(out: Path) -> None:
-    """unit.js and unit.css into out/assets (beside report.css and report.js)."""
+def copy_assets(out: Path, names: tuple[str, ...] = ASSETS) -> None:
+    """The report's files `names` (report_assets/; default unit.js and unit.css, the dashboards')
+    into out/assets."""
     (out / "assets").mkdir(exist_ok=True)
-    for name in ASSETS:
+    for name in names:
         src = resources.files("sketchmine.present") / "report_assets" / name
         (out / "assets" / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
 
@@ -45,20 +48,18 @@ def copy_assets(out: Path) -> None:
 def montage_units(run: Run, name: str, limit: int) -> list[int]:
     """The units that get a montage: those with stored patches, the most important first when
     the layer has a stored importance, else in unit order; at most `limit`."""
-    vis = run.layer_attrs(name).get("visualized") or {}
-    if limit < 1 or not run.has_array(name, "patches"):
+    done = run.patches_done(name)
+    if limit < 1 or done == 0:
         return []
-    done = int(vis.get("units_done", 0))
     order = [int(u) for u in run.unit_importance(name)["unit"]] if run.has_importance(name) else list(range(done))
     return [u for u in order if u < done][:limit]
 
 
 def _strip(run: Run, name: str, lid: str, u: int) -> dict[str, Any]:
     """The card's patch and deconvolution strips of unit u (report_data writes them), if any."""
-    vis = run.layer_attrs(name).get("visualized") or {}
-    if not run.has_array(name, "patches") or u >= int(vis.get("units_done", 0)):
+    if u >= run.patches_done(name):
         return {}
-    h, w = vis.get("patch_size") or run.array_shape(name, "patches")[2:4]
+    h, w = (run.layer_attrs(name).get(schema.VISUALIZED) or {}).get("patch_size") or run.array_shape(name, "patches")[2:4]
     scale = min(1.0, THUMB / h)
     out = {"h": max(1, round(h * scale)), "w": max(1, round(w * scale)), "patches": f"../img/{lid}/{u}_p.png"}
     if run.has_array(name, "deconv"):
@@ -98,17 +99,13 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
     return sorted(slides)
 
 
-PICTURE_GROUPS = {"bottom": "bottom_pictures", "bins": "bin_pictures"}
-"""The groups `visualize(..., examples="all")` writes (passes/example_pictures.py)."""
-
-
 def example_pictures(run: Run, name: str) -> dict[str, dict[str, Any]]:
     """{"bottom"/"bins": {"patches": (C, n, h, w, ch) uint8, "deconv": … or absent}} for the
     example sets the layer has pictures of (read one array at a time: they differ in shape
     from the groups' boxes). Sets made with other settings than the layer's top-k pictures (left
     by a `visualize --redo` with another method or patch size) are left out."""
     out: dict[str, dict[str, Any]] = {}
-    visualized = run.layer_attrs(name).get("visualized")
+    visualized = run.layer_attrs(name).get(schema.VISUALIZED)
     for which, group in PICTURE_GROUPS.items():
         found = run.layer_result(name, group, ("patches",))
         if found is None or not pictures_current(found[1], visualized):

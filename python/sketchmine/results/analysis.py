@@ -23,9 +23,6 @@ def accuracy_by_class(run: Run) -> pd.Series:
     return run.class_accuracy_series()
 
 
-_accuracy = accuracy_by_class  # the name console.py still uses
-
-
 def unit_table(run: Run, layer: str) -> pd.DataFrame:
     """One row per (unit, rank) of the layer's top-k, best first: image, value, (y, x), label,
     class and that class's accuracy. Empty slots (fewer images than k) are left out."""

@@ -7,8 +7,9 @@
     layers/<name>/correlated/{unit, r}   int32 / float32 (C, m): the m most correlated units
         of the same layer (Pearson r of image maxima), -1 / NaN pad; attrs m, images, ...
 
-Each group is written as a unit (RunStore.write_result): an interrupted write leaves the
-earlier result, or none. Kept apart from the pass so run.py reads without importing it.
+Each group is written as a unit by the pass (passes/effects.py, `write_effects`): an interrupted
+write leaves the earlier result, or none. Kept apart from the pass so run.py reads without
+importing it.
 """
 from __future__ import annotations
 
@@ -21,32 +22,11 @@ from sketchmine.errors import SketchmineError
 from sketchmine.store import schema
 
 if TYPE_CHECKING:  # annotations only: run.py imports this module
-    from sketchmine.passes.effects import Effects
     from sketchmine.results.run import Run
-    from sketchmine.stats.correlation import Correlated
 
 KINDS = tuple(schema.EFFECT_ARRAYS)
 EFFECT_KEYS = tuple(schema.EFFECT_ARRAYS.values())
 CORRELATED_KEYS = tuple(schema.CORRELATED_ARRAYS)
-
-
-def write_effects(run: Run, layer: str, effects: Effects, correlated: Correlated) -> None:
-    """Store a layer's effects and correlated units (each group replacing an earlier one whole)."""
-    from sketchmine.store.runstore import RunLock, RunStore
-
-    run.layer_attrs(layer)  # a layer the run does not have is refused with the run's layers
-    lock = RunLock(run.path)
-    lock.acquire()
-    try:
-        store = RunStore.open(run.path, mode="r+")
-        store.write_result(layer, schema.CORRELATED,
-                           {key: np.asarray(getattr(correlated, key), dtype=dtype)
-                            for key, dtype in schema.CORRELATED_ARRAYS.items()}, dict(correlated.attrs))
-        store.write_result(layer, schema.EFFECTS,
-                           {key: np.asarray(getattr(effects, key), dtype=np.float64) for key in EFFECT_KEYS},
-                           dict(effects.attrs))
-    finally:
-        lock.release()
 
 
 def onnx_run(run: Run) -> bool:

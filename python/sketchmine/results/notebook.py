@@ -130,10 +130,7 @@ class UnitCard:
     def pictures(self) -> dict[str, str]:
         """{"patches": data URL, "deconv": data URL} of what `visualize` stored for this unit."""
         run, name, u = self.run, self.layer, self.unit
-        if not run.has_array(name, "patches"):
-            return {}
-        done = int(dict(run.layer_attrs(name).get("visualized") or {}).get("units_done", 0))
-        if u >= done:
+        if u >= run.patches_done(name):
             return {}
         ok = int((run.topk(name)[1][u] >= 0).sum())
         out = {"patches": png_data_url(run.layer_array(name, "patches", slice(u, u + 1))[0][:ok])}

@@ -32,9 +32,8 @@ def optimized(run: Run, layer: str, unit: int | None = None, key: str = "optimiz
     units, done = run.array_shape(layer, "optimized")[0], int(attrs.get("units_done", 0))
     if unit is None:
         return run.layer_array(layer, key, slice(0, done))
-    if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or not 0 <= unit < units:
-        raise SketchmineError(f"unit {unit!r} is not in layer {layer!r} of {run.path}: its units are 0 to {units - 1}")
+    unit = run.check_unit(layer, unit)
     if unit >= done:
         raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no optimised image yet ({done} of "
                               f"{units} units done); run `sketchmine visualize {run.path} --optimize` to continue")
-    return run.layer_array(layer, key, slice(int(unit), int(unit) + 1))[0]
+    return run.layer_array(layer, key, slice(unit, unit + 1))[0]

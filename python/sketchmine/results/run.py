@@ -13,11 +13,10 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError, closest
-from sketchmine.results import importance_store, summaries
+from sketchmine.results import summaries
 from sketchmine.results.checks import check_array_name, check_count
 from sketchmine.results.notebook import UnitCard, run_html, run_repr
 from sketchmine.results.precision import Precision
-from sketchmine.results.summaries import class_counts
 from sketchmine.results.unit_views import UnitViews
 from sketchmine.stats import topk
 from sketchmine.stats.classstats import RunningClassStats, num_classes_for, restore
@@ -25,7 +24,7 @@ from sketchmine.stats.topk import flat_to_yx
 from sketchmine.store import schema
 from sketchmine.store.runstore import RunStore
 
-__all__ = ["Run", "class_counts", "open_run"]
+__all__ = ["Run", "open_run"]
 
 
 class Run(UnitViews, Precision):
@@ -45,7 +44,7 @@ class Run(UnitViews, Precision):
     @property
     def layers(self) -> list[str]:
         """Mined layer names, in forward order."""
-        return list(self.attrs["layer_names"])
+        return list(self.attrs[schema.LAYER_NAMES])
 
     @property
     def k(self) -> int:
@@ -87,8 +86,8 @@ class Run(UnitViews, Precision):
         return tuple(self.layer_attrs(layer)["shape"])
 
     def layer_group(self, layer: str) -> Any:
-        """The layer's Zarr group, its attributes checked. Kept for callers not yet moved to
-        `layer_attrs` / `layer_array` / `has_array`, which do not hand out Zarr objects."""
+        """The layer's Zarr group, its attributes checked: direct Zarr access for a user who wants
+        the raw group (sketchmine's own readers use `layer_attrs` / `layer_array` / `has_array`)."""
         self.layer_attrs(layer)
         return self.store.layer_group(layer)
 
@@ -243,15 +242,15 @@ class Run(UnitViews, Precision):
         included), least frequent last; attrs as `top_classes` (the cut is the first row)."""
         return summaries.cut_at(self._ranked(layer), check_count(n), top=False)
 
-    def unit_importance(self, layer: str) -> pd.DataFrame:
-        """Per-unit ablation importance stored by `sketchmine.unit_importance`: columns unit,
-        prob_drop, acc_drop, mean_act_correct, mean_act_wrong; most important first."""
-        return importance_store.read_importance(self, layer)
+    def peak(self, layer: str) -> float | None:
+        """The layer's largest top-k value (its best activation over all units), None when the
+        top-k hold no entry yet."""
+        values, idx, _ = self.topk(layer)
+        return float(values[idx >= 0].max()) if (idx >= 0).any() else None
 
-    def has_importance(self, layer: str) -> bool:
-        """True when `unit_importance(layer)` has a whole stored result to read (a write that
-        was interrupted counts as none)."""
-        return importance_store.has_importance(self, layer)
+    def nan_total(self, layer: str) -> int:
+        """NaN maps the layer's units met, summed over units (0 when the run kept no count)."""
+        return int(self.layer_array(layer, "nan_count").sum()) if self.has_array(layer, "nan_count") else 0
 
     # ---- summaries over all images and per unit: summaries.py over this run's arrays ----------
     def class_accuracy_series(self) -> pd.Series:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from sketchmine.store import schema
+from sketchmine.stats.accuracy import per_class_accuracy
 
 
 def unit_rows(values: np.ndarray, index: np.ndarray, yx: np.ndarray, labels: np.ndarray,
@@ -99,19 +99,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def accuracy_table(pred: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
     """Per class (index class): accuracy (fraction; NaN for a class without images), correct, count."""
-    correct, count = class_counts(pred, labels, len(class_names))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
+    acc, correct, count = per_class_accuracy(pred, labels, len(class_names))
     return pd.DataFrame({"class": list(class_names), "accuracy": acc, "correct": correct, "count": count}).set_index("class")
-
-
-def class_counts(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per class: images predicted correctly, and mined images with a label (pred -1:
-    unreadable or not mined yet; pred -2: a NaN output, never correct; label -1: unknown)."""
-    valid = (pred != schema.NO_PREDICTION) & (labels >= 0)
-    count = np.bincount(labels[valid], minlength=num_classes)[:num_classes]
-    correct = np.bincount(labels[valid & (pred == labels)], minlength=num_classes)[:num_classes]
-    return correct.astype(np.int64), count.astype(np.int64)
 
 
 # ---- the top-k class histogram as ranked lists ------------------------------------------------
@@ -119,13 +108,14 @@ def ranked_classes(hist: pd.Series, accuracy: np.ndarray, sizes: np.ndarray, has
     """The class histogram `hist` (K,) as a table, most frequent first, over the classes that have
     images (`has` (K,) bool: a class without any is no "least preferred" class). Ranked by the raw
     count, the deck's measure on its balanced test set; per_image (count over the class's
-    labelled images, `sizes` (K,)) is the fair one when classes differ in size. Ties go to class
-    order only to be deterministic: `cut_at` says where a list cuts through one. attrs:
-    unlabelled (top-k entries without a label), no_images (the classes left out)."""
+    labelled images, `sizes` (K,): column images) is the fair one when classes differ in size.
+    Ties go to class order only to be deterministic: `cut_at` says where a list cuts through one.
+    attrs: unlabelled (top-k entries without a label), no_images (the classes left out)."""
     df = hist.to_frame()
     df["accuracy"] = accuracy
     with np.errstate(invalid="ignore", divide="ignore"):
         df["per_image"] = np.where(sizes > 0, hist.to_numpy() / np.maximum(sizes, 1), np.nan)
+    df["images"] = np.asarray(sizes, dtype=np.int64)
     df["order"] = np.arange(len(df))
     df = df[has].sort_values(["count", "order"], ascending=[False, True], kind="stable").drop(columns="order")
     df.attrs.update(unlabelled=hist.attrs.get("unlabelled", 0), no_images=list(hist.index[~has]))

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from sketchmine.results.run import Run
+from sketchmine.store import schema
 
 MAX_TRACE_IMAGES = 4000
 """Traces are computed (one forward pass over the layer's top-k images) only when the layer's
@@ -34,13 +35,7 @@ def entry_steps(attrs: dict[str, Any], yx: np.ndarray) -> tuple[np.ndarray, int]
     return None
 
 
-def is_timed(run: Run, layer: str) -> bool:
-    """True when `layer`'s position is time (its entries have a step, so traces apply)."""
-    attrs = run.layer_attrs(layer)
-    return entry_steps(attrs, np.zeros((0, 0, 2), np.int32)) is not None
-
-
 def read_traces(run: Run, layer: str) -> np.ndarray | None:
     """The stored (C, k, T) float32 traces of `layer`, or None when the pass has not written them."""
-    got = run.layer_result(layer, "traces", (ARRAY,))
+    got = run.layer_result(layer, schema.TRACES, (ARRAY,))
     return None if got is None else got[0][ARRAY]

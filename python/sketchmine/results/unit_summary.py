@@ -10,7 +10,6 @@ lacks (a run mined before the distribution sketch, no `effects` pass, no labels)
 the run does not have or a unit outside it is an error."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,10 +54,8 @@ def infinite(v: Any) -> str | None:
 
 def _reader(run: Run, method: str, *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
     """(result, None), or (None, why) when the run lacks that data (its reader raises a
-    SketchmineError) or this sketchmine has no such reader."""
-    fn: Callable[..., Any] | None = getattr(run, method, None)
-    if fn is None:
-        return None, f"this sketchmine cannot read it (no Run.{method})"
+    SketchmineError)."""
+    fn = getattr(run, method)
     try:
         return fn(*args, **kwargs), None
     except SketchmineError as exc:

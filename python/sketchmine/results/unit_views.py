@@ -1,7 +1,7 @@
 """The per-unit views of a run beyond its top-k: each unit's whole distribution
-(results/distribution.py), its effects on the output and its correlated units
-(results/effects.py). A base class of `Run`, so the reader keeps one namespace while each
-family of readers lives in its own module.
+(results/distribution.py), its ablation importance (results/importance_store.py), its effects
+on the output and its correlated units (results/effects.py), its pictures. A base class of
+`Run`, so the reader keeps one namespace while each family of readers lives in its own module.
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import pandas as pd
 
-from sketchmine.results import distribution, effects
+from sketchmine.results import distribution, effects, importance_store
+from sketchmine.store import schema
 
 if TYPE_CHECKING:
     from sketchmine.results.run import Run
@@ -24,7 +25,7 @@ class UnitViews:
         """This object as the `Run` it is a base of (what the reader functions take)."""
         return cast("Run", self)
 
-    # ---- each unit's whole distribution (issue 16): results/distribution.py ----------------
+    # ---- each unit's whole distribution (mine --distributions): results/distribution.py ---
     def histogram(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
         """(edges (C, 65) float64, counts (C, 64) int64) exact histogram of each unit's image
         maxima; counts sum to the images whose maximum is not NaN (stats/histogram.py)."""
@@ -58,6 +59,17 @@ class UnitViews:
     def max_mean(self, layer: str) -> np.ndarray:
         """(C,) mean of each unit's non-NaN image maxima."""
         return distribution.max_mean(self._as_run, layer)
+    # ---- unit importance (sketchmine importance): results/importance_store.py ------------------
+    def unit_importance(self, layer: str) -> pd.DataFrame:
+        """Per-unit ablation importance stored by `sketchmine.unit_importance`: columns unit,
+        prob_drop, acc_drop, mean_act_correct, mean_act_wrong; most important first."""
+        return importance_store.read_importance(self._as_run, layer)
+
+    def has_importance(self, layer: str) -> bool:
+        """True when `unit_importance(layer)` has a whole stored result to read (a write that
+        was interrupted counts as none)."""
+        return importance_store.has_importance(self._as_run, layer)
+
     # ---- unit effects and correlated units: results/effects.py (sketchmine effects) -----------
     def unit_effects(self, layer: str, kind: str = "prob") -> pd.DataFrame:
         """unit × class: mean change of each class's probability (kind="prob") or logit
@@ -71,7 +83,14 @@ class UnitViews:
     def has_unit_effects(self, layer: str) -> bool:
         return effects.has_effects(self._as_run, layer)
 
-    # ---- feature visualisation (visualize --optimize): results/optimized.py --------------------
+    # ---- pictures: patches (visualize), feature visualisation (visualize --optimize) ----------
+    def patches_done(self, layer: str) -> int:
+        """Units of `layer` whose patches a visualize pass committed (units 0 to this - 1); 0 when
+        the layer has no patches."""
+        run = self._as_run
+        vis = run.layer_attrs(layer).get(schema.VISUALIZED) or {}
+        return int(vis.get("units_done", 0)) if run.has_array(layer, "patches") else 0
+
     def optimized(self, layer: str, unit: int | None = None, key: str = "optimized") -> np.ndarray:
         """Feature visualisation images of `visualize --optimize`: one unit's (H, W, channels) uint8,
         or (units done, H, W, channels); key "optimized_peak" / "optimized_stopped" for the unit's

@@ -54,8 +54,8 @@ class Setup:
     """Layers the top-k ranks by the log-odds of the logits they were fed (`Batch.fed`) rather than
     by their values (topk.py): softmax modules, and the virtual softmax over the model's logits."""
     distributions: bool = False
-    """Keep each unit's whole distribution (histogram, quantile sketch, examples per bin, bottom-k). mine's
-    default is on (compiled kernels, a few % of the forward); False here is what runs mined before record."""
+    """Keep each unit's whole distribution (histogram, quantile sketch, examples per bin, bottom-k).
+    Opt-in: mine's default is the run's recorded setting, else off (their cost: docs/analysis.md)."""
     blocks: SharedBlocks = field(default_factory=SharedBlocks, compare=False)
     """The pass's held blocks of image maxima, concatenated once for every statistic that holds them."""
 
@@ -129,7 +129,7 @@ def _registry() -> list[Factory]:
         topk.accumulator,  # first: computes the image maxima the others read (Batch.maxima)
         classstats.accumulator,
         moments.accumulator,
-        histogram.accumulator,  # issue 16: each unit's whole distribution and examples at every level
+        histogram.accumulator,  # each unit's whole distribution and examples at every level
         sketch.accumulator,
         examples.accumulator,
         bottomk.accumulator,

@@ -26,6 +26,7 @@ from sketchmine.store.columns import Columns
 
 if TYPE_CHECKING:
     from sketchmine.stats.accumulators import Batch, Setup
+    from sketchmine.store.runstore import RunStore
 
 KEY = "classes"
 """The class statistics' namespace in the checkpoint."""
@@ -360,7 +361,7 @@ PACKED_KEYS = ("class_sums", "class_counts")
 """The arrays of `packed()`, i.e. of the accumulator's state."""
 
 
-def restore(store, stats: RunningClassStats) -> bool:
+def restore(store: RunStore, stats: RunningClassStats) -> bool:
     """Load the statistics of the store's newest intact checkpoint into `stats` (a reader of a
     partial run); False when it holds none. A layout that does not fit is the run's clear error."""
     saved = store.read_checkpoint_state(KEY)

@@ -94,8 +94,8 @@ def check_maxima_memory(layer: str, images: int, units: int, available: int | No
         raise SketchmineError(
             f"layer {layer!r}: its unit correlations hold every image's maximum of every unit, {images:,} images x "
             f"{units:,} units x {MAXIMA_BYTES} bytes (float32 maxima and a finiteness mask) = {need / gib:,.1f} GiB, "
-            f"and {available / gib:,.1f} GiB of memory is available; compute effects over fewer images (data=, "
-            f"--data: a subset of the dataset) or for a layer with fewer units")
+            f"and {available / gib:,.1f} GiB of memory is available; compute effects for a layer with fewer units, "
+            f"or mine a subset of the dataset into a new run")
 
 
 def maxima_array(layer: str, images: int, units: int) -> np.ndarray:

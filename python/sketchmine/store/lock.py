@@ -104,6 +104,13 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
 
 def staging(path: Path) -> Path:
     """The sibling folder a new run is laid out in before it is renamed into place."""
@@ -253,6 +260,21 @@ def resolved(path: str | os.PathLike, what: str = "path") -> Path:
                               "themselves); fix or remove the link, or choose another path") from None
 
 
+def refuse_dangling_links(given: Path, what: str, option: str) -> None:
+    """A one-line SketchmineError when `given` or a folder above it is a symbolic link whose target
+    does not exist: following it would create folders where it points (perhaps an unmounted disk's
+    mount point). `what`: how the message names the path ("out"), `option`: what to choose instead."""
+    parts = given.absolute().parts
+    for i in range(1, len(parts) + 1):
+        q = Path(*parts[:i])
+        if not os.path.lexists(q):
+            return
+        if q.is_symlink() and not q.exists():
+            where = f"{what} {given} is" if q == given.absolute() else f"{what} {given}: its folder {q} is"
+            raise SketchmineError(f"{where} a symbolic link to {os.readlink(q)}, which does not exist (nothing was "
+                                  f"created); create the folder it points to, or choose another {option}")
+
+
 def out_path(out: str | os.PathLike) -> Path:
     """`mine --out` as the path the run is written to, or a one-line SketchmineError before
     anything is created: a symbolic link loop; a symbolic link (the run folder, or a folder
@@ -264,15 +286,7 @@ def out_path(out: str | os.PathLike) -> Path:
     run itself are all beside the real folder; any other path is returned as given."""
     given = Path(out)
     real = resolved(given, "out")
-    parts = given.absolute().parts
-    for i in range(1, len(parts) + 1):
-        q = Path(*parts[:i])
-        if not os.path.lexists(q):
-            break
-        if q.is_symlink() and not q.exists():
-            what = f"out {given} is" if q == given.absolute() else f"out {given}: its folder {q} is"
-            raise SketchmineError(f"{what} a symbolic link to {os.readlink(q)}, which does not exist (nothing was "
-                                  "created); create the folder it points to, or choose another --out")
+    refuse_dangling_links(given, "out", "--out")
     if real == Path(real.anchor):
         raise SketchmineError(f"out {given} is a filesystem root; give the run folder's own name (--out DIR/run.zarr)")
     try:

@@ -67,7 +67,7 @@ class RunStore(Checkpoints):
         if not p.exists():
             raise SketchmineError(f"{p} does not exist")
         if not is_run(p):
-            raise SketchmineError(f"{p} is not a sketchmine run (no run.zarr attributes found)")
+            raise SketchmineError(f"{p} is not a sketchmine run (no sketchmine run attributes in {p / 'zarr.json'})")
         group = zarr.open_group(str(p), mode=mode)
         version = group.attrs.get(schema.VERSION_ATTR)
         if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:

@@ -141,7 +141,7 @@ VISUAL_ARRAYS: dict[str, ArraySpec] = {
 visualize pass, written a block of units at a time."""
 
 
-# ---- each unit's whole distribution (issue 16) -------------------------------------------------
+# ---- each unit's whole distribution (the distribution accumulators, mine --distributions) --------
 DISTRIBUTION_ARRAYS: dict[str, str] = {
     "hist_edges": "(C, 65) float64 edges of the exact histogram of the image maxima (stats/histogram.py)",
     "hist_counts": "(C, 64) int64 images per histogram bin (±inf in the edge bins, NaN left out)",
@@ -168,6 +168,15 @@ CORRELATED_ARRAYS = {"unit": "int32", "r": "float32"}
 """layers/<name>/correlated/{unit, r}: (C, m) the m units of the same layer whose image maxima
 correlate most with each unit (Pearson r, largest first; unit -1 and r NaN pad). attrs: m,
 images, nonfinite, block_units, order."""
+IMPORTANCE = "importance"
+"""layers/<name>/importance/{prob_drop, acc_drop, mean_act_correct, mean_act_wrong}: float64 (C,)
+per-unit ablation importance (passes/importance.py). attrs: images, base accuracy, method, ..."""
+TRACES = "traces"
+"""layers/<name>/traces/activation: float32 (C, k, T) each top-k entry's activation over time
+(passes/traces.py)."""
+PICTURE_GROUPS = {"bottom": "bottom_pictures", "bins": "bin_pictures"}
+"""layers/<name>/<group>/{patches, deconv, boxes, inside}: the pictures of the bottom-k and of the
+bin examples that `visualize(..., examples="all")` writes (passes/example_pictures.py)."""
 # ---- dimension names (Zarr v3 `dimension_names`: xarray and other readers name the axes) -----
 DIMENSIONS: dict[str, tuple[str, ...]] = {
     LABELS: ("image",), PATHS: ("image",), CLASS_NAMES: ("class",),
@@ -198,14 +207,14 @@ of its dimensions for that dimension's coordinate, so `yx` left the data variabl
 attached to bottom_yx. Runs written before keep "yx" there; sketchmine reads them by array name."""
 
 RESULT_DIMENSIONS: dict[str, tuple[str, ...]] = {
-    "importance": ("unit",),              # layers/<name>/importance/<column>
-    "traces": ("unit", "rank", "step"),   # layers/<name>/traces/activation
-    "effects": ("unit", "output"),        # layers/<name>/effects/{logit_delta, prob_delta}
-    "correlated": ("unit", "neighbour"),  # layers/<name>/correlated/{unit, r}
+    IMPORTANCE: ("unit",),              # layers/<name>/importance/<column>
+    TRACES: ("unit", "rank", "step"),   # layers/<name>/traces/activation
+    EFFECTS: ("unit", "output"),        # layers/<name>/effects/{logit_delta, prob_delta}
+    CORRELATED: ("unit", "neighbour"),  # layers/<name>/correlated/{unit, r}
 }
 
 
-GROUP_DIMENSIONS: dict[str, dict[str, str]] = {"bin_pictures": {"rank": "bin_entry"}}
+GROUP_DIMENSIONS: dict[str, dict[str, str]] = {PICTURE_GROUPS["bins"]: {"rank": "bin_entry"}}
 """Picture groups whose arrays are laid out as the top-k's (by array name above) but along
 another entry axis: layers/<name>/bin_pictures/* hold bins × examples entries per unit, not k.
 xarray's DataTree requires a dimension shared with a parent group to have the parent's size."""
