@@ -127,9 +127,9 @@ def test_resume_with_other_settings_is_refused(tmp_path, demo_model, small_test_
     with pytest.raises(KeyboardInterrupt):
         sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=10, flush_every=1,
                         progress=StopAfter(30))
-    with pytest.raises(SketchmineError, match=r"different k \(run: 9, now: 5\)"):
+    with pytest.raises(SketchmineError, match=r"other settings: k \(run: 9, now: 5\)"):
         sketchmine.mine(demo_model.module, small_test_set, out=out, k=5)
-    with pytest.raises(SketchmineError, match="different layers"):
+    with pytest.raises(SketchmineError, match="other settings: layers"):
         sketchmine.mine(demo_model.module, small_test_set, out=out, layers=["features.0"])
     other = torch.nn.Sequential(*list(demo_model.module.children()))  # same weights, other id
     other_weights = type(demo_model.module)()
@@ -139,7 +139,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, demo_model, small_test_
 
     ds = small_test_set
     shifted = ArrayDataset(ds.images[1:301], ds.labels()[1:301], ds.class_names, ds.preprocessing, ds.describe())
-    with pytest.raises(SketchmineError, match="different dataset"):
+    with pytest.raises(SketchmineError, match="other settings: dataset"):
         sketchmine.mine(demo_model.module, shifted, out=out)
     del other
 

@@ -163,7 +163,7 @@ def test_cli_steps_on_a_dark_folder(folders, tmp_path):
                  "--ink", "dark", "--layers", "gru"]) == 0
     run = sketchmine.open_run(out)
     assert run.attrs["dataset"]["sequence"]["steps"] == 4 and run.layer_shape("gru") == (64, 4)
-    with pytest.raises(SketchmineError, match="mined otherwise, dataset"):  # other steps: other samples
+    with pytest.raises(SketchmineError, match="mined with other settings: dataset"):  # other steps: other samples
         sketchmine.mine("demo-gru", dark, steps=6, ink="dark", layers=["gru"], out=out)
 
 

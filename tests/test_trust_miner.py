@@ -191,7 +191,7 @@ def test_other_normalisation_numbers_do_not_resume(tmp_path, tiny_set):
     a, b = Preprocessing("none", 1, None, (0.5,), (0.5,)), Preprocessing("none", 1, None, (0.0,), (0.05,))
     out = tmp_path / "r.zarr"
     _interrupted("demo", subset(a), out)
-    with pytest.raises(SketchmineError, match="different preprocessing"):
+    with pytest.raises(SketchmineError, match="other settings: preprocessing"):
         sketchmine.mine("demo", subset(b), out=out, batch_size=8)
     assert sketchmine.mine("demo", subset(a), out=out, batch_size=8).complete
 

@@ -131,3 +131,29 @@ def test_bin_positions_of_a_time_first_layer_are_read_as_mined(tmp_path):
     assert filled.sum() > 0
     want = np.take_along_axis(steps, np.where(filled, index, 0), 1)
     np.testing.assert_array_equal(yx[..., 1][filled], want[filled])
+
+
+def test_a_first_pass_stopped_in_its_first_block_says_to_continue(tmp_path, distribution_run, monkeypatch):
+    """Ctrl-C during the first block leaves the pass begun with no unit done: the readers say so
+    and how to continue it, as for a pass stopped later (not that the layer has no patches)."""
+    from sketchmine.passes import visualize as pass_module
+    from sketchmine.passes.visualize import patches_of
+    from sketchmine.present.montage import montage_pixels
+
+    src, ds = distribution_run
+    shutil.copytree(src, tmp_path / "run.zarr")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pass_module, "_block", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        visualize(tmp_path / "run.zarr", data=ds, batch_size=16)
+    run = sketchmine.open_run(tmp_path / "run.zarr")
+    assert run.patches_done("classifier.6") == 0
+    for read in (patches_of, montage_pixels):
+        with pytest.raises(SketchmineError, match=r"unit 2 of layer 'classifier.6' .* has no patches yet \(0 of 10 "
+                                                  r"units done\); run `sketchmine visualize .*` to continue"):
+            read(run, "classifier.6", 2)
+        with pytest.raises(SketchmineError, match="unit 10 is not"):
+            read(run, "classifier.6", 10)

@@ -142,5 +142,5 @@ def check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> No
     if route != asked:
         diffs.append(f"preprocess (run: {route}, now: {asked}; pass --preprocess {route})")
     if diffs:
-        raise SketchmineError(f"cannot resume {current.path}: it was mined otherwise, " + "; ".join(diffs)
+        raise SketchmineError(f"cannot resume {current.path}: it was mined with other settings: " + "; ".join(diffs)
                               + ". Use another --out for a new run")

@@ -36,7 +36,7 @@ def montage_pixels(run: Run, layer: str, unit: int) -> tuple[np.ndarray, np.ndar
     None when the pass stored none); a SketchmineError saying how to add them otherwise."""
     unit = run.check_unit(layer, unit)
     done, units = run.patches_done(layer), int(run.layer_shape(layer)[0])
-    if done == 0:
+    if schema.VISUALIZED not in run.layer_attrs(layer) or not run.has_array(layer, "patches"):
         raise SketchmineError(f"layer {layer!r} of {run.path} has no patches for a montage; run "
                               f"`sketchmine visualize {run.path} --layers {layer}` first")
     if unit >= done:
