@@ -200,3 +200,22 @@ def test_a_listed_name_that_is_no_longer_a_file_is_not_the_reports(run, rep):
     with pytest.raises(sketchmine.SketchmineError, match=r"did not write \(index\.html\)"):
         write_report(run, rep)
     assert (rep / "index.html").is_fifo() and leftovers(rep) == []
+
+
+def test_without_an_atomic_exchange_a_failed_move_puts_the_previous_report_back(run, rep, monkeypatch):
+    """Where the file system has no atomic exchange the previous report is moved aside first: a
+    failure moving the new one in left the folder missing, the previous report in a hidden one."""
+    before = tree(rep)
+    monkeypatch.setattr(report_folder, "exchange", lambda a, b: False)
+    real = os.rename
+
+    def rename(src, dst):  # the new report's move fails (a full or read-only folder would)
+        if "old-" not in Path(src).name and report_folder.TMP in Path(src).name:
+            raise OSError(errno.EIO, "Input/output error", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(sketchmine.SketchmineError, match="previous report there .* is unchanged"):
+        write_report(run, rep)
+    monkeypatch.setattr(os, "rename", real)
+    assert tree(rep) == before and leftovers(rep) == []

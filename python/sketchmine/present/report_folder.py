@@ -239,7 +239,11 @@ def swap_in(tmp: Path, target: Path, shown: str | os.PathLike | None = None) -> 
         return
     aside = target.parent / f".{target.name}{TMP}old-{os.getpid()}"
     os.rename(target, aside)
-    os.rename(tmp, target)
+    try:
+        os.rename(tmp, target)
+    except OSError:  # the previous report back in place; the caller removes the new one
+        os.rename(aside, target)
+        raise
 
     def back() -> None:
         os.rename(target, tmp)
