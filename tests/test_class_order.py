@@ -145,3 +145,44 @@ def test_every_view_of_a_dataset_repeating_a_name_with_classes_of_unequal_size(d
     assert sorted((c, int(n), int(s)) for c, n, s in cells) == sorted(
         (c, int(r["count"]), int(r["images"])) for c, r in top.iterrows())
     assert sorted(int(s) for c, _, s in cells if c == "animal") == [3, 6]
+
+
+def _listed(counts: np.ndarray, has: np.ndarray, n: int) -> set[int] | None:
+    """The top-n classes by count (ties: class order) and those tied at the cut, as positions."""
+    ranked = sorted(np.flatnonzero(has), key=lambda c: (-counts[c], c))
+    if len({int(counts[c]) for c in ranked}) == 1:
+        return None
+    cut = counts[ranked[min(n, len(ranked)) - 1]]
+    return set(ranked[:n]) | {c for c in ranked[n:] if counts[c] == cut}
+
+
+def test_unit_classes_and_compare_tell_classes_of_one_name_apart(demo_test_set, tmp_path):
+    """A unit's classes among its top-k counted both "animal" classes as one with the first's
+    accuracy; compare's overlap matched its lists by name; a class without images was listed
+    with every class of its name. All by position now."""
+    from sketchmine.results.compare import compare
+    from sketchmine.results.unit_summary import unit_summary
+
+    labels = demo_test_set.labels()
+    pick = np.concatenate([np.flatnonzero(labels == c)[:0 if c == 6 else 6 if c < 5 else 3] for c in range(10)])
+    sub = demo_test_set.subset(pick)
+    names = list(sub.class_names)
+    names[1] = names[6] = "animal"  # class 6 has no images
+    ds = ArrayDataset(sub.images, sub.labels(), names, sub.preprocessing, {**sub.describe(), "names": "one-empty"})
+    runs = [sketchmine.mine("demo", ds, out=tmp_path / f"k{k}.zarr", batch_size=40, k=k,
+                            layers=["features.0", "classifier.6"]) for k in (9, 5)]
+    a = runs[0]
+    acc = a.class_accuracy()["accuracy"].to_numpy()
+    for u in range(32):
+        got = [(c["label"], c["count"], c["acc"]) for c in unit_summary(a, "features.0", u)["classes_top"]]
+        found = a.labels[a.topk("features.0")[1][u]]
+        counts = np.bincount(found, minlength=10)
+        assert got == [(c, int(counts[c]), pytest.approx(acc[c])) for c in sorted(set(found), key=lambda c: (-counts[c], c))]
+    cmp = compare(*runs, n=3)
+    has = np.bincount(a.labels, minlength=10) > 0
+    for row in cmp.layers.to_dict("records"):
+        sets = [_listed(np.bincount(r.labels[r.topk(layer)[1].ravel()], minlength=10), has, 3)
+                for r, layer in zip(runs, (row["layer_a"], row["layer_b"]))]
+        want = np.nan if None in sets else len(sets[0] & sets[1]) / len(sets[0] | sets[1])
+        np.testing.assert_allclose(row["jaccard_top"], want)
+    assert cmp.no_images == ["animal"]

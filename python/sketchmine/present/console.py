@@ -203,10 +203,10 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
     numeric = ("selectivity (median)", "ρ ink", "p", "ρ acc top-k", "ρ acc all")
     for col in ("layer", f"top {n}", f"bottom {n}", *numeric):
         table.add_column(col, justify="right" if col in numeric else "left")
-    no_images: set[str] = set()
+    no_images: set[int] = set()  # class positions: a name may repeat
     for name in run.layers:
         pref = analysis.class_preference(run, name)
-        no_images.update(pref.attrs.get("no_images", []))
+        no_images.update(pref.attrs.get("no_images_at", []))
         si = analysis.selectivity(run, name)
         fmt = lambda df: ", ".join(f"{safe(c)} {_num(r['preference'], '+.2f')}" for c, r in df.iterrows())  # noqa: E731
         row = corr.loc[name]
@@ -217,7 +217,7 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
     notes = ["selectivity: median over the units that have one; it needs non-negative class means, so units of a "
              "layer read before its ReLU (a negative class mean) have none"]
     if no_images:
-        notes.append(_no_images([c for c in run.class_names if c in no_images]))
+        notes.append(_no_images([run.class_names[c] for c in sorted(no_images)]))
     table.caption = "\n".join(notes)
     return table
 

@@ -87,10 +87,10 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: i
     top_a = {l: a.top_classes(l, n) for l in a.layers}
     top_b = {l: b.top_classes(l, n) for l in b.layers}
     rows: list[dict] = []
-    no_images: set[str] = set()
+    no_images: set[int] = set()  # class positions: a name may repeat
     for la, lb, how in layer_pairs(a.layers, b.layers):
         frame_a, frame_b = a.bottom_classes(la, n), b.bottom_classes(lb, n)
-        no_images.update(frame_a.attrs.get("no_images", []), frame_b.attrs.get("no_images", []))
+        no_images.update(frame_a.attrs.get("no_images_at", []), frame_b.attrs.get("no_images_at", []))
         lists = {"top_a": top_a[la], "top_b": top_b[lb], "bottom_a": frame_a, "bottom_b": frame_b}
         rows.append({"layer_a": la, "layer_b": lb, "paired_by": how,
                      **{key: list(df.index) for key, df in lists.items()},
@@ -101,6 +101,6 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: i
     matrix = pd.DataFrame([[jaccard(class_set(top_a[x]), class_set(top_b[y])) for y in b.layers] for x in a.layers],
                           index=pd.Index(a.layers, name="layer_a"), columns=pd.Index(b.layers, name="layer_b"))
     return Comparison(a, b, n, accuracy, pd.DataFrame(rows), matrix,
-                      [c for c in a.class_names if c in no_images])
+                      [a.class_names[c] for c in sorted(no_images)])
 
 

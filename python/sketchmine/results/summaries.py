@@ -78,7 +78,7 @@ def preference(mean: np.ndarray, accuracy: np.ndarray, class_names: Sequence[str
     no_images = [str(c) for c in df.index[empty]]
     df = df[~empty].sort_values(["preference", "order"], ascending=[False, True], kind="stable")
     df = df.drop(columns="order")
-    df.attrs.update(units=int(live.sum()), no_images=no_images)
+    df.attrs.update(units=int(live.sum()), no_images=no_images, no_images_at=np.flatnonzero(empty).tolist())
     return df
 
 
@@ -116,9 +116,10 @@ def ranked_classes(hist: pd.Series, accuracy: np.ndarray, sizes: np.ndarray, has
     with np.errstate(invalid="ignore", divide="ignore"):
         df["per_image"] = np.where(sizes > 0, hist.to_numpy() / np.maximum(sizes, 1), np.nan)
     df["images"] = np.asarray(sizes, dtype=np.int64)
-    df["order"] = np.arange(len(df))
-    df = df[has].sort_values(["count", "order"], ascending=[False, True], kind="stable").drop(columns="order")
-    df.attrs.update(unlabelled=hist.attrs.get("unlabelled", 0), no_images=list(hist.index[~has]))
+    df["label"] = np.arange(len(df))  # the class's position: views match classes by it (a name may repeat)
+    df = df[has].sort_values(["count", "label"], ascending=[False, True], kind="stable")
+    df.attrs.update(unlabelled=hist.attrs.get("unlabelled", 0), no_images=list(hist.index[~has]),
+                    no_images_at=np.flatnonzero(~has).tolist())
     return df
 
 
@@ -135,17 +136,18 @@ def cut_at(ranked: pd.DataFrame, n: int, top: bool) -> pd.DataFrame:
     cut = int(listed["count"].iloc[-1 if top else 0]) if len(listed) else None
     out = listed.copy()
     out.attrs.update(ranked.attrs)
-    out.attrs.update(cut_count=cut, tied_out=[str(c) for c in rest.index[rest["count"] == cut]],
+    tied = rest[rest["count"] == cut]
+    out.attrs.update(cut_count=cut, tied_out=[str(c) for c in tied.index], tied_out_labels=tied["label"].tolist(),
                      all_tied=len(ranked) > 1 and ranked["count"].nunique() == 1)
     return out
 
 
-def class_set(listed: pd.DataFrame) -> set[str] | None:
-    """The classes of a `cut_at` list with those tied at its cut (a set that does not depend on
-    class order); None when all classes tie (no top or bottom classes to overlap)."""
+def class_set(listed: pd.DataFrame) -> set[int] | None:
+    """The classes (positions) of a `cut_at` list with those tied at its cut (a set that does not
+    depend on class order); None when all classes tie (no top or bottom classes to overlap)."""
     if listed.attrs.get("all_tied"):
         return None
-    return {str(c) for c in listed.index} | set(listed.attrs.get("tied_out", []))
+    return {int(c) for c in listed["label"]} | {int(c) for c in listed.attrs.get("tied_out_labels", [])}
 
 
 def ties_words(listed: pd.DataFrame) -> str:

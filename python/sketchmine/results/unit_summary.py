@@ -165,7 +165,7 @@ class LayerSummary:
             row = np.asarray(self.class_means[0][u], dtype=np.float64)
             for c in d["class_means"]:
                 if c["mean"] is None:
-                    c["mean"] = infinite(row[self.names.index(c["class"])])
+                    c["mean"] = infinite(row[c["label"]])
         if bins and d["bins"] is not None and self.bin_edges is not None:
             edges = np.asarray(self.bin_edges)[u]
             for b in d["bins"]:
@@ -212,12 +212,10 @@ class LayerSummary:
         images are left out (counted in "classes_top_unlabelled"); None when the run has no labels."""
         if not top or "classes_top" in self.missing:
             return None
-        counts: dict[str, int] = {}
-        for e in top:
-            if e["cls"] is not None:
-                counts[e["cls"]] = counts.get(e["cls"], 0) + 1
-        order = sorted(counts, key=lambda c: (-counts[c], self.names.index(c)))
-        return [{"class": c, "count": counts[c], "acc": num(self.acc[self.names.index(c)])} for c in order]
+        labels = [int(self.labels[e["index"]]) for e in top if e["cls"] is not None]  # by position: a name may repeat
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(self.names))
+        order = sorted(set(labels), key=lambda c: (-counts[c], c))
+        return [{"class": self.names[c], "label": c, "count": int(counts[c]), "acc": num(self.acc[c])} for c in order]
 
     def _unit_moments(self, u: int) -> dict[str, Any] | None:
         m = self.moments
@@ -249,7 +247,7 @@ class LayerSummary:
         row = np.asarray(mean[u], dtype=np.float64)
         ranked = np.argsort(-np.nan_to_num(row, nan=-np.inf), kind="stable")
         order = [int(c) for c in ranked if not np.isnan(row[c])][:CLASSES_SHOWN]
-        return [{"class": self.names[c], "mean": num(row[c]), "images": int(count[u, c]),
+        return [{"class": self.names[c], "label": c, "mean": num(row[c]), "images": int(count[u, c]),
                  "acc": num(self.acc[c])} for c in order if c < len(self.names)]
 
     def _effects(self, u: int) -> dict[str, Any] | None:
