@@ -41,13 +41,15 @@ GIT_ENV = "SKETCHMINE_GIT"
 
 
 def git_revision() -> str:
-    """The commit measured: `git rev-parse --short HEAD` (+dirty when python/ or csrc/ differ from it);
+    """The commit measured: `git rev-parse --short HEAD` (+dirty when python/, csrc/, benchmarks/ or
+    tests/ differ from it);
     where the checkout has no .git (a copy of the working tree on the device machine), the value of
     $SKETCHMINE_GIT, which the session writes into the command (benchmarks/gpu_session.sh)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "python", "csrc"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "python", "csrc",
+                                "benchmarks", "tests"],
                                cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip() if rev else ""
     except (OSError, subprocess.SubprocessError):
         rev = dirty = ""

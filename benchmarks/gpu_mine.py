@@ -67,7 +67,7 @@ def _mine(model, ds, layers, batch_size, workers, device) -> float:
         torch.cuda.synchronize()
         t = time.perf_counter()
         sketchmine.mine(model, ds, layers=layers, out=Path(tmp) / "r.zarr", batch_size=batch_size,
-                        device=device, num_workers=workers, preprocessing="none")
+                        device=device, num_workers=workers, preprocessing="auto")
         torch.cuda.synchronize()
         return time.perf_counter() - t
 

@@ -3,7 +3,7 @@
 # well inside one call's 10 minutes. A machine starts bare, so every stage installs and builds
 # first (1-2 minutes on its 16 cores, for sm_90, the lent H100/H200, unless TORCH_CUDA_ARCH_LIST
 # says otherwise). Its image has torch, nvcc, pytest and hypothesis but not zarr: carry the wheels,
-# made once here (README of the device tool; `.whl/` ignored through .git/info/exclude):
+# made once here (README of the device tool; `.whl/` is ignored by .gitignore's *.whl):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #       -d .whl zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
@@ -12,8 +12,8 @@
 # travel in the command: SKETCHMINE_GIT=<commit>. `$(git ...)` written into the run command would be
 # expanded THERE, where there is no git: write the value itself. Here, on this machine,
 #   bash benchmarks/gpu_session.sh command quick
-# prints the exact call with the value filled in (git rev-parse --short HEAD, "+dirty" when python/ or
-# csrc/ differ from it), e.g.
+# prints the exact call with the value filled in (git rev-parse --short HEAD, "+dirty" when python/,
+# csrc/, benchmarks/ or tests/ differ from it), e.g.
 #   run(command="SKETCHMINE_GIT=1a2b3c4 bash benchmarks/gpu_session.sh quick", carry=[".whl"], timeout_s=540)
 # The script echoes the value into its log and the benchmarks record it in their JSON (machine.git).
 #
@@ -46,7 +46,7 @@ stage=${1:?"usage: gpu_session.sh quick|tests|mine|visualize|preprocess, or: gpu
 if [[ $stage == command ]]; then  # run HERE: the device call to make, the commit written in
     target=${2:-quick}
     rev=$(git rev-parse --short HEAD 2>/dev/null) || { echo "not a git checkout" >&2; exit 2; }
-    [[ -n $(git status --porcelain --untracked-files=no -- python csrc) ]] && rev="$rev+dirty"
+    [[ -n $(git status --porcelain --untracked-files=no -- python csrc benchmarks tests) ]] && rev="$rev+dirty"
     limit=540
     echo "run(command=\"SKETCHMINE_GIT=$rev bash benchmarks/gpu_session.sh $target\", carry=[\".whl\"], timeout_s=$limit)"
     [[ -d .whl ]] || echo "note: no .whl/ here: make the wheels first (this script's header)" >&2
@@ -108,7 +108,7 @@ setup() {
     step build 300 bash -c 'python3 setup.py build_ext --inplace > "$1" 2>&1 || { tail -40 "$1"; exit 1; }' \
         build "$out/build.log"
     step cuda-kernels 60 python3 -c \
-        "import sketchmine._C as c; assert c.with_cuda, 'built without CUDA kernels'; print('CUDA kernels built')"
+        "import torch, sketchmine._C as c; assert c.with_cuda, 'built without CUDA kernels'; print('CUDA kernels built')"
 }
 
 # session 9 saw a TORCH_CHECK failure segfault under the device image's torch 2.11 (not under 2.14.1): that
@@ -126,11 +126,11 @@ main() {
             --deselect "$BAD"
         step bad-arguments 60 python3 -m pytest -q -p no:cacheprovider "$BAD"
         step alexnet-fp32 150 python3 -m benchmarks.preprocess --device cuda --models alexnet --images 16384 \
-            --batch-size 256 --workers 12 --repeats 2 --methods pure,cpu,device --no-demo --no-wait-quiet \
-            --json "$out/quick_alexnet.json"
+            --batch-size 256 --workers 12 --repeats 2 --methods pure,cpu,device,pure-bf16,bf16 --no-demo \
+            --no-wait-quiet --json "$out/quick_alexnet.json"
         step vgg19-fp32 150 python3 -m benchmarks.preprocess --device cuda --models vgg19 --vgg19-images 8192 \
-            --vgg19-batch-size 256 --workers 12 --repeats 2 --methods pure,cpu,device --no-demo --no-wait-quiet \
-            --json "$out/quick_vgg19.json"
+            --vgg19-batch-size 256 --workers 12 --repeats 2 --methods pure,cpu,device,pure-bf16,bf16 --no-demo \
+            --no-wait-quiet --json "$out/quick_vgg19.json"
         step bf16-recall 120 python3 -m benchmarks.preprocess --device cuda --models alexnet,vgg19 --images 2000 \
             --batch-size 256 --vgg19-images 2000 --vgg19-batch-size 256 --workers 12 --repeats 2 \
             --methods device,pure-bf16,bf16 --check-images 0 --no-wait-quiet --json "$out/quick_bf16.json"
