@@ -34,7 +34,8 @@ __all__ = ["COLUMNS", "Importance", "ablation_importance", "has_importance",
 
 def write_importance(run: Run, layer: str, result: Importance) -> None:
     """layers/<layer>/importance/<column> arrays plus attrs; replaces an earlier result as a
-    unit (RunStore.write_group): an interrupted write leaves the earlier result, or none."""
+    unit (store.layer_results, RunStore.write_result): an interrupted write leaves the earlier
+    result, or none."""
     run.layer_attrs(layer)  # a layer the run does not have is refused with the run's layers
     write_layer_results(run.path, layer, {schema.IMPORTANCE: (
         {col: np.asarray(getattr(result, col), dtype=np.float64) for col in COLUMNS}, dict(result.attrs))})

@@ -107,7 +107,7 @@ def check_probe_folder(out: str | Path) -> Path:
     from sketchmine.store.lock import enclosing_run, refuse_dangling_links, resolved
 
     out = Path(out)
-    resolved(out, "probe folder")
+    resolved(out, "probe folder")  # a link loop: one line naming it (the path itself is kept as given)
     refuse_dangling_links(out, "probe folder", "--out")
     if out.exists() and not out.is_dir():
         raise SketchmineError(f"probe folder {out} exists and is a file, not a folder; choose a new or empty folder")
