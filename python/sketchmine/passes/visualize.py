@@ -369,14 +369,6 @@ def _check_present(ds: MinerDataset, needed: np.ndarray) -> None:
 
 def patches_of(run: Run, layer: str, unit: int) -> dict[str, np.ndarray]:
     """One unit's stored patches, deconvolutions and boxes (for reports and notebooks)."""
-    unit = run.check_unit(layer, unit)
-    started = schema.VISUALIZED in run.layer_attrs(layer)  # a pass began: its units are said below
-    if not started or not all(run.has_array(layer, key) for key in ARRAYS):
-        raise SketchmineError(f"layer {layer!r} of {run.path} has no patches; run `sketchmine visualize {run.path}`")
-    done = run.patches_done(layer)
-    if unit >= done:  # its blocks are not committed: the arrays hold fill values there
-        raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no patches yet ({done} of "
-                              f"{run.array_shape(layer, 'patches')[0]} units done); run `sketchmine visualize "
-                              f"{run.path}` to continue")
+    unit = run.visualized_unit(layer, unit, ARRAYS)
     return {key: run.layer_array(layer, key, slice(unit, unit + 1))[0] for key in ARRAYS}
 

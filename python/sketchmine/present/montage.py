@@ -18,7 +18,6 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from sketchmine.errors import SketchmineError
 from sketchmine.present.report_data import percent
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary
@@ -34,15 +33,7 @@ SHOWN = 9
 def montage_pixels(run: Run, layer: str, unit: int) -> tuple[np.ndarray, np.ndarray | None]:
     """The unit's stored patches and deconvolutions, (k, h, w, ch) uint8 each (deconvolutions
     None when the pass stored none); a SketchmineError saying how to add them otherwise."""
-    unit = run.check_unit(layer, unit)
-    done, units = run.patches_done(layer), int(run.layer_shape(layer)[0])
-    if schema.VISUALIZED not in run.layer_attrs(layer) or not run.has_array(layer, "patches"):
-        raise SketchmineError(f"layer {layer!r} of {run.path} has no patches for a montage; run "
-                              f"`sketchmine visualize {run.path} --layers {layer}` first")
-    if unit >= done:
-        raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no patches yet "
-                              f"({done} of {units} units done); run `sketchmine visualize "
-                              f"{run.path} --layers {layer}` to continue")
+    unit = run.visualized_unit(layer, unit)
     rows = slice(unit, unit + 1)
     patches = run.layer_array(layer, "patches", rows)[0]
     deconv = run.layer_array(layer, "deconv", rows)[0] if run.has_array(layer, "deconv") else None

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import pandas as pd
 
+from sketchmine.errors import SketchmineError
 from sketchmine.results import distribution, effects, importance_store
 from sketchmine.store import schema
 
@@ -90,6 +91,21 @@ class UnitViews:
         run = self._as_run
         vis = run.layer_attrs(layer).get(schema.VISUALIZED) or {}
         return int(vis.get("units_done", 0)) if run.has_array(layer, "patches") else 0
+
+    def visualized_unit(self, layer: str, unit: int, arrays: tuple[str, ...] = ("patches",)) -> int:
+        """`unit` checked against the layer's units and against those a visualize pass committed
+        (later units' arrays hold fill values); a SketchmineError saying how to add or continue the
+        pass otherwise. One check for every reader of the pictures, so they refuse alike."""
+        run = self._as_run
+        unit = run.check_unit(layer, unit)
+        command = f"`sketchmine visualize {run.path} --layers {layer}`"
+        if schema.VISUALIZED not in run.layer_attrs(layer) or not all(run.has_array(layer, a) for a in arrays):
+            raise SketchmineError(f"layer {layer!r} of {run.path} has no patches; run {command}")
+        done = self.patches_done(layer)
+        if unit >= done:
+            raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no patches yet ({done} of "
+                                  f"{run.layer_shape(layer)[0]} units done); run {command} to continue")
+        return unit
 
     def optimized(self, layer: str, unit: int | None = None, key: str = "optimized") -> np.ndarray:
         """Feature visualisation images of `visualize --optimize`: one unit's (H, W, channels) uint8,
