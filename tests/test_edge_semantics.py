@@ -175,3 +175,31 @@ def test_imagenet_preset_for_grey_models_averages_the_channels():
     grey = preprocess.preset("imagenet", 1, (28, 28))
     assert grey.mean == pytest.approx((float(np.mean(rgb_mean)),))
     assert grey.std == pytest.approx((float(np.mean(rgb_std)),))
+
+
+# ---- a partial run's views: classes not mined yet ---------------------------------------------
+def test_partial_run_leaves_unmined_classes_out_and_prints_no_nan(demo_model, demo_test_set, tmp_path):
+    """Stopped inside its first class (images sorted by class, as a folder is read): the class
+    lists rank only classes with mined images and name the others as without images; the
+    report's tables write "-" for statistics over one class, never "nan"."""
+    from sketchmine.present.report import write_report
+
+    labels = demo_test_set.labels()
+    order = np.concatenate([np.nonzero(labels == c)[0][:30] for c in range(len(demo_test_set.class_names))])
+    ds = ArrayDataset(demo_test_set.images[order], labels[order], demo_test_set.class_names,
+                      demo_test_set.preprocessing, {**demo_test_set.describe(), "subset": "sorted by class"})
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(demo_model.module, ds, out=tmp_path / "r.zarr", layers=["features.6", "classifier.6"],
+                        batch_size=5, flush_every=1, progress=StopAfter(20))
+    run = sketchmine.open_run(tmp_path / "r.zarr")
+    assert not run.complete and 0 < run.images_done <= 30
+    names = run.class_names
+    for listed in (run.top_classes("features.6", 5), run.bottom_classes("features.6", 5)):
+        assert list(listed.index) == [names[0]]
+        assert list(listed.attrs["no_images"]) == names[1:]
+    out = write_report(run, tmp_path / "rep", montages=0)
+    pages = [out, *sorted((tmp_path / "rep" / "layers").glob("*.html"))]
+    assert len(pages) > 1
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert ">nan<" not in text.lower() and " nan<" not in text.lower(), page.name

@@ -37,6 +37,7 @@ from sketchmine.present.report_unit import MONTAGES, copy_assets, unit_pages
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis
 from sketchmine.results.run import Run, open_run
+from sketchmine.results.numbers import number
 from sketchmine.results.summaries import size_note
 
 __all__ = ["PAGE_SIZE", "MARKER", "write_report", "check_report_dir", "dataset_words", "layer_ids"]
@@ -117,7 +118,7 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
         ranked = run.top_classes(name, len(run.class_names))
         unequal = size_note(run.class_sizes()) is not None  # raw counts favour larger classes: sizes, fair count beside
         rows = [[e(str(c)), str(int(r["count"])), _pct(r["accuracy"])]
-                + ([str(int(r["images"])), f"{r['per_image']:.3f}"] if unequal else []) for c, r in ranked.iterrows()]
+                + ([str(int(r["images"])), number(r["per_image"])] if unequal else []) for c, r in ranked.iterrows()]
         left = int(ranked.attrs.get("unlabelled", 0))
         parts.append(f'<h2>Classes among the top-{run.k} images</h2>'
                      f'<img class="plot" src="../hist/{lid}.png" alt="class histogram">'
@@ -130,7 +131,7 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
     if stats:
         pref = run.class_preference(name)
         si = run.selectivity(name)
-        rows = [[e(str(c)), f"{r['preference']:.3f}", str(int(r["units_preferring"])), _pct(r["accuracy"])]
+        rows = [[e(str(c)), number(r["preference"]), str(int(r["units_preferring"])), _pct(r["accuracy"])]
                 for c, r in pref.iterrows()]
         parts.append("<h2>Class preference over all images</h2>"
                      f"<p>mean over {pref.attrs['units']} units of the unit's z-scored class means of its image "
@@ -255,14 +256,14 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
     if stats:
         corr = run.ink_correlation()
         ink = run.ink_density()
-        rows = [[e(l), e(str(r["kind"])), f"{r['spearman']:.3f}", f"{r['p_value']:.3g}", str(r["classes"])]
+        rows = [[e(l), e(str(r["kind"])), number(r["spearman"]), number(r["p_value"], ".3g"), str(r["classes"])]
                 for l, r in corr.iterrows()]
         parts.append("<h2>Class preference vs ink density</h2><p>Spearman correlation, per layer, between the "
                      "layer's class preference over all images and the mean ink density of each class's images "
                      '(pixels differing from the image background by more than half the range).</p>'
                      '<img class="plot" src="ink.png" alt="ink correlation">'
                      + _table(["layer", "kind", "Spearman ρ", "p", "classes"], rows, {2, 3, 4})
-                     + _table(["class", "ink density"], [[e(str(c)), f"{v:.3f}"] for c, v in ink.items()], {1}))
+                     + _table(["class", "ink density"], [[e(str(c)), number(v)] for c, v in ink.items()], {1}))
     parts.append(_accuracy_correlation(run) if labelled else "")
     rows, unlabelled = [], False
     for name, lid in ids.items():

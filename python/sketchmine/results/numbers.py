@@ -20,3 +20,9 @@ def percent(a: float | None, decimals: int = 1) -> str:
         if float(text) not in (0.0, 100.0):
             return text
     return "> 99.999999" if v > 50 else "< 0.000001" if v > 0 else "> -0.000001"
+
+
+def number(v: float | None, spec: str = ".3f") -> str:
+    """A statistic as text with `spec`; "-" for None or NaN (a correlation over one class, the ink
+    density of a class with no image mined yet), as `percent` writes them, never "nan"."""
+    return "-" if v is None or math.isnan(float(v)) else format(float(v), spec)

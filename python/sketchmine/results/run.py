@@ -225,10 +225,11 @@ class Run(UnitViews, Precision):
         return pd.Series(sizes[:len(self.class_names)], index=pd.Index(self.class_names, name="class"), name="images")
 
     def _ranked(self, layer: str) -> pd.DataFrame:
-        """`summaries.ranked_classes` of the layer's class histogram, over the classes that have images."""
-        hist, labels = self.class_histogram(layer), self.labels
-        has = np.bincount(labels[labels >= 0], minlength=len(hist))[:len(hist)] > 0
-        return summaries.ranked_classes(hist, self.class_accuracy_series().to_numpy(), self.class_sizes().to_numpy(), has)
+        """`summaries.ranked_classes` of the layer's class histogram, over the classes that have
+        images (mined images: a partial run's unmined classes are "no_images", not ranked at 0)."""
+        sizes = self.class_sizes().to_numpy()  # a partial run's: the images mined so far
+        return summaries.ranked_classes(self.class_histogram(layer), self.class_accuracy_series().to_numpy(), sizes,
+                                        sizes > 0)
 
     def top_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
         """The n classes most frequent among the layer's top-k images (raw counts), with accuracy and
