@@ -309,3 +309,22 @@ def test_report_without_montages(tmp_path, run):
     assert not (tmp_path / "rep" / "montage").exists()
     assert (tmp_path / "rep" / "units" / "00-features.6.html").is_file()
     shutil.rmtree(tmp_path / "rep")
+
+
+def test_dashboard_numbers_read_as_the_console_writes_them(tmp_path, browser):  # noqa: F811
+    """dom.js's number format is Python's ".<p>g" (what `sketchmine unit` prints): exact binary
+    ties rounded half to even (quantiles are sketch bucket bounds, often ties), trailing zeros
+    dropped, Python's exponent form."""
+    dom = Path(sketchmine.__file__).parent / "present" / "report_assets" / "dom.js"
+    page_file = tmp_path / "fmt.html"
+    page_file.write_text(f'<!doctype html><script src="{dom.as_uri()}"></script>', encoding="utf-8")
+    rng = np.random.default_rng(7)
+    values = [4.5625, 4.3125, -4.5625, 2.5, 3.5, 0.000123456, 1.5e-05, -2.25e-06, 12345.5, 99995.0, 9.9995,
+              1.89, 1.0, 100.0, 123456.0, 0.0001, 1e-4 * 0.5, 7.0 / 3.0, *rng.normal(0, 50, 40).tolist(),
+              *(rng.integers(1, 4096, 40) / 2.0 ** rng.integers(0, 12, 40)).tolist()]  # exact binary values
+    page = browser.new_page()
+    page.goto(page_file.as_uri())
+    for p in (3, 4, 5):
+        got = page.evaluate(f"vs => vs.map(v => window.sketchmineDom.fmt(v, {p}))", values)
+        assert got == [format(v, f".{p}g") for v in values], p
+    page.close()

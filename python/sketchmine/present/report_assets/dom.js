@@ -42,7 +42,25 @@
     var x = num(v);
     if (x === null || isNaN(x)) { return "-"; }
     if (!isFinite(x)) { return x > 0 ? "inf" : "-inf"; }
-    return x.toPrecision(p || 4);
+    return gformat(x, p || 4);
+  }
+
+  // Python's format(x, ".<p>g"), so a number reads the same here as in `sketchmine unit`: the
+  // binary value's exact ties rounded half to even (toPrecision rounds them up: quantiles are
+  // exact binary values and often tie, 4.5625 -> "4.562" there), trailing zeros dropped, the
+  // exponent form below 1e-4 and from 10^p, with two exponent digits ("1.5e-05").
+  function gformat(x, p) {
+    if (x === 0) { return "0"; }
+    var digits = Math.abs(x).toPrecision(100).replace(/e.*$/, "").replace(".", "").replace(/^0+/, "");
+    var tie = digits.charAt(p) === "5" && /^0*$/.test(digits.slice(p + 1));
+    var y = tie && Number(digits.charAt(p - 1)) % 2 === 0 ? x * (1 - 1e-12) : x;  // an even digit: toward zero
+    var parts = y.toExponential(p - 1).split("e"), exp = Number(parts[1]);
+    var trim = function (t) { return t.indexOf(".") >= 0 ? t.replace(/\.?0+$/, "") : t; };
+    if (exp < -4 || exp >= p) {
+      var a = Math.abs(exp);
+      return trim(parts[0]) + "e" + (exp < 0 ? "-" : "+") + (a < 10 ? "0" : "") + a;
+    }
+    return trim(y.toFixed(Math.max(0, p - 1 - exp)));
   }
 
   // a fraction as a percentage: 100 or 0 only when exact (1999 of 2000 is "99.95", not "100.00");
