@@ -203,3 +203,23 @@ def test_partial_run_leaves_unmined_classes_out_and_prints_no_nan(demo_model, de
     for page in pages:
         text = page.read_text(encoding="utf-8")
         assert ">nan<" not in text.lower() and " nan<" not in text.lower(), page.name
+
+
+def test_report_cards_show_importance_ranks_from_one(demo_model, demo_test_set, tmp_path):
+    """The unit cards' importance rank is the unit's place in `unit_importance` counted from 1
+    (the most important unit reads "rank 1")."""
+    import json
+    import re
+
+    from sketchmine.present.report import write_report
+
+    ds = per_class_subset(demo_test_set, 3, "0:30")
+    run = sketchmine.mine(demo_model.module, ds, layers=["features.0"], k=3, out=tmp_path / "r.zarr", batch_size=30)
+    table = sketchmine.unit_importance(run, "features.0", model=demo_model.module, dataset=ds, batch_size=30)
+    write_report(run, tmp_path / "rep", montages=0)
+    pages = sorted((tmp_path / "rep" / "data").glob("*/page_*.js"))
+    cards = [u for p in pages for u in json.loads(re.search(r"page\(\d+, (.*)\);", p.read_text()).group(1))]
+    shown = {int(c["unit"]): c["importance"]["rank"] for c in cards}
+    assert len(shown) == len(table)
+    for place, unit in enumerate(table["unit"].astype(int), start=1):
+        assert shown[unit] == place
