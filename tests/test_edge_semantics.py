@@ -215,7 +215,7 @@ def test_report_cards_show_importance_ranks_from_one(demo_model, demo_test_set, 
 
     ds = per_class_subset(demo_test_set, 3, "0:30")
     run = sketchmine.mine(demo_model.module, ds, layers=["features.0"], k=3, out=tmp_path / "r.zarr", batch_size=30)
-    table = sketchmine.unit_importance(run, "features.0", model=demo_model.module, dataset=ds, batch_size=30)
+    table = sketchmine.unit_importance(run, "features.0", model=demo_model.module, data=ds, batch_size=30)
     write_report(run, tmp_path / "rep", montages=0)
     pages = sorted((tmp_path / "rep" / "data").glob("*/page_*.js"))
     cards = [u for p in pages for u in json.loads(re.search(r"page\(\d+, (.*)\);", p.read_text()).group(1))]

@@ -226,6 +226,8 @@ def test_later_passes_refuse_counts_that_would_not_act(tmp_path, tiny_set):
         sketchmine.unit_importance(run, [], dataset=tiny_set)
     with pytest.raises(SketchmineError, match="^unknown device 'banana': expected cpu, cuda or cuda:N$"):
         sketchmine.unit_importance(run, "features.0", dataset=tiny_set, device="banana")
+    with pytest.raises(SketchmineError, match="both data= and dataset="):  # one argument, two names
+        sketchmine.unit_importance(run, "features.0", data=tiny_set, dataset=tiny_set)
     with pytest.raises(SketchmineError, match="n must be a whole number of at least 1, got -1"):
         run.top_classes("features.0", -1)
     with pytest.raises(SketchmineError, match="got 0"):

@@ -52,15 +52,21 @@ def _labels(run: Run, ds: MinerDataset) -> np.ndarray:
     return labels
 
 
-def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model: Any = None, dataset: Any = None,
+def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model: Any = None, data: Any = None,
                     *, weights: str | os.PathLike | None = None, batch_size: int = 256,
-                    device: str | torch.device = "cpu", units_per_pass: int | None = None) -> pd.DataFrame:
+                    device: str | torch.device = "cpu", units_per_pass: int | None = None,
+                    dataset: Any = None) -> pd.DataFrame:
     """Compute and store per-unit ablation importance of `layer` (or each of a list) of a
     mined run; returns the (last) layer's table, as `Run.unit_importance` reads it back.
 
-    model/dataset: as mined; None reloads them from the run's record (reload.py). The
-    model's weights must be those the run was mined with.
+    model/data: as mined; None reloads them from the run's record (reload.py). The
+    model's weights must be those the run was mined with. `data` as in `visualize` and
+    `unit_effects`; `dataset=` is its earlier name, still accepted.
     """
+    if dataset is not None:
+        if data is not None:
+            raise SketchmineError("unit_importance got both data= and dataset= (one name of one argument); pass data=")
+        data = dataset
     if units_per_pass is not None and units_per_pass < 1:
         raise SketchmineError(f"units_per_pass must be at least 1 (or None to size passes by memory), got {units_per_pass}")
     if batch_size < 1:
@@ -73,7 +79,7 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
     net = ablation_net(run, layers, model, weights)  # every layer checked before any computation
     from sketchmine.passes import reload
 
-    ds = reload.run_dataset(run, dataset)
+    ds = reload.run_dataset(run, data)
     labels = _labels(run, ds)
     for name in layers:
         result = ablation_importance(net, ds, name, labels, batch_size, device, units_per_pass, run.layer_attrs(name))

@@ -109,8 +109,7 @@ def _recorded_base(run: Run, desc: dict[str, Any], pre: Preprocessing, data: str
         if all(numbers):  # its paths keep the images' numbers in the split (ArrayDataset.subset)
             return animal_shape(desc.get("split", "test"), pre).subset(np.array([int(m[1]) for m in numbers if m]))
     raise SketchmineError(f"run {run.path} was mined from a {desc.get('type', 'Python')} dataset object that "
-                          "cannot be reopened from the store; pass the same dataset object (visualize(data=...), "
-                          "unit_importance(dataset=...))")
+                          "cannot be reopened from the store; pass the same dataset object (data=...)")
 
 
 def missing_images(ds: MinerDataset, indices: np.ndarray) -> list[str]:
