@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
 import shutil
 
 import numpy as np
@@ -81,3 +82,37 @@ def test_summary_n_and_effects_units_per_pass(folder_run, tmp_path):
     assert cli.main(["effects", str(path), "--layers", "features.3", "--units-per-pass", "4", "--data", str(root),
                      "--batch-size", "50"]) == 0
     assert sketchmine.open_run(path).unit_effects("features.3").attrs["units_per_pass"] == 4
+
+
+def test_mine_image_size_and_preprocessing_reach_the_loader(folder_run, tmp_path):
+    """--image-size and --preprocessing: the CLI's run equals the API's with the same values and
+    differs from the defaults' (other pixels reach the model; demo-resnet pools adaptively, so it
+    takes 40 px)."""
+    _, root = folder_run
+    out = tmp_path / "cli.zarr"
+    assert cli.main(["mine", "--model", "demo-resnet", "--data", str(root), "--out", str(out), "--layers", "conv1",
+                     "--image-size", "40", "--preprocessing", "imagenet", "--workers", "0"]) == 0
+    got = sketchmine.open_run(out)
+    kw = dict(layers=["conv1"], batch_size=50)
+    api = sketchmine.mine("demo-resnet", str(root), image_size=40, preprocessing="imagenet", out=tmp_path / "a.zarr", **kw)
+    sized = sketchmine.mine("demo-resnet", str(root), image_size=40, out=tmp_path / "s.zarr", **kw)
+    for a, b in zip(got.topk("conv1"), api.topk("conv1")):
+        np.testing.assert_array_equal(a, b)
+    assert got.layer_attrs("conv1")["shape"][1:] == api.layer_attrs("conv1")["shape"][1:]
+    plain = sketchmine.mine("demo-resnet", str(root), out=tmp_path / "p.zarr", **kw)
+    assert got.layer_attrs("conv1")["shape"] != plain.layer_attrs("conv1")["shape"]  # 40 px, not 28
+    assert not np.array_equal(sized.topk("conv1")[0], got.topk("conv1")[0])  # ImageNet's mean/std, not the model's
+
+
+def test_compare_n_reaches_both_outputs(folder_run, tmp_path):
+    src, _ = folder_run
+    b = shutil.copytree(src, tmp_path / "b.zarr")
+    for n in (2, 3):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert cli.main(["compare", str(src), str(b), "-n", str(n)]) == 0
+        assert f"top {n} A" in out.getvalue()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert cli.main(["compare", str(src), str(b), "-n", str(n), "--json"]) == 0
+        assert json.loads(out.getvalue())["n"] == n
