@@ -61,7 +61,7 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
 
     model/data: as mined; None reloads them from the run's record (reload.py). The
     model's weights must be those the run was mined with. `data` as in `visualize` and
-    `unit_effects`; `dataset=` is its earlier name, still accepted.
+    `unit_effects`; `dataset=` is accepted too, so calls written for it keep working.
     """
     if dataset is not None:
         if data is not None:
