@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from sketchmine.errors import SketchmineError
-from sketchmine.results.numbers import percent
+from sketchmine.results.numbers import number, percent
 from sketchmine.results.precision import precision_differs, precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import size_note, ties_words
@@ -208,12 +208,12 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
         pref = analysis.class_preference(run, name)
         no_images.update(pref.attrs.get("no_images_at", []))
         si = analysis.selectivity(run, name)
-        fmt = lambda df: ", ".join(f"{safe(c)} {_num(r['preference'], '+.2f')}" for c, r in df.iterrows())  # noqa: E731
+        fmt = lambda df: ", ".join(f"{safe(c)} {number(r['preference'], '+.2f')}" for c, r in df.iterrows())  # noqa: E731
         row = corr.loc[name]
-        rho = ["-", "-"] if acc is None else [_num(acc.loc[name, f"spearman_{m}"], "+.3f") for m in ("topk", "preference")]
+        rho = ["-", "-"] if acc is None else [number(acc.loc[name, f"spearman_{m}"], "+.3f") for m in ("topk", "preference")]
         table.add_row(safe(name), fmt(pref.head(n)), fmt(pref.tail(n)),
                       (f"{si.median():.3f} " if si.notna().any() else "- ") + f"over {int(si.notna().sum())} of {len(si)} units",
-                      _num(row["spearman"], "+.3f"), _num(row["p_value"], ".3g"), *rho)
+                      number(row["spearman"], "+.3f"), number(row["p_value"], ".3g"), *rho)
     notes = ["selectivity: median over the units that have one; it needs non-negative class means, so units of a "
              "layer read before its ReLU (a negative class mean) have none"]
     if no_images:
@@ -230,13 +230,8 @@ def ink_table(run: Run) -> Table:
     for col in ("class", "ink density", "accuracy %"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c, v, a in zip(ink.index, ink.to_numpy(), acc):  # by position: a dataset may repeat a class name
-        table.add_row(safe(c), _num(v, ".3f"), percent(a, 2))
+        table.add_row(safe(c), number(v, ".3f"), percent(a, 2))
     return table
-
-
-def _num(v: float, fmt: str) -> str:
-    """`v` formatted, "-" for NaN (a class without images, a correlation with too few classes)."""
-    return "-" if np.isnan(v) else format(v, fmt)
 
 
 def compare_tables(cmp: Comparison) -> list[Table]:
@@ -267,8 +262,8 @@ def compare_tables(cmp: Comparison) -> list[Table]:
         return ", ".join(safe(x) for x in r[key]) + (f" + {tied} tied" if tied else "")
 
     for _, r in cmp.layers.iterrows():
-        lay.add_row(safe(r["layer_a"]), safe(r["layer_b"]), cell(r, "top_a"), cell(r, "top_b"), _num(r["jaccard_top"], ".2f"),
-                    cell(r, "bottom_a"), cell(r, "bottom_b"), _num(r["jaccard_bottom"], ".2f"))
+        lay.add_row(safe(r["layer_a"]), safe(r["layer_b"]), cell(r, "top_a"), cell(r, "top_b"), number(r["jaccard_top"], ".2f"),
+                    cell(r, "bottom_a"), cell(r, "bottom_b"), number(r["jaccard_bottom"], ".2f"))
     lay.caption = ("J: Jaccard overlap of the listed classes plus those tied at the cut; '-' where a layer's classes all "
                    "tie (no top or bottom classes)")
     if cmp.no_images:

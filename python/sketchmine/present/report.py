@@ -228,8 +228,7 @@ def _accuracy_correlation(run: Run) -> str:
         corr = run.accuracy_correlation()
     except SketchmineError:  # no predictions (--no-logits): no accuracy to correlate with
         return ""
-    num = lambda v, fmt: "-" if np.isnan(v) else format(v, fmt)  # noqa: E731  (NaN: all classes tie, or no statistics)
-    rows = [[e(l), e(str(r["kind"])), *(num(r[f"{w}_{m}"], f) for m in ("topk", "preference")
+    rows = [[e(l), e(str(r["kind"])), *(number(r[f"{w}_{m}"], f) for m in ("topk", "preference")
                                         for w, f in (("spearman", ".3f"), ("p_value", ".3g"))), str(r["classes"])]
             for l, r in corr.iterrows()]
     return ('<h2>Class preference vs class accuracy</h2><p>Spearman correlation, per layer, between each class\'s '

@@ -23,6 +23,7 @@ def percent(a: float | None, decimals: int = 1) -> str:
 
 
 def number(v: float | None, spec: str = ".3f") -> str:
-    """A statistic as text with `spec`; "-" for None or NaN (a correlation over one class, the ink
-    density of a class with no image mined yet), as `percent` writes them, never "nan"."""
+    """A statistic as text with `spec`; "-" for None or NaN (a correlation over one class or where
+    every class ties, the ink density of a class with no image mined yet), as `percent` writes
+    them, never "nan". Console and report both write statistics through it."""
     return "-" if v is None or math.isnan(float(v)) else format(float(v), spec)
