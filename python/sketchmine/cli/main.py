@@ -13,6 +13,7 @@ Nothing here imports torch, zarr or rich at module level: `sketchmine --help` an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import io
 import sys
@@ -279,44 +280,51 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(YOUNG_OBJECTS, *before[1:])
     try:
         args = build_parser().parse_args(argv)
-        try:
-            _import_holding_ctrl_c()
-        except KeyboardInterrupt:
+        with _ctrl_c_held() as came:
+            _import_heavy()
+        if came:
             print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
             return EXIT_INTERRUPTED
         return _run(args)
     finally:
-        gc.set_threshold(*before)  # main() is also called in-process (tests, notebooks)
-        for stream, errors in streams:
-            stream.reconfigure(errors=errors)
+        with _ctrl_c_held():  # the command has ended and said so: a Ctrl-C now must not add a traceback
+            gc.set_threshold(*before)  # main() is also called in-process (tests, notebooks)
+            for stream, errors in streams:
+                stream.reconfigure(errors=errors)
 
 
-def _import_holding_ctrl_c() -> None:
-    """Import numpy, pandas, rich, torch, Zarr and the compiled core with Ctrl-C held back, then raise the
-    KeyboardInterrupt if one came. A KeyboardInterrupt raised inside a C extension's
-    initialisation leaves it half-loaded: the next import of it failed with an ImportError or
-    a ValueError traceback, or the process died of a segmentation fault (9 of 20 Ctrl-Cs in a
-    command's first 3 s did). Every command imports them anyway."""
+@contextlib.contextmanager
+def _ctrl_c_held() -> typing.Iterator[list[int]]:
+    """Hold Ctrl-C back for the block; the list says whether one came. Why: a KeyboardInterrupt
+    raised inside a C extension's initialisation leaves it half-loaded (the next import failed
+    with an ImportError or ValueError traceback, or the process died of a segmentation fault: 9
+    of 20 Ctrl-Cs in a command's first 3 s did), and one raised after a command's one-line
+    message (while it tidies up) printed a traceback under it."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():  # only the main thread has signals
-        return
     came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread has signals
+        yield came
+        return
     previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
     try:
-        import numpy  # noqa: F401
-        import pandas  # noqa: F401
-        import rich.console  # noqa: F401
-        import torch  # noqa: F401
-
-        import sketchmine.present.logs  # noqa: F401
-        import sketchmine.stats.ops  # noqa: F401  (the compiled core)
-        import sketchmine.store.runstore  # noqa: F401  (Zarr, which only the store imports)
+        yield came
     finally:
         signal.signal(signal.SIGINT, previous)
-    if came:
-        raise KeyboardInterrupt
+
+
+def _import_heavy() -> None:
+    """Import numpy, pandas, rich, torch, Zarr and the compiled core (every command does) while Ctrl-C
+    is held back."""
+    import numpy  # noqa: F401
+    import pandas  # noqa: F401
+    import rich.console  # noqa: F401
+    import torch  # noqa: F401
+
+    import sketchmine.present.logs  # noqa: F401
+    import sketchmine.stats.ops  # noqa: F401  (the compiled core)
+    import sketchmine.store.runstore  # noqa: F401  (Zarr, which only the store imports)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -329,21 +337,27 @@ def _run(args: argparse.Namespace) -> int:
     console = Console()  # results: stdout
     try:
         return _dispatch(args, console, err)
-    except SketchmineError as exc:
-        _error(str(exc), verbosity)
-        _quiet_after_failure()
-        return exc.exit_code
-    except OSError as exc:  # disk full, permission denied, a file gone: the path and the reason, no traceback
-        _error(_os_error(exc), verbosity)
-        _quiet_after_failure()
-        return EXIT_FAILURE
-    except KeyboardInterrupt as exc:
+    except (SketchmineError, OSError, KeyboardInterrupt) as exc:
+        with _ctrl_c_held():  # the one line that says what happened, and nothing after it
+            return _failed(exc, args.command, verbosity)
+
+
+def _failed(exc: BaseException, command: str, verbosity: int) -> int:
+    """Say in one line why the command failed; returns its exit code."""
+    if isinstance(exc, KeyboardInterrupt):
         from sketchmine.present.console import safe
 
-        said = str(exc) if exc.args else f"interrupted; {INTERRUPTED.get(args.command, 'nothing was written')}"
+        said = str(exc) if exc.args else f"interrupted; {INTERRUPTED.get(command, 'nothing was written')}"
         print(f"sketchmine: {' '.join(safe(said, markup=False).split())}", file=sys.stderr)
-        _quiet_after_failure()
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED
+    elif isinstance(exc, SketchmineError):
+        _error(str(exc), verbosity)
+        code = exc.exit_code
+    else:  # OSError: disk full, permission denied, a file gone: the path and the reason, no traceback
+        _error(_os_error(typing.cast(OSError, exc)), verbosity)
+        code = EXIT_FAILURE
+    _quiet_after_failure()
+    return code
 
 
 if __name__ == "__main__":
