@@ -223,11 +223,16 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
             _check_grid_last(node, f)
             dil = getattr(m, "dilation", 1)
+            if isinstance(m, nn.Conv2d):
+                _check_padding_mode(str(node.target), m)
             return _window(f, m.kernel_size, m.stride, m.padding, dil if dil is not None else 1)
         if isinstance(m, nn.Linear):  # along the last dim: pointwise when that holds channels (NHWC)
             return f if f.grid[1] != -1 else whole
         if isinstance(m, nn.Flatten):
             return whole
+        if isinstance(m, nn.ConstantPad2d):  # ZeroPad2d too; a reflection or replication pad is refused below
+            _check_grid_last(node, f)
+            return _shifted(f, m.padding)
         if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             _check_grid_last(node, f)
             return _adaptive(f, m.output_size, node, whole)
@@ -240,6 +245,8 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
         if node.target in _WINDOW_FUNCS:
             _check_grid_last(node, f)
             return _window(f, *_window_args(node))
+        if node.target is torch.nn.functional.pad:
+            return _pad_function(node, f)
         if node.target is torch.nn.functional.linear:
             return f if f.grid[1] != -1 else whole
         if node.target in _GLOBAL_FUNCS:
@@ -257,6 +264,45 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
         raise SketchmineError(f"receptive fields: method .{node.target}() at {node.name} is not supported")
     _check_one_grid(node, f.grid, carriers)
     return f
+
+
+def _check_padding_mode(name: str, conv: nn.Conv2d) -> None:
+    """A conv that pads by copying pixels keeps the box only if the copies come from inside it: a
+    circular pad wraps the far side of the image into its border units, a reflection or
+    replication pad wider than half its dilated kernel copies pixels past the unit's box."""
+    mode = conv.padding_mode
+    if mode == "zeros":
+        return
+    pad = _padding(conv.padding, conv.kernel_size, conv.dilation)
+    reach = [(k - 1) * d for k, d in zip(_pair(conv.kernel_size), _pair(conv.dilation))]
+    if mode == "circular" and any(pad):
+        raise SketchmineError(f"receptive fields: {name} pads circularly (padding_mode='circular'): its border units "
+                              "see the far side of the image, which no box holds; not supported")
+    if any(2 * p > r for p, r in zip(pad, reach)):
+        raise SketchmineError(f"receptive fields: {name} pads by {mode} {tuple(pad)}, more than half its kernel's "
+                              f"reach {tuple(reach)}: its border units copy pixels from outside their box; "
+                              "not supported")
+
+
+def _shifted(f: _Field, padding: Any) -> _Field:
+    """Field after a constant pad of (left, right, top, bottom) (negative: a crop): unit i of the
+    result is unit i - left of its input along x (top along y); the padded units hold no pixel."""
+    left, _, top, _ = tuple(padding)[:4]
+    jy, jx = f.jump
+    return _Field(f.jump, (f.lo[0] - top * jy, f.lo[1] - left * jx), (f.hi[0] - top * jy, f.hi[1] - left * jx),
+                  f.grid)
+
+
+def _pad_function(node: fx.Node, f: _Field) -> _Field:
+    """`F.pad` with a constant: a shift of the last two dims (`_shifted`); a mode that copies
+    pixels (reflect, replicate, circular) puts the same pixel at several positions, refused."""
+    pad = node.kwargs.get("pad", node.args[1] if len(node.args) > 1 else None)
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    if mode != "constant" or not isinstance(pad, (tuple, list)) or not all(isinstance(p, int) for p in pad):
+        raise SketchmineError(f"receptive fields: pad at {node.name} (mode {mode!r}, pad {pad!r}) copies pixels "
+                              "or pads by an amount known only at run time; not supported")
+    _check_grid_last(node, f)
+    return _shifted(f, (*pad, 0, 0, 0, 0)[:4] if len(pad) < 4 else pad)
 
 
 def _qualname(target: Any) -> str:
