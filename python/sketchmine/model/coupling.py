@@ -1,5 +1,5 @@
 """Which ops make a unit's value depend on more than its receptive field: the input's size
-(adaptive pooling, resampling) or statistics over positions (GroupNorm, LayerNorm, batch
+(adaptive pooling, resampling, a pad that crops the border) or statistics over positions (GroupNorm, LayerNorm, batch
 statistics, softmax or reductions along H or W). A layer behind one computes something else on
 a window of the image, so its deconvolutions are made on the whole image (passes/deconv.py).
 """
@@ -37,15 +37,25 @@ def position_coupled(gm: fx.GraphModule) -> list[str]:
         if node.op == "call_module":
             m = modules[str(node.target)]
             if isinstance(m, _RESIZING_MODULES + _STATISTICS_MODULES) or _batch_statistics(m) or (
-                    isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)) and m.dim != 1):
+                    isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)) and m.dim != 1) or (
+                    isinstance(m, nn.modules.padding._ConstantPadNd) and min(m.padding) < 0):
                 found.append(f"{node.target} ({type(m).__name__})")
         elif node.op == "call_function" and (node.target in _COUPLED_FUNCS or (
                 node.target in _DIM_FUNCS and not _channels_only(node))
-                or (node.target is _F.batch_norm and _batch_norm_statistics(node))):
+                or (node.target is _F.batch_norm and _batch_norm_statistics(node)) or _crops(node)):
             found.append(f"{node.name} ({getattr(node.target, '__name__', node.target)})")
         elif node.op == "call_method" and node.target in _DIM_METHODS and not _channels_only(node):
             found.append(f"{node.name} (.{node.target}())")
     return found
+
+
+def _crops(node: fx.Node) -> bool:
+    """`F.pad` with a negative amount: a crop of the image's border, which a window would take
+    from its own border instead."""
+    if node.target is not _F.pad:
+        return False
+    pad = node.kwargs.get("pad", node.args[1] if len(node.args) > 1 else ())
+    return not isinstance(pad, (tuple, list)) or any(not isinstance(p, int) or p < 0 for p in pad)
 
 
 def _batch_statistics(m: nn.Module) -> bool:

@@ -149,9 +149,7 @@ class Deconvolver:
         top = field.offset[0] + pos[:, 0] * jy
         left = field.offset[1] + pos[:, 1] * jx
         if not self.windowable(layer):
-            sig = self(images[image_index], layer, channels, pos, steps)
-            return crop_patches(sig, torch.arange(len(pos), device=sig.device),
-                                torch.stack([top, left], dim=1).to(sig.device), *field.size)
+            return self._whole_crops(images, image_index, layer, channels, pos, top, left, field, steps)
         sy, sx = (top.clamp_min(0) // jy) * jy, (left.clamp_min(0) // jx) * jx
         # one window size for every interior unit (box + alignment slack), so they batch together;
         # only windows cut by the image's far border differ
@@ -160,12 +158,23 @@ class Deconvolver:
         out = images.new_zeros((len(pos), images.shape[1], *field.size), dtype=torch.float32)
         channels = torch.as_tensor(channels).long()
         shapes = torch.stack([ey - sy, ex - sx], dim=1)
+        # a box wholly past the image (a padded unit's): no pixel reaches the unit, its crop stays 0
+        shapes[(top + field.size[0] <= 0) | (left + field.size[1] <= 0) | (top >= h) | (left >= w)] = 0
         for shape in torch.unique(shapes, dim=0).tolist():
+            if min(shape) <= 0:
+                continue
             group = torch.nonzero((shapes == torch.tensor(shape)).all(dim=1)).flatten()
             corners = torch.stack([sy[group], sx[group]], dim=1).to(images.device)
             windows = crop_patches(images, image_index[group.to(image_index.device)], corners, *shape)
             local = torch.stack([pos[group, 0] - sy[group] // jy, pos[group, 1] - sx[group] // jx], dim=1)
-            signal = self(windows, layer, channels[group], local, steps)
+            try:
+                signal = self(windows, layer, channels[group], local, steps)
+            except (RuntimeError, SketchmineError):  # a window too small for a layer before a pad, whose
+                # units past the image read only padding: the whole image has room for them
+                at = group.to(image_index.device)
+                out[group] = self._whole_crops(images, image_index[at], layer, channels[group], pos[group],
+                                               top[group], left[group], field, steps).to(out.device)
+                continue
             for j, n in enumerate(group.tolist()):  # the window may start before and end after the box
                 ay, ax = int(max(top[n] - sy[n], 0)), int(max(left[n] - sx[n], 0))
                 by, bx = int(sy[n] + ay - top[n]), int(sx[n] + ax - left[n])
@@ -173,6 +182,13 @@ class Deconvolver:
                 ww = min(shape[1] - ax, field.size[1] - bx)
                 out[n, :, by:by + hh, bx:bx + ww] = signal[j, :, ay:ay + hh, ax:ax + ww]
         return out
+
+    def _whole_crops(self, images: torch.Tensor, image_index: torch.Tensor, layer: str, channels, pos: torch.Tensor,
+                     top: torch.Tensor, left: torch.Tensor, field: ReceptiveField, steps: bool) -> torch.Tensor:
+        """`field_crops` the plain way: each unit deconvolved on its whole image, cropped to its box."""
+        sig = self(images[image_index], layer, channels, pos, steps)
+        return crop_patches(sig, torch.arange(len(pos), device=sig.device),
+                            torch.stack([top, left], dim=1).to(sig.device), *field.size)
 
 
 @contextmanager
