@@ -17,7 +17,7 @@ from sketchmine.store import schema
 from sketchmine.errors import SketchmineError
 from sketchmine.stats.moments import RunningMoments
 from tests.helpers import StopAfter, all_activations, assert_same_store, store_arrays
-from tests.test_distributed import free_port
+from tests.test_distributed import rendezvous
 
 MOMENTS = ("max_count", "max_mean", "firing")
 
@@ -123,13 +123,13 @@ def test_checkpoint_slot_without_its_accumulator_list_is_a_clear_error(tmp_path,
 
 
 # ---- two processes merge to one -----------------------------------------------------------------
-def _spawned(rank: int, port: int, out: str) -> None:
+def _spawned(rank: int, meet: str, out: str) -> None:
     from sketchmine.data import animal_shape
     from sketchmine.model.models import load_model, preprocessing_for
     from tests.helpers import per_class_subset
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=meet, rank=rank, world_size=2)
     try:
         model = load_model("demo")
         ds = per_class_subset(animal_shape("test", preprocessing_for(model)), 12, "0:120")
@@ -152,7 +152,7 @@ def test_two_processes_merge_to_one(tmp_path, demo_model):
     finally:
         torch.set_num_threads(threads)
     two = tmp_path / "two.zarr"
-    torch.multiprocessing.spawn(_spawned, args=(free_port(), str(two)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_spawned, args=(rendezvous(tmp_path), str(two)), nprocs=2, join=True)
     got, want = store_arrays(two), store_arrays(one.path)
     assert set(got) == set(want)
     for key in want:

@@ -5,9 +5,9 @@ torch.multiprocessing.spawn of the API with a process group the caller initialis
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,10 @@ from tests.helpers import StopAfter
 SUMMED = ("class_mean", "class_ink_density", "max_mean")  # max_mean: moments.py
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous(folder: Path) -> str:
+    """A file for the ranks to meet at (no TCP port: one found free can be taken by another test
+    before gloo binds it, and pytest-xdist runs two test files at once)."""
+    return f"file://{folder / f'rendezvous-{uuid.uuid4().hex}'}"  # a file serves one group only
 
 
 def assert_same_as_one_process(got_path: Path, want_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_torchrun_two_processes_equal_one(tmp_path, demo_test_set):
     assert run.images_done == 122
 
 
-def _spawned(rank: int, port: int, out: str, differ: str, result: str, k: int) -> None:
+def _spawned(rank: int, meet: str, out: str, differ: str, result: str, k: int) -> None:
     """One rank: a gloo group initialised here (as a user would), then sketchmine.mine; `differ`:
     what rank 1 sees otherwise ("dataset": other images, "distributions": them asked for)."""
     from sketchmine.data import ArrayDataset, animal_shape
@@ -84,7 +84,7 @@ def _spawned(rank: int, port: int, out: str, differ: str, result: str, k: int) -
     from sketchmine.model.models import load_model
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=meet, rank=rank, world_size=2)
     try:
         model = load_model("demo")
         full = animal_shape("test", preprocessing_for(model))
@@ -105,7 +105,8 @@ def _spawned(rank: int, port: int, out: str, differ: str, result: str, k: int) -
 
 def spawn(out: Path, differ: str = "", k: int = 9) -> list[str]:
     result = str(out.parent / "result")
-    torch.multiprocessing.spawn(_spawned, args=(free_port(), str(out), differ, result, k), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_spawned, args=(rendezvous(out.parent), str(out), differ, result, k), nprocs=2,
+                                join=True)
     return [Path(f"{result}.{r}").read_text() for r in range(2)]
 
 

@@ -112,11 +112,15 @@ def test_readers_open_a_run_while_it_is_written(tmp_path, folder):
             if _progress(out, "images") == 0:
                 time.sleep(0.01)
                 continue
-            run = sketchmine.open_run(out)
-            values, index, _ = run.topk("features.6")
+            try:
+                run = sketchmine.open_run(out)
+                values, index, _ = run.topk("features.6")
+                run.class_accuracy()
+            except sketchmine.SketchmineError as exc:  # a commit in every attempt to read: said, by design
+                assert "being written by another process" in str(exc) and "retry" in str(exc), exc
+                continue
             assert values.shape == index.shape == (96, 9)
             assert (np.diff(values, axis=1) <= 0).all() or (index < 0).any()
-            run.class_accuracy()
             reads += 1
             if not refused and proc.poll() is None:
                 second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -49,7 +49,7 @@ def _importance(args: argparse.Namespace, console: Console, err: Console) -> Non
     The layers and the plot path are checked before any computation; Ctrl-C says which
     layers' importance was stored (a re-run recomputes every layer it is given)."""
     from sketchmine.cli.effects import ablation_layers
-    from sketchmine.passes.importance import unit_importance
+    from sketchmine.passes.importance import ImportancePass
     from sketchmine.present.console import importance_table as table
     from sketchmine.present.console import safe
     from sketchmine.present.plots import check_plot_path, plot_importance, save_figure
@@ -60,9 +60,8 @@ def _importance(args: argparse.Namespace, console: Console, err: Console) -> Non
         check_plot_path(args.plot)
     done: list[str] = []
     try:
-        for name in layers:
-            unit_importance(run, name, args.model, args.data, weights=args.weights, batch_size=args.batch_size,
-                            device=args.device)
+        for name in ImportancePass(run, layers, args.model, args.data, weights=args.weights,
+                                   batch_size=args.batch_size, device=args.device):
             done.append(name)
     except KeyboardInterrupt:
         rest = [l for l in layers if l not in done]

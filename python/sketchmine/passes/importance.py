@@ -12,6 +12,7 @@ the console table of them is console.importance_table, the command cli.main (`sk
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from sketchmine.results.run import Run, open_run
 from sketchmine.store import schema
 from sketchmine.store.layer_results import write_layer_results
 
-__all__ = ["COLUMNS", "Importance", "ablation_importance", "has_importance",
+__all__ = ["COLUMNS", "Importance", "ImportancePass", "ablation_importance", "has_importance",
            "read_importance", "unit_importance", "write_importance"]
 
 
@@ -67,21 +68,41 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
         if data is not None:
             raise SketchmineError("unit_importance got both data= and dataset= (one name of one argument); pass data=")
         data = dataset
-    if units_per_pass is not None and units_per_pass < 1:
-        raise SketchmineError(f"units_per_pass must be at least 1 (or None to size passes by memory), got {units_per_pass}")
-    if batch_size < 1:
-        raise SketchmineError(f"batch_size must be at least 1, got {batch_size}")
-    device = as_device(device)
     layers = unique([layer] if isinstance(layer, str) else list(layer))
-    if not layers:
-        raise SketchmineError("no layer given; name the layers to ablate")
-    run = run if isinstance(run, Run) else open_run(run)
-    net = ablation_net(run, layers, model, weights)  # every layer checked before any computation
-    from sketchmine.passes import reload
+    stored = ImportancePass(run, layers, model, data, weights=weights, batch_size=batch_size, device=device,
+                              units_per_pass=units_per_pass)
+    for _ in stored:
+        pass
+    return open_run(stored.run.path).unit_importance(layers[-1])
 
-    ds = reload.run_dataset(run, data)
-    labels = _labels(run, ds)
-    for name in layers:
-        result = ablation_importance(net, ds, name, labels, batch_size, device, units_per_pass, run.layer_attrs(name))
-        write_importance(run, name, result)
-    return open_run(run.path).unit_importance(layers[-1])
+
+class ImportancePass:
+    """`unit_importance`'s work: every argument checked (and the run opened) when it is made, then
+    each layer's importance computed and stored as it is iterated, yielding the layer's name the
+    moment it is stored (so the CLI can say on Ctrl-C which layers are)."""
+
+    def __init__(self, run: Run | str | os.PathLike, layers: list[str], model: Any = None, data: Any = None, *,
+                 weights: str | os.PathLike | None = None, batch_size: int = 256,
+                 device: str | torch.device = "cpu", units_per_pass: int | None = None) -> None:
+        if units_per_pass is not None and units_per_pass < 1:
+            raise SketchmineError(f"units_per_pass must be at least 1 (or None to size passes by memory), "
+                                  f"got {units_per_pass}")
+        if batch_size < 1:
+            raise SketchmineError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = as_device(device)
+        if not layers:
+            raise SketchmineError("no layer given; name the layers to ablate")
+        self.run = run if isinstance(run, Run) else open_run(run)
+        self.net = ablation_net(self.run, layers, model, weights)  # every layer checked before any computation
+        from sketchmine.passes import reload
+
+        self.ds = reload.run_dataset(self.run, data)
+        self.labels = _labels(self.run, self.ds)
+        self.layers, self.batch_size, self.units_per_pass = layers, batch_size, units_per_pass
+
+    def __iter__(self) -> Iterator[str]:
+        for name in self.layers:
+            result = ablation_importance(self.net, self.ds, name, self.labels, self.batch_size, self.device,
+                                         self.units_per_pass, self.run.layer_attrs(name))
+            write_importance(self.run, name, result)
+            yield name
