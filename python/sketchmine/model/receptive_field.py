@@ -267,21 +267,24 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
 
 
 def _check_padding_mode(name: str, conv: nn.Conv2d) -> None:
-    """A conv that pads by copying pixels keeps the box only if the copies come from inside it: a
-    circular pad wraps the far side of the image into its border units, a reflection or
-    replication pad wider than half its dilated kernel copies pixels past the unit's box."""
+    """A conv that pads by copying keeps the box only if the copies come from inside it: a circular
+    pad wraps the far side of the image into its border units; a reflection wider than half the
+    dilated kernel's reach, or a replication wider than the reach, copies pixels past the box."""
     mode = conv.padding_mode
     if mode == "zeros":
         return
-    pad = _padding(conv.padding, conv.kernel_size, conv.dilation)
-    reach = [(k - 1) * d for k, d in zip(_pair(conv.kernel_size), _pair(conv.dilation))]
-    if mode == "circular" and any(pad):
+    k, d = _pair(conv.kernel_size), _pair(conv.dilation)
+    reach = [(k[a] - 1) * d[a] for a in range(2)]
+    before = _padding(conv.padding, k, d)
+    after = [reach[a] - before[a] for a in range(2)] if conv.padding == "same" else before  # "same": the rest after
+    widest = [max(before[a], after[a]) for a in range(2)]
+    if mode == "circular" and any(before + tuple(after)):
         raise SketchmineError(f"receptive fields: {name} pads circularly (padding_mode='circular'): its border units "
                               "see the far side of the image, which no box holds; not supported")
-    if any(2 * p > r for p, r in zip(pad, reach)):
-        raise SketchmineError(f"receptive fields: {name} pads by {mode} {tuple(pad)}, more than half its kernel's "
-                              f"reach {tuple(reach)}: its border units copy pixels from outside their box; "
-                              "not supported")
+    if any((2 * widest[a] if mode == "reflect" else widest[a]) > reach[a] for a in range(2)):
+        raise SketchmineError(f"receptive fields: {name} pads by {mode} {tuple(widest)} on a side, more than its "
+                              f"kernel's reach {tuple(reach)} allows: its border units copy pixels from outside "
+                              "their box; not supported")
 
 
 def _shifted(f: _Field, padding: Any) -> _Field:
