@@ -1,7 +1,8 @@
 """Which ops make a unit's value depend on more than its receptive field: the input's size
-(adaptive pooling, resampling, a pad that crops the border) or statistics over positions (GroupNorm, LayerNorm, batch
-statistics, softmax or reductions along H or W). A layer behind one computes something else on
-a window of the image, so its deconvolutions are made on the whole image (passes/deconv.py).
+(adaptive pooling, resampling, a pad that crops the border) or statistics over positions
+(GroupNorm, LayerNorm, batch statistics, softmax or reductions along H or W). A layer behind one
+computes something else on a window of the image, so its deconvolutions are made on the whole
+image (passes/deconv.py).
 """
 from __future__ import annotations
 

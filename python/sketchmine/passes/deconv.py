@@ -169,8 +169,11 @@ class Deconvolver:
             local = torch.stack([pos[group, 0] - sy[group] // jy, pos[group, 1] - sx[group] // jx], dim=1)
             try:
                 signal = self(windows, layer, channels[group], local, steps)
-            except (RuntimeError, SketchmineError):  # a window too small for a layer before a pad, whose
-                # units past the image read only padding: the whole image has room for them
+            except (RuntimeError, SketchmineError):
+                if shape == [field.size[0] + jy - 1, field.size[1] + jx - 1]:
+                    raise
+                # a window cut by the image's border, too small for a layer before a pad whose units
+                # past the image read only padding: the whole image has room for them
                 at = group.to(image_index.device)
                 out[group] = self._whole_crops(images, image_index[at], layer, channels[group], pos[group],
                                                top[group], left[group], field, steps).to(out.device)
