@@ -39,16 +39,15 @@ def run_effects(args: argparse.Namespace, console: Console) -> None:
     """`sketchmine effects RUN [--layers ...]`: compute, store and print each layer's unit
     effects and correlated units. Layers are checked before any computation; Ctrl-C says
     which layers were stored, and the rest as a --layers value."""
-    from sketchmine.passes.effects import unit_effects
+    from sketchmine.passes.effects import EffectsPass
     from sketchmine.present.effects_table import effects_table
     from sketchmine.results.run import open_run
 
     run, layers = ablation_layers(args)
     done: list[str] = []
     try:
-        for name in layers:
-            unit_effects(run, name, args.model, args.data, weights=args.weights, batch_size=args.batch_size,
-                         device=args.device, units_per_pass=args.units_per_pass)
+        for name in EffectsPass(run, layers, args.model, args.data, weights=args.weights, batch_size=args.batch_size,
+                                device=args.device, units_per_pass=args.units_per_pass):
             done.append(name)
     except KeyboardInterrupt:
         rest = [l for l in layers if l not in done]

@@ -16,7 +16,7 @@ layers are ablated at every step and in h_n (as importance), their '.cell' views
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ from sketchmine.stats.correlation import (BLOCK_UNITS, Correlated, check_maxima_
 from sketchmine.store import schema
 from sketchmine.store.layer_results import write_layer_results
 
-__all__ = ["Correlated", "Effects", "ablation_effects", "check_ablatable", "check_run_ablatable", "torch_net",
+__all__ = ["Correlated", "Effects", "EffectsPass", "ablation_effects", "check_ablatable", "check_run_ablatable", "torch_net",
            "unique", "unit_effects"]
 
 DELTA = "ablated minus clean, mean over all images of the dataset (labels not used)"
@@ -179,28 +179,50 @@ def unit_effects(run: Run | str | os.PathLike, layers: str | list[str], model: A
     weights must be those the run was mined with. block_units bounds the correlation's memory
     (stats/correlation.py). Every layer is checked before any computation.
     """
-    for name, value, low in (("batch_size", batch_size, 1), ("correlated", correlated, 1),
-                             ("block_units", block_units, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise SketchmineError(f"{name} must be a whole number of at least {low}, got {value!r}")
-    if units_per_pass is not None and (isinstance(units_per_pass, bool) or not isinstance(units_per_pass, int)
-                                       or units_per_pass < 1):
-        raise SketchmineError(f"units_per_pass must be at least 1 (or None to size passes by memory), "
-                              f"got {units_per_pass!r}")
-    device = as_device(device)
     names = unique([layers] if isinstance(layers, str) else list(layers))
-    if not names:
-        raise SketchmineError("no layer given; name the layers to ablate")
-    run = run if isinstance(run, Run) else open_run(run)
-    net = ablation_net(run, names, model, weights)
-    from sketchmine.passes import reload
+    stored = EffectsPass(run, names, model, data, weights=weights, batch_size=batch_size, device=device,
+                         units_per_pass=units_per_pass, correlated=correlated, block_units=block_units)
+    for _ in stored:
+        pass
+    return open_run(stored.run.path).unit_effects(names[-1])
 
-    ds = reload.run_dataset(run, data)
-    for name in names:  # every layer's maxima fit (one layer's at a time), or nothing is computed
-        check_maxima_memory(name, len(ds), run.layer_shape(name)[0])
-    for name in names:
-        result = ablation_effects(net, ds, name, batch_size, device, units_per_pass, run.layer_attrs(name))
-        write_effects(run, name, result, top_correlated(result.maxima, correlated, block_units, device))
-        del result  # its maxima go before the next layer's are allocated
-    return open_run(run.path).unit_effects(names[-1])
 
+class EffectsPass:
+    """`unit_effects`'s work: every argument checked (and the run opened, and every layer's maxima
+    found to fit in memory) when it is made, then each layer's effects computed and stored as it
+    is iterated, yielding the layer's name the moment it is stored (so the CLI can say on Ctrl-C
+    which layers are)."""
+
+    def __init__(self, run: Run | str | os.PathLike, names: list[str], model: Any = None, data: Any = None, *,
+                 weights: str | os.PathLike | None = None, batch_size: int = 256,
+                 device: str | torch.device = "cpu", units_per_pass: int | None = None, correlated: int = 8,
+                 block_units: int = BLOCK_UNITS) -> None:
+        for name, value, low in (("batch_size", batch_size, 1), ("correlated", correlated, 1),
+                                 ("block_units", block_units, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SketchmineError(f"{name} must be a whole number of at least {low}, got {value!r}")
+        if units_per_pass is not None and (isinstance(units_per_pass, bool) or not isinstance(units_per_pass, int)
+                                           or units_per_pass < 1):
+            raise SketchmineError(f"units_per_pass must be at least 1 (or None to size passes by memory), "
+                                  f"got {units_per_pass!r}")
+        self.device = as_device(device)
+        if not names:
+            raise SketchmineError("no layer given; name the layers to ablate")
+        self.run = run if isinstance(run, Run) else open_run(run)
+        self.net = ablation_net(self.run, names, model, weights)
+        from sketchmine.passes import reload
+
+        self.ds = reload.run_dataset(self.run, data)
+        for name in names:  # every layer's maxima fit (one layer's at a time), or nothing is computed
+            check_maxima_memory(name, len(self.ds), self.run.layer_shape(name)[0])
+        self.names, self.batch_size, self.units_per_pass = names, batch_size, units_per_pass
+        self.correlated, self.block_units = correlated, block_units
+
+    def __iter__(self) -> Iterator[str]:
+        for name in self.names:
+            result = ablation_effects(self.net, self.ds, name, self.batch_size, self.device, self.units_per_pass,
+                                      self.run.layer_attrs(name))
+            write_effects(self.run, name, result, top_correlated(result.maxima, self.correlated, self.block_units,
+                                                                 self.device))
+            del result  # its maxima go before the next layer's are allocated
+            yield name
