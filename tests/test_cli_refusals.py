@@ -147,15 +147,15 @@ def test_ctrl_c_during_effects_names_the_rest_comma_separated(run_copy, capsys, 
     the pass would run: the only way to interrupt at a given layer in-process)."""
     import sketchmine.passes.effects as effects
 
-    real, calls = effects.unit_effects, []
+    real, calls = effects.ablation_effects, []
 
-    def interrupted_second(run, name, *args, **kwargs):
+    def interrupted_second(net, ds, name, *args, **kwargs):
         calls.append(name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(run, name, *args, **kwargs)
+        return real(net, ds, name, *args, **kwargs)
 
-    monkeypatch.setattr(effects, "unit_effects", interrupted_second)
+    monkeypatch.setattr(effects, "ablation_effects", interrupted_second)
     capsys.readouterr()
     assert cli(["effects", str(run_copy), "--layers", "classifier.6,features.0,features.3"]) == 130
     err = " ".join(capsys.readouterr().err.split())
