@@ -107,11 +107,10 @@ def test_every_unit_of_a_random_stack_reads_only_its_box(layers, h, w):
         assert _refused_by_design(model), f"refused: {exc}"
         return
     assert not _refused_by_design(model)
-    rows = torch.arange(h * w) // w
+    rows, cols = torch.arange(h * w) // w, torch.arange(h * w) % w
     # a negative pad crops: the box keeps the pixels it cropped, which reach nothing (as padding)
     crops = any(min(getattr(m, "padding", None) or getattr(m, "pad", None) or (0,)) < 0
                 for m in model if isinstance(m, (nn.ConstantPad2d, FunctionalPad)))
-    cols = torch.arange(h * w) % w
     for name, r in reached.items():
         f = fields[name]
         for y in range(r.shape[1]):

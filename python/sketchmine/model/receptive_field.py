@@ -278,7 +278,7 @@ def _check_padding_mode(name: str, conv: nn.Conv2d) -> None:
     before = _padding(conv.padding, k, d)
     after = [reach[a] - before[a] for a in range(2)] if conv.padding == "same" else before  # "same": the rest after
     widest = [max(before[a], after[a]) for a in range(2)]
-    if mode == "circular" and any(before + tuple(after)):
+    if mode == "circular" and any(widest):
         raise SketchmineError(f"receptive fields: {name} pads circularly (padding_mode='circular'): its border units "
                               "see the far side of the image, which no box holds; not supported")
     if any((2 * widest[a] if mode == "reflect" else widest[a]) > reach[a] for a in range(2)):
@@ -305,7 +305,7 @@ def _pad_function(node: fx.Node, f: _Field) -> _Field:
         raise SketchmineError(f"receptive fields: pad at {node.name} (mode {mode!r}, pad {pad!r}) copies pixels "
                               "or pads by an amount known only at run time; not supported")
     _check_grid_last(node, f)
-    return _shifted(f, (*pad, 0, 0, 0, 0)[:4] if len(pad) < 4 else pad)
+    return _shifted(f, (*pad, 0, 0, 0, 0))  # F.pad's pairs from the last dim: (left, right, top, bottom, ...)
 
 
 def _qualname(target: Any) -> str:

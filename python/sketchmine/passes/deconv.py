@@ -153,8 +153,8 @@ class Deconvolver:
         sy, sx = (top.clamp_min(0) // jy) * jy, (left.clamp_min(0) // jx) * jx
         # one window size for every interior unit (box + alignment slack), so they batch together;
         # only windows cut by the image's far border differ
-        ey = (sy + field.size[0] + jy - 1).clamp_max(h)
-        ex = (sx + field.size[1] + jx - 1).clamp_max(w)
+        interior = [field.size[0] + jy - 1, field.size[1] + jx - 1]
+        ey, ex = (sy + interior[0]).clamp_max(h), (sx + interior[1]).clamp_max(w)
         out = images.new_zeros((len(pos), images.shape[1], *field.size), dtype=torch.float32)
         channels = torch.as_tensor(channels).long()
         shapes = torch.stack([ey - sy, ex - sx], dim=1)
@@ -170,7 +170,7 @@ class Deconvolver:
             try:
                 signal = self(windows, layer, channels[group], local, steps)
             except (RuntimeError, SketchmineError):
-                if shape == [field.size[0] + jy - 1, field.size[1] + jx - 1]:
+                if shape == interior:
                     raise
                 # a window cut by the image's border, too small for a layer before a pad whose units
                 # past the image read only padding: the whole image has room for them
