@@ -176,8 +176,8 @@ def test_a_killed_report_leaves_the_previous_one_and_its_leftover_is_cleaned(run
     before = tree(rep)
     proc = subprocess.Popen([sys.executable, "-m", "sketchmine", "report", str(run_copy), "--out", str(rep)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    partial = _wait_for(lambda: list(tmp_path.glob(".rep.sketchmine-report-tmp-*")), proc)
-    time.sleep(0.5)
+    # killed while it writes: its temporary folder holds files (the swap comes after the last one)
+    partial = _wait_for(lambda: [d for d in tmp_path.glob(".rep.sketchmine-report-tmp-*") if any(d.iterdir())], proc)
     proc.kill()
     proc.wait()
     assert partial and partial[0].exists()  # SIGKILL: the temporary folder stays behind ...
@@ -263,6 +263,32 @@ def test_existing_files_as_out_and_bad_importance_arguments(run_copy, images, tm
     assert not sketchmine.open_run(run_copy).has_importance("features.3")
     for cmd in (["importance", str(run_copy)], ["visualize", str(run_copy)]):
         one_line_error(sm(*cmd, "--layers", ".."), r"'\.\.'")
+
+
+def test_importance_and_effects_build_the_model_once(run_copy):
+    """Every layer is checked in the model before any is computed, on the model the pass then
+    ablates: one build per command (counted as the children the model's own class registers:
+    the ablation's split and copies are other classes, or register nothing)."""
+    from sketchmine.passes.reload import run_model
+
+    model_class = type(run_model(sketchmine.open_run(run_copy), None, None).module)
+    built: list[str] = []
+    hook = torch.nn.modules.module.register_module_module_registration_hook(
+        lambda parent, name, child: built.append(name) if type(parent) is model_class else None)
+    try:
+        run_model(sketchmine.open_run(run_copy), None, None)
+        one = list(built)
+        assert one, "a build registers the model's children"
+        for command in ("importance", "effects"):
+            built.clear()
+            err = io.StringIO()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                code = cli_main([command, str(run_copy), "--layers", "features.3,classifier.4", "-q"])
+            assert code == 0, err.getvalue()
+            assert built == one, command
+    finally:
+        hook.remove()
+    assert sketchmine.open_run(run_copy).has_importance("classifier.4")
 
 
 @pytest.fixture()

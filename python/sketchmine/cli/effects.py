@@ -12,27 +12,18 @@ if TYPE_CHECKING:
 
 
 def ablation_layers(args: argparse.Namespace) -> tuple[Run, list[str]]:
-    """The run and the layers `effects`/`importance` will ablate (default: every mined module
-    layer), each given once, all checked before the first is computed: in the run, not the
-    virtual softmax, the run not mined from an ONNX file, and each one's module found in the
-    run's model (which is loaded once here for that). Why: the passes run one layer at a time
-    (so that Ctrl-C can say which are stored), and a refusal after the first layer would have
-    spent its computation and written it."""
+    """The run and the layers `effects`/`importance` will ablate: those given, each once, or by
+    default every mined module layer (not the virtual softmax, not an LSTM's '.cell' view). The
+    pass made from them checks every layer, and loads the model once, before the first is
+    computed (passes.effects.ablation_net): the passes run one layer at a time, so that Ctrl-C
+    can say which are stored, and a refusal after the first layer would have spent its
+    computation and written it."""
     from sketchmine.model.taps import SOFTMAX
-    from sketchmine.passes.effects import check_ablatable, check_run_ablatable, torch_net, unique
-    from sketchmine.passes.reload import run_model
+    from sketchmine.passes.effects import unique
     from sketchmine.results.run import open_run
 
     run = open_run(args.run)
-    layers = unique(args.layers or [l for l in run.layers if l != SOFTMAX and not l.endswith(".cell")])
-    for name in layers:
-        run.layer_attrs(name)
-        check_ablatable(name, run=run)
-    check_run_ablatable(run)
-    net = torch_net(run, run_model(run, args.model, args.weights).module)
-    for name in layers:
-        check_ablatable(name, net)
-    return run, layers
+    return run, unique(args.layers or [l for l in run.layers if l != SOFTMAX and not l.endswith(".cell")])
 
 
 def run_effects(args: argparse.Namespace, console: Console) -> None:
@@ -44,10 +35,11 @@ def run_effects(args: argparse.Namespace, console: Console) -> None:
     from sketchmine.results.run import open_run
 
     run, layers = ablation_layers(args)
+    stored = EffectsPass(run, layers, args.model, args.data, weights=args.weights, batch_size=args.batch_size,
+                         device=args.device, units_per_pass=args.units_per_pass)  # all checked: nothing computed yet
     done: list[str] = []
     try:
-        for name in EffectsPass(run, layers, args.model, args.data, weights=args.weights, batch_size=args.batch_size,
-                                device=args.device, units_per_pass=args.units_per_pass):
+        for name in stored:
             done.append(name)
     except KeyboardInterrupt:
         rest = [l for l in layers if l not in done]

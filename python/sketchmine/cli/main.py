@@ -55,13 +55,14 @@ def _importance(args: argparse.Namespace, console: Console, err: Console) -> Non
     from sketchmine.present.plots import check_plot_path, plot_importance, save_figure
     from sketchmine.results.run import open_run
 
-    run, layers = ablation_layers(args)  # every layer checked (and given once) before any computation
+    run, layers = ablation_layers(args)
+    stored = ImportancePass(run, layers, args.model, args.data, weights=args.weights, batch_size=args.batch_size,
+                            device=args.device)  # every layer checked, the model loaded once: nothing computed yet
     if args.plot:
         check_plot_path(args.plot)
     done: list[str] = []
     try:
-        for name in ImportancePass(run, layers, args.model, args.data, weights=args.weights,
-                                   batch_size=args.batch_size, device=args.device):
+        for name in stored:
             done.append(name)
     except KeyboardInterrupt:
         rest = [l for l in layers if l not in done]
