@@ -7,11 +7,13 @@ and anything that mixes all positions (flatten, linear, global pooling) sees the
 image. Each node also carries where its tensor holds H and W, so channels-last stretches
 (ConvNeXt's permute, LayerNorm, Linear, permute back) are pointwise. No per-model rules: an op
 the analysis cannot follow is named; the nodes it feeds get no field (`field_analysis`), or
-`receptive_fields` refuses.
+`receptive_fields` refuses. Pads follow `field_pads`: a constant pad shifts the field; a reflection
+or replication pad is followed into the conv that reads it when the copies stay inside its units'
+boxes, and has no field of its own (its border units are copies that no box holds).
 
 A field is where a unit's pattern comes from. Normalisations with statistics over positions
-(GroupNorm, LayerNorm; BatchNorm without running statistics) and adaptive pooling that is the identity at
-the analysed size are taken as pointwise for it: the statistics scale and shift a whole map
+(GroupNorm, LayerNorm, InstanceNorm; BatchNorm without running statistics) and adaptive pooling that is the
+identity at the analysed size are taken as pointwise for it: the statistics scale and shift a whole map
 alike, and the field of every unit after a GroupNorm would otherwise be the whole image. Such
 ops do make a unit depend on the image's size and on pixels outside its field, so
 `coupling.position_coupled` names them: a unit behind one cannot be computed on a window of the image.
@@ -28,17 +30,18 @@ import torch
 from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
+from sketchmine.model.field_pads import check_padding_mode, conv_padding, copy_carriers, pad_of, pair
 from sketchmine.model.graph import module_input_channels, module_outputs, propagate_shapes, trace
 
 _POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
-                      nn.Hardswish, nn.Hardsigmoid, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm,
+                      nn.Hardswish, nn.Hardsigmoid, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d,
                       nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Softmax, nn.LogSoftmax,
                       nn.LayerNorm)
 _POINTWISE_FUNCS = {torch.relu, torch.nn.functional.relu, torch.sigmoid, torch.tanh, torch.add, torch.mul,
                     torch.cat, torch.nn.functional.dropout, torch.softmax, torch.nn.functional.softmax,
                     torch.nn.functional.batch_norm, torch.nn.functional.hardtanh, torch.nn.functional.relu6,
                     torch.nn.functional.gelu, torch.nn.functional.silu, torch.unsqueeze,
-                    torch.nn.functional.layer_norm, torch.nn.functional.group_norm,
+                    torch.nn.functional.layer_norm, torch.nn.functional.group_norm, torch.nn.functional.instance_norm,
                     operator.add, operator.mul, operator.getitem}
 # pointwise functions outside torch, by qualified name (importing their library here would cost
 # every caller its import): stochastic depth scales whole samples
@@ -88,25 +91,10 @@ class _Field:
     grid: tuple[int, int] = (-2, -1)
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
-
-
-def _padding(p, k, d) -> tuple[int, int]:
-    """A conv's padding as ints: "valid" pads nothing, "same" pads d*(k-1) in all and torch
-    puts the smaller half first (its left and top padding)."""
-    if p == "valid":
-        return (0, 0)
-    if p == "same":
-        k, d = _pair(k), _pair(d)
-        return (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
-    return _pair(p)
-
-
 def _window(f: _Field, k, s, p, d) -> _Field:
     """Field after a sliding window (conv or pool) with kernel k, stride s, padding p, dilation d."""
-    p = _padding(p, k, d)
-    k, s, d = _pair(k), _pair(s), _pair(d)
+    p = conv_padding(p, k, d)
+    k, s, d = pair(k), pair(s), pair(d)
     return _Field(  # the grid is last (_check_grid_last)
         tuple(f.jump[a] * s[a] for a in range(2)),
         tuple(f.lo[a] - p[a] * f.jump[a] for a in range(2)),
@@ -138,20 +126,26 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, ...],
     channels (default: the first conv's, else 3). `input_size`: an int S (S×S), (H, W) or
     (C, H, W) (`data.parse_size`); a C that differs from `channels` or from the model's first
     convolution is refused. An op the analysis cannot follow is refused naming it
-    (`field_analysis` keeps the fields of the modules before it)."""
+    (`field_analysis` keeps the fields of the modules before it). A reflection or replication pad
+    (and a pointwise op between it and the conv that reads it) has no field: its border units are
+    copies that no box holds; the layers after it have theirs."""
     analysis = field_analysis(model, input_size, leading, channels)
-    if analysis.missing:
-        raise SketchmineError(next(iter(analysis.missing.values())))
+    refused = [why for name, why in analysis.missing.items() if name not in analysis.copies]
+    if refused:
+        raise SketchmineError(refused[0])
     return analysis.fields
 
 
 @dataclass(frozen=True)
 class FieldAnalysis:
-    """The fields the graph gives (`fields`), and the modules without one because an op the
-    analysis cannot follow comes before them (`missing`: module name → that op, in words)."""
+    """The fields the graph gives (`fields`), and the modules without one (`missing`: module name →
+    why, in words): an op the analysis cannot follow comes before them, or, for those in `copies`,
+    their border units are copies of other pixels (a reflection or replication pad, and pointwise
+    ops between it and its conv) while the layers after them have fields."""
 
     fields: dict[str, ReceptiveField]
     missing: dict[str, str]
+    copies: frozenset[str] = frozenset()
 
 
 def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
@@ -176,6 +170,7 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
     modules = dict(gm.named_modules())
     out: dict[str, ReceptiveField] = {}
     missing: dict[str, str] = {}
+    copies: dict[fx.Node, str] = {}
     calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -190,49 +185,58 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
         try:
             if before:  # after an op the analysis cannot follow: unknown as well, for the same reason
                 raise SketchmineError(before[0])
-            f = _node_field(node, carriers, modules, whole)
+            f = _node_field(node, carriers, modules, whole, copies)
         except SketchmineError as exc:
             unknown[node] = str(exc)
             if node.op == "call_module":
                 missing[str(node.target)] = str(exc)
             continue
         fields[node] = f
-        if node.op == "call_module" and calls[node.target] == 1:  # called twice: two fields (the miner refuses it)
+        if node.op == "call_module" and node in copies:
+            missing[str(node.target)] = copies[node]
+        elif node.op == "call_module" and calls[node.target] == 1:  # called twice: two fields (the miner refuses it)
             out[str(node.target)] = _field(f, h, w)
     for name, node in module_outputs(gm).items():  # modules traced through: blocks, containers
         if name in out or name in missing:
             continue
-        if node in fields:
+        if node in copies:
+            missing[name] = copies[node]
+        elif node in fields:
             out[name] = _field(fields[node], h, w)
         elif node in unknown:
             missing[name] = unknown[node]
-    return FieldAnalysis(out, missing)
+    return FieldAnalysis(out, missing, frozenset(n for n, why in missing.items() if why in copies.values()))
 
 
 def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[str, nn.Module],
-                whole: _Field) -> _Field:
+                whole: _Field, copies: dict[fx.Node, str]) -> _Field:
     """A node's field from its pixel-carrying inputs' fields (`carriers`: input node → field),
-    or a SketchmineError naming an op whose effect on positions is not known."""
+    or a SketchmineError naming an op whose effect on positions is not known. A copying pad adds
+    the nodes that carry its copies to `copies` (node → why it has no field of its own)."""
     where = node.target if node.op == "call_module" else node.name
     ins = list(carriers.values())
     if not all(i.jump != (0, 0) for i in ins):  # from whole-image features (a recurrent head, an MLP)
         return whole
     f = _union(ins, str(where))
+    if (pad := pad_of(node, modules)) is not None:
+        _check_grid_last(node, f)
+        if pad.copies:
+            reason = (f"receptive fields: {pad.name} copies pixels into its border units, which no box holds "
+                      "(the conv that reads it has a field)")
+            copies.update(dict.fromkeys(copy_carriers(node, pad, modules, lambda n: _pointwise(n, modules)), reason))
+        return _shifted(f, *pad.shift)
     if node.op == "call_module":
         m = modules[str(node.target)]
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
             _check_grid_last(node, f)
             dil = getattr(m, "dilation", 1)
             if isinstance(m, nn.Conv2d):
-                _check_padding_mode(str(node.target), m)
+                check_padding_mode(str(node.target), m)
             return _window(f, m.kernel_size, m.stride, m.padding, dil if dil is not None else 1)
         if isinstance(m, nn.Linear):  # along the last dim: pointwise when that holds channels (NHWC)
             return f if f.grid[1] != -1 else whole
         if isinstance(m, nn.Flatten):
             return whole
-        if isinstance(m, nn.ConstantPad2d):  # ZeroPad2d too; a reflection or replication pad is refused below
-            _check_grid_last(node, f)
-            return _shifted(f, m.padding)
         if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             _check_grid_last(node, f)
             return _adaptive(f, m.output_size, node, whole)
@@ -245,8 +249,6 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
         if node.target in _WINDOW_FUNCS:
             _check_grid_last(node, f)
             return _window(f, *_window_args(node))
-        if node.target is torch.nn.functional.pad:
-            return _pad_function(node, f)
         if node.target is torch.nn.functional.linear:
             return f if f.grid[1] != -1 else whole
         if node.target in _GLOBAL_FUNCS:
@@ -266,46 +268,22 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
     return f
 
 
-def _check_padding_mode(name: str, conv: nn.Conv2d) -> None:
-    """A conv that pads by copying keeps the box only if the copies come from inside it: a circular
-    pad wraps the far side of the image into its border units; a reflection wider than half the
-    dilated kernel's reach, or a replication wider than the reach, copies pixels past the box."""
-    mode = conv.padding_mode
-    if mode == "zeros":
-        return
-    k, d = _pair(conv.kernel_size), _pair(conv.dilation)
-    reach = [(k[a] - 1) * d[a] for a in range(2)]
-    before = _padding(conv.padding, k, d)
-    after = [reach[a] - before[a] for a in range(2)] if conv.padding == "same" else before  # "same": the rest after
-    widest = [max(before[a], after[a]) for a in range(2)]
-    if mode == "circular" and any(widest):
-        raise SketchmineError(f"receptive fields: {name} pads circularly (padding_mode='circular'): its border units "
-                              "see the far side of the image, which no box holds; not supported")
-    if any((2 * widest[a] if mode == "reflect" else widest[a]) > reach[a] for a in range(2)):
-        raise SketchmineError(f"receptive fields: {name} pads by {mode} {tuple(widest)} on a side, more than its "
-                              f"kernel's reach {tuple(reach)} allows: its border units copy pixels from outside "
-                              "their box; not supported")
-
-
-def _shifted(f: _Field, padding: Any) -> _Field:
-    """Field after a constant pad of (left, right, top, bottom) (negative: a crop): unit i of the
-    result is unit i - left of its input along x (top along y); the padded units hold no pixel."""
-    left, _, top, _ = tuple(padding)[:4]
+def _shifted(f: _Field, top: int, left: int) -> _Field:
+    """Field after a pad of `top` rows and `left` columns before the grid (negative: a crop): unit i
+    of the result is unit i - left of its input along x (top along y)."""
     jy, jx = f.jump
     return _Field(f.jump, (f.lo[0] - top * jy, f.lo[1] - left * jx), (f.hi[0] - top * jy, f.hi[1] - left * jx),
                   f.grid)
 
 
-def _pad_function(node: fx.Node, f: _Field) -> _Field:
-    """`F.pad` with a constant: a shift of the last two dims (`_shifted`); a mode that copies
-    pixels (reflect, replicate, circular) puts the same pixel at several positions, refused."""
-    pad = node.kwargs.get("pad", node.args[1] if len(node.args) > 1 else None)
-    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-    if mode != "constant" or not isinstance(pad, (tuple, list)) or not all(isinstance(p, int) for p in pad):
-        raise SketchmineError(f"receptive fields: pad at {node.name} (mode {mode!r}, pad {pad!r}) copies pixels "
-                              "or pads by an amount known only at run time; not supported")
-    _check_grid_last(node, f)
-    return _shifted(f, (*pad, 0, 0, 0, 0))  # F.pad's pairs from the last dim: (left, right, top, bottom, ...)
+def _pointwise(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether an op is one of those this analysis takes as pointwise (what a copying pad may
+    pass through on its way to the conv that reads it)."""
+    if node.op == "call_module":
+        return isinstance(modules[str(node.target)], _POINTWISE_MODULES)
+    if node.op == "call_function":
+        return node.target in _POINTWISE_FUNCS or _qualname(node.target) in _POINTWISE_NAMES
+    return node.op == "call_method" and node.target in _POINTWISE_METHODS
 
 
 def _qualname(target: Any) -> str:
@@ -393,7 +371,7 @@ def _adaptive(f: _Field, output_size, node: fx.Node, whole: _Field) -> _Field:
     224 px), else every unit is taken to see the whole image (global pooling exactly; a
     safe bound otherwise)."""
     meta = node.all_input_nodes[0].meta.get("tensor_meta")
-    out = tuple(output_size) if isinstance(output_size, (tuple, list)) else _pair(output_size)
+    out = tuple(output_size) if isinstance(output_size, (tuple, list)) else pair(output_size)
     if meta is not None and None not in out and tuple(meta.shape[-2:]) == out:
         return f
     return whole
