@@ -121,3 +121,21 @@ def image_folder(ds, root, per_class: int = 12):
     pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:per_class] for c in range(len(ds.class_names))])
     sub = ArrayDataset(ds.images[pick], ds.labels()[pick], ds.class_names, ds.preprocessing, ds.describe())
     return export_image_folder(sub, root)
+
+
+def as_mined_without(run_path, layer: str, names) -> None:
+    """Make a copy of a run look mined by a version without arrays `names` of `layer`: the arrays
+    gone and so are their checksums (a run that recorded checksums for an array it has lost is
+    damaged, not old)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    root = Path(run_path)
+    for name in names:
+        shutil.rmtree(root / "layers" / layer / name)
+    meta = json.loads((root / "zarr.json").read_text())
+    sums = meta["attributes"].get("checksums") or {}
+    for name in names:
+        sums.pop(f"layers/{layer}/{name}", None)
+    (root / "zarr.json").write_text(json.dumps(meta))

@@ -20,7 +20,7 @@ import sketchmine
 from sketchmine.errors import SketchmineError
 from sketchmine.results.distribution import estimate, estimate_bounds
 from sketchmine.stats import accumulators, bottomk, examples, histogram, ops, sketch, topk
-from tests.helpers import StopAfter, all_activations, store_arrays
+from tests.helpers import StopAfter, all_activations, as_mined_without, store_arrays
 
 OURS = ("hist_edges", "hist_counts", "max_range", "sketch_counts", "sketch_top", "sketch_special",
         "example_edges", "example_index", "bottom_values", "bottom_image_index", "bottom_yx")
@@ -286,8 +286,7 @@ def test_a_run_mined_without_them_says_what_is_missing(tmp_path, mined):
     old = tmp_path / "old.zarr"
     shutil.copytree(mined[0].path, old)
     layer = mined[0].layers[0]
-    for name in OURS:
-        shutil.rmtree(old / "layers" / layer / name)
+    as_mined_without(old, layer, OURS)
     run = sketchmine.open_run(old)
     for read in (run.histogram, run.quantile_examples, run.bottomk, lambda l: run.quantiles(l, [0.5])):
         with pytest.raises(SketchmineError, match="mined without them.*sketchmine mine --distributions"):

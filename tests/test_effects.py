@@ -315,7 +315,7 @@ def test_unlabelled_dataset_and_missing_results(tmp_path, demo_model, subset):
         run.unit_effects("features.0", kind="probability")
     with pytest.raises(SketchmineError, match="not in run"):
         sketchmine.unit_effects(run, "features.3", model=demo_model.module, data=ds)
-    with pytest.raises(SketchmineError, match="units_per_pass must be at least 1"):
+    with pytest.raises(SketchmineError, match="units_per_pass must be a whole number of at least 1"):
         sketchmine.unit_effects(run, "features.0", model=demo_model.module, data=ds, units_per_pass=0)
 
 

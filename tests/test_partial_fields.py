@@ -161,3 +161,45 @@ def test_a_channels_last_linear_is_visualized_on_its_field(tmp_path, tiny_set):
         image = torch.from_numpy(np.asarray(tiny_set.images[i]))[None, None]
         want = crop_patches_reference(image, torch.tensor([0]), torch.tensor([[top, left]]), 14, 14)[0]
         assert np.array_equal(patches[c, 0], want.permute(1, 2, 0).numpy())
+
+
+class _Reflected(nn.Module):
+    """A CycleGAN-style start on grey 28-px sketches: ReflectionPad2d(2) before a 5×5 conv with no
+    padding of its own, a residual block's ReflectionPad2d(1) before a 3×3 conv; then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(2)
+        self.conv1 = nn.Conv2d(1, 8, 5)
+        self.pad2 = nn.ReflectionPad2d(1)
+        self.conv2 = nn.Conv2d(8, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(self.pad(x)))
+        x = x + torch.relu(self.conv2(self.pad2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_a_reflection_padded_model_is_mined_and_visualized_on_its_fields(tmp_path, tiny_set, caplog):
+    """The convs after a reflection pad have fields (the pad's own units have none, and are not
+    worth a note when not mined); their patches are the image's pixels in the field, clipped at
+    its border, and the pad layer itself is refused by visualize, saying why."""
+    torch.manual_seed(0)
+    model = _Reflected().eval()
+    out = tmp_path / "run.zarr"
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(model, tiny_set, layers=["pad", "conv1", "conv2"], k=3, out=out, batch_size=32)
+    assert not [r for r in caplog.records if "no receptive fields" in r.getMessage()]
+    assert run.layer_attrs("conv1")["receptive_field"] == {"size": [5, 5], "stride": [1, 1], "offset": [-2, -2]}
+    assert run.layer_attrs("conv2")["receptive_field"]["size"] == [7, 7]
+    assert run.layer_attrs("pad")["receptive_field"] is None
+    with pytest.raises(SketchmineError, match="no receptive field for layer 'pad'.*reflection or replication pad"):
+        visualize(out, ["pad"], model=model, data=tiny_set)
+    run = visualize(out, ["conv1"], model=model, data=tiny_set, batch_size=16)
+    g = run.store.group["layers/conv1"]
+    boxes = np.asarray(g["boxes"][...])
+    _, _, yx = run.topk("conv1")
+    for c in range(boxes.shape[0]):
+        top, left = int(yx[c, 0, 0]) - 2, int(yx[c, 0, 1]) - 2
+        assert tuple(boxes[c, 0]) == (top, left, top + 4, left + 4)

@@ -138,11 +138,11 @@ def test_runs_that_recorded_a_sha256_of_the_weights_still_resume_and_reload(tmp_
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("flush_every", 0, r"flush_every \(--flush-every\) must be an integer >= 1, got 0"),
-    ("flush_every", -1, r"flush_every \(--flush-every\) must be an integer >= 1, got -1"),
-    ("num_workers", -1, r"num_workers \(--workers\) must be an integer >= 0, got -1"),
-    ("batch_size", 0, r"batch_size \(--batch-size\) must be an integer >= 1"),
-    ("k", 0, r"k \(-k\) must be an integer >= 1"),
+    ("flush_every", 0, r"flush_every \(--flush-every\) must be a whole number of at least 1, got 0"),
+    ("flush_every", -1, r"flush_every \(--flush-every\) must be a whole number of at least 1, got -1"),
+    ("num_workers", -1, r"num_workers \(--workers\) must be a whole number of at least 0, got -1"),
+    ("batch_size", 0, r"batch_size \(--batch-size\) must be a whole number of at least 1"),
+    ("k", 0, r"k \(-k\) must be a whole number of at least 1"),
     ("device", "banana", r"unknown device 'banana'"),
 ])
 def test_bad_counts_and_devices_are_refused_before_anything_is_written(tmp_path, demo_model, tiny_set,
@@ -218,9 +218,9 @@ def test_later_passes_refuse_counts_that_would_not_act(tmp_path, tiny_set):
     """visualize(max_units<=0) did nothing and returned; unit_importance(units_per_pass<0)
     stored zero importance for every unit; n<=0 in top_classes/compare read as "all but |n|"."""
     run = sketchmine.mine("demo", tiny_set, out=tmp_path / "r.zarr", layers=["features.0", "classifier.6"])
-    with pytest.raises(SketchmineError, match="max_units must be at least 1"):
+    with pytest.raises(SketchmineError, match="max_units must be a whole number of at least 1"):
         sketchmine.visualize(run, data=tiny_set, max_units=0)
-    with pytest.raises(SketchmineError, match="units_per_pass must be at least 1"):
+    with pytest.raises(SketchmineError, match="units_per_pass must be a whole number of at least 1"):
         sketchmine.unit_importance(run, "features.0", dataset=tiny_set, units_per_pass=-1)
     with pytest.raises(SketchmineError, match="no layer given"):
         sketchmine.unit_importance(run, [], dataset=tiny_set)

@@ -21,7 +21,7 @@ from sketchmine.present.montage import save_montage
 from sketchmine.present.report import write_report
 from sketchmine.present.report_unit import MONTAGES, montage_units
 from sketchmine.results.unit_summary import QUANTILES
-from tests.helpers import per_class_subset
+from tests.helpers import as_mined_without, per_class_subset
 from tests.test_cli import sm
 from tests.test_report import _images_ok, _open, browser  # noqa: F401  (the Chromium fixture)
 
@@ -204,9 +204,9 @@ def test_a_run_mined_before_the_distribution_says_how_to_add_it(tmp_path, run, b
     dashboard say what is missing and that mining again adds it; nothing fails."""
     old = tmp_path / "old.zarr"
     shutil.copytree(run.path, old)
-    for name in ("hist_edges", "hist_counts", "max_range", "sketch_counts", "sketch_top", "sketch_special",
-                 "example_edges", "example_index", "bottom_values", "bottom_image_index", "bottom_yx"):
-        shutil.rmtree(old / "layers" / SHOWN / name)
+    as_mined_without(old, SHOWN, ("hist_edges", "hist_counts", "max_range", "sketch_counts", "sketch_top",
+                                  "sketch_special", "example_edges", "example_index", "bottom_values",
+                                  "bottom_image_index", "bottom_yx"))
     d = _unit_json(sketchmine.open_run(old), SHOWN, 3)
     for section in ("histogram", "quantiles", "bins", "bottom"):
         assert d[section] is None and "mine it again" in d["missing"][section], section

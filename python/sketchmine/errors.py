@@ -13,11 +13,24 @@ class SketchmineError(Exception):
     exit_code = 3
 
 
+class RunDamaged(SketchmineError):
+    """A run's files are damaged (a chunk file missing or corrupt, metadata that does not parse,
+    attributes edited into nonsense): never read as a result that is merely absent, so readers
+    that fall back when a result is missing let it through."""
+
+
 class SketchmineFailure(SketchmineError):
     """A user-facing error where the input was fine but running failed (the disk filled, a write
     or a compiler failed): re-running after fixing the machine goes on. CLI exit code 1."""
 
     exit_code = 1
+
+
+def unless_damaged(exc: SketchmineError) -> None:
+    """Re-raise `exc` when it says the run is damaged: for a reader that falls back (NaN, a
+    missing section) when a result is absent, which damage must not pass for."""
+    if isinstance(exc, RunDamaged):
+        raise exc
 
 
 def first_line(exc: BaseException) -> str:
@@ -30,3 +43,21 @@ def first_line(exc: BaseException) -> str:
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The choices most similar to `name`, for 'did you mean' hints."""
     return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.4)
+
+
+def whole_number(value: object, name: str, low: int | None = 1, none: str | None = None) -> int:
+    """`value` as an int when it is a whole number (a Python or numpy integer, not a bool) of at
+    least `low` (None: any); else a SketchmineError naming the parameter (a float or bool would
+    otherwise be truncated, or fail deep inside torch). `none`: what None means where the
+    parameter takes it (said in the refusal; `optional_whole_number` passes None through)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
+        raise SketchmineError(f"{name} must be a whole number" + (f" of at least {low}" if low is not None else "")
+                              + (f" (or None {none})" if none else "") + f", got {value!r}")
+    return int(value)
+
+
+def optional_whole_number(value: object, name: str, none: str, low: int = 1) -> int | None:
+    """None, or `whole_number(value, name, low)`; `none` says what None means."""
+    return None if value is None else whole_number(value, name, low, none)

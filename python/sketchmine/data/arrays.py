@@ -146,6 +146,9 @@ def animal_shape(split: str = "test", preprocessing: Preprocessing | None = None
     """The embedded Animal-Shape silhouettes (28×28, 10 classes); split "train", "test" or "all".
     Without `preprocessing` the images are raw pixels in [0, 1] ("none") until `mine` gives
     them the model's preprocessing (the dataset's is not explicit)."""
+    if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+        raise SketchmineError(f"preprocessing must be a Preprocessing (e.g. preprocessing_for(model)) or None, got "
+                              f"{type(preprocessing).__name__} {preprocessing!r}")
     with np.load(embedded_path("animal_shape.npz"), allow_pickle=False) as z:
         images, labels, names, split_ids = z["images"], z["labels"], z["class_names"], z["split"]
     if split != "all":

@@ -36,7 +36,7 @@ import torch
 
 from sketchmine.data import READ_ERRORS, ArrayDataset, ImageFolderDataset, MinerDataset, Preprocessing, chw
 from sketchmine.data.dataset import error_note
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, whole_number
 
 TRANSFORM = "outline-then-fill/v1"
 DEFAULT_STEPS = 8
@@ -172,8 +172,7 @@ class SequenceDataset(MinerDataset):
             raise SketchmineError("progressive drawings are made from an ArrayDataset (e.g. "
                                   "sketchmine.data.animal_shape()) or an ImageFolder directory of images, "
                                   f"got {type(base).__name__}")
-        if steps < 1:
-            raise SketchmineError(f"a progressive drawing needs at least 1 step, got {steps}")
+        steps = whole_number(steps, "steps (the frames of a progressive drawing)")  # a float: a torch error per image
         self.base, self.steps, self.ink = base, steps, check_ink(ink)  # refused here, not per image
         self.class_names = base.class_names
         self.preprocessing = base.preprocessing
@@ -222,6 +221,7 @@ class SequenceDataset(MinerDataset):
 def progressive(dataset: MinerDataset, steps: int, ink: str = "auto") -> SequenceDataset:
     """`dataset` as progressive drawings of `steps` frames; a SequenceDataset already of that
     many steps is returned as is."""
+    steps = whole_number(steps, "steps (--steps)")
     if isinstance(dataset, SequenceDataset):
         if dataset.steps != steps:
             raise SketchmineError(f"the dataset is already a sequence of {dataset.steps} steps; steps={steps} asked")

@@ -72,6 +72,9 @@ def _resolve_preprocessing(loaded: LoadedModel, preprocessing: str | Preprocessi
     chosen (anything but "auto"); see `data.as_miner_dataset` for how every dataset kind takes it."""
     if isinstance(preprocessing, str):
         return preprocessing_for(loaded, preprocessing, image_size), preprocessing != "auto"
+    if not isinstance(preprocessing, Preprocessing):
+        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, dataset, none) or a "
+                              f"Preprocessing, got {type(preprocessing).__name__} {preprocessing!r}")
     channels = input_channels(loaded.module, preprocessing.channels)  # the Preprocessing's when it cannot tell
     if preprocessing.channels != channels:
         raise SketchmineError(f"the Preprocessing passed makes {preprocessing.channels}-channel input but model "
@@ -107,10 +110,14 @@ def _as_sequences(ds: MinerDataset, loaded: LoadedModel, steps: int | None, ink:
     model was trained on them (its recorded steps) and `ds` holds images; else `ds` unchanged."""
     recorded = loaded.sequence or {}
     sequences.check_ink(ink)
+    if isinstance(ds, sequences.SequenceDataset):  # drawings already: steps and ink are checked against its own
+        return sequences.progressive(ds, ds.steps if steps is None else steps, ink)
     if steps is None and (not recorded or not isinstance(ds, (ArrayDataset, ImageFolderDataset))):
         if ink != "auto":
-            raise SketchmineError(f"ink={ink!r} applies to progressive drawings, and none are made here (no steps "
-                                  "given, and the model records none); pass steps=T (--steps T) or leave ink='auto'")
+            why = ("no steps given, and the model records none" if not recorded else
+                   f"a {type(ds).__name__} is used as it is: drawings are made from an ArrayDataset or an image folder")
+            raise SketchmineError(f"ink={ink!r} applies to progressive drawings, and none are made here ({why}); "
+                                  "pass steps=T (--steps T) or leave ink='auto'")
         return ds  # single images, or the caller's own dataset (of sequences already, presumably)
     if steps is None:
         steps = sequences.recorded_steps(recorded, f"model {loaded.model_id}'s training")
@@ -160,7 +167,7 @@ def mine(
     under "auto" (resized when image_size is given), its uint8 tensors are pixels and get the
     resolved preprocessing, and a chosen preset is applied to them as pixels in [0, 1]
     (data.torchdata). Output i of the model is scored against class i (mining/checks.py).
-    layers: qualified module names (None = every conv, linear and softmax). Re-running on an
+    layers: qualified module names, or one name (None = every conv, linear and softmax). Re-running on an
     unfinished `out` resumes. Under torch.distributed (or torchrun) each rank mines a shard and
     rank 0 writes the store (see distributed.py).
     Opt-in speed options (torch models only): logits=False ends each forward pass after the
@@ -195,6 +202,7 @@ def mine(
     Same rule either way (equal on the CPU); recorded, and a resume must agree.
     """
     check_counts(k=k, batch_size=batch_size, flush_every=flush_every, num_workers=num_workers)
+    k, batch_size, flush_every, num_workers = int(k), int(batch_size), int(flush_every), int(num_workers)  # numpy ints
     team, device = distributed.team(as_device(device))  # one process unless torch.distributed says otherwise
     progress = team.progress(progress or Silent())
     loaded = load_model(model, weights, seed=seed)
@@ -214,6 +222,8 @@ def mine(
     if k > len(ds):
         progress.note(f"k={k} is more than the {len(ds)} images of the dataset: keeping k={len(ds)}")
         k = len(ds)
+    if isinstance(layers, str):  # one layer's name, not its characters
+        layers = [layers]
     if layers is not None and not list(layers):
         raise SketchmineError("layers=[] names no layer to mine; pass layer names, or None for every conv, "
                               "linear and softmax layer")

@@ -8,10 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, whole_number
 
 _AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 _FLAGS = {"k": "-k", "batch_size": "--batch-size", "flush_every": "--flush-every", "num_workers": "--workers"}
@@ -71,9 +70,11 @@ class LoadOptions:
         if pin_memory and device is not None and device.type != "cuda":  # torch would warn and not pin
             raise SketchmineError(f"pin_memory (--pin-memory) page-locks loader batches for copies to a CUDA device; "
                                   f"mining on {device} it would do nothing: leave it out, or mine on cuda")
-        if prefetch_factor is not None and (num_workers < 1 or prefetch_factor < 1):
-            raise SketchmineError(f"prefetch_factor ({prefetch_factor}) needs num_workers >= 1 and must be at least "
-                                  "1: it is how many batches each loader worker prepares ahead")
+        if prefetch_factor is not None:
+            prefetch_factor = whole_number(prefetch_factor, "prefetch_factor (--prefetch-factor)")
+            if num_workers < 1:
+                raise SketchmineError(f"prefetch_factor ({prefetch_factor}) needs num_workers >= 1: it is how many "
+                                      "batches each loader worker prepares ahead")
         return cls(int(batch_size), int(num_workers), prefetch_factor, pin_memory)
 
     def loader_kwargs(self, device: torch.device) -> dict[str, Any]:
@@ -86,6 +87,4 @@ class LoadOptions:
 def check_counts(**counts: int) -> None:
     """Counts that must be positive (k, batch_size, flush_every) or non-negative (num_workers)."""
     for name, value in counts.items():
-        low = 0 if name == "num_workers" else 1
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise SketchmineError(f"{name} ({_FLAGS[name]}) must be an integer >= {low}, got {value!r}")
+        whole_number(value, f"{name} ({_FLAGS[name]})", 0 if name == "num_workers" else 1)

@@ -276,10 +276,12 @@ def fields_attrs(net: nn.Module, sample: tuple[int, ...], progress: Progress) ->
     except SketchmineError as exc:
         progress.note(f"no receptive fields recorded: {exc}")
         return {}
-    if analysis.missing:
-        names = list(analysis.missing)
+    # a copying pad's own units have no field, the layers after it do: not worth a note unless mined
+    missing = {n: why for n, why in analysis.missing.items() if n not in analysis.copies}
+    if missing:
+        names = list(missing)
         progress.note(f"no receptive fields recorded for {len(names)} modules ({', '.join(names[:3])}"
-                      f"{', …' if len(names) > 3 else ''}): {next(iter(analysis.missing.values()))}")
+                      f"{', …' if len(names) > 3 else ''}): {next(iter(missing.values()))}")
     out: dict[str, dict[str, list[int]] | None] = {
         name: {"size": list(f.size), "stride": list(f.stride), "offset": list(f.offset)}
         for name, f in analysis.fields.items()}

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, whole_number
 from sketchmine.model.modes import eval_mode, input_dtype
 
 
@@ -94,6 +94,11 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leadi
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
 
+    if not isinstance(leading, (tuple, list)) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                                         for n in leading):
+        raise SketchmineError(f"leading must be a tuple of positive ints (e.g. (T,) for T frames), got {leading!r}")
+    if channels is not None:  # 0 or False would be read as "not given", 1.0 as 1
+        whole_number(channels, "channels")
     c = channels or module_input_channels(model)
     shape = (1, *leading, c, h, w)
     dtype = input_dtype(model)  # a half or double model refuses a float input

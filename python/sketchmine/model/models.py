@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sketchmine.data import Preprocessing, as_size, preset
-from sketchmine.errors import SketchmineError, closest
+from sketchmine.errors import SketchmineError, closest, whole_number
 from sketchmine.model.backend import (TRANSFORM_INPUT, LoadedModel, input_channels, recorded_weights, weights_hash,
                                       weights_match)
 from sketchmine.model.pretrained import is_weights_name, load_pretrained
@@ -148,6 +148,11 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | os.PathLike |
         if weights is not None or seed is not None:
             raise SketchmineError(f"model {spec.model_id} is loaded already: weights= and seed= apply when loading")
         return spec
+    if not isinstance(spec, (str, os.PathLike, nn.Module)):
+        raise SketchmineError(f"a model is an nn.Module, a LoadedModel, a name or a file path, got {type(spec).__name__} "
+                              f"{spec!r}")
+    if seed is not None:  # torch.manual_seed would read 1.5 as 1 and "3" as 3, a bool as 0 or 1
+        whole_number(seed, "seed", low=None)
     named = not isinstance(spec, nn.Module) and not is_model_path(spec) and spec not in zoo.EMBEDDED
     shown = type(spec).__name__ if isinstance(spec, nn.Module) else repr(str(spec))
     if weights is not None and not named and not str(spec).endswith(".onnx"):

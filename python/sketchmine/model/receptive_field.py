@@ -163,7 +163,7 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
                                   f"{type(model).__name__} takes {takes}; pass (H, W) or ({takes}, H, W)")
         channels = c
     gm = trace(model, "to compute receptive fields")
-    propagate_shapes(gm, model, h, w, tuple(leading), channels)
+    propagate_shapes(gm, model, h, w, leading, channels)
     whole = _Field((0, 0), (0, 0), (h - 1, w - 1))
     fields: dict[fx.Node, _Field] = {}
     unknown: dict[fx.Node, str] = {}

@@ -212,20 +212,30 @@ def _unit_index(out: torch.Tensor, n: torch.Tensor, channels, yx) -> tuple[torch
     """Indices into `out` of one unit per row n: (n, channel, y, x) on a grid, (n, channel, t)
     on a line of positions (time steps: yx = (0, t)), (n, channel, 0...) without positions
     (the run's yx convention for each layout)."""
-    ch = torch.as_tensor(channels, device=out.device).long()
+    ch = _indices(channels, (len(n),), "channels", out.device)
     _check_within(ch, out.shape[1], "channels", "the layer's units")
     if out.ndim == 4:
         if yx is None:
             raise SketchmineError(f"yx is needed: the layer's output has a {out.shape[2]}×{out.shape[3]} grid")
-        pos = torch.as_tensor(yx, device=out.device).long()
+        pos = _indices(yx, (len(n), 2), "yx", out.device)
         _check_within(pos[:, 0], out.shape[2], "yx's y", "the grid's rows")
         _check_within(pos[:, 1], out.shape[3], "yx's x", "the grid's columns")
         return n, ch, pos[:, 0], pos[:, 1]
     if out.ndim == 3 and yx is not None:
-        t = torch.as_tensor(yx, device=out.device).long()[:, 1]
+        t = _indices(yx, (len(n), 2), "yx", out.device)[:, 1]
         _check_within(t, out.shape[2], "yx's position", "the layer's positions")
         return n, ch, t
     return (n, ch, *[torch.zeros_like(n)] * (out.ndim - 2))
+
+
+def _indices(value: Any, shape: tuple[int, ...], what: str, device: torch.device) -> torch.Tensor:
+    """`value` as int64 indices of `shape` (one per image); a float (1.5 would be read as 1), a
+    scalar or another count is refused, not truncated or broadcast."""
+    t = torch.as_tensor(value, device=device)
+    if t.is_floating_point() or t.dtype == torch.bool or tuple(t.shape) != shape:
+        raise SketchmineError(f"{what} must be integers of shape {shape} (one per image), got {t.dtype} of shape "
+                              f"{tuple(t.shape)}")
+    return t.long()
 
 
 def _check_within(i: torch.Tensor, size: int, what: str, of: str) -> None:

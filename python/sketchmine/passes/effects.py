@@ -27,7 +27,7 @@ from torch import nn
 
 from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, optional_whole_number, whole_number
 from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model.modes import eval_mode
 from sketchmine.model.taps import SOFTMAX
@@ -197,14 +197,9 @@ class EffectsPass:
                  weights: str | os.PathLike | None = None, batch_size: int = 256,
                  device: str | torch.device = "cpu", units_per_pass: int | None = None, correlated: int = 8,
                  block_units: int = BLOCK_UNITS) -> None:
-        for name, value, low in (("batch_size", batch_size, 1), ("correlated", correlated, 1),
-                                 ("block_units", block_units, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise SketchmineError(f"{name} must be a whole number of at least {low}, got {value!r}")
-        if units_per_pass is not None and (isinstance(units_per_pass, bool) or not isinstance(units_per_pass, int)
-                                           or units_per_pass < 1):
-            raise SketchmineError(f"units_per_pass must be at least 1 (or None to size passes by memory), "
-                                  f"got {units_per_pass!r}")
+        batch_size, correlated, block_units = (whole_number(v, name) for name, v in (
+            ("batch_size", batch_size), ("correlated", correlated), ("block_units", block_units)))  # numpy ints too
+        units_per_pass = optional_whole_number(units_per_pass, "units_per_pass", "to size passes by memory")
         self.device = as_device(device)
         if not names:
             raise SketchmineError("no layer given; name the layers to ablate")

@@ -34,7 +34,7 @@ from torch import nn
 from sketchmine.data import Preprocessing
 from sketchmine.data.preprocess import as_size
 from sketchmine.device import as_device
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, whole_number
 from sketchmine.model import cut
 from sketchmine.model.backend import LoadedModel, first_tensor
 from sketchmine.model.models import load_model, preprocessing_for
@@ -193,10 +193,8 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
     if loaded.sequence:
         raise SketchmineError(f"{loaded.model_id} reads sequences of drawings ({loaded.sequence.get('steps')} steps), "
                               "not one image; feature visualisation optimises one input image per unit")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise SketchmineError(f"steps must be a positive int, got {steps!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise SketchmineError(f"seed must be an int, got {seed!r}")
+    steps = whole_number(steps, "steps")
+    seed = whole_number(seed, "seed", low=0)  # numpy's seeding refuses a negative one
     s = settings(method, regularizers)
     pre = preprocessing or preprocessing_for(loaded)
     hw = as_size(size, "size", pre.channels) if size is not None else \
@@ -206,7 +204,7 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
     reader = LayerReader(net, layer)
     with eval_mode(net):  # the caller's flags back after
         unit_arr = _check_units(reader, units, pre.channels, hw, device)
-        return optimize(reader, unit_arr, pre, tuple(hw), method, s, steps, int(seed), device)  # type: ignore[arg-type]
+        return optimize(reader, unit_arr, pre, tuple(hw), method, s, int(steps), int(seed), device)  # type: ignore[arg-type]
 
 
 def _check_units(reader: LayerReader, units: Sequence[int] | int, channels: int, hw: tuple[int, int],

@@ -21,7 +21,7 @@ import torch
 
 from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, optional_whole_number, whole_number
 from sketchmine.passes.ablation import Importance, ablation_importance
 from sketchmine.passes.effects import ablation_net, unique
 from sketchmine.results.importance_store import COLUMNS, has_importance, read_importance
@@ -84,11 +84,8 @@ class ImportancePass:
     def __init__(self, run: Run | str | os.PathLike, layers: list[str], model: Any = None, data: Any = None, *,
                  weights: str | os.PathLike | None = None, batch_size: int = 256,
                  device: str | torch.device = "cpu", units_per_pass: int | None = None) -> None:
-        if units_per_pass is not None and units_per_pass < 1:
-            raise SketchmineError(f"units_per_pass must be at least 1 (or None to size passes by memory), "
-                                  f"got {units_per_pass}")
-        if batch_size < 1:
-            raise SketchmineError(f"batch_size must be at least 1, got {batch_size}")
+        units_per_pass = optional_whole_number(units_per_pass, "units_per_pass", "to size passes by memory")
+        batch_size = whole_number(batch_size, "batch_size")  # a float: a DataLoader error; numpy ints taken
         self.device = as_device(device)
         if not layers:
             raise SketchmineError("no layer given; name the layers to ablate")

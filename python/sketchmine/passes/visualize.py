@@ -28,7 +28,7 @@ from torch import nn
 
 from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
-from sketchmine.errors import SketchmineError, SketchmineFailure
+from sketchmine.errors import SketchmineError, SketchmineFailure, optional_whole_number, whole_number
 from sketchmine.model.receptive_field import ReceptiveField
 from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
 from sketchmine.passes.example_pictures import GROUPS, check_examples, needed_images, picture_examples
@@ -80,6 +80,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
 
     model/weights: the model the run was mined with (default: reloaded from the run's record);
     data: a moved ImageFolder root, or the dataset object for runs mined from one.
+    layers: mined layer names, or one name (None: every mined layer).
     max_units: stop after the first N units of each layer (a later call without it goes on,
     finishing the block it stopped in first); with examples="all", their example pictures too.
     examples: "top" (the top-k only), or "all": also the bottom-k and the example images of
@@ -89,10 +90,12 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     """
     if method not in METHODS:
         raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
-    if batch_size < 1 or max_patch < 1:
-        raise SketchmineError("batch size and max patch size must be at least 1")
-    if max_units is not None and max_units < 1:
-        raise SketchmineError(f"max_units must be at least 1 (or None for every unit), got {max_units}")
+    batch_size, max_patch = whole_number(batch_size, "batch_size"), whole_number(max_patch, "max_patch")
+    max_units = optional_whole_number(max_units, "max_units", "for every unit")  # True would be stored as units_done
+    if isinstance(layers, str):  # one layer's name, not its characters
+        layers = [layers]
+    if layers is not None and not list(layers):
+        raise SketchmineError("layers=[] names no layer to visualize; pass layer names, or None for every mined layer")
     progress = progress or Silent()
     check_examples(examples)
     opt_method, opt_steps = check_options(optimize, optimize_method, optimize_steps)
@@ -180,8 +183,10 @@ def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Pl
                                   f"mine it again with this version to visualize {name!r}")
         rf = attrs["receptive_field"]
         if rf is None or not rf.get("size"):
-            raise SketchmineError(f"run {run.path} has no receptive field for layer {name!r} (the model's graph "
-                                  "could not be analysed when it was mined); only layers without a grid can be visualized")
+            raise SketchmineError(f"run {run.path} has no receptive field for layer {name!r} (when it was mined, "
+                                  "the graph analysis met an op it cannot follow before it, or the layer is a "
+                                  "reflection or replication pad, whose border units copy other pixels); only "
+                                  "layers without a grid can be visualized")
         grid = 0 not in rf["stride"]  # stride 0: a grid whose units all see the whole image (after global pooling)
         source, stride, offset = tuple(rf["size"]), tuple(rf["stride"]), tuple(rf["offset"])
         if not grid:

@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.results.numbers import number, percent
 from sketchmine.results.precision import precision_differs, precision_note
 from sketchmine.results.run import Run
@@ -123,6 +123,7 @@ def accuracy_table(run: Run) -> Table:
     try:
         acc = run.class_accuracy()
     except SketchmineError as exc:
+        unless_damaged(exc)
         logging.getLogger("sketchmine").warning(f"no per-class accuracy: {exc}")
         labels = run.labels[:run.images_done]
         counts = np.bincount(labels[labels >= 0], minlength=len(run.class_names))[:len(run.class_names)]
@@ -195,7 +196,8 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
     corr = analysis.ink_correlation(run)
     try:
         acc = run.accuracy_correlation()
-    except SketchmineError:  # no predictions: the accuracy columns say "-"
+    except SketchmineError as exc:  # no predictions: the accuracy columns say "-"
+        unless_damaged(exc)
         acc = None
     title = ("class preference over all images (mean z-scored class mean; Spearman ρ with class ink density "
              "and with class accuracy, by top-k count per image and by this preference)")

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from sketchmine.errors import SketchmineError
 from sketchmine.present.report_data import percent
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary
@@ -153,6 +154,9 @@ def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = 
     the caller has it already (the report reads a layer's once)."""
     patches, deconv = montage_pixels(run, layer, unit)
     info = info if info is not None else unit_info(run, layer, int(unit))
+    if (info.get("layer"), info.get("unit")) != (layer, int(unit)):  # else another unit's numbers under these patches
+        raise SketchmineError(f"info is the summary of {info.get('layer')!r} unit {info.get('unit')}, not of "
+                              f"{layer!r} unit {int(unit)}: pass unit_summary(run, {layer!r}, {int(unit)}) or None")
     entries = info["top"][:SHOWN]
     opt = montage_optimized(run, layer, int(unit))
     fig = Figure(figsize=SLIDE_INCHES, dpi=DPI, facecolor="white")

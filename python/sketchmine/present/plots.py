@@ -16,7 +16,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from sketchmine.errors import SketchmineError, whole_number
 from sketchmine.present.report_data import percent
+from sketchmine.results.checks import check_count
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import size_note, ties_words
 
@@ -28,6 +30,12 @@ _NO_DATE = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None
 
 def _save(fig: Figure, base: Path, formats: tuple[str, ...]) -> list[Path]:
     """base.png, base.svg …; returns the files written."""
+    if isinstance(formats, str):  # one format, not its letters
+        formats = (formats,)
+    known = Figure().canvas.get_supported_filetypes()
+    if unknown := [f for f in formats if f not in known]:
+        raise SketchmineError(f"unknown plot format(s) {', '.join(map(repr, unknown))}; matplotlib writes "
+                              f"{', '.join(sorted(known))}")
     base.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for fmt in formats:
@@ -46,7 +54,7 @@ def summary_figure(run: Run, n: int = 5) -> Figure:
     cell at a cut that splits a tie says how many tied classes the row leaves out, a layer whose
     classes all tie gets one grey cell saying so, and the title notes classes of different sizes
     (raw counts favour the larger)."""
-    layers = run.layers
+    layers, n = run.layers, check_count(n)  # a negative n would reach the figure size first
     fig = Figure(figsize=(1.5 * 2 * n + 1.6, 0.62 * len(layers) + 1.2))
     ax = fig.subplots()
     cmap = matplotlib.colormaps["RdYlGn"]
@@ -137,8 +145,6 @@ def ink_plot(run: Run, out: str | os.PathLike, formats: tuple[str, ...] = FORMAT
 def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
     """Bar charts, one per layer, of its n most important units (drop in correct-class
     probability when the unit is zeroed; accuracy drop annotated), from the stored results."""
-    from sketchmine.results.checks import check_count
-
     names = [layers] if isinstance(layers, str) else list(layers)
     n = check_count(n)
     fig = Figure(figsize=(7, 0.35 * n * len(names) + 1.2))
@@ -172,14 +178,16 @@ def plot_importance(run: Run, layers: list[str] | None = None, n: int = 10,
                     path: str | os.PathLike | None = None) -> Figure:
     """`importance_figure` of the given layers (default: every layer with stored importance),
     saved as PNG when `path` is given. Returns the figure."""
-    from sketchmine.errors import SketchmineError
-
-    names = layers or [l for l in run.layers if run.has_importance(l)]
+    if layers is not None and not isinstance(layers, str) and not list(layers):  # not "every layer"
+        raise SketchmineError("layers=[] names no layer to plot; pass layer names, or None for every layer with "
+                              "stored importance")
+    target = None if path is None else check_plot_path(path)  # a bad name: refused before the plot is drawn
+    names = [l for l in run.layers if run.has_importance(l)] if layers is None else layers
     if not names:
         raise SketchmineError(f"run {run.path} has no unit importance yet; run sketchmine importance first")
     fig = importance_figure(run, names, n)
-    if path is not None:
-        fig.savefig(path, dpi=120)
+    if target is not None:
+        save_figure(fig, target)
     return fig
 
 
@@ -194,7 +202,6 @@ def check_plot_path(path: str | os.PathLike) -> Path:
     and is writable and not inside a run, it is not a folder, its extension is a format
     matplotlib writes. An existing file of that name is replaced (the path was asked for);
     nothing else is ever removed."""
-    from sketchmine.errors import SketchmineError
     from sketchmine.store.lock import enclosing_run
 
     p = Path(path)
@@ -218,6 +225,7 @@ def check_plot_path(path: str | os.PathLike) -> Path:
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Write `fig` to `path` (format from the extension) through a temporary sibling file, so
     a failed write leaves an earlier file of that name as it was."""
+    dpi = whole_number(dpi, "dpi")  # 0 or True: a matplotlib or FreeType error after the drawing
     p = Path(path)
     tmp = p.with_name(f".{p.name}.sketchmine-tmp-{os.getpid()}")
     try:

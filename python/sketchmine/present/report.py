@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from sketchmine.errors import SketchmineError, SketchmineFailure
+from sketchmine.errors import SketchmineError, SketchmineFailure, unless_damaged
 from sketchmine.names import printable
 from sketchmine.present import plots
 from sketchmine.present.report_data import (PAGE_SIZE, classes_cell, importance_ranks, layer_data, layer_ids, percent,
@@ -127,6 +127,7 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                      + _table(["class", "count", "accuracy %"] + (["images", "count per image"] if unequal else []),
                               rows, {1, 2, 3, 4}))
     except SketchmineError as exc:
+        unless_damaged(exc)
         parts.append(f'<p class="note">{e(str(exc))}</p>')
     if stats:
         pref = run.class_preference(name)
@@ -213,6 +214,7 @@ def _accuracy_section(run: Run) -> str:
     try:
         acc = run.class_accuracy()
     except SketchmineError as exc:
+        unless_damaged(exc)
         return f'<p class="note">{e(str(exc))}</p>'
     overall = run.accuracy()
     rows = [[e(str(c)), _pct(r["accuracy"]), str(int(r["count"]))] for c, r in acc.iterrows()]
@@ -226,7 +228,8 @@ def _accuracy_correlation(run: Run) -> str:
     of the class) and over all images (`Run.accuracy_correlation`); "" without predictions."""
     try:
         corr = run.accuracy_correlation()
-    except SketchmineError:  # no predictions (--no-logits): no accuracy to correlate with
+    except SketchmineError as exc:  # no predictions (--no-logits): no accuracy to correlate with
+        unless_damaged(exc)
         return ""
     rows = [[e(l), e(str(r["kind"])), *(number(r[f"{w}_{m}"], f) for m in ("topk", "preference")
                                         for w, f in (("spearman", ".3f"), ("p_value", ".3g"))), str(r["classes"])]
@@ -275,7 +278,8 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
                 left = int(top.attrs.get("unlabelled", 0))
                 unlabelled |= left > 0
                 row += [classes_cell(top), str(left)]
-            except SketchmineError:
+            except SketchmineError as exc:
+                unless_damaged(exc)
                 row += ["-", "-"]
         rows.append(row)
     heads = ["layer", "kind", "shape"] + ([f"top 5 classes (count among the top-{run.k})", "unlabelled top-k entries"]

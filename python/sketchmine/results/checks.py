@@ -2,17 +2,13 @@
 so every reader refuses the same things in the same words."""
 from __future__ import annotations
 
-import numpy as np
-
-from sketchmine.errors import SketchmineError, closest
+from sketchmine.errors import SketchmineError, closest, whole_number
 from sketchmine.store import schema
 
 
 def check_count(n: int) -> int:
     """A number of rows asked for: at least 1 (pandas would read 0 and -1 as "none" and "all but one")."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise SketchmineError(f"n must be a whole number of at least 1, got {n!r}")
-    return int(n)
+    return whole_number(n, "n")
 
 
 def check_array_name(name: str) -> str:
@@ -23,3 +19,20 @@ def check_array_name(name: str) -> str:
     hint = closest(name, schema.LAYER_DIMENSIONS) if isinstance(name, str) else []
     raise SketchmineError(f"unknown layer array name {name!r}" + (f" (closest: {', '.join(hint)})" if hint else "")
                           + f"; a layer's arrays are {', '.join(schema.LAYER_DIMENSIONS)}")
+
+
+def check_rows(rows: slice | None) -> slice | None:
+    """Rows of an array asked for: a slice or None (all); an int or a list would fail inside the store."""
+    if rows is not None and not isinstance(rows, slice):
+        raise SketchmineError(f"rows must be a slice (e.g. slice(0, 10)) or None for all rows, got "
+                              f"{type(rows).__name__} {rows!r}")
+    return rows
+
+
+def check_dataset_array_name(name: str) -> str:
+    """`name` when the schema declares it as a dataset/ array; a typo is an unknown name (listing the
+    valid ones), not a run "damaged" by a missing array, and a path ("../eval") never reaches the store."""
+    known = [path.split("/", 1)[1] for path in schema.DIMENSIONS if path.startswith(schema.DATASET + "/")]
+    if isinstance(name, str) and name in known:
+        return name
+    raise SketchmineError(f"unknown dataset array name {name!r}; the dataset arrays are {', '.join(known)}")

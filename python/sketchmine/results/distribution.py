@@ -107,8 +107,11 @@ def quantile_bounds(run: Run, layer: str, q: Sequence[float] | np.ndarray | floa
     """`quantiles` with, per estimate, whether it is below the sketch's resolution floor and the
     bound that holds there (see QuantileBounds): a reader must show those as "< bound", not
     as a value."""
-    qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
-    if qs.ndim != 1 or not np.all((qs >= 0) & (qs <= 1)):
+    try:
+        qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
+    except (TypeError, ValueError):
+        qs = np.array([np.nan])
+    if qs.ndim != 1 or np.asarray(q).dtype == bool or not np.all((qs >= 0) & (qs <= 1)):
         raise SketchmineError(f"quantiles are numbers from 0 to 1, got {q!r}")
     counts, top, special = layer_arrays(run, layer, sketch.KEY, ("sketch_counts", "sketch_top", "sketch_special"),
                                         "quantile sketches")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.results.numbers import percent
 from sketchmine.results.precision import precision_note
 
@@ -119,7 +119,8 @@ class UnitCard:
         n = check_count(n)
         try:
             mean, count = self.run.class_stats(self.layer)
-        except SketchmineError:
+        except SketchmineError as exc:
+            unless_damaged(exc)
             return None
         df = pd.DataFrame({"mean": mean[self.unit], "images": count[self.unit]},
                           index=pd.Index(self.run.class_names[:mean.shape[1]], name="class"))

@@ -12,15 +12,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sketchmine.errors import SketchmineError, closest
+from sketchmine.errors import SketchmineError, closest, unless_damaged
 from sketchmine.results import summaries
-from sketchmine.results.checks import check_array_name, check_count
+from sketchmine.results.checks import check_array_name, check_count, check_dataset_array_name, check_rows
 from sketchmine.results.notebook import UnitCard, run_html, run_repr
 from sketchmine.results.precision import Precision
 from sketchmine.results.unit_views import UnitViews
 from sketchmine.stats import topk
 from sketchmine.stats.classstats import RunningClassStats, num_classes_for, restore
-from sketchmine.stats.topk import flat_to_yx
 from sketchmine.store import schema
 from sketchmine.store.runstore import RunStore
 
@@ -103,7 +102,7 @@ class Run(UnitViews, Precision):
     def layer_array(self, layer: str, name: str, rows: slice | None = None) -> np.ndarray:
         """Array `name` of the layer (rows `rows` of its first axis, or all), verified against
         the run's checksums where it has them."""
-        return self.store.read(schema.layer_array(self.check_layer(layer), check_array_name(name)), rows)
+        return self.store.read(schema.layer_array(self.check_layer(layer), check_array_name(name)), check_rows(rows))
 
     def array_shape(self, layer: str, name: str) -> tuple[int, ...]:
         return self.store.shape(schema.layer_array(self.check_layer(layer), check_array_name(name)))
@@ -115,11 +114,11 @@ class Run(UnitViews, Precision):
         return self.store.read_group(schema.layer_result(self.check_layer(layer), name), keys)
 
     def has_dataset_array(self, name: str) -> bool:
-        return self.store.has(schema.dataset_array(name))
+        return self.store.has(schema.dataset_array(check_dataset_array_name(name)))
 
     def dataset_array(self, name: str) -> np.ndarray:
         """A per-dataset array, e.g. "class_ink_density" (verified)."""
-        return self.store.read(schema.dataset_array(name))
+        return self.store.read(schema.dataset_array(check_dataset_array_name(name)))
 
     def eval_attrs(self) -> dict[str, Any]:
         """Attributes of eval/ (accuracy)."""
@@ -165,7 +164,7 @@ class Run(UnitViews, Precision):
         except (ValueError, KeyError) as exc:
             raise SketchmineError(f"{self.path}: the top-k in its checkpoint does not fit the run ({exc})") from None
         idx = s["index"]
-        return s["shown"], idx, flat_to_yx(s["position"], idx, self.layer_shape(layer)[1:])
+        return s["shown"], idx, topk.flat_to_yx(s["position"], idx, self.layer_shape(layer)[1:])
 
     def class_accuracy(self) -> pd.DataFrame:
         """Per-class accuracy: columns accuracy (fraction), correct, count. For an unfinished run it
@@ -258,7 +257,8 @@ class Run(UnitViews, Precision):
         """Per-class accuracy (fraction) by class name; NaN when the run has no predictions."""
         try:
             return self.class_accuracy()["accuracy"]
-        except SketchmineError:
+        except SketchmineError as exc:
+            unless_damaged(exc)  # damaged predictions or labels are an error, not "no accuracy"
             return pd.Series(np.nan, index=pd.Index(self.class_names, name="class"), name="accuracy")
 
     def unit_table(self, layer: str) -> pd.DataFrame:
@@ -378,9 +378,9 @@ class Run(UnitViews, Precision):
     def has_class_stats(self) -> bool:
         """True when the unbiased statistics can be read (final arrays or a partial checkpoint)."""
         try:
-            self.class_stats(self.layers[0])
-            return True
-        except SketchmineError:
+            return self.class_stats(self.layers[0]) is not None  # (a tuple: True)
+        except SketchmineError as exc:
+            unless_damaged(exc)
             return False
 
     # ---- notebooks: results/notebook.py ---------------------------------------------------------

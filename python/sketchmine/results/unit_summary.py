@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.results.distribution import quantile_bounds
 from sketchmine.results.effects import not_ablatable
 from sketchmine.results.run import Run
@@ -59,6 +59,7 @@ def _reader(run: Run, method: str, *args: Any, **kwargs: Any) -> tuple[Any, str 
     try:
         return fn(*args, **kwargs), None
     except SketchmineError as exc:
+        unless_damaged(exc)  # a damaged run is an error, not a section shown as missing
         return None, str(exc)
 
 

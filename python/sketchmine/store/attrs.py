@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import RunDamaged
 
 
 def _is_int(v: Any, low: int = 0) -> bool:
@@ -64,11 +64,11 @@ def check_root_attrs(path: Path, attrs: dict[str, Any]) -> None:
     for key, (required, expected, ok) in _ROOT_CHECKS.items():
         if key not in attrs:
             if required:
-                raise SketchmineError(f"run {path} is damaged: attribute {key!r} is missing")
+                raise RunDamaged(f"run {path} is damaged: attribute {key!r} is missing")
             continue
         if not ok(attrs[key]):
-            raise SketchmineError(f"run {path} is damaged: attribute {key!r} should be {expected}, "
-                                  f"found {str(attrs[key])[:60]!r}")
+            raise RunDamaged(f"run {path} is damaged: attribute {key!r} should be {expected}, "
+                             f"found {str(attrs[key])[:60]!r}")
 
 
 def check_layer_attrs(path: Path, layer: str, attrs: dict[str, Any]) -> None:
@@ -84,4 +84,4 @@ def check_layer_attrs(path: Path, layer: str, attrs: dict[str, Any]) -> None:
                                and len(rf["offset"]) == 2 and all(_is_int(x, -10**9) for x in rf["offset"])):
         problems.append(f"'receptive_field' should be {{size, stride, offset}} pairs, found {str(rf)[:60]!r}")
     if problems:
-        raise SketchmineError(f"run {path} is damaged: layer {layer!r} attribute " + "; ".join(problems))
+        raise RunDamaged(f"run {path} is damaged: layer {layer!r} attribute " + "; ".join(problems))

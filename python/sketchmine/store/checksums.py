@@ -46,7 +46,15 @@ def block_sums(arr: np.ndarray, rows: int | None = None) -> dict[str, Any]:
     """Checksums of `arr` in blocks of `rows` along its first axis (its chunks; None: one)."""
     rows = max(1, int(rows or (arr.shape[0] if arr.ndim else 1)))
     n = arr.shape[0] if arr.ndim else 1
-    return {"rows": rows, "sums": [digest(arr[i:i + rows] if arr.ndim else arr) for i in range(0, max(n, 1), rows)]}
+    return {"rows": rows, "sums": [digest(arr[i:i + rows] if arr.ndim else arr) for i in range(0, max(n, 1), rows)],
+            "dtype": dtype_name(arr.dtype)}
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """How a checksum entry records the dtype its array was written with ("str" for text, whatever
+    string dtype holds it): a read refuses an array whose metadata names another (same-width
+    edits read the same bytes, and their digest, as other numbers)."""
+    return "str" if dtype.kind in "UOT" else dtype.str
 
 
 def covering(entry: dict[str, Any], n: int, start: int, stop: int) -> tuple[int, int, int]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sketchmine.store.checksums import digest
+from sketchmine.store.checksums import digest, dtype_name
 
 COLUMN_CHUNK = 64
 """Columns per chunk: a 1,000-column table is 16 chunks, of which a 10-class run writes one."""
@@ -81,4 +81,4 @@ class Columns:
             if len(self.at):
                 block[:, self.at] = self.values[lo:hi]  # the other columns keep the fill
             sums.append(digest(block))
-        return {"rows": step, "sums": sums}
+        return {"rows": step, "sums": sums, "dtype": dtype_name(self.dtype)}

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from sketchmine.store import schema
+from sketchmine.store import schema, verify
 from sketchmine.store.io import put_all
 
 
@@ -31,7 +31,7 @@ def write_unit(root: Path, path: str, arrays: dict[str, np.ndarray], attrs: dict
     try:
         group = zarr.open_group(str(staging), mode="w")
         put_all(group, arrays, at=path)
-        group.update_attributes({**attrs, schema.COMPLETE: True})
+        group.update_attributes({**attrs, verify.SUMS: verify.group_sums(arrays), schema.COMPLETE: True})
         if target.exists():
             os.rename(target, old)
         os.rename(staging, target)
@@ -44,21 +44,35 @@ def write_unit(root: Path, path: str, arrays: dict[str, np.ndarray], attrs: dict
             shutil.rmtree(old, ignore_errors=True)
 
 
-def read_unit(root: zarr.Group, path: str, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+def read_unit(root: zarr.Group, path: str, keys: tuple[str, ...], where: Path
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """(arrays `keys`, attributes) of a group `write_unit` wrote, or None when it is absent or
-    incomplete (no marker, an array missing or unreadable, arrays of different shapes). A
-    write killed between its two renames left the earlier group as `<path>.old`: read there."""
+    incomplete (no marker, an array missing, arrays of different shapes). A write killed
+    between its two renames left the earlier group as `<path>.old`: read there. A whole group
+    (its marker set) whose metadata does not parse, or whose arrays do not match the checksums
+    recorded with it, is damaged: a SketchmineError naming the array (`where`: the run);
+    groups written before those checksums are read as they are (unreadable: None)."""
     try:
         try:
-            group = root[path]
+            group = verify.node(root, path, where)
         except KeyError:
-            group = root[f"{path}.old"]
+            group = verify.node(root, f"{path}.old", where)
         attrs = dict(group.attrs)
         if attrs.get(schema.COMPLETE) is not True:
             return None
-        arrays = {key: np.asarray(group[key][...]) for key in keys}
-    except Exception:
-        return None
+        nodes = {key: verify.node(group, key, where, f"{path}/{key}") for key in keys}
+    except KeyError:
+        if (where / path / "zarr.json").exists() or not (where / path).is_dir() or not any((where / path).iterdir()):
+            return None  # absent, or not whole (an array missing)
+        raise verify.damaged(where, path, "has lost its metadata (zarr.json), its arrays are there") from None
+    sums = attrs.pop(verify.SUMS, None)
+    if isinstance(sums, dict):
+        arrays = verify.check_group(nodes, sums, path, where)
+    else:
+        try:
+            arrays = {key: np.asarray(arr[...]) for key, arr in nodes.items()}
+        except Exception:
+            return None
     if len({arr.shape for arr in arrays.values()}) > 1:
         return None
     return arrays, attrs

@@ -27,8 +27,8 @@ import numpy as np
 import zarr
 from zarr.core.group import GroupMetadata
 
-from sketchmine.errors import SketchmineError
-from sketchmine.store import checksums, schema
+from sketchmine.errors import RunDamaged, SketchmineError
+from sketchmine.store import checksums, schema, verify
 from sketchmine.store.attrs import check_layer_attrs, check_root_attrs
 from sketchmine.store.checkpoint import Checkpoints
 from sketchmine.store.checksums import block_sums, digest
@@ -123,6 +123,9 @@ class RunStore(Checkpoints):
         entry = (self.attrs.get(schema.CHECKSUMS) or {}).get(name)
         n = arr.shape[0] if arr.ndim else 1
         start, stop = (0, n) if rows is None else rows.indices(n)[:2]
+        if entry is None and (blocks := verify.block_entry(self.group, name)) is not None:
+            return verify.read_blocks(arr, blocks, start, stop, name, self.path)  # a visualize pass's blocks
+        verify.check_dtype(arr, entry or {}, name, self.path)
         try:
             if entry is None:
                 return np.asarray(arr[start:stop] if rows is not None else arr[...])
@@ -160,8 +163,8 @@ class RunStore(Checkpoints):
             if self._progress_on_disk() == before:
                 if isinstance(error, SketchmineError):
                     raise error
-                raise SketchmineError(f"run {self.path} is damaged: {type(error).__name__}: {str(error)[:120]}; "
-                                      "mine it again with a new --out") from error
+                raise RunDamaged(f"run {self.path} is damaged: {type(error).__name__}: {str(error)[:120]}; "
+                                 "mine it again with a new --out") from error
             time.sleep(min(0.01 * 2 ** attempt, 0.2))
         raise SketchmineError(f"run {self.path} is being written by another process, which committed newer results "
                               f"during each of {tries} attempts to read it; retry in a moment")
@@ -171,8 +174,8 @@ class RunStore(Checkpoints):
         try:
             return dict(json.loads((self.path / "zarr.json").read_bytes())["attributes"]["progress"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SketchmineError(f"run {self.path} is damaged: its root attributes cannot be read "
-                                  f"({type(exc).__name__}: {exc})") from None
+            raise RunDamaged(f"run {self.path} is damaged: its root attributes cannot be read "
+                             f"({type(exc).__name__}: {exc})") from None
 
     def refresh(self) -> None:
         """Read the run's attributes afresh (a writer committed since this handle opened it)."""
@@ -181,13 +184,12 @@ class RunStore(Checkpoints):
         self.group, self._intact = group, None
 
     def _damaged(self, name: str, what: str) -> SketchmineError:
-        return SketchmineError(f"run {self.path} is damaged: array {name!r} {what}; restore the run's files "
-                               "from a copy, or mine it again with a new --out")
+        return verify.damaged(self.path, name, what)
 
     # ---- attributes ------------------------------------------------------------------
     def has(self, name: str) -> bool:
-        """True when the run holds the array or group at `name` (a schema path)."""
-        return name in self.group
+        """True when the run holds the array or group at `name` (a schema path), or recorded its checksums."""
+        return verify.has(self.group, name, self.path, self.attrs.get(schema.CHECKSUMS) or {})
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The shape of the array at `name`, without reading it."""
@@ -195,14 +197,14 @@ class RunStore(Checkpoints):
 
     def group_attrs(self, name: str) -> dict[str, Any]:
         """The attributes of the group at `name` (e.g. schema.EVAL); {} when it is absent."""
-        return dict(self.group[name].attrs) if name in self.group else {}
+        return dict(self._array(name).attrs) if self.has(name) else {}
 
     def layer_group(self, layer: str) -> zarr.Group:
         """The layer's Zarr group (store modules only; readers use `layer_attrs` / `read`)."""
         try:
-            return self.group[schema.layer_group(layer)]
+            return verify.node(self.group, schema.layer_group(layer), self.path)
         except KeyError:
-            raise SketchmineError(f"run {self.path} is damaged: layer {layer!r} is listed but has no group") from None
+            raise RunDamaged(f"run {self.path} is damaged: layer {layer!r} is listed but has no group") from None
 
     def layer_attrs(self, layer: str) -> dict[str, Any]:
         """The layer's attributes, checked (a damaged run is refused clearly)."""
@@ -212,10 +214,10 @@ class RunStore(Checkpoints):
 
     def _array(self, name: str) -> zarr.Array:
         try:
-            return self.group[name]
+            return verify.node(self.group, name, self.path)
         except KeyError:
-            raise SketchmineError(f"run {self.path} is damaged: array {name!r} is missing; "
-                                  "mine the run again with a new --out") from None
+            raise RunDamaged(f"run {self.path} is damaged: array {name!r} is missing; "
+                             "mine the run again with a new --out") from None
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -291,7 +293,7 @@ class RunStore(Checkpoints):
     def read_group(self, path: str, keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         """(arrays `keys`, attributes) of a group `write_group` wrote, or None when it is absent
         or not whole (see groups.read_unit)."""
-        return read_unit(self.group, path, keys)
+        return read_unit(self.group, path, keys, self.path)
 
     # ---- arrays a pass writes a block of units at a time, committed by a claim attribute --------
     def block_state(self, layer: str, claim: str, specs: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
@@ -328,7 +330,9 @@ class RunStore(Checkpoints):
         g = self.layer_group(layer)
         if values:
             put_rows({key: g[key] for key in values}, units, values)
-        if attrs is not None:
+        if attrs is not None:  # with the checksums of the blocks written so far and of this one
+            attrs = verify.add_block({**attrs, verify.SUMS: (g.attrs.get(claim) or {}).get(verify.SUMS) or {}},
+                                     {key: g[key] for key in values}, values, units, attrs.get("block_units"))
             g.attrs[claim] = attrs
 
     # ---- a visualize pass's arrays (schema.VISUAL_ARRAYS) and its `visualized` attribute -----

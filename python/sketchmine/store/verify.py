@@ -1,0 +1,145 @@
+"""Verified access to a run's nodes beyond the root checksums (RunStore's helpers): metadata that
+does not parse is an error naming the file, and the arrays written after mining (a visualize or
+feature visualisation pass's blocks of units, a later pass's groups) carry checksums of their own,
+so a lost or damaged chunk file is an error instead of fill values read as pictures or numbers."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sketchmine.errors import RunDamaged
+from sketchmine.store import schema
+from sketchmine.store.checksums import block_sums, digest, dtype_name, matches
+
+SUMS = "checksums"
+"""Key of the per-array checksums in a claim attribute (`visualized`, `optimized`) or in the
+attributes of a group written as a unit: {array: {rows, sums, dtype}}."""
+
+BLOCK_CLAIMS = {**{key: schema.VISUALIZED for key in schema.VISUAL_ARRAYS},
+                **{key: schema.OPTIMIZED for key in schema.OPTIMIZED_ARRAYS}}
+"""Arrays written a block of units at a time, by name, and the layer attribute that commits them."""
+
+
+def damaged(root: Path, name: str, what: str) -> RunDamaged:
+    """The error for array `name` of the run at `root` found damaged (`what`: how)."""
+    return RunDamaged(f"run {root} is damaged: array {name!r} {what}; restore the run's files "
+                      "from a copy, or mine it again with a new --out")
+
+
+def node(group: Any, name: str, root: Path, label: str | None = None) -> Any:
+    """group[name]; KeyError when absent, a RunDamaged naming the metadata file when it does not
+    parse (not JSON, a field missing, an unknown dtype, a fill value the dtype cannot hold, ...).
+    `label`: the node's path in the run when `group` is not its root."""
+    label = label or name
+    try:
+        return group[name]
+    except KeyError:
+        if not (root / label / "zarr.json").is_file():
+            raise
+        exc: Exception = KeyError("not a Zarr node: a required field is missing")
+    except Exception as error:
+        exc = error
+    raise RunDamaged(f"run {root} is damaged: the metadata of {label!r} ({label}/zarr.json) cannot be read "
+                     f"({type(exc).__name__}: {str(exc)[:80]}); restore the run's files from a copy, or "
+                     "mine it again with a new --out") from None
+
+
+def has(group: Any, name: str, root: Path, sums: dict[str, Any]) -> bool:
+    """Whether the run holds `name`: an array whose checksums the run recorded is there by record
+    (reading it then says it is missing), so a lost array never reads as one never written; so is a
+    group holding such arrays (eval/, whose attributes hold the accuracy)."""
+    if name in sums or any(key.startswith(f"{name}/") for key in sums) or block_entry(group, name) is not None:
+        return True
+    try:
+        node(group, name, root)
+        return True
+    except KeyError:
+        return False
+
+
+def check_dtype(arr: Any, entry: dict[str, Any], name: str, root: Path) -> None:
+    """Refuse an array whose metadata names another dtype than it was written with (an edit
+    of the same width reads the same bytes as other numbers, and their checksum still matches)."""
+    want = entry.get("dtype")
+    if want is not None and want != dtype_name(arr.dtype):
+        raise damaged(root, name, f"has dtype {dtype_name(arr.dtype)} in its metadata, but was written as {want}")
+
+
+def block_entry(group: Any, name: str) -> dict[str, Any] | None:
+    """The checksums of a block-written array (layers/<layer>/<key>, see BLOCK_CLAIMS) kept in its
+    layer's claim attribute, or None (other arrays; a pass from before they were kept)."""
+    parent, _, key = name.rpartition("/")
+    if key not in BLOCK_CLAIMS or not parent.startswith(f"{schema.LAYERS}/") or parent.count("/") != 1:
+        return None
+    try:
+        claim = group[parent].attrs.get(BLOCK_CLAIMS[key])
+    except Exception:
+        return None
+    entry = claim.get(SUMS, {}).get(key) if isinstance(claim, dict) and isinstance(claim.get(SUMS), dict) else None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("rows"), int) and entry["rows"] > 0 else None
+
+
+def read_blocks(arr: Any, entry: dict[str, Any], start: int, stop: int, name: str, root: Path) -> np.ndarray:
+    """Rows [start, stop) of a block-written array, every recorded block they touch read whole
+    (up to the units written: `stop` of the entry) and checked; rows past the recorded blocks
+    (units not done yet) are read as they are."""
+    check_dtype(arr, entry, name, root)
+    step, sums, n = int(entry["rows"]), list(entry.get("sums") or []), arr.shape[0]
+    done = min(int(entry.get("stop", n)), n)
+    first, last = start // step, min(max(start, stop - 1) // step, len(sums) - 1)
+    lo, hi = min(start, first * step), max(stop, min((last + 1) * step, done))
+    try:
+        data = np.asarray(arr[lo:hi])
+    except Exception as exc:
+        raise damaged(root, name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})") from None
+    for b in range(first, last + 1):
+        b_lo, b_hi = b * step, min((b + 1) * step, done)
+        if b_hi > b_lo and sums[b] is not None and not matches(data[b_lo - lo:b_hi - lo], sums[b]):
+            raise damaged(root, name, f"does not match the checksum recorded when it was written (units "
+                                      f"{b_lo}-{b_hi - 1}: a chunk file is missing or corrupt)")
+    return data[start - lo:stop - lo]
+
+
+def add_block(claim: dict[str, Any], arrays: dict[str, Any], values: dict[str, np.ndarray], units: slice,
+              rows: int) -> dict[str, Any]:
+    """`claim` with the checksums of the block of `values` (units `units`) added: each block of
+    `rows` units gets one digest, of what the array holds there (a block finished in two calls,
+    after `max_units` stopped a pass inside it, is read back from its start)."""
+    sums = {k: dict(v) for k, v in (claim.get(SUMS) or {}).items()} if isinstance(claim.get(SUMS), dict) else {}
+    if not values or not isinstance(rows, int) or rows < 1:
+        return {**claim, SUMS: sums}
+    b, start = units.start // rows, units.start
+    for key, block in values.items():
+        if start % rows:
+            block = np.concatenate([np.asarray(arrays[key][b * rows:start]), block])
+        entry = sums.get(key) if isinstance(sums.get(key), dict) and sums[key].get("rows") == rows else None
+        listed = list((entry or {}).get("sums") or [])[:b] if entry else []
+        listed += [None] * (b - len(listed)) + [digest(block)]
+        sums[key] = {"rows": rows, "sums": listed, "stop": units.stop, "dtype": dtype_name(block.dtype)}
+    return {**claim, SUMS: sums}
+
+
+def group_sums(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Checksums of a group's arrays (written whole, one chunk each), for its attributes."""
+    return {key: block_sums(np.asarray(arr)) for key, arr in arrays.items()}
+
+
+def check_group(arrays: dict[str, Any], sums: dict[str, Any], path: str, root: Path) -> dict[str, np.ndarray]:
+    """The group's arrays read and checked against their recorded checksums `sums`."""
+    out = {}
+    for key, arr in arrays.items():
+        name, entry = f"{path}/{key}", sums.get(key)
+        if not isinstance(entry, dict) or not entry.get("sums"):
+            raise damaged(root, name, "has no checksum in its group's attributes")
+        check_dtype(arr, entry, name, root)
+        try:
+            data = np.asarray(arr[...])
+        except Exception as exc:
+            raise damaged(root, name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})") from None
+        if not matches(data, entry["sums"][0]) or len(entry["sums"]) != 1:
+            raise damaged(root, name, "does not match the checksum recorded when it was written "
+                                      "(a chunk file is missing or corrupt)")
+        out[key] = data
+    return out
