@@ -92,6 +92,9 @@ def test_visualize_layers_one_name_and_empty_list(run_copy):
 @pytest.mark.parametrize("kwargs, match", [
     ({"max_units": True}, "max_units"), ({"max_units": 2.5}, "max_units"),
     ({"batch_size": 2.5}, "batch_size"), ({"batch_size": "8"}, "batch_size"), ({"max_patch": 2.5}, "max_patch"),
+    ({"optimize": True, "optimize_steps": 2.5}, "optimize_steps"),
+    ({"optimize": True, "optimize_steps": True}, "optimize_steps"),
+    ({"optimize": True, "optimize_steps": 0}, "optimize_steps"),
 ])
 def test_visualize_refuses_counts_of_other_types(run_copy, kwargs, match):
     with pytest.raises(SketchmineError, match=match):

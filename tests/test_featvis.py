@@ -143,7 +143,7 @@ def test_visualize_optimize_stores_resumes_and_reads(demo_model, small_test_set,
                      max_units=6)
     with pytest.raises(SketchmineError, match="no optimised image yet"):
         part.optimized("classifier.6", 9)
-    part = visualize(part, data=small_test_set, batch_size=4, optimize=True, optimize_steps=3)
+    part = visualize(part, data=small_test_set, batch_size=4, optimize=True, optimize_steps=np.int64(3))
     for layer in whole.layers:
         a, b = whole.optimized(layer), part.optimized(layer)
         assert a.shape == (whole.layer_shape(layer)[0], 28, 28, 1) and a.dtype == np.uint8

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sketchmine.data import Preprocessing
-from sketchmine.errors import SketchmineError, SketchmineFailure
+from sketchmine.errors import SketchmineError, SketchmineFailure, whole_number
 from sketchmine.model.backend import LoadedModel
 from sketchmine.model.modes import eval_mode
 from sketchmine.passes.featvis import METHODS, LayerReader, optimize
@@ -38,10 +38,7 @@ def check_options(optimize: bool, method: str | None, steps: int | None) -> tupl
     method = method or "fourier"
     if method not in METHODS:
         raise SketchmineError(f"unknown feature visualisation method {method!r}; expected one of {', '.join(METHODS)}")
-    steps = DEFAULT_STEPS if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise SketchmineError(f"optimize steps must be a positive int, got {steps!r}")
-    return method, steps
+    return method, DEFAULT_STEPS if steps is None else whole_number(steps, "optimize_steps (--optimize-steps)")
 
 
 class OptimizePass:
