@@ -115,6 +115,11 @@ def test_report_replaces_its_own_folder_and_refuses_a_foreign_one(run_copy, tmp_
     (foreign / "index.html").write_text("someone's page")
     one_line_error(sm("report", str(run_copy), "--out", str(foreign)), r"not empty and is not a sketchmine report")
     assert (foreign / "index.html").read_text() == "someone's page" and len(list(foreign.iterdir())) == 1
+    # refused before the live probe's export (seconds): the export is what imports onnx
+    said = subprocess.run([sys.executable, "-c", "import sys; from sketchmine.cli.main import main; "
+                           f"rc = main(['report', {str(run_copy)!r}, '--out', {str(foreign)!r}]); "
+                           "print(rc, 'onnx' in sys.modules)"], capture_output=True, text=True)
+    assert said.stdout.split() == ["3", "False"], said.stdout + said.stderr
     afile = tmp_path / "afile"
     afile.write_text("x")
     one_line_error(sm("report", str(run_copy), "--out", str(afile)), r"exists and is not a folder")

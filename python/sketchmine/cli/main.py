@@ -181,11 +181,13 @@ def _quiet_after_failure() -> None:
 def _report(args: argparse.Namespace, console: Console) -> None:
     """`sketchmine report RUN [--out DIR] [--open]`."""
     from sketchmine.present.console import print_report
+    from sketchmine.present.report_folder import check_report_dir
 
     from sketchmine.cli.probe import report_probe
 
-    index = print_report(args.run, args.out or default_report_out(args.run), console,
-                         report_probe(args.run, args.no_probe, args.probe_max_mb))
+    out = args.out or default_report_out(args.run)
+    check_report_dir(out, args.run)  # before the probe's export (seconds): a folder it may not write is said at once
+    index = print_report(args.run, out, console, report_probe(args.run, args.no_probe, args.probe_max_mb))
     if args.open:
         import webbrowser
 
