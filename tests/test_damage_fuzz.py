@@ -229,3 +229,18 @@ def test_any_damaged_file_is_an_error_or_reads_the_same(fuzzed, data):
         assert isinstance(got, SketchmineError) or _same(got, before[name]), f"{rel} {damage}: {name} read other numbers"
         if isinstance(got, SketchmineError) and not _same(got, before[name]):
             assert "damaged" in str(got), f"{rel} {damage}: {name}: {got}"
+
+
+def test_a_kept_block_is_read_anew_once_rewritten(run, demo_test_set):
+    """A reader keeps the blocks of pictures it checked (montages of neighbouring units read one
+    block): the same Run reads the new optimised images once a `visualize --redo` rewrote them."""
+    from sketchmine.passes.visualize import visualize
+
+    opened = sketchmine.open_run(run)
+    before = opened.optimized(L, 3)
+    assert np.array_equal(opened.optimized(L, 3), before)  # from the kept block
+    visualize(opened, data=per_class_subset(demo_test_set, 3, "0:30"), batch_size=30, redo=True, optimize=True,
+              optimize_steps=3)
+    after = opened.optimized(L, 3)
+    assert np.array_equal(after, sketchmine.open_run(run).optimized(L, 3))
+    assert not np.array_equal(after, before)

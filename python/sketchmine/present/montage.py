@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.collections import PatchCollection
 from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError
@@ -83,9 +84,11 @@ def _grid(fig: Figure, box: tuple[float, float, float, float], tiles: np.ndarray
     _, h, w, _ = tiles.shape
     gap = max(1, round(0.3 * h))
     ax.imshow(mosaic(tiles, [e["rank"] for e in entries], gap), interpolation="nearest")
-    for i in range(SHOWN):  # a frame per slot: white pixels stay apart from the white page
-        ax.add_patch(Rectangle(((i % 3) * (w + gap) - 0.5, (i // 3) * (h + gap) - 0.5), w, h, fill=False,
-                               edgecolor="#8a8a8a", linewidth=1.0))
+    # a frame per slot (white pixels stay apart from the white page), as one collection: nine
+    # patches would each update the axes' limits and be drawn apart (a fifth of a montage's time)
+    ax.add_collection(PatchCollection([Rectangle(((i % 3) * (w + gap) - 0.5, (i // 3) * (h + gap) - 0.5), w, h)
+                                       for i in range(SHOWN)], facecolor="none", edgecolor="#8a8a8a",
+                                      linewidth=1.0), autolim=False)
     aspect = SLIDE_INCHES[0] / SLIDE_INCHES[1]  # the mosaic is square: its top, in figure units
     top = box[1] + box[3] / 2 + min(box[3], box[2] * aspect) / 2
     fig.text(box[0] + box[2] / 2, top + 0.012, title, fontsize=17, weight="bold", ha="center")

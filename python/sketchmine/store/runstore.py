@@ -58,6 +58,7 @@ class RunStore(Checkpoints):
         self._intact: tuple[str | None, int, dict[str, Any]] | None = None
         self._override: dict[str, Any] = {}   # see resume_from_intact
         self._final_sums: dict[str, dict[str, Any]] = {}  # checksums of write_results' arrays, for finish
+        self._blocks = verify.BlockCache()  # checked blocks of pictures, for readers of one unit at a time
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
@@ -124,7 +125,7 @@ class RunStore(Checkpoints):
         n = arr.shape[0] if arr.ndim else 1
         start, stop = (0, n) if rows is None else rows.indices(n)[:2]
         if entry is None and (blocks := verify.block_entry(self.group, name)) is not None:
-            return verify.read_blocks(arr, blocks, start, stop, name, self.path)  # a visualize pass's blocks
+            return verify.read_blocks(arr, blocks, start, stop, name, self.path, self._blocks)  # a pass's blocks
         verify.check_dtype(arr, entry or {}, name, self.path)
         try:
             if entry is None:

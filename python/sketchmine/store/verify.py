@@ -4,6 +4,8 @@ feature visualisation pass's blocks of units, a later pass's groups) carry check
 so a lost or damaged chunk file is an error instead of fill values read as pictures or numbers."""
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -81,24 +83,63 @@ def block_entry(group: Any, name: str) -> dict[str, Any] | None:
     return entry if isinstance(entry, dict) and isinstance(entry.get("rows"), int) and entry["rows"] > 0 else None
 
 
-def read_blocks(arr: Any, entry: dict[str, Any], start: int, stop: int, name: str, root: Path) -> np.ndarray:
+class BlockCache:
+    """Verified blocks of block-written arrays, newest last, at most `limit` bytes: a reader of one
+    unit's pictures reads and checks its whole block (up to a few hundred units, a chunk file
+    each), so the report's montages of neighbouring units read it once. A block is keyed by
+    its recorded checksum and extent, so one rewritten or extended reads anew."""
+
+    def __init__(self, limit: int = 64 << 20) -> None:
+        self.limit, self.size = limit, 0
+        self.blocks: OrderedDict[tuple[str, int, int, str], np.ndarray] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[str, int, int, str]) -> np.ndarray | None:
+        with self.lock:
+            block = self.blocks.get(key)
+            if block is not None:
+                self.blocks.move_to_end(key)
+            return block
+
+    def put(self, key: tuple[str, int, int, str], block: np.ndarray) -> None:
+        if block.nbytes > self.limit // 4:  # a block this large is read whole anyway: not kept
+            return
+        block = block.copy()  # not a view: keeps no larger read alive
+        block.flags.writeable = False
+        with self.lock:
+            self.size += block.nbytes - (old.nbytes if (old := self.blocks.pop(key, None)) is not None else 0)
+            self.blocks[key] = block
+            while self.size > self.limit:
+                self.size -= self.blocks.popitem(last=False)[1].nbytes
+
+
+def read_blocks(arr: Any, entry: dict[str, Any], start: int, stop: int, name: str, root: Path,
+                cache: BlockCache | None = None) -> np.ndarray:
     """Rows [start, stop) of a block-written array, every recorded block they touch read whole
-    (up to the units written: `stop` of the entry) and checked; rows past the recorded blocks
-    (units not done yet) are read as they are."""
+    (up to the units written: `stop` of the entry) and checked (or taken from `cache`, where
+    checked blocks are kept); rows past the recorded blocks (units not done yet) are read as
+    they are."""
     check_dtype(arr, entry, name, root)
     step, sums, n = int(entry["rows"]), list(entry.get("sums") or []), arr.shape[0]
     done = min(int(entry.get("stop", n)), n)
     first, last = start // step, min(max(start, stop - 1) // step, len(sums) - 1)
+    keys = {b: (name, b * step, min((b + 1) * step, done), str(sums[b])) for b in range(first, last + 1)
+            if sums[b] is not None and min((b + 1) * step, done) > b * step}
+    if cache is not None and first == last and stop <= done and first in keys:
+        if (kept := cache.get(keys[first])) is not None:
+            return kept[start - first * step:stop - first * step].copy()
     lo, hi = min(start, first * step), max(stop, min((last + 1) * step, done))
     try:
         data = np.asarray(arr[lo:hi])
     except Exception as exc:
         raise damaged(root, name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})") from None
-    for b in range(first, last + 1):
-        b_lo, b_hi = b * step, min((b + 1) * step, done)
-        if b_hi > b_lo and sums[b] is not None and not matches(data[b_lo - lo:b_hi - lo], sums[b]):
+    for key in keys.values():
+        _, b_lo, b_hi, want = key
+        if not matches(data[b_lo - lo:b_hi - lo], want):
             raise damaged(root, name, f"does not match the checksum recorded when it was written (units "
                                       f"{b_lo}-{b_hi - 1}: a chunk file is missing or corrupt)")
+        if cache is not None:
+            cache.put(key, data[b_lo - lo:b_hi - lo])
     return data[start - lo:stop - lo]
 
 
