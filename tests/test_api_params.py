@@ -189,6 +189,9 @@ def test_run_array_readers_check_rows_and_names(run_dir):
             run.dataset_array(name)
         with pytest.raises(SketchmineError, match="unknown dataset array name"):
             run.has_dataset_array(name)
+    for name in ("../..", "importanse"):  # a path out of the layer returned None ("not computed")
+        with pytest.raises(SketchmineError, match="unknown layer result name"):
+            run.layer_result("features.0", name, ("values",))
 
 
 def test_unit_montage_refuses_another_units_summary(run_copy):

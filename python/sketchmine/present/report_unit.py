@@ -13,6 +13,7 @@ the store is the only input and every string is set with textContent by unit.js.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -55,16 +56,22 @@ def montage_units(run: Run, name: str, limit: int) -> list[int]:
     return [u for u in order if u < done][:limit]
 
 
-def _strip(run: Run, name: str, lid: str, u: int) -> dict[str, Any]:
-    """The card's patch and deconvolution strips of unit u (report_data writes them), if any."""
-    if u >= run.patches_done(name):
-        return {}
+def _strips(run: Run, name: str, lid: str) -> Callable[[int], dict[str, Any]]:
+    """The card's patch and deconvolution strips of a unit (report_data writes them), if any, by
+    unit: what they depend on is read once per layer (a wide layer has thousands of units)."""
+    done = run.patches_done(name)
+    if not done:
+        return lambda u: {}
     h, w = (run.layer_attrs(name).get(schema.VISUALIZED) or {}).get("patch_size") or run.array_shape(name, "patches")[2:4]
     scale = min(1.0, THUMB / h)
-    out = {"h": max(1, round(h * scale)), "w": max(1, round(w * scale)), "patches": f"../img/{lid}/{u}_p.png"}
-    if run.has_array(name, "deconv"):
-        out["deconv"] = f"../img/{lid}/{u}_d.png"
-    return out
+    size = {"h": max(1, round(h * scale)), "w": max(1, round(w * scale))}
+    deconv = run.has_array(name, "deconv")
+
+    def strip(u: int) -> dict[str, Any]:
+        if u >= done:
+            return {}
+        return {**size, "patches": f"../img/{lid}/{u}_p.png", **({"deconv": f"../img/{lid}/{u}_d.png"} if deconv else {})}
+    return strip
 
 
 def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGES) -> list[int]:
@@ -75,6 +82,7 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
     extra = example_pictures(run, name)
     per_bin = int(np.asarray(summary.bins).shape[2]) if summary.bins is not None else 0
     slides = set(montage_units(run, name, montages))
+    strip = _strips(run, name, lid)
     data_dir = out / "dash" / lid
     data_dir.mkdir(parents=True, exist_ok=True)
     c = summary.units
@@ -88,7 +96,7 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
                 save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d)
                 d["montage"] = f"../montage/{lid}/{u}.png"
             cut_examples(d, BIN_EXAMPLES)
-            d.update(_strip(run, name, lid, u))
+            d.update(strip(u))
             d.update(example_strips(extra, lid, u, out, per_bin))
             d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}&unit={u}"
             d["unreadable"] = unreadable

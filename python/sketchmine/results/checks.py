@@ -36,3 +36,12 @@ def check_dataset_array_name(name: str) -> str:
     if isinstance(name, str) and name in known:
         return name
     raise SketchmineError(f"unknown dataset array name {name!r}; the dataset arrays are {', '.join(known)}")
+
+
+def check_result_name(name: str) -> str:
+    """`name` when the schema declares it as a later pass's result group on a layer (importance,
+    effects, correlated, traces, example pictures); a path ("../..") never reaches the store."""
+    known = [*schema.RESULT_DIMENSIONS, *schema.PICTURE_GROUPS.values()]
+    if isinstance(name, str) and name in known:
+        return name
+    raise SketchmineError(f"unknown layer result name {name!r}; a layer's results are {', '.join(known)}")

@@ -1,9 +1,8 @@
-"""A mined run, read back from its store: top-k per layer, labels, accuracy, and the
-class summaries the seed's tables are built from.
+"""A mined run read back from its store: top-k per layer, labels, accuracy, the seed's class summaries.
 
-`Run` is the readers' only door to the store: every array and attribute is read through its
-accessors (paths from schema.py, reads verified by RunStore), so presentation code never spells a
-store path. The summaries are computed by summaries.py from the arrays read here."""
+`Run` is the readers' only door to the store: every array and attribute is read through its accessors
+(paths from schema.py, names checked by checks.py, reads verified by RunStore), so presentation code
+never spells a store path. The summaries are computed by summaries.py from the arrays read here."""
 from __future__ import annotations
 
 import os
@@ -14,7 +13,8 @@ import pandas as pd
 
 from sketchmine.errors import SketchmineError, closest, unless_damaged
 from sketchmine.results import summaries
-from sketchmine.results.checks import check_array_name, check_count, check_dataset_array_name, check_rows
+from sketchmine.results.checks import (check_array_name, check_count, check_dataset_array_name, check_result_name,
+                                       check_rows)
 from sketchmine.results.notebook import UnitCard, run_html, run_repr
 from sketchmine.results.precision import Precision
 from sketchmine.results.unit_views import UnitViews
@@ -111,7 +111,7 @@ class Run(UnitViews, Precision):
                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         """(arrays `keys`, attributes) of a later pass's result on the layer (importance,
         traces), or None when there is no whole one."""
-        return self.store.read_group(schema.layer_result(self.check_layer(layer), name), keys)
+        return self.store.read_group(schema.layer_result(self.check_layer(layer), check_result_name(name)), keys)
 
     def has_dataset_array(self, name: str) -> bool:
         return self.store.has(schema.dataset_array(check_dataset_array_name(name)))
