@@ -244,3 +244,14 @@ def test_a_kept_block_is_read_anew_once_rewritten(run, demo_test_set):
     after = opened.optimized(L, 3)
     assert np.array_equal(after, sketchmine.open_run(run).optimized(L, 3))
     assert not np.array_equal(after, before)
+
+
+def test_mine_again_on_a_damaged_complete_run_names_the_array(run, demo_test_set):
+    """`mine` on a complete run returns it: a damaged one is said then, naming the array, not
+    returned as complete (to fail at every later read)."""
+    ds = per_class_subset(demo_test_set, 3, "0:30")
+    again = sketchmine.mine("demo", ds, layers=[L], k=2, out=run, batch_size=30, distributions=True)
+    assert again.complete
+    DAMAGES["flip"](*_chunk(run, f"layers/{L}/hist_counts"))  # an array the return path does not read
+    with pytest.raises(RunDamaged, match=rf"damaged: array 'layers/{L}/hist_counts'"):
+        sketchmine.mine("demo", ds, layers=[L], k=2, out=run, batch_size=30, distributions=True)

@@ -110,6 +110,7 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     if prog.get("complete"):
         progress.start(n, n)
         team.on_writer(lambda: store.drop_checkpoints())  # a kill between the completion and the removal left them
+        team.on_writer(store.verify_results)  # a damaged run is said now, not as "complete" and then at each read
         return team.result(store)
     pre = ds.preprocessing
     softmax = any(l.name == SOFTMAX for l in spec)

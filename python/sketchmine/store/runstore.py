@@ -142,6 +142,11 @@ class RunStore(Checkpoints):
                                       f"({where}: a chunk file is missing or corrupt)")
         return data if rows is None or not arr.ndim else data[start - first * step:stop - first * step]
 
+    def verify_results(self) -> None:
+        """Read every array the run recorded checksums for: a RunDamaged naming the first damaged one."""
+        for name in self.attrs.get(schema.CHECKSUMS) or {}:
+            self.read(name)
+
     def committed(self, read: Callable[[], Any], tries: int = 10) -> Any:
         """`read()` against one committed state of a run another process may be mining.
 
