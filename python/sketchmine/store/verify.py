@@ -87,21 +87,21 @@ class BlockCache:
     """Verified blocks of block-written arrays, newest last, at most `limit` bytes: a reader of one
     unit's pictures reads and checks its whole block (up to a few hundred units, a chunk file
     each), so the report's montages of neighbouring units read it once. A block is keyed by
-    its recorded checksum and extent, so one rewritten or extended reads anew."""
+    its recorded checksum, extent, row shape and dtype, so one rewritten or extended reads anew."""
 
     def __init__(self, limit: int = 64 << 20) -> None:
         self.limit, self.size = limit, 0
-        self.blocks: OrderedDict[tuple[str, int, int, str], np.ndarray] = OrderedDict()
+        self.blocks: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, key: tuple[str, int, int, str]) -> np.ndarray | None:
+    def get(self, key: tuple[Any, ...]) -> np.ndarray | None:
         with self.lock:
             block = self.blocks.get(key)
             if block is not None:
                 self.blocks.move_to_end(key)
             return block
 
-    def put(self, key: tuple[str, int, int, str], block: np.ndarray) -> None:
+    def put(self, key: tuple[Any, ...], block: np.ndarray) -> None:
         if block.nbytes > self.limit // 4:  # a block this large is read whole anyway: not kept
             return
         block = block.copy()  # not a view: keeps no larger read alive
@@ -123,8 +123,8 @@ def read_blocks(arr: Any, entry: dict[str, Any], start: int, stop: int, name: st
     step, sums, n = int(entry["rows"]), list(entry.get("sums") or []), arr.shape[0]
     done = min(int(entry.get("stop", n)), n)
     first, last = start // step, min(max(start, stop - 1) // step, len(sums) - 1)
-    keys = {b: (name, b * step, min((b + 1) * step, done), str(sums[b])) for b in range(first, last + 1)
-            if sums[b] is not None and min((b + 1) * step, done) > b * step}
+    keys = {b: (name, b * step, min((b + 1) * step, done), str(sums[b]), arr.shape[1:], arr.dtype.str)
+            for b in range(first, last + 1) if sums[b] is not None and min((b + 1) * step, done) > b * step}
     if cache is not None and first == last and stop <= done and first in keys:
         if (kept := cache.get(keys[first])) is not None:
             return kept[start - first * step:stop - first * step].copy()
@@ -134,7 +134,7 @@ def read_blocks(arr: Any, entry: dict[str, Any], start: int, stop: int, name: st
     except Exception as exc:
         raise damaged(root, name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})") from None
     for key in keys.values():
-        _, b_lo, b_hi, want = key
+        _, b_lo, b_hi, want, *_ = key
         if not matches(data[b_lo - lo:b_hi - lo], want):
             raise damaged(root, name, f"does not match the checksum recorded when it was written (units "
                                       f"{b_lo}-{b_hi - 1}: a chunk file is missing or corrupt)")
