@@ -31,7 +31,7 @@ ASSETS = ("unit.js", "unit.css")
 BIN_EXAMPLES = 6
 """Examples per activation bin shown on a dashboard (`sketchmine unit --json` gives them all)."""
 MONTAGES = 8
-"""Montages per layer by default: each is a 1600 × 900 PNG of about half a second to draw, so
+"""Montages per layer by default: each is a 1600 × 900 PNG of about a quarter of a second to draw, so
 a report of wide layers stays quick; `sketchmine.plots.unit_montage` draws any other."""
 
 e = html.escape
@@ -70,7 +70,8 @@ def _strips(run: Run, name: str, lid: str) -> Callable[[int], dict[str, Any]]:
     def strip(u: int) -> dict[str, Any]:
         if u >= done:
             return {}
-        return {**size, "patches": f"../img/{lid}/{u}_p.png", **({"deconv": f"../img/{lid}/{u}_d.png"} if deconv else {})}
+        out = {**size, "patches": f"../img/{lid}/{u}_p.png"}
+        return {**out, "deconv": f"../img/{lid}/{u}_d.png"} if deconv else out
     return strip
 
 
