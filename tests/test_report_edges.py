@@ -289,6 +289,10 @@ def test_percentages_are_100_or_0_only_when_exact(tmp_path, inf_run, browser):  
     assert [percent(19999 / 20000, 2), percent(1e-9, 2), percent(float("nan"))] == ["99.995", "< 0.000001", "-"]
     # an accuracy drop of one image in 50,000 (ablating a unit can help): "-0.002", never "-0.00"
     assert [percent(-1 / 50000, 2), percent(1 / 50000, 2), percent(-0.0, 2)] == ["-0.002", "0.002", "0"]
+    assert percent(0.25, 0) == "25"
+    for bad in (-1, 1.5, True):  # a format error, a float format, a bool read as 1
+        with pytest.raises(sketchmine.SketchmineError, match="decimals must be a whole number of at least 0"):
+            percent(0.25, bad)
     index = write_report(inf_run, tmp_path / "rep", montages=0)
     page, problems = _open(browser, (index.parent / "layers" / "00-boom.html").as_uri())
     page.wait_for_selector("#unit-0")

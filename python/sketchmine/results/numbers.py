@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 
+from sketchmine.errors import whole_number
+
 
 def percent(a: float | None, decimals: int = 1) -> str:
     """A fraction as a percentage without the number sign ("99.95"): 100 or 0 only when exact;
     a fraction that rounds to either gets more decimals (up to 6, then "> 99.999999" /
     "< 0.000001"), so 1999 of 2000 never reads as all. A change (an accuracy drop) keeps its sign
     the same way: one image in 50,000 is "-0.002", not "-0.00". "-" for None or NaN."""
+    decimals = whole_number(decimals, "decimals", low=0)
     if a is None or math.isnan(a):
         return "-"
     v = float(a) * 100
