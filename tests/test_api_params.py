@@ -31,12 +31,20 @@ def test_mine_takes_numpy_counts_and_one_layer_name(tmp_path, images):
     run = sketchmine.mine("demo", images, layers="features.3", k=np.int64(3), batch_size=np.int64(8),
                           out=tmp_path / "r.zarr")
     assert run.complete and run.layers == ["features.3"] and run.k == 3 and run.attrs["batch_size"] == 8
+    run = sketchmine.mine("demo", images, layers="features.3", out=tmp_path / "n.zarr", logits=np.bool_(False),
+                          distributions=np.True_, pin_memory=None)  # numpy's bools are bools
+    assert run.attrs["logits"] is False and run.attrs["distributions"] is True
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"preprocessing": None}, "preprocessing must be a preset name"),
     ({"num_workers": 1, "prefetch_factor": 2.5}, "prefetch_factor"),
     ({"num_workers": 1, "prefetch_factor": "2"}, "prefetch_factor"),
+    ({"logits": None}, r"logits must be True or False, got None"),  # mined without logits before
+    ({"skip_bad_images": 1}, r"skip_bad_images must be True or False, got 1"),
+    ({"distributions": "no"}, r"distributions must be True or False \(or None for the run's setting"),
+    ({"pin_memory": 0}, "pin_memory must be True or False"),
+    ({"channels_last": "yes"}, "channels_last"), ({"compile": 0}, "compile"), ({"overlap_flushes": None}, "overlap"),
 ])
 def test_mine_refuses_wrong_types(tmp_path, images, kwargs, match):
     with pytest.raises(SketchmineError, match=match):
@@ -95,6 +103,7 @@ def test_visualize_layers_one_name_and_empty_list(run_copy):
     ({"optimize": True, "optimize_steps": 2.5}, "optimize_steps"),
     ({"optimize": True, "optimize_steps": True}, "optimize_steps"),
     ({"optimize": True, "optimize_steps": 0}, "optimize_steps"),
+    ({"redo": None}, "redo must be True or False"), ({"optimize": "yes"}, "optimize must be True or False"),
 ])
 def test_visualize_refuses_counts_of_other_types(run_copy, kwargs, match):
     with pytest.raises(SketchmineError, match=match):

@@ -58,6 +58,19 @@ def whole_number(value: object, name: str, low: int | None = 1, none: str | None
     return int(value)
 
 
+def flag(value: object, name: str, none: str | None = None) -> bool | None:
+    """`value` as a bool when it is one (numpy's too); None where `none` says what None means;
+    else a SketchmineError naming the parameter (None, 0 or "no" would otherwise be taken for
+    False, and 1 or "yes" for True, without a word)."""
+    import numpy as np
+
+    if value is None and none:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise SketchmineError(f"{name} must be True or False" + (f" (or None {none})" if none else "") + f", got {value!r}")
+
+
 def optional_whole_number(value: object, name: str, none: str, low: int = 1) -> int | None:
     """None, or `whole_number(value, name, low)`; `none` says what None means."""
     return None if value is None else whole_number(value, name, low, none)

@@ -36,7 +36,7 @@ from sketchmine.mining import distributed
 from sketchmine.mining.checks import (check_classes, check_resumable, check_sketch_size, note_dead_units,
                                      note_followers)
 from sketchmine.mining.loop import check_labels, run_pass
-from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts
+from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts, check_flags
 from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
                                       recorded_weights)
 from sketchmine.model.forward import TorchForward, as_forward, layer_field, probe
@@ -202,6 +202,8 @@ def mine(
     Same rule either way (equal on the CPU); recorded, and a resume must agree.
     """
     check_counts(k=k, batch_size=batch_size, flush_every=flush_every, num_workers=num_workers)
+    check_flags(skip_bad_images=skip_bad_images, logits=logits, channels_last=channels_last, compile=compile,
+                pin_memory=pin_memory, overlap_flushes=overlap_flushes, distributions=distributions)
     k, batch_size, flush_every, num_workers = int(k), int(batch_size), int(flush_every), int(num_workers)  # numpy ints
     team, device = distributed.team(as_device(device))  # one process unless torch.distributed says otherwise
     progress = team.progress(progress or Silent())

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sketchmine.errors import SketchmineError, whole_number
+from sketchmine.errors import SketchmineError, flag, whole_number
 
 _AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 _FLAGS = {"k": "-k", "batch_size": "--batch-size", "flush_every": "--flush-every", "num_workers": "--workers"}
@@ -88,3 +88,13 @@ def check_counts(**counts: int) -> None:
     """Counts that must be positive (k, batch_size, flush_every) or non-negative (num_workers)."""
     for name, value in counts.items():
         whole_number(value, f"{name} ({_FLAGS[name]})", 0 if name == "num_workers" else 1)
+
+
+_NONE = {"pin_memory": "to pin when the device is CUDA", "distributions": "for the run's setting on resume, else off"}
+
+
+def check_flags(**flags: object) -> None:
+    """`mine`'s switches: True or False (None where it means something: `_NONE`); None, 0 or a
+    string would otherwise switch an option off or on without a word."""
+    for name, value in flags.items():
+        flag(value, name, _NONE.get(name))

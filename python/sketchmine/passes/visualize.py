@@ -28,7 +28,7 @@ from torch import nn
 
 from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
-from sketchmine.errors import SketchmineError, SketchmineFailure, optional_whole_number, whole_number
+from sketchmine.errors import SketchmineError, SketchmineFailure, flag, optional_whole_number, whole_number
 from sketchmine.model.receptive_field import ReceptiveField
 from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
 from sketchmine.passes.example_pictures import GROUPS, check_examples, needed_images, picture_examples
@@ -92,6 +92,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
         raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
     batch_size, max_patch = whole_number(batch_size, "batch_size"), whole_number(max_patch, "max_patch")
     max_units = optional_whole_number(max_units, "max_units", "for every unit")  # True would be stored as units_done
+    redo, optimize = bool(flag(redo, "redo")), bool(flag(optimize, "optimize"))
     if isinstance(layers, str):  # one layer's name, not its characters
         layers = [layers]
     if layers is not None and not list(layers):
