@@ -154,6 +154,16 @@ def test_deconvolve_refuses_units_it_would_truncate_or_broadcast(demo_model, thr
         sketchmine.deconvolve(demo_model.module, three_images, "features.3", channels, yx)
 
 
+def test_deconvolve_takes_a_float_numpy_array_and_refuses_other_images(demo_model, three_images):
+    got = sketchmine.deconvolve(demo_model.module, three_images.numpy(), "features.3", [0, 1, 2], [[1, 1]] * 3)
+    assert torch.equal(got, sketchmine.deconvolve(demo_model.module, three_images, "features.3", [0, 1, 2], [[1, 1]] * 3))
+    assert got.abs().sum() > 0
+    for images in ((three_images * 255).to(torch.uint8), (three_images.numpy() * 255).astype(np.uint8),
+                   three_images.tolist()):  # pixels before preprocessing, a list: were raw torch errors
+        with pytest.raises(SketchmineError, match="images must be a float tensor or numpy array of model input"):
+            sketchmine.deconvolve(demo_model.module, images, "features.3", [0, 1, 2], [[1, 1]] * 3)
+
+
 @pytest.mark.parametrize("kwargs, match", [({"leading": 4}, "leading"), ({"channels": 0}, "channels"),
                                            ({"channels": True}, "channels")])
 def test_receptive_fields_refuses_wrong_leading_and_channels(demo_model, kwargs, match):

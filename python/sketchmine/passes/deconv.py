@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -270,10 +271,18 @@ def deconvolve(model: nn.Module, images: torch.Tensor, layer: str, channels, yx=
                method: str = "deconvnet") -> torch.Tensor:
     """Visualise one unit per image in input space.
 
-    images (N, C, H, W); layer a qualified module name; channels (N,) the unit's channel per
-    image; yx (N, 2) its grid position (ignored for layers without a grid). Channels and
-    positions outside the layer are refused (a top-k's empty slots hold -1).
+    images (N, C, H, W), a tensor or a numpy array of model input; layer a qualified module name;
+    channels (N,) the unit's channel per image; yx (N, 2) its grid position (ignored for layers
+    without a grid). Channels and positions outside the layer are refused (a top-k's empty slots
+    hold -1).
     Returns (N, C, H, W) float32: the signal the unit sends back to the input, computed in the
     dtype of the model's parameters (a half model's images are cast to it).
     """
+    if isinstance(images, np.ndarray) and images.dtype.kind == "f":
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        what = (f"{type(images).__name__} of {images.dtype} and shape {tuple(images.shape)}"
+                if isinstance(images, (torch.Tensor, np.ndarray)) else type(images).__name__)
+        raise SketchmineError(f"images must be a float tensor or numpy array of model input, (N, C, H, W) "
+                              f"(preprocessed as the model reads it), got a {what}")
     return Deconvolver(model, method)(images, layer, channels, yx)
