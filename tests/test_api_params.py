@@ -164,6 +164,14 @@ def test_deconvolve_takes_a_float_numpy_array_and_refuses_other_images(demo_mode
             sketchmine.deconvolve(demo_model.module, images, "features.3", [0, 1, 2], [[1, 1]] * 3)
 
 
+def test_receptive_fields_of_an_input_too_small_is_one_line_no_traceback(capsys):
+    """torch.fx's ShapeProp printed a traceback per failed attempt (three) before the clear error."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3))
+    with pytest.raises(SketchmineError, match=r"cannot take a 1×2×2 input: RuntimeError: .*Kernel size can't be greater"):
+        sketchmine.receptive_fields(net, (1, 2, 2))
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("kwargs, match", [({"leading": 4}, "leading"), ({"channels": 0}, "channels"),
                                            ({"channels": True}, "channels")])
 def test_receptive_fields_refuses_wrong_leading_and_channels(demo_model, kwargs, match):

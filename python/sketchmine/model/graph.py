@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -103,7 +104,7 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leadi
     shape = (1, *leading, c, h, w)
     dtype = input_dtype(model)  # a half or double model refuses a float input
     try:
-        with eval_mode(model), torch.no_grad():  # a frozen BatchNorm inside a training model stays frozen
+        with eval_mode(model), torch.no_grad(), _quiet_shape_prop():  # a frozen BatchNorm stays frozen
             try:
                 _meta_shapes(gm, shape, dtype)
             except Exception:
@@ -113,8 +114,25 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leadi
                 except Exception:
                     ShapeProp(gm).propagate(torch.zeros(shape, dtype=dtype))
     except Exception as exc:
+        if str(exc).startswith("ShapeProp error") and exc.__cause__ is not None:  # the op's own words
+            exc = exc.__cause__  # type: ignore[assignment]
         raise SketchmineError(f"{type(model).__name__} cannot take a {'×'.join(map(str, shape[1:]))} input: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+@contextmanager
+def _quiet_shape_prop() -> Iterator[None]:
+    """torch's ShapeProp prints a failing node's traceback before it raises: each failed attempt
+    above (the meta one fails for ops without a meta kernel, then works with fake tensors) printed
+    one, and the last is said in one line anyway."""
+    from torch.fx.passes import shape_prop
+
+    was = shape_prop.traceback
+    shape_prop.traceback = SimpleNamespace(print_exc=lambda *args, **kwargs: None)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        shape_prop.traceback = was
 
 
 class _ShapeRun(nn.Module):
