@@ -267,7 +267,7 @@ def shared_order(image_of) -> torch.Tensor:
     return torch.argsort(key, stable=True)
 
 
-def deconvolve(model: nn.Module, images: torch.Tensor, layer: str, channels, yx=None,
+def deconvolve(model: nn.Module, images: torch.Tensor | np.ndarray, layer: str, channels, yx=None,
                method: str = "deconvnet") -> torch.Tensor:
     """Visualise one unit per image in input space.
 
