@@ -7,6 +7,7 @@ Dataset strings and layer names are drawn as plain text (`parse_math=False`): a 
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -28,11 +29,17 @@ FORMATS = ("png", "svg")
 _NO_DATE = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}}
 
 
+@functools.cache
+def _writable() -> dict[str, str]:
+    """The formats matplotlib writes, by extension (what a plot file or `formats=` may name)."""
+    return Figure().canvas.get_supported_filetypes()
+
+
 def _save(fig: Figure, base: Path, formats: tuple[str, ...]) -> list[Path]:
     """base.png, base.svg …; returns the files written."""
     if isinstance(formats, str):  # one format, not its letters
         formats = (formats,)
-    known = Figure().canvas.get_supported_filetypes()
+    known = _writable()
     if unknown := [f for f in formats if f not in known]:
         raise SketchmineError(f"unknown plot format(s) {', '.join(map(repr, unknown))}; matplotlib writes "
                               f"{', '.join(sorted(known))}")
@@ -207,7 +214,7 @@ def check_plot_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     target = p.resolve()
     fmt = p.suffix[1:].lower()
-    formats = Figure().canvas.get_supported_filetypes()
+    formats = _writable()
     if target.is_dir():
         raise SketchmineError(f"plot file {p} is a folder; give a file name such as {p / 'importance.png'}")
     if fmt not in formats:

@@ -135,7 +135,7 @@ class RunStore(Checkpoints):
         except SketchmineError:
             raise
         except Exception as exc:  # a chunk file that does not decode
-            raise self._damaged(name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})") from None
+            raise verify.unreadable(self.path, name, exc) from None
         where = checksums.mismatch(data, entry, first, last, n)
         if where is not None:
             raise self._damaged(name, f"does not match the checksum recorded when the run was written "

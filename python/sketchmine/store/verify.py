@@ -30,6 +30,11 @@ def damaged(root: Path, name: str, what: str) -> RunDamaged:
                       "from a copy, or mine it again with a new --out")
 
 
+def unreadable(root: Path, name: str, exc: Exception) -> RunDamaged:
+    """The error for array `name` whose chunks do not decode (`exc`: what the codec said)."""
+    return damaged(root, name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})")
+
+
 def node(group: Any, name: str, root: Path, label: str | None = None) -> Any:
     """group[name]; KeyError when absent, a RunDamaged naming the metadata file when it does not
     parse (not JSON, a field missing, an unknown dtype, a fill value the dtype cannot hold, ...).
@@ -132,7 +137,7 @@ def read_blocks(arr: Any, entry: dict[str, Any], start: int, stop: int, name: st
     try:
         data = np.asarray(arr[lo:hi])
     except Exception as exc:
-        raise damaged(root, name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})") from None
+        raise unreadable(root, name, exc) from None
     for key in keys.values():
         _, b_lo, b_hi, want, *_ = key
         if not matches(data[b_lo - lo:b_hi - lo], want):
@@ -178,7 +183,7 @@ def check_group(arrays: dict[str, Any], sums: dict[str, Any], path: str, root: P
         try:
             data = np.asarray(arr[...])
         except Exception as exc:
-            raise damaged(root, name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})") from None
+            raise unreadable(root, name, exc) from None
         if not matches(data, entry["sums"][0]) or len(entry["sums"]) != 1:
             raise damaged(root, name, "does not match the checksum recorded when it was written "
                                       "(a chunk file is missing or corrupt)")
