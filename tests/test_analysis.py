@@ -7,6 +7,8 @@ import io
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from rich.console import Console
 
@@ -114,9 +116,31 @@ def test_ink_density_and_spearman(mined, small_test_set):
 
     pref = run.class_preference("features.3")["preference"].reindex(run.class_names).to_numpy()
     assert corr.loc["features.3", "spearman"] == pytest.approx(spearmanr(pref, want).statistic)
-    # numpy fallback agrees with scipy
+    # and with ranks computed here (no ties among these ten values)
     ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731  (no ties here)
     assert np.corrcoef(ranks(pref), ranks(want))[0, 1] == pytest.approx(corr.loc["features.3", "spearman"])
+
+
+@given(st.integers(3, 40).flatmap(lambda n: st.tuples(
+    st.lists(st.one_of(st.integers(-3, 3).map(float), st.floats(-1e3, 1e3), st.just(float("nan"))), min_size=n, max_size=n),
+    st.lists(st.one_of(st.integers(-3, 3).map(float), st.floats(-1e3, 1e3)), min_size=n, max_size=n))),
+    st.sampled_from(["as drawn", "b = a", "b = -a"]))
+def test_spearman_is_scipys_to_the_last_bit(pair, relation):
+    """The summaries' rank correlation (without scipy.stats, a second of import) equals
+    scipy.stats.spearmanr's statistic and p-value exactly: ties, NaN pairs, |rho| = 1."""
+    from scipy.stats import spearmanr
+
+    from sketchmine.results.summaries import spearman
+
+    a, b = (np.array(v) for v in pair)
+    b = {"as drawn": b, "b = a": a.copy(), "b = -a": -a}[relation]
+    ok = np.isfinite(a) & np.isfinite(b)
+    rho, p = spearman(a, b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        assert np.isnan(rho) and np.isnan(p)
+        return
+    want = spearmanr(a[ok], b[ok])
+    assert rho == want.statistic and (p == want.pvalue or np.isnan(p) and np.isnan(want.pvalue))
 
 
 class _Stop(Exception):

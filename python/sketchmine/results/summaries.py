@@ -83,18 +83,22 @@ def preference(mean: np.ndarray, accuracy: np.ndarray, class_names: Sequence[str
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Spearman rank correlation and its two-sided p-value (scipy; NaN pairs dropped)."""
+    """Spearman rank correlation and its two-sided p-value (NaN pairs dropped), computed as
+    scipy.stats.spearmanr computes them (average ranks, Pearson's r of the ranks, Student's t with
+    n - 2 degrees of freedom), to the last bit. Why not spearmanr itself: importing scipy.stats takes
+    about a second, a sixth of a `sketchmine summary`; scipy.special's stdtr is a third of that."""
+    from scipy.special import stdtr
+
     a, b = np.asarray(a, float), np.asarray(b, float)
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
         return float("nan"), float("nan")
-    try:
-        from scipy.stats import spearmanr
-    except ImportError:  # rank correlation in numpy (average ranks for ties), no p-value
-        ra, rb = (pd.Series(v[ok]).rank().to_numpy() for v in (a, b))
-        return float(np.corrcoef(ra, rb)[0, 1]), float("nan")
-    res = spearmanr(a[ok], b[ok])
-    return float(res.statistic), float(res.pvalue)
+    ranks = np.column_stack([pd.Series(v[ok]).rank(method="average").to_numpy() for v in (a, b)])
+    rho = np.corrcoef(ranks, rowvar=False)[1, 0]
+    dof = int(ok.sum()) - 2
+    with np.errstate(divide="ignore"):  # |rho| = 1: t is infinite, p is 0
+        t = rho * np.sqrt(np.clip(dof / ((rho + 1.0) * (1.0 - rho)), 0, None))
+    return float(rho), float(2 * stdtr(dof, -np.abs(t)))
 
 
 def accuracy_table(pred: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
