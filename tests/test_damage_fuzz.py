@@ -246,6 +246,28 @@ def test_a_kept_block_is_read_anew_once_rewritten(run, demo_test_set):
     assert not np.array_equal(after, before)
 
 
+def test_a_runs_checked_final_arrays_are_read_from_disk_once(run):
+    """A Run keeps the final arrays it read and checked (the report reads the class names, labels
+    and top-k dozens of times): once read, their files are not read again by it, so it keeps
+    returning the checked numbers after they are damaged (copies: a caller's edit changes
+    nothing), while a new Run and `verify_results` read the files and say they are damaged."""
+    opened = sketchmine.open_run(run)
+    values, index, yx = opened.topk(L)
+    names, labels = opened.class_names, opened.labels
+    values[...], labels[...] = -1, -1  # the caller's copies
+    for array in (f"layers/{L}/values", "dataset/labels", "dataset/class_names"):
+        for f in (run / array).iterdir():
+            if f.name != "zarr.json":
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+    again = opened.topk(L)
+    assert np.array_equal(again[1], index) and np.array_equal(again[2], yx) and (again[0] != -1).all()
+    assert opened.class_names == names and (opened.labels >= 0).all()
+    with pytest.raises(RunDamaged, match=rf"damaged: array 'layers/{L}/values'"):
+        sketchmine.open_run(run).topk(L)
+    with pytest.raises(RunDamaged, match="damaged: array"):
+        opened.store.verify_results()
+
+
 def test_mine_again_on_a_damaged_complete_run_names_the_array(run, demo_test_set):
     """`mine` on a complete run returns it: a damaged one is said then, naming the array, not
     returned as complete (to fail at every later read)."""

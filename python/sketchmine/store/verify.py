@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from sketchmine.errors import RunDamaged
+from sketchmine.errors import RunDamaged, SketchmineError
 from sketchmine.store import schema
+from sketchmine.store import checksums
 from sketchmine.store.checksums import block_sums, digest, dtype_name, matches
 
 SUMS = "checksums"
@@ -92,7 +93,8 @@ class BlockCache:
     """Verified blocks of block-written arrays, newest last, at most `limit` bytes: a reader of one
     unit's pictures reads and checks its whole block (up to a few hundred units, a chunk file
     each), so the report's montages of neighbouring units read it once. A block is keyed by
-    its recorded checksum, extent, row shape and dtype, so one rewritten or extended reads anew."""
+    its recorded checksum, extent, row shape and dtype, so one rewritten or extended reads anew.
+    It keeps a complete run's checked final arrays too (`final_key`)."""
 
     def __init__(self, limit: int = 64 << 20) -> None:
         self.limit, self.size = limit, 0
@@ -116,6 +118,44 @@ class BlockCache:
             self.blocks[key] = block
             while self.size > self.limit:
                 self.size -= self.blocks.popitem(last=False)[1].nbytes
+
+
+TEXT_KEPT = 4096
+"""Text arrays of at most this many entries are kept (class names, not a dataset's paths)."""
+
+
+def final_key(name: str, entry: dict[str, Any] | None, rows: slice | None) -> tuple[Any, ...] | None:
+    """The key under which a checked read of `name` is kept, or None for reads not kept: arrays
+    without root checksums (a partial run's, which mining still writes) and row reads of a
+    text array (`image_path`: one row at a time). Keyed by the
+    recorded checksums themselves, so the final arrays of another run at the same path, or
+    recorded anew, are read anew."""
+    if entry is None or (rows is not None and entry.get("dtype") == "str"):
+        return None
+    where = None if rows is None else (rows.start, rows.stop, rows.step)
+    return ("final", name, where, int(entry["rows"]), tuple(map(str, entry["sums"])), entry.get("dtype"))
+
+
+def read_checked(arr: Any, entry: dict[str, Any] | None, part: bool, start: int, stop: int, name: str, root: Path
+                 ) -> np.ndarray:
+    """Rows [start, stop) of `arr` (all when not `part`), checked against its run's recorded
+    checksums `entry` (whole blocks read; None: read as they are)."""
+    check_dtype(arr, entry or {}, name, root)
+    n = arr.shape[0] if arr.ndim else 1
+    try:
+        if entry is None:
+            return np.asarray(arr[start:stop] if part else arr[...])
+        first, last, step = checksums.covering(entry, n, start, stop)
+        data = np.asarray(arr[first * step:min((last + 1) * step, n)] if arr.ndim else arr[...])
+    except SketchmineError:
+        raise
+    except Exception as exc:  # a chunk file that does not decode
+        raise unreadable(root, name, exc) from None
+    where = checksums.mismatch(data, entry, first, last, n)
+    if where is not None:
+        raise damaged(root, name, f"does not match the checksum recorded when the run was written "
+                                  f"({where}: a chunk file is missing or corrupt)")
+    return data if not part or not arr.ndim else data[start - first * step:stop - first * step]
 
 
 def read_blocks(arr: Any, entry: dict[str, Any], start: int, stop: int, name: str, root: Path,
