@@ -57,6 +57,33 @@ def test_version_and_help_load_neither_torch_nor_zarr():
     assert "usage: sketchmine mine" in proc.stdout
 
 
+def test_commands_that_read_a_run_load_neither_torch_nor_the_core(mined):
+    """`summary`, `unit` and `compare` of a complete run read arrays: without torch and the
+    compiled core they start in half the time (sketchmine/lazy.py)."""
+    run, _ = mined
+    code = ("import sys, io, contextlib\nfrom sketchmine.cli.main import main\n"
+            f"for argv in (['summary', {str(run)!r}], ['unit', {str(run)!r}, {LAYERS[0]!r}, '1'], "
+            f"['compare', {str(run)!r}, {str(run)!r}], ['summary', {str(run)!r}, '--json']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out:\n        assert main(argv) == 0, argv\n"
+            "    assert len(out.getvalue()) > 200, out.getvalue()\n"
+            "print(sorted(m for m in ('torch', 'sketchmine._C') if m in sys.modules), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]
+
+
+def test_a_lazy_module_imports_once_used_and_takes_its_own_place():
+    """The statistics modules name torch and the compiled core through `sketchmine.lazy`: nothing
+    is imported until used, then the module itself stands in the owner's globals (a mining
+    loop's calls reach torch directly, not through the stand-in)."""
+    code = ("import sys\nimport sketchmine.stats.topk as t\n"
+            "assert 'torch' not in sys.modules and 'sketchmine._C' not in sys.modules\n"
+            "assert t.torch.zeros(2).sum().item() == 0 and t.torch is sys.modules['torch']\n"
+            "assert t.ops.compiled_here is not None and t.ops is sys.modules['sketchmine.stats.ops']\n"
+            "assert 'sketchmine._C' in sys.modules\nprint('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 def test_every_option_shows_its_default_in_help():
     from sketchmine.cli.parser import DefaultsHelp as _Help
     from sketchmine.cli.parser import build_parser as _parser

@@ -142,7 +142,8 @@ def test_ctrl_c_while_a_command_starts_is_one_line_and_exit_130(tmp_path):
     the instant before main() runs, Python's own KeyboardInterrupt."""
     outcomes = []
     for delay in (0.05, 0.2, 0.4, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5):
-        proc = subprocess.Popen(_cli("summary", str(tmp_path / "no-run.zarr")), stdout=subprocess.PIPE,
+        # visualize loads torch and the core as it starts (summary, which only reads, loads neither)
+        proc = subprocess.Popen(_cli("visualize", str(tmp_path / "no-run.zarr")), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)

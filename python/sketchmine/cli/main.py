@@ -8,7 +8,7 @@ print as one line, no traceback (with -v, the traceback too). Exit codes (docs/c
 a bad dataset, layer or option, a run that cannot be resumed), 130 interrupted.
 
 Nothing here imports torch, zarr or rich at module level: `sketchmine --help` and
-`sketchmine --version` answer without them.
+`sketchmine --version` answer without them, and the commands that only read a run without torch.
 """
 from __future__ import annotations
 
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         with _ctrl_c_held() as came:
-            _import_heavy()
+            _import_heavy(args.command)
         if came:
             print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -316,17 +316,25 @@ def _ctrl_c_held() -> typing.Iterator[list[int]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _import_heavy() -> None:
-    """Import numpy, pandas, rich, torch, Zarr and the compiled core (every command does) while Ctrl-C
-    is held back."""
+READ_ONLY = frozenset({"summary", "compare", "unit"})
+"""Commands that only read runs: they import neither torch nor the compiled core, 2 s of their
+4 s (sketchmine/lazy.py); a partial run's distributions, rebuilt by the accumulators, do."""
+
+
+def _import_heavy(command: str) -> None:
+    """Import numpy, pandas, rich and Zarr (every command does), torch and the compiled core
+    (every command that runs a model), while Ctrl-C is held back."""
     import numpy  # noqa: F401
     import pandas  # noqa: F401
     import rich.console  # noqa: F401
-    import torch  # noqa: F401
 
     import sketchmine.present.logs  # noqa: F401
-    import sketchmine.stats.ops  # noqa: F401  (the compiled core)
     import sketchmine.store.runstore  # noqa: F401  (Zarr, which only the store imports)
+
+    if command not in READ_ONLY:
+        import torch  # noqa: F401
+
+        import sketchmine.stats.ops  # noqa: F401  (the compiled core)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -12,14 +12,18 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
 
 from sketchmine.errors import SketchmineError
+from sketchmine.lazy import lazy
 from sketchmine.stats import accumulators, bottomk, examples, histogram, moments, sketch, topk
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
+    import torch
+
     from sketchmine.results.run import Run
+else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+    torch = lazy("torch", globals())
 
 _FACTORIES: dict[str, Callable[[accumulators.Setup], Any]] = {
     histogram.KEY: histogram.accumulator, sketch.KEY: sketch.accumulator, examples.KEY: examples.accumulator,

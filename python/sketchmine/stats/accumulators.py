@@ -19,13 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
+from sketchmine.lazy import lazy
 from sketchmine.stats.held import SharedBlocks
 from sketchmine.store.columns import Columns
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+    torch = lazy("torch", globals())
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from sketchmine.stats import ops
+from sketchmine.lazy import lazy
 from sketchmine.stats.topk import TopK, batch_entries, shown_values
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
+    import torch
+
+    from sketchmine.stats import ops
     from sketchmine.stats.accumulators import Batch, Setup
+else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+    torch, ops = lazy("torch", globals()), lazy("sketchmine.stats.ops", globals())
 
 KEY = "bottomk"
 

@@ -17,16 +17,20 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from sketchmine.errors import SketchmineError
-from sketchmine.stats import ops
+from sketchmine.lazy import lazy
 from sketchmine.store import schema
 from sketchmine.store.columns import Columns
 
 if TYPE_CHECKING:
+    import torch
+
+    from sketchmine.stats import ops
     from sketchmine.stats.accumulators import Batch, Setup
     from sketchmine.store.runstore import RunStore
+else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+    torch, ops = lazy("torch", globals()), lazy("sketchmine.stats.ops", globals())
 
 KEY = "classes"
 """The class statistics' namespace in the checkpoint."""

@@ -29,12 +29,17 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from sketchmine.errors import SketchmineError
+from sketchmine.lazy import lazy
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+    torch = lazy("torch", globals())
 
 BLOCK_UNITS = 1024
 """Units per block (see the module docstring for the memory this bounds)."""

@@ -23,16 +23,20 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from sketchmine.stats import ops
-from sketchmine.stats.held import HeldMaxima, SharedBlocks
+from sketchmine.lazy import lazy
 from sketchmine.stats.grid import AlignedGrid, bin_of, slots
+from sketchmine.stats.held import HeldMaxima, SharedBlocks
 from sketchmine.stats.histogram import columns, finite_range
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
+    import torch
+
+    from sketchmine.stats import ops
     from sketchmine.stats.accumulators import Batch, Setup
+else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+    torch, ops = lazy("torch", globals()), lazy("sketchmine.stats.ops", globals())
 
 KEY = "examples"
 PER_BIN = 8

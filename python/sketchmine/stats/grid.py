@@ -18,7 +18,15 @@ edges are the placeholder grid 0..BINS (width 1).
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+from sketchmine.lazy import lazy
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+    torch = lazy("torch", globals())
+
 
 BINS = 64
 """Bins of the histogram grid per unit (the range spans more than BINS/2 of them, save at the floor)."""

@@ -13,8 +13,15 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+from sketchmine.lazy import lazy
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+    torch = lazy("torch", globals())
+
 
 MAX_ROWS = 512
 """Images held at most: past ~512 the per-image time stops falling (measured on AlexNet)."""

@@ -22,15 +22,19 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from sketchmine.stats import ops
-from sketchmine.stats.held import HeldMaxima, SharedBlocks
+from sketchmine.lazy import lazy
 from sketchmine.stats.grid import BINS, AlignedGrid, bin_of, rebin
+from sketchmine.stats.held import HeldMaxima, SharedBlocks
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
+    import torch
+
+    from sketchmine.stats import ops
     from sketchmine.stats.accumulators import Batch, Setup
+else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+    torch, ops = lazy("torch", globals()), lazy("sketchmine.stats.ops", globals())
 
 KEY = "histogram"
 

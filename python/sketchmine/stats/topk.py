@@ -17,13 +17,17 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from sketchmine.stats import ops
+from sketchmine.lazy import lazy
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
+    import torch
+
+    from sketchmine.stats import ops
     from sketchmine.stats.accumulators import Batch, Setup
+else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+    torch, ops = lazy("torch", globals()), lazy("sketchmine.stats.ops", globals())
 
 KEY = "topk"
 """The top-k's namespace in the checkpoint (RunStore.read_checkpoint_state(KEY))."""
