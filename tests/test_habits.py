@@ -57,18 +57,21 @@ def test_version_and_help_load_neither_torch_nor_zarr():
     assert "usage: sketchmine mine" in proc.stdout
 
 
-def test_commands_that_read_a_run_load_neither_torch_nor_the_core(mined):
-    """`summary`, `unit` and `compare` of a complete run read arrays: without torch and the
-    compiled core they start in half the time (sketchmine/lazy.py)."""
+def test_commands_that_read_a_run_load_neither_torch_nor_the_core(mined, tmp_path):
+    """`summary`, `unit`, `compare` and `report --no-probe` of a complete run read arrays: without
+    torch and the compiled core they take a third of the time (sketchmine/lazy.py)."""
     run, _ = mined
+    rep = str(tmp_path / "rep")
     code = ("import sys, io, contextlib\nfrom sketchmine.cli.main import main\n"
             f"for argv in (['summary', {str(run)!r}], ['unit', {str(run)!r}, {LAYERS[0]!r}, '1'], "
-            f"['compare', {str(run)!r}, {str(run)!r}], ['summary', {str(run)!r}, '--json']):\n"
+            f"['compare', {str(run)!r}, {str(run)!r}], ['summary', {str(run)!r}, '--json'], "
+            f"['report', {str(run)!r}, '--out', {rep!r}, '--no-probe']):\n"
             "    with contextlib.redirect_stdout(io.StringIO()) as out:\n        assert main(argv) == 0, argv\n"
-            "    assert len(out.getvalue()) > 200, out.getvalue()\n"
+            "    assert len(out.getvalue()) > 50, out.getvalue()\n"
             "print(sorted(m for m in ('torch', 'sketchmine._C') if m in sys.modules), file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stderr.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]
+    assert (tmp_path / "rep" / "index.html").is_file()
 
 
 def test_a_lazy_module_imports_once_used_and_takes_its_own_place():

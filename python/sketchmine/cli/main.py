@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         with _ctrl_c_held() as came:
-            _import_heavy(args.command)
+            _import_heavy(_reads_only(args))
         if came:
             print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -317,11 +317,16 @@ def _ctrl_c_held() -> typing.Iterator[list[int]]:
 
 
 READ_ONLY = frozenset({"summary", "compare", "unit"})
-"""Commands that only read runs: they import neither torch nor the compiled core, 2 s of their
-4 s (sketchmine/lazy.py); a partial run's distributions, rebuilt by the accumulators, do."""
+"""Commands that only read runs (and `report --no-probe`): they import neither torch nor the
+compiled core, 2 s of their 3 s (sketchmine/lazy.py); a partial run's distributions, rebuilt by
+the accumulators, do."""
 
 
-def _import_heavy(command: str) -> None:
+def _reads_only(args: argparse.Namespace) -> bool:
+    return args.command in READ_ONLY or (args.command == "report" and bool(args.no_probe))
+
+
+def _import_heavy(reads_only: bool) -> None:
     """Import numpy, pandas, rich and Zarr (every command does), torch and the compiled core
     (every command that runs a model), while Ctrl-C is held back."""
     import numpy  # noqa: F401
@@ -331,7 +336,7 @@ def _import_heavy(command: str) -> None:
     import sketchmine.present.logs  # noqa: F401
     import sketchmine.store.runstore  # noqa: F401  (Zarr, which only the store imports)
 
-    if command not in READ_ONLY:
+    if not reads_only:
         import torch  # noqa: F401
 
         import sketchmine.stats.ops  # noqa: F401  (the compiled core)
