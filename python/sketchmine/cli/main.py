@@ -8,7 +8,8 @@ print as one line, no traceback (with -v, the traceback too). Exit codes (docs/c
 a bad dataset, layer or option, a run that cannot be resumed), 130 interrupted.
 
 Nothing here imports torch, zarr or rich at module level: `sketchmine --help` and
-`sketchmine --version` answer without them, and the commands that only read a run without torch.
+`sketchmine --version` answer without them, and the commands that only read a run (READ_ONLY)
+without torch.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from sketchmine.results.run import Run
-else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+else:  # imported on first use: reading a run does not need it (sketchmine/lazy.py)
     torch = lazy("torch", globals())
 
 _FACTORIES: dict[str, Callable[[accumulators.Setup], Any]] = {

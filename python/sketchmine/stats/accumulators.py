@@ -29,7 +29,7 @@ from sketchmine.store.columns import Columns
 
 if TYPE_CHECKING:
     import torch
-else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+else:  # imported on first use: reading a run does not need it (sketchmine/lazy.py)
     torch = lazy("torch", globals())
 
 

@@ -24,7 +24,7 @@ from sketchmine.lazy import lazy
 
 if TYPE_CHECKING:
     import torch
-else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
+else:  # imported on first use: reading a run does not need it (sketchmine/lazy.py)
     torch = lazy("torch", globals())
 
 

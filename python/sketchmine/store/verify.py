@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 
 from sketchmine.errors import RunDamaged, SketchmineError
-from sketchmine.store import schema
-from sketchmine.store import checksums
+from sketchmine.store import checksums, schema
 from sketchmine.store.checksums import block_sums, digest, dtype_name, matches
 
 SUMS = "checksums"
@@ -126,10 +125,9 @@ TEXT_KEPT = 4096
 
 def final_key(name: str, entry: dict[str, Any] | None, rows: slice | None) -> tuple[Any, ...] | None:
     """The key under which a checked read of `name` is kept, or None for reads not kept: arrays
-    without root checksums (a partial run's, which mining still writes) and row reads of a
-    text array (`image_path`: one row at a time). Keyed by the
-    recorded checksums themselves, so the final arrays of another run at the same path, or
-    recorded anew, are read anew."""
+    without root checksums (a partial run's, which mining still writes) and row reads of a text
+    array (`image_path`: one row at a time). Keyed by the recorded checksums themselves, so the
+    final arrays of another run at the same path, or recorded anew, are read anew."""
     if entry is None or (rows is not None and entry.get("dtype") == "str"):
         return None
     where = None if rows is None else (rows.start, rows.stop, rows.step)
