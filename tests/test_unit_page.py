@@ -122,6 +122,25 @@ def test_montage_is_a_slide_of_the_units_pictures(tmp_path, run):
         sketchmine.plots.unit_montage(run, SHOWN, 96)
 
 
+def test_a_slide_filled_again_draws_what_a_new_one_draws(tmp_path, run):
+    """The report fills one slide with each unit of a layer in turn (building it is a quarter of
+    a slide's time): every unit's PNG is byte for byte the slide drawn anew, also after a unit
+    with more classes, captions or words than the next (fewer top-k entries, no labels)."""
+    from sketchmine.results.unit_summary import unit_summary
+
+    drawn: dict = {}
+    infos = [unit_summary(run, SHOWN, u) for u in range(8)]
+    infos[3] = {**infos[3], "top": infos[3]["top"][:4]}               # four entries: five captions empty
+    infos[5] = {**infos[5], "classes_top": [], "moments": infos[5]["moments"]}  # "(no labels)"
+    infos[6] = {**infos[6], "classes_top": infos[6]["classes_top"][:1]}
+    for u, info in enumerate(infos):
+        again = save_montage(run, SHOWN, u, tmp_path / f"again_{u}.png", info, drawn)
+        new = save_montage(run, SHOWN, u, tmp_path / f"new_{u}.png", info)
+        assert again.read_bytes() == new.read_bytes(), u
+    assert len(drawn) == 1
+    assert (tmp_path / "again_3.png").read_bytes() != (tmp_path / "again_2.png").read_bytes()
+
+
 def _unit_json(run, layer: str, unit: int) -> dict:
     proc = sm("unit", str(run.path), layer, str(unit), "--json")
     assert proc.returncode == 0, proc.stderr

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from matplotlib.collections import PatchCollection
@@ -75,43 +75,60 @@ def mosaic(tiles: np.ndarray, ranks: list[int], gap: int) -> np.ndarray:
     return out
 
 
-def _grid(fig: Figure, box: tuple[float, float, float, float], tiles: np.ndarray, entries: list[dict[str, Any]], title: str,
-          captions: bool) -> None:
-    """The 3 × 3 grid as one image in figure box `box` (one axes, no ticks: drawing it is far
-    cheaper than nine), each tile's class and activation under it."""
-    ax = fig.add_axes(box)
-    ax.axis("off")
-    _, h, w, _ = tiles.shape
-    gap = max(1, round(0.3 * h))
-    ax.imshow(mosaic(tiles, [e["rank"] for e in entries], gap), interpolation="nearest")
-    # a frame per slot (white pixels stay apart from the white page), as one collection: nine
-    # patches would each update the axes' limits and be drawn apart (a fifth of a montage's time)
-    ax.add_collection(PatchCollection([Rectangle(((i % 3) * (w + gap) - 0.5, (i // 3) * (h + gap) - 0.5), w, h)
-                                       for i in range(SHOWN)], facecolor="none", edgecolor="#8a8a8a",
-                                      linewidth=1.0), autolim=False)
-    aspect = SLIDE_INCHES[0] / SLIDE_INCHES[1]  # the mosaic is square: its top, in figure units
-    top = box[1] + box[3] / 2 + min(box[3], box[2] * aspect) / 2
-    fig.text(box[0] + box[2] / 2, top + 0.012, title, fontsize=17, weight="bold", ha="center")
-    if captions:
-        for i, e in enumerate(entries[:SHOWN]):
-            cls = e["cls"] if e["cls"] is not None else "?"
-            ax.text((i % 3) * (w + gap) + w / 2, (i // 3) * (h + gap) + h + gap * 0.12,
-                    f"{cls[:14]}  {value_text(e['value'])}", fontsize=12, ha="center", va="top", parse_math=False)
+class _Grid:
+    """A 3 × 3 grid as one image in figure box `box` (one axes, no ticks: drawing it is far
+    cheaper than nine), framed slots, a title, and (with captions) each tile's class and
+    activation under it; `fill` sets a unit's tiles and captions."""
+
+    def __init__(self, fig: Figure, box: tuple[float, float, float, float], tiles: tuple[int, ...], title: str,
+                 captions: bool) -> None:
+        _, h, w, _ = tiles
+        self.gap = max(1, round(0.3 * h))
+        ax = fig.add_axes(box)
+        ax.axis("off")
+        self.image = ax.imshow(np.zeros((3 * h + 2 * self.gap, 3 * w + 2 * self.gap, 4), np.uint8),
+                               interpolation="nearest")
+        # a frame per slot (white pixels stay apart from the white page), as one collection: nine
+        # patches would each update the axes' limits and be drawn apart (a fifth of a montage's time)
+        ax.add_collection(PatchCollection([Rectangle(((i % 3) * (w + self.gap) - 0.5, (i // 3) * (h + self.gap) - 0.5),
+                                                     w, h) for i in range(SHOWN)], facecolor="none",
+                                          edgecolor="#8a8a8a", linewidth=1.0), autolim=False)
+        aspect = SLIDE_INCHES[0] / SLIDE_INCHES[1]  # the mosaic is square: its top, in figure units
+        top = box[1] + box[3] / 2 + min(box[3], box[2] * aspect) / 2
+        fig.text(box[0] + box[2] / 2, top + 0.012, title, fontsize=17, weight="bold", ha="center")
+        self.captions = [ax.text((i % 3) * (w + self.gap) + w / 2, (i // 3) * (h + self.gap) + h + self.gap * 0.12, "",
+                                 fontsize=12, ha="center", va="top", parse_math=False) for i in range(SHOWN)] \
+            if captions else []
+
+    def fill(self, tiles: np.ndarray, entries: list[dict[str, Any]]) -> None:
+        self.image.set_data(mosaic(tiles, [e["rank"] for e in entries], self.gap))
+        for i, text in enumerate(self.captions):
+            e = entries[i] if i < len(entries) else None
+            text.set_text("" if e is None else
+                          f"{(e['cls'] if e['cls'] is not None else '?')[:14]}  {value_text(e['value'])}")
 
 
-def _single(fig: Figure, box: tuple[float, float, float, float], image: np.ndarray, title: str, caption: str) -> None:
-    """One image (the optimised input) in figure box `box`, framed, titled like the grids."""
-    ax = fig.add_axes(box)
-    ax.axis("off")
-    h, w, ch = image.shape
-    ax.imshow(image if ch == 3 else image[..., 0], cmap=None if ch == 3 else "gray", vmin=0, vmax=255,
-              interpolation="nearest")
-    ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, edgecolor="#8a8a8a", linewidth=1.0))
-    aspect = SLIDE_INCHES[0] / SLIDE_INCHES[1]
-    side = min(box[3], box[2] * aspect * h / w)
-    top, bottom = box[1] + box[3] / 2 + side / 2, box[1] + box[3] / 2 - side / 2
-    fig.text(box[0] + box[2] / 2, top + 0.012, title, fontsize=17, weight="bold", ha="center")
-    fig.text(box[0] + box[2] / 2, bottom - 0.01, caption, fontsize=12, ha="center", va="top", parse_math=False)
+class _Single:
+    """One image (the optimised input) in figure box `box`, framed, titled like the grids, its
+    caption set per unit."""
+
+    def __init__(self, fig: Figure, box: tuple[float, float, float, float], shape: tuple[int, ...], title: str) -> None:
+        h, w, ch = shape
+        ax = fig.add_axes(box)
+        ax.axis("off")
+        self.image = ax.imshow(np.zeros((h, w, 3) if ch == 3 else (h, w), np.uint8), cmap=None if ch == 3 else "gray",
+                               vmin=0, vmax=255, interpolation="nearest")
+        ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, edgecolor="#8a8a8a", linewidth=1.0))
+        aspect = SLIDE_INCHES[0] / SLIDE_INCHES[1]
+        side = min(box[3], box[2] * aspect * h / w)
+        top, bottom = box[1] + box[3] / 2 + side / 2, box[1] + box[3] / 2 - side / 2
+        fig.text(box[0] + box[2] / 2, top + 0.012, title, fontsize=17, weight="bold", ha="center")
+        self.caption = fig.text(box[0] + box[2] / 2, bottom - 0.01, "", fontsize=12, ha="center", va="top",
+                                parse_math=False)
+
+    def fill(self, image: np.ndarray, caption: str) -> None:
+        self.image.set_data(image if image.shape[-1] == 3 else image[..., 0])
+        self.caption.set_text(caption)
 
 
 def _pct(a: float | None) -> str:
@@ -119,8 +136,13 @@ def _pct(a: float | None) -> str:
     return text if text == "-" else f"{text}%"
 
 
-def _panel(fig: Figure, x0: float, x1: float, info: dict[str, Any]) -> None:
-    """The right-hand text: maximum, receptive field, classes with accuracy, distribution."""
+CLASS_LINES = 8
+"""Classes of the top-k listed on the panel, most frequent first."""
+
+
+def _facts(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """The panel's (key, value) lines: maximum, receptive field, and where the run has them
+    mean, firing density and importance rank."""
     rf = info["receptive_field"]
     lines = [("max activation", value_text(info["max"], ".4g")),
              ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "whole image")]
@@ -131,21 +153,104 @@ def _panel(fig: Figure, x0: float, x1: float, info: dict[str, Any]) -> None:
     imp = info.get("importance")
     if imp is not None:
         lines.append(("importance rank", f"{imp['rank']} of {info['units']}"))
-    y = 0.86
-    for key, value in lines:
-        fig.text(x0, y, key, fontsize=15, color="#555555", va="top")
-        fig.text(x1, y, value, fontsize=16, weight="bold", va="top", ha="right")
-        y -= 0.058
-    y -= 0.03
-    fig.text(x0, y, f"classes of the top {len(info['top'])}", fontsize=15, weight="bold", va="top")
-    fig.text(x1, y, "accuracy", fontsize=13, color="#555555", va="top", ha="right")
-    y -= 0.055
-    for c in (info.get("classes_top") or [])[:8]:
-        fig.text(x0, y, f"{c['class'][:20]}  ×{c['count']}", fontsize=15, va="top", parse_math=False)
-        fig.text(x1, y, _pct(c["acc"]), fontsize=15, va="top", ha="right")
-        y -= 0.05
-    if not info.get("classes_top"):
-        fig.text(x0, y, "(no labels)", fontsize=14, color="#777777", va="top")
+    return lines
+
+
+class _Panel:
+    """The right-hand text: the unit's facts, then the classes of its top-k with their accuracy."""
+
+    def __init__(self, fig: Figure, x0: float, x1: float, facts: int) -> None:
+        y, self.facts = 0.86, []
+        for _ in range(facts):
+            self.facts.append((fig.text(x0, y, "", fontsize=15, color="#555555", va="top"),
+                               fig.text(x1, y, "", fontsize=16, weight="bold", va="top", ha="right")))
+            y -= 0.058
+        y -= 0.03
+        self.header = fig.text(x0, y, "", fontsize=15, weight="bold", va="top")
+        fig.text(x1, y, "accuracy", fontsize=13, color="#555555", va="top", ha="right")
+        y -= 0.055
+        self.none = fig.text(x0, y, "", fontsize=14, color="#777777", va="top")
+        self.classes = []
+        for _ in range(CLASS_LINES):
+            self.classes.append((fig.text(x0, y, "", fontsize=15, va="top", parse_math=False),
+                                 fig.text(x1, y, "", fontsize=15, va="top", ha="right")))
+            y -= 0.05
+
+    def fill(self, info: dict[str, Any]) -> None:
+        for (key, value), (k, v) in zip(_facts(info), self.facts):
+            k.set_text(key)
+            v.set_text(value)
+        self.header.set_text(f"classes of the top {len(info['top'])}")
+        top = (info.get("classes_top") or [])[:CLASS_LINES]
+        for i, (name, acc) in enumerate(self.classes):
+            c = top[i] if i < len(top) else None
+            name.set_text("" if c is None else f"{c['class'][:20]}  ×{c['count']}")
+            acc.set_text("" if c is None else _pct(c["acc"]))
+        self.none.set_text("" if top else "(no labels)")
+
+
+class Slide:
+    """A unit's slide (16:9, 1600 × 900 px at DPI) whose pictures and words are set per unit
+    (`fill`). Why apart: building the figure, its axes and ~40 texts is about a quarter of a
+    slide's time, so the report fills one Slide with each unit of a layer whose pictures have
+    the same shapes (`key`); `unit_montage` builds one a call."""
+
+    def __init__(self, key: tuple[Any, ...]) -> None:
+        self.key = key
+        patches, deconv, opt, facts = key
+        self.fig = Figure(figsize=SLIDE_INCHES, dpi=DPI, facecolor="white")
+        width = 0.31 if opt is None else (0.23 if deconv is not None else 0.4)  # room for the optimised image
+        self.patches = _Grid(self.fig, (0.02, 0.06, width, 0.78), patches, "top patches", True)
+        self.deconv = None if deconv is None else _Grid(self.fig, (0.05 + width, 0.06, width, 0.78), deconv,
+                                                         "deconvolutions", False)
+        self.opt = None
+        if opt is not None:
+            x0 = 0.05 + (2 * width + 0.03 if deconv is not None else width)
+            self.opt = _Single(self.fig, (x0, 0.06, 0.69 - x0, 0.78), opt, "optimised input")
+        self.panel = _Panel(self.fig, 0.72, 0.975, facts)
+        self.title = self.fig.text(0.03, 0.93, "", fontsize=24, weight="bold", va="bottom", parse_math=False)
+
+    def fill(self, content: _Content) -> Figure:
+        self.patches.fill(content.patches, content.entries)
+        if self.deconv is not None and content.deconv is not None:
+            self.deconv.fill(content.deconv, content.entries)
+        if self.opt is not None and content.opt is not None:
+            self.opt.fill(content.opt, f"activation {content.peak:.3g}")
+        self.panel.fill(content.info)
+        self.title.set_text(content.title)
+        return self.fig
+
+
+class _Content(NamedTuple):
+    """What one unit's slide shows."""
+
+    patches: np.ndarray
+    deconv: np.ndarray | None
+    opt: np.ndarray | None
+    peak: float
+    info: dict[str, Any]
+    entries: list[dict[str, Any]]
+    title: str
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """The shapes a Slide must have been built for to show this."""
+        return (self.patches.shape, None if self.deconv is None else self.deconv.shape,
+                None if self.opt is None else self.opt.shape, len(_facts(self.info)))
+
+
+def _content(run: Run, layer: str, unit: int, info: dict[str, Any] | None) -> _Content:
+    patches, deconv = montage_pixels(run, layer, unit)
+    info = info if info is not None else unit_info(run, layer, int(unit))
+    if (info.get("layer"), info.get("unit")) != (layer, int(unit)):  # else another unit's numbers under these patches
+        raise SketchmineError(f"info is the summary of {info.get('layer')!r} unit {info.get('unit')}, not of "
+                              f"{layer!r} unit {int(unit)}: pass unit_summary(run, {layer!r}, {int(unit)}) or None")
+    opt = montage_optimized(run, layer, int(unit))
+    peak = float(run.optimized(layer, int(unit), key="optimized_peak")) if opt is not None else float("nan")
+    # a slide travels alone: an autocast run's says so beside the model
+    about = ", ".join(str(w) for w in (run.attrs.get("model"), run.precision if run.reduced_precision else None) if w)
+    title = f"{layer} · unit {int(unit)}" + (f"   ({about})" if about else "")
+    return _Content(patches, deconv, opt, peak, info, info["top"][:SHOWN], title)
 
 
 def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = None) -> Figure:
@@ -155,34 +260,22 @@ def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = 
     their accuracy, its maximum activation and receptive-field size (and, where the run has
     them, mean, firing density and importance rank). `info`: the unit's `unit_summary`, when
     the caller has it already (the report reads a layer's once)."""
-    patches, deconv = montage_pixels(run, layer, unit)
-    info = info if info is not None else unit_info(run, layer, int(unit))
-    if (info.get("layer"), info.get("unit")) != (layer, int(unit)):  # else another unit's numbers under these patches
-        raise SketchmineError(f"info is the summary of {info.get('layer')!r} unit {info.get('unit')}, not of "
-                              f"{layer!r} unit {int(unit)}: pass unit_summary(run, {layer!r}, {int(unit)}) or None")
-    entries = info["top"][:SHOWN]
-    opt = montage_optimized(run, layer, int(unit))
-    fig = Figure(figsize=SLIDE_INCHES, dpi=DPI, facecolor="white")
-    width = 0.31 if opt is None else (0.23 if deconv is not None else 0.4)  # room for the optimised image
-    _grid(fig, (0.02, 0.06, width, 0.78), patches, entries, "top patches", True)
-    if deconv is not None:
-        _grid(fig, (0.05 + width, 0.06, width, 0.78), deconv, entries, "deconvolutions", False)
-    if opt is not None:
-        x0 = 0.05 + (2 * width + 0.03 if deconv is not None else width)
-        peak = float(run.optimized(layer, int(unit), key="optimized_peak"))
-        _single(fig, (x0, 0.06, 0.69 - x0, 0.78), opt, "optimised input", f"activation {peak:.3g}")
-    _panel(fig, 0.72, 0.975, info)
-    # a slide travels alone: an autocast run's says so beside the model
-    about = ", ".join(str(w) for w in (run.attrs.get("model"), run.precision if run.reduced_precision else None) if w)
-    fig.text(0.03, 0.93, f"{layer} · unit {int(unit)}" + (f"   ({about})" if about else ""), fontsize=24,
-             weight="bold", va="bottom", parse_math=False)
-    return fig
+    content = _content(run, layer, unit, info)
+    return Slide(content.key).fill(content)
 
 
-def save_montage(run: Run, layer: str, unit: int, path: str | os.PathLike, info: dict[str, Any] | None = None
-                 ) -> Path:
-    """Write the unit's montage as a PNG (exactly 1600 × 900 px) to `path`."""
-    fig = unit_montage(run, layer, unit, info)
+def save_montage(run: Run, layer: str, unit: int, path: str | os.PathLike, info: dict[str, Any] | None = None,
+                 slides: dict[str, Slide] | None = None) -> Path:
+    """Write the unit's montage as a PNG (exactly 1600 × 900 px) to `path`. `slides`: a dict in
+    which the slide drawn is kept and filled again for the next unit of the same shapes (the
+    report passes one per layer)."""
+    content = _content(run, layer, unit, info)
+    slide = (slides or {}).get("last")
+    if slide is None or slide.key != content.key:
+        slide = Slide(content.key)
+        if slides is not None:
+            slides["last"] = slide
+    fig = slide.fill(content)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # class names in scripts the default font lacks: boxes, not errors

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sketchmine.present.montage import save_montage
+from sketchmine.present.montage import Slide, save_montage
 from sketchmine.present.report_data import PAGE_SIZE, THUMB, precision_html, save_png, strip, to_js
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary, pictures_current
@@ -89,12 +89,13 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
     c = summary.units
     pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
     unreadable = len(run.attrs.get("bad_images") or [])  # counted in "images", in no statistic
+    drawn: dict[str, Slide] = {}  # one slide, filled with each unit's pictures and words in turn
     for p in range(pages):
         units = []
         for u in range(p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)):
             d = summary.unit(u, infinities=True, infinite_bins=False)  # "inf" shown, unbounded bins skipped
             if u in slides:
-                save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d)
+                save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d, drawn)
                 d["montage"] = f"../montage/{lid}/{u}.png"
             cut_examples(d, BIN_EXAMPLES)
             d.update(strip(u))
