@@ -264,18 +264,24 @@ def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = 
     return Slide(content.key).fill(content)
 
 
+class Slides:
+    """The last slide drawn, filled again for the next unit whose pictures have its shapes (the
+    report keeps one per layer)."""
+
+    def __init__(self) -> None:
+        self.last: Slide | None = None
+
+    def draw(self, content: _Content) -> Figure:
+        if self.last is None or self.last.key != content.key:
+            self.last = Slide(content.key)
+        return self.last.fill(content)
+
+
 def save_montage(run: Run, layer: str, unit: int, path: str | os.PathLike, info: dict[str, Any] | None = None,
-                 slides: dict[str, Slide] | None = None) -> Path:
-    """Write the unit's montage as a PNG (exactly 1600 × 900 px) to `path`. `slides`: a dict in
-    which the slide drawn is kept and filled again for the next unit of the same shapes (the
-    report passes one per layer)."""
-    content = _content(run, layer, unit, info)
-    slide = (slides or {}).get("last")
-    if slide is None or slide.key != content.key:
-        slide = Slide(content.key)
-        if slides is not None:
-            slides["last"] = slide
-    fig = slide.fill(content)
+                 slides: Slides | None = None) -> Path:
+    """Write the unit's montage as a PNG (exactly 1600 × 900 px) to `path`; `slides`: where the
+    slide drawn is kept to be filled again (None: a new one)."""
+    fig = (slides or Slides()).draw(_content(run, layer, unit, info))
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # class names in scripts the default font lacks: boxes, not errors

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sketchmine.present.montage import Slide, save_montage
+from sketchmine.present.montage import Slides, save_montage
 from sketchmine.present.report_data import PAGE_SIZE, THUMB, precision_html, save_png, strip, to_js
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary, pictures_current
@@ -31,7 +31,7 @@ ASSETS = ("unit.js", "unit.css")
 BIN_EXAMPLES = 6
 """Examples per activation bin shown on a dashboard (`sketchmine unit --json` gives them all)."""
 MONTAGES = 8
-"""Montages per layer by default: each is a 1600 × 900 PNG of about a quarter of a second to draw, so
+"""Montages per layer by default: each is a 1600 × 900 PNG of about an eighth of a second to draw, so
 a report of wide layers stays quick; `sketchmine.plots.unit_montage` draws any other."""
 
 e = html.escape
@@ -89,7 +89,7 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
     c = summary.units
     pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
     unreadable = len(run.attrs.get("bad_images") or [])  # counted in "images", in no statistic
-    drawn: dict[str, Slide] = {}  # one slide, filled with each unit's pictures and words in turn
+    drawn = Slides()  # one slide, filled with each unit's pictures and words in turn
     for p in range(pages):
         units = []
         for u in range(p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)):

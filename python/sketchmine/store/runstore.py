@@ -189,9 +189,6 @@ class RunStore(Checkpoints):
         check_root_attrs(self.path, dict(group.attrs))
         self.group, self._intact = group, None
 
-    def _damaged(self, name: str, what: str) -> SketchmineError:
-        return verify.damaged(self.path, name, what)
-
     # ---- attributes ------------------------------------------------------------------
     def has(self, name: str) -> bool:
         """True when the run holds the array or group at `name` (a schema path), or recorded its checksums."""
