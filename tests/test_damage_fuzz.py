@@ -268,6 +268,18 @@ def test_a_runs_checked_final_arrays_are_read_from_disk_once(run):
         opened.store.verify_results()
 
 
+@pytest.mark.parametrize("array", ["eval/logits", "image", "class"])
+def test_the_logits_and_the_root_coordinates_are_checksummed(run, array):
+    """The logits (read through Zarr or xarray, not through Run) and the root copies of the paths
+    and class names (xarray's coordinates) had no checksums: a byte flipped in them passed the
+    check `mine` makes of a complete run."""
+    sums = json.loads((run / "zarr.json").read_text())["attributes"]["checksums"]
+    assert sums[array]["dtype"] == ("<f4" if array == "eval/logits" else "str")
+    DAMAGES["flip"](*_chunk(run, array))
+    with pytest.raises(RunDamaged, match=f"damaged: array '{array}'"):
+        sketchmine.open_run(run).store.verify_results()
+
+
 def test_mine_again_on_a_damaged_complete_run_names_the_array(run, demo_test_set):
     """`mine` on a complete run returns it: a damaged one is said then, naming the array, not
     returned as complete (to fail at every later read)."""

@@ -149,3 +149,24 @@ def test_columns_write_and_checksum_the_array_they_stand_for(tmp_path_factory, r
         lost = zarr.open_group(str(root), mode="r")["layers/x.1/class_mean"][...]
         if not np.array_equal(lost, whole, equal_nan=dtype is np.float64):  # a chunk of only fill-equal data is no loss
             assert checksums.mismatch(lost, sums, 0, len(sums["sums"]) - 1, rows) is not None
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(0, 30), width=st.integers(1, 5), chunk=st.integers(1, 7), budget=st.integers(1, 400),
+       data=st.data())
+def test_stored_sums_read_in_pieces_equal_the_whole_arrays(tmp_path_factory, n, width, chunk, budget, data):
+    """`stored_sums` (a complete run's logits, labels and predictions, read a piece of whole
+    chunks at a time so a dataset's logits need not fit in memory) records the checksums of the
+    whole array in blocks of its chunks, for any piece size."""
+    from sketchmine.store import checksums
+
+    values = data.draw(hnp.arrays(np.float32, (n, width), elements=st.floats(-1e3, 1e3, width=32) | st.just(np.nan)))
+    arr = zarr.open_group(str(tmp_path_factory.mktemp("pieces") / "p.zarr"), mode="w").create_array(
+        "logits", shape=(n, width), dtype=np.float32, chunks=(chunk, width))
+    arr[...] = values
+    pieces = checksums.pieces(arr, budget)
+    assert [s.start for s in pieces] == list(range(0, max(n, 1), pieces[0].stop))
+    assert pieces[0].stop % chunk == 0 and (pieces[0].stop == chunk or pieces[0].stop * width * 4 <= budget)
+    assert checksums.stored_sums(arr) == checksums.block_sums(values, chunk)
+    sums = {"rows": chunk, "sums": [s for p in pieces for s in checksums.block_sums(arr[p], chunk)["sums"]]}
+    assert sums["sums"] == checksums.block_sums(values, chunk)["sums"]

@@ -50,6 +50,23 @@ def block_sums(arr: np.ndarray, rows: int | None = None) -> dict[str, Any]:
             "dtype": dtype_name(arr.dtype)}
 
 
+def pieces(arr: Any, budget: int = 64 << 20) -> list[slice | None]:
+    """Whole chunks of rows of a stored array, about `budget` bytes a piece (None: a 0-d array):
+    a dataset's logits (images × classes) are read a piece at a time, not all at once."""
+    if not arr.ndim:
+        return [None]
+    rows, n = max(1, int(arr.chunks[0])), arr.shape[0]
+    step = rows * max(1, budget // max(1, arr.dtype.itemsize * int(np.prod(arr.shape[1:])) * rows))
+    return [slice(start, start + step) for start in range(0, max(n, 1), step)]
+
+
+def stored_sums(arr: Any) -> dict[str, Any]:
+    """block_sums of a stored array by its chunks of rows, read a piece at a time (`pieces`)."""
+    rows = max(1, int(arr.chunks[0])) if arr.ndim else 1
+    sums = [s for rows_ in pieces(arr) for s in block_sums(np.asarray(arr[rows_ or ...]), rows)["sums"]]
+    return {"rows": rows, "sums": sums, "dtype": dtype_name(arr.dtype)}
+
+
 def dtype_name(dtype: np.dtype) -> str:
     """How a checksum entry records the dtype its array was written with ("str" for text, whatever
     string dtype holds it): a read refuses an array whose metadata names another (same-width

@@ -201,7 +201,8 @@ def lay_out_run(group: zarr.Group, attrs: dict[str, Any], n_images: int, class_n
         path_sums.append(digest(block))
     if first:  # no images: the class names alone
         put_slices(made, {k: (slice(0, len(v)), v) for k, v in first.items()})
-    sums = {schema.PATHS: {"rows": rows, "sums": path_sums}, schema.CLASS_NAMES: block_sums(names)}
+    sums = {schema.PATHS: {"rows": rows, "sums": path_sums, "dtype": "str"}, schema.CLASS_NAMES: block_sums(names)}
+    sums.update({schema.IMAGE_COORD: sums[schema.PATHS], schema.CLASS_COORD: sums[schema.CLASS_NAMES]})
     group.update_attributes({**attrs, schema.VERSION_ATTR: schema.SCHEMA_VERSION, schema.ROW_CHUNK_ATTR: rows,
                              schema.CHECKSUMS: sums,
                              schema.PROGRESS: {"images_done": 0, "slot": None, "complete": False, "updated": time.time()}})

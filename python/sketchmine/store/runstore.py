@@ -31,7 +31,7 @@ from sketchmine.errors import RunDamaged, SketchmineError
 from sketchmine.store import schema, verify
 from sketchmine.store.attrs import check_layer_attrs, check_root_attrs
 from sketchmine.store.checkpoint import Checkpoints
-from sketchmine.store.checksums import block_sums, digest
+from sketchmine.store.checksums import block_sums, digest, pieces, stored_sums
 from sketchmine.store.columns import Columns
 from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
@@ -144,8 +144,9 @@ class RunStore(Checkpoints):
     def verify_results(self) -> None:
         """Read every array the run recorded checksums for: a RunDamaged naming the first damaged one."""
         sums = self.attrs.get(schema.CHECKSUMS) or {}
-        for name in sums:
-            self._read(name, sums[name], None)  # from the files, not from a copy checked earlier
+        for name, entry in sums.items():  # from the files, not from a copy checked earlier
+            for rows in pieces(self._array(name)):  # flat memory: a dataset's logits
+                self._read(name, entry, rows)
 
     def committed(self, read: Callable[[], Any], tries: int = 10) -> Any:
         """`read()` against one committed state of a run another process may be mining.
@@ -378,10 +379,9 @@ class RunStore(Checkpoints):
         chunk), which `read` verifies: a chunk file lost or damaged later is an error, not
         fill values read as results."""
         sums = {**self.attrs.get(schema.CHECKSUMS, {}), **self._final_sums}
-        for name in (schema.LABELS, schema.PREDICTIONS):
+        for name in (schema.LABELS, schema.PREDICTIONS, schema.LOGITS):
             if name in self.group:
-                arr = self.group[name]
-                sums[name] = block_sums(np.asarray(arr[...]), arr.chunks[0])
+                sums[name] = stored_sums(self.group[name])
         self.commit({"images_done": n_images, "slot": self.progress.get("slot"), "complete": True,
                      "updated": time.time()}, {**extra, schema.CHECKSUMS: sums})
         self.drop_checkpoints()
