@@ -75,7 +75,8 @@ def background_of(image: np.ndarray, ink: str = "auto") -> int:
     image = seen_channels(image)
     gray = image.mean(axis=-1) if image.ndim == 3 else image
     border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
-    return 0 if np.median(border) < 128 else 255
+    middle = (border.size - 1) // 2  # the lower median, as ink_density's torch.median: the same rule
+    return 0 if np.partition(border, middle)[middle] < 128 else 255
 
 
 def pixel_order(image: np.ndarray, background: int = 0) -> tuple[np.ndarray, int]:
