@@ -345,3 +345,19 @@ def test_loaded_image_converted_as_the_miner_would(tmp_path, report, browser, su
     probs, _ = torch_reference(demo_model.module, px[None].astype(np.uint8), pre.mean[0], pre.std[0], [])
     assert np.abs(np.array(r["probs"]) - probs[0]).max() < 1e-4
     assert problems == []
+
+
+def test_dataset_images_are_whole_images_not_windows_as_large_as_the_input(tmp_path, subset):
+    """SketchNet's features.8 has a 28 × 28 receptive field on 28 × 28 input, but at its grid's
+    positions (stride 4, offset −12): its patches are shifted windows padded with zeros. Taken as
+    the dataset images (it comes before classifier.1), the probe showed 39 of 40 of them as other
+    pictures and predicted them wrongly ("bear #92 → cow"). Only whole-image boxes are taken."""
+    from sketchmine.passes.probe import dataset_images
+
+    run = sketchmine.mine("demo", subset, out=tmp_path / "run.zarr", batch_size=50, layers=["features.8", "classifier.1"])
+    sketchmine.visualize(run, data=subset, batch_size=64, max_units=4)
+    images = dataset_images(run, (28, 28))
+    assert len(images) >= 10
+    for im in images:
+        pixels = np.frombuffer(__import__("base64").b64decode(im["pixels"]), np.uint8).reshape(28, 28)
+        np.testing.assert_array_equal(pixels, np.asarray(subset.images[im["index"]]))

@@ -242,9 +242,11 @@ def onnx_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, int],
 
 
 def dataset_images(run: Run, size: tuple[int, int], channels: int = 1) -> list[dict[str, Any]]:
-    """Whole input images the run stores: the patches (`sketchmine visualize`) of a layer that sees
-    the whole input, as [{index, cls, pixels (base64 of H*W*channels uint8, channels last)}], at
-    most MAX_IMAGES: RGB for a 3-channel model (the image it mined, not its grey)."""
+    """Whole input images the run stores: the patches (`sketchmine visualize`) whose box is the
+    whole input and nothing outside it, as [{index, cls, pixels (base64 of H*W*channels uint8,
+    channels last)}], at most MAX_IMAGES: RGB for a 3-channel model (the image it mined, not its
+    grey). A conv layer whose receptive field is as large as the input is no such layer: its
+    patches are windows at its grid's positions, shifted and padded, not the image."""
     out: list[dict[str, Any]] = []
     seen: set[int] = set()
     for name in run.layers:
@@ -260,10 +262,12 @@ def dataset_images(run: Run, size: tuple[int, int], channels: int = 1) -> list[d
         vis: dict[str, Any] = run.layer_attrs(name).get("visualized") or {}
         units = len(index)
         done = int(vis["units_done"]) if "units_done" in vis else units
+        whole = np.array([0, 0, size[0] - 1, size[1] - 1])  # (top, left, bottom, right), inclusive
+        exact = ((run.layer_array(name, "boxes") == whole) & (run.layer_array(name, "inside") == whole)).all(-1)
         for u in range(min(done, units)):
             for r in range(index.shape[1]):
                 i = int(index[u, r])
-                if i < 0 or i in seen or len(out) >= MAX_IMAGES:
+                if i < 0 or i in seen or len(out) >= MAX_IMAGES or not exact[u, r]:
                     continue
                 seen.add(i)
                 px = patches[u, r].astype(np.float32)
@@ -274,7 +278,7 @@ def dataset_images(run: Run, size: tuple[int, int], channels: int = 1) -> list[d
                 lab = int(run.labels[i])
                 out.append({"index": i, "cls": run.class_names[lab] if 0 <= lab < len(run.class_names) else None,
                             "pixels": base64.b64encode(np.clip(np.rint(px), 0, 255).astype(np.uint8).tobytes()).decode()})
-        if out:
+        if len(out) >= MAX_IMAGES:  # else the next such layer's images too
             break
     return out
 
