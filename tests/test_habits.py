@@ -58,13 +58,13 @@ def test_version_and_help_load_neither_torch_nor_zarr():
 
 
 def test_commands_that_read_a_run_load_neither_torch_nor_the_core(mined, tmp_path):
-    """`summary`, `unit`, `compare` and `report --no-probe` of a complete run read arrays: without
+    """`summary`, `unit`, `compare`, `verify` and `report --no-probe` of a complete run read arrays: without
     torch and the compiled core they take a third of the time (sketchmine/lazy.py)."""
     run, _ = mined
     rep = str(tmp_path / "rep")
     code = ("import sys, io, contextlib\nfrom sketchmine.cli.main import main\n"
             f"for argv in (['summary', {str(run)!r}], ['unit', {str(run)!r}, {LAYERS[0]!r}, '1'], "
-            f"['compare', {str(run)!r}, {str(run)!r}], ['summary', {str(run)!r}, '--json'], "
+            f"['compare', {str(run)!r}, {str(run)!r}], ['summary', {str(run)!r}, '--json'], ['verify', {str(run)!r}], "
             f"['report', {str(run)!r}, '--out', {rep!r}, '--no-probe']):\n"
             "    with contextlib.redirect_stdout(io.StringIO()) as out:\n        assert main(argv) == 0, argv\n"
             "    assert len(out.getvalue()) > 50, out.getvalue()\n"

@@ -29,6 +29,7 @@ _PUBLIC = {
     "plot_importance": "sketchmine.present.plots",
     "unit_effects": "sketchmine.passes.effects",
     "feature_visualization": "sketchmine.passes.featvis",
+    "verify_run": "sketchmine.store.integrity",
 }
 _MODULES = {"plots": "sketchmine.present.plots", "data": "sketchmine.data"}
 
@@ -66,3 +67,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from sketchmine.present.plots import plot_importance  # noqa: F401
     from sketchmine.results.compare import compare  # noqa: F401
     from sketchmine.results.run import Run, open_run  # noqa: F401
+    from sketchmine.store.integrity import verify_run  # noqa: F401

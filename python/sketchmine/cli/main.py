@@ -1,5 +1,5 @@
 """Command line: `sketchmine mine | visualize | demo | summary | report | compare | importance | bench
-| effects | probe | unit`.
+| effects | probe | unit | verify`.
 
 Only parses and dispatches: what each command prints is in console.py (tables) and json_out.py
 (`--json`). Results go to stdout; notes, progress and errors to stderr (present/logs.py). Errors
@@ -254,6 +254,10 @@ def _dispatch(args: argparse.Namespace, console: Console, err: Console) -> int:
         from sketchmine.present.unit_console import print_unit
 
         print_unit(args.run, args.layer, args.unit, console, args.json)
+    elif args.command == "verify":
+        from sketchmine.cli.verify import run_verify
+
+        run_verify(args, console)
     return EXIT_OK
 
 
@@ -317,7 +321,7 @@ def _ctrl_c_held() -> typing.Iterator[list[int]]:
         signal.signal(signal.SIGINT, previous)
 
 
-READ_ONLY = frozenset({"summary", "compare", "unit"})
+READ_ONLY = frozenset({"summary", "compare", "unit", "verify"})
 """Commands that only read runs (and `report --no-probe`): they import neither torch nor the
 compiled core, 2 s of their 3 s (sketchmine/lazy.py); a partial run's distributions, rebuilt by
 the accumulators, do."""

@@ -1,0 +1,160 @@
+"""Every checksum a run recorded, checked at once (`sketchmine verify`, `verify_run`): whether
+a run copied, synced or restored from a backup holds what was written, before a reader meets a
+damaged file. Readers check what they read; this reads everything, a piece at a time (flat
+memory for a dataset's logits or pictures), and lists every damaged array instead of stopping
+at the first."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from sketchmine.errors import RunDamaged, SketchmineError
+from sketchmine.store import schema, verify
+from sketchmine.store.checksums import pieces
+from sketchmine.store.groups import read_unit
+from sketchmine.store.runstore import RunStore
+
+_STAGED = (".writing", ".old")
+"""Suffixes of a group being replaced (store/groups.py): read through the group's own path."""
+
+
+@dataclass
+class Verified:
+    """What `verify_run` found. `checked`: arrays read whole and matching their checksums;
+    `damaged`: array or node path → why; `unchecked`: arrays the run holds with no checksum
+    (a partial run's per-image rows and results until it finishes, a run written before
+    their checksums were recorded); `note`: the checkpoint of a partial run."""
+
+    run: Path
+    complete: bool
+    images_done: int
+    checked: list[str] = field(default_factory=list)
+    nbytes: int = 0
+    damaged: dict[str, str] = field(default_factory=dict)
+    unchecked: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run": str(self.run), "complete": self.complete, "images_done": self.images_done,
+                "checked": len(self.checked), "bytes": self.nbytes, "damaged": dict(self.damaged),
+                "unchecked": list(self.unchecked), "note": self.note}
+
+
+def verify_run(path: str | os.PathLike) -> Verified:
+    """Read every array of the run at `path` that has recorded checksums (a complete run's final
+    arrays, visualize's pictures a block of units at a time, every later pass's groups; a partial
+    run's committed checkpoint) and parse every node's metadata. Never raises for damage found
+    inside the run: it is listed in `damaged` (a run whose root attributes do not parse is refused,
+    as `open_run` refuses it)."""
+    store = RunStore.open(path)
+    progress = store.progress
+    out = Verified(store.path, bool(progress.get("complete")), int(progress.get("images_done", 0)))
+    arrays, groups = _nodes(store, out)
+    covered = _final(store, arrays, out) | _blocks(store, arrays, out) | _groups(store, arrays, groups, out)
+    if not out.complete:
+        slot, done, _ = store.checkpoint()
+        committed = progress.get("slot")
+        out.note = (f"partial run: its committed checkpoint (image {done}) is intact" if slot == committed else
+                    f"partial run: its newest checkpoint (image {out.images_done}) is damaged or incomplete; "
+                    f"`sketchmine mine` resumes from image {done}")
+        covered |= {name for name in arrays if name.startswith(f"{schema.CHECKPOINT}/")}
+    out.unchecked = sorted(set(arrays) - covered - set(out.damaged))
+    return out
+
+
+def _nodes(store: RunStore, out: Verified) -> tuple[dict[str, zarr.Array], dict[str, zarr.Group]]:
+    """Every array and group of the run by path, each one's metadata parsed (else damaged)."""
+    arrays: dict[str, zarr.Array] = {}
+    groups: dict[str, zarr.Group] = {}
+    for meta in sorted(store.path.rglob("zarr.json")):
+        rel = meta.parent.relative_to(store.path).as_posix()
+        if rel == "." or any(part.endswith(_STAGED) for part in rel.split("/")):
+            continue
+        parent = rel.rpartition("/")[0]
+        if parent and not (store.path / parent / "zarr.json").is_file():
+            out.damaged.setdefault(parent, "has lost its metadata (zarr.json)")
+            continue
+        try:
+            node = verify.node(store.group, rel, store.path)
+        except RunDamaged as exc:
+            out.damaged[rel] = _why(exc, rel)
+            continue
+        (arrays if isinstance(node, zarr.Array) else groups)[rel] = node  # type: ignore[index]
+    return arrays, groups
+
+
+def _why(exc: SketchmineError, name: str) -> str:
+    """The part of a RunDamaged message that says what is wrong with `name`."""
+    text = str(exc)
+    for marker in (f"array {name!r} ", f"the metadata of {name!r} "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+            break
+    return text.split("; restore the run's files", 1)[0]
+
+
+def _final(store: RunStore, arrays: dict[str, zarr.Array], out: Verified) -> set[str]:
+    """The arrays in the root `checksums` (a complete run's final arrays; paths and class names)."""
+    done = set()
+    for name, entry in (store.attrs.get(schema.CHECKSUMS) or {}).items():
+        done.add(name)
+        if name in out.damaged:
+            continue
+        if name not in arrays:
+            out.damaged[name] = "is missing (the run recorded its checksums)"
+            continue
+        arr = arrays[name]
+        try:
+            for rows in pieces(arr):
+                n = arr.shape[0] if arr.ndim else 1
+                start, stop = (0, n) if rows is None else rows.indices(n)[:2]
+                out.nbytes += verify.read_checked(arr, entry, rows is not None, start, stop, name, store.path).nbytes
+            out.checked.append(name)
+        except RunDamaged as exc:
+            out.damaged[name] = _why(exc, name)
+    return done
+
+
+def _blocks(store: RunStore, arrays: dict[str, zarr.Array], out: Verified) -> set[str]:
+    """visualize's and feature visualisation's arrays, a recorded block of units at a time."""
+    done = set()
+    for name, arr in arrays.items():
+        entry = verify.block_entry(store.group, name)
+        if entry is None or name in out.damaged:
+            continue
+        done.add(name)
+        step, stop = int(entry["rows"]), min(int(entry.get("stop", arr.shape[0])), arr.shape[0])
+        try:
+            for start in range(0, stop, step):
+                out.nbytes += verify.read_blocks(arr, entry, start, min(start + step, stop), name, store.path).nbytes
+            out.checked.append(name)
+        except RunDamaged as exc:
+            out.damaged[name] = _why(exc, name)
+    return done
+
+
+def _groups(store: RunStore, arrays: dict[str, zarr.Array], groups: dict[str, zarr.Group], out: Verified) -> set[str]:
+    """The groups written as a unit (importance, effects, traces, pictures of examples), whole."""
+    done = set()
+    for path, group in groups.items():
+        if group.attrs.get(schema.COMPLETE) is not True:
+            continue
+        keys = tuple(name.rpartition("/")[2] for name in arrays if name.rpartition("/")[0] == path)
+        if not isinstance(group.attrs.get(verify.SUMS), dict):
+            continue  # written before groups recorded checksums: unchecked
+        for key in keys:  # one at a time: a group's arrays may differ in shape (pictures and their boxes)
+            name = f"{path}/{key}"
+            done.add(name)
+            try:
+                read = read_unit(store.group, path, (key,), store.path)
+            except RunDamaged as exc:
+                out.damaged[name] = _why(exc, name)
+                continue
+            if read is not None:
+                out.nbytes += read[0][key].nbytes
+                out.checked.append(name)
+    return done
