@@ -17,6 +17,7 @@ from torch import nn
 import sketchmine
 from sketchmine.passes.probe import ORT_DIR, ORT_FILES, build_probe
 from sketchmine.present.report import write_report
+from sketchmine.present.report_data import PAGE_SIZE
 from tests.helpers import per_class_subset
 
 CHROMIUM = "/usr/bin/chromium"
@@ -191,9 +192,10 @@ def test_report_opens_offline_and_links_the_probe(report, browser):
     draw(page, [[(0.3, 0.3), (0.7, 0.7)]])
     settled(page)
     href = page.locator(".probe-unit a").first.get_attribute("href")
-    assert href.startswith("layers/00-features.0.html#page=")
+    unit = int(href.rpartition("&unit=")[2])  # the unit's card, not the top of its page
+    assert href == f"layers/00-features.0.html#page={unit // PAGE_SIZE + 1}&unit={unit}", href
     page.click(".probe-unit a >> nth=0")
-    page.wait_for_selector(".card")
+    page.wait_for_selector(f"#unit-{unit}.card.target")
     assert problems == []
 
 

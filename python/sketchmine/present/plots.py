@@ -72,17 +72,16 @@ def summary_figure(run: Run, n: int = 5) -> Figure:
             ax.text(n + 0.15, r + 0.46, f"{ties_words(top)}: no top or bottom classes", ha="center", va="center",
                     fontsize=8, parse_math=False)
             continue
-        cells = list(top.iterrows()) + list(bottom.iterrows())
-        cut = {len(top) - 1: ties_words(top), len(top): ties_words(bottom)}  # the cell at each list's cut
-        for c, (name, row) in enumerate(cells):
-            x = c + (0.3 if c >= n else 0.0)
+        # each list in its own columns (a list shorter than n, where fewer classes have images, must not
+        # run into the other's); the cell at each list's cut says what the cut leaves out
+        cells = [(c, name, row, ties_words(top) if c == len(top) - 1 else "") for c, (name, row) in enumerate(top.iterrows())]
+        cells += [(n + 0.3 + c, name, row, ties_words(bottom) if c == 0 else "")
+                  for c, (name, row) in enumerate(bottom.iterrows())]
+        for x, name, row, cut in cells:
             acc = row["accuracy"]
             ax.add_patch(Rectangle((x, r), 0.96, 0.92, color="#dddddd" if np.isnan(acc) else cmap(acc), alpha=0.55))
-            label = f"{str(name)[:18]}\n{percent(acc, 2)}  ({int(row['count'])})"
-            if cut.get(c):
-                label += f"\n{cut[c]}"
-            ax.text(x + 0.48, r + 0.46, label, ha="center", va="center", fontsize=7 if not cut.get(c) else 6,
-                    parse_math=False)
+            label = f"{str(name)[:18]}\n{percent(acc, 2)}  ({int(row['count'])})" + (f"\n{cut}" if cut else "")
+            ax.text(x + 0.48, r + 0.46, label, ha="center", va="center", fontsize=6 if cut else 7, parse_math=False)
     ax.set_xlim(-0.05, 2 * n + 0.35)
     ax.set_ylim(len(layers), -0.6)
     ax.set_yticks(np.arange(len(layers)) + 0.46)

@@ -312,7 +312,7 @@
         var card = el("div", "probe-unit");
         var lid = LINKS && LINKS.layers[l.name];
         var label = lid ? el("a", null, "unit " + uv[0]) : el("span", null, "unit " + uv[0]);
-        if (lid) { label.href = "layers/" + lid + ".html#page=" + (Math.floor(uv[0] / LINKS.page_size) + 1); }
+        if (lid) { label.href = "layers/" + lid + ".html#page=" + (Math.floor(uv[0] / LINKS.page_size) + 1) + "&unit=" + uv[0]; }
         card.appendChild(label);
         card.appendChild(el("div", "num", uv[1].toPrecision(4)));
         if (l.grid && lastMaps[l.name]) {
