@@ -282,6 +282,9 @@ def test_report_unit_dashboard_in_chromium(tmp_path, run, browser):  # noqa: F81
     page.wait_for_function("() => [...document.images].every(i => i.complete)")
     total, ok = _images_ok(page)
     assert total >= 4 * run.k and ok == total  # top-9 and bottom-9 patches and deconvolutions, bin examples
+    shown = page.evaluate("() => [...document.images].map(i => i.getAttribute('src').split('/').pop())")
+    assert shown.count(f"{slides[0]}_qp.png") == shown.count(f"{slides[0]}_qd.png") >= 2  # each bin's
+    assert shown.count(f"{slides[0]}_bp.png") == run.k  # example pictures too (the page read another key)
     text = page.inner_text("#dash")
     assert "firing density" in text and "importance rank" in text and "classes among its top 9 images" in text
     assert run.class_names[run.labels[run.topk(SHOWN)[1][slides[0], 0]]] in page.inner_text("#examples")
@@ -318,6 +321,9 @@ def test_report_unit_dashboard_in_chromium(tmp_path, run, browser):  # noqa: F81
     page.wait_for_function("() => document.body.getAttribute('data-rendered') === '7'")
     assert f"sketchmine importance {run.path} --layers {BARE}" in page.inner_text("[data-missing=importance]")
     assert "sketchmine effects" in page.inner_text("[data-missing=effects]")
+    for group in ("bottom_pictures", "bin_pictures"):  # examples listed as text: their pictures are one command away
+        assert (f"no pictures of these images: sketchmine visualize {run.path} --layers {BARE} --examples all"
+                in page.inner_text(f"[data-missing={group}]"))
     total, ok = _images_ok(page)
     assert ok == total and page.query_selector("#montage-link") is None
     assert problems == []

@@ -100,6 +100,9 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
             cut_examples(d, BIN_EXAMPLES)
             d.update(strip(u))
             d.update(example_strips(extra, lid, u, out, per_bin))
+            for which, group in schema.PICTURE_GROUPS.items():  # examples shown as text: say how to add pictures
+                if d.get(which) and group not in d:
+                    d["missing"][group] = f"sketchmine visualize {run.path} --layers {name} --examples all stores them"
             d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}&unit={u}"
             d["unreadable"] = unreadable
             units.append(d)
@@ -148,7 +151,7 @@ def example_strips(extra: dict[str, dict[str, Any]], lid: str, u: int, out: Path
             if not per_bin:
                 continue  # pictures without the examples they show
             ref["m"] = per_bin
-        refs[f"{which}_pictures"] = ref
+        refs[schema.PICTURE_GROUPS[which]] = ref  # bottom_pictures, bin_pictures: what the dashboard reads
     return refs
 
 

@@ -252,6 +252,7 @@
     examples(ex, "class / value / image", d.top, d);
     ex.appendChild(el("h3", null, "bottom (least activating)"));
     if (d.bottom) { examples(ex, "class / value / image", d.bottom, d.bottom_pictures || null); } else { ex.appendChild(missing(d, "bottom", "bottom images")); }
+    if (d.bottom && !d.bottom_pictures) { ex.appendChild(missing(d, "bottom_pictures", "pictures of these images")); }
     ex.appendChild(el("h3", null, "by activation bin"));
     if (d.bins) {
       var lowest = d.bins.length, highest = -1;
@@ -267,6 +268,7 @@
           ex.lastChild.appendChild(el("div", "cap more", "+" + bin.more + " more (sketchmine unit --json)"));
         }
       }
+      if (!d.bin_pictures) { ex.appendChild(missing(d, "bin_pictures", "pictures of these images")); }
     } else { ex.appendChild(missing(d, "bins", "examples per bin")); }
     classes(d, section(box, "Classes it prefers", "classes"));
     effects(d, section(box, "Classes it pushes", "pushes"));
