@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from rich.console import Console
@@ -238,3 +238,30 @@ def test_plots_png_and_svg(tmp_path, mined):
         assert im.width > 600 and im.height > 300 and len(np.unique(np.asarray(im))) > 20
     svg = (tmp_path / "summary.svg").read_text()
     assert svg.startswith("<?xml") and "<svg" in svg
+
+
+SKETCHNET = ["features.0", "features.3", "features.6", "features.8", "features.10", "classifier.1", "classifier.4",
+             "classifier.6", "softmax"]
+RESNET = ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2", "layer2.0.conv1",
+          "layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv1", "layer2.1.conv2", "layer3.0.conv1",
+          "layer3.0.conv2", "layer3.0.downsample.0", "layer3.1.conv1", "layer3.1.conv2", "fc", "softmax"]
+
+
+def test_the_logits_pair_with_the_logits_and_the_rest_by_depth_between():
+    """UX audit: SketchNet against the demo ResNet paired classifier.6 (the logits) with
+    layer3.1.conv2 and left the ResNet's fc out; the logits now pair with the logits (and the
+    softmax by name), the other layers by depth between those pairs, in order, either way round."""
+    pairs = layer_pairs(SKETCHNET, RESNET, ("classifier.6", "fc"))
+    assert pairs[-2:] == [("classifier.6", "fc", "output"), ("softmax", "softmax", "name")]
+    assert pairs[0] == ("features.0", "conv1", "depth")
+    at = [RESNET.index(b) for _, b, _ in pairs]
+    assert at == sorted(at) and len(set(at)) == len(at)  # in order, none twice
+    assert layer_pairs(RESNET, SKETCHNET, ("fc", "classifier.6")) == [(b, a, how) for a, b, how in pairs]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 14), st.integers(1, 14))
+def test_without_names_or_outputs_in_common_pairs_are_by_depth(m, n):
+    a, b = [f"a{i}" for i in range(m)], [f"b{i}" for i in range(n)]
+    assert [(x, y) for x, y, how in layer_pairs(a, b)] == depth_pairs(a, b)
+    assert {how for _, _, how in layer_pairs(a, b)} == {"depth"}

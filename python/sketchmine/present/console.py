@@ -238,7 +238,7 @@ def ink_table(run: Run) -> Table:
 
 def compare_tables(cmp: Comparison) -> list[Table]:
     """`compare.Comparison` as two tables: accuracy side by side, then the paired layers (the
-    title says how they were paired: by name or by relative depth)."""
+    title says how they were paired: by name, the logits with the logits, by relative depth)."""
     oa, ob = cmp.overall
     acc = Table(title=f"accuracy: A {safe(cmp.a.path)} ({_overall(oa, cmp.a)}) vs B {safe(cmp.b.path)} "
                       f"({_overall(ob, cmp.b)})", caption_justify="left")
@@ -251,7 +251,8 @@ def compare_tables(cmp: Comparison) -> list[Table]:
         acc.add_row(safe(c), pct(r["accuracy_a"]), pct(r["accuracy_b"]), pct(r["difference"]))
     how = set(cmp.layers["paired_by"]) if len(cmp.layers) else {"depth"}
     paired = ("by name" if how == {"name"} else "by relative depth" if how == {"depth"} else
-              "by name where both runs have the layer, else by relative depth")
+              "by name where both runs have the layer" + (", the logits with the logits" if "output" in how else "")
+              + (", else by relative depth" if "depth" in how else ""))
     lay = Table(title=f"layers paired {paired}: top/bottom {cmp.n} classes among the top-k images, Jaccard overlap")
     for col in ("layer A", "layer B", f"top {cmp.n} A", f"top {cmp.n} B", "J top", f"bottom {cmp.n} A",
                 f"bottom {cmp.n} B", "J bottom"):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from sketchmine.errors import SketchmineError
+from sketchmine.results.effects import logits_layer
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.summaries import class_set
 
@@ -57,16 +58,36 @@ def depth_pairs(a: list[str], b: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def layer_pairs(a: list[str], b: list[str]) -> list[tuple[str, str, str]]:
-    """(layer of a, layer of b, "name" | "depth"): each layer of the run with fewer layers with
-    the layer of the same name in the other when there is one (the same model mined twice, or
-    a subset of its layers), else with the layer at the nearest relative depth (`depth_pairs`:
-    two architectures). Pairing by depth alone put a 2-layer run's features.6 beside the other
-    run's features.0."""
+def layer_pairs(a: list[str], b: list[str], outputs: tuple[str | None, str | None] = (None, None)
+                ) -> list[tuple[str, str, str]]:
+    """(layer of a, layer of b, "name" | "output" | "depth"): each layer of the run with fewer
+    layers with the layer of the same name in the other when there is one (the same model mined
+    twice, or a subset of its layers), the layers that compute each run's logits (`outputs`)
+    with each other, and every other layer with the layer at the nearest relative depth between
+    the pairs around it (`depth_pairs` when there are none: two architectures). Pairing by depth
+    alone put a 2-layer run's features.6 beside the other run's features.0, and SketchNet's
+    logits beside a ResNet's conv layer (its `fc` left out)."""
     flip = len(a) > len(b)
     short, long_ = (b, a) if flip else (a, b)
-    by_depth = dict(depth_pairs(short, long_))
-    pairs = [(name, name, "name") if name in long_ else (name, by_depth[name], "depth") for name in short]
+    fixed = {name: (name, "name") for name in short if name in long_}
+    s_out, l_out = outputs[::-1] if flip else outputs
+    if s_out in short and l_out in long_ and s_out not in fixed and l_out not in {v for v, _ in fixed.values()}:
+        fixed[s_out] = (l_out, "output")
+    points: list[tuple[int, int]] = []  # (short, long) positions of the fixed pairs, both increasing
+    for i, name in enumerate(short):
+        if name in fixed and (j := long_.index(fixed[name][0])) > (points[-1][1] if points else -1):
+            points.append((i, j))
+    if not points or points[0][0] > 0:
+        points.insert(0, (0, 0))
+    if points[-1][0] < len(short) - 1:
+        points.append((len(short) - 1, len(long_) - 1))
+    pairs = []
+    for i, name in enumerate(short):
+        if name in fixed:
+            pairs.append((name, *fixed[name]))
+            continue
+        (s0, l0), (s1, l1) = next(((p, q) for p, q in zip(points, points[1:]) if p[0] <= i <= q[0]), (points[0],) * 2)
+        pairs.append((name, long_[int(round(l0 + (i - s0) / (s1 - s0) * (l1 - l0))) if s1 > s0 else l0], "depth"))
     return [(o, s, how) for s, o, how in pairs] if flip else pairs
 
 
@@ -88,7 +109,7 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: i
     top_b = {l: b.top_classes(l, n) for l in b.layers}
     rows: list[dict] = []
     no_images: set[int] = set()  # class positions: a name may repeat
-    for la, lb, how in layer_pairs(a.layers, b.layers):
+    for la, lb, how in layer_pairs(a.layers, b.layers, (logits_layer(a), logits_layer(b))):
         frame_a, frame_b = a.bottom_classes(la, n), b.bottom_classes(lb, n)
         no_images.update(frame_a.attrs.get("no_images_at", []), frame_b.attrs.get("no_images_at", []))
         lists = {"top_a": top_a[la], "top_b": top_b[lb], "bottom_a": frame_a, "bottom_b": frame_b}
