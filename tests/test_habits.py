@@ -366,3 +366,18 @@ def test_pretrained_weights_come_from_the_local_cache_only(tmp_path, monkeypatch
     assert pre.mean == pytest.approx(tuple(t.mean)) and pre.std == pytest.approx(tuple(t.std))
     assert tuple(pre.size)[-2:] == (t.crop_size[0], t.crop_size[0])
     assert is_weights_name("DEFAULT") and not is_weights_name("model.pth") and not is_weights_name("weights.pt")
+
+
+def test_tables_written_to_a_file_keep_every_layer_name_whole(mined, tmp_path):
+    """`sketchmine summary RUN > summary.txt` (docs/cli.md): with no terminal and no COLUMNS, rich
+    drew 80 columns and cut each layer name to "featur…", the key of every row."""
+    run, _ = mined
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    with open(tmp_path / "summary.txt", "w") as f:
+        proc = subprocess.run([sys.executable, "-m", "sketchmine", "summary", str(run)], stdout=f, stderr=subprocess.PIPE,
+                              text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in (tmp_path / "summary.txt").read_text().splitlines() if line.startswith("│ ")]
+    assert rows and all("…" not in line for line in rows)  # no cell cut short
+    for layer in LAYERS:  # the layer table, the class lists and the class-preference table
+        assert sum(line.startswith(f"│ {layer} ") for line in rows) == 3, layer

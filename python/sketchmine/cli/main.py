@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import gc
 import io
+import os
 import sys
 import typing
 from pathlib import Path
@@ -261,6 +262,10 @@ def _dispatch(args: argparse.Namespace, console: Console, err: Console) -> int:
     return EXIT_OK
 
 
+FILE_WIDTH = 200
+"""Columns of the tables printed to a file or a pipe (COLUMNS, when set, wins): enough for a
+layer's name and its class lists on one line; a terminal's own width is used as it is."""
+
 YOUNG_OBJECTS = 50_000
 """Objects the cyclic collector lets accumulate before a pass over the youngest (Python's
 default: 700). Why: a command imports torch, Zarr and their kin, ~330 K objects, and at the
@@ -355,6 +360,8 @@ def _run(args: argparse.Namespace) -> int:
     verbosity = args.verbose - args.quiet
     err = setup(verbosity)
     console = Console()  # results: stdout
+    if not console.is_terminal and "COLUMNS" not in os.environ:  # a file or a pipe: not rich's 80 columns,
+        console = Console(width=FILE_WIDTH)  # which cut every layer name of `summary > summary.txt` to "featur…"
     try:
         return _dispatch(args, console, err)
     except (SketchmineError, OSError, KeyboardInterrupt) as exc:
