@@ -66,3 +66,19 @@ def test_differing_sizes_give_a_clean_error_from_workers(tmp_path, folder):
         sketchmine.mine("demo", root, out=tmp_path / "r.zarr", batch_size=8, num_workers=2)
     run = sketchmine.mine("demo", root, out=tmp_path / "s.zarr", batch_size=8, image_size=28)
     assert run.complete
+
+
+def test_a_subset_of_an_array_dataset_exports_as_mine_takes_it(tmp_path, demo_test_set):
+    """`export_image_folder(Subset(animal_shape("test"), ...))` raised AttributeError ('Subset' has
+    no labels) though `mine` takes such a Subset as the images it selects."""
+    from torch.utils.data import Subset
+
+    pick = [3, 250, 999, 1700]
+    root = export_image_folder(Subset(demo_test_set, pick), tmp_path / "subset")
+    files = sorted(root.glob("*/*.png"))
+    assert [(f.parent.name, f.name) for f in files] == sorted(
+        (demo_test_set.class_names[int(demo_test_set.labels()[p])], f"{i:05d}.png") for i, p in enumerate(pick))
+    for f in files:
+        np.testing.assert_array_equal(np.asarray(Image.open(f)), demo_test_set.images[pick[int(f.stem)]])
+    with pytest.raises(SketchmineError, match="in-memory dataset"):
+        export_image_folder([(np.zeros((4, 4), np.uint8), 0)], tmp_path / "list")

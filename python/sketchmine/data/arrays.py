@@ -161,8 +161,16 @@ def animal_shape(split: str = "test", preprocessing: Preprocessing | None = None
     return ArrayDataset(images, labels, [str(n) for n in names], pre, desc, explicit=preprocessing is not None)
 
 
-def export_image_folder(dataset: ArrayDataset, root: str | os.PathLike) -> Path:
-    """Write an in-memory dataset as PNGs in ImageFolder layout (for CLI use and tests)."""
+def export_image_folder(dataset: Any, root: str | os.PathLike) -> Path:
+    """Write an in-memory dataset (an ArrayDataset such as `animal_shape(...)`, or a torch Subset
+    of one, as `mine` takes it) as PNGs in ImageFolder layout (for CLI use and tests)."""
+    if not isinstance(dataset, ArrayDataset):
+        from sketchmine.data.resolve import sketchmine_subset
+
+        dataset = sketchmine_subset(dataset)
+    if not isinstance(dataset, ArrayDataset):
+        raise SketchmineError(f"export_image_folder writes an in-memory dataset (animal_shape(...), an ArrayDataset "
+                              f"or a torch Subset of one), got {type(dataset).__name__}")
     root = Path(root)
     for i in range(len(dataset)):
         label = int(dataset.labels()[i])

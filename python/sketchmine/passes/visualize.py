@@ -2,7 +2,7 @@
 and the deconvolution of that unit, written into the run store.
 
 Only the top-k images are read (reloaded from the dataset the run recorded). Units are
-processed in fixed blocks (ceil(batch_size / k) units, one forward and one backward each);
+processed in fixed blocks (floor(batch_size / k) units, one forward and one backward each);
 a block's arrays are written, then `units_done` is committed in the layer's attributes, so
 a killed pass resumes at a block boundary with the same batches and ends identical to an
 uninterrupted one.

@@ -109,8 +109,8 @@ class Run(UnitViews, Precision):
 
     def layer_result(self, layer: str, name: str, keys: tuple[str, ...]
                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        """(arrays `keys`, attributes) of a later pass's result on the layer (importance,
-        traces), or None when there is no whole one."""
+        """(arrays `keys`, attributes) of a later pass's result on the layer (importance, traces),
+        or None when there is no whole one (read keys of different shapes one call each)."""
         return self.store.read_group(schema.layer_result(self.check_layer(layer), check_result_name(name)), keys)
 
     def has_dataset_array(self, name: str) -> bool:
