@@ -367,3 +367,23 @@ def test_gru_run_keeps_class_statistics_and_resumes_identically(tmp_path, images
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(run.ink_density().to_numpy(), done.ink_density().to_numpy())
     np.testing.assert_array_equal(done.dataset_array("class_image_count"), np.bincount(lab, minlength=10))
+
+
+def test_layers_over_time_show_their_steps(tmp_path, seq_set):
+    """A conv layer of the CNN + GRU is stored as (C, T·H, W), one frame under the other: shown as
+    that it read "16×224×28", a 224-pixel-high map (UX audit); now its frame and steps."""
+    import io
+
+    from rich.console import Console
+
+    from sketchmine.present.console import layers_table
+    from sketchmine.results.numbers import shape_text
+
+    run = sketchmine.mine("demo-gru", seq_set, layers=["features.0", "embed.0", "gru", "classifier"],
+                          out=tmp_path / "r.zarr", k=3, batch_size=60)
+    shown = {layer: shape_text(run.layer_attrs(layer)) for layer in run.layers}
+    assert shown == {"features.0": "16×28×28 × 8 steps", "embed.0": "128 × 8 steps", "gru": "64 × 8 steps",
+                     "classifier": "10 × 8 steps"}
+    console = Console(file=io.StringIO(), width=200)
+    console.print(layers_table(run))
+    assert "16×28×28 × 8 steps" in console.file.getvalue() and "224" not in console.file.getvalue()

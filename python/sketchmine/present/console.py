@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from sketchmine.errors import SketchmineError, unless_damaged
-from sketchmine.results.numbers import number, percent
+from sketchmine.results.numbers import number, percent, shape_text
 from sketchmine.results.precision import precision_differs, precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import size_note, ties_words
@@ -110,8 +110,7 @@ def layers_table(run: Run) -> Table:
         attrs = run.layer_attrs(name)
         peak = run.peak(name)
         best = float("nan") if peak is None else peak
-        shape = "×".join(map(str, attrs["shape"]))
-        table.add_row(safe(name), safe(attrs.get("kind", "")), safe(shape), str(attrs["shape"][0]), f"{best:.4g}",
+        table.add_row(safe(name), safe(attrs.get("kind", "")), safe(shape_text(attrs)), str(attrs["shape"][0]), f"{best:.4g}",
                       str(run.nan_total(name)))
     return table
 
@@ -302,7 +301,8 @@ def print_summary(path: str, n: int, console: Console) -> None:
     if run.complete:
         console.print(accuracy_table(run))
     else:
-        console.print(f"[yellow]partial run[/]: {run.images_done} images mined so far; accuracy comes at the end")
+        console.print(f"[yellow]partial run[/]: {run.images_done} images mined so far; the class accuracies below are "
+                      "over those images (the accuracy table comes when the run is complete)")
     console.print(preferences_table(run, n))
     unbiased = unbiased_table(run, n)
     if unbiased is not None:

@@ -37,7 +37,7 @@ from sketchmine.present.report_unit import MONTAGES, copy_assets, unit_pages
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis
 from sketchmine.results.run import Run, open_run
-from sketchmine.results.numbers import number
+from sketchmine.results.numbers import number, shape_text
 from sketchmine.results.summaries import size_note
 
 __all__ = ["PAGE_SIZE", "MARKER", "write_report", "check_report_dir", "dataset_words", "layer_ids"]
@@ -107,9 +107,8 @@ def _importance_section(run: Run, name: str, lid: str) -> str:
 def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: bool,
                 slides: list[int] | None = None) -> str:
     attrs = run.layer_attrs(name)
-    shape = "×".join(map(str, attrs["shape"]))
     parts = [f'<p><a href="../index.html">← all layers</a></p><h1>{e(name)}</h1>',
-             f"<p>{e(str(attrs.get('kind', '')))}, output {e(shape)}, top-{run.k} images per unit</p>"]
+             f"<p>{e(str(attrs.get('kind', '')))}, output {e(shape_text(attrs))}, top-{run.k} images per unit</p>"]
     if precision := precision_html(run):  # an autocast run: above the layer's numbers
         parts.append(precision)
     if not run.complete:
@@ -271,7 +270,7 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
     for name, lid in ids.items():
         attrs = run.layer_attrs(name)
         row = [f'<a href="layers/{e(lid)}.html">{e(name)}</a>', e(str(attrs.get("kind", ""))),
-               e("×".join(map(str, attrs["shape"])))]
+               e(shape_text(attrs))]
         if labelled:
             try:
                 top = run.top_classes(name, 5)

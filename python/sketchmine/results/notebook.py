@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from sketchmine.errors import SketchmineError, unless_damaged
-from sketchmine.results.numbers import percent
+from sketchmine.results.numbers import percent, shape_text
 from sketchmine.results.precision import precision_note
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def run_html(run: Run) -> str:
         shape = [int(s) for s in attrs.get("shape", run.layer_shape(name))]
         pictures = "yes" if run.has_array(name, "patches") else "-"
         rows.append(f"<tr><td style='text-align:left'>{esc(name)}</td><td>{esc(str(attrs.get('kind', '')))}</td>"
-                    f"<td>{shape[0]}</td><td>{esc('×'.join(map(str, shape)))}</td><td>{pictures}</td></tr>")
+                    f"<td>{shape[0]}</td><td>{esc(shape_text({**attrs, 'shape': shape}))}</td><td>{pictures}</td></tr>")
     caption = (f"<b>sketchmine run</b> {esc(str(run.path))}<br>k={run.k} · {run.images_done} images · "
                f"accuracy {esc(accuracy_text(run))} · {esc(state(run))}")
     note = precision_note(run)

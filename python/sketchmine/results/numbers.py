@@ -30,3 +30,16 @@ def number(v: float | None, spec: str = ".3f") -> str:
     every class ties, the ink density of a class with no image mined yet), as `percent` writes
     them, never "nan". Console and report both write statistics through it."""
     return "-" if v is None or math.isnan(float(v)) else format(float(v), spec)
+
+
+def shape_text(attrs: dict) -> str:
+    """A layer's output shape for people, from its attributes: "32×28×28"; a layer over time says
+    its steps ("16×28×28 × 8 steps", not the (C, T·H, W) map it is stored as, "16×224×28")."""
+    shape = [int(s) for s in attrs.get("shape") or []]
+    steps = attrs.get("time_steps")
+    frame = [int(s) for s in attrs.get("frame") or []]
+    if attrs.get("position") == "time-stacked" and isinstance(steps, int) and frame and len(shape) == 3:
+        return f"{'×'.join(map(str, [shape[0], *frame]))} × {steps} steps"
+    if attrs.get("position") in ("time-stacked", "time", "sequence") and len(shape) == 2:
+        return f"{shape[0]} × {shape[1]} steps"
+    return "×".join(map(str, shape))
