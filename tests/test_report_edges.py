@@ -215,6 +215,9 @@ def test_layer_and_class_names_with_dollars_draw_as_text(tmp_path, demo_test_set
     fig = plots.importance_figure(run, DOLLAR[0])
     fig.canvas.draw()
     assert fig.axes[0].get_title() == f"{DOLLAR[0]}: most important units (ablated)"
+    frame = fig.axes[0].get_window_extent()  # each bar's "acc … pt" label inside the axes (UX audit: over its edge)
+    labels = [t for t in fig.axes[0].texts if t.get_text().startswith("  acc ")]
+    assert labels and all(t.get_window_extent().x1 <= frame.x1 for t in labels)
 
 
 def test_importance_plot_writes_the_accuracy_change_with_its_sign():
@@ -223,7 +226,8 @@ def test_importance_plot_writes_the_accuracy_change_with_its_sign():
     from sketchmine.present.plots import change_pt
 
     assert [change_pt(v) for v in (0.5, -1.25, -0.04, 0.0, 0.002, float("nan"))] == \
-        ["+0.5", "−1.2", "−0.04", "±0", "+0.002", "-"]
+        ["+0.50", "−1.25", "−0.04", "±0", "+0.002", "-"]
+    assert change_pt(-0.05) == "−0.05" and change_pt(0.15) == "+0.15"  # the table's drops 0.05 and -0.15, not 0.1
 
 
 # ---- quantiles below the sketch's resolution ---------------------------------------------------
