@@ -79,3 +79,13 @@ def test_a_partial_run_says_which_checkpoint_resume_starts_from(tmp_path, demo_t
     DAMAGES["flip"](*_chunk(out, f"{schema.CHECKPOINT}/{slot}/topk/values"))
     found = sketchmine.verify_run(out)
     assert found.note.endswith(f"`sketchmine mine` resumes from image {done - 10}") and not found.damaged
+
+
+def test_a_folder_of_runs_given_as_a_run_names_the_runs_in_it(full, tmp_path, capsys):  # noqa: F811
+    """`sketchmine summary work/demo` (the demo's folder of runs) said there were no run
+    attributes in work/demo/zarr.json, a file that does not exist (UX audit)."""
+    shutil.copytree(full, tmp_path / "runs" / "a.zarr")
+    (tmp_path / "runs" / "notes").mkdir()
+    assert main(["verify", str(tmp_path / "runs")]) == 3
+    err = capsys.readouterr().err
+    assert "is not a sketchmine run (no zarr.json); it holds the run a.zarr" in " ".join(err.split())

@@ -349,5 +349,6 @@ def print_mined(run: Run, progress: RichProgress, no_logits: bool, console: Cons
 def print_visualized(run: Run, layers: list[str] | None, method: str, progress: RichProgress,
                      console: Console) -> None:
     """What `sketchmine visualize` says at the end."""
-    console.print(f"patches and {method} crops of {len(set(layers or run.layers))} layers "
+    count = len(set(layers or run.layers))
+    console.print(f"patches and {method} crops of {count} layer{'' if count == 1 else 's'} "
                   f"in {progress.seconds:.1f} s → {safe(run.path)}")

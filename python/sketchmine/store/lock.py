@@ -300,6 +300,17 @@ def out_path(out: str | os.PathLike) -> Path:
     return real if given.name in ("", "..") or given.is_symlink() else given
 
 
+def runs_in(folder: Path, shown: int = 5) -> str:
+    """"; it holds the runs a.zarr, b.zarr" for a folder of runs given where one run was meant, else ""."""
+    try:
+        runs = sorted(p.name for p in folder.iterdir() if p.is_dir() and is_run(p))
+    except OSError:
+        return ""
+    if not runs:
+        return ""
+    return f"; it holds the run{'s' if len(runs) > 1 else ''} " + ", ".join(runs[:shown]) + (", …" if len(runs) > shown else "")
+
+
 def is_run(path: Path) -> bool:
     """True when `path` is a directory holding a sketchmine run: its root zarr.json is a group's
     and carries the schema version (read as JSON: no Zarr needed to tell)."""

@@ -35,7 +35,7 @@ from sketchmine.store.checksums import block_sums, digest, pieces, stored_sums
 from sketchmine.store.columns import Columns
 from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
-from sketchmine.store.lock import RunLock, check_writable, is_run, stage
+from sketchmine.store.lock import RunLock, check_writable, is_run, runs_in, stage
 
 __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_run", "put_rows"]
 
@@ -68,7 +68,9 @@ class RunStore(Checkpoints):
         if not p.exists():
             raise SketchmineError(f"{p} does not exist")
         if not is_run(p):
-            raise SketchmineError(f"{p} is not a sketchmine run (no sketchmine run attributes in {p / 'zarr.json'})")
+            raise SketchmineError(f"{p} is not a sketchmine run " + (
+                f"(no sketchmine run attributes in {p / 'zarr.json'})" if (p / "zarr.json").is_file() else
+                f"(no zarr.json){runs_in(p)}"))
         group = zarr.open_group(str(p), mode=mode)
         version = group.attrs.get(schema.VERSION_ATTR)
         if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
