@@ -193,3 +193,11 @@ def test_effects_n_reaches_the_table(small_run, tmp_path):
     run = sketchmine.open_run(path)
     assert listed == list(effects_table(run, LAYER, 2).columns[0].cells)
     assert len(listed) == 2 and len(list(effects_table(run, LAYER, 10).columns[0].cells)) == 10
+    from sketchmine.results.unit_summary import unit_summary  # the sign and digits `unit` shows (UX audit)
+
+    table = effects_table(run, LAYER, 2)
+    effects = unit_summary(run, LAYER, int(listed[0]))["effects"]
+    assert effects["kind"] == "prob"
+    for column, side in ((2, "up"), (3, "down")):
+        first = effects[side][0]
+        assert list(table.columns[column].cells)[0] == f"{first['class']} {first['effect']:+.3g}"
