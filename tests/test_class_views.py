@@ -249,3 +249,16 @@ def test_lists_shorter_than_n_keep_their_own_columns(tmp_path, demo_test_set):
     assert [name for x, name in cells if x < N] == [str(c) for c in top.index]
     assert [name for x, name in cells if x >= N + 0.3] == [str(c) for c in bottom.index]
     assert [x for x, _ in cells] == [0, 1, N + 0.3, N + 1.3]
+
+
+def test_the_ink_chart_says_where_there_is_no_correlation(tmp_path, demo_test_set):
+    """Images of one class: no layer has a ρ. The chart drew each as a bar of height 0, an
+    empty frame that read as "no correlation" (UX audit); it says "no ρ" and why."""
+    labels = demo_test_set.labels()
+    keep = np.nonzero(labels == 4)[0][:12]
+    ds = ArrayDataset(demo_test_set.images[keep], labels[keep], demo_test_set.class_names,
+                      demo_test_set.preprocessing, {**demo_test_set.describe(), "subset": "one class"})
+    run = sketchmine.mine("demo", ds, layers=["features.0", "features.6"], out=tmp_path / "run.zarr", batch_size=12)
+    assert run.ink_correlation()["spearman"].isna().all()
+    ax = plots.ink_figure(run).axes[0]
+    assert [t.get_text() for t in ax.texts] == ["no ρ", "no ρ"] and "no ρ:" in ax.get_title()

@@ -135,12 +135,17 @@ def ink_figure(run: Run) -> Figure:
     ax = fig.subplots()
     rho = corr["spearman"].to_numpy()
     ax.bar(np.arange(len(corr)), np.nan_to_num(rho), color=["#3b7dd8" if r >= 0 else "#d8703b" for r in rho])
+    for i in np.flatnonzero(np.isnan(rho)):  # no ρ is not ρ = 0: said where its bar would be
+        ax.text(i, 0.04, "no ρ", ha="center", va="bottom", fontsize=7, color="#777777", rotation=90)
     ax.axhline(0, color="#333333", linewidth=0.6)
     ax.set_ylim(-1, 1)
     ax.set_xticks(np.arange(len(corr)))
     ax.set_xticklabels(list(corr.index), rotation=45, ha="right", fontsize=8, parse_math=False)
     ax.set_ylabel("Spearman ρ")
-    ax.set_title("class preference (all images) vs class ink density", fontsize=9)
+    title = "class preference (all images) vs class ink density"
+    if np.isnan(rho).any():
+        title += "\nno ρ: fewer than two classes with a preference and an ink density, or one of them constant"
+    ax.set_title(title, fontsize=9)
     return fig
 
 
