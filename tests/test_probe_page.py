@@ -114,6 +114,11 @@ def test_files_are_read_as_the_miner_reads_them(report, browser, tmp_path, subse
     page.wait_for_function("() => document.getElementById('convert-note').textContent.startsWith('Not loaded')")
     assert "t.png has transparent pixels" in page.inner_text("#convert-note")
     assert (pixels(page) == before).all()
+    Image.fromarray(art).save(tmp_path / "plain.png")  # no EXIF orientation: nothing said of one (it said "rotated 0°")
+    page.set_input_files("#file", str(tmp_path / "plain.png"))
+    page.wait_for_function("() => document.getElementById('convert-note').textContent.includes('plain.png')")
+    assert page.inner_text("#convert-note") == ("Loaded plain.png: 60×40 grey, resized to 28×28 by antialiased "
+                                                "bilinear, as the miner converts images.")
     assert problems == []
 
 

@@ -137,9 +137,10 @@ window.sketchmineProbePixels = function (H, W) {
               "and load it again");
           }
         }
-        var turned = (TURN[o.rotation] || "rotated " + o.rotation + "°") + (o.flip ? (o.rotation ? ", " : "") + "mirrored" : "");
+        var turned = (o.rotation ? TURN[o.rotation] || "rotated " + o.rotation + "°" : "") +
+          (o.flip ? (o.rotation ? ", " : "") + "mirrored" : "");  // no rotation, no flip: nothing to say
         return { data: d, w: o.w, h: o.h, orientation: !o.known ? "its EXIF orientation could not be read here (the browser may show it rotated)"
-          : turned ? "its EXIF orientation (" + turned + ") not applied, as the miner reads the stored pixels" : "" };
+          : turned ? "its EXIF orientation (" + turned + ") not applied (the stored pixels)" : "" };
       });
     });
   }
