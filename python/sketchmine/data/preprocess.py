@@ -84,11 +84,14 @@ class Preprocessing:
             return False
         return not (self.mean and other.mean) or (tuple(self.mean), tuple(self.std)) == (tuple(other.mean), tuple(other.std))
 
-    def describe(self) -> str:
-        """Short human form for messages: preset, channels, numbers, size."""
-        nums = f" mean {list(self.mean)} std {list(self.std)}" if self.mean else ""
+    def describe(self, digits: int | None = None) -> str:
+        """Short human form for messages: preset, channels, numbers (to `digits` significant
+        digits for a page to read; None: every digit, for a message that says two differ), size."""
+        def nums(v: tuple[float, ...]) -> str:
+            return str(list(v)) if digits is None else "[" + ", ".join(f"{x:.{digits}g}" for x in v) + "]"
+        values = f" mean {nums(self.mean)} std {nums(self.std)}" if self.mean else ""
         size = f" size {self.size[0]}×{self.size[1]}" if self.size else " size as stored"
-        return f"{self.preset!r} ({self.channels} channel(s){nums},{size})"
+        return f"{self.preset!r} ({self.channels} channel{'' if self.channels == 1 else 's'}{values},{size})"
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., C, H, W) float in [0, 1] → normalised input. A float32 (N, C, H, W) batch on the

@@ -357,7 +357,7 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
     ink, why = sequence_ink(seq) or ink_polarity(images, size)
     labels, are_classes = output_labels(run, loaded.categories)
     meta = {"model": str(run.attrs.get("model")), "size": list(size), "classes": labels,
-            "outputs_are_classes": are_classes, "preprocessing": pre.describe(), "channels": graph.channels,
+            "outputs_are_classes": are_classes, "preprocessing": pre.describe(4), "channels": graph.channels,
             "ink": ink, "ink_why": why,
             "layers": [{"name": l.name, "units": l.units, "grid": list(l.grid) if l.grid else None, "pool": l.pool}
                        for l in graph.layers],
