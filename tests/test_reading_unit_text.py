@@ -100,3 +100,15 @@ def test_unit_card_repr_names_its_top_images_classes(runs):
     card = plain.unit("features.3", 2)
     classes = [plain.class_names[plain.labels[i]] for i in plain.topk("features.3")[1][2] if i >= 0]
     assert repr(card).endswith(f"classes of its top-{len(classes)} images, best first: {', '.join(classes)}>")
+
+
+def test_numbers_that_round_to_a_whole_number_or_zero_say_they_do_not():
+    """UX audit: a GRU unit's softmax-like maximum 0.99986 read "1" on its slide (the card said
+    0.99986), and a class preference of -0.001 read "-0.00" in `summary`."""
+    from sketchmine.present.montage import value_text
+    from sketchmine.results.numbers import number, significant
+
+    assert [significant(v) for v in (0.99986, 1.0, 99.96, 3.3, -0.99986, 0.5, 4.0)] == \
+        ["0.9999", "1", "99.96", "3.3", "-0.9999", "0.5", "4"]
+    assert value_text(0.99986) == "0.9999" and value_text(None) == "-"
+    assert [number(v, "+.2f") for v in (-0.001, 0.0, -0.004, 0.5, float("nan"))] == ["-0.001", "+0.00", "-0.004", "+0.50", "-"]

@@ -21,6 +21,7 @@ from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError
 from sketchmine.present.report_data import percent
+from sketchmine.results.numbers import significant
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary
 from sketchmine.store import schema
@@ -60,7 +61,7 @@ def value_text(v: Any, spec: str = ".3g") -> str:
     """A summary value as text: "-" for none (NaN), "inf" / "-inf" as such."""
     if v is None:
         return "-"
-    return v if isinstance(v, str) else format(float(v), spec)
+    return v if isinstance(v, str) else significant(float(v), spec)
 
 
 def mosaic(tiles: np.ndarray, ranks: list[int], gap: int) -> np.ndarray:

@@ -28,8 +28,26 @@ def percent(a: float | None, decimals: int = 1) -> str:
 def number(v: float | None, spec: str = ".3f") -> str:
     """A statistic as text with `spec`; "-" for None or NaN (a correlation over one class or where
     every class ties, the ink density of a class with no image mined yet), as `percent` writes
-    them, never "nan". Console and report both write statistics through it."""
-    return "-" if v is None or math.isnan(float(v)) else format(float(v), spec)
+    them, never "nan". Console and report both write statistics through it. A value that a fixed
+    spec rounds to zero keeps one significant digit ("-0.001", not "-0.00"), as `percent` does."""
+    if v is None or math.isnan(float(v)):
+        return "-"
+    text = format(float(v), spec)
+    if spec.endswith("f") and float(v) != 0 and float(text) == 0:
+        text = format(float(v), spec.rpartition(".")[0] + ".1g")
+    return text
+
+
+def significant(v: float, spec: str = ".3g") -> str:
+    """`v` with a `g` spec, given more digits (up to 7) where it would read as a whole number it is
+    not: a probability of 0.99986 is not "1", 99.96 not "100" (below 1,000: larger values are
+    whole numbers to `spec`'s digits in any case)."""
+    text = format(float(v), spec)
+    digits = int(spec.rpartition(".")[2].rstrip("g") or 6)
+    while abs(v) < 1000 and float(text) != float(v) and float(text).is_integer() and digits < 7:
+        digits += 1
+        text = format(float(v), f"{spec.rpartition('.')[0]}.{digits}g")
+    return text
 
 
 def shape_text(attrs: dict) -> str:
