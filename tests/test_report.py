@@ -450,3 +450,21 @@ def test_torchvision_googlenet_and_resnet50_in_chromium(tmp_path, imagenet_224, 
         page.wait_for_load_state("load")
         assert page.url == index.as_uri(), page.url
     assert problems == []
+
+
+def test_output_units_are_named_by_their_class(tmp_path, runs, browser):
+    """The logits' and the softmax's units are the classes: their cards and dashboards said only
+    "unit 7" (UX audit). Named as text (the class names here hold markup); a conv unit is not."""
+    plain, _ = runs
+    index = write_report(plain, tmp_path / "rep", montages=0)
+    ids = {p.stem.split("-", 1)[1]: p.stem for p in (index.parent / "layers").glob("*.html")}
+    page, problems = _open(browser, (index.parent / "layers" / f"{ids['classifier.6']}.html").as_uri())
+    page.wait_for_selector("#unit-3")
+    assert page.inner_text("#unit-3 h3").startswith(f"unit 3 · {plain.class_names[3]} · max ")
+    page.goto((index.parent / "units" / f"{ids['softmax']}.html").as_uri() + "#unit=4")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '4'")
+    assert page.inner_text("#unit-number") == f"4 of 10 ({plain.class_names[4]})"
+    page.goto((index.parent / "layers" / f"{ids['features.0']}.html").as_uri())
+    page.wait_for_selector("#unit-3")
+    assert page.inner_text("#unit-3 h3").startswith("unit 3 · max ")
+    assert page.query_selector("h3 b") is None and problems == []

@@ -19,6 +19,7 @@ from PIL import Image
 
 from sketchmine.names import printable
 from sketchmine.results.numbers import percent  # noqa: F401  (report.py, plots.py and montage.py take it from here)
+from sketchmine.results.effects import class_units
 from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import size_note, ties_words
@@ -145,6 +146,7 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
     c = index.shape[0]
     opt = attrs.get(schema.OPTIMIZED) if run.has_array(name, "optimized") else None
     opt_done = int(opt.get("units_done", 0)) if opt else 0
+    classes = class_units(run, name)  # an output layer's units are classes: named by them
     pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
     for p in range(pages):
         u0, u1 = p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)
@@ -168,6 +170,8 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
                     ent["image"] = None
                 entries.append(ent)
             unit = {"unit": u, "max": jnum(values[u, 0]) if ok[0] else None, "entries": entries}
+            if classes is not None:
+                unit["cls"] = classes[u]
             if importance is not None and u in importance:
                 unit["importance"] = importance[u]
             if patches is not None and u < done and entries:

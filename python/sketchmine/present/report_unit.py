@@ -22,6 +22,7 @@ import numpy as np
 
 from sketchmine.present.montage import Slides, save_montage
 from sketchmine.present.report_data import PAGE_SIZE, THUMB, precision_html, save_png, strip, to_js
+from sketchmine.results.effects import class_units
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary, pictures_current
 from sketchmine.store import schema
@@ -90,6 +91,7 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
     pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
     unreadable = len(run.attrs.get("bad_images") or [])  # counted in "images", in no statistic
     drawn = Slides()  # one slide, filled with each unit's pictures and words in turn
+    classes = class_units(run, name)
     for p in range(pages):
         units = []
         for u in range(p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)):
@@ -104,6 +106,8 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
                 if d.get(which) and group not in d:
                     d["missing"][group] = f"sketchmine visualize {run.path} --layers {name} --examples all stores them"
             d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}&unit={u}"
+            if classes is not None:
+                d["cls"] = classes[u]
             d["unreadable"] = unreadable
             units.append(d)
         (data_dir / f"unit_{p:04d}.js").write_text(f"sketchmineUnit.page({p}, {to_js(units)});\n")

@@ -43,6 +43,16 @@ def logits_layer(run: Run) -> str | None:
     return found[-1] if classes and found else None
 
 
+def class_units(run: Run, layer: str) -> list[str] | None:
+    """The class of each unit of `layer` when its units are the classes (the virtual softmax, the
+    layer that computes the logits: mining matched the model's outputs to the classes), else None:
+    the views name such a unit by its class, not only by its number."""
+    if run.attrs.get("logits", True) is False or layer not in ("softmax", logits_layer(run)):
+        return None
+    names = [str(c) for c in run.class_names]
+    return names if list(run.layer_attrs(layer).get("shape") or []) == [len(names)] else None
+
+
 def not_ablatable(run: Run, layer: str) -> str | None:
     """Why no unit of `layer` can be ablated (so no effects or importance can ever be computed
     for it, and no hint should point at a command that refuses), or None. Why: the virtual

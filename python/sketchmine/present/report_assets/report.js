@@ -73,7 +73,7 @@
   function card(u) {
     var c = el("div", "card");
     c.id = "unit-" + u.unit;
-    c.appendChild(el("h3", null, "unit " + u.unit + " \u00b7 max " + fmt(u.max, 5)));
+    c.appendChild(el("h3", null, "unit " + u.unit + (u.cls != null ? " \u00b7 " + u.cls : "") + " \u00b7 max " + fmt(u.max, 5)));
     c.appendChild(dashLinks(u.unit));
     var n = u.entries.length;
     if (u.importance) {

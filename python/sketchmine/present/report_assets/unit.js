@@ -211,7 +211,7 @@
   function render(d) {
     var box = document.getElementById("dash");
     while (box.firstChild) { box.removeChild(box.firstChild); }
-    document.getElementById("unit-number").textContent = d.unit + " of " + d.units;
+    document.getElementById("unit-number").textContent = d.unit + " of " + d.units + (d.cls != null ? " (" + d.cls + ")" : "");
     document.getElementById("unit-input").value = d.unit;
     var links = el("p", "dash-links");
     var card = el("a", null, "its card");
