@@ -74,7 +74,8 @@ def summary_figure(run: Run, n: int = 5) -> Figure:
             continue
         # each list in its own columns (a list shorter than n, where fewer classes have images, must not
         # run into the other's); the cell at each list's cut says what the cut leaves out
-        cells = [(c, name, row, ties_words(top) if c == len(top) - 1 else "") for c, (name, row) in enumerate(top.iterrows())]
+        cells = [(float(c), name, row, ties_words(top) if c == len(top) - 1 else "")
+                 for c, (name, row) in enumerate(top.iterrows())]
         cells += [(n + 0.3 + c, name, row, ties_words(bottom) if c == 0 else "")
                   for c, (name, row) in enumerate(bottom.iterrows())]
         for x, name, row, cut in cells:
@@ -87,8 +88,8 @@ def summary_figure(run: Run, n: int = 5) -> Figure:
     ax.set_yticks(np.arange(len(layers)) + 0.46)
     ax.set_yticklabels(layers, fontsize=8, parse_math=False)  # module names may hold "$"
     ax.set_xticks([])
-    for side, x in (("Top", n / 2), ("Bottom", n + 0.3 + n / 2)):
-        ax.text(x, -0.3, f"{side} {n} classes", ha="center", fontsize=10, weight="bold")
+    for side, middle in (("Top", n / 2), ("Bottom", n + 0.3 + n / 2)):
+        ax.text(middle, -0.3, f"{side} {n} classes", ha="center", fontsize=10, weight="bold")
     for spine in ax.spines.values():
         spine.set_visible(False)
     title = f"classes among the top-{run.k} images of every unit (class accuracy %, count)"
@@ -136,7 +137,7 @@ def ink_figure(run: Run) -> Figure:
     rho = corr["spearman"].to_numpy()
     ax.bar(np.arange(len(corr)), np.nan_to_num(rho), color=["#3b7dd8" if r >= 0 else "#d8703b" for r in rho])
     for i in np.flatnonzero(np.isnan(rho)):  # no ρ is not ρ = 0: said where its bar would be
-        ax.text(i, 0.04, "no ρ", ha="center", va="bottom", fontsize=7, color="#777777", rotation=90)
+        ax.text(float(i), 0.04, "no ρ", ha="center", va="bottom", fontsize=7, color="#777777", rotation=90)
     ax.axhline(0, color="#333333", linewidth=0.6)
     ax.set_ylim(-1, 1)
     ax.set_xticks(np.arange(len(corr)))
