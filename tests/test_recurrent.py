@@ -387,3 +387,8 @@ def test_layers_over_time_show_their_steps(tmp_path, seq_set):
     console = Console(file=io.StringIO(), width=200)
     console.print(layers_table(run))
     assert "16×28×28 × 8 steps" in console.file.getvalue() and "224" not in console.file.getvalue()
+    from sketchmine.present.unit_console import print_unit
+
+    console = Console(file=io.StringIO(), width=200)
+    print_unit(run.path, "features.0", 3, console)  # `sketchmine unit`
+    assert "conv2d, 16×28×28 × 8 steps" in console.file.getvalue()

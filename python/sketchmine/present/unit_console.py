@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sketchmine.present.console import safe
 from sketchmine.present.json_out import print_json
-from sketchmine.results.numbers import percent
+from sketchmine.results.numbers import percent, shape_text
 from sketchmine.results.run import open_run
 from sketchmine.results.unit_summary import LayerSummary
 
@@ -25,15 +25,16 @@ def _pct(v: float | None) -> str:
     return percent(v, 2)
 
 
-def overview_table(d: dict[str, Any]) -> Table:
-    """Key facts: shape, precision (autocast runs), maximum, receptive field, mean, firing density, importance."""
+def overview_table(d: dict[str, Any], shape: str | None = None) -> Table:
+    """Key facts: shape (`shape`: as `numbers.shape_text` writes it; else d's), precision
+    (autocast runs), maximum, receptive field, mean, firing density, importance."""
     t = Table(title=f"{safe(d['layer'])} · unit {d['unit']} of {d['units']}" + ("" if d["complete"] else
                                                                                  "  (PARTIAL run)"),
               show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")
     rf = d["receptive_field"]
-    rows = [("kind, output", f"{safe(d['kind'])}, {'×'.join(map(str, d['shape']))}"),
+    rows = [("kind, output", f"{safe(d['kind'])}, {shape or '×'.join(map(str, d['shape']))}"),
             ("images mined", str(d["images"]))]
     if d.get("precision", "float32") != "float32":  # an autocast run: its values are not float32's
         rows.append(("computed in", safe(d["precision"])))
@@ -128,12 +129,13 @@ def correlated_table(d: dict[str, Any]) -> Table:
 
 def print_unit(run_path: str | os.PathLike, layer: str, unit: int, console: Console, as_json: bool = False) -> None:
     """Print one unit's dashboard (tables, or one JSON object on stdout)."""
-    summary = LayerSummary(open_run(run_path), layer)
+    run = open_run(run_path)
+    summary = LayerSummary(run, layer)
     if as_json:  # JSON has no infinities: "inf" / "-inf", as the report's data (null says "no value")
         print_json(summary.unit(unit, infinities=True))
         return
     d = summary.unit(unit, infinities=True)
-    console.print(overview_table(d))
+    console.print(overview_table(d, shape_text(run.layer_attrs(layer))))
     if d["quantiles"] is not None:
         console.print(distribution_table(d))
     console.print(images_table(f"top {len(d['top'])} images", d["top"]))
