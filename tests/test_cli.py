@@ -209,7 +209,8 @@ def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkey
     # the compare tables: accuracy of both runs side by side, layers paired by name or depth
     assert "compare: A = demo:sketchnet_animal, B = demo:sketchresnet_animal" in text
     assert "(97.05%) vs B" in text and "(98.35%)" in text
-    # softmax is in both runs (paired by name), the other layers by depth; the title may wrap
-    assert "layers paired by name where both runs have the layer, else by relative depth" in " ".join(text.split())
-    for a, b in (("features.0", "conv1"), ("softmax", "softmax")):  # first with first, last with last
+    # softmax is in both runs (paired by name), the logits with the logits, the other layers by depth; the title may wrap
+    assert ("layers paired by name where both runs have the layer, the logits with the logits, else by relative depth"
+            in " ".join(text.split()))
+    for a, b in (("features.0", "conv1"), ("classifier.6", "fc"), ("softmax", "softmax")):
         assert re.search(rf"│ {re.escape(a)} +│ {re.escape(b)} +│", text), (a, b)

@@ -2,7 +2,7 @@
 the embedded Animal-Shape set, torch Datasets, stroke sequences) and the one preprocessing
 rule that turns their pixels into model inputs.
 """
-from sketchmine.data.arrays import ArrayDataset, animal_shape, embedded_path, export_image_folder
+from sketchmine.data.arrays import ArrayDataset, animal_shape, embedded_path
 from sketchmine.data.dataset import MinerDataset, collate
 from sketchmine.data.folder import (
     IMAGE_EXTENSIONS,
@@ -23,7 +23,7 @@ from sketchmine.data.preprocess import (
     parse_size,
     preset,
 )
-from sketchmine.data.resolve import as_miner_dataset, compute_mean_std
+from sketchmine.data.resolve import as_miner_dataset, compute_mean_std, export_image_folder
 from sketchmine.data.torchdata import TorchDataset
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "LUMA", "OTHER_IMAGE_EXTENSIONS", "READ_ERRORS",

@@ -5,12 +5,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.resources
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from sketchmine.data.dataset import MinerDataset
 from sketchmine.data.preprocess import Preprocessing, chw
@@ -159,22 +157,3 @@ def animal_shape(split: str = "test", preprocessing: Preprocessing | None = None
     pre = preprocessing or Preprocessing("none", 1, None)
     desc = {"kind": "embedded", "name": "animal_shape", "split": split}
     return ArrayDataset(images, labels, [str(n) for n in names], pre, desc, explicit=preprocessing is not None)
-
-
-def export_image_folder(dataset: Any, root: str | os.PathLike) -> Path:
-    """Write an in-memory dataset (an ArrayDataset such as `animal_shape(...)`, or a torch Subset
-    of one, as `mine` takes it) as PNGs in ImageFolder layout (for CLI use and tests)."""
-    if not isinstance(dataset, ArrayDataset):
-        from sketchmine.data.resolve import sketchmine_subset
-
-        dataset = sketchmine_subset(dataset)
-    if not isinstance(dataset, ArrayDataset):
-        raise SketchmineError(f"export_image_folder writes an in-memory dataset (animal_shape(...), an ArrayDataset "
-                              f"or a torch Subset of one), got {type(dataset).__name__}")
-    root = Path(root)
-    for i in range(len(dataset)):
-        label = int(dataset.labels()[i])
-        folder = root / dataset.class_names[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(dataset.images[i])).save(folder / f"{i:05d}.png")
-    return root

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sketchmine.data.arrays import ArrayDataset
@@ -125,3 +127,19 @@ def compute_mean_std(dataset: MinerDataset, batch_size: int = 256, num_workers: 
     mean = total / count
     std = (sq / count - mean * mean).clamp_min(1e-12).sqrt()
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def export_image_folder(dataset: Any, root: str | os.PathLike) -> Path:
+    """Write an in-memory dataset (an ArrayDataset such as `animal_shape(...)`, or a torch Subset
+    of one, as `mine` takes it) as PNGs in ImageFolder layout (for CLI use and tests)."""
+    dataset = sketchmine_subset(dataset) if not isinstance(dataset, ArrayDataset) else dataset
+    if not isinstance(dataset, ArrayDataset):
+        raise SketchmineError(f"export_image_folder writes an in-memory dataset (animal_shape(...), an ArrayDataset "
+                              f"or a torch Subset of one), got {type(dataset).__name__}")
+    root = Path(root)
+    for i in range(len(dataset)):
+        label = int(dataset.labels()[i])
+        folder = root / dataset.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(dataset.images[i])).save(folder / f"{i:05d}.png")
+    return root
