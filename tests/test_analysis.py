@@ -265,3 +265,23 @@ def test_without_names_or_outputs_in_common_pairs_are_by_depth(m, n):
     a, b = [f"a{i}" for i in range(m)], [f"b{i}" for i in range(n)]
     assert [(x, y) for x, y, how in layer_pairs(a, b)] == depth_pairs(a, b)
     assert {how for _, _, how in layer_pairs(a, b)} == {"depth"}
+
+
+def test_compare_says_which_layers_of_the_longer_run_pair_with_none(mined, tmp_path, small_test_set):
+    """The table shows one row per layer of the run with fewer layers: the other run's rest was
+    left out without a word (UX audit: 8 of the ResNet's 16 layers)."""
+    import io
+
+    from rich.console import Console
+
+    from sketchmine.present.console import compare_tables
+
+    run, _, _ = mined
+    other = sketchmine.mine("demo", small_test_set, layers=["features.0", "classifier.6"], out=tmp_path / "b.zarr",
+                            batch_size=100)
+    console = Console(file=io.StringIO(), width=300)
+    for table in compare_tables(compare(run, other, n=3)):
+        console.print(table)
+    rest = [name for name in run.layers if name not in ("features.0", "classifier.6")]
+    assert rest and f"A's layers paired with none: {', '.join(rest)}" in console.file.getvalue()
+    assert "B's layers paired with none" not in console.file.getvalue()

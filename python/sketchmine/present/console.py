@@ -270,6 +270,10 @@ def compare_tables(cmp: Comparison) -> list[Table]:
                    "tie (no top or bottom classes)")
     if cmp.no_images:
         lay.caption += "\n" + _no_images(cmp.no_images)
+    for side, run, key in (("A", cmp.a, "layer_a"), ("B", cmp.b, "layer_b")):  # the longer run's rest: said, not dropped
+        left = [name for name in run.layers if name not in set(cmp.layers[key])] if len(cmp.layers) else []
+        if left:
+            lay.caption += f"\n{side}'s layers paired with none: {', '.join(safe(name) for name in left)}"
     lay.caption_justify = "left"
     return [acc, lay]
 
