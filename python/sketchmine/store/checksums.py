@@ -63,7 +63,7 @@ def pieces(arr: Any, budget: int = 64 << 20) -> list[slice | None]:
 def stored_sums(arr: Any) -> dict[str, Any]:
     """block_sums of a stored array by its chunks of rows, read a piece at a time (`pieces`)."""
     rows = max(1, int(arr.chunks[0])) if arr.ndim else 1
-    sums = [s for rows_ in pieces(arr) for s in block_sums(np.asarray(arr[rows_ or ...]), rows)["sums"]]
+    sums = [s for piece in pieces(arr) for s in block_sums(np.asarray(arr[piece or ...]), rows)["sums"]]
     return {"rows": rows, "sums": sums, "dtype": dtype_name(arr.dtype)}
 
 
