@@ -130,7 +130,8 @@ def _visualize(args: argparse.Namespace, console: Console, err: Console) -> None
 
 
 INTERRUPTED = {
-    "mine": "re-run the same command to resume from the last flush (a checkpoint every --flush-every batches)",
+    "mine": "re-run the same command to resume from the last flush (a checkpoint every --flush-every batches; "
+            "from the first image when none was made yet)",
     "visualize": "re-run the same command to resume from the last finished block of units",
     "importance": "layers finished before the interrupt keep their stored importance; re-running recomputes "
                   "every layer it is given",
