@@ -145,10 +145,13 @@ class RunStore(Checkpoints):
 
     def verify_results(self) -> None:
         """Read every array the run recorded checksums for: a RunDamaged naming the first damaged one."""
-        sums = self.attrs.get(schema.CHECKSUMS) or {}
-        for name, entry in sums.items():  # from the files, not from a copy checked earlier
-            for rows in pieces(self._array(name)):  # flat memory: a dataset's logits
-                self._read(name, entry, rows)
+        for name, entry in (self.attrs.get(schema.CHECKSUMS) or {}).items():
+            self.verify_array(name, entry)
+
+    def verify_array(self, name: str, entry: dict[str, Any]) -> int:
+        """Read array `name` from its files (not a copy checked earlier), a piece at a time (flat
+        memory: a dataset's logits), checked against its recorded checksums `entry`; bytes read."""
+        return sum(self._read(name, entry, rows).nbytes for rows in pieces(self._array(name)))
 
     def committed(self, read: Callable[[], Any], tries: int = 10) -> Any:
         """`read()` against one committed state of a run another process may be mining.
