@@ -103,8 +103,13 @@ def test_every_option_shows_its_default_in_help():
             assert "default" in fmt._get_help_string(a).lower(), f"{name} {a.option_strings}: {a.help!r}"
             seen += 1
     assert seen > 40
+    for name, parser in subs.choices.items():  # positional arguments too: `unit RUN LAYER UNIT` said nothing
+        for a in parser._actions:
+            if not a.option_strings:
+                assert a.help and len(a.help) > 10, f"{name} {a.dest} has no help"
     text = sm("mine", "--help").stdout
     assert "(default: 64)" in " ".join(text.split()) and "(default: cpu)" in text
+    assert "(default: 100)" in " ".join(sm("report", "--help").stdout.split())  # one form for every default
 
 
 def test_cli_inks_are_the_datasets():

@@ -163,7 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="page-locked loader batches (default: on when --device is CUDA)")
     m.add_argument("--preprocessing", default="auto", choices=["auto", "model", "imagenet", "dataset", "none"],
-                   help="auto: the model's recorded normalisation, else ImageNet mean/std")
+                   help="each pixel in [0, 1] becomes (pixel - mean) / std per channel, with: auto, the model's "
+                        "recorded mean/std, else ImageNet's; model, the model's recorded ones (refused if it records "
+                        "none); imagenet, ImageNet's; dataset, the mined images' own (one extra pass); none: "
+                        "pixels as they are")
     m.add_argument("--image-size", type=positive_int,
                    help="resize images to S×S (default: the size pretrained weights record, else keep their size)")
     m.add_argument("--flush-every", type=positive_int, default=50, help="checkpoint every N batches")
@@ -192,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "stored); cpu: each image in the loader. Same rule, same results (default: the run's on "
                         "resume, else device; cpu with --steps)")
     v = sub.add_parser("visualize", help="crop each top-k entry's receptive field and its deconvolution into RUN")
-    v.add_argument("run")
+    run_argument(v, "the run to add pictures to")
     layers_option(v, "layers to visualize (default: every mined layer)")
     reload_options(v)
     v.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided", "gradient"],
@@ -218,27 +221,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--report", help="folder for the reports, REPORT/demo/, REPORT/demo-resnet/ and "
                                     "REPORT/demo-gru/ (default: OUT/report)")
     r = sub.add_parser("report", help="write a static HTML report of RUN (opens offline in any browser)")
-    r.add_argument("run")
+    run_argument(r, "the run to report")
     r.add_argument("--out", help="report folder, index.html inside (default: RUN-report beside the run, RUN "
                                  "without .zarr)")
     r.add_argument("--open", action="store_true", help="open the report in the default web browser")
     r.add_argument("--no-probe", action="store_true", help="leave out the live probe (it loads and exports the model)")
     r.add_argument("--probe-max-mb", type=megabytes, metavar="MB",
-                   help="largest model graph the probe embeds (default 100; 0: no cap); larger: no probe, said why")
+                   help="largest model graph the probe embeds, 0: no cap; larger: no probe, said why (default: 100)")
     c = sub.add_parser("compare", help="two runs over the same dataset side by side")
-    c.add_argument("run_a")
-    c.add_argument("run_b")
+    c.add_argument("run_a", help="run A, shown on the left")
+    c.add_argument("run_b", help="run B, mined over the same dataset as A")
     c.add_argument("-n", type=positive_int, default=5, help="classes per side")
     json_option(c)
     s = sub.add_parser("summary", help="print a run's accuracy and per-layer class preferences")
-    s.add_argument("run")
+    run_argument(s, "the run to summarise (complete or partial)")
     s.add_argument("-n", type=positive_int, default=5, help="classes per side")
     json_option(s)
     ve = sub.add_parser("verify", help="check every checksum RUN recorded: whether its files hold what was written")
-    ve.add_argument("run")
+    run_argument(ve, "the run to check")
     json_option(ve)
     i = sub.add_parser("importance", help="per-unit ablation importance for the correct class, stored in RUN")
-    i.add_argument("run")
+    run_argument(i, "the run whose units to rank; the ranking is stored in it")
     layers_option(i, "mined layers (default: every mined module layer)")
     reload_options(i)
     i.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
@@ -249,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
     e = sub.add_parser("effects", help="per unit: the mean change of every class's logit and probability when it "
                                        "is zeroed, and its most correlated units, stored in RUN")
-    e.add_argument("run")
+    run_argument(e, "the run whose units to zero; the effects are stored in it")
     layers_option(e, "mined layers (default: every mined module layer)")
     reload_options(e)
     e.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
@@ -257,17 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-n", type=positive_int, default=10, help="units listed per layer")
     p_ = sub.add_parser("probe", help="export RUN's model for the live probe page (drawing → predictions and units "
                                       "in the browser); `sketchmine report` includes it when the model loads")
-    p_.add_argument("run")
+    run_argument(p_, "the run whose model to export")
     p_.add_argument("--out", required=True, help="folder for probe.html (new or empty)")
     p_.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
                     help="the model's input size, for a run that records none (one differing from the size the "
                          "run or the .onnx file fixes is refused)")
     p_.add_argument("--max-mb", type=megabytes, metavar="MB",
-                    help="largest model graph to embed (default 100; 0: no cap)")
+                    help="largest model graph to embed, 0: no cap (default: 100)")
     un = sub.add_parser("unit", help="one unit's dashboard: distribution, examples, classes, effects, importance")
-    un.add_argument("run")
-    un.add_argument("layer")
-    un.add_argument("unit", type=int)
+    run_argument(un, "the run holding the unit")
+    un.add_argument("layer", help="a mined layer's qualified name, as `sketchmine summary RUN` lists them")
+    un.add_argument("unit", type=int, help="the unit (channel) number in that layer, from 0")
     json_option(un)
     return p
 
@@ -278,6 +281,11 @@ class SubParser(Parser):
     def __init__(self, **kwargs: typing.Any) -> None:
         super().__init__(formatter_class=DefaultsHelp, **{k: v for k, v in kwargs.items() if k != "formatter_class"})
         verbosity_options(self, top=False)
+
+
+def run_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """A command's RUN: the folder `sketchmine mine --out` wrote (a Zarr store, NAME.zarr)."""
+    p.add_argument("run", help=f"{what}: the folder `sketchmine mine --out` wrote (NAME.zarr)")
 
 
 def json_option(p: argparse.ArgumentParser) -> None:
