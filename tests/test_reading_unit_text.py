@@ -111,4 +111,6 @@ def test_numbers_that_round_to_a_whole_number_or_zero_say_they_do_not():
     assert [significant(v) for v in (0.99986, 1.0, 99.96, 3.3, -0.99986, 0.5, 4.0)] == \
         ["0.9999", "1", "99.96", "3.3", "-0.9999", "0.5", "4"]
     assert value_text(0.99986) == "0.9999" and value_text(None) == "-"
-    assert [number(v, "+.2f") for v in (-0.001, 0.0, -0.004, 0.5, float("nan"))] == ["-0.001", "+0.00", "-0.004", "+0.50", "-"]
+    assert [number(v, "+.2f") for v in (-0.001, 0.0, -0.004, 0.5, float("nan"), -0.0)] == \
+        ["-0.001", "+0.00", "-0.004", "+0.50", "-", "+0.00"]
+    assert number(-0.0) == "0.000"

@@ -29,12 +29,14 @@ def number(v: float | None, spec: str = ".3f") -> str:
     """A statistic as text with `spec`; "-" for None or NaN (a correlation over one class or where
     every class ties, the ink density of a class with no image mined yet), as `percent` writes
     them, never "nan". Console and report both write statistics through it. A value that a fixed
-    spec rounds to zero keeps one significant digit ("-0.001", not "-0.00"), as `percent` does."""
+    spec rounds to zero keeps one significant digit ("-0.001", not "-0.00"), as `percent` does; -0.0
+    is "0.000"."""
     if v is None or math.isnan(float(v)):
         return "-"
-    text = format(float(v), spec)
-    if spec.endswith("f") and float(v) != 0 and float(text) == 0:
-        text = format(float(v), spec.rpartition(".")[0] + ".1g")
+    v = float(v) + 0.0  # a negative zero is zero: "0.000", not "-0.000"
+    text = format(v, spec)
+    if spec.endswith("f") and v != 0 and float(text) == 0:
+        text = format(v, spec.rpartition(".")[0] + ".1g")
     return text
 
 
