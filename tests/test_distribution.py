@@ -289,7 +289,7 @@ def test_a_run_mined_without_them_says_what_is_missing(tmp_path, mined):
     as_mined_without(old, layer, OURS)
     run = sketchmine.open_run(old)
     for read in (run.histogram, run.quantile_examples, run.bottomk, lambda l: run.quantiles(l, [0.5])):
-        with pytest.raises(SketchmineError, match="mined without them.*sketchmine mine --distributions"):
+        with pytest.raises(SketchmineError, match="mined without distributions.*mine it again into a new directory to add them: `sketchmine"):
             read(layer)
     with pytest.raises(SketchmineError, match="from 0 to 1"):
         mined[0].quantiles(layer, [1.5])

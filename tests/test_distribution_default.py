@@ -38,7 +38,7 @@ def test_off_by_default_on_when_asked_and_resume_must_agree(tmp_path, demo_model
     layer = on.layers[0]
     assert on.histogram(layer)[1].sum(1).tolist() == [96] * on.histogram(layer)[1].shape[0]
     assert len(ours(on.path)) == len(OURS) * len(on.layers) and not ours(off.path)
-    with pytest.raises(SketchmineError, match="mined without them"):
+    with pytest.raises(SketchmineError, match="mined without distributions"):
         off.histogram(layer)
     assert off.firing_density(layer).shape == (on.histogram(layer)[1].shape[0],)  # always kept
     from tests.helpers import StopAfter

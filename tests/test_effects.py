@@ -299,7 +299,7 @@ def test_unlabelled_dataset_and_missing_results(tmp_path, demo_model, subset):
                       {"kind": "python"})
     run = sketchmine.mine(demo_model.module, ds, layers=["features.0", "classifier.6", "softmax"], k=2,
                           out=tmp_path / "r.zarr", batch_size=20)
-    with pytest.raises(SketchmineError, match=r"no unit effects for 'features.0'; compute them with sketchmine effects"):
+    with pytest.raises(SketchmineError, match=r"no unit effects for 'features.0'; compute them with `sketchmine effects"):
         run.unit_effects("features.0")
     with pytest.raises(SketchmineError, match="no correlated units for 'features.0'"):
         run.correlated_units("features.0")

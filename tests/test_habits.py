@@ -386,3 +386,30 @@ def test_tables_written_to_a_file_keep_every_layer_name_whole(mined, tmp_path):
     assert rows and all("…" not in line for line in rows)  # no cell cut short
     for layer in LAYERS:  # the layer table, the class lists and the class-preference table
         assert sum(line.startswith(f"│ {layer} ") for line in rows) == 3, layer
+
+
+def test_a_run_without_distributions_names_the_command_that_adds_them(mined, tmp_path):
+    """The notes of a run mined without distributions gave `sketchmine mine --distributions --model ...
+    --data ... --out NEW_DIR` although the run records its model and folder: the command they give
+    now is filled in from the run, and running it mines the same top-k with the distributions."""
+    import shlex
+
+    import sketchmine
+
+    run, _ = mined
+    proc = sm("unit", str(run), LAYERS[0], "1")
+    said = " ".join(proc.stdout.split())  # rich wraps at the terminal's width
+    assert proc.returncode == 0 and said.count("was mined without distributions") == 1, said  # one line, four sections
+    assert "no bottom, quantiles, histogram, bins: " in said
+    command = said.split("mine it again into a new directory to add them: `")[1].split("`")[0]
+    assert "..." not in command and "--data" in command and command.endswith("--out NEW_DIR")
+    args = shlex.split(command.replace("NEW_DIR", str(tmp_path / "again.zarr")))
+    assert args[:2] == ["sketchmine", "mine"]
+    again = sm(*args[1:], "--workers", "0", "--batch-size", "32")
+    assert again.returncode == 0, again.stderr
+    old, new = sketchmine.open_run(run), sketchmine.open_run(tmp_path / "again.zarr")
+    assert new.layers == old.layers and new.attrs["distributions"] is True
+    for layer in old.layers:
+        for a, b in zip(old.topk(layer), new.topk(layer)):
+            np.testing.assert_array_equal(a, b)
+        assert new.histogram(layer)[1].sum(1).min() == len(new.paths)

@@ -250,7 +250,7 @@ def test_unit_tables_and_errors(run):
     bare = sm("unit", str(run.path), BARE, "0")
     said = " ".join(bare.stdout.split())  # rich wraps at the terminal's width
     assert bare.returncode == 0 and "no importance: " in said
-    assert f"run `sketchmine importance {run.path} --layers {BARE}` to add it" in said
+    assert f"compute it with `sketchmine importance {run.path} --layers {BARE}`" in said
     for args, said in (((SHOWN, "96"), "unit 96 is not in layer 'features.6'"),
                        ((SHOWN, "-1"), "unit -1 is not in layer"),
                        (("feature.6", "0"), "closest: features.6")):

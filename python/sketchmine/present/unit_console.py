@@ -147,5 +147,8 @@ def print_unit(run_path: str | os.PathLike, layer: str, unit: int, console: Cons
         console.print(classes_table(d))
     if d["correlated"] is not None:
         console.print(correlated_table(d))
+    grouped: dict[str, list[str]] = {}  # one line for the sections one reason leaves out (a run without distributions)
     for section, why in d["missing"].items():
-        console.print(f"[yellow]no {section.replace('_', ' ')}:[/] {safe(why)}")
+        grouped.setdefault(why, []).append(section.replace("_", " "))
+    for why, sections in grouped.items():
+        console.print(f"[yellow]no {', '.join(sections)}:[/] {safe(why)}")

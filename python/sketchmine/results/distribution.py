@@ -37,10 +37,40 @@ def layer_arrays(run: Run, layer: str, key: str, names: Sequence[str], what: str
     return run.store.committed(lambda: _read(run, layer, key, names, what))
 
 
+def mine_again(run: Run) -> str:
+    """The call that mines `run`'s model and images again with distributions, filled in from what the
+    run records: a `sketchmine mine` command for a folder of images, the Python call for the embedded
+    set, the generic form where the run holds neither (an in-memory model or a torch Dataset)."""
+    attrs = run.attrs
+    spec = (attrs.get("model_spec") or {}).get("spec")
+    data = attrs.get("dataset") or {}
+    seq = data.get("sequence") or {}
+    pre = attrs.get("preprocessing") or {}
+    layers = ",".join(run.layers)
+    if isinstance(spec, str) and data.get("kind") == "image_folder":
+        weights = (attrs.get("model_spec") or {}).get("weights")
+        size = pre.get("size")
+        parts = [f"sketchmine mine --model {spec}", f"--weights {weights}" if weights else "",
+                 f"--data {data.get('root')}", f"--layers {layers}", f"-k {run.k}",
+                 f"--preprocessing {pre['preset']}" if pre.get("preset") not in (None, "model") else "",
+                 f"--image-size {size[0]}" if size and len(set(size)) == 1 else "",
+                 f"--steps {seq['steps']} --ink {seq.get('ink', 'light')}" if seq else "",
+                 "--distributions --out NEW_DIR"]
+        return f"`{' '.join(p for p in parts if p)}`"
+    if isinstance(spec, str) and data.get("kind") == "embedded" and "subset" not in data and not seq:
+        return (f"`sketchmine.mine({spec!r}, sketchmine.data.animal_shape({data.get('split', 'test')!r}), "
+                f"layers={layers.split(',')!r}, k={run.k}, distributions=True, out=NEW_DIR)`")
+    return "`sketchmine mine --distributions --model ... --data ... --out NEW_DIR` (distributions=True in Python)"
+
+
+def without(run: Run) -> str:
+    """Why a run mined without distributions has none, and the call that adds them."""
+    return ("was mined without distributions (they are opt-in: docs/analysis.md, \"Why opt-in\", gives their "
+            f"cost); mine it again into a new directory to add them: {mine_again(run)}")
+
+
 def _read(run: Run, layer: str, key: str, names: Sequence[str], what: str) -> list[np.ndarray]:
-    again = ("it was mined without them (they are opt-in: docs/analysis.md, \"Why opt-in\", gives their cost); "
-             "mine it again into a new directory with distributions=True (`sketchmine mine --distributions --model ... "
-             "--data ... --out NEW_DIR`) to add them")
+    again = f"it {without(run)}"
     if run.complete:
         missing = [n for n in names if not run.has_array(layer, n)]
         if missing:

@@ -75,7 +75,7 @@ def _missing(run: Run, layer: str, what: str) -> SketchmineError:
     if why is not None:
         return SketchmineError(f"run {run.path} has no {what} for {layer!r}: {why}")
     return SketchmineError(f"run {run.path} has no {what} for {layer!r}; compute them with "
-                           f"sketchmine effects {run.path} --layers {layer} (or sketchmine.unit_effects)")
+                           f"`sketchmine effects {run.path} --layers {layer}` (or sketchmine.unit_effects)")
 
 
 def has_effects(run: Run, layer: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sketchmine.errors import SketchmineError, unless_damaged
-from sketchmine.results.distribution import quantile_bounds
+from sketchmine.results.distribution import quantile_bounds, without
 from sketchmine.results.effects import not_ablatable
 from sketchmine.results.run import Run
 
@@ -99,9 +99,12 @@ class LayerSummary:
         else:
             self.importance = None
             blocked = not_ablatable(run, layer)  # not `why`: that one says why the class accuracy is missing
-            self.missing["importance"] = (f"no unit importance for this layer: {blocked}" if blocked else
-                                          f"no unit importance stored for this layer: run `sketchmine importance "
-                                          f"{run.path} --layers {layer}` to add it")
+            self.missing["importance"] = (f"run {run.path} has no unit importance for {layer!r}" + (
+                f": {blocked}" if blocked else f"; compute it with `sketchmine importance {run.path} --layers {layer}` "
+                "(or sketchmine.unit_importance)"))
+        if run.complete and run.attrs.get("distributions") is False:  # one reason and one remedy for the four
+            self.missing.update({k: f"run {run.path} {without(run)}"
+                                 for k in ("bottom", "quantiles", "histogram", "bins") if k in self.missing})
         if not run.has_labels():
             self.missing["classes_top"] = ("the dataset has no labels" + (f": {why}" if why else "")
                                            + "; the classes of the top images need labelled images")
