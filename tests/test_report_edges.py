@@ -270,7 +270,7 @@ def test_quantiles_below_the_sketch_floor_are_shown_as_bounds(tmp_path, demo_tes
 
     from rich.console import Console
 
-    from sketchmine.present.unit_console import distribution_table
+    from sketchmine.present.unit_console import distribution_table, print_unit
     from sketchmine.results.unit_summary import LayerSummary
 
     d = LayerSummary(run, "softmax").unit(u)
@@ -279,7 +279,17 @@ def test_quantiles_below_the_sketch_floor_are_shown_as_bounds(tmp_path, demo_tes
     json.dumps(d, allow_nan=False)
     out = io.StringIO()
     Console(file=out, width=250).print(distribution_table(d))
-    assert len(re.findall(r"< [0-9]", out.getvalue())) == int(b.coarse[u].sum()) and "below the sketch's resolution" in " ".join(out.getvalue().split())
+    assert len(re.findall(r"< [0-9]", out.getvalue())) == int(b.coarse[u].sum())
+    out = io.StringIO()
+    print_unit(run.path, "softmax", u, Console(file=out, width=250))
+    lines = out.getvalue().splitlines()
+    # what "< b" means on one line of its own (as the table's caption it was folded to the table's width)
+    assert sum(line.startswith("< b / > b: below the sketch's resolution") and line.endswith("not the value")
+               for line in lines) == 1
+    assert f"softmax · unit {u} ({run.class_names[u]}) of {len(run.class_names)}" in lines[0]  # units are classes
+    top = run.topk("softmax")[0][u]
+    shown = re.findall(r"│\s+\d+ │\s+([0-9.e+-]+) │", out.getvalue())[:len(top)]
+    assert [float(v) for v in shown] == pytest.approx(top.tolist(), rel=1e-4)  # 0.99986 is not "1"
 
 
 def test_percentages_are_100_or_0_only_when_exact(tmp_path, inf_run, browser):  # noqa: F811

@@ -11,25 +11,29 @@ from rich.table import Table
 
 from sketchmine.present.console import safe
 from sketchmine.present.json_out import print_json
-from sketchmine.results.numbers import percent, shape_text
+from sketchmine.results.effects import class_units
+from sketchmine.results.numbers import percent, shape_text, significant
 from sketchmine.results.run import open_run
 from sketchmine.results.unit_summary import LayerSummary
 
 
 def _f(v: float | str | None, fmt: str = ".4g") -> str:
-    """A value as text: "-" for none (NaN), "inf" / "-inf" as such (`LayerSummary.unit(u, infinities=True)`)."""
-    return "-" if v is None else v if isinstance(v, str) else format(v, fmt)
+    """A value as text: "-" for none (NaN), "inf" / "-inf" as such (`LayerSummary.unit(u, infinities=True)`);
+    a `g` spec never rounds to a whole number the value is not (0.99986 is not "1")."""
+    return "-" if v is None else v if isinstance(v, str) else significant(v, fmt) if fmt.endswith("g") else format(v, fmt)
 
 
 def _pct(v: float | None) -> str:
     return percent(v, 2)
 
 
-def overview_table(d: dict[str, Any], shape: str | None = None) -> Table:
+def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None = None) -> Table:
     """Key facts: shape (`shape`: as `numbers.shape_text` writes it; else d's), precision
-    (autocast runs), maximum, receptive field, mean, firing density, importance."""
-    t = Table(title=f"{safe(d['layer'])} · unit {d['unit']} of {d['units']}" + ("" if d["complete"] else
-                                                                                 "  (PARTIAL run)"),
+    (autocast runs), maximum, receptive field, mean, firing density, importance; `cls`: the class
+    an output layer's unit is (`effects.class_units`), named in the title as cards name it."""
+    named = f" ({safe(cls)})" if cls else ""
+    t = Table(title=f"{safe(d['layer'])} · unit {d['unit']}{named} of {d['units']}" + ("" if d["complete"] else
+                                                                                        "  (PARTIAL run)"),
               show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")
@@ -68,17 +72,22 @@ def images_table(title: str, entries: list[dict[str, Any]]) -> Table:
 def distribution_table(d: dict[str, Any]) -> Table:
     """Quantiles of the unit's image maxima."""
     q = d["quantiles"]
-    t = Table(title="quantiles of the image maxima")  # one row per quantile: nine columns cut exponents at 80 columns
+    t = Table(title="quantiles of the image maxima", min_width=32)  # one row per quantile: nine columns cut exponents at 80 columns
     t.add_column("quantile", justify="right")
     t.add_column("value", justify="right", no_wrap=True)
     bounds = q.get("bound") or [None] * len(q["values"])
     for p, v, b in zip(q["q"], q["values"], bounds):
         t.add_row(f"{p * 100:g} %", _f(v) if b is None else (f"< {_f(b)}" if b > 0 else f"> {_f(b)}"))
-    if any(b is not None for b in bounds):  # the sketch keeps 16 octaves below the maximum
-        t.caption = ("< b / > b: below the sketch's resolution (16 octaves under the largest value of that sign, or a "
-                     "float32 subnormal) "
-                     "only the bound is known, not the value")
     return t
+
+
+def bounds_note(d: dict[str, Any]) -> str | None:
+    """What "< b" means in the quantile table, when a quantile has only its bound: a line of its
+    own (as the table's caption it was folded into the narrow table's width)."""
+    if not any(b is not None for b in d["quantiles"].get("bound") or []):
+        return None  # the sketch keeps 16 octaves below the maximum
+    return ("< b / > b: below the sketch's resolution (16 octaves under the largest value of that sign, or a "
+            "float32 subnormal), only the bound is known, not the value")
 
 
 def bins_table(d: dict[str, Any]) -> Table:
@@ -135,9 +144,12 @@ def print_unit(run_path: str | os.PathLike, layer: str, unit: int, console: Cons
         print_json(summary.unit(unit, infinities=True))
         return
     d = summary.unit(unit, infinities=True)
-    console.print(overview_table(d, shape_text(run.layer_attrs(layer))))
+    classes = class_units(run, layer)
+    console.print(overview_table(d, shape_text(run.layer_attrs(layer)), classes[unit] if classes else None))
     if d["quantiles"] is not None:
         console.print(distribution_table(d))
+        if note := bounds_note(d):
+            console.print(note)
     console.print(images_table(f"top {len(d['top'])} images", d["top"]))
     if d["bottom"] is not None:
         console.print(images_table(f"bottom {len(d['bottom'])} images (least activating)", d["bottom"]))
