@@ -3,6 +3,7 @@ raw arrays and a brute-force pass of plain forward hooks (tests/helpers.py)."""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -285,3 +286,10 @@ def test_compare_says_which_layers_of_the_longer_run_pair_with_none(mined, tmp_p
     rest = [name for name in run.layers if name not in ("features.0", "classifier.6")]
     assert rest and f"A's layers paired with none: {', '.join(rest)}" in console.file.getvalue()
     assert "B's layers paired with none" not in console.file.getvalue()
+    from sketchmine.present.console import print_compare
+
+    narrow = Console(file=io.StringIO(), width=80)  # the paths were folded into the accuracy table's title
+    print_compare(run, other, 3, narrow)
+    lines = narrow.file.getvalue().splitlines()
+    assert lines[:2] == [f"A: {run.path}", f"B: {other.path}"]
+    assert re.fullmatch(r"\s*accuracy: A \(\d+\.\d+%\) vs B \(\d+\.\d+%\)\s*", lines[2]), lines[2]

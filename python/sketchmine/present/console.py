@@ -235,14 +235,18 @@ def ink_table(run: Run) -> Table:
     return table
 
 
+def compare_header(cmp: Comparison) -> str:
+    """Which run is A and which B, and whether their precisions differ: lines of their own above the
+    tables (in the accuracy table's title the paths were folded to its width, three lines of a path)."""
+    differs = precision_differs(cmp.a, cmp.b)
+    return f"A: {safe(cmp.a.path)}\nB: {safe(cmp.b.path)}" + ("" if differs is None else f"\n{safe(differs)}")
+
+
 def compare_tables(cmp: Comparison) -> list[Table]:
     """`compare.Comparison` as two tables: accuracy side by side, then the paired layers (the
     title says how they were paired: by name, the logits with the logits, by relative depth)."""
     oa, ob = cmp.overall
-    acc = Table(title=f"accuracy: A {safe(cmp.a.path)} ({_overall(oa, cmp.a)}) vs B {safe(cmp.b.path)} "
-                      f"({_overall(ob, cmp.b)})", caption_justify="left")
-    if (differs := precision_differs(cmp.a, cmp.b)) is not None:
-        acc.caption = safe(differs)
+    acc = Table(title=f"accuracy: A ({_overall(oa, cmp.a)}) vs B ({_overall(ob, cmp.b)})")
     for col in ("class", "A %", "B %", "B − A"):
         acc.add_column(col, justify="left" if col == "class" else "right")
     pct = lambda v: percent(v, 2)  # noqa: E731
@@ -335,6 +339,7 @@ def print_compare(a: Run | str, b: Run | str, n: int, console: Console, title: b
     cmp = compare(a, b, n)
     if title:
         console.rule(f"[bold]compare[/]: A = {safe(cmp.a.attrs.get('model'))}, B = {safe(cmp.b.attrs.get('model'))}")
+    console.print(compare_header(cmp))
     for table in compare_tables(cmp):
         console.print(table)
 
