@@ -130,7 +130,7 @@ def test_some_unlabelled_images_keep_the_class_tables_and_are_counted(tmp_path, 
                           out=tmp_path / "s.zarr", batch_size=50, layers=["features.0", "classifier.6"])
     text = write_report(run, tmp_path / "rep").read_text()
     assert "50 images; 10 without a label (in no class table or accuracy)" in text
-    assert "<h2>Summary plot</h2>" in text and "over 40 labelled, readable images" in text
+    assert "<h2>Summary</h2>" in text and "over 40 labelled, readable images" in text
     left = {name: int(run.top_classes(name, 5).attrs["unlabelled"]) for name in run.layers}
     assert left["features.0"] > 0
     for lid, name in (("00-features.0", "features.0"), ("01-classifier.6", "classifier.6")):

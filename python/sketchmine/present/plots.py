@@ -14,14 +14,17 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError, whole_number
 from sketchmine.present.report_data import percent
+from sketchmine.present.summary_grid import NO_ACCURACY, colour, grid
 from sketchmine.results.checks import check_count
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import size_note, ties_words
+from sketchmine.results.summaries import size_note
 
 FORMATS = ("png", "svg")
 
@@ -57,32 +60,25 @@ def _save(fig: Figure, base: Path, formats: tuple[str, ...]) -> list[Path]:
 
 def summary_figure(run: Run, n: int = 5) -> Figure:
     """One row per layer: its n most and n least frequent classes among the top-k images, each
-    cell coloured by the class's accuracy (red 0 % … green 100 %), the seed's summary plot. The
-    cell at a cut that splits a tie says how many tied classes the row leaves out, a layer whose
+    cell coloured by the class's accuracy (red 0 % … green 100 %, the colour bar under it), the
+    seed's summary plot (`summary_grid.grid`: the report's table draws the same cells). The cell
+    at a cut that splits a tie says how many tied classes the row leaves out, a layer whose
     classes all tie gets one grey cell saying so, and the title notes classes of different sizes
     (raw counts favour the larger)."""
-    layers, n = run.layers, check_count(n)  # a negative n would reach the figure size first
-    fig = Figure(figsize=(1.5 * 2 * n + 1.6, 0.62 * len(layers) + 1.2))
+    rows = grid(run, n)  # checks n before it reaches the figure size
+    layers = [r.layer for r in rows]
+    fig = Figure(figsize=(1.5 * 2 * n + 1.6, 0.62 * len(layers) + 1.9))
     ax = fig.subplots()
-    cmap = matplotlib.colormaps["RdYlGn"]
-    for r, layer in enumerate(layers):
-        top, bottom = run.top_classes(layer, n), run.bottom_classes(layer, n)
-        if top.attrs.get("all_tied"):
-            ax.add_patch(Rectangle((0, r), 2 * n + 0.26, 0.92, color="#dddddd", alpha=0.55))
-            ax.text(n + 0.15, r + 0.46, f"{ties_words(top)}: no top or bottom classes", ha="center", va="center",
-                    fontsize=8, parse_math=False)
+    for r, row in enumerate(rows):
+        if row.all_tied is not None:
+            ax.add_patch(Rectangle((0, r), 2 * n + 0.26, 0.92, color=NO_ACCURACY))
+            ax.text(n + 0.15, r + 0.46, row.all_tied, ha="center", va="center", fontsize=8, parse_math=False)
             continue
-        # each list in its own columns (a list shorter than n, where fewer classes have images, must not
-        # run into the other's); the cell at each list's cut says what the cut leaves out
-        cells = [(float(c), name, row, ties_words(top) if c == len(top) - 1 else "")
-                 for c, (name, row) in enumerate(top.iterrows())]
-        cells += [(n + 0.3 + c, name, row, ties_words(bottom) if c == 0 else "")
-                  for c, (name, row) in enumerate(bottom.iterrows())]
-        for x, name, row, cut in cells:
-            acc = row["accuracy"]
-            ax.add_patch(Rectangle((x, r), 0.96, 0.92, color="#dddddd" if np.isnan(acc) else cmap(acc), alpha=0.55))
-            label = f"{str(name)[:18]}\n{percent(acc, 2)}  ({int(row['count'])})" + (f"\n{cut}" if cut else "")
-            ax.text(x + 0.48, r + 0.46, label, ha="center", va="center", fontsize=6 if cut else 7, parse_math=False)
+        for c in row.cells:
+            x = c.place + (n + 0.3 if c.side == "bottom" else 0)
+            ax.add_patch(Rectangle((x, r), 0.96, 0.92, color=colour(c.accuracy)))
+            label = f"{c.name[:18]}\n{percent(c.accuracy, 2)}  ({c.count})" + (f"\n{c.cut}" if c.cut else "")
+            ax.text(x + 0.48, r + 0.46, label, ha="center", va="center", fontsize=6 if c.cut else 7, parse_math=False)
     ax.set_xlim(-0.05, 2 * n + 0.35)
     ax.set_ylim(len(layers), -0.6)
     ax.set_yticks(np.arange(len(layers)) + 0.46)
@@ -92,6 +88,11 @@ def summary_figure(run: Run, n: int = 5) -> Figure:
         ax.text(middle, -0.3, f"{side} {n} classes", ha="center", fontsize=10, weight="bold")
     for spine in ax.spines.values():
         spine.set_visible(False)
+    scale = ScalarMappable(Normalize(0, 100), ListedColormap([colour(a) for a in np.linspace(0, 1, 256)]))
+    bar = fig.colorbar(scale, ax=ax, orientation="horizontal", fraction=0.9 / (0.62 * len(layers) + 1.9),
+                       pad=0.02, aspect=60, shrink=0.5)
+    bar.set_label("class accuracy %", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     title = f"classes among the top-{run.k} images of every unit (class accuracy %, count)"
     if layers and (note := size_note(run.class_sizes())):
         title += f"\n{note}"

@@ -34,6 +34,7 @@ from sketchmine.present.report_data import (PAGE_SIZE, classes_cell, importance_
 from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
                                               report_marker, swap_in)
 from sketchmine.present.report_unit import MONTAGES, copy_assets, unit_pages
+from sketchmine.present.summary_grid import grid, grid_html
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis
 from sketchmine.results.run import Run, open_run
@@ -70,6 +71,8 @@ def _table(headers: list[str], rows: list[list[str]], numeric: frozenset[int] | 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+SUMMARY_N = 5
+"""Classes per side in the summary (the seed's plot shows five)."""
 IMPORTANCE_COLUMNS = [("unit", "unit"), ("prob_drop", "prob. drop"), ("acc_drop", "accuracy drop (pt)"),
                       ("mean_act_correct", "mean act. correct"), ("mean_act_wrong", "mean act. wrong")]
 
@@ -252,8 +255,11 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
     if precision := precision_html(run):  # an autocast run: directly above the accuracy it qualifies
         parts.append(precision)
     parts.append(_accuracy_section(run))
-    parts.append('<h2>Summary plot</h2><p><img class="plot" id="summary" src="summary.png" alt="summary plot"> '
-                 '<a href="summary.svg">SVG</a></p>' if (run.path and labelled and ids) else "")
+    if run.path and labelled and ids:  # a table, legible at any width; the picture of it (the seed's plot) linked
+        parts.append(f"<h2>Summary</h2><p>Per layer, the {SUMMARY_N} classes most and least frequent among the "
+                     f"top-{run.k} images of its units, each with its accuracy and count, coloured by the accuracy. "
+                     'As a picture: <a href="summary.png">PNG</a>, <a href="summary.svg">SVG</a>.</p>'
+                     + grid_html(run, grid(run, SUMMARY_N), SUMMARY_N))
     if stats:
         corr = run.ink_correlation()
         ink = run.ink_density()
@@ -363,7 +369,7 @@ def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, byt
     labelled = run.has_labels()  # some image has a label (others may have none: -1)
     stats = analysis.has_class_stats(run)
     if labelled:
-        plots.summary_plot(run, out / "summary")
+        plots.summary_plot(run, out / "summary", SUMMARY_N)
     if stats:
         plots.ink_plot(run, out / "ink")
     for name, lid in ids.items():

@@ -1,0 +1,103 @@
+"""The seed's summary plot as data: per layer, the n most and n least frequent classes among the
+top-k images, each with its accuracy and count. The figure (plots.summary_figure) and the report's
+HTML table draw the same cells from here, so the picture and the page cannot disagree; the table
+stays readable at any page width, where the picture scaled to a column does not."""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+from matplotlib.colors import to_hex
+
+from sketchmine.results.checks import check_count
+from sketchmine.results.numbers import percent
+from sketchmine.results.run import Run
+from sketchmine.results.summaries import ties_words
+
+CMAP = "RdYlGn"
+"""Class accuracy 0 % (red) … 100 % (green), in the picture and the table."""
+ALPHA = 0.55
+"""How much of the colour over white: the cell text stays legible on it."""
+NO_ACCURACY = "#dddddd"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One class in a row: which list, its place in it, its accuracy (NaN: no prediction) and
+    top-k count; `cut`: what the list's cut leaves out, on the cell at the cut ("+ 2 more tied at 9")."""
+    side: str  # "top" or "bottom"
+    place: int
+    name: str
+    accuracy: float
+    count: int
+    cut: str
+
+
+@dataclass(frozen=True)
+class Row:
+    """A layer's row: its cells, or, when every class ties, the words that say so instead."""
+    layer: str
+    cells: tuple[Cell, ...]
+    all_tied: str | None
+
+
+def grid(run: Run, n: int = 5) -> list[Row]:
+    """One row per mined layer (run order). Each list keeps its own places: a list shorter than
+    n, where fewer classes have images, must not run into the other."""
+    n = check_count(n)
+    rows = []
+    for layer in run.layers:
+        top, bottom = run.top_classes(layer, n), run.bottom_classes(layer, n)
+        if top.attrs.get("all_tied"):
+            rows.append(Row(layer, (), f"{ties_words(top)}: no top or bottom classes"))
+            continue
+        cells = [Cell("top", c, str(name), float(r["accuracy"]), int(r["count"]),
+                      ties_words(top) if c == len(top) - 1 else "") for c, (name, r) in enumerate(top.iterrows())]
+        cells += [Cell("bottom", c, str(name), float(r["accuracy"]), int(r["count"]), ties_words(bottom) if c == 0 else "")
+                  for c, (name, r) in enumerate(bottom.iterrows())]
+        rows.append(Row(layer, tuple(cells), None))
+    return rows
+
+
+def colour(accuracy: float) -> str:
+    """The cell colour of a class accuracy, as drawn over white (hex)."""
+    if np.isnan(accuracy):
+        return NO_ACCURACY
+    r, g, b = (ALPHA * float(c) + 1 - ALPHA for c in matplotlib.colormaps[CMAP](accuracy)[:3])
+    return to_hex((r, g, b))
+
+
+def legend_html() -> str:
+    """The colour scale under the table: what the cell colours mean."""
+    stops = ", ".join(f"{colour(a)} {a * 100:g}%" for a in np.linspace(0, 1, 11))
+    return ('<p class="legend">class accuracy: 0 % <span style="display:inline-block;width:12em;height:0.9em;'
+            f'vertical-align:middle;border:1px solid #ccc;background:linear-gradient(to right, {stops})"></span> 100 %'
+            f' <span style="display:inline-block;width:1.4em;height:0.9em;vertical-align:middle;background:{NO_ACCURACY};'
+            'border:1px solid #ccc"></span> no prediction</p>')
+
+
+def grid_html(run: Run, rows: list[Row], n: int) -> str:
+    """The grid as an HTML table (layer, then n top and n bottom cells), with its legend."""
+    e = html.escape
+    head = f'<tr><th>layer</th><th colspan="{n}">Top {n} classes</th><th colspan="{n}">Bottom {n} classes</th></tr>'
+    body = []
+    for row in rows:
+        if row.all_tied is not None:
+            body.append(f'<tr><th>{e(row.layer)}</th><td colspan="{2 * n}" style="background:{NO_ACCURACY}">'
+                        f"{e(row.all_tied)}</td></tr>")
+            continue
+        tds = []
+        for side in ("top", "bottom"):
+            by_place = {c.place: c for c in row.cells if c.side == side}
+            for i in range(n):
+                c = by_place.get(i)
+                tds.append("<td></td>" if c is None else
+                           f'<td style="background:{colour(c.accuracy)};white-space:nowrap" title="{e(c.name)}: accuracy '
+                           f'{percent(c.accuracy, 2)} %, {c.count} of the top-{run.k} entries">'
+                           f"<b>{e(c.name)}</b><br>{percent(c.accuracy, 2)} % ({c.count})"
+                           + (f"<br><small>{e(c.cut)}</small>" if c.cut else "") + "</td>")
+        body.append(f"<tr><th>{e(row.layer)}</th>{''.join(tds)}</tr>")
+    return (f'<div style="overflow-x:auto"><table class="summary-grid" id="summary-grid">{head}{"".join(body)}</table>'
+            f"</div>{legend_html()}")
