@@ -320,6 +320,20 @@ def test_visualize_a_sequence_run(tmp_path):
                 assert peak > 0, (name, u, j)
                 want_d = np.clip(np.round(128 + 127 * sig / peak), 0, 255)
                 assert np.abs(got["deconv"][j, ..., 0].astype(int) - want_d.astype(int)).max() <= 1, (name, u, j)
+    # the slides say each patch's step, as the cards do (UX audit: a GRU slide showed none), and name an
+    # output unit by its class
+    from sketchmine.present.montage import unit_montage
+
+    def texts(fig):
+        return [t.get_text() for t in fig.texts] + [t.get_text() for ax in fig.axes for t in ax.texts]
+
+    _, index, yx = run.topk("gru")
+    said = [t for t in texts(unit_montage(run, "gru", 1)) if t]
+    for j in range(3):
+        assert any(t.endswith(f"  t={int(yx[1, j, 1]) + 1}") and t.startswith(run.class_names[run.labels[index[1, j]]][:10])
+                   for t in said), (j, said)
+    assert any(t.startswith(f"softmax · unit 1 · {run.class_names[1]}") for t in texts(unit_montage(run, "softmax", 1)))
+    assert "mean image maximum" in said
 
 
 class _Stop(Exception):

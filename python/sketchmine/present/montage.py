@@ -21,8 +21,10 @@ from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError
 from sketchmine.present.report_data import percent
+from sketchmine.results.effects import class_units
 from sketchmine.results.numbers import significant
 from sketchmine.results.run import Run
+from sketchmine.results.traces import entry_steps
 from sketchmine.results.unit_summary import LayerSummary
 from sketchmine.store import schema
 
@@ -105,8 +107,10 @@ class _Grid:
         self.image.set_data(mosaic(tiles, [e["rank"] for e in entries], self.gap))
         for i, text in enumerate(self.captions):
             e = entries[i] if i < len(entries) else None
+            step = f"  t={e['t'] + 1}" if e is not None and "t" in e else ""  # a layer over time: the step it fired at
+            text.set_fontsize(11 if step else 12)
             text.set_text("" if e is None else
-                          f"{(e['cls'] if e['cls'] is not None else '?')[:14]}  {value_text(e['value'])}")
+                          f"{(e['cls'] if e['cls'] is not None else '?')[:10 if step else 14]}  {value_text(e['value'])}{step}")
 
 
 class _Single:
@@ -149,7 +153,7 @@ def _facts(info: dict[str, Any]) -> list[tuple[str, str]]:
              ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "whole image")]
     m = info.get("moments")
     if m is not None:
-        lines.append(("mean, all images", value_text(m["mean"])))
+        lines.append(("mean image maximum", value_text(m["mean"])))  # over all images: the maxima's mean
         lines.append(("firing density", _pct(m["density"])))
     imp = info.get("importance")
     if imp is not None:
@@ -250,8 +254,13 @@ def _content(run: Run, layer: str, unit: int, info: dict[str, Any] | None) -> _C
     peak = float(run.optimized(layer, int(unit), key="optimized_peak")) if opt is not None else float("nan")
     # a slide travels alone: an autocast run's says so beside the model
     about = ", ".join(str(w) for w in (run.attrs.get("model"), run.precision if run.reduced_precision else None) if w)
-    title = f"{layer} · unit {int(unit)}" + (f"   ({about})" if about else "")
-    return _Content(patches, deconv, opt, peak, info, info["top"][:SHOWN], title)
+    classes = class_units(run, layer)  # an output layer's unit is a class: named, as cards name it
+    title = f"{layer} · unit {int(unit)}" + (f" · {classes[int(unit)]}" if classes else "") + (f"   ({about})" if about else "")
+    entries = info["top"][:SHOWN]
+    steps = entry_steps(run.layer_attrs(layer), run.topk(layer)[2])
+    if steps is not None:  # the step of each entry, as the cards show it ("t=6 of 8")
+        entries = [{**e, "t": int(steps[0][int(unit), e["rank"]]), "steps": steps[1]} for e in entries]
+    return _Content(patches, deconv, opt, peak, info, entries, title)
 
 
 def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = None) -> Figure:
