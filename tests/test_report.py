@@ -297,6 +297,11 @@ def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser, n
     assert stored is not None and stored.shape == (*run.topk("gru")[1].shape, 8)
     index = write_report(run, tmp_path / "rep")
     assert "as progressive drawings (outline-then-fill/v1, 8 steps, ink auto)" in index.read_text()
+    # the layer pages say in words what a value per step is (they led with "output[0]: … (N, T, H) → (N, H, T)")
+    gru_page = (tmp_path / "rep" / "layers" / "01-gru.html").read_text()
+    conv_page = (tmp_path / "rep" / "layers" / "00-features.6.html").read_text()
+    assert "A unit of this layer has a value at every step (its state after each step of the drawing)" in gru_page
+    assert "A unit of this layer has a value at every step (it reads each of the drawing&#x27;s 8 frames" in conv_page
     payload = (tmp_path / "rep" / "data" / "01-gru" / "page_0000.js").read_text()
     units = json.loads(payload[payload.index("["):payload.rindex("]") + 1])
     values, image_index, yx = run.topk("gru")

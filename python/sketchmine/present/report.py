@@ -143,9 +143,12 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
     if run.has_importance(name):
         parts.append(_importance_section(run, name, lid))
     if attrs.get("position") == "time" or attrs.get("time_steps"):
-        parts.append(f"<p>Position is time ({e(str(attrs.get('tapped') or attrs.get('position')))}): each top-k "
-                     "entry is an (image, step) pair; cards show the drawing at the step where the unit peaked "
-                     "(t counted from 1) and the unit's activation over all steps of that sequence.</p>")
+        what = (f"it reads each of the drawing's {attrs['time_steps']} frames, a map per frame" if attrs.get("time_steps")
+                else "its state after each step of the drawing")
+        how = f' <small>(read as {e(str(attrs["tapped"]))})</small>' if attrs.get("tapped") else ""
+        parts.append(f"<p>A unit of this layer has a value at every step ({e(what)}): each top-k entry is an (image, "
+                     "step) pair; cards show the drawing at the step where the unit peaked (t counted from 1) and "
+                     f"the unit's activation over all steps of that drawing.{how}</p>")
     parts.append("<h2>Units</h2>")
     parts.append(f'<p>Each unit has a dashboard (distribution, examples at every level, classes it prefers and '
                  f'pushes, units that move with it): <a id="dashboards" href="../units/{e(lid)}.html#unit=0">unit 0'
