@@ -221,3 +221,22 @@ def test_without_an_atomic_exchange_a_failed_move_puts_the_previous_report_back(
         write_report(run, rep)
     monkeypatch.setattr(os, "rename", real)
     assert tree(rep) == before and leftovers(rep) == []
+
+
+def test_replacing_another_runs_report_is_said(run, rep, tmp_path, caplog):
+    """`report B --out <A's report>` is allowed (the folder is a report's) but replaced A's report
+    without a word: it now names the run whose report goes; the same run's again says nothing."""
+    import logging
+    import shutil
+
+    other = sketchmine.open_run(shutil.copytree(run.path, tmp_path / "other.zarr"))
+    assert json.loads((rep / MARKER).read_text())["run"] == str(Path(run.path).resolve())
+    with caplog.at_level(logging.WARNING, logger="sketchmine"):
+        write_report(run, rep)
+    assert not [r for r in caplog.records if "held the report of run" in r.getMessage()]
+    with caplog.at_level(logging.WARNING, logger="sketchmine"):
+        write_report(other, rep)
+    said = [r.getMessage() for r in caplog.records if "held the report of run" in r.getMessage()]
+    assert said == [f"report folder {rep} held the report of run {Path(run.path).resolve()}; it is replaced by the "
+                    f"report of {other.path}"]
+    assert json.loads((rep / MARKER).read_text())["run"] == str(Path(other.path).resolve())

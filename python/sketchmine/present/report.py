@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 import shutil
 import time
@@ -32,7 +33,7 @@ from sketchmine.present import plots
 from sketchmine.present.report_data import (PAGE_SIZE, classes_cell, importance_ranks, layer_data, layer_ids, percent,
                                              precision_html, size_html)
 from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
-                                              report_marker, swap_in)
+                                              report_marker, reported_run, swap_in)
 from sketchmine.present.report_unit import MONTAGES, copy_assets, unit_pages
 from sketchmine.present.summary_grid import grid, grid_html
 from sketchmine.present.report_probe import index_section, write_probe_files
@@ -332,6 +333,11 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
     run = run if isinstance(run, Run) else open_run(run)
     shown = Path(out)
     target = check_report_dir(shown, run.path)
+    here = str(Path(run.path).resolve())
+    if (before := reported_run(target)) is not None and str(Path(before).resolve()) != here:
+        # allowed (the folder is a report's), but another run's report is about to go: said
+        logging.getLogger("sketchmine").warning(f"report folder {shown} held the report of run {before}; "
+                                                f"it is replaced by the report of {run.path}")
     tmp, made = None, -1
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -343,7 +349,7 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
         made = tmp.stat().st_ino  # after a swap the path may name the previous report, kept (swap_in)
         (tmp / MARKER).write_text(PARTIAL)
         _build(run, tmp, images, t0, probe, montages)
-        (tmp / MARKER).write_text(report_marker(str(run.path), tmp))
+        (tmp / MARKER).write_text(report_marker(here, tmp))
         swap_in(tmp, target, shown)
         tmp = None
     except OSError as exc:

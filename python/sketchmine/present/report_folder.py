@@ -162,6 +162,15 @@ def remove_listed(folder: Path, info: dict[str, Any]) -> list[str]:
     return foreign_entries(folder, {})
 
 
+def reported_run(folder: Path) -> str | None:
+    """The run whose report `folder` holds (its marker's record), None when none or unreadable."""
+    try:
+        run = json.loads((folder / MARKER).read_text()).get("run")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run if isinstance(run, str) else None
+
+
 def report_marker(run_path: str, tmp: Path) -> str:
     """The marker of a finished report in `tmp`: the files and folders it wrote."""
     files: list[str] = []
