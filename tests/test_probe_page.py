@@ -192,3 +192,39 @@ def test_a_missing_probe_file_is_named(gone, report, browser, tmp_path):  # noqa
     page.wait_for_function("() => document.body.getAttribute('data-failed') === '1'", timeout=30_000)
     assert f"probe/{gone} is missing or did not load" in page.inner_text("#probe-status")
 
+
+
+def test_output_units_are_named_by_their_class_and_results_get_room(report, browser):  # noqa: F811
+    """The units of the layer that computes the logits are the classes: named as the cards name
+    them ("unit 7 · horse"), every other unit by its number; the top one is the predicted class.
+    At 800 px the drawing's column is as wide as its canvas and the results take the rest; on a
+    narrower window they go below the drawing; nothing overflows the page."""
+    from sketchmine.results.effects import class_units
+
+    run = sketchmine.open_run(report.parent.parent / "run.zarr")
+    page, problems = open_page(browser, (report.parent / "probe.html").as_uri())
+    ready(page)
+    draw(page, [[(0.3, 0.2), (0.7, 0.8)], [(0.2, 0.6), (0.8, 0.5)]])
+    r = settled(page)
+    shown = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('.probe-layer')].map(s =>
+        [s.querySelector('h3').textContent.split(' (')[0],
+         [...s.querySelectorAll('.probe-unit')].map(c => c.firstChild.textContent)]))""")
+    named = 0
+    for layer, units in r["layers"].items():
+        classes = class_units(run, layer)
+        named += classes is not None
+        assert shown[layer] == [f"unit {u}" + (f" · {classes[u]}" if classes else "") for u, _ in units], layer
+    assert named == 1 and shown["classifier.6"][0].endswith(" · " + page.inner_text("#preds tr >> nth=0 >> td >> nth=0"))
+    layout = ("() => Object.fromEntries(['.probe-left', '.probe-right', '#pad', 'body'].map(s => "
+              "[s, document.querySelector(s).getBoundingClientRect().toJSON()]).concat("
+              "[['scroll', document.documentElement.scrollWidth]]))")
+    page.set_viewport_size({"width": 800, "height": 900})
+    b = page.evaluate(layout)
+    assert b[".probe-left"]["width"] <= b["#pad"]["width"] + 1  # the hint and notes wrap under the canvas
+    assert b[".probe-right"]["left"] >= b[".probe-left"]["right"]  # side by side ...
+    assert b[".probe-right"]["width"] >= b["body"]["width"] - b["#pad"]["width"] - 30  # ... the results take the rest
+    assert b["scroll"] <= 800
+    page.set_viewport_size({"width": 560, "height": 900})
+    b = page.evaluate(layout)
+    assert b[".probe-right"]["top"] >= b[".probe-left"]["bottom"] and b[".probe-right"]["width"] >= b["body"]["width"] - 1
+    assert b["scroll"] <= 560 and problems == []

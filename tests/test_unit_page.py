@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -353,3 +354,199 @@ def test_dashboard_numbers_read_as_the_console_writes_them(tmp_path, browser):  
         got = page.evaluate(f"vs => vs.map(v => window.sketchmineDom.fmt(v, {p}))", values)
         assert got == [format(v, f".{p}g") for v in values], p
     page.close()
+
+
+# ---- reading the report: numbers, bins, the number box, sorted columns (UX audit F10, F11, F16) ----
+
+@pytest.fixture(scope="module")
+def rep(tmp_path_factory, run) -> Path:
+    """The run's report (no slides: they are not read here)."""
+    return write_report(run, tmp_path_factory.mktemp("reading") / "rep", montages=0).parent
+
+
+def _lines(page, selector: str) -> list[int]:
+    """How many lines the text of each element matching `selector` takes on the page."""
+    return page.evaluate("""s => [...document.querySelectorAll(s)].map(e => {
+        const r = document.createRange(); r.selectNodeContents(e);
+        return new Set([...r.getClientRects()].filter(x => x.width > 0).map(x => Math.round(x.top))).size; })""",
+                         selector)
+
+
+def _decimals(text: str) -> int:
+    return len(text.partition(".")[2])
+
+
+def _close(text: str, value: float) -> bool:
+    """`text` is `value` rounded to the decimals it shows."""
+    return abs(float(text) - value) <= 0.5 * 10 ** -_decimals(text) * (1 + 1e-9)
+
+
+def test_bins_read_as_the_cli_writes_them_on_one_line_each(rep, run, browser):  # noqa: F811
+    """The dashboard's "by activation bin": each label is the bin and its range as `sketchmine
+    unit` writes it ("1 … 1.125"), each on one line; "+N more" on one line; the strips of every
+    row start at one x, at 1280 and at 800 px, and nothing overflows the page."""
+    from sketchmine.present.report_unit import BIN_EXAMPLES
+
+    u = 5
+    d = _unit_json(run, SHOWN, u)
+    held = [b for b in d["bins"] if b["examples"]]
+    shown = [b for b in d["bins"] if held[0]["bin"] <= b["bin"] <= held[-1]["bin"]][::-1]  # highest first
+    want = [[f"bin {b['bin']}", f"{b['lo']:.4g} … {b['hi']:.4g}"] for b in shown]
+    assert len({w[1] for w in want}) == len(want)  # the CLI's edges tell the bins apart here
+    more = [f"+{len(b['examples']) - BIN_EXAMPLES} more" for b in shown if len(b["examples"]) > BIN_EXAMPLES]
+    page, problems = _open(browser, (rep / "units" / "00-features.6.html").as_uri() + f"#unit={u}")
+    for width in (1280, 800):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{u}'")
+        got = page.evaluate("() => [...document.querySelectorAll('#examples .bin-label')]"
+                            ".map(l => [...l.children].map(c => c.textContent))")
+        assert got == want, width
+        assert page.evaluate("() => [...document.querySelectorAll('#examples .cap.more')].map(c => c.textContent)") == more
+        assert set(_lines(page, "#examples .bin-label > div")) == {1}, width
+        assert set(_lines(page, "#examples .cap.more")) <= {1}, width
+        lefts = page.evaluate("() => [...document.querySelectorAll('#examples .strip')].map(s => s.getBoundingClientRect().left)")
+        assert len(lefts) >= len(want) and max(lefts) - min(lefts) < 0.5, width
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+    if more:
+        assert "--json lists them all" in page.inner_text("#bins-more")
+    assert problems == []
+
+
+def test_one_quantity_reads_alike_and_a_column_keeps_its_decimals(rep, run, browser):  # noqa: F811
+    """A card's header max is its first entry's value, written alike; a card's values, a
+    dashboard's top-k and bottom-k values and its class-mean column each keep one count of
+    decimals, every one the stored value rounded; no "-0" anywhere."""
+    from sketchmine.present.report import PAGE_SIZE
+
+    values, index, _ = run.topk(SHOWN)
+    page, problems = _open(browser, (rep / "layers" / "00-features.6.html").as_uri())
+    page.wait_for_selector(".card")
+    cards = page.evaluate("""() => [...document.querySelectorAll('.card')].map(c => [c.id,
+        c.querySelector('h3').textContent, [...c.querySelectorAll('.cap .value')].map(v => v.textContent)])""")
+    assert len(cards) == PAGE_SIZE
+    for cid, head, shown in cards:
+        u = int(cid.split("-")[1])
+        ok = index[u] >= 0
+        assert head.endswith(f"max {shown[0]}") and len(shown) == ok.sum(), (u, head, shown)
+        assert len({_decimals(t) for t in shown}) == 1, (u, shown)
+        assert all(_close(t, float(v)) for t, v in zip(shown, values[u][ok])), (u, shown)
+    mean, _ = run.class_stats(SHOWN)
+    bv, bi, _ = run.bottomk(SHOWN)
+    for u in (0, 5, 17):
+        page.goto((rep / "units" / "00-features.6.html").as_uri() + f"#unit={u}")
+        page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{u}'")
+        means = page.evaluate("() => [...document.querySelectorAll('#class-means tbody tr')].map(r => r.cells[1].textContent)")
+        best = np.argsort(-mean[u], kind="stable")[:len(means)]
+        assert len(means) == 5 and len({_decimals(t) for t in means}) == 1, means
+        assert all(_close(t, float(mean[u, c])) for t, c in zip(means, best)), means
+        rows = page.evaluate("() => [...document.querySelectorAll('#examples .strip')].map(s =>"
+                             " [...s.querySelectorAll('.cap .value')].map(v => v.textContent)).filter(r => r.length)")
+        top, bottom = rows[0], rows[1]
+        assert all(_close(t, float(v)) for t, v in zip(top, values[u][index[u] >= 0])) and len(top) == run.k
+        assert all(_close(t, float(v)) for t, v in zip(bottom, bv[u][bi[u] >= 0])) and len(bottom) == run.k
+        assert len({_decimals(t) for t in top}) == 1 and len({_decimals(t) for t in bottom}) == 1, rows
+        assert page.evaluate("() => document.getElementById('overview').rows[0].cells[1].textContent") == top[0]
+        assert not re.search(r"(?<![\w.])-0(\.0*)?(?![\d.])", page.inner_text("#dash"))
+    assert problems == []
+
+
+def test_column_numbers_are_pythons_fixed_decimals(tmp_path, browser):  # noqa: F811
+    """dom.column: the decimals that give the column's largest magnitude 4 significant digits,
+    each value as Python's format(v, ".<d>f") writes it (exact binary ties half to even), a
+    nonzero value that rounds to zero with one significant digit, and never "-0"."""
+    dom = Path(sketchmine.__file__).parent / "present" / "report_assets" / "dom.js"
+    (tmp_path / "c.html").write_text(f'<!doctype html><script src="{dom.as_uri()}"></script>', encoding="utf-8")
+    rng = np.random.default_rng(3)
+    columns = [[1.0476, 1.78, 1.719, 1.75], [0.657, 0.6208, 0.5405], [-0.0, 0.5, -1e-9, -0.0004], [2.5, 0.125, -0.0625],
+               [12345.5, 3.25], [0.0, 0.0], [9.9996, 1.0], *[(rng.integers(-4096, 4096, 6) / 2.0 ** rng.integers(0, 14)).tolist()
+                                                            for _ in range(30)],
+               *[(rng.normal(0, 1, 5) * 10.0 ** rng.integers(-3, 5)).tolist() for _ in range(30)]]
+
+    def python(col: list[float]) -> list[str]:
+        big = max(abs(v) for v in col)
+        if big == 0:
+            return ["0"] * len(col)
+        d = max(0, 3 - int(format(big, ".3e").split("e")[1]))
+        out = []
+        for v in col:
+            t = format(v, f".{d}f")
+            out.append(format(v, ".1g") if float(t) == 0 and v != 0 else t.lstrip("-") if float(t) == 0 else t)
+        return out
+
+    page = browser.new_page()
+    page.goto((tmp_path / "c.html").as_uri())
+    got = page.evaluate("cs => cs.map(c => window.sketchmineDom.column(c))", columns)
+    page.close()
+    assert got == [python(c) for c in columns]
+    assert not any(t.startswith("-0") and float(t) == 0 for col in got for t in col)
+
+
+def test_cards_say_each_class_once_with_its_count(rep, run, browser):  # noqa: F811
+    """The cards' "Classes with performance" line: each class of the top-k once, in order of
+    its best image, with its count and class accuracy (the captions give the images one by one)."""
+    from sketchmine.present.report_data import percent
+
+    _, index, _ = run.topk(SHOWN)
+    acc = run.class_accuracy()["accuracy"]
+    page, problems = _open(browser, (rep / "layers" / "00-features.6.html").as_uri())
+    page.wait_for_selector(".card")
+    lines = page.evaluate("() => [...document.querySelectorAll('.card')].map(c => [c.id, c.querySelector('.perf').textContent])")
+    for cid, line in lines:
+        u = int(cid.split("-")[1])
+        names = [run.class_names[run.labels[i]] for i in index[u][index[u] >= 0]]
+        counts = collections.Counter(names)
+        if len(counts) == len(names):
+            want = f"a different class for each of the {len(names)} images"
+        else:
+            want = ", ".join(f"{counts[c]} {c} ({percent(acc[c], 2)} %)" for c in dict.fromkeys(names))
+        assert line == f"Classes with performance: {want}", (u, line)
+    assert any(", " in line for _, line in lines) and problems == []
+
+
+def test_the_number_box_shows_a_unit_of_the_layer_and_says_when_it_moved(rep, run, browser):  # noqa: F811
+    last = run.layer_shape(SHOWN)[0] - 1
+    page, problems = _open(browser, (rep / "units" / "00-features.6.html").as_uri() + f"#unit={last}")
+    for start, typed, shown in ((last, "200", last), (3, "200", last), (3, "-4", 0)):
+        page.goto((rep / "units" / "00-features.6.html").as_uri() + f"#unit={start}")
+        page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{start}'")
+        page.fill("#unit-input", typed)
+        page.dispatch_event("#unit-input", "change")
+        page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{shown}'")
+        assert page.input_value("#unit-input") == str(shown)
+        assert page.is_visible("#unit-note")
+        assert page.inner_text("#unit-note") == f"no unit {typed} in this layer (its units are 0 to {last}): showing unit {shown}"
+    page.set_viewport_size({"width": 800, "height": 900})  # the note takes its own room, not the buttons'
+    assert set(_lines(page, "nav.pager > button")) == {1}
+    page.click("#next-unit")  # another unit shown: the note is gone
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '1'")
+    assert not page.is_visible("#unit-note")
+    page.fill("#unit-input", "7")
+    page.dispatch_event("#unit-input", "change")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '7'")
+    assert not page.is_visible("#unit-note") and problems == []
+
+
+def test_a_sorted_column_says_which_way(rep, run, browser):  # noqa: F811
+    """The importance table arrives most important first: its prob. drop header says descending
+    (▼), the others that they sort (⇅); a click moves the mark; the order is the one marked."""
+    page, problems = _open(browser, (rep / "layers" / "00-features.6.html").as_uri())
+    page.wait_for_selector("#importance th[aria-sort]")
+
+    def marks():
+        return page.evaluate("""() => [...document.querySelectorAll('#importance th')].map(h =>
+            [h.getAttribute('aria-sort'), getComputedStyle(h, '::after').content])""")
+
+    def column(c):
+        return page.evaluate(f"() => [...document.querySelectorAll('#importance tbody tr')]"
+                             f".map(r => parseFloat(r.cells[{c}].getAttribute('data-v')))")
+
+    got = marks()
+    assert got[1] == ["descending", '" ▼"'] and all(m == ["none", '" ⇅"'] for i, m in enumerate(got) if i != 1)
+    drops = [v for v in column(1) if not np.isnan(v)]
+    assert drops == sorted(drops, reverse=True) and drops[0] == pytest.approx(run.unit_importance(SHOWN)["prob_drop"].max())
+    page.click("#importance th:nth-child(2)")  # the marked column again: reversed
+    assert marks()[1] == ["ascending", '" ▲"']
+    page.click("#importance th:nth-child(1)")
+    got = marks()
+    assert got[0] == ["ascending", '" ▲"'] and got[1][0] == "none"
+    assert column(0) == sorted(column(0)) and problems == []

@@ -43,6 +43,7 @@ from sketchmine.passes.probe_runtime import ORT_FILES as ORT_FILES
 from sketchmine.passes.probe_runtime import ORT_VERSION, check_onnx_packages, ort_files
 from sketchmine.passes.probe_sequence import (TIME_POSITIONS, check_sequence_model, last_frame, prefix_problem,
                                               run_sequence, sequence_ink, step_probs)
+from sketchmine.results.effects import class_units
 from sketchmine.results.precision import FLOAT32
 from sketchmine.results.run import Run, open_run
 
@@ -359,8 +360,8 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
     meta = {"model": str(run.attrs.get("model")), "size": list(size), "classes": labels,
             "outputs_are_classes": are_classes, "preprocessing": pre.describe(4), "channels": graph.channels,
             "ink": ink, "ink_why": why,
-            "layers": [{"name": l.name, "units": l.units, "grid": list(l.grid) if l.grid else None, "pool": l.pool}
-                       for l in graph.layers],
+            "layers": [{"name": l.name, "units": l.units, "grid": list(l.grid) if l.grid else None, "pool": l.pool,
+                        "classes": class_units(run, l.name)} for l in graph.layers],  # units named by class
             "top": TOP_UNITS, "notes": graph.notes, "images": images,
             "images_note": "" if images else "no dataset images: the run stores no patches of a layer that sees the "
                                              "whole input (sketchmine visualize RUN --layers LAYER adds them)",

@@ -180,6 +180,7 @@ def _page(run: Run, name: str, lid: str, units: int, pages: int, slides: int) ->
             f"<h1>{e(name)}: unit <span id=\"unit-number\"></span></h1>{partial}{precision_html(run)}"
             '<nav class="pager"><button id="prev-unit">◀ previous unit</button>'
             f'<label>unit <input id="unit-input" type="number" min="0" max="{units - 1}" value="0"></label>'
-            '<button id="next-unit">next unit ▶</button></nav>'
+            '<button id="next-unit">next unit ▶</button>'
+            '<span id="unit-note" class="note" role="status" hidden></span></nav>'
             f'<div id="dash"></div><p class="note">{note}</p>'
             '<script src="../assets/dom.js"></script><script src="../assets/unit.js"></script>\n</body></html>\n')

@@ -76,5 +76,53 @@
     return v > 50 ? "> 99.999999" : v > 0 ? "< 0.000001" : "> -0.000001";
   }
 
-  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent };
+  // x with d decimals as Python's format(x, ".<d>f") writes it: exact binary ties rounded half to
+  // even (toFixed rounds them away from zero), and never "-0.000".
+  function fixed(x, d) {
+    var s = Math.abs(x).toFixed(100), dot = s.indexOf(".");
+    var tie = s.charAt(dot + d + 1) === "5" && /^0*$/.test(s.slice(dot + d + 2));
+    var last = Number(s.charAt(d ? dot + d : dot - 1));  // a tie after an even digit: cut, not rounded up
+    var t = tie && last % 2 === 0 ? (x < 0 ? "-" : "") + s.slice(0, d ? dot + d + 1 : dot) : x.toFixed(d);
+    return Number(t) === 0 ? t.replace(/^-/, "") : t;
+  }
+
+  // The numbers of one column (a table column, a card's values and its header's max) with one
+  // count of decimals, enough for p significant digits of the largest magnitude: "1.780" beside
+  // "1.719", never "1.78", and one value reads the same wherever the column shows it. A nonzero
+  // value the decimals round to zero keeps one significant digit ("-0.0004", as numbers.number
+  // writes it). Magnitudes below 1e-4 (or past 1e21) are written as fmt writes them (Python's g).
+  function column(values, p) {
+    p = p || 4;
+    var xs = values.map(num), big = 0;
+    for (var i = 0; i < xs.length; i++) {
+      if (xs[i] !== null && isFinite(xs[i])) { big = Math.max(big, Math.abs(xs[i])); }
+    }
+    if (!(big >= 1e-4 && big < 1e21)) { return values.map(function (v) { return fmt(v, p); }); }
+    var d = Math.max(0, p - 1 - Number(big.toExponential(p - 1).split("e")[1]));
+    return xs.map(function (x) {
+      if (x === null || !isFinite(x)) { return fmt(x); }
+      var t = fixed(x, d);
+      return Number(t) === 0 && x !== 0 ? gformat(x, 1) : t;
+    });
+  }
+
+  // The fewest significant digits, from p, that write no two different values alike: the
+  // edges of neighbouring bins stay apart (1 … 1.125, 1.125 … 1.25) however close they lie.
+  function enough(values, p) {
+    for (var q = p || 4; q < 17; q++) {
+      var seen = {}, apart = true;
+      for (var i = 0; i < values.length && apart; i++) {
+        var x = num(values[i]);
+        if (x === null || !isFinite(x)) { continue; }
+        var t = fmt(x, q);
+        apart = !Object.prototype.hasOwnProperty.call(seen, t) || seen[t] === x;
+        seen[t] = x;
+      }
+      if (apart) { return q; }
+    }
+    return 17;
+  }
+
+  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, column: column,
+                           enough: enough };
 })();

@@ -310,8 +310,9 @@
       var row = el("div", "probe-units");
       r.layers[l.name].forEach(function (uv) {
         var card = el("div", "probe-unit");
-        var lid = LINKS && LINKS.layers[l.name];
-        var label = lid ? el("a", null, "unit " + uv[0]) : el("span", null, "unit " + uv[0]);
+        // an output layer's units are the classes (the run matched them): named as cards name them
+        var lid = LINKS && LINKS.layers[l.name], name = "unit " + uv[0] + (l.classes ? " \u00b7 " + l.classes[uv[0]] : "");
+        var label = el(lid ? "a" : "span", "unit-name", name);
         if (lid) { label.href = "layers/" + lid + ".html#page=" + (Math.floor(uv[0] / LINKS.page_size) + 1) + "&unit=" + uv[0]; }
         card.appendChild(label);
         card.appendChild(el("div", "num", uv[1].toPrecision(4)));

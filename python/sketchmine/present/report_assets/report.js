@@ -70,12 +70,32 @@
     return links;
   }
 
+  function classesLine(entries) {
+    // the seed's "Classes with performance", condensed: each class of the top-k once, best
+    // first, with how many of the images are of it (the captions above give them one by one)
+    var seen = {}, order = [];
+    entries.forEach(function (e) {
+      var key = e.cls === null ? "?" : e.cls;
+      if (!Object.prototype.hasOwnProperty.call(seen, key)) { seen[key] = { n: 0, acc: e.acc }; order.push(key); }
+      seen[key].n++;
+    });
+    if (order.length === entries.length) {
+      return "Classes with performance: " + (entries.length === 1 ? "one image" : "a different class for each of the " +
+        entries.length + " images");
+    }
+    return "Classes with performance: " + order.map(function (k) {
+      return seen[k].n + " " + k + " (" + fmtAcc(seen[k].acc) + (seen[k].acc === null ? "" : " %") + ")";
+    }).join(", ");
+  }
+
   function card(u) {
     var c = el("div", "card");
     c.id = "unit-" + u.unit;
-    c.appendChild(el("h3", null, "unit " + u.unit + (u.cls != null ? " \u00b7 " + u.cls : "") + " \u00b7 max " + fmt(u.max, 5)));
-    c.appendChild(dashLinks(u.unit));
+    // the header's max is the first entry's value: both from one column, written alike
     var n = u.entries.length;
+    var shown = dom.column([u.max].concat(u.entries.map(function (e) { return e.value; })));
+    c.appendChild(el("h3", null, "unit " + u.unit + (u.cls != null ? " \u00b7 " + u.cls : "") + " \u00b7 max " + shown[0]));
+    c.appendChild(dashLinks(u.unit));
     if (u.importance) {
       var im = u.importance;
       c.appendChild(el("div", "imp", "importance rank " + im.rank + ": prob. drop " +
@@ -123,19 +143,17 @@
     }
     var caps = el("div", "row");
     caps.appendChild(el("div", "label", "class / acc % / value"));
-    var perf = [];
     for (var i = 0; i < n; i++) {
       var e = u.entries[i];
       var cap = el("div", "cap");
       cap.appendChild(el("div", "cls", e.cls === null ? "?" : e.cls));
       cap.appendChild(el("div", null, fmtAcc(e.acc)));
-      cap.appendChild(el("div", null, fmt(e.value)));
+      cap.appendChild(el("div", "value", shown[i + 1]));
       cap.title = e.path;
       caps.appendChild(cap);
-      perf.push((e.cls === null ? "?" : e.cls) + " " + fmtAcc(e.acc));
     }
     c.appendChild(caps);
-    c.appendChild(el("div", "perf", "Classes with performance: " + perf.join(" ")));
+    if (n) { c.appendChild(el("div", "perf", classesLine(u.entries))); }
     return c;
   }
 
@@ -205,6 +223,29 @@
       var v = row.cells[col].getAttribute("data-v");
       return v === null || v === "" ? NaN : parseFloat(v);
     }
+    function mark() {
+      // the sorted column says which way (▲ / ▼ from report.css); the others that they sort
+      for (var h = 0; h < heads.length; h++) {
+        heads[h].setAttribute("aria-sort", h === state.col ? (state.dir > 0 ? "ascending" : "descending") : "none");
+      }
+      if (state.col >= 0) { table.setAttribute("data-sorted", state.col + (state.dir > 0 ? "+" : "-")); }
+    }
+    function arrived() {
+      // the column the rows arrive ordered by (the importance table: most important first), as
+      // the order shows it: the first whose numbers run one way (NaN last) and are not all equal
+      var rows = table.tBodies[0].rows;
+      for (var col = 0; col < heads.length; col++) {
+        var up = true, down = true, varied = false, prev = null, nan = false;
+        for (var r = 0; r < rows.length && (up || down); r++) {
+          var v = key(rows[r], col);
+          if (isNaN(v)) { nan = true; continue; }
+          if (nan) { up = down = false; }  // a number after a NaN: not this table's order
+          if (prev !== null) { up = up && v >= prev; down = down && v <= prev; varied = varied || v !== prev; }
+          prev = v;
+        }
+        if (varied && (up || down)) { state.col = col; state.dir = up ? 1 : -1; return; }
+      }
+    }
     function sortBy(col) {
       state.dir = state.col === col ? -state.dir : (col === 0 ? 1 : -1);
       state.col = col;
@@ -216,11 +257,10 @@
         return x === y ? key(a, 0) - key(b, 0) : (x - y) * state.dir;
       });
       for (var i = 0; i < rows.length; i++) { body.appendChild(rows[i]); }
-      for (var h = 0; h < heads.length; h++) {
-        heads[h].setAttribute("aria-sort", h === col ? (state.dir > 0 ? "ascending" : "descending") : "none");
-      }
-      table.setAttribute("data-sorted", col + (state.dir > 0 ? "+" : "-"));
+      mark();
     }
+    arrived();
+    mark();
     for (var i = 0; i < heads.length; i++) {
       (function (col) { heads[col].addEventListener("click", function () { sortBy(col); }); })(i);
     }

@@ -43,12 +43,15 @@
   }
 
   function overview(d) {
-    var rows = [["max activation", fmt(d.max)],
+    // the maximum, the mean and the quantiles are all image maxima: written as one column
+    var q = d.quantiles ? d.quantiles.values : [];
+    var shown = dom.column([d.max, d.moments ? d.moments.mean : null].concat(q));
+    var rows = [["max activation", shown[0]],
       ["receptive field", d.receptive_field ? d.receptive_field[0] + "\u00d7" + d.receptive_field[1] + " px" : "the whole image"],
       ["images mined", String(d.images) + (d.unreadable ? " (" + d.unreadable + " unreadable, skipped: in no statistic)" : "") +
         (d.complete ? "" : " (PARTIAL run)")]];
     if (d.moments) {
-      rows.push(["mean of image maxima", fmt(d.moments.mean)]);
+      rows.push(["mean of image maxima", shown[1]]);
       rows.push(["firing density", pct(d.moments.density) + (d.moments.images === null ? "" :
         " (" + d.moments.firing + " of " + d.moments.images + " images > 0)")]);
     }
@@ -62,7 +65,7 @@
       var bound = d.quantiles.bound || [];
       for (var i = 0; i < d.quantiles.q.length; i++) {
         var b = bound[i];
-        rows.push(["quantile " + d.quantiles.q[i], b === null || b === undefined ? fmt(d.quantiles.values[i]) :
+        rows.push(["quantile " + d.quantiles.q[i], b === null || b === undefined ? shown[2 + i] :
           (b > 0 ? "< " + fmt(b, 3) : "> " + fmt(b, 3))]);
       }
     }
@@ -131,34 +134,47 @@
     return s;
   }
 
-  function caption(e) {
+  function caption(e, value) {
     var cap = el("div", "cap");
     cap.appendChild(el("div", "cls", e.cls === null ? "?" : e.cls));
-    if (e.value !== undefined) { cap.appendChild(el("div", null, fmt(e.value))); }
+    if (e.value !== undefined) { cap.appendChild(el("div", "value", value)); }
     cap.appendChild(el("div", "idx", "#" + e.index));
     cap.title = e.path;
     return cap;
   }
+  function row(box, label) {
+    // a label and its strip: two cells of the section's grid (unit.css), so every label of the
+    // section takes one column as wide as the widest, and the strips line up beside it
+    var r = el("div", "row"), strip = el("div", "strip");
+    r.appendChild(typeof label === "string" ? el("div", "label", label) : label);
+    r.appendChild(strip);
+    box.appendChild(r);
+    return strip;
+  }
   function examples(box, label, entries, d, at) {
-    // d: the strips of the set's pictures ({patches, deconv, w, h}) or null; at(e): e's tile in them
+    // d: the strips of the set's pictures ({patches, deconv, w, h}) or null; at(e): e's tile in them.
+    // Returns the captions' strip.
     at = at || function (e) { return e.rank; };
     if (d && d.patches && entries.length) {
-      var pics = el("div", "row");
-      pics.appendChild(el("div", "label", "patches"));
+      var pics = row(box, "patches");
       for (var i = 0; i < entries.length; i++) { pics.appendChild(tile(d.patches, at(entries[i]), d.w, d.h)); }
-      box.appendChild(pics);
       if (d.deconv) {
-        var dec = el("div", "row");
-        dec.appendChild(el("div", "label", "deconv"));
+        var dec = row(box, "deconv");
         for (var j = 0; j < entries.length; j++) { dec.appendChild(tile(d.deconv, at(entries[j]), d.w, d.h)); }
-        box.appendChild(dec);
       }
     }
-    var r = el("div", "row");
-    r.appendChild(el("div", "label", label));
-    for (var k = 0; k < entries.length; k++) { r.appendChild(caption(entries[k])); }
+    var r = row(box, label), values = dom.column(entries.map(function (e) { return e.value; }));
+    for (var k = 0; k < entries.length; k++) { r.appendChild(caption(entries[k], values[k])); }
     if (!entries.length) { r.appendChild(el("div", "cap", "(none)")); }
-    box.appendChild(r);
+    return r;
+  }
+  function binLabel(bin, p) {
+    // "bin 9" over its range "1 … 1.125", each on one line, the edges as `sketchmine unit` writes
+    // them (p significant digits: more where neighbouring edges would read alike)
+    var l = el("div", "label bin-label");
+    l.appendChild(el("div", null, "bin " + bin.bin));
+    if (bin.lo !== null) { l.appendChild(el("div", "bin-range", fmt(bin.lo, p) + " \u2026 " + fmt(bin.hi, p))); }
+    return l;
   }
 
   function classes(d, box) {
@@ -173,8 +189,11 @@
       box.appendChild(none);
     } else if (d.class_means) {
       box.appendChild(el("h3", null, "classes it prefers over all images (mean image maximum)"));
-      box.appendChild(table(["class", "mean", "images", "class accuracy"], d.class_means.map(function (c) {
-        return [c["class"], fmt(c.mean), c.images, pct(c.acc)]; })));
+      var means = dom.column(d.class_means.map(function (c) { return c.mean; }));
+      var t = table(["class", "mean", "images", "class accuracy"], d.class_means.map(function (c, i) {
+        return [c["class"], means[i], c.images, pct(c.acc)]; }));
+      t.id = "class-means";
+      box.appendChild(t);
     } else { box.appendChild(missing(d, "class_means", "class means over all images")); }
   }
 
@@ -183,12 +202,14 @@
     var t = table(["pushed up", "by", "pushed down", "by"], []);
     t.id = "effects";
     var up = d.effects.up, down = d.effects.down, tb = t.tBodies[0];
+    var by = function (side) { return dom.column(side.map(function (c) { return c.effect; }), 3); };
+    var ups = by(up), downs = by(down);
     for (var i = 0; i < Math.max(up.length, down.length); i++) {
       var row = el("tr");
       row.appendChild(el("td", null, i < up.length ? up[i]["class"] : ""));
-      row.appendChild(el("td", "num", i < up.length ? "+" + fmt(up[i].effect, 3) : ""));
+      row.appendChild(el("td", "num", i < up.length ? "+" + ups[i] : ""));
       row.appendChild(el("td", null, i < down.length ? down[i]["class"] : ""));
-      row.appendChild(el("td", "num", i < down.length ? fmt(down[i].effect, 3) : ""));
+      row.appendChild(el("td", "num", i < down.length ? downs[i] : ""));
       tb.appendChild(row);
     }
     box.appendChild(el("p", null, "the unit's effect on each class's " + (d.effects.kind === "logit" ? "logit" : "probability") + ": its mean change when the unit is zeroed, sign flipped (positive: the unit raises the class), over all images"));
@@ -197,12 +218,12 @@
 
   function correlated(d, box) {
     if (!d.correlated) { box.appendChild(missing(d, "correlated", "correlated units")); return; }
-    var list = el("p", "correlated");
+    var list = el("p", "correlated"), rs = dom.column(d.correlated.map(function (c) { return c.r; }), 3);
     for (var i = 0; i < d.correlated.length; i++) {
       var a = el("a", null, "unit " + d.correlated[i].unit);
       a.href = "#unit=" + d.correlated[i].unit;
       list.appendChild(a);
-      list.appendChild(document.createTextNode(" (r = " + fmt(d.correlated[i].r, 3) + ")" + (i + 1 < d.correlated.length ? ", " : "")));
+      list.appendChild(document.createTextNode(" (r = " + rs[i] + ")" + (i + 1 < d.correlated.length ? ", " : "")));
     }
     if (!d.correlated.length) { list.textContent = "(none)"; }
     box.appendChild(list);
@@ -213,6 +234,7 @@
     while (box.firstChild) { box.removeChild(box.firstChild); }
     document.getElementById("unit-number").textContent = d.unit + " of " + d.units + (d.cls != null ? " (" + d.cls + ")" : "");
     document.getElementById("unit-input").value = d.unit;
+    if (d.unit !== noted) { say(null, ""); }
     var links = el("p", "dash-links");
     var card = el("a", null, "its card");
     card.href = d.card;
@@ -259,14 +281,24 @@
       for (var q = 0; q < d.bins.length; q++) {
         if (d.bins[q].examples.length) { lowest = Math.min(lowest, q); highest = Math.max(highest, q); }
       }
+      var shownBins = d.bins.slice(lowest, highest + 1), more = false;
+      var p = dom.enough([].concat.apply([], shownBins.map(function (bin) { return [bin.lo, bin.hi]; })), 4);
       for (var b = highest; b >= lowest; b--) {  // the grid's empty bins outside [min, max] left out
         var bin = d.bins[b];
         var per = d.bin_pictures ? d.bin_pictures.m : 0;
-        examples(ex, "bin " + bin.bin + (bin.lo === null ? "" : ": " + fmt(bin.lo, 3) + "\u2026" + fmt(bin.hi, 3)), bin.examples,
+        var caps = examples(ex, binLabel(bin, p), bin.examples,
           d.bin_pictures || null, (function (b) { return function (e) { return b * per + e.slot; }; })(bin.bin));
         if (bin.more) {
-          ex.lastChild.appendChild(el("div", "cap more", "+" + bin.more + " more (sketchmine unit --json)"));
+          var m = el("div", "cap more", "+" + bin.more + " more");
+          m.title = "sketchmine unit --json lists every example of the bin";
+          caps.appendChild(m);
+          more = true;
         }
+      }
+      if (more) {
+        var all = el("p", "note", "+N more: the bin holds more examples than the page shows; sketchmine unit RUN LAYER UNIT --json lists them all");
+        all.id = "bins-more";
+        ex.appendChild(all);
       }
       if (!d.bin_pictures) { ex.appendChild(missing(d, "bin_pictures", "pictures of these images")); }
     } else { ex.appendChild(missing(d, "bins", "examples per bin")); }
@@ -307,13 +339,33 @@
     return m ? parseInt(m[1], 10) : 0;
   }
 
+  var noted = null;  // the unit the note beside the number box speaks of: cleared once another is shown
+  function say(u, text) {
+    noted = u;
+    var note = document.getElementById("unit-note");
+    if (note) { note.textContent = text; note.hidden = !text; }
+  }
+  function typed(box) {
+    // the number box: a unit of the layer is shown; anything else is brought to the nearest unit,
+    // and the box and a note say so (a box left reading "200" beside unit 95 would mislead)
+    var text = box.value.trim(), v = Number(text);
+    if (!units) { return; }
+    if (text === "" || !isFinite(v)) {
+      box.value = current;
+      say(current, "type a unit number, 0 to " + (units - 1));
+      return;
+    }
+    var u = Math.max(0, Math.min(units - 1, Math.round(v)));
+    if (u !== v) { say(u, "no unit " + text + " in this layer (its units are 0 to " + (units - 1) + "): showing unit " + u); }
+    else { say(null, ""); }
+    box.value = u;
+    show(u);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     document.getElementById("prev-unit").addEventListener("click", function () { show(current - 1); });
     document.getElementById("next-unit").addEventListener("click", function () { show(current + 1); });
-    document.getElementById("unit-input").addEventListener("change", function (ev) {
-      var v = parseInt(ev.target.value, 10);
-      if (!isNaN(v)) { show(v); }
-    });
+    document.getElementById("unit-input").addEventListener("change", function (ev) { typed(ev.target); });
     window.addEventListener("hashchange", function () { var u = fromHash(); if (u !== current) { show(u); } });
     show(fromHash(), true);
   });
