@@ -479,6 +479,9 @@ def test_column_numbers_are_pythons_fixed_decimals(tmp_path, browser):  # noqa: 
     page.close()
     assert got == [python(c) for c in columns]
     assert not any(t.startswith("-0") and float(t) == 0 for col in got for t in col)
+    from sketchmine.results.numbers import column  # its Python twin (the importance table's columns)
+
+    assert [column(c) for c in columns] == got
 
 
 def test_cards_say_each_class_once_with_its_count(rep, run, browser):  # noqa: F811

@@ -39,7 +39,7 @@ from sketchmine.present.summary_grid import grid, grid_html
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis
 from sketchmine.results.run import Run, open_run
-from sketchmine.results.numbers import number, shape_text
+from sketchmine.results.numbers import column, number, shape_text
 from sketchmine.results.summaries import size_note
 
 __all__ = ["PAGE_SIZE", "MARKER", "write_report", "check_report_dir", "dataset_words", "layer_ids"]
@@ -85,13 +85,14 @@ def _importance_section(run: Run, name: str, lid: str) -> str:
     head = "".join(f'<th data-col="{i}" data-type="{"num"}" title="click to sort">{e(label)}</th>'
                    for i, (_, label) in enumerate(IMPORTANCE_COLUMNS))
     rows = []
-    for _, r in df.iterrows():
+    shown = {col: [percent(float(v), 2) for v in df[col]] if col == "acc_drop" else column(df[col].tolist())
+             for col, _ in IMPORTANCE_COLUMNS[1:]}  # one count of decimals per column
+    for i, (_, r) in enumerate(df.iterrows()):
         u = int(r["unit"])
         cells = [f'<td class="num" data-v="{u}"><a href="#page={u // PAGE_SIZE + 1}&amp;unit={u}">{u}</a></td>']
         for col, _ in IMPORTANCE_COLUMNS[1:]:
             v = float(r[col])
-            shown = percent(v, 2) if col == "acc_drop" else "-" if np.isnan(v) else f"{v:.4g}"
-            cells.append(f'<td class="num" data-v="{"" if np.isnan(v) else repr(v)}">{e(shown)}</td>')
+            cells.append(f'<td class="num" data-v="{"" if np.isnan(v) else repr(v)}">{e(shown[col][i])}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     info = []
     if a.get("images") is not None:
@@ -104,7 +105,8 @@ def _importance_section(run: Run, name: str, lid: str) -> str:
             f"<p>Each unit zeroed in turn; drop of the correct class's probability and of accuracy "
             f"({e('; '.join(info))}). Click a column header to sort; a unit number opens its card's page.</p>"
             f'<img class="plot" src="../importance/{e(lid)}.png" alt="most important units">'
-            f'<div class="scroll"><table id="importance" class="sortable"><thead><tr>{head}</tr></thead>'
+            # rows arrive most important first (unit_importance's order): the table says so (report.js marks it)
+            f'<div class="scroll"><table id="importance" class="sortable" data-sorted="1-"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 

@@ -40,6 +40,20 @@ def number(v: float | None, spec: str = ".3f") -> str:
     return text
 
 
+def column(values: list[float], digits: int = 4) -> list[str]:
+    """The numbers of one table column with one count of decimals, enough for `digits` significant
+    digits of the largest magnitude ("1.780" beside "1.719", not "1.78"), as the report's pages write
+    a column (dom.js `column`); a nonzero value that rounds to zero keeps one significant digit, as
+    `number` writes it; magnitudes outside [1e-4, 1e21) in `g` form; "-" for NaN."""
+    finite = [abs(float(v)) for v in values if math.isfinite(float(v))]
+    big = max(finite, default=0.0)
+    if not 1e-4 <= big < 1e21:
+        return ["-" if math.isnan(float(v)) else format(float(v) + 0.0, f".{digits}g") for v in values]
+    decimals = max(0, digits - 1 - int(f"{big:.{digits - 1}e}".split("e")[1]))
+    return [number(v, f".{decimals}f") if math.isfinite(float(v)) or math.isnan(float(v)) else str(float(v))
+            for v in values]
+
+
 def significant(v: float, spec: str = ".3g") -> str:
     """`v` with a `g` spec, given more digits (up to 7) where it would read as a whole number it is
     not: a probability of 0.99986 is not "1", 99.96 not "100" (below 1,000: larger values are

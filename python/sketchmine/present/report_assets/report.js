@@ -231,20 +231,10 @@
       if (state.col >= 0) { table.setAttribute("data-sorted", state.col + (state.dir > 0 ? "+" : "-")); }
     }
     function arrived() {
-      // the column the rows arrive ordered by (the importance table: most important first), as
-      // the order shows it: the first whose numbers run one way (NaN last) and are not all equal
-      var rows = table.tBodies[0].rows;
-      for (var col = 0; col < heads.length; col++) {
-        var up = true, down = true, varied = false, prev = null, nan = false;
-        for (var r = 0; r < rows.length && (up || down); r++) {
-          var v = key(rows[r], col);
-          if (isNaN(v)) { nan = true; continue; }
-          if (nan) { up = down = false; }  // a number after a NaN: not this table's order
-          if (prev !== null) { up = up && v >= prev; down = down && v <= prev; varied = varied || v !== prev; }
-          prev = v;
-        }
-        if (varied && (up || down)) { state.col = col; state.dir = up ? 1 : -1; return; }
-      }
+      // the column the rows arrive ordered by, as the page says it (data-sorted="1-": column 1,
+      // descending; the importance table arrives most important first)
+      var m = /^(\d+)([+-])$/.exec(table.getAttribute("data-sorted") || "");
+      if (m && Number(m[1]) < heads.length) { state.col = Number(m[1]); state.dir = m[2] === "+" ? 1 : -1; }
     }
     function sortBy(col) {
       state.dir = state.col === col ? -state.dir : (col === 0 ? 1 : -1);
