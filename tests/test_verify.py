@@ -89,3 +89,22 @@ def test_a_folder_of_runs_given_as_a_run_names_the_runs_in_it(full, tmp_path, ca
     assert main(["verify", str(tmp_path / "runs")]) == 3
     err = capsys.readouterr().err
     assert "is not a sketchmine run (no zarr.json); it holds the run a.zarr" in " ".join(err.split())
+
+
+def test_an_array_gone_from_a_result_written_whole_is_damage_not_a_result_never_computed(run, capsys):
+    """A result group (importance) whose array lost its zarr.json read as "no importance: compute it
+    with …", and verify passed it: the group's checksums name its arrays, so one gone is damage, said
+    by the reader and listed by verify; the other arrays of the group are still checked."""
+    import shutil as _shutil
+
+    from sketchmine.errors import RunDamaged
+
+    name = f"layers/{L}/importance/prob_drop"
+    _shutil.rmtree(run / name)
+    with pytest.raises(RunDamaged, match=f"'{name}' is missing"):
+        sketchmine.open_run(run).unit_importance(L)
+    found = sketchmine.verify_run(run)
+    assert set(found.damaged) == {name} and "is missing" in found.damaged[name]
+    assert set(found.checked) == _arrays(run)
+    assert main(["verify", str(run)]) == 3
+    assert "is damaged: 1 array (listed above)" in capsys.readouterr().err

@@ -34,5 +34,6 @@ def run_verify(args: argparse.Namespace, console: Console) -> None:
         for name, why in found.damaged.items():
             console.print(safe(f"damaged: {name} {why}"), soft_wrap=True)
     if found.damaged:
-        raise RunDamaged(f"run {found.run} is damaged: {len(found.damaged)} arrays (listed above); restore the run's "
+        many = len(found.damaged)
+        raise RunDamaged(f"run {found.run} is damaged: {many} array{'' if many == 1 else 's'} (listed above); restore the run's "
                          "files from a copy, or mine it again with a new --out")

@@ -60,7 +60,18 @@ def read_unit(root: zarr.Group, path: str, keys: tuple[str, ...], where: Path
         attrs = dict(group.attrs)
         if attrs.get(schema.COMPLETE) is not True:
             return None
-        nodes = {key: verify.node(group, key, where, f"{path}/{key}") for key in keys}
+        written = attrs.get(verify.SUMS)
+        nodes = {}
+        for key in keys:
+            try:
+                nodes[key] = verify.node(group, key, where, f"{path}/{key}")
+            except KeyError:
+                if isinstance(written, dict) and key in written:
+                    # the marker is set only once every array is in place, and the checksums name
+                    # them: one gone now is damage, not a result never computed
+                    raise verify.damaged(where, f"{path}/{key}", "is missing (its zarr.json is gone) from a "
+                                         "result written whole") from None
+                raise
     except KeyError:
         if (where / path / "zarr.json").exists() or not (where / path).is_dir() or not any((where / path).iterdir()):
             return None  # absent, or not whole (an array missing)

@@ -138,9 +138,11 @@ def _groups(store: RunStore, arrays: dict[str, zarr.Array], groups: dict[str, za
     for path, group in groups.items():
         if group.attrs.get(schema.COMPLETE) is not True:
             continue
-        keys = tuple(name.rpartition("/")[2] for name in arrays if name.rpartition("/")[0] == path)
-        if not isinstance(group.attrs.get(verify.SUMS), dict):
+        keys = [name.rpartition("/")[2] for name in arrays if name.rpartition("/")[0] == path]
+        sums = group.attrs.get(verify.SUMS)
+        if not isinstance(sums, dict):
             continue  # written before groups recorded checksums: unchecked
+        keys += sorted(set(sums) - set(keys))  # what the group was written with and no longer holds: damaged
         for key in keys:  # one at a time: a group's arrays may differ in shape (pictures and their boxes)
             name = f"{path}/{key}"
             done.add(name)
