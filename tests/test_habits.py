@@ -107,6 +107,11 @@ def test_every_option_shows_its_default_in_help():
         for a in parser._actions:
             if not a.option_strings:
                 assert a.help and len(a.help) > 10, f"{name} {a.dest} has no help"
+    top = sm("--help").stdout  # the commands in the order one uses them, and a first workflow
+    listed = [line.split()[0] for line in top.split("COMMAND\n", 1)[1].split("\noptions:")[0].splitlines()
+              if line.startswith("    ") and not line.startswith("     ")]
+    assert listed[:4] == ["demo", "mine", "visualize", "report"] and sorted(listed) == sorted(subs.choices)
+    assert "sketchmine mine --model M --data DIR --out RUN.zarr, then\n" in top
     text = sm("mine", "--help").stdout
     assert "(default: 64)" in " ".join(text.split()) and "(default: cpu)" in text
     assert "(default: 100)" in " ".join(sm("report", "--help").stdout.split())  # one form for every default

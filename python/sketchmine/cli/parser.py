@@ -132,11 +132,15 @@ def device(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="sketchmine", description="Mine the top-k images of every CNN unit.", formatter_class=DefaultsHelp,
-                epilog="exit codes: 0 done, 1 running failed, 2 usage error, 3 input refused, 130 interrupted")
+    p = Parser(prog="sketchmine", description="Mine the top-k images of every CNN unit.", formatter_class=RawEpilog,
+               epilog="a first look: sketchmine demo\n"
+                      "your model and images: sketchmine mine --model M --data DIR --out RUN.zarr, then\n"
+                      "  sketchmine visualize RUN.zarr and sketchmine report RUN.zarr --open\n"
+                      "'sketchmine COMMAND --help' for a command's options\n\n"
+                      "exit codes: 0 done, 1 running failed, 2 usage error, 3 input refused, 130 interrupted")
     p.add_argument("--version", action="version", version=f"sketchmine {__version__}")
     verbosity_options(p, top=True)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=SubParser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=SubParser, metavar="COMMAND")
     m = sub.add_parser("mine", help="stream a dataset through a model and keep every unit's top-k images")
     m.add_argument("--model", required=True,
                    help="torchvision name, 'sketchnet'/'sketchresnet'/'sketchgru' (with --weights), 'demo', "
@@ -272,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("layer", help="a mined layer's qualified name, as `sketchmine summary RUN` lists them")
     un.add_argument("unit", type=int, help="the unit (channel) number in that layer, from 0")
     json_option(un)
+    in_workflow_order(sub)
     return p
 
 
@@ -281,6 +286,20 @@ class SubParser(Parser):
     def __init__(self, **kwargs: typing.Any) -> None:
         super().__init__(formatter_class=DefaultsHelp, **{k: v for k, v in kwargs.items() if k != "formatter_class"})
         verbosity_options(self, top=False)
+
+
+class RawEpilog(DefaultsHelp):
+    """The top-level help: its epilog's lines (a first workflow, the exit codes) kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def in_workflow_order(sub: argparse._SubParsersAction) -> None:
+    """The commands listed in --help in the order one uses them, not the order they are declared."""
+    order = ["demo", "mine", "visualize", "report", "summary", "unit", "compare", "importance", "effects", "probe",
+             "verify", "bench"]
+    sub._choices_actions.sort(key=lambda a: order.index(a.dest) if a.dest in order else len(order))
 
 
 def run_argument(p: argparse.ArgumentParser, what: str) -> None:
