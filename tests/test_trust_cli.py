@@ -400,3 +400,43 @@ def test_ctrl_c_during_importance_names_the_layers_kept(run_copy):
                      r"every layer it is given, so pass --layers features\.3 to compute only the rest", err), err
     run = sketchmine.open_run(run_copy)
     assert run.has_importance("classifier.6") and not run.has_importance("features.3")
+
+
+KILLED_BEFORE_FIRST_FLUSH = """
+import os, signal, sys, torch, sketchmine
+from sketchmine.data import animal_shape
+ds = animal_shape("test")
+x = torch.from_numpy(ds.images[:200]).float().div(255)[:, None]
+y = [int(v) for v in ds.labels()[:200]]
+calls = []
+class Drawings(torch.utils.data.Dataset):
+    classes, targets = ds.class_names, y  # labels known without reading a sample
+    def __len__(self): return 200
+    def __getitem__(self, i):
+        calls.append(i)
+        if len(calls) > 60:  # past the fingerprint's samples, inside the mining loop: before the first flush
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x[i], y[i]
+sketchmine.mine("demo", Drawings(), out=sys.argv[1], preprocessing="model", flush_every=100, batch_size=32)
+"""
+
+
+def test_a_run_with_nothing_committed_yet_is_summarised_as_such(tmp_path):
+    """Between a run's creation and its first checkpoint (minutes on a CPU at the default
+    --flush-every) `summary` in another terminal was an error ("no results for 'features.0' yet
+    (nothing flushed)"): it now says the run has started and when its first numbers come, lists its
+    layers, and exits 0 (as --json); readers of results say the same in their error."""
+    out = tmp_path / "run.zarr"
+    proc = subprocess.run([sys.executable, "-c", KILLED_BEFORE_FIRST_FLUSH, str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    run = sketchmine.open_run(out)
+    assert not run.complete and run.images_done == 0
+    said = sm("summary", str(out))
+    assert said.returncode == 0, said.stderr
+    text = " ".join(said.stdout.split())
+    assert "mining started and nothing is committed yet (0 of 200 images; the first checkpoint comes after " \
+           "--flush-every batches)" in text and f"its {len(run.layers)} layers: {', '.join(run.layers)}" in text
+    doc = json.loads(sm("summary", str(out), "--json").stdout)
+    assert doc["images"] == 0 and [l["name"] for l in doc["layers"]] == run.layers and "nothing is committed" in doc["note"]
+    one_line_error(sm("unit", str(out), run.layers[0], "0"), r"no results for 'features.0' yet: mining started", code=3)

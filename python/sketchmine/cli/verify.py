@@ -30,7 +30,9 @@ def run_verify(args: argparse.Namespace, console: Console) -> None:
             console.print(safe(found.note), soft_wrap=True)
         if found.unchecked:
             names = ", ".join(found.unchecked[:LISTED]) + (", …" if len(found.unchecked) > LISTED else "")
-            console.print(safe(f"{len(found.unchecked)} arrays have no checksum to check: {names}"), soft_wrap=True)
+            few = len(found.unchecked)
+            console.print(safe(f"{few} array{' has' if few == 1 else 's have'} no checksum to check: {names}"),
+                          soft_wrap=True)
         for name, why in found.damaged.items():
             console.print(safe(f"damaged: {name} {why}"), soft_wrap=True)
     if found.damaged:

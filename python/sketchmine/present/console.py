@@ -31,7 +31,7 @@ from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.results.numbers import number, percent, shape_text
 from sketchmine.results.precision import precision_differs, precision_note
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import size_note, ties_words
+from sketchmine.results.summaries import not_yet, size_note, ties_words
 
 if TYPE_CHECKING:
     from sketchmine.results.compare import Comparison
@@ -305,6 +305,10 @@ def print_summary(path: str, n: int, console: Console) -> None:
     from sketchmine.results.run import open_run
 
     run = open_run(path)
+    if not run.complete and not run.images_done:  # created, nothing committed: said, not an error
+        console.print(f"[yellow]partial run[/] {safe(run.path)}: {not_yet(run)}; its {len(run.layers)} layers: "
+                      f"{safe(', '.join(run.layers))}")
+        return
     console.print(layers_table(run))
     if run.complete:
         console.print(accuracy_table(run))

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.results.run import Run
+from sketchmine.results.summaries import not_yet
 
 
 def plain(value: Any) -> Any:
@@ -52,7 +53,12 @@ def summary_data(run: Run, n: int) -> dict[str, Any]:
     from sketchmine.errors import SketchmineError
     from sketchmine.results.unit_summary import infinite
 
-    layers = []
+    layers: list[dict[str, Any]] = []
+    if not run.complete and not run.images_done:  # created, nothing committed: the layers, no numbers yet
+        return {"run": str(run.path), "model": run.attrs.get("model"), "complete": False, "precision": run.precision,
+                "forward_options": run.forward_options, "images": 0, "k": run.k, "accuracy": None,
+                "class_accuracy": [], "layers": [{"name": name, "units": run.layer_attrs(name)["shape"][0]}
+                                                 for name in run.layers], "note": not_yet(run)}
     for name in run.layers:
         attrs = run.layer_attrs(name)
         top, bottom = run.top_classes(name, n), run.bottom_classes(name, n)

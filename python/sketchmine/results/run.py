@@ -158,7 +158,7 @@ class Run(UnitViews, Precision):
             return values, index, yx
         state = self.store.read_checkpoint_state(topk.KEY)
         if state is None:
-            raise SketchmineError(f"run {self.path} has no results for {layer!r} yet (nothing flushed)")
+            raise SketchmineError(f"run {self.path} has no results for {layer!r} yet: {summaries.not_yet(self)}")
         try:
             s = topk.unpack(state, self.layers)[layer]
         except (ValueError, KeyError) as exc:

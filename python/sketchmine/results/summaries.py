@@ -4,10 +4,14 @@ them per run. No store access, no model: data flows store → run → these → 
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from sketchmine.results.run import Run
 
 from sketchmine.stats.accuracy import per_class_accuracy
 
@@ -190,3 +194,11 @@ def rank_correlations(measures: dict[str, np.ndarray], target: np.ndarray) -> di
     first = np.asarray(next(iter(measures.values())), float)
     out["classes"] = int((np.isfinite(first) & np.isfinite(np.asarray(target, float))).sum())
     return out
+
+
+def not_yet(run: Run) -> str:
+    """Why a run being mined has nothing to read yet: created, no checkpoint committed (readers
+    see committed checkpoints only, the first after `--flush-every` batches)."""
+    size = (run.attrs.get("dataset") or {}).get("size", "?")
+    return (f"mining started and nothing is committed yet (0 of {size} images; the first checkpoint comes "
+            "after --flush-every batches)")
