@@ -8,6 +8,8 @@ how to get it (mine again into a new directory). See docs/analysis.md for the gu
 """
 from __future__ import annotations
 
+import shlex
+
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -50,11 +52,16 @@ def mine_again(run: Run) -> str:
     if isinstance(spec, str) and data.get("kind") == "image_folder":
         weights = (attrs.get("model_spec") or {}).get("weights")
         size = pre.get("size")
-        parts = [f"sketchmine mine --model {spec}", f"--weights {weights}" if weights else "",
-                 f"--data {data.get('root')}", f"--layers {layers}", f"-k {run.k}",
+        options = run.forward_options  # the same forward, so the numbers are comparable
+        q = shlex.quote
+        parts = [f"sketchmine mine --model {q(spec)}", f"--weights {q(str(weights))}" if weights else "",
+                 f"--data {q(str(data.get('root')))}", f"--layers {q(layers)}", f"-k {run.k}",
                  f"--preprocessing {pre['preset']}" if pre.get("preset") not in (None, "model") else "",
                  f"--image-size {size[0]}" if size and len(set(size)) == 1 else "",
                  f"--steps {seq['steps']} --ink {seq.get('ink', 'light')}" if seq else "",
+                 f"--autocast {options['autocast']}" if options.get("autocast") else "",
+                 "--channels-last" if options.get("channels_last") else "",
+                 "--no-logits" if attrs.get("logits", True) is False else "",
                  "--distributions --out NEW_DIR"]
         return f"`{' '.join(p for p in parts if p)}`"
     if isinstance(spec, str) and data.get("kind") == "embedded" and "subset" not in data and not seq:
