@@ -237,6 +237,6 @@ def test_replacing_another_runs_report_is_said(run, rep, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="sketchmine"):
         write_report(other, rep)
     said = [r.getMessage() for r in caplog.records if "held the report of run" in r.getMessage()]
-    assert said == [f"report folder {rep} held the report of run {Path(run.path).resolve()}; it is replaced by the "
+    assert said == [f"report folder {rep} held the report of run {Path(run.path).resolve()}; it now holds the "
                     f"report of {other.path}"]
     assert json.loads((rep / MARKER).read_text())["run"] == str(Path(other.path).resolve())

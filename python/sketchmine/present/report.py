@@ -336,10 +336,7 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
     shown = Path(out)
     target = check_report_dir(shown, run.path)
     here = str(Path(run.path).resolve())
-    if (before := reported_run(target)) is not None and str(Path(before).resolve()) != here:
-        # allowed (the folder is a report's), but another run's report is about to go: said
-        logging.getLogger("sketchmine").warning(f"report folder {shown} held the report of run {before}; "
-                                                f"it is replaced by the report of {run.path}")
+    before = reported_run(target)
     tmp, made = None, -1
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -354,6 +351,9 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
         (tmp / MARKER).write_text(report_marker(here, tmp))
         swap_in(tmp, target, shown)
         tmp = None
+        if before is not None and str(Path(before).resolve()) != here:  # allowed (a report's folder), and said
+            logging.getLogger("sketchmine").warning(f"report folder {shown} held the report of run {before}; "
+                                                    f"it now holds the report of {run.path}")
     except OSError as exc:
         where = exc.filename or target
         kept = ("the report folder is incomplete (the previous report there is already, at least partly, removed): run "
