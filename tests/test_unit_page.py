@@ -457,7 +457,7 @@ def test_column_numbers_are_pythons_fixed_decimals(tmp_path, browser):  # noqa: 
     dom = Path(sketchmine.__file__).parent / "present" / "report_assets" / "dom.js"
     (tmp_path / "c.html").write_text(f'<!doctype html><script src="{dom.as_uri()}"></script>', encoding="utf-8")
     rng = np.random.default_rng(3)
-    columns = [[1.0476, 1.78, 1.719, 1.75], [0.657, 0.6208, 0.5405], [-0.0, 0.5, -1e-9, -0.0004], [2.5, 0.125, -0.0625],
+    columns = [[1.0476, 1.78, 1.719, 1.75], [0.657, 0.6208, 0.5405], [0.9999987, 0.999998, 0.5], [2.99996, 1.0], [-0.0, 0.5, -1e-9, -0.0004], [2.5, 0.125, -0.0625],
                [12345.5, 3.25], [0.0, 0.0], [9.9996, 1.0], *[(rng.integers(-4096, 4096, 6) / 2.0 ** rng.integers(0, 14)).tolist()
                                                             for _ in range(30)],
                *[(rng.normal(0, 1, 5) * 10.0 ** rng.integers(-3, 5)).tolist() for _ in range(30)]]
@@ -466,7 +466,11 @@ def test_column_numbers_are_pythons_fixed_decimals(tmp_path, browser):  # noqa: 
         big = max(abs(v) for v in col)
         if big == 0:
             return ["0"] * len(col)
-        d = max(0, 3 - int(format(big, ".3e").split("e")[1]))
+        e = int(format(big, ".3e").split("e")[1])
+        d = max(0, 3 - e)
+        while d < max(0, 6 - e) and any(float(format(v, f".{d}f")) not in (v, 0) and float(format(v, f".{d}f")).is_integer()
+                                        for v in col):
+            d += 1  # never a whole number the value is not ("1.000" for 0.9999987)
         out = []
         for v in col:
             t = format(v, f".{d}f")

@@ -49,7 +49,15 @@ def column(values: list[float], digits: int = 4) -> list[str]:
     big = max(finite, default=0.0)
     if not 1e-4 <= big < 1e21:
         return ["-" if math.isnan(float(v)) else format(float(v) + 0.0, f".{digits}g") for v in values]
-    decimals = max(0, digits - 1 - int(f"{big:.{digits - 1}e}".split("e")[1]))
+    exponent = int(f"{big:.{digits - 1}e}".split("e")[1])
+    decimals = max(0, digits - 1 - exponent)
+
+    def whole(v: float) -> bool:  # reads as a whole number it is not (0.9999987 as "1.000")
+        text = float(f"{v:.{decimals}f}")
+        return text != v and text != 0 and text.is_integer()
+
+    while decimals < max(0, 6 - exponent) and any(whole(float(v)) for v in values if math.isfinite(float(v))):
+        decimals += 1
     return [number(v, f".{decimals}f") if math.isfinite(float(v)) or math.isnan(float(v)) else str(float(v))
             for v in values]
 

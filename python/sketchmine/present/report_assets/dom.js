@@ -98,7 +98,11 @@
       if (xs[i] !== null && isFinite(xs[i])) { big = Math.max(big, Math.abs(xs[i])); }
     }
     if (!(big >= 1e-4 && big < 1e21)) { return values.map(function (v) { return fmt(v, p); }); }
-    var d = Math.max(0, p - 1 - Number(big.toExponential(p - 1).split("e")[1]));
+    var e = Number(big.toExponential(p - 1).split("e")[1]), d = Math.max(0, p - 1 - e);
+    // more decimals (up to 7 significant digits of the largest) while a value would read as a whole
+    // number it is not: nine GRU maxima of 0.9999987 and below are not "1.000", a tie they are not
+    function whole(x) { var t = fixed(x, d); return Number(t) !== x && Number(t) !== 0 && Number(t) % 1 === 0; }
+    while (d < Math.max(0, 6 - e) && xs.some(function (x) { return x !== null && isFinite(x) && whole(x); })) { d++; }
     return xs.map(function (x) {
       if (x === null || !isFinite(x)) { return fmt(x); }
       var t = fixed(x, d);
