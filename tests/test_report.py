@@ -477,41 +477,50 @@ def test_output_units_are_named_by_their_class(tmp_path, runs, browser):
 
 def test_the_summary_is_a_table_legible_at_800_px(tmp_path, runs, browser):
     """UX audit: the summary plot was a PNG scaled to the column (its cell text ~5 px high at 800 px)
-    with no legend for its colours. The index draws the same cells as a table: every layer's top and
-    bottom classes with their accuracy and count as the API gives them, each coloured as the picture
-    colours it, a legend, and text at the page's size; the picture stays linked, with a colour bar."""
+    with no legend for its colours. The index draws the same cells as two tables (top, bottom): every
+    layer's classes with their accuracy and count as the API gives them, each coloured as the picture
+    colours it on a scale from the lowest accuracy shown (a 0-100 % scale drew a well-trained model's
+    classes all one green), a legend, text at the page's size, nothing wider than the window; the
+    picture stays linked, with a colour bar."""
     from sketchmine.present.plots import summary_figure
-    from sketchmine.present.summary_grid import colour
+    from sketchmine.present.summary_grid import colour, floor, grid
     from sketchmine.results.numbers import percent
 
     plain, _ = runs
     index = write_report(plain, tmp_path / "rep")
+    low = floor(grid(plain, 5))
+    shown = [a for layer in plain.layers for a in plain.top_classes(layer, 5)["accuracy"].tolist()
+             + plain.bottom_classes(layer, 5)["accuracy"].tolist() if not np.isnan(a)]
+    assert low == min(np.floor(min(shown) * 20) / 20, 0.95)
     page = browser.new_page(viewport={"width": 800, "height": 900})
     page.goto(index.as_uri())
-    rows = page.evaluate("""() => [...document.querySelectorAll('#summary-grid tr')].slice(1).map(tr =>
-        [tr.querySelector('th').textContent, [...tr.querySelectorAll('td')].map(td =>
-            [td.innerText, getComputedStyle(td).backgroundColor, parseFloat(getComputedStyle(td).fontSize)])])""")
-    assert [r[0] for r in rows] == plain.layers
     tied = 0
-    for (layer, cells) in rows:
-        top, bottom = plain.top_classes(layer, 5), plain.bottom_classes(layer, 5)
-        if top.attrs.get("all_tied"):
-            tied += 1
-            assert len(cells) == 1 and "classes tied" in cells[0][0]
-            continue
-        want = [*top.iterrows(), *([None] * (5 - len(top))), *bottom.iterrows(), *([None] * (5 - len(bottom)))]
-        assert len(cells) == 10
-        for (text, bg, size), w in zip(cells, want):
-            if w is None:
-                assert text == ""
+    for side, classes in (("top", plain.top_classes), ("bottom", plain.bottom_classes)):
+        rows = page.evaluate(f"""() => [...document.querySelectorAll('#summary-{side} tr')].slice(1).map(tr =>
+            [tr.querySelector('th').textContent, [...tr.querySelectorAll('td')].map(td =>
+                [td.innerText, getComputedStyle(td).backgroundColor, parseFloat(getComputedStyle(td).fontSize)])])""")
+        assert [r[0] for r in rows] == plain.layers
+        for (layer, cells) in rows:
+            listed = classes(layer, 5)
+            if plain.top_classes(layer, 5).attrs.get("all_tied"):
+                tied += 1
+                assert len(cells) == 1 and "classes tied" in cells[0][0]
                 continue
-            name, r = w
-            assert text.split("\n")[:2] == [name, f"{percent(r['accuracy'], 2)} % ({int(r['count'])})"]
-            rgb = tuple(int(colour(r["accuracy"])[i:i + 2], 16) for i in (1, 3, 5))
-            assert bg == f"rgb({rgb[0]}, {rgb[1]}, {rgb[2]})" and size >= 11
-    assert tied < len(rows)  # some layer has classes to show
-    assert page.inner_text(".legend").startswith("class accuracy: 0 %")
-    assert page.evaluate("document.documentElement.scrollWidth") <= 800  # the table scrolls in its box, not the page
+            want = [*listed.iterrows(), *([None] * (5 - len(listed)))]
+            assert len(cells) == 5
+            for (text, bg, size), w in zip(cells, want):
+                if w is None:
+                    assert text == ""
+                    continue
+                name, r = w
+                assert text.split("\n")[:2] == [name, f"{percent(r['accuracy'], 2)} % ({int(r['count'])})"]
+                rgb = tuple(int(colour(r["accuracy"], low)[i:i + 2], 16) for i in (1, 3, 5))
+                assert bg == f"rgb({rgb[0]}, {rgb[1]}, {rgb[2]})" and size >= 10
+    assert tied < 2 * len(plain.layers)  # some layer has classes to show
+    assert page.inner_text(".legend").startswith(f"class accuracy: {low * 100:g} %")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800  # the two tables stack: nothing off-screen
+    for side in ("top", "bottom"):
+        assert page.evaluate(f"document.getElementById('summary-{side}').getBoundingClientRect().right") <= 800
     for link in ("summary.png", "summary.svg"):
         assert page.query_selector(f'a[href="{link}"]') and (index.parent / link).is_file()
     assert len(summary_figure(plain).axes) == 2  # the grid and its colour bar

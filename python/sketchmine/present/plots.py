@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError, whole_number
 from sketchmine.present.report_data import percent
-from sketchmine.present.summary_grid import NO_ACCURACY, colour, grid
+from sketchmine.present.summary_grid import colour, floor, grid
 from sketchmine.results.checks import check_count
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import size_note
@@ -60,23 +60,25 @@ def _save(fig: Figure, base: Path, formats: tuple[str, ...]) -> list[Path]:
 
 def summary_figure(run: Run, n: int = 5) -> Figure:
     """One row per layer: its n most and n least frequent classes among the top-k images, each
-    cell coloured by the class's accuracy (red 0 % … green 100 %, the colour bar under it), the
+    cell coloured by the class's accuracy (red at the lowest shown, to a multiple of 5 %, … green 100 %, the colour bar under it), the
     seed's summary plot (`summary_grid.grid`: the report's table draws the same cells). The cell
     at a cut that splits a tie says how many tied classes the row leaves out, a layer whose
     classes all tie gets one grey cell saying so, and the title notes classes of different sizes
     (raw counts favour the larger)."""
     rows = grid(run, n)  # checks n before it reaches the figure size
+    low = floor(rows)  # the colour scale's low end, as the report's table has it
     layers = [r.layer for r in rows]
     fig = Figure(figsize=(1.5 * 2 * n + 1.6, 0.62 * len(layers) + 1.9))
     ax = fig.subplots()
     for r, row in enumerate(rows):
         if row.all_tied is not None:
-            ax.add_patch(Rectangle((0, r), 2 * n + 0.26, 0.92, color=NO_ACCURACY))
-            ax.text(n + 0.15, r + 0.46, row.all_tied, ha="center", va="center", fontsize=8, parse_math=False)
+            ax.add_patch(Rectangle((0, r), 2 * n + 0.26, 0.92, facecolor="white", edgecolor="#dddddd"))
+            ax.text(n + 0.15, r + 0.46, row.all_tied, ha="center", va="center", fontsize=8, style="italic",
+                    parse_math=False)
             continue
         for c in row.cells:
             x = c.place + (n + 0.3 if c.side == "bottom" else 0)
-            ax.add_patch(Rectangle((x, r), 0.96, 0.92, color=colour(c.accuracy)))
+            ax.add_patch(Rectangle((x, r), 0.96, 0.92, color=colour(c.accuracy, low)))
             label = f"{c.name[:18]}\n{percent(c.accuracy, 2)}  ({c.count})" + (f"\n{c.cut}" if c.cut else "")
             ax.text(x + 0.48, r + 0.46, label, ha="center", va="center", fontsize=6 if c.cut else 7, parse_math=False)
     ax.set_xlim(-0.05, 2 * n + 0.35)
@@ -88,7 +90,8 @@ def summary_figure(run: Run, n: int = 5) -> Figure:
         ax.text(middle, -0.3, f"{side} {n} classes", ha="center", fontsize=10, weight="bold")
     for spine in ax.spines.values():
         spine.set_visible(False)
-    scale = ScalarMappable(Normalize(0, 100), ListedColormap([colour(a) for a in np.linspace(0, 1, 256)]))
+    scale = ScalarMappable(Normalize(low * 100, 100),
+                           ListedColormap([colour(a, low) for a in np.linspace(low, 1, 256)]))
     bar = fig.colorbar(scale, ax=ax, orientation="horizontal", fraction=0.9 / (0.62 * len(layers) + 1.9),
                        pad=0.02, aspect=60, shrink=0.5)
     bar.set_label("class accuracy %", fontsize=8)

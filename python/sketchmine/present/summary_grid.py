@@ -5,6 +5,7 @@ stays readable at any page width, where the picture scaled to a column does not.
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass
 
 import matplotlib
@@ -61,43 +62,58 @@ def grid(run: Run, n: int = 5) -> list[Row]:
     return rows
 
 
-def colour(accuracy: float) -> str:
-    """The cell colour of a class accuracy, as drawn over white (hex)."""
+def floor(rows: list[Row]) -> float:
+    """The low end of the colour scale: the lowest class accuracy shown, down to a multiple of 5 %
+    (at most 95 %), so classes of 94.5 % and 100 % differ in colour, not only in digits (a 0-100 %
+    scale drew every class of a well-trained model the same green)."""
+    shown = [c.accuracy for r in rows for c in r.cells if not np.isnan(c.accuracy)]
+    return min(math.floor(min(shown) * 20) / 20, 0.95) if shown else 0.0
+
+
+def colour(accuracy: float, low: float = 0.0) -> str:
+    """The cell colour of a class accuracy on the scale `low` (red) … 100 % (green), as drawn over
+    white (hex)."""
     if np.isnan(accuracy):
         return NO_ACCURACY
-    r, g, b = (ALPHA * float(c) + 1 - ALPHA for c in matplotlib.colormaps[CMAP](accuracy)[:3])
+    t = min(max((accuracy - low) / (1 - low), 0.0), 1.0) if low < 1 else 1.0
+    r, g, b = (ALPHA * float(c) + 1 - ALPHA for c in matplotlib.colormaps[CMAP](t)[:3])
     return to_hex((r, g, b))
 
 
-def legend_html() -> str:
-    """The colour scale under the table: what the cell colours mean."""
-    stops = ", ".join(f"{colour(a)} {a * 100:g}%" for a in np.linspace(0, 1, 11))
-    return ('<p class="legend">class accuracy: 0 % <span style="display:inline-block;width:12em;height:0.9em;'
-            f'vertical-align:middle;border:1px solid #ccc;background:linear-gradient(to right, {stops})"></span> 100 %'
-            f' <span style="display:inline-block;width:1.4em;height:0.9em;vertical-align:middle;background:{NO_ACCURACY};'
-            'border:1px solid #ccc"></span> no prediction</p>')
+def legend_html(low: float) -> str:
+    """The colour scale under the tables: what the cell colours mean."""
+    stops = ", ".join(f"{colour(low + t * (1 - low), low)} {t * 100:g}%" for t in np.linspace(0, 1, 11))
+    return (f'<p class="legend">class accuracy: {low * 100:g} % <span style="display:inline-block;width:12em;'
+            'height:0.9em;vertical-align:middle;border:1px solid #ccc;background:linear-gradient(to right, '
+            f'{stops})"></span> 100 % <span style="display:inline-block;width:1.4em;height:0.9em;vertical-align:middle;'
+            f'background:{NO_ACCURACY};border:1px solid #ccc"></span> no prediction</p>')
 
 
 def grid_html(run: Run, rows: list[Row], n: int) -> str:
-    """The grid as an HTML table (layer, then n top and n bottom cells), with its legend."""
+    """The grid as two HTML tables, top and bottom classes, each with the layer column (side by side
+    where the window is wide enough, one under the other where not), and the legend."""
     e = html.escape
-    head = f'<tr><th>layer</th><th colspan="{n}">Top {n} classes</th><th colspan="{n}">Bottom {n} classes</th></tr>'
-    body = []
-    for row in rows:
-        if row.all_tied is not None:
-            body.append(f'<tr><th>{e(row.layer)}</th><td colspan="{2 * n}" style="background:{NO_ACCURACY}">'
-                        f"{e(row.all_tied)}</td></tr>")
-            continue
-        tds = []
-        for side in ("top", "bottom"):
+    low = floor(rows)
+    tables = []
+    for side, title in (("top", f"Top {n} classes"), ("bottom", f"Bottom {n} classes")):
+        body = []
+        for row in rows:
+            if row.all_tied is not None:
+                body.append(f'<tr><th>{e(row.layer)}</th><td colspan="{n}"><i>{e(row.all_tied)}</i></td></tr>')
+                continue
             by_place = {c.place: c for c in row.cells if c.side == side}
+            tds = []
             for i in range(n):
                 c = by_place.get(i)
                 tds.append("<td></td>" if c is None else
-                           f'<td style="background:{colour(c.accuracy)};white-space:nowrap" title="{e(c.name)}: accuracy '
-                           f'{percent(c.accuracy, 2)} %, {c.count} of the top-{run.k} entries">'
-                           f"<b>{e(c.name)}</b><br>{percent(c.accuracy, 2)} % ({c.count})"
+                           f'<td style="background:{colour(c.accuracy, low)};overflow-wrap:anywhere" title="{e(c.name)}: '
+                           f'accuracy {percent(c.accuracy, 2)} %, {c.count} of the top-{run.k} entries">'
+                           f'<b>{e(c.name)}</b><br><span style="white-space:nowrap">{percent(c.accuracy, 2)} % '
+                           f"({c.count})</span>"
                            + (f"<br><small>{e(c.cut)}</small>" if c.cut else "") + "</td>")
-        body.append(f"<tr><th>{e(row.layer)}</th>{''.join(tds)}</tr>")
-    return (f'<div style="overflow-x:auto"><table class="summary-grid" id="summary-grid">{head}{"".join(body)}</table>'
-            f"</div>{legend_html()}")
+            body.append(f"<tr><th>{e(row.layer)}</th>{''.join(tds)}</tr>")
+        tables.append(f'<div style="overflow-x:auto;max-width:100%"><table class="summary-grid" id="summary-{side}" '
+                      f'style="font-size:0.8em"><tr><th>layer</th><th colspan="{n}">{title}</th></tr>{"".join(body)}'
+                      "</table></div>")
+    return (f'<div id="summary-grid" style="display:flex;flex-wrap:wrap;gap:0 1.5em">{"".join(tables)}</div>'
+            + legend_html(low))
