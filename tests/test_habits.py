@@ -405,7 +405,9 @@ def test_a_run_without_distributions_names_the_command_that_adds_them(mined, tmp
     proc = sm("unit", str(run), LAYERS[0], "1")
     said = " ".join(proc.stdout.split())  # rich wraps at the terminal's width
     assert proc.returncode == 0 and said.count("was mined without distributions") == 1, said  # one line, four sections
-    assert "no bottom, quantiles, histogram, bins: " in said
+    assert "no bottom, quantiles, histogram, bins: " in said and "no effects, correlated: " in said  # one pass, one note
+    # each note on one line, however long, so its command copies whole (rich broke it inside the backticks)
+    assert any("`sketchmine mine --model" in line and line.endswith("--out NEW_DIR`") for line in proc.stdout.splitlines())
     command = said.split("mine it again into a new directory to add them: `")[1].split("`")[0]
     assert "..." not in command and "--data" in command and command.endswith("--out NEW_DIR")
     args = shlex.split(command.replace("NEW_DIR", str(tmp_path / "again.zarr")))

@@ -163,4 +163,4 @@ def print_unit(run_path: str | os.PathLike, layer: str, unit: int, console: Cons
     for section, why in d["missing"].items():
         grouped.setdefault(why, []).append(section.replace("_", " "))
     for why, sections in grouped.items():
-        console.print(f"[yellow]no {', '.join(sections)}:[/] {safe(why)}")
+        console.print(f"[yellow]no {', '.join(sections)}:[/] {safe(why)}", soft_wrap=True)  # commands copy whole

@@ -102,6 +102,9 @@ class LayerSummary:
             self.missing["importance"] = (f"run {run.path} has no unit importance for {layer!r}" + (
                 f": {blocked}" if blocked else f"; compute it with `sketchmine importance {run.path} --layers {layer}` "
                 "(or sketchmine.unit_importance)"))
+        if "effects" in self.missing and "correlated" in self.missing:  # one pass computes both: one note
+            self.missing["effects"] = self.missing["correlated"] = self.missing["effects"].replace(
+                "no unit effects", "no unit effects or correlated units", 1)
         if run.complete and run.attrs.get("distributions") is False:  # one reason and one remedy for the four
             self.missing.update({k: f"run {run.path} {without(run)}"
                                  for k in ("bottom", "quantiles", "histogram", "bins") if k in self.missing})
