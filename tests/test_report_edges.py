@@ -218,16 +218,12 @@ def test_layer_and_class_names_with_dollars_draw_as_text(tmp_path, demo_test_set
     frame = fig.axes[0].get_window_extent()  # each bar's "acc … pt" label inside the axes (UX audit: over its edge)
     labels = [t for t in fig.axes[0].texts if t.get_text().startswith("  acc ")]
     assert labels and all(t.get_window_extent().x1 <= frame.x1 for t in labels)
+    # each label the accuracy drop as the table beside the plot writes it, same sign and digits (it wrote
+    # the change, "acc −0.45 pt" beside the table's drop of 0.45)
+    from sketchmine.present.report_data import percent
 
-
-def test_importance_plot_writes_the_accuracy_change_with_its_sign():
-    """'acc −-0.5 pt' (accuracy rising when a unit is zeroed) and 'acc −0.0 pt' (a drop
-    rounded away) are now '+0.5', '−0.04', '±0'."""
-    from sketchmine.present.plots import change_pt
-
-    assert [change_pt(v) for v in (0.5, -1.25, -0.04, 0.0, 0.002, float("nan"))] == \
-        ["+0.50", "−1.25", "−0.04", "±0", "+0.002", "-"]
-    assert change_pt(-0.05) == "−0.05" and change_pt(0.15) == "+0.15"  # the table's drops 0.05 and -0.15, not 0.1
+    drops = run.unit_importance(DOLLAR[0]).head(10)["acc_drop"].tolist()[::-1]
+    assert [t.get_text() for t in labels] == [f"  acc drop {percent(a, 2)} pt" for a in drops]
 
 
 # ---- quantiles below the sketch's resolution ---------------------------------------------------

@@ -169,7 +169,7 @@ def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
         df = run.unit_importance(name).head(n)
         ax.barh([f"unit {u}" for u in df["unit"]][::-1], df["prob_drop"][::-1], color="#4c72b0")
         for i, (p, a) in enumerate(zip(df["prob_drop"][::-1], df["acc_drop"][::-1])):
-            ax.text(p, i, f"  acc {change_pt(-a * 100)} pt", va="center", fontsize=7)
+            ax.text(p, i, f"  acc drop {percent(a, 2)} pt", va="center", fontsize=7)  # the table's column, as it
         low, high = ax.get_xlim()
         ax.set_xlim(low, high + 0.3 * (high - low))  # room for the labels right of the longest bar
         ax.set_title(f"{name}: most important units (ablated)", fontsize=9, parse_math=False)
@@ -177,18 +177,6 @@ def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     return fig
-
-
-def change_pt(d: float) -> str:
-    """A change in percentage points with its sign always written ("+0.50", "−1.25", "±0"), to
-    the digits of the report's importance table (`percent(·, 2)`: a rounding to 0.00 keeps a
-    significant digit), so the plot's "acc −0.05 pt" is the table's drop of 0.05; NaN is "-"."""
-    if np.isnan(d):
-        return "-"
-    if d == 0:
-        return "±0"
-    text = percent(d / 100, 2)
-    return ("+" + text if d > 0 else text).replace("-", "−")
 
 
 def plot_importance(run: Run, layers: list[str] | None = None, n: int = 10,
