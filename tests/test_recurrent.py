@@ -332,6 +332,8 @@ def test_visualize_a_sequence_run(tmp_path):
     for j in range(3):
         assert any(t.endswith(f"  t={int(yx[1, j, 1]) + 1}") and t.startswith(run.class_names[run.labels[index[1, j]]][:10])
                    for t in said), (j, said)
+    captions = [t for ax in unit_montage(run, "gru", 1).axes for t in ax.texts if t.get_text()]
+    assert len({t.get_fontsize() for t in captions}) == 1  # one size a slide (the longest caption's)
     assert any(t.startswith(f"softmax · unit 1 · {run.class_names[1]}") for t in texts(unit_montage(run, "softmax", 1)))
     assert "mean image maximum" in said
 

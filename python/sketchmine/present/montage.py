@@ -105,12 +105,16 @@ class _Grid:
 
     def fill(self, tiles: np.ndarray, entries: list[dict[str, Any]]) -> None:
         self.image.set_data(mosaic(tiles, [e["rank"] for e in entries], self.gap))
-        for i, text in enumerate(self.captions):
+        labels = []
+        for i in range(len(self.captions)):
             e = entries[i] if i < len(entries) else None
             step = f"  t={e['t'] + 1}" if e is not None and "t" in e else ""  # a layer over time: the step it fired at
-            text.set_fontsize(11 if step else 12)
-            text.set_text("" if e is None else
+            labels.append("" if e is None else
                           f"{(e['cls'] if e['cls'] is not None else '?')[:10 if step else 14]}  {value_text(e['value'])}{step}")
+        longest = max(map(len, labels), default=0)
+        for text, label in zip(self.captions, labels):  # one size a slide, the longest within its tile's width
+            text.set_fontsize(12 if longest <= 20 else 10 if longest <= 24 else 9)
+            text.set_text(label)
 
 
 class _Single:

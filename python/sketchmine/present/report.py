@@ -143,15 +143,16 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                      f"<p>mean over {pref.attrs['units']} units of the unit's z-scored class means of its image "
                      f"maxima; {e(_selectivity_words(run, si))}</p>"
                      + _table(["class", "preference", "units preferring", "accuracy %"], rows, {1, 2, 3}))
-    if run.has_importance(name):
-        parts.append(_importance_section(run, name, lid))
     if attrs.get("position") == "time" or attrs.get("time_steps"):
-        what = (f"it reads each of the drawing's {attrs['time_steps']} frames, a map per frame" if attrs.get("time_steps")
+        per = "a map" if len(attrs.get("frame") or []) == 2 else "one value"  # a conv's grid; a per-frame linear's
+        what = (f"it reads each of the drawing's {attrs['time_steps']} frames, {per} per frame" if attrs.get("time_steps")
                 else "its state after each step of the drawing")
         how = f' <small>(read as {e(str(attrs["tapped"]))})</small>' if attrs.get("tapped") else ""
         parts.append(f"<p>A unit of this layer has a value at every step ({e(what)}): each top-k entry is an (image, "
                      "step) pair; cards show the drawing at the step where the unit peaked (t counted from 1) and "
                      f"the unit's activation over all steps of that drawing.{how}</p>")
+    if run.has_importance(name):
+        parts.append(_importance_section(run, name, lid))
     parts.append("<h2>Units</h2>")
     parts.append(f'<p>Each unit has a dashboard (distribution, examples at every level, classes it prefers and '
                  f'pushes, units that move with it): <a id="dashboards" href="../units/{e(lid)}.html#unit=0">unit 0'
