@@ -531,6 +531,13 @@ def test_the_number_box_shows_a_unit_of_the_layer_and_says_when_it_moved(rep, ru
     page.dispatch_event("#unit-input", "change")
     page.wait_for_function("() => document.body.getAttribute('data-rendered') === '7'")
     assert not page.is_visible("#unit-note") and problems == []
+    # a link asking for a unit the layer lacks says so too (#unit=500 showed the last unit without a word)
+    for asked, shown, said in (("500", last, f"no unit 500 in this layer (its units are 0 to {last}): showing unit {last}"),
+                               ("abc", 0, "no unit 'abc' in this layer: showing unit 0")):
+        fresh, problems = _open(browser, (rep / "units" / "00-features.6.html").as_uri() + f"#unit={asked}")
+        fresh.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{shown}'")
+        assert fresh.is_visible("#unit-note") and fresh.inner_text("#unit-note") == said and problems == []
+        fresh.close()
 
 
 def test_a_sorted_column_says_which_way(rep, run, browser):  # noqa: F811

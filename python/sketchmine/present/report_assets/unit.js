@@ -362,11 +362,24 @@
     show(u);
   }
 
+  function requested() {
+    // the unit a link asks for (#unit=U); one outside the layer, or no number, is brought to the
+    // nearest unit and said beside the box, as the box says it (a link to unit 500 showed unit 95
+    // without a word)
+    var m = /unit=([^&]*)/.exec(window.location.hash);
+    if (!m || !units) { return fromHash(); }
+    var text = decodeURIComponent(m[1]), v = Number(text);
+    if (text === "" || !isFinite(v)) { say(0, "no unit '" + text + "' in this layer: showing unit 0"); return 0; }
+    var u = Math.max(0, Math.min(units - 1, Math.round(v)));
+    if (u !== v) { say(u, "no unit " + text + " in this layer (its units are 0 to " + (units - 1) + "): showing unit " + u); }
+    return u;
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     document.getElementById("prev-unit").addEventListener("click", function () { show(current - 1); });
     document.getElementById("next-unit").addEventListener("click", function () { show(current + 1); });
     document.getElementById("unit-input").addEventListener("change", function (ev) { typed(ev.target); });
-    window.addEventListener("hashchange", function () { var u = fromHash(); if (u !== current) { show(u); } });
-    show(fromHash(), true);
+    window.addEventListener("hashchange", function () { var u = requested(); if (u !== current) { show(u); } });
+    show(requested(), true);
   });
 })();
