@@ -282,7 +282,7 @@ def test_quantiles_below_the_sketch_floor_are_shown_as_bounds(tmp_path, demo_tes
     # what "< b" means on one line of its own (as the table's caption it was folded to the table's width)
     assert sum(line.startswith("< b / > b: below the sketch's resolution") and line.endswith("not the value")
                for line in lines) == 1
-    assert f"softmax · unit {u} ({run.class_names[u]}) of {len(run.class_names)}" in lines[0]  # units are classes
+    assert f"softmax · unit {u} of {len(run.class_names)} · {run.class_names[u]}" in lines[0]  # units are classes
     top = run.topk("softmax")[0][u]
     shown = re.findall(r"│\s+\d+ │\s+([0-9.e+-]+) │", out.getvalue())[:len(top)]
     assert [float(v) for v in shown] == pytest.approx(top.tolist(), rel=1e-4)  # 0.99986 is not "1"

@@ -25,7 +25,7 @@ def run_verify(args: argparse.Namespace, console: Console) -> None:
     else:
         what = "complete run" if found.complete else "partial run"
         console.print(safe(f"{found.run}: {what}, {found.images_done} images; {len(found.checked)} arrays "
-                           f"({found.nbytes / 1e6:.1f} MB) match their checksums"), soft_wrap=True)
+                           f"({_size(found.nbytes)}) match their checksums"), soft_wrap=True)
         if found.note:
             console.print(safe(found.note), soft_wrap=True)
         if found.unchecked:
@@ -39,3 +39,8 @@ def run_verify(args: argparse.Namespace, console: Console) -> None:
         many = len(found.damaged)
         raise RunDamaged(f"run {found.run} is damaged: {many} array{'' if many == 1 else 's'} (listed above); restore the run's "
                          "files from a copy, or mine it again with a new --out")
+
+
+def _size(nbytes: int) -> str:
+    """Decoded bytes for people: "17.7 MB", "412 kB" (a partial run's few arrays read "0.0 MB")."""
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e5 else f"{nbytes / 1e3:.0f} kB" if nbytes >= 1e3 else f"{nbytes} bytes"

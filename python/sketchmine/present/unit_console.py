@@ -31,8 +31,8 @@ def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None 
     """Key facts: shape (`shape`: as `numbers.shape_text` writes it; else d's), precision
     (autocast runs), maximum, receptive field, mean, firing density, importance; `cls`: the class
     an output layer's unit is (`effects.class_units`), named in the title as cards name it."""
-    named = f" ({safe(cls)})" if cls else ""
-    t = Table(title=f"{safe(d['layer'])} · unit {d['unit']}{named} of {d['units']}" + ("" if d["complete"] else
+    named = f" · {safe(cls)}" if cls else ""
+    t = Table(title=f"{safe(d['layer'])} · unit {d['unit']} of {d['units']}{named}" + ("" if d["complete"] else
                                                                                         "  (PARTIAL run)"),
               show_header=False)
     t.add_column("what")

@@ -71,8 +71,9 @@
   }
 
   function classesLine(entries) {
-    // the seed's "Classes with performance", condensed: each class of the top-k once, best
-    // first, with how many of the images are of it (the captions above give them one by one)
+    // the seed's "Classes with performance", condensed: each class of the top-k once, most images
+    // first (ties: the class of the better image first), with how many of the images are of it
+    // (the captions above give them one by one)
     var seen = {}, order = [];
     entries.forEach(function (e) {
       var key = e.cls === null ? "?" : e.cls;
@@ -83,6 +84,8 @@
       return "Classes with performance: " + (entries.length === 1 ? "one image" : "a different class for each of the " +
         entries.length + " images");
     }
+    var first = order.slice();  // a stable sort by count: Array.sort is stable in every current browser
+    order.sort(function (a, b) { return seen[b].n - seen[a].n || first.indexOf(a) - first.indexOf(b); });
     return "Classes with performance: " + order.map(function (k) {
       return seen[k].n + " " + k + " (" + fmtAcc(seen[k].acc) + (seen[k].acc === null ? "" : " %") + ")";
     }).join(", ");
