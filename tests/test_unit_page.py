@@ -566,3 +566,30 @@ def test_a_sorted_column_says_which_way(rep, run, browser):  # noqa: F811
     got = marks()
     assert got[0] == ["ascending", '" ▲"'] and got[1][0] == "none"
     assert column(0) == sorted(column(0)) and problems == []
+
+
+def test_a_unit_that_changes_nothing_says_so_instead_of_empty_columns(rep, run, browser):  # noqa: F811
+    """A unit whose zeroing leaves every class's mean unchanged (one that never fires) showed two
+    empty columns under "pushed up" / "pushed down", in the CLI and on its dashboard."""
+    import io
+
+    from rich.console import Console
+
+    from sketchmine.present.unit_console import print_unit
+
+    effects = run.unit_effects(SHOWN)
+    dead = [int(u) for u, row in effects.iterrows() if not (row.to_numpy() != 0).any()]
+    live = next(int(u) for u, row in effects.iterrows() if (row.to_numpy() != 0).any())
+    assert dead, "the run needs a unit that never fires in features.6"
+    out = io.StringIO()
+    print_unit(run.path, SHOWN, dead[0], Console(file=out, width=250))
+    assert "(none: zeroing it leaves every class's mean unchanged)" in out.getvalue()
+    out = io.StringIO()
+    print_unit(run.path, SHOWN, live, Console(file=out, width=250))
+    assert "(none:" not in out.getvalue()
+    for u, said in ((dead[0], True), (live, False)):
+        page, problems = _open(browser, (rep / "units" / "00-features.6.html").as_uri() + f"#unit={u}")
+        page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{u}'")
+        assert (page.query_selector("#effects-none") is not None) == said
+        assert (page.query_selector("#effects") is not None) == (not said) and problems == []
+        page.close()

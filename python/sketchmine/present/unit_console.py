@@ -122,6 +122,8 @@ def classes_table(d: dict[str, Any]) -> Table:
         cols += [[f"{safe(c['class'])} {_f(c['effect'], '+.3g')}" for c in d["effects"][side]] for side in ("up", "down")]
     for h in heads:
         t.add_column(h)
+    if d["effects"] is not None and not d["effects"]["up"] and not d["effects"]["down"]:
+        cols[-2] = ["(none: zeroing it leaves every class's mean unchanged)"]  # two empty columns said nothing
     for i in range(max(map(len, cols), default=0)):
         t.add_row(*[c[i] if i < len(c) else "" for c in cols])
     return t

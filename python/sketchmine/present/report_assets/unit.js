@@ -213,6 +213,12 @@
       tb.appendChild(row);
     }
     box.appendChild(el("p", null, "the unit's effect on each class's " + (d.effects.kind === "logit" ? "logit" : "probability") + ": its mean change when the unit is zeroed, sign flipped (positive: the unit raises the class), over all images"));
+    if (!up.length && !down.length) {  // two empty columns said nothing
+      var none = el("p", "note", "zeroing this unit leaves every class's mean " + (d.effects.kind === "logit" ? "logit" : "probability") + " unchanged (a unit that never fires passes on nothing)");
+      none.id = "effects-none";
+      box.appendChild(none);
+      return;
+    }
     box.appendChild(t);
   }
 
