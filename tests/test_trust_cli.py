@@ -352,6 +352,13 @@ def test_names_with_escape_sequences_never_reach_the_terminal_raw(run_dir, image
 
 
 # ---- case 16: Ctrl-C says what a re-run does -------------------------------------------------------
+def _ctrl_c_default() -> None:
+    """The child's Ctrl-C as a terminal gives it: a process that ignores SIGINT passes the ignoring on
+    to its children, and these tests then saw the command finish (exit 0) under a test runner that
+    did (test_kill does the same)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(cond, proc: subprocess.Popen, timeout: float = 300):
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
@@ -369,7 +376,7 @@ def test_ctrl_c_during_report_keeps_the_previous_one_and_says_so(run_copy, tmp_p
     write_report(run_copy, rep)
     before = tree(rep)
     proc = subprocess.Popen([sys.executable, "-m", "sketchmine", "report", str(run_copy), "--out", str(rep)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default)
     _wait_for(lambda: list(tmp_path.glob(".rep.sketchmine-report-tmp-*")), proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -384,7 +391,7 @@ def test_ctrl_c_during_report_keeps_the_previous_one_and_says_so(run_copy, tmp_p
 def test_ctrl_c_during_importance_names_the_layers_kept(run_copy):
     proc = subprocess.Popen([sys.executable, "-m", "sketchmine", "importance", str(run_copy), "--layers",
                              "classifier.6,features.3", "--batch-size", "50"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default)
     def stored() -> bool:  # classifier.6's result whole, as any reader sees it
         try:
             return sketchmine.open_run(run_copy).has_importance("classifier.6")
@@ -440,3 +447,5 @@ def test_a_run_with_nothing_committed_yet_is_summarised_as_such(tmp_path):
     doc = json.loads(sm("summary", str(out), "--json").stdout)
     assert doc["images"] == 0 and [l["name"] for l in doc["layers"]] == run.layers and "nothing is committed" in doc["note"]
     one_line_error(sm("unit", str(out), run.layers[0], "0"), r"no results for 'features.0' yet: mining started", code=3)
+    checked = sm("verify", str(out))  # it said "its committed checkpoint (image 0) is intact"
+    assert checked.returncode == 0 and "partial run: no checkpoint committed yet" in checked.stdout, checked.stdout

@@ -343,7 +343,7 @@ def print_compare(a: Run | str, b: Run | str, n: int, console: Console, title: b
     cmp = compare(a, b, n)
     if title:
         console.rule(f"[bold]compare[/]: A = {safe(cmp.a.attrs.get('model'))}, B = {safe(cmp.b.attrs.get('model'))}")
-    console.print(compare_header(cmp))
+    console.print(compare_header(cmp), soft_wrap=True)  # a path on its line whole, however long
     for table in compare_tables(cmp):
         console.print(table)
 

@@ -57,7 +57,9 @@ def verify_run(path: str | os.PathLike) -> Verified:
     if not out.complete:
         slot, done, _ = store.checkpoint()
         committed = progress.get("slot")
-        out.note = (f"partial run: its committed checkpoint (image {done}) is intact" if slot == committed else
+        out.note = ("partial run: no checkpoint committed yet (`sketchmine mine` starts from the first image)"
+                    if committed is None and not out.images_done else
+                    f"partial run: its committed checkpoint (image {done}) is intact" if slot == committed else
                     f"partial run: its newest checkpoint (image {out.images_done}) is damaged or incomplete; "
                     f"`sketchmine mine` resumes from image {done}")
         covered |= {name for name in arrays if name.startswith(f"{schema.CHECKPOINT}/")}

@@ -80,9 +80,8 @@
       if (!Object.prototype.hasOwnProperty.call(seen, key)) { seen[key] = { n: 0, acc: e.acc }; order.push(key); }
       seen[key].n++;
     });
-    if (order.length === entries.length) {
-      return "Classes with performance: " + (entries.length === 1 ? "one image" : "a different class for each of the " +
-        entries.length + " images");
+    if (order.length === entries.length && entries.length > 1) {
+      return "Classes with performance: a different class for each of the " + entries.length + " images";
     }
     var first = order.slice();  // a stable sort by count: Array.sort is stable in every current browser
     order.sort(function (a, b) { return seen[b].n - seen[a].n || first.indexOf(a) - first.indexOf(b); });
