@@ -184,6 +184,12 @@ def test_plots_check_n_formats_layers_and_path(run_dir, tmp_path):
     run = sketchmine.open_run(run_dir)
     with pytest.raises(SketchmineError, match="n must be a whole number"):
         sketchmine.plots.summary_figure(run, -1)
+    from sketchmine.present.summary_grid import grid
+
+    with pytest.raises(SketchmineError, match="rows hold more than n=3 classes a side"):
+        sketchmine.plots.summary_figure(run, 3, rows=grid(run, 5))  # rows made for another n, refused
+    same = [t.get_text() for t in sketchmine.plots.summary_figure(run, 5, rows=grid(run, 5)).axes[0].texts]
+    assert same == [t.get_text() for t in sketchmine.plots.summary_figure(run, 5).axes[0].texts]
     assert sketchmine.plots.ink_plot(run, tmp_path / "ink", formats="png") == [tmp_path / "ink.png"]
     with pytest.raises(SketchmineError, match="unknown plot format"):
         sketchmine.plots.ink_plot(run, tmp_path / "ink2", formats=("bmpx",))

@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError, whole_number
 from sketchmine.present.report_data import percent
-from sketchmine.present.summary_grid import colour, floor, grid
+from sketchmine.present.summary_grid import Row, colour, floor, grid
 from sketchmine.results.checks import check_count
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import size_note
@@ -58,14 +58,16 @@ def _save(fig: Figure, base: Path, formats: tuple[str, ...]) -> list[Path]:
     return out
 
 
-def summary_figure(run: Run, n: int = 5) -> Figure:
+def summary_figure(run: Run, n: int = 5, rows: list[Row] | None = None) -> Figure:
     """One row per layer: its n most and n least frequent classes among the top-k images, each
     cell coloured by the class's accuracy (red at the lowest shown, to a multiple of 5 %, … green 100 %, the colour bar under it), the
     seed's summary plot (`summary_grid.grid`: the report's table draws the same cells). The cell
     at a cut that splits a tie says how many tied classes the row leaves out, a layer whose
     classes all tie gets one grey cell saying so, and the title notes classes of different sizes
-    (raw counts favour the larger)."""
-    rows = grid(run, n)  # checks n before it reaches the figure size
+    (raw counts favour the larger). `rows`: `summary_grid.grid(run, n)`, when the caller has it."""
+    rows = grid(run, n) if rows is None else rows  # checks n before it reaches the figure size
+    if any(c.place >= n for row in rows for c in row.cells):
+        raise SketchmineError(f"rows hold more than n={n} classes a side: pass grid(run, {n}) or leave rows out")
     low = floor(rows)  # the colour scale's low end, as the report's table has it
     layers = [r.layer for r in rows]
     fig = Figure(figsize=(1.5 * 2 * n + 1.6, 0.62 * len(layers) + 1.9))
@@ -104,9 +106,10 @@ def summary_figure(run: Run, n: int = 5) -> Figure:
     return fig
 
 
-def summary_plot(run: Run, out: str | os.PathLike, n: int = 5, formats: tuple[str, ...] = FORMATS) -> list[Path]:
-    """Write the summary plot as out.png / out.svg."""
-    return _save(summary_figure(run, n), Path(out), formats)
+def summary_plot(run: Run, out: str | os.PathLike, n: int = 5, formats: tuple[str, ...] = FORMATS,
+                 rows: list[Row] | None = None) -> list[Path]:
+    """Write the summary plot as out.png / out.svg (`rows`: as `summary_figure` takes them)."""
+    return _save(summary_figure(run, n, rows), Path(out), formats)
 
 
 def histogram_figure(run: Run, layer: str) -> Figure:

@@ -35,7 +35,7 @@ from sketchmine.present.report_data import (PAGE_SIZE, classes_cell, importance_
 from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
                                               report_marker, reported_run, swap_in)
 from sketchmine.present.report_unit import MONTAGES, copy_assets, unit_pages
-from sketchmine.present.summary_grid import grid, grid_html
+from sketchmine.present.summary_grid import Row, grid, grid_html
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis
 from sketchmine.results.run import Run, open_run
@@ -249,7 +249,7 @@ def _accuracy_correlation(run: Run) -> str:
             + _table(["layer", "kind", "ρ top-k", "p", "ρ all images", "p", "classes"], rows, {2, 3, 4, 5, 6}))
 
 
-def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: str = "") -> str:
+def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: str, summary: list[Row] | None) -> str:
     a = run.attrs
     ds = a.get("dataset") or {}
     labelled = run.has_labels()
@@ -262,11 +262,11 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
     if precision := precision_html(run):  # an autocast run: directly above the accuracy it qualifies
         parts.append(precision)
     parts.append(_accuracy_section(run))
-    if run.path and labelled and ids:  # a table, legible at any width; the picture of it (the seed's plot) linked
+    if run.path and summary is not None and ids:  # a table, legible at any width; the seed's plot of it linked
         parts.append(f"<h2>Summary</h2><p>Per layer, the {SUMMARY_N} classes most and least frequent among the "
                      f"top-{run.k} images of its units, each with its accuracy and count, coloured by the accuracy. "
                      'As a picture: <a href="summary.png">PNG</a>, <a href="summary.svg">SVG</a>.</p>'
-                     + grid_html(run, grid(run, SUMMARY_N), SUMMARY_N))
+                     + grid_html(run, summary, SUMMARY_N))
     if stats:
         corr = run.ink_correlation()
         ink = run.ink_density()
@@ -380,8 +380,9 @@ def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, byt
     ids = layer_ids(run)
     labelled = run.has_labels()  # some image has a label (others may have none: -1)
     stats = analysis.has_class_stats(run)
-    if labelled:
-        plots.summary_plot(run, out / "summary", SUMMARY_N)
+    summary = grid(run, SUMMARY_N) if labelled else None  # read once: the index's tables and the plot draw it
+    if summary is not None:
+        plots.summary_plot(run, out / "summary", SUMMARY_N, rows=summary)
     if stats:
         plots.ink_plot(run, out / "ink")
     for name, lid in ids.items():
@@ -395,5 +396,5 @@ def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, byt
         _write_page(out / "layers" / f"{lid}.html", _layer_page(run, name, lid, pages, note, stats, slides))
     if isinstance(probe, Mapping):
         write_probe_files(out, probe, ids, PAGE_SIZE)
-    _write_page(out / "index.html", _index(run, ids, stats, time.perf_counter() - t0, index_section(probe)))
+    _write_page(out / "index.html", _index(run, ids, stats, time.perf_counter() - t0, index_section(probe), summary))
 

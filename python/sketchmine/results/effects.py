@@ -70,12 +70,17 @@ def not_ablatable(run: Run, layer: str) -> str | None:
     return None
 
 
-def _missing(run: Run, layer: str, what: str) -> SketchmineError:
+def missing_note(run: Run, layer: str, what: str = "unit effects or correlated units") -> str:
+    """Why `layer` has no `what` of the effects pass (which computes both), and how to add them."""
     why = not_ablatable(run, layer)
     if why is not None:
-        return SketchmineError(f"run {run.path} has no {what} for {layer!r}: {why}")
-    return SketchmineError(f"run {run.path} has no {what} for {layer!r}; compute them with "
-                           f"`sketchmine effects {run.path} --layers {layer}` (or sketchmine.unit_effects)")
+        return f"run {run.path} has no {what} for {layer!r}: {why}"
+    return (f"run {run.path} has no {what} for {layer!r}; compute them with "
+            f"`sketchmine effects {run.path} --layers {layer}` (or sketchmine.unit_effects)")
+
+
+def _missing(run: Run, layer: str, what: str) -> SketchmineError:
+    return SketchmineError(missing_note(run, layer, what))
 
 
 def has_effects(run: Run, layer: str) -> bool:

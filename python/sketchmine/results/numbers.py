@@ -45,21 +45,21 @@ def column(values: list[float], digits: int = 4) -> list[str]:
     digits of the largest magnitude ("1.780" beside "1.719", not "1.78"), as the report's pages write
     a column (dom.js `column`); a nonzero value that rounds to zero keeps one significant digit, as
     `number` writes it; magnitudes outside [1e-4, 1e21) in `g` form; "-" for NaN."""
-    finite = [abs(float(v)) for v in values if math.isfinite(float(v))]
-    big = max(finite, default=0.0)
+    xs = [float(v) for v in values]
+    finite = [x for x in xs if math.isfinite(x)]
+    big = max(map(abs, finite), default=0.0)
     if not 1e-4 <= big < 1e21:
-        return ["-" if math.isnan(float(v)) else format(float(v) + 0.0, f".{digits}g") for v in values]
+        return ["-" if math.isnan(x) else format(x + 0.0, f".{digits}g") for x in xs]
     exponent = int(f"{big:.{digits - 1}e}".split("e")[1])
     decimals = max(0, digits - 1 - exponent)
 
-    def whole(v: float) -> bool:  # reads as a whole number it is not (0.9999987 as "1.000")
-        text = float(f"{v:.{decimals}f}")
-        return text != v and text != 0 and text.is_integer()
+    def whole(x: float) -> bool:  # reads as a whole number it is not (0.9999987 as "1.000")
+        text = float(f"{x:.{decimals}f}")
+        return text != x and text != 0 and text.is_integer()
 
-    while decimals < max(0, 6 - exponent) and any(whole(float(v)) for v in values if math.isfinite(float(v))):
+    while decimals < max(0, 6 - exponent) and any(map(whole, finite)):
         decimals += 1
-    return [number(v, f".{decimals}f") if math.isfinite(float(v)) or math.isnan(float(v)) else str(float(v))
-            for v in values]
+    return [str(x) if math.isinf(x) else number(x, f".{decimals}f") for x in xs]
 
 
 def significant(v: float, spec: str = ".3g") -> str:

@@ -4,16 +4,16 @@ them per run. No store access, no model: data flows store → run → these → 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from sketchmine.stats.accuracy import per_class_accuracy
+
 if TYPE_CHECKING:
     from sketchmine.results.run import Run
-
-from sketchmine.stats.accuracy import per_class_accuracy
 
 
 def unit_rows(values: np.ndarray, index: np.ndarray, yx: np.ndarray, labels: np.ndarray,

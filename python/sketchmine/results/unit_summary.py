@@ -16,7 +16,7 @@ import numpy as np
 
 from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.results.distribution import quantile_bounds, without
-from sketchmine.results.effects import not_ablatable
+from sketchmine.results.effects import missing_note, not_ablatable
 from sketchmine.results.run import Run
 
 QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
@@ -103,8 +103,7 @@ class LayerSummary:
                 f": {blocked}" if blocked else f"; compute it with `sketchmine importance {run.path} --layers {layer}` "
                 "(or sketchmine.unit_importance)"))
         if "effects" in self.missing and "correlated" in self.missing:  # one pass computes both: one note
-            self.missing["effects"] = self.missing["correlated"] = self.missing["effects"].replace(
-                "no unit effects", "no unit effects or correlated units", 1)
+            self.missing["effects"] = self.missing["correlated"] = missing_note(run, layer)
         if run.complete and run.attrs.get("distributions") is False:  # one reason and one remedy for the four
             self.missing.update({k: f"run {run.path} {without(run)}"
                                  for k in ("bottom", "quantiles", "histogram", "bins") if k in self.missing})
