@@ -18,6 +18,7 @@ from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, as_forward, 
                                       weights_hasher)
 from sketchmine.model.onnx_backend import OnnxRunError
 from sketchmine.model.modes import input_dtype
+from sketchmine.model.meta import meta_call
 from sketchmine.model.receptive_field import field_analysis, module_input_channels
 from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
 from sketchmine.progress import Progress
@@ -258,8 +259,7 @@ def _shape_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's output for `x`, on the meta device when every op allows it: shapes
     without arithmetic (a VGG-19 forward costs ~0.25 s on two cores); else a real forward."""
     try:
-        meta = {n: t.to("meta") for n, t in [*model.named_parameters(), *model.named_buffers()]}
-        return first_tensor(torch.func.functional_call(model, meta, (x.to("meta"),)))
+        return first_tensor(meta_call(model, x))
     except Exception:  # an op without a meta kernel: compute for real
         return first_tensor(model(x))
 

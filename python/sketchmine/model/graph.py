@@ -15,6 +15,7 @@ import torch
 from torch import fx, nn
 
 from sketchmine.errors import SketchmineError, whole_number
+from sketchmine.model.meta import meta_call
 from sketchmine.model.modes import eval_mode, input_dtype
 
 
@@ -151,5 +152,4 @@ class _ShapeRun(nn.Module):
 def _meta_shapes(gm: fx.GraphModule, shape: tuple[int, ...], dtype: torch.dtype) -> None:
     """ShapeProp on meta tensors: every parameter and buffer replaced, for this call only, by a
     meta tensor of its shape (no data copied), and a meta input."""
-    tensors = {f"gm.{k}": v.to("meta") for k, v in [*gm.named_parameters(), *gm.named_buffers()]}
-    torch.func.functional_call(_ShapeRun(gm), tensors, (torch.zeros(shape, dtype=dtype, device="meta"),))
+    meta_call(_ShapeRun(gm), torch.zeros(shape, dtype=dtype, device="meta"))

@@ -1,0 +1,58 @@
+"""A module called on the meta device: its output's shapes without arithmetic or memory, for
+the shape probe before mining and the graph's shape propagation.
+
+torch's meta kernel of a matrix product (a linear layer's addmm) sits behind a wrapper that
+imports torch._dynamo on its first call: 1.5 s of every short `sketchmine mine` or
+`visualize` of a model whose code does not import torchvision (which imports it anyway). A
+linear layer's output shape is computed here instead; anything else, and any linear call
+that is not the plain case, goes to torch's own kernel. A TorchFunctionMode, not a
+TorchDispatchMode: entering a dispatch mode imports torch._dynamo too.
+"""
+from __future__ import annotations
+
+from typing import Any, TypeGuard
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+
+def meta_call(module: nn.Module, *inputs: Any) -> Any:
+    """`module(*inputs)` with every parameter and buffer replaced, for this call only, by a
+    meta tensor of its shape (no data copied) and the inputs moved to the meta device."""
+    tensors = {n: t.to("meta") for n, t in [*module.named_parameters(), *module.named_buffers()]}
+    args = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
+    with _MetaLinear():
+        return torch.func.functional_call(module, tensors, args)
+
+
+def linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[int, ...] | None:
+    """F.linear's output shape, or None where the call is not the plain one (torch then
+    decides); a mismatch raises torch's own CPU error."""
+    if x.dim() < 2 or weight.dim() != 2 or x.dtype != weight.dtype:
+        return None
+    if x.shape[-1] != weight.shape[1]:
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({x.shape[:-1].numel()}x{x.shape[-1]} and "
+                           f"{weight.shape[1]}x{weight.shape[0]})")
+    if bias is not None and (tuple(bias.shape) not in ((weight.shape[0],), ()) or bias.dtype != x.dtype):
+        return None
+    return (*x.shape[:-1], weight.shape[0])
+
+
+class _MetaLinear(TorchFunctionMode):
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.linear:
+            given = {**dict(zip(("input", "weight", "bias"), args)), **kwargs}
+            x, weight, bias = given.get("input"), given.get("weight"), given.get("bias")
+            if _on_meta(x) and _on_meta(weight) and (bias is None or _on_meta(bias)):
+                shape = linear_shape(x, weight, bias)
+                if shape is not None:
+                    return x.new_empty(shape)
+        return func(*args, **kwargs)
+
+
+def _on_meta(t: object) -> TypeGuard[torch.Tensor]:
+    return isinstance(t, torch.Tensor) and t.device.type == "meta"
