@@ -75,7 +75,7 @@ def test_infinite_activations_are_shown_as_inf(tmp_path, inf_run, browser):  # n
     page.goto((rep / "units" / "00-boom.html").as_uri() + "#unit=0")
     page.wait_for_function("() => document.body.getAttribute('data-rendered') === '0'")
     overview = page.inner_text("#overview")
-    assert re.search(r"max activation\s+inf", overview) and re.search(r"quantile 1\s+inf", overview)
+    assert re.search(r"max activation\s+inf", overview) and re.search(r"quantile 100 %\s+inf", overview)
     assert len(page.query_selector_all("#histogram .mark-top")) == inf_run.k  # marked at the axis's end
     assert problems == []
 
@@ -256,7 +256,7 @@ def test_quantiles_below_the_sketch_floor_are_shown_as_bounds(tmp_path, demo_tes
     u, j = (int(v) for v in np.argwhere(b.coarse)[0])
     page, problems = _open(browser, (index.parent / "units" / "00-softmax.html").as_uri() + f"#unit={u}")
     page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{u}'")
-    shown = re.search(rf"quantile {QUANTILES[j]}\t< ([0-9.e+-]+)", page.inner_text("#overview"))
+    shown = re.search(rf"quantile {QUANTILES[j] * 100:g} %\t< ([0-9.e+-]+)", page.inner_text("#overview"))
     assert shown and float(shown.group(1)) == pytest.approx(b.bound[u, j], rel=1e-2)
     assert page.query_selector("#coarse-quantiles") is not None
     assert problems == []

@@ -13,6 +13,7 @@ the store is the only input and every string is set with textContent by unit.js.
 from __future__ import annotations
 
 import html
+import shlex
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -99,12 +100,14 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
             if u in slides:
                 save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d, drawn)
                 d["montage"] = f"../montage/{lid}/{u}.png"
-            cut_examples(d, BIN_EXAMPLES)
+            if cut_examples(d, BIN_EXAMPLES):
+                d["all_examples"] = f"sketchmine unit {shlex.quote(str(run.path))} {shlex.quote(name)} {u} --json"
             d.update(strip(u))
             d.update(example_strips(extra, lid, u, out, per_bin))
             for which, group in schema.PICTURE_GROUPS.items():  # examples shown as text: say how to add pictures
                 if d.get(which) and group not in d:
-                    d["missing"][group] = f"sketchmine visualize {run.path} --layers {name} --examples all stores them"
+                    d["missing"][group] = (f"sketchmine visualize {shlex.quote(str(run.path))} --layers {shlex.quote(name)} "
+                                           "--examples all stores them")
             d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}&unit={u}"
             if classes is not None:
                 d["cls"] = classes[u]
@@ -159,12 +162,16 @@ def example_strips(extra: dict[str, dict[str, Any]], lid: str, u: int, out: Path
     return refs
 
 
-def cut_examples(d: dict[str, Any], m: int) -> None:
+def cut_examples(d: dict[str, Any], m: int) -> bool:
     """At most m examples per bin in the page data (the bins hold up to 8 each: 17 bins × 8
-    images, paths included, would make a wide layer's dashboards tens of megabytes)."""
+    images, paths included, would make a wide layer's dashboards tens of megabytes); whether
+    any bin was cut."""
+    cut = False
     for b in d.get("bins") or []:
         if len(b["examples"]) > m:
             b["examples"], b["more"] = b["examples"][:m], len(b["examples"]) - m
+            cut = True
+    return cut
 
 
 def _page(run: Run, name: str, lid: str, units: int, pages: int, slides: int) -> str:

@@ -57,7 +57,8 @@
     }
     if (d.importance) {
       rows.push(["importance rank", d.importance.rank + " of " + d.units]);
-      rows.push(["prob. drop when zeroed", fmt(d.importance.prob_drop, 3)]);
+      // in percentage points as the accuracy drop below (4 digits, as the layer page's column)
+      rows.push(["prob. drop when zeroed", (d.importance.prob_drop === null ? "-" : fmt(d.importance.prob_drop * 100, 4)) + " pt"]);
       rows.push(["accuracy drop when zeroed", dom.percent(d.importance.acc_drop, 2) + " pt"]);
     }
     if (d.quantiles) {
@@ -65,7 +66,8 @@
       var bound = d.quantiles.bound || [];
       for (var i = 0; i < d.quantiles.q.length; i++) {
         var b = bound[i];
-        rows.push(["quantile " + d.quantiles.q[i], b === null || b === undefined ? shown[2 + i] :
+        // written as `sketchmine unit` writes it ("1 %"): toPrecision drops 0.07 * 100's float tail
+        rows.push(["quantile " + +(d.quantiles.q[i] * 100).toPrecision(6) + " %", b === null || b === undefined ? shown[2 + i] :
           (b > 0 ? "< " + fmt(b, 3) : "> " + fmt(b, 3))]);
       }
     }
@@ -302,7 +304,8 @@
         }
       }
       if (more) {
-        var all = el("p", "note", "+N more: the bin holds more examples than the page shows; sketchmine unit RUN LAYER UNIT --json lists them all");
+        var all = el("p", "note", "+N more: the bin holds more examples than the page shows; " +
+          (d.all_examples || "sketchmine unit RUN LAYER UNIT --json") + " lists them all");
         all.id = "bins-more";
         ex.appendChild(all);
       }
