@@ -11,6 +11,7 @@ from PIL import Image
 
 import sketchmine
 from sketchmine.data import ArrayDataset, export_image_folder
+from sketchmine.results.numbers import column
 
 
 def sm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -205,7 +206,7 @@ def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkey
     df = runs["demo-gru"].unit_importance("gru")  # stored by the demo, printed most important first
     assert len(df) == 64 and df.attrs["images"] == 2000
     assert "which gru units matter for the label" in text
-    assert re.search(rf"│ +{int(df['unit'].iloc[0])} │ +{df['prob_drop'].iloc[0]:.4f} │", text)
+    assert re.search(rf"│ +{int(df['unit'].iloc[0])} │ +{re.escape(column([v * 100 for v in df['prob_drop'][:10]])[0])} │", text)  # in pt, as the demo's 10 rows
     # the compare tables: accuracy of both runs side by side, layers paired by name or depth
     assert "compare: A = demo:sketchnet_animal, B = demo:sketchresnet_animal" in text
     assert "(97.05%) vs B" in text and "(98.35%)" in text

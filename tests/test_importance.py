@@ -1,6 +1,8 @@
 """Ablation importance: batched results equal a direct one-unit-at-a-time computation."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ import sketchmine
 from sketchmine.cli.main import main as cli
 from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
 from sketchmine.errors import SketchmineError
+from sketchmine.results.numbers import column, percent
 
 
 def direct(model, ds, layer, unit, labels, unit_dim=1, element=None):
@@ -165,7 +168,11 @@ def test_cli_importance_reloads_the_run_and_plots(tmp_path, demo_test_set, capsy
     assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
     df = run.unit_importance("classifier.4")
     assert len(df) == 256 and df.attrs["base_accuracy"] == pytest.approx(run.accuracy())
-    assert f"{df['prob_drop'].iloc[0]:.4f}" in text  # the most important unit is listed
+    # the most important unit listed, its drops in percentage points as the report writes them
+    first = df.iloc[0]
+    assert re.search(rf"│ {int(first['unit'])} │ {re.escape(column([v * 100 for v in df.head(5)['prob_drop']])[0])} │ "
+                     rf"{re.escape(percent(first['acc_drop'], 2))} │", text)
+    assert "┃ unit ┃ prob. drop (pt) ┃ acc. drop (pt) ┃ mean act. right ┃ mean act. wrong ┃" in text  # 80 columns
     assert cli(["importance", str(out), "--layers", "nope"]) == 3
     assert "layer 'nope' is not in run" in capsys.readouterr().err
 

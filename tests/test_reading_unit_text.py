@@ -114,3 +114,25 @@ def test_numbers_that_round_to_a_whole_number_or_zero_say_they_do_not():
     assert [number(v, "+.2f") for v in (-0.001, 0.0, -0.004, 0.5, float("nan"), -0.0)] == \
         ["-0.001", "+0.00", "-0.004", "+0.50", "-", "+0.00"]
     assert number(-0.0) == "0.000"
+
+
+def test_a_title_is_not_folded_over_a_narrow_table(runs):
+    """rich folds a title to its table's width: "per-class accuracy (overall 97.05%)" took two
+    lines over its three columns at 80 columns, a two-column table's title three. A table is
+    now at least as wide as its title."""
+    from sketchmine.present.console import accuracy_table, titled
+    from sketchmine.results.numbers import percent
+
+    _, plain = runs
+    out = io.StringIO()
+    Console(file=out, width=80).print(accuracy_table(plain))
+    title = f"per-class accuracy (overall {percent(plain.accuracy(), 2)}%)"
+    assert out.getvalue().splitlines()[0].strip() == title
+    t = titled("most correlated units (image maxima)", min_width=10)
+    t.add_column("unit")
+    t.add_column("r")
+    t.add_row("3", "0.5")
+    out = io.StringIO()
+    Console(file=out, width=80).print(t)
+    assert out.getvalue().splitlines()[0].strip() == "most correlated units (image maxima)"
+    assert t.min_width == len("most correlated units (image maxima)")

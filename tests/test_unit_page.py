@@ -9,6 +9,7 @@ import collections
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -407,8 +408,8 @@ def test_bins_read_as_the_cli_writes_them_on_one_line_each(rep, run, browser):  
         lefts = page.evaluate("() => [...document.querySelectorAll('#examples .strip')].map(s => s.getBoundingClientRect().left)")
         assert len(lefts) >= len(want) and max(lefts) - min(lefts) < 0.5, width
         assert page.evaluate("() => document.documentElement.scrollWidth") <= width
-    if more:
-        assert "--json lists them all" in page.inner_text("#bins-more")
+    assert more  # the "+N more" note names the command that lists them, filled in for this unit
+    assert f"; sketchmine unit {shlex.quote(str(run.path))} features.6 {u} --json lists them all" in page.inner_text("#bins-more")
     assert problems == []
 
 
@@ -446,6 +447,9 @@ def test_one_quantity_reads_alike_and_a_column_keeps_its_decimals(rep, run, brow
         assert all(_close(t, float(v)) for t, v in zip(bottom, bv[u][bi[u] >= 0])) and len(bottom) == run.k
         assert len({_decimals(t) for t in top}) == 1 and len({_decimals(t) for t in bottom}) == 1, rows
         assert page.evaluate("() => document.getElementById('overview').rows[0].cells[1].textContent") == top[0]
+        labels = page.evaluate("() => [...document.getElementById('overview').rows].map(r => r.cells[0].textContent)"
+                               ".filter(t => t.startsWith('quantile '))")
+        assert labels == [f"quantile {q * 100:g} %" for q in QUANTILES]  # as `sketchmine unit` writes them
         assert not re.search(r"(?<![\w.])-0(\.0*)?(?![\d.])", page.inner_text("#dash"))
     assert problems == []
 
@@ -593,3 +597,32 @@ def test_a_unit_that_changes_nothing_says_so_instead_of_empty_columns(rep, run, 
         assert (page.query_selector("#effects-none") is not None) == said
         assert (page.query_selector("#effects") is not None) == (not said) and problems == []
         page.close()
+
+
+def test_both_drops_read_in_percentage_points_everywhere(rep, run, browser):  # noqa: F811
+    """A unit's probability drop and accuracy drop when zeroed are written alike, in percentage
+    points (the probability's was a fraction, "0.005684", beside "0.45 pt"): the layer page's
+    table and card, the dashboard and `sketchmine unit` all write the stored drops so, the
+    probability's with 4 significant digits (the table's column has them for its largest)."""
+    from sketchmine.present.report import PAGE_SIZE
+    from sketchmine.results.numbers import column, percent, significant
+
+    first = run.unit_importance(SHOWN).iloc[0]
+    u, p, a = int(first["unit"]), significant(first["prob_drop"] * 100, ".4g"), percent(first["acc_drop"], 2)
+    assert float(p) != 0 and float(p) != float(first["prob_drop"])  # this unit tells the two units apart
+    page, problems = _open(browser, (rep / "layers" / "00-features.6.html").as_uri() + f"#page={u // PAGE_SIZE + 1}&unit={u}")
+    page.wait_for_selector(f"#unit-{u} .imp")
+    assert page.inner_text(f"#unit-{u} .imp") == f"importance rank 1: prob. drop {p} pt, accuracy drop {a} pt"
+    head = page.evaluate("() => [...document.querySelectorAll('#importance th')].map(h => h.textContent)")
+    assert head[:3] == ["unit", "prob. drop (pt)", "acc. drop (pt)"]
+    in_table = column([v * 100 for v in run.unit_importance(SHOWN)["prob_drop"]])[0]  # one count of decimals
+    assert float(in_table) == pytest.approx(float(p), abs=1e-4)
+    assert page.evaluate("() => [...document.querySelector('#importance tbody tr').cells].slice(0, 3)"
+                         ".map(c => c.textContent)") == [str(u), in_table, a]
+    page.goto((rep / "units" / "00-features.6.html").as_uri() + f"#unit={u}")
+    page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{u}'")
+    rows = dict(page.evaluate("() => [...document.getElementById('overview').rows].map(r => [r.cells[0].textContent, r.cells[1].textContent])"))
+    assert rows["prob. drop when zeroed"] == f"{p} pt" and rows["accuracy drop when zeroed"] == f"{a} pt"
+    assert problems == []
+    said = sm("unit", str(run.path), SHOWN, str(u))
+    assert said.returncode == 0 and f"{p} pt / {a} pt" in said.stdout

@@ -26,9 +26,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.results.numbers import number, percent, shape_text
+from sketchmine.results import importance_store
 from sketchmine.results.precision import precision_differs, precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import not_yet, size_note, ties_words
@@ -50,6 +52,13 @@ def safe(text: object, markup: bool = True) -> str:
 
     out = _CONTROL.sub(esc, str(text))
     return escape(out) if markup else out
+
+
+def titled(title: str, **kwargs: Any) -> Table:
+    """A rich Table at least as wide as its title (rich markup): rich folds a title to the
+    table's width, and a table of two narrow columns wrote its title in three lines."""
+    width = Text.from_markup(title).cell_len
+    return Table(title=title, **{**kwargs, "min_width": max(kwargs.get("min_width") or 0, width)})
 
 
 class RichProgress:
@@ -102,7 +111,7 @@ def layers_table(run: Run) -> Table:
     header of `summary` and `mine`) names an autocast run's precision; the caption says what it means."""
     state = "complete" if run.complete else f"PARTIAL: {run.images_done} images"
     note = precision_note(run)
-    table = Table(title=f"{safe(run.path)}  ({state}" + (f"; {safe(run.precision)})" if note else ")"),
+    table = titled(f"{safe(run.path)}  ({state}" + (f"; {safe(run.precision)})" if note else ")"),
                   caption=None if note is None else safe(note), caption_justify="left")
     for col in ("layer", "kind", "shape", "units", "max activation", "NaN"):
         table.add_column(col, justify="right" if col in ("units", "max activation", "NaN") else "left")
@@ -128,7 +137,7 @@ def accuracy_table(run: Run) -> Table:
         counts = np.bincount(labels[labels >= 0], minlength=len(run.class_names))[:len(run.class_names)]
         acc = pd.DataFrame({"accuracy": np.nan, "count": counts}, index=pd.Index(run.class_names, name="class"))
     overall = run.accuracy()
-    table = Table(title=f"per-class accuracy (overall {percent(overall, 2)}%)" if overall is not None else "per-class accuracy")
+    table = titled(f"per-class accuracy (overall {percent(overall, 2)}%)" if overall is not None else "per-class accuracy")
     table.add_column("class")
     table.add_column("accuracy %", justify="right")
     table.add_column("images", justify="right")
@@ -158,7 +167,7 @@ def preferences_table(run: Run, n: int = 5) -> Table:
     (raw counts; the caption says when the classes differ in size, which favours the larger)."""
     note = size_note(run.class_sizes()) if run.layers else None
     shown = "count, class accuracy %" + ("; count per image of the class" if note else "")
-    table = Table(title=f"classes among the top-{run.k} images of every unit ({shown})", caption_justify="left")
+    table = titled(f"classes among the top-{run.k} images of every unit ({shown})", caption_justify="left")
     table.add_column("layer")
     table.add_column(f"top {n}")
     table.add_column(f"bottom {n}")
@@ -200,7 +209,7 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
         acc = None
     title = ("class preference over all images (mean z-scored class mean; Spearman ρ with class ink density "
              "and with class accuracy, by top-k count per image and by this preference)")
-    table = Table(title=title if run.complete else f"PARTIAL ({run.images_done} images): {title}", caption_justify="left")
+    table = titled(title if run.complete else f"PARTIAL ({run.images_done} images): {title}", caption_justify="left")
     numeric = ("selectivity (median)", "ρ ink", "p", "ρ acc top-k", "ρ acc all")
     for col in ("layer", f"top {n}", f"bottom {n}", *numeric):
         table.add_column(col, justify="right" if col in numeric else "left")
@@ -227,7 +236,7 @@ def ink_table(run: Run) -> Table:
     """Mean ink density of each class's images beside the class accuracy."""
     ink = run.ink_density()
     acc = run.class_accuracy_series().to_numpy()  # NaN without predictions: the column says "-"
-    table = Table(title="ink density per class (fraction of pixels that differ from the background)")
+    table = titled("ink density per class (fraction of pixels that differ from the background)")
     for col in ("class", "ink density", "accuracy %"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c, v, a in zip(ink.index, ink.to_numpy(), acc):  # by position: a dataset may repeat a class name
@@ -246,7 +255,7 @@ def compare_tables(cmp: Comparison) -> list[Table]:
     """`compare.Comparison` as two tables: accuracy side by side, then the paired layers (the
     title says how they were paired: by name, the logits with the logits, by relative depth)."""
     oa, ob = cmp.overall
-    acc = Table(title=f"accuracy: A ({_overall(oa, cmp.a)}) vs B ({_overall(ob, cmp.b)})")
+    acc = titled(f"accuracy: A ({_overall(oa, cmp.a)}) vs B ({_overall(ob, cmp.b)})")
     for col in ("class", "A %", "B %", "B − A"):
         acc.add_column(col, justify="left" if col == "class" else "right")
     pct = lambda v: percent(v, 2)  # noqa: E731
@@ -256,7 +265,7 @@ def compare_tables(cmp: Comparison) -> list[Table]:
     paired = ("by name" if how == {"name"} else "by relative depth" if how == {"depth"} else
               "by name where both runs have the layer" + (", the logits with the logits" if "output" in how else "")
               + (", else by relative depth" if "depth" in how else ""))
-    lay = Table(title=f"layers paired {paired}: top/bottom {cmp.n} classes among the top-k images, Jaccard overlap")
+    lay = titled(f"layers paired {paired}: top/bottom {cmp.n} classes among the top-k images, Jaccard overlap")
     for col in ("layer A", "layer B", f"top {cmp.n} A", f"top {cmp.n} B", "J top", f"bottom {cmp.n} A",
                 f"bottom {cmp.n} B", "J bottom"):
         lay.add_column(col, justify="right" if col.startswith("J") else "left")
@@ -290,12 +299,14 @@ def _overall(acc: float | None, run: Run) -> str:
 def importance_table(run: Run, name: str, n: int) -> Table:
     """A rich table of the `n` units of `name` that matter most for the correct class."""
     df = run.unit_importance(name)
-    table = Table(title=f"{safe(name)}: units that matter most for the correct class "
-                        f"({df.attrs['images']} images, accuracy {percent(df.attrs['base_accuracy'], 2)}%)")
-    for col in df.columns:
-        table.add_column(col, justify="right")
-    for row in df.head(n).itertuples(index=False):
-        table.add_row(str(row.unit), *(f"{v:.4f}" for v in row[1:]))
+    table = titled(f"{safe(name)}: units that matter most when zeroed ({df.attrs['images']} images, "
+                        f"accuracy {percent(df.attrs['base_accuracy'], 2)}%)")
+    df = df.head(n)
+    shown = importance_store.written(df)
+    for col in ("unit", *importance_store.COLUMNS):
+        table.add_column(importance_store.LABELS[col], justify="right")
+    for i, u in enumerate(df["unit"]):
+        table.add_row(str(int(u)), *(shown[col][i] for col in importance_store.COLUMNS))
     return table
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from rich.table import Table
 
-from sketchmine.present.console import safe
+from sketchmine.present.console import safe, titled
 from sketchmine.results.run import Run
 
 
@@ -19,7 +19,7 @@ def effects_table(run: Run, layer: str, n: int, shown: int = 3) -> Table:
     units, r = run.correlated_units(layer)
     delta = df.to_numpy()
     names = [safe(c) for c in df.columns]
-    table = Table(title=f"{safe(layer)}: what each unit does to the output (each class's probability with the unit "
+    table = titled(f"{safe(layer)}: what each unit does to the output (each class's probability with the unit "
                         f"minus with it zeroed, mean over {df.attrs.get('images')} images)")
     for col in ("unit", "largest |Δp|", "pushes up (prob)", "pushes down (prob)", "most correlated units (r)"):
         table.add_column(col, justify="right" if col in ("unit", "largest |Δp|") else "left")

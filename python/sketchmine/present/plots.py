@@ -170,13 +170,13 @@ def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
     axes = fig.subplots(len(names), 1, squeeze=False)
     for ax, name in zip(axes[:, 0], names):
         df = run.unit_importance(name).head(n)
-        ax.barh([f"unit {u}" for u in df["unit"]][::-1], df["prob_drop"][::-1], color="#4c72b0")
-        for i, (p, a) in enumerate(zip(df["prob_drop"][::-1], df["acc_drop"][::-1])):
+        ax.barh([f"unit {u}" for u in df["unit"]][::-1], df["prob_drop"][::-1] * 100, color="#4c72b0")
+        for i, (p, a) in enumerate(zip(df["prob_drop"][::-1] * 100, df["acc_drop"][::-1])):
             ax.text(p, i, f"  acc drop {percent(a, 2)} pt", va="center", fontsize=7)  # the table's column, as it
         low, high = ax.get_xlim()
         ax.set_xlim(low, high + 0.3 * (high - low))  # room for the labels right of the longest bar
         ax.set_title(f"{name}: most important units (ablated)", fontsize=9, parse_math=False)
-        ax.set_xlabel("drop in correct-class probability", fontsize=8)
+        ax.set_xlabel("drop in correct-class probability (pt)", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     return fig

@@ -37,9 +37,9 @@ from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapE
 from sketchmine.present.report_unit import MONTAGES, copy_assets, unit_pages
 from sketchmine.present.summary_grid import Row, grid, grid_html
 from sketchmine.present.report_probe import index_section, write_probe_files
-from sketchmine.results import analysis
+from sketchmine.results import analysis, importance_store
 from sketchmine.results.run import Run, open_run
-from sketchmine.results.numbers import column, number, shape_text
+from sketchmine.results.numbers import number, shape_text
 from sketchmine.results.summaries import size_note
 
 __all__ = ["PAGE_SIZE", "MARKER", "write_report", "check_report_dir", "dataset_words", "layer_ids"]
@@ -74,23 +74,20 @@ def _table(headers: list[str], rows: list[list[str]], numeric: frozenset[int] | 
 
 SUMMARY_N = 5
 """Classes per side in the summary (the seed's plot shows five)."""
-IMPORTANCE_COLUMNS = [("unit", "unit"), ("prob_drop", "prob. drop"), ("acc_drop", "accuracy drop (pt)"),
-                      ("mean_act_correct", "mean act. correct"), ("mean_act_wrong", "mean act. wrong")]
 
 
 def _importance_section(run: Run, name: str, lid: str) -> str:
     """The sortable per-unit importance table (sorted by report.js) and the plot."""
     df = run.unit_importance(name)
     a = df.attrs
-    head = "".join(f'<th data-col="{i}" data-type="{"num"}" title="click to sort">{e(label)}</th>'
-                   for i, (_, label) in enumerate(IMPORTANCE_COLUMNS))
+    head = "".join(f'<th data-col="{i}" data-type="{"num"}" title="click to sort">{e(importance_store.LABELS[col])}</th>'
+                   for i, col in enumerate(("unit", *importance_store.COLUMNS)))
     rows = []
-    shown = {col: [percent(float(v), 2) for v in df[col]] if col == "acc_drop" else column(df[col].tolist())
-             for col, _ in IMPORTANCE_COLUMNS[1:]}  # one count of decimals per column
+    shown = importance_store.written(df)
     for i, (_, r) in enumerate(df.iterrows()):
         u = int(r["unit"])
         cells = [f'<td class="num" data-v="{u}"><a href="#page={u // PAGE_SIZE + 1}&amp;unit={u}">{u}</a></td>']
-        for col, _ in IMPORTANCE_COLUMNS[1:]:
+        for col in importance_store.COLUMNS:
             v = float(r[col])
             cells.append(f'<td class="num" data-v="{"" if np.isnan(v) else repr(v)}">{e(shown[col][i])}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")

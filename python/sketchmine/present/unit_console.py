@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sketchmine.present.console import safe
+from sketchmine.present.console import safe, titled
 from sketchmine.present.json_out import print_json
 from sketchmine.results.effects import class_units
 from sketchmine.results.numbers import percent, shape_text, significant
@@ -27,12 +27,17 @@ def _pct(v: float | None) -> str:
     return percent(v, 2)
 
 
+def _points(v: float | None) -> float | None:
+    """A probability change in percentage points, as the accuracy's beside it."""
+    return None if v is None else float(v) * 100
+
+
 def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None = None) -> Table:
     """Key facts: shape (`shape`: as `numbers.shape_text` writes it; else d's), precision
     (autocast runs), maximum, receptive field, mean, firing density, importance; `cls`: the class
     an output layer's unit is (`effects.class_units`), named in the title as cards name it."""
     named = f" · {safe(cls)}" if cls else ""
-    t = Table(title=f"{safe(d['layer'])} · unit {d['unit']} of {d['units']}{named}" + ("" if d["complete"] else
+    t = titled(f"{safe(d['layer'])} · unit {d['unit']} of {d['units']}{named}" + ("" if d["complete"] else
                                                                                         "  (PARTIAL run)"),
               show_header=False)
     t.add_column("what")
@@ -52,7 +57,7 @@ def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None 
     imp = d["importance"]
     if imp is not None:
         rows += [("importance rank", f"{imp['rank']} of {d['units']}"),
-                 ("prob. drop / accuracy drop", f"{_f(imp.get('prob_drop'))} / {_pct(imp.get('acc_drop'))} pt")]
+                 ("prob. drop / accuracy drop", f"{_f(_points(imp.get('prob_drop')))} pt / {_pct(imp.get('acc_drop'))} pt")]
     for k, v in rows:
         t.add_row(k, v)
     return t
@@ -60,7 +65,7 @@ def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None 
 
 def images_table(title: str, entries: list[dict[str, Any]]) -> Table:
     """Ranked images: value, image index, class, class accuracy, path."""
-    t = Table(title=title)
+    t = titled(title)
     for col in ("rank", "value", "image", "class", "acc. %", "path"):
         t.add_column(col, justify="right" if col in ("rank", "value", "image", "acc. %") else "left")
     for e in entries:
@@ -72,7 +77,7 @@ def images_table(title: str, entries: list[dict[str, Any]]) -> Table:
 def distribution_table(d: dict[str, Any]) -> Table:
     """Quantiles of the unit's image maxima."""
     q = d["quantiles"]
-    t = Table(title="quantiles of the image maxima", min_width=32)  # one row per quantile: nine columns cut exponents at 80 columns
+    t = titled("quantiles of the image maxima", min_width=32)  # one row per quantile: nine columns cut exponents at 80 columns
     t.add_column("quantile", justify="right")
     t.add_column("value", justify="right", no_wrap=True)
     bounds = q.get("bound") or [None] * len(q["values"])
@@ -92,7 +97,7 @@ def bounds_note(d: dict[str, Any]) -> str | None:
 
 def bins_table(d: dict[str, Any]) -> Table:
     """Example images per activation bin, lowest bin first."""
-    t = Table(title="examples at every level (images per activation bin)")
+    t = titled("examples at every level (images per activation bin)")
     for col in ("bin", "range", "images (class)"):
         t.add_column(col, justify="right" if col == "bin" else "left")
     held = [b["bin"] for b in d["bins"] if b["examples"]]
@@ -107,7 +112,7 @@ def bins_table(d: dict[str, Any]) -> Table:
 
 def classes_table(d: dict[str, Any]) -> Table:
     """Classes the unit prefers (among its top-k; by mean over all images) and pushes (effects)."""
-    t = Table(title="classes")
+    t = titled("classes")
     heads, cols = [], []
     if d["classes_top"] is not None:
         off = d.get("classes_top_unlabelled") or 0
@@ -130,7 +135,7 @@ def classes_table(d: dict[str, Any]) -> Table:
 
 
 def correlated_table(d: dict[str, Any]) -> Table:
-    t = Table(title="most correlated units (image maxima)")
+    t = titled("most correlated units (image maxima)")
     t.add_column("unit", justify="right")
     t.add_column("r", justify="right")
     for c in d["correlated"]:

@@ -14,12 +14,27 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError
+from sketchmine.results.numbers import column, percent
 from sketchmine.store import schema
 
 if TYPE_CHECKING:  # annotations only: run.py imports this module
     from sketchmine.results.run import Run
 
 COLUMNS = ("prob_drop", "acc_drop", "mean_act_correct", "mean_act_wrong")
+LABELS = {"unit": "unit", "prob_drop": "prob. drop (pt)", "acc_drop": "acc. drop (pt)",
+          "mean_act_correct": "mean act. right", "mean_act_wrong": "mean act. wrong"}
+"""The columns as the console's and the report's tables name them (the console's fits 80 columns)."""
+
+
+def written(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Each value column of `read_importance` as people read it, in the console as in the
+    report: both drops in percentage points (a probability's as an accuracy's: 0.0057 beside
+    "0.45 pt" read as two units), the accuracy's as `percent` writes it (a count of images), the
+    others with one count of decimals a column (`column`: units whose probability drops differ
+    in the fourth digit do not read as tied)."""
+    return {col: [percent(float(v), 2) for v in df[col]] if col == "acc_drop"
+            else column([float(v) * 100 for v in df[col]]) if col == "prob_drop" else column(df[col].tolist())
+            for col in COLUMNS}
 
 
 def has_importance(run: Run, layer: str) -> bool:
