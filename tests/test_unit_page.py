@@ -416,7 +416,8 @@ def test_bins_read_as_the_cli_writes_them_on_one_line_each(rep, run, browser):  
 def test_one_quantity_reads_alike_and_a_column_keeps_its_decimals(rep, run, browser):  # noqa: F811
     """A card's header max is its first entry's value, written alike; a card's values, a
     dashboard's top-k and bottom-k values and its class-mean column each keep one count of
-    decimals, every one the stored value rounded; no "-0" anywhere."""
+    decimals, every one the stored value rounded, and the unit's slide as its card; no "-0" anywhere."""
+    from sketchmine.present.montage import unit_montage
     from sketchmine.present.report import PAGE_SIZE
 
     values, index, _ = run.topk(SHOWN)
@@ -431,6 +432,11 @@ def test_one_quantity_reads_alike_and_a_column_keeps_its_decimals(rep, run, brow
         assert head.endswith(f"max {shown[0]}") and len(shown) == ok.sum(), (u, head, shown)
         assert len({_decimals(t) for t in shown}) == 1, (u, shown)
         assert all(_close(t, float(v)) for t, v in zip(shown, values[u][ok])), (u, shown)
+    for cid, _, shown in cards[:4]:  # the unit's slide writes its nine values as its card does
+        u = int(cid.split("-")[1])
+        fig = unit_montage(run, SHOWN, u)
+        said = [t.get_text().split("  ")[1] for ax in fig.axes for t in ax.texts if t.get_text().count("  ") == 1]
+        assert said == shown, (u, said, shown)
     mean, _ = run.class_stats(SHOWN)
     bv, bi, _ = run.bottomk(SHOWN)
     for u in (0, 5, 17):

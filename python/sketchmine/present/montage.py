@@ -9,6 +9,7 @@ without them is refused with the command that adds them.
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from matplotlib.patches import Rectangle
 from sketchmine.errors import SketchmineError
 from sketchmine.present.report_data import percent
 from sketchmine.results.effects import class_units
-from sketchmine.results.numbers import significant
+from sketchmine.results.numbers import column, significant
 from sketchmine.results.run import Run
 from sketchmine.results.traces import entry_steps
 from sketchmine.results.unit_summary import LayerSummary
@@ -106,11 +107,13 @@ class _Grid:
     def fill(self, tiles: np.ndarray, entries: list[dict[str, Any]]) -> None:
         self.image.set_data(mosaic(tiles, [e["rank"] for e in entries], self.gap))
         labels = []
+        # one count of decimals for the nine values, as the unit's card writes them ("0.890" beside "0.968")
+        values = column([math.nan if e["value"] is None else float(e["value"]) for e in entries[:len(self.captions)]])
         for i in range(len(self.captions)):
             e = entries[i] if i < len(entries) else None
             step = f"  t={e['t'] + 1}" if e is not None and "t" in e else ""  # a layer over time: the step it fired at
             labels.append("" if e is None else
-                          f"{(e['cls'] if e['cls'] is not None else '?')[:10 if step else 14]}  {value_text(e['value'])}{step}")
+                          f"{(e['cls'] if e['cls'] is not None else '?')[:10 if step else 14]}  {values[i]}{step}")
         longest = max(map(len, labels), default=0)
         for text, label in zip(self.captions, labels):  # one size a slide, the longest within its tile's width
             text.set_fontsize(12 if longest <= 20 else 10 if longest <= 24 else 9)
