@@ -259,6 +259,7 @@ def test_quantiles_below_the_sketch_floor_are_shown_as_bounds(tmp_path, demo_tes
     shown = re.search(rf"quantile {QUANTILES[j] * 100:g} %\t< ([0-9.e+-]+)", page.inner_text("#overview"))
     assert shown and float(shown.group(1)) == pytest.approx(b.bound[u, j], rel=1e-2)
     assert page.query_selector("#coarse-quantiles") is not None
+    assert page.inner_text("#quantile-note").endswith("within 1.5 % of the true value where not written \u201c< b\u201d (0 % and 100 % are exact)")
     assert problems == []
     # `sketchmine unit`: the same bound in --json and "< bound" in the console table
     import io

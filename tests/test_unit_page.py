@@ -456,6 +456,8 @@ def test_one_quantity_reads_alike_and_a_column_keeps_its_decimals(rep, run, brow
         labels = page.evaluate("() => [...document.getElementById('overview').rows].map(r => r.cells[0].textContent)"
                                ".filter(t => t.startsWith('quantile '))")
         assert labels == [f"quantile {q * 100:g} %" for q in QUANTILES]  # as `sketchmine unit` writes them
+        assert page.inner_text("#quantile-note") == ("quantiles: the sketch's estimates, each within 1.5 % of the true "
+                                                     "value (0 % and 100 % are exact)")  # its resolution, said
         assert not re.search(r"(?<![\w.])-0(\.0*)?(?![\d.])", page.inner_text("#dash"))
     assert problems == []
 

@@ -268,7 +268,15 @@
       top.appendChild(el("p", "note", "every image maximum of this unit is " + fmt(d.quantiles.values[0]) +
         " (a constant unit): its histogram is one value"));
     }
-    if (d.quantiles && (d.quantiles.bound || []).some(function (b) { return b !== null; })) {
+    var bounded = d.quantiles && (d.quantiles.bound || []).some(function (b) { return b !== null; });
+    if (d.quantiles && total !== 0) {
+      // three quantiles near the top all read "0.9921": the sketch's resolution, not four digits of precision
+      var within = el("p", "note", "quantiles: the sketch's estimates, each within 1.5 % of the true value" +
+        (bounded ? " where not written \u201c< b\u201d" : "") + " (0 % and 100 % are exact)");
+      within.id = "quantile-note";
+      top.appendChild(within);
+    }
+    if (bounded) {
       var coarse = el("p", "note", "\u201c< b\u201d: that quantile lies below the quantile sketch's resolution " +
         "(about 2^-15 of the unit's largest value of that sign, or a float32 subnormal; docs/analysis.md): it is between 0 and b, " +
         "closer it cannot say");
