@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sketchmine.model import meta
 from sketchmine.model.meta import _MetaLinear, linear_shape, meta_call
 
 
@@ -53,6 +54,38 @@ def test_linear_shapes_and_refusals_equal_a_real_forward(call):
         assert len(x_shape) < 2 or (b_shape is not None and b_shape not in ((w_shape[0],), ()))
 
 
+@given(st.sampled_from(["GRU", "LSTM", "RNN"]), st.integers(1, 5), st.integers(1, 6), st.integers(1, 2), st.booleans(),
+       st.booleans(), st.integers(0, 3), st.sampled_from([(), (1,), (3,)]), st.booleans())
+def test_recurrent_shapes_equal_a_real_forward(kind, features, hidden, layers, bidirectional, batch_first, proj,
+                                               batch, given_state):
+    """A GRU, LSTM or RNN on the meta device: its output and state shapes are the CPU
+    forward's, unbatched or batched, either layout, with a given state or none, with an
+    LSTM's projection."""
+    torch.manual_seed(features * 7 + hidden)
+    extra = {"proj_size": proj} if kind == "LSTM" and proj < hidden else {}
+    net = getattr(torch.nn, kind)(features, hidden, layers, bidirectional=bidirectional, batch_first=batch_first,
+                                  **extra).eval()
+    steps = 4
+    x = torch.randn(*((*batch, steps) if batch_first else (steps, *batch)), features)
+    answered: list[object] = []
+    rule = meta.recurrent_shapes
+    meta.recurrent_shapes = lambda *args: answered.append(rule(*args)) or answered[-1]  # type: ignore[assignment]
+    try:
+        if given_state:
+            d, n = (2 if bidirectional else 1) * layers, batch
+            h = torch.randn(d, *n, extra.get("proj_size") or hidden)
+            state = (h, torch.randn(d, *n, hidden)) if kind == "LSTM" else h
+            real, got = net(x, state), meta_call(net, x, state)
+        else:
+            real, got = net(x), meta_call(net, x)
+    finally:
+        meta.recurrent_shapes = rule
+    assert len(answered) == 1 and answered[0] is not None  # the rule answered, not torch's meta kernel
+    flat = [real[0], *(real[1] if kind == "LSTM" else [real[1]])]
+    shapes = [got[0], *(got[1] if kind == "LSTM" else [got[1]])]
+    assert [t.shape for t in shapes] == [t.shape for t in flat] and all(t.device.type == "meta" for t in shapes)
+
+
 def test_meta_call_gives_the_models_output_shape_and_leaves_it_as_it_was(demo_model):
     model = demo_model.module.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -75,4 +108,16 @@ def test_mining_and_visualizing_a_model_without_torchvision_never_imports_dynamo
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["False", "False"]
+    # the recurrent demo's shape passes: its GRU's meta kernel imported it too
+    code = ("import sys, torch\n"
+            "from sketchmine.model.models import load_model\n"
+            "from sketchmine.model.forward import TorchForward\n"
+            "from sketchmine.model.receptive_field import field_analysis\n"
+            "m = load_model('demo-gru').module\n"
+            "fields = field_analysis(m, (1, 28, 28), (8,))\n"
+            "shapes, out, _ = TorchForward(m).shapes(['gru', 'classifier'], torch.rand(2, 8, 1, 28, 28))\n"
+            "print(shapes['gru'], tuple(out.shape), 'torch._dynamo' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "False", done.stdout
 

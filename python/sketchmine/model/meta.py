@@ -1,12 +1,13 @@
 """A module called on the meta device: its output's shapes without arithmetic or memory, for
 the shape probe before mining and the graph's shape propagation.
 
-torch's meta kernel of a matrix product (a linear layer's addmm) sits behind a wrapper that
-imports torch._dynamo on its first call: 1.5 s of every short `sketchmine mine` or
-`visualize` of a model whose code does not import torchvision (which imports it anyway). A
-linear layer's output shape is computed here instead; anything else, and any linear call
-that is not the plain case, goes to torch's own kernel. A TorchFunctionMode, not a
-TorchDispatchMode: entering a dispatch mode imports torch._dynamo too.
+torch's meta kernel of a matrix product (a linear layer's addmm, a recurrent layer's inside)
+sits behind a wrapper that imports torch._dynamo on its first call: 1.5 s of every short
+`sketchmine mine` or `visualize` of a model whose code does not import torchvision (which
+imports it anyway). The output shapes of a linear layer and of a GRU, LSTM or RNN are
+computed here instead; anything else, and any such call that is not the plain case (a packed
+sequence, say), goes to torch's own kernel. A TorchFunctionMode, not a TorchDispatchMode:
+entering a dispatch mode imports torch._dynamo too.
 """
 from __future__ import annotations
 
@@ -40,6 +41,25 @@ def linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return (*x.shape[:-1], weight.shape[0])
 
 
+_RECURRENT = {torch._VF.gru: False, torch._VF.rnn_tanh: False, torch._VF.rnn_relu: False, torch._VF.lstm: True}
+"""torch's recurrent kernels, as nn.GRU/LSTM/RNN call them (True: the LSTM, whose state is a pair)."""
+
+
+def recurrent_shapes(lstm: bool, args: tuple[Any, ...]) -> list[tuple[int, ...]] | None:
+    """The output shapes of a recurrent kernel called as nn.GRU/LSTM/RNN call it on a padded
+    batch, `(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+    batch_first)`: the output (its features the direction count times the state's), then
+    each state as given; None for any other call (a packed sequence's batch sizes second)."""
+    if len(args) != 9 or not isinstance(args[0], torch.Tensor) or args[0].dim() != 3:
+        return None
+    states = list(args[1]) if lstm and isinstance(args[1], (tuple, list)) else [args[1]]
+    if len(states) != (2 if lstm else 1) or not all(isinstance(h, torch.Tensor) and h.dim() == 3 and
+                                                   h.is_floating_point() for h in states):
+        return None
+    directions = 2 if args[7] else 1
+    return [(*args[0].shape[:-1], directions * states[0].shape[-1]), *(tuple(h.shape) for h in states)]
+
+
 class _MetaLinear(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
@@ -51,6 +71,10 @@ class _MetaLinear(TorchFunctionMode):
                 shape = linear_shape(x, weight, bias)
                 if shape is not None:
                     return x.new_empty(shape)
+        elif func in _RECURRENT and not kwargs and _on_meta(args[0]):
+            shapes = recurrent_shapes(_RECURRENT[func], args)
+            if shapes is not None:
+                return tuple(args[0].new_empty(shape) for shape in shapes)
         return func(*args, **kwargs)
 
 
