@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sketchmine.model import meta
-from sketchmine.model.meta import _MetaLinear, linear_shape, meta_call
+from sketchmine.model.meta import _MetaShapes, linear_shape, meta_call
 
 
 @st.composite
@@ -39,7 +39,7 @@ def test_linear_shapes_and_refusals_equal_a_real_forward(call):
         answered: tuple[int, ...] | str | None = linear_shape(*meta)
     except RuntimeError as exc:
         answered = str(exc)
-    with _MetaLinear():
+    with _MetaShapes():
         try:
             got: tuple[int, ...] | str = tuple(F.linear(*meta).shape)
         except RuntimeError as exc:

@@ -24,7 +24,7 @@ def meta_call(module: nn.Module, *inputs: Any) -> Any:
     meta tensor of its shape (no data copied) and the inputs moved to the meta device."""
     tensors = {n: t.to("meta") for n, t in [*module.named_parameters(), *module.named_buffers()]}
     args = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
-    with _MetaLinear():
+    with _MetaShapes():
         return torch.func.functional_call(module, tensors, args)
 
 
@@ -60,7 +60,9 @@ def recurrent_shapes(lstm: bool, args: tuple[Any, ...]) -> list[tuple[int, ...]]
     return [(*args[0].shape[:-1], directions * states[0].shape[-1]), *(tuple(h.shape) for h in states)]
 
 
-class _MetaLinear(TorchFunctionMode):
+class _MetaShapes(TorchFunctionMode):
+    """Answers the calls above on meta tensors; passes every other call on."""
+
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}

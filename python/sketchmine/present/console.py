@@ -29,8 +29,8 @@ from rich.table import Table
 from rich.text import Text
 
 from sketchmine.errors import SketchmineError, unless_damaged
-from sketchmine.results.numbers import number, percent, shape_text
 from sketchmine.results import importance_store
+from sketchmine.results.numbers import number, percent, shape_text
 from sketchmine.results.precision import precision_differs, precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import not_yet, size_note, ties_words
@@ -112,7 +112,7 @@ def layers_table(run: Run) -> Table:
     state = "complete" if run.complete else f"PARTIAL: {run.images_done} images"
     note = precision_note(run)
     table = titled(f"{safe(run.path)}  ({state}" + (f"; {safe(run.precision)})" if note else ")"),
-                  caption=None if note is None else safe(note), caption_justify="left")
+                   caption=None if note is None else safe(note), caption_justify="left")
     for col in ("layer", "kind", "shape", "units", "max activation", "NaN"):
         table.add_column(col, justify="right" if col in ("units", "max activation", "NaN") else "left")
     for name in run.layers:
@@ -300,7 +300,7 @@ def importance_table(run: Run, name: str, n: int) -> Table:
     """A rich table of the `n` units of `name` that matter most for the correct class."""
     df = run.unit_importance(name)
     table = titled(f"{safe(name)}: units that matter most when zeroed ({df.attrs['images']} images, "
-                        f"accuracy {percent(df.attrs['base_accuracy'], 2)}%)")
+                   f"accuracy {percent(df.attrs['base_accuracy'], 2)}%)")
     df = df.head(n)
     shown = importance_store.written(df)
     for col in ("unit", *importance_store.COLUMNS):

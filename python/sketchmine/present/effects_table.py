@@ -20,7 +20,7 @@ def effects_table(run: Run, layer: str, n: int, shown: int = 3) -> Table:
     delta = df.to_numpy()
     names = [safe(c) for c in df.columns]
     table = titled(f"{safe(layer)}: what each unit does to the output (each class's probability with the unit "
-                        f"minus with it zeroed, mean over {df.attrs.get('images')} images)")
+                   f"minus with it zeroed, mean over {df.attrs.get('images')} images)")
     for col in ("unit", "largest |Δp|", "pushes up (prob)", "pushes down (prob)", "most correlated units (r)"):
         table.add_column(col, justify="right" if col in ("unit", "largest |Δp|") else "left")
     size = np.nan_to_num(np.abs(delta), nan=-1.0).max(axis=1) if delta.size else np.zeros(len(df))

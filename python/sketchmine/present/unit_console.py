@@ -37,9 +37,8 @@ def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None 
     (autocast runs), maximum, receptive field, mean, firing density, importance; `cls`: the class
     an output layer's unit is (`effects.class_units`), named in the title as cards name it."""
     named = f" · {safe(cls)}" if cls else ""
-    t = titled(f"{safe(d['layer'])} · unit {d['unit']} of {d['units']}{named}" + ("" if d["complete"] else
-                                                                                        "  (PARTIAL run)"),
-              show_header=False)
+    partial = "" if d["complete"] else "  (PARTIAL run)"
+    t = titled(f"{safe(d['layer'])} · unit {d['unit']} of {d['units']}{named}{partial}", show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")
     rf = d["receptive_field"]
