@@ -137,3 +137,19 @@ def test_a_title_is_not_folded_over_a_narrow_table(runs):
     Console(file=out, width=80).print(t)
     assert out.getvalue().splitlines()[0].strip() == "most correlated units (image maxima)"
     assert t.min_width == len("most correlated units (image maxima)")
+    # a long title is folded as rich folds it: widening its table stretched it over a wide terminal
+    long = "x: " + "word " * 30
+    assert titled(long).min_width == 0 and titled(long, min_width=12).min_width == 12
+
+
+def test_narrow_consoles_keep_layer_names_whole(runs):
+    """rich squeezed the layer column first: at 80 columns `summary` cut every layer name to
+    "featur…", so no row could be told from another. The name column keeps its longest name."""
+    from sketchmine.present.console import preferences_table
+
+    hot, plain = runs
+    for run in runs:
+        out = io.StringIO()
+        Console(file=out, width=32).print(preferences_table(run))
+        cells = [line.split("│")[1].strip() for line in out.getvalue().splitlines() if line.startswith("│")]
+        assert [c for c in cells if c] == list(run.layers), out.getvalue()

@@ -409,7 +409,9 @@ def test_bins_read_as_the_cli_writes_them_on_one_line_each(rep, run, browser):  
         assert len(lefts) >= len(want) and max(lefts) - min(lefts) < 0.5, width
         assert page.evaluate("() => document.documentElement.scrollWidth") <= width
     assert more  # the "+N more" note names the command that lists them, filled in for this unit
-    assert f"; sketchmine unit {shlex.quote(str(run.path))} features.6 {u} --json lists them all" in page.inner_text("#bins-more")
+    command = f"sketchmine unit {shlex.quote(str(Path(run.path).resolve()))} features.6 {u} --json"  # read from anywhere
+    assert page.inner_text("#bins-more code") == command
+    assert f"; {command} lists every kept example" in page.inner_text("#bins-more")
     assert problems == []
 
 

@@ -54,11 +54,24 @@ def safe(text: object, markup: bool = True) -> str:
     return escape(out) if markup else out
 
 
+def name_width(names: Any, most: int = 28) -> int:
+    """A layer column's least width: its longest name, up to `most` cells (rich squeezed the layer
+    column first, and "featur…" could not tell the rows apart)."""
+    return min(most, max((len(safe(n, markup=False)) for n in names), default=0))
+
+
+TITLE_WIDTH = 60
+"""Titles up to this many cells widen their table to fit on one line; a longer one is folded
+as rich folds it (widening its table to the title stretched it over a wide terminal)."""
+
+
 def titled(title: str, **kwargs: Any) -> Table:
-    """A rich Table at least as wide as its title (rich markup): rich folds a title to the
-    table's width, and a table of two narrow columns wrote its title in three lines."""
+    """A rich Table at least as wide as its title (rich markup), when the title is short: rich
+    folds a title to the table's width, and a table of two narrow columns wrote its title in
+    three lines."""
     width = Text.from_markup(title).cell_len
-    return Table(title=title, **{**kwargs, "min_width": max(kwargs.get("min_width") or 0, width)})
+    return Table(title=title, **{**kwargs, "min_width": max(kwargs.get("min_width") or 0,
+                                                            width if width <= TITLE_WIDTH else 0)})
 
 
 class RichProgress:
@@ -168,7 +181,7 @@ def preferences_table(run: Run, n: int = 5) -> Table:
     note = size_note(run.class_sizes()) if run.layers else None
     shown = "count, class accuracy %" + ("; count per image of the class" if note else "")
     table = titled(f"classes among the top-{run.k} images of every unit ({shown})", caption_justify="left")
-    table.add_column("layer")
+    table.add_column("layer", min_width=name_width(run.layers))
     table.add_column(f"top {n}")
     table.add_column(f"bottom {n}")
     unlabelled = []
@@ -212,7 +225,8 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
     table = titled(title if run.complete else f"PARTIAL ({run.images_done} images): {title}", caption_justify="left")
     numeric = ("selectivity (median)", "ρ ink", "p", "ρ acc top-k", "ρ acc all")
     for col in ("layer", f"top {n}", f"bottom {n}", *numeric):
-        table.add_column(col, justify="right" if col in numeric else "left")
+        table.add_column(col, justify="right" if col in numeric else "left",
+                         min_width=name_width(run.layers) if col == "layer" else None)
     no_images: set[int] = set()  # class positions: a name may repeat
     for name in run.layers:
         pref = analysis.class_preference(run, name)
@@ -268,7 +282,8 @@ def compare_tables(cmp: Comparison) -> list[Table]:
     lay = titled(f"layers paired {paired}: top/bottom {cmp.n} classes among the top-k images, Jaccard overlap")
     for col in ("layer A", "layer B", f"top {cmp.n} A", f"top {cmp.n} B", "J top", f"bottom {cmp.n} A",
                 f"bottom {cmp.n} B", "J bottom"):
-        lay.add_column(col, justify="right" if col.startswith("J") else "left")
+        lay.add_column(col, justify="right" if col.startswith("J") else "left",
+                       min_width=name_width(cmp.layers[f"layer_{col[-1].lower()}"]) if col.startswith("layer") else None)
 
     def cell(r: pd.Series, key: str) -> str:  # the list, then the classes tied at its cut
         if r[f"all_tied_{key[-1]}"]:

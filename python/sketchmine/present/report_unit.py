@@ -93,6 +93,7 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
     unreadable = len(run.attrs.get("bad_images") or [])  # counted in "images", in no statistic
     drawn = Slides()  # one slide, filled with each unit's pictures and words in turn
     classes = class_units(run, name)
+    where = shlex.quote(str(Path(run.path).resolve()))  # the report is read from its own folder
     for p in range(pages):
         units = []
         for u in range(p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)):
@@ -101,12 +102,12 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
                 save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d, drawn)
                 d["montage"] = f"../montage/{lid}/{u}.png"
             if cut_examples(d, BIN_EXAMPLES):
-                d["all_examples"] = f"sketchmine unit {shlex.quote(str(run.path))} {shlex.quote(name)} {u} --json"
+                d["all_examples"] = f"sketchmine unit {where} {shlex.quote(name)} {u} --json"
             d.update(strip(u))
             d.update(example_strips(extra, lid, u, out, per_bin))
             for which, group in schema.PICTURE_GROUPS.items():  # examples shown as text: say how to add pictures
                 if d.get(which) and group not in d:
-                    d["missing"][group] = (f"sketchmine visualize {shlex.quote(str(run.path))} --layers {shlex.quote(name)} "
+                    d["missing"][group] = (f"sketchmine visualize {where} --layers {shlex.quote(name)} "
                                            "--examples all stores them")
             d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}&unit={u}"
             if classes is not None:

@@ -306,14 +306,16 @@
           d.bin_pictures || null, (function (b) { return function (e) { return b * per + e.slot; }; })(bin.bin));
         if (bin.more) {
           var m = el("div", "cap more", "+" + bin.more + " more");
-          m.title = "sketchmine unit --json lists every example of the bin";
+          m.title = "the run keeps " + bin.more + " more examples of this bin than the page shows";
           caps.appendChild(m);
           more = true;
         }
       }
       if (more) {
-        var all = el("p", "note", "+N more: the bin holds more examples than the page shows; " +
-          (d.all_examples || "sketchmine unit RUN LAYER UNIT --json") + " lists them all");
+        // the run keeps 8 examples a bin (its histogram counts every image): the command lists those kept
+        var all = el("p", "note", "+N more: the run keeps more examples of the bin than the page shows; ");
+        all.appendChild(el("code", null, d.all_examples || "sketchmine unit RUN LAYER UNIT --json"));
+        all.appendChild(document.createTextNode(" lists every kept example (a bin's image count is the histogram's)"));
         all.id = "bins-more";
         ex.appendChild(all);
       }
