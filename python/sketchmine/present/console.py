@@ -270,11 +270,11 @@ def compare_tables(cmp: Comparison) -> list[Table]:
     title says how they were paired: by name, the logits with the logits, by relative depth)."""
     oa, ob = cmp.overall
     acc = titled(f"accuracy: A ({_overall(oa, cmp.a)}) vs B ({_overall(ob, cmp.b)})")
-    for col in ("class", "A %", "B %", "B − A"):
+    for col in ("class", "A %", "B %", "B − A (pt)"):
         acc.add_column(col, justify="left" if col == "class" else "right")
     pct = lambda v: percent(v, 2)  # noqa: E731
-    for c, r in cmp.accuracy.iterrows():
-        acc.add_row(safe(c), pct(r["accuracy_a"]), pct(r["accuracy_b"]), pct(r["difference"]))
+    for c, r in cmp.accuracy.iterrows():  # a change carries its sign either way ("+5.00", "-1.50")
+        acc.add_row(safe(c), pct(r["accuracy_a"]), pct(r["accuracy_b"]), ("+" if r["difference"] > 0 else "") + pct(r["difference"]))
     how = set(cmp.layers["paired_by"]) if len(cmp.layers) else {"depth"}
     paired = ("by name" if how == {"name"} else "by relative depth" if how == {"depth"} else
               "by name where both runs have the layer" + (", the logits with the logits" if "output" in how else "")
