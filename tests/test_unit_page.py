@@ -439,6 +439,7 @@ def test_one_quantity_reads_alike_and_a_column_keeps_its_decimals(rep, run, brow
         fig = unit_montage(run, SHOWN, u)
         said = [t.get_text().split("  ")[1] for ax in fig.axes for t in ax.texts if t.get_text().count("  ") == 1]
         assert said == shown, (u, said, shown)
+        assert shown[0] in [t.get_text() for t in fig.texts], u  # the panel's max activation as the card's header
     mean, _ = run.class_stats(SHOWN)
     bv, bi, _ = run.bottomk(SHOWN)
     for u in (0, 5, 17):
@@ -636,3 +637,15 @@ def test_both_drops_read_in_percentage_points_everywhere(rep, run, browser):  # 
     assert problems == []
     said = sm("unit", str(run.path), SHOWN, str(u))
     assert said.returncode == 0 and f"{p} pt / {a} pt" in said.stdout
+
+
+def test_a_slides_maximum_is_written_as_its_cards_header(run):
+    """The slide's panel wrote the maximum with 4 significant digits ("14.2") over captions with
+    one count of decimals ("14.20"); it is written in the captions' column, as the card's header."""
+    from sketchmine.present.montage import _facts, unit_info
+
+    info = unit_info(run, SHOWN, 5)
+    info["max"] = 14.2
+    for e, v in zip(info["top"], (14.2, 9.5, 3.25)):
+        e["value"] = v
+    assert dict(_facts(info))["max activation"] == "14.20"

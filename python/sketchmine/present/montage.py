@@ -156,7 +156,9 @@ def _facts(info: dict[str, Any]) -> list[tuple[str, str]]:
     """The panel's (key, value) lines: maximum, receptive field, and where the run has them
     mean, firing density and importance rank."""
     rf = info["receptive_field"]
-    lines = [("max activation", value_text(info["max"], ".4g")),
+    # the maximum in its top-k values' column, as the unit's card heads it ("14.20" over "14.20", not "14.2")
+    top = [info["max"], *(e["value"] for e in info.get("top") or [])]
+    lines = [("max activation", column([math.nan if v is None else float(v) for v in top])[0]),
              ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "whole image")]
     m = info.get("moments")
     if m is not None:
