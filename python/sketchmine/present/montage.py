@@ -9,7 +9,6 @@ without them is refused with the command that adds them.
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
@@ -108,7 +107,7 @@ class _Grid:
         self.image.set_data(mosaic(tiles, [e["rank"] for e in entries], self.gap))
         labels = []
         # one count of decimals for the nine values, as the unit's card writes them ("0.890" beside "0.968")
-        values = column([math.nan if e["value"] is None else float(e["value"]) for e in entries[:len(self.captions)]])
+        values = column([e["value"] for e in entries[:len(self.captions)]])
         for i in range(len(self.captions)):
             e = entries[i] if i < len(entries) else None
             step = f"  t={e['t'] + 1}" if e is not None and "t" in e else ""  # a layer over time: the step it fired at
@@ -157,8 +156,7 @@ def _facts(info: dict[str, Any]) -> list[tuple[str, str]]:
     mean, firing density and importance rank."""
     rf = info["receptive_field"]
     # the maximum in its top-k values' column, as the unit's card heads it ("14.20" over "14.20", not "14.2")
-    top = [info["max"], *(e["value"] for e in info.get("top") or [])]
-    lines = [("max activation", column([math.nan if v is None else float(v) for v in top])[0]),
+    lines = [("max activation", column([info["max"], *(e["value"] for e in info.get("top") or [])])[0]),
              ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "whole image")]
     m = info.get("moments")
     if m is not None:

@@ -170,8 +170,9 @@ def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
     axes = fig.subplots(len(names), 1, squeeze=False)
     for ax, name in zip(axes[:, 0], names):
         df = run.unit_importance(name).head(n)
-        ax.barh([f"unit {u}" for u in df["unit"]][::-1], df["prob_drop"][::-1] * 100, color="#4c72b0")
-        for i, (p, a) in enumerate(zip(df["prob_drop"][::-1] * 100, df["acc_drop"][::-1])):
+        drops = df["prob_drop"][::-1] * 100  # percentage points, as the tables write them
+        ax.barh([f"unit {u}" for u in df["unit"]][::-1], drops, color="#4c72b0")
+        for i, (p, a) in enumerate(zip(drops, df["acc_drop"][::-1])):
             ax.text(p, i, f"  acc drop {percent(a, 2)} pt", va="center", fontsize=7)  # the table's column, as it
         low, high = ax.get_xlim()
         ax.set_xlim(low, high + 0.3 * (high - low))  # room for the labels right of the longest bar

@@ -32,9 +32,10 @@ def written(df: pd.DataFrame) -> dict[str, list[str]]:
     "0.45 pt" read as two units), the accuracy's as `percent` writes it (a count of images), the
     others with one count of decimals a column (`column`: units whose probability drops differ
     in the fourth digit do not read as tied)."""
-    return {col: [percent(float(v), 2) for v in df[col]] if col == "acc_drop"
-            else column([float(v) * 100 for v in df[col]]) if col == "prob_drop" else column(df[col].tolist())
-            for col in COLUMNS}
+    return {"prob_drop": column([float(v) * 100 for v in df["prob_drop"]]),
+            "acc_drop": [percent(float(v), 2) for v in df["acc_drop"]],
+            "mean_act_correct": column(df["mean_act_correct"].tolist()),
+            "mean_act_wrong": column(df["mean_act_wrong"].tolist())}
 
 
 def has_importance(run: Run, layer: str) -> bool:

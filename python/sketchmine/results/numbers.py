@@ -3,6 +3,7 @@ report, slides), so no view calls 1,999 of 2,000 "100%"."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from sketchmine.errors import whole_number
 
@@ -40,12 +41,14 @@ def number(v: float | None, spec: str = ".3f") -> str:
     return text
 
 
-def column(values: list[float], digits: int = 4) -> list[str]:
+def column(values: Sequence[float | str | None], digits: int = 4) -> list[str]:
     """The numbers of one table column with one count of decimals, enough for `digits` significant
     digits of the largest magnitude ("1.780" beside "1.719", not "1.78"), as the report's pages write
     a column (dom.js `column`); a nonzero value that rounds to zero keeps one significant digit, as
-    `number` writes it; magnitudes outside [1e-4, 1e21) in `g` form; "-" for NaN."""
-    xs = [float(v) for v in values]
+    `number` writes it; magnitudes outside [1e-4, 1e21) in `g` form; "-" for NaN or None (the
+    summaries' "no value"); "inf" / "-inf" as numbers or as the summaries' strings, as dom.js
+    `num` reads them."""
+    xs = [math.nan if v is None else float(v) for v in values]
     finite = [x for x in xs if math.isfinite(x)]
     big = max(map(abs, finite), default=0.0)
     if not 1e-4 <= big < 1e21:
