@@ -334,7 +334,7 @@ def test_cli_effects_on_a_mined_folder(tmp_path, demo_test_set, capsys):
     assert run.has_unit_effects("features.0") and run.has_unit_effects("classifier.6")
     prob = run.unit_effects("classifier.6")
     top = int(prob.abs().max(axis=1).idxmax())
-    assert f"{prob.abs().max(axis=1)[top]:.3g}" in text  # the unit moving the output most is listed
+    assert f"{prob.abs().max(axis=1)[top] * 100:.4f}" in text  # the unit moving the output most is listed (in pt)
     assert cli(["effects", str(out), "--layers", "nope"]) == 3  # input refused
     assert "layer 'nope' is not in run" in capsys.readouterr().err
     assert cli(["effects", str(out), "--layers", "softmax"]) == 3

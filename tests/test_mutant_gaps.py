@@ -200,4 +200,5 @@ def test_effects_n_reaches_the_table(small_run, tmp_path):
     assert effects["kind"] == "prob"
     for column, side in ((2, "up"), (3, "down")):
         first = effects[side][0]
-        assert list(table.columns[column].cells)[0] == f"{first['class']} {first['effect']:+.3g}"
+        points = first["effect"] * 100  # in pt, 4 decimals, as the importance table's drop
+        assert list(table.columns[column].cells)[0] == f"{first['class']} {points:+.4f}"

@@ -649,3 +649,105 @@ def test_a_slides_maximum_is_written_as_its_cards_header(run):
     for e, v in zip(info["top"], (14.2, 9.5, 3.25)):
         e["value"] = v
     assert dict(_facts(info))["max activation"] == "14.20"
+
+
+def test_one_units_numbers_read_alike_in_console_dashboard_table_and_card(rep, run, browser):  # noqa: F811
+    """A unit's probability drop reads the same in `sketchmine unit`, its dashboard, its card and
+    the layer's importance table ("0.7310" everywhere, not "0.731" beside "0.7310"); its effects are
+    in percentage points as that drop (not probability fractions beside it); its maximum, mean and
+    quantiles, its top and bottom values, class means, bin edges and correlations are written
+    alike in the console and on the dashboard."""
+    import io
+
+    from rich.console import Console
+
+    from sketchmine.present.unit_console import print_unit
+
+    imp = run.unit_importance(SHOWN)
+    effects = run.unit_effects(SHOWN)
+    units = [int(imp["unit"][0]), int(imp["unit"][len(imp) // 2]),
+             next(int(u) for u, row in effects.iterrows() if (row.to_numpy() != 0).any())]
+    layer, problems = _open(browser, (rep / "layers" / "00-features.6.html").as_uri())
+    layer.wait_for_selector("#importance tbody tr")
+    table = dict(layer.evaluate("() => [...document.querySelectorAll('#importance tbody tr')]"
+                                ".map(r => [r.cells[0].textContent, r.cells[1].textContent])"))
+    dash, more = _open(browser, (rep / "units" / "00-features.6.html").as_uri())
+    for u in units:
+        out = io.StringIO()
+        print_unit(run.path, SHOWN, u, Console(file=out, width=250))
+        text = out.getvalue()
+        row = imp[imp["unit"] == u].iloc[0]
+        drop = f"{float(row['prob_drop']) * 100:.4f}" if row["prob_drop"] != 0 else "0"
+        assert table[str(u)] == drop and f"{drop} pt / " in text, (u, table[str(u)], drop)
+        layer.evaluate(f"() => {{ location.hash = 'page=1&unit={u}'; }}")
+        if u < 24:  # the first page's cards
+            card = layer.inner_text(f"#unit-{u} .imp")
+            assert f"prob. drop {drop} pt," in card, card
+        dash.evaluate(f"() => {{ location.hash = 'unit={u}'; }}")
+        dash.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{u}'")
+        overview = dict(dash.evaluate("() => [...document.getElementById('overview').rows]"
+                                      ".map(r => [r.cells[0].textContent, r.cells[1].textContent])"))
+        assert overview["prob. drop when zeroed"] == f"{drop} pt"
+        for label in ("max activation", "mean of image maxima", *[k for k in overview if k.startswith("quantile ")]):
+            console_label = "max activation" if label == "max activation" else label
+            if label.startswith("quantile "):
+                pattern = rf"│\s*{re.escape(label[len('quantile '):])} │\s*{re.escape(overview[label])} │"
+            else:
+                pattern = rf"│ {re.escape(console_label)}\s*│\s*{re.escape(overview[label])} │"
+            assert re.search(pattern, text), (u, label, overview[label])
+        shown_effects = dash.evaluate("() => [...document.querySelectorAll('#effects tbody tr')]"
+                                      ".map(r => [...r.cells].map(c => c.textContent))")
+        for cls_up, up, cls_down, down in shown_effects:
+            for cls, v in ((cls_up, up), (cls_down, down)):
+                if cls:
+                    assert re.fullmatch(r"[+-]\d+\.\d{4,}", v) and f"{cls} {v}" in text, (u, cls, v)
+        cells = dash.evaluate("() => [...document.querySelectorAll('#class-means tbody tr')].map(r => [r.cells[0].textContent, r.cells[1].textContent])")
+        assert cells and all(f"{c} ({m})" in text for c, m in cells), cells
+        corr = dash.inner_text("p.correlated")
+        for other, r in re.findall(r"unit (\d+) \(r = ([-\d.]+)\)", corr):
+            assert re.search(rf"│\s*{other} │\s*{re.escape(r)} │", text), (u, other, r)
+        ranges = dash.evaluate("() => [...document.querySelectorAll('#examples .bin-range')].map(e => e.textContent)")
+        assert ranges and all(f"│ {r}" in text for r in ranges), ranges
+    assert problems == [] and more == []
+    layer.close()
+    dash.close()
+
+
+def test_points_and_enough_are_their_dom_twins(tmp_path, browser):  # noqa: F811
+    """numbers.points (a probability change in pt, 4 decimals) and numbers.enough (the digits that
+    keep bin edges apart) write what dom.js's twins write, exact binary ties (half to even)
+    included: percent rounded them away from zero on the dashboard."""
+    from sketchmine.results.numbers import enough, percent, points
+
+    dom = Path(sketchmine.__file__).parent / "present" / "report_assets" / "dom.js"
+    (tmp_path / "p.html").write_text(f'<!doctype html><script src="{dom.as_uri()}"></script>', encoding="utf-8")
+    rng = np.random.default_rng(11)
+    values = [0.0, 0.005684, -0.005684, 0.000625, -0.000625, 1e-9, -1e-9, 0.9999999, 1.0, 0.00731, 0.5, 2.5e-7,
+              *(rng.normal(0, 0.01, 40)).tolist(), *(rng.integers(-4096, 4096, 40) / 2.0 ** 20).tolist()]
+    edges = [[0.0, 0.25, 0.5, 0.75], [1.0, 1.0000001, 1.0000002], [1.0, 1.125, 1.25], [-0.1875, -0.15625, -0.125],
+             *[(np.cumsum(rng.random(6)) * 10.0 ** rng.integers(-3, 3)).tolist() for _ in range(20)]]
+    page = browser.new_page()
+    page.goto((tmp_path / "p.html").as_uri())
+    got = page.evaluate("vs => [vs.map(v => window.sketchmineDom.points(v)), vs.map(v => window.sketchmineDom.points(v, true)),"
+                        " vs.map(v => window.sketchmineDom.percent(v, 3))]", values)
+    assert got == [[points(v) for v in values], [points(v, sign=True) for v in values], [percent(v, 3) for v in values]]
+    assert points(0.005684) == "0.5684" and points(0.005684, sign=True) == "+0.5684" and points(-0.000625) == "-0.0625"
+    assert points(0.0) == "0" and points(3e-8) == "0.000003" and points(None) == "-"
+    assert points(1e-9, sign=True) == "< 0.000001" and points(-1e-9) == "> -0.000001"  # no "+< …"
+    assert page.evaluate("es => es.map(e => window.sketchmineDom.enough(e, 4))", edges) == [enough(e) for e in edges]
+    assert enough([1.0, 1.125, 1.25]) == 4 and enough([1.0, 1.0000001]) == 8
+    page.close()
+
+
+def test_the_dashboards_hints_name_the_runs_absolute_path(run, tmp_path, monkeypatch):
+    """The report is read from its own folder: every command its dashboards name (how to add
+    effects, importance, pictures) says where the run is, the visualize hint did, the others named
+    the path as given ("run.zarr", from wherever `report` was called)."""
+    monkeypatch.chdir(Path(run.path).parent)
+    out = write_report(Path(run.path).name, tmp_path / "rep", montages=0).parent
+    data = (out / "dash" / "01-classifier.1" / "unit_0000.js").read_text()
+    missing = json.loads(data[data.index("["):data.rindex("]") + 1])[0]["missing"]
+    where = str(Path(run.path).resolve())
+    assert {"effects", "importance"} <= missing.keys()
+    assert all(where in why for key, why in missing.items() if "sketchmine " in why), missing
+    assert f"sketchmine effects {where}" in missing["effects"] and f"sketchmine importance {where}" in missing["importance"]

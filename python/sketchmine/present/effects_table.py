@@ -6,6 +6,7 @@ import numpy as np
 from rich.table import Table
 
 from sketchmine.present.console import safe, titled
+from sketchmine.results.numbers import column, points
 from sketchmine.results.run import Run
 
 
@@ -13,20 +14,21 @@ def effects_table(run: Run, layer: str, n: int, shown: int = 3) -> Table:
     """The `n` units of `layer` whose largest probability change (any class) is largest:
     the class each pushes up most (zeroing the unit lowers it most) and down most (zeroing
     raises it most), each with the unit's effect, minus the change zeroing it makes (the sign
-    and digits `sketchmine unit` and the dashboards show), and its `shown` most correlated
-    units with r."""
+    and digits `sketchmine unit` and the dashboards show: percentage points, as the importance
+    table's probability drop), and its `shown` most correlated units with r."""
     df = run.unit_effects(layer, "prob")
     units, r = run.correlated_units(layer)
     delta = df.to_numpy()
     names = [safe(c) for c in df.columns]
     table = titled(f"{safe(layer)}: what each unit does to the output (each class's probability with the unit "
-                   f"minus with it zeroed, mean over {df.attrs.get('images')} images)")
-    for col in ("unit", "largest |Δp|", "pushes up (prob)", "pushes down (prob)", "most correlated units (r)"):
-        table.add_column(col, justify="right" if col in ("unit", "largest |Δp|") else "left")
+                   f"minus with it zeroed, in percentage points, mean over {df.attrs.get('images')} images)")
+    for col in ("unit", "largest |Δp| (pt)", "pushes up (pt)", "pushes down (pt)", "most correlated units (r)"):
+        table.add_column(col, justify="right" if col in ("unit", "largest |Δp| (pt)") else "left")
     size = np.nan_to_num(np.abs(delta), nan=-1.0).max(axis=1) if delta.size else np.zeros(len(df))
     for u in np.argsort(-size, kind="stable")[:n]:
         low, high = int(np.argmin(delta[u])), int(np.argmax(delta[u]))
-        corr = ", ".join(f"{int(j)} ({v:.2f})" for j, v in zip(units[u][:shown], r[u][:shown]) if j >= 0)
-        table.add_row(str(int(u)), f"{size[u]:.3g}", f"{names[low]} {-delta[u, low]:+.3g}",
-                      f"{names[high]} {-delta[u, high]:+.3g}", corr or "none defined")
+        rs = column(r[u][:shown].tolist(), 3)  # r as `sketchmine unit` and the dashboard write it
+        corr = ", ".join(f"{int(j)} ({v})" for j, v in zip(units[u][:shown], rs) if j >= 0)
+        table.add_row(str(int(u)), points(size[u]), f"{names[low]} {points(-delta[u, low], sign=True)}",
+                      f"{names[high]} {points(-delta[u, high], sign=True)}", corr or "none defined")
     return table

@@ -330,7 +330,9 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
         raise SketchmineError("write_report reads the run store only and opens no dataset: store the pictures "
                               "and activation over time with sketchmine.visualize(run, data=dataset) (CLI: "
                               "`sketchmine visualize RUN --layers L`), then write the report without dataset=")
-    run = run if isinstance(run, Run) else open_run(run)
+    if not isinstance(run, Run) or not Path(run.path).is_absolute():
+        # the report is read from its own folder: every command and path it names is the run's absolute one
+        run = open_run(Path(run if not isinstance(run, Run) else run.path).resolve())
     shown = Path(out)
     target = check_report_dir(shown, run.path)
     here = str(Path(run.path).resolve())

@@ -12,7 +12,7 @@ from rich.table import Table
 from sketchmine.present.console import safe, titled
 from sketchmine.present.json_out import print_json
 from sketchmine.results.effects import class_units
-from sketchmine.results.numbers import percent, shape_text, significant
+from sketchmine.results.numbers import column, enough, percent, points, shape_text, significant
 from sketchmine.results.run import open_run
 from sketchmine.results.unit_summary import LayerSummary
 
@@ -27,9 +27,11 @@ def _pct(v: float | None) -> str:
     return percent(v, 2)
 
 
-def _points(v: float | None) -> float | None:
-    """A probability change in percentage points, as the accuracy's beside it."""
-    return None if v is None else float(v) * 100
+def maxima(d: dict[str, Any]) -> list[str]:
+    """The maximum, the mean of the image maxima and the quantiles (all image maxima) written as
+    one column, as the dashboard's overview writes them ("0.6711" in both, not "0.671" here)."""
+    q = d["quantiles"]["values"] if d["quantiles"] is not None else []
+    return column([d["max"], d["moments"]["mean"] if d["moments"] is not None else None, *q])
 
 
 def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None = None) -> Table:
@@ -46,17 +48,18 @@ def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None 
             ("images mined", str(d["images"]))]
     if d.get("precision", "float32") != "float32":  # an autocast run: its values are not float32's
         rows.append(("computed in", safe(d["precision"])))
-    rows += [("max activation", _f(d["max"])),
+    shown = maxima(d)
+    rows += [("max activation", shown[0]),
             ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "no receptive field recorded")]
     m = d["moments"]
     if m is not None:
-        rows += [("mean of image maxima", _f(m["mean"])),
+        rows += [("mean of image maxima", shown[1]),
                  ("firing density", f"{_pct(m['density'])} %" + ("" if m["images"] is None else
                                                                  f" ({m['firing']} of {m['images']} images > 0)"))]
     imp = d["importance"]
     if imp is not None:
         rows += [("importance rank", f"{imp['rank']} of {d['units']}"),
-                 ("prob. drop / accuracy drop", f"{_f(_points(imp.get('prob_drop')))} pt / {_pct(imp.get('acc_drop'))} pt")]
+                 ("prob. drop / accuracy drop", f"{points(imp.get('prob_drop'))} pt / {_pct(imp.get('acc_drop'))} pt")]
     for k, v in rows:
         t.add_row(k, v)
     return t
@@ -67,8 +70,8 @@ def images_table(title: str, entries: list[dict[str, Any]]) -> Table:
     t = titled(title)
     for col in ("rank", "value", "image", "class", "acc. %", "path"):
         t.add_column(col, justify="right" if col in ("rank", "value", "image", "acc. %") else "left")
-    for e in entries:
-        t.add_row(str(e["rank"] + 1), _f(e["value"]), str(e["index"]), safe(e["cls"] or "?"), _pct(e["acc"]),
+    for e, v in zip(entries, column([e["value"] for e in entries])):
+        t.add_row(str(e["rank"] + 1), v, str(e["index"]), safe(e["cls"] or "?"), _pct(e["acc"]),
                   safe(e["path"]))
     return t
 
@@ -81,8 +84,8 @@ def distribution_table(d: dict[str, Any]) -> Table:
     t.add_column("quantile", justify="right")
     t.add_column("value", justify="right", no_wrap=True)
     bounds = q.get("bound") or [None] * len(q["values"])
-    for p, v, b in zip(q["q"], q["values"], bounds):
-        t.add_row(f"{p * 100:g} %", _f(v) if b is None else (f"< {_f(b)}" if b > 0 else f"> {_f(b)}"))
+    for p, v, b in zip(q["q"], maxima(d)[2:], bounds):
+        t.add_row(f"{p * 100:g} %", v if b is None else (f"< {_f(b, '.3g')}" if b > 0 else f"> {_f(b, '.3g')}"))
     return t
 
 
@@ -101,10 +104,12 @@ def bins_table(d: dict[str, Any]) -> Table:
     for col in ("bin", "range", "images (class)"):
         t.add_column(col, justify="right" if col == "bin" else "left")
     held = [b["bin"] for b in d["bins"] if b["examples"]]
-    for b in d["bins"]:
-        if not held or not held[0] <= b["bin"] <= held[-1]:
-            continue  # the grid's empty bins below the minimum and above the maximum
-        rng = "-" if b["lo"] is None else f"{_f(b['lo'])} … {_f(b['hi'])}"
+    # the grid's empty bins below the minimum and above the maximum left out
+    shown = [b for b in d["bins"] if held and held[0] <= b["bin"] <= held[-1]]
+    p = enough([float(x) for b in shown for x in (b["lo"], b["hi"]) if x is not None])  # edges never read alike
+    for b in shown:
+        rng = "-" if b["lo"] is None else " … ".join(x if isinstance(x, str) else format(x, f".{p}g")
+                                                       for x in (b["lo"], b["hi"]))
         ex = ", ".join(f"{e['index']} ({safe(e['cls'] or '?')})" for e in b["examples"]) or "(none)"
         t.add_row(str(b["bin"]), rng, ex)
     return t
@@ -121,10 +126,16 @@ def classes_table(d: dict[str, Any]) -> Table:
         cols.append([f"{safe(c['class'])} {c['count']} ({_pct(c['acc'])})" for c in d["classes_top"]])
     if d["class_means"] is not None:
         heads.append("highest mean maximum (mean)")
-        cols.append([f"{safe(c['class'])} ({_f(c['mean'], '.3g')})" for c in d["class_means"]])
+        means = column([c["mean"] for c in d["class_means"]])
+        cols.append([f"{safe(c['class'])} ({m})" for c, m in zip(d["class_means"], means)])
     if d["effects"] is not None:
-        heads += [f"pushed up ({safe(d['effects']['kind'])})", "pushed down"]
-        cols += [[f"{safe(c['class'])} {_f(c['effect'], '+.3g')}" for c in d["effects"][side]] for side in ("up", "down")]
+        prob = d["effects"]["kind"] != "logit"  # a probability's change in pt, as the drops above
+        heads += [f"pushed up ({'pt' if prob else 'logit'})", "pushed down"]
+        for side in ("up", "down"):
+            vs = [c["effect"] for c in d["effects"][side]]
+            by = [points(v, sign=True) for v in vs] if prob else \
+                [("+" if v > 0 else "") + x for v, x in zip(vs, column(vs, 3))]
+            cols.append([f"{safe(c['class'])} {b}" for c, b in zip(d["effects"][side], by)])
     for h in heads:
         t.add_column(h)
     if d["effects"] is not None and not d["effects"]["up"] and not d["effects"]["down"]:
@@ -138,8 +149,8 @@ def correlated_table(d: dict[str, Any]) -> Table:
     t = titled("most correlated units (image maxima)")
     t.add_column("unit", justify="right")
     t.add_column("r", justify="right")
-    for c in d["correlated"]:
-        t.add_row(str(c["unit"]), _f(c["r"], ".3f"))
+    for c, r in zip(d["correlated"], column([c["r"] for c in d["correlated"]], 3)):
+        t.add_row(str(c["unit"]), r)
     return t
 
 

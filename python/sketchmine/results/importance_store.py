@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError
-from sketchmine.results.numbers import column, percent
+from sketchmine.results.numbers import column, percent, points
 from sketchmine.store import schema
 
 if TYPE_CHECKING:  # annotations only: run.py imports this module
@@ -29,10 +29,11 @@ LABELS = {"unit": "unit", "prob_drop": "prob. drop (pt)", "acc_drop": "acc. drop
 def written(df: pd.DataFrame) -> dict[str, list[str]]:
     """Each value column of `read_importance` as people read it, in the console as in the
     report: both drops in percentage points (a probability's as an accuracy's: 0.0057 beside
-    "0.45 pt" read as two units), the accuracy's as `percent` writes it (a count of images), the
-    others with one count of decimals a column (`column`: units whose probability drops differ
-    in the fourth digit do not read as tied)."""
-    return {"prob_drop": column([float(v) * 100 for v in df["prob_drop"]]),
+    "0.45 pt" read as two units), the probability's as `points` writes it wherever it is shown
+    (4 decimals: units that differ in the fourth digit do not read as tied), the accuracy's as
+    `percent` writes it (a count of images), the mean activations with one count of decimals a
+    column (`column`)."""
+    return {"prob_drop": [points(float(v)) for v in df["prob_drop"]],
             "acc_drop": [percent(float(v), 2) for v in df["acc_drop"]],
             "mean_act_correct": column(df["mean_act_correct"].tolist()),
             "mean_act_wrong": column(df["mean_act_wrong"].tolist())}

@@ -26,6 +26,16 @@ def percent(a: float | None, decimals: int = 1) -> str:
     return "> 99.999999" if v > 50 else "< 0.000001" if v > 0 else "> -0.000001"
 
 
+def points(change: float | None, sign: bool = False) -> str:
+    """A change of a probability in percentage points, as the accuracy's beside it (0.005684 is
+    "0.5684"): 4 decimals (a millionth of a probability) wherever it is shown, so one unit's
+    probability drop reads the same in a table, a card and its dashboard; the extra decimals and
+    exact zero as `percent` writes them. `sign`: "+" before a rise (a unit's effect on a class),
+    not before `percent`'s "< 0.000001"."""
+    text = percent(change, 4)
+    return "+" + text if sign and text[0].isdigit() and change is not None and change > 0 else text
+
+
 def number(v: float | None, spec: str = ".3f") -> str:
     """A statistic as text with `spec`; "-" for None or NaN (a correlation over one class or where
     every class ties, the ink density of a class with no image mined yet), as `percent` writes
@@ -75,6 +85,18 @@ def significant(v: float, spec: str = ".3g") -> str:
         digits += 1
         text = format(float(v), f"{spec.rpartition('.')[0]}.{digits}g")
     return text
+
+
+def enough(values: Sequence[float | None], digits: int = 4) -> int:
+    """The fewest significant digits, from `digits`, that write no two different values alike
+    with a `g` spec: neighbouring bins' edges stay apart (1 … 1.125, 1.125 … 1.25) however close
+    they lie, in `sketchmine unit` as on the dashboard (dom.js `enough`)."""
+    xs = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    for q in range(digits, 17):
+        seen: dict[str, float] = {}
+        if all(seen.setdefault(format(x, f".{q}g"), x) == x for x in xs):
+            return q
+    return 17
 
 
 def shape_text(attrs: dict) -> str:

@@ -70,10 +70,17 @@
     var v = a * 100;
     if (v === 0 || v === 100) { return String(v); }
     for (var d = decimals === undefined ? 2 : decimals; d <= 6; d++) {
-      var t = v.toFixed(d);
+      var t = fixed(v, d);
       if (parseFloat(t) !== 0 && parseFloat(t) !== 100) { return t; }
     }
     return v > 50 ? "> 99.999999" : v > 0 ? "< 0.000001" : "> -0.000001";
+  }
+
+  // a probability's change in percentage points, 4 decimals wherever it is shown (numbers.points):
+  // one unit's probability drop reads the same in its card, its dashboard and the layer's table
+  function points(change, sign) {
+    var t = percent(change, 4);
+    return sign && /^\d/.test(t) && change > 0 ? "+" + t : t;
   }
 
   // x with d decimals as Python's format(x, ".<d>f") writes it: exact binary ties rounded half to
@@ -127,6 +134,6 @@
     return 17;
   }
 
-  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, column: column,
+  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, points: points, column: column,
                            enough: enough };
 })();

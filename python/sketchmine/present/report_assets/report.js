@@ -101,7 +101,7 @@
     if (u.importance) {
       var im = u.importance;
       c.appendChild(el("div", "imp", "importance rank " + im.rank + ": prob. drop " +
-        (im.prob_drop === null ? "-" : fmt(im.prob_drop * 100, 4)) + " pt, accuracy drop " + dom.percent(im.acc_drop, 2) + " pt"));
+        dom.points(im.prob_drop) + " pt, accuracy drop " + dom.percent(im.acc_drop, 2) + " pt"));
     }
     function strip(label, src, w, h, per) {
       var r = el("div", "row");

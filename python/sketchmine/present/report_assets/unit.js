@@ -57,8 +57,8 @@
     }
     if (d.importance) {
       rows.push(["importance rank", d.importance.rank + " of " + d.units]);
-      // in percentage points as the accuracy drop below (4 digits, as the layer page's column)
-      rows.push(["prob. drop when zeroed", (d.importance.prob_drop === null ? "-" : fmt(d.importance.prob_drop * 100, 4)) + " pt"]);
+      // in percentage points as the accuracy drop below, written as the layer page's table writes it
+      rows.push(["prob. drop when zeroed", dom.points(d.importance.prob_drop) + " pt"]);
       rows.push(["accuracy drop when zeroed", dom.percent(d.importance.acc_drop, 2) + " pt"]);
     }
     if (d.quantiles) {
@@ -201,15 +201,21 @@
 
   function effects(d, box) {
     if (!d.effects) { box.appendChild(missing(d, "effects", "effects on the output")); return; }
-    var t = table(["pushed up", "by", "pushed down", "by"], []);
+    // a probability's change in percentage points, as the drops above (numbers.points); a logit's as a column
+    var prob = d.effects.kind !== "logit", unit = prob ? "by (pt)" : "by (logit)";
+    var t = table(["pushed up", unit, "pushed down", unit], []);
     t.id = "effects";
     var up = d.effects.up, down = d.effects.down, tb = t.tBodies[0];
-    var by = function (side) { return dom.column(side.map(function (c) { return c.effect; }), 3); };
+    var by = function (side) {
+      var vs = side.map(function (c) { return c.effect; });
+      return prob ? vs.map(function (v) { return dom.points(v, true); }) :
+        dom.column(vs, 3).map(function (x, i) { return vs[i] > 0 ? "+" + x : x; });
+    };
     var ups = by(up), downs = by(down);
     for (var i = 0; i < Math.max(up.length, down.length); i++) {
       var row = el("tr");
       row.appendChild(el("td", null, i < up.length ? up[i]["class"] : ""));
-      row.appendChild(el("td", "num", i < up.length ? "+" + ups[i] : ""));
+      row.appendChild(el("td", "num", i < up.length ? ups[i] : ""));
       row.appendChild(el("td", null, i < down.length ? down[i]["class"] : ""));
       row.appendChild(el("td", "num", i < down.length ? downs[i] : ""));
       tb.appendChild(row);
