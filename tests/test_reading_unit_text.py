@@ -153,3 +153,26 @@ def test_narrow_consoles_keep_layer_names_whole(runs):
         Console(file=out, width=32).print(preferences_table(run))
         cells = [line.split("│")[1].strip() for line in out.getvalue().splitlines() if line.startswith("│")]
         assert [c for c in cells if c] == list(run.layers), out.getvalue()
+
+
+def test_a_narrow_summary_folds_layer_names_and_cuts_no_column(tmp_path, demo_test_set):
+    """At 60 columns `summary`'s layer table cut the layer names to "features.…" and
+    "classifie…"; keeping the names whole pushed its NaN column off the edge. Names fold
+    instead: each reads whole across its lines, and every column (NaN's too) stays on screen."""
+    from sketchmine.present.console import layers_table
+
+    ds = per_class_subset(demo_test_set, 4, "0:40")
+    run = sketchmine.mine("demo", ds, layers=["features.10", "classifier.4", "softmax"], out=tmp_path / "r.zarr")
+    out = io.StringIO()
+    Console(file=out, width=60).print(layers_table(run))
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 60 for line in lines) and any("NaN" in line for line in lines), out.getvalue()
+    rows = [line for line in lines if line.startswith("│")]
+    names: list[str] = []
+    for line in rows:
+        cells = line.split("│")
+        if cells[-2].strip():  # the NaN count is on a row's first line: a new row
+            names.append(cells[1].strip())
+        else:  # the folded rest of the row's name
+            names[-1] += cells[1].strip()
+    assert names == list(run.layers), out.getvalue()

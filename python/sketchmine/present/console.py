@@ -127,7 +127,8 @@ def layers_table(run: Run) -> Table:
     table = titled(f"{safe(run.path)}  ({state}" + (f"; {safe(run.precision)})" if note else ")"),
                    caption=None if note is None else safe(note), caption_justify="left")
     for col in ("layer", "kind", "shape", "units", "max activation", "NaN"):
-        table.add_column(col, justify="right" if col in ("units", "max activation", "NaN") else "left")
+        table.add_column(col, justify="right" if col in ("units", "max activation", "NaN") else "left",
+                         overflow="fold" if col == "layer" else "ellipsis")
     for name in run.layers:
         attrs = run.layer_attrs(name)
         peak = run.peak(name)
