@@ -5,6 +5,7 @@ and no module grows past the size a reader takes in at once."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "python" / "sketchmine"
@@ -81,6 +82,19 @@ def test_no_underscore_name_crosses_modules():
 def test_only_the_store_imports_zarr():
     assert sorted(m for m, f in MODULES.items() for mod, _ in _imports(f)
                   if mod.split(".")[0] == "zarr" and _stage(m) != "store") == []
+
+
+def test_the_docs_name_the_modules_that_import_zarr():
+    """docs/store.md and docs/development.md name the store modules that import zarr: the two
+    pages named other lists (and each a module that did not)."""
+    importing = {m.rsplit(".", 1)[1] for m, f in MODULES.items() for mod, _ in _imports(f) if mod.split(".")[0] == "zarr"}
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    store = " ".join((docs / "store.md").read_text().split())
+    named = re.search(r"the store modules (.+?) are the only code that imports Zarr", store)
+    assert named and set(re.findall(r"`(\w+)\.py`", named.group(1))) == importing
+    dev = " ".join((docs / "development.md").read_text().split())
+    named = re.search(r"of them only (.+?) import zarr", dev)
+    assert named and set(re.findall(r"`(\w+)`", named.group(1))) == importing
 
 
 def test_readers_of_a_run_need_no_model_and_no_dataset():
