@@ -425,3 +425,29 @@ def test_a_run_of_one_class_says_why_no_unit_has_a_selectivity(tmp_path, demo_te
     write_report(run, tmp_path / "rep", montages=0)
     text = (tmp_path / "rep" / "layers" / "00-features.0.html").read_text()
     assert "median nan" not in text and "this run has images of one class only" in text
+
+
+def test_strips_written_on_threads_are_all_on_disk_and_an_error_is_not_lost(tmp_path):
+    """The report's strips are encoded on worker threads (PngWriter): leaving the block, every
+    strip is on disk with its pixels; a worker's error (here a folder that is not there, as a
+    full disk would be) is raised there, and a write after it raises at once, not lost on its thread."""
+    from PIL import Image
+
+    from sketchmine.present.report_data import PngWriter
+
+    rng = np.random.default_rng(5)
+    strips = [rng.integers(0, 256, (28, 28 * 9), dtype=np.uint8) for _ in range(40)]
+    with PngWriter(workers=2, pending=4) as png:
+        for i, s in enumerate(strips):
+            png.save(s, tmp_path / f"{i}.png")
+    assert all(np.array_equal(np.asarray(Image.open(tmp_path / f"{i}.png")), s) for i, s in enumerate(strips))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        with PngWriter(workers=2) as png:
+            png.save(strips[0], tmp_path / "missing" / "0.png")
+            png.save(strips[1], tmp_path / "1b.png")
+    png = PngWriter(workers=1)
+    png.save(strips[0], tmp_path / "missing" / "0.png")
+    png._pool.shutdown(wait=True)  # the failed write done: the next one raises its error at once
+    with pytest.raises(FileNotFoundError):
+        png.save(strips[1], tmp_path / "after.png")
+    assert not (tmp_path / "after.png").exists()

@@ -30,8 +30,8 @@ import numpy as np
 from sketchmine.errors import SketchmineError, SketchmineFailure, unless_damaged
 from sketchmine.names import printable
 from sketchmine.present import plots
-from sketchmine.present.report_data import (PAGE_SIZE, classes_cell, importance_ranks, layer_data, layer_ids, percent,
-                                             precision_html, size_html)
+from sketchmine.present.report_data import (PAGE_SIZE, PngWriter, classes_cell, importance_ranks, layer_data, layer_ids,
+                                             percent, precision_html, size_html)
 from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
                                               report_marker, reported_run, swap_in)
 from sketchmine.present.report_unit import MONTAGES, copy_assets, unit_pages
@@ -384,15 +384,16 @@ def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, byt
         plots.summary_plot(run, out / "summary", SUMMARY_N, rows=summary)
     if stats:
         plots.ink_plot(run, out / "ink")
-    for name, lid in ids.items():
-        if run.has_importance(name):
-            plots.importance_plot(run, name, out / "importance" / lid)
-        if labelled:
-            plots.histogram_plot(run, name, out / "hist" / lid, formats=("png",))
-        slides = unit_pages(run, name, lid, out, montages)
-        pages, note = layer_data(run, name, lid, out, importance_ranks(run, name), images)
-        (out / "layers").mkdir(exist_ok=True)
-        _write_page(out / "layers" / f"{lid}.html", _layer_page(run, name, lid, pages, note, stats, slides))
+    with PngWriter() as png:  # the strips written on threads: every one on disk when the block ends
+        for name, lid in ids.items():
+            if run.has_importance(name):
+                plots.importance_plot(run, name, out / "importance" / lid)
+            if labelled:
+                plots.histogram_plot(run, name, out / "hist" / lid, formats=("png",))
+            slides = unit_pages(run, name, lid, out, png, montages)
+            pages, note = layer_data(run, name, lid, out, importance_ranks(run, name), png, images)
+            (out / "layers").mkdir(exist_ok=True)
+            _write_page(out / "layers" / f"{lid}.html", _layer_page(run, name, lid, pages, note, stats, slides))
     if isinstance(probe, Mapping):
         write_probe_files(out, probe, ids, PAGE_SIZE)
     _write_page(out / "index.html", _index(run, ids, stats, time.perf_counter() - t0, index_section(probe), summary))

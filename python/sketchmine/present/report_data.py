@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -63,6 +67,48 @@ def save_png(arr: np.ndarray, path: Path) -> None:
     if im.height > THUMB:
         im = im.resize((max(1, round(im.width * THUMB / im.height)), THUMB), Image.Resampling.BILINEAR)
     im.save(path, compress_level=1)
+
+
+class PngWriter:
+    """Writes the report's picture strips on worker threads while the report reads and lays out
+    the next units: Pillow's PNG encoder releases the GIL, and a visualized layer has thousands
+    of strips (a fifth of a report's time encoded one after another). At most `pending` strips
+    wait in memory. Leaving the `with` block waits for every write and raises the first error
+    (a full disk) there, before the report is swapped in; a write after an error raises it."""
+
+    def __init__(self, workers: int | None = None, pending: int = 64) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1),
+                                        thread_name_prefix="sketchmine-png")
+        self._slots = threading.BoundedSemaphore(pending)
+        self._error: BaseException | None = None
+
+    def save(self, arr: np.ndarray, path: Path) -> None:
+        """`save_png(arr, path)` on a worker thread (`arr` is not copied: it must not change)."""
+        if self._error is not None:
+            raise self._error
+        self._slots.acquire()
+        try:
+            self._pool.submit(self._write, arr, path)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _write(self, arr: np.ndarray, path: Path) -> None:
+        try:
+            if self._error is None:
+                save_png(arr, path)
+        except BaseException as exc:  # kept for the main thread: a worker's exception is otherwise lost
+            self._error = self._error or exc
+        finally:
+            self._slots.release()
+
+    def __enter__(self) -> PngWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=exc is not None)
+        if exc is None and self._error is not None:
+            raise self._error
 
 
 def strip(tiles: np.ndarray) -> np.ndarray:
@@ -121,9 +167,9 @@ def pictures_note(run: Run, name: str, attrs: dict[str, Any], has_patches: bool,
     return note
 
 
-def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, dict] | None,
+def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, dict] | None, png: PngWriter,
                images: bool = True) -> tuple[int, str]:
-    """Write the layer's page scripts and image strips; returns (pages, note on pictures).
+    """Write the layer's page scripts and image strips (through `png`); returns (pages, note on pictures).
     images: entries without a stored patch carry "image": null (no picture: the report opens
     no dataset), as the cards' data always had."""
     attrs = run.layer_attrs(name)
@@ -179,20 +225,21 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
                 scale = min(1.0, THUMB / h)
                 unit.update({"h": max(1, round(h * scale)), "w": max(1, round(w * scale)),
                              "patches": f"../img/{lid}/{u}_p.png"})
-                save_png(strip(patches[u - u0]), img_dir / f"{u}_p.png")
+                png.save(strip(patches[u - u0]), img_dir / f"{u}_p.png")
                 if deconv is not None:
-                    save_png(strip(deconv[u - u0]), img_dir / f"{u}_d.png")
+                    png.save(strip(deconv[u - u0]), img_dir / f"{u}_d.png")
                     unit["deconv"] = f"../img/{lid}/{u}_d.png"
             if u < opt_done:
-                unit["optimized"] = optimized_tile(run, name, u, lid, img_dir, opt)
+                unit["optimized"] = optimized_tile(run, name, u, lid, img_dir, opt, png)
             units.append(unit)
         (data_dir / f"page_{p:04d}.js").write_text(f"sketchmineReport.page({p}, {to_js(units)});\n")
     return pages, note
 
 
-def optimized_tile(run: Run, name: str, u: int, lid: str, img_dir: Path, opt: dict[str, Any]) -> dict[str, Any]:
+def optimized_tile(run: Run, name: str, u: int, lid: str, img_dir: Path, opt: dict[str, Any],
+                   png: PngWriter) -> dict[str, Any]:
     """A unit's stored feature visualisation image as a PNG beside its patches: its card entry."""
-    save_png(run.optimized(name, u), img_dir / f"{u}_o.png")
+    png.save(run.optimized(name, u), img_dir / f"{u}_o.png")
     return {"src": f"../img/{lid}/{u}_o.png", "method": opt.get("method"),
             "peak": num(run.optimized(name, u, key="optimized_peak"))}
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sketchmine.present.montage import Slides, save_montage
-from sketchmine.present.report_data import PAGE_SIZE, THUMB, precision_html, save_png, strip, to_js
+from sketchmine.present.report_data import PAGE_SIZE, THUMB, PngWriter, precision_html, strip, to_js
 from sketchmine.results.effects import class_units
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary, pictures_current
@@ -77,9 +77,9 @@ def _strips(run: Run, name: str, lid: str) -> Callable[[int], dict[str, Any]]:
     return strip
 
 
-def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGES) -> list[int]:
-    """Write the layer's dashboard page, its data scripts and its montages; returns the units
-    with a montage (the layer page lists them: its cards link to them)."""
+def unit_pages(run: Run, name: str, lid: str, out: Path, png: PngWriter, montages: int = MONTAGES) -> list[int]:
+    """Write the layer's dashboard page, its data scripts, its montages and (through `png`) its
+    example strips; returns the units with a montage (the layer page lists them: its cards link to them)."""
     copy_assets(out)
     summary = LayerSummary(run, name)
     extra = example_pictures(run, name)
@@ -104,7 +104,7 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, montages: int = MONTAGE
             if cut_examples(d, BIN_EXAMPLES):
                 d["all_examples"] = f"sketchmine unit {where} {shlex.quote(name)} {u} --json"
             d.update(strip(u))
-            d.update(example_strips(extra, lid, u, out, per_bin))
+            d.update(example_strips(extra, lid, u, out, png, per_bin))
             for which, group in schema.PICTURE_GROUPS.items():  # examples shown as text: say how to add pictures
                 if d.get(which) and group not in d:
                     d["missing"][group] = (f"sketchmine visualize {where} --layers {shlex.quote(name)} "
@@ -138,7 +138,8 @@ def example_pictures(run: Run, name: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def example_strips(extra: dict[str, dict[str, Any]], lid: str, u: int, out: Path, per_bin: int = 0) -> dict[str, Any]:
+def example_strips(extra: dict[str, dict[str, Any]], lid: str, u: int, out: Path, png: PngWriter,
+                   per_bin: int = 0) -> dict[str, Any]:
     """Write unit u's strips of its bottom-k and bin example pictures (img/<id>/<u>_{b,q}{p,d}.png);
     the dashboard's references to them ({"bottom_pictures": {...}, "bin_pictures": {...}})."""
     refs: dict[str, Any] = {}
@@ -151,9 +152,9 @@ def example_strips(extra: dict[str, dict[str, Any]], lid: str, u: int, out: Path
         scale = min(1.0, THUMB / h)
         ref = {"h": max(1, round(h * scale)), "w": max(1, round(w * scale)), "patches": f"../img/{lid}/{u}_{tag}p.png"}
         (out / "img" / lid).mkdir(parents=True, exist_ok=True)
-        save_png(strip(patches[u]), out / "img" / lid / f"{u}_{tag}p.png")
+        png.save(strip(patches[u]), out / "img" / lid / f"{u}_{tag}p.png")
         if "deconv" in arrays:
-            save_png(strip(arrays["deconv"][u]), out / "img" / lid / f"{u}_{tag}d.png")
+            png.save(strip(arrays["deconv"][u]), out / "img" / lid / f"{u}_{tag}d.png")
             ref["deconv"] = f"../img/{lid}/{u}_{tag}d.png"
         if which == "bins":
             if not per_bin:
