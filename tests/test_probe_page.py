@@ -228,3 +228,10 @@ def test_output_units_are_named_by_their_class_and_results_get_room(report, brow
     b = page.evaluate(layout)
     assert b[".probe-right"]["top"] >= b[".probe-left"]["bottom"] and b[".probe-right"]["width"] >= b["body"]["width"] - 1
     assert b["scroll"] <= 560 and problems == []
+    # stacked, the results' title follows the drawing's last words (empty notes and the title's own
+    # margin left a 70 px gap); an empty note takes no room, one with words shows them
+    gap = page.evaluate("""() => document.getElementById('preds-title').getBoundingClientRect().top -
+        Math.max(...[...document.querySelectorAll('.probe-left > *')].map(e => e.getBoundingClientRect().bottom))""")
+    assert 0 < gap <= 32, gap
+    assert page.evaluate("() => [...document.querySelectorAll('.probe-left p.note')].every(p => "
+                         "(p.textContent === '') === (getComputedStyle(p).display === 'none'))")
