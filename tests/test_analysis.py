@@ -16,7 +16,7 @@ from rich.console import Console
 import sketchmine
 from sketchmine.results import analysis
 from sketchmine.present import plots
-from sketchmine.present.console import print_compare
+from sketchmine.present.compare_console import print_compare
 from sketchmine.results.compare import compare, depth_pairs, layer_pairs
 from sketchmine.errors import SketchmineError
 from tests.helpers import StopAfter, all_activations
@@ -275,19 +275,16 @@ def test_compare_says_which_layers_of_the_longer_run_pair_with_none(mined, tmp_p
 
     from rich.console import Console
 
-    from sketchmine.present.console import compare_tables
+    from sketchmine.present.compare_console import print_compare
 
     run, _, _ = mined
     other = sketchmine.mine("demo", small_test_set, layers=["features.0", "classifier.6"], out=tmp_path / "b.zarr",
                             batch_size=100)
-    console = Console(file=io.StringIO(), width=300)
-    for table in compare_tables(compare(run, other, n=3)):
-        console.print(table)
+    console = Console(file=io.StringIO(), width=80)  # said whole on its line, not folded to a table's width
+    print_compare(run, other, 3, console)
     rest = [name for name in run.layers if name not in ("features.0", "classifier.6")]
     assert rest and f"A's layers paired with none: {', '.join(rest)}" in console.file.getvalue()
     assert "B's layers paired with none" not in console.file.getvalue()
-    from sketchmine.present.console import print_compare
-
     narrow = Console(file=io.StringIO(), width=80)  # the paths were folded into the accuracy table's title
     print_compare(run, other, 3, narrow)
     lines = narrow.file.getvalue().splitlines()

@@ -16,7 +16,8 @@ from scipy.stats import spearmanr
 import sketchmine
 from sketchmine.data import ArrayDataset
 from sketchmine.present import plots
-from sketchmine.present.console import compare_tables, preferences_table, unbiased_table
+from sketchmine.present.compare_console import compare_tables
+from sketchmine.present.console import preferences_table, unbiased_table
 from sketchmine.present.report import write_report
 from sketchmine.results.compare import compare
 

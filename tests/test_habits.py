@@ -389,8 +389,8 @@ def test_tables_written_to_a_file_keep_every_layer_name_whole(mined, tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in (tmp_path / "summary.txt").read_text().splitlines() if line.startswith("│ ")]
     assert rows and all("…" not in line for line in rows)  # no cell cut short
-    for layer in LAYERS:  # the layer table, the class lists and the class-preference table
-        assert sum(line.startswith(f"│ {layer} ") for line in rows) == 3, layer
+    for layer in LAYERS:  # the layer table, the class lists, the class-preference table and its statistics
+        assert sum(line.startswith(f"│ {layer} ") for line in rows) == 4, layer
 
 
 def test_a_run_without_distributions_names_the_command_that_adds_them(mined, tmp_path):

@@ -106,12 +106,14 @@ def test_unit_card_repr_names_its_top_images_classes(runs):
 def test_numbers_that_round_to_a_whole_number_or_zero_say_they_do_not():
     """UX audit: a GRU unit's softmax-like maximum 0.99986 read "1" on its slide (the card said
     0.99986), and a class preference of -0.001 read "-0.00" in `summary`."""
-    from sketchmine.present.montage import value_text
     from sketchmine.results.numbers import number, significant
+    from sketchmine.results.unit_summary import maxima_text
 
     assert [significant(v) for v in (0.99986, 1.0, 99.96, 3.3, -0.99986, 0.5, 4.0)] == \
         ["0.9999", "1", "99.96", "3.3", "-0.9999", "0.5", "4"]
-    assert value_text(0.99986) == "0.9999" and value_text(None) == "-"
+    # the slide's maximum and mean, as the dashboard writes them
+    assert maxima_text({"max": 0.99999, "moments": {"mean": 0.99986}, "quantiles": None}) == ["0.99999", "0.99986"]
+    assert maxima_text({"max": 2.5, "moments": None, "quantiles": None}) == ["2.500", "-"]
     assert [number(v, "+.2f") for v in (-0.001, 0.0, -0.004, 0.5, float("nan"), -0.0)] == \
         ["-0.001", "+0.00", "-0.004", "+0.50", "-", "+0.00"]
     assert number(-0.0) == "0.000"
@@ -150,7 +152,7 @@ def test_narrow_consoles_keep_layer_names_whole(runs):
     hot, plain = runs
     for run in runs:
         out = io.StringIO()
-        Console(file=out, width=32).print(preferences_table(run))
+        Console(file=out, width=40).print(preferences_table(run))  # (narrower, it would not fit: names fold)
         cells = [line.split("│")[1].strip() for line in out.getvalue().splitlines() if line.startswith("│")]
         assert [c for c in cells if c] == list(run.layers), out.getvalue()
 
@@ -176,3 +178,33 @@ def test_a_narrow_summary_folds_layer_names_and_cuts_no_column(tmp_path, demo_te
         else:  # the folded rest of the row's name
             names[-1] += cells[1].strip()
     assert names == list(run.layers), out.getvalue()
+
+
+def test_no_table_runs_past_a_narrow_terminal(tmp_path, demo_test_set):
+    """At 80 (and 60) columns `summary`'s class-preference table and `compare`'s layer table were
+    wider than the terminal (a layer column's least width kept past the edge): every line cut at
+    the edge, numbers to "-0." and the last column gone without a mark. Every line now fits; at
+    80 the tables keep each layer name and number whole."""
+    from sketchmine.present.compare_console import print_compare
+    from sketchmine.present.console import print_summary
+
+    ds = per_class_subset(demo_test_set, 4, "0:40")
+    run = sketchmine.mine("demo", ds, layers=["features.10", "classifier.4", "softmax"], out=tmp_path / "r.zarr")
+    other = sketchmine.mine("demo", ds, layers=["features.3", "classifier.1"], out=tmp_path / "o.zarr")
+    for width in (60, 80):
+        for show, names in ((lambda c: print_summary(str(run.path), 5, c), set(run.layers)),
+                            (lambda c: print_compare(run, other, 5, c), {"features.10", "softmax", "features.3"})):
+            out = io.StringIO()
+            show(Console(file=out, width=width))
+            lines = out.getvalue().splitlines()
+            # (compare's "A: path" lines keep a path whole on purpose)
+            assert all(len(line) <= width for line in lines if not line.startswith(("A: ", "B: "))), out.getvalue()
+            tables = [line for line in lines if line.startswith(("┃", "│", "┏", "└"))]
+            assert all(line.endswith(("┃", "│", "┓", "┘")) for line in tables), out.getvalue()  # each border whole
+            if width == 80:
+                rows = {cell.strip() for line in tables if line.startswith("│") for cell in line.split("│")[1:3]}
+                assert names <= rows, out.getvalue()
+    out = io.StringIO()
+    print_summary(str(run.path), 5, Console(file=out, width=80))
+    rho = re.findall(r"│ classifier\.4 .*│\s*([-+]\d\.\d{3}|-) │\s*([-+]\d\.\d{3}|-) │$", out.getvalue(), flags=re.M)
+    assert rho, out.getvalue()  # the two accuracy correlations whole, in their own table

@@ -335,7 +335,7 @@ def test_visualize_a_sequence_run(tmp_path):
     captions = [t for ax in unit_montage(run, "gru", 1).axes for t in ax.texts if t.get_text()]
     assert len({t.get_fontsize() for t in captions}) == 1  # one size a slide (the longest caption's)
     assert any(t.startswith(f"softmax · unit 1 · {run.class_names[1]}") for t in texts(unit_montage(run, "softmax", 1)))
-    assert "mean image maximum" in said
+    assert "mean of image maxima" in said  # the dashboard's words
 
 
 class _Stop(Exception):

@@ -291,12 +291,13 @@ def test_quantiles_below_the_sketch_floor_are_shown_as_bounds(tmp_path, demo_tes
 
 def test_percentages_are_100_or_0_only_when_exact(tmp_path, inf_run, browser):  # noqa: F811
     """The slide rounded a firing density of 1999/2000 to "100.0%" and the pages'
-    toFixed(2) did the same to 19999/20000: all or none is now said only when exact."""
+    toFixed(2) did the same to 19999/20000: all or none is now said only when exact. The slide
+    writes a rate as the dashboard does ("99.95 %", 2 decimals)."""
     from sketchmine.present.montage import _pct
     from sketchmine.present.report_data import percent
 
     assert [_pct(1999 / 2000), _pct(1.0), _pct(0.0), _pct(1 / 2000), _pct(None)] == \
-        ["99.95%", "100%", "0%", "0.1%", "-"]
+        ["99.95 %", "100 %", "0 %", "0.05 %", "-"]
     assert [percent(19999 / 20000, 2), percent(1e-9, 2), percent(float("nan"))] == ["99.995", "< 0.000001", "-"]
     # an accuracy drop of one image in 50,000 (ablating a unit can help): "-0.002", never "-0.00"
     assert [percent(-1 / 50000, 2), percent(1 / 50000, 2), percent(-0.0, 2)] == ["-0.002", "0.002", "0"]
@@ -328,7 +329,8 @@ def test_a_layer_visualize_never_reached_says_no_pictures_yet(tmp_path, demo_tes
     assert 0 in done.values(), done
     write_report(run, tmp_path / "rep", montages=0)
     for lid, name in zip(("00-features.0", "01-classifier.6"), run.layers):
-        note = re.findall(r'id="pictures-note">([^<]*)', (tmp_path / "rep" / "layers" / f"{lid}.html").read_text())
+        note = re.findall(r'id="pictures-note">(.*?)</p>', (tmp_path / "rep" / "layers" / f"{lid}.html").read_text())
+        note = [re.sub(r"</?code>", "", n) for n in note]  # the command set as code
         hint = f"sketchmine visualize {run.path} --layers {name}"
         if done[name] == 0:
             assert note and note[0].startswith("no pictures yet") and hint in note[0] and "0..-1" not in note[0]

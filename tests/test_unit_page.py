@@ -739,15 +739,71 @@ def test_points_and_enough_are_their_dom_twins(tmp_path, browser):  # noqa: F811
     page.close()
 
 
-def test_the_dashboards_hints_name_the_runs_absolute_path(run, tmp_path, monkeypatch):
+def test_the_dashboards_hints_name_the_runs_absolute_path(run, tmp_path, monkeypatch, browser):  # noqa: F811
     """The report is read from its own folder: every command its dashboards name (how to add
-    effects, importance, pictures) says where the run is, the visualize hint did, the others named
-    the path as given ("run.zarr", from wherever `report` was called)."""
-    monkeypatch.chdir(Path(run.path).parent)
-    out = write_report(Path(run.path).name, tmp_path / "rep", montages=0).parent
+    effects, importance, pictures) says where the run is, quoted for a shell (a folder with a
+    space broke the pasted command), and is set as code (it broke after "--"). The visualize
+    hint did, the others named the path as given ("run.zarr", from wherever `report` was called)."""
+    from sketchmine.cli.parser import build_parser
+
+    home = tmp_path / "my runs"
+    shutil.copytree(run.path, home / "run.zarr")
+    monkeypatch.chdir(home)
+    out = write_report("run.zarr", tmp_path / "rep", montages=0).parent
     data = (out / "dash" / "01-classifier.1" / "unit_0000.js").read_text()
     missing = json.loads(data[data.index("["):data.rindex("]") + 1])[0]["missing"]
-    where = str(Path(run.path).resolve())
+    where = str((home / "run.zarr").resolve())
     assert {"effects", "importance"} <= missing.keys()
-    assert all(where in why for key, why in missing.items() if "sketchmine " in why), missing
-    assert f"sketchmine effects {where}" in missing["effects"] and f"sketchmine importance {where}" in missing["importance"]
+    page, problems = _open(browser, (out / "units" / "01-classifier.1.html").as_uri() + "#unit=0")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '0'")
+    shown = page.evaluate("() => [...document.querySelectorAll('p.missing code')].map(c => c.textContent)")
+    commands = [shlex.split(c) for c in shown]
+    assert {c[1] for c in commands} >= {"effects", "importance"} and problems == []
+    for words in commands:
+        assert words[0] == "sketchmine" and where in words, words  # the path one word, as a shell reads it
+        args = build_parser().parse_args(words[1:])  # a command the CLI takes
+        assert str(args.run) == where and args.layers == ["classifier.1"], words
+    assert all(where not in why or f"{shlex.quote(where)} --layers" in why for why in missing.values() if "`" in why)
+    page.close()
+
+def test_slide_effects_and_unit_tables_say_what_the_dashboard_says(rep, run, browser):  # noqa: F811
+    """The slide wrote its mean and rates with other digits than the dashboard ("1.99" beside
+    "1.986", "31.5%" beside "31.50 %"); `sketchmine effects` named a dead unit's class both ways
+    ("bear 0" pushed up and down) where `unit` and the dashboard say it pushes none; `unit`'s
+    "pushed down" column had no unit; at 60 columns `unit` cut the image paths ("horse/00148.p…")."""
+    import io
+
+    from rich.console import Console
+
+    from sketchmine.present.effects_table import effects_table
+    from sketchmine.present.montage import unit_montage
+    from sketchmine.present.unit_console import print_unit
+    from sketchmine.results.unit_summary import LayerSummary
+
+    effects = run.unit_effects(SHOWN)
+    dead = [int(u) for u, row in effects.iterrows() if not (row.to_numpy() != 0).any()]
+    page, problems = _open(browser, (rep / "units" / "00-features.6.html").as_uri())
+    for u in (3, dead[0]):
+        page.evaluate(f"() => {{ location.hash = 'unit={u}'; }}")
+        page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{u}'")
+        overview = dict(page.evaluate("() => [...document.getElementById('overview').rows]"
+                                      ".map(r => [r.cells[0].textContent, r.cells[1].textContent])"))
+        said = [t.get_text() for t in unit_montage(run, SHOWN, u).texts]
+        for label in ("mean of image maxima", "firing density"):
+            shown = overview[label].split(" (")[0]  # the dashboard's "0 % (0 of 60 images > 0)"
+            assert label in said and shown in said, (u, label, shown, said)
+    out = io.StringIO()
+    Console(file=out, width=300).print(effects_table(run, SHOWN, len(effects)))
+    row = next(line for line in out.getvalue().splitlines() if re.match(rf"│\s*{dead[0]} │", line))
+    assert row.split("│")[3].strip() == row.split("│")[4].strip() == "(none)", row
+    out = io.StringIO()
+    print_unit(run.path, SHOWN, 3, Console(file=out, width=250))
+    assert "pushed down (pt)" in out.getvalue()
+    out = io.StringIO()
+    print_unit(run.path, SHOWN, 3, Console(file=out, width=60))
+    top = LayerSummary(run, SHOWN).unit(3)["top"]
+    table = out.getvalue().split(f"top {len(top)} images")[1].split("bottom")[0]
+    paths = "".join(line.split("│")[-2].strip() for line in table.splitlines() if line.startswith("│"))
+    assert "…" not in paths and all(e["path"] in paths for e in top), table  # folded, whole
+    assert problems == []
+    page.close()

@@ -1,5 +1,15 @@
-"""File names as text: what a stream, a page or a message can hold of a name the OS handed back."""
+"""File names as text: what a stream, a page or a message can hold of a name the OS handed back,
+and a command naming them that a shell reads back as they are."""
 from __future__ import annotations
+
+import shlex
+
+
+def command(*words: object) -> str:
+    """A command line with every word quoted where a shell needs it (a run's path with a space, a
+    layer name with a quote; "--layers" and "features.6" stay as they are), so the command a
+    message names can be pasted as it is."""
+    return " ".join(shlex.quote(str(w)) for w in words)
 
 
 def printable(name: str) -> str:

@@ -129,7 +129,9 @@ def demo_report(run: Run, dest: Path, console: Console) -> Path:
 
 def _run_demo(out: Path, batch_size: int, reports: Path, console: Console) -> dict[str, Path]:
     from sketchmine.passes.importance import unit_importance
-    from sketchmine.present.console import importance_table, print_compare, print_summary, safe
+    from sketchmine.names import command
+    from sketchmine.present.compare_console import print_compare
+    from sketchmine.present.console import importance_table, print_summary, safe
     from sketchmine.results.run import open_run
 
     console.print("[bold]sketchmine demo[/]: every layer of the embedded SketchNet (demo) and small ResNet "
@@ -146,5 +148,5 @@ def _run_demo(out: Path, batch_size: int, reports: Path, console: Console) -> di
     console.print(importance_table(open_run(runs[gru].path), layer, 10))
     index = {m: demo_report(run, reports / m, console) for m, run in runs.items()}
     a, b = (runs[m].path for m in MODELS)
-    console.print(safe(f"runs stored in {out}; compare them again with: sketchmine compare {a} {b}"))
+    console.print(safe(f"runs stored in {out}; compare them again with: {command('sketchmine', 'compare', a, b)}"))
     return index

@@ -220,7 +220,7 @@ def _compare(args: argparse.Namespace, console: Console) -> None:
 
         print_json(compare_data(compare(args.run_a, args.run_b, args.n)))
     else:
-        from sketchmine.present.console import print_compare
+        from sketchmine.present.compare_console import print_compare
 
         print_compare(args.run_a, args.run_b, args.n, console)
 

@@ -34,6 +34,7 @@ from torch import nn
 from sketchmine.data.preprocess import LUMA, Preprocessing, convert_channels
 from sketchmine.data.sequences import background_of
 from sketchmine.errors import SketchmineError, first_line
+from sketchmine.names import command
 from sketchmine.model.backend import first_tensor
 from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import SOFTMAX, Taps
@@ -151,7 +152,7 @@ def input_size(run: Run, pre: Preprocessing | None, size: Any = None,
     if given is not None:
         return given
     raise SketchmineError(f"run {run.path} records no input size (no preprocessing size, no layer seeing the "
-                          f"whole input); pass size=(H, W), on the command line `sketchmine probe {run.path} --out "
+                          f"whole input); pass size=(H, W), on the command line `{command('sketchmine', 'probe', run.path)} --out "
                           "DIR --size H W` (report has no --size)")
 
 

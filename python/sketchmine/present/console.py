@@ -8,12 +8,12 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -29,14 +29,12 @@ from rich.table import Table
 from rich.text import Text
 
 from sketchmine.errors import SketchmineError, unless_damaged
+from sketchmine.present.fitting import FittingTable
 from sketchmine.results import importance_store
 from sketchmine.results.numbers import number, percent, shape_text
-from sketchmine.results.precision import precision_differs, precision_note
+from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import not_yet, size_note, ties_words
-
-if TYPE_CHECKING:
-    from sketchmine.results.compare import Comparison
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -70,8 +68,8 @@ def titled(title: str, **kwargs: Any) -> Table:
     folds a title to the table's width, and a table of two narrow columns wrote its title in
     three lines."""
     width = Text.from_markup(title).cell_len
-    return Table(title=title, **{**kwargs, "min_width": max(kwargs.get("min_width") or 0,
-                                                            width if width <= TITLE_WIDTH else 0)})
+    return FittingTable(title=title, **{**kwargs, "min_width": max(kwargs.get("min_width") or 0,
+                                                                   width if width <= TITLE_WIDTH else 0)})
 
 
 class RichProgress:
@@ -169,7 +167,7 @@ def _classes_cell(df: pd.DataFrame, per_image: bool = False) -> str:
         return ties
 
     def extra(r: pd.Series) -> str:
-        shown = ([] if np.isnan(r["accuracy"]) else [percent(r["accuracy"], 1)]) + ([f"{r['per_image']:.2f}/img"] if per_image else [])
+        shown = ([] if np.isnan(r["accuracy"]) else [percent(r["accuracy"], 2)]) + ([f"{r['per_image']:.2f}/img"] if per_image else [])
         return f" ({'; '.join(shown)})" if shown else ""
 
     listed = ", ".join(f"{safe(cls)} {int(r['count'])}{extra(r)}" for cls, r in df.iterrows())
@@ -196,21 +194,23 @@ def preferences_table(run: Run, n: int = 5) -> Table:
     if unlabelled:  # a dataset with some images labelled -1: their entries count for no class
         notes.append("top-k entries of unlabelled images, left out of the counts: " + ", ".join(unlabelled))
     if run.layers and top.attrs.get("no_images"):
-        notes.append(_no_images(top.attrs["no_images"]))
+        notes.append(no_images_note(top.attrs["no_images"]))
     table.caption = "\n".join(notes) or None
     return table
 
 
-def _no_images(classes: list[str]) -> str:
+def no_images_note(classes: list[str]) -> str:
+    """The classes a view leaves out because no image of theirs was mined."""
     return f"classes without images, left out: {', '.join(safe(c) for c in classes)}"
 
 
-def unbiased_table(run: Run, n: int = 5) -> Table | None:
-    """Per layer the n most and least preferred classes over ALL images (z-scored class means),
-    the median class-selectivity index over the units that have one (the cell says how many: a
-    layer read before its ReLU leaves most out), the correlation with class ink density and
-    with class accuracy (`Run.accuracy_correlation`, by top-k count per image and by this
-    preference); None when the run has no class statistics (no labels, or mined before them)."""
+def unbiased_table(run: Run, n: int = 5) -> Group | None:
+    """Per layer the n most and least preferred classes over ALL images (z-scored class means);
+    then, a table of its own (one of eight columns cut the class names and numbers at 80
+    columns), the median class-selectivity index over the units that have one (the cell says
+    how many: a layer read before its ReLU leaves most out), the correlation with class ink
+    density and with class accuracy (`Run.accuracy_correlation`, by top-k count per image and by
+    this preference); None when the run has no class statistics (no labels, or mined before them)."""
     from sketchmine.results import analysis
 
     if not analysis.has_class_stats(run):
@@ -221,12 +221,14 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
     except SketchmineError as exc:  # no predictions: the accuracy columns say "-"
         unless_damaged(exc)
         acc = None
-    title = ("class preference over all images (mean z-scored class mean; Spearman ρ with class ink density "
-             "and with class accuracy, by top-k count per image and by this preference)")
-    table = titled(title if run.complete else f"PARTIAL ({run.images_done} images): {title}", caption_justify="left")
-    numeric = ("selectivity (median)", "ρ ink", "p", "ρ acc top-k", "ρ acc all")
-    for col in ("layer", f"top {n}", f"bottom {n}", *numeric):
-        table.add_column(col, justify="right" if col in numeric else "left",
+    partial = "" if run.complete else f"PARTIAL ({run.images_done} images): "
+    prefs = titled(f"{partial}class preference over all images (mean z-scored class mean)")
+    stats = titled(f"{partial}selectivity, and Spearman ρ with class ink density and with class accuracy (by top-k "
+                   "count per image and by this preference)", caption_justify="left")
+    for col in ("layer", f"top {n}", f"bottom {n}"):
+        prefs.add_column(col, min_width=name_width(run.layers) if col == "layer" else None)
+    for col in ("layer", "selectivity (median)", "ρ ink", "p", "ρ acc top-k", "ρ acc all"):
+        stats.add_column(col, justify="left" if col == "layer" else "right",
                          min_width=name_width(run.layers) if col == "layer" else None)
     no_images: set[int] = set()  # class positions: a name may repeat
     for name in run.layers:
@@ -236,15 +238,15 @@ def unbiased_table(run: Run, n: int = 5) -> Table | None:
         fmt = lambda df: ", ".join(f"{safe(c)} {number(r['preference'], '+.2f')}" for c, r in df.iterrows())  # noqa: E731
         row = corr.loc[name]
         rho = ["-", "-"] if acc is None else [number(acc.loc[name, f"spearman_{m}"], "+.3f") for m in ("topk", "preference")]
-        table.add_row(safe(name), fmt(pref.head(n)), fmt(pref.tail(n)),
-                      (f"{si.median():.3f} " if si.notna().any() else "- ") + f"over {int(si.notna().sum())} of {len(si)} units",
-                      number(row["spearman"], "+.3f"), number(row["p_value"], ".3g"), *rho)
+        prefs.add_row(safe(name), fmt(pref.head(n)), fmt(pref.tail(n)))
+        stats.add_row(safe(name), (f"{si.median():.3f} " if si.notna().any() else "- ") + f"over {int(si.notna().sum())} of "
+                      f"{len(si)} units", number(row["spearman"], "+.3f"), number(row["p_value"], ".3g"), *rho)
     notes = ["selectivity: median over the units that have one; it needs non-negative class means, so units of a "
              "layer read before its ReLU (a negative class mean) have none"]
     if no_images:
-        notes.append(_no_images([run.class_names[c] for c in sorted(no_images)]))
-    table.caption = "\n".join(notes)
-    return table
+        notes.append(no_images_note([run.class_names[c] for c in sorted(no_images)]))
+    stats.caption = "\n".join(notes)
+    return Group(prefs, stats)
 
 
 def ink_table(run: Run) -> Table:
@@ -257,59 +259,6 @@ def ink_table(run: Run) -> Table:
     for c, v, a in zip(ink.index, ink.to_numpy(), acc):  # by position: a dataset may repeat a class name
         table.add_row(safe(c), number(v, ".3f"), percent(a, 2))
     return table
-
-
-def compare_header(cmp: Comparison) -> str:
-    """Which run is A and which B, and whether their precisions differ: lines of their own above the
-    tables (in the accuracy table's title the paths were folded to its width, three lines of a path)."""
-    differs = precision_differs(cmp.a, cmp.b)
-    return f"A: {safe(cmp.a.path)}\nB: {safe(cmp.b.path)}" + ("" if differs is None else f"\n{safe(differs)}")
-
-
-def compare_tables(cmp: Comparison) -> list[Table]:
-    """`compare.Comparison` as two tables: accuracy side by side, then the paired layers (the
-    title says how they were paired: by name, the logits with the logits, by relative depth)."""
-    oa, ob = cmp.overall
-    acc = titled(f"accuracy: A ({_overall(oa, cmp.a)}) vs B ({_overall(ob, cmp.b)})")
-    for col in ("class", "A %", "B %", "B − A (pt)"):
-        acc.add_column(col, justify="left" if col == "class" else "right")
-    pct = lambda v: percent(v, 2)  # noqa: E731
-    for c, r in cmp.accuracy.iterrows():  # a change carries its sign either way ("+5.00", "-1.50")
-        acc.add_row(safe(c), pct(r["accuracy_a"]), pct(r["accuracy_b"]), ("+" if r["difference"] > 0 else "") + pct(r["difference"]))
-    how = set(cmp.layers["paired_by"]) if len(cmp.layers) else {"depth"}
-    paired = ("by name" if how == {"name"} else "by relative depth" if how == {"depth"} else
-              "by name where both runs have the layer" + (", the logits with the logits" if "output" in how else "")
-              + (", else by relative depth" if "depth" in how else ""))
-    lay = titled(f"layers paired {paired}: top/bottom {cmp.n} classes among the top-k images, Jaccard overlap")
-    for col in ("layer A", "layer B", f"top {cmp.n} A", f"top {cmp.n} B", "J top", f"bottom {cmp.n} A",
-                f"bottom {cmp.n} B", "J bottom"):
-        lay.add_column(col, justify="right" if col.startswith("J") else "left",
-                       min_width=name_width(cmp.layers[f"layer_{col[-1].lower()}"]) if col.startswith("layer") else None)
-
-    def cell(r: pd.Series, key: str) -> str:  # the list, then the classes tied at its cut
-        if r[f"all_tied_{key[-1]}"]:
-            return f"all {len(r[key]) + len(r['tied_' + key])} classes tied"
-        tied = len(r[f"tied_{key}"])
-        return ", ".join(safe(x) for x in r[key]) + (f" + {tied} tied" if tied else "")
-
-    for _, r in cmp.layers.iterrows():
-        lay.add_row(safe(r["layer_a"]), safe(r["layer_b"]), cell(r, "top_a"), cell(r, "top_b"), number(r["jaccard_top"], ".2f"),
-                    cell(r, "bottom_a"), cell(r, "bottom_b"), number(r["jaccard_bottom"], ".2f"))
-    lay.caption = ("J: Jaccard overlap of the listed classes plus those tied at the cut; '-' where a layer's classes all "
-                   "tie (no top or bottom classes)")
-    if cmp.no_images:
-        lay.caption += "\n" + _no_images(cmp.no_images)
-    for side, run, key in (("A", cmp.a, "layer_a"), ("B", cmp.b, "layer_b")):  # the longer run's rest: said, not dropped
-        left = [name for name in run.layers if name not in set(cmp.layers[key])] if len(cmp.layers) else []
-        if left:
-            lay.caption += f"\n{side}'s layers paired with none: {', '.join(safe(name) for name in left)}"
-    lay.caption_justify = "left"
-    return [acc, lay]
-
-
-def _overall(acc: float | None, run: Run) -> str:
-    """A compared run's accuracy, with its precision when it was mined under autocast."""
-    return ("-" if acc is None else f"{percent(acc, 2)}%") + (f", {safe(run.precision)}" if run.reduced_precision else "")
 
 
 def importance_table(run: Run, name: str, n: int) -> Table:
@@ -360,19 +309,6 @@ def print_report(path: str, out: str, console: Console, probe: Any = None) -> Pa
         logging.getLogger("sketchmine").warning(f"no live probe: {probe}")
     console.print(f"report written in {time.perf_counter() - t0:.1f} s: open {safe(index)}")
     return index
-
-
-def print_compare(a: Run | str, b: Run | str, n: int, console: Console, title: bool = False) -> None:
-    """`sketchmine compare A B`: accuracy per class side by side, layers paired by name or depth; with
-    `title`, a rule naming the two models first (the demo)."""
-    from sketchmine.results.compare import compare
-
-    cmp = compare(a, b, n)
-    if title:
-        console.rule(f"[bold]compare[/]: A = {safe(cmp.a.attrs.get('model'))}, B = {safe(cmp.b.attrs.get('model'))}")
-    console.print(compare_header(cmp), soft_wrap=True)  # a path on its line whole, however long
-    for table in compare_tables(cmp):
-        console.print(table)
 
 
 def print_mined(run: Run, progress: RichProgress, no_logits: bool, console: Console) -> None:

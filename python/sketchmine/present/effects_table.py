@@ -29,6 +29,9 @@ def effects_table(run: Run, layer: str, n: int, shown: int = 3) -> Table:
         low, high = int(np.argmin(delta[u])), int(np.argmax(delta[u]))
         rs = column(r[u][:shown].tolist(), 3)  # r as `sketchmine unit` and the dashboard write it
         corr = ", ".join(f"{int(j)} ({v})" for j, v in zip(units[u][:shown], rs) if j >= 0)
-        table.add_row(str(int(u)), points(size[u]), f"{names[low]} {points(-delta[u, low], sign=True)}",
-                      f"{names[high]} {points(-delta[u, high], sign=True)}", corr or "none defined")
+        # a class only where zeroing moves it that way, as the dashboard lists them: a unit that never
+        # fires read "bear 0" both ways
+        up = f"{names[low]} {points(-delta[u, low], sign=True)}" if delta[u, low] < 0 else "(none)"
+        down = f"{names[high]} {points(-delta[u, high], sign=True)}" if delta[u, high] > 0 else "(none)"
+        table.add_row(str(int(u)), points(size[u]) if size[u] >= 0 else "-", up, down, corr or "none defined")
     return table

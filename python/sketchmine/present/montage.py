@@ -22,10 +22,10 @@ from matplotlib.patches import Rectangle
 from sketchmine.errors import SketchmineError
 from sketchmine.present.report_data import percent
 from sketchmine.results.effects import class_units
-from sketchmine.results.numbers import column, significant
+from sketchmine.results.numbers import column
 from sketchmine.results.run import Run
 from sketchmine.results.traces import entry_steps
-from sketchmine.results.unit_summary import LayerSummary
+from sketchmine.results.unit_summary import LayerSummary, maxima_text
 from sketchmine.store import schema
 
 SLIDE_INCHES = (16.0, 9.0)
@@ -57,13 +57,6 @@ def montage_optimized(run: Run, layer: str, unit: int) -> np.ndarray | None:
 def unit_info(run: Run, layer: str, unit: int) -> dict[str, Any]:
     """Unit `unit`'s summary as the slide and the dashboard show it (infinities kept)."""
     return LayerSummary(run, layer).unit(unit, infinities=True, infinite_bins=False)
-
-
-def value_text(v: Any, spec: str = ".3g") -> str:
-    """A summary value as text: "-" for none (NaN), "inf" / "-inf" as such."""
-    if v is None:
-        return "-"
-    return v if isinstance(v, str) else significant(float(v), spec)
 
 
 def mosaic(tiles: np.ndarray, ranks: list[int], gap: int) -> np.ndarray:
@@ -143,8 +136,9 @@ class _Single:
 
 
 def _pct(a: float | None) -> str:
-    text = percent(a)
-    return text if text == "-" else f"{text}%"
+    """A rate as the dashboard writes it ("31.50 %", not "31.5%")."""
+    text = percent(a, 2)
+    return text if text == "-" else f"{text} %"
 
 
 CLASS_LINES = 8
@@ -160,7 +154,7 @@ def _facts(info: dict[str, Any]) -> list[tuple[str, str]]:
              ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "whole image")]
     m = info.get("moments")
     if m is not None:
-        lines.append(("mean image maximum", value_text(m["mean"])))  # over all images: the maxima's mean
+        lines.append(("mean of image maxima", maxima_text(info)[1]))  # as the dashboard and `sketchmine unit` write it
         lines.append(("firing density", _pct(m["density"])))
     imp = info.get("importance")
     if imp is not None:

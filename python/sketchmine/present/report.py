@@ -31,7 +31,7 @@ from sketchmine.errors import SketchmineError, SketchmineFailure, unless_damaged
 from sketchmine.names import printable
 from sketchmine.present import plots
 from sketchmine.present.report_data import (PAGE_SIZE, PngWriter, classes_cell, importance_ranks, layer_data, layer_ids,
-                                             percent, precision_html, size_html)
+                                             percent, precision_html, size_html, with_code)
 from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
                                               report_marker, reported_run, swap_in)
 from sketchmine.present.report_unit import MONTAGES, copy_assets, unit_pages
@@ -155,7 +155,7 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                  f'pushes, units that move with it): <a id="dashboards" href="../units/{e(lid)}.html#unit=0">unit 0'
                  "</a>, or the link on each card.</p>")
     if note:
-        parts.append(f'<p class="note" id="pictures-note">{e(note)}</p>')
+        parts.append(f'<p class="note" id="pictures-note">{with_code(note)}</p>')
     parts.append('<nav class="pager"><button id="prev">◀ previous</button><span id="page-label"></span>'
                  '<button id="next">next ▶</button></nav><div id="cards"></div>'
                  '<script src="../assets/dom.js"></script><script src="../assets/report.js"></script>')

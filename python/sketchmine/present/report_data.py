@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sketchmine.names import printable
+from sketchmine.names import command, printable
 from sketchmine.results.numbers import percent  # noqa: F401  (report.py, plots.py and montage.py take it from here)
 from sketchmine.results.effects import class_units
 from sketchmine.results.precision import precision_note
@@ -141,9 +141,16 @@ def size_html(run: Run) -> str:
     return "" if note is None else f'<p class="note" id="class-sizes">{html.escape(note)}</p>'
 
 
+def with_code(text: str) -> str:
+    """`text` as HTML with each `command` in it set as code, as dom.js `withCode` sets the
+    dashboards' notes."""
+    return "".join(f"<code>{html.escape(part)}</code>" if i % 2 else html.escape(part)
+                   for i, part in enumerate(text.split("`")))
+
+
 def visualize_hint(run: Run, name: str) -> str:
     """The command that adds what the report reads for a layer (patches, traces)."""
-    return f"run `sketchmine visualize {run.path} --layers {name}`"
+    return f"run `{command('sketchmine', 'visualize', run.path, '--layers', name)}`"
 
 
 def pictures_note(run: Run, name: str, attrs: dict[str, Any], has_patches: bool, done: int, units: int,

@@ -14,7 +14,7 @@ from sketchmine.present.json_out import print_json
 from sketchmine.results.effects import class_units
 from sketchmine.results.numbers import column, enough, percent, points, shape_text, significant
 from sketchmine.results.run import open_run
-from sketchmine.results.unit_summary import LayerSummary
+from sketchmine.results.unit_summary import LayerSummary, maxima_text
 
 
 def _f(v: float | str | None, fmt: str = ".4g") -> str:
@@ -25,13 +25,6 @@ def _f(v: float | str | None, fmt: str = ".4g") -> str:
 
 def _pct(v: float | None) -> str:
     return percent(v, 2)
-
-
-def maxima(d: dict[str, Any]) -> list[str]:
-    """The maximum, the mean of the image maxima and the quantiles (all image maxima) written as
-    one column, as the dashboard's overview writes them ("0.6711" in both, not "0.671" here)."""
-    q = d["quantiles"]["values"] if d["quantiles"] is not None else []
-    return column([d["max"], d["moments"]["mean"] if d["moments"] is not None else None, *q])
 
 
 def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None = None) -> Table:
@@ -48,7 +41,7 @@ def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None 
             ("images mined", str(d["images"]))]
     if d.get("precision", "float32") != "float32":  # an autocast run: its values are not float32's
         rows.append(("computed in", safe(d["precision"])))
-    shown = maxima(d)
+    shown = maxima_text(d)
     rows += [("max activation", shown[0]),
             ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "no receptive field recorded")]
     m = d["moments"]
@@ -68,8 +61,9 @@ def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None 
 def images_table(title: str, entries: list[dict[str, Any]]) -> Table:
     """Ranked images: value, image index, class, class accuracy, path."""
     t = titled(title)
-    for col in ("rank", "value", "image", "class", "acc. %", "path"):
-        t.add_column(col, justify="right" if col in ("rank", "value", "image", "acc. %") else "left")
+    for col in ("rank", "value", "image", "class", "acc. %", "path"):  # a narrow terminal folds the path: it names the file
+        t.add_column(col, justify="right" if col in ("rank", "value", "image", "acc. %") else "left",
+                     overflow="fold" if col == "path" else "ellipsis")
     for e, v in zip(entries, column([e["value"] for e in entries])):
         t.add_row(str(e["rank"] + 1), v, str(e["index"]), safe(e["cls"] or "?"), _pct(e["acc"]),
                   safe(e["path"]))
@@ -84,7 +78,7 @@ def distribution_table(d: dict[str, Any]) -> Table:
     t.add_column("quantile", justify="right")
     t.add_column("value", justify="right", no_wrap=True)
     bounds = q.get("bound") or [None] * len(q["values"])
-    for p, v, b in zip(q["q"], maxima(d)[2:], bounds):
+    for p, v, b in zip(q["q"], maxima_text(d)[2:], bounds):
         t.add_row(f"{p * 100:g} %", v if b is None else (f"< {_f(b, '.3g')}" if b > 0 else f"> {_f(b, '.3g')}"))
     return t
 
@@ -130,7 +124,7 @@ def classes_table(d: dict[str, Any]) -> Table:
         cols.append([f"{safe(c['class'])} ({m})" for c, m in zip(d["class_means"], means)])
     if d["effects"] is not None:
         prob = d["effects"]["kind"] != "logit"  # a probability's change in pt, as the drops above
-        heads += [f"pushed up ({'pt' if prob else 'logit'})", "pushed down"]
+        heads += [f"pushed up ({'pt' if prob else 'logit'})", f"pushed down ({'pt' if prob else 'logit'})"]
         for side in ("up", "down"):
             vs = [c["effect"] for c in d["effects"][side]]
             by = [points(v, sign=True) for v in vs] if prob else \

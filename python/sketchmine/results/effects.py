@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError
+from sketchmine.names import command
 from sketchmine.store import schema
 
 if TYPE_CHECKING:  # annotations only: run.py imports this module
@@ -76,7 +77,7 @@ def missing_note(run: Run, layer: str, what: str = "unit effects or correlated u
     if why is not None:
         return f"run {run.path} has no {what} for {layer!r}: {why}"
     return (f"run {run.path} has no {what} for {layer!r}; compute them with "
-            f"`sketchmine effects {run.path} --layers {layer}` (or sketchmine.unit_effects)")
+            f"`{command('sketchmine', 'effects', run.path, '--layers', layer)}` (or sketchmine.unit_effects)")
 
 
 def _missing(run: Run, layer: str, what: str) -> SketchmineError:

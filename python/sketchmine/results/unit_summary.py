@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from sketchmine.errors import SketchmineError, unless_damaged
+from sketchmine.names import command
 from sketchmine.results.distribution import quantile_bounds, without
 from sketchmine.results.effects import missing_note, not_ablatable
+from sketchmine.results.numbers import column
 from sketchmine.results.run import Run
 
 QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
@@ -100,7 +102,7 @@ class LayerSummary:
             self.importance = None
             blocked = not_ablatable(run, layer)  # not `why`: that one says why the class accuracy is missing
             self.missing["importance"] = (f"run {run.path} has no unit importance for {layer!r}" + (
-                f": {blocked}" if blocked else f"; compute it with `sketchmine importance {run.path} --layers {layer}` "
+                f": {blocked}" if blocked else f"; compute it with `{command('sketchmine', 'importance', run.path, '--layers', layer)}` "
                 "(or sketchmine.unit_importance)"))
         if "effects" in self.missing and "correlated" in self.missing:  # one pass computes both: one note
             self.missing["effects"] = self.missing["correlated"] = missing_note(run, layer)
@@ -283,3 +285,11 @@ class LayerSummary:
 def unit_summary(run: Run, layer: str, unit: int) -> dict[str, Any]:
     """One unit's dashboard (`LayerSummary(run, layer).unit(unit)`)."""
     return LayerSummary(run, layer).unit(unit)
+
+
+def maxima_text(d: dict[str, Any]) -> list[str]:
+    """A `LayerSummary.unit` dict's maximum, mean of the image maxima and quantiles (all image
+    maxima) written as one column, as the dashboard's overview writes them: `sketchmine unit` and
+    the slide write them so too ("1.986" in each, not "1.99" on the slide)."""
+    q = d["quantiles"]["values"] if d["quantiles"] is not None else []
+    return column([d["max"], d["moments"]["mean"] if d["moments"] is not None else None, *q])

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError
+from sketchmine.names import command
 from sketchmine.results import distribution, effects, importance_store
 from sketchmine.store import schema
 
@@ -98,9 +99,9 @@ class UnitViews:
         pass otherwise. One check for every reader of the pictures, so they refuse alike."""
         run = self._as_run
         unit = run.check_unit(layer, unit)
-        command = f"`sketchmine visualize {run.path} --layers {layer}`"
         if schema.VISUALIZED not in run.layer_attrs(layer) or not all(run.has_array(layer, a) for a in arrays):
-            raise SketchmineError(f"layer {layer!r} of {run.path} has no patches; run {command}")
+            raise SketchmineError(f"layer {layer!r} of {run.path} has no patches; run "
+                                  f"`{command('sketchmine', 'visualize', run.path, '--layers', layer)}`")
         done = self.patches_done(layer)
         if unit >= done:
             raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no patches yet ({done} of "

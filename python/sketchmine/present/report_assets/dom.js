@@ -76,6 +76,14 @@
     return v > 50 ? "> 99.999999" : v > 0 ? "< 0.000001" : "> -0.000001";
   }
 
+  // a note's text with each `command` set as code (the notes name the commands that add what is missing)
+  function withCode(node, text) {
+    String(text).split("`").forEach(function (part, i) {
+      if (part) { node.appendChild(i % 2 ? el("code", null, part) : document.createTextNode(part)); }
+    });
+    return node;
+  }
+
   // a probability's change in percentage points, 4 decimals wherever it is shown (numbers.points):
   // one unit's probability drop reads the same in its card, its dashboard and the layer's table
   function points(change, sign) {
@@ -134,6 +142,6 @@
     return 17;
   }
 
-  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, points: points, column: column,
+  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, points: points, withCode: withCode, column: column,
                            enough: enough };
 })();

@@ -13,7 +13,7 @@
   var dom = window.sketchmineDom, el = dom.el, svgEl = dom.svgEl, tile = dom.tile, num = dom.num, fmt = dom.fmt;
   function pct(v) { var t = dom.percent(v, 2); return t === "-" ? t : t + " %"; }
   function missing(d, section, what) {
-    var p = el("p", "note missing", "no " + what + ": " + (d.missing[section] || "not stored"));
+    var p = dom.withCode(el("p", "note missing"), "no " + what + ": " + (d.missing[section] || "not stored"));
     p.setAttribute("data-missing", section);
     return p;
   }

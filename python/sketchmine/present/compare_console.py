@@ -1,0 +1,95 @@
+"""`sketchmine compare A B` in the console: which run is which, the accuracy per class side by
+side, and the paired layers' top and bottom classes with their Jaccard overlap."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from sketchmine.present.console import name_width, no_images_note, safe, titled
+from sketchmine.results.numbers import number, percent
+from sketchmine.results.precision import precision_differs
+from sketchmine.results.run import Run
+
+if TYPE_CHECKING:
+    from sketchmine.results.compare import Comparison
+
+
+def compare_header(cmp: Comparison) -> str:
+    """Which run is A and which B, and whether their precisions differ: lines of their own above the
+    tables (in the accuracy table's title the paths were folded to its width, three lines of a path)."""
+    differs = precision_differs(cmp.a, cmp.b)
+    return f"A: {safe(cmp.a.path)}\nB: {safe(cmp.b.path)}" + ("" if differs is None else f"\n{safe(differs)}")
+
+
+def compare_tables(cmp: Comparison) -> list[Table]:
+    """`compare.Comparison` as three tables: accuracy side by side, then the paired layers' top and
+    bottom classes (the title says how they were paired: by name, the logits with the logits,
+    by relative depth)."""
+    oa, ob = cmp.overall
+    acc = titled(f"accuracy: A ({_overall(oa, cmp.a)}) vs B ({_overall(ob, cmp.b)})")
+    for col in ("class", "A %", "B %", "B − A (pt)"):
+        acc.add_column(col, justify="left" if col == "class" else "right")
+    pct = lambda v: percent(v, 2)  # noqa: E731
+    for c, r in cmp.accuracy.iterrows():  # a change carries its sign either way ("+5.00", "-1.50")
+        acc.add_row(safe(c), pct(r["accuracy_a"]), pct(r["accuracy_b"]), ("+" if r["difference"] > 0 else "") + pct(r["difference"]))
+    how = set(cmp.layers["paired_by"]) if len(cmp.layers) else {"depth"}
+    paired = ("by name" if how == {"name"} else "by relative depth" if how == {"depth"} else
+              "by name where both runs have the layer" + (", the logits with the logits" if "output" in how else "")
+              + (", else by relative depth" if "depth" in how else ""))
+    # the top and the bottom lists in tables of their own: eight columns cut names and the last column at 80 cells
+    top = titled(f"layers paired {paired}: top {cmp.n} classes among the top-k images, Jaccard overlap")
+    bottom = titled(f"the same layers: bottom {cmp.n} classes among the top-k images, Jaccard overlap")
+    for lay, side in ((top, "top"), (bottom, "bottom")):
+        for col in ("layer A", "layer B", f"{side} {cmp.n} A", f"{side} {cmp.n} B", f"J {side}"):
+            lay.add_column(col, justify="right" if col.startswith("J") else "left",
+                           min_width=name_width(cmp.layers[f"layer_{col[-1].lower()}"]) if col.startswith("layer") else None)
+
+    def cell(r: pd.Series, key: str) -> str:  # the list, then the classes tied at its cut
+        if r[f"all_tied_{key[-1]}"]:
+            return f"all {len(r[key]) + len(r['tied_' + key])} classes tied"
+        tied = len(r[f"tied_{key}"])
+        return ", ".join(safe(x) for x in r[key]) + (f" + {tied} tied" if tied else "")
+
+    for _, r in cmp.layers.iterrows():
+        for lay, side in ((top, "top"), (bottom, "bottom")):
+            lay.add_row(safe(r["layer_a"]), safe(r["layer_b"]), cell(r, f"{side}_a"), cell(r, f"{side}_b"),
+                        number(r[f"jaccard_{side}"], ".2f"))
+    bottom.caption = ("J: Jaccard overlap of the listed classes plus those tied at the cut; '-' where a layer's classes "
+                      "all tie (no top or bottom classes)")
+    bottom.caption_justify = "left"
+    return [acc, top, bottom]
+
+
+def compare_notes(cmp: Comparison) -> list[str]:
+    """What the tables leave out, said under them (lines of their own: a table's caption folds a
+    long list of layer names to the table's width): classes without images, and the longer run's
+    layers paired with none."""
+    notes = [no_images_note(cmp.no_images)] if cmp.no_images else []
+    for side, run, key in (("A", cmp.a, "layer_a"), ("B", cmp.b, "layer_b")):
+        left = [name for name in run.layers if name not in set(cmp.layers[key])] if len(cmp.layers) else []
+        if left:
+            notes.append(f"{side}'s layers paired with none: {', '.join(safe(name) for name in left)}")
+    return notes
+
+
+def _overall(acc: float | None, run: Run) -> str:
+    """A compared run's accuracy, with its precision when it was mined under autocast."""
+    return ("-" if acc is None else f"{percent(acc, 2)}%") + (f", {safe(run.precision)}" if run.reduced_precision else "")
+
+
+def print_compare(a: Run | str, b: Run | str, n: int, console: Console, title: bool = False) -> None:
+    """`sketchmine compare A B`: accuracy per class side by side, layers paired by name or depth; with
+    `title`, a rule naming the two models first (the demo)."""
+    from sketchmine.results.compare import compare
+
+    cmp = compare(a, b, n)
+    if title:
+        console.rule(f"[bold]compare[/]: A = {safe(cmp.a.attrs.get('model'))}, B = {safe(cmp.b.attrs.get('model'))}")
+    console.print(compare_header(cmp), soft_wrap=True)  # a path on its line whole, however long
+    for table in compare_tables(cmp):
+        console.print(table)
+    for note in compare_notes(cmp):
+        console.print(note, soft_wrap=True)
