@@ -99,13 +99,13 @@ class UnitViews:
         pass otherwise. One check for every reader of the pictures, so they refuse alike."""
         run = self._as_run
         unit = run.check_unit(layer, unit)
+        hint = f"`{command('sketchmine', 'visualize', run.path, '--layers', layer)}`"
         if schema.VISUALIZED not in run.layer_attrs(layer) or not all(run.has_array(layer, a) for a in arrays):
-            raise SketchmineError(f"layer {layer!r} of {run.path} has no patches; run "
-                                  f"`{command('sketchmine', 'visualize', run.path, '--layers', layer)}`")
+            raise SketchmineError(f"layer {layer!r} of {run.path} has no patches; run {hint}")
         done = self.patches_done(layer)
         if unit >= done:
             raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no patches yet ({done} of "
-                                  f"{run.layer_shape(layer)[0]} units done); run {command} to continue")
+                                  f"{run.layer_shape(layer)[0]} units done); run {hint} to continue")
         return unit
 
     def optimized(self, layer: str, unit: int | None = None, key: str = "optimized") -> np.ndarray:
