@@ -13,7 +13,6 @@ the store is the only input and every string is set with textContent by unit.js.
 from __future__ import annotations
 
 import html
-import shlex
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from sketchmine.names import command
 from sketchmine.present.montage import Slides, save_montage
 from sketchmine.present.report_data import PAGE_SIZE, THUMB, PngWriter, precision_html, strip, to_js
 from sketchmine.results.effects import class_units
@@ -93,7 +93,7 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, png: PngWriter, montage
     unreadable = len(run.attrs.get("bad_images") or [])  # counted in "images", in no statistic
     drawn = Slides()  # one slide, filled with each unit's pictures and words in turn
     classes = class_units(run, name)
-    where = shlex.quote(str(Path(run.path).resolve()))  # the report is read from its own folder
+    where = Path(run.path).resolve()  # the report is read from its own folder
     for p in range(pages):
         units = []
         for u in range(p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)):
@@ -102,13 +102,13 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, png: PngWriter, montage
                 save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d, drawn)
                 d["montage"] = f"../montage/{lid}/{u}.png"
             if cut_examples(d, BIN_EXAMPLES):
-                d["all_examples"] = f"sketchmine unit {where} {shlex.quote(name)} {u} --json"
+                d["all_examples"] = command("sketchmine", "unit", where, name, u, "--json")
             d.update(strip(u))
             d.update(example_strips(extra, lid, u, out, png, per_bin))
             for which, group in schema.PICTURE_GROUPS.items():  # examples shown as text: say how to add pictures
                 if d.get(which) and group not in d:
-                    d["missing"][group] = (f"sketchmine visualize {where} --layers {shlex.quote(name)} "
-                                           "--examples all stores them")
+                    d["missing"][group] = (command("sketchmine", "visualize", where, "--layers", name, "--examples", "all")
+                                           + " stores them")
             d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}&unit={u}"
             if classes is not None:
                 d["cls"] = classes[u]

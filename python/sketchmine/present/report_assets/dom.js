@@ -142,6 +142,6 @@
     return 17;
   }
 
-  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, points: points, withCode: withCode, column: column,
-                           enough: enough };
+  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, points: points,
+                           withCode: withCode, column: column, enough: enough };
 })();
