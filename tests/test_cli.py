@@ -209,7 +209,7 @@ def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkey
     assert re.search(rf"│ +{int(df['unit'].iloc[0])} │ +{re.escape(column([v * 100 for v in df['prob_drop'][:10]])[0])} │", text)  # in pt, as the demo's 10 rows
     # the compare tables: accuracy of both runs side by side, layers paired by name or depth
     assert "compare: A = demo:sketchnet_animal, B = demo:sketchresnet_animal" in text
-    assert "(97.05%) vs B" in text and "(98.35%)" in text
+    assert "(97.05 %) vs B" in text and "(98.35 %)" in text
     assert re.search(r"┃ +B − A \(pt\) +┃.*?│ +\w+ +│ +[\d.]+ +│ +[\d.]+ +│ +\+\d+\.\d+ +│", text, re.S)  # a gain: "+"
     # softmax is in both runs (paired by name), the logits with the logits, the other layers by depth; the title may wrap
     assert ("layers paired by name where both runs have the layer, the logits with the logits, else by relative depth"

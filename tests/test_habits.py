@@ -261,7 +261,7 @@ def test_run_repr_and_html(mined):
     run = sketchmine.open_run(mined[0])
     text = repr(run)
     assert str(run.path) in text and "k=3" in text and "60 images" in text and "complete" in text
-    assert f"accuracy {run.accuracy() * 100:.2f}%" in text and "features.0, classifier.6" in text
+    assert f"accuracy {run.accuracy() * 100:.2f} %" in text and "features.0, classifier.6" in text
 
     class Rows(HTMLParser):
         def __init__(self) -> None:

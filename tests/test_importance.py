@@ -164,7 +164,7 @@ def test_cli_importance_reloads_the_run_and_plots(tmp_path, demo_test_set, capsy
     assert cli(["importance", str(out), "--layers", "classifier.4", "-n", "5", "--plot", str(png)]) == 0
     text = " ".join(capsys.readouterr().out.split())
     run = sketchmine.open_run(out)
-    assert "classifier.4" in text and f"accuracy {run.accuracy() * 100:.2f}%" in text
+    assert "classifier.4" in text and f"accuracy {run.accuracy() * 100:.2f} %" in text
     assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
     df = run.unit_importance("classifier.4")
     assert len(df) == 256 and df.attrs["base_accuracy"] == pytest.approx(run.accuracy())

@@ -120,7 +120,7 @@ def test_numbers_that_round_to_a_whole_number_or_zero_say_they_do_not():
 
 
 def test_a_title_is_not_folded_over_a_narrow_table(runs):
-    """rich folds a title to its table's width: "per-class accuracy (overall 97.05%)" took two
+    """rich folds a title to its table's width: "per-class accuracy (overall 97.05 %)" took two
     lines over its three columns at 80 columns, a two-column table's title three. A table is
     now at least as wide as its title."""
     from sketchmine.present.console import accuracy_table, titled
@@ -129,7 +129,7 @@ def test_a_title_is_not_folded_over_a_narrow_table(runs):
     _, plain = runs
     out = io.StringIO()
     Console(file=out, width=80).print(accuracy_table(plain))
-    title = f"per-class accuracy (overall {percent(plain.accuracy(), 2)}%)"
+    title = f"per-class accuracy (overall {percent(plain.accuracy(), 2)} %)"
     assert out.getvalue().splitlines()[0].strip() == title
     t = titled("most correlated units (image maxima)", min_width=10)
     t.add_column("unit")

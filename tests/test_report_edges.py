@@ -293,10 +293,10 @@ def test_percentages_are_100_or_0_only_when_exact(tmp_path, inf_run, browser):  
     """The slide rounded a firing density of 1999/2000 to "100.0%" and the pages'
     toFixed(2) did the same to 19999/20000: all or none is now said only when exact. The slide
     writes a rate as the dashboard does ("99.95 %", 2 decimals)."""
-    from sketchmine.present.montage import _pct
     from sketchmine.present.report_data import percent
+    from sketchmine.results.numbers import rate
 
-    assert [_pct(1999 / 2000), _pct(1.0), _pct(0.0), _pct(1 / 2000), _pct(None)] == \
+    assert [rate(1999 / 2000), rate(1.0), rate(0.0), rate(1 / 2000), rate(None)] == \
         ["99.95 %", "100 %", "0 %", "0.05 %", "-"]
     assert [percent(19999 / 20000, 2), percent(1e-9, 2), percent(float("nan"))] == ["99.995", "< 0.000001", "-"]
     # an accuracy drop of one image in 50,000 (ablating a unit can help): "-0.002", never "-0.00"

@@ -807,3 +807,49 @@ def test_slide_effects_and_unit_tables_say_what_the_dashboard_says(rep, run, bro
     assert "…" not in paths and all(e["path"] in paths for e in top), table  # folded, whole
     assert problems == []
     page.close()
+
+
+def test_units_with_one_drop_share_a_rank_and_say_they_tie(rep, run, browser):  # noqa: F811
+    """Units whose zeroing changes nothing (a drop of exactly 0) read as ranked 78, 79, … 86 by
+    their unit numbers alone: every unit's rank is 1 + the units with a larger probability drop,
+    and where others share its drop the card, the dashboard, `sketchmine unit` (and its JSON)
+    and the slide say how many."""
+    import io
+
+    from rich.console import Console
+
+    from sketchmine.present.montage import unit_montage
+    from sketchmine.present.report import PAGE_SIZE
+    from sketchmine.present.unit_console import print_unit
+    from sketchmine.results.unit_summary import LayerSummary
+
+    table = run.unit_importance(SHOWN)
+    drops = table["prob_drop"].to_numpy()
+    zero = [int(u) for u, d in zip(table["unit"], drops) if d == 0]
+    assert len(zero) >= 2, "the run needs units whose zeroing changes nothing in features.6"
+    units, summary = len(table), LayerSummary(run, SHOWN)
+    for u, d in zip(table["unit"].astype(int), drops):
+        imp = summary.unit(u)["importance"]
+        assert imp["rank"] == 1 + int((drops > d).sum()) and imp["tied"] == int((drops == d).sum()), (u, imp)
+    u, rank, others = zero[-1], 1 + int((drops > 0).sum()), len(zero) - 1  # below them: units zeroing helps
+    assert _unit_json(run, SHOWN, u)["importance"] == {**summary.unit(u)["importance"], "rank": rank, "tied": others + 1}
+    said = f"{rank} of {units} (tied with {others} unit{'s' if others > 1 else ''})"
+    out = io.StringIO()
+    print_unit(run.path, SHOWN, u, Console(file=out, width=250))
+    assert re.search(rf"importance rank\s+│\s+{re.escape(said)}", out.getvalue()), out.getvalue()
+    assert said in [t.get_text() for t in unit_montage(run, SHOWN, u).texts]
+    page, problems = _open(browser, (rep / "units" / "00-features.6.html").as_uri() + f"#unit={u}")
+    page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{u}'")
+    overview = dict(page.evaluate("() => [...document.getElementById('overview').rows]"
+                                  ".map(r => [r.cells[0].textContent, r.cells[1].textContent])"))
+    assert overview["importance rank"] == said
+    page.goto((rep / "layers" / "00-features.6.html").as_uri() + f"#page={u // PAGE_SIZE + 1}&unit={u}")
+    page.wait_for_selector(f"#unit-{u} .imp")
+    assert page.inner_text(f"#unit-{u} .imp").startswith(f"importance rank {rank} (tied with {others} unit")
+    top = int(table["unit"].iloc[0])  # a unit with a drop of its own says no tie
+    assert _unit_json(run, SHOWN, top)["importance"]["tied"] == 1
+    page.goto((rep / "layers" / "00-features.6.html").as_uri() + f"#page={top // PAGE_SIZE + 1}&unit={top}")
+    page.wait_for_selector(f"#unit-{top} .imp")
+    assert page.inner_text(f"#unit-{top} .imp").startswith("importance rank 1: prob. drop")
+    assert problems == []
+    page.close()

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sketchmine.present.console import name_width, no_images_note, safe, titled
-from sketchmine.results.numbers import number, percent
+from sketchmine.results.numbers import number, percent, rate
 from sketchmine.results.precision import precision_differs
 from sketchmine.results.run import Run
 
@@ -77,7 +77,7 @@ def compare_notes(cmp: Comparison) -> list[str]:
 
 def _overall(acc: float | None, run: Run) -> str:
     """A compared run's accuracy, with its precision when it was mined under autocast."""
-    return ("-" if acc is None else f"{percent(acc, 2)}%") + (f", {safe(run.precision)}" if run.reduced_precision else "")
+    return rate(acc) + (f", {safe(run.precision)}" if run.reduced_precision else "")
 
 
 def print_compare(a: Run | str, b: Run | str, n: int, console: Console, title: bool = False) -> None:

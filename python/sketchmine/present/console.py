@@ -31,7 +31,7 @@ from rich.text import Text
 from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.present.fitting import FittingTable
 from sketchmine.results import importance_store
-from sketchmine.results.numbers import number, percent, shape_text
+from sketchmine.results.numbers import number, percent, rate, shape_text
 from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import not_yet, size_note, ties_words
@@ -149,7 +149,7 @@ def accuracy_table(run: Run) -> Table:
         counts = np.bincount(labels[labels >= 0], minlength=len(run.class_names))[:len(run.class_names)]
         acc = pd.DataFrame({"accuracy": np.nan, "count": counts}, index=pd.Index(run.class_names, name="class"))
     overall = run.accuracy()
-    table = titled(f"per-class accuracy (overall {percent(overall, 2)}%)" if overall is not None else "per-class accuracy")
+    table = titled(f"per-class accuracy (overall {rate(overall)})" if overall is not None else "per-class accuracy")
     table.add_column("class")
     table.add_column("accuracy %", justify="right")
     table.add_column("images", justify="right")
@@ -265,7 +265,7 @@ def importance_table(run: Run, name: str, n: int) -> Table:
     """A rich table of the `n` units of `name` that matter most for the correct class."""
     df = run.unit_importance(name)
     table = titled(f"{safe(name)}: units that matter most when zeroed ({df.attrs['images']} images, "
-                   f"accuracy {percent(df.attrs['base_accuracy'], 2)}%)")
+                   f"accuracy {rate(df.attrs['base_accuracy'])})")
     df = df.head(n)
     shown = importance_store.written(df)
     for col in ("unit", *importance_store.COLUMNS):
@@ -316,7 +316,7 @@ def print_mined(run: Run, progress: RichProgress, no_logits: bool, console: Cons
     console.print(layers_table(run))
     acc = run.accuracy()
     console.print(f"{run.images_done} images, {progress.images} this session in {progress.seconds:.1f} s"
-                  + (f"; accuracy {percent(acc, 2)}%" if acc is not None else "") + f" → {safe(run.path)}")
+                  + (f"; accuracy {rate(acc)}" if acc is not None else "") + f" → {safe(run.path)}")
     if no_logits:
         logging.getLogger("sketchmine").warning("--no-logits: the forward pass stopped after the deepest mined "
                                                 "layer; no predictions or accuracy were written")

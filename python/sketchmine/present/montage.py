@@ -20,9 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError
-from sketchmine.present.report_data import percent
 from sketchmine.results.effects import class_units
-from sketchmine.results.numbers import column
+from sketchmine.results.importance_store import rank_text
+from sketchmine.results.numbers import column, rate
 from sketchmine.results.run import Run
 from sketchmine.results.traces import entry_steps
 from sketchmine.results.unit_summary import LayerSummary, maxima_text
@@ -135,12 +135,6 @@ class _Single:
         self.caption.set_text(caption)
 
 
-def _pct(a: float | None) -> str:
-    """A rate as the dashboard writes it ("31.50 %", not "31.5%")."""
-    text = percent(a, 2)
-    return text if text == "-" else f"{text} %"
-
-
 CLASS_LINES = 8
 """Classes of the top-k listed on the panel, most frequent first."""
 
@@ -155,10 +149,10 @@ def _facts(info: dict[str, Any]) -> list[tuple[str, str]]:
     m = info.get("moments")
     if m is not None:
         lines.append(("mean of image maxima", maxima_text(info)[1]))  # as the dashboard and `sketchmine unit` write it
-        lines.append(("firing density", _pct(m["density"])))
+        lines.append(("firing density", rate(m["density"])))
     imp = info.get("importance")
     if imp is not None:
-        lines.append(("importance rank", f"{imp['rank']} of {info['units']}"))
+        lines.append(("importance rank", rank_text(imp["rank"], imp["tied"], info["units"])))
     return lines
 
 
@@ -191,7 +185,7 @@ class _Panel:
         for i, (name, acc) in enumerate(self.classes):
             c = top[i] if i < len(top) else None
             name.set_text("" if c is None else f"{c['class'][:20]}  ×{c['count']}")
-            acc.set_text("" if c is None else _pct(c["acc"]))
+            acc.set_text("" if c is None else rate(c["acc"]))
         self.none.set_text("" if top else "(no labels)")
 
 

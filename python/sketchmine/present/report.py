@@ -39,7 +39,7 @@ from sketchmine.present.summary_grid import Row, grid, grid_html
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis, importance_store
 from sketchmine.results.run import Run, open_run
-from sketchmine.results.numbers import number, shape_text
+from sketchmine.results.numbers import number, rate, shape_text
 from sketchmine.results.summaries import size_note
 
 __all__ = ["PAGE_SIZE", "MARKER", "write_report", "check_report_dir", "dataset_words", "layer_ids"]
@@ -95,7 +95,7 @@ def _importance_section(run: Run, name: str, lid: str) -> str:
     if a.get("images") is not None:
         info.append(f"{int(a['images'])} images")
     if a.get("base_accuracy") is not None:
-        info.append(f"accuracy {percent(float(a['base_accuracy']), 2)}% with no unit ablated")
+        info.append(f"accuracy {rate(float(a['base_accuracy']))} with no unit ablated")
     if a.get("method"):
         info.append(f"method {a['method']}")
     return ("<h2>Which units matter for the label</h2>"
@@ -225,7 +225,7 @@ def _accuracy_section(run: Run) -> str:
     overall = run.accuracy()
     rows = [[e(str(c)), _pct(r["accuracy"]), str(int(r["count"]))] for c, r in acc.iterrows()]
     over = f" over {int(acc['count'].sum())} labelled, readable images"
-    return (f"<h2>Accuracy{'' if overall is None else f' {percent(overall, 2)}%'}</h2><p>{over.strip()}</p>"
+    return (f"<h2>Accuracy{'' if overall is None else f' {rate(overall)}'}</h2><p>{over.strip()}</p>"
             + _table(["class", "accuracy %", "images"], rows, {1, 2}))
 
 

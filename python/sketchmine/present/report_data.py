@@ -22,7 +22,8 @@ import pandas as pd
 from PIL import Image
 
 from sketchmine.names import command, printable
-from sketchmine.results.numbers import percent  # noqa: F401  (report.py, plots.py and montage.py take it from here)
+from sketchmine.results.numbers import percent  # noqa: F401  (report.py and plots.py take it from here)
+from sketchmine.results import importance_store
 from sketchmine.results.effects import class_units
 from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
@@ -262,5 +263,6 @@ def importance_ranks(run: Run, name: str) -> dict[int, dict] | None:
     if not run.has_importance(name):
         return None
     df = run.unit_importance(name)
-    return {int(r["unit"]): {"rank": int(k) + 1, "prob_drop": num(r["prob_drop"]), "acc_drop": num(r["acc_drop"])}
-            for k, r in df.iterrows()}
+    ranked = importance_store.ranks(df)
+    return {int(r["unit"]): {**ranked[int(r["unit"])], "prob_drop": num(r["prob_drop"]), "acc_drop": num(r["acc_drop"])}
+            for _, r in df.iterrows()}

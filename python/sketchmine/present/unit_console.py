@@ -12,6 +12,7 @@ from rich.table import Table
 from sketchmine.present.console import safe, titled
 from sketchmine.present.json_out import print_json
 from sketchmine.results.effects import class_units
+from sketchmine.results.importance_store import rank_text
 from sketchmine.results.numbers import column, enough, percent, points, shape_text, significant
 from sketchmine.results.run import open_run
 from sketchmine.results.unit_summary import LayerSummary, maxima_text
@@ -51,7 +52,7 @@ def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None 
                                                                  f" ({m['firing']} of {m['images']} images > 0)"))]
     imp = d["importance"]
     if imp is not None:
-        rows += [("importance rank", f"{imp['rank']} of {d['units']}"),
+        rows += [("importance rank", rank_text(imp["rank"], imp["tied"], d["units"])),
                  ("prob. drop / accuracy drop", f"{points(imp.get('prob_drop'))} pt / {_pct(imp.get('acc_drop'))} pt")]
     for k, v in rows:
         t.add_row(k, v)

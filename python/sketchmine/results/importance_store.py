@@ -40,6 +40,25 @@ def written(df: pd.DataFrame) -> dict[str, list[str]]:
             "mean_act_wrong": column(df["mean_act_wrong"].tolist())}
 
 
+def ranks(df: pd.DataFrame) -> dict[int, dict[str, int]]:
+    """unit → {"rank", "tied"} for `read_importance`'s table: units with one probability drop
+    share the best rank among them ("tied" counts them, the unit itself included), so the units
+    that never change a prediction (a drop of exactly 0) do not read as ranked 78, 79, … 86 by
+    their numbers alone."""
+    drop = df["prob_drop"].to_numpy(dtype=np.float64)
+    key = np.where(np.isnan(drop), -np.inf, drop)  # a unit without a drop (none stored) ranks last
+    above = len(key) - np.searchsorted(np.sort(key), key, side="right")  # units with a larger drop
+    same = np.unique(key, return_inverse=True, return_counts=True)
+    tied = same[2][same[1]]
+    return {int(u): {"rank": int(a) + 1, "tied": int(t)} for u, a, t in zip(df["unit"], above, tied)}
+
+
+def rank_text(rank: int, tied: int, units: int) -> str:
+    """"78 of 86" or, where units tie, "78 of 86 (tied with 8 units)" (dom.js: rankText)."""
+    others = tied - 1
+    return f"{rank} of {units}" + (f" (tied with {others} unit{'s' if others > 1 else ''})" if others else "")
+
+
 def has_importance(run: Run, layer: str) -> bool:
     """True when `layer` has a whole stored importance result (see passes.importance.write_importance)."""
     return run.layer_result(layer, schema.IMPORTANCE, COLUMNS) is not None

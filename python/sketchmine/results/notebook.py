@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from sketchmine.errors import SketchmineError, unless_damaged
-from sketchmine.results.numbers import percent, shape_text
+from sketchmine.results.numbers import rate, shape_text
 from sketchmine.results.precision import precision_note
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def state(run: Run) -> str:
 
 def accuracy_text(run: Run) -> str:
     acc = run.accuracy() if run.complete else None
-    return "-" if acc is None else f"{percent(acc, 2)}%"
+    return rate(acc)
 
 
 def precision_text(run: Run) -> str:

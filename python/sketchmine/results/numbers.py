@@ -26,6 +26,13 @@ def percent(a: float | None, decimals: int = 1) -> str:
     return "> 99.999999" if v > 50 else "< 0.000001" if v > 0 else "> -0.000001"
 
 
+def rate(a: float | None, decimals: int = 2) -> str:
+    """A fraction as a percentage with its sign, set apart as every view sets it ("98.50 %", not
+    "98.50%"); "-" for None or NaN."""
+    text = percent(a, decimals)
+    return text if text == "-" else f"{text} %"
+
+
 def points(change: float | None, sign: bool = False) -> str:
     """A change of a probability in percentage points, as the accuracy's beside it (0.005684 is
     "0.5684"): 4 decimals (a millionth of a probability) wherever it is shown, so one unit's

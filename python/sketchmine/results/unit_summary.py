@@ -18,6 +18,7 @@ from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.names import command
 from sketchmine.results.distribution import quantile_bounds, without
 from sketchmine.results.effects import missing_note, not_ablatable
+from sketchmine.results import importance_store
 from sketchmine.results.numbers import column
 from sketchmine.results.run import Run
 
@@ -95,9 +96,10 @@ class LayerSummary:
         self.class_means = self._get("class_means", "class_stats", layer)
         if run.has_importance(layer):
             df = run.unit_importance(layer)
+            ranked = importance_store.ranks(df)
             self.importance: dict[int, dict[str, Any]] | None = {
-                int(r["unit"]): {"rank": int(i) + 1, **{c: num(r[c]) for c in df.columns if c != "unit"}}
-                for i, (_, r) in enumerate(df.iterrows())}
+                int(r["unit"]): {**ranked[int(r["unit"])], **{c: num(r[c]) for c in df.columns if c != "unit"}}
+                for _, r in df.iterrows()}
         else:
             self.importance = None
             blocked = not_ablatable(run, layer)  # not `why`: that one says why the class accuracy is missing

@@ -142,6 +142,13 @@
     return 17;
   }
 
+  // "78 of 86", or where units share the drop "78 of 86 (tied with 8 units)" (importance_store.rank_text)
+  function rankText(rank, tied, units) {
+    var others = (tied || 1) - 1;
+    return rank + (units === undefined ? "" : " of " + units) +
+      (others ? " (tied with " + others + " unit" + (others > 1 ? "s" : "") + ")" : "");
+  }
+
   window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, points: points,
-                           withCode: withCode, column: column, enough: enough };
+                           withCode: withCode, column: column, enough: enough, rankText: rankText };
 })();

@@ -275,7 +275,7 @@
       if (r.steps) {
         var best = topUnits(r.steps[t], 1)[0];
         cell.appendChild(el("div", "step-class", label(best[0], r.steps[t].length)));
-        cell.appendChild(el("div", "num", (best[1] * 100).toFixed(0) + "%"));
+        cell.appendChild(el("div", "num", (best[1] * 100).toFixed(0) + " %"));
       }
       row.appendChild(cell);
     }
@@ -298,7 +298,7 @@
       row.appendChild(el("td", null, label(p[0], r.probs.length)));
       var bar = el("td", "num");
       var b = el("span", "bar"); b.style.width = Math.round(p[1] * 120) + "px";
-      bar.appendChild(b); bar.appendChild(document.createTextNode(" " + (p[1] * 100).toFixed(1) + "%"));
+      bar.appendChild(b); bar.appendChild(document.createTextNode(" " + (p[1] * 100).toFixed(1) + " %"));
       row.appendChild(bar);
       preds.appendChild(row);
     });

@@ -100,7 +100,7 @@
     c.appendChild(dashLinks(u.unit));
     if (u.importance) {
       var im = u.importance;
-      c.appendChild(el("div", "imp", "importance rank " + im.rank + ": prob. drop " +
+      c.appendChild(el("div", "imp", "importance rank " + dom.rankText(im.rank, im.tied) + ": prob. drop " +
         dom.points(im.prob_drop) + " pt, accuracy drop " + dom.percent(im.acc_drop, 2) + " pt"));
     }
     function strip(label, src, w, h, per) {

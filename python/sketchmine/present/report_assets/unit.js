@@ -56,7 +56,7 @@
         " (" + d.moments.firing + " of " + d.moments.images + " images > 0)")]);
     }
     if (d.importance) {
-      rows.push(["importance rank", d.importance.rank + " of " + d.units]);
+      rows.push(["importance rank", dom.rankText(d.importance.rank, d.importance.tied, d.units)]);
       // in percentage points as the accuracy drop below, written as the layer page's table writes it
       rows.push(["prob. drop when zeroed", dom.points(d.importance.prob_drop) + " pt"]);
       rows.push(["accuracy drop when zeroed", dom.percent(d.importance.acc_drop, 2) + " pt"]);
