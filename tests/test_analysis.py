@@ -6,6 +6,7 @@ import io
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
@@ -170,6 +171,50 @@ def test_resumed_run_has_identical_class_stats_and_partial_reads(tmp_path, small
     np.testing.assert_array_equal(ref.ink_density().to_numpy(), done.ink_density().to_numpy())
 
 
+def test_a_handle_opened_while_mining_answers_from_one_commit(tmp_path, small_test_set, mined):
+    """A run opened part-way, read after its mining went on: the first `top_classes` mixed the
+    class sizes of the moment it was opened with the newer top-k (cat at 7.93 images' worth
+    per image, classes with entries listed as having no images, the most frequent classes as
+    the least); `complete` and `images_done` kept the opening's state after mining ended. The
+    handle now follows its writer between reads and answers each read from one commit; it goes
+    to another process, or a deep copy, as its path."""
+    import copy
+    import pickle
+
+    out = tmp_path / "cut.zarr"
+    with pytest.raises(_Stop):
+        sketchmine.mine("demo", small_test_set, out=out, batch_size=40, flush_every=2, progress=StopAfter(3, calls=True, exc=_Stop))
+    old = sketchmine.open_run(out)
+    assert not old.complete and old.images_done == 80 and "partial" in repr(old)
+    unreached = old.top_classes("features.0", 10).attrs["no_images"]
+    assert unreached and old.selectivity("features.0").attrs["partial"]  # the classes not reached yet
+    # beside a complete run, compare says A is partial, not that those classes have no images
+    cmp = compare(old, mined[0], 3)
+    assert cmp.no_images == [] and cmp.unmined == {"a": unreached}
+    console = Console(file=io.StringIO(), width=120)
+    print_compare(old, mined[0], 3, console)
+    text = console.file.getvalue()
+    assert "A is PARTIAL: 80 images mined so far" in text and "accuracy: A (partial) vs B (" in text
+    assert "classes without images" not in text and f"A has no image of these classes yet (partial), left out of its lists: {', '.join(unreached)}" in text
+    from sketchmine.present.json_out import compare_data
+    d = compare_data(cmp)
+    assert d["complete"] == {"a": False, "b": True} and d["images"] == {"a": 80, "b": 300} and d["unmined"] == {"a": unreached}
+    sketchmine.mine("demo", small_test_set, out=out, batch_size=40, flush_every=2)
+    fresh = sketchmine.open_run(out)
+    for layer in ("features.0", "classifier.6"):
+        for read in ("top_classes", "bottom_classes"):
+            got, want = getattr(old, read)(layer, 3), getattr(fresh, read)(layer, 3)
+            pd.testing.assert_frame_equal(got, want)
+            assert got.attrs == want.attrs and not got.attrs["no_images"], (layer, read, got.attrs)
+    assert old.complete and old.images_done == 300 and "partial" not in repr(old)
+    assert not old.selectivity("features.0").attrs["partial"]
+    assert old.accuracy() == fresh.accuracy() and "partial" not in old._repr_html_()
+    for copied in (pickle.loads(pickle.dumps(old)), copy.deepcopy(old), pickle.loads(pickle.dumps(old.unit("features.0", 2)))):
+        run = getattr(copied, "run", copied)
+        assert run.path == fresh.path and run.complete
+        np.testing.assert_array_equal(run.topk("features.0")[1], fresh.topk("features.0")[1])
+
+
 class _Unlabelled(torch.utils.data.Dataset):
     """Real images, no labels (-1) and no class names."""
 
@@ -258,6 +303,12 @@ def test_the_logits_pair_with_the_logits_and_the_rest_by_depth_between():
     at = [RESNET.index(b) for _, b, _ in pairs]
     assert at == sorted(at) and len(set(at)) == len(at)  # in order, none twice
     assert layer_pairs(RESNET, SKETCHNET, ("fc", "classifier.6")) == [(b, a, how) for a, b, how in pairs]
+    # a run of hidden layers only ends at the other's last hidden layer: SketchNet's classifier.4
+    # was paired with the ResNet's softmax (audit), its fc and softmax now pair with none
+    hidden = layer_pairs(["features.6", "classifier.4"], RESNET, (None, "fc"))
+    assert hidden == [("features.6", "conv1", "depth"), ("classifier.4", "layer3.1.conv2", "depth")]
+    assert layer_pairs(RESNET, ["features.6", "classifier.4"], ("fc", None)) == [(b, a, how) for a, b, how in hidden]
+    assert layer_pairs(["features.6", "softmax"], RESNET, (None, "fc"))[-1] == ("softmax", "softmax", "name")
 
 
 @settings(max_examples=200, deadline=None)
@@ -289,4 +340,4 @@ def test_compare_says_which_layers_of_the_longer_run_pair_with_none(mined, tmp_p
     print_compare(run, other, 3, narrow)
     lines = narrow.file.getvalue().splitlines()
     assert lines[:2] == [f"A: {run.path}", f"B: {other.path}"]
-    assert re.fullmatch(r"\s*accuracy: A \(\d+\.\d+%\) vs B \(\d+\.\d+%\)\s*", lines[2]), lines[2]
+    assert re.fullmatch(r"\s*accuracy: A \(\d+\.\d+ %\) vs B \(\d+\.\d+ %\)\s*", lines[2]), lines[2]

@@ -101,12 +101,15 @@ def test_visualize_killed_at_many_points_ends_identical(tmp_path, folder):
 
 
 def test_readers_open_a_run_while_it_is_written(tmp_path, folder):
-    """Summaries of a run being mined: partial, consistent, never an error; a second writer is refused."""
+    """Summaries of a run being mined: partial, consistent, never an error; `verify` finds no
+    damage (it called the slot the writer was rewriting damaged, "resumes from image 0", or
+    failed on a folder removed under it); a handle opened early follows the writer; a second
+    writer is refused."""
     out = tmp_path / "run.zarr"
     cmd = _cli("mine", "--model", "demo", "--data", str(folder), "--batch-size", "2", "--flush-every", "1",
                "--workers", "0", "--out", str(out))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    reads, refused = 0, False
+    reads, refused, early = 0, False, None
     try:
         while proc.poll() is None:
             if _progress(out, "images") == 0:
@@ -114,8 +117,11 @@ def test_readers_open_a_run_while_it_is_written(tmp_path, folder):
                 continue
             try:
                 run = sketchmine.open_run(out)
+                early = early or run
                 values, index, _ = run.topk("features.6")
                 run.class_accuracy()
+                found = sketchmine.verify_run(out)
+                assert not found.damaged and "damaged or incomplete" not in found.note, (found.damaged, found.note)
             except sketchmine.SketchmineError as exc:  # a commit in every attempt to read: said, by design
                 assert "being written by another process" in str(exc) and "retry" in str(exc), exc
                 continue
@@ -132,7 +138,7 @@ def test_readers_open_a_run_while_it_is_written(tmp_path, folder):
         proc.wait(timeout=600)
     assert proc.returncode == 0, proc.stderr.read()
     assert reads >= 1 and refused  # how many reads fit in depends on the machine's load
-    assert sketchmine.open_run(out).complete
+    assert sketchmine.open_run(out).complete and early.complete and early.images_done == 120
 
 
 def test_ctrl_c_while_a_command_starts_is_one_line_and_exit_130(tmp_path):
@@ -176,3 +182,32 @@ def test_a_run_killed_with_loader_workers_resumes_at_once(tmp_path, folder):
     again = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert _progress(tmp_path / "run.zarr", "images") == 120
+
+
+def test_ctrl_c_of_visualize_redo_names_the_command_that_resumes(tmp_path, folder):
+    """Ctrl-C of `visualize --redo` said "re-run the same command to resume from the last finished
+    block of units", but `--redo` starts the layers again: the message names the re-run without it,
+    which resumes where the interrupted pass stopped."""
+    out = tmp_path / "run.zarr"
+    sketchmine.mine("demo", folder, out=out, batch_size=60, layers=["features.10", "classifier.4"])
+    args = ["--batch-size", "27", "--method", "guided"]
+    assert subprocess.run(_cli("visualize", str(out)), capture_output=True).returncode == 0  # deconvnet, complete
+    proc = subprocess.Popen(_cli("visualize", str(out), "--redo", *args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    start = time.time()
+    while proc.poll() is None and time.time() - start < 300:  # the redo's first blocks committed
+        attrs = json.loads((out / "layers" / "features.10" / "zarr.json").read_text())["attributes"].get("visualized", {})
+        if attrs.get("method") == "guided" and 0 < attrs.get("units_done", 0):
+            break
+        time.sleep(0.01)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the pass ended before the interrupt reached it")  # a machine faster than 27-unit blocks
+    assert proc.returncode == 130 and "re-run the same command without --redo to resume" in err, err
+    done = json.loads((out / "layers" / "features.10" / "zarr.json").read_text())["attributes"]["visualized"]
+    assert done["method"] == "guided" and done["units_done"] > 0
+    resumed = subprocess.run(_cli("visualize", str(out), *args, "-v"), capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming at unit" in resumed.stderr, resumed.stderr
+    assert sketchmine.open_run(out).layer_attrs("features.10")["visualized"]["complete"]

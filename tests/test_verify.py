@@ -81,6 +81,32 @@ def test_a_partial_run_says_which_checkpoint_resume_starts_from(tmp_path, demo_t
     assert found.note.endswith(f"`sketchmine mine` resumes from image {done - 10}") and not found.damaged
 
 
+def test_mining_s_checkpoint_half_written_or_half_dropped_is_not_damage(tmp_path, demo_test_set, capsys):
+    """A kill while `mine` rewrites its free checkpoint slot, or while a complete run drops the
+    checkpoint, left folders without metadata that `verify` listed as damage (exit 3, "restore the
+    run's files … or mine it again"): the same `mine` command resumes or tidies such a run."""
+    ds = per_class_subset(demo_test_set, 4, "0:40")
+    out = tmp_path / "run.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine("demo", ds, layers=[L], k=2, out=out, batch_size=10, flush_every=1, progress=StopAfter(30))
+    slot = json.loads((out / "zarr.json").read_text())["attributes"]["progress"]["slot"]
+    free = out / schema.CHECKPOINT / ("slot1" if slot == "slot0" else "slot0")
+    (free / "topk" / "values").mkdir(parents=True, exist_ok=True)  # a flush cut short: folders, no metadata yet
+    for meta in free.rglob("zarr.json"):
+        meta.unlink()
+    found = sketchmine.verify_run(out)
+    assert not found.damaged and found.note.startswith("partial run: its committed checkpoint") and found.note.endswith("is intact")
+    assert main(["verify", str(out)]) == 0
+    sketchmine.mine("demo", ds, layers=[L], k=2, out=out, batch_size=10, flush_every=1)  # resumes, completes
+    (out / schema.CHECKPOINT / "slot0" / "topk").mkdir(parents=True)  # the drop cut short, its metadata gone first
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "damaged" not in said and f"the checkpoint its mining left ({schema.CHECKPOINT}/) is not a result" in said
+    sketchmine.mine("demo", ds, layers=[L], k=2, out=out, batch_size=10, flush_every=1)  # the same command tidies it
+    assert not (out / schema.CHECKPOINT).exists() and sketchmine.verify_run(out).note == ""
+
+
 def test_a_folder_of_runs_given_as_a_run_names_the_runs_in_it(full, tmp_path, capsys):  # noqa: F811
     """`sketchmine summary work/demo` (the demo's folder of runs) said there were no run
     attributes in work/demo/zarr.json, a file that does not exist (UX audit)."""

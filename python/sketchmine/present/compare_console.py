@@ -21,7 +21,9 @@ def compare_header(cmp: Comparison) -> str:
     """Which run is A and which B, and whether their precisions differ: lines of their own above the
     tables (in the accuracy table's title the paths were folded to its width, three lines of a path)."""
     differs = precision_differs(cmp.a, cmp.b)
-    return f"A: {safe(cmp.a.path)}\nB: {safe(cmp.b.path)}" + ("" if differs is None else f"\n{safe(differs)}")
+    partial = [f"{side} is PARTIAL: {run.images_done} images mined so far, its lists are of those"
+               for side, run in (("A", cmp.a), ("B", cmp.b)) if not run.complete]
+    return "\n".join([f"A: {safe(cmp.a.path)}", f"B: {safe(cmp.b.path)}", *partial, *([] if differs is None else [safe(differs)])])
 
 
 def compare_tables(cmp: Comparison) -> list[Table]:
@@ -68,6 +70,8 @@ def compare_notes(cmp: Comparison) -> list[str]:
     long list of layer names to the table's width): classes without images, and the longer run's
     layers paired with none."""
     notes = [no_images_note(cmp.no_images)] if cmp.no_images else []
+    notes += [f"{side.upper()} has no image of these classes yet (partial), left out of its lists: "
+              + ", ".join(safe(c) for c in classes) for side, classes in cmp.unmined.items()]
     for side, run, key in (("A", cmp.a, "layer_a"), ("B", cmp.b, "layer_b")):
         left = [name for name in run.layers if name not in set(cmp.layers[key])] if len(cmp.layers) else []
         if left:
@@ -77,7 +81,7 @@ def compare_notes(cmp: Comparison) -> list[str]:
 
 def _overall(acc: float | None, run: Run) -> str:
     """A compared run's accuracy, with its precision when it was mined under autocast."""
-    return rate(acc) + (f", {safe(run.precision)}" if run.reduced_precision else "")
+    return ("partial" if not run.complete else rate(acc)) + (f", {safe(run.precision)}" if run.reduced_precision else "")
 
 
 def print_compare(a: Run | str, b: Run | str, n: int, console: Console, title: bool = False) -> None:

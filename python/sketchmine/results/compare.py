@@ -2,6 +2,7 @@
 top/bottom classes, and how much the preferred classes overlap."""
 from __future__ import annotations
 
+import html
 import os
 from dataclasses import dataclass, field
 
@@ -9,11 +10,12 @@ import pandas as pd
 
 from sketchmine.errors import SketchmineError
 from sketchmine.results.effects import logits_layer
+from sketchmine.results.numbers import percent, rate
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.summaries import class_set
 
 
-@dataclass
+@dataclass(repr=False)
 class Comparison:
     """accuracy: per class (accuracy_a, accuracy_b, difference; NaN for a run without
     predictions); layers: layer pairs (see `layer_pairs`; column paired_by "name" or "depth")
@@ -32,10 +34,35 @@ class Comparison:
     jaccard: pd.DataFrame
     no_images: list[str] = field(default_factory=list)
     """Classes with no image in the runs, left out of every top and bottom list."""
+    unmined: dict[str, list[str]] = field(default_factory=dict)
+    """A partial run's ("a", "b") classes it has no image of yet, left out of its lists only (the
+    other run lists them: they are not classes without images)."""
 
     @property
     def overall(self) -> tuple[float | None, float | None]:
         return self.a.accuracy(), self.b.accuracy()
+
+    def __repr__(self) -> str:
+        acc = [rate(v) if run.complete else "partial" for v, run in zip(self.overall, (self.a, self.b))]
+        return (f"<sketchmine.Comparison A {str(self.a.path)!r} ({acc[0]}) vs B {str(self.b.path)!r} ({acc[1]}): "
+                f"{len(self.layers)} layer pairs, top/bottom {self.n} classes>")
+
+    def _repr_html_(self) -> str:
+        """In a notebook, what `sketchmine compare` prints: the accuracy per class side by side
+        and the paired layers' top and bottom classes with their overlaps (a dataclass dump of
+        two runs and three tables showed none of them)."""
+        esc = html.escape
+        acc = self.accuracy.map(lambda v: percent(v, 2)).to_html(escape=True)
+        cols = ["layer_a", "layer_b", "paired_by", "top_a", "top_b", "jaccard_top", "bottom_a", "bottom_b", "jaccard_bottom"]
+        shown = self.layers[cols].copy() if len(self.layers) else pd.DataFrame(columns=cols)
+        for key in ("top_a", "top_b", "bottom_a", "bottom_b"):
+            shown[key] = [", ".join(map(str, v)) for v in shown[key]]
+        notes = [f"classes without images, left out: {', '.join(self.no_images)}"] if self.no_images else []
+        notes += [f"{side.upper()} is partial: no image yet of {', '.join(c)}" for side, c in self.unmined.items()]
+        return (f"<div class='sketchmine-compare'><p>{esc(repr(self))}</p><p>accuracy per class (%)</p>{acc}"
+                f"<p>layers paired, top and bottom {self.n} classes among the top-k images, Jaccard overlap</p>"
+                f"{shown.to_html(index=False, escape=True, float_format=lambda v: f'{v:.2f}', na_rep='-')}"
+                + "".join(f"<p>{esc(note)}</p>" for note in notes) + "</div>")
 
 
 def jaccard(x: set | None, y: set | None) -> float:
@@ -66,11 +93,16 @@ def layer_pairs(a: list[str], b: list[str], outputs: tuple[str | None, str | Non
     with each other, and every other layer with the layer at the nearest relative depth between
     the pairs around it (`depth_pairs` when there are none: two architectures). Pairing by depth
     alone put a 2-layer run's features.6 beside the other run's features.0, and SketchNet's
-    logits beside a ResNet's conv layer (its `fc` left out)."""
+    logits beside a ResNet's conv layer (its `fc` left out); a run without its logits or softmax
+    put its last hidden layer beside the other's softmax."""
     flip = len(a) > len(b)
     short, long_ = (b, a) if flip else (a, b)
     fixed = {name: (name, "name") for name in short if name in long_}
     s_out, l_out = outputs[::-1] if flip else outputs
+    # a run mined without its outputs (SketchNet's features.6 and classifier.4) ends at a hidden
+    # layer: it ends where the other's hidden layers end, not at its logits or softmax
+    hidden = long_.index(l_out) if l_out in long_ and s_out not in short and "softmax" not in short else len(long_)
+    end = max(hidden, 1) - 1
     if s_out in short and l_out in long_ and s_out not in fixed and l_out not in {v for v, _ in fixed.values()}:
         fixed[s_out] = (l_out, "output")
     points: list[tuple[int, int]] = []  # (short, long) positions of the fixed pairs, both increasing
@@ -80,7 +112,7 @@ def layer_pairs(a: list[str], b: list[str], outputs: tuple[str | None, str | Non
     if not points or points[0][0] > 0:
         points.insert(0, (0, 0))
     if points[-1][0] < len(short) - 1:
-        points.append((len(short) - 1, len(long_) - 1))
+        points.append((len(short) - 1, max(end, points[-1][1])))
     pairs = []
     for i, name in enumerate(short):
         if name in fixed:
@@ -108,10 +140,11 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: i
     top_a = {l: a.top_classes(l, n) for l in a.layers}
     top_b = {l: b.top_classes(l, n) for l in b.layers}
     rows: list[dict] = []
-    no_images: set[int] = set()  # class positions: a name may repeat
+    empty: dict[str, set[int]] = {"a": set(), "b": set()}  # class positions: a name may repeat
     for la, lb, how in layer_pairs(a.layers, b.layers, (logits_layer(a), logits_layer(b))):
         frame_a, frame_b = a.bottom_classes(la, n), b.bottom_classes(lb, n)
-        no_images.update(frame_a.attrs.get("no_images_at", []), frame_b.attrs.get("no_images_at", []))
+        empty["a"].update(frame_a.attrs.get("no_images_at", []))
+        empty["b"].update(frame_b.attrs.get("no_images_at", []))
         lists = {"top_a": top_a[la], "top_b": top_b[lb], "bottom_a": frame_a, "bottom_b": frame_b}
         rows.append({"layer_a": la, "layer_b": lb, "paired_by": how,
                      **{key: list(df.index) for key, df in lists.items()},
@@ -121,7 +154,12 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: i
                      **{f"all_tied_{side}": bool(top.attrs["all_tied"]) for side, top in (("a", top_a[la]), ("b", top_b[lb]))}})
     matrix = pd.DataFrame([[jaccard(class_set(top_a[x]), class_set(top_b[y])) for y in b.layers] for x in a.layers],
                           index=pd.Index(a.layers, name="layer_a"), columns=pd.Index(b.layers, name="layer_b"))
-    return Comparison(a, b, n, accuracy, pd.DataFrame(rows), matrix,
-                      [a.class_names[c] for c in sorted(no_images)])
+    # a complete run knows the classes without images; a partial one may not have reached a class yet
+    done = [empty[side] for side, run in (("a", a), ("b", b)) if run.complete]
+    no_images = set.intersection(*done) if done else set()
+    unmined = {side: [a.class_names[c] for c in sorted(empty[side] - no_images)]
+               for side, run in (("a", a), ("b", b)) if not run.complete and empty[side] - no_images}
+    return Comparison(a, b, n, accuracy, pd.DataFrame(rows), matrix, [a.class_names[c] for c in sorted(no_images)],
+                      unmined)
 
 

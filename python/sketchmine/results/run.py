@@ -13,6 +13,7 @@ import pandas as pd
 
 from sketchmine.errors import SketchmineError, closest, unless_damaged
 from sketchmine.results import summaries
+from sketchmine.results.correlations import ClassCorrelations
 from sketchmine.results.checks import (check_array_name, check_count, check_dataset_array_name, check_result_name,
                                        check_rows)
 from sketchmine.results.notebook import UnitCard, run_html, run_repr
@@ -26,7 +27,7 @@ from sketchmine.store.runstore import RunStore
 __all__ = ["Run", "open_run"]
 
 
-class Run(UnitViews, Precision):
+class Run(UnitViews, ClassCorrelations, Precision):
     """Read access to one run directory (complete or, clearly labelled, partial)."""
 
     def __init__(self, store: RunStore) -> None:
@@ -216,6 +217,9 @@ class Run(UnitViews, Precision):
     def class_sizes(self) -> pd.Series:
         """Labelled images per class that the layers saw: dataset/class_image_count, else (a
         partial run, or one mined before it was kept) the labels of the images mined so far."""
+        return self.store.committed(self._class_sizes)
+
+    def _class_sizes(self) -> pd.Series:
         if self.complete and self.has_dataset_array("class_image_count"):
             sizes = self.dataset_array("class_image_count")
         else:
@@ -226,9 +230,11 @@ class Run(UnitViews, Precision):
     def _ranked(self, layer: str) -> pd.DataFrame:
         """`summaries.ranked_classes` of the layer's class histogram, over the classes that have
         images (mined images: a partial run's unmined classes are "no_images", not ranked at 0)."""
-        sizes = self.class_sizes().to_numpy()  # a partial run's: the images mined so far
-        return summaries.ranked_classes(self.class_histogram(layer), self.class_accuracy_series().to_numpy(), sizes,
-                                        sizes > 0)
+        def read() -> pd.DataFrame:  # the sizes, counts and accuracy of one commit
+            sizes = self.class_sizes().to_numpy()  # a partial run's: the images mined so far
+            return summaries.ranked_classes(self.class_histogram(layer), self.class_accuracy_series().to_numpy(),
+                                            sizes, sizes > 0)
+        return self.store.committed(read)
 
     def top_classes(self, layer: str, n: int = 5) -> pd.DataFrame:
         """The n classes most frequent among the layer's top-k images (raw counts), with accuracy and
@@ -316,64 +322,24 @@ class Run(UnitViews, Precision):
     def selectivity(self, layer: str) -> pd.Series:
         """Class-selectivity index per unit (Morcos et al. 2018) of its class means of image maxima;
         NaN where it does not apply (a negative class mean: the tap is before its ReLU), see
-        `summaries.selectivity_index`."""
-        return summaries.selectivity_index(self.class_stats(layer)[0])
+        `summaries.selectivity_index`. attrs["partial"]: over the images mined so far, as
+        `class_preference` says."""
+        def read() -> pd.Series:
+            si = summaries.selectivity_index(self.class_stats(layer)[0])
+            si.attrs["partial"] = not self.complete
+            return si
+        return self.store.committed(read)
 
     def class_preference(self, layer: str) -> pd.DataFrame:
         """The layer's class preference over ALL images, per class, most preferred first: the mean
         over units of the unit's z-scored class means (why this measure: `summaries.preference`);
         columns preference, units_preferring, accuracy; attrs units, no_images, partial."""
-        mean, count = self.class_stats(layer)
-        df = summaries.preference(mean, self.class_accuracy_series().to_numpy(), self.class_names, count)
-        df.attrs["partial"] = not self.complete
-        return df
-
-    def ink_density(self) -> pd.Series:
-        """Mean ink density of each class's images (fraction of pixels differing from the image's
-        background by more than half the range, measured on the model's input; see
-        `classstats.ink_density`)."""
-        if self.has_dataset_array("class_ink_density"):
-            ink = self.dataset_array("class_ink_density")
-        else:
-            stats = self._checkpoint_stats()
-            if stats is None:
-                raise SketchmineError(f"run {self.path} has no per-class ink density: the dataset has no labels, "
-                                      "or the run was mined before sketchmine measured it (mine it again)")
-            ink = stats.ink_results()[0]
-        return pd.Series(ink, index=pd.Index(self.class_names, name="class"), name="ink_density")
-
-    def ink_correlation(self) -> pd.DataFrame:
-        """Per layer: Spearman correlation between the layer's unbiased class preference and the
-        classes' ink density (the seed's "conv layers prefer classes of high stroke density")."""
-        ink = self.ink_density().to_numpy()
-        rows = []
-        for layer in self.layers:
-            pref = self._preference_in_class_order(layer)
-            rho, p = summaries.spearman(pref, ink)
-            rows.append({"layer": layer, "kind": self.layer_attrs(layer).get("kind", ""),
-                         "spearman": rho, "p_value": p, "classes": int(np.isfinite(pref).sum())})
-        return summaries.layer_table(rows, partial=not self.complete)
-
-    def accuracy_correlation(self) -> pd.DataFrame:
-        """Per layer, as `ink_correlation`: Spearman ρ (and p) between per-class accuracy and the
-        layer's class preference by its top-k (`class_histogram(per_image=True)`: the raw counts'
-        order when classes are the same size), columns *_topk, and over all images
-        (`class_preference`; NaN without class statistics), *_preference. Does a layer prefer
-        the classes the network classifies well? A run without predictions is refused."""
-        acc, stats = self.class_accuracy()["accuracy"].to_numpy(), self.has_class_stats()
-        rows = []
-        for layer in self.layers:
-            topk = self.class_histogram(layer, per_image=True).to_numpy()  # class order, as acc
-            pref = self._preference_in_class_order(layer) if stats else topk * np.nan
-            rows.append({"layer": layer, "kind": self.layer_attrs(layer).get("kind", ""),
-                         **summaries.rank_correlations({"topk": topk, "preference": pref}, acc)})
-        return summaries.layer_table(rows, partial=not self.complete)
-
-    def _preference_in_class_order(self, layer: str) -> np.ndarray:
-        """(K,) `class_preference` by class number (NaN: no images): two classes may share a name."""
-        mean, count = self.class_stats(layer)
-        k = [str(c) for c in range(mean.shape[1])]
-        return summaries.preference(mean, np.full(len(k), np.nan), k, count)["preference"].reindex(k).to_numpy()
+        def read() -> pd.DataFrame:  # the statistics, accuracy and state of one commit
+            mean, count = self.class_stats(layer)
+            df = summaries.preference(mean, self.class_accuracy_series().to_numpy(), self.class_names, count)
+            df.attrs["partial"] = not self.complete
+            return df
+        return self.store.committed(read)
 
     def has_class_stats(self) -> bool:
         """True when the unbiased statistics can be read (final arrays or a partial checkpoint)."""
@@ -390,6 +356,11 @@ class Run(UnitViews, Precision):
 
     def __repr__(self) -> str:
         return run_repr(self)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """A run goes to another process (a pool's worker, joblib, dask) or a deep copy as its
+        path, opened there for reading: a handle holds locks and caches that stay with it."""
+        return open_run, (os.fspath(self.path),)
 
     def _repr_html_(self) -> str:
         return run_html(self)

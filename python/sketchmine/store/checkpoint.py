@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,9 @@ class Checkpoints:
     _written: list[list[Any]]
     _intact: tuple[str | None, int, dict[str, Any]] | None
     _override: dict[str, Any]
+    _reading: int
+    progress_on_disk: Callable[[], dict[str, Any]]
+    cached_progress: Callable[[], dict[str, Any]]
 
     @io_errors
     def write_checkpoint(self, states: dict[str, dict[str, np.ndarray]], images_done: int,
@@ -101,7 +105,9 @@ class Checkpoints:
         slot cannot be pinned although the run did not move on (damaged: the caller's
         `checkpoint` path decides); a SketchmineError when the writer moved on
         (RunStore.committed retries)."""
-        progress = self._progress_on_disk()
+        progress = self.progress_on_disk()
+        if self._reading and progress != self.cached_progress():  # a newer commit than this read's
+            raise SketchmineError(f"{self.path}: the run moved on to a newer commit during the read")
         slot = progress.get("slot")
         if slot is None:
             return None
@@ -117,7 +123,7 @@ class Checkpoints:
                 raise ValueError("the slot's arrays do not match its checksums")
             return meta, flat
         except Exception as exc:
-            if self._progress_on_disk() != progress:
+            if self.progress_on_disk() != progress:
                 raise SketchmineError(f"{self.path}: the checkpoint moved on while it was read ({exc})") from None
             return None
 

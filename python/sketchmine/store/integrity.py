@@ -50,29 +50,51 @@ def verify_run(path: str | os.PathLike) -> Verified:
     inside the run: it is listed in `damaged` (a run whose root attributes do not parse is refused,
     as `open_run` refuses it)."""
     store = RunStore.open(path)
-    progress = store.progress
-    out = Verified(store.path, bool(progress.get("complete")), int(progress.get("images_done", 0)))
+    out = store.committed(lambda: _state(store))
     arrays, groups = _nodes(store, out)
     covered = _final(store, arrays, out) | _blocks(store, arrays, out) | _groups(store, arrays, groups, out)
-    if not out.complete:
-        slot, done, _ = store.checkpoint()
-        committed = progress.get("slot")
-        out.note = ("partial run: no checkpoint committed yet (`sketchmine mine` starts from the first image)"
-                    if committed is None and not out.images_done else
-                    f"partial run: its committed checkpoint (image {done}) is intact" if slot == committed else
-                    f"partial run: its newest checkpoint (image {out.images_done}) is damaged or incomplete; "
-                    f"`sketchmine mine` resumes from image {done}")
-        covered |= {name for name in arrays if name.startswith(f"{schema.CHECKPOINT}/")}
     out.unchecked = sorted(set(arrays) - covered - set(out.damaged))
     return out
 
 
+def _state(store: RunStore) -> Verified:
+    """The run's committed state and, for a partial run, whether its committed checkpoint is intact
+    (`RunStore.checkpoint`: its checksums). The checkpoint is mining's, not a result: its free slot
+    is rewritten at every flush (a kill mid-flush leaves it half written, a run being mined
+    rewrites it while it is read) and a complete run drops both; neither is damage. A read during
+    which the writer committed again is repeated (`committed`): the slot it read may be the
+    one the writer is rewriting."""
+    progress = store.progress
+    out = Verified(store.path, bool(progress.get("complete")), int(progress.get("images_done", 0)))
+    if out.complete:
+        if (store.path / schema.CHECKPOINT).exists():  # mining's last step (dropping it) was cut short
+            out.note = (f"complete run; the checkpoint its mining left ({schema.CHECKPOINT}/) is not a result: the same "
+                        "`sketchmine mine` command removes it")
+        return out
+    slot, done, _ = store.checkpoint()
+    committed = progress.get("slot")
+    if slot != committed and store.progress_on_disk() != progress:
+        raise SketchmineError(f"{store.path}: the run moved on to a newer commit while its checkpoint was read")
+    out.note = ("partial run: no checkpoint committed yet (`sketchmine mine` starts from the first image)"
+                if committed is None and not out.images_done else
+                f"partial run: its committed checkpoint (image {done}) is intact" if slot == committed else
+                f"partial run: its newest checkpoint (image {out.images_done}) is damaged or incomplete; "
+                f"`sketchmine mine` resumes from image {done}")
+    return out
+
+
 def _nodes(store: RunStore, out: Verified) -> tuple[dict[str, zarr.Array], dict[str, zarr.Group]]:
-    """Every array and group of the run by path, each one's metadata parsed (else damaged)."""
+    """Every array and group of the run by path (the checkpoint's aside: `_state`), each one's
+    metadata parsed (else damaged). os.walk: a folder a writer removes during the walk is skipped."""
     arrays: dict[str, zarr.Array] = {}
     groups: dict[str, zarr.Group] = {}
-    for meta in sorted(store.path.rglob("zarr.json")):
-        rel = meta.parent.relative_to(store.path).as_posix()
+    found = []
+    for folder, names, files in os.walk(store.path):
+        if Path(folder) == store.path and schema.CHECKPOINT in names:
+            names.remove(schema.CHECKPOINT)
+        if "zarr.json" in files:
+            found.append(Path(folder).relative_to(store.path).as_posix())
+    for rel in sorted(found):
         if rel == "." or any(part.endswith(_STAGED) for part in rel.split("/")):
             continue
         parent = rel.rpartition("/")[0]

@@ -15,7 +15,6 @@ rewritten on resume.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -33,6 +32,7 @@ from sketchmine.store.attrs import check_layer_attrs, check_root_attrs
 from sketchmine.store.checkpoint import Checkpoints
 from sketchmine.store.checksums import block_sums, digest, pieces, stored_sums
 from sketchmine.store.columns import Columns
+from sketchmine.store.commits import CommittedReads
 from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
 from sketchmine.store.lock import RunLock, check_writable, is_run, runs_in, stage
@@ -48,7 +48,7 @@ def _layer_groups(layers: dict[str, dict[str, Any]]) -> dict[str, GroupMetadata]
     return {schema.layer_group(name): GroupMetadata(attributes=meta) for name, meta in layers.items()}
 
 
-class RunStore(Checkpoints):
+class RunStore(Checkpoints, CommittedReads):
     """Read and write one run directory."""
 
     def __init__(self, path: str | os.PathLike, group: zarr.Group) -> None:
@@ -153,47 +153,15 @@ class RunStore(Checkpoints):
         memory: a dataset's logits), checked against its recorded checksums `entry`; bytes read."""
         return sum(self._read(name, entry, rows).nbytes for rows in pieces(self._array(name)))
 
-    def committed(self, read: Callable[[], Any], tries: int = 10) -> Any:
-        """`read()` against one committed state of a run another process may be mining.
-
-        A writer only rewrites the checkpoint slot its last commit does not name, commits by
-        rewriting the root attributes (atomically), and never rewrites per-image rows below a
-        commit; a reader's checkpoint reads are pinned to one commit (`_pinned`). A read that
-        fails while the committed progress changed is repeated against the newer commit (this
-        store refreshed); an error during a read the writer did not disturb is the run's real
-        error. Gives up after `tries` with a clear "retry"."""
-        for attempt in range(tries):
-            before = self._progress_on_disk()
-            if before != self.group.attrs.get("progress"):
-                self.refresh()
-            if before.get("complete"):  # final arrays, written before the commit and never again
-                return read()
-            try:
-                return read()  # checkpoint reads are pinned to one commit (`_pinned`); rows below it do not change
-            except Exception as exc:
-                error = exc
-            if self._progress_on_disk() == before:
-                if isinstance(error, SketchmineError):
-                    raise error
-                raise RunDamaged(f"run {self.path} is damaged: {type(error).__name__}: {str(error)[:120]}; "
-                                 "mine it again with a new --out") from error
-            time.sleep(min(0.01 * 2 ** attempt, 0.2))
-        raise SketchmineError(f"run {self.path} is being written by another process, which committed newer results "
-                              f"during each of {tries} attempts to read it; retry in a moment")
-
-    def _progress_on_disk(self) -> dict[str, Any]:
-        """The committed progress as on disk now (zarr writes zarr.json atomically)."""
-        try:
-            return dict(json.loads((self.path / "zarr.json").read_bytes())["attributes"]["progress"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RunDamaged(f"run {self.path} is damaged: its root attributes cannot be read "
-                             f"({type(exc).__name__}: {exc})") from None
-
     def refresh(self) -> None:
         """Read the run's attributes afresh (a writer committed since this handle opened it)."""
         group = zarr.open_group(str(self.path), mode="r" if self.group.read_only else "r+")
         check_root_attrs(self.path, dict(group.attrs))
         self.group, self._intact = group, None
+
+    def cached_progress(self) -> dict[str, Any]:
+        """The progress as this handle last read it (`refresh`), the writer's own state included."""
+        return dict(self.group.attrs.get("progress") or {})
 
     # ---- attributes ------------------------------------------------------------------
     def has(self, name: str) -> bool:
@@ -230,6 +198,8 @@ class RunStore(Checkpoints):
 
     @property
     def attrs(self) -> dict[str, Any]:
+        if self.group.read_only:
+            self.follow()  # a reader's handle follows its writer between reads (commits.py)
         return {**self.group.attrs, **self._override}
 
     @property

@@ -1,0 +1,85 @@
+"""Reading a run another process may be mining: every answer from one committed state.
+
+A writer commits by rewriting the root attributes (atomically); a reader's handle caches them.
+`committed` runs a read against one commit (the handle refreshed first where the writer moved
+on, the read repeated where the writer committed during it), and a reader's handle between
+reads follows the writer (`follow`), so `complete`, `images_done` and the layers it reports
+are those of the commit its next answer comes from, not of the moment it was opened.
+
+A mixin of RunStore (its group, path and `refresh`), kept apart because the protocol is its own.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sketchmine.errors import RunDamaged, SketchmineError
+
+
+class CommittedReads:
+    """Committed reads of a RunStore (see the module docstring)."""
+
+    path: Path
+    refresh: Callable[[], None]  # RunStore's: the root attributes read again
+    cached_progress: Callable[[], dict[str, Any]]  # RunStore's: the progress this handle holds
+    _reading = 0  # > 0 inside `committed`: the handle holds still, nested reads join the outer one
+
+    def committed(self, read: Callable[[], Any], tries: int = 10) -> Any:
+        """`read()` against one committed state of a run another process may be mining.
+
+        A writer only rewrites the checkpoint slot its last commit does not name, commits by
+        rewriting the root attributes (atomically), and never rewrites per-image rows below a
+        commit; a reader's checkpoint reads are pinned to the commit this handle holds
+        (`Checkpoints._pinned`). A read that fails while the committed progress changed is
+        repeated against the newer commit (this store refreshed); an error during a read the
+        writer did not disturb is the run's real error. A read within a read is part of it (the
+        handle refreshes only between whole reads: one answer, one commit). Gives up after
+        `tries` with a clear "retry"."""
+        if self._reading:
+            return read()
+        self._reading += 1
+        try:
+            return self._committed(read, tries)
+        finally:
+            self._reading -= 1
+
+    def _committed(self, read: Callable[[], Any], tries: int) -> Any:
+        for attempt in range(tries):
+            before = self.progress_on_disk()
+            if before != self.cached_progress():
+                self.refresh()
+            if before.get("complete"):  # final arrays, written before the commit and never again
+                return read()
+            try:
+                return read()
+            except Exception as exc:
+                error = exc
+            if self.progress_on_disk() == before:
+                if isinstance(error, SketchmineError):
+                    raise error
+                raise RunDamaged(f"run {self.path} is damaged: {type(error).__name__}: {str(error)[:120]}; "
+                                 "mine it again with a new --out") from error
+            time.sleep(min(0.01 * 2 ** attempt, 0.2))
+        raise SketchmineError(f"run {self.path} is being written by another process, which committed newer results "
+                              f"during each of {tries} attempts to read it; retry in a moment")
+
+    def follow(self) -> None:
+        """Between reads, take the writer's newest commit (a notebook's handle on a run being
+        mined says "complete" once it is). A complete run's handle keeps its state: nothing
+        commits after the last commit."""
+        if self._reading:
+            return
+        known = self.cached_progress()
+        if not known.get("complete") and self.progress_on_disk() != known:
+            self.refresh()
+
+    def progress_on_disk(self) -> dict[str, Any]:
+        """The committed progress as on disk now (zarr writes zarr.json atomically)."""
+        try:
+            return dict(json.loads((self.path / "zarr.json").read_bytes())["attributes"]["progress"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RunDamaged(f"run {self.path} is damaged: its root attributes cannot be read "
+                             f"({type(exc).__name__}: {exc})") from None
