@@ -14,6 +14,7 @@ from sketchmine.cli.main import main as cli
 from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
 from sketchmine.errors import SketchmineError
 from sketchmine.results.numbers import percent
+from sketchmine.store.lock import RunLock
 
 
 def direct(model, ds, layer, unit, labels, unit_dim=1, element=None):
@@ -89,6 +90,13 @@ def test_batched_ablation_equals_one_unit_at_a_time(mined, demo_model, small_tes
     _check_units(df, demo_model.module, small_test_set, layer, sorted({0, 7, top}), small_test_set.labels(), "split")
     again = sketchmine.open_run(mined.path).unit_importance(layer)
     pd.testing.assert_frame_equal(again, df)
+    # indexed by the unit, as every per-unit reader: a join pairs each unit with its own drop
+    # (the index was the place in the order: .loc[u] gave another unit's row, silently)
+    assert (df.index == df["unit"]).all() and df.index[0] == top
+    stored = mined.store.read(f"layers/{layer}/importance/prob_drop")
+    joined = pd.DataFrame({"selectivity": sketchmine.open_run(mined.path).selectivity(layer)}).join(df)
+    np.testing.assert_array_equal(joined["prob_drop"].to_numpy(), stored)
+    assert all(df.loc[u, "prob_drop"] == stored[u] for u in range(len(stored)))
 
 
 class Untraceable(nn.Module):
@@ -189,3 +197,22 @@ def test_residual_block_output_is_cut_and_equals_direct(tmp_path):
     run = sketchmine.mine(loaded.module, ds, layers=["layer2.0"], k=2, out=tmp_path / "r.zarr", batch_size=100)
     df = sketchmine.unit_importance(run, "layer2.0", model=loaded.module, dataset=ds, batch_size=100)
     _check_units(df, loaded.module, ds, "layer2.0", sorted({1, int(df["unit"].iloc[0])}), ds.labels(), "split")
+
+
+def test_a_writer_started_during_an_ablation_pass_is_refused_not_the_pass(mined, demo_model, small_test_set):
+    """`importance` checked the run's lock, computed for minutes without it, then took it to write:
+    a `visualize` started meanwhile took the run, and importance's work was refused at its end,
+    storing nothing. The pass now holds the run shared while it computes: the writer is refused
+    (told why), the pass stores its result, and the run is free again after it."""
+    from sketchmine.passes.effects import EffectsPass
+    from sketchmine.passes.importance import ImportancePass
+
+    for make in (lambda: ImportancePass(mined, ["classifier.4"], demo_model.module, small_test_set, batch_size=150),
+                 lambda: EffectsPass(mined, ["classifier.4"], demo_model.module, small_test_set, batch_size=150)):
+        computing = make()
+        with pytest.raises(SketchmineError, match="is being written by another process; wait for it or stop it first"):
+            sketchmine.visualize(mined, ["features.3"], model=demo_model.module, data=small_test_set)
+        assert list(computing) == ["classifier.4"]  # stored, not refused
+        RunLock(mined.path).check_free()  # and let go
+    run = sketchmine.open_run(mined.path)
+    assert run.has_importance("classifier.4") and run.has_unit_effects("classifier.4") and run.patches_done("features.3") == 0

@@ -71,6 +71,20 @@ def test_a_link_to_an_empty_folder_gets_the_run_there(tmp_path, small_test_set):
     assert _mine(small_test_set, tmp_path / "run.zarr").complete  # through the link again: complete
 
 
+def test_the_users_empty_folder_keeps_its_permissions_and_a_left_marker_goes(tmp_path, small_test_set):
+    """The run replaced the user's empty folder by its own (a 0700 folder became 0755, readable by
+    all), through a moment with no folder at all; and a kill right after the run was renamed into
+    place left stage's marker in it for good (a Zarr reader warned of it at every listing)."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    os.chmod(private, 0o2700)  # and setgid, as a shared project folder would be
+    run = _mine(small_test_set, private)
+    assert run.complete and oct(private.stat().st_mode & 0o7777) == oct(0o2700)
+    (private / MARKER).write_text("left by a kill after the rename\n")
+    assert _mine(small_test_set, private).complete  # the same command: complete, and tidied
+    assert not (private / MARKER).exists()
+
+
 def test_out_dot_is_refused_in_an_empty_folder_and_resumes_a_run(tmp_path, small_test_set, monkeypatch):
     """A new run is renamed into place: "." (or the current folder by name), empty, is refused
     naming the name to give from above; "." and ".." naming a run resume it."""

@@ -240,3 +240,35 @@ def test_replacing_another_runs_report_is_said(run, rep, tmp_path, caplog):
     assert said == [f"report folder {rep} held the report of run {Path(run.path).resolve()}; it now holds the "
                     f"report of {other.path}"]
     assert json.loads((rep / MARKER).read_text())["run"] == str(Path(other.path).resolve())
+
+
+def test_a_ctrl_c_once_the_new_report_is_in_place_says_it_was_written(run, rep, monkeypatch):
+    """A Ctrl-C while the previous report, swapped out, was removed said "no report was written and
+    the previous one in the folder (if any) is unchanged": the new report was in place. It says so,
+    and where the previous one is left; the next report removes that."""
+    import subprocess
+    import sys
+
+    real, hits = Path.unlink, []
+
+    def unlink(self, *a, **k):  # Ctrl-C while the swapped-out previous report's index.html is removed
+        if self.name == "index.html" and self.parent != rep and report_folder.TMP in self.parent.name and not hits:
+            hits.append(self.parent)
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt) as e:
+        write_report(run, rep)
+    monkeypatch.setattr(Path, "unlink", real)
+    assert hits and str(e.value) == (f"interrupted after the report was written to {rep}; the previous one, being removed, "
+                                     f"is left in {hits[0].name} beside it, which the next `sketchmine report` there removes")
+    assert (rep / "index.html").is_file() and not json.loads((rep / MARKER).read_text()).get("partial")
+    assert hits[0].is_dir()
+    gone = subprocess.Popen(["true"])  # the interrupted command's process ends: its pid, in the name, is then gone
+    gone.wait()
+    left = hits[0].rename(hits[0].with_name(f"{hits[0].name.rsplit('-', 1)[0]}-{gone.pid}"))
+    again = subprocess.run([sys.executable, "-m", "sketchmine", "report", str(run.path), "--out", str(rep), "-q"],
+                           capture_output=True, text=True)  # another process: this one's leftovers are not stale to it
+    assert again.returncode == 0, again.stderr
+    assert not left.exists() and leftovers(rep) == []

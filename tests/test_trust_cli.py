@@ -167,8 +167,10 @@ def test_a_report_stopped_while_swapped_in_from_inside_its_folder_is_written_aga
         return real(a, b)
 
     monkeypatch.setattr(report_folder.os, "replace", stop_on_third)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as e:  # and it says so: "the previous report is unchanged" was untrue
         write_report(run_copy, rep)
+    assert str(e.value) == (f"interrupted while the report replaced the previous one in {rep}: the report folder is "
+                            "incomplete; run `sketchmine report` again")
     monkeypatch.setattr(report_folder.os, "replace", real)
     assert json.loads((rep / MARKER).read_text()).get("partial")
     write_report(run_copy, rep)  # the same command writes it again

@@ -133,6 +133,8 @@ INTERRUPTED = {
     "mine": "re-run the same command to resume from the last flush (a checkpoint every --flush-every batches; "
             "from the first image when none was made yet)",
     "visualize": "re-run the same command to resume from the last finished block of units",
+    "visualize --redo": "re-run the same command without --redo to resume from the last finished block of units "
+                        "(with --redo it starts the layers again)",
     "importance": "layers finished before the interrupt keep their stored importance; re-running recomputes "
                   "every layer it is given",
     "report": "no report was written and the previous one in the folder (if any) is unchanged; re-running "
@@ -367,7 +369,9 @@ def _run(args: argparse.Namespace) -> int:
         return _dispatch(args, console, err)
     except (SketchmineError, OSError, KeyboardInterrupt) as exc:
         with _ctrl_c_held():  # the one line that says what happened, and nothing after it
-            return _failed(exc, args.command, verbosity)
+            # `visualize --redo` starts its layers again each time: the re-run that resumes is the one without it
+            command = "visualize --redo" if args.command == "visualize" and getattr(args, "redo", False) else args.command
+            return _failed(exc, command, verbosity)
 
 
 def _failed(exc: BaseException, command: str, verbosity: int) -> int:

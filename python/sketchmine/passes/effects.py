@@ -38,6 +38,7 @@ from sketchmine.stats.correlation import (BLOCK_UNITS, Correlated, check_maxima_
                                           top_correlated)
 from sketchmine.store import schema
 from sketchmine.store.layer_results import write_layer_results
+from sketchmine.store.lock import RunLock
 
 __all__ = ["Correlated", "Effects", "EffectsPass", "ablation_effects", "check_ablatable", "check_run_ablatable", "torch_net",
            "unique", "unit_effects"]
@@ -89,8 +90,6 @@ def ablation_net(run: Run, names: list[str], model: Any, weights: str | os.PathL
     """The torch model to ablate `names` of `run` in, every layer checked first: in the run,
     ablatable (not softmax, not an ONNX run), then found in the loaded model, and the run not
     being written by another process; so a refusal comes before any computation or write."""
-    from sketchmine.store.lock import RunLock
-
     for name in names:
         run.layer_attrs(name)  # a layer the run does not have is refused with the run's layers
         check_ablatable(name, run=run)
@@ -156,15 +155,16 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
                "delta": DELTA})
 
 
-def write_effects(run: Run, layer: str, effects: Effects, correlated: Correlated) -> None:
+def write_effects(run: Run, layer: str, effects: Effects, correlated: Correlated, lock: RunLock | None = None) -> None:
     """Store a layer's correlated units, then its effects (each group replacing an earlier one
-    whole): layers/<layer>/{correlated, effects} (schema.CORRELATED_ARRAYS, EFFECT_ARRAYS)."""
+    whole): layers/<layer>/{correlated, effects} (schema.CORRELATED_ARRAYS, EFFECT_ARRAYS).
+    `lock`: the pass's shared hold on the run (RunLock.share)."""
     run.layer_attrs(layer)  # a layer the run does not have is refused with the run's layers
     write_layer_results(run.path, layer, {
         schema.CORRELATED: ({key: np.asarray(getattr(correlated, key), dtype=dtype)
                              for key, dtype in schema.CORRELATED_ARRAYS.items()}, dict(correlated.attrs)),
         schema.EFFECTS: ({key: np.asarray(getattr(effects, key), dtype=np.float64) for key in EFFECT_KEYS},
-                         dict(effects.attrs))})
+                         dict(effects.attrs))}, lock)
 
 
 def unit_effects(run: Run | str | os.PathLike, layers: str | list[str], model: Any = None, data: Any = None,
@@ -212,12 +212,20 @@ class EffectsPass:
             check_maxima_memory(name, len(self.ds), self.run.layer_shape(name)[0])
         self.names, self.batch_size, self.units_per_pass = names, batch_size, units_per_pass
         self.correlated, self.block_units = correlated, block_units
+        self.lock = RunLock(self.run.path).share()  # no writer takes the run whole while this computes
 
     def __iter__(self) -> Iterator[str]:
-        for name in self.names:
-            result = ablation_effects(self.net, self.ds, name, self.batch_size, self.device, self.units_per_pass,
-                                      self.run.layer_attrs(name))
-            write_effects(self.run, name, result, top_correlated(result.maxima, self.correlated, self.block_units,
-                                                                 self.device))
-            del result  # its maxima go before the next layer's are allocated
-            yield name
+        try:
+            for name in self.names:
+                result = ablation_effects(self.net, self.ds, name, self.batch_size, self.device, self.units_per_pass,
+                                          self.run.layer_attrs(name))
+                write_effects(self.run, name, result, top_correlated(result.maxima, self.correlated, self.block_units,
+                                                                     self.device), self.lock)
+                del result  # its maxima go before the next layer's are allocated
+                yield name
+        finally:
+            self.lock.release()
+
+    def __del__(self) -> None:  # made and never iterated: the run is not held
+        if hasattr(self, "lock"):
+            self.lock.release()

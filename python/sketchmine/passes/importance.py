@@ -28,18 +28,19 @@ from sketchmine.results.importance_store import COLUMNS, has_importance, read_im
 from sketchmine.results.run import Run, open_run
 from sketchmine.store import schema
 from sketchmine.store.layer_results import write_layer_results
+from sketchmine.store.lock import RunLock
 
 __all__ = ["COLUMNS", "Importance", "ImportancePass", "ablation_importance", "has_importance",
            "read_importance", "unit_importance", "write_importance"]
 
 
-def write_importance(run: Run, layer: str, result: Importance) -> None:
+def write_importance(run: Run, layer: str, result: Importance, lock: RunLock | None = None) -> None:
     """layers/<layer>/importance/<column> arrays plus attrs; replaces an earlier result as a
     unit (store.layer_results, RunStore.write_result): an interrupted write leaves the earlier
-    result, or none."""
+    result, or none. `lock`: the pass's shared hold on the run (RunLock.share)."""
     run.layer_attrs(layer)  # a layer the run does not have is refused with the run's layers
     write_layer_results(run.path, layer, {schema.IMPORTANCE: (
-        {col: np.asarray(getattr(result, col), dtype=np.float64) for col in COLUMNS}, dict(result.attrs))})
+        {col: np.asarray(getattr(result, col), dtype=np.float64) for col in COLUMNS}, dict(result.attrs))}, lock)
 
 
 # ---- run API ------------------------------------------------------------------------------
@@ -91,6 +92,7 @@ class ImportancePass:
             raise SketchmineError("no layer given; name the layers to ablate")
         self.run = run if isinstance(run, Run) else open_run(run)
         self.net = ablation_net(self.run, layers, model, weights)  # every layer checked before any computation
+        self.lock = RunLock(self.run.path).share()  # no writer takes the run whole while this computes
         from sketchmine.passes import reload
 
         self.ds = reload.run_dataset(self.run, data)
@@ -98,8 +100,15 @@ class ImportancePass:
         self.layers, self.batch_size, self.units_per_pass = layers, batch_size, units_per_pass
 
     def __iter__(self) -> Iterator[str]:
-        for name in self.layers:
-            result = ablation_importance(self.net, self.ds, name, self.labels, self.batch_size, self.device,
-                                         self.units_per_pass, self.run.layer_attrs(name))
-            write_importance(self.run, name, result)
-            yield name
+        try:
+            for name in self.layers:
+                result = ablation_importance(self.net, self.ds, name, self.labels, self.batch_size, self.device,
+                                             self.units_per_pass, self.run.layer_attrs(name))
+                write_importance(self.run, name, result, self.lock)
+                yield name
+        finally:
+            self.lock.release()
+
+    def __del__(self) -> None:  # made and never iterated: the run is not held
+        if hasattr(self, "lock"):
+            self.lock.release()

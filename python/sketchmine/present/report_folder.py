@@ -11,10 +11,11 @@ an older sketchmine lists nothing, so only entries recognisably a report's (REPO
 with REPORT_SUFFIXES inside its folders; no links) count as written by it."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +245,8 @@ def swap_in(tmp: Path, target: Path, shown: str | os.PathLike | None = None) -> 
         swap_entries(tmp, target, old, shown)
         return
     if exchange(tmp, target):  # tmp now holds the previous report
-        discard(tmp, shown, lambda: exchange(tmp, target))
+        with _written(shown, tmp):
+            discard(tmp, shown, lambda: exchange(tmp, target))
         return
     aside = target.parent / f".{target.name}{TMP}old-{os.getpid()}"
     os.rename(target, aside)
@@ -257,7 +259,19 @@ def swap_in(tmp: Path, target: Path, shown: str | os.PathLike | None = None) -> 
     def back() -> None:
         os.rename(target, tmp)
         os.rename(aside, target)
-    discard(aside, shown, back)
+    with _written(shown, aside):
+        discard(aside, shown, back)
+
+
+@contextlib.contextmanager
+def _written(shown: str | os.PathLike, old: Path) -> Iterator[None]:
+    """A Ctrl-C once the new report is in place says so (the command's usual words, "no report was
+    written", would be untrue): the previous report, being removed, is left beside it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted after the report was written to {shown}; the previous one, being removed, "
+                                f"is left in {old.name} beside it, which the next `sketchmine report` there removes") from None
 
 
 def discard(old: Path, shown: str | os.PathLike, undo: Callable[[], object]) -> None:
@@ -297,3 +311,6 @@ def swap_entries(tmp: Path, target: Path, old: dict[str, Any], shown: str | os.P
         tmp.rmdir()
     except OSError as exc:
         raise InPlaceSwapError(exc.errno, exc.strerror or str(exc), exc.filename) from exc
+    except KeyboardInterrupt:  # the previous report is partly removed: "unchanged" would be untrue
+        raise KeyboardInterrupt(f"interrupted while the report replaced the previous one in {shown}: the report folder is "
+                                "incomplete; run `sketchmine report` again") from None

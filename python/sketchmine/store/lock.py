@@ -7,14 +7,17 @@ whole. No Zarr here: the layout itself is `store.RunStore.create`'s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
+import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sketchmine.errors import SketchmineError, SketchmineFailure
@@ -68,8 +71,9 @@ class RunLock:
         self._flock()
         if is_run(self.run):  # no other writer lives now: what killed writes left is stale
             remove_write_temps(self.run)
+            (self.run / MARKER).unlink(missing_ok=True)  # `stage`'s, left by a kill right after its rename
 
-    def _flock(self) -> None:
+    def _flock(self, mode: int = fcntl.LOCK_EX) -> None:
         blocked = next((p for p in (self.run.parent, *self.run.parent.parents) if p.exists() and not p.is_dir()), None)
         if blocked is not None:
             raise SketchmineError(f"cannot write the run to {self.run}: {blocked} is a file, not a folder; "
@@ -81,7 +85,7 @@ class RunLock:
             raise SketchmineFailure(f"cannot lock {self.run} for writing ({self.path}: {exc.strerror or exc}); "
                                   "make its folder writable") from None
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
             self._fd = None
@@ -96,6 +100,32 @@ class RunLock:
         be refused after its work."""
         self._flock()
         self.release()
+
+    def share(self) -> RunLock:
+        """Hold the run shared while a pass computes for minutes before it writes (importance,
+        effects): a writer that holds the run whole (mine, visualize) is refused meanwhile, as it
+        would refuse the pass, instead of taking the run and the pass's work being refused at its
+        end; passes that share it may run side by side. Each write goes through `exclusive`."""
+        self._flock(fcntl.LOCK_SH)
+        return self
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The shared hold made whole for one write, then shared again. Another sharer's write,
+        or the sharer itself, may hold the run a while: this waits (Ctrl-C stops it) rather than
+        lose the work already done, and says so."""
+        assert self._fd is not None, "exclusive() needs share() first"
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.getLogger("sketchmine").info(f"waiting for another process that holds {self.run} to store "
+                                                 "this pass's results")
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            remove_write_temps(self.run)  # held whole: what killed writes left is stale
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -204,10 +234,11 @@ def stage(path: Path, lay_out: Callable[[Path], None]) -> None:
         (tmp / MARKER).write_text(f"a sketchmine run being created at {path.name} by process {os.getpid()}; "
                                   "the next `sketchmine mine` on it removes this folder if that process died\n")
         lay_out(tmp)
-        if path.exists():
-            path.rmdir()  # empty (checked by the caller): the rename takes its place
-        os.rename(tmp, path)
-        (path / MARKER).unlink()
+        mode = stat.S_IMODE(path.stat().st_mode) if path.is_dir() else None
+        os.rename(tmp, path)  # over an empty folder (checked by the caller) in one step: it is never gone
+        if mode is not None:  # the user's folder keeps its permissions (a private one stays private)
+            os.chmod(path, mode)
+        (path / MARKER).unlink()  # a kill before this leaves it in the run: the next RunLock removes it
     except OSError as exc:
         _remove_staging(tmp)
         raise SketchmineFailure(f"cannot write the run to {path}: {exc.strerror or exc}") from None
