@@ -174,7 +174,7 @@ def test_unit_classes_and_compare_tell_classes_of_one_name_apart(demo_test_set, 
     a = runs[0]
     acc = a.class_accuracy()["accuracy"].to_numpy()
     for u in range(32):
-        got = [(c["label"], c["count"], c["acc"]) for c in unit_summary(a, "features.0", u)["classes_top"]]
+        got = [(c["label"], c["count"], c["accuracy"]) for c in unit_summary(a, "features.0", u)["classes_top"]]
         found = a.labels[a.topk("features.0")[1][u]]
         counts = np.bincount(found, minlength=10)
         assert got == [(c, int(counts[c]), pytest.approx(acc[c])) for c in sorted(set(found), key=lambda c: (-counts[c], c))]

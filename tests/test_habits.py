@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 import sketchmine
+from sketchmine.results.notebook import GAP
+from sketchmine.results.numbers import column, percent, rate
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["features.0", "classifier.6"]
@@ -175,6 +177,19 @@ def test_json_output_parses_and_matches_the_run(mined):
     assert [c["count"] for c in data["layers"][0]["top_classes"]] == top["count"].tolist()
     assert data["layers"][0]["max_activation"] == pytest.approx(float(run.topk("features.0")[0].max()))
     assert len(data["class_accuracy"]) == 10
+    # what summary's class-statistics tables print is in the document too (a script got only the top-k lists)
+    ink, acc = run.ink_correlation().loc["features.0"], run.accuracy_correlation().loc["features.0"]
+    pref, si = run.class_preference("features.0"), run.selectivity("features.0")
+    first = data["layers"][0]
+    assert [c["class"] for c in first["preference_top"]] == list(pref.index[:3])
+    assert [c["class"] for c in first["preference_bottom"]] == list(pref.index[-3:])
+    assert [c["preference"] for c in first["preference_top"]] == pref["preference"].iloc[:3].tolist()
+    js = lambda v: None if v is None or v != v else float(v)  # noqa: E731  (JSON has no NaN: null)
+    assert first["selectivity_median"] == js(si.median()) and first["selectivity_units"] == int(si.notna().sum())
+    assert (first["spearman_ink"], first["p_ink"]) == (js(ink["spearman"]), js(ink["p_value"]))
+    assert (first["spearman_accuracy_topk"], first["spearman_accuracy_preference"]) == \
+        (js(acc["spearman_topk"]), js(acc["spearman_preference"]))
+    assert [(c["class"], c["ink_density"]) for c in data["ink_density"]] == list(run.ink_density().items())
 
     proc = sm("compare", str(out), str(out), "--json")
     assert proc.returncode == 0, proc.stderr
@@ -307,9 +322,24 @@ def test_unit_card_shows_the_stored_patches_and_classes(mined, tmp_path):
     assert len(urls) == 2  # patches and deconvolutions
     got = np.asarray(Image.open(io.BytesIO(base64.b64decode(urls[0]))))
     tiles = run.layer_array("features.0", "patches", slice(2, 3))[0]  # (k, h, w, 1), small: not shrunk
-    assert np.array_equal(got, np.concatenate(list(tiles[..., 0]), axis=1))
+    gap = np.full((tiles.shape[1], GAP), 128, np.uint8)  # grey between the tiles: black-ground sketches ran together
+    assert np.array_equal(got, np.concatenate([x for t in tiles[..., 0] for x in (t, gap)][:-1], axis=1))
     values, index, _ = run.topk("features.0")
     assert card.max_activation == pytest.approx(float(values[2, 0]))
+    # the values in one column's decimals (1.1 beside 1.099 read ragged), each class's accuracy beside it
+    shown = column([float(values[2, 0]), *values[2].tolist()])
+    rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td>", page)
+    assert [r[1] for r in rows] == shown[1:] and f"max activation {shown[0]} " in page
+    acc = run.class_accuracy()["accuracy"]
+    assert [r[3] for r in rows] == [percent(acc[c], 2) for c in card.top["class"]]
+    assert "importance" not in page
+    sketchmine.unit_importance(run, "features.0")
+    run = sketchmine.open_run(copy)
+    place = run.unit_importance("features.0")
+    rank = list(place["unit"]).index(2) + 1
+    assert f"importance rank {rank} of {len(place)}" in run.unit("features.0", 2)._repr_html_()
+    head = re.findall(r"<th>([^<]+)</th>", run._repr_html_())
+    assert head[-3:] == ["pictures", "importance", "effects"] and "<td>yes</td><td>yes</td><td>-</td>" in run._repr_html_()
     mean, count = run.class_stats("features.0")
     best = [run.class_names[c] for c in np.argsort(-mean[2], kind="stable")[:5]]
     assert list(card.top_classes().index) == best
@@ -317,6 +347,20 @@ def test_unit_card_shows_the_stored_patches_and_classes(mined, tmp_path):
     assert "features.0[2]" in repr(card) and run.class_names[run.labels[index[2, 0]]] in repr(card)
     with pytest.raises(SketchmineError, match="unit 99 is not in layer 'classifier.6'"):
         run.unit("classifier.6", 99)
+
+
+def test_a_comparison_shows_its_tables_in_a_notebook(mined):
+    """`sketchmine.compare(a, b)` showed a dataclass dump of two runs and three tables in a
+    notebook; it shows what `sketchmine compare` prints."""
+    run = sketchmine.open_run(mined[0])
+    cmp = sketchmine.compare(run, run, 3)
+    assert repr(cmp) == (f"<sketchmine.Comparison A {str(run.path)!r} ({rate(run.accuracy())}) vs B "
+                         f"{str(run.path)!r} ({rate(run.accuracy())}): {len(LAYERS)} layer pairs, top/bottom 3 classes>")
+    page = cmp._repr_html_()
+    for c, a in run.class_accuracy()["accuracy"].items():
+        assert f"<th>{c}</th>\n      <td>{percent(a, 2)}</td>" in page
+    top = ", ".join(run.top_classes("features.0", 3).index)
+    assert f"<td>{top}</td>" in page and "<td>features.0</td>" in page
 
 
 # ---- standard readers ------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def test_report_files_and_escaping_in_html(tmp_path, runs):
     payload = pages[0].read_text()
     assert "<" not in payload  # JSON with < escaped: nothing can close a tag
     units = json.loads(payload[payload.index("["):payload.rindex("]") + 1])
-    assert len(units) == PAGE_SIZE and {e["cls"] for u in units for e in u["entries"]} <= set(CLASSES)
+    assert len(units) == PAGE_SIZE and {e["class"] for u in units for e in u["entries"]} <= set(CLASSES)
     assert all((tmp_path / "rep" / "layers" / u["patches"]).resolve().is_file() for u in units if u["entries"])
     assert "http://" not in text and "https://" not in text  # offline: no CDN
 
@@ -310,7 +310,7 @@ def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser, n
     for u in (0, 17):
         for ent in units[u]["entries"]:
             r = ent["rank"]
-            assert ent["index"] == image_index[u, r] and ent["t"] == yx[u, r, 1] and ent["steps"] == 8
+            assert ent["image_index"] == image_index[u, r] and ent["t"] == yx[u, r, 1] and ent["steps"] == 8
             assert ent["trace"] == [round(float(v), 5) for v in stored[u, r]]
             # the trace is the unit's activation at every step; at the entry's step it is the top-k value
             assert len(ent["trace"]) == 8
@@ -320,7 +320,7 @@ def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser, n
     # a stored drawing at an early step has less ink than the finished sketch
     u, early = next((u, e) for u in range(GRU_UNITS) for e in units[u]["entries"] if e["t"] < 4)
     part = patches_of(run, "gru", u)["patches"][early["rank"]].astype(float)
-    full = ds.base.images[early["index"]]
+    full = ds.base.images[early["image_index"]]
     assert (part > 127).sum() < (full > 127).sum()
     page, problems = _open(browser, (tmp_path / "rep" / "layers" / "01-gru.html").as_uri())
     page.wait_for_selector(".card")

@@ -155,15 +155,21 @@ def test_unit_json_equals_the_run_readers(run):
     values, index, yx = run.topk(SHOWN)
     ok = index[u] >= 0
     assert [e["value"] for e in d["top"]] == [float(v) for v in values[u][ok]]
-    assert [e["index"] for e in d["top"]] == index[u][ok].tolist()
+    assert [e["image_index"] for e in d["top"]] == index[u][ok].tolist()
     assert [[e["y"], e["x"]] for e in d["top"]] == yx[u][ok].tolist()
     assert [e["path"] for e in d["top"]] == [str(p) for p in run.paths[index[u][ok]]]
     assert d["max"] == float(values[u, 0])
+    # one vocabulary with the DataFrames ("cls", "acc" and "index" were `unit_classes`' class, accuracy, image_index)
+    frame = run.unit_classes(SHOWN, u)
+    assert set(d["top"][0]) == {"rank", "image_index", "path", "class", "label", "accuracy", "value", "y", "x"}
+    for key in ("image_index", "class", "label", "accuracy", "value"):
+        assert [e[key] for e in d["top"]] == frame[key].tolist(), key
+    assert [e["rank"] for e in d["top"]] == frame.index.tolist()
     # classes among the top-k: counted by hand from the labels
     counts = collections.Counter(run.class_names[run.labels[i]] for i in index[u][ok])
     assert {c["class"]: c["count"] for c in d["classes_top"]} == dict(counts)
     acc = run.class_accuracy()["accuracy"]
-    assert all(c["acc"] == pytest.approx(acc[c["class"]]) for c in d["classes_top"])
+    assert all(c["accuracy"] == pytest.approx(acc[c["class"]]) for c in d["classes_top"])
     # moments
     firing, count = run.layer_array(SHOWN, "firing")[u], run.layer_array(SHOWN, "max_count")[u]
     assert d["moments"] == {"images": int(count), "firing": int(firing), "density": firing / count,
@@ -193,11 +199,11 @@ def test_unit_json_equals_the_run_readers(run):
         assert sum(d["histogram"]["counts"]) == count
     if d["bottom"] is not None:
         bv, bi, _ = run.bottomk(SHOWN)
-        assert [e["index"] for e in d["bottom"]] == bi[u][bi[u] >= 0].tolist()
+        assert [e["image_index"] for e in d["bottom"]] == bi[u][bi[u] >= 0].tolist()
         assert [e["value"] for e in d["bottom"]] == [float(v) for v in bv[u][bi[u] >= 0]]
     if d["bins"] is not None:
         ex = run.quantile_examples(SHOWN)
-        assert [[e["index"] for e in b["examples"]] for b in d["bins"]] == [[int(i) for i in row if i >= 0]
+        assert [[e["image_index"] for e in b["examples"]] for b in d["bins"]] == [[int(i) for i in row if i >= 0]
                                                                             for row in ex[u]]
     # effects: the unit's own (clean minus ablated, the stored change negated), largest first
     change = run.unit_effects(SHOWN).loc[u].to_numpy()

@@ -80,10 +80,39 @@ def summary_data(run: Run, n: int) -> dict[str, Any]:
         classes = records(run.class_accuracy(), "class") if run.complete else []
     except SketchmineError:  # no predictions (--no-logits) or no labels
         classes = []
+    unbiased = _unbiased(run, n, layers)
     return {"run": str(run.path), "model": run.attrs.get("model"), "complete": run.complete,
             "precision": run.precision, "forward_options": run.forward_options,
             "images": run.images_done, "k": run.k, "accuracy": run.accuracy() if run.complete else None,
-            "class_accuracy": classes, "layers": layers}
+            "class_accuracy": classes, "ink_density": unbiased, "layers": layers}
+
+
+def _unbiased(run: Run, n: int, layers: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """What `summary`'s class-statistics tables print, into each layer's entry of `layers`: the
+    `n` most and least preferred classes over all images, the median selectivity and over how
+    many units, Spearman ρ (and p) with class ink density and with class accuracy. Returns the
+    classes' ink density; None (and nothing added) without class statistics."""
+    from sketchmine.errors import SketchmineError, unless_damaged
+    from sketchmine.results import analysis
+
+    if not analysis.has_class_stats(run):
+        return None
+    ink = analysis.ink_correlation(run)
+    try:
+        acc = run.accuracy_correlation()
+    except SketchmineError as exc:  # no predictions: the accuracy correlations are null
+        unless_damaged(exc)
+        acc = None
+    for entry in layers:
+        name = entry["name"]
+        pref, si = analysis.class_preference(run, name), analysis.selectivity(run, name)
+        entry.update({"preference_top": records(pref.head(n), "class"), "preference_bottom": records(pref.tail(n), "class"),
+                      "selectivity_median": si.median() if si.notna().any() else None,
+                      "selectivity_units": int(si.notna().sum()),
+                      "spearman_ink": ink.loc[name, "spearman"], "p_ink": ink.loc[name, "p_value"],
+                      **{f"spearman_accuracy_{m}": None if acc is None else acc.loc[name, f"spearman_{m}"]
+                         for m in ("topk", "preference")}})
+    return records(run.ink_density().to_frame(), "class")
 
 
 def compare_data(cmp: Any) -> dict[str, Any]:
@@ -91,6 +120,8 @@ def compare_data(cmp: Any) -> dict[str, Any]:
     run was computed in (runs in different ones are not comparable bit for bit)."""
     oa, ob = cmp.overall
     return {"a": str(cmp.a.path), "b": str(cmp.b.path), "accuracy": {"a": oa, "b": ob}, "n": cmp.n,
+            "complete": {"a": cmp.a.complete, "b": cmp.b.complete}, "images": {"a": cmp.a.images_done, "b": cmp.b.images_done},
+            "unmined": cmp.unmined,
             "precision": {"a": cmp.a.precision, "b": cmp.b.precision, "same": cmp.a.precision == cmp.b.precision},
             "classes": records(cmp.accuracy, "class"), "layers": records(cmp.layers), "no_images": list(cmp.no_images)}
 

@@ -105,7 +105,7 @@ class _Grid:
             e = entries[i] if i < len(entries) else None
             step = f"  t={e['t'] + 1}" if e is not None and "t" in e else ""  # a layer over time: the step it fired at
             labels.append("" if e is None else
-                          f"{(e['cls'] if e['cls'] is not None else '?')[:10 if step else 14]}  {values[i]}{step}")
+                          f"{(e['class'] if e['class'] is not None else '?')[:10 if step else 14]}  {values[i]}{step}")
         longest = max(map(len, labels), default=0)
         for text, label in zip(self.captions, labels):  # one size a slide, the longest within its tile's width
             text.set_fontsize(12 if longest <= 20 else 10 if longest <= 24 else 9)
@@ -185,7 +185,7 @@ class _Panel:
         for i, (name, acc) in enumerate(self.classes):
             c = top[i] if i < len(top) else None
             name.set_text("" if c is None else f"{c['class'][:20]}  ×{c['count']}")
-            acc.set_text("" if c is None else rate(c["acc"]))
+            acc.set_text("" if c is None else rate(c["accuracy"]))
         self.none.set_text("" if top else "(no labels)")
 
 

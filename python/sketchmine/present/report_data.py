@@ -213,9 +213,9 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
             for r in np.nonzero(ok)[0]:
                 i = int(index[u, r])
                 lab = int(labels[i]) if 0 <= labels[i] < len(names) else -1
-                ent = {"rank": int(r), "index": i, "value": jnum(values[u, r]), "path": str(paths[i]),
-                       "cls": names[lab] if lab >= 0 else None,
-                       "acc": None if lab < 0 or not len(acc) or np.isnan(acc[lab]) else float(acc[lab])}
+                ent = {"rank": int(r), "image_index": i, "value": jnum(values[u, r]), "path": str(paths[i]),
+                       "class": names[lab] if lab >= 0 else None,
+                       "accuracy": None if lab < 0 or not len(acc) or np.isnan(acc[lab]) else float(acc[lab])}
                 if steps is not None:
                     ent.update({"t": int(steps[0][u, r]), "steps": steps[1]})
                     if traces is not None:
@@ -225,7 +225,7 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
                 entries.append(ent)
             unit = {"unit": u, "max": jnum(values[u, 0]) if ok[0] else None, "entries": entries}
             if classes is not None:
-                unit["cls"] = classes[u]
+                unit["class"] = classes[u]
             if importance is not None and u in importance:
                 unit["importance"] = importance[u]
             if patches is not None and u < done and entries:

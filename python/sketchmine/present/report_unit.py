@@ -111,7 +111,7 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, png: PngWriter, montage
                                            + " stores them")
             d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}&unit={u}"
             if classes is not None:
-                d["cls"] = classes[u]
+                d["class"] = classes[u]
             d["unreadable"] = unreadable
             units.append(d)
         (data_dir / f"unit_{p:04d}.js").write_text(f"sketchmineUnit.page({p}, {to_js(units)});\n")

@@ -66,7 +66,7 @@ def images_table(title: str, entries: list[dict[str, Any]]) -> Table:
         t.add_column(col, justify="right" if col in ("rank", "value", "image", "acc. %") else "left",
                      overflow="fold" if col == "path" else "ellipsis")
     for e, v in zip(entries, column([e["value"] for e in entries])):
-        t.add_row(str(e["rank"] + 1), v, str(e["index"]), safe(e["cls"] or "?"), _pct(e["acc"]),
+        t.add_row(str(e["rank"] + 1), v, str(e["image_index"]), safe(e["class"] or "?"), _pct(e["accuracy"]),
                   safe(e["path"]))
     return t
 
@@ -105,7 +105,7 @@ def bins_table(d: dict[str, Any]) -> Table:
     for b in shown:
         rng = "-" if b["lo"] is None else " … ".join(x if isinstance(x, str) else format(x, f".{p}g")
                                                        for x in (b["lo"], b["hi"]))
-        ex = ", ".join(f"{e['index']} ({safe(e['cls'] or '?')})" for e in b["examples"]) or "(none)"
+        ex = ", ".join(f"{e['image_index']} ({safe(e['class'] or '?')})" for e in b["examples"]) or "(none)"
         t.add_row(str(b["bin"]), rng, ex)
     return t
 
@@ -118,7 +118,7 @@ def classes_table(d: dict[str, Any]) -> Table:
         off = d.get("classes_top_unlabelled") or 0
         heads.append(f"among the top {len(d['top'])} (count, acc. %)" if not off else
                      f"among the {len(d['top']) - off} labelled of the top {len(d['top'])} (count, acc. %)")
-        cols.append([f"{safe(c['class'])} {c['count']} ({_pct(c['acc'])})" for c in d["classes_top"]])
+        cols.append([f"{safe(c['class'])} {c['count']} ({_pct(c['accuracy'])})" for c in d["classes_top"]])
     if d["class_means"] is not None:
         heads.append("highest mean maximum (mean)")
         means = column([c["mean"] for c in d["class_means"]])

@@ -66,8 +66,10 @@ def has_importance(run: Run, layer: str) -> bool:
 
 def read_importance(run: Run, layer: str) -> pd.DataFrame:
     """(unit, prob_drop, acc_drop, mean_act_correct, mean_act_wrong), one row per unit,
-    most important (largest prob_drop) first. A result whose write was interrupted counts
-    as not computed."""
+    most important (largest prob_drop) first, indexed by the unit as every per-unit reader is
+    (`selectivity`, `unit_effects`): `.loc[u]` is unit u's row, a join pairs each unit with its
+    own (an index of places in the order would pair them with other units' rows, silently). A
+    result whose write was interrupted counts as not computed."""
     found = run.layer_result(layer, schema.IMPORTANCE, COLUMNS)
     if found is None:
         raise SketchmineError(f"run {run.path} has no unit importance for {layer!r}; compute it with "
@@ -77,4 +79,4 @@ def read_importance(run: Run, layer: str) -> pd.DataFrame:
     df.insert(0, "unit", np.arange(len(df)))
     attrs.pop(schema.COMPLETE, None)
     df.attrs.update(attrs)
-    return df.sort_values(["prob_drop", "unit"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    return df.sort_values(["prob_drop", "unit"], ascending=[False, True], kind="stable")  # the index: the unit

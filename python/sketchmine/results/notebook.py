@@ -17,7 +17,9 @@ import pandas as pd
 from PIL import Image
 
 from sketchmine.errors import SketchmineError, unless_damaged
-from sketchmine.results.numbers import rate, shape_text
+from sketchmine.results import importance_store
+from sketchmine.results.importance_store import rank_text
+from sketchmine.results.numbers import column, percent, points, rate, shape_text
 from sketchmine.results.precision import precision_note
 
 if TYPE_CHECKING:
@@ -57,30 +59,42 @@ def run_repr(run: Run) -> str:
 
 
 def run_html(run: Run) -> str:
-    """A small table: one row per layer (kind, units, pictures stored), under a caption with the
+    """A small table: one row per layer (kind, units, whether pictures, importance and effects are
+    stored), under a caption with the
     run's path, k, images, accuracy and state (and, for an autocast run, a line saying so)."""
     esc = html.escape
     rows = []
     for name in run.layers:
         attrs = run.layer_attrs(name)
         shape = [int(s) for s in attrs.get("shape", run.layer_shape(name))]
-        pictures = "yes" if run.has_array(name, "patches") else "-"
+        later = ["yes" if stored else "-" for stored in (run.has_array(name, "patches"), run.has_importance(name),
+                                                          run.has_unit_effects(name))]
         rows.append(f"<tr><td style='text-align:left'>{esc(name)}</td><td>{esc(str(attrs.get('kind', '')))}</td>"
-                    f"<td>{shape[0]}</td><td>{esc(shape_text({**attrs, 'shape': shape}))}</td><td>{pictures}</td></tr>")
+                    f"<td>{shape[0]}</td><td>{esc(shape_text({**attrs, 'shape': shape}))}</td>"
+                    + "".join(f"<td>{v}</td>" for v in later) + "</tr>")
     caption = (f"<b>sketchmine run</b> {esc(str(run.path))}<br>k={run.k} · {run.images_done} images · "
                f"accuracy {esc(accuracy_text(run))} · {esc(state(run))}")
     note = precision_note(run)
     if note:
         caption += f"<br><span class='sketchmine-precision'>{esc(note)}</span>"
-    head = "".join(f"<th>{c}</th>" for c in ("layer", "kind", "units", "shape", "pictures"))
+    head = "".join(f"<th>{c}</th>" for c in ("layer", "kind", "units", "shape", "pictures", "importance", "effects"))
     return (f"<table class='sketchmine-run'><caption style='text-align:left'>{caption}</caption>"
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
+GAP = 2
+"""Pixels of grey between a strip's tiles (black-ground sketches side by side read as one)."""
+
+
 def png_data_url(tiles: np.ndarray, height: int = THUMB) -> str:
-    """(k, h, w, ch) uint8 tiles side by side as a PNG data URL, `height` pixels high at most."""
+    """(k, h, w, ch) uint8 tiles side by side, GAP grey pixels apart, as a PNG data URL, `height`
+    pixels high at most."""
     k, h, w, ch = tiles.shape
-    strip = tiles.transpose(1, 0, 2, 3).reshape(h, k * w, ch)
+    scale = max(1.0, h / height)  # the gap as wide once the strip is shrunk
+    gap = int(round(GAP * scale))
+    strip = np.full((h, k * w + (k - 1) * gap, ch), 128, np.uint8)
+    for i in range(k):
+        strip[:, i * (w + gap):i * (w + gap) + w] = tiles[i]
     im = Image.fromarray(strip[..., 0] if ch == 1 else strip)
     if im.height > height:
         im = im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.BILINEAR)
@@ -148,10 +162,25 @@ class UnitCard:
                 f"{precision_text(self.run)}max activation {self.max_activation:.4g}{ranked}; classes of its "
                 f"top-{len(top)} images, best first: {classes}>")
 
+    def importance(self) -> str | None:
+        """"rank 3 of 96 (tied with 2 units): prob. drop 0.7310 pt, accuracy drop 1.50 pt" where
+        the layer's importance is stored, as the report's card writes it; else None."""
+        if not self.run.has_importance(self.layer):
+            return None
+        df = self.run.unit_importance(self.layer)
+        place, row = importance_store.ranks(df)[self.unit], df.loc[self.unit]
+        return (f"rank {rank_text(place['rank'], place['tied'], len(df))}: prob. drop {points(float(row['prob_drop']))} pt, "
+                f"accuracy drop {percent(float(row['acc_drop']), 2)} pt")
+
     def _repr_html_(self) -> str:
         esc = html.escape
+        top = self.top
+        # the maximum and the values in one column's decimals, as the report's card ("1.204" over "1.100", not "1.1")
+        shown = column([self.max_activation, *top["value"].tolist()])
         parts = [f"<div class='sketchmine-unit'><b>{esc(self.layer)}</b> unit {self.unit} · max activation "
-                 f"{self.max_activation:.4g} · {esc(str(self.run.path))}"]
+                 f"{shown[0]} · {esc(str(self.run.path))}"]
+        if (imp := self.importance()) is not None:
+            parts.append(f"<div>importance {esc(imp)}</div>")
         if (note := precision_note(self.run)) is not None:
             parts.append(f"<div class='sketchmine-precision'>{esc(note)}</div>")
         pics = self.pictures()
@@ -163,15 +192,15 @@ class UnitCard:
                          f"{esc(str(self.run.path))} --layers {esc(self.layer)}</code> (or "
                          f"<code>sketchmine.visualize(run, [{esc(repr(self.layer))}])</code>) to add its patches "
                          "and deconvolutions</i></div>")
-        rows = "".join(f"<tr><td>{r + 1}</td><td>{row['value']:.4g}</td><td>{'?' if pd.isna(row['class']) else esc(str(row['class']))}</td>"
-                       f"<td style='text-align:left'>{esc(str(row['path']))}</td></tr>"
-                       for r, row in self.top.iterrows())
+        rows = "".join(f"<tr><td>{r + 1}</td><td>{v}</td><td>{'?' if pd.isna(row['class']) else esc(str(row['class']))}</td>"
+                       f"<td>{percent(row['accuracy'], 2)}</td><td style='text-align:left'>{esc(str(row['path']))}</td></tr>"
+                       for (r, row), v in zip(top.iterrows(), shown[1:]))
         parts.append(f"<table><caption>top-{self.run.k} images</caption><thead><tr><th>rank</th><th>value</th>"
-                     f"<th>class</th><th>file</th></tr></thead><tbody>{rows}</tbody></table>")
+                     f"<th>class</th><th>class acc. %</th><th>file</th></tr></thead><tbody>{rows}</tbody></table>")
         classes = self.top_classes()
         if classes is not None:
-            crow = "".join(f"<tr><td style='text-align:left'>{esc(str(c))}</td><td>{r['mean']:.4g}</td>"
-                           f"<td>{int(r['images'])}</td></tr>" for c, r in classes.iterrows())
+            crow = "".join(f"<tr><td style='text-align:left'>{esc(str(c))}</td><td>{m}</td>"
+                           f"<td>{int(r['images'])}</td></tr>" for (c, r), m in zip(classes.iterrows(), column(classes["mean"].tolist())))
             parts.append(f"<table><caption>top classes by {RANKED_BY}</caption><thead><tr>"
                          f"<th>class</th><th>mean</th><th>images</th></tr></thead><tbody>{crow}</tbody></table>")
         return "".join(parts) + "</div>"

@@ -138,11 +138,12 @@ class LayerSummary:
         return self.run.check_unit(self.layer, unit)
 
     def image(self, i: int) -> dict[str, Any]:
-        """One image of the run: index, path, class (None when unlabelled), that class's accuracy."""
+        """One image of the run: image_index, path, class and label (None when unlabelled), that
+        class's accuracy; named as the DataFrames name them (`Run.unit_classes`)."""
         lab = int(self.labels[i])
         ok = 0 <= lab < len(self.names)
-        return {"index": int(i), "path": str(self.paths[i]), "cls": self.names[lab] if ok else None,
-                "acc": num(self.acc[lab]) if ok else None}
+        return {"image_index": int(i), "path": str(self.paths[i]), "class": self.names[lab] if ok else None,
+                "label": lab if ok else None, "accuracy": num(self.acc[lab]) if ok else None}
 
     def _entries(self, ranked: tuple[np.ndarray, np.ndarray, np.ndarray], u: int) -> list[dict[str, Any]]:
         values, index, yx = ranked
@@ -194,7 +195,7 @@ class LayerSummary:
             "max": top[0]["value"] if top else None, "top": top,
             "bottom": self._entries(self.bottom, u) if self.bottom is not None else None,
             "classes_top": self._classes_top(top),
-            "classes_top_unlabelled": sum(e["cls"] is None for e in top), "moments": self._unit_moments(u),
+            "classes_top_unlabelled": sum(e["class"] is None for e in top), "moments": self._unit_moments(u),
             "quantiles": None if self.q_values is None else self._quantiles(u),
             "histogram": None if self.hist is None else
             {"edges": [num(v) for v in self.hist[0][u]], "counts": [int(c) for c in self.hist[1][u]]},
@@ -222,10 +223,10 @@ class LayerSummary:
         images are left out (counted in "classes_top_unlabelled"); None when the run has no labels."""
         if not top or "classes_top" in self.missing:
             return None
-        labels = [int(self.labels[e["index"]]) for e in top if e["cls"] is not None]  # by position: a name may repeat
+        labels = [e["label"] for e in top if e["label"] is not None]  # by position: a name may repeat
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(self.names))
         order = sorted(set(labels), key=lambda c: (-counts[c], c))
-        return [{"class": self.names[c], "label": c, "count": int(counts[c]), "acc": num(self.acc[c])} for c in order]
+        return [{"class": self.names[c], "label": c, "count": int(counts[c]), "accuracy": num(self.acc[c])} for c in order]
 
     def _unit_moments(self, u: int) -> dict[str, Any] | None:
         m = self.moments
@@ -258,7 +259,7 @@ class LayerSummary:
         ranked = np.argsort(-np.nan_to_num(row, nan=-np.inf), kind="stable")
         order = [int(c) for c in ranked if not np.isnan(row[c])][:CLASSES_SHOWN]
         return [{"class": self.names[c], "label": c, "mean": num(row[c]), "images": int(count[u, c]),
-                 "acc": num(self.acc[c])} for c in order if c < len(self.names)]
+                 "accuracy": num(self.acc[c])} for c in order if c < len(self.names)]
 
     def _effects(self, u: int) -> dict[str, Any] | None:
         """The classes the unit pushes up and down most. `Run.unit_effects` stores ablated minus

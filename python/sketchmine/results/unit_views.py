@@ -64,7 +64,7 @@ class UnitViews:
     # ---- unit importance (sketchmine importance): results/importance_store.py ------------------
     def unit_importance(self, layer: str) -> pd.DataFrame:
         """Per-unit ablation importance stored by `sketchmine.unit_importance`: columns unit,
-        prob_drop, acc_drop, mean_act_correct, mean_act_wrong; most important first."""
+        prob_drop, acc_drop, mean_act_correct, mean_act_wrong; most important first, indexed by the unit."""
         return importance_store.read_importance(self._as_run, layer)
 
     def has_importance(self, layer: str) -> bool:

@@ -76,8 +76,8 @@
     // (the captions above give them one by one)
     var seen = {}, order = [];
     entries.forEach(function (e) {
-      var key = e.cls === null ? "?" : e.cls;
-      if (!Object.prototype.hasOwnProperty.call(seen, key)) { seen[key] = { n: 0, acc: e.acc }; order.push(key); }
+      var key = e["class"] === null ? "?" : e["class"];
+      if (!Object.prototype.hasOwnProperty.call(seen, key)) { seen[key] = { n: 0, acc: e.accuracy }; order.push(key); }
       seen[key].n++;
     });
     if (order.length === entries.length && entries.length > 1) {
@@ -96,7 +96,7 @@
     // the header's max is the first entry's value: both from one column, written alike
     var n = u.entries.length;
     var shown = dom.column([u.max].concat(u.entries.map(function (e) { return e.value; })));
-    c.appendChild(el("h3", null, "unit " + u.unit + (u.cls != null ? " \u00b7 " + u.cls : "") + " \u00b7 max " + shown[0]));
+    c.appendChild(el("h3", null, "unit " + u.unit + (u["class"] != null ? " \u00b7 " + u["class"] : "") + " \u00b7 max " + shown[0]));
     c.appendChild(dashLinks(u.unit));
     if (u.importance) {
       var im = u.importance;
@@ -147,8 +147,8 @@
     for (var i = 0; i < n; i++) {
       var e = u.entries[i];
       var cap = el("div", "cap");
-      cap.appendChild(el("div", "cls", e.cls === null ? "?" : e.cls));
-      cap.appendChild(el("div", null, fmtAcc(e.acc)));
+      cap.appendChild(el("div", "cls", e["class"] === null ? "?" : e["class"]));
+      cap.appendChild(el("div", null, fmtAcc(e.accuracy)));
       cap.appendChild(el("div", "value", shown[i + 1]));
       cap.title = e.path;
       caps.appendChild(cap);

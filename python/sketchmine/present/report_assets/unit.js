@@ -115,7 +115,7 @@
         if (entries[j].value === null) { continue; }
         var x = px(num(entries[j].value));  // an infinite value at the axis's end
         var m = svgEl("path", { d: "M" + x + "," + y + " l-4,8 l8,0 z", fill: color, "class": cls, opacity: 0.8 });
-        m.appendChild(svgEl("title", {}, label + " " + (entries[j].rank + 1) + ": image " + entries[j].index + ", " + fmt(entries[j].value)));
+        m.appendChild(svgEl("title", {}, label + " " + (entries[j].rank + 1) + ": image " + entries[j].image_index + ", " + fmt(entries[j].value)));
         s.appendChild(m);
       }
       s.appendChild(svgEl("text", { x: 4, y: y + 8, "font-size": 10, fill: color }, label));
@@ -138,9 +138,9 @@
 
   function caption(e, value) {
     var cap = el("div", "cap");
-    cap.appendChild(el("div", "cls", e.cls === null ? "?" : e.cls));
+    cap.appendChild(el("div", "cls", e["class"] === null ? "?" : e["class"]));
     if (e.value !== undefined) { cap.appendChild(el("div", "value", value)); }
-    cap.appendChild(el("div", "idx", "#" + e.index));
+    cap.appendChild(el("div", "idx", "#" + e.image_index));
     cap.title = e.path;
     return cap;
   }
@@ -183,7 +183,7 @@
     if (d.classes_top) {
       box.appendChild(el("h3", null, "classes among its top " + d.top.length + " images"));
       box.appendChild(table(["class", "images", "class accuracy"], d.classes_top.map(function (c) {
-        return [c["class"], c.count, pct(c.acc)]; })));
+        return [c["class"], c.count, pct(c.accuracy)]; })));
     } else { box.appendChild(missing(d, "classes_top", "classes of the top images")); }
     if (d.class_means && !d.class_means.length) {
       var none = el("p", "note", "no class has a mean for this unit: none of its maps over labelled images holds a number (all NaN)");
@@ -193,7 +193,7 @@
       box.appendChild(el("h3", null, "classes it prefers over all images (mean image maximum)"));
       var means = dom.column(d.class_means.map(function (c) { return c.mean; }));
       var t = table(["class", "mean", "images", "class accuracy"], d.class_means.map(function (c, i) {
-        return [c["class"], means[i], c.images, pct(c.acc)]; }));
+        return [c["class"], means[i], c.images, pct(c.accuracy)]; }));
       t.id = "class-means";
       box.appendChild(t);
     } else { box.appendChild(missing(d, "class_means", "class means over all images")); }
@@ -246,7 +246,7 @@
   function render(d) {
     var box = document.getElementById("dash");
     while (box.firstChild) { box.removeChild(box.firstChild); }
-    document.getElementById("unit-number").textContent = d.unit + " of " + d.units + (d.cls != null ? " (" + d.cls + ")" : "");
+    document.getElementById("unit-number").textContent = d.unit + " of " + d.units + (d["class"] != null ? " (" + d["class"] + ")" : "");
     document.getElementById("unit-input").value = d.unit;
     if (d.unit !== noted) { say(null, ""); }
     var links = el("p", "dash-links");
