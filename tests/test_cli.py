@@ -15,8 +15,10 @@ from sketchmine.results.numbers import column
 
 
 def sm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    # a guard against a hang, not a time limit: `demo` takes 5 minutes on a quiet 2-core machine and ran
+    # past 10 on a loaded one
     return subprocess.run([sys.executable, "-m", "sketchmine", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+                          cwd=cwd, timeout=1800)
 
 
 @pytest.fixture()
