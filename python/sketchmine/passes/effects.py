@@ -16,7 +16,7 @@ layers are ablated at every step and in h_n (as importance), their '.cell' views
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,7 +187,31 @@ def unit_effects(run: Run | str | os.PathLike, layers: str | list[str], model: A
     return open_run(stored.run.path).unit_effects(names[-1])
 
 
-class EffectsPass:
+class LayerPass:
+    """A pass that computes each layer for minutes, then stores it: it holds the run shared from
+    the moment it is made (`hold`: no writer takes the run whole meanwhile, RunLock.share) until
+    its iteration ends, however it ends (or, never iterated, until it is dropped)."""
+
+    lock: RunLock
+
+    def hold(self, run: Run) -> None:
+        self.lock = RunLock(run.path).share()
+
+    def each(self, names: list[str], store: Callable[[str], None]) -> Iterator[str]:
+        """`store(name)` for each layer in turn, yielding its name once stored."""
+        try:
+            for name in names:
+                store(name)
+                yield name
+        finally:
+            self.lock.release()
+
+    def __del__(self) -> None:
+        if hasattr(self, "lock"):
+            self.lock.release()
+
+
+class EffectsPass(LayerPass):
     """`unit_effects`'s work: every argument checked (and the run opened, and every layer's maxima
     found to fit in memory) when it is made, then each layer's effects computed and stored as it
     is iterated, yielding the layer's name the moment it is stored (so the CLI can say on Ctrl-C
@@ -212,20 +236,13 @@ class EffectsPass:
             check_maxima_memory(name, len(self.ds), self.run.layer_shape(name)[0])
         self.names, self.batch_size, self.units_per_pass = names, batch_size, units_per_pass
         self.correlated, self.block_units = correlated, block_units
-        self.lock = RunLock(self.run.path).share()  # no writer takes the run whole while this computes
+        self.hold(self.run)
 
     def __iter__(self) -> Iterator[str]:
-        try:
-            for name in self.names:
-                result = ablation_effects(self.net, self.ds, name, self.batch_size, self.device, self.units_per_pass,
-                                          self.run.layer_attrs(name))
-                write_effects(self.run, name, result, top_correlated(result.maxima, self.correlated, self.block_units,
-                                                                     self.device), self.lock)
-                del result  # its maxima go before the next layer's are allocated
-                yield name
-        finally:
-            self.lock.release()
+        return self.each(self.names, self._store)
 
-    def __del__(self) -> None:  # made and never iterated: the run is not held
-        if hasattr(self, "lock"):
-            self.lock.release()
+    def _store(self, name: str) -> None:  # the layer's maxima go when it returns, before the next layer's
+        result = ablation_effects(self.net, self.ds, name, self.batch_size, self.device, self.units_per_pass,
+                                  self.run.layer_attrs(name))
+        write_effects(self.run, name, result, top_correlated(result.maxima, self.correlated, self.block_units,
+                                                             self.device), self.lock)

@@ -23,7 +23,7 @@ from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError, optional_whole_number, whole_number
 from sketchmine.passes.ablation import Importance, ablation_importance
-from sketchmine.passes.effects import ablation_net, unique
+from sketchmine.passes.effects import LayerPass, ablation_net, unique
 from sketchmine.results.importance_store import COLUMNS, has_importance, read_importance
 from sketchmine.results.run import Run, open_run
 from sketchmine.store import schema
@@ -77,7 +77,7 @@ def unit_importance(run: Run | str | os.PathLike, layer: str | list[str], model:
     return open_run(stored.run.path).unit_importance(layers[-1])
 
 
-class ImportancePass:
+class ImportancePass(LayerPass):
     """`unit_importance`'s work: every argument checked (and the run opened) when it is made, then
     each layer's importance computed and stored as it is iterated, yielding the layer's name the
     moment it is stored (so the CLI can say on Ctrl-C which layers are)."""
@@ -92,7 +92,7 @@ class ImportancePass:
             raise SketchmineError("no layer given; name the layers to ablate")
         self.run = run if isinstance(run, Run) else open_run(run)
         self.net = ablation_net(self.run, layers, model, weights)  # every layer checked before any computation
-        self.lock = RunLock(self.run.path).share()  # no writer takes the run whole while this computes
+        self.hold(self.run)
         from sketchmine.passes import reload
 
         self.ds = reload.run_dataset(self.run, data)
@@ -100,15 +100,9 @@ class ImportancePass:
         self.layers, self.batch_size, self.units_per_pass = layers, batch_size, units_per_pass
 
     def __iter__(self) -> Iterator[str]:
-        try:
-            for name in self.layers:
-                result = ablation_importance(self.net, self.ds, name, self.labels, self.batch_size, self.device,
-                                             self.units_per_pass, self.run.layer_attrs(name))
-                write_importance(self.run, name, result, self.lock)
-                yield name
-        finally:
-            self.lock.release()
+        return self.each(self.layers, self._store)
 
-    def __del__(self) -> None:  # made and never iterated: the run is not held
-        if hasattr(self, "lock"):
-            self.lock.release()
+    def _store(self, name: str) -> None:
+        result = ablation_importance(self.net, self.ds, name, self.labels, self.batch_size, self.device,
+                                     self.units_per_pass, self.run.layer_attrs(name))
+        write_importance(self.run, name, result, self.lock)
