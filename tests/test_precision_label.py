@@ -114,7 +114,7 @@ def test_unit_says_it_in_its_overview_and_its_json(runs, capsys, monkeypatch):
 
 def test_compare_says_when_the_runs_differ_in_precision(runs, capsys, monkeypatch):
     text = said(command(capsys, monkeypatch, "compare", str(runs["plain"]), str(runs["bf16"])))
-    assert re.search(r" vs B [^(]*\(\d+(\.\d+)?%, bfloat16 autocast\)", text)  # beside B's accuracy, not A's
+    assert re.search(r" vs B [^(]*\(\d+(\.\d+)? %, bfloat16 autocast\)", text)  # beside B's accuracy, not A's
     assert "A was mined in float32, B in bfloat16 autocast" in text and "not comparable bit for bit" in text
     doc = json.loads(command(capsys, monkeypatch, "compare", str(runs["plain"]), str(runs["bf16"]), "--json"))
     assert doc["precision"] == {"a": "float32", "b": "bfloat16 autocast", "same": False}
