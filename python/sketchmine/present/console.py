@@ -216,11 +216,7 @@ def unbiased_table(run: Run, n: int = 5) -> Group | None:
     if not analysis.has_class_stats(run):
         return None
     corr = analysis.ink_correlation(run)
-    try:
-        acc = run.accuracy_correlation()
-    except SketchmineError as exc:  # no predictions: the accuracy columns say "-"
-        unless_damaged(exc)
-        acc = None
+    acc = analysis.accuracy_correlation(run)  # None without predictions: the accuracy columns say "-"
     partial = "" if run.complete else f"PARTIAL ({run.images_done} images): "
     prefs = titled(f"{partial}class preference over all images (mean z-scored class mean)")
     stats = titled(f"{partial}selectivity, and Spearman ρ with class ink density and with class accuracy (by top-k "

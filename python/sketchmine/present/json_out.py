@@ -92,17 +92,11 @@ def _unbiased(run: Run, n: int, layers: list[dict[str, Any]]) -> list[dict[str, 
     `n` most and least preferred classes over all images, the median selectivity and over how
     many units, Spearman ρ (and p) with class ink density and with class accuracy. Returns the
     classes' ink density; None (and nothing added) without class statistics."""
-    from sketchmine.errors import SketchmineError, unless_damaged
     from sketchmine.results import analysis
 
     if not analysis.has_class_stats(run):
         return None
-    ink = analysis.ink_correlation(run)
-    try:
-        acc = run.accuracy_correlation()
-    except SketchmineError as exc:  # no predictions: the accuracy correlations are null
-        unless_damaged(exc)
-        acc = None
+    ink, acc = analysis.ink_correlation(run), analysis.accuracy_correlation(run)  # acc None: no predictions
     for entry in layers:
         name = entry["name"]
         pref, si = analysis.class_preference(run, name), analysis.selectivity(run, name)

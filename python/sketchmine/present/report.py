@@ -232,10 +232,8 @@ def _accuracy_section(run: Run) -> str:
 def _accuracy_correlation(run: Run) -> str:
     """Per layer, Spearman ρ of class accuracy with the class preference by top-k count (per image
     of the class) and over all images (`Run.accuracy_correlation`); "" without predictions."""
-    try:
-        corr = run.accuracy_correlation()
-    except SketchmineError as exc:  # no predictions (--no-logits): no accuracy to correlate with
-        unless_damaged(exc)
+    corr = analysis.accuracy_correlation(run)
+    if corr is None:  # no predictions (--no-logits): no accuracy to correlate with
         return ""
     rows = [[e(l), e(str(r["kind"])), *(number(r[f"{w}_{m}"], f) for m in ("topk", "preference")
                                         for w, f in (("spearman", ".3f"), ("p_value", ".3g"))), str(r["classes"])]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.results.numbers import percent
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import spearman
@@ -64,6 +65,17 @@ def ink_density(run: Run) -> pd.Series:
 def ink_correlation(run: Run) -> pd.DataFrame:
     """Per layer: Spearman correlation of class preference with class ink density."""
     return run.ink_correlation()
+
+
+def accuracy_correlation(run: Run) -> pd.DataFrame | None:
+    """Per layer, Spearman ρ of class accuracy with the class preference (`Run.accuracy_correlation`);
+    None for a run without predictions (--no-logits), whose views leave the correlation out. A
+    damaged run still raises."""
+    try:
+        return run.accuracy_correlation()
+    except SketchmineError as exc:
+        unless_damaged(exc)
+        return None
 
 
 def has_class_stats(run: Run) -> bool:
