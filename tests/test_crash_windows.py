@@ -91,3 +91,59 @@ def test_ablation_passes_are_refused_before_their_work_while_another_process_wri
             call(reference, "features.3", demo_model.module, _Untouchable(), batch_size=50)
     finally:
         held.release()
+
+
+def test_two_passes_of_one_process_share_the_run_and_a_writer_of_it_is_told_why(reference, demo_model,
+                                                                                small_test_set):
+    """Two passes made in one notebook before either is iterated: the second was refused as if
+    another process wrote the run (its own open file conflicted with the first's hold). Both
+    share the run now and store; a writer that would take it whole meanwhile is told that a
+    pass of this very process holds it."""
+    from sketchmine.errors import SketchmineError
+    from sketchmine.passes.effects import EffectsPass
+    from sketchmine.passes.importance import ImportancePass
+    from sketchmine.store.lock import RunLock
+
+    first = ImportancePass(reference, ["features.3"], demo_model.module, small_test_set, batch_size=50)
+    second = EffectsPass(reference, ["classifier.6"], demo_model.module, small_test_set, batch_size=50)
+    with pytest.raises(SketchmineError, match="held by an importance or effects pass of this process"):
+        RunLock(reference.path).acquire()
+    assert list(second) == ["classifier.6"]
+    with pytest.raises(SketchmineError, match="of this process"):  # the first still holds it
+        RunLock(reference.path).acquire()
+    assert list(first) == ["features.3"]
+    with RunLock(reference.path):  # both done: the run is free again
+        pass
+    run = sketchmine.open_run(reference.path)
+    assert len(run.unit_importance("features.3")) == run.layer_shape("features.3")[0]
+    assert run.unit_effects("classifier.6").shape[0] == run.layer_shape("classifier.6")[0]
+
+
+def test_a_pass_runs_beside_another_process_s_pass_and_stores_when_it_lets_go(reference, demo_model, small_test_set):
+    """Passes that share a run may run side by side: a pass started while another process's pass
+    held the run was refused before it began (its check took the run whole); it computes now and
+    stores once the other lets go of the run."""
+    import subprocess
+    import sys
+    import threading
+
+    from sketchmine.errors import SketchmineError
+    from sketchmine.passes.importance import ImportancePass
+    from sketchmine.store.lock import RunLock
+
+    other = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from sketchmine.store.lock import RunLock; "
+        f"lock = RunLock({str(reference.path)!r}).share(); print('held', flush=True); "
+        "sys.stdin.readline(); lock.release()")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(SketchmineError, match="being written by another process"):  # a writer is refused
+            RunLock(reference.path).acquire()
+        stored = iter(ImportancePass(reference, ["features.3"], demo_model.module, small_test_set, batch_size=50))
+        threading.Timer(1.0, lambda: (other.stdin.write("go\n"), other.stdin.flush())).start()
+        assert next(stored) == "features.3"  # waited for the other's hold to go, then stored
+    finally:
+        other.kill() if other.poll() is None else None
+        other.wait()
+    run = sketchmine.open_run(reference.path)
+    assert len(run.unit_importance("features.3")) == run.layer_shape("features.3")[0]

@@ -210,9 +210,11 @@ def test_a_writer_started_during_an_ablation_pass_is_refused_not_the_pass(mined,
     for make in (lambda: ImportancePass(mined, ["classifier.4"], demo_model.module, small_test_set, batch_size=150),
                  lambda: EffectsPass(mined, ["classifier.4"], demo_model.module, small_test_set, batch_size=150)):
         computing = make()
-        with pytest.raises(SketchmineError, match="is being written by another process; wait for it or stop it first"):
+        with pytest.raises(SketchmineError, match="held by an importance or effects pass of this process that has "
+                                                  "not finished"):  # (another process's writer: test_kill)
             sketchmine.visualize(mined, ["features.3"], model=demo_model.module, data=small_test_set)
         assert list(computing) == ["classifier.4"]  # stored, not refused
-        RunLock(mined.path).check_free()  # and let go
+        with RunLock(mined.path):  # and let go
+            pass
     run = sketchmine.open_run(mined.path)
     assert run.has_importance("classifier.4") and run.has_unit_effects("classifier.4") and run.patches_done("features.3") == 0

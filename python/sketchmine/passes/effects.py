@@ -94,7 +94,7 @@ def ablation_net(run: Run, names: list[str], model: Any, weights: str | os.PathL
         run.layer_attrs(name)  # a layer the run does not have is refused with the run's layers
         check_ablatable(name, run=run)
     check_run_ablatable(run)
-    RunLock(run.path).check_free()
+    RunLock(run.path).check_shareable()
     from sketchmine.passes import reload
 
     net = torch_net(run, reload.run_model(run, model, weights).module)

@@ -17,7 +17,9 @@ import re
 import shutil
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sketchmine.errors import SketchmineError, SketchmineFailure
@@ -36,6 +38,22 @@ shares: a DataLoader worker would keep a killed run locked until it noticed its 
 (≈ 5 s), and the re-run the docs promise would be refused. Children close them at once."""
 
 
+@dataclass
+class _Shared:
+    """This process's shared hold on one run: one open file for all its sharers (flock conflicts
+    between two open files of one process as between two processes, so two passes of a notebook
+    each with its own would refuse or wait on each other), how many share it, and who of them
+    holds it whole for a write now."""
+
+    fd: int
+    count: int = 1
+    writing: threading.Lock = field(default_factory=threading.Lock)
+
+
+_SHARED: dict[Path, _Shared] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 def _close_held_in_child() -> None:
     for fd in _HELD:
         try:
@@ -43,6 +61,7 @@ def _close_held_in_child() -> None:
         except OSError:
             pass
     _HELD.clear()
+    _SHARED.clear()
 
 
 os.register_at_fork(after_in_child=_close_held_in_child)
@@ -65,6 +84,7 @@ class RunLock:
         if not os.access(run.parent, os.W_OK) and run.is_dir():
             self.path = run / ".lock"
         self._fd: int | None = None
+        self._shared: _Shared | None = None
 
     def acquire(self) -> None:
         """Take the lock, then remove what killed writes left in the run (`remove_write_temps`)."""
@@ -74,6 +94,9 @@ class RunLock:
             (self.run / MARKER).unlink(missing_ok=True)  # `stage`'s, left by a kill right after its rename
 
     def _flock(self, mode: int = fcntl.LOCK_EX) -> None:
+        if self.path in _SHARED:
+            raise SketchmineError(f"{self.run} is held by an importance or effects pass of this process that has not "
+                                  "finished; iterate it to its end (or delete it) first")
         blocked = next((p for p in (self.run.parent, *self.run.parent.parents) if p.exists() and not p.is_dir()), None)
         if blocked is not None:
             raise SketchmineError(f"cannot write the run to {self.run}: {blocked} is a file, not a folder; "
@@ -94,19 +117,28 @@ class RunLock:
             ) from None
         _HELD.add(self._fd)
 
-    def check_free(self) -> None:
-        """Refuse now, as `acquire` would, if another process writes the run: a pass that
-        computes for minutes before it writes (importance, effects) checks first rather than
-        be refused after its work."""
-        self._flock()
-        self.release()
+    def check_shareable(self) -> None:
+        """Refuse now, as `share` would, if a writer holds the run whole (mine, visualize): a pass
+        that computes for minutes before it writes (importance, effects) checks before it loads
+        the model rather than be refused after its work."""
+        self.share().release()
 
     def share(self) -> RunLock:
         """Hold the run shared while a pass computes for minutes before it writes (importance,
         effects): a writer that holds the run whole (mine, visualize) is refused meanwhile, as it
         would refuse the pass, instead of taking the run and the pass's work being refused at its
-        end; passes that share it may run side by side. Each write goes through `exclusive`."""
-        self._flock(fcntl.LOCK_SH)
+        end; passes that share it may run side by side, in one process or several. Each write
+        goes through `exclusive`."""
+        with _SHARED_LOCK:
+            held = _SHARED.get(self.path)
+            if held is None:
+                self._flock(fcntl.LOCK_SH)
+                assert self._fd is not None
+                held = _SHARED[self.path] = _Shared(self._fd)
+                self._fd = None
+            else:
+                held.count += 1
+            self._shared = held
         return self
 
     @contextlib.contextmanager
@@ -114,20 +146,29 @@ class RunLock:
         """The shared hold made whole for one write, then shared again. Another sharer's write,
         or the sharer itself, may hold the run a while: this waits (Ctrl-C stops it) rather than
         lose the work already done, and says so."""
-        assert self._fd is not None, "exclusive() needs share() first"
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logging.getLogger("sketchmine").info(f"waiting for another process that holds {self.run} to store "
-                                                 "this pass's results")
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            remove_write_temps(self.run)  # held whole: what killed writes left is stale
-            yield
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_SH)
+        held = self._shared
+        assert held is not None, "exclusive() needs share() first"
+        with held.writing:  # this process's sharers write one at a time, through their one open file
+            try:
+                fcntl.flock(held.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logging.getLogger("sketchmine").info(f"waiting for another process that holds {self.run} to store "
+                                                     "this pass's results")
+                fcntl.flock(held.fd, fcntl.LOCK_EX)
+            try:
+                remove_write_temps(self.run)  # held whole: what killed writes left is stale
+                yield
+            finally:
+                fcntl.flock(held.fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
+        if self._shared is not None:
+            with _SHARED_LOCK:
+                held, self._shared = self._shared, None
+                held.count -= 1
+                if held.count == 0:
+                    del _SHARED[self.path]
+                    self._fd = held.fd
         if self._fd is not None:
             _HELD.discard(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
