@@ -238,3 +238,27 @@ def test_power_cut_losing_the_newest_chunk_files_recovers(tmp_path, demo_model, 
     sketchmine.mine(demo_model.module, small_test_set, out=out, progress=progress, **kwargs)
     assert any("damaged" in n for n in progress.notes)
     assert_same_store(out, tmp_path / "ref.zarr")
+
+
+def test_unreadable_images_are_recorded_alike_when_resumed_from_another_folder(tmp_path, demo_test_set,
+                                                                               monkeypatch):
+    """A run begun from one folder and resumed from another (the dataset given by another relative
+    path) recorded each unreadable image's error with the path as spelled in its own call:
+    'a/images/bear/00003.png' before the interruption, 'work/a/images/...' after. Both now
+    name the file by its absolute path, as an uninterrupted run does."""
+    from tests.helpers import image_folder
+
+    root = image_folder(demo_test_set, tmp_path / "work" / "a" / "images")
+    files = sorted(root.rglob("*.png"))
+    for f in (files[3], files[70]):
+        f.write_bytes(b"not a png")
+    kwargs = dict(batch_size=10, flush_every=1, skip_bad_images=True)
+    monkeypatch.chdir(tmp_path / "work")
+    whole = sketchmine.mine("demo", "a/images", out=tmp_path / "whole.zarr", **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine("demo", "a/images", out=tmp_path / "cut.zarr", progress=StopAfter(5, calls=True), **kwargs)
+    monkeypatch.chdir(tmp_path)
+    resumed = sketchmine.mine("demo", "work/a/images", out=tmp_path / "cut.zarr", **kwargs)
+    assert resumed.attrs["bad_images"] == whole.attrs["bad_images"]
+    assert [b["index"] for b in whole.attrs["bad_images"]] == [3, 70]
+    assert all(str(files[b["index"]]) in b["error"] for b in whole.attrs["bad_images"])

@@ -185,8 +185,8 @@ class ImageFolderDataset(MinerDataset):
         stored (channels, bit depth, an EXIF orientation not applied: `imagefile.read_image`;
         raises READ_ERRORS). The channel conversion itself is `convert_channels`', as for
         arrays: one grey conversion for every route."""
-        return read_image(self.root / self.samples[i][0], "L" if self.preprocessing.channels == 1 else "RGB",
-                          self.file_bytes(i))
+        return read_image((self.root / self.samples[i][0]).absolute(),  # its errors alike from any folder
+                          "L" if self.preprocessing.channels == 1 else "RGB", self.file_bytes(i))
 
     def image_array(self, i: int) -> tuple[np.ndarray, str]:
         """The image as uint8 (H, W) or (H, W, C) at its own size, and a note (raises
