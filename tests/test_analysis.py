@@ -341,3 +341,53 @@ def test_compare_says_which_layers_of_the_longer_run_pair_with_none(mined, tmp_p
     lines = narrow.file.getvalue().splitlines()
     assert lines[:2] == [f"A: {run.path}", f"B: {other.path}"]
     assert re.fullmatch(r"\s*accuracy: A \(\d+\.\d+ %\) vs B \(\d+\.\d+ %\)\s*", lines[2]), lines[2]
+
+
+def test_a_handle_on_a_run_mined_again_at_its_path_reads_the_new_run(tmp_path, small_test_set):
+    """A notebook's handle on a complete run, the run deleted and mined again at the same path
+    with other settings: the handle answered with the old run's attributes (k, layers) over
+    the new run's arrays. It reads the new run now, and says where the run is gone."""
+    import shutil
+
+    out = tmp_path / "again.zarr"
+    old = sketchmine.mine("demo", small_test_set, out=out, layers=["features.0", "features.3"], k=3, batch_size=100)
+    assert old.k == 3 and old.topk("features.3")[0].shape[1] == 3
+    shutil.rmtree(out)
+    new = sketchmine.mine("demo", small_test_set, out=out, layers=["features.3", "classifier.6"], k=5, batch_size=100)
+    assert old.k == 5 and old.layers == new.layers == ["features.3", "classifier.6"]
+    for read in (lambda r: r.topk("features.3")[0], lambda r: r.top_classes("classifier.6", 3)):
+        got, want = read(old), read(new)
+        pd.testing.assert_frame_equal(got, want) if isinstance(got, pd.DataFrame) else np.testing.assert_array_equal(got, want)
+    shutil.rmtree(out)
+    with pytest.raises(sketchmine.SketchmineError, match="does not exist"):
+        _ = old.k
+
+
+def test_layers_of_two_architectures_pair_by_the_share_of_the_input_their_fields_take(tmp_path, small_test_set):
+    """SketchNet's features.6 mined with classifier.4 alone paired with the demo ResNet's first
+    conv (depth among the two mined layers: the run does not record the model's others); it
+    pairs now with the ResNet layer whose receptive field covers the nearest share of the input
+    (both models see 28-px images), in order, either way round; layers without a field (linear)
+    keep the depth rule."""
+    from sketchmine.results.compare import field_fractions
+
+    short = sketchmine.mine("demo", small_test_set, layers=["features.6", "classifier.4"], out=tmp_path / "s.zarr",
+                            batch_size=100)
+    resnet = sketchmine.mine("demo-resnet", small_test_set, out=tmp_path / "r.zarr", batch_size=100)
+    share = max(short.layer_attrs("features.6")["receptive_field"]["size"]) / 28
+    grid = {name: max(resnet.layer_attrs(name)["receptive_field"]["size"]) / 28 for name in resnet.layers
+            if resnet.layer_attrs(name)["receptive_field"]["stride"] != [0, 0]}
+    assert field_fractions(short) == {"features.6": share} and field_fractions(resnet) == grid
+    nearest = min(grid, key=lambda name: abs(np.log(grid[name] / share)))
+    assert nearest not in (resnet.layers[0], "conv1") and 0.5 < grid[nearest] / share < 2
+    pairs = compare(short, resnet, 3).layers
+    assert pairs.iloc[0][["layer_a", "layer_b", "paired_by"]].tolist() == ["features.6", nearest, "field"]
+    assert pairs.iloc[1]["paired_by"] == "depth"
+    at = [resnet.layers.index(name) for name in pairs["layer_b"]]
+    assert at == sorted(at)
+    back = compare(resnet, short, 3).layers
+    assert back[["layer_b", "layer_a", "paired_by"]].values.tolist() == pairs[["layer_a", "layer_b", "paired_by"]].values.tolist()
+    console = Console(file=io.StringIO(), width=200)
+    print_compare(short, resnet, 3, console)
+    said = " ".join(console.file.getvalue().split())
+    assert "layers paired by receptive field (its share of the input) or by relative depth: top 3" in said

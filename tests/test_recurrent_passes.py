@@ -170,3 +170,24 @@ def test_time_first_traces_keep_the_recorded_layout(tmp_path):
     want = np.stack([[per_step[:, int(index[u, r]), u].numpy() for r in range(3)] for u in range(3)])
     np.testing.assert_allclose(next(iter(arrays.values())), want, rtol=1e-5, atol=1e-6)
     assert attrs["steps"] == T
+
+
+def test_a_layer_over_time_names_each_entry_s_step_in_the_tables(tmp_path, drawings):
+    """A recurrent layer's top-k position is its step, kept in `x` (the report converted it, the
+    DataFrame and `unit --json` left readers to know that): both carry a `step` column now,
+    which the embedding's per-step Linear has too and no layer without time has."""
+    from sketchmine.results.unit_summary import LayerSummary
+
+    torch.manual_seed(0)
+    net = Reader("gru", "out", False, 1, False).eval()
+    run = sketchmine.mine(net, drawings, layers=["embed", "rnn", "fc"], k=3, out=tmp_path / "r.zarr", batch_size=16)
+    for layer in ("embed", "rnn"):
+        table = run.unit_table(layer)
+        _, index, yx = run.topk(layer)
+        assert list(table.columns[:7]) == ["unit", "rank", "image_index", "value", "y", "x", "step"]
+        np.testing.assert_array_equal(table["step"], yx[..., 1][index >= 0])
+        assert table["step"].between(0, 3).all() and table["step"].nunique() > 1  # 4 steps, not all the last
+        entries = LayerSummary(run, layer).unit(2)["top"]
+        assert [e["step"] for e in entries] == table[table.unit == 2]["step"].tolist()
+    assert "step" not in run.unit_table("fc").columns
+    assert all("step" not in e for e in LayerSummary(run, "fc").unit(2)["top"])

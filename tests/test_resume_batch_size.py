@@ -16,12 +16,39 @@ def test_a_resume_at_another_batch_size_is_said(tmp_path, demo_model, small_test
     except KeyboardInterrupt:
         pass
     assert sketchmine.open_run(out).attrs["batch_size"] == 16
+    cut = sketchmine.open_run(out).images_done
     resumed = StopAfter(10**6)
     sketchmine.mine(demo_model.module, data, k=3, out=out, batch_size=5, flush_every=1, progress=resumed)
     assert [n for n in resumed.notes if "resuming at batch size 5, mined so far at 16" in n]
     again = StopAfter(10**6)
-    sketchmine.mine(demo_model.module, data, k=3, out=out, batch_size=5, progress=again)  # complete: nothing to say
+    run = sketchmine.mine(demo_model.module, data, k=3, out=out, batch_size=5, progress=again)  # complete: nothing to say
     assert not [n for n in again.notes if "resuming at batch size" in n]
+    assert cut and run.batch_sizes == [(0, 16), (cut, 5)]  # recorded, not only said (it was said alone)
+
+
+def test_each_stretch_of_batch_size_is_recorded_and_a_redone_one_goes(tmp_path, demo_model, small_test_set):
+    """Resumed twice at other sizes, once from a commit no later than the last resume's: the
+    record lists each stretch still in the run, and a plain run lists its one size."""
+    from sketchmine.present.json_out import summary_data
+
+    data = per_class_subset(small_test_set, 6, "resume_bs")
+    out = tmp_path / "run.zarr"
+    kwargs = dict(k=3, out=out, flush_every=1)
+    done = []
+    for size, stop in ((16, 32), (8, 40), (4, 4)):  # the third call stops before its first commit
+        try:
+            sketchmine.mine(demo_model.module, data, batch_size=size, progress=StopAfter(stop), **kwargs)
+        except KeyboardInterrupt:
+            pass
+        done.append(sketchmine.open_run(out).images_done)
+    assert done[0] < done[1] == done[2], done
+    said = StopAfter(10**6)
+    run = sketchmine.mine(demo_model.module, data, batch_size=6, progress=said, **kwargs)
+    assert [n for n in said.notes if "resuming at batch size 6, mined so far at 8" in n]  # not 4: nothing of it stayed
+    assert run.batch_sizes == [(0, 16), (done[0], 8), (done[1], 6)], run.batch_sizes  # 4 mined nothing that stayed
+    assert summary_data(run, 3)["batch_sizes"] == [[0, 16], [done[0], 8], [done[1], 6]]
+    plain = sketchmine.mine(demo_model.module, data, k=3, out=tmp_path / "plain.zarr", batch_size=16)
+    assert plain.batch_sizes == [(0, 16)] and "batch_sizes" not in plain.attrs
 
 
 def test_the_same_batch_size_resumes_identical_without_a_note(tmp_path, demo_model, small_test_set):

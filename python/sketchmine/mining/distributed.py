@@ -75,7 +75,10 @@ class Solo:
         return accs, pending
 
     def result(self, store: RunStore) -> Run:
-        return Run(store)
+        """The finished run, read-only: a handle that outlives its writer follows the run at its
+        path as any reader's (commits.py), so a notebook's `run = mine(...)` reads a run mined
+        there again rather than the old one's attributes over new arrays."""
+        return Run(RunStore.open(store.path))
 
 
 SOLO = Solo()
@@ -279,9 +282,9 @@ class Group:
     def result(self, store: RunStore | _RemoteStore) -> Run | None:
         """The finished run on every rank (called after rank 0 finished writing); ranks that
         cannot see rank 0's store path (another machine, no shared filesystem) get None."""
-        if self.writes:
-            return Run(store)  # type: ignore[arg-type]
-        return Run(RunStore.open(store.path)) if is_run(Path(store.path)) else None
+        if self.writes or is_run(Path(store.path)):  # read-only, as the single process's
+            return Run(RunStore.open(store.path))
+        return None
 
 
 def _rows(pending: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:

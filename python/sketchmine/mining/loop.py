@@ -300,8 +300,7 @@ class _Flush:
 def _flush(store: RunStore, job: _Flush) -> None:
     """Write a flush's rows, then checkpoint the states and commit the new progress."""
     store.write_rows(job.start, job.logits, job.labels, skipped=(b["index"] for b in job.bad))
-    store.write_checkpoint(job.states, job.done,
-                           {"bad_images": job.bad, "converted_images": _merged_counts(store, job.converted)})
+    store.write_checkpoint(job.states, job.done, store.extras(job.bad, job.converted))
 
 
 @contextlib.contextmanager
@@ -383,7 +382,7 @@ def _finalize(store: RunStore, accs: list[Accumulator], n: int, bad: list[dict[s
         accuracy[schema.PER_CLASS_ACCURACY], correct, count = per_class_accuracy(pred, labels, store.shape(schema.LOGITS)[1])
         overall = float(correct.sum() / count.sum()) if count.sum() else None
     store.write_results(_parts(accuracy, accs), overall)
-    store.finish(n, {"bad_images": bad, "converted_images": _merged_counts(store, converted)})
+    store.finish(n, store.extras(bad, converted))
     return nan_outputs
 
 
@@ -393,8 +392,3 @@ def _parts(first: dict[str, np.ndarray], accs: list[Accumulator]) -> Iterator[Ma
     for acc in accs:
         yield acc.results()
 
-
-def _merged_counts(store: RunStore, converted: dict[str, int]) -> dict[str, int]:
-    """Committed per-mode conversion counts plus those since the last commit."""
-    previous = store.attrs.get("converted_images", {})
-    return {m: previous.get(m, 0) + converted.get(m, 0) for m in {*previous, *converted}}

@@ -313,8 +313,9 @@ def mine(
                 damaged = None if current.progress.get("complete") else current.resume_from_intact()
                 if damaged:
                     progress.note(damaged)
-                was = current.attrs.get("batch_size")  # allowed (a batch that fits after an out-of-memory), and said
-                if not current.progress.get("complete") and isinstance(was, int) and was != batch_size:
+                # allowed (a batch that fits after an out-of-memory), recorded and said
+                was = None if current.progress.get("complete") else current.resume_batch_size(batch_size)
+                if was is not None:
                     progress.note(f"resuming at batch size {batch_size}, mined so far at {was}: CPU matrix products "
                                   "round the last bit by batch size, so ties within that rounding may rank as "
                                   f"neither uninterrupted run would; --batch-size {was} resumes bit-identically")

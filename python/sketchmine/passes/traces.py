@@ -20,7 +20,8 @@ import numpy as np
 
 from sketchmine.errors import SketchmineError
 from sketchmine.results.run import Run
-from sketchmine.results.traces import ARRAY, MAX_TRACE_IMAGES, entry_steps
+from sketchmine.results.summaries import entry_steps
+from sketchmine.results.traces import ARRAY, MAX_TRACE_IMAGES
 from sketchmine.store import schema
 
 if TYPE_CHECKING:  # torch stays unimported for the report, which only reads stored traces

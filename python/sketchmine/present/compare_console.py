@@ -38,9 +38,11 @@ def compare_tables(cmp: Comparison) -> list[Table]:
     for c, r in cmp.accuracy.iterrows():  # a change carries its sign either way ("+5.00", "-1.50")
         acc.add_row(safe(c), pct(r["accuracy_a"]), pct(r["accuracy_b"]), ("+" if r["difference"] > 0 else "") + pct(r["difference"]))
     how = set(cmp.layers["paired_by"]) if len(cmp.layers) else {"depth"}
-    paired = ("by name" if how == {"name"} else "by relative depth" if how == {"depth"} else
+    between = [words for key, words in (("field", "by receptive field (its share of the input)"),
+                                        ("depth", "by relative depth")) if key in how]
+    paired = ("by name" if how == {"name"} else " or ".join(between) if not how & {"name", "output"} else
               "by name where both runs have the layer" + (", the logits with the logits" if "output" in how else "")
-              + (", else by relative depth" if "depth" in how else ""))
+              + (", else " + " or ".join(between) if between else ""))
     # the top and the bottom lists in tables of their own: eight columns cut names and the last column at 80 cells
     top = titled(f"layers paired {paired}: top {cmp.n} classes among the top-k images, Jaccard overlap")
     bottom = titled(f"the same layers: bottom {cmp.n} classes among the top-k images, Jaccard overlap")

@@ -56,7 +56,7 @@ def summary_data(run: Run, n: int) -> dict[str, Any]:
     layers: list[dict[str, Any]] = []
     if not run.complete and not run.images_done:  # created, nothing committed: the layers, no numbers yet
         return {"run": str(run.path), "model": run.attrs.get("model"), "complete": False, "precision": run.precision,
-                "forward_options": run.forward_options, "images": 0, "k": run.k, "accuracy": None,
+                "forward_options": run.forward_options, "batch_sizes": [list(s) for s in run.batch_sizes], "images": 0, "k": run.k, "accuracy": None,
                 "class_accuracy": [], "layers": [{"name": name, "units": run.layer_attrs(name)["shape"][0]}
                                                  for name in run.layers], "note": not_yet(run)}
     for name in run.layers:
@@ -83,7 +83,7 @@ def summary_data(run: Run, n: int) -> dict[str, Any]:
     unbiased = _unbiased(run, n, layers)
     return {"run": str(run.path), "model": run.attrs.get("model"), "complete": run.complete,
             "precision": run.precision, "forward_options": run.forward_options,
-            "images": run.images_done, "k": run.k, "accuracy": run.accuracy() if run.complete else None,
+            "batch_sizes": [list(s) for s in run.batch_sizes], "images": run.images_done, "k": run.k, "accuracy": run.accuracy() if run.complete else None,
             "class_accuracy": classes, "ink_density": unbiased, "layers": layers}
 
 

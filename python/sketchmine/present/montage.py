@@ -24,7 +24,7 @@ from sketchmine.results.effects import class_units
 from sketchmine.results.importance_store import rank_text
 from sketchmine.results.numbers import column, rate
 from sketchmine.results.run import Run
-from sketchmine.results.traces import entry_steps
+from sketchmine.results.summaries import entry_steps
 from sketchmine.results.unit_summary import LayerSummary, maxima_text
 from sketchmine.store import schema
 

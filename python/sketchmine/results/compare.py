@@ -3,6 +3,7 @@ top/bottom classes, and how much the preferred classes overlap."""
 from __future__ import annotations
 
 import html
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -18,7 +19,8 @@ from sketchmine.results.summaries import class_set
 @dataclass(repr=False)
 class Comparison:
     """accuracy: per class (accuracy_a, accuracy_b, difference; NaN for a run without
-    predictions); layers: layer pairs (see `layer_pairs`; column paired_by "name" or "depth")
+    predictions); layers: layer pairs (see `layer_pairs`; column paired_by "name", "output",
+    "field" or "depth")
     with their top/bottom n classes, the classes tied at each list's cut and left out
     (tied_top_a, …: `summaries.cut_at`), whether all of a layer's classes tie (all_tied_a,
     all_tied_b) and the Jaccard overlaps; jaccard: top-n Jaccard for
@@ -85,18 +87,33 @@ def depth_pairs(a: list[str], b: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def layer_pairs(a: list[str], b: list[str], outputs: tuple[str | None, str | None] = (None, None)
-                ) -> list[tuple[str, str, str]]:
-    """(layer of a, layer of b, "name" | "output" | "depth"): each layer of the run with fewer
-    layers with the layer of the same name in the other when there is one (the same model mined
-    twice, or a subset of its layers), the layers that compute each run's logits (`outputs`)
-    with each other, and every other layer with the layer at the nearest relative depth between
-    the pairs around it (`depth_pairs` when there are none: two architectures). Pairing by depth
-    alone put a 2-layer run's features.6 beside the other run's features.0, and SketchNet's
-    logits beside a ResNet's conv layer (its `fc` left out); a run without its logits or softmax
-    put its last hidden layer beside the other's softmax."""
+def field_fractions(run: Run) -> dict[str, float]:
+    """Each grid layer's receptive field as a share of the model's input (larger sides), where
+    the run records the input's extent (the whole-image field of a layer without positions:
+    a linear layer, the softmax); {} otherwise. A field may outgrow the input (ResNet's last
+    blocks): shares above 1."""
+    fields = {name: run.layer_attrs(name).get("receptive_field") for name in run.layers}
+    whole = [max(f["size"]) for f in fields.values() if f and list(f["stride"]) == [0, 0]]
+    return {name: max(f["size"]) / max(whole) for name, f in fields.items()
+            if whole and f and list(f["stride"]) != [0, 0]}
+
+
+def layer_pairs(a: list[str], b: list[str], outputs: tuple[str | None, str | None] = (None, None),
+                fields: tuple[dict[str, float], dict[str, float]] = ({}, {})) -> list[tuple[str, str, str]]:
+    """(layer of a, layer of b, "name" | "output" | "field" | "depth"): each layer of the run with
+    fewer layers with the layer of the same name in the other when there is one (the same model
+    mined twice, or a subset of its layers), the layers that compute each run's logits
+    (`outputs`) with each other, and every other layer, between the pairs around it, with the
+    layer whose receptive field takes the nearest share of the input (`fields`: each run's
+    `field_fractions`, compared by ratio) where both have one, else with the layer at the
+    nearest relative depth (`depth_pairs` when there is nothing else: two architectures).
+    Pairing by depth alone put a 2-layer run's features.6 beside the other run's first conv
+    layer (depth among the mined layers only), and SketchNet's logits beside a ResNet's conv
+    layer (its `fc` left out); a run without its logits or softmax put its last hidden layer
+    beside the other's softmax. Pairs keep the layers' order."""
     flip = len(a) > len(b)
     short, long_ = (b, a) if flip else (a, b)
+    s_field, l_field = fields[::-1] if flip else fields
     fixed = {name: (name, "name") for name in short if name in long_}
     s_out, l_out = outputs[::-1] if flip else outputs
     # a run mined without its outputs (SketchNet's features.6 and classifier.4) ends at a hidden
@@ -113,13 +130,20 @@ def layer_pairs(a: list[str], b: list[str], outputs: tuple[str | None, str | Non
         points.insert(0, (0, 0))
     if points[-1][0] < len(short) - 1:
         points.append((len(short) - 1, max(end, points[-1][1])))
-    pairs = []
+    pairs, last = [], 0
     for i, name in enumerate(short):
         if name in fixed:
             pairs.append((name, *fixed[name]))
+            last = long_.index(fixed[name][0])
             continue
         (s0, l0), (s1, l1) = next(((p, q) for p, q in zip(points, points[1:]) if p[0] <= i <= q[0]), (points[0],) * 2)
-        pairs.append((name, long_[int(round(l0 + (i - s0) / (s1 - s0) * (l1 - l0))) if s1 > s0 else l0], "depth"))
+        j, how = max(last, int(round(l0 + (i - s0) / (s1 - s0) * (l1 - l0))) if s1 > s0 else l0), "depth"
+        share = s_field.get(name)
+        near = [q for q in range(max(l0, last), max(l1, last) + 1) if long_[q] in l_field] if share else []
+        if share and near:
+            j, how = min(near, key=lambda q: (abs(math.log(l_field[long_[q]] / share)), q)), "field"
+        pairs.append((name, long_[j], how))
+        last = j
     return [(o, s, how) for s, o, how in pairs] if flip else pairs
 
 
@@ -141,7 +165,8 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: i
     top_b = {l: b.top_classes(l, n) for l in b.layers}
     rows: list[dict] = []
     empty: dict[str, set[int]] = {"a": set(), "b": set()}  # class positions: a name may repeat
-    for la, lb, how in layer_pairs(a.layers, b.layers, (logits_layer(a), logits_layer(b))):
+    for la, lb, how in layer_pairs(a.layers, b.layers, (logits_layer(a), logits_layer(b)),
+                                   (field_fractions(a), field_fractions(b))):
         frame_a, frame_b = a.bottom_classes(la, n), b.bottom_classes(lb, n)
         empty["a"].update(frame_a.attrs.get("no_images_at", []))
         empty["b"].update(frame_b.attrs.get("no_images_at", []))

@@ -57,6 +57,15 @@ class Precision:
         return str(model) if own == FLOAT32 and isinstance(model, str) else own
 
     @property
+    def batch_sizes(self) -> list[tuple[int, int]]:
+        """(first image, batch size) of each stretch the mining pass ran at one batch size: one
+        stretch, unless a resume changed the size (which changes the last bits, as `compile`
+        does); [] where the run did not record it."""
+        run = cast("Run", self)
+        stretches = run.attrs.get("batch_sizes") or ([[0, run.attrs["batch_size"]]] if "batch_size" in run.attrs else [])
+        return [(int(first), int(size)) for first, size in stretches]
+
+    @property
     def reduced_precision(self) -> bool:
         """True when the mining pass ran under autocast (`precision` is not "float32")."""
         return self.precision != FLOAT32

@@ -268,11 +268,13 @@ class Run(UnitViews, ClassCorrelations, Precision):
             return pd.Series(np.nan, index=pd.Index(self.class_names, name="class"), name="accuracy")
 
     def unit_table(self, layer: str) -> pd.DataFrame:
-        """Every unit's top-k as one long table: unit, rank, image_index, value, y, x, label, class,
-        accuracy, path (the image's file, or its name in the dataset, as `image_path` gives it)."""
+        """Every unit's top-k as one long table: unit, rank, image_index, value, y, x, (step, where the
+        layer's position is time: 0-based, as `x` or `y` holds it), label, class, accuracy, path
+        (the image's file, or its name in the dataset, as `image_path` gives it)."""
         values, index, yx = self.topk(layer)
+        steps = summaries.entry_steps(self.layer_attrs(layer), yx)
         df = summaries.unit_rows(values, index, yx, self.labels, self.class_names,
-                                 self.class_accuracy_series().to_numpy())
+                                 self.class_accuracy_series().to_numpy(), None if steps is None else steps[0])
         df["path"] = self.paths[df["image_index"].to_numpy()] if len(df) else np.zeros(0, dtype=object)
         df.attrs["partial"] = not self.complete
         return df

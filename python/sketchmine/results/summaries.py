@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -16,11 +16,28 @@ if TYPE_CHECKING:
     from sketchmine.results.run import Run
 
 
+def entry_steps(attrs: dict[str, Any], yx: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(step (C, k) 0-based, steps T) of each top-k entry when the layer's position is time;
+    None for every other layer. `attrs`: the layer's attributes, `yx` (C, k, 2) its top-k positions."""
+    pos, shape = attrs.get("position"), list(attrs.get("shape") or [])
+    if pos in ("time", "sequence") and len(shape) == 2:
+        return yx[..., 1].astype(np.int64), int(shape[1])
+    if pos == "time-stacked" and attrs.get("time_steps"):
+        frame, steps = list(attrs.get("frame") or []), int(attrs["time_steps"])
+        if len(frame) == 2:
+            return yx[..., 0].astype(np.int64) // max(1, int(frame[0])), steps
+        if len(frame) == 1:
+            return yx[..., 1].astype(np.int64) // max(1, int(frame[0])), steps
+        return yx[..., 1].astype(np.int64), steps
+    return None
+
+
 def unit_rows(values: np.ndarray, index: np.ndarray, yx: np.ndarray, labels: np.ndarray,
-              class_names: Sequence[str], accuracy: np.ndarray) -> pd.DataFrame:
+              class_names: Sequence[str], accuracy: np.ndarray, steps: np.ndarray | None = None) -> pd.DataFrame:
     """One row per (unit, rank) of a top-k (values (C, k), index (C, k), yx (C, k, 2)), best
     first: image, value, (y, x), label, class and that class's accuracy (`accuracy` (K,) by
-    class; `labels` (N,) per image). Empty slots (index -1) are left out."""
+    class; `labels` (N,) per image). Empty slots (index -1) are left out. `steps` (C, k): each
+    entry's step where the layer's position is time (`entry_steps`), a column after x."""
     c, k = index.shape
     unit, rank = np.meshgrid(np.arange(c), np.arange(k), indexing="ij")
     keep = index.ravel() >= 0
@@ -31,6 +48,7 @@ def unit_rows(values: np.ndarray, index: np.ndarray, yx: np.ndarray, labels: np.
     return pd.DataFrame({
         "unit": unit.ravel()[keep], "rank": rank.ravel()[keep], "image_index": img,
         "value": values.ravel()[keep], "y": yx[..., 0].ravel()[keep], "x": yx[..., 1].ravel()[keep],
+        **({"step": steps.ravel()[keep]} if steps is not None else {}),
         "label": labels, "class": np.where(known, names[np.where(known, labels, -1)], None),
         "accuracy": np.where(known, accuracy[np.where(known, labels, 0)] if len(accuracy) else np.nan, np.nan),
     })

@@ -21,6 +21,7 @@ from sketchmine.results.effects import missing_note, not_ablatable
 from sketchmine.results import importance_store
 from sketchmine.results.numbers import column
 from sketchmine.results.run import Run
+from sketchmine.results.summaries import entry_steps
 
 QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 """The quantiles the dashboard lists (0 and 1: the sketch's minimum and maximum)."""
@@ -147,8 +148,9 @@ class LayerSummary:
 
     def _entries(self, ranked: tuple[np.ndarray, np.ndarray, np.ndarray], u: int) -> list[dict[str, Any]]:
         values, index, yx = ranked
+        steps = entry_steps(self.attrs, yx[u:u + 1])  # a layer over time: each entry's step, 0-based
         return [{"rank": int(r), **self.image(int(index[u, r])), "value": num(values[u, r]),
-                 "y": int(yx[u, r, 0]), "x": int(yx[u, r, -1])}
+                 "y": int(yx[u, r, 0]), "x": int(yx[u, r, -1]), **({"step": int(steps[0][0, r])} if steps else {})}
                 for r in range(index.shape[1]) if index[u, r] >= 0]
 
     def unit(self, unit: Any, infinities: bool = False, infinite_bins: bool = True) -> dict[str, Any]:

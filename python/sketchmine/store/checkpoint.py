@@ -59,6 +59,33 @@ class Checkpoints:
                      "updated": time.time()}, extra)
         self._written, self._intact, self._override = [], None, {}
 
+    def extras(self, bad: list[dict[str, Any]], converted: dict[str, int]) -> dict[str, Any]:
+        """The run's record a commit writes beside its progress: unreadable images (`bad`), per-mode
+        conversion counts (committed plus `converted` since), a resumed run's batch sizes."""
+        previous, sizes = self.attrs.get("converted_images", {}), self.attrs.get("batch_sizes")
+        return {"bad_images": bad, "converted_images": {m: previous.get(m, 0) + converted.get(m, 0)
+                                                        for m in {*previous, *converted}},
+                **({"batch_sizes": sizes} if sizes else {})}
+
+    def resume_batch_size(self, batch_size: int) -> int | None:
+        """Record that a partial run goes on from its committed image at `batch_size` (`batch_sizes`:
+        [first image, batch size] for each stretch mined at one size, kept with the next commit's
+        extras; images past the commit are mined again, so their stretches go). Returns the
+        size the run was mined at so far where it differs (CPU matrix products round the last
+        bit by batch size: a resume at another size is allowed, and said), else None."""
+        attrs = self.attrs
+        first = attrs.get("batch_size")
+        if not isinstance(first, int):
+            return None
+        done = int(self.progress.get("images_done", 0))
+        stretches = [list(s) for s in attrs.get("batch_sizes") or [[0, first]] if s[0] < done]
+        was = stretches[-1][1] if stretches else None
+        if was != batch_size:
+            stretches.append([done, batch_size])
+        if stretches != [[0, first]]:
+            self._override["batch_sizes"] = stretches
+        return None if was in (None, batch_size) else was
+
     def checkpoint(self) -> tuple[str | None, int, dict[str, Any]]:
         """(slot, images done, committed extras) of the newest intact checkpoint.
 

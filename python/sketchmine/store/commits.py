@@ -4,13 +4,17 @@ A writer commits by rewriting the root attributes (atomically); a reader's handl
 `committed` runs a read against one commit (the handle refreshed first where the writer moved
 on, the read repeated where the writer committed during it), and a reader's handle between
 reads follows the writer (`follow`), so `complete`, `images_done` and the layers it reports
-are those of the commit its next answer comes from, not of the moment it was opened.
+are those of the commit its next answer comes from, not of the moment it was opened. Where
+the run folder changed at all (a commit, or a run deleted and mined again at the handle's
+path: its inode may be the old one's, its modification time is not), the handle opens it
+afresh (`reopen`) rather than answer with an old run's attributes over a new run's arrays.
 
 A mixin of RunStore (its group, path and `refresh`), kept apart because the protocol is its own.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +29,9 @@ class CommittedReads:
     path: Path
     refresh: Callable[[], None]  # RunStore's: the root attributes read again
     cached_progress: Callable[[], dict[str, Any]]  # RunStore's: the progress this handle holds
+    reopen: Callable[[], None]  # RunStore's: the run at this path opened again, as `open` does
+    group: Any  # RunStore's Zarr group: read-only for a reader's handle
+    _folder: tuple[int, int, int] | None = None  # the run folder as this handle opened it (`folder_identity`)
     _reading = 0  # > 0 inside `committed`: the handle holds still, nested reads join the outer one
 
     def committed(self, read: Callable[[], Any], tries: int = 10) -> Any:
@@ -40,6 +47,7 @@ class CommittedReads:
         `tries` with a clear "retry"."""
         if self._reading:
             return read()
+        self._follow_folder()
         self._reading += 1
         try:
             return self._committed(read, tries)
@@ -72,9 +80,30 @@ class CommittedReads:
         commits after the last commit."""
         if self._reading:
             return
+        if self._follow_folder():
+            return
         known = self.cached_progress()
         if not known.get("complete") and self.progress_on_disk() != known:
             self.refresh()
+
+    def folder_identity(self) -> tuple[int, int, int] | None:
+        """The run folder's (device, inode, modification time) now, None where it is gone. A run
+        mined again at the same path is a new folder (`lock.stage` renames it into place), which
+        may reuse the deleted one's inode; a commit renames the root zarr.json into place. The
+        time is the kernel's coarse clock, so two commits may share it: `follow` compares the
+        progress as well."""
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino, found.st_mtime_ns
+
+    def _follow_folder(self) -> bool:
+        """Open a reader's run afresh where its folder changed (True), or say it is gone."""
+        if not self.group.read_only or self._folder == self.folder_identity():
+            return False
+        self.reopen()  # "does not exist" where it is gone
+        return True
 
     def progress_on_disk(self) -> dict[str, Any]:
         """The committed progress as on disk now (zarr writes zarr.json atomically)."""

@@ -59,6 +59,7 @@ class RunStore(Checkpoints, CommittedReads):
         self._override: dict[str, Any] = {}   # see resume_from_intact
         self._final_sums: dict[str, dict[str, Any]] = {}  # checksums of write_results' arrays, for finish
         self._blocks = verify.BlockCache()  # checked blocks of pictures, for readers of one unit at a time
+        self._folder = self.folder_identity()
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
@@ -158,6 +159,11 @@ class RunStore(Checkpoints, CommittedReads):
         group = zarr.open_group(str(self.path), mode="r" if self.group.read_only else "r+")
         check_root_attrs(self.path, dict(group.attrs))
         self.group, self._intact = group, None
+
+    def reopen(self) -> None:
+        """This handle made a new one on the run now at its path (commits.py: a reader's run mined
+        again there); the old run's cached attributes and checked blocks go with it."""
+        self.__dict__.update(type(self).open(self.path, mode="r" if self.group.read_only else "r+").__dict__)
 
     def cached_progress(self) -> dict[str, Any]:
         """The progress as this handle last read it (`refresh`), the writer's own state included."""
