@@ -27,8 +27,7 @@ from sketchmine.results import importance_store
 from sketchmine.results.effects import class_units
 from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import size_note, ties_words
-from sketchmine.results.summaries import entry_steps
+from sketchmine.results.summaries import entry_steps, size_note, ties_words
 from sketchmine.results.traces import MAX_TRACE_IMAGES, read_traces
 from sketchmine.results.unit_summary import infinite, num
 from sketchmine.store import schema
