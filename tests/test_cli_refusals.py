@@ -134,7 +134,7 @@ def test_a_layer_named_twice_is_computed_once(run_copy, capsys):
     capsys.readouterr()
     assert cli(["importance", str(run_copy), "--layers", "classifier.6,classifier.6", "-n", "2"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert out.count("classifier.6: units that matter most") == 1
+    assert out.count("classifier.6 units that matter most") == 1  # the layer, then what the table shows
     assert cli(["visualize", str(run_copy), "--layers", "classifier.6", "--layers", "classifier.6"]) == 0
     assert "crops of 1 layer " in capsys.readouterr().out
     run = sketchmine.visualize(run_copy, ["classifier.6", "classifier.6"])

@@ -13,7 +13,7 @@ import sketchmine
 from sketchmine.cli.main import main as cli
 from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
 from sketchmine.errors import SketchmineError
-from sketchmine.results.numbers import percent
+from sketchmine.results.numbers import percents
 from sketchmine.store.lock import RunLock
 
 
@@ -179,7 +179,7 @@ def test_cli_importance_reloads_the_run_and_plots(tmp_path, demo_test_set, capsy
     # the most important unit listed, its drops in percentage points as the report writes them
     first = df.iloc[0]
     assert re.search(rf"│ {int(first['unit'])} │ {first['prob_drop'] * 100:.4f} │ "
-                     rf"{re.escape(percent(first['acc_drop'], 2))} │", text)
+                     rf"{re.escape(percents([first['acc_drop']], 2)[0])} │", text)  # an exact 0 too: "0.00" in a column
     assert "┃ unit ┃ prob. drop (pt) ┃ acc. drop (pt) ┃ mean act. right ┃ mean act. wrong ┃" in text  # 80 columns
     assert cli(["importance", str(out), "--layers", "nope"]) == 3
     assert "layer 'nope' is not in run" in capsys.readouterr().err

@@ -242,6 +242,23 @@ def test_replacing_another_runs_report_is_said(run, rep, tmp_path, caplog):
     assert json.loads((rep / MARKER).read_text())["run"] == str(Path(other.path).resolve())
 
 
+def test_quiet_still_says_another_runs_report_was_replaced(run, rep, tmp_path):
+    """`-q` hid that note with the other notes: the user's earlier report was gone without a word.
+    Quiet hides progress and notes, not what was done to the user's files: the note stays, and
+    it is the only line on stderr; the same run's report again says nothing."""
+    import shutil
+
+    from tests.test_cli import sm
+
+    other = shutil.copytree(run.path, tmp_path / "other.zarr")
+    said = sm("-q", "report", str(other), "--out", str(rep), "--no-probe")
+    assert said.returncode == 0 and said.stdout.startswith("report written in"), said.stderr
+    assert said.stderr.splitlines() == [f"note: report folder {rep} held the report of run {Path(run.path).resolve()}; "
+                                        f"it now holds the report of {other}"]
+    said = sm("-q", "report", str(other), "--out", str(rep), "--no-probe")
+    assert said.returncode == 0 and said.stderr == ""
+
+
 def test_a_ctrl_c_once_the_new_report_is_in_place_says_it_was_written(run, rep, monkeypatch):
     """A Ctrl-C while the previous report, swapped out, was removed said "no report was written and
     the previous one in the folder (if any) is unchanged": the new report was in place. It says so,

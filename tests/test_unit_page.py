@@ -622,10 +622,10 @@ def test_both_drops_read_in_percentage_points_everywhere(rep, run, browser):  # 
     table and card, the dashboard and `sketchmine unit` all write the stored drops so, the
     probability's with 4 significant digits (the table's column has them for its largest)."""
     from sketchmine.present.report import PAGE_SIZE
-    from sketchmine.results.numbers import column, percent, significant
+    from sketchmine.results.numbers import column, percents, significant
 
     first = run.unit_importance(SHOWN).iloc[0]
-    u, p, a = int(first["unit"]), significant(first["prob_drop"] * 100, ".4g"), percent(first["acc_drop"], 2)
+    u, p, a = int(first["unit"]), significant(first["prob_drop"] * 100, ".4g"), percents([first["acc_drop"]])[0]
     assert float(p) != 0 and float(p) != float(first["prob_drop"])  # this unit tells the two units apart
     page, problems = _open(browser, (rep / "layers" / "00-features.6.html").as_uri() + f"#page={u // PAGE_SIZE + 1}&unit={u}")
     page.wait_for_selector(f"#unit-{u} .imp")
@@ -683,7 +683,7 @@ def test_one_units_numbers_read_alike_in_console_dashboard_table_and_card(rep, r
         print_unit(run.path, SHOWN, u, Console(file=out, width=250))
         text = out.getvalue()
         row = imp[imp["unit"] == u].iloc[0]
-        drop = f"{float(row['prob_drop']) * 100:.4f}" if row["prob_drop"] != 0 else "0"
+        drop = f"{float(row['prob_drop']) * 100:.4f}"  # an exact 0 too: "0.0000", as the table's column
         assert table[str(u)] == drop and f"{drop} pt / " in text, (u, table[str(u)], drop)
         layer.evaluate(f"() => {{ location.hash = 'page=1&unit={u}'; }}")
         if u < 24:  # the first page's cards
@@ -738,7 +738,7 @@ def test_points_and_enough_are_their_dom_twins(tmp_path, browser):  # noqa: F811
                         " vs.map(v => window.sketchmineDom.percent(v, 3))]", values)
     assert got == [[points(v) for v in values], [points(v, sign=True) for v in values], [percent(v, 3) for v in values]]
     assert points(0.005684) == "0.5684" and points(0.005684, sign=True) == "+0.5684" and points(-0.000625) == "-0.0625"
-    assert points(0.0) == "0" and points(3e-8) == "0.000003" and points(None) == "-"
+    assert points(0.0) == "0.0000" and points(3e-8) == "0.000003" and points(None) == "-"
     assert points(1e-9, sign=True) == "< 0.000001" and points(-1e-9) == "> -0.000001"  # no "+< …"
     assert page.evaluate("es => es.map(e => window.sketchmineDom.enough(e, 4))", edges) == [enough(e) for e in edges]
     assert enough([1.0, 1.125, 1.25]) == 4 and enough([1.0, 1.0000001]) == 8

@@ -8,6 +8,12 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+FILES = logging.WARNING + 5
+"""The level of a note that the user's files were replaced or removed (a report folder that held
+another run's report): the CLI shows it under -q too, which hides progress and notes, not what
+was done to files (below ERROR: it is no error)."""
+logging.addLevelName(FILES, "FILES")
+
 
 class Progress(Protocol):
     """What the miner reports; the CLI draws it with rich, the API may pass None."""

@@ -82,7 +82,8 @@ def verbosity_options(p: argparse.ArgumentParser, top: bool) -> None:
     """-q/-v, accepted before the command and after it (`sketchmine -q mine …`, `sketchmine mine -q …`)."""
     default = 0 if top else argparse.SUPPRESS
     p.add_argument("-q", "--quiet", action="count", default=default,
-                   help="errors only: no notes or progress bars; results still print (default: off)")
+                   help="errors only: no notes or progress bars, except a note that files of yours were replaced; "
+                        "results still print (default: off)")
     p.add_argument("-v", "--verbose", action="count", default=default,
                    help="debug notes, and the traceback of an error (default: off)")
 

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sketchmine.present.console import name_width, no_images_note, safe, titled
-from sketchmine.results.numbers import number, percent, rate
+from sketchmine.results.notebook import accuracy_text
+from sketchmine.results.numbers import number, percent
 from sketchmine.results.precision import precision_differs
 from sketchmine.results.run import Run
 
@@ -30,8 +31,7 @@ def compare_tables(cmp: Comparison) -> list[Table]:
     """`compare.Comparison` as three tables: accuracy side by side, then the paired layers' top and
     bottom classes (the title says how they were paired: by name, the logits with the logits,
     by relative depth)."""
-    oa, ob = cmp.overall
-    acc = titled(f"accuracy: A ({_overall(oa, cmp.a)}) vs B ({_overall(ob, cmp.b)})")
+    acc = titled(f"accuracy: A ({_overall(cmp.a)}) vs B ({_overall(cmp.b)})")
     for col in ("class", "A %", "B %", "B − A (pt)"):
         acc.add_column(col, justify="left" if col == "class" else "right")
     pct = lambda v: percent(v, 2)  # noqa: E731
@@ -81,9 +81,10 @@ def compare_notes(cmp: Comparison) -> list[str]:
     return notes
 
 
-def _overall(acc: float | None, run: Run) -> str:
-    """A compared run's accuracy, with its precision when it was mined under autocast."""
-    return ("partial" if not run.complete else rate(acc)) + (f", {safe(run.precision)}" if run.reduced_precision else "")
+def _overall(run: Run) -> str:
+    """A compared run's accuracy as the notebook writes it, with its precision when it was mined
+    under autocast."""
+    return accuracy_text(run) + (f", {safe(run.precision)}" if run.reduced_precision else "")
 
 
 def print_compare(a: Run | str, b: Run | str, n: int, console: Console, title: bool = False) -> None:

@@ -34,7 +34,7 @@ from sketchmine.results import importance_store
 from sketchmine.results.numbers import number, percent, rate, shape_text
 from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import not_yet, size_note, ties_words
+from sketchmine.results.summaries import not_yet, sides, sides_note, size_note, ties_words
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -67,7 +67,7 @@ def titled(title: str, **kwargs: Any) -> Table:
     """A rich Table at least as wide as its title (rich markup), when the title is short: rich
     folds a title to the table's width, and a table of two narrow columns wrote its title in
     three lines."""
-    width = Text.from_markup(title).cell_len
+    width = max(line.cell_len for line in Text.from_markup(title).split("\n"))  # a title of lines: its longest
     return FittingTable(title=title, **{**kwargs, "min_width": max(kwargs.get("min_width") or 0,
                                                                    width if width <= TITLE_WIDTH else 0)})
 
@@ -184,13 +184,17 @@ def preferences_table(run: Run, n: int = 5) -> Table:
     table.add_column(f"top {n}")
     table.add_column(f"bottom {n}")
     unlabelled = []
+    classes = int((run.class_sizes() > 0).sum()) if run.layers else 0  # the classes ranked: those with images
+    first, last = sides(classes, n)
     for name in run.layers:
-        top = run.top_classes(name, n)
+        top = run.top_classes(name, max(first, 1))
         table.add_row(safe(name), _classes_cell(top, note is not None),
-                      _classes_cell(run.bottom_classes(name, n), note is not None))
+                      _classes_cell(run.bottom_classes(name, last), note is not None) if last else "-")
         if top.attrs.get("unlabelled"):
             unlabelled.append(f"{safe(name)} {top.attrs['unlabelled']}")
     notes = [safe(note)] if note else []
+    if run.layers and (few := sides_note(classes, n, not run.complete)):
+        notes.append(few)
     if unlabelled:  # a dataset with some images labelled -1: their entries count for no class
         notes.append("top-k entries of unlabelled images, left out of the counts: " + ", ".join(unlabelled))
     if run.layers and top.attrs.get("no_images"):
@@ -218,7 +222,7 @@ def unbiased_table(run: Run, n: int = 5) -> Group | None:
     corr = analysis.ink_correlation(run)
     acc = analysis.accuracy_correlation(run)  # None without predictions: the accuracy columns say "-"
     partial = "" if run.complete else f"PARTIAL ({run.images_done} images): "
-    prefs = titled(f"{partial}class preference over all images (mean z-scored class mean)")
+    prefs = titled(f"{partial}class preference over all images (mean z-scored class mean)", caption_justify="left")
     stats = titled(f"{partial}selectivity, and Spearman ρ with class ink density and with class accuracy (by top-k "
                    "count per image and by this preference)", caption_justify="left")
     for col in ("layer", f"top {n}", f"bottom {n}"):
@@ -234,7 +238,9 @@ def unbiased_table(run: Run, n: int = 5) -> Group | None:
         fmt = lambda df: ", ".join(f"{safe(c)} {number(r['preference'], '+.2f')}" for c, r in df.iterrows())  # noqa: E731
         row = corr.loc[name]
         rho = ["-", "-"] if acc is None else [number(acc.loc[name, f"spearman_{m}"], "+.3f") for m in ("topk", "preference")]
-        prefs.add_row(safe(name), fmt(pref.head(n)), fmt(pref.tail(n)))
+        first, last = sides(len(pref), n)
+        prefs.add_row(safe(name), fmt(pref.head(first)), fmt(pref.tail(last)) if last else "-")
+        prefs.caption = sides_note(len(pref), n, not run.complete)
         stats.add_row(safe(name), (f"{si.median():.3f} " if si.notna().any() else "- ") + f"over {int(si.notna().sum())} of "
                       f"{len(si)} units", number(row["spearman"], "+.3f"), number(row["p_value"], ".3g"), *rho)
     notes = ["selectivity: median over the units that have one; it needs non-negative class means, so units of a "
@@ -258,9 +264,11 @@ def ink_table(run: Run) -> Table:
 
 
 def importance_table(run: Run, name: str, n: int) -> Table:
-    """A rich table of the `n` units of `name` that matter most for the correct class."""
+    """A rich table of the `n` units of `name` that matter most for the correct class. The layer
+    is the title's first line: after a long name ("backbone.layer4.1.conv2: units that …") rich
+    folded the rest of the title in the middle of its words' phrase."""
     df = run.unit_importance(name)
-    table = titled(f"{safe(name)}: units that matter most when zeroed ({df.attrs['images']} images, "
+    table = titled(f"{safe(name)}\nunits that matter most when zeroed ({df.attrs['images']} images, "
                    f"accuracy {rate(df.attrs['base_accuracy'])})")
     df = df.head(n)
     shown = importance_store.written(df)

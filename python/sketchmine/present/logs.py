@@ -3,7 +3,8 @@
 The library reports notes (random weights, skipped images, resumed runs) through
 `logging.getLogger("sketchmine")`; the CLI shows them on stderr above the progress bars, so
 stdout carries only results (tables, JSON, the paths written). `-q` keeps errors only and no
-bars; `-v` adds debug lines and the traceback of an error.
+bars, and the notes at level FILES: what happened to the user's files (a report folder that held
+another run's report, replaced); `-v` adds debug lines and the traceback of an error.
 """
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import sys
 
 from rich.console import Console
 
+from sketchmine.progress import FILES
+
 LOGGER = "sketchmine"
 """The library's logger name (the Python API's notes go there, not to `warnings`)."""
 
-LABELS = {logging.DEBUG: "[dim]debug:[/] ", logging.INFO: "", logging.WARNING: "[yellow]note:[/] "}
+LABELS = {logging.DEBUG: "[dim]debug:[/] ", logging.INFO: "", logging.WARNING: "[yellow]note:[/] ",
+          FILES: "[yellow]note:[/] "}
 
 _ERR: list[Console] = []
 
@@ -38,8 +42,9 @@ class ConsoleHandler(logging.Handler):
 
 
 def verbosity_level(verbosity: int) -> int:
-    """-q (-1) → ERROR, default (0) → INFO, -v (1 or more) → DEBUG."""
-    return logging.ERROR if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    """-q (-1) → FILES (notes about the user's files, and errors), default (0) → INFO, -v (1 or
+    more) → DEBUG."""
+    return FILES if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
 
 
 def setup(verbosity: int) -> Console:
@@ -49,7 +54,8 @@ def setup(verbosity: int) -> Console:
     logger = logging.getLogger(LOGGER)
     for h in [h for h in logger.handlers if isinstance(h, ConsoleHandler)]:
         logger.removeHandler(h)
-    logger.addHandler(ConsoleHandler(err))
+    # -q's console prints nothing: the notes it keeps (FILES) go to one that does (no bar to print above)
+    logger.addHandler(ConsoleHandler(err if verbosity >= 0 else Console(stderr=True)))
     logger.setLevel(verbosity_level(verbosity))
     _ERR[:] = [err]
     return err

@@ -29,6 +29,7 @@ import numpy as np
 
 from sketchmine.errors import SketchmineError, SketchmineFailure, unless_damaged
 from sketchmine.names import printable
+from sketchmine.progress import FILES
 from sketchmine.present import plots
 from sketchmine.present.report_data import (PAGE_SIZE, PngWriter, classes_cell, importance_ranks, layer_data, layer_ids,
                                              percent, precision_html, size_html, with_code)
@@ -350,8 +351,8 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
         swap_in(tmp, target, shown)
         tmp = None
         if before is not None and str(Path(before).resolve()) != here:  # allowed (a report's folder), and said
-            logging.getLogger("sketchmine").warning(f"report folder {shown} held the report of run {before}; "
-                                                    f"it now holds the report of {run.path}")
+            logging.getLogger("sketchmine").log(FILES, f"report folder {shown} held the report of run {before}; "
+                                                f"it now holds the report of {run.path}")  # under -q too
     except OSError as exc:
         where = exc.filename or target
         kept = ("the report folder is incomplete (the previous report there is already, at least partly, removed): run "

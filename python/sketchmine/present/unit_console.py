@@ -13,9 +13,9 @@ from sketchmine.present.console import safe, titled
 from sketchmine.present.json_out import print_json
 from sketchmine.results.effects import class_units
 from sketchmine.results.importance_store import rank_text
-from sketchmine.results.numbers import column, enough, percent, points, shape_text, significant
+from sketchmine.results.numbers import column, enough, percent, percents, points, shape_text, significant
 from sketchmine.results.run import open_run
-from sketchmine.results.unit_summary import LayerSummary, maxima_text
+from sketchmine.results.unit_summary import LayerSummary, activation_text, maxima_text
 
 
 def _f(v: float | str | None, fmt: str = ".4g") -> str:
@@ -53,19 +53,20 @@ def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None 
     imp = d["importance"]
     if imp is not None:
         rows += [("importance rank", rank_text(imp["rank"], imp["tied"], d["units"])),
-                 ("prob. drop / accuracy drop", f"{points(imp.get('prob_drop'))} pt / {_pct(imp.get('acc_drop'))} pt")]
+                 ("prob. drop / accuracy drop", f"{points(imp.get('prob_drop'))} pt / {percents([imp.get('acc_drop')])[0]} pt")]
     for k, v in rows:
         t.add_row(k, v)
     return t
 
 
-def images_table(title: str, entries: list[dict[str, Any]]) -> Table:
-    """Ranked images: value, image index, class, class accuracy, path."""
+def images_table(title: str, entries: list[dict[str, Any]], values: list[str] | None = None) -> Table:
+    """Ranked images: value, image index, class, class accuracy, path; `values`: the entries'
+    values as the view writes them (`activation_text`), else as a column of their own."""
     t = titled(title)
     for col in ("rank", "value", "image", "class", "acc. %", "path"):  # a narrow terminal folds the path: it names the file
         t.add_column(col, justify="right" if col in ("rank", "value", "image", "acc. %") else "left",
                      overflow="fold" if col == "path" else "ellipsis")
-    for e, v in zip(entries, column([e["value"] for e in entries])):
+    for e, v in zip(entries, values or column([e["value"] for e in entries])):
         t.add_row(str(e["rank"] + 1), v, str(e["image_index"]), safe(e["class"] or "?"), _pct(e["accuracy"]),
                   safe(e["path"]))
     return t
@@ -121,7 +122,7 @@ def classes_table(d: dict[str, Any]) -> Table:
         cols.append([f"{safe(c['class'])} {c['count']} ({_pct(c['accuracy'])})" for c in d["classes_top"]])
     if d["class_means"] is not None:
         heads.append("highest mean maximum (mean)")
-        means = column([c["mean"] for c in d["class_means"]])
+        means = activation_text(d)["class_means"]  # as the maximum above: one column
         cols.append([f"{safe(c['class'])} ({m})" for c, m in zip(d["class_means"], means)])
     if d["effects"] is not None:
         prob = d["effects"]["kind"] != "logit"  # a probability's change in pt, as the drops above
@@ -163,9 +164,10 @@ def print_unit(run_path: str | os.PathLike, layer: str, unit: int, console: Cons
         console.print(distribution_table(d))
         if note := bounds_note(d):
             console.print(note)
-    console.print(images_table(f"top {len(d['top'])} images", d["top"]))
+    shown = activation_text(d)  # the least-activating value as the 0 % quantile: one column
+    console.print(images_table(f"top {len(d['top'])} images", d["top"], shown["top"]))
     if d["bottom"] is not None:
-        console.print(images_table(f"bottom {len(d['bottom'])} images (least activating)", d["bottom"]))
+        console.print(images_table(f"bottom {len(d['bottom'])} images (least activating)", d["bottom"], shown["bottom"]))
     if d["bins"] is not None:
         console.print(bins_table(d))
     if d["classes_top"] is not None or d["class_means"] is not None or d["effects"] is not None:

@@ -11,7 +11,8 @@ import pandas as pd
 
 from sketchmine.errors import SketchmineError
 from sketchmine.results.effects import logits_layer
-from sketchmine.results.numbers import percent, rate
+from sketchmine.results.notebook import accuracy_text
+from sketchmine.results.numbers import percent
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.summaries import class_set
 
@@ -45,7 +46,7 @@ class Comparison:
         return self.a.accuracy(), self.b.accuracy()
 
     def __repr__(self) -> str:
-        acc = [rate(v) if run.complete else "partial" for v, run in zip(self.overall, (self.a, self.b))]
+        acc = [accuracy_text(run) for run in (self.a, self.b)]
         return (f"<sketchmine.Comparison A {str(self.a.path)!r} ({acc[0]}) vs B {str(self.b.path)!r} ({acc[1]}): "
                 f"{len(self.layers)} layer pairs, top/bottom {self.n} classes>")
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from sketchmine.errors import SketchmineError
 from sketchmine.names import command
-from sketchmine.results.numbers import column, percent, points
+from sketchmine.results.numbers import column, percents
 from sketchmine.store import schema
 
 if TYPE_CHECKING:  # annotations only: run.py imports this module
@@ -32,10 +32,11 @@ def written(df: pd.DataFrame) -> dict[str, list[str]]:
     report: both drops in percentage points (a probability's as an accuracy's: 0.0057 beside
     "0.45 pt" read as two units), the probability's as `points` writes it wherever it is shown
     (4 decimals: units that differ in the fourth digit do not read as tied), the accuracy's as
-    `percent` writes it (a count of images), the mean activations with one count of decimals a
-    column (`column`)."""
-    return {"prob_drop": [points(float(v)) for v in df["prob_drop"]],
-            "acc_drop": [percent(float(v), 2) for v in df["acc_drop"]],
+    `percent` writes it (a count of images), each drop column with one count of decimals, an
+    exact 0 too (`percents`: "0.00" beside "1.00", not "0"), the mean activations with one count
+    of decimals a column (`column`)."""
+    return {"prob_drop": percents([float(v) for v in df["prob_drop"]], 4),
+            "acc_drop": percents([float(v) for v in df["acc_drop"]], 2),
             "mean_act_correct": column(df["mean_act_correct"].tolist()),
             "mean_act_wrong": column(df["mean_act_wrong"].tolist())}
 

@@ -19,7 +19,7 @@ from PIL import Image
 from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.results import importance_store
 from sketchmine.results.importance_store import rank_text
-from sketchmine.results.numbers import column, percent, points, rate, shape_text
+from sketchmine.results.numbers import column, percent, percents, points, rate, shape_text
 from sketchmine.results.precision import precision_note
 
 if TYPE_CHECKING:
@@ -40,8 +40,9 @@ def state(run: Run) -> str:
 
 
 def accuracy_text(run: Run) -> str:
-    acc = run.accuracy() if run.complete else None
-    return rate(acc)
+    """The run's accuracy as every view writes it: "partial" until the run is complete (its images
+    so far are not the dataset's), as `compare` writes it ("-" is a run without predictions)."""
+    return rate(run.accuracy()) if run.complete else "partial"
 
 
 def precision_text(run: Run) -> str:
@@ -51,11 +52,12 @@ def precision_text(run: Run) -> str:
 
 
 def run_repr(run: Run) -> str:
-    """One line: path, layers, k, images, precision (autocast runs only), accuracy, complete or partial."""
+    """One line: path, layers, k, images, precision (autocast runs only), accuracy and complete, or
+    partial (no accuracy: its images so far are not the dataset's)."""
     names = run.layers
     shown = ", ".join(names[:4]) + (f", … ({len(names)} layers)" if len(names) > 4 else "")
     return (f"<sketchmine.Run {str(run.path)!r}: layers [{shown}], k={run.k}, {run.images_done} images, "
-            f"{precision_text(run)}accuracy {accuracy_text(run)}, {state(run)}>")
+            f"{precision_text(run)}{'accuracy ' + accuracy_text(run) + ', ' if run.complete else ''}{state(run)}>")
 
 
 def run_html(run: Run) -> str:
@@ -73,7 +75,7 @@ def run_html(run: Run) -> str:
                     f"<td>{shape[0]}</td><td>{esc(shape_text({**attrs, 'shape': shape}))}</td>"
                     + "".join(f"<td>{v}</td>" for v in later) + "</tr>")
     caption = (f"<b>sketchmine run</b> {esc(str(run.path))}<br>k={run.k} · {run.images_done} images · "
-               f"accuracy {esc(accuracy_text(run))} · {esc(state(run))}")
+               + (f"accuracy {esc(accuracy_text(run))} · " if run.complete else "") + esc(state(run)))
     note = precision_note(run)
     if note:
         caption += f"<br><span class='sketchmine-precision'>{esc(note)}</span>"
@@ -170,7 +172,7 @@ class UnitCard:
         df = self.run.unit_importance(self.layer)
         place, row = importance_store.ranks(df)[self.unit], df.loc[self.unit]
         return (f"rank {rank_text(place['rank'], place['tied'], len(df))}: prob. drop {points(float(row['prob_drop']))} pt, "
-                f"accuracy drop {percent(float(row['acc_drop']), 2)} pt")
+                f"accuracy drop {percents([float(row['acc_drop'])])[0]} pt")  # as the importance table's column
 
     def _repr_html_(self) -> str:
         esc = html.escape

@@ -33,13 +33,22 @@ def rate(a: float | None, decimals: int = 2) -> str:
     return text if text == "-" else f"{text} %"
 
 
+def percents(values: Sequence[float | None], decimals: int = 2) -> list[str]:
+    """The percentages of one table column with one count of decimals: an exact 0 or 100 too
+    ("0.00" beside "1.00", where `percent` alone writes "0": a column of accuracy drops mixed the
+    two). As `column` keeps one significant digit, a nonzero value that `decimals` would round to
+    0 or 100 keeps the decimals `percent` gives it; "-" for None or NaN."""
+    texts = [percent(v, decimals) for v in values]
+    return [f"{float(v or 0) * 100 + 0.0:.{decimals}f}" if t in ("0", "100") else t for v, t in zip(values, texts)]
+
+
 def points(change: float | None, sign: bool = False) -> str:
     """A change of a probability in percentage points, as the accuracy's beside it (0.005684 is
-    "0.5684"): 4 decimals (a millionth of a probability) wherever it is shown, so one unit's
-    probability drop reads the same in a table, a card and its dashboard; the extra decimals and
-    exact zero as `percent` writes them. `sign`: "+" before a rise (a unit's effect on a class),
-    not before `percent`'s "< 0.000001"."""
-    text = percent(change, 4)
+    "0.5684"): 4 decimals (a millionth of a probability) wherever it is shown, exact zero too
+    ("0.0000", as `percents` writes a column), so one unit's probability drop reads the same in a
+    table, a card and its dashboard; the extra decimals as `percent` writes them. `sign`: "+"
+    before a rise (a unit's effect on a class), not before `percent`'s "< 0.000001"."""
+    text = percents([change], 4)[0]
     return "+" + text if sign and text[0].isdigit() and change is not None and change > 0 else text
 
 

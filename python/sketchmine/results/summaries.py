@@ -186,6 +186,25 @@ def ties_words(listed: pd.DataFrame) -> str:
     return f"+ {tied} more tied at {a.get('cut_count')}" if tied else ""
 
 
+def sides(classes: int, n: int) -> tuple[int, int]:
+    """How many classes a view's top and bottom lists hold: `n` each or, where fewer than 2n
+    classes have images (a partial run that has reached one class, a 3-class dataset), each
+    class once, the top list the one more: a class is not both most and least preferred."""
+    bottom = min(n, max(classes, 0) // 2)
+    return min(n, max(classes, 0) - bottom), bottom
+
+
+def sides_note(classes: int, n: int, partial: bool) -> str | None:
+    """Why a view's top and bottom lists hold fewer than `n` classes each (`sides`); None where
+    they hold `n`."""
+    top, bottom = sides(classes, n)
+    if (top, bottom) == (n, n):
+        return None
+    have = f"{classes} class{'' if classes == 1 else 'es'} {'has' if classes == 1 else 'have'} images"
+    return (f"only {have}{' so far' if partial else ''}: {'it is' if classes == 1 else 'each is'} listed once ({top} "
+            f"under top {n}, {bottom} under bottom {n}), not as both most and least preferred")
+
+
 def size_note(sizes: pd.Series) -> str | None:
     """A note when the classes (with images) differ in size, naming the smallest and largest;
     None when they are the same size. Raw top-k counts favour the larger classes."""

@@ -292,9 +292,23 @@ def unit_summary(run: Run, layer: str, unit: int) -> dict[str, Any]:
     return LayerSummary(run, layer).unit(unit)
 
 
+def activation_text(d: dict[str, Any]) -> dict[str, list[str]]:
+    """Every activation of a `LayerSummary.unit` dict that its dashboard shows, written as one
+    column (`numbers.column`): "max", "mean" (of the image maxima), "quantiles", the "top" and
+    "bottom" images' values and the "class_means". They are values of one quantity in one view,
+    and some are one number: the least-activating image's value is the 0 % quantile ("-0.025"
+    beside "-0.02454" when each part had its own decimals). As the dashboard's unit.js writes them."""
+    parts = {"max": [d["max"]], "mean": [d["moments"]["mean"] if d.get("moments") is not None else None],
+             "quantiles": d["quantiles"]["values"] if d.get("quantiles") is not None else [],
+             "top": [e["value"] for e in d.get("top") or []], "bottom": [e["value"] for e in d.get("bottom") or []],
+             "class_means": [c["mean"] for c in d.get("class_means") or []]}
+    written = iter(column([v for values in parts.values() for v in values]))
+    return {key: [next(written) for _ in values] for key, values in parts.items()}
+
+
 def maxima_text(d: dict[str, Any]) -> list[str]:
-    """A `LayerSummary.unit` dict's maximum, mean of the image maxima and quantiles (all image
-    maxima) written as one column, as the dashboard's overview writes them: `sketchmine unit` and
-    the slide write them so too ("1.986" in each, not "1.99" on the slide)."""
-    q = d["quantiles"]["values"] if d["quantiles"] is not None else []
-    return column([d["max"], d["moments"]["mean"] if d["moments"] is not None else None, *q])
+    """A `LayerSummary.unit` dict's maximum, mean of the image maxima and quantiles, as its
+    dashboard and `sketchmine unit` write them (`activation_text`); the slide writes its mean so
+    too ("1.986" in each, not "1.99" on the slide)."""
+    t = activation_text(d)
+    return [*t["max"], *t["mean"], *t["quantiles"]]

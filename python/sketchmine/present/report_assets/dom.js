@@ -76,6 +76,13 @@
     return v > 50 ? "> 99.999999" : v > 0 ? "< 0.000001" : "> -0.000001";
   }
 
+  // percent with `decimals` for an exact 0 or 100 too ("0.00" beside "1.00"), as numbers.percents
+  // writes a column: a drop reads the same in the importance table and on a card
+  function percentFixed(a, decimals) {
+    var t = percent(a, decimals);
+    return t === "0" || t === "100" ? fixed(a * 100, decimals) : t;
+  }
+
   // a note's text with each `command` set as code (the notes name the commands that add what is missing)
   function withCode(node, text) {
     String(text).split("`").forEach(function (part, i) {
@@ -87,7 +94,7 @@
   // a probability's change in percentage points, 4 decimals wherever it is shown (numbers.points):
   // one unit's probability drop reads the same in its card, its dashboard and the layer's table
   function points(change, sign) {
-    var t = percent(change, 4);
+    var t = percentFixed(change, 4);
     return sign && /^\d/.test(t) && change > 0 ? "+" + t : t;
   }
 
@@ -149,6 +156,6 @@
       (others ? " (tied with " + others + " unit" + (others > 1 ? "s" : "") + ")" : "");
   }
 
-  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, points: points,
+  window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, percentFixed: percentFixed, points: points,
                            withCode: withCode, column: column, enough: enough, rankText: rankText };
 })();

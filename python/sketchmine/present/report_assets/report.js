@@ -101,7 +101,7 @@
     if (u.importance) {
       var im = u.importance;
       c.appendChild(el("div", "imp", "importance rank " + dom.rankText(im.rank, im.tied) + ": prob. drop " +
-        dom.points(im.prob_drop) + " pt, accuracy drop " + dom.percent(im.acc_drop, 2) + " pt"));
+        dom.points(im.prob_drop) + " pt, accuracy drop " + dom.percentFixed(im.acc_drop, 2) + " pt"));
     }
     function strip(label, src, w, h, per) {
       var r = el("div", "row");

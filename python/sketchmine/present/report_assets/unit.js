@@ -42,10 +42,22 @@
     return t;
   }
 
+  // Every activation the dashboard shows, as one column (unit_summary.activation_text): the
+  // maximum, the mean, the quantiles, the top and bottom values and the class means are values
+  // of one quantity, and the least-activating image's value is the 0 % quantile, written alike.
+  function activations(d) {
+    var parts = {max: [d.max], mean: [d.moments ? d.moments.mean : null], quantiles: d.quantiles ? d.quantiles.values : [],
+      top: (d.top || []).map(function (e) { return e.value; }), bottom: (d.bottom || []).map(function (e) { return e.value; }),
+      class_means: (d.class_means || []).map(function (c) { return c.mean; })};
+    var keys = ["max", "mean", "quantiles", "top", "bottom", "class_means"], all = [], out = {}, at = 0;
+    keys.forEach(function (k) { all = all.concat(parts[k]); });
+    var written = dom.column(all);
+    keys.forEach(function (k) { out[k] = written.slice(at, at + parts[k].length); at += parts[k].length; });
+    return out;
+  }
+
   function overview(d) {
-    // the maximum, the mean and the quantiles are all image maxima: written as one column
-    var q = d.quantiles ? d.quantiles.values : [];
-    var shown = dom.column([d.max, d.moments ? d.moments.mean : null].concat(q));
+    var a = activations(d), shown = a.max.concat(a.mean, a.quantiles);
     var rows = [["max activation", shown[0]],
       ["receptive field", d.receptive_field ? d.receptive_field[0] + "\u00d7" + d.receptive_field[1] + " px" : "the whole image"],
       ["images mined", String(d.images) + (d.unreadable ? " (" + d.unreadable + " unreadable, skipped: in no statistic)" : "") +
@@ -59,7 +71,7 @@
       rows.push(["importance rank", dom.rankText(d.importance.rank, d.importance.tied, d.units)]);
       // in percentage points as the accuracy drop below, written as the layer page's table writes it
       rows.push(["prob. drop when zeroed", dom.points(d.importance.prob_drop) + " pt"]);
-      rows.push(["accuracy drop when zeroed", dom.percent(d.importance.acc_drop, 2) + " pt"]);
+      rows.push(["accuracy drop when zeroed", dom.percentFixed(d.importance.acc_drop, 2) + " pt"]);
     }
     if (d.quantiles) {
       // below the sketch's resolution floor an estimate is no value, only a bound: shown as "< b"
@@ -153,9 +165,9 @@
     box.appendChild(r);
     return strip;
   }
-  function examples(box, label, entries, d, at) {
-    // d: the strips of the set's pictures ({patches, deconv, w, h}) or null; at(e): e's tile in them.
-    // Returns the captions' strip.
+  function examples(box, label, entries, d, at, written) {
+    // d: the strips of the set's pictures ({patches, deconv, w, h}) or null; at(e): e's tile in them;
+    // written: the entries' values as the dashboard writes them (activations). Returns the captions' strip.
     at = at || function (e) { return e.rank; };
     if (d && d.patches && entries.length) {
       var pics = row(box, "patches");
@@ -165,7 +177,7 @@
         for (var j = 0; j < entries.length; j++) { dec.appendChild(tile(d.deconv, at(entries[j]), d.w, d.h)); }
       }
     }
-    var r = row(box, label), values = dom.column(entries.map(function (e) { return e.value; }));
+    var r = row(box, label), values = written || dom.column(entries.map(function (e) { return e.value; }));
     for (var k = 0; k < entries.length; k++) { r.appendChild(caption(entries[k], values[k])); }
     if (!entries.length) { r.appendChild(el("div", "cap", "(none)")); }
     return r;
@@ -191,7 +203,7 @@
       box.appendChild(none);
     } else if (d.class_means) {
       box.appendChild(el("h3", null, "classes it prefers over all images (mean image maximum)"));
-      var means = dom.column(d.class_means.map(function (c) { return c.mean; }));
+      var means = activations(d).class_means;  // in the maximum's column
       var t = table(["class", "mean", "images", "class accuracy"], d.class_means.map(function (c, i) {
         return [c["class"], means[i], c.images, pct(c.accuracy)]; }));
       t.id = "class-means";
@@ -293,9 +305,10 @@
     if (!d.importance) { top.appendChild(missing(d, "importance", "importance")); }
     var ex = section(box, "Examples at every level", "examples");
     ex.appendChild(el("h3", null, "top " + d.top.length + " (most activating)"));
-    examples(ex, "class / value / image", d.top, d);
+    var written = activations(d);
+    examples(ex, "class / value / image", d.top, d, null, written.top);
     ex.appendChild(el("h3", null, "bottom (least activating)"));
-    if (d.bottom) { examples(ex, "class / value / image", d.bottom, d.bottom_pictures || null); } else { ex.appendChild(missing(d, "bottom", "bottom images")); }
+    if (d.bottom) { examples(ex, "class / value / image", d.bottom, d.bottom_pictures || null, null, written.bottom); } else { ex.appendChild(missing(d, "bottom", "bottom images")); }
     if (d.bottom && !d.bottom_pictures) { ex.appendChild(missing(d, "bottom_pictures", "pictures of these images")); }
     ex.appendChild(el("h3", null, "by activation bin"));
     if (d.bins) {
