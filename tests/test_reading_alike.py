@@ -170,6 +170,13 @@ def test_a_long_layer_name_does_not_fold_the_importance_title(subset, demo_model
     lines = [line.strip() for line in out.getvalue().splitlines()]
     assert lines[:2] == [LONG, f"units that matter most when zeroed (40 images, accuracy "
                                f"{df.attrs['base_accuracy'] * 100:.2f} %)"], out.getvalue()
+    from sketchmine.present.effects_table import effects_table
+
+    sketchmine.unit_effects(r, LONG, model=model, data=subset)
+    out = io.StringIO()
+    Console(file=out, width=80).print(effects_table(r, LONG, 5))
+    assert [line.strip() for line in out.getvalue().splitlines()][:2] == [
+        LONG, "what each unit does to the output (each class's probability with the unit minus"], out.getvalue()
 
 
 def _lists(text: str, n: int, names: list[str]) -> list[list[tuple[set[str], set[str]]]]:
@@ -221,3 +228,12 @@ def test_a_partial_runs_accuracy_reads_partial_in_compare_and_the_notebook(parti
     assert "partial (" in repr(partial) and "partial (" in partial._repr_html_()
     assert f"accuracy {run.accuracy() * 100:.2f} %" in repr(run)
     assert Path(partial.path).exists()
+
+
+def test_a_partial_run_s_unit_card_ranks_only_the_classes_it_has_reached(partial):
+    """A unit card of a run that had reached one class listed five classes under its top classes,
+    four of them with no image (mean NaN); it lists the class reached and names the others."""
+    card = partial.unit("features.0", 3)
+    top = card.top_classes(5)
+    assert list(top.index) == ["bear"] and (top["images"] > 0).all()
+    assert top.attrs["no_images"] == [c for c in partial.class_names if c != "bear"]

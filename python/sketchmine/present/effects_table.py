@@ -20,7 +20,7 @@ def effects_table(run: Run, layer: str, n: int, shown: int = 3) -> Table:
     units, r = run.correlated_units(layer)
     delta = df.to_numpy()
     names = [safe(c) for c in df.columns]
-    table = titled(f"{safe(layer)}: what each unit does to the output (each class's probability with the unit "
+    table = titled(f"{safe(layer)}\nwhat each unit does to the output (each class's probability with the unit "
                    f"minus with it zeroed, in percentage points, mean over {df.attrs.get('images')} images)")
     for col in ("unit", "largest |Δp| (pt)", "pushes up (pt)", "pushes down (pt)", "most correlated units (r)"):
         table.add_column(col, justify="right" if col in ("unit", "largest |Δp| (pt)") else "left")

@@ -129,7 +129,9 @@ class UnitCard:
     def top_classes(self, n: int = TOP_CLASSES) -> pd.DataFrame | None:
         """The `n` classes with the highest mean image maximum of this unit over ALL labelled images
         (columns mean, images; attrs["ranked_by"] says so), not by count among the top-k as
-        `Run.top_classes` ranks a layer's classes; None when the run has no class statistics."""
+        `Run.top_classes` ranks a layer's classes; classes without an image (a partial run's not
+        reached yet) are not ranked: attrs["no_images"] names them. None when the run has no
+        class statistics."""
         from sketchmine.results.checks import check_count
 
         n = check_count(n)
@@ -140,8 +142,9 @@ class UnitCard:
             return None
         df = pd.DataFrame({"mean": mean[self.unit], "images": count[self.unit]},
                           index=pd.Index(self.run.class_names[:mean.shape[1]], name="class"))
-        df = df.sort_values("mean", ascending=False, kind="stable").head(n)
-        df.attrs["ranked_by"] = RANKED_BY
+        empty = list(df.index[df["images"] == 0])
+        df = df[df["images"] > 0].sort_values("mean", ascending=False, kind="stable").head(n)
+        df.attrs["ranked_by"], df.attrs["no_images"] = RANKED_BY, empty
         return df
 
     def pictures(self) -> dict[str, str]:
