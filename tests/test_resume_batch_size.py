@@ -4,6 +4,8 @@ uninterrupted run in ties (found by an audit: it was accepted without a word). T
 size resumes bit-identically."""
 from __future__ import annotations
 
+import io
+
 import sketchmine
 from tests.helpers import StopAfter, assert_same_store, per_class_subset
 
@@ -29,6 +31,9 @@ def test_a_resume_at_another_batch_size_is_said(tmp_path, demo_model, small_test
 def test_each_stretch_of_batch_size_is_recorded_and_a_redone_one_goes(tmp_path, demo_model, small_test_set):
     """Resumed twice at other sizes, once from a commit no later than the last resume's: the
     record lists each stretch still in the run, and a plain run lists its one size."""
+    from rich.console import Console
+
+    from sketchmine.present.console import print_summary
     from sketchmine.present.json_out import summary_data
 
     data = per_class_subset(small_test_set, 6, "resume_bs")
@@ -47,8 +52,15 @@ def test_each_stretch_of_batch_size_is_recorded_and_a_redone_one_goes(tmp_path, 
     assert [n for n in said.notes if "resuming at batch size 6, mined so far at 8" in n]  # not 4: nothing of it stayed
     assert run.batch_sizes == [(0, 16), (done[0], 8), (done[1], 6)], run.batch_sizes  # 4 mined nothing that stayed
     assert summary_data(run, 3)["batch_sizes"] == [[0, 16], [done[0], 8], [done[1], 6]]
+    out = io.StringIO()
+    print_summary(str(out_path := run.path), 3, Console(file=out, width=300))
+    assert (f"mined at batch size 16 for images 0-{done[0] - 1}, 8 for images {done[0]}-{done[1] - 1}, 6 from image "
+            f"{done[1]} (resumed at another size)") in " ".join(out.getvalue().split()), out.getvalue()
     plain = sketchmine.mine(demo_model.module, data, k=3, out=tmp_path / "plain.zarr", batch_size=16)
     assert plain.batch_sizes == [(0, 16)] and "batch_sizes" not in plain.attrs
+    out = io.StringIO()
+    print_summary(str(plain.path), 3, Console(file=out, width=300))
+    assert "mined at batch size" not in out.getvalue() and out_path != plain.path
 
 
 def test_the_same_batch_size_resumes_identical_without_a_note(tmp_path, demo_model, small_test_set):

@@ -81,6 +81,18 @@ def precision_note(run: Run) -> str | None:
             "top-k can hold other images where values are close)")
 
 
+def batch_note(run: Run) -> str | None:
+    """What `summary` says of a run resumed at another batch size (`Run.batch_sizes`), else None."""
+    stretches = run.batch_sizes
+    if len(stretches) < 2:
+        return None
+    ends = [first for first, _ in stretches[1:]] + [None]
+    parts = [f"{size} for images {first}-{end - 1}" if end is not None else f"{size} from image {first}"
+             for (first, size), end in zip(stretches, ends)]
+    return (f"mined at batch size {', '.join(parts)} (resumed at another size): CPU matrix products round the "
+            "last bit by batch size, so near-ties may rank as neither uninterrupted run would")
+
+
 def precision_differs(a: Run, b: Run) -> str | None:
     """What `compare` says when its two runs were mined in different precisions, else None."""
     if a.precision == b.precision:
