@@ -147,3 +147,32 @@ def test_a_pass_runs_beside_another_process_s_pass_and_stores_when_it_lets_go(re
         other.wait()
     run = sketchmine.open_run(reference.path)
     assert len(run.unit_importance("features.3")) == run.layer_shape("features.3")[0]
+
+
+def test_a_kill_in_the_final_write_leaves_readers_on_the_last_commit(tmp_path, reference, demo_model, small_test_set,
+                                                                      monkeypatch):
+    """A run killed after its final write laid down the result arrays and the accuracy but before
+    the commit that completes it: `unit` read moments over all 300 images and `accuracy()` gave
+    the final accuracy of a run PARTIAL at 280 images (readers audit). They read what the last
+    commit names now, and the same `mine` completes it as an uninterrupted run."""
+    from sketchmine.results.unit_summary import LayerSummary
+    from sketchmine.store.runstore import RunStore
+
+    def killed(self, n_images, extra):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run.zarr"
+    monkeypatch.setattr(RunStore, "finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(demo_model.module, small_test_set, out=out, **KWARGS)
+    monkeypatch.undo()
+    run = sketchmine.open_run(out)
+    assert not run.complete and run.images_done == 280 and (out / "layers" / "features.3" / "max_mean").is_dir()
+    assert run.accuracy() is None and not run.has_array("features.3", "max_mean")
+    assert run.nan_total("features.3") == 0
+    moments = LayerSummary(run, "features.3").unit(0)["moments"]
+    assert moments.get("images") in (None, 280), moments
+    sketchmine.mine(demo_model.module, small_test_set, out=out, **KWARGS)
+    done = sketchmine.open_run(out)
+    assert done.complete and LayerSummary(done, "features.3").unit(0)["moments"]["images"] == 300
+    assert_same_store(out, reference.path)

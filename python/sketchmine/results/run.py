@@ -97,8 +97,11 @@ class Run(UnitViews, ClassCorrelations, Precision):
         return self.store.layer_attrs(self.check_layer(layer))
 
     def has_array(self, layer: str, name: str) -> bool:
-        """True when the layer holds array `name` (class_mean, nan_count, patches, ...)."""
-        return self.store.has(schema.layer_array(self.check_layer(layer), check_array_name(name)))
+        """True when the layer holds array `name` (class_mean, nan_count, patches, ...). A partial
+        run holds none: its results are its checkpoint's, and the arrays its final write laid
+        down before a kill (or before the commit that completes the run) are not committed."""
+        name = schema.layer_array(self.check_layer(layer), check_array_name(name))
+        return self.complete and self.store.has(name)
 
     def layer_array(self, layer: str, name: str, rows: slice | None = None) -> np.ndarray:
         """Array `name` of the layer (rows `rows` of its first axis, or all), verified against
@@ -184,8 +187,9 @@ class Run(UnitViews, ClassCorrelations, Precision):
                                         self.class_names)
 
     def accuracy(self) -> float | None:
-        """Overall accuracy over all readable images (None until the run is complete)."""
-        return self.eval_attrs().get(schema.ACCURACY)
+        """Overall accuracy over all readable images (None until the run is complete: the final
+        write records it just before the commit that completes the run)."""
+        return self.eval_attrs().get(schema.ACCURACY) if self.complete else None
 
     def has_labels(self) -> bool:
         """True when some image of the run has a known label (class histograms need one)."""
