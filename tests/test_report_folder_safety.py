@@ -289,3 +289,34 @@ def test_a_ctrl_c_once_the_new_report_is_in_place_says_it_was_written(run, rep, 
                            capture_output=True, text=True)  # another process: this one's leftovers are not stale to it
     assert again.returncode == 0, again.stderr
     assert not left.exists() and leftovers(rep) == []
+
+
+def test_a_run_replaced_while_its_report_is_written_is_refused_not_mixed(run, rep, tmp_path, monkeypatch,
+                                                                         small_test_set):
+    """The run deleted and another mined in its place while its report was built: the report
+    mixed the two runs' pages (exit 0), or failed naming a layer the user never gave (readers
+    audit). Refused now, saying the run changed, the previous report as it was."""
+    import shutil
+
+    here = tmp_path / "here.zarr"
+    shutil.copytree(run.path, here)
+    other = sketchmine.mine("demo", small_test_set, layers=["features.3", "classifier.6"], k=3,
+                            out=tmp_path / "other.zarr", batch_size=100)
+    write_report(here, rep)
+    before = tree(rep)
+    real, swapped = report.plots.histogram_plot, []
+
+    def histogram_plot(*a, **k):  # the user replaces the run while its first layer's plot is drawn
+        if not swapped:
+            shutil.rmtree(here)
+            os.rename(other.path, here)
+            swapped.append(True)
+        return real(*a, **k)
+
+    monkeypatch.setattr(report.plots, "histogram_plot", histogram_plot)
+    with pytest.raises(sketchmine.SketchmineError, match=f"run {here} changed while it was read"):
+        write_report(here, rep)
+    assert swapped and tree(rep) == before and leftovers(rep) == []
+    monkeypatch.setattr(report.plots, "histogram_plot", real)
+    write_report(here, rep)  # the new run's report, whole
+    assert "features.3" in (rep / "index.html").read_text() and "features.0" not in (rep / "index.html").read_text()

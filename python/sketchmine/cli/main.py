@@ -190,9 +190,13 @@ def _report(args: argparse.Namespace, console: Console) -> None:
 
     from sketchmine.cli.probe import report_probe
 
+    from sketchmine.results.run import open_run
+
     out = args.out or default_report_out(args.run)
     check_report_dir(out, args.run)  # before the probe's export (seconds): a folder it may not write is said at once
-    index = print_report(args.run, out, console, report_probe(args.run, args.no_probe, args.probe_max_mb))
+    run = open_run(Path(args.run).resolve())  # one handle, pinned: the probe and the pages are one run's
+    with run.store.pinned():
+        index = print_report(run, out, console, report_probe(run, args.no_probe, args.probe_max_mb))
     if args.open:
         import webbrowser
 

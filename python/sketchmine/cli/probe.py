@@ -11,6 +11,8 @@ from sketchmine.errors import SketchmineError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from sketchmine.results.run import Run
+
 
 def max_mb(option: float | None) -> float | None:
     """The probe's size cap from a `--probe-max-mb` / `--max-mb` value: None → the default, 0 → no cap."""
@@ -19,7 +21,7 @@ def max_mb(option: float | None) -> float | None:
     return MAX_MODEL_MB if option is None else (None if option == 0 else option)
 
 
-def report_probe(run: str, skip: bool = False, cap: float | None = None) -> Mapping[str, bytes] | str:
+def report_probe(run: Run | str, skip: bool = False, cap: float | None = None) -> Mapping[str, bytes] | str:
     """The probe's files for `sketchmine report`, or why there are none (shown on the report's index);
     cap: the size cap in MB (None: the default, 0: none)."""
     if skip:

@@ -303,7 +303,7 @@ def print_summary(path: str, n: int, console: Console) -> None:
         console.print(unbiased)
 
 
-def print_report(path: str, out: str, console: Console, probe: Any = None) -> Path:
+def print_report(path: Run | str, out: str, console: Console, probe: Any = None) -> Path:
     """`sketchmine report`: write the HTML report (from the store alone; probe: the live probe's files
     or why there are none) and say where it is."""
     from sketchmine.present.report import write_report

@@ -346,7 +346,8 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
         tmp.mkdir()
         made = tmp.stat().st_ino  # after a swap the path may name the previous report, kept (swap_in)
         (tmp / MARKER).write_text(PARTIAL)
-        _build(run, tmp, images, t0, probe, montages)
+        with run.store.pinned():  # one run's report: refused where another run takes its place meanwhile
+            _build(run, tmp, images, t0, probe, montages)
         (tmp / MARKER).write_text(report_marker(here, tmp))
         swap_in(tmp, target, shown)
         tmp = None

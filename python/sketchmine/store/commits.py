@@ -7,16 +7,19 @@ reads follows the writer (`follow`), so `complete`, `images_done` and the layers
 are those of the commit its next answer comes from, not of the moment it was opened. Where
 the run folder changed at all (a commit, or a run deleted and mined again at the handle's
 path: its inode may be the old one's, its modification time is not), the handle opens it
-afresh (`reopen`) rather than answer with an old run's attributes over a new run's arrays.
+afresh (`reopen`) rather than answer with an old run's attributes over a new run's arrays. A reader
+that must answer from one run throughout (a report) holds it `pinned`: a run replaced meanwhile
+is then refused, not followed.
 
 A mixin of RunStore (its group, path and `refresh`), kept apart because the protocol is its own.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ class CommittedReads:
     group: Any  # RunStore's Zarr group: read-only for a reader's handle
     _folder: tuple[int, int, int] | None = None  # the run folder as this handle opened it (`folder_identity`)
     _reading = 0  # > 0 inside `committed`: the handle holds still, nested reads join the outer one
+    _pin: tuple[Any, ...] | None = None  # inside `pinned`: the run it answers from (`run_identity`)
 
     def committed(self, read: Callable[[], Any], tries: int = 10) -> Any:
         """`read()` against one committed state of a run another process may be mining.
@@ -60,7 +64,12 @@ class CommittedReads:
             if before != self.cached_progress():
                 self.refresh()
             if before.get("complete"):  # final arrays, written before the commit and never again
-                return read()
+                try:
+                    return read()
+                except Exception:
+                    if not self._follow_folder():  # else another run took its place during the read: again
+                        raise
+                    continue
             try:
                 return read()
             except Exception as exc:
@@ -87,23 +96,51 @@ class CommittedReads:
             self.refresh()
 
     def folder_identity(self) -> tuple[int, int, int] | None:
-        """The run folder's (device, inode, modification time) now, None where it is gone. A run
-        mined again at the same path is a new folder (`lock.stage` renames it into place), which
-        may reuse the deleted one's inode; a commit renames the root zarr.json into place. The
-        time is the kernel's coarse clock, so two commits may share it: `follow` compares the
-        progress as well."""
-        try:
-            found = os.stat(self.path)
-        except OSError:
-            return None
-        return found.st_dev, found.st_ino, found.st_mtime_ns
+        return folder_identity(self.path)
 
     def _follow_folder(self) -> bool:
-        """Open a reader's run afresh where its folder changed (True), or say it is gone."""
+        """Open a reader's run afresh where its folder changed (True), or say it is gone; inside
+        `pinned`, refuse another run in its place."""
         if not self.group.read_only or self._folder == self.folder_identity():
             return False
+        self.check_pinned()
         self.reopen()  # "does not exist" where it is gone
         return True
+
+    def run_identity(self) -> tuple[Any, ...] | None:
+        """(device, inode, completion time) of the run at this path now (its folder's, and the
+        time its last commit completed it; None while partial), None where it is gone."""
+        folder = self.folder_identity()
+        if folder is None:
+            return None
+        progress = self.progress_on_disk()
+        return *folder[:2], progress.get("updated") if progress.get("complete") else None
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Reads inside answer from the run at this path as it is at the start (followed while it is
+        mined), or refuse, on the read or at the end: a run deleted and mined again, or replaced,
+        meanwhile is not followed."""
+        if self._pin is not None:  # within an outer pin: one run throughout the outer one
+            yield
+            self.check_pinned()
+            return
+        self._pin = self.run_identity()
+        try:
+            yield
+            self.check_pinned()
+        finally:
+            self._pin = None
+
+    def check_pinned(self) -> None:
+        """Inside `pinned`, refuse where the run at this path is not the one the pin began with."""
+        pin = self._pin
+        if pin is None:
+            return
+        now = self.run_identity()
+        if now is None or now[:2] != pin[:2] or (pin[2] is not None and now[2] != pin[2]):
+            raise SketchmineError(f"run {self.path} changed while it was read (deleted, mined again at its path, "
+                                  "or replaced); read it again")
 
     def progress_on_disk(self) -> dict[str, Any]:
         """The committed progress as on disk now (zarr writes zarr.json atomically)."""
@@ -112,3 +149,15 @@ class CommittedReads:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RunDamaged(f"run {self.path} is damaged: its root attributes cannot be read "
                              f"({type(exc).__name__}: {exc})") from None
+
+
+def folder_identity(path: Path) -> tuple[int, int, int] | None:
+    """The run folder's (device, inode, modification time) now, None where it is gone. A run
+    mined again at the same path is a new folder (`lock.stage` renames it into place), which may
+    reuse the deleted one's inode; a commit renames the root zarr.json into place. The time is
+    the kernel's coarse clock, so two commits may share it: `follow` compares the progress too."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_mtime_ns

@@ -32,7 +32,7 @@ from sketchmine.store.attrs import check_layer_attrs, check_root_attrs
 from sketchmine.store.checkpoint import Checkpoints
 from sketchmine.store.checksums import block_sums, digest, pieces, stored_sums
 from sketchmine.store.columns import Columns
-from sketchmine.store.commits import CommittedReads
+from sketchmine.store.commits import CommittedReads, folder_identity
 from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
 from sketchmine.store.lock import RunLock, check_writable, is_run, runs_in, stage
@@ -72,6 +72,7 @@ class RunStore(Checkpoints, CommittedReads):
             raise SketchmineError(f"{p} is not a sketchmine run " + (
                 f"(no sketchmine run attributes in {p / 'zarr.json'})" if (p / "zarr.json").is_file() else
                 f"(no zarr.json){runs_in(p)}"))
+        folder = folder_identity(p)  # before its attributes: a run put there meanwhile is followed by the next read
         group = zarr.open_group(str(p), mode=mode)
         version = group.attrs.get(schema.VERSION_ATTR)
         if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
@@ -88,7 +89,9 @@ class RunStore(Checkpoints, CommittedReads):
                 f"this sketchmine (schema version {SCHEMA_VERSION}) reads its complete runs but cannot resume or read "
                 f"its checkpoints: finish it with sketchmine {schema.RELEASED_VERSIONS[version]} (re-run the same "
                 "`sketchmine mine` command), or mine it again with a new --out")
-        return cls(p, group)
+        store = cls(p, group)
+        store._folder = folder
+        return store
 
     @classmethod
     def create(cls, path: str | os.PathLike, attrs: dict[str, Any], n_images: int, class_names: list[str],
