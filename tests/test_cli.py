@@ -213,8 +213,10 @@ def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkey
     assert "compare: A = demo:sketchnet_animal, B = demo:sketchresnet_animal" in text
     assert "(97.05 %) vs B" in text and "(98.35 %)" in text
     assert re.search(r"┃ +B − A \(pt\) +┃.*?│ +\w+ +│ +[\d.]+ +│ +[\d.]+ +│ +\+\d+\.\d+ +│", text, re.S)  # a gain: "+"
-    # softmax is in both runs (paired by name), the logits with the logits, the other layers by depth; the title may wrap
-    assert ("layers paired by name where both runs have the layer, the logits with the logits, else by relative depth"
-            in " ".join(text.split()))
-    for a, b in (("features.0", "conv1"), ("classifier.6", "fc"), ("softmax", "softmax")):
+    # softmax is in both runs (paired by name), the logits with the logits, the conv layers by the share of the input
+    # their receptive fields take (SketchNet's first, 5 of 28 px, with the ResNet's first block's 5 px, not its 3-px
+    # conv1), the linear ones by depth; the title may wrap
+    assert ("layers paired by name where both runs have the layer, the logits with the logits, else by receptive field "
+            "(its share of the input) or by relative depth" in " ".join(text.split()))
+    for a, b in (("features.0", "layer1.0.conv1"), ("classifier.6", "fc"), ("softmax", "softmax")):
         assert re.search(rf"│ {re.escape(a)} +│ {re.escape(b)} +│", text), (a, b)

@@ -49,7 +49,12 @@ def records(df: pd.DataFrame, index: str | None = None) -> list[dict[str, Any]]:
 def summary_data(run: Run, n: int) -> dict[str, Any]:
     """`sketchmine summary --json`: the run, the precision its numbers were computed in (and the
     forward options recorded), its accuracy, per layer its units, best activation and the `n`
-    most and least frequent classes among the top-k images."""
+    most and least frequent classes among the top-k images. One answer from one commit of a run
+    being mined (`RunStore.committed`): its image count describes its numbers."""
+    return run.store.committed(lambda: _summary_data(run, n))
+
+
+def _summary_data(run: Run, n: int) -> dict[str, Any]:
     from sketchmine.errors import SketchmineError
     from sketchmine.results.unit_summary import infinite
 

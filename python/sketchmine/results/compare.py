@@ -153,8 +153,13 @@ def _as_run(r: Run | str | os.PathLike) -> Run:
 
 
 def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: int = 5) -> Comparison:
-    """Compare two runs mined over the same dataset (same fingerprint), or refuse."""
+    """Compare two runs mined over the same dataset (same fingerprint), or refuse; each run read
+    from one commit (another process may be mining either)."""
     a, b = _as_run(run_a), _as_run(run_b)
+    return a.store.committed(lambda: b.store.committed(lambda: _compare(a, b, n)))
+
+
+def _compare(a: Run, b: Run, n: int) -> Comparison:
     fa, fb = a.attrs.get("dataset_fingerprint"), b.attrs.get("dataset_fingerprint")
     if fa != fb:
         raise SketchmineError(f"runs {a.path} and {b.path} were mined over different datasets (fingerprint "

@@ -274,7 +274,10 @@ class Run(UnitViews, ClassCorrelations, Precision):
     def unit_table(self, layer: str) -> pd.DataFrame:
         """Every unit's top-k as one long table: unit, rank, image_index, value, y, x, (step, where the
         layer's position is time: 0-based, as `x` or `y` holds it), label, class, accuracy, path
-        (the image's file, or its name in the dataset, as `image_path` gives it)."""
+        (the image's file, or its name in the dataset, as `image_path` gives it). One commit's."""
+        return self.store.committed(lambda: self._unit_table(layer))
+
+    def _unit_table(self, layer: str) -> pd.DataFrame:
         values, index, yx = self.topk(layer)
         steps = summaries.entry_steps(self.layer_attrs(layer), yx)
         df = summaries.unit_rows(values, index, yx, self.labels, self.class_names,

@@ -66,9 +66,14 @@ class CommittedReads:
             if before.get("complete"):  # final arrays, written before the commit and never again
                 try:
                     return read()
-                except Exception:
-                    if not self._follow_folder():  # else another run took its place during the read: again
+                except Exception as exc:
+                    # another run took its place during the read, or a later pass rewrote what it read
+                    # (visualize --redo resets a layer's pictures): again; real damage fails each time.
+                    # A refusal (no such layer, nothing visualized yet) is the answer: not repeated
+                    refusal = isinstance(exc, SketchmineError) and not isinstance(exc, RunDamaged)
+                    if refusal or attempt == tries - 1 or not (self._follow_folder() or attempt < 2):
                         raise
+                    time.sleep(0.05 * (attempt + 1))
                     continue
             try:
                 return read()

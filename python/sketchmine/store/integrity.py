@@ -6,6 +6,7 @@ at the first."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,42 @@ class Verified:
                 "unchecked": list(self.unchecked), "note": self.note}
 
 
-def verify_run(path: str | os.PathLike) -> Verified:
+def verify_run(path: str | os.PathLike, tries: int = 4) -> Verified:
     """Read every array of the run at `path` that has recorded checksums (a complete run's final
     arrays, visualize's pictures a block of units at a time, every later pass's groups; a partial
     run's committed checkpoint) and parse every node's metadata. Never raises for damage found
     inside the run: it is listed in `damaged` (a run whose root attributes do not parse is refused,
-    as `open_run` refuses it)."""
+    as `open_run` refuses it). Damage found while the run's files changed (`visualize --redo`
+    resets a layer's pictures as it goes, a pass replaces its group) is checked again: what
+    another process rewrites is not damage; `tries` times, then "retry"."""
+    for attempt in range(tries):
+        before = _files(Path(path))
+        try:
+            out = _verify(path)
+        except KeyError:  # a node removed during the walk: rewritten by another process
+            out = None
+        if out is not None and (not out.damaged or _files(Path(path)) == before):
+            return out
+        time.sleep(0.1 * (attempt + 1))
+    raise SketchmineError(f"run {path} is being rewritten by another process (its files changed during each of "
+                          f"{tries} checks); verify it when that process has finished")
+
+
+def _files(run: Path) -> list[tuple[str, int, int]]:
+    """(path, modification time, size) of every file and folder of the run: what changes when
+    another process rewrites any of it (Zarr renames each file it writes into place)."""
+    found = []
+    for folder, names, files in os.walk(run):
+        for name in (*names, *files):
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            found.append((os.path.join(folder, name), st.st_mtime_ns, st.st_size))
+    return sorted(found)
+
+
+def _verify(path: str | os.PathLike) -> Verified:
     store = RunStore.open(path)
     out = store.committed(lambda: _state(store))
     arrays, groups = _nodes(store, out)

@@ -166,7 +166,9 @@ class RunStore(Checkpoints, CommittedReads):
     def reopen(self) -> None:
         """This handle made a new one on the run now at its path (commits.py: a reader's run mined
         again there); the old run's cached attributes and checked blocks go with it."""
+        blocks = self._blocks  # keyed by each block's recorded checksum: still right for the run there now
         self.__dict__.update(type(self).open(self.path, mode="r" if self.group.read_only else "r+").__dict__)
+        self._blocks = blocks
 
     def cached_progress(self) -> dict[str, Any]:
         """The progress as this handle last read it (`refresh`), the writer's own state included."""
