@@ -391,3 +391,14 @@ def test_layers_of_two_architectures_pair_by_the_share_of_the_input_their_fields
     print_compare(short, resnet, 3, console)
     said = " ".join(console.file.getvalue().split())
     assert "layers paired by receptive field (its share of the input) or by relative depth: top 3" in said
+
+
+def test_a_pinned_read_of_a_run_being_deleted_says_it_changed(tmp_path, small_test_set):
+    """A report's pinned read of a run whose root attributes another process had just deleted
+    called the run damaged (readers re-check): it changed, and says so."""
+    run = sketchmine.mine("demo", small_test_set, out=tmp_path / "gone.zarr", layers=["features.0"], batch_size=100)
+    with pytest.raises(sketchmine.SketchmineError, match="changed while it was read") as caught:
+        with run.store.pinned():
+            run.topk("features.0")
+            (tmp_path / "gone.zarr" / "zarr.json").unlink()  # the first file `rm -rf` removes
+    assert not isinstance(caught.value, sketchmine.errors.RunDamaged)

@@ -105,8 +105,11 @@ class Run(UnitViews, ClassCorrelations, Precision):
 
     def layer_array(self, layer: str, name: str, rows: slice | None = None) -> np.ndarray:
         """Array `name` of the layer (rows `rows` of its first axis, or all), verified against
-        the run's checksums where it has them."""
-        return self.store.read(schema.layer_array(self.check_layer(layer), check_array_name(name)), check_rows(rows))
+        the run's checksums where it has them; read as `committed` reads (a later pass's rewrite
+        of a layer's pictures during the read is read again, not called damage)."""
+        name = schema.layer_array(self.check_layer(layer), check_array_name(name))
+        rows = check_rows(rows)
+        return self.store.committed(lambda: self.store.read(name, rows))
 
     def array_shape(self, layer: str, name: str) -> tuple[int, ...]:
         return self.store.shape(schema.layer_array(self.check_layer(layer), check_array_name(name)))

@@ -142,7 +142,10 @@ class CommittedReads:
         pin = self._pin
         if pin is None:
             return
-        now = self.run_identity()
+        try:
+            now = self.run_identity()
+        except RunDamaged:  # its root attributes gone: the run is being deleted
+            now = None
         if now is None or now[:2] != pin[:2] or (pin[2] is not None and now[2] != pin[2]):
             raise SketchmineError(f"run {self.path} changed while it was read (deleted, mined again at its path, "
                                   "or replaced); read it again")

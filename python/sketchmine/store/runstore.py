@@ -73,7 +73,10 @@ class RunStore(Checkpoints, CommittedReads):
                 f"(no sketchmine run attributes in {p / 'zarr.json'})" if (p / "zarr.json").is_file() else
                 f"(no zarr.json){runs_in(p)}"))
         folder = folder_identity(p)  # before its attributes: a run put there meanwhile is followed by the next read
-        group = zarr.open_group(str(p), mode=mode)
+        try:
+            group = zarr.open_group(str(p), mode=mode)
+        except FileNotFoundError:  # zarr's GroupNotFoundError too: removed since it was found a run
+            raise SketchmineError(f"{p} was removed while it was opened") from None
         version = group.attrs.get(schema.VERSION_ATTR)
         if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
             raise SketchmineError(
