@@ -329,7 +329,7 @@ def test_cli_effects_on_a_mined_folder(tmp_path, demo_test_set, capsys):
     capsys.readouterr()
     assert cli(["effects", str(out), "--batch-size", "16", "-n", "3"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "features.0: what each unit does" in text and "classifier.6: what each unit does" in text
+    assert "features.0 what each unit does" in text and "classifier.6 what each unit does" in text  # the title, joined
     run = sketchmine.open_run(out)
     assert run.has_unit_effects("features.0") and run.has_unit_effects("classifier.6")
     prob = run.unit_effects("classifier.6")
