@@ -48,7 +48,9 @@ class CommittedReads:
         repeated against the newer commit (this store refreshed); an error during a read the
         writer did not disturb is the run's real error. A read within a read is part of it (the
         handle refreshes only between whole reads: one answer, one commit). Gives up after
-        `tries` with a clear "retry"."""
+        `tries` with a clear "retry". A complete run's read that fails with damage is repeated
+        twice (a later pass rewrote what it read, or another run took its place at the path:
+        then read) before the damage is said; a refusal (no such layer) is its answer at once."""
         if self._reading:
             return read()
         self._follow_folder()
