@@ -59,10 +59,11 @@ def _summary_data(run: Run, n: int) -> dict[str, Any]:
     from sketchmine.results.unit_summary import infinite
 
     layers: list[dict[str, Any]] = []
+    head = {"run": str(run.path), "model": run.attrs.get("model"), "complete": run.complete, "precision": run.precision,
+            "forward_options": run.forward_options, "batch_sizes": [list(s) for s in run.batch_sizes],
+            "images": run.images_done, "k": run.k, "accuracy": run.accuracy()}  # None until complete
     if not run.complete and not run.images_done:  # created, nothing committed: the layers, no numbers yet
-        return {"run": str(run.path), "model": run.attrs.get("model"), "complete": False, "precision": run.precision,
-                "forward_options": run.forward_options, "batch_sizes": [list(s) for s in run.batch_sizes], "images": 0, "k": run.k, "accuracy": None,
-                "class_accuracy": [], "layers": [{"name": name, "units": run.layer_attrs(name)["shape"][0]}
+        return {**head, "class_accuracy": [], "layers": [{"name": name, "units": run.layer_attrs(name)["shape"][0]}
                                                  for name in run.layers], "note": not_yet(run)}
     for name in run.layers:
         attrs = run.layer_attrs(name)
@@ -86,10 +87,7 @@ def _summary_data(run: Run, n: int) -> dict[str, Any]:
     except SketchmineError:  # no predictions (--no-logits) or no labels
         classes = []
     unbiased = _unbiased(run, n, layers)
-    return {"run": str(run.path), "model": run.attrs.get("model"), "complete": run.complete,
-            "precision": run.precision, "forward_options": run.forward_options,
-            "batch_sizes": [list(s) for s in run.batch_sizes], "images": run.images_done, "k": run.k, "accuracy": run.accuracy() if run.complete else None,
-            "class_accuracy": classes, "ink_density": unbiased, "layers": layers}
+    return {**head, "class_accuracy": classes, "ink_density": unbiased, "layers": layers}
 
 
 def _unbiased(run: Run, n: int, layers: list[dict[str, Any]]) -> list[dict[str, Any]] | None:

@@ -94,8 +94,8 @@ def field_fractions(run: Run) -> dict[str, float]:
     a linear layer, the softmax); {} otherwise. A field may outgrow the input (ResNet's last
     blocks): shares above 1."""
     fields = {name: run.layer_attrs(name).get("receptive_field") for name in run.layers}
-    whole = [max(f["size"]) for f in fields.values() if f and list(f["stride"]) == [0, 0]]
-    return {name: max(f["size"]) / max(whole) for name, f in fields.items()
+    whole = max((max(f["size"]) for f in fields.values() if f and list(f["stride"]) == [0, 0]), default=0)
+    return {name: max(f["size"]) / whole for name, f in fields.items()
             if whole and f and list(f["stride"]) != [0, 0]}
 
 

@@ -61,8 +61,8 @@ class Precision:
         """(first image, batch size) of each stretch the mining pass ran at one batch size: one
         stretch, unless a resume changed the size (which changes the last bits, as `compile`
         does); [] where the run did not record it."""
-        run = cast("Run", self)
-        stretches = run.attrs.get("batch_sizes") or ([[0, run.attrs["batch_size"]]] if "batch_size" in run.attrs else [])
+        attrs = cast("Run", self).attrs
+        stretches = attrs.get("batch_sizes") or ([[0, attrs["batch_size"]]] if "batch_size" in attrs else [])
         return [(int(first), int(size)) for first, size in stretches]
 
     @property

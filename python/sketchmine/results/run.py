@@ -314,7 +314,7 @@ class Run(UnitViews, ClassCorrelations, Precision):
         return self.store.committed(lambda: self._class_stats(layer))
 
     def _class_stats(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
-        if self.complete and self.has_array(layer, "class_mean"):  # final arrays, checked against the checksums
+        if self.has_array(layer, "class_mean"):  # a complete run's final arrays, checked against the checksums
             return self.layer_array(layer, "class_mean"), self.layer_array(layer, "class_count")
         stats = self._checkpoint_stats()
         if stats is None:

@@ -62,7 +62,8 @@ class Checkpoints:
     def extras(self, bad: list[dict[str, Any]], converted: dict[str, int]) -> dict[str, Any]:
         """The run's record a commit writes beside its progress: unreadable images (`bad`), per-mode
         conversion counts (committed plus `converted` since), a resumed run's batch sizes."""
-        previous, sizes = self.attrs.get("converted_images", {}), self.attrs.get("batch_sizes")
+        attrs = self.attrs
+        previous, sizes = attrs.get("converted_images", {}), attrs.get("batch_sizes")
         return {"bad_images": bad, "converted_images": {m: previous.get(m, 0) + converted.get(m, 0)
                                                         for m in {*previous, *converted}},
                 **({"batch_sizes": sizes} if sizes else {})}

@@ -102,13 +102,10 @@ class CommittedReads:
         if not known.get("complete") and self.progress_on_disk() != known:
             self.refresh()
 
-    def folder_identity(self) -> tuple[int, int, int] | None:
-        return folder_identity(self.path)
-
     def _follow_folder(self) -> bool:
         """Open a reader's run afresh where its folder changed (True), or say it is gone; inside
         `pinned`, refuse another run in its place."""
-        if not self.group.read_only or self._folder == self.folder_identity():
+        if not self.group.read_only or self._folder == folder_identity(self.path):
             return False
         self.check_pinned()
         self.reopen()  # "does not exist" where it is gone
@@ -117,7 +114,7 @@ class CommittedReads:
     def run_identity(self) -> tuple[Any, ...] | None:
         """(device, inode, completion time) of the run at this path now (its folder's, and the
         time its last commit completed it; None while partial), None where it is gone."""
-        folder = self.folder_identity()
+        folder = folder_identity(self.path)
         if folder is None:
             return None
         progress = self.progress_on_disk()

@@ -59,7 +59,7 @@ class RunStore(Checkpoints, CommittedReads):
         self._override: dict[str, Any] = {}   # see resume_from_intact
         self._final_sums: dict[str, dict[str, Any]] = {}  # checksums of write_results' arrays, for finish
         self._blocks = verify.BlockCache()  # checked blocks of pictures, for readers of one unit at a time
-        self._folder = self.folder_identity()
+        self._folder = folder_identity(self.path)
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
@@ -167,9 +167,10 @@ class RunStore(Checkpoints, CommittedReads):
         self.group, self._intact = group, None
 
     def reopen(self) -> None:
-        """This handle made a new one on the run now at its path (commits.py: a reader's run mined
-        again there); the old run's cached attributes and checked blocks go with it."""
-        blocks = self._blocks  # keyed by each block's recorded checksum: still right for the run there now
+        """This handle made a new one on the run now at its path (commits.py: a commit, or a reader's
+        run mined again there): the old cached attributes go; the checked blocks stay, keyed by
+        their recorded checksums (a block the run there now does not hold is never looked up)."""
+        blocks = self._blocks
         self.__dict__.update(type(self).open(self.path, mode="r" if self.group.read_only else "r+").__dict__)
         self._blocks = blocks
 
