@@ -82,16 +82,19 @@ def side_by_side(model_name: str, images: int, batch_size: int, repeats: int, nu
             gc.collect()
             load = loadavg()
             layer_clock = LayerClock() if split else contextlib.nullcontext()
-            with layer_clock, Meter() as m:
+            m = Meter()
+            with layer_clock:
                 if method in ("bare", "glibc"):
-                    bare_forward(model, ds, batch_size, num_workers, glibc=method == "glibc")
+                    with m:
+                        bare_forward(model, ds, batch_size, num_workers, glibc=method == "glibc")
                 elif method == "read":
-                    read_forward(model, ds, layers, batch_size, num_workers)
+                    with m:
+                        read_forward(model, ds, layers, batch_size, num_workers)
                 else:
                     torch_path(method == "torch")
-                    try:
+                    try:  # the Meter times the mine call alone (mine_once)
                         mine_once(model, ds, layers, batch_size, num_workers, distributions=method != "off",
-                                  preprocess=preprocess)
+                                  preprocess=preprocess, timed=m)
                     finally:
                         torch_path(False)
             row = {**m.as_dict(), "loadavg_before": load}

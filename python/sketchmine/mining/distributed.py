@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ class Solo:
         """The finished run, read-only: a handle that outlives its writer follows the run at its
         path as any reader's (commits.py), so a notebook's `run = mine(...)` reads a run mined
         there again rather than the old one's attributes over new arrays."""
-        return Run(RunStore.open(store.path))
+        return Run(store.reader())
 
 
 SOLO = Solo()
@@ -282,7 +282,9 @@ class Group:
     def result(self, store: RunStore | _RemoteStore) -> Run | None:
         """The finished run on every rank (called after rank 0 finished writing); ranks that
         cannot see rank 0's store path (another machine, no shared filesystem) get None."""
-        if self.writes or is_run(Path(store.path)):  # read-only, as the single process's
+        if self.writes:  # read-only, as the single process's
+            return Run(cast(RunStore, store).reader())
+        if is_run(Path(store.path)):
             return Run(RunStore.open(store.path))
         return None
 

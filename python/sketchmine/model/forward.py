@@ -6,6 +6,7 @@ backend), and the receptive fields recorded for the store.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -28,12 +29,16 @@ __all__ = ["Forward", "Layer", "TorchForward", "as_forward", "fields_attrs", "la
 
 def module_weights_hash(model: nn.Module, algorithm: str = WEIGHTS_HASH) -> str:
     """"<algorithm>:<digest>" over the names, shapes and bytes of every parameter and buffer."""
+    return _tensors_hash(list(model.state_dict().items()), algorithm)
+
+
+def _tensors_hash(tensors: list[tuple[str, torch.Tensor]], algorithm: str) -> str:
     h = weights_hasher(algorithm)
-    for name, t in model.state_dict().items():
+    for name, t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
         if t.numel():
-            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy; 0-dim ok
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # no bytes copy; 0-dim ok
     return f"{algorithm}:{h.hexdigest()}"
 
 
@@ -61,6 +66,12 @@ class TorchForward:
 
     def weights_hash(self, algorithm: str = WEIGHTS_HASH) -> str:
         return module_weights_hash(self.net, algorithm)
+
+    def weights_hash_later(self, algorithm: str = WEIGHTS_HASH) -> Callable[[], str]:
+        """`weights_hash` of the weights as they are now, for another thread: the tensors are
+        taken here, so that the probe's meta-device call, which puts meta tensors in the
+        module's place for a moment, or a move to the device, does not reach them."""
+        return functools.partial(_tensors_hash, list(self.net.state_dict().items()), algorithm)
 
     def input_channels(self, default: int = 3) -> int:
         return module_input_channels(self.net, default)

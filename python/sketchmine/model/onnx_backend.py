@@ -17,6 +17,7 @@ imported only when an ONNX model is used.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -107,6 +108,10 @@ class OnnxModel:
             h.update(f"{t.name}:{tuple(t.dims)}:{t.data_type}\n".encode())
             h.update(arr.reshape(-1).view(np.uint8).data)
         return f"{algorithm}:{h.hexdigest()}"
+
+    def weights_hash_later(self, algorithm: str = WEIGHTS_HASH) -> Callable[[], str]:
+        """`weights_hash`, for any thread: nothing changes the graph's initializers."""
+        return functools.partial(self.weights_hash, algorithm)
 
     def weights_dtype(self) -> torch.dtype:
         """The floating dtype of the graph's first floating initializer (float32 when it has

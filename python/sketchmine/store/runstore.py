@@ -174,6 +174,14 @@ class RunStore(Checkpoints, CommittedReads):
         self.__dict__.update(type(self).open(self.path, mode="r" if self.group.read_only else "r+").__dict__)
         self._blocks = blocks
 
+    def reader(self) -> RunStore:
+        """A read-only handle on the run at this path sharing this one's checked blocks, the final
+        arrays this handle wrote among them: the run `mine` returns answers its first reads of
+        them as it answers a checked read's second."""
+        other = type(self).open(self.path)
+        other._blocks = self._blocks
+        return other
+
     def cached_progress(self) -> dict[str, Any]:
         """The progress as this handle last read it (`refresh`), the writer's own state included."""
         return dict(self.group.attrs.get("progress") or {})
@@ -357,8 +365,10 @@ class RunStore(Checkpoints, CommittedReads):
         with BulkWriter(self.group) as writer:
             for arrays in parts:
                 writer.put(arrays)
-                self._final_sums.update({name: arr.block_sums() if isinstance(arr, Columns) else block_sums(arr)
-                                         for name, arr in arrays.items()})
+                for name, arr in arrays.items():
+                    self._final_sums[name] = sums = arr.block_sums() if isinstance(arr, Columns) else block_sums(arr)
+                    if isinstance(arr, np.ndarray) and arr.dtype.kind not in "OUT":  # as a checked read keeps it
+                        self._blocks.put(verify.final_key(name, sums, None), arr)
         if schema.PER_CLASS_ACCURACY in self._final_sums:
             self.group[schema.EVAL].update_attributes({schema.ACCURACY: accuracy})
 
