@@ -183,6 +183,7 @@ def test_a_run_with_older_checksums_still_verifies(tmp_path, mined, form):
            else "sha256:" + hashlib.sha256(data.tobytes()).hexdigest()[:32])
     sums[name] = {**sums[name], "sums": [old]}
     group.attrs["checksums"] = sums
+    del group.attrs["attribute_sums"]  # recorded by runs written after both of these digests
     assert np.array_equal(sketchmine.open_run(path).topk("features.3")[1], data)
     [chunk] = [c for c in _chunks(path, name) if c.is_file()]
     chunk.unlink()

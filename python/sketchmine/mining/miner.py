@@ -11,9 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import threading
-from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +38,7 @@ from sketchmine.mining.checks import (check_classes, check_resumable, check_sket
 from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts, check_flags
 from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
-                                      recorded_weights)
+                                      recorded_weights, weights_hash_aside)
 from sketchmine.model.forward import TorchForward, as_forward, layer_field, probe
 from sketchmine.model.graph import shared_traces
 from sketchmine.model.models import LoadedModel, is_model_path, load_model, preprocessing_for
@@ -216,7 +213,7 @@ def mine(
                       "its units show what an untrained network responds to")
     net, model_id = loaded.module, loaded.model_id
     forward = as_forward(net)
-    hashed = _hash_aside(forward, WEIGHTS_HASH)  # a run that recorded another algorithm (sha256) is hashed again below
+    hashed = weights_hash_aside(forward, WEIGHTS_HASH)  # a run that recorded another algorithm (sha256) is hashed again below
     preprocessing, chosen = _resolve_preprocessing(loaded, preprocessing, image_size)
     ds = _as_sequences(as_miner_dataset(dataset, preprocessing, chosen=chosen), loaded, steps, ink)
     for said in (ds.skipped_note(), ds.input_note()):
@@ -259,7 +256,7 @@ def mine(
     check_sketch_size(len(ds), bool(distributions))
     load = dataclasses.replace(load, preprocess=choose(preprocess, ds, recorded))
     _dataset_normalisation(ds, store, load, progress)
-    weights_digest = hashed if weights_algorithm == WEIGHTS_HASH else _hash_aside(forward, weights_algorithm)
+    weights_digest = hashed if weights_algorithm == WEIGHTS_HASH else weights_hash_aside(forward, weights_algorithm)
     want = {
         "model": model_id,
         "weights_hash": None,  # weights_digest(): the run's records and the checks below wait for it
@@ -360,23 +357,6 @@ def mine(
             lock.release()
             if channels_last:
                 forward.net.to(memory_format=was)
-
-
-def _hash_aside(forward: Any, algorithm: str) -> Callable[[], str]:
-    """The model's weights hash, computed on a thread while the model is probed and its fields
-    traced (hashing releases the GIL: AlexNet's 57 M weights took 21 ms of `mine`'s setup on
-    a 2-core CPU); the call returned waits for it, and raises its error."""
-    future: Future[str] = Future()
-    digest = forward.weights_hash_later(algorithm)
-
-    def work() -> None:
-        try:
-            future.set_result(digest())
-        except BaseException as exc:  # raised where the hash is asked for
-            future.set_exception(exc)
-
-    threading.Thread(target=work, name="sketchmine-weights-hash", daemon=True).start()
-    return future.result
 
 
 def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, load: LoadOptions, progress: Progress) -> None:

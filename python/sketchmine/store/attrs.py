@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sketchmine.errors import RunDamaged
+from sketchmine.store import attr_sums, schema
 
 
 def _is_int(v: Any, low: int = 0) -> bool:
@@ -71,10 +72,12 @@ def check_root_attrs(path: Path, attrs: dict[str, Any]) -> None:
         if not ok(attrs[key]):
             raise RunDamaged(f"run {path} is damaged: attribute {key!r} should be {expected}, "
                              f"found {str(attrs[key])[:60]!r}")
+    attr_sums.check(path, attrs, attr_sums.ROOT, attrs)
 
 
-def check_layer_attrs(path: Path, layer: str, attrs: dict[str, Any]) -> None:
-    """The per-layer attributes a reader uses: shape, kind, receptive field."""
+def check_layer_attrs(path: Path, layer: str, attrs: dict[str, Any], root: dict[str, Any] | None = None) -> None:
+    """The per-layer attributes a reader uses: shape, kind, receptive field; against the ones
+    recorded when the run was completed when `root` (its root attributes) is given."""
     shape, kind, rf = attrs.get("shape"), attrs.get("kind"), attrs.get("receptive_field")
     problems = []
     if not (isinstance(shape, list) and 1 <= len(shape) <= 4 and all(_is_int(x, 0) for x in shape)):
@@ -87,3 +90,5 @@ def check_layer_attrs(path: Path, layer: str, attrs: dict[str, Any]) -> None:
         problems.append(f"'receptive_field' should be {{size, stride, offset}} pairs, found {str(rf)[:60]!r}")
     if problems:
         raise RunDamaged(f"run {path} is damaged: layer {layer!r} attribute " + "; ".join(problems))
+    if root is not None:
+        attr_sums.check(path, root, schema.layer_group(layer), attrs)

@@ -14,7 +14,7 @@ from typing import Any
 import zarr
 
 from sketchmine.errors import RunDamaged, SketchmineError
-from sketchmine.store import schema, verify
+from sketchmine.store import attr_sums, schema, verify
 from sketchmine.store.groups import read_unit
 from sketchmine.store.runstore import RunStore
 
@@ -85,6 +85,10 @@ def _verify(path: str | os.PathLike) -> Verified:
     arrays, groups = _nodes(store, out)
     covered = _final(store, arrays, out) | _blocks(store, arrays, out) | _groups(store, arrays, groups, out)
     out.unchecked = sorted(set(arrays) - covered - set(out.damaged))
+    root = store.attrs
+    recorded = [node for node in root.get(schema.ATTRIBUTE_SUMS) or {} if node != attr_sums.ROOT]
+    out.damaged.update(attr_sums.damaged(store.path, root, {
+        node: dict(store.group[node].attrs) if node in store.group else None for node in recorded}))
     return out
 
 

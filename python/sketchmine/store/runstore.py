@@ -27,7 +27,7 @@ import zarr
 from zarr.core.group import GroupMetadata
 
 from sketchmine.errors import RunDamaged, SketchmineError
-from sketchmine.store import schema, verify
+from sketchmine.store import attr_sums, schema, verify
 from sketchmine.store.attrs import check_layer_attrs, check_root_attrs
 from sketchmine.store.checkpoint import Checkpoints
 from sketchmine.store.checksums import block_sums, digest, pieces, stored_sums
@@ -151,9 +151,12 @@ class RunStore(Checkpoints, CommittedReads):
         return verify.read_checked(arr, entry, rows is not None, start, stop, name, self.path)
 
     def verify_results(self) -> None:
-        """Read every array the run recorded checksums for: a RunDamaged naming the first damaged one."""
+        """Read every array the run recorded checksums for, and the attributes it recorded sums of
+        (the root's are checked on opening): a RunDamaged naming the first damaged one."""
         for name, entry in (self.attrs.get(schema.CHECKSUMS) or {}).items():
             self.verify_array(name, entry)
+        for node in filter(None, self.attrs.get(schema.ATTRIBUTE_SUMS) or {}):
+            self.group_attrs(node)
 
     def verify_array(self, name: str, entry: dict[str, Any]) -> int:
         """Read array `name` from its files (not a copy checked earlier), a piece at a time (flat
@@ -197,7 +200,9 @@ class RunStore(Checkpoints, CommittedReads):
 
     def group_attrs(self, name: str) -> dict[str, Any]:
         """The attributes of the group at `name` (e.g. schema.EVAL); {} when it is absent."""
-        return dict(self._array(name).attrs) if self.has(name) else {}
+        attrs = dict(self._array(name).attrs) if self.has(name) else {}
+        attr_sums.check(self.path, self.attrs, name, attrs)
+        return attrs
 
     def layer_group(self, layer: str) -> zarr.Group:
         """The layer's Zarr group (store modules only; readers use `layer_attrs` / `read`)."""
@@ -209,7 +214,7 @@ class RunStore(Checkpoints, CommittedReads):
     def layer_attrs(self, layer: str) -> dict[str, Any]:
         """The layer's attributes, checked (a damaged run is refused clearly)."""
         attrs = dict(self.layer_group(layer).attrs)
-        check_layer_attrs(self.path, layer, attrs)
+        check_layer_attrs(self.path, layer, attrs, self.attrs)
         return attrs
 
     def _array(self, name: str) -> zarr.Array:
@@ -384,6 +389,7 @@ class RunStore(Checkpoints, CommittedReads):
                 sums[name] = stored_sums(self.group[name])
         self.commit({"images_done": n_images, "slot": self.progress.get("slot"), "complete": True,
                      "updated": time.time()}, {**extra, schema.CHECKSUMS: sums})
+        self.group.update_attributes({schema.ATTRIBUTE_SUMS: attr_sums.of_run(zarr.open_group(str(self.path), mode="r"))})
         self.drop_checkpoints()
 
     @io_errors

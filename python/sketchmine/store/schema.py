@@ -62,11 +62,14 @@ def layer_result(layer: str, name: str) -> str:
 # ---- attributes ------------------------------------------------------------------------------
 # root: schema_version, layer_names, k, progress {images_done, slot, complete, updated},
 # row_chunk, checksums {array path: {rows, sums}}, dataset, dataset_fingerprint, preprocessing,
-# model_spec, weights_hash (older runs: weights_sha256), num_classes, bad_images, converted_images, versions, logits
+# model_spec, weights_hash (older runs: weights_sha256), num_classes, bad_images, converted_images, versions, logits,
+# attribute_sums
 VERSION_ATTR = "schema_version"
 PROGRESS = "progress"
 ROW_CHUNK_ATTR = "row_chunk"
 CHECKSUMS = "checksums"
+ATTRIBUTE_SUMS = "attribute_sums"
+"""root attribute of a complete run: checksums of its attributes as completed (store/attr_sums.py)."""
 LAYER_NAMES = "layer_names"
 ACCURACY = "accuracy"
 """eval/ attribute: overall accuracy over the readable images (set by write_results)."""

@@ -1,0 +1,101 @@
+"""A complete run's attributes are checked against the sums recorded when it was completed
+(store/attr_sums.py): a changed digit of the accuracy, a layer's receptive field or the root's k
+is refused as damage by the readers, by `mine` run again and by `sketchmine verify`, where before
+it was read as given; a later visualize pass's claim does not disturb them; a run without the
+record (older, or killed between its completion and the record) reads as before. Real test
+images, the demo model."""
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sketchmine
+from sketchmine.cli.main import main
+from sketchmine.errors import RunDamaged
+from sketchmine.store import schema
+from tests.helpers import per_class_subset
+
+LAYER = "features.3"
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory, demo_model, demo_test_set) -> Path:
+    out = tmp_path_factory.mktemp("attr_sums") / "run.zarr"
+    sketchmine.mine(demo_model.module, per_class_subset(demo_test_set, 6, "6 per class"), out=out, batch_size=20)
+    return out
+
+
+def _edited(mined: Path, tmp_path: Path, node: str, change: Callable[[dict[str, Any]], None]) -> Path:
+    path = tmp_path / "run.zarr"
+    shutil.copytree(mined, path)
+    meta_file = path / node / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    change(meta["attributes"])
+    meta_file.write_text(json.dumps(meta))
+    return path
+
+
+def test_a_complete_run_records_the_sums_of_its_root_eval_and_every_layer(mined):
+    run = sketchmine.open_run(mined)
+    recorded = run.attrs[schema.ATTRIBUTE_SUMS]
+    assert set(recorded) == {"", schema.EVAL, *(schema.layer_group(n) for n in run.layers)}
+    assert "accuracy" in recorded[schema.EVAL]["keys"]
+    assert {"shape", "kind", "receptive_field"} <= set(recorded[schema.layer_group(LAYER)]["keys"])
+    assert {"k", "layer_names", "preprocessing", "checksums"} <= set(recorded[""]["keys"])
+    assert 0 < run.accuracy() < 1 and run.layer_attrs(LAYER)["receptive_field"]
+
+
+def test_a_changed_accuracy_is_refused_by_readers_mine_and_verify(mined, tmp_path, capsys, demo_model, demo_test_set):
+    path = _edited(mined, tmp_path, schema.EVAL, lambda a: a.update(accuracy=a["accuracy"] + 0.001))
+    with pytest.raises(RunDamaged, match="attributes of eval"):
+        sketchmine.open_run(path).accuracy()
+    found = sketchmine.verify_run(path)
+    assert list(found.damaged) == [schema.EVAL]
+    assert main(["verify", str(path)]) == 3
+    assert "eval" in capsys.readouterr().out
+    with pytest.raises(RunDamaged, match="attributes of eval"):
+        sketchmine.mine(demo_model.module, per_class_subset(demo_test_set, 6, "6 per class"), out=path, batch_size=20)
+
+
+def test_a_changed_receptive_field_is_refused(mined, tmp_path):
+    def shift(a: dict[str, Any]) -> None:
+        a["receptive_field"]["offset"][0] += 1
+
+    path = _edited(mined, tmp_path, schema.layer_group(LAYER), shift)
+    run = sketchmine.open_run(path)
+    with pytest.raises(RunDamaged, match=f"attributes of layers/{LAYER}"):
+        run.layer_attrs(LAYER)
+    assert list(sketchmine.verify_run(path).damaged) == [schema.layer_group(LAYER)]
+    run.layer_attrs("features.0")  # the other layers are intact
+
+
+def test_a_changed_root_attribute_is_refused_on_opening(mined, tmp_path):
+    path = _edited(mined, tmp_path, "", lambda a: a["preprocessing"]["std"].__setitem__(0, 0.5))
+    with pytest.raises(RunDamaged, match="root attributes"):
+        sketchmine.open_run(path)
+
+
+def test_a_visualize_pass_claims_leave_the_run_whole(mined, tmp_path, demo_model, demo_test_set):
+    path = tmp_path / "run.zarr"
+    shutil.copytree(mined, path)
+    sketchmine.visualize(path, layers=[LAYER], model=demo_model.module,
+                         data=per_class_subset(demo_test_set, 6, "6 per class"))
+    run = sketchmine.open_run(path)
+    assert "visualized" in run.layer_attrs(LAYER)
+    assert not sketchmine.verify_run(path).damaged
+
+
+def test_a_run_without_the_record_reads_as_before(mined, tmp_path):
+    path = _edited(mined, tmp_path, "", lambda a: a.pop(schema.ATTRIBUTE_SUMS))
+    want = sketchmine.open_run(mined).accuracy()
+    meta_file = path / schema.EVAL / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta["attributes"]["accuracy"] = want + 0.001
+    meta_file.write_text(json.dumps(meta))
+    assert sketchmine.open_run(path).accuracy() == pytest.approx(want + 0.001)  # unverified, as before
+    assert not sketchmine.verify_run(path).damaged
