@@ -5,24 +5,16 @@ network classifies well?"). A base class of `Run`, as unit_views.py.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
-
 import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError
 from sketchmine.results import summaries
-
-if TYPE_CHECKING:
-    from sketchmine.results.run import Run
+from sketchmine.results.run_part import RunPart
 
 
-class ClassCorrelations:
+class ClassCorrelations(RunPart):
     """Ink density and the layers' class-preference correlations (methods of `Run`)."""
-
-    @property
-    def _as_run(self) -> Run:
-        return cast("Run", self)
 
     def ink_density(self) -> pd.Series:
         """Mean ink density of each class's images (fraction of pixels differing from the image's

@@ -8,8 +8,9 @@ another batch size does): they are listed in `forward_options` (and `--json`), n
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
+from sketchmine.results.run_part import RunPart
 from sketchmine.store.schema import FORWARD_OPTIONS, PLAIN_FORWARD_OPTIONS
 
 if TYPE_CHECKING:
@@ -35,14 +36,14 @@ def precision_of(options: dict[str, Any]) -> str:
     return f"{_AUTOCAST.get(autocast.lower(), autocast)} autocast"
 
 
-class Precision:
+class Precision(RunPart):
     """What `Run` says of the precision its numbers were computed in (a base of `Run`)."""
 
     @property
     def forward_options(self) -> dict[str, Any]:
         """{autocast: None | "bf16" | "fp16", channels_last: bool, compile: bool}: the mining
         pass's forward options (runs mined before they were recorded: the plain pass)."""
-        run = cast("Run", self)
+        run = self._as_run
         return forward_options(run.attrs)
 
     @property
@@ -51,7 +52,7 @@ class Precision:
         "bfloat16 autocast" / "float16 autocast", or a half model's own dtype ("bfloat16",
         "float16"; `model_dtype`) — values then differ from a float32 run's beyond float
         rounding. Later passes (visualize, importance, effects) run without autocast."""
-        run = cast("Run", self)
+        run = self._as_run
         own = precision_of(self.forward_options)
         model = run.attrs.get("model_dtype")
         return str(model) if own == FLOAT32 and isinstance(model, str) else own
@@ -61,7 +62,7 @@ class Precision:
         """(first image, batch size) of each stretch the mining pass ran at one batch size: one
         stretch, unless a resume changed the size (which changes the last bits, as `compile`
         does); [] where the run did not record it."""
-        attrs = cast("Run", self).attrs
+        attrs = self._as_run.attrs
         stretches = attrs.get("batch_sizes") or ([[0, attrs["batch_size"]]] if "batch_size" in attrs else [])
         return [(int(first), int(size)) for first, size in stretches]
 

@@ -5,7 +5,7 @@ on the output and its correlated units (results/effects.py), its pictures. A bas
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,19 +13,12 @@ import pandas as pd
 from sketchmine.errors import SketchmineError
 from sketchmine.names import command
 from sketchmine.results import distribution, effects, importance_store
+from sketchmine.results.run_part import RunPart
 from sketchmine.store import schema
 
-if TYPE_CHECKING:
-    from sketchmine.results.run import Run
 
-
-class UnitViews:
+class UnitViews(RunPart):
     """Readers of the distribution and effects arrays (methods of `Run`)."""
-
-    @property
-    def _as_run(self) -> Run:
-        """This object as the `Run` it is a base of (what the reader functions take)."""
-        return cast("Run", self)
 
     # ---- each unit's whole distribution (mine --distributions): results/distribution.py ---
     def histogram(self, layer: str) -> tuple[np.ndarray, np.ndarray]:

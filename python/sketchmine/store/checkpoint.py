@@ -20,6 +20,7 @@ import zarr
 from sketchmine.errors import SketchmineError
 from sketchmine.store import schema
 from sketchmine.store.checksums import digest, matches
+from sketchmine.store.commits import commit_key
 from sketchmine.store.io import io_errors, put_all
 
 
@@ -34,6 +35,7 @@ class Checkpoints:
     _reading: int
     progress_on_disk: Callable[[], dict[str, Any]]
     cached_progress: Callable[[], dict[str, Any]]
+    per_commit: Callable[[str, str, Callable[[], Any]], Any]
 
     @io_errors
     def write_checkpoint(self, states: dict[str, dict[str, np.ndarray]], images_done: int,
@@ -126,30 +128,47 @@ class Checkpoints:
 
     def _pinned(self, key: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
         """For a reader (read-only handle): the committed slot's attributes and the arrays of
-        accumulator `key` (by their own names), read once each and checked against the slot's
-        own checksums and the committed progress. A writer rewrites a slot only after committing
-        the other one, so arrays that match the checksums of a slot whose images_done is the
-        committed one are that commit's state, whatever the writer did meanwhile. None when the
-        slot cannot be pinned although the run did not move on (damaged: the caller's
-        `checkpoint` path decides); a SketchmineError when the writer moved on
-        (RunStore.committed retries)."""
-        progress = self.progress_on_disk()
-        if self._reading and progress != self.cached_progress():  # a newer commit than this read's
-            raise SketchmineError(f"{self.path}: the run moved on to a newer commit during the read")
-        slot = progress.get("slot")
-        if slot is None:
+        accumulator `key` (by their own names), copies of `pin_checkpoint`'s. Inside a committed
+        read, the slot of the commit the read answers from (the handle's); else the newest."""
+        pinned = self.pin_checkpoint(self.cached_progress() if self._reading else None)
+        if pinned is None:
             return None
+        meta, states = pinned
+        return meta, {name: arr.copy() for name, arr in states.get(key, {}).items()}
+
+    def pin_checkpoint(self, progress: dict[str, Any] | None = None
+                       ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]] | None:
+        """The slot commit `progress` names (None: the commit on disk now), its attributes and
+        every accumulator's arrays (accumulator -> {array: values}), read once per commit
+        (`per_commit`) and checked against the slot's own checksums and the commit's images_done.
+
+        A writer rewrites a slot only after committing the other one, so arrays that match the
+        checksums of a slot whose images_done is the commit's are that commit's state, whatever
+        the writer did meanwhile; and once they are read, the commit's answer needs no more of
+        its slot: a read that takes longer than the writer's next commits still answers from
+        its own (RunStore.committed pins the commit's slot before the read, for that). None
+        when the slot cannot be pinned although the run did not move on (damaged: the caller's
+        `checkpoint` path decides); a SketchmineError when the writer moved on past the commit
+        (RunStore.committed retries)."""
+        progress = self.progress_on_disk() if progress is None else progress
+        if progress.get("slot") is None:
+            return None
+        return self.per_commit(commit_key(progress), schema.CHECKPOINT, lambda: self._pin_slot(progress))
+
+    def _pin_slot(self, progress: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]] | None:
+        """`pin_checkpoint`'s read of the slot `progress` commits."""
         try:
-            sg = zarr.open_group(str(self.path / schema.CHECKPOINT / slot), mode="r")
+            sg = zarr.open_group(str(self.path / schema.CHECKPOINT / progress["slot"]), mode="r")
             meta = dict(sg.attrs)
             sums = meta["checksums"]
             if meta.get("images_done") != progress.get("images_done"):
                 raise ValueError("the slot is not the committed one")
-            names = (meta.get("accumulators") or {}).get(key, [])
-            flat = {name: np.asarray(sg[f"{key}/{name}"][...]) for name in names}
-            if any(not matches(arr, sums.get(f"{key}/{name}", "")) for name, arr in flat.items()):
+            states = {key: {name: np.asarray(sg[f"{key}/{name}"][...]) for name in names}
+                      for key, names in (meta.get("accumulators") or {}).items()}
+            if any(not matches(arr, sums.get(f"{key}/{name}", ""))
+                   for key, state in states.items() for name, arr in state.items()):
                 raise ValueError("the slot's arrays do not match its checksums")
-            return meta, flat
+            return meta, states
         except Exception as exc:
             if self.progress_on_disk() != progress:
                 raise SketchmineError(f"{self.path}: the checkpoint moved on while it was read ({exc})") from None

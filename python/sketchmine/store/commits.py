@@ -34,34 +34,40 @@ class CommittedReads:
     cached_progress: Callable[[], dict[str, Any]]  # RunStore's: the progress this handle holds
     reopen: Callable[[], None]  # RunStore's: the run at this path opened again, as `open` does
     group: Any  # RunStore's Zarr group: read-only for a reader's handle
+    pin_checkpoint: Callable[[dict[str, Any]], Any]  # Checkpoints': a commit's slot read into memory
     _folder: tuple[int, int, int] | None = None  # the run folder as this handle opened it (`folder_identity`)
     _reading = 0  # > 0 inside `committed`: the handle holds still, nested reads join the outer one
     _pin: tuple[Any, ...] | None = None  # inside `pinned`: the run it answers from (`run_identity`)
+    _kept: dict[str, dict[str, Any]] | None = None  # `per_commit`'s reads, by commit (`commit_key`)
 
-    def committed(self, read: Callable[[], Any], tries: int = 10) -> Any:
+    def committed(self, read: Callable[[], Any], tries: int = 10, patience: float = 5.0) -> Any:
         """`read()` against one committed state of a run another process may be mining.
 
         A writer only rewrites the checkpoint slot its last commit does not name, commits by
         rewriting the root attributes (atomically), and never rewrites per-image rows below a
-        commit; a reader's checkpoint reads are pinned to the commit this handle holds
-        (`Checkpoints._pinned`). A read that fails while the committed progress changed is
-        repeated against the newer commit (this store refreshed); an error during a read the
-        writer did not disturb is the run's real error. A read within a read is part of it (the
-        handle refreshes only between whole reads: one answer, one commit). Gives up after
-        `tries` with a clear "retry". A complete run's read that fails with damage is repeated
-        twice (a later pass rewrote what it read, or another run took its place at the path:
-        then read) before the damage is said; a refusal (no such layer) is its answer at once."""
+        commit; a reader pins the slot of the commit this handle holds before the read (every
+        accumulator's state, read and checked at once: `Checkpoints.pin_checkpoint`), so a read
+        that takes longer than the writer's next commits still answers from its own. A read that
+        fails while the committed progress changed is repeated against the newer commit (this
+        store refreshed); an error during a read the writer did not disturb is the run's real
+        error, said at once. A read within a read is part of it (the handle refreshes only
+        between whole reads: one answer, one commit). While the writer keeps committing, it is
+        tried again for `patience` seconds and at least `tries` times, then given up with a
+        clear "retry". A complete run's read that fails with damage is repeated twice (a later
+        pass rewrote what it read, or another run took its place at the path: then read) before
+        the damage is said; a refusal (no such layer) is its answer at once."""
         if self._reading:
             return read()
         self._follow_folder()
         self._reading += 1
         try:
-            return self._committed(read, tries)
+            return self._committed(read, tries, time.monotonic() + patience)
         finally:
             self._reading -= 1
 
-    def _committed(self, read: Callable[[], Any], tries: int) -> Any:
-        for attempt in range(tries):
+    def _committed(self, read: Callable[[], Any], tries: int, deadline: float) -> Any:
+        attempt = 0
+        while True:
             before = self.progress_on_disk()
             if before != self.cached_progress():
                 self.refresh()
@@ -73,11 +79,14 @@ class CommittedReads:
                     # (visualize --redo resets a layer's pictures): again; real damage fails each time.
                     # A refusal (no such layer, nothing visualized yet) is the answer: not repeated
                     refusal = isinstance(exc, SketchmineError) and not isinstance(exc, RunDamaged)
-                    if refusal or attempt == tries - 1 or not (self._follow_folder() or attempt < 2):
+                    if refusal or attempt >= tries - 1 or not (self._follow_folder() or attempt < 2):
                         raise
                     time.sleep(0.05 * (attempt + 1))
+                    attempt += 1
                     continue
             try:
+                if self.group.read_only:  # the commit's state in memory first: the read needs no more of its slot
+                    self.pin_checkpoint(self.cached_progress())
                 return read()
             except Exception as exc:
                 error = exc
@@ -86,9 +95,32 @@ class CommittedReads:
                     raise error
                 raise RunDamaged(f"run {self.path} is damaged: {type(error).__name__}: {str(error)[:120]}; "
                                  "mine it again with a new --out") from error
-            time.sleep(min(0.01 * 2 ** attempt, 0.2))
-        raise SketchmineError(f"run {self.path} is being written by another process, which committed newer results "
-                              f"during each of {tries} attempts to read it; retry in a moment")
+            attempt += 1
+            if attempt >= tries and time.monotonic() >= deadline:
+                raise SketchmineError(f"run {self.path} is being written by another process, which committed newer "
+                                      f"results during each of {attempt} attempts to read it; retry in a moment")
+            time.sleep(min(0.005 * 2 ** attempt, 0.05))  # the writer commits again: read its newest commit
+
+    def per_commit(self, commit: str, name: str, read: Callable[[], Any]) -> Any:
+        """`read()` of `name` as kept for `commit` (`commit_key` of the progress it is read under),
+        read once: a reader of a partial run (the report, a notebook's dashboard) asks for the same
+        labels and checkpoint state dozens of times while the writer commits every few seconds,
+        and nothing below a commit changes until the next one. The newest two commits are kept
+        (the handle's and the one on disk, which differ only while it refreshes); a newer commit
+        is read afresh. `read` must give what that commit holds; callers copy what they hand out.
+        A None answer (a slot that cannot be pinned) is not kept: read again, it says so again."""
+        kept = self._kept
+        if kept is None or commit not in kept:
+            kept = {key: kept[key] for key in list(kept or {})[-1:]}  # a new dict: readers of the old one go on
+            kept[commit] = {}
+            self._kept = kept
+        held = kept[commit]
+        if name in held:
+            return held[name]
+        value = read()
+        if value is not None:
+            held[name] = value
+        return value
 
     def follow(self) -> None:
         """Between reads, take the writer's newest commit (a notebook's handle on a run being
@@ -156,6 +188,11 @@ class CommittedReads:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RunDamaged(f"run {self.path} is damaged: its root attributes cannot be read "
                              f"({type(exc).__name__}: {exc})") from None
+
+
+def commit_key(progress: dict[str, Any]) -> str:
+    """A commit's key among a run's commits: its progress (images done, slot, time of the commit)."""
+    return json.dumps(progress, sort_keys=True, default=str)
 
 
 def folder_identity(path: Path) -> tuple[int, int, int] | None:

@@ -32,7 +32,7 @@ from sketchmine.store.attrs import check_layer_attrs, check_root_attrs
 from sketchmine.store.checkpoint import Checkpoints
 from sketchmine.store.checksums import block_sums, digest, pieces, stored_sums
 from sketchmine.store.columns import Columns
-from sketchmine.store.commits import CommittedReads, folder_identity
+from sketchmine.store.commits import CommittedReads, commit_key, folder_identity
 from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
 from sketchmine.store.lock import RunLock, check_writable, is_run, runs_in, stage
@@ -60,6 +60,7 @@ class RunStore(Checkpoints, CommittedReads):
         self._final_sums: dict[str, dict[str, Any]] = {}  # checksums of write_results' arrays, for finish
         self._blocks = verify.BlockCache()  # checked blocks of pictures, for readers of one unit at a time
         self._folder = folder_identity(self.path)
+        self._kept = None  # a partial run's reads kept per commit (commits.py): not a run reopened meanwhile
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
@@ -132,8 +133,13 @@ class RunStore(Checkpoints, CommittedReads):
 
         A read of an array checked once is answered from the checked copy while the recorded
         checksums are the same (`verify.final_key`): the report and the summaries read a run's
-        class names, labels and top-k dozens of times, each a metadata file and a chunk file."""
+        class names, labels and top-k dozens of times, each a metadata file and a chunk file; a
+        partial run's labels and predictions are kept per commit (`per_commit`)."""
         entry = (self.attrs.get(schema.CHECKSUMS) or {}).get(name)
+        if entry is None and rows is None and name in schema.COMMITTED_ROWS and self.group.read_only:
+            # a partial run's: its rows below the commit stay as they are until the next commit
+            commit = commit_key(self.cached_progress())
+            return self.per_commit(commit, name, lambda: self._read(name, None, None)).copy()
         key = verify.final_key(name, entry, rows)
         if key is not None and (kept := self._blocks.get(key)) is not None:
             return kept.copy()

@@ -36,6 +36,9 @@ NAN_PREDICTION = -2
 """eval/predictions of a mined image whose model output holds a NaN: a prediction that is wrong
 whatever the label, so the image counts in its class's accuracy instead of leaving it."""
 PER_CLASS_ACCURACY = f"{EVAL}/per_class_accuracy"
+COMMITTED_ROWS = (LABELS, PREDICTIONS)
+"""Per-image arrays a reader of a partial run reads whole and keeps per commit (one number an image:
+a commit never rewrites the rows below it; not the logits, a number per class)."""
 
 
 def dataset_array(name: str) -> str:
