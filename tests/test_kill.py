@@ -126,7 +126,8 @@ def test_readers_open_a_run_while_it_is_written(tmp_path, folder):
                 assert "being written by another process" in str(exc) and "retry" in str(exc), exc
                 continue
             assert values.shape == index.shape == (96, 9)
-            assert (np.diff(values, axis=1) <= 0).all() or (index < 0).any()
+            with np.errstate(invalid="ignore"):  # early commits: empty slots hold -inf, and -inf - -inf is NaN
+                assert (np.diff(values, axis=1) <= 0).all() or (index < 0).any()
             reads += 1
             if not refused and proc.poll() is None:
                 second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

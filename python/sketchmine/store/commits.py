@@ -2,7 +2,9 @@
 
 A writer commits by rewriting the root attributes (atomically); a reader's handle caches them.
 `committed` runs a read against one commit (the handle refreshed first where the writer moved
-on, the read repeated where the writer committed during it), and a reader's handle between
+on, the commit's checkpoint read into memory before the read, so that a read longer than the
+writer's next commits still answers from it; the read repeated where the writer committed
+during it before it was pinned, patiently while the writer goes on), and a reader's handle between
 reads follows the writer (`follow`), so `complete`, `images_done` and the layers it reports
 are those of the commit its next answer comes from, not of the moment it was opened. Where
 the run folder changed at all (a commit, or a run deleted and mined again at the handle's
@@ -104,8 +106,8 @@ class CommittedReads:
     def per_commit(self, commit: str, name: str, read: Callable[[], Any]) -> Any:
         """`read()` of `name` as kept for `commit` (`commit_key` of the progress it is read under),
         read once: a reader of a partial run (the report, a notebook's dashboard) asks for the same
-        labels and checkpoint state dozens of times while the writer commits every few seconds,
-        and nothing below a commit changes until the next one. The newest two commits are kept
+        labels and checkpoint state dozens of times between two of the writer's commits, and a
+        writer never rewrites what a commit names (its slot, the rows below it). The newest two commits are kept
         (the handle's and the one on disk, which differ only while it refreshes); a newer commit
         is read afresh. `read` must give what that commit holds; callers copy what they hand out.
         A None answer (a slot that cannot be pinned) is not kept: read again, it says so again."""

@@ -137,7 +137,7 @@ class RunStore(Checkpoints, CommittedReads):
         partial run's labels and predictions are kept per commit (`per_commit`)."""
         entry = (self.attrs.get(schema.CHECKSUMS) or {}).get(name)
         if entry is None and rows is None and name in schema.COMMITTED_ROWS and self.group.read_only:
-            # a partial run's: its rows below the commit stay as they are until the next commit
+            # a partial run's (no checksums yet), kept per commit: a writer never rewrites the rows below one
             commit = commit_key(self.cached_progress())
             return self.per_commit(commit, name, lambda: self._read(name, None, None)).copy()
         key = verify.final_key(name, entry, rows)
