@@ -29,6 +29,7 @@ from zarr.core.group import GroupMetadata
 from sketchmine.errors import RunDamaged, SketchmineError
 from sketchmine.store import attr_sums, schema, verify
 from sketchmine.store.attrs import check_layer_attrs, check_root_attrs
+from sketchmine.store.blocks import BlockWrites
 from sketchmine.store.checkpoint import Checkpoints
 from sketchmine.store.checksums import block_sums, digest, pieces, stored_sums
 from sketchmine.store.columns import Columns
@@ -48,7 +49,7 @@ def _layer_groups(layers: dict[str, dict[str, Any]]) -> dict[str, GroupMetadata]
     return {schema.layer_group(name): GroupMetadata(attributes=meta) for name, meta in layers.items()}
 
 
-class RunStore(Checkpoints, CommittedReads):
+class RunStore(Checkpoints, CommittedReads, BlockWrites):
     """Read and write one run directory."""
 
     def __init__(self, path: str | os.PathLike, group: zarr.Group) -> None:
@@ -307,65 +308,6 @@ class RunStore(Checkpoints, CommittedReads):
         """(arrays `keys`, attributes) of a group `write_group` wrote, or None when it is absent
         or not whole (see groups.read_unit)."""
         return read_unit(self.group, path, keys, self.path)
-
-    # ---- arrays a pass writes a block of units at a time, committed by a claim attribute --------
-    def block_state(self, layer: str, claim: str, specs: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
-        """(the layer's `claim` attribute or None, whether all the arrays of `specs` exist)."""
-        g = self.layer_group(layer)
-        attrs = g.attrs.get(claim)
-        return (dict(attrs) if isinstance(attrs, dict) else None), all(key in g for key in specs)
-
-    @io_errors
-    def reset_blocks(self, layer: str, claim: str, specs: dict[str, Any], shapes: dict[str, tuple[int, ...]],
-                     attrs: dict[str, Any]) -> None:
-        """Drop the layer's arrays of `specs` and its `claim`, then create them empty with `shapes`
-        and set the claim to `attrs`. The claim goes first, so an interruption leaves no claim on
-        missing arrays."""
-        g = self.layer_group(layer)
-        if claim in g.attrs:
-            kept = dict(g.attrs)
-            del kept[claim]
-            g.attrs.put(kept)
-        for key in specs:
-            if key in g:
-                del g[key]
-        for key, spec in specs.items():
-            shape = shapes[key]
-            g.create_array(key, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, shape[0]),
-                           fill_value=spec.fill_value, chunk_key_encoding=schema.CHUNK_KEY_ENCODING,
-                           dimension_names=schema.dimension_names(schema.layer_array(layer, key), len(shape)))
-        g.attrs[claim] = attrs
-
-    def write_blocks(self, layer: str, claim: str, units: slice, values: dict[str, np.ndarray],
-                     attrs: dict[str, Any] | None) -> None:
-        """A block of units' arrays, then (the commit) the `claim` attribute unless None. OSError
-        passes through: the caller says what is kept."""
-        g = self.layer_group(layer)
-        if values:
-            put_rows({key: g[key] for key in values}, units, values)
-        if attrs is not None:  # with the checksums of the blocks written so far and of this one
-            attrs = verify.add_block({**attrs, verify.SUMS: (g.attrs.get(claim) or {}).get(verify.SUMS) or {}},
-                                     {key: g[key] for key in values}, values, units, attrs.get("block_units"))
-            g.attrs[claim] = attrs
-
-    # ---- a visualize pass's arrays (schema.VISUAL_ARRAYS) and its `visualized` attribute -----
-    def visual_state(self, layer: str) -> tuple[dict[str, Any] | None, bool]:
-        """(the layer's `visualized` attribute or None, whether all its visualize arrays exist)."""
-        g = self.layer_group(layer)
-        return g.attrs.get(schema.VISUALIZED), all(key in g for key in schema.VISUAL_ARRAYS)
-
-    def reset_visual(self, layer: str, units: int, k: int, size: tuple[int, int], channels: int,
-                     visualized: dict[str, Any]) -> None:
-        """Empty visualize arrays for `units` units of `k` entries (patches/deconv (units, k, *size,
-        channels), boxes/inside (units, k, 4)), claimed by `visualized` (see reset_blocks)."""
-        shapes = {key: (units, k, *size, channels) if key in ("patches", "deconv") else (units, k, 4)
-                  for key in schema.VISUAL_ARRAYS}
-        self.reset_blocks(layer, schema.VISUALIZED, schema.VISUAL_ARRAYS, shapes, visualized)
-
-    def write_visual(self, layer: str, units: slice, values: dict[str, np.ndarray],
-                     visualized: dict[str, Any] | None) -> None:
-        """A block of units' visualize arrays, then the `visualized` attribute (see write_blocks)."""
-        self.write_blocks(layer, schema.VISUALIZED, units, values, visualized)
 
     # ---- final results -------------------------------------------------------------------
     @io_errors
