@@ -126,7 +126,7 @@ def image_folder(ds, root, per_class: int = 12):
 def as_mined_without(run_path, layer: str, names) -> None:
     """Make a copy of a run look mined by a version without arrays `names` of `layer`: the arrays
     gone and so are their checksums (a run that recorded checksums for an array it has lost is
-    damaged, not old)."""
+    damaged, not old), and the checksums of its attributes (recorded later than these arrays)."""
     import json
     import shutil
     from pathlib import Path
@@ -138,4 +138,5 @@ def as_mined_without(run_path, layer: str, names) -> None:
     sums = meta["attributes"].get("checksums") or {}
     for name in names:
         sums.pop(f"layers/{layer}/{name}", None)
+    meta["attributes"].pop("attribute_sums", None)
     (root / "zarr.json").write_text(json.dumps(meta))

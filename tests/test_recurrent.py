@@ -272,6 +272,7 @@ def test_visualize_a_sequence_run(tmp_path):
 
     import zarr
     old = shutil.copytree(run.path, tmp_path / "old.zarr")
+    del zarr.open_group(str(old), mode="r+").attrs["attribute_sums"]  # recorded after fields per frame
     g = zarr.open_group(str(old), mode="r+")["layers/features.3"]
     g.attrs.update({"receptive_field": None})
     with pytest.raises(SketchmineError, match="'features.3'.*time-distributed conv.*no receptive field"):
