@@ -44,21 +44,22 @@ def test_a_complete_run_records_the_sums_of_its_root_eval_and_every_layer(mined)
     run = sketchmine.open_run(mined)
     recorded = run.attrs[schema.ATTRIBUTE_SUMS]
     assert set(recorded) == {"", schema.EVAL, *(schema.layer_group(n) for n in run.layers)}
-    assert "accuracy" in recorded[schema.EVAL]["keys"]
-    assert {"shape", "kind", "receptive_field"} <= set(recorded[schema.layer_group(LAYER)]["keys"])
-    assert {"k", "layer_names", "preprocessing", "checksums"} <= set(recorded[""]["keys"])
+    assert "accuracy" in recorded[schema.EVAL]
+    assert {"shape", "kind", "receptive_field"} <= set(recorded[schema.layer_group(LAYER)])
+    assert {"k", "layer_names", "preprocessing", "checksums"} <= set(recorded[""])
+    assert not {"progress", schema.ATTRIBUTE_SUMS} & set(recorded[""])
     assert 0 < run.accuracy() < 1 and run.layer_attrs(LAYER)["receptive_field"]
 
 
 def test_a_changed_accuracy_is_refused_by_readers_mine_and_verify(mined, tmp_path, capsys, demo_model, demo_test_set):
     path = _edited(mined, tmp_path, schema.EVAL, lambda a: a.update(accuracy=a["accuracy"] + 0.001))
-    with pytest.raises(RunDamaged, match="attributes of eval"):
+    with pytest.raises(RunDamaged, match="attribute 'accuracy' of eval is not as recorded"):
         sketchmine.open_run(path).accuracy()
     found = sketchmine.verify_run(path)
     assert list(found.damaged) == [schema.EVAL]
     assert main(["verify", str(path)]) == 3
     assert "eval" in capsys.readouterr().out
-    with pytest.raises(RunDamaged, match="attributes of eval"):
+    with pytest.raises(RunDamaged, match="attribute 'accuracy' of eval"):
         sketchmine.mine(demo_model.module, per_class_subset(demo_test_set, 6, "6 per class"), out=path, batch_size=20)
 
 
@@ -68,7 +69,7 @@ def test_a_changed_receptive_field_is_refused(mined, tmp_path):
 
     path = _edited(mined, tmp_path, schema.layer_group(LAYER), shift)
     run = sketchmine.open_run(path)
-    with pytest.raises(RunDamaged, match=f"attributes of layers/{LAYER}"):
+    with pytest.raises(RunDamaged, match=f"attribute 'receptive_field' of layers/{LAYER} is not"):
         run.layer_attrs(LAYER)
     assert list(sketchmine.verify_run(path).damaged) == [schema.layer_group(LAYER)]
     run.layer_attrs("features.0")  # the other layers are intact
@@ -76,7 +77,7 @@ def test_a_changed_receptive_field_is_refused(mined, tmp_path):
 
 def test_a_changed_root_attribute_is_refused_on_opening(mined, tmp_path):
     path = _edited(mined, tmp_path, "", lambda a: a["preprocessing"]["std"].__setitem__(0, 0.5))
-    with pytest.raises(RunDamaged, match="root attributes"):
+    with pytest.raises(RunDamaged, match="attribute 'preprocessing' of the root"):
         sketchmine.open_run(path)
 
 
@@ -99,3 +100,9 @@ def test_a_run_without_the_record_reads_as_before(mined, tmp_path):
     meta_file.write_text(json.dumps(meta))
     assert sketchmine.open_run(path).accuracy() == pytest.approx(want + 0.001)  # unverified, as before
     assert not sketchmine.verify_run(path).damaged
+
+
+def test_a_damaged_record_is_refused_not_skipped(mined, tmp_path):
+    path = _edited(mined, tmp_path, "", lambda a: a.update({schema.ATTRIBUTE_SUMS: {"": "not sums"}}))
+    with pytest.raises(RunDamaged, match="record of the attribute sums of the root does not parse"):
+        sketchmine.open_run(path)

@@ -6,10 +6,11 @@ damaged digit in one (an accuracy of 0.9715 for 0.9705, a receptive field's offs
 wrong number read silently. The arrays' checksums (checksums.py) cannot cover them, and they live
 in the files they describe, so they are summed from the attributes as they read back from disk,
 after the commit that completes the run, and recorded in the root attribute `attribute_sums`:
-{node: {"keys": [...], "sum": "xxh3_128:..."}} for "" (the root: every key but the progress and
-this record), "eval" and "layers/<name>". Keys a later pass adds (visualize's claim) are not
-covered; one a pass replaces keeps its value (RunStore.reset_blocks). A run completed before this
-record, or killed between its completion and this record, is read as before: unverified.
+{node: {key: "xxh3_128:..."}}, one sum per attribute (so a changed one is named), for "" (the
+root: every key but the progress and this record), "eval" and "layers/<name>". Keys a later pass
+adds (visualize's claim) are not covered; one a pass replaces keeps its value
+(RunStore.reset_blocks). A run completed before this record, or killed between its completion
+and this record, is read as before: unverified.
 """
 from __future__ import annotations
 
@@ -28,16 +29,16 @@ SKIPPED = frozenset({schema.PROGRESS, schema.ATTRIBUTE_SUMS})
 """Root keys not covered: the progress (rewritten by each commit) and the record itself."""
 
 
-def attribute_sum(attrs: Mapping[str, Any], keys: list[str]) -> str:
-    """xxh3-128 of `keys` of `attrs` as canonical JSON (sorted keys: the order Zarr writes them
-    in does not matter; a key recorded and now missing sums as absent)."""
-    text = json.dumps({key: attrs.get(key) for key in keys}, sort_keys=True, separators=(",", ":"), allow_nan=True)
+def value_sum(value: Any) -> str:
+    """xxh3-128 of one attribute's value as canonical JSON (sorted keys: the order Zarr writes an
+    object's keys in does not matter; a key recorded and now missing sums as null)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return "xxh3_128:" + xxhash.xxh3_128(text.encode()).hexdigest()
 
 
-def entry(attrs: Mapping[str, Any], skipped: frozenset[str] = frozenset()) -> dict[str, Any]:
-    keys = sorted(key for key in attrs if key not in skipped)
-    return {"keys": keys, "sum": attribute_sum(attrs, keys)}
+def entry(attrs: Mapping[str, Any], skipped: frozenset[str] = frozenset()) -> dict[str, str]:
+    """{key: value_sum} of every attribute of one node but `skipped`: a changed one is named."""
+    return {key: value_sum(attrs[key]) for key in sorted(attrs) if key not in skipped}
 
 
 def record(root: Mapping[str, Any], nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -55,17 +56,24 @@ def of_run(group: Any) -> dict[str, Any]:
 
 
 def check(path: Path, root: Mapping[str, Any], node: str, attrs: Mapping[str, Any]) -> None:
-    """Refuse the attributes `attrs` of `node` ("" for the root) when the run recorded other ones."""
+    """Refuse the attributes `attrs` of `node` ("" for the root) where the run recorded others,
+    naming the changed ones."""
     sums = root.get(schema.ATTRIBUTE_SUMS)
+    if sums is None:
+        return  # completed before this record existed, or not complete yet
     want = sums.get(node) if isinstance(sums, dict) else None
-    if want is None:
-        return  # recorded before this record existed, or not complete yet
-    keys = want.get("keys") if isinstance(want, dict) else None
-    if not isinstance(keys, list) or attribute_sum(attrs, keys) != want.get("sum"):
-        where = "root attributes" if node == ROOT else f"attributes of {node}"
-        which = ", ".join(map(str, keys)) if isinstance(keys, list) and len(keys) <= 4 else f"{len(keys or [])} keys"
-        raise RunDamaged(f"run {path} is damaged: its {where} ({which}) are not those recorded when it was "
-                         "completed; mine it again with a new --out")
+    if want is None and isinstance(sums, dict) and node not in sums:
+        return  # a node the record does not cover
+    where = "the root" if node == ROOT else node
+    if not (isinstance(want, dict) and all(isinstance(v, str) for v in want.values())):
+        raise RunDamaged(f"run {path} is damaged: its record of the attribute sums of {where} does not parse; "
+                         "mine it again with a new --out")
+    changed = [key for key, want_sum in want.items() if value_sum(attrs.get(key)) != want_sum]
+    if changed:
+        named = ", ".join(repr(key) for key in changed[:4]) + (", …" if len(changed) > 4 else "")
+        raise RunDamaged(f"run {path} is damaged: attribute{'s' * (len(changed) > 1)} {named} of {where} "
+                         f"{'are' if len(changed) > 1 else 'is'} not as recorded when the run was completed; "
+                         "mine it again with a new --out")
 
 
 def damaged(path: Path, root: Mapping[str, Any], nodes: Mapping[str, Mapping[str, Any] | None]) -> dict[str, str]:
