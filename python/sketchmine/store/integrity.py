@@ -87,9 +87,17 @@ def _verify(path: str | os.PathLike) -> Verified:
     out.unchecked = sorted(set(arrays) - covered - set(out.damaged))
     root = store.attrs
     recorded = [node for node in root.get(schema.ATTRIBUTE_SUMS) or {} if node != attr_sums.ROOT]
-    out.damaged.update(attr_sums.damaged(store.path, root, {
-        node: dict(store.group[node].attrs) if node in store.group else None for node in recorded}))
+    for node, why in attr_sums.damaged(store.path, root, {node: _attrs(store, node) for node in recorded}).items():
+        out.damaged.setdefault(node, why)  # a group whose metadata does not parse is listed as such
     return out
+
+
+def _attrs(store: RunStore, node: str) -> dict[str, Any] | None:
+    """The attributes of the group at `node`, None where it is missing or does not parse."""
+    try:
+        return dict(verify.node(store.group, node, store.path).attrs)
+    except (KeyError, RunDamaged):
+        return None
 
 
 def _state(store: RunStore) -> Verified:
