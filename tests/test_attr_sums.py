@@ -106,3 +106,18 @@ def test_a_damaged_record_is_refused_not_skipped(mined, tmp_path):
     path = _edited(mined, tmp_path, "", lambda a: a.update({schema.ATTRIBUTE_SUMS: {"": "not sums"}}))
     with pytest.raises(RunDamaged, match="record of the attribute sums of the root does not parse"):
         sketchmine.open_run(path)
+
+
+def test_mine_run_again_records_what_a_kill_before_the_record_left_out(mined, tmp_path, demo_model, demo_test_set):
+    """A kill between the completing commit and the record leaves a complete run without it:
+    `mine` run again records it, so the run ends as an uninterrupted one (the same record)."""
+    want = json.loads((mined / "zarr.json").read_text())["attributes"][schema.ATTRIBUTE_SUMS]
+    path = _edited(mined, tmp_path, "", lambda a: a.pop(schema.ATTRIBUTE_SUMS))
+    run = sketchmine.mine(demo_model.module, per_class_subset(demo_test_set, 6, "6 per class"), out=path, batch_size=20)
+    assert run.attrs[schema.ATTRIBUTE_SUMS] == want
+    meta_file = path / schema.EVAL / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta["attributes"]["accuracy"] += 0.001
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(RunDamaged, match="attribute 'accuracy' of eval"):
+        sketchmine.open_run(path).accuracy()

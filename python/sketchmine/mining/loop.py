@@ -111,6 +111,8 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
         progress.start(n, n)
         team.on_writer(lambda: store.drop_checkpoints())  # a kill between the completion and the removal left them
         team.on_writer(store.verify_results)  # a damaged run is said now, not as "complete" and then at each read
+        if schema.ATTRIBUTE_SUMS not in store.attrs:  # a kill between the completion and the record
+            team.on_writer(store.record_attribute_sums)
         return team.result(store)
     pre = ds.preprocessing
     softmax = any(l.name == SOFTMAX for l in spec)

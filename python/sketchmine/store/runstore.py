@@ -337,8 +337,14 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
                 sums[name] = stored_sums(self.group[name])
         self.commit({"images_done": n_images, "slot": self.progress.get("slot"), "complete": True,
                      "updated": time.time()}, {**extra, schema.CHECKSUMS: sums})
-        self.group.update_attributes({schema.ATTRIBUTE_SUMS: attr_sums.of_run(zarr.open_group(str(self.path), mode="r"))})
+        self.record_attribute_sums()
         self.drop_checkpoints()
+
+    @io_errors
+    def record_attribute_sums(self) -> None:
+        """The sums of a complete run's attributes (attr_sums.py), as its files read back: after the
+        completing commit, and by `mine` run again on a complete run a kill left without them."""
+        self.group.update_attributes({schema.ATTRIBUTE_SUMS: attr_sums.of_run(zarr.open_group(str(self.path), mode="r"))})
 
     @io_errors
     def drop_checkpoints(self) -> None:
