@@ -10,7 +10,7 @@ after the commit that completes the run, and recorded in the root attribute `att
 root: every key but the progress and this record), "eval" and "layers/<name>". Keys a later pass
 adds (visualize's claim) are not covered; one a pass replaces keeps its value
 (RunStore.reset_blocks). A run completed before this record, or killed between its completion
-and this record, is read as before: unverified.
+and this record, is read as before, unverified, until `mine` is run on it again (which records it).
 """
 from __future__ import annotations
 
