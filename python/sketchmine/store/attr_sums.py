@@ -23,6 +23,7 @@ import xxhash
 
 from sketchmine.errors import RunDamaged
 from sketchmine.store import schema
+from sketchmine.store.checksums import PREFIX
 
 ROOT = ""
 SKIPPED = frozenset({schema.PROGRESS, schema.ATTRIBUTE_SUMS})
@@ -33,7 +34,7 @@ def value_sum(value: Any) -> str:
     """xxh3-128 of one attribute's value as canonical JSON (sorted keys: the order Zarr writes an
     object's keys in does not matter; a key recorded and now missing sums as null)."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return "xxh3_128:" + xxhash.xxh3_128(text.encode()).hexdigest()
+    return PREFIX + xxhash.xxh3_128(text.encode()).hexdigest()
 
 
 def entry(attrs: Mapping[str, Any], skipped: frozenset[str] = frozenset()) -> dict[str, str]:
