@@ -5,6 +5,10 @@ probed, is of the weights as they were, not of the meta tensors the probe's shap
 the module's place for a moment. Real test images, the demo model."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +78,30 @@ def test_the_weights_hash_taken_aside_is_of_the_weights_not_the_probes_meta_tens
         handle.remove()
     assert seen == [want]
     assert later() == want
+
+
+def test_a_process_that_stops_while_the_weights_are_hashed_waits_for_the_hash(tmp_path):
+    """A command refused early (an empty dataset) exits while the hash is computed: a daemon
+    thread there was torn down inside torch and C++ aborted ("terminate called without an
+    active exception") after the one-line error. The hash is slowed here so that it is
+    certainly still running at the exit; it must have finished when the process is gone."""
+    done = tmp_path / "hashed"
+    script = textwrap.dedent(f"""
+        import time
+        import sketchmine.model.forward as fw
+        from sketchmine.model.backend import as_forward, weights_hash_aside
+        from sketchmine.model.models import load_model
+        real = fw._tensors_hash
+        def slow(tensors, algorithm):
+            time.sleep(0.5)
+            digest = real(tensors, algorithm)
+            open({str(done)!r}, "w").write(digest)
+            return digest
+        fw._tensors_hash = slow
+        weights_hash_aside(as_forward(load_model("demo").module))
+        raise SystemExit(3)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 3 and "terminate" not in proc.stderr, proc.stderr
+    assert done.read_text() == module_weights_hash(load_model("demo").module)

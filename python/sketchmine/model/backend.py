@@ -119,7 +119,9 @@ def weights_hash_aside(forward: Forward, algorithm: str = WEIGHTS_HASH) -> Calla
         except BaseException as exc:  # raised where the hash is asked for
             future.set_exception(exc)
 
-    threading.Thread(target=work, name="sketchmine-weights-hash", daemon=True).start()
+    # Not a daemon: a command refused before it asks for the hash exits with the thread inside
+    # torch, and tearing a daemon thread down there aborts the process after its error line.
+    threading.Thread(target=work, name="sketchmine-weights-hash").start()
     return future.result
 
 
