@@ -66,3 +66,30 @@ def test_bad_input_is_refused():
         ops.ink_density(torch.rand(1, 1, 2, 5), [1.0], None, 0.5)
     with pytest.raises(RuntimeError, match="channel scales"):
         ops.ink_density(torch.rand(1, 3, 4, 4), [1.0], None, 0.5)
+
+
+def test_tensors_of_unknown_scale_get_no_ink_density(tmp_path):
+    """A torch Dataset's float tensors are fed as they are and the run records no normalisation:
+    ink (a gray difference of 0.5, half the [0, 1] range) is measured only on [0, 1] pixels. The
+    same images normalised (values outside [0, 1]) get NaN, not a threshold in normalised units
+    (which read about 0.1 more ink per class on the embedded set), and no ink correlation."""
+    import sketchmine
+    from torch.utils.data import TensorDataset
+
+    raw = sketchmine.data.animal_shape("test")
+    keep = np.arange(0, 2000, 20)
+    pixels = torch.from_numpy(raw.images[keep]).float().div(255).unsqueeze(1)
+    labels = torch.from_numpy(raw.labels()[keep])
+    want = sketchmine.mine("demo-resnet", raw.subset(keep), out=tmp_path / "a.zarr").dataset_array("class_ink_density")
+    pre = sketchmine.preprocessing_for("demo-resnet")
+    for name, x in (("pixels", pixels), ("normalised", (pixels - pre.mean[0]) / pre.std[0])):
+        ds = TensorDataset(x, labels)
+        ds.classes = list(raw.class_names)
+        run = sketchmine.mine("demo-resnet", ds, layers=["conv1"], out=tmp_path / f"{name}.zarr")
+        assert run.attrs["preprocessing"] is None and run.class_sizes().sum() == len(keep)
+        ink = run.dataset_array("class_ink_density")
+        if name == "pixels":
+            np.testing.assert_allclose(ink, want, rtol=1e-12)
+        else:
+            assert np.isnan(ink).all(), ink
+            assert run.ink_correlation()["spearman"].isna().all()

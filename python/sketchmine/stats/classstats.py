@@ -225,6 +225,9 @@ class RunningClassStats:
             x = x[:, -1]
         if x.ndim != 4 or min(x.shape[-2:]) < 3:
             return
+        if not self._mean and not self._std:  # no normalisation recorded: only [0, 1] inputs are pixels
+            pixels = ~((x < 0) | (x > 1)).flatten(1).any(1)  # (normalised or 0-255 tensors: no ink, NaN)
+            x, labels = (x, labels) if bool(pixels.all()) else (x[pixels], labels[pixels])
         rows = self.rows(labels)
         if self.host and x.dtype == torch.float32:  # one compiled pass, no (N, H, W) temporaries
             scale, offset = gray_terms(x.shape[1], self._mean, self._std)
