@@ -55,7 +55,7 @@ void check_bottomk_args(const at::Tensor& maxima, const at::Tensor& acts, const 
 // (stats/classstats.py; returns the NaN maxima it left out).
 void moments_update_cpu(const at::Tensor& maxima, at::Tensor& sum, at::Tensor& count, at::Tensor& firing);
 int64_t class_sums_update_cpu(const at::Tensor& maxima, const at::Tensor& rows, at::Tensor& sums);
-// The share of ink pixels per image of a normalised input batch (stats/classstats.py; CPU only):
+// The share of ink pixels per image of a normalised input batch (stats/ink.py; CPU only):
 // gray = sum_c x_c * scale_c (+ offset), background the border's lower median.
 at::Tensor ink_density_cpu(const at::Tensor& x, at::ArrayRef<double> scale, std::optional<double> offset,
                            double threshold);

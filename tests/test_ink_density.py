@@ -1,5 +1,5 @@
 """The compiled ink density (csrc/cpu/ink_density.cpp) against its torch reference
-(classstats.ink_density(gray_levels(...))): equal, per image, on random batches near the
+(ink.ink_density(gray_levels(...))): equal, per image, on random batches near the
 threshold, with border ties, NaN, any channel count and normalisation."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sketchmine.stats import ops
-from sketchmine.stats.classstats import INK_THRESHOLD, gray_levels, gray_terms, ink_density
+from sketchmine.stats.ink import INK_THRESHOLD, gray_levels, gray_terms, ink_density
 
 
 @st.composite
@@ -93,3 +93,25 @@ def test_tensors_of_unknown_scale_get_no_ink_density(tmp_path):
         else:
             assert np.isnan(ink).all(), ink
             assert run.ink_correlation()["spearman"].isna().all()
+
+
+def test_unit_range_ignores_nan_but_not_a_value_beside_it():
+    """`unit_range` (which images are [0, 1] pixels) takes a min/max pass, in which NaN hides
+    every other value of its image: such images are looked at element by element, so a NaN
+    pixel alone keeps an image measured (ink_density counts it) and a NaN beside a value out of
+    range does not. Equal to the element-wise rule on every image."""
+    from sketchmine.stats.ink import unit_range
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(12, 3, 9, 9, generator=g)
+    x[1, 0, 2, 3] = float("nan")                                 # NaN alone: pixels
+    x[2, 1, 0, 0], x[2, 2, 8, 8] = float("nan"), -0.25           # NaN beside a negative value
+    x[3, 0, 4, 4], x[3, 2, 1, 1] = 1.5, float("nan")             # NaN beside a value over 1
+    x[4, 2, 5, 5] = 1.0 + 2 ** -23                               # just over 1
+    x[5, 0, 0, 0] = -0.0                                         # a zero's sign is no scale
+    x[6] = x[6] * 255                                            # 0-255 values
+    x[7] = float("nan")                                          # all NaN
+    want = ~((x < 0) | (x > 1)).flatten(1).any(1)
+    got = unit_range(x)
+    assert got.tolist() == want.tolist()
+    assert got.tolist() == [True, True, False, False, False, True, False, True, True, True, True, True]

@@ -105,8 +105,13 @@ def test_unnormalised_pixels_under_auto_are_used_as_they_are_and_said(few, tmp_p
     assert run.attrs["preprocessing"] is None  # the documented rule holds
     said = [n for n in notes if "unnormalised pixels" in n]
     assert len(said) == 1 and "records the normalisation mean [0.27" in said[0] and "preprocessing='model'" in said[0]
+    assert not [n for n in notes if "ink density" in n]  # [0, 1]: ink is measured
     normalised = TensorDataset((_pixels(few).float() / 255 - 0.2728) / 0.4056, _labels(few))
-    assert not [n for n in _mine("demo", normalised, tmp_path, "normalised")[1] if "unnormalised" in n]
+    run, notes = _mine("demo", normalised, tmp_path, "normalised")
+    assert not [n for n in notes if "unnormalised" in n]
+    said = [n for n in notes if "ink density" in n]  # why summary shows no ink (stats/ink.py)
+    assert len(said) == 1 and "leave [0, 1] (sample #0: -0.673 to" in said[0], notes
+    assert np.isnan(run.dataset_array("class_ink_density")).all()
 
 
 @pytest.mark.parametrize("kw", [{"preprocessing": "none", "image_size": 28}, {"image_size": 28},

@@ -1,4 +1,4 @@
-// CPU kernel of the class statistics' ink density (python/sketchmine/stats/classstats.py:
+// CPU kernel of the class statistics' ink density (python/sketchmine/stats/ink.py:
 // gray_levels then ink_density): per image, the gray level of every pixel (the channel mean of
 // the un-normalised input), the background (the lower median of the one-pixel border), and the
 // share of pixels further than `threshold` from it. One pass over the batch without the

@@ -42,7 +42,7 @@ TRANSFORM = "outline-then-fill/v1"
 DEFAULT_STEPS = 8
 INKS = ("auto", "light", "dark")
 """light: bright ink on black (background 0); dark: dark ink on white (background 255);
-auto: decided per image by the median of its one-pixel border, as `classstats.ink_density` does."""
+auto: decided per image by the median of its one-pixel border, as `ink.ink_density` does."""
 
 
 def check_ink(ink: str) -> str:

@@ -153,7 +153,8 @@ def torch_dataset(dataset: Dataset, preprocessing: Preprocessing | None, *, chos
     a first readable sample in uint8 takes `preprocessing` too (the model's normalisation, as an
     array or folder would), else the tensors go in as they are, only resized ("none") when a
     size was asked. What "auto" did is said once (`input_note`), and so is a first float sample
-    in [0, 1] (unnormalised pixels, by the look of it) for a model that records a normalisation."""
+    in [0, 1] (unnormalised pixels, by the look of it) for a model that records a normalisation,
+    or one outside [0, 1] (no ink density for it: stats/ink.py)."""
     ds = TorchDataset(dataset, preprocessing if chosen else None)
     if len(ds) == 0:
         raise SketchmineError(f"the torch Dataset {type(dataset).__name__} is empty: its len() is 0, expected at least "
@@ -168,10 +169,15 @@ def torch_dataset(dataset: Dataset, preprocessing: Preprocessing | None, *, chos
         return ds
     if preprocessing.size is not None:
         ds.preprocessing = Preprocessing("none", preprocessing.channels, preprocessing.size)
-    if first is not None and preprocessing.preset == "model" and first[1].is_floating_point() and first[1].numel():
+    if first is not None and first[1].is_floating_point() and first[1].numel():
         i, x = first
         lo, hi = float(x.min()), float(x.max())
-        if 0 <= lo and hi <= 1:
+        if not (0 <= lo and hi <= 1) and x.ndim >= 3:  # stats/ink.py: no pixel scale, no ink measure
+            ds.note = (f"the dataset's float tensors go to the model as they are and leave [0, 1] (sample #{i}: "
+                       f"{lo:.3g} to {hi:.3g}): the class statistics' ink density, measured on [0, 1] pixels, is "
+                       "left out (NaN) for such images; to have it, give pixels in [0, 1] with preprocessing='model' (or "
+                       "a preset)")
+        elif 0 <= lo and hi <= 1 and preprocessing.preset == "model":
             ds.note = (f"the dataset's samples look like unnormalised pixels in [0, 1] (sample #{i}: {lo:.3g} to "
                        f"{hi:.3g}) while the model records the normalisation mean {list(preprocessing.mean)} std "
                        f"{list(preprocessing.std)}; under preprocessing='auto' a torch Dataset's float tensors go to "

@@ -19,7 +19,7 @@ class ClassCorrelations(RunPart):
     def ink_density(self) -> pd.Series:
         """Mean ink density of each class's images (fraction of pixels differing from the image's
         background by more than half the range, measured on the model's input; see
-        `classstats.ink_density`)."""
+        `ink.ink_density`)."""
         run = self._as_run
         if run.has_dataset_array("class_ink_density"):
             ink = run.dataset_array("class_ink_density")

@@ -4,7 +4,7 @@ The top-k answers "which 9 images excite this unit most"; a class histogram of t
 biased, tiny sample. `RunningClassStats` keeps, per layer, unit and class, the sum and the
 count of the image-level maximum (the same spatial max the top-k ranks) over every labelled
 image, so the class preference of a unit can be read from the whole dataset. It also keeps,
-per class, the summed ink density of the input images (see `ink_density`).
+per class, the summed ink density of the input images (stats/ink.py).
 
 Like `topk.RunningTopK` it knows nothing about models: add, merge, state, restore; it is the
 pass's accumulator under the key "classes" (accumulators.py), fed the image maxima the top-k
@@ -21,6 +21,7 @@ import numpy as np
 from sketchmine.errors import SketchmineError
 from sketchmine.lazy import lazy
 from sketchmine.store import schema
+from sketchmine.stats.ink import INK_THRESHOLD, gray_levels, gray_terms, ink_density, unit_range
 from sketchmine.store.columns import Columns
 
 if TYPE_CHECKING:
@@ -35,46 +36,11 @@ else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
 KEY = "classes"
 """The class statistics' namespace in the checkpoint."""
 
-INK_THRESHOLD = 0.5
-"""A pixel is ink when its gray value differs from the image's background by more than this
-(pixel values in [0, 1])."""
-
 
 def num_classes_for(class_names: Sequence[str], logit_width: int | None) -> int:
     """Classes the statistics are kept for: the dataset's class names, else the model's
     output width (a torch Dataset with integer labels but no names); 0 = none."""
     return len(class_names) or int(logit_width or 0)
-
-
-def gray_terms(ch: int, mean: Sequence[float] = (), std: Sequence[float] = ()) -> tuple[list[float], float | None]:
-    """(per-channel scale, offset or None): gray = sum_c x_c * scale_c + offset, the channel mean
-    of x * std + mean."""
-    return [(std[c] if std else 1.0) / ch for c in range(ch)], (sum(mean) / ch if mean else None)
-
-
-def gray_levels(x: torch.Tensor, mean: Sequence[float] = (), std: Sequence[float] = ()) -> torch.Tensor:
-    """(N, ch, H, W) model input → (N, H, W) float32 gray value in [0, 1]: the channel mean of
-    x * std + mean, accumulated channel by channel, each product rounded before its sum (the
-    compiled `ops.ink_density` rounds alike)."""
-    scale, offset = gray_terms(x.shape[1], mean, std)
-    gray = x[:, 0].float() * scale[0]
-    for c in range(1, x.shape[1]):
-        gray.add_(x[:, c].float() * scale[c])
-    return gray.add_(offset) if offset is not None else gray
-
-
-def ink_density(gray: torch.Tensor) -> torch.Tensor:
-    """Fraction of ink pixels per image. gray (N, H, W) in [0, 1] → (N,) float64.
-
-    Polarity is decided per image: the background is the median gray value of the image's
-    one-pixel border, ink is every pixel further than INK_THRESHOLD from it. The embedded
-    Animal-Shape images are white silhouettes on black (ink = bright pixels); TU-Berlin-style
-    sketches are dark strokes on white (ink = dark pixels); both are measured the same way.
-    """
-    border = torch.cat([gray[:, 0, :], gray[:, -1, :], gray[:, 1:-1, 0], gray[:, 1:-1, -1]], dim=1)
-    background = border.median(dim=1).values
-    ink = (gray - background[:, None, None]).abs_().gt_(INK_THRESHOLD)
-    return ink.flatten(1).sum(dim=1, dtype=torch.float64) / ink[0].numel()
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -225,17 +191,18 @@ class RunningClassStats:
             x = x[:, -1]
         if x.ndim != 4 or min(x.shape[-2:]) < 3:
             return
-        if not self._mean and not self._std:  # no normalisation recorded: only [0, 1] inputs are pixels
-            pixels = ~((x < 0) | (x > 1)).flatten(1).any(1)  # (normalised or 0-255 tensors: no ink, NaN)
-            x, labels = (x, labels) if bool(pixels.all()) else (x[pixels], labels[pixels])
         rows = self.rows(labels)
         if self.host and x.dtype == torch.float32:  # one compiled pass, no (N, H, W) temporaries
             scale, offset = gray_terms(x.shape[1], self._mean, self._std)
             ink = ops.ink_density(x, scale, offset, INK_THRESHOLD)
         else:
             ink = ink_density(gray_levels(x, self._mean, self._std))
+        measured = torch.ones_like(rows)
+        if not self._mean and not self._std:  # no normalisation recorded: only [0, 1] inputs are pixels
+            pixels = unit_range(x)  # (normalised or 0-255 tensors: no ink, NaN; masked, no host sync)
+            ink, measured = torch.where(pixels, ink, torch.zeros_like(ink)), pixels.to(rows.dtype)
         self._accumulate(self.ink, rows, ink)
-        self.images.index_add_(0, rows, torch.ones_like(rows))
+        self.images.index_add_(0, rows, measured)
 
     def merge(self, other: RunningClassStats) -> None:
         """Fold in statistics over disjoint images (another worker or rank)."""

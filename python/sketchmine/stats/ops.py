@@ -234,7 +234,7 @@ def class_sums_update(maxima: torch.Tensor, rows: torch.Tensor, sums: torch.Tens
 
 
 def ink_density(x: torch.Tensor, scale: list[float], offset: float | None, threshold: float) -> torch.Tensor:
-    """Compiled (CPU) classstats.ink_density(gray_levels(x, ...)) for x (N, ch, H, W) float32:
+    """Compiled (CPU) ink.ink_density(gray_levels(x, ...)) for x (N, ch, H, W) float32:
     (N,) float64 share of pixels whose gray level (sum_c x_c * scale_c + offset) is further than
     `threshold` from the image's background (its border's lower median)."""
     return torch.ops.sketchmine.ink_density(x, scale, offset, threshold)
