@@ -182,3 +182,36 @@ def test_a_float16_graph_is_said(tmp_path, demo_model, small_test_set):
                           batch_size=10, layers=["features.0"])
     assert run.attrs["model_dtype"] == "float16" and run.precision == "float16" and "float16" in repr(run)
     assert sketchmine.open_run(tmp_path / "o.zarr").precision == "float16"
+
+
+def test_a_graph_of_frame_sequences_is_refused_as_one(tmp_path):
+    """demo-gru exported to ONNX takes (batch, steps, 1, 28, 28); its frames fold into the batch
+    inside the graph, so the ONNX backend cannot credit them to images. It was refused as a model
+    of 8-channel input (the step axis read as channels); now as what it is, naming the way that
+    mines it (the torch module)."""
+    from sketchmine import SequenceDataset
+    from sketchmine.data import animal_shape
+
+    model = sketchmine.load_model("demo-gru").module
+    path = tmp_path / "gru.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(1, 8, 1, 28, 28),), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})
+    frames = SequenceDataset(subset(animal_shape("test", sketchmine.preprocessing_for("demo-gru")), 16), 8)
+    with pytest.raises(SketchmineError, match=r"gru\.onnx: the graph's input 'x' is \('batch', 8, 1, 28, 28\), 5-D; "
+                                              r".* from its torch module"):
+        sketchmine.mine(str(path), frames, out=tmp_path / "a.zarr")
+    assert not (tmp_path / "a.zarr").exists()
+
+
+@pytest.mark.parametrize("layer", ["features.0", "classifier.1"])
+def test_visualize_refuses_an_onnx_run_as_one(onnx_run, layer):
+    """An ONNX run records no receptive field and no torch model matches its weights: visualize
+    said so for neither (a grid layer: "the graph analysis met an op"; an FC layer: torch.fx's
+    "Expected FunctionType"). It refuses the run for what it is, before it writes anything."""
+    before = sorted(p.relative_to(onnx_run.path) for p in onnx_run.path.rglob("*"))
+    with pytest.raises(SketchmineError, match=r"was mined from an ONNX file \(onnx:sketchnet\.onnx\): visualize .* "
+                                              r"mine the torch model into a new run"):
+        sketchmine.visualize(onnx_run.path, layers=[layer])
+    assert sorted(p.relative_to(onnx_run.path) for p in onnx_run.path.rglob("*")) == before

@@ -38,6 +38,7 @@ from sketchmine.passes.images import ImageCache, fit, signal_to_uint8, to_hwc
 from sketchmine.passes.reload import missing_images, run_dataset, run_model, run_preprocessing
 from sketchmine.passes.traces import write_traces
 from sketchmine.progress import Progress, Silent
+from sketchmine.results.effects import onnx_run
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.unit_summary import pictures_current
 from sketchmine.stats.ops import clip_boxes, crop_patches
@@ -105,6 +106,11 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     if not run.complete:
         raise SketchmineError(f"run {run.path} is still being mined ({run.images_done} images done); "
                               "finish it (re-run the same mine command) before visualizing")
+    if onnx_run(run):  # docs/backends.md: no receptive fields, and no torch model matches its weights
+        raise SketchmineError(f"run {run.path} was mined from an ONNX file ({run.attrs.get('model')}): visualize crops "
+                              "receptive fields and deconvolves through a torch model, and an ONNX run records no "
+                              "receptive field and matches no torch model's weights; mine the torch model into a new "
+                              "run to visualize its units")
     names = list(dict.fromkeys(run.check_layer(l) for l in layers)) if layers else run.layers  # each once
     device = as_device(device)
     ds = run_dataset(run, data)
