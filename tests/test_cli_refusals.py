@@ -267,3 +267,13 @@ def test_probe_out_inside_a_run_or_on_a_file_is_refused(run_copy, tmp_path, caps
     assert cli(["probe", str(run_copy), "--out", str(afile)]) == 3
     assert "exists and is a file, not a folder" in error_line(capsys)
     assert afile.read_text() == "x"
+
+
+def test_report_refuses_a_probe_cap_with_no_probe(run_dir, tmp_path, capsys):
+    """`--probe-max-mb` caps the probe that `--no-probe` leaves out: refused, not taken and ignored,
+    before anything is written."""
+    capsys.readouterr()
+    out = tmp_path / "r"
+    assert cli(["report", str(run_dir), "--out", str(out), "--no-probe", "--probe-max-mb", "5"]) == 3
+    assert "--no-probe leaves out" in error_line(capsys)
+    assert not out.exists()

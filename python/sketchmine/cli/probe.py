@@ -25,6 +25,9 @@ def report_probe(run: Run | str, skip: bool = False, cap: float | None = None) -
     """The probe's files for `sketchmine report`, or why there are none (shown on the report's index);
     cap: the size cap in MB (None: the default, 0: none)."""
     if skip:
+        if cap is not None:  # a cap of a probe left out would be taken and ignored
+            raise SketchmineError(f"--probe-max-mb {cap:g} caps the live probe, which --no-probe leaves out; "
+                                  "pass one of them")
         return "left out with --no-probe"
     from sketchmine.passes.probe import build_probe
 
