@@ -211,3 +211,25 @@ def test_ctrl_c_of_visualize_redo_names_the_command_that_resumes(tmp_path, folde
     resumed = subprocess.run(_cli("visualize", str(out), *args, "-v"), capture_output=True, text=True)
     assert resumed.returncode == 0 and "resuming at unit" in resumed.stderr, resumed.stderr
     assert sketchmine.open_run(out).layer_attrs("features.10")["visualized"]["complete"]
+
+
+def test_ctrl_c_while_the_probe_loads_onnxruntime_is_not_a_missing_package(tmp_path, folder):
+    """onnxruntime loaded after the start's hold on Ctrl-C: one landing in its (pybind11) initialisation
+    became an ImportError, said as "the live probe needs the onnx and onnxruntime packages … (onnxruntime
+    is not installed)", exit 3 (1 of 8 Ctrl-Cs about 1.9 s into `sketchmine probe`). The probe's packages
+    load with torch, Ctrl-C held; here the Ctrl-C is sent as the import of onnxruntime begins."""
+    run = tmp_path / "run.zarr"
+    sketchmine.mine("demo", folder, out=run, batch_size=60, layers=["features.0"])
+    script = ("import os, signal, sys\n"
+              "class Finder:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'onnxruntime':\n"
+              "            os.kill(os.getpid(), signal.SIGINT)\n"
+              "sys.meta_path.insert(0, Finder())\n"
+              "from sketchmine.cli.main import main\n"
+              f"sys.exit(main(['probe', {str(run)!r}, '--out', {str(tmp_path / 'probe')!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "sketchmine: interrupted while starting; nothing was done", proc.stderr
+    assert not (tmp_path / "probe").exists()

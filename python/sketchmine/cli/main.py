@@ -187,9 +187,7 @@ def _report(args: argparse.Namespace, console: Console) -> None:
     """`sketchmine report RUN [--out DIR] [--open]`."""
     from sketchmine.present.console import print_report
     from sketchmine.present.report_folder import check_report_dir
-
     from sketchmine.cli.probe import report_probe
-
     from sketchmine.results.run import open_run
 
     out = args.out or default_report_out(args.run)
@@ -300,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         with _ctrl_c_held() as came:
-            _import_heavy(_reads_only(args))
+            _import_heavy(_reads_only(args), args.command in ("probe", "report", "demo"))
         if came:
             print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -343,9 +341,9 @@ def _reads_only(args: argparse.Namespace) -> bool:
     return args.command in READ_ONLY or (args.command == "report" and bool(args.no_probe))
 
 
-def _import_heavy(reads_only: bool) -> None:
-    """Import numpy, pandas, rich and Zarr (every command does), torch and the compiled core
-    (every command that runs a model), while Ctrl-C is held back."""
+def _import_heavy(reads_only: bool, probes: bool = False) -> None:
+    """Import numpy, pandas, rich and Zarr (all commands), torch and the compiled core (those running a model),
+    onnx and onnxruntime (the probe's), Ctrl-C held back: one in onnxruntime's start read as "not installed"."""
     import numpy  # noqa: F401
     import pandas  # noqa: F401
     import rich.console  # noqa: F401
@@ -355,8 +353,10 @@ def _import_heavy(reads_only: bool) -> None:
 
     if not reads_only:
         import torch  # noqa: F401
-
         import sketchmine.stats.ops  # noqa: F401  (the compiled core)
+        for name in ("onnx", "onnxruntime") if probes else ():
+            with contextlib.suppress(ImportError):  # a missing one is said where the probe needs it
+                __import__(name)
 
 
 def _run(args: argparse.Namespace) -> int:
