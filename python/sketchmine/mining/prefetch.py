@@ -8,6 +8,8 @@ batch ahead would only hold one more batch in memory, on the same cores.
 """
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -20,6 +22,7 @@ def prepared(loader: Iterable[tuple[Any, ...]], prepare: Prepare | None,
              device: torch.device) -> Iterator[tuple[Any, ...]]:
     """(index, x, label, notes) batches with x made model input by `prepare` (on `device`);
     the loader's batches as they are when `prepare` is None."""
+    loader = started(loader)
     if prepare is None:
         yield from loader
     elif device.type == "cuda" and torch.cuda.is_available():
@@ -54,3 +57,26 @@ def _ahead(loader: Iterable[tuple[Any, ...]], prepare: Prepare, device: torch.de
         current.wait_event(ready)  # batch i (only) is ready before the forward uses it
         x.record_stream(current)  # made on the side stream, freed after the current one used it
         yield idx, x, y, notes
+
+
+def started(loader: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """iter(loader), Ctrl-C held back while it starts (a DataLoader forks its worker processes here),
+    then delivered. Why: a KeyboardInterrupt raised in a fork handler is dropped ("Exception ignored"),
+    and one in logging's left its lock taken: the interrupted `mine` then waited forever for a thread
+    blocked on it, deaf to further Ctrl-Cs (seen 1 in ~15 Ctrl-Cs of `mine --workers 1` as it started)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler) or threading.current_thread() is not threading.main_thread():
+        return iter(loader)  # Ctrl-C ignored or left to the system, or no signals on this thread
+    came: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    try:
+        batches = iter(loader)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    if came:
+        try:
+            handler(signal.SIGINT, None)  # Python's default handler raises the KeyboardInterrupt
+        except BaseException:
+            del batches  # its workers are shut down before the interrupt goes on
+            raise
+    return batches
