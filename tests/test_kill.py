@@ -258,3 +258,20 @@ def test_ctrl_c_while_the_loader_forks_its_workers_stops_mine(tmp_path, folder):
     again = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert _progress(out, "images") == 120
+
+
+def test_a_ctrl_c_ignored_by_the_caller_stays_ignored_while_a_command_starts(tmp_path):
+    """A command started with Ctrl-C ignored (`cmd &` in a script) is not interrupted by one after it
+    starts, but the start's hold put a handler in place of the ignore: a Ctrl-C while torch loaded
+    ended it as "interrupted while starting", exit 130. Here one is sent as torch's import begins."""
+    script = ("import os, signal, sys\n"
+              "class Finder:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'torch':\n"
+              "            os.kill(os.getpid(), signal.SIGINT)\n"
+              "sys.meta_path.insert(0, Finder())\n"
+              "from sketchmine.cli.main import main\n"
+              f"sys.exit(main(['visualize', {str(tmp_path / 'no-run.zarr')!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert proc.returncode == 3 and proc.stderr.strip().endswith("does not exist"), proc.stderr

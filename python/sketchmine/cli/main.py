@@ -312,16 +312,16 @@ def main(argv: list[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _ctrl_c_held() -> typing.Iterator[list[int]]:
-    """Hold Ctrl-C back for the block; the list says whether one came. Why: a KeyboardInterrupt
-    raised inside a C extension's initialisation leaves it half-loaded (the next import failed
-    with an ImportError or ValueError traceback, or the process died of a segmentation fault: 9
-    of 20 Ctrl-Cs in a command's first 3 s did), and one raised after a command's one-line
-    message (while it tidies up) printed a traceback under it."""
+    """Hold Ctrl-C back for the block; the list says whether one came. Why: a KeyboardInterrupt raised inside a
+    C extension's initialisation leaves it half-loaded (the next import failed with an ImportError or ValueError
+    traceback, or a segmentation fault: 9 of 20 Ctrl-Cs in a command's first 3 s did), and one raised after a
+    command's one-line message (while it tidies up) printed a traceback under it. A Ctrl-C ignored by whoever
+    started the command (`cmd &` in a script) stays ignored: held, it ended the start as "interrupted"."""
     import signal
     import threading
 
     came: list[int] = []
-    if threading.current_thread() is not threading.main_thread():  # only the main thread has signals
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         yield came
         return
     previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
