@@ -277,3 +277,17 @@ def test_report_refuses_a_probe_cap_with_no_probe(run_dir, tmp_path, capsys):
     assert cli(["report", str(run_dir), "--out", str(out), "--no-probe", "--probe-max-mb", "5"]) == 3
     assert "--no-probe leaves out" in error_line(capsys)
     assert not out.exists()
+
+
+def test_report_and_probe_under_a_file_are_refused_before_any_work(run_dir, tmp_path, capsys):
+    """`--out afile/sub` (and `demo --report afile`, whose reports go to afile/demo): the folder can
+    never be made, but only the write at the end failed, after the report's pages or the probe's
+    export (the demo: after minutes of mining), as "running failed" (exit 1). Refused first (exit 3)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    capsys.readouterr()
+    assert cli(["report", str(run_dir), "--out", str(afile / "sub"), "--no-probe"]) == 3
+    assert f"{afile} is a file, not a folder" in error_line(capsys)
+    assert cli(["probe", str(run_dir), "--out", str(afile / "sub" / "deeper")]) == 3
+    assert f"{afile} is a file, not a folder" in error_line(capsys)
+    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

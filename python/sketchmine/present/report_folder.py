@@ -58,6 +58,9 @@ def check_report_dir(out: str | os.PathLike, run_path: str | os.PathLike | None 
     refuse_dangling_links(shown, "report folder", "report folder")
     if target.exists() and not target.is_dir():
         raise SketchmineError(f"report folder {shown} exists and is not a folder; choose a new or empty folder")
+    if (blocked := file_above(target)) is not None:
+        raise SketchmineError(f"report folder {shown} cannot be made: {blocked} is a file, not a folder; choose a "
+                              "new or empty folder")
     if (run := enclosing_run(target)) is not None:
         raise SketchmineError(f"report folder {shown} is inside the run {run}; write the report outside any run")
     if run_path is not None and inside(resolved(run_path, "run"), target):
@@ -68,6 +71,12 @@ def check_report_dir(out: str | os.PathLike, run_path: str | os.PathLike | None 
     if target.is_dir():
         owned(target, shown)
     return target
+
+
+def file_above(path: Path) -> Path | None:
+    """The nearest folder above `path` that exists and is not a folder (a file): no folder can be made
+    there, and the write would fail only after the work that filled it (exit 1, not a refusal)."""
+    return next((p for p in Path(path).absolute().parents if p.exists() and not p.is_dir()), None)
 
 
 def owned(folder: Path, shown: str | os.PathLike, late: str = "") -> dict[str, Any]:

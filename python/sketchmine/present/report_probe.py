@@ -104,6 +104,7 @@ def check_probe_folder(out: str | Path) -> Path:
     """`out` as a folder a probe may be written to, checked before the model is exported: a new or
     empty folder, or one a probe wrote before; never a file, nor a folder inside a run (the probe's
     files would sit among the run's arrays)."""
+    from sketchmine.present.report_folder import file_above
     from sketchmine.store.lock import enclosing_run, refuse_dangling_links, resolved
 
     out = Path(out)
@@ -111,6 +112,9 @@ def check_probe_folder(out: str | Path) -> Path:
     refuse_dangling_links(out, "probe folder", "--out")
     if out.exists() and not out.is_dir():
         raise SketchmineError(f"probe folder {out} exists and is a file, not a folder; choose a new or empty folder")
+    if (blocked := file_above(out)) is not None:
+        raise SketchmineError(f"probe folder {out} cannot be made: {blocked} is a file, not a folder; choose a new "
+                              "or empty folder")
     if (run := enclosing_run(out)) is not None:
         raise SketchmineError(f"probe folder {out} is inside the run {run}; write the probe outside any run")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
