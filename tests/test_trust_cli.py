@@ -258,6 +258,7 @@ def test_existing_files_as_out_and_bad_importance_arguments(run_copy, images, tm
     try:
         for plot, pattern in (("/nonexistent/x.png", r"folder /nonexistent does not exist"),
                               (str(tmp_path), r"is a folder"),
+                              (str(afile / "x.png"), r"the folder \S*afile is a file, not a folder"),
                               (str(tmp_path / "x.txt"), r"unknown format 'txt'"),
                               (str(run_copy / "x.png"), r"inside the run")):
             err = io.StringIO()

@@ -223,7 +223,8 @@ def check_plot_path(path: str | os.PathLike) -> Path:
         raise SketchmineError(f"plot file {p}: {'no extension' if not fmt else f'unknown format {fmt!r}'}; "
                               f"name it .png, .svg or .pdf (matplotlib writes {', '.join(sorted(formats))})")
     if not target.parent.is_dir():
-        raise SketchmineError(f"plot file {p}: the folder {p.parent} does not exist")
+        what = "is a file, not a folder" if target.parent.exists() else "does not exist"
+        raise SketchmineError(f"plot file {p}: the folder {p.parent} {what}")
     if not os.access(target.parent, os.W_OK):
         raise SketchmineError(f"plot file {p}: the folder {p.parent} is not writable")
     if (run := enclosing_run(target, itself=False)) is not None:
