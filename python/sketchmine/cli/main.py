@@ -30,6 +30,7 @@ from sketchmine.cli.parser import (
     default_report_out,
     default_run_out,
 )
+from sketchmine.ctrl_c import held
 from sketchmine.errors import SketchmineError
 
 if typing.TYPE_CHECKING:
@@ -297,38 +298,17 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(YOUNG_OBJECTS, *before[1:])
     try:
         args = build_parser().parse_args(argv)
-        with _ctrl_c_held() as came:
+        with held() as came:
             _import_heavy(_reads_only(args), args.command in ("probe", "report", "demo"))
         if came:
             print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
             return EXIT_INTERRUPTED
         return _run(args)
     finally:
-        with _ctrl_c_held():  # the command has ended and said so: a Ctrl-C now must not add a traceback
+        with held():  # the command has ended and said so: a Ctrl-C now must not add a traceback
             gc.set_threshold(*before)  # main() is also called in-process (tests, notebooks)
             for stream, errors in streams:
                 stream.reconfigure(errors=errors)
-
-
-@contextlib.contextmanager
-def _ctrl_c_held() -> typing.Iterator[list[int]]:
-    """Hold Ctrl-C back for the block; the list says whether one came. Why: a KeyboardInterrupt raised inside a
-    C extension's initialisation leaves it half-loaded (the next import failed with an ImportError or ValueError
-    traceback, or a segmentation fault: 9 of 20 Ctrl-Cs in a command's first 3 s did), and one raised after a
-    command's one-line message (while it tidies up) printed a traceback under it. A Ctrl-C ignored by whoever
-    started the command (`cmd &` in a script) stays ignored: held, it ended the start as "interrupted"."""
-    import signal
-    import threading
-
-    came: list[int] = []
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-        yield came
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
-    try:
-        yield came
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 READ_ONLY = frozenset({"summary", "compare", "unit", "verify"})
@@ -372,7 +352,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return _dispatch(args, console, err)
     except (SketchmineError, OSError, KeyboardInterrupt) as exc:
-        with _ctrl_c_held():  # the one line that says what happened, and nothing after it
+        with held():  # the one line that says what happened, and nothing after it
             # `visualize --redo` starts its layers again each time: the re-run that resumes is the one without it
             command = "visualize --redo" if args.command == "visualize" and getattr(args, "redo", False) else args.command
             return _failed(exc, command, verbosity)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from sketchmine.ctrl_c import started
 from sketchmine.data.arrays import ArrayDataset
 from sketchmine.data.dataset import MinerDataset, collate
 from sketchmine.data.folder import ImageFolderDataset
@@ -115,7 +116,8 @@ def compute_mean_std(dataset: MinerDataset, batch_size: int = 256, num_workers: 
 
     total = sq = None
     count = 0
-    for _, x, _, note in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate):
+    batches = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    for _, x, _, note in started(batches):  # its workers fork with Ctrl-C held (sketchmine/ctrl_c.py)
         ok = torch.tensor([not n.startswith("error:") for n in note])
         x = x[ok].double()
         s, s2 = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))

@@ -8,12 +8,12 @@ batch ahead would only hold one more batch in memory, on the same cores.
 """
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
+
+from sketchmine.ctrl_c import started
 
 Prepare = Callable[[torch.Tensor, Any, list[str]], tuple[torch.Tensor, list[str]]]
 
@@ -58,25 +58,3 @@ def _ahead(loader: Iterable[tuple[Any, ...]], prepare: Prepare, device: torch.de
         x.record_stream(current)  # made on the side stream, freed after the current one used it
         yield idx, x, y, notes
 
-
-def started(loader: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
-    """iter(loader), Ctrl-C held back while it starts (a DataLoader forks its worker processes here),
-    then delivered. Why: a KeyboardInterrupt raised in a fork handler is dropped ("Exception ignored"),
-    and one in logging's left its lock taken: the interrupted `mine` then waited forever for a thread
-    blocked on it, deaf to further Ctrl-Cs (seen 1 in ~15 Ctrl-Cs of `mine --workers 1` as it started)."""
-    handler = signal.getsignal(signal.SIGINT)
-    if not callable(handler) or threading.current_thread() is not threading.main_thread():
-        return iter(loader)  # Ctrl-C ignored or left to the system, or no signals on this thread
-    came: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
-    try:
-        batches = iter(loader)
-    finally:
-        signal.signal(signal.SIGINT, handler)
-    if came:
-        try:
-            handler(signal.SIGINT, None)  # Python's default handler raises the KeyboardInterrupt
-        except BaseException:
-            del batches  # its workers are shut down before the interrupt goes on
-            raise
-    return batches
