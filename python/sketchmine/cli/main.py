@@ -186,9 +186,9 @@ def _quiet_after_failure() -> None:
 
 def _report(args: argparse.Namespace, console: Console) -> None:
     """`sketchmine report RUN [--out DIR] [--open]`."""
+    from sketchmine.cli.probe import report_probe
     from sketchmine.present.console import print_report
     from sketchmine.present.report_folder import check_report_dir
-    from sketchmine.cli.probe import report_probe
     from sketchmine.results.run import open_run
 
     out = args.out or default_report_out(args.run)

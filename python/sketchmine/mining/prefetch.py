@@ -57,4 +57,3 @@ def _ahead(loader: Iterable[tuple[Any, ...]], prepare: Prepare, device: torch.de
         current.wait_event(ready)  # batch i (only) is ready before the forward uses it
         x.record_stream(current)  # made on the side stream, freed after the current one used it
         yield idx, x, y, notes
-
