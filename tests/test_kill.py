@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -213,6 +214,23 @@ def test_ctrl_c_of_visualize_redo_names_the_command_that_resumes(tmp_path, folde
     assert sketchmine.open_run(out).layer_attrs("features.10")["visualized"]["complete"]
 
 
+def _ctrl_c_at_import(module: str) -> str:
+    """Script lines that send this process a Ctrl-C as the import of `module` begins."""
+    return ("class Finder:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name == {module!r}:\n"
+            "            os.kill(os.getpid(), signal.SIGINT)\n"
+            "sys.meta_path.insert(0, Finder())\n")
+
+
+def _main_with(hook: str, argv: list[str], sigint: Any = signal.SIG_DFL) -> subprocess.CompletedProcess:
+    """The CLI's main(argv) in a fresh interpreter after the script lines `hook` (os, signal and
+    sys imported), started with Ctrl-C's disposition `sigint` (a test runner may ignore it)."""
+    script = f"import os, signal, sys\n{hook}from sketchmine.cli.main import main\nsys.exit(main({argv!r}))\n"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+
+
 def test_ctrl_c_while_the_probe_loads_onnxruntime_is_not_a_missing_package(tmp_path, folder):
     """onnxruntime loaded after the start's hold on Ctrl-C: one landing in its (pybind11) initialisation
     became an ImportError, said as "the live probe needs the onnx and onnxruntime packages … (onnxruntime
@@ -220,16 +238,7 @@ def test_ctrl_c_while_the_probe_loads_onnxruntime_is_not_a_missing_package(tmp_p
     load with torch, Ctrl-C held; here the Ctrl-C is sent as the import of onnxruntime begins."""
     run = tmp_path / "run.zarr"
     sketchmine.mine("demo", folder, out=run, batch_size=60, layers=["features.0"])
-    script = ("import os, signal, sys\n"
-              "class Finder:\n"
-              "    def find_spec(self, name, path=None, target=None):\n"
-              "        if name == 'onnxruntime':\n"
-              "            os.kill(os.getpid(), signal.SIGINT)\n"
-              "sys.meta_path.insert(0, Finder())\n"
-              "from sketchmine.cli.main import main\n"
-              f"sys.exit(main(['probe', {str(run)!r}, '--out', {str(tmp_path / 'probe')!r}]))\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = _main_with(_ctrl_c_at_import("onnxruntime"), ["probe", str(run), "--out", str(tmp_path / "probe")])
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip() == "sketchmine: interrupted while starting; nothing was done", proc.stderr
     assert not (tmp_path / "probe").exists()
@@ -242,17 +251,13 @@ def test_ctrl_c_while_the_loader_forks_its_workers_stops_mine(tmp_path, folder):
     `mine --workers 1`). The loader starts with Ctrl-C held; here it is sent as the fork begins."""
     out = tmp_path / "run.zarr"
     args = ["mine", "--model", "demo", "--data", str(folder), "--out", str(out), "--workers", "1"]
-    script = ("import os, signal, sys\n"
-              "sent = []\n"
-              "def ctrl_c():\n"
-              "    if not sent:\n"
-              "        sent.append(1)\n"
-              "        os.kill(os.getpid(), signal.SIGINT)\n"
-              "os.register_at_fork(before=ctrl_c)\n"
-              "from sketchmine.cli.main import main\n"
-              f"sys.exit(main({args!r}))\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    at_fork = ("sent = []\n"
+               "def ctrl_c():\n"
+               "    if not sent:\n"
+               "        sent.append(1)\n"
+               "        os.kill(os.getpid(), signal.SIGINT)\n"
+               "os.register_at_fork(before=ctrl_c)\n")
+    proc = _main_with(at_fork, args)
     assert proc.returncode == 130 and "Exception ignored" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("sketchmine: interrupted; re-run the same command"), proc.stderr
     again = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=600)
@@ -264,14 +269,5 @@ def test_a_ctrl_c_ignored_by_the_caller_stays_ignored_while_a_command_starts(tmp
     """A command started with Ctrl-C ignored (`cmd &` in a script) is not interrupted by one after it
     starts, but the start's hold put a handler in place of the ignore: a Ctrl-C while torch loaded
     ended it as "interrupted while starting", exit 130. Here one is sent as torch's import begins."""
-    script = ("import os, signal, sys\n"
-              "class Finder:\n"
-              "    def find_spec(self, name, path=None, target=None):\n"
-              "        if name == 'torch':\n"
-              "            os.kill(os.getpid(), signal.SIGINT)\n"
-              "sys.meta_path.insert(0, Finder())\n"
-              "from sketchmine.cli.main import main\n"
-              f"sys.exit(main(['visualize', {str(tmp_path / 'no-run.zarr')!r}]))\n")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc = _main_with(_ctrl_c_at_import("torch"), ["visualize", str(tmp_path / "no-run.zarr")], signal.SIG_IGN)
     assert proc.returncode == 3 and proc.stderr.strip().endswith("does not exist"), proc.stderr
