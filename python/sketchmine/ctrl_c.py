@@ -10,9 +10,11 @@ whoever started the process (`cmd &` in a script) stays ignored.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import threading
 from collections.abc import Iterable, Iterator
+from types import ModuleType
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -49,3 +51,20 @@ def started(iterable: Iterable[T]) -> Iterator[T]:
             del items  # its workers are shut down before the interrupt goes on
             raise
     return items
+
+
+def imported(name: str) -> ModuleType:
+    """importlib.import_module(name) with Ctrl-C held, a Ctrl-C that came raised after it as a
+    KeyboardInterrupt: one inside onnxruntime's initialisation came out as an ImportError, said as
+    "onnxruntime is not installed" (exit 3; 1 of 8 Ctrl-Cs about 1.9 s into `sketchmine probe`)."""
+    error: ImportError | None = None
+    with held() as came:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            error = exc
+    if came:
+        raise KeyboardInterrupt
+    if error is not None:
+        raise error
+    return module

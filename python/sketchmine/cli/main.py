@@ -14,7 +14,6 @@ without torch.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import io
 import os
@@ -299,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         with held() as came:
-            _import_heavy(_reads_only(args), args.command in ("probe", "report", "demo"))
+            _import_heavy(_reads_only(args))
         if came:
             print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -321,9 +320,10 @@ def _reads_only(args: argparse.Namespace) -> bool:
     return args.command in READ_ONLY or (args.command == "report" and bool(args.no_probe))
 
 
-def _import_heavy(reads_only: bool, probes: bool = False) -> None:
-    """Import numpy, pandas, rich and Zarr (all commands), torch and the compiled core (those running a model),
-    onnx and onnxruntime (the probe's), Ctrl-C held back: one in onnxruntime's start read as "not installed"."""
+def _import_heavy(reads_only: bool) -> None:
+    """Import numpy, pandas, rich and Zarr (every command does), torch and the compiled core
+    (every command that runs a model), while Ctrl-C is held back (the probe's onnx and onnxruntime
+    load with it held where the probe needs them: `ctrl_c.imported`)."""
     import numpy  # noqa: F401
     import pandas  # noqa: F401
     import rich.console  # noqa: F401
@@ -334,9 +334,6 @@ def _import_heavy(reads_only: bool, probes: bool = False) -> None:
     if not reads_only:
         import torch  # noqa: F401
         import sketchmine.stats.ops  # noqa: F401  (the compiled core)
-        for name in ("onnx", "onnxruntime") if probes else ():
-            with contextlib.suppress(ImportError):  # a missing one is said where the probe needs it
-                __import__(name)
 
 
 def _run(args: argparse.Namespace) -> int:

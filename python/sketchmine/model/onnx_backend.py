@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sketchmine.ctrl_c import imported
 from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, register_backend, weights_hasher
 from sketchmine.model.onnx_names import SLASH, GraphNames
@@ -41,9 +42,8 @@ class OnnxRunError(SketchmineFailure):
 
 def _modules() -> tuple[Any, Any]:
     """onnx and onnxruntime, or an error that says how to install them."""
-    try:
-        import onnx
-        import onnxruntime
+    try:  # Ctrl-C held while they load (sketchmine/ctrl_c.py)
+        onnx, onnxruntime = imported("onnx"), imported("onnxruntime")
     except ImportError as exc:
         raise SketchmineError(f"mining an ONNX model needs the onnx and onnxruntime packages ({exc.name} is "
                               "missing): pip install 'sketchmine[onnx]' ('sketchmine[gpu]' for CUDA)") from None

@@ -5,10 +5,10 @@ way to get it, in a source checkout and in an installed package alike.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 
+from sketchmine.ctrl_c import imported
 from sketchmine.errors import SketchmineError
 
 ORT_VERSION = "1.30.0"
@@ -64,6 +64,6 @@ def check_onnx_packages() -> None:
     as if the model could not be exported."""
     for module in ("onnx", "onnxruntime"):
         try:
-            importlib.import_module(module)
+            imported(module)  # Ctrl-C held: one in onnxruntime's start read as "not installed"
         except ImportError:
             raise SketchmineError(f"{ONNX_EXTRA} ({module} is not installed)") from None
