@@ -220,3 +220,17 @@ def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkey
             "(its share of the input) or by relative depth" in " ".join(text.split()))
     for a, b in (("features.0", "layer1.0.conv1"), ("classifier.6", "fc"), ("softmax", "softmax")):
         assert re.search(rf"│ {re.escape(a)} +│ {re.escape(b)} +│", text), (a, b)
+
+
+def test_a_dataset_link_that_leads_nowhere_is_said_apart_from_a_missing_one(tmp_path, folder):
+    """A symlink loop (or a dangling link) as --data does not "exist" to Path.exists, and was said
+    as a missing folder; a run's recorded root that is now a file was said as missing too."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert_clean_error(sm("mine", "--model", "demo", "--data", str(loop), "--out", str(tmp_path / "r")),
+                       "is a symbolic link that leads to no folder")
+    run = tmp_path / "run.zarr"
+    sketchmine.mine("demo", folder, out=run, batch_size=60, layers=["features.0"])
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert_clean_error(sm("visualize", str(run), "--data", str(afile)), r"dataset root .*afile of run .* is a file, not a folder")

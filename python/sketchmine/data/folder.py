@@ -1,6 +1,5 @@
 """ImageFolder directories: torchvision's listing, the content-hash fingerprint and the
-decoding of one file into [0, 1] pixels.
-"""
+decoding of one file into [0, 1] pixels."""
 from __future__ import annotations
 
 import hashlib
@@ -57,17 +56,18 @@ class ImageFolderDataset(MinerDataset):
     image is listed once (torchvision lists a loop's images until the path is too long). What
     is left out besides (those links, unread image files such as .gif beside the images,
     images in the root itself) is named in `left_out` and `skipped_note`. A folder with no
-    listed image but files PIL reads under other extensions (e.g. only .gif) is refused: it
-    looks like a class that would silently vanish. A class or file name that is not valid UTF-8 is refused at once, naming it: the
-    run stores names as text.
+    listed image but files PIL reads under other extensions (e.g. only .gif) is refused: it looks
+    like a class that would silently vanish. A class or file name that is not valid UTF-8 is refused
+    at once, naming it: the run stores names as text.
 
     `preprocessing_explicit`: False when built by `mine` itself, so that another resolution
     may replace the preprocessing (see `as_miner_dataset`)."""
 
     def __init__(self, root: str | os.PathLike, preprocessing: Preprocessing, *, explicit: bool = True) -> None:
         self.root = Path(root)
-        if not self.root.exists():
-            raise SketchmineError(f"dataset directory {self.root} does not exist")
+        if not self.root.exists():  # a symlink loop or a dangling link does not exist either: said apart
+            raise SketchmineError(f"dataset directory {self.root} " + ("is a symbolic link that leads to no folder (a "
+                                  "loop, or a missing target)" if self.root.is_symlink() else "does not exist"))
         if not self.root.is_dir():
             raise SketchmineError(f"dataset {self.root} is not a directory of class folders")
         entries = list(os.scandir(self.root))

@@ -98,7 +98,8 @@ def _recorded_base(run: Run, desc: dict[str, Any], pre: Preprocessing, data: str
     if kind == "image_folder" or data is not None:
         root = Path(data) if data is not None else Path(desc["root"])
         if not root.is_dir():
-            raise SketchmineError(f"dataset root {root} of run {run.path} does not exist; "
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise SketchmineError(f"dataset root {root} of run {run.path} {what}; "
                                   "pass --data DIR (data=) if the images moved")
         samples = list(zip((str(p) for p in run.paths), (int(l) for l in run.labels)))
         return ImageFolderDataset.from_samples(root, samples, run.class_names, pre)
