@@ -81,9 +81,9 @@ class OnnxModel:
             raise SketchmineError(f"{self.path}: expected one image input, the graph has "
                                   f"{[i.name for i in inputs]}")
         self.input = inputs[0]
-        if len(self.input.type.tensor_type.shape.dim) > 4:  # its frames fold into the batch inside the graph
-            raise SketchmineError(f"{self.path}: the graph's input {self.input.name!r} is {self.declared_input()}, "
-                                  f"{len(self.input.type.tensor_type.shape.dim)}-D; an ONNX model is mined over images "
+        if len(declared := self.declared_input()) > 4:  # its frames fold into the batch inside the graph
+            raise SketchmineError(f"{self.path}: the graph's input {self.input.name!r} is {declared}, "
+                                  f"{len(declared)}-D; an ONNX model is mined over images "
                                   "(batch, channels, height, width): mine a model of frame sequences (batch, steps, "
                                   "channels, height, width; a CNN + GRU such as demo-gru) from its torch module")
         self.logits_name = graph.output[0].name
