@@ -51,7 +51,7 @@ def inside(path: Path, folder: Path) -> bool:
 def check_report_dir(out: str | os.PathLike, run_path: str | os.PathLike | None = None) -> Path:
     """The resolved report folder `out`, or a SketchmineError saying why sketchmine may not
     (re)write it. Nothing is created or removed."""
-    from sketchmine.store.lock import enclosing_run, refuse_dangling_links, resolved
+    from sketchmine.store.lock import enclosing_run, file_above, refuse_dangling_links, resolved
 
     shown = Path(out)
     target = resolved(shown, "report folder")
@@ -71,12 +71,6 @@ def check_report_dir(out: str | os.PathLike, run_path: str | os.PathLike | None 
     if target.is_dir():
         owned(target, shown)
     return target
-
-
-def file_above(path: Path) -> Path | None:
-    """The nearest folder above `path` that exists and is not a folder (a file): no folder can be made
-    there, and the write would fail only after the work that filled it (exit 1, not a refusal)."""
-    return next((p for p in Path(path).absolute().parents if p.exists() and not p.is_dir()), None)
 
 
 def owned(folder: Path, shown: str | os.PathLike, late: str = "") -> dict[str, Any]:

@@ -104,8 +104,7 @@ def check_probe_folder(out: str | Path) -> Path:
     """`out` as a folder a probe may be written to, checked before the model is exported: a new or
     empty folder, or one a probe wrote before; never a file, nor a folder inside a run (the probe's
     files would sit among the run's arrays)."""
-    from sketchmine.present.report_folder import file_above
-    from sketchmine.store.lock import enclosing_run, refuse_dangling_links, resolved
+    from sketchmine.store.lock import enclosing_run, file_above, refuse_dangling_links, resolved
 
     out = Path(out)
     resolved(out, "probe folder")  # a link loop: one line naming it (the path itself is kept as given)

@@ -97,8 +97,7 @@ class RunLock:
         if self.path in _SHARED:
             raise SketchmineError(f"{self.run} is held by an importance or effects pass of this process that has not "
                                   "finished; iterate it to its end (or delete it) first")
-        blocked = next((p for p in (self.run.parent, *self.run.parent.parents) if p.exists() and not p.is_dir()), None)
-        if blocked is not None:
+        if (blocked := file_above(self.run)) is not None:
             raise SketchmineError(f"cannot write the run to {self.run}: {blocked} is a file, not a folder; "
                                   "choose another --out")
         try:
@@ -308,6 +307,12 @@ def remove_write_temps(run: Path) -> list[Path]:
                 (Path(folder) / name).unlink(missing_ok=True)
                 removed.append(Path(folder) / name)
     return removed
+
+
+def file_above(path: str | os.PathLike) -> Path | None:
+    """The nearest path above `path` that exists and is not a folder (a file): no folder can be
+    made there, and a write would fail only after the work that filled it (exit 1, not a refusal)."""
+    return next((p for p in Path(path).absolute().parents if p.exists() and not p.is_dir()), None)
 
 
 def enclosing_run(path: str | os.PathLike, itself: bool = True) -> Path | None:
