@@ -61,6 +61,16 @@ def test_a_dangling_link_is_refused_and_nothing_is_created(tmp_path, small_test_
     assert _tree(tmp_path) == ["dangling.zarr", "folder"]
 
 
+def test_a_run_under_a_file_is_refused_naming_the_file(tmp_path, small_test_set):
+    """`--out afile/sub/run.zarr`: no folder can be made under a file (store.lock.file_above, the
+    check report and probe folders share); refused, the file untouched."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SketchmineError, match=rf"cannot write the run to {tmp_path}/afile/sub/run.zarr: "
+                                              rf"{tmp_path}/afile is a file, not a folder"):
+        _mine(small_test_set, tmp_path / "afile" / "sub" / "run.zarr")
+    assert _tree(tmp_path) == ["afile"] and (tmp_path / "afile").read_text() == "x"
+
+
 def test_a_link_to_an_empty_folder_gets_the_run_there(tmp_path, small_test_set):
     (tmp_path / "disk" / "run.zarr").mkdir(parents=True)
     os.symlink(tmp_path / "disk" / "run.zarr", tmp_path / "run.zarr")
