@@ -121,3 +121,46 @@ def test_mine_run_again_records_what_a_kill_before_the_record_left_out(mined, tm
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(RunDamaged, match="attribute 'accuracy' of eval"):
         sketchmine.open_run(path).accuracy()
+
+
+@pytest.fixture(scope="module")
+def with_importance(mined, tmp_path_factory, demo_model, demo_test_set) -> Path:
+    """A copy of the run with a later pass's group (unit importance of LAYER)."""
+    path = tmp_path_factory.mktemp("attr_sums_importance") / "run.zarr"
+    shutil.copytree(mined, path)
+    sketchmine.unit_importance(sketchmine.open_run(path), LAYER, model=demo_model.module,
+                               dataset=per_class_subset(demo_test_set, 6, "6 per class"), batch_size=60)
+    return path
+
+
+def test_a_later_pass_group_records_the_sums_of_its_attributes(with_importance):
+    group = schema.layer_result(LAYER, schema.IMPORTANCE)
+    attrs = json.loads((with_importance / group / "zarr.json").read_text())["attributes"]
+    assert {"images", "base_accuracy", "method"} <= set(attrs[schema.ATTRIBUTE_SUMS])
+    df = sketchmine.open_run(with_importance).unit_importance(LAYER)
+    assert df.attrs["base_accuracy"] == attrs["base_accuracy"] and schema.ATTRIBUTE_SUMS not in df.attrs
+    assert not sketchmine.verify_run(with_importance).damaged
+
+
+def test_a_changed_attribute_of_a_later_pass_group_is_refused(with_importance, tmp_path, capsys):
+    """The importance's baseline accuracy is printed by `importance` and the report as given."""
+    group = schema.layer_result(LAYER, schema.IMPORTANCE)
+    path = _edited(with_importance, tmp_path, group, lambda a: a.update(base_accuracy=a["base_accuracy"] - 0.01))
+    with pytest.raises(RunDamaged, match=f"the metadata of '{group}' holds attribute 'base_accuracy' not as written"):
+        sketchmine.open_run(path).unit_importance(LAYER)
+    assert list(sketchmine.verify_run(path).damaged) == [group]
+    assert main(["verify", str(path)]) == 3
+    assert "base_accuracy" in capsys.readouterr().out
+
+
+def test_a_later_pass_group_without_the_record_reads_as_before(with_importance, tmp_path):
+    group = schema.layer_result(LAYER, schema.IMPORTANCE)
+
+    def older(a: dict[str, Any]) -> None:
+        a.pop(schema.ATTRIBUTE_SUMS)
+        a["base_accuracy"] -= 0.01
+
+    path = _edited(with_importance, tmp_path, group, older)
+    want = sketchmine.open_run(with_importance).unit_importance(LAYER).attrs["base_accuracy"]
+    assert sketchmine.open_run(path).unit_importance(LAYER).attrs["base_accuracy"] == pytest.approx(want - 0.01)
+    assert not sketchmine.verify_run(path).damaged

@@ -8,8 +8,8 @@ in the files they describe, so they are summed from the attributes as they read 
 after the commit that completes the run, and recorded in the root attribute `attribute_sums`:
 {node: {key: "xxh3_128:..."}}, one sum per attribute (so a changed one is named), for "" (the
 root: every key but the progress and this record), "eval" and "layers/<name>". Keys a later pass
-adds (visualize's claim) are not covered; one a pass replaces keeps its value
-(RunStore.reset_blocks). A run completed before this record, or killed between its completion
+adds to those (visualize's claim) are not covered; one a pass replaces keeps its value
+(RunStore.reset_blocks). A group a later pass writes whole records its own (groups.py). A run completed before this record, or killed between its completion
 and this record, is read as before, unverified, until `mine` is run on it again (which records it).
 """
 from __future__ import annotations

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from sketchmine.store import schema, verify
+from sketchmine.errors import RunDamaged
+from sketchmine.store import attr_sums, schema, verify
 from sketchmine.store.io import put_all
 
 
@@ -31,7 +32,11 @@ def write_unit(root: Path, path: str, arrays: dict[str, np.ndarray], attrs: dict
     try:
         group = zarr.open_group(str(staging), mode="w")
         put_all(group, arrays, at=path)
-        group.update_attributes({**attrs, verify.SUMS: verify.group_sums(arrays), schema.COMPLETE: True})
+        group.update_attributes({**attrs, verify.SUMS: verify.group_sums(arrays)})
+        # the sums of the attributes as the files hold them (a numpy number is written as JSON's)
+        written = zarr.open_group(str(staging), mode="r").attrs
+        group.update_attributes({schema.ATTRIBUTE_SUMS: attr_sums.entry({key: written[key] for key in attrs}),
+                                 schema.COMPLETE: True})
         if target.exists():
             os.rename(target, old)
         os.rename(staging, target)
@@ -76,6 +81,8 @@ def read_unit(root: zarr.Group, path: str, keys: tuple[str, ...], where: Path
         if (where / path / "zarr.json").exists() or not (where / path).is_dir() or not any((where / path).iterdir()):
             return None  # absent, or not whole (an array missing)
         raise verify.damaged(where, path, "has lost its metadata (zarr.json), its arrays are there") from None
+    check_attrs(attrs, path, where)
+    attrs.pop(schema.ATTRIBUTE_SUMS, None)
     sums = attrs.pop(verify.SUMS, None)
     if isinstance(sums, dict):
         arrays = verify.check_group(nodes, sums, path, where)
@@ -87,3 +94,24 @@ def read_unit(root: zarr.Group, path: str, keys: tuple[str, ...], where: Path
     if len({arr.shape for arr in arrays.values()}) > 1:
         return None
     return arrays, attrs
+
+
+def check_attrs(attrs: dict[str, Any], path: str, where: Path) -> None:
+    """Refuse the attributes `attrs` of the group at `path` (`where`: the run) where they differ
+    from the sums recorded with them (`schema.ATTRIBUTE_SUMS`, as attr_sums.py records a complete
+    run's): an importance's baseline accuracy is shown as given, so a changed digit would be read
+    silently. Groups written before this record are read as they are."""
+    want = attrs.get(schema.ATTRIBUTE_SUMS)
+    if want is None:
+        return
+    if not (isinstance(want, dict) and all(isinstance(v, str) for v in want.values())):
+        raise _damaged(where, path, "holds a record of its attribute sums that does not parse")
+    changed = [key for key, want_sum in want.items() if attr_sums.value_sum(attrs.get(key)) != want_sum]
+    if changed:
+        named = ", ".join(repr(key) for key in changed[:4]) + (", …" if len(changed) > 4 else "")
+        raise _damaged(where, path, f"holds attribute{'s' * (len(changed) > 1)} {named} not as written with it")
+
+
+def _damaged(where: Path, path: str, what: str) -> RunDamaged:
+    return RunDamaged(f"run {where} is damaged: the metadata of {path!r} {what}; restore the run's files from a "
+                      "copy, or run the pass that wrote it again")

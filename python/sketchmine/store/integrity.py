@@ -15,7 +15,7 @@ import zarr
 
 from sketchmine.errors import RunDamaged, SketchmineError
 from sketchmine.store import attr_sums, schema, verify
-from sketchmine.store.groups import read_unit
+from sketchmine.store.groups import check_attrs, read_unit
 from sketchmine.store.runstore import RunStore
 
 _STAGED = (".writing", ".old")
@@ -210,6 +210,12 @@ def _groups(store: RunStore, arrays: dict[str, zarr.Array], groups: dict[str, za
         if not isinstance(sums, dict):
             continue  # written before groups recorded checksums: unchecked
         keys += sorted(set(sums) - set(keys))  # what the group was written with and no longer holds: damaged
+        try:
+            check_attrs(dict(group.attrs), path, store.path)
+        except RunDamaged as exc:  # its arrays cannot be read either: the group is named once
+            out.damaged[path] = _why(exc, path)
+            done.update(f"{path}/{key}" for key in keys)
+            continue
         for key in keys:  # one at a time: a group's arrays may differ in shape (pictures and their boxes)
             name = f"{path}/{key}"
             done.add(name)
