@@ -81,13 +81,37 @@ def test_a_changed_root_attribute_is_refused_on_opening(mined, tmp_path):
         sketchmine.open_run(path)
 
 
-def test_a_visualize_pass_claims_leave_the_run_whole(mined, tmp_path, demo_model, demo_test_set):
-    path = tmp_path / "run.zarr"
+@pytest.fixture(scope="module")
+def visualized(mined, tmp_path_factory, demo_model, demo_test_set) -> Path:
+    path = tmp_path_factory.mktemp("attr_sums_visualized") / "run.zarr"
     shutil.copytree(mined, path)
     sketchmine.visualize(path, layers=[LAYER], model=demo_model.module,
                          data=per_class_subset(demo_test_set, 6, "6 per class"))
-    run = sketchmine.open_run(path)
-    assert "visualized" in run.layer_attrs(LAYER)
+    return path
+
+
+def test_a_visualize_pass_claims_leave_the_run_whole(visualized):
+    run = sketchmine.open_run(visualized)
+    claim = run.layer_attrs(LAYER)["visualized"]
+    assert {"method", "patch_size", "units_done"} <= set(claim[schema.ATTRIBUTE_SUMS])
+    assert not sketchmine.verify_run(visualized).damaged
+
+
+def test_a_changed_field_of_a_visualize_claim_is_refused(visualized, tmp_path):
+    """The claim's patch size sets the size the report shows the patches at, its method names them."""
+    def other(a: dict[str, Any]) -> None:
+        a["visualized"]["patch_size"] = [a["visualized"]["patch_size"][0] + 1, a["visualized"]["patch_size"][1]]
+
+    path = _edited(visualized, tmp_path, schema.layer_group(LAYER), other)
+    with pytest.raises(RunDamaged, match=f"field 'patch_size' of the 'visualized' attribute of layers/{LAYER} is not"):
+        sketchmine.open_run(path).layer_attrs(LAYER)
+    assert list(sketchmine.verify_run(path).damaged) == [schema.layer_group(LAYER)]
+
+
+def test_a_visualize_claim_without_the_record_reads_as_before(visualized, tmp_path):
+    path = _edited(visualized, tmp_path, schema.layer_group(LAYER),
+                   lambda a: a["visualized"].pop(schema.ATTRIBUTE_SUMS))
+    assert sketchmine.open_run(path).layer_attrs(LAYER)["visualized"]["method"]
     assert not sketchmine.verify_run(path).damaged
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import xxhash
 
 from sketchmine.errors import RunDamaged
-from sketchmine.store import schema
+from sketchmine.store import schema, verify
 from sketchmine.store.checksums import PREFIX
 
 ROOT = ""
@@ -91,3 +91,33 @@ def damaged(path: Path, root: Mapping[str, Any], nodes: Mapping[str, Mapping[str
         except RunDamaged as exc:
             out[node or "(root)"] = str(exc)
     return out
+
+
+def sealed(claim: Mapping[str, Any]) -> dict[str, Any]:
+    """A later pass's claim on a layer (`visualized`, `optimized`: method, patch size, units done,
+    ...) with the sums of its own fields under ATTRIBUTE_SUMS, so that one edited is refused by
+    `check_claim`: the run's record, made when mining completed, cannot cover what a pass adds
+    later. The array checksums in the claim are left out (they check themselves)."""
+    return {**claim, schema.ATTRIBUTE_SUMS: entry(claim, CLAIM_SKIPPED)}
+
+
+CLAIM_SKIPPED = frozenset({schema.ATTRIBUTE_SUMS, verify.SUMS})
+
+
+def check_claim(path: Path, layer: str, name: str, claim: Mapping[str, Any]) -> None:
+    """Refuse the claim `name` of `layer` whose fields differ from the sums `sealed` put in it;
+    a claim written before those sums is read as it is."""
+    want = claim.get(schema.ATTRIBUTE_SUMS)
+    if want is None:
+        return
+    where = f"the {name!r} attribute of layers/{layer}"
+    if not (isinstance(want, dict) and all(isinstance(v, str) for v in want.values())):
+        raise RunDamaged(f"run {path} is damaged: the record of the sums of {where} does not parse; "
+                         "run the pass that wrote it again")
+    changed = [key for key, want_sum in want.items() if value_sum(claim.get(key)) != want_sum]
+    changed += sorted(set(claim) - set(want) - CLAIM_SKIPPED)  # a field added since: not as written either
+    if changed:
+        named = ", ".join(repr(key) for key in changed[:4]) + (", …" if len(changed) > 4 else "")
+        raise RunDamaged(f"run {path} is damaged: field{'s' * (len(changed) > 1)} {named} of {where} "
+                         f"{'are' if len(changed) > 1 else 'is'} not as the pass wrote "
+                         f"{'them' if len(changed) > 1 else 'it'}; run the pass that wrote it again")

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from sketchmine.store import schema, verify
+from sketchmine.store import attr_sums, schema, verify
 from sketchmine.store.io import io_errors, put_rows
 
 
@@ -45,7 +45,7 @@ class BlockWrites:
             g.create_array(key, shape=shape, dtype=spec.dtype, chunks=spec.chunks(shape, shape[0]),
                            fill_value=spec.fill_value, chunk_key_encoding=schema.CHUNK_KEY_ENCODING,
                            dimension_names=schema.dimension_names(schema.layer_array(layer, key), len(shape)))
-        g.attrs[claim] = attrs
+        g.attrs[claim] = attr_sums.sealed(attrs)
 
     def write_blocks(self, layer: str, claim: str, units: slice, values: dict[str, np.ndarray],
                      attrs: dict[str, Any] | None) -> None:
@@ -57,7 +57,7 @@ class BlockWrites:
         if attrs is not None:  # with the checksums of the blocks written so far and of this one
             attrs = verify.add_block({**attrs, verify.SUMS: (g.attrs.get(claim) or {}).get(verify.SUMS) or {}},
                                      {key: g[key] for key in values}, values, units, int(attrs["block_units"]))
-            g.attrs[claim] = attrs
+            g.attrs[claim] = attr_sums.sealed(attrs)
 
     # ---- a visualize pass's arrays (schema.VISUAL_ARRAYS) and its `visualized` attribute -----
     def visual_state(self, layer: str) -> tuple[dict[str, Any] | None, bool]:
