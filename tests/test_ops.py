@@ -94,6 +94,17 @@ def test_wide_rows_without_grid(device):
         assert torch.equal(got[key].cpu(), want[key]), key
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(4, 0, 5), (4, 0), (4, 0, 2, 3)])
+def test_no_channels_give_empty_maxima(device, shape):
+    """A layer without channels: (N, 0) maxima, the (0, k) state untouched (the CUDA kernel
+    launched a grid of 0 blocks, a launch error, before the early return covered C == 0)."""
+    state = ops.new_state(0, 3, device)
+    maxima = ops.topk_update(torch.randn(shape, device=device), torch.arange(4, device=device), **state)
+    assert maxima.shape == (4, 0) and maxima.dtype == torch.float32 and maxima.device.type == device
+    assert all(t.numel() == 0 for t in state.values())
+
+
 def test_semantics_by_hand():
     """A worked example: max, first argmax, tie on value broken by image index, NaN counted."""
     nan = float("nan")

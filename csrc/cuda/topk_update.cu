@@ -119,7 +119,7 @@ at::Tensor topk_update_cuda(const at::Tensor& acts, const at::Tensor& image_inde
   const at::Tensor acts3 =
       check_topk_args(acts, image_index, values, index, position, nan_count);
   const int64_t n = acts3.size(0), c = acts3.size(1), len = acts3.size(2);
-  if (n == 0 || len == 0) {
+  if (n == 0 || c == 0 || len == 0) {  // nothing to launch: a grid of 0 blocks is a launch error
     return at::full({n, c}, std::numeric_limits<float>::quiet_NaN(), acts.options().dtype(at::kFloat));
   }
   const c10::cuda::CUDAGuard guard(acts.device());
