@@ -69,7 +69,8 @@ void check_crop_args(const at::Tensor& images, const at::Tensor& image_index, co
               width);
   TORCH_CHECK(image_index.device() == images.device() && corners.device() == images.device(),
               "crop_patches: all tensors must be on ", images.device());
-  if (image_index.numel() > 0 && image_index.device().is_cpu()) {
+  // on every device (a host sync on CUDA): the CUDA kernel would read outside the images
+  if (image_index.numel() > 0) {
     const auto lo = image_index.min().item<int64_t>(), hi = image_index.max().item<int64_t>();
     TORCH_CHECK(lo >= 0 && hi < images.size(0), "crop_patches: image_index must lie in [0, ",
                 images.size(0), "), found [", lo, ", ", hi, "]");

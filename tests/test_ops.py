@@ -197,9 +197,17 @@ def test_crop_patches_borders_and_clip_record():
                                                                [-1, -1, -1, -1]]
 
 
-def test_crop_patches_rejects_bad_index_and_opcheck():
-    img = torch.rand(2, 3, 6, 6)
-    with pytest.raises(RuntimeError, match=r"image_index must lie in \[0, 2\)"):
-        ops.crop_patches(img, torch.tensor([2]), torch.tensor([[0, 0]]), 2, 2)
+@pytest.mark.parametrize("device", DEVICES)
+def test_crop_patches_rejects_bad_index_and_opcheck(device):
+    """An index outside the batch is refused on every device (the CUDA kernel read outside the
+    images: its check ran for CPU tensors only)."""
+    img = torch.rand(2, 3, 6, 6, device=device)
+    corner = torch.tensor([[0, 0]], device=device)
+    for bad in (2, -1):
+        with pytest.raises(RuntimeError, match=r"image_index must lie in \[0, 2\)"):
+            ops.crop_patches(img, torch.tensor([bad], device=device), corner, 2, 2)
+    with pytest.raises(RuntimeError, match=r"image_index must lie in \[0, 0\)"):
+        ops.crop_patches(img[:0], torch.tensor([0], device=device), corner, 2, 2)
+    img = img.cpu()
     torch.library.opcheck(torch.ops.sketchmine.crop_patches.default,
                           (img, torch.tensor([1, 0]), torch.tensor([[-1, 2], [4, 4]]), 3, 3, 0.0))
