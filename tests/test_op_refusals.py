@@ -61,8 +61,9 @@ def test_a_fill_the_images_cannot_hold_is_refused(dtype, fill):
     assert torch.equal(ops.crop_patches(*args, 7.0), ops.crop_patches_reference(*args, 7.0))
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize("length", [3, 16, 40])
-def test_a_zero_maximum_keeps_the_first_maximum_s_sign(length):
+def test_a_zero_maximum_keeps_the_first_maximum_s_sign(length, device):
     """-0.0 first, then +0.0: the SIMD max may keep either zero; the value stored is the first
     maximum's, in every layout and in the reference, byte for byte."""
     acts = torch.full((2, 3, length), -1.0)
@@ -73,8 +74,9 @@ def test_a_zero_maximum_keeps_the_first_maximum_s_sign(length):
     want, pos, _ = ops.spatial_max_reference(acts)
     assert pos.eq(0).all()
     assert torch.signbit(want).tolist() == [[True, True, True], [True, True, False]]
+    acts = acts.to(device)  # the layouts made there (.to() would copy an expanded view contiguous)
     for layout in (acts, acts.transpose(0, 1).contiguous().transpose(0, 1), acts[..., None].expand(2, 3, length, 2)):
-        state = ops.new_state(3, 2)
-        maxima = ops.topk_update(layout, torch.tensor([5, 6]), *state.values())
+        state = ops.new_state(3, 2, device)
+        maxima = ops.topk_update(layout, torch.tensor([5, 6], device=device), *state.values()).cpu()
         assert torch.equal(torch.signbit(maxima), torch.signbit(want))
-        assert torch.equal(torch.signbit(state["values"]), torch.signbit(want.T))
+        assert torch.equal(torch.signbit(state["values"].cpu()), torch.signbit(want.T))

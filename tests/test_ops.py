@@ -105,6 +105,45 @@ def test_no_channels_give_empty_maxima(device, shape):
     assert all(t.numel() == 0 for t in state.values())
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 8, 100])
+def test_many_images_in_every_layout_equal_the_reference(device, dtype, k):
+    """More images than a warp's 32 (the CUDA merge takes them 32 at a time, the last chunk
+    partial), maps longer than 32 (a lane scans several elements) and shorter, in the layouts
+    the miner hands over (channels_last, a channel slice, an expanded map, a batch slice):
+    the reference's state and maxima, the sign of a zero maximum included."""
+    g = torch.Generator().manual_seed(11)
+    for spatial in ((6, 7), (3,), ()):
+        big = (torch.randint(-4, 4, (140, 10, *spatial), generator=g).float() / 2).to(dtype)
+        big[torch.rand(big.shape, generator=g) < 0.05] = float("nan")
+        big[torch.rand(big.shape, generator=g) < 0.03] = float("-inf")
+        big[torch.rand(big.shape, generator=g) < 0.2] = -0.0
+        big[::9, 3] = float("nan")  # all-NaN maps
+        big[5::11, 4] = float("-inf")  # maps of -inf only
+        ids = torch.randperm(1000, generator=g)[:70]
+
+        def layouts(t):  # made on the device itself: .to() would copy a strided view contiguous
+            x = t[::2, ::2]  # (70, 5, ...): a batch slice of a channel slice
+            out = [x, x.contiguous()]
+            if len(spatial) == 2:
+                out += [x.contiguous(memory_format=torch.channels_last), x[:, :, :1, :1].expand_as(x)]
+            return out
+
+        for acts, on_device in zip(layouts(big), layouts(big.to(device))):
+            want = ops.new_state(5, k)
+            want_max = ops.topk_update_reference(acts, ids, **want)
+            got = ops.new_state(5, k, device)
+            for part in (slice(0, 33), slice(33, 70)):  # two batches, the second of 37 images
+                got_max = ops.topk_update(on_device[part], ids[part].to(device), **got)
+                torch.testing.assert_close(got_max.cpu(), want_max[part], rtol=0, atol=0, equal_nan=True)
+                number = ~torch.isnan(want_max[part])
+                assert torch.equal(torch.signbit(got_max.cpu()[number]), torch.signbit(want_max[part][number]))
+            for key in got:
+                assert torch.equal(got[key].cpu(), want[key]), key
+            assert torch.equal(torch.signbit(got["values"].cpu()), torch.signbit(want["values"]))
+
+
 def test_semantics_by_hand():
     """A worked example: max, first argmax, tie on value broken by image index, NaN counted."""
     nan = float("nan")
