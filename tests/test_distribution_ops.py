@@ -164,3 +164,39 @@ def test_cuda_kernels_equal_the_cpu_kernels():
     for got, want in zip(states["cuda"], states["cpu"]):
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def _many_unit_states(device: str) -> list[dict[str, np.ndarray]]:
+    """Each distribution kernel on `device` over 300 units (three blocks of the CUDA kernels' 128
+    threads, the last partial) of a second layer, so every state pointer starts past the first
+    layer's; maxima in a transposed (strided) view; batches of 1 to 70 images."""
+    g = torch.Generator().manual_seed(4)
+    layers, width = {"first": 3, "mined": 300}, 300
+    h, s = RunningHistogram(layers, device), QuantileSketch(layers, device)
+    q = QuantileExamples(layers, device, m=3)
+    b = BottomK([("first", 3, (4, 5)), ("mined", width, (4, 5))], 5, device)
+    cols, start = h._columns["mined"], 0
+    for n in (1, 70, 33):
+        acts = torch.randn(n, width, 4, 5, generator=g) * 10.0 ** torch.randint(-8, 8, (1, width, 1, 1), generator=g)
+        acts[::4, ::7] = math.nan  # all-NaN maps
+        acts[1::5, 3::11] = math.inf
+        acts[2::5, 5::13] = -math.inf
+        acts[:, 8::17] = torch.randint(-2, 2, (n, len(range(8, width, 17)), 4, 5), generator=g).float()  # ties
+        maxima = ops.spatial_max_reference(acts)[0].masked_fill(torch.isnan(acts).flatten(2).all(2), math.nan)
+        m = maxima.t().contiguous().t().to(device)  # strided on the device
+        ids = (torch.arange(start, start + n) * 7 + 3).to(device)
+        start += n
+        ops.histogram_update(m, h.grid.lo[cols], h.grid.hi[cols], h.grid.e[cols], h.counts[cols], h.inf[cols])
+        ops.sketch_update(m, s.counts[cols], s.top[cols], s.special[cols])
+        ops.examples_update(m, ids, q.grid.lo[cols], q.grid.hi[cols], q.grid.e[cols], q.hashes[cols], q.index[cols])
+        ops.bottomk_update(m, acts.flatten(2).to(device), ids, **b.layers["mined"].state)
+    return [a.state() for a in (h, s, q, b)]
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and getattr(sketchmine_C, "with_cuda", False)),
+                    reason="needs a GPU and the CUDA build")
+def test_cuda_kernels_equal_the_cpu_kernels_over_many_units():
+    """Several CUDA blocks, state slices at an offset, strided maxima: the CPU kernels' bits."""
+    for got, want in zip(_many_unit_states("cuda"), _many_unit_states("cpu")):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
