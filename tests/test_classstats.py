@@ -213,3 +213,48 @@ def test_progressive_drawings_are_counted_measured_and_merge_exactly():
             np.testing.assert_array_equal(np.asarray(got[key].whole() if hasattr(got[key], "whole") else got[key]),
                                           np.asarray(arrays[key].whole() if hasattr(arrays[key], "whole")
                                                      else arrays[key]), err_msg=key)
+
+
+def test_the_device_path_counts_labels_without_bincount(monkeypatch):
+    """host=False (CUDA's path) counts the images per class without torch.bincount, which reads
+    the labels' min and max back to the host: two synchronisations a batch on a GPU."""
+    layers, classes = {"a": 2, "b": 3}, 3
+    batches = [(np.array([0, 2, -1, 2, 5], dtype=np.int64),
+                {"a": np.arange(10, dtype=np.float32).reshape(5, 2), "b": np.ones((5, 3), np.float32)}),
+               (np.array([1, 1], dtype=np.int64), {"a": np.full((2, 2), np.nan, np.float32)})]
+    want = _feed(_stats(layers, classes, host=True), batches)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("torch.bincount on the device path")
+
+    monkeypatch.setattr(torch, "bincount", refused)
+    got = _feed(_stats(layers, classes, host=False), batches)
+    monkeypatch.undo()
+    _assert_same(got, want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_class_stats_add_a_batch_without_a_host_sync():
+    """A batch's class statistics on CUDA queue their work without waiting for the GPU (a host
+    synchronisation per batch stalls the mining loop)."""
+    stats = RunningClassStats({"a": 4, "b": 2}, 5, device="cuda")
+    labels = torch.tensor([0, 4, -1, 3, 9, 0], device="cuda")
+    maxima = {"a": torch.randn(6, 4, device="cuda"), "b": torch.randn(6, 2, device="cuda")}
+    x = torch.rand(6, 3, 8, 8, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for name, m in maxima.items():
+            stats.add(name, m, labels)
+        stats.end_batch()
+        stats.add_images(x, labels)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    host = RunningClassStats({"a": 4, "b": 2}, 5)
+    for name, m in maxima.items():
+        host.add(name, m.cpu(), labels.cpu())
+    host.end_batch()
+    host.add_images(x.cpu(), labels.cpu())
+    for name in ("a", "b"):
+        for a, b in zip(stats.results(name), host.results(name)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=name)

@@ -142,7 +142,7 @@ class RunningClassStats:
         assert labels is not None  # held with the layers' maxima (add)
         rows = self.rows(labels)
         if self.host:  # one compiled pass per layer, no block copy (see _add_host)
-            counts = torch.bincount(rows, minlength=self.num_classes + 1)[:, None]
+            counts = self._row_counts(rows)
             for n, m in pending.items():
                 i, m = self._index[n], m.reshape(len(rows), -1)
                 if m.dtype != torch.float32:  # the kernel reads float32; others take the torch path
@@ -159,9 +159,18 @@ class RunningClassStats:
                 i = self._index[n]
                 self._add_block(m, rows, self._columns[n], slice(i, i + 1))
 
+    def _row_counts(self, rows: torch.Tensor) -> torch.Tensor:
+        """(rows, 1) int64 images per row. Off the host an index_add_ of ones: torch.bincount
+        reads the labels' min and max back to the host (two synchronisations a batch on CUDA);
+        integers add exactly in any order."""
+        if self.host:
+            return torch.bincount(rows, minlength=self.num_classes + 1)[:, None]
+        counts = torch.zeros(self.num_classes + 1, dtype=torch.int64, device=rows.device)
+        return counts.index_add_(0, rows, torch.ones_like(rows))[:, None]
+
     def _add_block(self, maxima: torch.Tensor, rows: torch.Tensor, columns: slice, seen: slice) -> None:
         m = maxima.double()
-        self._seen[:, seen] += torch.bincount(rows, minlength=self.num_classes + 1)[:, None]
+        self._seen[:, seen] += self._row_counts(rows)
         nan = torch.isnan(m)
         if self.host and not bool(nan.any()):  # the common case: every map counts
             self._sums[:, columns].index_add_(0, rows, m)
