@@ -94,6 +94,46 @@ def test_batched_op_on_cuda_is_within_float_rounding(case):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_the_constants_of_a_device_batch_are_made_once(monkeypatch):
+    """Off the CPU the normalisation's mean and std and the luma weights are made once per
+    device, not per batch: torch.tensor(..., device="cuda") is a blocking copy that waits for
+    the side stream's queued work (the previous batch's forward) at every batch. The meta
+    device stands in for CUDA here; the values are those of a fresh tensor."""
+    made = []
+    real = torch.tensor
+
+    def counted(*args, **kwargs):
+        if torch.device(kwargs.get("device") or "cpu").type != "cpu":
+            made.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", counted)
+    colour, grey = preset("imagenet", 3, (8, 8)), preset("imagenet", 1, (8, 8))
+    for _ in range(3):
+        assert colour.prepare(torch.zeros(2, 1, 5, 5, device="meta")).shape == (2, 3, 8, 8)
+        assert grey.prepare(torch.zeros(2, 3, 5, 5, device="meta")).shape == (2, 1, 8, 8)
+    assert len(made) <= 5  # at most once each: colour mean, std; grey mean, std; luma
+    from sketchmine.data.preprocess import LUMA, constant
+    kept = constant(LUMA, torch.float32, torch.device("meta"))
+    assert kept.shape == (3, 1, 1) and not kept.is_inference() and not kept.requires_grad
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_batched_op_on_cuda_waits_for_nothing():
+    """After a first batch, preparing a batch on CUDA queues its work without a host
+    synchronisation (one a batch would stall the prefetch: mining/prefetch.py)."""
+    for pre, c in ((preset("imagenet", 3, (224, 224)), 1), (preset("imagenet", 1, (32, 32)), 3)):
+        x = torch.randint(0, 256, (4, 28, 28, c), dtype=torch.uint8, device="cuda")
+        want = prepare_uint8(x, pre)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            got = prepare_uint8(x, pre)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.equal(got, want)
+
+
 def test_grey_conversion_is_luma_on_real_colour_pixels(small_test_set):
     """RGB → 1 channel through the batch op is R*.299 + G*.587 + B*.114 of the real images."""
     grey = small_test_set.images[:8]

@@ -106,8 +106,7 @@ class Preprocessing:
                 and not torch.jit.is_tracing() and not torch.compiler.is_compiling()):
             plane = x[:, :1] if x.shape[1] > 1 and x.stride(1) == 0 else x
             return torch.ops.sketchmine.normalise(plane, list(self.mean), list(self.std), len(self.mean))
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        mean, std = constant(self.mean, x.dtype, x.device), constant(self.std, x.dtype, x.device)
         # the division in place: the same floats as `(x - mean) / std`, one fresh tensor instead
         # of two (a 224-px batch of 64 is 38 MB, and a fresh one costs its page faults again)
         return (x - mean).div_(std)
@@ -162,6 +161,25 @@ def preset(name: str, channels: int, size: tuple[int, int] | None) -> Preprocess
     raise SketchmineError(f"unknown preprocessing preset {name!r}; expected imagenet, dataset or none")
 
 
+_CONSTANTS: dict[tuple[tuple[float, ...], torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`values` as a (len, 1, 1) tensor on `device`: off the CPU made once and kept. Made per
+    batch, torch.tensor(..., device="cuda") is a blocking copy that waits for the stream's queued
+    work (on the prefetch's side stream, the previous batch's forward: prefetch.py). Kept tensors
+    are never written or freed, so every stream may read them; made outside inference mode, so a
+    pass that takes gradients through the normalisation may save them. A trace or compilation
+    takes a fresh one, as the CPU does."""
+    if device.type == "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device).view(-1, 1, 1)
+    key = (tuple(values), dtype, device)
+    if key not in _CONSTANTS:
+        with torch.inference_mode(False):
+            _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device).view(-1, 1, 1)
+    return _CONSTANTS[key]
+
+
 def chw(image: np.ndarray) -> torch.Tensor:
     """uint8 pixels (H, W) or (H, W, c) → float (c, H, W) in [0, 1] (a new tensor)."""
     x = torch.from_numpy(np.array(image, dtype=np.uint8))
@@ -176,7 +194,7 @@ def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
         x = x[..., :-1, :, :]
     if channels == 1:
         if x.shape[-3] == 3:
-            w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(3, 1, 1)
+            w = constant(LUMA, x.dtype, x.device)
             return (x * w).sum(dim=-3, keepdim=True)
         return x.mean(dim=-3, keepdim=True)
     # grey repeated as a view (nothing copied): the normalisation or the caller writes it
