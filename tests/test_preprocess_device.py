@@ -134,6 +134,60 @@ def test_batched_op_on_cuda_waits_for_nothing():
         assert torch.equal(got, want)
 
 
+def test_cuda_jpegs_are_decoded_after_the_callers_queued_work(monkeypatch):
+    """The caller's stream is synchronised before nvJPEG is called (the workaround for
+    pytorch/vision#9606); the decoder and the stream are stand-ins here, the CUDA test below
+    checks the memory on a GPU."""
+    import torchvision.io
+
+    calls = []
+
+    class Stream:
+        def synchronize(self) -> None:
+            calls.append("sync")
+
+    def decode(data, mode, device):
+        calls.append("decode")
+        one = torch.zeros(3, 2, 2, dtype=torch.uint8)
+        return [one] * len(data) if isinstance(data, list) else one
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", decode)
+    for n in (1, 3):
+        calls.clear()
+        out = decode_jpegs([torch.zeros(4, dtype=torch.uint8)] * n, torch.device("cuda"))
+        assert calls == ["sync", "decode"] and [im.shape for im in out] == [(2, 2, 3)] * n
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_jpeg_decoding_leaves_memory_that_queued_work_reads(small_test_set):
+    """nvJPEG's outputs come from blocks freed on the caller's stream; it must not write them
+    while kernels queued there still read them (pytorch/vision#9606): freed tensors of the
+    decoded images' size, still read by reductions queued behind a long kernel, keep their
+    values, and the images decode as on the CPU."""
+    import io
+
+    data = []
+    for i in range(8):
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(small_test_set.images[i])).convert("RGB").resize((64, 64)).save(buf, "JPEG")
+        data.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
+    want = decode_jpegs(data, torch.device("cpu"))
+    dev, size = torch.device("cuda"), 64 * 64 * 3
+    for _ in range(10):
+        filled = [torch.full((size,), 7, dtype=torch.uint8, device=dev) for _ in data]
+        torch.cuda.synchronize()
+        torch.cuda._sleep(20_000_000)  # the reductions below wait behind it
+        sums = [t.sum(dtype=torch.int64) for t in filled]
+        del filled  # freed on the current stream while the reductions are still queued
+        got = decode_jpegs(data, dev)
+        torch.cuda.synchronize()
+        assert [int(s) for s in sums] == [7 * size] * len(data)
+        for g, w in zip(got, want):
+            assert g is not None and g.shape == w.shape
+            assert (g.cpu().int() - w.int()).abs().max() <= 8  # nvJPEG's IDCT rounds differently from libjpeg's
+
+
 def test_grey_conversion_is_luma_on_real_colour_pixels(small_test_set):
     """RGB → 1 channel through the batch op is R*.299 + G*.587 + B*.114 of the real images."""
     grey = small_test_set.images[:8]

@@ -187,6 +187,12 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.T
             return None
         return im.permute(1, 2, 0) if im.shape[0] in (1, 3) else None  # CMYK and the like: PIL's
 
+    if device.type == "cuda":
+        # nvJPEG writes outputs allocated on the caller's stream from a stream that does not wait
+        # for it (pytorch/vision#9606; its hardware engine ignores the stream it is given,
+        # meta-pytorch/torchcodec#1634): a block freed there while queued kernels still read it
+        # would be overwritten. With that stream's queued work done, no freed block is still read.
+        torch.cuda.current_stream(device).synchronize()
     if device.type == "cuda" and len(data) > 1:
         try:
             ims = decode_jpeg(data, mode=ImageReadMode.UNCHANGED, device=device)
