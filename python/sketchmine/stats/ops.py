@@ -31,6 +31,9 @@ def topk_update(
     nan_count (C,) int64 — all on the activations' device. One entry per (image, channel):
     the spatial max ignoring NaN and its first position. Order: larger value, then smaller
     image index. NaN never enters the state; each NaN element is counted per channel.
+    Ids must be >= 0 (-1 marks an empty slot): refused on the CPU; on CUDA unchecked, as a check
+    would wait for the device at every batch (the miner's ids are its own), and such an entry
+    never enters the state.
     """
     return torch.ops.sketchmine.topk_update(acts, image_index, values, index, position, nan_count)
 
