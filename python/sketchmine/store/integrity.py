@@ -209,7 +209,7 @@ def _blocks(store: RunStore, arrays: dict[str, zarr.Array], out: Verified) -> se
 
 def _groups(store: RunStore, arrays: dict[str, zarr.Array], groups: dict[str, zarr.Group], out: Verified) -> set[str]:
     """The groups written as a unit (importance, effects, traces, pictures of examples), whole."""
-    done = set()
+    done: set[str] = set()
     for path, group in groups.items():
         if group.attrs.get(schema.COMPLETE) is not True:
             continue
