@@ -239,7 +239,9 @@ class _Content(NamedTuple):
                 None if self.opt is None else self.opt.shape, len(_facts(self.info)))
 
 
-def _content(run: Run, layer: str, unit: int, info: dict[str, Any] | None) -> _Content:
+def slide_content(run: Run, layer: str, unit: int, info: dict[str, Any] | None) -> _Content:
+    """What the unit's slide shows, read from the run: `Slides.draw` draws it (here, or in the
+    report's worker processes: present/slide_workers.py)."""
     patches, deconv = montage_pixels(run, layer, unit)
     info = info if info is not None else unit_info(run, layer, int(unit))
     if (info.get("layer"), info.get("unit")) != (layer, int(unit)):  # else another unit's numbers under these patches
@@ -265,7 +267,7 @@ def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = 
     their accuracy, its maximum activation and receptive-field size (and, where the run has
     them, mean, firing density and importance rank). `info`: the unit's `unit_summary`, when
     the caller has it already (the report reads a layer's once)."""
-    content = _content(run, layer, unit, info)
+    content = slide_content(run, layer, unit, info)
     return Slide(content.key).fill(content)
 
 
@@ -286,10 +288,13 @@ def save_montage(run: Run, layer: str, unit: int, path: str | os.PathLike, info:
                  slides: Slides | None = None) -> Path:
     """Write the unit's montage as a PNG (exactly 1600 × 900 px) to `path`; `slides`: where the
     slide drawn is kept to be filled again (None: a new one)."""
-    fig = (slides or Slides()).draw(_content(run, layer, unit, info))
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    return write_slide((slides or Slides()).draw(slide_content(run, layer, unit, info)), Path(path))
+
+
+def write_slide(fig: Figure, path: Path) -> Path:
+    """A slide `Slides.draw` drew, as the PNG `path` (exactly 1600 × 900 px)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # class names in scripts the default font lacks: boxes, not errors
         warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
-        fig.savefig(p, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
-    return p
+        fig.savefig(path, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
+    return path

@@ -35,7 +35,8 @@ from sketchmine.present.report_data import (PAGE_SIZE, PngWriter, classes_cell, 
                                              percent, precision_html, size_html, with_code)
 from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
                                               report_marker, reported_run, swap_in)
-from sketchmine.present.report_unit import MONTAGES, copy_assets, unit_pages
+from sketchmine.present.report_unit import MONTAGES, copy_assets, montage_plan, unit_pages
+from sketchmine.present.slide_workers import SlideWriter
 from sketchmine.present.summary_grid import Row, grid, grid_html
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis, importance_store
@@ -305,25 +306,22 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
                  montages: int = MONTAGES) -> Path:
     """Write the report folder; returns the path of index.html.
 
-    `out` is a folder the report owns: new, empty, or holding an earlier report (the marker
-    file `.sketchmine-report` lists what it wrote). Anything else is refused before a byte is
-    written: a non-empty folder without the marker, an earlier report beside files it did not
-    write, a file, a path inside (or equal to) a run, a folder holding the run it reads. The
-    report is built in a temporary sibling folder and swapped in at the end, so an
-    interrupted or failed report (Ctrl-C, full disk) leaves the previous one as it was.
+    `out` is a folder the report owns: new, empty, or holding an earlier report (the marker file
+    `.sketchmine-report` lists what it wrote). Anything else is refused before a byte is written: a non-empty folder
+    without the marker, an earlier report beside files it did not write, a file, a path inside (or equal to) a run,
+    a folder holding the run it reads. The report is built in a temporary sibling folder and swapped in at the end,
+    so an interrupted or failed report (Ctrl-C, full disk) leaves the previous one as it was.
 
-    Only the store is read: patches, deconvolutions and (for layers whose position is time)
-    the drawing at each entry's step and the activation over time are those `sketchmine
-    visualize` stored; a layer without them says how to add them. Layers with stored unit
-    importance get a sortable table and plot.
+    Only the store is read: patches, deconvolutions and (for layers whose position is time) the drawing at each
+    entry's step and the activation over time are those `sketchmine visualize` stored; a layer without them says how
+    to add them. Layers with stored unit importance get a sortable table and plot.
     images: False leaves the cards' picture slots out for layers without patches.
-    dataset: refused unless None — the report reads only the store; pictures come from
-    sketchmine.visualize(run, data=...).
+    dataset: refused unless None — the report reads only the store; pictures come from sketchmine.visualize(run, data=...).
     probe: the live probe's files (`sketchmine.passes.probe.build_probe(run)`, which needs the
     model), or why there is none (a str, shown on the index page; None: written without the model).
-    montages: the most slide montages (PNG) written per layer, for units with patches (the most
-    important first where importance is stored); 0 writes none. Every unit gets a dashboard
-    page (units/<layer>.html#unit=U) whatever this is."""
+    montages: the most slide montages (PNG) written per layer, for units with patches (the most important first where
+    importance is stored; drawn in worker processes where there are many); 0 writes none. Every unit gets a
+    dashboard page (units/<layer>.html#unit=U) whatever this is."""
     t0 = time.perf_counter()
     if dataset is not None:
         raise SketchmineError("write_report reads the run store only and opens no dataset: store the pictures "
@@ -384,13 +382,15 @@ def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, byt
         plots.summary_plot(run, out / "summary", SUMMARY_N, rows=summary)
     if stats:
         plots.ink_plot(run, out / "ink")
-    with PngWriter() as png:  # the strips written on threads: every one on disk when the block ends
+    plan = montage_plan(run, list(ids), montages)
+    # the strips written on threads, the slides in processes: every one on disk when the block ends
+    with PngWriter() as png, SlideWriter(sum(map(len, plan.values()))) as drawn:
         for name, lid in ids.items():
             if run.has_importance(name):
                 plots.importance_plot(run, name, out / "importance" / lid)
             if labelled:
                 plots.histogram_plot(run, name, out / "hist" / lid, formats=("png",))
-            slides = unit_pages(run, name, lid, out, png, montages)
+            slides = unit_pages(run, name, lid, out, png, plan[name], drawn)
             pages, note = layer_data(run, name, lid, out, importance_ranks(run, name), png, images)
             (out / "layers").mkdir(exist_ok=True)
             _write_page(out / "layers" / f"{lid}.html", _layer_page(run, name, lid, pages, note, stats, slides))

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from sketchmine.names import command
-from sketchmine.present.montage import Slides, save_montage
+from sketchmine.present.montage import slide_content
 from sketchmine.present.report_data import PAGE_SIZE, THUMB, PngWriter, precision_html, strip, to_js
+from sketchmine.present.slide_workers import SlideWriter
 from sketchmine.results.effects import class_units
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary, pictures_current
@@ -77,29 +78,36 @@ def _strips(run: Run, name: str, lid: str) -> Callable[[int], dict[str, Any]]:
     return strip
 
 
-def unit_pages(run: Run, name: str, lid: str, out: Path, png: PngWriter, montages: int = MONTAGES) -> list[int]:
-    """Write the layer's dashboard page, its data scripts, its montages and (through `png`) its
-    example strips; returns the units with a montage (the layer page lists them: its cards link to them)."""
+def montage_plan(run: Run, names: list[str], montages: int = MONTAGES) -> dict[str, list[int]]:
+    """The units of each layer that get a montage (`montage_units`), read before any is drawn:
+    their number decides where the report draws them (slide_workers.py)."""
+    return {name: montage_units(run, name, montages) for name in names}
+
+
+def unit_pages(run: Run, name: str, lid: str, out: Path, png: PngWriter, montaged: list[int],
+               slides: SlideWriter) -> list[int]:
+    """Write the layer's dashboard page, its data scripts, (through `slides`) the montages of the
+    units `montaged` and (through `png`) its example strips; returns the units with a montage
+    (the layer page lists them: its cards link to them)."""
     copy_assets(out)
     summary = LayerSummary(run, name)
     extra = example_pictures(run, name)
     per_bin = int(np.asarray(summary.bins).shape[2]) if summary.bins is not None else 0
-    slides = set(montage_units(run, name, montages))
+    shown = set(montaged)
     strip = _strips(run, name, lid)
     data_dir = out / "dash" / lid
     data_dir.mkdir(parents=True, exist_ok=True)
     c = summary.units
     pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
     unreadable = len(run.attrs.get("bad_images") or [])  # counted in "images", in no statistic
-    drawn = Slides()  # one slide, filled with each unit's pictures and words in turn
     classes = class_units(run, name)
     where = Path(run.path).resolve()  # the report is read from its own folder
     for p in range(pages):
         units = []
         for u in range(p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)):
             d = summary.unit(u, infinities=True, infinite_bins=False)  # "inf" shown, unbounded bins skipped
-            if u in slides:
-                save_montage(run, name, u, out / "montage" / lid / f"{u}.png", d, drawn)
+            if u in shown:
+                slides.submit(slide_content(run, name, u, d), out / "montage" / lid / f"{u}.png", f"{name} unit {u}")
                 d["montage"] = f"../montage/{lid}/{u}.png"
             if cut_examples(d, BIN_EXAMPLES):
                 d["all_examples"] = command("sketchmine", "unit", where, name, u, "--json")
@@ -116,8 +124,8 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, png: PngWriter, montage
             units.append(d)
         (data_dir / f"unit_{p:04d}.js").write_text(f"sketchmineUnit.page({p}, {to_js(units)});\n")
     (out / "units").mkdir(exist_ok=True)
-    (out / "units" / f"{lid}.html").write_text(_page(run, name, lid, c, pages, len(slides)), encoding="utf-8")
-    return sorted(slides)
+    (out / "units" / f"{lid}.html").write_text(_page(run, name, lid, c, pages, len(shown)), encoding="utf-8")
+    return sorted(shown)
 
 
 def example_pictures(run: Run, name: str) -> dict[str, dict[str, Any]]:
