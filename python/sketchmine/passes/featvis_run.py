@@ -3,8 +3,10 @@ stored in the run (schema.OPTIMIZED_ARRAYS) in blocks of units like the patches.
 
 A block is one optimisation batch (`batch_size` units, one forward and backward per step for
 all of them); its arrays are written, then `units_done` is committed, so a killed pass resumes
-at a block boundary. Units are independent in a batch (featvis.py), so a resumed pass stores
-what an uninterrupted one does. The images have the size and channels of the run's inputs and
+at a block boundary. A unit's image depends on the batch it is optimised in (float rounding
+differences grow over hundreds of steps), so a block is always optimised whole, with the same
+units, also where a call starts or stops inside it (max_units): a resumed pass stores what an
+uninterrupted one does. The images have the size and channels of the run's inputs and
 are optimised in the normalisation the run recorded.
 """
 from __future__ import annotations
@@ -112,19 +114,26 @@ class OptimizePass:
         reader = LayerReader(self.net, name)
         u0 = done
         while u0 < limit:
-            u1 = min((u0 // block + 1) * block, limit)
-            r = optimize(reader, np.arange(u0, u1), self.pre, self.hw, self.method, self.settings,  # type: ignore[arg-type]
+            # the whole block is optimised even where a call starts or stops inside it (max_units):
+            # a unit's image depends on its batch (rounding differences grow over the steps), so
+            # only the block's own batch gives what an uninterrupted pass stores
+            b0 = u0 // block * block
+            b1 = min(b0 + block, units)
+            u1 = min(b1, limit)
+            r = optimize(reader, np.arange(b0, b1), self.pre, self.hw, self.method, self.settings,  # type: ignore[arg-type]
                          self.steps, 0, self.device)
+            keep = slice(u0 - b0, u1 - b0)
+            stopped = r.stopped[keep]
             attrs.update(units_done=u1, complete=u1 == units)
             try:
                 write_optimized(self.store, name, slice(u0, u1),
-                                {"optimized": r.pixels, "optimized_peak": r.peak, "optimized_stopped": r.stopped},
-                                attrs)
+                                {"optimized": r.pixels[keep], "optimized_peak": r.peak[keep],
+                                 "optimized_stopped": stopped}, attrs)
             except OSError as exc:
                 raise SketchmineFailure(f"cannot write to {self.store.path}: {exc.strerror or exc}; the units done so "
                                         "far are kept — make room and re-run the same command to resume") from None
-            if (r.stopped >= 0).any():
-                progress.note(f"layer {name!r}: units {', '.join(str(u0 + i) for i in np.flatnonzero(r.stopped >= 0))} "
+            if (stopped >= 0).any():
+                progress.note(f"layer {name!r}: units {', '.join(str(u0 + i) for i in np.flatnonzero(stopped >= 0))} "
                               "hit a non-finite value while optimised; their images are the last finite ones")
             progress.advance(u1 - u0)
             u0 = u1
