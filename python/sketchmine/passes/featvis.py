@@ -195,6 +195,8 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
                               "not one image; feature visualisation optimises one input image per unit")
     steps = whole_number(steps, "steps")
     seed = whole_number(seed, "seed", low=0)  # numpy's seeding refuses a negative one
+    if seed >= 2 ** 64:  # torch's generator takes 64 bits
+        raise SketchmineError(f"seed must be a whole number below 2**64 (torch's generators take 64 bits), got {seed}")
     s = settings(method, regularizers)
     pre = preprocessing or preprocessing_for(loaded)
     hw = as_size(size, "size", pre.channels) if size is not None else \

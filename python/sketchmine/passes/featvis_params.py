@@ -84,18 +84,54 @@ def settings(method: str, regularizers: str | dict[str, Any] | None) -> dict[str
             raise SketchmineError(f"unknown regularizers {regularizers!r} for method {method!r}; expected 'default', "
                                   f"'none'{''.join(', ' + repr(p) for p in presets)} or a dict of {sorted(base)}")
         return {**base, **presets[regularizers]}
+    if not isinstance(regularizers, dict):
+        raise SketchmineError(f"regularizers must be 'default', 'none', a preset name or a dict of {method} settings "
+                              f"({', '.join(sorted(base))}); got {type(regularizers).__name__} {regularizers!r}")
     unknown = sorted(set(regularizers) - set(base))
     if unknown:
         raise SketchmineError(f"unknown regularizer setting(s) {', '.join(map(repr, unknown))} for method {method!r}; "
                               f"its settings: {', '.join(sorted(base))}")
-    if not isinstance(regularizers.get("reset", False), bool):
-        raise SketchmineError(f"regularizer setting 'reset' (restart Adam when the polish begins) is a bool; got "
-                              f"{regularizers['reset']!r}")
-    polish = regularizers.get("polish", 0.0)
-    if isinstance(polish, bool) or not isinstance(polish, (int, float)) or not 0 <= polish <= 1:
-        raise SketchmineError(f"regularizer setting 'polish' is the share of the last steps run without the transforms, "
-                              f"a number from 0 to 1; got {polish!r}")
-    return {**base, **regularizers}
+    return {**base, **{key: _checked(key, value) for key, value in regularizers.items()}}
+
+
+CHECKS: dict[str, tuple[str, float | None, float | None]] = {
+    "decay": ("number", 0, 1), "blur_radius": ("number", 0, None), "blur_every": ("whole", 0, None),
+    "norm_pct": ("number", 0, 100), "contrib_pct": ("number", 0, 100), "lr": ("positive", None, None),
+    "init_std": ("number", 0, None), "decay_power": ("number", None, None), "polish": ("number", 0, 1),
+    "decorrelate": ("bool", None, None), "transforms": ("bool", None, None), "reset": ("bool", None, None)}
+"""What each setting takes (kind, lowest, highest): the loop reads them by truthiness, int() and
+float(), which would take "no" for True, truncate 2.5 to 2 and run a NaN rate to NaN images."""
+
+
+def _checked(key: str, value: Any) -> Any:
+    """`value` of setting `key` as a plain Python value when CHECKS allows it, else refused."""
+    import numbers
+
+    kind, low, high = CHECKS[key]
+    value = value.item() if isinstance(value, np.generic) else value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            what = " (restart Adam when the polish begins)" if key == "reset" else ""
+            raise SketchmineError(f"regularizer setting {key!r}{what} is a bool, True or False; got {value!r}")
+        return value
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "whole":
+        if not number or value != int(value) or value < 0:
+            raise SketchmineError(f"regularizer setting {key!r} is a whole number of steps, at least 0 (0: never); "
+                                  f"got {value!r}")
+        return int(value)
+    if kind == "positive":
+        if not number or value <= 0:
+            raise SketchmineError(f"regularizer setting {key!r} is a finite number above 0; got {value!r}")
+        return value
+    if not number or (low is not None and value < low) or (high is not None and value > high):
+        if key == "polish":
+            raise SketchmineError(f"regularizer setting 'polish' is the share of the last steps run without the "
+                                  f"transforms, a number from 0 to 1; got {value!r}")
+        want = (f"a number from {low} to {high}" if high is not None else
+                f"a finite number of at least {low}" if low is not None else "a finite number")
+        raise SketchmineError(f"regularizer setting {key!r} is {want}; got {value!r}")
+    return value
 
 
 def unit_noise(units: np.ndarray, shape: tuple[int, ...], seed: int, std: float) -> torch.Tensor:
