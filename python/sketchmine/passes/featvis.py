@@ -56,7 +56,10 @@ class FeatureVisualization:
     objective (U,): each unit's objective at its final image (float, untransformed);
     peak (U,): the unit's spatial maximum at the uint8 image, as the run's top-k ranks it;
     stopped (U,): the step at which a non-finite value stopped the unit (its image is the last
-    finite one), -1 for units that ran every step."""
+    finite one), -1 for units that ran every step;
+    no_gradient (U,) bool: the unit's objective gave the input a zero gradient at every step (a
+    unit read after a ReLU that is 0 where the objective reads it, from the start image on), so
+    its image is the starting noise (as the regularisers left it), not an optimised input."""
 
     layer: str
     units: np.ndarray
@@ -69,6 +72,7 @@ class FeatureVisualization:
     steps: int
     seed: int
     regularizers: dict[str, Any] = field(default_factory=dict)
+    no_gradient: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.images, self.pixels))
@@ -246,6 +250,7 @@ def optimize(reader: LayerReader, units: np.ndarray, pre: Preprocessing, hw: tup
     normalise = _normaliser(pre, device)
     active = torch.ones(len(units), dtype=torch.bool, device=device)
     stopped = np.full(len(units), -1, dtype=np.int64)
+    moved = torch.zeros(len(units), dtype=torch.bool, device=device)
     for step in range(steps):
         p = param.params.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -259,6 +264,7 @@ def optimize(reader: LayerReader, units: np.ndarray, pre: Preprocessing, hw: tup
             (grad,) = torch.autograd.grad(obj[active].sum(), p, allow_unused=True)
         if grad is None:
             grad = torch.zeros_like(p)
+        moved |= (grad != 0).flatten(1).any(1)
         bad = ~torch.isfinite(obj.detach()) | ~torch.isfinite(grad).flatten(1).all(1)
         newly = bad & active
         if newly.any():
@@ -278,7 +284,7 @@ def optimize(reader: LayerReader, units: np.ndarray, pre: Preprocessing, hw: tup
         peak = reader.peak(reader(normalise(pixels.float() / 255)), idx)
     return FeatureVisualization(reader.layer, units, images.cpu(), pixels.permute(0, 2, 3, 1).cpu().numpy(),
                                 objective.float().cpu().numpy(), peak.float().cpu().numpy(), stopped, method,
-                                steps, seed, s)
+                                steps, seed, s, no_gradient=(~moved).cpu().numpy())
 
 
 def _image_of(param: FourierImage | PixelImage, p: torch.Tensor) -> torch.Tensor:

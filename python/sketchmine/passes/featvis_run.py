@@ -113,6 +113,7 @@ class OptimizePass:
         units, limit = self.run.layer_shape(name)[0], self.limit[name]
         reader = LayerReader(self.net, name)
         u0 = done
+        flat: list[int] = []  # units of this call whose objective gave no gradient at any step
         while u0 < limit:
             # the whole block is optimised even where a call starts or stops inside it (max_units):
             # a unit's image depends on its batch (rounding differences grow over the steps), so
@@ -124,6 +125,7 @@ class OptimizePass:
                          self.steps, 0, self.device)
             keep = slice(u0 - b0, u1 - b0)
             stopped = r.stopped[keep]
+            flat += [u0 + int(i) for i in np.flatnonzero(r.no_gradient[keep])]
             attrs.update(units_done=u1, complete=u1 == units)
             try:
                 write_optimized(self.store, name, slice(u0, u1),
@@ -137,6 +139,12 @@ class OptimizePass:
                               "hit a non-finite value while optimised; their images are the last finite ones")
             progress.advance(u1 - u0)
             u0 = u1
+        if flat:
+            more = f" and {len(flat) - 10} more" if len(flat) > 10 else ""
+            progress.note(f"layer {name!r}: units {', '.join(map(str, flat[:10]))}{more} ({len(flat)} of "
+                          f"{limit - done}) got no gradient at any step (0 where the objective reads them, as after a "
+                          "ReLU): their stored images are the starting noise, not optimised; the layer before the "
+                          "ReLU (its conv or linear) gives them one")
         if units == 0 or done >= units:
             write_optimized(self.store, name, slice(0, 0), {}, {**attrs, "units_done": units, "complete": True})
 
