@@ -96,9 +96,13 @@ class OptimizePass:
             if not whole:
                 raise SketchmineError(f"layer {name!r} of {self.store.path} is damaged: its optimised images are "
                                       "missing; pass --redo to make them again")
-            raise SketchmineError(f"layer {name!r} of {self.store.path} was optimised with other settings "
-                                  f"({have.get('method')}, {have.get('steps')} steps); pass the same "
-                                  "--optimize-method/--optimize-steps, or --redo to replace them")
+            differ = [k for k in keys if have.get(k) != want[k]]
+            options = [o for k, o in (("method", "--optimize-method"), ("steps", "--optimize-steps")) if k in differ]
+            raise SketchmineError(f"layer {name!r} of {self.store.path} was optimised with other settings: "
+                                  f"{'; '.join(_difference(k, have.get(k), want[k]) for k in differ)}; "
+                                  + (f"pass the same {'/'.join(options)}, or --redo to replace them" if options else
+                                     "no option of this version gives those (another version made them): pass "
+                                     "--redo to make them again"))
         units = self.run.layer_shape(name)[0]
         reset_optimized(self.store, name, units, self.hw, self.channels, want)  # type: ignore[arg-type]
         return 0, want["block_units"]
@@ -148,3 +152,13 @@ class OptimizePass:
         if units == 0 or done >= units:
             write_optimized(self.store, name, slice(0, 0), {}, {**attrs, "units_done": units, "complete": True})
 
+
+
+def _difference(key: str, have: Any, want: Any) -> str:
+    """One setting of a claim, as the run has it and as this call would: of a dict of settings
+    (the regularizers), only the entries that differ."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        have = ", ".join(f"{k} {have.get(k, '-')}" for k in keys)
+        want = ", ".join(f"{k} {want.get(k, '-')}" for k in keys)
+    return f"{key} (run: {have}; now: {want})"

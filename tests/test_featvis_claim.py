@@ -1,0 +1,27 @@
+"""A layer optimised with settings that differ from this call's only where the command line
+has no option (regularizers, size: what another version used), refused naming what differs."""
+from __future__ import annotations
+
+import pytest
+
+import sketchmine
+from sketchmine.errors import SketchmineError
+from sketchmine.passes.visualize import visualize
+from sketchmine.store import schema
+from sketchmine.store.optimized import optimized_state, write_optimized
+from sketchmine.store.runstore import RunStore
+
+
+def test_other_regularizers_are_named(small_test_set, tmp_path):
+    run = sketchmine.mine("demo", small_test_set, layers=["classifier.6"], k=1, out=tmp_path / "r.zarr")
+    run = visualize(run, data=small_test_set, batch_size=4, optimize=True, optimize_steps=2, max_units=4)
+    store = RunStore.open(run.path, mode="r+")  # as another version's defaults left it
+    claim = dict(optimized_state(store, "classifier.6")[0] or {})
+    claim["regularizers"] = {**claim["regularizers"], "polish": 0.5}
+    write_optimized(store, "classifier.6", slice(0, 0), {}, claim)
+    with pytest.raises(SketchmineError, match=r"regularizers \(run: polish 0.5; now: polish 0.75\).*--redo") as e:
+        visualize(run, data=small_test_set, batch_size=4, optimize=True, optimize_steps=2)
+    assert "--optimize-steps" not in str(e.value)  # not the options the call gave as the run has them
+    assert sketchmine.open_run(run.path).layer_attrs("classifier.6")[schema.OPTIMIZED]["units_done"] == 4  # kept
+    with pytest.raises(SketchmineError, match=r"steps \(run: 2; now: 3\).*--optimize-steps"):
+        visualize(run, data=small_test_set, batch_size=4, optimize=True, optimize_steps=3)
