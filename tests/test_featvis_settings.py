@@ -53,3 +53,10 @@ def test_seed_past_64_bits_is_refused(demo_model):
         feature_visualization(demo_model, "features.0", [0], steps=1, seed=2 ** 64)
     r = feature_visualization(demo_model, "features.0", [0], steps=1, seed=2 ** 64 - 1)
     assert r.seed == 2 ** 64 - 1
+
+
+def test_a_preprocessing_with_other_channels_is_named(demo_model):
+    from sketchmine.data import Preprocessing
+
+    with pytest.raises(SketchmineError, match=r"preprocessing it was trained with \(preprocessing=; this one gives 3 "):
+        feature_visualization(demo_model, "features.3", [1], steps=1, preprocessing=Preprocessing("none", 3, None))

@@ -229,7 +229,9 @@ def _check_units(reader: LayerReader, units: Sequence[int] | int, channels: int,
             raise
         except RuntimeError as exc:
             raise SketchmineError(f"the model did not run on a ({channels}, {hw[0]}, {hw[1]}) input up to layer "
-                                  f"{reader.layer!r}: {str(exc).splitlines()[0]}; pass its input size (size=)") from None
+                                  f"{reader.layer!r}: {str(exc).splitlines()[0]}; pass its input size (size=), or, where the "
+                                  f"channels are wrong, the preprocessing it was trained with (preprocessing=; "
+                                  f"this one gives {channels} channel{'s' if channels > 1 else ''})") from None
     bad = [int(u) for u in arr if not 0 <= int(u) < n]
     if bad:
         raise SketchmineError(f"unit(s) {', '.join(map(str, bad[:5]))} out of range for layer {reader.layer!r}, which "
