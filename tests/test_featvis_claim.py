@@ -25,3 +25,20 @@ def test_other_regularizers_are_named(small_test_set, tmp_path):
     assert sketchmine.open_run(run.path).layer_attrs("classifier.6")[schema.OPTIMIZED]["units_done"] == 4  # kept
     with pytest.raises(SketchmineError, match=r"steps \(run: 2; now: 3\).*--optimize-steps"):
         visualize(run, data=small_test_set, batch_size=4, optimize=True, optimize_steps=3)
+
+
+def test_the_command_says_it_made_optimised_inputs(demo_test_set, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import image_folder
+
+    root = image_folder(demo_test_set, tmp_path / "images", per_class=3)
+    sm = [sys.executable, "-m", "sketchmine"]
+    out = str(tmp_path / "c.zarr")
+    mined = subprocess.run([*sm, "mine", "--model", "demo", "--data", str(root), "--out", out, "-k", "1",
+                            "--layers", "classifier.6"], capture_output=True, text=True)
+    assert mined.returncode == 0, mined.stderr
+    proc = subprocess.run([*sm, "visualize", out, "--optimize", "--optimize-steps", "2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "and optimised inputs (fourier, 2 steps) of 1 layer" in proc.stdout, proc.stdout

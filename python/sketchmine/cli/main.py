@@ -126,7 +126,7 @@ def _visualize(args: argparse.Namespace, console: Console, err: Console) -> None
                         optimize_method=args.optimize_method, optimize_steps=args.optimize_steps)
     finally:
         bar.stop()
-    print_visualized(run, args.layers, args.method, bar, console)
+    print_visualized(run, args.layers, args.method, bar, console, args.optimize)
 
 
 INTERRUPTED = {

@@ -35,6 +35,7 @@ from sketchmine.results.numbers import number, percent, rate, shape_text
 from sketchmine.results.precision import batch_note, precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import not_yet, sides, sides_note, size_note, ties_words
+from sketchmine.store import schema
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -328,8 +329,12 @@ def print_mined(run: Run, progress: RichProgress, no_logits: bool, console: Cons
 
 
 def print_visualized(run: Run, layers: list[str] | None, method: str, progress: RichProgress,
-                     console: Console) -> None:
-    """What `sketchmine visualize` says at the end."""
-    count = len(set(layers or run.layers))
-    console.print(f"patches and {method} crops of {count} layer{'' if count == 1 else 's'} "
+                     console: Console, optimize: bool = False) -> None:
+    """What `sketchmine visualize` says at the end (with --optimize, the optimised inputs too,
+    with the method and steps they were made with, as the first layer's claim records them)."""
+    names = list(dict.fromkeys(layers or run.layers))
+    count = len(names)
+    opt = run.layer_attrs(names[0]).get(schema.OPTIMIZED) if optimize and names else None
+    made = f" and optimised inputs ({opt.get('method')}, {opt.get('steps')} steps)" if isinstance(opt, dict) else ""
+    console.print(f"patches and {method} crops{made} of {count} layer{'' if count == 1 else 's'} "
                   f"in {progress.seconds:.1f} s → {safe(run.path)}")
