@@ -26,3 +26,23 @@ def test_max_units_inside_a_block_then_resume_equals_an_uninterrupted_pass(small
     part = visualize(part, data=small_test_set, batch_size=8, optimize=True, optimize_steps=24)
     for key in KEYS:
         np.testing.assert_array_equal(part.optimized("classifier.6", key=key), whole.optimized("classifier.6", key=key))
+
+
+def test_a_resume_at_another_batch_size_keeps_the_blocks_and_says_so(small_test_set, tmp_path, caplog):
+    """The images depend on the blocks: a resume with another --batch-size keeps the layer's
+    recorded blocks (and so stores what the uninterrupted pass does), and says it did."""
+    run = sketchmine.mine("demo", small_test_set, layers=["classifier.6"], k=1, out=tmp_path / "a.zarr")
+    shutil.copytree(tmp_path / "a.zarr", tmp_path / "b.zarr")
+    whole = visualize(run, data=small_test_set, batch_size=8, optimize=True, optimize_steps=24)
+    part = visualize(tmp_path / "b.zarr", data=small_test_set, batch_size=8, optimize=True, optimize_steps=24,
+                     max_units=3)
+    caplog.clear()
+    part = visualize(part, data=small_test_set, batch_size=4, optimize=True, optimize_steps=24)
+    said = [r.getMessage() for r in caplog.records if "resumes its optimised inputs" in r.getMessage()]
+    assert said == ["layer 'classifier.6' resumes its optimised inputs in the blocks of 8 units it began with (a "
+                    "unit's image depends on the units optimised beside it), not of --batch-size 4"]
+    for key in KEYS:
+        np.testing.assert_array_equal(part.optimized("classifier.6", key=key), whole.optimized("classifier.6", key=key))
+    caplog.clear()
+    visualize(part, data=small_test_set, batch_size=4, optimize=True, optimize_steps=24)  # complete: nothing to say
+    assert not [r for r in caplog.records if "resumes its optimised inputs" in r.getMessage()]

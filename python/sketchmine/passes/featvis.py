@@ -4,7 +4,9 @@ hardest, under one of two regularisation families (featvis_params.py).
 Batched over units: one batch element per unit, one forward and one backward per step for
 the whole batch, each element's objective its own unit (a gather). Every piece acts per
 element (model in eval mode, per-unit initial noise, elementwise optimiser, transforms shared
-by the batch), so a unit gets the same image in any batch (float tolerance).
+by the batch), so no unit reads another's; the forward's rounding still depends on the batch
+size, and hundreds of steps amplify it, so a unit's image is reproducible for the same batch
+(docs/visualize.md), not equal to its image alone.
 
 The objective of a unit, on the layer's output in the miner's layout (taps.to_units):
 - grid units (conv): the unit at the centre of the grid, as the Deep Visualization Toolbox

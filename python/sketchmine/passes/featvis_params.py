@@ -1,7 +1,7 @@
 """The two regularisation families of feature visualisation, as batched image parameterisations.
 
-Every piece acts on each batch element (one unit) on its own, so optimising U units in one
-batch gives each the image it would get alone: per-unit initial noise (a generator per unit),
+Every piece acts on each batch element (one unit) on its own, so no unit reads another's in a
+batch (the forward's batch-size rounding aside: featvis.py): per-unit initial noise (a generator per unit),
 per-unit statistics (percentiles, gradient norms), elementwise optimisers; the random
 transforms of a step are drawn once and applied to every element alike.
 

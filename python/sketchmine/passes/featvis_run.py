@@ -68,10 +68,10 @@ class OptimizePass:
         self.names, self.limit = names, limit
         self.todo: dict[str, tuple[int, int]] = {}
 
-    def claim(self, store: RunStore, batch_size: int, redo: bool) -> None:
+    def claim(self, store: RunStore, batch_size: int, redo: bool, progress: Progress) -> None:
         """Each layer's (units done, block size), its arrays created when new or `redo`."""
         self.store = store
-        self.todo = {n: self._prepare(n, batch_size, redo) for n in self.names}
+        self.todo = {n: self._prepare(n, batch_size, redo, progress) for n in self.names}
 
     @property
     def total(self) -> int:
@@ -85,14 +85,19 @@ class OptimizePass:
         return {"method": self.method, "steps": self.steps, "seed": 0, "regularizers": self.settings,
                 "size": list(self.hw), "block_units": block, "units_done": 0, "complete": False}
 
-    def _prepare(self, name: str, batch_size: int, redo: bool) -> tuple[int, int]:
+    def _prepare(self, name: str, batch_size: int, redo: bool, progress: Progress) -> tuple[int, int]:
         """(units done, block size) of a layer, its arrays created when new or `redo`."""
         want = self._want(max(1, batch_size))
         have, whole = optimized_state(self.store, name)
         if have is not None and not redo and (whole or have.get("units_done", 0) > 0):
             keys = ("method", "steps", "seed", "regularizers", "size")
             if whole and all(have.get(k) == want[k] for k in keys):
-                return int(have.get("units_done", 0)), int(have["block_units"])
+                block = int(have["block_units"])
+                if block != want["block_units"] and not have.get("complete"):  # its images depend on the blocks
+                    progress.note(f"layer {name!r} resumes its optimised inputs in the blocks of {block} units it "
+                                  f"began with (a unit's image depends on the units optimised beside it), not of "
+                                  f"--batch-size {want['block_units']}")
+                return int(have.get("units_done", 0)), block
             if not whole:
                 raise SketchmineError(f"layer {name!r} of {self.store.path} is damaged: its optimised images are "
                                       "missing; pass --redo to make them again")

@@ -143,7 +143,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
             for p in plans:
                 stale_pictures(store, p.name, progress)
         if opt:
-            opt.claim(store, batch_size, redo)
+            opt.claim(store, batch_size, redo, progress)
         progress.start(sum(limit.values()) + (opt.total if opt else 0),
                        sum(min(done, limit[n]) for n, (done, _) in todo.items()) + (opt.done if opt else 0))
         for p in plans:
