@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 
 import sketchmine
 from sketchmine.passes.visualize import visualize
@@ -46,3 +47,16 @@ def test_a_resume_at_another_batch_size_keeps_the_blocks_and_says_so(small_test_
     caplog.clear()
     visualize(part, data=small_test_set, batch_size=4, optimize=True, optimize_steps=24)  # complete: nothing to say
     assert not [r for r in caplog.records if "resumes its optimised inputs" in r.getMessage()]
+
+
+def test_a_layer_without_optimised_images_names_the_command_for_that_layer(small_test_set, tmp_path):
+    """Without --layers the command named would optimise every layer of the run."""
+    from sketchmine.errors import SketchmineError
+
+    run = sketchmine.mine("demo", small_test_set, layers=["features.6", "classifier.6"], k=1, out=tmp_path / "a.zarr")
+    with pytest.raises(SketchmineError, match=r"run `sketchmine visualize \S+ --layers classifier.6 --optimize`$"):
+        run.optimized("classifier.6")
+    part = visualize(run, layers=["classifier.6"], data=small_test_set, batch_size=8, optimize=True,
+                     optimize_steps=4, max_units=3)
+    with pytest.raises(SketchmineError, match=r"--layers classifier.6 --optimize` to continue$"):
+        part.optimized("classifier.6", 5)

@@ -19,7 +19,7 @@ def settings(run: Run, layer: str) -> dict[str, Any]:
     attrs = run.layer_attrs(layer).get(schema.OPTIMIZED)
     if attrs is None or not all(run.has_array(layer, key) for key in schema.OPTIMIZED_ARRAYS):
         raise SketchmineError(f"layer {layer!r} of {run.path} has no optimised images; run "
-                              f"`{command('sketchmine', 'visualize', run.path, '--optimize')}`")
+                              f"`{command('sketchmine', 'visualize', run.path, '--layers', layer, '--optimize')}`")
     return dict(attrs)
 
 
@@ -36,5 +36,5 @@ def optimized(run: Run, layer: str, unit: int | None = None, key: str = "optimiz
     unit = run.check_unit(layer, unit)
     if unit >= done:
         raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no optimised image yet ({done} of "
-                              f"{units} units done); run `{command('sketchmine', 'visualize', run.path, '--optimize')}` to continue")
+                              f"{units} units done); run `{command('sketchmine', 'visualize', run.path, '--layers', layer, '--optimize')}` to continue")
     return run.layer_array(layer, key, slice(unit, unit + 1))[0]
