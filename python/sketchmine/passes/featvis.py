@@ -189,7 +189,9 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
     size: an int S or (H, W); default the model's recorded preprocessing size, else the input size
     its metadata records (the embedded models: 28), else 224.
     preprocessing: the normalisation the model was trained with (default: `preprocessing_for`).
-    The channel count is the model's (1: a grey image; 3: colour). Deterministic for a seed.
+    The channel count is the model's (1: a grey image; 3: colour). Deterministic for a seed and the
+    same `units` (docs/visualize.md). A module stays on `device` (as `module.to(device)` leaves it,
+    as `mine` does); its train/eval flags are given back.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     net = loaded.module
