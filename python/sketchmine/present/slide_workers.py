@@ -107,7 +107,8 @@ class _Worker:
         self.log.seek(0)
         words = self.log.read().decode(errors="replace").strip().splitlines()[-1:]
         return SketchmineError(f"the process drawing the report's slides stopped (exit status {status}"
-                               f"{': ' + words[0] if words else ''}) while it drew {self.sent[0] if self.sent else 'none'}")
+                               f"{': ' + words[0] if words else ''}) while it drew {self.sent[0] if self.sent else 'none'}; "
+                               f"{ENV}=0 draws them in the report's own process")
 
     def close(self, kill: bool) -> None:
         """End the worker: its stdin closed (it ends when its slides are drawn), or killed."""
