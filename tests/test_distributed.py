@@ -76,6 +76,35 @@ def test_torchrun_two_processes_equal_one(tmp_path, demo_test_set):
     assert run.images_done == 122
 
 
+def small_folder(tmp_path: Path, ds, per_class: int = 4) -> Path:
+    """The first `per_class` test images of every class as PNGs (what `--data` takes)."""
+    pick = np.concatenate([np.nonzero(ds.labels() == c)[0][:per_class] for c in range(10)])
+    return export_image_folder(ArrayDataset(ds.images[pick], ds.labels()[pick], ds.class_names,
+                                            ds.preprocessing, ds.describe()), tmp_path / "images")
+
+
+def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node N -m sketchmine ARGS` on gloo, one thread per rank."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                           str(nproc), "-m", "sketchmine", *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_torchrun_on_a_complete_run_reports_it(tmp_path, demo_test_set):
+    """The same command run again on a finished run (a job re-submitted, or a kill after the
+    completing commit) says the run as one process does; it used to stop every rank with
+    AttributeError on rank 1 (loop.py bound `store.verify_results` on ranks that hold no store)."""
+    folder = small_folder(tmp_path, demo_test_set)
+    args = ["mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "run.zarr"), "--batch-size", "8",
+            "--workers", "0"]
+    first = torchrun(*args)
+    assert first.returncode == 0, first.stderr
+    again = torchrun(*args)
+    assert again.returncode == 0, again.stderr
+    assert "40 images, 0 this session" in again.stdout
+    assert "Traceback" not in again.stderr
+
+
 def _spawned(rank: int, meet: str, out: str, differ: str, result: str, k: int) -> None:
     """One rank: a gloo group initialised here (as a user would), then sketchmine.mine; `differ`:
     what rank 1 sees otherwise ("dataset": other images, "distributions": them asked for)."""

@@ -109,10 +109,11 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     prog = store.progress
     if prog.get("complete"):
         progress.start(n, n)
+        # lambdas: ranks other than 0 hold no store (distributed._RemoteStore), so nothing of it is looked up there
         team.on_writer(lambda: store.drop_checkpoints())  # a kill between the completion and the removal left them
-        team.on_writer(store.verify_results)  # a damaged run is said now, not as "complete" and then at each read
-        if schema.ATTRIBUTE_SUMS not in store.attrs:  # a kill between the completion and the record
-            team.on_writer(store.record_attribute_sums)
+        team.on_writer(lambda: store.verify_results())  # a damaged run is said now, not as "complete" and then at each read
+        team.on_writer(lambda: None if schema.ATTRIBUTE_SUMS in store.attrs  # a kill between the completion and the record
+                       else store.record_attribute_sums())
         return team.result(store)
     pre = ds.preprocessing
     softmax = any(l.name == SOFTMAX for l in spec)
