@@ -176,3 +176,36 @@ def test_two_processes_resume_a_one_process_run(tmp_path, demo_model, small_test
     said = spawn(out, k=5)  # rank 0's refusal to resume with other settings reaches rank 1
     assert said[0].startswith(f"error cannot resume {out}: it was mined with other settings: k (run: 9, now: 5)")
     assert said[1] == "error rank 0 stopped: " + said[0][len("error "):]
+
+
+def _spawned_on_folder(rank: int, meet: str, folder: str, out: str, result: str) -> None:
+    """One rank mining an image folder through the API (a group the caller initialised); what it
+    raised, by type and message, goes to `result`.RANK."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=meet, rank=rank, world_size=2)
+    try:
+        try:
+            sketchmine.mine("demo", folder, out=out, batch_size=4, num_workers=0)
+            said = "ok"
+        except Exception as exc:  # noqa: BLE001  (the test reads which kind of error each rank saw)
+            said = f"{type(exc).__name__}: {exc}"
+        Path(f"{result}.{rank}").write_text(said)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_rank_that_stops_ends_the_others_with_one_line(tmp_path, demo_test_set):
+    """An unreadable image in rank 1's shard (no skip) stops rank 1 with its message; rank 0, waiting
+    for it at the gather, ends with one sketchmine error naming what happened, not gloo's
+    RuntimeError (which the CLI prints as a traceback, and torchrun then names as the root cause)."""
+    folder = small_folder(tmp_path, demo_test_set)
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    (folder / "bear" / "zz_broken.png").write_bytes(b"not a png" * 10)  # index 4: batch 1 of 4, rank 1's
+    assert sorted([*names, "bear/zz_broken.png"]).index("bear/zz_broken.png") == 4
+    result = str(tmp_path / "result")
+    torch.multiprocessing.spawn(_spawned_on_folder, args=(rendezvous(tmp_path), str(folder), str(tmp_path / "run.zarr"),
+                                                          result), nprocs=2, join=True)
+    said = [Path(f"{result}.{r}").read_text() for r in range(2)]
+    assert said[1].startswith("SketchmineError: cannot read image bear/zz_broken.png"), said[1]
+    assert said[0].startswith("SketchmineFailure: rank 0 lost the other ranks"), said[0]
+    assert "re-run the same command" in said[0]

@@ -18,10 +18,11 @@ and checkpointed there; only rank 0 writes.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, SketchmineFailure, first_line
 from sketchmine.mining.checks import RESUME_CHECKS
 from sketchmine.model.backend import MODEL_SWITCHES
 from sketchmine.results.run import Run
@@ -187,6 +188,19 @@ class _Counted:
         self.inner.note(message)
 
 
+@contextlib.contextmanager
+def _answered(rank: int, step: str) -> Iterator[None]:
+    """A collective whose peers are gone (a rank that stopped with its own error, or was killed)
+    ends this rank with one line that says so, rather than the backend's RuntimeError (a
+    traceback from the CLI, which torchrun then names as the root cause)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise SketchmineFailure(f"rank {rank} lost the other ranks while {step} ({first_line(exc)}); a rank that "
+                                "stopped said why in its own output; re-run the same command to resume from the "
+                                "last flush") from None
+
+
 class Group:
     """This process's place in an initialised torch.distributed process group."""
 
@@ -201,7 +215,8 @@ class Group:
     def check_same(self, want: dict[str, Any]) -> None:
         """Refuse a world whose ranks see different data, models or settings (on every rank)."""
         everyone: list[Any] = [None] * self.size
-        dist.all_gather_object(everyone, want)
+        with _answered(self.rank, "comparing settings"):
+            dist.all_gather_object(everyone, want)
         ref = everyone[0]
         for rank, theirs in enumerate(everyone[1:], 1):
             diffs = [label for key, label in _CHECKS.items() if theirs.get(key) != ref.get(key)]
@@ -223,8 +238,13 @@ class Group:
                 error = exc
                 message = str(exc) if isinstance(exc, SketchmineError) else f"{type(exc).__name__}: {exc}"
         box = [(message, result if share else None)]
-        dist.broadcast_object_list(box, src=0)
-        if error is not None:
+        try:
+            with _answered(self.rank, "taking rank 0's result"):
+                dist.broadcast_object_list(box, src=0)
+        except SketchmineFailure:
+            if error is None:
+                raise
+        if error is not None:  # rank 0's own error first
             raise error
         message, shared = box[0]
         if message is not None:
@@ -260,7 +280,8 @@ class Group:
         mine = (None if self.writes else [acc.state() for acc in accs], _rows(pending),
                 [] if self.writes else list(bad), {} if self.writes else dict(converted))
         everyone: list[Any] | None = [None] * self.size if self.writes else None
-        dist.gather_object(mine, everyone, dst=0)
+        with _answered(self.rank, "gathering the ranks' states"):
+            dist.gather_object(mine, everyone, dst=0)
         if not self.writes:
             bad.clear()
             converted.clear()
