@@ -178,15 +178,16 @@ def test_two_processes_resume_a_one_process_run(tmp_path, demo_model, small_test
     assert said[1] == "error rank 0 stopped: " + said[0][len("error "):]
 
 
-def _spawned_on_folder(rank: int, meet: str, folder: str, out: str, result: str) -> None:
+def _spawned_on_folder(rank: int, meet: str, folder: str, out: str, result: str, skip: bool = False) -> None:
     """One rank mining an image folder through the API (a group the caller initialised); what it
-    raised, by type and message, goes to `result`.RANK."""
+    raised, by type and message, or "ok" and the notes it was given, goes to `result`.RANK."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=meet, rank=rank, world_size=2)
     try:
+        notes = StopAfter(10**9)  # records the notes, never stops
         try:
-            sketchmine.mine("demo", folder, out=out, batch_size=4, num_workers=0)
-            said = "ok"
+            sketchmine.mine("demo", folder, out=out, batch_size=4, num_workers=0, skip_bad_images=skip, progress=notes)
+            said = "\n".join(["ok", *notes.notes])
         except Exception as exc:  # noqa: BLE001  (the test reads which kind of error each rank saw)
             said = f"{type(exc).__name__}: {exc}"
         Path(f"{result}.{rank}").write_text(said)
@@ -194,18 +195,36 @@ def _spawned_on_folder(rank: int, meet: str, folder: str, out: str, result: str)
         dist.destroy_process_group()
 
 
+def _mine_with_a_broken_image_on_rank_1(tmp_path: Path, ds, skip: bool) -> list[str]:
+    """Two spawned ranks mine 40 PNGs and an unreadable one at index 4 (batch 1 of 4: rank 1's)."""
+    folder = small_folder(tmp_path, ds)
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    (folder / "bear" / "zz_broken.png").write_bytes(b"not a png" * 10)
+    assert sorted([*names, "bear/zz_broken.png"]).index("bear/zz_broken.png") == 4
+    result = str(tmp_path / "result")
+    torch.multiprocessing.spawn(_spawned_on_folder, args=(rendezvous(tmp_path), str(folder), str(tmp_path / "run.zarr"),
+                                                          result, skip), nprocs=2, join=True)
+    return [Path(f"{result}.{r}").read_text() for r in range(2)]
+
+
 def test_a_rank_that_stops_ends_the_others_with_one_line(tmp_path, demo_test_set):
     """An unreadable image in rank 1's shard (no skip) stops rank 1 with its message; rank 0, waiting
     for it at the gather, ends with one sketchmine error naming what happened, not gloo's
     RuntimeError (which the CLI prints as a traceback, and torchrun then names as the root cause)."""
-    folder = small_folder(tmp_path, demo_test_set)
-    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
-    (folder / "bear" / "zz_broken.png").write_bytes(b"not a png" * 10)  # index 4: batch 1 of 4, rank 1's
-    assert sorted([*names, "bear/zz_broken.png"]).index("bear/zz_broken.png") == 4
-    result = str(tmp_path / "result")
-    torch.multiprocessing.spawn(_spawned_on_folder, args=(rendezvous(tmp_path), str(folder), str(tmp_path / "run.zarr"),
-                                                          result), nprocs=2, join=True)
-    said = [Path(f"{result}.{r}").read_text() for r in range(2)]
+    said = _mine_with_a_broken_image_on_rank_1(tmp_path, demo_test_set, skip=False)
     assert said[1].startswith("SketchmineError: cannot read image bear/zz_broken.png"), said[1]
     assert said[0].startswith("SketchmineFailure: rank 0 lost the other ranks"), said[0]
     assert "re-run the same command" in said[0]
+
+
+def test_an_image_skipped_on_another_rank_is_said_by_rank_0(tmp_path, demo_test_set):
+    """With --skip-bad-images one process notes every skipped image; under torch.distributed only
+    rank 0 speaks, so it says the ones the other ranks skipped too (they reach it at the gather)."""
+    said = _mine_with_a_broken_image_on_rank_1(tmp_path, demo_test_set, skip=True)
+    assert said[1] == "ok"  # rank 1 is muted
+    notes = said[0].splitlines()
+    assert notes[0] == "ok"
+    assert [n for n in notes if n.startswith("skipped unreadable image")] == [
+        "skipped unreadable image bear/zz_broken.png: UnidentifiedImageError: cannot identify image file "
+        f"{str(tmp_path / 'images' / 'bear' / 'zz_broken.png')!r}"]
+    assert [b["path"] for b in sketchmine.open_run(tmp_path / "run.zarr").attrs["bad_images"]] == ["bear/zz_broken.png"]

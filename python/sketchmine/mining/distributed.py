@@ -208,9 +208,12 @@ class Group:
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         self.writes = self.rank == 0
         self._steps = 0
+        self._said: Any = _Muted()  # rank 0: where it says what the other ranks did (gather)
 
     def progress(self, progress: Any) -> Any:
-        return _Counted(progress, self.size) if self.writes else _Muted()
+        if self.writes:
+            self._said = _Counted(progress, self.size)
+        return self._said if self.writes else _Muted()
 
     def check_same(self, want: dict[str, Any]) -> None:
         """Refuse a world whose ranks see different data, models or settings (on every rank)."""
@@ -293,7 +296,12 @@ class Group:
             for theirs in everyone[1:]:
                 other.restore(theirs[0][i])
                 into.merge(other)
+        known = {b["index"] for b in bad}
         for theirs in everyone[1:]:
+            for b in theirs[2]:  # said here, as one process says each (the other ranks are muted)
+                if b["index"] not in known:
+                    known.add(b["index"])
+                    self._said.note(f"skipped unreadable image {b['path']}: {b['error']}")
             bad.extend(theirs[2])
             for mode, count in theirs[3].items():
                 converted[mode] = converted.get(mode, 0) + count
