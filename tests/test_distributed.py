@@ -124,7 +124,8 @@ def _spawned(rank: int, meet: str, out: str, differ: str, result: str, k: int) -
                           {**full.describe(), "subset": "0:300"})
         try:
             distributions = True if differ == "distributions" and rank == 1 else None  # None: the run's
-            run = sketchmine.mine(model.module, ds, out=out, batch_size=32, flush_every=2, k=k, distributions=distributions)
+            run = sketchmine.mine(model.module, ds, out=out, batch_size=32, flush_every=2, k=k, distributions=distributions,
+                                  skip_bad_images=differ == "skip" and rank == 1)
             Path(f"{result}.{rank}").write_text(f"ok {run.images_done} {run.path}")
         except SketchmineError as exc:
             Path(f"{result}.{rank}").write_text(f"error {exc}")
@@ -151,6 +152,15 @@ def test_ranks_asking_for_different_statistics_are_refused(tmp_path):
     said = spawn(tmp_path / "run.zarr", differ="distributions")
     for text in said:
         assert text.startswith("error rank 1 sees a different distributions setting than rank 0;"), text
+    assert not (tmp_path / "run.zarr").exists()
+
+
+def test_ranks_with_different_bad_image_settings_are_refused(tmp_path):
+    """Rank 1 skips unreadable images, rank 0 stops at them: one run would hold images skipped
+    against rank 0's setting (and rank 0's refusal would not apply to rank 1's shard)."""
+    said = spawn(tmp_path / "run.zarr", differ="skip")
+    for text in said:
+        assert text.startswith("error rank 1 sees a different skip-bad-images setting than rank 0;"), text
     assert not (tmp_path / "run.zarr").exists()
 
 
