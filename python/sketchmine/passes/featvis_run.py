@@ -158,7 +158,6 @@ class OptimizePass:
             write_optimized(self.store, name, slice(0, 0), {}, {**attrs, "units_done": units, "complete": True})
 
 
-
 def _difference(key: str, have: Any, want: Any) -> str:
     """One setting of a claim, as the run has it and as this call would: of a dict of settings
     (the regularizers), only the entries that differ."""
