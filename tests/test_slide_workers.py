@@ -105,3 +105,15 @@ def test_a_script_without_the_main_guard_is_not_run_again(run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("script ran") == 1
     assert len(list((tmp_path / "report" / "montage").rglob("*.png"))) == 20
+
+
+def test_the_callers_matplotlib_settings_reach_the_workers(run, tmp_path, monkeypatch):
+    """A notebook's style (here the text colour) draws the slides alike in the workers."""
+    import matplotlib
+
+    plain = _draw(run, tmp_path / "plain", "0", monkeypatch)
+    with matplotlib.rc_context({"text.color": "#b00000"}):
+        here = _draw(run, tmp_path / "here", "0", monkeypatch)
+        there = _draw(run, tmp_path / "there", "2", monkeypatch)
+    assert [p.read_bytes() for p in there] == [p.read_bytes() for p in here]
+    assert here[0].read_bytes() != plain[0].read_bytes()
