@@ -205,12 +205,14 @@ def _spawned_on_folder(rank: int, meet: str, folder: str, out: str, result: str,
         dist.destroy_process_group()
 
 
-def _mine_with_a_broken_image_on_rank_1(tmp_path: Path, ds, skip: bool) -> list[str]:
-    """Two spawned ranks mine 40 PNGs and an unreadable one at index 4 (batch 1 of 4: rank 1's)."""
+def _mine_with_a_broken_image_on_rank_1(tmp_path: Path, ds, skip: bool, name: str = "zz_broken.png",
+                                        data: bytes = b"not a png" * 10) -> list[str]:
+    """Two spawned ranks mine 40 PNGs and one more, `data` (unreadable by default), at index 4
+    (batch 1 of 4: rank 1's)."""
     folder = small_folder(tmp_path, ds)
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
-    (folder / "bear" / "zz_broken.png").write_bytes(b"not a png" * 10)
-    assert sorted([*names, "bear/zz_broken.png"]).index("bear/zz_broken.png") == 4
+    (folder / "bear" / name).write_bytes(data)
+    assert sorted([*names, f"bear/{name}"]).index(f"bear/{name}") == 4
     result = str(tmp_path / "result")
     torch.multiprocessing.spawn(_spawned_on_folder, args=(rendezvous(tmp_path), str(folder), str(tmp_path / "run.zarr"),
                                                           result, skip), nprocs=2, join=True)
@@ -238,3 +240,23 @@ def test_an_image_skipped_on_another_rank_is_said_by_rank_0(tmp_path, demo_test_
         "skipped unreadable image bear/zz_broken.png: UnidentifiedImageError: cannot identify image file "
         f"{str(tmp_path / 'images' / 'bear' / 'zz_broken.png')!r}"]
     assert [b["path"] for b in sketchmine.open_run(tmp_path / "run.zarr").attrs["bad_images"]] == ["bear/zz_broken.png"]
+
+
+def test_a_conversion_on_another_rank_is_said_by_rank_0(tmp_path, demo_test_set):
+    """One process says once that it converts a mode (a colour image for a grey model); under
+    torch.distributed rank 0 says it for a conversion only another rank met, naming that rank's
+    first image, and the count is recorded as one process's."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(demo_test_set.images[0])).convert("RGB").save(buf, "PNG")
+    said = _mine_with_a_broken_image_on_rank_1(tmp_path, demo_test_set, skip=False, name="zz_colour.png",
+                                               data=buf.getvalue())
+    assert said[1] == "ok"  # rank 1 is muted
+    notes = said[0].splitlines()
+    assert notes[0] == "ok"
+    assert [n for n in notes if "RGB" in n] == [n for n in notes if n.endswith("(first: bear/zz_colour.png)")]
+    assert len([n for n in notes if "RGB" in n]) == 1
+    assert sketchmine.open_run(tmp_path / "run.zarr").attrs["converted_images"] == {"RGB": 1}

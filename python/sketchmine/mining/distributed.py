@@ -162,11 +162,22 @@ class _RemoteStore:
 
 
 class _Muted:
-    """Progress of ranks other than 0: they say nothing (rank 0 reports for everyone)."""
+    """Progress of ranks other than 0: they say nothing (rank 0 reports for everyone); their notes
+    are kept until the next gather, where rank 0 says those it has not said itself."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
 
     def start(self, total: int, done: int) -> None: ...
     def advance(self, n: int) -> None: ...
-    def note(self, message: str) -> None: ...
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+def _note_key(message: str) -> str:
+    """What makes two ranks' notes one: a conversion note names each rank's first image."""
+    return message.split(" (first: ", 1)[0]
 
 
 class _Counted:
@@ -174,6 +185,7 @@ class _Counted:
 
     def __init__(self, inner: Any, size: int) -> None:
         self.inner, self.size, self.total, self.done = inner, size, 0, 0
+        self.said: set[str] = set()  # _note_key of every note said
 
     def start(self, total: int, done: int) -> None:
         self.total, self.done = total, done
@@ -185,7 +197,13 @@ class _Counted:
         self.inner.advance(step)
 
     def note(self, message: str) -> None:
+        self.said.add(_note_key(message))
         self.inner.note(message)
+
+    def note_theirs(self, message: str) -> None:
+        """Another rank's note, said unless this rank said it (or another rank's like it) already."""
+        if _note_key(message) not in self.said:
+            self.note(message)
 
 
 @contextlib.contextmanager
@@ -208,12 +226,14 @@ class Group:
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         self.writes = self.rank == 0
         self._steps = 0
-        self._said: Any = _Muted()  # rank 0: where it says what the other ranks did (gather)
+        self._muted = _Muted()  # ranks other than 0: their notes, sent to rank 0 at each gather
+        self._said: _Counted | None = None  # rank 0: where it says them
 
     def progress(self, progress: Any) -> Any:
-        if self.writes:
-            self._said = _Counted(progress, self.size)
-        return self._said if self.writes else _Muted()
+        if not self.writes:
+            return self._muted
+        self._said = _Counted(progress, self.size)
+        return self._said
 
     def check_same(self, want: dict[str, Any]) -> None:
         """Refuse a world whose ranks see different data, models or settings (on every rank)."""
@@ -281,13 +301,14 @@ class Group:
         counts move to rank 0's lists. Other ranks keep their own accumulators (a copy is
         merged, so nothing is counted twice at the next flush)."""
         mine = (None if self.writes else [acc.state() for acc in accs], _rows(pending),
-                [] if self.writes else list(bad), {} if self.writes else dict(converted))
+                [] if self.writes else list(bad), {} if self.writes else dict(converted), list(self._muted.notes))
         everyone: list[Any] | None = [None] * self.size if self.writes else None
         with _answered(self.rank, "gathering the ranks' states"):
             dist.gather_object(mine, everyone, dst=0)
         if not self.writes:
             bad.clear()
             converted.clear()
+            self._muted.notes.clear()
             return accs, pending
         assert everyone is not None
         merged = [copy.deepcopy(acc) for acc in accs]
@@ -296,12 +317,9 @@ class Group:
             for theirs in everyone[1:]:
                 other.restore(theirs[0][i])
                 into.merge(other)
-        known = {b["index"] for b in bad}
         for theirs in everyone[1:]:
-            for b in theirs[2]:  # said here, as one process says each (the other ranks are muted)
-                if b["index"] not in known:
-                    known.add(b["index"])
-                    self._said.note(f"skipped unreadable image {b['path']}: {b['error']}")
+            for message in theirs[4] if self._said is not None else ():  # said here, as one process says them
+                self._said.note_theirs(message)
             bad.extend(theirs[2])
             for mode, count in theirs[3].items():
                 converted[mode] = converted.get(mode, 0) + count
