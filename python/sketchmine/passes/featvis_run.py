@@ -24,6 +24,7 @@ from sketchmine.passes.featvis import METHODS, LayerReader, optimize
 from sketchmine.passes.featvis_params import settings
 from sketchmine.progress import Progress
 from sketchmine.results.run import Run
+from sketchmine.store import schema
 from sketchmine.store.optimized import optimized_state, reset_optimized, write_optimized
 from sketchmine.store.runstore import RunStore
 
@@ -134,12 +135,13 @@ class OptimizePass:
                          self.steps, 0, self.device)
             keep = slice(u0 - b0, u1 - b0)
             stopped = r.stopped[keep]
-            flat += [u0 + int(i) for i in np.flatnonzero(r.no_gradient[keep])]
+            flat_here = r.no_gradient[keep] & (stopped < 0)
+            flat += [u0 + int(i) for i in np.flatnonzero(flat_here)]
             attrs.update(units_done=u1, complete=u1 == units)
             try:
                 write_optimized(self.store, name, slice(u0, u1),
                                 {"optimized": r.pixels[keep], "optimized_peak": r.peak[keep],
-                                 "optimized_stopped": stopped}, attrs)
+                                 "optimized_stopped": np.where(flat_here, schema.NO_GRADIENT, stopped)}, attrs)
             except OSError as exc:
                 raise SketchmineFailure(f"cannot write to {self.store.path}: {exc.strerror or exc}; the units done so "
                                         "far are kept — make room and re-run the same command to resume") from None

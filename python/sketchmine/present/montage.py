@@ -215,7 +215,8 @@ class Slide:
         if self.deconv is not None and content.deconv is not None:
             self.deconv.fill(content.deconv, content.entries)
         if self.opt is not None and content.opt is not None:
-            self.opt.fill(content.opt, f"activation {content.peak:.3g}")
+            self.opt.fill(content.opt, "no gradient: the starting noise" if content.peak is None else
+                          f"activation {content.peak:.3g}")
         self.panel.fill(content.info)
         self.title.set_text(content.title)
         return self.fig
@@ -227,7 +228,7 @@ class _Content(NamedTuple):
     patches: np.ndarray
     deconv: np.ndarray | None
     opt: np.ndarray | None
-    peak: float
+    peak: float | None  # None: the optimisation never moved the image (schema.NO_GRADIENT)
     info: dict[str, Any]
     entries: list[dict[str, Any]]
     title: str
@@ -248,7 +249,9 @@ def slide_content(run: Run, layer: str, unit: int, info: dict[str, Any] | None) 
         raise SketchmineError(f"info is the summary of {info.get('layer')!r} unit {info.get('unit')}, not of "
                               f"{layer!r} unit {int(unit)}: pass unit_summary(run, {layer!r}, {int(unit)}) or None")
     opt = montage_optimized(run, layer, int(unit))
-    peak = float(run.optimized(layer, int(unit), key="optimized_peak")) if opt is not None else float("nan")
+    peak: float | None = float(run.optimized(layer, int(unit), key="optimized_peak")) if opt is not None else float("nan")
+    if opt is not None and int(run.optimized(layer, int(unit), key="optimized_stopped")) == schema.NO_GRADIENT:
+        peak = None  # never moved by the optimisation: the slide says so instead of a value
     # a slide travels alone: an autocast run's says so beside the model
     about = ", ".join(str(w) for w in (run.attrs.get("model"), run.precision if run.reduced_precision else None) if w)
     classes = class_units(run, layer)  # an output layer's unit is a class: named, as cards name it

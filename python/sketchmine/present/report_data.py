@@ -248,8 +248,9 @@ def optimized_tile(run: Run, name: str, u: int, lid: str, img_dir: Path, opt: di
                    png: PngWriter) -> dict[str, Any]:
     """A unit's stored feature visualisation image as a PNG beside its patches: its card entry."""
     png.save(run.optimized(name, u), img_dir / f"{u}_o.png")
+    flat = int(run.optimized(name, u, key="optimized_stopped")) == schema.NO_GRADIENT  # never moved: noise
     return {"src": f"../img/{lid}/{u}_o.png", "method": opt.get("method"),
-            "peak": num(run.optimized(name, u, key="optimized_peak"))}
+            "peak": num(run.optimized(name, u, key="optimized_peak")), **({"flat": True} if flat else {})}
 
 
 def jnum(v: Any) -> float | str | None:

@@ -251,4 +251,8 @@ OPTIMIZED_ARRAYS: dict[str, ArraySpec] = {
 }
 """layers/<name>/optimized (C, H, W, channels) uint8: each unit's optimised input image;
 optimized_peak (C,): the unit's spatial maximum at that image; optimized_stopped (C,): the step a
-non-finite value stopped the unit at, -1 none. Written a block of units at a time."""
+non-finite value stopped the unit at, -1 none, NO_GRADIENT where its objective gave the input no
+gradient at any step. Written a block of units at a time."""
+NO_GRADIENT = -2
+"""optimized_stopped of a unit the optimisation never moved (0 where its objective reads it, as after
+a ReLU): its image is the starting noise as the regularisers left it, not an optimised input."""

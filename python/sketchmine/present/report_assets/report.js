@@ -116,9 +116,11 @@
     if (u.deconv) { strip("deconv", u.deconv, u.w, u.h, false); }
     if (u.optimized) {  // visualize --optimize: the input that drives the unit hardest
       var o = el("div", "row");
-      o.appendChild(el("div", "label", "optimised"));
+      // a unit whose objective gave no gradient at any step (after a ReLU): its image is the start noise
+      o.appendChild(el("div", "label", u.optimized.flat ? "not optimised" : "optimised"));
       var ot = single(u.optimized.src);
-      ot.title = "feature visualisation (" + u.optimized.method + "), unit value " +
+      ot.title = (u.optimized.flat ? "no gradient at any step: the starting noise, not an optimised input; " : "") +
+        "feature visualisation (" + u.optimized.method + "), unit value " +
         (u.optimized.peak === null ? "-" : u.optimized.peak.toPrecision(4));
       o.appendChild(ot);
       c.appendChild(o);
