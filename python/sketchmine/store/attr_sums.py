@@ -56,6 +56,19 @@ def of_run(group: Any) -> dict[str, Any]:
     return record(root, {p: dict(group[p].attrs) for p in paths})
 
 
+def differing(want: Any, attrs: Mapping[str, Any]) -> list[str] | None:
+    """The keys of `attrs` whose sums are not those `want` records ({key: sum}), None where `want`
+    does not parse: what the run's record, a group's and a claim's are each checked by."""
+    if not (isinstance(want, dict) and all(isinstance(v, str) for v in want.values())):
+        return None
+    return [key for key, want_sum in want.items() if value_sum(attrs.get(key)) != want_sum]
+
+
+def named(keys: list[str]) -> str:
+    """Changed keys as a message names them (the first four)."""
+    return ", ".join(repr(key) for key in keys[:4]) + (", …" if len(keys) > 4 else "")
+
+
 def check(path: Path, root: Mapping[str, Any], node: str, attrs: Mapping[str, Any]) -> None:
     """Refuse the attributes `attrs` of `node` ("" for the root) where the run recorded others,
     naming the changed ones."""
@@ -66,13 +79,12 @@ def check(path: Path, root: Mapping[str, Any], node: str, attrs: Mapping[str, An
     if want is None and isinstance(sums, dict) and node not in sums:
         return  # a node the record does not cover
     where = "the root" if node == ROOT else node
-    if not (isinstance(want, dict) and all(isinstance(v, str) for v in want.values())):
+    changed = differing(want, attrs)
+    if changed is None:
         raise RunDamaged(f"run {path} is damaged: its record of the attribute sums of {where} does not parse; "
                          "mine it again with a new --out")
-    changed = [key for key, want_sum in want.items() if value_sum(attrs.get(key)) != want_sum]
     if changed:
-        named = ", ".join(repr(key) for key in changed[:4]) + (", …" if len(changed) > 4 else "")
-        raise RunDamaged(f"run {path} is damaged: attribute{'s' * (len(changed) > 1)} {named} of {where} "
+        raise RunDamaged(f"run {path} is damaged: attribute{'s' * (len(changed) > 1)} {named(changed)} of {where} "
                          f"{'are' if len(changed) > 1 else 'is'} not as recorded when the run was completed; "
                          "mine it again with a new --out")
 
@@ -111,13 +123,23 @@ def check_claim(path: Path, layer: str, name: str, claim: Mapping[str, Any]) -> 
     if want is None:
         return
     where = f"the {name!r} attribute of layers/{layer}"
-    if not (isinstance(want, dict) and all(isinstance(v, str) for v in want.values())):
+    changed = differing(want, claim)
+    if changed is None:
         raise RunDamaged(f"run {path} is damaged: the record of the sums of {where} does not parse; "
                          "run the pass that wrote it again")
-    changed = [key for key, want_sum in want.items() if value_sum(claim.get(key)) != want_sum]
     changed += sorted(set(claim) - set(want) - CLAIM_SKIPPED)  # a field added since: not as written either
     if changed:
-        named = ", ".join(repr(key) for key in changed[:4]) + (", …" if len(changed) > 4 else "")
-        raise RunDamaged(f"run {path} is damaged: field{'s' * (len(changed) > 1)} {named} of {where} "
+        raise RunDamaged(f"run {path} is damaged: field{'s' * (len(changed) > 1)} {named(changed)} of {where} "
                          f"{'are' if len(changed) > 1 else 'is'} not as the pass wrote "
                          f"{'them' if len(changed) > 1 else 'it'}; run the pass that wrote it again")
+
+
+CLAIMS = (schema.VISUALIZED, schema.OPTIMIZED)
+"""The claims later passes add to a layer's attributes, each sealed by its pass."""
+
+
+def check_claims(path: Path, layer: str, attrs: Mapping[str, Any]) -> None:
+    """`check_claim` for each claim of CLAIMS the layer's attributes `attrs` hold."""
+    for name in CLAIMS:
+        if isinstance(attrs.get(name), dict):
+            check_claim(path, layer, name, attrs[name])

@@ -92,6 +92,4 @@ def check_layer_attrs(path: Path, layer: str, attrs: dict[str, Any], root: dict[
         raise RunDamaged(f"run {path} is damaged: layer {layer!r} attribute " + "; ".join(problems))
     if root is not None:
         attr_sums.check(path, root, schema.layer_group(layer), attrs)
-    for claim in (schema.VISUALIZED, schema.OPTIMIZED):  # what later passes added: sealed by them
-        if isinstance(attrs.get(claim), dict):
-            attr_sums.check_claim(path, layer, claim, attrs[claim])
+    attr_sums.check_claims(path, layer, attrs)  # what later passes added: sealed by them

@@ -104,12 +104,12 @@ def check_attrs(attrs: dict[str, Any], path: str, where: Path) -> None:
     want = attrs.get(schema.ATTRIBUTE_SUMS)
     if want is None:
         return
-    if not (isinstance(want, dict) and all(isinstance(v, str) for v in want.values())):
+    changed = attr_sums.differing(want, attrs)
+    if changed is None:
         raise _damaged(where, path, "holds a record of its attribute sums that does not parse")
-    changed = [key for key, want_sum in want.items() if attr_sums.value_sum(attrs.get(key)) != want_sum]
     if changed:
-        named = ", ".join(repr(key) for key in changed[:4]) + (", …" if len(changed) > 4 else "")
-        raise _damaged(where, path, f"holds attribute{'s' * (len(changed) > 1)} {named} not as written with it")
+        raise _damaged(where, path, f"holds attribute{'s' * (len(changed) > 1)} {attr_sums.named(changed)} "
+                                    "not as written with it")
 
 
 def _damaged(where: Path, path: str, what: str) -> RunDamaged:

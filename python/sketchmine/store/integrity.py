@@ -91,12 +91,12 @@ def _verify(path: str | os.PathLike) -> Verified:
         out.damaged.setdefault(node, why)  # a group whose metadata does not parse is listed as such
     for layer in root.get(schema.LAYER_NAMES) or []:  # what later passes claimed, sealed by them
         node = schema.layer_group(layer)
-        for claim, fields in ((_attrs(store, node) or {}).items() if node not in out.damaged else ()):
-            if claim in (schema.VISUALIZED, schema.OPTIMIZED) and isinstance(fields, dict):
-                try:
-                    attr_sums.check_claim(store.path, layer, claim, fields)
-                except RunDamaged as exc:
-                    out.damaged[node] = str(exc).split("; run the pass", 1)[0]
+        if node in out.damaged:
+            continue
+        try:
+            attr_sums.check_claims(store.path, layer, _attrs(store, node) or {})
+        except RunDamaged as exc:
+            out.damaged[node] = str(exc).split("; run the pass", 1)[0]
     return out
 
 
