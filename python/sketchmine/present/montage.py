@@ -23,6 +23,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.results.effects import class_units
 from sketchmine.results.importance_store import rank_text
 from sketchmine.results.numbers import column, rate
+from sketchmine.results.optimized import never_moved
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import entry_steps
 from sketchmine.results.unit_summary import LayerSummary, maxima_text
@@ -249,9 +250,8 @@ def slide_content(run: Run, layer: str, unit: int, info: dict[str, Any] | None) 
         raise SketchmineError(f"info is the summary of {info.get('layer')!r} unit {info.get('unit')}, not of "
                               f"{layer!r} unit {int(unit)}: pass unit_summary(run, {layer!r}, {int(unit)}) or None")
     opt = montage_optimized(run, layer, int(unit))
-    peak: float | None = float(run.optimized(layer, int(unit), key="optimized_peak")) if opt is not None else float("nan")
-    if opt is not None and int(run.optimized(layer, int(unit), key="optimized_stopped")) == schema.NO_GRADIENT:
-        peak = None  # never moved by the optimisation: the slide says so instead of a value
+    peak = (float("nan") if opt is None else None if never_moved(run, layer, int(unit)) else
+            float(run.optimized(layer, int(unit), key="optimized_peak")))
     # a slide travels alone: an autocast run's says so beside the model
     about = ", ".join(str(w) for w in (run.attrs.get("model"), run.precision if run.reduced_precision else None) if w)
     classes = class_units(run, layer)  # an output layer's unit is a class: named, as cards name it

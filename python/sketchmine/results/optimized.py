@@ -38,3 +38,9 @@ def optimized(run: Run, layer: str, unit: int | None = None, key: str = "optimiz
         raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no optimised image yet ({done} of "
                               f"{units} units done); run `{command('sketchmine', 'visualize', run.path, '--layers', layer, '--optimize')}` to continue")
     return run.layer_array(layer, key, slice(unit, unit + 1))[0]
+
+
+def never_moved(run: Run, layer: str, unit: int) -> bool:
+    """Whether the unit's stored image is the starting noise, not an optimised input: its objective
+    gave no gradient at any step (schema.NO_GRADIENT), so its views say so instead of a value."""
+    return int(optimized(run, layer, unit, key="optimized_stopped")) == schema.NO_GRADIENT
