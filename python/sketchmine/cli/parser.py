@@ -6,12 +6,12 @@ Imports neither torch nor zarr nor rich: `sketchmine --help` and `--version` ans
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import typing
 from pathlib import Path
 
 from sketchmine import __version__
+from sketchmine.cores import usable_cores
 from sketchmine.errors import SketchmineError
 
 INKS = ("auto", "light", "dark")
@@ -23,7 +23,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 
 
 def default_workers() -> int:
     """Loader workers by default: none on small machines (the forward already uses every core)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return 0 if cores <= 2 else min(4, cores // 2)
 
 

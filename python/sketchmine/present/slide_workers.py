@@ -27,6 +27,7 @@ from queue import Queue
 from types import TracebackType
 from typing import IO, Any
 
+from sketchmine.cores import usable_cores
 from sketchmine.errors import SketchmineError
 
 MIN_SLIDES = 16
@@ -49,7 +50,7 @@ def worker_count(slides: int) -> int:
         except ValueError:
             raise SketchmineError(f"{ENV} should be a number of processes (0: none), found {setting!r}") from None
         return max(0, min(wanted, slides))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     if slides < MIN_SLIDES or cores < 2:
         return 0
     return min(cores, 8, slides // PER_WORKER)
