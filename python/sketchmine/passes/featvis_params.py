@@ -19,6 +19,7 @@ Images are in [0, 1] pixel space; the caller normalises them into the model.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,8 +106,6 @@ float(), which would take "no" for True, truncate 2.5 to 2 and run a NaN rate to
 
 def _checked(key: str, value: Any) -> Any:
     """`value` of setting `key` as a plain Python value when CHECKS allows it, else refused."""
-    import numbers
-
     kind, low, high = CHECKS[key]
     value = value.item() if isinstance(value, np.generic) else value
     if kind == "bool":

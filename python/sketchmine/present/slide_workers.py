@@ -99,7 +99,11 @@ class _Worker:
         self.sent: deque[str] = deque()  # what each unanswered slide is, for messages
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
-        _send(self.stdin, pickle.dumps(settings))
+        try:
+            _send(self.stdin, pickle.dumps(settings))
+        except OSError:  # it stopped at once: not left running beside the report
+            self.close(kill=True)
+            raise
 
     def stopped(self) -> SketchmineError:
         """The error for a worker that stopped answering (its exit status and last words)."""
