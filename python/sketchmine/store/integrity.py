@@ -87,14 +87,15 @@ def _verify(path: str | os.PathLike) -> Verified:
     out.unchecked = sorted(set(arrays) - covered - set(out.damaged))
     root = store.attrs
     recorded = [node for node in root.get(schema.ATTRIBUTE_SUMS) or {} if node != attr_sums.ROOT]
-    for node, why in attr_sums.damaged(store.path, root, {node: _attrs(store, node) for node in recorded}).items():
+    layers = {schema.layer_group(layer): layer for layer in root.get(schema.LAYER_NAMES) or []}
+    nodes = {node: _attrs(store, node) for node in {*recorded, *layers}}  # each group's attributes read once
+    for node, why in attr_sums.damaged(store.path, root, {node: nodes[node] for node in recorded}).items():
         out.damaged.setdefault(node, why)  # a group whose metadata does not parse is listed as such
-    for layer in root.get(schema.LAYER_NAMES) or []:  # what later passes claimed, sealed by them
-        node = schema.layer_group(layer)
+    for node, layer in layers.items():  # what later passes claimed, sealed by them
         if node in out.damaged:
             continue
         try:
-            attr_sums.check_claims(store.path, layer, _attrs(store, node) or {})
+            attr_sums.check_claims(store.path, layer, nodes[node] or {})
         except RunDamaged as exc:
             out.damaged[node] = str(exc).split("; run the pass", 1)[0]
     return out
