@@ -60,3 +60,26 @@ def test_a_layer_without_optimised_images_names_the_command_for_that_layer(small
                      optimize_steps=4, max_units=3)
     with pytest.raises(SketchmineError, match=r"--layers classifier.6 --optimize` to continue$"):
         part.optimized("classifier.6", 5)
+
+
+def test_a_resume_on_another_device_is_said_and_recorded(small_test_set, tmp_path, caplog):
+    """A layer's optimisation begun on a GPU and resumed on the CPU: its images from the resume on
+    depend on the CPU's rounding, so the resume says so and the claim records each stretch. No
+    GPU here: the partial claim is set to the GPU's, sealed as a GPU machine's pass seals it."""
+    import zarr
+
+    from sketchmine.store import attr_sums, schema
+
+    run = sketchmine.mine("demo", small_test_set, layers=["classifier.6"], k=1, out=tmp_path / "a.zarr")
+    part = visualize(run, data=small_test_set, batch_size=4, optimize=True, optimize_steps=4, max_units=4)
+    group = zarr.open_group(str(tmp_path / "a.zarr" / "layers" / "classifier.6"), mode="r+")
+    claim = {k: v for k, v in group.attrs[schema.OPTIMIZED].items() if k not in attr_sums.CLAIM_SKIPPED}
+    assert claim["device"] == "cpu" and claim["units_done"] == 4 and "devices" not in claim
+    group.update_attributes({schema.OPTIMIZED: attr_sums.sealed({**group.attrs[schema.OPTIMIZED], "device": "cuda"})})
+    caplog.clear()
+    part = visualize(part, data=small_test_set, batch_size=4, optimize=True, optimize_steps=4)
+    said = [r.getMessage() for r in caplog.records if "resumes its optimised inputs on" in r.getMessage()]
+    assert len(said) == 1 and "on cpu, begun on cuda" in said[0] and "units from 4 on differ" in said[0], said
+    done = part.layer_attrs("classifier.6")[schema.OPTIMIZED]
+    assert done["complete"] and done["devices"] == [[0, "cuda"], [4, "cpu"]]
+    assert not sketchmine.verify_run(part.path).damaged

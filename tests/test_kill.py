@@ -88,7 +88,7 @@ def test_mine_killed_at_many_points_ends_identical(tmp_path, folder):
 
 def test_visualize_killed_at_many_points_ends_identical(tmp_path, folder):
     mined = tmp_path / "mined.zarr"
-    sketchmine.mine("demo", folder, out=mined, batch_size=60, layers=["features.3", "features.10", "classifier.4"])
+    sketchmine.mine("demo", folder, out=mined, batch_size=60, layers=["features.3", "features.10"])
     ref, out = tmp_path / "ref.zarr", tmp_path / "run.zarr"
     shutil.copytree(mined, ref)
     shutil.copytree(mined, out)
@@ -191,8 +191,8 @@ def test_ctrl_c_of_visualize_redo_names_the_command_that_resumes(tmp_path, folde
     block of units", but `--redo` starts the layers again: the message names the re-run without it,
     which resumes where the interrupted pass stopped."""
     out = tmp_path / "run.zarr"
-    sketchmine.mine("demo", folder, out=out, batch_size=60, layers=["features.10", "classifier.4"])
-    args = ["--batch-size", "9", "--method", "guided"]  # one unit a block: 320 blocks, the interrupt lands in one
+    sketchmine.mine("demo", folder, out=out, batch_size=60, layers=["features.10"])
+    args = ["--batch-size", "9", "--method", "guided"]  # one unit a block: 64 blocks, the interrupt lands in one
     assert subprocess.run(_cli("visualize", str(out)), capture_output=True).returncode == 0  # deconvnet, complete
     proc = subprocess.Popen(_cli("visualize", str(out), "--redo", *args), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True,  # Ctrl-C heard even where the suite ignores it

@@ -75,3 +75,35 @@ def test_the_same_batch_size_resumes_identical_without_a_note(tmp_path, demo_mod
     sketchmine.mine(demo_model.module, data, k=3, out=out, batch_size=16, flush_every=1, progress=resumed)
     assert not [n for n in resumed.notes if "resuming at batch size" in n]
     assert_same_store(out, ref)
+    assert not [n for n in resumed.notes if "resuming on" in n]
+    assert sketchmine.open_run(out).devices == [(0, "cpu")] and "devices" not in sketchmine.open_run(out).attrs
+
+
+def test_a_resume_on_another_device_is_said_and_recorded(tmp_path, demo_model, small_test_set):
+    """A run begun on a GPU and finished on the CPU (a preempted job, resumed where a machine was
+    free) holds sums added in two ways: allowed, said, recorded per stretch and shown by `summary`.
+    No GPU here: the partial run's record is set to the GPU's, as a GPU machine would have left it."""
+    import zarr
+    from rich.console import Console
+
+    from sketchmine.present.console import print_summary
+    from sketchmine.present.json_out import summary_data
+
+    data = per_class_subset(small_test_set, 6, "resume_bs")
+    out = tmp_path / "run.zarr"
+    try:
+        sketchmine.mine(demo_model.module, data, k=3, out=out, batch_size=16, flush_every=1, progress=StopAfter(32))
+    except KeyboardInterrupt:
+        pass
+    cut = sketchmine.open_run(out).images_done
+    assert cut and sketchmine.open_run(out).attrs["device"] == "cpu"
+    zarr.open_group(str(out), mode="r+").update_attributes({"device": "cuda"})
+    resumed = StopAfter(10**6)
+    run = sketchmine.mine(demo_model.module, data, k=3, out=out, batch_size=16, flush_every=1, progress=resumed)
+    assert [n for n in resumed.notes if "resuming on cpu, mined so far on cuda" in n and "--device cuda" in n]
+    assert run.devices == [(0, "cuda"), (cut, "cpu")] and summary_data(run, 3)["devices"] == [[0, "cuda"], [cut, "cpu"]]
+    text = io.StringIO()
+    print_summary(str(run.path), 3, Console(file=text, width=300))
+    assert f"mined on cuda for images 0-{cut - 1}, cpu from image {cut} (resumed on another device)" in \
+        " ".join(text.getvalue().split()), text.getvalue()
+    assert not sketchmine.verify_run(out).damaged  # the record is part of the completed run's sums

@@ -49,7 +49,7 @@ from sketchmine.progress import Progress, Silent
 from sketchmine.results.run import Run
 from sketchmine.store.lock import enclosing_run, out_path
 from sketchmine.store.runstore import RunLock, RunStore, is_run
-from sketchmine.store.schema import LAYER_NAMES, PREPROCESS
+from sketchmine.store.schema import DEVICE, LAYER_NAMES, PREPROCESS
 
 
 def _model_spec(model: nn.Module | LoadedModel | str, weights: str | os.PathLike | None, seed: int | None = None) -> dict[str, Any]:
@@ -325,12 +325,18 @@ def mine(
                     progress.note(f"resuming at batch size {batch_size}, mined so far at {was}: CPU matrix products "
                                   "round the last bit by batch size, so ties within that rounding may rank as "
                                   f"neither uninterrupted run would; --batch-size {was} resumes bit-identically")
+                moved = None if current.progress.get("complete") else current.resume_device(device.type)
+                if moved is not None:
+                    progress.note(f"resuming on {device.type}, mined so far on {moved}: the two round otherwise (the "
+                                  "GPU adds the float64 sums behind unit and class means a block at a time), so the "
+                                  f"last bits differ from a run on one device; --device {moved} resumes bit-identically")
                 return current
             fields = forward.fields(tuple(first.shape), progress) if first.ndim >= 3 else {}
             labels = known
             # a half model's activations are its dtype's (readers say so; float32: no record)
             half = input_dtype(net) if isinstance(net, nn.Module) else net.weights_dtype()
-            attrs = {**want, "batch_size": batch_size, "preprocessing": None if pre is None else pre.to_dict(),
+            attrs = {**want, "batch_size": batch_size, DEVICE: device.type,
+                     "preprocessing": None if pre is None else pre.to_dict(),
                      **({"model_dtype": str(half).removeprefix("torch.")} if half in (torch.float16, torch.bfloat16) else {}),
                      "model_spec": _model_spec(model, weights, (seed or 0) if loaded.random_init else None),
                      "dataset": {**ds.describe(), "size": len(ds)}, "num_classes": num_classes,

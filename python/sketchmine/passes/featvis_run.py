@@ -68,6 +68,7 @@ class OptimizePass:
         self.settings = settings(method, "default")
         self.names, self.limit = names, limit
         self.todo: dict[str, tuple[int, int]] = {}
+        self.devices: dict[str, list[list[Any]]] = {}  # a layer resumed on another kind of device: its stretches
 
     def claim(self, store: RunStore, batch_size: int, redo: bool, progress: Progress) -> None:
         """Each layer's (units done, block size), its arrays created when new or `redo`."""
@@ -84,7 +85,8 @@ class OptimizePass:
 
     def _want(self, block: int) -> dict[str, Any]:
         return {"method": self.method, "steps": self.steps, "seed": 0, "regularizers": self.settings,
-                "size": list(self.hw), "block_units": block, "units_done": 0, "complete": False}
+                "size": list(self.hw), "block_units": block, "device": torch.device(self.device).type,
+                "units_done": 0, "complete": False}
 
     def _prepare(self, name: str, batch_size: int, redo: bool, progress: Progress) -> tuple[int, int]:
         """(units done, block size) of a layer, its arrays created when new or `redo`."""
@@ -98,6 +100,7 @@ class OptimizePass:
                     progress.note(f"layer {name!r} resumes its optimised inputs in the blocks of {block} units it "
                                   f"began with (a unit's image depends on the units optimised beside it), not of "
                                   f"--batch-size {want['block_units']}")
+                self._resumed_on(name, have, want["device"], progress)
                 return int(have.get("units_done", 0)), block
             if not whole:
                 raise SketchmineError(f"layer {name!r} of {self.store.path} is damaged: its optimised images are "
@@ -113,6 +116,24 @@ class OptimizePass:
         reset_optimized(self.store, name, units, self.hw, self.channels, want)  # type: ignore[arg-type]
         return 0, want["block_units"]
 
+    def _resumed_on(self, name: str, have: dict[str, Any], kind: str, progress: Progress) -> None:
+        """Record (`devices`: [first unit, device kind] per stretch) and say a layer's pass resumed on
+        another kind of device than it began on: a unit's image depends on how the device rounds (the
+        differences grow over the steps), so the units from here on differ from a one-device pass."""
+        began, done = have.get("device"), int(have.get("units_done", 0))
+        if began is None or have.get("complete"):  # a claim from before the record, or nothing left to do
+            return
+        stretches = [list(s) for s in have.get("devices") or [[0, began]] if s[0] < done]
+        was = stretches[-1][1] if stretches else None
+        if was != kind:
+            stretches.append([done, kind])
+        if stretches != [[0, began]]:
+            self.devices[name] = stretches
+        if was not in (None, kind):
+            progress.note(f"layer {name!r} resumes its optimised inputs on {kind}, begun on {was}: a unit's image "
+                          f"depends on how the device rounds (the differences grow over the steps), so units from "
+                          f"{done} on differ from a pass on one device; --device {was} resumes as it began")
+
     def run_all(self, progress: Progress) -> None:
         with eval_mode(self.net):  # the caller's flags back after
             for name, (done, block) in self.todo.items():
@@ -120,6 +141,8 @@ class OptimizePass:
 
     def _layer(self, name: str, done: int, block: int, progress: Progress) -> None:
         attrs = dict(optimized_state(self.store, name)[0] or {})
+        if name in self.devices:
+            attrs["devices"] = self.devices[name]
         units, limit = self.run.layer_shape(name)[0], self.limit[name]
         reader = LayerReader(self.net, name)
         u0 = done

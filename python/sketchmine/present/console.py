@@ -32,7 +32,7 @@ from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.present.fitting import FittingTable
 from sketchmine.results import importance_store
 from sketchmine.results.numbers import number, percent, rate, shape_text
-from sketchmine.results.precision import batch_note, precision_note
+from sketchmine.results.precision import batch_note, device_note, precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import not_yet, sides, sides_note, size_note, ties_words
 from sketchmine.store import schema
@@ -122,8 +122,8 @@ def layers_table(run: Run) -> Table:
     """One row per mined layer: shape, units, best activation, NaNs seen. The title (the
     header of `summary` and `mine`) names an autocast run's precision; the caption says what it means."""
     state = "complete" if run.complete else f"PARTIAL: {run.images_done} images"
-    note, batches = precision_note(run), batch_note(run)
-    caption = "\n".join(safe(n) for n in (note, batches) if n) or None
+    note = precision_note(run)
+    caption = "\n".join(safe(n) for n in (note, batch_note(run), device_note(run)) if n) or None
     table = titled(f"{safe(run.path)}  ({state}" + (f"; {safe(run.precision)})" if note else ")"),
                    caption=caption, caption_justify="left")
     for col in ("layer", "kind", "shape", "units", "max activation", "NaN"):

@@ -61,6 +61,7 @@ def _summary_data(run: Run, n: int) -> dict[str, Any]:
     layers: list[dict[str, Any]] = []
     head = {"run": str(run.path), "model": run.attrs.get("model"), "complete": run.complete, "precision": run.precision,
             "forward_options": run.forward_options, "batch_sizes": [list(s) for s in run.batch_sizes],
+            "devices": [list(s) for s in run.devices],
             "images": run.images_done, "k": run.k, "accuracy": run.accuracy()}  # None until complete
     if not run.complete and not run.images_done:  # created, nothing committed: the layers, no numbers yet
         return {**head, "class_accuracy": [], "layers": [{"name": name, "units": run.layer_attrs(name)["shape"][0]}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sketchmine.results.run_part import RunPart
-from sketchmine.store.schema import FORWARD_OPTIONS, PLAIN_FORWARD_OPTIONS
+from sketchmine.store.schema import DEVICE, FORWARD_OPTIONS, PLAIN_FORWARD_OPTIONS
 
 if TYPE_CHECKING:
     from sketchmine.results.run import Run
@@ -67,6 +67,14 @@ class Precision(RunPart):
         return [(int(first), int(size)) for first, size in stretches]
 
     @property
+    def devices(self) -> list[tuple[int, str]]:
+        """(first image, device kind) of each stretch the mining pass ran on one kind of device
+        ("cpu", "cuda"): one stretch, unless a resume moved the run; [] where it did not record it."""
+        attrs = self._as_run.attrs
+        stretches = attrs.get("devices") or ([[0, attrs[DEVICE]]] if DEVICE in attrs else [])
+        return [(int(first), str(kind)) for first, kind in stretches]
+
+    @property
     def reduced_precision(self) -> bool:
         """True when the mining pass ran under autocast (`precision` is not "float32")."""
         return self.precision != FLOAT32
@@ -87,11 +95,25 @@ def batch_note(run: Run) -> str | None:
     stretches = run.batch_sizes
     if len(stretches) < 2:
         return None
-    ends = [first for first, _ in stretches[1:]] + [None]
-    parts = [f"{size} for images {first}-{end - 1}" if end is not None else f"{size} from image {first}"
-             for (first, size), end in zip(stretches, ends)]
-    return (f"mined at batch size {', '.join(parts)} (resumed at another size): CPU matrix products round the "
+    return (f"mined at batch size {_stretches(stretches)} (resumed at another size): CPU matrix products round the "
             "last bit by batch size, so near-ties may rank as neither uninterrupted run would")
+
+
+def device_note(run: Run) -> str | None:
+    """What `summary` says of a run resumed on another kind of device (`Run.devices`), else None."""
+    stretches = run.devices
+    if len(stretches) < 2:
+        return None
+    return (f"mined on {_stretches(stretches)} (resumed on another device): devices round otherwise (a GPU adds "
+            "the float64 sums behind unit and class means a block at a time), so the last bits differ from a run on "
+            "one device")
+
+
+def _stretches(stretches: list[tuple[int, Any]]) -> str:
+    """"64 for images 0-99, 32 from image 100"."""
+    ends = [first for first, _ in stretches[1:]] + [None]
+    return ", ".join(f"{value} for images {first}-{end - 1}" if end is not None else f"{value} from image {first}"
+                     for (first, value), end in zip(stretches, ends))
 
 
 def precision_differs(a: Run, b: Run) -> str | None:

@@ -293,11 +293,7 @@ class Run(UnitViews, ClassCorrelations, Precision):
         """`unit` as an int when it is a unit of `layer`; else a clear error. One check for every
         reader taking a unit: a float (1.5, 2.7), a bool or a string is refused, not truncated,
         compared or matched to no row; numpy integers are fine."""
-        c = int(self.layer_shape(layer)[0])
-        if isinstance(unit, (bool, np.bool_)) or not isinstance(unit, (int, np.integer)) or not 0 <= int(unit) < c:
-            raise SketchmineError(f"unit {unit!r} is not in layer {layer!r} of run {self.path}: its units are "
-                                  f"0 to {c - 1} (integers)")
-        return int(unit)
+        return unit_of(self, layer, unit, int(self.layer_shape(layer)[0]))
 
     def unit_classes(self, layer: str, unit: int) -> pd.DataFrame:
         """One unit's top-k, best first, with class, class accuracy, value and image path (the
@@ -381,3 +377,12 @@ class Run(UnitViews, ClassCorrelations, Precision):
 def open_run(path: str | os.PathLike) -> Run:
     """Open a run directory for reading."""
     return Run(RunStore.open(path, mode="r"))
+
+
+def unit_of(run: Run, layer: str, unit: Any, units: int) -> int:
+    """`Run.check_unit` for a reader that holds the layer's unit count already (a dashboard asks
+    for each of thousands of units; the count is read once)."""
+    if isinstance(unit, (bool, np.bool_)) or not isinstance(unit, (int, np.integer)) or not 0 <= int(unit) < units:
+        raise SketchmineError(f"unit {unit!r} is not in layer {layer!r} of run {run.path}: its units are "
+                              f"0 to {units - 1} (integers)")
+    return int(unit)

@@ -20,7 +20,7 @@ from sketchmine.results.distribution import quantile_bounds, without
 from sketchmine.results.effects import missing_note, not_ablatable
 from sketchmine.results import importance_store
 from sketchmine.results.numbers import column
-from sketchmine.results.run import Run
+from sketchmine.results.run import Run, unit_of
 from sketchmine.results.summaries import entry_steps
 
 QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
@@ -136,7 +136,7 @@ class LayerSummary:
         return None
 
     def check_unit(self, unit: Any) -> int:
-        return self.run.check_unit(self.layer, unit)
+        return unit_of(self.run, self.layer, unit, self.units)
 
     def image(self, i: int) -> dict[str, Any]:
         """One image of the run: image_index, path, class and label (None when unlabelled), that

@@ -45,6 +45,9 @@ _ROOT_CHECKS: dict[str, tuple[bool, str, Callable[[Any], bool]]] = {
     "batch_size": (False, "a positive integer", lambda v: _is_int(v, 1)),
     "batch_sizes": (False, "a list of [first image, batch size] pairs", lambda v: isinstance(v, list) and all(
         isinstance(s, list) and len(s) == 2 and _is_int(s[0], 0) and _is_int(s[1], 1) for s in v)),
+    "device": (False, "a device kind ('cpu', 'cuda', ...)", lambda v: isinstance(v, str) and v.isidentifier()),
+    "devices": (False, "a list of [first image, device kind] pairs", lambda v: isinstance(v, list) and all(
+        isinstance(s, list) and len(s) == 2 and _is_int(s[0], 0) and isinstance(s[1], str) for s in v)),
     "forward_options": (False, "{autocast: null|str, channels_last: bool, compile: bool}", lambda v: isinstance(v, dict)
                         and (v.get("autocast") is None or isinstance(v.get("autocast"), str))
                         and all(isinstance(v.get(key, False), bool) for key in ("channels_last", "compile"))),

@@ -63,31 +63,43 @@ class Checkpoints:
 
     def extras(self, bad: list[dict[str, Any]], converted: dict[str, int]) -> dict[str, Any]:
         """The run's record a commit writes beside its progress: unreadable images (`bad`), per-mode
-        conversion counts (committed plus `converted` since), a resumed run's batch sizes."""
+        conversion counts (committed plus `converted` since), a resumed run's batch sizes and devices."""
         attrs = self.attrs
-        previous, sizes = attrs.get("converted_images", {}), attrs.get("batch_sizes")
+        previous = attrs.get("converted_images", {})
         return {"bad_images": bad, "converted_images": {m: previous.get(m, 0) + converted.get(m, 0)
                                                         for m in {*previous, *converted}},
-                **({"batch_sizes": sizes} if sizes else {})}
+                **{key: attrs[key] for key in schema.STRETCHES.values() if attrs.get(key)}}
 
     def resume_batch_size(self, batch_size: int) -> int | None:
         """Record that a partial run goes on from its committed image at `batch_size` (`batch_sizes`:
-        [first image, batch size] for each stretch mined at one size, kept with the next commit's
-        extras; images past the commit are mined again, so their stretches go). Returns the
-        size the run was mined at so far where it differs (CPU matrix products round the last
-        bit by batch size: a resume at another size is allowed, and said), else None."""
-        attrs = self.attrs
-        first = attrs.get("batch_size")
-        if not isinstance(first, int):
+        [first image, batch size] for each stretch mined at one size). Returns the size the run was
+        mined at so far where it differs (CPU matrix products round the last bit by batch size: a
+        resume at another size is allowed, and said), else None."""
+        return self._resume_stretch("batch_size", batch_size)
+
+    def resume_device(self, device: str) -> str | None:
+        """Record that a partial run goes on from its committed image on a `device` ("cpu", "cuda";
+        `devices`: [first image, device] for each stretch). Returns the device the run was mined on
+        so far where it differs (devices round otherwise: allowed, and said), else None."""
+        return self._resume_stretch("device", device)
+
+    def _resume_stretch(self, key: str, value: Any) -> Any:
+        """The stretches of root attribute `key`'s record (schema.STRETCHES) with `value` from the committed
+        image on, kept with the next commit's extras (images past the commit are mined again, so
+        their stretches go); the value so far where it differs from `value`, else None. A run that
+        did not record `key` when it was created records nothing."""
+        attrs, record = self.attrs, schema.STRETCHES[key]
+        first = attrs.get(key)
+        if first is None:
             return None
         done = int(self.progress.get("images_done", 0))
-        stretches = [list(s) for s in attrs.get("batch_sizes") or [[0, first]] if s[0] < done]
+        stretches = [list(s) for s in attrs.get(record) or [[0, first]] if s[0] < done]
         was = stretches[-1][1] if stretches else None
-        if was != batch_size:
-            stretches.append([done, batch_size])
+        if was != value:
+            stretches.append([done, value])
         if stretches != [[0, first]]:
-            self._override["batch_sizes"] = stretches
-        return None if was in (None, batch_size) else was
+            self._override[record] = stretches
+        return None if was in (None, value) else was
 
     def checkpoint(self) -> tuple[str | None, int, dict[str, Any]]:
         """(slot, images done, committed extras) of the newest intact checkpoint.

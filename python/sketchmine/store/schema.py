@@ -85,6 +85,12 @@ PREPROCESS = "preprocess"
 """Root attribute: where the mining pass made its images model input, "device" (a batch at a
 time on the mining device) or "cpu" (per image in the loader); absent in runs made before it
 (per image). A resume must agree."""
+DEVICE = "device"
+"""Root attribute: the kind of device the mining pass began on ("cpu", "cuda"); absent in runs made
+before it. A resume on another kind is allowed and recorded (STRETCHES): devices round otherwise."""
+STRETCHES = {"batch_size": "batch_sizes", DEVICE: "devices"}
+"""Root attributes a resume may change, each with the attribute that records its stretches
+([first image, value] each) once it did: readers say where a run's last bits come from."""
 FORWARD_OPTIONS = "forward_options"
 PLAIN_FORWARD_OPTIONS: dict[str, Any] = {"autocast": None, "channels_last": False, "compile": False}
 """Root attribute: the forward options the mining pass ran with (mining.options.SpeedOptions);
