@@ -30,10 +30,13 @@ from typing import IO, Any
 from sketchmine.cores import usable_cores
 from sketchmine.errors import SketchmineError
 
-MIN_SLIDES = 16
-"""Fewer slides are drawn in this process (each worker's start costs several slides)."""
-PER_WORKER = 8
-"""Slides per worker at least: a ninth slide does not start another process."""
+MIN_SLIDES = 40
+"""Fewer slides are drawn in this process: a worker's start costs about a second of CPU, ten
+slides. Measured on 2 cores (the demo model's report, 8 slides a layer; benchmarks/RESULTS.md):
+16 slides 2.64 s here, 2.75 s with two workers (and 1.7 s more CPU); 32 slides 5.1 s and 4.5 s
+(2.2 s more CPU); 72 slides 10.3 s and 7.1 s."""
+PER_WORKER = 20
+"""Slides per worker at least, so that its start is at most half of its work."""
 IN_FLIGHT = 3
 """Slides sent to one worker and not yet answered: enough to keep it busy, few in memory."""
 ENV = "SKETCHMINE_SLIDE_WORKERS"
