@@ -201,7 +201,7 @@ def test_full_disk_during_visualize(tmp_path, small_disk, demo_model, small_test
     from tests.helpers import assert_same_store
 
     mnt, grow = small_disk
-    layers = ["features.6", "classifier.4"]
+    layers = ["features.6"]
     sketchmine.mine(demo_model.module, small_test_set, layers=layers, out=tmp_path / "ref.zarr", batch_size=100)
     shutil.copytree(tmp_path / "ref.zarr", mnt / "run.zarr")
     visualize(tmp_path / "ref.zarr", model=demo_model.module, data=small_test_set)
