@@ -11,7 +11,15 @@ settings.register_profile("ci", max_examples=150, deadline=None, derandomize=Tru
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
-torch.set_num_threads(2)
+# pytest-xdist runs a worker process per core: torch's threads in each, two by default, put more
+# threads than cores to work, and OpenMP's barriers spin while a thread waits for a core (in the
+# suite, a test's in-process visualize ran 8-10x slower than alone). Each worker gets its share of
+# the cores (at least one, at most two as before), and the commands the tests start inherit it.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) // _WORKERS))
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
 @pytest.fixture(scope="session")
