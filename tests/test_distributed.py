@@ -107,7 +107,8 @@ def test_torchrun_on_a_complete_run_reports_it(tmp_path, demo_test_set):
 
 def _spawned(rank: int, meet: str, out: str, differ: str, result: str, k: int) -> None:
     """One rank: a gloo group initialised here (as a user would), then sketchmine.mine; `differ`:
-    what rank 1 sees otherwise ("dataset": other images, "distributions": them asked for)."""
+    what rank 1 sees otherwise ("dataset": other images, "distributions": them asked for, "skip":
+    skip_bad_images, "out": another out)."""
     from sketchmine.data import ArrayDataset, animal_shape
     from sketchmine.model.models import preprocessing_for
     from sketchmine.model.models import load_model
@@ -124,6 +125,8 @@ def _spawned(rank: int, meet: str, out: str, differ: str, result: str, k: int) -
                           {**full.describe(), "subset": "0:300"})
         try:
             distributions = True if differ == "distributions" and rank == 1 else None  # None: the run's
+            if differ == "out" and rank == 1:
+                out = out.replace("run.zarr", "run_1.zarr")  # a run of its own, as a user might expect
             run = sketchmine.mine(model.module, ds, out=out, batch_size=32, flush_every=2, k=k, distributions=distributions,
                                   skip_bad_images=differ == "skip" and rank == 1)
             Path(f"{result}.{rank}").write_text(f"ok {run.images_done} {run.path}")
@@ -260,3 +263,13 @@ def test_a_conversion_on_another_rank_is_said_by_rank_0(tmp_path, demo_test_set)
     assert [n for n in notes if "RGB" in n] == [n for n in notes if n.endswith("(first: bear/zz_colour.png)")]
     assert len([n for n in notes if "RGB" in n]) == 1
     assert sketchmine.open_run(tmp_path / "run.zarr").attrs["converted_images"] == {"RGB": 1}
+
+
+def test_ranks_with_different_outs_are_refused(tmp_path):
+    """Rank 1 named a run of its own: rank 0 writes the one run of every rank, so rank 1's images
+    would have gone into rank 0's run while its own `out` stayed empty, without a word."""
+    said = spawn(tmp_path / "run.zarr", differ="out")
+    for text in said:
+        assert text.startswith("error rank 1 sees a different out folder (rank 0 writes the one run of every rank) "
+                               "than rank 0;"), text
+    assert not (tmp_path / "run.zarr").exists() and not (tmp_path / "run_1.zarr").exists()
