@@ -25,6 +25,7 @@ from sketchmine.passes.featvis_params import settings
 from sketchmine.progress import Progress
 from sketchmine.results.run import Run
 from sketchmine.store import schema
+from sketchmine.store.checkpoint import resumed_stretches
 from sketchmine.store.optimized import optimized_state, reset_optimized, write_optimized
 from sketchmine.store.runstore import RunStore
 
@@ -123,13 +124,10 @@ class OptimizePass:
         began, done = have.get("device"), int(have.get("units_done", 0))
         if began is None or have.get("complete"):  # a claim from before the record, or nothing left to do
             return
-        stretches = [list(s) for s in have.get("devices") or [[0, began]] if s[0] < done]
-        was = stretches[-1][1] if stretches else None
-        if was != kind:
-            stretches.append([done, kind])
-        if stretches != [[0, began]]:
+        stretches, was = resumed_stretches(have.get("devices"), began, done, kind)
+        if stretches is not None:
             self.devices[name] = stretches
-        if was not in (None, kind):
+        if was is not None:
             progress.note(f"layer {name!r} resumes its optimised inputs on {kind}, begun on {was}: a unit's image "
                           f"depends on how the device rounds (the differences grow over the steps), so units from "
                           f"{done} on differ from a pass on one device; --device {was} resumes as it began")

@@ -24,6 +24,19 @@ from sketchmine.store.commits import commit_key
 from sketchmine.store.io import io_errors, put_all
 
 
+def resumed_stretches(record: list[list[Any]] | None, first: Any, done: int, value: Any
+                      ) -> tuple[list[list[Any]] | None, Any]:
+    """A pass resumed at item `done` with a setting `value` it began with as `first`: (the record of
+    its stretches, [first item, value] each, or None while it has had one value throughout; the
+    value so far where it differs from `value`, else None). Stretches from `done` on go: their
+    items are made again. Used for a run's batch sizes and devices and a layer's optimisation."""
+    stretches = [list(s) for s in record or [[0, first]] if s[0] < done]
+    was = stretches[-1][1] if stretches else None
+    if was != value:
+        stretches.append([done, value])
+    return (None if stretches == [[0, first]] else stretches), (None if was in (None, value) else was)
+
+
 class Checkpoints:
     """Checkpoint slots of a RunStore (see the module docstring)."""
 
@@ -92,14 +105,10 @@ class Checkpoints:
         first = attrs.get(key)
         if first is None:
             return None
-        done = int(self.progress.get("images_done", 0))
-        stretches = [list(s) for s in attrs.get(record) or [[0, first]] if s[0] < done]
-        was = stretches[-1][1] if stretches else None
-        if was != value:
-            stretches.append([done, value])
-        if stretches != [[0, first]]:
+        stretches, was = resumed_stretches(attrs.get(record), first, int(self.progress.get("images_done", 0)), value)
+        if stretches is not None:
             self._override[record] = stretches
-        return None if was in (None, value) else was
+        return was
 
     def checkpoint(self) -> tuple[str | None, int, dict[str, Any]]:
         """(slot, images done, committed extras) of the newest intact checkpoint.

@@ -66,7 +66,7 @@ def layer_result(layer: str, name: str) -> str:
 # root: schema_version, layer_names, k, progress {images_done, slot, complete, updated},
 # row_chunk, checksums {array path: {rows, sums}}, dataset, dataset_fingerprint, preprocessing,
 # model_spec, weights_hash (older runs: weights_sha256), num_classes, bad_images, converted_images, versions, logits,
-# attribute_sums
+# attribute_sums, batch_size, batch_sizes, device, devices
 VERSION_ATTR = "schema_version"
 PROGRESS = "progress"
 ROW_CHUNK_ATTR = "row_chunk"
