@@ -10,13 +10,18 @@ import sketchmine
 from tests.helpers import StopAfter, assert_same_store, per_class_subset
 
 
-def test_a_resume_at_another_batch_size_is_said(tmp_path, demo_model, small_test_set):
-    data = per_class_subset(small_test_set, 6, "resume_bs")
-    out = tmp_path / "run.zarr"
+def _interrupted(demo_model, data, out) -> None:
+    """`out` mined at batch size 16, stopped after 32 images (a commit after every batch)."""
     try:
         sketchmine.mine(demo_model.module, data, k=3, out=out, batch_size=16, flush_every=1, progress=StopAfter(32))
     except KeyboardInterrupt:
         pass
+
+
+def test_a_resume_at_another_batch_size_is_said(tmp_path, demo_model, small_test_set):
+    data = per_class_subset(small_test_set, 6, "resume_bs")
+    out = tmp_path / "run.zarr"
+    _interrupted(demo_model, data, out)
     assert sketchmine.open_run(out).attrs["batch_size"] == 16
     cut = sketchmine.open_run(out).images_done
     resumed = StopAfter(10**6)
@@ -67,10 +72,7 @@ def test_the_same_batch_size_resumes_identical_without_a_note(tmp_path, demo_mod
     data = per_class_subset(small_test_set, 6, "resume_bs")
     ref, out = tmp_path / "ref.zarr", tmp_path / "run.zarr"
     sketchmine.mine(demo_model.module, data, k=3, out=ref, batch_size=16, flush_every=1)
-    try:
-        sketchmine.mine(demo_model.module, data, k=3, out=out, batch_size=16, flush_every=1, progress=StopAfter(32))
-    except KeyboardInterrupt:
-        pass
+    _interrupted(demo_model, data, out)
     resumed = StopAfter(10**6)
     sketchmine.mine(demo_model.module, data, k=3, out=out, batch_size=16, flush_every=1, progress=resumed)
     assert not [n for n in resumed.notes if "resuming at batch size" in n]
@@ -91,10 +93,7 @@ def test_a_resume_on_another_device_is_said_and_recorded(tmp_path, demo_model, s
 
     data = per_class_subset(small_test_set, 6, "resume_bs")
     out = tmp_path / "run.zarr"
-    try:
-        sketchmine.mine(demo_model.module, data, k=3, out=out, batch_size=16, flush_every=1, progress=StopAfter(32))
-    except KeyboardInterrupt:
-        pass
+    _interrupted(demo_model, data, out)
     cut = sketchmine.open_run(out).images_done
     assert cut and sketchmine.open_run(out).attrs["device"] == "cpu"
     zarr.open_group(str(out), mode="r+").update_attributes({"device": "cuda"})
