@@ -140,7 +140,7 @@ def test_visualize_of_a_recurrent_model_gives_it_back(images, tmp_path):
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert "traces" in run.store.group["layers/gru"]
 
-VIS_LAYERS = ["features.3", "features.10", "softmax"]  # conv, pooled conv, and through the linear layers
+VIS_LAYERS = ["features.3", "features.10", "classifier.4", "softmax"]
 
 
 def test_bfloat16_visualize_matches_float32(demo_model, images, tmp_path):
