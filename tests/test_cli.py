@@ -123,6 +123,7 @@ def test_output_problems(tmp_path, folder):
     assert_clean_error(sm("mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "notes")),
                        "exists and is not a sketchmine run")
     assert (tmp_path / "notes" / "a.txt").read_text() == "keep me"
+    assert not (tmp_path / ".notes.lock").exists()  # refused before the run's lock: nothing left beside it
     (tmp_path / "afile").write_text("x")
     assert_clean_error(sm("mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "afile" / "r.zarr")),
                        "cannot write the run")

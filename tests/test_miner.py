@@ -167,6 +167,7 @@ def test_output_that_is_not_a_run_is_refused(tmp_path, demo_model, small_test_se
     with pytest.raises(SketchmineError, match="exists and is not a sketchmine run"):
         sketchmine.mine(demo_model.module, small_test_set, out=tmp_path / "stuff")
     assert (tmp_path / "stuff" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stuff"]  # no lock file left beside it
     with pytest.raises(SketchmineError, match="is not a sketchmine run"):
         sketchmine.open_run(tmp_path / "stuff")
 

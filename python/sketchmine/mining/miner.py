@@ -48,7 +48,7 @@ from sketchmine.model.taps import SOFTMAX
 from sketchmine.progress import Progress, Silent
 from sketchmine.results.run import Run
 from sketchmine.store.lock import enclosing_run, out_path
-from sketchmine.store.runstore import RunLock, RunStore, is_run
+from sketchmine.store.runstore import RunLock, RunStore, check_new_out, is_run
 from sketchmine.store.schema import DEVICE, LAYER_NAMES, PREPROCESS
 
 
@@ -243,6 +243,7 @@ def mine(
     out = out_path(out)  # a link loop, a dangling link, the current folder: refused by name, nothing created
     if (outer := enclosing_run(out, itself=False)) is not None:  # Zarr readers of the outer run would list the new run as one of its groups
         raise SketchmineError(f"out {out} is inside the run {outer}; choose a folder outside any run")
+    team.on_writer(lambda: check_new_out(out), share=False)  # a foreign folder: refused before anything is made
     existing = team.writes and is_run(out)  # only rank 0 reads or writes the store
     store = RunStore.open(out, mode="r+") if existing else None
     pre = ds.preprocessing

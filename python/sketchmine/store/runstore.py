@@ -38,7 +38,7 @@ from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
 from sketchmine.store.lock import RunLock, check_writable, is_run, runs_in, stage
 
-__all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_root_attrs", "is_run", "put_rows"]
+__all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_new_out", "check_root_attrs", "is_run", "put_rows"]
 
 SCHEMA_VERSION = schema.SCHEMA_VERSION
 _ROW_CHUNK = schema.ROW_CHUNK
@@ -47,6 +47,15 @@ _ROW_CHUNK = schema.ROW_CHUNK
 def _layer_groups(layers: dict[str, dict[str, Any]]) -> dict[str, GroupMetadata]:
     """One group per layer, its attributes its shape and kind (RunStore.create)."""
     return {schema.layer_group(name): GroupMetadata(attributes=meta) for name, meta in layers.items()}
+
+
+def check_new_out(path: Path) -> None:
+    """Refuse `path` as the folder of a new run where it holds something else: a file, or a folder
+    with files that is not a run (nothing is written into what sketchmine did not create). `mine`
+    asks before it takes the run's lock (whose file beside the folder would be left there), reads
+    the dataset or probes the model; `RunStore.create` asks again under the lock."""
+    if path.exists() and not is_run(path) and (not path.is_dir() or any(path.iterdir())):
+        raise SketchmineError(f"{path} exists and is not a sketchmine run; choose another --out or remove it")
 
 
 class RunStore(Checkpoints, CommittedReads, BlockWrites):
@@ -114,9 +123,9 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
         flush, so each flush writes new chunk files and never rewrites an older one (a power
         cut can then only damage the newest flush, which resume detects and redoes)."""
         p = Path(path)
-        if p.exists() and (not p.is_dir() or any(p.iterdir())):
-            what = "is a sketchmine run" if is_run(p) else "exists and is not a sketchmine run"
-            raise SketchmineError(f"{p} {what}; choose another --out or remove it")
+        if is_run(p):
+            raise SketchmineError(f"{p} is a sketchmine run; choose another --out or remove it")
+        check_new_out(p)
         check_writable(p)
 
         def lay_out(tmp: Path) -> None:
