@@ -7,6 +7,8 @@ import pytest
 import torch
 from hypothesis import settings
 
+from sketchmine.cores import usable_cores
+
 settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
@@ -16,7 +18,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 # suite, a test's in-process visualize ran 8-10x slower than alone). Each worker gets its share of
 # the cores (at least one, at most two as before), and the commands the tests start inherit it.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) // _WORKERS))
+_THREADS = max(1, min(2, usable_cores() // _WORKERS))
 torch.set_num_threads(_THREADS)
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sketchmine.results.run_part import RunPart
-from sketchmine.store.schema import DEVICE, FORWARD_OPTIONS, PLAIN_FORWARD_OPTIONS
+from sketchmine.store.schema import DEVICE, FORWARD_OPTIONS, PLAIN_FORWARD_OPTIONS, STRETCHES
 
 if TYPE_CHECKING:
     from sketchmine.results.run import Run
@@ -62,22 +62,24 @@ class Precision(RunPart):
         """(first image, batch size) of each stretch the mining pass ran at one batch size: one
         stretch, unless a resume changed the size (which changes the last bits, as `compile`
         does); [] where the run did not record it."""
-        attrs = self._as_run.attrs
-        stretches = attrs.get("batch_sizes") or ([[0, attrs["batch_size"]]] if "batch_size" in attrs else [])
-        return [(int(first), int(size)) for first, size in stretches]
+        return [(int(first), int(size)) for first, size in _stretches_of(self._as_run.attrs, "batch_size")]
 
     @property
     def devices(self) -> list[tuple[int, str]]:
         """(first image, device kind) of each stretch the mining pass ran on one kind of device
         ("cpu", "cuda"): one stretch, unless a resume moved the run; [] where it did not record it."""
-        attrs = self._as_run.attrs
-        stretches = attrs.get("devices") or ([[0, attrs[DEVICE]]] if DEVICE in attrs else [])
-        return [(int(first), str(kind)) for first, kind in stretches]
+        return [(int(first), str(kind)) for first, kind in _stretches_of(self._as_run.attrs, DEVICE)]
 
     @property
     def reduced_precision(self) -> bool:
         """True when the mining pass ran under autocast (`precision` is not "float32")."""
         return self.precision != FLOAT32
+
+
+def _stretches_of(attrs: dict[str, Any], key: str) -> list[list[Any]]:
+    """The recorded stretches of root attribute `key` (schema.STRETCHES): its record where a resume
+    changed it, else one stretch of its value from image 0; [] where the run did not record it."""
+    return attrs.get(STRETCHES[key]) or ([[0, attrs[key]]] if key in attrs else [])
 
 
 def precision_note(run: Run) -> str | None:
