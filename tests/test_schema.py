@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import zarr
 
 import sketchmine
 from sketchmine import SketchmineError
@@ -109,3 +110,24 @@ def test_a_run_written_with_the_old_yx_axis_name_reads_as_before(tmp_path, mined
     xr = pytest.importorskip("xarray")
     ds = xr.open_datatree(str(old), engine="zarr", consolidated=False)[f"layers/{LAYERS[0]}"].to_dataset()
     np.testing.assert_array_equal(ds["yx"].values, now.topk(LAYERS[0])[2])  # a coordinate there, as it was
+
+
+def test_xarray_labels_the_output_axis_with_the_class_each_output_is_scored_against(tmp_path, mined,
+                                                                                    small_test_set, demo_model):
+    """The logits' and the effects' `output` axis read class names (the root `output`
+    coordinate); a run mined without logits has no such coordinate, and still opens."""
+    xr = pytest.importorskip("xarray")
+    run = tmp_path / "effects.zarr"
+    shutil.copytree(mined, run)
+    sketchmine.unit_effects(run, "classifier.4", model=demo_model.module, data=small_test_set, batch_size=50)
+    names = sketchmine.open_run(run).class_names
+    tree = xr.open_datatree(str(run), engine="zarr", consolidated=False)
+    logits = tree["eval"]["logits"]
+    assert list(logits.coords["output"].values) == names
+    np.testing.assert_array_equal(logits.sel(output=names[1]).values, zarr.open_array(str(run / "eval" / "logits"))[:, 1])
+    delta = tree["layers/classifier.4/effects"]["logit_delta"]
+    assert delta.dims == ("unit", "output") and list(delta.coords["output"].values) == names
+    assert not sketchmine.verify_run(run).damaged
+    bare = sketchmine.mine(demo_model.module, small_test_set, layers=["features.3"], k=1, logits=False,
+                           out=tmp_path / "bare.zarr")
+    assert "output" not in xr.open_datatree(str(bare.path), engine="zarr", consolidated=False).coords

@@ -382,7 +382,10 @@ def _finalize(store: RunStore, accs: list[Accumulator], n: int, bad: list[dict[s
     if store.has(schema.PREDICTIONS):
         labels, pred = store.read(schema.LABELS), store.read(schema.PREDICTIONS)
         nan_outputs = int((pred == schema.NAN_PREDICTION).sum())
-        accuracy[schema.PER_CLASS_ACCURACY], correct, count = per_class_accuracy(pred, labels, store.shape(schema.LOGITS)[1])
+        outputs = store.shape(schema.LOGITS)[1]
+        accuracy[schema.PER_CLASS_ACCURACY], correct, count = per_class_accuracy(pred, labels, outputs)
+        if len(names := store.read(schema.CLASS_NAMES)) == outputs:  # the output axis' xarray coordinate
+            accuracy[schema.OUTPUT_COORD] = names
         overall = float(correct.sum() / count.sum()) if count.sum() else None
     store.write_results(_parts(accuracy, accs), overall)
     store.finish(n, store.extras(bad, converted))

@@ -24,10 +24,15 @@ PATHS = f"{DATASET}/paths"
 CLASS_NAMES = f"{DATASET}/class_names"
 IMAGE_COORD = "image"
 CLASS_COORD = "class"
+OUTPUT_COORD = "output"
 """Root copies of dataset/paths and dataset/class_names, each named as its axis: xarray's
 DataTree takes a root array named as a dimension for that dimension's coordinate and hands it
 down to every group, so class_mean's class axis reads class names and the logits' image axis
-reads paths in any group. The copies cost the paths once more; Run reads dataset/."""
+reads paths in any group. The copies cost the paths once more; Run reads dataset/. `output`: the
+class each model output is scored against (the class names again), written when the run completes
+with logits, whose outputs are then the classes (mining refuses other counts), so the logits' and
+the effects' output axes read class names; a run without logits has none (its effects may have more
+outputs than classes)."""
 LOGITS = f"{EVAL}/logits"
 PREDICTIONS = f"{EVAL}/predictions"
 NO_PREDICTION = -1
@@ -134,6 +139,7 @@ ARRAYS: dict[str, ArraySpec] = {
     CLASS_NAMES: ArraySpec(str, None, lambda shape, rows: (max(shape[0], 1),)),
     IMAGE_COORD: ArraySpec(str, None, _by_rows),
     CLASS_COORD: ArraySpec(str, None, lambda shape, rows: (max(shape[0], 1),)),
+    OUTPUT_COORD: ArraySpec(str, None, lambda shape, rows: (max(shape[0], 1),)),
     LOGITS: ArraySpec("float32", float("nan"), _by_rows),
     PREDICTIONS: ArraySpec("int64", -1, _by_rows),
 }
@@ -192,7 +198,7 @@ bin examples that `visualize(..., examples="all")` writes (passes/example_pictur
 # ---- dimension names (Zarr v3 `dimension_names`: xarray and other readers name the axes) -----
 DIMENSIONS: dict[str, tuple[str, ...]] = {
     LABELS: ("image",), PATHS: ("image",), CLASS_NAMES: ("class",),
-    IMAGE_COORD: ("image",), CLASS_COORD: ("class",),
+    IMAGE_COORD: ("image",), CLASS_COORD: ("class",), OUTPUT_COORD: ("output",),
     dataset_array("class_image_count"): ("class",), dataset_array("class_ink_density"): ("class",),
     LOGITS: ("image", "output"), PREDICTIONS: ("image",), PER_CLASS_ACCURACY: ("class",),
 }
