@@ -121,11 +121,13 @@ def lucent_case(model: Any, layer: str, units: list[int], size: int, steps: int)
 
 
 def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fourier",
-               regularizers: str | dict[str, Any] = "default", spread: bool = False) -> list[dict[str, Any]]:
+               regularizers: str | dict[str, Any] = "default", spread: bool = False,
+               layers: list[str] | None = None) -> list[dict[str, Any]]:
     """Per layer of a run mined on the embedded test split: the share of units whose spatial
     maximum at the optimised image reaches the run's top-1 value, and the median and least
     ratio over the units whose top-1 value is positive. `per_layer` units: the first ones, or with
-    `spread` evenly spaced over the layer (a sample not tied to the first channels)."""
+    `spread` evenly spaced over the layer (a sample not tied to the first channels). `layers`:
+    the layers mined and visualised (default: the miner's)."""
     import tempfile
 
     import sketchmine
@@ -135,7 +137,7 @@ def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fouri
     ds = sketchmine.animal_shape("test", sketchmine.preprocessing_for(loaded))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        run = sketchmine.mine(model_spec, ds, k=1, out=Path(tmp) / "run.zarr")
+        run = sketchmine.mine(model_spec, ds, k=1, out=Path(tmp) / "run.zarr", layers=layers)
         for layer in run.layers:
             top1 = run.topk(layer)[0][:, 0]
             if per_layer <= 0 or per_layer >= len(top1):
@@ -148,6 +150,7 @@ def ratio_rows(model_spec: str, steps: int, per_layer: int, method: str = "fouri
                                                         regularizers=regularizers))
             ratio = r.peak / np.where(top1[units] > 0, top1[units], np.nan)  # a top-1 <= 0: no ratio, only >=
             rows.append({"model": model_spec, "layer": layer, "units": len(units), "of_units": len(top1),
+                         "no_gradient": int(r.no_gradient.sum()),
                          "sample": "spread" if spread and len(units) < len(top1) else "first",
                          "steps": steps, "method": method,
                          "regularizers": regularizers, "share_ge_1": round(float((r.peak >= top1[units]).mean()), 3),
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratio-models", nargs="+", default=["demo", "demo-resnet"])
     p.add_argument("--ratio-regularizers", type=json.loads, default=None,
                    help='the ratio part\'s regularizers as JSON, e.g. \'{"transforms": false}\'')
+    p.add_argument("--ratio-layers", nargs="+", default=None,
+                   help="the layers the top-1 comparison mines and visualises (default: the miner's)")
     p.add_argument("--figure-steps", type=int, default=128)
     p.add_argument("--skip-lucent", action="store_true")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a loaded box: OpenMP barriers wait "
@@ -239,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         done = [r for r in out.get("ratio", []) if r["model"] not in a.ratio_models]
         out["ratio"] = done + [r for m in a.ratio_models for r in ratio_rows(m, a.ratio_steps, a.ratio_units,
                                                                                  regularizers=a.ratio_regularizers or "default",
-                                                                                 spread=a.ratio_spread)]
+                                                                                 spread=a.ratio_spread,
+                                                                                 layers=a.ratio_layers)]
     if "figure" in a.parts:
         figure(REPO / "docs" / "featvis.png", a.figure_steps)
         out["figure"] = {"path": "docs/featvis.png", "steps": a.figure_steps}

@@ -25,6 +25,7 @@ units counts its calls too).
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ from sketchmine.model.models import load_model, preprocessing_for
 from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import SOFTMAX, resolve_layers, tapped_element, to_units
 from sketchmine.passes.featvis_params import FourierImage, PixelImage, random_transform, settings
+from sketchmine.passes.featvis_relu import redirected_relus
 
 METHODS = ("fourier", "pixel")
 DEFAULT_SIZE = 224
@@ -259,7 +261,7 @@ def optimize(reader: LayerReader, units: np.ndarray, pre: Preprocessing, hw: tup
     moved = torch.zeros(len(units), dtype=torch.bool, device=device)
     for step in range(steps):
         p = param.params.detach().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), redirected_relus() if s.get("redirect_relu") else contextlib.nullcontext():
             img = _image_of(param, p)
             seen = random_transform(img, g) if step < robust else img  # then polish
             out = reader(normalise(seen))

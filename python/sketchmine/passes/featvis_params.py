@@ -30,12 +30,14 @@ import torch.nn.functional as F
 from sketchmine.errors import SketchmineError
 
 PIXEL_DEFAULTS: dict[str, float] = {"decay": 1e-4, "blur_radius": 1.0, "blur_every": 4, "norm_pct": 0.0,
-                                    "contrib_pct": 0.0, "lr": 0.02, "init_std": 10 / 255}
+                                    "contrib_pct": 0.0, "lr": 0.02, "init_std": 10 / 255, "redirect_relu": True}
 """Deconvnet-era defaults. decay, blur_radius (px), blur_every (steps), norm_pct and contrib_pct
 (percentiles θ_n_pct, θ_c_pct) are the paper's; lr is a step in pixel units (0..1) per pixel of
 a gradient normalised to unit RMS per unit (the paper's constant rate of 100 on Caffe's raw
 0..255 gradient depends on the model's activation scale; the normalised step does not);
-init_std: the paper's start, the mean plus N(0, 10) on the 0..255 scale."""
+init_std: the paper's start, the mean plus N(0, 10) on the 0..255 scale. redirect_relu (both
+families): ReLUs pass a dead unit's gradient on (featvis_relu.py), so units read after a ReLU
+that is 0 at the start are optimised, not left as the starting noise."""
 
 PIXEL_PRESETS: dict[str, dict[str, float]] = {
     "yosinski1": {"decay": 0.0, "blur_radius": 0.5, "blur_every": 4, "norm_pct": 50.0, "contrib_pct": 0.0},
@@ -46,7 +48,7 @@ PIXEL_PRESETS: dict[str, dict[str, float]] = {
 """The four rows of Yosinski et al. 2015, Table 1 (DVT doc/running-optimize-image.md)."""
 
 FOURIER_DEFAULTS: dict[str, Any] = {"decay_power": 1.0, "decorrelate": True, "transforms": True, "lr": 0.05,
-                                    "init_std": 0.01, "polish": 0.75, "reset": True}
+                                    "init_std": 0.01, "polish": 0.75, "reset": True, "redirect_relu": True}
 """Lucent-era defaults (lucent 0.1.8: fft_image sd 0.01, decay_power 1, Adam lr 0.05,
 standard_transforms), plus two departures. polish: the share of the last steps run without the
 transforms (0 is lucent's loop); reset: Adam restarts when the polish begins. The transforms
@@ -59,11 +61,17 @@ first quarter gives the image its robust structure; the rest brings the unit to 
 on the image itself."""
 
 NONE: dict[str, dict[str, Any]] = {
-    "pixel": {"decay": 0.0, "blur_radius": 0.0, "blur_every": 0, "norm_pct": 0.0, "contrib_pct": 0.0},
-    "fourier": {"decay_power": 0.0, "decorrelate": False, "transforms": False},
+    "pixel": {"decay": 0.0, "blur_radius": 0.0, "blur_every": 0, "norm_pct": 0.0, "contrib_pct": 0.0,
+              "redirect_relu": False},
+    "fourier": {"decay_power": 0.0, "decorrelate": False, "transforms": False, "redirect_relu": False},
 }
 """regularizers="none": every regulariser of the family off (plain gradient ascent on the
-pixels; a plain sigmoid-of-FFT image without 1/f scaling, decorrelation or transforms)."""
+pixels; a plain sigmoid-of-FFT image without 1/f scaling, decorrelation or transforms), and the
+plain gradient at every ReLU."""
+
+BEFORE: dict[str, Any] = {"redirect_relu": False}
+"""What a run's claim recorded before a setting existed did: a claim without the key was
+optimised so (featvis_run resumes it so, rather than mixing two rules in one layer)."""
 
 COLOR_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 """lucid's square root of ImageNet's colour correlation matrix (its columns' max norm scales it)."""
@@ -99,7 +107,8 @@ CHECKS: dict[str, tuple[str, float | None, float | None]] = {
     "decay": ("number", 0, 1), "blur_radius": ("number", 0, None), "blur_every": ("whole", 0, None),
     "norm_pct": ("number", 0, 100), "contrib_pct": ("number", 0, 100), "lr": ("positive", None, None),
     "init_std": ("number", 0, None), "decay_power": ("number", None, None), "polish": ("number", 0, 1),
-    "decorrelate": ("bool", None, None), "transforms": ("bool", None, None), "reset": ("bool", None, None)}
+    "decorrelate": ("bool", None, None), "transforms": ("bool", None, None), "reset": ("bool", None, None),
+    "redirect_relu": ("bool", None, None)}
 """What each setting takes (kind, lowest, highest): the loop reads them by truthiness, int() and
 float(), which would take "no" for True, truncate 2.5 to 2 and run a NaN rate to NaN images."""
 

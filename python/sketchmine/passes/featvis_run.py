@@ -21,7 +21,7 @@ from sketchmine.errors import SketchmineError, SketchmineFailure, whole_number
 from sketchmine.model.backend import LoadedModel
 from sketchmine.model.modes import eval_mode
 from sketchmine.passes.featvis import METHODS, LayerReader, optimize
-from sketchmine.passes.featvis_params import settings
+from sketchmine.passes.featvis_params import BEFORE, settings
 from sketchmine.progress import Progress
 from sketchmine.results.run import Run
 from sketchmine.store import schema
@@ -67,6 +67,7 @@ class OptimizePass:
         self.pre, self.channels, self.hw = pre, int(sample[0]), (int(sample[1]), int(sample[2]))
         self.method, self.steps, self.device = method, steps, device
         self.settings = settings(method, "default")
+        self.layer_settings: dict[str, dict[str, Any]] = {}  # a layer resumed as an older version began it
         self.names, self.limit = names, limit
         self.todo: dict[str, tuple[int, int]] = {}
         self.devices: dict[str, list[list[Any]]] = {}  # a layer resumed on another kind of device: its stretches
@@ -95,6 +96,15 @@ class OptimizePass:
         have, whole = optimized_state(self.store, name)
         if have is not None and not redo and (whole or have.get("units_done", 0) > 0):
             keys = ("method", "steps", "seed", "regularizers", "size")
+            older = _older_settings(have.get("regularizers"), want["regularizers"])
+            if whole and older is not None and all(have.get(k) == want[k] for k in keys if k != "regularizers"):
+                self.layer_settings[name] = older
+                if not have.get("complete"):
+                    progress.note(f"layer {name!r} resumes its optimised inputs as an earlier version of sketchmine "
+                                  f"began them ({', '.join(f'{k} {v}' for k, v in older.items() if k in BEFORE)}), "
+                                  "so the layer is optimised by one rule; --redo makes them again with this "
+                                  "version's settings")
+                have = {**have, "regularizers": want["regularizers"]}
             if whole and all(have.get(k) == want[k] for k in keys):
                 block = int(have["block_units"])
                 if block != want["block_units"] and not have.get("complete"):  # its images depend on the blocks
@@ -152,7 +162,8 @@ class OptimizePass:
             b0 = u0 // block * block
             b1 = min(b0 + block, units)
             u1 = min(b1, limit)
-            r = optimize(reader, np.arange(b0, b1), self.pre, self.hw, self.method, self.settings,  # type: ignore[arg-type]
+            r = optimize(reader, np.arange(b0, b1), self.pre, self.hw, self.method,  # type: ignore[arg-type]
+                         self.layer_settings.get(name, self.settings),
                          self.steps, 0, self.device)
             keep = slice(u0 - b0, u1 - b0)
             stopped = r.stopped[keep]
@@ -173,12 +184,24 @@ class OptimizePass:
             u0 = u1
         if flat:
             more = f" and {len(flat) - 10} more" if len(flat) > 10 else ""
+            redirected = self.layer_settings.get(name, self.settings).get("redirect_relu")
             progress.note(f"layer {name!r}: units {', '.join(map(str, flat[:10]))}{more} ({len(flat)} of "
-                          f"{limit - done}) got no gradient at any step (0 where the objective reads them, as after a "
-                          "ReLU): their stored images are the starting noise, not optimised; the layer before the "
-                          "ReLU (its conv or linear) gives them one")
+                          f"{limit - done}) got no gradient at any step: their stored images are the starting noise, "
+                          "not optimised; " + ("their gradient vanishes elsewhere than at a ReLU, which passes it on "
+                                               "here" if redirected else "they are 0 where the objective reads them, "
+                                               "as after a ReLU: --redo optimises them with redirected ReLU "
+                                               "gradients"))
         if units == 0 or done >= units:
             write_optimized(self.store, name, slice(0, 0), {}, {**attrs, "units_done": units, "complete": True})
+
+
+def _older_settings(have: Any, want: dict[str, Any]) -> dict[str, Any] | None:
+    """A claim's settings, as it was optimised, where it predates settings this version added
+    (`BEFORE`) and agrees with `want` on the rest; else None (same settings, or other ones)."""
+    if not isinstance(have, dict) or not set(BEFORE) - set(have):
+        return None
+    filled = {**{k: v for k, v in BEFORE.items() if k not in have}, **have}
+    return filled if {**want, **{k: filled[k] for k in BEFORE if k not in have}} == filled else None
 
 
 def _difference(key: str, have: Any, want: Any) -> str:

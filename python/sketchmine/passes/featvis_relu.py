@@ -1,0 +1,56 @@
+"""Redirected ReLU gradients for feature visualisation (lucid's `redirected_relu_grad`, Olah et
+al. 2017): a unit read at or after a ReLU that is 0 where the objective reads it gives the input
+no gradient, so plain ascent never moves its image from the starting noise. Where a ReLU's
+ordinary gradient is zero for a whole batch element (one unit), its backward passes the
+incoming gradient through the negative inputs too, wherever it pushes them up; an element
+whose ordinary gradient is not zero gets exactly the ordinary gradient. So a unit that is
+alive anywhere on its path is optimised as without the redirect, and a dead one is pushed
+until it comes alive, after which the ordinary gradient takes over.
+
+Applied during the optimisation's forward through a TorchFunctionMode, so ReLU modules,
+`F.relu`, `torch.relu` and their in-place spellings are all caught, with no per-model code
+and without changing the caller's module. The in-place spellings return a new tensor (the
+forward value is the same); a model that calls `x.relu_()` and discards the result is not
+supported by the redirect (its forward reads the unrectified `x`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+_RELUS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
+
+
+class _RedirectedReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        live = x > 0
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        ordinary = torch.where(live, grad, zero)  # as torch's own: 0, not NaN, where x <= 0
+        # the gradient ascends the objective: a positive entry pushes the input up
+        redirected = torch.where(live | (grad > 0), grad, zero)
+        if grad.ndim == 0:
+            return ordinary if bool(ordinary != 0) else redirected
+        dead = ~ordinary.flatten(1).ne(0).any(1) if grad.ndim > 1 else ordinary == 0
+        return torch.where(dead.view(-1, *[1] * (grad.ndim - 1)), redirected, ordinary)
+
+
+class redirected_relus(TorchFunctionMode):
+    """Within it, every ReLU of a forward that needs a gradient backpropagates redirected."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _RELUS and args and isinstance(args[0], torch.Tensor) and torch.is_grad_enabled() \
+                and args[0].requires_grad:
+            return _RedirectedReLU.apply(args[0])
+        return func(*args, **kwargs)
