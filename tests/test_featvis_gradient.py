@@ -163,6 +163,7 @@ def test_the_stored_mark_reaches_the_slide_and_the_report(small_test_set, tmp_pa
     np.testing.assert_array_equal(stopped, np.where(want, schema.NO_GRADIENT, -1))
     flat, moved = int(np.flatnonzero(want)[0]), int(np.flatnonzero(~want)[0])
     assert slide_content(run, "features.7", flat, None).peak is None
+    assert slide_content(run, "features.7", flat, None).made == "fourier, 2 steps, plain ReLU gradients"
     assert slide_content(run, "features.7", moved, None).peak == float(run.optimized("features.7", moved,
                                                                                      key="optimized_peak"))
     index = write_report(run, tmp_path / "report", montages=0)
@@ -173,5 +174,6 @@ def test_the_stored_mark_reaches_the_slide_and_the_report(small_test_set, tmp_pa
                                                   r.querySelector('.tile')?.title || '']))
         .map(rs => rs.find(r => r[0] && r[0].includes('optimised')))""")
     assert rows[flat][0] == "not optimised" and rows[flat][1].startswith("no gradient at any step")
-    assert rows[moved][0] == "optimised" and rows[moved][1].startswith("feature visualisation (fourier)")
+    assert rows[moved][0] == "optimised"  # and how it was made: this layer by the earlier rule
+    assert rows[moved][1].startswith("feature visualisation (fourier, 2 steps, plain ReLU gradients)"), rows[moved]
     assert not problems, problems

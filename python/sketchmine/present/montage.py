@@ -23,7 +23,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.results.effects import class_units
 from sketchmine.results.importance_store import rank_text
 from sketchmine.results.numbers import column, rate
-from sketchmine.results.optimized import never_moved
+from sketchmine.results.optimized import how_made, never_moved
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import entry_steps
 from sketchmine.results.unit_summary import LayerSummary, maxima_text
@@ -216,8 +216,8 @@ class Slide:
         if self.deconv is not None and content.deconv is not None:
             self.deconv.fill(content.deconv, content.entries)
         if self.opt is not None and content.opt is not None:
-            self.opt.fill(content.opt, "no gradient: the starting noise" if content.peak is None else
-                          f"activation {content.peak:.3g}")
+            self.opt.fill(content.opt, ("no gradient: the starting noise" if content.peak is None else
+                                        f"activation {content.peak:.3g}") + f"\n{content.made}")
         self.panel.fill(content.info)
         self.title.set_text(content.title)
         return self.fig
@@ -233,6 +233,7 @@ class _Content(NamedTuple):
     info: dict[str, Any]
     entries: list[dict[str, Any]]
     title: str
+    made: str = ""  # how the optimised input was made (results.optimized.how_made)
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -260,7 +261,8 @@ def slide_content(run: Run, layer: str, unit: int, info: dict[str, Any] | None) 
     steps = entry_steps(run.layer_attrs(layer), run.topk(layer)[2])
     if steps is not None:  # the step of each entry, as the cards show it ("t=6 of 8")
         entries = [{**e, "t": int(steps[0][int(unit), e["rank"]]), "steps": steps[1]} for e in entries]
-    return _Content(patches, deconv, opt, peak, info, entries, title)
+    made = "" if opt is None else how_made(run.layer_attrs(layer)[schema.OPTIMIZED])
+    return _Content(patches, deconv, opt, peak, info, entries, title, made)
 
 
 def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = None) -> Figure:

@@ -25,7 +25,7 @@ from sketchmine.names import command, printable
 from sketchmine.results.numbers import percent  # noqa: F401  (report.py and plots.py take it from here)
 from sketchmine.results import importance_store
 from sketchmine.results.effects import class_units
-from sketchmine.results.optimized import never_moved
+from sketchmine.results.optimized import how_made, never_moved
 from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import entry_steps, size_note, ties_words
@@ -249,7 +249,7 @@ def optimized_tile(run: Run, name: str, u: int, lid: str, img_dir: Path, opt: di
                    png: PngWriter) -> dict[str, Any]:
     """A unit's stored feature visualisation image as a PNG beside its patches: its card entry."""
     png.save(run.optimized(name, u), img_dir / f"{u}_o.png")
-    return {"src": f"../img/{lid}/{u}_o.png", "method": opt.get("method"),
+    return {"src": f"../img/{lid}/{u}_o.png", "method": how_made(opt),
             "peak": num(run.optimized(name, u, key="optimized_peak")),
             **({"flat": True} if never_moved(run, name, u) else {})}
 

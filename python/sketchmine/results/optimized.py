@@ -44,3 +44,12 @@ def never_moved(run: Run, layer: str, unit: int) -> bool:
     """Whether the unit's stored image is the starting noise, not an optimised input: its objective
     gave no gradient at any step (schema.NO_GRADIENT), so its views say so instead of a value."""
     return int(optimized(run, layer, unit, key="optimized_stopped")) == schema.NO_GRADIENT
+
+
+def how_made(claim: dict[str, Any]) -> str:
+    """How a layer's stored images were optimised, from its `optimized` claim, for the views:
+    "fourier, 256 steps", with "plain ReLU gradients" where the pass did not redirect them (a
+    claim from before the setting records none: it did not)."""
+    regs = claim.get("regularizers")
+    plain = isinstance(regs, dict) and not regs.get("redirect_relu", False)
+    return f"{claim.get('method')}, {claim.get('steps')} steps" + (", plain ReLU gradients" if plain else "")
