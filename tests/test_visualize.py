@@ -172,3 +172,35 @@ def test_partial_run_is_refused(tmp_path, demo_model, tiny_set):
                         progress=StopAfter(1, calls=True))
     with pytest.raises(SketchmineError, match="still being mined"):
         visualize(out, model=demo_model.module, data=tiny_set)
+
+
+def test_a_resume_on_another_device_is_said_and_recorded(tmp_path, demo_model, tiny_set, caplog):
+    """The pictures' claim records the device kind; a pass begun on a GPU and resumed on the CPU
+    says so and records each stretch, and what it stores equals a CPU pass (the CPU made every
+    unit here). No GPU here: the partial claim is set to the GPU's, sealed as a GPU pass seals it."""
+    import logging
+
+    from sketchmine.store import attr_sums, schema
+
+    out = tmp_path / "run.zarr"
+    sketchmine.mine(demo_model.module, tiny_set, layers=["features.3"], k=4, out=out, batch_size=50)
+    shutil.copytree(out, tmp_path / "whole.zarr")
+    whole = visualize(tmp_path / "whole.zarr", model=demo_model.module, data=tiny_set, batch_size=16)
+    part = visualize(out, model=demo_model.module, data=tiny_set, batch_size=16, max_units=8)
+    group = zarr.open_group(str(out / "layers" / "features.3"), mode="r+")
+    claim = dict(group.attrs[schema.VISUALIZED])
+    assert claim["device"] == "cpu" and claim["units_done"] == 8 and "devices" not in claim
+    group.update_attributes({schema.VISUALIZED: attr_sums.sealed({**claim, "device": "cuda"})})
+    with caplog.at_level(logging.WARNING, logger="sketchmine"):
+        part = visualize(part, model=demo_model.module, data=tiny_set, batch_size=16)
+    said = [r.getMessage() for r in caplog.records if "resumes its patches and deconvolutions on" in r.getMessage()]
+    assert len(said) == 1 and "on cpu, begun on cuda" in said[0] and "units from 8 on" in said[0], said
+    done = part.layer_attrs("features.3")[schema.VISUALIZED]
+    assert done["complete"] and done["device"] == "cuda" and done["devices"] == [[0, "cuda"], [8, "cpu"]]
+    assert not sketchmine.verify_run(part.path).damaged
+    for key in schema.VISUAL_ARRAYS:
+        np.testing.assert_array_equal(part.layer_array("features.3", key), whole.layer_array("features.3", key))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sketchmine"):  # complete: nothing to resume, nothing said
+        visualize(part, model=demo_model.module, data=tiny_set, batch_size=16)
+    assert not [r for r in caplog.records if "resumes its patches" in r.getMessage()]

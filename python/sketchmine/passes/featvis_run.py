@@ -25,7 +25,7 @@ from sketchmine.passes.featvis_params import BEFORE, settings
 from sketchmine.progress import Progress
 from sketchmine.results.run import Run
 from sketchmine.store import schema
-from sketchmine.store.checkpoint import resumed_stretches
+from sketchmine.passes.resumed import resumed_on
 from sketchmine.store.optimized import optimized_state, reset_optimized, write_optimized
 from sketchmine.store.runstore import RunStore
 
@@ -128,19 +128,13 @@ class OptimizePass:
         return 0, want["block_units"]
 
     def _resumed_on(self, name: str, have: dict[str, Any], kind: str, progress: Progress) -> None:
-        """Record (`devices`: [first unit, device kind] per stretch) and say a layer's pass resumed on
-        another kind of device than it began on: a unit's image depends on how the device rounds (the
-        differences grow over the steps), so the units from here on differ from a one-device pass."""
-        began, done = have.get("device"), int(have.get("units_done", 0))
-        if began is None or have.get("complete"):  # a claim from before the record, or nothing left to do
-            return
-        stretches, was = resumed_stretches(have.get("devices"), began, done, kind)
+        """Record and say a layer's pass resumed on another kind of device (passes/resumed.py): a
+        unit's image depends on how the device rounds, and the differences grow over the steps."""
+        stretches = resumed_on(name, have, kind, "optimised inputs", "a unit's image depends on how the device rounds "
+                               "(the differences grow over the steps), so units from {done} on differ from a pass "
+                               "on one device", progress)
         if stretches is not None:
             self.devices[name] = stretches
-        if was is not None:
-            progress.note(f"layer {name!r} resumes its optimised inputs on {kind}, begun on {was}: a unit's image "
-                          f"depends on how the device rounds (the differences grow over the steps), so units from "
-                          f"{done} on differ from a pass on one device; --device {was} resumes as it began")
 
     def run_all(self, progress: Progress) -> None:
         with eval_mode(self.net):  # the caller's flags back after

@@ -11,7 +11,7 @@ uninterrupted one.
     layers/<name>/deconv   uint8 (C, k, h, w, ch)  128 + 127 · signal / max|signal| over the crop
     layers/<name>/boxes    int32 (C, k, 4)  receptive-field box (top, left, bottom, right), unclipped
     layers/<name>/inside   int32 (C, k, 4)  the part of the box inside the image; -1: empty slot
-    attrs "visualized": method, patch_size, source_size, units_done, block_units, complete
+    attrs "visualized": method, patch_size, source_size, units_done, block_units, device, complete
 
 Patches larger than `max_patch` pixels on a side are resized (area) to fit it: the
 whole-image patches of FC and softmax units at 224 px would otherwise take gigabytes.
@@ -35,6 +35,7 @@ from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
 from sketchmine.passes.example_pictures import GROUPS, check_examples, needed_images, picture_examples
 from sketchmine.passes.featvis_run import OptimizePass, check_options
 from sketchmine.passes.images import ImageCache, fit, signal_to_uint8, to_hwc
+from sketchmine.passes.resumed import resumed_on
 from sketchmine.passes.reload import missing_images, run_dataset, run_model, run_preprocessing
 from sketchmine.passes.traces import write_traces
 from sketchmine.progress import Progress, Silent
@@ -66,9 +67,9 @@ class _Plan:
     def field(self) -> ReceptiveField:
         return ReceptiveField(self.source, self.stride, self.offset)
 
-    def attrs(self, method: str, block: int) -> dict[str, Any]:
+    def attrs(self, method: str, block: int, device: str) -> dict[str, Any]:
         return {"method": method, "patch_size": list(self.size), "source_size": list(self.source),
-                "block_units": block, "units_done": 0, "complete": False}
+                "block_units": block, "device": device, "units_done": 0, "complete": False}
 
 
 def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, model: nn.Module | str | None = None,
@@ -137,8 +138,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     lock = RunLock(store.path)
     lock.acquire()
     try:
-        todo = {p.name: _prepare(store, p, run.k, channels, method, _block_units(p, batch_size, run.k), redo)
-                for p in plans}
+        todo = {p.name: _prepare(store, p, run.k, channels, method, _block_units(p, batch_size, run.k), redo,
+                                 device.type, progress) for p in plans}
         if examples != "all":
             for p in plans:
                 stale_pictures(store, p.name, progress)
@@ -215,16 +216,18 @@ def _time_stacked(run: Run, name: str) -> bool:
     return attrs.get("position") == "time-stacked" and bool(attrs.get("frame"))
 
 
-def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int, redo: bool) -> tuple[int, int]:
+def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int, redo: bool, device: str,
+             progress: Progress) -> tuple[int, int]:
     """Create the layer's arrays (or check the existing ones match): (units done, block size).
 
     A resumed layer keeps the block size it was started with, so its batches (and thus
     every floating-point result) are the same as in an uninterrupted pass."""
-    want = p.attrs(method, block)
+    want = p.attrs(method, block, device)
     have, whole = store.visual_state(p.name)
     if have is not None and not redo and (whole or have.get("units_done", 0) > 0):
         keys = ("method", "patch_size", "source_size")
         if all(have.get(key) == want[key] for key in keys) and whole:
+            _resumed_on(store, p.name, have, device, progress)
             return int(have.get("units_done", 0)), int(have["block_units"])
         if not whole:
             raise SketchmineError(f"layer {p.name!r} of {store.path} is damaged: its patch arrays are missing "
@@ -234,6 +237,14 @@ def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int
             f"{have.get('patch_size')}); pass the same --method/--max-patch, or --redo to replace them")
     store.reset_visual(p.name, p.channels, k, p.size, ch, want)
     return 0, block
+
+
+def _resumed_on(store: RunStore, name: str, have: dict[str, Any], kind: str, progress: Progress) -> None:
+    """Record and say a layer's pictures resumed on another kind of device (passes/resumed.py)."""
+    stretches = resumed_on(name, have, kind, "patches and deconvolutions", "the device rounds otherwise, so units "
+                           "from {done} on may differ by a grey level from a pass on one device", progress)
+    if stretches is not None:
+        store.write_visual(name, slice(0, 0), {}, {**have, "devices": stretches})
 
 
 def stale_pictures(store: RunStore, name: str, progress: Progress) -> None:

@@ -83,7 +83,8 @@ ACCURACY = "accuracy"
 """eval/ attribute: overall accuracy over the readable images (set by write_results)."""
 VISUALIZED = "visualized"
 """layers/<name>/ attribute of a visualize pass: {method, patch_size, source_size, block_units,
-units_done, complete}; units below units_done have committed patches."""
+device, units_done, complete, devices (a resume on another kind of device)}; units below
+units_done have committed patches."""
 COMPLETE = "complete"
 """Marker attribute of a group written as a unit (write_group), set last."""
 PREPROCESS = "preprocess"
