@@ -179,7 +179,8 @@ def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkey
     """`sketchmine demo` end to end: the embedded SketchNet ('demo') and ResNet ('demo-resnet')
     over the 2,000 test images side by side, every unit of every layer visualized, both
     summaries, the comparison of the two runs; the CNN + GRU ('demo-gru') over the same images
-    drawn progressively, visualized, its hidden units ranked by ablation; one report each."""
+    drawn progressively, visualized, its hidden units ranked by ablation; one report each. The
+    image models' class outputs get an optimised input each, shown on the report's cards."""
     import re
 
     monkeypatch.setenv("COLUMNS", "240")  # rich wraps to this width: table cells stay whole
@@ -203,6 +204,13 @@ def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkey
 
         assert (rep / model / "probe.html").is_file() == all((ORT_DIR / n).is_file() for n in ORT_FILES), model
         assert f"summary: {model}" in text
+    for model, logits in (("demo", "classifier.6"), ("demo-resnet", "fc")):  # the input each class wants most
+        claim = runs[model].layer_attrs(logits)["optimized"]
+        assert claim["complete"] and claim["regularizers"]["redirect_relu"], model
+        assert (runs[model].optimized(logits, key="optimized_peak") > runs[model].topk(logits)[0][:, 0]).all(), model
+        assert (rep / model / "img" / f"{runs[model].layers.index(logits):02d}-{logits}" / "0_o.png").is_file()
+        assert [n for n in runs[model].layers if "optimized" in runs[model].layer_attrs(n)] == [logits]
+    assert not [n for n in runs["demo-gru"].layers if "optimized" in runs["demo-gru"].layer_attrs(n)]
     assert runs["demo"].accuracy() == pytest.approx(0.9705) and runs["demo-resnet"].accuracy() == pytest.approx(0.9835)
     assert runs["demo-gru"].accuracy() == pytest.approx(0.8955)
     assert runs["demo-gru"].attrs["dataset"]["sequence"]["steps"] == 8

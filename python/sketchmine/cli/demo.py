@@ -2,7 +2,8 @@
 
 "demo" (SketchNet, AlexNet-style) and "demo-resnet" (a small BasicBlock ResNet) are mined
 (every conv, linear and softmax layer) and visualized over the same 2,000 Animal-Shape test
-images, each into its own run store, then summarised and compared layer by layer (paired by
+images, each into its own run store, their class outputs' optimal inputs found by feature
+visualisation, then summarised and compared layer by layer (paired by
 relative depth). The seed's next step comes last: "demo-gru" (CNN + GRU) reads each test image
 as a progressive drawing; it is mined and visualized the same way, and the importance of each
 GRU hidden unit for the correct label is measured by ablation. One static report per model:
@@ -44,23 +45,36 @@ def animal_shape_test(model: str) -> MinerDataset:
 
 def mine_and_visualize(model: str, out: Path, batch_size: int, console: Console) -> Run:
     """Mine every default layer of `model` into `out`, then crop every unit's patches and
-    deconvolutions; both passes resume where an earlier demo left off."""
+    deconvolutions, and for a model of single images optimise the input each class output
+    wants most (feature visualisation of the layer that computes the logits: a few seconds);
+    every pass resumes where an earlier demo left off."""
     from sketchmine.mining.miner import mine
     from sketchmine.passes.visualize import visualize
     from sketchmine.present.console import RichProgress, safe
     from sketchmine.present.logs import err_console
+    from sketchmine.data.sequences import SequenceDataset
+    from sketchmine.results.effects import logits_layer
 
     console.print(f"[bold]{model}[/] → {safe(out)}")
     bar = RichProgress(err_console())  # progress on stderr, results on stdout
     try:
-        run = mine(model, animal_shape_test(model), out=out, batch_size=batch_size, progress=bar, distributions=True)
+        data = animal_shape_test(model)
+        run = mine(model, data, out=out, batch_size=batch_size, progress=bar, distributions=True)
     finally:
         bar.stop()
     vbar = RichProgress(err_console(), "visualizing", unit="units")
     try:
-        return visualize(run, batch_size=VISUALIZE_BATCH, progress=vbar)
+        run = visualize(run, batch_size=VISUALIZE_BATCH, progress=vbar)
     finally:
         vbar.stop()
+    logits = logits_layer(run)
+    if logits is None or isinstance(data, SequenceDataset):  # drawings over time: no one input image
+        return run
+    obar = RichProgress(err_console(), f"optimising {logits}", unit="units")
+    try:
+        return visualize(run, layers=[logits], optimize=True, progress=obar)
+    finally:
+        obar.stop()
 
 
 DEMO_MARKER = ".sketchmine-demo"
