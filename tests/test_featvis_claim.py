@@ -1,5 +1,6 @@
-"""A layer optimised with settings that differ from this call's only where the command line
-has no option (regularizers, size: what another version used), refused naming what differs."""
+"""A layer optimised with other settings than this call's, refused naming what differs and the
+option that gives the run's (or --redo); the regularisers of the stored pass, checked before
+anything is written."""
 from __future__ import annotations
 
 import pytest
@@ -22,6 +23,7 @@ def test_other_regularizers_are_named(small_test_set, tmp_path):
     with pytest.raises(SketchmineError, match=r"regularizers \(run: polish 0.5; now: polish 0.75\).*--redo") as e:
         visualize(run, data=small_test_set, batch_size=4, optimize=True, optimize_steps=2)
     assert "--optimize-steps" not in str(e.value)  # not the options the call gave as the run has them
+    assert "pass the same --optimize-regularizers, or --redo" in str(e.value)
     assert sketchmine.open_run(run.path).layer_attrs("classifier.6")[schema.OPTIMIZED]["units_done"] == 4  # kept
     with pytest.raises(SketchmineError, match=r"steps \(run: 2; now: 3\).*--optimize-steps"):
         visualize(run, data=small_test_set, batch_size=4, optimize=True, optimize_steps=3)
@@ -42,3 +44,29 @@ def test_the_command_says_it_made_optimised_inputs(demo_test_set, tmp_path):
     proc = subprocess.run([*sm, "visualize", out, "--optimize", "--optimize-steps", "2"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "and optimised inputs (fourier, 2 steps) of 1 layer" in proc.stdout, proc.stdout
+
+
+def test_the_stored_pass_takes_the_regularizers(small_test_set, tmp_path):
+    """optimize_regularizers reaches the pass (its images are feature_visualization's with them),
+    is recorded whole, and is refused clearly: without optimize, unknown, or another on resume."""
+    import numpy as np
+
+    from sketchmine.passes.featvis import feature_visualization
+
+    run = sketchmine.mine("demo", small_test_set, layers=["classifier.4"], k=1, out=tmp_path / "r.zarr")
+    with pytest.raises(SketchmineError, match="apply to the feature visualisation pass only"):
+        visualize(run, data=small_test_set, optimize_regularizers="none")
+    with pytest.raises(SketchmineError, match="unknown regularizers 'yosinski9' for method 'pixel'"):
+        visualize(run, data=small_test_set, optimize=True, optimize_method="pixel", optimize_regularizers="yosinski9")
+    with pytest.raises(SketchmineError, match="unknown regularizer setting\\(s\\) 'blur'"):
+        visualize(run, data=small_test_set, optimize=True, optimize_regularizers={"blur": 1})
+    assert "optimized" not in sketchmine.open_run(run.path).layer_attrs("classifier.4")  # refused before any write
+    run = visualize(run, data=small_test_set, batch_size=4, optimize=True, optimize_method="pixel",
+                    optimize_regularizers="yosinski1", optimize_steps=3, max_units=4)
+    want = feature_visualization("demo", "classifier.4", [0, 1, 2, 3], steps=3, method="pixel",
+                                 regularizers="yosinski1")
+    np.testing.assert_array_equal(run.optimized("classifier.4"), want.pixels)
+    claim = run.layer_attrs("classifier.4")[schema.OPTIMIZED]
+    assert claim["regularizers"] == want.regularizers and claim["regularizers"]["norm_pct"] == 50.0
+    with pytest.raises(SketchmineError, match=r"regularizers \(run: .*\).*pass the same --optimize-regularizers"):
+        visualize(run, data=small_test_set, batch_size=4, optimize=True, optimize_method="pixel", optimize_steps=3)

@@ -162,6 +162,25 @@ def test_visualize_optimize_method_reaches_the_pass(small_run, tmp_path):
     assert not np.array_equal(got.optimized(LAYER), plain.optimized(LAYER))
 
 
+def test_visualize_optimize_regularizers_reach_the_pass(small_run, tmp_path, capsys):
+    """`--optimize-regularizers '{"lr": 0.2}'` (JSON) reaches the pass as the API's; a malformed
+    value is a usage error."""
+    src, root = small_run
+    by_cli, by_api, default = (shutil.copytree(src, tmp_path / n) for n in ("cli.zarr", "api.zarr", "default.zarr"))
+    assert cli.main(["visualize", str(by_cli), "--layers", LAYER, "--optimize", "--optimize-steps", "2",
+                     "--optimize-regularizers", '{"lr": 0.2}']) == 0
+    visualize(by_api, [LAYER], data=str(root), optimize=True, optimize_steps=2, optimize_regularizers={"lr": 0.2})
+    visualize(default, [LAYER], data=str(root), optimize=True, optimize_steps=2)
+    got, want, plain = (sketchmine.open_run(p) for p in (by_cli, by_api, default))
+    assert got.layer_attrs(LAYER)["optimized"]["regularizers"]["lr"] == 0.2
+    np.testing.assert_array_equal(got.optimized(LAYER), want.optimized(LAYER))
+    assert not np.array_equal(got.optimized(LAYER), plain.optimized(LAYER))
+    for bad, said in (('{"lr": 0.', "expected a preset name or a JSON object"), ('["none"]', "a JSON object of settings")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["visualize", str(by_cli), "--optimize", "--optimize-regularizers", bad])
+        assert e.value.code == 2 and said in capsys.readouterr().err
+
+
 def test_mine_ink_reaches_the_drawing(demo_test_set, tmp_path):
     """`mine --steps 3 --ink dark` over light-on-black images: drawn as dark ink (background
     white), the API's run with ink="dark", not the default's (auto, which sees light ink)."""

@@ -123,7 +123,8 @@ def _visualize(args: argparse.Namespace, console: Console, err: Console) -> None
         run = visualize(args.run, args.layers, model=args.model, weights=args.weights, data=args.data,
                         method=args.method, batch_size=args.batch_size, device=args.device,
                         max_patch=args.max_patch, redo=args.redo, progress=bar, examples=args.examples, optimize=args.optimize,
-                        optimize_method=args.optimize_method, optimize_steps=args.optimize_steps)
+                        optimize_method=args.optimize_method, optimize_steps=args.optimize_steps,
+                        optimize_regularizers=args.optimize_regularizers)
     finally:
         bar.stop()
     print_visualized(run, args.layers, args.method, bar, console, args.optimize)

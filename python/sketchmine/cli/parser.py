@@ -108,6 +108,22 @@ def int_at_least(text: str, low: int) -> int:
     return value
 
 
+def regularizers_arg(text: str) -> str | dict[str, typing.Any]:
+    """An argparse type: a regulariser preset's name, or a JSON object of settings (the pass
+    checks names and values against the method it runs)."""
+    if not text.lstrip().startswith(("{", "[")):
+        return text
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a preset name or a JSON object, got {text!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of settings, got {text!r}")
+    return value
+
+
 def megabytes(text: str) -> float:
     """An argparse type: a size in MB (10^6 bytes), >= 0."""
     try:
@@ -216,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --optimize: lucent-era Fourier parameterisation or deconvnet-era pixels "
                         "(default: fourier)")
     v.add_argument("--optimize-steps", type=positive_int, help="with --optimize: optimisation steps (default: 256)")
+    v.add_argument("--optimize-regularizers", type=regularizers_arg, metavar="PRESET|JSON",
+                   help="with --optimize: the regularisers, a preset (none, yosinski1..yosinski4 for pixel) or a "
+                        "JSON object of settings, e.g. '{\"transforms\": false}' (default: default)")
     demo_help = ("mine, visualize and report the embedded trained models over the embedded Animal-Shape test "
                  "split: SketchNet 'demo' and ResNet 'demo-resnet' compared, then the CNN + GRU 'demo-gru' over "
                  "progressive drawings with its hidden units ranked by importance")

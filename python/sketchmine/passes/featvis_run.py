@@ -32,17 +32,21 @@ from sketchmine.store.runstore import RunStore
 DEFAULT_STEPS = 256
 
 
-def check_options(optimize: bool, method: str | None, steps: int | None) -> tuple[str, int]:
-    """The method and steps of an optimize pass; refused when given without `optimize`."""
+def check_options(optimize: bool, method: str | None, steps: int | None,
+                  regularizers: str | dict[str, Any] | None = None) -> tuple[str, int, dict[str, Any]]:
+    """The method, steps and full regulariser settings (featvis_params.settings) of an optimize
+    pass; refused when given without `optimize`."""
     if not optimize:
-        if method is not None or steps is not None:
-            raise SketchmineError("optimize_method / optimize_steps (--optimize-method / --optimize-steps) apply to "
-                                  "the feature visualisation pass only: pass optimize=True (--optimize) as well")
-        return "fourier", DEFAULT_STEPS
+        if method is not None or steps is not None or regularizers is not None:
+            raise SketchmineError("optimize_method / optimize_steps / optimize_regularizers (--optimize-method / "
+                                  "--optimize-steps / --optimize-regularizers) apply to the feature visualisation "
+                                  "pass only: pass optimize=True (--optimize) as well")
+        return "fourier", DEFAULT_STEPS, {}
     method = method or "fourier"
     if method not in METHODS:
         raise SketchmineError(f"unknown feature visualisation method {method!r}; expected one of {', '.join(METHODS)}")
-    return method, DEFAULT_STEPS if steps is None else whole_number(steps, "optimize_steps (--optimize-steps)")
+    steps = DEFAULT_STEPS if steps is None else whole_number(steps, "optimize_steps (--optimize-steps)")
+    return method, steps, settings(method, "default" if regularizers is None else regularizers)
 
 
 class OptimizePass:
@@ -52,7 +56,7 @@ class OptimizePass:
 
     def __init__(self, run: Run, loaded: LoadedModel, names: list[str], limit: dict[str, int],
                  pre: Preprocessing | None, sample: tuple[int, ...], method: str, steps: int,
-                 device: torch.device) -> None:
+                 regularizers: dict[str, Any], device: torch.device) -> None:
         """sample: the shape of one model input, (C, H, W), or (T, C, H, W) for a sequence."""
         if loaded.sequence or len(sample) != 3:
             raise SketchmineError(f"run {run.path} was mined from sequences of drawings ({loaded.model_id}); feature "
@@ -66,7 +70,7 @@ class OptimizePass:
         self.run, self.net = run, loaded.module
         self.pre, self.channels, self.hw = pre, int(sample[0]), (int(sample[1]), int(sample[2]))
         self.method, self.steps, self.device = method, steps, device
-        self.settings = settings(method, "default")
+        self.settings = regularizers
         self.layer_settings: dict[str, dict[str, Any]] = {}  # a layer resumed as an older version began it
         self.names, self.limit = names, limit
         self.todo: dict[str, tuple[int, int]] = {}
@@ -99,7 +103,7 @@ class OptimizePass:
             older = _older_settings(have.get("regularizers"), want["regularizers"])
             if whole and older is not None and all(have.get(k) == want[k] for k in keys if k != "regularizers"):
                 self.layer_settings[name] = older
-                if not have.get("complete"):
+                if not have.get("complete") and older != want["regularizers"]:
                     progress.note(f"layer {name!r} resumes its optimised inputs as an earlier version of sketchmine "
                                   f"began them ({', '.join(f'{k} {v}' for k, v in older.items() if k in BEFORE)}), "
                                   "so the layer is optimised by one rule; --redo makes them again with this "
@@ -117,7 +121,8 @@ class OptimizePass:
                 raise SketchmineError(f"layer {name!r} of {self.store.path} is damaged: its optimised images are "
                                       "missing; pass --redo to make them again")
             differ = [k for k in keys if have.get(k) != want[k]]
-            options = [o for k, o in (("method", "--optimize-method"), ("steps", "--optimize-steps")) if k in differ]
+            options = [o for k, o in (("method", "--optimize-method"), ("steps", "--optimize-steps"),
+                                      ("regularizers", "--optimize-regularizers")) if k in differ]
             raise SketchmineError(f"layer {name!r} of {self.store.path} was optimised with other settings: "
                                   f"{'; '.join(_difference(k, have.get(k), want[k]) for k in differ)}; "
                                   + (f"pass the same {'/'.join(options)}, or --redo to replace them" if options else

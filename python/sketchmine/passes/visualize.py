@@ -77,7 +77,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
               batch_size: int = 64, device: str | torch.device = "cpu", max_patch: int = 128,
               max_units: int | None = None, redo: bool = False, progress: Progress | None = None,
               examples: str = "top", optimize: bool = False, optimize_method: str | None = None,
-              optimize_steps: int | None = None) -> Run:
+              optimize_steps: int | None = None, optimize_regularizers: str | dict[str, Any] | None = None) -> Run:
     """Crop the receptive-field patch and the deconvolution of every top-k entry of `layers`
     (default: all mined layers) into the run. Re-running an interrupted call resumes it.
 
@@ -89,7 +89,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     examples: "top" (the top-k only), or "all": also the bottom-k and the example images of
     each activation bin, each layer's sets written whole after its top-k (example_pictures.py).
     optimize: also store one feature visualisation image per unit (featvis_run.py; method
-    "fourier" or "pixel", default "fourier"; steps default 256), resumable in blocks of units.
+    "fourier" or "pixel", default "fourier"; steps default 256; regularizers as
+    `feature_visualization` takes them, default "default"), resumable in blocks of units.
     """
     if method not in METHODS:
         raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
@@ -102,7 +103,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
         raise SketchmineError("layers=[] names no layer to visualize; pass layer names, or None for every mined layer")
     progress = progress or Silent()
     check_examples(examples)
-    opt_method, opt_steps = check_options(optimize, optimize_method, optimize_steps)
+    opt_method, opt_steps, opt_regs = check_options(optimize, optimize_method, optimize_steps, optimize_regularizers)
     run = run if isinstance(run, Run) else open_run(run)
     if not run.complete:
         raise SketchmineError(f"run {run.path} is still being mined ({run.images_done} images done); "
@@ -131,7 +132,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
     loaded = run_model(run, model, weights)
     # what the optimisation refuses, refused before anything below resets or writes
-    opt = OptimizePass(run, loaded, names, limit, pre, sample, opt_method, opt_steps, device) if optimize else None
+    opt = OptimizePass(run, loaded, names, limit, pre, sample, opt_method, opt_steps, opt_regs, device) \
+        if optimize else None
     net = loaded.module.to(device)
     deconv = Deconvolver(net, method, layouts={n: run.layer_attrs(n) for n in names})  # read as mined
     store = RunStore.open(run.path, mode="r+")
