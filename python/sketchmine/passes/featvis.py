@@ -261,10 +261,11 @@ def optimize(reader: LayerReader, units: np.ndarray, pre: Preprocessing, hw: tup
     moved = torch.zeros(len(units), dtype=torch.bool, device=device)
     for step in range(steps):
         p = param.params.detach().requires_grad_(True)
-        with torch.enable_grad(), redirected_relus() if s.get("redirect_relu") else contextlib.nullcontext():
-            img = _image_of(param, p)
-            seen = random_transform(img, g) if step < robust else img  # then polish
-            out = reader(normalise(seen))
+        with torch.enable_grad():
+            with redirected_relus() if s.get("redirect_relu") else contextlib.nullcontext():  # the forward only
+                img = _image_of(param, p)
+                seen = random_transform(img, g) if step < robust else img  # then polish
+                out = reader(normalise(seen))
             if not out.requires_grad:
                 raise SketchmineError(f"layer {reader.layer!r} ({type(reader.module).__name__}) gives no gradient "
                                       "with respect to the input (not differentiable); visualise another layer")

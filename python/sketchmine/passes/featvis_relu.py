@@ -33,15 +33,17 @@ class _RedirectedReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        live = x > 0
-        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-        ordinary = torch.where(live, grad, zero)  # as torch's own: 0, not NaN, where x <= 0
-        # the gradient ascends the objective: a positive entry pushes the input up
-        redirected = torch.where(live | (grad > 0), grad, zero)
-        if grad.ndim == 0:
-            return ordinary if bool(ordinary != 0) else redirected
-        dead = ~ordinary.flatten(1).ne(0).any(1) if grad.ndim > 1 else ordinary == 0
-        return torch.where(dead.view(-1, *[1] * (grad.ndim - 1)), redirected, ordinary)
+        out = torch.ops.aten.threshold_backward(grad, x, 0)  # torch's own ReLU gradient (0, not NaN, at x <= 0)
+        if grad.ndim < 2:  # no batch axis: the tensor is one element's
+            rows = out.new_ones((), dtype=torch.bool) if grad.ndim == 0 else out.new_ones(1, dtype=torch.bool)
+            dead = rows & (out.amax() == 0) & (out.amin() == 0)
+            return torch.where(dead, grad.masked_fill(~((x > 0) | (grad > 0)), 0), out)
+        flat = out.flatten(1)  # a row is dead when its gradient is all zero (amax/amin: one fast pass each)
+        dead = torch.nonzero((flat.amax(1) == 0) & (flat.amin(1) == 0)).squeeze(1)
+        if len(dead):  # the gradient ascends the objective: a positive entry pushes the input up
+            g, xd = grad.index_select(0, dead), x.index_select(0, dead)
+            out.index_copy_(0, dead, g.masked_fill(~((xd > 0) | (g > 0)), 0))
+        return out
 
 
 class redirected_relus(TorchFunctionMode):
