@@ -88,6 +88,22 @@ def test_the_redirected_backward_against_its_rule():
         assert torch.equal(got[e], want) and got[e].any()
 
 
+@pytest.mark.parametrize("shape", [(5, 3, 4, 4), (6, 7), (4, 2, 9)])
+def test_both_redirect_routes_agree(shape):
+    """The CPU's route (dead elements gathered on the host) and the GPU's (no host sync: the rule
+    built whole, selected per element) give the same gradient, bit for bit."""
+    from sketchmine.passes.featvis_relu import redirect_dead
+
+    g = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=g)
+    x[1] = -x[1].abs()  # a dead element
+    up = torch.randn(shape, generator=g)
+    up[0].view(-1)[0], x[0].view(-1)[0] = float("nan"), -1.0  # a NaN gradient where x <= 0: 0 on both routes
+    out = torch.ops.aten.threshold_backward(up, x, 0)
+    a, b = redirect_dead(out.clone(), up, x, gather=True), redirect_dead(out.clone(), up, x, gather=False)
+    assert torch.equal(a, b) and not torch.equal(a[1], out[1])
+
+
 class _Functional(nn.Module):
     """Convs whose rectifiers are functions, in three spellings (GoogLeNet's convs call
     F.relu(x, inplace=True)), not modules."""

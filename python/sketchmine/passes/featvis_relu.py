@@ -38,12 +38,25 @@ class _RedirectedReLU(torch.autograd.Function):
             rows = out.new_ones((), dtype=torch.bool) if grad.ndim == 0 else out.new_ones(1, dtype=torch.bool)
             dead = rows & (out.amax() == 0) & (out.amin() == 0)
             return torch.where(dead, grad.masked_fill(~((x > 0) | (grad > 0)), 0), out)
-        flat = out.flatten(1)  # a row is dead when its gradient is all zero (amax/amin: one fast pass each)
-        dead = torch.nonzero((flat.amax(1) == 0) & (flat.amin(1) == 0)).squeeze(1)
-        if len(dead):  # the gradient ascends the objective: a positive entry pushes the input up
-            g, xd = grad.index_select(0, dead), x.index_select(0, dead)
-            out.index_copy_(0, dead, g.masked_fill(~((xd > 0) | (g > 0)), 0))
-        return out
+        return redirect_dead(out, grad, x, gather=not grad.is_cuda)
+
+
+def redirect_dead(out: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, gather: bool) -> torch.Tensor:
+    """`out` (the ordinary ReLU gradient, batch first) with each all-zero element's rows replaced
+    by the redirected rule: the incoming gradient where x > 0 or where it pushes x up (it ascends
+    the objective). gather: find the dead elements on the host and build the rule for them only
+    (the CPU: no full-size temporaries); else build it whole and select per element, with no
+    host sync (a GPU would stall at each ReLU of the backward)."""
+    flat = out.flatten(1)  # a row is dead when its gradient is all zero (amax/amin: one fast pass each)
+    dead = (flat.amax(1) == 0) & (flat.amin(1) == 0)
+    if not gather:
+        redirected = grad.masked_fill(~((x > 0) | (grad > 0)), 0)
+        return torch.where(dead.view(-1, *[1] * (out.ndim - 1)), redirected, out)
+    rows = torch.nonzero(dead).squeeze(1)
+    if len(rows):
+        g, xd = grad.index_select(0, rows), x.index_select(0, rows)
+        out.index_copy_(0, rows, g.masked_fill(~((xd > 0) | (g > 0)), 0))
+    return out
 
 
 class redirected_relus(TorchFunctionMode):
