@@ -76,7 +76,7 @@ def test_the_redirected_backward_against_its_rule():
     up[0, 0, 0] = float("nan")
     x[0, 0, 0] = -0.5
     xr = x.clone().requires_grad_(True)
-    (got,) = torch.autograd.grad(_RedirectedReLU.apply(xr), xr, up)
+    (got,) = torch.autograd.grad(_RedirectedReLU.apply(xr, False), xr, up)
     xt = x.clone().requires_grad_(True)
     (torch_grad,) = torch.autograd.grad(torch.relu(xt), xt, up)
     for e in (0, 2):  # alive: exactly torch's gradient (0, not NaN, at the dead NaN entry)
@@ -117,6 +117,45 @@ class _Functional(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv(x), inplace=True)
         return self.out(self.head(x).relu_() + torch.relu(self.head(x)))
+
+
+class _Discarding(nn.Module):
+    """A conv rectified in place by a call whose result is discarded (research code does it)."""
+
+    def __init__(self, spelling: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.out = nn.Identity()
+        self.spelling = spelling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        (lambda: h.relu_(), lambda: F.relu(h, True), lambda: torch.relu_(h), lambda: F.relu(h, inplace=True),
+         lambda: F.relu_(h))[self.spelling]()
+        return self.out(h)
+
+
+@pytest.mark.parametrize("spelling", range(5))
+def test_in_place_relus_stay_in_place(spelling):
+    """The forward under the redirect computes what the model computes without it, also where
+    an in-place ReLU's result is discarded; and its dead units are optimised."""
+    from sketchmine.passes.featvis import LayerReader
+    from sketchmine.passes.featvis_relu import redirected_relus
+
+    torch.manual_seed(1)
+    net = _Discarding(spelling).eval()
+    x = torch.randn(3, 1, 8, 8, requires_grad=True)
+    reader = LayerReader(net, "out")
+    with torch.no_grad():
+        want = reader(x)
+    with redirected_relus():
+        got = reader(x)
+    assert torch.equal(got, want) and (want >= 0).all() and (want == 0).any()
+    with torch.no_grad():
+        net.conv.bias.fill_(-4.0)
+    plain = feature_visualization(net, "out", [0, 1], steps=6, size=8, regularizers=PLAIN)
+    redirected = feature_visualization(net, "out", [0, 1], steps=6, size=8)
+    assert plain.no_gradient.all() and not redirected.no_gradient.any()
 
 
 def test_functional_relus_are_redirected():

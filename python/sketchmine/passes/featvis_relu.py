@@ -9,9 +9,8 @@ until it comes alive, after which the ordinary gradient takes over.
 
 Applied during the optimisation's forward through a TorchFunctionMode, so ReLU modules,
 `F.relu`, `torch.relu` and their in-place spellings are all caught, with no per-model code
-and without changing the caller's module. The in-place spellings return a new tensor (the
-forward value is the same); a model that calls `x.relu_()` and discards the result is not
-supported by the redirect (its forward reads the unrectified `x`).
+and without changing the caller's module. The in-place spellings stay in place (`x.relu_()`
+whose result is discarded rectifies `x`, as without the redirect).
 """
 from __future__ import annotations
 
@@ -22,29 +21,37 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 _RELUS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
+_IN_PLACE = frozenset({F.relu_, torch.relu_, torch.Tensor.relu_})
 
 
 class _RedirectedReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return x.clamp_min(0)
+    """ReLU whose backward redirects (redirect_dead). It saves its output, as torch's own ReLU
+    does (y > 0 exactly where x > 0), so the in-place spelling rectifies x itself."""
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        out = torch.ops.aten.threshold_backward(grad, x, 0)  # torch's own ReLU gradient (0, not NaN, at x <= 0)
+    def forward(ctx: Any, x: torch.Tensor, in_place: bool) -> torch.Tensor:
+        if in_place:
+            ctx.mark_dirty(x)
+            y = x.clamp_min_(0)
+        else:
+            y = x.clamp_min(0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (y,) = ctx.saved_tensors
+        out = torch.ops.aten.threshold_backward(grad, y, 0)  # torch's own ReLU gradient (0, not NaN, at x <= 0)
         if grad.ndim < 2:  # no batch axis: the tensor is one element's
-            rows = out.new_ones((), dtype=torch.bool) if grad.ndim == 0 else out.new_ones(1, dtype=torch.bool)
-            dead = rows & (out.amax() == 0) & (out.amin() == 0)
-            return torch.where(dead, grad.masked_fill(~((x > 0) | (grad > 0)), 0), out)
-        return redirect_dead(out, grad, x, gather=not grad.is_cuda)
+            dead = (out.amax() == 0) & (out.amin() == 0)
+            return torch.where(dead, grad.masked_fill(~((y > 0) | (grad > 0)), 0), out), None
+        return redirect_dead(out, grad, y, gather=not grad.is_cuda), None
 
 
 def redirect_dead(out: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, gather: bool) -> torch.Tensor:
     """`out` (the ordinary ReLU gradient, batch first) with each all-zero element's rows replaced
     by the redirected rule: the incoming gradient where x > 0 or where it pushes x up (it ascends
-    the objective). gather: find the dead elements on the host and build the rule for them only
+    the objective); `x` may be the ReLU's input or output (positive at the same places). gather: find the dead elements on the host and build the rule for them only
     (the CPU: no full-size temporaries); else build it whole and select per element, with no
     host sync (a GPU would stall at each ReLU of the backward)."""
     flat = out.flatten(1)  # a row is dead when its gradient is all zero (amax/amin: one fast pass each)
@@ -67,5 +74,6 @@ class redirected_relus(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _RELUS and args and isinstance(args[0], torch.Tensor) and torch.is_grad_enabled() \
                 and args[0].requires_grad:
-            return _RedirectedReLU.apply(args[0])
+            in_place = func in _IN_PLACE or kwargs.get("inplace") is True or (len(args) > 1 and args[1] is True)
+            return _RedirectedReLU.apply(args[0], in_place)
         return func(*args, **kwargs)
