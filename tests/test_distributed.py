@@ -273,3 +273,36 @@ def test_ranks_with_different_outs_are_refused(tmp_path):
         assert text.startswith("error rank 1 sees a different out folder (rank 0 writes the one run of every rank) "
                                "than rank 0;"), text
     assert not (tmp_path / "run.zarr").exists() and not (tmp_path / "run_1.zarr").exists()
+
+
+def test_ctrl_c_under_torchrun_is_said_once_and_resumes(tmp_path, demo_test_set):
+    """Ctrl-C in the terminal reaches torchrun's process group; torchrun passes SIGINT on to every
+    rank. Rank 0 says how to resume, once (every rank said it); the same command then finishes
+    the run."""
+    import signal
+    import time
+
+    folder = small_folder(tmp_path, demo_test_set, per_class=60)
+    out = tmp_path / "run.zarr"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "sketchmine",
+           "mine", "--model", "demo", "--data", str(folder), "--out", str(out), "--batch-size", "2",
+           "--flush-every", "1", "--workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # its own process group, as a terminal's job
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:  # until the first commit
+        meta = out / "zarr.json"
+        if meta.is_file() and '"images_done": 0,' not in meta.read_text() and '"images_done"' in meta.read_text():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    said = [line for line in err.splitlines() if line.startswith("sketchmine: ")]
+    assert said == ["sketchmine: interrupted; re-run the same command to resume from the last flush (a checkpoint "
+                    "every --flush-every batches; from the first image when none was made yet)"], err
+    assert not sketchmine.open_run(out).complete
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr
+    assert sketchmine.open_run(out).complete and sketchmine.open_run(out).images_done == 600

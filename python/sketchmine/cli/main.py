@@ -362,7 +362,8 @@ def _failed(exc: BaseException, command: str, verbosity: int) -> int:
         from sketchmine.present.console import safe
 
         said = str(exc) if exc.args else f"interrupted; {INTERRUPTED.get(command, 'nothing was written')}"
-        print(f"sketchmine: {' '.join(safe(said, markup=False).split())}", file=sys.stderr)
+        if exc.args or os.environ.get("RANK", "0") == "0":  # torchrun's Ctrl-C reaches every rank: rank 0 says it
+            print(f"sketchmine: {' '.join(safe(said, markup=False).split())}", file=sys.stderr)
         code = EXIT_INTERRUPTED
     elif isinstance(exc, SketchmineError):
         _error(str(exc), verbosity)
