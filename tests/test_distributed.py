@@ -306,3 +306,17 @@ def test_ctrl_c_under_torchrun_is_said_once_and_resumes(tmp_path, demo_test_set)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stderr
     assert sketchmine.open_run(out).complete and sketchmine.open_run(out).images_done == 600
+
+
+def test_rank_0s_refusal_is_said_once_under_torchrun(tmp_path, demo_test_set):
+    """A refusal on rank 0 (an --out folder of the user's that is not a run) reaches every rank;
+    the terminal shows it once, from rank 0, not once more per rank as "rank 0 stopped: ..."."""
+    folder = small_folder(tmp_path, demo_test_set, per_class=2)
+    mine_folder = tmp_path / "notes"
+    mine_folder.mkdir()
+    (mine_folder / "todo.txt").write_text("mine")
+    proc = torchrun("mine", "--model", "demo", "--data", str(folder), "--out", str(mine_folder), "--workers", "0")
+    said = [line for line in proc.stderr.splitlines() if line.startswith("sketchmine: ")]
+    assert len(said) == 1 and said[0].startswith("sketchmine: error: ") and "rank 0 stopped" not in said[0], proc.stderr
+    assert "exists and is not a sketchmine run" in said[0], said
+    assert proc.returncode != 0 and (mine_folder / "todo.txt").read_text() == "mine"

@@ -26,6 +26,16 @@ class SketchmineFailure(SketchmineError):
     exit_code = 1
 
 
+class SaidOnRankZero(SketchmineError):
+    """An error every rank of a process group stops with: one they all found, or rank 0's, which
+    the others raise as "rank 0 stopped: ..." with its exit code. The command line says it on rank
+    0 only (torchrun gathers every rank's stderr into one terminal); the API raises it on every rank."""
+
+    def __init__(self, message: str, exit_code: int = 3) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def unless_damaged(exc: SketchmineError) -> None:
     """Re-raise `exc` when it says the run is damaged: for a reader that falls back (NaN, a
     missing section) when a result is absent, which damage must not pass for."""

@@ -30,7 +30,7 @@ from sketchmine.cli.parser import (
     default_run_out,
 )
 from sketchmine.ctrl_c import held
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SaidOnRankZero, SketchmineError
 
 if typing.TYPE_CHECKING:
     from rich.console import Console
@@ -366,7 +366,8 @@ def _failed(exc: BaseException, command: str, verbosity: int) -> int:
             print(f"sketchmine: {' '.join(safe(said, markup=False).split())}", file=sys.stderr)
         code = EXIT_INTERRUPTED
     elif isinstance(exc, SketchmineError):
-        _error(str(exc), verbosity)
+        if not isinstance(exc, SaidOnRankZero):  # rank 0 says it, in the same terminal
+            _error(str(exc), verbosity)
         code = exc.exit_code
     else:  # OSError: disk full, permission denied, a file gone: the path and the reason, no traceback
         _error(_os_error(typing.cast(OSError, exc)), verbosity)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sketchmine.errors import SketchmineError, SketchmineFailure, first_line
+from sketchmine.errors import SaidOnRankZero, SketchmineError, SketchmineFailure, first_line
 from sketchmine.mining.checks import RESUME_CHECKS
 from sketchmine.model.backend import MODEL_SWITCHES
 from sketchmine.results.run import Run
@@ -249,19 +249,21 @@ class Group:
                 if "dataset" in diffs:
                     fp = (f" (dataset fingerprint {str(theirs.get('dataset_fingerprint'))[:12]}… vs "
                           f"{str(ref.get('dataset_fingerprint'))[:12]}…)")
-                raise SketchmineError(f"rank {rank} sees a different {' and '.join(diffs)} than rank 0{fp}; "
-                                      "every rank must mine the same dataset with the same model and settings")
+                raise (SketchmineError if self.writes else SaidOnRankZero)(
+                    f"rank {rank} sees a different {' and '.join(diffs)} than rank 0{fp}; every rank must mine the "
+                    "same dataset with the same model and settings")
 
     def on_writer(self, fn: Callable[[], T], share: bool = True) -> T:
         """Run `fn` on rank 0; its result (when `share`) or its error reaches every rank."""
-        message, result, error = None, None, None
+        message, result, error, code = None, None, None, 1
         if self.writes:
             try:
                 result = fn()
             except BaseException as exc:  # every rank must leave the collective below
                 error = exc
                 message = str(exc) if isinstance(exc, SketchmineError) else f"{type(exc).__name__}: {exc}"
-        box = [(message, result if share else None)]
+                code = exc.exit_code if isinstance(exc, SketchmineError) else 130 if isinstance(exc, KeyboardInterrupt) else 1
+        box = [(message, result if share else None, code)]
         try:
             with _answered(self.rank, "taking rank 0's result"):
                 dist.broadcast_object_list(box, src=0)
@@ -270,9 +272,9 @@ class Group:
                 raise
         if error is not None:  # rank 0's own error first
             raise error
-        message, shared = box[0]
+        message, shared, code = box[0]
         if message is not None:
-            raise SketchmineError(f"rank 0 stopped: {message}")
+            raise SaidOnRankZero(f"rank 0 stopped: {message}", code)
         return result if self.writes else shared  # type: ignore[return-value]
 
     def store(self, open_store: Callable[[], RunStore]) -> RunStore | _RemoteStore:
