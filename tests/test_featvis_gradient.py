@@ -190,7 +190,7 @@ def test_the_stored_pass_says_which_units_were_not_optimised(small_test_set, tmp
     notes = [r.getMessage() for r in caplog.records if "no gradient" in r.getMessage()]
     assert want.no_gradient[:8].any() and len(notes) == 1, notes
     assert f"units {', '.join(str(u) for u in np.flatnonzero(want.no_gradient[:8]))} " in notes[0]
-    assert "starting noise" in notes[0] and "--redo optimises them with redirected ReLU" in notes[0]
+    assert "starting noise" in notes[0] and "redirected ReLU gradients (redirect_relu, on by default" in notes[0]
     older = [r.getMessage() for r in caplog.records if "earlier version" in r.getMessage()]
     assert len(older) == 1 and "redirect_relu False" in older[0] and "--redo" in older[0], older
     claim = run.layer_attrs("features.7")[schema.OPTIMIZED]

@@ -51,9 +51,10 @@ class _RedirectedReLU(torch.autograd.Function):
 def redirect_dead(out: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, gather: bool) -> torch.Tensor:
     """`out` (the ordinary ReLU gradient, batch first) with each all-zero element's rows replaced
     by the redirected rule: the incoming gradient where x > 0 or where it pushes x up (it ascends
-    the objective); `x` may be the ReLU's input or output (positive at the same places). gather: find the dead elements on the host and build the rule for them only
-    (the CPU: no full-size temporaries); else build it whole and select per element, with no
-    host sync (a GPU would stall at each ReLU of the backward)."""
+    the objective); `x` may be the ReLU's input or output (positive at the same places).
+    gather: find the dead elements on the host and build the rule for them only (the CPU: no
+    full-size temporaries); else build it whole and select per element, with no host sync (a
+    GPU would stall at each ReLU of the backward)."""
     flat = out.flatten(1)  # a row is dead when its gradient is all zero (amax/amin: one fast pass each)
     dead = (flat.amax(1) == 0) & (flat.amin(1) == 0)
     if not gather:

@@ -22,10 +22,10 @@ from sketchmine.model.backend import LoadedModel
 from sketchmine.model.modes import eval_mode
 from sketchmine.passes.featvis import METHODS, LayerReader, optimize
 from sketchmine.passes.featvis_params import BEFORE, settings
+from sketchmine.passes.resumed import resumed_on
 from sketchmine.progress import Progress
 from sketchmine.results.run import Run
 from sketchmine.store import schema
-from sketchmine.passes.resumed import resumed_on
 from sketchmine.store.optimized import optimized_state, reset_optimized, write_optimized
 from sketchmine.store.runstore import RunStore
 
@@ -188,8 +188,8 @@ class OptimizePass:
                           f"{limit - done}) got no gradient at any step: their stored images are the starting noise, "
                           "not optimised; " + ("their gradient vanishes elsewhere than at a ReLU, which passes it on "
                                                "here" if redirected else "they are 0 where the objective reads them, "
-                                               "as after a ReLU: --redo optimises them with redirected ReLU "
-                                               "gradients"))
+                                               "as after a ReLU: redirected ReLU gradients (redirect_relu, on by "
+                                               "default; --redo for a layer begun without them) move them"))
         if units == 0 or done >= units:
             write_optimized(self.store, name, slice(0, 0), {}, {**attrs, "units_done": units, "complete": True})
 
