@@ -48,11 +48,11 @@ def mine_and_visualize(model: str, out: Path, batch_size: int, console: Console)
     deconvolutions, and for a model of single images optimise the input each class output
     wants most (feature visualisation of the layer that computes the logits: a few seconds);
     every pass resumes where an earlier demo left off."""
+    from sketchmine.data.sequences import SequenceDataset
     from sketchmine.mining.miner import mine
     from sketchmine.passes.visualize import visualize
     from sketchmine.present.console import RichProgress, safe
     from sketchmine.present.logs import err_console
-    from sketchmine.data.sequences import SequenceDataset
     from sketchmine.results.effects import logits_layer
 
     console.print(f"[bold]{model}[/] → {safe(out)}")

@@ -35,8 +35,8 @@ from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
 from sketchmine.passes.example_pictures import GROUPS, check_examples, needed_images, picture_examples
 from sketchmine.passes.featvis_run import OptimizePass, check_options
 from sketchmine.passes.images import ImageCache, fit, signal_to_uint8, to_hwc
-from sketchmine.passes.resumed import resumed_on
 from sketchmine.passes.reload import missing_images, run_dataset, run_model, run_preprocessing
+from sketchmine.passes.resumed import resumed_on
 from sketchmine.passes.traces import write_traces
 from sketchmine.progress import Progress, Silent
 from sketchmine.results.effects import onnx_run
