@@ -32,6 +32,7 @@ from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.present.fitting import FittingTable
 from sketchmine.results import importance_store
 from sketchmine.results.numbers import number, percent, rate, shape_text
+from sketchmine.results.optimized import how_made
 from sketchmine.results.precision import batch_note, device_note, precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import not_yet, sides, sides_note, size_note, ties_words
@@ -335,6 +336,6 @@ def print_visualized(run: Run, layers: list[str] | None, method: str, progress: 
     names = list(dict.fromkeys(layers or run.layers))
     count = len(names)
     opt = run.layer_attrs(names[0]).get(schema.OPTIMIZED) if optimize and names else None
-    made = f" and optimised inputs ({opt.get('method')}, {opt.get('steps')} steps)" if isinstance(opt, dict) else ""
+    made = f" and optimised inputs ({how_made(opt)})" if isinstance(opt, dict) else ""
     console.print(f"patches and {method} crops{made} of {count} layer{'' if count == 1 else 's'} "
                   f"in {progress.seconds:.1f} s → {safe(run.path)}")
