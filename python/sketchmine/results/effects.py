@@ -39,9 +39,12 @@ def onnx_run(run: Run) -> bool:
 def logits_layer(run: Run) -> str | None:
     """The mined layer that computes the logits, as far as the run shows it: the last mined layer
     (not the virtual softmax) whose output is one value per class; None when none is mined."""
-    classes = int(run.attrs.get("num_classes") or len(run.class_names) or 0)
-    found = [n for n in run.layers if n != "softmax" and list(run.layer_attrs(n).get("shape") or []) == [classes]]
-    return found[-1] if classes and found else None
+    def find() -> str | None:
+        classes = int(run.attrs.get("num_classes") or len(run.class_names) or 0)
+        found = [n for n in run.layers if n != "softmax" and list(run.layer_attrs(n).get("shape") or []) == [classes]]
+        return found[-1] if classes and found else None
+
+    return run.once("logits_layer", find)
 
 
 def class_units(run: Run, layer: str) -> list[str] | None:

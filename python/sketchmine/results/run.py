@@ -6,7 +6,8 @@ never spells a store path. The summaries are computed by summaries.py from the a
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -26,12 +27,23 @@ from sketchmine.store.runstore import RunStore
 
 __all__ = ["Run", "open_run"]
 
+T = TypeVar("T")
+
 
 class Run(UnitViews, ClassCorrelations, Precision):
     """Read access to one run directory (complete or, clearly labelled, partial)."""
 
     def __init__(self, store: RunStore) -> None:
         self.store = store
+        self._fixed: dict[Any, Any] = {}
+
+    def once(self, key: Any, compute: Callable[[], T]) -> T:
+        """`compute()`, read once per Run: for what mining fixed for good (a layer's shape, which
+        layer computes the logits), which no later pass or commit changes. The report asked
+        for the logits layer once per slide, each time opening every layer's attributes."""
+        if key not in self._fixed:
+            self._fixed[key] = compute()
+        return self._fixed[key]
 
     @property
     def path(self) -> os.PathLike:
@@ -83,7 +95,7 @@ class Run(UnitViews, ClassCorrelations, Precision):
         return str(self.store.read(schema.PATHS, slice(int(i), int(i) + 1))[0])
 
     def layer_shape(self, layer: str) -> tuple[int, ...]:
-        return tuple(self.layer_attrs(layer)["shape"])
+        return self.once(("shape", layer), lambda: tuple(self.layer_attrs(layer)["shape"]))
 
     def layer_group(self, layer: str) -> Any:
         """The layer's Zarr group, its attributes checked: direct Zarr access for a user who wants
