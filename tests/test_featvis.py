@@ -13,7 +13,8 @@ from torch import nn
 import sketchmine
 from sketchmine.errors import SketchmineError
 from sketchmine.passes.featvis import feature_visualization
-from sketchmine.passes.featvis_params import blur, random_transform, settings
+from sketchmine.passes.featvis_params import blur, random_transform
+from sketchmine.regularizers import settings
 
 
 @pytest.mark.parametrize("method", ["fourier", "pixel"])

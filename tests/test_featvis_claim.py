@@ -68,5 +68,8 @@ def test_the_stored_pass_takes_the_regularizers(small_test_set, tmp_path):
     np.testing.assert_array_equal(run.optimized("classifier.4"), want.pixels)
     claim = run.layer_attrs("classifier.4")[schema.OPTIMIZED]
     assert claim["regularizers"] == want.regularizers and claim["regularizers"]["norm_pct"] == 50.0
+    from sketchmine.results.optimized import how_made
+
+    assert how_made(claim) == "pixel, 3 steps, regularisers yosinski1"  # what the card and the slide say
     with pytest.raises(SketchmineError, match=r"regularizers \(run: .*\).*pass the same --optimize-regularizers"):
         visualize(run, data=small_test_set, batch_size=4, optimize=True, optimize_method="pixel", optimize_steps=3)

@@ -9,7 +9,7 @@ import pytest
 
 from sketchmine.errors import SketchmineError
 from sketchmine.passes.featvis import feature_visualization
-from sketchmine.passes.featvis_params import settings
+from sketchmine.regularizers import settings
 
 
 @pytest.mark.parametrize(("method", "given", "said"), [
@@ -60,3 +60,20 @@ def test_a_preprocessing_with_other_channels_is_named(demo_model):
 
     with pytest.raises(SketchmineError, match=r"preprocessing it was trained with \(preprocessing=; this one gives 3 "):
         feature_visualization(demo_model, "features.3", [1], steps=1, preprocessing=Preprocessing("none", 3, None))
+
+
+def test_the_views_name_a_layers_settings():
+    """`described` (the card, the slide and visualize's closing line): nothing for the defaults,
+    a preset by its name, other settings by what differs, and the ReLU rule where it was plain
+    (a claim from before the setting records none)."""
+    from sketchmine.regularizers import described
+
+    assert described("fourier", settings("fourier", "default")) == ""
+    assert described("pixel", settings("pixel", "yosinski3")) == ""  # the pixel default is Table 1's third row
+    assert described("pixel", settings("pixel", "yosinski1")) == "regularisers yosinski1"
+    assert described("fourier", settings("fourier", "none")) == "regularisers none"
+    assert described("fourier", settings("fourier", {"lr": 0.2, "polish": 0.5})) == "regularisers lr 0.2, polish 0.5"
+    assert described("pixel", settings("pixel", {"redirect_relu": False})) == "plain ReLU gradients"
+    older = {k: v for k, v in settings("fourier", "default").items() if k != "redirect_relu"}
+    assert described("fourier", older) == "plain ReLU gradients"
+    assert described("fourier", {**older, "lr": 0.1}) == "regularisers lr 0.1, plain ReLU gradients"

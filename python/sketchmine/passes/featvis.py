@@ -43,8 +43,9 @@ from sketchmine.model.backend import LoadedModel, first_tensor
 from sketchmine.model.models import load_model, preprocessing_for
 from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import SOFTMAX, resolve_layers, tapped_element, to_units
-from sketchmine.passes.featvis_params import FourierImage, PixelImage, random_transform, settings
+from sketchmine.passes.featvis_params import FourierImage, PixelImage, random_transform
 from sketchmine.passes.featvis_relu import redirected_relus
+from sketchmine.regularizers import settings
 
 METHODS = ("fourier", "pixel")
 DEFAULT_SIZE = 224
@@ -187,7 +188,7 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
     model: a spec as `load_model` takes, or a loaded one; layer: a mined layer name (a module,
     "<lstm>.cell" or the virtual "softmax"); units: unit indices. method: "fourier" (lucent
     era) or "pixel" (deconvnet era); regularizers: "default", "none", a preset (pixel:
-    "yosinski1".."yosinski4") or a dict overriding the family's settings (featvis_params).
+    "yosinski1".."yosinski4") or a dict overriding the family's settings (sketchmine.regularizers).
     size: an int S or (H, W); default the model's recorded preprocessing size, else the input size
     its metadata records (the embedded models: 28), else 224.
     preprocessing: the normalisation the model was trained with (default: `preprocessing_for`).

@@ -21,9 +21,9 @@ from sketchmine.errors import SketchmineError, SketchmineFailure, whole_number
 from sketchmine.model.backend import LoadedModel
 from sketchmine.model.modes import eval_mode
 from sketchmine.passes.featvis import METHODS, LayerReader, optimize
-from sketchmine.passes.featvis_params import BEFORE, settings
 from sketchmine.passes.resumed import resumed_on
 from sketchmine.progress import Progress
+from sketchmine.regularizers import BEFORE, settings
 from sketchmine.results.run import Run
 from sketchmine.store import schema
 from sketchmine.store.optimized import optimized_state, reset_optimized, write_optimized
@@ -34,7 +34,7 @@ DEFAULT_STEPS = 256
 
 def check_options(optimize: bool, method: str | None, steps: int | None,
                   regularizers: str | dict[str, Any] | None = None) -> tuple[str, int, dict[str, Any]]:
-    """The method, steps and full regulariser settings (featvis_params.settings) of an optimize
+    """The method, steps and full regulariser settings (regularizers.settings) of an optimize
     pass; refused when given without `optimize`."""
     if not optimize:
         if method is not None or steps is not None or regularizers is not None:

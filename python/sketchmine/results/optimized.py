@@ -8,6 +8,7 @@ import numpy as np
 
 from sketchmine.errors import SketchmineError
 from sketchmine.names import command
+from sketchmine.regularizers import described
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
@@ -48,8 +49,8 @@ def never_moved(run: Run, layer: str, unit: int) -> bool:
 
 def how_made(claim: dict[str, Any]) -> str:
     """How a layer's stored images were optimised, from its `optimized` claim, for the views:
-    "fourier, 256 steps", with "plain ReLU gradients" where the pass did not redirect them (a
-    claim from before the setting records none: it did not)."""
+    "fourier, 256 steps", then the regularisers where they are not the defaults (a preset's name,
+    else the settings that differ) and "plain ReLU gradients" where the ReLUs did not redirect."""
     regs = claim.get("regularizers")
-    plain = isinstance(regs, dict) and not regs.get("redirect_relu", False)
-    return f"{claim.get('method')}, {claim.get('steps')} steps" + (", plain ReLU gradients" if plain else "")
+    extra = described(str(claim.get("method")), regs) if isinstance(regs, dict) else ""
+    return f"{claim.get('method')}, {claim.get('steps')} steps" + (f", {extra}" if extra else "")
