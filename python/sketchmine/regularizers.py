@@ -56,6 +56,12 @@ BEFORE: dict[str, Any] = {"redirect_relu": False}
 """What a run's claim recorded before a setting existed did: a claim without the key was
 optimised so (featvis_run resumes it so, rather than mixing two rules in one layer)."""
 
+
+def as_run(regs: dict[str, Any]) -> dict[str, Any]:
+    """A claim's settings as its pass ran them: a setting the claim predates at what that version
+    did (`BEFORE`)."""
+    return {**BEFORE, **regs}
+
 def settings(method: str, regularizers: str | dict[str, Any] | None) -> dict[str, Any]:
     """The full settings of a family: its defaults, a preset by name ("default", "none", or a
     `PIXEL_PRESETS` row) or a dict of overrides; unknown names and keys are refused."""
@@ -136,7 +142,7 @@ def described(method: str, regs: dict[str, Any]) -> str:
     ReLUs did not redirect (a claim from before the setting records none: it did not)."""
     if method not in ("pixel", "fourier"):
         return ""
-    regs = {**{k: v for k, v in BEFORE.items() if k not in regs}, **regs}
+    regs = as_run(regs)
     name = preset_of(method, regs) or preset_of(method, {**regs, "redirect_relu": True})
     words = []
     if name is None:  # some setting beyond the ReLU rule differs from the defaults

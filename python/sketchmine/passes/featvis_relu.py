@@ -43,8 +43,9 @@ class _RedirectedReLU(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         out = torch.ops.aten.threshold_backward(grad, y, 0)  # torch's own ReLU gradient (0, not NaN, at x <= 0)
         if grad.ndim < 2:  # no batch axis: the tensor is one element's
-            dead = (out.amax() == 0) & (out.amin() == 0)
-            return torch.where(dead, grad.masked_fill(~((y > 0) | (grad > 0)), 0), out), None
+            one = (1, -1)
+            return redirect_dead(out.reshape(one), grad.reshape(one), y.reshape(one), gather=not grad.is_cuda
+                                 ).reshape(grad.shape), None
         return redirect_dead(out, grad, y, gather=not grad.is_cuda), None
 
 
@@ -58,13 +59,16 @@ def redirect_dead(out: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, gather
     flat = out.flatten(1)  # a row is dead when its gradient is all zero (amax/amin: one fast pass each)
     dead = (flat.amax(1) == 0) & (flat.amin(1) == 0)
     if not gather:
-        redirected = grad.masked_fill(~((x > 0) | (grad > 0)), 0)
-        return torch.where(dead.view(-1, *[1] * (out.ndim - 1)), redirected, out)
+        return torch.where(dead.view(-1, *[1] * (out.ndim - 1)), _redirected(grad, x), out)
     rows = torch.nonzero(dead).squeeze(1)
     if len(rows):
-        g, xd = grad.index_select(0, rows), x.index_select(0, rows)
-        out.index_copy_(0, rows, g.masked_fill(~((xd > 0) | (g > 0)), 0))
+        out.index_copy_(0, rows, _redirected(grad.index_select(0, rows), x.index_select(0, rows)))
     return out
+
+
+def _redirected(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The redirected rule: the incoming gradient where x > 0 or where it pushes x up."""
+    return grad.masked_fill(~((x > 0) | (grad > 0)), 0)
 
 
 class redirected_relus(TorchFunctionMode):

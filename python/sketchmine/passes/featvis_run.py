@@ -23,7 +23,7 @@ from sketchmine.model.modes import eval_mode
 from sketchmine.passes.featvis import METHODS, LayerReader, optimize
 from sketchmine.passes.resumed import resumed_on
 from sketchmine.progress import Progress
-from sketchmine.regularizers import BEFORE, settings
+from sketchmine.regularizers import BEFORE, as_run, settings
 from sketchmine.results.run import Run
 from sketchmine.store import schema
 from sketchmine.store.optimized import optimized_state, reset_optimized, write_optimized
@@ -101,15 +101,14 @@ class OptimizePass:
         if have is not None and not redo and (whole or have.get("units_done", 0) > 0):
             keys = ("method", "steps", "seed", "regularizers", "size")
             older = _older_settings(have.get("regularizers"), want["regularizers"])
-            if whole and older is not None and all(have.get(k) == want[k] for k in keys if k != "regularizers"):
-                self.layer_settings[name] = older
-                if not have.get("complete") and older != want["regularizers"]:
-                    progress.note(f"layer {name!r} resumes its optimised inputs as an earlier version of sketchmine "
-                                  f"began them ({', '.join(f'{k} {v}' for k, v in older.items() if k in BEFORE)}), "
-                                  "so the layer is optimised by one rule; --redo makes them again with this "
-                                  "version's settings")
-                have = {**have, "regularizers": want["regularizers"]}
-            if whole and all(have.get(k) == want[k] for k in keys):
+            if whole and all(have.get(k) == want[k] or (k == "regularizers" and older) for k in keys):
+                if older:  # the layer goes on by the rule it began with
+                    self.layer_settings[name] = older
+                    if not have.get("complete") and older != want["regularizers"]:
+                        progress.note(f"layer {name!r} resumes its optimised inputs as an earlier version of "
+                                      f"sketchmine began them ({', '.join(f'{k} {older[k]}' for k in BEFORE)}), so "
+                                      "the layer is optimised by one rule; --redo makes them again with this "
+                                      "version's settings")
                 block = int(have["block_units"])
                 if block != want["block_units"] and not have.get("complete"):  # its images depend on the blocks
                     progress.note(f"layer {name!r} resumes its optimised inputs in the blocks of {block} units it "
@@ -197,10 +196,10 @@ class OptimizePass:
 def _older_settings(have: Any, want: dict[str, Any]) -> dict[str, Any] | None:
     """A claim's settings, as it was optimised, where it predates settings this version added
     (`BEFORE`) and agrees with `want` on the rest; else None (same settings, or other ones)."""
-    if not isinstance(have, dict) or not set(BEFORE) - set(have):
+    if not isinstance(have, dict) or set(BEFORE) <= set(have):
         return None
-    filled = {**{k: v for k, v in BEFORE.items() if k not in have}, **have}
-    return filled if {**want, **{k: filled[k] for k in BEFORE if k not in have}} == filled else None
+    filled = as_run(have)
+    return filled if {**want, **{k: v for k, v in BEFORE.items() if k not in have}} == filled else None
 
 
 def _difference(key: str, have: Any, want: Any) -> str:
