@@ -258,10 +258,11 @@ def slide_content(run: Run, layer: str, unit: int, info: dict[str, Any] | None) 
     classes = class_units(run, layer)  # an output layer's unit is a class: named, as cards name it
     title = f"{layer} · unit {int(unit)}" + (f" · {classes[int(unit)]}" if classes else "") + (f"   ({about})" if about else "")
     entries = info["top"][:SHOWN]
-    steps = entry_steps(run.layer_attrs(layer), run.topk(layer)[2])
+    attrs = run.layer_attrs(layer)
+    steps = entry_steps(attrs, run.topk(layer)[2])
     if steps is not None:  # the step of each entry, as the cards show it ("t=6 of 8")
         entries = [{**e, "t": int(steps[0][int(unit), e["rank"]]), "steps": steps[1]} for e in entries]
-    made = "" if opt is None else how_made(run.layer_attrs(layer)[schema.OPTIMIZED])
+    made = "" if opt is None else how_made(attrs[schema.OPTIMIZED])
     return _Content(patches, deconv, opt, peak, info, entries, title, made)
 
 
