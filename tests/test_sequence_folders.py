@@ -174,8 +174,24 @@ def test_cli_steps_on_a_dark_folder(folders, tmp_path):
                  "--ink", "dark", "--layers", "gru"]) == 0
     run = sketchmine.open_run(out)
     assert run.attrs["dataset"]["sequence"]["steps"] == 4 and run.layer_shape("gru") == (64, 4)
-    with pytest.raises(SketchmineError, match="mined with other settings: dataset"):  # other steps: other samples
+    # other steps or ink: other samples, refused naming what differs and what resumes it (not two hashes)
+    said = r"pass steps=4, ink='dark' \(--steps 4 --ink dark\)\. Use another --out"
+    with pytest.raises(SketchmineError, match=r"other settings: steps \(run: 4, now: 6\) of the progressive drawings; "
+                       + said):
         sketchmine.mine("demo-gru", dark, steps=6, ink="dark", layers=["gru"], out=out)
+    with pytest.raises(SketchmineError, match=r"other settings: ink \(run: dark, now: light\) of the progressive "
+                       r"drawings; " + said):
+        sketchmine.mine("demo-gru", dark, steps=4, ink="light", layers=["gru"], out=out)
+    with pytest.raises(SketchmineError, match=r"other settings: steps \(run: 4, now: 8\); ink \(run: dark, now: auto\) "
+                       r"of the progressive drawings; " + said):  # the model's own steps and the default ink
+        sketchmine.mine("demo-gru", dark, layers=["gru"], out=out)
+    other = export_image_folder(per_class_subset(animal_shape("test"), 2, "0:20"), tmp_path / "other")
+    with pytest.raises(SketchmineError, match=r"other settings: dataset \(run: [0-9a-f]{16}…, now: [0-9a-f]{16}…\)\."):
+        sketchmine.mine("demo-gru", other, steps=6, ink="dark", layers=["gru"], out=out)  # other images: the hashes
+    single = sketchmine.mine("demo", other, layers=["features.0"], out=tmp_path / "single.zarr").path
+    with pytest.raises(SketchmineError, match=r"other settings: progressive drawings \(run: single images, now: 2 "
+                       r"steps; leave steps / --steps out\)\."):
+        sketchmine.mine("demo", other, steps=2, layers=["features.0"], out=single)
 
 
 def test_retrained_architectures_load_by_name_with_their_sidecar(folders, tmp_path):

@@ -160,6 +160,12 @@ def progressive_batch(images: np.ndarray, steps: int = DEFAULT_STEPS, ink: str =
         np.zeros((0, steps) + images.shape[1:], dtype=images.dtype)
 
 
+def drawings_fingerprint(base: str, steps: int, ink: str) -> str:
+    """The fingerprint of the drawings of the images fingerprinted `base`."""
+    inked = "" if ink == "light" else f":{ink}"  # runs made before the ink option were "light"
+    return hashlib.sha256(f"{base}:{TRANSFORM}:{steps}{inked}".encode()).hexdigest()
+
+
 class SequenceDataset(MinerDataset):
     """Images of an `ArrayDataset` or `ImageFolderDataset` seen as progressive drawings:
     samples are (index, (T, C, H, W) float tensor, label, note), each frame preprocessed as the
@@ -205,8 +211,12 @@ class SequenceDataset(MinerDataset):
         return {**self.base.describe(), "sequence": {"transform": TRANSFORM, "steps": self.steps, "ink": self.ink}}
 
     def fingerprint(self) -> str:
-        ink = "" if self.ink == "light" else f":{self.ink}"  # runs made before the ink option were "light"
-        return hashlib.sha256(f"{self.base.fingerprint()}:{TRANSFORM}:{self.steps}{ink}".encode()).hexdigest()
+        return drawings_fingerprint(self.base.fingerprint(), self.steps, self.ink)
+
+    def drawn(self) -> dict[str, Any]:
+        """The images' own fingerprint and how they are drawn: what a refused resume compares to
+        name steps or ink (mining/checks.py), not a hash of both."""
+        return {"base": self.base.fingerprint(), "steps": self.steps, "ink": self.ink}
 
     def __getitem__(self, i: int):
         p = self.preprocessing

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from sketchmine.data.sequences import TRANSFORM, drawings_fingerprint
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import MODEL_SWITCHES, recorded_weights, switches_differ_from
 from sketchmine.model.followers import followers
@@ -113,6 +114,34 @@ RESUME_CHECKS: dict[str, str] = {
 must agree with the run (check_resumable), every rank with rank 0 (distributed.py)."""
 
 
+DRAWINGS = "drawings"
+"""`want`'s key for how the dataset's images are drawn (`SequenceDataset.drawn`; None: single
+images): not compared itself, it names steps or ink where only they change the fingerprint."""
+
+
+def _drawn_otherwise(attrs: dict[str, Any], want: dict[str, Any]) -> str | None:
+    """The dataset's difference in words where the images are the run's and only their drawing
+    differs (steps, ink, or drawings against single images); None where the images differ."""
+    was = (attrs.get("dataset") or {}).get("sequence")
+    was = was if isinstance(was, dict) and was.get("transform") == TRANSFORM else None
+    now = want.get(DRAWINGS)
+    images = now["base"] if now else want["dataset_fingerprint"]
+    fingerprint = attrs.get("dataset_fingerprint")
+    if was is None:
+        if now is None or images != fingerprint:
+            return None
+        return f"progressive drawings (run: single images, now: {now['steps']} steps; leave steps / --steps out)"
+    steps, ink = was.get("steps"), was.get("ink", "light")  # runs made before the ink option drew "light"
+    if drawings_fingerprint(images, steps, ink) != fingerprint:
+        return None
+    said = f"pass steps={steps}, ink={ink!r} (--steps {steps} --ink {ink})"
+    if now is None:
+        return f"progressive drawings (run: {steps} steps, ink {ink}; now: single images; {said})"
+    differ = [f"{what} (run: {a}, now: {b})" for what, a, b in (("steps", steps, now["steps"]), ("ink", ink, now["ink"]))
+              if a != b]
+    return f"{'; '.join(differ)} of the progressive drawings; {said}"
+
+
 def check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> None:
     """Refuse to resume a run mined otherwise, naming each difference: RESUME_CHECKS (model id,
     weights, layers, k, dataset, preprocessing; each only when `want` names it), every forward
@@ -129,7 +158,8 @@ def check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> No
     for key, label in checks:
         a, b = attrs.get(key), want.get(key)
         if a != b:
-            diffs.append(f"{label} (run: {_short(a)}, now: {_short(b)})")
+            drawn = _drawn_otherwise(attrs, want) if key == "dataset_fingerprint" else None
+            diffs.append(drawn or f"{label} (run: {_short(a)}, now: {_short(b)})")
     if MODEL_SWITCHES in attrs:  # runs before the record, and of models without switches: not compared
         diffs += [f"model switch {d}" for d in switches_differ_from(attrs[MODEL_SWITCHES], want.get(MODEL_SWITCHES, {}))]
     if attrs.get("logits", True) != logits:

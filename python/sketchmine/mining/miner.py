@@ -33,7 +33,7 @@ from sketchmine.data.batchprep import choose
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
-from sketchmine.mining.checks import (check_classes, check_resumable, check_sketch_size, note_dead_units,
+from sketchmine.mining.checks import (DRAWINGS, check_classes, check_resumable, check_sketch_size, note_dead_units,
                                      note_followers)
 from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts, check_flags
@@ -264,6 +264,7 @@ def mine(
         LAYER_NAMES: names,
         "k": k,
         "dataset_fingerprint": ds.fingerprint(),
+        DRAWINGS: ds.drawn() if isinstance(ds, sequences.SequenceDataset) else None,
         "preprocessing_key": _preprocessing_key(pre),
         "forward_options": speed.forward_options(),
     }
