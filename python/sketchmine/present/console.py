@@ -127,8 +127,8 @@ def layers_table(run: Run) -> Table:
     caption = "\n".join(safe(n) for n in (note, batch_note(run), device_note(run)) if n) or None
     table = titled(f"{safe(run.path)}  ({state}" + (f"; {safe(run.precision)})" if note else ")"),
                    caption=caption, caption_justify="left")
-    for col in ("layer", "kind", "shape", "units", "max activation", "NaN"):
-        table.add_column(col, justify="right" if col in ("units", "max activation", "NaN") else "left",
+    for col in ("layer", "kind", "shape", "units", "max activation", "NaN values"):
+        table.add_column(col, justify="right" if col in ("units", "max activation", "NaN values") else "left",
                          overflow="fold" if col == "layer" else "ellipsis")
     for name in run.layers:
         attrs = run.layer_attrs(name)
