@@ -183,6 +183,12 @@ def test_cli_importance_reloads_the_run_and_plots(tmp_path, demo_test_set, capsy
     assert "┃ unit ┃ prob. drop (pt) ┃ acc. drop (pt) ┃ mean act. right ┃ mean act. wrong ┃" in text  # 80 columns
     assert cli(["importance", str(out), "--layers", "nope"]) == 3
     assert "layer 'nope' is not in run" in capsys.readouterr().err
+    # its own plot is replaced (it records who wrote it: png, svg, pdf, ps, eps), in every format that can
+    for fmt in ("png", "svg", "pdf", "eps"):
+        plot = tmp_path / f"again.{fmt}"
+        for _ in range(2):
+            assert cli(["importance", str(out), "--layers", "classifier.4", "-q", "--plot", str(plot)]) == 0
+        assert b"sketchmine plot file" in plot.read_bytes()
 
 
 def test_residual_block_output_is_cut_and_equals_direct(tmp_path):

@@ -255,8 +255,15 @@ def test_existing_files_as_out_and_bad_importance_arguments(run_copy, images, tm
     one_line_error(sm("importance", str(run_copy), "--batch-size", "0"), r"--batch-size: must be a whole number >= 1")
     forwards: list[str] = []  # in this process, so every forward of any module is seen
     hook = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: forwards.append(type(m).__name__))
+    mine_png = tmp_path / "thesis.png"  # a figure of the user's, and a link to it: never replaced
+    mine_png.write_bytes(b"\x89PNG the user's own")
+    (tmp_path / "link.png").symlink_to(mine_png)
+    (tmp_path / "old.jpg").write_bytes(b"jpeg")
     try:
-        for plot, pattern in (("/nonexistent/x.png", r"folder /nonexistent does not exist"),
+        for plot, pattern in ((str(mine_png), r"thesis.png exists and is not a plot sketchmine wrote; name a new file"),
+                              (str(tmp_path / "link.png"), r"link.png exists and is a link"),
+                              (str(tmp_path / "old.jpg"), r"a \.jpg file cannot record who wrote it"),
+                              ("/nonexistent/x.png", r"folder /nonexistent does not exist"),
                               (str(tmp_path), r"is a folder"),
                               (str(afile / "x.png"), r"the folder \S*afile is a file, not a folder"),
                               (str(tmp_path / "x.txt"), r"unknown format 'txt'"),
@@ -268,6 +275,7 @@ def test_existing_files_as_out_and_bad_importance_arguments(run_copy, images, tm
     finally:
         hook.remove()
     assert not forwards  # refused before the ablations, not after them
+    assert mine_png.read_bytes() == b"\x89PNG the user's own" and (tmp_path / "link.png").is_symlink()
     assert not sketchmine.open_run(run_copy).has_importance("features.3")
     for cmd in (["importance", str(run_copy)], ["visualize", str(run_copy)]):
         one_line_error(sm(*cmd, "--layers", ".."), r"'\.\.'")

@@ -206,11 +206,29 @@ def importance_plot(run: Run, layer: str, out: str | os.PathLike, n: int = 10,
     return _save(importance_figure(run, layer, n), Path(out), formats)
 
 
+MARK = "sketchmine plot file"
+"""Written into the creator field of a plot `save_figure` writes, where the format has one: the
+file a later call may replace, as a user's own file of that name is not."""
+_MARKED = {"png": "Software", "svg": "Creator", "pdf": "Creator", "ps": "Creator", "eps": "Creator"}
+
+
+def _ours(path: Path) -> bool:
+    """`path` is a plot `save_figure` wrote: a plain file (not a link, nor a FIFO, which would
+    hold the read) whose format records a creator that names MARK."""
+    if path.suffix[1:].lower() not in _MARKED or path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            return MARK.encode() in f.read(64 << 20)  # matplotlib writes the field uncompressed, near either end
+    except OSError:
+        return False
+
+
 def check_plot_path(path: str | os.PathLike) -> Path:
     """A plot file sketchmine may write (checked before any computation): its folder exists
     and is writable and not inside a run, it is not a folder, its extension is a format
-    matplotlib writes. An existing file of that name is replaced (the path was asked for);
-    nothing else is ever removed."""
+    matplotlib writes, and the name is free or holds a plot sketchmine wrote (`MARK`): a file
+    of the user's (an image of a dataset, a figure of their own, a link) is never replaced."""
     from sketchmine.store.lock import enclosing_run
 
     p = Path(path)
@@ -229,6 +247,11 @@ def check_plot_path(path: str | os.PathLike) -> Path:
         raise SketchmineError(f"plot file {p}: the folder {p.parent} is not writable")
     if (run := enclosing_run(target, itself=False)) is not None:
         raise SketchmineError(f"plot file {p} is inside the run {run}; write it outside any run")
+    if os.path.lexists(p) and not _ours(Path(p)):
+        what = "a link" if Path(p).is_symlink() else "not a plot sketchmine wrote"
+        unmarked = "" if fmt in _MARKED else f"; a .{fmt} file cannot record who wrote it, so none is replaced"
+        raise SketchmineError(f"plot file {p} exists and is {what}; name a new file, or move it away first "
+                              f"(sketchmine replaces only a plot it wrote itself{unmarked})")
     return target
 
 
@@ -241,7 +264,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Glyph .* missing from font", UserWarning)
-            fig.savefig(tmp, format=p.suffix[1:].lower(), dpi=dpi)
+            fmt = p.suffix[1:].lower()
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata={_MARKED[fmt]: MARK} if fmt in _MARKED else None)
         os.replace(tmp, p)
     finally:
         if tmp.exists():
