@@ -183,3 +183,41 @@ def test_report_and_probe_folders_through_a_dangling_link_are_refused_creating_n
                                                   rf"{tmp_path}/nowhere/deep, which does not exist \(nothing was created\)"):
             check(out)
     assert _tree(tmp_path) == ["link"]
+
+
+def test_the_users_empty_report_folder_keeps_its_permissions(tmp_path, small_test_set):
+    """As `mine --out`'s: the report was built in a sibling with the default permissions and
+    swapped in for the user's empty 0700 folder, which became readable by all (and again at each
+    report written over its own)."""
+    from sketchmine.present.report import write_report
+
+    run = _mine(small_test_set, tmp_path / "r.zarr")
+    private = tmp_path / "private"
+    private.mkdir()
+    os.chmod(private, 0o2700)
+    for _ in range(2):  # the user's empty folder, then the report's own
+        write_report(run, private, montages=0)
+        assert (private / "index.html").is_file() and oct(private.stat().st_mode & 0o7777) == oct(0o2700)
+
+
+def test_a_report_beside_a_folder_it_cannot_write_says_why(tmp_path, small_test_set):
+    """The folder given was writable, its parent not: the error named only a temporary folder."""
+    from sketchmine.errors import SketchmineFailure
+    from sketchmine.present.report import write_report
+
+    run = _mine(small_test_set, tmp_path / "r.zarr")
+    shared = tmp_path / "shared"
+    (shared / "drop").mkdir(parents=True)
+    if os.geteuid() == 0:  # root writes anywhere chmod allows nothing: an immutable folder stands in
+        if subprocess.run(["chattr", "+i", str(shared)], capture_output=True).returncode != 0:
+            pytest.skip("this file system has no immutable attribute, and root writes any folder")
+    else:
+        os.chmod(shared, 0o555)
+    try:
+        with pytest.raises(SketchmineFailure, match=rf"a report is built in a folder beside {shared}/drop, so {shared} "
+                                                    r"must be writable too\); the previous report there \(if any\)"):
+            write_report(run, shared / "drop", montages=0)
+    finally:
+        subprocess.run(["chattr", "-i", str(shared)], capture_output=True)
+        os.chmod(shared, 0o755)
+    assert _tree(shared) == ["drop"]

@@ -354,6 +354,8 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
                                                 f"it now holds the report of {run.path}")  # under -q too
     except OSError as exc:
         where = exc.filename or target
+        if made == -1 and tmp is not None:  # the sibling it is built in: the folder given may be writable itself
+            where = f"{where}: a report is built in a folder beside {shown}, so {target.parent} must be writable too"
         kept = ("the report folder is incomplete (the previous report there is already, at least partly, removed): run "
                 "`sketchmine report` again" if isinstance(exc, InPlaceSwapError) else
                 "the previous report there (if any) is unchanged")

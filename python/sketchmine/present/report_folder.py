@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,8 @@ def swap_in(tmp: Path, target: Path, shown: str | os.PathLike | None = None) -> 
     if inside(cwd, target):  # keep the folder itself (a shell sitting in it keeps seeing it): swap its entries
         swap_entries(tmp, target, old, shown)
         return
+    # the folder given keeps its permissions (a private one stays private), as a run's does
+    os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
     if exchange(tmp, target):  # tmp now holds the previous report
         with _written(shown, tmp):
             discard(tmp, shown, lambda: exchange(tmp, target))
