@@ -14,6 +14,7 @@ from PIL import Image
 
 import sketchmine
 from sketchmine import SketchmineError
+from sketchmine.errors import RunDamaged
 from sketchmine.data import ArrayDataset, ImageFolderDataset, preset
 from tests.helpers import StopAfter
 
@@ -73,12 +74,25 @@ def test_attributes_edited_into_nonsense_are_refused_clearly(tmp_path_factory, m
 
 
 @pytest.mark.parametrize("garbage", [b"", b"{", b"\x00\xff" * 10, b'{"zarr_format": 3, "node_type": "group"}'])
-def test_a_store_whose_metadata_is_garbage_is_not_a_run(tmp_path, mined, garbage):
+def test_a_store_whose_root_metadata_is_garbage_is_damaged_or_not_a_run(tmp_path, mined, garbage, small_test_set):
+    """Root metadata that does not parse (cut short by a copy or a sync) is a damaged run for every
+    reader and for `mine`, which said "not a sketchmine run … remove it"; parseable metadata
+    without the run's attributes is no run."""
     path = tmp_path / "run.zarr"
     shutil.copytree(mined, path)
     (path / "zarr.json").write_bytes(garbage)
-    with pytest.raises(SketchmineError, match="not a sketchmine run"):
-        sketchmine.open_run(path)
+    before = sorted((p.relative_to(path), p.read_bytes()) for p in path.rglob("*") if p.is_file())
+    if garbage.startswith(b'{"'):
+        with pytest.raises(SketchmineError, match="not a sketchmine run"):
+            sketchmine.open_run(path)
+        return
+    said = rf"{path} may be a damaged run: {path}/zarr\.json does not parse as JSON \(.+\); restore it from a copy, or "
+    for read in (sketchmine.open_run, sketchmine.verify_run):
+        with pytest.raises(RunDamaged, match=said + "mine again with a new --out"):
+            read(path)
+    with pytest.raises(RunDamaged, match=said + r"choose another --out \(nothing there was changed\)"):
+        sketchmine.mine("demo", small_test_set, layers=["features.0"], out=path)
+    assert sorted((p.relative_to(path), p.read_bytes()) for p in path.rglob("*") if p.is_file()) == before
 
 
 def test_newer_schema_is_refused(tmp_path, mined):

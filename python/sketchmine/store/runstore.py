@@ -36,7 +36,7 @@ from sketchmine.store.columns import Columns
 from sketchmine.store.commits import CommittedReads, commit_key, folder_identity
 from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
-from sketchmine.store.lock import RunLock, check_writable, is_run, runs_in, stage
+from sketchmine.store.lock import RunLock, check_writable, damaged_root, is_run, runs_in, stage
 
 __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_new_out", "check_root_attrs", "is_run", "put_rows"]
 
@@ -55,6 +55,9 @@ def check_new_out(path: Path) -> None:
     asks before it takes the run's lock (whose file beside the folder would be left there), reads
     the dataset or probes the model; `RunStore.create` asks again under the lock."""
     if path.exists() and not is_run(path) and (not path.is_dir() or any(path.iterdir())):
+        if path.is_dir() and (why := damaged_root(path)):
+            raise RunDamaged(f"{path} may be a damaged run: {why}; restore it from a copy, or choose another --out "
+                             "(nothing there was changed)")
         raise SketchmineError(f"{path} exists and is not a sketchmine run; choose another --out or remove it")
 
 
@@ -80,6 +83,9 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
         if not p.exists():
             raise SketchmineError(f"{p} does not exist")
         if not is_run(p):
+            if why := damaged_root(p):
+                raise RunDamaged(f"{p} may be a damaged run: {why}; restore it from a copy, or mine again with a "
+                                 "new --out")
             raise SketchmineError(f"{p} is not a sketchmine run " + (
                 f"(no sketchmine run attributes in {p / 'zarr.json'})" if (p / "zarr.json").is_file() else
                 f"(no zarr.json){runs_in(p)}"))
