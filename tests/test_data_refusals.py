@@ -247,3 +247,28 @@ def test_wide_grey_files_take_one_fixed_scale(tmp_path, few):
     run = sketchmine.mine("demo", str(root), layers=["features.0"], out=tmp_path / "s.zarr", logits=False,
                           skip_bad_images=True)
     assert sorted(b["path"] for b in run.attrs["bad_images"]) == ["a/over.tif", "a/wide.tif"]
+
+
+def test_a_named_pipe_named_like_an_image_is_refused_not_waited_on(tmp_path, few):
+    """`mine` hung without a word: the fingerprint opened the FIFO and waited for a writer.
+    Run in a subprocess, so that the old behaviour fails the test instead of hanging it."""
+    import subprocess
+    import sys
+
+    root = export_image_folder(few, tmp_path / "images")
+    os.mkfifo(root / "bear" / "zz.png")
+    out = tmp_path / "r.zarr"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "sketchmine", "mine", "--model", "demo", "--data", str(root),
+                               "--out", str(out), "--layers", "features.0"], capture_output=True, text=True, timeout=120,
+                              env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("mine waited on the named pipe")
+    assert done.returncode == 3, done.stderr
+    assert f"image {root}/bear/zz.png is a named pipe (FIFO), not an image file: remove it" in done.stderr
+    assert not out.exists()
+    ds = ImageFolderDataset(root, Preprocessing("none", 1))  # read without a fingerprint: refused alike
+    pipe = next(i for i in range(len(ds)) if ds.path(i).endswith("zz.png"))
+    with pytest.raises(SketchmineError, match="is a named pipe"):
+        ds.file_bytes(pipe)

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import sys
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from sketchmine.errors import SketchmineError
+from sketchmine.names import printable
 
 READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 """What reading a damaged or hostile image file raises (PIL and the OS)."""
@@ -196,3 +200,13 @@ def _to_8bit(im: Image.Image) -> Image.Image:
                              "float images are read as 0 to 1: save it as 8 or 16-bit")
         return Image.fromarray(np.rint(a * 255.0).astype(np.uint8), "L")
     return im
+
+
+def check_regular(path: str | os.PathLike, st: os.stat_result) -> None:
+    """Refuse an image path that is not a regular file (a FIFO, a device, a socket): reading one
+    waits for a writer or never ends, so the command would hang without a word."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+        raise SketchmineError(f"image {printable(str(path))} is {kind}, not an image file: remove it from the dataset "
+                              "folder (or rename it without an image extension)")
