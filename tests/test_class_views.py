@@ -195,6 +195,24 @@ def test_accuracy_correlation_by_both_measures(run, tmp_path):
     assert f"<td>features.6</td><td>conv2d</td><td class=\"num\">{got.loc['features.6', 'spearman_topk']:.3f}</td>" in index
 
 
+def test_a_layer_whose_classes_all_tie_has_no_top_k_correlation_whatever_the_class_sizes(unbalanced, tmp_path):
+    """The logits' top-9 are 9 images of each class: all tied. Divided by class sizes of 20 and
+    200 they ranked the sizes against accuracy, shown as the layer's ρ beside "all tied"."""
+    top = unbalanced.top_classes("classifier.6", 10)
+    assert top.attrs["all_tied"] and top.attrs["cut_count"] == 9
+    acc = unbalanced.class_accuracy()["accuracy"].to_numpy()
+    sizes = unbalanced.class_sizes().to_numpy()
+    assert np.isfinite(spearmanr(9 / sizes, acc).statistic)  # what was shown: the sizes' order, not the layer's
+    got = unbalanced.accuracy_correlation()
+    assert np.isnan(got.loc["classifier.6", "spearman_topk"]) and np.isnan(got.loc["classifier.6", "p_value_topk"])
+    assert np.isfinite(got.loc["classifier.6", "spearman_preference"])  # over all images: a ranking still
+    counts = _counts(unbalanced, "features.6")
+    assert np.ptp(counts) > 0 and got.loc["features.6", "spearman_topk"] == pytest.approx(
+        spearmanr(counts / sizes, acc).statistic)
+    index = write_report(unbalanced, tmp_path / "report", images=False, montages=0).read_text()
+    assert '<td>classifier.6</td><td>linear</td><td class="num">-</td>' in index
+
+
 def test_unit_card_says_its_classes_are_ranked_by_mean_maximum(run):
     card = run.unit("features.6", 3)
     classes = card.top_classes()

@@ -47,7 +47,8 @@ class ClassCorrelations(RunPart):
     def accuracy_correlation(self) -> pd.DataFrame:
         """Per layer, as `ink_correlation`: Spearman ρ (and p) between per-class accuracy and the
         layer's class preference by its top-k (`class_histogram(per_image=True)`: the raw counts'
-        order when classes are the same size), columns *_topk, and over all images
+        order when classes are the same size; NaN where every class with images has one raw count,
+        as `top_classes`' all_tied), columns *_topk, and over all images
         (`class_preference`; NaN without class statistics), *_preference. Does a layer prefer
         the classes the network classifies well? A run without predictions is refused."""
         run = self._as_run
@@ -56,8 +57,11 @@ class ClassCorrelations(RunPart):
         for layer in run.layers:
             topk = run.class_histogram(layer, per_image=True).to_numpy()  # class order, as acc
             pref = run._preference_in_class_order(layer) if stats else topk * np.nan
-            rows.append({"layer": layer, "kind": run.layer_attrs(layer).get("kind", ""),
-                         **summaries.rank_correlations({"topk": topk, "preference": pref}, acc)})
+            row = summaries.rank_correlations({"topk": topk, "preference": pref}, acc)
+            counts = run.class_histogram(layer).to_numpy()[np.isfinite(topk)]  # of the classes with images
+            if len(counts) > 1 and (counts == counts[0]).all():  # all tied (`cut_at`): k over each class's size
+                row.update(spearman_topk=np.nan, p_value_topk=np.nan)  # the sizes' order, nothing of the layer
+            rows.append({"layer": layer, "kind": run.layer_attrs(layer).get("kind", ""), **row})
         return summaries.layer_table(rows, partial=not run.complete)
 
     def _preference_in_class_order(self, layer: str) -> np.ndarray:
