@@ -136,7 +136,14 @@ def test_unknown_model_and_bad_checkpoint(tmp_path, folder):
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"not a checkpoint")
     assert_clean_error(sm("mine", "--model", str(ckpt), "--data", str(folder), "--out", str(tmp_path / "r")),
-                       "not a loadable checkpoint")
+                       r"model.pt is not a PyTorch checkpoint \(neither torch.save's zip format nor a pickle\)")
+    import torch
+
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)), ckpt)  # the whole module: pickled objects
+    done = sm("mine", "--model", str(ckpt), "--data", str(folder), "--out", str(tmp_path / "r"))
+    assert_clean_error(done, r"model.pt holds Python objects \(torch.nn.modules.container.Sequential\), not only "
+                             r"tensors: sketchmine never unpickles them .*torch.save\(model.state_dict\(\), path\)")
+    assert "weights_only=False" not in done.stderr and "weights_only` set to `False" not in done.stderr  # torch's advice
 
 
 def test_sigkill_mid_run_resumes_to_identical_store(tmp_path, folder):

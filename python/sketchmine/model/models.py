@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,15 +54,32 @@ def _load_state_dict(path: Path, what: str = "weights file") -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for non-checkpoints
-        raise SketchmineError(
-            f"{path} is not a loadable checkpoint (read with weights_only=True): {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
+        raise SketchmineError(_not_loaded(path, exc)) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         return obj
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"state_dict": obj}
     raise SketchmineError(f"{path} holds a {type(obj).__name__}, expected a state_dict or {{'arch', 'state_dict'}}")
+
+
+def _not_loaded(path: Path, exc: Exception) -> str:
+    """Why `path` did not load, in words of our own: torch's message for a weights-only refusal
+    advises loading with weights_only=False, which runs whatever the file holds."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip; older torch a pickle
+        return f"{path} is not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)"
+    text = str(exc)
+    if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+        return (f"{path} holds Python objects ({found.group(1)}), not only tensors: sketchmine never unpickles them "
+                "(it reads checkpoints with weights_only=True); save the model's weights alone, "
+                "torch.save(model.state_dict(), path), or a {'arch': name, 'state_dict': ...} dict")
+    if "Weights only load failed" in text:
+        why = next((line.strip() for line in text.splitlines() if line.strip().startswith("Unsupported")), "")
+        return (f"{path} cannot be read with weights_only=True, the only way sketchmine reads a checkpoint"
+                f"{f' ({why})' if why else ''}: save it with torch.save(model.state_dict(), path)")
+    return (f"{path} is not a loadable checkpoint (read with weights_only=True): {type(exc).__name__}: "
+            f"{text.splitlines()[0] if text else ''}")
 
 
 def _sidecar(weights: Path) -> dict[str, Any]:
