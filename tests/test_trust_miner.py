@@ -191,9 +191,30 @@ def test_other_normalisation_numbers_do_not_resume(tmp_path, tiny_set):
     a, b = Preprocessing("none", 1, None, (0.5,), (0.5,)), Preprocessing("none", 1, None, (0.0,), (0.05,))
     out = tmp_path / "r.zarr"
     _interrupted("demo", subset(a), out)
-    with pytest.raises(SketchmineError, match="other settings: preprocessing"):
+    with pytest.raises(SketchmineError, match=r"other settings: preprocessing mean and std \(run: 0\.5,0\.5, now: "
+                                              r"0,0\.05\)\. Use another --out for a new run$"):  # mined images: kept
         sketchmine.mine("demo", subset(b), out=out, batch_size=8)
     assert sketchmine.mine("demo", subset(a), out=out, batch_size=8).complete
+
+
+def test_the_size_fix_refused_on_the_run_its_error_left_says_the_run_is_empty(tmp_path, tiny_set):
+    """"images differ in size … pass --image-size" stops after the run is made; the fix was then
+    refused as "preprocessing (run: model/1/None/0.2…, now: model/1/(28, 28)…)", nothing saying
+    the run holds no image."""
+    from PIL import Image
+
+    from sketchmine.data import export_image_folder
+
+    root = export_image_folder(tiny_set, tmp_path / "images")
+    odd = sorted((root / tiny_set.class_names[-1]).iterdir())[-1]
+    Image.open(odd).resize((32, 32)).save(odd)
+    out = tmp_path / "r.zarr"
+    with pytest.raises(SketchmineError, match="images differ in size"):
+        sketchmine.mine("demo", root, out=out, layers=["features.0"], batch_size=8)
+    with pytest.raises(SketchmineError, match=rf"other settings: preprocessing image size \(run: the images' own, now: "
+                                              rf"\(28, 28\)\)\. Use another --out for a new run \(this one holds no "
+                                              rf"mined image yet, .*: remove {out} to mine there anew\)"):
+        sketchmine.mine("demo", root, out=out, layers=["features.0"], batch_size=8, image_size=28)
 
 
 def test_a_torch_dataset_that_cannot_read_a_file_is_skipped_on_request(tmp_path, tiny_set):

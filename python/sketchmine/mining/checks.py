@@ -142,6 +142,19 @@ def _drawn_otherwise(attrs: dict[str, Any], want: dict[str, Any]) -> str | None:
     return f"{'; '.join(differ)} of the progressive drawings; {said}"
 
 
+def _preprocessing_parts(a: Any, b: Any) -> str | None:
+    """The parts of two preprocessing keys (miner's `_preprocessing_key`: preset/channels/size/numbers)
+    that differ, named (an image size of None: the images' own)."""
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return None
+    names = ("preset", "channels", "image size", "mean and std")
+    shown = {"None": "the images' own", "": "none"}
+    pairs = [(n, x, y) for n, x, y in zip(names, (a.split("/", 3) + [""] * 4)[:4], (b.split("/", 3) + [""] * 4)[:4])
+             if x != y]
+    return "; ".join(f"preprocessing {n} (run: {shown.get(x, _short(x))}, now: {shown.get(y, _short(y))})"
+                     for n, x, y in pairs) or None
+
+
 def check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> None:
     """Refuse to resume a run mined otherwise, naming each difference: RESUME_CHECKS (model id,
     weights, layers, k, dataset, preprocessing; each only when `want` names it), every forward
@@ -158,8 +171,9 @@ def check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> No
     for key, label in checks:
         a, b = attrs.get(key), want.get(key)
         if a != b:
-            drawn = _drawn_otherwise(attrs, want) if key == "dataset_fingerprint" else None
-            diffs.append(drawn or f"{label} (run: {_short(a)}, now: {_short(b)})")
+            said = (_drawn_otherwise(attrs, want) if key == "dataset_fingerprint" else
+                    _preprocessing_parts(a, b) if key == "preprocessing_key" else None)
+            diffs.append(said or f"{label} (run: {_short(a)}, now: {_short(b)})")
     if MODEL_SWITCHES in attrs:  # runs before the record, and of models without switches: not compared
         diffs += [f"model switch {d}" for d in switches_differ_from(attrs[MODEL_SWITCHES], want.get(MODEL_SWITCHES, {}))]
     if attrs.get("logits", True) != logits:
@@ -172,5 +186,9 @@ def check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> No
     if route != asked:
         diffs.append(f"preprocess (run: {route}, now: {asked}; pass --preprocess {route})")
     if diffs:
+        progress = current.progress
+        empty = not progress.get("complete") and progress.get("slot") is None  # no checkpoint committed
         raise SketchmineError(f"cannot resume {current.path}: it was mined with other settings: " + "; ".join(diffs)
-                              + ". Use another --out for a new run")
+                              + ". Use another --out for a new run" + (
+                                  f" (this one holds no mined image yet, as a call that stopped before its first "
+                                  f"checkpoint leaves it: remove {current.path} to mine there anew)" if empty else ""))
