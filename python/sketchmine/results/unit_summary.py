@@ -16,7 +16,8 @@ import numpy as np
 
 from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.names import command
-from sketchmine.results.distribution import quantile_bounds, without
+from sketchmine.stats import moments
+from sketchmine.results.distribution import layer_arrays, quantile_bounds, without
 from sketchmine.results.effects import missing_note, not_ablatable
 from sketchmine.results import importance_store
 from sketchmine.results.numbers import column
@@ -123,14 +124,15 @@ class LayerSummary:
         return value
 
     def _moments(self) -> dict[str, np.ndarray] | None:
-        """The final arrays of a complete run; else (an unfinished one) the readers, which
-        rebuild density and mean from its checkpoint (no image counts then)."""
-        if all(self.run.has_array(self.layer, a) for a in ("max_count", "max_mean", "firing")):
-            return {a: self.run.layer_array(self.layer, a) for a in ("max_count", "max_mean", "firing")}
-        density, _ = _reader(self.run, "firing_density", self.layer)
-        mean, why = _reader(self.run, "max_mean", self.layer)
-        if density is not None and mean is not None:
-            return {"density": density, "max_mean": mean}
+        """Image count, mean of maxima and firing count per unit: the final arrays of a complete
+        run, else rebuilt from an unfinished one's checkpoint (with its counts so far, which the
+        dashboard shows beside the density as for a complete run)."""
+        names = ("max_count", "max_mean", "firing")
+        try:
+            return dict(zip(names, layer_arrays(self.run, self.layer, moments.KEY, names, "unit moments")))
+        except SketchmineError as exc:
+            unless_damaged(exc)  # a damaged run is an error, not a section shown as missing
+            why = str(exc)
         self.missing["moments"] = (f"run {self.run.path} has no firing density or mean for {self.layer!r} "
                                    f"({why or 'mined before sketchmine kept them'}): {_MINE_AGAIN}")
         return None
@@ -234,8 +236,6 @@ class LayerSummary:
         m = self.moments
         if m is None:
             return None
-        if "density" in m:
-            return {"images": None, "firing": None, "density": num(m["density"][u]), "mean": num(m["max_mean"][u])}
         n, fired = int(m["max_count"][u]), int(m["firing"][u])
         return {"images": n, "firing": fired, "density": fired / n if n else None, "mean": num(m["max_mean"][u])}
 
