@@ -220,10 +220,10 @@ def test_layer_and_class_names_with_dollars_draw_as_text(tmp_path, demo_test_set
     assert labels and all(t.get_window_extent().x1 <= frame.x1 for t in labels)
     # each label the accuracy drop as the table beside the plot writes it, same sign and digits (it wrote
     # the change, "acc −0.45 pt" beside the table's drop of 0.45)
-    from sketchmine.present.report_data import percent
+    from sketchmine.results.numbers import percents
 
     drops = run.unit_importance(DOLLAR[0]).head(10)["acc_drop"].tolist()[::-1]
-    assert [t.get_text() for t in labels] == [f"  acc drop {percent(a, 2)} pt" for a in drops]
+    assert [t.get_text() for t in labels] == [f"  acc drop {t} pt" for t in percents(drops)]  # one column: "0.00"
 
 
 # ---- quantiles below the sketch's resolution ---------------------------------------------------

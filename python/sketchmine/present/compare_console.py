@@ -10,7 +10,7 @@ from rich.table import Table
 
 from sketchmine.present.console import name_width, no_images_note, safe, titled
 from sketchmine.results.notebook import accuracy_text
-from sketchmine.results.numbers import number, percent
+from sketchmine.results.numbers import number, percents
 from sketchmine.results.precision import precision_differs
 from sketchmine.results.run import Run
 
@@ -34,9 +34,10 @@ def compare_tables(cmp: Comparison) -> list[Table]:
     acc = titled(f"accuracy: A ({_overall(cmp.a)}) vs B ({_overall(cmp.b)})")
     for col in ("class", "A %", "B %", "B − A (pt)"):
         acc.add_column(col, justify="left" if col == "class" else "right")
-    pct = lambda v: percent(v, 2)  # noqa: E731
-    for c, r in cmp.accuracy.iterrows():  # a change carries its sign either way ("+5.00", "-1.50")
-        acc.add_row(safe(c), pct(r["accuracy_a"]), pct(r["accuracy_b"]), ("+" if r["difference"] > 0 else "") + pct(r["difference"]))
+    # each column in one count of decimals ("100.00" beside "97.50", "0.00" beside "+3.33"), as `percents` writes one
+    shown = zip(*(percents(cmp.accuracy[col].tolist()) for col in ("accuracy_a", "accuracy_b", "difference")))
+    for (c, r), (pa, pb, change) in zip(cmp.accuracy.iterrows(), shown):  # a change carries its sign ("+5.00", "-1.50")
+        acc.add_row(safe(c), pa, pb, ("+" if r["difference"] > 0 else "") + change)
     how = set(cmp.layers["paired_by"]) if len(cmp.layers) else {"depth"}
     between = [words for key, words in (("field", "by receptive field (its share of the input)"),
                                         ("depth", "by relative depth")) if key in how]

@@ -31,7 +31,7 @@ from rich.text import Text
 from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.present.fitting import FittingTable
 from sketchmine.results import importance_store
-from sketchmine.results.numbers import number, percent, rate, shape_text
+from sketchmine.results.numbers import number, percents, rate, shape_text
 from sketchmine.results.optimized import how_made
 from sketchmine.results.precision import batch_note, device_note, precision_note
 from sketchmine.results.run import Run
@@ -156,8 +156,9 @@ def accuracy_table(run: Run) -> Table:
     table.add_column("class")
     table.add_column("accuracy %", justify="right")
     table.add_column("images", justify="right")
-    for name, row in acc.iterrows():
-        table.add_row(safe(name), percent(row["accuracy"], 2), str(int(row["count"])))
+    shown = percents(acc["accuracy"].tolist())  # one column, one count of decimals: "100.00" beside "97.50"
+    for (name, row), pct in zip(acc.iterrows(), shown):
+        table.add_row(safe(name), pct, str(int(row["count"])))
     return table
 
 
@@ -169,11 +170,13 @@ def _classes_cell(df: pd.DataFrame, per_image: bool = False) -> str:
     if df.attrs.get("all_tied"):
         return ties
 
-    def extra(r: pd.Series) -> str:
-        shown = ([] if np.isnan(r["accuracy"]) else [percent(r["accuracy"], 2)]) + ([f"{r['per_image']:.2f}/img"] if per_image else [])
+    accuracy = percents(df["accuracy"].tolist())  # the list's accuracies in one count of decimals, as a column
+
+    def extra(r: pd.Series, pct: str) -> str:
+        shown = ([] if np.isnan(r["accuracy"]) else [pct]) + ([f"{r['per_image']:.2f}/img"] if per_image else [])
         return f" ({'; '.join(shown)})" if shown else ""
 
-    listed = ", ".join(f"{safe(cls)} {int(r['count'])}{extra(r)}" for cls, r in df.iterrows())
+    listed = ", ".join(f"{safe(cls)} {int(r['count'])}{extra(r, pct)}" for (cls, r), pct in zip(df.iterrows(), accuracy))
     return f"{listed} {ties}" if ties else listed
 
 
@@ -261,8 +264,8 @@ def ink_table(run: Run) -> Table:
     table = titled("ink density per class (fraction of pixels that differ from the background)")
     for col in ("class", "ink density", "accuracy %"):
         table.add_column(col, justify="left" if col == "class" else "right")
-    for c, v, a in zip(ink.index, ink.to_numpy(), acc):  # by position: a dataset may repeat a class name
-        table.add_row(safe(c), number(v, ".3f"), percent(a, 2))
+    for c, v, a in zip(ink.index, ink.to_numpy(), percents(acc.tolist())):  # by position: a dataset may repeat a class name
+        table.add_row(safe(c), number(v, ".3f"), a)
     return table
 
 

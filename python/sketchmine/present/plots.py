@@ -22,6 +22,7 @@ from matplotlib.patches import Rectangle
 from sketchmine.errors import SketchmineError, whole_number
 from sketchmine.present.report_data import percent
 from sketchmine.present.summary_grid import Row, colour, floor, grid
+from sketchmine.results import importance_store
 from sketchmine.results.checks import check_count
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import size_note
@@ -172,8 +173,9 @@ def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
         df = run.unit_importance(name).head(n)
         drops = df["prob_drop"][::-1] * 100  # percentage points, as the tables write them
         ax.barh([f"unit {u}" for u in df["unit"]][::-1], drops, color="#4c72b0")
-        for i, (p, a) in enumerate(zip(drops, df["acc_drop"][::-1])):
-            ax.text(p, i, f"  acc drop {percent(a, 2)} pt", va="center", fontsize=7)  # the table's column, as it
+        shown = importance_store.written(df)["acc_drop"][::-1]  # as the table writes its column: "0.00" beside "1.00"
+        for i, (p, a) in enumerate(zip(drops, shown)):
+            ax.text(p, i, f"  acc drop {a} pt", va="center", fontsize=7)
         low, high = ax.get_xlim()
         ax.set_xlim(low, high + 0.3 * (high - low))  # room for the labels right of the longest bar
         ax.set_title(f"{name}: most important units (ablated)", fontsize=9, parse_math=False)

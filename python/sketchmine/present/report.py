@@ -32,7 +32,7 @@ from sketchmine.names import printable
 from sketchmine.progress import FILES
 from sketchmine.present import plots
 from sketchmine.present.report_data import (PAGE_SIZE, PngWriter, classes_cell, importance_ranks, layer_data, layer_ids,
-                                             percent, precision_html, size_html, with_code)
+                                             precision_html, size_html, with_code)
 from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
                                               report_marker, reported_run, swap_in)
 from sketchmine.present.report_unit import MONTAGES, copy_assets, montage_plan, unit_pages
@@ -41,7 +41,7 @@ from sketchmine.present.summary_grid import Row, grid, grid_html
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis, importance_store
 from sketchmine.results.run import Run, open_run
-from sketchmine.results.numbers import number, rate, shape_text
+from sketchmine.results.numbers import number, percents, rate, shape_text
 from sketchmine.results.summaries import size_note
 
 __all__ = ["PAGE_SIZE", "MARKER", "write_report", "check_report_dir", "dataset_words", "layer_ids"]
@@ -50,7 +50,9 @@ e = html.escape
 
 
 def _pct(a: float) -> str:
-    return percent(a, 2)
+    """One cell of an accuracy column as `percents` writes the column: "100.00" beside "97.50", an
+    exact 100 or 0 with the column's decimals (`percent` alone wrote "100"); 100 or 0 only when exact."""
+    return percents([a], 2)[0]
 
 
 def _page(title: str, body: str, depth: int = 0, attrs: str = "") -> str:
@@ -225,7 +227,8 @@ def _accuracy_section(run: Run) -> str:
         unless_damaged(exc)
         return f'<p class="note">{e(str(exc))}</p>'
     overall = run.accuracy()
-    rows = [[e(str(c)), _pct(r["accuracy"]), str(int(r["count"]))] for c, r in acc.iterrows()]
+    shown = percents(acc["accuracy"].tolist(), 2)  # the column in one count of decimals
+    rows = [[e(str(c)), pct, str(int(r["count"]))] for (c, r), pct in zip(acc.iterrows(), shown)]
     over = f" over {int(acc['count'].sum())} labelled, readable images"
     return (f"<h2>Accuracy{'' if overall is None else f' {rate(overall)}'}</h2><p>{over.strip()}</p>"
             + _table(["class", "accuracy %", "images"], rows, {1, 2}))
