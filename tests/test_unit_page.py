@@ -629,7 +629,8 @@ def test_both_drops_read_in_percentage_points_everywhere(rep, run, browser):  # 
     assert float(p) != 0 and float(p) != float(first["prob_drop"])  # this unit tells the two units apart
     page, problems = _open(browser, (rep / "layers" / "00-features.6.html").as_uri() + f"#page={u // PAGE_SIZE + 1}&unit={u}")
     page.wait_for_selector(f"#unit-{u} .imp")
-    assert page.inner_text(f"#unit-{u} .imp") == f"importance rank 1: prob. drop {p} pt, accuracy drop {a} pt"
+    units = run.layer_shape(SHOWN)[0]  # of how many, as the dashboard says it
+    assert page.inner_text(f"#unit-{u} .imp") == f"importance rank 1 of {units}: prob. drop {p} pt, accuracy drop {a} pt"
     head = page.evaluate("() => [...document.querySelectorAll('#importance th')].map(h => h.textContent)")
     assert head[:3] == ["unit", "prob. drop (pt)", "acc. drop (pt)"]
     in_table = column([v * 100 for v in run.unit_importance(SHOWN)["prob_drop"]])[0]  # one count of decimals
@@ -851,11 +852,11 @@ def test_units_with_one_drop_share_a_rank_and_say_they_tie(rep, run, browser):  
     assert overview["importance rank"] == said
     page.goto((rep / "layers" / "00-features.6.html").as_uri() + f"#page={u // PAGE_SIZE + 1}&unit={u}")
     page.wait_for_selector(f"#unit-{u} .imp")
-    assert page.inner_text(f"#unit-{u} .imp").startswith(f"importance rank {rank} (tied with {others} unit")
+    assert page.inner_text(f"#unit-{u} .imp").startswith(f"importance rank {said}:")  # the card says it as the dashboard
     top = int(table["unit"].iloc[0])  # a unit with a drop of its own says no tie
     assert _unit_json(run, SHOWN, top)["importance"]["tied"] == 1
     page.goto((rep / "layers" / "00-features.6.html").as_uri() + f"#page={top // PAGE_SIZE + 1}&unit={top}")
     page.wait_for_selector(f"#unit-{top} .imp")
-    assert page.inner_text(f"#unit-{top} .imp").startswith("importance rank 1: prob. drop")
+    assert page.inner_text(f"#unit-{top} .imp").startswith(f"importance rank 1 of {units}: prob. drop")
     assert problems == []
     page.close()

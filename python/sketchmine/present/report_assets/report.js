@@ -6,6 +6,7 @@
   var body = document.body;
   var layerId = body.getAttribute("data-layer");
   var pages = parseInt(body.getAttribute("data-pages"), 10) || 0;
+  var units = parseInt(body.getAttribute("data-units"), 10);  // "rank 33 of 96", as the dashboard says it
   var cache = {};
   var current = -1;
 
@@ -100,7 +101,7 @@
     c.appendChild(dashLinks(u.unit));
     if (u.importance) {
       var im = u.importance;
-      c.appendChild(el("div", "imp", "importance rank " + dom.rankText(im.rank, im.tied) + ": prob. drop " +
+      c.appendChild(el("div", "imp", "importance rank " + dom.rankText(im.rank, im.tied, isNaN(units) ? undefined : units) + ": prob. drop " +
         dom.points(im.prob_drop) + " pt, accuracy drop " + dom.percentFixed(im.acc_drop, 2) + " pt"));
     }
     function strip(label, src, w, h, per) {
