@@ -2,7 +2,8 @@
 probed in RGB at the values the run mined, loaded files are read as the miner reads them (EXIF
 orientation not applied, transparency refused), a stroke over an image leaves the image's own
 pixels, undo takes back any change, a logits=False run names outputs, not classes, and a missing
-probe file is named instead of a page stuck loading."""
+probe file is named instead of a page stuck loading; probabilities read 100 or 0 only when exact
+and unit values as the report's columns write them."""
 from __future__ import annotations
 
 import shutil
@@ -20,7 +21,10 @@ from sketchmine.data.preprocess import Preprocessing, preset
 from sketchmine.model.models import load_model
 from sketchmine.passes.probe import build_probe
 from sketchmine.present.report import write_report
-from tests.test_probe import browser, draw, open_page, ready, report, settled, subset, vendored  # noqa: F401 - fixtures
+from sketchmine.results.numbers import column, percent, percents
+from tests.test_probe import (browser, draw, open_page, ready, report, settled, subset,  # noqa: F401 - fixtures
+                               torch_reference, vendored)
+from tests.test_probe_sequence import base, gru, gru_report, python_frames  # noqa: F401 - fixtures
 
 
 def pixels(page) -> np.ndarray:
@@ -183,55 +187,80 @@ def test_a_run_without_logits_names_outputs_not_classes(tmp_path, browser, subse
     assert problems == []
 
 
-@pytest.mark.parametrize("gone", ["ort.wasm.min.js", "model.js", "graph-000.js", "ort-loader.js"])
+@pytest.mark.parametrize("gone", ["probe/ort.wasm.min.js", "probe/model.js", "probe/graph-000.js", "probe/ort-loader.js",
+                                  "assets/dom.js"])
 def test_a_missing_probe_file_is_named(gone, report, browser, tmp_path):  # noqa: F811
     copy = tmp_path / "rep"
     shutil.copytree(report.parent, copy)
-    (copy / "probe" / gone).unlink()
+    (copy / gone).unlink()
     page, _ = open_page(browser, (copy / "probe.html").as_uri())
     page.wait_for_function("() => document.body.getAttribute('data-failed') === '1'", timeout=30_000)
-    assert f"probe/{gone} is missing or did not load" in page.inner_text("#probe-status")
+    assert f"{gone} is missing or did not load" in page.inner_text("#probe-status")
 
 
+SHOWN = """() => ({
+    preds: [...document.querySelectorAll('#preds tr')].map(t => [t.cells[0].textContent, t.cells[1].textContent.trim()]),
+    layers: Object.fromEntries([...document.querySelectorAll('.probe-layer')].map(s => [s.querySelector('h3').textContent
+        .split(' (')[0], [...s.querySelectorAll('.probe-unit .num')].map(c => c.textContent)])),
+    steps: [...document.querySelectorAll('.probe-step .num')].map(c => c.textContent)})"""
 
-def test_output_units_are_named_by_their_class_and_results_get_room(report, browser):  # noqa: F811
-    """The units of the layer that computes the logits are the classes: named as the cards name
-    them ("unit 7 · horse"), every other unit by its number; the top one is the predicted class.
-    At 800 px the drawing's column is as wide as its canvas and the results take the rest; on a
-    narrower window they go below the drawing; nothing overflows the page."""
-    from sketchmine.results.effects import class_units
 
-    run = sketchmine.open_run(report.parent.parent / "run.zarr")
+def test_a_sure_prediction_reads_100_only_when_exact(report, browser, subset, demo_model):  # noqa: F811
+    """The demo model is sure of some dataset images (a sheep at 0.9999542): toFixed wrote it
+    "100.0 %" and its runners-up "0.0 %". Each probability reads as the report writes a column of
+    them (numbers.percents: the probe's one decimal, more where it would read 100 or 0 and is not),
+    each unit's value as a card writes its values (numbers.column, not toPrecision's "-0.5060")."""
     page, problems = open_page(browser, (report.parent / "probe.html").as_uri())
     ready(page)
-    draw(page, [[(0.3, 0.2), (0.7, 0.8)], [(0.2, 0.6), (0.8, 0.5)]])
+    classes = page.evaluate("window.sketchmine.meta.classes")
+    pre = subset.preprocessing
+    page.click("#pick")
+    sure = 0
+    for k in range(page.locator("canvas.thumb").count()):
+        page.click(f"canvas.thumb >> nth={k}")
+        r = settled(page)
+        got, shown = np.array(r["probs"]), page.evaluate(SHOWN)
+        ref, _ = torch_reference(demo_model.module, pixels(page).astype(np.uint8).reshape(1, 28, 28), pre.mean[0],
+                                 pre.std[0], [])
+        assert np.abs(got - ref[0]).max() < 1e-4  # the page's probabilities are the model's
+        top = sorted(range(len(got)), key=lambda c: (-got[c], c))[:5]
+        assert [name for name, _ in shown["preds"]] == [classes[c] for c in top]
+        assert [text for _, text in shown["preds"]] == [t + " %" for t in percents([float(got[c]) for c in top], 1)]
+        for c, (_, text) in zip(top, shown["preds"]):
+            assert (text == "100.0 %") == (got[c] == 1) and (text == "0.0 %") == (got[c] == 0), (k, got[c], text)
+        if f"{ref[0].max() * 100:.1f}" == "100.0" and ref[0].max() < 1:  # torch too: within rounding of 1, not 1
+            sure += 1
+            assert shown["preds"][0][1] != "100.0 %" and all(t != "0.0 %" for _, t in shown["preds"][1:])
+        assert shown["layers"] == {name: column([v for _, v in units]) for name, units in r["layers"].items()}
+    assert sure, "no dataset image the model is sure of: the case this checks is missing"
+    assert problems == []
+
+
+def test_the_strip_reads_100_only_when_exact(gru_report, browser, gru, tmp_path):  # noqa: F811
+    """The recurrent run's strip under the canvas: a step's probability with no decimals (as
+    before), more where it would read 100 or 0 and is not (toFixed(0) wrote 0.996 as "100 %").
+    The test image the model is surest of at some step, short of 1, is loaded as a file."""
+    from sketchmine.data import animal_shape
+    from sketchmine.model.models import preprocessing_for
+
+    test = animal_shape("test", preprocessing_for(gru))
+    pre, best = test.preprocessing, []
+    for at in range(0, len(test.images), 250):  # torch's per-step probabilities of each test image
+        frames = np.stack([python_frames(im) for im in test.images[at:at + 250]])
+        with torch.no_grad():
+            x = (torch.from_numpy(frames).float()[:, :, None] / 255 - pre.mean[0]) / pre.std[0]
+            best.append(torch.softmax(gru.module.step_logits(x), 2).amax(2).numpy())
+    tops = np.concatenate(best)
+    i = int(np.where(tops < 1, tops, 0).max(1).argmax())
+    assert 0.995 <= tops[i].max() < 1, tops[i]  # a step toFixed(0) wrote as "100 %"
+    Image.fromarray(test.images[i]).save(tmp_path / "sure.png")
+    page, problems = open_page(browser, (gru_report.parent / "probe.html").as_uri())
+    ready(page)
+    page.set_input_files("#file", str(tmp_path / "sure.png"))
     r = settled(page)
-    shown = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('.probe-layer')].map(s =>
-        [s.querySelector('h3').textContent.split(' (')[0],
-         [...s.querySelectorAll('.probe-unit')].map(c => c.firstChild.textContent)]))""")
-    named = 0
-    for layer, units in r["layers"].items():
-        classes = class_units(run, layer)
-        named += classes is not None
-        assert shown[layer] == [f"unit {u}" + (f" · {classes[u]}" if classes else "") for u, _ in units], layer
-    assert named == 1 and shown["classifier.6"][0].endswith(" · " + page.inner_text("#preds tr >> nth=0 >> td >> nth=0"))
-    layout = ("() => Object.fromEntries(['.probe-left', '.probe-right', '#pad', 'body'].map(s => "
-              "[s, document.querySelector(s).getBoundingClientRect().toJSON()]).concat("
-              "[['scroll', document.documentElement.scrollWidth]]))")
-    page.set_viewport_size({"width": 800, "height": 900})
-    b = page.evaluate(layout)
-    assert b[".probe-left"]["width"] <= b["#pad"]["width"] + 1  # the hint and notes wrap under the canvas
-    assert b[".probe-right"]["left"] >= b[".probe-left"]["right"]  # side by side ...
-    assert b[".probe-right"]["width"] >= b["body"]["width"] - b["#pad"]["width"] - 30  # ... the results take the rest
-    assert b["scroll"] <= 800
-    page.set_viewport_size({"width": 560, "height": 900})
-    b = page.evaluate(layout)
-    assert b[".probe-right"]["top"] >= b[".probe-left"]["bottom"] and b[".probe-right"]["width"] >= b["body"]["width"] - 1
-    assert b["scroll"] <= 560 and problems == []
-    # stacked, the results' title follows the drawing's last words (empty notes and the title's own
-    # margin left a 70 px gap); an empty note takes no room, one with words shows them
-    gap = page.evaluate("""() => document.getElementById('preds-title').getBoundingClientRect().top -
-        Math.max(...[...document.querySelectorAll('.probe-left > *')].map(e => e.getBoundingClientRect().bottom))""")
-    assert 0 < gap <= 32, gap
-    assert page.evaluate("() => [...document.querySelectorAll('.probe-left p.note')].every(p => "
-                         "(p.textContent === '') === (getComputedStyle(p).display === 'none'))")
+    assert (pixels(page) == test.images[i].reshape(-1)).all()
+    shown, steps = page.evaluate(SHOWN)["steps"], [max(p) for p in r["steps"]]
+    assert np.abs(np.array(steps) - tops[i]).max() < 1e-4  # the page's probabilities are torch's
+    assert shown == [percent(p, 0) + " %" for p in steps]
+    assert all((t == "100 %") == (p == 1) for t, p in zip(shown, steps)), (shown, steps)
+    assert problems == []

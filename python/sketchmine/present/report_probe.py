@@ -35,7 +35,7 @@ def probe_page(meta_note: str, linked: bool, names: list[str], title: str = "Pre
     order = (["links.js"] if linked else []) + ["ort.wasm.min.js", "ort-loader.js"] + \
         sorted(n for n in names if n.startswith("wasm-")) + ["model.js"] + sorted(n for n in names if n.startswith("graph-"))
     scripts = "".join(f'<script src="probe/{e(s)}"></script>' for s in order) + \
-        '<script src="assets/probe_pixels.js"></script><script src="assets/probe.js"></script>'
+        ''.join(f'<script src="assets/{s}"></script>' for s in ("dom.js", "probe_pixels.js", "probe.js"))
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>live probe — sketchmine</title>'
             '<link rel="stylesheet" href="assets/report.css"></head>\n<body class="probe-page">\n'
             f'{back}<h1>Live probe</h1><p id="probe-status">loading the model…</p>'
@@ -52,7 +52,8 @@ def probe_page(meta_note: str, linked: bool, names: list[str], title: str = "Pre
 
 
 def write_probe_files(out: Path, probe: Mapping[str, bytes], links: dict[str, str] | None, page_size: int) -> str:
-    """probe.html, assets/probe.js, assets/probe_pixels.js and probe/*; returns the page's note (from the graph's metadata)."""
+    """probe.html, assets/probe.js, assets/probe_pixels.js, assets/dom.js and probe/*; returns the page's
+    note (from the graph's metadata)."""
     (out / "probe").mkdir(exist_ok=True)
     (out / "assets").mkdir(exist_ok=True)
     for name, data in probe.items():
@@ -60,7 +61,7 @@ def write_probe_files(out: Path, probe: Mapping[str, bytes], links: dict[str, st
             raise SketchmineError(f"probe file name {name!r} must be a plain file name")
         (out / "probe" / name).write_bytes(data)
     src = resources.files("sketchmine.present") / "report_assets"
-    for script in ("probe_pixels.js", "probe.js"):
+    for script in ("dom.js", "probe_pixels.js", "probe.js"):  # dom.js: the report's number formats
         (out / "assets" / script).write_text((src / script).read_text(encoding="utf-8"), encoding="utf-8")
     if not (out / "assets" / "report.css").exists():
         (out / "assets" / "report.css").write_text((src / "report.css").read_text(encoding="utf-8"), encoding="utf-8")

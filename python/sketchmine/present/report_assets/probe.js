@@ -6,7 +6,8 @@
 // The graph holds the run's preprocessing (/255, normalisation); this script brings the canvas to
 // the model's input size with the miner's resize (torch's antialiased bilinear), grey or RGB as the
 // model takes it. window.sketchmine.probe(pixels) is the one inference function: tests and the UI
-// both call it.
+// both call it. Numbers are written with the report's own helpers (assets/dom.js), so a
+// probability or a unit's value reads here as it does on the report's pages.
 (function () {
   "use strict";
   var status = document.getElementById("probe-status");
@@ -14,6 +15,7 @@
   function lost() {
     // the first of the probe's files that did not load (a copied report may miss some): named, not a hang
     if (!M) { return "probe/model.js"; }
+    if (!window.sketchmineDom) { return "assets/dom.js"; }
     if (typeof window.sketchmineProbePixels !== "function") { return "assets/probe_pixels.js"; }
     if (typeof ort === "undefined") { return "probe/ort.wasm.min.js"; }
     if (typeof window.sketchmineOrtMjs !== "string") { return "probe/ort-loader.js"; }
@@ -32,6 +34,7 @@
     document.body.setAttribute("data-failed", "1");
     return;
   }
+  var dom = window.sketchmineDom, el = dom.el;
   var LINKS = window.sketchmineProbeLinks || null;
   var H = M.size[0], W = M.size[1], C = M.sequence ? 1 : (M.channels || 1);  // C: the input's channels, 1 grey or 3 RGB
   var S = Math.max(1, Math.ceil(280 / Math.max(H, W)));  // canvas pixels per model pixel
@@ -42,12 +45,6 @@
   var api = { meta: M, updates: 0, lastLatency: null, latencies: [], strokeLatencies: [] };
   window.sketchmine = api;
 
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) { e.className = cls; }
-    if (text !== undefined && text !== null) { e.textContent = String(text); }
-    return e;
-  }
   function b64(s) {
     if (typeof Uint8Array.fromBase64 === "function") { return Uint8Array.fromBase64(s); }
     var b = atob(s), a = new Uint8Array(b.length);
@@ -275,7 +272,8 @@
       if (r.steps) {
         var best = topUnits(r.steps[t], 1)[0];
         cell.appendChild(el("div", "step-class", label(best[0], r.steps[t].length)));
-        cell.appendChild(el("div", "num", (best[1] * 100).toFixed(0) + " %"));
+        // no decimals, unless it rounds to 0 or 100 it is not (0.996 is "99.6", not "100")
+        cell.appendChild(el("div", "num", dom.percent(best[1], 0) + " %"));
       }
       row.appendChild(cell);
     }
@@ -294,11 +292,13 @@
     var preds = document.getElementById("preds");
     preds.textContent = "";
     order.forEach(function (p) {
+      // one decimal, more where it would read 100 or 0 and is not (0.9999542 is "99.995", its
+      // runners-up "0.005"): a column, as numbers.percents writes one
       var row = el("tr");
       row.appendChild(el("td", null, label(p[0], r.probs.length)));
       var bar = el("td", "num");
       var b = el("span", "bar"); b.style.width = Math.round(p[1] * 120) + "px";
-      bar.appendChild(b); bar.appendChild(document.createTextNode(" " + (p[1] * 100).toFixed(1) + " %"));
+      bar.appendChild(b); bar.appendChild(document.createTextNode(" " + dom.percentFixed(p[1], 1) + " %"));
       row.appendChild(bar);
       preds.appendChild(row);
     });
@@ -308,14 +308,16 @@
       var sec = el("div", "probe-layer");
       sec.appendChild(el("h3", null, l.name + " (" + l.units + " units)"));
       var row = el("div", "probe-units");
-      r.layers[l.name].forEach(function (uv) {
+      // the layer's values as one column, as a unit card writes its values ("1.530" beside "-0.506")
+      var shown = dom.column(r.layers[l.name].map(function (uv) { return uv[1]; }));
+      r.layers[l.name].forEach(function (uv, k) {
         var card = el("div", "probe-unit");
         // an output layer's units are the classes (the run matched them): named as cards name them
         var lid = LINKS && LINKS.layers[l.name], name = "unit " + uv[0] + (l.classes ? " \u00b7 " + l.classes[uv[0]] : "");
         var label = el(lid ? "a" : "span", "unit-name", name);
         if (lid) { label.href = "layers/" + lid + ".html#page=" + (Math.floor(uv[0] / LINKS.page_size) + 1) + "&unit=" + uv[0]; }
         card.appendChild(label);
-        card.appendChild(el("div", "num", uv[1].toPrecision(4)));
+        card.appendChild(el("div", "num", shown[k]));
         if (l.grid && lastMaps[l.name]) {
           var n = l.grid[0] * l.grid[1];
           card.appendChild(heat(lastMaps[l.name].subarray(uv[0] * n, (uv[0] + 1) * n), l.grid, px));
