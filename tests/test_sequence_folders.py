@@ -174,6 +174,7 @@ def test_cli_steps_on_a_dark_folder(folders, tmp_path):
                  "--ink", "dark", "--layers", "gru"]) == 0
     run = sketchmine.open_run(out)
     assert run.attrs["dataset"]["sequence"]["steps"] == 4 and run.layer_shape("gru") == (64, 4)
+    assert "drawings" not in run.attrs  # what the resume check names differences by: not a record of the run
     # other steps or ink: other samples, refused naming what differs and what resumes it (not two hashes)
     said = r"pass steps=4, ink='dark' \(--steps 4 --ink dark\)\. Use another --out"
     with pytest.raises(SketchmineError, match=r"other settings: steps \(run: 4, now: 6\) of the progressive drawings; "

@@ -338,7 +338,8 @@ def mine(
             labels = known
             # a half model's activations are its dtype's (readers say so; float32: no record)
             half = input_dtype(net) if isinstance(net, nn.Module) else net.weights_dtype()
-            attrs = {**want, "batch_size": batch_size, DEVICE: device.type,
+            attrs = {**{key: v for key, v in want.items() if key != DRAWINGS},  # in `dataset` already, in words
+                     "batch_size": batch_size, DEVICE: device.type,
                      "preprocessing": None if pre is None else pre.to_dict(),
                      **({"model_dtype": str(half).removeprefix("torch.")} if half in (torch.float16, torch.bfloat16) else {}),
                      "model_spec": _model_spec(model, weights, (seed or 0) if loaded.random_init else None),
