@@ -272,3 +272,21 @@ def test_a_named_pipe_named_like_an_image_is_refused_not_waited_on(tmp_path, few
     pipe = next(i for i in range(len(ds)) if ds.path(i).endswith("zz.png"))
     with pytest.raises(SketchmineError, match="is a named pipe"):
         ds.file_bytes(pipe)
+
+
+def test_export_refuses_unlabelled_images_and_a_folder_holding_files(tmp_path, few):
+    """Unlabelled images (-1) were filed under the last class (class_names[-1]) and then mined as
+    that class; an export into a folder with files replaced and mixed in without a word."""
+    labels = few.labels().copy()
+    labels[[1, 3]] = -1
+    unlabelled = ArrayDataset(few.images, labels, few.class_names, few.preprocessing, {})
+    with pytest.raises(SketchmineError, match=r"2 of the 40 images have no label \(-1; the first: image 1\)"):
+        export_image_folder(unlabelled, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    root = export_image_folder(few, tmp_path / "images")
+    before = sorted((p, p.read_bytes()) for p in root.rglob("*.png"))
+    with pytest.raises(SketchmineError, match=r"images exists and is not empty; export into a new or empty folder"):
+        export_image_folder(few, root)
+    assert sorted((p, p.read_bytes()) for p in root.rglob("*.png")) == before
+    (tmp_path / "empty").mkdir()
+    assert len(list(export_image_folder(few, tmp_path / "empty").rglob("*.png"))) == 40

@@ -139,8 +139,16 @@ def export_image_folder(dataset: Any, root: str | os.PathLike) -> Path:
         raise SketchmineError(f"export_image_folder writes an in-memory dataset (animal_shape(...), an ArrayDataset "
                               f"or a torch Subset of one), got {type(dataset).__name__}")
     root = Path(root)
+    labels = dataset.labels()
+    if (unlabelled := np.flatnonzero(labels < 0)).size:  # class_names[-1] would file them under the last class
+        raise SketchmineError(f"{unlabelled.size} of the {len(labels)} images have no label (-1; the first: image "
+                              f"{int(unlabelled[0])}), and an ImageFolder files every image under its class: export "
+                              "the labelled ones (a torch Subset of them)")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):  # nothing of the user's replaced or mixed in
+        raise SketchmineError(f"{root} exists and is {'not a folder' if not root.is_dir() else 'not empty'}; "
+                              "export into a new or empty folder")
     for i in range(len(dataset)):
-        label = int(dataset.labels()[i])
+        label = int(labels[i])
         folder = root / dataset.class_names[label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.asarray(dataset.images[i])).save(folder / f"{i:05d}.png")
