@@ -223,6 +223,25 @@ def test_unit_card_says_its_classes_are_ranked_by_mean_maximum(run):
     assert "ranks a layer's classes by their count" in " ".join(type(card).__doc__.split())
 
 
+def test_a_partial_runs_unit_card_says_it_is_partial(tmp_path, small_test_set):
+    """Killed at 100 of 300 images, the notebook card read "top classes by mean image maximum
+    over all images" and its HTML said nothing of a partial run (the CLI's `unit` did)."""
+    from tests.helpers import StopAfter
+
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine("demo", small_test_set, out=tmp_path / "r.zarr", layers=["features.6"], batch_size=50,
+                        flush_every=2, progress=StopAfter(120))
+    run = sketchmine.open_run(tmp_path / "r.zarr")
+    assert not run.complete and run.images_done == 100
+    card = run.unit("features.6", 3)
+    said = "mean image maximum over the 100 images mined so far"
+    assert card.top_classes().attrs["ranked_by"] == said
+    assert "PARTIAL (100 images so far), " in repr(card) and f"top classes by {said}:" in repr(card)
+    page = card._repr_html_()
+    assert "<b>PARTIAL</b> (100 images so far)" in page and f"top classes by {said}" in page
+    assert "over all images" not in repr(card) + page
+
+
 def test_summary_json_says_the_ties_as_the_lists_do(run):
     from sketchmine.present.json_out import summary_data
 

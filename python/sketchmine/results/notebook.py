@@ -19,7 +19,7 @@ from PIL import Image
 from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.results import importance_store
 from sketchmine.results.importance_store import rank_text
-from sketchmine.results.numbers import column, percent, percents, points, rate, shape_text
+from sketchmine.results.numbers import column, percents, points, rate, shape_text
 from sketchmine.results.precision import precision_note
 
 if TYPE_CHECKING:
@@ -29,6 +29,11 @@ TOP_CLASSES = 5
 """Classes a unit card lists from the class statistics (highest mean image maximum first)."""
 
 RANKED_BY = "mean image maximum over all images"
+
+
+def ranked_by(run: Run) -> str:
+    """How a unit card ranks its classes: over all images, or a partial run's images so far."""
+    return RANKED_BY if run.complete else f"mean image maximum over the {run.images_done} images mined so far"
 """How a unit card ranks its top classes (a layer's `Run.top_classes` ranks by top-k count)."""
 
 THUMB = 64
@@ -144,7 +149,7 @@ class UnitCard:
                           index=pd.Index(self.run.class_names[:mean.shape[1]], name="class"))
         empty = list(df.index[df["images"] == 0])
         df = df[df["images"] > 0].sort_values("mean", ascending=False, kind="stable").head(n)
-        df.attrs["ranked_by"], df.attrs["no_images"] = RANKED_BY, empty
+        df.attrs["ranked_by"], df.attrs["no_images"] = ranked_by(self.run), empty
         return df
 
     def pictures(self) -> dict[str, str]:
@@ -162,8 +167,9 @@ class UnitCard:
         top = self.top
         classes = ", ".join("?" if pd.isna(c) else f"{c}" for c in top["class"].tolist())
         best = self.top_classes()
-        ranked = "" if best is None else f"; top classes by {RANKED_BY}: {', '.join(map(str, best.index))}"
-        return (f"<sketchmine.UnitCard {self.layer}[{self.unit}] of {str(self.run.path)!r}: "
+        ranked = "" if best is None else f"; top classes by {ranked_by(self.run)}: {', '.join(map(str, best.index))}"
+        partial = "" if self.run.complete else f"PARTIAL ({self.run.images_done} images so far), "
+        return (f"<sketchmine.UnitCard {self.layer}[{self.unit}] of {str(self.run.path)!r}: {partial}"
                 f"{precision_text(self.run)}max activation {self.max_activation:.4g}{ranked}; classes of its "
                 f"top-{len(top)} images, best first: {classes}>")
 
@@ -182,8 +188,9 @@ class UnitCard:
         top = self.top
         # the maximum and the values in one column's decimals, as the report's card ("1.204" over "1.100", not "1.1")
         shown = column([self.max_activation, *top["value"].tolist()])
+        partial = "" if self.run.complete else f" · <b>PARTIAL</b> ({self.run.images_done} images so far)"
         parts = [f"<div class='sketchmine-unit'><b>{esc(self.layer)}</b> unit {self.unit} · max activation "
-                 f"{shown[0]} · {esc(str(self.run.path))}"]
+                 f"{shown[0]} · {esc(str(self.run.path))}{partial}"]
         if (imp := self.importance()) is not None:
             parts.append(f"<div>importance {esc(imp)}</div>")
         if (note := precision_note(self.run)) is not None:
@@ -198,14 +205,14 @@ class UnitCard:
                          f"<code>sketchmine.visualize(run, [{esc(repr(self.layer))}])</code>) to add its patches "
                          "and deconvolutions</i></div>")
         rows = "".join(f"<tr><td>{r + 1}</td><td>{v}</td><td>{'?' if pd.isna(row['class']) else esc(str(row['class']))}</td>"
-                       f"<td>{percent(row['accuracy'], 2)}</td><td style='text-align:left'>{esc(str(row['path']))}</td></tr>"
-                       for (r, row), v in zip(top.iterrows(), shown[1:]))
+                       f"<td>{a}</td><td style='text-align:left'>{esc(str(row['path']))}</td></tr>"
+                       for (r, row), v, a in zip(top.iterrows(), shown[1:], percents(top["accuracy"].tolist())))
         parts.append(f"<table><caption>top-{self.run.k} images</caption><thead><tr><th>rank</th><th>value</th>"
                      f"<th>class</th><th>class acc. %</th><th>file</th></tr></thead><tbody>{rows}</tbody></table>")
         classes = self.top_classes()
         if classes is not None:
             crow = "".join(f"<tr><td style='text-align:left'>{esc(str(c))}</td><td>{m}</td>"
                            f"<td>{int(r['images'])}</td></tr>" for (c, r), m in zip(classes.iterrows(), column(classes["mean"].tolist())))
-            parts.append(f"<table><caption>top classes by {RANKED_BY}</caption><thead><tr>"
+            parts.append(f"<table><caption>top classes by {esc(ranked_by(self.run))}</caption><thead><tr>"
                          f"<th>class</th><th>mean</th><th>images</th></tr></thead><tbody>{crow}</tbody></table>")
         return "".join(parts) + "</div>"
