@@ -18,7 +18,7 @@ from rich.console import Console
 import sketchmine
 from sketchmine.present import plots
 from sketchmine.present.compare_console import compare_tables
-from sketchmine.present.console import accuracy_table, importance_table, preferences_table
+from sketchmine.present.console import accuracy_table, importance_table
 from sketchmine.present.report import write_report
 from sketchmine.results import importance_store
 from sketchmine.results.numbers import percents
@@ -65,21 +65,6 @@ def test_the_accuracy_table_of_summary_keeps_one_count_of_decimals(runs):
     assert [r[0] for r in rows] == list(acc.index)
     assert got == [f"{v * 100:.2f}" for v in acc] and "100.00" in got and "100" not in got
     assert _mixed(got) == {2}
-    # the class lists of summary: each class's accuracy as the column writes it, "(100.00)", not "(100)"
-    text = "\n".join(" ".join(r) for r in _rows(preferences_table(a, 3), width=400))
-    assert "(100.00)" in text and "(100)" not in text
-
-
-def test_class_lists_still_never_round_to_all(runs):
-    """`percents` keeps the rule of `percent`: 2000 of 2001 is 99.95, not 100.00."""
-    from sketchmine.present.console import _classes_cell
-
-    a, _ = runs
-    top = a.top_classes(LAYER, 3)
-    top["accuracy"] = [2000 / 2001, 1.0, 0.0]
-    cell = _classes_cell(top)
-    assert "(99.95)" in cell and "(100.00)" in cell and "(0.00)" in cell
-    assert cell.count("100.00") == 1 and "(100)" not in cell and "(0)" not in cell
 
 
 def test_the_compare_class_table_keeps_one_count_of_decimals(runs):

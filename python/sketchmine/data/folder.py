@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sketchmine.data.dataset import MinerDataset, error_note
-from sketchmine.data.imagefile import READ_ERRORS, check_regular, read_image
+from sketchmine.data.imagefile import READ_ERRORS, read_image, regular_stat
 from sketchmine.data.preprocess import Preprocessing, chw
 from sketchmine.errors import SketchmineError
 from sketchmine.names import printable
@@ -167,10 +167,8 @@ class ImageFolderDataset(MinerDataset):
         return h.hexdigest()
 
     def file_bytes(self, i: int) -> bytes:
-        """Image i's file, read once; after `fingerprint`, checked against it (its stamp, else its
-        hash): a file replaced mid-run would be mined as new content under the old fingerprint."""
-        if self._hashed is None:  # else checked as it was hashed
-            check_regular(self.root / self.samples[i][0], os.stat(self.root / self.samples[i][0]))
+        """Image i's file, read once; after `fingerprint`, checked against its stamp or hash (a file replaced mid-run)."""
+        regular_stat(self.root / self.samples[i][0])  # a FIFO would hold the open below
         with open(self.root / self.samples[i][0], "rb") as f:
             before, data, after = _stamp(os.fstat(f.fileno())), f.read(), _stamp(os.fstat(f.fileno()))
         if self._hashed is None or before == after == self._hashed[1][i].tolist():
@@ -251,12 +249,9 @@ def content_hashes(root: str | os.PathLike, rels: list[str], stamps: list[list[i
     for rel in rels:
         path = os.path.join(key, rel)
         try:
-            st = os.stat(path)
+            stamp = _stamp(regular_stat(path))
         except OSError:
             stamp = None
-        else:
-            check_regular(path, st)
-            stamp = _stamp(st)
         if stamps is not None:
             stamps.append(stamp or [-1] * 4)
         if stamp is None:

@@ -31,7 +31,7 @@ from rich.text import Text
 from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.present.fitting import FittingTable
 from sketchmine.results import importance_store
-from sketchmine.results.numbers import number, percents, rate, shape_text
+from sketchmine.results.numbers import number, percent, percents, rate, shape_text
 from sketchmine.results.optimized import how_made
 from sketchmine.results.precision import batch_note, device_note, precision_note
 from sketchmine.results.run import Run
@@ -170,13 +170,11 @@ def _classes_cell(df: pd.DataFrame, per_image: bool = False) -> str:
     if df.attrs.get("all_tied"):
         return ties
 
-    accuracy = percents(df["accuracy"].tolist())  # the list's accuracies in one count of decimals, as a column
-
-    def extra(r: pd.Series, pct: str) -> str:
-        shown = ([] if np.isnan(r["accuracy"]) else [pct]) + ([f"{r['per_image']:.2f}/img"] if per_image else [])
+    def extra(r: pd.Series) -> str:  # a list, not a column: "(100)" keeps it short
+        shown = ([] if np.isnan(r["accuracy"]) else [percent(r["accuracy"], 2)]) + ([f"{r['per_image']:.2f}/img"] if per_image else [])
         return f" ({'; '.join(shown)})" if shown else ""
 
-    listed = ", ".join(f"{safe(cls)} {int(r['count'])}{extra(r, pct)}" for (cls, r), pct in zip(df.iterrows(), accuracy))
+    listed = ", ".join(f"{safe(cls)} {int(r['count'])}{extra(r)}" for cls, r in df.iterrows())
     return f"{listed} {ties}" if ties else listed
 
 

@@ -34,7 +34,7 @@ from sketchmine.present import plots
 from sketchmine.present.report_data import (PAGE_SIZE, PngWriter, classes_cell, importance_ranks, layer_data, layer_ids,
                                              precision_html, size_html, with_code)
 from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
-                                              report_marker, reported_run, swap_in)
+                                              report_marker, reported_run, same_folder, swap_in)
 from sketchmine.present.report_unit import MONTAGES, copy_assets, montage_plan, unit_pages
 from sketchmine.present.slide_workers import SlideWriter
 from sketchmine.present.summary_grid import Row, grid, grid_html
@@ -50,8 +50,7 @@ e = html.escape
 
 
 def _pct(a: float) -> str:
-    """One cell of an accuracy column as `percents` writes the column: "100.00" beside "97.50", an
-    exact 100 or 0 with the column's decimals (`percent` alone wrote "100"); 100 or 0 only when exact."""
+    """A cell of an accuracy column, as `percents` writes one ("100.00" beside "97.50")."""
     return percents([a], 2)[0]
 
 
@@ -358,23 +357,16 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
                                                 f"it now holds the report of {run.path}")  # under -q too
     except OSError as exc:
         where = exc.filename or target
-        if made == -1 and tmp is not None:  # the sibling it is built in: the folder given may be writable itself
+        if made == -1 and tmp is not None:  # the sibling it is built in (the folder given may be writable itself)
             where = f"{where}: a report is built in a folder beside {shown}, so {target.parent} must be writable too"
         kept = ("the report folder is incomplete (the previous report there is already, at least partly, removed): run "
                 "`sketchmine report` again" if isinstance(exc, InPlaceSwapError) else
                 "the previous report there (if any) is unchanged")
         raise SketchmineFailure(f"cannot write the report to {shown}: {exc.strerror or exc} ({where}); {kept}") from None
     finally:
-        if tmp is not None and _same_folder(tmp, made):  # interrupted or failed: only what this call created
+        if tmp is not None and same_folder(tmp, made):  # interrupted or failed: only what this call created
             shutil.rmtree(tmp, ignore_errors=True)
     return shown / "index.html"
-
-
-def _same_folder(path: Path, inode: int) -> bool:
-    try:
-        return path.stat().st_ino == inode and not path.is_symlink()
-    except OSError:
-        return False
 
 
 def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, bytes] | str | None = None,

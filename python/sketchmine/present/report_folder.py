@@ -236,6 +236,14 @@ def exchange(a: Path, b: Path) -> bool:
 LATE = "; they were put there while this report was written: the previous report there is kept as it was"
 
 
+def same_folder(path: Path, inode: int) -> bool:
+    """`path` is still the folder (not a link) whose inode a call noted when it made it."""
+    try:
+        return path.stat().st_ino == inode and not path.is_symlink()
+    except OSError:
+        return False
+
+
 def swap_in(tmp: Path, target: Path, shown: str | os.PathLike | None = None) -> None:
     """The finished report `tmp` becomes `target`; the previous report is removed after the
     swap, only the files it wrote (checked again just before, and on the swapped-out copy)."""

@@ -274,8 +274,7 @@ class Run(UnitViews, ClassCorrelations, Precision):
         return float(values[idx >= 0].max()) if (idx >= 0).any() else None
 
     def nan_total(self, layer: str) -> int:
-        """NaN activations (map elements, not maps) the layer's units met, summed over units (0
-        when the run kept no count); `class_nan_count` counts the all-NaN maps."""
+        """NaN activations (elements, not maps: `class_nan_count`) its units met, summed (0: no count)."""
         return int(self.layer_array(layer, "nan_count").sum()) if self.has_array(layer, "nan_count") else 0
 
     # ---- summaries over all images and per unit: summaries.py over this run's arrays ----------

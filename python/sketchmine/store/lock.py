@@ -388,22 +388,6 @@ def runs_in(folder: Path, shown: int = 5) -> str:
     return f"; it holds the run{'s' if len(runs) > 1 else ''} " + ", ".join(runs[:shown]) + (", …" if len(runs) > shown else "")
 
 
-def damaged_root(path: Path) -> str | None:
-    """Why `path`'s root zarr.json, a file, cannot be read as JSON (None where it can, or is no
-    file): a run whose root metadata a copy or a sync cut short is damaged, not "no run", and
-    nothing may take it for a foreign folder to choose away or remove."""
-    root = Path(path) / "zarr.json"
-    try:
-        if not root.is_file():
-            return None
-        json.loads(root.read_bytes())
-        return None
-    except ValueError as exc:
-        return f"{root} does not parse as JSON ({'empty' if not root.stat().st_size else exc})"
-    except OSError as exc:
-        return f"{root} cannot be read ({exc.strerror or exc})"
-
-
 def is_run(path: Path) -> bool:
     """True when `path` is a directory holding a sketchmine run: its root zarr.json is a group's
     and carries the schema version (read as JSON: no Zarr needed to tell)."""

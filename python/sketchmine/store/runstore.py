@@ -15,6 +15,7 @@ rewritten on resume.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -36,7 +37,7 @@ from sketchmine.store.columns import Columns
 from sketchmine.store.commits import CommittedReads, commit_key, folder_identity
 from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
-from sketchmine.store.lock import RunLock, check_writable, damaged_root, is_run, runs_in, stage
+from sketchmine.store.lock import RunLock, check_writable, is_run, runs_in, stage
 
 __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_new_out", "check_root_attrs", "is_run", "put_rows"]
 
@@ -47,6 +48,22 @@ _ROW_CHUNK = schema.ROW_CHUNK
 def _layer_groups(layers: dict[str, dict[str, Any]]) -> dict[str, GroupMetadata]:
     """One group per layer, its attributes its shape and kind (RunStore.create)."""
     return {schema.layer_group(name): GroupMetadata(attributes=meta) for name, meta in layers.items()}
+
+
+def damaged_root(path: Path) -> str | None:
+    """Why `path`'s root zarr.json, a file, cannot be read as JSON (None where it can, or is no
+    file): a run whose root metadata a copy or a sync cut short is damaged, not "no run", and
+    nothing may take it for a foreign folder to choose away or remove."""
+    root = Path(path) / "zarr.json"
+    try:
+        if not root.is_file():
+            return None
+        json.loads(root.read_bytes())
+        return None
+    except ValueError as exc:
+        return f"{root} does not parse as JSON ({'empty' if not root.stat().st_size else exc})"
+    except OSError as exc:
+        return f"{root} cannot be read ({exc.strerror or exc})"
 
 
 def check_new_out(path: Path) -> None:
