@@ -73,3 +73,24 @@ def test_the_stored_pass_takes_the_regularizers(small_test_set, tmp_path):
     assert how_made(claim) == "pixel, 3 steps, regularisers yosinski1"  # what the card and the slide say
     with pytest.raises(SketchmineError, match=r"regularizers \(run: .*\).*pass the same --optimize-regularizers"):
         visualize(run, data=small_test_set, batch_size=4, optimize=True, optimize_method="pixel", optimize_steps=3)
+
+
+def test_the_hint_for_missing_optimised_images_is_a_command_the_pass_takes(demo_test_set, tmp_path):
+    """A layer visualized with --method guided was told to run `visualize … --optimize`, which
+    the pass then refused ("visualized with other settings"): the hint repeats the pictures'
+    --method and --max-patch, and that very command adds the images."""
+    import shlex
+
+    from sketchmine.cli.main import main
+    from tests.helpers import image_folder
+
+    root = image_folder(demo_test_set, tmp_path / "images", per_class=3)  # a folder the command reopens
+    run = sketchmine.mine("demo", root, layers=["features.3"], k=2, out=tmp_path / "r.zarr")
+    visualize(run, method="guided", max_patch=6, max_units=3)
+    with pytest.raises(SketchmineError, match=r"has no optimised images; run `(.*)`") as e:
+        sketchmine.open_run(run.path).optimized("features.3")
+    said = shlex.split(str(e.value).split("run `")[1].rstrip("`"))
+    assert said[:2] == ["sketchmine", "visualize"] and said[said.index("--method") + 1] == "guided"
+    assert said[said.index("--max-patch") + 1] == "6"
+    assert main([*said[1:], "--optimize-steps", "2", "-q"]) == 0
+    assert sketchmine.open_run(run.path).layer_attrs("features.3")[schema.OPTIMIZED]["complete"]

@@ -15,12 +15,21 @@ if TYPE_CHECKING:
     from sketchmine.results.run import Run
 
 
+def optimize_command(run: Run, layer: str) -> str:
+    """The `visualize --optimize` command that adds (or continues) the layer's optimised images:
+    with the --method and --max-patch of the pictures it holds, which the pass refuses to change
+    (a --max-patch of the stored patches' larger side makes them again at their size)."""
+    have = run.layer_attrs(layer).get(schema.VISUALIZED) or {}
+    same = ["--method", str(have["method"]), "--max-patch", str(max(have["patch_size"]))] \
+        if have.get("method") and have.get("patch_size") else []
+    return command("sketchmine", "visualize", run.path, "--layers", layer, *same, "--optimize")
+
+
 def settings(run: Run, layer: str) -> dict[str, Any]:
     """The layer's `optimized` attribute (method, steps, units_done, ...); refused when absent."""
     attrs = run.layer_attrs(layer).get(schema.OPTIMIZED)
     if attrs is None or not all(run.has_array(layer, key) for key in schema.OPTIMIZED_ARRAYS):
-        raise SketchmineError(f"layer {layer!r} of {run.path} has no optimised images; run "
-                              f"`{command('sketchmine', 'visualize', run.path, '--layers', layer, '--optimize')}`")
+        raise SketchmineError(f"layer {layer!r} of {run.path} has no optimised images; run `{optimize_command(run, layer)}`")
     return dict(attrs)
 
 
@@ -37,7 +46,7 @@ def optimized(run: Run, layer: str, unit: int | None = None, key: str = "optimiz
     unit = run.check_unit(layer, unit)
     if unit >= done:
         raise SketchmineError(f"unit {unit} of layer {layer!r} of {run.path} has no optimised image yet ({done} of "
-                              f"{units} units done); run `{command('sketchmine', 'visualize', run.path, '--layers', layer, '--optimize')}` to continue")
+                              f"{units} units done); run `{optimize_command(run, layer)}` to continue")
     return run.layer_array(layer, key, slice(unit, unit + 1))[0]
 
 
