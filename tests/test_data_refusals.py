@@ -14,7 +14,8 @@ import torchvision
 from PIL import Image
 
 import sketchmine
-from sketchmine.data import ArrayDataset, ImageFolderDataset, Preprocessing, TorchDataset, chw, export_image_folder
+from sketchmine.data import (ArrayDataset, ImageFolderDataset, Preprocessing, TorchDataset, animal_shape, chw,
+                             export_image_folder)
 from sketchmine.data import folder as folder_module
 from sketchmine.data.sequences import SequenceDataset, background_of, progressive_drawing
 from sketchmine.data.resolve import as_miner_dataset
@@ -290,3 +291,18 @@ def test_export_refuses_unlabelled_images_and_a_folder_holding_files(tmp_path, f
     assert sorted((p, p.read_bytes()) for p in root.rglob("*.png")) == before
     (tmp_path / "empty").mkdir()
     assert len(list(export_image_folder(few, tmp_path / "empty").rglob("*.png"))) == 40
+
+
+def test_an_array_dataset_of_images_labels_and_names_takes_the_models_preprocessing(tmp_path, demo_test_set):
+    """The refusals of other inputs point to sketchmine.data.ArrayDataset, which also needed a
+    preprocessing and a description (a TypeError without them)."""
+    from torch.utils.data import Subset
+
+    raw = animal_shape("test")  # no preprocessing set: mine gives it the model's
+    ds = ArrayDataset(raw.images[:40], raw.labels()[:40], raw.class_names)
+    assert ds.path(3) == "arrays/images/00003"
+    run = sketchmine.mine("demo", ds, layers=["features.0"], k=2, out=tmp_path / "a.zarr")
+    ref = sketchmine.mine("demo", Subset(raw, range(40)), layers=["features.0"], k=2, out=tmp_path / "b.zarr")
+    assert run.attrs["preprocessing"] == ref.attrs["preprocessing"] and run.accuracy() == ref.accuracy()
+    for a, b in zip(run.topk("features.0"), ref.topk("features.0")):
+        np.testing.assert_array_equal(a, b)

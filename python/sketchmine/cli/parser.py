@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--preprocess", choices=["device", "cpu"], default=None,
                    help="device: resize and normalise each batch in one op on --device (images copied there as "
                         "stored); cpu: each image in the loader. Same rule, same results (default: the run's on "
-                        "resume, else device; cpu with --steps)")
+                        "resume, else device; cpu for progressive drawings: --steps, or a model trained on them)")
     v = sub.add_parser("visualize", help="crop each top-k entry's receptive field and its deconvolution into RUN")
     run_argument(v, "the run to add pictures to")
     layers_option(v, "layers to visualize (default: every mined layer)")

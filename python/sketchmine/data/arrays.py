@@ -24,13 +24,19 @@ class ArrayDataset(MinerDataset):
     """Each image's number in the dataset it was taken from (`subset`), for its path; None: its own."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: list[str],
-                 preprocessing: Preprocessing, description: dict[str, Any], *, explicit: bool = True) -> None:
+                 preprocessing: Preprocessing | None = None, description: dict[str, Any] | None = None, *,
+                 explicit: bool = True) -> None:
+        """`ArrayDataset(images, labels, class_names)` is enough: without a preprocessing, `mine`
+        gives the images the model's (as it does `animal_shape()`'s); the description names the
+        images' paths ("arrays/images/00012")."""
         self.images = check_images(images if isinstance(images, np.ndarray) else np.asarray(images))
         self.class_names = list(class_names)
         self._labels = check_labels(labels, len(self.images), len(self.class_names))
+        if preprocessing is None:  # stand-in channels until `mine` sets the model's preprocessing
+            preprocessing, explicit = Preprocessing("none", 1 if self.images.ndim == 3 else 3), False
         self.preprocessing = preprocessing
         self.preprocessing_explicit = explicit
-        self._description = description
+        self._description = {"name": "arrays", "split": "images"} if description is None else description
 
     def __len__(self) -> int:
         return len(self.images)

@@ -44,8 +44,9 @@ def choose(preprocess: str | None, ds: MinerDataset, recorded: str | None) -> st
     if preprocess is not None and preprocess not in PREPROCESS:
         raise SketchmineError(f"preprocess must be 'device' or 'cpu' (or None), got {preprocess!r}")
     if preprocess == "device" and not supports_device(ds):
-        raise SketchmineError(f"preprocess='device' prepares stored pixels (arrays, image folders) in batches; this "
-                              f"{type(ds).__name__} is prepared per sample: pass preprocess='cpu' (--preprocess cpu)")
+        what = "progressive drawing" if type(ds).__name__ == "SequenceDataset" else type(ds).__name__
+        raise SketchmineError(f"preprocess='device' prepares stored pixels (arrays, image folders) in batches; a "
+                              f"{what} is prepared per sample: pass preprocess='cpu' (--preprocess cpu)")
     if preprocess is None:
         preprocess = recorded or ("device" if supports_device(ds) else "cpu")
     return preprocess

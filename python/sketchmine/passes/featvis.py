@@ -187,7 +187,7 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
 
     model: a spec as `load_model` takes, or a loaded one; layer: a mined layer name (a module,
     "<lstm>.cell" or the virtual "softmax"); units: unit indices. method: "fourier" (lucent
-    era) or "pixel" (deconvnet era); regularizers: "default", "none", a preset (pixel:
+    era) or "pixel" (deconvnet era); regularizers: "default", "none" (or None: plain ascent), a preset (pixel:
     "yosinski1".."yosinski4") or a dict overriding the family's settings (sketchmine.regularizers).
     size: an int S or (H, W); default the model's recorded preprocessing size, else the input size
     its metadata records (the embedded models: 28), else 224.

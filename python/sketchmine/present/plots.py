@@ -188,7 +188,8 @@ def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
 def plot_importance(run: Run, layers: list[str] | None = None, n: int = 10,
                     path: str | os.PathLike | None = None) -> Figure:
     """`importance_figure` of the given layers (default: every layer with stored importance),
-    saved as PNG when `path` is given. Returns the figure."""
+    saved to `path` when given (its format from the extension; an existing file only where it is a
+    plot sketchmine wrote: `check_plot_path`). Returns the figure."""
     if layers is not None and not isinstance(layers, str) and not list(layers):  # not "every layer"
         raise SketchmineError("layers=[] names no layer to plot; pass layer names, or None for every layer with "
                               "stored importance")
