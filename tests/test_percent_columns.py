@@ -23,6 +23,7 @@ from sketchmine.present.report import write_report
 from sketchmine.results import importance_store
 from sketchmine.results.numbers import percents
 from tests.helpers import per_class_subset
+from tests.test_report import browser  # noqa: F401  (the Chromium fixture)
 
 LAYER = "features.3"
 
@@ -113,3 +114,24 @@ def test_the_importance_plot_labels_its_bars_as_the_importance_table(runs):
     assert got == column == importance_store.written(df)["acc_drop"] == percents(drops.tolist())
     assert "0.00" in got and "0" not in got and _mixed(got) == {2}
     assert np.allclose([float(t) for t in got], drops * 100)
+
+
+def test_a_units_images_and_class_tables_keep_one_count_of_decimals(runs, tmp_path, browser):  # noqa: F811
+    """`sketchmine unit`'s images table and the dashboard's class tables wrote "100" beside "90.00"."""
+    from sketchmine.present.unit_console import images_table
+    from sketchmine.results.unit_summary import unit_summary
+    from tests.test_report import _open
+
+    a, _ = runs
+    d = unit_summary(a, LAYER, 0)
+    got = [r[4] for r in _rows(images_table("top", d["top"]), width=200)]
+    assert got == percents([e["accuracy"] for e in d["top"]]) and _mixed(got) == {2}
+    write_report(a, tmp_path / "rep", images=False, montages=0)
+    page, problems = _open(browser, next((tmp_path / "rep" / "units").glob("*.html")).as_uri() + "#unit=0")
+    page.wait_for_function("() => document.body.getAttribute('data-rendered') === '0'")
+    cells = page.evaluate("() => [...document.querySelectorAll('#classes table')].map(t => [...t.rows].slice(1)"
+                          ".map(r => r.cells[r.cells.length - 1].textContent))")
+    means = [c["accuracy"] for c in d["class_means"]]
+    assert cells[-1] == [f"{t} %" for t in percents(means)] and "100.00 %" in cells[-1] and "90.00 %" in cells[-1]
+    assert problems == []
+    page.close()

@@ -66,9 +66,9 @@ def images_table(title: str, entries: list[dict[str, Any]], values: list[str] | 
     for col in ("rank", "value", "image", "class", "acc. %", "path"):  # a narrow terminal folds the path: it names the file
         t.add_column(col, justify="right" if col in ("rank", "value", "image", "acc. %") else "left",
                      overflow="fold" if col == "path" else "ellipsis")
-    for e, v in zip(entries, values or column([e["value"] for e in entries])):
-        t.add_row(str(e["rank"] + 1), v, str(e["image_index"]), safe(e["class"] or "?"), _pct(e["accuracy"]),
-                  safe(e["path"]))
+    accuracy = percents([e["accuracy"] for e in entries])  # one column, one count of decimals ("100.00" beside "98.50")
+    for e, v, a in zip(entries, values or column([e["value"] for e in entries]), accuracy):
+        t.add_row(str(e["rank"] + 1), v, str(e["image_index"]), safe(e["class"] or "?"), a, safe(e["path"]))
     return t
 
 

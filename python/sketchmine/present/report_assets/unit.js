@@ -12,6 +12,8 @@
   var current = -1;
   var dom = window.sketchmineDom, el = dom.el, svgEl = dom.svgEl, tile = dom.tile, num = dom.num, fmt = dom.fmt;
   function pct(v) { var t = dom.percent(v, 2); return t === "-" ? t : t + " %"; }
+  // a cell of a column: an exact 100 or 0 with the column's decimals ("100.00 %" beside "98.50 %")
+  function pctCell(v) { var t = dom.percentFixed(v, 2); return t === "-" ? t : t + " %"; }
   function missing(d, section, what) {
     var p = dom.withCode(el("p", "note missing"), "no " + what + ": " + (d.missing[section] || "not stored"));
     p.setAttribute("data-missing", section);
@@ -195,7 +197,7 @@
     if (d.classes_top) {
       box.appendChild(el("h3", null, "classes among its top " + d.top.length + " images"));
       box.appendChild(table(["class", "images", "class accuracy"], d.classes_top.map(function (c) {
-        return [c["class"], c.count, pct(c.accuracy)]; })));
+        return [c["class"], c.count, pctCell(c.accuracy)]; })));
     } else { box.appendChild(missing(d, "classes_top", "classes of the top images")); }
     if (d.class_means && !d.class_means.length) {
       var none = el("p", "note", "no class has a mean for this unit: none of its maps over labelled images holds a number (all NaN)");
@@ -205,7 +207,7 @@
       box.appendChild(el("h3", null, "classes it prefers over all images (mean image maximum)"));
       var means = activations(d).class_means;  // in the maximum's column
       var t = table(["class", "mean", "images", "class accuracy"], d.class_means.map(function (c, i) {
-        return [c["class"], means[i], c.images, pct(c.accuracy)]; }));
+        return [c["class"], means[i], c.images, pctCell(c.accuracy)]; }));
       t.id = "class-means";
       box.appendChild(t);
     } else { box.appendChild(missing(d, "class_means", "class means over all images")); }
