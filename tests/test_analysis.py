@@ -402,3 +402,18 @@ def test_a_pinned_read_of_a_run_being_deleted_says_it_changed(tmp_path, small_te
             run.topk("features.0")
             (tmp_path / "gone.zarr" / "zarr.json").unlink()  # the first file `rm -rf` removes
     assert not isinstance(caught.value, sketchmine.errors.RunDamaged)
+
+
+def test_compare_says_why_the_same_pictures_read_two_ways_differ(tmp_path, demo_test_set):
+    """The README mines a folder exported from the embedded set, its API block the set itself:
+    compare refused the pair as "different datasets" with no word of why."""
+    from tests.helpers import per_class_subset
+
+    ds = per_class_subset(demo_test_set, 2, "0:20")
+    folder = sketchmine.data.export_image_folder(ds, tmp_path / "images")
+    a = sketchmine.mine("demo", ds, layers=["features.0"], out=tmp_path / "a.zarr")
+    b = sketchmine.mine("demo", folder, layers=["features.0"], out=tmp_path / "b.zarr")
+    with pytest.raises(SketchmineError, match=r"different datasets \(fingerprint .*\) \(read as embedded and as "
+                                              r"image_folder: an image folder is fingerprinted by its files, .*mine both "
+                                              r"from the same source\); compare runs over the same images"):
+        compare(a, b)

@@ -162,8 +162,12 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: i
 def _compare(a: Run, b: Run, n: int) -> Comparison:
     fa, fb = a.attrs.get("dataset_fingerprint"), b.attrs.get("dataset_fingerprint")
     if fa != fb:
+        kinds = [str((r.attrs.get("dataset") or {}).get("kind", "?")) for r in (a, b)]
+        routes = "" if kinds[0] == kinds[1] else (
+            f" (read as {kinds[0]} and as {kinds[1]}: an image folder is fingerprinted by its files, in-memory images "
+            "by their pixels, so the same pictures read both ways differ: mine both from the same source)")
         raise SketchmineError(f"runs {a.path} and {b.path} were mined over different datasets (fingerprint "
-                              f"{str(fa)[:12]}… vs {str(fb)[:12]}…); compare runs over the same images")
+                              f"{str(fa)[:12]}… vs {str(fb)[:12]}…){routes}; compare runs over the same images")
     acc_a, acc_b = a.class_accuracy_series(), b.class_accuracy_series()  # NaN: no predictions (--no-logits)
     accuracy = pd.DataFrame({"accuracy_a": acc_a, "accuracy_b": acc_b})
     accuracy["difference"] = accuracy["accuracy_b"] - accuracy["accuracy_a"]
