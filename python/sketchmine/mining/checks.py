@@ -132,7 +132,7 @@ def _drawn_otherwise(attrs: dict[str, Any], want: dict[str, Any]) -> str | None:
             return None
         return f"progressive drawings (run: single images, now: {now['steps']} steps; leave steps / --steps out)"
     steps, ink = was.get("steps"), was.get("ink", "light")  # runs made before the ink option drew "light"
-    if drawings_fingerprint(images, steps, ink) != fingerprint:
+    if not isinstance(steps, int) or drawings_fingerprint(images, steps, ink) != fingerprint:
         return None
     said = f"pass steps={steps}, ink={ink!r} (--steps {steps} --ink {ink})"
     if now is None:
