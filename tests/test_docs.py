@@ -129,7 +129,7 @@ def _version(command, m, output, env):
 BASH_CLAIMS = [
     (r"sketchmine mine .*--out ", r"(?P<what>accuracy) (?P<value>[\d.]+ ?%)|(?P<value2>\d+) (?P<what2>images)", _mined),
     (r"sketchmine summary ", r"top class of (?P<layer>\S+): (?P<cls>\S+)", _top_class),
-    (r"sketchmine compare ", r"A (?P<a>[\d.]+ %) vs B (?P<b>[\d.]+ %)", _compare),
+    (r"sketchmine compare ", r"(?:accuracy: )?A \(?(?P<a>[\d.]+ %)\)? vs B \(?(?P<b>[\d.]+ %)\)?", _compare),
     (r"sketchmine unit (?!.*--json)", r"max activation (?P<value>-?[\d.]+)", _unit_max),
     (r"sketchmine unit .*--json", r'"(?P<key>\w+)": (?P<value>[^,]+),?', _json_field),
     (r"sketchmine --version", r"(?P<text>sketchmine \S+)", _version),

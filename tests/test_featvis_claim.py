@@ -94,3 +94,12 @@ def test_the_hint_for_missing_optimised_images_is_a_command_the_pass_takes(demo_
     assert said[said.index("--max-patch") + 1] == "6"
     assert main([*said[1:], "--optimize-steps", "2", "-q"]) == 0
     assert sketchmine.open_run(run.path).layer_attrs("features.3")[schema.OPTIMIZED]["complete"]
+
+
+def test_the_hints_defaults_are_visualizes():
+    import inspect
+
+    from sketchmine.results.optimized import PICTURES_DEFAULTS
+
+    params = inspect.signature(visualize).parameters
+    assert {key: params[key].default for key in PICTURES_DEFAULTS} == PICTURES_DEFAULTS

@@ -17,7 +17,7 @@ import pytest
 
 import sketchmine
 from sketchmine.results.notebook import GAP
-from sketchmine.results.numbers import column, percent, rate
+from sketchmine.results.numbers import column, percent, percents, rate
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["features.0", "classifier.6"]
@@ -331,7 +331,7 @@ def test_unit_card_shows_the_stored_patches_and_classes(mined, tmp_path):
     rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td>", page)
     assert [r[1] for r in rows] == shown[1:] and f"max activation {shown[0]} " in page
     acc = run.class_accuracy()["accuracy"]
-    assert [r[3] for r in rows] == [percent(acc[c], 2) for c in card.top["class"]]
+    assert [r[3] for r in rows] == percents([acc[c] for c in card.top["class"]])  # one column, one count of decimals
     assert "importance" not in page
     sketchmine.unit_importance(run, "features.0")
     run = sketchmine.open_run(copy)

@@ -15,13 +15,22 @@ if TYPE_CHECKING:
     from sketchmine.results.run import Run
 
 
+PICTURES_DEFAULTS = {"method": "deconvnet", "max_patch": 128}
+"""`visualize`'s defaults for the pictures (a test holds them to its signature)."""
+
+
 def optimize_command(run: Run, layer: str) -> str:
     """The `visualize --optimize` command that adds (or continues) the layer's optimised images:
-    with the --method and --max-patch of the pictures it holds, which the pass refuses to change
-    (a --max-patch of the stored patches' larger side makes them again at their size)."""
+    with the --method and --max-patch of the pictures it holds where they are not the defaults,
+    which the pass refuses to change. Patches shrunk to fit --max-patch have it as their larger
+    side; unshrunk ones need one at least as large as their source."""
     have = run.layer_attrs(layer).get(schema.VISUALIZED) or {}
-    same = ["--method", str(have["method"]), "--max-patch", str(max(have["patch_size"]))] \
-        if have.get("method") and have.get("patch_size") else []
+    same: list[str] = []
+    if have.get("method", PICTURES_DEFAULTS["method"]) != PICTURES_DEFAULTS["method"]:
+        same += ["--method", str(have["method"])]
+    size, source = have.get("patch_size"), have.get("source_size")
+    if size and source and max(size) != min(PICTURES_DEFAULTS["max_patch"], max(source)):
+        same += ["--max-patch", str(max(size))]
     return command("sketchmine", "visualize", run.path, "--layers", layer, *same, "--optimize")
 
 
