@@ -242,6 +242,18 @@ def test_a_partial_runs_unit_card_says_it_is_partial(tmp_path, small_test_set):
     assert "over all images" not in repr(card) + page
 
 
+def test_a_notebook_card_of_an_output_unit_names_its_class(run):
+    """The report's card and `sketchmine unit` say "unit 2 · cat" for a logit, the notebook card
+    said "classifier.6 unit 2"."""
+    cls = run.class_names[2]
+    for layer in ("classifier.6", "softmax"):
+        card = run.unit(layer, 2)
+        assert card.output_class == cls and f"{layer}[2] ({cls}) of " in repr(card)
+        assert f"</b> unit 2 · {cls} · max activation" in card._repr_html_()
+    card = run.unit("classifier.4", 2)  # a hidden layer's units are no classes
+    assert card.output_class is None and "classifier.4[2] of " in repr(card)
+
+
 def test_summary_json_says_the_ties_as_the_lists_do(run):
     from sketchmine.present.json_out import summary_data
 

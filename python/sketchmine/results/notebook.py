@@ -18,6 +18,7 @@ from PIL import Image
 
 from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.results import importance_store
+from sketchmine.results.effects import class_units
 from sketchmine.results.importance_store import rank_text
 from sketchmine.results.numbers import column, percents, points, rate, shape_text
 from sketchmine.results.precision import precision_note
@@ -126,6 +127,13 @@ class UnitCard:
         return self.run.unit_classes(self.layer, self.unit)
 
     @property
+    def output_class(self) -> str | None:
+        """The class this unit scores, where the layer's units are the classes (the logits, the
+        softmax), as the report's card and `sketchmine unit` name it; else None."""
+        classes = class_units(self.run, self.layer)
+        return None if classes is None else classes[self.unit]
+
+    @property
     def max_activation(self) -> float:
         """The unit's largest activation over the images mined (NaN before any image)."""
         values, index, _ = self.run.topk(self.layer)
@@ -169,7 +177,8 @@ class UnitCard:
         best = self.top_classes()
         ranked = "" if best is None else f"; top classes by {ranked_by(self.run)}: {', '.join(map(str, best.index))}"
         partial = "" if self.run.complete else f"PARTIAL ({self.run.images_done} images so far), "
-        return (f"<sketchmine.UnitCard {self.layer}[{self.unit}] of {str(self.run.path)!r}: {partial}"
+        named = f" ({self.output_class})" if self.output_class is not None else ""
+        return (f"<sketchmine.UnitCard {self.layer}[{self.unit}]{named} of {str(self.run.path)!r}: {partial}"
                 f"{precision_text(self.run)}max activation {self.max_activation:.4g}{ranked}; classes of its "
                 f"top-{len(top)} images, best first: {classes}>")
 
@@ -189,7 +198,8 @@ class UnitCard:
         # the maximum and the values in one column's decimals, as the report's card ("1.204" over "1.100", not "1.1")
         shown = column([self.max_activation, *top["value"].tolist()])
         partial = "" if self.run.complete else f" · <b>PARTIAL</b> ({self.run.images_done} images so far)"
-        parts = [f"<div class='sketchmine-unit'><b>{esc(self.layer)}</b> unit {self.unit} · max activation "
+        named = f" · {esc(self.output_class)}" if self.output_class is not None else ""  # as the report's card
+        parts = [f"<div class='sketchmine-unit'><b>{esc(self.layer)}</b> unit {self.unit}{named} · max activation "
                  f"{shown[0]} · {esc(str(self.run.path))}{partial}"]
         if (imp := self.importance()) is not None:
             parts.append(f"<div>importance {esc(imp)}</div>")
