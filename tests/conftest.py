@@ -24,6 +24,20 @@ if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
+@pytest.fixture(autouse=True)
+def _sketchmine_logger_as_it_was():
+    """A test that runs the CLI in this process (`main([... "-q"])`) sets the `sketchmine`
+    logger's level for the process: later tests of the same worker that read its notes with
+    caplog then saw none, depending on which files the worker ran before."""
+    import logging
+
+    logger = logging.getLogger("sketchmine")
+    level, handlers = logger.level, list(logger.handlers)
+    yield
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
+
+
 @pytest.fixture(scope="session")
 def demo_model():
     from sketchmine.model.models import load_model
