@@ -30,15 +30,15 @@ TOP_CLASSES = 5
 """Classes a unit card lists from the class statistics (highest mean image maximum first)."""
 
 RANKED_BY = "mean image maximum over all images"
-
-
-def ranked_by(run: Run) -> str:
-    """How a unit card ranks its classes: over all images, or a partial run's images so far."""
-    return RANKED_BY if run.complete else f"mean image maximum over the {run.images_done} images mined so far"
 """How a unit card ranks its top classes (a layer's `Run.top_classes` ranks by top-k count)."""
 
 THUMB = 64
 """Height in pixels of a card's picture strips (larger patches are shrunk)."""
+
+
+def ranked_by(run: Run) -> str:
+    """RANKED_BY, or for a partial run the images mined so far it ranks over."""
+    return RANKED_BY if run.complete else f"mean image maximum over the {run.images_done} images mined so far"
 
 
 def state(run: Run) -> str:
@@ -177,7 +177,7 @@ class UnitCard:
         best = self.top_classes()
         ranked = "" if best is None else f"; top classes by {ranked_by(self.run)}: {', '.join(map(str, best.index))}"
         partial = "" if self.run.complete else f"PARTIAL ({self.run.images_done} images so far), "
-        named = f" ({self.output_class})" if self.output_class is not None else ""
+        named = "" if (cls := self.output_class) is None else f" ({cls})"
         return (f"<sketchmine.UnitCard {self.layer}[{self.unit}]{named} of {str(self.run.path)!r}: {partial}"
                 f"{precision_text(self.run)}max activation {self.max_activation:.4g}{ranked}; classes of its "
                 f"top-{len(top)} images, best first: {classes}>")
@@ -198,7 +198,7 @@ class UnitCard:
         # the maximum and the values in one column's decimals, as the report's card ("1.204" over "1.100", not "1.1")
         shown = column([self.max_activation, *top["value"].tolist()])
         partial = "" if self.run.complete else f" · <b>PARTIAL</b> ({self.run.images_done} images so far)"
-        named = f" · {esc(self.output_class)}" if self.output_class is not None else ""  # as the report's card
+        named = "" if (cls := self.output_class) is None else f" · {esc(cls)}"  # as the report's card
         parts = [f"<div class='sketchmine-unit'><b>{esc(self.layer)}</b> unit {self.unit}{named} · max activation "
                  f"{shown[0]} · {esc(str(self.run.path))}{partial}"]
         if (imp := self.importance()) is not None:
