@@ -168,13 +168,13 @@ class ImageFolderDataset(MinerDataset):
 
     def file_bytes(self, i: int) -> bytes:
         """Image i's file, read once; after `fingerprint`, checked against its stamp or hash (a file replaced mid-run)."""
-        regular_stat(self.root / self.samples[i][0])  # a FIFO would hold the open below
-        with open(self.root / self.samples[i][0], "rb") as f:
-            before, data, after = _stamp(os.fstat(f.fileno())), f.read(), _stamp(os.fstat(f.fileno()))
+        path = self.root / self.samples[i][0]
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # non-blocking: a FIFO refused, not waited on
+            before, data, after = _stamp(regular_stat(path, f.fileno())), f.read(), _stamp(os.fstat(f.fileno()))
         if self._hashed is None or before == after == self._hashed[1][i].tolist():
             return data  # not fingerprinted, or as hashed (the hash cache's own rule)
         if hashlib.blake2b(data, digest_size=16).digest() != self._hashed[0][i].ljust(16, b"\0"):  # touched, or changed?
-            raise SketchmineError(f"image {self.root / self.samples[i][0]} changed after the run began (its bytes "
+            raise SketchmineError(f"image {path} changed after the run began (its bytes "
                                   "differ from those the run's dataset fingerprint was made of): put it back as it was "
                                   "and re-run to resume, or mine the folder as it is now into a new --out")
         return data

@@ -202,10 +202,11 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im
 
 
-def regular_stat(path: str | os.PathLike) -> os.stat_result:
-    """`os.stat(path)`, refused where it is not a regular file (a FIFO, a device, a socket): reading
-    one waits for a writer or never ends, so the command would hang without a word."""
-    st = os.stat(path)
+def regular_stat(path: str | os.PathLike, fd: int | None = None) -> os.stat_result:
+    """`os.stat(path)` (of `fd`, open on it, where given), refused where it is not a regular file
+    (a FIFO, a device, a socket): reading one waits for a writer or never ends, so the command
+    would hang without a word."""
+    st = os.stat(path) if fd is None else os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else
                 "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
