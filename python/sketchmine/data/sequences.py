@@ -211,11 +211,11 @@ class SequenceDataset(MinerDataset):
         return {**self.base.describe(), "sequence": {"transform": TRANSFORM, "steps": self.steps, "ink": self.ink}}
 
     def fingerprint(self) -> str:
-        return drawings_fingerprint(self.base.fingerprint(), self.steps, self.ink)
+        return drawings_fingerprint(**self.drawn())
 
     def drawn(self) -> dict[str, Any]:
-        """The images' own fingerprint and how they are drawn: what a refused resume compares to
-        name steps or ink (mining/checks.py), not a hash of both."""
+        """The images' own fingerprint and how they are drawn (`drawings_fingerprint`'s arguments):
+        what a refused resume compares to name steps or ink (mining/checks.py), not a hash of both."""
         return {"base": self.base.fingerprint(), "steps": self.steps, "ink": self.ink}
 
     def __getitem__(self, i: int):

@@ -258,13 +258,15 @@ def mine(
     load = dataclasses.replace(load, preprocess=choose(preprocess, ds, recorded))
     _dataset_normalisation(ds, store, load, progress)
     weights_digest = hashed if weights_algorithm == WEIGHTS_HASH else weights_hash_aside(forward, weights_algorithm)
+    drawn = ds.drawn() if isinstance(ds, sequences.SequenceDataset) else None
     want = {
         "model": model_id,
         "weights_hash": None,  # weights_digest(): the run's records and the checks below wait for it
         LAYER_NAMES: names,
         "k": k,
-        "dataset_fingerprint": ds.fingerprint(),
-        DRAWINGS: ds.drawn() if isinstance(ds, sequences.SequenceDataset) else None,
+        # drawings: their images hashed once (a folder's every file), for both
+        "dataset_fingerprint": ds.fingerprint() if drawn is None else sequences.drawings_fingerprint(**drawn),
+        DRAWINGS: drawn,
         "preprocessing_key": _preprocessing_key(pre),
         "forward_options": speed.forward_options(),
     }
