@@ -25,6 +25,23 @@ if _WORKERS > 1:
 
 
 @pytest.fixture(autouse=True)
+def _random_state_of_its_own(request):
+    """Each test starts from a seed of its own (its name), not from whatever the tests run before
+    it on the same worker left in the generators: a randomly built model whose chosen unit was dead
+    failed CI on one worker order and passed on another. SKETCHMINE_TEST_SEED picks other seeds, to
+    find tests that hold for one draw only."""
+    import random
+    import zlib
+
+    import numpy as np
+
+    seed = zlib.crc32(request.node.nodeid.encode()) ^ int(os.environ.get("SKETCHMINE_TEST_SEED", "0"))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@pytest.fixture(autouse=True)
 def _sketchmine_logger_as_it_was():
     """A test that runs the CLI in this process (`main([... "-q"])`) sets the `sketchmine`
     logger's level for the process: later tests of the same worker that read its notes with
