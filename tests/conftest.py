@@ -50,9 +50,11 @@ def _sketchmine_logger_as_it_was():
 
     logger = logging.getLogger("sketchmine")
     level, handlers = logger.level, list(logger.handlers)
+    quiet = logging.getLogger("asyncio").disabled  # a failed command silences it for its exit
     yield
     logger.setLevel(level)
     logger.handlers[:] = handlers
+    logging.getLogger("asyncio").disabled = quiet
 
 
 @pytest.fixture(scope="session")

@@ -42,9 +42,11 @@ def test_googlenet_weights_with_transform_input_stated_run_as_trained(googlenet_
         path.with_suffix(".json").unlink()
     x = torch.rand(2, 3, 64, 64)
     net.transform_input = on
-    with torch.no_grad():
-        assert torch.equal(loaded.module(x), net(x))
-    net.transform_input = True
+    try:
+        with torch.no_grad():
+            assert torch.equal(loaded.module(x), net(x))
+    finally:  # the net is the module's fixture: the next test reads it as trained
+        net.transform_input = True
 
 
 def test_a_checkpoint_states_transform_input_in_its_dict(googlenet_finetuned, tmp_path):

@@ -28,11 +28,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def vendored() -> None:
     """onnxruntime-web in the assets: scripts/vendor_ort_web.sh (idempotent) when it is missing."""
+    import fcntl
+    import tempfile
+
     if all((ORT_DIR / n).is_file() for n in ORT_FILES):
         return
     if not os.path.exists("/usr/bin/npm"):
         pytest.skip("onnxruntime-web is not vendored and npm is missing: run scripts/vendor_ort_web.sh")
-    subprocess.run([str(ROOT / "scripts" / "vendor_ort_web.sh")], check=True)
+    # xdist workers running two probe files would copy into the same folder at once
+    with open(Path(tempfile.gettempdir()) / "sketchmine-vendor-ort.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all((ORT_DIR / n).is_file() for n in ORT_FILES):
+            subprocess.run([str(ROOT / "scripts" / "vendor_ort_web.sh")], check=True)
 
 
 @pytest.fixture(scope="module")
