@@ -70,15 +70,22 @@ def test_differing_sizes_give_a_clean_error_from_workers(tmp_path, folder):
 
 def test_a_subset_of_an_array_dataset_exports_as_mine_takes_it(tmp_path, demo_test_set):
     """`export_image_folder(Subset(animal_shape("test"), ...))` raised AttributeError ('Subset' has
-    no labels) though `mine` takes such a Subset as the images it selects."""
+    no labels) though `mine` takes such a Subset as the images it selects. Its files are named by
+    the images' numbers in the test split, as the Subset's run names them (they were numbered
+    from 0, so "01700.png" was another image than the run's ".../01700"); a repeat keeps both."""
     from torch.utils.data import Subset
 
-    pick = [3, 250, 999, 1700]
-    root = export_image_folder(Subset(demo_test_set, pick), tmp_path / "subset")
+    pick = [1700, 3, 250, 999, 3]
+    root = export_image_folder(Subset(Subset(demo_test_set, list(range(2000))), pick), tmp_path / "subset")
     files = sorted(root.glob("*/*.png"))
+    name = {p: demo_test_set.class_names[int(demo_test_set.labels()[p])] for p in pick}
     assert [(f.parent.name, f.name) for f in files] == sorted(
-        (demo_test_set.class_names[int(demo_test_set.labels()[p])], f"{i:05d}.png") for i, p in enumerate(pick))
+        [(name[p], f"{p:05d}.png") for p in pick[:4]] + [(name[3], "00003-2.png")])
     for f in files:
-        np.testing.assert_array_equal(np.asarray(Image.open(f)), demo_test_set.images[pick[int(f.stem)]])
+        np.testing.assert_array_equal(np.asarray(Image.open(f)), demo_test_set.images[int(f.stem.split("-")[0])])
+    from sketchmine.data.resolve import sketchmine_subset
+
+    run_paths = sketchmine_subset(Subset(demo_test_set, pick)).path
+    assert [run_paths(i).rsplit("/", 1)[1] for i in range(4)] == [f"{p:05d}" for p in pick[:4]]
     with pytest.raises(SketchmineError, match="in-memory dataset"):
         export_image_folder([(np.zeros((4, 4), np.uint8), 0)], tmp_path / "list")

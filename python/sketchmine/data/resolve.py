@@ -133,7 +133,9 @@ def compute_mean_std(dataset: MinerDataset, batch_size: int = 256, num_workers: 
 
 def export_image_folder(dataset: Any, root: str | os.PathLike) -> Path:
     """Write an in-memory dataset (an ArrayDataset such as `animal_shape(...)`, or a torch Subset
-    of one, as `mine` takes it) as PNGs in ImageFolder layout (for CLI use and tests)."""
+    of one, as `mine` takes it) as PNGs in ImageFolder layout (for CLI use and tests). A file is
+    named by the image's number in the dataset it came from, as the run of that Subset names it
+    ("arrays/test/01700" is "<class>/01700.png"); an image the Subset takes again gets "-2", …"""
     dataset = sketchmine_subset(dataset) if not isinstance(dataset, ArrayDataset) else dataset
     if not isinstance(dataset, ArrayDataset):
         raise SketchmineError(f"export_image_folder writes an in-memory dataset (animal_shape(...), an ArrayDataset "
@@ -147,9 +149,13 @@ def export_image_folder(dataset: Any, root: str | os.PathLike) -> Path:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):  # nothing of the user's replaced or mixed in
         raise SketchmineError(f"{root} exists and is {'not a folder' if not root.is_dir() else 'not empty'}; "
                               "export into a new or empty folder")
+    numbers = np.arange(len(dataset)) if dataset.index is None else np.asarray(dataset.index)
+    seen: dict[int, int] = {}
     for i in range(len(dataset)):
-        label = int(labels[i])
+        label, number = int(labels[i]), int(numbers[i])
         folder = root / dataset.class_names[label]
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(dataset.images[i])).save(folder / f"{i:05d}.png")
+        seen[number] = again = seen.get(number, 0) + 1  # a repeat would overwrite the image's first file
+        name = f"{number:05d}" + (f"-{again}" if again > 1 else "")
+        Image.fromarray(np.asarray(dataset.images[i])).save(folder / f"{name}.png")
     return root
