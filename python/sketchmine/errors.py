@@ -26,6 +26,22 @@ class SketchmineFailure(SketchmineError):
     exit_code = 1
 
 
+class RunUnreadable(RunDamaged, SketchmineFailure):
+    """A run's file or folder that this user may not read (its permissions): not damage, so the
+    message says what to make readable instead of "restore from a copy", but, like damage, never
+    read as a result that is merely absent. CLI exit code 1 (the machine's settings, not the input)."""
+
+
+def permission_denied(exc: BaseException) -> OSError | None:
+    """The PermissionError behind `exc` (itself, or what it was raised from), else None."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, PermissionError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1  # type: ignore[assignment]
+    return None
+
+
 class SaidOnRankZero(SketchmineError):
     """An error every rank of a process group stops with: one they all found, or rank 0's, which
     the others raise as "rank 0 stopped: ..." with its exit code. The command line says it on rank

@@ -15,25 +15,17 @@ import torch
 
 from sketchmine.data.dataset import MinerDataset, error_note
 from sketchmine.data.imagefile import READ_ERRORS, read_image, regular_stat
+from sketchmine.data.listing import (IMAGE_EXTENSIONS, OTHER_IMAGE_EXTENSIONS, check_listable, is_run_dir,
+                                      list_images, unlistable)
 from sketchmine.data.preprocess import Preprocessing, chw
 from sketchmine.errors import SketchmineError
 from sketchmine.names import printable
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-"""The files an ImageFolder reads: torchvision's `datasets.folder.IMG_EXTENSIONS` (no .gif), so
-that image indices match torchvision's ImageFolder on the same folder."""
 
 
 SKETCHMINE_OUTPUTS = {".sketchmine-report": "a sketchmine report", ".sketchmine-probe": "a sketchmine probe page"}
 """Marker file → what a folder holding it is: folders sketchmine wrote (`present.report_folder.MARKER`
 and `present.report_probe.MARKER`, named here because data may not import the presentation). A
 run's default report (RUN-report) lands beside a run stored in the data root; its PNGs are no class."""
-
-
-OTHER_IMAGE_EXTENSIONS = (".gif", ".apng", ".jfif", ".jpe", ".avif", ".heic", ".heif", ".ico", ".tga", ".pbm", ".pnm",
-                          ".qoi", ".jp2", ".j2k", ".dib", ".psd", ".svg")
-"""Image files an ImageFolder does not read: a folder holding only these is refused, not skipped."""
 
 
 class ImageFolderDataset(MinerDataset):
@@ -58,7 +50,8 @@ class ImageFolderDataset(MinerDataset):
     images in the root itself) is named in `left_out` and `skipped_note`. A folder with no
     listed image but files PIL reads under other extensions (e.g. only .gif) is refused: it looks
     like a class that would silently vanish. A class or file name that is not valid UTF-8 is refused
-    at once, naming it: the run stores names as text.
+    at once, naming it: the run stores names as text. A folder this user may not list is refused,
+    naming it (`listing.check_listable`); the images it may not read are `unreadable` after `fingerprint`.
 
     `preprocessing_explicit`: False when built by `mine` itself, so that another resolution
     may replace the preprocessing (see `as_miner_dataset`)."""
@@ -70,7 +63,10 @@ class ImageFolderDataset(MinerDataset):
                                   "loop, or a missing target)" if self.root.is_symlink() else "does not exist"))
         if not self.root.is_dir():
             raise SketchmineError(f"dataset {self.root} is not a directory of class folders")
-        entries = list(os.scandir(self.root))
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError as exc:  # its permissions: said as a refusal naming it, not a bare OSError
+            raise unlistable(self.root, self.root, exc) from None
         folders = sorted(e.name for e in entries if e.is_dir())
         loose = sorted(e.name for e in entries if not e.is_dir() and not e.name.startswith("._")
                        and e.name.lower().endswith(IMAGE_EXTENSIONS + OTHER_IMAGE_EXTENSIONS))
@@ -83,7 +79,9 @@ class ImageFolderDataset(MinerDataset):
         not_followed: list[str] = []
         unread: list[str] = []
         for name in folders:
-            if _is_run_dir(self.root / name):
+            if name != "__MACOSX":  # one this user may not list is refused, not taken for a folder without images
+                check_listable(self.root / name, self.root)
+            if is_run_dir(self.root / name):
                 self.skipped[name] = "a sketchmine run"
                 continue
             output = next((what for marker, what in SKETCHMINE_OUTPUTS.items() if (self.root / name / marker).is_file()),
@@ -94,7 +92,7 @@ class ImageFolderDataset(MinerDataset):
             if name == "__MACOSX":  # what a zip made on macOS adds: AppleDouble metadata, never a class
                 self.skipped[name] = "macOS archive metadata"
                 continue
-            files, others = _list_images(self.root, name, not_followed)
+            files, others = list_images(self.root, name, not_followed)
             if files:
                 listed[name] = files
                 unread += others
@@ -119,6 +117,7 @@ class ImageFolderDataset(MinerDataset):
         self.preprocessing_explicit = explicit
         self.left_out = _left_out(self.root, not_followed, unread, loose)
         self._hashed: tuple[np.ndarray, np.ndarray] | None = None  # `fingerprint`'s (digests, stamps)
+        self.unreadable: list[str] = []  # relative paths `fingerprint` could not open
 
     def skipped_note(self) -> str | None:
         """One line naming what the listing leaves out: the folders that are not classes, the
@@ -138,7 +137,7 @@ class ImageFolderDataset(MinerDataset):
         ds = cls.__new__(cls)
         ds.root, ds.samples, ds.class_names = Path(root), list(samples), list(class_names)
         ds.preprocessing, ds.preprocessing_explicit, ds.skipped, ds.left_out = preprocessing, True, {}, []
-        ds._hashed = None
+        ds._hashed, ds.unreadable = None, []
         return ds
 
     def __len__(self) -> int:
@@ -161,6 +160,8 @@ class ImageFolderDataset(MinerDataset):
         digests = content_hashes(self.root, [r for r, _ in self.samples], stamps)
         for (rel, label), digest in zip(self.samples, digests):
             h.update(f"{rel}\0{label}\0{digest}\n".encode("utf-8", "surrogateescape"))
+        # what `mine` refuses before it makes the run (unless it skips bad images), and later passes name
+        self.unreadable = [rel for (rel, _), digest in zip(self.samples, digests) if digest == "unreadable"]
         # 48 bytes an image (60 MB for ImageNet) to check each file as it is read: `file_bytes`
         self._hashed = (np.array([bytes.fromhex(d) if len(d) == 32 else bytes(16) for d in digests], dtype="S16"),
                         np.array(stamps, dtype=np.int64).reshape(len(stamps), 4))
@@ -340,61 +341,18 @@ def _check_distinct(root: Path, names: list[str]) -> None:
         seen[key] = name
 
 
-def _is_run_dir(path: Path) -> bool:
-    """A sketchmine run (a Zarr group whose zarr.json records a schema_version), read-only."""
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
+def unreadable_error(ds: object, fix: str) -> SketchmineError | None:
+    """The refusal of the images of an ImageFolder dataset `ds` (or of the one its drawings are made
+    of) that its `fingerprint` could not open, None where there are none; `fix`: what else to do."""
+    base = getattr(ds, "base", ds)
+    bad = base.unreadable if isinstance(base, ImageFolderDataset) else []
+    if not bad:
+        return None
     try:
-        return "schema_version" in (json.loads(meta.read_text(encoding="utf-8")).get("attributes") or {})
-    except (OSError, ValueError, AttributeError):
-        return True  # an unreadable Zarr group: not images either way
-
-
-def _list_images(root: Path, name: str, not_followed: list[str]) -> tuple[list[str], list[str]]:
-    """(images, other image-like files) of class folder `name`, paths relative to root, in
-    torchvision's `make_dataset` order."""
-    images, others = [], []
-    for dirpath, filenames in _walk(root / name, root, not_followed):
-        for f in sorted(filenames):
-            rel = os.path.relpath(os.path.join(dirpath, f), root)
-            low = f.lower()
-            if f.startswith("._"):
-                continue  # macOS AppleDouble metadata ("._x.png" beside x.png): not an image
-            if low.endswith(IMAGE_EXTENSIONS):
-                images.append(rel)
-            elif os.path.splitext(low)[1] in OTHER_IMAGE_EXTENSIONS:
-                others.append(rel)
-    return images, others
-
-
-def _walk(top: Path, root: Path, not_followed: list[str]) -> list[tuple[str, list[str]]]:
-    """(dirpath, filenames) of `os.walk(top, followlinks=True)` sorted by dirpath, entering no
-    folder twice: a symlinked folder whose real path lies in a tree the walk enters anyway (the
-    class folder's, or one an earlier link led to) or holds the folder it sits in (a loop,
-    `bear/again -> .`), and a folder first reached through a link, are not entered and are
-    named in `not_followed` ("link → target"). os.walk itself follows a loop until the path
-    is too long (each image listed ~40 times), and two loops double the listing at every level."""
-    trees = [os.path.realpath(top)]
-    real_root = os.path.realpath(root)
-    out = []
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        here, keep = os.path.realpath(dirpath), []
-        for d in sorted(dirnames):
-            path = os.path.join(dirpath, d)
-            real, link = os.path.realpath(path), os.path.islink(path)
-            if (any(_inside(real, t) for t in trees) or _inside(here, real)) if link else real in trees:
-                shown = os.path.relpath(real, real_root) if _inside(real, real_root) else real
-                not_followed.append(f"{os.path.relpath(path, root)} → {shown}")
-                continue
-            if link:
-                trees.append(real)
-            keep.append(d)
-        dirnames[:] = keep
-        out.append((dirpath, filenames))
-    return sorted(out)
-
-
-def _inside(path: str, tree: str) -> bool:
-    """`path` is `tree` or lies under it (both real paths)."""
-    return path == tree or path.startswith(tree.rstrip(os.sep) + os.sep)
+        with open(base.root / bad[0], "rb"):
+            why = "it could not be opened when the dataset was read"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return SketchmineError(f"cannot read image {printable(bad[0])}{more} of dataset {printable(str(base.root))} "
+                           f"({why}): make it readable by this user (as its owner: chmod u+r, or g+r for a group), {fix}")

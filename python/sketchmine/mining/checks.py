@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from sketchmine.data.folder import unreadable_error
 from sketchmine.data.sequences import TRANSFORM, drawings_fingerprint
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import MODEL_SWITCHES, recorded_weights, switches_differ_from
@@ -22,6 +23,15 @@ from sketchmine.store.schema import FORWARD_OPTIONS, LAYER_NAMES, PLAIN_FORWARD_
 SKETCH_IMAGES = 2**31 - 1
 """The most images a run with distributions can mine: the quantile sketch counts a unit's images
 per bucket in int32 (stats/sketch.py, the compiled kernel and the store's sketch_counts)."""
+
+
+def check_readable(ds: Any, skip_bad_images: bool) -> None:
+    """Refuse, before the run is made, the images of a folder this user may not open (`fingerprint`
+    found them): mined, the first batch failed after the run was made, recording the files as
+    unreadable in its fingerprint, so that the re-run after fixing them was refused as another dataset."""
+    if not skip_bad_images and (refused := unreadable_error(ds, "or pass --skip-bad-images (skip_bad_images=True) "
+                                                                "to mine without it; nothing was written")):
+        raise refused
 
 
 def check_sketch_size(images: int, distributions: bool) -> None:

@@ -33,8 +33,8 @@ from sketchmine.data.batchprep import choose
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
-from sketchmine.mining.checks import (DRAWINGS, check_classes, check_resumable, check_sketch_size, note_dead_units,
-                                     note_followers)
+from sketchmine.mining.checks import (DRAWINGS, check_classes, check_readable, check_resumable, check_sketch_size,
+                                     note_dead_units, note_followers)
 from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts, check_flags
 from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
@@ -270,6 +270,7 @@ def mine(
         "preprocessing_key": _preprocessing_key(pre),
         "forward_options": speed.forward_options(),
     }
+    check_readable(ds, skip_bad_images)  # a file this user may not open: refused before the run is made
     # recorded either way (runs from before the statistics existed lack it: False); a resume must agree
     want["distributions"] = bool(distributions)
     if switches := model_switches(loaded.module):  # recorded only for models that have them

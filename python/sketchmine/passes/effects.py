@@ -38,6 +38,7 @@ from sketchmine.stats.correlation import (BLOCK_UNITS, Correlated, check_maxima_
                                           top_correlated)
 from sketchmine.store import schema
 from sketchmine.store.layer_results import write_layer_results
+from sketchmine.store.access import check_run_writable
 from sketchmine.store.lock import RunLock
 
 __all__ = ["Correlated", "Effects", "EffectsPass", "ablation_effects", "check_ablatable", "check_run_ablatable", "torch_net",
@@ -95,6 +96,7 @@ def ablation_net(run: Run, names: list[str], model: Any, weights: str | os.PathL
         check_ablatable(name, run=run)
     check_run_ablatable(run)
     RunLock(run.path).check_shareable()
+    check_run_writable(run.path, "importance and effects store their results in it")  # refused before the ablation
     from sketchmine.passes import reload
 
     net = torch_net(run, reload.run_model(run, model, weights).module)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, SketchmineFailure
 
 MARKER = ".sketchmine-report"
 """The file that makes a folder a report folder sketchmine may replace (JSON: the files it wrote)."""
@@ -70,8 +70,22 @@ def check_report_dir(out: str | os.PathLike, run_path: str | os.PathLike | None 
     if target == Path(target.anchor):
         raise SketchmineError(f"report folder {shown} is a filesystem root; choose a new or empty folder")
     if target.is_dir():
-        owned(target, shown)
+        writable(target, owned(target, shown), shown)
     return target
+
+
+def writable(folder: Path, info: dict[str, Any], shown: str | os.PathLike) -> None:
+    """Refuse, before anything is built, a report folder whose previous report this user may not
+    remove: the folder or one of the report's folders in it is not writable (made read-only, or
+    another user's). Swapped in, the new report took the folder's mode and the previous one was
+    left half removed beside it, under an error saying it was unchanged."""
+    for rel in [".", *sorted(listed_folders(info))]:
+        p = folder / rel
+        if p.is_dir() and not p.is_symlink() and not os.access(p, os.W_OK | os.X_OK):
+            where = "it" if rel == "." else f"its folder {rel}"
+            raise SketchmineError(f"report folder {shown}: {where} is not writable by this user, so the report there "
+                                  f"cannot be replaced; make it writable (as its owner: chmod -R u+w {shown}) or "
+                                  "choose another folder (nothing was written)")
 
 
 def owned(folder: Path, shown: str | os.PathLike, late: str = "") -> dict[str, Any]:
@@ -286,6 +300,9 @@ def _written(shown: str | os.PathLike, old: Path) -> Iterator[None]:
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"interrupted after the report was written to {shown}; the previous one, being removed, "
                                 f"is left in {old.name} beside it, which the next `sketchmine report` there removes") from None
+    except OSError as exc:  # not "unchanged": the new report is in place
+        raise SketchmineFailure(f"the report was written to {shown}, but the previous one could not be removed "
+                                f"({exc.strerror or exc}: {exc.filename or old}); what is left of it is in {old}") from None
 
 
 def discard(old: Path, shown: str | os.PathLike, undo: Callable[[], object]) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sketchmine.errors import RunDamaged, SketchmineError
+from sketchmine.store.access import run_unreadable
 
 
 class CommittedReads:
@@ -95,6 +96,8 @@ class CommittedReads:
             if self.progress_on_disk() == before:
                 if isinstance(error, SketchmineError):
                     raise error
+                if denied := run_unreadable(self.path, error):  # its permissions, not damage
+                    raise denied from None
                 raise RunDamaged(f"run {self.path} is damaged: {type(error).__name__}: {str(error)[:120]}; "
                                  "mine it again with a new --out") from error
             attempt += 1
@@ -188,6 +191,8 @@ class CommittedReads:
         try:
             return dict(json.loads((self.path / "zarr.json").read_bytes())["attributes"]["progress"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            if denied := run_unreadable(self.path, exc):  # this user may not read it: not damage
+                raise denied from None
             raise RunDamaged(f"run {self.path} is damaged: its root attributes cannot be read "
                              f"({type(exc).__name__}: {exc})") from None
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import zarr
 
-from sketchmine.errors import RunDamaged, SketchmineError
+from sketchmine.errors import RunDamaged, RunUnreadable, SketchmineError
 from sketchmine.store import attr_sums, schema, verify
+from sketchmine.store.access import run_unreadable
 from sketchmine.store.groups import check_attrs, read_unit
 from sketchmine.store.runstore import RunStore
 
@@ -105,6 +106,8 @@ def _attrs(store: RunStore, node: str) -> dict[str, Any] | None:
     """The attributes of the group at `node`, None where it is missing or does not parse."""
     try:
         return dict(verify.node(store.group, node, store.path).attrs)
+    except RunUnreadable:
+        raise
     except (KeyError, RunDamaged):
         return None
 
@@ -141,7 +144,12 @@ def _nodes(store: RunStore, out: Verified) -> tuple[dict[str, zarr.Array], dict[
     arrays: dict[str, zarr.Array] = {}
     groups: dict[str, zarr.Group] = {}
     found = []
-    for folder, names, files in os.walk(store.path):
+
+    def unlisted(exc: OSError) -> None:  # a folder this user may not list: its arrays are not "missing"
+        if denied := run_unreadable(store.path, exc):
+            raise denied
+
+    for folder, names, files in os.walk(store.path, onerror=unlisted):
         if Path(folder) == store.path and schema.CHECKPOINT in names:
             names.remove(schema.CHECKPOINT)
         if "zarr.json" in files:
@@ -163,7 +171,10 @@ def _nodes(store: RunStore, out: Verified) -> tuple[dict[str, zarr.Array], dict[
 
 
 def _why(exc: SketchmineError, name: str) -> str:
-    """The part of a RunDamaged message that says what is wrong with `name`."""
+    """The part of a RunDamaged message that says what is wrong with `name`; a file this user may
+    not read (RunUnreadable) stops the check instead: everything after it would be listed too."""
+    if isinstance(exc, RunUnreadable):
+        raise exc
     text = str(exc)
     for marker in (f"array {name!r} ", f"the metadata of {name!r} "):
         if marker in text:

@@ -226,8 +226,9 @@ def io_errors(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""  # which folder or file refused, where known
             raise SketchmineFailure(
-                f"cannot write to {self.path}: {exc.strerror or exc}; nothing committed is lost — "
+                f"cannot write to {self.path}: {exc.strerror or exc}{where}; nothing committed is lost — "
                 "make room (or make it writable) and re-run the same command to resume") from None
 
     return wrapper

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sketchmine.errors import SketchmineError, SketchmineFailure
+from sketchmine.store.access import open_lock
 from sketchmine.store.schema import VERSION_ATTR
 
 CREATING = "creating"
@@ -102,10 +103,10 @@ class RunLock:
                                   "choose another --out")
         try:
             self.run.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = open_lock(self.path)  # another user's lock file: read-only is enough for flock
         except OSError as exc:
-            raise SketchmineFailure(f"cannot lock {self.run} for writing ({self.path}: {exc.strerror or exc}); "
-                                  "make its folder writable") from None
+            fix = "make it readable" if os.path.lexists(self.path) else f"make {self.path.parent} writable"
+            raise SketchmineFailure(f"cannot lock {self.run} for writing ({self.path}: {exc.strerror or exc}); {fix}") from None
         try:
             fcntl.flock(self._fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -37,6 +37,7 @@ from sketchmine.store.columns import Columns
 from sketchmine.store.commits import CommittedReads, commit_key, folder_identity
 from sketchmine.store.groups import read_unit, write_unit
 from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, put_rows, put_slices
+from sketchmine.store.access import check_run_writable, run_unreadable
 from sketchmine.store.lock import RunLock, check_writable, is_run, runs_in, stage
 
 __all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_new_out", "check_root_attrs", "is_run", "put_rows"]
@@ -63,6 +64,8 @@ def damaged_root(path: Path) -> str | None:
     except ValueError as exc:
         return f"{root} does not parse as JSON ({'empty' if not root.stat().st_size else exc})"
     except OSError as exc:
+        if denied := run_unreadable(path, exc):  # this user may not read it: not damage
+            raise denied from None
         return f"{root} cannot be read ({exc.strerror or exc})"
 
 
@@ -126,6 +129,8 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
                 f"this sketchmine (schema version {SCHEMA_VERSION}) reads its complete runs but cannot resume or read "
                 f"its checkpoints: finish it with sketchmine {schema.RELEASED_VERSIONS[version]} (re-run the same "
                 "`sketchmine mine` command), or mine it again with a new --out")
+        if mode != "r" and not group.attrs[schema.PROGRESS].get("complete"):  # refused before, not at, the first flush
+            check_run_writable(p, "mining resumes it in place")
         store = cls(p, group)
         store._folder = folder
         return store

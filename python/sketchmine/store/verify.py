@@ -13,6 +13,7 @@ import numpy as np
 
 from sketchmine.errors import RunDamaged, SketchmineError
 from sketchmine.store import checksums, schema
+from sketchmine.store.access import run_unreadable
 from sketchmine.store.checksums import block_sums, digest, dtype_name, matches
 
 SUMS = "checksums"
@@ -31,8 +32,9 @@ def damaged(root: Path, name: str, what: str) -> RunDamaged:
 
 
 def unreadable(root: Path, name: str, exc: Exception) -> RunDamaged:
-    """The error for array `name` whose chunks do not decode (`exc`: what the codec said)."""
-    return damaged(root, name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})")
+    """The error for array `name` whose chunks do not decode (`exc`: what the codec said), or
+    whose file this user may not read (`access.run_unreadable`: not damage)."""
+    return run_unreadable(root, exc) or damaged(root, name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})")
 
 
 def node(group: Any, name: str, root: Path, label: str | None = None) -> Any:
@@ -48,6 +50,8 @@ def node(group: Any, name: str, root: Path, label: str | None = None) -> Any:
         exc: Exception = KeyError("not a Zarr node: a required field is missing")
     except Exception as error:
         exc = error
+    if denied := run_unreadable(root, exc):  # its permissions, not damage
+        raise denied from None
     raise RunDamaged(f"run {root} is damaged: the metadata of {label!r} ({label}/zarr.json) cannot be read "
                      f"({type(exc).__name__}: {str(exc)[:80]}); restore the run's files from a copy, or "
                      "mine it again with a new --out") from None
