@@ -210,6 +210,26 @@ def test_full_disk_is_a_clear_error_and_the_run_resumes(tmp_path, small_disk, de
     assert_same_store(mnt / "run.zarr", tmp_path / "ref.zarr")
 
 
+def test_a_full_disk_under_the_fingerprint_cache_leaves_nothing_there(tmp_path, small_disk, demo_test_set,
+                                                                       monkeypatch):
+    """The folder fingerprint's cache is a convenience: on a full disk it is not written, the hashes
+    are still right, and no half-written copy is left in the user's cache folder."""
+    from sketchmine.data import folder as folder_module
+    from tests.helpers import image_folder
+
+    mnt, _ = small_disk
+    root = image_folder(demo_test_set, tmp_path / "images", per_class=3)
+    rels = sorted(str(p.relative_to(root)) for p in root.glob("*/*.png"))
+    want = folder_module.content_hashes(root, rels)
+    with open(mnt / "filler", "wb", buffering=0) as f, pytest.raises(OSError, match="No space left"):
+        while True:  # the disk full to its last byte: the cache file's first block finds no room
+            f.write(b"\1" * 4096)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(mnt))
+    monkeypatch.setattr(folder_module, "_HASH_CACHE", {})
+    assert folder_module.content_hashes(root, rels) == want
+    assert [p.name for p in mnt.rglob("*") if p.is_file()] == ["filler"]
+
+
 def test_full_disk_during_visualize(tmp_path, small_disk, demo_model, small_test_set):
     from sketchmine.passes.visualize import visualize
     from tests.helpers import assert_same_store

@@ -274,8 +274,11 @@ def content_hashes(root: str | os.PathLike, rels: list[str], stamps: list[list[i
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, separators=(",", ":")), encoding="utf-8")
-            os.replace(tmp, cache_file)
+            try:
+                tmp.write_text(json.dumps(cache, separators=(",", ":")), encoding="utf-8")
+                os.replace(tmp, cache_file)
+            finally:  # a full disk leaves no half-written copy behind in the user's cache
+                tmp.unlink(missing_ok=True)
         except OSError:
             pass
     return out
