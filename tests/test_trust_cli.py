@@ -263,7 +263,7 @@ def test_existing_files_as_out_and_bad_importance_arguments(run_copy, images, tm
         for plot, pattern in ((str(mine_png), r"thesis.png exists and is not a plot sketchmine wrote; name a new file"),
                               (str(tmp_path / "link.png"), r"link.png exists and is a link"),
                               (str(tmp_path / "old.jpg"), r"a \.jpg file cannot record who wrote it"),
-                              ("/nonexistent/x.png", r"folder /nonexistent does not exist"),
+                              (str(tmp_path / "gone" / "x.png"), r"folder \S*gone does not exist"),
                               (str(tmp_path), r"is a folder"),
                               (str(afile / "x.png"), r"the folder \S*afile is a file, not a folder"),
                               (str(tmp_path / "x.txt"), r"unknown format 'txt'"),
