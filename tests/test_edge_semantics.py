@@ -223,3 +223,50 @@ def test_report_cards_show_importance_ranks_from_one(demo_model, demo_test_set, 
     assert len(shown) == len(table)
     for place, unit in enumerate(table["unit"].astype(int), start=1):
         assert shown[unit] == place
+
+
+def test_a_resume_refused_for_its_dataset_says_which_images_differ(demo_model, demo_test_set, tmp_path):
+    """"other settings: dataset (run: 3f2a…, now: 9c1e…)" said two fingerprints and nothing a user
+    could act on; the run records every image's path and label, so the refusal names the images
+    gone, new or under another class, or says that only a file's content changed."""
+    import shutil
+
+    from PIL import Image
+
+    from tests.helpers import image_folder
+
+    root = image_folder(demo_test_set, tmp_path / "images", per_class=3)
+    out = tmp_path / "run.zarr"
+    _stopped(demo_model.module, root, out, n=10)
+    files = sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.png"))
+
+    def refused() -> str:
+        with pytest.raises(SketchmineError, match=r"other settings: dataset \(run: [0-9a-f]{16}…, now: [0-9a-f]{16}…: ") as e:
+            sketchmine.mine(demo_model.module, root, out=out, layers=["features.0"], batch_size=10)
+        return str(e.value)
+
+    (root / files[4]).rename(root / files[4].replace(".png", "b.png"))
+    assert f"images: 1 gone ({files[4]}), 1 new ({files[4].replace('.png', 'b.png')})" in refused()
+    (root / files[4].replace(".png", "b.png")).rename(root / files[4])
+    pixels = np.asarray(Image.open(root / files[7])).copy()
+    pixels[0, 0] ^= 1
+    Image.fromarray(pixels).save(root / files[7])
+    assert "the same 30 images under the same classes, but the content of at least one changed" in refused()
+    first = files[0].split("/")[0]
+    shutil.move(root / first, root / "zz")
+    said = refused()
+    assert f"classes: 1 gone ({first}), 1 new (zz)" in said and f"images: 3 gone ({files[0]}, " in said
+
+    lab = demo_test_set.labels()[::50]
+    arrays = ArrayDataset(demo_test_set.images[::50], lab, demo_test_set.class_names, demo_test_set.preprocessing,
+                          demo_test_set.describe())
+    _stopped(demo_model.module, arrays, tmp_path / "a.zarr", n=10)
+    relabelled = ArrayDataset(arrays.images, np.where(lab == 0, 1, np.where(lab == 1, 0, lab)), arrays.class_names,
+                              arrays.preprocessing, arrays.describe())
+    moved = int(np.isin(lab, [0, 1]).sum())
+    with pytest.raises(SketchmineError, match=rf"dataset \(run: .*: {moved} image\(s\) under another class \(animal_shape/test/"):
+        sketchmine.mine(demo_model.module, relabelled, out=tmp_path / "a.zarr", layers=["features.0"], batch_size=10)
+    done = sketchmine.mine(demo_model.module, arrays, out=tmp_path / "done.zarr", layers=["features.0"], batch_size=10)
+    with pytest.raises(SketchmineError, match=rf"is not the one run .*done.zarr was mined on \(40 images, fingerprint "
+                                              rf"[0-9a-f]{{12}}…\): {moved} image\(s\) under another class"):
+        sketchmine.visualize(done.path, ["features.0"], model=demo_model.module, data=relabelled)

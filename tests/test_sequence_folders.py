@@ -187,7 +187,8 @@ def test_cli_steps_on_a_dark_folder(folders, tmp_path):
                        r"of the progressive drawings; " + said):  # the model's own steps and the default ink
         sketchmine.mine("demo-gru", dark, layers=["gru"], out=out)
     other = export_image_folder(per_class_subset(animal_shape("test"), 2, "0:20"), tmp_path / "other")
-    with pytest.raises(SketchmineError, match=r"other settings: dataset \(run: [0-9a-f]{16}…, now: [0-9a-f]{16}…\)\."):
+    with pytest.raises(SketchmineError, match=r"other settings: dataset \(run: [0-9a-f]{16}…, now: [0-9a-f]{16}…: "
+                                                 r"images: \d+ gone \(bear/\S+\.png, .*\), \d+ new \(.*\)\)\."):
         sketchmine.mine("demo-gru", other, steps=6, ink="dark", layers=["gru"], out=out)  # other images: the hashes
     single = sketchmine.mine("demo", other, layers=["features.0"], out=tmp_path / "single.zarr").path
     with pytest.raises(SketchmineError, match=r"other settings: progressive drawings \(run: single images, now: 2 "

@@ -11,6 +11,7 @@ from torch import nn
 
 from sketchmine.data.folder import unreadable_error
 from sketchmine.data.sequences import TRANSFORM, drawings_fingerprint
+from sketchmine.mining.dataset_diff import images_otherwise
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import MODEL_SWITCHES, recorded_weights, switches_differ_from
 from sketchmine.model.followers import followers
@@ -165,11 +166,11 @@ def _preprocessing_parts(a: Any, b: Any) -> str | None:
                      for n, x, y in pairs) or None
 
 
-def check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> None:
+def check_resumable(current: RunStore, want: dict[str, Any], logits: bool, ds: Any = None) -> None:
     """Refuse to resume a run mined otherwise, naming each difference: RESUME_CHECKS (model id,
     weights, layers, k, dataset, preprocessing; each only when `want` names it), every forward
     option, the model switches (when the run recorded them), the logits setting, distributions and
-    the preprocess route."""
+    the preprocess route. `ds`, the dataset given: a different one is said by file where it can be."""
     attrs, diffs = current.attrs, []
     checks = [(key, label) for key, label in RESUME_CHECKS.items() if key in want]
     # runs that predate the record of forward options were mined with the plain forward
@@ -183,7 +184,8 @@ def check_resumable(current: RunStore, want: dict[str, Any], logits: bool) -> No
         if a != b:
             said = (_drawn_otherwise(attrs, want) if key == "dataset_fingerprint" else
                     _preprocessing_parts(a, b) if key == "preprocessing_key" else None)
-            diffs.append(said or f"{label} (run: {_short(a)}, now: {_short(b)})")
+            which = images_otherwise(current, ds) if key == "dataset_fingerprint" and not said else None
+            diffs.append(said or f"{label} (run: {_short(a)}, now: {_short(b)}{': ' + which if which else ''})")
     if MODEL_SWITCHES in attrs:  # runs before the record, and of models without switches: not compared
         diffs += [f"model switch {d}" for d in switches_differ_from(attrs[MODEL_SWITCHES], want.get(MODEL_SWITCHES, {}))]
     if attrs.get("logits", True) != logits:

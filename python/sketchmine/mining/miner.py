@@ -284,7 +284,7 @@ def mine(
     # before the model is touched (and again under the lock); a refusal on rank 0 reaches every rank
     # (the default layers are known after the probe: a module never called is left out then)
     early = want if layers is not None else {key: v for key, v in want.items() if key != LAYER_NAMES}
-    team.on_writer(lambda: check_resumable(store, early, logits) if store is not None else None)
+    team.on_writer(lambda: check_resumable(store, early, logits, ds) if store is not None else None)
     forward.to(device)
     if compile:
         forward.compile = True
@@ -317,7 +317,7 @@ def mine(
             want["weights_hash"] = weights_digest()
             if is_run(out):  # read afresh under the lock: another writer may have created it or moved it on
                 current = RunStore.open(out, mode="r+")
-                check_resumable(current, want, logits)
+                check_resumable(current, want, logits, ds)
                 recorded = current.attrs.get("preprocessing") or {}
                 if store is None and pre is not None and pre.preset == "dataset" and recorded.get("mean"):
                     pre.mean, pre.std = tuple(recorded["mean"]), tuple(recorded["std"])  # created meanwhile

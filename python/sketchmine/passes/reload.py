@@ -18,6 +18,7 @@ from torch import nn
 from sketchmine.data import ImageFolderDataset, MinerDataset, Preprocessing, animal_shape, as_miner_dataset
 from sketchmine.data.folder import unreadable_error
 from sketchmine.errors import SketchmineError
+from sketchmine.mining.dataset_diff import images_otherwise
 from sketchmine.model.backend import switches_differ
 from sketchmine.model.models import LoadedModel, load_model, recorded_weights, weights_match
 from sketchmine.results.run import Run
@@ -125,5 +126,7 @@ def _check_fingerprint(run: Run, ds: MinerDataset) -> None:
     if len(ds) != run.labels.shape[0] or ds.fingerprint() != run.attrs.get("dataset_fingerprint"):
         if refused := unreadable_error(ds, f"then run the command again (run {run.path} was mined with it readable)"):
             raise refused  # named: clearer than a fingerprint that differs
+        which = images_otherwise(run.store, ds)
         raise SketchmineError(f"the dataset given ({len(ds)} images) is not the one run {run.path} was mined on "
-                              f"({run.labels.shape[0]} images, fingerprint {str(run.attrs.get('dataset_fingerprint'))[:12]}…)")
+                              f"({run.labels.shape[0]} images, fingerprint {str(run.attrs.get('dataset_fingerprint'))[:12]}…)"
+                              + (f": {which}" if which else ""))
