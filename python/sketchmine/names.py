@@ -2,14 +2,18 @@
 and a command naming them that a shell reads back as they are."""
 from __future__ import annotations
 
+import os
 import shlex
+import sys
+from pathlib import PurePath
 
 
 def command(*words: object) -> str:
     """A command line with every word quoted where a shell needs it (a run's path with a space, a
     layer name with a quote; "--layers" and "features.6" stay as they are), so the command a
     message names can be pasted as it is."""
-    return " ".join(shlex.quote(str(w)) for w in words)
+    return " ".join(shlex.quote(f"./{w}" if isinstance(w, PurePath) and str(w).startswith("-") else str(w))
+                    for w in words)  # a run named -r.zarr would read as an option
 
 
 def printable(name: str) -> str:
@@ -20,3 +24,29 @@ def printable(name: str) -> str:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate no file system name decodes to
         return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def hidden_by_locale(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` exists under its UTF-8 bytes but this Python cannot reach it by its text: it
+    reads file names in a non-UTF-8 locale's encoding (C/POSIX without UTF-8 mode, Latin-1). A
+    run records its paths as UTF-8 text, so under such a locale its images would be called
+    missing, and the advice to pass --data where they moved would lead nowhere."""
+    if sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+        return False
+    text = os.fspath(path)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file system name decodes to
+        return False
+    try:
+        here: bytes | None = os.fsencode(text)
+    except UnicodeEncodeError:  # a character the locale's encoding has no byte for
+        here = None
+    return here != raw and os.path.lexists(raw)
+
+
+def locale_advice() -> str:
+    """What to do when the locale cannot name a file: the same words wherever it is said."""
+    return (f"this Python reads file names as {sys.getfilesystemencoding()} (the locale's encoding), not as the "
+            "UTF-8 the run stores them in: run sketchmine under a UTF-8 locale (LC_ALL=C.UTF-8) or in Python's "
+            "UTF-8 mode (PYTHONUTF8=1)")

@@ -25,10 +25,12 @@ from sketchmine.cli.parser import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_REFUSED,
     build_parser,
     default_report_out,
     default_run_out,
 )
+from sketchmine.cli.environment import MIN_COLUMNS, environment_refusal
 from sketchmine.ctrl_c import held
 from sketchmine.errors import SaidOnRankZero, SketchmineError
 
@@ -298,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(YOUNG_OBJECTS, *before[1:])
     try:
         args = build_parser().parse_args(argv)
+        if said := environment_refusal(args.command, args.command in READ_ONLY or bool(getattr(args, "json", False))):
+            _error(said)  # before torch loads: in a removed folder its import dies with an MKL message
+            return EXIT_REFUSED
         with held() as came:
             _import_heavy(_reads_only(args))
         if came:
@@ -347,6 +352,8 @@ def _run(args: argparse.Namespace) -> int:
     console = Console()  # results: stdout
     if not console.is_terminal and "COLUMNS" not in os.environ:  # a file or a pipe: not rich's 80 columns,
         console = Console(width=FILE_WIDTH)  # which cut every layer name of `summary > summary.txt` to "featur…"
+    elif console.width < MIN_COLUMNS:  # COLUMNS=20: no layer name left in `summary`'s tables
+        console = Console(width=MIN_COLUMNS)
     try:
         return _dispatch(args, console, err)
     except (SketchmineError, OSError, KeyboardInterrupt) as exc:

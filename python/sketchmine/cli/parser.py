@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 from sketchmine import __version__
+from sketchmine.cli.environment import user_path
 from sketchmine.cores import usable_cores
 from sketchmine.errors import SketchmineError
 
@@ -159,18 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, parser_class=SubParser, metavar="COMMAND")
     m = sub.add_parser("mine", help="stream a dataset through a model and keep every unit's top-k images")
-    m.add_argument("--model", required=True,
+    m.add_argument("--model", required=True, type=user_path,
                    help="torchvision name, 'sketchnet'/'sketchresnet'/'sketchgru' (with --weights), 'demo', "
                         "'demo-resnet', 'demo-gru', a checkpoint path, or an .onnx file (ONNX Runtime)")
-    m.add_argument("--weights", help="state_dict file for a named model (loaded with weights_only=True), or "
-                                     "DEFAULT (or a weight enum name) for torchvision's pretrained weights when cached "
-                                     "under TORCH_HOME (default: none, random weights)")
+    m.add_argument("--weights", type=user_path,
+                   help="state_dict file for a named model (loaded with weights_only=True), or "
+                        "DEFAULT (or a weight enum name) for torchvision's pretrained weights when cached "
+                        "under TORCH_HOME (default: none, random weights)")
     m.add_argument("--seed", type=int, default=None,
                    help="initialisation seed of a model named by architecture without --weights, recorded; "
                         "refused for any other model (default: 0)")
-    m.add_argument("--data", required=True, help="ImageFolder directory: DIR/<class>/<image>")
-    m.add_argument("--out", help="run directory (Zarr); an unfinished one is resumed (default: MODEL.zarr in the "
-                                 "current folder, MODEL the --model name without folder and extension)")
+    m.add_argument("--data", required=True, type=user_path, help="ImageFolder directory: DIR/<class>/<image>")
+    m.add_argument("--out", type=user_path,
+                   help="run directory (Zarr); an unfinished one is resumed (default: MODEL.zarr in the "
+                        "current folder, MODEL the --model name without folder and extension)")
     layers_option(m, "qualified module names (default: every conv, linear, softmax)")
     m.add_argument("-k", type=positive_int, default=9, help="images kept per unit")
     m.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
@@ -239,22 +242,24 @@ def build_parser() -> argparse.ArgumentParser:
                  "split: SketchNet 'demo' and ResNet 'demo-resnet' compared, then the CNN + GRU 'demo-gru' over "
                  "progressive drawings with its hidden units ranked by importance")
     d = sub.add_parser("demo", help=demo_help, description=demo_help)
-    d.add_argument("--out", help="folder for the runs, OUT/demo.zarr, OUT/demo-resnet.zarr and OUT/demo-gru.zarr; "
-                                 "a re-run resumes them (default: a new temporary directory)")
+    d.add_argument("--out", type=user_path,
+                   help="folder for the runs, OUT/demo.zarr, OUT/demo-resnet.zarr and OUT/demo-gru.zarr; "
+                        "a re-run resumes them (default: a new temporary directory)")
     d.add_argument("--batch-size", type=positive_int, default=250, help="images per mining batch")
-    d.add_argument("--report", help="folder for the reports, REPORT/demo/, REPORT/demo-resnet/ and "
-                                    "REPORT/demo-gru/ (default: OUT/report)")
+    d.add_argument("--report", type=user_path, help="folder for the reports, REPORT/demo/, REPORT/demo-resnet/ and "
+                                                    "REPORT/demo-gru/ (default: OUT/report)")
     r = sub.add_parser("report", help="write a static HTML report of RUN (opens offline in any browser)")
     run_argument(r, "the run to report")
-    r.add_argument("--out", help="report folder, index.html inside (default: RUN-report beside the run, RUN "
-                                 "without .zarr)")
+    r.add_argument("--out", type=user_path,
+                   help="report folder, index.html inside (default: RUN-report beside the run, RUN "
+                        "without .zarr)")
     r.add_argument("--open", action="store_true", help="open the report in the default web browser")
     r.add_argument("--no-probe", action="store_true", help="leave out the live probe (it loads and exports the model)")
     r.add_argument("--probe-max-mb", type=megabytes, metavar="MB",
                    help="largest model graph the probe embeds, 0: no cap; larger: no probe, said why (default: 100)")
     c = sub.add_parser("compare", help="two runs over the same dataset side by side")
-    c.add_argument("run_a", help="run A, shown on the left")
-    c.add_argument("run_b", help="run B, mined over the same dataset as A")
+    c.add_argument("run_a", type=user_path, help="run A, shown on the left")
+    c.add_argument("run_b", type=user_path, help="run B, mined over the same dataset as A")
     c.add_argument("-n", type=positive_int, default=5, help="classes per side")
     json_option(c)
     s = sub.add_parser("summary", help="print a run's accuracy and per-layer class preferences")
@@ -270,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     reload_options(i)
     i.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     i.add_argument("-n", type=positive_int, default=10, help="units listed (and plotted) per layer")
-    i.add_argument("--plot", help="write a PNG of the most important units per layer")
+    i.add_argument("--plot", type=user_path, help="write a PNG of the most important units per layer")
     json_option(i)
     b = sub.add_parser("bench", help="run the benchmark suite of a source checkout (python -m benchmarks)")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite, e.g. --quick")
@@ -285,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_ = sub.add_parser("probe", help="export RUN's model for the live probe page (drawing → predictions and units "
                                       "in the browser); `sketchmine report` includes it when the model loads")
     run_argument(p_, "the run whose model to export")
-    p_.add_argument("--out", required=True, help="folder for probe.html (new or empty)")
+    p_.add_argument("--out", required=True, type=user_path, help="folder for probe.html (new or empty)")
     p_.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
                     help="the model's input size, for a run that records none (one differing from the size the "
                          "run or the .onnx file fixes is refused)")
@@ -324,7 +329,7 @@ def in_workflow_order(sub: argparse._SubParsersAction) -> None:
 
 def run_argument(p: argparse.ArgumentParser, what: str) -> None:
     """A command's RUN: the folder `sketchmine mine --out` wrote (a Zarr store, NAME.zarr)."""
-    p.add_argument("run", help=f"{what}: the folder `sketchmine mine --out` wrote (NAME.zarr)")
+    p.add_argument("run", type=user_path, help=f"{what}: the folder `sketchmine mine --out` wrote (NAME.zarr)")
 
 
 def json_option(p: argparse.ArgumentParser) -> None:
@@ -350,7 +355,8 @@ def default_report_out(run: str) -> str:
 
 def reload_options(p: argparse.ArgumentParser) -> None:
     """Options of the passes after mining, which load the run's model and dataset again."""
-    p.add_argument("--data", help="the dataset's ImageFolder root, if it moved since mining")
-    p.add_argument("--model", help="the model, if the run cannot reload it (mined from an in-memory model)")
-    p.add_argument("--weights", help="state_dict file for --model")
+    p.add_argument("--data", type=user_path, help="the dataset's ImageFolder root, if it moved since mining")
+    p.add_argument("--model", type=user_path,
+                   help="the model, if the run cannot reload it (mined from an in-memory model)")
+    p.add_argument("--weights", type=user_path, help="state_dict file for --model")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")

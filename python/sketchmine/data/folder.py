@@ -227,7 +227,8 @@ def content_hashes(root: str | os.PathLike, rels: list[str], stamps: list[list[i
 
     Hashed once per file and cached by (size, mtime_ns, ctime_ns, inode): in memory for the
     process, and on disk in `cache_dir()`/fingerprints/<sha256 of the root>.json (written
-    atomically; a cache that cannot be read or written is ignored, never an error). The
+    atomically, only below a home folder that exists; a cache that cannot be read or written is
+    ignored, never an error). The
     ctime is in the key because restoring a rewritten file's mtime (os.utime) cannot restore
     it. A missing or unreadable file gets "missing" / "unreadable" in place of its digest
     (the pass then reports the file itself). Cost on the 2,000-image Animal-Shape export
@@ -272,6 +273,8 @@ def content_hashes(root: str | os.PathLike, rels: list[str], stamps: list[list[i
         out.append(digest)
     if changed:
         try:
+            if not cache_dir().parent.parent.is_dir():  # HOME=/nonexistent, the no-home convention: root made it
+                raise FileNotFoundError(cache_dir())  # (the folder above ~/.cache or $XDG_CACHE_HOME must exist)
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
             try:

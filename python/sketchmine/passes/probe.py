@@ -21,10 +21,9 @@ import base64
 import copy
 import json
 import math
-import tempfile
+import io
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -213,12 +212,15 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
             k += 1
         specs.append(ProbeLayer(name, units, grid, wrapped.pools.get(name, 1)))
     try:
-        with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryDirectory() as tmp:
+        # exported into memory (the TorchScript exporter takes a file object; its stubs name paths only):
+        # through a temporary file, a full or missing TMPDIR read as the model's failure
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")  # recorded, not shown: a TracerWarning is judged below
-            torch.onnx.export(wrapped, (x,), Path(tmp) / "probe.onnx", dynamo=False, opset_version=17,
+            graph = io.BytesIO()
+            torch.onnx.export(wrapped, (x,), graph, dynamo=False, opset_version=17,  # type: ignore[arg-type]
                               input_names=["frames" if seq else "pixels"], output_names=names,
                               do_constant_folding=True)
-            onnx = (Path(tmp) / "probe.onnx").read_bytes()
+            onnx = graph.getvalue()
     except Exception as exc:  # noqa: BLE001 - any exporter failure means "no probe", said on the page
         first = first_line(exc)
         raise SketchmineError(f"torch.onnx cannot export the model {run.attrs.get('model')}: {first[:300]}") from None

@@ -21,6 +21,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.mining.dataset_diff import images_otherwise
 from sketchmine.model.backend import switches_differ
 from sketchmine.model.models import LoadedModel, load_model, recorded_weights, weights_match
+from sketchmine.names import hidden_by_locale, locale_advice, printable
 from sketchmine.results.run import Run
 
 
@@ -84,6 +85,9 @@ def run_dataset(run: Run, data: Any = None) -> MinerDataset:
     ds = reopen(desc, base) or base
     if isinstance(base, ImageFolderDataset):
         missing = missing_images(base, np.arange(len(base)))
+        if hidden := next((m for m in missing if hidden_by_locale(m)), None):  # there, under another locale
+            raise SketchmineError(f"image {printable(hidden)} of run {printable(str(run.path))} is on disk, but "
+                                  f"{locale_advice()}")
         if missing:  # named first: clearer than a fingerprint that differs
             raise SketchmineError(f"{len(missing)} image(s) of run {run.path} are missing, e.g. {missing[0]}; "
                                   "pass --data DIR (data=) if the images moved")
@@ -99,6 +103,9 @@ def _recorded_base(run: Run, desc: dict[str, Any], pre: Preprocessing, data: str
     kind = desc.get("kind")
     if kind == "image_folder" or data is not None:
         root = Path(data) if data is not None else Path(desc["root"])
+        if not root.is_dir() and hidden_by_locale(root):
+            raise SketchmineError(f"dataset root {printable(str(root))} of run {printable(str(run.path))} is on disk, "
+                                  f"but {locale_advice()}")
         if not root.is_dir():
             what = "is a file, not a folder" if root.exists() else "does not exist"
             raise SketchmineError(f"dataset root {root} of run {run.path} {what}; "

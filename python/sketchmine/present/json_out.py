@@ -35,8 +35,20 @@ def plain(value: Any) -> Any:
 
 
 def print_json(data: Any) -> None:
-    """`data` as indented JSON on stdout (the one way commands print `--json`)."""
-    sys.stdout.write(json.dumps(plain(data), indent=2, allow_nan=False, ensure_ascii=False) + "\n")
+    """`data` as indented JSON on stdout (the one way commands print `--json`). Where stdout's encoding
+    cannot hold a character (PYTHONIOENCODING=ascii, a C locale without UTF-8 mode), JSON's own \\uXXXX
+    escapes: the stream's backslash escapes (\\xe9) would make the document invalid JSON."""
+    from sketchmine.errors import SketchmineError
+
+    if sys.stdout is None:  # `>&-` (the CLI refuses it before any work; the API gets this, not an AttributeError)
+        raise SketchmineError("standard output is closed (>&-): the result cannot be printed; redirect it to a file, "
+                              "or to /dev/null to discard it")
+    text = json.dumps(plain(data), indent=2, allow_nan=False, ensure_ascii=False)
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        text = json.dumps(plain(data), indent=2, allow_nan=False, ensure_ascii=True)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

@@ -272,8 +272,8 @@ def stage(path: Path, lay_out: Callable[[Path], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(path)
         tmp.mkdir()
-        (tmp / MARKER).write_text(f"a sketchmine run being created at {path.name} by process {os.getpid()}; "
-                                  "the next `sketchmine mine` on it removes this folder if that process died\n")
+        (tmp / MARKER).write_bytes(f"a sketchmine run being created at {path.name} by process {os.getpid()}; the next "
+            "`sketchmine mine` on it removes this folder if that process died\n".encode("utf-8", "surrogateescape"))
         lay_out(tmp)
         mode = stat.S_IMODE(path.stat().st_mode) if path.is_dir() else None
         os.rename(tmp, path)  # over an empty folder (checked by the caller) in one step: it is never gone
