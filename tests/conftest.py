@@ -35,7 +35,7 @@ def _random_state_of_its_own(request):
 
     import numpy as np
 
-    seed = zlib.crc32(request.node.nodeid.encode()) ^ int(os.environ.get("SKETCHMINE_TEST_SEED", "0"))
+    seed = (zlib.crc32(request.node.nodeid.encode()) ^ int(os.environ.get("SKETCHMINE_TEST_SEED", "0"))) & 0xFFFFFFFF
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

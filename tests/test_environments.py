@@ -131,6 +131,9 @@ def test_a_tilde_the_shell_left_is_the_home_folder(tmp_path, demo_test_set):
     assert proc.returncode == 0, proc.stderr.decode()
     assert (home / "r.zarr").is_dir() and not (work / "~").exists()
     assert str(home / "r.zarr") in "".join(proc.stdout.decode().split())  # a long path wraps in the table
+    from sketchmine.cli.environment import user_path
+
+    assert user_path("~backup/x") == "~backup/x"  # a folder's name, not the backup user's home
     proc = sm("summary", "~/r.zarr", "--json", env={"HOME": str(home)}, cwd=work)
     assert proc.returncode == 0 and json.loads(proc.stdout)["images"] == 10, proc.stderr.decode()
 

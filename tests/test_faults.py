@@ -220,6 +220,7 @@ def test_a_full_disk_under_the_fingerprint_cache_leaves_nothing_there(tmp_path, 
     mnt, _ = small_disk
     root = image_folder(demo_test_set, tmp_path / "images", per_class=3)
     rels = sorted(str(p.relative_to(root)) for p in root.glob("*/*.png"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the machine's own cache left alone
     want = folder_module.content_hashes(root, rels)
     with open(mnt / "filler", "wb", buffering=0) as f, pytest.raises(OSError, match="No space left"):
         while True:  # the disk full to its last byte: the cache file's first block finds no room

@@ -167,7 +167,7 @@ def test_a_folder_of_the_dataset_that_cannot_be_listed_is_refused_naming_it(as_u
     the other classes made (labels shifted; with logits, a class-count error); one without any
     permission failed on a zarr.json it does not hold; a subfolder's images were left out silently."""
     cases = {"class-000": ("bird", 0o000), "class-311": ("bird", 0o311), "sub": ("bird/sub", 0o000),
-             "root": (".", 0o000)}
+             "root": (".", 0o000), "class-644": ("bird", 0o644), "sub-644": ("bird/sub", 0o644)}
     for name, (where, _) in cases.items():
         image_folder(demo_test_set, tmp_path / name, per_class=3)
         if where == "bird/sub":
@@ -304,3 +304,40 @@ def test_a_lock_file_another_user_left_read_only_still_locks(as_user, folder, tm
     assert said[0]["rc"] == 0, said[0]["err"]
     assert said[1]["rc"] == 1 and f"make {closed} writable" in said[1]["err"], said[1]["err"]
     assert list(closed.iterdir()) == []
+
+
+def test_an_unreadable_recovery_folder_at_a_disk_root_is_skipped(as_user, demo_test_set, tmp_path):
+    """A dataset on its own disk has the file system's lost+found (root's, 0700) beside the classes:
+    refused as a folder that cannot be listed, the whole dataset could not be mined."""
+    root = image_folder(demo_test_set, tmp_path / "disk", per_class=3)
+    (root / "lost+found").mkdir(mode=0o000)
+    try:
+        argv = [a for a in MINE if a != "-q"] + ["--no-logits", "--data", str(root), "--out", str(tmp_path / "r.zarr")]
+        said = _as_user(as_user, [{"main": argv}], tmp_path)  # not quiet: the note that names what is skipped
+    finally:
+        (root / "lost+found").chmod(0o755)
+    assert said[0]["rc"] == 0, said[0]["err"]
+    assert "lost+found/ (the file system's recovery folder)" in said[0]["err"], said[0]["err"]
+    assert len(sketchmine.open_run(tmp_path / "r.zarr").paths) == 30
+
+
+def test_a_lock_the_file_system_refuses_is_said_naming_the_lock_file(folder, tmp_path, monkeypatch):
+    """On NFS, flock is emulated with fcntl locks, which refuse a descriptor opened read-only (EBADF):
+    the read-only fallback for another user's lock file escaped as a bare "Bad file descriptor"."""
+    import errno
+    import fcntl
+
+    from sketchmine.errors import SketchmineFailure
+    from sketchmine.store import lock
+
+    run = _mine(folder, tmp_path / "r.zarr", logits=False)
+    opened = set(os.listdir("/proc/self/fd"))
+
+    def nfs(fd, mode):
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(fcntl, "flock", nfs)
+    with pytest.raises(SketchmineFailure, match=r"cannot lock .*r\.zarr \(.*\.lock: Bad file descriptor\); make the "
+                                                r"lock file writable by this user"):
+        lock.RunLock(run.path).acquire()
+    assert set(os.listdir("/proc/self/fd")) <= opened  # the lock file's descriptor closed

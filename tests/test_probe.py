@@ -36,10 +36,13 @@ def vendored() -> None:
     if not os.path.exists("/usr/bin/npm"):
         pytest.skip("onnxruntime-web is not vendored and npm is missing: run scripts/vendor_ort_web.sh")
     # xdist workers running two probe files would copy into the same folder at once
-    with open(Path(tempfile.gettempdir()) / "sketchmine-vendor-ort.lock", "w") as lock:
+    lock = os.open(Path(tempfile.gettempdir()) / "sketchmine-vendor-ort.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not all((ORT_DIR / n).is_file() for n in ORT_FILES):
             subprocess.run([str(ROOT / "scripts" / "vendor_ort_web.sh")], check=True)
+    finally:
+        os.close(lock)
 
 
 @pytest.fixture(scope="module")

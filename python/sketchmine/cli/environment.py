@@ -16,11 +16,12 @@ nothing is left out."""
 
 
 def user_path(text: str) -> str:
-    """An argparse type for a path: a leading `~` or `~user` expanded as the shell does unquoted.
+    """An argparse type for a path: a leading `~` or `~/` expanded as the shell does unquoted (not
+    `~user`: a folder named `~backup` would become the backup user's home).
     Why: bash leaves `--out=~/runs/a.zarr` and a quoted '~/a.zarr' as they are, and the run then
     went into a new folder named `~` in the current folder, reported as `→ ~/runs/a.zarr`, which
     reads as the home folder (and `--data=~/pics` said "~/pics does not exist")."""
-    return os.path.expanduser(text) if text.startswith("~") else text
+    return os.path.expanduser(text) if text == "~" or text.startswith("~/") else text  # "~name": a folder's name
 
 
 def environment_refusal(command: str | None, prints_result: bool) -> str | None:

@@ -79,6 +79,9 @@ class ImageFolderDataset(MinerDataset):
         not_followed: list[str] = []
         unread: list[str] = []
         for name in folders:
+            if name == "lost+found" and not os.access(self.root / name, os.R_OK | os.X_OK):
+                self.skipped[name] = "the file system's recovery folder"  # a data disk's root: root's, 0700
+                continue
             if name != "__MACOSX":  # one this user may not list is refused, not taken for a folder without images
                 check_listable(self.root / name, self.root)
             if is_run_dir(self.root / name):
@@ -250,14 +253,15 @@ def content_hashes(root: str | os.PathLike, rels: list[str], stamps: list[list[i
     out, changed = [], False
     for rel in rels:
         path = os.path.join(key, rel)
+        denied = False
         try:
             stamp = _stamp(regular_stat(path))
-        except OSError:
-            stamp = None
+        except OSError as exc:
+            stamp, denied = None, isinstance(exc, PermissionError)
         if stamps is not None:
             stamps.append(stamp or [-1] * 4)
         if stamp is None:
-            out.append("missing")
+            out.append("unreadable" if denied else "missing")
             continue
         hit = cache.get(rel)
         if isinstance(hit, list) and len(hit) == 5 and hit[:4] == stamp:

@@ -4,6 +4,7 @@ skips what it cannot list, so an unreadable class folder was "a folder without i
 the labels after it shifted) and an unreadable subfolder lost its images without a word."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -40,6 +41,8 @@ def check_listable(folder: Path, root: Path) -> None:
             pass
     except OSError as exc:
         raise unlistable(folder, root, exc) from None
+    if not os.access(folder, os.R_OK | os.X_OK):  # listed, but its files cannot be reached (chmod -R 644)
+        raise unlistable(folder, root, PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder)))
 
 
 def is_run_dir(path: Path) -> bool:
@@ -96,6 +99,7 @@ def walk(top: Path, root: Path, not_followed: list[str]) -> list[tuple[str, list
                 continue
             if link:
                 trees.append(real)
+            check_listable(Path(path), root)  # os.walk would skip it, or list files it cannot open
             keep.append(d)
         dirnames[:] = keep
         out.append((dirpath, filenames))

@@ -32,10 +32,11 @@ def check_run_writable(run: str | os.PathLike, why: str) -> None:
     root = Path(run)
 
     def unlisted(exc: OSError) -> None:
-        raise run_unreadable(root, exc) or exc
+        if not isinstance(exc, FileNotFoundError):  # a checkpoint slot another writer just replaced: not ours
+            raise run_unreadable(root, exc) or exc
 
     for folder, _, _ in os.walk(root, onerror=unlisted):
-        if not os.access(folder, os.W_OK | os.X_OK):
+        if not os.access(folder, os.W_OK | os.X_OK) and os.path.isdir(folder):
             shown = "its folder" if Path(folder) == root else f"its folder {folder}"
             raise SketchmineError(f"cannot write to run {root}: {shown} is not writable by this user, and {why}; "
                                   f"make the run writable (as its owner: chmod -R u+w {root}) and run the command "

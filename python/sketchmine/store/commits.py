@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sketchmine.errors import RunDamaged, SketchmineError
+from sketchmine.errors import RunDamaged, RunUnreadable, SketchmineError
 from sketchmine.store.access import run_unreadable
 
 
@@ -180,6 +180,8 @@ class CommittedReads:
             return
         try:
             now = self.run_identity()
+        except RunUnreadable:  # this user may not read them now: said so, not "deleted"
+            raise
         except RunDamaged:  # its root attributes gone: the run is being deleted
             now = None
         if now is None or now[:2] != pin[:2] or (pin[2] is not None and now[2] != pin[2]):

@@ -109,12 +109,13 @@ class RunLock:
             raise SketchmineFailure(f"cannot lock {self.run} for writing ({self.path}: {exc.strerror or exc}); {fix}") from None
         try:
             fcntl.flock(self._fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as exc:
             os.close(self._fd)
             self._fd = None
-            raise SketchmineError(
-                f"{self.run} is being written by another process; wait for it or stop it first"
-            ) from None
+            if not isinstance(exc, BlockingIOError):  # NFS locks a read-only descriptor of another's file: EBADF
+                raise SketchmineFailure(f"cannot lock {self.run} ({self.path}: {exc.strerror or exc}); make the lock "
+                                        "file writable by this user, or remove it while no one uses the run") from None
+            raise SketchmineError(f"{self.run} is being written by another process; wait for it or stop it first") from None
         _HELD.add(self._fd)
 
     def check_shareable(self) -> None:
