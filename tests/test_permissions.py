@@ -341,3 +341,21 @@ def test_a_lock_the_file_system_refuses_is_said_naming_the_lock_file(folder, tmp
                                                 r"lock file writable by this user"):
         lock.RunLock(run.path).acquire()
     assert set(os.listdir("/proc/self/fd")) <= opened  # the lock file's descriptor closed
+
+
+def test_a_resume_skipping_bad_images_names_an_image_unreadable_since(as_user, folder, tmp_path):
+    """With --skip-bad-images the up-front refusal is not made, and a resume after an image became
+    unreadable was refused as "the content of at least one [image] changed"."""
+    run = tmp_path / "run.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        _mine(folder, run, progress=StopAfter(16), skip_bad_images=True)
+    image = _an_image(folder)
+    image.chmod(0o000)
+    try:
+        said = _as_user(as_user, [{"main": [*MINE, "--skip-bad-images", "--data", str(folder), "--out", str(run)]}],
+                        tmp_path)
+    finally:
+        image.chmod(0o644)
+    err = said[0]["err"]
+    assert said[0]["rc"] == 3 and f"cannot read image bird/{image.name}" in err and "Permission denied" in err, err
+    assert "content of at least one changed" not in err, err

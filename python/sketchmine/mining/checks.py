@@ -184,7 +184,9 @@ def check_resumable(current: RunStore, want: dict[str, Any], logits: bool, ds: A
         if a != b:
             said = (_drawn_otherwise(attrs, want) if key == "dataset_fingerprint" else
                     _preprocessing_parts(a, b) if key == "preprocessing_key" else None)
-            which = images_otherwise(current, ds) if key == "dataset_fingerprint" and not said else None
+            which = None
+            if key == "dataset_fingerprint" and not said:  # an image unreadable now (--skip-bad-images): not "changed"
+                which = str(e) if (e := unreadable_error(ds, "then resume")) else images_otherwise(current, ds)
             diffs.append(said or f"{label} (run: {_short(a)}, now: {_short(b)}{': ' + which if which else ''})")
     if MODEL_SWITCHES in attrs:  # runs before the record, and of models without switches: not compared
         diffs += [f"model switch {d}" for d in switches_differ_from(attrs[MODEL_SWITCHES], want.get(MODEL_SWITCHES, {}))]
