@@ -231,6 +231,32 @@ def test_a_full_disk_under_the_fingerprint_cache_leaves_nothing_there(tmp_path, 
     assert [p.name for p in mnt.rglob("*") if p.is_file()] == ["filler"]
 
 
+def test_a_read_only_file_system_is_said_not_chmod(tmp_path, small_disk, demo_model, small_test_set):
+    """A run or report on a file system mounted read-only (a snapshot, a read-only share): the
+    writers refused it with "make it writable (chmod -R u+w …)", which no chmod can do there."""
+    import subprocess
+
+    from sketchmine.present.report import write_report
+
+    mnt, grow = small_disk
+    grow()
+    kwargs = dict(layers=LAYERS, k=3, batch_size=20, flush_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(demo_model.module, small_test_set, out=mnt / "run.zarr", progress=StopAfter(4, calls=True),
+                        **kwargs)
+    done = sketchmine.mine(demo_model.module, small_test_set, out=mnt / "done.zarr", **kwargs)
+    write_report(done, mnt / "report", montages=0)
+    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+    try:
+        with pytest.raises(SketchmineError, match=r"run\.zarr: it is on a read-only file system, and mining resumes it "
+                                                  r"in place; copy the run to a writable folder"):
+            sketchmine.mine(demo_model.module, small_test_set, out=mnt / "run.zarr", **kwargs)
+        with pytest.raises(SketchmineError, match=r"report folder .*report is on a read-only file system"):
+            write_report(done, mnt / "report", montages=0)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+
+
 def test_full_disk_during_visualize(tmp_path, small_disk, demo_model, small_test_set):
     from sketchmine.passes.visualize import visualize
     from tests.helpers import assert_same_store

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sketchmine.errors import SketchmineError, SketchmineFailure
+from sketchmine.store.access import read_only_file_system
 
 MARKER = ".sketchmine-report"
 """The file that makes a folder a report folder sketchmine may replace (JSON: the files it wrote)."""
@@ -82,6 +83,9 @@ def writable(folder: Path, info: dict[str, Any], shown: str | os.PathLike) -> No
     for rel in [".", *sorted(listed_folders(info))]:
         p = folder / rel
         if p.is_dir() and not p.is_symlink() and not os.access(p, os.W_OK | os.X_OK):
+            if read_only_file_system(p):
+                raise SketchmineError(f"report folder {shown} is on a read-only file system, so the report there "
+                                      "cannot be replaced; choose a folder elsewhere (nothing was written)")
             where = "it" if rel == "." else f"its folder {rel}"
             raise SketchmineError(f"report folder {shown}: {where} is not writable by this user, so the report there "
                                   f"cannot be replaced; make it writable (as its owner: chmod -R u+w {shown}) or "

@@ -37,10 +37,22 @@ def check_run_writable(run: str | os.PathLike, why: str) -> None:
 
     for folder, _, _ in os.walk(root, onerror=unlisted):
         if not os.access(folder, os.W_OK | os.X_OK) and os.path.isdir(folder):
+            if read_only_file_system(folder):  # a snapshot or a read-only mount: no chmod helps
+                raise SketchmineError(f"cannot write to run {root}: it is on a read-only file system, and {why}; copy "
+                                      "the run to a writable folder and run the command on the copy (nothing was changed)")
             shown = "its folder" if Path(folder) == root else f"its folder {folder}"
             raise SketchmineError(f"cannot write to run {root}: {shown} is not writable by this user, and {why}; "
                                   f"make the run writable (as its owner: chmod -R u+w {root}) and run the command "
                                   "again (nothing was changed)")
+
+
+def read_only_file_system(path: str | os.PathLike) -> bool:
+    """Whether `path` lies on a file system mounted read-only (os.access says "not writable" for it
+    as for a folder's mode, but the advice to chmod would not help)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def open_lock(path: Path) -> int:
