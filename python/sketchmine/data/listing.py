@@ -34,14 +34,11 @@ def unlistable(folder: Path, root: Path, exc: OSError) -> SketchmineError:
 
 
 def check_listable(folder: Path, root: Path) -> None:
-    """Refuse a folder of the dataset this user may not list (permissions), before it is taken
-    for a folder without images or its entries are looked for."""
-    try:
-        with os.scandir(folder):
-            pass
-    except OSError as exc:
-        raise unlistable(folder, root, exc) from None
-    if not os.access(folder, os.R_OK | os.X_OK):  # listed, but its files cannot be reached (chmod -R 644)
+    """Refuse a folder of the dataset this user may not list or enter (its permissions: no r, or r
+    without x as after `chmod -R 644`), before it is taken for a folder without images or its
+    entries are looked for. One access call, not a listing: the listing that follows (`walk`)
+    refuses through its onerror what else keeps a folder from being listed."""
+    if not os.access(folder, os.R_OK | os.X_OK):
         raise unlistable(folder, root, PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder)))
 
 
