@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sketchmine.errors import SketchmineError
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import not_yet
 
@@ -38,8 +39,6 @@ def print_json(data: Any) -> None:
     """`data` as indented JSON on stdout (the one way commands print `--json`). Where stdout's encoding
     cannot hold a character (PYTHONIOENCODING=ascii, a C locale without UTF-8 mode), JSON's own \\uXXXX
     escapes: the stream's backslash escapes (\\xe9) would make the document invalid JSON."""
-    from sketchmine.errors import SketchmineError
-
     if sys.stdout is None:  # `>&-` (the CLI refuses it before any work; the API gets this, not an AttributeError)
         raise SketchmineError("standard output is closed (>&-): the result cannot be printed; redirect it to a file, "
                               "or to /dev/null to discard it")
