@@ -20,8 +20,8 @@ from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, as_forward, 
 from sketchmine.model.onnx_backend import OnnxRunError
 from sketchmine.model.modes import input_dtype
 from sketchmine.model.meta import meta_call
-from sketchmine.model.receptive_field import field_analysis, module_input_channels
-from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
+from sketchmine.model.receptive_field import FieldAnalysis, field_analysis, module_input_channels
+from sketchmine.model.taps import SOFTMAX, Taps, graph_layouts, layer_kind, layout_open, resolve_layers
 from sketchmine.progress import Progress
 
 __all__ = ["Forward", "Layer", "TorchForward", "as_forward", "fields_attrs", "layer_field", "module_weights_hash", "probe"]
@@ -60,6 +60,7 @@ class TorchForward:
         self.stop_after: str | None = None  # a tapped layer: end each forward right after it (logits=False)
         self.compile = False  # run each forward as a torch.compile graph (see _open_compiled)
         self.layouts: dict[str, dict[str, Any]] = {}  # how each tap read its module, from the probe
+        self._analyses: dict[tuple[int, ...], FieldAnalysis | SketchmineError] = {}  # by one input's shape
 
     def resolve_layers(self, layers: list[str] | None) -> list[str]:
         return resolve_layers(self.net, layers)
@@ -83,7 +84,18 @@ class TorchForward:
         return layer_kind(self.net, name)
 
     def fields(self, sample: tuple[int, ...], progress: Progress) -> dict[str, Any]:
-        return fields_attrs(self.net, sample, progress)
+        return fields_attrs(self.net, sample, progress, self._analysis(sample))
+
+    def _analysis(self, sample: tuple[int, ...]) -> FieldAnalysis | SketchmineError:
+        """The graph's field analysis for one input of shape `sample`, once: the probe reads its
+        channels-last modules, the new run's attributes its fields."""
+        sample = tuple(int(n) for n in sample)
+        if sample not in self._analyses:
+            try:
+                self._analyses[sample] = field_analysis(self.net, sample[-2:], sample[:-3], channels=sample[-3])
+            except SketchmineError as exc:
+                self._analyses[sample] = exc
+        return self._analyses[sample]
 
     def shapes(self, layers: list[str], x: torch.Tensor
                ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]:
@@ -96,7 +108,12 @@ class TorchForward:
             dtypes.setdefault(name, t.dtype)
 
         x = _floating(x).to(input_dtype(self.net))
-        with torch.inference_mode(), Taps(self.net, layers, record) as taps:
+        known = {}
+        if x.ndim >= 4 and layout_open(self.net, layers):  # a module the graph may hold channels last
+            analysis = self._analysis(tuple(x.shape[1:]))
+            if isinstance(analysis, FieldAnalysis):
+                known = graph_layouts(self.net, layers, analysis.channels_last)
+        with torch.inference_mode(), Taps(self.net, layers, record, known) as taps:
             out = _shape_forward(self.net, x)
         for name, dtype in dtypes.items():
             if dtype not in MINED_DTYPES:  # the statistics hold float32: a double would be ranked rounded
@@ -275,15 +292,19 @@ def _shape_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return first_tensor(model(x))
 
 
-def fields_attrs(net: nn.Module, sample: tuple[int, ...], progress: Progress) -> dict[str, dict[str, list[int]] | None]:
+def fields_attrs(net: nn.Module, sample: tuple[int, ...], progress: Progress,
+                 analysis: FieldAnalysis | SketchmineError | None = None) -> dict[str, dict[str, list[int]] | None]:
     """Receptive field per module as store attributes ("*": the whole image, for the virtual
     layers); a model the graph analysis cannot handle is mined all the same, without them, and
     an op it cannot follow costs only the fields of the modules after it (said once).
     `sample`: one input's shape, (C, H, W), or (T, C, H, W) for a sequence of frames (fields
-    per frame)."""
+    per frame). `analysis`: the graph's, or its refusal, where the caller made it already."""
     size = tuple(sample[-2:])
     try:
-        analysis = field_analysis(net, size, tuple(sample[:-3]), channels=int(sample[-3]))
+        if isinstance(analysis, SketchmineError):
+            raise analysis
+        if analysis is None:
+            analysis = field_analysis(net, size, tuple(sample[:-3]), channels=int(sample[-3]))
     except SketchmineError as exc:
         progress.note(f"no receptive fields recorded: {exc}")
         return {}

@@ -141,11 +141,14 @@ class FieldAnalysis:
     """The fields the graph gives (`fields`), and the modules without one (`missing`: module name →
     why, in words): an op the analysis cannot follow comes before them, or, for those in `copies`,
     their border units are copies of other pixels (a reflection or replication pad, and pointwise
-    ops between it and its conv) while the layers after them have fields."""
+    ops between it and its conv) while the layers after them have fields. `channels_last`: the
+    modules whose 4-D output holds the height and width at dims 1 and 2, channels last (inside a
+    ConvNeXt block's permutes): their units are along the last dim, not dim 1."""
 
     fields: dict[str, ReceptiveField]
     missing: dict[str, str]
     copies: frozenset[str] = frozenset()
+    channels_last: frozenset[str] = frozenset()
 
 
 def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
@@ -196,7 +199,9 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
             missing[str(node.target)] = copies[node]
         elif node.op == "call_module" and calls[node.target] == 1:  # called twice: two fields (the miner refuses it)
             out[str(node.target)] = _field(f, h, w)
-    for name, node in module_outputs(gm).items():  # modules traced through: blocks, containers
+    outputs = {str(n.target): n for n in gm.graph.nodes if n.op == "call_module" and calls[n.target] == 1}
+    outputs.update({name: node for name, node in module_outputs(gm).items() if name not in outputs})
+    for name, node in outputs.items():  # modules traced through: blocks, containers
         if name in out or name in missing:
             continue
         if node in copies:
@@ -205,7 +210,21 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
             out[name] = _field(fields[node], h, w)
         elif node in unknown:
             missing[name] = unknown[node]
-    return FieldAnalysis(out, missing, frozenset(n for n, why in missing.items() if why in copies.values()))
+    last = frozenset(name for name, node in outputs.items() if node in fields and fields[node].grid == (-3, -2)
+                     and len(getattr(node.meta.get("tensor_meta"), "shape", ())) == 4)
+    return FieldAnalysis(out, missing, frozenset(n for n, why in missing.items() if why in copies.values()), last)
+
+
+def channels_last_modules(model: nn.Module, sample: tuple[int, ...]) -> frozenset[str]:
+    """`FieldAnalysis.channels_last` for one input of shape `sample` ((C, H, W), or (T, C, H, W)
+    for a sequence of frames); empty where the graph cannot be analysed (the modules' layout is
+    then taken as channels first, the layout of every other module)."""
+    if len(sample) < 3:  # a vector or a sequence of features: no grid
+        return frozenset()
+    try:
+        return field_analysis(model, tuple(sample[-2:]), tuple(sample[:-3]), channels=int(sample[-3])).channels_last
+    except SketchmineError:
+        return frozenset()
 
 
 def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[str, nn.Module],

@@ -28,7 +28,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model import cut
 from sketchmine.model.modes import eval_mode
-from sketchmine.model.taps import (SOFTMAX, STATE_BATCH_DIM, TIME_FIRST, Taps, ablation_dims, final_hidden,
+from sketchmine.model.taps import (CHANNELS_LAST, SOFTMAX, STATE_BATCH_DIM, TIME_FIRST, Taps, ablation_dims, final_hidden,
                                    probe_layouts, replace_element, replace_hidden, tapped_element, to_units)
 
 _BUDGET = 1 << 23  # elements of one replicated activation tensor (32 MB float32)
@@ -99,11 +99,13 @@ class Replicate:
 
     def _keep(self, layout: Mapping[str, Any]) -> None:
         """Keep the first layout seen for every later chunk; a per-step Linear after a time-first
-        recurrent layer holds the batch in dim 1."""
+        recurrent layer holds the batch in dim 1, a module held channels last its units in the last."""
         if not self.known:
             self.known = dict(layout)
         if self.known.get("layout") == TIME_FIRST:
             self.dims = (1, self.dims[1])
+        elif self.known.get("layout") == CHANNELS_LAST:
+            self.dims = (self.dims[0], -1)
 
     def _zeroed(self, output: Any, t: torch.Tensor, units: list[int]) -> Any:
         """`output` (replicated) with element 0 replaced by `t` (units zeroed already) and, for a

@@ -42,7 +42,7 @@ from sketchmine.model import cut
 from sketchmine.model.backend import LoadedModel, first_tensor
 from sketchmine.model.models import load_model, preprocessing_for
 from sketchmine.model.modes import eval_mode, input_dtype
-from sketchmine.model.taps import SOFTMAX, resolve_layers, tapped_element, to_units
+from sketchmine.model.taps import SOFTMAX, graph_layouts, layout_open, resolve_layers, tapped_element, to_units
 from sketchmine.passes.featvis_params import FourierImage, PixelImage, random_transform
 from sketchmine.passes.featvis_relu import redirected_relus
 from sketchmine.regularizers import settings
@@ -87,9 +87,10 @@ class LayerReader:
     """Reads one layer's output, in the miner's (N, units, *positions) layout, from a forward
     that stops right after it; `objective` and `peak` pick each element's own unit."""
 
-    def __init__(self, net: nn.Module, layer: str) -> None:
+    def __init__(self, net: nn.Module, layer: str, known: dict[str, Any] | None = None) -> None:
         resolve_layers(net, [layer])  # unknown names: the closest ones
         self.net, self.layer = net, layer
+        self.known = known  # how the miner read the layer (`Run.layer_attrs`); else the graph's, at the first call
         if layer == SOFTMAX:
             self.module: nn.Module = net
             self.target, self.centre = "", False
@@ -103,6 +104,7 @@ class LayerReader:
         x = x.to(input_dtype(self.net))
         if self.layer == SOFTMAX:
             return first_tensor(self.net(x)).float()  # the logits
+        self._learn(x)
         got: list[torch.Tensor] = []
 
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
@@ -121,7 +123,19 @@ class LayerReader:
         if isinstance(module, nn.Softmax):
             return inputs[0]
         cell = self.target != self.layer
-        return to_units(self.layer, module, tapped_element(self.layer, module, output, cell), batch, cell)[0]
+        return to_units(self.layer, module, tapped_element(self.layer, module, output, cell), batch, cell,
+                        self.known)[0]
+
+    def _learn(self, x: torch.Tensor) -> None:
+        """The layer's layout from the graph, for input like `x`, unless the run's was given: a
+        module between a ConvNeXt block's permutes holds its units last (`taps.graph_layouts`)."""
+        if self.known is None:
+            self.known = {}
+            if layout_open(self.net, [self.layer]):
+                from sketchmine.model.receptive_field import channels_last_modules
+
+                last = channels_last_modules(self.net, tuple(x.shape[1:]))
+                self.known = graph_layouts(self.net, [self.layer], last).get(self.layer, {})
 
     def unit_count(self, x: torch.Tensor) -> int:
         """The layer's unit count, from one full forward that also refuses a module the forward
@@ -153,6 +167,7 @@ class LayerReader:
             handle.remove()
         if not calls:
             raise SketchmineError(f"the forward pass did not reach layer {self.layer!r}")
+        self._learn(x)
         return int(self._read(*calls[0], x.shape[0]).shape[1])
 
     def objective(self, out: torch.Tensor, units: torch.Tensor) -> torch.Tensor:

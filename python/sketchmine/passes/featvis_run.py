@@ -150,7 +150,7 @@ class OptimizePass:
         if name in self.devices:
             attrs["devices"] = self.devices[name]
         units, limit = self.run.layer_shape(name)[0], self.limit[name]
-        reader = LayerReader(self.net, name)
+        reader = LayerReader(self.net, name, self.run.layer_attrs(name))
         u0 = done
         flat: list[int] = []  # units of this call whose objective gave no gradient at any step
         while u0 < limit:

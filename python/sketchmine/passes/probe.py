@@ -86,9 +86,11 @@ class ProbeNet(nn.Module):
     `probabilities`: the model's output is a softmax already, shown as it is (a second softmax
     would flatten it towards uniform)."""
 
-    def __init__(self, net: nn.Module, layers: list[str], pre: Preprocessing, steps: bool = False) -> None:
+    def __init__(self, net: nn.Module, layers: list[str], pre: Preprocessing, steps: bool = False,
+                 known: dict[str, dict[str, Any]] | None = None) -> None:
         super().__init__()
         self.net, self.layers, self.pre, self.steps = net, layers, pre, steps
+        self.known = dict(known or {})  # each layer read as mined (`Run.layer_attrs`: a channels-last module)
         self.probabilities = False
         self.pools: dict[str, int] = {}
 
@@ -102,7 +104,7 @@ class ProbeNet(nn.Module):
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.prepare(pixels)
         got: dict[str, torch.Tensor] = {}
-        with Taps(self.net, self.layers, lambda n, t: got.__setitem__(n, t.clone())) as taps:
+        with Taps(self.net, self.layers, lambda n, t: got.__setitem__(n, t.clone()), self.known) as taps:
             logits = first_tensor(self.net(x))
         outs = [logits.flatten(1)[0] if self.probabilities else torch.softmax(logits.flatten(1), dim=1)[0]]
         if self.steps:
@@ -183,7 +185,7 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
     channels = 1 if seq else pre.channels  # progressive frames are grey (data/sequences.py)
     shape = (1, seq["steps"], 1, *size) if seq else (1, channels, *size)
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(0)) * 255
-    wrapped = ProbeNet(net, layers, pre).eval()  # net: in eval mode (the caller's eval_mode)
+    wrapped = ProbeNet(net, layers, pre, known={n: run.layer_attrs(n) for n in layers}).eval()  # net: in eval mode
     why = prefix_problem(net, wrapped.prepare(x)) if seq else None
     if why:
         notes.append(f"no prediction per step: {why}")

@@ -1,0 +1,137 @@
+"""Modules that hold their channels last: between a ConvNeXt block's permutes, a LayerNorm, a
+GELU and the Permute itself return (N, H, W, C). They were mined along dim 1 (H "units", each a
+W×C map): wrong units, wrong positions, wrong crops, said nowhere. The graph tells where the
+channels are; every pass reads such a module by its channels, as the Linear between them was.
+Real sketches, torchvision's own ConvNeXt block; each test fails on the old reading."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.models.convnext import CNBlock
+
+import sketchmine
+from sketchmine.model.taps import CHANNELS_LAST
+from sketchmine.passes.featvis import LayerReader
+from sketchmine.passes.probe import ProbeNet
+from tests.helpers import brute_topk, per_class_subset
+
+C, SIDE = 8, 14  # channels unlike the grid's sides, so no reading along another dim has the right shape
+INSIDE = {"block.block.1": C, "block.block.2": C, "block.block.4": 4 * C}  # Permute, LayerNorm, GELU: (N, H, W, C)
+
+
+class _ConvNeXtLike(nn.Module):
+    """A stem to a 14×14 grid, one torchvision ConvNeXt block, a pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, C, 2, stride=2)
+        self.block = CNBlock(C, layer_scale=1.0, stochastic_depth_prob=0.0)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(C, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)))
+
+
+@pytest.fixture(scope="module")
+def sketches(small_test_set):
+    sub = per_class_subset(small_test_set, 4, "channels-last")
+    x = torch.from_numpy(np.asarray(sub.images)).float().div(255)[:, None]
+    return torch.utils.data.TensorDataset(x, torch.from_numpy(sub.labels()).long())
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return _ConvNeXtLike().eval()
+
+
+def _channels_first(net: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output in one plain forward, as (N, C, H, W): permuted by hand where the
+    module returns (N, H, W, C)."""
+    got: list[torch.Tensor] = []
+    handle = dict(net.named_modules())[layer].register_forward_hook(lambda m, i, o: got.append(o.detach().clone()))
+    try:
+        with torch.inference_mode():
+            net(x)
+    finally:
+        handle.remove()
+    return got[0].permute(0, 3, 1, 2) if layer in INSIDE or layer == "block.block.3" else got[0]
+
+
+def test_modules_between_permutes_are_mined_by_their_channels(net, sketches, tmp_path):
+    layers = [*INSIDE, "block.block.3", "block"]
+    run = sketchmine.mine(net, sketches, layers=layers, k=3, out=tmp_path / "r.zarr", batch_size=len(sketches))
+    x = sketches.tensors[0]
+    for layer in layers:
+        acts = _channels_first(net, layer, x)
+        assert run.layer_shape(layer) == tuple(acts.shape[1:]) == (INSIDE.get(layer, 4 * C if "3" in layer else C),
+                                                                   SIDE, SIDE), layer
+        values, index, yx = run.topk(layer)
+        want_values, want_index, want_flat = brute_topk(acts, 3)
+        assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6), layer
+        assert np.array_equal(yx[..., 0] * SIDE + yx[..., 1], want_flat), layer
+        assert (run.layer_attrs(layer).get("layout") == CHANNELS_LAST) == (layer in INSIDE), layer
+        assert run.layer_attrs(layer)["receptive_field"]["stride"] == [2, 2], layer  # crops on the grid's own field
+
+
+def test_ablating_a_unit_between_permutes_zeroes_its_channel(net, sketches, tmp_path):
+    layer, unit = "block.block.4", 20  # 32 channels; the old reading had 14 units
+    run = sketchmine.mine(net, sketches, layers=[layer], k=2, out=tmp_path / "r.zarr")
+    df = sketchmine.unit_importance(run, layer, model=net, dataset=sketches, batch_size=len(sketches))
+    assert len(df) == 4 * C
+    x, y = sketches.tensors
+
+    def probs(zero: int | None) -> np.ndarray:
+        def hook(m, i, o):
+            o = o.clone()
+            o[..., zero] = 0  # the channel: the last dim of (N, H, W, C)
+            return o
+
+        handle = dict(net.named_modules())[layer].register_forward_hook(hook) if zero is not None else None
+        try:
+            with torch.inference_mode():
+                return torch.softmax(net(x).double(), 1).gather(1, y[:, None])[:, 0].numpy()
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    drop = (probs(None) - probs(unit)).mean()
+    assert abs(drop) > 1e-6  # a unit whose removal changes something: the test can fail
+    assert df.set_index("unit").loc[unit, "prob_drop"] == pytest.approx(drop, abs=1e-6)
+
+
+def test_feature_visualisation_and_deconvolution_read_the_channel(net, sketches):
+    layer, unit = "block.block.2", 5
+    reader = LayerReader(net, layer)
+    assert reader.unit_count(torch.rand(1, 1, 28, 28)) == C
+    x = sketches.tensors[0][:2].clone()
+    out = reader(x)
+    assert torch.equal(out, _channels_first(net, layer, x).float())
+    got = sketchmine.deconvolve(net, x, layer, [unit, unit], [(3, 9), (3, 9)], method="gradient")
+    want = x.clone().requires_grad_()
+    acts: list[torch.Tensor] = []
+    handle = dict(net.named_modules())[layer].register_forward_hook(lambda m, i, o: acts.append(o))
+    try:
+        net(want)
+    finally:
+        handle.remove()
+    acts[0][:, 3, 9, unit].sum().backward()  # (N, H, W, C): row 3, column 9, the unit's channel
+    assert want.grad.abs().sum() > 0
+    assert torch.allclose(got, want.grad, atol=1e-6)
+
+
+def test_the_live_probe_reads_the_channel(net, sketches, tmp_path):
+    layer = "block.block.4"
+    run = sketchmine.mine(net, sketches, layers=[layer], k=2, out=tmp_path / "r.zarr")
+    from sketchmine.data import Preprocessing
+
+    pre = Preprocessing("none", 1, None, (0.0,), (1.0,))
+    probe = ProbeNet(net, [layer], pre, known={layer: run.layer_attrs(layer)}).eval()
+    pixels = sketches.tensors[0][:1] * 255
+    with torch.no_grad():
+        _, per_unit, grid = probe(pixels)
+    want = _channels_first(net, layer, pixels / 255)[0]
+    assert per_unit.shape == (4 * C,) and torch.allclose(per_unit, want.flatten(1).amax(1))
+    assert grid.shape == (4 * C, SIDE, SIDE) and torch.allclose(grid, want)
