@@ -135,3 +135,57 @@ def test_the_live_probe_reads_the_channel(net, sketches, tmp_path):
     want = _channels_first(net, layer, pixels / 255)[0]
     assert per_unit.shape == (4 * C,) and torch.allclose(per_unit, want.flatten(1).amax(1))
     assert grid.shape == (4 * C, SIDE, SIDE) and torch.allclose(grid, want)
+
+
+class _Rows(nn.Module):
+    """A per-row Linear over the image's 28 rows, (N, 28, 28) → (N, 28, 16): features last, as a
+    per-step classifier's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = nn.Linear(28, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.rows(x[:, 0])).mean(1))
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_an_onnx_export_is_mined_as_its_torch_module(net, sketches, tmp_path, dynamo):
+    """The ONNX backend read every tensor along axis 1: an exported Linear on (N, H, W, F) or
+    (N, T, F), a default layer, had H or T "units"; the nodes between the block's Transposes too."""
+    pytest.importorskip("onnxruntime")
+    from tests.test_onnx import export
+
+    torch.manual_seed(1)
+    for model, layers in ((net, ["block.block.0", "block.block.2", "block.block.3", "block.block.4", "block"]),
+                          (_Rows().eval(), ["rows"])):
+        path = export(model, tmp_path / f"{type(model).__name__}.onnx", dynamo=dynamo)
+        onnx = sketchmine.load_model(path)
+        want = sketchmine.mine(model, sketches, layers=layers, k=3, out=tmp_path / f"t{len(layers)}.zarr")
+        got = sketchmine.mine(onnx, sketches, layers=layers, k=3, out=tmp_path / f"o{len(layers)}.zarr")
+        for layer in layers:
+            assert got.layer_shape(layer) == want.layer_shape(layer), layer
+            (gv, gi, gyx), (wv, wi, wyx) = got.topk(layer), want.topk(layer)
+            assert np.array_equal(gi, wi) and np.array_equal(gyx, wyx) and np.allclose(gv, wv, rtol=1e-5, atol=1e-6)
+        if model is net:  # by default too: the exported Linears are MatMul nodes, mined by default
+            default = sketchmine.mine(onnx, sketches, k=3, out=tmp_path / "default.zarr")
+            assert default.layer_shape("block.block.3") == (4 * C, SIDE, SIDE)
+
+
+def test_an_onnx_tensor_with_its_grid_transposed_is_refused(sketches, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from tests.test_onnx import export
+
+    class Transposed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.act, self.head = nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Linear(4, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.act(self.conv(x).transpose(2, 3)).amax((2, 3)))
+
+    onnx = sketchmine.load_model(export(Transposed().eval(), tmp_path / "t.onnx"))
+    with pytest.raises(sketchmine.SketchmineError, match=r"holds its axes as \(N, C, W, H\)"):
+        sketchmine.mine(onnx, sketches, layers=["act"], out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()

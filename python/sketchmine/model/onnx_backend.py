@@ -29,6 +29,7 @@ import torch
 from sketchmine.ctrl_c import imported
 from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, register_backend, weights_hasher
+from sketchmine.model.onnx_layout import unit_layouts
 from sketchmine.model.onnx_names import SLASH, GraphNames
 from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
 
@@ -89,6 +90,7 @@ class OnnxModel:
         self.logits_name = graph.output[0].name
         self.device = torch.device("cpu")
         self._sessions: dict[tuple[Any, ...], Any] = {}
+        self._layouts: dict[tuple[str, ...], dict[str, dict[str, Any]]] = {}  # per tensor set: units not on axis 1
         self.names = GraphNames(graph, self.path.name)
 
     def declared_input(self) -> tuple[int | str, ...]:
@@ -265,6 +267,7 @@ class OnnxModel:
         tensors, at, fed = self._plan(layers)
         arrays = self._runner(tensors)(x)
         shapes: dict[str, tuple[int, ...]] = {}
+        moved = self._moved(tensors, at, arrays)
         for layer, i in at:
             a = arrays[i]
             if a.dtype not in (np.float32, np.float16) or a.ndim < 2:  # a double would be ranked as float32
@@ -274,8 +277,9 @@ class OnnxModel:
                 raise SketchmineError(f"layer {layer!r} of {self.path.name} has {a.shape[0]} rows for {x.shape[0]} "
                                       "image: its first dimension is not the batch, so its positions cannot be "
                                       "credited to images; mine the tensors before or after it")
-            shapes[layer] = tuple(a.shape[1:])
-        layouts: dict[str, dict[str, Any]] = {layer: {"onnx_tensor": tensors[i]} for layer, i in at}
+            shapes[layer] = tuple(np.moveaxis(a, -1, 1).shape[1:] if layer in moved else a.shape[1:])
+        layouts: dict[str, dict[str, Any]] = {layer: {"onnx_tensor": tensors[i], **moved.get(layer, {})}
+                                              for layer, i in at}
         for layer, i in fed.items():  # a softmax over the units of (N, units) logits: ranked by their log-odds
             if arrays[i].ndim == 2 and arrays[i].shape == arrays[dict(at)[layer]].shape:
                 layouts[layer]["ranked_by"] = RANKED_BY_INPUT
@@ -291,13 +295,25 @@ class OnnxModel:
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             arrays = run(x)
+            moved = self._moved(tensors, at, arrays)
             for layer, i in at:
                 if on_fed is not None and layer in fed:  # used where `shapes` recorded ranked_by
                     on_fed(layer, torch.from_numpy(arrays[fed[layer]]).to(device, non_blocking=True))
-                on_output(layer, torch.from_numpy(arrays[i]).to(device, non_blocking=True))
+                t = torch.from_numpy(arrays[i]).to(device, non_blocking=True)
+                on_output(layer, t.movedim(t.ndim - 1, 1) if layer in moved else t)
             return torch.from_numpy(arrays[0]).to(device, non_blocking=True)
 
         yield forward
+
+
+    def _moved(self, tensors: tuple[str, ...], at: list[tuple[str, int]], arrays: list[np.ndarray]
+               ) -> dict[str, dict[str, Any]]:
+        """The tapped layers whose units are their tensor's last axis (`onnx_layout.unit_layouts`),
+        with the attributes saying so; worked out once per tensor set, from the first run's ranks."""
+        if tensors not in self._layouts:
+            self._layouts[tensors] = unit_layouts(self.proto.graph, {layer: tensors[i] for layer, i in at},
+                                                  {layer: arrays[i].ndim for layer, i in at})
+        return self._layouts[tensors]
 
 
 def _softmax_node(node: Any) -> Any:
