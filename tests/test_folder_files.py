@@ -4,12 +4,14 @@ before the device route's decoder, image files that are not read. Real sketches 
 test split) written with Pillow; the demo model; real stores in tmp_path."""
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import struct
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +279,26 @@ def test_class_names_differing_only_in_unicode_form_are_refused(tmp_path, sketch
     Image.fromarray(sketches[2][1]).save(root / "dog" / "a.png")
     with pytest.raises(SketchmineError, match=r"two class folders named 'café', in different Unicode forms"):
         ImageFolderDataset(root, preset("none", 1, None))
+
+
+def test_files_hashed_on_threads_give_the_digests_of_one_thread(tmp_path, monkeypatch):
+    """A first fingerprint hashes on several threads: each file's digest lands in its own place,
+    missing files stay missing, and the cache holds what one thread would have written."""
+    from sketchmine.data import folder
+
+    monkeypatch.setattr(folder, "usable_cores", lambda: 4)
+    rng = np.random.default_rng(0)
+    rels = [f"c/{i:03d}.png" for i in range(300)]
+    (tmp_path / "c").mkdir()
+    for rel in rels[::-1]:  # sizes unlike each other, files written in another order than listed
+        (tmp_path / rel).write_bytes(rng.bytes(int(rng.integers(1, 5000))))
+    asked = [*rels[:150], "c/gone.png", *rels[150:]]
+    want = [hashlib.blake2b((tmp_path / r).read_bytes(), digest_size=16).hexdigest() if r != "c/gone.png"
+            else "missing" for r in asked]
+    used = []
+    monkeypatch.setattr(folder, "ThreadPoolExecutor", lambda n: used.append(n) or ThreadPoolExecutor(n))
+    folder._HASH_CACHE.clear()
+    assert folder.content_hashes(tmp_path, asked) == want and used == [4]
+    folder._HASH_CACHE.clear()  # read back from the cache file the threads' hashes went into
+    monkeypatch.setattr(folder, "_file_digest", lambda path: pytest.fail(f"{path} hashed again"))
+    assert folder.content_hashes(tmp_path, asked) == want

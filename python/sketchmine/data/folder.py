@@ -2,17 +2,20 @@
 decoding of one file into [0, 1] pixels."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from sketchmine.cores import usable_cores
 from sketchmine.data.dataset import MinerDataset, error_note
 from sketchmine.data.imagefile import READ_ERRORS, read_image, regular_stat
 from sketchmine.data.listing import (IMAGE_EXTENSIONS, OTHER_IMAGE_EXTENSIONS, check_listable, is_run_dir,
@@ -237,7 +240,8 @@ def content_hashes(root: str | os.PathLike, rels: list[str], stamps: list[list[i
     (the pass then reports the file itself). Cost on the 2,000-image Animal-Shape export
     (28×28 PNGs; two busy cores): 0.2-0.4 s uncached, 20-80 ms cached, against 10-40 ms for
     the names-and-sizes fingerprint it replaces; uncached, it reads every byte once (a large
-    dataset's first `mine` pays about one extra read of its files). `stamps`, when given, gets
+    dataset's first `mine` pays about one extra read of its files, hashed on up to HASH_THREADS
+    threads, one per usable core: benchmarks/fingerprint.py). `stamps`, when given, gets
     each file's `_stamp` (-1s for a missing one)."""
     key = str(Path(root).resolve())
     name = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
@@ -250,7 +254,8 @@ def content_hashes(root: str | os.PathLike, rels: list[str], stamps: list[list[i
         except (OSError, ValueError):
             cache = {}
         _HASH_CACHE[key] = cache
-    out, changed = [], False
+    out: list[str] = []
+    todo: list[tuple[int, str, list[int]]] = []  # files to hash: (position in `out`, rel, stamp)
     for rel in rels:
         path = os.path.join(key, rel)
         denied = False
@@ -260,21 +265,22 @@ def content_hashes(root: str | os.PathLike, rels: list[str], stamps: list[list[i
             stamp, denied = None, isinstance(exc, PermissionError)
         if stamps is not None:
             stamps.append(stamp or [-1] * 4)
+        hit = cache.get(rel) if stamp is not None else None
         if stamp is None:
             out.append("unreadable" if denied else "missing")
-            continue
-        hit = cache.get(rel)
-        if isinstance(hit, list) and len(hit) == 5 and hit[:4] == stamp:
+        elif isinstance(hit, list) and len(hit) == 5 and hit[:4] == stamp:
             out.append(hit[4])
-            continue
-        try:
-            with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
-        except OSError:
-            out.append("unreadable")
-            continue
-        cache[rel], changed = [*stamp, digest], True
-        out.append(digest)
+        else:
+            todo.append((len(out), rel, stamp))
+            out.append("unreadable")  # until hashed
+    # reading and hashing release the GIL: a first `mine` of a large folder hashes on every core
+    threads = min(usable_cores(), HASH_THREADS, max(1, len(todo) // 64))
+    with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
+        digests = (pool.map if pool else map)(lambda item: _file_digest(os.path.join(key, item[1])), todo)
+        for (i, rel, stamp), digest in zip(todo, digests):
+            if digest is not None:
+                cache[rel], out[i] = [*stamp, digest], digest
+    changed = any(out[i] != "unreadable" for i, _, _ in todo)
     if changed:
         try:
             if not cache_dir().parent.parent.is_dir():  # HOME=/nonexistent, the no-home convention: root made it
@@ -289,6 +295,19 @@ def content_hashes(root: str | os.PathLike, rels: list[str], stamps: list[list[i
         except OSError:
             pass
     return out
+
+
+HASH_THREADS = 16
+"""At most this many files are hashed at once: beyond it a disk, not the cores, bounds the hashing."""
+
+
+def _file_digest(path: str) -> str | None:
+    """blake2b-128 (hex) of the file's bytes; None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+    except OSError:
+        return None
 
 
 def _check_storable(root: Path, listed: dict[str, list[str]]) -> None:
