@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models.convnext import CNBlock
 
 import sketchmine
-from sketchmine.model.taps import CHANNELS_LAST
+from sketchmine.model.layouts import CHANNELS_LAST
 from sketchmine.passes.featvis import LayerReader
 from sketchmine.passes.probe import ProbeNet
 from tests.helpers import brute_topk, per_class_subset
@@ -189,3 +189,81 @@ def test_an_onnx_tensor_with_its_grid_transposed_is_refused(sketches, tmp_path):
     with pytest.raises(sketchmine.SketchmineError, match=r"holds its axes as \(N, C, W, H\)"):
         sketchmine.mine(onnx, sketches, layers=["act"], out=tmp_path / "r.zarr")
     assert not (tmp_path / "r.zarr").exists()
+
+
+def _transformers() -> list[tuple[nn.Module, list[str], tuple[int, ...]]]:
+    """torchvision's Swin (channels last all through, past an attention the fields cannot follow)
+    and ViT (tokens, features last), small: each with its layers and the permute to (N, units, ...)."""
+    from torchvision.models.swin_transformer import SwinTransformer
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(2)
+    swin = SwinTransformer(patch_size=[4, 4], embed_dim=12, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4],
+                           num_classes=10).eval()
+    vit = VisionTransformer(image_size=28, patch_size=7, num_layers=2, num_heads=2, hidden_dim=12, mlp_dim=20,
+                            num_classes=10).eval()
+    nn.init.normal_(vit.heads.head.weight)  # torchvision starts it at zero: every image alike, nothing to ablate
+    block = "encoder.layers.encoder_layer_0"
+    return [(swin, ["features.1.0.norm1", "features.1.0.attn", "features.1.0", "features.1.0.mlp.1", "features.2",
+                    "norm"], (0, 3, 1, 2)),
+            (vit, [f"{block}.ln_1", f"{block}.self_attention", f"{block}.mlp.1", block, "encoder.ln"], (0, 2, 1))]
+
+
+def test_transformer_blocks_are_mined_by_their_channels(sketches, tmp_path):
+    x = sketches.tensors[0].expand(-1, 3, -1, -1).contiguous()  # RGB: torchvision's transformers take 3 channels
+    rgb = torch.utils.data.TensorDataset(x, sketches.tensors[1])
+    for net, layers, perm in _transformers():
+        run = sketchmine.mine(net, rgb, layers=layers, k=3, out=tmp_path / f"{type(net).__name__}.zarr",
+                              batch_size=len(rgb))
+        for layer in layers:
+            got: list[torch.Tensor] = []
+            handle = dict(net.named_modules())[layer].register_forward_hook(
+                lambda m, i, o: got.append((o[0] if isinstance(o, tuple) else o).detach()))
+            with torch.inference_mode():
+                net(x)
+            handle.remove()
+            acts = got[0].permute(*perm)  # (N, units, *positions)
+            assert run.layer_shape(layer) == tuple(acts.shape[1:]), layer
+            values, index, _ = run.topk(layer)
+            want_values, want_index, _ = brute_topk(acts, 3)
+            assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6), layer
+    vit_block, unit = "encoder.layers.encoder_layer_0", 7
+    df = sketchmine.unit_importance(run, vit_block, model=net, dataset=rgb, batch_size=len(rgb))
+    assert len(df) == 12  # the features, not the 17 tokens
+    labels = sketches.tensors[1]
+
+    def probs(zero: int | None) -> np.ndarray:
+        def hook(m, i, o):
+            o = o.clone()
+            o[..., zero] = 0  # the feature, at every token
+            return o
+
+        handle = dict(net.named_modules())[vit_block].register_forward_hook(hook) if zero is not None else None
+        try:
+            with torch.inference_mode():
+                return torch.softmax(net(x).double(), 1).gather(1, labels[:, None])[:, 0].numpy()
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    drop = (probs(None) - probs(unit)).mean()
+    assert abs(drop) > 1e-6 and df.set_index("unit").loc[unit, "prob_drop"] == pytest.approx(drop, abs=1e-6)
+
+
+def test_a_module_the_graph_cannot_place_is_said(sketches, tmp_path, caplog):
+    """Channels last after an op the graph does not follow (matmul by a tensor): read on axis 1, said."""
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.act, self.head = nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Linear(4, 10)
+            self.mix = nn.Parameter(torch.eye(4) + 0.1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.act(torch.matmul(self.conv(x).permute(0, 2, 3, 1), self.mix))  # (N, H, W, 4)
+            return self.head(y.amax((1, 2)))
+
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        sketchmine.mine(Mixed().eval(), sketches, layers=["conv", "act"], k=2, out=tmp_path / "r.zarr")
+    said = [r.getMessage() for r in caplog.records if "read with their units on axis 1" in r.getMessage()]
+    assert len(said) == 1 and "(act:" in said[0] and "conv" not in said[0].split("(")[1]

@@ -167,9 +167,11 @@ def test_a_read_that_fails_while_the_writer_commits_still_gives_up_with_retry(tm
         while _images_done(out) == 0 and proc.poll() is None:
             time.sleep(0.01)
         run = sketchmine.open_run(out)
+        began = time.monotonic()
         with pytest.raises(SketchmineError, match="being written by another process.*retry in a moment"):
             run.store.committed(read, tries=3, patience=1.0)
-        assert len(calls) >= 3 and calls[-1] - calls[0] >= 0.6
+        # an attempt may end before its read (the commit's slot rewritten as it was pinned): count time, not calls
+        assert calls and time.monotonic() - began >= 1.0
     finally:
         proc.kill()
         proc.wait(timeout=60)

@@ -21,7 +21,8 @@ from sketchmine.model.onnx_backend import OnnxRunError
 from sketchmine.model.modes import input_dtype
 from sketchmine.model.meta import meta_call
 from sketchmine.model.receptive_field import FieldAnalysis, field_analysis, module_input_channels
-from sketchmine.model.taps import SOFTMAX, Taps, graph_layouts, layer_kind, layout_open, resolve_layers
+from sketchmine.model.layouts import graph_layouts, layout_open
+from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
 from sketchmine.progress import Progress
 
 __all__ = ["Forward", "Layer", "TorchForward", "as_forward", "fields_attrs", "layer_field", "module_weights_hash", "probe"]
@@ -61,6 +62,7 @@ class TorchForward:
         self.compile = False  # run each forward as a torch.compile graph (see _open_compiled)
         self.layouts: dict[str, dict[str, Any]] = {}  # how each tap read its module, from the probe
         self._analyses: dict[tuple[int, ...], FieldAnalysis | SketchmineError] = {}  # by one input's shape
+        self.unplaced: dict[str, str] = {}  # tapped modules read on axis 1 that the graph cannot place, and why
 
     def resolve_layers(self, layers: list[str] | None) -> list[str]:
         return resolve_layers(self.net, layers)
@@ -84,6 +86,11 @@ class TorchForward:
         return layer_kind(self.net, name)
 
     def fields(self, sample: tuple[int, ...], progress: Progress) -> dict[str, Any]:
+        if self.unplaced:  # said when the run is made
+            names, why = list(self.unplaced), next(iter(self.unplaced.values()))
+            progress.note(f"{len(names)} layer(s) read with their units on axis 1, (N, C, ...), where the model's graph "
+                          f"does not place them ({', '.join(names[:3])}{', …' if len(names) > 3 else ''}: {why}): a "
+                          "module returning channels last (N, H, W, C) or tokens (N, T, D) is read along the wrong axis")
         return fields_attrs(self.net, sample, progress, self._analysis(sample))
 
     def _analysis(self, sample: tuple[int, ...]) -> FieldAnalysis | SketchmineError:
@@ -108,11 +115,12 @@ class TorchForward:
             dtypes.setdefault(name, t.dtype)
 
         x = _floating(x).to(input_dtype(self.net))
-        known = {}
-        if x.ndim >= 4 and layout_open(self.net, layers):  # a module the graph may hold channels last
-            analysis = self._analysis(tuple(x.shape[1:]))
-            if isinstance(analysis, FieldAnalysis):
-                known = graph_layouts(self.net, layers, analysis.channels_last)
+        known: dict[str, dict[str, Any]] = {}
+        unplaced: dict[str, str] = {}
+        if layout_open(self.net, layers):  # a module whose units only the graph places
+            analysis = self._analysis(tuple(x.shape[1:])) if x.ndim >= 4 else SketchmineError("not an image input")
+            known, unplaced = graph_layouts(self.net, layers, analysis.unit_axes if isinstance(
+                analysis, FieldAnalysis) else analysis)
         with torch.inference_mode(), Taps(self.net, layers, record, known) as taps:
             out = _shape_forward(self.net, x)
         for name, dtype in dtypes.items():
@@ -122,6 +130,7 @@ class TorchForward:
                     "float16 and bfloat16 activations" + (" (it ranks and stores them as float32): cast the model "
                                                           "with model.float()" if dtype.is_floating_point else
                                                           ": tap a module whose output is floating-point"))
+        self.unplaced = {n: why for n, why in unplaced.items() if len(shapes.get(n, ())) >= 2}  # a vector: axis 1
         folded = [name for name, info in taps.layouts.items() if "time_steps" in info]
         if folded:
             _check_folded_rows(self.net, folded, x, taps.layouts)

@@ -21,10 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from sketchmine.errors import SketchmineError
-from sketchmine.model.taps import CHANNELS_LAST
-
-FEATURES_LAST = "(N, T, F) → (N, F, T)"
-"""The `layout` attribute of an ONNX tensor a MatMul by a weight makes from (N, T, F)."""
+from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
 
 _CHANNELS_FIRST = {"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "LRN", "MaxPool",
                    "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool"}

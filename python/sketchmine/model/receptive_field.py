@@ -32,6 +32,7 @@ from torch import fx, nn
 from sketchmine.errors import SketchmineError
 from sketchmine.model.field_pads import check_padding_mode, conv_padding, copy_carriers, pad_of, pair
 from sketchmine.model.graph import module_input_channels, module_outputs, propagate_shapes, trace
+from sketchmine.model.unit_axes import follow_units, tapped_shape
 
 _POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                       nn.Hardswish, nn.Hardsigmoid, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d,
@@ -141,14 +142,14 @@ class FieldAnalysis:
     """The fields the graph gives (`fields`), and the modules without one (`missing`: module name →
     why, in words): an op the analysis cannot follow comes before them, or, for those in `copies`,
     their border units are copies of other pixels (a reflection or replication pad, and pointwise
-    ops between it and its conv) while the layers after them have fields. `channels_last`: the
-    modules whose 4-D output holds the height and width at dims 1 and 2, channels last (inside a
-    ConvNeXt block's permutes): their units are along the last dim, not dim 1."""
+    ops between it and its conv) while the layers after them have fields. `unit_axes`: module →
+    (the axis of its output holding its units, the output's rank), where the graph tells
+    (`unit_axes.follow_units`; the last axis inside a ConvNeXt block's permutes)."""
 
     fields: dict[str, ReceptiveField]
     missing: dict[str, str]
     copies: frozenset[str] = frozenset()
-    channels_last: frozenset[str] = frozenset()
+    unit_axes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
@@ -210,21 +211,21 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
             out[name] = _field(fields[node], h, w)
         elif node in unknown:
             missing[name] = unknown[node]
-    last = frozenset(name for name, node in outputs.items() if node in fields and fields[node].grid == (-3, -2)
-                     and len(getattr(node.meta.get("tensor_meta"), "shape", ())) == 4)
-    return FieldAnalysis(out, missing, frozenset(n for n, why in missing.items() if why in copies.values()), last)
+    spans = follow_units(gm)
+    axes = {name: (spans[node][0], len(tapped_shape(node) or ())) for name, node in outputs.items()
+            if node in spans and spans[node][1] == spans[node][0] + 1}
+    return FieldAnalysis(out, missing, frozenset(n for n, why in missing.items() if why in copies.values()), axes)
 
 
-def channels_last_modules(model: nn.Module, sample: tuple[int, ...]) -> frozenset[str]:
-    """`FieldAnalysis.channels_last` for one input of shape `sample` ((C, H, W), or (T, C, H, W)
-    for a sequence of frames); empty where the graph cannot be analysed (the modules' layout is
-    then taken as channels first, the layout of every other module)."""
-    if len(sample) < 3:  # a vector or a sequence of features: no grid
-        return frozenset()
+def graph_unit_axes(model: nn.Module, sample: tuple[int, ...]) -> dict[str, tuple[int, int]] | SketchmineError:
+    """`FieldAnalysis.unit_axes` for one input of shape `sample` ((C, H, W), or (T, C, H, W) for a
+    sequence of frames), or why the graph cannot be analysed."""
+    if len(sample) < 3:  # a vector or a sequence of features: no image input
+        return SketchmineError(f"the model takes {tuple(sample)} inputs, not images")
     try:
-        return field_analysis(model, tuple(sample[-2:]), tuple(sample[:-3]), channels=int(sample[-3])).channels_last
-    except SketchmineError:
-        return frozenset()
+        return field_analysis(model, tuple(sample[-2:]), tuple(sample[:-3]), channels=int(sample[-3])).unit_axes
+    except SketchmineError as exc:
+        return exc
 
 
 def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[str, nn.Module],

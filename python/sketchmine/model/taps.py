@@ -19,9 +19,10 @@ module returns; the rules (also recorded per layer in the run, see `Taps.layouts
   nn.LSTM; unroll the model with an nn.LSTMCell per step to study them.
 - nn.Linear applied to (N, *, F): features last → (N, F, *), e.g. a per-step classifier, or
   a per-position Linear on a channels-last (N, H, W, F) map (ConvNeXt), its (y, x) kept.
-- any other module whose (N, H, W, C) output the graph holds channels last (a LayerNorm or GELU
-  between a ConvNeXt block's permutes; `receptive_field.channels_last_modules`): → (N, C, H, W),
-  recorded as `layout` CHANNELS_LAST. A model the graph analysis cannot follow is read channels first.
+- any other module whose output the graph holds with its units last (`layouts.graph_layouts`):
+  (N, H, W, C) (a LayerNorm or GELU between a ConvNeXt block's permutes, a Swin block) → (N, C, H, W),
+  `layout` CHANNELS_LAST; (N, T, D) (a vision transformer's tokens) → (N, D, T), FEATURES_LAST.
+  One the graph cannot place is read along axis 1 (the miner says which).
 - a grid of more dims than (H, W), Conv3d's (N, C, D, H, W): the leading ones stacked along y,
   (N, C, D*H, W) with y = d*H + y_frame (the run's `yx` attribute says so).
 - a module that sees the frames of a sequence folded into the batch, (N*T, ...) for a model
@@ -37,6 +38,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from sketchmine.errors import SketchmineError, closest
+from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST, learn_layouts
 
 SOFTMAX = "softmax"
 """Virtual layer: softmax of the model's output, for models without an nn.Softmax module."""
@@ -144,32 +146,6 @@ TIME_FIRST = "(T, N, features) → (N, features, T)"
 after an nn.GRU/nn.LSTM without batch_first."""
 
 
-CHANNELS_LAST = "(N, H, W, C) → (N, C, H, W)"
-"""The `layout` attribute of a module whose 4-D output the model's graph holds channels last
-(between a permute to (N, H, W, C) and the permute back): its units are the last dim."""
-
-
-_LAYOUT_FIXED = (nn.modules.conv._ConvNd, nn.Linear, nn.RNNBase, nn.modules.batchnorm._NormBase, nn.GroupNorm,
-                 nn.LocalResponseNorm, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
-                 nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
-"""Modules whose output layout their type fixes: channels (or features) where `to_units` reads them."""
-
-
-def layout_open(model: nn.Module, layers: Sequence[str]) -> bool:
-    """Whether any of `layers` is a module whose output may hold its channels last (an activation,
-    a LayerNorm, a block): only the graph tells (`graph_layouts`)."""
-    modules = dict(model.named_modules())
-    return any(n in modules and not isinstance(modules[n], _LAYOUT_FIXED) for n in layers)
-
-
-def graph_layouts(model: nn.Module, layers: Sequence[str], last: frozenset[str]) -> dict[str, dict[str, Any]]:
-    """The layouts the graph tells for `layers` (the `known` of a `Taps`): CHANNELS_LAST for the
-    modules in `last` (`receptive_field.channels_last_modules`), but a Linear, whose own rule reads
-    its features last already."""
-    modules = dict(model.named_modules())
-    return {n: {"layout": CHANNELS_LAST} for n in layers if n in last and not isinstance(modules[n], nn.Linear)}
-
-
 def time_first(t: torch.Tensor, batch: int | None, known: Mapping[str, Any] | None = None) -> bool:
     """Whether a per-step Linear's 3-D output is time-first (T, N, F) rather than batch-first
     (N, T, F) or frames folded into the batch (N*T, P, F). `known`: the layer's attributes from
@@ -203,6 +179,8 @@ def to_units(name: str, module: nn.Module, t: torch.Tensor, batch: int | None,
                    "position": "time", "yx": "(0, t)"}
     if known and known.get("layout") == CHANNELS_LAST and t.ndim == 4:
         return t.movedim(3, 1), {"position": "grid", "yx": "(y, x)", "layout": CHANNELS_LAST}
+    if known and known.get("layout") == FEATURES_LAST and t.ndim == 3 and batch in (None, t.shape[0]):
+        return t.movedim(2, 1), {"position": "sequence", "yx": "(0, t)", "layout": FEATURES_LAST}
     if isinstance(module, nn.Linear) and t.ndim > 2:
         if time_first(t, batch, known):  # read as folded frames, its steps would be credited to other images
             return t.permute(1, 2, 0), {"position": "sequence", "yx": "(0, t)", "layout": TIME_FIRST}
@@ -336,12 +314,7 @@ def probe_layouts(model: nn.Module, layers: Sequence[str], x: torch.Tensor) -> d
         if read >= wanted:  # after the last name of the module's hook, so every layout is kept
             raise _Probed
 
-    known = {}
-    if layout_open(model, layers):
-        from sketchmine.model.receptive_field import channels_last_modules  # the tracer: only where asked
-
-        known = graph_layouts(model, layers, channels_last_modules(model, tuple(x.shape[1:])))
-    with torch.inference_mode(), Taps(model, layers, done, known) as taps:
+    with torch.inference_mode(), Taps(model, layers, done, learn_layouts(model, layers, x.shape[1:])[0]) as taps:
         try:
             model(x[:1])
         except _Probed:

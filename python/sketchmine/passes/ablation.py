@@ -28,7 +28,8 @@ from sketchmine.errors import SketchmineError
 from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model import cut
 from sketchmine.model.modes import eval_mode
-from sketchmine.model.taps import (CHANNELS_LAST, SOFTMAX, STATE_BATCH_DIM, TIME_FIRST, Taps, ablation_dims, final_hidden,
+from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
+from sketchmine.model.taps import (SOFTMAX, STATE_BATCH_DIM, TIME_FIRST, Taps, ablation_dims, final_hidden,
                                    probe_layouts, replace_element, replace_hidden, tapped_element, to_units)
 
 _BUDGET = 1 << 23  # elements of one replicated activation tensor (32 MB float32)
@@ -104,7 +105,7 @@ class Replicate:
             self.known = dict(layout)
         if self.known.get("layout") == TIME_FIRST:
             self.dims = (1, self.dims[1])
-        elif self.known.get("layout") == CHANNELS_LAST:
+        elif self.known.get("layout") in (CHANNELS_LAST, FEATURES_LAST):
             self.dims = (self.dims[0], -1)
 
     def _zeroed(self, output: Any, t: torch.Tensor, units: list[int]) -> Any:

@@ -1,0 +1,67 @@
+"""Where a tapped module's output holds its units, where its type does not fix it: the graph's word
+(`unit_axes`), as the `known` layouts a `Taps` reads them with.
+
+A conv, pool or channel norm holds its channels on axis 1, a Linear its features last (taps'
+own rules). Any other module (an activation, a LayerNorm, a block) returns what it was fed:
+channels last inside a ConvNeXt block's permutes and all through a Swin transformer (N, H, W, C),
+features last in a vision transformer's tokens (N, T, D). Such a module whose units the graph
+cannot place is read along axis 1 and listed, so that the caller can say so.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from sketchmine.errors import SketchmineError
+
+CHANNELS_LAST = "(N, H, W, C) → (N, C, H, W)"
+"""The `layout` attribute of a module whose 4-D output holds its channels last: its units are
+the last axis, its positions (y, x) the two before."""
+FEATURES_LAST = "(N, T, F) → (N, F, T)"
+"""The `layout` attribute of a module whose 3-D output holds its features last (tokens, steps):
+its units are the last axis, its positions the sequence."""
+
+_LAYOUT_FIXED = (nn.modules.conv._ConvNd, nn.Linear, nn.RNNBase, nn.modules.batchnorm._NormBase, nn.GroupNorm,
+                 nn.LocalResponseNorm, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+                 nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+"""Modules whose output layout their type fixes: channels (or features) where `to_units` reads them."""
+
+
+def layout_open(model: nn.Module, layers: Sequence[str]) -> bool:
+    """Whether any of `layers` is a module whose units only the graph can place."""
+    modules = dict(model.named_modules())
+    return any(n in modules and not isinstance(modules[n], _LAYOUT_FIXED) for n in layers)
+
+
+def graph_layouts(model: nn.Module, layers: Sequence[str], axes: dict[str, tuple[int, int]] | SketchmineError
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The layouts the graph tells for `layers` (the `known` of a `Taps`), from each module's
+    units axis and rank (`receptive_field.graph_unit_axes`), and the modules it cannot place,
+    with why (read along axis 1)."""
+    modules = dict(model.named_modules())
+    known: dict[str, dict[str, Any]] = {}
+    unplaced: dict[str, str] = {}
+    for name in layers:
+        if name not in modules or isinstance(modules[name], _LAYOUT_FIXED):
+            continue
+        got = axes.get(name) if isinstance(axes, dict) else None
+        if got is None:
+            unplaced[name] = (str(axes) if isinstance(axes, SketchmineError) else
+                              "the graph does not follow the ops before it")
+        elif got[1] in (3, 4) and got[0] == got[1] - 1:
+            known[name] = {"layout": CHANNELS_LAST if got[1] == 4 else FEATURES_LAST}
+        elif got[0] != 1 and got[1] > 2:
+            unplaced[name] = f"its units are axis {got[0]} of {got[1]}"
+    return known, unplaced
+
+
+def learn_layouts(model: nn.Module, layers: Sequence[str], sample: Sequence[int]
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """`graph_layouts` for one input of shape `sample`, the graph traced only where a layer needs it."""
+    if not layout_open(model, layers):
+        return {}, {}
+    from sketchmine.model.receptive_field import graph_unit_axes  # the tracer: only where asked
+
+    return graph_layouts(model, layers, graph_unit_axes(model, tuple(int(n) for n in sample)))
