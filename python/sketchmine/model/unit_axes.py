@@ -111,8 +111,9 @@ def _node_span(node: fx.Node, shape: tuple[int, ...] | None, image: list[fx.Node
         return _joined(node, image, spans)
     elif node.target is operator.getitem and fed and node.args[0] is fed[0] and _shape(fed[0]) is not None:
         return _indexed(node.args[1], spans[fed[0]], len(_shape(fed[0]) or ()))
-    elif node.target is operator.getitem and node.args[1] == 0 and node.args[0] in spans:
-        return spans[node.args[0]] if tapped_shape(node.args[0]) == shape else None  # element 0 of a module's tuple
+    elif node.target is operator.getitem and node.args[1] == 0 and isinstance(src := node.args[0], fx.Node) \
+            and src in spans:
+        return spans[src] if tapped_shape(src) == shape else None  # element 0 of a module's tuple
     return _kept(shape, image, spans)
 
 
