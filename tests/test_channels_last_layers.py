@@ -192,8 +192,11 @@ def test_an_onnx_tensor_with_its_grid_transposed_is_refused(sketches, tmp_path):
 
 
 def _transformers() -> list[tuple[nn.Module, list[str], tuple[int, ...]]]:
-    """torchvision's Swin (channels last all through, past an attention the fields cannot follow)
-    and ViT (tokens, features last), small: each with its layers and the permute to (N, units, ...)."""
+    """torchvision's Swin (channels last all through, past an attention the fields cannot follow),
+    MaxViT (windows partitioned to (N, windows, pixels, C), swapped for the grid attention, an
+    einsum attention before a Linear) and ViT (tokens, features last), small: each with its layers
+    and the permute to (N, units, ...)."""
+    from torchvision.models.maxvit import MaxVit
     from torchvision.models.swin_transformer import SwinTransformer
     from torchvision.models.vision_transformer import VisionTransformer
 
@@ -204,7 +207,12 @@ def _transformers() -> list[tuple[nn.Module, list[str], tuple[int, ...]]]:
                             num_classes=10).eval()
     nn.init.normal_(vit.heads.head.weight)  # torchvision starts it at zero: every image alike, nothing to ablate
     block = "encoder.layers.encoder_layer_0"
-    return [(swin, ["features.1.0.norm1", "features.1.0.attn", "features.1.0", "features.1.0.mlp.1", "features.2",
+    maxvit = MaxVit(input_size=(28, 28), stem_channels=8, partition_size=7, block_channels=[8], block_layers=[1],
+                    head_dim=4, stochastic_depth_prob=0.0, num_classes=10).eval()
+    part = "blocks.0.layers.0.layers"
+    return [(maxvit, [f"{part}.window_attention.partition_op", f"{part}.window_attention.attn_layer",
+                      f"{part}.window_attention.mlp_layer.2", f"{part}.grid_attention.partition_swap"],
+             (0, 3, 1, 2)),(swin, ["features.1.0.norm1", "features.1.0.attn", "features.1.0", "features.1.0.mlp.1", "features.2",
                     "norm"], (0, 3, 1, 2)),
             (vit, [f"{block}.ln_1", f"{block}.self_attention", f"{block}.mlp.1", block, "encoder.ln"], (0, 2, 1))]
 

@@ -14,10 +14,10 @@ The units are followed as a span of axes [start, stop) (a channel shuffle splits
 for a moment) from the image input's axis 1:
 - convolutions, pools and channel norms put them on axis 1; a Linear (module or F.linear) on
   the last axis;
-- permute and transpose move them; reshape, view and flatten keep them where the axes on one
+- permute, transpose, swapaxes and movedim move them; reshape, view and flatten keep them where the axes on one
   side of them are kept (flattening (H, W), or splitting the channels into groups);
 - cat keeps them when it joins along another axis; indexing keeps them when it drops other axes;
-- matmul, einsum, movedim and the like leave them unknown;
+- matmul and einsum leave them unknown (a Linear after them places them again);
 - any other op whose output has the rank, batch and unit sizes of its inputs that come from the
   image keeps their units, where those agree (elementwise ops, norms, dropout, attention, a
   residual add, functional pools and pads); anything else leaves them unknown, as does an input
@@ -37,10 +37,11 @@ Span = tuple[int, int]
 _CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LocalResponseNorm,
                    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
                    nn.modules.pooling._AdaptiveMaxPoolNd)
-_MOVES = {torch.permute, torch.transpose, "permute", "transpose"}
+_MOVES = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.movedim, "permute", "transpose",
+          "swapaxes", "swapdims", "movedim"}
 _RESHAPES = {torch.reshape, torch.flatten, "reshape", "view", "flatten", "unflatten"}
-_UNFOLLOWED = {torch.matmul, torch.bmm, torch.einsum, torch.movedim, torch.swapaxes, torch.swapdims, operator.matmul,
-               "matmul", "bmm", "movedim", "swapaxes", "swapdims", "t", "expand_as", "view_as", "reshape_as"}
+_UNFOLLOWED = {torch.matmul, torch.bmm, torch.einsum, operator.matmul, "matmul", "bmm", "t", "expand_as", "view_as",
+               "reshape_as"}
 
 
 def follow_units(gm: fx.GraphModule) -> dict[fx.Node, Span]:
@@ -58,7 +59,7 @@ def follow_units(gm: fx.GraphModule) -> dict[fx.Node, Span]:
             continue
         if node.op not in ("call_module", "call_function", "call_method"):
             continue
-        fed = [a for a in node.all_input_nodes if a in image and _shape(a) is not None]  # not sizes: a class
+        fed = [a for a in node.all_input_nodes if a in image and "tensor_meta" in a.meta]  # not sizes: a class
         if not fed:  # token expanded to the batch's size is made of weights
             continue
         image.add(node)
@@ -138,6 +139,11 @@ def _moved(node: fx.Node, span: Span, rank: int) -> Span | None:
         return None
     if node.target in (torch.permute, "permute"):
         order = [int(d) % rank for d in (list(args[0]) if isinstance(args[0], (tuple, list)) else args)]
+    elif node.target in (torch.movedim, "movedim"):
+        if not all(isinstance(a, int) for a in args[:2]):
+            return None
+        order = list(range(rank))
+        order.insert(int(args[1]) % rank, order.pop(int(args[0]) % rank))
     else:
         order = list(range(rank))
         a, b = int(args[0]) % rank, int(args[1]) % rank
