@@ -275,3 +275,25 @@ def test_a_module_the_graph_cannot_place_is_said(sketches, tmp_path, caplog):
         sketchmine.mine(Mixed().eval(), sketches, layers=["conv", "act"], k=2, out=tmp_path / "r.zarr")
     said = [r.getMessage() for r in caplog.records if "read with their units on axis 1" in r.getMessage()]
     assert len(said) == 1 and "(act:" in said[0] and "conv" not in said[0].split("(")[1]
+
+
+def test_an_onnx_tensor_the_graph_cannot_place_is_said(sketches, tmp_path, caplog):
+    """A vision transformer's LayerNorm, after the Reshape and Concat the ONNX graph is not followed
+    through: read along axis 1 (its tokens), and said; its Linear is placed by its weight."""
+    pytest.importorskip("onnxruntime")
+    from tests.test_onnx import export
+
+    net = _transformers()[-1][0]
+    rgb = torch.nn.Sequential(_Grey3(), net).eval()  # the export takes the sketches' one channel
+    onnx = sketchmine.load_model(export(rgb, tmp_path / "vit.onnx"))
+    block = "1.encoder.layers.encoder_layer_0"
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(onnx, sketches, layers=[f"{block}.ln_1", f"{block}.mlp.0"], k=2, out=tmp_path / "r.zarr")
+    said = [r.getMessage() for r in caplog.records if "read with their units on axis 1" in r.getMessage()]
+    assert len(said) == 1 and f"({block}.ln_1)" in said[0]
+    assert run.layer_shape(f"{block}.mlp.0") == (20, 17)
+
+
+class _Grey3(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(-1, 3, -1, -1)

@@ -90,7 +90,9 @@ class OnnxModel:
         self.logits_name = graph.output[0].name
         self.device = torch.device("cpu")
         self._sessions: dict[tuple[Any, ...], Any] = {}
-        self._layouts: dict[tuple[str, ...], dict[str, dict[str, Any]]] = {}  # per tensor set: units not on axis 1
+        # per tensor set: the layers with units not on axis 1, and those whose units the graph does not place
+        self._layouts: dict[tuple[str, ...], tuple[dict[str, dict[str, Any]], list[str]]] = {}
+        self.unplaced: list[str] = []  # of the tensor set run last
         self.names = GraphNames(graph, self.path.name)
 
     def declared_input(self) -> tuple[int | str, ...]:
@@ -169,7 +171,13 @@ class OnnxModel:
         return str(self.names.producer[self.tensor(layer)].op_type).lower()
 
     def fields(self, sample: tuple[int, ...], progress: Any) -> dict[str, Any]:
-        """Receptive fields are not computed for ONNX graphs: the store records None."""
+        """Receptive fields are not computed for ONNX graphs: the store records None. Said then
+        (the run is made): the tapped tensors read along axis 1 that the graph does not place."""
+        if self.unplaced:
+            names = self.unplaced
+            progress.note(f"{len(names)} layer(s) of {self.path.name} read with their units on axis 1, (N, C, ...), "
+                          f"where the graph does not place them ({', '.join(names[:3])}{', …' if len(names) > 3 else ''}"
+                          "): a tensor holding channels last (N, H, W, C) or tokens (N, T, D) is read along the wrong axis")
         return {}
 
     # ---- running ---------------------------------------------------------------------
@@ -313,7 +321,8 @@ class OnnxModel:
         if tensors not in self._layouts:
             self._layouts[tensors] = unit_layouts(self.proto.graph, {layer: tensors[i] for layer, i in at},
                                                   {layer: arrays[i].ndim for layer, i in at})
-        return self._layouts[tensors]
+        moved, self.unplaced = self._layouts[tensors]
+        return moved
 
 
 def _softmax_node(node: Any) -> Any:

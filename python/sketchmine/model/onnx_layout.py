@@ -32,24 +32,29 @@ _ELEMENTWISE = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Si
 NCHW, NHWC = ("n", "c", "h", "w"), ("n", "h", "w", "c")
 
 
-def unit_layouts(graph: Any, tensors: dict[str, str], ranks: dict[str, int]) -> dict[str, dict[str, Any]]:
+def unit_layouts(graph: Any, tensors: dict[str, str], ranks: dict[str, int]
+                 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """For each layer → tensor in `tensors` whose units are not along axis 1, the attributes that
-    say how it is read (`layout` CHANNELS_LAST or FEATURES_LAST, position, yx); `ranks`: each
-    tapped tensor's rank as run. Raises a SketchmineError naming a layer whose grid is transposed."""
+    say how it is read (`layout` CHANNELS_LAST or FEATURES_LAST, position, yx), and the layers of
+    3 or more axes whose units the graph does not place (read along axis 1, for the caller to say);
+    `ranks`: each tapped tensor's rank as run. Raises a SketchmineError naming a layer whose grid
+    is transposed."""
     axes = _follow(graph)
     weighted = _weight_products(graph)
     out: dict[str, dict[str, Any]] = {}
+    unplaced = [layer for layer, name in tensors.items() if ranks.get(layer, 0) >= 3 and name not in weighted
+                and (axes.get(name) is None or axes[name][1] != "c" and axes[name][-1] != "c")]
     for layer, name in tensors.items():
         rank, known = ranks.get(layer, 0), axes.get(name)
         if rank == 4 and known is not None and known not in (NCHW, NHWC) and None not in known:
-            raise SketchmineError(f"layer {layer!r} (tensor {name!r}) holds its axes as ({', '.join(str(a) for a in known).upper()}); "
-                                  "sketchmine reads (N, C, H, W) or channels last (N, H, W, C): mine a tensor "
+            raise SketchmineError(f"layer {layer!r} (tensor {name!r}) holds its axes as "
+                                  f"({', '.join(str(a) for a in known).upper()}); sketchmine reads (N, C, H, W) or channels last (N, H, W, C): mine a tensor "
                                   "before or after it")
         if rank == 4 and (known == NHWC or name in weighted):  # a weighted one: as the torch Linear rule
             out[layer] = {"position": "grid", "yx": "(y, x)", "layout": CHANNELS_LAST}
         elif rank == 3 and name in weighted:
             out[layer] = {"position": "sequence", "yx": "(0, t)", "layout": FEATURES_LAST}
-    return out
+    return out, unplaced
 
 
 def _weight_products(graph: Any) -> set[str]:
