@@ -227,8 +227,8 @@ def test_report_cards_show_importance_ranks_from_one(demo_model, demo_test_set, 
 
 def test_a_resume_refused_for_its_dataset_says_which_images_differ(demo_model, demo_test_set, tmp_path):
     """"other settings: dataset (run: 3f2a…, now: 9c1e…)" said two fingerprints and nothing a user
-    could act on; the run records every image's path and label, so the refusal names the images
-    gone, new or under another class, or says that only a file's content changed."""
+    could act on; the run records every image's path, label and content digest, so the refusal
+    names the images gone, new, under another class, or rewritten."""
     import shutil
 
     from PIL import Image
@@ -251,7 +251,7 @@ def test_a_resume_refused_for_its_dataset_says_which_images_differ(demo_model, d
     pixels = np.asarray(Image.open(root / files[7])).copy()
     pixels[0, 0] ^= 1
     Image.fromarray(pixels).save(root / files[7])
-    assert "the same 30 images under the same classes, but the content of at least one changed" in refused()
+    assert f"the content of 1 image(s) changed since the run was made ({files[7]})" in refused()
     first = files[0].split("/")[0]
     shutil.move(root / first, root / "zz")
     said = refused()

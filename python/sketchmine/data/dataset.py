@@ -50,6 +50,11 @@ class MinerDataset(Dataset):
     def fingerprint(self) -> str:
         raise NotImplementedError
 
+    def content_digests(self) -> list[str] | None:
+        """Each image's own digest, as its `fingerprint` hashed it (a folder's files), which the run
+        keeps so that a resume refused for changed content can name the files; None: no file of its own."""
+        return None
+
     def labels(self) -> np.ndarray | None:
         """All labels without reading images, or None when only a pass can tell."""
         return None

@@ -168,10 +168,15 @@ class ImageFolderDataset(MinerDataset):
             h.update(f"{rel}\0{label}\0{digest}\n".encode("utf-8", "surrogateescape"))
         # what `mine` refuses before it makes the run (unless it skips bad images), and later passes name
         self.unreadable = [rel for (rel, _), digest in zip(self.samples, digests) if digest == "unreadable"]
+        self._digests = digests  # "missing" / "unreadable" in place of a file's digest, as hashed
         # 48 bytes an image (60 MB for ImageNet) to check each file as it is read: `file_bytes`
         self._hashed = (np.array([bytes.fromhex(d) if len(d) == 32 else bytes(16) for d in digests], dtype="S16"),
                         np.array(stamps, dtype=np.int64).reshape(len(stamps), 4))
         return h.hexdigest()
+
+    def content_digests(self) -> list[str] | None:
+        """blake2b-128 (hex) of each file's bytes as `fingerprint` hashed them (None before it)."""
+        return getattr(self, "_digests", None)
 
     def file_bytes(self, i: int) -> bytes:
         """Image i's file, read once; after `fingerprint`, checked against its stamp or hash (a file replaced mid-run)."""

@@ -1,7 +1,7 @@
 """What differs between the images a run was mined on and the dataset given to resume it, said
 by file: the run records each image's path and label and the class names, so a resume refused
-for "dataset" names the images gone, new or filed under another class, or says that only the
-bytes of some file changed (the fingerprint hashes every file; which file is not recorded)."""
+for "dataset" names the images gone, new or filed under another class, or those whose bytes
+changed (a folder's run keeps each file's digest; one made before it says only that some did)."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +11,7 @@ import numpy as np
 from sketchmine.data.dataset import MinerDataset
 from sketchmine.errors import SketchmineError
 from sketchmine.store.runstore import RunStore
-from sketchmine.store.schema import CLASS_NAMES, LABELS, PATHS
+from sketchmine.store.schema import CLASS_NAMES, DIGESTS, LABELS, PATHS
 
 SHOWN = 3
 """Paths named per kind of difference; the count says how many more."""
@@ -47,6 +47,15 @@ def images_otherwise(current: RunStore, ds: Any) -> str | None:
             said.append(f"{len(moved):,} image(s) under another class ({_first(moved)})")
     if said:
         return "; ".join(said)
+    hashed = ds.content_digests()
+    try:
+        kept = [str(d) for d in current.read(DIGESTS)] if hashed is not None and current.has(DIGESTS) else None
+    except (SketchmineError, OSError):
+        kept = None
+    if kept is not None and hashed is not None and len(kept) == len(hashed):
+        changed = [p for p, a, b in zip(paths, kept, hashed) if a != b]
+        if changed:
+            return f"the content of {len(changed):,} image(s) changed since the run was made ({_first(changed)})"
     return (f"the same {len(paths):,} images under the same classes, but the content of at least one changed since the "
             "run was made (the fingerprint hashes every file's bytes; which file is not recorded)")
 

@@ -352,7 +352,7 @@ def mine(
                 attrs["logits"] = False
             # a dataset without class names: the output numbers, so the class axis has its coordinate
             names = ds.class_names or [str(i) for i in range(num_classes or 0)]
-            return RunStore.create(out, attrs, len(ds), names, ds.path, labels,
+            return RunStore.create(out, attrs, len(ds), names, ds.path, labels, digests=ds.content_digests(),
                                    row_chunk=batch_size * flush_every,  # a flush writes whole new chunks
                                    layers={l.name: {**l.attrs, "shape": [l.channels, *l.spatial], "kind": l.kind,
                                                     "receptive_field": layer_field(l, fields)}

@@ -176,12 +176,14 @@ def new_arrays(group: zarr.Group, shapes: Mapping[str, tuple[int, ...]], rows: i
 
 def lay_out_run(group: zarr.Group, attrs: dict[str, Any], n_images: int, class_names: list[str],
                 path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None,
-                groups: Mapping[str, GroupMetadata] | None = None) -> None:
+                groups: Mapping[str, GroupMetadata] | None = None, digests: list[str] | None = None) -> None:
     """A new run's skeleton in the empty root `group`: the dataset/, eval/ and layers/ groups and
-    `groups` (the layers' own), labels (when known), paths and class names with their checksums,
-    and the root attributes (`attrs` plus the schema version, row chunk and an empty progress)."""
+    `groups` (the layers' own), labels (when known), paths (and each file's content digest, when
+    given) and class names with their checksums, and the root attributes (`attrs` plus the schema
+    version, row chunk and an empty progress)."""
     rows = min(max(n_images, 1), row_chunk or schema.ROW_CHUNK)
-    made = new_arrays(group, {schema.LABELS: (n_images,), schema.PATHS: (n_images,), schema.IMAGE_COORD: (n_images,),
+    per_image = (schema.PATHS, schema.IMAGE_COORD, *((schema.DIGESTS,) if digests is not None else ()))
+    made = new_arrays(group, {schema.LABELS: (n_images,), **{name: (n_images,) for name in per_image},
                               schema.CLASS_NAMES: (len(class_names),), schema.CLASS_COORD: (len(class_names),)},
                       rows, {**{name: GroupMetadata() for name in (schema.DATASET, schema.EVAL, schema.LAYERS)},
                              **(groups or {})})
@@ -191,18 +193,24 @@ def lay_out_run(group: zarr.Group, attrs: dict[str, Any], n_images: int, class_n
         first.update({schema.CLASS_NAMES: names, schema.CLASS_COORD: names})
     if labels is not None and n_images:
         first[schema.LABELS] = np.asarray(labels)
-    path_sums = []
+    path_sums, digest_sums = [], []
     for start in range(0, n_images, rows):  # a chunk at a time: flat memory for any size
         stop = min(start + rows, n_images)
         block = np.array([path_of(i) for i in range(start, stop)], dtype=str)
+        if digests is not None:
+            first[schema.DIGESTS] = hashed = np.array(digests[start:stop], dtype=str)
+            digest_sums.append(digest(hashed))
         put_slices(made, {schema.PATHS: (slice(start, stop), block), schema.IMAGE_COORD: (slice(start, stop), block),
-                           **{k: (slice(0, len(v)), v) for k, v in first.items()}})
+                           **{k: (slice(start, stop) if k == schema.DIGESTS else slice(0, len(v)), v)
+                              for k, v in first.items()}})
         first = {}
         path_sums.append(digest(block))
     if first:  # no images: the class names alone
         put_slices(made, {k: (slice(0, len(v)), v) for k, v in first.items()})
     sums = {schema.PATHS: {"rows": rows, "sums": path_sums, "dtype": "str"}, schema.CLASS_NAMES: block_sums(names)}
     sums.update({schema.IMAGE_COORD: sums[schema.PATHS], schema.CLASS_COORD: sums[schema.CLASS_NAMES]})
+    if digests is not None:
+        sums[schema.DIGESTS] = {"rows": rows, "sums": digest_sums, "dtype": "str"}
     group.update_attributes({**attrs, schema.VERSION_ATTR: schema.SCHEMA_VERSION, schema.ROW_CHUNK_ATTR: rows,
                              schema.CHECKSUMS: sums,
                              schema.PROGRESS: {"images_done": 0, "slot": None, "complete": False, "updated": time.time()}})

@@ -138,7 +138,7 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
     @classmethod
     def create(cls, path: str | os.PathLike, attrs: dict[str, Any], n_images: int, class_names: list[str],
                path_of: Callable[[int], str], labels: np.ndarray | None, row_chunk: int | None = None,
-               layers: dict[str, dict[str, Any]] | None = None) -> RunStore:
+               layers: dict[str, dict[str, Any]] | None = None, digests: list[str] | None = None) -> RunStore:
         """Lay out a new run: dataset arrays, empty eval arrays, the layers' groups (`layers`,
         each a group with its shape and kind), root attributes. The caller holds the run's RunLock.
 
@@ -147,6 +147,7 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
         folder it was) or a whole new run; a creation that died (disk full, killed) leaves only
         that folder, which the next creation removes.
 
+        digests: each image's content digest (`MinerDataset.content_digests`), kept where given.
         row_chunk: rows per chunk of the per-image arrays; the miner passes the rows of one
         flush, so each flush writes new chunk files and never rewrites an older one (a power
         cut can then only damage the newest flush, which resume detects and redoes)."""
@@ -158,7 +159,8 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
 
         def lay_out(tmp: Path) -> None:
             group = zarr.open_group(str(tmp), mode="a")  # "w" would clear the folder, marker included
-            lay_out_run(group, attrs, n_images, class_names, path_of, labels, row_chunk, _layer_groups(layers or {}))
+            lay_out_run(group, attrs, n_images, class_names, path_of, labels, row_chunk, _layer_groups(layers or {}),
+                        digests)
 
         stage(p, lay_out)
         return cls(p, zarr.open_group(str(p), mode="r+"))

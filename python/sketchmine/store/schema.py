@@ -21,6 +21,9 @@ CHECKPOINT = "_checkpoint"
 
 LABELS = f"{DATASET}/labels"
 PATHS = f"{DATASET}/paths"
+DIGESTS = f"{DATASET}/content_digests"
+"""Each image file's blake2b-128 (hex) as the dataset fingerprint hashed it: a folder's runs only
+(`MinerDataset.content_digests`), so that a resume refused for changed content names the files."""
 CLASS_NAMES = f"{DATASET}/class_names"
 IMAGE_COORD = "image"
 CLASS_COORD = "class"
@@ -137,6 +140,7 @@ def _by_rows(shape: tuple[int, ...], rows: int) -> tuple[int, ...]:
 ARRAYS: dict[str, ArraySpec] = {
     LABELS: ArraySpec("int64", -1, _by_rows),
     PATHS: ArraySpec(str, None, _by_rows),
+    DIGESTS: ArraySpec(str, None, _by_rows),
     CLASS_NAMES: ArraySpec(str, None, lambda shape, rows: (max(shape[0], 1),)),
     IMAGE_COORD: ArraySpec(str, None, _by_rows),
     CLASS_COORD: ArraySpec(str, None, lambda shape, rows: (max(shape[0], 1),)),
@@ -198,7 +202,7 @@ PICTURE_GROUPS = {"bottom": "bottom_pictures", "bins": "bin_pictures"}
 bin examples that `visualize(..., examples="all")` writes (passes/example_pictures.py)."""
 # ---- dimension names (Zarr v3 `dimension_names`: xarray and other readers name the axes) -----
 DIMENSIONS: dict[str, tuple[str, ...]] = {
-    LABELS: ("image",), PATHS: ("image",), CLASS_NAMES: ("class",),
+    LABELS: ("image",), PATHS: ("image",), DIGESTS: ("image",), CLASS_NAMES: ("class",),
     IMAGE_COORD: ("image",), CLASS_COORD: ("class",), OUTPUT_COORD: ("output",),
     dataset_array("class_image_count"): ("class",), dataset_array("class_ink_density"): ("class",),
     LOGITS: ("image", "output"), PREDICTIONS: ("image",), PER_CLASS_ACCURACY: ("class",),
