@@ -297,3 +297,94 @@ def test_an_onnx_tensor_the_graph_cannot_place_is_said(sketches, tmp_path, caplo
 class _Grey3(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.expand(-1, 3, -1, -1)
+
+
+def test_a_run_that_read_a_module_along_another_axis_is_not_resumed(net, sketches, tmp_path):
+    """A run mined before the graph placed units read a LayerNorm between the permutes along H:
+    resumed, its top-k so far would be of other units (refused as damage, or mixed silently
+    where H == W == C). It is refused, saying why."""
+    import json
+
+    from tests.helpers import StopAfter
+
+    out, layer = tmp_path / "r.zarr", "block.block.2"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(net, sketches, out=out, layers=[layer], batch_size=10, flush_every=1, progress=StopAfter(20))
+    meta_file = out / "layers" / layer / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["attributes"].pop("layout") == CHANNELS_LAST  # as an older sketchmine wrote it
+    meta["attributes"]["shape"] = [SIDE, SIDE, C]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(sketchmine.SketchmineError, match=r"'block.block.2' of .* was mined reading its units along "
+                                                          r"axis 1, \(N, C, \.\.\.\); this sketchmine reads them last"):
+        sketchmine.mine(net, sketches, out=out, layers=[layer], batch_size=10)
+
+
+def test_frames_folded_into_the_batch_are_unfolded_after_the_units_move(sketches, tmp_path):
+    """A ConvNeXt block run on each frame of a sequence, (N, T, C, H, W) folded to (N*T, ...): the
+    LayerNorm's channels moved to axis 1 and its frames stacked along y, as a conv's there."""
+
+    class Frames(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.block, self.head = nn.Conv2d(1, C, 2, stride=2), CNBlock(C, 1.0, 0.0), nn.Linear(C, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n, t = x.shape[:2]
+            return self.head(self.block(self.stem(x.flatten(0, 1))).mean((2, 3)).unflatten(0, (n, t)).mean(1))
+
+    torch.manual_seed(3)
+    model = Frames().eval()
+    x = torch.stack([sketches.tensors[0], sketches.tensors[0].flip(-1)], 1)  # two frames a sample
+    seq = torch.utils.data.TensorDataset(x, sketches.tensors[1])
+    run = sketchmine.mine(model, seq, layers=["block.block.2", "block.block.0"], k=3, out=tmp_path / "r.zarr",
+                          batch_size=len(seq))
+    got: list[torch.Tensor] = []
+    handle = model.block.block[2].register_forward_hook(lambda m, i, o: got.append(o.detach()))
+    with torch.inference_mode():
+        model(x)
+    handle.remove()
+    stacked = got[0].permute(0, 3, 1, 2).unflatten(0, (len(seq), 2)).movedim(1, 2).flatten(2, 3)  # (N, C, T*H, W)
+    assert run.layer_shape("block.block.2") == run.layer_shape("block.block.0") == (C, 2 * SIDE, SIDE)
+    values, index, yx = run.topk("block.block.2")
+    want_values, want_index, want_flat = brute_topk(stacked, 3)
+    assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)
+    assert np.array_equal(yx[..., 0] * SIDE + yx[..., 1], want_flat)
+
+
+class _Gated(nn.Module):
+    """An Inception-style cat of branches along the channels, a CBAM spatial gate, and a
+    hand-written channel norm (means over the channels, kept): every module channels first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.gate = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 5, padding=2), nn.Conv2d(2, 1, 7, padding=3)
+        self.joined, self.gated, self.normed, self.head = nn.ReLU(), nn.ReLU(), nn.GELU(), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.joined(torch.cat([self.a(x), self.b(x)], 1))
+        y = self.gated(y * torch.sigmoid(self.gate(torch.cat([y.mean(1, keepdim=True), y.amax(1, keepdim=True)], 1))))
+        mean = y.mean(1, keepdim=True)
+        y = self.normed((y - mean) / torch.sqrt((y - mean).pow(2).mean(1, keepdim=True) + 1e-6))
+        return self.head(y.mean((2, 3)))
+
+
+def test_channels_first_modules_after_cats_gates_and_channel_means_are_placed(sketches, tmp_path, caplog):
+    """They were read right, but said to be unplaceable ("read along the wrong axis")."""
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(_Gated().eval(), sketches, layers=["joined", "gated", "normed"], k=2,
+                              out=tmp_path / "r.zarr")
+    assert not [r for r in caplog.records if "units on axis 1" in r.getMessage()]
+    assert all(run.layer_shape(n) == (8, 28, 28) for n in ("joined", "gated", "normed"))
+
+
+def test_an_onnx_export_of_channels_first_modules_is_not_said_unplaced(sketches, tmp_path, caplog):
+    """Its convs after a Concat were said to be read along the wrong axis, by default."""
+    pytest.importorskip("onnxruntime")
+    from tests.test_onnx import export
+
+    onnx = sketchmine.load_model(export(_Gated().eval(), tmp_path / "gated.onnx"))
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        sketchmine.mine(onnx, sketches, k=2, out=tmp_path / "default.zarr")
+        sketchmine.mine(onnx, sketches, layers=["joined", "gated", "normed"], k=2, out=tmp_path / "named.zarr")
+    assert not [r for r in caplog.records if "units on axis 1" in r.getMessage()]

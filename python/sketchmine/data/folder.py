@@ -281,10 +281,12 @@ def content_hashes(root: str | os.PathLike, rels: list[str], stamps: list[list[i
     # reading and hashing release the GIL: a first `mine` of a large folder hashes on every core
     threads = min(usable_cores(), HASH_THREADS, max(1, len(todo) // 64))
     with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
-        digests = (pool.map if pool else map)(lambda item: _file_digest(os.path.join(key, item[1])), todo)
-        for (i, rel, stamp), digest in zip(todo, digests):
-            if digest is not None:
-                cache[rel], out[i] = [*stamp, digest], digest
+        for start in range(0, len(todo), 4096):  # a block at a time: a future per file, not per folder
+            block = todo[start:start + 4096]
+            digests = (pool.map if pool else map)(lambda item: _file_digest(os.path.join(key, item[1])), block)
+            for (i, rel, stamp), digest in zip(block, digests):
+                if digest is not None:
+                    cache[rel], out[i] = [*stamp, digest], digest
     changed = any(out[i] != "unreadable" for i, _, _ in todo)
     if changed:
         try:

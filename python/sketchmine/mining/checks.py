@@ -15,6 +15,7 @@ from sketchmine.mining.dataset_diff import images_otherwise
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import MODEL_SWITCHES, recorded_weights, switches_differ_from
 from sketchmine.model.followers import followers
+from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
 from sketchmine.progress import Progress
 from sketchmine.results.run import Run
 from sketchmine.store.runstore import RunStore
@@ -206,3 +207,17 @@ def check_resumable(current: RunStore, want: dict[str, Any], logits: bool, ds: A
                               + ". Use another --out for a new run" + (
                                   f" (this one holds no mined image yet, as a call that stopped before its first "
                                   f"checkpoint leaves it: remove {current.path} to mine there anew)" if empty else ""))
+
+
+def check_layouts(current: RunStore, spec: list[Any]) -> None:
+    """Refuse to resume a layer whose units the run read along another axis than this sketchmine
+    does (a run mined before the graph placed units: a ConvNeXt LayerNorm read along H): the top-k
+    so far would be of other units, or not fit at all."""
+    said = {None: "along axis 1, (N, C, ...)", CHANNELS_LAST: "last, (N, H, W, C)", FEATURES_LAST: "last, (N, T, F)"}
+    for layer in spec:
+        was, now = current.layer_attrs(layer.name).get("layout"), layer.attrs.get("layout")
+        if was != now and {was, now} & {CHANNELS_LAST, FEATURES_LAST}:
+            raise SketchmineError(
+                f"layer {layer.name!r} of {current.path} was mined reading its units {said.get(was, was)}; this "
+                f"sketchmine reads them {said.get(now, now)}, where the model's graph holds them, so the results so "
+                "far are of other units: mine it into a new --out")

@@ -33,8 +33,8 @@ from sketchmine.data.batchprep import choose
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
-from sketchmine.mining.checks import (DRAWINGS, check_classes, check_readable, check_resumable, check_sketch_size,
-                                     note_dead_units, note_followers)
+from sketchmine.mining.checks import (DRAWINGS, check_classes, check_layouts, check_readable, check_resumable,
+                                     check_sketch_size, note_dead_units, note_followers)
 from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts, check_flags
 from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
@@ -318,6 +318,7 @@ def mine(
             if is_run(out):  # read afresh under the lock: another writer may have created it or moved it on
                 current = RunStore.open(out, mode="r+")
                 check_resumable(current, want, logits, ds)
+                check_layouts(current, spec)
                 recorded = current.attrs.get("preprocessing") or {}
                 if store is None and pre is not None and pre.preset == "dataset" and recorded.get("mean"):
                     pre.mean, pre.std = tuple(recorded["mean"]), tuple(recorded["std"])  # created meanwhile

@@ -80,14 +80,14 @@ def _follow(graph: Any) -> dict[str, tuple[str | None, ...]]:
             continue
         known = [axes[i] for i in node.input if i in axes]
         got: tuple[str | None, ...] | None = None
-        if node.op_type in _CHANNELS_FIRST and known:
+        if node.op_type in _CHANNELS_FIRST:  # channels first whatever it was fed
             got = NCHW
         elif node.op_type == "Transpose" and len(known) == 1:
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
             got = tuple(known[0][p] for p in perm) if perm and sorted(perm) == list(range(4)) else None
         elif node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in weights and known:
             got = (*known[0][:3], "c") if known[0][3] == "c" else (*known[0][:3], None)
-        elif node.op_type in _ELEMENTWISE and known and all(k == known[0] for k in known):
+        elif node.op_type in (*_ELEMENTWISE, "Concat") and known and all(k == known[0] for k in known):
             got = known[0]
         if got is not None:
             axes[node.output[0]] = got

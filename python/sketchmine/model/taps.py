@@ -177,11 +177,13 @@ def to_units(name: str, module: nn.Module, t: torch.Tensor, batch: int | None,
         return t, {"tapped": f"output[0]: the last layer's hidden state at every step "
                              f"({'(N, T, H)' if first else '(T, N, H)'} → (N, H, T))",
                    "position": "time", "yx": "(0, t)"}
-    if known and known.get("layout") == CHANNELS_LAST and t.ndim == 4:
-        return t.movedim(3, 1), {"position": "grid", "yx": "(y, x)", "layout": CHANNELS_LAST}
-    if known and known.get("layout") == FEATURES_LAST and t.ndim == 3 and batch in (None, t.shape[0]):
-        return t.movedim(2, 1), {"position": "sequence", "yx": "(0, t)", "layout": FEATURES_LAST}
-    if isinstance(module, nn.Linear) and t.ndim > 2:
+    last = (known or {}).get("layout")
+    if (last == CHANNELS_LAST and t.ndim == 4 or last == FEATURES_LAST and t.ndim == 3) and (
+            not batch or t.shape[0] % batch == 0):  # (T, N, F) is not; frames folded into the batch are, unfolded below
+        t = t.movedim(t.ndim - 1, 1)
+        info = {"position": "grid", "yx": "(y, x)", "layout": last} if t.ndim == 4 else \
+            {"position": "sequence", "yx": "(0, t)", "layout": last}
+    elif isinstance(module, nn.Linear) and t.ndim > 2:
         if time_first(t, batch, known):  # read as folded frames, its steps would be credited to other images
             return t.permute(1, 2, 0), {"position": "sequence", "yx": "(0, t)", "layout": TIME_FIRST}
         t = t.movedim(t.ndim - 1, 1)  # not -1: torch.onnx exports a negative source as an invalid Transpose
@@ -194,7 +196,8 @@ def to_units(name: str, module: nn.Module, t: torch.Tensor, batch: int | None,
         frame = list(t.shape[3:])
         if len(frame) >= 1:
             t = t.flatten(2, 3)
-        info = {"position": "time-stacked", "time_steps": steps, "frame": frame,
+        info = {**{k: v for k, v in info.items() if k == "layout"}, "position": "time-stacked", "time_steps": steps,
+                "frame": frame,
                 "yx": "(t * frame_height + y, x)" if len(frame) == 2 else "(0, t * frame_length + i)"
                 if frame else "(0, t)"}
     if t.ndim > 4:  # a grid of more dims than (H, W), Conv3d's (D, H, W): the leading ones stacked along y

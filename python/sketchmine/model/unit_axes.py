@@ -40,8 +40,8 @@ _CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.G
 _MOVES = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.movedim, "permute", "transpose",
           "swapaxes", "swapdims", "movedim"}
 _RESHAPES = {torch.reshape, torch.flatten, "reshape", "view", "flatten", "unflatten"}
-_UNFOLLOWED = {torch.matmul, torch.bmm, torch.einsum, operator.matmul, "matmul", "bmm", "t", "expand_as", "view_as",
-               "reshape_as"}
+_UNFOLLOWED = {torch.matmul, torch.bmm, torch.einsum, operator.matmul, getattr, "matmul", "bmm", "t", "expand_as",
+               "view_as", "reshape_as"}  # getattr: x.mT, x.T (a transpose the shapes may not show)
 
 
 def follow_units(gm: fx.GraphModule) -> dict[fx.Node, Span]:
@@ -129,7 +129,9 @@ def _kept(shape: tuple[int, ...] | None, image: list[fx.Node], spans: dict[fx.No
         return None
     span = found.pop()
     assert span is not None
-    ok = all((_shape(a) or ())[0] == shape[0] and (_shape(a) or ())[slice(*span)] == shape[slice(*span)] for a in ranked)
+    units = shape[slice(*span)]
+    ok = all((_shape(a) or ())[0] == shape[0] and all(1 in (n, u) or n == u for n, u in zip((_shape(a) or ())[slice(*span)], units))
+             for a in ranked)  # one unit broadcast over them (a spatial gate, CBAM), or them reduced to one (a mean over channels)
     return span if ok else None
 
 
@@ -179,16 +181,11 @@ def _reshaped(src: fx.Node, shape: tuple[int, ...] | None, span: Span) -> Span |
 
 
 def _joined(node: fx.Node, image: list[fx.Node], spans: dict[fx.Node, Span]) -> Span | None:
-    """A cat along another axis than the units' keeps them (a class token joined to the tokens:
-    the token, from weights alone, has no units to agree with)."""
-    dim: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    """A cat keeps the units where its inputs from the image agree on them: joined along them (an
+    Inception block's branches: more units) or along another axis (a class token joined to the
+    tokens: the token, from weights alone, has no units to agree with)."""
     found = {spans.get(a) for a in image}
-    rank = len(_shape(node) or ())
-    if len(found) != 1 or None in found or not rank:
-        return None
-    span = found.pop()
-    assert span is not None
-    return span if not span[0] <= int(dim) % rank < span[1] else None
+    return found.pop() if len(found) == 1 and None not in found and _shape(node) else None
 
 
 def _indexed(index: Any, span: Span, rank: int) -> Span | None:
