@@ -94,8 +94,8 @@ class TorchForward:
         return fields_attrs(self.net, sample, progress, self._analysis(sample))
 
     def _analysis(self, sample: tuple[int, ...]) -> FieldAnalysis | SketchmineError:
-        """The graph's field analysis for one input of shape `sample`, once: the probe reads its
-        channels-last modules, the new run's attributes its fields."""
+        """The graph's field analysis for one input of shape `sample`, once: the probe reads where
+        its modules hold their units, the new run's attributes its fields."""
         sample = tuple(int(n) for n in sample)
         if sample not in self._analyses:
             try:
