@@ -388,3 +388,25 @@ def test_an_onnx_export_of_channels_first_modules_is_not_said_unplaced(sketches,
         sketchmine.mine(onnx, sketches, k=2, out=tmp_path / "default.zarr")
         sketchmine.mine(onnx, sketches, layers=["joined", "gated", "normed"], k=2, out=tmp_path / "named.zarr")
     assert not [r for r in caplog.records if "units on axis 1" in r.getMessage()]
+
+
+class _Functional(nn.Module):
+    """A weight-standardised conv called as F.conv2d (timm's StdConv2d) and channels split in two
+    halves (CSPNet), each half's activation tapped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 1, 3, 3))
+        self.left, self.right, self.head = nn.ReLU(), nn.GELU(), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (self.weight.std((1, 2, 3), keepdim=True) + 1e-5)
+        a, b = torch.nn.functional.conv2d(x, w, padding=1).chunk(2, dim=1)
+        return self.head(torch.cat([self.left(a), self.right(b)], 1).mean((2, 3)))
+
+
+def test_functional_convs_and_split_channels_are_placed(sketches, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(_Functional().eval(), sketches, layers=["left", "right"], k=2, out=tmp_path / "r.zarr")
+    assert not [r for r in caplog.records if "units on axis 1" in r.getMessage()]
+    assert run.layer_shape("left") == run.layer_shape("right") == (4, 28, 28)

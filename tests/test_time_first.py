@@ -82,3 +82,42 @@ def test_a_time_first_linear_is_ablated_per_image(tmp_path, net_and_data):
             want = (zeroed - clean).double().mean(0)
             got = run.store.read("layers/head/effects/logit_delta")[unit]
             np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+class Windows(nn.Module):
+    """A Linear on the tokens of windows folded into the batch (Swin, MobileViT): (N*4, 4, F)
+    for N images, 4 windows of 4 tokens each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 7, stride=7)  # 28 px → a 4×4 grid
+        self.qkv = nn.Linear(6, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        y = self.conv(x).view(n, 6, 2, 2, 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(n * 4, 4, 6)  # (N*4, 4, 6)
+        return self.head(self.qkv(y).view(n, 16, 5).mean(1))
+
+
+@pytest.mark.parametrize("batch_size", [4, 5])
+def test_windows_folded_into_the_batch_are_not_read_as_time_first_when_a_batch_has_as_many_images_as_tokens(
+        tmp_path, batch_size):
+    """With 4 images a batch, (N*4, 4, F) looked like (T, N, F) to a rule made per batch: its tokens
+    were credited as images (2-6 % of the image indices right). The one-image probe decides."""
+    from tests.helpers import brute_topk
+
+    torch.manual_seed(0)
+    net = Windows().eval()
+    x = torch.rand(20, 1, 28, 28)
+    ds = torch.utils.data.TensorDataset(x, torch.zeros(20, dtype=torch.long))
+    run = sketchmine.mine(net, ds, layers=["qkv"], k=3, out=tmp_path / "r.zarr", batch_size=batch_size, logits=False)
+    got: list[torch.Tensor] = []
+    handle = net.qkv.register_forward_hook(lambda m, i, o: got.append(o.detach()))
+    with torch.inference_mode():
+        net(x)
+    handle.remove()
+    per_image = got[0].unflatten(0, (20, 4)).flatten(1, 2).movedim(2, 1)  # (N, 5 units, 16 tokens)
+    values, index, _ = run.topk("qkv")
+    want_values, want_index, _ = brute_topk(per_image, 3)
+    assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)

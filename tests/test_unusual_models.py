@@ -268,3 +268,41 @@ def test_channels_last_on_a_model_without_4d_weights_is_refused(sketches, tmp_pa
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
     with pytest.raises(SketchmineError, match="channels_last .* has none, so it would change nothing"):
         sketchmine.mine(mlp, sketches, out=tmp_path / "r.zarr", channels_last=True)
+
+
+class _Shared(nn.Module):
+    """One conv registered under two names (CoaT's shared position encoding), and a head whose
+    weight is another module's too (tied weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3)
+        self.mix = nn.Conv2d(4, 4, 3, padding=1)
+        self.mix_again = self.mix
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(4, 4)
+        self.tied = nn.Linear(4, 4, bias=False)
+        self.tied.weight = self.fc.weight
+        self.head = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.mix(self.conv1(x))).amax((2, 3))
+        return self.head(self.tied(self.fc(y)))
+
+
+def test_a_module_under_two_names_and_tied_weights_are_left_as_they_were(sketches, tmp_path):
+    """The shape probe swapped in meta tensors and, for the second name of a shared module, put
+    one back as its "original": the caller's model kept meta weights, every layer after them was
+    mined wrong, and the model no longer ran."""
+    torch.manual_seed(0)
+    net = _Shared().eval()
+    before = {n: p.detach().clone() for n, p in net.named_parameters(remove_duplicate=False)}
+    run = sketchmine.mine(net, sketches, layers=["act", "tied"], k=3, out=tmp_path / "r.zarr")
+    after = dict(net.named_parameters(remove_duplicate=False))
+    assert all(not p.is_meta and torch.equal(p.detach(), before[n]) for n, p in after.items())
+    assert net.mix_again is net.mix and net.tied.weight is net.fc.weight
+    for layer in ("act", "tied"):
+        acts = _output(net, dict(net.named_modules())[layer], sketches.tensors[0])
+        values, index, _ = run.topk(layer)
+        want_values, want_index, _ = brute_topk(acts, 3)
+        assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6), layer

@@ -21,11 +21,13 @@ from torch.overrides import TorchFunctionMode
 
 def meta_call(module: nn.Module, *inputs: Any) -> Any:
     """`module(*inputs)` with every parameter and buffer replaced, for this call only, by a
-    meta tensor of its shape (no data copied) and the inputs moved to the meta device."""
+    meta tensor of its shape (no data copied) and the inputs moved to the meta device. Weights
+    untied: for a tensor held under two names (one module registered twice, CoaT's shared position
+    encoding), tying put the meta tensor back in the caller's module as the other name's original."""
     tensors = {n: t.to("meta") for n, t in [*module.named_parameters(), *module.named_buffers()]}
     args = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
     with _MetaShapes():
-        return torch.func.functional_call(module, tensors, args)
+        return torch.func.functional_call(module, tensors, args, tie_weights=False)
 
 
 def linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[int, ...] | None:

@@ -149,14 +149,15 @@ after an nn.GRU/nn.LSTM without batch_first."""
 def time_first(t: torch.Tensor, batch: int | None, known: Mapping[str, Any] | None = None) -> bool:
     """Whether a per-step Linear's 3-D output is time-first (T, N, F) rather than batch-first
     (N, T, F) or frames folded into the batch (N*T, P, F). `known`: the layer's attributes from
-    an earlier call (the miner's one-image probe, where (T, 1, F) cannot be mistaken) decide a
-    batch with as many images as steps; otherwise the dimension holding the batch does."""
+    an earlier call (the miner's one-image probe, where (T, 1, F) cannot be mistaken) decide;
+    without them the dimension holding the batch does. Not per batch: windows folded into the
+    batch, (N*W, T, F), hold as many tokens T as a batch of T images has images."""
     if t.ndim != 3 or not batch:
         return False
+    if known:
+        return known.get("layout") == TIME_FIRST
     first, second = int(t.shape[0]), int(t.shape[1])
-    if first != second and batch in (first, second):
-        return second == batch
-    return bool(known) and known.get("layout") == TIME_FIRST  # T == N; or neither: folded frames
+    return first != second and second == batch  # T == N, or neither: batch-first, or folded frames
 
 
 def to_units(name: str, module: nn.Module, t: torch.Tensor, batch: int | None,

@@ -12,8 +12,8 @@ unknown ops (Swin's shifted-window attention) return their input's shape.
 
 The units are followed as a span of axes [start, stop) (a channel shuffle splits them in two
 for a moment) from the image input's axis 1:
-- convolutions, pools and channel norms put them on axis 1; a Linear (module or F.linear) on
-  the last axis;
+- convolutions, pools and channel norms (modules or functions) put them on axis 1; a Linear
+  (module or F.linear) on the last axis; a split keeps them in each piece;
 - permute, transpose, swapaxes and movedim move them; reshape, view and flatten keep them where the axes on one
   side of them are kept (flattening (H, W), or splitting the channels into groups);
 - cat keeps them when it joins along another axis; indexing keeps them when it drops other axes;
@@ -30,6 +30,7 @@ import operator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 Span = tuple[int, int]
@@ -37,6 +38,12 @@ Span = tuple[int, int]
 _CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LocalResponseNorm,
                    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
                    nn.modules.pooling._AdaptiveMaxPoolNd)
+_CHANNELS_FIRST_FUNCS = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+                         F.batch_norm, F.instance_norm, F.group_norm, F.local_response_norm, F.max_pool1d, F.max_pool2d,
+                         F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+                         F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d}
+"""As the modules: a weight-standardised conv (timm's StdConv2d) calls F.conv2d."""
+_SPLITS = {torch.split, torch.chunk, torch.tensor_split, "split", "chunk", "tensor_split"}
 _MOVES = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.movedim, "permute", "transpose",
           "swapaxes", "swapdims", "movedim"}
 _RESHAPES = {torch.reshape, torch.flatten, "reshape", "view", "flatten", "unflatten"}
@@ -102,6 +109,10 @@ def _node_span(node: fx.Node, shape: tuple[int, ...] | None, image: list[fx.Node
             return _kept(tapped_shape(node), image, spans)
     elif node.target in (torch.nn.functional.linear,):
         return (len(shape) - 1, len(shape)) if shape else None
+    elif node.target in _CHANNELS_FIRST_FUNCS:
+        return (1, 2) if shape is not None and len(shape) >= 2 else None
+    elif node.target in _SPLITS and fed and node.args and node.args[0] is fed[0]:
+        return spans[fed[0]]  # a tuple of pieces, each as many axes as the input: its units where they were
     elif node.target in _UNFOLLOWED:
         return None
     elif node.target in _MOVES and fed and node.args and node.args[0] is fed[0]:
@@ -112,9 +123,10 @@ def _node_span(node: fx.Node, shape: tuple[int, ...] | None, image: list[fx.Node
         return _joined(node, image, spans)
     elif node.target is operator.getitem and fed and node.args[0] is fed[0] and _shape(fed[0]) is not None:
         return _indexed(node.args[1], spans[fed[0]], len(_shape(fed[0]) or ()))
-    elif node.target is operator.getitem and node.args[1] == 0 and isinstance(src := node.args[0], fx.Node) \
-            and src in spans:
-        return spans[src] if tapped_shape(src) == shape else None  # element 0 of a module's tuple
+    elif node.target is operator.getitem and isinstance(src := node.args[0], fx.Node) and src in spans:
+        if src.target in _SPLITS:  # a piece of a split (CSPNet's halves of the channels)
+            return spans[src] if shape is not None and len(shape) == len(tapped_shape(src) or ()) else None
+        return spans[src] if node.args[1] == 0 and tapped_shape(src) == shape else None  # a module's tuple
     return _kept(shape, image, spans)
 
 

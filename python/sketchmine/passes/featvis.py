@@ -42,8 +42,7 @@ from sketchmine.model import cut
 from sketchmine.model.backend import LoadedModel, first_tensor
 from sketchmine.model.models import load_model, preprocessing_for
 from sketchmine.model.modes import eval_mode, input_dtype
-from sketchmine.model.layouts import learn_layouts
-from sketchmine.model.taps import SOFTMAX, resolve_layers, tapped_element, to_units
+from sketchmine.model.taps import SOFTMAX, probe_layouts, resolve_layers, tapped_element, to_units
 from sketchmine.passes.featvis_params import FourierImage, PixelImage, random_transform
 from sketchmine.passes.featvis_relu import redirected_relus
 from sketchmine.regularizers import settings
@@ -129,9 +128,11 @@ class LayerReader:
 
     def _learn(self, x: torch.Tensor) -> None:
         """The layer's layout from the graph, for input like `x`, unless the run's was given: a
-        module between a ConvNeXt block's permutes holds its units last (`layouts.graph_layouts`)."""
+        module between a ConvNeXt block's permutes holds its units last, a per-step Linear may be
+        time-first: `probe_layouts`, one image, as the miner's probe)."""
         if self.known is None:
-            self.known = learn_layouts(self.net, [self.layer], x.shape[1:])[0].get(self.layer, {})
+            with torch.no_grad():
+                self.known = dict(probe_layouts(self.net, [self.layer], x[:1].detach()).get(self.layer, {}))
 
     def unit_count(self, x: torch.Tensor) -> int:
         """The layer's unit count, from one full forward that also refuses a module the forward
