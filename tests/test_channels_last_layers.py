@@ -410,3 +410,26 @@ def test_functional_convs_and_split_channels_are_placed(sketches, tmp_path, capl
         run = sketchmine.mine(_Functional().eval(), sketches, layers=["left", "right"], k=2, out=tmp_path / "r.zarr")
     assert not [r for r in caplog.records if "units on axis 1" in r.getMessage()]
     assert run.layer_shape("left") == run.layer_shape("right") == (4, 28, 28)
+
+
+class _WithDefaults(nn.Module):
+    """A forward with arguments after the image that have defaults (timm's ViT: attn_mask=None):
+    traced as inputs, `mask is not None` took the branch a plain call never does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.norm, self.act, self.head = nn.Conv2d(1, C, 2, stride=2), nn.LayerNorm(C), nn.GELU(), nn.Linear(C, 10)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+        y = self.norm(self.stem(x).permute(0, 2, 3, 1) * scale)  # (N, H, W, C)
+        if mask is not None:
+            y = torch.matmul(y, mask)
+        return self.head(self.act(y).mean((1, 2)))
+
+
+def test_a_forward_with_defaults_is_traced_as_a_plain_call_runs(sketches, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(_WithDefaults().eval(), sketches, layers=["norm", "act"], k=2, out=tmp_path / "r.zarr")
+    assert not [r for r in caplog.records if "units on axis 1" in r.getMessage() or "no receptive" in r.getMessage()]
+    assert run.layer_attrs("act")["layout"] == CHANNELS_LAST and run.layer_shape("act") == (C, SIDE, SIDE)
+    assert run.layer_attrs("act")["receptive_field"]["size"] == [2, 2]

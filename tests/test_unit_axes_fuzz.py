@@ -1,6 +1,6 @@
 """Where the graph places a module's units, checked on random chains of the ops it follows:
 permutes, per-position Linears, norms over the last axis, elementwise ops, 1×1 convs, cats,
-flattens of positions and indexing, with channel and grid sizes drawn small so that they
+flattens of positions, positions folded into the batch (a window partition) and indexing, with channel and grid sizes drawn small so that they
 coincide (a (N, 4, 4, 4) map, where a shape alone cannot tell channels from positions). Each
 step is a module, and the chain knows where its units are: the graph places every step's units
 there, or says it cannot (after x.mT, which swaps two axes of equal size unseen) - never elsewhere."""
@@ -46,6 +46,8 @@ class Step(nn.Module):
             return x.flatten(self.arg, self.arg + 1)
         if self.kind == "index":
             return x[:, 0]
+        if self.kind == "fold":  # positions into the batch, as a window partition does
+            return x.flatten(0, 1)
         return x.mT  # "swap": the last two axes, by an attribute the graph does not follow
 
 
@@ -66,7 +68,7 @@ def chain(draw: st.DrawFn) -> tuple[tuple[int, int, int], list[tuple[str, Any]],
         if rank > 3 and positions:
             kinds.append("flatten")
         if rank > 3 and units != 1:
-            kinds.append("index")
+            kinds += ["index", "fold"]
         kind = draw(st.sampled_from(kinds))
         arg: Any = None
         if kind == "permute":
@@ -88,6 +90,8 @@ def chain(draw: st.DrawFn) -> tuple[tuple[int, int, int], list[tuple[str, Any]],
             units -= units > arg
         elif kind == "index":
             shape, units = [shape[0], *shape[2:]], units - 1
+        elif kind == "fold":
+            shape, units = [shape[0] * shape[1], *shape[2:]], units - 1
         elif kind == "swap":
             shape = [*shape[:-2], shape[-1], shape[-2]]
             units = {rank - 1: rank - 2, rank - 2: rank - 1}.get(units, units)

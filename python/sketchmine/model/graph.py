@@ -5,6 +5,7 @@ visualize (cut.py) all start from it.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -48,13 +49,15 @@ def shared_traces() -> Iterator[None]:
 def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
     """The model's torch.fx graph (sharing its parameters), or an error naming the model, what
     the graph was for, and the tracer's first line. Traced in eval mode, so that `self.training`
-    branches (an auxiliary head) are the ones the passes run; the caller's flags put back."""
+    branches (an auxiliary head) are the ones the passes run; the caller's flags put back. The
+    forward's arguments after the image keep their defaults (`model(x)`, as the passes call it):
+    traced as inputs, `if attn_mask is not None` took the branch a plain call does not (timm's ViT)."""
     shared = _SHARED.get()
     got = shared.get(id(model)) if shared is not None else None
     if got is None or got[0] is not model:
         try:
             with eval_mode(model):
-                traced: fx.GraphModule | str = fx.symbolic_trace(model)
+                traced: fx.GraphModule | str = fx.symbolic_trace(model, concrete_args=_defaults(model) or None)
         except Exception as exc:
             traced = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         got = (model, traced)
@@ -63,6 +66,18 @@ def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
     if isinstance(got[1], str):
         raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx {purpose}: {got[1]}")
     return got[1]
+
+
+def _defaults(model: nn.Module) -> dict[str, Any]:
+    """The forward's parameters after the first that have a plain default (None, a bool, a number,
+    a string), with it."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return {}
+    plain = (type(None), bool, int, float, str)
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
+            and isinstance(p.default, plain) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def module_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:

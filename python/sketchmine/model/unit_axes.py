@@ -170,9 +170,9 @@ def _moved(node: fx.Node, span: Span, rank: int) -> Span | None:
 
 def _reshaped(src: fx.Node, shape: tuple[int, ...] | None, span: Span) -> Span | None:
     """The units after a reshape: the axes on one side of them kept, the units (their product)
-    found next to those; the batch stays axis 0."""
+    found next to those, never on axis 0 (the batch, or positions folded into it)."""
     was = _shape(src)
-    if was is None or shape is None or not shape or shape[0] != was[0]:
+    if was is None or shape is None or not shape:
         return None
     units, (start, stop) = math.prod(was[slice(*span)]), span
     if start >= 1 and shape[:start] == was[:start]:  # the axes before kept: the units follow them
@@ -182,7 +182,9 @@ def _reshaped(src: fx.Node, shape: tuple[int, ...] | None, span: Span) -> Span |
         if size == units and end > start:
             return start, end
     after = len(was) - stop
-    if shape[len(shape) - after:] == was[stop:] or not after:  # the axes after kept: the units precede them
+    # the axes after kept: the units precede them (positions folded into the batch before them, as a
+    # window partition does, (N, H, W, C) → (N*W, h, w, C): the units stay the units)
+    if shape[len(shape) - after:] == was[stop:] or not after:
         end = len(shape) - after
         begin, size = end, 1
         while begin > 1 and size < units:
