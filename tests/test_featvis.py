@@ -250,3 +250,15 @@ def test_polish_runs_the_last_steps_on_the_image_itself(demo_model):
     assert not torch.allclose(d.images, e.images, atol=1e-5)
     with pytest.raises(SketchmineError, match="'reset' .* is a bool"):
         feature_visualization(demo_model, "features.3", [1], steps=2, regularizers={"reset": 1})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_model_is_optimised(demo_model, dtype):
+    """The layer's layout is learned with one image in the model's own dtype (a float image made
+    a half model refuse its input, said as a wrong input size)."""
+    import copy
+
+    net = copy.deepcopy(demo_model.module).to(dtype).eval()
+    for layer in ("features.0", "classifier.1"):
+        result = feature_visualization(net, layer, [0, 1], steps=3, size=28)
+        assert result.images.dtype == torch.float32 and torch.isfinite(result.images).all(), layer

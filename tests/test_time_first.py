@@ -121,3 +121,15 @@ def test_windows_folded_into_the_batch_are_not_read_as_time_first_when_a_batch_h
     values, index, _ = run.topk("qkv")
     want_values, want_index, _ = brute_topk(per_image, 3)
     assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)
+
+
+def test_a_time_first_linear_of_one_step_is_read_per_image(tmp_path, net_and_data):
+    """One step: the probe's (1, 1, F) tells neither reading, and a batch's (1, N, F) was then read
+    as a batch of one (a raw "image_index must be (N,)" error)."""
+    net, x = net_and_data
+    one = x[:, :1].contiguous()
+    run = sketchmine.mine(net, Drawings(one), layers=["head"], k=3, out=tmp_path / "r.zarr", batch_size=5)
+    with torch.no_grad():
+        per_image = torch.cat([net.steps(one[i:i + 5])[0] for i in range(0, N, 5)])  # (N, 3)
+    want = np.argsort(-per_image.T.numpy(), axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(run.topk("head")[1], want)

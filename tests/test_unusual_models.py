@@ -306,3 +306,26 @@ def test_a_module_under_two_names_and_tied_weights_are_left_as_they_were(sketche
         values, index, _ = run.topk(layer)
         want_values, want_index, _ = brute_topk(acts, 3)
         assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6), layer
+
+
+def test_weights_shared_by_two_modules_keep_the_meta_shape_path():
+    """Swapped for meta tensors under one module's name only, the other module ran its real
+    weights on meta inputs: a norm refused the mix, and the shapes took a real forward."""
+    from sketchmine.model.meta import meta_call
+
+    class Trident(nn.Module):  # three dilations of one conv and one norm (TridentNet)
+        def __init__(self) -> None:
+            super().__init__()
+            self.convs = nn.ModuleList(nn.Conv2d(1, 4, 3, padding=d, dilation=d) for d in (1, 2, 3))
+            self.norms = nn.ModuleList(nn.GroupNorm(2, 4) for _ in range(3))
+            for conv, norm in zip(self.convs[1:], self.norms[1:]):
+                conv.weight, conv.bias, norm.weight, norm.bias = (self.convs[0].weight, self.convs[0].bias,
+                                                                  self.norms[0].weight, self.norms[0].bias)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return sum(n(c(x)) for c, n in zip(self.convs, self.norms))
+
+    net = Trident().eval()
+    out = meta_call(net, torch.rand(2, 1, 12, 12))
+    assert out.is_meta and out.shape == (2, 4, 12, 12)
+    assert not any(p.is_meta for p in net.parameters()) and net.convs[2].weight is net.convs[0].weight

@@ -21,10 +21,18 @@ from torch.overrides import TorchFunctionMode
 
 def meta_call(module: nn.Module, *inputs: Any) -> Any:
     """`module(*inputs)` with every parameter and buffer replaced, for this call only, by a
-    meta tensor of its shape (no data copied) and the inputs moved to the meta device. Weights
-    untied: for a tensor held under two names (one module registered twice, CoaT's shared position
-    encoding), tying put the meta tensor back in the caller's module as the other name's original."""
-    tensors = {n: t.to("meta") for n, t in [*module.named_parameters(), *module.named_buffers()]}
+    meta tensor of its shape (no data copied) and the inputs moved to the meta device. Each module's
+    tensors once, a tensor shared by two modules (tied weights) swapped in both; weights untied: for
+    a module registered under two names (CoaT's shared position encoding), tying put the meta tensor
+    back in the caller's module as the other name's original."""
+    tensors: dict[str, torch.Tensor] = {}
+    metas: dict[int, torch.Tensor] = {}
+    seen: set[tuple[int, str]] = set()
+    for prefix, mod in module.named_modules(remove_duplicate=False):  # each module's own, once: a shared
+        for key, t in [*mod._parameters.items(), *mod._buffers.items()]:  # tensor in every module holding it
+            if t is not None and (id(mod), key) not in seen:
+                seen.add((id(mod), key))
+                tensors[f"{prefix}.{key}" if prefix else key] = metas.setdefault(id(t), t.to("meta"))
     args = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
     with _MetaShapes():
         return torch.func.functional_call(module, tensors, args, tie_weights=False)

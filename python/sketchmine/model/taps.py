@@ -154,9 +154,9 @@ def time_first(t: torch.Tensor, batch: int | None, known: Mapping[str, Any] | No
     batch, (N*W, T, F), hold as many tokens T as a batch of T images has images."""
     if t.ndim != 3 or not batch:
         return False
-    if known:
-        return known.get("layout") == TIME_FIRST
     first, second = int(t.shape[0]), int(t.shape[1])
+    if known:  # but rows that are not whole images, beside a dim of the batch, are steps: (1, N, F) of one step
+        return known.get("layout") == TIME_FIRST or (first % batch != 0 and second == batch)
     return first != second and second == batch  # T == N, or neither: batch-first, or folded frames
 
 

@@ -132,7 +132,8 @@ class LayerReader:
         time-first: `probe_layouts`, one image, as the miner's probe)."""
         if self.known is None:
             with torch.no_grad():
-                self.known = dict(probe_layouts(self.net, [self.layer], x[:1].detach()).get(self.layer, {}))
+                one = x[:1].detach().to(input_dtype(self.net))  # a half model takes half input
+                self.known = dict(probe_layouts(self.net, [self.layer], one).get(self.layer, {}))
 
     def unit_count(self, x: torch.Tensor) -> int:
         """The layer's unit count, from one full forward that also refuses a module the forward
