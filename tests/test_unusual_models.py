@@ -329,3 +329,30 @@ def test_weights_shared_by_two_modules_keep_the_meta_shape_path():
     out = meta_call(net, torch.rand(2, 1, 12, 12))
     assert out.is_meta and out.shape == (2, 4, 12, 12)
     assert not any(p.is_meta for p in net.parameters()) and net.convs[2].weight is net.convs[0].weight
+
+
+def test_a_lazy_model_and_an_old_weight_norm_are_left_as_a_forward_leaves_them(sketches, tmp_path):
+    """A lazy model not yet run is refused, saying how to make it (it was "takes 0-channel input",
+    and the receptive fields' meta call made its weights meta tensors for good); the old
+    weight_norm's computed `weight` was left a meta tensor until the next forward."""
+    import warnings
+
+    from sketchmine.model.receptive_field import receptive_fields
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.nn.utils.weight_norm is deprecated, and still in models
+        net = nn.Sequential(nn.LazyConv2d(4, 3), nn.ReLU(), nn.utils.weight_norm(nn.Conv2d(4, 4, 3)), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    with pytest.raises(SketchmineError, match=r"lazy modules not made yet \(0\): run it once on an input of its size"):
+        sketchmine.mine(net, sketches, layers=["1", "3"], k=3, out=tmp_path / "lazy.zarr")
+    with torch.no_grad():
+        net(sketches.tensors[0][:1])  # as the refusal says
+    assert receptive_fields(net, (1, 28, 28))["3"].size == (5, 5) and not net[2].weight.is_meta
+    run = sketchmine.mine(net, sketches, layers=["1", "3"], k=3, out=tmp_path / "r.zarr")
+    assert not any(t.is_meta for t in (*net.parameters(), net[2].weight))
+    for layer in ("1", "3"):
+        acts = _output(net, net[int(layer)], sketches.tensors[0])
+        values, index, _ = run.topk(layer)
+        want_values, want_index, _ = brute_topk(acts, 3)
+        assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6), layer

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.nn.parameter import is_lazy
 
 from sketchmine.errors import SketchmineError, whole_number
 from sketchmine.model.meta import meta_call
@@ -119,12 +120,17 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leadi
     c = channels or module_input_channels(model)
     shape = (1, *leading, c, h, w)
     dtype = input_dtype(model)  # a half or double model refuses a float input
+    lazy = any(is_lazy(t) for t in (*model.parameters(), *model.buffers()))  # made by their first real call
     try:
         with eval_mode(model), torch.no_grad(), _quiet_shape_prop():  # a frozen BatchNorm stays frozen
             try:
+                if lazy:
+                    raise RuntimeError("an uninitialised lazy module")
                 _meta_shapes(gm, shape, dtype)
             except Exception:
                 try:
+                    if lazy:
+                        raise RuntimeError("an uninitialised lazy module")
                     ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(
                         torch.zeros(shape, dtype=dtype))
                 except Exception:

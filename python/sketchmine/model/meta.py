@@ -16,6 +16,7 @@ from typing import Any, TypeGuard
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
 
@@ -30,12 +31,21 @@ def meta_call(module: nn.Module, *inputs: Any) -> Any:
     seen: set[tuple[int, str]] = set()
     for prefix, mod in module.named_modules(remove_duplicate=False):  # each module's own, once: a shared
         for key, t in [*mod._parameters.items(), *mod._buffers.items()]:  # tensor in every module holding it
+            if t is not None and is_lazy(t):  # a lazy module would be made of meta
+                raise RuntimeError(f"{prefix or type(module).__name__} is not initialised: a real forward makes it")
             if t is not None and (id(mod), key) not in seen:
                 seen.add((id(mod), key))
                 tensors[f"{prefix}.{key}" if prefix else key] = metas.setdefault(id(t), t.to("meta"))
+    # tensors a forward pre-hook keeps as plain attributes (the old weight_norm's `weight`, computed
+    # from its parameters): put back too, or they stay meta until the next real forward
+    kept = [(mod, key, v) for mod in module.modules() for key, v in vars(mod).items() if isinstance(v, torch.Tensor)]
     args = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
-    with _MetaShapes():
-        return torch.func.functional_call(module, tensors, args, tie_weights=False)
+    try:
+        with _MetaShapes():
+            return torch.func.functional_call(module, tensors, args, tie_weights=False)
+    finally:
+        for mod, key, v in kept:
+            setattr(mod, key, v)
 
 
 def linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[int, ...] | None:

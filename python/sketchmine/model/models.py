@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from sketchmine.data import Preprocessing, as_size, preset
 from sketchmine.errors import SketchmineError, closest, whole_number
@@ -255,6 +256,11 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
     `data.preset`. image_size: an int S (S×S), (H, W) or (C, H, W) whose C must be the model's
     input channels (`data.as_size`). Build datasets for a model with it, e.g. `animal_shape("test", preprocessing_for("demo"))`."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    lazy = [n for n, m in loaded.module.named_modules() if any(is_lazy(t) for t in m.parameters(recurse=False))] \
+        if isinstance(loaded.module, nn.Module) else []
+    if lazy:  # its input channels and every shape are unknown until then
+        raise SketchmineError(f"model {loaded.model_id} has lazy modules not made yet ({', '.join(lazy[:3])}): run it "
+                              "once on an input of its size (model(x)), so that they make their weights, then mine it")
     channels = input_channels(loaded.module)
     if channels not in (1, 3):
         raise SketchmineError(f"model {loaded.model_id} takes {channels}-channel input: sketchmine makes images into "
