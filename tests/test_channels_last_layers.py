@@ -428,8 +428,11 @@ class _WithDefaults(nn.Module):
 
 
 def test_a_forward_with_defaults_is_traced_as_a_plain_call_runs(sketches, tmp_path, caplog):
+    model = _WithDefaults().eval()
     with caplog.at_level("WARNING", logger="sketchmine"):
-        run = sketchmine.mine(_WithDefaults().eval(), sketches, layers=["norm", "act"], k=2, out=tmp_path / "r.zarr")
+        run = sketchmine.mine(model, sketches, layers=["norm", "act"], k=2, out=tmp_path / "r.zarr")
     assert not [r for r in caplog.records if "units on axis 1" in r.getMessage() or "no receptive" in r.getMessage()]
     assert run.layer_attrs("act")["layout"] == CHANNELS_LAST and run.layer_shape("act") == (C, SIDE, SIDE)
     assert run.layer_attrs("act")["receptive_field"]["size"] == [2, 2]
+    df = sketchmine.unit_importance(run, "act", model=model, dataset=sketches, batch_size=len(sketches))
+    assert df.attrs["method"] == "split" and len(df) == C  # the cut traced as a plain call runs, too

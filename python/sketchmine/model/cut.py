@@ -25,6 +25,7 @@ import torch
 from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
+from sketchmine.model.graph import forward_defaults
 from sketchmine.model.taps import module_of
 
 
@@ -43,7 +44,7 @@ def trace_at(net: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.Node]:
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
             return qualname == target or super().is_leaf_module(m, qualname)
 
-    gm = fx.GraphModule(net, Tracer().trace(net))
+    gm = fx.GraphModule(net, Tracer().trace(net, concrete_args=forward_defaults(net) or None))  # as net(x) runs
     calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == target]
     if len(calls) != 1:
         raise SketchmineError(f"layer {layer!r} is called {len(calls)} times in the traced graph")

@@ -58,7 +58,7 @@ def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
     if got is None or got[0] is not model:
         try:
             with eval_mode(model):
-                traced: fx.GraphModule | str = fx.symbolic_trace(model, concrete_args=_defaults(model) or None)
+                traced: fx.GraphModule | str = fx.symbolic_trace(model, concrete_args=forward_defaults(model) or None)
         except Exception as exc:
             traced = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         got = (model, traced)
@@ -69,9 +69,9 @@ def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
     return got[1]
 
 
-def _defaults(model: nn.Module) -> dict[str, Any]:
+def forward_defaults(model: nn.Module) -> dict[str, Any]:
     """The forward's parameters after the first that have a plain default (None, a bool, a number,
-    a string), with it."""
+    a string), with it: the `concrete_args` that trace the forward as `model(x)` runs it."""
     try:
         params = list(inspect.signature(model.forward).parameters.values())[1:]
     except (TypeError, ValueError):
