@@ -32,7 +32,7 @@ from torch import fx, nn
 from sketchmine.errors import SketchmineError
 from sketchmine.model.field_pads import check_padding_mode, conv_padding, copy_carriers, pad_of, pair
 from sketchmine.model.graph import module_input_channels, module_outputs, propagate_shapes, trace
-from sketchmine.model.unit_axes import follow_units, tapped_shape
+from sketchmine.model.unit_axes import axis_order, follow_units, tapped_shape
 
 _POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                       nn.Hardswish, nn.Hardsigmoid, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d,
@@ -360,16 +360,8 @@ def _moved_grid(node: fx.Node, grid: tuple[int, int]) -> tuple[int, int] | None:
     if n < max(-grid[0], 2) or len(dst.shape) != n and node.target in _TRANSPOSES:
         return None
     if node.target in _TRANSPOSES:
-        args = node.args[1:]
-        if node.kwargs or not args:
-            return None
-        if node.target in (torch.permute, "permute"):
-            order = [int(d) % n for d in (list(args[0]) if isinstance(args[0], (tuple, list)) else args)]
-        else:
-            order = list(range(n))
-            a, b = int(args[0]) % n, int(args[1]) % n
-            order[a], order[b] = order[b], order[a]
-        if sorted(order) != list(range(n)):
+        order = axis_order(node, n)
+        if order is None:
             return None
         moved = (order.index(grid[0] % n) - n, order.index(grid[1] % n) - n)
         return moved if moved[0] < moved[1] else None  # H after W: the grid transposed

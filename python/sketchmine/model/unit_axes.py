@@ -147,7 +147,9 @@ def _kept(shape: tuple[int, ...] | None, image: list[fx.Node], spans: dict[fx.No
     return span if ok else None
 
 
-def _moved(node: fx.Node, span: Span, rank: int) -> Span | None:
+def axis_order(node: fx.Node, rank: int) -> list[int] | None:
+    """The input axis each output axis of a permute, transpose, swapaxes or movedim node is, or None
+    where its arguments are not plain axes (also the receptive fields' grid: receptive_field.py)."""
     args: Any = node.args[1:]
     if node.kwargs or not args or not rank:
         return None
@@ -162,7 +164,12 @@ def _moved(node: fx.Node, span: Span, rank: int) -> Span | None:
         order = list(range(rank))
         a, b = int(args[0]) % rank, int(args[1]) % rank
         order[a], order[b] = order[b], order[a]
-    if sorted(order) != list(range(rank)):
+    return order if sorted(order) == list(range(rank)) else None
+
+
+def _moved(node: fx.Node, span: Span, rank: int) -> Span | None:
+    order = axis_order(node, rank)
+    if order is None:
         return None
     at = sorted(order.index(d) for d in range(*span))
     return (at[0], at[-1] + 1) if at == list(range(at[0], at[-1] + 1)) else None
