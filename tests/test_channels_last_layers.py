@@ -81,25 +81,29 @@ def test_ablating_a_unit_between_permutes_zeroes_its_channel(net, sketches, tmp_
     run = sketchmine.mine(net, sketches, layers=[layer], k=2, out=tmp_path / "r.zarr")
     df = sketchmine.unit_importance(run, layer, model=net, dataset=sketches, batch_size=len(sketches))
     assert len(df) == 4 * C
-    x, y = sketches.tensors
+    drop = _drop_last(net, layer, unit, *sketches.tensors)  # the channel: the last dim of (N, H, W, C)
+    assert abs(drop) > 1e-6  # a unit whose removal changes something: the test can fail
+    assert df.set_index("unit").loc[unit, "prob_drop"] == pytest.approx(drop, abs=1e-6)
 
+
+def _drop_last(net: nn.Module, layer: str, unit: int, x: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean drop of the correct class's probability when `unit` of the layer's last dim is
+    zeroed at every position: plain hooks, the reference of the ablation."""
     def probs(zero: int | None) -> np.ndarray:
         def hook(m, i, o):
             o = o.clone()
-            o[..., zero] = 0  # the channel: the last dim of (N, H, W, C)
+            o[..., zero] = 0
             return o
 
         handle = dict(net.named_modules())[layer].register_forward_hook(hook) if zero is not None else None
         try:
             with torch.inference_mode():
-                return torch.softmax(net(x).double(), 1).gather(1, y[:, None])[:, 0].numpy()
+                return torch.softmax(net(x).double(), 1).gather(1, labels[:, None])[:, 0].numpy()
         finally:
             if handle is not None:
                 handle.remove()
 
-    drop = (probs(None) - probs(unit)).mean()
-    assert abs(drop) > 1e-6  # a unit whose removal changes something: the test can fail
-    assert df.set_index("unit").loc[unit, "prob_drop"] == pytest.approx(drop, abs=1e-6)
+    return float((probs(None) - probs(unit)).mean())
 
 
 def test_feature_visualisation_and_deconvolution_read_the_channel(net, sketches):
@@ -238,23 +242,7 @@ def test_transformer_blocks_are_mined_by_their_channels(sketches, tmp_path):
     vit_block, unit = "encoder.layers.encoder_layer_0", 7
     df = sketchmine.unit_importance(run, vit_block, model=net, dataset=rgb, batch_size=len(rgb))
     assert len(df) == 12  # the features, not the 17 tokens
-    labels = sketches.tensors[1]
-
-    def probs(zero: int | None) -> np.ndarray:
-        def hook(m, i, o):
-            o = o.clone()
-            o[..., zero] = 0  # the feature, at every token
-            return o
-
-        handle = dict(net.named_modules())[vit_block].register_forward_hook(hook) if zero is not None else None
-        try:
-            with torch.inference_mode():
-                return torch.softmax(net(x).double(), 1).gather(1, labels[:, None])[:, 0].numpy()
-        finally:
-            if handle is not None:
-                handle.remove()
-
-    drop = (probs(None) - probs(unit)).mean()
+    drop = _drop_last(net, vit_block, unit, x, sketches.tensors[1])  # the feature, at every token
     assert abs(drop) > 1e-6 and df.set_index("unit").loc[unit, "prob_drop"] == pytest.approx(drop, abs=1e-6)
 
 
