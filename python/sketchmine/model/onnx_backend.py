@@ -313,7 +313,6 @@ class OnnxModel:
 
         yield forward
 
-
     def _moved(self, tensors: tuple[str, ...], at: list[tuple[str, int]], arrays: list[np.ndarray]
                ) -> dict[str, dict[str, Any]]:
         """The tapped layers whose units are their tensor's last axis (`onnx_layout.unit_layouts`),
