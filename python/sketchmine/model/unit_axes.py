@@ -11,13 +11,15 @@ effect on positions is unknown: what an op does to the units is known more often
 unknown ops (Swin's shifted-window attention) return their input's shape.
 
 The units are followed as a span of axes [start, stop) (a channel shuffle splits them in two
-for a moment) from the image input's axis 1:
+for a moment) from the image input's channels (axis 1; axis 2 of frames (N, T, C, H, W)):
 - convolutions, pools and channel norms (modules or functions) put them on axis 1; a Linear
   (module or F.linear) on the last axis; a split keeps them in each piece;
-- permute, transpose, swapaxes and movedim move them; reshape, view and flatten keep them where the axes on one
-  side of them are kept (flattening (H, W), or splitting the channels into groups);
-- cat keeps them when it joins along another axis; indexing keeps them when it drops other axes;
-- matmul and einsum leave them unknown (a Linear after them places them again);
+- permute, transpose, swapaxes and movedim move them; reshape, view and flatten keep them where
+  the axes on one side of them are kept (flattening (H, W), splitting the channels into groups,
+  folding positions into the batch as a window partition does);
+- cat keeps them where its inputs agree (joined along them or along another axis); indexing
+  keeps them when it drops other axes;
+- matmul, einsum and x.mT leave them unknown (a Linear after them places them again);
 - any other op whose output has the rank, batch and unit sizes of its inputs that come from the
   image keeps their units, where those agree (elementwise ops, norms, dropout, attention, a
   residual add, functional pools and pads); anything else leaves them unknown, as does an input
