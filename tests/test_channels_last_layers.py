@@ -424,3 +424,32 @@ def test_a_forward_with_defaults_is_traced_as_a_plain_call_runs(sketches, tmp_pa
     assert run.layer_attrs("act")["receptive_field"]["size"] == [2, 2]
     df = sketchmine.unit_importance(run, "act", model=model, dataset=sketches, batch_size=len(sketches))
     assert df.attrs["method"] == "split" and len(df) == C  # the cut traced as a plain call runs, too
+
+
+def test_visualize_crops_and_deconvolves_a_channels_last_unit_where_it_peaks(net, small_test_set, tmp_path):
+    """visualize reads the layer as mined (its recorded layout): each patch is the receptive field
+    around the unit's peak (y, x) on the grid, and its deconvolution is `deconvolve`'s of that unit."""
+    from sketchmine.stats.ops import crop_patches_reference
+
+    layer = "block.block.2"
+    ds = per_class_subset(small_test_set, 2, "channels-last-vis")
+    sketchmine.mine(net, ds, layers=[layer], k=2, out=tmp_path / "r.zarr", batch_size=len(ds))
+    run = sketchmine.visualize(tmp_path / "r.zarr", model=net, data=ds, batch_size=8)
+    assert run.layer_shape(layer) == (C, SIDE, SIDE)  # its channels, on the grid
+    g = run.store.group[f"layers/{layer}"]
+    patches, boxes, deconv = (np.asarray(g[k][...]) for k in ("patches", "boxes", "deconv"))
+    field = sketchmine.ReceptiveField(**{k: tuple(v) for k, v in run.layer_attrs(layer)["receptive_field"].items()})
+    _, index, yx = run.topk(layer)
+    for c in (0, 3, C - 1):
+        i = int(index[c, 0])
+        top, left, bottom, right = field.box(*yx[c, 0])
+        assert tuple(boxes[c, 0]) == (top, left, bottom, right)
+        pixels = torch.from_numpy(np.asarray(ds.images[i]))[None, None]
+        want = crop_patches_reference(pixels, torch.tensor([0]), torch.tensor([[top, left]]),
+                                      bottom - top + 1, right - left + 1)[0]
+        assert np.array_equal(patches[c, 0], want.permute(1, 2, 0).numpy())
+        sig = sketchmine.deconvolve(net, ds[i][1][None], layer, [c], yx[c, :1], method="deconvnet")
+        crop = crop_patches_reference(sig, torch.tensor([0]), torch.tensor([[top, left]]),
+                                      bottom - top + 1, right - left + 1)[0]
+        signal = (128 + 127 * crop / crop.abs().max()).round().clamp(0, 255).permute(1, 2, 0).numpy()
+        assert np.abs(deconv[c, 0].astype(int) - signal.astype(int)).max() <= 1 and len(np.unique(deconv[c, 0])) > 3
