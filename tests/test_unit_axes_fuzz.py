@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sketchmine.model.receptive_field import graph_unit_axes
+from sketchmine.model.receptive_field import sample_analysis
 
 
 class Step(nn.Module):
@@ -112,8 +112,9 @@ def test_the_graph_places_units_where_the_chain_holds_them_or_says_it_cannot(dra
         x = step(x)
         modules.append(step)
         ranks.append(x.ndim)
-    axes = graph_unit_axes(nn.Sequential(*modules).eval(), (c, h, w))
-    assert isinstance(axes, dict), axes
+    analysis = sample_analysis(nn.Sequential(*modules).eval(), (c, h, w))
+    assert not isinstance(analysis, Exception), analysis
+    axes = analysis.unit_axes
     for i, (want, rank) in enumerate(zip(truth, ranks)):
         got = axes.get(str(i))
         if want is None:  # after a swap the graph may not know, but must not place them elsewhere

@@ -20,8 +20,8 @@ from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, as_forward, 
 from sketchmine.model.onnx_backend import OnnxRunError
 from sketchmine.model.modes import input_dtype
 from sketchmine.model.meta import meta_call
-from sketchmine.model.receptive_field import FieldAnalysis, field_analysis, module_input_channels
-from sketchmine.model.layouts import graph_layouts, layout_open
+from sketchmine.model.receptive_field import FieldAnalysis, module_input_channels, sample_analysis
+from sketchmine.model.layouts import graph_layouts, layout_open, unplaced_note
 from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
 from sketchmine.progress import Progress
 
@@ -87,10 +87,7 @@ class TorchForward:
 
     def fields(self, sample: tuple[int, ...], progress: Progress) -> dict[str, Any]:
         if self.unplaced:  # said when the run is made
-            names, why = list(self.unplaced), next(iter(self.unplaced.values()))
-            progress.note(f"{len(names)} layer(s) read with their units on axis 1, (N, C, ...), where the model's graph "
-                          f"does not place them ({', '.join(names[:3])}{', …' if len(names) > 3 else ''}: {why}): a "
-                          "module returning channels last (N, H, W, C) or tokens (N, T, D) is read along the wrong axis")
+            progress.note(unplaced_note(list(self.unplaced), next(iter(self.unplaced.values()))))
         return fields_attrs(self.net, sample, progress, self._analysis(sample))
 
     def _analysis(self, sample: tuple[int, ...]) -> FieldAnalysis | SketchmineError:
@@ -98,10 +95,7 @@ class TorchForward:
         its modules hold their units, the new run's attributes its fields."""
         sample = tuple(int(n) for n in sample)
         if sample not in self._analyses:
-            try:
-                self._analyses[sample] = field_analysis(self.net, sample[-2:], sample[:-3], channels=sample[-3])
-            except SketchmineError as exc:
-                self._analyses[sample] = exc
+            self._analyses[sample] = sample_analysis(self.net, sample)
         return self._analyses[sample]
 
     def shapes(self, layers: list[str], x: torch.Tensor
@@ -118,9 +112,7 @@ class TorchForward:
         known: dict[str, dict[str, Any]] = {}
         unplaced: dict[str, str] = {}
         if layout_open(self.net, layers):  # a module whose units only the graph places
-            analysis = self._analysis(tuple(x.shape[1:])) if x.ndim >= 4 else SketchmineError("not an image input")
-            known, unplaced = graph_layouts(self.net, layers, analysis.unit_axes if isinstance(
-                analysis, FieldAnalysis) else analysis)
+            known, unplaced = graph_layouts(self.net, layers, self._analysis(tuple(x.shape[1:])))
         with torch.inference_mode(), Taps(self.net, layers, record, known) as taps:
             out = _shape_forward(self.net, x)
         for name, dtype in dtypes.items():
@@ -309,13 +301,9 @@ def fields_attrs(net: nn.Module, sample: tuple[int, ...], progress: Progress,
     `sample`: one input's shape, (C, H, W), or (T, C, H, W) for a sequence of frames (fields
     per frame). `analysis`: the graph's, or its refusal, where the caller made it already."""
     size = tuple(sample[-2:])
-    try:
-        if isinstance(analysis, SketchmineError):
-            raise analysis
-        if analysis is None:
-            analysis = field_analysis(net, size, tuple(sample[:-3]), channels=int(sample[-3]))
-    except SketchmineError as exc:
-        progress.note(f"no receptive fields recorded: {exc}")
+    analysis = sample_analysis(net, sample) if analysis is None else analysis
+    if isinstance(analysis, SketchmineError):
+        progress.note(f"no receptive fields recorded: {analysis}")
         return {}
     # a copying pad's own units have no field, the layers after it do: not worth a note unless mined
     missing = {n: why for n, why in analysis.missing.items() if n not in analysis.copies}

@@ -10,11 +10,15 @@ cannot place is read along axis 1 and listed, so that the caller can say so.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from sketchmine.errors import SketchmineError
+from sketchmine.model.unit_axes import CHANNELS_FIRST_MODULES
+
+if TYPE_CHECKING:
+    from sketchmine.model.receptive_field import FieldAnalysis
 
 CHANNELS_LAST = "(N, H, W, C) → (N, C, H, W)"
 """The `layout` attribute of a module whose 4-D output holds its channels last: its units are
@@ -23,9 +27,7 @@ FEATURES_LAST = "(N, T, F) → (N, F, T)"
 """The `layout` attribute of a module whose 3-D output holds its features last (tokens, steps):
 its units are the last axis, its positions the sequence."""
 
-_LAYOUT_FIXED = (nn.modules.conv._ConvNd, nn.Linear, nn.RNNBase, nn.modules.batchnorm._NormBase, nn.GroupNorm,
-                 nn.LocalResponseNorm, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
-                 nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+_LAYOUT_FIXED = (*CHANNELS_FIRST_MODULES, nn.Linear, nn.RNNBase)
 """Modules whose output layout their type fixes: channels (or features) where `to_units` reads them."""
 
 
@@ -35,11 +37,12 @@ def layout_open(model: nn.Module, layers: Sequence[str]) -> bool:
     return any(n in modules and not isinstance(modules[n], _LAYOUT_FIXED) for n in layers)
 
 
-def graph_layouts(model: nn.Module, layers: Sequence[str], axes: dict[str, tuple[int, int]] | SketchmineError
+def graph_layouts(model: nn.Module, layers: Sequence[str], analysis: FieldAnalysis | SketchmineError
                   ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """The layouts the graph tells for `layers` (the `known` of a `Taps`), from each module's
-    units axis and rank (`receptive_field.graph_unit_axes`), and the modules it cannot place,
-    with why (read along axis 1)."""
+    units axis and rank (`receptive_field.sample_analysis`'s `unit_axes`), and the modules it
+    cannot place, with why (read along axis 1)."""
+    axes = analysis if isinstance(analysis, SketchmineError) else analysis.unit_axes
     modules = dict(model.named_modules())
     known: dict[str, dict[str, Any]] = {}
     unplaced: dict[str, str] = {}
@@ -57,11 +60,20 @@ def graph_layouts(model: nn.Module, layers: Sequence[str], axes: dict[str, tuple
     return known, unplaced
 
 
+def unplaced_note(names: Sequence[str], why: str | None = None, of: str = "") -> str:
+    """What `mine` says, when it makes the run, of the tapped layers read along axis 1 that the
+    graph does not place (`of`: " of FILE" for an ONNX graph)."""
+    listed = ", ".join(names[:3]) + (", …" if len(names) > 3 else "") + (f": {why}" if why else "")
+    return (f"{len(names)} layer(s){of} read with their units on axis 1, (N, C, ...), where the model's graph does "
+            f"not place them ({listed}): one holding channels last (N, H, W, C) or tokens (N, T, D) is read along "
+            "the wrong axis")
+
+
 def learn_layouts(model: nn.Module, layers: Sequence[str], sample: Sequence[int]
                   ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """`graph_layouts` for one input of shape `sample`, the graph traced only where a layer needs it."""
     if not layout_open(model, layers):
         return {}, {}
-    from sketchmine.model.receptive_field import graph_unit_axes  # the tracer: only where asked
+    from sketchmine.model.receptive_field import sample_analysis  # the tracer: only where asked
 
-    return graph_layouts(model, layers, graph_unit_axes(model, tuple(int(n) for n in sample)))
+    return graph_layouts(model, layers, sample_analysis(model, tuple(sample)))

@@ -29,6 +29,7 @@ import torch
 from sketchmine.ctrl_c import imported
 from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, register_backend, weights_hasher
+from sketchmine.model.layouts import unplaced_note
 from sketchmine.model.onnx_layout import unit_layouts
 from sketchmine.model.onnx_names import SLASH, GraphNames
 from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
@@ -174,10 +175,7 @@ class OnnxModel:
         """Receptive fields are not computed for ONNX graphs: the store records None. Said then
         (the run is made): the tapped tensors read along axis 1 that the graph does not place."""
         if self.unplaced:
-            names = self.unplaced
-            progress.note(f"{len(names)} layer(s) of {self.path.name} read with their units on axis 1, (N, C, ...), "
-                          f"where the graph does not place them ({', '.join(names[:3])}{', …' if len(names) > 3 else ''}"
-                          "): a tensor holding channels last (N, H, W, C) or tokens (N, T, D) is read along the wrong axis")
+            progress.note(unplaced_note(self.unplaced, of=f" of {self.path.name}"))
         return {}
 
     # ---- running ---------------------------------------------------------------------

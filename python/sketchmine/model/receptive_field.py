@@ -217,13 +217,14 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
     return FieldAnalysis(out, missing, frozenset(n for n, why in missing.items() if why in copies.values()), axes)
 
 
-def graph_unit_axes(model: nn.Module, sample: tuple[int, ...]) -> dict[str, tuple[int, int]] | SketchmineError:
-    """`FieldAnalysis.unit_axes` for one input of shape `sample` ((C, H, W), or (T, C, H, W) for a
-    sequence of frames), or why the graph cannot be analysed."""
+def sample_analysis(model: nn.Module, sample: tuple[int, ...]) -> FieldAnalysis | SketchmineError:
+    """`field_analysis` for one input of shape `sample` ((C, H, W), or (T, C, H, W) for a sequence
+    of frames: fields per frame), or why the graph cannot be analysed (its callers mine on without)."""
+    sample = tuple(int(n) for n in sample)
     if len(sample) < 3:  # a vector or a sequence of features: no image input
-        return SketchmineError(f"the model takes {tuple(sample)} inputs, not images")
+        return SketchmineError(f"the model takes {sample} inputs, not images")
     try:
-        return field_analysis(model, tuple(sample[-2:]), tuple(sample[:-3]), channels=int(sample[-3])).unit_axes
+        return field_analysis(model, sample[-2:], sample[:-3], channels=sample[-3])
     except SketchmineError as exc:
         return exc
 

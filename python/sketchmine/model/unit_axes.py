@@ -37,9 +37,10 @@ from torch import fx, nn
 
 Span = tuple[int, int]
 
-_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LocalResponseNorm,
-                   nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
-                   nn.modules.pooling._AdaptiveMaxPoolNd)
+CHANNELS_FIRST_MODULES = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LocalResponseNorm,
+                          nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+                          nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+"""Modules whose output holds its channels on axis 1 by their type (so a tap reads them: `layouts`)."""
 _CHANNELS_FIRST_FUNCS = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
                          F.batch_norm, F.instance_norm, F.group_norm, F.local_response_norm, F.max_pool1d, F.max_pool2d,
                          F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
@@ -101,7 +102,7 @@ def _node_span(node: fx.Node, shape: tuple[int, ...] | None, image: list[fx.Node
     fed = [a for a in image if a in spans]
     if node.op == "call_module":
         m = modules[str(node.target)]
-        if isinstance(m, _CHANNELS_FIRST):
+        if isinstance(m, CHANNELS_FIRST_MODULES):
             return (1, 2) if shape is not None and len(shape) >= 2 else None
         if isinstance(m, nn.Linear):
             return (len(shape) - 1, len(shape)) if shape else None
