@@ -79,6 +79,14 @@ def check_classes(num_classes: int | None, categories: list[str] | None, class_n
                   f"class {i}: {class_names[i]!r}): each output is scored against the class at its position")
 
 
+def note_left_out(left: dict[str, str], progress: Progress) -> None:
+    """Say which default layers the probe left out (`forward.probe`), a note per reason."""
+    for why in dict.fromkeys(left.values()):
+        unused = [name for name, w in left.items() if w == why]
+        progress.note(f"{len(unused)} of the model's layers are not mined because {why}: "
+                      f"{', '.join(unused[:4])}{', …' if len(unused) > 4 else ''}")
+
+
 def note_followers(net: nn.Module, layers: list[str], progress: Progress) -> frozenset[str]:
     """Say once which mined layers feed a BatchNorm that reverses some of their units (their
     top-k are the images the network passes on as the least active), and return the layers

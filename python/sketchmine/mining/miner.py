@@ -34,7 +34,8 @@ from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
 from sketchmine.mining.checks import (DRAWINGS, check_classes, check_layouts, check_readable, check_resumable,
-                                     check_sketch_size, note_dead_units, note_followers)
+                                     check_sketch_size, note_dead_units, note_followers,
+                                     note_left_out)
 from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts, check_flags
 from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
@@ -290,11 +291,9 @@ def mine(
         forward.compile = True
     with eval_mode(net), shared_traces():  # eval: as a trained model computes (flags back after, whatever happens)
         first_index, first = _first_readable(ds)
-        spec, num_classes = probe(forward, names, first[None].to(device), optional=layers is None)
-        if len(spec) < len(names):
-            unused = [n for n in names if n not in {l.name for l in spec}]
-            progress.note(f"{len(unused)} of the model's layers are not called by its forward pass and are not mined: "
-                          f"{', '.join(unused[:4])}{', …' if len(unused) > 4 else ''}")
+        spec, num_classes, left = probe(forward, names, first[None].to(device), optional=layers is None)
+        note_left_out(left, progress)
+        if left:
             names = want[LAYER_NAMES] = [l.name for l in spec]
         if logits:
             check_classes(num_classes, loaded.categories, ds.class_names, progress)

@@ -17,7 +17,7 @@ from sketchmine.errors import SketchmineError, SketchmineFailure, first_line
 from sketchmine.model import cut
 from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, as_forward, first_tensor, register_backend,
                                       weights_hasher)
-from sketchmine.model.onnx_backend import OnnxRunError
+from sketchmine.model.onnx_backend import OnnxRunError, RowsNotImages
 from sketchmine.model.modes import input_dtype
 from sketchmine.model.meta import meta_call
 from sketchmine.model.receptive_field import FieldAnalysis, module_input_channels, sample_analysis
@@ -230,12 +230,21 @@ def _check_folded_rows(net: nn.Module, layers: list[str], x: torch.Tensor,
 
 
 def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool = False
-          ) -> tuple[list[Layer], int | None]:
-    """Shapes of the tapped outputs and the logit count, from one forward pass. A layer the
-    forward does not call is refused, or left out when the layers are `optional` (the defaults:
-    an auxiliary head that runs only in training)."""
+          ) -> tuple[list[Layer], int | None, dict[str, str]]:
+    """Shapes of the tapped outputs and the logit count, from one forward pass, and the layers
+    left out, with why. A layer the forward does not call, or an ONNX tensor whose rows are not
+    the images, is refused, or left out when the layers are `optional` (the defaults: an
+    auxiliary head that runs only in training; an attention's scores)."""
+    left: dict[str, str] = {}
     try:
-        shapes, out, layouts = forward.shapes(layers, x)
+        try:
+            shapes, out, layouts = forward.shapes(layers, x)
+        except RowsNotImages as exc:
+            if not optional or len(exc.layers) == len(layers):
+                raise
+            left = dict.fromkeys(exc.layers, "their first dimension is not the batch (their rows are not the images)")
+            layers = [name for name in layers if name not in left]
+            shapes, out, layouts = forward.shapes(layers, x)
     except (RuntimeError, ValueError, IndexError, OnnxRunError) as exc:
         first = first_line(exc)
         raise SketchmineError(f"the model cannot take input of shape {tuple(x.shape[1:])} ({input_words(x)}): "
@@ -249,11 +258,12 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
     for name in layers:
         if name not in shapes:
             if optional:
+                left[name] = "they are not called by its forward pass"
                 continue
             raise SketchmineError(f"layer {name!r} was not called during the forward pass; it cannot be tapped")
         shape = shapes[name]
         result.append(Layer(name, shape[0], tuple(shape[1:]), forward.kind(name), layouts.get(name, {})))
-    return result, num_classes
+    return result, num_classes, left
 
 
 def input_words(x: torch.Tensor) -> str:

@@ -30,7 +30,7 @@ from sketchmine.ctrl_c import imported
 from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, register_backend, weights_hasher
 from sketchmine.model.layouts import unplaced_note
-from sketchmine.model.onnx_layout import unit_layouts
+from sketchmine.model.onnx_layout import sized_tensors, unit_layouts
 from sketchmine.model.onnx_names import SLASH, GraphNames
 from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
 
@@ -40,6 +40,16 @@ class OnnxRunError(SketchmineFailure):
     """ONNX Runtime refused or failed a batch (its pybind errors are no Python built-ins): the
     input shape, the graph's declared one and ORT's message, in one line. A failure (exit 1)
     mid-run; `forward.probe` turns one on the first image into a refused input (exit 3)."""
+
+
+class RowsNotImages(SketchmineError):
+    """Tapped tensors whose first dimension is not the batch (an attention's (N·heads, T, T)
+    scores, windows folded into the batch): `layers`, the first named in the message. Default
+    layers leave them out (`forward.probe`); asked for, they are refused."""
+
+    def __init__(self, message: str, layers: list[str]) -> None:
+        super().__init__(message)
+        self.layers = layers
 
 
 def _modules() -> tuple[Any, Any]:
@@ -273,16 +283,18 @@ class OnnxModel:
         tensors, at, fed = self._plan(layers)
         arrays = self._runner(tensors)(x)
         shapes: dict[str, tuple[int, ...]] = {}
-        moved = self._moved(tensors, at, arrays)
+        rows = [layer for layer, i in at if arrays[i].ndim and arrays[i].shape[0] != x.shape[0]]
+        if rows:  # (L, N, E), (N·heads, T, T), or a batch doubled: its rows are not the images
+            a = arrays[dict(at)[rows[0]]]
+            raise RowsNotImages(f"layer {rows[0]!r} of {self.path.name} has {a.shape[0]} rows for {x.shape[0]} "
+                                "image: its first dimension is not the batch, so its positions cannot be "
+                                "credited to images; mine the tensors before or after it", rows)
+        moved = self._moved(tensors, at, arrays, x)
         for layer, i in at:
             a = arrays[i]
             if a.dtype not in (np.float32, np.float16) or a.ndim < 2:  # a double would be ranked as float32
                 raise SketchmineError(f"layer {layer!r} of {self.path.name} is a {a.dtype} tensor of shape "
                                       f"{a.shape}; only float32 or float16 (N, C, ...) tensors can be mined")
-            if a.shape[0] != x.shape[0]:  # (L, N, E), or a batch doubled: its rows are not the images
-                raise SketchmineError(f"layer {layer!r} of {self.path.name} has {a.shape[0]} rows for {x.shape[0]} "
-                                      "image: its first dimension is not the batch, so its positions cannot be "
-                                      "credited to images; mine the tensors before or after it")
             shapes[layer] = tuple(np.moveaxis(a, -1, 1).shape[1:] if layer in moved else a.shape[1:])
         layouts: dict[str, dict[str, Any]] = {layer: {"onnx_tensor": tensors[i], **moved.get(layer, {})}
                                               for layer, i in at}
@@ -301,7 +313,7 @@ class OnnxModel:
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             arrays = run(x)
-            moved = self._moved(tensors, at, arrays)
+            moved = self._moved(tensors, at, arrays, x)
             for layer, i in at:
                 if on_fed is not None and layer in fed:  # used where `shapes` recorded ranked_by
                     on_fed(layer, torch.from_numpy(arrays[fed[layer]]).to(device, non_blocking=True))
@@ -311,13 +323,21 @@ class OnnxModel:
 
         yield forward
 
-    def _moved(self, tensors: tuple[str, ...], at: list[tuple[str, int]], arrays: list[np.ndarray]
-               ) -> dict[str, dict[str, Any]]:
+    def _moved(self, tensors: tuple[str, ...], at: list[tuple[str, int]], arrays: list[np.ndarray],
+               x: torch.Tensor) -> dict[str, dict[str, Any]]:
         """The tapped layers whose units are their tensor's last axis (`onnx_layout.unit_layouts`),
-        with the attributes saying so; worked out once per tensor set, from the first run's ranks."""
+        with the attributes saying so; worked out once per tensor set, from the first run's ranks,
+        and where the graph's reshapes matter, their sizes on three copies of the batch's first image
+        (a batch of a size the model's own axes are unlikely to have)."""
         if tensors not in self._layouts:
-            self._layouts[tensors] = unit_layouts(self.proto.graph, {layer: tensors[i] for layer, i in at},
-                                                  {layer: arrays[i].ndim for layer, i in at})
+            tapped, ranks = {layer: tensors[i] for layer, i in at}, {layer: arrays[i].ndim for layer, i in at}
+            got = unit_layouts(self.proto.graph, tapped, ranks)
+            reshaped = tuple(sized_tensors(self.proto.graph))
+            if got[1] and reshaped:  # measured only for a graph whose reshapes may place a layer
+                sizes = dict(zip(reshaped, (a.shape for a in self._runner(reshaped)(x[:1].expand(3, *x.shape[1:]))), strict=True))
+                self._sessions.pop((reshaped, str(self.device)), None)  # a second copy of the weights: not kept
+                got = unit_layouts(self.proto.graph, tapped, ranks, sizes)
+            self._layouts[tensors] = got
         moved, self.unplaced = self._layouts[tensors]
         return moved
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from sketchmine.model.onnx_layout import constants
 from sketchmine.model.taps import SOFTMAX
 
 DEFAULT_OPS = ("Conv", "Gemm", "MatMul")
@@ -77,6 +78,8 @@ class GraphNames:
     def __init__(self, graph: Any, file: str) -> None:
         self.file = file
         self.nodes = list(graph.node)
+        self.outputs = [o.name for o in graph.output]
+        self.constants = constants(graph)
         self.producer: dict[str, Any] = {}  # tensor name → node
         self.by_node: dict[str, str] = {}  # node name → first output
         self.by_module: dict[str, str] = {}  # torch module name → output of the last node of its scope
@@ -142,16 +145,22 @@ class GraphNames:
         return layer if layer in self.producer else None
 
     def default_layers(self) -> list[str]:
-        """Every Conv, Gemm and MatMul output in graph order, named by its torch module when
-        that module holds no other such node (and the name is not refused), else by the node,
-        plus the softmax (virtual unless the graph has one)."""
+        """Every Conv, Gemm and MatMul by a weight (an exported Linear; not an attention's
+        products) output in graph order, named by its torch module when that module holds no
+        other such node (and the name is not refused), else by the node, plus the softmax of the
+        logits (virtual unless a Softmax node makes it: not an attention's)."""
+        logits = self.outputs[:1]
+        chosen = [n for n in self.nodes if n.op_type in DEFAULT_OPS and (
+            n.op_type != "MatMul" or len(n.input) == 2 and n.input[1] in self.constants)]
+        softmax = [n for n in self.nodes if n.op_type == "Softmax" and (n.input[0] in logits or n.output[0] in logits)]
         per_scope: dict[str, int] = {}
-        for node in self.nodes:
-            if node.op_type in DEFAULT_OPS and (s := self.scope.get(node.output[0])):
+        for node in chosen:
+            if s := self.scope.get(node.output[0]):
                 per_scope[s] = per_scope.get(s, 0) + 1
         names: list[str] = []
+        default = {id(n) for n in (*chosen, *softmax)}
         for node in self.nodes:
-            if node.op_type not in (*DEFAULT_OPS, "Softmax"):
+            if id(node) not in default:
                 continue
             scope = self.scope.get(node.output[0])
             if scope and per_scope.get(scope, 1) == 1 and self.by_module.get(scope):
@@ -163,6 +172,6 @@ class GraphNames:
             name = name.replace("/", SLASH)
             if name not in names:
                 names.append(name)
-        if not any(n.op_type == "Softmax" for n in self.nodes):
+        if not softmax:
             names.append(SOFTMAX)
         return names
