@@ -126,8 +126,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     pre = run_preprocessing(run)
     images = ImageCache(ds, pre)  # decoded once, shared by all layers
     sample = tuple(images.inputs([int(needed[0])])[0].shape) if len(needed) else (1, 1, 1)
-    channels, *image_hw = sample[-3:]
-    image_hw = tuple(image_hw)
+    channels, image_hw = sample[-3], (sample[-2], sample[-1])
     plans = [_plan(run, name, image_hw, max_patch) for name in names]
     limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
     loaded = run_model(run, model, weights)
@@ -147,8 +146,9 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
                 stale_pictures(store, p.name, progress)
         if opt:
             opt.claim(store, batch_size, redo, progress)
-        progress.start(sum(limit.values()) + (opt.total if opt else 0),
-                       sum(min(done, limit[n]) for n, (done, _) in todo.items()) + (opt.done if opt else 0))
+        parts = [(limit[n], min(d, limit[n])) for n, (d, _) in todo.items()] + ([(opt.total, opt.done)] if opt else [])
+        left = [(t, d) for t, d in parts if d < t]  # what an earlier call finished is no part of this one's progress
+        progress.start(sum(t for t, _ in left), sum(d for _, d in left))
         for p in plans:
             done, layer_block = todo[p.name]
             _visualize_layer(store, run, p, done, layer_block, limit[p.name], images, deconv, batch_size, device,

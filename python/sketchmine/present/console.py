@@ -338,5 +338,8 @@ def print_visualized(run: Run, layers: list[str] | None, method: str, progress: 
     count = len(names)
     opt = run.layer_attrs(names[0]).get(schema.OPTIMIZED) if optimize and names else None
     made = f" and optimised inputs ({how_made(opt)})" if isinstance(opt, dict) else ""
-    console.print(f"patches and {method} crops{made} of {count} layer{'' if count == 1 else 's'} "
-                  f"in {progress.seconds:.1f} s → {safe(run.path)}")
+    what = f"patches and {method} crops{made} of {count} layer{'' if count == 1 else 's'}"
+    if not progress.images:  # every part was finished by an earlier call
+        console.print(f"nothing to do: the {what} were made already (--redo makes them again) → {safe(run.path)}")
+        return
+    console.print(f"{what} in {progress.seconds:.1f} s → {safe(run.path)}")
