@@ -270,3 +270,17 @@ def test_a_resume_refused_for_its_dataset_says_which_images_differ(demo_model, d
     with pytest.raises(SketchmineError, match=rf"is not the one run .*done.zarr was mined on \(40 images, fingerprint "
                                               rf"[0-9a-f]{{12}}…\): {moved} image\(s\) under another class"):
         sketchmine.visualize(done.path, ["features.0"], model=demo_model.module, data=relabelled)
+
+
+def test_a_resume_with_another_model_names_both_whole(subset, tmp_path):
+    """Model ids were cut at 16 characters like hashes: "demo:sketchnet_a… vs demo:sketchresne…".
+    A name is shown whole; a hash is still cut."""
+    out = tmp_path / "a.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine("demo", subset, out=out, layers=["softmax"], batch_size=10, flush_every=1,
+                        progress=StopAfter(30))
+    with pytest.raises(SketchmineError) as said:
+        sketchmine.mine("demo-resnet", subset, out=out, layers=["softmax"], batch_size=10)
+    message = str(said.value)
+    assert "model id (run: demo:sketchnet_animal, now: demo:sketchresnet_animal)" in message
+    assert "model weights (run: xxh3_128:" in message and "…" in message.split("model weights")[1]

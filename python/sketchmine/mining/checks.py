@@ -123,8 +123,11 @@ def note_dead_units(run: Run | None, rectified: frozenset[str], progress: Progre
 
 
 def _short(value: Any) -> Any:
-    """A long value (a fingerprint, a hash) cut for a message."""
-    return (str(value)[:16] + "…") if isinstance(value, str) and len(value) > 20 else value
+    """A hash or fingerprint (40+ hex digits) cut for a message; a name (a model id) is kept
+    whole: two ids cut alike read as one."""
+    digits = str(value).rpartition(":")[2]  # after a method's name ("xxh3_128:…")
+    hashed = isinstance(value, str) and len(digits) >= 24 and all(c in "0123456789abcdef" for c in digits.lower())
+    return str(value)[:len(value) - len(digits) + 16] + "…" if hashed else value
 
 
 RESUME_CHECKS: dict[str, str] = {
