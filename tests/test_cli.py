@@ -234,8 +234,9 @@ def test_demo_mines_visualizes_compares_and_reports_both_models(tmp_path, monkey
     # conv1), the linear ones by depth; the title may wrap
     assert ("layers paired by name where both runs have the layer, the logits with the logits, else by receptive field "
             "(its share of the input) or by relative depth" in " ".join(text.split()))
-    for a, b in (("features.0", "layer1.0.conv1"), ("classifier.6", "fc"), ("softmax", "softmax")):
-        assert re.search(rf"│ {re.escape(a)} +│ {re.escape(b)} +│", text), (a, b)
+    for a, b, by in (("features.0", "layer1.0.conv1", "field"), ("classifier.6", "fc", "logits"),
+                     ("softmax", "softmax", "name"), ("classifier.4", "layer3.1.conv1", "depth")):
+        assert re.search(rf"│ {re.escape(a)} +│ {re.escape(b)} +│[^\n]*│ {by} +│\n", text), (a, b)  # each pair says how
 
 
 def test_a_dataset_link_that_leads_nowhere_is_said_apart_from_a_missing_one(tmp_path, folder):

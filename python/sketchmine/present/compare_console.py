@@ -51,6 +51,8 @@ def compare_tables(cmp: Comparison) -> list[Table]:
         for col in ("layer A", "layer B", f"{side} {cmp.n} A", f"{side} {cmp.n} B", f"J {side}"):
             lay.add_column(col, justify="right" if col.startswith("J") else "left",
                            min_width=name_width(cmp.layers[f"layer_{col[-1].lower()}"]) if col.startswith("layer") else None)
+    if len(how) > 1:  # the title names several ways: each pair says its own
+        top.add_column("paired by")
 
     def cell(r: pd.Series, key: str) -> str:  # the list, then the classes tied at its cut
         if r[f"all_tied_{key[-1]}"]:
@@ -60,12 +62,17 @@ def compare_tables(cmp: Comparison) -> list[Table]:
 
     for _, r in cmp.layers.iterrows():
         for lay, side in ((top, "top"), (bottom, "bottom")):
+            by = [_PAIRED_BY.get(r["paired_by"], r["paired_by"])] if len(how) > 1 and lay is top else []
             lay.add_row(safe(r["layer_a"]), safe(r["layer_b"]), cell(r, f"{side}_a"), cell(r, f"{side}_b"),
-                        number(r[f"jaccard_{side}"], ".2f"))
+                        number(r[f"jaccard_{side}"], ".2f"), *by)
     bottom.caption = ("J: Jaccard overlap of the listed classes plus those tied at the cut; '-' where a layer's classes "
                       "all tie (no top or bottom classes)")
     bottom.caption_justify = "left"
     return [acc, top, bottom]
+
+
+_PAIRED_BY = {"name": "name", "output": "logits", "field": "field", "depth": "depth"}
+"""A pair's `paired_by` in the table's words: the logits with the logits ("output"), else as stored."""
 
 
 def compare_notes(cmp: Comparison) -> list[str]:
