@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             batch = acc.Batch(index, labels[index], xs[index])
             for a in made:
                 t = time.process_time()
+                a.start_batch(batch)
                 for name in layers:
                     a.update(name, acts[name], batch)
                 a.end_batch(batch)

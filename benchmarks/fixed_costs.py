@@ -26,7 +26,7 @@ def timed_accumulators(times: dict[str, float]):
     def timed(setup, registry=None):
         made = build(setup, registry)
         for acc in made:
-            for verb in ("update", "end_batch", "state", "results"):
+            for verb in ("start_batch", "update", "end_batch", "state", "results"):
                 fn = getattr(acc, verb)
 
                 def wrapped(*args, _fn=fn, _key=f"{acc.key}.{verb}", **kwargs):

@@ -165,12 +165,11 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
                 batch = Batch((idx if whole else idx[ok]).to(device, non_blocking=True),
                               (y if whole else y[ok]).to(device, non_blocking=True), xb)
                 current[:] = [batch]
+                for acc in accs:  # before the forward, which may change its input in place (x.mul_)
+                    acc.start_batch(batch)
                 if speed.channels_last and xb.ndim == 4:
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                if speed.autocast is not None:
-                    with torch.autocast(device.type, dtype=speed.autocast):
-                        logits = run_batch(xb)
-                else:
+                with torch.autocast(device.type, dtype=speed.autocast) if speed.autocast else contextlib.nullcontext():
                     logits = run_batch(xb)
                 batch.logits = logits
                 if softmax:  # the virtual layer, p from the logits (its top-k ranks their log-odds: topk.py)

@@ -1,7 +1,8 @@
 """One protocol for every statistic of the mining pass, and the registry of them.
 
 The mining loop knows the verbs, not the statistics (the way dissect's tally.py relates to
-runningstats): for each tapped batch it calls `update` per layer, then `end_batch`; at a
+runningstats): for each batch it calls `start_batch` before the forward, `update` per tapped
+layer during it, then `end_batch`; at a
 flush it takes `state()` of each; on resume it calls `restore`; across ranks `merge`; at
 the end it writes `results()`. The checkpoint stores each state under its accumulator's
 `key` (store.RunStore.write_checkpoint), the distributed merge gathers and folds them in
@@ -70,9 +71,11 @@ class Batch:
     """One batch of readable images as every accumulator sees it, all on the mining device.
 
     index (N,) int64 global image indices; labels (N,) int64 (-1: unknown); x the model's input
-    (N, ch, H, W), normalised; logits (N, classes) once the forward pass returned them (None
-    before, or when the model gives none); maxima: per layer (N, C) float32 image maxima, put
-    there by the top-k accumulator (first in the registry) as each layer arrives."""
+    (N, ch, H, W), normalised, as the dataset gave it only until the forward (the model may change
+    its input in place: read it in `start_batch`); logits (N, classes) once the forward pass returned
+    them (None before, or when the model gives none); maxima: per layer (N, C) float32 image maxima,
+    put there by the top-k accumulator (first in the registry) as each layer arrives: tensors of their
+    own, never a tapped output, which the forward may change in place after its module returned."""
 
     index: torch.Tensor
     labels: torch.Tensor
@@ -102,11 +105,16 @@ class Accumulator(Protocol):
     key: str
     title: str
 
+    def start_batch(self, batch: Batch) -> None:
+        """The batch before the forward pass: what reads the input images (`batch.x`), which the
+        model may change in place."""
+
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
-        """One layer of a batch: acts (N, C, *spatial) float32, contiguous, on the device."""
+        """One layer of a batch: acts (N, C, *spatial) float32, contiguous, on the device; the
+        module's own output, valid only during this call (the forward may change it in place later)."""
 
     def end_batch(self, batch: Batch) -> None:
-        """Every layer of the batch was seen (batch.x, batch.logits are set): batch-level work."""
+        """Every layer of the batch was seen (batch.logits is set): batch-level work."""
 
     def state(self) -> dict[str, np.ndarray]:
         """A copy of the whole state as flat arrays (written on a thread while later batches

@@ -130,11 +130,14 @@ class RunningClassStats:
         """The accumulator's per-layer step: the batch's image maxima of `layer` (see `add`)."""
         self.add(layer, batch.maxima_of(layer), batch.labels)
 
+    def start_batch(self, batch: Batch) -> None:
+        """The ink density of the batch's input images, measured before the forward: the model may
+        scale or overwrite its input in place (x.mul_), and the ink is the dataset's, not that."""
+        self.add_images(batch.x, batch.labels)
+
     def end_batch(self, batch: Batch | None = None) -> None:
         """Add the held batch: one block over all layers when every layer was seen, else per
-        layer; with the accumulator's `batch`, also the ink density of its input images."""
-        if batch is not None:
-            self.add_images(batch.x, batch.labels)
+        layer (the accumulator's `batch` adds nothing more: its ink was taken in `start_batch`)."""
         pending, labels = self._pending, self._labels
         self._pending, self._labels = {}, None
         if not pending:

@@ -170,6 +170,9 @@ class QuantileExamples:
         flat_i[touched] = torch.cat([flat_i[touched], new_i], 1).gather(1, pick[:, :m])
 
     # ---- the accumulator protocol --------------------------------------------------------
+    def start_batch(self, batch: Batch) -> None:
+        return None
+
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
         self._held.add(layer, batch.maxima_of(layer), batch.index)
 

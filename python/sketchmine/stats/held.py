@@ -70,7 +70,7 @@ class HeldMaxima:
 
     def add(self, layer: str, maxima: torch.Tensor, image_index: torch.Tensor) -> None:
         """Hold one batch of `layer` (kept by reference: the top-k makes a new maxima tensor per
-        batch and nothing writes to it later)."""
+        batch, never the tapped output the forward may still change, and nothing writes to it later)."""
         if not len(maxima):
             return
         parts = self._held.setdefault(layer, [])

@@ -100,6 +100,9 @@ class RunningHistogram:
         self.counts[cols].view(-1).scatter_add_(0, flat.view(-1), finite.view(-1).long())  # no compaction
 
     # ---- the accumulator protocol --------------------------------------------------------
+    def start_batch(self, batch: Batch) -> None:
+        return None
+
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
         self._held.add(layer, batch.maxima_of(layer), batch.index)
 

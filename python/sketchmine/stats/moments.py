@@ -82,6 +82,9 @@ class RunningMoments:
         self._firing[cols] += (m > 0).sum(dim=0)
 
     # ---- the accumulator protocol --------------------------------------------------------
+    def start_batch(self, batch: Batch) -> None:
+        return None
+
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
         self._held.add(layer, batch.maxima_of(layer), batch.index)
 

@@ -107,6 +107,9 @@ class QuantileSketch:
             top[rows] = new_top[rows]
 
     # ---- the accumulator protocol --------------------------------------------------------
+    def start_batch(self, batch: Batch) -> None:
+        return None
+
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
         self._held.add(layer, batch.maxima_of(layer), batch.index)
 

@@ -173,6 +173,9 @@ class TopK:
         self.log_odds = [name in log_odds for name in self.layers]
         self._keyed = {name for name in self.layers if name in log_odds}
 
+    def start_batch(self, batch: Batch) -> None:
+        return None
+
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
         if layer not in self._keyed:
             batch.maxima[layer] = self.layers[layer].add(acts, batch.index)
@@ -182,7 +185,9 @@ class TopK:
             raise RuntimeError(f"layer {layer!r} is ranked by the log-odds of the logits it was fed, and it has none")
         key = batch.keys[layer] = log_odds(logits).masked_fill(torch.isnan(acts), float("nan"))  # NaN (counted) where p is
         self.layers[layer].add_keyed(key, acts, batch.index)
-        batch.maxima[layer] = acts  # a grid-less layer's maxima are its values
+        # a grid-less layer's maxima are its values, copied: `acts` may be the module's own output, which
+        # the forward can still change in place (p.mul_) before the statistics holding the maxima read them
+        batch.maxima[layer] = acts.to(torch.float32, copy=True)
 
     def end_batch(self, batch: Batch) -> None:
         return None
