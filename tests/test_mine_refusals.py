@@ -126,6 +126,59 @@ def test_models_taking_other_channel_counts_are_refused(tmp_path, small_test_set
     assert not (tmp_path / "r.zarr").exists()
 
 
+class DoubleProjection(nn.Module):
+    """A float32 net whose head multiplies by a float64 buffer: an error of the model's own dtypes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.register_buffer("proj", torch.ones(4, 10, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).amax((2, 3)) @ self.proj
+
+
+class Uncalibrated(nn.Module):
+    """A net that refuses to run before its calibration step, with a RuntimeError of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 10)
+        self.register_buffer("scale", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x).amax((2, 3))
+        if not torch.is_nonzero(self.scale):
+            raise RuntimeError("Uncalibrated: call calibrate() on sample images before inference")
+        return self.fc(h * self.scale)
+
+
+def test_a_model_error_not_about_the_input_is_quoted_without_resize_advice(tmp_path, small_test_set):
+    net = Uncalibrated().eval()
+    with pytest.raises(RuntimeError) as torch_said:
+        net(small_test_set[0][1][None])
+    with pytest.raises(SketchmineError, match=r"^the model failed on the first image \(one image: channels, height, "
+                                              r"width: \(1, 28, 28\)\): ") as got:
+        sketchmine.mine(net, small_test_set, layers=["conv"], out=tmp_path / "r.zarr")
+    assert str(torch_said.value).splitlines()[0] in str(got.value)
+    assert "--image-size" not in str(got.value) and not (tmp_path / "r.zarr").exists()
+
+
+def test_torchs_shape_errors_keep_the_input_advice():
+    """The shape errors of torch's own layers, as torch words them now, are taken as the input's."""
+    from sketchmine.model.forward import about_input
+
+    x = torch.zeros(1, 1, 8, 8)
+    shaped = [lambda: nn.Conv2d(3, 4, 3)(x), lambda: nn.Linear(10, 2)(x.flatten(1)), lambda: nn.MaxPool2d(16)(x),
+              lambda: nn.BatchNorm2d(3).eval()(x), lambda: nn.Conv2d(1, 4, 3)(x[0, 0])]
+    other = [lambda: DoubleProjection()(x), lambda: nn.Conv2d(1, 4, 3).half()(x)]
+    for calls, expected in ((shaped, True), (other, False)):
+        for call in calls:
+            with pytest.raises((RuntimeError, ValueError)) as said:
+                call()
+            assert about_input(str(said.value).splitlines()[0]) is expected, said.value
+
+
 def test_a_preprocessing_that_does_not_fit_is_refused(tmp_path, small_test_set):
     arrays = ArrayDataset(small_test_set.images, small_test_set.labels(), small_test_set.class_names,
                           small_test_set.preprocessing, {})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -247,6 +248,8 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
             shapes, out, layouts = forward.shapes(layers, x)
     except (RuntimeError, ValueError, IndexError, OnnxRunError) as exc:
         first = first_line(exc)
+        if not isinstance(exc, OnnxRunError) and not about_input(first):  # an op's own failure: no resize helps
+            raise SketchmineError(model_failed(forward, x, first)) from None
         raise SketchmineError(f"the model cannot take input of shape {tuple(x.shape[1:])} ({input_words(x)}): "
                               f"{first}; {input_advice(x, forward.input_channels(0))}") from None
     num_classes = int(out.shape[1]) if out.ndim == 2 else None
@@ -292,6 +295,23 @@ def input_advice(x: torch.Tensor, channels: int = 0) -> str:
                 f"as pixels in [0, 1]), or give the model trained on {c}-channel images")
     return ("check what the model takes: resize the images with --image-size (image_size=), or give the model "
             "trained at this size")
+
+
+_INPUT_ERROR = re.compile(r"shape|size|dimension|channel|\b\d+D\b|must match|contain \d+ elements", re.IGNORECASE)
+"""Words of torch's errors about what a tensor holds where (a conv's channels, a linear's features,
+a pooling larger than its input, 3D for 4D): a model's error on the probe's image that says none of
+them (an op without a float16 kernel, mixed dtypes) is not about the input's shape."""
+
+
+def about_input(error: str) -> bool:
+    """Whether a model's error plausibly concerns the shape or channels of its input."""
+    return bool(_INPUT_ERROR.search(error))
+
+
+def model_failed(forward: Forward, x: torch.Tensor, error: str) -> str:
+    """The refusal of a model that failed on the probe's image for another reason than its shape:
+    the error quoted."""
+    return f"the model failed on the first image ({input_words(x)}: {tuple(x.shape[1:])}): {error}"
 
 
 def _shape_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
