@@ -61,6 +61,7 @@ class TorchForward:
         self.order: list[str] = []  # tapped layers in call order, from the probe
         self.stop_after: str | None = None  # a tapped layer: end each forward right after it (logits=False)
         self.compile = False  # run each forward as a torch.compile graph (see _open_compiled)
+        self.autocast: torch.dtype | None = None  # the pass's autocast (--autocast), which the probe runs under too
         self.layouts: dict[str, dict[str, Any]] = {}  # how each tap read its module, from the probe
         self._analyses: dict[tuple[int, ...], FieldAnalysis | SketchmineError] = {}  # by one input's shape
         self.unplaced: dict[str, str] = {}  # tapped modules read on axis 1 that the graph cannot place, and why
@@ -114,8 +115,11 @@ class TorchForward:
         unplaced: dict[str, str] = {}
         if layout_open(self.net, layers):  # a module whose units only the graph places
             known, unplaced = graph_layouts(self.net, layers, self._analysis(tuple(x.shape[1:])))
-        with torch.inference_mode(), Taps(self.net, layers, record, known) as taps:
-            out = _shape_forward(self.net, x)
+        # under the pass's autocast, computed for real: the meta device runs no autocast, and an op the cast
+        # breaks (a bfloat16 conv into a float16 BatchNorm) must be refused here, before the run is made
+        cast = torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+        with torch.inference_mode(), cast, Taps(self.net, layers, record, known) as taps:
+            out = first_tensor(self.net(x)) if self.autocast else _shape_forward(self.net, x)
         for name, dtype in dtypes.items():
             if dtype not in MINED_DTYPES:  # the statistics hold float32: a double would be ranked rounded
                 raise SketchmineError(
@@ -310,8 +314,14 @@ def about_input(error: str) -> bool:
 
 def model_failed(forward: Forward, x: torch.Tensor, error: str) -> str:
     """The refusal of a model that failed on the probe's image for another reason than its shape:
-    the error quoted."""
-    return f"the model failed on the first image ({input_words(x)}: {tuple(x.shape[1:])}): {error}"
+    the error quoted, and the autocast it ran under (the pass's: TorchForward.autocast)."""
+    said = f"the model failed on the first image ({input_words(x)}: {tuple(x.shape[1:])}): {error}"
+    cast = getattr(forward, "autocast", None)
+    if cast is None:
+        return said
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(cast, str(cast))
+    return (f"{said}; it ran under torch.autocast with {name} (--autocast {name}, autocast={name!r}), as mining "
+            "would: mine without autocast, or with the model in float32 (model.float())")
 
 
 def _shape_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
