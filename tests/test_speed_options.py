@@ -82,7 +82,7 @@ def test_bad_autocast(small_test_set, tmp_path):
         mine("demo", small_test_set, layers=CONVS, out=tmp_path / "r.zarr", autocast="int8")
 
 
-def test_the_probe_runs_under_the_passs_autocast(small_test_set):
+def test_the_probe_runs_under_the_passs_autocast(small_test_set, tmp_path):
     """A float16 model with a BatchNorm under bf16 autocast: the autocast conv hands the BatchNorm
     bfloat16, which its float16 parameters refuse. The probe runs as mining will, so this is said
     on the first image, before a run is made, not as torch's error at the first batch."""
@@ -96,7 +96,7 @@ def test_the_probe_runs_under_the_passs_autocast(small_test_set):
                         nn.Linear(4, 10)).eval().half()
     x = small_test_set[0][1][None]
     forward = TorchForward(net)
-    spec, classes = probe(forward, ["0"], x)  # without autocast the half model runs
+    spec, classes, _ = probe(forward, ["0"], x)  # without autocast the half model runs
     assert [l.channels for l in spec] == [4] and classes == 10
     forward.autocast = torch.bfloat16
     with pytest.raises(SketchmineError, match=r"failed on the first image .*under torch.autocast with bf16.*"
@@ -105,6 +105,9 @@ def test_the_probe_runs_under_the_passs_autocast(small_test_set):
     with pytest.raises(RuntimeError) as torch_said, torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
         net(x.half())
     assert str(torch_said.value).splitlines()[0] in str(got.value) and "--image-size" not in str(got.value)
+    with pytest.raises(SketchmineError, match="under torch.autocast with bf16"):  # `mine` probes so
+        mine(net, small_test_set, layers=["0"], out=tmp_path / "r.zarr", autocast="bf16")
+    assert not (tmp_path / "r.zarr").exists()
 
 
 # ---- compile=True (issue 5 item 3a) -----------------------------------------------------------

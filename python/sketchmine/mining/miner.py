@@ -289,6 +289,8 @@ def mine(
     forward.to(device)
     if compile:
         forward.compile = True
+    if isinstance(forward, TorchForward):  # the probe runs the forward as mining will: a refusal comes before the run
+        forward.autocast = speed.autocast
     with eval_mode(net), shared_traces():  # eval: as a trained model computes (flags back after, whatever happens)
         first_index, first = _first_readable(ds)
         spec, num_classes, left = probe(forward, names, first[None].to(device), optional=layers is None)
