@@ -23,6 +23,7 @@ from sketchmine.data import MinerDataset, collate
 from sketchmine.data.batchprep import DevicePreparer, NativeSamples, collate_native
 from sketchmine.errors import SketchmineError
 from sketchmine.mining import allocator, distributed, memory
+from sketchmine.mining.failures import model_errors
 from sketchmine.mining.options import LoadOptions, SpeedOptions
 from sketchmine.mining.prefetch import prepared
 from sketchmine.model.forward import Forward, Layer
@@ -133,8 +134,7 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     source = NativeSamples(preparer.ds, jpeg_bytes=device.type == "cuda") if preparer else ds
     loader = DataLoader(Subset(source, team.shard(done, n, load.batch_size)), shuffle=False,
                         collate_fn=collate_native if preparer else functools.partial(collate, path=ds.path),
-                        persistent_workers=False,
-                        **load.loader_kwargs(device))
+                        persistent_workers=False, **load.loader_kwargs(device))
     progress.start(n, done)
     current: list[Batch] = []  # the batch being tapped
     cast = speed.autocast is not None or speed.channels_last
@@ -169,7 +169,8 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
                     acc.start_batch(batch)
                 if speed.channels_last and xb.ndim == 4:
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=speed.autocast) if speed.autocast else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=speed.autocast) if speed.autocast else contextlib.nullcontext(), \
+                        model_errors(ds, idx):
                     logits = run_batch(xb)
                 batch.logits = logits
                 if softmax:  # the virtual layer, p from the logits (its top-k ranks their log-odds: topk.py)
