@@ -1,7 +1,7 @@
 """The slide of one unit, as the Deep Visualization Toolbox study showed it at lab meetings:
-its 9 top patches, their 9 deconvolutions, the classes of those images with each class's
-accuracy, its maximum activation and its receptive-field size, on one 16:9 figure readable
-at slide size.
+its 9 top patches, their 9 deconvolutions (or the signal of the layer's other --method), the
+classes of those images with each class's accuracy, its maximum activation and its
+receptive-field size, on one 16:9 figure readable at slide size.
 
 Object API only (a `Figure`, no pyplot state, no backend switch), so it is safe in
 notebooks and servers alike. The pictures are the ones `sketchmine visualize` stored; a unit
@@ -23,7 +23,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.results.effects import class_units
 from sketchmine.results.importance_store import rank_text
 from sketchmine.results.numbers import column, rate
-from sketchmine.results.optimized import how_made, never_moved
+from sketchmine.results.optimized import SIGNALS, how_made, never_moved, signal_words
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import entry_steps
 from sketchmine.results.unit_summary import LayerSummary, maxima_text
@@ -198,12 +198,12 @@ class Slide:
 
     def __init__(self, key: tuple[Any, ...]) -> None:
         self.key = key
-        patches, deconv, opt, facts = key
+        patches, deconv, opt, facts, signal = key
         self.fig = Figure(figsize=SLIDE_INCHES, dpi=DPI, facecolor="white")
         width = 0.31 if opt is None else (0.23 if deconv is not None else 0.4)  # room for the optimised image
         self.patches = _Grid(self.fig, (0.02, 0.06, width, 0.78), patches, "top patches", True)
         self.deconv = None if deconv is None else _Grid(self.fig, (0.05 + width, 0.06, width, 0.78), deconv,
-                                                         "deconvolutions", False)
+                                                         signal, False)
         self.opt = None
         if opt is not None:
             x0 = 0.05 + (2 * width + 0.03 if deconv is not None else width)
@@ -234,12 +234,13 @@ class _Content(NamedTuple):
     entries: list[dict[str, Any]]
     title: str
     made: str = ""  # how the optimised input was made (results.optimized.how_made)
+    signal: str = SIGNALS["deconvnet"]  # what the pictures beside the patches are: by the layer's --method
 
     @property
     def key(self) -> tuple[Any, ...]:
         """The shapes a Slide must have been built for to show this."""
         return (self.patches.shape, None if self.deconv is None else self.deconv.shape,
-                None if self.opt is None else self.opt.shape, len(_facts(self.info)))
+                None if self.opt is None else self.opt.shape, len(_facts(self.info)), self.signal)
 
 
 def slide_content(run: Run, layer: str, unit: int, info: dict[str, Any] | None) -> _Content:
@@ -263,12 +264,12 @@ def slide_content(run: Run, layer: str, unit: int, info: dict[str, Any] | None) 
     if steps is not None:  # the step of each entry, as the cards show it ("t=6 of 8")
         entries = [{**e, "t": int(steps[0][int(unit), e["rank"]]), "steps": steps[1]} for e in entries]
     made = "" if opt is None else how_made(attrs[schema.OPTIMIZED])
-    return _Content(patches, deconv, opt, peak, info, entries, title, made)
+    return _Content(patches, deconv, opt, peak, info, entries, title, made, signal_words(run, layer)["name"])
 
 
 def unit_montage(run: Run, layer: str, unit: int, info: dict[str, Any] | None = None) -> Figure:
-    """One unit's slide (16:9, 1600 × 900 px at DPI): its top-9 patches and deconvolutions
-    (3 × 3 each, class and activation under each patch), its optimised input where the run
+    """One unit's slide (16:9, 1600 × 900 px at DPI): its top-9 patches and deconvolutions (or
+    guided backpropagation, gradients: by the layer's --method; 3 × 3 each, class and activation under each patch), its optimised input where the run
     has one (`sketchmine visualize --optimize`), the classes of those images with
     their accuracy, its maximum activation and receptive-field size (and, where the run has
     them, mean, firing density and importance rank). `info`: the unit's `unit_summary`, when

@@ -4,7 +4,7 @@
     out/layers/<id>.html         one page per layer: histogram, preferences, unit cards (paged)
     out/data/<id>/page_NNNN.js   the cards of PAGE_SIZE units, loaded when shown (a script, not
                                  fetch(), so it works from file://)
-    out/img/<id>/<unit>_p.png    the unit's k patches (and _d: deconvolutions) as one strip
+    out/img/<id>/<unit>_p.png    the unit's k patches (and _d: their --method's signal) as one strip
     out/assets/                  report.css, dom.js, report.js (no CDN)
 
 The report reads the run store only (a `Run`): it runs no model and opens no dataset, so it

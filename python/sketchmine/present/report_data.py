@@ -1,9 +1,9 @@
 """The report's per-layer data: the unit cards' page scripts and image strips, read from the
-run store only (patches and deconvolutions from `visualize`, activation over time from the
+run store only (patches and deconvolutions, or the --method's signal, from `visualize`, activation over time from the
 traces it stores, unit importance), never from the model or the dataset.
 
     out/data/<id>/page_NNNN.js   the cards of PAGE_SIZE units, loaded when shown
-    out/img/<id>/<unit>_p.png    the unit's k patches (and _d: deconvolutions) as one strip
+    out/img/<id>/<unit>_p.png    the unit's k patches (and _d: their --method's signal) as one strip
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from sketchmine.names import command, printable
 from sketchmine.results.numbers import percent  # noqa: F401  (report.py and plots.py take it from here)
 from sketchmine.results import importance_store
 from sketchmine.results.effects import class_units
-from sketchmine.results.optimized import how_made, never_moved
+from sketchmine.results.optimized import how_made, never_moved, signal_words
 from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import entry_steps, size_note, ties_words
@@ -187,6 +187,7 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
     acc = run.class_accuracy_series().to_numpy()  # NaN everywhere without predictions
     has_patches = run.has_array(name, "patches")
     has_deconv = has_patches and run.has_array(name, "deconv")
+    signal = signal_words(run, name) if has_deconv else None  # the row named by its method: guided is no deconvolution
     done = run.patches_done(name)
     steps = entry_steps(attrs, yx)
     traces = read_traces(run, name) if steps is not None else None
@@ -237,7 +238,7 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
                 png.save(strip(patches[u - u0]), img_dir / f"{u}_p.png")
                 if deconv is not None:
                     png.save(strip(deconv[u - u0]), img_dir / f"{u}_d.png")
-                    unit["deconv"] = f"../img/{lid}/{u}_d.png"
+                    unit.update({"deconv": f"../img/{lid}/{u}_d.png", "signal": signal})
             if u < opt_done:
                 unit["optimized"] = optimized_tile(run, name, u, lid, img_dir, opt, png)
             units.append(unit)

@@ -25,6 +25,7 @@ from sketchmine.present.montage import slide_content
 from sketchmine.present.report_data import PAGE_SIZE, THUMB, PngWriter, precision_html, strip, to_js
 from sketchmine.present.slide_workers import SlideWriter
 from sketchmine.results.effects import class_units
+from sketchmine.results.optimized import signal_words
 from sketchmine.results.run import Run
 from sketchmine.results.unit_summary import LayerSummary, pictures_current
 from sketchmine.store import schema
@@ -60,21 +61,23 @@ def montage_units(run: Run, name: str, limit: int) -> list[int]:
 
 
 def _strips(run: Run, name: str, lid: str) -> Callable[[int], dict[str, Any]]:
-    """The card's patch and deconvolution strips of a unit (report_data writes them), if any, by
-    unit: what they depend on is read once per layer (a wide layer has thousands of units)."""
+    """The card's patch and signal (deconvnet's: deconvolution) strips of a unit (report_data writes
+    them), if any, by unit: what they depend on is read once per layer (a wide layer has thousands
+    of units)."""
     done = run.patches_done(name)
     if not done:
         return lambda u: {}
     h, w = (run.layer_attrs(name).get(schema.VISUALIZED) or {}).get("patch_size") or run.array_shape(name, "patches")[2:4]
     scale = min(1.0, THUMB / h)
     size = {"h": max(1, round(h * scale)), "w": max(1, round(w * scale))}
-    deconv = run.has_array(name, "deconv")
+    # how the layer's --method names the signal strips; the example sets' share it (`pictures_current`)
+    signal = {"signal": signal_words(run, name)} if run.has_array(name, "deconv") else {}
 
     def strip(u: int) -> dict[str, Any]:
         if u >= done:
-            return {}
-        out = {**size, "patches": f"../img/{lid}/{u}_p.png"}
-        return {**out, "deconv": f"../img/{lid}/{u}_d.png"} if deconv else out
+            return signal
+        return {**size, "patches": f"../img/{lid}/{u}_p.png", **signal,
+                **({"deconv": f"../img/{lid}/{u}_d.png"} if signal else {})}
     return strip
 
 

@@ -21,6 +21,7 @@ from sketchmine.results import importance_store
 from sketchmine.results.effects import class_units
 from sketchmine.results.importance_store import rank_text
 from sketchmine.results.numbers import column, percents, points, rate, shape_text
+from sketchmine.results.optimized import signal_words
 from sketchmine.results.precision import precision_note
 
 if TYPE_CHECKING:
@@ -206,7 +207,8 @@ class UnitCard:
         if (note := precision_note(self.run)) is not None:
             parts.append(f"<div class='sketchmine-precision'>{esc(note)}</div>")
         pics = self.pictures()
-        for key, title in (("patches", "top-k patches"), ("deconv", "deconvolutions")):
+        # the signal named by the layer's --method: guided backpropagation is no deconvolution
+        for key, title in (("patches", "top-k patches"), ("deconv", signal_words(self.run, self.layer)["name"])):
             if key in pics:
                 parts.append(f"<div>{title}<br><img src='{pics[key]}' alt='{title}' style='height:{THUMB}px;image-rendering:pixelated'></div>")
         if not pics:

@@ -1,5 +1,6 @@
 """Reading a feature visualisation pass's images back (`Run.optimized`): one unit's, or a
-layer's committed ones, refused clearly where the pass has not reached them."""
+layer's committed ones, refused clearly where the pass has not reached them; and how the views
+name a layer's pictures (`signal_words`)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,20 @@ if TYPE_CHECKING:
 
 PICTURES_DEFAULTS = {"method": "deconvnet", "max_patch": 128}
 """`visualize`'s defaults for the pictures (a test holds them to its signature)."""
+SIGNALS = {"deconvnet": "deconvolutions", "guided": "guided backpropagation", "gradient": "gradients"}
+"""What the pictures beside the patches are, by `visualize --method` (docs/visualize.md): only
+deconvnet's are deconvolutions, so the views name them by the layer's method."""
+
+
+def signal_words(run: Run, layer: str) -> dict[str, str]:
+    """How the views name the layer's pictures beside the patches: "method" (as --method names it,
+    the default where the pass recorded none), "name" ("guided backpropagation") and "title" (what
+    they are and what made them, for a tooltip)."""
+    have = run.layer_attrs(layer).get(schema.VISUALIZED) or {}
+    method = str(have.get("method") or PICTURES_DEFAULTS["method"])
+    name = SIGNALS.get(method, method)
+    return {"method": method, "name": name,
+            "title": f"{name} of the unit, cropped to each patch (visualize --method {method})"}
 
 
 def optimize_command(run: Run, layer: str) -> str:

@@ -371,7 +371,7 @@ class Run(UnitViews, ClassCorrelations, Precision):
 
     # ---- notebooks: results/notebook.py ---------------------------------------------------------
     def unit(self, layer: str, unit: int) -> UnitCard:
-        """One unit's card: top-k images, top classes, patches and deconvolutions (inline in a notebook)."""
+        """One unit's card: top-k images, top classes, patches and their --method's signal (inline in a notebook)."""
         return UnitCard(self, layer, unit)
 
     def __repr__(self) -> str:

@@ -104,9 +104,10 @@
       c.appendChild(el("div", "imp", "importance rank " + dom.rankText(im.rank, im.tied, isNaN(units) ? undefined : units) + ": prob. drop " +
         dom.points(im.prob_drop) + " pt, accuracy drop " + dom.percentFixed(im.acc_drop, 2) + " pt"));
     }
-    function strip(label, src, w, h, per) {
+    function strip(label, src, w, h, per, title) {
       var r = el("div", "row");
-      r.appendChild(el("div", "label", label));
+      var l = r.appendChild(el("div", "label", label));
+      if (title) { l.title = title; }
       for (var i = 0; i < n; i++) {
         if (per) { r.appendChild(single(u.entries[i].image)); }
         else { r.appendChild(tile(src, u.entries[i].rank, w, h)); }
@@ -114,7 +115,8 @@
       c.appendChild(r);
     }
     if (u.patches) { strip("patches", u.patches, u.w, u.h, false); }
-    if (u.deconv) { strip("deconv", u.deconv, u.w, u.h, false); }
+    // named by the layer's --method (deconvnet, guided, gradient): only deconvnet's are deconvolutions
+    if (u.deconv) { strip(u.signal.method, u.deconv, u.w, u.h, false, u.signal.title); }
     if (u.optimized) {  // visualize --optimize: the input that drives the unit hardest
       var o = el("div", "row");
       // a unit whose objective gave no gradient at any step (after a ReLU): its image is the start noise

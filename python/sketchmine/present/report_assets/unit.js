@@ -167,15 +167,19 @@
     box.appendChild(r);
     return strip;
   }
-  function examples(box, label, entries, d, at, written) {
+  function examples(box, label, entries, d, at, written, signal) {
     // d: the strips of the set's pictures ({patches, deconv, w, h}) or null; at(e): e's tile in them;
-    // written: the entries' values as the dashboard writes them (activations). Returns the captions' strip.
+    // written: the entries' values as the dashboard writes them (activations); signal: how the layer's
+    // --method names its deconv strips (every set shares it: the report leaves out sets made otherwise).
+    // Returns the captions' strip.
     at = at || function (e) { return e.rank; };
     if (d && d.patches && entries.length) {
       var pics = row(box, "patches");
       for (var i = 0; i < entries.length; i++) { pics.appendChild(tile(d.patches, at(entries[i]), d.w, d.h)); }
-      if (d.deconv) {
-        var dec = row(box, "deconv");
+      if (d.deconv && signal) {
+        var name = el("div", "label", signal.method);
+        name.title = signal.title;
+        var dec = row(box, name);
         for (var j = 0; j < entries.length; j++) { dec.appendChild(tile(d.deconv, at(entries[j]), d.w, d.h)); }
       }
     }
@@ -308,9 +312,9 @@
     var ex = section(box, "Examples at every level", "examples");
     ex.appendChild(el("h3", null, "top " + d.top.length + " (most activating)"));
     var written = activations(d);
-    examples(ex, "class / value / image", d.top, d, null, written.top);
+    examples(ex, "class / value / image", d.top, d, null, written.top, d.signal);
     ex.appendChild(el("h3", null, "bottom (least activating)"));
-    if (d.bottom) { examples(ex, "class / value / image", d.bottom, d.bottom_pictures || null, null, written.bottom); } else { ex.appendChild(missing(d, "bottom", "bottom images")); }
+    if (d.bottom) { examples(ex, "class / value / image", d.bottom, d.bottom_pictures || null, null, written.bottom, d.signal); } else { ex.appendChild(missing(d, "bottom", "bottom images")); }
     if (d.bottom && !d.bottom_pictures) { ex.appendChild(missing(d, "bottom_pictures", "pictures of these images")); }
     ex.appendChild(el("h3", null, "by activation bin"));
     if (d.bins) {
@@ -324,7 +328,7 @@
         var bin = d.bins[b];
         var per = d.bin_pictures ? d.bin_pictures.m : 0;
         var caps = examples(ex, binLabel(bin, p), bin.examples,
-          d.bin_pictures || null, (function (b) { return function (e) { return b * per + e.slot; }; })(bin.bin));
+          d.bin_pictures || null, (function (b) { return function (e) { return b * per + e.slot; }; })(bin.bin), null, d.signal);
         if (bin.more) {
           var m = el("div", "cap more", "+" + bin.more + " more");
           m.title = "the run keeps " + bin.more + " more examples of this bin than the page shows";
