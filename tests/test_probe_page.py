@@ -1,8 +1,9 @@
 """The live probe page in headless Chromium, off the demo's path: a colour run's dataset images are
 probed in RGB at the values the run mined, loaded files are read as the miner reads them (EXIF
 orientation not applied, transparency refused), a stroke over an image leaves the image's own
-pixels, undo takes back any change, a logits=False run names outputs, not classes, and a missing
-probe file is named instead of a page stuck loading; probabilities read 100 or 0 only when exact
+pixels, undo takes back any change, a logits=False run names outputs, not classes, a run without
+dataset images says why when asked for one, and a missing probe file is named instead of a page
+stuck loading; probabilities read 100 or 0 only when exact
 and unit values as the report's columns write them."""
 from __future__ import annotations
 
@@ -184,6 +185,22 @@ def test_a_run_without_logits_names_outputs_not_classes(tmp_path, browser, subse
     settled(page)
     names = [row.split("\t")[0] for row in page.inner_text("#preds").splitlines()]
     assert names and all(n.startswith("output ") for n in names)
+    assert problems == []
+
+
+def test_pick_on_a_run_without_dataset_images_says_why_and_how_to_add_them(tmp_path, browser, subset):  # noqa: F811
+    vendored()
+    run = sketchmine.mine("demo", subset, out=tmp_path / "run.zarr", batch_size=50, layers=["features.0", "classifier.1"])
+    index = write_report(run, tmp_path / "rep", probe=build_probe(run), montages=0)  # no visualize: no whole-image patches
+    page, problems = open_page(browser, (index.parent / "probe.html").as_uri())
+    ready(page)
+    assert not page.is_visible("#images")
+    page.click("#pick")
+    said = page.inner_text("#images")  # shown where the gallery would open
+    assert page.is_visible("#images") and said.startswith("no dataset images: ")
+    assert said.endswith("(sketchmine visualize RUN --layers LAYER adds them)"), said
+    page.click("#pick")  # folded away again, as the gallery is
+    assert not page.is_visible("#images")
     assert problems == []
 
 

@@ -393,7 +393,7 @@
   }
   var gallery = document.getElementById("images");
   document.getElementById("pick").addEventListener("click", function () {
-    if (!M.images.length) { gallery.textContent = M.images_note; return; }
+    if (!M.images.length) { gallery.textContent = M.images_note; }  // shown in the gallery's place: why there is none
     gallery.hidden = !gallery.hidden;
   });
   M.images.forEach(function (im) {
