@@ -25,7 +25,7 @@ from sketchmine.present.summary_grid import Row, colour, floor, grid
 from sketchmine.results import importance_store
 from sketchmine.results.checks import check_count
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import size_note
+from sketchmine.results.summaries import class_sides, size_note
 
 FORMATS = ("png", "svg")
 
@@ -102,6 +102,7 @@ def summary_figure(run: Run, n: int = 5, rows: list[Row] | None = None) -> Figur
     title = f"classes among the top-{run.k} images of every unit (class accuracy %, count)"
     if layers and (note := size_note(run.class_sizes())):
         title += f"\n{note}"
+    title += "".join(f"\n{few}" for few in class_sides(run, n)[2])  # lists of fewer than n, classes left out: as `summary`
     ax.set_title(title if run.complete else f"PARTIAL ({run.images_done} images): {title}", fontsize=10,
                  parse_math=False)
     return fig

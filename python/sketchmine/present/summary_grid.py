@@ -15,7 +15,7 @@ from matplotlib.colors import to_hex
 from sketchmine.results.checks import check_count
 from sketchmine.results.numbers import percent
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import ties_words
+from sketchmine.results.summaries import class_sides, ties_words
 
 CMAP = "RdYlGn"
 """Class accuracy 0 % (red) … 100 % (green), in the picture and the table."""
@@ -45,19 +45,23 @@ class Row:
 
 
 def grid(run: Run, n: int = 5) -> list[Row]:
-    """One row per mined layer (run order). Each list keeps its own places: a list shorter than
-    n, where fewer classes have images, must not run into the other."""
+    """One row per mined layer (run order). Where fewer than 2n classes have images (a partial run)
+    each is listed once, as `summary` lists them (`summaries.class_sides`, whose notes say why).
+    Each list keeps its own places: a list shorter than n must not run into the other."""
     n = check_count(n)
+    first, last, _ = class_sides(run, n)
     rows = []
     for layer in run.layers:
-        top, bottom = run.top_classes(layer, n), run.bottom_classes(layer, n)
+        top = run.top_classes(layer, max(first, 1))
         if top.attrs.get("all_tied"):
             rows.append(Row(layer, (), f"{ties_words(top)}: no top or bottom classes"))
             continue
         cells = [Cell("top", c, str(name), float(r["accuracy"]), int(r["count"]),
                       ties_words(top) if c == len(top) - 1 else "") for c, (name, r) in enumerate(top.iterrows())]
-        cells += [Cell("bottom", c, str(name), float(r["accuracy"]), int(r["count"]), ties_words(bottom) if c == 0 else "")
-                  for c, (name, r) in enumerate(bottom.iterrows())]
+        if last:
+            bottom = run.bottom_classes(layer, last)
+            cells += [Cell("bottom", c, str(name), float(r["accuracy"]), int(r["count"]),
+                           ties_words(bottom) if c == 0 else "") for c, (name, r) in enumerate(bottom.iterrows())]
         rows.append(Row(layer, tuple(cells), None))
     return rows
 
@@ -91,19 +95,22 @@ def legend_html(low: float) -> str:
 
 def grid_html(run: Run, rows: list[Row], n: int) -> str:
     """The grid as two HTML tables, top and bottom classes, each with the layer column (side by side
-    where the window is wide enough, one under the other where not), and the legend."""
+    where the window is wide enough, one under the other where not), then the notes on what they
+    leave out (`summary`'s words) and the legend. Each table has as many columns as its lists hold
+    classes (fewer than n where fewer than 2n classes have images; "-" for none)."""
     e = html.escape
     low = floor(rows)
+    first, last, notes = class_sides(run, n)
     tables = []
-    for side, title in (("top", f"Top {n} classes"), ("bottom", f"Bottom {n} classes")):
+    for side, title, width in (("top", f"Top {n} classes", first), ("bottom", f"Bottom {n} classes", last)):
         body = []
         for row in rows:
             if row.all_tied is not None:
-                body.append(f'<tr><th>{e(row.layer)}</th><td colspan="{n}"><i>{e(row.all_tied)}</i></td></tr>')
+                body.append(f'<tr><th>{e(row.layer)}</th><td colspan="{max(width, 1)}"><i>{e(row.all_tied)}</i></td></tr>')
                 continue
             by_place = {c.place: c for c in row.cells if c.side == side}
-            tds = []
-            for i in range(n):
+            tds = [] if width else ["<td>-</td>"]
+            for i in range(width):
                 c = by_place.get(i)
                 tds.append("<td></td>" if c is None else
                            f'<td style="background:{colour(c.accuracy, low)};overflow-wrap:anywhere" title="{e(c.name)}: '
@@ -114,7 +121,7 @@ def grid_html(run: Run, rows: list[Row], n: int) -> str:
                            + (f"<br><small>{e(c.cut)}</small>" if c.cut else "") + "</td>")
             body.append(f"<tr><th>{e(row.layer)}</th>{''.join(tds)}</tr>")
         tables.append(f'<div style="overflow-x:auto;max-width:100%"><table class="summary-grid" id="summary-{side}" '
-                      f'style="font-size:0.8em"><tr><th>layer</th><th colspan="{n}">{title}</th></tr>{"".join(body)}'
+                      f'style="font-size:0.8em"><tr><th>layer</th><th colspan="{max(width, 1)}">{title}</th></tr>{"".join(body)}'
                       "</table></div>")
     return (f'<div id="summary-grid" style="display:flex;flex-wrap:wrap;gap:0 1.5em">{"".join(tables)}</div>'
-            + legend_html(low))
+            + "".join(f'<p class="note summary-note">{e(note)}</p>' for note in notes) + legend_html(low))

@@ -205,6 +205,26 @@ def sides_note(classes: int, n: int, partial: bool) -> str | None:
             f"under top {n}, {bottom} under bottom {n}), not as both most and least preferred")
 
 
+def no_images_words(classes: Sequence[str]) -> str:
+    """The classes a view leaves out because no image of theirs was mined."""
+    return f"classes without images, left out: {', '.join(classes)}"
+
+
+def class_sides(run: Run, n: int) -> tuple[int, int, list[str]]:
+    """How many classes every layer's top-n and bottom-n lists of top-k counts hold in a view of the
+    run (`sides` over the classes with images), and the notes that say why fewer than n (`sides_note`)
+    and which classes have no images: one reading for `summary`, the report's table and its plot,
+    so they list the same classes and say the same."""
+    if not run.layers:
+        return 0, 0, []
+    sizes = run.class_sizes()  # a partial run's: the images mined so far, as `Run.top_classes` ranks them
+    classes = int((sizes > 0).sum())
+    notes = [few] if (few := sides_note(classes, n, not run.complete)) else []
+    if empty := [str(c) for c, size in zip(sizes.index, sizes.to_numpy()) if size == 0]:
+        notes.append(no_images_words(empty))
+    return (*sides(classes, n), notes)
+
+
 def size_note(sizes: pd.Series) -> str | None:
     """A note when the classes (with images) differ in size, naming the smallest and largest;
     None when they are the same size. Raw top-k counts favour the larger classes."""
