@@ -1,7 +1,8 @@
 """What the report's words say matches the run, on real runs of the embedded demo model and data:
 pictures are named by the method `visualize` made them with (guided backpropagation is no
-deconvolution), and the index of an unfinished run lists its classes as `summary` does and says
-the same. Pages are checked in a real headless Chromium."""
+deconvolution), the index of an unfinished run lists its classes as `summary` does and says the
+same, and a unit whose last top-k places hold equal values says that dataset order filled them.
+Pages are checked in a real headless Chromium."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,7 @@ class _Stop(Exception):
 @pytest.fixture(scope="module")
 def guided(tmp_path_factory, demo_test_set):
     """50 real images through the demo model, features.3 visualized by guided backpropagation (the
-    first 4 units: enough to name them)."""
+    first 4 units: enough to name them) and features.6 left unvisualized."""
     sub = per_class_subset(demo_test_set, 5, "0:50")
     run = sketchmine.mine("demo", sub, out=tmp_path_factory.mktemp("guided") / "run.zarr", batch_size=50,
                           layers=[GUIDED, "features.6"])
@@ -94,4 +95,26 @@ def test_an_unfinished_runs_index_lists_each_class_once_and_says_why(tmp_path, t
     assert notes and all(note in console for note in notes), (notes, console)
     assert any("only 2 classes have images so far: each is listed once" in n for n in notes)
     assert any(n.startswith("classes without images, left out: " + ", ".join(names[2:4])) for n in notes)
+    assert problems == []
+
+
+def test_a_unit_whose_last_places_tie_says_dataset_order_filled_them(tmp_path, guided, browser):  # noqa: F811
+    layer = "features.6"
+    values, index, _ = guided.topk(layer)
+    tied = [(u, int((values[u] == values[u, -1]).sum())) for u in range(len(values)) if (index[u] >= 0).all()]
+    unit, n = next((u, n) for u, n in tied if n > 1)  # the demo's features.6: units 39, 45 and 65 here
+    plain = next(u for u, n in tied if n == 1)
+    out = write_report(guided, tmp_path / "rep", montages=0)
+    lid = layer_ids(guided)[layer]
+    page, problems = _open(browser, (out.parent / "layers" / f"{lid}.html").as_uri())
+    page.wait_for_selector(".card")
+    said = page.inner_text(f"#unit-{unit} .ties")
+    assert said.startswith(f"{n} of {guided.k} tied at ") and "dataset order" in said, said
+    assert page.query_selector(f"#unit-{plain} .ties") is None
+    page.goto((out.parent / "units" / f"{lid}.html").as_uri() + f"#unit={unit}")
+    page.wait_for_selector(f"body[data-rendered='{unit}']")
+    assert page.inner_text("#top-ties") == said  # the dashboard says what the card says
+    page.goto((out.parent / "units" / f"{lid}.html").as_uri() + f"#unit={plain}")
+    page.wait_for_selector(f"body[data-rendered='{plain}']")
+    assert page.query_selector("#top-ties") is None
     assert problems == []

@@ -156,6 +156,19 @@
       (others ? " (tied with " + others + " unit" + (others > 1 ? "s" : "") + ")" : "");
   }
 
+  // "6 of 9 tied at -0.3070: ..." where the last entry of a full top-k shares its value with
+  // others: the top-k ranks equal values in dataset order, so where images past the k-th share it
+  // too, that order picks which fill those places and so which classes are counted (the top-k
+  // cannot tell whether any do); null otherwise. values: the entries' as the data give them;
+  // last: the last one as its column writes it; k: the run's k.
+  function topTies(values, last, k) {
+    var n = values.length, x = n ? num(values[n - 1]) : null, tied = 0;
+    if (n !== k || x === null) { return null; }
+    for (var i = 0; i < n; i++) { if (num(values[i]) === x) { tied++; } }
+    return tied < 2 ? null : tied + " of " + n + " tied at " + last + ": equal values rank in dataset order, so where more " +
+      "images share the value, that order, not the unit, picks which fill these places (and the classes counted)";
+  }
+
   window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, percentFixed: percentFixed, points: points,
-                           withCode: withCode, column: column, enough: enough, rankText: rankText };
+                           withCode: withCode, column: column, enough: enough, rankText: rankText, topTies: topTies };
 })();

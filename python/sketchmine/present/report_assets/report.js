@@ -7,6 +7,7 @@
   var layerId = body.getAttribute("data-layer");
   var pages = parseInt(body.getAttribute("data-pages"), 10) || 0;
   var units = parseInt(body.getAttribute("data-units"), 10);  // "rank 33 of 96", as the dashboard says it
+  var k = parseInt(body.getAttribute("data-k"), 10);  // a full top-k: its last places may be ties (dom.topTies)
   var cache = {};
   var current = -1;
 
@@ -160,6 +161,8 @@
     }
     c.appendChild(caps);
     if (n) { c.appendChild(el("div", "perf", classesLine(u.entries))); }
+    var ties = dom.topTies(u.entries.map(function (e) { return e.value; }), shown[n], k);
+    if (ties) { c.appendChild(el("div", "perf ties", ties)); }
     return c;
   }
 
