@@ -1,11 +1,10 @@
 """The second pass: for every top-k entry, the input patch under the unit's receptive field
 and the deconvolution of that unit, written into the run store.
 
-Only the top-k images are read (reloaded from the dataset the run recorded). Units are
-processed in fixed blocks (floor(batch_size / k) units, one forward and one backward each);
-a block's arrays are written, then `units_done` is committed in the layer's attributes, so
-a killed pass resumes at a block boundary with the same batches and ends identical to an
-uninterrupted one.
+Only the top-k images are read (reloaded from the dataset the run recorded). Units are processed in fixed
+blocks (floor(batch_size / k) units, one forward and one backward each); a block's arrays are written, then
+`units_done` is committed in the layer's attributes, so a killed pass resumes at a block boundary with the
+same batches and ends identical to an uninterrupted one.
 
     layers/<name>/patches  uint8 (C, k, h, w, ch)  pixels as the model saw them (0 outside the image)
     layers/<name>/deconv   uint8 (C, k, h, w, ch)  128 + 127 · signal / max|signal| over the crop
@@ -13,8 +12,7 @@ uninterrupted one.
     layers/<name>/inside   int32 (C, k, 4)  the part of the box inside the image; -1: empty slot
     attrs "visualized": method, patch_size, source_size, units_done, block_units, device, complete
 
-Patches larger than `max_patch` pixels on a side are resized (area) to fit it: the
-whole-image patches of FC and softmax units at 224 px would otherwise take gigabytes.
+Patches over `max_patch` px a side are resized (area) to fit: FC units' whole-image patches at 224 px take gigabytes.
 """
 from __future__ import annotations
 
@@ -40,6 +38,7 @@ from sketchmine.passes.resumed import resumed_on
 from sketchmine.passes.traces import write_traces
 from sketchmine.progress import Progress, Silent
 from sketchmine.results.effects import onnx_run
+from sketchmine.results.optimized import SIGNALS
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.unit_summary import pictures_current
 from sketchmine.stats.ops import clip_boxes, crop_patches
@@ -243,8 +242,9 @@ def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int
 
 def _resumed_on(store: RunStore, name: str, have: dict[str, Any], kind: str, progress: Progress) -> None:
     """Record and say a layer's pictures resumed on another kind of device (passes/resumed.py)."""
-    stretches = resumed_on(name, have, kind, "patches and deconvolutions", "the device rounds otherwise, so units "
-                           "from {done} on may differ by a grey level from a pass on one device", progress)
+    made = f"patches and {SIGNALS.get(have.get('method', ''), SIGNALS['deconvnet'])}"
+    stretches = resumed_on(name, have, kind, made, "the device rounds otherwise, so units from {done} on may differ "
+                           "by a grey level from a pass on one device", progress)
     if stretches is not None:
         store.write_visual(name, slice(0, 0), {}, {**have, "devices": stretches})
 

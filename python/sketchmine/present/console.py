@@ -35,7 +35,8 @@ from sketchmine.results.numbers import number, percent, percents, rate, shape_te
 from sketchmine.results.optimized import how_made
 from sketchmine.results.precision import batch_note, device_note, precision_note
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import not_yet, sides, sides_note, size_note, ties_words
+from sketchmine.results.summaries import (class_sides, no_images_words, not_yet, sides, sides_note, size_note,
+                                          ties_words)
 from sketchmine.store import schema
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -188,8 +189,7 @@ def preferences_table(run: Run, n: int = 5) -> Table:
     table.add_column(f"top {n}")
     table.add_column(f"bottom {n}")
     unlabelled = []
-    classes = int((run.class_sizes() > 0).sum()) if run.layers else 0  # the classes ranked: those with images
-    first, last = sides(classes, n)
+    first, last, few = class_sides(run, n)  # the classes ranked: those with images, as the report's
     for name in run.layers:
         top = run.top_classes(name, max(first, 1))
         table.add_row(safe(name), _classes_cell(top, note is not None),
@@ -197,19 +197,16 @@ def preferences_table(run: Run, n: int = 5) -> Table:
         if top.attrs.get("unlabelled"):
             unlabelled.append(f"{safe(name)} {top.attrs['unlabelled']}")
     notes = [safe(note)] if note else []
-    if run.layers and (few := sides_note(classes, n, not run.complete)):
-        notes.append(few)
+    notes += [safe(x) for x in few]
     if unlabelled:  # a dataset with some images labelled -1: their entries count for no class
         notes.append("top-k entries of unlabelled images, left out of the counts: " + ", ".join(unlabelled))
-    if run.layers and top.attrs.get("no_images"):
-        notes.append(no_images_note(top.attrs["no_images"]))
     table.caption = "\n".join(notes) or None
     return table
 
 
 def no_images_note(classes: list[str]) -> str:
     """The classes a view leaves out because no image of theirs was mined."""
-    return f"classes without images, left out: {', '.join(safe(c) for c in classes)}"
+    return no_images_words([safe(c) for c in classes])
 
 
 def unbiased_table(run: Run, n: int = 5) -> Group | None:
