@@ -339,6 +339,12 @@ def test_report_gru_steps_and_activation_over_time(tmp_path, gru_run, browser, n
     page2.wait_for_selector(".card")
     assert " of 8" in page2.inner_text("#cards")
     assert problems == [] and problems2 == []
+    # the unit's dashboard names each entry's step as its card does
+    page3, problems3 = _open(browser, (tmp_path / "rep" / "units" / "01-gru.html").as_uri() + "#unit=0")
+    page3.wait_for_function("() => document.body.getAttribute('data-rendered') === '0'")
+    steps = [f"t={e['t'] + 1} of 8" for e in units[0]["entries"]]
+    shown = page3.inner_text("body")
+    assert all(s in shown for s in steps) and problems3 == []
 
 
 def test_report_gru_visualized_in_chromium(tmp_path, gru_run, browser):

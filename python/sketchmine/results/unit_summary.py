@@ -152,7 +152,8 @@ class LayerSummary:
         values, index, yx = ranked
         steps = entry_steps(self.attrs, yx[u:u + 1])  # a layer over time: each entry's step, 0-based
         return [{"rank": int(r), **self.image(int(index[u, r])), "value": num(values[u, r]),
-                 "y": int(yx[u, r, 0]), "x": int(yx[u, r, -1]), **({"step": int(steps[0][0, r])} if steps else {})}
+                 "y": int(yx[u, r, 0]), "x": int(yx[u, r, -1]),
+                 **({"step": int(steps[0][0, r]), "steps": steps[1]} if steps else {})}
                 for r in range(index.shape[1]) if index[u, r] >= 0]
 
     def unit(self, unit: Any, infinities: bool = False, infinite_bins: bool = True) -> dict[str, Any]:

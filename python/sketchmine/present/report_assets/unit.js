@@ -155,6 +155,7 @@
     cap.appendChild(el("div", "cls", e["class"] === null ? "?" : e["class"]));
     if (e.value !== undefined) { cap.appendChild(el("div", "value", value)); }
     cap.appendChild(el("div", "idx", "#" + e.image_index));
+    if (e.step !== undefined) { cap.appendChild(el("div", "step", "t=" + (e.step + 1) + " of " + e.steps)); }  // as the card
     cap.title = e.path;
     return cap;
   }
