@@ -58,3 +58,57 @@ def test_a_model_that_fails_on_a_later_batch_keeps_the_checkpoint(sketches, tmp_
         sketchmine.mine(FullBatches().eval(), sketches, layers=["conv"], out=out, batch_size=8, flush_every=1)
     run = sketchmine.open_run(out)
     assert not run.complete and run.images_done == 16
+
+
+class RowReader(nn.Module):
+    """A GRU over each image's rows, the rows folded into the batch (N·28 sequences)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.gru, self.fc = nn.Conv2d(1, 1, 1), nn.GRU(28, 4, batch_first=True), nn.Linear(4 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        _, h = self.gru(self.conv(x).reshape(n * 28, 1, 28))
+        return self.fc(h[-1].reshape(n, -1))
+
+
+def test_a_recurrent_layer_over_folded_rows_is_refused_at_the_probe(sketches, tmp_path, caplog):
+    """It was neither unfolded nor refused: the pass failed in the compiled top-k, blamed on the
+    model. Asked for, it is refused before the run is made; by default it is left out, and said."""
+    torch.manual_seed(0)
+    with pytest.raises(sketchmine.SketchmineError, match=r"layer 'gru' returns 28 rows for 1 image: its first "
+                                                         r"dimension is not the batch"):
+        sketchmine.mine(RowReader().eval(), sketches, layers=["gru"], out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(RowReader().eval(), sketches, out=tmp_path / "default.zarr")
+    assert "gru" not in run.layers and {"conv", "fc"} <= set(run.layers)
+    assert [r for r in caplog.records if "not mined because their first dimension is not the batch" in r.getMessage()
+            and "gru" in r.getMessage()]
+
+
+class Shorter(nn.Module):
+    """Drops its batch's last row where there are two or more: one row an image on the probe's image."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y[:max(1, y.shape[0] - 1)]
+
+
+class Dropping(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.short, self.head = nn.Conv2d(1, 4, 3), Shorter(), nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        self.short(y)
+        return self.head(y.amax((2, 3)))
+
+
+def test_a_layer_whose_rows_stop_following_the_batch_is_named(sketches, tmp_path):
+    """Its rows follow the batch on the probe's one image only: the compiled top-k's own shape
+    check ("image_index must be (N,)") was all that was said; the layer is named now."""
+    torch.manual_seed(0)
+    with pytest.raises(sketchmine.SketchmineError, match=r"layer 'short' returned 6 rows for a batch of 7 images"):
+        sketchmine.mine(Dropping().eval(), sketches, layers=["short"], out=tmp_path / "r.zarr", batch_size=7)

@@ -44,8 +44,13 @@ def model_errors(ds: MinerDataset, idx: torch.Tensor) -> Iterator[None]:
 
 
 def _raised_by_sketchmine(exc: BaseException) -> bool:
-    """Whether the innermost Python frame of `exc`'s traceback is sketchmine's own code."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_OURS)
+    """Whether sketchmine's own code runs inside the model's call where `exc` was raised: a
+    frame of it below the first frame that is not (a tap's hook, called by the model's module;
+    the frames above the model, this loop's, are sketchmine's in every case)."""
+    tb, inside = exc.__traceback__, False
+    while tb is not None:
+        ours = os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_OURS)
+        if inside and ours:
+            return True
+        inside, tb = inside or not ours, tb.tb_next
+    return False

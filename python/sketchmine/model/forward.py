@@ -106,9 +106,12 @@ class TorchForward:
         shapes: dict[str, tuple[int, ...]] = {}
         dtypes: dict[str, torch.dtype] = {}
 
+        rows_of: dict[str, int] = {}
+
         def record(name: str, t: torch.Tensor) -> None:
             shapes.setdefault(name, tuple(t.shape[1:]))
             dtypes.setdefault(name, t.dtype)
+            rows_of.setdefault(name, int(t.shape[0]))
 
         x = _floating(x).to(input_dtype(self.net))
         known: dict[str, dict[str, Any]] = {}
@@ -120,6 +123,12 @@ class TorchForward:
         cast = torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
         with torch.inference_mode(), cast, Taps(self.net, layers, record, known) as taps:
             out = first_tensor(self.net(x)) if self.autocast else _shape_forward(self.net, x)
+        rows = [name for name, n in rows_of.items() if n != len(x)]
+        if rows:  # a recurrent layer over an image's rows folded into the batch (N·H sequences): not unfolded
+            raise RowsNotImages(f"layer {rows[0]!r} returns {rows_of[rows[0]]} rows for {len(x)} image: its first "
+                                "dimension is not the batch (sequences folded into it are unfolded only for convs and "
+                                "per-step layers), so its positions cannot be credited to images; mine the modules "
+                                "before or after it", rows)
         for name, dtype in dtypes.items():
             if dtype not in MINED_DTYPES:  # the statistics hold float32: a double would be ranked rounded
                 raise SketchmineError(

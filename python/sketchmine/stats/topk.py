@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sketchmine.errors import SketchmineError
 from sketchmine.lazy import lazy
 from sketchmine.store import schema
 
@@ -177,6 +178,11 @@ class TopK:
         return None
 
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
+        if len(acts) != len(batch.index):  # the probe's image passed; a model's rows that follow not the batch
+            raise SketchmineError(f"layer {layer!r} returned {len(acts)} rows for a batch of {len(batch.index)} "
+                                   "images (one row an image on the first image alone): its first dimension does not "
+                                   "follow the batch, so its positions cannot be credited to images; mine the modules "
+                                   "before or after it")
         if layer not in self._keyed:
             batch.maxima[layer] = self.layers[layer].add(acts, batch.index)
             return
