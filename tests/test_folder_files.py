@@ -147,6 +147,29 @@ def test_exif_orientation_is_counted_and_not_applied_on_both_routes(tmp_path, sk
     assert sample_notes == [ds[i][3] for i in range(len(ds))]
 
 
+def test_a_tiffs_orientation_is_applied_as_torchvision_reads_it_and_counted(tmp_path, sketches, caplog):
+    """PIL turns a TIFF upright as it decodes it and drops the tag: it was mined turned, and said
+    nothing (the note looked for the tag after decoding). It is counted and said now; the pixels
+    are torchvision's loader's."""
+    from torchvision.datasets.folder import pil_loader
+
+    def save(j, a, stem):
+        Image.fromarray(a).save(f"{stem}.tif", tiffinfo={0x0112: 6} if j % 2 == 0 else {})
+
+    root = write(tmp_path / "d", sketches, save)
+    ds = ImageFolderDataset(root, preset("none", 1, None))
+    turned = sum(1 for j in range(len(sketches)) if j % 2 == 0)
+    for i in range(len(ds)):
+        want = torch.from_numpy(np.asarray(pil_loader(str(root / ds.path(i))).convert("L"), np.float32) / 255)
+        assert torch.equal(ds[i][1][0], want)
+    assert sum(ds[i][3] == "converted:L (TIFF orientation applied)" for i in range(len(ds))) == turned
+    with caplog.at_level(logging.WARNING, logger="sketchmine"):
+        runs = mine_both(root, tmp_path)
+    for run in runs.values():
+        assert run.attrs["converted_images"] == {"L (TIFF orientation applied)": turned}
+    assert sum("TIFF images turned upright by their orientation tag" in n for n in notes(caplog)) == 2
+
+
 def test_a_drawing_held_in_the_alpha_channel_is_refused_naming_the_file(tmp_path, sketches):
     """Ink only in alpha (RGB one colour everywhere, a canvas export) would be a blank input once
     alpha is dropped; ink in the colour channels on a transparent background still reads."""

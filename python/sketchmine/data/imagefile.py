@@ -3,7 +3,8 @@ device route for every file its JPEG decoder does not take), and the note that s
 converted.
 
 A file is read as stored: the first frame of a multi-frame file (TIFF pages, animated
-WebP/APNG), EXIF orientation not applied (counted in the note), 16- and 32-bit samples scaled
+WebP/APNG), EXIF orientation not applied (counted in the note; a TIFF's is, by PIL's decoder, as
+torchvision reads it: counted too), 16- and 32-bit samples scaled
 to 8 bits by one rule, alpha dropped later by `convert_channels`, except where the alpha
 channel is the drawing.
 """
@@ -32,6 +33,9 @@ ORIENTATION = 0x0112
 EXIF_NOT_APPLIED = " (EXIF orientation not applied)"
 """Added to a note's mode when the file asks to be shown rotated or mirrored: counted in
 `converted_images` under its own key, so a run says how many such files it mined as stored."""
+TIFF_APPLIED = " (TIFF orientation applied)"
+"""Added instead for a TIFF: PIL turns a TIFF upright as it decodes it (and drops the tag), as
+torchvision's loader reads it too; counted under its own key, so a run says how many it turned."""
 
 
 _OTHER_END = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
@@ -69,8 +73,10 @@ def read_image(path: str | os.PathLike, mode: str, data: bytes | None = None) ->
     with Image.open(_source(path, data)) as im:
         wide = _wide_rawmode(im)
         tiles = list(im.tile)
+        turned = exif_orientation(im) if im.format == "TIFF" else 1  # the decoder applies it and drops the tag
         im.load()
         stored, orientation = im.mode, exif_orientation(im)
+        turned = turned if turned in range(2, 9) and orientation != turned else 1
         if wide is not None:
             stored = "LA;16" if wide == "LA;16B" else f"{im.mode};16"
             if wide in _LOW_BYTE:
@@ -80,25 +86,29 @@ def read_image(path: str | os.PathLike, mode: str, data: bytes | None = None) ->
         im = _to_8bit(im)
         _refuse_alpha_drawing(im)
         native = "L" if im.mode in ("1", "L", "LA", "La") else "RGB"
-        return im.convert(native), conversion_note(stored, mode, orientation)
+        return im.convert(native), conversion_note(stored, mode, orientation, turned != 1)
 
 
-def conversion_note(stored: str, mode: str, orientation: int = 1) -> str:
+def conversion_note(stored: str, mode: str, orientation: int = 1, turned: bool = False) -> str:
     """A sample's note: "" when the file's pixels are the model's as stored, else
     "converted:<stored mode>" (channels or bit depth converted: "RGBA", "I;16", "RGB;16"),
     with `EXIF_NOT_APPLIED` when the file carries an orientation other than 1 (the pixels stay
-    as stored, as torchvision reads them, on both routes)."""
+    as stored, as torchvision reads them, on both routes), `TIFF_APPLIED` for a TIFF that PIL
+    turned upright as it decoded it (`turned`)."""
     rotated = orientation in range(2, 9)
-    if stored == mode and not rotated:
+    if stored == mode and not rotated and not turned:
         return ""
-    return f"converted:{stored}{EXIF_NOT_APPLIED if rotated else ''}"
+    return f"converted:{stored}{TIFF_APPLIED if turned else EXIF_NOT_APPLIED if rotated else ''}"
 
 
 def conversion_words(mode: str, channels: int) -> str:
     """What a note says of a mode `conversion_note` counted (said once a call)."""
-    stored = mode.removesuffix(EXIF_NOT_APPLIED)
+    stored = mode.removesuffix(EXIF_NOT_APPLIED).removesuffix(TIFF_APPLIED)
     if mode.endswith(EXIF_NOT_APPLIED):
         return f"reading {stored} images as stored (their EXIF orientation not applied) as the model's {channels}-channel input"
+    if mode.endswith(TIFF_APPLIED):
+        return (f"reading {stored} TIFF images turned upright by their orientation tag (as PIL and torchvision "
+                f"decode them) as the model's {channels}-channel input")
     return f"converting {stored} images to the model's {channels}-channel input"
 
 
