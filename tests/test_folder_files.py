@@ -172,11 +172,16 @@ def test_a_tiffs_orientation_is_applied_as_torchvision_reads_it_and_counted(tmp_
 
 def test_a_drawing_held_in_the_alpha_channel_is_refused_naming_the_file(tmp_path, sketches):
     """Ink only in alpha (RGB one colour everywhere, a canvas export) would be a blank input once
-    alpha is dropped; ink in the colour channels on a transparent background still reads."""
+    alpha is dropped, and so would dark ink of two colours on transparent black (it passed, being
+    no one colour); ink in the colour channels on a transparent background still reads."""
     def save(j, a, stem):
         rgba = np.zeros((*a.shape, 4), np.uint8)
         if j == 3:  # black everywhere, the strokes in alpha
             rgba[..., 3] = a
+        elif j == 5:  # black and dark blue strokes, a stray white pixel, on transparent black
+            rgba[..., 3] = np.where(a > 0, 255, 0)
+            rgba[14:, :, :3] = np.where(a[14:, :, None] > 0, np.array([20, 20, 110], np.uint8), 0)
+            rgba[0, 0] = (255, 255, 255, 255)
         elif j in (6, 7):  # the strokes in colour, a transparent white background
             rgba[..., :3], rgba[..., 3] = a[..., None], np.where(a > 0, 255, 0)
         else:
@@ -191,7 +196,7 @@ def test_a_drawing_held_in_the_alpha_channel_is_refused_naming_the_file(tmp_path
             sketchmine.mine("demo", root, out=tmp_path / f"refused-{route}.zarr", preprocess=route)
     runs = mine_both(root, tmp_path, skip_bad_images=True)
     for run in runs.values():
-        assert [b["path"] for b in run.attrs["bad_images"]] == ["bird/img3.png"]
+        assert [b["path"] for b in run.attrs["bad_images"]] == ["bird/img3.png", "cat/img5.png"]
         assert run.attrs["converted_images"] == {"RGBA": 2}
 
 

@@ -14,6 +14,7 @@ import io
 import os
 import stat
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -177,19 +178,39 @@ def _full_depth(path: Any, tiles: list, rawmode: str, high: Image.Image) -> Imag
     return Image.frombytes(out_mode, high.size, pixels.tobytes())
 
 
+ALPHA_CONTRAST = 64
+"""Levels (of 255) by which the colour under a file's opaque pixels must differ from the colour
+under its transparent ones, in mean luminance, for its drawing to survive dropping alpha."""
+
+
 def _refuse_alpha_drawing(im: Image.Image) -> None:
-    """A drawing held only in the alpha channel (one colour everywhere, the strokes in alpha: a
-    canvas export of "ink on transparent") would become a flat image once alpha is dropped:
-    refused (ValueError: unreadable, named, skippable) instead of mined as a blank."""
+    """A drawing held in the alpha channel (the strokes opaque, the background transparent, and
+    the colour under both alike: a canvas export of dark ink on transparent black, in one colour or
+    several) would become a flat or near-flat image once alpha is dropped: refused (ValueError:
+    unreadable, named, skippable) instead of mined as a blank."""
     if im.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in im.info:
         return
-    rgba = im if im.mode in ("RGBA", "LA") else im.convert("RGBA")
+    with warnings.catch_warnings():  # PIL asks for the RGBA conversion this is
+        warnings.simplefilter("ignore")
+        rgba = im if im.mode in ("RGBA", "LA") else im.convert("RGBA")
     *colour, alpha = rgba.getextrema()
-    if all(lo == hi for lo, hi in colour) and alpha[0] != alpha[1]:
-        raise ValueError(f"the drawing is in its alpha channel ({im.mode}: colour {tuple(lo for lo, _ in colour)} "
-                         f"everywhere, alpha {alpha[0]} to {alpha[1]}), which sketchmine drops: the model would "
-                         "see one flat colour; flatten it onto a background first (e.g. ImageMagick "
-                         "`mogrify -background white -flatten`)")
+    if alpha[0] == alpha[1]:
+        return
+    if all(lo == hi for lo, hi in colour):
+        said = f"colour {tuple(lo for lo, _ in colour)} everywhere"
+    else:
+        a = np.asarray(rgba)
+        solid = a[..., -1] >= 128
+        if solid.all() or not solid.any():
+            return
+        grey = a[..., :-1].mean(-1, dtype=np.float64)
+        apart = abs(float(grey[solid].mean()) - float(grey[~solid].mean()))
+        if apart >= ALPHA_CONTRAST:
+            return
+        said = f"its opaque and transparent pixels' colours {apart:.0f} of 255 levels apart"
+    raise ValueError(f"the drawing is in its alpha channel ({im.mode}: {said}, alpha {alpha[0]} to {alpha[1]}), "
+                     "which sketchmine drops: the model would see its strokes vanish into the background; flatten "
+                     "it onto a background first (e.g. ImageMagick `mogrify -background white -flatten`)")
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
