@@ -105,6 +105,7 @@ def conversion_note(stored: str, mode: str, orientation: int = 1, turned: bool =
 def conversion_words(mode: str, channels: int) -> str:
     """What a note says of a mode `conversion_note` counted (said once a call)."""
     stored = mode.removesuffix(EXIF_NOT_APPLIED).removesuffix(TIFF_APPLIED)
+    stored = "1-bit" if stored == "1" else stored  # not "converting 1 images"
     if mode.endswith(EXIF_NOT_APPLIED):
         return f"reading {stored} images as stored (their EXIF orientation not applied) as the model's {channels}-channel input"
     if mode.endswith(TIFF_APPLIED):
