@@ -66,3 +66,26 @@ def test_the_default_layers_of_an_exported_transformer_leave_out_the_attention_p
         sketchmine.mine(onnx, sketches, layers=["|1|encoder|layers|encoder_layer_0|self_attention|MatMul"],
                         out=tmp_path / "named.zarr")  # asked for by name: refused, as before
     assert not (tmp_path / "named.zarr").exists()
+
+
+def test_a_vision_transformers_tokens_are_positions_not_steps(sketches, tmp_path):
+    """A ViT's (N, T, D) layers were positioned as a sequence's steps, as a recurrent head's are:
+    the report called its tokens "17 steps", asked for "the drawings at each entry's step" and
+    wrote "t=13 of 17" on its cards. An image's tokens are tokens, for torch and ONNX alike."""
+    import json
+
+    from sketchmine.present.report import write_report
+    from tests.test_onnx import export
+
+    net = next(t[0] for t in _transformers() if type(t[0]).__name__ == "VisionTransformer")
+    model = torch.nn.Sequential(_Grey3(), net).eval()
+    layer = "1.encoder.layers.encoder_layer_0.ln_1"
+    onnx = sketchmine.load_model(export(model, tmp_path / "vit.onnx"))
+    for name, m in (("torch", model), ("onnx", onnx)):
+        run = sketchmine.mine(m, sketches, layers=[layer], k=3, out=tmp_path / f"{name}.zarr")
+        attrs = run.layer_attrs(layer)
+        assert (attrs["position"], attrs["yx"], attrs["layout"]) == ("tokens", "(0, token)", "(N, T, F) → (N, F, T)")
+    page = write_report(run, tmp_path / "rep").parent / "layers" / f"00-{layer}.html"
+    assert "steps" not in page.read_text() and "12×17" in page.read_text()
+    data = (page.parent.parent / "data" / f"00-{layer}" / "page_0000.js").read_text()
+    assert all("t" not in e for u in json.loads(data[data.index("["):data.rindex("]") + 1]) for e in u["entries"])

@@ -22,7 +22,7 @@ from sketchmine.model.onnx_backend import OnnxRunError, RowsNotImages
 from sketchmine.model.modes import input_dtype
 from sketchmine.model.meta import meta_call
 from sketchmine.model.receptive_field import FieldAnalysis, module_input_channels, sample_analysis
-from sketchmine.model.layouts import graph_layouts, layout_open, unplaced_note
+from sketchmine.model.layouts import graph_layouts, layout_open, tokens_of_images, unplaced_note
 from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
 from sketchmine.progress import Progress
 
@@ -140,8 +140,8 @@ class TorchForward:
         folded = [name for name, info in taps.layouts.items() if "time_steps" in info]
         if folded:
             _check_folded_rows(self.net, folded, x, taps.layouts)
-        self.order, self.layouts = list(shapes), taps.layouts
-        return shapes, out, taps.layouts
+        self.order, self.layouts = list(shapes), tokens_of_images(taps.layouts, x.ndim - 1)
+        return shapes, out, self.layouts
 
     @contextlib.contextmanager
     def open(self, layers: list[str], on_output: Callable[[str, torch.Tensor], None],

@@ -60,6 +60,20 @@ def graph_layouts(model: nn.Module, layers: Sequence[str], analysis: FieldAnalys
     return known, unplaced
 
 
+TOKENS = {"position": "tokens", "yx": "(0, token)"}
+"""How a layer of (N, T, F) tokens of one image (a vision transformer's) is positioned: its
+positions are tokens, not the steps of a sequence the input is made of (the views show no step)."""
+
+
+def tokens_of_images(layouts: dict[str, dict[str, Any]], sample_rank: int) -> dict[str, dict[str, Any]]:
+    """`layouts` with each "sequence" layer read from an input of single images (a sample of rank
+    3, (C, H, W)) positioned as tokens: its T is a vision transformer's tokens or a row reader's
+    columns, not the steps of a drawing (a sample of (T, C, H, W))."""
+    if sample_rank != 3:
+        return layouts
+    return {name: {**info, **TOKENS} if info.get("position") == "sequence" else info for name, info in layouts.items()}
+
+
 def unplaced_note(names: Sequence[str], why: str | None = None, of: str = "") -> str:
     """What `mine` says, when it makes the run, of the tapped layers read along axis 1 that the
     graph does not place (`of`: " of FILE" for an ONNX graph)."""

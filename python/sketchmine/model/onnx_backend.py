@@ -29,7 +29,7 @@ import torch
 from sketchmine.ctrl_c import imported
 from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, register_backend, weights_hasher
-from sketchmine.model.layouts import unplaced_note
+from sketchmine.model.layouts import tokens_of_images, unplaced_note
 from sketchmine.model.onnx_layout import sized_tensors, unit_layouts
 from sketchmine.model.onnx_names import SLASH, GraphNames
 from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
@@ -301,7 +301,7 @@ class OnnxModel:
         for layer, i in fed.items():  # a softmax over the units of (N, units) logits: ranked by their log-odds
             if arrays[i].ndim == 2 and arrays[i].shape == arrays[dict(at)[layer]].shape:
                 layouts[layer]["ranked_by"] = RANKED_BY_INPUT
-        return shapes, torch.from_numpy(np.asarray(arrays[0])), layouts
+        return shapes, torch.from_numpy(np.asarray(arrays[0])), tokens_of_images(layouts, x.ndim - 1)
 
     @contextlib.contextmanager
     def open(self, layers: Sequence[str], on_output: Callable[[str, torch.Tensor], None],
