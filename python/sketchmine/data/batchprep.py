@@ -149,12 +149,12 @@ class DevicePreparer:
         for (j, _), image in zip(jpegs, images):
             i = int(idx[j])
             if image is None:
-                self.fallbacks.append(self.ds.path(i))
                 try:
                     array, note = self.ds.image_array(i)
-                except READ_ERRORS as exc:
+                except READ_ERRORS as exc:  # unreadable by either decoder: a bad image, not a fallback
                     notes[j] = error_note(exc)
                     continue
+                self.fallbacks.append(self.ds.path(i))
                 image = as_uint8_hwc(array).to(self.device)
                 notes[j] = note
             else:  # the cpu route's note for the same file (PIL's "L" or "RGB")
