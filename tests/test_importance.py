@@ -224,3 +224,47 @@ def test_a_writer_started_during_an_ablation_pass_is_refused_not_the_pass(mined,
             pass
     run = sketchmine.open_run(mined.path)
     assert run.has_importance("classifier.4") and run.has_unit_effects("classifier.4") and run.patches_done("features.3") == 0
+
+
+class TimeEmbedded(nn.Module):
+    """Frames → a per-step Linear (the ablated layer) plus a time embedding of arange(T) computed
+    before it, which has no batch dim → GRU → classes; `count` reads the batch size before the
+    layer and uses it after (a value the split cannot replicate: whole-model replication)."""
+
+    def __init__(self, count: bool) -> None:
+        super().__init__()
+        self.count = count
+        self.temb = nn.Embedding(16, 8)
+        self.embed = nn.Linear(28 * 28, 8)
+        self.gru = nn.GRU(8, 6, batch_first=True)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x):
+        n, te = x.shape[0], self.temb(torch.arange(x.shape[1]))  # (T, 8): the same for every batch
+        out, h = self.gru(torch.tanh(self.embed(x.flatten(2))) + te)
+        return self.fc(h[-1].reshape(n, -1) if self.count else h[-1])
+
+
+@pytest.mark.parametrize("count, method", [(False, "split"), (True, "replicate")])
+def test_a_value_before_the_layer_without_the_batch_is_not_replicated(tmp_path, count, method):
+    """A (T, F) time embedding is replicated only where it holds the batch: the split method
+    replicated whatever had a first dim divisible by the chunk's size, so a last chunk of one
+    image (41 = 5·8 + 1) replicated the (4, 8) embedding and the pass crashed at its end."""
+    from sketchmine.data.sequences import SequenceDataset
+
+    torch.manual_seed(0)
+    net = TimeEmbedded(count).eval()
+    base = animal_shape("test", Preprocessing("model", 1, None, (0.27,), (0.41,)))
+    ds = SequenceDataset(ArrayDataset(base.images[:41], base.labels()[:41], base.class_names, base.preprocessing,
+                                      {"kind": "python"}), 4)
+    run = sketchmine.mine(net, ds, layers=["embed"], k=3, out=tmp_path / "r.zarr", batch_size=8)
+    df = sketchmine.unit_importance(run, "embed", model=net, dataset=ds, batch_size=8, units_per_pass=3)
+    assert df.attrs["method"] == method and df.attrs["images"] == 41
+    labels = ds.labels()
+    base_p, base_ok = direct(net, ds, "embed", None, labels)
+    rows = df.set_index("unit")
+    for u in range(8):
+        p, ok = direct(net, ds, "embed", u, labels, unit_dim=2)
+        assert rows.loc[u, "prob_drop"] == pytest.approx((base_p - p).mean(), abs=1e-6), u
+        assert rows.loc[u, "acc_drop"] == pytest.approx(base_ok.mean() - ok.mean(), abs=1e-12), u
+    assert rows["prob_drop"].abs().max() > 1e-3  # the ablation moves the correct class's probability

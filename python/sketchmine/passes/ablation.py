@@ -29,7 +29,7 @@ from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model import cut
 from sketchmine.model.modes import eval_mode
 from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
-from sketchmine.model.taps import (SOFTMAX, STATE_BATCH_DIM, TIME_FIRST, Taps, ablation_dims, final_hidden,
+from sketchmine.model.taps import (SOFTMAX, TIME_FIRST, Taps, ablation_dims, final_hidden,
                                    probe_layouts, replace_element, replace_hidden, tapped_element, to_units)
 
 _BUDGET = 1 << 23  # elements of one replicated activation tensor (32 MB float32)
@@ -57,16 +57,37 @@ def zero_units(t: torch.Tensor, batch_dim: int, unit_dim: int, units: list[int],
     return torch.where(mask.view(shape), torch.zeros((), dtype=t.dtype, device=t.device), v).flatten(bd, bd + 1)
 
 
-def replicate_batch(obj: Any, g: int, batch: int, dim: int) -> Any:
-    """G replicas of a value, stacked along `dim` when it holds the batch; other values as is."""
-    if isinstance(obj, torch.Tensor):
-        d = dim % obj.ndim if obj.ndim else 0
-        if obj.ndim and obj.shape[d] % batch == 0:
-            return torch.cat([obj] * g, dim=d)
-        return obj
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(replicate_batch(o, g, batch, dim) for o in obj)
-    return obj
+def batch_dims(small: Any, large: Any, sizes: tuple[int, int]) -> Any:
+    """Where each value of two runs of the head (on batches of `sizes` images) holds the batch:
+    the one dim whose size follows the batch (B or B·T folded rows), None where the batch does not
+    reach the value (a time embedding of arange(T)), nested as the values are. Told by how the
+    value depends on the batch, not by whether a dim divides by one chunk's size: a (T, F)
+    tensor does for a chunk of T images. A value it cannot tell raises SketchmineError."""
+    a, b = sizes
+    if isinstance(small, torch.Tensor) and isinstance(large, torch.Tensor) and small.ndim == large.ndim:
+        moved = [d for d in range(small.ndim) if small.shape[d] != large.shape[d]]
+        if not moved:
+            return None
+        if len(moved) == 1 and small.shape[moved[0]] * b == large.shape[moved[0]] * a:
+            return moved[0]
+    elif (isinstance(small, (tuple, list)) and isinstance(large, (tuple, list))
+          and type(small) is type(large) and len(small) == len(large)):
+        return [batch_dims(s, v, sizes) for s, v in zip(small, large)]
+    elif not isinstance(small, torch.Tensor) and not isinstance(large, torch.Tensor) and type(small) is type(large):
+        try:
+            if bool(small == large):
+                return None
+        except Exception:  # no plain equality: cannot tell
+            pass
+    raise SketchmineError("cannot tell which dim of a value computed before the layer holds the batch")
+
+
+def replicate_along(obj: Any, dims: Any, g: int) -> Any:
+    """G replicas of each tensor in `obj` stacked along its batch dim (`batch_dims`, replica-major,
+    as zero_units stacks the layer's output); values the batch does not reach as they are."""
+    if isinstance(dims, list):
+        return type(obj)(replicate_along(o, d, g) for o, d in zip(obj, dims))
+    return obj if dims is None or g == 1 else torch.cat([obj] * g, dim=dims)
 
 
 class Replicate:
@@ -140,9 +161,17 @@ class Split(Replicate):
     def __init__(self, net: nn.Module, layer: str, known: Mapping[str, Any] | None = None) -> None:
         super().__init__(net, layer, known)
         self.prefix, self.suffix = cut.split(*cut.trace_at(net, layer))
+        self.dims_of: Any = None  # batch dims of the head's outputs after the layer's element 0
 
     def prepare(self, x: torch.Tensor) -> tuple:
-        """The chunk size, the layer's output and every earlier value the rest of the network reads."""
+        """The chunk size, the layer's output and every earlier value the rest of the network reads.
+        The first chunk also finds which of those hold the batch: the head run on its first image
+        two and three times over (sizes 1 or a chunk's could leave a squeezed or coincident dim)."""
+        if self.dims_of is None:
+            sizes = (2, 3)
+            small, large = (self.prefix(torch.cat([x[:1]] * n)) for n in sizes)
+            self.dims_of = [batch_dims(_rest(small[0]), _rest(large[0]), sizes),
+                            batch_dims(list(small[1:]), list(large[1:]), sizes)]
         return (len(x), *self.prefix(x))
 
     def base(self, state: tuple) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,17 +181,20 @@ class Split(Replicate):
         return self.run(state, [], 1), units
 
     def run(self, state: tuple, units: list[int], replicas: int) -> torch.Tensor:
-        batch, tapped, *live = state  # a tensor holding the batch has B or B*T (folded frames) rows
+        _, tapped, *live = state
         t = tapped_element(self.layer, self.module, tapped)
-        zeroed = zero_units(t, *self.dims, units, replicate=True) if units else replicate_batch(t, replicas, batch,
-                                                                                            self.dims[0])
+        zeroed = (zero_units(t, *self.dims, units, replicate=True) if units
+                  else torch.cat([t] * replicas, dim=self.dims[0]))
         rest = tapped
-        if isinstance(tapped, (tuple, list)):  # element 0 is replaced; h_n / c_n hold the batch in their dim 1
-            dim = STATE_BATCH_DIM if isinstance(self.module, nn.RNNBase) else self.dims[0]
-            rest = type(tapped)((tapped[0], *(replicate_batch(v, replicas, batch, dim) for v in tapped[1:])))
+        if isinstance(tapped, (tuple, list)):  # element 0 is replaced; the rest (h_n, c_n) by where they hold the batch
+            rest = type(tapped)((tapped[0], *replicate_along(_rest(tapped), self.dims_of[0], replicas)))
         rep = self._zeroed(rest, zeroed, units)
-        live = [replicate_batch(v, replicas, batch, 0) for v in live]
-        return _logits(self.suffix(rep, *live))
+        return _logits(self.suffix(rep, *replicate_along(live, self.dims_of[1], replicas)))
+
+
+def _rest(tapped: Any) -> list[Any]:
+    """The layer's outputs after element 0 (h_n and c_n of a recurrent layer); none for one tensor."""
+    return list(tapped[1:]) if isinstance(tapped, (tuple, list)) else []
 
 
 def _logits(out: Any) -> torch.Tensor:
