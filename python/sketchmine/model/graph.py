@@ -6,6 +6,7 @@ visualize (cut.py) all start from it.
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,13 +22,68 @@ from sketchmine.model.meta import meta_call
 from sketchmine.model.modes import eval_mode, input_dtype
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# torch.nn leaf modules whose output has the channels of their input (norms, activations, pooling, ...)
+_KEEP_CHANNELS = tuple(f"torch.nn.modules.{m}" for m in (
+    "activation", "batchnorm", "instancenorm", "normalization", "pooling", "padding", "dropout", "flatten",
+    "upsampling", "channelshuffle", "linear"))  # linear: nn.Identity (nn.Linear stops the walk below)
+# functions that mix features: the input's channels end there
+_MIXING = {torch.nn.functional.linear, torch.matmul, torch.bmm, torch.einsum, torch.nn.functional.embedding,
+           operator.matmul, torch.nn.functional.multi_head_attention_forward}
+_FUNCTIONAL_CONVS = {torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d,
+                     torch.conv1d, torch.conv2d, torch.conv3d}
+
+
 def module_input_channels(model: nn.Module, default: int = 3) -> int:
-    """Channel count a torch model takes: in_channels of its first convolution, else `default`
-    (the input shape a graph analysis or a probe gives the model)."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            return m.in_channels
-    return default
+    """Channel count a torch model takes: in_channels of the first convolution its input reaches
+    through ops that keep channels (a GRU's hidden states fed to a Conv1d over time are not its
+    input), else `default` (the input shape a graph analysis or a probe gives the model). A model
+    torch.fx cannot trace: its first convolution in module order."""
+    try:
+        gm = trace(model, "to find its input channels")
+    except SketchmineError:
+        return next((m.in_channels for m in model.modules() if isinstance(m, _CONVS)), default)
+    found = _input_conv_channels(gm)
+    return default if found is None else found
+
+
+def _input_conv_channels(gm: fx.GraphModule) -> int | None:
+    """in_channels of the first conv (module or functional, in graph order) that the graph's
+    first input reaches without passing a module or function that mixes or remakes channels
+    (Linear, a recurrent layer, matmul, ...); None when no conv is reached that way."""
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    modules = dict(gm.named_modules())
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    seen, todo, convs = set(inputs[:1]), list(inputs[:1]), dict[fx.Node, int | None]()
+    while todo:
+        for user in todo.pop().users:
+            if user in seen:
+                continue
+            seen.add(user)
+            mod = modules.get(str(user.target)) if user.op == "call_module" else None
+            if isinstance(mod, _CONVS):
+                convs[user] = mod.in_channels
+            elif user.op == "call_function" and user.target in _FUNCTIONAL_CONVS:
+                convs[user] = _functional_conv_channels(gm, user)
+            elif mod is not None and type(mod).__module__ in _KEEP_CHANNELS and not isinstance(
+                    mod, (nn.Linear, nn.Bilinear, nn.MultiheadAttention)):
+                todo.append(user)
+            elif user.op in ("call_function", "call_method") and user.target not in _MIXING:
+                todo.append(user)
+    first = min(convs, key=order.__getitem__, default=None)
+    return None if first is None else convs[first]
+
+
+def _functional_conv_channels(gm: fx.GraphModule, node: fx.Node) -> int | None:
+    """A functional conv's input channels (its weight's dim 1 times its groups), when its weight
+    and groups are the model's own (a get_attr) and a constant."""
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+    if not isinstance(weight, fx.Node) or weight.op != "get_attr" or not isinstance(groups, int):
+        return None
+    owner, _, attr = str(weight.target).rpartition(".")
+    w = getattr(gm.get_submodule(owner), attr, None)
+    return int(w.shape[1]) * groups if isinstance(w, torch.Tensor) and w.ndim > 1 else None
 
 
 # Within `shared_traces()`: module id → (module, its graph or the reason it has none)
