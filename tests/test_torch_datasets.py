@@ -133,6 +133,38 @@ def test_channel_problems_are_not_answered_with_a_resize(few, tmp_path):
         _mine("demo", TensorDataset(x.permute(0, 2, 3, 1), _labels(few)), tmp_path, "hwc")
 
 
+class Lengths(Dataset):
+    """Real silhouettes as sequences of `lengths[i]` 1-channel frames (consecutive test images)."""
+
+    def __init__(self, few: ArrayDataset, lengths: list[int]) -> None:
+        self.x, self.y, self.lengths = _pixels(few).float() / 255, _labels(few), lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int):
+        return self.x[i:i + self.lengths[i]], int(self.y[i])
+
+
+class LastStepGRU(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru, self.fc = torch.nn.GRU(28 * 28, 6, batch_first=True), torch.nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.gru(x.flatten(2))[1][-1])
+
+
+@pytest.mark.parametrize("batch_size, where", [(4, "in one batch"), (1, "a later batch than the probed sample")])
+def test_sequences_of_different_lengths_are_told_so(few, tmp_path, batch_size, where):
+    """They were "images differ in size ... pass --image-size", which cannot make step counts equal."""
+    with pytest.raises(SketchmineError, match=r"^sequences differ in length: #0 has 3 steps.*, #1 has 4 steps; "
+                                              r".*one length.*--steps") as got:
+        sketchmine.mine(LastStepGRU().eval(), Lengths(few, [3, 4, 4, 3]), layers=["gru"], k=2,
+                        out=tmp_path / "r.zarr", batch_size=batch_size)
+    assert "--image-size" not in str(got.value), where
+
+
 # ---- 5: labels are whole class numbers ----------------------------------------------------------------------
 
 

@@ -68,6 +68,21 @@ class MinerDataset(Dataset):
         return None
 
 
+def shapes_differ(first: str, a: tuple[int, ...], other: str, b: tuple[int, ...], probed: bool = False) -> str:
+    """The error for two samples of different shapes, named `first` and `other` (`probed`: the first is
+    the one the model was probed with). Sequences (T, C, H, W) of different step counts are told so:
+    the image-size advice cannot make their lengths equal."""
+    as_input = " as model input" if probed else ""
+    if len(a) == len(b) == 4 and a[0] != b[0]:
+        frames = ("; their frames differ in size too (pass --image-size, image_size=, to resize them)"
+                  if a[1:] != b[1:] else "")
+        return (f"sequences differ in length: {first} has {a[0]} steps{as_input}, {other} has {b[0]} steps; sketchmine "
+                "mines sequences of one length: give every sequence the same step count (pad or cut them; progressive "
+                f"drawings take theirs from --steps, steps=){frames}")
+    return (f"images differ in size: {first} is {a}{as_input}, {other} is {b}; pass --image-size (image_size=) to "
+            "resize them all")
+
+
 def collate(batch: list[tuple[int, torch.Tensor, int, str]], path: Callable[[int], str] | None = None):
     """Stack samples; an unreadable image's placeholder takes the shape of the readable ones,
     and differing image sizes raise an error that names two of them (by `path`, else number)."""
@@ -79,10 +94,7 @@ def collate(batch: list[tuple[int, torch.Tensor, int, str]], path: Callable[[int
         if note.startswith("error:"):
             x = torch.zeros(shape)
         elif x.shape != shape:
-            raise SketchmineError(
-                f"images differ in size: {name(first)} is {tuple(shape)}, {name(i)} is {tuple(x.shape)}; "
-                "pass --image-size (image_size=) to resize them all"
-            )
+            raise SketchmineError(shapes_differ(name(first), tuple(shape), name(i), tuple(x.shape)))
         images.append(x)
     # default_collate stacks into shared memory inside a worker: no extra copy on the way back
     return (torch.tensor([s[0] for s in batch]), torch.utils.data.default_collate(images),

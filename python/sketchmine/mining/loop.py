@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from sketchmine.data.imagefile import conversion_words
-from sketchmine.data import MinerDataset, collate
+from sketchmine.data import MinerDataset, collate, shapes_differ
 from sketchmine.data.batchprep import DevicePreparer, NativeSamples, collate_native
 from sketchmine.errors import SketchmineError
 from sketchmine.mining import allocator, distributed, memory
@@ -247,14 +247,13 @@ def check_labels(ds: MinerDataset, idx: torch.Tensor | np.ndarray, labels: torch
 
 def _check_size(ds: MinerDataset, idx: torch.Tensor, x: torch.Tensor, ok: torch.Tensor,
                 input_shape: tuple[int, tuple[int, ...]]) -> None:
-    """A batch's images have the size the layers were probed with: a batch stacks only images
-    of one size, so a later batch of another size would otherwise be mined (or refused) by
-    where the batch boundaries fall."""
+    """A batch's images (or sequences) have the size (length) the layers were probed with: a batch
+    stacks only samples of one shape, so a later batch of another would otherwise be mined (or
+    refused) by where the batch boundaries fall."""
     if tuple(x.shape[1:]) != tuple(input_shape[1]):
         i = int(idx[int(torch.nonzero(ok)[0])])
-        raise SketchmineError(f"images differ in size: {ds.path(input_shape[0])} is {tuple(input_shape[1])} as model "
-                              f"input, {ds.path(i)} is {tuple(x.shape[1:])}; pass --image-size (image_size=) to "
-                              "resize them all")
+        raise SketchmineError(shapes_differ(ds.path(input_shape[0]), tuple(input_shape[1]), ds.path(i),
+                                            tuple(x.shape[1:]), probed=True))
 
 
 def _readable(ds: MinerDataset, idx: torch.Tensor, notes: list[str], skip_bad_images: bool,
