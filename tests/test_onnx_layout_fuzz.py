@@ -3,7 +3,8 @@ ONNX: permutes, per-position Linears, norms over the last axis, elementwise ops,
 flattens of positions, indexing and positions folded into the batch, with channel and grid
 sizes drawn small so that they coincide. The chain knows each step's axes: the graph reads each
 step's units where the chain holds them (axis 1, or last and moved), refuses a grid the chain
-holds transposed, or says it cannot place them - never elsewhere."""
+holds transposed, or says it cannot place them - never elsewhere, and only where the chain folded
+or picked rows or holds its units on neither axis 1 nor last."""
 from __future__ import annotations
 
 import warnings
@@ -110,3 +111,5 @@ def test_onnx_places_units_where_the_chain_holds_them_or_says_it_cannot(drawn, t
             assert axes[-1] == "c" and rank in (3, 4), (i, steps, axes)
         elif layer not in unplaced:
             assert axes[1] == "c", (i, steps, axes)
+        elif "?" not in axes:  # no rows folded or picked: every op of the chain is one the graph follows
+            assert axes[1] != "c" and (axes[-1] != "c" or rank > 4), (i, steps, axes)

@@ -124,11 +124,9 @@ def _follow(graph: Any, sizes: Mapping[str, Sequence[int]]) -> dict[str, Axes]:
             continue
         known = [axes[i] for i in node.input if i in axes]
         op, got = node.op_type, None
-        if op in _CHANNELS_FIRST:  # channels first whatever it was fed; a grid fed transposed stays so
+        if op in _CHANNELS_FIRST:  # channels first whatever it was fed (a grid fed transposed is a grid, as torch's)
             rank = len(known[0]) if known else weights.get(node.input[1], 4) if op in ("Conv", "ConvTranspose") else 4
-            fed = known[0][2:] if known and node.input[0] in axes else ()
-            got = (("n", "c", *(a if a in _POSITIONS else None for a in fed)) if fed else
-                   NCHW if rank in (4, -1) else ("n", "c", *("p",) * (rank - 2)))
+            got = NCHW if rank in (4, -1) else ("n", "c", *("p",) * (rank - 2))
         elif op == "Transpose" and len(known) == 1 and node.input[0] in axes:
             perm = _attr(node, "perm") or list(range(len(known[0])))[::-1]
             got = tuple(known[0][p] for p in perm) if sorted(perm) == list(range(len(known[0]))) else None

@@ -78,7 +78,6 @@ class GraphNames:
     def __init__(self, graph: Any, file: str) -> None:
         self.file = file
         self.nodes = list(graph.node)
-        self.outputs = [o.name for o in graph.output]
         self.constants = constants(graph)
         self.producer: dict[str, Any] = {}  # tensor name → node
         self.by_node: dict[str, str] = {}  # node name → first output
@@ -144,15 +143,30 @@ class GraphNames:
             return self.by_node[layer]
         return layer if layer in self.producer else None
 
+    def _attention(self, tensor: str) -> bool:
+        """Whether `tensor` is an attention's scores: a product of two activations (MatMul, Einsum),
+        then scaled, masked or biased elementwise and reshaped (Swin's window mask), as a Softmax
+        over them is fed."""
+        for _ in range(8):
+            node = self.producer.get(tensor)
+            if node is None:
+                return False
+            if node.op_type in ("MatMul", "Einsum"):
+                return len(node.input) == 2 and not any(i in self.constants for i in node.input)
+            if node.op_type not in ("Add", "Sub", "Mul", "Div", "Where", "Cast", "Identity", "Reshape", "Transpose"):
+                return False
+            tensor = node.input[0] if node.op_type in ("Reshape", "Transpose") else next(
+                (i for i in node.input if i not in self.constants), "")
+        return False
+
     def default_layers(self) -> list[str]:
         """Every Conv, Gemm and MatMul by a weight (an exported Linear; not an attention's
         products) output in graph order, named by its torch module when that module holds no
-        other such node (and the name is not refused), else by the node, plus the softmax of the
-        logits (virtual unless a Softmax node makes it: not an attention's)."""
-        logits = self.outputs[:1]
+        other such node (and the name is not refused), else by the node, plus every Softmax node
+        but an attention's (virtual: the softmax of the first graph output, where none is left)."""
         chosen = [n for n in self.nodes if n.op_type in DEFAULT_OPS and (
             n.op_type != "MatMul" or len(n.input) == 2 and n.input[1] in self.constants)]
-        softmax = [n for n in self.nodes if n.op_type == "Softmax" and (n.input[0] in logits or n.output[0] in logits)]
+        softmax = [n for n in self.nodes if n.op_type == "Softmax" and not self._attention(n.input[0])]
         per_scope: dict[str, int] = {}
         for node in chosen:
             if s := self.scope.get(node.output[0]):
