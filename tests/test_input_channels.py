@@ -60,6 +60,15 @@ class FunctionalConv(nn.Module):
         return self.tconv(torch.nn.functional.conv2d(x * 2, self.weight, None, 1, 0, 1, 2).flatten(2).transpose(1, 2)[:, :7])
 
 
+class StandardisedConv(nn.Conv2d):
+    """A conv whose forward computes its weight (timm's StdConv2d): traced, a functional conv on
+    a computed tensor, which names no channels of its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (self.weight.std((1, 2, 3), keepdim=True) + 1e-5)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
 @pytest.fixture(scope="module")
 def drawings():
     """30 real test silhouettes (3 per class) drawn in 4 steps, as 1-channel frames."""
@@ -74,6 +83,8 @@ def test_the_conv_the_input_reaches_gives_the_channels():
     assert module_input_channels(FramesThenTime()) == 1  # through BatchNorm, ReLU and a flatten
     assert module_input_channels(FunctionalConv()) == 2  # its weight's 1 channel times its 2 groups
     assert module_input_channels(FramesThenTime(untraceable=True)) == 5  # no graph: the first conv defined
+    stem = nn.Sequential(StandardisedConv(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    assert module_input_channels(stem) == 1  # the conv module the computed weight runs in (it was the default, 3)
 
 
 def test_a_temporal_conv_over_hidden_states_is_not_the_input(tmp_path, drawings):

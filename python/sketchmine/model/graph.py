@@ -44,13 +44,16 @@ def module_input_channels(model: nn.Module, default: int = 3) -> int:
     except SketchmineError:
         return next((m.in_channels for m in model.modules() if isinstance(m, _CONVS)), default)
     found = _input_conv_channels(gm)
+    if found == 0:  # a conv reached whose channels the graph does not tell: the first conv defined
+        return next((m.in_channels for m in model.modules() if isinstance(m, _CONVS)), default)
     return default if found is None else found
 
 
 def _input_conv_channels(gm: fx.GraphModule) -> int | None:
     """in_channels of the first conv (module or functional, in graph order) that the graph's
     first input reaches without passing a module or function that mixes or remakes channels
-    (Linear, a recurrent layer, matmul, ...); None when no conv is reached that way."""
+    (Linear, a recurrent layer, matmul, ...); None when no conv is reached that way, 0 when the
+    first conv reached does not tell its channels."""
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     modules = dict(gm.named_modules())
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
@@ -71,7 +74,7 @@ def _input_conv_channels(gm: fx.GraphModule) -> int | None:
             elif user.op in ("call_function", "call_method") and user.target not in _MIXING:
                 todo.append(user)
     first = min(convs, key=order.__getitem__, default=None)
-    return None if first is None else convs[first]
+    return None if first is None else convs[first] or 0
 
 
 def _functional_conv_channels(gm: fx.GraphModule, node: fx.Node) -> int | None:
@@ -80,7 +83,10 @@ def _functional_conv_channels(gm: fx.GraphModule, node: fx.Node) -> int | None:
     weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
     groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
     if not isinstance(weight, fx.Node) or weight.op != "get_attr" or not isinstance(groups, int):
-        return None
+        # a weight the forward computes (timm's StdConv2d standardises it): the conv module it runs in
+        owner = next(reversed(node.meta.get("nn_module_stack") or {}), None)
+        module = gm.get_submodule(owner) if isinstance(owner, str) and owner else None
+        return module.in_channels if isinstance(module, _CONVS) else None
     owner, _, attr = str(weight.target).rpartition(".")
     w = getattr(gm.get_submodule(owner), attr, None)
     return int(w.shape[1]) * groups if isinstance(w, torch.Tensor) and w.ndim > 1 else None
