@@ -173,7 +173,8 @@ def test_a_tiffs_orientation_is_applied_as_torchvision_reads_it_and_counted(tmp_
 def test_a_drawing_held_in_the_alpha_channel_is_refused_naming_the_file(tmp_path, sketches):
     """Ink only in alpha (RGB one colour everywhere, a canvas export) would be a blank input once
     alpha is dropped, and so would dark ink of two colours on transparent black (it passed, being
-    no one colour); ink in the colour channels on a transparent background still reads."""
+    no one colour); ink in the colour channels on a transparent background, and a cut-out whose
+    own pixels differ from the background's, still read."""
     def save(j, a, stem):
         rgba = np.zeros((*a.shape, 4), np.uint8)
         if j == 3:  # black everywhere, the strokes in alpha
@@ -184,6 +185,9 @@ def test_a_drawing_held_in_the_alpha_channel_is_refused_naming_the_file(tmp_path
             rgba[0, 0] = (255, 255, 255, 255)
         elif j in (6, 7):  # the strokes in colour, a transparent white background
             rgba[..., :3], rgba[..., 3] = a[..., None], np.where(a > 0, 255, 0)
+        elif j == 8:  # a dark textured cut-out on transparent black: its own pixels stay, so it reads
+            texture = np.random.default_rng(j).integers(10, 90, (*a.shape, 3))
+            rgba[..., :3], rgba[..., 3] = np.where(a[..., None] > 0, texture, 0), np.where(a > 0, 255, 0)
         else:
             Image.fromarray(a).save(f"{stem}.png")
             return
@@ -197,7 +201,7 @@ def test_a_drawing_held_in_the_alpha_channel_is_refused_naming_the_file(tmp_path
     runs = mine_both(root, tmp_path, skip_bad_images=True)
     for run in runs.values():
         assert [b["path"] for b in run.attrs["bad_images"]] == ["bird/img3.png", "cat/img5.png"]
-        assert run.attrs["converted_images"] == {"RGBA": 2}
+        assert run.attrs["converted_images"] == {"RGBA": 3}
 
 
 def png16(path: Path, a: np.ndarray, colour_type: int) -> None:

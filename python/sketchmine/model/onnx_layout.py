@@ -123,7 +123,8 @@ def _follow(graph: Any, sizes: Mapping[str, Sequence[int]]) -> dict[str, Axes]:
         if not node.output:
             continue
         known = [axes[i] for i in node.input if i in axes]
-        op, got = node.op_type, None
+        op = node.op_type
+        got: Axes | None = None
         if op in _CHANNELS_FIRST:  # channels first whatever it was fed (a grid fed transposed is a grid, as torch's)
             rank = len(known[0]) if known else weights.get(node.input[1], 4) if op in ("Conv", "ConvTranspose") else 4
             got = NCHW if rank in (4, -1) else ("n", "c", *("p",) * (rank - 2))
