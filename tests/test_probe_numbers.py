@@ -117,7 +117,7 @@ def test_a_run_of_tensors_records_no_preprocessing_and_is_refused_unless_given(t
 
 
 class Tokens(nn.Module):
-    """Patches as tokens, an nn.Linear applied per token (position "sequence" in the run), a head."""
+    """Patches as tokens, an nn.Linear applied per token (position "tokens" in the run), a head."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -136,7 +136,7 @@ def test_a_per_token_linear_is_probed_by_its_maximum_over_tokens(tmp_path, subse
     torch.manual_seed(0)
     net = Tokens().eval()
     run = sketchmine.mine(net, subset, out=tmp_path / "run.zarr", batch_size=50, layers=["conv", "token_mlp", "head"])
-    assert run.layer_attrs("token_mlp").get("position") == "sequence"
+    assert run.layer_attrs("token_mlp").get("position") == "tokens"  # an image's tokens, not steps
     meta, outs = graph_outputs(build_probe(run, model=net, size=(28, 28)), subset.images[:10])
     assert [l["name"] for l in meta["layers"]] == ["conv", "token_mlp", "head"]
     with torch.no_grad():

@@ -125,6 +125,7 @@ def _as_sequences(ds: MinerDataset, loaded: LoadedModel, steps: int | None, ink:
     return sequences.progressive(ds, steps, ink)
 
 
+@shared_traces()  # one torch.fx graph for the input channels, the fields and the notes of a call
 def mine(
     model: nn.Module | LoadedModel | str,
     dataset: Any,
@@ -280,8 +281,7 @@ def mine(
     if store is not None or team.size > 1:  # compared now, with the run's and the other ranks'
         want["weights_hash"] = weights_digest()
     team.check_same({**want, "logits": logits, "batch_size": batch_size, "flush_every": flush_every,
-                     "skip_bad_images": skip_bad_images,
-                     "out": str(out)})  # as given: ranks on machines with other working folders name one run alike
+                     "skip_bad_images": skip_bad_images, "out": str(out)})  # as given: ranks in other folders name one run alike
     # before the model is touched (and again under the lock); a refusal on rank 0 reaches every rank
     # (the default layers are known after the probe: a module never called is left out then)
     early = want if layers is not None else {key: v for key, v in want.items() if key != LAYER_NAMES}
@@ -291,7 +291,7 @@ def mine(
         forward.compile = True
     if isinstance(forward, TorchForward):  # the probe runs the forward as mining will: a refusal comes before the run
         forward.autocast = speed.autocast
-    with eval_mode(net), shared_traces():  # eval: as a trained model computes (flags back after, whatever happens)
+    with eval_mode(net):  # eval: as a trained model computes (flags back after, whatever happens)
         first_index, first = _first_readable(ds)
         spec, num_classes, left = probe(forward, names, first[None].to(device), optional=layers is None)
         note_left_out(left, progress)

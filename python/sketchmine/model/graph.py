@@ -101,7 +101,11 @@ def shared_traces() -> Iterator[None]:
     """Within one call that reads a model's graph more than once (`mine`: receptive fields, and
     what follows each mined layer), trace it once (tens of ms on ResNet-50). Scoped to the call,
     not cached for good: a caller may change its model between calls. Readers must not change
-    the graph's structure (node meta, such as shapes, is rewritten by each that needs it)."""
+    the graph's structure (node meta, such as shapes, is rewritten by each that needs it). Inside
+    another scope it is that scope (a decorated `mine` reads the input channels before its probe)."""
+    if _SHARED.get() is not None:
+        yield
+        return
     token = _SHARED.set({})
     try:
         yield
