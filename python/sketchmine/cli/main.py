@@ -129,7 +129,7 @@ def _visualize(args: argparse.Namespace, console: Console, err: Console) -> None
                         optimize_regularizers=args.optimize_regularizers)
     finally:
         bar.stop()
-    print_visualized(run, args.layers, args.method, bar, console, args.optimize)
+    print_visualized(run, args.layers, args.method, bar, console, args.optimize, args.examples)
 
 
 INTERRUPTED = {

@@ -20,7 +20,7 @@ from sketchmine.data.dataset import MinerDataset
 from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.mining.memory import is_out_of_memory
 
-_OURS = str(Path(__file__).resolve().parents[1]) + os.sep
+_OURS = os.path.realpath(Path(__file__).parents[1]) + os.sep
 
 
 class ModelFailed(SketchmineFailure):
@@ -44,13 +44,15 @@ def model_errors(ds: MinerDataset, idx: torch.Tensor) -> Iterator[None]:
 
 
 def _raised_by_sketchmine(exc: BaseException) -> bool:
-    """Whether sketchmine's own code runs inside the model's call where `exc` was raised: a
-    frame of it below the first frame that is not (a tap's hook, called by the model's module;
-    the frames above the model, this loop's, are sketchmine's in every case)."""
+    """Whether `exc` was raised by sketchmine's own code: every frame of its traceback is
+    sketchmine's (the ONNX backend, whose model runs in ONNX Runtime, not in Python), or a frame
+    of it lies below the first frame that is not (a tap's hook, called by the model's module; the
+    frames above the model, this loop's, are sketchmine's in every case). Paths compared with
+    their links resolved (a checkout or environment reached through a symlink)."""
     tb, inside = exc.__traceback__, False
     while tb is not None:
-        ours = os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_OURS)
+        ours = os.path.realpath(tb.tb_frame.f_code.co_filename).startswith(_OURS)
         if inside and ours:
             return True
         inside, tb = inside or not ours, tb.tb_next
-    return False
+    return not inside

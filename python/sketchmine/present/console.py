@@ -328,7 +328,7 @@ def print_mined(run: Run, progress: RichProgress, no_logits: bool, console: Cons
 
 
 def print_visualized(run: Run, layers: list[str] | None, method: str, progress: RichProgress,
-                     console: Console, optimize: bool = False) -> None:
+                     console: Console, optimize: bool = False, examples: str = "top") -> None:
     """What `sketchmine visualize` says at the end (with --optimize, the optimised inputs too,
     with the method and steps they were made with, as the first layer's claim records them)."""
     names = list(dict.fromkeys(layers or run.layers))
@@ -336,7 +336,7 @@ def print_visualized(run: Run, layers: list[str] | None, method: str, progress: 
     opt = run.layer_attrs(names[0]).get(schema.OPTIMIZED) if optimize and names else None
     made = f" and optimised inputs ({how_made(opt)})" if isinstance(opt, dict) else ""
     what = f"patches and {method} crops{made} of {count} layer{'' if count == 1 else 's'}"
-    if not progress.images:  # every part was finished by an earlier call
+    if not progress.images and examples != "all":  # all done before (the progress counts no example pictures)
         console.print(f"nothing to do: the {what} were made already (--redo makes them again) → {safe(run.path)}")
         return
     console.print(f"{what} in {progress.seconds:.1f} s → {safe(run.path)}")
