@@ -191,3 +191,30 @@ def test_a_layer_over_time_names_each_entry_s_step_in_the_tables(tmp_path, drawi
         assert [e["step"] for e in entries] == table[table.unit == 2]["step"].tolist()
     assert "step" not in run.unit_table("fc").columns
     assert all("step" not in e for e in LayerSummary(run, "fc").unit(2)["top"])
+
+
+class ColumnReader(nn.Module):
+    """A CRNN: a conv, then a GRU over the image's columns (a text recogniser's reader)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.gru, self.head = nn.Conv2d(1, 4, 3, padding=1), nn.GRU(4 * 28, 8, batch_first=True), \
+            nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        columns = self.conv(x).permute(0, 3, 1, 2).flatten(2)  # (N, W, C·H)
+        out, _ = self.gru(columns)
+        return self.head(out[:, -1])
+
+
+def test_a_recurrent_layer_over_an_images_columns_is_positioned_by_them_not_by_steps(tmp_path):
+    """Its T is the image's columns, not the steps of a drawing: the views said "t=13 of 28" and
+    asked for the drawing at each step, of a dataset with no steps."""
+    ds = animal_shape("test")
+    images = ArrayDataset(ds.images[:40], ds.labels()[:40], ds.class_names, Preprocessing("model", 1, None, (0.27,),
+                                                                                          (0.41,)))
+    torch.manual_seed(0)
+    run = sketchmine.mine(ColumnReader().eval(), images, layers=["gru"], k=3, out=tmp_path / "r.zarr")
+    attrs = run.layer_attrs("gru")
+    assert (attrs["position"], attrs["yx"], attrs["shape"]) == ("tokens", "(0, token)", [8, 28])
+    assert "step" not in run.unit_table("gru").columns

@@ -73,7 +73,7 @@ def shapes_differ(first: str, a: tuple[int, ...], other: str, b: tuple[int, ...]
     the one the model was probed with). Sequences (T, C, H, W) of different step counts are told so:
     the image-size advice cannot make their lengths equal."""
     as_input = " as model input" if probed else ""
-    if len(a) == len(b) == 4 and a[0] != b[0]:
+    if len(a) == len(b) == 4 and a[0] != b[0] and a[1] == b[1]:  # not volumes (C, D, H, W) of other channel counts
         frames = ("; their frames differ in size too (pass --image-size, image_size=, to resize them)"
                   if a[1:] != b[1:] else "")
         return (f"sequences differ in length: {first} has {a[0]} steps{as_input}, {other} has {b[0]} steps; sketchmine "

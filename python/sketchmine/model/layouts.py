@@ -66,12 +66,13 @@ positions are tokens, not the steps of a sequence the input is made of (the view
 
 
 def tokens_of_images(layouts: dict[str, dict[str, Any]], sample_rank: int) -> dict[str, dict[str, Any]]:
-    """`layouts` with each "sequence" layer read from an input of single images (a sample of rank
-    3, (C, H, W)) positioned as tokens: its T is a vision transformer's tokens or a row reader's
-    columns, not the steps of a drawing (a sample of (T, C, H, W))."""
+    """`layouts` with each "sequence" or "time" layer read from an input of single images (a sample
+    of rank 3, (C, H, W)) positioned as tokens: its T is a vision transformer's tokens or the
+    columns a CRNN's recurrent layer reads, not the steps of a drawing (a sample of (T, C, H, W))."""
     if sample_rank != 3:
         return layouts
-    return {name: {**info, **TOKENS} if info.get("position") == "sequence" else info for name, info in layouts.items()}
+    return {name: {**info, **TOKENS} if info.get("position") in ("sequence", "time") else info
+            for name, info in layouts.items()}
 
 
 def unplaced_note(names: Sequence[str], why: str | None = None, of: str = "") -> str:
