@@ -77,7 +77,7 @@ def test_a_recurrent_layer_over_folded_rows_is_refused_at_the_probe(sketches, tm
     """It was neither unfolded nor refused: the pass failed in the compiled top-k, blamed on the
     model. Asked for, it is refused before the run is made; by default it is left out, and said."""
     torch.manual_seed(0)
-    with pytest.raises(sketchmine.SketchmineError, match=r"layer 'gru' returns 28 rows for 1 image: its first "
+    with pytest.raises(sketchmine.SketchmineError, match=r"layer 'gru' returns 28 rows for 1 image\(s\): its first "
                                                          r"dimension is not the batch"):
         sketchmine.mine(RowReader().eval(), sketches, layers=["gru"], out=tmp_path / "r.zarr")
     assert not (tmp_path / "r.zarr").exists()

@@ -246,7 +246,7 @@ def test_an_onnx_tensor_whose_rows_are_not_the_images_is_refused(sketches, tmp_p
     path = tmp_path / "flipped.onnx"
     torch.onnx.export(net, (sketches.tensors[0][:2],), str(path), input_names=["x"], output_names=["logits"],
                       dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
-    with pytest.raises(SketchmineError, match=r"layer 'conv1' of flipped.onnx has 2 rows for 1 image"):
+    with pytest.raises(SketchmineError, match=r"layer 'conv1' of flipped.onnx returns 2 rows for 1 image"):
         sketchmine.mine(str(path), sketches, layers=["conv1"], out=tmp_path / "r.zarr")
 
 

@@ -29,6 +29,19 @@ hash. Runs mined before it recorded a bare sha256 as `weights_sha256` (see recor
 _LEGACY_ATTR = "weights_sha256"
 
 
+class RowsNotImages(SketchmineError):
+    """Tapped outputs whose first dimension is not the batch (an attention's (N·heads, T, T)
+    scores, windows or an image's rows folded into the batch, a time-first (T, N, E)): `layers`,
+    the first named in the message. Default layers leave them out (`forward.probe`); asked for,
+    they are refused, before the run is made."""
+
+    def __init__(self, layers: list[str], rows: int, images: int, of: str = "", why: str = "") -> None:
+        super().__init__(f"layer {layers[0]!r}{of} returns {rows} rows for {images} image(s): its first dimension is "
+                         f"not the batch{why}, so its positions cannot be credited to images; mine the modules or "
+                         "tensors before or after it")
+        self.layers = layers
+
+
 @dataclass
 class Layer:
     """A tapped layer as the pass sees it: units, grid, kind and the tap's layout attrs."""

@@ -16,9 +16,9 @@ from torch import nn
 
 from sketchmine.errors import SketchmineError, SketchmineFailure, first_line
 from sketchmine.model import cut
-from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, as_forward, first_tensor, register_backend,
-                                      weights_hasher)
-from sketchmine.model.onnx_backend import OnnxRunError, RowsNotImages
+from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, RowsNotImages, as_forward, first_tensor,
+                                      register_backend, weights_hasher)
+from sketchmine.model.onnx_backend import OnnxRunError
 from sketchmine.model.modes import input_dtype
 from sketchmine.model.meta import meta_call
 from sketchmine.model.receptive_field import FieldAnalysis, module_input_channels, sample_analysis
@@ -125,10 +125,8 @@ class TorchForward:
             out = first_tensor(self.net(x)) if self.autocast else _shape_forward(self.net, x)
         rows = [name for name, n in rows_of.items() if n != len(x)]
         if rows:  # a recurrent layer over an image's rows folded into the batch (N·H sequences): not unfolded
-            raise RowsNotImages(f"layer {rows[0]!r} returns {rows_of[rows[0]]} rows for {len(x)} image: its first "
-                                "dimension is not the batch (sequences folded into it are unfolded only for convs and "
-                                "per-step layers), so its positions cannot be credited to images; mine the modules "
-                                "before or after it", rows)
+            raise RowsNotImages(rows, rows_of[rows[0]], len(x), why=" (sequences folded into it are unfolded only "
+                                "for convs and per-step layers)")
         for name, dtype in dtypes.items():
             if dtype not in MINED_DTYPES:  # the statistics hold float32: a double would be ranked rounded
                 raise SketchmineError(

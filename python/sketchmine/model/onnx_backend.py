@@ -28,7 +28,7 @@ import torch
 
 from sketchmine.ctrl_c import imported
 from sketchmine.errors import SketchmineError, SketchmineFailure, closest
-from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, register_backend, weights_hasher
+from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, RowsNotImages, register_backend, weights_hasher
 from sketchmine.model.layouts import tokens_of_images, unplaced_note
 from sketchmine.model.onnx_layout import sized_tensors, unit_layouts
 from sketchmine.model.onnx_names import SLASH, GraphNames
@@ -40,16 +40,6 @@ class OnnxRunError(SketchmineFailure):
     """ONNX Runtime refused or failed a batch (its pybind errors are no Python built-ins): the
     input shape, the graph's declared one and ORT's message, in one line. A failure (exit 1)
     mid-run; `forward.probe` turns one on the first image into a refused input (exit 3)."""
-
-
-class RowsNotImages(SketchmineError):
-    """Tapped tensors whose first dimension is not the batch (an attention's (N·heads, T, T)
-    scores, windows folded into the batch): `layers`, the first named in the message. Default
-    layers leave them out (`forward.probe`); asked for, they are refused."""
-
-    def __init__(self, message: str, layers: list[str]) -> None:
-        super().__init__(message)
-        self.layers = layers
 
 
 def _modules() -> tuple[Any, Any]:
@@ -286,9 +276,7 @@ class OnnxModel:
         rows = [layer for layer, i in at if arrays[i].ndim and arrays[i].shape[0] != x.shape[0]]
         if rows:  # (L, N, E), (N·heads, T, T), or a batch doubled: its rows are not the images
             a = arrays[dict(at)[rows[0]]]
-            raise RowsNotImages(f"layer {rows[0]!r} of {self.path.name} has {a.shape[0]} rows for {x.shape[0]} "
-                                "image: its first dimension is not the batch, so its positions cannot be "
-                                "credited to images; mine the tensors before or after it", rows)
+            raise RowsNotImages(rows, a.shape[0], x.shape[0], of=f" of {self.path.name}")
         moved = self._moved(tensors, at, arrays, x)
         for layer, i in at:
             a = arrays[i]

@@ -180,9 +180,9 @@ class TopK:
     def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
         if len(acts) != len(batch.index):  # the probe's image passed; a model's rows that follow not the batch
             raise SketchmineError(f"layer {layer!r} returned {len(acts)} rows for a batch of {len(batch.index)} "
-                                   "images (one row an image on the first image alone): its first dimension does not "
-                                   "follow the batch, so its positions cannot be credited to images; mine the modules "
-                                   "before or after it")
+                                  "images, though one for the one image it was probed with: its first dimension does "
+                                  "not follow the batch, so its positions cannot be credited to images; mine the "
+                                  "modules before or after it")
         if layer not in self._keyed:
             batch.maxima[layer] = self.layers[layer].add(acts, batch.index)
             return
