@@ -105,7 +105,6 @@ class TorchForward:
         """Tapped output shapes (no batch dim), the output, and how each tap read its module."""
         shapes: dict[str, tuple[int, ...]] = {}
         dtypes: dict[str, torch.dtype] = {}
-
         rows_of: dict[str, int] = {}
 
         def record(name: str, t: torch.Tensor) -> None:

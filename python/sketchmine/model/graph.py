@@ -40,11 +40,10 @@ def module_input_channels(model: nn.Module, default: int = 3) -> int:
     input), else `default` (the input shape a graph analysis or a probe gives the model). A model
     torch.fx cannot trace: its first convolution in module order."""
     try:
-        gm = trace(model, "to find its input channels")
+        found = _input_conv_channels(trace(model, "to find its input channels"))
     except SketchmineError:
-        return next((m.in_channels for m in model.modules() if isinstance(m, _CONVS)), default)
-    found = _input_conv_channels(gm)
-    if found == 0:  # a conv reached whose channels the graph does not tell: the first conv defined
+        found = 0
+    if found == 0:  # no graph, or a conv reached whose channels it does not tell: the first conv defined
         return next((m.in_channels for m in model.modules() if isinstance(m, _CONVS)), default)
     return default if found is None else found
 

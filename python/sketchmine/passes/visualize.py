@@ -38,7 +38,7 @@ from sketchmine.passes.resumed import resumed_on
 from sketchmine.passes.traces import write_traces
 from sketchmine.progress import Progress, Silent
 from sketchmine.results.effects import onnx_run
-from sketchmine.results.optimized import SIGNALS
+from sketchmine.results.optimized import visualized_words
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.unit_summary import pictures_current
 from sketchmine.stats.ops import clip_boxes, crop_patches
@@ -242,7 +242,7 @@ def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int
 
 def _resumed_on(store: RunStore, name: str, have: dict[str, Any], kind: str, progress: Progress) -> None:
     """Record and say a layer's pictures resumed on another kind of device (passes/resumed.py)."""
-    made = f"patches and {SIGNALS.get(have.get('method', ''), SIGNALS['deconvnet'])}"
+    made = f"patches and {visualized_words(have)['name']}"
     stretches = resumed_on(name, have, kind, made, "the device rounds otherwise, so units from {done} on may differ "
                            "by a grey level from a pass on one device", progress)
     if stretches is not None:

@@ -27,7 +27,11 @@ def signal_words(run: Run, layer: str) -> dict[str, str]:
     """How the views name the layer's pictures beside the patches: "method" (as --method names it,
     the default where the pass recorded none), "name" ("guided backpropagation") and "title" (what
     they are and what made them, for a tooltip)."""
-    have = run.layer_attrs(layer).get(schema.VISUALIZED) or {}
+    return visualized_words(run.layer_attrs(layer).get(schema.VISUALIZED) or {})
+
+
+def visualized_words(have: dict[str, Any]) -> dict[str, str]:
+    """`signal_words` from a layer's `visualized` attributes (what the pass itself holds)."""
     method = str(have.get("method") or PICTURES_DEFAULTS["method"])
     name = SIGNALS.get(method, method)
     return {"method": method, "name": name,
