@@ -458,3 +458,29 @@ def test_visualize_crops_and_deconvolves_a_channels_last_unit_where_it_peaks(net
                                       bottom - top + 1, right - left + 1)[0]
         signal = (128 + 127 * crop / crop.abs().max()).round().clamp(0, 255).permute(1, 2, 0).numpy()
         assert np.abs(deconv[c, 0].astype(int) - signal.astype(int)).max() <= 1 and len(np.unique(deconv[c, 0])) > 3
+
+
+class _IdentityShortcut(nn.Module):
+    """A residual block whose shortcut is an empty nn.Sequential (CIFAR ResNets' identity), which
+    torch.fx inlines to nothing: a tap on it had no node, so neither a field nor a place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(1, C, 3, stride=2, padding=1), nn.Conv2d(C, C, 3, padding=1)
+        self.shortcut, self.head = nn.Sequential(), nn.Linear(C, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        return self.head(torch.relu(self.conv(y) + self.shortcut(y)).mean((2, 3)))
+
+
+def test_an_empty_sequential_shortcut_is_its_input(sketches, tmp_path, caplog):
+    model = _IdentityShortcut().eval()
+    fields = sketchmine.receptive_fields(model, SIDE * 4)
+    assert fields["shortcut"] == fields["stem"]
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(model, sketches, layers=["stem", "shortcut"], k=2, out=tmp_path / "r.zarr")
+    assert not [r for r in caplog.records if "units on axis 1" in r.getMessage()]
+    assert run.layer_attrs("shortcut")["receptive_field"] == run.layer_attrs("stem")["receptive_field"]
+    for got, want in zip(run.topk("shortcut"), run.topk("stem")):
+        np.testing.assert_array_equal(got, want)

@@ -123,7 +123,7 @@ def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
     if got is None or got[0] is not model:
         try:
             with eval_mode(model):
-                traced: fx.GraphModule | str = fx.symbolic_trace(model, concrete_args=forward_defaults(model) or None)
+                traced: fx.GraphModule | str = _trace(model)
         except Exception as exc:
             traced = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         got = (model, traced)
@@ -132,6 +132,32 @@ def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
     if isinstance(got[1], str):
         raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx {purpose}: {got[1]}")
     return got[1]
+
+
+class _Tracer(fx.Tracer):
+    """symbolic_trace's tracer, except that an empty nn.Sequential (a ResNet's identity shortcut)
+    returns its input's node and is recorded as its output: inlined, it had no node to carry its
+    name, so a tap on it had neither a field nor a place for its units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.identities: dict[str, fx.Node | None] = {}  # None: called twice, its output ambiguous
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if type(m) is nn.Sequential and len(m) == 0 and len(args) == 1 and not kwargs and isinstance(args[0], fx.Proxy):
+            name = self.path_of_module(m)
+            self.identities[name] = None if name in self.identities else args[0].node
+            return args[0]
+        return super().call_module(m, forward, args, kwargs)
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    """`fx.symbolic_trace` of `model` with `_Tracer`; the identities it met in `meta["identities"]`."""
+    tracer = _Tracer()
+    graph = tracer.trace(model, concrete_args=forward_defaults(model) or None)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta["identities"] = {name: node for name, node in tracer.identities.items() if node is not None}
+    return gm
 
 
 def forward_defaults(model: nn.Module) -> dict[str, Any]:
@@ -152,7 +178,8 @@ def module_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
     symbolic_trace inlines every module that is not a torch.nn leaf (a ResNet block, an
     Inception block, a Sequential), so such a module has no node of its own; its nodes carry
     it in their ``nn_module_stack``, and its output is the last of them that a node outside
-    the call uses. A leaf module's output is its call node. Modules called more than once
+    the call uses. A leaf module's output is its call node, an empty Sequential's the node it
+    was given (`_Tracer`). Modules called more than once
     per forward are left out (their output is ambiguous; the miner refuses them too).
     """
     calls: dict[str, set[str]] = {}
@@ -163,8 +190,8 @@ def module_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
             calls.setdefault(name, set()).add(key)
             if any(key not in (u.meta.get("nn_module_stack") or {}) for u in node.users):
                 last[key] = node
-    return {name: last[next(iter(keys))] for name, keys in calls.items()
-            if len(keys) == 1 and next(iter(keys)) in last}
+    found = {name: last[next(iter(keys))] for name, keys in calls.items() if len(keys) == 1 and next(iter(keys)) in last}
+    return {**gm.meta.get("identities", {}), **found}
 
 
 def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leading: tuple[int, ...] = (),
