@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from sketchmine.data import Preprocessing
 from sketchmine.data.folder import unreadable_error
 from sketchmine.data.sequences import TRANSFORM, drawings_fingerprint
 from sketchmine.mining.dataset_diff import images_otherwise
@@ -165,9 +166,18 @@ def _drawn_otherwise(attrs: dict[str, Any], want: dict[str, Any]) -> str | None:
     return f"{'; '.join(differ)} of the progressive drawings; {said}"
 
 
+def preprocessing_key(pre: Preprocessing | None) -> str | None:
+    """What the resume check compares of the preprocessing, as a run records it: preset, channels,
+    size and the numbers (a "dataset" preset's numbers are the run's own, taken on resume)."""
+    if pre is None:
+        return None
+    numbers = "" if not pre.mean else "/" + ",".join(f"{v:.9g}" for v in (*pre.mean, *pre.std))
+    return f"{pre.preset}/{pre.channels}/{pre.size}{numbers}"
+
+
 def _preprocessing_parts(a: Any, b: Any) -> str | None:
-    """The parts of two preprocessing keys (miner's `_preprocessing_key`: preset/channels/size/numbers)
-    that differ, named (an image size of None: the images' own)."""
+    """The parts of two `preprocessing_key`s (preset/channels/size/numbers) that differ, named (an
+    image size of None: the images' own)."""
     if not (isinstance(a, str) and isinstance(b, str)):
         return None
     names = ("preset", "channels", "image size", "mean and std")

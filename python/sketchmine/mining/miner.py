@@ -35,7 +35,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
 from sketchmine.mining.checks import (DRAWINGS, check_classes, check_layouts, check_readable, check_resumable,
                                      check_sketch_size, note_dead_units, note_followers,
-                                     note_left_out)
+                                     note_left_out, preprocessing_key)
 from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts, check_flags
 from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
@@ -269,7 +269,7 @@ def mine(
         # drawings: their images hashed once (a folder's every file), for both
         "dataset_fingerprint": ds.fingerprint() if drawn is None else sequences.drawings_fingerprint(**drawn),
         DRAWINGS: drawn,
-        "preprocessing_key": _preprocessing_key(pre),
+        "preprocessing_key": preprocessing_key(pre),
         "forward_options": speed.forward_options(),
     }
     check_readable(ds, skip_bad_images)  # a file this user may not open: refused before the run is made
@@ -387,14 +387,5 @@ def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, load: LoadO
     else:
         progress.note("computing the dataset mean and std (one pass)")
         pre.mean, pre.std = compute_mean_std(getattr(ds, "base", ds), load.batch_size, load.num_workers)
-
-
-def _preprocessing_key(pre: Preprocessing | None) -> str | None:
-    """What the resume check compares of the preprocessing: preset, channels, size and the
-    numbers (a "dataset" preset's numbers are the run's own, taken on resume)."""
-    if pre is None:
-        return None
-    numbers = "" if not pre.mean else "/" + ",".join(f"{v:.9g}" for v in (*pre.mean, *pre.std))
-    return f"{pre.preset}/{pre.channels}/{pre.size}{numbers}"
 
 
