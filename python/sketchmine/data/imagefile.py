@@ -5,8 +5,8 @@ converted.
 A file is read as stored: the first frame of a multi-frame file (TIFF pages, animated
 WebP/APNG), EXIF orientation not applied (counted in the note; a TIFF's is, by PIL's decoder, as
 torchvision reads it: counted too), 16- and 32-bit samples scaled
-to 8 bits by one rule, alpha dropped later by `convert_channels`, except where the alpha
-channel is the drawing.
+to 8 bits by one rule, a transparency key (a PNG's tRNS) made the alpha it is, alpha dropped
+later by `convert_channels`, except where the alpha channel is the drawing.
 """
 from __future__ import annotations
 
@@ -78,12 +78,15 @@ def read_image(path: str | os.PathLike, mode: str, data: bytes | None = None) ->
         im.load()
         stored, orientation = im.mode, exif_orientation(im)
         turned = turned if turned in range(2, 9) and orientation != turned else 1
+        key = im.info.get("transparency")  # a PNG's tRNS: one colour (or palette entries) transparent
         if wide is not None:
             stored = "LA;16" if wide == "LA;16B" else f"{im.mode};16"
             if wide in _LOW_BYTE:
-                im = _full_depth(_source(path, data), tiles, wide, im)
+                im = _full_depth(_source(path, data), tiles, wide, im, key)
+                stored = "RGBA;16" if im.mode == "RGBA" and stored == "RGB;16" else stored
         elif im.mode == "RGB" and tiles and tiles[0].codec_name == "ppm" and _maxval(tiles[0]) > 255:
             stored = "RGB;16"  # PIL scales a 16-bit PPM by its maxval itself: the same rule
+        im, stored = _keyed_alpha(im, stored, key)
         im = _to_8bit(im)
         _refuse_alpha_drawing(im)
         native = "L" if im.mode in ("1", "L", "LA", "La") else "RGB"
@@ -162,10 +165,11 @@ def _maxval(tile: object) -> int:
     return int(args[1]) if isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], int) else 255
 
 
-def _full_depth(path: Any, tiles: list, rawmode: str, high: Image.Image) -> Image.Image:
+def _full_depth(path: Any, tiles: list, rawmode: str, high: Image.Image, key: Any = None) -> Image.Image:
     """16-bit colour samples scaled by the one 16-bit rule, rint(v * 255 / 65535), as grey
     16-bit files are (PIL alone keeps each sample's high byte, up to one level off): the same
-    tiles decoded again with the unpacker that keeps the low byte."""
+    tiles decoded again with the unpacker that keeps the low byte. An RGB `key` (a tRNS colour,
+    16-bit) makes its pixels transparent: RGBA, as `_keyed_alpha` does at 8 bits."""
     with Image.open(path) as again:
         again.tile = [t._replace(args=_LOW_BYTE[rawmode] if isinstance(t.args, str)
                                  else (_LOW_BYTE[rawmode], *t.args[1:])) for t in tiles]
@@ -175,8 +179,27 @@ def _full_depth(path: Any, tiles: list, rawmode: str, high: Image.Image) -> Imag
         value, out_mode = np.stack([low[..., 0] << 8 | low[..., 1], low[..., 2] << 8 | low[..., 3]], -1), "LA"
     else:
         value, out_mode = np.asarray(high).astype(np.uint32) << 8 | low, high.mode
+    if out_mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
+        clear = (value == np.array(key, np.uint32)).all(axis=-1, keepdims=True)
+        value, out_mode = np.concatenate([value, np.where(clear, 0, 65535)], axis=-1), "RGBA"
     pixels = np.rint(value * (255.0 / 65535.0)).astype(np.uint8)
     return Image.frombytes(out_mode, high.size, pixels.tobytes())
+
+
+def _keyed_alpha(im: Image.Image, stored: str, key: Any) -> tuple[Image.Image, str]:
+    """A file whose transparency is a key (a PNG's tRNS: palette entries, or one grey or RGB
+    value) read as the RGBA or grey + alpha image it is, and counted so ("RGBA", "LA", "LA;16"):
+    the alpha rules (`_refuse_alpha_drawing`, alpha dropped and said) then see it as they see an
+    RGBA file, instead of PIL's convert dropping the transparency without a word."""
+    if key is None or im.mode not in ("1", "L", "P", "RGB", "I", "I;16", "I;16B", "I;16L"):
+        return im, stored
+    if im.mode.startswith("I"):  # 16-bit grey: the key is a 16-bit value, compared before the scaling
+        alpha = Image.fromarray(np.where(np.asarray(im) == key, 0, 255).astype(np.uint8), "L")
+        return Image.merge("LA", (_to_8bit(im), alpha)), "LA;16"
+    mode = "LA" if im.mode in ("1", "L") else "RGBA"
+    with warnings.catch_warnings():  # PIL asks for the RGBA conversion this is
+        warnings.simplefilter("ignore")
+        return im.convert(mode), mode
 
 
 BACKGROUND_SHARE, LOOK_ALIKE, VANISHED = 0.1, 16, 1 / 3
