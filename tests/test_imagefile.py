@@ -127,3 +127,42 @@ def test_a_transparent_key_colour_is_alpha_at_any_depth(tmp_path, sketches):
     png(dark / "c" / "x.png", np.where(a > 0, 2000, 3).astype(np.uint16), 0, 16, struct.pack(">H", 3))
     with pytest.raises(SketchmineError, match=r"the drawing is in its alpha channel \(LA: "):
         sketchmine.mine("demo", dark, out=tmp_path / "dark.zarr", layers=["features.0"], k=1)
+
+
+def test_16_bit_grey_is_one_kind_in_any_format(tmp_path, sketches):
+    """The same 16-bit sketch as PNG, binary and plain PGM, and little- and big-endian TIFF: the
+    same pixels and model input, and one count, "I;16" (a PGM over 8 bits was counted as "I",
+    PIL's mode for it, a big-endian TIFF as "I;16B")."""
+    def wide(a: np.ndarray) -> np.ndarray:  # every low byte used, so that a byte lost would show
+        low = (np.arange(a.size).reshape(a.shape) * 37) % 256
+        return np.clip(a.astype(np.int64) * 256 + low - 128, 0, 65535).astype(np.uint16)
+
+    def save(j, a, stem):
+        v = wide(a)
+        kind = ("png", "pgm", "plain.pgm", "tif", "be.tif")[j % 5]
+        if kind in ("png", "pgm", "tif"):
+            Image.fromarray(v).save(f"{stem}.{kind}")
+        elif kind == "be.tif":
+            Image.frombytes("I;16B", v.shape[::-1], v.astype(">u2").tobytes()).save(f"{stem}.tif")
+        else:
+            rows = "\n".join(" ".join(str(int(x)) for x in row) for row in v)
+            Path(f"{stem}.pgm").write_text(f"P2\n{v.shape[1]} {v.shape[0]}\n65535\n{rows}\n")
+        Image.fromarray(v).save(f"{stem}.ref.png")  # the same samples as a 16-bit PNG, beside it
+
+    root = write(tmp_path / "d", sketches, save)
+    for p in list(root.rglob("*.ref.png")):
+        p.rename(tmp_path / f"{p.parent.name}-{p.name}")  # out of the dataset: compared, not mined
+    ds = ImageFolderDataset(root, preset("imagenet", 3, (32, 32)))
+    assert sorted({Path(ds.path(i)).suffix for i in range(len(ds))}) == [".pgm", ".png", ".tif"]
+    for i in range(len(ds)):
+        image, note = ds.image_array(i)
+        assert note == "converted:I;16", ds.path(i)
+        stem = (root / ds.path(i)).with_suffix("")
+        ref = ImageFolderDataset.from_samples(tmp_path, [(f"{stem.parent.name}-{stem.name}.ref.png", 0)], ["c"],
+                                              ds.preprocessing)
+        want, _ = ref.image_array(0)
+        np.testing.assert_array_equal(image, want, err_msg=ds.path(i))
+        assert np.array_equal(ds[i][1].numpy(), ref[0][1].numpy()), ds.path(i)
+    runs = mine_both(root, tmp_path)
+    for run in runs.values():
+        assert run.attrs["converted_images"] == {"I;16": 20}

@@ -49,6 +49,11 @@ high, L low, A high, A low). Premultiplied "RGBa;16" is not among them: its unpa
 the alpha's high byte."""
 
 
+_GREY_16 = ("I;16", "I;16B", "I;16L", "I;16N")
+"""Modes PIL opens unsigned 16-bit grey files in (PNG, TIFF of either byte order); a 16-bit PGM
+opens as "I", its samples scaled by PIL to 0-65535 by its maxval. All are counted as "I;16"."""
+
+
 class _Named(io.BytesIO):
     """A file's bytes read once, shown as the file's path in PIL's errors ("cannot identify
     image file '/data/x.png'", as when PIL opens the path itself)."""
@@ -77,6 +82,8 @@ def read_image(path: str | os.PathLike, mode: str, data: bytes | None = None) ->
         turned = exif_orientation(im) if im.format == "TIFF" else 1  # the decoder applies it and drops the tag
         im.load()
         stored, orientation = im.mode, exif_orientation(im)
+        if im.mode in _GREY_16 or (im.mode == "I" and im.format == "PPM"):  # a PGM over 8 bits opens as "I"
+            stored = "I;16"  # one name, whatever the format or byte order
         turned = turned if turned in range(2, 9) and orientation != turned else 1
         key = im.info.get("transparency")  # a PNG's tRNS: one colour (or palette entries) transparent
         if wide is not None:
