@@ -220,7 +220,47 @@ def test_differing_sizes_without_a_size_name_two_files(tmp_path, small_test_set)
     Image.open(files[3]).resize((20, 24)).save(files[3])
     ds = ImageFolderDataset(root, preset("none", 1, None))
     idx, packed, _, notes = folder_batch(ds, range(len(ds)))
-    with pytest.raises(SketchmineError, match=r"images differ in size: .*\.png is 28×28, .*\.png is 24×20"):
+    with pytest.raises(SketchmineError, match=r"images differ in size: .*\.png is \(1, 28, 28\), .*\.png is \(1, 24, 20\)"):
+        DevicePreparer(ds, torch.device("cpu"))(idx, packed, notes)
+
+
+@pytest.mark.parametrize("case", ["colour beside grey", "second batch"])
+def test_differing_sizes_are_named_alike_on_both_routes(tmp_path, small_test_set, case):
+    """"images differ in size" named other files on each route: the cpu route the batch's first
+    readable image and its first of another shape, the batched route the last image grouped
+    under each stored (H, W) (a grey and a colour file of one size are two groups). Both now
+    name the image the model was probed with (the dataset's first readable one) and the first
+    image of another size in dataset order, whatever the batches."""
+    root = image_folder(small_test_set, tmp_path / "f", per_class=1)
+    files = sorted(root.rglob("*.png"))  # the dataset's order
+    if case == "colour beside grey":  # old: cpu named files 0 and 2, device files 1 and 2
+        Image.open(files[1]).convert("RGB").save(files[1])
+        other = files[2]
+    else:  # the first of batch 2 differs: both named files 4 and 5, 5 being of the first size
+        other = files[4]
+    Image.open(other).resize((30, 30)).save(other)
+    Image.open(files[7]).resize((20, 24)).save(files[7])  # a third size, later
+    rel = [str(f.relative_to(root)) for f in (files[0], other)]
+    for route in ("cpu", "device"):
+        with pytest.raises(SketchmineError) as err:
+            sketchmine.mine("demo", root, out=tmp_path / f"{route}.zarr", preprocess=route, layers=["features.0"],
+                            k=1, batch_size=4)
+        assert str(err.value) == (f"images differ in size: {rel[0]} is (1, 28, 28) as model input, {rel[1]} is "
+                                  "(1, 30, 30); pass --image-size (image_size=) to resize them all"), route
+
+
+def test_a_jpeg_decoded_apart_is_named_in_dataset_order(tmp_path, small_test_set):
+    """The device route decodes JPEGs apart and grouped them after the stored pixels, so a
+    leading JPEG of another size was named second (files 1 and 0); the batch's order now holds."""
+    root = image_folder(small_test_set, tmp_path / "f", per_class=1)
+    files = sorted(root.rglob("*.png"))
+    Image.open(files[0]).resize((30, 30)).save(files[0].with_suffix(".jpg"), quality=95)
+    files[0].unlink()
+    ds = ImageFolderDataset(root, preset("none", 1, None))
+    idx, packed, _, notes = collate_native([NativeSamples(ds, jpeg_bytes=True)[i] for i in range(4)])
+    assert len(packed[1]) == 1  # the JPEG, decoded by `decode`
+    with pytest.raises(SketchmineError, match=rf"^images differ in size: {ds.path(0)} is \(1, 30, 30\), "
+                                              rf"{ds.path(1)} is \(1, 28, 28\)"):
         DevicePreparer(ds, torch.device("cpu"))(idx, packed, notes)
 
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sketchmine.data.arrays import ArrayDataset
-from sketchmine.data.dataset import MinerDataset, error_note
+from sketchmine.data.dataset import MinerDataset, error_note, shapes_differ
 from sketchmine.data.folder import READ_ERRORS, ImageFolderDataset
 from sketchmine.data.imagefile import conversion_note, header_orientation
 from sketchmine.data.preprocess import Preprocessing
@@ -117,10 +117,13 @@ class DevicePreparer:
     pinned memory), JPEG decoding there (`decode_jpeg` on CUDA; an image it cannot decode is
     decoded by PIL instead and counted in `fallbacks`), one `prepare_uint8` per size."""
 
-    def __init__(self, ds: ArrayDataset | ImageFolderDataset, device: torch.device) -> None:
+    def __init__(self, ds: ArrayDataset | ImageFolderDataset, device: torch.device,
+                 probed: tuple[int, tuple[int, ...]] | None = None) -> None:
+        """`probed`: (index, model input shape) of the image the model was probed with (see
+        `_check_sizes`)."""
         if ds.preprocessing is None:
             raise SketchmineError("batched preprocessing needs a preprocessing")
-        self.ds, self.pre, self.device = ds, ds.preprocessing, device
+        self.ds, self.pre, self.device, self.probed = ds, ds.preprocessing, device, probed
         self.fallbacks: list[str] = []
 
     def __call__(self, idx: torch.Tensor, packed: Any, notes: list[str]) -> tuple[torch.Tensor, list[str]]:
@@ -165,14 +168,20 @@ class DevicePreparer:
                 for items in by_shape.values()]
 
     def _check_sizes(self, idx: torch.Tensor, groups: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Images kept at their stored size must all have one size: else name two of them."""
+        """Images kept at their stored size must all have one size: else name two of them, as the
+        cpu route does (`dataset.collate`): the probed image and the first of another size in
+        dataset order (without `probed`: the batch's first image and its first of another size),
+        whatever the grouping by stored shape and the JPEGs decoded apart did to the order."""
         if self.pre.size is not None:
             return
-        sizes = {tuple(x.shape[1:3]): int(idx[int(pos[0])]) for pos, x in groups}
-        if len(sizes) > 1:
-            (a, ia), (b, ib) = list(sizes.items())[:2]
-            raise SketchmineError(f"images differ in size: {self.ds.path(ia)} is {a[0]}×{a[1]}, {self.ds.path(ib)} is "
-                                  f"{b[0]}×{b[1]}; pass --image-size (image_size=) to resize them all")
+        size = {int(j): tuple(x.shape[1:3]) for pos, x in groups for j in pos}  # batch position → (H, W)
+        c = self.pre.channels
+        first, want = ((self.probed[0], tuple(self.probed[1])) if self.probed is not None else
+                       (int(idx[min(size)]), (c, *size[min(size)])) if size else (0, ()))
+        other = next((j for j in sorted(size) if (c, *size[j]) != want), None)
+        if other is not None:
+            raise SketchmineError(shapes_differ(self.ds.path(first), want, self.ds.path(int(idx[other])),
+                                                (c, *size[other]), self.probed is not None))
 
 
 def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:

@@ -83,18 +83,25 @@ def shapes_differ(first: str, a: tuple[int, ...], other: str, b: tuple[int, ...]
             "resize them all")
 
 
-def collate(batch: list[tuple[int, torch.Tensor, int, str]], path: Callable[[int], str] | None = None):
+def collate(batch: list[tuple[int, torch.Tensor, int, str]], path: Callable[[int], str] | None = None,
+            probed: tuple[int, tuple[int, ...]] | None = None):
     """Stack samples; an unreadable image's placeholder takes the shape of the readable ones,
-    and differing image sizes raise an error that names two of them (by `path`, else number)."""
+    and differing image sizes raise an error that names two of them (by `path`, else number).
+    `probed`: (index, model input shape) of the dataset's first readable image, which the model
+    was probed with; the two named are then that image and the first of another shape, in
+    dataset order, as the batched route names them (batchprep.DevicePreparer), whatever the
+    batches. Without it: the batch's first readable image and its first of another shape."""
     good = [s for s in batch if not s[3].startswith("error:")]
     first, shape = (good[0][0], good[0][1].shape) if good else (batch[0][0], batch[0][1].shape)
+    if probed is not None:
+        first, shape = probed[0], torch.Size(probed[1])
     name = path or (lambda i: f"image #{i}")
     images = []
     for i, x, _, note in batch:
         if note.startswith("error:"):
             x = torch.zeros(shape)
         elif x.shape != shape:
-            raise SketchmineError(shapes_differ(name(first), tuple(shape), name(i), tuple(x.shape)))
+            raise SketchmineError(shapes_differ(name(first), tuple(shape), name(i), tuple(x.shape), probed is not None))
         images.append(x)
     # default_collate stacks into shared memory inside a worker: no extra copy on the way back
     return (torch.tensor([s[0] for s in batch]), torch.utils.data.default_collate(images),

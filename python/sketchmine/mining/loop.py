@@ -130,10 +130,10 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
     converted: dict[str, int] = {}  # since the last flush
     said: set[str] = set()  # modes whose conversion was said (once a call, whatever the flushes)
     # preprocess="device": the loader yields stored pixels, made model input a batch at a time on the device
-    preparer = DevicePreparer(ds, device) if load.preprocess == "device" else None  # type: ignore[arg-type]
+    preparer = DevicePreparer(ds, device, input_shape) if load.preprocess == "device" else None  # type: ignore[arg-type]
     source = NativeSamples(preparer.ds, jpeg_bytes=device.type == "cuda") if preparer else ds
     loader = DataLoader(Subset(source, team.shard(done, n, load.batch_size)), shuffle=False,
-                        collate_fn=collate_native if preparer else functools.partial(collate, path=ds.path),
+                        collate_fn=collate_native if preparer else functools.partial(collate, path=ds.path, probed=input_shape),
                         persistent_workers=False, **load.loader_kwargs(device))
     progress.start(n, done)
     current: list[Batch] = []  # the batch being tapped
