@@ -11,7 +11,8 @@ import sketchmine
 from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
 from sketchmine.data.sequences import SequenceDataset
 from sketchmine.model.graph import module_input_channels
-from tests.helpers import brute_topk
+from sketchmine.progress import Silent
+from tests.helpers import assert_same_store, brute_topk
 
 PRE = Preprocessing("model", 1, None, (0.2728,), (0.4056,))
 
@@ -101,3 +102,96 @@ def test_a_temporal_conv_over_hidden_states_is_not_the_input(tmp_path, drawings)
     got_v, got_i, _ = run.topk("gru")
     np.testing.assert_allclose(got_v, want_v, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got_i, want_i)
+
+
+class FlatGRU(nn.Module):
+    """A GRU over flattened 1-channel 28×28 frames, first thing: no conv tells its channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(28 * 28, 6, batch_first=True)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(x.flatten(2))
+        return self.fc(out[:, -1])
+
+
+class Notes(Silent):
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.said.append(message)
+
+
+@pytest.fixture(scope="module")
+def grey():
+    """The first 40 real test silhouettes, uint8 (28, 28), without a preprocessing (mine gives theirs)."""
+    ds = animal_shape("test")
+    return ArrayDataset(ds.images[:40], ds.labels()[:40], ds.class_names)
+
+
+def test_a_gru_over_flattened_grey_frames_gets_one_channel(tmp_path, grey):
+    """The frames were made RGB (the fallback of a graph without a conv): "cannot take input of
+    shape (4, 3, 28, 28) ... Expected 784, got 2352". The model is now run on the first drawing
+    made 1- and 3-channel, takes the one that runs, and says so; the run is what the model
+    computes on the 1-channel frames."""
+    torch.manual_seed(0)
+    net, notes = FlatGRU().eval(), Notes()
+    run = sketchmine.mine(net, grey, steps=4, layers=["gru"], k=3, out=tmp_path / "r.zarr", batch_size=8,
+                          progress=notes)
+    assert run.attrs["preprocessing"]["channels"] == 1
+    assert any(n.startswith("the model takes 1-channel input, as a forward pass on the first image showed") and
+               "3-channel input failed" in n for n in notes.said)
+    frames = SequenceDataset(grey.with_preprocessing(run_preprocessing(run)), 4)
+    x = torch.stack([frames[i][1] for i in range(len(frames))])
+    assert x.shape[1:] == (4, 1, 28, 28)
+    acts = []
+    hook = net.gru.register_forward_hook(lambda m, i, o: acts.append(o[0].detach().clone()))
+    with torch.no_grad():
+        net(x)
+    hook.remove()
+    want_v, want_i, _ = brute_topk(acts[0].transpose(1, 2), 3)
+    got_v, got_i, _ = run.topk("gru")
+    np.testing.assert_allclose(got_v, want_v, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got_i, want_i)
+
+
+def run_preprocessing(run) -> Preprocessing:
+    p = run.attrs["preprocessing"]
+    return Preprocessing(p["preset"], p["channels"], p["size"], tuple(p["mean"]), tuple(p["std"]))
+
+
+def test_a_linear_over_flattened_grey_images_gets_one_channel_on_both_routes(tmp_path, grey):
+    """Single images, a Linear first: one channel on the cpu and the batched route alike."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)).eval()
+    for route in ("cpu", "device"):
+        run = sketchmine.mine(net, grey, layers=["1"], k=3, out=tmp_path / f"{route}.zarr", batch_size=8,
+                              preprocess=route)
+        assert run.attrs["preprocessing"]["channels"] == 1, route
+    assert_same_store(tmp_path / "device.zarr", tmp_path / "cpu.zarr")
+
+
+class ChannelMean(nn.Module):
+    """Averages the channels first: runs on 1 or 3 of them, so no forward pass tells which."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(1).flatten(1))
+
+
+def test_a_model_that_runs_on_either_count_is_said_and_image_size_chooses(tmp_path, grey):
+    """Mined as the preset's 3 channels, said; image_size=(1, H, W) chooses one channel (it was
+    refused: "has 1 channels but the model takes 3", the graph's fallback taken for the model's)."""
+    notes = Notes()
+    run = sketchmine.mine(ChannelMean().eval(), grey, layers=["fc"], k=3, out=tmp_path / "a.zarr", progress=notes)
+    assert run.attrs["preprocessing"]["channels"] == 3
+    assert any(n.startswith("the model runs on 1- and 3-channel input alike") and "image_size=(C, H, W)" in n
+               for n in notes.said)
+    run = sketchmine.mine(ChannelMean().eval(), grey, layers=["fc"], k=3, out=tmp_path / "b.zarr", image_size=(1, 28, 28))
+    assert run.attrs["preprocessing"]["channels"] == 1

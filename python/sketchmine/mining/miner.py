@@ -19,20 +19,13 @@ import torch
 from torch import nn
 
 from sketchmine import __version__
-from sketchmine.data import (
-    ArrayDataset,
-    ImageFolderDataset,
-    MinerDataset,
-    Preprocessing,
-    as_miner_dataset,
-    as_size,
-    compute_mean_std,
-    sequences,
-)
+from sketchmine.data import (ArrayDataset, ImageFolderDataset, MinerDataset, Preprocessing, as_miner_dataset, as_size,
+                             compute_mean_std, sequences)
 from sketchmine.data.batchprep import choose
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError
 from sketchmine.mining import distributed
+from sketchmine.mining.channels import accepted_channels, channels_stated
 from sketchmine.mining.checks import (DRAWINGS, check_classes, check_layouts, check_readable, check_resumable,
                                      check_sketch_size, note_dead_units, note_followers,
                                      note_left_out, preprocessing_key)
@@ -216,8 +209,10 @@ def mine(
     net, model_id = loaded.module, loaded.model_id
     forward = as_forward(net)
     hashed = weights_hash_aside(forward, WEIGHTS_HASH)  # a run that recorded another algorithm (sha256) is hashed again below
+    stated = channels_stated(dataset, preprocessing, image_size)  # else a conv-less model's are tried on an image
     preprocessing, chosen = _resolve_preprocessing(loaded, preprocessing, image_size)
     ds = _as_sequences(as_miner_dataset(dataset, preprocessing, chosen=chosen), loaded, steps, ink)
+    ds = accepted_channels(forward, net, ds, stated, progress)
     for said in (ds.skipped_note(), ds.input_note()):
         if said:  # what a folder's listing left out; how "auto" took a torch Dataset
             progress.note(said)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from sketchmine.data import Preprocessing, as_size, preset
+from sketchmine.data import Preprocessing, as_size, parse_size, preset
 from sketchmine.errors import SketchmineError, closest, whole_number
 from sketchmine.model.backend import (TRANSFORM_INPUT, LoadedModel, input_channels, recorded_weights, weights_hash,
                                       weights_match)
@@ -261,7 +261,11 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
     if lazy:  # its input channels and every shape are unknown until then
         raise SketchmineError(f"model {loaded.model_id} has lazy modules not made yet ({', '.join(lazy[:3])}): run it "
                               "once on an input of its size (model(x)), so that they make their weights, then mine it")
-    channels = input_channels(loaded.module)
+    recorded = loaded.preprocessing if name in ("auto", "model") else None
+    # a model whose input reaches no convolution does not tell them: an image_size (C, H, W) or a recorded
+    # normalisation does, else 3 (which `mine` tries on an image: mining/channels.py)
+    channels = (input_channels(loaded.module, 0) or (parse_size(image_size, "image_size")[0] if image_size is not None
+                else None) or (len(recorded["mean"]) if recorded and recorded.get("mean") else 3))
     if channels not in (1, 3):
         raise SketchmineError(f"model {loaded.model_id} takes {channels}-channel input: sketchmine makes images into "
                               "1-channel (grey) or 3-channel (RGB) model input, and mines models that take one of those")

@@ -1,0 +1,76 @@
+"""The channel count of a model whose input reaches no convolution (a GRU or a Linear over
+flattened frames): its graph cannot tell it (`graph.module_input_channels` falls back to 3), so
+grey images were made RGB for a model that takes one channel. What the model accepts decides
+instead: it is run on the first readable sample made 1- and 3-channel."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from sketchmine.data import MinerDataset, Preprocessing, preset
+from sketchmine.data.resolve import sketchmine_subset
+from sketchmine.errors import SketchmineError, first_line
+from sketchmine.model.backend import Forward
+from sketchmine.model.modes import eval_mode
+from sketchmine.model.onnx_backend import OnnxRunError
+from sketchmine.progress import Progress
+
+FIRST = 64
+"""Samples read at most to find a readable one (as the probe's)."""
+
+
+def channels_stated(dataset: Any, preprocessing: Any, image_size: Any) -> bool:
+    """Whether `mine`'s caller said the channels: a Preprocessing passed, an image_size
+    (C, H, W), or a sketchmine dataset built with its own preprocessing."""
+    given = sketchmine_subset(dataset)
+    return (isinstance(preprocessing, Preprocessing)
+            or (isinstance(image_size, (tuple, list, torch.Size)) and len(image_size) == 3)
+            or (isinstance(given, MinerDataset) and given.preprocessing is not None and given.preprocessing_explicit))
+
+
+def accepted_channels(forward: Forward, net: Any, ds: MinerDataset, stated: bool, progress: Progress) -> MinerDataset:
+    """`ds`, or `ds` under the other channel count (1 ↔ 3) when the model's graph does not
+    tell its channels, nobody stated them, and only the other count runs on the first readable
+    sample (said in a note). A model that runs on both is mined as `ds` is, and the note says
+    how to choose; one that runs on neither is left to the probe's refusal. A preprocessing
+    whose numbers are per channel (a model's recorded normalisation) states its channels."""
+    pre = ds.preprocessing
+    if stated or pre is None or forward.input_channels(0):
+        return ds
+    other = _with_channels(pre, 4 - pre.channels)
+    if other is None:
+        return ds
+    alt = ds.with_preprocessing(other)
+    with eval_mode(net):
+        failed = {c: _fails(forward, d) for c, d in ((pre.channels, ds), (other.channels, alt))}
+    why = "its input reaches no convolution, which would tell its channel count"
+    if failed[pre.channels] and not failed[other.channels]:
+        progress.note(f"the model takes {other.channels}-channel input, as a forward pass on the first image showed "
+                      f"({why}; {pre.channels}-channel input failed: {failed[pre.channels]})")
+        return alt
+    if not failed[pre.channels] and not failed[other.channels]:
+        progress.note(f"the model runs on 1- and 3-channel input alike ({why}): mined as {pre.channels}-channel "
+                      "input; pass image_size=(C, H, W) or a Preprocessing with the channels it was trained on")
+    return ds
+
+
+def _with_channels(pre: Preprocessing, channels: int) -> Preprocessing | None:
+    """`pre` for `channels`, where its numbers do not fix them (ImageNet's are made for either)."""
+    if pre.preset == "imagenet":
+        return preset("imagenet", channels, pre.size)
+    return None if pre.mean else dataclasses.replace(pre, channels=channels)
+
+
+def _fails(forward: Forward, ds: MinerDataset) -> str | None:
+    """The first line of the error the model raises on `ds`'s first readable sample; None when it runs."""
+    for i in range(min(len(ds), FIRST)):
+        _, x, _, note = ds[i]
+        if not note.startswith("error:"):
+            try:
+                forward.shapes([], x[None])
+            except (RuntimeError, ValueError, IndexError, TypeError, OnnxRunError, SketchmineError) as exc:
+                return first_line(exc)
+            return None
+    return "no readable image"
