@@ -100,3 +100,22 @@ def flag(value: object, name: str, none: str | None = None) -> bool | None:
 def optional_whole_number(value: object, name: str, none: str, low: int = 1) -> int | None:
     """None, or `whole_number(value, name, low)`; `none` says what None means."""
     return None if value is None else whole_number(value, name, low, none)
+
+
+def layer_list(layers: object, verb: str, none: str) -> list[str] | None:
+    """`layers=` of a pass as a list of names, read once (a generator or other one-shot iterable
+    checked for emptiness with list() would be used up, and the pass would do nothing); one name
+    is that layer, None stays None (`none` says what it means); an empty list or an item that is
+    no string is refused, naming the parameter."""
+    if layers is None:
+        return None
+    try:
+        names = [layers] if isinstance(layers, str) else list(layers)  # type: ignore[call-overload]
+    except TypeError:  # not iterable: 3, a module
+        names = [layers]
+    if not names:
+        raise SketchmineError(f"layers=[] names no layer to {verb}; pass layer names, or None {none}")
+    for bad in (n for n in names if not isinstance(n, str)):  # 0 and None among them
+        raise SketchmineError(f"layers are named by strings (qualified module names such as 'features.0'), "
+                              f"got {type(bad).__name__} {bad!r}")
+    return [str(n) for n in names]  # numpy's str_ as str (stored as attributes)

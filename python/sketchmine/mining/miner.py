@@ -23,7 +23,7 @@ from sketchmine.data import (ArrayDataset, ImageFolderDataset, MinerDataset, Pre
                              compute_mean_std, sequences)
 from sketchmine.data.batchprep import choose
 from sketchmine.device import as_device
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, layer_list
 from sketchmine.mining import distributed
 from sketchmine.mining.channels import accepted_channels, channels_stated
 from sketchmine.mining.checks import (DRAWINGS, check_classes, check_layouts, check_readable, check_resumable,
@@ -222,11 +222,7 @@ def mine(
     if k > len(ds):
         progress.note(f"k={k} is more than the {len(ds)} images of the dataset: keeping k={len(ds)}")
         k = len(ds)
-    if isinstance(layers, str):  # one layer's name, not its characters
-        layers = [layers]
-    if layers is not None and not list(layers):
-        raise SketchmineError("layers=[] names no layer to mine; pass layer names, or None for every conv, "
-                              "linear and softmax layer")
+    layers = layer_list(layers, "mine", "for every conv, linear and softmax layer")  # a generator read once
     names = forward.resolve_layers(layers)
     if not logits and layers is None:  # the default layers without the virtual softmax (it needs the logits)
         names = [n for n in names if n != SOFTMAX]

@@ -26,7 +26,8 @@ from torch import nn
 
 from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
-from sketchmine.errors import SketchmineError, SketchmineFailure, flag, optional_whole_number, whole_number
+from sketchmine.errors import (SketchmineError, SketchmineFailure, flag, layer_list, optional_whole_number,
+                               whole_number)
 from sketchmine.names import command
 from sketchmine.model.receptive_field import ReceptiveField
 from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
@@ -96,10 +97,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     batch_size, max_patch = whole_number(batch_size, "batch_size"), whole_number(max_patch, "max_patch")
     max_units = optional_whole_number(max_units, "max_units", "for every unit")  # True would be stored as units_done
     redo, optimize = bool(flag(redo, "redo")), bool(flag(optimize, "optimize"))
-    if isinstance(layers, str):  # one layer's name, not its characters
-        layers = [layers]
-    if layers is not None and not list(layers):
-        raise SketchmineError("layers=[] names no layer to visualize; pass layer names, or None for every mined layer")
+    layers = layer_list(layers, "visualize", "for every mined layer")  # one name; a generator read once
     progress = progress or Silent()
     check_examples(examples)
     opt_method, opt_steps, opt_regs = check_options(optimize, optimize_method, optimize_steps, optimize_regularizers)

@@ -1,0 +1,48 @@
+"""The Python API's parameters across routes: a parameter one route takes is taken alike on the
+others, or refused there with a SketchmineError that names it (never used up, dropped, or
+refused for a false reason). Real data: 20 embedded test images and the embedded models."""
+from __future__ import annotations
+
+import pytest
+from torch.utils.data import Subset
+
+import sketchmine
+from sketchmine import SketchmineError
+from sketchmine.data import animal_shape
+
+
+@pytest.fixture(scope="module")
+def images():
+    """20 real test images, as a torch Subset of the embedded split (a run of it reopens its data)."""
+    return Subset(animal_shape("test"), list(range(0, 2000, 100)))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, images):
+    out = tmp_path_factory.mktemp("routes") / "run.zarr"
+    sketchmine.mine("demo", images, layers=["features.0", "classifier.6"], k=2, out=out, batch_size=20)
+    return out
+
+
+# ---- layers=: a list, a tuple, one name or a generator, read once --------------------------------
+def test_mine_reads_a_generator_of_layer_names_once(tmp_path, images):
+    """list(layers) checked a generator for emptiness, used it up, and the run was made with no
+    layer: a store `open_run` then calls damaged."""
+    run = sketchmine.mine("demo", images, layers=(name for name in ["features.3"]), k=2, out=tmp_path / "r.zarr",
+                          batch_size=20)
+    assert run.complete and run.layers == ["features.3"]
+
+
+def test_visualize_reads_a_generator_of_layer_names_once(run_copy):
+    """visualize returned without visualizing anything: the used-up generator named no layer."""
+    run = sketchmine.visualize(run_copy, iter(["classifier.6"]))
+    assert run.patches_done("classifier.6") == 10 and run.patches_done("features.0") == 0
+
+
+@pytest.mark.parametrize("layers", [3, [0], ["features.0", None]])
+def test_layers_that_are_no_names_are_refused_by_name(tmp_path, images, run_copy, layers):
+    with pytest.raises(SketchmineError, match="layers are named by strings"):
+        sketchmine.mine("demo", images, layers=layers, out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()
+    with pytest.raises(SketchmineError, match="layers are named by strings"):
+        sketchmine.visualize(run_copy, layers)
