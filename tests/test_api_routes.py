@@ -46,3 +46,16 @@ def test_layers_that_are_no_names_are_refused_by_name(tmp_path, images, run_copy
     assert not (tmp_path / "r.zarr").exists()
     with pytest.raises(SketchmineError, match="layers are named by strings"):
         sketchmine.visualize(run_copy, layers)
+
+
+# ---- data= of the passes: the object mine was given --------------------------------------------
+def test_passes_draw_the_dataset_object_they_are_given_as_mine_drew_it(tmp_path, images):
+    """mine("demo-gru", images) draws the images (the model's 8 steps); the passes given the same
+    object as data= compared its images' fingerprint with the drawings' and refused it, saying an
+    image had changed since the run was made."""
+    run = sketchmine.mine("demo-gru", images, layers=["classifier"], k=2, out=tmp_path / "r.zarr", batch_size=20)
+    assert run.attrs["dataset"]["sequence"]["steps"] == 8
+    reopened = sketchmine.unit_importance(run, "classifier")  # the recorded images, drawn again
+    given = sketchmine.unit_importance(run, "classifier", data=images)
+    assert given.equals(reopened)
+    assert sketchmine.visualize(run, "classifier", data=images).patches_done("classifier") == 10

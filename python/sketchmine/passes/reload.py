@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from sketchmine.data import ImageFolderDataset, MinerDataset, Preprocessing, animal_shape, as_miner_dataset
+from sketchmine.data import ArrayDataset, ImageFolderDataset, MinerDataset, Preprocessing, animal_shape, as_miner_dataset
 from sketchmine.data.folder import unreadable_error
 from sketchmine.errors import SketchmineError
 from sketchmine.mining.dataset_diff import images_otherwise
@@ -71,16 +71,20 @@ def run_dataset(run: Run, data: Any = None) -> MinerDataset:
     again when the run mined sequences).
 
     data: None (the recorded dataset), a directory (a moved ImageFolder root: the recorded
-    relative paths are read under it), or a dataset object (used as given, fingerprint-checked).
+    relative paths are read under it), or a dataset object (used as given, fingerprint-checked;
+    an array or folder dataset of a run of drawings is drawn again as the run records, as `mine`
+    drew it from that object).
     """
+    from sketchmine.data.sequences import reopen
+
     desc = dict(run.attrs.get("dataset") or {})
     pre = run_preprocessing(run) or Preprocessing("none")
     if data is not None and not isinstance(data, (str, os.PathLike)):
         ds = as_miner_dataset(data, run_preprocessing(run))  # the recorded one (None: tensors as they were)
+        if isinstance(ds, (ArrayDataset, ImageFolderDataset)):  # the images mine made the run's drawings from
+            ds = reopen(desc, ds) or ds
         _check_fingerprint(run, ds)
         return ds
-    from sketchmine.data.sequences import reopen
-
     base = _recorded_base(run, desc, pre, data)
     ds = reopen(desc, base) or base
     if isinstance(base, ImageFolderDataset):
