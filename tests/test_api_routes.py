@@ -4,11 +4,12 @@ refused for a false reason). Real data: 20 embedded test images and the embedded
 from __future__ import annotations
 
 import pytest
+import torch
 from torch.utils.data import Subset
 
 import sketchmine
 from sketchmine import SketchmineError
-from sketchmine.data import animal_shape
+from sketchmine.data import animal_shape, preset
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +60,27 @@ def test_passes_draw_the_dataset_object_they_are_given_as_mine_drew_it(tmp_path,
     given = sketchmine.unit_importance(run, "classifier", data=images)
     assert given.equals(reopened)
     assert sketchmine.visualize(run, "classifier", data=images).patches_done("classifier") == 10
+
+
+# ---- feature_visualization(preprocessing=): as mine takes it --------------------------------------
+def test_feature_visualization_takes_a_preset_name_as_mine_does():
+    """A preset name reached `.size` as an AttributeError; "imagenet" is now ImageNet's numbers,
+    exactly as the Preprocessing preprocessing_for builds for it."""
+    from sketchmine.passes.featvis import feature_visualization
+
+    by_name = feature_visualization("demo", "classifier.6", [1], steps=3, preprocessing="imagenet")
+    by_object = feature_visualization("demo", "classifier.6", [1], steps=3,
+                                      preprocessing=sketchmine.preprocessing_for("demo", "imagenet"))
+    assert torch.equal(by_name.images, by_object.images)
+    auto = feature_visualization("demo", "classifier.6", [1], steps=3, preprocessing="auto")
+    assert torch.equal(auto.images, feature_visualization("demo", "classifier.6", [1], steps=3).images)
+
+
+@pytest.mark.parametrize("preprocessing, match", [
+    ("dataset", "feature visualisation has no images"),
+    (preset("dataset", 1, None), "feature visualisation has no images"),  # was optimised unnormalised
+    ({"mean": [0.5]}, "preprocessing must be a preset name"),
+])
+def test_feature_visualization_refuses_a_preprocessing_it_cannot_apply(preprocessing, match):
+    with pytest.raises(SketchmineError, match=match):
+        sketchmine.feature_visualization("demo", "classifier.6", [1], steps=2, preprocessing=preprocessing)

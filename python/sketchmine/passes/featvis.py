@@ -194,7 +194,7 @@ class LayerReader:
 def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, units: Sequence[int] | int, *,
                           steps: int = 256, size: int | tuple[int, int] | None = None, method: str = "fourier",
                           regularizers: str | dict[str, Any] | None = "default", seed: int = 0,
-                          device: str | torch.device = "cpu", preprocessing: Preprocessing | None = None,
+                          device: str | torch.device = "cpu", preprocessing: str | Preprocessing | None = None,
                           ) -> FeatureVisualization:
     """Optimise one input image per unit of `layer` (all units in one batch).
 
@@ -204,7 +204,8 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
     "yosinski1".."yosinski4") or a dict overriding the family's settings (sketchmine.regularizers).
     size: an int S or (H, W); default the model's recorded preprocessing size, else the input size
     its metadata records (the embedded models: 28), else 224.
-    preprocessing: the normalisation the model was trained with (default: `preprocessing_for`).
+    preprocessing: the normalisation the model was trained with: a Preprocessing, or a preset name
+    as `mine` takes it ("auto", the default: `preprocessing_for`; "model", "imagenet", "none").
     The channel count is the model's (1: a grey image; 3: colour). Deterministic for a seed and the
     same `units` (docs/visualize.md). A module stays on `device` (as `module.to(device)` leaves it,
     as `mine` does); its train/eval flags are given back.
@@ -222,7 +223,7 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
     if seed >= 2 ** 64:  # torch's generator takes 64 bits
         raise SketchmineError(f"seed must be a whole number below 2**64 (torch's generators take 64 bits), got {seed}")
     s = settings(method, regularizers)
-    pre = preprocessing or preprocessing_for(loaded)
+    pre = _preprocessing(loaded, preprocessing)
     hw = as_size(size, "size", pre.channels) if size is not None else \
         (pre.size or loaded.input_size or (DEFAULT_SIZE, DEFAULT_SIZE))
     device = as_device(device)
@@ -231,6 +232,24 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
     with eval_mode(net):  # the caller's flags back after
         unit_arr = _check_units(reader, units, pre.channels, hw, device)
         return optimize(reader, unit_arr, pre, tuple(hw), method, s, int(steps), int(seed), device)  # type: ignore[arg-type]
+
+
+def _preprocessing(loaded: LoadedModel, preprocessing: str | Preprocessing | None) -> Preprocessing:
+    """`preprocessing=` as `mine` takes it, a preset name or a Preprocessing (a name reached
+    `.size` as an AttributeError); "dataset" is refused: there are no images here to take its
+    mean and std from, and without them the input would go in unnormalised without a word."""
+    if preprocessing is None or isinstance(preprocessing, str):
+        pre = preprocessing_for(loaded, preprocessing or "auto")
+    elif isinstance(preprocessing, Preprocessing):
+        pre = preprocessing
+    else:
+        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, none) or a Preprocessing, "
+                              f"got {type(preprocessing).__name__} {preprocessing!r}")
+    if pre.preset == "dataset" and not pre.mean:
+        raise SketchmineError("preprocessing 'dataset' is the mean and std of the images mined, and feature "
+                              "visualisation has no images: pass the numbers the model was trained with "
+                              "(Preprocessing('dataset', channels, size, mean, std)) or another preset")
+    return pre
 
 
 def _check_units(reader: LayerReader, units: Sequence[int] | int, channels: int, hw: tuple[int, int],
