@@ -84,3 +84,17 @@ def test_feature_visualization_takes_a_preset_name_as_mine_does():
 def test_feature_visualization_refuses_a_preprocessing_it_cannot_apply(preprocessing, match):
     with pytest.raises(SketchmineError, match=match):
         sketchmine.feature_visualization("demo", "classifier.6", [1], steps=2, preprocessing=preprocessing)
+
+
+# ---- build_probe: its cap and preprocessing ---------------------------------------------------------
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_mb": float("nan")}, r"max_mb \(--probe-max-mb\) must be a number above 0"),  # capped nothing
+    ({"max_mb": "5"}, "max_mb"), ({"max_mb": 0}, "max_mb"), ({"max_mb": True}, "max_mb"),
+    ({"preprocessing": "imagenet"}, "preprocessing must be a Preprocessing, got str"),  # an AttributeError
+])
+def test_build_probe_refuses_a_cap_or_preprocessing_of_another_kind(run_dir, kwargs, match):
+    pytest.importorskip("onnx")
+    from sketchmine.passes.probe import build_probe
+
+    with pytest.raises(SketchmineError, match=match):
+        build_probe(run_dir, **kwargs)

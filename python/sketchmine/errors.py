@@ -102,6 +102,18 @@ def optional_whole_number(value: object, name: str, none: str, low: int = 1) -> 
     return None if value is None else whole_number(value, name, low, none)
 
 
+def optional_positive(value: object, name: str, none: str) -> float | None:
+    """None, or `value` as a float when it is a real number above 0 (a NaN cap compares False with
+    every size, so it capped nothing; a string failed as a TypeError deep in the pass)."""
+    import numbers
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0:
+        raise SketchmineError(f"{name} must be a number above 0 (or None {none}), got {value!r}")
+    return float(value)
+
+
 def layer_list(layers: object, verb: str, none: str) -> list[str] | None:
     """`layers=` of a pass as a list of names, read once (a generator or other one-shot iterable
     checked for emptiness with list() would be used up, and the pass would do nothing); one name

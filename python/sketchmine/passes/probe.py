@@ -32,7 +32,7 @@ from torch import nn
 
 from sketchmine.data.preprocess import LUMA, Preprocessing, convert_channels
 from sketchmine.data.sequences import background_of
-from sketchmine.errors import SketchmineError, first_line
+from sketchmine.errors import SketchmineError, first_line, optional_positive
 from sketchmine.names import command
 from sketchmine.model.backend import first_tensor
 from sketchmine.model.modes import eval_mode, input_dtype
@@ -307,6 +307,8 @@ def probe_preprocessing(run: Run, given: Preprocessing | None) -> Preprocessing:
     from sketchmine.passes.reload import run_preprocessing
 
     pre = run_preprocessing(run)
+    if given is not None and not isinstance(given, Preprocessing):  # a preset name: an AttributeError below
+        raise SketchmineError(f"preprocessing must be a Preprocessing, got {type(given).__name__} {given!r}")
     if pre is not None and given is not None and given != pre:
         raise SketchmineError(f"preprocessing={given.describe()} differs from the one run {run.path} records, "
                               f"{pre.describe()}; leave it out (it is only for a run that records none)")
@@ -337,6 +339,7 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
     `preprocessing`: only for a run that records none (a plain torch Dataset), else refused."""
     from sketchmine.passes.reload import run_model
 
+    max_mb = optional_positive(max_mb, "max_mb (--probe-max-mb)", "for no cap")
     run = run if isinstance(run, Run) else open_run(run)
     check_onnx_packages()  # both before the model is loaded (seconds): what the environment lacks first
     ort = ort_files()
