@@ -98,3 +98,23 @@ def test_build_probe_refuses_a_cap_or_preprocessing_of_another_kind(run_dir, kwa
 
     with pytest.raises(SketchmineError, match=match):
         build_probe(run_dir, **kwargs)
+
+
+# ---- model=: deconvolve and receptive_fields take a model as mine does ------------------------------
+def test_deconvolve_and_receptive_fields_take_a_model_as_mine_does(tmp_path):
+    """A name or a LoadedModel failed as "cannot trace LoadedModel with torch.fx ... no attribute
+    'forward'"; an ONNX graph is refused as one, naming what to pass."""
+    loaded = sketchmine.load_model("demo")
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    want = sketchmine.deconvolve(loaded.module, x, "features.3", [0, 5], [[1, 2], [3, 4]])
+    for model in (loaded, "demo"):
+        torch.testing.assert_close(sketchmine.deconvolve(model, x, "features.3", [0, 5], [[1, 2], [3, 4]]), want)
+        assert sketchmine.receptive_fields(model, 28) == sketchmine.receptive_fields(loaded.module, 28)
+    pytest.importorskip("onnxruntime")
+    from tests.test_onnx import export
+
+    onnx = sketchmine.load_model(export(loaded.module, tmp_path / "demo.onnx"))
+    for call in (lambda: sketchmine.deconvolve(onnx, x, "features.3", [0, 5], [[1, 2], [3, 4]]),
+                 lambda: sketchmine.receptive_fields(onnx, 28)):
+        with pytest.raises(SketchmineError, match="runs a torch model .* pass the torch model it was exported from"):
+            call()
