@@ -105,6 +105,41 @@ def test_fixed_batch_graph_is_run_in_chunks(tmp_path, demo_model, small_test_set
     assert run.accuracy() == ref.accuracy()
 
 
+class TimeFirst(torch.nn.Module):
+    """A conv's (T, N, 4) positions read by a Linear: its tensor holds the images on axis 1."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, stride, stride=stride)
+        self.mix, self.head = torch.nn.Linear(4, 6), torch.nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mix(self.conv(x).flatten(2).permute(2, 0, 1)).mean(0))
+
+
+@pytest.mark.parametrize("stride", [14, 7])
+def test_a_fixed_batch_graph_keeps_each_tensors_images_on_their_axis(stride, tmp_path, small_test_set):
+    """A (T, N, D) tensor of a graph of batch 4 was joined and cut along axis 0: one row an image,
+    (T, 4, D) read as 6 units at 4 positions, the padded chunk's images, and mined where the graph
+    with a dynamic batch leaves it out. T = 4 (stride 14) is the batch size itself; T = 16 is not.
+    Both graphs now mine the same layers alike, and refuse `mix` by name alike."""
+    model, ds = TimeFirst(stride).eval(), subset(small_test_set, 30)
+    runs, refusals = [], []
+    for batch in (4, None):
+        path = export(model, tmp_path / f"{batch}.onnx", batch=batch)
+        runs.append(sketchmine.mine(str(path), ds, out=tmp_path / f"{batch}.zarr", batch_size=7, k=4))
+        with pytest.raises(SketchmineError, match="first dimension is not the batch") as refused:
+            sketchmine.mine(str(path), ds, layers=["mix"], out=tmp_path / f"{batch}-mix.zarr")
+        refusals.append(str(refused.value).replace(path.name, "m.onnx"))
+    fixed, dynamic = runs
+    assert fixed.layers == dynamic.layers == ["conv", "head", "softmax"]
+    for name in dynamic.layers:
+        assert_same_topk(fixed.topk(name), dynamic.topk(name), name, rtol=1e-4)
+    assert refusals[0] == refusals[1] == (f"layer 'mix' of m.onnx returns {(28 // stride) ** 2} rows for 1 image(s): "
+                                          "its first dimension is not the batch, so its positions cannot be credited "
+                                          "to images; mine the modules or tensors before or after it")
+
+
 def test_onnx_resume_is_identical_to_uninterrupted(tmp_path, onnx_path, onnx_run, small_test_set):
     out = tmp_path / "run.zarr"
     with pytest.raises(KeyboardInterrupt):

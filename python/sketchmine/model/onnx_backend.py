@@ -30,6 +30,7 @@ from sketchmine.ctrl_c import imported
 from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, RowsNotImages, register_backend, weights_hasher
 from sketchmine.model.layouts import tokens_of_images, unplaced_note
+from sketchmine.model.onnx_batch import image_axes, joined
 from sketchmine.model.onnx_layout import sized_tensors, unit_layouts
 from sketchmine.model.onnx_names import SLASH, GraphNames
 from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
@@ -94,6 +95,7 @@ class OnnxModel:
         # per tensor set: the layers with units not on axis 1, and those whose units the graph does not place
         self._layouts: dict[tuple[str, ...], tuple[dict[str, dict[str, Any]], list[str]]] = {}
         self.unplaced: list[str] = []  # of the tensor set run last
+        self._image_axes: dict[str, int | None] = {}  # per tensor, under a fixed batch size (onnx_batch)
         self.names = GraphNames(graph, self.path.name)
 
     def declared_input(self) -> tuple[int | str, ...]:
@@ -213,7 +215,8 @@ class OnnxModel:
         return session
 
     def _runner(self, tensors: tuple[str, ...]) -> Callable[[torch.Tensor], list[np.ndarray]]:
-        """Runs a batch; a graph with a fixed batch size gets it in padded chunks of that size."""
+        """Runs a batch; a graph with a fixed batch size gets it in padded chunks of that size,
+        each tensor joined along the axis of its images (`onnx_batch`)."""
         session = self._session(tensors)
         onnx, _ = _modules()
         dtype = onnx.helper.tensor_dtype_to_np_dtype(self.input.type.tensor_type.elem_type)
@@ -235,13 +238,15 @@ class OnnxModel:
             arr = x.detach().cpu().numpy().astype(dtype, copy=False)
             if not fixed or len(arr) == fixed:
                 return call(arr)
+            if any(t not in self._image_axes for t in tensors):  # asked of the graph once per tensor
+                self._image_axes.update(zip(tensors, image_axes(call, arr[0], fixed), strict=True))
             parts = []
             for s in range(0, len(arr), fixed):
                 chunk = arr[s:s + fixed]
                 if len(chunk) < fixed:
                     chunk = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), dtype)])
                 parts.append(call(chunk))
-            return [np.concatenate([p[i] for p in parts])[:len(arr)] for i in range(len(tensors))]
+            return [joined([p[i] for p in parts], self._image_axes[t], len(arr), fixed) for i, t in enumerate(tensors)]
 
         return run
 
