@@ -88,6 +88,45 @@ def test_a_recurrent_layer_over_folded_rows_is_refused_at_the_probe(sketches, tm
             and "gru" in r.getMessage()]
 
 
+class RowsOnly(nn.Module):
+    """Each image's rows through a GRU (torch) or a Linear (which ONNX cannot unfold), folded into
+    the batch: the model's one default layer whose first dimension is not the batch."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.rows = nn.GRU(28, 10, batch_first=True) if kind == "torch" else nn.Linear(28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if isinstance(self.rows, nn.GRU):
+            return self.rows(x.reshape(n * 28, 1, 28))[1][-1].reshape(n, 28, 10).mean(1)
+        return self.rows(x.reshape(n * 28, 28)).reshape(n, 28, 10).mean(1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_model_whose_every_default_layer_is_left_out_is_refused(backend, sketches, tmp_path):
+    """Its one layer left out, the run mined the softmax of the logits alone, with a note about
+    the layer: a run without one of the model's layers. The call is refused, saying which layer
+    was left out and why, and how to name layers; the layer named is refused as before."""
+    torch.manual_seed(0)
+    model: nn.Module | str = RowsOnly(backend).eval()
+    if backend == "onnx":
+        from tests.test_onnx import export
+
+        model = str(export(model, tmp_path / "rows.onnx"))
+    logits = [True, False] if backend == "torch" else [True]  # logits=False: torch models only
+    for on in logits:
+        with pytest.raises(sketchmine.SketchmineError, match=(
+                "every default layer of the model is left out" + (", which leaves only the softmax of its logits to "
+                                                                   "mine" if on else "")
+                + r": rows, as their first dimension is not the batch \(their rows are not the images\)\. Name the "
+                r"layers to mine with --layers \(layers=\)")):
+            sketchmine.mine(model, sketches, logits=on, out=tmp_path / "r.zarr")
+        assert not (tmp_path / "r.zarr").exists()
+    with pytest.raises(sketchmine.SketchmineError, match=r"layer 'rows'.* returns 28 rows for 1 image\(s\)"):
+        sketchmine.mine(model, sketches, layers=["rows"], out=tmp_path / "r.zarr")
+
+
 class Shorter(nn.Module):
     """Drops its batch's last row where there are two or more: one row an image on the probe's image."""
 

@@ -245,15 +245,17 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
     """Shapes of the tapped outputs and the logit count, from one forward pass, and the layers
     left out, with why. A layer the forward does not call, or an ONNX tensor whose rows are not
     the images, is refused, or left out when the layers are `optional` (the defaults: an
-    auxiliary head that runs only in training; an attention's scores)."""
+    auxiliary head that runs only in training; an attention's scores), unless that leaves none
+    but the softmax of the logits: then the whole call is refused, saying why each was left out."""
     left: dict[str, str] = {}
     try:
         try:
             shapes, out, layouts = forward.shapes(layers, x)
         except RowsNotImages as exc:
-            if not optional or len(exc.layers) == len(layers):
+            if not optional:
                 raise
             left = dict.fromkeys(exc.layers, "their first dimension is not the batch (their rows are not the images)")
+            _some_left([name for name in layers if name not in left], left)
             layers = [name for name in layers if name not in left]
             shapes, out, layouts = forward.shapes(layers, x)
     except (RuntimeError, ValueError, IndexError, OnnxRunError) as exc:
@@ -276,7 +278,20 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
             raise SketchmineError(f"layer {name!r} was not called during the forward pass; it cannot be tapped")
         shape = shapes[name]
         result.append(Layer(name, shape[0], tuple(shape[1:]), forward.kind(name), layouts.get(name, {})))
+    _some_left([layer.name for layer in result], left)
     return result, num_classes, left
+
+
+def _some_left(kept: list[str], left: dict[str, str]) -> None:
+    """Refuse default layers of which only the virtual softmax (or nothing) is kept: a run of the
+    softmax alone is not what a user who mines a model's layers asked for."""
+    if not left or any(name != SOFTMAX for name in kept):
+        return
+    said = "; ".join(f"{', '.join(names[:4])}{', …' if len(names) > 4 else ''}, as {why}"
+                     for why in dict.fromkeys(left.values()) for names in [[n for n, w in left.items() if w == why]])
+    raise SketchmineError("every default layer of the model is left out"
+                          + (", which leaves only the softmax of its logits to mine" if kept else "")
+                          + f": {said}. Name the layers to mine with --layers (layers=), those before or after these")
 
 
 def input_words(x: torch.Tensor) -> str:
