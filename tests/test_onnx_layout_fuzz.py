@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -113,3 +114,40 @@ def test_onnx_places_units_where_the_chain_holds_them_or_says_it_cannot(drawn, t
             assert axes[1] == "c", (i, steps, axes)
         elif "?" not in axes:  # no rows folded or picked: every op of the chain is one the graph follows
             assert axes[1] != "c" and (axes[-1] != "c" or rank > 4), (i, steps, axes)
+
+
+class OneChannel(nn.Module):
+    """A conv to one channel whose (N, 1, 26, 26) map is reshaped to (N, *shape) for a ReLU."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+        self.conv, self.act, self.head = nn.Conv2d(1, 1, 3), nn.ReLU(), nn.Linear(26 * 26, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.head(self.act(y.reshape(y.shape[0], *self.shape)).flatten(1))
+
+
+@pytest.mark.parametrize("shape", [(1, 26, 26), (26, 26, 1)])
+def test_a_reshape_that_keeps_or_moves_a_single_channel_keeps_it_placed(shape, tmp_path, small_test_set, caplog):
+    """A reshape's axes of one came back as positions: an identity reshape of a one-channel map
+    lost its channel (a false note that `act` is read on axis 1 unplaced), and one moving it last
+    was read as 26 units of a (26, 1) grid. Both are the one channel of a 26 x 26 grid, as the
+    torch module's output holds it: the same top-k and positions."""
+    import sketchmine
+    from tests.helpers import all_activations, brute_topk
+    from tests.test_miner import assert_same_topk
+    from tests.test_onnx import export, subset
+
+    model, ds = OneChannel(shape).eval(), subset(small_test_set, 40)
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(str(export(model, tmp_path / "m.onnx")), ds, layers=["act"], k=5,
+                              out=tmp_path / "r.zarr", batch_size=16)
+    assert not [r for r in caplog.records if "read with their units on axis 1" in r.getMessage()]
+    assert run.layer_shape("act") == (1, 26, 26)
+    acts = all_activations(model, ds, ["act"])[0]["act"].reshape(len(ds), 1, 26, 26)
+    values, index, position = brute_topk(acts, 5)
+    assert_same_topk(run.topk("act"), (values, index, None), "act", rtol=1e-4)
+    same = run.topk("act")[1] == index
+    assert np.array_equal(run.topk("act")[2][same], np.stack([position // 26, position % 26], -1)[same])

@@ -16,7 +16,8 @@ on axes is known: convolutions, pools and normalisations over channels give (N, 
 Transpose permutes; elementwise ops, LayerNormalization, pads, slices, resizes and reductions that
 keep their axes keep their input's axes; a Concat or
 Split along an axis keeps it; a MatMul by a weight puts its features last; a Reshape, Flatten,
-Squeeze or Unsqueeze keeps the axes it leaves whole and makes merged or split positions "p",
+Squeeze or Unsqueeze keeps the axes it leaves whole (and its axes of one, where it keeps as many)
+and makes merged or split positions "p",
 which needs the tensors' sizes (`sized_tensors` names the ones to measure on one real batch).
 Any other op leaves its output's axes unknown, read as units along axis 1 and listed. A tensor
 whose grid is transposed to (W, H) is refused rather than read with its y and x swapped.
@@ -179,7 +180,9 @@ def _reshaped(known: Axes, src: Sequence[int], dst: Sequence[int]) -> Axes | Non
     whose sizes multiply to a run of the other side's is one group; an axis kept whole keeps its
     name, merged or split positions become "p" (a vision transformer's patches flattened to
     tokens), a group holding the units is unknown, and one holding the batch leaves nothing
-    known; axes of one (inserted or dropped) are positions."""
+    known. Axes of one keep their names, in order, where `dst` has as many as `src` (an identity
+    reshape of a single channel, or one moving only axes of one: the same memory, relabelled);
+    else they are inserted or dropped, and inserted ones are positions."""
     if len(known) != len(src):
         return None
     a = [k for k in range(len(src)) if src[k] != 1]
@@ -205,6 +208,10 @@ def _reshaped(known: Axes, src: Sequence[int], dst: Sequence[int]) -> Axes | Non
         name = names[0] if whole else "p" if all(n in _POSITIONS for n in names) else None
         for k in into:
             out[k] = name
+    ones = [k for k in range(len(src)) if src[k] == 1], [k for k in range(len(dst)) if dst[k] == 1]
+    if len(ones[0]) == len(ones[1]):
+        for k, d in zip(*ones, strict=True):
+            out[d] = known[k] or "p"
     return tuple(out) if i == len(a) and j == len(b) else None
 
 
