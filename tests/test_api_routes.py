@@ -101,15 +101,18 @@ def test_build_probe_refuses_a_cap_or_preprocessing_of_another_kind(run_dir, kwa
 
 
 # ---- model=: deconvolve and receptive_fields take a model as mine does ------------------------------
-def test_deconvolve_and_receptive_fields_take_a_model_as_mine_does(tmp_path):
-    """A name or a LoadedModel failed as "cannot trace LoadedModel with torch.fx ... no attribute
-    'forward'"; an ONNX graph is refused as one, naming what to pass."""
+def test_deconvolve_and_receptive_fields_take_a_loaded_model(tmp_path):
+    """A LoadedModel failed as "cannot trace LoadedModel with torch.fx ... no attribute 'forward'";
+    a name is refused naming load_model, an ONNX graph as one, naming what to pass."""
     loaded = sketchmine.load_model("demo")
     x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     want = sketchmine.deconvolve(loaded.module, x, "features.3", [0, 5], [[1, 2], [3, 4]])
-    for model in (loaded, "demo"):
-        torch.testing.assert_close(sketchmine.deconvolve(model, x, "features.3", [0, 5], [[1, 2], [3, 4]]), want)
-        assert sketchmine.receptive_fields(model, 28) == sketchmine.receptive_fields(loaded.module, 28)
+    torch.testing.assert_close(sketchmine.deconvolve(loaded, x, "features.3", [0, 5], [[1, 2], [3, 4]]), want)
+    assert sketchmine.receptive_fields(loaded, 28) == sketchmine.receptive_fields(loaded.module, 28)
+    for call in (lambda: sketchmine.deconvolve("demo", x, "features.3", [0, 5], [[1, 2], [3, 4]]),
+                 lambda: sketchmine.receptive_fields("demo", 28)):
+        with pytest.raises(SketchmineError, match=r"load it first, sketchmine.load_model\('demo'\)"):
+            call()
     pytest.importorskip("onnxruntime")
     from tests.test_onnx import export
 

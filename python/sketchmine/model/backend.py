@@ -9,6 +9,7 @@ a model for methods. Imports run one way: models -> {forward, onnx_backend} -> b
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.progress import Progress
@@ -208,3 +210,18 @@ def first_tensor(out: Any) -> torch.Tensor:
                               + "; sketchmine reads the logits from a tensor or a tuple's first element: wrap the "
                               "model so that its forward returns them")
     return first
+
+
+def torch_module(model: Any, purpose: str) -> nn.Module:
+    """The nn.Module of a model given as a module or a LoadedModel (`load_model`'s), for the calls
+    that run torch's graph or autograd; an ONNX graph and a name not loaded yet are refused."""
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, LoadedModel) and isinstance(model.module, nn.Module):
+        return model.module
+    if isinstance(model, LoadedModel):
+        raise SketchmineError(f"{purpose} runs a torch model (its graph and gradients); model {model.model_id} is "
+                              f"a {type(model.module).__name__}: pass the torch model it was exported from")
+    hint = f": load it first, sketchmine.load_model({model!r})" if isinstance(model, (str, os.PathLike)) else ""
+    raise SketchmineError(f"{purpose} takes an nn.Module or a LoadedModel, got {type(model).__name__}{hint}")
+

@@ -150,18 +150,6 @@ def _build(arch: str, num_classes: int | None, in_channels: int | None) -> nn.Mo
     return torchvision.models.get_model(arch, **kwargs)
 
 
-def torch_module(model: str | nn.Module | LoadedModel, purpose: str) -> nn.Module:
-    """The nn.Module behind a model given as `mine` takes one (a module, a LoadedModel, a name or a
-    checkpoint path), for the calls that run torch's graph or autograd; an ONNX graph is refused."""
-    if isinstance(model, nn.Module):
-        return model
-    loaded = load_model(model)
-    if not isinstance(loaded.module, nn.Module):
-        raise SketchmineError(f"{purpose} runs a torch model (its graph and gradients); model {loaded.model_id} is "
-                              f"a {type(loaded.module).__name__}: pass the torch model it was exported from")
-    return loaded.module
-
-
 def load_model(spec: str | nn.Module | LoadedModel, weights: str | os.PathLike | None = None, seed: int | None = None) -> LoadedModel:
     """Resolve a model spec.
 

@@ -30,7 +30,7 @@ import torch
 from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
-from sketchmine.model.backend import LoadedModel
+from sketchmine.model.backend import LoadedModel, torch_module
 from sketchmine.model.field_pads import check_padding_mode, conv_padding, copy_carriers, pad_of, pair
 from sketchmine.model.graph import module_input_channels, module_outputs, propagate_shapes, trace
 from sketchmine.model.unit_axes import axis_order, follow_units, tapped_shape
@@ -115,7 +115,7 @@ def _union(fields: list[_Field], where: str) -> _Field:
                   tuple(max(f.hi[a] for f in fields) for a in range(2)), fields[0].grid)
 
 
-def receptive_fields(model: nn.Module | LoadedModel | str, input_size: int | tuple[int, ...],
+def receptive_fields(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...],
                      leading: tuple[int, ...] = (), channels: int | None = None) -> dict[str, ReceptiveField]:
     """Receptive field of every module with a spatial output, by qualified name; modules
     whose units see the whole image (linear, after flatten or global pooling) get the
@@ -130,10 +130,8 @@ def receptive_fields(model: nn.Module | LoadedModel | str, input_size: int | tup
     convolution is refused. An op the analysis cannot follow is refused naming it
     (`field_analysis` keeps the fields of the modules before it). A reflection or replication pad
     (and a pointwise op between it and the conv that reads it) has no field: its border units are
-    copies that no box holds; the layers after it have theirs. `model`: a torch model, as `mine`
-    takes it (a module, a LoadedModel, a name or a checkpoint)."""
-    from sketchmine.model.models import torch_module  # it imports the backends, which import this module
-
+    copies that no box holds; the layers after it have theirs. `model`: a torch module, or the
+    LoadedModel of one (`load_model`)."""
     analysis = field_analysis(torch_module(model, "receptive_fields"), input_size, leading, channels)
     refused = [why for name, why in analysis.missing.items() if name not in analysis.copies]
     if refused:

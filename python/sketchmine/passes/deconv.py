@@ -18,10 +18,9 @@ from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.model import coupling, cut
-from sketchmine.model.backend import LoadedModel
+from sketchmine.model.backend import LoadedModel, torch_module
 from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.graph import module_outputs
-from sketchmine.model.models import torch_module
 from sketchmine.model.receptive_field import ReceptiveField
 from sketchmine.model.taps import SOFTMAX, probe_layouts, tapped_element, to_units
 from sketchmine.passes.deconv_rules import METHODS, with_rule
@@ -269,11 +268,11 @@ def shared_order(image_of) -> torch.Tensor:
     return torch.argsort(key, stable=True)
 
 
-def deconvolve(model: nn.Module | LoadedModel | str, images: torch.Tensor | np.ndarray, layer: str, channels,
+def deconvolve(model: nn.Module | LoadedModel, images: torch.Tensor | np.ndarray, layer: str, channels,
                yx=None, method: str = "deconvnet") -> torch.Tensor:
     """Visualise one unit per image in input space.
 
-    model: a torch model, as `mine` takes it (a module, a LoadedModel, a name or a checkpoint).
+    model: a torch module, or the LoadedModel of one (`load_model`).
     images (N, C, H, W), a tensor or a numpy array of model input; layer a qualified module name;
     channels (N,) the unit's channel per image; yx (N, 2) its grid position (ignored for layers
     without a grid). Channels and positions outside the layer are refused (a top-k's empty slots
