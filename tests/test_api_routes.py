@@ -121,3 +121,15 @@ def test_deconvolve_and_receptive_fields_take_a_loaded_model(tmp_path):
                  lambda: sketchmine.receptive_fields(onnx, 28)):
         with pytest.raises(SketchmineError, match="runs a torch model .* pass the torch model it was exported from"):
             call()
+
+
+# ---- steps=None with a model of drawings: a torch Dataset of single images --------------------------
+def test_a_drawings_model_given_single_images_in_a_torch_dataset_is_told_so(tmp_path):
+    """The GRU was fed single images and the refusal said to resize them (--image-size)."""
+    arrays = animal_shape("test")
+    plain = torch.utils.data.TensorDataset(torch.from_numpy(arrays.images[:20]).unsqueeze(1),
+                                           torch.from_numpy(arrays.labels()[:20]))
+    with pytest.raises(SketchmineError, match=r"trained on progressive drawings of 8 steps.*single images \(1, 28, 28\)"
+                                              r".*SequenceDataset"):
+        sketchmine.mine("demo-gru", plain, out=tmp_path / "r.zarr", k=2, batch_size=10, layers=["features.0"])
+    assert not (tmp_path / "r.zarr").exists()

@@ -3,7 +3,7 @@ the embedded Animal-Shape set, torch Datasets, stroke sequences) and the one pre
 rule that turns their pixels into model inputs.
 """
 from sketchmine.data.arrays import ArrayDataset, animal_shape, embedded_path
-from sketchmine.data.dataset import MinerDataset, collate, shapes_differ
+from sketchmine.data.dataset import MinerDataset, collate, first_readable, shapes_differ
 from sketchmine.data.folder import (
     IMAGE_EXTENSIONS,
     OTHER_IMAGE_EXTENSIONS,
@@ -29,4 +29,5 @@ from sketchmine.data.torchdata import TorchDataset
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "LUMA", "OTHER_IMAGE_EXTENSIONS", "READ_ERRORS",
            "ArrayDataset", "ImageFolderDataset", "MinerDataset", "Preprocessing", "TorchDataset", "animal_shape",
            "as_miner_dataset", "as_size", "cache_dir", "chw", "collate", "compute_mean_std", "content_hashes",
-           "convert_channels", "embedded_path", "export_image_folder", "parse_size", "preset", "shapes_differ"]
+           "convert_channels", "embedded_path", "export_image_folder", "first_readable", "parse_size", "preset",
+           "shapes_differ"]

@@ -68,6 +68,18 @@ class MinerDataset(Dataset):
         return None
 
 
+def first_readable(ds: MinerDataset, limit: int = 64) -> tuple[int, torch.Tensor]:
+    """The index and model input of `ds`'s first readable sample among its first `limit` (the one
+    the model is probed on), or an error naming the first that could not be read."""
+    first = ""
+    for i in range(min(len(ds), limit)):
+        _, x, _, note = ds[i]
+        if not note.startswith("error:"):
+            return i, x
+        first = first or f" (the first, {ds.path(i)}: {note[6:]})"
+    raise SketchmineError(f"none of the first {min(len(ds), limit)} images of the dataset can be read{first}")
+
+
 def shapes_differ(first: str, a: tuple[int, ...], other: str, b: tuple[int, ...], probed: bool = False) -> str:
     """The error for two samples of different shapes, named `first` and `other` (`probed`: the first is
     the one the model was probed with). Sequences (T, C, H, W) of different step counts are told so:

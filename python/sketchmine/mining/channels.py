@@ -9,17 +9,13 @@ from typing import Any
 
 import torch
 
-from sketchmine.data import MinerDataset, Preprocessing, preset
+from sketchmine.data import MinerDataset, Preprocessing, first_readable, preset
 from sketchmine.data.resolve import sketchmine_subset
 from sketchmine.errors import SketchmineError, first_line
 from sketchmine.model.backend import Forward
 from sketchmine.model.modes import eval_mode
 from sketchmine.model.onnx_backend import OnnxRunError
 from sketchmine.progress import Progress
-
-FIRST = 64
-"""Samples read at most to find a readable one (as the probe's)."""
-
 
 def channels_stated(dataset: Any, preprocessing: Any, image_size: Any) -> bool:
     """Whether `mine`'s caller said the channels: a Preprocessing passed, an image_size
@@ -65,12 +61,8 @@ def _with_channels(pre: Preprocessing, channels: int) -> Preprocessing | None:
 
 def _fails(forward: Forward, ds: MinerDataset) -> str | None:
     """The first line of the error the model raises on `ds`'s first readable sample; None when it runs."""
-    for i in range(min(len(ds), FIRST)):
-        _, x, _, note = ds[i]
-        if not note.startswith("error:"):
-            try:
-                forward.shapes([], x[None])
-            except (RuntimeError, ValueError, IndexError, TypeError, OnnxRunError, SketchmineError) as exc:
-                return first_line(exc)
-            return None
-    return "no readable image"
+    try:
+        forward.shapes([], first_readable(ds)[1][None])
+    except (RuntimeError, ValueError, IndexError, TypeError, OnnxRunError, SketchmineError) as exc:
+        return first_line(exc)
+    return None

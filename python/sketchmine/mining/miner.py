@@ -20,7 +20,7 @@ from torch import nn
 
 from sketchmine import __version__
 from sketchmine.data import (ArrayDataset, ImageFolderDataset, MinerDataset, Preprocessing, as_miner_dataset, as_size,
-                             compute_mean_std, sequences)
+                             compute_mean_std, first_readable, sequences)
 from sketchmine.data.batchprep import choose
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError, layer_list
@@ -82,16 +82,6 @@ def _resolve_preprocessing(loaded: LoadedModel, preprocessing: str | Preprocessi
     return preprocessing, True
 
 
-def _first_readable(ds: MinerDataset, limit: int = 64) -> tuple[int, torch.Tensor]:
-    first = ""
-    for i in range(min(len(ds), limit)):
-        _, x, _, note = ds[i]
-        if not note.startswith("error:"):
-            return i, x
-        first = first or f" (the first, {ds.path(i)}: {note[6:]})"
-    raise SketchmineError(f"none of the first {min(len(ds), limit)} images of the dataset can be read{first}")
-
-
 def _versions() -> dict[str, str]:
     from importlib.metadata import version  # the store alone imports zarr
 
@@ -112,7 +102,12 @@ def _as_sequences(ds: MinerDataset, loaded: LoadedModel, steps: int | None, ink:
                    f"a {type(ds).__name__} is used as it is: drawings are made from an ArrayDataset or an image folder")
             raise SketchmineError(f"ink={ink!r} applies to progressive drawings, and none are made here ({why}); "
                                   "pass steps=T (--steps T) or leave ink='auto'")
-        return ds  # single images, or the caller's own dataset (of sequences already, presumably)
+        if recorded and len(shape := tuple(first_readable(ds)[1].shape)) == 3:
+            raise SketchmineError(
+                f"model {loaded.model_id} was trained on progressive drawings of {recorded.get('steps')} steps, "
+                f"(T, C, H, W) a sample, and the {type(ds).__name__} given holds single images {shape}: pass an "
+                "ArrayDataset or an image folder (drawn for it), or a sketchmine.SequenceDataset of them")
+        return ds  # the caller's own dataset of sequences
     if steps is None:
         steps = sequences.recorded_steps(recorded, f"model {loaded.model_id}'s training")
     return sequences.progressive(ds, steps, ink)
@@ -283,7 +278,7 @@ def mine(
     if isinstance(forward, TorchForward):  # the probe runs the forward as mining will: a refusal comes before the run
         forward.autocast = speed.autocast
     with eval_mode(net):  # eval: as a trained model computes (flags back after, whatever happens)
-        first_index, first = _first_readable(ds)
+        first_index, first = first_readable(ds)
         spec, num_classes, left = probe(forward, names, first[None].to(device), optional=layers is None)
         note_left_out(left, progress)
         if left:
