@@ -484,3 +484,36 @@ def test_an_empty_sequential_shortcut_is_its_input(sketches, tmp_path, caplog):
     assert run.layer_attrs("shortcut")["receptive_field"] == run.layer_attrs("stem")["receptive_field"]
     for got, want in zip(run.topk("shortcut"), run.topk("stem")):
         np.testing.assert_array_equal(got, want)
+
+
+class _OneChannelReshaped(nn.Module):
+    """A one-channel map reshaped to itself, or with its channel moved last: no size tells which
+    axis of one is the channel (the graph said it could not place them, and read the moved map as
+    26 units on a (26, 1) grid)."""
+
+    def __init__(self, last: bool) -> None:
+        super().__init__()
+        self.last, self.conv, self.act, self.head = last, nn.Conv2d(1, 1, 3), nn.ReLU(), nn.Linear(1, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y = self.act(y.reshape(y.shape[0], 28 - 2, 28 - 2, 1) if self.last else y.reshape(y.shape[0], 1, 28 - 2, 28 - 2))
+        return self.head(y.mean((1, 2)) if self.last else y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_a_reshape_that_keeps_or_moves_a_single_channel_keeps_it_placed(sketches, tmp_path, caplog, last):
+    model = _OneChannelReshaped(last).eval()
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(model, sketches, layers=["act"], k=3, out=tmp_path / "r.zarr")
+    assert not [r for r in caplog.records if "units on axis 1" in r.getMessage()]
+    assert run.layer_shape("act") == (1, 26, 26)
+    got: list[torch.Tensor] = []
+    handle = model.act.register_forward_hook(lambda m, i, o: got.append(o.detach()))
+    with torch.inference_mode():
+        model(sketches.tensors[0])
+    handle.remove()
+    acts = got[0].permute(0, 3, 1, 2) if last else got[0]
+    values, index, _ = run.topk("act")
+    want_values, want_index, _ = brute_topk(acts, 3)
+    assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)

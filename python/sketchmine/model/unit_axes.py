@@ -16,7 +16,8 @@ for a moment) from the image input's channels (axis 1; axis 2 of frames (N, T, C
   (module or F.linear) on the last axis; a split keeps them in each piece;
 - permute, transpose, swapaxes and movedim move them; reshape, view and flatten keep them where
   the axes on one side of them are kept (flattening (H, W), splitting the channels into groups,
-  folding positions into the batch as a window partition does);
+  folding positions into the batch as a window partition does); a single unit (a grey map) stays
+  the axis of one it was among the axes of one, in order;
 - cat keeps them where its inputs agree (joined along them or along another axis); indexing
   keeps them when it drops other axes;
 - matmul, einsum and x.mT leave them unknown (a Linear after them places them again);
@@ -185,6 +186,9 @@ def _reshaped(src: fx.Node, shape: tuple[int, ...] | None, span: Span) -> Span |
     if was is None or shape is None or not shape:
         return None
     units, (start, stop) = math.prod(was[slice(*span)]), span
+    if units == 1 and stop == start + 1:  # one unit (a grey map): no size tells it, the axes of one keep their order
+        ones, now = [a for a in range(1, len(was)) if was[a] == 1], [a for a in range(1, len(shape)) if shape[a] == 1]
+        return (now[ones.index(start)], now[ones.index(start)] + 1) if len(ones) == len(now) and start in ones else None
     if start >= 1 and shape[:start] == was[:start]:  # the axes before kept: the units follow them
         end, size = start, 1
         while end < len(shape) and size < units:
