@@ -151,6 +151,25 @@ def test_a_removed_current_folder_is_said(tmp_path):
     assert "no longer exists" in err and str(gone) in err, err
 
 
+def test_a_removed_current_folder_refuses_only_what_needs_it(unicode_run, tmp_path):
+    """`summary /abs/run.zarr` in a removed current folder was refused ("cd to an existing folder")
+    although it needs no folder; a command given absolute paths runs there now (`mine` too, whose
+    torch cannot load in a removed folder), and one given a relative path is refused naming it."""
+    def in_removed_folder(*args: str) -> subprocess.CompletedProcess:
+        gone = tmp_path / f"gone-{len(list(tmp_path.iterdir()))}"
+        gone.mkdir()
+        return sm(*args, shell_prefix=f"cd {gone} && rmdir {gone} &&", env={"PWD": str(gone)})
+
+    proc = in_removed_folder("summary", str(unicode_run), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["images"] == 30, proc.stderr.decode()
+    proc = in_removed_folder("mine", "--model", "demo", "--data", str(unicode_run.parent / "images"), "--layers", "classifier.6", "--out",
+                             str(tmp_path / "abs.zarr"))
+    assert proc.returncode == 0 and sketchmine.open_run(tmp_path / "abs.zarr").complete, proc.stderr.decode()
+    proc = in_removed_folder("summary", "run.zarr")
+    err = proc.stderr.decode()
+    assert proc.returncode == 3 and "no longer exists" in err and "RUN run.zarr is relative to it" in err, err
+
+
 @pytest.mark.parametrize("args", [["summary"], ["verify", "--json"]])
 def test_a_closed_stdout_is_said(unicode_run, args):
     """`sketchmine summary RUN >&-` exited 0 having printed nothing anywhere, and `--json` ended in an

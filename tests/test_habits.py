@@ -126,6 +126,20 @@ def test_cli_inks_are_the_datasets():
     assert INKS == DATA_INKS
 
 
+def test_every_path_option_is_known_to_the_removed_folder_check():
+    """parser.PATH_OPTIONS lists each path a command takes: a removed current folder refuses a
+    command given one relative to it (cli/environment.py), so a path option left out would be read
+    against a folder that no longer exists."""
+    import argparse
+
+    from sketchmine.cli.environment import user_path
+    from sketchmine.cli.parser import PATH_OPTIONS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    dests = {a.dest for p in sub.choices.values() for a in p._actions if a.type is user_path}
+    assert dests == set(PATH_OPTIONS)
+
+
 def test_results_on_stdout_notes_and_progress_on_stderr(mined):
     out, proc = mined
     assert "features.0" in proc.stdout and "accuracy" in proc.stdout  # the closing table

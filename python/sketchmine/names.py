@@ -7,6 +7,9 @@ import shlex
 import sys
 from pathlib import PurePath
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+"""The endings of a checkpoint file's name: with .onnx, what makes a bare model spec a path."""
+
 
 def command(*words: object) -> str:
     """A command line with every word quoted where a shell needs it (a run's path with a space, a
@@ -50,3 +53,13 @@ def locale_advice() -> str:
     return (f"this Python reads file names as {sys.getfilesystemencoding()} (the locale's encoding), not as the "
             "UTF-8 the run stores them in: run sketchmine under a UTF-8 locale (LC_ALL=C.UTF-8) or in Python's "
             "UTF-8 mode (PYTHONUTF8=1)")
+
+
+def is_model_path(spec: str | os.PathLike[str]) -> bool:
+    """Whether a model spec names a file: it holds a path separator or ends in .pt, .pth, .ckpt or
+    .onnx. Anything else is a name (an embedded model, a torchvision or sketchmine architecture),
+    whatever the working directory holds: a folder named `demo` there must not turn "demo" into a
+    path (write ./demo for that). `mine` records a spec as an absolute path only when this is True.
+    Here, not in model/, so the command line tells names from paths without loading torch."""
+    text = os.fspath(spec)
+    return any(sep in text for sep in {"/", os.sep, os.altsep or "/"}) or text.endswith((*CHECKPOINT_SUFFIXES, ".onnx"))

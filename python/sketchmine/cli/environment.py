@@ -6,8 +6,10 @@ Imports neither torch nor zarr nor rich (the parser uses `user_path`, and --help
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 MIN_COLUMNS = 40
 """The narrowest table the console draws: at COLUMNS=20 rich shrank `summary`'s layer column to
@@ -24,16 +26,49 @@ def user_path(text: str) -> str:
     return os.path.expanduser(text) if text == "~" or text.startswith("~/") else text  # "~name": a folder's name
 
 
-def environment_refusal(command: str | None, prints_result: bool) -> str | None:
+def environment_refusal(command: str | None, prints_result: bool, paths: list[tuple[str, str]]) -> str | None:
     """Why the command cannot run here, None where it can. `prints_result`: the command's only
-    result is what it prints on stdout (summary, unit, compare, verify, any --json)."""
+    result is what it prints on stdout (summary, unit, compare, verify, any --json). `paths`: (as
+    --help names it, path) of every path the command will use (parser.paths_given).
+
+    A current folder removed after the shell entered it refuses only a command that needs it: one
+    given (or defaulting to) a relative path, or `bench`; `summary /abs/run.zarr` there reads the run."""
     try:
         os.getcwd()
-    except FileNotFoundError:  # torch's MKL then dies on import with "Cannot load libtorch_cpu.so"
+    except FileNotFoundError:
         shown = os.environ.get("PWD") or "the current folder"
-        return (f"the current folder {shown} no longer exists (it was removed after the shell entered it): cd to "
-                "an existing folder and run the command again")
+        gone = f"the current folder {shown} no longer exists (it was removed after the shell entered it)"
+        relative = next(((what, path) for what, path in paths if not os.path.isabs(path)), None)
+        if relative is not None:
+            what, path = relative
+            return (f"{gone}, and {what} {path} is relative to it: cd to an existing folder and run the command "
+                    f"again, or give {what.split()[0]} as an absolute path")
+        if command == "bench":  # the suite runs from the source checkout with arguments of its own
+            return f"{gone}, and `sketchmine bench` runs there: cd to an existing folder and run the command again"
     if sys.stdout is None and prints_result:  # `>&-`: the tables went nowhere, --json raised a traceback
         return (f"standard output is closed (>&-), and `sketchmine {command}` prints its result there: redirect "
                 "it to a file, or to /dev/null to discard it")
     return None
+
+
+@contextlib.contextmanager
+def current_folder_for_loading() -> Iterator[bool]:
+    """The block runs in / where the current folder was removed (yields True), then goes back into it.
+    Why: torch's MKL cannot load there ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so",
+    exit 2), and a command given absolute paths runs there (environment_refusal); back in the
+    removed folder afterwards, nothing can be written by a relative path, as before."""
+    removed: int | None = None
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):  # not opened: torch's loading says what it says
+            removed = os.open(".", os.O_RDONLY)  # the removed folder itself: a process may still enter it
+    if removed is None:
+        yield False
+        return
+    try:
+        os.chdir("/")
+        yield True
+    finally:
+        os.fchdir(removed)
+        os.close(removed)

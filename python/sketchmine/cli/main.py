@@ -29,8 +29,9 @@ from sketchmine.cli.parser import (
     build_parser,
     default_report_out,
     default_run_out,
+    paths_given,
 )
-from sketchmine.cli.environment import MIN_COLUMNS, environment_refusal
+from sketchmine.cli.environment import MIN_COLUMNS, current_folder_for_loading, environment_refusal
 from sketchmine.ctrl_c import held
 from sketchmine.errors import SaidOnRankZero, SketchmineError
 
@@ -300,11 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(YOUNG_OBJECTS, *before[1:])
     try:
         args = build_parser().parse_args(argv)
-        if said := environment_refusal(args.command, args.command in READ_ONLY or bool(getattr(args, "json", False))):
-            _error(said)  # before torch loads: in a removed folder its import dies with an MKL message
+        if said := environment_refusal(args.command, args.command in READ_ONLY or bool(getattr(args, "json", False)),
+                                       paths_given(args)):
+            _error(said)  # before anything loads or is written
             return EXIT_REFUSED
-        with held() as came:
-            _import_heavy(_reads_only(args))
+        with held() as came, current_folder_for_loading() as moved:  # torch loads only in a folder that exists
+            _import_heavy(_reads_only(args) and not moved)  # a lazy import in a removed folder would die
         if came:
             print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
             return EXIT_INTERRUPTED

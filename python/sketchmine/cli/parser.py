@@ -343,6 +343,25 @@ def default_run_out(model: str) -> str:
     return f"{name}.zarr"
 
 
+PATH_OPTIONS = {"run": "RUN", "run_a": "RUN_A", "run_b": "RUN_B", "data": "--data", "out": "--out",
+                "report": "--report", "plot": "--plot", "model": "--model", "weights": "--weights"}
+"""Every option and argument whose value is a path (type=user_path), as --help names it."""
+
+
+def paths_given(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(as --help names it, path) of each path the command was given, or will use by default
+    where that default is relative (mine's --out). --model and --weights also take names ("demo",
+    DEFAULT): those are paths only as `is_model_path` reads them."""
+    from sketchmine.names import is_model_path
+
+    found = [(shown, str(getattr(args, dest))) for dest, shown in PATH_OPTIONS.items()
+             if getattr(args, dest, None) is not None
+             and (dest not in ("model", "weights") or is_model_path(getattr(args, dest)))]
+    if args.command == "mine" and args.out is None:
+        found.append(("--out (its default)", default_run_out(args.model)))
+    return found
+
+
 def default_report_out(run: str) -> str:
     """`report`'s --out when none is given: RUN-report beside the run (RUN without .zarr)."""
     p = Path(run.rstrip("/") or "/")

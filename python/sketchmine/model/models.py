@@ -23,27 +23,18 @@ from sketchmine.model.backend import (TRANSFORM_INPUT, LoadedModel, input_channe
 from sketchmine.model.pretrained import is_weights_name, load_pretrained
 from sketchmine.model.forward import TorchForward  # noqa: F401  (importing it registers nn.Module's backend)
 from sketchmine.model.onnx_backend import load_onnx  # (registers OnnxModel's backend)
+from sketchmine.names import is_model_path
 
 __all__ = ["LoadedModel", "build", "input_channels", "is_model_path", "load_model", "preprocessing_for",
            "recorded_weights", "weights_hash", "weights_match"]
 
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 TORCHVISION_BUILD_OPTIONS: dict[str, dict[str, Any]] = {
     "googlenet": {"aux_logits": False, "init_weights": True},
     "inception_v3": {"aux_logits": False, "init_weights": True},
 }
 """Builder arguments of torchvision models that need them: without them the builder adds the
 auxiliary heads (run only in training, never mined) and warns that its weights are not initialised."""
-
-
-def is_model_path(spec: str | os.PathLike) -> bool:
-    """Whether a model spec names a file: it holds a path separator or ends in .pt, .pth, .ckpt or
-    .onnx. Anything else is a name (an embedded model, a torchvision or sketchmine architecture),
-    whatever the working directory holds: a folder named `demo` there must not turn "demo" into a
-    path (write ./demo for that). `mine` records a spec as an absolute path only when this is True."""
-    text = os.fspath(spec)
-    return any(sep in text for sep in {"/", os.sep, os.altsep or "/"}) or text.endswith((*CHECKPOINT_SUFFIXES, ".onnx"))
 
 
 def _load_state_dict(path: Path, what: str = "weights file") -> dict[str, Any]:
