@@ -231,3 +231,17 @@ def test_no_home_folder_is_made_for_the_cache(tmp_path, monkeypatch):
     (tmp_path / "images" / "b.png").write_bytes(b"another")
     content_hashes(tmp_path / "images", ["b.png"])
     assert list((tmp_path / ".cache" / "sketchmine" / "fingerprints").glob("*.json"))
+
+
+def test_no_home_folder_is_made_by_the_report(unicode_run, tmp_path):
+    """With HOME=/nonexistent, `report` made HOME/.cache/matplotlib (its font list) and
+    HOME/.cache/Microsoft/DeveloperTools/.onnxruntime (ONNX Runtime's device id, for the live
+    probe), HOME itself with them. Their caches go to a temporary folder now, removed at the end."""
+    home, tmp = tmp_path / "nonexistent", tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")}
+    proc = subprocess.run([sys.executable, "-m", "sketchmine", "report", str(unicode_run), "--out", str(tmp_path / "r")],
+                          capture_output=True, env={**env, "HOME": str(home), "TMPDIR": str(tmp)}, timeout=600)
+    assert proc.returncode == 0 and (tmp_path / "r" / "index.html").is_file(), proc.stderr.decode()
+    assert not home.exists() and not list(tmp.glob("sketchmine-*")), sorted(p.name for p in tmp_path.rglob("*"))[:20]
+    assert b"Matplotlib" not in proc.stderr, proc.stderr.decode()

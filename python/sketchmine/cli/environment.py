@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 
 MIN_COLUMNS = 40
@@ -72,3 +74,32 @@ def current_folder_for_loading() -> Iterator[bool]:
     finally:
         os.fchdir(removed)
         os.close(removed)
+
+
+@contextlib.contextmanager
+def caches_without_a_home() -> Iterator[None]:
+    """Where the home folder is missing or not writable (HOME=/nonexistent: Debian's nobody, a
+    container), the block's matplotlib (MPLCONFIGDIR) and, for a missing one, ONNX Runtime
+    (XDG_CACHE_HOME: its device id) keep their caches in a temporary folder, removed with the
+    variables after it; those the user set are kept. Why: `report` made HOME/.cache/matplotlib and
+    HOME/.cache/Microsoft/DeveloperTools/.onnxruntime, creating HOME itself: a command never creates
+    what it was not asked for. A home that exists and is writable gets their caches as before."""
+    home = os.path.expanduser("~")
+    missing = not os.path.isdir(home)
+    wanted = [name for name, needed in (("MPLCONFIGDIR", missing or not os.access(home, os.W_OK | os.X_OK)),
+                                        ("XDG_CACHE_HOME", missing)) if needed and not os.environ.get(name)]
+    if not wanted:
+        yield
+        return
+    try:
+        folder = tempfile.mkdtemp(prefix="sketchmine-caches-")
+    except OSError:  # no temporary folder either: the libraries do as they do
+        yield
+        return
+    os.environ.update(dict.fromkeys(wanted, folder))
+    try:
+        yield
+    finally:
+        for name in wanted:
+            os.environ.pop(name, None)
+        shutil.rmtree(folder, ignore_errors=True)

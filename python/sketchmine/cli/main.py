@@ -31,7 +31,7 @@ from sketchmine.cli.parser import (
     default_run_out,
     paths_given,
 )
-from sketchmine.cli.environment import MIN_COLUMNS, current_folder_for_loading, environment_refusal
+from sketchmine.cli.environment import MIN_COLUMNS, caches_without_a_home, current_folder_for_loading, environment_refusal
 from sketchmine.ctrl_c import held
 from sketchmine.errors import SaidOnRankZero, SketchmineError
 
@@ -305,12 +305,13 @@ def main(argv: list[str] | None = None) -> int:
                                        paths_given(args)):
             _error(said)  # before anything loads or is written
             return EXIT_REFUSED
-        with held() as came, current_folder_for_loading() as moved:  # torch loads only in a folder that exists
-            _import_heavy(_reads_only(args) and not moved)  # a lazy import in a removed folder would die
-        if came:
-            print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        return _run(args)
+        with caches_without_a_home():  # before matplotlib or onnxruntime is imported
+            with held() as came, current_folder_for_loading() as moved:  # torch loads only in a folder that exists
+                _import_heavy(_reads_only(args) and not moved)  # a lazy import in a removed folder would die
+            if came:
+                print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            return _run(args)
     finally:
         with held():  # the command has ended and said so: a Ctrl-C now must not add a traceback
             gc.set_threshold(*before)  # main() is also called in-process (tests, notebooks)
