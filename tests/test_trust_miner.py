@@ -103,38 +103,68 @@ def test_random_init_model_is_seeded_recorded_and_reloadable(tmp_path, tiny_set)
     assert "seed" not in sketchmine.mine("demo", tiny_set, out=tmp_path / "d.zarr").attrs["model_spec"]
 
 
-def test_runs_that_recorded_a_sha256_of_the_weights_still_resume_and_reload(tmp_path, tiny_set):
-    """Runs mined before the xxh3 weights identity recorded a bare sha256 as `weights_sha256`:
-    they resume (the weights hashed their way), reload for later passes, and other weights are
-    still refused."""
+def _mined_before_xxh3(ds, out) -> tuple[str, str]:
+    """A partial run of sketchnet (seed 3) at `out` whose weights are recorded as runs mined before
+    the xxh3 identity recorded them (a bare sha256, `weights_sha256`): (its xxh3 identity, the sha256)."""
     import hashlib
     import json
 
-    from sketchmine.model.models import load_model, weights_hash, weights_match
-    from sketchmine.passes.reload import run_model
-
-    out = tmp_path / "old.zarr"
     with pytest.raises(KeyboardInterrupt):
-        sketchmine.mine("sketchnet", tiny_set, out=out, batch_size=8, flush_every=1, seed=3, progress=StopAfter(16))
+        sketchmine.mine("sketchnet", ds, out=out, batch_size=8, flush_every=1, seed=3, progress=StopAfter(16))
     meta = json.loads((out / "zarr.json").read_text())
     identity = meta["attributes"].pop("weights_hash")
-    module = load_model("sketchnet", seed=3).module
-    assert identity == weights_hash(module) and identity.startswith("xxh3_128:")
     sha = hashlib.sha256()  # the old identity, computed here the way it was then
-    for name, t in module.state_dict().items():
+    for name, t in sketchmine.load_model("sketchnet", seed=3).module.state_dict().items():
         sha.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
         sha.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     meta["attributes"]["weights_sha256"] = sha.hexdigest()
     (out / "zarr.json").write_text(json.dumps(meta))
-    assert weights_hash(module, "sha256") == f"sha256:{sha.hexdigest()}"
+    return identity, sha.hexdigest()
+
+
+def test_runs_that_recorded_a_sha256_of_the_weights_still_resume_and_reload(tmp_path, tiny_set):
+    """Runs mined before the xxh3 weights identity recorded a bare sha256 as `weights_sha256`:
+    they resume (the weights hashed their way), reload for later passes, and other weights are
+    still refused."""
+    from sketchmine.model.models import load_model, weights_hash, weights_match
+    from sketchmine.passes.reload import run_model
+
+    out = tmp_path / "old.zarr"
+    identity, sha = _mined_before_xxh3(tiny_set, out)
+    module = load_model("sketchnet", seed=3).module
+    assert identity == weights_hash(module) and identity.startswith("xxh3_128:")
+    assert weights_hash(module, "sha256") == f"sha256:{sha}"
 
     with pytest.raises(SketchmineError, match="model weights"):  # another seed, hashed by sha256
         sketchmine.mine("sketchnet", tiny_set, out=out, batch_size=8, seed=4)
     run = sketchmine.mine("sketchnet", tiny_set, out=out, batch_size=8, seed=3)  # resumes
-    assert run.complete and run.attrs["weights_sha256"] == sha.hexdigest() and "weights_hash" not in run.attrs
+    assert run.complete and run.attrs["weights_sha256"] == sha and "weights_hash" not in run.attrs
     assert_same_store(out, sketchmine.mine("sketchnet", tiny_set, out=tmp_path / "new.zarr", batch_size=8, seed=3).path)
     assert weights_hash(run_model(run).module) == identity
     assert weights_match(module, run.attrs) and not weights_match(load_model("sketchnet", seed=1).module, run.attrs)
+
+
+def test_a_sha256_run_resumed_hashes_its_weights_once(tmp_path, tiny_set, monkeypatch):
+    """Resuming a run that recorded a sha256 of its weights hashed them twice: xxh3 on a thread
+    as mining started, then sha256 once the run was read, the first hash thrown away. The
+    recorded algorithm is read first now: each hasher made (the real one, counted) is sha256."""
+    from sketchmine.model import forward
+
+    out = tmp_path / "old.zarr"
+    _mined_before_xxh3(tiny_set, out)
+    made: list[str] = []
+
+    def counted(algorithm: str):
+        made.append(algorithm)
+        return real(algorithm)
+
+    real = forward.weights_hasher
+    monkeypatch.setattr(forward, "weights_hasher", counted)
+    assert sketchmine.mine("sketchnet", tiny_set, out=out, batch_size=8, seed=3).complete
+    assert made == ["sha256"]
+    made.clear()  # a new run: xxh3, once
+    sketchmine.mine("sketchnet", tiny_set, out=tmp_path / "new.zarr", batch_size=8, seed=3)
+    assert made == ["xxh3_128"]
 
 
 @pytest.mark.parametrize("option, value, message", [

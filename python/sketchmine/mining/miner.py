@@ -42,7 +42,7 @@ from sketchmine.model.taps import SOFTMAX
 from sketchmine.progress import Progress, Silent
 from sketchmine.results.run import Run
 from sketchmine.store.lock import enclosing_run, out_path
-from sketchmine.store.runstore import RunLock, RunStore, check_new_out, is_run
+from sketchmine.store.runstore import RunLock, RunStore, check_new_out, is_run, root_attrs_guessed
 from sketchmine.store.schema import DEVICE, LAYER_NAMES, PREPROCESS
 
 
@@ -203,7 +203,8 @@ def mine(
                       "its units show what an untrained network responds to")
     net, model_id = loaded.module, loaded.model_id
     forward = as_forward(net)
-    hashed = weights_hash_aside(forward, WEIGHTS_HASH)  # a run that recorded another algorithm (sha256) is hashed again below
+    hashed_with = team.on_writer(lambda: algorithm_of(recorded_weights(root_attrs_guessed(out))))  # sha256: older runs
+    hashed = weights_hash_aside(forward, hashed_with)  # once; again below only for a run put at `out` meanwhile
     stated = channels_stated(dataset, preprocessing, image_size)  # else a conv-less model's are tried on an image
     preprocessing, chosen = _resolve_preprocessing(loaded, preprocessing, image_size)
     ds = _as_sequences(as_miner_dataset(dataset, preprocessing, chosen=chosen), loaded, steps, ink)
@@ -245,7 +246,7 @@ def mine(
     check_sketch_size(len(ds), bool(distributions))
     load = dataclasses.replace(load, preprocess=choose(preprocess, ds, recorded))
     _dataset_normalisation(ds, store, load, progress)
-    weights_digest = hashed if weights_algorithm == WEIGHTS_HASH else weights_hash_aside(forward, weights_algorithm)
+    weights_digest = hashed if weights_algorithm == hashed_with else weights_hash_aside(forward, weights_algorithm)
     drawn = ds.drawn() if isinstance(ds, sequences.SequenceDataset) else None
     want = {
         "model": model_id,

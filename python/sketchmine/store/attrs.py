@@ -2,6 +2,8 @@
 committed progress), so an edited or damaged value is refused with what was expected."""
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,14 @@ def check_layer_attrs(path: Path, layer: str, attrs: dict[str, Any], root: dict[
     if root is not None:
         attr_sums.check(path, root, schema.layer_group(layer), attrs)
     attr_sums.check_claims(path, layer, attrs)  # what later passes added: sealed by them
+
+
+def root_attrs_guessed(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The root attributes of a run at `path` as its zarr.json says now, unchecked; {} where there
+    is none or it cannot be read. For a guess made before the run is opened (which hash a resume's
+    weights will be compared with, so they are hashed once), never for a decision."""
+    try:
+        attrs = json.loads((Path(path) / "zarr.json").read_bytes()).get("attributes")
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+    return attrs if isinstance(attrs, dict) else {}

@@ -29,7 +29,7 @@ from zarr.core.group import GroupMetadata
 
 from sketchmine.errors import RunDamaged, SketchmineError
 from sketchmine.store import attr_sums, schema, verify
-from sketchmine.store.attrs import check_layer_attrs, check_root_attrs
+from sketchmine.store.attrs import check_layer_attrs, check_root_attrs, root_attrs_guessed
 from sketchmine.store.blocks import BlockWrites
 from sketchmine.store.checkpoint import Checkpoints
 from sketchmine.store.checksums import block_sums, digest, pieces, stored_sums
@@ -40,7 +40,8 @@ from sketchmine.store.io import BulkWriter, io_errors, lay_out_run, new_arrays, 
 from sketchmine.store.access import check_run_writable, run_unreadable
 from sketchmine.store.lock import RunLock, check_writable, is_run, runs_in, stage
 
-__all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_new_out", "check_root_attrs", "is_run", "put_rows"]
+__all__ = ["RunLock", "RunStore", "check_layer_attrs", "check_new_out", "check_root_attrs", "is_run", "put_rows",
+           "root_attrs_guessed"]
 
 SCHEMA_VERSION = schema.SCHEMA_VERSION
 _ROW_CHUNK = schema.ROW_CHUNK
