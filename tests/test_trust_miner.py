@@ -167,6 +167,26 @@ def test_a_sha256_run_resumed_hashes_its_weights_once(tmp_path, tiny_set, monkey
     assert made == ["xxh3_128"]
 
 
+def test_a_resume_walks_the_run_for_writability_once(tmp_path, demo_model, tiny_set, monkeypatch):
+    """A resume walked the run's folders twice to check this user may write them: when mine()
+    opened the run ahead of its lock, and again under the lock. The second open takes the first's
+    check while the run folder is the one it opened: the real check, counted, runs once."""
+    from sketchmine.store import runstore
+
+    out = tmp_path / "run.zarr"
+    _interrupted(demo_model.module, tiny_set, out)
+    walked: list[str] = []
+
+    def counted(run, why: str) -> None:
+        walked.append(str(run))
+        real(run, why)
+
+    real = runstore.check_run_writable
+    monkeypatch.setattr(runstore, "check_run_writable", counted)
+    assert sketchmine.mine(demo_model.module, tiny_set, out=out, batch_size=8).complete
+    assert walked == [str(out)]
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("flush_every", 0, r"flush_every \(--flush-every\) must be a whole number of at least 1, got 0"),
     ("flush_every", -1, r"flush_every \(--flush-every\) must be a whole number of at least 1, got -1"),

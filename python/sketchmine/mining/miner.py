@@ -304,7 +304,7 @@ def mine(
             lock.acquire()
             want["weights_hash"] = weights_digest()
             if is_run(out):  # read afresh under the lock: another writer may have created it or moved it on
-                current = RunStore.open(out, mode="r+")
+                current = RunStore.open(out, mode="r+", checked=store)  # writable: walked once, by the first
                 check_resumable(current, want, logits, ds)
                 check_layouts(current, spec)
                 recorded = current.attrs.get("preprocessing") or {}

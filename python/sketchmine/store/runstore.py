@@ -98,8 +98,10 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> RunStore:
-        """Open an existing run; refuse anything that is not one, or a newer schema."""
+    def open(cls, path: str | os.PathLike, mode: str = "r", checked: RunStore | None = None) -> RunStore:
+        """Open an existing run; refuse anything that is not one, or a newer schema. `checked`: a
+        handle this run was opened with before (mine's, ahead of its lock), whose check that this
+        user may write the run stands while the run folder is the one it opened (not walked again)."""
         p = Path(path)
         if not p.exists():
             raise SketchmineError(f"{p} does not exist")
@@ -130,7 +132,8 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
                 f"this sketchmine (schema version {SCHEMA_VERSION}) reads its complete runs but cannot resume or read "
                 f"its checkpoints: finish it with sketchmine {schema.RELEASED_VERSIONS[version]} (re-run the same "
                 "`sketchmine mine` command), or mine it again with a new --out")
-        if mode != "r" and not group.attrs[schema.PROGRESS].get("complete"):  # refused before, not at, the first flush
+        if (mode != "r" and not group.attrs[schema.PROGRESS].get("complete")  # refused before, not at, the first flush
+                and (checked is None or checked._folder is None or checked._folder != folder)):
             check_run_writable(p, "mining resumes it in place")
         store = cls(p, group)
         store._folder = folder
