@@ -68,3 +68,17 @@ def imported(name: str) -> ModuleType:
     if error is not None:
         raise error
     return module
+
+
+def ignored_from_now() -> None:
+    """Ctrl-C ignored for the rest of the process: called when a command line's command has ended
+    and said so, before Python's own shutdown (its atexit calls, then torch and the other modules
+    freed: 0.1-0.6 s after `report` here). Why: a Ctrl-C there ended the process by the signal
+    (exit 130, nothing said, the report written) or printed a KeyboardInterrupt traceback from an
+    atexit call; the exit code is now the command's own. Python's finalization puts a handler of
+    its own back to the default, but leaves an ignored signal ignored. Only Python's default
+    handler is replaced, on the main thread (a Ctrl-C ignored or handled by whoever started the
+    process stays so). What it costs: a shutdown that hung would need Ctrl-\\ or a kill."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -32,7 +32,7 @@ from sketchmine.cli.parser import (
     paths_given,
 )
 from sketchmine.cli.environment import MIN_COLUMNS, caches_without_a_home, current_folder_for_loading, environment_refusal
-from sketchmine.ctrl_c import held
+from sketchmine.ctrl_c import held, ignored_from_now
 from sketchmine.errors import SaidOnRankZero, SketchmineError
 
 if typing.TYPE_CHECKING:
@@ -313,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_INTERRUPTED
             return _run(args)
     finally:
+        if argv is None:  # the process's command line (python -m sketchmine, the `sketchmine` script): it ends
+            ignored_from_now()  # with the command, whose exit code a Ctrl-C during Python's shutdown keeps
         with held():  # the command has ended and said so: a Ctrl-C now must not add a traceback
             gc.set_threshold(*before)  # main() is also called in-process (tests, notebooks)
             for stream, errors in streams:
