@@ -278,6 +278,24 @@ def test_report_default_out_and_open(mined, tmp_path):
     assert record.read_text() == index.resolve().as_uri()
 
 
+def test_ctrl_c_in_the_browser_of_report_open_says_the_report_was_written(mined, tmp_path):
+    """A browser in the terminal (BROWSER=lynx) runs until it quits, and a Ctrl-C there reached
+    `report --open`, which said "no report was written and the previous one ... is unchanged"
+    with the report written. BROWSER names a real script that sends its caller that Ctrl-C."""
+    import signal
+
+    browser = tmp_path / "browser.sh"
+    browser.write_text('#!/bin/sh\nkill -INT "$PPID"\nsleep 2\n')
+    browser.chmod(0o755)
+    proc = subprocess.run([sys.executable, "-m", "sketchmine", "report", str(mined[0]), "--out", str(tmp_path / "r"),
+                           "--open"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "BROWSER": str(browser)},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # heard where the suite ignores it
+    assert proc.returncode == 130 and (tmp_path / "r" / "index.html").is_file(), proc.stderr
+    assert proc.stderr.strip() == f"sketchmine: interrupted while the browser ran; the report was written: " \
+                                  f"{tmp_path / 'r' / 'index.html'}", proc.stderr
+
+
 def test_no_matplotlib_use_in_library_code():
     hits = [p for p in (ROOT / "python" / "sketchmine").rglob("*.py") if "matplotlib.use(" in p.read_text()]
     assert hits == []

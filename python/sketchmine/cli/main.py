@@ -202,7 +202,11 @@ def _report(args: argparse.Namespace, console: Console) -> None:
     if args.open:
         import webbrowser
 
-        if not webbrowser.open(Path(index).resolve().as_uri()):  # the report is written: a note, not a failure
+        try:  # a browser in the terminal (BROWSER=lynx) runs until it quits: a Ctrl-C there is not the report's
+            opened = webbrowser.open(Path(index).resolve().as_uri())
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"interrupted while the browser ran; the report was written: {index}") from None
+        if not opened:  # the report is written: a note, not a failure
             import logging
 
             logging.getLogger("sketchmine").warning(f"no web browser found to open {index}; open it in one "
