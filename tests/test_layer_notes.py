@@ -130,8 +130,9 @@ def test_mine_traces_the_model_once_for_fields_and_notes(tmp_path, small_test_se
     from sketchmine.model import graph
 
     calls: list[str] = []
-    real = graph.fx.symbolic_trace
-    monkeypatch.setattr(graph.fx, "symbolic_trace", lambda m, *a, **kw: calls.append(type(m).__name__) or real(m, *a, **kw))
+    real = graph.fx.Tracer.trace
+    monkeypatch.setattr(graph.fx.Tracer, "trace",
+                        lambda self, m, *a, **kw: calls.append(type(m).__name__) or real(self, m, *a, **kw))
     model = load_model("demo").module
     run = sketchmine.mine(model, small_test_set, out=tmp_path / "a.zarr", batch_size=100)
     assert run.complete and run.layer_attrs("features.0")["receptive_field"]["size"] == [5, 5] and len(calls) == 1, calls
