@@ -464,26 +464,34 @@ class _IdentityShortcut(nn.Module):
     """A residual block whose shortcut is an empty nn.Sequential (CIFAR ResNets' identity), which
     torch.fx inlines to nothing: a tap on it had no node, so neither a field nor a place."""
 
-    def __init__(self) -> None:
+    def __init__(self, shortcut: nn.Module) -> None:
         super().__init__()
         self.stem, self.conv = nn.Conv2d(1, C, 3, stride=2, padding=1), nn.Conv2d(C, C, 3, padding=1)
-        self.shortcut, self.head = nn.Sequential(), nn.Linear(C, 10)
+        self.shortcut, self.head = shortcut, nn.Linear(C, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.stem(x)
+        y = torch.relu(self.stem(x))  # a ReLU feeds it, as in a CIFAR ResNet (the deconvolution rules replace it)
         return self.head(torch.relu(self.conv(y) + self.shortcut(y)).mean((2, 3)))
 
 
 def test_an_empty_sequential_shortcut_is_its_input(sketches, tmp_path, caplog):
-    model = _IdentityShortcut().eval()
+    torch.manual_seed(4)
+    model = _IdentityShortcut(nn.Sequential()).eval()
+    leaf = _IdentityShortcut(nn.Identity()).eval()  # a leaf module: its own node, the reading to match
+    leaf.load_state_dict(model.state_dict())
     fields = sketchmine.receptive_fields(model, SIDE * 4)
-    assert fields["shortcut"] == fields["stem"]
+    assert fields["shortcut"] == sketchmine.receptive_fields(leaf, SIDE * 4)["shortcut"]
     with caplog.at_level("WARNING", logger="sketchmine"):
-        run = sketchmine.mine(model, sketches, layers=["stem", "shortcut"], k=2, out=tmp_path / "r.zarr")
+        run = sketchmine.mine(model, sketches, layers=["shortcut"], k=2, out=tmp_path / "r.zarr")
     assert not [r for r in caplog.records if "units on axis 1" in r.getMessage()]
-    assert run.layer_attrs("shortcut")["receptive_field"] == run.layer_attrs("stem")["receptive_field"]
-    for got, want in zip(run.topk("shortcut"), run.topk("stem")):
-        np.testing.assert_array_equal(got, want)
+    want = sketchmine.mine(leaf, sketches, layers=["shortcut"], k=2, out=tmp_path / "leaf.zarr")
+    assert run.layer_attrs("shortcut")["receptive_field"] == want.layer_attrs("shortcut")["receptive_field"]
+    for got, expected in zip(run.topk("shortcut"), want.topk("shortcut")):
+        np.testing.assert_array_equal(got, expected)
+    x = sketches.tensors[0][:2]
+    for method in ("deconvnet", "guided", "gradient"):  # the rules replace the ReLU that feeds it
+        torch.testing.assert_close(sketchmine.deconvolve(model, x, "shortcut", [0, 1], [[2, 3], [4, 5]], method=method),
+                                   sketchmine.deconvolve(leaf, x, "shortcut", [0, 1], [[2, 3], [4, 5]], method=method))
 
 
 class _OneChannelReshaped(nn.Module):

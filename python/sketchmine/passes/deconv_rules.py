@@ -173,6 +173,8 @@ def with_rule(model: nn.Module, method: str) -> fx.GraphModule:
             for user in _later_users(new, source):
                 user.replace_input_with(source, new)
         node.replace_all_uses_with(new)
+        identities = gm.meta.get("identities", {})  # an empty Sequential fed by the ReLU outputs the rule now
+        identities.update({name: new for name, was in identities.items() if was is node})
         gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
