@@ -140,6 +140,24 @@ def test_a_fixed_batch_graph_keeps_each_tensors_images_on_their_axis(stride, tmp
                                           "to images; mine the modules or tensors before or after it")
 
 
+def test_the_images_axis_is_found_where_an_image_is_the_padding(tmp_path, small_test_set):
+    """Under preprocessing='none' a sketch's black background is the zero padding: the image's first
+    two 7×7 patches equalled the padded samples' there, and the (16, N, 6) tensor of a graph of
+    batch 16 was read along its 16 positions as images, mined where a dynamic graph refuses it."""
+    blank = next(i for i in range(len(small_test_set)) if not small_test_set.images[i][:7, :14].any())
+    order = [blank, *(i for i in range(30) if i != blank)]
+    ds = ArrayDataset(small_test_set.images[order], small_test_set.labels()[order], small_test_set.class_names)
+    model = TimeFirst(7).eval()
+    said = []
+    for batch in (16, None):
+        path = export(model, tmp_path / f"{batch}.onnx", batch=batch)
+        with pytest.raises(SketchmineError, match="first dimension is not the batch") as refused:
+            sketchmine.mine(str(path), ds, layers=["mix"], preprocessing="none", out=tmp_path / f"{batch}.zarr",
+                            batch_size=7, k=3)
+        said.append(str(refused.value).replace(path.name, "m.onnx"))
+    assert said[0] == said[1]
+
+
 def test_onnx_resume_is_identical_to_uninterrupted(tmp_path, onnx_path, onnx_run, small_test_set):
     out = tmp_path / "run.zarr"
     with pytest.raises(KeyboardInterrupt):
