@@ -154,7 +154,8 @@ def test_a_removed_current_folder_is_said(tmp_path):
 def test_a_removed_current_folder_refuses_only_what_needs_it(unicode_run, tmp_path):
     """`summary /abs/run.zarr` in a removed current folder was refused ("cd to an existing folder")
     although it needs no folder; a command given absolute paths runs there now (`mine` too, whose
-    torch cannot load in a removed folder), and one given a relative path is refused naming it."""
+    torch cannot load in a removed folder, and `report` again over its own report), and one given a
+    relative path is refused naming it."""
     def in_removed_folder(*args: str) -> subprocess.CompletedProcess:
         gone = tmp_path / f"gone-{len(list(tmp_path.iterdir()))}"
         gone.mkdir()
@@ -165,6 +166,9 @@ def test_a_removed_current_folder_refuses_only_what_needs_it(unicode_run, tmp_pa
     proc = in_removed_folder("mine", "--model", "demo", "--data", str(unicode_run.parent / "images"), "--layers", "classifier.6", "--out",
                              str(tmp_path / "abs.zarr"))
     assert proc.returncode == 0 and sketchmine.open_run(tmp_path / "abs.zarr").complete, proc.stderr.decode()
+    for _ in range(2):  # a second time replaces the first report, which read the current folder (Path.cwd)
+        proc = in_removed_folder("report", str(tmp_path / "abs.zarr"), "--no-probe", "--out", str(tmp_path / "rep"))
+        assert proc.returncode == 0 and (tmp_path / "rep" / "index.html").is_file(), proc.stderr.decode()
     proc = in_removed_folder("summary", "run.zarr")
     err = proc.stderr.decode()
     assert proc.returncode == 3 and "no longer exists" in err and "RUN run.zarr is relative to it" in err, err

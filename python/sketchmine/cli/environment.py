@@ -54,11 +54,11 @@ def environment_refusal(command: str | None, prints_result: bool, paths: list[tu
 
 
 @contextlib.contextmanager
-def current_folder_for_loading() -> Iterator[bool]:
-    """The block runs in / where the current folder was removed (yields True), then goes back into it.
-    Why: torch's MKL cannot load there ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so",
-    exit 2), and a command given absolute paths runs there (environment_refusal); back in the
-    removed folder afterwards, nothing can be written by a relative path, as before."""
+def in_an_existing_folder() -> Iterator[bool]:
+    """The block (the whole command) runs in / where the current folder was removed (yields True),
+    then goes back into it. Why: torch's MKL cannot load there ("Intel oneMKL FATAL ERROR: Cannot
+    load libtorch_cpu.so", exit 2), torch's dynamo config and `Path.cwd()` fail there, and a
+    command given absolute paths only (environment_refusal refuses any other) needs no folder."""
     removed: int | None = None
     try:
         os.getcwd()

@@ -31,7 +31,7 @@ from sketchmine.cli.parser import (
     default_run_out,
     paths_given,
 )
-from sketchmine.cli.environment import MIN_COLUMNS, caches_without_a_home, current_folder_for_loading, environment_refusal
+from sketchmine.cli.environment import MIN_COLUMNS, caches_without_a_home, environment_refusal, in_an_existing_folder
 from sketchmine.ctrl_c import held, ignored_from_now
 from sketchmine.errors import SaidOnRankZero, SketchmineError
 
@@ -309,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
                                        paths_given(args)):
             _error(said)  # before anything loads or is written
             return EXIT_REFUSED
-        with caches_without_a_home():  # before matplotlib or onnxruntime is imported
-            with held() as came, current_folder_for_loading() as moved:  # torch loads only in a folder that exists
+        # before matplotlib or onnxruntime is imported; torch loads and runs only in a folder that exists
+        with caches_without_a_home(), in_an_existing_folder() as moved:
+            with held() as came:
                 _import_heavy(_reads_only(args) and not moved)  # a lazy import in a removed folder would die
             if came:
                 print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
