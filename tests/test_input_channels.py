@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import sketchmine
+from sketchmine import SketchmineError
 from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
 from sketchmine.data.sequences import SequenceDataset
 from sketchmine.model.graph import module_input_channels
@@ -174,6 +175,19 @@ def test_a_linear_over_flattened_grey_images_gets_one_channel_on_both_routes(tmp
     assert_same_store(tmp_path / "device.zarr", tmp_path / "cpu.zarr")
 
 
+
+def test_a_stated_count_the_model_fails_on_is_refused_naming_the_other(tmp_path, grey):
+    """A dataset built with preprocessing_for(model) states 3 channels for a model without a conv
+    (its graph cannot tell): the probe refused it as a size to change ("resize the images with
+    --image-size"); the count that runs is named, and nothing is made."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)).eval()
+    built = grey.with_preprocessing(sketchmine.preprocessing_for(net))
+    with pytest.raises(SketchmineError, match=r"the model takes 1-channel input.*3 channels were stated.*state 1, as "
+                                              r"Preprocessing\(\.\.\., channels=1\)"):
+        sketchmine.mine(net, built, layers=["1"], k=3, out=tmp_path / "r.zarr", batch_size=8)
+    assert not (tmp_path / "r.zarr").exists()
+
+
 class ChannelMean(nn.Module):
     """Averages the channels first: runs on 1 or 3 of them, so no forward pass tells which."""
 
@@ -191,7 +205,7 @@ def test_a_model_that_runs_on_either_count_is_said_and_image_size_chooses(tmp_pa
     notes = Notes()
     run = sketchmine.mine(ChannelMean().eval(), grey, layers=["fc"], k=3, out=tmp_path / "a.zarr", progress=notes)
     assert run.attrs["preprocessing"]["channels"] == 3
-    assert any(n.startswith("the model runs on 1- and 3-channel input alike") and "image_size=(C, H, W)" in n
+    assert any(n.startswith("the model runs on 1- and 3-channel input alike") and "image_size=(1, H, W)" in n
                for n in notes.said)
     run = sketchmine.mine(ChannelMean().eval(), grey, layers=["fc"], k=3, out=tmp_path / "b.zarr", image_size=(1, 28, 28))
     assert run.attrs["preprocessing"]["channels"] == 1

@@ -31,24 +31,38 @@ def accepted_channels(forward: Forward, net: Any, ds: MinerDataset, stated: bool
     tell its channels, nobody stated them, and only the other count runs on the first readable
     sample (said in a note). A model that runs on both is mined as `ds` is, and the note says
     how to choose; one that runs on neither is left to the probe's refusal. A preprocessing
-    whose numbers are per channel (a model's recorded normalisation) states its channels."""
+    whose numbers are per channel (a model's recorded normalisation) states its channels; a
+    stated count the model fails on, where the other runs, is refused naming the one to state
+    (`preprocessing_for` a model without a conv states 3)."""
     pre = ds.preprocessing
-    if stated or pre is None or forward.input_channels(0):
+    if pre is None or forward.input_channels(0):
         return ds
     other = _with_channels(pre, 4 - pre.channels)
     if other is None:
         return ds
     alt = ds.with_preprocessing(other)
-    with eval_mode(net):
-        failed = {c: _fails(forward, d) for c, d in ((pre.channels, ds), (other.channels, alt))}
     why = "its input reaches no convolution, which would tell its channel count"
+    with eval_mode(net):
+        failed = {pre.channels: _fails(forward, ds)}
+        if stated and not failed[pre.channels]:
+            return ds
+        failed[other.channels] = _fails(forward, alt)
+    if stated and not failed[other.channels]:  # a count stated (preprocessing_for(model) says 3: `why`) that fails
+        raise SketchmineError(f"the model takes {other.channels}-channel input, as a forward pass on the first image "
+                              f"showed ({why}; {pre.channels}-channel input failed: {failed[pre.channels]}), and "
+                              f"{pre.channels} channels were stated (by the preprocessing given or the dataset's own): "
+                              f"state {other.channels}, as Preprocessing(..., channels={other.channels}) or "
+                              f"image_size=({other.channels}, H, W)")
+    if stated:
+        return ds
     if failed[pre.channels] and not failed[other.channels]:
         progress.note(f"the model takes {other.channels}-channel input, as a forward pass on the first image showed "
                       f"({why}; {pre.channels}-channel input failed: {failed[pre.channels]})")
         return alt
     if not failed[pre.channels] and not failed[other.channels]:
         progress.note(f"the model runs on 1- and 3-channel input alike ({why}): mined as {pre.channels}-channel "
-                      "input; pass image_size=(C, H, W) or a Preprocessing with the channels it was trained on")
+                      "input; where it was trained on grey images, mine it from Python with image_size=(1, H, W) or a "
+                      "Preprocessing of 1 channel")
     return ds
 
 
