@@ -88,7 +88,7 @@ def test_feature_visualization_refuses_a_preprocessing_it_cannot_apply(preproces
 
 # ---- build_probe: its cap and preprocessing ---------------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
-    ({"max_mb": float("nan")}, r"max_mb \(--probe-max-mb\) must be a number above 0"),  # capped nothing
+    ({"max_mb": float("nan")}, r"max_mb must be a number above 0"),  # capped nothing
     ({"max_mb": "5"}, "max_mb"), ({"max_mb": 0}, "max_mb"), ({"max_mb": True}, "max_mb"),
     ({"preprocessing": "imagenet"}, "preprocessing must be a Preprocessing, got str"),  # an AttributeError
 ])

@@ -255,7 +255,7 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
             if not optional:
                 raise
             left = dict.fromkeys(exc.layers, "their first dimension is not the batch (their rows are not the images)")
-            _some_left([name for name in layers if name not in left], left)
+            _refuse_if_none_kept([name for name in layers if name not in left], left)
             layers = [name for name in layers if name not in left]
             shapes, out, layouts = forward.shapes(layers, x)
     except (RuntimeError, ValueError, IndexError, OnnxRunError) as exc:
@@ -278,11 +278,11 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
             raise SketchmineError(f"layer {name!r} was not called during the forward pass; it cannot be tapped")
         shape = shapes[name]
         result.append(Layer(name, shape[0], tuple(shape[1:]), forward.kind(name), layouts.get(name, {})))
-    _some_left([layer.name for layer in result], left)
+    _refuse_if_none_kept([layer.name for layer in result], left)
     return result, num_classes, left
 
 
-def _some_left(kept: list[str], left: dict[str, str]) -> None:
+def _refuse_if_none_kept(kept: list[str], left: dict[str, str]) -> None:
     """Refuse default layers of which only the virtual softmax (or nothing) is kept: a run of the
     softmax alone is not what a user who mines a model's layers asked for."""
     if not left or any(name != SOFTMAX for name in kept):

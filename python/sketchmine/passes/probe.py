@@ -339,7 +339,7 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
     `preprocessing`: only for a run that records none (a plain torch Dataset), else refused."""
     from sketchmine.passes.reload import run_model
 
-    max_mb = optional_positive(max_mb, "max_mb (--probe-max-mb)", "for no cap")
+    max_mb = optional_positive(max_mb, "max_mb", "for no cap")
     run = run if isinstance(run, Run) else open_run(run)
     check_onnx_packages()  # both before the model is loaded (seconds): what the environment lacks first
     ort = ort_files()
