@@ -140,3 +140,22 @@ def as_mined_without(run_path, layer: str, names) -> None:
         sums.pop(f"layers/{layer}/{name}", None)
     meta["attributes"].pop("attribute_sums", None)
     (root / "zarr.json").write_text(json.dumps(meta))
+
+
+def two_sketches_a_class() -> list[tuple[str, np.ndarray]]:
+    """(class, uint8 (28, 28)): the first two real test sketches of every class."""
+    from sketchmine.data import animal_shape
+
+    ds = animal_shape("test")
+    labels = ds.labels()
+    return [(name, np.asarray(ds.images[np.nonzero(labels == c)[0][j]]))
+            for c, name in enumerate(ds.class_names) for j in range(2)]
+
+
+def write_class_folder(root, sketches, save):
+    """root/<class>/img<j>.<ext>, each file written by save(j, sketch, path without extension)."""
+    for j, (name, a) in enumerate(sketches):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        save(j, a, root / name / f"img{j}")
+    return root
+

@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 import sketchmine
-from sketchmine.data import ImageFolderDataset, animal_shape, preset
+from sketchmine.data import ImageFolderDataset, preset
 from sketchmine.data.batchprep import DevicePreparer, NativeSamples, collate_native
 from sketchmine.errors import SketchmineError
-from tests.helpers import assert_same_store
+from tests.helpers import assert_same_store, two_sketches_a_class, write_class_folder as write
 
 NOT_APPLIED = "L (EXIF orientation not applied)"
 
@@ -36,19 +36,7 @@ def _private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def sketches() -> list[tuple[str, np.ndarray]]:
-    """(class, uint8 (28, 28)): the first two real test sketches of every class."""
-    ds = animal_shape("test")
-    labels = ds.labels()
-    return [(name, np.asarray(ds.images[np.nonzero(labels == c)[0][j]]))
-            for c, name in enumerate(ds.class_names) for j in range(2)]
-
-
-def write(root: Path, sketches, save) -> Path:
-    """root/<class>/img<j>.<ext>, each file written by save(j, sketch, path without extension)."""
-    for j, (name, a) in enumerate(sketches):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        save(j, a, root / name / f"img{j}")
-    return root
+    return two_sketches_a_class()
 
 
 def png(j, a, stem):

@@ -13,32 +13,15 @@ import pytest
 from PIL import Image
 
 import sketchmine
-from sketchmine.data import ImageFolderDataset, animal_shape, preset
+from sketchmine.data import ImageFolderDataset, preset
 from sketchmine.errors import SketchmineError
-from tests.helpers import assert_same_store
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    """Fingerprint hashes cached under the test's own folder, not the user's ~/.cache."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+from tests.helpers import assert_same_store, two_sketches_a_class, write_class_folder as write
+from tests.test_folder_files import _private_cache  # noqa: F401  (autouse: caches under the test's folder)
 
 
 @pytest.fixture(scope="module")
 def sketches() -> list[tuple[str, np.ndarray]]:
-    """(class, uint8 (28, 28)): the first two real test sketches of every class."""
-    ds = animal_shape("test")
-    labels = ds.labels()
-    return [(name, np.asarray(ds.images[np.nonzero(labels == c)[0][j]]))
-            for c, name in enumerate(ds.class_names) for j in range(2)]
-
-
-def write(root: Path, sketches, save) -> Path:
-    """root/<class>/img<j>.<ext>, each file written by save(j, sketch, path without extension)."""
-    for j, (name, a) in enumerate(sketches):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        save(j, a, root / name / f"img{j}")
-    return root
+    return two_sketches_a_class()
 
 
 def mine_both(root: Path, tmp_path: Path, **kw) -> dict:
