@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import sketchmine
@@ -125,6 +126,29 @@ def test_a_model_whose_every_default_layer_is_left_out_is_refused(backend, sketc
         assert not (tmp_path / "r.zarr").exists()
     with pytest.raises(sketchmine.SketchmineError, match=r"layer 'rows'.* returns 28 rows for 1 image\(s\)"):
         sketchmine.mine(model, sketches, layers=["rows"], out=tmp_path / "r.zarr")
+
+
+class Functional(nn.Module):
+    """A conv and a linear map written as functions of its own parameters: no module to tap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w, self.fc = nn.Parameter(torch.randn(8, 1, 3, 3) * 0.3), nn.Parameter(torch.randn(10, 8) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.relu(F.conv2d(x, self.w)).mean((2, 3)), self.fc)
+
+
+def test_a_model_of_functions_is_refused_by_default_and_mines_its_softmax_when_named(sketches, tmp_path):
+    """Its default layers were the virtual softmax alone: a run of the logits' softmax, said
+    nowhere. Refused, naming what is mined by default and how to ask for the softmax alone."""
+    torch.manual_seed(0)
+    with pytest.raises(sketchmine.SketchmineError, match=r"the model has no layer mined by default \(a conv, "
+                                                         r"linear, recurrent or softmax module.*--layers softmax"):
+        sketchmine.mine(Functional().eval(), sketches, out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()
+    run = sketchmine.mine(Functional().eval(), sketches, layers=["softmax"], out=tmp_path / "r.zarr", k=2)
+    assert run.complete and run.layers == ["softmax"]
 
 
 class Shorter(nn.Module):

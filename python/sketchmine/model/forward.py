@@ -278,15 +278,21 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
             raise SketchmineError(f"layer {name!r} was not called during the forward pass; it cannot be tapped")
         shape = shapes[name]
         result.append(Layer(name, shape[0], tuple(shape[1:]), forward.kind(name), layouts.get(name, {})))
-    _refuse_if_none_kept([layer.name for layer in result], left)
+    if optional:
+        _refuse_if_none_kept([layer.name for layer in result], left)
     return result, num_classes, left
 
 
 def _refuse_if_none_kept(kept: list[str], left: dict[str, str]) -> None:
     """Refuse default layers of which only the virtual softmax (or nothing) is kept: a run of the
-    softmax alone is not what a user who mines a model's layers asked for."""
-    if not left or any(name != SOFTMAX for name in kept):
+    softmax alone is not what a user who mines a model's layers asked for (who wants it names it)."""
+    if any(name != SOFTMAX for name in kept):
         return
+    if not left:  # none to leave out: a model of functions (F.conv2d on its own parameters), no module to tap
+        raise SketchmineError("the model has no layer mined by default (a conv, linear, recurrent or softmax "
+                              "module; of an ONNX graph, a Conv, Gemm, MatMul by a weight or Softmax node): its ops "
+                              "are functions, which leaves only the softmax of its logits. Name layers=['softmax'] "
+                              "(--layers softmax) to mine that alone, or make the ops to tap modules")
     said = "; ".join(f"{', '.join(names[:4])}{', …' if len(names) > 4 else ''}, as {why}"
                      for why in dict.fromkeys(left.values()) for names in [[n for n, w in left.items() if w == why]])
     raise SketchmineError("every default layer of the model is left out"
