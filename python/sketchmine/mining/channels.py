@@ -7,9 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import torch
-
-from sketchmine.data import MinerDataset, Preprocessing, first_readable, preset
+from sketchmine.data import MinerDataset, Preprocessing, first_readable, parse_size, preset
 from sketchmine.data.resolve import sketchmine_subset
 from sketchmine.errors import SketchmineError, first_line
 from sketchmine.model.backend import Forward
@@ -17,12 +15,16 @@ from sketchmine.model.modes import eval_mode
 from sketchmine.model.onnx_backend import OnnxRunError
 from sketchmine.progress import Progress
 
+
 def channels_stated(dataset: Any, preprocessing: Any, image_size: Any) -> bool:
     """Whether `mine`'s caller said the channels: a Preprocessing passed, an image_size
     (C, H, W), or a sketchmine dataset built with its own preprocessing."""
     given = sketchmine_subset(dataset)
-    return (isinstance(preprocessing, Preprocessing)
-            or (isinstance(image_size, (tuple, list, torch.Size)) and len(image_size) == 3)
+    try:
+        sized = image_size is not None and parse_size(image_size, "image_size")[0] is not None
+    except SketchmineError:  # refused where `mine` reads the size, in its order
+        sized = False
+    return (isinstance(preprocessing, Preprocessing) or sized
             or (isinstance(given, MinerDataset) and given.preprocessing is not None and given.preprocessing_explicit))
 
 

@@ -374,5 +374,3 @@ def _dataset_normalisation(ds: MinerDataset, store: RunStore | None, load: LoadO
     else:
         progress.note("computing the dataset mean and std (one pass)")
         pre.mean, pre.std = compute_mean_std(getattr(ds, "base", ds), load.batch_size, load.num_workers)
-
-

@@ -224,4 +224,3 @@ def torch_module(model: Any, purpose: str) -> nn.Module:
                               f"a {type(model.module).__name__}: pass the torch model it was exported from")
     hint = f": load it first, sketchmine.load_model({model!r})" if isinstance(model, (str, os.PathLike)) else ""
     raise SketchmineError(f"{purpose} takes an nn.Module or a LoadedModel, got {type(model).__name__}{hint}")
-

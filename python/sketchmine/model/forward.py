@@ -255,7 +255,6 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
             if not optional:
                 raise
             left = dict.fromkeys(exc.layers, "their first dimension is not the batch (their rows are not the images)")
-            _refuse_if_none_kept([name for name in layers if name not in left], left)
             layers = [name for name in layers if name not in left]
             shapes, out, layouts = forward.shapes(layers, x)
     except (RuntimeError, ValueError, IndexError, OnnxRunError) as exc:

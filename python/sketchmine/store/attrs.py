@@ -100,12 +100,19 @@ def check_layer_attrs(path: Path, layer: str, attrs: dict[str, Any], root: dict[
     attr_sums.check_claims(path, layer, attrs)  # what later passes added: sealed by them
 
 
+def root_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The root zarr.json of a folder as it says now, read as JSON (no Zarr needed), unchecked;
+    {} where there is none or it cannot be read."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def root_attrs_guessed(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The root attributes of a run at `path` as its zarr.json says now, unchecked; {} where there
     is none or it cannot be read. For a guess made before the run is opened (which hash a resume's
     weights will be compared with, so they are hashed once), never for a decision."""
-    try:
-        attrs = json.loads((Path(path) / "zarr.json").read_bytes()).get("attributes")
-    except (OSError, ValueError, AttributeError, TypeError):
-        return {}
+    attrs = root_json(path).get("attributes")
     return attrs if isinstance(attrs, dict) else {}

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import re
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from sketchmine.errors import SketchmineError, SketchmineFailure
 from sketchmine.store.access import open_lock
+from sketchmine.store.attrs import root_json
 from sketchmine.store.schema import VERSION_ATTR
 
 CREATING = "creating"
@@ -393,8 +393,8 @@ def runs_in(folder: Path, shown: int = 5) -> str:
 def is_run(path: Path) -> bool:
     """True when `path` is a directory holding a sketchmine run: its root zarr.json is a group's
     and carries the schema version (read as JSON: no Zarr needed to tell)."""
+    meta = root_json(path)
     try:
-        meta = json.loads((Path(path) / "zarr.json").read_bytes())
         return meta.get("node_type") == "group" and VERSION_ATTR in meta.get("attributes", {})
-    except (OSError, ValueError, AttributeError, TypeError):
+    except TypeError:  # attributes that are no mapping
         return False
