@@ -90,7 +90,8 @@ def test_feature_visualization_refuses_a_preprocessing_it_cannot_apply(preproces
 @pytest.mark.parametrize("kwargs, match", [
     ({"max_mb": float("nan")}, r"max_mb must be a number above 0"),  # capped nothing
     ({"max_mb": "5"}, "max_mb"), ({"max_mb": 0}, "max_mb"), ({"max_mb": True}, "max_mb"),
-    ({"preprocessing": "imagenet"}, "preprocessing must be a Preprocessing, got str"),  # an AttributeError
+    ({"preprocessing": 3}, "preprocessing must be a preset name"),  # an AttributeError
+    ({"preprocessing": "imagenet"}, "differs from the one run"),  # a preset name is made for the model, then checked
 ])
 def test_build_probe_refuses_a_cap_or_preprocessing_of_another_kind(run_dir, kwargs, match):
     pytest.importorskip("onnx")
@@ -98,6 +99,20 @@ def test_build_probe_refuses_a_cap_or_preprocessing_of_another_kind(run_dir, kwa
 
     with pytest.raises(SketchmineError, match=match):
         build_probe(run_dir, **kwargs)
+
+
+def test_build_probe_takes_a_preset_name_as_mine_does(tmp_path, images):
+    """A name is made for the model ("auto": the demo's recorded normalisation, its size left open)
+    and agrees with the run's record of a folder mined at 28 px; a Preprocessing was required."""
+    pytest.importorskip("onnx")
+    from sketchmine.data import export_image_folder
+    from sketchmine.passes.probe import build_probe
+
+    export_image_folder(images, tmp_path / "folder")
+    run = sketchmine.mine("demo", tmp_path / "folder", layers=["features.0"], k=2, out=tmp_path / "r.zarr",
+                          batch_size=20, image_size=28)
+    named = build_probe(run, preprocessing="auto")["model.js"]
+    assert named == build_probe(run)["model.js"] and b"size 28\\u00d728" in named
 
 
 # ---- model=: deconvolve and receptive_fields take a model as mine does ------------------------------

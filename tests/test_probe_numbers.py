@@ -110,6 +110,9 @@ def test_a_run_of_tensors_records_no_preprocessing_and_is_refused_unless_given(t
     assert np.abs(outs[0] - probs).max() < 1e-4 and meta["preprocessing"] == given.describe(4)
     assert meta["preprocessing"] == (f"{pre.preset!r} (1 channel mean [{pre.mean[0]:.4g}] std [{pre.std[0]:.4g}], "
                                      "size 28×28)")  # for people: it showed [0.2728150929121649] (UX audit)
+    named, named_outs = graph_outputs(build_probe(run, model="demo", preprocessing="model"), subset.images[:10])
+    assert named["preprocessing"].startswith("'model' (1 channel mean") and named["size"] == [28, 28]
+    assert np.abs(named_outs[0] - probs).max() < 1e-4  # a preset name as mine takes it: refused before
     other = tmp_path / "rec.zarr"
     recorded = sketchmine.mine(net, subset, out=other, batch_size=50, layers=["features.0"])
     with pytest.raises(sketchmine.SketchmineError, match="differs from the one run"):

@@ -269,3 +269,21 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
     if name == "model":
         raise SketchmineError(f"model {loaded.model_id} records no preprocessing; use imagenet, dataset or none")
     return preset("imagenet" if name == "auto" else name, channels, size)
+
+
+def given_preprocessing(loaded: LoadedModel, given: str | Preprocessing | None, what: str) -> Preprocessing:
+    """`preprocessing=` as `mine` takes it, a preset name (None: "auto") or a Preprocessing, for a
+    pass (`what`) that has no images: "dataset" without numbers is refused, as there are none to
+    take its mean and std from, and the input would go in unnormalised without a word."""
+    if given is None or isinstance(given, str):
+        pre = preprocessing_for(loaded, given or "auto")
+    elif isinstance(given, Preprocessing):
+        pre = given
+    else:
+        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, none) or a Preprocessing, "
+                              f"got {type(given).__name__} {given!r}")
+    if pre.preset == "dataset" and not pre.mean:
+        raise SketchmineError(f"preprocessing 'dataset' is the mean and std of the images mined, and {what} has no "
+                              "images: pass the numbers the model was trained with (Preprocessing('dataset', "
+                              "channels, size, mean, std)) or another preset")
+    return pre

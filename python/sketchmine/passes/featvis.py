@@ -40,7 +40,7 @@ from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError, whole_number
 from sketchmine.model import cut
 from sketchmine.model.backend import LoadedModel, first_tensor
-from sketchmine.model.models import load_model, preprocessing_for
+from sketchmine.model.models import given_preprocessing, load_model
 from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import SOFTMAX, probe_layouts, resolve_layers, tapped_element, to_units
 from sketchmine.passes.featvis_params import FourierImage, PixelImage, random_transform
@@ -223,7 +223,7 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
     if seed >= 2 ** 64:  # torch's generator takes 64 bits
         raise SketchmineError(f"seed must be a whole number below 2**64 (torch's generators take 64 bits), got {seed}")
     s = settings(method, regularizers)
-    pre = _preprocessing(loaded, preprocessing)
+    pre = given_preprocessing(loaded, preprocessing, "feature visualisation")
     hw = as_size(size, "size", pre.channels) if size is not None else \
         (pre.size or loaded.input_size or (DEFAULT_SIZE, DEFAULT_SIZE))
     device = as_device(device)
@@ -232,24 +232,6 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
     with eval_mode(net):  # the caller's flags back after
         unit_arr = _check_units(reader, units, pre.channels, hw, device)
         return optimize(reader, unit_arr, pre, tuple(hw), method, s, int(steps), int(seed), device)  # type: ignore[arg-type]
-
-
-def _preprocessing(loaded: LoadedModel, preprocessing: str | Preprocessing | None) -> Preprocessing:
-    """`preprocessing=` as `mine` takes it, a preset name or a Preprocessing (a name reached
-    `.size` as an AttributeError); "dataset" is refused: there are no images here to take its
-    mean and std from, and without them the input would go in unnormalised without a word."""
-    if preprocessing is None or isinstance(preprocessing, str):
-        pre = preprocessing_for(loaded, preprocessing or "auto")
-    elif isinstance(preprocessing, Preprocessing):
-        pre = preprocessing
-    else:
-        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, none) or a Preprocessing, "
-                              f"got {type(preprocessing).__name__} {preprocessing!r}")
-    if pre.preset == "dataset" and not pre.mean:
-        raise SketchmineError("preprocessing 'dataset' is the mean and std of the images mined, and feature "
-                              "visualisation has no images: pass the numbers the model was trained with "
-                              "(Preprocessing('dataset', channels, size, mean, std)) or another preset")
-    return pre
 
 
 def _check_units(reader: LayerReader, units: Sequence[int] | int, channels: int, hw: tuple[int, int],

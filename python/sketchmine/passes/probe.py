@@ -1,16 +1,15 @@
 """The live probe's export: the run's model as an ONNX graph the report's probe page runs in
 the browser (onnxruntime-web, WebAssembly), with the run's preprocessing inside the graph.
 
-The graph takes `pixels`, float32 (1, C, H, W) values 0-255 at the model's input size and
-channels (grey, or RGB for a 3-channel run: the page resizes the canvas to H×W itself, see
-docs/probe.md), and does exactly what the miner does to such an image: /255, the run's recorded
-normalisation. Its outputs are `probs` (the softmax of the logits, or the model's output as it
-is when that is a softmax already), then per tapped layer
-`max<i>` (units,): each unit's maximum over its positions (the value the top-k ranks), and
-for grid layers `map<i>` (units, h, w): the map, max-pooled to at most MAP_SIDE per side so
-that the output stays bounded. Layers are tapped as the miner taps them (`Taps`, before any
-in-place op that follows), so the browser sees what the run mined. The exported graph is
-run against the model on a few inputs before it is kept (tracing fixes the path a forward takes).
+The graph takes `pixels`, float32 (1, C, H, W) values 0-255 at the model's input size and channels (grey, or
+RGB for a 3-channel run: the page resizes the canvas to H×W itself, see docs/probe.md), and does exactly
+what the miner does to such an image: /255, the run's recorded normalisation. Its outputs are `probs` (the
+softmax of the logits, or the model's output as it is when that is a softmax already), then per tapped layer
+`max<i>` (units,): each unit's maximum over its positions (the value the top-k ranks), and for grid layers
+`map<i>` (units, h, w): the map, max-pooled to at most MAP_SIDE per side so that the output stays bounded.
+Layers are tapped as the miner taps them (`Taps`, before any in-place op that follows), so the browser sees
+what the run mined; the graph is run against the model on a few inputs before it is kept (tracing fixes the
+path a forward takes).
 
 This is a pass (it needs the model); the report stays a reader: `write_report(probe=...)`
 only writes the bytes this module returns.
@@ -23,7 +22,7 @@ import json
 import math
 import io
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from sketchmine.data.sequences import background_of
 from sketchmine.errors import SketchmineError, first_line, optional_positive
 from sketchmine.names import command
 from sketchmine.model.backend import first_tensor
+from sketchmine.model.models import given_preprocessing
 from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import SOFTMAX, Taps
 from sketchmine.passes.probe_onnx import check_graph, data_dependent, ends_in_softmax
@@ -300,16 +300,17 @@ def ink_polarity(images: list[dict[str, Any]], size: tuple[int, int]) -> tuple[s
     return ("light" if dark else "dark"), f"the border of the stored images is {'dark' if dark else 'light'}"
 
 
-def probe_preprocessing(run: Run, given: Preprocessing | None) -> Preprocessing:
+def probe_preprocessing(run: Run, given: object) -> Preprocessing:
     """The run's recorded preprocessing, else `given`: a run of a plain torch Dataset of tensors
     records none, and the probe cannot guess how pixels became its model's input (/255? channels?
-    normalised?). `given` differing from a recorded one is refused."""
+    normalised?). `given` differing from a recorded one (but for a size it leaves open) is refused."""
     from sketchmine.passes.reload import run_preprocessing
 
     pre = run_preprocessing(run)
-    if given is not None and not isinstance(given, Preprocessing):  # a preset name: an AttributeError below
-        raise SketchmineError(f"preprocessing must be a Preprocessing, got {type(given).__name__} {given!r}")
-    if pre is not None and given is not None and given != pre:
+    if given is not None and not isinstance(given, Preprocessing):  # build_probe made a preset name one
+        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, none) or a Preprocessing, "
+                              f"got {type(given).__name__} {given!r}")
+    if pre is not None and given is not None and given != (pre if given.size else replace(pre, size=None)):
         raise SketchmineError(f"preprocessing={given.describe()} differs from the one run {run.path} records, "
                               f"{pre.describe()}; leave it out (it is only for a run that records none)")
     if pre is None and given is None:
@@ -331,20 +332,22 @@ def output_labels(run: Run, categories: list[str] | None) -> tuple[list[str], bo
 
 def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: str | None = None,
                 size: Any = None, max_mb: float | None = MAX_MODEL_MB,
-                preprocessing: Preprocessing | None = None) -> dict[str, bytes]:
+                preprocessing: str | Preprocessing | None = None) -> dict[str, bytes]:
     """The probe's files (name → bytes) for `write_report(probe=...)` / `write_probe_folder`: the
     metadata (model.js), the graph in base64 pieces (graph-NNN.js), onnxruntime-web with its loader
     (ort-loader.js) and WebAssembly (wasm-NNN.js) embedded: scripts all, because Chromium loads
     neither .wasm nor ES modules from file://. A graph over `max_mb` (None: no cap) is refused.
-    `preprocessing`: only for a run that records none (a plain torch Dataset), else refused."""
+    `preprocessing` (a Preprocessing or a preset name, as `mine` takes it): for a run that records
+    none (a plain torch Dataset); a run's own is refused where it differs."""
     from sketchmine.passes.reload import run_model
 
     max_mb = optional_positive(max_mb, "max_mb", "for no cap")
     run = run if isinstance(run, Run) else open_run(run)
     check_onnx_packages()  # both before the model is loaded (seconds): what the environment lacks first
     ort = ort_files()
-    pre = probe_preprocessing(run, preprocessing)
-    loaded = run_model(run, model, weights)
+    loaded = run_model(run, model, weights) if isinstance(preprocessing, str) else None  # a preset is the model's
+    pre = probe_preprocessing(run, given_preprocessing(loaded, preprocessing, "the probe") if loaded else preprocessing)
+    loaded = loaded or run_model(run, model, weights)
     seq = run_sequence(run)
     if isinstance(loaded.module, nn.Module):
         size = input_size(run, pre, size)
