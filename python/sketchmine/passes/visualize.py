@@ -62,6 +62,7 @@ class _Plan:
     offset: tuple[int, int]
     timed: bool = False       # a line of time steps (recurrent, per-step linear): yx = (0, t)
     frame_h: int = 0          # time-distributed conv: frames stacked along y, yx = (t * frame_h + y, x)
+    frame_w: int = 0          # time-distributed 1-D layer (Conv1d): frames along x, yx = (0, t * frame_w + i)
 
     @property
     def field(self) -> ReceptiveField:
@@ -205,7 +206,8 @@ def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Pl
     size = tuple(max(1, round(s * scale)) for s in source)
     timed = len(shape) == 2 and (attrs.get("position") in ("time", "sequence")
                                  or (attrs.get("position") == "time-stacked" and not attrs.get("frame")))
-    return _Plan(name, shape[0], grid, source, size, stride, offset, timed, frame_h)  # type: ignore[arg-type]
+    frame_w = int(attrs["frame"][0]) if len(shape) == 2 and _time_stacked(run, name) else 0
+    return _Plan(name, shape[0], grid, source, size, stride, offset, timed, frame_h, frame_w)  # type: ignore[arg-type]
 
 
 def _time_stacked(run: Run, name: str) -> bool:
@@ -363,6 +365,8 @@ def _frames(x: torch.Tensor, inv: torch.Tensor, p: _Plan, yx: np.ndarray) -> tup
         steps = torch.from_numpy(yx[:, 0].astype(np.int64) // p.frame_h)
     elif p.timed:
         steps = torch.from_numpy(yx[:, 1].astype(np.int64))
+    elif p.frame_w:
+        steps = torch.from_numpy(yx[:, 1].astype(np.int64) // p.frame_w)
     else:
         steps = torch.full((len(inv),), last, dtype=torch.long)
     return x[inv, steps.clamp(0, last).to(x.device)], torch.arange(len(inv), device=x.device)
