@@ -48,15 +48,22 @@ class FrameSignal(nn.Module):
         return self.fc(h[-1])
 
 
-def test_a_time_distributed_conv1d_is_shown_in_the_frame_of_its_step(tmp_path, images, drawings):
+@pytest.fixture(scope="module")
+def signal_run(tmp_path_factory, drawings):
+    """FrameSignal's Conv1d mined over the drawings, its first 4 units visualized."""
     torch.manual_seed(7)
     net = FrameSignal().eval()
-    run = sketchmine.mine(net, drawings, layers=["conv"], k=5, out=tmp_path / "r.zarr", batch_size=16)
-    length = run.layer_attrs("conv")["frame"][0]
-    assert run.layer_shape("conv") == (4, T * length)
-    run = sketchmine.visualize(run, ["conv"], model=net, data=drawings, max_units=4)
+    out = tmp_path_factory.mktemp("signal") / "r.zarr"
+    run = sketchmine.mine(net, drawings, layers=["conv", "gru"], k=5, out=out, batch_size=16)
+    return sketchmine.visualize(run, ["conv"], model=net, data=drawings, max_units=4)
+
+
+def test_a_time_distributed_conv1d_is_shown_in_the_frame_of_its_step(signal_run, images):
     from sketchmine.passes.visualize import patches_of
 
+    run = signal_run
+    length = run.layer_attrs("conv")["frame"][0]
+    assert run.layer_shape("conv") == (4, T * length)
     _, index, yx = run.topk("conv")
     steps = yx[..., 1] // length
     assert (steps < T - 1).any()  # some units peak before the whole drawing
@@ -66,3 +73,16 @@ def test_a_time_distributed_conv1d_is_shown_in_the_frame_of_its_step(tmp_path, i
             image = images[0][index[u, j]]
             frame = progressive_drawing(image, T, background_of(image))[steps[u, j]]
             assert np.array_equal(patches[j, ..., 0], frame), (u, j, int(steps[u, j]))
+
+
+def test_a_time_distributed_conv1d_is_described_by_its_frames(signal_run, tmp_path):
+    """Its (C, T·L) map is C units of L positions over T steps, not T·L steps."""
+    from sketchmine.present.report import write_report
+    from sketchmine.results.numbers import shape_text
+
+    length = signal_run.layer_attrs("conv")["frame"][0]
+    assert shape_text(signal_run.layer_attrs("conv")) == f"4×{length} × {T} steps"
+    assert shape_text(signal_run.layer_attrs("gru")) == f"6 × {T} steps"
+    write_report(signal_run, tmp_path / "report", montages=0)
+    page = next((tmp_path / "report" / "layers").glob("*-conv.html")).read_text()
+    assert f"a line of {length} values per frame" in page and f"4×{length} × {T} steps" in page

@@ -144,7 +144,8 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                      f"maxima; {e(_selectivity_words(run, si))}</p>"
                      + _table(["class", "preference", "units preferring", "accuracy %"], rows, {1, 2, 3}))
     if attrs.get("position") == "time" or attrs.get("time_steps"):
-        per = "a map" if len(attrs.get("frame") or []) == 2 else "one value"  # a conv's grid; a per-frame linear's
+        frame = attrs.get("frame") or []  # a conv's grid, a Conv1d's line, a per-frame linear's value
+        per = "a map" if len(frame) == 2 else f"a line of {frame[0]} values" if len(frame) == 1 else "one value"
         what = (f"it reads each of the drawing's {attrs['time_steps']} frames, {per} per frame" if attrs.get("time_steps")
                 else "its state after each step of the drawing")
         how = f' <small>(read as {e(str(attrs["tapped"]))})</small>' if attrs.get("tapped") else ""

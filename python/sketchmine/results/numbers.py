@@ -117,11 +117,12 @@ def enough(values: Sequence[float | None], digits: int = 4) -> int:
 
 def shape_text(attrs: dict) -> str:
     """A layer's output shape for people, from its attributes: "32×28×28"; a layer over time says
-    its steps ("16×28×28 × 8 steps", not the (C, T·H, W) map it is stored as, "16×224×28")."""
+    its steps ("16×28×28 × 8 steps", not the (C, T·H, W) map it is stored as, "16×224×28"; a 1-D frame's
+    (C, T·L) likewise: "4×97 × 6 steps")."""
     shape = [int(s) for s in attrs.get("shape") or []]
     steps = attrs.get("time_steps")
     frame = [int(s) for s in attrs.get("frame") or []]
-    if attrs.get("position") == "time-stacked" and isinstance(steps, int) and frame and len(shape) == 3:
+    if attrs.get("position") == "time-stacked" and isinstance(steps, int) and frame and len(shape) == 1 + len(frame):
         return f"{'×'.join(map(str, [shape[0], *frame]))} × {steps} steps"
     if attrs.get("position") in ("time-stacked", "time", "sequence") and len(shape) == 2:
         return f"{shape[0]} × {shape[1]} steps"
