@@ -11,6 +11,7 @@ from torch import nn
 import sketchmine
 from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
 from sketchmine.data.sequences import SequenceDataset, background_of, progressive_drawing
+from tests.helpers import brute_topk
 
 PRE = Preprocessing("model", 1, None, (0.2728,), (0.4056,))
 T = 6
@@ -86,3 +87,44 @@ def test_a_time_distributed_conv1d_is_described_by_its_frames(signal_run, tmp_pa
     write_report(signal_run, tmp_path / "report", montages=0)
     page = next((tmp_path / "report" / "layers").glob("*-conv.html")).read_text()
     assert f"a line of {length} values per frame" in page and f"4×{length} × {T} steps" in page
+
+
+class NormedGRU(nn.Module):
+    """A GRU whose per-step output goes through a LayerNorm and a ReLU module before the head."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.gru = nn.GRU(28 * 28, 8, batch_first=batch_first, bidirectional=True)
+        self.norm = nn.LayerNorm(16)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = x.flatten(2) if self.batch_first else x.flatten(2).transpose(0, 1)
+        out = self.act(self.norm(self.gru(f)[0]))
+        return self.fc(out[:, -1] if self.batch_first else out[-1])
+
+
+def test_modules_after_a_recurrent_layer_are_read_by_its_hidden_units(tmp_path, drawings):
+    """(N, T, 16) after a GRU: 16 units over T steps, not T units over 16 positions."""
+    torch.manual_seed(3)
+    net = NormedGRU(batch_first=True).eval()
+    run = sketchmine.mine(net, drawings, layers=["norm", "act"], k=4, out=tmp_path / "r.zarr", batch_size=16)
+    x = torch.stack([drawings[i][1] for i in range(len(drawings))])
+    got = {}
+    hooks = [getattr(net, n).register_forward_hook(lambda m, i, o, n=n: got.setdefault(n, o.clone()))
+             for n in ("norm", "act")]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    for name in ("norm", "act"):
+        assert run.layer_shape(name) == (16, T)
+        values, index, position = brute_topk(got[name].transpose(1, 2), 4)
+        v, i, yx = run.topk(name)
+        np.testing.assert_allclose(v, values, rtol=1e-6, atol=1e-6)
+        assert (i == index).all() and (yx[..., 1] == position).all() and (yx[..., 0] == 0).all()
+    # time-first (T, N, 16): its rows are steps, not images; refused, not mined as images
+    with pytest.raises(sketchmine.SketchmineError, match=r"layer 'norm' returns 6 rows per image"):
+        sketchmine.mine(NormedGRU(batch_first=False).eval(), drawings, layers=["norm"], out=tmp_path / "t.zarr")

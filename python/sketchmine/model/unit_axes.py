@@ -13,7 +13,8 @@ unknown ops (Swin's shifted-window attention) return their input's shape.
 The units are followed as a span of axes [start, stop) (a channel shuffle splits them in two
 for a moment) from the image input's channels (axis 1; axis 2 of frames (N, T, C, H, W)):
 - convolutions, pools and channel norms (modules or functions) put them on axis 1; a Linear
-  (module or F.linear) on the last axis; a split keeps them in each piece;
+  (module or F.linear) and a recurrent layer's hidden states (element 0 of its output) on the last
+  axis; a split keeps them in each piece;
 - permute, transpose, swapaxes and movedim move them; reshape, view and flatten keep them where
   the axes on one side of them are kept (flattening (H, W), splitting the channels into groups,
   folding positions into the batch as a window partition does); a single unit (a grey map) stays
@@ -109,6 +110,9 @@ def _node_span(node: fx.Node, shape: tuple[int, ...] | None, image: list[fx.Node
             return (len(shape) - 1, len(shape)) if shape else None
         if isinstance(m, nn.Flatten) and fed:
             return _reshaped(fed[0], shape, spans[fed[0]])
+        if isinstance(m, nn.RNNBase):  # its hidden states, (N, T, H) or (T, N, H): units last, as a Linear's
+            hidden = tapped_shape(node)
+            return (len(hidden) - 1, len(hidden)) if hidden else None
         if shape is None:  # a tuple: what a tap reads, element 0
             return _kept(tapped_shape(node), image, spans)
     elif node.target in (torch.nn.functional.linear,):
