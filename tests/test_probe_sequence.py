@@ -85,7 +85,8 @@ def page_frames(page, images: np.ndarray) -> np.ndarray:
 def test_frames_made_in_the_page_equal_the_python_data_path(gru_report, browser, base):  # noqa: F811
     """The JavaScript port of progressive_drawing against Python's, byte for byte: the 50 real
     test images (light ink, ink auto), the same inverted (dark ink on white: the background is
-    decided by the border), random sparse images (many equal angles), and one-pixel and empty ones."""
+    decided by the border's lower median, also where its two middle values straddle 128), random
+    sparse images (many equal angles), and one-pixel and empty ones."""
     page, problems = open_page(browser, (gru_report.parent / "probe.html").as_uri())
     ready(page)
     assert page.evaluate("window.sketchmine.meta.sequence") == {"transform": "outline-then-fill/v1", "steps": STEPS,
@@ -94,9 +95,13 @@ def test_frames_made_in_the_page_equal_the_python_data_path(gru_report, browser,
     sparse = (rng.random((20, 28, 28)) < rng.uniform(0.02, 0.6, (20, 1, 1))) * rng.integers(1, 256, (20, 28, 28))
     dot = np.zeros((2, 28, 28), np.int64)
     dot[0, 13, 14] = 200
-    images = np.concatenate([base.images[:50], 255 - base.images[:50], sparse, dot]).astype(np.uint8)
+    # a border half 100, half 200: its two middle values straddle 128; the lower median (100) says light ink
+    halves = base.images[:2].astype(np.int64) // 2 + 100
+    halves[:, :14], halves[:, 14:] = np.maximum(halves[:, :14], 100), np.maximum(halves[:, 14:], 200)
+    images = np.concatenate([base.images[:50], 255 - base.images[:50], sparse, dot, halves]).astype(np.uint8)
     assert images[:50].std() > 10  # real drawings; dark background, then light
     assert [background_of(im) for im in images[:100]] == [0] * 50 + [255] * 50
+    assert [background_of(im) for im in images[-2:]] == [0, 0]
     got = page_frames(page, images)
     want = np.stack([python_frames(im) for im in images])
     bad = [i for i in range(len(images)) if not (got[i] == want[i]).all()]

@@ -60,8 +60,8 @@ window.sketchmineProbePixels = function (H, W) {
     for (x = 0; x < W; x++) { b.push(px[(H - 1) * W + x]); }
     for (y = 1; y < H - 1; y++) { b.push(px[y * W]); b.push(px[y * W + W - 1]); }
     b.sort(function (a, c) { return a - c; });
-    var n = b.length, med = n % 2 ? b[(n - 1) / 2] : (b[n / 2 - 1] + b[n / 2]) / 2;
-    return med < 128 ? 0 : 255;
+    // the lower median, as background_of and ink density take it (not the mean of an even border's two middle values)
+    return b[(b.length - 1) >> 1] < 128 ? 0 : 255;
   }
   function pixelOrder(px, bg) {
     var n = H * W, depth = new Int32Array(n).fill(-1), alive = new Uint8Array(n), any = false, i;
