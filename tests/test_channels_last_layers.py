@@ -525,3 +525,39 @@ def test_a_reshape_that_keeps_or_moves_a_single_channel_keeps_it_placed(sketches
     values, index, _ = run.topk("act")
     want_values, want_index, _ = brute_topk(acts, 3)
     assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)
+
+
+class _TokensTransposed(nn.Module):
+    """A ViT-like stem written with x.mT, torch.nn's TransformerEncoder over its tokens, and a module
+    after a matmul by a matrix: each read its own way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, C, 4, stride=4)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(C, 2, 16, dropout=0.0, batch_first=True), 2,
+                                         enable_nested_tensor=False)
+        self.mix = nn.Parameter(torch.eye(C) + 0.1)
+        self.act, self.head = nn.GELU(), nn.Linear(C, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.enc(self.patch(x).flatten(2).mT)  # (N, 49, C)
+        return self.head(self.act(t @ self.mix).mean(1))
+
+
+def test_tokens_after_mt_are_placed_and_a_leaf_modules_layers_are_said_apart(sketches, tmp_path, caplog):
+    """x.mT was not followed: the encoder after it was read along its 49 tokens as units (said
+    as unplaced). A layer inside the encoder (a torch.nn module the graph does not enter) is said
+    with that reason, apart from one after a matmul (the first layer's reason was given for all)."""
+    torch.manual_seed(0)
+    net = _TokensTransposed().eval()
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(net, sketches, layers=["enc", "enc.layers.0", "act"], k=3, out=tmp_path / "r.zarr")
+    assert run.layer_shape("enc") == (C, 49) and run.layer_shape("enc.layers.0") == (49, C)
+    acts = _channels_first(net, "enc", sketches.tensors[0]).mT  # (N, C, tokens)
+    values, index, _ = run.topk("enc")
+    want_values, want_index, _ = brute_topk(acts, 3)
+    assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)
+    said = [r.getMessage() for r in caplog.records if "read with their units on axis 1" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("2 layer(s)")
+    assert "(enc.layers.0: it runs inside enc, a torch.nn module the graph does not enter" in said[0]
+    assert "; act: the graph does not follow the ops before it)" in said[0]

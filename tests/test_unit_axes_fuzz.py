@@ -1,9 +1,9 @@
 """Where the graph places a module's units, checked on random chains of the ops it follows:
-permutes, per-position Linears, norms over the last axis, elementwise ops, 1×1 convs, cats,
+permutes, x.mT, per-position Linears, norms over the last axis, elementwise ops, 1×1 convs, cats,
 flattens of positions, positions folded into the batch (a window partition) and indexing, with channel and grid sizes drawn small so that they
 coincide (a (N, 4, 4, 4) map, where a shape alone cannot tell channels from positions). Each
 step is a module, and the chain knows where its units are: the graph places every step's units
-there, or says it cannot (after x.mT, which swaps two axes of equal size unseen) - never elsewhere."""
+there, or says it cannot (after a matmul by a matrix, which mixes the last axis) - never elsewhere."""
 from __future__ import annotations
 
 from typing import Any
@@ -48,20 +48,22 @@ class Step(nn.Module):
             return x[:, 0]
         if self.kind == "fold":  # positions into the batch, as a window partition does
             return x.flatten(0, 1)
-        return x.mT  # "swap": the last two axes, by an attribute the graph does not follow
+        if self.kind == "swap":
+            return x.mT  # the last two axes, by an attribute (followed)
+        return x @ torch.eye(x.shape[-1])  # "mix": a matmul, which the graph does not follow
 
 
 @st.composite
 def chain(draw: st.DrawFn) -> tuple[tuple[int, int, int], list[tuple[str, Any]], list[int | None]]:
     """An input (C, H, W), the steps, and where each step's output holds its units (None: the
-    graph may not know, after a swap)."""
+    graph may not know, after a matmul)."""
     c, h, w = (draw(st.integers(2, 4)) for _ in range(3))
     shape, units, known = [1, c, h, w], 1, True
     steps: list[tuple[str, Any]] = []
     truth: list[int | None] = []
     for _ in range(draw(st.integers(1, 7))):
         rank = len(shape)
-        kinds = ["permute", "linear", "norm", "gelu", "cat", "swap"]
+        kinds = ["permute", "linear", "norm", "gelu", "cat", "swap", "mix"]
         if rank == 4 and units == 1 and known:
             kinds.append("conv")
         positions = [a for a in range(1, rank - 1) if a != units and a + 1 != units]
@@ -95,6 +97,7 @@ def chain(draw: st.DrawFn) -> tuple[tuple[int, int, int], list[tuple[str, Any]],
         elif kind == "swap":
             shape = [*shape[:-2], shape[-1], shape[-2]]
             units = {rank - 1: rank - 2, rank - 2: rank - 1}.get(units, units)
+        elif kind == "mix":
             known = False
         steps.append((kind, arg))
         truth.append(units if known else None)
@@ -117,7 +120,7 @@ def test_the_graph_places_units_where_the_chain_holds_them_or_says_it_cannot(dra
     axes = analysis.unit_axes
     for i, (want, rank) in enumerate(zip(truth, ranks)):
         got = axes.get(str(i))
-        if want is None:  # after a swap the graph may not know, but must not place them elsewhere
+        if want is None:  # after a matmul the graph may not know, but must not place them elsewhere
             assert got is None, (i, steps, got)
         else:
             assert got == (want, rank), (i, steps, got, want)

@@ -89,7 +89,7 @@ class TorchForward:
 
     def fields(self, sample: tuple[int, ...], progress: Progress) -> dict[str, Any]:
         if self.unplaced:  # said when the run is made
-            progress.note(unplaced_note(list(self.unplaced), next(iter(self.unplaced.values()))))
+            progress.note(unplaced_note(self.unplaced))
         return fields_attrs(self.net, sample, progress, self._analysis(sample))
 
     def _analysis(self, sample: tuple[int, ...]) -> FieldAnalysis | SketchmineError:

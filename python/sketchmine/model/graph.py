@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.nn.parameter import is_lazy
+from torch.utils._pytree import tree_map
 
 from sketchmine.errors import SketchmineError, whole_number
 from sketchmine.model.meta import meta_call
@@ -148,7 +149,18 @@ class _Tracer(fx.Tracer):
             name = self.path_of_module(m)
             self.identities[name] = None if name in self.identities else args[0].node
             return args[0]
-        return super().call_module(m, forward, args, kwargs)
+        return super().call_module(m, _attributes_placed(forward), args, kwargs)
+
+
+def _attributes_placed(forward: Any) -> Any:
+    """`forward`, with the attribute proxies it returns (`x.mT`) made nodes inside its module's
+    scope: fx makes them at their first use, in the user's scope, so a module returning `x.mT`
+    had no node of its own (no field, no place for its units)."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        out = forward(*args, **kwargs)
+        tree_map(lambda v: v.node if isinstance(v, fx.proxy.Attribute) else v, out)
+        return out
+    return run
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:

@@ -51,13 +51,28 @@ def graph_layouts(model: nn.Module, layers: Sequence[str], analysis: FieldAnalys
             continue
         got = axes.get(name) if isinstance(axes, dict) else None
         if got is None:
+            inside = _leaf_around(modules, name)
             unplaced[name] = (str(axes) if isinstance(axes, SketchmineError) else
+                              f"it runs inside {inside}, a torch.nn module the graph does not enter: mine {inside} "
+                              "itself, or build its layers as modules of your own" if inside else
                               "the graph does not follow the ops before it")
         elif got[1] in (3, 4) and got[0] == got[1] - 1:
             known[name] = {"layout": CHANNELS_LAST if got[1] == 4 else FEATURES_LAST}
         elif got[0] != 1 and got[1] > 2:
             unplaced[name] = f"its units are axis {got[0]} of {got[1]}"
     return known, unplaced
+
+
+def _leaf_around(modules: dict[str, nn.Module], name: str) -> str | None:
+    """The outermost module around `name` that torch.fx traces as one call (a torch.nn module but
+    a container, as an nn.TransformerEncoder holding its layers), whose inside no graph node sees."""
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        outer = modules.get(".".join(parts[:i]))
+        if outer is not None and type(outer).__module__.startswith("torch.nn") and not isinstance(
+                outer, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            return ".".join(parts[:i])
+    return None
 
 
 TOKENS = {"position": "tokens", "yx": "(0, token)"}
@@ -75,11 +90,17 @@ def tokens_of_images(layouts: dict[str, dict[str, Any]], sample_rank: int) -> di
             for name, info in layouts.items()}
 
 
-def unplaced_note(names: Sequence[str], why: str | None = None, of: str = "") -> str:
+def unplaced_note(names: Sequence[str] | dict[str, str], of: str = "") -> str:
     """What `mine` says, when it makes the run, of the tapped layers read along axis 1 that the
-    graph does not place (`of`: " of FILE" for an ONNX graph)."""
-    listed = ", ".join(names[:3]) + (", …" if len(names) > 3 else "") + (f": {why}" if why else "")
-    return (f"{len(names)} layer(s){of} read with their units on axis 1, (N, C, ...), where the model's graph does "
+    graph does not place (a dict: each with why, names of one reason listed together; `of`: " of
+    FILE" for an ONNX graph)."""
+    whys = names if isinstance(names, dict) else dict.fromkeys(names, "")
+    groups: dict[str, list[str]] = {}
+    for name, why in whys.items():
+        groups.setdefault(why, []).append(name)
+    listed = "; ".join(", ".join(group[:3]) + (", …" if len(group) > 3 else "") + (f": {why}" if why else "")
+                       for why, group in groups.items())
+    return (f"{len(whys)} layer(s){of} read with their units on axis 1, (N, C, ...), where the model's graph does "
             f"not place them ({listed}): one holding channels last (N, H, W, C) or tokens (N, T, D) is read along "
             "the wrong axis")
 

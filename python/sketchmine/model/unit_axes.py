@@ -21,7 +21,8 @@ for a moment) from the image input's channels (axis 1; axis 2 of frames (N, T, C
   the axis of one it was among the axes of one, in order;
 - cat keeps them where its inputs agree (joined along them or along another axis); indexing
   keeps them when it drops other axes;
-- matmul, einsum and x.mT leave them unknown (a Linear after them places them again);
+- x.mT swaps the last two axes; matmul, einsum and x.T leave them unknown (a Linear after them
+  places them again);
 - any other op whose output has the rank, batch and unit sizes of its inputs that come from the
   image keeps their units, where those agree (elementwise ops, norms, dropout, attention, a
   residual add, functional pools and pads); anything else leaves them unknown, as does an input
@@ -53,7 +54,7 @@ _MOVES = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.
           "swapaxes", "swapdims", "movedim"}
 _RESHAPES = {torch.reshape, torch.flatten, "reshape", "view", "flatten", "unflatten"}
 _UNFOLLOWED = {torch.matmul, torch.bmm, torch.einsum, operator.matmul, getattr, "matmul", "bmm", "t", "expand_as",
-               "view_as", "reshape_as"}  # getattr: x.mT, x.T (a transpose the shapes may not show)
+               "view_as", "reshape_as"}  # getattr: x.T (its batch axis moved) and other attributes; x.mT is followed
 
 
 def follow_units(gm: fx.GraphModule) -> dict[fx.Node, Span]:
@@ -121,6 +122,9 @@ def _node_span(node: fx.Node, shape: tuple[int, ...] | None, image: list[fx.Node
         return (1, 2) if shape is not None and len(shape) >= 2 else None
     elif node.target in _SPLITS and fed and node.args and node.args[0] is fed[0]:
         return spans[fed[0]]  # a tuple of pieces, each as many axes as the input: its units where they were
+    elif node.target is getattr and fed and node.args[0] is fed[0] and node.args[1] in ("mT", "mH"):
+        rank = len(_shape(fed[0]) or ())  # x.mT: its last two axes swapped (a ViT's (N, D, T) → (N, T, D))
+        return _at(list(range(rank - 2)) + [rank - 1, rank - 2], spans[fed[0]]) if rank > 2 else None
     elif node.target in _UNFOLLOWED:
         return None
     elif node.target in _MOVES and fed and node.args and node.args[0] is fed[0]:
@@ -177,8 +181,11 @@ def axis_order(node: fx.Node, rank: int) -> list[int] | None:
 
 def _moved(node: fx.Node, span: Span, rank: int) -> Span | None:
     order = axis_order(node, rank)
-    if order is None:
-        return None
+    return None if order is None else _at(order, span)
+
+
+def _at(order: list[int], span: Span) -> Span | None:
+    """The units' span after the output takes input axis `order[i]` as its axis i (None: split apart)."""
     at = sorted(order.index(d) for d in range(*span))
     return (at[0], at[-1] + 1) if at == list(range(at[0], at[-1] + 1)) else None
 
