@@ -264,6 +264,9 @@ def test_visualize_a_sequence_run(tmp_path):
     run = sketchmine.mine("demo-gru", ds, layers=layers, out=tmp_path / "r.zarr", k=3)
     rf = run.store.group["layers/features.3"].attrs["receptive_field"]
     assert rf == {"size": [10, 10], "stride": [2, 2], "offset": [-4, -4]}  # per 28-px frame, as for one image
+    field = sketchmine.receptive_fields(loaded, (8, 1, 28, 28))["features.3"]  # a sample's size, as mine takes it
+    assert field == sketchmine.receptive_fields(loaded, (1, 28, 28), leading=(8,))["features.3"]  # (it was refused)
+    assert (list(field.size), list(field.stride), list(field.offset)) == (rf["size"], rf["stride"], rf["offset"])
     units = 2
     run = sketchmine.visualize(run, data=ds, method="gradient", max_units=units)
     net = loaded.module

@@ -127,11 +127,14 @@ def receptive_fields(model: nn.Module | LoadedModel, input_size: int | tuple[int
     as folding the frames into the batch, leaves the field as it is). `channels`: the input's
     channels (default: the first conv's, else 3). `input_size`: an int S (S×S), (H, W) or
     (C, H, W) (`data.parse_size`); a C that differs from `channels` or from the model's first
-    convolution is refused. An op the analysis cannot follow is refused naming it
+    convolution is refused; (T, C, H, W) is (C, H, W) with `leading` (T,), as `mine` takes a
+    sequence's samples. An op the analysis cannot follow is refused naming it
     (`field_analysis` keeps the fields of the modules before it). A reflection or replication pad
     (and a pointwise op between it and the conv that reads it) has no field: its border units are
     copies that no box holds; the layers after it have theirs. `model`: a torch module, or the
     LoadedModel of one (`load_model`)."""
+    if isinstance(input_size, (tuple, list)) and len(input_size) > 3 and not leading:
+        leading, input_size = tuple(input_size[:-3]), tuple(input_size[-3:])
     analysis = field_analysis(torch_module(model, "receptive_fields"), input_size, leading, channels)
     refused = [why for name, why in analysis.missing.items() if name not in analysis.copies]
     if refused:
