@@ -107,3 +107,22 @@ def test_readers_of_a_run_need_no_model_and_no_dataset():
 
 def test_no_module_is_longer_than_a_reader_takes_in():
     assert {m: n for m, f in MODULES.items() if (n := len(f.read_text().splitlines())) > MAX_LINES} == {}
+
+
+def test_the_layout_table_names_every_module():
+    """docs/development.md's Layout names every module of each folder (its table) and of the
+    root (the paragraph above it): a module added without a word there is missed by a reader
+    looking for where a thing lives (the table had fallen dozens of modules behind)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "development.md").read_text()
+    layout = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)/` [^|]*\| (.*) \|$", layout, re.M))
+    rows["root"] = layout.split("| folder |", 1)[0]
+    unnamed = {}
+    for m, f in MODULES.items():
+        parts = m.split(".")
+        if f.name in ("__init__.py", "__main__.py"):
+            continue
+        folder = _stage(m)
+        if parts[-1] not in set(re.findall(r"`(\w+)`", rows.get(folder, ""))):
+            unnamed.setdefault(folder, []).append(parts[-1])
+    assert unnamed == {}
