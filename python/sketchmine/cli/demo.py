@@ -3,10 +3,10 @@
 "demo" (SketchNet, AlexNet-style) and "demo-resnet" (a small BasicBlock ResNet) are mined
 (every conv, linear and softmax layer) and visualized over the same 2,000 Animal-Shape test
 images, each into its own run store, their class outputs' optimal inputs found by feature
-visualisation, then summarised and compared layer by layer (paired by
-relative depth). The seed's next step comes last: "demo-gru" (CNN + GRU) reads each test image
-as a progressive drawing; it is mined and visualized the same way, and the importance of each
-GRU hidden unit for the correct label is measured by ablation. One static report per model:
+visualisation, then summarised and compared layer by layer (paired by name, the logits with the
+logits, else by receptive field or relative depth). The seed's next step comes last: "demo-gru"
+(CNN + GRU) reads each test image as a progressive drawing; it is mined and visualized the same
+way, and the importance of each GRU hidden unit for the correct label is measured by ablation. One static report per model:
 
     OUT/demo.zarr  OUT/demo-resnet.zarr  OUT/demo-gru.zarr     the runs (a re-run with the same OUT resumes)
     REPORT/<model>/index.html, probe.html                       (REPORT defaults to OUT/report; the live probe)

@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_ = sub.add_parser("probe", help="export RUN's model for the live probe page (drawing → predictions and units "
                                       "in the browser); `sketchmine report` includes it when the model loads")
     run_argument(p_, "the run whose model to export")
-    p_.add_argument("--out", required=True, type=user_path, help="folder for probe.html (new or empty)")
+    p_.add_argument("--out", required=True, type=user_path,
+                    help="folder for probe.html: new, empty, or one a probe wrote before")
     p_.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
                     help="the model's input size, for a run that records none (one differing from the size the "
                          "run or the .onnx file fixes is refused)")
