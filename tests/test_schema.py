@@ -3,7 +3,9 @@ reads as before; its unfinished runs and versions no release wrote are refused c
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +133,22 @@ def test_xarray_labels_the_output_axis_with_the_class_each_output_is_scored_agai
     bare = sketchmine.mine(demo_model.module, small_test_set, layers=["features.3"], k=1, logits=False,
                            out=tmp_path / "bare.zarr")
     assert "output" not in xr.open_datatree(str(bare.path), engine="zarr", consolidated=False).coords
+
+
+def test_the_store_page_names_every_attribute_and_array_of_a_run(mined):
+    """docs/store.md's layout is what a reader without sketchmine goes by: every root attribute
+    and every array of a complete run (distributions included) is named there (it lacked
+    `attribute_sums`, which every complete run holds)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "store.md").read_text()
+    layout = page.split("```text", 1)[1].split("```", 1)[0]
+    named = set(re.findall(r"[A-Za-z_]\w*", layout))
+    group = zarr.open_group(mined, mode="r")
+    arrays = {path.rpartition("/")[2] for path, _ in _arrays(group)}
+    assert sorted(set(group.attrs) - named) == [] and sorted(arrays - named) == []
+
+
+def _arrays(group, prefix=""):
+    for name, array in group.arrays():
+        yield prefix + name, array
+    for name, sub in group.groups():
+        yield from _arrays(sub, f"{prefix}{name}/")
