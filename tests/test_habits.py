@@ -126,6 +126,22 @@ def test_cli_inks_are_the_datasets():
     assert INKS == DATA_INKS
 
 
+def test_mine_help_names_every_kind_of_default_layer():
+    """`mine --layers` says what it mines when left out: each kind `default_layers` takes (it
+    said "every conv, linear, softmax" while every recurrent module is mined by default too)."""
+    from torch import nn
+
+    from sketchmine.cli.parser import build_parser
+    from sketchmine.model.taps import _DEFAULT_TYPES  # the list the help describes
+
+    mine = build_parser()._subparsers._group_actions[0].choices["mine"]
+    text = " ".join(next(a.help for a in mine._actions if a.dest == "layers").split())
+    words = {nn.Conv1d: "conv", nn.Conv2d: "conv", nn.Conv3d: "conv", nn.Linear: "linear",
+             nn.Softmax: "softmax", nn.RNNBase: "recurrent"}
+    assert set(_DEFAULT_TYPES) == set(words)
+    assert [w for w in words.values() if w not in text] == []
+
+
 def test_every_path_option_is_known_to_the_removed_folder_check():
     """parser.PATH_OPTIONS lists each path a command takes: a removed current folder refuses a
     command given one relative to it (cli/environment.py), so a path option left out would be read

@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", type=user_path,
                    help="run directory (Zarr); an unfinished one is resumed (default: MODEL.zarr in the "
                         "current folder, MODEL the --model name without folder and extension)")
-    layers_option(m, "qualified module names (default: every conv, linear, softmax)")
+    layers_option(m, "qualified module names (default: every conv, linear, recurrent and softmax layer)")
     m.add_argument("-k", type=positive_int, default=9, help="images kept per unit")
     m.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     m.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
