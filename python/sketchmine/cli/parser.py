@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     reload_options(v)
     v.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided", "gradient"],
                    help="how a unit's activation is projected back to pixels")
-    v.add_argument("--batch-size", type=positive_int, default=64, help="(image, unit) pairs per forward and backward")
+    v.add_argument("--batch-size", type=positive_int, default=64,
+                   help="(image, unit) pairs per forward and backward; with --optimize, also the units optimised "
+                        "together (a block, kept on resume)")
     v.add_argument("--max-patch", type=positive_int, default=128, help="shrink larger patches to fit N×N pixels")
     v.add_argument("--redo", action="store_true", help="replace patches made with other settings")
     v.add_argument("--examples", default="top", choices=["top", "all"],
