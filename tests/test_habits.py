@@ -257,6 +257,21 @@ def test_exit_codes(mined, images, tmp_path):
     assert verbose.returncode == 3 and "Traceback" in verbose.stderr
 
 
+def test_an_option_a_command_lacks_points_at_that_commands_help(capsys):
+    """`sketchmine summary RUN --bogus` is a usage error (2) whose line names `sketchmine summary
+    --help`, where the options are: the top level said `sketchmine --help`, which lists none."""
+    from sketchmine.cli.parser import build_parser as _parser
+
+    for argv, cmd in ((["summary", "r.zarr", "--bogus"], "summary"), (["visualize", "--layers", "a", "b", "r.zarr"],
+                                                                        "visualize")):
+        with pytest.raises(SystemExit) as stop:
+            _parser().parse_args(argv)
+        line = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and line.startswith("sketchmine: error: unrecognized arguments: ") \
+            and line.endswith(f"(see: sketchmine {cmd} --help)") and "\n" not in line, line
+    assert _parser().parse_args(["summary", "r.zarr", "-n", "3"]).n == 3
+
+
 def test_exit_code_of_a_failure_is_1():
     from sketchmine.errors import SketchmineError, SketchmineFailure
 

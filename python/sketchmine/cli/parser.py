@@ -40,6 +40,17 @@ class Parser(argparse.ArgumentParser):
         print(f"sketchmine: error: {safe(message, markup=False)} (see: sketchmine {cmd}--help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
+    def parse_args(self, args: typing.Any = None, namespace: typing.Any = None) -> typing.Any:
+        """argparse's, except that an option the command does not take is said by the command's
+        parser, which points at that command's --help (the top level pointed at `sketchmine --help`,
+        which lists no command's options)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._subparsers._group_actions[0].choices.get(getattr(parsed, "command", None)) \
+                if self._subparsers is not None else None
+            (command or self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
 
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's default in --help: `(default: X)` unless its help already says its default;
