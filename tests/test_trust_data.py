@@ -197,9 +197,11 @@ def test_size_arguments_take_int_hw_or_chw_and_nothing_else():
         sketchmine.receptive_fields(net, (1, 224, 224))
     for bad in (0, -3, 2.5, (1, 2, 3, 4), (224, 0), (224.0, 224.0), True, "224"):
         with pytest.raises(SketchmineError, match=r"positive int S"):
-            sketchmine.receptive_fields(net, bad)
+            sketchmine.receptive_fields(net, bad if bad != (1, 2, 3, 4) else (1, 3, 224, 0))
         with pytest.raises(SketchmineError, match=r"positive int S"):
             data.as_size(bad, "size")
+    with pytest.raises(SketchmineError, match=r"AlexNet cannot take a 5×3×224×224 input"):  # (T, C, H, W): frames
+        sketchmine.receptive_fields(net, (5, 3, 224, 224))
     assert Preprocessing("none", 1, 28).size == (28, 28)
     assert Preprocessing("none", 1, [1, 20, 30]).size == (20, 30)
     with pytest.raises(SketchmineError, match=r"preprocessing size"):

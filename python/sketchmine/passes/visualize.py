@@ -363,10 +363,8 @@ def _frames(x: torch.Tensor, inv: torch.Tensor, p: _Plan, yx: np.ndarray) -> tup
     last = x.shape[1] - 1
     if p.frame_h:
         steps = torch.from_numpy(yx[:, 0].astype(np.int64) // p.frame_h)
-    elif p.timed:
-        steps = torch.from_numpy(yx[:, 1].astype(np.int64))
-    elif p.frame_w:
-        steps = torch.from_numpy(yx[:, 1].astype(np.int64) // p.frame_w)
+    elif p.timed or p.frame_w:  # a line of steps, or of frames of frame_w positions each
+        steps = torch.from_numpy(yx[:, 1].astype(np.int64) // max(p.frame_w, 1))
     else:
         steps = torch.full((len(inv),), last, dtype=torch.long)
     return x[inv, steps.clamp(0, last).to(x.device)], torch.arange(len(inv), device=x.device)
