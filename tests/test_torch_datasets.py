@@ -204,6 +204,26 @@ def three_class_folder(few, tmp_path_factory) -> torchvision.datasets.ImageFolde
     return torchvision.datasets.ImageFolder(str(root), transform=pixels)
 
 
+def test_labels_without_class_names_or_logits_are_said_not_called_missing(few, tmp_path):
+    """A dataset that names no classes, mined with logits=False: the class count is unknown, so
+    nothing per class is kept. The labels are there all the same: mine says what is not kept and
+    why, and the readers do not answer "the dataset has no labels"."""
+    run, notes = _mine("demo", TensorDataset(_pixels(few), _labels(few)), tmp_path, "nameless", logits=False)
+    np.testing.assert_array_equal(run.labels, few.labels())
+    said = [n for n in notes if "names no classes" in n]
+    assert len(said) == 1 and "no per-class statistics" in said[0] and "keep the logits" in said[0]
+    for read in (lambda: run.class_stats("features.0"), lambda: run.class_histogram("features.0"), run.ink_density):
+        with pytest.raises(SketchmineError, match=r"its images have labels, but the run names no classes") as err:
+            read()
+        assert "the dataset has no labels" not in str(err.value) and "mined before" not in str(err.value)
+    with pytest.raises(SketchmineError, match=r"class histograms of layer .features.0. need the class names"):
+        run.class_histogram("features.0")
+    unlabelled, notes = _mine("demo", TensorDataset(_pixels(few), torch.full((40,), -1)), tmp_path, "unlabelled",
+                              logits=False)
+    with pytest.raises(SketchmineError, match=r"the dataset has no labels"):
+        unlabelled.class_stats("features.0")
+
+
 def test_subset_and_concat_keep_the_class_count_check_and_the_file_paths(three_class_folder, tmp_path):
     folder = three_class_folder
     for wrapped in (Subset(folder, range(len(folder))), ConcatDataset([folder]),

@@ -290,6 +290,11 @@ def mine(
             forward.stop_after = forward.order[-1]
             num_classes = None
         known = ds.labels()
+        if not logits and not ds.class_names and (known is None or bool((known >= 0).any())):
+            progress.note("the dataset names no classes (no `classes` or `class_to_idx`) and logits=False (--no-logits) "
+                          "leaves the model's output count unknown: its labels are stored, but no per-class statistics "
+                          "(class means, class histograms, ink density) are kept; set `classes` on the dataset, or "
+                          "keep the logits")
         if known is not None:  # streamed labels are checked batch by batch
             check_labels(ds, np.arange(len(known)), known, len(ds.class_names) or num_classes or 0)
 

@@ -26,8 +26,8 @@ class ClassCorrelations(RunPart):
         else:
             stats = run._checkpoint_stats()
             if stats is None:
-                raise SketchmineError(f"run {run.path} has no per-class ink density: the dataset has no labels, "
-                                      "or the run was mined before sketchmine measured it (mine it again)")
+                raise SketchmineError(f"run {run.path} has no per-class ink density: " + summaries.no_classes(
+                    run, "the dataset has no labels, or the run was mined before sketchmine measured it (mine it again)"))
             ink = stats.ink_results()[0]
         return pd.Series(ink, index=pd.Index(run.class_names, name="class"), name="ink_density")
 

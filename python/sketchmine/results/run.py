@@ -221,9 +221,7 @@ class Run(UnitViews, ClassCorrelations, Precision):
         _, idx, labels = self.store.committed(lambda: (*self.topk(layer)[:2], self.labels))
         found = labels[idx[idx >= 0]]
         if not len(self.class_names) or not (labels >= 0).any():
-            raise SketchmineError(f"run {self.path}: no image has a label (the dataset has no labels), so the "
-                                  f"{int((found < 0).sum())} top-k images of layer {layer!r} have no label; "
-                                  "class histograms need labelled images")
+            raise SketchmineError(summaries.no_histogram(self, layer, len(found)))
         known = found[(found >= 0) & (found < len(self.class_names))]
         counts = np.bincount(known, minlength=len(self.class_names))
         hist = pd.Series(counts, index=pd.Index(self.class_names, name="class"), name="count")
@@ -326,8 +324,8 @@ class Run(UnitViews, ClassCorrelations, Precision):
             return self.layer_array(layer, "class_mean"), self.layer_array(layer, "class_count")
         stats = self._checkpoint_stats()
         if stats is None:
-            raise SketchmineError(f"run {self.path} has no class statistics for {layer!r}: the dataset has no labels, "
-                                  "or the run was mined before sketchmine kept them (mine it again)")
+            raise SketchmineError(f"run {self.path} has no class statistics for {layer!r}: " + summaries.no_classes(
+                self, "the dataset has no labels, or the run was mined before sketchmine kept them (mine it again)"))
         return stats.results(layer)
 
     def _checkpoint_stats(self) -> RunningClassStats | None:

@@ -259,3 +259,24 @@ def not_yet(run: Run) -> str:
     size = (run.attrs.get("dataset") or {}).get("size", "?")
     return (f"mining started and nothing is committed yet (0 of {size} images; the first checkpoint comes "
             "after --flush-every batches)")
+
+
+def no_classes(run: Run, unlabelled: str = "the dataset has no labels") -> str:
+    """Why a run has no per-class results, in words that fit its case: labelled images in a run
+    that names no classes (a dataset naming none, mined with logits=False: the class count was
+    unknown, so no class statistics were kept) are not "no labels"."""
+    if len(run.class_names) or not (run.labels >= 0).any():
+        return unlabelled
+    return ("its images have labels, but the run names no classes: the dataset names none (no `classes` or "
+            "`class_to_idx`) and logits=False (--no-logits) left the model's output count unknown, so no per-class "
+            "statistics were kept; mine again with the logits, or with `classes` set on the dataset")
+
+
+def no_histogram(run: Run, layer: str, entries: int) -> str:
+    """Why `layer` has no class histogram: no image has a label, or (labels without class names)
+    `no_classes`'s case."""
+    nameless = no_classes(run, "")
+    if nameless:
+        return f"run {run.path}: {nameless}; class histograms of layer {layer!r} need the class names"
+    return (f"run {run.path}: no image has a label (the dataset has no labels), so the {entries} top-k images of layer "
+            f"{layer!r} have no label; class histograms need labelled images")

@@ -22,7 +22,7 @@ from sketchmine.results.effects import missing_note, not_ablatable
 from sketchmine.results import importance_store
 from sketchmine.results.numbers import column
 from sketchmine.results.run import Run, unit_of
-from sketchmine.results.summaries import entry_steps
+from sketchmine.results.summaries import entry_steps, no_classes
 
 QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 """The quantiles the dashboard lists (0 and 1: the sketch's minimum and maximum)."""
@@ -114,7 +114,7 @@ class LayerSummary:
             self.missing.update({k: f"run {run.path} {without(run)}"
                                  for k in ("bottom", "quantiles", "histogram", "bins") if k in self.missing})
         if not run.has_labels():
-            self.missing["classes_top"] = ("the dataset has no labels" + (f": {why}" if why else "")
+            self.missing["classes_top"] = (no_classes(run) + (f": {why}" if why else "")
                                            + "; the classes of the top images need labelled images")
 
     def _get(self, section: str, method: str, *args: Any) -> Any:
