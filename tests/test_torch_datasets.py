@@ -224,6 +224,26 @@ def test_labels_without_class_names_or_logits_are_said_not_called_missing(few, t
         unlabelled.class_stats("features.0")
 
 
+def test_a_sample_the_dataset_cannot_read_is_skipped_or_named_wherever_it_is(few, tmp_path):
+    """The fingerprint reads 8 evenly spaced samples before the pass (of 40: #0, #5, #11, ...). One
+    the dataset cannot read there is what it is in the pass: skipped and listed with
+    skip_bad_images, else named in the error; not an OSError out of `mine`."""
+    for bad in (11, 12):  # a sample the fingerprint reads, and one only the pass reads
+        def make(i: int, bad: int = bad):
+            if i == bad:
+                raise OSError(f"disk error reading sample {i}")
+            return _pixels(few)[i], int(few.labels()[i])
+
+        data = Samples(make, 40, classes=list(few.class_names))
+        run, notes = _mine("demo", data, tmp_path, f"skipped{bad}", skip_bad_images=True)
+        assert [b["index"] for b in run.attrs["bad_images"]] == [bad] and run.labels[bad] == -1
+        want, _ = _mine("demo", ArrayDataset(np.delete(few.images, bad, 0), np.delete(few.labels(), bad),
+                                             few.class_names, few.preprocessing), tmp_path, f"without{bad}")
+        assert int(run.class_sizes().sum()) == 39 and run.accuracy() == want.accuracy()
+        with pytest.raises(SketchmineError, match=rf"cannot read image #{bad}: OSError: disk error reading sample {bad}"):
+            _mine("demo", data, tmp_path, f"stopped{bad}")
+
+
 def test_subset_and_concat_keep_the_class_count_check_and_the_file_paths(three_class_folder, tmp_path):
     folder = three_class_folder
     for wrapped in (Subset(folder, range(len(folder))), ConcatDataset([folder]),

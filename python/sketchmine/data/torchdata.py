@@ -68,11 +68,16 @@ class TorchDataset(MinerDataset):
 
     def fingerprint(self) -> str:
         """Length plus the bytes of up to 8 evenly spaced samples (read in this process, so a
-        sample `_sample` refuses is refused before mining). Not the whole dataset: see the class."""
+        sample `_sample` refuses is refused before mining; one the dataset cannot read counts as
+        unreadable, as in the pass). Not the whole dataset: see the class."""
         n = len(self)
         h = hashlib.sha256(f"{type(self.dataset).__name__}:{n}".encode())
         for i in sorted({(j * (n - 1)) // 7 for j in range(8)} if n else set()):
-            x, y = self._sample(i)
+            try:
+                x, y = self._sample(i)
+            except READ_ERRORS:  # the dataset's own read failed: the pass skips or names it (skip_bad_images)
+                h.update(f"unreadable #{i}".encode())
+                continue
             h.update(x.float().numpy().tobytes())
             h.update(str(y).encode())
         return h.hexdigest()
