@@ -120,6 +120,27 @@ def test_compare_bottom_sets_leave_out_classes_without_images(partly):
     assert cmp.no_images == ["cow", "horse"]
 
 
+def test_summary_of_a_run_without_labels_lists_its_layers_and_says_why_no_classes(tmp_path, demo_test_set):
+    """`summary` (and --json) of a run none of whose images has a label printed the layers, then
+    stopped with the class histogram's error (exit 3); now it says in one line why there are no
+    class tables, as the report's index does, and --json gives null class lists and that note."""
+    from sketchmine.data import ArrayDataset
+    from sketchmine.present.json_out import summary_data
+
+    ds = ArrayDataset(demo_test_set.images[:40], np.full(40, -1), demo_test_set.class_names,
+                      demo_test_set.preprocessing, {**demo_test_set.describe(), "subset": "no labels"})
+    run = sketchmine.mine("demo", ds, out=tmp_path / "u.zarr", layers=["features.0", "classifier.6"])
+    out = io.StringIO()
+    print_summary(str(run.path), 5, Console(file=out, width=200))
+    text = out.getvalue()
+    assert "features.0" in text and "classifier.6" in text
+    assert "no class tables: no image of this run has a label (the dataset gave none)" in text
+    data = summary_data(run, 5)
+    assert data["note"] == "no image of this run has a label (the dataset gave none)"
+    assert [(x["name"], x["top_classes"], x["bottom_classes"]) for x in data["layers"]] == [
+        ("features.0", None, None), ("classifier.6", None, None)]
+
+
 def test_a_run_without_labels_still_refuses(tmp_path, demo_test_set):
     from sketchmine.data import ArrayDataset
 

@@ -35,8 +35,8 @@ from sketchmine.results.numbers import number, percent, percents, rate, shape_te
 from sketchmine.results.optimized import how_made
 from sketchmine.results.precision import batch_note, device_note, precision_note
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import (class_sides, no_images_words, not_yet, sides, sides_note, size_note,
-                                          ties_words)
+from sketchmine.results.summaries import (NO_LABELS, class_sides, no_classes, no_images_words, not_yet, sides,
+                                          sides_note, size_note, ties_words)
 from sketchmine.store import schema
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -296,7 +296,10 @@ def print_summary(path: str, n: int, console: Console) -> None:
     else:
         console.print(f"[yellow]partial run[/]: {run.images_done} images mined so far; the class accuracies below are "
                       "over those images (the accuracy table comes when the run is complete)")
-    console.print(preferences_table(run, n))
+    if run.has_labels():
+        console.print(preferences_table(run, n))
+    else:  # no class to count the top-k images in: one line, as the report's index says it
+        console.print(f"no class tables: {safe(no_classes(run, NO_LABELS))}")
     unbiased = unbiased_table(run, n)
     if unbiased is not None:
         console.print(ink_table(run))

@@ -15,7 +15,7 @@ import pandas as pd
 
 from sketchmine.errors import SketchmineError
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import not_yet
+from sketchmine.results.summaries import NO_LABELS, no_classes, not_yet
 
 
 def plain(value: Any) -> Any:
@@ -77,15 +77,21 @@ def _summary_data(run: Run, n: int) -> dict[str, Any]:
     if not run.complete and not run.images_done:  # created, nothing committed: the layers, no numbers yet
         return {**head, "class_accuracy": [], "layers": [{"name": name, "units": run.layer_attrs(name)["shape"][0]}
                                                  for name in run.layers], "note": not_yet(run)}
+    labelled = run.has_labels()
+    if not labelled:  # no class to count the top-k images in: the lists are null, and the note says why
+        head["note"] = no_classes(run, NO_LABELS)
     for name in run.layers:
         attrs = run.layer_attrs(name)
-        top, bottom = run.top_classes(name, n), run.bottom_classes(name, n)
         peak = run.peak(name)
         best = infinite(peak) if peak is not None and math.isinf(peak) else peak  # "inf" as `unit --json`; null: none
+        entry = {"name": name, "kind": attrs.get("kind"), "shape": list(attrs["shape"]), "units": attrs["shape"][0],
+                 "max_activation": best, "nan_count": run.nan_total(name)}
+        if not labelled:
+            layers.append({**entry, "top_classes": None, "bottom_classes": None})
+            continue
+        top, bottom = run.top_classes(name, n), run.bottom_classes(name, n)
         layers.append({
-            "name": name, "kind": attrs.get("kind"), "shape": list(attrs["shape"]), "units": attrs["shape"][0],
-            "max_activation": best,
-            "nan_count": run.nan_total(name),
+            **entry,
             "top_classes": records(top, "class"),
             "bottom_classes": records(bottom, "class"),
             # the classes tied at each list's cut and left out (class order); every class tied: no order at all

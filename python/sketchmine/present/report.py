@@ -42,7 +42,7 @@ from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis, importance_store
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.numbers import number, percents, rate, shape_text
-from sketchmine.results.summaries import size_note
+from sketchmine.results.summaries import NO_LABELS, no_classes, size_note
 
 __all__ = ["PAGE_SIZE", "MARKER", "write_report", "check_report_dir", "dataset_words", "layer_ids"]
 
@@ -220,8 +220,8 @@ def _accuracy_section(run: Run) -> str:
     """The per-class accuracy table, or why there is none: a run without labels gets one line,
     not a table of classes with no images."""
     if not run.has_labels():
-        return ('<h2>Accuracy</h2><p class="note" id="no-labels">no image of this run has a label (the dataset gave '
-                "none), so there is no accuracy and no class table: the layers' units and their pictures are below</p>")
+        return (f'<h2>Accuracy</h2><p class="note" id="no-labels">{e(no_classes(run, NO_LABELS))}, so there is no '
+                "accuracy and no class table: the layers' units and their pictures are below</p>")
     try:
         acc = run.class_accuracy()
     except SketchmineError as exc:

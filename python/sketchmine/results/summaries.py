@@ -261,6 +261,10 @@ def not_yet(run: Run) -> str:
             "after --flush-every batches)")
 
 
+NO_LABELS = "no image of this run has a label (the dataset gave none)"
+"""What the views say of a run without labels (no class table, no accuracy)."""
+
+
 def no_classes(run: Run, unlabelled: str = "the dataset has no labels") -> str:
     """Why a run has no per-class results, in words that fit its case: labelled images in a run
     that names no classes (a dataset naming none, mined with logits=False: the class count was
