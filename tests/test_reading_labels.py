@@ -139,6 +139,9 @@ def test_summary_of_a_run_without_labels_lists_its_layers_and_says_why_no_classe
     assert data["note"] == "no image of this run has a label (the dataset gave none)"
     assert [(x["name"], x["top_classes"], x["bottom_classes"]) for x in data["layers"]] == [
         ("features.0", None, None), ("classifier.6", None, None)]
+    with pytest.raises(SketchmineError, match=r"compare reads the runs' classes .* and run .*u.zarr has none: no "
+                                              r"image of this run has a label"):  # said as a class histogram's
+        sketchmine.compare(run, run)
 
 
 def test_a_run_without_labels_still_refuses(tmp_path, demo_test_set):

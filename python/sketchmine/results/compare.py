@@ -14,7 +14,7 @@ from sketchmine.results.effects import logits_layer
 from sketchmine.results.notebook import accuracy_text
 from sketchmine.results.numbers import percent
 from sketchmine.results.run import Run, open_run
-from sketchmine.results.summaries import class_set
+from sketchmine.results.summaries import NO_LABELS, class_set, no_classes
 
 
 @dataclass(repr=False)
@@ -168,6 +168,10 @@ def _compare(a: Run, b: Run, n: int) -> Comparison:
             "by their pixels, so the same pictures read both ways differ: mine both from the same source)")
         raise SketchmineError(f"runs {a.path} and {b.path} were mined over different datasets (fingerprint "
                               f"{str(fa)[:12]}… vs {str(fb)[:12]}…){routes}; compare runs over the same images")
+    for r in (a, b):  # every table compare makes is of classes
+        if not r.has_labels():
+            raise SketchmineError(f"compare reads the runs' classes (accuracy per class, each layer's top and bottom "
+                                  f"classes), and run {r.path} has none: {no_classes(r, NO_LABELS)}")
     acc_a, acc_b = a.class_accuracy_series(), b.class_accuracy_series()  # NaN: no predictions (--no-logits)
     accuracy = pd.DataFrame({"accuracy_a": acc_a, "accuracy_b": acc_b})
     accuracy["difference"] = accuracy["accuracy_b"] - accuracy["accuracy_a"]
