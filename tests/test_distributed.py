@@ -187,7 +187,7 @@ def test_two_processes_resume_a_one_process_run(tmp_path, demo_model, small_test
     assert_same_as_one_process(out, ref.path)
     assert sketchmine.open_run(out).attrs["preprocess"] == "cpu"
     said = spawn(out, k=5)  # rank 0's refusal to resume with other settings reaches rank 1
-    assert said[0].startswith(f"error cannot resume {out}: it was mined with other settings: k (run: 9, now: 5)")
+    assert said[0].startswith(f"error run {out} is complete, mined with other settings: k (run: 9, now: 5)")
     assert said[1] == "error rank 0 stopped: " + said[0][len("error "):]
 
 

@@ -251,7 +251,7 @@ def test_exit_codes(mined, images, tmp_path):
     assert refused.returncode == 3 and "unknown layer 'conv9'" in refused.stderr and refused.stdout == ""
     resume = sm("mine", "--model", "demo", "--data", str(images), "--out", str(out), "--layers", ",".join(LAYERS),
                 "-k", "4")  # the run was mined with k=3: not this run
-    assert resume.returncode == 3 and "cannot resume" in resume.stderr, resume.stderr
+    assert resume.returncode == 3 and "is complete, mined with other settings: k" in resume.stderr, resume.stderr
     assert "Traceback" not in resume.stderr
     verbose = sm("-v", "summary", str(tmp_path / "nope.zarr"))
     assert verbose.returncode == 3 and "Traceback" in verbose.stderr

@@ -224,7 +224,8 @@ def check_resumable(current: RunStore, want: dict[str, Any], logits: bool, ds: A
     if diffs:
         progress = current.progress
         empty = not progress.get("complete") and progress.get("slot") is None  # no checkpoint committed
-        raise SketchmineError(f"cannot resume {current.path}: it was mined with other settings: " + "; ".join(diffs)
+        what = "is complete, mined" if progress.get("complete") else "cannot be resumed: it was mined"
+        raise SketchmineError(f"run {current.path} {what} with other settings: " + "; ".join(diffs)
                               + ". Use another --out for a new run" + (
                                   f" (this one holds no mined image yet, as a call that stopped before its first "
                                   f"checkpoint leaves it: remove {current.path} to mine there anew)" if empty else ""))
