@@ -561,3 +561,40 @@ def test_tokens_after_mt_are_placed_and_a_leaf_modules_layers_are_said_apart(ske
     assert len(said) == 1 and said[0].startswith("2 layer(s)")
     assert "(enc.layers.0: it runs inside enc, a torch.nn module the graph does not enter" in said[0]
     assert "; act: the graph does not follow the ops before it)" in said[0]
+
+
+class _StemWithShape(nn.Module):
+    """A stem returning its map and the map's shape, as some models pass a size along."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, C, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+        y = self.conv(x)
+        return y, y.shape
+
+
+class _SizedHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.act, self.head = _StemWithShape(), nn.ReLU(), nn.Linear(C, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, size = self.stem(x)
+        return self.head(self.act(y).flatten(2).mean(2) * (size[-1] / 28))
+
+
+def test_a_module_returning_its_maps_shape_keeps_its_field_and_place(sketches, tmp_path, caplog):
+    """`y.shape` returned beside the map is no output a tap reads: made a node inside the stem, it
+    was taken as the stem's output, which lost its field and was said unplaced."""
+    torch.manual_seed(0)
+    net = _SizedHead().eval()
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(net, sketches, layers=["stem", "stem.conv"], k=3, out=tmp_path / "r.zarr")
+    assert not [r for r in caplog.records if "read with their units on axis 1" in r.getMessage()]
+    field = run.layer_attrs("stem")["receptive_field"]
+    assert field == run.layer_attrs("stem.conv")["receptive_field"] and field["size"] == [3, 3]
+    values, index, _ = run.topk("stem")
+    want_values, want_index, _ = brute_topk(_channels_first(net, "stem.conv", sketches.tensors[0]), 3)
+    assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)

@@ -156,13 +156,19 @@ class _Tracer(fx.Tracer):
         return super().call_module(m, _attributes_placed(forward), args, kwargs)
 
 
+_TENSOR_ATTRIBUTES = frozenset({"T", "mT", "H", "mH", "real", "imag", "data"})
+"""Tensor attributes that are tensors: a module returning one returns it as its output. Others
+(`x.shape`, `x.dtype`) are not outputs a tap reads; made nodes inside the module, the last of them
+was taken as its output (`module_outputs`)."""
+
+
 def _attributes_placed(forward: Any) -> Any:
-    """`forward`, with the attribute proxies it returns (`x.mT`) made nodes inside its module's
-    scope: fx makes them at their first use, in the user's scope, so a module returning `x.mT`
-    had no node of its own (no field, no place for its units)."""
+    """`forward`, with the tensor attribute proxies it returns (`x.mT`) made nodes inside its
+    module's scope: fx makes them at their first use, in the user's scope, so a module returning
+    `x.mT` had no node of its own (no field, no place for its units)."""
     def run(*args: Any, **kwargs: Any) -> Any:
         out = forward(*args, **kwargs)
-        tree_map(lambda v: v.node if isinstance(v, fx.proxy.Attribute) else v, out)
+        tree_map(lambda v: v.node if isinstance(v, fx.proxy.Attribute) and v.attr in _TENSOR_ATTRIBUTES else v, out)
         return out
     return run
 
