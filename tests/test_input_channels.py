@@ -187,6 +187,32 @@ def test_a_conv1d_over_rows_does_not_tell_the_channels(tmp_path, grey):
                for n in notes.said)
 
 
+class SignalConv(nn.Module):
+    """Each grey image flattened to one signal of 784 samples, its channel the Conv1d's one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, 9, stride=8)
+        self.fc = nn.Linear(4 * 97, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x.flatten(2))).flatten(1))
+
+
+def test_a_conv1d_over_a_flattened_image_tells_its_channel():
+    """A Conv1d taking 1 channel takes the grey image's: left open with every 1-D conv, the passes
+    that run no channel trial fed it 3 (receptive_fields and feature_visualization refused,
+    preprocessing_for said RGB)."""
+    torch.manual_seed(0)
+    net = SignalConv().eval()
+    assert module_input_channels(net, default=0) == 1
+    assert sketchmine.preprocessing_for(net).channels == 1
+    field = sketchmine.receptive_fields(net, (28, 28))["conv"]
+    assert (tuple(field.size), tuple(field.stride)) == ((28, 28), (0, 0))  # a 1-D map: it sees the whole image
+    images, _ = sketchmine.feature_visualization(net, "conv", [0, 1], steps=2, size=28)
+    assert images.shape == (2, 1, 28, 28)  # "did not run on a (3, 28, 28) input"
+
+
 def run_preprocessing(run) -> Preprocessing:
     p = run.attrs["preprocessing"]
     return Preprocessing(p["preset"], p["channels"], p["size"], tuple(p["mean"]), tuple(p["std"]))

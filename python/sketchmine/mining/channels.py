@@ -1,5 +1,5 @@
-"""The channel count of a model whose input reaches no 2-D or 3-D convolution (a GRU or a Linear over
-flattened frames, a Conv1d over rows): its graph cannot tell it (`graph.module_input_channels` falls
+"""The channel count of a model whose input reaches no convolution that tells it (a GRU or a Linear
+over flattened frames, a Conv1d over rows taking neither 1 nor 3 channels): its graph cannot tell it (`graph.module_input_channels` falls
 back to 3), so grey images were made RGB for a model that takes one channel. What the model accepts
 decides instead: it is run on the first readable sample made 1- and 3-channel."""
 from __future__ import annotations
@@ -43,7 +43,7 @@ def accepted_channels(forward: Forward, net: Any, ds: MinerDataset, stated: bool
     if other is None:
         return ds
     alt = ds.with_preprocessing(other)
-    why = "its input reaches no 2-D or 3-D convolution, which would tell its channel count"
+    why = "its input reaches no convolution that tells its channel count"
     with eval_mode(net):
         failed = {pre.channels: _fails(forward, ds)}
         if stated and not failed[pre.channels]:

@@ -53,8 +53,9 @@ def _input_conv_channels(gm: fx.GraphModule) -> int | None:
     """in_channels of the first conv (module or functional, in graph order) that the graph's
     first input reaches without passing a module or function that mixes or remakes channels
     (Linear, a recurrent layer, matmul, ...); None when no conv is reached that way or the first
-    is 1-D (an image reaches it reshaped, its rows or pixels perhaps its channels: (N·T, 28, 28)
-    into a Conv1d(28, ...)), 0 when the first conv reached does not tell its channels."""
+    is 1-D and takes neither 1 nor 3 channels (an image reaches it reshaped, its rows its channels:
+    (N·T, 28, 28) into a Conv1d(28, ...); a Conv1d(1, ...) over a grey image flattened to one
+    signal takes its channel), 0 when the first conv reached does not tell its channels."""
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     modules = dict(gm.named_modules())
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
@@ -75,9 +76,12 @@ def _input_conv_channels(gm: fx.GraphModule) -> int | None:
             elif user.op in ("call_function", "call_method") and user.target not in _MIXING:
                 todo.append(user)
     first = min(convs, key=order.__getitem__, default=None)
-    if first is None or first.target in (torch.nn.functional.conv1d, torch.conv1d) or isinstance(
-            modules.get(str(first.target)), nn.Conv1d):  # an image reaches one reshaped: rows may be its channels
+    if first is None:
         return None
+    one_d = first.target in (torch.nn.functional.conv1d, torch.conv1d) or isinstance(
+        modules.get(str(first.target)), nn.Conv1d)
+    if one_d and convs[first] not in (1, 3):  # an image reaches it reshaped, its rows perhaps its channels: images
+        return None                           # have 1 or 3 channels (Preprocessing), so this count is not theirs
     return convs[first] or 0
 
 

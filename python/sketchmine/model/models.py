@@ -253,8 +253,8 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
         raise SketchmineError(f"model {loaded.model_id} has lazy modules not made yet ({', '.join(lazy[:3])}): run it "
                               "once on an input of its size (model(x)), so that they make their weights, then mine it")
     recorded = loaded.preprocessing if name in ("auto", "model") else None
-    # a model whose input reaches no 2-D or 3-D convolution does not tell them: an image_size (C, H, W) or a recorded
-    # normalisation does, else 3 (which `mine` tries on an image: mining/channels.py)
+    # a model whose input reaches no convolution that tells them (a Conv1d over rows) does not: an image_size
+    # (C, H, W) or a recorded normalisation does, else 3 (which `mine` tries on an image: mining/channels.py)
     channels = (input_channels(loaded.module, 0) or (parse_size(image_size, "image_size")[0] if image_size is not None
                 else None) or (len(recorded["mean"]) if recorded and recorded.get("mean") else 3))
     if channels not in (1, 3):
