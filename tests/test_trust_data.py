@@ -202,6 +202,14 @@ def test_size_arguments_take_int_hw_or_chw_and_nothing_else():
             data.as_size(bad, "size")
     with pytest.raises(SketchmineError, match=r"AlexNet cannot take a 5×3×224×224 input"):  # (T, C, H, W): frames
         sketchmine.receptive_fields(net, (5, 3, 224, 224))
+    # a batch of one image, as other tools write a size: read as one frame, and said so
+    with pytest.raises(SketchmineError, match=r"AlexNet cannot take a 1×3×224×224 input: .* \(input_size \(1, 3, 224, "
+                                              r"224\) is read as a sequence's sample \(T, C, H, W\), .*for one image "
+                                              r"pass \(3, 224, 224\)\)$"):
+        sketchmine.receptive_fields(net, [1, 3, 224, 224])
+    for bad in ((0, 3, 224, 224), (2.5, 3, 224, 224), (True, 3, 224, 224)):  # said as `leading`, which was not given
+        with pytest.raises(SketchmineError, match=r"^receptive_fields input_size must be .*\(T, C, H, W\) of positive"):
+            sketchmine.receptive_fields(net, bad)
     assert Preprocessing("none", 1, 28).size == (28, 28)
     assert Preprocessing("none", 1, [1, 20, 30]).size == (20, 30)
     with pytest.raises(SketchmineError, match=r"preprocessing size"):

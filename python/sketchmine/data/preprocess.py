@@ -23,12 +23,26 @@ LUMA = (0.299, 0.587, 0.114)
 every route: `convert_channels` applies it to arrays, files and tensors alike."""
 
 
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and int(v) > 0
+
+
+def split_sample(value: Any, what: str) -> tuple[tuple[int, ...], Any]:
+    """A size of more than three dims as (its leading dims, the (C, H, W) after them): a sequence's
+    sample (T, C, H, W), as `mine` takes it. Leading dims that are not positive ints are refused
+    naming `what` (they were said as `leading`, which the caller did not pass); other sizes: ((), value)."""
+    if not isinstance(value, (tuple, list, torch.Size)) or len(value) <= 3:
+        return (), value
+    if not all(_positive(v) for v in value[:-3]):
+        raise SketchmineError(f"{what} must be a positive int S (S×S), (H, W), (C, H, W) or a sequence's sample "
+                              f"(T, C, H, W) of positive ints; got {value!r}")
+    return tuple(int(v) for v in value[:-3]), tuple(value[-3:])
+
+
 def parse_size(value: Any, what: str) -> tuple[int | None, tuple[int, int]]:
     """A size argument as (channels or None, (H, W)): an int S (S×S), (H, W) or (C, H, W) with
     positive ints; anything else (zero, negative, floats, bools, other lengths) is refused, naming it."""
-    def positive(v: Any) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and int(v) > 0
-
+    positive = _positive
     if positive(value):
         return None, (int(value), int(value))
     if isinstance(value, (tuple, list, torch.Size)) and len(value) in (2, 3) and all(positive(v) for v in value):

@@ -128,14 +128,19 @@ def receptive_fields(model: nn.Module | LoadedModel, input_size: int | tuple[int
     channels (default: the first conv's, else 3). `input_size`: an int S (S×S), (H, W) or
     (C, H, W) (`data.parse_size`); a C that differs from `channels` or from the model's first
     convolution is refused; (T, C, H, W) is (C, H, W) with `leading` (T,), as `mine` takes a
-    sequence's samples. An op the analysis cannot follow is refused naming it
-    (`field_analysis` keeps the fields of the modules before it). A reflection or replication pad
-    (and a pointwise op between it and the conv that reads it) has no field: its border units are
-    copies that no box holds; the layers after it have theirs. `model`: a torch module, or the
-    LoadedModel of one (`load_model`)."""
-    if isinstance(input_size, (tuple, list)) and len(input_size) > 3 and not leading:
-        leading, input_size = tuple(input_size[:-3]), tuple(input_size[-3:])
-    analysis = field_analysis(torch_module(model, "receptive_fields"), input_size, leading, channels)
+    sequence's samples. An op the analysis cannot follow is refused naming it (`field_analysis`
+    keeps the fields of the modules before it). A reflection or replication pad (and a pointwise
+    op between it and the conv that reads it) has no field: its border units are copies that no box
+    holds; the layers after it have theirs. `model`: a torch module, or its LoadedModel."""
+    from sketchmine.data.preprocess import split_sample
+    frames, image = ((), input_size) if leading else split_sample(input_size, "receptive_fields input_size")
+    try:
+        analysis = field_analysis(torch_module(model, "receptive_fields"), image, leading or frames, channels)
+    except SketchmineError as exc:  # (1, 3, 224, 224) may be meant as a batch of one image
+        if not frames:
+            raise
+        raise SketchmineError(f"{exc} (input_size {tuple(input_size)} is read as a sequence's sample (T, C, H, W), "
+                              f"frames of {tuple(image)}; for one image pass {tuple(image)})") from None
     refused = [why for name, why in analysis.missing.items() if name not in analysis.copies]
     if refused:
         raise SketchmineError(refused[0])
