@@ -115,6 +115,22 @@ def test_build_probe_takes_a_preset_name_as_mine_does(tmp_path, images):
     assert named == build_probe(run)["model.js"] and b"size 28\\u00d728" in named
 
 
+def test_build_probe_takes_dataset_for_a_run_mined_with_it(tmp_path, images):
+    """"dataset" is the mean and std of the images mined, which the run records: its own. It was
+    refused as 'the probe has no images: pass the numbers ... or another preset' (another preset
+    is then refused as differing from the run's)."""
+    pytest.importorskip("onnx")
+    from sketchmine.data import export_image_folder
+    from sketchmine.passes.probe import build_probe
+
+    export_image_folder(images, tmp_path / "folder")
+    run = sketchmine.mine("demo", tmp_path / "folder", layers=["features.0"], k=2, out=tmp_path / "r.zarr",
+                          batch_size=20, image_size=28, preprocessing="dataset")
+    assert run.attrs["preprocessing"]["preset"] == "dataset" and run.attrs["preprocessing"]["mean"]
+    named = build_probe(run, preprocessing="dataset")["model.js"]
+    assert named == build_probe(run)["model.js"] and b"'dataset' (1 channel mean" in named
+
+
 # ---- model=: deconvolve and receptive_fields take a model as mine does ------------------------------
 def test_deconvolve_and_receptive_fields_take_a_loaded_model(tmp_path):
     """A LoadedModel failed as "cannot trace LoadedModel with torch.fx ... no attribute 'forward'";

@@ -1,18 +1,16 @@
 """The live probe's export: the run's model as an ONNX graph the report's probe page runs in
 the browser (onnxruntime-web, WebAssembly), with the run's preprocessing inside the graph.
 
-The graph takes `pixels`, float32 (1, C, H, W) values 0-255 at the model's input size and channels (grey, or
-RGB for a 3-channel run: the page resizes the canvas to H×W itself, see docs/probe.md), and does exactly
-what the miner does to such an image: /255, the run's recorded normalisation. Its outputs are `probs` (the
-softmax of the logits, or the model's output as it is when that is a softmax already), then per tapped layer
-`max<i>` (units,): each unit's maximum over its positions (the value the top-k ranks), and for grid layers
-`map<i>` (units, h, w): the map, max-pooled to at most MAP_SIDE per side so that the output stays bounded.
-Layers are tapped as the miner taps them (`Taps`, before any in-place op that follows), so the browser sees
-what the run mined; the graph is run against the model on a few inputs before it is kept (tracing fixes the
-path a forward takes).
+The graph takes `pixels`, float32 (1, C, H, W) values 0-255 at the model's input size and channels (grey, or RGB for
+a 3-channel run: the page resizes the canvas to H×W itself, see docs/probe.md), and does exactly what the miner does
+to such an image: /255, the run's recorded normalisation. Its outputs are `probs` (the softmax of the logits, or the
+model's output as it is when that is a softmax already), then per tapped layer `max<i>` (units,): each unit's
+maximum over its positions (the value the top-k ranks), and for grid layers `map<i>` (units, h, w): the map,
+max-pooled to at most MAP_SIDE per side so that the output stays bounded. Layers are tapped as the miner taps them
+(`Taps`, before any in-place op that follows), so the browser sees what the run mined; the graph is run against the
+model on a few inputs before it is kept (tracing fixes the path a forward takes).
 
-This is a pass (it needs the model); the report stays a reader: `write_report(probe=...)`
-only writes the bytes this module returns.
+A pass (it needs the model); the report stays a reader: `write_report(probe=...)` only writes the bytes made here.
 """
 from __future__ import annotations
 
@@ -338,11 +336,13 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
     (ort-loader.js) and WebAssembly (wasm-NNN.js) embedded: scripts all, because Chromium loads
     neither .wasm nor ES modules from file://. A graph over `max_mb` (None: no cap) is refused.
     `preprocessing` (a Preprocessing or a preset name, as `mine` takes it): for a run that records
-    none (a plain torch Dataset); a run's own is refused where it differs."""
+    none (a plain torch Dataset); a run's own is refused where it differs ("dataset" is its own)."""
     from sketchmine.passes.reload import run_model
 
     max_mb = optional_positive(max_mb, "max_mb", "for no cap")
     run = run if isinstance(run, Run) else open_run(run)
+    if preprocessing == "dataset" and (run.attrs.get("preprocessing") or {}).get("preset") == "dataset":
+        preprocessing = None  # the mean and std of the images mined: the run's own, which only it holds
     check_onnx_packages()  # both before the model is loaded (seconds): what the environment lacks first
     ort = ort_files()
     loaded = run_model(run, model, weights) if isinstance(preprocessing, str) else None  # a preset is the model's
