@@ -89,6 +89,15 @@ class OnnxModel:
                                   f"{len(declared)}-D; an ONNX model is mined over images "
                                   "(batch, channels, height, width): mine a model of frame sequences (batch, steps, "
                                   "channels, height, width; a CNN + GRU such as demo-gru) from its torch module")
+        elem = self.input.type.tensor_type.elem_type
+        if elem and np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).kind in "iub":  # pixels 0-255, say
+            kind = onnx.helper.tensor_dtype_to_np_dtype(elem)
+            raise SketchmineError(
+                f"{self.path}: the graph's input {self.input.name!r} is {kind} {declared}; sketchmine feeds a model the "
+                f"float images its preprocessing makes (normalised, or pixels in [0, 1] with --preprocessing none), "
+                f"which a cast to {kind} would turn into other numbers. Mine a graph with a float input: export the "
+                "model without its conversion of integer pixels, or cut this graph after it (onnx.utils.extract_model "
+                "with the converted tensor as input) and give its normalisation as --preprocessing")
         self.logits_name = graph.output[0].name
         self.device = torch.device("cpu")
         self._sessions: dict[tuple[Any, ...], Any] = {}
