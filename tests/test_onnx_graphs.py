@@ -69,3 +69,33 @@ def test_an_integer_input_is_refused_naming_it(tmp_path, exported, small_test_se
                                               r".* cast to uint8 .*onnx\.utils\.extract_model"):
         sketchmine.mine(str(path), subset(small_test_set, 40), out=tmp_path / "r.zarr")
     assert not (tmp_path / "r.zarr").exists()
+
+
+def logits_as_ort(path, ds, name: str) -> np.ndarray:
+    """ONNX Runtime's tensor `name` (the logits) of the graph on the images `ds` feeds, as (N, C)."""
+    x = np.stack([ds[i][1].numpy() for i in range(len(ds))])
+    return ort_tensors(path, [name], x)[name].reshape(len(x), -1)
+
+
+@pytest.mark.parametrize("tail", [(1, 10), (10, 1, 1), "argmax"])
+def test_logits_of_other_shapes_or_after_an_argmax_are_scored(tail, tmp_path, exported, small_test_set):
+    """Logits (N, 1, C) (a token), (N, C, 1, 1) (a 1x1 conv head), or the graph's second output
+    after an int64 ArgMax: mining by default was refused ("layer 'softmax' needs (N, classes)
+    logits; the model returns (1, 1, 10)", of a layer nobody asked for), and with layers named the
+    run had no predictions, said by nothing. They are the (N, C) logits now: the accuracy and
+    predictions are ONNX Runtime's."""
+    ds = subset(small_test_set, 60)
+    if tail == "argmax":
+        path = edited(exported, tmp_path / "m.onnx", back=[helper.make_node("ArgMax", ["logits"], ["label"], axis=1,
+                                                                             keepdims=0)],
+                      outputs=[helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]), *exported.graph.output])
+    else:
+        path = edited(exported, tmp_path / "m.onnx", consts=[("shape", np.array([0, *tail], np.int64))],
+                      back=[helper.make_node("Reshape", ["logits", "shape"], ["out"])],
+                      outputs=[helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", *tail])])
+    want = logits_as_ort(path, ds, "logits" if tail == "argmax" else "out")
+    run = sketchmine.mine(str(path), ds, out=tmp_path / "r.zarr", batch_size=16, k=3)
+    assert run.layers[-1] == "softmax"
+    np.testing.assert_allclose(run.store.group["eval"]["logits"][...], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(run.store.group["eval"]["predictions"][...], want.argmax(1))
+    assert run.accuracy() == (want.argmax(1) == ds.labels()).mean() > 0.9

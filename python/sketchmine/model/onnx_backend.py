@@ -2,7 +2,7 @@
 
 The forward abstraction (backend.Forward, registered for OnnxModel at the end of this module) the miner shares with the torch path: `open(layers, on_output)`
 yields a callable that runs one batch, hands every tapped tensor to `on_output(name, t)`
-and returns the logits (the graph's first output). Intermediate tensors become extra
+and returns the logits (the graph's first floating output, as (N, C)). Intermediate tensors become extra
 graph outputs of an in-memory copy of the model; the file on disk is never changed.
 
 Layer names: a torch module name when the model came from `torch.onnx.export` (its node
@@ -98,7 +98,7 @@ class OnnxModel:
                 f"which a cast to {kind} would turn into other numbers. Mine a graph with a float input: export the "
                 "model without its conversion of integer pixels, or cut this graph after it (onnx.utils.extract_model "
                 "with the converted tensor as input) and give its normalisation as --preprocessing")
-        self.logits_name = graph.output[0].name
+        self.logits_name = _logits_output(graph.output, onnx)
         self.device = torch.device("cpu")
         self._sessions: dict[tuple[Any, ...], Any] = {}
         # per tensor set: the layers with units not on axis 1, and those whose units the graph does not place
@@ -303,7 +303,7 @@ class OnnxModel:
         for layer, i in fed.items():  # a softmax over the units of (N, units) logits: ranked by their log-odds
             if arrays[i].ndim == 2 and arrays[i].shape == arrays[dict(at)[layer]].shape:
                 layouts[layer]["ranked_by"] = RANKED_BY_INPUT
-        return shapes, torch.from_numpy(np.asarray(arrays[0])), tokens_of_images(layouts, x.ndim - 1)
+        return shapes, torch.from_numpy(_rows(arrays[0])), tokens_of_images(layouts, x.ndim - 1)
 
     @contextlib.contextmanager
     def open(self, layers: Sequence[str], on_output: Callable[[str, torch.Tensor], None],
@@ -321,7 +321,7 @@ class OnnxModel:
                     on_fed(layer, torch.from_numpy(arrays[fed[layer]]).to(device, non_blocking=True))
                 t = torch.from_numpy(arrays[i]).to(device, non_blocking=True)
                 on_output(layer, t.movedim(t.ndim - 1, 1) if layer in moved else t)
-            return torch.from_numpy(arrays[0]).to(device, non_blocking=True)
+            return torch.from_numpy(_rows(arrays[0])).to(device, non_blocking=True)
 
         yield forward
 
@@ -342,6 +342,21 @@ class OnnxModel:
             self._layouts[tensors] = got
         moved, self.unplaced = self._layouts[tensors]
         return moved
+
+
+def _logits_output(outputs: Sequence[Any], onnx: Any) -> str:
+    """The graph output read as the logits: the first floating one (a graph may give its ArgMax
+    first: int64 (N,), no logits), else the first."""
+    floating = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+    return next((o.name for o in outputs if o.type.tensor_type.elem_type in floating), outputs[0].name)
+
+
+def _rows(logits: np.ndarray) -> np.ndarray:
+    """Logits (N, C): those of a graph ending in a 1x1 conv (N, C, 1, 1) or a token (N, 1, C)
+    without their axes of one (left as they were, they gave no predictions and no softmax)."""
+    if logits.ndim > 2 and sum(d != 1 for d in logits.shape[1:]) <= 1:
+        return np.ascontiguousarray(logits).reshape(len(logits), -1)
+    return np.asarray(logits)
 
 
 def _softmax_node(node: Any) -> Any:

@@ -163,7 +163,7 @@ class GraphNames:
         """Every Conv, Gemm and MatMul by a weight (an exported Linear; not an attention's
         products) output in graph order, named by its torch module when that module holds no
         other such node (and the name is not refused), else by the node, plus every Softmax node
-        but an attention's (virtual: the softmax of the first graph output, where none is left)."""
+        but an attention's (virtual: the softmax of the logits, where none is left)."""
         chosen = [n for n in self.nodes if n.op_type in DEFAULT_OPS and (
             n.op_type != "MatMul" or len(n.input) == 2 and n.input[1] in self.constants)]
         softmax = [n for n in self.nodes if n.op_type == "Softmax" and not self._attention(n.input[0])]
