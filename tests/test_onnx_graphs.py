@@ -99,3 +99,46 @@ def test_logits_of_other_shapes_or_after_an_argmax_are_scored(tail, tmp_path, ex
     np.testing.assert_allclose(run.store.group["eval"]["logits"][...], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(run.store.group["eval"]["predictions"][...], want.argmax(1))
     assert run.accuracy() == (want.argmax(1) == ds.labels()).mean() > 0.9
+
+
+def renamed(proto, path, nodes=None, tensors=None):
+    """A copy of `proto` with node names `nodes` (old → new) and tensor names `tensors`, saved at `path`."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    tensors = tensors or {}
+    for node in m.graph.node:
+        node.name = (nodes or {}).get(node.name, node.name)
+        node.input[:] = [tensors.get(t, t) for t in node.input]
+        node.output[:] = [tensors.get(t, t) for t in node.output]
+    onnx.save(m, str(path))
+    return path
+
+
+def test_names_that_differ_only_in_slash_and_bar(tmp_path, exported, small_test_set):
+    """A run writes '/' as '|': a node 'block/1|conv' was a default layer 'block|1|conv', which was
+    then looked up as 'block/1/conv', and mining by default was refused as an unknown layer that
+    the refusal itself listed as a default; a tensor 'block|1/conv' asked for was written the same,
+    and whichever name was asked second was dropped. Each default layer now has a name that reads
+    its own tensor back; a name that stands for two tensors once written is refused naming both;
+    a tf2onnx-style tensor name mines ONNX Runtime's values of that tensor."""
+    path = renamed(exported, tmp_path / "names.onnx", nodes={"/features/features.0/Conv": "block/1|conv"},
+                   tensors={"/features/features.3/Conv_output_0": "block|1/conv",
+                            "/features/features.1/Relu_output_0": "model/re_lu/Relu:0"})
+    ds = subset(small_test_set, 60)
+    run = sketchmine.mine(str(path), ds, out=tmp_path / "r.zarr", batch_size=16, k=3)
+    conv0 = "|features|features.0|Conv_output_0"
+    assert run.layers[:3] == [conv0, "features.3", "features.6"]
+    assert run.layer_attrs(conv0)["onnx_tensor"] == "/features/features.0/Conv_output_0"
+    assert run.layer_attrs("features.3")["onnx_tensor"] == "block|1/conv"
+    for name in ("block/1|conv", "block|1|conv"):
+        with pytest.raises(SketchmineError, match=r"is written 'block\|1\|conv' in a run .* 'block/1\|conv' \(tensor "
+                                                  r"'/features/features.0/Conv_output_0'\), 'block\|1/conv' \(tensor "
+                                                  r"'block\|1/conv'\)\. Rename them"):
+            sketchmine.mine(str(path), ds, layers=[name], out=tmp_path / "a.zarr")
+    x = np.stack([ds[i][1].numpy() for i in range(len(ds))])
+    want = ort_tensors(path, ["model/re_lu/Relu:0"], x)["model/re_lu/Relu:0"]
+    run = sketchmine.mine(str(path), ds, layers=["model/re_lu/Relu:0"], out=tmp_path / "relu.zarr", k=3)
+    values, index, _ = run.topk("model|re_lu|Relu:0")
+    best = want.reshape(len(x), want.shape[1], -1).max(2)
+    np.testing.assert_allclose(values, -np.sort(-best, 0)[:3].T, rtol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(best.T, index, 1), values, rtol=1e-5)

@@ -157,6 +157,8 @@ class OnnxModel:
         away, or no such name (with the closest matches)."""
         if name in self.names.refused:
             return SketchmineError(self.names.refused[name])
+        if clash := self.names.clash(name):
+            return SketchmineError(clash)
         hint = closest(name, [*self.names.by_module, *self.names.by_node, *self.names.producer])
         return SketchmineError(
             f"unknown layer {name!r} in {self.path.name} (no such torch module, node or tensor)"

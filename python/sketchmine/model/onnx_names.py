@@ -103,6 +103,9 @@ class GraphNames:
                 self._check_folded(node, node.input[1], last)
         for name in self.refused:
             self.by_module.pop(name, None)
+        self.written: dict[str, set[str]] = {}  # a name as a run writes it ("/" as "|") → the names written so
+        for name in (*self.by_module, *self.by_node, *self.producer):
+            self.written.setdefault(name.replace("/", SLASH), set()).add(name)
 
     def _check_folded(self, node: Any, weight: str, last: dict[str, Any]) -> None:
         """Refuse the module names a node's output does not stand for (see the module doc)."""
@@ -133,15 +136,35 @@ class GraphNames:
                    f"BatchNorm's values)" if folded else "")
                 + f". Tap {scope or tap!r}" + (f", or {KEEP_BN_DYNAMO}" if folded else ""))
 
+    def _exact(self, name: str) -> str | None:
+        """The tensor a name as the graph spells it stands for: module, then node, then tensor name."""
+        if name in self.by_module:
+            return self.by_module[name]
+        if name in self.by_node:
+            return self.by_node[name]
+        return name if name in self.producer else None
+
+    def tensors(self, layer: str) -> dict[str, str]:
+        """The graph's names that a layer name stands for once "/" is written "|" (a run's layer
+        "a|b" was asked as "a/b", "a|b" or another spelling), each → its tensor."""
+        names = self.written.get(layer.replace("/", SLASH), set())
+        return {name: t for name in sorted(names) if (t := self._exact(name)) is not None}
+
     def tensor(self, layer: str) -> str | None:
-        """The tensor a layer name stands for: module, then node, then tensor name."""
-        if layer not in self.by_node and layer not in self.producer:
-            layer = layer.replace(SLASH, "/")
-        if layer in self.by_module:
-            return self.by_module[layer]
-        if layer in self.by_node:
-            return self.by_node[layer]
-        return layer if layer in self.producer else None
+        """The tensor a layer name stands for (module, then node, then tensor name), None where it
+        stands for none, or for two that differ only in "/" and "|" (which a run cannot tell apart)."""
+        found = set(self.tensors(layer).values())
+        return found.pop() if len(found) == 1 else None
+
+    def clash(self, layer: str) -> str | None:
+        """Why a layer name cannot be mined where its spellings with "/" and "|" name two tensors."""
+        names = self.tensors(layer)
+        if len(set(names.values())) < 2:
+            return None
+        return (f"layer {layer!r} of {self.file} is written {layer.replace('/', SLASH)!r} in a run (which writes "
+                f"'/' as '|'), and so are {len(names)} names of other tensors: "
+                + ", ".join(f"{n!r} (tensor {t!r})" for n, t in names.items())
+                + ". Rename them in the graph so that they differ in more than '/' and '|'")
 
     def _attention(self, tensor: str) -> bool:
         """Whether `tensor` is an attention's scores: a product of two activations (MatMul, Einsum),
@@ -177,12 +200,10 @@ class GraphNames:
             if id(node) not in default:
                 continue
             scope = self.scope.get(node.output[0])
-            if scope and per_scope.get(scope, 1) == 1 and self.by_module.get(scope):
-                name = scope
-            elif node.name and self.by_node.get(node.name) == node.output[0]:
-                name = node.name
-            else:
-                name = node.output[0]
+            # its module's name stands for the module's output (a Linear's bias Add after its MatMul)
+            reads = {scope: self.by_module.get(scope or "")} if scope and per_scope.get(scope, 1) == 1 else {}
+            reads.update({node.name: node.output[0], node.output[0]: node.output[0]})
+            name = next((n for n, t in reads.items() if n and t and self.tensor(n) == t), node.output[0])
             name = name.replace("/", SLASH)
             if name not in names:
                 names.append(name)
