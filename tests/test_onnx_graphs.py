@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 import sketchmine
+from sketchmine.data import ArrayDataset
 from sketchmine.errors import SketchmineError
+from sketchmine.model.layouts import CHANNELS_LAST
+from tests.test_miner import assert_same_topk
 from tests.test_onnx import export, subset
 
 onnx = pytest.importorskip("onnx")
@@ -142,3 +145,34 @@ def test_names_that_differ_only_in_slash_and_bar(tmp_path, exported, small_test_
     best = want.reshape(len(x), want.shape[1], -1).max(2)
     np.testing.assert_allclose(values, -np.sort(-best, 0)[:3].T, rtol=1e-5)
     np.testing.assert_allclose(np.take_along_axis(best.T, index, 1), values, rtol=1e-5)
+
+
+def test_a_channels_last_input_is_fed_channels_last(tmp_path, exported, demo_model, small_test_set):
+    """A tf2onnx graph takes (N, H, W, C) images, normalises them there (a Keras Rescaling) and
+    Transposes them to (N, C, H, W) for its convs. It was refused as a model of "28-channel input".
+    It is fed its images channels last: the same top-k, class statistics and accuracy as the
+    torch model on the same images; the tensor before the Transpose is read by its last axis; and
+    the report's probe graph (fed (1, C, H, W) pixels) gives the torch model's probabilities."""
+    from tests.test_probe import build_probe, graph_outputs, torch_reference, vendored
+
+    pre = small_test_set.preprocessing
+    path = edited(exported, tmp_path / "nhwc.onnx", inputs=[helper.make_tensor_value_info(
+        "image", TensorProto.FLOAT, ["N", 28, 28, 1])], consts=[("mean", np.float32(pre.mean[0])),
+                                                                  ("std", np.float32(pre.std[0]))], front=[
+        helper.make_node("Sub", ["image", "mean"], ["centred"]), helper.make_node("Div", ["centred", "std"], ["scaled"]),
+        helper.make_node("Transpose", ["scaled"], ["input"], perm=[0, 3, 1, 2])])
+    ds = subset(small_test_set, 60)
+    pixels = ArrayDataset(ds.images, ds.labels(), ds.class_names)  # the same images, as pixels in [0, 1]
+    layers = ["features.0", "features.6", "classifier.1"]
+    run = sketchmine.mine(str(path), pixels, layers=[*layers, "scaled"], preprocessing="none",
+                          out=tmp_path / "r.zarr", batch_size=16, k=4)
+    ref = sketchmine.mine(demo_model.module, ds, layers=layers, out=tmp_path / "t.zarr", batch_size=16, k=4)
+    for name in layers:
+        assert_same_topk(run.topk(name), ref.topk(name), name, rtol=1e-4)
+        np.testing.assert_allclose(run.class_stats(name)[0], ref.class_stats(name)[0], rtol=1e-4, atol=1e-5)
+    assert run.accuracy() == ref.accuracy() > 0.9
+    assert run.layer_shape("scaled") == (1, 28, 28) and run.layer_attrs("scaled")["layout"] == CHANNELS_LAST
+    vendored()
+    meta, outs = graph_outputs(build_probe(run), small_test_set.images[:10])
+    probs, _ = torch_reference(demo_model.module, small_test_set.images[:10], pre.mean[0], pre.std[0], [])
+    assert meta["size"] == [28, 28] and np.abs(outs[0] - probs).max() < 1e-5

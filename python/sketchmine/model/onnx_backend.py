@@ -31,7 +31,7 @@ from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, RowsNotImages, register_backend, weights_hasher
 from sketchmine.model.layouts import tokens_of_images, unplaced_note
 from sketchmine.model.onnx_batch import image_axes, joined
-from sketchmine.model.onnx_layout import sized_tensors, unit_layouts
+from sketchmine.model.onnx_layout import channels_last_input, sized_tensors, unit_layouts
 from sketchmine.model.onnx_names import SLASH, GraphNames
 from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
 
@@ -89,6 +89,8 @@ class OnnxModel:
                                   f"{len(declared)}-D; an ONNX model is mined over images "
                                   "(batch, channels, height, width): mine a model of frame sequences (batch, steps, "
                                   "channels, height, width; a CNN + GRU such as demo-gru) from its torch module")
+        # (N, H, W, C), Transposed to (N, C, H, W) inside (tf2onnx): fed the images so
+        self.channels_last = len(declared) == 4 and channels_last_input(graph, self.input.name)
         elem = self.input.type.tensor_type.elem_type
         if elem and np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).kind in "iub":  # pixels 0-255, say
             kind = onnx.helper.tensor_dtype_to_np_dtype(elem)
@@ -113,10 +115,16 @@ class OnnxModel:
                      for d in self.input.type.tensor_type.shape.dim)
 
     # ---- facts the miner records (backend.Forward) ------------------------------------
+    def image_dims(self) -> tuple[int, ...]:
+        """The image input's (N, C, H, W) as the graph fixes them (0 where free), whichever order it
+        takes them in."""
+        dims = tuple(max(int(d.dim_value), 0) for d in self.input.type.tensor_type.shape.dim)
+        return (dims[0], dims[3], dims[1], dims[2]) if self.channels_last else dims
+
     def input_channels(self, default: int = 3) -> int:
-        """dim 1 of the image input when the graph fixes it."""
-        dims = self.input.type.tensor_type.shape.dim
-        return int(dims[1].dim_value) if len(dims) > 1 and dims[1].dim_value > 0 else default
+        """The image input's channels when the graph fixes them."""
+        dims = self.image_dims()
+        return dims[1] if len(dims) > 1 and dims[1] > 0 else default
 
     def weights_hash(self, algorithm: str = WEIGHTS_HASH) -> str:
         """"<algorithm>:<digest>" over the name, shape, type and bytes of every initializer
@@ -247,6 +255,8 @@ class OnnxModel:
 
         def run(x: torch.Tensor) -> list[np.ndarray]:
             arr = x.detach().cpu().numpy().astype(dtype, copy=False)
+            if self.channels_last:
+                arr = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
             if not fixed or len(arr) == fixed:
                 return call(arr)
             if any(t not in self._image_axes for t in tensors):  # asked of the graph once per tensor

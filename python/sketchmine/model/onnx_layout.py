@@ -114,11 +114,42 @@ def _weight_products(graph: Any) -> set[str]:
     return made
 
 
+def channels_last_input(graph: Any, name: str) -> bool:
+    """Whether the graph's image input `name` is (N, H, W, C): every path from it reaches, through
+    elementwise ops alone, a Transpose to (N, C, H, W) that feeds a convolution, pool or channel
+    norm (a Keras model converted by tf2onnx: its Rescaling's Mul and Add, the Transpose, then its
+    first Conv; a model of (N, C, H, W) input that permutes it so is not: its Transpose feeds
+    none). Shape reads no values."""
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+
+    def reach(start: str, passing: set[str], goal: Any) -> bool | None:
+        """Through `passing` ops from `start`: whether every path ends at a node that `goal`
+        accepts (None where none ends anywhere)."""
+        todo, seen, found = [start], {start}, None
+        while todo:
+            for node in readers.get(todo.pop(), []):
+                if goal(node):
+                    found = True
+                elif node.op_type in passing:
+                    todo += [o for o in node.output if o not in seen]
+                    seen.update(node.output)
+                elif node.op_type != "Shape":
+                    return False
+        return found
+
+    elementwise = _ELEMENTWISE - {"LayerNormalization"}
+    return bool(reach(name, elementwise, lambda n: n.op_type == "Transpose" and _attr(n, "perm") == [0, 3, 1, 2]
+                      and reach(n.output[0], elementwise | {"Pad"}, lambda m: m.op_type in _CHANNELS_FIRST)))
+
+
 def _follow(graph: Any, sizes: Mapping[str, Sequence[int]]) -> dict[str, Axes]:
     """Tensor name → its axes' names, for the tensors whose axes follow from the image input by
     the ops above."""
     weights = constants(graph)
-    axes: dict[str, Axes] = {i.name: NCHW for i in graph.input
+    axes: dict[str, Axes] = {i.name: NHWC if channels_last_input(graph, i.name) else NCHW for i in graph.input
                              if i.name not in weights and len(i.type.tensor_type.shape.dim) in (0, 4)}
     for node in graph.node:
         if not node.output:

@@ -358,7 +358,7 @@ def build_probe(run: Run | str, model: nn.Module | str | None = None, weights: s
         with eval_mode(net):  # the caller's module is given back with its own flags
             graph = export_graph(run, net, pre, size, max_mb, images)
     else:  # an .onnx file: its own graph, preprocessing prepended, outputs appended
-        dims = [d.dim_value for d in loaded.module.input.type.tensor_type.shape.dim]
+        dims = loaded.module.image_dims()  # (N, C, H, W), of an (N, H, W, C) input too
         fixed = (int(dims[2]), int(dims[3])) if len(dims) == 4 and min(dims[2:]) > 0 else None
         size = input_size(run, pre, size, fixed)
         graph = onnx_graph(run, loaded.module, pre, size, max_mb)

@@ -162,6 +162,9 @@ def onnx_probe_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, 
         nodes += [helper.make_node("Sub", [x, "probe_mean"], ["probe_xm"]),
                   helper.make_node("Div", ["probe_xm", "probe_std"], ["probe_xn"])]
         x = "probe_xn"
+    if model.channels_last:  # an (N, H, W, C) input (tf2onnx), Transposed to (N, C, H, W) inside
+        nodes.append(helper.make_node("Transpose", [x], ["probe_nhwc"], perm=[0, 2, 3, 1]))
+        x = "probe_nhwc"
     nodes.append(helper.make_node("Cast", [x], [src], to=elem) if elem != TensorProto.FLOAT
                  else helper.make_node("Identity", [x], [src]))
     outputs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, "classes"])]
