@@ -176,3 +176,33 @@ def test_a_channels_last_input_is_fed_channels_last(tmp_path, exported, demo_mod
     meta, outs = graph_outputs(build_probe(run), small_test_set.images[:10])
     probs, _ = torch_reference(demo_model.module, small_test_set.images[:10], pre.mean[0], pre.std[0], [])
     assert meta["size"] == [28, 28] and np.abs(outs[0] - probs).max() < 1e-5
+
+
+def test_weights_held_in_constant_nodes_are_the_models_identity(tmp_path, exported, small_test_set):
+    """Converters may keep the weights in Constant nodes, not initializers: the weights hash read
+    the initializers alone, so a run of one such graph resumed with another of the same file name
+    and other weights, its images after the interruption mined by the other model, said by nothing.
+    The second graph is refused now, and the first resumes."""
+    from tests.helpers import StopAfter
+
+    ds = subset(small_test_set, 60)
+    paths = []
+    for scale in (1.0, 0.5):
+        m = onnx.ModelProto()
+        m.CopyFrom(exported)
+        weights = [helper.make_node("Constant", [], [t.name], value=numpy_helper.from_array(
+            numpy_helper.to_array(t) * np.float32(scale if t.name == "features.0.weight" else 1), t.name))
+            for t in m.graph.initializer]
+        nodes = [*weights, *m.graph.node]
+        del m.graph.node[:], m.graph.initializer[:]
+        m.graph.node.extend(nodes)
+        (tmp_path / str(scale)).mkdir()
+        paths.append(str(tmp_path / str(scale) / "model.onnx"))
+        onnx.save(m, paths[-1])
+    out = tmp_path / "r.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1, progress=StopAfter(30))
+    with pytest.raises(SketchmineError, match=r"cannot resume .* other settings: model weights \(run: xxh3_128:"):
+        sketchmine.mine(paths[1], ds, out=out, batch_size=10, flush_every=1)
+    run = sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1)
+    assert run.complete and run.accuracy() > 0.9

@@ -126,15 +126,27 @@ class OnnxModel:
         dims = self.image_dims()
         return dims[1] if len(dims) > 1 and dims[1] > 0 else default
 
+    def _weights(self) -> Iterator[tuple[str, Any]]:
+        """(name, TensorProto) of every initializer, then of every Constant node holding a floating
+        tensor of more than one value (converters that keep the weights in the graph's nodes)."""
+        onnx, _ = _modules()
+        floating = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+        yield from ((t.name, t) for t in self.proto.graph.initializer)
+        for node in self.proto.graph.node:
+            value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+            if value is not None and value.data_type in floating and int(np.prod(value.dims)) > 1:
+                yield node.output[0], value
+
     def weights_hash(self, algorithm: str = WEIGHTS_HASH) -> str:
-        """"<algorithm>:<digest>" over the name, shape, type and bytes of every initializer
-        (graph order)."""
+        """"<algorithm>:<digest>" over the name, shape, type and bytes of every weight (`_weights`:
+        initializers in graph order, then Constant nodes': weights kept there went unhashed, and a
+        resume with other weights was accepted)."""
         from onnx import numpy_helper
 
         h = weights_hasher(algorithm)
-        for t in self.proto.graph.initializer:
+        for name, t in self._weights():
             arr = np.ascontiguousarray(numpy_helper.to_array(t))
-            h.update(f"{t.name}:{tuple(t.dims)}:{t.data_type}\n".encode())
+            h.update(f"{name}:{tuple(t.dims)}:{t.data_type}\n".encode())
             h.update(arr.reshape(-1).view(np.uint8).data)
         return f"{algorithm}:{h.hexdigest()}"
 
@@ -143,13 +155,12 @@ class OnnxModel:
         return functools.partial(self.weights_hash, algorithm)
 
     def weights_dtype(self) -> torch.dtype:
-        """The floating dtype of the graph's first floating initializer (float32 when it has
-        none): a float16 graph's activations are float16's, which its run records and says."""
+        """The floating dtype of the graph's first floating weight (float32 when it has none): a
+        float16 graph's activations are float16's, which its run records and says."""
         onnx, _ = _modules()
         floating = {onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
                     onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64}
-        return next((floating[t.data_type] for t in self.proto.graph.initializer if t.data_type in floating),
-                    torch.float32)
+        return next((floating[t.data_type] for _, t in self._weights() if t.data_type in floating), torch.float32)
 
     # ---- layers ----------------------------------------------------------------------
     def default_layers(self) -> list[str]:
