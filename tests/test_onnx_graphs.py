@@ -206,3 +206,25 @@ def test_weights_held_in_constant_nodes_are_the_models_identity(tmp_path, export
         sketchmine.mine(paths[1], ds, out=out, batch_size=10, flush_every=1)
     run = sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1)
     assert run.complete and run.accuracy() > 0.9
+
+
+def test_weights_in_external_data(tmp_path, exported, small_test_set, monkeypatch):
+    """A graph saved with its weights in a file beside it is mined from another current folder as
+    the graph holding them; with that file gone it was "not an ONNX model", and is now said to
+    miss its weights file, by name."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    saved = onnx.ModelProto()
+    saved.CopyFrom(exported)  # saving it so moves its weights out of the proto
+    onnx.save(saved, str(folder / "m.onnx"), save_as_external_data=True, location="m.weights", size_threshold=0)
+    ds = subset(small_test_set, 40)
+    inside = sketchmine.mine(str(edited(exported, tmp_path / "m.onnx")), ds, out=tmp_path / "in.zarr", k=3)
+    monkeypatch.chdir(tmp_path)
+    run = sketchmine.mine(str(folder / "m.onnx"), ds, out=tmp_path / "ext.zarr", k=3)
+    assert run.layers == inside.layers and run.attrs["weights_hash"] == inside.attrs["weights_hash"]
+    for name in run.layers:
+        assert_same_topk(run.topk(name), inside.topk(name), name, rtol=1e-6)
+    (folder / "m.weights").unlink()
+    with pytest.raises(SketchmineError, match=r"m\.onnx: its weights are stored outside it, in m\.weights beside it, "
+                                              r"which cannot be read .* Keep the data files"):
+        sketchmine.mine(str(folder / "m.onnx"), ds, out=tmp_path / "gone.zarr")

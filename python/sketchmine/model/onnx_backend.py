@@ -71,10 +71,11 @@ class OnnxModel:
         if not self.path.is_file():
             raise SketchmineError(f"ONNX model file {self.path} does not exist")
         try:
-            self.proto = onnx.load(str(self.path))
-        except Exception as exc:  # protobuf DecodeError, missing external data, ...
+            self.proto = onnx.load(str(self.path), load_external_data=False)
+        except Exception as exc:  # protobuf DecodeError, ...
             raise SketchmineError(f"{self.path} is not an ONNX model (cannot be parsed: "
                                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        _load_external_data(onnx, self.proto, self.path)
         graph = self.proto.graph
         if not graph.node or not graph.output:
             raise SketchmineError(f"{self.path} is not an ONNX model (no graph nodes or outputs found)")
@@ -365,6 +366,20 @@ class OnnxModel:
             self._layouts[tensors] = got
         moved, self.unplaced = self._layouts[tensors]
         return moved
+
+
+def _load_external_data(onnx: Any, proto: Any, path: Path) -> None:
+    """The weights a graph saved with save_as_external_data keeps in files beside it, read into
+    `proto`; a file missing or short is said as such (it was "not an ONNX model")."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    try:
+        load_external_data_for_model(proto, str(path.parent))
+    except Exception as exc:  # a ValidationError, an OSError, ...
+        files = sorted({e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"})
+        raise SketchmineError(f"{path}: its weights are stored outside it, in {', '.join(files) or 'other files'} "
+                              f"beside it, which cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]}). Keep "
+                              "the data files in the folder of the .onnx file, under the names it was saved with") from None
 
 
 def _logits_output(outputs: Sequence[Any], onnx: Any) -> str:
