@@ -228,3 +228,19 @@ def test_weights_in_external_data(tmp_path, exported, small_test_set, monkeypatc
     with pytest.raises(SketchmineError, match=r"m\.onnx: its weights are stored outside it, in m\.weights beside it, "
                                               r"which cannot be read .* Keep the data files"):
         sketchmine.mine(str(folder / "m.onnx"), ds, out=tmp_path / "gone.zarr")
+
+
+@pytest.mark.parametrize("shape", [["N", 28, 28], ["N", 784]])
+def test_an_input_of_fewer_than_four_dimensions_is_refused_as_one(shape, tmp_path, exported, small_test_set):
+    """A grey model taking (N, H, W) or flattened (N, H·W) images, reshaped inside: it was refused
+    as a model of "28-channel" or "784-channel input" (its dimension 1 read as channels). It is
+    refused for its rank, naming the input and what to give it."""
+    path = edited(exported, tmp_path / "flat.onnx", consts=[("shape", np.array([-1, 1, 28, 28], np.int64))],
+                  inputs=[helper.make_tensor_value_info("pixels", TensorProto.FLOAT, shape)],
+                  front=[helper.make_node("Reshape", ["pixels", "shape"], ["input"])])
+    x = np.stack([small_test_set[i][1].numpy() for i in range(20)])
+    logits = ort_tensors(path, ["logits"], x.reshape(20, *shape[1:]))["logits"]  # a working graph
+    assert (logits.argmax(1) == small_test_set.labels()[:20]).mean() > 0.9
+    with pytest.raises(SketchmineError, match=rf"flat\.onnx: the graph's input 'pixels' is \('N', {shape[1]}.*\), "
+                                              rf"{len(shape)}-D; .* give it such an input"):
+        sketchmine.mine(str(path), subset(small_test_set, 20), out=tmp_path / "r.zarr")

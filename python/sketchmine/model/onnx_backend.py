@@ -90,6 +90,11 @@ class OnnxModel:
                                   f"{len(declared)}-D; an ONNX model is mined over images "
                                   "(batch, channels, height, width): mine a model of frame sequences (batch, steps, "
                                   "channels, height, width; a CNN + GRU such as demo-gru) from its torch module")
+        if 0 < len(declared) < 4:  # (N, H, W) or (N, H·W): its dimension 1 was said to be its channels
+            raise SketchmineError(f"{self.path}: the graph's input {self.input.name!r} is {declared}, "
+                                  f"{len(declared)}-D; an ONNX model is mined over images (batch, channels, height, "
+                                  "width), or (batch, height, width, channels) that the graph Transposes: give it such "
+                                  "an input (a Reshape of it to what the graph reads first, put in front of its nodes)")
         # (N, H, W, C), Transposed to (N, C, H, W) inside (tf2onnx): fed the images so
         self.channels_last = len(declared) == 4 and channels_last_input(graph, self.input.name)
         elem = self.input.type.tensor_type.elem_type
