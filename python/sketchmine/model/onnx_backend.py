@@ -31,6 +31,7 @@ from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, RowsNotImages, register_backend, weights_hasher
 from sketchmine.model.layouts import tokens_of_images, unplaced_note
 from sketchmine.model.onnx_batch import image_axes, joined
+from sketchmine.model.onnx_file import as_rows, declared, graph_weights, image_input, logits_output, read_graph
 from sketchmine.model.onnx_layout import channels_last_input, sized_tensors, unit_layouts
 from sketchmine.model.onnx_names import SLASH, GraphNames
 from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
@@ -68,45 +69,12 @@ class OnnxModel:
     def __init__(self, path: str | Path) -> None:
         onnx, _ = _modules()
         self.path = Path(path)
-        if not self.path.is_file():
-            raise SketchmineError(f"ONNX model file {self.path} does not exist")
-        try:
-            self.proto = onnx.load(str(self.path), load_external_data=False)
-        except Exception as exc:  # protobuf DecodeError, ...
-            raise SketchmineError(f"{self.path} is not an ONNX model (cannot be parsed: "
-                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-        _load_external_data(onnx, self.proto, self.path)
+        self.proto = read_graph(onnx, self.path)
         graph = self.proto.graph
-        if not graph.node or not graph.output:
-            raise SketchmineError(f"{self.path} is not an ONNX model (no graph nodes or outputs found)")
-        weights = {t.name for t in graph.initializer}
-        inputs = [i for i in graph.input if i.name not in weights]
-        if len(inputs) != 1:
-            raise SketchmineError(f"{self.path}: expected one image input, the graph has "
-                                  f"{[i.name for i in inputs]}")
-        self.input = inputs[0]
-        if len(declared := self.declared_input()) > 4:  # its frames fold into the batch inside the graph
-            raise SketchmineError(f"{self.path}: the graph's input {self.input.name!r} is {declared}, "
-                                  f"{len(declared)}-D; an ONNX model is mined over images "
-                                  "(batch, channels, height, width): mine a model of frame sequences (batch, steps, "
-                                  "channels, height, width; a CNN + GRU such as demo-gru) from its torch module")
-        if 0 < len(declared) < 4:  # (N, H, W) or (N, H·W): its dimension 1 was said to be its channels
-            raise SketchmineError(f"{self.path}: the graph's input {self.input.name!r} is {declared}, "
-                                  f"{len(declared)}-D; an ONNX model is mined over images (batch, channels, height, "
-                                  "width), or (batch, height, width, channels) that the graph Transposes: give it such "
-                                  "an input (a Reshape of it to what the graph reads first, put in front of its nodes)")
+        self.input = image_input(onnx, graph, self.path)
         # (N, H, W, C), Transposed to (N, C, H, W) inside (tf2onnx): fed the images so
-        self.channels_last = len(declared) == 4 and channels_last_input(graph, self.input.name)
-        elem = self.input.type.tensor_type.elem_type
-        if elem and np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).kind in "iub":  # pixels 0-255, say
-            kind = onnx.helper.tensor_dtype_to_np_dtype(elem)
-            raise SketchmineError(
-                f"{self.path}: the graph's input {self.input.name!r} is {kind} {declared}; sketchmine feeds a model the "
-                f"float images its preprocessing makes (normalised, or pixels in [0, 1] with --preprocessing none), "
-                f"which a cast to {kind} would turn into other numbers. Mine a graph with a float input: export the "
-                "model without its conversion of integer pixels, or cut this graph after it (onnx.utils.extract_model "
-                "with the converted tensor as input) and give its normalisation as --preprocessing")
-        self.logits_name = _logits_output(graph.output, onnx)
+        self.channels_last = len(self.declared_input()) == 4 and channels_last_input(graph, self.input.name)
+        self.logits_name = logits_output(onnx, graph.output)
         self.device = torch.device("cpu")
         self._sessions: dict[tuple[Any, ...], Any] = {}
         # per tensor set: the layers with units not on axis 1, and those whose units the graph does not place
@@ -117,8 +85,7 @@ class OnnxModel:
 
     def declared_input(self) -> tuple[int | str, ...]:
         """The image input's shape as the graph declares it (a name or "?" for a free dimension)."""
-        return tuple(d.dim_value if d.dim_value > 0 else (d.dim_param or "?")
-                     for d in self.input.type.tensor_type.shape.dim)
+        return declared(self.input)
 
     # ---- facts the miner records (backend.Forward) ------------------------------------
     def image_dims(self) -> tuple[int, ...]:
@@ -132,25 +99,13 @@ class OnnxModel:
         dims = self.image_dims()
         return dims[1] if len(dims) > 1 and dims[1] > 0 else default
 
-    def _weights(self) -> Iterator[tuple[str, Any]]:
-        """(name, TensorProto) of every initializer, then of every Constant node holding a floating
-        tensor of more than one value (converters that keep the weights in the graph's nodes)."""
-        onnx, _ = _modules()
-        floating = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
-        yield from ((t.name, t) for t in self.proto.graph.initializer)
-        for node in self.proto.graph.node:
-            value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
-            if value is not None and value.data_type in floating and int(np.prod(value.dims)) > 1:
-                yield node.output[0], value
-
     def weights_hash(self, algorithm: str = WEIGHTS_HASH) -> str:
-        """"<algorithm>:<digest>" over the name, shape, type and bytes of every weight (`_weights`:
-        initializers in graph order, then Constant nodes': weights kept there went unhashed, and a
-        resume with other weights was accepted)."""
+        """"<algorithm>:<digest>" over the name, shape, type and bytes of every weight
+        (`onnx_file.graph_weights`: initializers in graph order, then Constant nodes')."""
         from onnx import numpy_helper
 
         h = weights_hasher(algorithm)
-        for name, t in self._weights():
+        for name, t in graph_weights(_modules()[0], self.proto.graph):
             arr = np.ascontiguousarray(numpy_helper.to_array(t))
             h.update(f"{name}:{tuple(t.dims)}:{t.data_type}\n".encode())
             h.update(arr.reshape(-1).view(np.uint8).data)
@@ -166,7 +121,8 @@ class OnnxModel:
         onnx, _ = _modules()
         floating = {onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
                     onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64}
-        return next((floating[t.data_type] for _, t in self._weights() if t.data_type in floating), torch.float32)
+        return next((floating[t.data_type] for _, t in graph_weights(onnx, self.proto.graph) if t.data_type in floating),
+                    torch.float32)
 
     # ---- layers ----------------------------------------------------------------------
     def default_layers(self) -> list[str]:
@@ -332,7 +288,7 @@ class OnnxModel:
         for layer, i in fed.items():  # a softmax over the units of (N, units) logits: ranked by their log-odds
             if arrays[i].ndim == 2 and arrays[i].shape == arrays[dict(at)[layer]].shape:
                 layouts[layer]["ranked_by"] = RANKED_BY_INPUT
-        return shapes, torch.from_numpy(_rows(arrays[0])), tokens_of_images(layouts, x.ndim - 1)
+        return shapes, torch.from_numpy(as_rows(arrays[0])), tokens_of_images(layouts, x.ndim - 1)
 
     @contextlib.contextmanager
     def open(self, layers: Sequence[str], on_output: Callable[[str, torch.Tensor], None],
@@ -350,7 +306,7 @@ class OnnxModel:
                     on_fed(layer, torch.from_numpy(arrays[fed[layer]]).to(device, non_blocking=True))
                 t = torch.from_numpy(arrays[i]).to(device, non_blocking=True)
                 on_output(layer, t.movedim(t.ndim - 1, 1) if layer in moved else t)
-            return torch.from_numpy(_rows(arrays[0])).to(device, non_blocking=True)
+            return torch.from_numpy(as_rows(arrays[0])).to(device, non_blocking=True)
 
         yield forward
 
@@ -371,35 +327,6 @@ class OnnxModel:
             self._layouts[tensors] = got
         moved, self.unplaced = self._layouts[tensors]
         return moved
-
-
-def _load_external_data(onnx: Any, proto: Any, path: Path) -> None:
-    """The weights a graph saved with save_as_external_data keeps in files beside it, read into
-    `proto`; a file missing or short is said as such (it was "not an ONNX model")."""
-    from onnx.external_data_helper import load_external_data_for_model
-
-    try:
-        load_external_data_for_model(proto, str(path.parent))
-    except Exception as exc:  # a ValidationError, an OSError, ...
-        files = sorted({e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"})
-        raise SketchmineError(f"{path}: its weights are stored outside it, in {', '.join(files) or 'other files'} "
-                              f"beside it, which cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]}). Keep "
-                              "the data files in the folder of the .onnx file, under the names it was saved with") from None
-
-
-def _logits_output(outputs: Sequence[Any], onnx: Any) -> str:
-    """The graph output read as the logits: the first floating one (a graph may give its ArgMax
-    first: int64 (N,), no logits), else the first."""
-    floating = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
-    return next((o.name for o in outputs if o.type.tensor_type.elem_type in floating), outputs[0].name)
-
-
-def _rows(logits: np.ndarray) -> np.ndarray:
-    """Logits (N, C): those of a graph ending in a 1x1 conv (N, C, 1, 1) or a token (N, 1, C)
-    without their axes of one (left as they were, they gave no predictions and no softmax)."""
-    if logits.ndim > 2 and sum(d != 1 for d in logits.shape[1:]) <= 1:
-        return np.ascontiguousarray(logits).reshape(len(logits), -1)
-    return np.asarray(logits)
 
 
 def _softmax_node(node: Any) -> Any:
