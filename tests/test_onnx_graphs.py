@@ -244,3 +244,30 @@ def test_an_input_of_fewer_than_four_dimensions_is_refused_as_one(shape, tmp_pat
     with pytest.raises(SketchmineError, match=rf"flat\.onnx: the graph's input 'pixels' is \('N', {shape[1]}.*\), "
                                               rf"{len(shape)}-D; .* give it such an input"):
         sketchmine.mine(str(path), subset(small_test_set, 20), out=tmp_path / "r.zarr")
+
+
+def test_the_probe_reads_a_channels_last_layer_by_its_units(tmp_path, exported, small_test_set):
+    """A ReLU computed channels last between two Transposes (a ConvNeXt block's GELU) is mined by
+    its 32 units; the report's probe graph pooled its (1, H, W, C) tensor as (1, C, H, W): 28
+    maxima of the image's rows for its 32 units, and maps of the wrong axes, said by nothing. The
+    probe now gives each unit's maximum, as ONNX Runtime's tensor has it."""
+    from tests.test_probe import build_probe, graph_outputs, vendored
+
+    m = onnx.ModelProto()
+    m.CopyFrom(exported)
+    relu = next(n for n in m.graph.node if n.op_type == "Relu")
+    at, out = list(m.graph.node).index(relu), relu.output[0]
+    relu.input[0], relu.output[0] = "hwc", "hwc_relu"
+    m.graph.node.insert(at + 1, helper.make_node("Transpose", ["hwc_relu"], [out], perm=[0, 3, 1, 2]))
+    m.graph.node.insert(at, helper.make_node("Transpose", [m.graph.node[at - 1].output[0]], ["hwc"], perm=[0, 2, 3, 1]))
+    path = tmp_path / "hwc.onnx"
+    onnx.save(m, str(path))
+    run = sketchmine.mine(str(path), subset(small_test_set, 30), layers=["hwc_relu"], out=tmp_path / "r.zarr", k=3)
+    assert run.layer_shape("hwc_relu") == (32, 28, 28) and run.layer_attrs("hwc_relu")["layout"] == CHANNELS_LAST
+    vendored()
+    meta, outs = graph_outputs(build_probe(run), small_test_set.images[:5])
+    x = np.stack([small_test_set[i][1].numpy() for i in range(5)])
+    want = ort_tensors(path, ["hwc_relu"], x)["hwc_relu"]
+    assert meta["layers"][0]["units"] == 32 and meta["layers"][0]["grid"] == [28, 28]
+    np.testing.assert_allclose(outs[1], want.max((1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(outs[2].reshape(5, 32, 28, 28), want.transpose(0, 3, 1, 2), rtol=1e-5)

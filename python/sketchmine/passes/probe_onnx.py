@@ -31,6 +31,7 @@ from torch import nn
 from sketchmine.data.preprocess import Preprocessing
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import first_tensor
+from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
 from sketchmine.results.run import Run
 
 KEEP_VALUES = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -178,6 +179,9 @@ def onnx_probe_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, 
         if t is None:
             raise SketchmineError(f"layer {name!r} of run {run.path} is not a tensor of {model.path.name}")
         shape = [int(s) for s in run.layer_attrs(name)["shape"]]
+        if run.layer_attrs(name).get("layout") in (CHANNELS_LAST, FEATURES_LAST):  # mined units first: so here
+            tail.append(helper.make_node("Transpose", [t], [f"probe_units{i}"], perm=[0, len(shape), *range(1, len(shape))]))
+            t = f"probe_units{i}"
         if len(shape) >= 2:
             tail.append(helper.make_node("GlobalMaxPool", [t], [f"probe_gmax{i}"]))
             tail.append(helper.make_node("Flatten", [f"probe_gmax{i}"], [f"max{i}"], axis=1))
