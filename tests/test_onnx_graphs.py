@@ -271,3 +271,24 @@ def test_the_probe_reads_a_channels_last_layer_by_its_units(tmp_path, exported, 
     assert meta["layers"][0]["units"] == 32 and meta["layers"][0]["grid"] == [28, 28]
     np.testing.assert_allclose(outs[1], want.max((1, 2)), rtol=1e-5)
     np.testing.assert_allclose(outs[2].reshape(5, 32, 28, 28), want.transpose(0, 3, 1, 2), rtol=1e-5)
+
+
+def test_an_onnx_model_of_other_classes_is_mined_without_logits(tmp_path, exported, demo_model, small_test_set):
+    """A graph of 10 outputs on a dataset of 5 classes (an ImageNet graph on a folder of sketches)
+    was refused, with logits=False as the way to mine it, which the ONNX backend then refused as a
+    torch-only option: no ONNX model could be mined on another dataset's classes. logits=False now
+    mines its layers as the torch model's, without predictions."""
+    onnx_path = edited(exported, tmp_path / "demo.onnx")
+    ds = subset(small_test_set, 120)
+    five = np.flatnonzero(ds.labels() < 5)
+    ds = ArrayDataset(ds.images[five], ds.labels()[five], ds.class_names[:5], ds.preprocessing,
+                      {**ds.describe(), "subset": "five classes"})
+    with pytest.raises(SketchmineError, match="the model has 10 outputs but the dataset has 5 classes .* logits=False"):
+        sketchmine.mine(str(onnx_path), ds, out=tmp_path / "refused.zarr")
+    run = sketchmine.mine(str(onnx_path), ds, logits=False, out=tmp_path / "r.zarr", batch_size=16, k=3)
+    ref = sketchmine.mine(demo_model.module, ds, logits=False, layers=run.layers, out=tmp_path / "t.zarr",
+                          batch_size=16, k=3)
+    assert run.layers == ref.layers and "softmax" not in run.layers
+    for name in run.layers:
+        assert_same_topk(run.topk(name), ref.topk(name), name, rtol=1e-4)
+    assert run.attrs["logits"] is False and not run.has_predictions() and run.accuracy() is None

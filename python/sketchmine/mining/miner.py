@@ -160,8 +160,9 @@ def mine(
     layers: qualified module names, or one name (None = every conv, linear and softmax). Re-running on an
     unfinished `out` resumes. Under torch.distributed (or torchrun) each rank mines a shard and
     rank 0 writes the store (see distributed.py).
-    Opt-in speed options (torch models only): logits=False ends each forward pass after the
-    deepest tapped layer (no logits, predictions or accuracy; not with the softmax layer);
+    Opt-in speed options (torch models only, but logits=False): logits=False ends each forward pass
+    after the deepest tapped layer (no logits, predictions or accuracy; not with the softmax layer;
+    an ONNX graph runs whole and its logits are dropped: a model of other classes than the dataset's);
     channels_last=True runs model and batches in channels-last memory format; autocast="bf16"
     or "fp16" runs the forward under torch.autocast (activations are cast to float32 for top-k);
     compile=True runs each forward through torch.compile (see forward.TorchForward._open_compiled).

@@ -35,9 +35,9 @@ class SpeedOptions:
         """The options `mine` was given, checked against the model and layers."""
         if autocast is not None and str(autocast).lower() not in _AUTOCAST:
             raise SketchmineError(f"autocast must be bf16 or fp16 (or None), got {autocast!r}")
-        if not torch_model and (not logits or channels_last or autocast is not None or compile):
-            raise SketchmineError("logits=False, channels_last, autocast and compile apply to torch models only, "
-                                  "not to the ONNX Runtime backend")
+        if not torch_model and (channels_last or autocast is not None or compile):
+            raise SketchmineError("channels_last, autocast and compile apply to torch models only, not to the ONNX "
+                                  "Runtime backend")
         if not logits and softmax_mined:
             raise SketchmineError("logits=False (--no-logits) cannot mine the virtual 'softmax' layer: it is computed "
                                   "from the logits; leave it out of the layers or keep the logits")

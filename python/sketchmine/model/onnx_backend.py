@@ -81,6 +81,10 @@ class OnnxModel:
         self._layouts: dict[tuple[str, ...], tuple[dict[str, dict[str, Any]], list[str]]] = {}
         self.unplaced: list[str] = []  # of the tensor set run last
         self._image_axes: dict[str, int | None] = {}  # per tensor, under a fixed batch size (onnx_batch)
+        self.order: list[str] = []  # the tapped layers of the last `shapes`
+        # logits=False: set to a tapped layer, as TorchForward's; the graph runs whole (ONNX Runtime
+        # cannot stop it early), and its logits are dropped, as a model whose classes are not the dataset's
+        self.stop_after: str | None = None
         self.names = GraphNames(graph, self.path.name)
 
     def declared_input(self) -> tuple[int | str, ...]:
@@ -288,17 +292,19 @@ class OnnxModel:
         for layer, i in fed.items():  # a softmax over the units of (N, units) logits: ranked by their log-odds
             if arrays[i].ndim == 2 and arrays[i].shape == arrays[dict(at)[layer]].shape:
                 layouts[layer]["ranked_by"] = RANKED_BY_INPUT
+        self.order = list(shapes)
         return shapes, torch.from_numpy(as_rows(arrays[0])), tokens_of_images(layouts, x.ndim - 1)
 
     @contextlib.contextmanager
     def open(self, layers: Sequence[str], on_output: Callable[[str, torch.Tensor], None],
-             on_fed: Callable[[str, torch.Tensor], None] | None = None) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+             on_fed: Callable[[str, torch.Tensor], None] | None = None
+             ) -> Iterator[Callable[[torch.Tensor], torch.Tensor | None]]:
         """The forward callable: one session run per batch, every tapped tensor to `on_output`,
         and the logits a Softmax node is fed to `on_fed` before its output."""
         tensors, at, fed = self._plan(layers)
         run, device = self._runner(tensors), self.device
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
+        def forward(x: torch.Tensor) -> torch.Tensor | None:
             arrays = run(x)
             moved = self._moved(tensors, at, arrays, x)
             for layer, i in at:
@@ -306,7 +312,7 @@ class OnnxModel:
                     on_fed(layer, torch.from_numpy(arrays[fed[layer]]).to(device, non_blocking=True))
                 t = torch.from_numpy(arrays[i]).to(device, non_blocking=True)
                 on_output(layer, t.movedim(t.ndim - 1, 1) if layer in moved else t)
-            return torch.from_numpy(as_rows(arrays[0])).to(device, non_blocking=True)
+            return None if self.stop_after is not None else torch.from_numpy(as_rows(arrays[0])).to(device, non_blocking=True)
 
         yield forward
 
