@@ -292,3 +292,18 @@ def test_an_onnx_model_of_other_classes_is_mined_without_logits(tmp_path, export
     for name in run.layers:
         assert_same_topk(run.topk(name), ref.topk(name), name, rtol=1e-4)
     assert run.attrs["logits"] is False and not run.has_predictions() and run.accuracy() is None
+
+
+def test_a_graph_whose_first_output_is_not_its_logits_is_said_so(tmp_path, exported, small_test_set):
+    """A graph giving a hidden layer's (N, 256) first and its logits second: its 256 "outputs" were
+    refused against the 10 classes as if the model were another's. The refusal names the output
+    read as the logits and the graph's outputs; logits=False mines the layers."""
+    hidden = next(n.output[0] for n in exported.graph.node if n.op_type == "Relu" and "classifier" in n.output[0])
+    path = edited(exported, tmp_path / "two.onnx", outputs=[helper.make_tensor_value_info(hidden, TensorProto.FLOAT, ["N", 256]),
+                                                              *exported.graph.output])
+    ds = subset(small_test_set, 20)
+    with pytest.raises(SketchmineError, match=rf"the model has 256 outputs \(its logits are the graph's output "
+                                              rf"'{hidden}', the first floating one of its outputs {hidden}, logits\) "
+                                              r"but the dataset has 10 classes .* with its logits as its first output"):
+        sketchmine.mine(str(path), ds, out=tmp_path / "r.zarr")
+    assert sketchmine.mine(str(path), ds, logits=False, out=tmp_path / "r.zarr", k=3).complete

@@ -286,7 +286,7 @@ def mine(
         if left:
             names = want[LAYER_NAMES] = [l.name for l in spec]
         if logits:
-            check_classes(num_classes, loaded.categories, ds.class_names, progress)
+            check_classes(num_classes, loaded.categories, ds.class_names, progress, loaded.logits_from)
         if not logits:
             forward.stop_after = forward.order[-1]
             num_classes = None

@@ -89,6 +89,7 @@ class LoadedModel:
     random_init: bool = False  # built by name without weights (initialised from a seed)
     categories: list[str] | None = None  # names of the outputs in order (torchvision weights, recorded class_names)
     input_size: tuple[int, int] | None = None  # (H, W) it was trained at, when its metadata records it
+    logits_from: str | None = None  # which output is read as the logits, where it has several (an ONNX graph)
 
 
 _BACKENDS: dict[type, Callable[[Any], Forward]] = {}

@@ -59,7 +59,10 @@ def load_onnx(path: str | Path, weights: str | os.PathLike | None = None) -> Loa
     if weights:
         raise SketchmineError(f"{path}: an ONNX file carries its own weights; drop --weights {weights}")
     model = OnnxModel(path)
-    return LoadedModel(model, f"onnx:{model.path.name}", None)  # type: ignore[arg-type]
+    outputs = [o.name for o in model.proto.graph.output]
+    said = (f"its logits are the graph's output {model.logits_name!r}, the first floating one of its outputs "
+            f"{', '.join(outputs)}") if len(outputs) > 1 else None
+    return LoadedModel(model, f"onnx:{model.path.name}", None, logits_from=said)  # type: ignore[arg-type]
 
 
 class OnnxModel:
