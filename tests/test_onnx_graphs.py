@@ -307,3 +307,24 @@ def test_a_graph_whose_first_output_is_not_its_logits_is_said_so(tmp_path, expor
                                               r"but the dataset has 10 classes .* with its logits as its first output"):
         sketchmine.mine(str(path), ds, out=tmp_path / "r.zarr")
     assert sketchmine.mine(str(path), ds, logits=False, out=tmp_path / "r.zarr", k=3).complete
+
+
+def test_a_second_input_is_mined_with_its_default_and_refused_without(tmp_path, exported, small_test_set):
+    """A graph with a second input (a scale) mines where that input has a default value (an
+    initializer of its name), as the graph without it; without one it is refused, naming the
+    inputs and how to give it a default (it was refused without a word of what to do)."""
+    scale = helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1])
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])
+    front = [helper.make_node("Mul", ["image", "scale"], ["input"])]
+    ds = subset(small_test_set, 30)
+    with_default = edited(exported, tmp_path / "default.onnx", front=front, inputs=[image, scale],
+                          consts=[("scale", np.ones(1, np.float32))])
+    run = sketchmine.mine(str(with_default), ds, out=tmp_path / "d.zarr", k=3, layers=["features.0", "classifier.6"])
+    plain = sketchmine.mine(str(edited(exported, tmp_path / "plain.onnx")), ds, out=tmp_path / "p.zarr", k=3,
+                            layers=["features.0", "classifier.6"])
+    for name in plain.layers:
+        assert_same_topk(run.topk(name), plain.topk(name), name, rtol=1e-6)
+    without = edited(exported, tmp_path / "needs.onnx", front=front, inputs=[image, scale])
+    with pytest.raises(SketchmineError, match=r"needs\.onnx: expected one image input, the graph has \['image', "
+                                              r"'scale'\]: .* give the others default values"):
+        sketchmine.mine(str(without), ds, out=tmp_path / "n.zarr")

@@ -58,7 +58,9 @@ def image_input(onnx: Any, graph: Any, path: Path) -> Any:
     weights = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in weights]
     if len(inputs) != 1:
-        raise SketchmineError(f"{path}: expected one image input, the graph has {[i.name for i in inputs]}")
+        raise SketchmineError(f"{path}: expected one image input, the graph has {[i.name for i in inputs]}"
+                              + (": sketchmine feeds it images alone; give the others default values in a copy of the "
+                                 "graph (initializers of the same names)" if inputs else ""))
     value, shape = inputs[0], declared(inputs[0])
     if len(shape) > 4:  # its frames fold into the batch inside the graph
         raise SketchmineError(f"{path}: the graph's input {value.name!r} is {shape}, {len(shape)}-D; an ONNX model is "
