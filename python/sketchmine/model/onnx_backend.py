@@ -72,7 +72,7 @@ class OnnxModel:
     def __init__(self, path: str | Path) -> None:
         onnx, _ = _modules()
         self.path = Path(path)
-        self.proto = read_graph(onnx, self.path)
+        self.proto, self._as_stored = read_graph(onnx, self.path)  # the latter: a graph of over 2 GB
         graph = self.proto.graph
         self.input = image_input(onnx, graph, self.path)
         # (N, H, W, C), Transposed to (N, C, H, W) inside (tf2onnx): fed the images so
@@ -191,7 +191,7 @@ class OnnxModel:
             return self._sessions[key]
         onnx, ort = _modules()
         model = onnx.ModelProto()
-        model.CopyFrom(self.proto)
+        model.CopyFrom(self.proto if self._as_stored is None else self._as_stored)
         present = {o.name for o in model.graph.output}
         for name in tensors:
             if name not in present:
@@ -206,6 +206,8 @@ class OnnxModel:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as torch
+        if self._as_stored is not None:  # its weights read by ONNX Runtime from their files (onnxruntime>=1.21)
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.path.parent))
         try:
             session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
         except Exception as exc:

@@ -18,8 +18,17 @@ import numpy as np
 from sketchmine.errors import SketchmineError
 
 
-def read_graph(onnx: Any, path: Path) -> Any:
-    """The ModelProto of the file at `path`, its external data read in."""
+SERIALISED = 2**31 - 2**26
+"""The most bytes of weights a graph is handed to ONNX Runtime with (as one serialised proto, which
+protobuf caps at 2 GiB); a graph of more is handed over with its weights left in their files."""
+
+
+def read_graph(onnx: Any, path: Path) -> tuple[Any, Any]:
+    """The ModelProto of the file at `path` with its external data read in, and, where that data
+    is too large to serialise with the graph (`SERIALISED`: it was refused as "Failed to serialize
+    proto"), the proto as the file holds it, its weights left in their files, else None."""
+    from onnx.external_data_helper import uses_external_data
+
     if not path.is_file():
         raise SketchmineError(f"ONNX model file {path} does not exist")
     try:
@@ -27,10 +36,14 @@ def read_graph(onnx: Any, path: Path) -> Any:
     except Exception as exc:  # protobuf DecodeError, ...
         raise SketchmineError(f"{path} is not an ONNX model (cannot be parsed: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    _load_external_data(proto, path)
     if not proto.graph.node or not proto.graph.output:
         raise SketchmineError(f"{path} is not an ONNX model (no graph nodes or outputs found)")
-    return proto
+    if not any(uses_external_data(t) for t in proto.graph.initializer):
+        return proto, None
+    light = onnx.ModelProto()
+    light.CopyFrom(proto)
+    _load_external_data(proto, path)
+    return proto, light if sum(len(t.raw_data) for t in proto.graph.initializer) > SERIALISED else None
 
 
 def _load_external_data(proto: Any, path: Path) -> None:
