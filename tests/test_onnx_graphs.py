@@ -350,3 +350,23 @@ def test_a_graph_too_large_to_serialise_is_run_from_its_files(tmp_path, exported
     assert run.attrs["weights_hash"] == inside.attrs["weights_hash"]
     for name in run.layers:
         assert_same_topk(run.topk(name), inside.topk(name), name, rtol=1e-6)
+
+
+def test_a_batch_fixed_inside_the_graph_is_said_with_what_to_do(tmp_path, exported, small_test_set):
+    """A graph whose input leaves the batch free but whose Reshape to (1, -1) fixes it at one: its
+    first batch of 16 failed with ONNX Runtime's GEMM error alone; the failure now says to mine it
+    with batch_size=1, with which its accuracy is ONNX Runtime's one image at a time."""
+    m = onnx.ModelProto()
+    m.CopyFrom(exported)
+    flatten = next(n for n in m.graph.node if n.op_type == "Flatten")
+    reshape = helper.make_node("Reshape", [flatten.input[0], "one_row"], [flatten.output[0]])
+    m.graph.node.insert(list(m.graph.node).index(flatten), reshape)
+    m.graph.node.remove(flatten)
+    path = edited(m, tmp_path / "one.onnx", consts=[("one_row", np.array([1, -1], np.int64))])
+    ds = subset(small_test_set, 20)
+    with pytest.raises(SketchmineError, match=r"one\.onnx on input 'input' of shape \(16, 1, 28, 28\) .* runs with "
+                                              r"--batch-size 1 \(batch_size=1\)"):
+        sketchmine.mine(str(path), ds, out=tmp_path / "r.zarr", batch_size=16)
+    run = sketchmine.mine(str(path), ds, out=tmp_path / "one.zarr", batch_size=1, k=3)
+    want = np.concatenate([ort_tensors(path, ["logits"], ds[i][1].numpy()[None])["logits"] for i in range(20)])
+    assert run.accuracy() == (want.argmax(1) == ds.labels()).mean() > 0.9

@@ -233,7 +233,10 @@ class OnnxModel:
                     raise
                 raise OnnxRunError(f"ONNX Runtime cannot run {self.path.name} on input {names[0]!r} of shape "
                                    f"{tuple(arr.shape)} (the graph declares {self.declared_input()}): "
-                                   f"{' '.join(str(exc).split())[:400]}") from None
+                                   f"{' '.join(str(exc).split())[:400]}"
+                                   + ("; a graph that fixes its batch inside (a Reshape to (1, -1)) though its input "
+                                      "leaves it free runs with --batch-size 1 (batch_size=1)" if len(arr) > 1 and not fixed
+                                      else "")) from None
 
         def run(x: torch.Tensor) -> list[np.ndarray]:
             arr = x.detach().cpu().numpy().astype(dtype, copy=False)
