@@ -370,3 +370,22 @@ def test_a_batch_fixed_inside_the_graph_is_said_with_what_to_do(tmp_path, export
     run = sketchmine.mine(str(path), ds, out=tmp_path / "one.zarr", batch_size=1, k=3)
     want = np.concatenate([ort_tensors(path, ["logits"], ds[i][1].numpy()[None])["logits"] for i in range(20)])
     assert run.accuracy() == (want.argmax(1) == ds.labels()).mean() > 0.9
+
+
+def test_a_graph_normalising_0_255_pixels_inside_is_fed_them(tmp_path, exported, small_test_set):
+    """A float graph that takes 0-255 pixels and normalises them itself (Div 255, Sub mean, Div std:
+    a Keras Rescaling) is mined with a Preprocessing of mean 0 and std 1/255 (docs/backends.md):
+    the accuracy of ONNX Runtime on the stored pixels."""
+    from sketchmine.data import Preprocessing
+
+    pre = small_test_set.preprocessing
+    path = edited(exported, tmp_path / "pixels.onnx", inputs=[helper.make_tensor_value_info(
+        "pixels", TensorProto.FLOAT, ["N", 1, 28, 28])], consts=[
+        ("c255", np.float32(255)), ("mean", np.float32(pre.mean[0])), ("std", np.float32(pre.std[0]))], front=[
+        helper.make_node("Div", ["pixels", "c255"], ["p1"]), helper.make_node("Sub", ["p1", "mean"], ["p2"]),
+        helper.make_node("Div", ["p2", "std"], ["input"])])
+    ds = ArrayDataset(small_test_set.images[:40], small_test_set.labels()[:40], small_test_set.class_names)
+    want = ort_tensors(path, ["logits"], np.asarray(ds.images[:, None], np.float32))["logits"].argmax(1)
+    run = sketchmine.mine(str(path), ds, preprocessing=Preprocessing("pixels", 1, None, (0.0,), (1 / 255,)),
+                          out=tmp_path / "r.zarr", k=3)
+    assert run.accuracy() == (want == ds.labels()).mean() > 0.9
