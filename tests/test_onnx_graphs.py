@@ -202,7 +202,7 @@ def test_weights_held_in_constant_nodes_are_the_models_identity(tmp_path, export
     out = tmp_path / "r.zarr"
     with pytest.raises(KeyboardInterrupt):
         sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1, progress=StopAfter(30))
-    with pytest.raises(SketchmineError, match=r"cannot resume .* other settings: model weights \(run: xxh3_128:"):
+    with pytest.raises(SketchmineError, match=r"cannot be resumed: .* other settings: model weights \(run: xxh3_128:"):
         sketchmine.mine(paths[1], ds, out=out, batch_size=10, flush_every=1)
     run = sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1)
     assert run.complete and run.accuracy() > 0.9
