@@ -108,7 +108,8 @@ class OnnxModel:
 
     def weights_hash(self, algorithm: str = WEIGHTS_HASH) -> str:
         """"<algorithm>:<digest>" over the name, shape, type and bytes of every weight
-        (`onnx_file.graph_weights`: initializers in graph order, then Constant nodes')."""
+        (`onnx_file.graph_weights`: initializers in graph order; Constant nodes' in a graph without
+        floating ones)."""
         from onnx import numpy_helper
 
         h = weights_hasher(algorithm)

@@ -111,10 +111,16 @@ def as_rows(logits: np.ndarray) -> np.ndarray:
 
 
 def graph_weights(onnx: Any, graph: Any) -> Iterator[tuple[str, Any]]:
-    """(name, TensorProto) of every initializer, then of every Constant node holding a floating
-    tensor of more than one value (converters that keep the weights in the graph's nodes)."""
+    """(name, TensorProto) of every initializer; in a graph with no floating initializer (a
+    converter that keeps the weights in the graph's nodes), then of every Constant node holding a
+    floating tensor of more than one value. A graph with floating initializers (every torch
+    export) is hashed by them alone, as runs of it recorded: its Constant nodes hold an
+    nn.Upsample's Resize scales or a torch.tensor of a forward, and hashing them would refuse
+    the resume of every such run as other weights."""
     floating = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
     yield from ((t.name, t) for t in graph.initializer)
+    if any(t.data_type in floating for t in graph.initializer):
+        return
     for node in graph.node:
         value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
         if value is not None and value.data_type in floating and int(np.prod(value.dims)) > 1:
