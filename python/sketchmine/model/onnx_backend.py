@@ -75,8 +75,9 @@ class OnnxModel:
         self.proto, self._as_stored = read_graph(onnx, self.path)  # the latter: a graph of over 2 GB
         graph = self.proto.graph
         self.input = image_input(onnx, graph, self.path)
-        # (N, H, W, C), Transposed to (N, C, H, W) inside (tf2onnx): fed the images so
-        self.channels_last = len(self.declared_input()) == 4 and channels_last_input(graph, self.input.name)
+        # (N, H, W, C), Transposed to (N, C, H, W) inside (tf2onnx): fed the images so; an input of
+        # no declared shape too, as onnx_layout reads its tensors
+        self.channels_last = len(self.declared_input()) in (0, 4) and channels_last_input(graph, self.input.name)
         self.logits_name = logits_output(onnx, graph.output)
         self.device = torch.device("cpu")
         self._sessions: dict[tuple[Any, ...], Any] = {}
@@ -99,7 +100,7 @@ class OnnxModel:
         """The image input's (N, C, H, W) as the graph fixes them (0 where free), whichever order it
         takes them in."""
         dims = tuple(max(int(d.dim_value), 0) for d in self.input.type.tensor_type.shape.dim)
-        return (dims[0], dims[3], dims[1], dims[2]) if self.channels_last else dims
+        return (dims[0], dims[3], dims[1], dims[2]) if self.channels_last and dims else dims
 
     def input_channels(self, default: int = 3) -> int:
         """The image input's channels when the graph fixes them."""
