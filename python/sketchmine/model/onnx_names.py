@@ -162,7 +162,7 @@ class GraphNames:
         if len(set(names.values())) < 2:
             return None
         return (f"layer {layer!r} of {self.file} is written {layer.replace('/', SLASH)!r} in a run (which writes "
-                f"'/' as '|'), and so are {len(names)} names of other tensors: "
+                f"'/' as '|'), as are {len(names)} names of the graph, of {len(set(names.values()))} tensors: "
                 + ", ".join(f"{n!r} (tensor {t!r})" for n, t in names.items())
                 + ". Rename them in the graph so that they differ in more than '/' and '|'")
 
