@@ -159,3 +159,22 @@ def write_class_folder(root, sketches, save):
         save(j, a, root / name / f"img{j}")
     return root
 
+
+
+class Conv1dFrames(torch.nn.Module):
+    """Each frame of a grey 28×28 drawing read by a Conv1d (frames folded into the batch), a GRU
+    over the steps: `rows`, the frame's 28 rows are the conv's channels; else the frame flattened
+    to a 1-channel signal of 784 samples."""
+
+    def __init__(self, rows: bool = False) -> None:
+        super().__init__()
+        self.rows = rows
+        self.conv = torch.nn.Conv1d(28, 8, 3, stride=2) if rows else torch.nn.Conv1d(1, 4, 9, stride=8)
+        self.gru = torch.nn.GRU(8 * 13 if rows else 4 * 97, 6, batch_first=True)
+        self.fc = torch.nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t = x.shape[:2]
+        frames = x.flatten(0, 2) if self.rows else x.flatten(0, 1).flatten(2)  # (N*T, 28, 28) or (N*T, 1, 784)
+        _, h = self.gru(torch.relu(self.conv(frames)).reshape(n, t, -1))
+        return self.fc(h[-1])

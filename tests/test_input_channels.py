@@ -13,7 +13,7 @@ from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
 from sketchmine.data.sequences import SequenceDataset
 from sketchmine.model.graph import module_input_channels
 from sketchmine.progress import Silent
-from tests.helpers import assert_same_store, brute_topk
+from tests.helpers import Conv1dFrames, assert_same_store, brute_topk
 
 PRE = Preprocessing("model", 1, None, (0.2728,), (0.4056,))
 
@@ -159,27 +159,12 @@ def test_a_gru_over_flattened_grey_frames_gets_one_channel(tmp_path, grey):
     np.testing.assert_array_equal(got_i, want_i)
 
 
-class RowsConv(nn.Module):
-    """A Conv1d over each grey frame's 28 rows as its channels, then a GRU over the steps."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(28, 8, 3, stride=2)
-        self.gru = nn.GRU(8 * 13, 6, batch_first=True)
-        self.fc = nn.Linear(6, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, t = x.shape[:2]
-        out, _ = self.gru(torch.relu(self.conv(x.flatten(0, 2))).reshape(n, t, -1))
-        return self.fc(out[:, -1])
-
-
 def test_a_conv1d_over_rows_does_not_tell_the_channels(tmp_path, grey):
     """Refused as "takes 28-channel input" (the Conv1d's in_channels, its rows), even where 1 was
     stated; a 1-D conv the image reaches reshaped tells nothing, and the forward pass decides."""
-    assert module_input_channels(RowsConv(), default=0) == 0
+    assert module_input_channels(Conv1dFrames(rows=True), default=0) == 0
     torch.manual_seed(0)
-    net, notes = RowsConv().eval(), Notes()
+    net, notes = Conv1dFrames(rows=True).eval(), Notes()
     run = sketchmine.mine(net, grey, steps=4, layers=["gru"], k=3, out=tmp_path / "r.zarr", batch_size=8,
                           progress=notes)
     assert run.attrs["preprocessing"]["channels"] == 1

@@ -9,57 +9,36 @@ import torch
 from torch import nn
 
 import sketchmine
-from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
+from sketchmine.data import Preprocessing, animal_shape
 from sketchmine.data.sequences import SequenceDataset, background_of, progressive_drawing
-from tests.helpers import brute_topk
+from tests.helpers import Conv1dFrames, brute_topk, per_class_subset
 
 PRE = Preprocessing("model", 1, None, (0.2728,), (0.4056,))
 T = 6
 
 
 @pytest.fixture(scope="module")
-def images():
+def subset():
     """40 real test silhouettes, 4 per class."""
-    ds = animal_shape("test")
-    keep = np.sort(np.concatenate([np.nonzero(ds.labels() == c)[0][:4] for c in range(10)]))
-    return ds.images[keep], ds.labels()[keep], ds.class_names
+    return per_class_subset(animal_shape("test", PRE), 4, "4 per class")
 
 
 @pytest.fixture(scope="module")
-def drawings(images):
-    im, labels, names = images
-    return SequenceDataset(ArrayDataset(im, labels, names, PRE, {"kind": "embedded", "name": "animal_shape",
-                                                                 "split": "test", "subset": "4 per class"}), T)
-
-
-class FrameSignal(nn.Module):
-    """Each frame flattened to a 1-channel signal of 784 samples, a Conv1d over it (frames folded
-    into the batch), a GRU over the steps."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(1, 4, 9, stride=8)
-        self.gru = nn.GRU(4 * 97, 6, batch_first=True)
-        self.fc = nn.Linear(6, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, t = x.shape[:2]
-        f = torch.relu(self.conv(x.flatten(0, 1).flatten(2)))  # (N*T, 4, 97)
-        _, h = self.gru(f.reshape(n, t, -1))
-        return self.fc(h[-1])
+def drawings(subset):
+    return SequenceDataset(subset, T)
 
 
 @pytest.fixture(scope="module")
 def signal_run(tmp_path_factory, drawings):
-    """FrameSignal's Conv1d mined over the drawings, its first 4 units visualized."""
+    """Conv1dFrames' Conv1d (each frame a 1-channel signal) mined over the drawings, its first 4 units visualized."""
     torch.manual_seed(7)
-    net = FrameSignal().eval()
+    net = Conv1dFrames().eval()
     out = tmp_path_factory.mktemp("signal") / "r.zarr"
     run = sketchmine.mine(net, drawings, layers=["conv", "gru"], k=5, out=out, batch_size=16)
     return sketchmine.visualize(run, ["conv"], model=net, data=drawings, max_units=4)
 
 
-def test_a_time_distributed_conv1d_is_shown_in_the_frame_of_its_step(signal_run, images):
+def test_a_time_distributed_conv1d_is_shown_in_the_frame_of_its_step(signal_run, subset):
     from sketchmine.passes.visualize import patches_of
 
     run = signal_run
@@ -71,7 +50,7 @@ def test_a_time_distributed_conv1d_is_shown_in_the_frame_of_its_step(signal_run,
     for u in range(4):
         patches = patches_of(run, "conv", u)["patches"]
         for j in range(5):
-            image = images[0][index[u, j]]
+            image = subset.images[index[u, j]]
             frame = progressive_drawing(image, T, background_of(image))[steps[u, j]]
             assert np.array_equal(patches[j, ..., 0], frame), (u, j, int(steps[u, j]))
 
