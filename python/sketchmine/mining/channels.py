@@ -1,7 +1,8 @@
 """The channel count of a model whose input reaches no convolution that tells it (a GRU or a Linear
-over flattened frames, a Conv1d over rows taking neither 1 nor 3 channels): its graph cannot tell it (`graph.module_input_channels` falls
-back to 3), so grey images were made RGB for a model that takes one channel. What the model accepts
-decides instead: it is run on the first readable sample made 1- and 3-channel."""
+over flattened frames, a Conv1d over rows taking neither 1 nor 3 channels): its graph cannot tell it
+(`graph.module_input_channels` falls back to 3), so grey images were made RGB for a model that takes
+one channel. What the model accepts decides instead: it is run on the first readable sample made 1-
+and 3-channel."""
 from __future__ import annotations
 
 import dataclasses

@@ -80,8 +80,10 @@ def _input_conv_channels(gm: fx.GraphModule) -> int | None:
         return None
     one_d = first.target in (torch.nn.functional.conv1d, torch.conv1d) or isinstance(
         modules.get(str(first.target)), nn.Conv1d)
-    if one_d and convs[first] not in (1, 3):  # an image reaches it reshaped, its rows perhaps its channels: images
-        return None                           # have 1 or 3 channels (Preprocessing), so this count is not theirs
+    # an image reaches a 1-D conv reshaped, its rows perhaps the conv's channels: an image has 1 or 3
+    # channels (Preprocessing), so another count is not the image's
+    if one_d and convs[first] not in (1, 3):
+        return None
     return convs[first] or 0
 
 
@@ -161,7 +163,7 @@ class _Tracer(fx.Tracer):
 
 
 _TENSOR_ATTRIBUTES = frozenset({"T", "mT", "H", "mH", "real", "imag", "data"})
-"""Tensor attributes that are tensors: a module returning one returns it as its output. Others
+"""The attributes of a tensor that are tensors: a module returning one returns it as its output. Others
 (`x.shape`, `x.dtype`) are not outputs a tap reads; made nodes inside the module, the last of them
 was taken as its output (`module_outputs`)."""
 
