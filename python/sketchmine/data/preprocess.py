@@ -42,10 +42,9 @@ def split_sample(value: Any, what: str) -> tuple[tuple[int, ...], Any]:
 def parse_size(value: Any, what: str) -> tuple[int | None, tuple[int, int]]:
     """A size argument as (channels or None, (H, W)): an int S (S×S), (H, W) or (C, H, W) with
     positive ints; anything else (zero, negative, floats, bools, other lengths) is refused, naming it."""
-    positive = _positive
-    if positive(value):
+    if _positive(value):
         return None, (int(value), int(value))
-    if isinstance(value, (tuple, list, torch.Size)) and len(value) in (2, 3) and all(positive(v) for v in value):
+    if isinstance(value, (tuple, list, torch.Size)) and len(value) in (2, 3) and all(_positive(v) for v in value):
         v = [int(x) for x in value]
         return (v[0] if len(v) == 3 else None), (v[-2], v[-1])
     raise SketchmineError(f"{what} must be a positive int S (S×S), (H, W) or (C, H, W) of positive ints; "
