@@ -385,8 +385,22 @@ def test_a_graph_normalising_0_255_pixels_inside_is_fed_them(tmp_path, exported,
         ("c255", np.float32(255)), ("mean", np.float32(pre.mean[0])), ("std", np.float32(pre.std[0]))], front=[
         helper.make_node("Div", ["pixels", "c255"], ["p1"]), helper.make_node("Sub", ["p1", "mean"], ["p2"]),
         helper.make_node("Div", ["p2", "std"], ["input"])])
-    ds = ArrayDataset(small_test_set.images[:40], small_test_set.labels()[:40], small_test_set.class_names)
+    labels = small_test_set.labels()
+    keep = np.sort(np.concatenate([np.nonzero(labels == c)[0][:4] for c in range(10)]))  # every class: a folder of them
+    ds = ArrayDataset(small_test_set.images[keep], labels[keep], small_test_set.class_names)
     want = ort_tensors(path, ["logits"], np.asarray(ds.images[:, None], np.float32))["logits"].argmax(1)
     run = sketchmine.mine(str(path), ds, preprocessing=Preprocessing("pixels", 1, None, (0.0,), (1 / 255,)),
                           out=tmp_path / "r.zarr", k=3)
     assert run.accuracy() == (want == ds.labels()).mean() > 0.9
+    # the preset (--preprocessing pixels): the same numbers (it was API-only)
+    named = sketchmine.mine(str(path), ds, preprocessing="pixels", out=tmp_path / "named.zarr", k=3)
+    assert named.attrs["preprocessing"]["std"] == [1 / 255] and named.accuracy() == run.accuracy()
+    assert named.layers == run.layers
+    np.testing.assert_array_equal(named.topk(run.layers[0])[0], run.topk(run.layers[0])[0])
+    from sketchmine.cli.main import main
+    from sketchmine.data import export_image_folder
+
+    export_image_folder(ds, tmp_path / "folder")
+    assert main(["mine", "--model", str(path), "--data", str(tmp_path / "folder"), "--out", str(tmp_path / "cli.zarr"),
+                 "--preprocessing", "pixels", "-k", "3", "-q"]) == 0
+    assert sketchmine.open_run(tmp_path / "cli.zarr").accuracy() == run.accuracy()

@@ -197,11 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batches each loader worker prepares ahead (needs --workers >= 1) (default: torch's, 2)")
     m.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="page-locked loader batches (default: on when --device is CUDA)")
-    m.add_argument("--preprocessing", default="auto", choices=["auto", "model", "imagenet", "dataset", "none"],
+    m.add_argument("--preprocessing", default="auto",
+                   choices=["auto", "model", "imagenet", "dataset", "none", "pixels"],
                    help="each pixel in [0, 1] becomes (pixel - mean) / std per channel, with: auto, the model's "
                         "recorded mean/std, else ImageNet's; model, the model's recorded ones (refused if it records "
                         "none); imagenet, ImageNet's; dataset, the mined images' own (one extra pass); none: "
-                        "pixels as they are")
+                        "pixels as they are, in [0, 1]; pixels: 0-255 values (a model that normalises them itself)")
     m.add_argument("--image-size", type=positive_int,
                    help="resize images to S×S (default: the size pretrained weights record, else keep their size)")
     m.add_argument("--flush-every", type=positive_int, default=50, help="checkpoint every N batches")

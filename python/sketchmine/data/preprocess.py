@@ -169,9 +169,11 @@ def preset(name: str, channels: int, size: tuple[int, int] | None) -> Preprocess
         mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,) * channels
         std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,) * channels
         return Preprocessing("imagenet", channels, size, tuple(mean), tuple(std))
+    if name == "pixels":  # 0-255 values, for a graph that normalises its pixels itself (a Keras Rescaling)
+        return Preprocessing("pixels", channels, size, (0.0,) * channels, (1 / 255,) * channels)
     if name in ("dataset", "none"):
         return Preprocessing(name, channels, size)
-    raise SketchmineError(f"unknown preprocessing preset {name!r}; expected imagenet, dataset or none")
+    raise SketchmineError(f"unknown preprocessing preset {name!r}; expected imagenet, dataset, none or pixels")
 
 
 _CONSTANTS: dict[tuple[tuple[float, ...], torch.dtype, torch.device], torch.Tensor] = {}

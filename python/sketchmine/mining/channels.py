@@ -71,8 +71,8 @@ def accepted_channels(forward: Forward, net: Any, ds: MinerDataset, stated: bool
 
 def _with_channels(pre: Preprocessing, channels: int) -> Preprocessing | None:
     """`pre` for `channels`, where its numbers do not fix them (ImageNet's are made for either)."""
-    if pre.preset == "imagenet":
-        return preset("imagenet", channels, pre.size)
+    if pre.preset in ("imagenet", "pixels"):
+        return preset(pre.preset, channels, pre.size)
     return None if pre.mean else dataclasses.replace(pre, channels=channels)
 
 

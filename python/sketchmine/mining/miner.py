@@ -67,7 +67,7 @@ def _resolve_preprocessing(loaded: LoadedModel, preprocessing: str | Preprocessi
     if isinstance(preprocessing, str):
         return preprocessing_for(loaded, preprocessing, image_size), preprocessing != "auto"
     if not isinstance(preprocessing, Preprocessing):
-        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, dataset, none) or a "
+        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, dataset, none, pixels) or a "
                               f"Preprocessing, got {type(preprocessing).__name__} {preprocessing!r}")
     channels = input_channels(loaded.module, preprocessing.channels)  # the Preprocessing's when it cannot tell
     if preprocessing.channels != channels:
@@ -149,7 +149,7 @@ def mine(
     stays on `device` (as `module.to(device)` leaves it); each submodule's train/eval flag is given back.
     dataset: torch Dataset of (image, label), an ImageFolder directory, or a sketchmine dataset.
     preprocessing ("auto": the model's recorded normalisation, else ImageNet's; "model",
-    "imagenet", "dataset", "none", or a Preprocessing) and image_size (int, (H, W) or (C, H, W))
+    "imagenet", "dataset", "none", "pixels" (0-255 values), or a Preprocessing) and image_size (int, (H, W) or (C, H, W))
     resolve to one Preprocessing, which is what the model sees and what the run records, for
     every dataset kind (data.as_miner_dataset): a folder is read with it; a sketchmine dataset
     built without one (animal_shape()) takes it; one built with its own keeps it, and a chosen

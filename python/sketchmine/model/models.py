@@ -243,7 +243,7 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
                       image_size: int | tuple[int, int] | None = None) -> Preprocessing:
     """The input preset `mine` uses for `model` (a spec as `load_model` takes, or a loaded one):
     "auto" takes the model's recorded normalisation (embedded models, checkpoints that record
-    one), else ImageNet's; "model" requires a recorded one; "imagenet", "dataset", "none" as
+    one), else ImageNet's; "model" requires a recorded one; "imagenet", "dataset", "none", "pixels" as
     `data.preset`. image_size: an int S (S×S), (H, W) or (C, H, W) whose C must be the model's
     input channels (`data.as_size`). Build datasets for a model with it, e.g. `animal_shape("test", preprocessing_for("demo"))`."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
@@ -267,7 +267,7 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
         p = loaded.preprocessing
         return Preprocessing("model", channels, size, tuple(p["mean"]), tuple(p["std"]))
     if name == "model":
-        raise SketchmineError(f"model {loaded.model_id} records no preprocessing; use imagenet, dataset or none")
+        raise SketchmineError(f"model {loaded.model_id} records no preprocessing; use imagenet, dataset, none or pixels")
     return preset("imagenet" if name == "auto" else name, channels, size)
 
 
@@ -280,7 +280,7 @@ def given_preprocessing(loaded: LoadedModel, given: str | Preprocessing | None, 
     elif isinstance(given, Preprocessing):
         pre = given
     else:
-        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, none) or a Preprocessing, "
+        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, none, pixels) or a Preprocessing, "
                               f"got {type(given).__name__} {given!r}")
     if pre.preset == "dataset" and not pre.mean:
         raise SketchmineError(f"preprocessing 'dataset' is the mean and std of the images mined, and {what} has no "

@@ -205,7 +205,7 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
     size: an int S or (H, W); default the model's recorded preprocessing size, else the input size
     its metadata records (the embedded models: 28), else 224.
     preprocessing: the normalisation the model was trained with: a Preprocessing, or a preset name
-    as `mine` takes it ("auto", the default: `preprocessing_for`; "model", "imagenet", "none").
+    as `mine` takes it ("auto", the default: `preprocessing_for`; "model", "imagenet", "none", "pixels").
     The channel count is the model's (1: a grey image; 3: colour). Deterministic for a seed and the
     same `units` (docs/visualize.md). A module stays on `device` (as `module.to(device)` leaves it,
     as `mine` does); its train/eval flags are given back.

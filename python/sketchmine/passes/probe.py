@@ -306,7 +306,7 @@ def probe_preprocessing(run: Run, given: object) -> Preprocessing:
 
     pre = run_preprocessing(run)
     if given is not None and not isinstance(given, Preprocessing):  # build_probe made a preset name one
-        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, none) or a Preprocessing, "
+        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, none, pixels) or a Preprocessing, "
                               f"got {type(given).__name__} {given!r}")
     if pre is not None and given is not None and given != (pre if given.size else replace(pre, size=None)):
         raise SketchmineError(f"preprocessing={given.describe()} differs from the one run {run.path} records, "
