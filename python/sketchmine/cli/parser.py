@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batches each loader worker prepares ahead (needs --workers >= 1) (default: torch's, 2)")
     m.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="page-locked loader batches (default: on when --device is CUDA)")
-    m.add_argument("--preprocessing", default="auto",
+    m.add_argument("--preprocessing", default="auto",  # data.preprocess.preset_names(), not imported: torch
                    choices=["auto", "model", "imagenet", "dataset", "none", "pixels"],
                    help="each pixel in [0, 1] becomes (pixel - mean) / std per channel, with: auto, the model's "
                         "recorded mean/std, else ImageNet's; model, the model's recorded ones (refused if it records "

@@ -163,6 +163,16 @@ class Preprocessing:
         return d
 
 
+PRESETS = ("imagenet", "dataset", "none", "pixels")
+"""The named presets `preset` makes; `mine` also takes "auto" and "model" (the model's own)."""
+
+
+def preset_names(*, dataset: bool = True) -> str:
+    """The preset names `mine` takes, for messages; without "dataset" for a pass with no images to
+    take its numbers from."""
+    return ", ".join(n for n in ("auto", "model", *PRESETS) if dataset or n != "dataset")
+
+
 def preset(name: str, channels: int, size: tuple[int, int] | None) -> Preprocessing:
     """A named preset; "dataset" starts without numbers (see `compute_mean_std`)."""
     if name == "imagenet":
@@ -173,7 +183,7 @@ def preset(name: str, channels: int, size: tuple[int, int] | None) -> Preprocess
         return Preprocessing("pixels", channels, size, (0.0,) * channels, (1 / 255,) * channels)
     if name in ("dataset", "none"):
         return Preprocessing(name, channels, size)
-    raise SketchmineError(f"unknown preprocessing preset {name!r}; expected imagenet, dataset, none or pixels")
+    raise SketchmineError(f"unknown preprocessing preset {name!r}; expected {', '.join(PRESETS)}")
 
 
 _CONSTANTS: dict[tuple[tuple[float, ...], torch.dtype, torch.device], torch.Tensor] = {}

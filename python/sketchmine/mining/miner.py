@@ -22,6 +22,7 @@ from sketchmine import __version__
 from sketchmine.data import (ArrayDataset, ImageFolderDataset, MinerDataset, Preprocessing, as_miner_dataset, as_size,
                              compute_mean_std, first_readable, sequences)
 from sketchmine.data.batchprep import choose
+from sketchmine.data.preprocess import preset_names
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError, layer_list
 from sketchmine.mining import distributed
@@ -67,7 +68,7 @@ def _resolve_preprocessing(loaded: LoadedModel, preprocessing: str | Preprocessi
     if isinstance(preprocessing, str):
         return preprocessing_for(loaded, preprocessing, image_size), preprocessing != "auto"
     if not isinstance(preprocessing, Preprocessing):
-        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, dataset, none, pixels) or a "
+        raise SketchmineError(f"preprocessing must be a preset name ({preset_names()}) or a "
                               f"Preprocessing, got {type(preprocessing).__name__} {preprocessing!r}")
     channels = input_channels(loaded.module, preprocessing.channels)  # the Preprocessing's when it cannot tell
     if preprocessing.channels != channels:

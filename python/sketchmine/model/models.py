@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from sketchmine.data import Preprocessing, as_size, parse_size, preset
+from sketchmine.data.preprocess import PRESETS, preset_names
 from sketchmine.errors import SketchmineError, closest, whole_number
 from sketchmine.model.backend import (TRANSFORM_INPUT, LoadedModel, input_channels, recorded_weights, weights_hash,
                                       weights_match)
@@ -267,7 +268,7 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
         p = loaded.preprocessing
         return Preprocessing("model", channels, size, tuple(p["mean"]), tuple(p["std"]))
     if name == "model":
-        raise SketchmineError(f"model {loaded.model_id} records no preprocessing; use imagenet, dataset, none or pixels")
+        raise SketchmineError(f"model {loaded.model_id} records no preprocessing; use {', '.join(PRESETS)}")
     return preset("imagenet" if name == "auto" else name, channels, size)
 
 
@@ -280,7 +281,7 @@ def given_preprocessing(loaded: LoadedModel, given: str | Preprocessing | None, 
     elif isinstance(given, Preprocessing):
         pre = given
     else:
-        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, none, pixels) or a Preprocessing, "
+        raise SketchmineError(f"preprocessing must be a preset name ({preset_names(dataset=False)}) or a Preprocessing, "
                               f"got {type(given).__name__} {given!r}")
     if pre.preset == "dataset" and not pre.mean:
         raise SketchmineError(f"preprocessing 'dataset' is the mean and std of the images mined, and {what} has no "

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sketchmine.data.preprocess import LUMA, Preprocessing, convert_channels
+from sketchmine.data.preprocess import LUMA, Preprocessing, convert_channels, preset_names
 from sketchmine.data.sequences import background_of
 from sketchmine.errors import SketchmineError, first_line, optional_positive
 from sketchmine.names import command
@@ -306,7 +306,7 @@ def probe_preprocessing(run: Run, given: object) -> Preprocessing:
 
     pre = run_preprocessing(run)
     if given is not None and not isinstance(given, Preprocessing):  # build_probe made a preset name one
-        raise SketchmineError(f"preprocessing must be a preset name (auto, model, imagenet, none, pixels) or a Preprocessing, "
+        raise SketchmineError(f"preprocessing must be a preset name ({preset_names(dataset=False)}) or a Preprocessing, "
                               f"got {type(given).__name__} {given!r}")
     if pre is not None and given is not None and given != (pre if given.size else replace(pre, size=None)):
         raise SketchmineError(f"preprocessing={given.describe()} differs from the one run {run.path} records, "
