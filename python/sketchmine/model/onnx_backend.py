@@ -31,7 +31,7 @@ from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, RowsNotImages, register_backend, weights_hasher
 from sketchmine.model.layouts import tokens_of_images, unplaced_note
 from sketchmine.model.onnx_batch import image_axes, joined
-from sketchmine.model.onnx_file import as_rows, declared, graph_weights, image_input, logits_output, read_graph
+from sketchmine.model.onnx_file import as_rows, declared, floating, graph_weights, image_input, logits_output, read_graph
 from sketchmine.model.onnx_layout import channels_last_input, sized_tensors, unit_layouts
 from sketchmine.model.onnx_names import SLASH, GraphNames
 from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
@@ -128,9 +128,8 @@ class OnnxModel:
         """The floating dtype of the graph's first floating weight (float32 when it has none): a
         float16 graph's activations are float16's, which its run records and says."""
         onnx, _ = _modules()
-        floating = {onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
-                    onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64}
-        return next((floating[t.data_type] for _, t in graph_weights(onnx, self.proto.graph) if t.data_type in floating),
+        kinds = floating(onnx)
+        return next((kinds[t.data_type] for _, t in graph_weights(onnx, self.proto.graph) if t.data_type in kinds),
                     torch.float32)
 
     # ---- layers ----------------------------------------------------------------------

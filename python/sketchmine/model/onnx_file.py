@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from sketchmine.errors import SketchmineError
 
@@ -95,11 +96,17 @@ def image_input(onnx: Any, graph: Any, path: Path) -> Any:
     return value
 
 
+def floating(onnx: Any) -> dict[int, torch.dtype]:
+    """The ONNX floating element types (weights, activations, logits), each as torch's dtype."""
+    return {onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
+            onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64}
+
+
 def logits_output(onnx: Any, outputs: Sequence[Any]) -> str:
     """The graph output read as the logits: the first floating one (a graph may give its ArgMax
     first: int64 (N,), no logits), else the first."""
-    floating = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
-    return next((o.name for o in outputs if o.type.tensor_type.elem_type in floating), outputs[0].name)
+    kinds = floating(onnx)
+    return next((o.name for o in outputs if o.type.tensor_type.elem_type in kinds), outputs[0].name)
 
 
 def as_rows(logits: np.ndarray) -> np.ndarray:
@@ -117,11 +124,11 @@ def graph_weights(onnx: Any, graph: Any) -> Iterator[tuple[str, Any]]:
     export) is hashed by them alone, as runs of it recorded: its Constant nodes hold an
     nn.Upsample's Resize scales or a torch.tensor of a forward, and hashing them would refuse
     the resume of every such run as other weights."""
-    floating = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+    kinds = floating(onnx)
     yield from ((t.name, t) for t in graph.initializer)
-    if any(t.data_type in floating for t in graph.initializer):
+    if any(t.data_type in kinds for t in graph.initializer):
         return
     for node in graph.node:
         value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
-        if value is not None and value.data_type in floating and int(np.prod(value.dims)) > 1:
+        if value is not None and value.data_type in kinds and int(np.prod(value.dims)) > 1:
             yield node.output[0], value
