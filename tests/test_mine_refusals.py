@@ -212,3 +212,24 @@ def test_distributions_over_more_images_than_a_sketch_counts_are_refused():
     check_sketch_size(SKETCH_IMAGES + 1, False)
     with pytest.raises(SketchmineError, match="2,147,483,648 images; distributions=True"):
         check_sketch_size(SKETCH_IMAGES + 1, True)
+
+
+def test_a_model_returning_a_map_is_refused_unless_mined_without_logits(tmp_path, small_test_set):
+    """A model whose forward returns a feature map (a dense-prediction net) mined with layers named
+    made a run with no predictions or accuracy, said by nothing (by default it was refused as
+    "layer 'softmax' needs (N, classes) logits; the model returns (1, 8, 26, 26)"). It is refused
+    naming the output and logits=False, with which the layer's top-k is the map's own."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU()).eval()
+    ds = ArrayDataset(small_test_set.images[:20], small_test_set.labels()[:20], small_test_set.class_names,
+                      preprocessing=small_test_set.preprocessing)
+    for layers in (None, ["0"]):
+        with pytest.raises(SketchmineError, match=r"the model returns float32 of shape \(N, 8, 26, 26\), not "
+                                                  r"\(N, classes\) logits.* logits=False \(--no-logits\)"):
+            sketchmine.mine(net, ds, layers=layers, out=tmp_path / "r.zarr")
+        assert not (tmp_path / "r.zarr").exists()
+    run = sketchmine.mine(net, ds, layers=["1"], logits=False, out=tmp_path / "r.zarr", k=2)
+    with torch.no_grad():
+        maps = net(torch.stack([ds[i][1] for i in range(len(ds))]))
+    values, _, _ = run.topk("1")
+    np.testing.assert_allclose(values[:, 0], maps.amax(dim=(0, 2, 3)).numpy(), rtol=1e-6)

@@ -104,6 +104,28 @@ def test_logits_of_other_shapes_or_after_an_argmax_are_scored(tail, tmp_path, ex
     assert run.accuracy() == (want.argmax(1) == ds.labels()).mean() > 0.9
 
 
+def test_a_graph_giving_class_numbers_alone_is_refused_saying_to_mine_it_without_logits(tmp_path, exported,
+                                                                                        small_test_set):
+    """A graph whose only output is its ArgMax (int64 (N,)): mining by default was refused as "layer
+    'softmax' needs (N, classes) logits; the model returns (1,)", of a layer nobody named, and with
+    layers named the run had no predictions, said by nothing. Both now say what the output is and
+    to mine it with logits=False, which mines the layers as the graph with its logits does."""
+    path = edited(exported, tmp_path / "m.onnx", back=[helper.make_node("ArgMax", ["logits"], ["label"], axis=1,
+                                                                         keepdims=0)],
+                  outputs=[helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])])
+    ds = subset(small_test_set, 30)
+    for layers in (None, ["features.0"]):
+        with pytest.raises(SketchmineError, match=r"the model returns int64 of shape \(N,\), not \(N, classes\) logits, "
+                                                  r"which .*predictions and accuracy need: mine it with logits=False"):
+            sketchmine.mine(str(path), ds, layers=layers, out=tmp_path / "r.zarr")
+        assert not (tmp_path / "r.zarr").exists()
+    run = sketchmine.mine(str(path), ds, logits=False, out=tmp_path / "r.zarr", k=3)
+    plain = sketchmine.mine(str(edited(exported, tmp_path / "plain.onnx")), ds, logits=False, out=tmp_path / "p.zarr", k=3)
+    assert run.layers == plain.layers and not run.has_predictions()
+    for name in run.layers:
+        assert_same_topk(run.topk(name), plain.topk(name), name, rtol=1e-6)
+
+
 def renamed(proto, path, nodes=None, tensors=None):
     """A copy of `proto` with node names `nodes` (old → new) and tensor names `tensors`, saved at `path`."""
     m = onnx.ModelProto()

@@ -282,7 +282,7 @@ def mine(
         forward.autocast = speed.autocast
     with eval_mode(net):  # eval: as a trained model computes (flags back after, whatever happens)
         first_index, first = first_readable(ds)
-        spec, num_classes, left = probe(forward, names, first[None].to(device), optional=layers is None)
+        spec, num_classes, left = probe(forward, names, first[None].to(device), optional=layers is None, logits=logits)
         note_left_out(left, progress)
         if left:
             names = want[LAYER_NAMES] = [l.name for l in spec]

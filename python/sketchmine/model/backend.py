@@ -213,6 +213,16 @@ def first_tensor(out: Any) -> torch.Tensor:
     return first
 
 
+def not_logits(out: torch.Tensor, softmax: bool) -> str:
+    """Why an output that is not (N, classes) floating logits (a segmentation map, an ArgMax's class
+    numbers) gives no predictions, and what to do."""
+    dims = ", ".join(["N", *map(str, out.shape[1:])]) + ("," if out.ndim == 1 else "")
+    what = f"{str(out.dtype).removeprefix('torch.')} of shape ({dims})"
+    return (f"the model returns {what}, not (N, classes) logits, which " + ("layer 'softmax' and " if softmax else "")
+            + "the predictions and accuracy need: mine it with logits=False (--no-logits), which keeps the layers' "
+            "statistics without predictions, or give it a forward (an ONNX graph: an output) that returns its logits")
+
+
 def torch_module(model: Any, purpose: str) -> nn.Module:
     """The nn.Module of a model given as a module or a LoadedModel (`load_model`'s), for the calls
     that run torch's graph or autograd; an ONNX graph and a name not loaded yet are refused."""

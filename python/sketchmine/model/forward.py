@@ -17,7 +17,7 @@ from torch import nn
 from sketchmine.errors import SketchmineError, SketchmineFailure, first_line
 from sketchmine.model import cut
 from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, RowsNotImages, as_forward, first_tensor,
-                                      register_backend, weights_hasher)
+                                      not_logits, register_backend, weights_hasher)
 from sketchmine.model.onnx_backend import OnnxRunError
 from sketchmine.model.modes import input_dtype
 from sketchmine.model.meta import meta_call
@@ -240,7 +240,7 @@ def _check_folded_rows(net: nn.Module, layers: list[str], x: torch.Tensor,
                 "torch.cat), so its positions cannot be credited to images; mine the modules before or after it")
 
 
-def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool = False
+def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool = False, logits: bool = False
           ) -> tuple[list[Layer], int | None, dict[str, str]]:
     """Shapes of the tapped outputs and the logit count, from one forward pass, and the layers
     left out, with why. A layer the forward does not call, or an ONNX tensor whose rows are not
@@ -263,10 +263,10 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
             raise SketchmineError(model_failed(forward, x, first)) from None
         raise SketchmineError(f"the model cannot take input of shape {tuple(x.shape[1:])} ({input_words(x)}): "
                               f"{first}; {input_advice(x, forward.input_channels(0))}") from None
-    num_classes = int(out.shape[1]) if out.ndim == 2 else None
+    num_classes = int(out.shape[1]) if out.ndim == 2 and out.is_floating_point() else None
+    if (logits or SOFTMAX in layers) and num_classes is None:  # kept, the run had no predictions, said by nothing
+        raise SketchmineError(not_logits(out, SOFTMAX in layers))
     if SOFTMAX in layers:
-        if num_classes is None:
-            raise SketchmineError(f"layer 'softmax' needs (N, classes) logits; the model returns {tuple(out.shape)}")
         shapes[SOFTMAX] = (num_classes,)
     result = []
     for name in layers:

@@ -60,7 +60,10 @@ def load_onnx(path: str | Path, weights: str | os.PathLike | None = None) -> Loa
         raise SketchmineError(f"{path}: an ONNX file carries its own weights; drop --weights {weights}")
     model = OnnxModel(path)
     outputs = [o.name for o in model.proto.graph.output]
-    said = (f"its logits are the graph's output {model.logits_name!r}, the first floating one of its outputs "
+    kinds = floating(_modules()[0])
+    which = ("the first floating one" if any(o.type.tensor_type.elem_type in kinds for o in model.proto.graph.output)
+             else "the first, none being floating")
+    said = (f"its logits are the graph's output {model.logits_name!r}, {which} of its outputs "
             f"{', '.join(outputs)}") if len(outputs) > 1 else None
     return LoadedModel(model, f"onnx:{model.path.name}", None, logits_from=said)  # type: ignore[arg-type]
 
