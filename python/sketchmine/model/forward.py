@@ -266,7 +266,7 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
     num_classes = int(out.shape[1]) if out.ndim == 2 and out.is_floating_point() else None
     if (logits or SOFTMAX in layers) and num_classes is None:  # kept, the run had no predictions, said by nothing
         raise SketchmineError(not_logits(out, SOFTMAX in layers))
-    if SOFTMAX in layers:
+    if SOFTMAX in layers and num_classes is not None:
         shapes[SOFTMAX] = (num_classes,)
     result = []
     for name in layers:
