@@ -387,8 +387,8 @@ def test_a_batch_fixed_inside_the_graph_is_said_with_what_to_do(tmp_path, export
     m.graph.node.remove(flatten)
     path = edited(m, tmp_path / "one.onnx", consts=[("one_row", np.array([1, -1], np.int64))])
     ds = subset(small_test_set, 20)
-    with pytest.raises(SketchmineError, match=r"one\.onnx on input 'input' of shape \(16, 1, 28, 28\) .* runs with "
-                                              r"--batch-size 1 \(batch_size=1\)"):
+    with pytest.raises(SketchmineError, match=r"one\.onnx on input 'input' of shape \(16, 1, 28, 28\) .* it runs one "
+                                              r"image alone: .* runs with --batch-size 1 \(batch_size=1\)"):
         sketchmine.mine(str(path), ds, out=tmp_path / "r.zarr", batch_size=16)
     run = sketchmine.mine(str(path), ds, out=tmp_path / "one.zarr", batch_size=1, k=3)
     want = np.concatenate([ort_tensors(path, ["logits"], ds[i][1].numpy()[None])["logits"] for i in range(20)])

@@ -229,6 +229,16 @@ class OnnxModel:
         fixed = int(dims[0].dim_value) if dims and dims[0].dim_value > 0 else 0
         names = [self.input.name]
 
+        def alone(arr: np.ndarray) -> bool:
+            """Whether the graph runs the first image alone: it fixes its batch at one inside."""
+            try:
+                session.run(list(tensors), {names[0]: arr[:1]})
+            except Exception as exc:
+                if not type(exc).__module__.startswith("onnxruntime"):
+                    raise
+                return False
+            return True
+
         def call(arr: np.ndarray) -> list[np.ndarray]:
             try:
                 return session.run(list(tensors), {names[0]: arr})
@@ -238,9 +248,9 @@ class OnnxModel:
                 raise OnnxRunError(f"ONNX Runtime cannot run {self.path.name} on input {names[0]!r} of shape "
                                    f"{tuple(arr.shape)} (the graph declares {self.declared_input()}): "
                                    f"{' '.join(str(exc).split())[:400]}"
-                                   + ("; a graph that fixes its batch inside (a Reshape to (1, -1)) though its input "
-                                      "leaves it free runs with --batch-size 1 (batch_size=1)" if len(arr) > 1 and not fixed
-                                      else "")) from None
+                                   + ("; it runs one image alone: a graph that fixes its batch inside (a Reshape to "
+                                      "(1, -1)) though its input leaves it free runs with --batch-size 1 (batch_size=1)"
+                                      if len(arr) > 1 and not fixed and alone(arr) else "")) from None
 
         def run(x: torch.Tensor) -> list[np.ndarray]:
             arr = x.detach().cpu().numpy().astype(dtype, copy=False)
