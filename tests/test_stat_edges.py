@@ -1,0 +1,87 @@
+"""The statistics on hostile activations, against references computed here from plain forward
+hooks: maps that are NaN in places or whole, maxima of ±inf, over the embedded real images and a
+real (seeded) convolution. Each test pins a number that was wrong on one code path."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
+from sketchmine.stats.classstats import RunningClassStats
+from tests.helpers import all_activations
+
+
+class Hostile(nn.Module):
+    """A real convolution's maps, some made hostile by the image's mean ink (so which images get
+    them follows the data): unit 1 +inf at one position of the inkiest twentieth, unit 2 whole maps
+    of -inf for the faintest twentieth, unit 3 NaN at one position of every image and whole maps of
+    NaN for the inkiest twentieth; unit 0 is left as it is. A linear head reads the maps, the non-finite values as 0."""
+
+    def __init__(self, lo: float, hi: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 5, stride=4)
+        self.maps = nn.Identity()
+        self.head = nn.Linear(4, 10)
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(1, 2, 3))[:, None, None]
+        b = self.conv(x)
+        u1 = b[:, 1].clone()
+        u1[:, 2, 3] = torch.where(s[:, 0, 0] > self.hi, float("inf"), u1[:, 2, 3])
+        u2 = torch.where(s < self.lo, float("-inf"), b[:, 2])
+        u3 = b[:, 3].clone()
+        u3[:, 0, 0] = float("nan")
+        u3 = torch.where(s > self.hi, float("nan"), u3)
+        maps = self.maps(torch.stack([b[:, 0], u1, u2, u3], 1))
+        return self.head(torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0).amax(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    """The model and 20 real test images a class, each an image of its own (in [0, 1])."""
+    base = animal_shape("test", Preprocessing("model", 1, None, (0.0,), (1.0,)))
+    labels = base.labels()
+    keep = np.sort(np.concatenate([np.nonzero(labels == c)[0][:20] for c in range(len(base.class_names))]))
+    ds = ArrayDataset(base.images[keep], labels[keep], base.class_names, base.preprocessing, {"kind": "python"})
+    ink = np.array([float(ds[i][1].mean()) for i in range(len(ds))])
+    model = Hostile(*np.quantile(ink, [0.05, 0.95]).tolist()).eval()
+    return model, ds
+
+
+def _maxima(model, ds, layer: str) -> np.ndarray:
+    """(N, C) each map's maximum ignoring NaN, NaN for a map all NaN: the top-k's statistic."""
+    a = all_activations(model, ds, [layer])[0][layer].float().numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the all-NaN maps
+        return np.nanmax(a.reshape(a.shape[0], a.shape[1], -1), axis=2)
+
+
+def test_device_class_sums_keep_infinite_maxima_in_their_class(hostile):
+    """The device path (a one-hot GEMM, CUDA's; taken here on the CPU) multiplied every image's
+    maximum by 0 for the other classes, and 0 * inf is NaN: one +inf maximum made the class mean
+    of every class of that unit NaN, where the host gives those classes their finite means."""
+    model, ds = hostile
+    maxima, labels = _maxima(model, ds, "maps"), ds.labels()
+    assert np.isposinf(maxima[:, 1]).any() and np.isneginf(maxima[:, 2]).any() and np.isnan(maxima[:, 3]).any()
+    want_mean = np.full((4, 10), np.nan)
+    for u in range(4):
+        for k in range(10):
+            col = maxima[(labels == k) & ~np.isnan(maxima[:, u]), u].astype(np.float64)
+            want_mean[u, k] = col.mean() if len(col) else np.nan
+    assert 3 <= np.isfinite(want_mean[1:3]).sum(1).min() < 10  # classes with and without an inf
+    for host in (True, False):
+        stats = RunningClassStats({"maps": 4}, 10)
+        stats.host = host
+        for s in range(0, len(ds), 64):  # as the miner feeds it: batch by batch
+            stats.add("maps", torch.from_numpy(maxima[s:s + 64]), torch.from_numpy(labels[s:s + 64]))
+            stats.end_batch()
+        mean, count = stats.results("maps")
+        np.testing.assert_array_equal(count, [[((labels == k) & ~np.isnan(maxima[:, u])).sum() for k in range(10)]
+                                              for u in range(4)])
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-12, err_msg=f"host={host}")
