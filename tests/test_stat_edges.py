@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import sketchmine
 from sketchmine.data import ArrayDataset, Preprocessing, animal_shape
 from sketchmine.stats.classstats import RunningClassStats
 from tests.helpers import all_activations
@@ -85,3 +86,27 @@ def test_device_class_sums_keep_infinite_maxima_in_their_class(hostile):
         np.testing.assert_array_equal(count, [[((labels == k) & ~np.isnan(maxima[:, u])).sum() for k in range(10)]
                                               for u in range(4)])
         np.testing.assert_allclose(mean, want_mean, rtol=1e-12, err_msg=f"host={host}")
+
+
+def test_importance_mean_activation_leaves_nan_out_as_the_top_k_does(hostile, tmp_path):
+    """`mean_act_correct` / `mean_act_wrong` are documented as the mean of the unit's per-image
+    maximum, the top-k's statistic: a map with one NaN position has a maximum (the rest's), and an
+    all-NaN map has none and is left out, as `max_mean` leaves it. torch's amax spread the NaN:
+    unit 3 read NaN for both although every image but the all-NaN ones has a maximum."""
+    model, ds = hostile
+    run = sketchmine.mine(model, ds, layers=["maps"], k=4, out=tmp_path / "r.zarr", batch_size=50)
+    table = sketchmine.unit_importance(run, "maps", model=model, data=ds, batch_size=50).set_index("unit")
+    maxima = _maxima(model, ds, "maps").astype(np.float64)
+    logits = all_activations(model, ds, ["maps"])[1]
+    ok = logits.argmax(1).numpy() == ds.labels()
+    assert 0 < ok.sum() < len(ds)
+    for u in range(4):
+        for col, group in (("mean_act_correct", ok), ("mean_act_wrong", ~ok)):
+            kept = maxima[group, u][~np.isnan(maxima[group, u])]
+            assert len(kept) > 0
+            assert table.loc[u, col] == pytest.approx(kept.mean(), rel=1e-12), (u, col)
+        # the two groups together are the mined mean of the unit's maxima
+        seen = ~np.isnan(maxima[:, u])
+        both = (table.loc[u, "mean_act_correct"] * seen[ok].sum()
+                + table.loc[u, "mean_act_wrong"] * seen[~ok].sum()) / seen.sum()
+        assert both == pytest.approx(run.max_mean("maps")[u], rel=1e-9) or np.isinf(both)

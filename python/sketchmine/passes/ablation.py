@@ -31,6 +31,7 @@ from sketchmine.model.modes import eval_mode
 from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
 from sketchmine.model.taps import (SOFTMAX, TIME_FIRST, Taps, ablation_dims, final_hidden,
                                    probe_layouts, replace_element, replace_hidden, tapped_element, to_units)
+from sketchmine.stats.correlation import image_maxima
 
 _BUDGET = 1 << 23  # elements of one replicated activation tensor (32 MB float32)
 ABLATION = ("unit zeroed at every position (a recurrent unit: in the layer's output at every step and in the last "
@@ -284,18 +285,23 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
                 ablator = choose_ablator(net, layer, x, known)
             state = ablator.prepare(x)
             logits, act = ablator.base(state)
-            per_image = act.float().flatten(2).amax(dim=2) if act.ndim > 2 else act.float()  # (B, units)
+            per_image = image_maxima(act)  # (B, units): the top-k's maxima, NaN inside a map ignored
             if not groups:
                 units = per_image.shape[1]
                 groups = unit_groups(act.shape, units_per_pass)
-                sums = {k: torch.zeros(units, dtype=torch.float64) for k in ("prob", "correct", "act_ok", "act_bad")}
+                sums = {k: torch.zeros(units, dtype=torch.float64)
+                        for k in ("prob", "correct", "act_ok", "act_bad", "seen_ok", "seen_bad")}
             base_p = torch.softmax(logits.double(), 1).gather(1, y[:, None])[:, 0]
             ok = logits.argmax(1) == y
             n_images += len(x)
             n_correct += int(ok.sum())
             prob_base_sum += float(base_p.sum())
-            sums["act_ok"] += per_image[ok].double().sum(0).cpu()
-            sums["act_bad"] += per_image[~ok].double().sum(0).cpu()
+            seen = ~torch.isnan(per_image)  # an all-NaN map has no maximum: left out, as the mined mean leaves it
+            kept = per_image.double().masked_fill(~seen, 0.0)
+            sums["act_ok"] += kept[ok].sum(0).cpu()
+            sums["act_bad"] += kept[~ok].sum(0).cpu()
+            sums["seen_ok"] += seen[ok].sum(0).double().cpu()
+            sums["seen_bad"] += seen[~ok].sum(0).double().cpu()
             for group in groups:
                 out = ablator.run(state, group, len(group)).double().view(len(group), len(x), -1)
                 p = torch.softmax(out, 2).gather(2, y[None, :, None].expand(len(group), -1, 1))[..., 0]
@@ -303,15 +309,19 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
                 sums["correct"][group] += (out.argmax(2) == y[None]).sum(1).double().cpu()
     if not n_images:
         raise SketchmineError("the dataset is empty: no images to ablate over")
-    n_wrong = n_images - n_correct
-    nan = float("nan")
     return Importance(
         prob_drop=(sums["prob"] / n_images).numpy(),
         acc_drop=((n_correct - sums["correct"]) / n_images).numpy(),
-        mean_act_correct=(sums["act_ok"] / n_correct).numpy() if n_correct else np.full(len(sums["prob"]), nan),
-        mean_act_wrong=(sums["act_bad"] / n_wrong).numpy() if n_wrong else np.full(len(sums["prob"]), nan),
+        mean_act_correct=_mean(sums["act_ok"], sums["seen_ok"]),
+        mean_act_wrong=_mean(sums["act_bad"], sums["seen_bad"]),
         attrs={"images": n_images, "base_accuracy": n_correct / n_images, "base_mean_prob": prob_base_sum / n_images,
                "method": ablator.method if ablator else None, "units_per_pass": len(groups[0]) if groups else 0,
                "ablation": ABLATION,
                "activation": "per-image maximum over the unit's positions"},
     )
+
+
+def _mean(total: torch.Tensor, seen: torch.Tensor) -> np.ndarray:
+    """Per unit the mean of the maxima summed in `total` over the `seen` images that have one;
+    NaN for a unit without any (no image in the group, or all its maps all NaN)."""
+    return np.where(seen.numpy() > 0, total.numpy() / np.maximum(seen.numpy(), 1), np.nan)
