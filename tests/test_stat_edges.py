@@ -110,3 +110,48 @@ def test_importance_mean_activation_leaves_nan_out_as_the_top_k_does(hostile, tm
         both = (table.loc[u, "mean_act_correct"] * seen[ok].sum()
                 + table.loc[u, "mean_act_wrong"] * seen[~ok].sum()) / seen.sum()
         assert both == pytest.approx(run.max_mean("maps")[u], rel=1e-9) or np.isinf(both)
+
+
+class Towering(nn.Module):
+    """A real convolution's unit 0 made negative (-|x| - 0.5), except on the images of more
+    than `hi` mean ink, where its whole map reads 1e20; unit 1 is the convolution's own."""
+
+    def __init__(self, hi: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 2, 5, stride=4)
+        self.maps = nn.Identity()
+        self.head = nn.Linear(2, 10)
+        self.hi = hi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.conv(x)
+        inky = (x.mean(dim=(1, 2, 3)) > self.hi)[:, None, None]
+        u0 = torch.where(inky, torch.full_like(b[:, 0], 1e20), -b[:, 0].abs() - 0.5)
+        maps = self.maps(torch.stack([u0, b[:, 1]], 1))
+        return self.head(maps.amax(dim=(2, 3)) / 1e20)
+
+
+def test_selectivity_of_a_towering_class_mean_keeps_the_others_sign(tmp_path):
+    """mu_rest was the whole sum of the class means minus the largest: beside a class mean of
+    1e20 the others' negative means vanished from that sum, mu_rest read 0 and the index 1.0,
+    where the definition (docs/analysis.md) makes it NaN: mu_rest < 0. The images are real; the
+    inkiest 20 of them are labelled as a class of their own (0), the rest keep theirs."""
+    base = animal_shape("test", Preprocessing("model", 1, None, (0.0,), (1.0,)))
+    labels = base.labels()
+    keep = np.sort(np.concatenate([np.nonzero(labels == c)[0][:12] for c in range(1, 10)]))
+    ink = np.array([float(base[i][1].mean()) for i in keep])
+    hi = float(np.sort(ink)[-21])  # the 20 inkiest lie above it
+    own = np.where(ink > hi, 0, labels[keep])
+    ds = ArrayDataset(base.images[keep], own, base.class_names, base.preprocessing, {"kind": "python"})
+    model = Towering(hi).eval()
+    run = sketchmine.mine(model, ds, layers=["maps"], k=4, out=tmp_path / "r.zarr", batch_size=50)
+    maxima = _maxima(model, ds, "maps").astype(np.float64)
+    want = []
+    for u in range(2):
+        means = np.array([maxima[own == k, u].mean() for k in range(10)])
+        top = int(np.argmax(means))
+        rest = np.delete(means, top).mean()
+        want.append((means[top] - rest) / (means[top] + rest) if means[top] > 0 and rest >= 0 else np.nan)
+    assert np.isnan(want[0]) and (own == 0).sum() == 20
+    np.testing.assert_allclose(run.selectivity("maps").to_numpy(), want, rtol=1e-12)

@@ -65,7 +65,12 @@ def selectivity_index(mean: np.ndarray) -> pd.Series:
         warnings.simplefilter("ignore", RuntimeWarning)  # a unit of all-NaN maps: NaN, said by the readers
         mu_max = np.nanmax(mean, axis=1) if mean.shape[1] else np.full(len(mean), np.nan)
         n = np.sum(~np.isnan(mean), axis=1)
-        mu_rest = (np.nansum(mean, axis=1) - mu_max) / (n - 1)
+        # the others summed without the largest, not the whole sum minus it: beside a mean of
+        # 1e17 the others' -2 and 0.5 vanish from the whole sum, and mu_rest read 0 (defined) for -1/3
+        rest = np.where(np.isnan(mean), 0.0, mean)
+        if mean.shape[1]:
+            rest[np.arange(len(mean)), np.argmax(np.where(np.isnan(mean), -np.inf, mean), axis=1)] = 0.0
+        mu_rest = rest.sum(axis=1) / (n - 1)
         den = mu_max + mu_rest
         defined = (mu_max > 0) & (mu_rest >= 0) & (n > 1)
         si = np.where(defined, (mu_max - mu_rest) / np.where(den > 0, den, 1), np.nan)
