@@ -95,10 +95,19 @@ def collate_native(batch: list[tuple[int, torch.Tensor, int, str]]):
             [s[3] for s in batch])
 
 
+PREPARE_BYTES = 64 << 20
+"""float32 bytes of stored pixels made model input at once: the float copy of a batch and the
+resize's and conversion's intermediates are several times its uint8 size (8 photos of 4000 x
+3000 px took 1.2-2.6 GB above the batch), so a batch of large images is prepared a few
+images at a time; the rule is per image, so the floats are the same either way."""
+
+
 def prepare_uint8(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """uint8 (N, H, W, c) → model input (N, channels, *size) float32, contiguous: the rule of
-    `Preprocessing.prepare` on the whole batch, on x's device."""
-    out = pre.prepare(x.permute(0, 3, 1, 2).float().div_(255))
+    `Preprocessing.prepare` on the whole batch, on x's device, PREPARE_BYTES of it at a time."""
+    step = max(1, PREPARE_BYTES // max(1, 4 * x[0].numel())) if len(x) else 1
+    parts = [pre.prepare(x[s:s + step].permute(0, 3, 1, 2).float().div_(255)) for s in range(0, max(len(x), 1), step)]
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
     # the standard strides, also for one channel (where "contiguous" is ambiguous and a conv may
     # take the channels-last kernel, which rounds differently)
     return out if out.stride() == _strides(out.shape) else out.clone(memory_format=torch.contiguous_format)
