@@ -257,12 +257,12 @@ def as_label(y: Any, i: int) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise SketchmineError(f"label {value} of sample #{i} is a bool; {LABELS_EXPECTED}: yield int(y) for a "
                               "two-class label")
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        if math.isfinite(value) and float(value).is_integer():
-            return int(value)
+    if isinstance(value, (float, np.floating)) and not (math.isfinite(value) and float(value).is_integer()):
         raise SketchmineError(f"label {value} of sample #{i} is not a whole number; {LABELS_EXPECTED}")
+    if isinstance(value, (int, np.integer, float, np.floating)):
+        if not -(2**63) <= int(value) < 2**63:  # the batch's int64 tensor could not hold it
+            raise SketchmineError(f"label {value} of sample #{i} is beyond any class index (int64); {LABELS_EXPECTED}")
+        return int(value)
     hint = ": class names belong in the dataset's classes, the labels number them" if isinstance(value, str) else ""
     raise SketchmineError(f"label {value!r} of sample #{i} is a {type(value).__name__}; {LABELS_EXPECTED}{hint}")
 
