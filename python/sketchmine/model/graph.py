@@ -6,6 +6,7 @@ visualize (cut.py) all start from it.
 from __future__ import annotations
 
 import inspect
+import logging
 import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -264,17 +265,21 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leadi
 
 @contextmanager
 def _quiet_shape_prop() -> Iterator[None]:
-    """torch's ShapeProp prints a failing node's traceback before it raises: each failed attempt
-    above (the meta one fails for ops without a meta kernel, then works with fake tensors) printed
-    one, and the last is said in one line anyway."""
+    """torch's ShapeProp prints a failing node's traceback before it raises, and its fake tensors
+    log a failing meta kernel's traceback at ERROR (a 1x4x4 input to a model that pools it away:
+    over 100 lines on stderr): each failed attempt above (the meta one fails for ops without a
+    meta kernel, then works with fake tensors) printed one, and the last is said in one line anyway."""
     from torch.fx.passes import shape_prop
 
     was = shape_prop.traceback
+    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
+    was_disabled, fake_log.disabled = fake_log.disabled, True
     shape_prop.traceback = SimpleNamespace(print_exc=lambda *args, **kwargs: None)  # type: ignore[assignment]
     try:
         yield
     finally:
         shape_prop.traceback = was
+        fake_log.disabled = was_disabled
 
 
 class _ShapeRun(nn.Module):
