@@ -94,6 +94,22 @@ def guard(device: torch.device, batch_size: int) -> Iterator[None]:
         raise SketchmineError(message(device, batch_size, before, measure(device), asked_bytes(str(exc)))) from exc
 
 
+@contextlib.contextmanager
+def one_image(what: str) -> Iterator[None]:
+    """Out of memory making one image (the first, which the model is probed with): no batch
+    size helps, a smaller image does; a SketchmineError saying so instead of the allocator's
+    traceback (image_size=200000 asked 160 GB for one grey image)."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        asked = asked_bytes(str(exc))
+        said = f" ({asked / 2**30:,.1f} GiB asked at once)" if asked else ""
+        raise SketchmineError(f"out of memory {what}{said}: one image needs that much whatever the batch size; pass "
+                              "a smaller --image-size (image_size=)") from None
+
+
 def message(device: torch.device, batch_size: int, before: Memory | None, after: Memory | None, asked: int) -> str:
     """What to tell the user after an out-of-memory error at `batch_size`."""
     head = f"out of {device.type} memory mining batches of {batch_size} images"

@@ -31,6 +31,7 @@ from sketchmine.mining.checks import (DRAWINGS, check_classes, check_layouts, ch
                                      check_sketch_size, note_dead_units, note_followers,
                                      note_left_out, preprocessing_key)
 from sketchmine.mining.loop import check_labels, run_pass
+from sketchmine.mining.memory import one_image
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts, check_flags
 from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
                                       recorded_weights, weights_hash_aside)
@@ -281,7 +282,8 @@ def mine(
     if isinstance(forward, TorchForward):  # the probe runs the forward as mining will: a refusal comes before the run
         forward.autocast = speed.autocast
     with eval_mode(net):  # eval: as a trained model computes (flags back after, whatever happens)
-        first_index, first = first_readable(ds)
+        with one_image("making the first image model input"):
+            first_index, first = first_readable(ds)
         spec, num_classes, left = probe(forward, names, first[None].to(device), optional=layers is None, logits=logits)
         note_left_out(left, progress)
         if left:
