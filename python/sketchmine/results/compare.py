@@ -148,6 +148,21 @@ def layer_pairs(a: list[str], b: list[str], outputs: tuple[str | None, str | Non
     return [(o, s, how) for s, o, how in pairs] if flip else pairs
 
 
+def check_same_classes(a: Run, b: Run) -> None:
+    """Refuse two runs whose class names differ. The dataset fingerprint covers the images and
+    their labels, not the names: the overlaps pair classes by label and the accuracy table by name,
+    so differently named classes would read as a Jaccard of 1.00 beside lists with no name in common."""
+    na, nb = a.class_names, b.class_names
+    if na == nb:
+        return
+    name = lambda names, i: repr(names[i]) if i < len(names) else "no class"  # noqa: E731
+    differ = [i for i in range(max(len(na), len(nb))) if name(na, i) != name(nb, i)]
+    shown = "; ".join(f"class {i}: {name(na, i)} in A, {name(nb, i)} in B" for i in differ[:3]) + (f"; and {len(differ) - 3} more" if len(differ) > 3 else "")
+    raise SketchmineError(f"runs {a.path} (A) and {b.path} (B) hold the same images and labels but name their classes "
+                          f"differently ({shown}): compare pairs classes by label, and would show unlike names side by "
+                          "side as the same classes; mine both with the same class names, in the same order")
+
+
 def _as_run(r: Run | str | os.PathLike) -> Run:
     return r if isinstance(r, Run) else open_run(r)
 
@@ -172,6 +187,7 @@ def _compare(a: Run, b: Run, n: int) -> Comparison:
         if not r.has_labels():
             raise SketchmineError(f"compare reads the runs' classes (accuracy per class, each layer's top and bottom "
                                   f"classes), and run {r.path} has none: {no_classes(r, NO_LABELS)}")
+    check_same_classes(a, b)
     acc_a, acc_b = a.class_accuracy_series(), b.class_accuracy_series()  # NaN: no predictions (--no-logits)
     accuracy = pd.DataFrame({"accuracy_a": acc_a, "accuracy_b": acc_b})
     accuracy["difference"] = accuracy["accuracy_b"] - accuracy["accuracy_a"]

@@ -1,0 +1,43 @@
+"""`compare` reads two runs' classes by label: runs whose class names differ are refused, not
+shown side by side as the same classes."""
+from __future__ import annotations
+
+import pytest
+
+import sketchmine
+from sketchmine.cli.main import main
+from sketchmine.data import ArrayDataset
+from sketchmine.errors import SketchmineError
+from tests.helpers import per_class_subset
+
+
+@pytest.fixture(scope="module")
+def renamed(tmp_path_factory, demo_test_set):
+    """The same 40 real images and labels mined twice: the classes named as the dataset names
+    them, and in reverse, in capitals (class 0 'bear' becomes 'ZEBRA'): one fingerprint, other names."""
+    sub = per_class_subset(demo_test_set, 4, "0:40")
+    base = tmp_path_factory.mktemp("renamed")
+    names = list(sub.class_names)
+    runs = []
+    for tag, order in (("a", names), ("b", [n.upper() for n in names[::-1]])):
+        ds = ArrayDataset(sub.images, sub.labels(), order, sub.preprocessing, sub.describe())
+        runs.append(sketchmine.mine("demo", ds, out=base / f"{tag}.zarr", layers=["features.6", "classifier.6"]))
+    assert runs[0].attrs["dataset_fingerprint"] == runs[1].attrs["dataset_fingerprint"]
+    return runs
+
+
+def test_compare_refuses_runs_whose_class_names_differ(renamed):
+    """Before, the overlap of features.6's top classes read 1.00 beside lists with no name in
+    common ("bear, ..." against "ZEBRA, ..."), and the accuracy table held 20 rows of "-"."""
+    a, b = renamed
+    with pytest.raises(SketchmineError, match=r"name their classes differently \(class 0: 'bear' in A, 'ZEBRA' in B; "
+                                              r"class 1: 'bird' in A, 'SHEEP' in B; .*and 7 more\)"):
+        sketchmine.compare(a, b)
+    assert len(sketchmine.compare(a, a).accuracy) == 10  # the same names: compared as before
+
+
+def test_compare_command_refuses_them_in_one_line(renamed, capsys):
+    a, b = renamed
+    assert main(["compare", str(a.path), str(b.path), "--json"]) == 3
+    err = capsys.readouterr()
+    assert err.out == "" and err.err.count("\n") == 1 and "name their classes differently" in err.err
