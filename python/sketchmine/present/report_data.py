@@ -203,6 +203,9 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
     opt = attrs.get(schema.OPTIMIZED) if run.has_array(name, "optimized") else None
     opt_done = int(opt.get("units_done", 0)) if opt else 0
     classes = class_units(run, name)  # an output layer's units are classes: named by them
+    # where two classes share a name, each entry carries its class's position, which the card's class
+    # counts go by (pages of runs whose names differ stay as they were)
+    alike = len(set(names)) < len(names)
     pages = (c + PAGE_SIZE - 1) // PAGE_SIZE
     for p in range(pages):
         u0, u1 = p * PAGE_SIZE, min((p + 1) * PAGE_SIZE, c)
@@ -218,6 +221,8 @@ def layer_data(run: Run, name: str, lid: str, out: Path, importance: dict[int, d
                 ent = {"rank": int(r), "image_index": i, "value": jnum(values[u, r]), "path": str(paths[i]),
                        "class": names[lab] if lab >= 0 else None,
                        "accuracy": None if lab < 0 or not len(acc) or np.isnan(acc[lab]) else float(acc[lab])}
+                if alike:
+                    ent["label"] = lab if lab >= 0 else None
                 if steps is not None:
                     ent.update({"t": int(steps[0][u, r]), "steps": steps[1]})
                     if traces is not None:

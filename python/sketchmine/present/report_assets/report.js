@@ -75,11 +75,16 @@
   function classesLine(entries) {
     // the seed's "Classes with performance", condensed: each class of the top-k once, most images
     // first (ties: the class of the better image first), with how many of the images are of it
-    // (the captions above give them one by one)
+    // (the captions above give them one by one). Where two of the run's classes share a name, the
+    // entries carry each class's position (label), counted by it; an entry without a label is not a class named "?"
     var seen = {}, order = [];
     entries.forEach(function (e) {
-      var key = e["class"] === null ? "?" : e["class"];
-      if (!Object.prototype.hasOwnProperty.call(seen, key)) { seen[key] = { n: 0, acc: e.accuracy }; order.push(key); }
+      var key = e.label !== undefined ? (e.label === null ? "none" : "label " + e.label) :
+        (e["class"] === null ? "none" : "name " + e["class"]);
+      if (!Object.prototype.hasOwnProperty.call(seen, key)) {
+        seen[key] = { n: 0, acc: e.accuracy, name: e["class"] === null ? "?" : e["class"] };
+        order.push(key);
+      }
       seen[key].n++;
     });
     if (order.length === entries.length && entries.length > 1) {
@@ -88,7 +93,7 @@
     var first = order.slice();  // a stable sort by count: Array.sort is stable in every current browser
     order.sort(function (a, b) { return seen[b].n - seen[a].n || first.indexOf(a) - first.indexOf(b); });
     return "Classes with performance: " + order.map(function (k) {
-      return seen[k].n + " " + k + " (" + fmtAcc(seen[k].acc) + (seen[k].acc === null ? "" : " %") + ")";
+      return seen[k].n + " " + seen[k].name + " (" + fmtAcc(seen[k].acc) + (seen[k].acc === null ? "" : " %") + ")";
     }).join(", ");
   }
 

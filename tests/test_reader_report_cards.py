@@ -1,0 +1,66 @@
+"""The report's unit cards in a real headless Chromium against the store: "Classes with
+performance" counts each class by its position, so two classes that share a name (a dataset
+may name two alike) are two entries, each with its own count and accuracy."""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+import sketchmine
+from sketchmine.data import ArrayDataset
+from sketchmine.present.report import write_report
+from tests.helpers import per_class_subset
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    pw = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
+    with pw.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def alike(tmp_path_factory, demo_test_set):
+    """200 real test images whose classes 4 (dog) and 7 (horse) are both named "animal", classified
+    by the demo model at different accuracies."""
+    sub = per_class_subset(demo_test_set, 20, "0:200")
+    names = list(sub.class_names)
+    names[4] = names[7] = "animal"
+    ds = ArrayDataset(sub.images, sub.labels(), names, sub.preprocessing, {**sub.describe(), "names": "alike"})
+    run = sketchmine.mine("demo", ds, out=tmp_path_factory.mktemp("alike") / "run.zarr", layers=["features.3"])
+    acc = run.class_accuracy()["accuracy"].to_numpy()
+    assert acc[4] != acc[7]
+    return run
+
+
+def test_card_classes_of_one_name_are_counted_apart(tmp_path, alike, browser):
+    """Before, the card merged them: "4 animal (90.00 %)" for 3 horses and a dog."""
+    index = write_report(alike, tmp_path / "rep", montages=0)
+    _, image_index, _ = alike.topk("features.3")
+    labels = alike.labels[image_index]
+    both = [u for u in range(len(labels)) if {4, 7} <= set(labels[u].tolist())]
+    acc = alike.class_accuracy()["accuracy"].to_numpy()
+    which = {f"{acc[c] * 100:.2f}": c for c in (4, 7)}
+    assert both
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto((index.parent / "layers" / "00-features.3.html").as_uri())
+    page.wait_for_selector(f"#unit-{both[0]} .perf")
+    for u in both:
+        line = page.inner_text(f"#unit-{u} .perf")
+        shown = re.findall(r"(\d+) animal \(([\d.]+) %\)", line)
+        want = sorted((int((labels[u] == c).sum()), c) for c in (4, 7))
+        # each "animal" once per class, with that class's count and accuracy
+        assert sorted((int(n), which[a]) for n, a in shown) == want, line
+    assert not errors
+    page.close()
