@@ -15,7 +15,7 @@ import pandas as pd
 
 from sketchmine.errors import SketchmineError
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import NO_LABELS, no_classes, not_yet
+from sketchmine.results.summaries import NO_LABELS, class_sides, no_classes, not_yet, sides
 
 
 def plain(value: Any) -> Any:
@@ -80,6 +80,8 @@ def _summary_data(run: Run, n: int) -> dict[str, Any]:
     labelled = run.has_labels()
     if not labelled:  # no class to count the top-k images in: the lists are null, and the note says why
         head["note"] = no_classes(run, NO_LABELS)
+    # where fewer than 2n classes have images each is listed once, as the tables list them (summaries.sides)
+    first, last, _ = class_sides(run, n) if labelled else (0, 0, [])
     for name in run.layers:
         attrs = run.layer_attrs(name)
         peak = run.peak(name)
@@ -89,13 +91,14 @@ def _summary_data(run: Run, n: int) -> dict[str, Any]:
         if not labelled:
             layers.append({**entry, "top_classes": None, "bottom_classes": None})
             continue
-        top, bottom = run.top_classes(name, n), run.bottom_classes(name, n)
+        top = run.top_classes(name, max(first, 1))
+        bottom = run.bottom_classes(name, last) if last else None
         layers.append({
             **entry,
             "top_classes": records(top, "class"),
-            "bottom_classes": records(bottom, "class"),
+            "bottom_classes": [] if bottom is None else records(bottom, "class"),
             # the classes tied at each list's cut and left out (class order); every class tied: no order at all
-            "tied_top": list(top.attrs["tied_out"]), "tied_bottom": list(bottom.attrs["tied_out"]),
+            "tied_top": list(top.attrs["tied_out"]), "tied_bottom": [] if bottom is None else list(bottom.attrs["tied_out"]),
             "all_tied": bool(top.attrs["all_tied"]),
             # top-k entries of unlabelled images, and classes without images: left out of both lists
             "unlabelled": top.attrs.get("unlabelled", 0), "no_images": list(top.attrs.get("no_images", [])),
@@ -121,7 +124,9 @@ def _unbiased(run: Run, n: int, layers: list[dict[str, Any]]) -> list[dict[str, 
     for entry in layers:
         name = entry["name"]
         pref, si = analysis.class_preference(run, name), analysis.selectivity(run, name)
-        entry.update({"preference_top": records(pref.head(n), "class"), "preference_bottom": records(pref.tail(n), "class"),
+        first, last = sides(len(pref), n)  # each class once, as `summary`'s table
+        entry.update({"preference_top": records(pref.head(first), "class"),
+                      "preference_bottom": records(pref.tail(last), "class") if last else [],
                       "selectivity_median": si.median() if si.notna().any() else None,
                       "selectivity_units": int(si.notna().sum()),
                       "spearman_ink": ink.loc[name, "spearman"], "p_ink": ink.loc[name, "p_value"],
