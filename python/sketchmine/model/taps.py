@@ -68,10 +68,21 @@ def default_layers(model: nn.Module) -> list[str]:
     return names
 
 
+def storable(names: list[str]) -> list[str]:
+    """`names`, or a refusal before any work for a module name holding a path separator: the run
+    stores each layer as a group of that name: "a/b" would be mined and then refused on reading."""
+    for name in names:
+        if "/" in name or "\\" in name:
+            raise SketchmineError(f"layer {name!r}: a module name holding '/' or '\\' cannot name a layer of a run "
+                                  "(the run stores each layer as a folder of its name); rename the module (add_module "
+                                  "with another name), or name the other layers to mine with --layers (layers=[...])")
+    return names
+
+
 def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
     """Validate requested layer names; unknown names raise with the closest matches."""
     if layers is None:
-        return default_layers(model)
+        return storable(default_layers(model))
     available = [n for n, _ in model.named_modules() if n]
     known = set(available) | set(_cells(model)) | {SOFTMAX}
     result: list[str] = []
@@ -86,7 +97,7 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
             )
         if name not in result:
             result.append(name)
-    return result
+    return storable(result)
 
 
 def module_of(model: nn.Module, name: str) -> tuple[str, nn.Module]:

@@ -1,0 +1,36 @@
+"""A layer is read back by its name, which the run stores as a folder: a module whose name holds a
+path separator is refused before mining, not mined and then read back as a damaged run."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sketchmine
+from sketchmine.errors import SketchmineError
+from tests.helpers import per_class_subset
+
+
+class Named(torch.nn.Module):
+    """A conv named `name` (any string add_module takes) and a linear head over 10 classes."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.add_module(name, torch.nn.Conv2d(1, 4, 3))
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(getattr(self, self.name)(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("name", ["a/b", "a\\b"])
+def test_a_module_name_with_a_path_separator_is_refused_before_mining(tmp_path, demo_test_set, name):
+    """Before, "a/b" was mined, then refused on reading as damaged ("attribute 'layer_names'
+    should be ... (no '/' or '..')"), and "a\\b" failed the run's creation with a bare KeyError."""
+    ds = per_class_subset(demo_test_set, 2, "0:20")
+    for layers in (None, [name]):
+        with pytest.raises(SketchmineError, match=r"cannot name a layer of a run .* rename the module"):
+            sketchmine.mine(Named(name), ds, layers=layers, out=tmp_path / "run.zarr")
+        assert not (tmp_path / "run.zarr").exists()
+    run = sketchmine.mine(Named(name), ds, layers=["fc"], out=tmp_path / "run.zarr")  # the other layers: mined
+    assert run.layers == ["fc"] and sketchmine.open_run(run.path).topk("fc")[1].shape == (10, 9)
