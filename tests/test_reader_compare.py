@@ -2,6 +2,7 @@
 shown side by side as the same classes."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import sketchmine
@@ -41,3 +42,27 @@ def test_compare_command_refuses_them_in_one_line(renamed, capsys):
     assert main(["compare", str(a.path), str(b.path), "--json"]) == 3
     err = capsys.readouterr()
     assert err.out == "" and err.err.count("\n") == 1 and "name their classes differently" in err.err
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory, demo_test_set):
+    """30 real images of each of three classes (bear, bird, cat): fewer than 2n classes have images."""
+    sub = per_class_subset(demo_test_set, 30, "0:300")
+    keep = np.flatnonzero(sub.labels() < 3)
+    ds = ArrayDataset(sub.images[keep], sub.labels()[keep], sub.class_names, sub.preprocessing,
+                      {**sub.describe(), "subset": "three classes"})
+    return sketchmine.mine("demo", ds, out=tmp_path_factory.mktemp("three") / "run.zarr",
+                           layers=["features.6", "classifier.4"])
+
+
+def test_compare_lists_each_class_once_where_fewer_than_2n_have_images(three, capsys):
+    """Before, each of the three classes came under both top 5 and bottom 5 of every layer (a class
+    both most and least preferred, which `summary` and the report never list), the overlaps taken
+    over those lists; now 2 under top, 1 under bottom, as `summary` lists them, and a note says why."""
+    cmp = sketchmine.compare(three, three, 5)
+    for row in cmp.layers.to_dict("records"):
+        counts = three.class_histogram(row["layer_a"]).to_numpy()
+        order = [three.class_names[c] for c in sorted(range(3), key=lambda c: (-counts[c], c))]
+        assert (row["top_a"], row["bottom_a"]) == (order[:2], order[2:]) == (row["top_b"], row["bottom_b"])
+    assert main(["compare", str(three.path), str(three.path), "-n", "5"]) == 0
+    assert "only 3 classes have images: each is listed once (2 under top 5, 1 under bottom 5)" in capsys.readouterr().out

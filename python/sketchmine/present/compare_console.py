@@ -13,6 +13,7 @@ from sketchmine.results.notebook import accuracy_text
 from sketchmine.results.numbers import number, percents
 from sketchmine.results.precision import precision_differs
 from sketchmine.results.run import Run
+from sketchmine.results.summaries import class_sides
 
 if TYPE_CHECKING:
     from sketchmine.results.compare import Comparison
@@ -58,7 +59,7 @@ def compare_tables(cmp: Comparison) -> list[Table]:
         if r[f"all_tied_{key[-1]}"]:
             return f"all {len(r[key]) + len(r['tied_' + key])} classes tied"
         tied = len(r[f"tied_{key}"])
-        return ", ".join(safe(x) for x in r[key]) + (f" + {tied} tied" if tied else "")
+        return ", ".join(safe(x) for x in r[key]) + (f" + {tied} tied" if tied else "") if len(r[key]) else "-"
 
     for _, r in cmp.layers.iterrows():
         for lay, side in ((top, "top"), (bottom, "bottom")):
@@ -80,6 +81,8 @@ def compare_notes(cmp: Comparison) -> list[str]:
     long list of layer names to the table's width): classes without images, and the longer run's
     layers paired with none."""
     notes = [no_images_note(cmp.no_images)] if cmp.no_images else []
+    notes += [f"{side}: {safe(few)}" for side, run in (("A", cmp.a), ("B", cmp.b))
+              for few in class_sides(run, cmp.n)[2][:1] if few.startswith("only")]  # each class listed once
     notes += [f"{side.upper()} has no image of these classes yet (partial), left out of its lists: "
               + ", ".join(safe(c) for c in classes) for side, classes in cmp.unmined.items()]
     for side, run, key in (("A", cmp.a, "layer_a"), ("B", cmp.b, "layer_b")):

@@ -14,7 +14,7 @@ from sketchmine.results.effects import logits_layer
 from sketchmine.results.notebook import accuracy_text
 from sketchmine.results.numbers import percent
 from sketchmine.results.run import Run, open_run
-from sketchmine.results.summaries import NO_LABELS, class_set, no_classes
+from sketchmine.results.summaries import NO_LABELS, class_set, class_sides, no_classes
 
 
 @dataclass(repr=False)
@@ -163,6 +163,18 @@ def check_same_classes(a: Run, b: Run) -> None:
                           "side as the same classes; mine both with the same class names, in the same order")
 
 
+def bottom_list(run: Run, layer: str, last: int) -> pd.DataFrame:
+    """`run.bottom_classes(layer, last)`; for last 0 (a run whose classes all go to the top list,
+    as a 1-class run's) the empty list, with the attributes that say which classes have no images."""
+    listed = run.bottom_classes(layer, max(last, 1))
+    if last:
+        return listed
+    none = listed.iloc[0:0].copy()
+    none.attrs.update(listed.attrs)
+    none.attrs.update(cut_count=None, tied_out=[], tied_out_labels=[])
+    return none
+
+
 def _as_run(r: Run | str | os.PathLike) -> Run:
     return r if isinstance(r, Run) else open_run(r)
 
@@ -191,13 +203,15 @@ def _compare(a: Run, b: Run, n: int) -> Comparison:
     acc_a, acc_b = a.class_accuracy_series(), b.class_accuracy_series()  # NaN: no predictions (--no-logits)
     accuracy = pd.DataFrame({"accuracy_a": acc_a, "accuracy_b": acc_b})
     accuracy["difference"] = accuracy["accuracy_b"] - accuracy["accuracy_a"]
-    top_a = {l: a.top_classes(l, n) for l in a.layers}
-    top_b = {l: b.top_classes(l, n) for l in b.layers}
+    # each run's lists as `summary` takes them: n each, or each class once where fewer than 2n have images
+    (first_a, last_a, _), (first_b, last_b, _) = class_sides(a, n), class_sides(b, n)
+    top_a = {l: a.top_classes(l, max(first_a, 1)) for l in a.layers}
+    top_b = {l: b.top_classes(l, max(first_b, 1)) for l in b.layers}
     rows: list[dict] = []
     empty: dict[str, set[int]] = {"a": set(), "b": set()}  # class positions: a name may repeat
     for la, lb, how in layer_pairs(a.layers, b.layers, (logits_layer(a), logits_layer(b)),
                                    (field_fractions(a), field_fractions(b))):
-        frame_a, frame_b = a.bottom_classes(la, n), b.bottom_classes(lb, n)
+        frame_a, frame_b = bottom_list(a, la, last_a), bottom_list(b, lb, last_b)
         empty["a"].update(frame_a.attrs.get("no_images_at", []))
         empty["b"].update(frame_b.attrs.get("no_images_at", []))
         lists = {"top_a": top_a[la], "top_b": top_b[lb], "bottom_a": frame_a, "bottom_b": frame_b}
