@@ -175,15 +175,19 @@ class Run(UnitViews, ClassCorrelations, Precision):
         if self.complete:
             values, index, yx = (self.store.read(schema.layer_array(layer, key)) for key in ("values", "image_index", "yx"))
             return values, index, yx
+        s = self._checkpoint_topk(layer)
+        idx = s["index"]
+        return s["shown"], idx, topk.flat_to_yx(s["position"], idx, self.layer_shape(layer)[1:])
+
+    def _checkpoint_topk(self, layer: str) -> dict[str, np.ndarray]:
+        """A partial run's top-k state of `layer` in its last committed checkpoint (topk.unpack)."""
         state = self.store.read_checkpoint_state(topk.KEY)
         if state is None:
             raise SketchmineError(f"run {self.path} has no results for {layer!r} yet: {summaries.not_yet(self)}")
         try:
-            s = topk.unpack(state, self.layers)[layer]
+            return topk.unpack(state, self.layers)[layer]
         except (ValueError, KeyError) as exc:
             raise SketchmineError(f"{self.path}: the top-k in its checkpoint does not fit the run ({exc})") from None
-        idx = s["index"]
-        return s["shown"], idx, topk.flat_to_yx(s["position"], idx, self.layer_shape(layer)[1:])
 
     def class_accuracy(self) -> pd.DataFrame:
         """Per-class accuracy: columns accuracy (fraction), correct, count. For an unfinished run it
@@ -264,16 +268,6 @@ class Run(UnitViews, ClassCorrelations, Precision):
         """The n least frequent classes among those with images in the run (zero counts
         included), least frequent last; attrs as `top_classes` (the cut is the first row)."""
         return summaries.cut_at(self._ranked(layer), check_count(n), top=False)
-
-    def peak(self, layer: str) -> float | None:
-        """The layer's largest top-k value (its best activation over all units), None when the
-        top-k hold no entry yet."""
-        values, idx, _ = self.topk(layer)
-        return float(values[idx >= 0].max()) if (idx >= 0).any() else None
-
-    def nan_total(self, layer: str) -> int:
-        """NaN activations (elements, not maps: `class_nan_count`) its units met, summed (0: no count)."""
-        return int(self.layer_array(layer, "nan_count").sum()) if self.has_array(layer, "nan_count") else 0
 
     # ---- summaries over all images and per unit: summaries.py over this run's arrays ----------
     def class_accuracy_series(self) -> pd.Series:

@@ -20,6 +20,23 @@ from sketchmine.store import schema
 class UnitViews(RunPart):
     """Readers of the distribution and effects arrays (methods of `Run`)."""
 
+    # ---- the layer's extremes, from its top-k (a partial run: its last checkpoint's) -------------
+    def peak(self, layer: str) -> float | None:
+        """The layer's largest top-k value (its best activation over all units), None when the
+        top-k hold no entry yet."""
+        values, idx, _ = self._as_run.topk(layer)
+        return float(values[idx >= 0].max()) if (idx >= 0).any() else None
+
+    def nan_total(self, layer: str) -> int:
+        """NaN activations (elements, not maps: `class_nan_count`) its units met, summed (0: no count);
+        a partial run's from its last checkpoint, whose top-k state counts them (the final array is
+        written only when the run completes)."""
+        run = self._as_run
+        if run.complete:
+            return int(run.layer_array(layer, "nan_count").sum()) if run.has_array(layer, "nan_count") else 0
+        run.layer_attrs(layer)
+        return run.store.committed(lambda: int(run._checkpoint_topk(layer)["nan_count"].sum()))
+
     # ---- each unit's whole distribution (mine --distributions): results/distribution.py ---
     def histogram(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
         """(edges (C, 65) float64, counts (C, 64) int64) exact histogram of each unit's image
