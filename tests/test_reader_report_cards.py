@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 
+import numpy as np
 import pytest
 
 import sketchmine
@@ -63,4 +64,28 @@ def test_card_classes_of_one_name_are_counted_apart(tmp_path, alike, browser):
         # each "animal" once per class, with that class's count and accuracy
         assert sorted((int(n), which[a]) for n, a in shown) == want, line
     assert not errors
+    page.close()
+
+
+def test_softmax_cards_say_no_ties_where_its_probabilities_repeat(tmp_path, demo_test_set, browser):
+    """The softmax's top-k ranks images by log-odds and shows their probabilities, exactly 1.0 for
+    confident images (docs/store.md). Before, its card and dashboard said "9 of 9 tied at 1.000:
+    equal values rank in dataset order": false, they rank by log-odds."""
+    run = sketchmine.mine("demo", demo_test_set, out=tmp_path / "run.zarr", layers=["classifier.6", "softmax"],
+                          batch_size=500)
+    values, index, _ = run.topk("softmax")
+    repeated = [u for u in range(values.shape[0]) if (values[u] == values[u, -1]).sum() > 1]
+    assert repeated  # probabilities that read alike: the case under test
+    logits = run.store.read("eval/logits")
+    for u in repeated:  # ranked by log-odds, not in dataset order among the equal probabilities
+        z = logits[index[u], u] - np.log(np.exp(np.delete(logits[index[u]], u, axis=1)).sum(1))
+        assert (np.diff(z) <= 0).all()
+    index_page = write_report(run, tmp_path / "rep", montages=0)
+    page = browser.new_page()
+    page.goto((index_page.parent / "layers" / "01-softmax.html").as_uri())
+    page.wait_for_selector(f"#unit-{repeated[0]} .perf")
+    assert page.query_selector_all(".perf.ties") == [] and "log-odds" in page.inner_text("#log-odds")
+    page.goto((index_page.parent / "units" / "01-softmax.html").as_uri() + f"#unit={repeated[0]}")
+    page.wait_for_selector("#dash h3:has-text('by activation bin')")
+    assert page.query_selector("#top-ties") is None
     page.close()

@@ -31,8 +31,8 @@ from sketchmine.errors import SketchmineError, SketchmineFailure, unless_damaged
 from sketchmine.names import printable
 from sketchmine.progress import FILES
 from sketchmine.present import plots
-from sketchmine.present.report_data import (PAGE_SIZE, PngWriter, classes_cell, importance_ranks, layer_data, layer_ids,
-                                             precision_html, size_html, with_code)
+from sketchmine.present.report_data import (LOG_ODDS_ATTR, PAGE_SIZE, PngWriter, classes_cell, importance_ranks,
+                                             layer_data, layer_ids, log_odds_html, precision_html, size_html, with_code)
 from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
                                               report_marker, reported_run, same_folder, swap_in)
 from sketchmine.present.report_unit import MONTAGES, copy_assets, montage_plan, unit_pages
@@ -99,8 +99,7 @@ def _importance_section(run: Run, name: str, lid: str) -> str:
         info.append(f"{int(a['images'])} images")
     if a.get("base_accuracy") is not None:
         info.append(f"accuracy {rate(float(a['base_accuracy']))} with no unit ablated")
-    if a.get("method"):
-        info.append(f"method {a['method']}")
+    info += [f"method {a['method']}"] if a.get("method") else []
     return ("<h2>Which units matter for the label</h2>"
             f"<p>Each unit zeroed in turn; drop of the correct class's probability and of accuracy "
             f"({e('; '.join(info))}). Click a column header to sort; a unit number opens its card's page.</p>"
@@ -152,6 +151,7 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
         parts.append(f"<p>A unit of this layer has a value at every step ({e(what)}): each top-k entry is an (image, "
                      "step) pair; cards show the drawing at the step where the unit peaked (t counted from 1) and "
                      f"the unit's activation over all steps of that drawing.{how}</p>")
+    parts.append(log_odds_html(name, attrs))  # "" for a layer ranked by its values
     if run.has_importance(name):
         parts.append(_importance_section(run, name, lid))
     parts.append("<h2>Units</h2>")
@@ -165,6 +165,7 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                  '<script src="../assets/dom.js"></script><script src="../assets/report.js"></script>')
     return _page(f"{name} — sketchmine report", "\n".join(parts), 1,
                  f' data-layer="{e(lid)}" data-pages="{pages}" data-units="{run.layer_shape(name)[0]}" data-k="{run.k}"'
+                 f'{LOG_ODDS_ATTR if log_odds_html(name, attrs) else ""}'
                  f' data-montages="{",".join(map(str, slides or []))}"')
 
 

@@ -28,7 +28,7 @@ from sketchmine.results.effects import class_units
 from sketchmine.results.optimized import how_made, never_moved, signal_words
 from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import entry_steps, size_note, ties_words
+from sketchmine.results.summaries import entry_steps, ranked_by_log_odds, size_note, ties_words
 from sketchmine.results.traces import MAX_TRACE_IMAGES, read_traces
 from sketchmine.results.unit_summary import infinite, num
 from sketchmine.store import schema
@@ -135,6 +135,20 @@ def classes_cell(listed: pd.DataFrame) -> str:
         return ties
     shown = ", ".join(f"{html.escape(str(c))} {int(r['count'])}" for c, r in listed.iterrows())
     return f"{shown} {ties}" if ties else shown
+
+
+LOG_ODDS_ATTR = ' data-ranked="log-odds"'
+"""The <body> attribute of a layer page or dashboard whose top-k ranks by log-odds: report.js and
+unit.js then write no "tied" note under repeated probabilities."""
+
+
+def log_odds_html(name: str, attrs: dict[str, Any]) -> str:
+    """The note of a layer whose top-k ranks by log-odds (`summaries.ranked_by_log_odds`); "" else."""
+    if not ranked_by_log_odds(name, attrs):
+        return ""
+    return ('<p class="note" id="log-odds">Its top-k ranks the images by each class\'s log-odds (its logit minus the '
+            "logsumexp of the other logits), not by the probabilities shown: probabilities that read alike (1.000 "
+            "several times) are no ties, and their order is the log-odds', not the dataset's.</p>")
 
 
 def size_html(run: Run) -> str:

@@ -22,7 +22,8 @@ import numpy as np
 
 from sketchmine.names import command
 from sketchmine.present.montage import slide_content
-from sketchmine.present.report_data import PAGE_SIZE, THUMB, PngWriter, precision_html, strip, to_js
+from sketchmine.present.report_data import (LOG_ODDS_ATTR, PAGE_SIZE, THUMB, PngWriter, log_odds_html, precision_html,
+                                             strip, to_js)
 from sketchmine.present.slide_workers import SlideWriter
 from sketchmine.results.effects import class_units
 from sketchmine.results.optimized import signal_words
@@ -195,7 +196,8 @@ def _page(run: Run, name: str, lid: str, units: int, pages: int, slides: int) ->
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{e(name)} units — sketchmine report</title>"
             '<link rel="stylesheet" href="../assets/report.css"><link rel="stylesheet" href="../assets/unit.css">'
-            f'</head>\n<body data-layer="{e(lid)}" data-pages="{pages}" data-units="{units}">\n'
+            f'</head>\n<body data-layer="{e(lid)}" data-pages="{pages}" data-units="{units}"'
+            f'{LOG_ODDS_ATTR if log_odds_html(name, run.layer_attrs(name)) else ""}>\n'
             f'<p><a href="../index.html">← all layers</a> · <a href="../layers/{e(lid)}.html">{e(name)} cards</a></p>'
             f"<h1>{e(name)}: unit <span id=\"unit-number\"></span></h1>{partial}{precision_html(run)}"
             '<nav class="pager"><button id="prev-unit">◀ previous unit</button>'

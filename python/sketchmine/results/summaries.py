@@ -32,6 +32,14 @@ def entry_steps(attrs: dict[str, Any], yx: np.ndarray) -> tuple[np.ndarray, int]
     return None
 
 
+def ranked_by_log_odds(layer: str, attrs: dict[str, Any]) -> bool:
+    """True for a layer whose top-k ranks images by each class's log-odds, not by the probabilities
+    it shows (the virtual softmax; a model's softmax over units, attribute `ranked_by`:
+    stats/topk.py): probabilities that read alike (1.0 several times) are no ties there, and their
+    order is the log-odds', not the dataset's. `attrs`: the layer's attributes."""
+    return layer == "softmax" or "ranked_by" in attrs
+
+
 def unit_rows(values: np.ndarray, index: np.ndarray, yx: np.ndarray, labels: np.ndarray,
               class_names: Sequence[str], accuracy: np.ndarray, steps: np.ndarray | None = None) -> pd.DataFrame:
     """One row per (unit, rank) of a top-k (values (C, k), index (C, k), yx (C, k, 2)), best

@@ -8,6 +8,7 @@
   var pages = parseInt(body.getAttribute("data-pages"), 10) || 0;
   var units = parseInt(body.getAttribute("data-units"), 10);  // "rank 33 of 96", as the dashboard says it
   var k = parseInt(body.getAttribute("data-k"), 10);  // a full top-k: its last places may be ties (dom.topTies)
+  var logOdds = body.getAttribute("data-ranked") === "log-odds";
   var cache = {};
   var current = -1;
 
@@ -166,7 +167,8 @@
     }
     c.appendChild(caps);
     if (n) { c.appendChild(el("div", "perf", classesLine(u.entries))); }
-    var ties = dom.topTies(u.entries.map(function (e) { return e.value; }), shown[n], k);
+    // a layer ranked by log-odds (the softmax) shows probabilities: equal ones are no ties (the layer's note says so)
+    var ties = logOdds ? null : dom.topTies(u.entries.map(function (e) { return e.value; }), shown[n], k);
     if (ties) { c.appendChild(el("div", "perf ties", ties)); }
     return c;
   }

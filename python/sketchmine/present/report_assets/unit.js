@@ -314,7 +314,9 @@
     ex.appendChild(el("h3", null, "top " + d.top.length + " (most activating)"));
     var written = activations(d);
     examples(ex, "class / value / image", d.top, d, null, written.top, d.signal);
-    var ties = dom.topTies(d.top.map(function (e) { return e.value; }), written.top[d.top.length - 1], d.k);
+    // a layer ranked by log-odds (the softmax) shows probabilities: equal ones are no ties
+    var ties = body.getAttribute("data-ranked") === "log-odds" ? null :
+      dom.topTies(d.top.map(function (e) { return e.value; }), written.top[d.top.length - 1], d.k);
     if (ties) { var tn = el("p", "note", ties); tn.id = "top-ties"; ex.appendChild(tn); }
     ex.appendChild(el("h3", null, "bottom (least activating)"));
     if (d.bottom) { examples(ex, "class / value / image", d.bottom, d.bottom_pictures || null, null, written.bottom, d.signal); } else { ex.appendChild(missing(d, "bottom", "bottom images")); }
