@@ -53,3 +53,24 @@ def test_partial_run_counts_the_nan_it_met(interrupted, capsys):
     assert want > 0 and run.nan_total("conv") == want
     assert main(["summary", str(run.path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"][0]["nan_count"] == want
+
+
+def test_partial_run_class_sizes_leave_out_unreadable_images(tmp_path, demo_test_set):
+    """A complete run's class sizes (dataset/class_image_count) leave out the images skipped as
+    unreadable; a partial run's counted them, so its per-image counts and its "classes differ in
+    size" note were off (bird: 3 images where 1 was readable, 3.33 top-k entries per image for 10)."""
+    from tests.helpers import image_folder
+
+    root = image_folder(demo_test_set, tmp_path / "images", per_class=4)
+    broken = sorted((root / demo_test_set.class_names[0]).iterdir())[2:] + sorted((root / demo_test_set.class_names[1]).iterdir())[:2]
+    for f in broken:
+        f.write_bytes(b"not an image")
+    out = tmp_path / "run.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine("demo", root, out=out, layers=["classifier.6"], batch_size=4, flush_every=1,
+                        skip_bad_images=True, progress=StopAfter(12))
+    run = sketchmine.open_run(out)
+    assert not run.complete and run.images_done >= 8
+    readable = [p for p in run.paths[:run.images_done] if (root / p) not in broken]
+    want = [sum(p.split("/")[0] == c for p in readable) for c in run.class_names]
+    assert run.class_sizes().tolist() == want and want[:2] == [2, 2]

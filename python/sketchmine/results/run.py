@@ -237,14 +237,15 @@ class Run(UnitViews, ClassCorrelations, Precision):
 
     def class_sizes(self) -> pd.Series:
         """Labelled images per class that the layers saw: dataset/class_image_count, else (a
-        partial run, or one mined before it was kept) the labels of the images mined so far."""
+        partial run, or one mined before it was kept) the labels of the readable images mined so far."""
         return self.store.committed(self._class_sizes)
 
     def _class_sizes(self) -> pd.Series:
         if self.complete and self.has_dataset_array("class_image_count"):
             sizes = self.dataset_array("class_image_count")
-        else:
-            labels = self.labels[:self.images_done]
+        else:  # the images mined so far, less the unreadable ones (skipped: in no statistic, as in class_image_count)
+            labels = self.labels[:self.images_done].copy()
+            labels[[b["index"] for b in self.attrs.get("bad_images") or [] if b["index"] < len(labels)]] = -1
             sizes = np.bincount(labels[labels >= 0], minlength=len(self.class_names))
         return pd.Series(sizes[:len(self.class_names)], index=pd.Index(self.class_names, name="class"), name="images")
 
