@@ -315,3 +315,31 @@ def test_the_ink_chart_says_where_there_is_no_correlation(tmp_path, demo_test_se
     assert run.ink_correlation()["spearman"].isna().all()
     ax = plots.ink_figure(run).axes[0]
     assert [t.get_text() for t in ax.texts] == ["no ρ", "no ρ"] and "no ρ:" in ax.get_title()
+
+
+def test_a_class_histogram_of_many_classes_draws_the_most_frequent_and_says_so(tmp_path, small_test_set):
+    """With 1,000 classes (ImageNet's count) the layer's class histogram drew every class: a
+    figure 281 inches wide, a 34,000 px PNG per layer. It draws the 60 most frequent now, in the
+    order and with the counts of `top_classes`, and its title counts the rest."""
+    from torch import nn
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 1000, 120)
+    names = [f"class {i:03d}" for i in range(1000)]
+    ds = ArrayDataset(small_test_set.images[:120], labels, names, preprocessing=small_test_set.preprocessing)
+    import torch
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 48, 5), nn.ReLU()).eval()
+    many = sketchmine.mine(net, ds, layers=["1"], logits=False, out=tmp_path / "many.zarr", k=5)
+    every = many.top_classes("1", 1000)
+    assert len(every) == len(np.unique(labels)) and (every["count"] > 0).sum() > plots.HISTOGRAM_BARS
+    fig = plots.histogram_figure(many, "1")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(every.index[:plots.HISTOGRAM_BARS])
+    assert [p.get_height() for p in ax.patches] == every["count"].iloc[:plots.HISTOGRAM_BARS].tolist()
+    shown, total = int(every["count"].iloc[:60].sum()), int(every["count"].sum())
+    assert f"the 60 most frequent of {len(every)} classes ({shown:,} of {total:,} entries)" in ax.get_title()
+    assert fig.get_figwidth() < 20
+    small = plots.histogram_figure(many, "1", bars=1000)  # every class where asked
+    assert len(small.axes[0].patches) == len(every) and "most frequent" not in small.axes[0].get_title()

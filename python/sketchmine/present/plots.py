@@ -114,10 +114,16 @@ def summary_plot(run: Run, out: str | os.PathLike, n: int = 5, formats: tuple[st
     return _save(summary_figure(run, n, rows), Path(out), formats)
 
 
-def histogram_figure(run: Run, layer: str) -> Figure:
-    """Bar chart of the class histogram of one layer (most frequent first), bars coloured by
-    the class's accuracy."""
-    df = run.top_classes(layer, len(run.class_names))  # every class, most frequent first
+HISTOGRAM_BARS = 60
+"""Classes drawn at most in a class histogram: ImageNet's 1,000 bars made a 34,000 px wide
+PNG per layer, unreadable; the rest are counted in its title and listed by `class_histogram`."""
+
+
+def histogram_figure(run: Run, layer: str, bars: int = HISTOGRAM_BARS) -> Figure:
+    """Bar chart of the class histogram of one layer (most frequent first, at most `bars`
+    classes), bars coloured by the class's accuracy."""
+    every = run.top_classes(layer, len(run.class_names))  # every class, most frequent first
+    df = every.head(bars)
     fig = Figure(figsize=(max(4.0, 0.28 * len(df) + 1.5), 3.2))
     ax = fig.subplots()
     acc = df["accuracy"].to_numpy()
@@ -127,9 +133,13 @@ def histogram_figure(run: Run, layer: str) -> Figure:
     ax.set_xticklabels([str(c) for c in df.index], rotation=60, ha="right", fontsize=7, parse_math=False)
     ax.set_ylabel(f"images in top-{run.k}")
     title = f"{layer}: classes among the top-{run.k} images of its units"
+    if len(every) > len(df):
+        held, total = int(df["count"].sum()), int(every["count"].sum())
+        title += (f"\nthe {len(df)} most frequent of {len(every):,} classes ({held:,} of {total:,} entries); "
+                  f"every class: run.class_histogram({layer!r})")
     if note := size_note(run.class_sizes()):  # raw counts favour the larger classes: say so where they are drawn
         title += "\n" + note.replace("; ", ";\n")
-    ax.set_title(title, fontsize=9 if note is None else 7, parse_math=False)
+    ax.set_title(title, fontsize=9 if note is None and len(every) == len(df) else 7, parse_math=False)
     return fig
 
 
