@@ -151,8 +151,10 @@ class RunningHistogram:
         return arrays
 
     def range(self, cols: slice) -> np.ndarray:
-        """(C, 2) float32 exact [min, max] of the non-NaN maxima, ±inf included; NaN where none."""
-        lo, hi = self.grid.lo[cols].cpu().numpy(), self.grid.hi[cols].cpu().numpy()
+        """(C, 2) float32 exact [min, max] of the non-NaN maxima, ±inf included; NaN where none.
+        A zero bound reads +0.0: min and max keep whichever of -0.0 and +0.0 came first, and ranks
+        merge in another order than one process sees the images (+ 0.0 turns -0.0 into +0.0)."""
+        lo, hi = self.grid.lo[cols].cpu().numpy() + 0.0, self.grid.hi[cols].cpu().numpy() + 0.0
         ninf, pinf = (self.inf[cols, i].cpu().numpy() > 0 for i in (0, 1))
         some = np.isfinite(lo) | ninf | pinf
         low = np.where(ninf, -np.inf, np.where(np.isfinite(lo), lo, np.inf))
