@@ -34,7 +34,10 @@ def environment_refusal(command: str | None, prints_result: bool, paths: list[tu
     --help names it, path) of every path the command will use (parser.paths_given).
 
     A current folder removed after the shell entered it refuses only a command that needs it: one
-    given (or defaulting to) a relative path, or `bench`; `summary /abs/run.zarr` there reads the run."""
+    given (or defaulting to) a relative path, or `bench`; `summary /abs/run.zarr` there reads the run.
+    Only `mine` shares its work across torchrun's processes (mining/distributed.py): under torchrun
+    `visualize` stopped on the rank that found the run locked by another, and torchrun then stopped
+    the one writing it; `importance` ran once per process."""
     try:
         os.getcwd()
     except FileNotFoundError:
@@ -47,6 +50,11 @@ def environment_refusal(command: str | None, prints_result: bool, paths: list[tu
                     f"again, or give {what.split()[0]} as an absolute path")
         if command == "bench":  # the suite runs from the source checkout with arguments of its own
             return f"{gone}, and `sketchmine bench` runs there: cd to an existing folder and run the command again"
+    size = os.environ.get("WORLD_SIZE") or "1"
+    if command != "mine" and size != "1":  # torchrun (WORLD_SIZE > 1): each process would run the whole command
+        return (f"`sketchmine {command}` runs in one process and torchrun started {size} (WORLD_SIZE={size}): each would "
+                "do the whole pass over the same run, the others finding it locked; run it without torchrun (only "
+                "`mine` shares its images across processes)")
     if sys.stdout is None and prints_result:  # `>&-`: the tables went nowhere, --json raised a traceback
         return (f"standard output is closed (>&-), and `sketchmine {command}` prints its result there: redirect "
                 "it to a file, or to /dev/null to discard it")
