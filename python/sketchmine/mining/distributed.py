@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ import torch.distributed as dist
 
 from sketchmine.errors import SaidOnRankZero, SketchmineError, SketchmineFailure, first_line
 from sketchmine.mining.checks import RESUME_CHECKS
+from sketchmine.mining.rank_progress import Counted, Muted
 from sketchmine.model.backend import MODEL_SWITCHES
 from sketchmine.results.run import Run
 from sketchmine.store.runstore import RunStore, is_run
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from sketchmine.stats.accumulators import Accumulator
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 _OWNED = False  # True when sketchmine initialised the process group itself (torchrun env)
 _CHECKS = {**RESUME_CHECKS, "forward_options": "forward options", "logits": "logits setting", "batch_size": "batch size",
            "flush_every": "flush interval", MODEL_SWITCHES: "model switches", "distributions": "distributions setting",
@@ -75,6 +78,9 @@ class Solo:
     def gather(self, accs: list[Accumulator], pending: Any, bad: list[dict[str, Any]],
                converted: dict[str, int]) -> tuple[list[Accumulator], Any]:
         return accs, pending
+
+    def stopped(self, exc: BaseException) -> None:
+        return None
 
     def result(self, store: RunStore) -> Run:
         """The finished run, read-only: a handle that outlives its writer follows the run at its
@@ -162,51 +168,6 @@ class _RemoteStore:
         return None
 
 
-class _Muted:
-    """Progress of ranks other than 0: they say nothing (rank 0 reports for everyone); their notes
-    are kept until the next gather, where rank 0 says those it has not said itself."""
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-
-    def start(self, total: int, done: int) -> None: ...
-    def advance(self, n: int) -> None: ...
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
-
-
-def _note_key(message: str) -> str:
-    """What makes two ranks' notes one: a conversion note names each rank's first image."""
-    return message.split(" (first: ", 1)[0]
-
-
-class _Counted:
-    """Rank 0's progress counting every rank's images (all ranks mine one batch per step)."""
-
-    def __init__(self, inner: Any, size: int) -> None:
-        self.inner, self.size, self.total, self.done = inner, size, 0, 0
-        self.said: set[str] = set()  # _note_key of every note said
-
-    def start(self, total: int, done: int) -> None:
-        self.total, self.done = total, done
-        self.inner.start(total, done)
-
-    def advance(self, n: int) -> None:
-        step = max(min(n * self.size, self.total - self.done), 0)
-        self.done += step
-        self.inner.advance(step)
-
-    def note(self, message: str) -> None:
-        self.said.add(_note_key(message))
-        self.inner.note(message)
-
-    def note_theirs(self, message: str) -> None:
-        """Another rank's note, said unless this rank said it (or another rank's like it) already."""
-        if _note_key(message) not in self.said:
-            self.note(message)
-
-
 @contextlib.contextmanager
 def _answered(rank: int, step: str) -> Iterator[None]:
     """A collective whose peers are gone (a rank that stopped with its own error, or was killed)
@@ -220,6 +181,33 @@ def _answered(rank: int, step: str) -> Iterator[None]:
                                 "last flush") from None
 
 
+class _Stopped(NamedTuple):
+    """A rank's own error, sent in place of its state at the gather the other ranks wait in."""
+
+    rank: int
+    message: str
+    code: int
+
+
+def _said(exc: BaseException) -> tuple[str, int]:
+    """An error as the other ranks are told it, and the exit code they stop with."""
+    if isinstance(exc, SketchmineError):
+        return str(exc), exc.exit_code
+    return f"{type(exc).__name__}: {exc}", 130 if isinstance(exc, KeyboardInterrupt) else 1
+
+
+def _step(method: F) -> F:
+    """A collective step of Group: an error out of it is known to every rank (or the others are
+    gone), so no later collective is tried for it (Group.stopped)."""
+    def step(self: Group, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            self._settled = True
+            raise
+    return cast(F, functools.wraps(method)(step))
+
+
 class Group:
     """This process's place in an initialised torch.distributed process group."""
 
@@ -227,15 +215,19 @@ class Group:
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         self.writes = self.rank == 0
         self._steps = 0
-        self._muted = _Muted()  # ranks other than 0: their notes, sent to rank 0 at each gather
-        self._said: _Counted | None = None  # rank 0: where it says them
+        self._muted = Muted()  # ranks other than 0: their notes, sent to rank 0 at each gather
+        self._said: Counted | None = None  # rank 0: where it says them
+        self._settled = False  # an error left a collective step: every rank has it, or the others are gone
+        self._done = False  # the pass returned its result: no collective follows
+        self._stop: tuple[str, int] | None = None  # rank 0: another rank's error, said at the next on_writer
 
     def progress(self, progress: Any) -> Any:
         if not self.writes:
             return self._muted
-        self._said = _Counted(progress, self.size)
+        self._said = Counted(progress, self.size)
         return self._said
 
+    @_step
     def check_same(self, want: dict[str, Any]) -> None:
         """Refuse a world whose ranks see different data, models or settings (on every rank)."""
         everyone: list[Any] = [None] * self.size
@@ -253,16 +245,22 @@ class Group:
                     f"rank {rank} sees a different {' and '.join(diffs)} than rank 0{fp}; every rank must mine the "
                     "same dataset with the same model and settings")
 
+    @_step
     def on_writer(self, fn: Callable[[], T], share: bool = True) -> T:
-        """Run `fn` on rank 0; its result (when `share`) or its error reaches every rank."""
-        message, result, error, code = None, None, None, 1
-        if self.writes:
+        """Run `fn` on rank 0; its result (when `share`) or its error reaches every rank. After a
+        gather where another rank sent its error (`stopped`), `fn` is not run: that error is."""
+        message, result, code = None, None, 1
+        error: BaseException | None = None
+        if self.writes and self._stop is not None:
+            message, code = self._stop
+            error = SaidOnRankZero(message, code)  # the rank that stopped says it
+        elif self.writes:
             try:
                 result = fn()
             except BaseException as exc:  # every rank must leave the collective below
                 error = exc
-                message = str(exc) if isinstance(exc, SketchmineError) else f"{type(exc).__name__}: {exc}"
-                code = exc.exit_code if isinstance(exc, SketchmineError) else 130 if isinstance(exc, KeyboardInterrupt) else 1
+                said, code = _said(exc)
+                message = f"rank 0 stopped: {said}"
         box = [(message, result if share else None, code)]
         try:
             with _answered(self.rank, "taking rank 0's result"):
@@ -274,7 +272,7 @@ class Group:
             raise error
         message, shared, code = box[0]
         if message is not None:
-            raise SaidOnRankZero(f"rank 0 stopped: {message}", code)
+            raise SaidOnRankZero(message, code)
         return result if self.writes else shared  # type: ignore[return-value]
 
     def store(self, open_store: Callable[[], RunStore]) -> RunStore | _RemoteStore:
@@ -297,6 +295,7 @@ class Group:
         """A flush is collective: only at steps every rank reaches (not the last one)."""
         return batches < self._steps
 
+    @_step
     def gather(self, accs: list[Accumulator], pending: Any, bad: list[dict[str, Any]],
                converted: dict[str, int]) -> tuple[list[Accumulator], Any]:
         """Rank 0: merged copies of all ranks' accumulators (rank 0's, then 1, 2, ... folded in),
@@ -314,6 +313,10 @@ class Group:
             self._muted.notes.clear()
             return accs, pending
         assert everyone is not None
+        stopped = [theirs for theirs in everyone if isinstance(theirs, _Stopped)]
+        if stopped:  # said at the on_writer that follows every gather, instead of its work
+            self._stop = (f"rank {stopped[0].rank} stopped: {stopped[0].message}", stopped[0].code)
+            return accs, pending
         merged = [copy.deepcopy(acc) for acc in accs]
         for i, (acc, into) in enumerate(zip(accs, merged)):
             other = copy.deepcopy(acc)  # restored from each rank's state in turn
@@ -329,9 +332,27 @@ class Group:
         bad[:] = sorted({b["index"]: b for b in bad}.values(), key=lambda b: b["index"])  # committed ones once
         return merged, _merged_rows(pending, [e[1] for e in everyone])
 
+    def stopped(self, exc: BaseException) -> None:
+        """This rank stopped with an error of its own while the pass ran (an unreadable image
+        without skip_bad_images, the model's error, Ctrl-C here): the other ranks wait for its
+        state at the next gather. Under torchrun this process ends and torchrun stops the others;
+        a process group the caller initialised outlives the call, and they waited as long as this
+        process lived. So it joins that gather with its error and the on_writer after it, where
+        rank 0 tells every rank `rank R stopped: ...`; the group stays usable."""
+        if self._settled or self._done or _OWNED:
+            return
+        self._settled = True
+        message, code = _said(exc)
+        everyone: list[Any] | None = [None] * self.size if self.writes else None
+        box: list[Any] = [(f"rank {self.rank} stopped: {message}", None, code)]
+        with contextlib.suppress(RuntimeError):  # the others are gone already: nothing to tell
+            dist.gather_object(_Stopped(self.rank, message, code), everyone, dst=0)
+            dist.broadcast_object_list(box, src=0)
+
     def result(self, store: RunStore | _RemoteStore) -> Run | None:
         """The finished run on every rank (called after rank 0 finished writing); ranks that
         cannot see rank 0's store path (another machine, no shared filesystem) get None."""
+        self._done = True
         if self.writes:  # read-only, as the single process's
             return Run(cast(RunStore, store).reader())
         if is_run(Path(store.path)):

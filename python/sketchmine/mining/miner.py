@@ -365,6 +365,9 @@ def mine(
                                             skip_bad_images, progress, needs_labels=known is None,
                                             input_shape=(first_index, tuple(first.shape)), team=team),
                                    rectified, progress)
+        except BaseException as exc:
+            team.stopped(exc)  # this rank's own error reaches the ranks waiting for it (distributed.py)
+            raise
         finally:
             lock.release()
             if channels_last:
