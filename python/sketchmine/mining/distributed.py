@@ -189,6 +189,15 @@ class _Stopped(NamedTuple):
     code: int
 
 
+def _cut(value: Any) -> str:
+    """A setting as a refusal shows it: a hash cut to 12 digits, a long list to 120 characters."""
+    text = str(value)
+    digits = text.rpartition(":")[2]  # after a method's name ("xxh3_128:…")
+    if len(digits) >= 24 and all(c in "0123456789abcdef" for c in digits.lower()):
+        return text[:len(text) - len(digits) + 12] + "…"
+    return text if len(text) <= 120 else text[:117] + "…"
+
+
 def _said(exc: BaseException) -> tuple[str, int]:
     """An error as the other ranks are told it, and the exit code they stop with."""
     if isinstance(exc, SketchmineError):
@@ -235,15 +244,17 @@ class Group:
             dist.all_gather_object(everyone, want)
         ref = everyone[0]
         for rank, theirs in enumerate(everyone[1:], 1):
-            diffs = [label for key, label in _CHECKS.items() if theirs.get(key) != ref.get(key)]
+            diffs = {key: label for key, label in _CHECKS.items() if theirs.get(key) != ref.get(key)}
             if diffs:
                 fp = ""
-                if "dataset" in diffs:
+                if "dataset_fingerprint" in diffs:
                     fp = (f" (dataset fingerprint {str(theirs.get('dataset_fingerprint'))[:12]}… vs "
                           f"{str(ref.get('dataset_fingerprint'))[:12]}…)")
+                values = "; ".join(f"{label.split(' (')[0]}: rank 0 {_cut(ref.get(key))}, rank {rank} {_cut(theirs.get(key))}"
+                                   for key, label in diffs.items() if key != "dataset_fingerprint")
                 raise (SketchmineError if self.writes else SaidOnRankZero)(
-                    f"rank {rank} sees a different {' and '.join(diffs)} than rank 0{fp}; every rank must mine the "
-                    "same dataset with the same model and settings")
+                    f"rank {rank} sees a different {' and '.join(diffs.values())} than rank 0{fp}; every rank must mine "
+                    f"the same dataset with the same model and settings{f' ({values})' if values else ''}")
 
     @_step
     def on_writer(self, fn: Callable[[], T], share: bool = True) -> T:
