@@ -233,3 +233,35 @@ def test_a_model_returning_a_map_is_refused_unless_mined_without_logits(tmp_path
         maps = net(torch.stack([ds[i][1] for i in range(len(ds))]))
     values, _, _ = run.topk("1")
     np.testing.assert_allclose(values[:, 0], maps.amax(dim=(0, 2, 3)).numpy(), rtol=1e-6)
+
+
+def test_a_run_of_a_model_without_logits_mined_before_the_refusal_resumes_with_logits_false(tmp_path, small_test_set,
+                                                                                          demo_model):
+    """Such a run (layers named, logits left on, so no predictions and no `logits` attribute) is
+    now refused on resume as the model returns no logits, and the refusal says to pass
+    logits=False, which the resume check refused as "logits (run: True, now: False)": it could
+    not be resumed at all. It resumes with logits=False now, to the top-k of a run mined whole;
+    a run that has predictions is still refused a resume without logits."""
+    import zarr
+
+    from tests.helpers import StopAfter
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU()).eval()
+    ds = ArrayDataset(small_test_set.images[:40], small_test_set.labels()[:40], small_test_set.class_names,
+                      preprocessing=small_test_set.preprocessing)
+    out = tmp_path / "old.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(net, ds, layers=["0"], logits=False, out=out, batch_size=8, flush_every=1, progress=StopAfter(24))
+    del zarr.open_group(str(out), mode="r+").attrs["logits"]  # as recorded before: no `logits`, num_classes None
+    with pytest.raises(SketchmineError, match=r"logits=False \(--no-logits\)"):
+        sketchmine.mine(net, ds, layers=["0"], out=out, batch_size=8, flush_every=1)
+    run = sketchmine.mine(net, ds, layers=["0"], logits=False, out=out, batch_size=8, flush_every=1)
+    whole = sketchmine.mine(net, ds, layers=["0"], logits=False, out=tmp_path / "whole.zarr", batch_size=8)
+    assert run.complete and not run.has_predictions()
+    for got, want in zip(run.topk("0"), whole.topk("0")):
+        np.testing.assert_array_equal(got, want)
+    demo = tmp_path / "demo.zarr"
+    sketchmine.mine(demo_model, ds, layers=["features.0"], out=demo, batch_size=8)
+    with pytest.raises(SketchmineError, match=r"logits \(run: True, now: False\)"):
+        sketchmine.mine(demo_model, ds, layers=["features.0"], logits=False, out=demo, batch_size=8)

@@ -214,7 +214,10 @@ def check_resumable(current: RunStore, want: dict[str, Any], logits: bool, ds: A
             diffs.append(said or f"{label} (run: {_short(a)}, now: {_short(b)}{': ' + which if which else ''})")
     if MODEL_SWITCHES in attrs:  # runs before the record, and of models without switches: not compared
         diffs += [f"model switch {d}" for d in switches_differ_from(attrs[MODEL_SWITCHES], want.get(MODEL_SWITCHES, {}))]
-    if attrs.get("logits", True) != logits:
+    # a run mined with logits before a model without any was refused has no predictions: its resume
+    # with logits=False (what that refusal says to pass) mines it as it was mined
+    without = logits is False and attrs.get("logits", True) is True and attrs.get("num_classes", 0) is None
+    if attrs.get("logits", True) != logits and not without:
         diffs.append(f"logits (run: {attrs.get('logits', True)}, now: {logits})")
     had, has = bool(attrs.get("distributions", False)), bool(want.get("distributions", False))
     if had != has:
