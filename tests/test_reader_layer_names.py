@@ -34,3 +34,15 @@ def test_a_module_name_with_a_path_separator_is_refused_before_mining(tmp_path, 
         assert not (tmp_path / "run.zarr").exists()
     run = sketchmine.mine(Named(name), ds, layers=["fc"], out=tmp_path / "run.zarr")  # the other layers: mined
     assert run.layers == ["fc"] and sketchmine.open_run(run.path).topk("fc")[1].shape == (10, 9)
+
+
+def test_a_module_name_with_a_path_separator_is_visualized_without_a_run():
+    """Only a run stores a layer as a folder: feature_visualization of "a/b" (no run) was refused
+    as "cannot name a layer of a run" once the refusal sat in the name check every pass shares. It
+    optimises the same images as for the same conv named otherwise."""
+    torch.manual_seed(0)
+    nets = [Named(name) for name in ("a/b", "ab")]
+    nets[1].load_state_dict({k.replace("a/b", "ab"): v for k, v in nets[0].state_dict().items()})
+    got, want = (sketchmine.feature_visualization(net, net.name, [0, 3], steps=4, size=16) for net in nets)
+    assert got.images.shape == (2, 1, 16, 16) and got.images.std() > 0
+    torch.testing.assert_close(got.images, want.images, rtol=0, atol=0)

@@ -82,7 +82,7 @@ def storable(names: list[str]) -> list[str]:
 def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
     """Validate requested layer names; unknown names raise with the closest matches."""
     if layers is None:
-        return storable(default_layers(model))
+        return default_layers(model)
     available = [n for n, _ in model.named_modules() if n]
     known = set(available) | set(_cells(model)) | {SOFTMAX}
     result: list[str] = []
@@ -97,7 +97,7 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
             )
         if name not in result:
             result.append(name)
-    return storable(result)
+    return result
 
 
 def module_of(model: nn.Module, name: str) -> tuple[str, nn.Module]:
