@@ -44,3 +44,16 @@ def test_a_torch_dataset_label_beyond_int64_is_refused_naming_the_sample(tmp_pat
     with pytest.raises(SketchmineError, match=r"of sample #7 is beyond any class index"):
         sketchmine.mine("demo", _Drawings(wide), out=tmp_path / "run.zarr", batch_size=4)
     assert not (tmp_path / "run.zarr").exists()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.uint8])
+def test_narrow_array_labels_are_taken_without_a_warning(dtype):
+    """The int64 range check compared float16 labels with 2**63, which float16 cannot hold: every
+    ArrayDataset of float16 labels warned "overflow encountered in cast", of no label."""
+    import warnings
+
+    raw = animal_shape("test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = ArrayDataset(raw.images[:30], raw.labels()[:30].astype(dtype), raw.class_names)
+    np.testing.assert_array_equal(ds.labels(), raw.labels()[:30])

@@ -121,7 +121,8 @@ def check_labels(labels: np.ndarray, n: int, classes: int) -> np.ndarray:
     elif raw.dtype.kind not in "iub":
         raise SketchmineError(f"ArrayDataset labels are {raw.dtype}; {LABELS_EXPECTED}")
     if raw.dtype.kind in "uf":  # int64 would wrap 2**63 (or cast 1e20) to -2**63, named as "below -1"
-        wide = np.flatnonzero((raw >= 2**63) | (raw < -(2**63)))
+        wide64 = raw.astype(np.float64) if raw.dtype.kind == "f" else raw  # float16 cannot hold 2**63: no overflow warning
+        wide = np.flatnonzero((wide64 >= 2**63) | (wide64 < -(2**63)))
         if len(wide):
             i = int(wide[0])
             raise SketchmineError(f"ArrayDataset label {raw[i]} of image {i} is beyond any class index (int64; "
