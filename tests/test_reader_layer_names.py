@@ -2,6 +2,7 @@
 path separator is refused before mining, not mined and then read back as a damaged run."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,3 +47,27 @@ def test_a_module_name_with_a_path_separator_is_visualized_without_a_run():
     got, want = (sketchmine.feature_visualization(net, net.name, [0, 3], steps=4, size=16) for net in nets)
     assert got.images.shape == (2, 1, 16, 16) and got.images.std() > 0
     torch.testing.assert_close(got.images, want.images, rtol=0, atol=0)
+
+
+def test_an_onnx_node_name_with_a_backslash_is_refused_before_mining(tmp_path, demo_model, demo_test_set):
+    """A '/' of an ONNX name is written '|', but a node named "conv\\0" (mined by default) failed the
+    run's creation with a bare KeyError 'layers/conv\\\\0', the torch module's twin; refused now
+    as the module is, and the graph's other layers are mined as the unrenamed graph's."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from tests.test_onnx import export
+
+    proto = onnx.load(str(export(demo_model.module, tmp_path / "demo.onnx")))
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    conv.name = "conv\\0"
+    onnx.save(proto, str(tmp_path / "named.onnx"))
+    ds = per_class_subset(demo_test_set, 2, "0:20")
+    for layers in (None, ["conv\\0"]):
+        with pytest.raises(SketchmineError, match=r"layer 'conv\\\\0': .*cannot name a layer of a run .* ONNX graph: "
+                                                  r"the node"):
+            sketchmine.mine(str(tmp_path / "named.onnx"), ds, layers=layers, out=tmp_path / "run.zarr")
+        assert not (tmp_path / "run.zarr").exists()
+    run = sketchmine.mine(str(tmp_path / "named.onnx"), ds, layers=["softmax"], out=tmp_path / "run.zarr", k=3)
+    plain = sketchmine.mine(str(tmp_path / "demo.onnx"), ds, layers=["softmax"], out=tmp_path / "plain.zarr", k=3)
+    assert run.accuracy() == plain.accuracy() > 0.5
+    np.testing.assert_array_equal(run.topk("softmax")[1], plain.topk("softmax")[1])

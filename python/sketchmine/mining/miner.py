@@ -40,7 +40,7 @@ from sketchmine.model.graph import shared_traces
 from sketchmine.model.models import LoadedModel, is_model_path, load_model, preprocessing_for
 from sketchmine.model.modes import eval_mode, input_dtype, memory_format
 from sketchmine.model.pretrained import is_weights_name
-from sketchmine.model.taps import SOFTMAX
+from sketchmine.model.taps import SOFTMAX, storable
 from sketchmine.progress import Progress, Silent
 from sketchmine.results.run import Run
 from sketchmine.store.lock import enclosing_run, out_path
@@ -222,7 +222,7 @@ def mine(
         progress.note(f"k={k} is more than the {len(ds)} images of the dataset: keeping k={len(ds)}")
         k = len(ds)
     layers = layer_list(layers, "mine", "for every conv, linear and softmax layer")  # a generator read once
-    names = forward.resolve_layers(layers)
+    names = storable(forward.resolve_layers(layers))  # each a folder of the run, whatever the backend
     if not logits and layers is None:  # the default layers without the virtual softmax (it needs the logits)
         names = [n for n in names if n != SOFTMAX]
     load = LoadOptions.checked(batch_size, num_workers, prefetch_factor, pin_memory, device)

@@ -23,7 +23,7 @@ from sketchmine.model.modes import input_dtype
 from sketchmine.model.meta import meta_call
 from sketchmine.model.receptive_field import FieldAnalysis, module_input_channels, sample_analysis
 from sketchmine.model.layouts import graph_layouts, layout_open, tokens_of_images, unplaced_note
-from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers, storable
+from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
 from sketchmine.progress import Progress
 
 __all__ = ["Forward", "Layer", "TorchForward", "as_forward", "fields_attrs", "layer_field", "module_weights_hash", "probe"]
@@ -67,7 +67,7 @@ class TorchForward:
         self.unplaced: dict[str, str] = {}  # tapped modules read on axis 1 that the graph cannot place, and why
 
     def resolve_layers(self, layers: list[str] | None) -> list[str]:
-        return storable(resolve_layers(self.net, layers))  # mining's names: each a folder of the run
+        return resolve_layers(self.net, layers)
 
     def weights_hash(self, algorithm: str = WEIGHTS_HASH) -> str:
         return module_weights_hash(self.net, algorithm)

@@ -69,13 +69,15 @@ def default_layers(model: nn.Module) -> list[str]:
 
 
 def storable(names: list[str]) -> list[str]:
-    """`names`, or a refusal before any work for a module name holding a path separator: the run
-    stores each layer as a group of that name: "a/b" would be mined and then refused on reading."""
+    """`names`, or a refusal before any work for a layer name holding a path separator: the run
+    stores each layer as a group of that name: "a/b" would be mined and then refused on reading,
+    "a\\b" (a module's, an ONNX node's) fails the run's creation."""
     for name in names:
         if "/" in name or "\\" in name:
-            raise SketchmineError(f"layer {name!r}: a module name holding '/' or '\\' cannot name a layer of a run "
+            raise SketchmineError(f"layer {name!r}: a layer name holding '/' or '\\' cannot name a layer of a run "
                                   "(the run stores each layer as a folder of its name); rename the module (add_module "
-                                  "with another name), or name the other layers to mine with --layers (layers=[...])")
+                                  "with another name; of an ONNX graph: the node), or name the other layers to mine "
+                                  "with --layers (layers=[...])")
     return names
 
 
