@@ -88,6 +88,30 @@ def test_device_class_sums_keep_infinite_maxima_in_their_class(hostile):
         np.testing.assert_allclose(mean, want_mean, rtol=1e-12, err_msg=f"host={host}")
 
 
+
+def test_device_class_sums_multiply_each_value_once(hostile):
+    """Keeping ±inf apart cost the device path a GEMM four times as wide as the values (the finite
+    values, then +inf, -inf and NaN indicators: on the CPU 6.5x the time of a 64 x 8,000 batch of
+    1,000 classes and 420 MB more): one (rows x N) @ (N x units) product again, the ±inf added
+    by index_add, with the host's means."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, ds = hostile
+    maxima, labels = torch.from_numpy(_maxima(model, ds, "maps")), torch.from_numpy(ds.labels())
+    results = []
+    for host in (True, False):
+        stats = RunningClassStats({"maps": 4}, 10)
+        stats.host = host
+        with FlopCounterMode(display=False) as flops:
+            for s in range(0, len(ds), 64):
+                stats.add("maps", maxima[s:s + 64], labels[s:s + 64])
+                stats.end_batch()
+        results.append(stats.results("maps"))
+    assert flops.get_total_flops() == 2 * 11 * len(ds) * 4  # (classes + the discard row) x images x units
+    np.testing.assert_array_equal(results[1][1], results[0][1])
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-12)
+    assert np.isinf(results[1][0]).any() and np.isfinite(results[1][0]).any()  # classes with and without an inf
+
 def test_importance_mean_activation_leaves_nan_out_as_the_top_k_does(hostile, tmp_path):
     """`mean_act_correct` / `mean_act_wrong` are documented as the mean of the unit's per-image
     maximum, the top-k's statistic: a map with one NaN position has a maximum (the rest's), and an

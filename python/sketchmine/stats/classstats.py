@@ -115,17 +115,12 @@ class RunningClassStats:
         onehot = torch.nn.functional.one_hot(rows, target.shape[0]).to(target.dtype)  # (N, rows)
         flat = values.reshape(len(rows), -1)
         # the GEMM multiplies every value by every row's 0 or 1, and 0 * inf is NaN: an image's
-        # ±inf maximum would make every other class's sum NaN. Non-finite values are counted per
-        # row apart (exact in float64) and added back as index_add would add them.
+        # ±inf maximum would make every other class's sum NaN. It sums the finite values; the
+        # ±inf and NaN are added by index_add, whose atomics are exact here: sums of 0, ±inf and
+        # NaN come out the same in any order (the GEMM stays as wide as the values)
         finite = torch.isfinite(flat)
-        parts = torch.cat([flat.masked_fill(~finite, 0.0), flat == float("inf"), flat == float("-inf"),
-                           torch.isnan(flat)], dim=1).to(target.dtype)
-        total, pos, neg, nan = (onehot.T @ parts).split(flat.shape[1], dim=1)
-        inf = torch.tensor(float("inf"), dtype=target.dtype, device=target.device)
-        zero = torch.zeros((), dtype=target.dtype, device=target.device)
-        total = (total + torch.where(pos > 0, inf, zero) + torch.where(neg > 0, -inf, zero)
-                 + torch.where(nan > 0, inf - inf, zero))
-        target.add_(total.view_as(target))
+        target.add_((onehot.T @ flat.masked_fill(~finite, 0.0)).view_as(target))
+        target.index_add_(0, rows, flat.masked_fill(finite, 0.0).view(len(rows), *target.shape[1:]))
 
     def add(self, layer: str, maxima: torch.Tensor, labels: torch.Tensor) -> None:
         """One batch of a layer: maxima (N, C), the image maxima the top-k ranked (what
