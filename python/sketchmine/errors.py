@@ -52,6 +52,34 @@ class SaidOnRankZero(SketchmineError):
         self.exit_code = exit_code
 
 
+def machine_fix(exc: OSError) -> str:
+    """What to do about an OSError that stopped a read or a write, by its errno ("" when the
+    errno names no remedy). Why: a full disk, a process's file-size or open-file limit and a
+    read-only file system need different fixes, and "make room" sent the user of a `ulimit -f`
+    or `ulimit -n` to free a disk that had room."""
+    import errno
+    import resource
+
+    def limit(which: int) -> str:
+        soft = resource.getrlimit(which)[0]
+        return "" if soft == resource.RLIM_INFINITY else f" ({soft:,})"
+
+    fixes = {
+        errno.ENOSPC: "the disk is full: make room",
+        errno.EDQUOT: "the disk quota is used up: make room",
+        errno.EFBIG: (f"a file outgrew the largest this process may write (ulimit -f, in bytes{limit(resource.RLIMIT_FSIZE)})"
+                      " or its file system's: raise the limit"),
+        errno.EMFILE: (f"this process ran out of open files (ulimit -n{limit(resource.RLIMIT_NOFILE)}): raise the "
+                       "limit, or use fewer --workers"),
+        errno.ENFILE: "the system's table of open files is full: close other programs' files",
+        errno.ENOMEM: "the machine is out of memory: free some",
+        errno.EROFS: "the file system is read-only: mount it writable, or work on a copy elsewhere",
+        errno.EACCES: "make it writable by this user",
+        errno.EPERM: "make it writable by this user",
+    }
+    return fixes.get(exc.errno or 0, "")
+
+
 def unless_damaged(exc: SketchmineError) -> None:
     """Re-raise `exc` when it says the run is damaged: for a reader that falls back (NaN, a
     missing section) when a result is absent, which damage must not pass for."""

@@ -166,12 +166,12 @@ def _error(message: str, verbosity: int = 0) -> None:
 
 def _os_error(exc: OSError) -> str:
     """An OSError (disk full, permission, missing file) in one line with its path."""
-    import errno
+    from sketchmine.errors import machine_fix
 
     what = exc.strerror or str(exc)
     path = f"{exc.filename}: " if exc.filename else ""
-    hint = "; make room and re-run" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-    return f"{path}{what}{hint}"
+    fix = machine_fix(exc)
+    return f"{path}{what}" + (f"; {fix} and re-run" if fix else "")
 
 
 def _quiet_after_failure() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sketchmine.data import Preprocessing
-from sketchmine.errors import SketchmineError, SketchmineFailure, whole_number
+from sketchmine.errors import SketchmineError, SketchmineFailure, machine_fix, whole_number
 from sketchmine.model.backend import LoadedModel
 from sketchmine.model.modes import eval_mode
 from sketchmine.passes.featvis import METHODS, LayerReader, optimize
@@ -174,7 +174,8 @@ class OptimizePass:
                                  "optimized_stopped": np.where(flat_here, schema.NO_GRADIENT, stopped)}, attrs)
             except OSError as exc:
                 raise SketchmineFailure(f"cannot write to {self.store.path}: {exc.strerror or exc}; the units done so "
-                                        "far are kept — make room and re-run the same command to resume") from None
+                                        f"far are kept — {machine_fix(exc) or 'make room'} and re-run the same command "
+                                        "to resume") from None
             if (stopped >= 0).any():
                 progress.note(f"layer {name!r}: units {', '.join(str(u0 + i) for i in np.flatnonzero(stopped >= 0))} "
                               "hit a non-finite value while optimised; their images are the last finite ones")

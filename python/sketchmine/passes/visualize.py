@@ -26,7 +26,7 @@ from torch import nn
 
 from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
-from sketchmine.errors import (SketchmineError, SketchmineFailure, flag, layer_list, optional_whole_number,
+from sketchmine.errors import (SketchmineError, SketchmineFailure, flag, layer_list, machine_fix, optional_whole_number,
                                whole_number)
 from sketchmine.names import command
 from sketchmine.model.receptive_field import ReceptiveField
@@ -282,7 +282,7 @@ def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int,
             store.write_visual(p.name, slice(u0, u1), out, visualized)  # the block's arrays first, then the commit
         except OSError as exc:
             raise SketchmineFailure(f"cannot write to {store.path}: {exc.strerror or exc}; the units done so far are "
-                                  "kept — make room and re-run the same command to resume") from None
+                                    f"kept — {machine_fix(exc) or 'make room'} and re-run the same command to resume") from None
         progress.advance(u1 - u0)
         u0 = u1
     if p.channels == 0 or done >= p.channels:

@@ -19,7 +19,7 @@ from zarr.core.group import GroupMetadata
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 
-from sketchmine.errors import SketchmineFailure
+from sketchmine.errors import SketchmineFailure, machine_fix
 from sketchmine.store import direct, schema
 from sketchmine.store.checksums import block_sums, digest
 from sketchmine.store.columns import Columns
@@ -235,8 +235,9 @@ def io_errors(method: Callable) -> Callable:
             return method(self, *args, **kwargs)
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""  # which folder or file refused, where known
+            fix = machine_fix(exc) or "make room (or make it writable)"
             raise SketchmineFailure(
                 f"cannot write to {self.path}: {exc.strerror or exc}{where}; nothing committed is lost — "
-                "make room (or make it writable) and re-run the same command to resume") from None
+                f"{fix} and re-run the same command to resume") from None
 
     return wrapper

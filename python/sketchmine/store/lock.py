@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sketchmine.errors import SketchmineError, SketchmineFailure
+from sketchmine.errors import SketchmineError, SketchmineFailure, machine_fix
 from sketchmine.store.access import open_lock
 from sketchmine.store.attrs import root_json
 from sketchmine.store.schema import VERSION_ATTR
@@ -31,7 +31,6 @@ MARKER = ".sketchmine-creating"
 """File inside a staging folder: it is ours, and the next creation may remove it."""
 WRITE_TEMP = re.compile(r"\.[0-9a-f]{32}\.partial$")
 """Zarr writes each file of a run as `<name>.<uuid hex>.partial` and renames it into place."""
-
 
 _HELD: set[int] = set()
 """Descriptors of the locks this process holds. A flock belongs to the open file, which a fork
@@ -283,7 +282,8 @@ def stage(path: Path, lay_out: Callable[[Path], None]) -> None:
         (path / MARKER).unlink()  # a kill before this leaves it in the run: the next RunLock removes it
     except OSError as exc:
         _remove_staging(tmp)
-        raise SketchmineFailure(f"cannot write the run to {path}: {exc.strerror or exc}") from None
+        raise SketchmineFailure(f"cannot write the run to {path}: {exc.strerror or exc}; {machine_fix(exc) or 'fix that'}"
+                                " and re-run the same command") from None  # nothing is left of it: it starts again
     except BaseException:
         _remove_staging(tmp)
         raise

@@ -1,0 +1,62 @@
+"""The machine runs out of something: a command started under a process limit (`ulimit -f`
+file size, `ulimit -n` open files) stops with one line that names the limit and what to do,
+and the same command re-run once the limit is lifted ends identical to an uninterrupted run."""
+from __future__ import annotations
+
+import resource
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import sketchmine
+from tests.helpers import assert_same_store, image_folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, demo_test_set) -> Path:
+    """120 real test images (12 per class) as PNGs."""
+    return image_folder(demo_test_set, tmp_path_factory.mktemp("resources") / "images")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, folder) -> Path:
+    """The run every limited one must end as: the same settings, mined in one go."""
+    out = tmp_path_factory.mktemp("reference") / "run.zarr"
+    sketchmine.mine("demo", str(folder), out=out, batch_size=8, flush_every=2)
+    return out
+
+
+def _limited(**limits: int) -> Callable[[], None]:
+    """A child's set-up: the given RLIMIT_* lowered (soft and hard); SIGXFSZ ignored, so a write
+    past the file-size limit fails with EFBIG instead of killing the process."""
+    def setup() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        for name, value in limits.items():
+            resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (value, value))
+    return setup
+
+
+def _mine(folder: Path, out: Path, *extra: str, **limits: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sketchmine", "mine", "--model", "demo", "--data", str(folder),
+                           "--out", str(out), "--batch-size", "8", "--flush-every", "2", *extra],
+                          capture_output=True, text=True, preexec_fn=_limited(**limits), timeout=300)
+
+
+@pytest.mark.parametrize("limit", [2_000, 8_000])  # while the run is created; at a periodic flush
+def test_a_file_size_limit_is_named_and_the_run_resumes_identically(tmp_path, folder, uninterrupted, limit):
+    """Under `ulimit -f` the write fails with EFBIG ("File too large"): the disk has room, so
+    "make room" (what the message said) sent the user the wrong way; it names the limit."""
+    out = tmp_path / "run.zarr"
+    failed = _mine(folder, out, FSIZE=limit)
+    assert failed.returncode == 1, failed.stderr
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sketchmine: error: "), failed.stderr
+    assert "ulimit -f" in lines[0] and f"{limit:,}" in lines[0] and "make room" not in lines[0], lines[0]
+    assert "re-run the same command" in lines[0], lines[0]
+    again = _mine(folder, out)
+    assert again.returncode == 0, again.stderr
+    assert_same_store(out, uninterrupted)
