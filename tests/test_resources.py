@@ -3,6 +3,7 @@ file size, `ulimit -n` open files) stops with one line that names the limit and 
 and the same command re-run once the limit is lifted ends identical to an uninterrupted run."""
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import subprocess
@@ -41,9 +42,18 @@ def _limited(**limits: int) -> Callable[[], None]:
 
 
 def _mine(folder: Path, out: Path, *extra: str, **limits: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sketchmine", "mine", "--model", "demo", "--data", str(folder),
-                           "--out", str(out), "--batch-size", "8", "--flush-every", "2", *extra],
-                          capture_output=True, text=True, preexec_fn=_limited(**limits), timeout=300)
+    """`sketchmine mine` under `limits`; its process group (loader workers too) killed after 120 s."""
+    cmd = [sys.executable, "-m", "sketchmine", "mine", "--model", "demo", "--data", str(folder), "--out", str(out),
+           "--batch-size", "8", "--flush-every", "2", *extra]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                          preexec_fn=_limited(**limits)) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"{' '.join(cmd)} hung under {limits}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 @pytest.mark.parametrize("limit", [2_000, 8_000])  # while the run is created; at a periodic flush
@@ -60,3 +70,28 @@ def test_a_file_size_limit_is_named_and_the_run_resumes_identically(tmp_path, fo
     again = _mine(folder, out)
     assert again.returncode == 0, again.stderr
     assert_same_store(out, uninterrupted)
+
+
+def test_loader_workers_the_open_file_limit_cannot_serve_are_refused(tmp_path, folder, uninterrupted):
+    """At `ulimit -n 20` two loader workers hung for good (a worker's hand-over of a batch
+    failed, the batch never came) or died with torch's traceback; now one line says the limit
+    and what to do, and the run resumes without the limit to the uninterrupted result."""
+    out = tmp_path / "run.zarr"
+    failed = _mine(folder, out, "--workers", "2", NOFILE=20)
+    assert failed.returncode == 1, failed.stderr
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sketchmine: error: "), failed.stderr
+    assert "ulimit -n" in lines[0] and "may open 20" in lines[0] and "--workers" in lines[0], lines[0]
+    again = _mine(folder, out, "--workers", "2")
+    assert again.returncode == 0, again.stderr
+    assert_same_store(out, uninterrupted)
+
+
+def test_the_open_files_a_loader_needs_grow_with_workers_and_batches_ahead():
+    """The estimate behind the refusal covers what the demo's loaders were measured to need
+    (8 open before: 42, 50 and 50 at 2 x 2, 4 x 2 and 2 x 6), and asks nothing without workers."""
+    from sketchmine.mining.prefetch import open_files_needed
+
+    for workers, ahead, measured in ((2, 2, 42), (4, 2, 50), (2, 6, 50)):
+        assert measured <= open_files_needed(workers, ahead, 8) <= measured + 24
+    assert open_files_needed(0, 2, 8) == 8
