@@ -60,17 +60,14 @@ def machine_fix(exc: OSError) -> str:
     import errno
     import resource
 
-    def limit(which: int) -> str:
-        soft = resource.getrlimit(which)[0]
-        return "" if soft == resource.RLIM_INFINITY else f" ({soft:,})"
-
+    size, files = resource.getrlimit(resource.RLIMIT_FSIZE)[0], resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     fixes = {
         errno.ENOSPC: "the disk is full: make room",
         errno.EDQUOT: "the disk quota is used up: make room",
-        errno.EFBIG: (f"a file outgrew the largest this process may write (ulimit -f, in bytes{limit(resource.RLIMIT_FSIZE)})"
-                      " or its file system's: raise the limit"),
-        errno.EMFILE: (f"this process ran out of open files (ulimit -n{limit(resource.RLIMIT_NOFILE)}): raise the "
-                       "limit, or use fewer --workers"),
+        errno.EFBIG: ("a file outgrew the largest its file system holds: write to another one"
+                      if size == resource.RLIM_INFINITY else
+                      f"a file outgrew the {size:,} bytes this process may write to one (ulimit -f): raise the limit"),
+        errno.EMFILE: f"this process may open {files:,} files at once (ulimit -n): raise the limit, or use fewer --workers",
         errno.ENFILE: "the system's table of open files is full: close other programs' files",
         errno.ENOMEM: "the machine is out of memory: free some",
         errno.EROFS: "the file system is read-only: mount it writable, or work on a copy elsewhere",
