@@ -11,7 +11,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import sketchmine
 from tests.helpers import assert_same_store, image_folder
@@ -95,3 +97,89 @@ def test_the_open_files_a_loader_needs_grow_with_workers_and_batches_ahead():
     for workers, ahead, measured in ((2, 2, 42), (4, 2, 50), (2, 6, 50)):
         assert measured <= open_files_needed(workers, ahead, 8) <= measured + 24
     assert open_files_needed(0, 2, 8) == 8
+
+
+class _Starved:
+    """A progress reporter that, as the pass starts, takes every descriptor the process may
+    still open (a soft `ulimit -n` just above those open), so the first image read fails with
+    EMFILE; it gives them back at the first note, or when the test ends."""
+
+    def __init__(self) -> None:
+        self.held: list[int] = []
+        self.limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.notes: list[str] = []
+
+    def start(self, total: int, done: int) -> None:
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 32, self.limit[1]))
+        try:
+            while True:
+                self.held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+        self.release()
+
+    def advance(self, n: int) -> None: ...
+
+    def release(self) -> None:
+        for fd in self.held:
+            os.close(fd)
+        self.held.clear()
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.limit)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_an_image_read_the_open_file_limit_failed_is_no_bad_image(tmp_path, folder, uninterrupted, skip):
+    """EMFILE opening an image said the file was unreadable ("fix or remove it, or pass
+    --skip-bad-images"), and with skip_bad_images left the batch's 8 images out of the run for
+    good (a re-run found it complete); now the pass stops saying the limit, and resumes whole."""
+    from sketchmine.errors import SketchmineFailure
+
+    out = tmp_path / "run.zarr"
+    starved = _Starved()
+    try:
+        with pytest.raises(SketchmineFailure, match=r"the file is not at fault: this process may open [\d,]+ files at "
+                                                    r"once \(ulimit -n\)"):
+            sketchmine.mine("demo", str(folder), out=out, batch_size=8, flush_every=2, num_workers=0,
+                            skip_bad_images=skip, progress=starved)
+    finally:
+        starved.release()
+    assert not starved.notes
+    sketchmine.mine("demo", str(folder), out=out, batch_size=8, flush_every=2, skip_bad_images=skip)
+    assert_same_store(out, uninterrupted)
+
+
+class _StarvedInWorker(torch.utils.data.Dataset):
+    """The folder's PNGs read with PIL as a user's torch Dataset would; inside a loader worker
+    every descriptor is taken first (as `_Starved` does), so the read fails with EMFILE there."""
+
+    def __init__(self, folder: Path) -> None:
+        self.files = sorted(folder.glob("*/*.png"))
+        self.classes = sorted({f.parent.name for f in self.files})
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        if torch.utils.data.get_worker_info() is not None:
+            _Starved().start(0, 0)  # this worker process only, for the rest of its life
+        with Image.open(self.files[i]) as im:
+            pixels = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.uint8).copy())
+        return pixels[None], self.classes.index(self.files[i].parent.name)
+
+
+def test_a_loader_worker_out_of_open_files_is_said_in_one_line(tmp_path, folder):
+    """In a loader worker the failure came back wrapped in the worker's traceback: only a
+    SketchmineError's was cut to its message, so a SketchmineFailure read as the whole traceback."""
+    from sketchmine.errors import SketchmineFailure
+
+    with pytest.raises(SketchmineFailure) as caught:
+        sketchmine.mine("demo", _StarvedInWorker(folder), out=tmp_path / "run.zarr", batch_size=8, num_workers=1,
+                        preprocessing="model")
+    said = str(caught.value)
+    assert said.startswith("cannot read image ") and "Traceback" not in said and "ulimit -n" in said, said

@@ -6,6 +6,7 @@ DataLoader worker) decides whether to stop, skip or warn.
 from __future__ import annotations
 
 import copy
+import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +15,20 @@ import torch
 from torch.utils.data import Dataset
 
 from sketchmine.data.preprocess import Preprocessing
-from sketchmine.errors import SketchmineError
+from sketchmine.errors import SketchmineError, SketchmineFailure, machine_fix
+
+
+MACHINE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+"""A read failing with these says the machine ran out (open files, memory), not that the file is bad."""
 
 
 def error_note(exc: BaseException) -> str:
-    """The note of a sample whose file could not be read: "error:<type>: <message>"."""
+    """The note of a sample whose file could not be read: "error:<type>: <message>". A read the
+    machine failed (`MACHINE_ERRNOS`) raises instead: noted, the image was refused as unreadable
+    ("fix or remove it") or, with skip_bad_images, left out of the run for good."""
+    if isinstance(exc, OSError) and exc.errno in MACHINE_ERRNOS:
+        raise SketchmineFailure(f"cannot read image {exc.filename}: {exc.strerror}; the file is not at fault: "
+                                f"{machine_fix(exc)}, and re-run the same command to resume") from None
     return f"error:{type(exc).__name__}: {exc}"
 
 

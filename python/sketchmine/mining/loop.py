@@ -313,9 +313,9 @@ def _plain_worker_errors():
         yield
     except SketchmineError as exc:
         text = str(exc)
-        marker = "SketchmineError: "
-        if marker in text:
-            raise SketchmineError(text.rsplit(marker, 1)[1].strip()) from None
+        marker = f"{type(exc).__name__}: "
+        if marker in text:  # its class kept: a worker's SketchmineFailure (the machine's) exits 1, not 3
+            raise type(exc)(text.rsplit(marker, 1)[1].strip()) from None
         raise
 
 
