@@ -183,3 +183,24 @@ def test_a_loader_worker_out_of_open_files_is_said_in_one_line(tmp_path, folder)
                         preprocessing="model")
     said = str(caught.value)
     assert said.startswith("cannot read image ") and "Traceback" not in said and "ulimit -n" in said, said
+
+
+@pytest.mark.parametrize("victim", ["eval/predictions/c.0", "eval/logits/c.0.0", "dataset/labels/c.1",
+                                    "dataset/paths/c.0"])
+def test_a_chunk_deleted_between_sessions_is_found_before_the_run_completes(tmp_path, demo_model, small_test_set,
+                                                                           victim):
+    """A chunk of an earlier flush's rows (or of the labels written at creation) deleted while
+    the run was unfinished was read back as fill values when the resumed run completed: the
+    run said complete, its per-class accuracy counted the lost rows as unlabelled or
+    unpredicted, and `verify` passed it (the final checksums were taken from those files)."""
+    from sketchmine.errors import RunDamaged
+    from tests.helpers import StopAfter
+
+    out = tmp_path / "run.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=30, flush_every=2,
+                        layers=["features.0"], progress=StopAfter(200))
+    (out / victim).unlink()  # another process, between the two sessions
+    with pytest.raises(RunDamaged, match=victim.rsplit("/", 1)[0]):
+        sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=30, flush_every=2, layers=["features.0"])
+    assert not sketchmine.open_run(out).complete

@@ -22,6 +22,7 @@ from sketchmine.store import schema
 from sketchmine.store.checksums import digest, matches
 from sketchmine.store.commits import commit_key
 from sketchmine.store.io import io_errors, put_all
+from sketchmine.store.verify import damaged
 
 
 def resumed_stretches(record: list[list[Any]] | None, first: Any, done: int, value: Any
@@ -43,12 +44,14 @@ class Checkpoints:
     group: zarr.Group
     path: Any
     _written: list[list[Any]]
+    _before: list[list[Any]] | None
     _intact: tuple[str | None, int, dict[str, Any]] | None
     _override: dict[str, Any]
     _reading: int
     progress_on_disk: Callable[[], dict[str, Any]]
     cached_progress: Callable[[], dict[str, Any]]
     per_commit: Callable[[str, str, Callable[[], Any]], Any]
+    verify_array: Callable[[str, dict[str, Any]], int]
 
     @io_errors
     def write_checkpoint(self, states: dict[str, dict[str, np.ndarray]], images_done: int,
@@ -67,12 +70,37 @@ class Checkpoints:
         put_all(sg, packed)
         # what resume needs to check this slot and to restart from it alone: the checksums of
         # its arrays and of the rows written since the previous slot, and the committed extras
+        before = self.rows_before()  # and of every older slot's rows, which `check_rows` reads at the end
         sg.update_attributes({"accumulators": {key: list(state) for key, state in states.items()},
                               "images_done": images_done, "extra": extra, "rows": self._written,
-                              "checksums": {key: digest(arr) for key, arr in packed.items()}})
+                              "rows_before": before, "checksums": {key: digest(arr) for key, arr in packed.items()}})
         self.commit({"images_done": images_done, "slot": slot, "complete": False,
                      "updated": time.time()}, extra)
+        self._before = before + self._written
         self._written, self._intact, self._override = [], None, {}
+
+    def rows_before(self) -> list[list[Any]]:
+        """[array, start, stop, digest] of the rows written with the newest intact slot and every
+        slot before it (runs from before this record: those of the newest slot only)."""
+        if self._before is None:
+            slot = self.checkpoint()[0]
+            meta = dict(self.group[f"{schema.CHECKPOINT}/{slot}"].attrs) if slot is not None else {}
+            self._before = [*meta.get("rows_before", []), *meta.get("rows", [])]
+        return list(self._before)
+
+    def check_rows(self, created: dict[str, Any]) -> None:
+        """Before the run is marked complete: the arrays its creation recorded checksums of
+        (`created`: paths, class names, labels known then) and every range of per-image rows
+        any session wrote still hold what was written. Why: the final checksums of labels,
+        predictions and logits are taken from the files, so a chunk file deleted (or changed)
+        between two sessions was read as fill values, the accuracy computed from them, and
+        `verify` passed the run."""
+        for name, entry in created.items():
+            self.verify_array(name, entry)
+        for name, start, stop, want in self.rows_before() + self._written:
+            if not matches(np.asarray(self.group[name][start:stop]), want):
+                raise damaged(self.path, name, f"rows {start} to {stop - 1} no longer hold what an earlier session of "
+                                               "`mine` wrote there (a chunk file deleted or changed since)")
 
     def extras(self, bad: list[dict[str, Any]], converted: dict[str, int]) -> dict[str, Any]:
         """The run's record a commit writes beside its progress: unreadable images (`bad`), per-mode

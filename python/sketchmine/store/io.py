@@ -21,7 +21,7 @@ from zarr.core.sync import sync
 
 from sketchmine.errors import SketchmineFailure, machine_fix
 from sketchmine.store import direct, schema
-from sketchmine.store.checksums import block_sums, digest
+from sketchmine.store.checksums import block_sums, digest, stored_sums
 from sketchmine.store.columns import Columns
 
 _TEMPLATES: dict[str, dict[str, Any]] = {}
@@ -211,6 +211,8 @@ def lay_out_run(group: zarr.Group, attrs: dict[str, Any], n_images: int, class_n
     sums.update({schema.IMAGE_COORD: sums[schema.PATHS], schema.CLASS_COORD: sums[schema.CLASS_NAMES]})
     if digests is not None:
         sums[schema.DIGESTS] = {"rows": rows, "sums": digest_sums, "dtype": "str"}
+    if labels is not None and n_images:  # as stored (its dtype): `finish` checks them against it
+        sums[schema.LABELS] = stored_sums(made[schema.LABELS])
     group.update_attributes({**attrs, schema.VERSION_ATTR: schema.SCHEMA_VERSION, schema.ROW_CHUNK_ATTR: rows,
                              schema.CHECKSUMS: sums,
                              schema.PROGRESS: {"images_done": 0, "slot": None, "complete": False, "updated": time.time()}})

@@ -89,6 +89,7 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
         self.path = Path(path)
         self.group = group
         self._written: list[list[Any]] = []   # [array, start, stop, digest] since the last checkpoint
+        self._before: list[list[Any]] | None = None  # ... and before it (checkpoint.rows_before)
         self._intact: tuple[str | None, int, dict[str, Any]] | None = None
         self._override: dict[str, Any] = {}   # see resume_from_intact
         self._final_sums: dict[str, dict[str, Any]] = {}  # checksums of write_results' arrays, for finish
@@ -374,9 +375,11 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
         the final arrays and of the per-image labels and predictions (as on disk, chunk by
         chunk), which `read` verifies: a chunk file lost or damaged later is an error, not
         fill values read as results."""
-        sums = {**self.attrs.get(schema.CHECKSUMS, {}), **self._final_sums}
+        created = dict(self.attrs.get(schema.CHECKSUMS, {}))  # by lay_out_run
+        self.check_rows(created)  # what the sums below are taken from holds what was written
+        sums = {**created, **self._final_sums}
         for name in (schema.LABELS, schema.PREDICTIONS, schema.LOGITS):
-            if name in self.group:
+            if name in self.group and name not in created:
                 sums[name] = stored_sums(self.group[name])
         self.commit({"images_done": n_images, "slot": self.progress.get("slot"), "complete": True,
                      "updated": time.time()}, {**extra, schema.CHECKSUMS: sums})
