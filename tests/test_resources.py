@@ -204,3 +204,47 @@ def test_a_chunk_deleted_between_sessions_is_found_before_the_run_completes(tmp_
     with pytest.raises(RunDamaged, match=victim.rsplit("/", 1)[0]):
         sketchmine.mine(demo_model.module, small_test_set, out=out, batch_size=30, flush_every=2, layers=["features.0"])
     assert not sketchmine.open_run(out).complete
+
+
+def test_running_out_of_memory_while_reading_a_run_is_not_damage(tmp_path):
+    """What CPython, NumPy and the OS raise when memory, threads or descriptors run out, met while
+    a chunk was read: the run was said damaged ("restore the run's files from a copy"); a
+    chunk that does not decode still is."""
+    import errno
+
+    from sketchmine.errors import RunDamaged, RunUnreadable
+    from sketchmine.store.verify import unreadable
+
+    for exc in (RuntimeError("can't start new thread"), MemoryError(), OSError(errno.ENOMEM, os.strerror(errno.ENOMEM)),
+                OSError(errno.EMFILE, os.strerror(errno.EMFILE))):
+        said = unreadable(tmp_path, "dataset/paths", exc)
+        assert isinstance(said, RunUnreadable) and "not at fault" in str(said) and "damaged" not in str(said), said
+    said = unreadable(tmp_path, "dataset/paths", ValueError("Unknown frame descriptor"))
+    assert isinstance(said, RunDamaged) and not isinstance(said, RunUnreadable) and "is damaged" in str(said)
+
+
+_LIMITED_CLI = """
+import resource, sys
+import torch, zarr, numpy, pandas, rich.console
+import sketchmine, sketchmine.stats.ops, sketchmine.store.runstore, sketchmine.present.logs
+import sketchmine.cli.effects, sketchmine.passes.importance, sketchmine.present.plots, sketchmine.present.console
+from sketchmine.cli.main import main
+from sketchmine.mining.memory import process_status
+limit = process_status()["VmSize"] + (16 << 20)  # what the imports (the command's too) mapped, and 16 MiB more
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_command_out_of_address_space_says_so_in_one_line(tmp_path, folder, uninterrupted):
+    """Under `ulimit -v` a command that is not `mine` (whose loop measures a batch size that
+    fits) failed with a MemoryError or RuntimeError traceback; now one line, exit 1."""
+    import shutil
+
+    run = shutil.copytree(uninterrupted, tmp_path / "run.zarr")
+    done = subprocess.run([sys.executable, "-c", _LIMITED_CLI, "importance", str(run), "--layers", "features.3",
+                           "--model", "demo", "--data", str(folder)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("sketchmine: error: ") and "memory" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and "damaged" not in done.stderr, done.stderr

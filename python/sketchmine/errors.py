@@ -3,6 +3,7 @@ found and what to do. The CLI prints it as one line, without a traceback."""
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -52,12 +53,28 @@ class SaidOnRankZero(SketchmineError):
         self.exit_code = exit_code
 
 
+MACHINE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+"""An OSError with these says the machine ran out (open files, memory), not that a file is bad."""
+
+
+def out_of_resources(exc: BaseException) -> bool:
+    """Whether `exc` says the machine ran out of memory, threads or open files: never a sign that
+    what was being read is damaged or unreadable (under `ulimit -v` a run read as "damaged:
+    restore it from a copy" because Zarr could not start a thread)."""
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in MACHINE_ERRNOS
+    text = str(exc)  # a thread not started; torch's allocators and sketchmine's own (csrc/cpu/block_cache.cpp)
+    return isinstance(exc, RuntimeError) and any(s in text for s in ("can't start new thread", "out of memory",
+                                                                     "can't allocate memory", "not enough memory"))
+
+
 def machine_fix(exc: OSError) -> str:
     """What to do about an OSError that stopped a read or a write, by its errno ("" when the
     errno names no remedy). Why: a full disk, a process's file-size or open-file limit and a
     read-only file system need different fixes, and "make room" sent the user of a `ulimit -f`
     or `ulimit -n` to free a disk that had room."""
-    import errno
     import resource
 
     size, files = resource.getrlimit(resource.RLIMIT_FSIZE)[0], resource.getrlimit(resource.RLIMIT_NOFILE)[0]

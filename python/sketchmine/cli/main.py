@@ -33,7 +33,7 @@ from sketchmine.cli.parser import (
 )
 from sketchmine.cli.environment import MIN_COLUMNS, caches_without_a_home, environment_refusal, in_an_existing_folder
 from sketchmine.ctrl_c import held, ignored_from_now
-from sketchmine.errors import SaidOnRankZero, SketchmineError
+from sketchmine.errors import SaidOnRankZero, SketchmineError, first_line, out_of_resources
 
 if typing.TYPE_CHECKING:
     from rich.console import Console
@@ -366,7 +366,9 @@ def _run(args: argparse.Namespace) -> int:
         console = Console(width=MIN_COLUMNS)
     try:
         return _dispatch(args, console, err)
-    except (SketchmineError, OSError, KeyboardInterrupt) as exc:
+    except (SketchmineError, OSError, KeyboardInterrupt, MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not out_of_resources(exc):  # ("can't start new thread": memory)
+            raise  # any other is a bug: its traceback
         with held():  # the one line that says what happened, and nothing after it
             # `visualize --redo` starts its layers again each time: the re-run that resumes is the one without it
             command = "visualize --redo" if args.command == "visualize" and getattr(args, "redo", False) else args.command
@@ -386,8 +388,9 @@ def _failed(exc: BaseException, command: str, verbosity: int) -> int:
         if not isinstance(exc, SaidOnRankZero):  # rank 0 says it, in the same terminal
             _error(str(exc), verbosity)
         code = exc.exit_code
-    else:  # OSError: disk full, permission denied, a file gone: the path and the reason, no traceback
-        _error(_os_error(typing.cast(OSError, exc)), verbosity)
+    else:  # OSError (disk full, permission denied, a file gone) or out of memory: the reason, no traceback
+        _error(_os_error(exc) if isinstance(exc, OSError) else f"out of memory ({first_line(exc)}): free memory (or "
+               "raise ulimit -v) and re-run", verbosity)
         code = EXIT_FAILURE
     _quiet_after_failure()
     return code

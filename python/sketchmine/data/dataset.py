@@ -6,7 +6,6 @@ DataLoader worker) decides whether to stop, skip or warn.
 from __future__ import annotations
 
 import copy
-import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,11 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sketchmine.data.preprocess import Preprocessing
-from sketchmine.errors import SketchmineError, SketchmineFailure, machine_fix
-
-
-MACHINE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
-"""A read failing with these says the machine ran out (open files, memory), not that the file is bad."""
+from sketchmine.errors import MACHINE_ERRNOS, SketchmineError, SketchmineFailure, machine_fix
 
 
 def error_note(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sketchmine.errors import RunDamaged, SketchmineError
+from sketchmine.errors import RunDamaged, RunUnreadable, SketchmineError, machine_fix, out_of_resources
 from sketchmine.store import checksums, schema
 from sketchmine.store.access import run_unreadable
 from sketchmine.store.checksums import block_sums, digest, dtype_name, matches
@@ -33,8 +33,15 @@ def damaged(root: Path, name: str, what: str) -> RunDamaged:
 
 def unreadable(root: Path, name: str, exc: Exception) -> RunDamaged:
     """The error for array `name` whose chunks do not decode (`exc`: what the codec said), or
-    whose file this user may not read (`access.run_unreadable`: not damage)."""
-    return run_unreadable(root, exc) or damaged(root, name, f"cannot be read ({type(exc).__name__}: {str(exc)[:80]})")
+    whose file this user may not read (`access.run_unreadable`: not damage), or that the machine
+    could not read for want of memory, threads or open files (not damage either; like it, never
+    taken for a result that is absent)."""
+    said = f"{type(exc).__name__}: {str(exc)[:80]}"
+    if out_of_resources(exc):
+        fix = machine_fix(exc) if isinstance(exc, OSError) else "free memory (or raise ulimit -v)"
+        return RunUnreadable(f"cannot read array {name!r} of run {root}: the machine ran out ({said}); the run is "
+                             f"not at fault: {fix}, and run the command again")
+    return run_unreadable(root, exc) or damaged(root, name, f"cannot be read ({said})")
 
 
 def node(group: Any, name: str, root: Path, label: str | None = None) -> Any:
