@@ -13,6 +13,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.results.effects import logits_layer
 from sketchmine.results.notebook import accuracy_text
 from sketchmine.results.numbers import percent
+from sketchmine.results.checks import check_count
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.summaries import NO_LABELS, class_set, class_sides, no_classes
 
@@ -182,6 +183,7 @@ def _as_run(r: Run | str | os.PathLike) -> Run:
 def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, n: int = 5) -> Comparison:
     """Compare two runs mined over the same dataset (same fingerprint), or refuse; each run read
     from one commit (another process may be mining either)."""
+    n = check_count(n)  # before the runs' lists are cut to each run's own sides (class_sides)
     a, b = _as_run(run_a), _as_run(run_b)
     return a.store.committed(lambda: b.store.committed(lambda: _compare(a, b, n)))
 
