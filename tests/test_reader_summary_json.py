@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pytest
-
-import sketchmine
 from sketchmine.cli.main import main
-from sketchmine.data import ArrayDataset
-from tests.helpers import per_class_subset
+from tests.test_reader_compare import three  # noqa: F401  (the three-class run)
 
 
-@pytest.fixture(scope="module")
-def three(tmp_path_factory, demo_test_set):
-    """90 real images of three classes (bear, bird, cat), the other seven classes without images."""
-    sub = per_class_subset(demo_test_set, 30, "0:300")
-    keep = np.flatnonzero(sub.labels() < 3)
-    ds = ArrayDataset(sub.images[keep], sub.labels()[keep], sub.class_names, sub.preprocessing,
-                      {**sub.describe(), "subset": "three classes"})
-    return sketchmine.mine("demo", ds, out=tmp_path_factory.mktemp("three") / "run.zarr",
-                           layers=["features.6", "classifier.4"])
-
-
-def test_summary_json_lists_each_class_once_as_the_tables_do(three, capsys):
+def test_summary_json_lists_each_class_once_as_the_tables_do(three, capsys):  # noqa: F811
     """Before, each of the three classes came in both top_classes and bottom_classes (5 each asked),
     and in both preference lists, where the text tables list 2 under top and 1 under bottom."""
     assert main(["summary", str(three.path), "--json", "-n", "5"]) == 0
