@@ -397,6 +397,10 @@ def test_asked_bytes_reads_torchs_messages():
     cpu = "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 123456 bytes."
     assert memory.asked_bytes(cuda) == 2 * 2**30 and memory.asked_bytes(cpu) == 123456
     assert memory.asked_bytes("something else") == 0
+    # the compiled block cache's own words: read as 0 bytes asked, the advice measured a failed
+    # batch of 1,000 images as "not even one image fits" where 400 did (the resources audit)
+    ours = "sketchmine: out of memory mapping 100352000 bytes for a CPU tensor"
+    assert memory.asked_bytes(ours) == 100352000 and memory.is_out_of_memory(RuntimeError(ours))
     assert memory.is_out_of_memory(RuntimeError(cpu)) and not memory.is_out_of_memory(RuntimeError("shape mismatch"))
 
 

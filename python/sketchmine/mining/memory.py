@@ -21,7 +21,9 @@ from sketchmine.errors import SketchmineError
 MARGIN = 0.9
 """Share of the free memory a suggested batch size may fill (the allocator fragments)."""
 
-_ASKED = re.compile(r"(?:[Tt]ried to allocate|allocate:?)\s+([\d.]+)\s*(bytes|[KMGT]i?B)", re.I)
+# torch's words ("Tried to allocate 2.00 GiB", "you tried to allocate 123 bytes") and the compiled
+# block cache's own ("out of memory mapping 100352000 bytes", csrc/cpu/block_cache.cpp)
+_ASKED = re.compile(r"(?:[Tt]ried to allocate|allocate:?|memory mapping)\s+([\d.]+)\s*(bytes|[KMGT]i?B)", re.I)
 _UNITS = {"bytes": 1, "kib": 2**10, "kb": 2**10, "mib": 2**20, "mb": 2**20, "gib": 2**30, "gb": 2**30,
           "tib": 2**40, "tb": 2**40}
 
