@@ -463,5 +463,8 @@ def test_a_run_with_nothing_committed_yet_is_summarised_as_such(tmp_path):
     doc = json.loads(sm("summary", str(out), "--json").stdout)
     assert doc["images"] == 0 and [l["name"] for l in doc["layers"]] == run.layers and "nothing is committed" in doc["note"]
     one_line_error(sm("unit", str(out), run.layers[0], "0"), r"no results for 'features.0' yet: mining started", code=3)
+    card = run.unit(run.layers[0], 0)  # a notebook's display of it raised the readers' refusal
+    assert "mining started and nothing is committed yet (0 of 200 images" in repr(card)
+    assert "nothing is committed yet" in card._repr_html_()
     checked = sm("verify", str(out))  # it said "its committed checkpoint (image 0) is intact"
     assert checked.returncode == 0 and "partial run: no checkpoint committed yet" in checked.stdout, checked.stdout

@@ -23,6 +23,7 @@ from sketchmine.results.importance_store import rank_text
 from sketchmine.results.numbers import column, percents, points, rate, shape_text
 from sketchmine.results.optimized import signal_words
 from sketchmine.results.precision import precision_note
+from sketchmine.results.summaries import not_yet
 
 if TYPE_CHECKING:
     from sketchmine.results.run import Run
@@ -172,7 +173,14 @@ class UnitCard:
             out["deconv"] = png_data_url(run.layer_array(name, "deconv", slice(u, u + 1))[0][:ok])
         return out
 
+    def _not_yet(self) -> str | None:
+        """What a card of a run with nothing committed yet says in place of its lists (every
+        reading of its layers is refused until the first checkpoint: `repr` raised it)."""
+        return None if self.run.images_done or self.run.complete else not_yet(self.run)
+
     def __repr__(self) -> str:
+        if why := self._not_yet():
+            return f"<sketchmine.UnitCard {self.layer}[{self.unit}] of {str(self.run.path)!r}: {why}>"
         top = self.top
         classes = ", ".join("?" if pd.isna(c) else f"{c}" for c in top["class"].tolist())
         best = self.top_classes()
@@ -195,6 +203,8 @@ class UnitCard:
 
     def _repr_html_(self) -> str:
         esc = html.escape
+        if why := self._not_yet():
+            return f"<p><b>{esc(self.layer)}[{self.unit}]</b> of {esc(str(self.run.path))}: {esc(why)}</p>"
         top = self.top
         # the maximum and the values in one column's decimals, as the report's card ("1.204" over "1.100", not "1.1")
         shown = column([self.max_activation, *top["value"].tolist()])
