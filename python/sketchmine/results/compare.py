@@ -12,8 +12,8 @@ import pandas as pd
 from sketchmine.errors import SketchmineError
 from sketchmine.results.effects import logits_layer
 from sketchmine.results.notebook import accuracy_text
-from sketchmine.results.numbers import percent
 from sketchmine.results.checks import check_count
+from sketchmine.results.numbers import percent
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.summaries import NO_LABELS, class_set, class_sides, no_classes
 
@@ -156,9 +156,14 @@ def check_same_classes(a: Run, b: Run) -> None:
     na, nb = a.class_names, b.class_names
     if na == nb:
         return
-    name = lambda names, i: repr(names[i]) if i < len(names) else "no class"  # noqa: E731
+
+    def name(names: list[str], i: int) -> str:
+        return repr(names[i]) if i < len(names) else "no class"
+
     differ = [i for i in range(max(len(na), len(nb))) if name(na, i) != name(nb, i)]
-    shown = "; ".join(f"class {i}: {name(na, i)} in A, {name(nb, i)} in B" for i in differ[:3]) + (f"; and {len(differ) - 3} more" if len(differ) > 3 else "")
+    shown = "; ".join(f"class {i}: {name(na, i)} in A, {name(nb, i)} in B" for i in differ[:3])
+    if len(differ) > 3:
+        shown += f"; and {len(differ) - 3} more"
     raise SketchmineError(f"runs {a.path} (A) and {b.path} (B) hold the same images and labels but name their classes "
                           f"differently ({shown}): compare pairs classes by label, and would show unlike names side by "
                           "side as the same classes; mine both with the same class names, in the same order")

@@ -34,7 +34,7 @@ class UnitViews(RunPart):
         run = self._as_run
         if run.complete:
             return int(run.layer_array(layer, "nan_count").sum()) if run.has_array(layer, "nan_count") else 0
-        run.layer_attrs(layer)
+        run.check_layer(layer)  # unknown: its closest names, not "the top-k does not fit the run"
         return run.store.committed(lambda: int(run._checkpoint_topk(layer)["nan_count"].sum()))
 
     # ---- each unit's whole distribution (mine --distributions): results/distribution.py ---
