@@ -141,6 +141,12 @@ def test_resume_with_other_settings_is_refused(tmp_path, demo_model, small_test_
     shifted = ArrayDataset(ds.images[1:301], ds.labels()[1:301], ds.class_names, ds.preprocessing, ds.describe())
     with pytest.raises(SketchmineError, match="other settings: dataset"):
         sketchmine.mine(demo_model.module, shifted, out=out)
+    # the same images and labels under other names: the fingerprint cannot tell, the run's names can
+    names = list(ds.class_names)
+    renamed = ArrayDataset(ds.images, ds.labels(), names[1:] + names[:1], ds.preprocessing, ds.describe())
+    with pytest.raises(SketchmineError, match=rf"other settings: class names \(class 0: '{names[0]}' in the run, "
+                                              rf"'{names[1]}' now\)"):
+        sketchmine.mine(demo_model.module, renamed, out=out)
     del other
 
 

@@ -20,7 +20,7 @@ from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
 from sketchmine.progress import Progress
 from sketchmine.results.run import Run
 from sketchmine.store.runstore import RunStore
-from sketchmine.store.schema import FORWARD_OPTIONS, LAYER_NAMES, PLAIN_FORWARD_OPTIONS, PREPROCESS
+from sketchmine.store.schema import CLASS_NAMES, FORWARD_OPTIONS, LAYER_NAMES, PLAIN_FORWARD_OPTIONS, PREPROCESS
 
 
 SKETCH_IMAGES = 2**31 - 1
@@ -190,9 +190,25 @@ def _preprocessing_parts(a: Any, b: Any) -> str | None:
                      for n, x, y in pairs) or None
 
 
+def _classes_otherwise(current: RunStore, ds: Any) -> str | None:
+    """The class names `ds` gives where the run recorded others. The fingerprint covers images and
+    labels only, so a dataset renamed its classes would resume under the run's old names."""
+    now = [str(c) for c in getattr(ds, "class_names", None) or []]
+    if not now:  # a dataset naming no classes: the run holds the output numbers
+        return None
+    run = [str(c) for c in current.read(CLASS_NAMES)]
+    if run == now:
+        return None
+    at = next((i for i, (a, b) in enumerate(zip(run, now)) if a != b), min(len(run), len(now)))
+    first = (f"class {at}: {run[at]!r} in the run, {now[at]!r} now" if at < min(len(run), len(now)) else
+             f"{len(run)} classes in the run, {len(now)} now")
+    return f"class names ({first})"
+
+
 def check_resumable(current: RunStore, want: dict[str, Any], logits: bool, ds: Any = None) -> None:
     """Refuse to resume a run mined otherwise, naming each difference: RESUME_CHECKS (model id,
-    weights, layers, k, dataset, preprocessing; each only when `want` names it), every forward
+    weights, layers, k, dataset, preprocessing; each only when `want` names it), the class names `ds`
+    gives, every forward
     option, the model switches (when the run recorded them), the logits setting, distributions and
     the preprocess route. `ds`, the dataset given: a different one is said by file where it can be."""
     attrs, diffs = current.attrs, []
@@ -212,6 +228,8 @@ def check_resumable(current: RunStore, want: dict[str, Any], logits: bool, ds: A
             if key == "dataset_fingerprint" and not said:  # an image unreadable now (--skip-bad-images): not "changed"
                 which = str(e) if (e := unreadable_error(ds, "then resume")) else images_otherwise(current, ds)
             diffs.append(said or f"{label} (run: {_short(a)}, now: {_short(b)}{': ' + which if which else ''})")
+    if (named := _classes_otherwise(current, ds)) is not None:
+        diffs.append(named)
     if MODEL_SWITCHES in attrs:  # runs before the record, and of models without switches: not compared
         diffs += [f"model switch {d}" for d in switches_differ_from(attrs[MODEL_SWITCHES], want.get(MODEL_SWITCHES, {}))]
     # a run mined with logits before a model without any was refused has no predictions: its resume

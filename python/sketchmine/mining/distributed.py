@@ -48,7 +48,7 @@ _OWNED = False  # True when sketchmine initialised the process group itself (tor
 _CHECKS = {**RESUME_CHECKS, "forward_options": "forward options", "logits": "logits setting", "batch_size": "batch size",
            "flush_every": "flush interval", MODEL_SWITCHES: "model switches", "distributions": "distributions setting",
            PREPROCESS: "preprocess route", "skip_bad_images": "skip-bad-images setting",
-           "out": "out folder (rank 0 writes the one run of every rank)"}
+           "out": "out folder (rank 0 writes the one run of every rank)", "class_names": "list of class names"}
 """What every rank must share with rank 0: what a resume checks, and the pass's own settings."""
 
 
