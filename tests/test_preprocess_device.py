@@ -386,9 +386,9 @@ def test_fitting_batch_size_fits_by_the_measure_and_is_the_largest(batch, before
     peak = before + used
     fits = memory.fitting_batch_size(batch, before, peak, asked, capacity)
     per_image = (peak + asked - before) / batch
-    room = capacity * memory.MARGIN - before
+    room = (capacity - before) * memory.MARGIN  # of what is left (see the ulimit -v test below)
     assert fits >= 0
-    assert before + fits * per_image <= capacity * memory.MARGIN + 1e-6 * per_image or fits == 0
+    assert before + fits * per_image <= before + room + 1e-6 * per_image or fits == 0
     assert (fits + 1) * per_image > room - 1e-6 * per_image
 
 
@@ -419,9 +419,23 @@ def test_the_message_names_the_fitting_batch_size():
     mib = 2**20
     before, after = memory.Memory(1000 * mib, 1000 * mib, 8000 * mib), memory.Memory(7000 * mib, 7500 * mib, 8000 * mib)
     text = memory.message(torch.device("cuda"), 256, before, after, 1500 * mib)
-    # the attempt: 7500 + 1500 - 1000 = 8000 MiB for 256 images; room 0.9 * 8000 - 1000 = 6200 MiB → 198
+    # the attempt: 7500 + 1500 - 1000 = 8000 MiB for 256 images; room 0.9 * (8000 - 1000) = 6300 MiB → 201
     assert "needed more than 8,000 MiB on top of the 1,000 MiB in use before it, of 8,000 MiB" in text
-    assert "--batch-size 198 (batch_size=) fits" in text
+    assert "--batch-size 201 (batch_size=) fits" in text
+
+
+def test_the_advice_under_an_address_space_limit_leaves_room_for_a_batch():
+    """Under `ulimit -v` 4 GiB, 3,941 MiB were mapped before the first batch and 1,000 images failed
+    asking 96 MiB where 400 fit (the resources audit): the margin taken of the whole limit said "not
+    even one image fits"; the attempt failed before its peak, so the measure cannot name a batch."""
+    mib = 2**20
+    before, after = memory.Memory(3941 * mib, 3941 * mib, 4096 * mib), memory.Memory(3949 * mib, 3949 * mib, 4096 * mib)
+    text = memory.message(torch.device("cpu"), 1000, before, after, 96 * mib)
+    assert "not even one image" not in text and "try --batch-size 500 (batch_size=)" in text, text
+    # a failure at the attempt's peak: the measure names the batch that fits, below the one asked
+    after = memory.Memory(3941 * mib, 4090 * mib, 4096 * mib)
+    assert "--batch-size 936 (batch_size=) fits by that measure" in memory.message(torch.device("cpu"), 1000, before,
+                                                                                  after, 0 * mib)
 
 
 def test_a_run_made_before_the_record_resumes_per_image(tmp_path, demo_model, small_test_set):

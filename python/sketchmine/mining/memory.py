@@ -60,9 +60,11 @@ def fitting_batch_size(batch_size: int, before: int, peak: int, asked: int, capa
                        margin: float = MARGIN) -> int:
     """The largest batch whose need, scaled from the failed attempt, fits `margin` of the
     memory left: the attempt needed at least (peak + asked - before) bytes for `batch_size`
-    images on top of `before` (model, buffers); 0 when not even one image fits."""
+    images on top of `before` (model, buffers); 0 when not even one image fits. The margin is
+    of what is left, not of the capacity: under a `ulimit -v` most of the address space is
+    mapped before the first batch, and 10 % of the whole limit left no room where 400 images fit."""
     per_image = max(peak + asked - before, 1) / batch_size
-    room = capacity * margin - before
+    room = (capacity - before) * margin
     return max(int(room // per_image), 0) if room > 0 else 0
 
 
@@ -125,8 +127,11 @@ def message(device: torch.device, batch_size: int, before: Memory | None, after:
     # on the CPU freed memory is kept between batches (allocator.py): faster, and it can hold more
     kept = ("; SKETCHMINE_MALLOC=default in the environment returns freed memory between batches (slower, "
             "less resident memory)") if device.type == "cpu" else ""
+    if fits >= batch_size:  # it failed before its peak: the measure is a lower bound that cannot tell
+        return (f"{head}: {measured}; it failed early in the batch, so that measure cannot say which batch fits: "
+                f"try --batch-size {max(batch_size // 2, 1)} (batch_size=){kept}")
     if fits >= 1:
-        return f"{head}: {measured}; --batch-size {min(fits, batch_size - 1)} (batch_size=) fits by that measure{kept}"
+        return f"{head}: {measured}; --batch-size {fits} (batch_size=) fits by that measure{kept}"
     return (f"{head}: {measured}; not even one image fits by that measure: free memory, or use a smaller model or "
             f"images{kept}")
 
