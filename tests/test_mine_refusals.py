@@ -265,3 +265,28 @@ def test_a_run_of_a_model_without_logits_mined_before_the_refusal_resumes_with_l
     sketchmine.mine(demo_model, ds, layers=["features.0"], out=demo, batch_size=8)
     with pytest.raises(SketchmineError, match=r"logits \(run: True, now: False\)"):
         sketchmine.mine(demo_model, ds, layers=["features.0"], logits=False, out=demo, batch_size=8)
+
+
+def test_without_logits_a_head_that_cannot_take_the_size_does_not_stop_its_convs(tmp_path, small_test_set):
+    """logits=False mines up to the last tapped layer, but the probe ran the whole model on the
+    first image: at a size only the head's Linear cannot take, the convs before it were refused
+    ("mat1 and mat2 shapes cannot be multiplied"). They are mined now, fields included; the head
+    itself, named or a default layer, and the logits are refused as before."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 24 * 24, 10))
+    wider = np.pad(small_test_set.images[:20], ((0, 0), (2, 2), (2, 2)), mode="edge")  # 32 px: 8 x 28 x 28 maps
+    ds = ArrayDataset(wider, small_test_set.labels()[:20], small_test_set.class_names,
+                      preprocessing=small_test_set.preprocessing)
+    kw = dict(k=3, batch_size=8)
+    run = sketchmine.mine(net.eval(), ds, layers=["0", "2"], logits=False, out=tmp_path / "r.zarr", **kw)
+    with torch.no_grad():
+        maps = net[:3](torch.stack([ds[i][1] for i in range(len(ds))]))
+    values, index, _ = run.topk("2")
+    per_image = maps.amax(dim=(2, 3))
+    np.testing.assert_allclose(values, per_image.sort(dim=0, descending=True).values[:3].T.numpy(), rtol=1e-6)
+    assert run.store.group["layers"]["2"].attrs["receptive_field"] == {"size": [5, 5], "stride": [1, 1],
+                                                                      "offset": [0, 0]}
+    for layers, logits in ((["2", "4"], False), (None, False), (["2"], True)):
+        with pytest.raises(SketchmineError, match="cannot take input of shape"):
+            sketchmine.mine(net, ds, layers=layers, logits=logits, out=tmp_path / "x.zarr", **kw)
+        assert not (tmp_path / "x.zarr").exists()

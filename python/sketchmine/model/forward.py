@@ -90,19 +90,21 @@ class TorchForward:
     def fields(self, sample: tuple[int, ...], progress: Progress) -> dict[str, Any]:
         if self.unplaced:  # said when the run is made
             progress.note(unplaced_note(self.unplaced))
-        return fields_attrs(self.net, sample, progress, self._analysis(sample))
+        return fields_attrs(self.net, sample, progress, self._analysis(sample, partial=self.stop_after is not None))
 
-    def _analysis(self, sample: tuple[int, ...]) -> FieldAnalysis | SketchmineError:
+    def _analysis(self, sample: tuple[int, ...], partial: bool = False) -> FieldAnalysis | SketchmineError:
         """The graph's field analysis for one input of shape `sample`, once: the probe reads where
-        its modules hold their units, the new run's attributes its fields."""
+        its modules hold their units, the new run's attributes its fields (`partial` where the
+        head never runs: the fields before an op that cannot take the size)."""
         sample = tuple(int(n) for n in sample)
-        if sample not in self._analyses:
-            self._analyses[sample] = sample_analysis(self.net, sample)
+        if sample not in self._analyses or partial and isinstance(self._analyses[sample], SketchmineError):
+            self._analyses[sample] = sample_analysis(self.net, sample, partial)
         return self._analyses[sample]
 
-    def shapes(self, layers: list[str], x: torch.Tensor
-               ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]:
-        """Tapped output shapes (no batch dim), the output, and how each tap read its module."""
+    def shapes(self, layers: list[str], x: torch.Tensor, whole: bool = True
+               ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor | None, dict[str, dict[str, Any]]]:
+        """Tapped output shapes (no batch dim), the output, and how each tap read its module. Not `whole`
+        (mining stops after the last tap), a failure after every tap is the head's: the output is None."""
         shapes: dict[str, tuple[int, ...]] = {}
         dtypes: dict[str, torch.dtype] = {}
         rows_of: dict[str, int] = {}
@@ -121,7 +123,12 @@ class TorchForward:
         # breaks (a bfloat16 conv into a float16 BatchNorm) must be refused here, before the run is made
         cast = torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
         with torch.inference_mode(), cast, Taps(self.net, layers, record, known) as taps:
-            out = first_tensor(self.net(x)) if self.autocast else _shape_forward(self.net, x)
+            try:
+                out = first_tensor(self.net(x)) if self.autocast else _shape_forward(self.net, x)
+            except (RuntimeError, ValueError, IndexError):
+                if whole or any(name not in shapes for name in layers):
+                    raise
+                out = None
         rows = [name for name, n in rows_of.items() if n != len(x)]
         if rows:  # a recurrent layer over an image's rows folded into the batch (N·H sequences): not unfolded
             raise RowsNotImages(rows, rows_of[rows[0]], len(x), why=" (sequences folded into it are unfolded only "
@@ -248,23 +255,24 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
     auxiliary head that runs only in training; an attention's scores), unless that leaves none
     but the softmax of the logits: then the whole call is refused, saying why each was left out."""
     left: dict[str, str] = {}
+    whole = logits or SOFTMAX in layers  # else the head need not run at this size: mining stops before it
     try:
         try:
-            shapes, out, layouts = forward.shapes(layers, x)
+            shapes, out, layouts = forward.shapes(layers, x, whole)
         except RowsNotImages as exc:
             if not optional:
                 raise
             left = dict.fromkeys(exc.layers, "their first dimension is not the batch (their rows are not the images)")
             layers = [name for name in layers if name not in left]
-            shapes, out, layouts = forward.shapes(layers, x)
+            shapes, out, layouts = forward.shapes(layers, x, whole)
     except (RuntimeError, ValueError, IndexError, OnnxRunError) as exc:
         first = first_line(exc)
         if not isinstance(exc, OnnxRunError) and not about_input(first):  # an op's own failure: no resize helps
             raise SketchmineError(model_failed(forward, x, first)) from None
         raise SketchmineError(f"the model cannot take input of shape {tuple(x.shape[1:])} ({input_words(x)}): "
                               f"{first}; {input_advice(x, forward.input_channels(0))}") from None
-    num_classes = int(out.shape[1]) if out.ndim == 2 and out.is_floating_point() else None
-    if (logits or SOFTMAX in layers) and num_classes is None:  # kept, the run had no predictions, said by nothing
+    num_classes = int(out.shape[1]) if out is not None and out.ndim == 2 and out.is_floating_point() else None
+    if whole and out is not None and num_classes is None:  # kept, the run had no predictions, said by nothing
         raise SketchmineError(not_logits(out, SOFTMAX in layers))
     if SOFTMAX in layers and num_classes is not None:
         shapes[SOFTMAX] = (num_classes,)
@@ -388,6 +396,4 @@ def layer_field(layer: Layer, fields: dict[str, Any]) -> dict[str, list[int]] | 
     """The layer's recorded field: its own, else the whole image ("*") for a layer without
     positions (the virtual softmax, an LSTM's cell state, a vector); a grid layer the graph
     analysis gave no field has none (visualize refuses it rather than crop a guess)."""
-    if layer.name in fields:
-        return fields[layer.name]
-    return fields.get("*") if not layer.spatial else None
+    return fields[layer.name] if layer.name in fields else fields.get("*") if not layer.spatial else None

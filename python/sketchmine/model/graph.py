@@ -224,12 +224,13 @@ def module_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
 
 
 def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leading: tuple[int, ...] = (),
-                      channels: int | None = None) -> None:
+                      channels: int | None = None, partial: bool = False) -> None:
     """Tensor shapes on every node (adaptive pooling needs its input grid), computed without
     arithmetic where possible: on the meta device (parameters swapped for meta copies, ~1 ms
     for ResNet-50's 170 nodes), else with fake tensors, else a real one-image forward if an op
     has neither a meta nor a fake kernel. The caller's model is never changed (but for the eval
-    mode it is put in and restored)."""
+    mode it is put in and restored). `partial`: an op that cannot take its input leaves the nodes
+    from it on without shapes (a head mining never runs, logits=False), where it raises."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
 
@@ -257,6 +258,8 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leadi
                 except Exception:
                     ShapeProp(gm).propagate(torch.zeros(shape, dtype=dtype))
     except Exception as exc:
+        if partial and any("tensor_meta" in node.meta for node in gm.graph.nodes if node.op != "placeholder"):
+            return
         if str(exc).startswith("ShapeProp error") and exc.__cause__ is not None:  # the op's own words
             exc = exc.__cause__  # type: ignore[assignment]
         raise SketchmineError(f"{type(model).__name__} cannot take a {'×'.join(map(str, shape[1:]))} input: {type(exc).__name__}: "

@@ -291,10 +291,11 @@ class OnnxModel:
                 fed[layer] = tensors.index(node.input[0])
         return tuple(tensors), at, fed
 
-    def shapes(self, layers: Sequence[str], x: torch.Tensor
-               ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor, dict[str, dict[str, Any]]]:
+    def shapes(self, layers: Sequence[str], x: torch.Tensor, whole: bool = True
+               ) -> tuple[dict[str, tuple[int, ...]], torch.Tensor | None, dict[str, dict[str, Any]]]:
         """Per-layer output shapes (without the batch dim), the logits, and per-layer store
-        attributes (the tensor each layer reads), from one real run."""
+        attributes (the tensor each layer reads), from one real run (whole, as ONNX Runtime runs
+        a graph: `whole` is the torch path's)."""
         tensors, at, fed = self._plan(layers)
         arrays = self._runner(tensors)(x)
         shapes: dict[str, tuple[int, ...]] = {}

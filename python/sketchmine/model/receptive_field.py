@@ -163,7 +163,7 @@ class FieldAnalysis:
 
 
 def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
-                   leading: tuple[int, ...] = (), channels: int | None = None) -> FieldAnalysis:
+                   leading: tuple[int, ...] = (), channels: int | None = None, partial: bool = False) -> FieldAnalysis:
     """`receptive_fields`, except that an op the analysis cannot follow costs only the fields
     of the nodes it feeds (a field depends on the node's inputs alone): the layers before it
     keep theirs, the rest are listed in `missing` with the reason."""
@@ -177,7 +177,7 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
                                   f"{type(model).__name__} takes {takes}; pass (H, W) or ({takes}, H, W)")
         channels = c
     gm = trace(model, "to compute receptive fields")
-    propagate_shapes(gm, model, h, w, leading, channels)
+    propagate_shapes(gm, model, h, w, leading, channels, partial)
     whole = _Field((0, 0), (0, 0), (h - 1, w - 1))
     fields: dict[fx.Node, _Field] = {}
     unknown: dict[fx.Node, str] = {}
@@ -227,14 +227,14 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
     return FieldAnalysis(out, missing, frozenset(n for n, why in missing.items() if why in copies.values()), axes)
 
 
-def sample_analysis(model: nn.Module, sample: tuple[int, ...]) -> FieldAnalysis | SketchmineError:
+def sample_analysis(model: nn.Module, sample: tuple[int, ...], partial: bool = False) -> FieldAnalysis | SketchmineError:
     """`field_analysis` for one input of shape `sample` ((C, H, W), or (T, C, H, W) for a sequence
     of frames: fields per frame), or why the graph cannot be analysed (its callers mine on without)."""
     sample = tuple(int(n) for n in sample)
     if len(sample) < 3:  # a vector or a sequence of features: no image input
         return SketchmineError(f"the model takes {sample} inputs, not images")
     try:
-        return field_analysis(model, sample[-2:], sample[:-3], channels=sample[-3])
+        return field_analysis(model, sample[-2:], sample[:-3], channels=sample[-3], partial=partial)
     except SketchmineError as exc:
         return exc
 
