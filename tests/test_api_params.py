@@ -204,7 +204,7 @@ def test_plots_check_n_formats_layers_and_path(run_dir, tmp_path):
 
 
 # ---- Run readers --------------------------------------------------------------------------------
-@pytest.mark.parametrize("q", ["a", [0.5, "x"], True])
+@pytest.mark.parametrize("q", ["a", [0.5, "x"], True, "0.5", ["0.25", "0.75"]])
 def test_quantiles_refuses_what_is_no_number(tmp_path, images, q):
     run = sketchmine.mine("demo", images, layers=["features.0"], k=2, out=tmp_path / "d.zarr", distributions=True)
     with pytest.raises(SketchmineError, match="quantiles are numbers from 0 to 1"):

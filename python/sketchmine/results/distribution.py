@@ -152,7 +152,8 @@ def quantile_bounds(run: Run, layer: str, q: Sequence[float] | np.ndarray | floa
         qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
     except (TypeError, ValueError):
         qs = np.array([np.nan])
-    if qs.ndim != 1 or np.asarray(q).dtype == bool or not np.all((qs >= 0) & (qs <= 1)):
+    given = np.asarray(q).dtype.kind  # numbers only: bools and strings converted would read as a guess of q
+    if qs.ndim != 1 or given not in "iuf" or not np.all((qs >= 0) & (qs <= 1)):
         raise SketchmineError(f"quantiles are numbers from 0 to 1, got {q!r}")
     counts, top, special = layer_arrays(run, layer, sketch.KEY, ("sketch_counts", "sketch_top", "sketch_special"),
                                         "quantile sketches")
