@@ -193,9 +193,10 @@ def _preprocessing_parts(a: Any, b: Any) -> str | None:
 def _classes_otherwise(current: RunStore, ds: Any) -> str | None:
     """The class names `ds` gives where the run recorded others. The fingerprint covers images and
     labels only, so a dataset renamed its classes would resume under the run's old names."""
-    now = [str(c) for c in getattr(ds, "class_names", None) or []]
-    if not now:  # a dataset naming no classes: the run holds the output numbers
+    given = list(getattr(ds, "class_names", None) or [])
+    if not given:  # a dataset naming no classes: the run holds the output numbers
         return None
+    now = [str(c) for c in np.array(given, dtype=str)]  # as the run stored them (RunStore.create): b'cat' is 'cat'
     run = [str(c) for c in current.read(CLASS_NAMES)]
     if run == now:
         return None

@@ -1,0 +1,28 @@
+"""Review of the resume and out-of-memory checks: a valid resume stays allowed, advice stays true."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sketchmine
+from sketchmine.data import ArrayDataset
+from sketchmine.errors import SketchmineError
+
+
+def test_a_dataset_naming_its_classes_in_bytes_resumes(tmp_path, demo_model, small_test_set):
+    """Class names given as bytes (an HDF5 file's, np.load of an 'S' array) are stored decoded
+    (b'bear' as 'bear'): the class-name check compared the stored 'bear' with "b'bear'" and refused
+    to resume the very dataset the run was mined on."""
+    ds = small_test_set
+    names = list(np.array(ds.class_names, dtype="S"))
+    given = ArrayDataset(ds.images[:40], ds.labels()[:40], names, ds.preprocessing, ds.describe())
+    out = tmp_path / "run.zarr"
+    kw = dict(layers=["features.0"], logits=False, k=3, batch_size=20, out=out)
+    run = sketchmine.mine(demo_model.module, given, **kw)
+    assert run.class_names == [str(c) for c in ds.class_names]
+    again = sketchmine.mine(demo_model.module, given, **kw)  # complete: returned as it is
+    assert again.images_done == 40
+    renamed = ArrayDataset(ds.images[:40], ds.labels()[:40], names[1:] + names[:1], ds.preprocessing, ds.describe())
+    with pytest.raises(SketchmineError, match=rf"class names \(class 0: '{ds.class_names[0]}' in the run, "
+                                              rf"'{ds.class_names[1]}' now\)"):
+        sketchmine.mine(demo_model.module, renamed, **kw)
