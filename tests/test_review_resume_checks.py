@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import sketchmine
 from sketchmine.data import ArrayDataset
 from sketchmine.errors import SketchmineError
+from sketchmine.mining import memory
 
 
 def test_a_dataset_naming_its_classes_in_bytes_resumes(tmp_path, demo_model, small_test_set):
@@ -26,3 +28,20 @@ def test_a_dataset_naming_its_classes_in_bytes_resumes(tmp_path, demo_model, sma
     with pytest.raises(SketchmineError, match=rf"class names \(class 0: '{ds.class_names[0]}' in the run, "
                                               rf"'{ds.class_names[1]}' now\)"):
         sketchmine.mine(demo_model.module, renamed, **kw)
+
+
+def test_the_advice_after_one_image_failed_names_no_batch_size():
+    """A batch of one image that failed before its peak measured a need by which one image fits:
+    the advice said "try --batch-size 1", the batch that had just failed (before, with a measure
+    that fit one image: "--batch-size 0")."""
+    mib = 2**20
+    before = memory.Memory(3941 * mib, 3941 * mib, 4096 * mib)
+    for device, peak in (("cpu", 3949), ("cuda", 4000)):
+        after = memory.Memory(3949 * mib, peak * mib, 4096 * mib)
+        text = memory.message(torch.device(device), 1, before, after, 8 * mib)
+        assert "--batch-size" not in text, text
+        assert "one image at a time is the smallest batch: free memory, or use a smaller model or images" in text
+    # a larger batch keeps its advice
+    assert "try --batch-size 500 (batch_size=)" in memory.message(torch.device("cpu"), 1000, before,
+                                                                  memory.Memory(3949 * mib, 3949 * mib, 4096 * mib),
+                                                                  96 * mib)

@@ -127,6 +127,9 @@ def message(device: torch.device, batch_size: int, before: Memory | None, after:
     # on the CPU freed memory is kept between batches (allocator.py): faster, and it can hold more
     kept = ("; SKETCHMINE_MALLOC=default in the environment returns freed memory between batches (slower, "
             "less resident memory)") if device.type == "cpu" else ""
+    if batch_size == 1:  # no smaller batch to name, whatever the measure says
+        return (f"{head}: {measured}; one image at a time is the smallest batch: free memory, or use a smaller model "
+                f"or images{kept}")
     if fits >= batch_size:  # it failed before its peak: the measure is a lower bound that cannot tell
         return (f"{head}: {measured}; it failed early in the batch, so that measure cannot say which batch fits: "
                 f"try --batch-size {max(batch_size // 2, 1)} (batch_size=){kept}")
