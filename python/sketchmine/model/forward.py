@@ -118,7 +118,7 @@ class TorchForward:
         known: dict[str, dict[str, Any]] = {}
         unplaced: dict[str, str] = {}
         if layout_open(self.net, layers):  # a module whose units only the graph places
-            known, unplaced = graph_layouts(self.net, layers, self._analysis(tuple(x.shape[1:])))
+            known, unplaced = graph_layouts(self.net, layers, self._analysis(tuple(x.shape[1:]), partial=not whole))
         # under the pass's autocast, computed for real: the meta device runs no autocast, and an op the cast
         # breaks (a bfloat16 conv into a float16 BatchNorm) must be refused here, before the run is made
         cast = torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
