@@ -8,6 +8,8 @@ how to get it (mine again into a new directory). See docs/analysis.md for the gu
 """
 from __future__ import annotations
 
+import decimal
+import numbers
 import shlex
 
 from collections.abc import Callable, Sequence
@@ -144,6 +146,14 @@ class QuantileBounds(NamedTuple):
     floor: np.ndarray
 
 
+def _numbers(q: Any) -> bool:
+    """Numbers only: bools and strings converted would read as a guess of q; Fractions and
+    Decimals (an object array) are numbers."""
+    given = np.asarray(q)
+    return given.dtype.kind in "iuf" or given.dtype.kind == "O" and all(
+        isinstance(v, (numbers.Real, decimal.Decimal)) and not isinstance(v, bool) for v in given.ravel())
+
+
 def quantile_bounds(run: Run, layer: str, q: Sequence[float] | np.ndarray | float) -> QuantileBounds:
     """`quantiles` with, per estimate, whether it is below the sketch's resolution floor and the
     bound that holds there (see QuantileBounds): a reader must show those as "< bound", not
@@ -152,8 +162,7 @@ def quantile_bounds(run: Run, layer: str, q: Sequence[float] | np.ndarray | floa
         qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
     except (TypeError, ValueError):
         qs = np.array([np.nan])
-    given = np.asarray(q).dtype.kind  # numbers only: bools and strings converted would read as a guess of q
-    if qs.ndim != 1 or given not in "iuf" or not np.all((qs >= 0) & (qs <= 1)):
+    if qs.ndim != 1 or not _numbers(q) or not np.all((qs >= 0) & (qs <= 1)):
         raise SketchmineError(f"quantiles are numbers from 0 to 1, got {q!r}")
     counts, top, special = layer_arrays(run, layer, sketch.KEY, ("sketch_counts", "sketch_top", "sketch_special"),
                                         "quantile sketches")
