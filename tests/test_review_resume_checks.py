@@ -24,6 +24,9 @@ def test_a_dataset_naming_its_classes_in_bytes_resumes(tmp_path, demo_model, sma
     assert run.class_names == [str(c) for c in ds.class_names]
     again = sketchmine.mine(demo_model.module, given, **kw)  # complete: returned as it is
     assert again.images_done == 40
+    # with the logits: the model's class check joined the names into its messages (TypeError on bytes)
+    kept = sketchmine.mine(demo_model.module, given, layers=["features.0"], k=3, batch_size=20, out=tmp_path / "l.zarr")
+    assert kept.complete and kept.class_names == run.class_names
     renamed = ArrayDataset(ds.images[:40], ds.labels()[:40], names[1:] + names[:1], ds.preprocessing, ds.describe())
     with pytest.raises(SketchmineError, match=rf"class names \(class 0: '{ds.class_names[0]}' in the run, "
                                               rf"'{ds.class_names[1]}' now\)"):

@@ -30,7 +30,8 @@ class ArrayDataset(MinerDataset):
         gives the images the model's (as it does `animal_shape()`'s); the description names the
         images' paths ("arrays/images/00012")."""
         self.images = check_images(images if isinstance(images, np.ndarray) else np.asarray(images))
-        self.class_names = list(class_names)
+        # names as the store writes them: an HDF5 file's bytes (b'bear') crashed the model's class check
+        self.class_names = [c.decode() if isinstance(c, bytes) else str(c) for c in class_names]
         self._labels = check_labels(labels, len(self.images), len(self.class_names))
         if preprocessing is None:  # stand-in channels until `mine` sets the model's preprocessing
             preprocessing, explicit = Preprocessing("none", 1 if self.images.ndim == 3 else 3), False
