@@ -23,7 +23,7 @@ from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.graph import module_outputs
 from sketchmine.model.receptive_field import ReceptiveField
 from sketchmine.model.taps import SOFTMAX, probe_layouts, tapped_element, to_units
-from sketchmine.passes.deconv_rules import METHODS, with_rule
+from sketchmine.passes.deconv_rules import METHODS, stable_softmax, with_rule
 from sketchmine.stats.ops import crop_patches
 
 __all__ = ["METHODS", "Deconvolver", "deconvolve", "shared_order"]
@@ -102,8 +102,9 @@ class Deconvolver:
     def _unit_outputs_eval(self, x: torch.Tensor, layer: str) -> torch.Tensor:
         if layer == SOFTMAX:
             out = self.graph(x)
-            # in float32, as mined: a half model's confident probability loses its gradient to rounding
-            return torch.softmax((out[0] if isinstance(out, (tuple, list)) else out).float(), dim=1)
+            # in float32, as mined (a half model's confident probability loses its gradient to rounding),
+            # and with a backward that keeps 1 - p where p is near 1 (deconv_rules.stable_softmax)
+            return stable_softmax((out[0] if isinstance(out, (tuple, list)) else out).float(), dim=1)
         try:
             target, module = cut.cut_module(self.model, layer)  # "<lstm>.cell" reads its LSTM's output
         except SketchmineError:

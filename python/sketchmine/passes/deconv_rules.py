@@ -10,6 +10,11 @@ The other rectifiers (ReLU6, LeakyReLU, PReLU, ELU, GELU, SiLU, Hardswish, ...) 
 rules with their own f'(x) in place of [x > 0], else "deconvnet" on a network of GELUs would
 silently be the gradient. Sigmoid and Tanh, which no paper gives a rule for, pass the gradient.
 
+A softmax (the virtual one, nn.Softmax and nn.LogSoftmax modules) passes the signal back as its
+gradient, taken without the cancellation in torch's `p_c · (1 - p_c)`: a softmax's top-k images
+are its most confident, where float32 rounds 1 - p_c to nothing (p_c = 1.0 past a logit margin
+of about 17), and the signal would lose its largest term (`stable_softmax`).
+
 The model is traced with torch.fx into a new module whose ReLUs (modules, functions, in-place
 variants) call a rule-aware autograd function; the caller's model is never changed (eval mode
 while traced, each module's training flag put back after).
@@ -45,6 +50,46 @@ class _RuleReLU(torch.autograd.Function):
 
 def _rule_relu(x: torch.Tensor, method: str) -> torch.Tensor:
     return _RuleReLU.apply(x, method)
+
+
+class _StableSoftmax(torch.autograd.Function):
+    """softmax (or log_softmax) along `dim`, whose backward takes 1 - p_j as the sum of the other
+    probabilities where p_j > 0.75 (at most one per row): torch's p · (g - <g, p>) cancels there,
+    and a one-hot g (a unit's seed) then gets its own logit's term as rounding noise. Pointwise
+    arithmetic and sums only, so `is_grads_batched` can vectorise it."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, dim: int, log: bool) -> torch.Tensor:
+        ctx.dim, ctx.log = dim, log
+        p = torch.softmax(z, dim)
+        ctx.save_for_backward(p)
+        return torch.log_softmax(z, dim) if log else p
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (p,) = ctx.saved_tensors
+        big = p > 0.75
+        rest = torch.where(big, p.masked_fill(big, 0).sum(ctx.dim, keepdim=True), 1 - p)  # 1 - p_j, exactly
+        # g_j - <g, p> = g_j (1 - p_j) - (<g, p> - g_j p_j): no cancellation for a one-hot g
+        if ctx.log:  # d/dz_j of <g, log p>: g_j - p_j Σg
+            return g * rest - p * (g.sum(ctx.dim, keepdim=True) - g), None, None
+        return p * (g * rest - ((g * p).sum(ctx.dim, keepdim=True) - g * p)), None, None
+
+
+def stable_softmax(z: torch.Tensor, dim: int = 1, log: bool = False) -> torch.Tensor:
+    """torch.softmax (log: log_softmax) with a backward exact near p = 1 (`_StableSoftmax`)."""
+    return _StableSoftmax.apply(z, dim, log)
+
+
+class _RuleSoftmax(nn.Module):
+    """An nn.Softmax / nn.LogSoftmax module, its backward the stable one."""
+
+    def __init__(self, dim: int, log: bool) -> None:
+        super().__init__()
+        self.dim, self.log = dim, log
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return stable_softmax(z, self.dim, self.log)
 
 
 class _RuleActivation(torch.autograd.Function):
@@ -156,6 +201,12 @@ def with_rule(model: nn.Module, method: str) -> fx.GraphModule:
     gm = trace(model, "for deconvolution")  # in eval mode: `self.training` branches as they run here
     modules = dict(gm.named_modules())
     for i, node in enumerate(list(gm.graph.nodes)):
+        if node.op == "call_module" and type(soft := modules.get(str(node.target))) in (nn.Softmax, nn.LogSoftmax) \
+                and isinstance(soft.dim, int):  # an implicit dim (None) is torch's guess: left to torch
+            name = f"_rule_softmax_{i}"
+            gm.add_submodule(name, _RuleSoftmax(soft.dim, isinstance(soft, nn.LogSoftmax)))
+            node.target = name
+            continue
         rectifier = _rectifier(node, modules, method)
         if rectifier is None and not _is_relu(node, modules):
             continue
