@@ -31,6 +31,7 @@ from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import LoadedModel, torch_module
+from sketchmine.model.field_grid import check_index, check_one_grid
 from sketchmine.model.field_pads import check_padding_mode, conv_padding, copy_carriers, pad_of, pair
 from sketchmine.model.graph import module_input_channels, module_outputs, propagate_shapes, trace
 from sketchmine.model.unit_axes import axis_order, follow_units, tapped_shape
@@ -287,7 +288,9 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
         if node.target not in _POINTWISE_FUNCS and _qualname(node.target) not in _POINTWISE_NAMES:
             raise SketchmineError(f"receptive fields: function {getattr(node.target, '__name__', node.target)} "
                                   f"at {node.name} is not supported")
-        _check_one_grid(node, f.grid, carriers)
+        check_one_grid(node, f.grid, carriers)
+        if node.target is operator.getitem:
+            check_index(node, f.grid)
         return f
     if node.target in _RESHAPE_METHODS and (grid := _moved_grid(node, f.grid)) is not None:
         return dataclasses.replace(f, grid=grid)
@@ -295,7 +298,7 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
         return whole
     if node.target not in _POINTWISE_METHODS:
         raise SketchmineError(f"receptive fields: method .{node.target}() at {node.name} is not supported")
-    _check_one_grid(node, f.grid, carriers)
+    check_one_grid(node, f.grid, carriers)
     return f
 
 
@@ -333,29 +336,6 @@ def _window_args(node: fx.Node) -> tuple[Any, Any, Any, Any]:
     bound = {**dict(zip(_WINDOW_FUNCS[node.target], node.args)), **node.kwargs}
     k = bound["kernel_size"]
     return k, bound.get("stride") or k, bound.get("padding", 0), bound.get("dilation", 1)
-
-
-def _grids(meta: Any, grid: tuple[int, int]) -> set[tuple[int, ...]]:
-    """The sizes at the grid's dims of every tensor with enough dimensions in a node's shape
-    record (a tuple of them for a split)."""
-    shape = getattr(meta, "shape", None)  # a TensorMetadata (itself a named tuple)
-    if shape is not None:
-        return {(int(shape[grid[0]]), int(shape[grid[1]]))} if len(shape) >= -grid[0] else set()
-    if isinstance(meta, (tuple, list)):
-        return set().union(*(_grids(m, grid) for m in meta)) if meta else set()
-    return set()
-
-
-def _check_one_grid(node: fx.Node, grid: tuple[int, int], carriers: dict[fx.Node, _Field]) -> None:
-    """An op taken as pointwise (getitem, cat, chunk, add, ...) keeps its pixel-carrying inputs'
-    (H, W) grid at the same dims: one that indexes, joins or splits along H or W moves pixels,
-    and is refused."""
-    grids = _grids(node.meta.get("tensor_meta"), grid)
-    for a in carriers:
-        grids |= _grids(a.meta.get("tensor_meta"), grid)
-    if len(grids) > 1:
-        raise SketchmineError(f"receptive fields: {getattr(node.target, '__name__', node.target)} at {node.name} "
-                              f"indexes, joins or splits the height or width (grids {sorted(grids)}); not supported")
 
 
 def _moved_grid(node: fx.Node, grid: tuple[int, int]) -> tuple[int, int] | None:
