@@ -195,10 +195,13 @@ def random_transform(x: torch.Tensor, g: torch.Generator, fill: float = 0.5) -> 
     s = SCALES[pick(len(SCALES))]
     a = math.radians(ANGLES[pick(len(ANGLES))])
     dy2, dx2 = pick(2 * j2 + 1) - j2, pick(2 * j2 + 1) - j2
-    # output pixel p reads input at R(-a) (p - t2) / s - t1 (normalised coordinates, centre origin)
+    # output pixel p reads input at R(-a) (p - t2) / s - t1 in pixels (centre origin); in the
+    # grid's coordinates, x / (w/2) and y / (h/2), the rotation's off-diagonal terms take the
+    # aspect ratio (without it a wide image is sheared, not rotated)
     cos, sin = math.cos(a) / s, math.sin(a) / s
+    xy, yx = sin * (h / w), sin * (w / h)  # square: sin itself, as before
     tx2, ty2 = 2 * dx2 / w, 2 * dy2 / h
-    theta = torch.tensor([[cos, sin, -(cos * tx2 + sin * ty2) - 2 * dx1 / w],
-                          [-sin, cos, -(-sin * tx2 + cos * ty2) - 2 * dy1 / h]], dtype=x.dtype, device=x.device)
+    theta = torch.tensor([[cos, xy, -(cos * tx2 + xy * ty2) - 2 * dx1 / w],
+                          [-yx, cos, -(-yx * tx2 + cos * ty2) - 2 * dy1 / h]], dtype=x.dtype, device=x.device)
     grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
     return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
