@@ -417,7 +417,9 @@
     // without a word)
     var m = /unit=([^&]*)/.exec(window.location.hash);
     if (!m || !units) { return fromHash(); }
-    var text = decodeURIComponent(m[1]), v = Number(text);
+    var text = m[1];
+    try { text = decodeURIComponent(text); } catch (err) { /* a stray "%" (#unit=%): read as typed */ }
+    var v = Number(text);
     if (text === "" || !isFinite(v)) { say(0, "no unit '" + text + "' in this layer: showing unit 0"); return 0; }
     var u = Math.max(0, Math.min(units - 1, Math.round(v)));
     if (u !== v) { say(u, "no unit " + text + " in this layer (its units are 0 to " + (units - 1) + "): showing unit " + u); }

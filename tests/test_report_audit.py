@@ -1,0 +1,47 @@
+"""The report audited in a real headless Chromium on real images of the embedded data set: class
+names that turn text right to left, links a person can type, and the dashboards' data read back
+against the run's own arrays."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sketchmine
+from sketchmine.data import ArrayDataset
+from sketchmine.present.report import write_report
+from tests.test_report import _open, browser  # noqa: F401  (the Chromium fixture)
+
+RTL = "\u202eevil \u05e9\u05dc\u05d5\u05dd"
+"""A class name with a right-to-left override it never closes, and Hebrew."""
+CLASSES = [RTL if c == 4 else f"<b>class {c}&amp;" for c in range(10)]
+
+
+@pytest.fixture(scope="module")
+def rep(tmp_path_factory, demo_test_set) -> Path:
+    """100 real test images (10 a class, class 4 named RTL), every layer of the demo model mined
+    with distributions; its report (no pictures: they add nothing here)."""
+    ds = demo_test_set
+    keep = np.concatenate([np.nonzero(ds.labels() == c)[0][:10] for c in range(10)])
+    sub = ArrayDataset(ds.images[keep], ds.labels()[keep], CLASSES, ds.preprocessing, ds.describe())
+    base = tmp_path_factory.mktemp("audit")
+    run = sketchmine.mine("demo", sub, out=base / "run.zarr", batch_size=50, distributions=True)
+    return write_report(run, base / "rep", montages=0).parent
+
+
+def _isolated(page, selector: str) -> list[str]:
+    """The texts of the elements under `selector` that hold exactly one dataset name and isolate it
+    from the text around it (computed unicode-bidi: isolate, as <bdi> has)."""
+    return page.evaluate("""s => [...document.querySelectorAll(s + ' *')].filter(e =>
+        getComputedStyle(e).unicodeBidi === 'isolate').map(e => e.textContent)""", selector)
+
+
+def test_a_stray_percent_in_a_dashboard_link_shows_unit_0_and_says_so(rep, browser):  # noqa: F811
+    """`#unit=%` (a link cut after its "%") threw "URI malformed" before anything was drawn: the
+    dashboard stayed empty. It is read as typed, as any other unit that is no number."""
+    page, problems = _open(browser, (rep / "units" / "02-features.6.html").as_uri() + "#unit=%")
+    page.wait_for_selector("body[data-rendered='0']")
+    assert page.inner_text("#unit-note") == "no unit '%' in this layer: showing unit 0"
+    assert problems == []
+    page.close()
