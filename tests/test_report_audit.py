@@ -37,6 +37,34 @@ def _isolated(page, selector: str) -> list[str]:
         getComputedStyle(e).unicodeBidi === 'isolate').map(e => e.textContent)""", selector)
 
 
+def test_a_right_to_left_class_name_reverses_nothing_beside_it(rep, browser):  # noqa: F811
+    """A class name holding U+202E (right-to-left override) and never closing it reversed, on
+    screen, everything after it on its line: the index's "top 5 classes" cell showed the other
+    classes and their counts mirrored ("gmi> ,6 ..."), a card's classes line its counts. Every name
+    set among other words is now isolated (<bdi>); its text stays the name."""
+    page, problems = _open(browser, (rep / "index.html").as_uri())
+    page.wait_for_load_state("load")
+    cells = page.evaluate("() => [...document.querySelectorAll('table')].filter(t => t.tHead && "
+                          "t.tHead.textContent.includes('top 5 classes')).flatMap(t => [...t.tBodies[0].rows].map(r => r.cells[3].textContent))")
+    assert any(RTL in c for c in cells)
+    assert RTL in _isolated(page, "table td") and RTL in _isolated(page, "#summary-grid td")
+    for lid in ("02-features.6", "08-softmax"):
+        page.goto((rep / "layers" / f"{lid}.html").as_uri())
+        page.wait_for_selector("body[data-rendered='0']")
+        lines = dict(page.evaluate("() => [...document.querySelectorAll('.card')].map(c => [c.id, c.querySelector('.perf').textContent])"))
+        with_rtl = [card for card, text in lines.items() if RTL in text]
+        assert with_rtl, lid
+        for card in with_rtl:
+            assert RTL in _isolated(page, f"#{card} .perf:not(.ties)"), (lid, lines[card])
+    assert RTL in _isolated(page, "#unit-4 h3")  # the softmax's unit 4 is named by its class
+    assert page.inner_text("#unit-4 h3").startswith(f"unit 4 · {RTL} · max ")
+    page.goto((rep / "units" / "08-softmax.html").as_uri() + "#unit=4")
+    page.wait_for_selector("body[data-rendered='4']")
+    assert _isolated(page, "h1") == [RTL] and page.inner_text("#unit-number") == f"4 of 10 ({RTL})"
+    assert problems == []
+    page.close()
+
+
 def test_a_stray_percent_in_a_dashboard_link_shows_unit_0_and_says_so(rep, browser):  # noqa: F811
     """`#unit=%` (a link cut after its "%") threw "URI malformed" before anything was drawn: the
     dashboard stayed empty. It is read as typed, as any other unit that is no number."""

@@ -126,6 +126,13 @@ def precision_html(run: Run) -> str:
     return "" if note is None else f'<p class="precision" id="precision">{html.escape(note)}</p>'
 
 
+def named(name: object) -> str:
+    """A dataset name (a class) set among other words: escaped, in a <bdi>, so right-to-left text
+    or a stray direction override (U+202E) in it cannot reverse the counts and names beside it
+    (dom.js `line` sets the cards' names the same way)."""
+    return f"<bdi>{html.escape(str(name))}</bdi>"
+
+
 def classes_cell(listed: pd.DataFrame) -> str:
     """A `Run.top_classes` list as escaped HTML "bird 163, bear 125, … + 2 more tied at 88": with
     counts, so a cut through a tie can be seen, and the tied classes it leaves out said; a layer
@@ -133,7 +140,7 @@ def classes_cell(listed: pd.DataFrame) -> str:
     ties = html.escape(ties_words(listed))
     if listed.attrs.get("all_tied"):
         return ties
-    shown = ", ".join(f"{html.escape(str(c))} {int(r['count'])}" for c, r in listed.iterrows())
+    shown = ", ".join(f"{named(c)} {int(r['count'])}" for c, r in listed.iterrows())
     return f"{shown} {ties}" if ties else shown
 
 

@@ -115,7 +115,7 @@ def grid_html(run: Run, rows: list[Row], n: int) -> str:
                 tds.append("<td></td>" if c is None else
                            f'<td style="background:{colour(c.accuracy, low)};overflow-wrap:anywhere" title="{e(c.name)}: '
                            f'accuracy {percent(c.accuracy, 2)} %, {c.count} of the top-{run.k} entries">'
-                           f'<span style="font-weight:600">{e(c.name)}</span><br><span style="white-space:nowrap">'
+                           f'<bdi style="font-weight:600">{e(c.name)}</bdi><br><span style="white-space:nowrap">'
                            f'{percent(c.accuracy, 2)} % '
                            f"({c.count})</span>"
                            + (f"<br><small>{e(c.cut)}</small>" if c.cut else "") + "</td>")

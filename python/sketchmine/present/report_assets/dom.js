@@ -83,6 +83,16 @@
     return t === "0" || t === "100" ? fixed(a * 100, decimals) : t;
   }
 
+  // A line of text and dataset names (class names, strings from the run): each name in a <bdi>,
+  // isolated, so a name holding right-to-left text or a stray direction override (U+202E) is shown
+  // as it is and cannot reverse the counts and names around it. parts: strings, or {name: text}.
+  function line(node, parts) {
+    parts.forEach(function (part) {
+      node.appendChild(typeof part === "string" ? document.createTextNode(part) : el("bdi", null, part.name));
+    });
+    return node;
+  }
+
   // a note's text with each `command` set as code (the notes name the commands that add what is missing)
   function withCode(node, text) {
     String(text).split("`").forEach(function (part, i) {
@@ -170,5 +180,5 @@
   }
 
   window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, percentFixed: percentFixed, points: points,
-                           withCode: withCode, column: column, enough: enough, rankText: rankText, topTies: topTies };
+                           withCode: withCode, line: line, column: column, enough: enough, rankText: rankText, topTies: topTies };
 })();

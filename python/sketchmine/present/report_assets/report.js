@@ -77,7 +77,8 @@
     // the seed's "Classes with performance", condensed: each class of the top-k once, most images
     // first (ties: the class of the better image first), with how many of the images are of it
     // (the captions above give them one by one). Where two of the run's classes share a name, the
-    // entries carry each class's position (label), counted by it; an entry without a label is not a class named "?"
+    // entries carry each class's position (label), counted by it; an entry without a label is not a class named "?".
+    // Returns the line as dom.line's parts (each class name isolated).
     var seen = {}, order = [];
     entries.forEach(function (e) {
       var key = e.label !== undefined ? (e.label === null ? "none" : "label " + e.label) :
@@ -89,13 +90,16 @@
       seen[key].n++;
     });
     if (order.length === entries.length && entries.length > 1) {
-      return "Classes with performance: a different class for each of the " + entries.length + " images";
+      return ["Classes with performance: a different class for each of the " + entries.length + " images"];
     }
     var first = order.slice();  // a stable sort by count: Array.sort is stable in every current browser
     order.sort(function (a, b) { return seen[b].n - seen[a].n || first.indexOf(a) - first.indexOf(b); });
-    return "Classes with performance: " + order.map(function (k) {
-      return seen[k].n + " " + seen[k].name + " (" + fmtAcc(seen[k].acc) + (seen[k].acc === null ? "" : " %") + ")";
-    }).join(", ");
+    var parts = ["Classes with performance: "];
+    order.forEach(function (k, i) {
+      parts.push((i ? ", " : "") + seen[k].n + " ", { name: seen[k].name },
+                 " (" + fmtAcc(seen[k].acc) + (seen[k].acc === null ? "" : " %") + ")");
+    });
+    return parts;
   }
 
   function card(u) {
@@ -104,7 +108,8 @@
     // the header's max is the first entry's value: both from one column, written alike
     var n = u.entries.length;
     var shown = dom.column([u.max].concat(u.entries.map(function (e) { return e.value; })));
-    c.appendChild(el("h3", null, "unit " + u.unit + (u["class"] != null ? " \u00b7 " + u["class"] : "") + " \u00b7 max " + shown[0]));
+    c.appendChild(dom.line(el("h3"), ["unit " + u.unit].concat(u["class"] != null ? [" \u00b7 ", { name: u["class"] }] : [],
+      [" \u00b7 max " + shown[0]])));
     c.appendChild(dashLinks(u.unit));
     if (u.importance) {
       var im = u.importance;
@@ -166,7 +171,7 @@
       caps.appendChild(cap);
     }
     c.appendChild(caps);
-    if (n) { c.appendChild(el("div", "perf", classesLine(u.entries))); }
+    if (n) { c.appendChild(dom.line(el("div", "perf"), classesLine(u.entries))); }
     // a layer ranked by log-odds (the softmax) shows probabilities: equal ones are no ties (the layer's note says so)
     var ties = logOdds ? null : dom.topTies(u.entries.map(function (e) { return e.value; }), shown[n], k);
     if (ties) { c.appendChild(el("div", "perf ties", ties)); }

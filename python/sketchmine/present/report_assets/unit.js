@@ -265,7 +265,9 @@
   function render(d) {
     var box = document.getElementById("dash");
     while (box.firstChild) { box.removeChild(box.firstChild); }
-    document.getElementById("unit-number").textContent = d.unit + " of " + d.units + (d["class"] != null ? " (" + d["class"] + ")" : "");
+    var number = document.getElementById("unit-number");
+    number.textContent = "";
+    dom.line(number, [d.unit + " of " + d.units].concat(d["class"] != null ? [" (", { name: d["class"] }, ")"] : []));
     document.getElementById("unit-input").value = d.unit;
     if (d.unit !== noted) { say(null, ""); }
     var links = el("p", "dash-links");
