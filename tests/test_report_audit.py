@@ -73,3 +73,27 @@ def test_a_stray_percent_in_a_dashboard_link_shows_unit_0_and_says_so(rep, brows
     assert page.inner_text("#unit-note") == "no unit '%' in this layer: showing unit 0"
     assert problems == []
     page.close()
+
+
+def test_a_link_naming_a_unit_opens_the_page_of_its_card(rep, browser):  # noqa: F811
+    """A layer page's link `#unit=70` (as a dashboard's hash reads) showed page 1, which has no
+    card 70, and said nothing; `#page=1&unit=70` too. The unit's page is shown, its card marked,
+    and the browser's Back button goes to the page shown before."""
+    url = (rep / "layers" / "02-features.6.html").as_uri()
+    page, problems = _open(browser, url + "#unit=70")
+    page.wait_for_selector("#unit-70.card.target")
+    assert page.inner_text("#page-label") == "page 2 of 2"
+    page.evaluate("() => { location.hash = 'page=1&unit=70'; }")
+    page.wait_for_selector("#unit-70.card.target")
+    page.evaluate("() => { location.hash = 'page=1&unit=5'; }")
+    page.wait_for_selector("#unit-5.card.target")
+    assert page.inner_text("#page-label") == "page 1 of 2"
+    page.go_back()
+    page.wait_for_selector("body[data-rendered='1']")
+    page.click("#prev")
+    page.wait_for_selector("body[data-rendered='0']")
+    page.focus("#next")  # the pager is a pair of buttons: Enter on one turns the page
+    page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-rendered='1']")
+    assert problems == []
+    page.close()

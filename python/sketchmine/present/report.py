@@ -164,8 +164,8 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
                  '<button id="next">next ▶</button></nav><div id="cards"></div>'
                  '<script src="../assets/dom.js"></script><script src="../assets/report.js"></script>')
     return _page(f"{name} — sketchmine report", "\n".join(parts), 1,
-                 f' data-layer="{e(lid)}" data-pages="{pages}" data-units="{run.layer_shape(name)[0]}" data-k="{run.k}"'
-                 f'{LOG_ODDS_ATTR if log_odds_html(name, attrs) else ""}'
+                 f' data-layer="{e(lid)}" data-pages="{pages}" data-page-size="{PAGE_SIZE}"'
+                 f' data-units="{run.layer_shape(name)[0]}" data-k="{run.k}"{LOG_ODDS_ATTR if log_odds_html(name, attrs) else ""}'
                  f' data-montages="{",".join(map(str, slides or []))}"')
 
 

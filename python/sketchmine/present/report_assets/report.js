@@ -7,6 +7,7 @@
   var layerId = body.getAttribute("data-layer");
   var pages = parseInt(body.getAttribute("data-pages"), 10) || 0;
   var units = parseInt(body.getAttribute("data-units"), 10);  // "rank 33 of 96", as the dashboard says it
+  var perPage = parseInt(body.getAttribute("data-page-size"), 10);  // the units of a page of cards
   var k = parseInt(body.getAttribute("data-k"), 10);  // a full top-k: its last places may be ties (dom.topTies)
   var logOdds = body.getAttribute("data-ranked") === "log-odds";
   var cache = {};
@@ -227,7 +228,10 @@
   };
 
   function fromHash() {
-    var m = /page=(\d+)/.exec(window.location.hash);
+    // the page a link asks for; a link naming a unit (#unit=70, as a dashboard's hash reads) is
+    // taken to that unit's page, whatever page it names: its card is on no other
+    var u = unitFromHash(), m = /page=(\d+)/.exec(window.location.hash);
+    if (u !== null && perPage > 0 && u < units) { return Math.floor(u / perPage); }
     return m ? parseInt(m[1], 10) - 1 : 0;
   }
   function unitFromHash() {
