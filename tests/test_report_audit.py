@@ -3,6 +3,7 @@ names that turn text right to left, links a person can type, and the dashboards'
 against the run's own arrays."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,45 @@ def test_a_stray_percent_in_a_dashboard_link_shows_unit_0_and_says_so(rep, brows
     page, problems = _open(browser, (rep / "units" / "02-features.6.html").as_uri() + "#unit=%")
     page.wait_for_selector("body[data-rendered='0']")
     assert page.inner_text("#unit-note") == "no unit '%' in this layer: showing unit 0"
+    assert problems == []
+    page.close()
+
+
+def _as_drawn(page, script: Path) -> list[dict]:
+    """The units of a dashboard page script as unit.js draws them: the script run against a
+    recorder, each unit put back by `sketchmineUnit.whole` (the page's own function)."""
+    return page.evaluate("""text => { let shared = null, units = null;
+        new Function('sketchmineUnit', text)({shared: (p, s) => { shared = s; }, page: (p, d) => { units = d; }});
+        return shared ? units.map(d => window.sketchmineUnit.whole(d, shared)) : units; }""", script.read_text())
+
+
+def test_dashboard_data_is_written_once_and_drawn_as_the_run_reads_it(rep, browser):  # noqa: F811
+    """Every unit's dashboard data repeated each image's path, class and accuracy (about 130 images a
+    unit), the layer's constants and the notes on what the run lacks: over every layer of a
+    ResNet-50 403 MB of a 455 MB report. A page script now writes them once; what the dashboard draws
+    is, unit for unit, what `LayerSummary.unit` reads from the run (and the report adds)."""
+    from sketchmine.present.report_unit import BIN_EXAMPLES, cut_examples
+    from sketchmine.results.unit_summary import LayerSummary
+
+    run = sketchmine.open_run(rep.parent / "run.zarr")
+    page, problems = _open(browser, (rep / "units" / "02-features.6.html").as_uri() + "#unit=0")
+    page.wait_for_selector("body[data-rendered='0']")
+    for lid, layer in (("02-features.6", "features.6"), ("08-softmax", "softmax")):
+        script = rep / "dash" / lid / "unit_0000.js"
+        drawn = _as_drawn(page, script)
+        summary = LayerSummary(run, layer)
+        text = script.read_text()
+        for d in drawn:
+            want = summary.unit(d["unit"], infinities=True, infinite_bins=False)
+            cut_examples(want, BIN_EXAMPLES)  # the page shows 6 a bin, and says how many more
+            assert {k: d[k] for k in want if k != "missing"} == {k: v for k, v in want.items() if k != "missing"}
+            assert {k: d["missing"][k] for k in want["missing"]} == want["missing"]  # the report adds the pictures'
+            assert all(d["missing"].values())
+            for e in d["top"] + d["bottom"] + [e for b in d["bins"] for e in b["examples"]]:
+                assert text.count(f'"{e["path"]}"') == 1, e["path"]  # each image's path once in the script
+        written = json.loads(text[text.index("["):text.rindex("]") + 1])  # the unit list, as readers slice it
+        assert len(written) == len(drawn) and all(why == "" for d in written for why in d["missing"].values())
+        assert any(d["missing"] for d in written)  # each note in the shared object, once a page
     assert problems == []
     page.close()
 

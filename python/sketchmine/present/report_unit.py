@@ -2,7 +2,8 @@
 of its units (report_assets/unit.js renders it), and the units' slide montages.
 
     out/units/<id>.html           the dashboard page of a layer's units (#unit=U picks one)
-    out/dash/<id>/unit_NNNN.js    the dashboards of PAGE_SIZE units, loaded when shown
+    out/dash/<id>/unit_NNNN.js    the dashboards of PAGE_SIZE units, loaded when shown (what they
+                                  share written once: dash_data.py)
     out/montage/<id>/<unit>.png   the unit's slide (present/montage.py), for at most
                                   `montages` units per layer that have patches
 
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sketchmine.names import command
+from sketchmine.present.dash_data import compact, shared_js
 from sketchmine.present.montage import slide_content
 from sketchmine.present.report_data import (LOG_ODDS_ATTR, PAGE_SIZE, THUMB, PngWriter, log_odds_html, precision_html,
                                              strip, to_js)
@@ -126,7 +128,9 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, png: PngWriter, montage
                 d["class"] = classes[u]
             d["unreadable"] = unreadable
             units.append(d)
-        (data_dir / f"unit_{p:04d}.js").write_text(f"sketchmineUnit.page({p}, {to_js(units)});\n")
+        shared, units = compact(units)
+        (data_dir / f"unit_{p:04d}.js").write_text(f"sketchmineUnit.shared({p}, {shared_js(shared)});\n"
+                                                   f"sketchmineUnit.page({p}, {to_js(units)});\n")
     (out / "units").mkdir(exist_ok=True)
     (out / "units" / f"{lid}.html").write_text(_page(run, name, lid, c, pages, len(shown)), encoding="utf-8")
     return sorted(shown)

@@ -377,12 +377,40 @@
     document.head.appendChild(s);
   }
 
+  // What a page's units share arrives first (report_unit.py, dash_data.py): each unit is put
+  // back as LayerSummary.unit gave it, its entries' path, label, class and accuracy read from the
+  // page's tables, its layer's constants and the notes it shares with the page's other units.
+  var shared = {};
+  function whole(d, s) {
+    function entry(e) {
+      var im = s.images[String(e.image_index)], c = im.label === null ? null : s.classes[String(im.label)];
+      return Object.assign({}, e, { path: im.path, label: im.label, "class": c ? c["class"] : null,
+                                    accuracy: c ? c.accuracy : null });
+    }
+    var u = Object.assign({}, s.layer, d);
+    u.missing = {};
+    Object.keys(d.missing).forEach(function (k) { u.missing[k] = d.missing[k] || s.notes[k]; });
+    if (u.top) { u.top = u.top.map(entry); }
+    if (u.bottom) { u.bottom = u.bottom.map(entry); }
+    if (u.bins) {  // an example written as its image index alone fills the bin's slot of its place
+      u.bins = u.bins.map(function (b) {
+        return Object.assign({}, b, { examples: b.examples.map(function (e, j) {
+          return entry(typeof e === "number" ? { image_index: e, slot: j } : e); }) });
+      });
+    }
+    return u;
+  }
+
   window.sketchmineUnit = {
+    shared: function (p, s) { shared[p] = s; },
     page: function (p, data) {
+      var s = shared[p];
+      if (s) { data = data.map(function (d) { return whole(d, s); }); }
       cache[p] = data;
       if (Math.floor(current / PAGE) === p) { render(data[current - p * PAGE]); }
     },
-    show: show
+    show: show,
+    whole: whole
   };
 
   function fromHash() {
