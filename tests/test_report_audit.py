@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import sketchmine
 from sketchmine.data import ArrayDataset
@@ -135,5 +136,40 @@ def test_a_link_naming_a_unit_opens_the_page_of_its_card(rep, browser):  # noqa:
     page.focus("#next")  # the pager is a pair of buttons: Enter on one turns the page
     page.keyboard.press("Enter")
     page.wait_for_selector("body[data-rendered='1']")
+    assert problems == []
+    page.close()
+
+
+class _LongNames(torch.nn.Module):
+    """A conv and a linear whose module names are 200-character words."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_module("conv" + "L" * 196, torch.nn.Conv2d(1, 4, 3, padding=1))
+        self.add_module("fc" + "L" * 198, torch.nn.Linear(4, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, fc = self.children()
+        return fc(torch.relu(conv(x)).amax((2, 3)))
+
+
+def test_long_layer_and_class_names_never_widen_a_page_past_the_window(tmp_path, demo_test_set, browser):  # noqa: F811
+    """A 200-character module name or class name (one word) widened every page to 1,800-2,900 px at
+    a 1,280 px window: table cells, the cards' classes line, the links and notes do not break a
+    word. They are broken where they meet the window's edge now."""
+    ds = demo_test_set
+    keep = np.arange(0, 2000, 40)
+    names = ["c" * 200 if c == ds.labels()[keep[0]] else f"class {c}" for c in range(10)]
+    sub = ArrayDataset(ds.images[keep], ds.labels()[keep], names, ds.preprocessing, ds.describe())
+    run = sketchmine.mine(_LongNames(), sub, out=tmp_path / "run.zarr", batch_size=50, distributions=True)
+    rep = write_report(run, tmp_path / "rep", montages=0).parent
+    page, problems = _open(browser, (rep / "index.html").as_uri())
+    pages = ["index.html"] + [f"{d}/{f.name}" for d in ("layers", "units") for f in sorted((rep / d).iterdir())]
+    for name in pages:
+        page.goto((rep / name).as_uri())
+        page.wait_for_load_state("load")
+        if name != "index.html":
+            page.wait_for_selector("body[data-rendered='0']")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280, name
     assert problems == []
     page.close()
