@@ -24,10 +24,12 @@ class Named(torch.nn.Module):
         return self.fc(torch.relu(getattr(self, self.name)(x)).mean((2, 3)))
 
 
-@pytest.mark.parametrize("name", ["a/b", "a\\b"])
+@pytest.mark.parametrize("name", ["a/b", "a\\b", "c" * 256, "é" * 128])
 def test_a_module_name_with_a_path_separator_is_refused_before_mining(tmp_path, demo_test_set, name):
     """Before, "a/b" was mined, then refused on reading as damaged ("attribute 'layer_names'
-    should be ... (no '/' or '..')"), and "a\\b" failed the run's creation with a bare KeyError."""
+    should be ... (no '/' or '..')"), and "a\\b" failed the run's creation with a bare KeyError;
+    a name of over 255 bytes failed it with "File name too long; fix that and re-run", which no
+    re-run mends (the report audit)."""
     ds = per_class_subset(demo_test_set, 2, "0:20")
     for layers in (None, [name]):
         with pytest.raises(SketchmineError, match=r"cannot name a layer of a run .* rename the module"):

@@ -73,8 +73,10 @@ def storable(names: list[str]) -> list[str]:
     stores each layer as a group of that name: "a/b" would be mined and then refused on reading,
     "a\\b" (a module's, an ONNX node's) fails the run's creation."""
     for name in names:
-        if "/" in name or "\\" in name:
-            raise SketchmineError(f"layer {name!r}: a layer name holding '/' or '\\' cannot name a layer of a run "
+        why = ("holding '/' or '\\'" if "/" in name or "\\" in name else "of '.' or '..'" if name in (".", "..") else
+               f"of {len(name.encode())} bytes (a file system's names hold 255)" if len(name.encode()) > 255 else None)
+        if why:  # a name too long failed the run's creation ('File name too long'), which no re-run mends
+            raise SketchmineError(f"layer {name!r}: a layer name {why} cannot name a layer of a run "
                                   "(the run stores each layer as a folder of its name); rename the module (add_module "
                                   "with another name; of an ONNX graph: the node), or name the other layers to mine "
                                   "with --layers (layers=[...])")
