@@ -24,7 +24,7 @@ class Named(torch.nn.Module):
         return self.fc(torch.relu(getattr(self, self.name)(x)).mean((2, 3)))
 
 
-@pytest.mark.parametrize("name", ["a/b", "a\\b", "c" * 256, "é" * 128])
+@pytest.mark.parametrize("name", ["a/b", "a\\b", "c" * 256, "é" * 128], ids=["slash", "backslash", "256c", "128e"])
 def test_a_module_name_with_a_path_separator_is_refused_before_mining(tmp_path, demo_test_set, name):
     """Before, "a/b" was mined, then refused on reading as damaged ("attribute 'layer_names'
     should be ... (no '/' or '..')"), and "a\\b" failed the run's creation with a bare KeyError;
