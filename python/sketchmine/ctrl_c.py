@@ -5,35 +5,97 @@ next import failed with an ImportError or ValueError traceback, or a segmentatio
 20 Ctrl-Cs in a command's first 3 s did); one raised in a fork handler (a DataLoader starting
 its worker processes) is dropped ("Exception ignored"), and one in logging's left its lock
 taken, so the interrupted `mine` waited forever, deaf to further Ctrl-Cs. A Ctrl-C ignored by
-whoever started the process (`cmd &` in a script) stays ignored.
+whoever started the process (`cmd &` in a script) stays ignored. A command line's SIGTERM and
+SIGHUP (a `kill`, a closed terminal, a scheduler's stop) are answered as Ctrl-C is: they ended
+`mine` by the signal, nothing said, in the middle of whatever it wrote.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import signal
 import threading
 from collections.abc import Iterable, Iterator
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import TypeVar
 
 T = TypeVar("T")
 
+ENDING = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that ask a command line to stop, answered as Ctrl-C where nobody set them otherwise."""
+_ANSWERER: list[int] = []
+"""The process that answers them (a forked child, not held, dies by them as before)."""
+_CAME: list[int] = []
+"""The last ending signal answered, so the one line and the exit code can name it."""
+
+
+def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM / SIGHUP: what Ctrl-C does now (held: noted; else a KeyboardInterrupt), or a
+    KeyboardInterrupt where Ctrl-C is ignored (`cmd &`), which a termination must still end."""
+    if os.getpid() not in _ANSWERER:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _CAME[:] = [signum]
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ending_as_ctrl_c(for_good: bool = False) -> Iterator[None]:
+    """SIGTERM and SIGHUP answered as Ctrl-C while the block runs (a command line's command): the
+    same one line, an exit code of 128 + the signal, a run that resumes. Only a signal left at the
+    system's default is taken, on the main thread (`nohup` keeps SIGHUP ignored). After the block
+    the default is put back (main() called in-process), or, `for_good` (the process's command
+    line), the signal is ignored, as `ignored_from_now` ignores Ctrl-C, and for the same reason."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    taken = [sig for sig in ENDING if signal.getsignal(sig) == signal.SIG_DFL]
+    _ANSWERER[:] = [os.getpid()]
+    _CAME.clear()
+    for sig in taken:
+        signal.signal(sig, _as_ctrl_c)
+    try:
+        yield
+    finally:
+        for sig in taken:
+            signal.signal(sig, signal.SIG_IGN if for_good else signal.SIG_DFL)
+
+
+def ending_signal() -> int:
+    """The signal that interrupted the command: SIGTERM or SIGHUP when one of them did, else SIGINT."""
+    return _CAME[-1] if _CAME else int(signal.SIGINT)
+
+
+def interrupted(signum: int) -> str:
+    """"interrupted", naming a SIGTERM or SIGHUP (a Ctrl-C was seen by whoever pressed it)."""
+    return "interrupted" if signum == signal.SIGINT else f"interrupted by {signal.Signals(signum).name}"
+
 
 @contextlib.contextmanager
 def held() -> Iterator[list[int]]:
-    """Hold Ctrl-C back for the block; the list yielded says whether one came (the caller
-    answers it). Nothing is held off the main thread (only it receives signals), nor when
-    Ctrl-C is ignored or left to the system."""
+    """Hold Ctrl-C (and SIGTERM / SIGHUP where answered as it) back for the block; the list
+    yielded says whether one came (the caller answers it). Nothing is held off the main thread
+    (only it receives signals), nor a signal ignored or left to the system."""
     came: list[int] = []
-    if threading.current_thread() is not threading.main_thread() or not callable(signal.getsignal(signal.SIGINT)):
+    if threading.current_thread() is not threading.main_thread():
         yield came
         return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *ENDING)}
+    for sig, handler in previous.items():
+        if callable(handler):
+            signal.signal(sig, lambda signum, frame: came.append(signum))
     try:
         yield came
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            if callable(handler):
+                signal.signal(sig, handler)
 
 
 def started(iterable: Iterable[T]) -> Iterator[T]:
@@ -43,10 +105,10 @@ def started(iterable: Iterable[T]) -> Iterator[T]:
     with held() as came:
         items = iter(iterable)
     if came:
-        handler = signal.getsignal(signal.SIGINT)
+        handler = signal.getsignal(came[0])
         try:
             if callable(handler):
-                handler(signal.SIGINT, None)
+                handler(came[0], None)
         except BaseException:
             del items  # its workers are shut down before the interrupt goes on
             raise
@@ -64,10 +126,17 @@ def imported(name: str) -> ModuleType:
         except ImportError as exc:
             error = exc
     if came:
+        _answer(came[0])
         raise KeyboardInterrupt
     if error is not None:
         raise error
     return module
+
+
+def _answer(signum: int) -> None:
+    """Record a held SIGTERM / SIGHUP as the one that interrupted (a held Ctrl-C needs nothing)."""
+    if signum in ENDING:
+        _CAME[:] = [signum]
 
 
 def ignored_from_now() -> None:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from sketchmine.cli.parser import (
     EXIT_FAILURE,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REFUSED,
     build_parser,
@@ -32,7 +31,7 @@ from sketchmine.cli.parser import (
     paths_given,
 )
 from sketchmine.cli.environment import MIN_COLUMNS, caches_without_a_home, environment_refusal, in_an_existing_folder
-from sketchmine.ctrl_c import held, ignored_from_now
+from sketchmine.ctrl_c import ending_as_ctrl_c, ending_signal, held, ignored_from_now, interrupted
 from sketchmine.errors import SaidOnRankZero, SketchmineError, first_line, out_of_resources
 
 if typing.TYPE_CHECKING:
@@ -310,12 +309,12 @@ def main(argv: list[str] | None = None) -> int:
             _error(said)  # before anything loads or is written
             return EXIT_REFUSED
         # before matplotlib or onnxruntime is imported; torch loads and runs only in a folder that exists
-        with caches_without_a_home(), in_an_existing_folder() as moved:
+        with ending_as_ctrl_c(for_good=argv is None), caches_without_a_home(), in_an_existing_folder() as moved:
             with held() as came:
                 _import_heavy(_reads_only(args) and not moved)  # a lazy import in a removed folder would die
             if came:
-                print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
-                return EXIT_INTERRUPTED
+                print(f"sketchmine: {interrupted(came[0])} while starting; nothing was done", file=sys.stderr)
+                return 128 + came[0]
             return _run(args)
     finally:
         if argv is None:  # the process's command line (python -m sketchmine, the `sketchmine` script): it ends
@@ -381,9 +380,10 @@ def _failed(exc: BaseException, command: str, verbosity: int) -> int:
         from sketchmine.present.console import safe
 
         said = str(exc) if exc.args else f"interrupted; {INTERRUPTED.get(command, 'nothing was written')}"
+        said = interrupted(ending_signal()) + said[11:] if said.startswith("interrupted") else said  # names SIGTERM
         if exc.args or os.environ.get("RANK", "0") == "0":  # torchrun's Ctrl-C reaches every rank: rank 0 says it
             print(f"sketchmine: {' '.join(safe(said, markup=False).split())}", file=sys.stderr)
-        code = EXIT_INTERRUPTED
+        code = 128 + ending_signal()  # 130 for Ctrl-C
     elif isinstance(exc, SketchmineError):
         if not isinstance(exc, SaidOnRankZero):  # rank 0 says it, in the same terminal
             _error(str(exc), verbosity)
