@@ -9,6 +9,7 @@ checkpoint's protocol is its own: writers flush and resume, readers pin the comm
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -38,6 +39,18 @@ def resumed_stretches(record: list[list[Any]] | None, first: Any, done: int, val
     return (None if stretches == [[0, first]] else stretches), (None if was in (None, value) else was)
 
 
+def _drop_if_damaged(meta: Any) -> None:
+    """Remove the checkpoint group's own metadata where it does not parse (a power cut's): it is
+    mining's, holds no attributes, and Zarr's require_group would fail parsing it (a
+    JSONDecodeError traceback at the first flush of a resume); the group is then made again."""
+    try:
+        json.loads(meta.read_bytes())
+    except ValueError:
+        meta.unlink()
+    except FileNotFoundError:
+        pass
+
+
 class Checkpoints:
     """Checkpoint slots of a RunStore (see the module docstring)."""
 
@@ -64,6 +77,7 @@ class Checkpoints:
         # the free slot is ours and never committed: removed by path, as a power cut may have left
         # its metadata damaged (zarr would fail to parse it before deleting it)
         shutil.rmtree(self.path / schema.CHECKPOINT / slot, ignore_errors=True)
+        _drop_if_damaged(self.path / schema.CHECKPOINT / "zarr.json")
         ck = self.group.require_group(schema.CHECKPOINT)
         sg = ck.create_group(slot)
         packed = {f"{key}/{name}": np.asarray(arr) for key, state in states.items() for name, arr in state.items()}

@@ -92,6 +92,9 @@ def _verify(path: str | os.PathLike) -> Verified:
     nodes = {node: _attrs(store, node) for node in {*recorded, *layers}}  # each group's attributes read once
     for node, why in attr_sums.damaged(store.path, root, {node: nodes[node] for node in recorded}).items():
         out.damaged.setdefault(node, why)  # a group whose metadata does not parse is listed as such
+    for node in layers:  # `mine` and every reader refuse such a run (a partial run's group holds no arrays)
+        if nodes[node] is None:
+            out.damaged.setdefault(node, "is listed as a layer of the run but has no group (its zarr.json is missing)")
     for node, layer in layers.items():  # what later passes claimed, sealed by them
         if node in out.damaged:
             continue

@@ -286,10 +286,10 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
         return dict(self.attrs["progress"])
 
     def resume_from_intact(self) -> str | None:
-        """Make this handle treat the newest intact checkpoint as the committed one.
-
-        Nothing is written: the next flush goes into the other slot (the damaged one) and
-        commits over it. Returns a note to show when the committed checkpoint was damaged."""
+        """Make this handle treat the newest intact checkpoint as the committed one. Nothing is
+        written: the next flush goes into the other slot (the damaged one) and commits over it.
+        Returns a note to show when the committed checkpoint was damaged."""
+        verify.check_metadata(self.path)  # a group's that does not parse: refused now, not after mining
         slot, done, extra = self.checkpoint()
         committed = self.progress
         if slot == committed.get("slot"):

@@ -4,6 +4,8 @@ feature visualisation pass's blocks of units, a later pass's groups) carry check
 so a lost or damaged chunk file is an error instead of fill values read as pictures or numbers."""
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -23,6 +25,27 @@ attributes of a group written as a unit: {array: {rows, sums, dtype}}."""
 BLOCK_CLAIMS = {**{key: schema.VISUALIZED for key in schema.VISUAL_ARRAYS},
                 **{key: schema.OPTIMIZED for key in schema.OPTIMIZED_ARRAYS}}
 """Arrays written a block of units at a time, by name, and the layer attribute that commits them."""
+
+
+def check_metadata(root: Path) -> None:
+    """Refuse a run to resume whose group or array metadata (a zarr.json below the root) does not
+    parse, naming the file. Why: Zarr parses a group's metadata before writing into it, so a
+    power cut's or a copy's truncated `eval/zarr.json` failed `mine` with a JSONDecodeError
+    traceback at its very end, after every image was mined again. Mining's checkpoint is left out:
+    a damaged slot is found by its checksums, and both are written again (checkpoint.py)."""
+    for folder, names, files in os.walk(root):
+        if Path(folder) == root / schema.CHECKPOINT:
+            names.clear()  # its slots and its own group (no attributes): rewritten by the next flush
+            continue
+        if "zarr.json" not in files or Path(folder) == root:  # the root's: RunStore.open's
+            continue
+        meta = Path(folder) / "zarr.json"
+        try:
+            json.loads(meta.read_bytes())
+        except ValueError as exc:
+            raise RunDamaged(f"run {root} is damaged: {meta.relative_to(root)} does not parse as JSON ("
+                             f"{'empty' if not meta.stat().st_size else exc}); restore the run's files from a copy, "
+                             "or mine it again with a new --out") from None
 
 
 def damaged(root: Path, name: str, what: str) -> RunDamaged:
