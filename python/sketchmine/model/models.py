@@ -44,6 +44,11 @@ def _load_state_dict(path: Path, what: str = "weights file") -> dict[str, Any]:
         raise SketchmineError(f"{what} {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise SketchmineError(f"{what} {path} does not exist")
+    if _is_torchscript(path):  # torch.load would warn, then hand it to torch.jit.load and refuse in its own words
+        raise SketchmineError(
+            f"{path} is a TorchScript archive (torch.jit.save): sketchmine reads a unit through a forward hook on its "
+            "module, which a scripted module never calls; save the original model's weights, "
+            "torch.save(model.state_dict(), path), and pass --model NAME --weights FILE, or export it to ONNX")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for non-checkpoints
@@ -52,7 +57,63 @@ def _load_state_dict(path: Path, what: str = "weights file") -> dict[str, Any]:
         return obj
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"state_dict": obj}
+    if isinstance(obj, dict) and (key := _state_dict_key(obj, path)):
+        # a training script's checkpoint ({'model': ..., 'optimizer': ..., 'epoch': ...}): the weights under one key
+        return {**{k: v for k, v in obj.items() if k != key}, "state_dict": obj[key]}
+    if isinstance(obj, dict):
+        keys = ", ".join(repr(k) for k in list(obj)[:8]) + (", ..." if len(obj) > 8 else "")
+        raise SketchmineError(
+            f"{path} holds a dict with the keys {keys}, none of them a state_dict: expected a state_dict (names -> "
+            f"tensors) or a dict holding one under {' or '.join(repr(k) for k in STATE_DICT_KEYS)}; save "
+            "torch.save(model.state_dict(), path)")
     raise SketchmineError(f"{path} holds a {type(obj).__name__}, expected a state_dict or {{'arch', 'state_dict'}}")
+
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+"""Where training scripts put the weights in a checkpoint dict: 'state_dict' (Lightning, timm),
+'model_state_dict' (PyTorch's own checkpoint tutorial), 'model' (torchvision's reference scripts)."""
+
+
+def _is_state_dict(obj: Any) -> bool:
+    """A dict of names to tensors, as model.state_dict() gives."""
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items())
+
+
+def _state_dict_key(obj: dict[Any, Any], path: Path) -> str | None:
+    """The one key of STATE_DICT_KEYS under which `obj` holds a state_dict; None when none
+    does; refused when several do, as which one is the model is not ours to guess."""
+    found = [k for k in STATE_DICT_KEYS if _is_state_dict(obj.get(k))]
+    if len(found) > 1:
+        raise SketchmineError(f"{path} holds a state_dict under each of {', '.join(repr(k) for k in found)}: save the "
+                              "one to mine alone, torch.save(checkpoint[KEY], path)")
+    return found[0] if found else None
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive: a zip holding the scripted code (`code/`)
+    and its constants, where torch.save's zip holds data.pkl alone."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.split("/", 1)[-1] == "constants.pkl" for n in names) and any("/code/" in f"/{n}" for n in names)
+
+
+def _without_module_prefix(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """A state_dict saved from nn.DataParallel or DistributedDataParallel names every tensor
+    'module.<name>': the same weights, read without the prefix when the model's own names are
+    exactly those; any other state_dict is returned as it is (and fits or is refused)."""
+    own = model.state_dict()
+    if set(state) == set(own) or not state or not all(k.startswith("module.") for k in state):
+        return state
+    stripped = {k[len("module."):]: v for k, v in state.items()}
+    return stripped if set(stripped) == set(own) else state
 
 
 def _not_loaded(path: Path, exc: Exception) -> str:
@@ -66,7 +127,8 @@ def _not_loaded(path: Path, exc: Exception) -> str:
     if found := re.search(r"Unsupported global: GLOBAL (\S+)", text):
         return (f"{path} holds Python objects ({found.group(1)}), not only tensors: sketchmine never unpickles them "
                 "(it reads checkpoints with weights_only=True); save the model's weights alone, "
-                "torch.save(model.state_dict(), path), or a {'arch': name, 'state_dict': ...} dict")
+                "torch.save(model.state_dict(), path), or a {'arch': name, 'state_dict': ...} dict; or, if you trust "
+                "the file, load the module in Python and pass it: sketchmine.mine(module, ...)")
     if "Weights only load failed" in text:
         why = next((line.strip() for line in text.splitlines() if line.strip().startswith("Unsupported")), "")
         return (f"{path} cannot be read with weights_only=True, the only way sketchmine reads a checkpoint"
@@ -200,6 +262,7 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | os.PathLike |
                   seed or 0)
     if state is not None:
         source = weights if weights else path
+        state = _without_module_prefix(model, state)
         try:
             model.load_state_dict(state)
         except RuntimeError:

@@ -1,0 +1,72 @@
+"""A new user's own model files, saved the ways training scripts save them: each is read as the
+weights it holds, or refused saying what the file is and what to save instead."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sketchmine
+from sketchmine.errors import SketchmineError
+from tests.test_cli import assert_clean_error, sm
+
+
+@pytest.fixture(scope="module")
+def demo_state() -> dict[str, torch.Tensor]:
+    """The embedded trained SketchNet's weights: what a user trained and saved."""
+    return {k: v.clone() for k, v in sketchmine.load_model("demo").module.state_dict().items()}
+
+
+def _same_weights(loaded: sketchmine.LoadedModel, state: dict[str, torch.Tensor]) -> None:
+    got = loaded.module.state_dict()
+    assert set(got) == set(state)
+    assert all(torch.equal(got[k], state[k]) for k in state)
+    assert not loaded.random_init
+
+
+@pytest.mark.parametrize("key", ["model", "model_state_dict", "state_dict"])
+def test_training_checkpoint_dict_is_read_by_its_weights_key(tmp_path, demo_state, key):
+    """torchvision's reference scripts save {'model': ...}, PyTorch's checkpoint tutorial
+    {'model_state_dict': ...}: both were refused ("holds a dict, expected a state_dict")."""
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"epoch": 12, key: demo_state, "optimizer": {"state": {}, "param_groups": []}}, path)
+    _same_weights(sketchmine.load_model("sketchnet", weights=path), demo_state)
+
+
+def test_dataparallel_prefix_is_read_as_the_same_weights(tmp_path, demo_state):
+    """A state_dict saved from nn.DataParallel / DDP names every tensor 'module.<name>': it was
+    refused as 22 tensors missing and 22 unexpected, for weights that are exactly the model's."""
+    prefixed = {f"module.{k}": v for k, v in demo_state.items()}
+    torch.save(prefixed, tmp_path / "dp.pth")
+    _same_weights(sketchmine.load_model("sketchnet", weights=tmp_path / "dp.pth"), demo_state)
+    torch.save({"arch": "sketchnet", "state_dict": prefixed}, tmp_path / "dp_arch.pth")
+    _same_weights(sketchmine.load_model(str(tmp_path / "dp_arch.pth")), demo_state)
+    # a prefix over only some names is not DataParallel's: still refused, naming the misfit
+    torch.save({("module." + k if i == 0 else k): v for i, (k, v) in enumerate(demo_state.items())}, tmp_path / "part.pth")
+    with pytest.raises(SketchmineError, match="do not fit sketchnet: 1 tensors missing"):
+        sketchmine.load_model("sketchnet", weights=tmp_path / "part.pth")
+
+
+def test_checkpoint_dict_without_or_with_two_state_dicts_is_refused_naming_its_keys(tmp_path, demo_state):
+    torch.save({"epoch": 3, "weights": [1, 2]}, tmp_path / "odd.pth")
+    with pytest.raises(SketchmineError, match=r"odd.pth holds a dict with the keys 'epoch', 'weights', none of them "
+                                              r"a state_dict.*'state_dict' or 'model_state_dict' or 'model'"):
+        sketchmine.load_model("sketchnet", weights=tmp_path / "odd.pth")
+    torch.save({"model": demo_state, "model_state_dict": demo_state}, tmp_path / "two.pth")
+    with pytest.raises(SketchmineError, match="two.pth holds a state_dict under each of 'model_state_dict', 'model'"):
+        sketchmine.load_model("sketchnet", weights=tmp_path / "two.pth")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_file_is_refused_as_one_in_our_words(tmp_path, demo_state, demo_test_set):
+    """A torch.jit.save file was refused with torch's own paragraph (advising weights_only=False)
+    after a UserWarning with a source line of models.py, even under -q."""
+    scripted = torch.jit.script(sketchmine.load_model("demo").module)
+    torch.jit.save(scripted, tmp_path / "model_ts.pt")
+    folder = sketchmine.data.export_image_folder(torch.utils.data.Subset(demo_test_set, range(20)), tmp_path / "imgs")
+    for args in (["--model", "sketchnet", "--weights", str(tmp_path / "model_ts.pt")],
+                 ["--model", str(tmp_path / "model_ts.pt")]):
+        done = sm("-q", "mine", *args, "--data", str(folder), "--out", str(tmp_path / "r.zarr"))
+        assert_clean_error(done, r"model_ts.pt is a TorchScript archive \(torch.jit.save\): sketchmine reads a unit "
+                                 r"through a forward hook.*torch.save\(model.state_dict\(\), path\)")
+        assert "UserWarning" not in done.stderr and "weights_only` set to `False" not in done.stderr
+        assert not (tmp_path / "r.zarr").exists()
