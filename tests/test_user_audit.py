@@ -70,3 +70,19 @@ def test_torchscript_file_is_refused_as_one_in_our_words(tmp_path, demo_state, d
                                  r"through a forward hook.*torch.save\(model.state_dict\(\), path\)")
         assert "UserWarning" not in done.stderr and "weights_only` set to `False" not in done.stderr
         assert not (tmp_path / "r.zarr").exists()
+
+
+def test_flat_folder_of_images_is_refused_saying_where_classes_come_from(tmp_path, demo_test_set):
+    """A flat folder of images beside a labels CSV was refused only as 'has no class folders',
+    which does not say that the images were seen, nor that no labels file is read."""
+    from PIL import Image
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        Image.fromarray(demo_test_set.images[i]).save(flat / f"img{i}.png")
+    (flat / "labels.csv").write_text("file,label\nimg0.png,bear\n")
+    with pytest.raises(SketchmineError, match=r"flat has no class folders, only 3 images directly in it \(a class is "
+                                              r"the folder an image lies in; no labels file is read\)"):
+        sketchmine.mine("demo", flat, out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()

@@ -73,10 +73,12 @@ class ImageFolderDataset(MinerDataset):
         folders = sorted(e.name for e in entries if e.is_dir())
         loose = sorted(e.name for e in entries if not e.is_dir() and not e.name.startswith("._")
                        and e.name.lower().endswith(IMAGE_EXTENSIONS + OTHER_IMAGE_EXTENSIONS))
-        if not folders:
-            raise SketchmineError(
-                f"dataset directory {self.root} has no class folders; expected {self.root}/<class>/<image>.png"
-            )
+        if not folders:  # a flat folder with a labels file is a common layout, which sketchmine does not read
+            flat = (f", only {len(loose)} images directly in it (a class is the folder an image lies in; no labels "
+                    "file is read): move each into its class's folder, or pass sketchmine.mine a torch Dataset of "
+                    "(image, label)") if loose else ""
+            raise SketchmineError(f"dataset directory {self.root} has no class folders{flat}; expected "
+                                  f"{self.root}/<class>/<image>.png")
         self.skipped: dict[str, str] = {}
         listed: dict[str, list[str]] = {}
         not_followed: list[str] = []
