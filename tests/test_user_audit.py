@@ -2,6 +2,7 @@
 weights it holds, or refused saying what the file is and what to save instead."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,39 @@ def test_flat_folder_of_images_is_refused_saying_where_classes_come_from(tmp_pat
                                               r"the folder an image lies in; no labels file is read\)"):
         sketchmine.mine("demo", flat, out=tmp_path / "r.zarr")
     assert not (tmp_path / "r.zarr").exists()
+
+
+def test_guessed_imagenet_normalisation_is_said_once_and_not_when_recorded(tmp_path, demo_state, caplog):
+    """Weights without a record of their normalisation were mined under ImageNet's mean and std
+    without a word: a model trained with other numbers saw other inputs, and every number changed."""
+    import json
+    import logging
+
+    from torch.utils.data import Subset
+
+    torch.save(demo_state, tmp_path / "net.pt")
+    data = Subset(sketchmine.data.animal_shape("test"), range(0, 2000, 100))
+    with caplog.at_level(logging.WARNING, logger="sketchmine"):
+        run = sketchmine.mine("sketchnet", data, weights=tmp_path / "net.pt", layers=["classifier.6"],
+                              out=tmp_path / "a.zarr")
+    said = [r.getMessage() for r in caplog.records if "records no input normalisation" in r.getMessage()]
+    assert said == ["sketchnet records no input normalisation, so its images are normalised with ImageNet's mean "
+                    "(0.449,) and std (0.226,) (preprocessing 'auto'); if it was trained with other numbers, give them: "
+                    "in a JSON beside its weights file, {\"preprocessing\": {\"mean\": [...], \"std\": [...]}}, as a "
+                    "preset (--preprocessing), or in Python as preprocessing=sketchmine.data.Preprocessing(...)"]
+    assert run.attrs["preprocessing"]["mean"] == [0.449]
+    # recorded beside the weights, or chosen: applied, and nothing to say
+    demo_pre = sketchmine.preprocessing_for("demo")
+    (tmp_path / "net.json").write_text(json.dumps({"preprocessing": {"mean": list(demo_pre.mean),
+                                                                     "std": list(demo_pre.std)}}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sketchmine"):
+        run = sketchmine.mine("sketchnet", data, weights=tmp_path / "net.pt", layers=["classifier.6"],
+                              out=tmp_path / "b.zarr")
+        sketchmine.mine("sketchnet", data, weights=tmp_path / "net.pt", layers=["classifier.6"],
+                        out=tmp_path / "c.zarr", preprocessing="imagenet")
+    assert not [r for r in caplog.records if "normalisation" in r.getMessage()]
+    assert run.attrs["preprocessing"]["mean"] == list(demo_pre.mean)
+    demo = sketchmine.mine("demo", data, layers=["classifier.6"], out=tmp_path / "demo.zarr")
+    assert run.accuracy() == demo.accuracy()  # the demo's weights, fed as the demo is
+    assert all(np.array_equal(a, b) for a, b in zip(run.topk("classifier.6"), demo.topk("classifier.6")))

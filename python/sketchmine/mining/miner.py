@@ -37,7 +37,8 @@ from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of
                                       recorded_weights, weights_hash_aside)
 from sketchmine.model.forward import TorchForward, as_forward, layer_field, probe
 from sketchmine.model.graph import shared_traces
-from sketchmine.model.models import LoadedModel, is_model_path, load_model, preprocessing_for
+from sketchmine.model.models import (LoadedModel, guessed_normalisation, is_model_path, load_model,
+                                     preprocessing_for)
 from sketchmine.model.modes import eval_mode, input_dtype, memory_format
 from sketchmine.model.pretrained import is_weights_name
 from sketchmine.model.taps import SOFTMAX, storable
@@ -212,8 +213,9 @@ def mine(
     preprocessing, chosen = _resolve_preprocessing(loaded, preprocessing, image_size)
     ds = _as_sequences(as_miner_dataset(dataset, preprocessing, chosen=chosen), loaded, steps, ink)
     ds = accepted_channels(forward, net, ds, stated, progress)
-    for said in (ds.skipped_note(), ds.input_note()):
-        if said:  # what a folder's listing left out; how "auto" took a torch Dataset
+    implicit = not (isinstance(dataset, MinerDataset) and dataset.preprocessing_explicit)  # not the dataset's own
+    for said in (ds.skipped_note(), ds.input_note(), implicit and guessed_normalisation(loaded, ds.preprocessing, chosen)):
+        if said:  # what a folder's listing left out; how "auto" took a torch Dataset; a guessed normalisation
             progress.note(said)
     if len(ds) == 0:
         shown = (d := ds.describe()).get("root") or d.get("name") or d.get("type") or type(ds).__name__

@@ -335,6 +335,19 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
     return preset("imagenet" if name == "auto" else name, channels, size)
 
 
+def guessed_normalisation(loaded: LoadedModel, used: Preprocessing | None, chosen: bool) -> str | None:
+    """The note `mine` gives when "auto" normalised a model's images with ImageNet's numbers
+    because the model records none: right for torchvision-style training, wrong for a model
+    trained with other numbers, whose every activation would change without a word."""
+    if chosen or loaded.preprocessing or used is None or used.preset != "imagenet":
+        return None
+    return (f"{loaded.model_id} records no input normalisation, so its images are normalised with ImageNet's mean "
+            f"{tuple(round(m, 3) for m in used.mean)} and std {tuple(round(s, 3) for s in used.std)} (preprocessing "
+            "'auto'); if it was trained with other numbers, give them: in a JSON beside its weights file, "
+            "{\"preprocessing\": {\"mean\": [...], \"std\": [...]}}, as a preset (--preprocessing), or in Python as "
+            "preprocessing=sketchmine.data.Preprocessing(...)")
+
+
 def given_preprocessing(loaded: LoadedModel, given: str | Preprocessing | None, what: str) -> Preprocessing:
     """`preprocessing=` as `mine` takes it, a preset name (None: "auto") or a Preprocessing, for a
     pass (`what`) that has no images: "dataset" without numbers is refused, as there are none to
