@@ -123,3 +123,29 @@ def test_guessed_imagenet_normalisation_is_said_once_and_not_when_recorded(tmp_p
     demo = sketchmine.mine("demo", data, layers=["classifier.6"], out=tmp_path / "demo.zarr")
     assert run.accuracy() == demo.accuracy()  # the demo's weights, fed as the demo is
     assert all(np.array_equal(a, b) for a, b in zip(run.topk("classifier.6"), demo.topk("classifier.6")))
+
+
+def test_run_of_a_dataset_object_is_not_reopened_from_a_folder(tmp_path, demo_test_set):
+    """A run mined in Python from torchvision's ImageFolder, visualized from the command line:
+    `--data` with the folder said 'the content of at least one changed since the run was made'
+    (nothing had: a dataset object is fingerprinted by its pixels, a folder by its files), and
+    without it 'a ImageFolder dataset object ... (data=...)'."""
+    import torchvision
+    from torchvision import transforms
+
+    folder = sketchmine.data.export_image_folder(torch.utils.data.Subset(demo_test_set, range(0, 2000, 100)),
+                                                 tmp_path / "imgs")
+    pre = sketchmine.preprocessing_for("demo")
+    tf = transforms.Compose([transforms.Grayscale(), transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)])
+    data = torchvision.datasets.ImageFolder(str(folder), transform=tf)
+    out = tmp_path / "r.zarr"
+    sketchmine.mine(sketchmine.load_model("demo").module, data, layers=["classifier.6"], out=out)
+    done = sm("visualize", str(out), "--layers", "classifier.6", "--model", "demo", "--data", str(folder))
+    assert_clean_error(done, r"r.zarr was mined from an ImageFolder dataset object, not from a folder: a folder "
+                             r"\(--data .*imgs\) cannot stand for it.*sketchmine.visualize\(run, data=dataset\)")
+    assert "changed since the run was made" not in done.stderr
+    done = sm("visualize", str(out), "--layers", "classifier.6", "--model", "demo")
+    assert_clean_error(done, r"r.zarr was mined from an ImageFolder dataset object that cannot be reopened from the "
+                             r"store; pass the same dataset object from Python")
+    run = sketchmine.visualize(out, ["classifier.6"], model="demo", data=data)  # the way it says
+    assert run.patches_done("classifier.6") == 10  # every unit of the output layer

@@ -105,6 +105,9 @@ def _recorded_base(run: Run, desc: dict[str, Any], pre: Preprocessing, data: str
     """The images the run's record names: its ImageFolder (under `data` if it moved) or the
     embedded split."""
     kind = desc.get("kind")
+    if data is not None and kind not in ("image_folder", None):  # its fingerprint is of pixels, not of a folder's files
+        raise SketchmineError(f"run {run.path} was mined from {_object(desc)}, not from a folder: a folder (--data "
+                              f"{data}) cannot stand for it, as its files hash otherwise; {_same_object()}")
     if kind == "image_folder" or data is not None:
         root = Path(data) if data is not None else Path(desc["root"])
         if not root.is_dir() and hidden_by_locale(root):
@@ -122,8 +125,19 @@ def _recorded_base(run: Run, desc: dict[str, Any], pre: Preprocessing, data: str
         numbers = [re.fullmatch(r".*/(\d+)", str(p)) for p in run.paths]
         if all(numbers):  # its paths keep the images' numbers in the split (ArrayDataset.subset)
             return animal_shape(desc.get("split", "test"), pre).subset(np.array([int(m[1]) for m in numbers if m]))
-    raise SketchmineError(f"run {run.path} was mined from a {desc.get('type', 'Python')} dataset object that "
-                          "cannot be reopened from the store; pass the same dataset object (data=...)")
+    raise SketchmineError(f"run {run.path} was mined from {_object(desc)} that cannot be reopened from the store; "
+                          f"{_same_object()}")
+
+
+def _object(desc: dict[str, Any]) -> str:
+    """The dataset object a run records, with its article: 'an ImageFolder dataset object'."""
+    name = str(desc.get("type", "Python"))
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} dataset object"
+
+
+def _same_object() -> str:
+    """What reopens a run mined from a dataset object: that object, which only Python can pass."""
+    return "pass the same dataset object from Python (data=..., as sketchmine.visualize(run, data=dataset) takes it)"
 
 
 def missing_images(ds: MinerDataset, indices: np.ndarray) -> list[str]:
