@@ -149,3 +149,14 @@ def test_run_of_a_dataset_object_is_not_reopened_from_a_folder(tmp_path, demo_te
                              r"store; pass the same dataset object from Python")
     run = sketchmine.visualize(out, ["classifier.6"], model="demo", data=data)  # the way it says
     assert run.patches_done("classifier.6") == 10  # every unit of the output layer
+
+
+def test_class_count_refusal_names_the_empty_class_folders_it_skipped(tmp_path, demo_test_set):
+    """A test split with one class folder empty (here the last of 10): the 10-output model was
+    refused as 'the dataset has 9 classes', and under -q nothing said which folder had gone."""
+    folder = sketchmine.data.export_image_folder(torch.utils.data.Subset(demo_test_set, range(0, 1800, 60)),
+                                                 tmp_path / "imgs")
+    (folder / "zebra").mkdir()
+    done = sm("-q", "mine", "--model", "demo", "--data", str(folder), "--out", str(tmp_path / "r.zarr"))
+    assert_clean_error(done, r"the model has 10 outputs but the dataset has 9 classes \(bear, bird, cat, cow, dog, …; "
+                             r"not classes, as they hold no images: zebra/\)")

@@ -46,20 +46,23 @@ def check_sketch_size(images: int, distributions: bool) -> None:
 
 
 def check_classes(num_classes: int | None, categories: list[str] | None, class_names: list[str],
-                  progress: Progress, logits_from: str | None = None) -> None:
+                  progress: Progress, logits_from: str | None = None, empty: list[str] | None = None) -> None:
     """Output i of the model is scored against the dataset's class i (a folder's i-th class in
     sorted order). Refused when the counts differ, or when the model names its outputs
     (`LoadedModel.categories`: an embedded model's or a checkpoint's class_names, torchvision's
     categories) and a class sits at another position in the dataset: every accuracy would be
     another class's. Names that differ altogether (ImageNet's synset folders against the
     weights' English names) cannot be matched, and are said once. `logits_from`: which of the
-    model's outputs the logits are, where it has several (`LoadedModel.logits_from`)."""
+    model's outputs the logits are, where it has several (`LoadedModel.logits_from`); `empty`: class
+    folders skipped for having no images, named in the refusal (a split missing a class)."""
     if num_classes is None or not class_names:
         return
     shown = f"{', '.join(class_names[:5])}{', …' if len(class_names) > 5 else ''}"
     if num_classes != len(class_names):
         raise SketchmineError(f"the model has {num_classes} outputs" + (f" ({logits_from})" if logits_from else "")
-                              + f" but the dataset has {len(class_names)} classes ({shown}): its predictions would be "
+                              + f" but the dataset has {len(class_names)} classes ({shown}"
+                              + (f"; not classes, as they hold no images: {', '.join(f'{e}/' for e in empty)}"
+                                 if empty else "") + "): its predictions would be "
                               "scored against other labels. Pass the model trained on these classes"
                               + (", with its logits as its first output" if logits_from else "")
                               + ", or logits=False (--no-logits) to mine the layers without predictions")

@@ -291,7 +291,8 @@ def mine(
         if left:
             names = want[LAYER_NAMES] = [l.name for l in spec]
         if logits:
-            check_classes(num_classes, loaded.categories, ds.class_names, progress, loaded.logits_from)
+            empty = [name for name, why in getattr(ds, "skipped", {}).items() if why == "no images"]
+            check_classes(num_classes, loaded.categories, ds.class_names, progress, loaded.logits_from, empty)
         if not logits:
             forward.stop_after = forward.order[-1]
             num_classes = None
