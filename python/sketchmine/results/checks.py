@@ -2,8 +2,13 @@
 so every reader refuses the same things in the same words."""
 from __future__ import annotations
 
-from sketchmine.errors import SketchmineError, closest, whole_number
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sketchmine.errors import RunDamaged, SketchmineError, closest, whole_number
 from sketchmine.store import schema
+
+T = TypeVar("T")
 
 
 def check_count(n: int) -> int:
@@ -45,3 +50,28 @@ def check_result_name(name: str) -> str:
     if isinstance(name, str) and name in known:
         return name
     raise SketchmineError(f"unknown layer result name {name!r}; a layer's results are {', '.join(known)}")
+
+
+def absent_read(run: Any, path: str, read: Callable[[], T], holds: Callable[[], bool]) -> T:
+    """`read()` of the array at schema path `path`; where it raises RunDamaged because the run never
+    held the array (`holds()` False: a partial run, whose results are its checkpoint's, or a complete
+    one mined without the pass that writes it, or by a version before it), a SketchmineError saying
+    so: "damaged, mine again" was said of a run that is whole. An array the run holds or recorded
+    checksums of and cannot read is damage, as before."""
+    try:
+        return read()
+    except RunDamaged:
+        if run.complete and holds():
+            raise
+        if not run.complete:
+            raise SketchmineError(f"run {run.path} is not complete ({run.images_done} images mined): its arrays are "
+                                  f"written when mining ends, so it holds no {path!r} yet; read its partial results "
+                                  "with the Run readers (topk, class_histogram, ...), or run the same mine again to "
+                                  "finish it") from None
+        what = ("it was mined without distributions: mine it again with --distributions into a new --out"
+                if path.rsplit("/", 1)[-1] in schema.DISTRIBUTION_ARRAYS else
+                f"run `sketchmine visualize {run.path} --layers {path.split('/')[1]}` to add a layer's pictures"
+                if path.rsplit("/", 1)[-1] in schema.VISUAL_ARRAYS else
+                "the passes and the sketchmine version that made the run did not write it (the run is not damaged; "
+                "Run.has_array and has_dataset_array say what it holds)")
+        raise SketchmineError(f"run {run.path} holds no array {path!r}: {what}") from None

@@ -15,8 +15,8 @@ import pandas as pd
 from sketchmine.errors import SketchmineError, closest, unless_damaged
 from sketchmine.results import summaries
 from sketchmine.results.correlations import ClassCorrelations
-from sketchmine.results.checks import (check_array_name, check_count, check_dataset_array_name, check_result_name,
-                                       check_rows)
+from sketchmine.results.checks import (absent_read, check_array_name, check_count, check_dataset_array_name,
+                                       check_result_name, check_rows)
 from sketchmine.results.notebook import UnitCard, run_html, run_repr
 from sketchmine.results.precision import Precision
 from sketchmine.results.unit_views import UnitViews
@@ -121,10 +121,12 @@ class Run(UnitViews, ClassCorrelations, Precision):
         of a layer's pictures during the read is read again, not called damage)."""
         name = schema.layer_array(self.check_layer(layer), check_array_name(name))
         rows = check_rows(rows)
-        return self.store.committed(lambda: self.store.read(name, rows))
+        return absent_read(self, name, lambda: self.store.committed(lambda: self.store.read(name, rows)),
+                           lambda: self.store.has(name))
 
     def array_shape(self, layer: str, name: str) -> tuple[int, ...]:
-        return self.store.shape(schema.layer_array(self.check_layer(layer), check_array_name(name)))
+        name = schema.layer_array(self.check_layer(layer), check_array_name(name))
+        return absent_read(self, name, lambda: self.store.shape(name), lambda: self.store.has(name))
 
     def layer_result(self, layer: str, name: str, keys: tuple[str, ...]
                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
@@ -137,7 +139,8 @@ class Run(UnitViews, ClassCorrelations, Precision):
 
     def dataset_array(self, name: str) -> np.ndarray:
         """A per-dataset array, e.g. "class_ink_density" (verified)."""
-        return self.store.read(schema.dataset_array(check_dataset_array_name(name)))
+        path = schema.dataset_array(check_dataset_array_name(name))
+        return absent_read(self, path, lambda: self.store.read(path), lambda: self.store.has(path))
 
     def eval_attrs(self) -> dict[str, Any]:
         """Attributes of eval/ (accuracy)."""
