@@ -66,3 +66,22 @@ def test_a_partial_runs_arrays_are_said_not_written_yet(tmp_path, demo_model, fe
     message = refusal(lambda: run.layer_array("features.0", "values"))
     assert "is not complete" in message and "holds no 'layers/features.0/values' yet" in message
     assert run.topk("features.0")[0].shape == (32, 3)  # the partial results read from the checkpoint
+
+
+def test_a_release_run_without_unit_moments_is_not_told_to_mine_distributions(run_copy):
+    """0.1.0 (schema version 1) kept no unit moments (max_count, max_mean, firing): its runs were
+    told they had been mined without distributions and to mine again with them, which is neither
+    the reason nor needed."""
+    import json
+
+    for layer in ("features.0", "features.3"):
+        as_mined_without(run_copy, layer, ["max_count", "max_mean", "firing"])
+    meta = json.loads((run_copy / "zarr.json").read_text())
+    meta["attributes"]["schema_version"] = 1
+    (run_copy / "zarr.json").write_text(json.dumps(meta))
+    run = sketchmine.open_run(run_copy)
+    for read in (lambda: run.max_mean("features.0"), lambda: run.firing_density("features.3")):
+        message = refusal(read)
+        assert "unit moments" in message and "schema version 1, sketchmine 0.1.0" in message
+        assert "distributions" not in message and "not damaged" in message
+    assert "mined without distributions" in refusal(lambda: run.histogram("features.0"))  # those are opt-in

@@ -78,8 +78,17 @@ def without(run: Run) -> str:
             f"cost); mine it again into a new directory to add them: {mine_again(run)}")
 
 
+def older(run: Run) -> str:
+    """Why a run lacks arrays every run of this sketchmine has (the unit moments): an older version
+    wrote it; --distributions, which `without` names, would not be the reason or the remedy."""
+    version = run.attrs.get(schema.VERSION_ATTR)
+    release = schema.RELEASED_VERSIONS.get(version) if isinstance(version, int) else None
+    return (f"it was written by an older sketchmine (schema version {version}" + (f", sketchmine {release}" if release
+            else "") + ") that did not keep them; the run is not damaged: mine it again into a new --out to have them")
+
+
 def _read(run: Run, layer: str, key: str, names: Sequence[str], what: str) -> list[np.ndarray]:
-    again = f"it {without(run)}"
+    again = f"it {without(run)}" if any(n in schema.DISTRIBUTION_ARRAYS for n in names) else older(run)
     if run.complete:
         missing = [n for n in names if not run.has_array(layer, n)]
         if missing:
