@@ -81,15 +81,16 @@ def stable_softmax(z: torch.Tensor, dim: int = 1, log: bool = False) -> torch.Te
     return _StableSoftmax.apply(z, dim, log)
 
 
-class _RuleSoftmax(nn.Module):
-    """An nn.Softmax / nn.LogSoftmax module, its backward the stable one."""
+class _RuleSoftmax(nn.Softmax):
+    """An nn.Softmax / nn.LogSoftmax module, its backward the stable one. An nn.Softmax itself, so
+    what reads the graph for ops coupling positions (model/coupling.py) still sees a softmax over x."""
 
     def __init__(self, dim: int, log: bool) -> None:
-        super().__init__()
-        self.dim, self.log = dim, log
+        super().__init__(dim)
+        self.log, self.along = log, dim
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return stable_softmax(z, self.dim, self.log)
+        return stable_softmax(z, self.along, self.log)
 
 
 class _RuleActivation(torch.autograd.Function):
