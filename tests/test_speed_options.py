@@ -101,7 +101,7 @@ def test_the_probe_runs_under_the_passs_autocast(small_test_set, tmp_path):
     forward.autocast = torch.bfloat16
     with pytest.raises(SketchmineError, match=r"failed on the first image .*under torch.autocast with bf16.*"
                                               r"mine without autocast") as got:
-        probe(forward, ["0"], x)
+        probe(forward, ["0"], x, logits=True)  # the logits wanted: the whole forward runs (mine's default)
     with pytest.raises(RuntimeError) as torch_said, torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
         net(x.half())
     assert str(torch_said.value).splitlines()[0] in str(got.value) and "--image-size" not in str(got.value)
