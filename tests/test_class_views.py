@@ -92,7 +92,8 @@ def test_console_plot_and_report_say_the_ties(run, tmp_path):
     assert sum(t == "all 10 classes tied at 9: no top or bottom classes" for t in plots.summary_figure(run).axes[0].texts
                for t in [t.get_text()]) == 2
     index = write_report(run, tmp_path / "report", images=False, montages=0).read_text()
-    cells = dict(re.findall(r'<td><a href="layers/[^"]+">([^<]+)</a></td><td>[^<]*</td><td>[^<]*</td><td>([^<]*)</td>', index))
+    cells = {name: re.sub(r"</?bdi>", "", cell) for name, cell in re.findall(  # class names isolated (<bdi>)
+        r'<td><a href="layers/[^"]+">([^<]+)</a></td><td>[^<]*</td><td>[^<]*</td><td>((?:[^<]|</?bdi>)*)</td>', index)}
     assert cells["classifier.6"] == "all 10 classes tied at 9" and cells["softmax"] == "all 10 classes tied at 9"
     counts, names = _counts(run, "features.6"), run.class_names
     first = sorted(range(len(names)), key=lambda c: (-counts[c], c))[0]
