@@ -214,8 +214,10 @@ def mine(
     ds = _as_sequences(as_miner_dataset(dataset, preprocessing, chosen=chosen), loaded, steps, ink)
     ds = accepted_channels(forward, net, ds, stated, progress)
     implicit = not (isinstance(dataset, MinerDataset) and dataset.preprocessing_explicit)  # not the dataset's own
-    for said in (ds.skipped_note(), ds.input_note(), implicit and guessed_normalisation(loaded, ds.preprocessing, chosen)):
-        if said:  # what a folder's listing left out; how "auto" took a torch Dataset; a guessed normalisation
+    # said once the run is open: a refusal before it stays the one line on stderr
+    guessed = implicit and guessed_normalisation(loaded, ds.preprocessing, chosen)
+    for said in (ds.skipped_note(), ds.input_note()):
+        if said:  # what a folder's listing left out; how "auto" took a torch Dataset
             progress.note(said)
     if len(ds) == 0:
         shown = (d := ds.describe()).get("root") or d.get("name") or d.get("type") or type(ds).__name__
@@ -364,6 +366,8 @@ def mine(
             forward.net.to(memory_format=torch.channels_last)
         try:
             run_store = team.store(open_store)  # ranks other than 0: the run's attributes, read-only
+            if guessed:
+                progress.note(guessed)
             return note_dead_units(run_pass(run_store, forward, ds, spec, k, device, load, speed, flush_every,
                                             skip_bad_images, progress, needs_labels=known is None,
                                             input_shape=(first_index, tuple(first.shape)), team=team),
