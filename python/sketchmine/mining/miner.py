@@ -275,7 +275,8 @@ def mine(
     if store is not None or team.size > 1:  # compared now, with the run's and the other ranks'
         want["weights_hash"] = weights_digest()
     team.check_same({**want, "logits": logits, "batch_size": batch_size, "flush_every": flush_every,
-                     "skip_bad_images": skip_bad_images, "out": str(out), "class_names": list(ds.class_names)})  # as given: ranks in other folders name one run alike
+                     "skip_bad_images": skip_bad_images, "class_names": list(ds.class_names),
+                     "out": str(out)})  # as given: ranks in other folders name one run alike
     # before the model is touched (and again under the lock); a refusal on rank 0 reaches every rank
     # (the default layers are known after the probe: a module never called is left out then)
     early = want if layers is not None else {key: v for key, v in want.items() if key != LAYER_NAMES}
