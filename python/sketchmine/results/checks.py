@@ -52,16 +52,16 @@ def check_result_name(name: str) -> str:
     raise SketchmineError(f"unknown layer result name {name!r}; a layer's results are {', '.join(known)}")
 
 
-def absent_read(run: Any, path: str, read: Callable[[], T], holds: Callable[[], bool]) -> T:
+def absent_read(run: Any, path: str, read: Callable[[], T]) -> T:
     """`read()` of the array at schema path `path`; where it raises RunDamaged because the run never
-    held the array (`holds()` False: a partial run, whose results are its checkpoint's, or a complete
+    held the array (`run.store.has(path)` False: a partial run, whose results are its checkpoint's, or a complete
     one mined without the pass that writes it, or by a version before it), a SketchmineError saying
     so: "damaged, mine again" was said of a run that is whole. An array the run holds or recorded
     checksums of and cannot read is damage, as before."""
     try:
         return read()
     except RunDamaged:
-        if run.complete and holds():
+        if run.complete and run.store.has(path):
             raise
         if not run.complete:
             raise SketchmineError(f"run {run.path} is not complete ({run.images_done} images mined): its arrays are "

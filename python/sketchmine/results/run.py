@@ -121,12 +121,11 @@ class Run(UnitViews, ClassCorrelations, Precision):
         of a layer's pictures during the read is read again, not called damage)."""
         name = schema.layer_array(self.check_layer(layer), check_array_name(name))
         rows = check_rows(rows)
-        return absent_read(self, name, lambda: self.store.committed(lambda: self.store.read(name, rows)),
-                           lambda: self.store.has(name))
+        return absent_read(self, name, lambda: self.store.committed(lambda: self.store.read(name, rows)))
 
     def array_shape(self, layer: str, name: str) -> tuple[int, ...]:
         name = schema.layer_array(self.check_layer(layer), check_array_name(name))
-        return absent_read(self, name, lambda: self.store.shape(name), lambda: self.store.has(name))
+        return absent_read(self, name, lambda: self.store.shape(name))
 
     def layer_result(self, layer: str, name: str, keys: tuple[str, ...]
                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
@@ -140,7 +139,7 @@ class Run(UnitViews, ClassCorrelations, Precision):
     def dataset_array(self, name: str) -> np.ndarray:
         """A per-dataset array, e.g. "class_ink_density" (verified)."""
         path = schema.dataset_array(check_dataset_array_name(name))
-        return absent_read(self, path, lambda: self.store.read(path), lambda: self.store.has(path))
+        return absent_read(self, path, lambda: self.store.read(path))
 
     def eval_attrs(self) -> dict[str, Any]:
         """Attributes of eval/ (accuracy)."""
