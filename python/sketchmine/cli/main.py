@@ -380,7 +380,7 @@ def _failed(exc: BaseException, command: str, verbosity: int) -> int:
         from sketchmine.present.console import safe
 
         said = str(exc) if exc.args else f"interrupted; {INTERRUPTED.get(command, 'nothing was written')}"
-        said = interrupted(ending_signal()) + said[11:] if said.startswith("interrupted") else said  # names SIGTERM
+        said = interrupted(ending_signal()) + said.removeprefix("interrupted") if said.startswith("interrupted") else said  # names SIGTERM
         if exc.args or os.environ.get("RANK", "0") == "0":  # torchrun's Ctrl-C reaches every rank: rank 0 says it
             print(f"sketchmine: {' '.join(safe(said, markup=False).split())}", file=sys.stderr)
         code = 128 + ending_signal()  # 130 for Ctrl-C
