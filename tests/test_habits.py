@@ -165,6 +165,35 @@ def test_results_on_stdout_notes_and_progress_on_stderr(mined):
     assert run.complete and run.images_done == 60 and run.k == 3 and run.layers == LAYERS
 
 
+def test_progress_without_a_terminal_is_a_line_now_and_then(images, tmp_path):
+    """A bar is drawn on a terminal only: under nohup or `2> log` a long run said nothing. There
+    a line comes every SKETCHMINE_PROGRESS_SECONDS (0: at every batch), none before the first
+    interval has passed, none under -q; a value that is no number of seconds is refused."""
+    import re
+
+    args = ["mine", "--model", "demo", "--data", str(images), "--layers", "classifier.6", "-k", "3",
+            "--workers", "0", "--batch-size", "25"]
+    every = sm(*args, "--out", str(tmp_path / "a.zarr"), env={"SKETCHMINE_PROGRESS_SECONDS": "0"})
+    assert every.returncode == 0, every.stderr
+    lines = [l for l in every.stderr.splitlines() if l.startswith("mining: ")]
+    done = [int(re.fullmatch(r"mining: (\d+) of 60 images \((\d+) %\), [\d,]+ img/s, \d:\d\d:\d\d elapsed"
+                             r"(, ETA \d:\d\d:\d\d)?", l).group(1)) for l in lines]
+    assert done == [25, 50, 60] and lines[-1].startswith("mining: 60 of 60 images (100 %)"), every.stderr
+    assert "ETA" in lines[0] and "ETA" not in lines[-1] and "mining:" not in every.stdout
+    vis = sm("visualize", str(tmp_path / "a.zarr"), env={"SKETCHMINE_PROGRESS_SECONDS": "0"})
+    assert vis.returncode == 0, vis.stderr
+    assert re.search(r"^visualizing: 10 of 10 units \(100 %\)", vis.stderr, re.M), vis.stderr
+    later = sm(*args, "--out", str(tmp_path / "b.zarr"), env={"SKETCHMINE_PROGRESS_SECONDS": "3600"})
+    quiet = sm("-q", *args, "--out", str(tmp_path / "c.zarr"), env={"SKETCHMINE_PROGRESS_SECONDS": "0"})
+    assert later.returncode == quiet.returncode == 0, later.stderr + quiet.stderr
+    assert "mining:" not in later.stderr and quiet.stderr == "", quiet.stderr
+    bad = sm(*args, "--out", str(tmp_path / "d.zarr"), env={"SKETCHMINE_PROGRESS_SECONDS": "soon"})
+    assert bad.returncode == 3 and bad.stderr.splitlines() == [
+        "sketchmine: error: SKETCHMINE_PROGRESS_SECONDS='soon' in the environment: expected the seconds between "
+        "two progress lines, a number of 0 or more; unset it for one line every 60 s"], bad.stderr
+    assert not (tmp_path / "d.zarr").exists()
+
+
 def test_quiet_keeps_results_drops_notes_and_default_out(images, tmp_path):
     """k=100 > 60 images is a note; -q drops it (and the bar), keeps the table; no --out: ./demo.zarr."""
     loud = sm("mine", "--model", "demo", "--data", str(images), "--layers", "classifier.6", "-k", "100",

@@ -1,7 +1,7 @@
 """What long passes (mine, visualize) report, and the default that shows no bar.
 
 Kept out of the passes' logic: they call `Progress` only; the CLI draws it with rich
-(console.RichProgress), benchmarks time it, the API may pass None.
+(present/progress_bar.py: a bar on a terminal, lines elsewhere), benchmarks time it, the API may pass None.
 """
 from __future__ import annotations
 

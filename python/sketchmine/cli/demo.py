@@ -51,7 +51,8 @@ def mine_and_visualize(model: str, out: Path, batch_size: int, console: Console)
     from sketchmine.data.sequences import SequenceDataset
     from sketchmine.mining.miner import mine
     from sketchmine.passes.visualize import visualize
-    from sketchmine.present.console import RichProgress, safe
+    from sketchmine.present.console import safe
+    from sketchmine.present.progress_bar import RichProgress
     from sketchmine.present.logs import err_console
     from sketchmine.results.effects import logits_layer
 

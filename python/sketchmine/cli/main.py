@@ -21,15 +21,8 @@ import sys
 import typing
 from pathlib import Path
 
-from sketchmine.cli.parser import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    EXIT_REFUSED,
-    build_parser,
-    default_report_out,
-    default_run_out,
-    paths_given,
-)
+from sketchmine.cli.parser import (EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, build_parser, default_report_out,
+                                   default_run_out, paths_given)
 from sketchmine.cli.environment import MIN_COLUMNS, caches_without_a_home, environment_refusal, in_an_existing_folder
 from sketchmine.ctrl_c import ending_as_ctrl_c, ending_signal, held, ignored_from_now, interrupted
 from sketchmine.errors import SaidOnRankZero, SketchmineError, first_line, out_of_resources
@@ -92,7 +85,8 @@ def _mine(args: argparse.Namespace, console: Console, err: Console) -> None:
 
     from sketchmine import mine
     from sketchmine.mining import distributed
-    from sketchmine.present.console import RichProgress, print_mined
+    from sketchmine.present.console import print_mined
+    from sketchmine.present.progress_bar import RichProgress
 
     out = args.out or default_run_out(args.model)
     if not args.out:
@@ -118,7 +112,8 @@ def _mine(args: argparse.Namespace, console: Console, err: Console) -> None:
 
 def _visualize(args: argparse.Namespace, console: Console, err: Console) -> None:
     from sketchmine.passes.visualize import visualize
-    from sketchmine.present.console import RichProgress, print_visualized
+    from sketchmine.present.console import print_visualized
+    from sketchmine.present.progress_bar import RichProgress
 
     bar = RichProgress(err, "visualizing", unit="units")
     try:

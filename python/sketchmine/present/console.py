@@ -8,23 +8,13 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from rich.console import Console, Group
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TaskID,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
@@ -38,6 +28,9 @@ from sketchmine.results.run import Run
 from sketchmine.results.summaries import (NO_LABELS, class_sides, no_classes, no_images_words, not_yet, sides,
                                           sides_note, size_note, ties_words)
 from sketchmine.store import schema
+
+if TYPE_CHECKING:
+    from sketchmine.present.progress_bar import RichProgress
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -73,51 +66,6 @@ def titled(title: str, **kwargs: Any) -> Table:
     width = max(line.cell_len for line in Text.from_markup(title).split("\n"))  # a title of lines: its longest
     return FittingTable(title=title, **{**kwargs, "min_width": max(kwargs.get("min_width") or 0,
                                                                    width if width <= TITLE_WIDTH else 0)})
-
-
-class RichProgress:
-    """Progress bar with images/s and ETA on `console` (the CLI's stderr console), live on a
-    terminal and cleared when done (transient: a log or a captured stderr gets no bar, and an
-    error stays the one line on stderr); notes go to the `sketchmine` logger, which the CLI
-    prints above the bar (present/logs.py)."""
-
-    def __init__(self, console: Console, label: str = "mining", unit: str = "images") -> None:
-        self.console = console
-        self.label, self.unit = label, unit
-        self._bar: Progress | None = None
-        self._task: TaskID | None = None
-        self._t0 = 0.0
-        self._start_done = 0
-        self.images = 0
-
-    def start(self, total: int, done: int) -> None:
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task(self.label, total=total, completed=done, rate="")
-        self._t0, self._start_done, self.images = time.perf_counter(), done, 0
-        if done and done < total:
-            logging.getLogger("sketchmine").info(f"resuming at {self.unit[:-1]} {done} of {total}")
-
-    def advance(self, n: int) -> None:
-        self.images += n
-        rate = self.images / max(time.perf_counter() - self._t0, 1e-9)
-        assert self._bar is not None and self._task is not None
-        self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} {'img' if self.unit == 'images' else self.unit}/s")
-
-    def note(self, message: str) -> None:
-        logging.getLogger("sketchmine").warning(message)  # the CLI draws it on stderr (present/logs.py)
-
-    def stop(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self._t0
 
 
 def layers_table(run: Run) -> Table:
