@@ -22,3 +22,31 @@ def test_summary_json_lists_each_class_once_as_the_tables_do(three, capsys):  # 
         pref = three.class_preference(name)
         assert [c["class"] for c in layer["preference_top"]] == list(pref.index[:2])
         assert [c["class"] for c in layer["preference_bottom"]] == list(pref.index[2:])
+
+
+def test_preference_records_carry_the_class_position(three, capsys):  # noqa: F811
+    """The preference lists are sorted by preference, and their records carried only the class
+    name: two classes sharing a name could not be told apart there (top_classes carry `label`)."""
+    import numpy as np
+    import pytest
+
+    from sketchmine.results import summaries
+
+    assert main(["summary", str(three.path), "--json", "-n", "5"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    for layer in data["layers"]:
+        pref = three.class_preference(layer["name"])
+        assert [c["label"] for c in layer["preference_top"] + layer["preference_bottom"]] == pref["label"].tolist()
+        assert len(set(pref["label"])) == len(pref) == 3, layer["name"]
+    mean, count = three.class_stats(data["layers"][0]["name"])
+    held = np.flatnonzero(count.sum(axis=0) > 0)  # the three classes with images
+    names = list(three.class_names)
+    names[held[1]] = names[held[0]]  # two classes named alike
+    named = summaries.preference(mean, np.full(len(names), np.nan), names, count)
+    mean = mean[:, held]
+    live = mean.std(axis=1) > 0
+    z = np.full(len(names), np.nan)
+    z[held] = ((mean[live] - mean[live].mean(axis=1, keepdims=True)) / mean[live].std(axis=1, keepdims=True)).mean(axis=0)
+    assert sorted(named["label"]) == held.tolist()
+    for _, row in named.iterrows():
+        assert row["preference"] == pytest.approx(z[int(row["label"])], rel=1e-9)

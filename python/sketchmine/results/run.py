@@ -348,7 +348,7 @@ class Run(UnitViews, ClassCorrelations, Precision):
     def class_preference(self, layer: str) -> pd.DataFrame:
         """The layer's class preference over ALL images, per class, most preferred first: the mean
         over units of the unit's z-scored class means (why this measure: `summaries.preference`);
-        columns preference, units_preferring, accuracy; attrs units, no_images, partial."""
+        columns preference, units_preferring, accuracy, label; attrs units, no_images, partial."""
         def read() -> pd.DataFrame:  # the statistics, accuracy and state of one commit
             mean, count = self.class_stats(layer)
             df = summaries.preference(mean, self.class_accuracy_series().to_numpy(), self.class_names, count)

@@ -95,7 +95,7 @@ def preference(mean: np.ndarray, accuracy: np.ndarray, class_names: Sequence[str
     continuous (no ties for the rank correlation). attrs["units"]: the live units (with spread
     over classes; dead units are left out). Classes without images (`count` (C, K) all 0, or
     without `count` a column of NaN means) have no preference and are left out, not ranked last
-    as NaN: attrs["no_images"] names them."""
+    as NaN: attrs["no_images"] names them. Column label: the class's position, as in `top_classes`."""
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # classes without images yet (partial runs)
         mu = np.nanmean(mean, axis=1, keepdims=True)
@@ -108,11 +108,10 @@ def preference(mean: np.ndarray, accuracy: np.ndarray, class_names: Sequence[str
                        "units_preferring": np.bincount(np.asarray(best, dtype=np.int64), minlength=mean.shape[1]),
                        "accuracy": accuracy},
                       index=pd.Index(list(class_names), name="class"))
-    df["order"] = np.arange(len(df))
+    df["label"] = np.arange(len(df))  # the class's position: two classes may share a name
     empty = (np.asarray(count).sum(axis=0) == 0) if count is not None else np.isnan(mean).all(axis=0)
     no_images = [str(c) for c in df.index[empty]]
-    df = df[~empty].sort_values(["preference", "order"], ascending=[False, True], kind="stable")
-    df = df.drop(columns="order")
+    df = df[~empty].sort_values(["preference", "label"], ascending=[False, True], kind="stable")
     df.attrs.update(units=int(live.sum()), no_images=no_images, no_images_at=np.flatnonzero(empty).tolist())
     return df
 
