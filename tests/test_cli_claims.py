@@ -38,6 +38,14 @@ def test_the_default_out_drops_only_a_checkpoints_last_extension():
         ["sketch.v2.zarr", "net.v1.zarr", "demo.zarr", "demo-resnet.zarr", "m.zarr"]
 
 
+def test_the_default_out_names_the_weights_given():
+    """`--model resnet18` with random weights, DEFAULT or a fine-tuned file all defaulted to
+    resnet18.zarr, where the second run was refused as the first's resume."""
+    assert [default_run_out("resnet18", w) for w in (None, "DEFAULT", "ft/sketch.v1.pt", "IMAGENET1K_V2")] == \
+        ["resnet18.zarr", "resnet18-DEFAULT.zarr", "resnet18-sketch.v1.zarr", "resnet18-IMAGENET1K_V2.zarr"]
+    assert default_run_out("sketchnet", "nets/best.pth") == "sketchnet-best.zarr"
+
+
 def test_pin_memory_on_the_cpu_is_refused(demo_model, small_test_set, tmp_path):
     """It was accepted and did nothing (torch warned past -q: no accelerator to pin for)."""
     with pytest.raises(SketchmineError, match="pin_memory .* would do nothing"):

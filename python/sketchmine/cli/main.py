@@ -88,7 +88,7 @@ def _mine(args: argparse.Namespace, console: Console, err: Console) -> None:
     from sketchmine.present.console import print_mined
     from sketchmine.present.progress_bar import RichProgress
 
-    out = args.out or default_run_out(args.model)
+    out = args.out or default_run_out(args.model, args.weights)
     if not args.out:
         logging.getLogger("sketchmine").info(f"no --out given: the run goes to {out}")
     bar = RichProgress(err)

@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--data", required=True, type=user_path, help="ImageFolder directory: DIR/<class>/<image>")
     m.add_argument("--out", type=user_path,
                    help="run directory (Zarr); an unfinished one is resumed (default: MODEL.zarr in the "
-                        "current folder, MODEL the --model name without folder and extension)")
+                        "current folder, MODEL the --model name without folder and extension; "
+                        "MODEL-WEIGHTS.zarr with --weights)")
     layers_option(m, "qualified module names (default: every conv, linear, recurrent and softmax layer)")
     m.add_argument("-k", type=positive_int, default=9, help="images kept per unit")
     m.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
@@ -352,10 +353,15 @@ def json_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts) instead of tables")
 
 
-def default_run_out(model: str) -> str:
-    """`mine`'s --out when none is given: MODEL.zarr in the current folder."""
-    name = Path(model.rstrip("/")).stem or "run"  # the last extension only: net.v2.pt is net.v2, not net
-    return f"{name}.zarr"
+def default_run_out(model: str, weights: str | None = None) -> str:
+    """`mine`'s --out when none is given: MODEL.zarr in the current folder, MODEL-WEIGHTS.zarr with
+    --weights, so one architecture's runs with other weights (random, DEFAULT, a fine-tuned file)
+    do not all default to one folder, where the second is refused as the first's resume."""
+    def stem(path: str) -> str:
+        return Path(path.rstrip("/")).stem  # the last extension only: net.v2.pt is net.v2, not net
+
+    name = stem(model) or "run"
+    return f"{name}-{stem(weights)}.zarr" if weights and stem(weights) else f"{name}.zarr"
 
 
 PATH_OPTIONS = {"run": "RUN", "run_a": "RUN_A", "run_b": "RUN_B", "data": "--data", "out": "--out",
@@ -373,7 +379,7 @@ def paths_given(args: argparse.Namespace) -> list[tuple[str, str]]:
              if getattr(args, dest, None) is not None
              and (dest not in ("model", "weights") or is_model_path(getattr(args, dest)))]
     if args.command == "mine" and args.out is None:
-        found.append(("--out (its default)", default_run_out(args.model)))
+        found.append(("--out (its default)", default_run_out(args.model, args.weights)))
     return found
 
 
