@@ -222,6 +222,30 @@ def test_api_notes_go_to_logging_not_warnings(small_test_set, tmp_path, caplog):
     assert any("k=30 is more than the 20 images" in r.getMessage() for r in notes), notes
 
 
+def test_summary_names_the_model_weights_data_and_preprocessing(mined):
+    """Two runs of one architecture with other weights or normalisation printed the same header:
+    `summary`, its --json and the report's index now say what the numbers were made from."""
+    out, _ = mined
+    attrs = sketchmine.open_run(out).attrs
+    algorithm, digest = attrs["weights_hash"].split(":")
+    pre = attrs["preprocessing"]
+    text = sm("summary", str(out))
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0] == f"model {attrs['model']}, its own weights ({algorithm}:{digest[:16]}…)", lines[:2]
+    assert lines[1] == (f"data: image folder {attrs['dataset']['root']}; preprocessing 'model': 1 channel, "
+                        f"mean {pre['mean'][0]:.4g}, std {pre['std'][0]:.4g}, images at their stored size"), lines[:2]
+    doc = json.loads(sm("summary", str(out), "--json").stdout)
+    assert {k: doc[k] for k in ("model", "weights", "weights_hash", "dataset", "preprocessing")} == {
+        "model": attrs["model"], "weights": None, "weights_hash": attrs["weights_hash"], "dataset": attrs["dataset"],
+        "preprocessing": pre}
+    from sketchmine.present.report import write_report
+
+    index = write_report(sketchmine.open_run(out), out.parent / "provenance-report").read_text()
+    assert f'<p id="provenance">its own weights ({algorithm}:{digest[:16]}…); preprocessing &#x27;model&#x27;: ' \
+           f"1 channel, mean {pre['mean'][0]:.4g}" in index, index[:3000]
+
+
 def test_json_output_parses_and_matches_the_run(mined):
     out, _ = mined
     run = sketchmine.open_run(out)

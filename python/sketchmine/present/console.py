@@ -23,6 +23,7 @@ from sketchmine.present.fitting import FittingTable
 from sketchmine.results import importance_store
 from sketchmine.results.numbers import number, percent, percents, rate, shape_text
 from sketchmine.results.optimized import how_made
+from sketchmine.results.provenance import provenance_lines
 from sketchmine.results.precision import batch_note, device_note, precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import (NO_LABELS, class_sides, no_classes, no_images_words, not_yet, sides,
@@ -238,6 +239,7 @@ def print_summary(path: str, n: int, console: Console) -> None:
         console.print(f"[yellow]partial run[/] {safe(run.path)}: {not_yet(run)}; its {len(run.layers)} layers: "
                       f"{safe(', '.join(run.layers))}")
         return
+    console.print("\n".join(safe(line) for line in provenance_lines(run.attrs)), soft_wrap=True)
     console.print(layers_table(run))
     if run.complete:
         console.print(accuracy_table(run))

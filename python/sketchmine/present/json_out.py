@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError
+from sketchmine.results.provenance import provenance
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import NO_LABELS, class_sides, no_classes, not_yet, sides
 
@@ -70,7 +71,7 @@ def _summary_data(run: Run, n: int) -> dict[str, Any]:
     from sketchmine.results.unit_summary import infinite
 
     layers: list[dict[str, Any]] = []
-    head = {"run": str(run.path), "model": run.attrs.get("model"), "complete": run.complete, "precision": run.precision,
+    head = {"run": str(run.path), **provenance(run.attrs), "complete": run.complete, "precision": run.precision,
             "forward_options": run.forward_options, "batch_sizes": [list(s) for s in run.batch_sizes],
             "devices": [list(s) for s in run.devices],
             "images": run.images_done, "k": run.k, "accuracy": run.accuracy()}  # None until complete

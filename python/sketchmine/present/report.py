@@ -16,7 +16,6 @@ Every dataset string is escaped here (html.escape) or set with textContent in re
 from __future__ import annotations
 
 import html
-import json
 import logging
 import os
 import shutil
@@ -40,11 +39,12 @@ from sketchmine.present.slide_workers import SlideWriter
 from sketchmine.present.summary_grid import Row, grid, grid_html
 from sketchmine.present.report_probe import index_section, write_probe_files
 from sketchmine.results import analysis, importance_store
+from sketchmine.results.provenance import dataset_words, preprocessing_words, weights_words
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.numbers import number, percents, rate, shape_text
 from sketchmine.results.summaries import NO_LABELS, no_classes, size_note
 
-__all__ = ["PAGE_SIZE", "MARKER", "write_report", "check_report_dir", "dataset_words", "layer_ids"]
+__all__ = ["PAGE_SIZE", "MARKER", "write_report", "check_report_dir", "layer_ids"]
 
 e = html.escape
 
@@ -183,27 +183,6 @@ def _selectivity_words(run: Run, si: Any) -> str:
             "(taps before a ReLU can be negative), or the unit's maps were all NaN")
 
 
-def dataset_words(ds: dict[str, Any]) -> str:
-    """A run's recorded dataset in words ("the embedded animal_shape, test split, as progressive
-    drawings (…)"); keys it does not know are listed as key=value."""
-    ds = dict(ds)
-    kind, seq = ds.pop("kind", None), ds.pop("sequence", None)
-    ds.pop("size", None)  # the image count is said beside it
-    if kind == "embedded":
-        text = f"the embedded {ds.pop('name', '?')}, {ds.pop('split', '?')} split"
-    elif kind == "image_folder":
-        text = f"image folder {ds.pop('root', '?')}"
-    elif kind == "python":
-        text = f"Python dataset {ds.pop('type', '?')}"
-    else:
-        text = "dataset" if kind is None else f"{kind} dataset"
-    if seq:
-        text += (f", as progressive drawings ({seq.get('transform')}, {seq.get('steps')} steps, "
-                 f"ink {seq.get('ink', 'light')})")
-    extra = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in ds.items())
-    return f"{text} ({extra})" if extra else text
-
-
 def images_words(run: Run) -> str:
     """"N images", with the unreadable ones `mine --skip-bad-images` skipped (counted in N, in no
     table) and the unlabelled ones (in no class table) said, so the counts below add up."""
@@ -257,7 +236,8 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
     labelled = run.has_labels()
     parts = [f"<h1>sketchmine report: {e(str(a.get('model')))}</h1>",
              f"<p>{e(dataset_words(ds))}; {e(images_words(run))}; "
-             f"k = {run.k}; run {e(str(run.path))}</p>"]
+             f"k = {run.k}; run {e(str(run.path))}</p>",
+             f'<p id="provenance">{e(weights_words(a))}; {e(preprocessing_words(a.get("preprocessing")))}</p>']
     if not run.complete:
         parts.append(f'<p class="partial">PARTIAL run: {run.images_done} of {ds.get("size", "?")} images mined; '
                      "every table covers those only</p>")
