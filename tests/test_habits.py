@@ -345,6 +345,19 @@ def test_layers_never_swallow_a_positional():
     assert proc.returncode == 2 and "--layers a,b" in proc.stderr
 
 
+def test_a_layer_named_with_a_comma_or_a_space_can_be_given():
+    """An ONNX node (or a module added with add_module) may be named "a,b": --layers split every
+    name at its commas and spaces, so no such layer could be named; a backslash now keeps them."""
+    from sketchmine.cli.parser import build_parser as _parser
+
+    p = _parser()
+    args = p.parse_args(["importance", "--layers", r"conv\,1,fc", "--layers", r"|head|Mat\ Mul", "r.zarr"])
+    assert args.layers == ["conv,1", "fc", "|head|Mat Mul"]
+    assert p.parse_args(["effects", "--layers", r"a\\b", "r.zarr"]).layers == ["a\\b"]
+    proc = sm("visualize", "r.zarr", "--layers", "a\\")
+    assert proc.returncode == 2 and "a backslash ends 'a\\\\'" in proc.stderr, proc.stderr
+
+
 def test_report_default_out_and_open(mined, tmp_path):
     """--open hands the report's file URL to the browser; BROWSER names a real script that records it."""
     import shutil

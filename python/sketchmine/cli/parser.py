@@ -67,8 +67,20 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def layer_list(text: str) -> list[str]:
-    """An argparse type: layer names separated by commas (or spaces in one quoted value)."""
-    names = [n for n in text.replace(",", " ").split() if n]
+    """An argparse type: layer names separated by commas (or spaces in one quoted value); a
+    backslash takes the next character as part of the name (`a\\,b`: one layer "a,b"), since an
+    ONNX node or a module added with add_module may be named with a comma or a space."""
+    names, name, escaped = [], "", False
+    for c in text:
+        if escaped or (c != "\\" and c != "," and not c.isspace()):
+            name, escaped = name + c, False
+        elif c == "\\":
+            escaped = True
+        elif name:
+            names, name = names + [name], ""
+    names += [name] if name else []
+    if escaped:
+        raise argparse.ArgumentTypeError(f"a backslash ends {text!r}: it takes the character after it into a layer name")
     if not names:
         raise argparse.ArgumentTypeError(f"expected layer names separated by commas, got {text!r}")
     return names
@@ -87,7 +99,8 @@ class ExtendUnique(argparse.Action):
 def layers_option(p: argparse.ArgumentParser, what: str) -> None:
     """`--layers a,b` (repeatable): one value per flag, so it never swallows a positional."""
     p.add_argument("--layers", type=layer_list, action=ExtendUnique, metavar="L[,L...]",
-                   help=f"{what}, comma-separated; repeat --layers to add more")
+                   help=f"{what}, comma-separated (a comma or space in a name as \\, or \\ ); "
+                        "repeat --layers to add more")
 
 
 def verbosity_options(p: argparse.ArgumentParser, top: bool) -> None:
