@@ -70,7 +70,8 @@ def layer_list(text: str) -> list[str]:
     """An argparse type: layer names separated by commas (or spaces in one quoted value); a
     backslash takes the next character as part of the name (`a\\,b`: one layer "a,b"), since an
     ONNX node or a module added with add_module may be named with a comma or a space."""
-    names, name, escaped = [], "", False
+    names: list[str] = []
+    name, escaped = "", False
     for c in text:
         if escaped or (c != "\\" and c != "," and not c.isspace()):
             name, escaped = name + c, False
