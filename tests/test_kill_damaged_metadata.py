@@ -8,6 +8,8 @@ partial run whose listed layer had lost its group, which `mine` then refused as 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,5 +70,9 @@ def test_verify_names_a_listed_layer_without_its_group_as_mine_does(tmp_path, ru
     (run / "layers" / "classifier.6" / "zarr.json").unlink()
     found = sketchmine.verify_run(run)
     assert found.damaged.get("layers/classifier.6", "").startswith("is listed as a layer of the run but has no group")
+    verified = subprocess.run([sys.executable, "-m", "sketchmine", "verify", str(run)], capture_output=True, text=True,
+                              timeout=300)
+    assert verified.returncode == 3 and "damaged: layers/classifier.6 is listed" in verified.stdout, verified
+    assert f"run {run} is damaged (1 listed above)" in verified.stderr, verified.stderr  # not "1 array": a group
     with pytest.raises(RunDamaged, match="layer 'classifier.6' is listed but has no group"):
         sketchmine.mine("demo", images, layers=LAYERS, out=run, batch_size=4, flush_every=1)

@@ -37,7 +37,7 @@ def run_verify(args: argparse.Namespace, console: Console) -> None:
             console.print(safe(f"damaged: {name} {why}"), soft_wrap=True)
     if found.damaged:
         many = len(found.damaged)
-        raise RunDamaged(f"run {found.run} is damaged: {many} array{'' if many == 1 else 's'} (listed above); restore the run's "
+        raise RunDamaged(f"run {found.run} is damaged ({many} listed above); restore the run's "
                          "files from a copy, or mine it again with a new --out")
 
 
