@@ -48,3 +48,26 @@ def test_the_advice_after_one_image_failed_names_no_batch_size():
     assert "try --batch-size 500 (batch_size=)" in memory.message(torch.device("cpu"), 1000, before,
                                                                   memory.Memory(3949 * mib, 3949 * mib, 4096 * mib),
                                                                   96 * mib)
+
+
+def test_other_images_and_other_class_names_are_said_once_each(tmp_path, demo_model, small_test_set):
+    """With other images too, the dataset's difference already names the classes ("the same classes
+    in another order"), and the refusal said the class names a second time; a dataset naming its
+    classes in bytes was said to have other classes (b'bear' for 'bear')."""
+    ds = small_test_set
+    names = list(ds.class_names)
+    kw = dict(layers=["features.0"], logits=False, k=3, batch_size=20, out=tmp_path / "run.zarr")
+    sketchmine.mine(demo_model.module, ArrayDataset(ds.images[:40], ds.labels()[:40], names, ds.preprocessing,
+                                                    ds.describe()), **kw)
+    rotated = ArrayDataset(ds.images[1:40], ds.labels()[1:40], names[1:] + names[:1], ds.preprocessing, ds.describe())
+    with pytest.raises(SketchmineError) as refused:
+        sketchmine.mine(demo_model.module, rotated, **kw)
+    said = str(refused.value)
+    assert "the same classes in another order" in said and "images: 1 gone" in said, said
+    assert "class names (" not in said, said
+    in_bytes = ArrayDataset(ds.images[1:40], ds.labels()[1:40], list(np.array(names, dtype="S")), ds.preprocessing,
+                            ds.describe())
+    with pytest.raises(SketchmineError) as refused:
+        sketchmine.mine(demo_model.module, in_bytes, **kw)
+    said = str(refused.value)
+    assert "images: 1 gone" in said and "classes" not in said and "class names" not in said, said

@@ -12,7 +12,7 @@ from torch import nn
 from sketchmine.data import Preprocessing
 from sketchmine.data.folder import unreadable_error
 from sketchmine.data.sequences import TRANSFORM, drawings_fingerprint
-from sketchmine.mining.dataset_diff import images_otherwise
+from sketchmine.mining.dataset_diff import images_otherwise, names_as_stored
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import MODEL_SWITCHES, recorded_weights, switches_differ_from
 from sketchmine.model.followers import followers
@@ -196,10 +196,9 @@ def _preprocessing_parts(a: Any, b: Any) -> str | None:
 def _classes_otherwise(current: RunStore, ds: Any) -> str | None:
     """The class names `ds` gives where the run recorded others. The fingerprint covers images and
     labels only, so a dataset renamed its classes would resume under the run's old names."""
-    given = list(getattr(ds, "class_names", None) or [])
-    if not given:  # a dataset naming no classes: the run holds the output numbers
+    now = names_as_stored(ds)
+    if not now:  # a dataset naming no classes: the run holds the output numbers
         return None
-    now = [str(c) for c in np.array(given, dtype=str)]  # as the run stored them (RunStore.create): b'cat' is 'cat'
     run = [str(c) for c in current.read(CLASS_NAMES)]
     if run == now:
         return None
@@ -223,16 +222,19 @@ def check_resumable(current: RunStore, want: dict[str, Any], logits: bool, ds: A
     checks += [(f"forward_options.{o}", f"forward option {o}") for o in want["forward_options"]]
     attrs = {**attrs, **{f"forward_options.{o}": v for o, v in options.items()}}
     want = {**want, **{f"forward_options.{o}": v for o, v in want["forward_options"].items()}}
+    compared = False
     for key, label in checks:
         a, b = attrs.get(key), want.get(key)
         if a != b:
             said = (_drawn_otherwise(attrs, want) if key == "dataset_fingerprint" else
                     _preprocessing_parts(a, b) if key == "preprocessing_key" else None)
-            which = None
+            which, unreadable = None, None
             if key == "dataset_fingerprint" and not said:  # an image unreadable now (--skip-bad-images): not "changed"
-                which = str(e) if (e := unreadable_error(ds, "then resume")) else images_otherwise(current, ds)
+                unreadable = unreadable_error(ds, "then resume")
+                which = str(unreadable) if unreadable else images_otherwise(current, ds)
             diffs.append(said or f"{label} (run: {_short(a)}, now: {_short(b)}{': ' + which if which else ''})")
-    if (named := _classes_otherwise(current, ds)) is not None:
+            compared = compared or (which is not None and not unreadable)  # images_otherwise said the class names
+    if not compared and (named := _classes_otherwise(current, ds)) is not None:
         diffs.append(named)
     if MODEL_SWITCHES in attrs:  # runs before the record, and of models without switches: not compared
         diffs += [f"model switch {d}" for d in switches_differ_from(attrs[MODEL_SWITCHES], want.get(MODEL_SWITCHES, {}))]

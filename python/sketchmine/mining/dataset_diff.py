@@ -17,6 +17,13 @@ SHOWN = 3
 """Paths named per kind of difference; the count says how many more."""
 
 
+def names_as_stored(ds: Any) -> list[str]:
+    """The class names `ds` gives as the run stores them (RunStore.create: b'cat' is 'cat'); [] for
+    a dataset that names none."""
+    given = list(getattr(ds, "class_names", None) or [])
+    return [str(c) for c in np.array(given, dtype=str)] if given else []
+
+
 def images_otherwise(current: RunStore, ds: Any) -> str | None:
     """The dataset's difference from the run's recorded images, in words; None where it cannot
     be told (the run's records unreadable, a dataset whose images have no paths of their own)."""
@@ -30,7 +37,7 @@ def images_otherwise(current: RunStore, ds: Any) -> str | None:
         return None
     paths = [ds.path(i) for i in range(len(ds))]
     labels = ds.labels()
-    names = list(getattr(ds, "class_names", None) or was_names)
+    names = names_as_stored(ds) or was_names
     said = []
     if names != was_names:
         gone, new = [c for c in was_names if c not in names], [c for c in names if c not in was_names]
