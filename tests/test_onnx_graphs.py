@@ -225,7 +225,7 @@ def test_weights_held_in_constant_nodes_are_the_models_identity(tmp_path, export
     out = tmp_path / "r.zarr"
     with pytest.raises(KeyboardInterrupt):
         sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1, progress=StopAfter(30))
-    with pytest.raises(SketchmineError, match=r"cannot be resumed: .* other settings: model weights \(run: xxh3_128:"):
+    with pytest.raises(SketchmineError, match=r"cannot be resumed: .* other settings: model weights \(run: xxh3_128\+nodes:"):
         sketchmine.mine(paths[1], ds, out=out, batch_size=10, flush_every=1)
     run = sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1)
     assert run.complete and run.accuracy() > 0.9
@@ -426,3 +426,40 @@ def test_a_graph_normalising_0_255_pixels_inside_is_fed_them(tmp_path, exported,
     assert main(["mine", "--model", str(path), "--data", str(tmp_path / "folder"), "--out", str(tmp_path / "cli.zarr"),
                  "--preprocessing", "pixels", "-k", "3", "-q"]) == 0
     assert sketchmine.open_run(tmp_path / "cli.zarr").accuracy() == run.accuracy()
+
+
+def test_weights_in_constant_nodes_beside_initializers_are_the_models_identity(tmp_path, exported, small_test_set):
+    """A graph with floating initializers was hashed by them alone, so one whose other weights sit in
+    Constant nodes (a converter's choice for some tensors) and differ there alone resumed a run of
+    the first as the same model: the images after the interruption mined by another first conv.
+    New runs hash every floating Constant node too (xxh3_128+nodes); the old scheme, which runs that
+    recorded plain xxh3_128 are checked with, is unchanged, so they still resume."""
+    from sketchmine.model.models import load_model, weights_hash
+    from tests.helpers import StopAfter
+
+    ds = subset(small_test_set, 60)
+    paths = []
+    for scale in (1.0, 0.5):
+        m = onnx.ModelProto()
+        m.CopyFrom(exported)
+        moved = next(t for t in m.graph.initializer if t.name == "features.0.weight")
+        node = helper.make_node("Constant", [], [moved.name], value=numpy_helper.from_array(
+            numpy_helper.to_array(moved) * np.float32(scale), moved.name))
+        kept = [t for t in m.graph.initializer if t.name != moved.name]
+        nodes = [node, *m.graph.node]
+        del m.graph.node[:], m.graph.initializer[:]
+        m.graph.node.extend(nodes)
+        m.graph.initializer.extend(kept)
+        (tmp_path / str(scale)).mkdir()
+        paths.append(str(tmp_path / str(scale) / "model.onnx"))
+        onnx.save(m, paths[-1])
+    models = [load_model(p).module for p in paths]
+    assert weights_hash(models[0], "xxh3_128") == weights_hash(models[1], "xxh3_128")  # the old scheme, as it was
+    assert weights_hash(models[0]) != weights_hash(models[1]) and weights_hash(models[0]).startswith("xxh3_128+nodes:")
+    out = tmp_path / "r.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1, progress=StopAfter(30))
+    with pytest.raises(SketchmineError, match=r"other settings: model weights \(run: xxh3_128\+nodes:"):
+        sketchmine.mine(paths[1], ds, out=out, batch_size=10, flush_every=1)
+    run = sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1)
+    assert run.complete and run.accuracy() > 0.9 and run.attrs["weights_hash"] == weights_hash(models[0])

@@ -33,7 +33,7 @@ from sketchmine.mining.checks import (DRAWINGS, check_classes, check_layouts, ch
 from sketchmine.mining.loop import check_labels, run_pass
 from sketchmine.mining.memory import one_image
 from sketchmine.mining.options import LoadOptions, SpeedOptions, check_counts, check_flags
-from sketchmine.model.backend import (MODEL_SWITCHES, WEIGHTS_HASH, algorithm_of, input_channels, model_switches,
+from sketchmine.model.backend import (MODEL_SWITCHES, algorithm_of, input_channels, model_switches,
                                       recorded_weights, weights_hash_aside)
 from sketchmine.model.forward import TorchForward, as_forward, layer_field, probe
 from sketchmine.model.graph import shared_traces
@@ -247,7 +247,7 @@ def mine(
     # from rank 0 to every rank; a new run: the defaults
     recorded, recorded_distributions, weights_algorithm = team.on_writer(
         lambda: (store.attrs.get(PREPROCESS, "cpu"), bool(store.attrs.get("distributions", False)),
-                 algorithm_of(recorded_weights(store.attrs))) if store else (None, False, WEIGHTS_HASH))
+                 algorithm_of(recorded_weights(store.attrs))) if store else (None, False, None))
     if distributions is None:
         distributions = recorded_distributions
     check_sketch_size(len(ds), bool(distributions))

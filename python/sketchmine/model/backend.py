@@ -61,8 +61,8 @@ class Forward(Protocol):
     Implemented by forward.TorchForward and onnx_backend.OnnxModel."""
 
     def resolve_layers(self, layers: list[str] | None) -> list[str]: ...
-    def weights_hash(self, algorithm: str = WEIGHTS_HASH) -> str: ...
-    def weights_hash_later(self, algorithm: str = WEIGHTS_HASH) -> Callable[[], str]: ...
+    def weights_hash(self, algorithm: str | None = None) -> str: ...  # None: what a new run records
+    def weights_hash_later(self, algorithm: str | None = None) -> Callable[[], str]: ...
     def input_channels(self, default: int = 3) -> int: ...
     def to(self, device: torch.device) -> Any: ...
     def kind(self, name: str) -> str: ...
@@ -110,7 +110,10 @@ def as_forward(model: Any) -> Forward:
 
 
 def weights_hasher(algorithm: str) -> Any:
-    """A fresh hashlib-style object (update / hexdigest) for `algorithm`: xxh3_128 or sha256."""
+    """A fresh hashlib-style object (update / hexdigest) for `algorithm`: xxh3_128 or sha256,
+    with a "+scheme" suffix where a backend hashes other weights than it once did (what the
+    suffix says is the backend's: onnx_backend.NODES_HASH)."""
+    algorithm = algorithm.partition("+")[0]
     if algorithm == "xxh3_128":
         import xxhash
 
@@ -122,7 +125,7 @@ def weights_hasher(algorithm: str) -> Any:
     raise SketchmineError(f"unknown weights hash {algorithm!r}; expected xxh3_128 or sha256")
 
 
-def weights_hash_aside(forward: Forward, algorithm: str = WEIGHTS_HASH) -> Callable[[], str]:
+def weights_hash_aside(forward: Forward, algorithm: str | None = None) -> Callable[[], str]:
     """`forward`'s weights hash, of its weights as they are now, computed on a thread while the
     model is probed and its fields traced (hashing releases the GIL: AlexNet's 57 M weights took
     21 ms of `mine`'s setup on a 2-core CPU); the call returned waits for it and raises its error."""
@@ -141,8 +144,9 @@ def weights_hash_aside(forward: Forward, algorithm: str = WEIGHTS_HASH) -> Calla
     return future.result
 
 
-def weights_hash(model: Any, algorithm: str = WEIGHTS_HASH) -> str:
-    """The model's weights identity, "<algorithm>:<hex digest>", as its backend computes it."""
+def weights_hash(model: Any, algorithm: str | None = None) -> str:
+    """The model's weights identity, "<algorithm>:<hex digest>", as its backend computes it (None:
+    as a new run records it; a run's own algorithm to check the weights against it)."""
     return as_forward(model).weights_hash(algorithm)
 
 
@@ -155,9 +159,10 @@ def recorded_weights(attrs: dict[str, Any]) -> str | None:
     return f"sha256:{legacy}" if isinstance(legacy, str) else None
 
 
-def algorithm_of(identity: str | None) -> str:
-    """The hash algorithm of a recorded identity (the current one when nothing is recorded)."""
-    return identity.partition(":")[0] if identity and ":" in identity else WEIGHTS_HASH
+def algorithm_of(identity: str | None) -> str | None:
+    """The hash algorithm of a recorded identity (None, the backend's current one, when nothing
+    is recorded)."""
+    return identity.partition(":")[0] if identity and ":" in identity else None
 
 
 def weights_match(model: Any, attrs: dict[str, Any]) -> bool:

@@ -29,12 +29,13 @@ from sketchmine.progress import Progress
 __all__ = ["Forward", "Layer", "TorchForward", "as_forward", "fields_attrs", "layer_field", "module_weights_hash", "probe"]
 
 
-def module_weights_hash(model: nn.Module, algorithm: str = WEIGHTS_HASH) -> str:
+def module_weights_hash(model: nn.Module, algorithm: str | None = None) -> str:
     """"<algorithm>:<digest>" over the names, shapes and bytes of every parameter and buffer."""
     return _tensors_hash(list(model.state_dict().items()), algorithm)
 
 
-def _tensors_hash(tensors: list[tuple[str, torch.Tensor]], algorithm: str) -> str:
+def _tensors_hash(tensors: list[tuple[str, torch.Tensor]], algorithm: str | None) -> str:
+    algorithm = algorithm or WEIGHTS_HASH
     h = weights_hasher(algorithm)
     for name, t in tensors:
         t = t.detach().cpu().contiguous()
@@ -69,10 +70,10 @@ class TorchForward:
     def resolve_layers(self, layers: list[str] | None) -> list[str]:
         return resolve_layers(self.net, layers)
 
-    def weights_hash(self, algorithm: str = WEIGHTS_HASH) -> str:
+    def weights_hash(self, algorithm: str | None = None) -> str:
         return module_weights_hash(self.net, algorithm)
 
-    def weights_hash_later(self, algorithm: str = WEIGHTS_HASH) -> Callable[[], str]:
+    def weights_hash_later(self, algorithm: str | None = None) -> Callable[[], str]:
         """`weights_hash` of the weights as they are now, for another thread: the tensors are
         taken here, so that the probe's meta-device call, which puts meta tensors in the
         module's place for a moment, or a move to the device, does not reach them."""

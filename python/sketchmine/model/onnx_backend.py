@@ -36,6 +36,11 @@ from sketchmine.model.onnx_layout import channels_last_input, sized_tensors, uni
 from sketchmine.model.onnx_names import SLASH, GraphNames
 from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
 
+NODES_HASH = f"{WEIGHTS_HASH}+nodes"
+"""The weights hash a new run of a graph records: initializers and every floating Constant node.
+Runs recorded plain xxh3_128, which left out the Constant nodes of a graph that also had floating
+initializers, so one whose weights differed there alone resumed as the same model."""
+
 
 
 class OnnxRunError(SketchmineFailure):
@@ -110,20 +115,22 @@ class OnnxModel:
         dims = self.image_dims()
         return dims[1] if len(dims) > 1 and dims[1] > 0 else default
 
-    def weights_hash(self, algorithm: str = WEIGHTS_HASH) -> str:
+    def weights_hash(self, algorithm: str | None = None) -> str:
         """"<algorithm>:<digest>" over the name, shape, type and bytes of every weight
-        (`onnx_file.graph_weights`: initializers in graph order; Constant nodes' in a graph without
-        floating ones)."""
+        (`onnx_file.graph_weights`): NODES_HASH, what a new run records, hashes the initializers
+        and every floating Constant node; plain xxh3_128 or sha256, as older runs recorded them,
+        the Constant nodes only of a graph without floating initializers."""
         from onnx import numpy_helper
 
+        algorithm = algorithm or NODES_HASH
         h = weights_hasher(algorithm)
-        for name, t in graph_weights(_modules()[0], self.proto.graph):
+        for name, t in graph_weights(_modules()[0], self.proto.graph, every_constant=algorithm.endswith("+nodes")):
             arr = np.ascontiguousarray(numpy_helper.to_array(t))
             h.update(f"{name}:{tuple(t.dims)}:{t.data_type}\n".encode())
             h.update(arr.reshape(-1).view(np.uint8).data)
         return f"{algorithm}:{h.hexdigest()}"
 
-    def weights_hash_later(self, algorithm: str = WEIGHTS_HASH) -> Callable[[], str]:
+    def weights_hash_later(self, algorithm: str | None = None) -> Callable[[], str]:
         """`weights_hash`, for any thread: nothing changes the graph's initializers."""
         return functools.partial(self.weights_hash, algorithm)
 

@@ -117,16 +117,14 @@ def as_rows(logits: np.ndarray) -> np.ndarray:
     return np.asarray(logits)
 
 
-def graph_weights(onnx: Any, graph: Any) -> Iterator[tuple[str, Any]]:
-    """(name, TensorProto) of every initializer; in a graph with no floating initializer (a
-    converter that keeps the weights in the graph's nodes), then of every Constant node holding a
-    floating tensor of more than one value. A graph with floating initializers (every torch
-    export) is hashed by them alone, as runs of it recorded: its Constant nodes hold an
-    nn.Upsample's Resize scales or a torch.tensor of a forward, and hashing them would refuse
-    the resume of every such run as other weights."""
+def graph_weights(onnx: Any, graph: Any, every_constant: bool = True) -> Iterator[tuple[str, Any]]:
+    """(name, TensorProto) of every initializer, then of every Constant node holding a floating
+    tensor of more than one value (a converter may keep some or all weights in the graph's nodes).
+    Without `every_constant`, as runs hashed before onnx_backend.NODES_HASH: the Constant nodes
+    only of a graph with no floating initializer, so those runs still resume."""
     kinds = floating(onnx)
     yield from ((t.name, t) for t in graph.initializer)
-    if any(t.data_type in kinds for t in graph.initializer):
+    if not every_constant and any(t.data_type in kinds for t in graph.initializer):
         return
     for node in graph.node:
         value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
