@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import sketchmine
-from sketchmine.model.backend import WEIGHTS_HASH, weights_hasher
+from sketchmine.model.backend import WEIGHTS_HASH, weights_hash, weights_hasher
+from sketchmine.model.models import load_model
 from tests.helpers import StopAfter
 from tests.test_onnx import export, subset
 
@@ -42,8 +43,9 @@ def initializers_hash(path) -> str:
 def test_an_exported_upsampling_keeps_the_hash_its_runs_recorded(tmp_path, demo_model, small_test_set):
     """A torch export of a model that upsamples (nn.Upsample, F.interpolate) holds its Resize
     scales, floating values, in a Constant node; the hash read them too, so every run of such a
-    graph recorded before was refused on resume as mined with other weights. It reads the
-    initializers alone in a graph that has them: a run of such a graph resumes to the same run."""
+    graph recorded before was refused on resume as mined with other weights. A run of such a graph
+    resumes to the same run, and a run that recorded plain xxh3_128 (the initializers alone, in a
+    graph that has them) is checked that way."""
     path = export(Resampled(demo_model.module).eval(), tmp_path / "resampled.onnx")
     consts = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Constant"
               and n.attribute[0].t.data_type == onnx.TensorProto.FLOAT and np.prod(n.attribute[0].t.dims) > 1]
@@ -53,6 +55,8 @@ def test_an_exported_upsampling_keeps_the_hash_its_runs_recorded(tmp_path, demo_
     with pytest.raises(KeyboardInterrupt):
         sketchmine.mine(str(path), ds, out=out, batch_size=10, flush_every=1, progress=StopAfter(20))
     run = sketchmine.mine(str(path), ds, out=out, batch_size=10, flush_every=1)
-    assert run.complete and run.attrs["weights_hash"] == initializers_hash(path)
+    assert run.complete and run.attrs["weights_hash"] == weights_hash(load_model(str(path)).module)
+    # what runs of it recorded before xxh3_128+nodes (the initializers alone) still checks them
+    assert weights_hash(load_model(str(path)).module, WEIGHTS_HASH) == initializers_hash(path)
     whole = sketchmine.mine(demo_model.module, ds, out=tmp_path / "t.zarr", batch_size=10)
     assert run.accuracy() == whole.accuracy() > 0.9

@@ -239,7 +239,8 @@ def print_summary(path: str, n: int, console: Console) -> None:
         console.print(f"[yellow]partial run[/] {safe(run.path)}: {not_yet(run)}; its {len(run.layers)} layers: "
                       f"{safe(', '.join(run.layers))}")
         return
-    console.print("\n".join(safe(line) for line in provenance_lines(run.attrs)), soft_wrap=True)
+    for line in provenance_lines(run.attrs):  # folded at the terminal's edge, as the tables below fit it
+        console.print(safe(line), overflow="fold")
     console.print(layers_table(run))
     if run.complete:
         console.print(accuracy_table(run))
