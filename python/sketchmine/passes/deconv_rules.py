@@ -10,7 +10,8 @@ The other rectifiers (ReLU6, LeakyReLU, PReLU, ELU, GELU, SiLU, Hardswish, ...) 
 rules with their own f'(x) in place of [x > 0], else "deconvnet" on a network of GELUs would
 silently be the gradient. Sigmoid and Tanh, which no paper gives a rule for, pass the gradient.
 
-A softmax (the virtual one, nn.Softmax and nn.LogSoftmax modules) passes the signal back as its
+A softmax (the virtual one, nn.Softmax and nn.LogSoftmax modules, F.softmax, torch.softmax,
+x.softmax(dim) and their log spellings) passes the signal back as its
 gradient, taken without the cancellation in torch's `p_c · (1 - p_c)`: a softmax's top-k images
 are its most confident, where float32 rounds 1 - p_c to nothing (p_c = 1.0 past a logit margin
 of about 17), and the signal would lose its largest term (`stable_softmax`).
@@ -82,15 +83,46 @@ def stable_softmax(z: torch.Tensor, dim: int = 1, log: bool = False) -> torch.Te
 
 
 class _RuleSoftmax(nn.Softmax):
-    """An nn.Softmax / nn.LogSoftmax module, its backward the stable one. An nn.Softmax itself, so
-    what reads the graph for ops coupling positions (model/coupling.py) still sees a softmax over x."""
+    """A softmax or log-softmax (a module, or a function's call), its backward the stable one. An
+    nn.Softmax itself, so what reads the graph for ops coupling positions (model/coupling.py) still
+    sees a softmax over x. dtype: the one a functional call casts its input to first."""
 
-    def __init__(self, dim: int, log: bool) -> None:
+    def __init__(self, dim: int, log: bool, dtype: torch.dtype | None = None) -> None:
         super().__init__(dim)
-        self.log, self.along = log, dim
+        self.log, self.along, self.cast = log, dim, dtype
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return stable_softmax(z, self.along, self.log)
+        return stable_softmax(z if self.cast is None else z.to(self.cast), self.along, self.log)
+
+
+# a softmax called as a function or a method: whether it is the log one; its parameters by position
+_SOFTMAX_FUNCS = {torch.softmax: (False, ("input", "dim", "dtype")),
+                  nn.functional.softmax: (False, ("input", "dim", "_stacklevel", "dtype")),
+                  torch.log_softmax: (True, ("input", "dim", "dtype")),
+                  nn.functional.log_softmax: (True, ("input", "dim", "_stacklevel", "dtype"))}
+_SOFTMAX_METHODS = {"softmax": (False, ("self", "dim", "dtype")), "log_softmax": (True, ("self", "dim", "dtype"))}
+
+
+def _softmax_rule(node: fx.Node, modules: dict[str, nn.Module]) -> _RuleSoftmax | None:
+    """The stable stand-in for a softmax or log-softmax along a fixed dim, module (nn.Softmax,
+    nn.LogSoftmax) or call (F.softmax, torch.softmax, x.softmax(-1), the log spellings); None for
+    anything else. An implicit dim (None: torch's guess by the input's rank) or one computed at run
+    time is left to torch's own softmax."""
+    if node.op == "call_module":
+        soft = modules.get(str(node.target))
+        if type(soft) not in (nn.Softmax, nn.LogSoftmax) or not isinstance(soft.dim, int):
+            return None
+        return _RuleSoftmax(soft.dim, isinstance(soft, nn.LogSoftmax))
+    kind = _SOFTMAX_FUNCS.get(node.target) if node.op == "call_function" else (  # type: ignore[arg-type]
+        _SOFTMAX_METHODS.get(str(node.target)) if node.op == "call_method" else None)
+    if kind is None:
+        return None
+    log, names = kind
+    given = dict(zip(names, node.args)) | dict(node.kwargs)
+    dim, dtype = given.get("dim"), given.get("dtype")
+    if not isinstance(dim, int) or isinstance(dim, bool) or not (dtype is None or isinstance(dtype, torch.dtype)):
+        return None
+    return _RuleSoftmax(dim, log, dtype)
 
 
 class _RuleActivation(torch.autograd.Function):
@@ -202,11 +234,19 @@ def with_rule(model: nn.Module, method: str) -> fx.GraphModule:
     gm = trace(model, "for deconvolution")  # in eval mode: `self.training` branches as they run here
     modules = dict(gm.named_modules())
     for i, node in enumerate(list(gm.graph.nodes)):
-        if node.op == "call_module" and type(soft := modules.get(str(node.target))) in (nn.Softmax, nn.LogSoftmax) \
-                and isinstance(soft.dim, int):  # an implicit dim (None) is torch's guess: left to torch
+        if (soft := _softmax_rule(node, modules)) is not None:
             name = f"_rule_softmax_{i}"
-            gm.add_submodule(name, _RuleSoftmax(soft.dim, isinstance(soft, nn.LogSoftmax)))
-            node.target = name
+            gm.add_submodule(name, soft)
+            if node.op == "call_module":  # the layer keeps its node (a mined nn.Softmax is found by it)
+                node.target = name
+                continue
+            with gm.graph.inserting_after(node):
+                new = gm.graph.call_module(name, (node.args[0],))
+            new.meta.update(node.meta)
+            node.replace_all_uses_with(new)
+            identities = gm.meta.get("identities", {})
+            identities.update({n: new for n, was in identities.items() if was is node})
+            gm.graph.erase_node(node)
             continue
         rectifier = _rectifier(node, modules, method)
         if rectifier is None and not _is_relu(node, modules):

@@ -1,0 +1,152 @@
+"""Models written with functional ops (F.relu, F.max_pool2d, F.softmax, x.view, ...) against their
+twins of nn modules with the same weights: every analysis gives both the same answers.
+
+The twins are the demo network (SketchNet, trained): once as modules with names of their own, once
+with every op but the convs and linears called as a function, in the spellings people use."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sketchmine import deconvolve
+
+_NAMES = {"features.0": "conv1", "features.3": "conv2", "features.6": "conv3", "features.8": "conv4",
+          "features.10": "conv5", "classifier.1": "fc6", "classifier.4": "fc7", "classifier.6": "fc8"}
+
+
+class _Convs(nn.Module):
+    """SketchNet's convs and linears under names of their own."""
+
+    def __init__(self, demo: nn.Module) -> None:
+        super().__init__()
+        parts = dict(demo.named_modules())
+        for old, new in _NAMES.items():
+            self.add_module(new, copy.deepcopy(parts[old]))
+
+
+class ModuleNet(_Convs):
+    """SketchNet with ReLU, max-pool, dropout and (head="softmax") softmax modules; head="read":
+    a Linear reads the probabilities (as a calibration or a mixture head does)."""
+
+    def __init__(self, demo: nn.Module, head: str = "") -> None:
+        super().__init__(demo)
+        self.relu = nn.ModuleList(nn.ReLU(inplace=True) for _ in range(7))
+        self.pool = nn.ModuleList(nn.MaxPool2d(2) for _ in range(3))
+        self.drop = nn.ModuleList(nn.Dropout(0.5) for _ in range(2))
+        self.head = head
+        if head:
+            self.prob = nn.Softmax(dim=1)
+        if head == "read":
+            self.read = nn.Linear(10, 10)
+            with torch.no_grad():
+                self.read.weight.copy_(torch.eye(10))
+                self.read.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, p, d = self.relu, self.pool, self.drop
+        x = p[0](r[0](self.conv1(x)))
+        x = p[1](r[1](self.conv2(x)))
+        x = r[3](self.conv4(r[2](self.conv3(x))))
+        x = torch.flatten(p[2](r[4](self.conv5(x))), 1)
+        x = self.fc8(r[6](self.fc7(d[1](r[5](self.fc6(d[0](x)))))))
+        if self.head:
+            x = self.prob(x)
+        return self.read(x) if self.head == "read" else x
+
+
+class FunctionalNet(ModuleNet):
+    """The same weights, every op but the convs and linears a function; `soft` spells the softmax."""
+
+    def __init__(self, demo: nn.Module, head: str = "", soft: str = "F.softmax") -> None:
+        super().__init__(demo, head)
+        del self.relu, self.pool, self.drop
+        self.soft = soft
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(self.conv2(x).relu(), 2)
+        x = F.relu(self.conv4(torch.relu_(self.conv3(x))), inplace=True)
+        x = F.max_pool2d(torch.relu(self.conv5(x)), kernel_size=2, stride=2)
+        x = x.view(x.size(0), -1)
+        x = F.relu(self.fc6(F.dropout(x, 0.5, training=self.training)))
+        x = self.fc8(F.relu(self.fc7(F.dropout(x, 0.5, training=self.training))))
+        if self.head:
+            x = {"F.softmax": lambda: F.softmax(x, dim=1), "torch.softmax": lambda: torch.softmax(x, -1),
+                 "method": lambda: x.softmax(-1)}[self.soft]()
+        return self.read(x) if self.head == "read" else x
+
+
+@pytest.fixture(scope="module")
+def confident(demo_model, demo_test_set):
+    """For classes 0-3, the test image the demo model is surest of, with its probability: where
+    float32 rounds p to 1 and torch's softmax backward loses the unit's own term."""
+    net = demo_model.module.eval()
+    x = torch.stack([demo_test_set[i][1] for i in range(len(demo_test_set))])
+    with torch.no_grad():
+        p = torch.softmax(net(x), 1)
+    best = p[:, :4].argmax(0)
+    return x[best], p[best, torch.arange(4)]
+
+
+class _Rule(torch.autograd.Function):
+    """The methods' rule at a ReLU, from their definitions."""
+
+    @staticmethod
+    def forward(ctx, x, method):
+        ctx.method = method
+        ctx.save_for_backward(x)
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        if ctx.method == "gradient":
+            return g * (x > 0), None
+        return torch.relu(g) * (1 if ctx.method == "deconvnet" else (x > 0)), None
+
+
+class _RuleReLU(nn.Module):
+    def __init__(self, method: str) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, x):
+        return _Rule.apply(x, self.method)
+
+
+def _probabilities64(module_net: ModuleNet, images: torch.Tensor, method: str) -> torch.Tensor:
+    """float64 signal of probability c of image c, through the module twin with the rule at each
+    ReLU module (float64 keeps 1 - p_c for these images: their margins are far below 36)."""
+    m = copy.deepcopy(module_net).double().eval()
+    m.relu = nn.ModuleList(_RuleReLU(method) for _ in range(7))
+    m.head = ""  # the logits; the softmax below
+    x = images.double().requires_grad_(True)
+    p = torch.softmax(m(x), 1)
+    (g,) = torch.autograd.grad(p[torch.arange(len(x)), torch.arange(len(x))].sum(), x)
+    return g.float()
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Each image's signal within 1 % of the float64 one (float32 against float64 arithmetic)."""
+    err = (got - want).flatten(1).norm(dim=1) / want.flatten(1).norm(dim=1)
+    assert want.flatten(1).norm(dim=1).min() > 0
+    assert err.max() < 1e-2, err
+
+
+@pytest.mark.parametrize("soft", ["F.softmax", "torch.softmax", "method"])
+@pytest.mark.parametrize("method", ["deconvnet", "guided", "gradient"])
+def test_a_functional_softmax_gets_the_stable_backward_of_the_module(demo_model, confident, soft, method):
+    """A Linear reading the probabilities (weights the identity: its unit c is p_c) of a model
+    whose softmax is a function call: its deconvolution on the surest images is the float64 one,
+    as through an nn.Softmax module (torch's own softmax backward gave rounding noise there)."""
+    images, p = confident
+    assert (1 - p.double()).min() < 1e-6  # saturated in float32
+    twin = ModuleNet(demo_model.module, "read").eval()
+    want = _probabilities64(twin, images, method)
+    _close(deconvolve(twin, images, "read", list(range(4)), method=method), want)
+    functional = FunctionalNet(demo_model.module, "read", soft).eval()
+    _close(deconvolve(functional, images, "read", list(range(4)), method=method), want)
