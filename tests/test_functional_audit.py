@@ -150,3 +150,40 @@ def test_a_functional_softmax_gets_the_stable_backward_of_the_module(demo_model,
     _close(deconvolve(twin, images, "read", list(range(4)), method=method), want)
     functional = FunctionalNet(demo_model.module, "read", soft).eval()
     _close(deconvolve(functional, images, "read", list(range(4)), method=method), want)
+
+
+class _Normalised(FunctionalNet):
+    """The functional twin normalising its input itself, `(x - mean) / std`, as training scripts do."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(-((0.5 - x) / 2.0).clamp(-4, 4).sigmoid().neg().tanh())
+
+
+@pytest.mark.parametrize("twin", [FunctionalNet, _Normalised])
+def test_functional_ops_have_the_receptive_fields_of_their_modules(demo_model, demo_test_set, twin):
+    """torch.relu_, F.relu(inplace=True), x.relu(), F.max_pool2d, x.view and pointwise arithmetic
+    have the module twin's fields (torch.relu_ left conv4 on without one: 'function relu_ is not
+    supported', and visualize refused those layers), and every field holds the pixels that reach
+    its unit (the gradient's support, float64, on real images, at the centre and the corners)."""
+    from sketchmine import receptive_fields
+
+    modules = receptive_fields(ModuleNet(demo_model.module).eval(), (1, 28, 28))
+    net = twin(demo_model.module).eval()
+    fields = receptive_fields(net, (1, 28, 28))
+    convs = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert {n: fields[n] for n in convs} == {n: modules[n] for n in convs}
+    x = torch.stack([demo_test_set[i][1] for i in range(4)]).double().requires_grad_(True)
+    m = copy.deepcopy(net).double()
+    for name in convs:
+        got: list[torch.Tensor] = []
+        handle = getattr(m, name).register_forward_hook(lambda mod, i, o: got.append(o.clone()))  # before an in-place ReLU
+        m(x)
+        handle.remove()
+        out, f = got[0], fields[name]
+        for y, xx in [(0, 0), (out.shape[2] // 2, out.shape[3] // 2), (out.shape[2] - 1, out.shape[3] - 1)]:
+            (g,) = torch.autograd.grad(out[:, 0, y, xx].sum(), x, retain_graph=True)
+            hit = torch.nonzero(g.abs().sum((0, 1)))
+            assert len(hit) > 0
+            top, left = f.offset[0] + y * f.stride[0], f.offset[1] + xx * f.stride[1]
+            assert top <= int(hit[:, 0].min()) and int(hit[:, 0].max()) < top + f.size[0], (name, y, xx)
+            assert left <= int(hit[:, 1].min()) and int(hit[:, 1].max()) < left + f.size[1], (name, y, xx)

@@ -46,11 +46,20 @@ _POINTWISE_FUNCS = {torch.relu, torch.nn.functional.relu, torch.sigmoid, torch.t
                     torch.nn.functional.gelu, torch.nn.functional.silu, torch.unsqueeze,
                     torch.nn.functional.layer_norm, torch.nn.functional.group_norm, torch.nn.functional.instance_norm,
                     operator.add, operator.mul, operator.getitem}
+# the functional spellings of the pointwise modules above, in and out of place: a model that calls
+# them in forward() has the fields of its twin made of modules
+_F = torch.nn.functional
+_POINTWISE_FUNCS |= {torch.relu_, _F.relu_, _F.leaky_relu, _F.leaky_relu_, _F.elu, _F.elu_, _F.hardswish,
+                     _F.hardsigmoid, _F.sigmoid, _F.tanh, torch.sigmoid_, torch.tanh_, _F.relu6, _F.hardtanh_,
+                     _F.local_response_norm, _F.dropout2d, _F.log_softmax, torch.log_softmax, torch.clamp,
+                     torch.clamp_min, torch.sub, torch.div, torch.neg, operator.sub, operator.truediv, operator.neg}
 # pointwise functions outside torch, by qualified name (importing their library here would cost
 # every caller its import): stochastic depth scales whole samples
 _POINTWISE_NAMES = {"torchvision.ops.stochastic_depth.stochastic_depth"}
 _POINTWISE_METHODS = {"relu", "relu_", "add", "add_", "mul", "mul_", "sigmoid", "contiguous", "clone",
-                      "unsqueeze", "float", "to", "chunk", "size"}
+                      "unsqueeze", "float", "to", "chunk", "size", "sigmoid_", "tanh", "tanh_", "softmax",
+                      "log_softmax", "clamp", "clamp_", "clamp_min", "clamp_min_", "sub", "sub_", "div", "div_",
+                      "neg"}
 _GLOBAL_FUNCS = {torch.flatten, torch.mean, torch.amax, torch.amin, torch.nn.functional.adaptive_avg_pool2d}
 _GLOBAL_METHODS = {"view", "reshape", "flatten", "unflatten", "mean", "sum", "amax", "amin"}
 # reshapes: the whole image in general, but pointwise when they keep the last two (H, W)
