@@ -64,6 +64,8 @@ class FunctionalNet(ModuleNet):
     def __init__(self, demo: nn.Module, head: str = "", soft: str = "F.softmax") -> None:
         super().__init__(demo, head)
         del self.relu, self.pool, self.drop
+        if head:
+            del self.prob
         self.soft = soft
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,3 +189,116 @@ def test_functional_ops_have_the_receptive_fields_of_their_modules(demo_model, d
             top, left = f.offset[0] + y * f.stride[0], f.offset[1] + xx * f.stride[1]
             assert top <= int(hit[:, 0].min()) and int(hit[:, 0].max()) < top + f.size[0], (name, y, xx)
             assert left <= int(hit[:, 1].min()) and int(hit[:, 1].max()) < left + f.size[1], (name, y, xx)
+
+
+@pytest.fixture(scope="module")
+def twin_runs(demo_model, small_test_set, tmp_path_factory):
+    """The softmax-ended twins mined on 300 real images: the module one's nn.Softmax 'prob', the
+    functional one's virtual softmax (its default), and the module one's virtual softmax, named."""
+    from sketchmine import mine
+
+    out = tmp_path_factory.mktemp("twins")
+    module = ModuleNet(demo_model.module, "softmax").eval()
+    functional = FunctionalNet(demo_model.module, "softmax").eval()
+    return (mine(module, small_test_set, out=out / "m.zarr", k=5, batch_size=100, distributions=True),
+            mine(functional, small_test_set, out=out / "f.zarr", k=5, batch_size=100, distributions=True),
+            mine(module, small_test_set, ["softmax"], out=out / "named.zarr", k=5, batch_size=100))
+
+
+def test_the_softmax_of_a_model_that_outputs_probabilities_is_not_taken_twice(twin_runs):
+    """A model ending in F.softmax mined by default gets the virtual softmax of its output: it was
+    the softmax of the probabilities (top-1 values 0.23 where the nn.Softmax twin has 1.0, the top-k
+    in another order, class statistics flattened to ~1/C). It is the output itself now, ranked by
+    the log-odds of log p, and every array equals the module twin's 'prob' layer; so does the module
+    twin's own virtual softmax when it is named."""
+    import numpy as np
+
+    module, functional, named = twin_runs
+    assert "softmax" in functional.layers and "prob" in module.layers
+    want = module.topk("prob")
+    assert float(want[0][:, 0].min()) > 0.99  # the surest images: p rounds to 1 in float32
+    for got in (functional.topk("softmax"), named.topk("softmax")):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    for name in ("class_mean", "max_mean", "hist_counts", "bottom_image_index", "example_index"):
+        np.testing.assert_allclose(np.asarray(functional.layer_group("softmax")[name][...]),
+                                   np.asarray(module.layer_group("prob")[name][...]), rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "gradient"])
+def test_the_virtual_softmax_of_probabilities_is_deconvolved_as_the_module(demo_model, confident, method):
+    """deconvolve(..., 'softmax') on a model ending in x.softmax(-1): the float64 signal of p_c, as
+    the nn.Softmax twin's 'prob' (it was the signal of a softmax of p: cosine 0.46 for deconvnet)."""
+    images, _ = confident
+    twin = ModuleNet(demo_model.module, "softmax").eval()
+    want = _probabilities64(twin, images, method)
+    _close(deconvolve(twin, images, "prob", list(range(4)), method=method), want)
+    _close(deconvolve(twin, images, "softmax", list(range(4)), method=method), want)
+    functional = FunctionalNet(demo_model.module, "softmax", "method").eval()
+    _close(deconvolve(functional, images, "softmax", list(range(4)), method=method), want)
+
+
+def test_feature_visualisation_of_the_virtual_softmax_reads_the_logits(demo_model, demo_test_set):
+    """The virtual softmax of a model ending in F.softmax is optimised on the logits its softmax
+    was fed and its peak is p, as the nn.Softmax twin's layer (it pushed the probability and
+    reported a softmax of it: peaks of 0.23 against 0.9999)."""
+    import numpy as np
+
+    from sketchmine import feature_visualization
+
+    module = ModuleNet(demo_model.module, "softmax").eval()
+    functional = FunctionalNet(demo_model.module, "softmax").eval()
+    want = feature_visualization(module, "prob", [0, 1], steps=6, size=28,
+                                 preprocessing=demo_test_set.preprocessing)
+    got = feature_visualization(functional, "softmax", [0, 1], steps=6, size=28,
+                                 preprocessing=demo_test_set.preprocessing)
+    torch.testing.assert_close(got.images, want.images)
+    np.testing.assert_allclose(got.peak, want.peak, rtol=1e-6)
+
+
+class _BlockF(nn.Module):
+    """torchvision's BasicBlock written with F.relu and `out + identity` (no shared ReLU module)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.conv2, self.bn2 = block.conv1, block.bn1, block.conv2, block.bn2
+        self.downsample = block.downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + identity)
+
+
+class _ResNetF(nn.Module):
+    """The embedded demo ResNet, its ReLUs, adds and global pooling called as functions."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.fc, self.stages = net.conv1, net.bn1, net.fc, net.stages
+        for s in range(net.stages):
+            setattr(self, f"layer{s + 1}", nn.Sequential(*[_BlockF(b) for b in getattr(net, f"layer{s + 1}")]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        for s in range(self.stages):
+            x = getattr(self, f"layer{s + 1}")(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided", "gradient"])
+def test_a_functional_resnet_is_deconvolved_as_its_modules(demo_test_set, method):
+    """The demo ResNet (its block ReLU a module called twice) and its functional twin: the same
+    signal for a stem conv, a block conv behind residual adds, the classifier and the softmax,
+    on real images, within float32 rounding."""
+    from sketchmine.model.models import load_model
+
+    module = copy.deepcopy(load_model("demo-resnet").module).eval()
+    functional = _ResNetF(copy.deepcopy(module)).eval()
+    x = torch.stack([demo_test_set[i][1] for i in range(0, 400, 100)])
+    units = [0, 1, 2, 3]
+    for layer, yx in [("conv1", [[3, 4], [27, 0], [14, 14], [0, 27]]), ("layer2.1.conv2", [[0, 0], [6, 7], [13, 13], [2, 9]]),
+                      ("fc", None), ("softmax", None)]:
+        want = deconvolve(module, x, layer, units, yx, method=method)
+        got = deconvolve(functional, x, layer, units, yx, method=method)
+        assert want.abs().amax((1, 2, 3)).min() > 0, layer
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))

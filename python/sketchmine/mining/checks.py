@@ -266,6 +266,10 @@ def check_layouts(current: RunStore, spec: list[Any]) -> None:
     so far would be of other units, or not fit at all."""
     said = {None: "along axis 1, (N, C, ...)", CHANNELS_LAST: "last, (N, H, W, C)", FEATURES_LAST: "last, (N, T, F)"}
     for layer in spec:
+        if current.layer_attrs(layer.name).get("of") != layer.attrs.get("of"):  # the virtual softmax's
+            raise SketchmineError(f"layer {layer.name!r} of {current.path} was mined as the softmax of the model's "
+                                  "output, which is a softmax already (probabilities taken twice); this sketchmine "
+                                  "takes that output as it is: mine the run again into a new --out")
         was, now = current.layer_attrs(layer.name).get("layout"), layer.attrs.get("layout")
         if was != now and {was, now} & {CHANNELS_LAST, FEATURES_LAST}:
             raise SketchmineError(

@@ -27,6 +27,7 @@ from sketchmine.mining.failures import model_errors
 from sketchmine.mining.options import LoadOptions, SpeedOptions
 from sketchmine.mining.prefetch import prepared
 from sketchmine.model.forward import Forward, Layer
+from sketchmine.model.output_softmax import virtual_softmax
 from sketchmine.model.taps import RANKED_BY_INPUT, SOFTMAX
 from sketchmine.progress import Progress
 from sketchmine.results.run import Run
@@ -117,7 +118,7 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
                        else store.record_attribute_sums())
         return team.result(store)
     pre = ds.preprocessing
-    softmax = any(l.name == SOFTMAX for l in spec)
+    softmax = next((l for l in spec if l.name == SOFTMAX), None)  # the virtual layer
     keyed = frozenset(l.name for l in spec if l.name == SOFTMAX or l.attrs.get("ranked_by") == RANKED_BY_INPUT)
     setup = Setup(tuple(LayerSpec(l.name, l.channels, tuple(l.spatial)) for l in spec), k, device,
                   len(ds.class_names) or int(store.attrs.get("num_classes") or 0),  # else the model's output width
@@ -173,9 +174,9 @@ def run_pass(store: RunStore, forward: Forward, ds: MinerDataset, spec: list[Lay
                         model_errors(ds, idx):
                     logits = run_batch(xb)
                 batch.logits = logits
-                if softmax:  # the virtual layer, p from the logits (its top-k ranks their log-odds: topk.py)
-                    batch.fed[SOFTMAX] = logits
-                    on_output(SOFTMAX, torch.softmax(logits.float(), dim=1))
+                if softmax is not None:  # p from the logits or the output itself (ranked by log-odds: topk.py)
+                    batch.fed[SOFTMAX], p = virtual_softmax(logits, softmax.attrs)
+                    on_output(SOFTMAX, p)
                 for acc in accs:
                     acc.end_batch(batch)
                 current.clear()

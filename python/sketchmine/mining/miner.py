@@ -40,6 +40,7 @@ from sketchmine.model.graph import shared_traces
 from sketchmine.model.models import (LoadedModel, guessed_normalisation, is_model_path, load_model,
                                      preprocessing_for)
 from sketchmine.model.modes import eval_mode, input_dtype, memory_format
+from sketchmine.model.output_softmax import mark_probabilities
 from sketchmine.model.pretrained import is_weights_name
 from sketchmine.model.taps import SOFTMAX, storable
 from sketchmine.progress import Progress, Silent
@@ -290,6 +291,7 @@ def mine(
         with one_image("making the first image model input"):
             first_index, first = first_readable(ds)
         spec, num_classes, left = probe(forward, names, first[None].to(device), optional=layers is None, logits=logits)
+        mark_probabilities(spec, net, first[None].to(device))  # a model ending in a softmax: no second one
         note_left_out(left, progress)
         if left:
             names = want[LAYER_NAMES] = [l.name for l in spec]

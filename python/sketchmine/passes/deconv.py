@@ -18,8 +18,9 @@ from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.model import coupling, cut
-from sketchmine.model.backend import LoadedModel, torch_module
+from sketchmine.model.backend import LoadedModel, first_tensor, torch_module
 from sketchmine.model.modes import eval_mode, input_dtype
+from sketchmine.model.output_softmax import softmax_logits
 from sketchmine.model.graph import module_outputs
 from sketchmine.model.receptive_field import ReceptiveField
 from sketchmine.model.taps import SOFTMAX, probe_layouts, tapped_element, to_units
@@ -101,10 +102,11 @@ class Deconvolver:
 
     def _unit_outputs_eval(self, x: torch.Tensor, layer: str) -> torch.Tensor:
         if layer == SOFTMAX:
-            out = self.graph(x)
+            # the logits: the model's output, or what its own final softmax was fed (not a second softmax)
+            out, fed = softmax_logits(lambda: self.graph(x))
             # in float32, as mined (a half model's confident probability loses its gradient to rounding),
             # and with a backward that keeps 1 - p where p is near 1 (deconv_rules.stable_softmax)
-            return stable_softmax((out[0] if isinstance(out, (tuple, list)) else out).float(), dim=1)
+            return stable_softmax((first_tensor(out) if fed is None else fed).float(), dim=1)
         try:
             target, module = cut.cut_module(self.model, layer)  # "<lstm>.cell" reads its LSTM's output
         except SketchmineError:

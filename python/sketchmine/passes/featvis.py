@@ -42,6 +42,7 @@ from sketchmine.model import cut
 from sketchmine.model.backend import LoadedModel, first_tensor
 from sketchmine.model.models import given_preprocessing, load_model
 from sketchmine.model.modes import eval_mode, input_dtype
+from sketchmine.model.output_softmax import softmax_logits
 from sketchmine.model.taps import SOFTMAX, probe_layouts, resolve_layers, tapped_element, to_units
 from sketchmine.passes.featvis_params import FourierImage, PixelImage, random_transform
 from sketchmine.passes.featvis_relu import redirected_relus
@@ -102,8 +103,9 @@ class LayerReader:
         """The layer's output for float32 input `x`, as float32; the model is fed its parameters'
         dtype (a half model refuses float32), so the optimised image stays float32."""
         x = x.to(input_dtype(self.net))
-        if self.layer == SOFTMAX:
-            return first_tensor(self.net(x)).float()  # the logits
+        if self.layer == SOFTMAX:  # the logits: the output, or what the model's own final softmax was fed
+            out, fed = softmax_logits(lambda: self.net(x))
+            return (first_tensor(out) if fed is None else fed).float()
         self._learn(x)
         got: list[torch.Tensor] = []
 

@@ -1,0 +1,81 @@
+"""Whether a model's output is a softmax already, and the logits that softmax was fed.
+
+The virtual "softmax" layer is the softmax of the model's output. A model whose forward ends in
+a softmax (an nn.Softmax module, or `F.softmax`, `torch.softmax`, `x.softmax(-1)` called in
+forward) outputs probabilities, and a softmax of them is not what the model computes: values
+near 1/C, ranked in another order, and deconvolutions and optimised inputs of that. The call is
+found by a TorchFunctionMode over the forward, so every spelling is caught, whatever module or
+function makes it, with no per-model code. A log-softmax output needs nothing: its softmax is the
+probabilities.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from sketchmine.model.backend import Layer, first_tensor
+from sketchmine.model.modes import input_dtype
+from sketchmine.model.taps import SOFTMAX
+
+PROBABILITIES = "the model's output, a softmax already"
+"""The `of` attribute of a virtual softmax layer taken as the model's output itself."""
+
+# where each spelling takes its dim (positionally after the input), by keyword "dim" in any
+_SOFTMAXES = {torch.softmax: 1, F.softmax: 1, torch.Tensor.softmax: 1}
+
+
+class _LastSoftmax(TorchFunctionMode):
+    """Keeps the last softmax call of a forward: its result, its input and its dim (only the
+    last: a forward's earlier softmaxes, attention maps, are not kept alive)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: tuple[torch.Tensor, torch.Tensor, Any] | None = None
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _SOFTMAXES and isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
+            dim = kwargs.get("dim", args[_SOFTMAXES[func]] if len(args) > _SOFTMAXES[func] else None)
+            self.last = (out, args[0], dim)
+        return out
+
+
+def softmax_logits(forward: Callable[[], Any]) -> tuple[Any, torch.Tensor | None]:
+    """Run `forward()`; return its output and, when its (first) output is the result of a softmax
+    over the units of (N, units) logits, those logits (else None)."""
+    mode = _LastSoftmax()
+    with mode:
+        out = forward()
+    head = first_tensor(out)
+    if mode.last is None or mode.last[0] is not head or head.ndim != 2 or mode.last[2] not in (None, 1, -1):
+        return out, None
+    return out, mode.last[1]
+
+
+def mark_probabilities(spec: list[Layer], net: Any, x: torch.Tensor) -> None:
+    """Mark the virtual softmax of `spec` (its `of` attribute) when the output of `net`, a torch
+    module, is a softmax already, from one forward on `x` (one image)."""
+    virtual = [layer for layer in spec if layer.name == SOFTMAX]
+    if not virtual or not isinstance(net, nn.Module):  # an ONNX graph ending in Softmax is mined by that node
+        return
+    with torch.no_grad():
+        _, fed = softmax_logits(lambda: net(x.to(input_dtype(net))))
+    if fed is not None:
+        virtual[0].attrs["of"] = PROBABILITIES
+
+
+def virtual_softmax(output: torch.Tensor, attrs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The virtual softmax of a batch: (what its top-k ranks by log-odds, its values p). Of logits:
+    (logits, softmax). Of an output that is p already (`of`): (log p, p), whose log-odds
+    log p_c - log sum_{j != c} p_j are the logits' own wherever float32 keeps the other p_j above 0."""
+    if attrs.get("of") == PROBABILITIES:
+        p = output.float()
+        return p.log(), p
+    return output, torch.softmax(output.float(), dim=1)
