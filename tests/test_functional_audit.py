@@ -227,7 +227,7 @@ def test_the_softmax_of_a_model_that_outputs_probabilities_is_not_taken_twice(tw
 
 @pytest.mark.parametrize("method", ["deconvnet", "gradient"])
 def test_the_virtual_softmax_of_probabilities_is_deconvolved_as_the_module(demo_model, confident, method):
-    """deconvolve(..., 'softmax') on a model ending in x.softmax(-1): the float64 signal of p_c, as
+    """deconvolve(..., "softmax") on a model ending in x.softmax(-1): the float64 signal of p_c, as
     the nn.Softmax twin's 'prob' (it was the signal of a softmax of p: cosine 0.46 for deconvnet)."""
     images, _ = confident
     twin = ModuleNet(demo_model.module, "softmax").eval()
@@ -302,3 +302,25 @@ def test_a_functional_resnet_is_deconvolved_as_its_modules(demo_test_set, method
         got = deconvolve(functional, x, layer, units, yx, method=method)
         assert want.abs().amax((1, 2, 3)).min() > 0, layer
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_the_virtual_softmax_of_an_onnx_graph_ending_in_softmax_is_its_output(demo_model, small_test_set, tmp_path):
+    """The functional twin exported to ONNX ends in a Softmax node: the virtual softmax, named,
+    was a softmax of its probabilities (top-1 0.23); it is the node's output, as that layer."""
+    import numpy as np
+
+    from sketchmine import mine
+
+    path = tmp_path / "twin.onnx"
+    net = FunctionalNet(demo_model.module, "softmax").eval()
+    torch.onnx.export(net, small_test_set[0][1][None], str(path), input_names=["x"], output_names=["p"],
+                      dynamic_axes={"x": {0: "n"}, "p": {0: "n"}}, dynamo=False)
+    run = mine(str(path), small_test_set, out=tmp_path / "run.zarr", k=5, batch_size=100,
+               preprocessing=small_test_set.preprocessing)
+    node = [name for name in run.layers if name.endswith("Softmax")]
+    assert len(node) == 1
+    named = mine(str(path), small_test_set, ["softmax"], out=tmp_path / "named.zarr", k=5, batch_size=100,
+                 preprocessing=small_test_set.preprocessing)
+    assert float(named.topk("softmax")[0][:, 0].min()) > 0.99
+    for got, want in zip(named.topk("softmax"), run.topk(node[0])):
+        np.testing.assert_array_equal(got, want)

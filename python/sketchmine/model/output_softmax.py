@@ -60,15 +60,31 @@ def softmax_logits(forward: Callable[[], Any]) -> tuple[Any, torch.Tensor | None
 
 
 def mark_probabilities(spec: list[Layer], net: Any, x: torch.Tensor) -> None:
-    """Mark the virtual softmax of `spec` (its `of` attribute) when the output of `net`, a torch
-    module, is a softmax already, from one forward on `x` (one image)."""
+    """Mark the virtual softmax of `spec` (its `of` attribute) when the output of `net` is a softmax
+    already: a torch module's from one forward on `x` (one image), an ONNX graph's from its nodes."""
     virtual = [layer for layer in spec if layer.name == SOFTMAX]
-    if not virtual or not isinstance(net, nn.Module):  # an ONNX graph ending in Softmax is mined by that node
+    if not virtual:
         return
-    with torch.no_grad():
-        _, fed = softmax_logits(lambda: net(x.to(input_dtype(net))))
-    if fed is not None:
+    if isinstance(net, nn.Module):
+        with torch.no_grad():
+            _, fed = softmax_logits(lambda: net(x.to(input_dtype(net))))
+        ends = fed is not None
+    else:
+        ends = onnx_ends_in_softmax(net)
+    if ends:
         virtual[0].attrs["of"] = PROBABILITIES
+
+
+KEEP_VALUES = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+"""ONNX ops between a Softmax and the graph's output that leave its values probabilities."""
+
+
+def onnx_ends_in_softmax(model: Any) -> bool:
+    """Whether the .onnx model's output comes from a Softmax (through reshapes): probabilities already."""
+    node = model.names.producer.get(model.logits_name)
+    while node is not None and node.op_type in KEEP_VALUES:
+        node = model.names.producer.get(node.input[0])
+    return node is not None and node.op_type == "Softmax"
 
 
 def virtual_softmax(output: torch.Tensor, attrs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

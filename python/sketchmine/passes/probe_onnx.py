@@ -32,10 +32,9 @@ from sketchmine.data.preprocess import Preprocessing
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import first_tensor
 from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
+from sketchmine.model.output_softmax import onnx_ends_in_softmax
 from sketchmine.results.run import Run
 
-KEEP_VALUES = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
-"""ONNX ops between a Softmax and the graph's output that leave its values probabilities."""
 TORCH_VIEWS = ("View", "UnsafeView", "ReshapeAlias", "Squeeze", "Unsqueeze", "Clone", "Alias")
 """Autograd nodes (names without "Backward<n>") that leave the values they pass on as they are."""
 TRACE_DATA = ("Python boolean", "Python number", "Python index", "Python integer", "Python float",
@@ -127,14 +126,6 @@ def check_graph(onnx_bytes: bytes, wrapped: nn.Module, x: torch.Tensor, images: 
                 "inputs checked (blank canvases and a drawing of each polarity, stored images), other drawings may "
                 "take another path through the model"]
     return []
-
-
-def onnx_ends_in_softmax(model: Any) -> bool:
-    """Whether the .onnx model's output comes from a Softmax (through reshapes): probabilities already."""
-    node = model.names.producer.get(model.logits_name)
-    while node is not None and node.op_type in KEEP_VALUES:
-        node = model.names.producer.get(node.input[0])
-    return node is not None and node.op_type == "Softmax"
 
 
 def onnx_probe_graph(run: Run, model: Any, pre: Preprocessing, size: tuple[int, int],
