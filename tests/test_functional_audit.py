@@ -78,7 +78,7 @@ class FunctionalNet(ModuleNet):
         x = self.fc8(F.relu(self.fc7(F.dropout(x, 0.5, training=self.training))))
         if self.head:
             x = {"F.softmax": lambda: F.softmax(x, dim=1), "torch.softmax": lambda: torch.softmax(x, -1),
-                 "method": lambda: x.softmax(-1)}[self.soft]()
+                 "method": lambda: x.softmax(-1), "viewed": lambda: F.softmax(x, 1).view(x.size(0), -1)}[self.soft]()
         return self.read(x) if self.head == "read" else x
 
 
@@ -227,15 +227,17 @@ def test_the_softmax_of_a_model_that_outputs_probabilities_is_not_taken_twice(tw
 
 @pytest.mark.parametrize("method", ["deconvnet", "gradient"])
 def test_the_virtual_softmax_of_probabilities_is_deconvolved_as_the_module(demo_model, confident, method):
-    """deconvolve(..., "softmax") on a model ending in x.softmax(-1): the float64 signal of p_c, as
+    """deconvolve(..., "softmax") on a model ending in x.softmax(-1) (or a view of F.softmax's
+    result): the float64 signal of p_c, as
     the nn.Softmax twin's 'prob' (it was the signal of a softmax of p: cosine 0.46 for deconvnet)."""
     images, _ = confident
     twin = ModuleNet(demo_model.module, "softmax").eval()
     want = _probabilities64(twin, images, method)
     _close(deconvolve(twin, images, "prob", list(range(4)), method=method), want)
     _close(deconvolve(twin, images, "softmax", list(range(4)), method=method), want)
-    functional = FunctionalNet(demo_model.module, "softmax", "method").eval()
-    _close(deconvolve(functional, images, "softmax", list(range(4)), method=method), want)
+    for soft in ("method", "viewed"):
+        functional = FunctionalNet(demo_model.module, "softmax", soft).eval()
+        _close(deconvolve(functional, images, "softmax", list(range(4)), method=method), want)
 
 
 def test_feature_visualisation_of_the_virtual_softmax_reads_the_logits(demo_model, demo_test_set):

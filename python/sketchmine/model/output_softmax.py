@@ -54,9 +54,10 @@ def softmax_logits(forward: Callable[[], Any]) -> tuple[Any, torch.Tensor | None
     with mode:
         out = forward()
     head = first_tensor(out)
-    if mode.last is None or mode.last[0] is not head or head.ndim != 2 or mode.last[2] not in (None, 1, -1):
+    if mode.last is None or head.ndim != 2 or mode.last[2] not in (None, 1, -1):
         return out, None
-    return out, mode.last[1]
+    p = mode.last[0]  # the output itself, or a view of it of the same shape (`.view(n, -1)`)
+    return out, mode.last[1] if head is p or (head._base is p and head.shape == p.shape) else None
 
 
 def mark_probabilities(spec: list[Layer], net: Any, x: torch.Tensor) -> None:
