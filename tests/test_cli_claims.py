@@ -46,6 +46,17 @@ def test_the_default_out_names_the_weights_given():
     assert default_run_out("sketchnet", "nets/best.pth") == "sketchnet-best.zarr"
 
 
+def test_the_default_out_names_a_weight_enums_member():
+    """`--weights ResNet18_Weights.IMAGENET1K_V1` (a name docs/mining.md gives) defaulted to
+    resnet18-ResNet18_Weights.zarr, as did IMAGENET1K_V2: the second refused as the first's resume.
+    The member names the folder, as it does given alone, so the same weights share one."""
+    outs = [default_run_out("resnet18", w) for w in ("ResNet18_Weights.IMAGENET1K_V1", "ResNet18_Weights.IMAGENET1K_V2",
+                                                      "ResNet18_Weights.DEFAULT", "IMAGENET1K_V1")]
+    assert outs == ["resnet18-IMAGENET1K_V1.zarr", "resnet18-IMAGENET1K_V2.zarr", "resnet18-DEFAULT.zarr",
+                    "resnet18-IMAGENET1K_V1.zarr"]
+    assert default_run_out("resnet18", "ft/ResNet18_Weights.v2.pt") == "resnet18-ResNet18_Weights.v2.zarr"
+
+
 def test_pin_memory_on_the_cpu_is_refused(demo_model, small_test_set, tmp_path):
     """It was accepted and did nothing (torch warned past -q: no accelerator to pin for)."""
     with pytest.raises(SketchmineError, match="pin_memory .* would do nothing"):

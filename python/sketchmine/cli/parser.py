@@ -6,6 +6,7 @@ Imports neither torch nor zarr nor rich: `sketchmine --help` and `--version` ans
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import typing
 from pathlib import Path
@@ -330,11 +331,17 @@ def json_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts) instead of tables")
 
 
+_WEIGHT_ENUM = re.compile(r"[A-Za-z0-9_]+_Weights\.(?:DEFAULT|[A-Z0-9_]+)")
+"""A torchvision weight enum's member as --weights names it (model/pretrained.py reads it)."""
+
+
 def default_run_out(model: str, weights: str | None = None) -> str:
     """`mine`'s --out when none is given: MODEL.zarr in the current folder, MODEL-WEIGHTS.zarr with
     --weights, so one architecture's runs with other weights (random, DEFAULT, a fine-tuned file)
     do not all default to one folder, where the second is refused as the first's resume."""
     def stem(path: str) -> str:
+        if _WEIGHT_ENUM.fullmatch(path):  # ResNet18_Weights.IMAGENET1K_V1: its member, not the enum's name
+            return path.partition(".")[2]
         return Path(path.rstrip("/")).stem  # the last extension only: net.v2.pt is net.v2, not net
 
     name = stem(model) or "run"
