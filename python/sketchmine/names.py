@@ -3,6 +3,7 @@ and a command naming them that a shell reads back as they are."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from pathlib import PurePath
@@ -17,6 +18,13 @@ def command(*words: object) -> str:
     message names can be pasted as it is."""
     return " ".join(shlex.quote(f"./{w}" if isinstance(w, PurePath) and str(w).startswith("-") else str(w))
                     for w in words)  # a run named -r.zarr would read as an option
+
+
+def layer_arg(names: list[str]) -> str:
+    """`--layers`' value naming `names` as `cli/layer_args.layer_list` reads it back: a comma, a
+    space or a backslash in a name after a backslash, so a hint naming a layer "conv,1" does not
+    give two layers conv and 1 when pasted (`command` quotes it for the shell)."""
+    return ",".join(re.sub(r"([\\,\s])", r"\\\1", n) for n in names)
 
 
 def printable(name: str) -> str:

@@ -30,6 +30,7 @@ def run_effects(args: argparse.Namespace, console: Console) -> None:
     """`sketchmine effects RUN [--layers ...]`: compute, store and print each layer's unit
     effects and correlated units. Layers are checked before any computation; Ctrl-C says
     which layers were stored, and the rest as a --layers value."""
+    from sketchmine.names import command, layer_arg
     from sketchmine.passes.effects import EffectsPass
     from sketchmine.present.effects_table import effects_table
     from sketchmine.results.run import open_run
@@ -45,7 +46,7 @@ def run_effects(args: argparse.Namespace, console: Console) -> None:
         rest = [l for l in layers if l not in done]
         kept = f"the effects of {', '.join(done)} are stored" if done else "no layer's effects were stored"
         raise KeyboardInterrupt(f"interrupted; {kept}; a re-run recomputes every layer it is given, so pass "
-                                f"--layers {','.join(rest)} to compute only the rest") from None
+                                f"{command('--layers', layer_arg(rest))} to compute only the rest") from None
     run = open_run(args.run)
     for name in layers:
         console.print(effects_table(run, name, args.n))

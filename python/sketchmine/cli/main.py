@@ -26,6 +26,7 @@ from sketchmine.cli.parser import (EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, build_pa
 from sketchmine.cli.environment import MIN_COLUMNS, caches_without_a_home, environment_refusal, in_an_existing_folder
 from sketchmine.ctrl_c import ending_as_ctrl_c, ending_signal, held, ignored_from_now, interrupted
 from sketchmine.errors import SaidOnRankZero, SketchmineError, first_line, out_of_resources
+from sketchmine.names import command, layer_arg
 
 if typing.TYPE_CHECKING:
     from rich.console import Console
@@ -65,7 +66,7 @@ def _importance(args: argparse.Namespace, console: Console, err: Console) -> Non
         rest = [l for l in layers if l not in done]
         kept = (f"the importance of {', '.join(done)} is stored" if done else "no layer's importance was stored")
         raise KeyboardInterrupt(f"interrupted; {kept}; a re-run recomputes every layer it is given, so pass "
-                                f"--layers {','.join(rest)} to compute only the rest") from None
+                                f"{command('--layers', layer_arg(rest))} to compute only the rest") from None
     run = open_run(args.run)
     if args.plot:
         save_figure(plot_importance(run, layers, args.n), args.plot)

@@ -31,6 +31,7 @@ from sketchmine.errors import SketchmineError, optional_whole_number, whole_numb
 from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model.modes import eval_mode
 from sketchmine.model.taps import SOFTMAX
+from sketchmine.names import command, layer_arg
 from sketchmine.passes.ablation import ABLATION, Replicate, choose_ablator, image_batches, unit_groups
 from sketchmine.results.effects import EFFECT_KEYS, logits_layer, not_ablatable, onnx_run
 from sketchmine.results.run import Run, open_run
@@ -66,7 +67,7 @@ def check_ablatable(layer: str, net: nn.Module | None = None, run: Run | None = 
         target = logits_layer(run) if run is not None else None
         raise SketchmineError("layer 'softmax' is the model's output (virtual): it has no module to zero; its units "
                               "are the classes, ablate the layer that computes the logits instead"
-                              + (f" (--layers {target})" if target else ""))
+                              + (f" ({command('--layers', layer_arg([target]))})" if target else ""))
     if net is not None:
         Replicate(net, layer)  # resolves the module and its ablation dims, or says why not
 

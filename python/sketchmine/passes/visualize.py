@@ -28,7 +28,7 @@ from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
 from sketchmine.errors import (SketchmineError, SketchmineFailure, flag, layer_list, machine_fix, optional_whole_number,
                                whole_number)
-from sketchmine.names import command
+from sketchmine.names import command, layer_arg
 from sketchmine.model.receptive_field import ReceptiveField
 from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
 from sketchmine.passes.example_pictures import GROUPS, check_examples, needed_images, picture_examples
@@ -265,7 +265,7 @@ def stale_pictures(store: RunStore, name: str, progress: Progress) -> None:
         settings = f"--method {visualized['method']} --max-patch {max(visualized['patch_size'])}"
         progress.note(f"layer {name!r}: its {' and '.join(stale)} pictures were made with {old.get('method')}, patches "
                       f"{old.get('patch_size')}, not as its top-k pictures now; the report leaves them out until "
-                      f"`{command('sketchmine', 'visualize', store.path, '--layers', name, '--examples', 'all')} {settings}` makes them again")
+                      f"`{command('sketchmine', 'visualize', store.path, '--layers', layer_arg([name]), '--examples', 'all')} {settings}` makes them again")
 
 
 def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, limit: int, images: ImageCache,

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sketchmine.names import command, printable
+from sketchmine.names import command, layer_arg, printable
 from sketchmine.results.numbers import percent  # noqa: F401  (report.py and plots.py take it from here)
 from sketchmine.results import importance_store
 from sketchmine.results.effects import class_units
@@ -173,7 +173,7 @@ def with_code(text: str) -> str:
 
 def visualize_hint(run: Run, name: str) -> str:
     """The command that adds what the report reads for a layer (patches, traces)."""
-    return f"run `{command('sketchmine', 'visualize', run.path, '--layers', name)}`"
+    return f"run `{command('sketchmine', 'visualize', run.path, '--layers', layer_arg([name]))}`"
 
 
 def pictures_note(run: Run, name: str, attrs: dict[str, Any], has_patches: bool, done: int, units: int,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sketchmine.names import command
+from sketchmine.names import command, layer_arg
 from sketchmine.present.dash_data import compact, shared_js
 from sketchmine.present.montage import slide_content
 from sketchmine.present.report_data import (LOG_ODDS_ATTR, PAGE_SIZE, THUMB, PngWriter, log_odds_html, precision_html,
@@ -121,7 +121,7 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, png: PngWriter, montage
             d.update(example_strips(extra, lid, u, out, png, per_bin))
             for which, group in schema.PICTURE_GROUPS.items():  # examples shown as text: say how to add pictures
                 if d.get(which) and group not in d:
-                    d["missing"][group] = (command("sketchmine", "visualize", where, "--layers", name, "--examples", "all")
+                    d["missing"][group] = (command("sketchmine", "visualize", where, "--layers", layer_arg([name]), "--examples", "all")
                                            + " stores them")
             d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}&unit={u}"
             if classes is not None:

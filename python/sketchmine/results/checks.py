@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sketchmine.errors import RunDamaged, SketchmineError, closest, whole_number
+from sketchmine.names import command, layer_arg
 from sketchmine.store import schema
 
 T = TypeVar("T")
@@ -70,7 +71,7 @@ def absent_read(run: Any, path: str, read: Callable[[], T]) -> T:
                                   "finish it") from None
         what = ("it was mined without distributions: mine it again with --distributions into a new --out"
                 if path.rsplit("/", 1)[-1] in schema.DISTRIBUTION_ARRAYS else
-                f"run `sketchmine visualize {run.path} --layers {path.split('/')[1]}` to add a layer's pictures"
+                f"run `{command('sketchmine', 'visualize', run.path, '--layers', layer_arg([path.split('/')[1]]))}` to add a layer's pictures"
                 if path.rsplit("/", 1)[-1] in schema.VISUAL_ARRAYS else
                 "the passes and the sketchmine version that made the run did not write it (the run is not damaged; "
                 "Run.has_array and has_dataset_array say what it holds)")

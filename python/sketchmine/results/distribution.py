@@ -19,6 +19,7 @@ import numpy as np
 
 from sketchmine.errors import SketchmineError
 from sketchmine.lazy import lazy
+from sketchmine.names import layer_arg
 from sketchmine.stats import accumulators, bottomk, examples, histogram, moments, sketch, topk
 from sketchmine.store import schema
 
@@ -50,14 +51,13 @@ def mine_again(run: Run) -> str:
     data = attrs.get("dataset") or {}
     seq = data.get("sequence") or {}
     pre = attrs.get("preprocessing") or {}
-    layers = ",".join(run.layers)
     if isinstance(spec, str) and data.get("kind") == "image_folder":
         weights = (attrs.get("model_spec") or {}).get("weights")
         size = pre.get("size")
         options = run.forward_options  # the same forward, so the numbers are comparable
         q = shlex.quote
         parts = [f"sketchmine mine --model {q(spec)}", f"--weights {q(str(weights))}" if weights else "",
-                 f"--data {q(str(data.get('root')))}", f"--layers {q(layers)}", f"-k {run.k}",
+                 f"--data {q(str(data.get('root')))}", f"--layers {q(layer_arg(run.layers))}", f"-k {run.k}",
                  f"--preprocessing {pre['preset']}" if pre.get("preset") not in (None, "model") else "",
                  f"--image-size {size[0]}" if size and len(set(size)) == 1 else "",
                  f"--steps {seq['steps']} --ink {seq.get('ink', 'light')}" if seq else "",
@@ -68,7 +68,7 @@ def mine_again(run: Run) -> str:
         return f"`{' '.join(p for p in parts if p)}`"
     if isinstance(spec, str) and data.get("kind") == "embedded" and "subset" not in data and not seq:
         return (f"`sketchmine.mine({spec!r}, sketchmine.data.animal_shape({data.get('split', 'test')!r}), "
-                f"layers={layers.split(',')!r}, k={run.k}, distributions=True, out=NEW_DIR)`")
+                f"layers={list(run.layers)!r}, k={run.k}, distributions=True, out=NEW_DIR)`")
     return "`sketchmine mine --distributions --model ... --data ... --out NEW_DIR` (distributions=True in Python)"
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError
-from sketchmine.names import command
+from sketchmine.names import command, layer_arg
 from sketchmine.store import schema
 
 if TYPE_CHECKING:  # annotations only: run.py imports this module
@@ -67,7 +67,7 @@ def not_ablatable(run: Run, layer: str) -> str | None:
                 "mine the torch model into a new run to compute effects and importance")
     if layer == "softmax":
         target = logits_layer(run)
-        where = (f"ablate the layer that computes the logits instead: --layers {target}" if target
+        where = (f"ablate the layer that computes the logits instead: {command('--layers', layer_arg([target]))}" if target
                  else "mine the layer that computes the logits to ablate it")
         return ("nothing can be ablated at 'softmax': it is the model's output (virtual, no module to zero; its "
                 f"units are the classes); {where}")
@@ -80,7 +80,7 @@ def missing_note(run: Run, layer: str, what: str = "unit effects or correlated u
     if why is not None:
         return f"run {run.path} has no {what} for {layer!r}: {why}"
     return (f"run {run.path} has no {what} for {layer!r}; compute them with "
-            f"`{command('sketchmine', 'effects', run.path, '--layers', layer)}` (or sketchmine.unit_effects)")
+            f"`{command('sketchmine', 'effects', run.path, '--layers', layer_arg([layer]))}` (or sketchmine.unit_effects)")
 
 
 def _missing(run: Run, layer: str, what: str) -> SketchmineError:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError
-from sketchmine.names import command
+from sketchmine.names import command, layer_arg
 from sketchmine.results.numbers import column, percents
 from sketchmine.store import schema
 
@@ -74,7 +74,7 @@ def read_importance(run: Run, layer: str) -> pd.DataFrame:
     found = run.layer_result(layer, schema.IMPORTANCE, COLUMNS)
     if found is None:
         raise SketchmineError(f"run {run.path} has no unit importance for {layer!r}; compute it with "
-                              f"`{command('sketchmine', 'importance', run.path, '--layers', layer)}`")
+                              f"`{command('sketchmine', 'importance', run.path, '--layers', layer_arg([layer]))}`")
     arrays, attrs = found
     df = pd.DataFrame(arrays)
     df.insert(0, "unit", np.arange(len(df)))

@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from sketchmine.errors import SketchmineError, unless_damaged
+from sketchmine.names import command, layer_arg
 from sketchmine.results import importance_store
 from sketchmine.results.effects import class_units
 from sketchmine.results.importance_store import rank_text
@@ -223,7 +224,7 @@ class UnitCard:
                 parts.append(f"<div>{title}<br><img src='{pics[key]}' alt='{title}' style='height:{THUMB}px;image-rendering:pixelated'></div>")
         if not pics:
             parts.append(f"<div><i>no pictures stored for this unit: run <code>sketchmine visualize "
-                         f"{esc(str(self.run.path))} --layers {esc(self.layer)}</code> (or "
+                         f"{esc(command(self.run.path, '--layers', layer_arg([self.layer])))}</code> (or "
                          f"<code>sketchmine.visualize(run, [{esc(repr(self.layer))}])</code>) to add its patches "
                          "and deconvolutions</i></div>")
         rows = "".join(f"<tr><td>{r + 1}</td><td>{v}</td><td>{'?' if pd.isna(row['class']) else esc(str(row['class']))}</td>"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sketchmine.errors import SketchmineError
-from sketchmine.names import command
+from sketchmine.names import command, layer_arg
 from sketchmine.regularizers import described
 from sketchmine.store import schema
 
@@ -50,7 +50,7 @@ def optimize_command(run: Run, layer: str) -> str:
     size, source = have.get("patch_size"), have.get("source_size")
     if size and source and max(size) != min(PICTURES_DEFAULTS["max_patch"], max(source)):
         same += ["--max-patch", str(max(size))]
-    return command("sketchmine", "visualize", run.path, "--layers", layer, *same, "--optimize")
+    return command("sketchmine", "visualize", run.path, "--layers", layer_arg([layer]), *same, "--optimize")
 
 
 def settings(run: Run, layer: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sketchmine.errors import SketchmineError, unless_damaged
-from sketchmine.names import command
+from sketchmine.names import command, layer_arg
 from sketchmine.stats import moments
 from sketchmine.results.distribution import layer_arrays, quantile_bounds, without
 from sketchmine.results.effects import missing_note, not_ablatable
@@ -106,7 +106,7 @@ class LayerSummary:
             self.importance = None
             blocked = not_ablatable(run, layer)  # not `why`: that one says why the class accuracy is missing
             self.missing["importance"] = (f"run {run.path} has no unit importance for {layer!r}" + (
-                f": {blocked}" if blocked else f"; compute it with `{command('sketchmine', 'importance', run.path, '--layers', layer)}` "
+                f": {blocked}" if blocked else f"; compute it with `{command('sketchmine', 'importance', run.path, '--layers', layer_arg([layer]))}` "
                 "(or sketchmine.unit_importance)"))
         if "effects" in self.missing and "correlated" in self.missing:  # one pass computes both: one note
             self.missing["effects"] = self.missing["correlated"] = missing_note(run, layer)
