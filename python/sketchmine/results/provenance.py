@@ -31,11 +31,21 @@ def dataset_words(ds: dict[str, Any]) -> str:
     return f"{text} ({extra})" if extra else text
 
 
+def recorded_identity(attrs: dict[str, Any]) -> str | None:
+    """The weights identity a run recorded, "<algorithm>:<hex digest>": runs mined before the
+    `weights_hash` attribute recorded a bare sha256 as `weights_sha256` (model/backend.py's
+    `recorded_weights` checks weights against it; results/ reads runs without the model)."""
+    if isinstance(attrs.get("weights_hash"), str):
+        return str(attrs["weights_hash"])
+    legacy = attrs.get("weights_sha256")
+    return f"sha256:{legacy}" if isinstance(legacy, str) else None
+
+
 def weights_words(attrs: dict[str, Any]) -> str:
     """"weights net.pt (xxh3_128:4387d3d18b99bf33…)": the weights given (a file, a torchvision
     enum, none: the model's own) and the hash of the weights mined, which tells two files apart."""
     given = (attrs.get("model_spec") or {}).get("weights")
-    digest = attrs.get("weights_hash")
+    digest = recorded_identity(attrs)
     name = f"weights {given}" if given else "its own weights"
     if isinstance(digest, str) and ":" in digest:
         algorithm, hex_digest = digest.split(":", 1)
@@ -64,7 +74,7 @@ def provenance(attrs: dict[str, Any]) -> dict[str, Any]:
     """The run's model, weights, dataset and preprocessing as `summary --json` gives them: the
     recorded values, not words."""
     spec = attrs.get("model_spec") or {}
-    return {"model": attrs.get("model"), "weights": spec.get("weights"), "weights_hash": attrs.get("weights_hash"),
+    return {"model": attrs.get("model"), "weights": spec.get("weights"), "weights_hash": recorded_identity(attrs),
             "dataset": attrs.get("dataset"), "preprocessing": attrs.get("preprocessing")}
 
 
