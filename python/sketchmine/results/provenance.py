@@ -43,10 +43,13 @@ def recorded_identity(attrs: dict[str, Any]) -> str | None:
 
 def weights_words(attrs: dict[str, Any]) -> str:
     """"weights net.pt (xxh3_128:4387d3d18b99bf33…)": the weights given (a file, a torchvision
-    enum, none: the model's own) and the hash of the weights mined, which tells two files apart."""
-    given = (attrs.get("model_spec") or {}).get("weights")
+    enum; none: random ones from the recorded seed, else the model's own) and the hash of the
+    weights mined, which tells two files apart."""
+    spec = attrs.get("model_spec") or {}
+    given, seed = spec.get("weights"), spec.get("seed")
     digest = recorded_identity(attrs)
-    name = f"weights {given}" if given else "its own weights"
+    name = (f"weights {given}" if given else f"random weights (seed {seed})" if isinstance(seed, int)
+            else "its own weights")
     if isinstance(digest, str) and ":" in digest:
         algorithm, hex_digest = digest.split(":", 1)
         name += f" ({algorithm}:{hex_digest[:16]}…)" if len(hex_digest) > 16 else f" ({digest})"
@@ -74,7 +77,8 @@ def provenance(attrs: dict[str, Any]) -> dict[str, Any]:
     """The run's model, weights, dataset and preprocessing as `summary --json` gives them: the
     recorded values, not words."""
     spec = attrs.get("model_spec") or {}
-    return {"model": attrs.get("model"), "weights": spec.get("weights"), "weights_hash": recorded_identity(attrs),
+    return {"model": attrs.get("model"), "weights": spec.get("weights"), "seed": spec.get("seed"),
+            "weights_hash": recorded_identity(attrs),
             "dataset": attrs.get("dataset"), "preprocessing": attrs.get("preprocessing")}
 
 
