@@ -129,3 +129,28 @@ def test_weights_that_do_not_fit_say_which_tensors(tmp_path, capsys):
     text = str(exc.value)
     assert "\n" not in text and re.search(r"\d+ tensors missing \(first: \S+", text), text
     assert re.search(r"\d+ unexpected tensors \(first: \S+", text) and "another --model" in text, text
+
+
+def test_an_unfinished_run_at_the_old_default_out_is_named(tmp_path, small_test_set):
+    """The default --out named no weights until it did: re-running the command an interrupted run
+    said to re-run started a new run at MODEL-WEIGHTS.zarr beside the unfinished MODEL.zarr, said
+    only as where the run goes. Now a note names the unfinished run and the --out that resumes it."""
+    from sketchmine.model.models import load_model
+    from tests.helpers import StopAfter, image_folder
+
+    folder = image_folder(small_test_set, tmp_path / "images", per_class=3)
+    torch.save(load_model("sketchnet", seed=5).module.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(KeyboardInterrupt):  # as the old default put it
+        sketchmine.mine("sketchnet", folder, weights=str(tmp_path / "w.pt"), out=tmp_path / "sketchnet.zarr",
+                        layers=["classifier.6"], k=2, batch_size=10, flush_every=1, progress=StopAfter(10))
+    args = [sys.executable, "-m", "sketchmine", "mine", "--model", "sketchnet", "--data", str(folder), "--layers",
+            "classifier.6", "-k", "2", "--batch-size", "10"]
+    proc = subprocess.run([*args, "--weights", "w.pt"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert ("sketchnet.zarr, where mine put runs of --model sketchnet before the default --out named the weights, holds "
+            "an unfinished run with --weights w.pt: this command starts a new one at sketchnet-w.zarr; stop it and give "
+            "--out sketchnet.zarr to resume that one") in " ".join(proc.stderr.split()), proc.stderr
+    assert not sketchmine.open_run(tmp_path / "sketchnet.zarr").complete
+    torch.save(load_model("sketchnet", seed=6).module.state_dict(), tmp_path / "v.pt")
+    other = subprocess.run([*args, "--weights", "v.pt"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert other.returncode == 0 and "sketchnet.zarr, where" not in other.stderr, other.stderr  # other weights: not its run

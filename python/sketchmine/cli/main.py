@@ -87,11 +87,14 @@ def _mine(args: argparse.Namespace, console: Console, err: Console) -> None:
     from sketchmine import mine
     from sketchmine.mining import distributed
     from sketchmine.present.console import print_mined
+    from sketchmine.cli.run_out import unfinished_at_the_old_default
     from sketchmine.present.progress_bar import RichProgress
 
     out = args.out or default_run_out(args.model, args.weights)
     if not args.out:
         logging.getLogger("sketchmine").info(f"no --out given: the run goes to {out}")
+        if earlier := unfinished_at_the_old_default(args.model, args.weights, out):
+            logging.getLogger("sketchmine").warning(earlier)
     bar = RichProgress(err)
     try:
         run = mine(args.model, args.data, layers=args.layers, k=args.k, out=out, batch_size=args.batch_size,
