@@ -49,8 +49,9 @@ def run_model(run: Run, model: nn.Module | LoadedModel | str | None = None,
         seed = recorded.get("seed")
         loaded = load_model(model, weights, seed=seed if isinstance(seed, int) else None)
     if not weights_match(loaded.module, attrs):
+        method, _, digits = str(recorded_weights(attrs)).rpartition(":")  # 12 digits after any method's name
         raise SketchmineError(f"the model's weights differ from those run {run.path} was mined with "
-                              f"({str(recorded_weights(attrs))[:20]}…); pass the same model")
+                              f"({method}:{digits[:12]}…); pass the same model")
     if differ := switches_differ(loaded.module, attrs):  # the same weights, computing something else
         raise SketchmineError(f"the model's {'; '.join(differ)} differs from the run {run.path}'s; set it as the "
                               "run was mined (the JSON beside the weights, or the checkpoint's dict)")
