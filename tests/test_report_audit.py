@@ -62,7 +62,7 @@ def test_a_right_to_left_class_name_reverses_nothing_beside_it(rep, browser):  #
     assert page.inner_text("#unit-4 h3").startswith(f"unit 4 · {RTL} · max ")
     page.goto((rep / "units" / "08-softmax.html").as_uri() + "#unit=4")
     page.wait_for_selector("body[data-rendered='4']")
-    assert _isolated(page, "h1") == [RTL] and page.inner_text("#unit-number") == f"4 of 10 ({RTL})"
+    assert _isolated(page, "h1") == ["softmax", RTL] and page.inner_text("#unit-number") == f"4 of 10 ({RTL})"
     assert problems == []
     page.close()
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError
+from sketchmine.present.report_data import isolated
 from sketchmine.results.effects import class_units
 from sketchmine.results.importance_store import rank_text
 from sketchmine.results.numbers import column, rate
@@ -106,7 +107,7 @@ class _Grid:
             e = entries[i] if i < len(entries) else None
             step = f"  t={e['t'] + 1}" if e is not None and "t" in e else ""  # a layer over time: the step it fired at
             labels.append("" if e is None else
-                          f"{(e['class'] if e['class'] is not None else '?')[:10 if step else 14]}  {values[i]}{step}")
+                          f"{isolated((e['class'] if e['class'] is not None else '?')[:10 if step else 14])}  {values[i]}{step}")
         longest = max(map(len, labels), default=0)
         for text, label in zip(self.captions, labels):  # one size a slide, the longest within its tile's width
             text.set_fontsize(12 if longest <= 20 else 10 if longest <= 24 else 9)
@@ -185,7 +186,7 @@ class _Panel:
         top = (info.get("classes_top") or [])[:CLASS_LINES]
         for i, (name, acc) in enumerate(self.classes):
             c = top[i] if i < len(top) else None
-            name.set_text("" if c is None else f"{c['class'][:20]}  ×{c['count']}")
+            name.set_text("" if c is None else f"{isolated(c['class'][:20])}  ×{c['count']}")
             acc.set_text("" if c is None else rate(c["accuracy"]))
         self.none.set_text("" if top else "(no labels)")
 
@@ -257,7 +258,9 @@ def slide_content(run: Run, layer: str, unit: int, info: dict[str, Any] | None) 
     # a slide travels alone: an autocast run's says so beside the model
     about = ", ".join(str(w) for w in (run.attrs.get("model"), run.precision if run.reduced_precision else None) if w)
     classes = class_units(run, layer)  # an output layer's unit is a class: named, as cards name it
-    title = f"{layer} · unit {int(unit)}" + (f" · {classes[int(unit)]}" if classes else "") + (f"   ({about})" if about else "")
+    # the names isolated: a right-to-left one moves none of the numbers beside it (matplotlib lays text out by bidi)
+    title = (f"{isolated(layer)} · unit {int(unit)}" + (f" · {isolated(classes[int(unit)])}" if classes else "")
+             + (f"   ({isolated(about)})" if about else ""))
     entries = info["top"][:SHOWN]
     attrs = run.layer_attrs(layer)
     steps = entry_steps(attrs, run.topk(layer)[2])

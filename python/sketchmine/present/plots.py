@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError, whole_number
-from sketchmine.present.report_data import percent
+from sketchmine.present.report_data import isolated, percent
 from sketchmine.present.summary_grid import Row, colour, floor, grid
 from sketchmine.results import importance_store
 from sketchmine.results.checks import check_count
@@ -132,7 +132,7 @@ def histogram_figure(run: Run, layer: str, bars: int = HISTOGRAM_BARS) -> Figure
     ax.set_xticks(np.arange(len(df)))
     ax.set_xticklabels([str(c) for c in df.index], rotation=60, ha="right", fontsize=7, parse_math=False)
     ax.set_ylabel(f"images in top-{run.k}")
-    title = f"{layer}: classes among the top-{run.k} images of its units"
+    title = f"{isolated(layer)}: classes among the top-{run.k} images of its units"  # a name moves none of our words
     if len(every) > len(df):
         held, total = int(df["count"].sum()), int(every["count"].sum())
         title += (f"\nthe {len(df)} most frequent of {len(every):,} classes ({held:,} of {total:,} entries); "
@@ -189,7 +189,7 @@ def importance_figure(run: Run, layers: str | list[str], n: int = 10) -> Figure:
             ax.text(p, i, f"  acc drop {a} pt", va="center", fontsize=7)
         low, high = ax.get_xlim()
         ax.set_xlim(low, high + 0.3 * (high - low))  # room for the labels right of the longest bar
-        ax.set_title(f"{name}: most important units (ablated)", fontsize=9, parse_math=False)
+        ax.set_title(f"{isolated(name)}: most important units (ablated)", fontsize=9, parse_math=False)
         ax.set_xlabel("drop in correct-class probability (pt)", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.tight_layout()

@@ -7,11 +7,10 @@
     out/img/<id>/<unit>_p.png    the unit's k patches (and _d: their --method's signal) as one strip
     out/assets/                  report.css, dom.js, report.js (no CDN)
 
-The report reads the run store only (a `Run`): it runs no model and opens no dataset, so it
-can be written where neither is at hand. Pictures and activation over time come from
-`sketchmine visualize`. This module renders the pages; report_data writes the cards' data,
-report_folder owns the folder and its atomic replacement.
-Every dataset string is escaped here (html.escape) or set with textContent in report.js.
+The report reads the run store only (a `Run`): it runs no model and opens no dataset, so it can be written where
+neither is at hand. Pictures and activation over time come from `sketchmine visualize`. This module renders the pages;
+report_data writes the cards' data, report_folder owns the folder and its atomic replacement. Every dataset string is
+escaped here (html.escape) or set with textContent in report.js; a name among our words is isolated (report_data).
 """
 from __future__ import annotations
 
@@ -30,8 +29,9 @@ from sketchmine.errors import SketchmineError, SketchmineFailure, unless_damaged
 from sketchmine.names import printable
 from sketchmine.progress import FILES
 from sketchmine.present import plots
-from sketchmine.present.report_data import (LOG_ODDS_ATTR, PAGE_SIZE, PngWriter, classes_cell, importance_ranks,
-                                             layer_data, layer_ids, log_odds_html, precision_html, size_html, with_code)
+from sketchmine.present.report_data import (LOG_ODDS_ATTR, PAGE_SIZE, PngWriter, classes_cell, importance_ranks, isolated,
+                                             isolated_path, layer_data, layer_ids, log_odds_html, named, precision_html,
+                                             run_title, size_html, with_code)
 from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
                                               report_marker, reported_run, same_folder, swap_in)
 from sketchmine.present.report_unit import MONTAGES, copy_assets, montage_plan, unit_pages
@@ -163,7 +163,7 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
     parts.append('<nav class="pager"><button id="prev">◀ previous</button><span id="page-label"></span>'
                  '<button id="next">next ▶</button></nav><div id="cards"></div>'
                  '<script src="../assets/dom.js"></script><script src="../assets/report.js"></script>')
-    return _page(f"{name} — sketchmine report", "\n".join(parts), 1,
+    return _page(f"{isolated(name)} — {run_title(run)}", "\n".join(parts), 1,
                  f' data-layer="{e(lid)}" data-pages="{pages}" data-page-size="{PAGE_SIZE}"'
                  f' data-units="{run.layer_shape(name)[0]}" data-k="{run.k}"{LOG_ODDS_ATTR if log_odds_html(name, attrs) else ""}'
                  f' data-montages="{",".join(map(str, slides or []))}"')
@@ -234,10 +234,10 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
     a = run.attrs
     ds = a.get("dataset") or {}
     labelled = run.has_labels()
-    parts = [f"<h1>sketchmine report: {e(str(a.get('model')))}</h1>",
-             f"<p>{e(dataset_words(ds))}; {e(images_words(run))}; "
-             f"k = {run.k}; run {e(str(run.path))}</p>",
-             f'<p id="provenance">{e(weights_words(a))}; {e(preprocessing_words(a.get("preprocessing")))}</p>']
+    parts = [f"<h1>sketchmine report: {named(a.get('model'))}</h1>",
+             f"<p>{e(dataset_words(ds, isolated, isolated_path))}; {e(images_words(run))}; "
+             f"k = {run.k}; run {e(isolated_path(run.path))}</p>",
+             f'<p id="provenance">{e(weights_words(a, isolated_path))}; {e(preprocessing_words(a.get("preprocessing")))}</p>']
     if not run.complete:
         parts.append(f'<p class="partial">PARTIAL run: {run.images_done} of {ds.get("size", "?")} images mined; '
                      "every table covers those only</p>")
@@ -283,7 +283,7 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
     parts.append("<h2>Layers</h2>" + _table(heads, rows, {4}) + (size_html(run) if labelled and ids else ""))
     parts.append(probe)
     parts.append(f'<p class="note">written by sketchmine in {seconds:.1f} s</p>')
-    return _page("sketchmine report", "\n".join(parts))
+    return _page(f"{isolated(a.get('model'))} — {run_title(run)}", "\n".join(parts))
 
 
 def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: bool = True,

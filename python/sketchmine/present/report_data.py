@@ -12,6 +12,7 @@ import json
 import os
 import re
 import threading
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -126,11 +127,57 @@ def precision_html(run: Run) -> str:
     return "" if note is None else f'<p class="precision" id="precision">{html.escape(note)}</p>'
 
 
+_TURNS = frozenset({"R", "AL", "AN", "RLE", "RLO", "LRE", "LRO", "PDF", "RLI", "LRI", "FSI", "PDI"})
+"""Bidi classes of a character that can move the text beside it (right-to-left letters and digits,
+direction controls); a name without any is laid out left to right among our words as it is."""
+FSI, PDI = "\u2068", "\u2069"
+
+
+def balanced(name: str) -> str:
+    """`name` with the isolates it leaves open closed and the ones it closes without opening
+    opened (invisible controls): an isolate around it then ends where it ends. Unchanged where
+    nothing is left open (an unclosed override, U+202E, ends with the isolate around it)."""
+    depth = stray = 0
+    for ch in name:
+        if ch in "\u2066\u2067\u2068":
+            depth += 1
+        elif ch == PDI:
+            depth, stray = (depth - 1, stray) if depth else (0, stray + 1)
+    return FSI * stray + name + PDI * depth
+
+
+def isolated(name: object) -> str:
+    """A user's name (a class, a layer, a path segment) for plain text shown among our words and
+    numbers (a tooltip, a page's <title>, a plot's label): a name holding right-to-left letters or
+    direction controls inside U+2068 … U+2069 (first-strong isolate), so it cannot move or reverse
+    the numbers beside it, nor set the direction of the line; any other name as it is."""
+    text = str(name)
+    if not any(unicodedata.bidirectional(ch) in _TURNS for ch in text):
+        return text
+    return FSI + balanced(text) + PDI
+
+
 def named(name: object) -> str:
     """A dataset name (a class) set among other words: escaped, in a <bdi>, so right-to-left text
     or a stray direction override (U+202E) in it cannot reverse the counts and names beside it
     (dom.js `line` sets the cards' names the same way)."""
-    return f"<bdi>{html.escape(str(name))}</bdi>"
+    return f"<bdi>{html.escape(balanced(str(name)))}</bdi>"
+
+
+def isolated_path(path: object) -> str:
+    """A path for text among our words: each folder's name isolated (`isolated`: a right-to-left
+    folder cannot carry the file's number to its other side) and the whole left to right in an
+    isolate of its own (U+2066 … U+2069); a path with no right-to-left text as it is."""
+    text = str(path)
+    if isolated(text) == text:
+        return text
+    return "\u2066" + "/".join(isolated(part) for part in text.split("/")) + PDI
+
+
+def run_title(run: Run) -> str:
+    """The end of every page's <title>: the run's folder name, so a tab or a bookmark says which
+    run's report it is."""
+    return f"{isolated_path(Path(run.path).name)} — sketchmine report"
 
 
 def classes_cell(listed: pd.DataFrame) -> str:
@@ -164,11 +211,36 @@ def size_html(run: Run) -> str:
     return "" if note is None else f'<p class="note" id="class-sizes">{html.escape(note)}</p>'
 
 
+def shell_words(line: str) -> list[str]:
+    """A command line (as `names.command` quotes it) cut into its words and the spaces between,
+    each as written: quotes kept, so the words joined are the line."""
+    parts, word, quote = [], "", ""
+    for ch in line:
+        if ch == " " and not quote:
+            parts += [word, ch] if word else [ch]
+            word = ""
+            continue
+        if ch in "'\"" and quote in ("", ch):
+            quote = "" if quote else ch
+        word += ch
+    return parts + ([word] if word else [])
+
+
+def code_html(line: str) -> str:
+    """A command as <code>, each word left to right in an isolate of its own: a layer name in
+    Hebrew or with a stray U+202E cannot move the unit number or the options after it (copied, the
+    command is the text as written: an isolate adds no character). A command with no right-to-left
+    text is one plain <code>."""
+    if isolated(line) == line:
+        return f"<code>{html.escape(line)}</code>"
+    return "<code>" + "".join(html.escape(w) if w.isspace() else f'<span class="w">{html.escape(w)}</span>'
+                              for w in shell_words(line)) + "</code>"
+
+
 def with_code(text: str) -> str:
-    """`text` as HTML with each `command` in it set as code, as dom.js `withCode` sets the
-    dashboards' notes."""
-    return "".join(f"<code>{html.escape(part)}</code>" if i % 2 else html.escape(part)
-                   for i, part in enumerate(text.split("`")))
+    """`text` as HTML with each `command` in it set as code (`code_html`), as dom.js `withCode`
+    sets the dashboards' notes."""
+    return "".join(code_html(part) if i % 2 else html.escape(part) for i, part in enumerate(text.split("`")))
 
 
 def visualize_hint(run: Run, name: str) -> str:

@@ -24,8 +24,8 @@ import numpy as np
 from sketchmine.names import command, layer_arg
 from sketchmine.present.dash_data import compact, shared_js
 from sketchmine.present.montage import slide_content
-from sketchmine.present.report_data import (LOG_ODDS_ATTR, PAGE_SIZE, THUMB, PngWriter, log_odds_html, precision_html,
-                                             strip, to_js)
+from sketchmine.present.report_data import (LOG_ODDS_ATTR, PAGE_SIZE, THUMB, PngWriter, isolated, log_odds_html, named,
+                                             precision_html, run_title, strip, to_js)
 from sketchmine.present.slide_workers import SlideWriter
 from sketchmine.results.effects import class_units
 from sketchmine.results.optimized import signal_words
@@ -121,8 +121,9 @@ def unit_pages(run: Run, name: str, lid: str, out: Path, png: PngWriter, montage
             d.update(example_strips(extra, lid, u, out, png, per_bin))
             for which, group in schema.PICTURE_GROUPS.items():  # examples shown as text: say how to add pictures
                 if d.get(which) and group not in d:
-                    d["missing"][group] = (command("sketchmine", "visualize", where, "--layers", layer_arg([name]), "--examples", "all")
-                                           + " stores them")
+                    # the command as code (dom.withCode): copied whole, its words isolated one by one
+                    d["missing"][group] = (f'`{command("sketchmine", "visualize", where, "--layers", layer_arg([name]), "--examples", "all")}`'
+                                           " stores them")
             d["card"] = f"../layers/{lid}.html#page={u // PAGE_SIZE + 1}&unit={u}"
             if classes is not None:
                 d["class"] = classes[u]
@@ -198,12 +199,12 @@ def _page(run: Run, name: str, lid: str, units: int, pages: int, slides: int) ->
             "where importance is stored); draw any other with <code>sketchmine.plots.unit_montage(run, layer, "
             "unit)</code>") if slides else ""
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{e(name)} units — sketchmine report</title>"
+            f"<title>{e(isolated(name))} units — {e(run_title(run))}</title>"
             '<link rel="stylesheet" href="../assets/report.css"><link rel="stylesheet" href="../assets/unit.css">'
             f'</head>\n<body data-layer="{e(lid)}" data-pages="{pages}" data-units="{units}"'
             f'{LOG_ODDS_ATTR if log_odds_html(name, run.layer_attrs(name)) else ""}>\n'
-            f'<p><a href="../index.html">← all layers</a> · <a href="../layers/{e(lid)}.html">{e(name)} cards</a></p>'
-            f"<h1>{e(name)}: unit <span id=\"unit-number\"></span></h1>{partial}{precision_html(run)}"
+            f'<p><a href="../index.html">← all layers</a> · <a href="../layers/{e(lid)}.html">{named(name)} cards</a></p>'
+            f"<h1>{named(name)}: unit <span id=\"unit-number\"></span></h1>{partial}{precision_html(run)}"
             '<nav class="pager"><button id="prev-unit">◀ previous unit</button>'
             f'<label>unit <input id="unit-input" type="number" min="0" max="{units - 1}" value="0"></label>'
             '<button id="next-unit">next unit ▶</button>'

@@ -12,6 +12,7 @@ import matplotlib
 import numpy as np
 from matplotlib.colors import to_hex
 
+from sketchmine.present.report_data import isolated
 from sketchmine.results.checks import check_count
 from sketchmine.results.numbers import percent
 from sketchmine.results.run import Run
@@ -113,7 +114,7 @@ def grid_html(run: Run, rows: list[Row], n: int) -> str:
             for i in range(width):
                 c = by_place.get(i)
                 tds.append("<td></td>" if c is None else
-                           f'<td style="background:{colour(c.accuracy, low)};overflow-wrap:anywhere" title="{e(c.name)}: '
+                           f'<td style="background:{colour(c.accuracy, low)};overflow-wrap:anywhere" title="{e(isolated(c.name))}: '
                            f'accuracy {percent(c.accuracy, 2)} %, {c.count} of the top-{run.k} entries">'
                            f'<bdi style="font-weight:600">{e(c.name)}</bdi><br><span style="white-space:nowrap">'
                            f'{percent(c.accuracy, 2)} % '

@@ -7,10 +7,15 @@ its numbers (two runs of one architecture differ in nothing else that `summary` 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+Wrap = Callable[[object], str]
+"""How a user's name or path is set among our words: as it is (a terminal, where `safe` escapes
+direction controls), or isolated (the report: present/report_data.isolated, isolated_path)."""
 
-def dataset_words(ds: dict[str, Any]) -> str:
+
+def dataset_words(ds: dict[str, Any], name: Wrap = str, path: Wrap = str) -> str:
     """A run's recorded dataset in words ("the embedded animal_shape, test split, as progressive
     drawings (…)"); keys it does not know are listed as key=value."""
     ds = dict(ds)
@@ -19,15 +24,15 @@ def dataset_words(ds: dict[str, Any]) -> str:
     if kind == "embedded":
         text = f"the embedded {ds.pop('name', '?')}, {ds.pop('split', '?')} split"
     elif kind == "image_folder":
-        text = f"image folder {ds.pop('root', '?')}"
+        text = f"image folder {path(ds.pop('root', '?'))}"
     elif kind == "python":
-        text = f"Python dataset {ds.pop('type', '?')}"
+        text = f"Python dataset {name(ds.pop('type', '?'))}"
     else:
         text = "dataset" if kind is None else f"{kind} dataset"
     if seq:
         text += (f", as progressive drawings ({seq.get('transform')}, {seq.get('steps')} steps, "
                  f"ink {seq.get('ink', 'light')})")
-    extra = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in ds.items())
+    extra = ", ".join(f"{name(k)}={name(json.dumps(v, ensure_ascii=False))}" for k, v in ds.items())
     return f"{text} ({extra})" if extra else text
 
 
@@ -41,14 +46,14 @@ def recorded_identity(attrs: dict[str, Any]) -> str | None:
     return f"sha256:{legacy}" if isinstance(legacy, str) else None
 
 
-def weights_words(attrs: dict[str, Any]) -> str:
+def weights_words(attrs: dict[str, Any], path: Wrap = str) -> str:
     """"weights net.pt (xxh3_128:4387d3d18b99bf33…)": the weights given (a file, a torchvision
     enum; none: random ones from the recorded seed, else the model's own) and the hash of the
     weights mined, which tells two files apart."""
     spec = attrs.get("model_spec") or {}
     given, seed = spec.get("weights"), spec.get("seed")
     digest = recorded_identity(attrs)
-    name = (f"weights {given}" if given else f"random weights (seed {seed})" if isinstance(seed, int)
+    name = (f"weights {path(given)}" if given else f"random weights (seed {seed})" if isinstance(seed, int)
             else "its own weights")
     if isinstance(digest, str) and ":" in digest:
         algorithm, hex_digest = digest.split(":", 1)

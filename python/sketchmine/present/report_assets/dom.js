@@ -88,15 +88,57 @@
   // as it is and cannot reverse the counts and names around it. parts: strings, or {name: text}.
   function line(node, parts) {
     parts.forEach(function (part) {
-      node.appendChild(typeof part === "string" ? document.createTextNode(part) : el("bdi", null, part.name));
+      node.appendChild(typeof part === "string" ? document.createTextNode(part) : el("bdi", null, balanced(part.name)));
     });
+    return node;
+  }
+
+  // Plain text (a tooltip, an SVG title): a name holding right-to-left letters or direction
+  // controls inside U+2068 … U+2069 (first-strong isolate), the isolates it leaves open closed, so
+  // it cannot move the numbers beside it; any other name as it is (report_data.isolated).
+  var TURNS = /[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc\u200f\u202a-\u202e\u2066-\u2069]|\ud802[\udc00-\udfff]|\ud803[\udc00-\udfff]|\ud83a[\udc00-\udfff]|\ud83b[\udc00-\udfff]/;
+  function isolated(name) {
+    var text = String(name);
+    return TURNS.test(text) ? "\u2068" + balanced(text) + "\u2069" : text;
+  }
+  // a name with the isolates it leaves open closed and those it closes without opening opened
+  // (invisible controls), so an isolate around it ends where it ends (report_data.balanced)
+  function balanced(name) {
+    var text = String(name), depth = 0, stray = 0;
+    for (var i = 0; i < text.length; i++) {
+      var c = text.charAt(i);
+      if (c === "\u2066" || c === "\u2067" || c === "\u2068") { depth++; }
+      else if (c === "\u2069") { if (depth) { depth--; } else { stray++; } }
+    }
+    return "\u2068".repeat(stray) + text + "\u2069".repeat(depth);
+  }
+  // a path: each folder's name isolated, the whole left to right (report_data.isolated_path)
+  function isolatedPath(path) {
+    var text = String(path);
+    return TURNS.test(text) ? "\u2066" + text.split("/").map(isolated).join("/") + "\u2069" : text;
+  }
+
+  // a command as code, each word left to right in an isolate of its own (report.css: code .w), so a
+  // layer name in Hebrew or with a stray U+202E cannot move the unit number or options after it
+  // (report_data.code_html: quotes kept, spaces between)
+  function code(line) {
+    if (!TURNS.test(line)) { return el("code", null, line); }  // nothing to isolate: one plain <code>
+    var node = el("code"), word = "", quote = "";
+    function put() { if (word) { node.appendChild(el("span", "w", word)); word = ""; } }
+    for (var i = 0; i < line.length; i++) {
+      var c = line.charAt(i);
+      if (c === " " && !quote) { put(); node.appendChild(document.createTextNode(c)); continue; }
+      if ((c === "'" || c === '"') && (quote === "" || quote === c)) { quote = quote ? "" : c; }
+      word += c;
+    }
+    put();
     return node;
   }
 
   // a note's text with each `command` set as code (the notes name the commands that add what is missing)
   function withCode(node, text) {
     String(text).split("`").forEach(function (part, i) {
-      if (part) { node.appendChild(i % 2 ? el("code", null, part) : document.createTextNode(part)); }
+      if (part) { node.appendChild(i % 2 ? code(part) : document.createTextNode(part)); }
     });
     return node;
   }
@@ -180,5 +222,5 @@
   }
 
   window.sketchmineDom = { el: el, svgEl: svgEl, tile: tile, num: num, fmt: fmt, percent: percent, percentFixed: percentFixed, points: points,
-                           withCode: withCode, line: line, column: column, enough: enough, rankText: rankText, topTies: topTies };
+                           withCode: withCode, code: code, isolated: isolated, isolatedPath: isolatedPath, line: line, column: column, enough: enough, rankText: rankText, topTies: topTies };
 })();

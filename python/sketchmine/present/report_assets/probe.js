@@ -306,15 +306,15 @@
     box.textContent = "";
     M.layers.forEach(function (l) {
       var sec = el("div", "probe-layer");
-      sec.appendChild(el("h3", null, l.name + " (" + l.units + " units)"));
+      sec.appendChild(dom.line(el("h3"), [{ name: l.name }, " (" + l.units + " units)"]));  // the name isolated
       var row = el("div", "probe-units");
       // the layer's values as one column, as a unit card writes its values ("1.530" beside "-0.506")
       var shown = dom.column(r.layers[l.name].map(function (uv) { return uv[1]; }));
       r.layers[l.name].forEach(function (uv, k) {
         var card = el("div", "probe-unit");
         // an output layer's units are the classes (the run matched them): named as cards name them
-        var lid = LINKS && LINKS.layers[l.name], name = "unit " + uv[0] + (l.classes ? " \u00b7 " + l.classes[uv[0]] : "");
-        var label = el(lid ? "a" : "span", "unit-name", name);
+        var lid = LINKS && LINKS.layers[l.name];
+        var label = dom.line(el(lid ? "a" : "span", "unit-name"), ["unit " + uv[0]].concat(l.classes ? [" \u00b7 ", { name: l.classes[uv[0]] }] : []));
         if (lid) { label.href = "layers/" + lid + ".html#page=" + (Math.floor(uv[0] / LINKS.page_size) + 1) + "&unit=" + uv[0]; }
         card.appendChild(label);
         card.appendChild(el("div", "num", shown[k]));
@@ -380,7 +380,7 @@
       for (var i = 0; i < n && !colour; i++) { colour = d[4 * i] !== d[4 * i + 1] || d[4 * i] !== d[4 * i + 2]; }
       var how = C === 1 ? (colour ? " colour, made grey by luma (0.299 R + 0.587 G + 0.114 B)" : " grey")
         : (colour ? " colour (RGB)" : " grey, repeated to 3 channels");
-      setBase(toInput(d, im.w, im.h), "Loaded " + f.name + ": " + im.w + "×" + im.h + how +
+      setBase(toInput(d, im.w, im.h), "Loaded " + dom.isolated(f.name) + ": " + im.w + "×" + im.h + how +
         ((im.w !== W || im.h !== H) ? ", resized to " + W + "×" + H + " by antialiased bilinear" : "") +
         (im.orientation ? ", " + im.orientation : "") + ", as the miner converts images.");
     }, function (err) {
@@ -388,7 +388,7 @@
     }).then(function () { e.target.value = ""; });
   });
   function pick(im) {
-    setBase(b64(im.pixels), "Dataset image " + im.index + (im.cls !== null ? " (" + im.cls + ")" : "") +
+    setBase(b64(im.pixels), "Dataset image " + im.index + (im.cls !== null ? " (" + dom.isolated(im.cls) + ")" : "") +
       ", at the model's input size, its exact pixels" + (C === 3 ? " (RGB)" : "") + ".");
   }
   var gallery = document.getElementById("images");
@@ -398,7 +398,7 @@
   });
   M.images.forEach(function (im) {
     var c = picture(b64(im.pixels), "thumb");
-    c.title = (im.cls || "") + " #" + im.index;
+    c.title = dom.isolated(im.cls || "") + " #" + im.index;
     c.addEventListener("click", function () { pick(im); });
     gallery.appendChild(c);
   });
@@ -417,7 +417,7 @@
   }).then(function (s) {
     session = s;
     api.loadTimes.session = performance.now();
-    status.textContent = "model loaded (" + M.model + ", input " + H + "×" + W + ", onnxruntime-web " + M.ort + ", WebAssembly, one thread)";
+    status.textContent = "model loaded (" + dom.isolated(M.model) + ", input " + H + "×" + W + ", onnxruntime-web " + M.ort + ", WebAssembly, one thread)";
     document.body.setAttribute("data-ready", "1");
     changed(performance.now());
     return api;

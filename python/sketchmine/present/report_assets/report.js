@@ -168,7 +168,7 @@
       cap.appendChild(el("div", "cls", e["class"] === null ? "?" : e["class"]));
       cap.appendChild(el("div", null, fmtAcc(e.accuracy)));
       cap.appendChild(el("div", "value", shown[i + 1]));
-      cap.title = e.path;
+      cap.title = dom.isolatedPath(e.path);  // a folder named right to left moves no part of it
       caps.appendChild(cap);
     }
     c.appendChild(caps);

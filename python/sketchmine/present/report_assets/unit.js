@@ -156,7 +156,7 @@
     if (e.value !== undefined) { cap.appendChild(el("div", "value", value)); }
     cap.appendChild(el("div", "idx", "#" + e.image_index));
     if (e.step !== undefined) { cap.appendChild(el("div", "step", "t=" + (e.step + 1) + " of " + e.steps)); }  // as the card
-    cap.title = e.path;
+    cap.title = dom.isolatedPath(e.path);  // a folder named right to left moves no part of it
     return cap;
   }
   function row(box, label) {
@@ -346,7 +346,7 @@
       if (more) {
         // the run keeps 8 examples a bin (its histogram counts every image): the command lists those kept
         var all = el("p", "note", "+N more: the run keeps more examples of the bin than the page shows; ");
-        all.appendChild(el("code", null, d.all_examples || "sketchmine unit RUN LAYER UNIT --json"));
+        all.appendChild(dom.code(d.all_examples || "sketchmine unit RUN LAYER UNIT --json"));
         all.appendChild(document.createTextNode(" lists every kept example (a bin's image count is the histogram's)"));
         all.id = "bins-more";
         ex.appendChild(all);
