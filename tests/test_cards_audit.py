@@ -178,6 +178,7 @@ def test_the_probe_names_its_layers_and_images_without_moving_their_numbers(rtl,
     names = _names(run)
     page, problems = _open(browser, (rep / "probe.html").as_uri())
     page.wait_for_selector("body[data-ready]", timeout=120_000)
+    assert page.title() == "live probe: _Named — run.zarr — sketchmine report"  # the model and the run, as the tab says
     page.click("#pick")
     titles = page.evaluate("() => [...document.querySelectorAll('canvas.thumb')].map(c => c.title)")
     firsts = {t.rsplit(" #", 1)[0]: i for i, t in reversed(list(enumerate(titles)))}  # one image a class

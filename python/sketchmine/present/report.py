@@ -375,6 +375,6 @@ def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, byt
             (out / "layers").mkdir(exist_ok=True)
             _write_page(out / "layers" / f"{lid}.html", _layer_page(run, name, lid, pages, note, stats, slides))
     if isinstance(probe, Mapping):
-        write_probe_files(out, probe, ids, PAGE_SIZE)
+        write_probe_files(out, probe, ids, PAGE_SIZE, run_title(run))
     _write_page(out / "index.html", _index(run, ids, stats, time.perf_counter() - t0, index_section(probe), summary))
 

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from sketchmine.errors import SketchmineError
+from sketchmine.present.report_data import isolated
 
 e = html.escape
 
@@ -27,16 +28,17 @@ NO_PROBE = ("written without the model (write_report reads the store only); `ske
 MARKER = ".sketchmine-probe"
 
 
-def probe_page(meta_note: str, linked: bool, names: list[str], title: str = "Prediction") -> str:
+def probe_page(meta_note: str, linked: bool, names: list[str], title: str = "Prediction",
+               tab: str = "live probe — sketchmine") -> str:
     """The page; `names`: the probe's files, loaded in order: the runtime, its loader and WebAssembly
     pieces, the metadata, the graph pieces, then the page's script. `title` heads the model's outputs
-    ("Prediction" only when they are the run's classes)."""
+    ("Prediction" only when they are the run's classes); `tab`: the page's <title>."""
     back = '<p><a href="index.html">← report</a></p>' if linked else ""
     order = (["links.js"] if linked else []) + ["ort.wasm.min.js", "ort-loader.js"] + \
         sorted(n for n in names if n.startswith("wasm-")) + ["model.js"] + sorted(n for n in names if n.startswith("graph-"))
     scripts = "".join(f'<script src="probe/{e(s)}"></script>' for s in order) + \
         ''.join(f'<script src="assets/{s}"></script>' for s in ("dom.js", "probe_pixels.js", "probe.js"))
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>live probe — sketchmine</title>'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(tab)}</title>'
             '<link rel="stylesheet" href="assets/report.css"></head>\n<body class="probe-page">\n'
             f'{back}<h1>Live probe</h1><p id="probe-status">loading the model…</p>'
             f'<p class="note">{e(meta_note)}</p>'
@@ -51,9 +53,10 @@ def probe_page(meta_note: str, linked: bool, names: list[str], title: str = "Pre
             f'{scripts}\n</body></html>\n')
 
 
-def write_probe_files(out: Path, probe: Mapping[str, bytes], links: dict[str, str] | None, page_size: int) -> str:
+def write_probe_files(out: Path, probe: Mapping[str, bytes], links: dict[str, str] | None, page_size: int,
+                      run: str | None = None) -> str:
     """probe.html, assets/probe.js, assets/probe_pixels.js, assets/dom.js and probe/*; returns the page's
-    note (from the graph's metadata)."""
+    note (from the graph's metadata). `run`: how the report's pages name the run, for the page's <title>."""
     (out / "probe").mkdir(exist_ok=True)
     (out / "assets").mkdir(exist_ok=True)
     for name, data in probe.items():
@@ -88,7 +91,8 @@ def write_probe_files(out: Path, probe: Mapping[str, bytes], links: dict[str, st
     for n in meta.get("notes") or []:
         note += f" {n}."
     title = "Prediction" if are_classes else "Model outputs (not the run's classes)"
-    (out / "probe.html").write_text(probe_page(note, links is not None, list(probe), title), encoding="utf-8")
+    tab = f"live probe: {isolated(meta.get('model'))} — " + (run or "sketchmine")  # which model, which run
+    (out / "probe.html").write_text(probe_page(note, links is not None, list(probe), title, tab), encoding="utf-8")
     return note
 
 
