@@ -112,8 +112,8 @@ class _Named(nn.Module):
 def rtl(tmp_path_factory, demo_test_set):
     """(report folder, run, model): 6 real test images a class exported as an image folder under
     right-to-left class folders, every layer of `_Named` mined with distributions, its first
-    and last layers visualized (a slide; the whole images the probe offers), the report written
-    with the live probe."""
+    and last layers visualized (a slide; the whole images the probe offers), the second's unit
+    importance stored, the report written with the live probe."""
     from sketchmine.passes.probe import build_probe
     from sketchmine.present.report import write_report
 
@@ -126,6 +126,7 @@ def rtl(tmp_path_factory, demo_test_set):
     run = sketchmine.mine(net, root, out=base / "run.zarr", batch_size=30, distributions=True,
                           preprocessing=ds.preprocessing)
     sketchmine.visualize(run, [MODULES[0], MODULES[2]], model=net, data=root)  # the linear: the probe's pictures
+    sketchmine.unit_importance(run, MODULES[1], model=net, data=root)  # a sortable table on its page
     run = sketchmine.open_run(run.path)
     rep = write_report(run, base / "rep", montages=1, probe=build_probe(run, model=net)).parent
     return rep, run, net
@@ -214,3 +215,44 @@ def test_plots_and_slides_isolate_the_names_they_draw(rtl, browser):  # noqa: F8
     assert page.evaluate(ORDER_JS, [_names(run), texts]) == []
     assert problems == []
     page.close()
+
+
+def test_sorting_and_picking_work_from_the_keyboard(rtl, browser):  # noqa: F811
+    """The importance table's headers sorted on a click only (Tab never reached them), and the
+    probe's dataset images were canvases a click alone could pick, its gallery closed by its
+    button only. Headers and images are reached by Tab and act on Enter and Space; Escape closes
+    the gallery and gives the focus back to its button. A card's dashboard link opens on Enter."""
+    rep, _, _ = rtl
+    page, problems = _open(browser, (rep / "layers" / "01-_conv.html").as_uri())
+    page.wait_for_selector("body[data-rendered='0']")
+    page.focus("a[href='../index.html']")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.closest('#importance th') !== null")  # the first header, next
+    page.keyboard.press("Enter")
+    assert page.get_attribute("#importance", "data-sorted") == "0+"  # by unit, ascending
+    page.keyboard.press("Tab")
+    page.keyboard.press(" ")
+    assert page.get_attribute("#importance", "data-sorted") == "1-"
+    units = page.evaluate("() => [...document.querySelectorAll('#importance tbody tr')].map(r => +r.cells[0].dataset.v)")
+    drops = page.evaluate("() => [...document.querySelectorAll('#importance tbody tr')].map(r => +r.cells[1].dataset.v)")
+    assert sorted(units) == list(range(8)) and drops == sorted(drops, reverse=True)
+    page.focus("#unit-2 .dash-links a")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-rendered='2']")
+    assert page.url.endswith("/units/01-_conv.html#unit=2")
+    page.goto((rep / "probe.html").as_uri())
+    page.wait_for_selector("body[data-ready]", timeout=120_000)
+    page.focus("#pick")
+    page.keyboard.press("Enter")
+    assert page.get_attribute("#pick", "aria-expanded") == "true"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.classList.contains('thumb')")
+    page.keyboard.press("Tab")
+    shown = page.evaluate("document.activeElement.title").rsplit(" #", 1)[1]
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"() => document.getElementById('convert-note').textContent.includes('image {shown} ')")
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.getElementById('images').hidden && document.activeElement.id === 'pick'")
+    assert problems == []
+    page.close()
+

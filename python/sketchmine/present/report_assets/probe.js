@@ -391,18 +391,34 @@
     setBase(b64(im.pixels), "Dataset image " + im.index + (im.cls !== null ? " (" + dom.isolated(im.cls) + ")" : "") +
       ", at the model's input size, its exact pixels" + (C === 3 ? " (RGB)" : "") + ".");
   }
-  var gallery = document.getElementById("images");
-  document.getElementById("pick").addEventListener("click", function () {
+  // the gallery opens under its button; from the keyboard too: each image is a button (Tab reaches
+  // it, Enter or Space picks it), Escape closes the gallery and gives the focus back to its button
+  var gallery = document.getElementById("images"), opener = document.getElementById("pick");
+  function open(shown) {
+    gallery.hidden = !shown;
+    opener.setAttribute("aria-expanded", String(shown));
+  }
+  opener.setAttribute("aria-controls", "images");
+  opener.addEventListener("click", function () {
     if (!M.images.length) { gallery.textContent = M.images_note; }  // shown in the gallery's place: why there is none
-    gallery.hidden = !gallery.hidden;
+    open(gallery.hidden);
+  });
+  gallery.addEventListener("keydown", function (e) {
+    if (e.key === "Escape") { open(false); opener.focus(); }
   });
   M.images.forEach(function (im) {
     var c = picture(b64(im.pixels), "thumb");
     c.title = dom.isolated(im.cls || "") + " #" + im.index;
+    c.tabIndex = 0;
+    c.setAttribute("role", "button");
+    c.setAttribute("aria-label", "dataset image " + im.index + (im.cls !== null ? " (" + dom.isolated(im.cls) + ")" : ""));
     c.addEventListener("click", function () { pick(im); });
+    c.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); pick(im); }
+    });
     gallery.appendChild(c);
   });
-  gallery.hidden = true;
+  open(false);
 
   // ---- start ----
   redraw();

@@ -277,7 +277,14 @@
     arrived();
     mark();
     for (var i = 0; i < heads.length; i++) {
-      (function (col) { heads[col].addEventListener("click", function () { sortBy(col); }); })(i);
+      (function (col) {
+        // a header sorts from the keyboard as from the mouse: Tab reaches it, Enter or Space sorts
+        heads[col].tabIndex = 0;
+        heads[col].addEventListener("click", function () { sortBy(col); });
+        heads[col].addEventListener("keydown", function (e) {
+          if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sortBy(col); }
+        });
+      })(i);
     }
   }
 
