@@ -256,3 +256,20 @@ def test_sorting_and_picking_work_from_the_keyboard(rtl, browser):  # noqa: F811
     assert problems == []
     page.close()
 
+
+def test_no_page_scrolls_sideways_at_200_percent_zoom(rtl, browser):  # noqa: F811
+    """At a zoom of 200 % (640 CSS px in a 1280 px window) a layer page scrolled sideways: a card's
+    rows of k tiles (9 × 64 px and their label) stuck out of the window. A card scrolls itself now;
+    no page is wider than the window."""
+    rep, _, _ = rtl
+    page = browser.new_page(viewport={"width": 640, "height": 450}, device_scale_factor=2)
+    urls = [rep / "index.html", *sorted((rep / "layers").glob("*.html")), *sorted((rep / "units").glob("*.html"))]
+    wide = {}
+    for url in urls:
+        page.goto(url.as_uri())
+        page.wait_for_load_state("load")
+        if url.parent.name != rep.name:
+            page.wait_for_selector("body[data-rendered]")
+        wide[str(url.relative_to(rep))] = page.evaluate("document.documentElement.scrollWidth")
+    assert all(w <= 640 for w in wide.values()), wide
+    page.close()
