@@ -273,3 +273,28 @@ def test_no_page_scrolls_sideways_at_200_percent_zoom(rtl, browser):  # noqa: F8
         wide[str(url.relative_to(rep))] = page.evaluate("document.documentElement.scrollWidth")
     assert all(w <= 640 for w in wide.values()), wide
     page.close()
+
+
+def test_notes_listing_classes_isolate_them(tmp_path, demo_test_set, browser):  # noqa: F811
+    """The index's note on classes without images ("classes without images, left out: A, B") and
+    the summary plot's title listing them wrote the names as given: one with an unclosed U+202E
+    reversed the rest of the list. Each name in them is isolated now."""
+    from sketchmine.present.plots import summary_figure
+    from sketchmine.present.report import write_report
+
+    ds = demo_test_set
+    names = [f"c{c}" for c in range(10)]
+    names[3], names[5] = "\u202eevil", "\u05d1\u05d9\u05ea"  # no image of either is mined
+    keep = np.concatenate([np.nonzero(ds.labels() == c)[0][:8] for c in range(10) if c not in (3, 5)])
+    sub = ArrayDataset(ds.images[keep], ds.labels()[keep], names, ds.preprocessing, ds.describe())
+    run = sketchmine.mine("demo", sub, out=tmp_path / "run.zarr", batch_size=64, layers=["features.6", "softmax"])
+    rep = write_report(run, tmp_path / "rep", montages=0).parent
+    page, problems = _open(browser, (rep / "index.html").as_uri())
+    page.wait_for_load_state("load")
+    notes = page.evaluate("() => [...document.querySelectorAll('.summary-note')].map(p => p.textContent)")
+    assert any("without images" in n and "evil" in n for n in notes), notes
+    assert page.evaluate(ORDER_JS, [sorted(names, key=len, reverse=True), None]) == []
+    title = summary_figure(run, 5).axes[0].get_title()
+    assert "without images" in title and page.evaluate(ORDER_JS, [names, [title]]) == []
+    assert problems == []
+    page.close()

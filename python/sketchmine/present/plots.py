@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError, whole_number
-from sketchmine.present.report_data import isolated, percent
+from sketchmine.present.report_data import isolate_names, isolated, percent
 from sketchmine.present.summary_grid import Row, colour, floor, grid
 from sketchmine.results import importance_store
 from sketchmine.results.checks import check_count
@@ -102,7 +102,8 @@ def summary_figure(run: Run, n: int = 5, rows: list[Row] | None = None) -> Figur
     title = f"classes among the top-{run.k} images of every unit (class accuracy %, count)"
     if layers and (note := size_note(run.class_sizes())):
         title += f"\n{note}"
-    title += "".join(f"\n{few}" for few in class_sides(run, n)[2])  # lists of fewer than n, classes left out: as `summary`
+    # lists of fewer than n, classes left out (as `summary`): the names they list isolated
+    title += "".join(f"\n{isolate_names(few, run.class_names)}" for few in class_sides(run, n)[2])
     ax.set_title(title if run.complete else f"PARTIAL ({run.images_done} images): {title}", fontsize=10,
                  parse_math=False)
     return fig

@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import unicodedata
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -162,6 +163,15 @@ def named(name: object) -> str:
     or a stray direction override (U+202E) in it cannot reverse the counts and names beside it
     (dom.js `line` sets the cards' names the same way)."""
     return f"<bdi>{html.escape(balanced(str(name)))}</bdi>"
+
+
+def isolate_names(text: str, names: Iterable[object]) -> str:
+    """`text` (a note written elsewhere, naming classes among its words) with each of `names` in it
+    that holds right-to-left text isolated (`isolated`); the longest first, so a name inside
+    another is not cut out of it. A name `isolated` leaves as it is stays as it is."""
+    for name in sorted({str(n) for n in names if isolated(n) != str(n)}, key=len, reverse=True):
+        text = text.replace(name, isolated(name))
+    return text
 
 
 def isolated_path(path: object) -> str:

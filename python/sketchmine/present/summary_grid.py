@@ -12,7 +12,7 @@ import matplotlib
 import numpy as np
 from matplotlib.colors import to_hex
 
-from sketchmine.present.report_data import isolated
+from sketchmine.present.report_data import isolate_names, isolated
 from sketchmine.results.checks import check_count
 from sketchmine.results.numbers import percent
 from sketchmine.results.run import Run
@@ -125,4 +125,5 @@ def grid_html(run: Run, rows: list[Row], n: int) -> str:
                       f'style="font-size:0.8em"><tr><th>layer</th><th colspan="{max(width, 1)}">{title}</th></tr>{"".join(body)}'
                       "</table></div>")
     return (f'<div id="summary-grid" style="display:flex;flex-wrap:wrap;gap:0 1.5em">{"".join(tables)}</div>'
-            + "".join(f'<p class="note summary-note">{e(note)}</p>' for note in notes) + legend_html(low))
+            + "".join(f'<p class="note summary-note">{e(isolate_names(note, run.class_names))}</p>' for note in notes)
+            + legend_html(low))
