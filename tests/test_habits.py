@@ -246,6 +246,22 @@ def test_summary_names_the_model_weights_data_and_preprocessing(mined):
            f"1 channel, mean {pre['mean'][0]:.4g}" in index, index[:3000]
 
 
+def test_the_summary_grid_writes_one_count_of_decimals(mined):
+    """The report's summary cells wrote an exact 100 % as "100 %" beside "95.00 %" (the accuracy
+    table writes 100.00): every cell and its tooltip now has two decimals."""
+    import re
+
+    from sketchmine.present.report import write_report
+
+    out, _ = mined
+    run = sketchmine.open_run(out)
+    index = write_report(run, out.parent / "decimals-report").read_text()
+    grid = index[index.index('id="summary-top"'):index.index("</table>", index.index('id="summary-bottom"'))]
+    shown = re.findall(r"(\d+(?:\.\d+)?) % \(\d+\)", grid) + re.findall(r"accuracy (\d+(?:\.\d+)?) %,", grid)
+    assert "100.00" in shown, shown  # a class the model gets all right (the case)
+    assert all(re.fullmatch(r"\d+\.\d\d+", s) for s in shown), shown
+
+
 def test_json_output_parses_and_matches_the_run(mined):
     out, _ = mined
     run = sketchmine.open_run(out)

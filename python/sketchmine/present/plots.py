@@ -20,8 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError, whole_number
-from sketchmine.present.report_data import isolate_names, isolated, percent
+from sketchmine.present.report_data import isolate_names, isolated
 from sketchmine.present.summary_grid import Row, colour, floor, grid
+from sketchmine.results.numbers import percents
 from sketchmine.results import importance_store
 from sketchmine.results.checks import check_count
 from sketchmine.results.run import Run
@@ -82,7 +83,7 @@ def summary_figure(run: Run, n: int = 5, rows: list[Row] | None = None) -> Figur
         for c in row.cells:
             x = c.place + (n + 0.3 if c.side == "bottom" else 0)
             ax.add_patch(Rectangle((x, r), 0.96, 0.92, color=colour(c.accuracy, low)))
-            label = f"{c.name[:18]}\n{percent(c.accuracy, 2)}  ({c.count})" + (f"\n{c.cut}" if c.cut else "")
+            label = f"{c.name[:18]}\n{percents([c.accuracy])[0]}  ({c.count})" + (f"\n{c.cut}" if c.cut else "")
             ax.text(x + 0.48, r + 0.46, label, ha="center", va="center", fontsize=6 if c.cut else 7, parse_math=False)
     ax.set_xlim(-0.05, 2 * n + 0.35)
     ax.set_ylim(len(layers), -0.6)

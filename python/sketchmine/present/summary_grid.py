@@ -14,7 +14,7 @@ from matplotlib.colors import to_hex
 
 from sketchmine.present.report_data import isolate_names, isolated
 from sketchmine.results.checks import check_count
-from sketchmine.results.numbers import percent
+from sketchmine.results.numbers import percents
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import class_sides, ties_words
 
@@ -115,9 +115,9 @@ def grid_html(run: Run, rows: list[Row], n: int) -> str:
                 c = by_place.get(i)
                 tds.append("<td></td>" if c is None else
                            f'<td style="background:{colour(c.accuracy, low)};overflow-wrap:anywhere" title="{e(isolated(c.name))}: '
-                           f'accuracy {percent(c.accuracy, 2)} %, {c.count} of the top-{run.k} entries">'
+                           f'accuracy {percents([c.accuracy])[0]} %, {c.count} of the top-{run.k} entries">'
                            f'<bdi style="font-weight:600">{e(c.name)}</bdi><br><span style="white-space:nowrap">'
-                           f'{percent(c.accuracy, 2)} % '
+                           f'{percents([c.accuracy])[0]} % '  # 100.00 beside 95.00, as the accuracy table writes them
                            f"({c.count})</span>"
                            + (f"<br><small>{e(c.cut)}</small>" if c.cut else "") + "</td>")
             body.append(f"<tr><th>{e(row.layer)}</th>{''.join(tds)}</tr>")
