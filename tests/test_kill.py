@@ -309,3 +309,19 @@ def test_a_ctrl_c_ignored_by_the_caller_stays_ignored_while_a_command_starts(tmp
     ended it as "interrupted while starting", exit 130. Here one is sent as torch's import begins."""
     proc = _main_with(_ctrl_c_at_import("torch"), ["visualize", str(tmp_path / "no-run.zarr")], signal.SIG_IGN)
     assert proc.returncode == 3 and proc.stderr.strip().endswith("does not exist"), proc.stderr
+
+
+def test_a_ctrl_c_while_the_command_line_is_read_says_so_without_a_traceback(tmp_path):
+    """A Ctrl-C 1.4 s into `sketchmine mine` (the kill fuzz: while argparse read the command line,
+    before the command's own Ctrl-C handling begins) printed a KeyboardInterrupt traceback and ended
+    the process by the signal. It ends as a Ctrl-C while starting does: one line, exit 130."""
+    hook = ("import argparse, time\n"
+            "_read = argparse.ArgumentParser.parse_known_args\n"
+            "def _pressed(self, *a, **k):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(0.2)\n"
+            "    return _read(self, *a, **k)\n"
+            "argparse.ArgumentParser.parse_known_args = _pressed\n")
+    proc = _main_with(hook, ["summary", str(tmp_path / "no-run.zarr")])
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr)
+    assert proc.stderr == "sketchmine: interrupted while starting; nothing was done\n", proc.stderr

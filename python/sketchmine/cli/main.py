@@ -26,7 +26,6 @@ from sketchmine.cli.parser import (EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, build_pa
 from sketchmine.cli.environment import MIN_COLUMNS, caches_without_a_home, environment_refusal, in_an_existing_folder
 from sketchmine.ctrl_c import ending_as_ctrl_c, ending_signal, held, ignored_from_now, interrupted
 from sketchmine.errors import SaidOnRankZero, SketchmineError, first_line, out_of_resources
-from sketchmine.names import command, layer_arg
 
 if typing.TYPE_CHECKING:
     from rich.console import Console
@@ -42,52 +41,13 @@ def _bench(args: list[str]) -> int:
     return int(bench_main(args) or 0)
 
 
-def _importance(args: argparse.Namespace, console: Console, err: Console) -> None:
-    """`sketchmine importance RUN [--layers ...]`: compute, store, print the top units, plot.
-    The layers and the plot path are checked before any computation; Ctrl-C says which
-    layers' importance was stored (a re-run recomputes every layer it is given)."""
-    from sketchmine.cli.effects import ablation_layers
-    from sketchmine.passes.importance import ImportancePass
-    from sketchmine.present.console import importance_table as table
-    from sketchmine.present.console import safe
-    from sketchmine.present.plots import check_plot_path, plot_importance, save_figure
-    from sketchmine.results.run import open_run
-
-    run, layers = ablation_layers(args)
-    stored = ImportancePass(run, layers, args.model, args.data, weights=args.weights, batch_size=args.batch_size,
-                            device=args.device)  # every layer checked, the model loaded once: nothing computed yet
-    if args.plot:
-        check_plot_path(args.plot)
-    done: list[str] = []
-    try:
-        for name in stored:
-            done.append(name)
-    except KeyboardInterrupt:
-        rest = [l for l in layers if l not in done]
-        kept = (f"the importance of {', '.join(done)} is stored" if done else "no layer's importance was stored")
-        raise KeyboardInterrupt(f"interrupted; {kept}; a re-run recomputes every layer it is given, so pass "
-                                f"{command('--layers', layer_arg(rest))} to compute only the rest") from None
-    run = open_run(args.run)
-    if args.plot:
-        save_figure(plot_importance(run, layers, args.n), args.plot)
-    if args.json:  # stdout stays one JSON document: the plot's path is in it
-        from sketchmine.present.json_out import importance_data, print_json
-
-        print_json({**importance_data(run, layers, args.n), **({"plot": str(args.plot)} if args.plot else {})})
-    else:
-        for name in layers:
-            console.print(table(run, name, args.n))
-        if args.plot:
-            console.print(f"plot written to {safe(args.plot)}")
-
-
 def _mine(args: argparse.Namespace, console: Console, err: Console) -> None:
     import logging
 
     from sketchmine import mine
     from sketchmine.mining import distributed
-    from sketchmine.present.console import print_mined
     from sketchmine.cli.run_out import unfinished_at_the_old_default
+    from sketchmine.present.console import print_mined
     from sketchmine.present.progress_bar import RichProgress
 
     out = args.out or default_run_out(args.model, args.weights)
@@ -251,7 +211,9 @@ def _dispatch(args: argparse.Namespace, console: Console, err: Console) -> int:
     elif args.command == "compare":
         _compare(args, console)
     elif args.command == "importance":
-        _importance(args, console, err)
+        from sketchmine.cli.effects import run_importance
+
+        run_importance(args, console)
     elif args.command == "bench":
         return _bench(args.args)
     elif args.command == "effects":
@@ -302,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     before = gc.get_threshold()
     gc.set_threshold(YOUNG_OBJECTS, *before[1:])
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except KeyboardInterrupt:  # a Ctrl-C in the first moments, before ending_as_ctrl_c: no traceback
+            print("sketchmine: interrupted while starting; nothing was done", file=sys.stderr)
+            return 130
         if said := environment_refusal(args.command, args.command in READ_ONLY or bool(getattr(args, "json", False)),
                                        paths_given(args)):
             _error(said)  # before anything loads or is written
