@@ -85,10 +85,14 @@ def batch_dims(small: Any, large: Any, sizes: tuple[int, int]) -> Any:
 
 def replicate_along(obj: Any, dims: Any, g: int) -> Any:
     """G replicas of each tensor in `obj` stacked along its batch dim (`batch_dims`, replica-major,
-    as zero_units stacks the layer's output); values the batch does not reach as they are."""
+    as zero_units stacks the layer's output); values the batch does not reach copied as they are.
+    Always new tensors: the tail may change a value of the head in place (`x.add_(branch(x))`), and
+    the head's values serve every tail run of the chunk."""
     if isinstance(dims, list):
         return type(obj)(replicate_along(o, d, g) for o, d in zip(obj, dims))
-    return obj if dims is None or g == 1 else torch.cat([obj] * g, dim=dims)
+    if not isinstance(obj, torch.Tensor):
+        return obj
+    return obj.clone() if dims is None or g == 1 else torch.cat([obj] * g, dim=dims)
 
 
 class Replicate:
@@ -116,7 +120,7 @@ class Replicate:
         act: dict[str, torch.Tensor] = {}
         with Taps(self.net, [self.layer], lambda n, t: act.__setitem__("t", t.clone()),  # before in-place ops
                   known={self.layer: self.known}) as taps:
-            logits = _logits(self.net(x))
+            logits = _logits(self.net(x.clone()))  # a model may change its input in place: x serves every run
         self._keep(taps.layouts.get(self.layer, {}))
         return logits, act["t"]
 
@@ -173,7 +177,7 @@ class Split(Replicate):
             small, large = (self.prefix(torch.cat([x[:1]] * n)) for n in sizes)
             self.dims_of = [batch_dims(_rest(small[0]), _rest(large[0]), sizes),
                             batch_dims(list(small[1:]), list(large[1:]), sizes)]
-        return (len(x), *self.prefix(x))
+        return (len(x), *self.prefix(x.clone()))  # a model may change its input in place: x serves every run
 
     def base(self, state: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         t = tapped_element(self.layer, self.module, state[1])
@@ -208,7 +212,7 @@ def _logits(out: Any) -> torch.Tensor:
 def layer_layout(net: nn.Module, layer: str, x: torch.Tensor) -> dict[str, Any]:
     """How the layer's output is read, from a forward pass of one image (`probe_layouts`, as the
     miner's probe: (T, 1, F) cannot be mistaken for (1, T, F)), for callers without the run's attributes."""
-    return dict(probe_layouts(net, [layer], x).get(layer, {}))
+    return dict(probe_layouts(net, [layer], x[:1].clone()).get(layer, {}))  # x[:1] a view: the input kept as it is
 
 
 def choose_ablator(net: nn.Module, layer: str, x: torch.Tensor,
