@@ -103,3 +103,44 @@ def test_a_model_changing_tensors_in_place_is_ablated_as_it_runs(tmp_path, drawi
         imp = run.unit_importance(layer).sort_index()
         np.testing.assert_allclose(imp["prob_drop"].to_numpy(), want["drop"], atol=1e-7)
         np.testing.assert_allclose(imp["acc_drop"].to_numpy(), want["acc"], atol=1e-12)
+
+
+class InfLogits(nn.Module):
+    """Logit 0 is +inf on the images with the most ink; `zeroed_log` adds log|max of unit 0|, which
+    is -inf only when that unit is zeroed."""
+
+    def __init__(self, inf_on_ink: bool) -> None:
+        super().__init__()
+        self.inf_on_ink = inf_on_ink
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.conv(x).amax((2, 3))
+        out = self.fc(torch.relu(m))
+        if self.inf_on_ink:
+            many = (x.mean((1, 2, 3)) > 0.3)[:, None] & (torch.arange(10) == 0)[None]
+            return torch.where(many, float("inf"), out)
+        return out + torch.log(m[:, :1].abs())
+
+
+@pytest.mark.parametrize("inf_on_ink,said", [
+    (True, r"the model's logits are NaN or infinite on image .* \(index \d+;"),
+    (False, r"zeroing unit 0 of layer 'conv' makes the model's logits NaN or infinite on image .*or ablate other"),
+])
+def test_non_finite_logits_are_refused_not_stored_as_nan(tmp_path, drawings, inf_on_ink, said):
+    """Before, one image's +inf logit made every unit's probability change and probability drop NaN,
+    stored, and shown as a unit that pushes no class up or down ("(none)", rank 1 tied with all)."""
+    from sketchmine.errors import SketchmineError
+
+    torch.manual_seed(1)
+    model = InfLogits(inf_on_ink).eval()
+    with torch.no_grad():
+        clean = model(torch.stack([drawings[i][1] for i in range(len(drawings))]))
+    assert (~torch.isfinite(clean)).any() == inf_on_ink and torch.isfinite(clean).any()
+    run = sketchmine.mine(model, drawings, layers=["conv"], k=2, out=tmp_path / "r.zarr", batch_size=20)
+    for ablate in (sketchmine.unit_effects, sketchmine.unit_importance):
+        with pytest.raises(SketchmineError, match=said):
+            ablate(run, "conv", model=model, data=drawings, batch_size=15)
+    run = sketchmine.open_run(run.path)
+    assert not run.has_unit_effects("conv") and not run.has_importance("conv")

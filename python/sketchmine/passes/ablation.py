@@ -255,6 +255,27 @@ def image_batches(dataset: MinerDataset, batch_size: int) -> Iterator[tuple[torc
         yield idx, x
 
 
+def check_finite(logits: torch.Tensor, idx: torch.Tensor, dataset: MinerDataset, layer: str,
+                 units: list[int] | None = None) -> None:
+    """Refuse logits that are NaN or ±inf: importance and effects average every class's
+    probability (and logit change) over all images, and a non-finite logit has no probability
+    (softmax gives NaN), so one such image would turn every unit's mean into NaN, which the
+    tables and dashboards could only show as no effect. logits (G * B, classes), replica-major
+    over the chunk's images `idx`; `units`: the units zeroed, one per replica (None: the clean run)."""
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if not bool(bad.any()):
+        return
+    where = int(bad.nonzero()[0, 0])
+    image = int(idx[where % len(idx)])
+    what = ("the model's logits are" if units is None else
+            f"zeroing unit {units[where // len(idx)]} of layer {layer!r} makes the model's logits")
+    raise SketchmineError(
+        f"{what} NaN or infinite on image {dataset.path(image)} (index {image}; {int(bad.sum())} of this chunk's "
+        f"{len(logits)} forward rows): ablating layer {layer!r} averages each class's probability over every image, "
+        "and a non-finite logit has none; make the model return finite logits (torch.nan_to_num, or clamp them)"
+        + (", or ablate other layers" if units is not None else ""))
+
+
 @dataclass
 class Importance:
     """Per-unit results (arrays of length units) and the facts they were computed under."""
@@ -289,6 +310,7 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
                 ablator = choose_ablator(net, layer, x, known)
             state = ablator.prepare(x)
             logits, act = ablator.base(state)
+            check_finite(logits, idx, dataset, layer)
             per_image = image_maxima(act)  # (B, units): the top-k's maxima, NaN inside a map ignored
             if not groups:
                 units = per_image.shape[1]
@@ -307,7 +329,9 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
             sums["seen_ok"] += seen[ok].sum(0).double().cpu()
             sums["seen_bad"] += seen[~ok].sum(0).double().cpu()
             for group in groups:
-                out = ablator.run(state, group, len(group)).double().view(len(group), len(x), -1)
+                out = ablator.run(state, group, len(group))
+                check_finite(out, idx, dataset, layer, group)
+                out = out.double().view(len(group), len(x), -1)
                 p = torch.softmax(out, 2).gather(2, y[None, :, None].expand(len(group), -1, 1))[..., 0]
                 sums["prob"][group] += (base_p[None] - p).sum(1).cpu()
                 sums["correct"][group] += (out.argmax(2) == y[None]).sum(1).double().cpu()

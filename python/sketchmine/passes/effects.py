@@ -32,7 +32,7 @@ from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model.modes import eval_mode
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.names import command, layer_arg
-from sketchmine.passes.ablation import ABLATION, Replicate, choose_ablator, image_batches, unit_groups
+from sketchmine.passes.ablation import ABLATION, Replicate, check_finite, choose_ablator, image_batches, unit_groups
 from sketchmine.results.effects import EFFECT_KEYS, logits_layer, not_ablatable, onnx_run
 from sketchmine.results.run import Run, open_run
 from sketchmine.stats.correlation import (BLOCK_UNITS, Correlated, check_maxima_memory, image_maxima, maxima_array,
@@ -126,12 +126,13 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
     maxima = np.empty((0, 0), dtype=np.float32)
     n_images = 0
     with eval_mode(net), torch.inference_mode(), kept_freed_memory_on(device):  # the caller's flags back after
-        for _, x in image_batches(dataset, batch_size):
+        for idx, x in image_batches(dataset, batch_size):
             x = x.to(device)
             if ablator is None:
                 ablator = choose_ablator(net, layer, x, known)
             state = ablator.prepare(x)
             logits, act = ablator.base(state)
+            check_finite(logits, idx, dataset, layer)
             if not n_images:  # the layer's width is known now: refused here when it cannot be held
                 maxima = maxima_array(layer, len(dataset), act.shape[1])
             maxima[n_images:n_images + len(x)] = image_maxima(act).cpu().numpy()
@@ -143,7 +144,9 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
             base_p = torch.softmax(base, 1)
             for group in groups:
                 units = slice(group[0], group[-1] + 1)  # groups are runs of consecutive units
-                out = ablator.run(state, group, len(group)).double().view(len(group), len(x), -1)
+                out = ablator.run(state, group, len(group))
+                check_finite(out, idx, dataset, layer, group)
+                out = out.double().view(len(group), len(x), -1)
                 logit_sum[units] += (out - base[None]).sum(1).cpu()
                 prob_sum[units] += (torch.softmax(out, 2) - base_p[None]).sum(1).cpu()
             n_images += len(x)
