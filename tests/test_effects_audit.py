@@ -144,3 +144,38 @@ def test_non_finite_logits_are_refused_not_stored_as_nan(tmp_path, drawings, inf
             ablate(run, "conv", model=model, data=drawings, batch_size=15)
     run = sketchmine.open_run(run.path)
     assert not run.has_unit_effects("conv") and not run.has_importance("conv")
+
+
+class ProbabilitiesOut(nn.Module):
+    """A classifier whose forward ends in a softmax (`log=True`: a log_softmax)."""
+
+    def __init__(self, log: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+        self.out = nn.LogSoftmax(dim=1) if log else nn.Softmax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.fc(torch.relu(self.conv(x)).amax((2, 3))) * 3)
+
+
+def test_a_model_returning_probabilities_is_refused_log_probabilities_are_logits(tmp_path, drawings):
+    """Before, a model ending in nn.Softmax had the softmax of its probabilities averaged: effects'
+    probability changes and importance's drops of a flatter distribution than the model's, silently."""
+    from sketchmine.errors import SketchmineError
+
+    torch.manual_seed(1)
+    for log in (False, True):
+        model = ProbabilitiesOut(log).eval()
+        run = sketchmine.mine(model, drawings, layers=["conv"], k=2, out=tmp_path / f"{log}.zarr", batch_size=20)
+        if not log:
+            for ablate in (sketchmine.unit_effects, sketchmine.unit_importance):
+                with pytest.raises(SketchmineError, match=r"layer 'conv': the model returns probabilities, not logits"):
+                    ablate(run, "conv", model=model, data=drawings, batch_size=15)
+            continue
+        sketchmine.unit_effects(run, "conv", model=model, data=drawings, batch_size=15)
+        sketchmine.unit_importance(run, "conv", model=model, data=drawings, batch_size=15)
+        want = reference(model, drawings, "conv")  # log-probabilities: their softmax is the model's
+        assert np.abs(want["prob"]).max() > 1e-3
+        np.testing.assert_allclose(run.unit_effects("conv").to_numpy(), want["prob"], atol=1e-7)
+        np.testing.assert_allclose(run.unit_importance("conv").sort_index()["prob_drop"], want["drop"], atol=1e-7)

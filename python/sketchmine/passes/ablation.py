@@ -276,6 +276,22 @@ def check_finite(logits: torch.Tensor, idx: torch.Tensor, dataset: MinerDataset,
         + (", or ablate other layers" if units is not None else ""))
 
 
+def check_not_probabilities(logits: torch.Tensor, layer: str) -> None:
+    """Refuse a model whose output is already a probability per class (its forward ends in a
+    softmax): every row of the chunk >= 0 and summing to 1. The passes take the softmax of the
+    output, and the softmax of probabilities is another, flatter distribution, so every
+    probability change and drop would be silently wrong (logits: no row of theirs is one)."""
+    if logits.shape[1] < 2 or not bool((logits >= 0).all()):
+        return
+    sums = logits.double().sum(1)
+    if bool(((sums - 1).abs() <= 1e-4).all()):
+        raise SketchmineError(
+            f"ablating layer {layer!r}: the model returns probabilities, not logits (every output row of "
+            f"{len(logits)} images is >= 0 and sums to 1): importance and effects take the softmax of the output, "
+            "and the softmax of probabilities is not the model's; give a model whose forward returns the logits "
+            "(without its final softmax) or their log_softmax")
+
+
 @dataclass
 class Importance:
     """Per-unit results (arrays of length units) and the facts they were computed under."""
@@ -311,6 +327,7 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
             state = ablator.prepare(x)
             logits, act = ablator.base(state)
             check_finite(logits, idx, dataset, layer)
+            check_not_probabilities(logits, layer)
             per_image = image_maxima(act)  # (B, units): the top-k's maxima, NaN inside a map ignored
             if not groups:
                 units = per_image.shape[1]

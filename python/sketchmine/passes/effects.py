@@ -32,7 +32,8 @@ from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model.modes import eval_mode
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.names import command, layer_arg
-from sketchmine.passes.ablation import ABLATION, Replicate, check_finite, choose_ablator, image_batches, unit_groups
+from sketchmine.passes.ablation import (ABLATION, Replicate, check_finite, check_not_probabilities, choose_ablator,
+                                       image_batches, unit_groups)
 from sketchmine.results.effects import EFFECT_KEYS, logits_layer, not_ablatable, onnx_run
 from sketchmine.results.run import Run, open_run
 from sketchmine.stats.correlation import (BLOCK_UNITS, Correlated, check_maxima_memory, image_maxima, maxima_array,
@@ -133,6 +134,7 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
             state = ablator.prepare(x)
             logits, act = ablator.base(state)
             check_finite(logits, idx, dataset, layer)
+            check_not_probabilities(logits, layer)
             if not n_images:  # the layer's width is known now: refused here when it cannot be held
                 maxima = maxima_array(layer, len(dataset), act.shape[1])
             maxima[n_images:n_images + len(x)] = image_maxima(act).cpu().numpy()
