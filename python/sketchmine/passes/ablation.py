@@ -31,6 +31,7 @@ from sketchmine.model.modes import eval_mode
 from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
 from sketchmine.model.taps import (SOFTMAX, TIME_FIRST, Taps, ablation_dims, final_hidden,
                                    probe_layouts, replace_element, replace_hidden, tapped_element, to_units)
+from sketchmine.passes.ablation_checks import check_finite, check_images_apart, check_not_probabilities, logits_of
 from sketchmine.stats.correlation import image_maxima
 
 _BUDGET = 1 << 23  # elements of one replicated activation tensor (32 MB float32)
@@ -120,7 +121,7 @@ class Replicate:
         act: dict[str, torch.Tensor] = {}
         with Taps(self.net, [self.layer], lambda n, t: act.__setitem__("t", t.clone()),  # before in-place ops
                   known={self.layer: self.known}) as taps:
-            logits = _logits(self.net(x.clone()))  # a model may change its input in place: x serves every run
+            logits = logits_of(self.net(x.clone()))  # a model may change its input in place: x serves every run
         self._keep(taps.layouts.get(self.layer, {}))
         return logits, act["t"]
 
@@ -152,7 +153,7 @@ class Replicate:
 
         handle = self.module.register_forward_hook(hook)
         try:
-            return _logits(self.net(torch.cat([x] * replicas)))
+            return logits_of(self.net(torch.cat([x] * replicas)))
         finally:
             handle.remove()
 
@@ -194,19 +195,12 @@ class Split(Replicate):
         if isinstance(tapped, (tuple, list)):  # element 0 is replaced; the rest (h_n, c_n) by where they hold the batch
             rest = type(tapped)((tapped[0], *replicate_along(_rest(tapped), self.dims_of[0], replicas)))
         rep = self._zeroed(rest, zeroed, units)
-        return _logits(self.suffix(rep, *replicate_along(live, self.dims_of[1], replicas)))
+        return logits_of(self.suffix(rep, *replicate_along(live, self.dims_of[1], replicas)))
 
 
 def _rest(tapped: Any) -> list[Any]:
     """The layer's outputs after element 0 (h_n and c_n of a recurrent layer); none for one tensor."""
     return list(tapped[1:]) if isinstance(tapped, (tuple, list)) else []
-
-
-def _logits(out: Any) -> torch.Tensor:
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    if out.ndim != 2:
-        raise SketchmineError(f"ablation importance needs (N, classes) logits; the model returns {tuple(out.shape)}")
-    return out
 
 
 def layer_layout(net: nn.Module, layer: str, x: torch.Tensor) -> dict[str, Any]:
@@ -223,6 +217,7 @@ def choose_ablator(net: nn.Module, layer: str, x: torch.Tensor,
     known = layer_layout(net, layer, x) if known is None else known
     replicate = Replicate(net, layer, known)
     reference = replicate.base(x)[0]
+    check_images_apart(net, layer, x, reference)
     try:
         split = Split(net, layer, known)
         with torch.inference_mode():
@@ -253,43 +248,6 @@ def image_batches(dataset: MinerDataset, batch_size: int) -> Iterator[tuple[torc
         if bad:
             raise SketchmineError(f"cannot read image {dataset.path(bad[0])}: ablation needs every image")
         yield idx, x
-
-
-def check_finite(logits: torch.Tensor, idx: torch.Tensor, dataset: MinerDataset, layer: str,
-                 units: list[int] | None = None) -> None:
-    """Refuse logits that are NaN or ±inf: importance and effects average every class's
-    probability (and logit change) over all images, and a non-finite logit has no probability
-    (softmax gives NaN), so one such image would turn every unit's mean into NaN, which the
-    tables and dashboards could only show as no effect. logits (G * B, classes), replica-major
-    over the chunk's images `idx`; `units`: the units zeroed, one per replica (None: the clean run)."""
-    bad = ~torch.isfinite(logits).all(dim=1)
-    if not bool(bad.any()):
-        return
-    where = int(bad.nonzero()[0, 0])
-    image = int(idx[where % len(idx)])
-    what = ("the model's logits are" if units is None else
-            f"zeroing unit {units[where // len(idx)]} of layer {layer!r} makes the model's logits")
-    raise SketchmineError(
-        f"{what} NaN or infinite on image {dataset.path(image)} (index {image}; {int(bad.sum())} of this chunk's "
-        f"{len(logits)} forward rows): ablating layer {layer!r} averages each class's probability over every image, "
-        "and a non-finite logit has none; make the model return finite logits (torch.nan_to_num, or clamp them)"
-        + (", or ablate other layers" if units is not None else ""))
-
-
-def check_not_probabilities(logits: torch.Tensor, layer: str) -> None:
-    """Refuse a model whose output is already a probability per class (its forward ends in a
-    softmax): every row of the chunk >= 0 and summing to 1. The passes take the softmax of the
-    output, and the softmax of probabilities is another, flatter distribution, so every
-    probability change and drop would be silently wrong (logits: no row of theirs is one)."""
-    if logits.shape[1] < 2 or not bool((logits >= 0).all()):
-        return
-    sums = logits.double().sum(1)
-    if bool(((sums - 1).abs() <= 1e-4).all()):
-        raise SketchmineError(
-            f"ablating layer {layer!r}: the model returns probabilities, not logits (every output row of "
-            f"{len(logits)} images is >= 0 and sums to 1): importance and effects take the softmax of the output, "
-            "and the softmax of probabilities is not the model's; give a model whose forward returns the logits "
-            "(without its final softmax) or their log_softmax")
 
 
 @dataclass

@@ -32,8 +32,8 @@ from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model.modes import eval_mode
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.names import command, layer_arg
-from sketchmine.passes.ablation import (ABLATION, Replicate, check_finite, check_not_probabilities, choose_ablator,
-                                       image_batches, unit_groups)
+from sketchmine.passes.ablation import ABLATION, Replicate, choose_ablator, image_batches, unit_groups
+from sketchmine.passes.ablation_checks import check_finite, check_not_probabilities
 from sketchmine.results.effects import EFFECT_KEYS, logits_layer, not_ablatable, onnx_run
 from sketchmine.results.run import Run, open_run
 from sketchmine.stats.correlation import (BLOCK_UNITS, Correlated, check_maxima_memory, image_maxima, maxima_array,
