@@ -211,3 +211,28 @@ def test_a_model_mixing_the_images_of_a_batch_is_refused(tmp_path, drawings):
             with pytest.raises(SketchmineError, match=r"layer 'conv': the model's logits for an image depend on the "
                                                       r"other images of its batch \(the first 15 images' logits"):
                 ablate(run, "conv", model=model, data=drawings, batch_size=15, units_per_pass=units_per_pass)
+
+
+class RandomInEval(nn.Module):
+    """Dropout forced on (`F.dropout(training=True)`): another output on every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(nn.functional.dropout(torch.relu(self.conv(x)).amax((2, 3)), 0.5, training=True))
+
+
+def test_a_model_random_in_eval_mode_is_refused_as_random(tmp_path, drawings):
+    """Before, every unit's effect carried the dropout's noise, silently."""
+    from sketchmine.errors import SketchmineError
+
+    torch.manual_seed(0)
+    model = RandomInEval().eval()
+    run = sketchmine.mine(model, drawings, layers=["conv"], k=2, out=tmp_path / "r.zarr", batch_size=20)
+    for ablate in (sketchmine.unit_effects, sketchmine.unit_importance):
+        with pytest.raises(SketchmineError, match=r"layer 'conv': the model's logits vary from one forward pass to "
+                                                  r"the next on the same 15 images \(dropout"):
+            ablate(run, "conv", model=model, data=drawings, batch_size=15)

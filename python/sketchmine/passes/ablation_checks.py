@@ -63,12 +63,23 @@ def check_images_apart(net: nn.Module, layer: str, x: torch.Tensor, alone: torch
     BatchNorm without running statistics normalises with the batch's own, in eval mode too):
     every ablation run stacks copies of the chunk, a different unit zeroed in each, which such a
     model would mix. Told by running the chunk beside as many other inputs: its rows must
-    be the logits it has alone (`alone`, the chunk's own logits), up to rounding."""
+    be the logits it has alone (`alone`, the chunk's own logits), up to rounding; and first by
+    running it alone again, so a model whose eval mode is random is not said to mix images."""
     other = x.flip(-1) * 0.5 + 0.25 * x.mean()  # any inputs unlike the chunk's
     with torch.inference_mode():
+        again = logits_of(net(x.clone()))
         beside = logits_of(net(torch.cat([x, other])))[:len(x)]
     scale = max(float(alone.abs().max()), 1.0)
-    if beside.shape != alone.shape or not torch.allclose(beside, alone, rtol=1e-4, atol=1e-5 * scale):
+
+    def alike(t: torch.Tensor) -> bool:
+        return t.shape == alone.shape and torch.allclose(t, alone, rtol=1e-4, atol=1e-5 * scale)
+
+    if not alike(again):  # told apart from the batch: the same chunk alone gives other logits
+        raise SketchmineError(
+            f"ablating layer {layer!r}: the model's logits vary from one forward pass to the next on the same "
+            f"{len(x)} images (dropout or noise active in eval mode, F.dropout(training=True)): every unit's "
+            "effect would carry that noise; make the model's eval mode deterministic to ablate it")
+    if not alike(beside):
         raise SketchmineError(
             f"ablating layer {layer!r}: the model's logits for an image depend on the other images of its batch "
             f"(the first {len(x)} images' logits change by up to {float((beside - alone).abs().max()):.3g} when "
