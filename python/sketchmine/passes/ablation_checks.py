@@ -71,8 +71,8 @@ def check_images_apart(net: nn.Module, layer: str, x: torch.Tensor, alone: torch
         beside = logits_of(net(torch.cat([x, other])))[:len(x)]
     scale = max(float(alone.abs().max()), 1.0)
 
-    def alike(t: torch.Tensor) -> bool:
-        return t.shape == alone.shape and torch.allclose(t, alone, rtol=1e-4, atol=1e-5 * scale)
+    def alike(t: torch.Tensor) -> bool:  # 1e-3 of the logits' scale: above a GPU's TF32 convolutions' rounding
+        return t.shape == alone.shape and torch.allclose(t, alone, rtol=1e-3, atol=1e-3 * scale)
 
     if not alike(again):  # told apart from the batch: the same chunk alone gives other logits
         raise SketchmineError(
