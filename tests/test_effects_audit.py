@@ -65,7 +65,7 @@ def reference(model: nn.Module, ds: ArrayDataset, layer: str) -> dict[str, np.nd
         handle = module.register_forward_hook(zero) if unit is not None else None
         try:
             with torch.no_grad():
-                return model(x.clone()).double()
+                return model(x.to(next(model.parameters()).dtype, copy=True)).double()  # a copy, in the model's dtype
         finally:
             if handle is not None:
                 handle.remove()
@@ -236,3 +236,22 @@ def test_a_model_random_in_eval_mode_is_refused_as_random(tmp_path, drawings):
         with pytest.raises(SketchmineError, match=r"layer 'conv': the model's logits vary from one forward pass to "
                                                   r"the next on the same 15 images \(dropout"):
             ablate(run, "conv", model=model, data=drawings, batch_size=15)
+
+
+def test_a_bfloat16_model_is_ablated_in_its_dtype(tmp_path, demo_test_set):
+    """Before, `mine` took a bfloat16 model (its input cast to the model's dtype) and importance
+    and effects crashed: "Input type (float) and bias type (c10::BFloat16) should be the same"."""
+    from sketchmine.model.models import load_model
+    from tests.helpers import per_class_subset
+
+    ds = per_class_subset(demo_test_set, 3, "0:30")
+    model = load_model("demo").module.eval().to(torch.bfloat16)
+    run = sketchmine.mine(model, ds, layers=["classifier.4"], k=2, out=tmp_path / "r.zarr", batch_size=10)
+    sketchmine.unit_effects(run, "classifier.4", model=model, data=ds, batch_size=10)
+    sketchmine.unit_importance(run, "classifier.4", model=model, data=ds, batch_size=10)
+    run = sketchmine.open_run(run.path)
+    want = reference(model, ds, "classifier.4")
+    assert np.abs(want["logit"]).max() > 0.1
+    np.testing.assert_allclose(run.unit_effects("classifier.4", "logit").to_numpy(), want["logit"], atol=1e-3)
+    np.testing.assert_allclose(run.unit_effects("classifier.4").to_numpy(), want["prob"], atol=1e-5)
+    np.testing.assert_allclose(run.unit_importance("classifier.4").sort_index()["prob_drop"], want["drop"], atol=1e-5)

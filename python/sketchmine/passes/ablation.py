@@ -27,7 +27,7 @@ from sketchmine.data import MinerDataset, collate
 from sketchmine.errors import SketchmineError
 from sketchmine.mining.allocator import kept_freed_memory_on
 from sketchmine.model import cut
-from sketchmine.model.modes import eval_mode
+from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
 from sketchmine.model.taps import (SOFTMAX, TIME_FIRST, Taps, ablation_dims, final_hidden,
                                    probe_layouts, replace_element, replace_hidden, tapped_element, to_units)
@@ -279,7 +279,7 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
     prob_base_sum, ablator, groups = 0.0, None, list[list[int]]()
     with eval_mode(net), torch.inference_mode(), kept_freed_memory_on(device):  # the caller's flags back after
         for idx, x in image_batches(dataset, batch_size):
-            x, y = x.to(device), labels_t[idx].to(device)
+            x, y = x.to(device, input_dtype(net)), labels_t[idx].to(device)  # a half model takes half input
             if ablator is None:
                 ablator = choose_ablator(net, layer, x, known)
             state = ablator.prepare(x)

@@ -50,7 +50,8 @@ def check_not_probabilities(logits: torch.Tensor, layer: str) -> None:
     if logits.shape[1] < 2 or not bool((logits >= 0).all()):
         return
     sums = logits.double().sum(1)
-    if bool(((sums - 1).abs() <= 1e-4).all()):
+    tolerance = max(1e-4, logits.shape[1] * torch.finfo(logits.dtype).eps)  # a bfloat16 softmax sums to 1 ± 1 %
+    if bool(((sums - 1).abs() <= tolerance).all()):
         raise SketchmineError(
             f"ablating layer {layer!r}: the model returns probabilities, not logits (every output row of "
             f"{len(logits)} images is >= 0 and sums to 1): importance and effects take the softmax of the output, "
@@ -71,8 +72,11 @@ def check_images_apart(net: nn.Module, layer: str, x: torch.Tensor, alone: torch
         beside = logits_of(net(torch.cat([x, other])))[:len(x)]
     scale = max(float(alone.abs().max()), 1.0)
 
-    def alike(t: torch.Tensor) -> bool:  # 1e-3 of the logits' scale: above a GPU's TF32 convolutions' rounding
-        return t.shape == alone.shape and torch.allclose(t, alone, rtol=1e-3, atol=1e-3 * scale)
+    # 1e-3 of the logits' scale: above a GPU's TF32 convolutions' rounding; a half model's: 8 of its steps
+    tol = max(1e-3, 8 * torch.finfo(alone.dtype).eps)
+
+    def alike(t: torch.Tensor) -> bool:
+        return t.shape == alone.shape and torch.allclose(t, alone, rtol=tol, atol=tol * scale)
 
     if not alike(again):  # told apart from the batch: the same chunk alone gives other logits
         raise SketchmineError(

@@ -29,7 +29,7 @@ from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError, optional_whole_number, whole_number
 from sketchmine.mining.allocator import kept_freed_memory_on
-from sketchmine.model.modes import eval_mode
+from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.names import command, layer_arg
 from sketchmine.passes.ablation import ABLATION, Replicate, choose_ablator, image_batches, unit_groups
@@ -128,7 +128,7 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
     n_images = 0
     with eval_mode(net), torch.inference_mode(), kept_freed_memory_on(device):  # the caller's flags back after
         for idx, x in image_batches(dataset, batch_size):
-            x = x.to(device)
+            x = x.to(device, input_dtype(net))  # a half model takes half input
             if ablator is None:
                 ablator = choose_ablator(net, layer, x, known)
             state = ablator.prepare(x)
