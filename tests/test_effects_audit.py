@@ -255,3 +255,40 @@ def test_a_bfloat16_model_is_ablated_in_its_dtype(tmp_path, demo_test_set):
     np.testing.assert_allclose(run.unit_effects("classifier.4", "logit").to_numpy(), want["logit"], atol=1e-3)
     np.testing.assert_allclose(run.unit_effects("classifier.4").to_numpy(), want["prob"], atol=1e-5)
     np.testing.assert_allclose(run.unit_importance("classifier.4").sort_index()["prob_drop"], want["drop"], atol=1e-5)
+
+
+def test_images_the_run_skipped_as_unreadable_are_left_out_not_refused(tmp_path, demo_test_set, demo_model):
+    """Before, a run mined with skip_bad_images could never be ablated: "cannot read image
+    bear/00000.png: ablation needs every image", with nothing to do about it."""
+    from sketchmine.passes.reload import run_dataset
+    from tests.helpers import image_folder
+
+    image_folder(demo_test_set, tmp_path / "animals", per_class=3)
+    broken = sorted((tmp_path / "animals").glob("*/*.png"))[4]
+    broken.write_bytes(b"not an image")
+    run = sketchmine.mine(demo_model.module, tmp_path / "animals", layers=["classifier.4"], k=2,
+                          out=tmp_path / "r.zarr", batch_size=8, skip_bad_images=True)
+    assert [b["index"] for b in run.attrs["bad_images"]] == [4]
+    sketchmine.unit_effects(run, "classifier.4", model=demo_model.module, batch_size=7)
+    sketchmine.unit_importance(run, "classifier.4", model=demo_model.module, batch_size=7)
+    run = sketchmine.open_run(run.path)
+
+    class Readable:  # the run's images but the skipped one, as the reference reads them
+        def __init__(self) -> None:
+            self.ds, self.keep = run_dataset(run), [i for i in range(30) if i != 4]
+
+        def __len__(self) -> int:
+            return len(self.keep)
+
+        def __getitem__(self, i: int):
+            return self.ds[self.keep[i]]
+
+        def labels(self) -> np.ndarray:
+            return np.asarray(self.ds.labels())[self.keep]
+
+    want = reference(demo_model.module, Readable(), "classifier.4")
+    effects, importance = run.unit_effects("classifier.4", "logit"), run.unit_importance("classifier.4").sort_index()
+    assert effects.attrs["images"] == importance.attrs["images"] == 29
+    np.testing.assert_allclose(effects.to_numpy(), want["logit"], atol=2e-6)
+    np.testing.assert_allclose(importance["prob_drop"].to_numpy(), want["drop"], atol=1e-7)
+    np.testing.assert_allclose(importance["acc_drop"].to_numpy(), want["acc"], atol=1e-12)

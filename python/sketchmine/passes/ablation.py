@@ -14,7 +14,7 @@ Batched two ways, chosen per layer (recorded as `method`):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,15 +239,23 @@ def unit_groups(act_shape: torch.Size | tuple[int, ...], units_per_pass: int | N
     return [list(range(s, min(s + g, units))) for s in range(0, units, g)]
 
 
-def image_batches(dataset: MinerDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(global image indices, images) of `dataset` in order, `batch_size` at a time; an
-    unreadable image is refused (an ablation pass averages over every image)."""
+def image_batches(dataset: MinerDataset, batch_size: int, left_out: Collection[int] = ()
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(global image indices, images) of `dataset` in order, `batch_size` at a time, without the
+    images `left_out` (those the run's `mine --skip-bad-images` left out for good: the passes
+    average over the run's images, as its statistics do). Any other unreadable image is refused
+    (an ablation pass averages over every image of the run)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     for idx, x, _, notes in loader:
-        bad = [int(i) for i, n in zip(idx, notes) if n.startswith("error:")]
+        bad = [int(i) for i, n in zip(idx, notes) if n.startswith("error:") and int(i) not in left_out]
         if bad:
-            raise SketchmineError(f"cannot read image {dataset.path(bad[0])}: ablation needs every image")
-        yield idx, x
+            raise SketchmineError(f"cannot read image {dataset.path(bad[0])}, which the run mined: ablation averages "
+                                  "over every image of the run; restore the file as it was mined")
+        keep = [j for j, i in enumerate(idx) if int(i) not in left_out]
+        if len(keep) < len(idx):
+            idx, x = idx[keep], x[keep]
+        if len(idx):
+            yield idx, x
 
 
 @dataclass
@@ -263,11 +271,13 @@ class Importance:
 
 def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, labels: np.ndarray,
                         batch_size: int = 256, device: str | torch.device = "cpu",
-                        units_per_pass: int | None = None, known: Mapping[str, Any] | None = None) -> Importance:
+                        units_per_pass: int | None = None, known: Mapping[str, Any] | None = None,
+                        left_out: Collection[int] = ()) -> Importance:
     """Zero each unit of `layer` in turn over `dataset` (batched, see the module docstring).
 
-    labels (N,) int64: the correct class of each image (all >= 0). known: the layer's attributes
-    as the run recorded them (its layout); None finds them with a one-image forward pass.
+    labels (N,) int64: the correct class of each image (all >= 0 but those `left_out`: the images
+    the run skipped as unreadable). known: the layer's attributes as the run recorded them (its
+    layout); None finds them with a one-image forward pass.
     """
     if layer == SOFTMAX:
         raise SketchmineError("layer 'softmax' is the model's output (virtual); ablate a module layer")
@@ -278,7 +288,7 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
     n_images = n_correct = 0
     prob_base_sum, ablator, groups = 0.0, None, list[list[int]]()
     with eval_mode(net), torch.inference_mode(), kept_freed_memory_on(device):  # the caller's flags back after
-        for idx, x in image_batches(dataset, batch_size):
+        for idx, x in image_batches(dataset, batch_size, left_out):
             x, y = x.to(device, input_dtype(net)), labels_t[idx].to(device)  # a half model takes half input
             if ablator is None:
                 ablator = choose_ablator(net, layer, x, known)

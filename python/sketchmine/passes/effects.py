@@ -16,7 +16,7 @@ layers are ablated at every step and in h_n (as importance), their '.cell' views
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +107,12 @@ def ablation_net(run: Run, names: list[str], model: Any, weights: str | os.PathL
     return net
 
 
+def skipped_images(run: Run) -> set[int]:
+    """The images `mine --skip-bad-images` left out of the run as unreadable (attr `bad_images`):
+    the ablation passes average over the run's images, as its statistics do."""
+    return {int(b["index"]) for b in run.attrs.get("bad_images") or []}
+
+
 def unique(names: list[str]) -> list[str]:
     """`names` without repeats, in order: a layer given twice is computed once."""
     return list(dict.fromkeys(names))
@@ -114,10 +120,11 @@ def unique(names: list[str]) -> list[str]:
 
 def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_size: int = 256,
                      device: str | torch.device = "cpu", units_per_pass: int | None = None,
-                     known: Mapping[str, Any] | None = None) -> Effects:
+                     known: Mapping[str, Any] | None = None, left_out: Collection[int] = ()) -> Effects:
     """Zero each unit of `layer` in turn over `dataset` (batched as ablation.py) and average
     the change of every class's logit and probability; keep the clean image maxima. known: the
-    layer's attributes as the run recorded them (its layout); None finds them with one image."""
+    layer's attributes as the run recorded them (its layout); None finds them with one image.
+    left_out: images the run skipped as unreadable (`skipped_images`), left out here too."""
     check_ablatable(layer)
     device = torch.device(device)
     net = net.to(device)
@@ -127,7 +134,7 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
     maxima = np.empty((0, 0), dtype=np.float32)
     n_images = 0
     with eval_mode(net), torch.inference_mode(), kept_freed_memory_on(device):  # the caller's flags back after
-        for idx, x in image_batches(dataset, batch_size):
+        for idx, x in image_batches(dataset, batch_size, left_out):
             x = x.to(device, input_dtype(net))  # a half model takes half input
             if ablator is None:
                 ablator = choose_ablator(net, layer, x, known)
@@ -251,6 +258,6 @@ class EffectsPass(LayerPass):
 
     def _store(self, name: str) -> None:  # the layer's maxima go when it returns, before the next layer's
         result = ablation_effects(self.net, self.ds, name, self.batch_size, self.device, self.units_per_pass,
-                                  self.run.layer_attrs(name))
+                                  self.run.layer_attrs(name), skipped_images(self.run))
         write_effects(self.run, name, result, top_correlated(result.maxima, self.correlated, self.block_units,
                                                              self.device), self.lock)

@@ -23,7 +23,7 @@ from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError, optional_whole_number, whole_number
 from sketchmine.passes.ablation import Importance, ablation_importance
-from sketchmine.passes.effects import LayerPass, ablation_net, unique
+from sketchmine.passes.effects import LayerPass, ablation_net, skipped_images, unique
 from sketchmine.results.importance_store import COLUMNS, has_importance, read_importance
 from sketchmine.results.run import Run, open_run
 from sketchmine.store import schema
@@ -48,7 +48,9 @@ def _labels(run: Run, ds: MinerDataset) -> np.ndarray:
     labels = ds.labels()
     labels = run.labels if labels is None else np.asarray(labels)
     classes = int(run.attrs.get("num_classes") or 0)
-    if len(labels) != len(ds) or (labels < 0).any() or not classes or (labels >= classes).any():
+    mined = np.ones(len(labels), dtype=bool)  # the images the run skipped as unreadable need none (run.labels: -1)
+    mined[[i for i in skipped_images(run) if i < len(labels)]] = False
+    if len(labels) != len(ds) or (labels[mined] < 0).any() or not classes or (labels[mined] >= classes).any():
         raise SketchmineError(f"run {run.path}: the dataset has no class label for every image (labels 0..{classes - 1} "
                               "expected); ablation importance measures the correct class, so it needs a labelled dataset")
     return labels
@@ -104,5 +106,5 @@ class ImportancePass(LayerPass):
 
     def _store(self, name: str) -> None:
         result = ablation_importance(self.net, self.ds, name, self.labels, self.batch_size, self.device,
-                                     self.units_per_pass, self.run.layer_attrs(name))
+                                     self.units_per_pass, self.run.layer_attrs(name), skipped_images(self.run))
         write_importance(self.run, name, result, self.lock)
