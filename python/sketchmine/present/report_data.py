@@ -186,8 +186,9 @@ def isolated_path(path: object) -> str:
 
 def run_title(run: Run) -> str:
     """The end of every page's <title>: the run's folder name, so a tab or a bookmark says which
-    run's report it is."""
-    return f"{isolated_path(Path(run.path).name)} — sketchmine report"
+    run's report it is (a folder name a non-UTF-8 locale decoded into lone surrogates given back:
+    `printable`, as the pages' own text, which some pages are written without)."""
+    return f"{isolated_path(printable(Path(run.path).name))} — sketchmine report"
 
 
 def classes_cell(listed: pd.DataFrame) -> str:
