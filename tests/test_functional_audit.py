@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sketchmine import deconvolve
+from tests.test_picture_audit_softmax import _close, _Rule, confident  # noqa: F401  (confident: a fixture)
 
 _NAMES = {"features.0": "conv1", "features.3": "conv2", "features.6": "conv3", "features.8": "conv4",
           "features.10": "conv5", "classifier.1": "fc6", "classifier.4": "fc7", "classifier.6": "fc8"}
@@ -82,35 +83,6 @@ class FunctionalNet(ModuleNet):
         return self.read(x) if self.head == "read" else x
 
 
-@pytest.fixture(scope="module")
-def confident(demo_model, demo_test_set):
-    """For classes 0-3, the test image the demo model is surest of, with its probability: where
-    float32 rounds p to 1 and torch's softmax backward loses the unit's own term."""
-    net = demo_model.module.eval()
-    x = torch.stack([demo_test_set[i][1] for i in range(len(demo_test_set))])
-    with torch.no_grad():
-        p = torch.softmax(net(x), 1)
-    best = p[:, :4].argmax(0)
-    return x[best], p[best, torch.arange(4)]
-
-
-class _Rule(torch.autograd.Function):
-    """The methods' rule at a ReLU, from their definitions."""
-
-    @staticmethod
-    def forward(ctx, x, method):
-        ctx.method = method
-        ctx.save_for_backward(x)
-        return torch.relu(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        if ctx.method == "gradient":
-            return g * (x > 0), None
-        return torch.relu(g) * (1 if ctx.method == "deconvnet" else (x > 0)), None
-
-
 class _RuleReLU(nn.Module):
     def __init__(self, method: str) -> None:
         super().__init__()
@@ -132,16 +104,9 @@ def _probabilities64(module_net: ModuleNet, images: torch.Tensor, method: str) -
     return g.float()
 
 
-def _close(got: torch.Tensor, want: torch.Tensor) -> None:
-    """Each image's signal within 1 % of the float64 one (float32 against float64 arithmetic)."""
-    err = (got - want).flatten(1).norm(dim=1) / want.flatten(1).norm(dim=1)
-    assert want.flatten(1).norm(dim=1).min() > 0
-    assert err.max() < 1e-2, err
-
-
 @pytest.mark.parametrize("soft", ["F.softmax", "torch.softmax", "method"])
 @pytest.mark.parametrize("method", ["deconvnet", "guided", "gradient"])
-def test_a_functional_softmax_gets_the_stable_backward_of_the_module(demo_model, confident, soft, method):
+def test_a_functional_softmax_gets_the_stable_backward_of_the_module(demo_model, confident, soft, method):  # noqa: F811
     """A Linear reading the probabilities (weights the identity: its unit c is p_c) of a model
     whose softmax is a function call: its deconvolution on the surest images is the float64 one,
     as through an nn.Softmax module (torch's own softmax backward gave rounding noise there)."""
@@ -226,7 +191,7 @@ def test_the_softmax_of_a_model_that_outputs_probabilities_is_not_taken_twice(tw
 
 
 @pytest.mark.parametrize("method", ["deconvnet", "gradient"])
-def test_the_virtual_softmax_of_probabilities_is_deconvolved_as_the_module(demo_model, confident, method):
+def test_the_virtual_softmax_of_probabilities_is_deconvolved_as_the_module(demo_model, confident, method):  # noqa: F811
     """deconvolve(..., "softmax") on a model ending in x.softmax(-1) (or a view of F.softmax's
     result): the float64 signal of p_c, as
     the nn.Softmax twin's 'prob' (it was the signal of a softmax of p: cosine 0.46 for deconvnet)."""

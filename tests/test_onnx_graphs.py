@@ -201,33 +201,43 @@ def test_a_channels_last_input_is_fed_channels_last(tmp_path, exported, demo_mod
     assert meta["size"] == [28, 28] and np.abs(outs[0] - probs).max() < 1e-5
 
 
+def _weights_in_nodes(exported, folder, scale: float, moved) -> str:
+    """The exported graph saved in `folder`, the initializers whose name `moved` takes held in
+    Constant nodes instead (as some converters keep weights), features.0.weight scaled by `scale`."""
+    m = onnx.ModelProto()
+    m.CopyFrom(exported)
+    nodes = [helper.make_node("Constant", [], [t.name], value=numpy_helper.from_array(
+        numpy_helper.to_array(t) * np.float32(scale if t.name == "features.0.weight" else 1), t.name))
+        for t in m.graph.initializer if moved(t.name)]
+    kept = [t for t in m.graph.initializer if not moved(t.name)]
+    nodes += list(m.graph.node)
+    del m.graph.node[:], m.graph.initializer[:]
+    m.graph.node.extend(nodes)
+    m.graph.initializer.extend(kept)
+    folder.mkdir()
+    onnx.save(m, str(folder / "model.onnx"))
+    return str(folder / "model.onnx")
+
+
+def _refused_then_resumed(paths: list[str], ds, out):
+    """A run of the first graph interrupted, refused to the second (other weights, said by their
+    identity), then resumed with the first to the end."""
+    from tests.helpers import StopAfter
+
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1, progress=StopAfter(30))
+    with pytest.raises(SketchmineError, match=r"cannot be resumed: .* other settings: model weights \(run: xxh3_128\+nodes:"):
+        sketchmine.mine(paths[1], ds, out=out, batch_size=10, flush_every=1)
+    return sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1)
+
+
 def test_weights_held_in_constant_nodes_are_the_models_identity(tmp_path, exported, small_test_set):
     """Converters may keep the weights in Constant nodes, not initializers: the weights hash read
     the initializers alone, so a run of one such graph resumed with another of the same file name
     and other weights, its images after the interruption mined by the other model, said by nothing.
     The second graph is refused now, and the first resumes."""
-    from tests.helpers import StopAfter
-
-    ds = subset(small_test_set, 60)
-    paths = []
-    for scale in (1.0, 0.5):
-        m = onnx.ModelProto()
-        m.CopyFrom(exported)
-        weights = [helper.make_node("Constant", [], [t.name], value=numpy_helper.from_array(
-            numpy_helper.to_array(t) * np.float32(scale if t.name == "features.0.weight" else 1), t.name))
-            for t in m.graph.initializer]
-        nodes = [*weights, *m.graph.node]
-        del m.graph.node[:], m.graph.initializer[:]
-        m.graph.node.extend(nodes)
-        (tmp_path / str(scale)).mkdir()
-        paths.append(str(tmp_path / str(scale) / "model.onnx"))
-        onnx.save(m, paths[-1])
-    out = tmp_path / "r.zarr"
-    with pytest.raises(KeyboardInterrupt):
-        sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1, progress=StopAfter(30))
-    with pytest.raises(SketchmineError, match=r"cannot be resumed: .* other settings: model weights \(run: xxh3_128\+nodes:"):
-        sketchmine.mine(paths[1], ds, out=out, batch_size=10, flush_every=1)
-    run = sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1)
+    paths = [_weights_in_nodes(exported, tmp_path / str(scale), scale, lambda name: True) for scale in (1.0, 0.5)]
+    run = _refused_then_resumed(paths, subset(small_test_set, 60), tmp_path / "r.zarr")
     assert run.complete and run.accuracy() > 0.9
 
 
@@ -435,31 +445,11 @@ def test_weights_in_constant_nodes_beside_initializers_are_the_models_identity(t
     New runs hash every floating Constant node too (xxh3_128+nodes); the old scheme, which runs that
     recorded plain xxh3_128 are checked with, is unchanged, so they still resume."""
     from sketchmine.model.models import load_model, weights_hash
-    from tests.helpers import StopAfter
 
-    ds = subset(small_test_set, 60)
-    paths = []
-    for scale in (1.0, 0.5):
-        m = onnx.ModelProto()
-        m.CopyFrom(exported)
-        moved = next(t for t in m.graph.initializer if t.name == "features.0.weight")
-        node = helper.make_node("Constant", [], [moved.name], value=numpy_helper.from_array(
-            numpy_helper.to_array(moved) * np.float32(scale), moved.name))
-        kept = [t for t in m.graph.initializer if t.name != moved.name]
-        nodes = [node, *m.graph.node]
-        del m.graph.node[:], m.graph.initializer[:]
-        m.graph.node.extend(nodes)
-        m.graph.initializer.extend(kept)
-        (tmp_path / str(scale)).mkdir()
-        paths.append(str(tmp_path / str(scale) / "model.onnx"))
-        onnx.save(m, paths[-1])
+    paths = [_weights_in_nodes(exported, tmp_path / str(scale), scale, lambda name: name == "features.0.weight")
+             for scale in (1.0, 0.5)]
     models = [load_model(p).module for p in paths]
     assert weights_hash(models[0], "xxh3_128") == weights_hash(models[1], "xxh3_128")  # the old scheme, as it was
     assert weights_hash(models[0]) != weights_hash(models[1]) and weights_hash(models[0]).startswith("xxh3_128+nodes:")
-    out = tmp_path / "r.zarr"
-    with pytest.raises(KeyboardInterrupt):
-        sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1, progress=StopAfter(30))
-    with pytest.raises(SketchmineError, match=r"other settings: model weights \(run: xxh3_128\+nodes:"):
-        sketchmine.mine(paths[1], ds, out=out, batch_size=10, flush_every=1)
-    run = sketchmine.mine(paths[0], ds, out=out, batch_size=10, flush_every=1)
+    run = _refused_then_resumed(paths, subset(small_test_set, 60), tmp_path / "r.zarr")
     assert run.complete and run.accuracy() > 0.9 and run.attrs["weights_hash"] == weights_hash(models[0])
