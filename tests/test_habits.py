@@ -176,13 +176,17 @@ def test_progress_without_a_terminal_is_a_line_now_and_then(images, tmp_path):
     every = sm(*args, "--out", str(tmp_path / "a.zarr"), env={"SKETCHMINE_PROGRESS_SECONDS": "0"})
     assert every.returncode == 0, every.stderr
     lines = [l for l in every.stderr.splitlines() if l.startswith("mining: ")]
-    done = [int(re.fullmatch(r"mining: (\d+) of 60 images \((\d+) %\), [\d,]+ img/s, \d:\d\d:\d\d elapsed"
+    done = [int(re.fullmatch(r"mining: (\d+) of 60 images \((\d+) %\), [\d.,]+ img/s, \d:\d\d:\d\d elapsed"
                              r"(, ETA \d:\d\d:\d\d)?", l).group(1)) for l in lines]
     assert done == [25, 50, 60] and lines[-1].startswith("mining: 60 of 60 images (100 %)"), every.stderr
     assert "ETA" in lines[0] and "ETA" not in lines[-1] and "mining:" not in every.stdout
     vis = sm("visualize", str(tmp_path / "a.zarr"), env={"SKETCHMINE_PROGRESS_SECONDS": "0"})
     assert vis.returncode == 0, vis.stderr
     assert re.search(r"^visualizing: 10 of 10 units \(100 %\)", vis.stderr, re.M), vis.stderr
+    ablated = sm("importance", str(tmp_path / "a.zarr"), "--model", "demo", "--data", str(images),
+                 env={"SKETCHMINE_PROGRESS_SECONDS": "0"})  # by layer: a pass of hours said nothing
+    assert ablated.returncode == 0, ablated.stderr
+    assert re.search(r"^importance: 1 of 1 layers \(100 %\), [\d.,e+-]+ layers/s, ", ablated.stderr, re.M), ablated.stderr
     later = sm(*args, "--out", str(tmp_path / "b.zarr"), env={"SKETCHMINE_PROGRESS_SECONDS": "3600"})
     quiet = sm("-q", *args, "--out", str(tmp_path / "c.zarr"), env={"SKETCHMINE_PROGRESS_SECONDS": "0"})
     assert later.returncode == quiet.returncode == 0, later.stderr + quiet.stderr

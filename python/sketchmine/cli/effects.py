@@ -39,26 +39,34 @@ def run_effects(args: argparse.Namespace, console: Console) -> None:
     run, layers = ablation_layers(args)
     stored = EffectsPass(run, layers, args.model, args.data, weights=args.weights, batch_size=args.batch_size,
                          device=args.device, units_per_pass=args.units_per_pass)  # all checked: nothing computed yet
-    store_each(stored, layers, "the effects of {} are stored", "no layer's effects were stored")
+    store_each(stored, layers, "the effects of {} are stored", "no layer's effects were stored", "effects")
     run = open_run(args.run)
     for name in layers:
         console.print(effects_table(run, name, args.n))
 
 
-def store_each(stored: Iterable[str], layers: list[str], kept: str, none: str) -> None:
-    """Run a pass that stores one layer per step (yielding its name); on Ctrl-C, say which layers
-    are stored (`kept` with their names, or `none`) and the rest as a --layers value."""
+def store_each(stored: Iterable[str], layers: list[str], kept: str, none: str, label: str) -> None:
+    """Run a pass that stores one layer per step (yielding its name), with progress by layer (a
+    bar on a terminal, a line now and then elsewhere: present/progress_bar.py); on Ctrl-C, say
+    which layers are stored (`kept` with their names, or `none`) and the rest as a --layers value."""
     from sketchmine.names import command, layer_arg
+    from sketchmine.present.logs import err_console
+    from sketchmine.present.progress_bar import RichProgress
 
     done: list[str] = []
+    bar = RichProgress(err_console(), label, unit="layers")
+    bar.start(len(layers), 0)
     try:
         for name in stored:
             done.append(name)
+            bar.advance(1)
     except KeyboardInterrupt:
         rest = [l for l in layers if l not in done]
         said = kept.format(", ".join(done)) if done else none
         raise KeyboardInterrupt(f"interrupted; {said}; a re-run recomputes every layer it is given, so pass "
                                 f"{command('--layers', layer_arg(rest))} to compute only the rest") from None
+    finally:
+        bar.stop()
 
 
 def run_importance(args: argparse.Namespace, console: Console) -> None:
@@ -74,7 +82,7 @@ def run_importance(args: argparse.Namespace, console: Console) -> None:
                             device=args.device)  # every layer checked, the model loaded once: nothing computed yet
     if args.plot:
         check_plot_path(args.plot)
-    store_each(stored, layers, "the importance of {} is stored", "no layer's importance was stored")
+    store_each(stored, layers, "the importance of {} is stored", "no layer's importance was stored", "importance")
     run = open_run(args.run)
     if args.plot:
         save_figure(plot_importance(run, layers, args.n), args.plot)

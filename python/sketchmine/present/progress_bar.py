@@ -54,6 +54,11 @@ def clock(seconds: float) -> str:
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
+def per_second(rate: float) -> str:
+    """"1,234" images a second; "0.05" layers (two significant digits below 10, not "0")."""
+    return f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
+
+
 class RichProgress:
     """Progress with images/s and ETA on `console` (the CLI's stderr console). On a terminal, a
     live bar cleared when done (an error stays the one line on stderr); elsewhere, a line every
@@ -91,7 +96,7 @@ class RichProgress:
         now = time.perf_counter()
         rate = self.images / max(now - self._t0, 1e-9)
         if self._bar is not None and self._task is not None:
-            self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} {self._per()}/s")
+            self._bar.update(self._task, advance=n, rate=f"{per_second(rate)} {self._per()}/s")
         elif self._lines and now >= self._next_line:
             self._next_line = now + self._every
             self.console.print(self.line(now - self._t0, rate), markup=False, highlight=False, soft_wrap=True)
@@ -101,7 +106,7 @@ class RichProgress:
         total, done = self._total, min(self._done, self._total)
         eta = f", ETA {clock((total - done) / rate)}" if rate > 0 and done < total else ""
         return (f"{safe(self.label, markup=False)}: {done:,} of {total:,} {self.unit} "
-                f"({100 * done / max(total, 1):.0f} %), {rate:,.0f} {self._per()}/s, {clock(elapsed)} elapsed{eta}")
+                f"({100 * done / max(total, 1):.0f} %), {per_second(rate)} {self._per()}/s, {clock(elapsed)} elapsed{eta}")
 
     def _per(self) -> str:
         return "img" if self.unit == "images" else self.unit
