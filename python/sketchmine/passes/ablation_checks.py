@@ -65,7 +65,11 @@ def check_images_apart(net: nn.Module, layer: str, x: torch.Tensor, alone: torch
     every ablation run stacks copies of the chunk, a different unit zeroed in each, which such a
     model would mix. Told by running the chunk beside as many other inputs: its rows must
     be the logits it has alone (`alone`, the chunk's own logits), up to rounding; and first by
-    running it alone again, so a model whose eval mode is random is not said to mix images."""
+    running it alone again, so a model whose eval mode is random is not said to mix images.
+    Logits that are not all finite are left to `check_finite`, which the passes run next and which
+    names the image: NaN is unlike itself, and a NaN scale is no tolerance."""
+    if not bool(torch.isfinite(alone).all()):
+        return
     other = x.flip(-1) * 0.5 + 0.25 * x.mean()  # any inputs unlike the chunk's
     with torch.inference_mode():
         again = logits_of(net(x.clone()))
