@@ -27,37 +27,60 @@ PROBABILITIES = "the model's output, a softmax already"
 
 # where each spelling takes its dim (positionally after the input), by keyword "dim" in any
 _SOFTMAXES = {torch.softmax: 1, F.softmax: 1, torch.Tensor.softmax: 1}
+# calls that give their first argument's values back, copied or reshaped: still the probabilities
+_SAME_VALUES = {torch.Tensor.clone, torch.clone, torch.Tensor.contiguous, torch.Tensor.detach, torch.detach,
+                torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.flatten, torch.flatten,
+                torch.Tensor.squeeze, torch.squeeze, torch.Tensor.unsqueeze, torch.unsqueeze}
 
 
 class _LastSoftmax(TorchFunctionMode):
-    """Keeps the last softmax call of a forward: its result, its input and its dim (only the
-    last: a forward's earlier softmaxes, attention maps, are not kept alive)."""
+    """Keeps the last softmax call of a forward: its input, its dim and its result with the copies
+    and reshapes of it (only the last: a forward's earlier softmaxes, attention maps, are not kept
+    alive)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.last: tuple[torch.Tensor, torch.Tensor, Any] | None = None
+        self.last: tuple[list[torch.Tensor], torch.Tensor, Any] | None = None
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func in _SOFTMAXES and isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor):
+        if not (isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor)):
+            return out
+        if func in _SOFTMAXES:
             dim = kwargs.get("dim", args[_SOFTMAXES[func]] if len(args) > _SOFTMAXES[func] else None)
-            self.last = (out, args[0], dim)
+            self.last = ([out], args[0], dim)
+        elif func in _SAME_VALUES and self.last is not None and any(args[0] is t for t in self.last[0]):
+            self.last[0].append(out)
         return out
+
+
+def _fed_as(head: torch.Tensor, fed: torch.Tensor, dim: Any) -> torch.Tensor | None:
+    """The softmax's input `fed` shaped as the (N, units) output `head`, when the softmax ran over
+    exactly those units: over dim 1 of (N, units), or over the last dim of (N, 1, ..., units)."""
+    if fed.ndim == 2 and dim in (None, 1, -1):
+        return fed if fed.shape == head.shape else None
+    last = dim is not None and dim in (-1, fed.ndim - 1)
+    if last and fed.ndim > 2 and fed.shape[0] == head.shape[0] and fed.shape[-1] == head.shape[1] \
+            and all(n == 1 for n in fed.shape[1:-1]):
+        return fed.reshape(head.shape)
+    return None
 
 
 def softmax_logits(forward: Callable[[], Any]) -> tuple[Any, torch.Tensor | None]:
     """Run `forward()`; return its output and, when its (first) output is the result of a softmax
-    over the units of (N, units) logits, those logits (else None)."""
+    over the units of (N, units) logits (or a copy or reshape of it), those logits (else None)."""
     mode = _LastSoftmax()
     with mode:
         out = forward()
     head = first_tensor(out)
-    if mode.last is None or head.ndim != 2 or mode.last[2] not in (None, 1, -1):
+    if mode.last is None or head.ndim != 2:
         return out, None
-    p = mode.last[0]  # the output itself, or a view of it of the same shape (`.view(n, -1)`)
-    return out, mode.last[1] if head is p or (head._base is p and head.shape == p.shape) else None
+    results, fed, dim = mode.last
+    # the output itself, or a copy or view of it (`.view(n, -1)`, `.clone()`, `.squeeze(1)`)
+    ours = any(head is t or (head._base is not None and head._base is t and head.shape == t.shape) for t in results)
+    return out, _fed_as(head, fed, dim) if ours else None
 
 
 def mark_probabilities(spec: list[Layer], net: Any, x: torch.Tensor) -> None:
