@@ -190,6 +190,30 @@ def test_the_softmax_of_a_model_that_outputs_probabilities_is_not_taken_twice(tw
                                    np.asarray(module.layer_group("prob")[name][...]), rtol=1e-6, err_msg=name)
 
 
+def test_visualize_refuses_the_softmax_an_older_version_took_of_probabilities(twin_runs, demo_model, small_test_set,
+                                                                              tmp_path):
+    """A run mined before the output softmax was marked (its virtual softmax the softmax of the
+    probabilities, ranked so) was visualized without a word: the pictures read the model's own
+    softmax, which the stored top-k did not rank. It is refused as a resume is; a marked run is not."""
+    import shutil
+
+    import zarr
+
+    from sketchmine import visualize
+    from sketchmine.errors import SketchmineError
+
+    _, functional, _ = twin_runs
+    old = shutil.copytree(functional.path, tmp_path / "old.zarr")
+    del zarr.open_group(str(old), mode="r+").attrs["attribute_sums"]  # runs of that version hold none
+    del zarr.open_group(str(old), mode="r+")["layers/softmax"].attrs["of"]  # nor the mark
+    net = FunctionalNet(demo_model.module, "softmax").eval()
+    with pytest.raises(SketchmineError, match="'softmax' of .* was mined as the softmax of the model's output, which "
+                                              "is a softmax already .* mine the run again into a new --out"):
+        visualize(old, ["softmax"], model=net, data=small_test_set, max_units=1)
+    marked = shutil.copytree(functional.path, tmp_path / "marked.zarr")
+    assert visualize(marked, ["softmax"], model=net, data=small_test_set, max_units=1).layer_attrs("softmax")["visualized"]
+
+
 @pytest.mark.parametrize("method", ["deconvnet", "gradient"])
 def test_the_virtual_softmax_of_probabilities_is_deconvolved_as_the_module(demo_model, confident, method):  # noqa: F811
     """deconvolve(..., "softmax") on a model ending in x.softmax(-1) (or a view of F.softmax's

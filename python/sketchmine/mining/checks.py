@@ -17,6 +17,7 @@ from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import MODEL_SWITCHES, recorded_weights, switches_differ_from
 from sketchmine.model.followers import followers
 from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
+from sketchmine.model.output_softmax import mined_twice
 from sketchmine.progress import Progress
 from sketchmine.results.run import Run
 from sketchmine.store.runstore import RunStore
@@ -267,9 +268,7 @@ def check_layouts(current: RunStore, spec: list[Any]) -> None:
     said = {None: "along axis 1, (N, C, ...)", CHANNELS_LAST: "last, (N, H, W, C)", FEATURES_LAST: "last, (N, T, F)"}
     for layer in spec:
         if current.layer_attrs(layer.name).get("of") != layer.attrs.get("of"):  # the virtual softmax's
-            raise SketchmineError(f"layer {layer.name!r} of {current.path} was mined as the softmax of the model's "
-                                  "output, which is a softmax already (probabilities taken twice); this sketchmine "
-                                  "takes that output as it is: mine the run again into a new --out")
+            raise mined_twice(current.path)
         was, now = current.layer_attrs(layer.name).get("layout"), layer.attrs.get("layout")
         if was != now and {was, now} & {CHANNELS_LAST, FEATURES_LAST}:
             raise SketchmineError(

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import Layer, first_tensor
-from sketchmine.model.modes import input_dtype
+from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import SOFTMAX
 
 PROBABILITIES = "the model's output, a softmax already"
@@ -97,6 +98,26 @@ def mark_probabilities(spec: list[Layer], net: Any, x: torch.Tensor) -> None:
         ends = onnx_ends_in_softmax(net)
     if ends:
         virtual[0].attrs["of"] = PROBABILITIES
+
+
+def mined_twice(path: Any) -> SketchmineError:
+    """The refusal of a run whose virtual softmax an older sketchmine mined as the softmax of an
+    output that is a softmax already: its top-k rank a second softmax, which neither a resume nor
+    a picture of this version's matches."""
+    return SketchmineError(f"layer {SOFTMAX!r} of {path} was mined as the softmax of the model's output, which is a "
+                           "softmax already (probabilities taken twice); this sketchmine takes that output as it is: "
+                           "mine the run again into a new --out")
+
+
+def check_marked(attrs: dict[str, Any], net: Any, x: torch.Tensor, path: Any) -> None:
+    """Refuse (`mined_twice`) a run's virtual softmax layer, its attributes `attrs`, that is not
+    marked as the output itself where `net`'s output (on input `x`) is a softmax already."""
+    if attrs.get("of") == PROBABILITIES or not isinstance(net, nn.Module):
+        return
+    with torch.no_grad(), eval_mode(net):
+        _, fed = softmax_logits(lambda: net(x.to(input_dtype(net))))
+    if fed is not None:
+        raise mined_twice(path)
 
 
 KEEP_VALUES = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")

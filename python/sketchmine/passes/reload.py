@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from sketchmine.data import ArrayDataset, ImageFolderDataset, MinerDataset, Preprocessing, animal_shape, as_miner_dataset
@@ -21,6 +23,8 @@ from sketchmine.errors import SketchmineError
 from sketchmine.mining.dataset_diff import images_otherwise
 from sketchmine.model.backend import switches_differ
 from sketchmine.model.models import LoadedModel, load_model, recorded_weights, weights_match
+from sketchmine.model.output_softmax import check_marked
+from sketchmine.model.taps import SOFTMAX
 from sketchmine.names import hidden_by_locale, locale_advice, printable
 from sketchmine.results.run import Run
 
@@ -156,3 +160,11 @@ def _check_fingerprint(run: Run, ds: MinerDataset) -> None:
         raise SketchmineError(f"the dataset given ({len(ds)} images) is not the one run {run.path} was mined on "
                               f"({run.labels.shape[0]} images, fingerprint {str(run.attrs.get('dataset_fingerprint'))[:12]}…)"
                               + (f": {which}" if which else ""))
+
+
+def softmax_mined_once(run: Run, names: list[str], net: nn.Module, first: Callable[[], torch.Tensor]) -> None:
+    """Refuse to picture the virtual softmax of a run an older sketchmine mined as the softmax of an
+    output that is a softmax already (`output_softmax.mined_twice`): its top-k rank a second
+    softmax, while this version's deconvolution reads the model's own (`first`: one model input)."""
+    if SOFTMAX in names:
+        check_marked(run.layer_attrs(SOFTMAX), net, first(), run.path)

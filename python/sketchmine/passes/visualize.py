@@ -34,7 +34,7 @@ from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
 from sketchmine.passes.example_pictures import GROUPS, check_examples, needed_images, picture_examples
 from sketchmine.passes.featvis_run import OptimizePass, check_options
 from sketchmine.passes.images import ImageCache, fit, signal_to_uint8, to_hwc
-from sketchmine.passes.reload import missing_images, run_dataset, run_model, run_preprocessing
+from sketchmine.passes.reload import missing_images, run_dataset, run_model, run_preprocessing, softmax_mined_once
 from sketchmine.passes.resumed import resumed_on
 from sketchmine.passes.traces import write_traces
 from sketchmine.progress import Progress, Silent
@@ -108,9 +108,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
                               "finish it (re-run the same mine command) before visualizing")
     if onnx_run(run):  # docs/backends.md: no receptive fields, and no torch model matches its weights
         raise SketchmineError(f"run {run.path} was mined from an ONNX file ({run.attrs.get('model')}): visualize crops "
-                              "receptive fields and deconvolves through a torch model, and an ONNX run records no "
-                              "receptive field and matches no torch model's weights; mine the torch model into a new "
-                              "run to visualize its units")
+                              "receptive fields and deconvolves through a torch model, and an ONNX run records no field "
+                              "and matches no torch model's weights; mine the torch model into a new run to visualize it")
     names = list(dict.fromkeys(run.check_layer(l) for l in layers)) if layers else run.layers  # each once
     device = as_device(device)
     ds = run_dataset(run, data)
@@ -132,6 +131,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     opt = OptimizePass(run, loaded, names, limit, pre, sample, opt_method, opt_steps, opt_regs, device) \
         if optimize else None
     net = loaded.module.to(device)
+    softmax_mined_once(run, names, net, lambda: images.inputs([int(needed[0])]).to(device))
     deconv = Deconvolver(net, method, layouts={n: run.layer_attrs(n) for n in names})  # read as mined
     store = RunStore.open(run.path, mode="r+")
     lock = RunLock(store.path)
