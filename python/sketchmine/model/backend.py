@@ -22,13 +22,13 @@ from torch import nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.progress import Progress
+from sketchmine.weights_id import recorded_weights
 
 WEIGHTS_HASH = "xxh3_128"
 """The weights identity's hash: the weights are hashed at every `mine` call, and xxh3 reads
 VGG-19's 548 MB in ~20 ms where sha256 took 0.3 s (0.13 s for AlexNet: 2 % of a 768-image
 call). It identifies a model for resume and reload checks; nothing here needs a cryptographic
 hash. Runs mined before it recorded a bare sha256 as `weights_sha256` (see recorded_weights)."""
-_LEGACY_ATTR = "weights_sha256"
 
 
 class RowsNotImages(SketchmineError):
@@ -148,15 +148,6 @@ def weights_hash(model: Any, algorithm: str | None = None) -> str:
     """The model's weights identity, "<algorithm>:<hex digest>", as its backend computes it (None:
     as a new run records it; a run's own algorithm to check the weights against it)."""
     return as_forward(model).weights_hash(algorithm)
-
-
-def recorded_weights(attrs: dict[str, Any]) -> str | None:
-    """The weights identity a run recorded, as `weights_hash` writes it: runs mined before the
-    `weights_hash` attribute recorded a bare sha256 hex digest as `weights_sha256`."""
-    if isinstance(attrs.get("weights_hash"), str):
-        return attrs["weights_hash"]
-    legacy = attrs.get(_LEGACY_ATTR)
-    return f"sha256:{legacy}" if isinstance(legacy, str) else None
 
 
 def algorithm_of(identity: str | None) -> str | None:

@@ -10,6 +10,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from sketchmine.weights_id import recorded_weights
+
 Wrap = Callable[[object], str]
 """How a user's name or path is set among our words: as it is (a terminal, where `safe` escapes
 direction controls), or isolated (the report: present/report_data.isolated, isolated_path)."""
@@ -36,23 +38,13 @@ def dataset_words(ds: dict[str, Any], name: Wrap = str, path: Wrap = str) -> str
     return f"{text} ({extra})" if extra else text
 
 
-def recorded_identity(attrs: dict[str, Any]) -> str | None:
-    """The weights identity a run recorded, "<algorithm>:<hex digest>": runs mined before the
-    `weights_hash` attribute recorded a bare sha256 as `weights_sha256` (model/backend.py's
-    `recorded_weights` checks weights against it; results/ reads runs without the model)."""
-    if isinstance(attrs.get("weights_hash"), str):
-        return str(attrs["weights_hash"])
-    legacy = attrs.get("weights_sha256")
-    return f"sha256:{legacy}" if isinstance(legacy, str) else None
-
-
 def weights_words(attrs: dict[str, Any], path: Wrap = str) -> str:
     """"weights net.pt (xxh3_128:4387d3d18b99bf33…)": the weights given (a file, a torchvision
     enum; none: random ones from the recorded seed, else the model's own) and the hash of the
     weights mined, which tells two files apart."""
     spec = attrs.get("model_spec") or {}
     given, seed = spec.get("weights"), spec.get("seed")
-    digest = recorded_identity(attrs)
+    digest = recorded_weights(attrs)
     name = (f"weights {path(given)}" if given else f"random weights (seed {seed})" if isinstance(seed, int)
             else "its own weights")
     if isinstance(digest, str) and ":" in digest:
@@ -83,7 +75,7 @@ def provenance(attrs: dict[str, Any]) -> dict[str, Any]:
     recorded values, not words."""
     spec = attrs.get("model_spec") or {}
     return {"model": attrs.get("model"), "weights": spec.get("weights"), "seed": spec.get("seed"),
-            "weights_hash": recorded_identity(attrs),
+            "weights_hash": recorded_weights(attrs),
             "dataset": attrs.get("dataset"), "preprocessing": attrs.get("preprocessing")}
 
 
