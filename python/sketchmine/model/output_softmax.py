@@ -59,12 +59,15 @@ class _LastSoftmax(TorchFunctionMode):
 
 def _fed_as(head: torch.Tensor, fed: torch.Tensor, dim: Any) -> torch.Tensor | None:
     """The softmax's input `fed` shaped as the (N, units) output `head`, when the softmax ran over
-    exactly those units: over dim 1 of (N, units), or over the last dim of (N, 1, ..., units)."""
+    exactly those units: over dim 1 of (N, units), or over the one dim of (N, ...) that is not 1
+    ((N, 1, units) over its last, (N, units, 1) over dim 1)."""
     if fed.ndim == 2 and dim in (None, 1, -1):
         return fed if fed.shape == head.shape else None
-    last = dim is not None and dim in (-1, fed.ndim - 1)
-    if last and fed.ndim > 2 and fed.shape[0] == head.shape[0] and fed.shape[-1] == head.shape[1] \
-            and all(n == 1 for n in fed.shape[1:-1]):
+    if dim is None or fed.ndim < 3 or not -fed.ndim <= dim < fed.ndim:
+        return None
+    dim %= fed.ndim
+    rest = [n for d, n in enumerate(fed.shape) if d not in (0, dim)]
+    if dim and fed.shape[0] == head.shape[0] and fed.shape[dim] == head.shape[1] and all(n == 1 for n in rest):
         return fed.reshape(head.shape)
     return None
 

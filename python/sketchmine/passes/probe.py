@@ -34,11 +34,11 @@ from sketchmine.names import command
 from sketchmine.model.backend import first_tensor
 from sketchmine.model.models import given_preprocessing
 from sketchmine.model.modes import eval_mode, input_dtype
+from sketchmine.model.output_softmax import softmax_logits
 from sketchmine.model.taps import SOFTMAX, Taps
-from sketchmine.passes.probe_onnx import check_graph, data_dependent, ends_in_softmax
-from sketchmine.passes.probe_runtime import ORT_DIR as ORT_DIR
-from sketchmine.passes.probe_runtime import ORT_FILES as ORT_FILES
-from sketchmine.passes.probe_runtime import ORT_VERSION, check_onnx_packages, ort_files
+from sketchmine.passes.probe_onnx import check_graph, data_dependent
+from sketchmine.passes.probe_runtime import (ORT_DIR as ORT_DIR, ORT_FILES as ORT_FILES, ORT_VERSION,
+                                             check_onnx_packages, ort_files)
 from sketchmine.passes.probe_sequence import (TIME_POSITIONS, check_sequence_model, last_frame, prefix_problem,
                                               run_sequence, sequence_ink, step_probs)
 from sketchmine.results.effects import class_units
@@ -191,12 +191,12 @@ def export_graph(run: Run, net: nn.Module, pre: Preprocessing, size: tuple[int, 
     try:
         with torch.no_grad():
             outs = wrapped(x)  # the test forward: a model that cannot take this input is said, not a traceback
-        wrapped.probabilities = ends_in_softmax(net, wrapped.prepare(x))
+            fed = softmax_logits(lambda: first_tensor(net(wrapped.prepare(x))).flatten(1))[1]
+            wrapped.probabilities = fed is not None  # the output is a softmax already: shown as it is
     except Exception as exc:  # noqa: BLE001 - any failure means "no probe", said on the page (report) or as one line
-        first = first_line(exc)
         raise SketchmineError(f"the model {run.attrs.get('model')} cannot run on the probe's input of shape "
                               f"{tuple(shape)} ({size[0]}×{size[1]} {'grey' if channels == 1 else 'RGB'}): "
-                              f"{type(exc).__name__}: {first[:300]}") from None
+                              f"{type(exc).__name__}: {first_line(exc)[:300]}") from None
     if wrapped.probabilities:
         notes.append("the model's output is a softmax already: shown as it is, no second softmax")
     names, specs = ["probs"] + (["steps"] if wrapped.steps else []), []

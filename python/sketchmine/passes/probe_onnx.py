@@ -30,33 +30,15 @@ from torch import nn
 
 from sketchmine.data.preprocess import Preprocessing
 from sketchmine.errors import SketchmineError
-from sketchmine.model.backend import first_tensor
 from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
 from sketchmine.model.output_softmax import onnx_ends_in_softmax
 from sketchmine.results.run import Run
 
-TORCH_VIEWS = ("View", "UnsafeView", "ReshapeAlias", "Squeeze", "Unsqueeze", "Clone", "Alias")
-"""Autograd nodes (names without "Backward<n>") that leave the values they pass on as they are."""
 TRACE_DATA = ("Python boolean", "Python number", "Python index", "Python integer", "Python float",
               "Iterating over a tensor")
 """TracerWarnings that say a value of the input was read as a constant (a branch, a count)."""
 TOLERANCE = 1e-3
 """Largest difference between graph and model, relative to max(1, |output|), taken as equal."""
-
-
-def ends_in_softmax(net: nn.Module, x: torch.Tensor) -> bool:
-    """Whether the model's output is a softmax (nn.Softmax, F.softmax: the last op its autograd
-    graph records, through reshapes), i.e. probabilities already; `x`: a model input."""
-    try:
-        with torch.enable_grad():
-            out = first_tensor(net(x.detach().requires_grad_(True) * 1))  # not a leaf: in-place ops stay legal
-    except Exception as exc:  # noqa: BLE001 - said as the reason there is no probe
-        raise SketchmineError(f"cannot tell whether the model's output is a softmax already: its forward with "
-                              f"gradients fails ({type(exc).__name__}: {str(exc)[:200]})") from None
-    fn = out.grad_fn
-    while fn is not None and fn.name().rstrip("0123456789").removesuffix("Backward") in TORCH_VIEWS:
-        fn = fn.next_functions[0][0] if fn.next_functions else None
-    return fn is not None and fn.name().rstrip("0123456789") == "SoftmaxBackward"
 
 
 def data_dependent(caught: list[warnings.WarningMessage]) -> list[str]:
