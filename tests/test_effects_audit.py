@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import sketchmine
@@ -147,38 +148,56 @@ def test_non_finite_logits_are_refused_not_stored_as_nan(tmp_path, drawings, inf
 
 
 class ProbabilitiesOut(nn.Module):
-    """A classifier whose forward ends in a softmax (`log=True`: a log_softmax)."""
+    """A classifier whose forward ends in `end`: "softmax" (nn.Softmax), "F.softmax", "log" (an
+    nn.LogSoftmax), "exp" (the exp of a log_softmax: probabilities no softmax call made), or
+    "logits" (none: the twin the others are measured against)."""
 
-    def __init__(self, log: bool) -> None:
+    def __init__(self, end: str) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 8, 3, padding=1)
         self.fc = nn.Linear(8, 10)
-        self.out = nn.LogSoftmax(dim=1) if log else nn.Softmax(dim=1)
+        self.end = end
+        self.out = {"softmax": nn.Softmax(dim=1), "log": nn.LogSoftmax(dim=1)}.get(end, nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.fc(torch.relu(self.conv(x)).amax((2, 3))) * 3)
+        z = self.out(self.fc(torch.relu(self.conv(x)).amax((2, 3))) * 3)
+        return {"F.softmax": lambda: F.softmax(z, 1), "exp": lambda: z.log_softmax(1).exp()}.get(self.end, lambda: z)()
 
 
-def test_a_model_returning_probabilities_is_refused_log_probabilities_are_logits(tmp_path, drawings):
-    """Before, a model ending in nn.Softmax had the softmax of its probabilities averaged: effects'
-    probability changes and importance's drops of a flatter distribution than the model's, silently."""
+def test_a_model_ending_in_a_softmax_is_ablated_on_the_logits_it_feeds_that_softmax(tmp_path, drawings):
+    """Before, a model ending in nn.Softmax had the softmax of its probabilities averaged (effects'
+    probability changes and importance's drops of a flatter distribution than the model's,
+    silently), then was refused; a model whose output is its final softmax is now ablated on the
+    logits that softmax is fed, as mining takes it: its results are its logits twin's. Log-
+    probabilities are logits (their softmax is the model's probabilities). Probabilities no softmax
+    call made cannot be told from logits but by their rows: refused. The final softmax itself,
+    named as a layer, is refused: zeroing its result leaves the logits it is fed as they are."""
     from sketchmine.errors import SketchmineError
 
     torch.manual_seed(1)
-    for log in (False, True):
-        model = ProbabilitiesOut(log).eval()
-        run = sketchmine.mine(model, drawings, layers=["conv"], k=2, out=tmp_path / f"{log}.zarr", batch_size=20)
-        if not log:
+    twin = ProbabilitiesOut("logits").eval()
+    want = reference(twin, drawings, "conv")
+    assert np.abs(want["prob"]).max() > 1e-3
+    for end in ("softmax", "F.softmax", "log", "exp"):
+        model = ProbabilitiesOut(end).eval()
+        model.load_state_dict(twin.state_dict())
+        run = sketchmine.mine(model, drawings, layers=["conv", "out"], k=2, out=tmp_path / f"{end}.zarr",
+                              batch_size=20)
+        if end == "exp":
             for ablate in (sketchmine.unit_effects, sketchmine.unit_importance):
                 with pytest.raises(SketchmineError, match=r"layer 'conv': the model returns probabilities, not logits"):
                     ablate(run, "conv", model=model, data=drawings, batch_size=15)
             continue
+        if end == "softmax":
+            for ablate in (sketchmine.unit_effects, sketchmine.unit_importance):
+                with pytest.raises(SketchmineError, match=r"layer 'out' is the model's final softmax"):
+                    ablate(run, "out", model=model, data=drawings, batch_size=15)
         sketchmine.unit_effects(run, "conv", model=model, data=drawings, batch_size=15)
         sketchmine.unit_importance(run, "conv", model=model, data=drawings, batch_size=15)
-        want = reference(model, drawings, "conv")  # log-probabilities: their softmax is the model's
-        assert np.abs(want["prob"]).max() > 1e-3
         np.testing.assert_allclose(run.unit_effects("conv").to_numpy(), want["prob"], atol=1e-7)
         np.testing.assert_allclose(run.unit_importance("conv").sort_index()["prob_drop"], want["drop"], atol=1e-7)
+        if end != "log":  # a log-softmax's changes are of log-probabilities, not of the logits
+            np.testing.assert_allclose(run.unit_effects("conv", kind="logit").to_numpy(), want["logit"], atol=1e-5)
 
 
 class BatchStatistics(nn.Module):
@@ -292,3 +311,24 @@ def test_images_the_run_skipped_as_unreadable_are_left_out_not_refused(tmp_path,
     np.testing.assert_allclose(effects.to_numpy(), want["logit"], atol=2e-6)
     np.testing.assert_allclose(importance["prob_drop"].to_numpy(), want["drop"], atol=1e-7)
     np.testing.assert_allclose(importance["acc_drop"].to_numpy(), want["acc"], atol=1e-12)
+
+
+def test_a_pass_checks_the_model_s_batch_once_not_once_a_layer(tmp_path, drawings):
+    """`check_images_apart` (two forwards of a chunk, one of them beside as many other images) is
+    the model's, not a layer's: a pass over two layers ran it twice (1.3 s a layer on demo-resnet).
+    Counted by the model's own forwards: the pass over both layers makes as many as the passes of
+    each alone, less one check's two."""
+    model = AddInPlace().eval()
+    run = sketchmine.mine(model, drawings, layers=["stem", "branch"], k=2, out=tmp_path / "r.zarr", batch_size=20)
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
+    counts = {}
+    for layers in (["stem"], ["branch"], ["stem", "branch"]):
+        for ablate in (sketchmine.unit_effects, sketchmine.unit_importance):
+            calls.clear()
+            ablate(run, layers, model=model, data=drawings, batch_size=25)
+            counts[ablate.__name__, tuple(layers)] = (len(calls), calls.count(50))  # 50: a chunk beside 25 others
+    for ablate in ("unit_effects", "unit_importance"):
+        alone = [counts[ablate, (layer,)] for layer in ("stem", "branch")]
+        assert counts[ablate, ("stem", "branch")][1] == 1 and all(c[1] == 1 for c in alone)
+        assert counts[ablate, ("stem", "branch")][0] == sum(c[0] for c in alone) - 2

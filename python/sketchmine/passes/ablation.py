@@ -14,7 +14,7 @@ Batched two ways, chosen per layer (recorded as `method`):
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,9 @@ from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST
 from sketchmine.model.taps import (SOFTMAX, TIME_FIRST, Taps, ablation_dims, final_hidden,
                                    probe_layouts, replace_element, replace_hidden, tapped_element, to_units)
-from sketchmine.passes.ablation_checks import check_finite, check_images_apart, check_not_probabilities, logits_of
+from sketchmine.model.output_softmax import softmax_logits
+from sketchmine.passes.ablation_checks import (check_before_softmax, check_finite, check_images_apart,
+                                               check_not_probabilities, logits_of)
 from sketchmine.stats.correlation import image_maxima
 
 _BUDGET = 1 << 23  # elements of one replicated activation tensor (32 MB float32)
@@ -112,6 +114,21 @@ class Replicate:
         self.dims = ablation_dims(layer, self.module)
         self.known: dict[str, Any] = {}
         self._keep(dict(known or {}))
+        self.fed: bool | None = None  # the output is the model's final softmax: found on the first forward
+
+    def logits(self, forward: Callable[[], Any]) -> torch.Tensor:
+        """The (N, classes) logits of `forward()`: the model's output, or, where that output is its
+        final softmax (`softmax_logits`), the logits that softmax was fed, as mining takes such a
+        model (the passes take a softmax of what this returns; one of probabilities is not the model's)."""
+        if self.fed is False:
+            return logits_of(forward())
+        out, fed = softmax_logits(forward)
+        if self.fed is None:
+            self.fed = fed is not None
+        elif fed is None:
+            raise SketchmineError(f"ablating layer {self.layer!r}: the model's final softmax, found on its first "
+                                  "forward pass, is not where its output comes from on a later one")
+        return fed if fed is not None else logits_of(out)
 
     def prepare(self, x: torch.Tensor) -> Any:
         return x
@@ -121,8 +138,9 @@ class Replicate:
         act: dict[str, torch.Tensor] = {}
         with Taps(self.net, [self.layer], lambda n, t: act.__setitem__("t", t.clone()),  # before in-place ops
                   known={self.layer: self.known}) as taps:
-            logits = logits_of(self.net(x.clone()))  # a model may change its input in place: x serves every run
+            logits = self.logits(lambda: self.net(x.clone()))  # a model may change its input in place
         self._keep(taps.layouts.get(self.layer, {}))
+        check_before_softmax(self.layer, act["t"], logits, self.fed)
         return logits, act["t"]
 
     def _keep(self, layout: Mapping[str, Any]) -> None:
@@ -153,7 +171,7 @@ class Replicate:
 
         handle = self.module.register_forward_hook(hook)
         try:
-            return logits_of(self.net(torch.cat([x] * replicas)))
+            return self.logits(lambda: self.net(torch.cat([x] * replicas)))
         finally:
             handle.remove()
 
@@ -195,7 +213,7 @@ class Split(Replicate):
         if isinstance(tapped, (tuple, list)):  # element 0 is replaced; the rest (h_n, c_n) by where they hold the batch
             rest = type(tapped)((tapped[0], *replicate_along(_rest(tapped), self.dims_of[0], replicas)))
         rep = self._zeroed(rest, zeroed, units)
-        return logits_of(self.suffix(rep, *replicate_along(live, self.dims_of[1], replicas)))
+        return self.logits(lambda: self.suffix(rep, *replicate_along(live, self.dims_of[1], replicas)))
 
 
 def _rest(tapped: Any) -> list[Any]:
@@ -210,14 +228,16 @@ def layer_layout(net: nn.Module, layer: str, x: torch.Tensor) -> dict[str, Any]:
 
 
 def choose_ablator(net: nn.Module, layer: str, x: torch.Tensor,
-                   known: Mapping[str, Any] | None = None) -> Replicate:
+                   known: Mapping[str, Any] | None = None, check_batch: bool = True) -> Replicate:
     """The split ablator when the model can be cut at the layer and the cut reproduces the
     model's logits (two replicas, nothing zeroed), else whole-model replication. `known`: the
-    layer's recorded attributes; None probes them with one image (`layer_layout`)."""
+    layer's recorded attributes; None probes them with one image (`layer_layout`). `check_batch`:
+    run `check_images_apart` on `x` (False: the caller has, for this model, on this dataset)."""
     known = layer_layout(net, layer, x) if known is None else known
     replicate = Replicate(net, layer, known)
     reference = replicate.base(x)[0]
-    check_images_apart(net, layer, x, reference)
+    if check_batch:
+        check_images_apart(lambda t: replicate.logits(lambda: net(t)), layer, x, reference)
     try:
         split = Split(net, layer, known)
         with torch.inference_mode():
@@ -272,12 +292,13 @@ class Importance:
 def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, labels: np.ndarray,
                         batch_size: int = 256, device: str | torch.device = "cpu",
                         units_per_pass: int | None = None, known: Mapping[str, Any] | None = None,
-                        left_out: Collection[int] = ()) -> Importance:
+                        left_out: Collection[int] = (), check_batch: bool = True) -> Importance:
     """Zero each unit of `layer` in turn over `dataset` (batched, see the module docstring).
 
     labels (N,) int64: the correct class of each image (all >= 0 but those `left_out`: the images
     the run skipped as unreadable). known: the layer's attributes as the run recorded them (its
-    layout); None finds them with a one-image forward pass.
+    layout); None finds them with a one-image forward pass. check_batch: False where the caller
+    checked the model with `check_images_apart` on this dataset already (a pass over many layers).
     """
     if layer == SOFTMAX:
         raise SketchmineError("layer 'softmax' is the model's output (virtual); ablate a module layer")
@@ -291,7 +312,7 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
         for idx, x in image_batches(dataset, batch_size, left_out):
             x, y = x.to(device, input_dtype(net)), labels_t[idx].to(device)  # a half model takes half input
             if ablator is None:
-                ablator = choose_ablator(net, layer, x, known)
+                ablator = choose_ablator(net, layer, x, known, check_batch)
             state = ablator.prepare(x)
             logits, act = ablator.base(state)
             check_finite(logits, idx, dataset, layer)

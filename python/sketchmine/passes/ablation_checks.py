@@ -4,10 +4,10 @@ the others of its batch; else the means the passes store would be NaN, of anothe
 or mixed across the copies of a batch they stack, and nothing would say so."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from sketchmine.data import MinerDataset
 from sketchmine.errors import SketchmineError
@@ -59,7 +59,8 @@ def check_not_probabilities(logits: torch.Tensor, layer: str) -> None:
             "(without its final softmax) or their log_softmax")
 
 
-def check_images_apart(net: nn.Module, layer: str, x: torch.Tensor, alone: torch.Tensor) -> None:
+def check_images_apart(logits: Callable[[torch.Tensor], torch.Tensor], layer: str, x: torch.Tensor,
+                       alone: torch.Tensor) -> None:
     """Refuse a model whose logits for an image depend on the other images of its batch (a
     BatchNorm without running statistics normalises with the batch's own, in eval mode too):
     every ablation run stacks copies of the chunk, a different unit zeroed in each, which such a
@@ -67,13 +68,14 @@ def check_images_apart(net: nn.Module, layer: str, x: torch.Tensor, alone: torch
     be the logits it has alone (`alone`, the chunk's own logits), up to rounding; and first by
     running it alone again, so a model whose eval mode is random is not said to mix images.
     Logits that are not all finite are left to `check_finite`, which the passes run next and which
-    names the image: NaN is unlike itself, and a NaN scale is no tolerance."""
+    names the image: NaN is unlike itself, and a NaN scale is no tolerance. `logits(x)`: the
+    model's logits on input x, as the ablation takes them."""
     if not bool(torch.isfinite(alone).all()):
         return
     other = x.flip(-1) * 0.5 + 0.25 * x.mean()  # any inputs unlike the chunk's
     with torch.inference_mode():
-        again = logits_of(net(x.clone()))
-        beside = logits_of(net(torch.cat([x, other])))[:len(x)]
+        again = logits(x.clone())
+        beside = logits(torch.cat([x, other]))[:len(x)]
     scale = max(float(alone.abs().max()), 1.0)
 
     # 1e-3 of the logits' scale: above a GPU's TF32 convolutions' rounding; a half model's: 8 of its steps
@@ -95,3 +97,15 @@ def check_images_apart(net: nn.Module, layer: str, x: torch.Tensor, alone: torch
             "normalises with the batch's own, in eval mode too). An ablation runs copies of a batch with a "
             "different unit zeroed in each, which such a model would mix, and its results would depend on the "
             "batch size; give the model running statistics (or norms per image) to ablate it")
+
+
+def check_before_softmax(layer: str, act: torch.Tensor, logits: torch.Tensor, fed: bool | None) -> None:
+    """Refuse a layer whose output is the model's final softmax's result, or a copy of it (an
+    nn.Softmax named as a layer): the passes read the logits that softmax is fed, which zeroing
+    its result leaves as they are, so every unit would read as changing nothing."""
+    if not fed or act.shape[0] != logits.shape[0] or act[0].numel() != logits.shape[1]:
+        return
+    if torch.allclose(act.reshape(logits.shape).to(logits.dtype), torch.softmax(logits, 1), rtol=1e-5, atol=1e-6):
+        raise SketchmineError(
+            f"layer {layer!r} is the model's final softmax: importance and effects zero units before it and read "
+            "the logits it is fed; ablate the layer that computes them")

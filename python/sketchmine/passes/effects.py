@@ -120,11 +120,13 @@ def unique(names: list[str]) -> list[str]:
 
 def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_size: int = 256,
                      device: str | torch.device = "cpu", units_per_pass: int | None = None,
-                     known: Mapping[str, Any] | None = None, left_out: Collection[int] = ()) -> Effects:
+                     known: Mapping[str, Any] | None = None, left_out: Collection[int] = (),
+                     check_batch: bool = True) -> Effects:
     """Zero each unit of `layer` in turn over `dataset` (batched as ablation.py) and average
     the change of every class's logit and probability; keep the clean image maxima. known: the
     layer's attributes as the run recorded them (its layout); None finds them with one image.
-    left_out: images the run skipped as unreadable (`skipped_images`), left out here too."""
+    left_out: images the run skipped as unreadable (`skipped_images`), left out here too.
+    check_batch: as `ablation_importance`'s."""
     check_ablatable(layer)
     device = torch.device(device)
     net = net.to(device)
@@ -137,7 +139,7 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
         for idx, x in image_batches(dataset, batch_size, left_out):
             x = x.to(device, input_dtype(net))  # a half model takes half input
             if ablator is None:
-                ablator = choose_ablator(net, layer, x, known)
+                ablator = choose_ablator(net, layer, x, known, check_batch)
             state = ablator.prepare(x)
             logits, act = ablator.base(state)
             check_finite(logits, idx, dataset, layer)
@@ -212,11 +214,12 @@ class LayerPass:
     def hold(self, run: Run) -> None:
         self.lock = RunLock(run.path).share()
 
-    def each(self, names: list[str], store: Callable[[str], None]) -> Iterator[str]:
-        """`store(name)` for each layer in turn, yielding its name once stored."""
+    def each(self, names: list[str], store: Callable[[str, bool], None]) -> Iterator[str]:
+        """`store(name, check_batch)` for each layer in turn, yielding its name once stored; the
+        model's batch check (`check_images_apart`) with the first layer only: it is the model's."""
         try:
-            for name in names:
-                store(name)
+            for i, name in enumerate(names):
+                store(name, i == 0)
                 yield name
         finally:
             self.lock.release()
@@ -256,8 +259,8 @@ class EffectsPass(LayerPass):
     def __iter__(self) -> Iterator[str]:
         return self.each(self.names, self._store)
 
-    def _store(self, name: str) -> None:  # the layer's maxima go when it returns, before the next layer's
+    def _store(self, name: str, check_batch: bool) -> None:  # the layer's maxima go when it returns
         result = ablation_effects(self.net, self.ds, name, self.batch_size, self.device, self.units_per_pass,
-                                  self.run.layer_attrs(name), skipped_images(self.run))
+                                  self.run.layer_attrs(name), skipped_images(self.run), check_batch)
         write_effects(self.run, name, result, top_correlated(result.maxima, self.correlated, self.block_units,
                                                              self.device), self.lock)

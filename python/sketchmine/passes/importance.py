@@ -104,7 +104,8 @@ class ImportancePass(LayerPass):
     def __iter__(self) -> Iterator[str]:
         return self.each(self.layers, self._store)
 
-    def _store(self, name: str) -> None:
+    def _store(self, name: str, check_batch: bool) -> None:
         result = ablation_importance(self.net, self.ds, name, self.labels, self.batch_size, self.device,
-                                     self.units_per_pass, self.run.layer_attrs(name), skipped_images(self.run))
+                                     self.units_per_pass, self.run.layer_attrs(name), skipped_images(self.run),
+                                     check_batch)
         write_importance(self.run, name, result, self.lock)
