@@ -78,8 +78,8 @@ def put_all(group: zarr.Group, arrays: dict[str, np.ndarray | Columns], at: str 
 class BulkWriter:
     """Whole arrays written as they come, in parts (a pass's statistics' results one after the
     other): on a local store each part's files are written on threads (store.direct) while the
-    caller computes the next part; elsewhere every part goes to Zarr in one event-loop call on
-    leaving the block (Zarr's per-call overhead, ~3 ms an array, was ten times the file I/O).
+    caller computes the next part; elsewhere, and for an array store.direct does not write (text),
+    the arrays go to Zarr in one event-loop call on leaving the block (Zarr's per-call overhead, ~3 ms an array, was ten times the file I/O).
     Leaving the block waits for every write and raises the first error. The arrays must not
     change after `put`. `at`: the group's path in the run when opened on its own."""
 
@@ -97,14 +97,14 @@ class BulkWriter:
         if not arrays:
             return
         nodes = {k: _metadata(a, schema.dimension_names(self._base + k, a.ndim)) for k, a in arrays.items()}
-        jobs = None if self._to_zarr else direct.plan(self.group, arrays, nodes)
-        if jobs is None:
-            self._to_zarr.update(arrays)
-            self._to_zarr_nodes.update(nodes)
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(direct.WORKERS, thread_name_prefix="sketchmine-write")
-        self._writes += [self._pool.submit(direct.write, job) for job in jobs]
+        for k, a in arrays.items():  # each on its own: one array Zarr must write (strings) sends no other there
+            jobs = direct.plan(self.group, {k: a}, {k: nodes[k]})
+            if jobs is None:
+                self._to_zarr[k], self._to_zarr_nodes[k] = a, nodes[k]
+                continue
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(direct.WORKERS, thread_name_prefix="sketchmine-write")
+            self._writes += [self._pool.submit(direct.write, job) for job in jobs]
 
     def __enter__(self) -> BulkWriter:
         return self

@@ -365,7 +365,7 @@ class RunStore(Checkpoints, CommittedReads, BlockWrites):
                 for name, arr in arrays.items():
                     self._final_sums[name] = sums = arr.block_sums() if isinstance(arr, Columns) else block_sums(arr)
                     if isinstance(arr, np.ndarray) and arr.dtype.kind not in "OUT":  # as a checked read keeps it
-                        self._blocks.put(verify.final_key(name, sums, None), arr)
+                        self._blocks.put(verify.final_key(name, sums, None), arr, owned=True)
         if schema.PER_CLASS_ACCURACY in self._final_sums:
             self.group[schema.EVAL].update_attributes({schema.ACCURACY: accuracy})
 

@@ -141,10 +141,12 @@ class BlockCache:
                 self.blocks.move_to_end(key)
             return block
 
-    def put(self, key: tuple[Any, ...], block: np.ndarray) -> None:
+    def put(self, key: tuple[Any, ...], block: np.ndarray, owned: bool = False) -> None:
+        """Keep `block` under `key`: a copy, or, `owned` (the caller's own array, which it will
+        not change: what it just wrote), a read-only view of it where it is no view of more."""
         if block.nbytes > self.limit // 4:  # a block this large is read whole anyway: not kept
             return
-        block = block.copy()  # not a view: keeps no larger read alive
+        block = block.view() if owned and block.base is None else block.copy()  # a view keeps no larger read alive
         block.flags.writeable = False
         with self.lock:
             self.size += block.nbytes - (old.nbytes if (old := self.blocks.pop(key, None)) is not None else 0)
