@@ -1,14 +1,19 @@
 """Ops the receptive-field analysis takes as pointwise (getitem, cat, chunk, add, ...) must keep
 every pixel at its place on the (H, W) grid: the checks that refuse one that indexes, joins or
-splits along the height or width, or puts the rows or columns in another order."""
+splits along the height or width, or puts the rows or columns in another order; and where a
+reshape or transpose leaves the grid (`moved_grid`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import fx
 
 from sketchmine.errors import SketchmineError
+from sketchmine.model.unit_axes import axis_order
+
+TRANSPOSES = {torch.transpose, torch.permute, "transpose", "permute"}  # reorder dims: the grid may move
 
 
 def _grids(meta: Any, grid: tuple[int, int]) -> set[tuple[int, ...]]:
@@ -54,3 +59,32 @@ def check_index(node: fx.Node, grid: tuple[int, int]) -> None:
         if dim in (n + grid[0], n + grid[1]) and not whole:
             raise SketchmineError(f"receptive fields: getitem at {node.name} indexes the height or width by {item!r}, "
                                   "which may move pixels; not supported")
+
+
+def moved_grid(node: fx.Node, grid: tuple[int, int]) -> tuple[int, int] | None:
+    """Where a reshape puts the (H, W) grid (dims from the end), or None when it does not keep
+    each output pixel at the input pixel's place: a transpose or permute must keep H before W
+    (a channels-last permute moves them, ConvNeXt's LayerNorm does); a view, reshape or flatten
+    must have the grid last on both sides, with the same sizes."""
+    src = node.all_input_nodes[0].meta.get("tensor_meta") if node.all_input_nodes else None
+    dst = node.meta.get("tensor_meta")
+    if src is None or dst is None or not hasattr(src, "shape") or not hasattr(dst, "shape"):
+        return None
+    n = len(src.shape)
+    if n < max(-grid[0], 2) or len(dst.shape) != n and node.target in TRANSPOSES:
+        return None
+    if node.target in TRANSPOSES:
+        order = axis_order(node, n)
+        if order is None:
+            return None
+        moved = (order.index(grid[0] % n) - n, order.index(grid[1] % n) - n)
+        return moved if moved[0] < moved[1] else None  # H after W: the grid transposed
+    if grid != (-2, -1) or len(src.shape) < 4 or len(dst.shape) < 4:
+        return None
+    return grid if tuple(src.shape[-2:]) == tuple(dst.shape[-2:]) else None
+
+
+def grid_size(node: fx.Node, grid: tuple[int, int] = (-2, -1)) -> tuple[int, int] | None:
+    """The (H, W) sizes of a node's tensor, None where its shape is not one tensor's."""
+    shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+    return (int(shape[grid[0]]), int(shape[grid[1]])) if shape is not None and len(shape) >= -grid[0] else None

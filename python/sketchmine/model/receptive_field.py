@@ -5,7 +5,8 @@ node's field is derived from its inputs' fields through the op's kernel, stride,
 and dilation. Branches are merged by union (residual additions, Inception concatenations),
 and anything that mixes all positions (flatten, linear, global pooling) sees the whole
 image. Each node also carries where its tensor holds H and W, so channels-last stretches
-(ConvNeXt's permute, LayerNorm, Linear, permute back) are pointwise. No per-model rules: an op
+(ConvNeXt's permute, LayerNorm, Linear, permute back) are pointwise. Behind an upsampling or a
+transposed conv the boxes are kept unit by unit (`field_tables`). No per-model rules: an op
 the analysis cannot follow is named; the nodes it feeds get no field (`field_analysis`), or
 `receptive_fields` refuses. Pads follow `field_pads`: a constant pad shifts the field; a reflection
 or replication pad is followed into the conv that reads it when the copies stay inside its units'
@@ -26,15 +27,19 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import LoadedModel, torch_module
-from sketchmine.model.field_grid import check_index, check_one_grid
+from sketchmine.model.field_grid import check_index, check_one_grid, grid_size, moved_grid
+from sketchmine.model.field_record import ReceptiveField, box_mask  # noqa: F401 (public here)
 from sketchmine.model.field_pads import check_padding_mode, conv_padding, copy_carriers, pad_of, pair
+from sketchmine.model.field_tables import (read, resampler, resampling_reach, shifted, spans, strided, summary, union,
+                                           window_reach)
 from sketchmine.model.graph import module_input_channels, module_outputs, propagate_shapes, trace
-from sketchmine.model.unit_axes import axis_order, follow_units, tapped_shape
+from sketchmine.model.unit_axes import follow_units, tapped_shape
 
 _POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                       nn.Hardswish, nn.Hardsigmoid, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d,
@@ -67,7 +72,6 @@ _GLOBAL_METHODS = {"view", "reshape", "flatten", "unflatten", "mean", "sum", "am
 # (a channel shuffle's transpose of (N, groups, C/groups, H, W) keeps them too)
 _RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.transpose, torch.permute}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permute"}
-_TRANSPOSES = {torch.transpose, torch.permute, "transpose", "permute"}  # reorder dims: the grid may move
 # sliding windows called as functions (Inception v3's branch pools), by their positional
 # parameters (builtins: no signature to bind); stride defaults to the kernel, as torch's
 _WINDOW_FUNCS = {torch.nn.functional.max_pool2d: ("input", "kernel_size", "stride", "padding", "dilation"),
@@ -75,38 +79,40 @@ _WINDOW_FUNCS = {torch.nn.functional.max_pool2d: ("input", "kernel_size", "strid
 
 
 @dataclass(frozen=True)
-class ReceptiveField:
-    """Input-pixel field of a layer's units, per spatial axis (y, x).
-
-    Unit i along an axis sees input pixels [offset + i*stride, offset + i*stride + size - 1];
-    offset can be negative (padding), so crops must be clipped to the image.
-    """
-
-    size: tuple[int, int]
-    stride: tuple[int, int]
-    offset: tuple[int, int]
-
-    def box(self, y: int, x: int) -> tuple[int, int, int, int]:
-        """(top, left, bottom, right), inclusive, of unit (y, x) before clipping."""
-        top, left = self.offset[0] + y * self.stride[0], self.offset[1] + x * self.stride[1]
-        return top, left, top + self.size[0] - 1, left + self.size[1] - 1
-
-
-@dataclass(frozen=True)
 class _Field:
     """Per axis: jump (input pixels between neighbouring units) and unit 0's window [lo, hi];
-    `grid`: the dims of the node's tensor that hold H and W, from the end ((-3, -2) channels-last)."""
+    `grid`: the dims of the node's tensor that hold H and W, from the end ((-3, -2) channels-last).
+    `table`: per axis every unit's box (field_tables.Table), where no jump describes them (behind
+    a resampling op; jump, lo and hi are then unused)."""
 
     jump: tuple[int, int]
     lo: tuple[int, int]
     hi: tuple[int, int]
     grid: tuple[int, int] = (-2, -1)
+    table: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(default=None, compare=False)
 
 
-def _window(f: _Field, k, s, p, d) -> _Field:
+def _tabled(tables: tuple[np.ndarray, np.ndarray], grid: tuple[int, int] = (-2, -1)) -> _Field:
+    return _Field((1, 1), (0, 0), (0, 0), grid, tables)
+
+
+def _tables(f: _Field, n: tuple[int, int] | None, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A field as tables over a grid of n units per axis."""
+    if f.table is not None:
+        return f.table
+    if n is None:
+        raise SketchmineError(f"receptive fields: the grid at {where} has no known size; not supported")
+    return strided(f.jump[0], f.lo[0], f.hi[0], n[0]), strided(f.jump[1], f.lo[1], f.hi[1], n[1])
+
+
+def _window(f: _Field, node: fx.Node, k, s, p, d) -> _Field:
     """Field after a sliding window (conv or pool) with kernel k, stride s, padding p, dilation d."""
     p = conv_padding(p, k, d)
     k, s, d = pair(k), pair(s), pair(d)
+    if f.table is not None:
+        n = grid_size(node) or (0, 0)
+        return _tabled(tuple(read(f.table[a], window_reach(len(f.table[a]), n[a], k[a], s[a], p[a], d[a]))
+                             for a in range(2)))  # type: ignore[arg-type]
     return _Field(  # the grid is last (_check_grid_last)
         tuple(f.jump[a] * s[a] for a in range(2)),
         tuple(f.lo[a] - p[a] * f.jump[a] for a in range(2)),
@@ -114,13 +120,33 @@ def _window(f: _Field, k, s, p, d) -> _Field:
     )
 
 
-def _union(fields: list[_Field], where: str) -> _Field:
-    jumps, grids = {f.jump for f in fields}, {f.grid for f in fields}
-    if len(jumps) > 1:
-        raise SketchmineError(f"cannot merge receptive fields at {where}: branches have strides {sorted(jumps)}")
+def _resampled(f: _Field, node: fx.Node, modules: dict[str, nn.Module]) -> _Field | None:
+    """Field after an upsampling, an interpolation or a transposed conv (field_tables.py); None
+    when the node is none of them."""
+    if (where := resampler(node, modules)) is None:
+        return None
+    _check_grid_last(node, f)
+    n_in, n_out = grid_size(node.all_input_nodes[0]), grid_size(node)
+    if n_in is None or n_out is None:
+        raise SketchmineError(f"receptive fields: {where} resamples a grid of unknown size; not supported")
+    table, reach = _tables(f, n_in, where), resampling_reach(node, modules, where, n_in, n_out)
+    return _tabled((read(table[0], reach[0]), read(table[1], reach[1])))
+
+
+def _union(carriers: dict[fx.Node, _Field], node: fx.Node, where: str) -> _Field:
+    fields = list(carriers.values())
+    jumps, grids = {f.jump for f in fields if f.table is None}, {f.grid for f in fields}
     if len(grids) > 1:
         raise SketchmineError(f"cannot merge receptive fields at {where}: branches hold the height and width at "
                               f"different dims {sorted(grids)}")
+    if len(fields) > 1 and any(f.table is not None for f in fields):  # position by position
+        n = grid_size(node, fields[0].grid)
+        tables = [_tables(f, n, where) for f in fields]
+        return _tabled((union([t[0] for t in tables], where), union([t[1] for t in tables], where)), fields[0].grid)
+    if len(fields) == 1:
+        return fields[0]
+    if len(jumps) > 1:
+        raise SketchmineError(f"cannot merge receptive fields at {where}: branches have strides {sorted(jumps)}")
     return _Field(fields[0].jump, tuple(min(f.lo[a] for f in fields) for a in range(2)),
                   tuple(max(f.hi[a] for f in fields) for a in range(2)), fields[0].grid)
 
@@ -255,17 +281,18 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
     or a SketchmineError naming an op whose effect on positions is not known. A copying pad adds
     the nodes that carry its copies to `copies` (node → why it has no field of its own)."""
     where = node.target if node.op == "call_module" else node.name
-    ins = list(carriers.values())
-    if not all(i.jump != (0, 0) for i in ins):  # from whole-image features (a recurrent head, an MLP)
+    if not all(i.jump != (0, 0) for i in carriers.values()):  # from whole-image features (a recurrent head, an MLP)
         return whole
-    f = _union(ins, str(where))
+    f = _union(carriers, node, str(where))
     if (pad := pad_of(node, modules)) is not None:
         _check_grid_last(node, f)
         if pad.copies:
             reason = (f"receptive fields: {pad.name} copies pixels into its border units, which no box holds "
                       "(the conv that reads it has a field)")
             copies.update(dict.fromkeys(copy_carriers(node, pad, modules, lambda n: _pointwise(n, modules)), reason))
-        return _shifted(f, *pad.shift)
+        return _shifted(f, node, *pad.shift)
+    if (resampled := _resampled(f, node, modules)) is not None:
+        return resampled
     if node.op == "call_module":
         m = modules[str(node.target)]
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
@@ -273,7 +300,7 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
             dil = getattr(m, "dilation", 1)
             if isinstance(m, nn.Conv2d):
                 check_padding_mode(str(node.target), m)
-            return _window(f, m.kernel_size, m.stride, m.padding, dil if dil is not None else 1)
+            return _window(f, node, m.kernel_size, m.stride, m.padding, dil if dil is not None else 1)
         if isinstance(m, nn.Linear):  # along the last dim: pointwise when that holds channels (NHWC)
             return f if f.grid[1] != -1 else whole
         if isinstance(m, nn.Flatten):
@@ -285,11 +312,11 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
             raise SketchmineError(f"receptive fields: module {node.target!r} ({type(m).__name__}) is not supported")
         return f
     if node.op == "call_function":
-        if node.target in _RESHAPE_FUNCS and (grid := _moved_grid(node, f.grid)) is not None:
+        if node.target in _RESHAPE_FUNCS and (grid := moved_grid(node, f.grid)) is not None:
             return dataclasses.replace(f, grid=grid)
         if node.target in _WINDOW_FUNCS:
             _check_grid_last(node, f)
-            return _window(f, *_window_args(node))
+            return _window(f, node, *_window_args(node))
         if node.target is torch.nn.functional.linear:
             return f if f.grid[1] != -1 else whole
         if node.target in _GLOBAL_FUNCS:
@@ -301,7 +328,7 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
         if node.target is operator.getitem:
             check_index(node, f.grid)
         return f
-    if node.target in _RESHAPE_METHODS and (grid := _moved_grid(node, f.grid)) is not None:
+    if node.target in _RESHAPE_METHODS and (grid := moved_grid(node, f.grid)) is not None:
         return dataclasses.replace(f, grid=grid)
     if node.target in _GLOBAL_METHODS:
         return whole
@@ -311,9 +338,12 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
     return f
 
 
-def _shifted(f: _Field, top: int, left: int) -> _Field:
+def _shifted(f: _Field, node: fx.Node, top: int, left: int) -> _Field:
     """Field after a pad of `top` rows and `left` columns before the grid (negative: a crop): unit i
     of the result is unit i - left of its input along x (top along y)."""
+    if f.table is not None:
+        n = grid_size(node) or (0, 0)
+        return _tabled((shifted(f.table[0], top, n[0]), shifted(f.table[1], left, n[1])))
     jy, jx = f.jump
     return _Field(f.jump, (f.lo[0] - top * jy, f.lo[1] - left * jx), (f.hi[0] - top * jy, f.hi[1] - left * jx),
                   f.grid)
@@ -347,34 +377,14 @@ def _window_args(node: fx.Node) -> tuple[Any, Any, Any, Any]:
     return k, bound.get("stride") or k, bound.get("padding", 0), bound.get("dilation", 1)
 
 
-def _moved_grid(node: fx.Node, grid: tuple[int, int]) -> tuple[int, int] | None:
-    """Where a reshape puts the (H, W) grid (dims from the end), or None when it does not keep
-    each output pixel at the input pixel's place: a transpose or permute must keep H before W
-    (a channels-last permute moves them, ConvNeXt's LayerNorm does); a view, reshape or flatten
-    must have the grid last on both sides, with the same sizes."""
-    src = node.all_input_nodes[0].meta.get("tensor_meta") if node.all_input_nodes else None
-    dst = node.meta.get("tensor_meta")
-    if src is None or dst is None or not hasattr(src, "shape") or not hasattr(dst, "shape"):
-        return None
-    n = len(src.shape)
-    if n < max(-grid[0], 2) or len(dst.shape) != n and node.target in _TRANSPOSES:
-        return None
-    if node.target in _TRANSPOSES:
-        order = axis_order(node, n)
-        if order is None:
-            return None
-        moved = (order.index(grid[0] % n) - n, order.index(grid[1] % n) - n)
-        return moved if moved[0] < moved[1] else None  # H after W: the grid transposed
-    if grid != (-2, -1) or len(src.shape) < 4 or len(dst.shape) < 4:
-        return None
-    return grid if tuple(src.shape[-2:]) == tuple(dst.shape[-2:]) else None
-
-
 def _field(f: _Field, h: int, w: int) -> ReceptiveField:
     """A node's field as the public record (the whole h×w image with stride 0 when its units
     see everything)."""
     if f.jump == (0, 0):
         return ReceptiveField((h, w), (0, 0), (0, 0))
+    if f.table is not None:
+        (sy, jy, oy), (sx, jx, ox) = summary(f.table[0]), summary(f.table[1])
+        return ReceptiveField((sy, sx), (jy, jx), (oy, ox), (spans(f.table[0]), spans(f.table[1])))
     return ReceptiveField(tuple(f.hi[a] - f.lo[a] + 1 for a in range(2)), f.jump, f.lo)
 
 
