@@ -21,6 +21,7 @@ from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, RowsNotImage
 from sketchmine.model.onnx_backend import OnnxRunError
 from sketchmine.model.modes import input_dtype
 from sketchmine.model.meta import meta_call
+from sketchmine.model.field_record import field_record
 from sketchmine.model.receptive_field import FieldAnalysis, module_input_channels, sample_analysis
 from sketchmine.model.layouts import graph_layouts, layout_open, tokens_of_images, unplaced_note
 from sketchmine.model.taps import SOFTMAX, Taps, layer_kind, resolve_layers
@@ -369,7 +370,7 @@ def _shape_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def fields_attrs(net: nn.Module, sample: tuple[int, ...], progress: Progress,
-                 analysis: FieldAnalysis | SketchmineError | None = None) -> dict[str, dict[str, list[int]] | None]:
+                 analysis: FieldAnalysis | SketchmineError | None = None) -> dict[str, dict[str, Any] | None]:
     """Receptive field per module as store attributes ("*": the whole image, for the virtual
     layers); a model the graph analysis cannot handle is mined all the same, without them, and
     an op it cannot follow costs only the fields of the modules after it (said once).
@@ -386,14 +387,12 @@ def fields_attrs(net: nn.Module, sample: tuple[int, ...], progress: Progress,
         names = list(missing)
         progress.note(f"no receptive fields recorded for {len(names)} modules ({', '.join(names[:3])}"
                       f"{', …' if len(names) > 3 else ''}): {next(iter(missing.values()))}")
-    out: dict[str, dict[str, list[int]] | None] = {
-        name: {"size": list(f.size), "stride": list(f.stride), "offset": list(f.offset)}
-        for name, f in analysis.fields.items()}
+    out: dict[str, dict[str, Any] | None] = {name: field_record(f) for name, f in analysis.fields.items()}
     out["*"] = {"size": list(size), "stride": [0, 0], "offset": [0, 0]}
     return out
 
 
-def layer_field(layer: Layer, fields: dict[str, Any]) -> dict[str, list[int]] | None:
+def layer_field(layer: Layer, fields: dict[str, Any]) -> dict[str, Any] | None:
     """The layer's recorded field: its own, else the whole image ("*") for a layer without
     positions (the virtual softmax, an LSTM's cell state, a vector); a grid layer the graph
     analysis gave no field has none (visualize refuses it rather than crop a guess)."""

@@ -22,7 +22,7 @@ from sketchmine.model.backend import LoadedModel, first_tensor, torch_module
 from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.output_softmax import softmax_logits
 from sketchmine.model.graph import module_outputs
-from sketchmine.model.receptive_field import ReceptiveField
+from sketchmine.model.field_record import ReceptiveField, box_mask
 from sketchmine.model.taps import SOFTMAX, probe_layouts, tapped_element, to_units
 from sketchmine.passes.deconv_rules import METHODS, stable_softmax, with_rule
 from sketchmine.stats.ops import crop_patches
@@ -146,11 +146,16 @@ class Deconvolver:
         stride (or at the image border) gives every unit of the unit's cone the same inputs and
         padding as the whole image, so the result is exact — and an 11-px conv1 field costs an
         11-px forward, not a 224-px one. A layer that is not `windowable` (a window would change
-        what it computes) is deconvolved on the whole image and cropped. images (B, C, H, W);
+        what it computes), or whose boxes no stride gives (behind an upsampling or a transposed conv:
+        `field.spans`), is deconvolved on the whole image and cropped to each box. images (B, C, H, W);
         image_index (N,) into them; steps: the model reads sequences (see `__call__`).
         """
         (h, w), (jy, jx) = images.shape[-2:], field.stride
         pos = torch.as_tensor(yx).long().cpu()
+        if field.spans is not None:
+            boxes = field.boxes(pos)
+            crops = self._whole_crops(images, image_index, layer, channels, pos, boxes[:, 0], boxes[:, 1], field, steps)
+            return crops * box_mask(boxes, *field.size).to(crops.device)
         top = field.offset[0] + pos[:, 0] * jy
         left = field.offset[1] + pos[:, 1] * jx
         if not self.windowable(layer):

@@ -29,7 +29,7 @@ from sketchmine.device import as_device
 from sketchmine.errors import (SketchmineError, SketchmineFailure, flag, layer_list, machine_fix, optional_whole_number,
                                whole_number)
 from sketchmine.names import command, layer_arg
-from sketchmine.model.receptive_field import ReceptiveField
+from sketchmine.model.field_record import ReceptiveField, box_mask, clipped_boxes, recorded_field
 from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
 from sketchmine.passes.example_pictures import GROUPS, check_examples, needed_images, picture_examples
 from sketchmine.passes.featvis_run import OptimizePass, check_options
@@ -42,7 +42,7 @@ from sketchmine.results.effects import onnx_run
 from sketchmine.results.optimized import visualized_words
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.unit_summary import pictures_current
-from sketchmine.stats.ops import clip_boxes, crop_patches
+from sketchmine.stats.ops import crop_patches
 from sketchmine.store import schema
 from sketchmine.store.runstore import RunLock, RunStore
 
@@ -63,10 +63,11 @@ class _Plan:
     timed: bool = False       # a line of time steps (recurrent, per-step linear): yx = (0, t)
     frame_h: int = 0          # time-distributed conv: frames stacked along y, yx = (t * frame_h + y, x)
     frame_w: int = 0          # time-distributed 1-D layer (Conv1d): frames along x, yx = (0, t * frame_w + i)
+    spans: Any = None         # each unit's (first, last) pixel per axis, where no stride gives the boxes
 
     @property
     def field(self) -> ReceptiveField:
-        return ReceptiveField(self.source, self.stride, self.offset)
+        return ReceptiveField(self.source, self.stride, self.offset, self.spans)
 
     def attrs(self, method: str, block: int, device: str) -> dict[str, Any]:
         return {"method": method, "patch_size": list(self.size), "source_size": list(self.source),
@@ -197,17 +198,19 @@ def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Pl
                                   "reflection or replication pad, whose border units copy other pixels); only "
                                   "layers without a grid can be visualized")
         grid = 0 not in rf["stride"]  # stride 0: a grid whose units all see the whole image (after global pooling)
-        source, stride, offset = tuple(rf["size"]), tuple(rf["stride"]), tuple(rf["offset"])
+        field = recorded_field(rf)  # behind an upsampling: each unit's box (field_record.py)
+        source, stride, offset, spans = field.size, field.stride, field.offset, field.spans
         if not grid:
-            source, stride, offset = image_hw, (0, 0), (0, 0)
+            source, stride, offset, spans = image_hw, (0, 0), (0, 0), None
     else:  # FC, softmax and 1-D layers: the whole image
-        source, stride, offset = image_hw, (0, 0), (0, 0)
+        source, stride, offset, spans = image_hw, (0, 0), (0, 0), None
     scale = min(1.0, max_patch / max(source))
     size = tuple(max(1, round(s * scale)) for s in source)
     timed = len(shape) == 2 and (attrs.get("position") in ("time", "sequence")
                                  or (attrs.get("position") == "time-stacked" and not attrs.get("frame")))
     frame_w = int(attrs["frame"][0]) if len(shape) == 2 and _time_stacked(run, name) else 0
-    return _Plan(name, shape[0], grid, source, size, stride, offset, timed, frame_h, frame_w)  # type: ignore[arg-type]
+    return _Plan(name, shape[0], grid, source, size, stride, offset, timed, frame_h, frame_w,  # type: ignore[arg-type]
+                 spans)
 
 
 def _time_stacked(run: Run, name: str) -> bool:
@@ -303,7 +306,8 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, images: ImageCa
     unit_of, slot_of = np.nonzero(filled)
     shown, at = index[filled], yx[filled]  # each entry's image and position
     local = _in_frame(p, at)  # grid positions within the entry's image (or frame)
-    corners = _corners(p, local) if len(shown) else np.zeros((0, 2), dtype=np.int64)
+    boxes = p.field.boxes(local).numpy()  # (M, 4); units without a grid: the whole image
+    corners = boxes[:, :2]
     out = {"patches": np.zeros((units, k, *p.size, channels), dtype=np.uint8),
            "deconv": np.full((units, k, *p.size, channels), 128, dtype=np.uint8),
            "boxes": np.full((units, k, 4), -1, dtype=np.int32), "inside": np.full((units, k, 4), -1, dtype=np.int32)}
@@ -315,10 +319,8 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, images: ImageCa
                                        batch_size, device)
         out["patches"][unit_of[e], slot_of[e]] = patches
         out["deconv"][unit_of[e], slot_of[e]] = deconvs
-        out["boxes"][unit_of[e], slot_of[e]] = np.concatenate(
-            [corners[e], corners[e] + np.array(p.source) - 1], axis=1).astype(np.int32)
-        out["inside"][unit_of[e], slot_of[e]] = clip_boxes(torch.from_numpy(corners[e]), *p.source,
-                                                           tuple(x.shape[-2:])).numpy()
+        out["boxes"][unit_of[e], slot_of[e]] = boxes[e].astype(np.int32)
+        out["inside"][unit_of[e], slot_of[e]] = clipped_boxes(torch.from_numpy(boxes[e]), tuple(x.shape[-2:])).numpy()
     return out
 
 
@@ -334,6 +336,8 @@ def _entries(p: _Plan, shown: np.ndarray, yx: np.ndarray, local: np.ndarray, cor
     frames, frame_of = _frames(x, inv, p, yx)
     pixels, _ = _frames(images.pixels(uniq.tolist()).to(device), inv, p, yx)
     crop = crop_patches(pixels, frame_of, corners_t, *p.source)
+    if p.spans is not None:  # boxes smaller than the largest: the rest of the crop is no part of them
+        crop = crop * box_mask(p.field.boxes(local).to(crop.device), *p.source)
     patches = to_hwc(fit(crop, p.size)).cpu().numpy()
     deconvs = np.empty_like(patches)
     entry_yx = torch.from_numpy(local.astype(np.int64))
@@ -376,13 +380,6 @@ def _in_frame(p: _Plan, yx: np.ndarray) -> np.ndarray:
     if not p.frame_h:
         return yx
     return np.stack([yx[:, 0] % p.frame_h, yx[:, 1]], axis=1).astype(yx.dtype)
-
-
-def _corners(p: _Plan, yx: np.ndarray) -> np.ndarray:
-    """(M, 2) int64 top-left corners of the entries' boxes in input pixels."""
-    if not p.grid:
-        return np.zeros((len(yx), 2), dtype=np.int64)
-    return (np.asarray(p.offset) + yx.astype(np.int64) * np.asarray(p.stride)).astype(np.int64)
 
 
 def _check_present(ds: MinerDataset, needed: np.ndarray) -> None:
