@@ -120,3 +120,14 @@ def test_a_unet_unit_is_deconvolved_on_its_exact_box(unet_run):
             scaled = (128 + 127 * crop / crop.abs().max()).round().clamp(0, 255).permute(1, 2, 0).numpy()
             want[:bottom - top + 1, :right - left + 1] = scaled
             assert np.abs(deconv[c, 0].astype(int) - want.astype(int)).max() <= 1, (layer, c)
+
+
+def test_the_probe_takes_no_dataset_image_from_a_layer_of_boxes(unet_run):
+    """The probe's gallery takes a layer's stored patches as whole images where its field is the
+    model's input size; behind an upsampling a patch is one unit's box, zeroed past a smaller box
+    than the layer's largest, which the probe would have shown as a dataset image."""
+    from sketchmine.passes.probe import dataset_images
+
+    run, model, ds = unet_run
+    for layer in UNET_LAYERS:  # as if the model's input were the layer's largest box
+        assert dataset_images(run, receptive_fields(model, 28)[layer].size) == [], layer

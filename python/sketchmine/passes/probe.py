@@ -257,8 +257,9 @@ def dataset_images(run: Run, size: tuple[int, int], channels: int = 1) -> list[d
         if not run.has_array(name, "patches"):
             continue
         rf = run.layer_attrs(name).get("receptive_field") or {}
-        if list(rf.get("size") or []) != list(size) or run.layer_attrs(name).get("position") in TIME_POSITIONS:
-            continue  # a layer over time stores the frame of its peak step, not the whole drawing
+        if list(rf.get("size") or []) != list(size) or run.layer_attrs(name).get("position") in TIME_POSITIONS \
+                or "spans" in rf:  # over time: its peak step's frame; behind an upsampling: a box, zeroed past it
+            continue
         _, index, _ = run.topk(name)
         patches = run.layer_array(name, "patches")
         if tuple(patches.shape[2:4]) != tuple(size):
@@ -320,9 +321,8 @@ def probe_preprocessing(run: Run, given: object) -> Preprocessing:
 
 
 def output_labels(run: Run, categories: list[str] | None) -> tuple[list[str], bool]:
-    """(names of the model's outputs, whether they are the run's classes): a run mined with
-    logits=False never checked its model's outputs against its classes, so they are named by the
-    model's own categories when it has them, else left unnamed ("output i" on the page)."""
+    """(names of the model's outputs, whether they are the run's classes): a run mined with logits=False
+    never checked its outputs against its classes: named by the model's categories, else "output i"."""
     if run.attrs.get("logits", True) is not False:
         return [str(c) for c in run.class_names], True
     return [str(c) for c in categories or []], False
