@@ -134,16 +134,12 @@ def test_build_probe_takes_dataset_for_a_run_mined_with_it(tmp_path, images):
 # ---- model=: deconvolve and receptive_fields take a model as mine does ------------------------------
 def test_deconvolve_and_receptive_fields_take_a_loaded_model(tmp_path):
     """A LoadedModel failed as "cannot trace LoadedModel with torch.fx ... no attribute 'forward'";
-    a name is refused naming load_model, an ONNX graph as one, naming what to pass."""
+    an ONNX graph is refused as one, naming what to pass."""
     loaded = sketchmine.load_model("demo")
     x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     want = sketchmine.deconvolve(loaded.module, x, "features.3", [0, 5], [[1, 2], [3, 4]])
     torch.testing.assert_close(sketchmine.deconvolve(loaded, x, "features.3", [0, 5], [[1, 2], [3, 4]]), want)
     assert sketchmine.receptive_fields(loaded, 28) == sketchmine.receptive_fields(loaded.module, 28)
-    for call in (lambda: sketchmine.deconvolve("demo", x, "features.3", [0, 5], [[1, 2], [3, 4]]),
-                 lambda: sketchmine.receptive_fields("demo", 28)):
-        with pytest.raises(SketchmineError, match=r"load it first, sketchmine.load_model\('demo'\)"):
-            call()
     pytest.importorskip("onnxruntime")
     from tests.test_onnx import export
 
@@ -152,6 +148,39 @@ def test_deconvolve_and_receptive_fields_take_a_loaded_model(tmp_path):
                  lambda: sketchmine.receptive_fields(onnx, 28)):
         with pytest.raises(SketchmineError, match="runs a torch model .* pass the torch model it was exported from"):
             call()
+
+
+def test_deconvolve_receptive_fields_and_featvis_take_a_name_and_weights_as_mine_does(tmp_path):
+    """deconvolve and receptive_fields refused "demo" (asking for load_model first) where mine
+    takes it, and feature_visualization had no weights=: a name now loads as mine loads it, a
+    weights file applies to a named architecture, and an unknown name or weights a model does not
+    take are refused in mine's words."""
+    loaded = sketchmine.load_model("demo")
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    args = (x, "features.3", [0, 5], [[1, 2], [3, 4]])
+    want = sketchmine.deconvolve(loaded, *args)
+    torch.testing.assert_close(sketchmine.deconvolve("demo", *args), want)
+    assert sketchmine.receptive_fields("demo", 28) == sketchmine.receptive_fields(loaded, 28)
+    weights = tmp_path / "sketchnet.pt"
+    torch.save(loaded.module.state_dict(), weights)  # the demo's trained weights, for its architecture by name
+    torch.testing.assert_close(sketchmine.deconvolve("sketchnet", *args, weights=weights), want)
+    assert not torch.allclose(sketchmine.deconvolve("sketchnet", *args), want)  # random init without them
+    assert sketchmine.receptive_fields("sketchnet", 28, weights=weights) == sketchmine.receptive_fields(loaded, 28)
+    from sketchmine.model.models import preprocessing_for
+
+    kw = {"steps": 4, "size": 28, "preprocessing": preprocessing_for(loaded)}  # the state_dict records none
+    torch.testing.assert_close(sketchmine.feature_visualization("sketchnet", "features.3", [1], weights=weights, **kw)
+                               .images, sketchmine.feature_visualization(loaded, "features.3", [1], **kw).images)
+    for name, weights_of in (("alexnt", None), ("demo", weights)):
+        with pytest.raises(SketchmineError) as mined:
+            sketchmine.mine(name, animal_shape("test"), out=tmp_path / "no.zarr", weights=weights_of)
+        for call in (lambda: sketchmine.deconvolve(name, *args, weights=weights_of),
+                     lambda: sketchmine.receptive_fields(name, 28, weights=weights_of),
+                     lambda: sketchmine.feature_visualization(name, "features.3", [1], weights=weights_of, **kw)):
+            with pytest.raises(SketchmineError) as got:
+                call()
+            assert str(got.value) == str(mined.value)
+    assert not (tmp_path / "no.zarr").exists()
 
 
 # ---- steps=None with a model of drawings: a torch Dataset of single images --------------------------

@@ -17,7 +17,7 @@ _PUBLIC = {
     "open_run": "sketchmine.results.run",
     "mine": "sketchmine.mining.miner",
     "ReceptiveField": "sketchmine.model.receptive_field",
-    "receptive_fields": "sketchmine.model.receptive_field",
+    "receptive_fields": "sketchmine.model.fields_api",
     "load_model": "sketchmine.model.models",
     "preprocessing_for": "sketchmine.model.models",
     "animal_shape": "sketchmine.data",
@@ -58,7 +58,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from sketchmine.errors import SketchmineError  # noqa: F401
     from sketchmine.mining.miner import mine  # noqa: F401
     from sketchmine.model.models import load_model, preprocessing_for  # noqa: F401
-    from sketchmine.model.receptive_field import ReceptiveField, receptive_fields  # noqa: F401
+    from sketchmine.model.fields_api import receptive_fields  # noqa: F401
+    from sketchmine.model.receptive_field import ReceptiveField  # noqa: F401
     from sketchmine.passes.deconv import deconvolve  # noqa: F401
     from sketchmine.passes.effects import unit_effects  # noqa: F401
     from sketchmine.passes.featvis import feature_visualization  # noqa: F401

@@ -19,8 +19,8 @@ from torch.nn.parameter import is_lazy
 from sketchmine.data import Preprocessing, as_size, parse_size, preset
 from sketchmine.data.preprocess import PRESETS, preset_names
 from sketchmine.errors import SketchmineError, closest, whole_number
-from sketchmine.model.backend import (TRANSFORM_INPUT, LoadedModel, input_channels, recorded_weights, weights_hash,
-                                      weights_match)
+from sketchmine.model.backend import (TRANSFORM_INPUT, LoadedModel, input_channels, recorded_weights, torch_module,
+                                      weights_hash, weights_match)
 from sketchmine.model.pretrained import is_weights_name, load_pretrained
 from sketchmine.model.forward import TorchForward  # noqa: F401  (importing it registers nn.Module's backend)
 from sketchmine.model.onnx_backend import load_onnx  # (registers OnnxModel's backend)
@@ -280,6 +280,17 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | os.PathLike |
             setattr(model, TRANSFORM_INPUT, ckpt[TRANSFORM_INPUT])
     return LoadedModel(model.eval(), str(spec), pre if isinstance(pre, dict) else None,
                        seq if isinstance(seq, dict) else None, random_init=state is None, categories=_class_names(ckpt))
+
+
+def torch_model(model: str | os.PathLike | nn.Module | LoadedModel, weights: str | os.PathLike | None,
+                purpose: str) -> nn.Module:
+    """The nn.Module `purpose` runs (its graph, its gradients), the model given as `mine` takes it:
+    a module, a LoadedModel, or a name or checkpoint path with `weights` (`load_model`, so the same
+    names, weights rule and refusals). An ONNX file is refused by `torch_module`: it has no graph
+    torch can follow."""
+    if isinstance(model, (str, os.PathLike)) or weights is not None:
+        model = load_model(model, weights)
+    return torch_module(model, purpose)
 
 
 def _class_names(record: Mapping[str, Any]) -> list[str] | None:

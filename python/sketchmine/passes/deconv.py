@@ -8,6 +8,7 @@ the whole batch.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +19,8 @@ from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.model import coupling, cut
-from sketchmine.model.backend import LoadedModel, first_tensor, torch_module
+from sketchmine.model.backend import LoadedModel, first_tensor
+from sketchmine.model.models import torch_model
 from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.output_softmax import softmax_logits
 from sketchmine.model.graph import module_outputs
@@ -276,11 +278,12 @@ def shared_order(image_of) -> torch.Tensor:
     return torch.argsort(key, stable=True)
 
 
-def deconvolve(model: nn.Module | LoadedModel, images: torch.Tensor | np.ndarray, layer: str, channels,
-               yx=None, method: str = "deconvnet") -> torch.Tensor:
+def deconvolve(model: nn.Module | LoadedModel | str, images: torch.Tensor | np.ndarray, layer: str, channels,
+               yx=None, method: str = "deconvnet", *, weights: str | os.PathLike | None = None) -> torch.Tensor:
     """Visualise one unit per image in input space.
 
-    model: a torch module, or the LoadedModel of one (`load_model`).
+    model: a torch module, the LoadedModel of one, or a name or checkpoint path with `weights`, as
+    `mine` takes them (`models.torch_model`: the same names and refusals).
     images (N, C, H, W), a tensor or a numpy array of model input; layer a qualified module name;
     channels (N,) the unit's channel per image; yx (N, 2) its grid position (ignored for layers
     without a grid). Channels and positions outside the layer are refused (a top-k's empty slots
@@ -295,4 +298,4 @@ def deconvolve(model: nn.Module | LoadedModel, images: torch.Tensor | np.ndarray
                 if isinstance(images, (torch.Tensor, np.ndarray)) else type(images).__name__)
         raise SketchmineError(f"images must be a float tensor or numpy array of model input, (N, C, H, W) "
                               f"(preprocessed as the model reads it), got a {what}")
-    return Deconvolver(torch_module(model, "deconvolve"), method)(images, layer, channels, yx)
+    return Deconvolver(torch_model(model, weights, "deconvolve"), method)(images, layer, channels, yx)
