@@ -307,3 +307,47 @@ def test_an_unfinished_run_reads_its_checkpoint(tmp_path, demo_model, small_test
     assert (run.bottomk(layer)[1] < run.images_done).all()
     picks = run.quantile_examples(layer)
     assert picks.max() < run.images_done and (picks >= 0).any()
+
+
+def test_the_mine_again_call_names_the_embedded_subset_a_run_was_mined_from(tmp_path):
+    """A run mined from a subset of the embedded split was told to mine it again from the whole split
+    when its record had no subset (an older sketchmine), and given `--data ...` when it had one: the
+    call now rebuilds the subset from the run's paths (evaluated here: the same images), and says
+    plainly that an older run cannot name its images."""
+    import json
+    import re
+
+    from sketchmine.data import animal_shape
+
+    split = animal_shape("test")
+    take = np.flatnonzero(split.labels() % 3 == 1)[::7]  # real images of three classes, not a prefix
+    kw = {"layers": ["features.0"], "k": 3, "batch_size": 64}
+    whole = sketchmine.mine("demo", split, out=tmp_path / "whole.zarr", **kw)
+    sub = sketchmine.mine("demo", split.subset(take), out=tmp_path / "sub.zarr", **kw)
+
+    def said(run) -> str:
+        with pytest.raises(SketchmineError, match="mined without distributions") as got:
+            run.histogram("features.0")
+        return str(got.value)
+
+    assert "sketchmine.mine('demo', sketchmine.data.animal_shape('test'), layers=['features.0']" in said(whole)
+    call = re.search(r"sketchmine\.mine\('demo', (.*), layers=", said(sub))[1]
+    assert ".subset(" in call and f"the {len(take):,} images the run took" in said(sub)
+    again = eval(call, {"sketchmine": sketchmine})  # the printed expression is the run's images
+    assert again.fingerprint() == sub.attrs["dataset_fingerprint"] != whole.attrs["dataset_fingerprint"]
+    np.testing.assert_array_equal(again.labels(), sub.labels)
+
+    old = tmp_path / "old.zarr"
+    shutil.copytree(sub.path, old)
+    meta = json.loads((old / "zarr.json").read_text())
+    del meta["attributes"]["dataset"]["subset"]  # a dataset that copied the split's description
+    meta["attributes"].pop("attribute_sums", None)  # recorded later than the dataset's description
+    (old / "zarr.json").write_text(json.dumps(meta))
+    text = said(sketchmine.open_run(old))
+    assert "animal_shape('test'), layers" not in text and "sketchmine.mine('demo', DATASET, layers=" in text
+    assert f"the same {len(take):,} of the split's 2,000 images" in text
+    del meta["attributes"]["dataset"]["split_size"]  # as written before runs recorded the subset
+    (old / "zarr.json").write_text(json.dumps(meta))
+    text = said(sketchmine.open_run(old))
+    assert f"older sketchmine, which recorded neither a subset nor the split's size, so whether its {len(take):,} " \
+           "images are all of sketchmine.data.animal_shape('test') or a subset, and which, cannot be known" in text

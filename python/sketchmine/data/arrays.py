@@ -169,5 +169,6 @@ def animal_shape(split: str = "test", preprocessing: Preprocessing | None = None
         keep = split_ids == (1 if split == "test" else 0)
         images, labels = images[keep], labels[keep]
     pre = preprocessing or Preprocessing("none", 1, None)
-    desc = {"kind": "embedded", "name": "animal_shape", "split": split}
+    # the split's size: a run of fewer images without a recorded subset was not mined from all of it
+    desc = {"kind": "embedded", "name": "animal_shape", "split": split, "split_size": len(images)}
     return ArrayDataset(images, labels, [str(n) for n in names], pre, desc, explicit=preprocessing is not None)

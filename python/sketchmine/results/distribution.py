@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import decimal
 import numbers
+import re
 import shlex
 
 from collections.abc import Callable, Sequence
@@ -66,10 +67,41 @@ def mine_again(run: Run) -> str:
                  "--no-logits" if attrs.get("logits", True) is False else "",
                  "--distributions --out NEW_DIR"]
         return f"`{' '.join(p for p in parts if p)}`"
-    if isinstance(spec, str) and data.get("kind") == "embedded" and "subset" not in data and not seq:
-        return (f"`sketchmine.mine({spec!r}, sketchmine.data.animal_shape({data.get('split', 'test')!r}), "
-                f"layers={list(run.layers)!r}, k={run.k}, distributions=True, out=NEW_DIR)`")
+    if isinstance(spec, str) and data.get("kind") == "embedded" and not seq:
+        images, note = embedded_images(run)
+        call = (f"`sketchmine.mine({spec!r}, {images}, layers={list(run.layers)!r}, k={run.k}, distributions=True, "
+                "out=NEW_DIR)`")
+        return f"{call} ({note})" if note else call
     return "`sketchmine mine --distributions --model ... --data ... --out NEW_DIR` (distributions=True in Python)"
+
+
+SUBSET_OF_SPLIT = re.compile(r"\d+ of \d+ images")
+"""How `ArrayDataset.subset` records the images it took (their numbers in the split are in the paths)."""
+
+
+def embedded_images(run: Run) -> tuple[str, str]:
+    """(the Python expression of the embedded images `run` was mined from, a note or ""): the whole
+    split when the run holds as many images as the split records; a subset taken with `.subset`
+    rebuilt from the run's paths (they keep the images' numbers in the split); else DATASET, the
+    note saying which images the run records (a subset named by its maker), or that it cannot say."""
+    data = run.attrs.get("dataset") or {}
+    split = str(data.get("split", "test"))
+    whole = f"sketchmine.data.animal_shape({split!r})"
+    subset, n, of = data.get("subset"), len(run.labels), data.get("split_size")
+    if subset is not None and SUBSET_OF_SPLIT.fullmatch(str(subset)) \
+            and all(re.fullmatch(r".*/\d+", str(p)) for p in run.paths):
+        return (f"{whole}.subset([int(p.rsplit('/', 1)[1]) for p in sketchmine.open_run({str(run.path)!r}).paths])",
+                f"the {n:,} images the run took, by their numbers in the split: {subset}")
+    if subset is not None:
+        return "DATASET", f"DATASET: the {n:,} images of {whole} the run records as the subset {str(subset)!r}"
+    if of == n:
+        return whole, ""
+    if of is not None:
+        return "DATASET", (f"DATASET: the same {n:,} of the split's {of:,} images; the dataset they were mined from "
+                           "carried the split's description without saying which images it took")
+    return whole, (f"if the run holds the whole split: it was written by an older sketchmine, which recorded neither "
+                   f"a subset nor the split's size, so whether its {n:,} images are all of {whole} or a subset, and "
+                   "which, cannot be known from the run")
 
 
 def without(run: Run) -> str:
