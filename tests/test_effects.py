@@ -3,7 +3,9 @@ a plain forward hook; the top correlated units equal np.corrcoef of brute-force 
 (pairwise over finite maxima), for any block size; the store round trip; the CLI."""
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import warnings
 
 import numpy as np
@@ -339,3 +341,39 @@ def test_cli_effects_on_a_mined_folder(tmp_path, demo_test_set, capsys):
     assert "layer 'nope' is not in run" in capsys.readouterr().err
     assert cli(["effects", str(out), "--layers", "softmax"]) == 3
     assert "'softmax' is the model's output" in capsys.readouterr().err
+
+
+def test_a_constant_unit_says_why_it_has_no_correlated_units(tmp_path, demo_model, subset):
+    """Units of the demo read after a ReLU that never fires on these images (features.7) showed
+    "none defined" in `sketchmine effects` and "(none)" on their dashboard, without a reason: each
+    now says it is constant over the images, and a unit that varies lists its partners."""
+    from rich.console import Console
+
+    from sketchmine.present.effects_table import effects_table
+    from sketchmine.results.effects import uncorrelated_notes
+    from sketchmine.results.unit_summary import unit_summary
+
+    run = sketchmine.mine(demo_model.module, subset, layers=["features.7"], k=3, out=tmp_path / "r.zarr", batch_size=50)
+    sketchmine.unit_effects(run, "features.7", model=demo_model.module, data=subset, batch_size=30)
+    maxima = brute_maxima(demo_model.module, subset, "features.7")
+    constant = np.flatnonzero(np.ptp(maxima, axis=0) == 0)
+    assert 0 < len(constant) < maxima.shape[1] - 2  # dead units, and units that vary
+    unit, _ = run.correlated_units("features.7")
+    np.testing.assert_array_equal(np.flatnonzero((unit < 0).all(axis=1)), constant)
+    why = f"constant over the {len(subset)} images: no correlation"
+    console = Console(width=400, record=True)
+    console.print(effects_table(run, "features.7", n=maxima.shape[1]))
+    rows = {line.split("│")[1].strip(): line for line in console.export_text().splitlines() if line.count("│") > 4}
+    assert all(why in rows[str(u)] for u in constant) and "none defined" not in console.export_text()
+    varying = int(np.setdiff1d(np.arange(maxima.shape[1]), constant)[0])
+    assert why not in rows[str(varying)]
+    assert unit_summary(run, "features.7", int(constant[0]))["correlated_none"] == why
+    got = unit_summary(run, "features.7", varying)
+    assert got["correlated"] and got["correlated_none"] is None
+    old = tmp_path / "old.zarr"  # correlations stored before the pass recorded which units are constant
+    shutil.copytree(run.path, old)
+    group = old / "layers" / "features.7" / "correlated" / "zarr.json"
+    meta = json.loads(group.read_text())
+    del meta["attributes"]["constant"], meta["attributes"]["attribute_sums"]["constant"]
+    group.write_text(json.dumps(meta))
+    assert uncorrelated_notes(sketchmine.open_run(old), "features.7") == dict.fromkeys(constant.tolist(), why)

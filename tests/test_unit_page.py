@@ -860,3 +860,28 @@ def test_units_with_one_drop_share_a_rank_and_say_they_tie(rep, run, browser):  
     assert page.inner_text(f"#unit-{top} .imp").startswith(f"importance rank 1 of {units}: prob. drop")
     assert problems == []
     page.close()
+
+
+def test_a_dead_units_dashboard_and_unit_command_say_why_it_has_no_correlated_units(tmp_path, subset, browser):  # noqa: F811
+    """A unit read after a ReLU that never fires on the images (the demo's features.7) showed
+    "(none)" under "Units that move with it" and an empty table in `sketchmine unit`: both say it
+    is constant over the images, as `--json` does."""
+    r = sketchmine.mine("demo", subset, out=tmp_path / "run.zarr", batch_size=60, layers=["features.7"], k=3)
+    sketchmine.unit_effects(r, "features.7", data=subset)
+    unit = r.correlated_units("features.7")[0]
+    dead = np.flatnonzero((unit < 0).all(axis=1))
+    live = int(np.flatnonzero((unit >= 0).any(axis=1))[0])
+    assert len(dead) and (r.max_mean("features.7")[dead] == r.topk("features.7")[0][dead, 0]).all()  # constant
+    why = f"constant over the {len(subset)} images: no correlation"
+    assert _unit_json(r, "features.7", int(dead[0]))["correlated_none"] == why
+    assert _unit_json(r, "features.7", live)["correlated_none"] is None
+    proc = sm("unit", str(r.path), "features.7", str(int(dead[0])))
+    assert proc.returncode == 0 and f"most correlated units (image maxima): {why}" in " ".join(proc.stdout.split())
+    rep = write_report(r, tmp_path / "rep", montages=0).parent
+    page, problems = _open(browser, (rep / "units" / "00-features.7.html").as_uri() + f"#unit={int(dead[0])}")
+    page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{int(dead[0])}'")
+    assert page.inner_text("p.correlated") == why
+    page.evaluate(f"() => {{ location.hash = 'unit={live}'; }}")
+    page.wait_for_function(f"() => document.body.getAttribute('data-rendered') === '{live}'")
+    assert page.query_selector("p.correlated a") is not None and problems == []
+    page.close()

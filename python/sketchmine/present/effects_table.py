@@ -6,6 +6,7 @@ import numpy as np
 from rich.table import Table
 
 from sketchmine.present.console import safe, titled
+from sketchmine.results.effects import uncorrelated_notes
 from sketchmine.results.numbers import column, points
 from sketchmine.results.run import Run
 
@@ -15,9 +16,10 @@ def effects_table(run: Run, layer: str, n: int, shown: int = 3) -> Table:
     the class each pushes up most (zeroing the unit lowers it most) and down most (zeroing
     raises it most), each with the unit's effect, minus the change zeroing it makes (the sign
     and digits `sketchmine unit` and the dashboards show: percentage points, as the importance
-    table's probability drop), and its `shown` most correlated units with r."""
+    table's probability drop), and its `shown` most correlated units with r (or why it has none)."""
     df = run.unit_effects(layer, "prob")
     units, r = run.correlated_units(layer)
+    alone = uncorrelated_notes(run, layer)  # why a unit lists none (a dead unit is constant)
     delta = df.to_numpy()
     names = [safe(c) for c in df.columns]
     table = titled(f"{safe(layer)}\nwhat each unit does to the output (each class's probability with the unit "
@@ -33,5 +35,5 @@ def effects_table(run: Run, layer: str, n: int, shown: int = 3) -> Table:
         # fires read "bear 0" both ways
         up = f"{names[low]} {points(-delta[u, low], sign=True)}" if delta[u, low] < 0 else "(none)"
         down = f"{names[high]} {points(-delta[u, high], sign=True)}" if delta[u, high] > 0 else "(none)"
-        table.add_row(str(int(u)), points(size[u]) if size[u] >= 0 else "-", up, down, corr or "none defined")
+        table.add_row(str(int(u)), points(size[u]) if size[u] >= 0 else "-", up, down, corr or alone.get(int(u), "(none)"))
     return table

@@ -172,8 +172,10 @@ def print_unit(run_path: str | os.PathLike, layer: str, unit: int, console: Cons
         console.print(bins_table(d))
     if d["classes_top"] is not None or d["class_means"] is not None or d["effects"] is not None:
         console.print(classes_table(d))
-    if d["correlated"] is not None:
+    if d["correlated"]:
         console.print(correlated_table(d))
+    elif d["correlated"] is not None:  # why none, in a line: a constant (dead) unit has no correlation
+        console.print(f"most correlated units (image maxima): {d['correlated_none'] or '(none)'}", markup=False)
     grouped: dict[str, list[str]] = {}  # one line for the sections one reason leaves out (a run without distributions)
     for section, why in d["missing"].items():
         grouped.setdefault(why, []).append(section.replace("_", " "))

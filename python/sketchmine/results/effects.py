@@ -121,3 +121,28 @@ def read_correlated(run: Run, layer: str) -> tuple[np.ndarray, np.ndarray]:
         raise _missing(run, layer, "correlated units")
     arrays, _ = found
     return arrays["unit"], arrays["r"]
+
+
+def uncorrelated_notes(run: Run, layer: str) -> dict[int, str]:
+    """Why each unit of `layer` without a correlated unit has none (unit -> words): a unit constant
+    over the dataset (a dead ReLU unit) has no correlation at all, and a unit whose every partner
+    is constant, or shares too few images with finite maxima, has none defined. Correlations
+    stored before the pass recorded which units are constant say what the counts still tell."""
+    found = run.layer_result(layer, schema.CORRELATED, CORRELATED_KEYS)
+    if found is None:
+        raise _missing(run, layer, "correlated units")
+    arrays, attrs = found
+    alone = [int(u) for u in np.flatnonzero((np.asarray(arrays["unit"]) < 0).all(axis=1))]
+    units, images = len(arrays["unit"]), f"{int(attrs.get('images') or 0):,}"
+    constant_note = f"constant over the {images} images: no correlation"
+    if "constant" in attrs:
+        constant = {int(u) for u in attrs["constant"]}
+        varying = units - len(constant)
+        other = (f"every other unit is constant over the {images} images: no correlation" if varying == 1 else
+                 "no other unit shares two or more images with it where both maxima are finite: no correlation")
+        return {u: constant_note if u in constant else other for u in alone}
+    counted = int(attrs.get("constant_units", -1))
+    if counted == units or (attrs.get("nonfinite") == 0 and units - counted >= 2):
+        return dict.fromkeys(alone, constant_note)  # any two varying units with finite maxima have an r
+    return dict.fromkeys(alone, f"no correlation defined with any unit over the {images} images (it is constant, or "
+                                "too few of its images have finite maxima; computed before sketchmine recorded which)")

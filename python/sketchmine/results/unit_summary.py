@@ -18,7 +18,7 @@ from sketchmine.errors import SketchmineError, unless_damaged
 from sketchmine.names import command, layer_arg
 from sketchmine.stats import moments
 from sketchmine.results.distribution import layer_arrays, quantile_bounds, without
-from sketchmine.results.effects import missing_note, not_ablatable
+from sketchmine.results.effects import missing_note, not_ablatable, uncorrelated_notes
 from sketchmine.results import importance_store
 from sketchmine.results.numbers import column
 from sketchmine.results.run import Run, unit_of
@@ -94,6 +94,7 @@ class LayerSummary:
         self.bin_edges = self._get("bins", "example_edges", layer) if self.bins is not None else None
         self.effects = self._get("effects", "unit_effects", layer)
         self.correlated = self._get("correlated", "correlated_units", layer)
+        self.uncorrelated = uncorrelated_notes(run, layer) if self.correlated is not None else {}
         self.moments = self._moments()
         self.class_means = self._get("class_means", "class_stats", layer)
         if run.has_importance(layer):
@@ -205,7 +206,7 @@ class LayerSummary:
             "histogram": None if self.hist is None else
             {"edges": [num(v) for v in self.hist[0][u]], "counts": [int(c) for c in self.hist[1][u]]},
             "bins": self._bins(u), "class_means": self._class_means(u), "effects": self._effects(u),
-            "correlated": self._correlated(u),
+            "correlated": self._correlated(u), "correlated_none": self.uncorrelated.get(u),  # why the list is empty
             "importance": None if self.importance is None else self.importance.get(u),
         }
         out["missing"] = {s: why for s, why in self.missing.items() if out.get(s) is None}

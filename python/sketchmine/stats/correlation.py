@@ -216,5 +216,6 @@ def top_correlated(maxima: np.ndarray | torch.Tensor, m: int = 8, block_units: i
     return Correlated(unit.numpy(), r.numpy(), {
         "m": m, "images": int(x.shape[0]), "nonfinite": valid.numel() - int(valid.sum()),  # no second (N, C) mask
         "constant_units": int(constant.sum()),
+        "constant": [int(u) for u in torch.nonzero(constant).flatten()],  # which: the views say why a unit has none
         "block_units": block, "order": ORDER, "statistic": "Pearson r of per-image maxima over the images where "
         "both units' maxima are finite (pairwise)"})

@@ -190,7 +190,8 @@ CORRELATED = "correlated"
 CORRELATED_ARRAYS = {"unit": "int32", "r": "float32"}
 """layers/<name>/correlated/{unit, r}: (C, m) the m units of the same layer whose image maxima
 correlate most with each unit (Pearson r, largest first; unit -1 and r NaN pad). attrs: m,
-images, nonfinite, block_units, order."""
+images, nonfinite, constant_units, constant (which units are constant: none listed, and the views
+say why), block_units, order."""
 IMPORTANCE = "importance"
 """layers/<name>/importance/{prob_drop, acc_drop, mean_act_correct, mean_act_wrong}: float64 (C,)
 per-unit ablation importance (passes/importance.py). attrs: images, base accuracy, method, ..."""

@@ -258,7 +258,7 @@
       list.appendChild(a);
       list.appendChild(document.createTextNode(" (r = " + rs[i] + ")" + (i + 1 < d.correlated.length ? ", " : "")));
     }
-    if (!d.correlated.length) { list.textContent = "(none)"; }
+    if (!d.correlated.length) { list.textContent = d.correlated_none || "(none)"; }  // why: a constant unit has no r
     box.appendChild(list);
   }
 
