@@ -331,6 +331,9 @@ def test_the_mine_again_call_names_the_embedded_subset_a_run_was_mined_from(tmp_
         return str(got.value)
 
     assert "sketchmine.mine('demo', sketchmine.data.animal_shape('test'), layers=['features.0']" in said(whole)
+    from sketchmine.results.provenance import dataset_words
+
+    assert dataset_words(whole.attrs["dataset"]) == "the embedded animal_shape, test split"  # split_size not listed
     call = re.search(r"sketchmine\.mine\('demo', (.*), layers=", said(sub))[1]
     assert ".subset(" in call and f"the {len(take):,} images the run took" in said(sub)
     again = eval(call, {"sketchmine": sketchmine})  # the printed expression is the run's images

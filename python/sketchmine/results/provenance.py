@@ -23,6 +23,7 @@ def dataset_words(ds: dict[str, Any], name: Wrap = str, path: Wrap = str) -> str
     ds = dict(ds)
     kind, seq = ds.pop("kind", None), ds.pop("sequence", None)
     ds.pop("size", None)  # the image count is said beside it
+    ds.pop("split_size", None)  # the whole split's: a subset says how many of them it took
     if kind == "embedded":
         text = f"the embedded {ds.pop('name', '?')}, {ds.pop('split', '?')} split"
     elif kind == "image_folder":
