@@ -20,7 +20,7 @@ from sketchmine.present.compare_console import compare_tables
 from sketchmine.present.console import preferences_table, unbiased_table
 from sketchmine.present.report import write_report
 from sketchmine.results.compare import compare
-from sketchmine.results.summaries import sides
+from sketchmine.results.summaries import one_class_note, sides
 
 N = 5
 
@@ -344,3 +344,38 @@ def test_a_class_histogram_of_many_classes_draws_the_most_frequent_and_says_so(t
     assert fig.get_figwidth() < 20
     small = plots.histogram_figure(many, "1", bars=1000)  # every class where asked
     assert len(small.axes[0].patches) == len(every) and "most frequent" not in small.axes[0].get_title()
+
+
+def test_a_run_of_one_class_says_why_it_has_no_preference_selectivity_or_correlation(tmp_path, demo_test_set):
+    """Images of one class: `summary` blamed the ReLU for the missing selectivity ("a layer read
+    before its ReLU ... have none"), the report's index listed every layer's ρ as "-" over
+    "classes 0", and mining a one-class folder with the 10-output model said "1 classes". Each
+    now says that one class has images and that these views set classes against each other."""
+    from sketchmine.data import export_image_folder
+    from sketchmine.errors import SketchmineError
+
+    labels = demo_test_set.labels()
+    keep = np.nonzero(labels == 4)[0][:12]
+    ds = ArrayDataset(demo_test_set.images[keep], labels[keep], demo_test_set.class_names,
+                      demo_test_set.preprocessing, {**demo_test_set.describe(), "subset": "one class"})
+    run = sketchmine.mine("demo", ds, layers=["features.0", "features.6"], out=tmp_path / "run.zarr", batch_size=12)
+    assert run.ink_correlation()["classes"].eq(0).all() and run.accuracy_correlation()["spearman_topk"].isna().all()
+    why = (f"only 1 class ({demo_test_set.class_names[4]}) has images: a class preference, the class selectivity "
+           "index and the rank correlations with ink density and accuracy set classes against each other, so none "
+           "is defined")
+    console = Console(width=300, record=True, file=io.StringIO())
+    console.print(unbiased_table(run, N))
+    text = " ".join(console.export_text().split())
+    assert why in text and "before its ReLU" not in text
+    index = write_report(run, tmp_path / "rep", montages=0)
+    page = " ".join(index.read_text().split())
+    assert page.count(f"<p>{why}.</p>") == 2  # under ink density and under class accuracy
+    assert "<th>classes</th>" not in page  # the two tables of "-" over 0 classes
+    many = sketchmine.mine("demo", demo_test_set, layers=["features.0"], out=tmp_path / "all.zarr", batch_size=500)
+    assert one_class_note(many) is None
+    folder = tmp_path / "folder"
+    export_image_folder(ds, folder)
+    for empty in [p for p in folder.iterdir() if not any(p.iterdir())]:
+        empty.rmdir()  # a folder of one class
+    with pytest.raises(SketchmineError, match=r"the model has 10 outputs but the dataset has 1 class \("):
+        sketchmine.mine("demo", folder, layers=["features.0"], out=tmp_path / "folder.zarr")

@@ -60,8 +60,9 @@ def check_classes(num_classes: int | None, categories: list[str] | None, class_n
         return
     shown = f"{', '.join(class_names[:5])}{', …' if len(class_names) > 5 else ''}"
     if num_classes != len(class_names):
-        raise SketchmineError(f"the model has {num_classes} outputs" + (f" ({logits_from})" if logits_from else "")
-                              + f" but the dataset has {len(class_names)} classes ({shown}"
+        raise SketchmineError(f"the model has {num_classes} output{'' if num_classes == 1 else 's'}"
+                              + (f" ({logits_from})" if logits_from else "") + f" but the dataset has "
+                              f"{len(class_names)} class{'' if len(class_names) == 1 else 'es'} ({shown}"
                               + (f"; not classes, as they hold no images: {', '.join(f'{e}/' for e in empty)}"
                                  if empty else "") + "): its predictions would be "
                               "scored against other labels. Pass the model trained on these classes"

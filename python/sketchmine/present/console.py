@@ -26,7 +26,7 @@ from sketchmine.results.optimized import how_made
 from sketchmine.results.provenance import provenance_lines
 from sketchmine.results.precision import batch_note, device_note, precision_note
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import (NO_LABELS, class_sides, no_classes, no_images_words, not_yet, sides,
+from sketchmine.results.summaries import (NO_LABELS, class_sides, no_classes, no_images_words, not_yet, one_class_note, sides,
                                           sides_note, size_note, ties_words)
 from sketchmine.store import schema
 
@@ -193,8 +193,9 @@ def unbiased_table(run: Run, n: int = 5) -> Group | None:
         prefs.caption = sides_note(len(pref), n, not run.complete)
         stats.add_row(safe(name), (f"{si.median():.3f} " if si.notna().any() else "- ") + f"over {int(si.notna().sum())} of "
                       f"{len(si)} units", number(row["spearman"], "+.3f"), number(row["p_value"], ".3g"), *rho)
-    notes = ["selectivity: median over the units that have one; it needs non-negative class means, so units of a "
-             "layer read before its ReLU (a negative class mean) have none"]
+    one = one_class_note(run)  # the ReLU is not why a run of one class has no selectivity
+    notes = [one] if one else ["selectivity: median over the units that have one; it needs non-negative class means, "
+                               "so units of a layer read before its ReLU (a negative class mean) have none"]
     if no_images:
         notes.append(no_images_note([run.class_names[c] for c in sorted(no_images)]))
     stats.caption = "\n".join(notes)

@@ -42,7 +42,7 @@ from sketchmine.results import analysis, importance_store
 from sketchmine.results.provenance import dataset_words, preprocessing_words, weights_words
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.numbers import number, percents, rate, shape_text
-from sketchmine.results.summaries import NO_LABELS, no_classes, size_note
+from sketchmine.results.summaries import NO_LABELS, no_classes, one_class_note, size_note
 
 __all__ = ["PAGE_SIZE", "MARKER", "write_report", "check_report_dir", "layer_ids"]
 
@@ -221,6 +221,8 @@ def _accuracy_correlation(run: Run) -> str:
     corr = analysis.accuracy_correlation(run)
     if corr is None:  # no predictions (--no-logits): no accuracy to correlate with
         return ""
+    if one := one_class_note(run):  # a table of "-" over "0 classes" said nothing of why
+        return f"<h2>Class preference vs class accuracy</h2><p>{e(one)}.</p>"
     rows = [[e(l), e(str(r["kind"])), *(number(r[f"{w}_{m}"], f) for m in ("topk", "preference")
                                         for w, f in (("spearman", ".3f"), ("p_value", ".3g"))), str(r["classes"])]
             for l, r in corr.iterrows()]
@@ -254,11 +256,13 @@ def _index(run: Run, ids: dict[str, str], stats: bool, seconds: float, probe: st
         ink = run.ink_density()
         rows = [[e(l), e(str(r["kind"])), number(r["spearman"]), number(r["p_value"], ".3g"), str(r["classes"])]
                 for l, r in corr.iterrows()]
+        one = one_class_note(run)  # no ρ to show: said instead of a table of "-" over "0 classes"
         parts.append("<h2>Class preference vs ink density</h2><p>Spearman correlation, per layer, between the "
                      "layer's class preference over all images and the mean ink density of each class's images "
                      '(pixels differing from the image background by more than half the range).</p>'
                      '<img class="plot" src="ink.png" alt="ink correlation">'
-                     + _table(["layer", "kind", "Spearman ρ", "p", "classes"], rows, {2, 3, 4})
+                     + (f"<p>{e(one)}.</p>" if one else _table(["layer", "kind", "Spearman ρ", "p", "classes"], rows,
+                                                                {2, 3, 4}))
                      + _table(["class", "ink density"], [[e(str(c)), number(v)] for c, v in ink.items()], {1}))
     parts.append(_accuracy_correlation(run) if labelled else "")
     rows, unlabelled = [], False

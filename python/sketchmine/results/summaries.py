@@ -237,6 +237,22 @@ def class_sides(run: Run, n: int) -> tuple[int, int, list[str]]:
     return (*sides(classes, n), notes)
 
 
+def one_class_note(run: Run) -> str | None:
+    """Why a run whose images are all of one class has no class preference, selectivity or rank
+    correlation (each sets classes against each other: a z-score over one class, a best class
+    against no other, a ranking of one), said once where those views would read "-" or "0 classes";
+    None for any other run."""
+    if not run.layers or not run.has_labels():
+        return None
+    sizes = run.class_sizes()  # a partial run's: the images mined so far
+    have = [str(c) for c, size in zip(sizes.index, sizes.to_numpy()) if size > 0]
+    if len(have) != 1:
+        return None
+    return (f"only 1 class ({have[0]}) has images{'' if run.complete else ' so far'}: a class preference, the class "
+            "selectivity index and the rank correlations with ink density and accuracy set classes against each "
+            "other, so none is defined")
+
+
 def size_note(sizes: pd.Series) -> str | None:
     """A note when the classes (with images) differ in size, naming the smallest and largest;
     None when they are the same size. Raw top-k counts favour the larger classes."""
