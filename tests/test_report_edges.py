@@ -417,7 +417,8 @@ def test_a_unit_of_all_nan_maps_prefers_no_class(tmp_path, demo_test_set, browse
 
 
 def test_a_run_of_one_class_says_why_no_unit_has_a_selectivity(tmp_path, demo_test_set):
-    """'median nan over 0 units' became a sentence saying why."""
+    """'median nan over 0 units' became a sentence saying why, and so did 'mean over 0 units' above a
+    preference table of "-" and 0 units preferring."""
     from sketchmine.data import ArrayDataset
 
     ds = demo_test_set
@@ -426,7 +427,8 @@ def test_a_run_of_one_class_says_why_no_unit_has_a_selectivity(tmp_path, demo_te
     run = sketchmine.mine("demo", sub, out=tmp_path / "o.zarr", batch_size=20, layers=["features.0"])
     write_report(run, tmp_path / "rep", montages=0)
     text = (tmp_path / "rep" / "layers" / "00-features.0.html").read_text()
-    assert "median nan" not in text and "this run has images of one class only" in text
+    assert "median nan" not in text and f"only 1 class ({ds.class_names[3]}) has images: a class preference, the class " \
+        "selectivity index" in text and "mean over 0 units" not in text
 
 
 def test_strips_written_on_threads_are_all_on_disk_and_an_error_is_not_lost(tmp_path):

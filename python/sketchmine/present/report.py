@@ -133,7 +133,9 @@ def _layer_page(run: Run, name: str, lid: str, pages: int, note: str, stats: boo
     except SketchmineError as exc:
         unless_damaged(exc)
         parts.append(f'<p class="note">{e(str(exc))}</p>')
-    if stats:
+    if stats and (one := one_class_note(run)):  # not "mean over 0 units" above a row of "-" and 0
+        parts.append(f"<h2>Class preference over all images</h2><p>{e(one)}.</p>")
+    elif stats:
         pref = run.class_preference(name)
         si = run.selectivity(name)
         rows = [[e(str(c)), number(r["preference"]), str(int(r["units_preferring"])), _pct(r["accuracy"])]
