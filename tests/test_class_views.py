@@ -371,8 +371,13 @@ def test_a_run_of_one_class_says_why_it_has_no_preference_selectivity_or_correla
     page = " ".join(index.read_text().split())
     assert page.count(f"<p>{why}.</p>") == 2  # under ink density and under class accuracy
     assert "<th>classes</th>" not in page  # the two tables of "-" over 0 classes
+    from sketchmine.present.json_out import summary_data
+
+    data = summary_data(run, N)
+    assert data["note"] == why and all(layer["spearman_ink"] is None or np.isnan(layer["spearman_ink"])
+                                       for layer in data["layers"])
     many = sketchmine.mine("demo", demo_test_set, layers=["features.0"], out=tmp_path / "all.zarr", batch_size=500)
-    assert one_class_note(many) is None
+    assert one_class_note(many) is None and "note" not in summary_data(many, N)
     folder = tmp_path / "folder"
     export_image_folder(ds, folder)
     for empty in [p for p in folder.iterdir() if not any(p.iterdir())]:

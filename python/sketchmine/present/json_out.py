@@ -16,7 +16,7 @@ import pandas as pd
 from sketchmine.errors import SketchmineError
 from sketchmine.results.provenance import provenance
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import NO_LABELS, class_sides, no_classes, not_yet, sides
+from sketchmine.results.summaries import NO_LABELS, class_sides, no_classes, not_yet, one_class_note, sides
 
 
 def plain(value: Any) -> Any:
@@ -81,6 +81,8 @@ def _summary_data(run: Run, n: int) -> dict[str, Any]:
     labelled = run.has_labels()
     if not labelled:  # no class to count the top-k images in: the lists are null, and the note says why
         head["note"] = no_classes(run, NO_LABELS)
+    elif one := one_class_note(run):  # why the preferences, selectivities and ρ below are null
+        head["note"] = one
     # where fewer than 2n classes have images each is listed once, as the tables list them (summaries.sides)
     first, last, _ = class_sides(run, n) if labelled else (0, 0, [])
     for name in run.layers:
