@@ -339,6 +339,11 @@ def test_the_mine_again_call_names_the_embedded_subset_a_run_was_mined_from(tmp_
     again = eval(call, {"sketchmine": sketchmine})  # the printed expression is the run's images
     assert again.fingerprint() == sub.attrs["dataset_fingerprint"] != whole.attrs["dataset_fingerprint"]
     np.testing.assert_array_equal(again.labels(), sub.labels)
+    twice = sketchmine.mine("demo", split.subset(take).subset(np.arange(1, len(take), 2)), out=tmp_path / "twice.zarr",
+                            **kw)  # a subset of a subset: its paths still hold the split's numbers
+    assert twice.attrs["dataset"]["subset"] == f"{len(take)} of 2000 images, then {len(take) // 2} of {len(take)} images"
+    call = re.search(r"sketchmine\.mine\('demo', (.*), layers=", said(twice))[1]
+    assert eval(call, {"sketchmine": sketchmine}).fingerprint() == twice.attrs["dataset_fingerprint"]
 
     old = tmp_path / "old.zarr"
     shutil.copytree(sub.path, old)

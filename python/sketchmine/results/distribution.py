@@ -75,8 +75,9 @@ def mine_again(run: Run) -> str:
     return "`sketchmine mine --distributions --model ... --data ... --out NEW_DIR` (distributions=True in Python)"
 
 
-SUBSET_OF_SPLIT = re.compile(r"\d+ of \d+ images")
-"""How `ArrayDataset.subset` records the images it took (their numbers in the split are in the paths)."""
+SUBSET_OF_SPLIT = re.compile(r"\d+ of \d+ images(, then \d+ of \d+ images)*")
+"""How `ArrayDataset.subset` records the images it took, once or again (their numbers in the split
+are in the paths either way)."""
 
 
 def embedded_images(run: Run) -> tuple[str, str]:
@@ -87,7 +88,7 @@ def embedded_images(run: Run) -> tuple[str, str]:
     data = run.attrs.get("dataset") or {}
     split = str(data.get("split", "test"))
     whole = f"sketchmine.data.animal_shape({split!r})"
-    subset, n, of = data.get("subset"), len(run.labels), data.get("split_size")
+    subset, n, of = data.get("subset"), int(data.get("size") or len(run.labels)), data.get("split_size")
     if subset is not None and SUBSET_OF_SPLIT.fullmatch(str(subset)) \
             and all(re.fullmatch(r".*/\d+", str(p)) for p in run.paths):
         return (f"{whole}.subset([int(p.rsplit('/', 1)[1]) for p in sketchmine.open_run({str(run.path)!r}).paths])",
