@@ -135,6 +135,8 @@ def uncorrelated_notes(run: Run, layer: str) -> dict[int, str]:
     alone = [int(u) for u in np.flatnonzero((np.asarray(arrays["unit"]) < 0).all(axis=1))]
     units, images = len(arrays["unit"]), f"{int(attrs.get('images') or 0):,}"
     constant_note = f"constant over the {images} images: no correlation"
+    if attrs.get("nonfinite"):  # an all-NaN unit counts as constant too: say it may be that
+        constant_note = f"constant over the {images} images, or without two finite image maxima: no correlation"
     if "constant" in attrs:
         constant = {int(u) for u in attrs["constant"]}
         varying = units - len(constant)
