@@ -39,7 +39,7 @@ class ReceptiveField:
         if self.spans is not None:
             (top, bottom), (left, right) = self.spans[0][y], self.spans[1][x]
             return top, left, bottom, right
-        top, left = self.offset[0] + y * self.stride[0], self.offset[1] + x * self.stride[1]
+        top, left = self.offset[0] + y * int(self.stride[0]), self.offset[1] + x * int(self.stride[1])
         return top, left, top + self.size[0] - 1, left + self.size[1] - 1
 
     def boxes(self, yx: Any) -> torch.Tensor:
@@ -84,5 +84,6 @@ def field_record(f: ReceptiveField) -> dict[str, Any]:
 def recorded_field(rf: dict[str, Any]) -> ReceptiveField:
     """A layer attribute's field (`field_record`'s inverse, but for a tabled field's exact stride)."""
     spans = rf.get("spans")
+    pairs = None if spans is None else [tuple((int(a), int(b)) for a, b in axis) for axis in spans]
     return ReceptiveField(tuple(rf["size"]), tuple(rf["stride"]), tuple(rf["offset"]),  # type: ignore[arg-type]
-                          None if spans is None else tuple(tuple((int(a), int(b)) for a, b in axis) for axis in spans))
+                          None if pairs is None else (pairs[0], pairs[1]))

@@ -289,7 +289,7 @@ def torch_model(model: str | os.PathLike | nn.Module | LoadedModel, weights: str
     names, weights rule and refusals). An ONNX file is refused by `torch_module`: it has no graph
     torch can follow."""
     if isinstance(model, (str, os.PathLike)) or weights is not None:
-        model = load_model(model, weights)
+        model = load_model(os.fspath(model) if isinstance(model, os.PathLike) else model, weights)
     return torch_module(model, purpose)
 
 
