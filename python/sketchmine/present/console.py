@@ -26,8 +26,8 @@ from sketchmine.results.optimized import how_made
 from sketchmine.results.provenance import provenance_lines
 from sketchmine.results.precision import batch_note, device_note, precision_note
 from sketchmine.results.run import Run
-from sketchmine.results.summaries import (NO_LABELS, class_sides, no_classes, no_images_words, not_yet, one_class_note, sides,
-                                          sides_note, size_note, ties_words)
+from sketchmine.results.summaries import (NO_LABELS, class_sides, no_classes, no_images_words, not_yet, one_class_note,
+                                          sides, sides_note, size_note, ties_words)
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
