@@ -5,6 +5,7 @@ signal, nothing said (exit -15 / -1), wherever it was writing."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -80,3 +81,49 @@ def test_sighup_ignored_by_whoever_started_mine_stays_ignored(tmp_path, folder):
     rc, err = _signalled_after_a_commit(_mine(folder, out), out, signal.SIGHUP, ignore=signal.SIGHUP)
     assert rc == 0 and "interrupted" not in err, (rc, err[-600:])
     assert _images_done(out) == 40
+
+
+FROM_A_STRING = '''"""Made by the test: a library running code from a string (dataclasses and namedtuple make their
+methods so, at import) just as a SIGTERM lands, as Python itself does it, not a stand-in of sketchmine."""
+import os
+import signal
+import sys
+
+_armed = [True]
+
+
+def _hook(event, args):
+    answered = getattr(signal.getsignal(signal.SIGTERM), "__name__", "") == "_as_ctrl_c"  # not held
+    said = hasattr(sys.modules.get("sketchmine.present.progress_bar"), "RichProgress")  # `mine` runs, what says
+    # "interrupted" loaded: no module is imported after the interrupt
+    if event == "import" and _armed and answered and said:  # the command runs: a module imported on first use
+        _armed.clear()
+        exec("import pathlib, time\\npathlib.Path(os.environ['MARK']).touch()\\ntime.sleep(60)")
+
+
+sys.addaudithook(_hook)
+'''
+
+
+def test_sigterm_inside_code_run_from_a_string_still_exits_143(tmp_path, folder):
+    """CPython notes a KeyboardInterrupt that leaves code run from a string (exec, eval) in a flag
+    of the whole process even when the caller handles it, and `python -m` then ends the process
+    by SIGINT after its exit code was decided: `mine` said "interrupted by SIGTERM" and exited -2.
+    A SIGTERM 1.84 s into `mine` landed in a dataclass being made at import."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FROM_A_STRING)
+    mark = tmp_path / "in-the-string"
+    env = {**os.environ, "MARK": str(mark),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen(_mine(folder, tmp_path / "run.zarr"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env, preexec_fn=_as_a_terminal_starts_it)
+    began = time.time()
+    while proc.poll() is None and not mark.exists() and time.time() - began < 120:
+        time.sleep(0.005)
+    assert mark.exists(), proc.communicate()[1][-600:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, err[-600:])
+    assert err.strip().splitlines()[-1].startswith("sketchmine: interrupted by SIGTERM; re-run the same command"), err
+    assert "Traceback" not in err

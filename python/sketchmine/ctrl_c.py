@@ -151,3 +151,14 @@ def ignored_from_now() -> None:
     if (threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def forget_caught_interrupts() -> None:
+    """Clear CPython's note that a KeyboardInterrupt left code run from a string: call when the
+    command has ended, its exit code decided, and the signals are ignored. Why: CPython notes a
+    KeyboardInterrupt leaving `exec("…")` / `eval("…")` (dataclasses and namedtuple make their methods
+    so, at import) in a flag of the whole process, though a caller then handled it, and `python -m`
+    ends a process whose flag is set by SIGINT: a SIGTERM landing while a module imported on first use
+    made a dataclass ended `mine` by SIGINT (exit -2) after it said "interrupted by SIGTERM". Every
+    run of code from a string clears the flag first: this one runs an empty string."""
+    exec("")

@@ -24,7 +24,8 @@ from pathlib import Path
 from sketchmine.cli.parser import (EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, build_parser, default_report_out,
                                    default_run_out, paths_given)
 from sketchmine.cli.environment import MIN_COLUMNS, caches_without_a_home, environment_refusal, in_an_existing_folder
-from sketchmine.ctrl_c import ending_as_ctrl_c, ending_signal, held, ignored_from_now, interrupted
+from sketchmine.ctrl_c import (ending_as_ctrl_c, ending_signal, forget_caught_interrupts, held, ignored_from_now,
+                               interrupted)
 from sketchmine.errors import SaidOnRankZero, SketchmineError, first_line, out_of_resources
 
 if typing.TYPE_CHECKING:
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if argv is None:  # the process's command line (python -m sketchmine, the `sketchmine` script): it ends
             ignored_from_now()  # with the command, whose exit code a Ctrl-C during Python's shutdown keeps
+            forget_caught_interrupts()  # nor does `python -m` turn it into a SIGINT
         with held():  # the command has ended and said so: a Ctrl-C now must not add a traceback
             gc.set_threshold(*before)  # main() is also called in-process (tests, notebooks)
             for stream, errors in streams:
