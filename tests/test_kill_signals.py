@@ -127,3 +127,44 @@ def test_sigterm_inside_code_run_from_a_string_still_exits_143(tmp_path, folder)
     assert proc.returncode == 143, (proc.returncode, err[-600:])
     assert err.strip().splitlines()[-1].startswith("sketchmine: interrupted by SIGTERM; re-run the same command"), err
     assert "Traceback" not in err
+
+
+SECOND_CTRL_C = '''"""Made by the test: a second Ctrl-C while a command line leaves its temporary caches (HOME missing),
+after the command has said what it did."""
+import os
+import signal
+import sys
+
+
+def _hook(event, args):
+    if event == "shutil.rmtree" and "sketchmine-caches-" in str(args[0]):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+sys.addaudithook(_hook)
+'''
+
+
+def test_a_ctrl_c_after_the_command_ended_changes_nothing(tmp_path, demo_model, small_test_set):
+    """Between the end of the command (its exit status decided, its line said) and the process's
+    end, Python's raising Ctrl-C handler was back while main() left its folders and removed a
+    temporary cache: a Ctrl-C there printed a traceback after `summary`'s output and `python -m`
+    ended the process by SIGINT (exit -2); a failed command's too. Now the exit status is the
+    command's and nothing follows its output."""
+    import sketchmine
+
+    run = sketchmine.mine(demo_model, small_test_set, layers=["features.3"], k=2, out=tmp_path / "run.zarr",
+                          batch_size=50)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SECOND_CTRL_C)
+    env = {**os.environ, "HOME": str(tmp_path / "no-home"),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
+    env.pop("MPLCONFIGDIR", None)
+    env.pop("XDG_CACHE_HOME", None)
+    for target, code in ((run.path, 0), (tmp_path / "not-a-run.zarr", None)):
+        proc = subprocess.run([sys.executable, "-m", "sketchmine", "summary", str(target)], capture_output=True,
+                              text=True, env=env, timeout=300, preexec_fn=_as_a_terminal_starts_it)
+        assert "Traceback" not in proc.stderr, proc.stderr[-800:]
+        assert proc.returncode == code if code is not None else proc.returncode > 0, (proc.returncode, proc.stderr)
+    assert not (tmp_path / "no-home").exists()

@@ -28,6 +28,10 @@ _ANSWERER: list[int] = []
 """The process that answers them (a forked child, not held, dies by them as before)."""
 _CAME: list[int] = []
 """The last ending signal answered, so the one line and the exit code can name it."""
+_FOR_GOOD: list[bool] = []
+"""Set while `ending_as_ctrl_c(for_good=True)` runs: this process is a command line (`ended` acts)."""
+_ENDED: list[bool] = []
+"""Set by `ended`: the handlers `held` replaced are not put back."""
 
 
 def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
@@ -58,11 +62,13 @@ def ending_as_ctrl_c(for_good: bool = False) -> Iterator[None]:
     taken = [sig for sig in ENDING if signal.getsignal(sig) == signal.SIG_DFL]
     _ANSWERER[:] = [os.getpid()]
     _CAME.clear()
+    _FOR_GOOD[:] = [True] if for_good else []
     for sig in taken:
         signal.signal(sig, _as_ctrl_c)
     try:
         yield
     finally:
+        _FOR_GOOD.clear()
         for sig in taken:
             signal.signal(sig, signal.SIG_IGN if for_good else signal.SIG_DFL)
 
@@ -94,7 +100,7 @@ def held() -> Iterator[list[int]]:
         yield came
     finally:
         for sig, handler in previous.items():
-            if callable(handler):
+            if callable(handler) and not _ENDED:
                 signal.signal(sig, handler)
 
 
@@ -151,6 +157,21 @@ def ignored_from_now() -> None:
     if (threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def ended() -> None:
+    """A command line's command has ended, its exit status decided: Ctrl-C, SIGTERM and SIGHUP are
+    ignored from now (where this process handles them: a signal its starter ignored stays so), and
+    `held` puts none of their handlers back. Why: after the one line, the frames of a failed
+    command are freed, the folder it ran from is left and a temporary cache folder removed, and a
+    second Ctrl-C there raised KeyboardInterrupt out of main(): a traceback after the line, and the
+    process ended by SIGINT (exit -2). Nothing for main() called in-process (tests, notebooks)."""
+    if not _FOR_GOOD or threading.current_thread() is not threading.main_thread():
+        return
+    _ENDED[:] = [True]
+    for sig in (signal.SIGINT, *ENDING):
+        if callable(signal.getsignal(sig)):  # this process's own: Python's default, ours, held's
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def forget_caught_interrupts() -> None:

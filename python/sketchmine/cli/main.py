@@ -24,8 +24,8 @@ from pathlib import Path
 from sketchmine.cli.parser import (EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, build_parser, default_report_out,
                                    default_run_out, paths_given)
 from sketchmine.cli.environment import MIN_COLUMNS, caches_without_a_home, environment_refusal, in_an_existing_folder
-from sketchmine.ctrl_c import (ending_as_ctrl_c, ending_signal, forget_caught_interrupts, held, ignored_from_now,
-                               interrupted)
+from sketchmine.ctrl_c import (ended, ending_as_ctrl_c, ending_signal, forget_caught_interrupts, held,
+                               ignored_from_now, interrupted)
 from sketchmine.errors import SaidOnRankZero, SketchmineError, first_line, out_of_resources
 
 if typing.TYPE_CHECKING:
@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 _import_heavy(_reads_only(args) and not moved)  # a lazy import in a removed folder would die
             if came:
                 print(f"sketchmine: {interrupted(came[0])} while starting; nothing was done", file=sys.stderr)
+                ended()
                 return 128 + came[0]
             return _run(args)
     finally:
@@ -331,14 +332,18 @@ def _run(args: argparse.Namespace) -> int:
     elif console.width < MIN_COLUMNS:  # COLUMNS=20: no layer name left in `summary`'s tables
         console = Console(width=MIN_COLUMNS)
     try:
-        return _dispatch(args, console, err)
+        code = _dispatch(args, console, err)
+        ended()  # its exit status decided: a Ctrl-C from now on is ignored (ctrl_c.ended)
+        return code
     except (SketchmineError, OSError, KeyboardInterrupt, MemoryError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and not out_of_resources(exc):  # ("can't start new thread": memory)
             raise  # any other is a bug: its traceback
         with held():  # the one line that says what happened, and nothing after it
             # `visualize --redo` starts its layers again each time: the re-run that resumes is the one without it
             command = "visualize --redo" if args.command == "visualize" and getattr(args, "redo", False) else args.command
-            return _failed(exc, command, verbosity)
+            code = _failed(exc, command, verbosity)
+            ended()
+            return code
 
 
 def _failed(exc: BaseException, command: str, verbosity: int) -> int:
