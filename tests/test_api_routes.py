@@ -183,6 +183,19 @@ def test_deconvolve_receptive_fields_and_featvis_take_a_name_and_weights_as_mine
     assert not (tmp_path / "no.zarr").exists()
 
 
+
+def test_deconvolve_takes_the_seed_a_random_architecture_was_mined_with(tmp_path):
+    """A named architecture without weights is built from a seed (mine's seed=, 0 by default):
+    deconvolve("sketchnet", ...) built seed 0's weights where the run was mined with seed=3, and
+    nothing said so; it takes seed= as mine does, and refuses it with a module as load_model does."""
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    args = (x, "features.3", [0, 5], [[1, 2], [3, 4]])
+    want = sketchmine.deconvolve(sketchmine.load_model("sketchnet", seed=3), *args)
+    torch.testing.assert_close(sketchmine.deconvolve("sketchnet", *args, seed=3), want)
+    assert not torch.allclose(sketchmine.deconvolve("sketchnet", *args), want)
+    with pytest.raises(SketchmineError, match="seed"):
+        sketchmine.deconvolve(sketchmine.load_model("demo"), *args, seed=3)
+
 # ---- steps=None with a model of drawings: a torch Dataset of single images --------------------------
 def test_a_drawings_model_given_single_images_in_a_torch_dataset_is_told_so(tmp_path):
     """The GRU was fed single images and the refusal said to resize them (--image-size)."""

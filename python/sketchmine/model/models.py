@@ -283,13 +283,13 @@ def load_model(spec: str | nn.Module | LoadedModel, weights: str | os.PathLike |
 
 
 def torch_model(model: str | os.PathLike | nn.Module | LoadedModel, weights: str | os.PathLike | None,
-                purpose: str) -> nn.Module:
+                purpose: str, seed: int | None = None) -> nn.Module:
     """The nn.Module `purpose` runs (its graph, its gradients), the model given as `mine` takes it:
     a module, a LoadedModel, or a name or checkpoint path with `weights` (`load_model`, so the same
-    names, weights rule and refusals). An ONNX file is refused by `torch_module`: it has no graph
-    torch can follow."""
-    if isinstance(model, (str, os.PathLike)) or weights is not None:
-        model = load_model(os.fspath(model) if isinstance(model, os.PathLike) else model, weights)
+    names, weights and seed rules and refusals). An ONNX file is refused by `torch_module`: it has no
+    graph torch can follow."""
+    if isinstance(model, (str, os.PathLike)) or weights is not None or seed is not None:
+        model = load_model(os.fspath(model) if isinstance(model, os.PathLike) else model, weights, seed)
     return torch_module(model, purpose)
 
 

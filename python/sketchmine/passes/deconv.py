@@ -279,11 +279,13 @@ def shared_order(image_of) -> torch.Tensor:
 
 
 def deconvolve(model: nn.Module | LoadedModel | str, images: torch.Tensor | np.ndarray, layer: str, channels,
-               yx=None, method: str = "deconvnet", *, weights: str | os.PathLike | None = None) -> torch.Tensor:
+               yx=None, method: str = "deconvnet", *, weights: str | os.PathLike | None = None,
+               seed: int | None = None) -> torch.Tensor:
     """Visualise one unit per image in input space.
 
-    model: a torch module, the LoadedModel of one, or a name or checkpoint path with `weights`, as
-    `mine` takes them (`models.torch_model`: the same names and refusals).
+    model: a torch module, the LoadedModel of one, or a name or checkpoint path with `weights` (or,
+    for a randomly initialised architecture, the `seed` it was mined with: 0 by default), as `mine`
+    takes them (`models.torch_model`: the same names and refusals).
     images (N, C, H, W), a tensor or a numpy array of model input; layer a qualified module name;
     channels (N,) the unit's channel per image; yx (N, 2) its grid position (ignored for layers
     without a grid). Channels and positions outside the layer are refused (a top-k's empty slots
@@ -298,4 +300,4 @@ def deconvolve(model: nn.Module | LoadedModel | str, images: torch.Tensor | np.n
                 if isinstance(images, (torch.Tensor, np.ndarray)) else type(images).__name__)
         raise SketchmineError(f"images must be a float tensor or numpy array of model input, (N, C, H, W) "
                               f"(preprocessed as the model reads it), got a {what}")
-    return Deconvolver(torch_model(model, weights, "deconvolve"), method)(images, layer, channels, yx)
+    return Deconvolver(torch_model(model, weights, "deconvolve", seed), method)(images, layer, channels, yx)
