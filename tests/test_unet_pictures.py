@@ -131,3 +131,29 @@ def test_the_probe_takes_no_dataset_image_from_a_layer_of_boxes(unet_run):
     run, model, ds = unet_run
     for layer in UNET_LAYERS:  # as if the model's input were the layer's largest box
         assert dataset_images(run, receptive_fields(model, 28)[layer].size) == [], layer
+
+
+@pytest.mark.parametrize("damage", ["a row short", "not pairs"])
+def test_a_partial_runs_spans_that_do_not_fit_its_grid_are_refused_as_damage(tmp_path, small_test_set, damage):
+    """A partial run's layer attributes have no sums yet, so only their checks stand between an
+    edited `spans` and the readers; spans a row short of the layer's grid, or not [first, last]
+    pairs, were read as they were (the checks knew size, stride and offset only)."""
+    import json
+
+    from sketchmine.errors import RunDamaged
+    from tests.helpers import StopAfter
+
+    torch.manual_seed(0)
+    ds = per_class_subset(small_test_set, 6, "unet")
+    with pytest.raises(KeyboardInterrupt):
+        sketchmine.mine(TinyUNet().eval(), ds, layers=UNET_LAYERS, k=3, out=tmp_path / "r.zarr", batch_size=10,
+                        flush_every=1, progress=StopAfter(30))
+    run = sketchmine.open_run(tmp_path / "r.zarr")
+    assert not run.complete and run.layer_attrs("fuse")["receptive_field"]["spans"]  # as mined: accepted
+    meta = tmp_path / "r.zarr" / "layers" / "fuse" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    spans = doc["attributes"]["receptive_field"]["spans"]
+    spans[0] = spans[0][:-1] if damage == "a row short" else [first for first, _ in spans[0]]
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(RunDamaged, match=r"layer 'fuse' attribute 'receptive_field' 'spans' should be two lists"):
+        sketchmine.open_run(tmp_path / "r.zarr").layer_attrs("fuse")

@@ -93,11 +93,28 @@ def check_layer_attrs(path: Path, layer: str, attrs: dict[str, Any], root: dict[
                                and _is_pair(rf.get("stride"), 0) and isinstance(rf.get("offset"), list)
                                and len(rf["offset"]) == 2 and all(_is_int(x, -10**9) for x in rf["offset"])):
         problems.append(f"'receptive_field' should be {{size, stride, offset}} pairs, found {str(rf)[:60]!r}")
+    elif isinstance(rf, dict) and "spans" in rf and not _spans_fit(rf["spans"], shape, "frame" in attrs):
+        problems.append("'receptive_field' 'spans' should be two lists of [first, last] pixels, one pair per unit "
+                        f"row and column of the layer's {str(shape)[:40]} grid, found {str(rf['spans'])[:60]!r}")
     if problems:
         raise RunDamaged(f"run {path} is damaged: layer {layer!r} attribute " + "; ".join(problems))
     if root is not None:
         attr_sums.check(path, root, schema.layer_group(layer), attrs)
     attr_sums.check_claims(path, layer, attrs)  # what later passes added: sealed by them
+
+
+def _spans_fit(spans: Any, shape: Any, framed: bool) -> bool:
+    """Whether a resampled layer's `spans` (field_record.py) hold a [first, last] pair per row and per
+    column of its (C, H, W) grid: visualize indexes them by each entry's position, so a short or
+    malformed list would crop other pixels or fail deep in the pass. A time-stacked layer's are per
+    frame: its rows are not the frame's, so only their form is checked."""
+    if not (isinstance(spans, list) and len(spans) == 2 and all(
+            isinstance(axis, list) and axis and all(isinstance(p, list) and len(p) == 2
+                                                    and all(_is_int(x, -10**9) for x in p) for p in axis)
+            for axis in spans)):
+        return False
+    grid = isinstance(shape, list) and len(shape) == 3 and not framed
+    return not grid or [len(spans[0]), len(spans[1])] == list(shape[1:])
 
 
 def root_json(path: str | os.PathLike[str]) -> dict[str, Any]:
