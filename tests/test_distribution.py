@@ -359,3 +359,24 @@ def test_the_mine_again_call_names_the_embedded_subset_a_run_was_mined_from(tmp_
     text = said(sketchmine.open_run(old))
     assert f"older sketchmine, which recorded neither a subset nor the split's size, so whether its {len(take):,} " \
            "images are all of sketchmine.data.animal_shape('test') or a subset, and which, cannot be known" in text
+
+
+def test_a_run_of_a_subset_of_a_subset_of_the_embedded_split_reopens_its_images(tmp_path):
+    """The passes that reopen a run's images (visualize, effects, importance) rebuilt a subset of the
+    embedded split from its paths only when taken once ('80 of 2000 images'); taken again ('80 of
+    2000 images, then 40 of 80 images', whose paths still hold the split's numbers, as the mine-again
+    call reads them) it was refused as 'a Python dataset object that cannot be reopened from the
+    store'. Now it is the same images, and visualize runs without data=."""
+    from sketchmine.data import animal_shape
+    from sketchmine.passes.reload import run_dataset
+    from sketchmine.passes.visualize import visualize
+
+    split = animal_shape("test")
+    twice = split.subset(np.flatnonzero(split.labels() % 2 == 0)[::25]).subset(np.arange(0, 40, 2))
+    run = sketchmine.mine("demo", twice, out=tmp_path / "twice.zarr", layers=["features.0"], k=2, batch_size=64)
+    assert ", then " in run.attrs["dataset"]["subset"]
+    again = run_dataset(run)
+    assert again.fingerprint() == run.attrs["dataset_fingerprint"] and len(again) == len(twice) == 20
+    np.testing.assert_array_equal(again.labels(), twice.labels())
+    visualize(run.path, model="demo", batch_size=32)
+    assert run.layer_array("features.0", "patches").shape[:2] == (run.layer_shape("features.0")[0], 2)

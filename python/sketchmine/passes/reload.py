@@ -26,6 +26,7 @@ from sketchmine.model.models import LoadedModel, load_model, recorded_weights, w
 from sketchmine.model.output_softmax import check_marked
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.names import hidden_by_locale, locale_advice, printable
+from sketchmine.results.distribution import SUBSET_OF_SPLIT
 from sketchmine.results.run import Run
 
 
@@ -126,7 +127,7 @@ def _recorded_base(run: Run, desc: dict[str, Any], pre: Preprocessing, data: str
         return ImageFolderDataset.from_samples(root, samples, run.class_names, pre)
     if kind == "embedded" and "subset" not in desc:
         return animal_shape(desc.get("split", "test"), pre)
-    if kind == "embedded" and re.fullmatch(r"\d+ of \d+ images", str(desc["subset"])):  # a torch Subset of it
+    if kind == "embedded" and SUBSET_OF_SPLIT.fullmatch(str(desc["subset"])):  # .subset of it, once or again
         numbers = [re.fullmatch(r".*/(\d+)", str(p)) for p in run.paths]
         if all(numbers):  # its paths keep the images' numbers in the split (ArrayDataset.subset)
             return animal_shape(desc.get("split", "test"), pre).subset(np.array([int(m[1]) for m in numbers if m]))
