@@ -157,3 +157,16 @@ def test_a_partial_runs_spans_that_do_not_fit_its_grid_are_refused_as_damage(tmp
     meta.write_text(json.dumps(doc))
     with pytest.raises(RunDamaged, match=r"layer 'fuse' attribute 'receptive_field' 'spans' should be two lists"):
         sketchmine.open_run(tmp_path / "r.zarr").layer_attrs("fuse")
+
+
+def test_a_resampled_layer_s_unit_says_its_field_is_up_to_the_largest_box(unet_run):
+    """`unit`, its JSON and the slides gave the largest box as every unit's receptive field, where a
+    resampled layer's boxes differ by position (smaller at the border): they say "up to" it."""
+    from sketchmine.results.unit_summary import unit_summary
+
+    run, model, ds = unet_run
+    fields = receptive_fields(model, 28)
+    for layer in UNET_LAYERS:  # each behind the upsampling or the transposed conv
+        d = unit_summary(run, layer, 0)
+        assert fields[layer].spans is not None
+        assert d["receptive_field"] == list(fields[layer].size) and d["receptive_field_varies"] is True

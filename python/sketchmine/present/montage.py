@@ -147,7 +147,8 @@ def _facts(info: dict[str, Any]) -> list[tuple[str, str]]:
     rf = info["receptive_field"]
     # the maximum in its top-k values' column, as the unit's card heads it ("14.20" over "14.20", not "14.2")
     lines = [("max activation", column([info["max"], *(e["value"] for e in info.get("top") or [])])[0]),
-             ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "whole image")]
+             ("receptive field", f"{'up to ' if info.get('receptive_field_varies') else ''}{rf[0]}×{rf[1]} px"
+              if rf else "whole image")]
     m = info.get("moments")
     if m is not None:
         lines.append(("mean of image maxima", maxima_text(info)[1]))  # as the dashboard and `sketchmine unit` write it

@@ -44,7 +44,8 @@ def overview_table(d: dict[str, Any], shape: str | None = None, cls: str | None 
         rows.append(("computed in", safe(d["precision"])))
     shown = maxima_text(d)
     rows += [("max activation", shown[0]),
-            ("receptive field", f"{rf[0]}×{rf[1]} px" if rf else "no receptive field recorded")]
+            ("receptive field", f"{'up to ' if d.get('receptive_field_varies') else ''}{rf[0]}×{rf[1]} px"
+             if rf else "no receptive field recorded")]
     m = d["moments"]
     if m is not None:
         rows += [("mean of image maxima", shown[1]),

@@ -198,6 +198,7 @@ class LayerSummary:
             "layer": self.layer, "unit": u, "units": self.units, "kind": str(self.attrs.get("kind", "")),
             "shape": [int(s) for s in self.attrs["shape"]], "images": run.images_done, "complete": run.complete,
             "precision": self.precision, "k": run.k, "receptive_field": list(rf["size"]) if rf and rf.get("size") else None,
+            "receptive_field_varies": bool(rf and rf.get("spans")),  # behind an upsampling: the largest box, "up to"
             "max": top[0]["value"] if top else None, "top": top,
             "bottom": self._entries(self.bottom, u) if self.bottom is not None else None,
             "classes_top": self._classes_top(top),

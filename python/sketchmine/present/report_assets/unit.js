@@ -61,7 +61,7 @@
   function overview(d) {
     var a = activations(d), shown = a.max.concat(a.mean, a.quantiles);
     var rows = [["max activation", shown[0]],
-      ["receptive field", d.receptive_field ? d.receptive_field[0] + "\u00d7" + d.receptive_field[1] + " px" : "the whole image"],
+      ["receptive field", d.receptive_field ? (d.receptive_field_varies ? "up to " : "") + d.receptive_field[0] + "\u00d7" + d.receptive_field[1] + " px" : "the whole image"],
       ["images mined", String(d.images) + (d.unreadable ? " (" + d.unreadable + " unreadable, skipped: in no statistic)" : "") +
         (d.complete ? "" : " (PARTIAL run)")]];
     if (d.moments) {
