@@ -178,3 +178,24 @@ class Conv1dFrames(torch.nn.Module):
         frames = x.flatten(0, 2) if self.rows else x.flatten(0, 1).flatten(2)  # (N*T, 28, 28) or (N*T, 1, 784)
         _, h = self.gru(torch.relu(self.conv(frames)).reshape(n, t, -1))
         return self.fc(h[-1])
+
+
+def pixels_reached(modules: dict, model, x: torch.Tensor) -> dict:
+    """{name: (oh, ow, h, w) bool} for each of `modules` (name -> module of `model`): the pixels of
+    x (1, C, h, w, requires_grad) whose input gradient of the module's unit (y, x), summed over
+    its channels, is non-zero: the reference the receptive-field tests hold the fields to."""
+    h, w = x.shape[-2:]
+    acts: dict = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o)) for n, m in modules.items()]
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    out = {}
+    for n, o in acts.items():
+        units = o[0].sum(0).reshape(-1)
+        (grad,) = torch.autograd.grad(units, x, torch.eye(len(units), dtype=units.dtype), retain_graph=True,
+                                      is_grads_batched=True)
+        out[n] = (grad[:, 0].abs().sum(1) > 0).reshape(*o.shape[-2:], h, w)
+    return out

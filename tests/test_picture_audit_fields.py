@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sketchmine import SketchmineError, receptive_fields
+from tests.helpers import pixels_reached
 
 
 class Pool(nn.Module):
@@ -97,18 +98,7 @@ def _support(model: nn.Module, names: list[str], h: int, w: int, c: int) -> dict
             for p in model.parameters():
                 p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
         x = (torch.randn(1, c, h, w, generator=g, dtype=torch.float64) + 0.3).requires_grad_(True)
-        acts: dict[str, torch.Tensor] = {}
-        hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o)) for n in names]
-        try:
-            model(x)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        for n, o in acts.items():
-            units = o[0].sum(0).reshape(-1)
-            (grad,) = torch.autograd.grad(units, x, torch.eye(len(units), dtype=units.dtype), retain_graph=True,
-                                          is_grads_batched=True)
-            s = (grad[:, 0].abs().sum(1) > 0).reshape(*o.shape[-2:], h, w)
+        for n, s in pixels_reached({n: modules[n] for n in names}, model, x).items():
             out[n] = s | out[n] if n in out else s
     return out
 

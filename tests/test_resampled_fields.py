@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sketchmine import SketchmineError, receptive_fields
+from tests.helpers import pixels_reached
 
 
 class Interpolate(nn.Module):
@@ -110,18 +111,7 @@ def _support(model: nn.Module, h: int, w: int) -> dict[str, torch.Tensor]:
                 p.copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) + 0.1 if draw == 0
                         else torch.randn(p.shape, generator=g, dtype=p.dtype))
         x = (torch.rand(1, 2, h, w, generator=g, dtype=dtype) + 0.5).requires_grad_(True)
-        acts: dict[str, torch.Tensor] = {}
-        hooks = [m.register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o)) for n, m in model.named_children()]
-        try:
-            model(x)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        for n, o in acts.items():
-            units = o[0].sum(0).reshape(-1)
-            (grad,) = torch.autograd.grad(units, x, torch.eye(len(units), dtype=units.dtype), retain_graph=True,
-                                          is_grads_batched=True)
-            s = (grad[:, 0].abs().sum(1) > 0).reshape(*o.shape[-2:], h, w)
+        for n, s in pixels_reached(dict(model.named_children()), model, x).items():
             out[n] = s | out[n] if n in out else s
     return out
 
