@@ -17,7 +17,7 @@ from fractions import Fraction
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -139,7 +139,11 @@ def _check(model: nn.Sequential, fields: dict, support: dict[str, torch.Tensor],
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(stack(), st.integers(4, 12), st.integers(4, 12))
+@example([nn.Upsample(scale_factor=1.5), nn.Conv2d(2, 2, 2, padding=(0, 1), dilation=2, padding_mode="replicate")], 4, 4)
 def test_every_unit_after_a_resampling_reads_its_box_exactly(layers, h, w):
+    """CI's profile found a dilated conv padding by replication after an upsampling whose border unit
+    read, through the copy of an edge pixel, a pixel outside its box: a copying pad's positions are
+    the positions they copy (field_tables.copied), not padding that holds no pixel."""
     model = nn.Sequential(*layers).double().eval()
     try:
         with torch.no_grad():
@@ -228,3 +232,23 @@ def test_a_resampling_whose_reach_cannot_be_bounded_is_refused_naming_it(op, sai
     model = nn.Sequential(nn.Conv2d(1, 2, 3), op, nn.Conv2d(2, 2, 3))
     with pytest.raises(SketchmineError, match=f"receptive fields: {said}"):
         receptive_fields(model, 16, channels=1)
+
+
+@pytest.mark.parametrize("pad", [nn.ReflectionPad2d((1, 1, 1, 1)), nn.ReplicationPad2d((1, 1, 1, 1)),
+                                 nn.ReplicationPad2d((2, 2, 0, 0))], ids=["reflect", "replicate", "replicate-2"])
+@pytest.mark.parametrize("dilation", [2, 3])
+def test_a_copying_pad_module_behind_an_upsampling_puts_its_copies_in_the_boxes(pad, dilation):
+    """A reflection or replication pad after an upsampling, read by a dilated conv: the pad's
+    positions held no pixel in the tables, so a border unit reading a copy of a pixel its window
+    skips had a box without it (48-58 of the conv's units here)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Upsample(scale_factor=2), pad, nn.Conv2d(2, 2, 2, dilation=dilation)).double()
+    field = receptive_fields(model, (4, 4), channels=2)["2"]
+    x = (torch.rand(1, 2, 4, 4, dtype=torch.float64) + 0.5).requires_grad_(True)
+    reached = pixels_reached({"2": model[2]}, model, x)["2"]
+    for y in range(reached.shape[0]):
+        for xx in range(reached.shape[1]):
+            top, left, bottom, right = field.box(y, xx)
+            pixels = reached[y, xx].nonzero()
+            assert ((pixels[:, 0] >= top) & (pixels[:, 0] <= bottom) & (pixels[:, 1] >= left)
+                    & (pixels[:, 1] <= right)).all(), ((y, xx), (top, left, bottom, right), pixels.tolist())

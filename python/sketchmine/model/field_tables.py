@@ -50,10 +50,23 @@ def read(table: Table, reach: np.ndarray) -> Table:
     return np.stack([lo, hi], axis=1)
 
 
-def window_reach(n_in: int, n_out: int, k: int, s: int, before: int, d: int) -> np.ndarray:
-    """(n_out, n_in) bool: the positions a sliding window (conv, pool) reads, padding left out."""
+def copied(at: np.ndarray, n_in: int, mode: str) -> np.ndarray:
+    """Positions `at` along an axis of n_in, where a pad by `mode` reads them: "replicate" the edge's,
+    "reflect" the mirrored ones (a dilated window can read a copy without the position copied);
+    "zeros" (or a constant) leaves them outside, holding no pixel."""
+    if mode == "replicate":
+        return np.clip(at, 0, n_in - 1)
+    if mode == "reflect" and n_in > 1:
+        at = np.abs(at)
+        return np.where(at > n_in - 1, 2 * (n_in - 1) - at, at)
+    return at
+
+
+def window_reach(n_in: int, n_out: int, k: int, s: int, before: int, d: int, mode: str = "zeros") -> np.ndarray:
+    """(n_out, n_in) bool: the positions a sliding window (conv, pool) reads, padding left out but
+    for what a conv's copying `mode` puts there (`copied`)."""
     reach = np.zeros((n_out, n_in), dtype=bool)
-    at = np.arange(n_out)[:, None] * s - before + np.arange(k)[None, :] * d
+    at = copied(np.arange(n_out)[:, None] * s - before + np.arange(k)[None, :] * d, n_in, mode)
     rows = np.broadcast_to(np.arange(n_out)[:, None], at.shape)
     inside = (at >= 0) & (at < n_in)
     reach[rows[inside], at[inside]] = True
@@ -71,13 +84,14 @@ def transposed_reach(n_in: int, n_out: int, k: int, s: int, p: int, d: int) -> n
     return reach
 
 
-def shifted(table: Table, before: int, n_out: int) -> Table:
-    """The table after a constant pad of `before` positions (negative: a crop) that leaves n_out:
-    the pad's positions hold no pixel."""
-    empty = np.array([[EMPTY, -EMPTY]], dtype=np.int64)
-    kept = table[max(-before, 0):]
-    out = np.concatenate([np.repeat(empty, max(before, 0), axis=0), kept], axis=0)[:n_out]
-    return np.concatenate([out, np.repeat(empty, n_out - len(out), axis=0)], axis=0)
+def shifted(table: Table, before: int, n_out: int, mode: str = "constant") -> Table:
+    """The table after a pad of `before` positions (negative: a crop) that leaves n_out: a constant
+    pad's positions hold no pixel, a copying pad's the boxes of the positions it copies (`copied`)."""
+    at = copied(np.arange(n_out) - before, len(table), mode)
+    inside = (at >= 0) & (at < len(table))
+    out = np.full((n_out, 2), [EMPTY, -EMPTY], dtype=np.int64)
+    out[inside] = table[at[inside]]
+    return out
 
 
 def union(tables: list[Table], where: str) -> Table:

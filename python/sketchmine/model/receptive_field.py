@@ -105,13 +105,13 @@ def _tables(f: _Field, n: tuple[int, int] | None, where: str) -> tuple[np.ndarra
     return strided(f.jump[0], f.lo[0], f.hi[0], n[0]), strided(f.jump[1], f.lo[1], f.hi[1], n[1])
 
 
-def _window(f: _Field, node: fx.Node, k, s, p, d) -> _Field:
-    """Field after a sliding window (conv or pool) with kernel k, stride s, padding p, dilation d."""
+def _window(f: _Field, node: fx.Node, k, s, p, d, mode: str = "zeros") -> _Field:
+    """Field after a sliding window (conv or pool) with kernel k, stride s, padding p (by `mode`), dilation d."""
     p = conv_padding(p, k, d)
     k, s, d = pair(k), pair(s), pair(d)
     if f.table is not None:
         n = grid_size(node) or (0, 0)
-        return _tabled(tuple(read(f.table[a], window_reach(len(f.table[a]), n[a], k[a], s[a], p[a], d[a]))
+        return _tabled(tuple(read(f.table[a], window_reach(len(f.table[a]), n[a], k[a], s[a], p[a], d[a], mode))
                              for a in range(2)))  # type: ignore[arg-type]
     return _Field(  # the grid is last (_check_grid_last)
         tuple(f.jump[a] * s[a] for a in range(2)),
@@ -290,7 +290,7 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
             reason = (f"receptive fields: {pad.name} copies pixels into its border units, which no box holds "
                       "(the conv that reads it has a field)")
             copies.update(dict.fromkeys(copy_carriers(node, pad, modules, lambda n: _pointwise(n, modules)), reason))
-        return _shifted(f, node, *pad.shift)
+        return _shifted(f, node, *pad.shift, mode=pad.mode)
     if (resampled := _resampled(f, node, modules)) is not None:
         return resampled
     if node.op == "call_module":
@@ -300,7 +300,8 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
             dil = getattr(m, "dilation", 1)
             if isinstance(m, nn.Conv2d):
                 check_padding_mode(str(node.target), m)
-            return _window(f, node, m.kernel_size, m.stride, m.padding, dil if dil is not None else 1)
+            return _window(f, node, m.kernel_size, m.stride, m.padding, dil if dil is not None else 1,
+                           getattr(m, "padding_mode", "zeros"))
         if isinstance(m, nn.Linear):  # along the last dim: pointwise when that holds channels (NHWC)
             return f if f.grid[1] != -1 else whole
         if isinstance(m, nn.Flatten):
@@ -338,12 +339,12 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
     return f
 
 
-def _shifted(f: _Field, node: fx.Node, top: int, left: int) -> _Field:
+def _shifted(f: _Field, node: fx.Node, top: int, left: int, mode: str = "constant") -> _Field:
     """Field after a pad of `top` rows and `left` columns before the grid (negative: a crop): unit i
     of the result is unit i - left of its input along x (top along y)."""
     if f.table is not None:
         n = grid_size(node) or (0, 0)
-        return _tabled((shifted(f.table[0], top, n[0]), shifted(f.table[1], left, n[1])))
+        return _tabled((shifted(f.table[0], top, n[0], mode), shifted(f.table[1], left, n[1], mode)))
     jy, jx = f.jump
     return _Field(f.jump, (f.lo[0] - top * jy, f.lo[1] - left * jx), (f.hi[0] - top * jy, f.hi[1] - left * jx),
                   f.grid)
