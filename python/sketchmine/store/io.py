@@ -79,7 +79,8 @@ class BulkWriter:
     """Whole arrays written as they come, in parts (a pass's statistics' results one after the
     other): on a local store each part's files are written on threads (store.direct) while the
     caller computes the next part; elsewhere, and for an array store.direct does not write (text),
-    the arrays go to Zarr in one event-loop call on leaving the block (Zarr's per-call overhead, ~3 ms an array, was ten times the file I/O).
+    the arrays go to Zarr in one event-loop call on leaving the block (Zarr's per-call overhead,
+    ~3 ms an array, was ten times the file I/O).
     Leaving the block waits for every write and raises the first error. The arrays must not
     change after `put`. `at`: the group's path in the run when opened on its own."""
 
