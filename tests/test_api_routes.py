@@ -196,6 +196,19 @@ def test_deconvolve_takes_the_seed_a_random_architecture_was_mined_with(tmp_path
     with pytest.raises(SketchmineError, match="seed"):
         sketchmine.deconvolve(sketchmine.load_model("demo"), *args, seed=3)
 
+
+def test_feature_visualization_takes_the_seed_a_random_architecture_was_mined_with():
+    """As deconvolve: feature_visualization("sketchnet", ...) optimised against seed 0's random
+    weights whatever seed the run was mined with (its seed= is the optimisation's); model_seed= now
+    builds the mined weights, and is refused with a loaded model."""
+    kw = dict(steps=3, seed=1)
+    want = sketchmine.feature_visualization(sketchmine.load_model("sketchnet", seed=3), "features.3", [1], **kw).images
+    torch.testing.assert_close(sketchmine.feature_visualization("sketchnet", "features.3", [1], model_seed=3,
+                                                                **kw).images, want)
+    assert not torch.allclose(sketchmine.feature_visualization("sketchnet", "features.3", [1], **kw).images, want)
+    with pytest.raises(SketchmineError, match="seed"):
+        sketchmine.feature_visualization(sketchmine.load_model("demo"), "features.3", [1], model_seed=3, **kw)
+
 # ---- steps=None with a model of drawings: a torch Dataset of single images --------------------------
 def test_a_drawings_model_given_single_images_in_a_torch_dataset_is_told_so(tmp_path):
     """The GRU was fed single images and the refusal said to resize them (--image-size)."""

@@ -198,11 +198,13 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
                           steps: int = 256, size: int | tuple[int, int] | None = None, method: str = "fourier",
                           regularizers: str | dict[str, Any] | None = "default", seed: int = 0,
                           device: str | torch.device = "cpu", preprocessing: str | Preprocessing | None = None,
-                          weights: str | os.PathLike | None = None) -> FeatureVisualization:
+                          weights: str | os.PathLike | None = None,
+                          model_seed: int | None = None) -> FeatureVisualization:
     """Optimise one input image per unit of `layer` (all units in one batch).
 
-    model: a spec as `load_model` takes (as `mine`: a name or checkpoint path, `weights` for a name), or a
-    loaded one; layer: a mined layer name (a module,
+    model: a spec as `load_model` takes (as `mine`: a name or checkpoint path, `weights` for a name, and
+    for a randomly initialised architecture `model_seed`, the seed `mine` built it from: 0 by default),
+    or a loaded one; `seed` is the optimisation's own (its starting image). layer: a mined layer name (a module,
     "<lstm>.cell" or the virtual "softmax"); units: unit indices. method: "fourier" (lucent
     era) or "pixel" (deconvnet era); regularizers: "default", "none" (or None: plain ascent), a preset (pixel:
     "yosinski1".."yosinski4") or a dict overriding the family's settings (sketchmine.regularizers).
@@ -214,7 +216,7 @@ def feature_visualization(model: nn.Module | LoadedModel | str, layer: str, unit
     same `units` (docs/visualize.md). A module stays on `device` (as `module.to(device)` leaves it,
     as `mine` does); its train/eval flags are given back.
     """
-    loaded = load_model(model, weights)  # a LoadedModel as it is; weights with one are refused
+    loaded = load_model(model, weights, model_seed)  # a LoadedModel as it is; weights or a seed with one are refused
     net = loaded.module
     if not isinstance(net, nn.Module):
         raise SketchmineError(f"{loaded.model_id} runs in {type(net).__name__} (ONNX Runtime), which gives no gradients; "
