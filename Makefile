@@ -23,11 +23,12 @@ demo: $(STAMP)
 	$(PYTHON) -m sketchmine demo
 
 # the suite on TEST_WORKERS pytest-xdist processes (auto: one per CPU; 1: in this process), a test
-# file per worker at a time so its module fixtures (mined runs) are made once
+# file per worker at a time so its module fixtures (mined runs) are made once; the slowest twenty
+# steps are printed, so a CI log says where the suite's time went
 TEST_WORKERS ?= auto
 
 test: $(STAMP) ort
-	$(PYTHON) -m pytest -q $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(PYTHON) -m pytest -q --durations=20 $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # onnxruntime-web for the report's live probe (pinned, from npm; git-ignored: 14 MB of WebAssembly)
 ort:
