@@ -6,8 +6,10 @@ convs, MNASNet, SqueezeNet's fire modules. Random init, eval mode, 64-px real sk
 Each model: convs inside the blocks, block outputs and the gates are mined and equal plain forward
 hooks + a brute top-k; the run's fields are `receptive_fields`' and hold every pixel that reaches
 corner, border and centre units (autograd's input-gradient support); `visualize` cuts its patches
-at those boxes. Behind a squeeze-excitation gate (its global pooling scales every map) a unit's
-field is the whole image, which the gradient confirms; the convs before the first gate have windows.
+at those boxes. A squeeze-excitation gate (one value per channel from a global pooling) scales a
+whole map alike: as a GroupNorm's statistics it is not part of a unit's field (receptive_field.py),
+so the gradient that checks a box is taken with the gates' scale detached, and the layers behind a
+gate have windows, not the whole image.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torchvision
 import sketchmine
 from sketchmine.data import ArrayDataset, preset
 from sketchmine.model.field_record import recorded_field
+from torchvision.ops.misc import SqueezeExcitation
 from tests.helpers import all_activations, brute_topk
 
 SIZE = 64
@@ -33,7 +36,7 @@ CASES = {
                      ["features.3", "features.7.conv.1.0"], "features.7.conv.1.0"),
     # features.1.block.1 is a squeeze-excitation block; features.4 adds its input in place
     "mobilenet_v3_small": (["features.0.0", "features.1.block.1", "features.4", "features.9.block.2.fc1",
-                            "classifier.3"], ["features.0.0", "features.1.block.1", "features.4"], "features.0.0"),
+                            "classifier.3"], ["features.0.0", "features.1.block.1", "features.4"], "features.4"),
     # features.2.1: stochastic depth (eval) and an in-place residual add; features.3.0.block.2: the gate
     "efficientnet_b0": (["features.1.0.block.0.0", "features.2.1", "features.3.0.block.2", "features.6.2.block.3.0",
                          "classifier.1"], ["features.1.0.block.0.0", "features.2.1", "features.6.2.block.3.0"],
@@ -66,13 +69,18 @@ class _Reached(Exception):
 
 def _reached(model: torch.nn.Module, layer: str, seed: int) -> dict[tuple[int, int], torch.Tensor]:
     """(y, x) → (H, W) bool: the pixels whose gradient of unit (y, x) of `layer` (its channels
-    summed) is non-zero, for the corner, border-middle and centre units, on a random input."""
+    summed) is non-zero, for the corner, border-middle and centre units, on a random input; each
+    squeeze-excitation gate's scale detached (the pattern's pixels, not the whole map's statistic)."""
     got: list[torch.Tensor] = []
 
     def hold(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         got.append(output)
         raise _Reached
 
+    def gate_detached(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return module._scale(inputs[0]).detach() * inputs[0]
+
+    handles = [m.register_forward_hook(gate_detached) for m in model.modules() if isinstance(m, SqueezeExcitation)]
     handle = dict(model.named_modules())[layer].register_forward_hook(hold)
     x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
     x.requires_grad_(True)
@@ -81,7 +89,8 @@ def _reached(model: torch.nn.Module, layer: str, seed: int) -> dict[tuple[int, i
     except _Reached:
         pass
     finally:
-        handle.remove()
+        for h in [handle, *handles]:
+            h.remove()
     out = got[0]
     h, w = out.shape[-2:]
     units = [(y, xx) for y in sorted({0, h // 2, h - 1}) for xx in sorted({0, w // 2, w - 1})]
@@ -113,6 +122,7 @@ def test_zoo_model_mined_fielded_and_visualized(tmp_path, sketches, arch):
     stored = {n: recorded_field(run.layer_attrs(n)["receptive_field"]) for n in checked}
     assert stored == {n: fields[n] for n in checked}
     assert any(f.stride != (0, 0) and max(f.size) < SIZE for f in stored.values())  # some boxes are windows
+    assert all(f.stride != (0, 0) for f in stored.values()), stored  # behind a squeeze-excitation gate too
     for name in checked:
         f = stored[name]
         for (y, x), support in _reached(model, name, 0).items():

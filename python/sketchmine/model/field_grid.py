@@ -88,3 +88,17 @@ def grid_size(node: fx.Node, grid: tuple[int, int] = (-2, -1)) -> tuple[int, int
     """The (H, W) sizes of a node's tensor, None where its shape is not one tensor's."""
     shape = getattr(node.meta.get("tensor_meta"), "shape", None)
     return (int(shape[grid[0]]), int(shape[grid[1]])) if shape is not None and len(shape) >= -grid[0] else None
+
+
+def broadcast_gates(node: fx.Node, whole: Iterable[fx.Node], grid: tuple[int, int]) -> set[fx.Node]:
+    """The inputs of `node` among `whole` (whole-image features) that hold one value per channel for
+    the whole map, broadcast over its height and width: a squeeze-excitation gate, a global
+    context term. Like a GroupNorm's statistics they scale or shift a whole map alike, so a unit's
+    field follows the node's other inputs (where its pattern comes from), not the whole image."""
+    gates = set()
+    for a in whole:
+        shape = getattr(a.meta.get("tensor_meta"), "shape", None)
+        if shape is not None and all(len(shape) < -g or int(shape[g]) == 1 for g in grid):
+            gates.add(a)
+    return gates
+

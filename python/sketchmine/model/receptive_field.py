@@ -13,9 +13,10 @@ or replication pad is followed into the conv that reads it when the copies stay 
 boxes, and has no field of its own (its border units are copies that no box holds).
 
 A field is where a unit's pattern comes from. Normalisations with statistics over positions
-(GroupNorm, LayerNorm, InstanceNorm; BatchNorm without running statistics) and adaptive pooling that is the
-identity at the analysed size are taken as pointwise for it: the statistics scale and shift a whole map
-alike, and the field of every unit after a GroupNorm would otherwise be the whole image. Such
+(GroupNorm, LayerNorm, InstanceNorm; BatchNorm without running statistics), adaptive pooling that is the
+identity at the analysed size and a per-channel gate from the whole image (squeeze-excitation,
+`field_grid.broadcast_gates`) are taken as pointwise for it: they scale and shift a whole map
+alike, and the field of every unit after a GroupNorm or a gate would otherwise be the whole image. Such
 ops do make a unit depend on the image's size and on pixels outside its field, so
 `coupling.position_coupled` names them: a unit behind one cannot be computed on a window of the image.
 """
@@ -33,7 +34,7 @@ from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import LoadedModel, torch_module
-from sketchmine.model.field_grid import check_index, check_one_grid, grid_size, moved_grid
+from sketchmine.model.field_grid import broadcast_gates, check_index, check_one_grid, grid_size, moved_grid
 from sketchmine.model.field_record import ReceptiveField, box_mask  # noqa: F401 (public here)
 from sketchmine.model.field_pads import check_padding_mode, conv_padding, copy_carriers, pad_of, pair
 from sketchmine.model.field_tables import (read, resampler, resampling_reach, shifted, spans, strided, summary, union,
@@ -67,23 +68,21 @@ _POINTWISE_METHODS = {"relu", "relu_", "add", "add_", "mul", "mul_", "sigmoid", 
                       "neg"}
 _GLOBAL_FUNCS = {torch.flatten, torch.mean, torch.amax, torch.amin, torch.nn.functional.adaptive_avg_pool2d}
 _GLOBAL_METHODS = {"view", "reshape", "flatten", "unflatten", "mean", "sum", "amax", "amin"}
-# reshapes: the whole image in general, but pointwise when they keep the last two (H, W)
-# dimensions (folding a sequence's frames into the batch, (N, T, C, H, W) -> (N*T, C, H, W))
-# (a channel shuffle's transpose of (N, groups, C/groups, H, W) keeps them too)
+# reshapes: the whole image in general, but pointwise when they keep the (H, W) dims (a sequence's frames
+# folded into the batch, (N, T, C, H, W) -> (N*T, C, H, W); a channel shuffle's transpose of (N, g, C/g, H, W))
 _RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.transpose, torch.permute}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permute"}
-# sliding windows called as functions (Inception v3's branch pools), by their positional
-# parameters (builtins: no signature to bind); stride defaults to the kernel, as torch's
+# sliding windows called as functions (Inception v3's branch pools), by their positional parameters
+# (builtins: no signature to bind); stride defaults to the kernel, as torch's
 _WINDOW_FUNCS = {torch.nn.functional.max_pool2d: ("input", "kernel_size", "stride", "padding", "dilation"),
                  torch.nn.functional.avg_pool2d: ("input", "kernel_size", "stride", "padding")}
 
 
 @dataclass(frozen=True)
 class _Field:
-    """Per axis: jump (input pixels between neighbouring units) and unit 0's window [lo, hi];
-    `grid`: the dims of the node's tensor that hold H and W, from the end ((-3, -2) channels-last).
-    `table`: per axis every unit's box (field_tables.Table), where no jump describes them (behind
-    a resampling op; jump, lo and hi are then unused)."""
+    """Per axis: jump (input pixels between neighbouring units) and unit 0's window [lo, hi]; `grid`: the
+    dims of the node's tensor that hold H and W, from the end ((-3, -2) channels-last). `table`: per axis
+    every unit's box (field_tables.Table) where no jump describes them (behind a resampling op)."""
 
     jump: tuple[int, int]
     lo: tuple[int, int]
@@ -281,6 +280,9 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
     or a SketchmineError naming an op whose effect on positions is not known. A copying pad adds
     the nodes that carry its copies to `copies` (node → why it has no field of its own)."""
     where = node.target if node.op == "call_module" else node.name
+    if len(grids := {f.grid for f in carriers.values() if f.jump != (0, 0)}) == 1:  # a gate is not in the field
+        gates = broadcast_gates(node, [a for a, f in carriers.items() if f.jump == (0, 0)], grids.pop())
+        carriers = {a: f for a, f in carriers.items() if a not in gates}
     if not all(i.jump != (0, 0) for i in carriers.values()):  # from whole-image features (a recurrent head, an MLP)
         return whole
     f = _union(carriers, node, str(where))
@@ -379,8 +381,7 @@ def _window_args(node: fx.Node) -> tuple[Any, Any, Any, Any]:
 
 
 def _field(f: _Field, h: int, w: int) -> ReceptiveField:
-    """A node's field as the public record (the whole h×w image with stride 0 when its units
-    see everything)."""
+    """A node's field as the public record (the whole h×w image, stride 0, when its units see everything)."""
     if f.jump == (0, 0):
         return ReceptiveField((h, w), (0, 0), (0, 0))
     if f.table is not None:
@@ -390,9 +391,8 @@ def _field(f: _Field, h: int, w: int) -> ReceptiveField:
 
 
 def _adaptive(f: _Field, output_size, node: fx.Node, whole: _Field) -> _Field:
-    """Adaptive pooling: the identity when input and output grids match (AlexNet, VGG at
-    224 px), else every unit is taken to see the whole image (global pooling exactly; a
-    safe bound otherwise)."""
+    """Adaptive pooling: the identity when input and output grids match (AlexNet, VGG at 224 px), else
+    every unit is taken to see the whole image (global pooling exactly; a safe bound otherwise)."""
     meta = node.all_input_nodes[0].meta.get("tensor_meta")
     out = tuple(output_size) if isinstance(output_size, (tuple, list)) else pair(output_size)
     if meta is not None and None not in out and tuple(meta.shape[-2:]) == out:
