@@ -320,3 +320,51 @@ def test_a_run_replaced_while_its_report_is_written_is_refused_not_mixed(run, re
     monkeypatch.setattr(report.plots, "histogram_plot", real)
     write_report(here, rep)  # the new run's report, whole
     assert "features.3" in (rep / "index.html").read_text() and "features.0" not in (rep / "index.html").read_text()
+
+
+KILLED_IN_CLEANUP = '''"""Made by the test: a `kill` (SIGTERM) while the report writes its pages, then a `kill -9` just
+after the interrupted report's cleanup removed its staging folder's marker."""
+import os
+import signal
+import sys
+
+_state = []
+
+
+def _hook(event, args):
+    if "report" not in sys.argv:  # the report's own process, not its slide workers
+        return
+    if not _state and event == "open" and report_tmp in str(args[0]) and "/data/" in str(args[0]):
+        _state.append("term")
+        os.kill(os.getpid(), signal.SIGTERM)
+    elif _state == ["term"] and event == "os.remove" and str(args[0]).endswith(".sketchmine-report"):
+        _state.append("marker")
+    elif _state == ["term", "marker"] and event in ("os.remove", "os.rmdir"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+report_tmp = ".sketchmine-report-tmp-"
+sys.addaudithook(_hook)
+'''
+
+
+def test_a_report_killed_while_it_removes_its_staging_folder_leaves_one_the_next_report_removes(run, tmp_path):
+    """SIGTERM, then SIGKILL during the interrupted report's cleanup (a supervisor's grace period):
+    rmtree removed the staging folder's marker before the pages that followed it in the folder's
+    order, and `remove_stale` keeps an unmarked folder, so every later report left it there."""
+    import signal
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(KILLED_IN_CLEANUP)
+    rep = tmp_path / "rep"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
+    killed = subprocess.run([sys.executable, "-m", "sketchmine", "report", str(run.path), "--out", str(rep), "--no-probe"],
+                            capture_output=True, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-600:]  # killed in the cleanup, as the hook aims
+    assert len(leftovers(rep)) == 1 and not (rep.parent / leftovers(rep)[0] / MARKER).exists()
+    write_report(run, rep)
+    assert leftovers(rep) == [] and (rep / "index.html").is_file()

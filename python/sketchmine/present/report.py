@@ -17,7 +17,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +32,8 @@ from sketchmine.present.report_data import (LOG_ODDS_ATTR, PAGE_SIZE, PngWriter,
                                              isolated_path, layer_data, layer_ids, log_odds_html, named, precision_html,
                                              run_title, size_html, with_code)
 from sketchmine.present.report_folder import (MARKER, PARTIAL, TMP, InPlaceSwapError, check_report_dir, remove_stale,
-                                              report_marker, reported_run, same_folder, swap_in)
+                                              remove_staging, report_marker, reported_run, same_folder,
+                                              swap_in)
 from sketchmine.present.report_unit import MONTAGES, copy_assets, montage_plan, unit_pages
 from sketchmine.present.slide_workers import SlideWriter
 from sketchmine.present.summary_grid import Row, grid, grid_html
@@ -353,7 +353,7 @@ def write_report(run: Run | str | os.PathLike, out: str | os.PathLike, images: b
         raise SketchmineFailure(f"cannot write the report to {shown}: {exc.strerror or exc} ({where}); {kept}") from None
     finally:
         if tmp is not None and same_folder(tmp, made):  # interrupted or failed: only what this call created
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_staging(tmp)
     return shown / "index.html"
 
 

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -210,7 +211,7 @@ def remove_stale(target: Path) -> None:
     wrote there; a folder holding anything else is left as it is."""
     for p in target.parent.glob(f".{glob_escape(target.name)}{TMP}*"):
         pid = p.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid() or not (p / MARKER).is_file():
+        if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)
@@ -219,6 +220,10 @@ def remove_stale(target: Path) -> None:
             pass
         except PermissionError:
             continue
+        if not (p / MARKER).is_file():  # killed after `remove_staging` removed the marker: empty, or not ours
+            with contextlib.suppress(OSError):
+                p.rmdir()
+            continue
         try:
             if not remove_listed(p, owned(p, p)):
                 (p / STAGED).unlink(missing_ok=True)
@@ -226,6 +231,25 @@ def remove_stale(target: Path) -> None:
                 p.rmdir()
         except (SketchmineError, OSError):
             continue
+
+
+def remove_staging(tmp: Path) -> None:
+    """Removes an interrupted or failed report's staging folder `tmp`, its marker last, so that a
+    kill part-way (SIGTERM, then SIGKILL during this cleanup) leaves a folder still marked, which
+    the next report there removes (`remove_stale`). Removed as rmtree orders it, the marker went
+    before the pages, slides and data that followed it in the folder's order: that folder, unmarked,
+    was kept by every later report."""
+    with contextlib.suppress(OSError):
+        for p in list(tmp.iterdir()):
+            if p.name == MARKER:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    for last in (lambda: (tmp / MARKER).unlink(missing_ok=True), tmp.rmdir):
+        with contextlib.suppress(OSError):
+            last()
 
 
 def glob_escape(name: str) -> str:
