@@ -117,3 +117,35 @@ def test_the_callers_matplotlib_settings_reach_the_workers(run, tmp_path, monkey
         there = _draw(run, tmp_path / "there", "2", monkeypatch)
     assert [p.read_bytes() for p in there] == [p.read_bytes() for p in here]
     assert here[0].read_bytes() != plain[0].read_bytes()
+
+
+def test_a_second_ctrl_c_while_the_workers_are_stopped_stops_them_all(run, tmp_path, monkeypatch):
+    """The report interrupted, then a second Ctrl-C just as it killed its first worker: the other
+    was left drawing the slides it had been sent, writing them into the report's staging folder
+    after the report had removed it (made again, unmarked, and kept by every later report)."""
+    import signal
+
+    monkeypatch.setenv(slide_workers.ENV, "2")
+    procs = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with SlideWriter(UNITS) as drawn:
+                for u in range(4):
+                    drawn.submit(slide_content(run, LAYER, u, None), tmp_path / f"{u}.png", f"unit {u}")
+                procs = [w.proc for w in drawn._workers]
+                first, real = procs[0], procs[0].kill
+
+                def kill() -> None:  # a second Ctrl-C lands as the first worker is killed
+                    real()
+                    os.kill(os.getpid(), signal.SIGINT)
+
+                monkeypatch.setattr(first, "kill", kill)
+                raise KeyboardInterrupt
+        assert len(procs) == 2
+        for p in procs:
+            assert p.wait(timeout=20) == -signal.SIGKILL  # killed, not left to draw what it was sent
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from sketchmine.cores import usable_cores
+from sketchmine.ctrl_c import held
 from sketchmine.errors import SketchmineError
 
 MIN_SLIDES = 40
@@ -191,11 +192,25 @@ class SlideWriter:
             return
 
     def _close(self, kill: bool) -> None:
+        if kill:
+            self._kill_all()
         for worker in self._workers:
             self._selector.unregister(worker.stdout)
             worker.close(kill)
         self._workers = []
         self._selector.close()
+
+    def _kill_all(self) -> None:
+        """Kill every worker before any is waited for, a Ctrl-C (or SIGTERM) meanwhile held and
+        raised after. Killed one at a time, a second Ctrl-C just after the first kill (the report
+        already interrupted) left the other workers drawing the slides they had been sent: they
+        wrote them into the report's staging folder after the report had removed it, making it
+        again, unmarked, and no later report removed it."""
+        with held() as came:
+            for worker in self._workers:
+                worker.proc.kill()
+        if came:
+            signal.raise_signal(came[-1])
 
     def __enter__(self) -> SlideWriter:
         return self
