@@ -207,15 +207,17 @@ def report_marker(run_path: str, tmp: Path) -> str:
 
 
 def remove_stale(target: Path) -> None:
-    """Temporary report folders of killed report processes (their pid is gone): what a report
-    wrote there; a folder holding anything else is left as it is."""
+    """Temporary report folders of killed report processes (their pid is gone, or now another
+    process's: `started_after`): what a report wrote there; a folder holding anything else is left
+    as it is."""
     for p in target.parent.glob(f".{glob_escape(target.name)}{TMP}*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
+        made, _, pid = p.name.rpartition(TMP)[2].rpartition("-")
+        if not pid.isdigit():
             continue
         try:
             os.kill(int(pid), 0)
-            continue  # still running
+            if not (made.isdigit() and started_after(int(pid), int(made) / 1e9)):
+                continue  # still running (or this process: an earlier call's folder, kept by `swap_in`)
         except ProcessLookupError:
             pass
         except PermissionError:
@@ -231,6 +233,26 @@ def remove_stale(target: Path) -> None:
                 p.rmdir()
         except (SketchmineError, OSError):
             continue
+
+
+STARTED_SLACK = 2.0
+"""Seconds by which a process must have started after a folder was made to be another process than
+the one that made it: its start time is known to the second only (/proc/stat's boot time)."""
+
+
+def started_after(pid: int, made: float) -> bool:
+    """The live process `pid` started after `made` (seconds since the epoch), so it did not make
+    a folder then: its pid was used again. A report in a container is PID 1 each time it starts,
+    so a killed report's folder (named with pid 1) was taken for the next report's own, and kept.
+    False where /proc does not say (not Linux)."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return started > made + STARTED_SLACK
 
 
 def remove_staging(tmp: Path) -> None:

@@ -1,0 +1,76 @@
+"""A killed report's staging folder is removed by the next report there even when the killed
+report's pid is in use again: a report in a container is PID 1 each time it starts, and the
+folder (named with pid 1) was taken for the next report's own and kept for good. A real report
+of a real mined run, killed while it wrote its pages."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import sketchmine
+from sketchmine.present.report import MARKER, write_report
+from sketchmine.present.report_folder import STARTED_SLACK, TMP
+
+KILLED_MID_BUILD = '''"""Made by the test: a `kill -9` while the report writes its pages."""
+import os
+import signal
+import sys
+
+
+def _hook(event, args):
+    if "report" in sys.argv and event == "open" and "-tmp-" in str(args[0]) and "/data/" in str(args[0]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+sys.addaudithook(_hook)
+'''
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, small_test_set):
+    return sketchmine.mine("demo", small_test_set, layers=["features.0", "classifier.6"],
+                           out=tmp_path_factory.mktemp("run") / "run.zarr", batch_size=100)
+
+
+def test_a_killed_reports_folder_whose_pid_is_used_again_is_removed(run, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(KILLED_MID_BUILD)
+    rep = tmp_path / "rep"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
+    killed = subprocess.run([sys.executable, "-m", "sketchmine", "report", str(run.path), "--out", str(rep), "--no-probe"],
+                            capture_output=True, text=True, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-600:]
+    (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(f".rep{TMP}")]
+    assert (left / MARKER).is_file()
+    made = int(left.name.rpartition(TMP)[2].split("-")[0]) / 1e9
+    time.sleep(max(0.0, made + STARTED_SLACK + 1.0 - time.time()))
+    other = subprocess.Popen(["sleep", "60"])  # a process started since, given the killed report's pid
+    try:
+        reused = left.rename(left.with_name(f"{left.name.rsplit('-', 1)[0]}-{other.pid}"))
+        write_report(run, rep)
+        assert not reused.exists()
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".rep")] == []
+        assert (rep / "index.html").is_file() and other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_folder_of_a_live_report_is_kept(run, tmp_path):
+    """The process that made the folder is running (here: this one, an earlier call's folder that
+    `swap_in` kept): not removed."""
+    rep = tmp_path / "rep"
+    kept = tmp_path / f".rep{TMP}{time.time_ns()}-{os.getpid()}"
+    kept.mkdir()
+    (kept / MARKER).write_text('{"sketchmine": "report", "partial": true}\n')
+    (kept / "index.html").write_text("an earlier call's")
+    write_report(run, rep)
+    assert (kept / "index.html").read_text() == "an earlier call's"
+    assert Path(rep / "index.html").is_file()
