@@ -227,6 +227,10 @@ def remove_stale(target: Path) -> None:
                 p.rmdir()
             continue
         try:
+            try:
+                json.loads((p / MARKER).read_text())
+            except ValueError:  # cut by a kill while written (truncated first): read as a partial one lists nothing
+                (p / MARKER).write_text(PARTIAL)
             if not remove_listed(p, owned(p, p)):
                 (p / STAGED).unlink(missing_ok=True)
                 (p / MARKER).unlink()
@@ -236,15 +240,13 @@ def remove_stale(target: Path) -> None:
 
 
 STARTED_SLACK = 2.0
-"""Seconds by which a process must have started after a folder was made to be another process than
-the one that made it: its start time is known to the second only (/proc/stat's boot time)."""
+"""Seconds a process started after a folder was made to be another than its maker (/proc/stat's boot time: 1 s)."""
 
 
 def started_after(pid: int, made: float) -> bool:
-    """The live process `pid` started after `made` (seconds since the epoch), so it did not make
-    a folder then: its pid was used again. A report in a container is PID 1 each time it starts,
-    so a killed report's folder (named with pid 1) was taken for the next report's own, and kept.
-    False where /proc does not say (not Linux)."""
+    """The live process `pid` started after `made` (seconds since the epoch): not the folder's maker,
+    its pid used again (a report in a container is PID 1 each time: a killed one's folder was taken
+    for the next one's own, and kept). False where /proc does not say (not Linux)."""
     try:
         ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
         boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()

@@ -1,7 +1,7 @@
-"""A killed report's staging folder is removed by the next report there even when the killed
-report's pid is in use again: a report in a container is PID 1 each time it starts, and the
-folder (named with pid 1) was taken for the next report's own and kept for good. A real report
-of a real mined run, killed while it wrote its pages."""
+"""A killed report's staging folder is removed by the next report there: even when the killed
+report's pid is in use again (a report in a container is PID 1 each time it starts, and the
+folder, named with pid 1, was taken for the next report's own and kept for good), and when its
+marker was cut by the kill. A real report of a real mined run, killed while it wrote its pages."""
 from __future__ import annotations
 
 import os
@@ -38,7 +38,8 @@ def run(tmp_path_factory, small_test_set):
                            out=tmp_path_factory.mktemp("run") / "run.zarr", batch_size=100)
 
 
-def test_a_killed_reports_folder_whose_pid_is_used_again_is_removed(run, tmp_path):
+def _killed_mid_build(run, tmp_path: Path) -> Path:
+    """The staging folder a report killed while it wrote its pages left."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(KILLED_MID_BUILD)
@@ -49,6 +50,12 @@ def test_a_killed_reports_folder_whose_pid_is_used_again_is_removed(run, tmp_pat
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-600:]
     (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(f".rep{TMP}")]
     assert (left / MARKER).is_file()
+    return left
+
+
+def test_a_killed_reports_folder_whose_pid_is_used_again_is_removed(run, tmp_path):
+    left = _killed_mid_build(run, tmp_path)
+    rep = tmp_path / "rep"
     made = int(left.name.rpartition(TMP)[2].split("-")[0]) / 1e9
     time.sleep(max(0.0, made + STARTED_SLACK + 1.0 - time.time()))
     other = subprocess.Popen(["sleep", "60"])  # a process started since, given the killed report's pid
@@ -61,6 +68,22 @@ def test_a_killed_reports_folder_whose_pid_is_used_again_is_removed(run, tmp_pat
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_killed_reports_folder_whose_marker_was_cut_is_removed(run, tmp_path):
+    """The listing marker is written (truncated, then written) just before the swap: a kill between
+    the two left it empty, `owned` refused it as no sketchmine marker, and the folder, a whole
+    report, stayed for good. Read now as a partial marker listing nothing (what is recognisably a
+    report's is removed)."""
+    left = _killed_mid_build(run, tmp_path)
+    (left / MARKER).write_text("")  # as the kill between the truncation and the write leaves it
+    mine = left / "notes.txt"
+    mine.write_text("not a report's")  # something else in it: the folder kept as it is
+    write_report(run, tmp_path / "rep")
+    assert mine.read_text() == "not a report's" and (left / "data").is_dir()
+    mine.unlink()
+    write_report(run, tmp_path / "rep")
+    assert not left.exists()
 
 
 def test_a_folder_of_a_live_report_is_kept(run, tmp_path):
