@@ -98,8 +98,12 @@ def test_the_default_layers_leave_out_a_head_the_forward_never_calls(sketches, t
     assert np.array_equal(index, want_index) and np.allclose(values, want_values, rtol=1e-6)
     again = sketchmine.mine(net, sketches, k=3, out=tmp_path / "r.zarr", batch_size=16)  # resumes: the same layers
     assert again.layers == run.layers
-    with pytest.raises(SketchmineError, match="was not called during the forward pass"):  # named: refused
+    with pytest.raises(SketchmineError, match="layer 'aux' was not called during the forward pass"):  # named: refused
         sketchmine.mine(net, sketches, layers=["conv1", "aux"], out=tmp_path / "named.zarr")
+    # every such layer in one refusal: a user naming many modules learned them one call at a time
+    net.spare = nn.Conv2d(1, 2, 1)  # never called either
+    with pytest.raises(SketchmineError, match=r"layers 'aux', 'spare' were not called during the forward pass; they"):
+        sketchmine.mine(net, sketches, layers=["aux", "conv1", "spare"], out=tmp_path / "named.zarr")
 
 
 def test_a_channels_last_model_stays_channels_last(sketches, tmp_path):

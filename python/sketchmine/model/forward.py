@@ -278,13 +278,15 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
         raise SketchmineError(not_logits(out, SOFTMAX in layers))
     if SOFTMAX in layers and num_classes is not None:
         shapes[SOFTMAX] = (num_classes,)
+    if (uncalled := [n for n in layers if n not in shapes]) and not optional:  # all at once, not one a call
+        one, said = len(uncalled) == 1, ", ".join(map(repr, uncalled[:8])) + (" ..." if len(uncalled) > 8 else "")
+        raise SketchmineError(f"layer{'' if one else 's'} {said} {'was' if one else 'were'} not called during the "
+                              f"forward pass; {'it' if one else 'they'} cannot be tapped")
     result = []
     for name in layers:
         if name not in shapes:
-            if optional:
-                left[name] = "they are not called by its forward pass"
-                continue
-            raise SketchmineError(f"layer {name!r} was not called during the forward pass; it cannot be tapped")
+            left[name] = "they are not called by its forward pass"
+            continue
         shape = shapes[name]
         result.append(Layer(name, shape[0], tuple(shape[1:]), forward.kind(name), layouts.get(name, {})))
     if optional:
@@ -393,7 +395,6 @@ def fields_attrs(net: nn.Module, sample: tuple[int, ...], progress: Progress,
 
 
 def layer_field(layer: Layer, fields: dict[str, Any]) -> dict[str, Any] | None:
-    """The layer's recorded field: its own, else the whole image ("*") for a layer without
-    positions (the virtual softmax, an LSTM's cell state, a vector); a grid layer the graph
-    analysis gave no field has none (visualize refuses it rather than crop a guess)."""
+    """The layer's recorded field: its own, else the whole image ("*") for a layer without positions (the
+    virtual softmax, an LSTM's cell state, a vector); a grid layer the analysis gave no field has none."""
     return fields[layer.name] if layer.name in fields else fields.get("*") if not layer.spatial else None
