@@ -28,6 +28,20 @@ def all_activations(model, dataset, layers):
     return acts, lg
 
 
+def topk_equals_hooks(run, model, ds, layers) -> None:
+    """Each layer's stored top-k (values, images, positions) equals plain forward hooks + brute_topk."""
+    acts, _ = all_activations(model, ds, [name for name in layers if name != "softmax"])
+    for name in acts:
+        values, index, yx = run.topk(name)
+        bv, bi, bp = brute_topk(acts[name], run.k)
+        np.testing.assert_array_equal(index, bi, err_msg=name)
+        np.testing.assert_allclose(values, bv, rtol=1e-5, atol=1e-6, err_msg=name)
+        shape = run.layer_shape(name)
+        assert shape == tuple(acts[name].shape[1:]), name
+        if len(shape) == 3:
+            np.testing.assert_array_equal(yx[..., 0] * shape[2] + yx[..., 1], bp, err_msg=name)
+
+
 def brute_topk(acts: torch.Tensor, k: int):
     """Top-k per channel by sorting every (image, channel) spatial max: (values, index, position)."""
     n, c = acts.shape[:2]
@@ -199,3 +213,20 @@ def pixels_reached(modules: dict, model, x: torch.Tensor) -> dict:
                                       is_grads_batched=True)
         out[n] = (grad[:, 0].abs().sum(1) > 0).reshape(*o.shape[-2:], h, w)
     return out
+
+
+def report_with_hook(run, tmp_path, sitecustomize: str, **popen):
+    """`sketchmine report RUN --out tmp_path/rep --no-probe` in a process that imports `sitecustomize`
+    first (a test's audit hook that kills or signals it at a chosen point): (completed process, rep)."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(sitecustomize)
+    rep = tmp_path / "rep"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.run([sys.executable, "-m", "sketchmine", "report", str(run.path), "--out", str(rep), "--no-probe"],
+                          capture_output=True, text=True, env=env, **popen), rep
+

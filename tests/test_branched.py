@@ -8,7 +8,7 @@ import torchvision
 
 import sketchmine
 from sketchmine.data import ArrayDataset, preset
-from tests.helpers import all_activations, brute_topk
+from tests.helpers import topk_equals_hooks
 
 
 @pytest.fixture(scope="module")
@@ -18,19 +18,6 @@ def rgb_images(small_test_set):
     keep = np.arange(0, 300, 25)
     return ArrayDataset(ds.images[keep], ds.labels()[keep], ds.class_names, preset("imagenet", 3, (64, 64)),
                         {**ds.describe(), "subset": "every 25th"})
-
-
-def _check(run, model, ds, layers):
-    acts, _ = all_activations(model, ds, [l for l in layers if l != "softmax"])
-    for name in acts:
-        values, index, yx = run.topk(name)
-        bv, bi, bp = brute_topk(acts[name], run.k)
-        np.testing.assert_array_equal(index, bi, err_msg=name)
-        np.testing.assert_allclose(values, bv, rtol=1e-5, atol=1e-6, err_msg=name)
-        shape = run.layer_shape(name)
-        assert shape == tuple(acts[name].shape[1:]), name
-        if len(shape) == 3:
-            np.testing.assert_array_equal(yx[..., 0] * shape[2] + yx[..., 1], bp, err_msg=name)
 
 
 @pytest.mark.parametrize("arch,layers", [
@@ -45,7 +32,7 @@ def test_block_outputs_equal_brute_force(tmp_path, rgb_images, arch, layers):
     model.eval()
     run = sketchmine.mine(model, rgb_images, layers=layers, k=4, out=tmp_path / "r.zarr", batch_size=5)
     assert run.complete and run.layers == layers
-    _check(run, model, rgb_images, layers)
+    topk_equals_hooks(run, model, rgb_images, layers)
     rf = run.store.group[f"layers/{layers[1]}"].attrs["receptive_field"]
     assert rf is not None and rf["size"][0] > 1  # block outputs get a receptive field from the graph
 
@@ -56,7 +43,7 @@ def test_resnet18_default_layers_are_every_conv_and_fc(tmp_path, rgb_images):
     run = sketchmine.mine(model, rgb_images, k=2, out=tmp_path / "r.zarr", batch_size=6)
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     assert run.layers == convs + ["fc", "softmax"]
-    _check(run, model, rgb_images, ["layer4.1.conv2", "layer2.0.downsample.0"])
+    topk_equals_hooks(run, model, rgb_images, ["layer4.1.conv2", "layer2.0.downsample.0"])
 
 
 def test_demo_resnet_block_outputs(tmp_path, demo_test_set):
@@ -70,6 +57,6 @@ def test_demo_resnet_block_outputs(tmp_path, demo_test_set):
                       {**base.describe(), "subset": "every 20th"})
     layers = ["layer1.0", "layer2.1", "layer3.1", "fc"]
     run = sketchmine.mine("demo-resnet", ds, layers=layers, out=tmp_path / "r.zarr", batch_size=32)
-    _check(run, loaded.module, ds, layers)
+    topk_equals_hooks(run, loaded.module, ds, layers)
     assert run.accuracy() > 0.8
     assert run.attrs["model"] == "demo:sketchresnet_animal"

@@ -353,17 +353,11 @@ def test_a_report_killed_while_it_removes_its_staging_folder_leaves_one_the_next
     rmtree removed the staging folder's marker before the pages that followed it in the folder's
     order, and `remove_stale` keeps an unmarked folder, so every later report left it there."""
     import signal
-    import subprocess
-    import sys
 
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(KILLED_IN_CLEANUP)
-    rep = tmp_path / "rep"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
-    killed = subprocess.run([sys.executable, "-m", "sketchmine", "report", str(run.path), "--out", str(rep), "--no-probe"],
-                            capture_output=True, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    from tests.helpers import report_with_hook
+
+    killed, rep = report_with_hook(run, tmp_path, KILLED_IN_CLEANUP,
+                                   preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-600:]  # killed in the cleanup, as the hook aims
     assert len(leftovers(rep)) == 1 and not (rep.parent / leftovers(rep)[0] / MARKER).exists()
     write_report(run, rep)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import sketchmine
 from sketchmine.present.report import MARKER, write_report
 from sketchmine.present.report_folder import STARTED_SLACK, TMP
+from tests.helpers import report_with_hook
 
 KILLED_MID_BUILD = '''"""Made by the test: a `kill -9` while the report writes its pages."""
 import os
@@ -40,13 +40,7 @@ def run(tmp_path_factory, small_test_set):
 
 def _killed_mid_build(run, tmp_path: Path) -> Path:
     """The staging folder a report killed while it wrote its pages left."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(KILLED_MID_BUILD)
-    rep = tmp_path / "rep"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
-    killed = subprocess.run([sys.executable, "-m", "sketchmine", "report", str(run.path), "--out", str(rep), "--no-probe"],
-                            capture_output=True, text=True, env=env)
+    killed, _ = report_with_hook(run, tmp_path, KILLED_MID_BUILD)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-600:]
     (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(f".rep{TMP}")]
     assert (left / MARKER).is_file()

@@ -22,7 +22,7 @@ import sketchmine
 from sketchmine.data import ArrayDataset, preset
 from sketchmine.model.field_record import recorded_field
 from torchvision.ops.misc import SqueezeExcitation
-from tests.helpers import all_activations, brute_topk
+from tests.helpers import topk_equals_hooks
 
 SIZE = 64
 
@@ -107,16 +107,7 @@ def test_zoo_model_mined_fielded_and_visualized(tmp_path, sketches, arch):
     run = sketchmine.mine(model, sketches, layers=layers, k=3, out=tmp_path / "r.zarr", batch_size=6)
     assert run.complete and run.layers == layers
 
-    acts, _ = all_activations(model, sketches, layers)
-    for name in layers:
-        values, index, yx = run.topk(name)
-        bv, bi, bp = brute_topk(acts[name], run.k)
-        np.testing.assert_array_equal(index, bi, err_msg=name)
-        np.testing.assert_allclose(values, bv, rtol=1e-5, atol=1e-6, err_msg=name)
-        shape = run.layer_shape(name)
-        assert shape == tuple(acts[name].shape[1:]), name
-        if len(shape) == 3:
-            np.testing.assert_array_equal(yx[..., 0] * shape[2] + yx[..., 1], bp, err_msg=name)
+    topk_equals_hooks(run, model, sketches, layers)
 
     fields = sketchmine.receptive_fields(model, (3, SIZE, SIZE))
     stored = {n: recorded_field(run.layer_attrs(n)["receptive_field"]) for n in checked}
