@@ -173,3 +173,39 @@ def test_a_module_called_twice_has_no_single_field():
     rf = receptive_fields(torchvision.models.resnet18(weights=None), 64)
     assert "layer1.0.relu" not in rf  # applied after bn1 and after the addition: two fields
     assert "layer1.0.bn1" in rf and "layer1.0" in rf
+
+
+class _Gated(nn.Module):
+    """conv, a squeeze-excitation gate spelled three ways (or its expand_as), conv."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, stride=2)
+        self.fc = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(x))
+        s = torch.sigmoid(self.fc(torch.nn.functional.adaptive_avg_pool2d(h, 1)))
+        if self.spelling == "mul":
+            h = s * h
+        elif self.spelling == "method":
+            h = h.mul(s) + s  # a scale and a shift
+        elif self.spelling == "div":
+            h = torch.div(h, s + 1)
+        else:  # the gate's own values over the map: whole-image features, not a gate
+            h = s.expand_as(h) * h
+        return self.conv2(h)
+
+
+@pytest.mark.parametrize("spelling", ["mul", "method", "div", "expand_as"])
+def test_a_gate_from_the_whole_image_is_not_part_of_the_field(spelling):
+    """A per-channel gate (one value per channel from a global pooling) scales a whole map alike, as a
+    GroupNorm's statistics do: the conv after it has the window of the convs, not the whole image
+    (every layer after EfficientNet's first block had the whole image). An expand_as of the gate
+    holds the gate's values at every position: that product stays whole-image."""
+    fields = receptive_fields(_Gated(spelling), (1, 24, 24))
+    if spelling == "expand_as":
+        assert fields["conv2"].stride == (0, 0)
+    else:
+        assert (fields["conv2"].size, fields["conv2"].stride) == ((5, 5), (2, 2))

@@ -1,9 +1,11 @@
 """Ops the receptive-field analysis takes as pointwise (getitem, cat, chunk, add, ...) must keep
 every pixel at its place on the (H, W) grid: the checks that refuse one that indexes, joins or
 splits along the height or width, or puts the rows or columns in another order; and where a
-reshape or transpose leaves the grid (`moved_grid`)."""
+reshape or transpose leaves the grid (`moved_grid`); and which inputs of an arithmetic op are gates
+(one value per channel for the whole map) rather than part of a unit's field (`broadcast_gates`)."""
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -90,11 +92,18 @@ def grid_size(node: fx.Node, grid: tuple[int, int] = (-2, -1)) -> tuple[int, int
     return (int(shape[grid[0]]), int(shape[grid[1]])) if shape is not None and len(shape) >= -grid[0] else None
 
 
+_ARITHMETIC = {operator.mul, operator.add, operator.sub, operator.truediv, torch.mul, torch.add, torch.sub, torch.div,
+               "mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_"}
+
+
 def broadcast_gates(node: fx.Node, whole: Iterable[fx.Node], grid: tuple[int, int]) -> set[fx.Node]:
-    """The inputs of `node` among `whole` (whole-image features) that hold one value per channel for
-    the whole map, broadcast over its height and width: a squeeze-excitation gate, a global
+    """The inputs of an arithmetic `node` among `whole` (whole-image features) that hold one value per
+    channel for the whole map, broadcast over its height and width: a squeeze-excitation gate, a global
     context term. Like a GroupNorm's statistics they scale or shift a whole map alike, so a unit's
-    field follows the node's other inputs (where its pattern comes from), not the whole image."""
+    field follows the node's other inputs (where its pattern comes from), not the whole image. Any
+    other op (an `expand_as` of the gate: its values are the gate's) keeps the whole image."""
+    if node.op not in ("call_function", "call_method") or node.target not in _ARITHMETIC:
+        return set()
     gates = set()
     for a in whole:
         shape = getattr(a.meta.get("tensor_meta"), "shape", None)
