@@ -88,3 +88,16 @@ def small_test_set(demo_test_set):
     from tests.helpers import per_class_subset
 
     return per_class_subset(demo_test_set, 30, "0:300")
+
+
+@pytest.fixture(scope="session")
+def rgb_sketches(small_test_set):
+    """12 real test sketches of varied classes (every 25th) as 3-channel 64×64 ImageNet-normalised
+    inputs, for torchvision architectures."""
+    import numpy as np
+
+    from sketchmine.data import ArrayDataset, preset
+
+    ds, keep = small_test_set, np.arange(0, 300, 25)
+    return ArrayDataset(ds.images[keep], ds.labels()[keep], ds.class_names, preset("imagenet", 3, (64, 64)),
+                        {**ds.describe(), "subset": "every 25th"})

@@ -7,17 +7,8 @@ import torch
 import torchvision
 
 import sketchmine
-from sketchmine.data import ArrayDataset, preset
+from sketchmine.data import ArrayDataset
 from tests.helpers import topk_equals_hooks
-
-
-@pytest.fixture(scope="module")
-def rgb_images(small_test_set):
-    """12 real test images (varied classes) as 3-channel 64×64 ImageNet-normalised inputs."""
-    ds = small_test_set
-    keep = np.arange(0, 300, 25)
-    return ArrayDataset(ds.images[keep], ds.labels()[keep], ds.class_names, preset("imagenet", 3, (64, 64)),
-                        {**ds.describe(), "subset": "every 25th"})
 
 
 @pytest.mark.parametrize("arch,layers", [
@@ -25,25 +16,25 @@ def rgb_images(small_test_set):
     ("googlenet", ["conv1.conv", "inception3a", "inception3a.branch2.1.conv", "inception4e", "inception5b", "fc"]),
     ("resnet50", ["layer1.0", "layer2.3", "layer3.5.conv3", "layer4.2", "fc"]),
 ])
-def test_block_outputs_equal_brute_force(tmp_path, rgb_images, arch, layers):
+def test_block_outputs_equal_brute_force(tmp_path, rgb_sketches, arch, layers):
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch, weights=None, num_classes=10,
                                          **({"aux_logits": False, "init_weights": True} if arch == "googlenet" else {}))
     model.eval()
-    run = sketchmine.mine(model, rgb_images, layers=layers, k=4, out=tmp_path / "r.zarr", batch_size=5)
+    run = sketchmine.mine(model, rgb_sketches, layers=layers, k=4, out=tmp_path / "r.zarr", batch_size=5)
     assert run.complete and run.layers == layers
-    topk_equals_hooks(run, model, rgb_images, layers)
+    topk_equals_hooks(run, model, rgb_sketches, layers)
     rf = run.store.group[f"layers/{layers[1]}"].attrs["receptive_field"]
     assert rf is not None and rf["size"][0] > 1  # block outputs get a receptive field from the graph
 
 
-def test_resnet18_default_layers_are_every_conv_and_fc(tmp_path, rgb_images):
+def test_resnet18_default_layers_are_every_conv_and_fc(tmp_path, rgb_sketches):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
-    run = sketchmine.mine(model, rgb_images, k=2, out=tmp_path / "r.zarr", batch_size=6)
+    run = sketchmine.mine(model, rgb_sketches, k=2, out=tmp_path / "r.zarr", batch_size=6)
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     assert run.layers == convs + ["fc", "softmax"]
-    topk_equals_hooks(run, model, rgb_images, ["layer4.1.conv2", "layer2.0.downsample.0"])
+    topk_equals_hooks(run, model, rgb_sketches, ["layer4.1.conv2", "layer2.0.downsample.0"])
 
 
 def test_demo_resnet_block_outputs(tmp_path, demo_test_set):

@@ -19,12 +19,11 @@ import torch
 import torchvision
 
 import sketchmine
-from sketchmine.data import ArrayDataset, preset
 from sketchmine.model.field_record import recorded_field
 from torchvision.ops.misc import SqueezeExcitation
 from tests.helpers import topk_equals_hooks
 
-SIZE = 64
+SIZE = 64  # the rgb_sketches fixture's (conftest.py)
 
 # per model: (layers mined, the grid layers whose boxes the gradient checks, one grid layer visualized)
 CASES = {
@@ -52,15 +51,6 @@ CASES = {
                       ["features.3", "features.6.expand3x3", "classifier.1"], "features.3"),
     "resnext50_32x4d": (["layer1.0.conv2", "layer2.1", "fc"], ["layer1.0.conv2", "layer2.1"], "layer1.0.conv2"),
 }
-
-
-@pytest.fixture(scope="module")
-def sketches(small_test_set):
-    """12 real test sketches of varied classes, 3-channel 64×64, ImageNet-normalised."""
-    ds = small_test_set
-    keep = np.arange(0, 300, 25)
-    return ArrayDataset(ds.images[keep], ds.labels()[keep], ds.class_names, preset("imagenet", 3, (SIZE, SIZE)),
-                        {**ds.describe(), "subset": "every 25th"})
 
 
 class _Reached(Exception):
@@ -100,7 +90,8 @@ def _reached(model: torch.nn.Module, layer: str, seed: int) -> dict[tuple[int, i
 
 
 @pytest.mark.parametrize("arch", list(CASES))
-def test_zoo_model_mined_fielded_and_visualized(tmp_path, sketches, arch):
+def test_zoo_model_mined_fielded_and_visualized(tmp_path, rgb_sketches, arch):
+    sketches = rgb_sketches
     layers, checked, shown = CASES[arch]
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch, weights=None, num_classes=10).eval()
