@@ -166,7 +166,7 @@ def test_a_model_error_not_about_the_input_is_quoted_without_resize_advice(tmp_p
 
 def test_torchs_shape_errors_keep_the_input_advice():
     """The shape errors of torch's own layers, as torch words them now, are taken as the input's."""
-    from sketchmine.model.forward import about_input
+    from sketchmine.model.input_words import about_input
 
     x = torch.zeros(1, 1, 8, 8)
     shaped = [lambda: nn.Conv2d(3, 4, 3)(x), lambda: nn.Linear(10, 2)(x.flatten(1)), lambda: nn.MaxPool2d(16)(x),

@@ -89,6 +89,42 @@ def test_a_recurrent_layer_over_folded_rows_is_refused_at_the_probe(sketches, tm
             and "gru" in r.getMessage()]
 
 
+class SharedConvs(nn.Module):
+    """Two convs each applied twice (a recurrent conv, weights shared over steps), a conv called
+    once, and a GRU over each image's rows folded into the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.step, self.twice = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+        self.gru, self.fc = nn.GRU(28, 4, batch_first=True), nn.Linear(4 * 28 + 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        for _ in range(3):
+            h = torch.relu(self.step(h))
+        h = self.twice(self.twice(h))
+        _, rows = self.gru(h[:, :1].reshape(len(x) * 28, 1, 28))
+        return self.fc(torch.cat([rows[-1].reshape(len(x), -1), h.mean((2, 3))], 1))
+
+
+def test_modules_called_more_than_once_are_all_named_at_once(sketches, tmp_path, caplog):
+    """A module the forward calls more than once was refused at its second call, one per attempt (the
+    hook raised mid-forward): a user fixed one name to meet the next. The probe names them all, with
+    their call counts; default layers leave them out, said beside the other reasons."""
+    torch.manual_seed(0)
+    with pytest.raises(sketchmine.SketchmineError, match=r"layers 'step' \(3 calls\), 'twice' \(2 calls\) are called "
+                                                         r"more than once per forward pass"):
+        sketchmine.mine(SharedConvs().eval(), sketches, layers=["conv", "step", "twice"], out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        run = sketchmine.mine(SharedConvs().eval(), sketches, out=tmp_path / "default.zarr", k=2)
+    assert set(run.layers) == {"conv", "fc", "softmax"}
+    said = [r.getMessage() for r in caplog.records if "not mined because" in r.getMessage()]
+    assert any("2 of the model's layers are not mined because the forward pass calls them more than once" in m
+               and "step, twice" in m for m in said), said
+    assert any("first dimension is not the batch" in m and "gru" in m for m in said), said
+
+
 class RowsOnly(nn.Module):
     """Each image's rows through a GRU (torch) or a Linear (which ONNX cannot unfold), folded into
     the batch: the model's one default layer whose first dimension is not the batch."""

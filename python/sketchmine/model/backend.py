@@ -44,6 +44,24 @@ class RowsNotImages(SketchmineError):
         self.layers = layers
 
 
+class CalledMoreThanOnce(SketchmineError):
+    """Tapped modules the forward calls more than once (ResNet's block ReLU, a shared conv, a
+    recurrent cell unrolled in Python): one tap would mix their calls. `calls` maps each layer to
+    its call count in the probe's forward (None: refused at its second call); all are named at once. Default layers leave them out
+    (`forward.probe`); asked for, they are refused before the run is made."""
+
+    def __init__(self, calls: dict[str, int | None], cells: set[str]) -> None:
+        shown = ", ".join(f"{name!r}" + (f" ({n} calls)" if n else "") for name, n in list(calls.items())[:8])
+        one = len(calls) == 1
+        cell = (" (a recurrent cell unrolled over time: tap an nn.GRU/nn.LSTM layer instead)"
+                if cells & set(calls) else "")
+        super().__init__(f"layer{'' if one else 's'} {shown}{' …' if len(calls) > 8 else ''} "
+                         f"{'is' if one else 'are'} called more than once per forward pass, so one tap would mix "
+                         f"{'its' if one else 'their'} calls{cell}; tap the modules around "
+                         f"{'it' if one else 'them'} instead (e.g. the conv or the block output)")
+        self.layers = list(calls)
+
+
 @dataclass
 class Layer:
     """A tapped layer as the pass sees it: units, grid, kind and the tap's layout attrs."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +15,9 @@ from torch import nn
 
 from sketchmine.errors import SketchmineError, SketchmineFailure, first_line
 from sketchmine.model import cut
-from sketchmine.model.backend import (WEIGHTS_HASH, Forward, Layer, RowsNotImages, as_forward, first_tensor,
-                                      not_logits, register_backend, weights_hasher)
+from sketchmine.model.backend import (WEIGHTS_HASH, CalledMoreThanOnce, Forward, Layer, RowsNotImages, as_forward,
+                                      first_tensor, not_logits, register_backend, weights_hasher)
+from sketchmine.model.input_words import about_input, input_advice, input_words, model_failed
 from sketchmine.model.onnx_backend import OnnxRunError
 from sketchmine.model.modes import input_dtype
 from sketchmine.model.meta import meta_call
@@ -124,13 +124,15 @@ class TorchForward:
         # under the pass's autocast, computed for real: the meta device runs no autocast, and an op the cast
         # breaks (a bfloat16 conv into a float16 BatchNorm) must be refused here, before the run is made
         cast = torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
-        with torch.inference_mode(), cast, Taps(self.net, layers, record, known) as taps:
+        with torch.inference_mode(), cast, Taps(self.net, layers, record, known, count_calls=True) as taps:
             try:
                 out = first_tensor(self.net(x)) if self.autocast else _shape_forward(self.net, x)
             except (RuntimeError, ValueError, IndexError):
                 if whole or any(name not in shapes for name in layers):
                     raise
                 out = None
+        if taps.calls:  # every reused module at once, not one a call
+            raise CalledMoreThanOnce(dict(taps.calls), taps.cells)
         rows = [name for name, n in rows_of.items() if n != len(x)]
         if rows:  # a recurrent layer over an image's rows folded into the batch (N·H sequences): not unfolded
             raise RowsNotImages(rows, rows_of[rows[0]], len(x), why=" (sequences folded into it are unfolded only "
@@ -249,6 +251,10 @@ def _check_folded_rows(net: nn.Module, layers: list[str], x: torch.Tensor,
                 "torch.cat), so its positions cannot be credited to images; mine the modules before or after it")
 
 
+_LEFT_WHY = {RowsNotImages: "their first dimension is not the batch (their rows are not the images)",
+             CalledMoreThanOnce: "the forward pass calls them more than once (one tap would mix the calls)"}
+
+
 def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool = False, logits: bool = False
           ) -> tuple[list[Layer], int | None, dict[str, str]]:
     """Shapes of the tapped outputs and the logit count, from one forward pass, and the layers
@@ -259,14 +265,15 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
     left: dict[str, str] = {}
     whole = logits or SOFTMAX in layers  # else the head need not run at this size: mining stops before it
     try:
-        try:
-            shapes, out, layouts = forward.shapes(layers, x, whole)
-        except RowsNotImages as exc:
-            if not optional:
-                raise
-            left = dict.fromkeys(exc.layers, "their first dimension is not the batch (their rows are not the images)")
-            layers = [name for name in layers if name not in left]
-            shapes, out, layouts = forward.shapes(layers, x, whole)
+        while True:  # default layers: each refusal of some leaves them out, and the rest are probed again
+            try:
+                shapes, out, layouts = forward.shapes(layers, x, whole)
+                break
+            except (RowsNotImages, CalledMoreThanOnce) as exc:
+                if not optional:
+                    raise
+                left |= dict.fromkeys(exc.layers, _LEFT_WHY[type(exc)])
+                layers = [name for name in layers if name not in left]
     except (RuntimeError, ValueError, IndexError, OnnxRunError) as exc:
         first = first_line(exc)
         if not isinstance(exc, OnnxRunError) and not about_input(first):  # an op's own failure: no resize helps
@@ -309,57 +316,6 @@ def _refuse_if_none_kept(kept: list[str], left: dict[str, str]) -> None:
     raise SketchmineError("every default layer of the model is left out"
                           + (", which leaves only the softmax of its logits to mine" if kept else "")
                           + f": {said}. Name the layers to mine with --layers (layers=), those before or after these")
-
-
-def input_words(x: torch.Tensor) -> str:
-    """What one input of the batch `x` is, in words: an image (C, H, W) or a progressive drawing
-    of T frames (T, C, H, W)."""
-    if x.ndim == 5:
-        return f"a progressive drawing: {x.shape[1]} frames (--steps, steps=) of channels, height, width"
-    return "one image: channels, height, width"
-
-
-def input_advice(x: torch.Tensor, channels: int = 0) -> str:
-    """What to change so the model takes the batch `x`: what was given decides (a model that
-    cannot read sequences is not helped by resizing, a wrong size is not helped by --steps, and
-    neither helps images whose dimension -3 is not the model's `channels`, 0 when unknown: a
-    channel count of another kind, or channels last)."""
-    if x.ndim == 5:
-        return ("--steps (steps=) is for CNN + recurrent models that read sequences of frames: leave it out for a "
-                "model of single images, or check the model's image size (--image-size, image_size=)")
-    if x.ndim == 4 and channels and x.shape[-3] != channels:
-        c, shape = int(x.shape[-3]), tuple(x.shape[1:])
-        if x.shape[-1] == channels or (c > 4 and x.shape[-1] <= 4):
-            return (f"the images look channels-last, (H, W, C) = {shape}, and the model takes {channels} channel(s) "
-                    "first: yield x.permute(2, 0, 1) (transforms.ToTensor() puts channels first)")
-        return (f"the images have {c} channel(s) and the model takes {channels}: convert them (a preprocessing "
-                "converts grey and colour: preprocessing='model', 'imagenet' or 'none' takes a torch Dataset's tensors "
-                f"as pixels in [0, 1]), or give the model trained on {c}-channel images")
-    return ("check what the model takes: resize the images with --image-size (image_size=), or give the model "
-            "trained at this size")
-
-
-_INPUT_ERROR = re.compile(r"shape|size|dimension|channel|\b\d+D\b|must match|contain \d+ elements", re.IGNORECASE)
-"""Words of torch's errors about what a tensor holds where (a conv's channels, a linear's features,
-a pooling larger than its input, 3D for 4D): a model's error on the probe's image that says none of
-them (an op without a float16 kernel, mixed dtypes) is not about the input's shape."""
-
-
-def about_input(error: str) -> bool:
-    """Whether a model's error plausibly concerns the shape or channels of its input."""
-    return bool(_INPUT_ERROR.search(error))
-
-
-def model_failed(forward: Forward, x: torch.Tensor, error: str) -> str:
-    """The refusal of a model that failed on the probe's image for another reason than its shape:
-    the error quoted, and the autocast it ran under (the pass's: TorchForward.autocast)."""
-    said = f"the model failed on the first image ({input_words(x)}: {tuple(x.shape[1:])}): {error}"
-    cast = getattr(forward, "autocast", None)
-    if cast is None:
-        return said
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(cast, str(cast))
-    return (f"{said}; it ran under torch.autocast with {name} (--autocast {name}, autocast={name!r}), as mining "
-            "would: mine without autocast, or with the model in float32 (model.float())")
 
 
 def _shape_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from sketchmine.errors import SketchmineError, closest
+from sketchmine.model.backend import CalledMoreThanOnce
 from sketchmine.model.layouts import CHANNELS_LAST, FEATURES_LAST, learn_layouts
 
 SOFTMAX = "softmax"
@@ -243,15 +244,19 @@ class Taps:
         callback: Callable[[str, torch.Tensor], None],
         known: Mapping[str, Mapping[str, Any]] | None = None,
         on_fed: Callable[[str, torch.Tensor], None] | None = None,
+        count_calls: bool = False,
     ) -> None:
         self.model = model
+        # counted (a probe: every reused module named at once, after the forward) or refused mid-forward
+        self.calls: dict[str, int] | None = {} if count_calls else None
+        self.cells: set[str] = set()
         self.on_fed = on_fed
         self.layers = [n for n in layers if n != SOFTMAX]
         self.callback = callback
         self.known = dict(known or {})
         self.layouts: dict[str, dict[str, Any]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._called: set[str] = set()
+        self._called: dict[str, int] = {}  # this forward's calls of each tapped module
         self._batch: int | None = None
 
     def __enter__(self) -> Taps:
@@ -276,13 +281,14 @@ class Taps:
 
     def _hook(self, target: str, names: list[str]) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output) -> None:
-            if target in self._called:  # a reused module (ResNet's block ReLU): one tap, two tensors
-                extra = (" (a recurrent cell unrolled over time: tap an nn.GRU/nn.LSTM layer instead)"
-                         if isinstance(module, nn.RNNCellBase) else "")
-                raise SketchmineError(
-                    f"layer {target!r} is called more than once per forward pass, so one tap would mix its "
-                    f"calls{extra}; tap the modules around it instead (e.g. the conv or the block output)")
-            self._called.add(target)
+            n = self._called[target] = self._called.get(target, 0) + 1
+            if n > 1:  # a reused module (ResNet's block ReLU): one tap, two tensors
+                if isinstance(module, nn.RNNCellBase):
+                    self.cells.update(names)
+                if self.calls is None:
+                    raise CalledMoreThanOnce(dict.fromkeys(names), self.cells)
+                self.calls.update({name: max(n, self.calls.get(name, 0)) for name in names})
+                return
             fed = inputs[0] if inputs else None
             for name in names:
                 cell = name != target
