@@ -249,3 +249,12 @@ def test_no_home_folder_is_made_by_the_report(unicode_run, tmp_path):
     assert proc.returncode == 0 and (tmp_path / "r" / "index.html").is_file(), proc.stderr.decode()
     assert not home.exists() and not list(tmp.glob("sketchmine-*")), sorted(p.name for p in tmp_path.rglob("*"))[:20]
     assert b"Matplotlib" not in proc.stderr, proc.stderr.decode()
+
+
+def test_a_malformed_slide_worker_count_refuses_the_demo_before_it_mines(tmp_path):
+    """SKETCHMINE_SLIDE_WORKERS=many was read at the first report: `demo` mined, visualized and
+    ranked for minutes, then ended on it. It is refused before anything is done or written."""
+    proc = sm("demo", "--out", str(tmp_path / "demo"), env={"SKETCHMINE_SLIDE_WORKERS": "many"})
+    err = proc.stderr.decode()
+    assert proc.returncode == 3 and "SKETCHMINE_SLIDE_WORKERS should be a number of processes" in err, err
+    assert not (tmp_path / "demo").exists()

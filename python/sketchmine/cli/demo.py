@@ -123,14 +123,14 @@ def run_demo(out_dir: str | Path | None, batch_size: int, report_dir: str | Path
     check_demo_dir(out, reports)
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_MARKER).write_text("sketchmine demo: runs demo.zarr, demo-resnet.zarr, demo-gru.zarr and reports\n")
+    again = f"sketchmine demo --out {out}" + (f" --report {report_dir}" if report_dir else "")
     try:
-        return _run_demo(out, batch_size, reports, console)
-    except KeyboardInterrupt:
-        again = f"sketchmine demo --out {out}" + (f" --report {report_dir}" if report_dir else "")
+        return _run_demo(out, batch_size, reports, console, again)
+    except KeyboardInterrupt as exc:  # a report's own words (one written, its previous one left beside it) first
         raise KeyboardInterrupt(
-            f"interrupted; `{again}` resumes mining and visualizing where the runs stopped (last flush / unit "
-            "block), then measures the GRU's unit importance and writes the reports again (earlier reports are "
-            "kept until replaced)") from None
+            f"{exc if exc.args else 'interrupted'}; `{again}` resumes mining and visualizing where the runs stopped "
+            "(last flush / unit block), then measures the GRU's unit importance and writes the reports again "
+            "(earlier reports are kept until replaced)") from None
 
 
 def demo_report(run: Run, dest: Path, console: Console) -> Path:
@@ -142,7 +142,8 @@ def demo_report(run: Run, dest: Path, console: Console) -> Path:
     return print_report(str(run.path), str(dest), console, report_probe(str(run.path)))
 
 
-def _run_demo(out: Path, batch_size: int, reports: Path, console: Console) -> dict[str, Path]:
+def _run_demo(out: Path, batch_size: int, reports: Path, console: Console, again: str) -> dict[str, Path]:
+    from sketchmine.errors import SketchmineError
     from sketchmine.passes.importance import unit_importance
     from sketchmine.names import command
     from sketchmine.present.compare_console import print_compare
@@ -161,7 +162,12 @@ def _run_demo(out: Path, batch_size: int, reports: Path, console: Console) -> di
     print_compare(runs[MODELS[0]], runs[MODELS[1]], 5, console, title=True)
     console.rule(f"[bold]which {layer} units matter for the label[/]: {gru} (ablation over the test split)")
     console.print(importance_table(open_run(runs[gru].path), layer, 10))
-    index = {m: demo_report(run, reports / m, console) for m, run in runs.items()}
+    try:
+        index = {m: demo_report(run, reports / m, console) for m, run in runs.items()}
+    except SketchmineError as exc:  # a report's failure (a slide worker gone) leaves the runs: say they are kept
+        said = SketchmineError(f"{exc}; the runs are kept in {out}: `{again}` writes the reports again")
+        said.exit_code = exc.exit_code
+        raise said from exc
     a, b = (runs[m].path for m in MODELS)
     console.print(safe(f"runs stored in {out}; compare them again with: {command('sketchmine', 'compare', a, b)}"))
     return index

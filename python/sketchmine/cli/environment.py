@@ -55,6 +55,14 @@ def environment_refusal(command: str | None, prints_result: bool, paths: list[tu
         return (f"`sketchmine {command}` runs in one process and torchrun started {size} (WORLD_SIZE={size}): each would "
                 "do the whole pass over the same run, the others finding it locked; run it without torchrun (only "
                 "`mine` shares its images across processes)")
+    if command in ("report", "demo"):  # before the demo mines for minutes, not at its report
+        from sketchmine.errors import SketchmineError
+        from sketchmine.present.slide_workers import wanted_workers
+
+        try:
+            wanted_workers()
+        except SketchmineError as exc:
+            return str(exc)
     if sys.stdout is None and prints_result:  # `>&-`: the tables went nowhere, --json raised a traceback
         return (f"standard output is closed (>&-), and `sketchmine {command}` prints its result there: redirect "
                 "it to a file, or to /dev/null to discard it")

@@ -44,15 +44,22 @@ ENV = "SKETCHMINE_SLIDE_WORKERS"
 _HEADER = struct.Struct("<Q")
 
 
+def wanted_workers() -> int | None:
+    """SKETCHMINE_SLIDE_WORKERS as a number, None when unset; refused when it is not one (checked
+    again before `demo` mines, so a typo does not end it at the report, minutes in)."""
+    setting = os.environ.get(ENV, "").strip()
+    if not setting:
+        return None
+    try:
+        return int(setting)
+    except ValueError:
+        raise SketchmineError(f"{ENV} should be a number of processes (0: none), found {setting!r}") from None
+
+
 def worker_count(slides: int) -> int:
     """Workers for a report of `slides` slides: one per core (at most 8), none for a few
     slides or one core; SKETCHMINE_SLIDE_WORKERS, when set, is the number."""
-    setting = os.environ.get(ENV, "").strip()
-    if setting:
-        try:
-            wanted = int(setting)
-        except ValueError:
-            raise SketchmineError(f"{ENV} should be a number of processes (0: none), found {setting!r}") from None
+    if (wanted := wanted_workers()) is not None:
         return max(0, min(wanted, slides))
     cores = usable_cores()
     if slides < MIN_SLIDES or cores < 2:
