@@ -26,7 +26,7 @@ import numpy as np
 
 from sketchmine.lazy import lazy
 from sketchmine.stats.grid import AlignedGrid, bin_of, slots
-from sketchmine.stats.held import HeldMaxima, SharedBlocks
+from sketchmine.stats.held import HeldMaxima, HeldStatistic, SharedBlocks
 from sketchmine.stats.histogram import columns, finite_range
 from sketchmine.store import schema
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from sketchmine.stats import ops
-    from sketchmine.stats.accumulators import Batch, Setup
+    from sketchmine.stats.accumulators import Setup
 else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
     torch, ops = lazy("torch", globals()), lazy("sketchmine.stats.ops", globals())
 
@@ -84,7 +84,7 @@ def bottom(group: torch.Tensor, h: torch.Tensor, index: torch.Tensor, groups: in
     return out_h, out_i
 
 
-class QuantileExamples:
+class QuantileExamples(HeldStatistic):
     """Per unit: the grid and, per slot, the PER_BIN (hash, image) pairs of smallest hash."""
 
     key, title = KEY, "quantile examples"
@@ -170,15 +170,6 @@ class QuantileExamples:
         flat_i[touched] = torch.cat([flat_i[touched], new_i], 1).gather(1, pick[:, :m])
 
     # ---- the accumulator protocol --------------------------------------------------------
-    def start_batch(self, batch: Batch) -> None:
-        return None
-
-    def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
-        self._held.add(layer, batch.maxima_of(layer), batch.index)
-
-    def end_batch(self, batch: Batch) -> None:
-        return None
-
     def state(self) -> dict[str, np.ndarray]:
         self._held.release()
         g = self.grid.state()

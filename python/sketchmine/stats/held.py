@@ -19,6 +19,8 @@ from sketchmine.lazy import lazy
 
 if TYPE_CHECKING:
     import torch
+
+    from sketchmine.stats.accumulators import Batch
 else:  # imported on first use: reading a run does not need it (sketchmine/lazy.py)
     torch = lazy("torch", globals())
 
@@ -96,3 +98,20 @@ class HeldMaxima:
             self._sink(layer, maxima, self._blocks.cat(f"{layer}\0index", [i for _, i in parts]))
         else:
             self._sink(layer, maxima)
+
+
+class HeldStatistic:
+    """The accumulator protocol's batch steps of a statistic fed the image maxima the top-k computed
+    (`Batch.maxima_of`), through its `_held` rows: nothing at a batch's start or end, the layer's
+    maxima held at `update`. Moments, histogram, quantile sketch and examples share them."""
+
+    _held: HeldMaxima
+
+    def start_batch(self, batch: Batch) -> None:
+        return None
+
+    def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
+        self._held.add(layer, batch.maxima_of(layer), batch.index)
+
+    def end_batch(self, batch: Batch) -> None:
+        return None

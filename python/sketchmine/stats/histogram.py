@@ -25,14 +25,14 @@ import numpy as np
 
 from sketchmine.lazy import lazy
 from sketchmine.stats.grid import BINS, AlignedGrid, bin_of, rebin
-from sketchmine.stats.held import HeldMaxima, SharedBlocks
+from sketchmine.stats.held import HeldMaxima, HeldStatistic, SharedBlocks
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
     import torch
 
     from sketchmine.stats import ops
-    from sketchmine.stats.accumulators import Batch, Setup
+    from sketchmine.stats.accumulators import Setup
 else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
     torch, ops = lazy("torch", globals()), lazy("sketchmine.stats.ops", globals())
 
@@ -55,7 +55,7 @@ def finite_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(finite, x, inf).amin(0), torch.where(finite, x, -inf).amax(0)
 
 
-class RunningHistogram:
+class RunningHistogram(HeldStatistic):
     """Per unit: the grid (exact finite min/max, exponent), 64 counts on it, and the ±inf counts."""
 
     key, title = KEY, "unit histograms"
@@ -100,15 +100,6 @@ class RunningHistogram:
         self.counts[cols].view(-1).scatter_add_(0, flat.view(-1), finite.view(-1).long())  # no compaction
 
     # ---- the accumulator protocol --------------------------------------------------------
-    def start_batch(self, batch: Batch) -> None:
-        return None
-
-    def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
-        self._held.add(layer, batch.maxima_of(layer), batch.index)
-
-    def end_batch(self, batch: Batch) -> None:
-        return None
-
     def state(self) -> dict[str, np.ndarray]:
         self._held.release()
         g = self.grid.state()

@@ -17,21 +17,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sketchmine.lazy import lazy
-from sketchmine.stats.held import HeldMaxima, SharedBlocks
+from sketchmine.stats.held import HeldMaxima, HeldStatistic, SharedBlocks
 from sketchmine.store import schema
 
 if TYPE_CHECKING:
     import torch
 
     from sketchmine.stats import ops
-    from sketchmine.stats.accumulators import Batch, Setup
+    from sketchmine.stats.accumulators import Setup
 else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
     torch, ops = lazy("torch", globals()), lazy("sketchmine.stats.ops", globals())
 
 KEY = "moments"
 
 
-class RunningMoments:
+class RunningMoments(HeldStatistic):
     """Per unit (all layers in one column block): the float64 sum and count of non-NaN image
     maxima, and the count of maxima > 0.
 
@@ -82,15 +82,6 @@ class RunningMoments:
         self._firing[cols] += (m > 0).sum(dim=0)
 
     # ---- the accumulator protocol --------------------------------------------------------
-    def start_batch(self, batch: Batch) -> None:
-        return None
-
-    def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
-        self._held.add(layer, batch.maxima_of(layer), batch.index)
-
-    def end_batch(self, batch: Batch) -> None:
-        return None
-
     def state(self) -> dict[str, np.ndarray]:
         self._held.release()
         return {"sum": self._sum[0].cpu().numpy().copy(),

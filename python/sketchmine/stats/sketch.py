@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sketchmine.lazy import lazy
-from sketchmine.stats.held import HeldMaxima, SharedBlocks
+from sketchmine.stats.held import HeldMaxima, HeldStatistic, SharedBlocks
 from sketchmine.stats.histogram import columns
 from sketchmine.store import schema
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from sketchmine.stats import ops
-    from sketchmine.stats.accumulators import Batch, Setup
+    from sketchmine.stats.accumulators import Setup
 else:  # imported on first use: reading a run needs neither (sketchmine/lazy.py)
     torch, ops = lazy("torch", globals()), lazy("sketchmine.stats.ops", globals())
 
@@ -54,7 +54,7 @@ def keys(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().contiguous().view(torch.int32) & 0x7FFFFFFF) >> SHIFT).long()
 
 
-class QuantileSketch:
+class QuantileSketch(HeldStatistic):
     """Per unit: counts (C, 2, BUCKETS) by sign and key - (top - BUCKETS + 1) (clamped at 0),
     top (C, 2), and the exact counts of -inf, 0 and +inf."""
 
@@ -107,15 +107,6 @@ class QuantileSketch:
             top[rows] = new_top[rows]
 
     # ---- the accumulator protocol --------------------------------------------------------
-    def start_batch(self, batch: Batch) -> None:
-        return None
-
-    def update(self, layer: str, acts: torch.Tensor, batch: Batch) -> None:
-        self._held.add(layer, batch.maxima_of(layer), batch.index)
-
-    def end_batch(self, batch: Batch) -> None:
-        return None
-
     def state(self) -> dict[str, np.ndarray]:
         self._held.release()
         return {"counts": self.counts.ravel().cpu().numpy().copy(),
