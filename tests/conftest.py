@@ -101,3 +101,21 @@ def rgb_sketches(small_test_set):
     ds, keep = small_test_set, np.arange(0, 300, 25)
     return ArrayDataset(ds.images[keep], ds.labels()[keep], ds.class_names, preset("imagenet", 3, (64, 64)),
                         {**ds.describe(), "subset": "every 25th"})
+
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's chromium: playwright cannot download its own browser here (.ci/run installs this one)."""
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for the report and probe pages, one per test module."""
+    pw = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
+    with pw.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -13,7 +13,7 @@ from torch import nn
 import sketchmine
 from sketchmine.data import ArrayDataset
 from sketchmine.data.resolve import export_image_folder
-from tests.test_report import _open, browser  # noqa: F401  (the Chromium fixture)
+from tests.test_report import _open
 
 CLASSES = ["\u202eevil", "\u2067rli", "\u05e9\u05dc\u05d5\u05dd", "\u0633\u0644\u0627\u0645", "class 4",
            "\u05d1\u05d9\u05ea", "\u2069\u202eodd", "c7", "c8", "c9"]
@@ -139,7 +139,7 @@ def _names(run) -> list[str]:
     return sorted({*run.class_names, *run.layers, str(run.attrs["model"]), *parts}, key=len, reverse=True)
 
 
-def test_right_to_left_names_move_no_word_or_number_on_any_page(rtl, browser):  # noqa: F811
+def test_right_to_left_names_move_no_word_or_number_on_any_page(rtl, browser):
     """A layer named with an unclosed U+202E reversed its dashboard's heading ("conv: unit 3 of 8"
     read "8 fo 3 tinu"), its link, the pages' titles and the unit number and options of the
     commands the notes name ("'שכבה' 3 --json" read "3 'שכבה' --json"); a class's tooltip on the
@@ -171,7 +171,7 @@ def test_right_to_left_names_move_no_word_or_number_on_any_page(rtl, browser):  
     page.close()
 
 
-def test_the_probe_names_its_layers_and_images_without_moving_their_numbers(rtl, browser):  # noqa: F811
+def test_the_probe_names_its_layers_and_images_without_moving_their_numbers(rtl, browser):
     """The probe's layer headings ("conv (8 units)" read "(stinu 8) vnoc"), its images' tooltips
     ("#99" before the class) and the note on a picked image ("Dataset image 99 (evil), at the
     model's input size" reversed after the name) isolate the names they hold."""
@@ -196,7 +196,7 @@ def test_the_probe_names_its_layers_and_images_without_moving_their_numbers(rtl,
     page.close()
 
 
-def test_plots_and_slides_isolate_the_names_they_draw(rtl, browser):  # noqa: F811
+def test_plots_and_slides_isolate_the_names_they_draw(rtl, browser):
     """matplotlib lays text out by the bidi algorithm (libraqm): a slide titled "\u202econv · unit 0
     (Net)" was drawn "(teN) 0 tinu · vnoc", a Hebrew layer's title put the unit after the name, a
     caption's value could go before its class. The texts the plots draw, laid out as Chromium lays
@@ -217,7 +217,7 @@ def test_plots_and_slides_isolate_the_names_they_draw(rtl, browser):  # noqa: F8
     page.close()
 
 
-def test_sorting_and_picking_work_from_the_keyboard(rtl, browser):  # noqa: F811
+def test_sorting_and_picking_work_from_the_keyboard(rtl, browser):
     """The importance table's headers sorted on a click only (Tab never reached them), and the
     probe's dataset images were canvases a click alone could pick, its gallery closed by its
     button only. Headers and images are reached by Tab and act on Enter and Space; Escape closes
@@ -257,7 +257,7 @@ def test_sorting_and_picking_work_from_the_keyboard(rtl, browser):  # noqa: F811
     page.close()
 
 
-def test_no_page_scrolls_sideways_at_200_percent_zoom(rtl, browser):  # noqa: F811
+def test_no_page_scrolls_sideways_at_200_percent_zoom(rtl, browser):
     """At a zoom of 200 % (640 CSS px in a 1280 px window) a layer page scrolled sideways: a card's
     rows of k tiles (9 × 64 px and their label) stuck out of the window. A card scrolls itself now;
     no page is wider than the window."""
@@ -275,7 +275,7 @@ def test_no_page_scrolls_sideways_at_200_percent_zoom(rtl, browser):  # noqa: F8
     page.close()
 
 
-def test_notes_listing_classes_isolate_them(tmp_path, demo_test_set, browser):  # noqa: F811
+def test_notes_listing_classes_isolate_them(tmp_path, demo_test_set, browser):
     """The index's note on classes without images ("classes without images, left out: A, B") and
     the summary plot's title listing them wrote the names as given: one with an unclosed U+202E
     reversed the rest of the list. Each name in them is isolated now."""

@@ -21,7 +21,7 @@ from sketchmine.passes.featvis import feature_visualization
 from sketchmine.passes.featvis_relu import _RedirectedReLU
 from sketchmine.passes.visualize import visualize
 from sketchmine.store import attr_sums, schema
-from tests.test_report import _open, browser  # noqa: F401  (the Chromium fixture)
+from tests.test_report import _open
 
 PLAIN = {"redirect_relu": False}
 
@@ -202,7 +202,7 @@ def test_the_stored_pass_says_which_units_were_not_optimised(small_test_set, tmp
     assert (run.optimized("features.7", key="optimized_stopped")[:8] == -1).all()
 
 
-def test_the_stored_mark_reaches_the_slide_and_the_report(small_test_set, tmp_path, browser):  # noqa: F811
+def test_the_stored_mark_reaches_the_slide_and_the_report(small_test_set, tmp_path, browser):
     """optimized_stopped holds NO_GRADIENT for those units (-1 for the others), and the slide and
     the report's card (in Chromium) say so instead of showing the noise as an optimised input."""
     from sketchmine.present.montage import slide_content

@@ -23,7 +23,6 @@ from sketchmine.present.report import write_report
 from sketchmine.results import importance_store
 from sketchmine.results.numbers import percents
 from tests.helpers import per_class_subset
-from tests.test_report import browser  # noqa: F401  (the Chromium fixture)
 
 LAYER = "features.3"
 
@@ -116,7 +115,7 @@ def test_the_importance_plot_labels_its_bars_as_the_importance_table(runs):
     assert np.allclose([float(t) for t in got], drops * 100)
 
 
-def test_a_units_images_and_class_tables_keep_one_count_of_decimals(runs, tmp_path, browser):  # noqa: F811
+def test_a_units_images_and_class_tables_keep_one_count_of_decimals(runs, tmp_path, browser):
     """`sketchmine unit`'s images table and the dashboard's class tables wrote "100" beside "90.00"."""
     from sketchmine.present.unit_console import images_table
     from sketchmine.results.unit_summary import unit_summary

@@ -20,9 +20,6 @@ from sketchmine.present.report import write_report
 from sketchmine.present.report_data import PAGE_SIZE
 from tests.helpers import per_class_subset
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,17 +57,6 @@ def report(tmp_path_factory, subset) -> Path:
                           layers=["features.0", "features.6", "classifier.1", "classifier.4", "classifier.6"])
     sketchmine.visualize(run, layers=["classifier.1"], data=subset, batch_size=64, max_units=6)
     return write_report(run, base / "report", probe=build_probe(run))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    pw = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
-    with pw.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def open_page(browser, url: str):

@@ -23,7 +23,7 @@ from sketchmine.model.models import load_model
 from sketchmine.passes.probe import build_probe
 from sketchmine.present.report import write_report
 from sketchmine.results.numbers import column, percent, percents
-from tests.test_probe import (browser, draw, open_page, ready, report, settled, subset,  # noqa: F401 - fixtures
+from tests.test_probe import (draw, open_page, ready, report, settled, subset,  # noqa: F401 - fixtures
                                torch_reference, vendored)
 from tests.test_probe_sequence import base, gru, gru_report, python_frames  # noqa: F401 - fixtures
 

@@ -16,7 +16,7 @@ from sketchmine.data.sequences import SequenceDataset, background_of, progressiv
 from sketchmine.passes.probe import build_probe
 from sketchmine.present.report import write_report
 from tests.helpers import per_class_subset
-from tests.test_probe import browser, draw, open_page, ready, settled, vendored  # noqa: F401 - fixtures
+from tests.test_probe import draw, open_page, ready, settled, vendored
 
 STEPS = 8
 LAYERS = ["features.0", "features.6", "embed.0", "gru", "classifier"]
@@ -82,7 +82,7 @@ def page_frames(page, images: np.ndarray) -> np.ndarray:
     return np.array(out, np.uint8).reshape(len(images), STEPS, *images.shape[1:])
 
 
-def test_frames_made_in_the_page_equal_the_python_data_path(gru_report, browser, base):  # noqa: F811
+def test_frames_made_in_the_page_equal_the_python_data_path(gru_report, browser, base):
     """The JavaScript port of progressive_drawing against Python's, byte for byte: the 50 real
     test images (light ink, ink auto), the same inverted (dark ink on white: the background is
     decided by the border's lower median, also where its two middle values straddle 128), random
@@ -110,7 +110,7 @@ def test_frames_made_in_the_page_equal_the_python_data_path(gru_report, browser,
     assert problems == []
 
 
-def test_gru_probe_equals_torch_on_50_test_images(gru_report, browser, base, gru):  # noqa: F811
+def test_gru_probe_equals_torch_on_50_test_images(gru_report, browser, base, gru):
     page, problems = open_page(browser, (gru_report.parent / "probe.html").as_uri())
     ready(page)
     assert page.evaluate("window.sketchmine.meta.layers.map(l => l.name)") == LAYERS
@@ -134,7 +134,7 @@ def test_gru_probe_equals_torch_on_50_test_images(gru_report, browser, base, gru
     assert problems == []
 
 
-def test_drawn_strokes_grow_a_strip_of_predictions(gru_report, browser, base, gru):  # noqa: F811
+def test_drawn_strokes_grow_a_strip_of_predictions(gru_report, browser, base, gru):
     """Mouse strokes: the page's frames of its exported pixels equal Python's, the prediction equals
     torch's on them, and the strip shows each frame with the class torch predicts after it."""
     page, problems = open_page(browser, (gru_report.parent / "probe.html").as_uri())
@@ -167,7 +167,7 @@ def test_drawn_strokes_grow_a_strip_of_predictions(gru_report, browser, base, gr
     assert problems == []
 
 
-def test_size_cap_leaves_the_probe_out_and_says_why(gru_report, tmp_path, browser, gru):  # noqa: F811
+def test_size_cap_leaves_the_probe_out_and_says_why(gru_report, tmp_path, browser, gru):
     """A graph over the cap is refused before export (by its weights) or after it (the graph);
     `sketchmine report --probe-max-mb` writes the report without the probe and the index says why;
     0: no cap."""
@@ -196,7 +196,7 @@ def test_size_cap_leaves_the_probe_out_and_says_why(gru_report, tmp_path, browse
     assert problems == []
 
 
-def test_demo_reports_carry_the_probe(gru_report, tmp_path, browser):  # noqa: F811
+def test_demo_reports_carry_the_probe(gru_report, tmp_path, browser):
     """The demo's report step (cli.demo.demo_report) writes the live probe with each report."""
     from rich.console import Console
 
@@ -224,7 +224,7 @@ class FixedSteps(torch.nn.Module):
         return self.fc(f.unflatten(0, x.shape[:2]).flatten(1))
 
 
-def test_model_that_needs_every_step_gets_no_strip_and_says_why(tmp_path, base, browser):  # noqa: F811
+def test_model_that_needs_every_step_gets_no_strip_and_says_why(tmp_path, base, browser):
     """A sequence model that refuses a shorter sequence: the probe has no per-step output, the page
     says why, shows the frames without predictions, and the final prediction equals torch's."""
     from sketchmine.present.report_probe import write_probe_folder

@@ -12,7 +12,6 @@ import sketchmine
 from sketchmine.data import ArrayDataset
 from sketchmine.present.report import write_report
 from tests.helpers import per_class_subset
-from tests.test_report import browser  # noqa: F401  (the Chromium fixture)
 
 @pytest.fixture(scope="module")
 def alike(tmp_path_factory, demo_test_set):
@@ -28,7 +27,7 @@ def alike(tmp_path_factory, demo_test_set):
     return run
 
 
-def test_card_classes_of_one_name_are_counted_apart(tmp_path, alike, browser):  # noqa: F811
+def test_card_classes_of_one_name_are_counted_apart(tmp_path, alike, browser):
     """Before, the card merged them: "4 animal (90.00 %)" for 3 horses and a dog."""
     index = write_report(alike, tmp_path / "rep", montages=0)
     _, image_index, _ = alike.topk("features.3")
@@ -52,7 +51,7 @@ def test_card_classes_of_one_name_are_counted_apart(tmp_path, alike, browser):  
     page.close()
 
 
-def test_softmax_cards_say_no_ties_where_its_probabilities_repeat(tmp_path, demo_test_set, browser):  # noqa: F811
+def test_softmax_cards_say_no_ties_where_its_probabilities_repeat(tmp_path, demo_test_set, browser):
     """The softmax's top-k ranks images by log-odds and shows their probabilities, exactly 1.0 for
     confident images (docs/store.md). Before, its card and dashboard said "9 of 9 tied at 1.000:
     equal values rank in dataset order": false, they rank by log-odds."""

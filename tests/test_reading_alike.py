@@ -20,7 +20,7 @@ from sketchmine.present.unit_console import print_unit
 from sketchmine.results.numbers import column
 from sketchmine.results.unit_summary import LayerSummary, maxima_text
 from tests.helpers import StopAfter, per_class_subset
-from tests.test_report import _open, browser  # noqa: F401  (the Chromium fixture)
+from tests.test_report import _open
 
 LONG = "pretrained_backbone_with_a_long_name.features.10"
 
@@ -94,7 +94,7 @@ def test_a_units_least_value_reads_as_its_0_quantile(run):
     assert differed  # units whose parts, each a column of its own, read apart
 
 
-def test_the_dashboard_writes_the_least_value_as_its_0_quantile(run, tmp_path, browser):  # noqa: F811
+def test_the_dashboard_writes_the_least_value_as_its_0_quantile(run, tmp_path, browser):
     """The report's unit dashboard (unit.js) wrote the overview's quantiles and the bottom strip's
     values as two columns too; now as `sketchmine unit` writes them, one column."""
     from sketchmine.present.report import write_report

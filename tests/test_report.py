@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,6 @@ import sketchmine
 from sketchmine.data import ArrayDataset, export_image_folder
 from sketchmine.present.report import PAGE_SIZE, layer_ids, write_report
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 NASTY = ['<img src=x onerror=alert(1)>', '<b>bold&"quote\'', "ünïcödé 猫 ✓"]
 # one folder per output of the demo model (mine checks the count); the rest hold markup too
 CLASSES = NASTY + [f"<i>class {c}&amp;" for c in range(3, 10)]
@@ -45,17 +41,6 @@ def runs(tmp_path_factory, folder):
                           layers=["features.0", "features.6", "classifier.1"])
     importlib.import_module("sketchmine.passes.visualize").visualize(vis, batch_size=256)
     return plain, vis
-
-
-@pytest.fixture(scope="module")
-def browser():
-    pw = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
-    with pw.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def _open(browser, url: str):

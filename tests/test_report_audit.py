@@ -13,7 +13,7 @@ import torch
 import sketchmine
 from sketchmine.data import ArrayDataset
 from sketchmine.present.report import write_report
-from tests.test_report import _open, browser  # noqa: F401  (the Chromium fixture)
+from tests.test_report import _open
 
 RTL = "\u202eevil \u05e9\u05dc\u05d5\u05dd"
 """A class name with a right-to-left override it never closes, and Hebrew."""
@@ -39,7 +39,7 @@ def _isolated(page, selector: str) -> list[str]:
         getComputedStyle(e).unicodeBidi === 'isolate').map(e => e.textContent)""", selector)
 
 
-def test_a_right_to_left_class_name_reverses_nothing_beside_it(rep, browser):  # noqa: F811
+def test_a_right_to_left_class_name_reverses_nothing_beside_it(rep, browser):
     """A class name holding U+202E (right-to-left override) and never closing it reversed, on
     screen, everything after it on its line: the index's "top 5 classes" cell showed the other
     classes and their counts mirrored ("gmi> ,6 ..."), a card's classes line its counts. Every name
@@ -67,7 +67,7 @@ def test_a_right_to_left_class_name_reverses_nothing_beside_it(rep, browser):  #
     page.close()
 
 
-def test_a_stray_percent_in_a_dashboard_link_shows_unit_0_and_says_so(rep, browser):  # noqa: F811
+def test_a_stray_percent_in_a_dashboard_link_shows_unit_0_and_says_so(rep, browser):
     """`#unit=%` (a link cut after its "%") threw "URI malformed" before anything was drawn: the
     dashboard stayed empty. It is read as typed, as any other unit that is no number."""
     page, problems = _open(browser, (rep / "units" / "02-features.6.html").as_uri() + "#unit=%")
@@ -85,7 +85,7 @@ def _as_drawn(page, script: Path) -> list[dict]:
         return shared ? units.map(d => window.sketchmineUnit.whole(d, shared)) : units; }""", script.read_text())
 
 
-def test_dashboard_data_is_written_once_and_drawn_as_the_run_reads_it(rep, browser):  # noqa: F811
+def test_dashboard_data_is_written_once_and_drawn_as_the_run_reads_it(rep, browser):
     """Every unit's dashboard data repeated each image's path, class and accuracy (about 130 images a
     unit), the layer's constants and the notes on what the run lacks: over every layer of a
     ResNet-50 403 MB of a 455 MB report. A page script now writes them once; what the dashboard draws
@@ -116,7 +116,7 @@ def test_dashboard_data_is_written_once_and_drawn_as_the_run_reads_it(rep, brows
     page.close()
 
 
-def test_a_link_naming_a_unit_opens_the_page_of_its_card(rep, browser):  # noqa: F811
+def test_a_link_naming_a_unit_opens_the_page_of_its_card(rep, browser):
     """A layer page's link `#unit=70` (as a dashboard's hash reads) showed page 1, which has no
     card 70, and said nothing; `#page=1&unit=70` too. The unit's page is shown, its card marked,
     and the browser's Back button goes to the page shown before."""
@@ -153,7 +153,7 @@ class _LongNames(torch.nn.Module):
         return fc(torch.relu(conv(x)).amax((2, 3)))
 
 
-def test_long_layer_and_class_names_never_widen_a_page_past_the_window(tmp_path, demo_test_set, browser):  # noqa: F811
+def test_long_layer_and_class_names_never_widen_a_page_past_the_window(tmp_path, demo_test_set, browser):
     """A 200-character module name or class name (one word) widened every page to 1,800-2,900 px at
     a 1,280 px window: table cells, the cards' classes line, the links and notes do not break a
     word. They are broken where they meet the window's edge now."""

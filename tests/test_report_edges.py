@@ -15,7 +15,7 @@ from torch import nn
 
 import sketchmine
 from sketchmine.present.report import write_report
-from tests.test_report import _open, browser  # noqa: F401  (the Chromium fixture)
+from tests.test_report import _open
 
 
 def _page_data(path: Path) -> list[dict]:
@@ -57,7 +57,7 @@ def inf_run(tmp_path_factory, demo_test_set):
     return sketchmine.visualize(run, model=net, data=sub, batch_size=64)
 
 
-def test_infinite_activations_are_shown_as_inf(tmp_path, inf_run, browser):  # noqa: F811
+def test_infinite_activations_are_shown_as_inf(tmp_path, inf_run, browser):
     """An overflowing unit used to crash the report (JSON has no infinity) and the slide
     (formatting None); now its cards, dashboard and slide say "inf"."""
     index = write_report(inf_run, tmp_path / "rep")
@@ -103,7 +103,7 @@ class _Relabelled(torch.utils.data.Dataset):
         return self.base[i * 40][1], self.label(i)
 
 
-def test_a_run_without_labels_lists_its_layers_and_no_classes(tmp_path, demo_test_set, browser):  # noqa: F811
+def test_a_run_without_labels_lists_its_layers_and_no_classes(tmp_path, demo_test_set, browser):
     """The index used to leave the Layers table empty (no link to any layer page) and list
     classes 0..9 with 0 images under Accuracy; now every layer is listed and one line says why
     there is no accuracy or class table."""
@@ -153,7 +153,7 @@ def bad_run(tmp_path_factory, demo_test_set):
                            distributions=True, layers=["features.0", "classifier.6"])
 
 
-def test_unreadable_images_skipped_are_said_and_counts_add_up(tmp_path, bad_run, browser):  # noqa: F811
+def test_unreadable_images_skipped_are_said_and_counts_add_up(tmp_path, bad_run, browser):
     """'30 images' beside an accuracy over 29 and dashboards 'images mined 30' beside 'of 29
     images' never said why; now the skipped image is named in the count everywhere."""
     run = bad_run
@@ -228,7 +228,7 @@ def test_layer_and_class_names_with_dollars_draw_as_text(tmp_path, demo_test_set
 
 # ---- quantiles below the sketch's resolution ---------------------------------------------------
 
-def test_quantiles_below_the_sketch_floor_are_shown_as_bounds(tmp_path, demo_test_set, demo_model, browser):  # noqa: F811
+def test_quantiles_below_the_sketch_floor_are_shown_as_bounds(tmp_path, demo_test_set, demo_model, browser):
     """The softmax's low quantiles (1e-16 and the like) lie below the sketch's floor (2^-15 of
     the largest); the dashboard showed its estimate (1.6e-5, orders of magnitude too high) as
     a value. quantile_bounds flags them with a bound the exact quantile obeys, and the
@@ -289,7 +289,7 @@ def test_quantiles_below_the_sketch_floor_are_shown_as_bounds(tmp_path, demo_tes
     assert [float(v) for v in shown] == pytest.approx(top.tolist(), rel=1e-4)  # 0.99986 is not "1"
 
 
-def test_percentages_are_100_or_0_only_when_exact(tmp_path, inf_run, browser):  # noqa: F811
+def test_percentages_are_100_or_0_only_when_exact(tmp_path, inf_run, browser):
     """The slide rounded a firing density of 1999/2000 to "100.0%" and the pages'
     toFixed(2) did the same to 19999/20000: all or none is now said only when exact. The slide
     writes a rate as the dashboard does ("99.95 %", 2 decimals)."""
@@ -340,7 +340,7 @@ def test_a_layer_visualize_never_reached_says_no_pictures_yet(tmp_path, demo_tes
 
 # ---- navigation: no redraw of what is shown, links to a card scroll to it ---------------------
 
-def test_showing_the_unit_or_page_already_shown_redraws_nothing(tmp_path, bad_run, browser):  # noqa: F811
+def test_showing_the_unit_or_page_already_shown_redraws_nothing(tmp_path, bad_run, browser):
     """The number box's change to the unit already shown (fired when it loses focus on a click)
     redrew the dashboard under the pointer and the click was lost; the cards' pager did the
     same at its ends. Both now leave the page as it is."""
@@ -362,7 +362,7 @@ def test_showing_the_unit_or_page_already_shown_redraws_nothing(tmp_path, bad_ru
     assert problems == []
 
 
-def test_a_link_to_a_card_scrolls_to_it(tmp_path, bad_run, browser):  # noqa: F811
+def test_a_link_to_a_card_scrolls_to_it(tmp_path, bad_run, browser):
     """The dashboard's "its card" opened the right page of cards at its top; it now scrolls to
     the unit's card and marks it."""
     index = write_report(bad_run, tmp_path / "rep", montages=0)
@@ -400,7 +400,7 @@ class _NanNet(nn.Module):
         return self.fc(torch.nan_to_num(torch.flatten(self.pool(self.nan(self.conv(x))), 1)))
 
 
-def test_a_unit_of_all_nan_maps_prefers_no_class(tmp_path, demo_test_set, browser):  # noqa: F811
+def test_a_unit_of_all_nan_maps_prefers_no_class(tmp_path, demo_test_set, browser):
     """Its dashboard listed 5 "preferred" classes, each with mean "-" and 0 images; now none,
     with a note."""
     from tests.helpers import per_class_subset

@@ -14,7 +14,7 @@ from sketchmine.present.montage import unit_montage
 from sketchmine.present.report import write_report
 from sketchmine.present.report_data import layer_ids
 from tests.helpers import StopAfter, per_class_subset
-from tests.test_report import _open, browser  # noqa: F401  (the Chromium fixture)
+from tests.test_report import _open
 
 GUIDED = "features.3"
 
@@ -37,7 +37,7 @@ def _texts(page, selector: str) -> list[str]:
     return page.eval_on_selector_all(selector, "els => els.map(e => e.textContent)")
 
 
-def test_pictures_are_named_by_the_method_that_made_them(tmp_path, guided, browser):  # noqa: F811
+def test_pictures_are_named_by_the_method_that_made_them(tmp_path, guided, browser):
     index = write_report(guided, tmp_path / "rep", montages=1)
     lid = layer_ids(guided)[GUIDED]
     page, problems = _open(browser, (index.parent / "layers" / f"{lid}.html").as_uri())
@@ -75,7 +75,7 @@ def two_classes(tmp_path_factory, demo_test_set):
     return run
 
 
-def test_an_unfinished_runs_index_lists_each_class_once_and_says_why(tmp_path, two_classes, browser):  # noqa: F811
+def test_an_unfinished_runs_index_lists_each_class_once_and_says_why(tmp_path, two_classes, browser):
     from sketchmine.present.console import preferences_table
 
     run = two_classes
@@ -98,7 +98,7 @@ def test_an_unfinished_runs_index_lists_each_class_once_and_says_why(tmp_path, t
     assert problems == []
 
 
-def test_a_unit_whose_last_places_tie_says_dataset_order_filled_them(tmp_path, guided, browser):  # noqa: F811
+def test_a_unit_whose_last_places_tie_says_dataset_order_filled_them(tmp_path, guided, browser):
     layer = "features.6"
     values, index, _ = guided.topk(layer)
     tied = [(u, int((values[u] == values[u, -1]).sum())) for u in range(len(values)) if (index[u] >= 0).all()]

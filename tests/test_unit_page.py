@@ -25,7 +25,7 @@ from sketchmine.present.report_unit import MONTAGES, montage_units
 from sketchmine.results.unit_summary import QUANTILES
 from tests.helpers import as_mined_without, per_class_subset
 from tests.test_cli import sm
-from tests.test_report import _images_ok, _open, browser  # noqa: F401  (the Chromium fixture)
+from tests.test_report import _images_ok, _open
 
 LAYERS = ["features.6", "classifier.1"]
 SHOWN = "features.6"     # visualized, with importance
@@ -226,7 +226,7 @@ def test_unit_json_equals_the_run_readers(run):
     assert bare["histogram"] is not None  # mined with the distribution sketch: every layer has it
 
 
-def test_a_run_mined_before_the_distribution_says_how_to_add_it(tmp_path, run, browser):  # noqa: F811
+def test_a_run_mined_before_the_distribution_says_how_to_add_it(tmp_path, run, browser):
     """A copy of the run without the distribution arrays (as mined before them): the CLI and the
     dashboard say what is missing and that mining again adds it; nothing fails."""
     old = tmp_path / "old.zarr"
@@ -268,7 +268,7 @@ def test_unit_tables_and_errors(run):
         assert len(lines) == 1 and lines[0].startswith("sketchmine: error: ") and said in lines[0], bad.stderr
 
 
-def test_report_unit_dashboard_in_chromium(tmp_path, run, browser):  # noqa: F811
+def test_report_unit_dashboard_in_chromium(tmp_path, run, browser):
     index = write_report(run, tmp_path / "rep")
     rep = index.parent
     slides = montage_units(run, SHOWN, MONTAGES)
@@ -344,7 +344,7 @@ def test_report_without_montages(tmp_path, run):
     shutil.rmtree(tmp_path / "rep")
 
 
-def test_dashboard_numbers_read_as_the_console_writes_them(tmp_path, browser):  # noqa: F811
+def test_dashboard_numbers_read_as_the_console_writes_them(tmp_path, browser):
     """dom.js's number format is Python's ".<p>g" (what `sketchmine unit` prints): exact binary
     ties rounded half to even (quantiles are sketch bucket bounds, often ties), trailing zeros
     dropped, Python's exponent form."""
@@ -388,7 +388,7 @@ def _close(text: str, value: float) -> bool:
     return abs(float(text) - value) <= 0.5 * 10 ** -_decimals(text) * (1 + 1e-9)
 
 
-def test_bins_read_as_the_cli_writes_them_on_one_line_each(rep, run, browser):  # noqa: F811
+def test_bins_read_as_the_cli_writes_them_on_one_line_each(rep, run, browser):
     """The dashboard's "by activation bin": each label is the bin and its range as `sketchmine
     unit` writes it ("1 … 1.125"), each on one line; "+N more" on one line; the strips of every
     row start at one x, at 1280 and at 800 px, and nothing overflows the page."""
@@ -421,7 +421,7 @@ def test_bins_read_as_the_cli_writes_them_on_one_line_each(rep, run, browser):  
     assert problems == []
 
 
-def test_one_quantity_reads_alike_and_a_column_keeps_its_decimals(rep, run, browser):  # noqa: F811
+def test_one_quantity_reads_alike_and_a_column_keeps_its_decimals(rep, run, browser):
     """A card's header max is its first entry's value, written alike; a card's values, a
     dashboard's top-k and bottom-k values and its class-mean column each keep one count of
     decimals, every one the stored value rounded, and the unit's slide as its card; no "-0" anywhere."""
@@ -471,7 +471,7 @@ def test_one_quantity_reads_alike_and_a_column_keeps_its_decimals(rep, run, brow
     assert problems == []
 
 
-def test_column_numbers_are_pythons_fixed_decimals(tmp_path, browser):  # noqa: F811
+def test_column_numbers_are_pythons_fixed_decimals(tmp_path, browser):
     """dom.column: the decimals that give the column's largest magnitude 4 significant digits,
     each value as Python's format(v, ".<d>f") writes it (exact binary ties half to even), a
     nonzero value that rounds to zero with one significant digit, and never "-0"."""
@@ -509,7 +509,7 @@ def test_column_numbers_are_pythons_fixed_decimals(tmp_path, browser):  # noqa: 
     assert [column(c) for c in columns] == got
 
 
-def test_cards_say_each_class_once_with_its_count(rep, run, browser):  # noqa: F811
+def test_cards_say_each_class_once_with_its_count(rep, run, browser):
     """The cards' "Classes with performance" line: each class of the top-k once, most images first
     (ties: in order of their best image), with its count and class accuracy (the captions give the
     images one by one)."""
@@ -533,7 +533,7 @@ def test_cards_say_each_class_once_with_its_count(rep, run, browser):  # noqa: F
     assert any(", " in line for _, line in lines) and problems == []
 
 
-def test_the_number_box_shows_a_unit_of_the_layer_and_says_when_it_moved(rep, run, browser):  # noqa: F811
+def test_the_number_box_shows_a_unit_of_the_layer_and_says_when_it_moved(rep, run, browser):
     last = run.layer_shape(SHOWN)[0] - 1
     page, problems = _open(browser, (rep / "units" / "00-features.6.html").as_uri() + f"#unit={last}")
     for start, typed, shown in ((last, "200", last), (3, "200", last), (3, "-4", 0)):
@@ -563,7 +563,7 @@ def test_the_number_box_shows_a_unit_of_the_layer_and_says_when_it_moved(rep, ru
         fresh.close()
 
 
-def test_a_sorted_column_says_which_way(rep, run, browser):  # noqa: F811
+def test_a_sorted_column_says_which_way(rep, run, browser):
     """The importance table arrives most important first: its prob. drop header says descending
     (▼), the others that they sort (⇅); a click moves the mark; the order is the one marked."""
     page, problems = _open(browser, (rep / "layers" / "00-features.6.html").as_uri())
@@ -589,7 +589,7 @@ def test_a_sorted_column_says_which_way(rep, run, browser):  # noqa: F811
     assert column(0) == sorted(column(0)) and problems == []
 
 
-def test_a_unit_that_changes_nothing_says_so_instead_of_empty_columns(rep, run, browser):  # noqa: F811
+def test_a_unit_that_changes_nothing_says_so_instead_of_empty_columns(rep, run, browser):
     """A unit whose zeroing leaves every class's mean unchanged (one that never fires) showed two
     empty columns under "pushed up" / "pushed down", in the CLI and on its dashboard."""
     import io
@@ -616,7 +616,7 @@ def test_a_unit_that_changes_nothing_says_so_instead_of_empty_columns(rep, run, 
         page.close()
 
 
-def test_both_drops_read_in_percentage_points_everywhere(rep, run, browser):  # noqa: F811
+def test_both_drops_read_in_percentage_points_everywhere(rep, run, browser):
     """A unit's probability drop and accuracy drop when zeroed are written alike, in percentage
     points (the probability's was a fraction, "0.005684", beside "0.45 pt"): the layer page's
     table and card, the dashboard and `sketchmine unit` all write the stored drops so, the
@@ -658,7 +658,7 @@ def test_a_slides_maximum_is_written_as_its_cards_header(run):
     assert dict(_facts(info))["max activation"] == "14.20"
 
 
-def test_one_units_numbers_read_alike_in_console_dashboard_table_and_card(rep, run, browser):  # noqa: F811
+def test_one_units_numbers_read_alike_in_console_dashboard_table_and_card(rep, run, browser):
     """A unit's probability drop reads the same in `sketchmine unit`, its dashboard, its card and
     the layer's importance table ("0.7310" everywhere, not "0.731" beside "0.7310"); its effects are
     in percentage points as that drop (not probability fractions beside it); its maximum, mean and
@@ -720,7 +720,7 @@ def test_one_units_numbers_read_alike_in_console_dashboard_table_and_card(rep, r
     dash.close()
 
 
-def test_points_and_enough_are_their_dom_twins(tmp_path, browser):  # noqa: F811
+def test_points_and_enough_are_their_dom_twins(tmp_path, browser):
     """numbers.points (a probability change in pt, 4 decimals) and numbers.enough (the digits that
     keep bin edges apart) write what dom.js's twins write, exact binary ties (half to even)
     included: percent rounded them away from zero on the dashboard."""
@@ -746,7 +746,7 @@ def test_points_and_enough_are_their_dom_twins(tmp_path, browser):  # noqa: F811
     page.close()
 
 
-def test_the_dashboards_hints_name_the_runs_absolute_path(run, tmp_path, monkeypatch, browser):  # noqa: F811
+def test_the_dashboards_hints_name_the_runs_absolute_path(run, tmp_path, monkeypatch, browser):
     """The report is read from its own folder: every command its dashboards name (how to add
     effects, importance, pictures) says where the run is, quoted for a shell (a folder with a
     space broke the pasted command), and is set as code (it broke after "--"). The visualize
@@ -773,7 +773,7 @@ def test_the_dashboards_hints_name_the_runs_absolute_path(run, tmp_path, monkeyp
     assert all(where not in why or f"{shlex.quote(where)} --layers" in why for why in missing.values() if "`" in why)
     page.close()
 
-def test_slide_effects_and_unit_tables_say_what_the_dashboard_says(rep, run, browser):  # noqa: F811
+def test_slide_effects_and_unit_tables_say_what_the_dashboard_says(rep, run, browser):
     """The slide wrote its mean and rates with other digits than the dashboard ("1.99" beside
     "1.986", "31.5%" beside "31.50 %"); `sketchmine effects` named a dead unit's class both ways
     ("bear 0" pushed up and down) where `unit` and the dashboard say it pushes none; `unit`'s
@@ -816,7 +816,7 @@ def test_slide_effects_and_unit_tables_say_what_the_dashboard_says(rep, run, bro
     page.close()
 
 
-def test_units_with_one_drop_share_a_rank_and_say_they_tie(rep, run, browser):  # noqa: F811
+def test_units_with_one_drop_share_a_rank_and_say_they_tie(rep, run, browser):
     """Units whose zeroing changes nothing (a drop of exactly 0) read as ranked 78, 79, … 86 by
     their unit numbers alone: every unit's rank is 1 + the units with a larger probability drop,
     and where others share its drop the card, the dashboard, `sketchmine unit` (and its JSON)
@@ -862,7 +862,7 @@ def test_units_with_one_drop_share_a_rank_and_say_they_tie(rep, run, browser):  
     page.close()
 
 
-def test_a_dead_units_dashboard_and_unit_command_say_why_it_has_no_correlated_units(tmp_path, subset, browser):  # noqa: F811
+def test_a_dead_units_dashboard_and_unit_command_say_why_it_has_no_correlated_units(tmp_path, subset, browser):
     """A unit read after a ReLU that never fires on the images (the demo's features.7) showed
     "(none)" under "Units that move with it" and an empty table in `sketchmine unit`: both say it
     is constant over the images, as `--json` does."""
