@@ -35,3 +35,23 @@ def test_nan_logits_in_the_first_chunk_are_refused_naming_the_image(tmp_path, dr
             ablate(run, "conv", model=model, data=drawings, batch_size=15)
     run = sketchmine.open_run(run.path)
     assert not run.has_unit_effects("conv") and not run.has_importance("conv")
+
+
+def test_a_refusal_mid_pass_gives_back_the_models_mode_and_autograd(tmp_path, drawings):  # noqa: F811
+    """The ablation loop is one generator for importance and effects (ablation.ablated_batches): a
+    refusal raised in the caller's step (a zeroed unit's logits infinite) must close it at once, so
+    the train-mode model is in train mode again and inference mode is off, not only once the
+    traceback is dropped."""
+    from sketchmine.errors import SketchmineError
+
+    from tests.test_effects_audit import InfLogits
+
+    torch.manual_seed(0)
+    model = InfLogits(False).train()
+    run = sketchmine.mine(model, drawings, layers=["conv"], k=2, out=tmp_path / "r.zarr", batch_size=20)
+    for ablate in (sketchmine.unit_effects, sketchmine.unit_importance):
+        with pytest.raises(SketchmineError, match="zeroing unit 0 of layer 'conv' makes the model's logits") as said:
+            ablate(run, "conv", model=model, data=drawings, batch_size=15)
+        assert model.training and not torch.is_inference_mode_enabled(), ablate.__name__
+        assert torch.is_grad_enabled()
+        del said

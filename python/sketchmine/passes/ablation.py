@@ -13,8 +13,9 @@ Batched two ways, chosen per layer (recorded as `method`):
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -279,6 +280,52 @@ def image_batches(dataset: MinerDataset, batch_size: int, left_out: Collection[i
 
 
 @dataclass
+class AblatedBatch:
+    """One batch of an ablation pass: its images, the clean logits and activations, and the unit
+    groups it zeroes (`outputs` runs them)."""
+
+    idx: Any
+    x: torch.Tensor
+    logits: torch.Tensor
+    act: torch.Tensor
+    groups: list[list[int]]
+    method: str  # how the ablator zeroes the units (Replicate.method)
+    _run: Callable[[list[int]], torch.Tensor]
+
+    def outputs(self) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Each group and the model's output with its units zeroed, (group, images, outputs) float64."""
+        for group in self.groups:
+            yield group, self._run(group).double().view(len(group), len(self.x), -1)
+
+
+def ablated_batches(net: nn.Module, dataset: MinerDataset, layer: str, batch_size: int, device: torch.device,
+                    units_per_pass: int | None, known: Mapping[str, Any] | None, left_out: Collection[int],
+                    check_batch: bool) -> Generator[AblatedBatch, None, None]:
+    """The batches of `dataset` (but `left_out`) through `net` on `device` in eval and inference mode,
+    `layer`'s units zeroed a group at a time; every output checked finite, the logits checked not
+    probabilities. Importance and effects share this loop; the caller's flags come back after (a
+    caller closes it, `contextlib.closing`, so they come back when its own step fails too)."""
+    ablator, groups = None, list[list[int]]()
+    with eval_mode(net), torch.inference_mode(), kept_freed_memory_on(device):
+        for idx, x in image_batches(dataset, batch_size, left_out):
+            x = x.to(device, input_dtype(net))  # a half model takes half input
+            if ablator is None:
+                ablator = choose_ablator(net, layer, x, known, check_batch)
+            state = ablator.prepare(x)
+            logits, act = ablator.base(state)
+            check_finite(logits, idx, dataset, layer)
+            check_not_probabilities(logits, layer)
+            groups = groups or unit_groups(act.shape, units_per_pass)
+
+            def run(group: list[int], ablator: Replicate = ablator, state: Any = state, idx: Any = idx) -> torch.Tensor:
+                out = ablator.run(state, group, len(group))
+                check_finite(out, idx, dataset, layer, group)
+                return out
+
+            yield AblatedBatch(idx, x, logits, act, groups, ablator.method, run)
+
+
+@dataclass
 class Importance:
     """Per-unit results (arrays of length units) and the facts they were computed under."""
 
@@ -307,25 +354,19 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
     labels_t = torch.as_tensor(labels, dtype=torch.int64)
     sums: dict[str, torch.Tensor] = {}
     n_images = n_correct = 0
-    prob_base_sum, ablator, groups = 0.0, None, list[list[int]]()
-    with eval_mode(net), torch.inference_mode(), kept_freed_memory_on(device):  # the caller's flags back after
-        for idx, x in image_batches(dataset, batch_size, left_out):
-            x, y = x.to(device, input_dtype(net)), labels_t[idx].to(device)  # a half model takes half input
-            if ablator is None:
-                ablator = choose_ablator(net, layer, x, known, check_batch)
-            state = ablator.prepare(x)
-            logits, act = ablator.base(state)
-            check_finite(logits, idx, dataset, layer)
-            check_not_probabilities(logits, layer)
-            per_image = image_maxima(act)  # (B, units): the top-k's maxima, NaN inside a map ignored
-            if not groups:
-                units = per_image.shape[1]
-                groups = unit_groups(act.shape, units_per_pass)
-                sums = {k: torch.zeros(units, dtype=torch.float64)
+    prob_base_sum, method, groups = 0.0, None, list[list[int]]()
+    # closed on a failure in this loop too, so the flags come back at once
+    with contextlib.closing(ablated_batches(net, dataset, layer, batch_size, device, units_per_pass,
+                                            known, left_out, check_batch)) as batches:
+        for b in batches:
+            y, groups, method = labels_t[b.idx].to(device), b.groups, b.method
+            per_image = image_maxima(b.act)  # (B, units): the top-k's maxima, NaN inside a map ignored
+            if not sums:
+                sums = {k: torch.zeros(per_image.shape[1], dtype=torch.float64)
                         for k in ("prob", "correct", "act_ok", "act_bad", "seen_ok", "seen_bad")}
-            base_p = torch.softmax(logits.double(), 1).gather(1, y[:, None])[:, 0]
-            ok = logits.argmax(1) == y
-            n_images += len(x)
+            base_p = torch.softmax(b.logits.double(), 1).gather(1, y[:, None])[:, 0]
+            ok = b.logits.argmax(1) == y
+            n_images += len(b.x)
             n_correct += int(ok.sum())
             prob_base_sum += float(base_p.sum())
             seen = ~torch.isnan(per_image)  # an all-NaN map has no maximum: left out, as the mined mean leaves it
@@ -334,10 +375,7 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
             sums["act_bad"] += kept[~ok].sum(0).cpu()
             sums["seen_ok"] += seen[ok].sum(0).double().cpu()
             sums["seen_bad"] += seen[~ok].sum(0).double().cpu()
-            for group in groups:
-                out = ablator.run(state, group, len(group))
-                check_finite(out, idx, dataset, layer, group)
-                out = out.double().view(len(group), len(x), -1)
+            for group, out in b.outputs():
                 p = torch.softmax(out, 2).gather(2, y[None, :, None].expand(len(group), -1, 1))[..., 0]
                 sums["prob"][group] += (base_p[None] - p).sum(1).cpu()
                 sums["correct"][group] += (out.argmax(2) == y[None]).sum(1).double().cpu()
@@ -349,7 +387,7 @@ def ablation_importance(net: nn.Module, dataset: MinerDataset, layer: str, label
         mean_act_correct=_mean(sums["act_ok"], sums["seen_ok"]),
         mean_act_wrong=_mean(sums["act_bad"], sums["seen_bad"]),
         attrs={"images": n_images, "base_accuracy": n_correct / n_images, "base_mean_prob": prob_base_sum / n_images,
-               "method": ablator.method if ablator else None, "units_per_pass": len(groups[0]) if groups else 0,
+               "method": method, "units_per_pass": len(groups[0]) if groups else 0,
                "ablation": ABLATION,
                "activation": "per-image maximum over the unit's positions"},
     )

@@ -15,6 +15,7 @@ layers are ablated at every step and in h_n (as importance), their '.cell' views
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -28,12 +29,9 @@ from torch import nn
 from sketchmine.data import MinerDataset
 from sketchmine.device import as_device
 from sketchmine.errors import SketchmineError, optional_whole_number, whole_number
-from sketchmine.mining.allocator import kept_freed_memory_on
-from sketchmine.model.modes import eval_mode, input_dtype
 from sketchmine.model.taps import SOFTMAX
 from sketchmine.names import command, layer_arg
-from sketchmine.passes.ablation import ABLATION, Replicate, choose_ablator, image_batches, unit_groups
-from sketchmine.passes.ablation_checks import check_finite, check_not_probabilities
+from sketchmine.passes.ablation import ABLATION, Replicate, ablated_batches
 from sketchmine.results.effects import EFFECT_KEYS, logits_layer, not_ablatable, onnx_run
 from sketchmine.results.run import Run, open_run
 from sketchmine.stats.correlation import (BLOCK_UNITS, Correlated, check_maxima_memory, image_maxima, maxima_array,
@@ -130,44 +128,35 @@ def ablation_effects(net: nn.Module, dataset: MinerDataset, layer: str, batch_si
     check_ablatable(layer)
     device = torch.device(device)
     net = net.to(device)
-    ablator: Replicate | None = None
+    method: str | None = None
     groups: list[list[int]] = []
     logit_sum = prob_sum = torch.zeros(0, dtype=torch.float64)
     maxima = np.empty((0, 0), dtype=np.float32)
     n_images = 0
-    with eval_mode(net), torch.inference_mode(), kept_freed_memory_on(device):  # the caller's flags back after
-        for idx, x in image_batches(dataset, batch_size, left_out):
-            x = x.to(device, input_dtype(net))  # a half model takes half input
-            if ablator is None:
-                ablator = choose_ablator(net, layer, x, known, check_batch)
-            state = ablator.prepare(x)
-            logits, act = ablator.base(state)
-            check_finite(logits, idx, dataset, layer)
-            check_not_probabilities(logits, layer)
+    # closed on a failure in this loop too, so the flags come back at once
+    with contextlib.closing(ablated_batches(net, dataset, layer, batch_size, device, units_per_pass,
+                                            known, left_out, check_batch)) as batches:
+        for b in batches:
             if not n_images:  # the layer's width is known now: refused here when it cannot be held
-                maxima = maxima_array(layer, len(dataset), act.shape[1])
-            maxima[n_images:n_images + len(x)] = image_maxima(act).cpu().numpy()
-            if not groups:
-                groups = unit_groups(act.shape, units_per_pass)
-                logit_sum = torch.zeros(act.shape[1], logits.shape[1], dtype=torch.float64)
+                maxima = maxima_array(layer, len(dataset), b.act.shape[1])
+                logit_sum = torch.zeros(b.act.shape[1], b.logits.shape[1], dtype=torch.float64)
                 prob_sum = torch.zeros_like(logit_sum)
-            base = logits.double()
+            maxima[n_images:n_images + len(b.x)] = image_maxima(b.act).cpu().numpy()
+            groups, method = b.groups, b.method
+            base = b.logits.double()
             base_p = torch.softmax(base, 1)
-            for group in groups:
+            for group, out in b.outputs():
                 units = slice(group[0], group[-1] + 1)  # groups are runs of consecutive units
-                out = ablator.run(state, group, len(group))
-                check_finite(out, idx, dataset, layer, group)
-                out = out.double().view(len(group), len(x), -1)
                 logit_sum[units] += (out - base[None]).sum(1).cpu()
                 prob_sum[units] += (torch.softmax(out, 2) - base_p[None]).sum(1).cpu()
-            n_images += len(x)
+            n_images += len(b.x)
     if not n_images:
         raise SketchmineError("the dataset is empty: no images to ablate over")
     return Effects(
         logit_delta=(logit_sum / n_images).numpy(), prob_delta=(prob_sum / n_images).numpy(),
         maxima=maxima[:n_images],
         attrs={"images": n_images, "classes": int(logit_sum.shape[1]),
-               "method": ablator.method if ablator else None, "units_per_pass": len(groups[0]) if groups else 0,
+               "method": method, "units_per_pass": len(groups[0]) if groups else 0,
                "ablation": ABLATION,
                "delta": DELTA})
 
