@@ -47,8 +47,9 @@ class RowsNotImages(SketchmineError):
 class CalledMoreThanOnce(SketchmineError):
     """Tapped modules the forward calls more than once (ResNet's block ReLU, a shared conv, a
     recurrent cell unrolled in Python): one tap would mix their calls. `calls` maps each layer to
-    its call count in the probe's forward (None: refused at its second call); all are named at once. Default layers leave them out
-    (`forward.probe`); asked for, they are refused before the run is made."""
+    its call count in the probe's forward (None: refused at its second call); all are named at
+    once. Default layers leave them out (`forward.probe`); asked for, they are refused before the
+    run is made."""
 
     def __init__(self, calls: dict[str, int | None], cells: set[str]) -> None:
         shown = ", ".join(f"{name!r}" + (f" ({n} calls)" if n else "") for name, n in list(calls.items())[:8])

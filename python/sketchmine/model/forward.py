@@ -270,7 +270,7 @@ def probe(forward: Forward, layers: list[str], x: torch.Tensor, optional: bool =
                 shapes, out, layouts = forward.shapes(layers, x, whole)
                 break
             except (RowsNotImages, CalledMoreThanOnce) as exc:
-                if not optional:
+                if not optional or not set(exc.layers) & set(layers):  # (none left out: it would come again)
                     raise
                 left |= dict.fromkeys(exc.layers, _LEFT_WHY[type(exc)])
                 layers = [name for name in layers if name not in left]
