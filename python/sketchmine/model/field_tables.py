@@ -27,6 +27,7 @@ import torch
 from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
+from sketchmine.model.field_calls import window_of
 
 Table = np.ndarray
 """(n, 2) int64: per unit along an axis, its box's first and last input pixel; empty: (EMPTY, -EMPTY)."""
@@ -125,6 +126,8 @@ def resampler(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     m = modules.get(str(node.target)) if node.op == "call_module" else None
     if isinstance(m, (nn.Upsample, nn.ConvTranspose2d)):
         return f"{type(m).__name__} {node.target!r}"
+    if node.op == "call_function" and node.target is torch.nn.functional.conv_transpose2d:
+        return f"conv_transpose2d at {node.name}"
     return f"interpolate at {node.name}" if node.target is torch.nn.functional.interpolate else None
 
 
@@ -133,8 +136,10 @@ def resampling_reach(node: fx.Node, modules: dict[str, nn.Module], where: str, n
     """Per axis, (n_out, n_in) bool: the input positions each output position of a `resampler`
     node reads."""
     m = modules.get(str(node.target)) if node.op == "call_module" else None
-    if isinstance(m, nn.ConvTranspose2d):
-        k, s, p, d = (m.kernel_size, m.stride, m.padding, m.dilation)
+    call = window_of(node)  # F.conv_transpose2d (its inputs checked by the analysis)
+    if isinstance(m, nn.ConvTranspose2d) or call is not None:
+        k, s, p, d = (m.kernel_size, m.stride, m.padding, m.dilation) if call is None else (
+            call.kernel_size, call.stride, call.padding, call.dilation)
         return (transposed_reach(n_in[0], n_out[0], k[0], s[0], int(p[0]), d[0]),
                 transposed_reach(n_in[1], n_out[1], k[1], s[1], int(p[1]), d[1]))
     if isinstance(m, nn.Upsample):

@@ -6,7 +6,8 @@ and dilation. Branches are merged by union (residual additions, Inception concat
 and anything that mixes all positions (flatten, linear, global pooling) sees the whole
 image. Each node also carries where its tensor holds H and W, so channels-last stretches
 (ConvNeXt's permute, LayerNorm, Linear, permute back) are pointwise. Behind an upsampling or a
-transposed conv the boxes are kept unit by unit (`field_tables`). No per-model rules: an op
+transposed conv the boxes are kept unit by unit (`field_tables`); convs and pools called as functions
+are read from the call (`field_calls`). No per-model rules: an op
 the analysis cannot follow is named; the nodes it feeds get no field (`field_analysis`), or
 `receptive_fields` refuses. Pads follow `field_pads`: a constant pad shifts the field; a reflection
 or replication pad is followed into the conv that reads it when the copies stay inside its units'
@@ -34,6 +35,7 @@ from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import LoadedModel, torch_module
+from sketchmine.model.field_calls import window_of
 from sketchmine.model.field_grid import broadcast_gates, check_index, check_one_grid, grid_size, moved_grid
 from sketchmine.model.field_record import ReceptiveField, box_mask  # noqa: F401 (public here)
 from sketchmine.model.field_pads import check_padding_mode, conv_padding, copy_carriers, pad_of, pair
@@ -72,10 +74,6 @@ _GLOBAL_METHODS = {"view", "reshape", "flatten", "unflatten", "mean", "sum", "am
 # folded into the batch, (N, T, C, H, W) -> (N*T, C, H, W); a channel shuffle's transpose of (N, g, C/g, H, W))
 _RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.transpose, torch.permute}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permute"}
-# sliding windows called as functions (Inception v3's branch pools), by their positional parameters
-# (builtins: no signature to bind); stride defaults to the kernel, as torch's
-_WINDOW_FUNCS = {torch.nn.functional.max_pool2d: ("input", "kernel_size", "stride", "padding", "dilation"),
-                 torch.nn.functional.avg_pool2d: ("input", "kernel_size", "stride", "padding")}
 
 
 @dataclass(frozen=True)
@@ -285,6 +283,7 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
         carriers = {a: f for a, f in carriers.items() if a not in gates}
     if not all(i.jump != (0, 0) for i in carriers.values()):  # from whole-image features (a recurrent head, an MLP)
         return whole
+    win = window_of(node, carriers)  # a conv or pool called as a function (field_calls)
     f = _union(carriers, node, str(where))
     if (pad := pad_of(node, modules)) is not None:
         _check_grid_last(node, f)
@@ -317,9 +316,9 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
     if node.op == "call_function":
         if node.target in _RESHAPE_FUNCS and (grid := moved_grid(node, f.grid)) is not None:
             return dataclasses.replace(f, grid=grid)
-        if node.target in _WINDOW_FUNCS:
+        if win is not None:
             _check_grid_last(node, f)
-            return _window(f, node, *_window_args(node))
+            return _window(f, node, win.kernel_size, win.stride, win.padding, win.dilation)
         if node.target is torch.nn.functional.linear:
             return f if f.grid[1] != -1 else whole
         if node.target in _GLOBAL_FUNCS:
@@ -371,13 +370,6 @@ def _check_grid_last(node: fx.Node, f: _Field) -> None:
     if f.grid != (-2, -1):
         raise SketchmineError(f"receptive fields: {node.target if node.op == 'call_module' else node.name} slides "
                               f"over the last two dims, but the height and width are at dims {f.grid}; not supported")
-
-
-def _window_args(node: fx.Node) -> tuple[Any, Any, Any, Any]:
-    """(kernel, stride, padding, dilation) of a pool called as a function."""
-    bound = {**dict(zip(_WINDOW_FUNCS[node.target], node.args)), **node.kwargs}
-    k = bound["kernel_size"]
-    return k, bound.get("stride") or k, bound.get("padding", 0), bound.get("dilation", 1)
 
 
 def _field(f: _Field, h: int, w: int) -> ReceptiveField:

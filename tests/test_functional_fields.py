@@ -1,0 +1,190 @@
+"""Convs, transposed convs and pools called as functions (`F.conv2d` on a model's own or a computed
+weight, `F.conv_transpose2d`, `F.max_pool2d`, `F.avg_pool2d`) have the receptive fields of their
+modules (model/field_calls.py): a model written with modules and its twin written with functions
+give identical fields, every pixel that reaches a unit (autograd's input gradient) lies in its box,
+and the functional twin is mined and visualized with crops cut at those boxes. Before, each call
+was refused ("function conv2d ... is not supported") and every layer after it had no field, so
+`visualize` refused them. Real data: the embedded Animal-Shape test sketches."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sketchmine
+from sketchmine import SketchmineError, receptive_fields
+from sketchmine.passes.visualize import visualize
+from sketchmine.stats.ops import crop_patches_reference
+from tests.helpers import per_class_subset, pixels_reached
+
+ACTS = ["act1", "act2", "act3", "act4"]
+
+
+class ModuleNet(nn.Module):
+    """A conv, a max pool, a strided dilated grouped conv, an average pool, a transposed conv with
+    output padding and a depthwise "same" conv, as modules; a ReLU module after each conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.pool1 = nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2)
+        self.pool2 = nn.AvgPool2d(3, stride=1, padding=1)
+        self.up = nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1)
+        self.dw = nn.Conv2d(4, 4, 3, padding="same", groups=4)
+        self.act1, self.act2, self.act3, self.act4 = (nn.ReLU() for _ in range(4))
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool2(self.act2(self.conv2(self.pool1(self.act1(self.conv1(x))))))
+        x = self.act4(self.dw(self.act3(self.up(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class FunctionalNet(nn.Module):
+    """ModuleNet's weights as parameters of its own, every window a function call, in positional,
+    keyword and `torch.*` spellings."""
+
+    def __init__(self, twin: ModuleNet) -> None:
+        super().__init__()
+        for i, conv in enumerate([twin.conv1, twin.conv2, twin.up, twin.dw], 1):
+            setattr(self, f"w{i}", nn.Parameter(conv.weight.detach().clone()))
+            setattr(self, f"b{i}", nn.Parameter(conv.bias.detach().clone()))
+        self.act1, self.act2, self.act3, self.act4 = (nn.ReLU() for _ in range(4))
+        self.fc = copy.deepcopy(twin.fc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.act1(F.conv2d(x, self.w1, self.b1, 1, 1)), 2)
+        x = self.act2(F.conv2d(x, weight=self.w2, bias=self.b2, stride=2, padding=(2, 2), dilation=2, groups=2))
+        x = self.act3(F.conv_transpose2d(F.avg_pool2d(x, 3, 1, 1), self.w3, self.b3, stride=2, padding=1,
+                                         output_padding=1))
+        x = self.act4(torch.conv2d(x, self.w4, self.b4, padding="same", groups=4))
+        return self.fc(x.mean((2, 3)))
+
+
+class StdConv2d(nn.Conv2d):
+    """timm's weight-standardised conv: its forward standardises the weight (a batch norm over each
+    filter) and calls F.conv2d, so torch.fx traces into it (a class outside torch.nn)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0,
+                         eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def _stack(conv: type[nn.Conv2d]) -> nn.Sequential:
+    return nn.Sequential(conv(1, 4, 5, stride=2, padding=1), nn.ReLU(), conv(4, 4, 3, dilation=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+
+
+@pytest.fixture(scope="module")
+def twins():
+    torch.manual_seed(0)
+    modules = ModuleNet().eval()
+    return modules, FunctionalNet(modules).eval()
+
+
+@pytest.fixture(scope="module")
+def images(demo_test_set):
+    """Two real test sketches of other classes, as pixels in [0, 1] (non-negative: with `_opened`'s
+    positive weights every ReLU passes)."""
+    return torch.from_numpy(np.asarray(demo_test_set.images[[3, 1500]])).float().div(255)[:, None]
+
+
+def _opened(model: nn.Module) -> nn.Module:
+    """A float64 copy with positive weights and biases: every ReLU passes, so every pixel of a
+    unit's cone reaches it (a max pool's window its maximum only)."""
+    m = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.abs_().add_(0.05)
+    return m
+
+
+def _check_reached(model: nn.Module, names: list[str], fields: dict, images: torch.Tensor) -> None:
+    """Every pixel reaching every unit lies in its box; the corner, border and centre units reach some."""
+    m = _opened(model)
+    for image in images:
+        reached = pixels_reached({n: m.get_submodule(n) for n in names}, m,
+                                 image[None].double().requires_grad_(True))
+        for name, hits in reached.items():
+            gh, gw, h, w = hits.shape
+            units = torch.cartesian_prod(torch.arange(gh), torch.arange(gw))
+            top, left, bottom, right = fields[name].boxes(units).T[:, :, None, None]
+            rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+            inside = (rows >= top) & (rows <= bottom) & (cols >= left) & (cols <= right)
+            outside = hits.reshape(-1, h, w) & ~inside
+            assert not outside.any(), (name, units[outside.flatten(1).any(1)][:3].tolist())
+            for y, x in {(0, 0), (gh - 1, gw - 1), (0, gw // 2), (gh // 2, gw // 2), (gh - 1, 0)}:
+                assert hits[y, x].any(), (name, y, x)
+
+
+def test_functional_windows_have_their_modules_fields(twins, images):
+    """Refused before at the first F.conv2d: no field for any layer of the functional twin."""
+    modules, functional = twins
+    want, got = receptive_fields(modules, (1, 28, 28)), receptive_fields(functional, (1, 28, 28))
+    assert {n: got[n] for n in ACTS} == {n: want[n] for n in ACTS}
+    assert got["act3"].spans is not None  # behind the transposed conv: every unit's own box
+    _check_reached(functional, ACTS, got, images)
+
+
+def test_a_standardised_weight_has_the_plain_convs_field(images):
+    """timm's StdConv2d (a computed weight: the kernel from its propagated shape) as nn.Conv2d."""
+    std, plain = _stack(StdConv2d).eval(), _stack(nn.Conv2d).eval()
+    got = receptive_fields(std, (1, 28, 28))
+    assert {n: got[n] for n in ("0", "1", "2", "3")} == {n: receptive_fields(plain, (1, 28, 28))[n]
+                                                          for n in ("0", "1", "2", "3")}
+    _check_reached(std, ["0", "3"], got, images)
+
+
+class _Call(nn.Module):
+    def __init__(self, body) -> None:
+        super().__init__()
+        self.w, self.body, self.act = nn.Parameter(torch.randn(4, 1, 3, 3)), body, nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(self, x))
+
+
+@pytest.mark.parametrize(("body", "match"), [
+    (lambda s, x: F.max_pool2d(x, x.shape[-1] // 7),  # a TypeError out of the analysis before
+     r"max_pool2d at max_pool2d takes its kernel_size from a value known only at run time \(floordiv\)"),
+    (lambda s, x: F.conv2d(x, s.w, stride=x.shape[-1] // 14),
+     r"conv2d at conv2d takes its stride from a value known only at run time \(floordiv\)"),
+    (lambda s, x: F.conv2d(x, F.avg_pool2d(x, 7)),  # a correlation with a map of the image
+     r"conv2d at conv2d takes pixels of the image in another argument than its input \(avg_pool2d"),
+])
+def test_a_window_known_only_at_run_time_is_refused_naming_it(body, match):
+    with pytest.raises(SketchmineError, match=match):
+        receptive_fields(_Call(body).eval(), (1, 28, 28))
+
+
+def test_the_functional_twin_is_mined_and_visualized_at_its_boxes(twins, small_test_set, tmp_path):
+    """Each stored box is the layer's field at the unit's peak and its patch the image's pixels there;
+    a windowed layer's deconvolution is the unit's whole-image one cropped to the box."""
+    _, model = twins
+    ds = per_class_subset(small_test_set, 3, "functional-fields")
+    sketchmine.mine(model, ds, layers=ACTS, k=2, out=tmp_path / "r.zarr", batch_size=len(ds))
+    run = visualize(tmp_path / "r.zarr", model=model, data=ds, batch_size=16)
+    fields = receptive_fields(model, 28)
+    for layer in ACTS:
+        g = run.store.group[f"layers/{layer}"]
+        patches, boxes, deconv = (np.asarray(g[k][...]) for k in ("patches", "boxes", "deconv"))
+        _, index, yx = run.topk(layer)
+        for c in range(index.shape[0]):
+            i = int(index[c, 0])
+            top, left, bottom, right = fields[layer].box(*yx[c, 0])
+            assert tuple(boxes[c, 0]) == (top, left, bottom, right)
+            pixels = torch.from_numpy(np.asarray(ds.images[i]))[None, None]
+            crop = crop_patches_reference(pixels, torch.tensor([0]), torch.tensor([[top, left]]),
+                                          bottom - top + 1, right - left + 1)[0].permute(1, 2, 0).numpy()
+            assert np.array_equal(patches[c, 0, :bottom - top + 1, :right - left + 1], crop), (layer, c)
+            if layer in ("act1", "act2"):  # windows: the whole image's deconvolution, cropped
+                sig = sketchmine.deconvolve(model, ds[i][1][None], layer, [c], yx[c, :1])
+                want = crop_patches_reference(sig, torch.tensor([0]), torch.tensor([[top, left]]),
+                                              bottom - top + 1, right - left + 1)[0]
+                want = (128 + 127 * want / want.abs().max()).round().clamp(0, 255).permute(1, 2, 0).numpy()
+                assert np.abs(deconv[c, 0].astype(int) - want.astype(int)).max() <= 1, (layer, c)
