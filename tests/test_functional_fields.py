@@ -140,6 +140,26 @@ def test_a_standardised_weight_has_the_plain_convs_field(images):
     _check_reached(std, ["0", "3"], got, images)
 
 
+def test_a_copying_pad_read_by_a_functional_conv_is_followed(images):
+    """F.pad(reflect) read by F.conv2d is held to the rule a conv module reading it is."""
+    def fn(pad: int) -> nn.Module:
+        class Reflected(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.w, self.b, self.act = nn.Parameter(torch.randn(4, 1, 5, 5)), nn.Parameter(torch.randn(4)), nn.ReLU()
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.act(F.conv2d(F.pad(x, (pad,) * 4, mode="reflect"), self.w, self.b))
+        return Reflected().eval()
+
+    fields = receptive_fields(fn(2), (1, 28, 28))
+    assert fields["act"] == sketchmine.ReceptiveField((5, 5), (1, 1), (-2, -2))
+    _check_reached(fn(2), ["act"], fields, images)
+    with pytest.raises(SketchmineError, match=r"F.pad 'pad' \(mode 'reflect', pad \(3, 3, 3, 3\)\) feeds a 5×5 conv "
+                                              r"'conv2d at conv2d'"):
+        receptive_fields(fn(3), (1, 28, 28))
+
+
 class _Call(nn.Module):
     def __init__(self, body) -> None:
         super().__init__()

@@ -20,6 +20,7 @@ import torch
 from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
+from sketchmine.model.field_calls import Window, window_of
 
 _COPIED = {"reflect": "reflected", "replicate": "replicated"}
 _RULE = {"reflect": "each side's pad at most half the reach", "replicate": "each side's pad at most the reach"}
@@ -48,13 +49,13 @@ def conv_padding(p: Any, k: Any, d: Any) -> tuple[int, int]:
     return pair(p)
 
 
-def conv_reach(conv: nn.Conv2d) -> tuple[int, int]:
+def conv_reach(conv: nn.Conv2d | Window) -> tuple[int, int]:
     """Per axis, how many input positions past its first one a conv's window reads: d*(k-1)."""
     k, d = pair(conv.kernel_size), pair(conv.dilation)
     return (d[0] * (k[0] - 1), d[1] * (k[1] - 1))
 
 
-def conv_sides(conv: nn.Conv2d) -> Sides:
+def conv_sides(conv: nn.Conv2d | Window) -> Sides:
     """A conv's padding per axis and side: "same" with an even kernel pads more after."""
     before = conv_padding(conv.padding, conv.kernel_size, conv.dilation)
     if conv.padding == "same":
@@ -181,6 +182,8 @@ def copy_carriers(node: fx.Node, pad: Pad, modules: dict[str, nn.Module],
         module = modules.get(str(user.target)) if user.op == "call_module" else None
         if isinstance(module, nn.Conv2d):
             _check_reader(pad, str(user.target), module)
+        elif (call := window_of(user)) is not None and call.conv and not call.transposed:  # F.conv2d
+            _check_reader(pad, f"conv2d at {user.name}", call)
         elif user.op != "output" and "tensor_meta" not in user.meta:
             continue  # a size or a shape: no pixels
         elif user.op == "output" or not pointwise(user):
@@ -196,7 +199,7 @@ def copy_carriers(node: fx.Node, pad: Pad, modules: dict[str, nn.Module],
     return carriers
 
 
-def _check_reader(pad: Pad, name: str, conv: nn.Conv2d) -> None:
+def _check_reader(pad: Pad, name: str, conv: nn.Conv2d | Window) -> None:
     """A conv reading a copying pad: a valid window whose reach holds the copies (module doc)."""
     if any(any(s) for s in conv_sides(conv)):
         raise SketchmineError(f"receptive fields: {pad.name} feeds conv {name!r}, which pads as well (padding "
