@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrizations
 
 import sketchmine
 from sketchmine import SketchmineError, receptive_fields
@@ -80,6 +81,17 @@ def _stack(conv: type[nn.Conv2d]) -> nn.Sequential:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
 
 
+class FunctionalConv(nn.Module):
+    """A user's conv module written as F.conv2d on its own parameter, the call's arguments given."""
+
+    def __init__(self, cin: int, cout: int, k: int, **call) -> None:
+        super().__init__()
+        self.weight, self.bias, self.call = nn.Parameter(torch.randn(cout, cin, k, k) * 0.3), None, call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, **self.call)
+
+
 @pytest.fixture(scope="module")
 def twins():
     torch.manual_seed(0)
@@ -138,6 +150,18 @@ def test_a_standardised_weight_has_the_plain_convs_field(images):
     assert {n: got[n] for n in ("0", "1", "2", "3")} == {n: receptive_fields(plain, (1, 28, 28))[n]
                                                           for n in ("0", "1", "2", "3")}
     _check_reached(std, ["0", "3"], got, images)
+
+
+def test_a_parametrised_functional_conv_has_the_plain_convs_field(images):
+    """weight_norm and spectral_norm parametrisations of a user's F.conv2d module (its weight computed
+    from the parameters they keep): torch makes its class in torch.nn.utils.parametrize, which fx
+    took for a torch.nn leaf, and the analysis refused the opaque module."""
+    net = _stack(nn.Conv2d)
+    net[0] = parametrizations.weight_norm(FunctionalConv(1, 4, 5, stride=2, padding=1))
+    net[2] = parametrizations.spectral_norm(FunctionalConv(4, 4, 3, dilation=2))
+    got, want = receptive_fields(net.eval(), (1, 28, 28)), receptive_fields(_stack(nn.Conv2d).eval(), (1, 28, 28))
+    assert {n: got[n] for n in ("0", "1", "2", "3")} == {n: want[n] for n in ("0", "1", "2", "3")}
+    _check_reached(net, ["0", "2"], got, images)
 
 
 def test_a_copying_pad_read_by_a_functional_conv_is_followed(images):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.nn.parameter import is_lazy
+from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_map
 
 from sketchmine.errors import SketchmineError, whole_number
@@ -154,6 +155,15 @@ class _Tracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.identities: dict[str, fx.Node | None] = {}  # None: called twice, its output ambiguous
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        """A parametrised module is a leaf when its class before the parametrisation is: the class
+        torch makes for it lives in torch.nn.utils.parametrize, which fx took for a torch.nn leaf, so
+        a user's conv module written with F.conv2d was one opaque node once weight-normalised."""
+        if parametrize.is_parametrized(m):
+            cls = parametrize.type_before_parametrizations(m)
+            return cls.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(cls, nn.Sequential)
+        return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if type(m) is nn.Sequential and len(m) == 0 and len(args) == 1 and not kwargs and isinstance(args[0], fx.Proxy):
