@@ -18,6 +18,7 @@ from torch.nn.utils import parametrizations
 
 import sketchmine
 from sketchmine import SketchmineError, receptive_fields
+from sketchmine.passes.deconv import Deconvolver
 from sketchmine.passes.visualize import visualize
 from sketchmine.stats.ops import crop_patches_reference
 from tests.helpers import per_class_subset, pixels_reached
@@ -144,12 +145,14 @@ def test_functional_windows_have_their_modules_fields(twins, images):
 
 
 def test_a_standardised_weight_has_the_plain_convs_field(images):
-    """timm's StdConv2d (a computed weight: the kernel from its propagated shape) as nn.Conv2d."""
+    """timm's StdConv2d (a computed weight: the kernel from its propagated shape) as nn.Conv2d; its
+    layers are deconvolved on windows (the batch norm over its weight holds no image position)."""
     std, plain = _stack(StdConv2d).eval(), _stack(nn.Conv2d).eval()
     got = receptive_fields(std, (1, 28, 28))
     assert {n: got[n] for n in ("0", "1", "2", "3")} == {n: receptive_fields(plain, (1, 28, 28))[n]
                                                           for n in ("0", "1", "2", "3")}
     _check_reached(std, ["0", "3"], got, images)
+    assert Deconvolver(std).windowable("3")
 
 
 def test_a_parametrised_functional_conv_has_the_plain_convs_field(images):

@@ -33,8 +33,13 @@ def position_coupled(gm: fx.GraphModule) -> list[str]:
     over positions, softmax and reductions along other axes than the channels): a layer behind
     one computes something else on a window of the image. Empty: windows are exact."""
     modules = dict(gm.named_modules())
-    found = []
+    found, images = [], set()
     for node in gm.graph.nodes:
+        # an op on the model's own tensors alone (a weight standardised over its dims, as timm's
+        # StdConv2d does with a batch norm) holds no position of the image
+        if node.op != "placeholder" and not any(a in images for a in node.all_input_nodes):
+            continue
+        images.add(node)
         if node.op == "call_module":
             m = modules[str(node.target)]
             if isinstance(m, _RESIZING_MODULES + _STATISTICS_MODULES) or _batch_statistics(m) or (
