@@ -28,7 +28,9 @@ ACTS = ["act1", "act2", "act3", "act4"]
 
 class ModuleNet(nn.Module):
     """A conv, a max pool, a strided dilated grouped conv, an average pool, a transposed conv with
-    output padding and a depthwise "same" conv, as modules; a ReLU module after each conv."""
+    output padding and a depthwise "same" conv, as modules; a ReLU module after each conv. Adaptive
+    pools that keep the grid's size (the identity, as VGG's at 224 px) before and after the
+    transposed conv."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -37,12 +39,13 @@ class ModuleNet(nn.Module):
         self.pool2 = nn.AvgPool2d(3, stride=1, padding=1)
         self.up = nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1)
         self.dw = nn.Conv2d(4, 4, 3, padding="same", groups=4)
+        self.keep, self.most = nn.AdaptiveAvgPool2d(7), nn.AdaptiveMaxPool2d(14)
         self.act1, self.act2, self.act3, self.act4 = (nn.ReLU() for _ in range(4))
         self.fc = nn.Linear(4, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool2(self.act2(self.conv2(self.pool1(self.act1(self.conv1(x))))))
-        x = self.act4(self.dw(self.act3(self.up(x))))
+        x = self.keep(self.pool2(self.act2(self.conv2(self.pool1(self.act1(self.conv1(x)))))))
+        x = self.act4(self.most(self.dw(self.act3(self.up(x)))))
         return self.fc(x.mean((2, 3)))
 
 
@@ -61,9 +64,9 @@ class FunctionalNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(self.act1(F.conv2d(x, self.w1, self.b1, 1, 1)), 2)
         x = self.act2(F.conv2d(x, weight=self.w2, bias=self.b2, stride=2, padding=(2, 2), dilation=2, groups=2))
-        x = self.act3(F.conv_transpose2d(F.avg_pool2d(x, 3, 1, 1), self.w3, self.b3, stride=2, padding=1,
-                                         output_padding=1))
-        x = self.act4(torch.conv2d(x, self.w4, self.b4, padding="same", groups=4))
+        x = F.adaptive_avg_pool2d(F.avg_pool2d(x, 3, 1, 1), 7)
+        x = self.act3(F.conv_transpose2d(x, self.w3, self.b3, stride=2, padding=1, output_padding=1))
+        x = self.act4(F.adaptive_max_pool2d(torch.conv2d(x, self.w4, self.b4, padding="same", groups=4), (14, 14)))
         return self.fc(x.mean((2, 3)))
 
 

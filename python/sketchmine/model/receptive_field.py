@@ -68,7 +68,8 @@ _POINTWISE_METHODS = {"relu", "relu_", "add", "add_", "mul", "mul_", "sigmoid", 
                       "unsqueeze", "float", "to", "chunk", "size", "sigmoid_", "tanh", "tanh_", "softmax",
                       "log_softmax", "clamp", "clamp_", "clamp_min", "clamp_min_", "sub", "sub_", "div", "div_",
                       "neg"}
-_GLOBAL_FUNCS = {torch.flatten, torch.mean, torch.amax, torch.amin, torch.nn.functional.adaptive_avg_pool2d}
+_GLOBAL_FUNCS = {torch.flatten, torch.mean, torch.amax, torch.amin}
+_ADAPTIVE_FUNCS = {_F.adaptive_avg_pool2d, _F.adaptive_max_pool2d}  # as their modules (`_adaptive`)
 _GLOBAL_METHODS = {"view", "reshape", "flatten", "unflatten", "mean", "sum", "amax", "amin"}
 # reshapes: the whole image in general, but pointwise when they keep the (H, W) dims (a sequence's frames
 # folded into the batch, (N, T, C, H, W) -> (N*T, C, H, W); a channel shuffle's transpose of (N, g, C/g, H, W))
@@ -319,6 +320,9 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
         if win is not None:
             _check_grid_last(node, f)
             return _window(f, node, win.kernel_size, win.stride, win.padding, win.dilation)
+        if node.target in _ADAPTIVE_FUNCS:
+            _check_grid_last(node, f)
+            return _adaptive(f, node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None), node, whole)
         if node.target is torch.nn.functional.linear:
             return f if f.grid[1] != -1 else whole
         if node.target in _GLOBAL_FUNCS:
@@ -384,9 +388,10 @@ def _field(f: _Field, h: int, w: int) -> ReceptiveField:
 
 def _adaptive(f: _Field, output_size, node: fx.Node, whole: _Field) -> _Field:
     """Adaptive pooling: the identity when input and output grids match (AlexNet, VGG at 224 px), else
-    every unit is taken to see the whole image (global pooling exactly; a safe bound otherwise)."""
+    every unit is taken to see the whole image (global pooling exactly; a safe bound otherwise, as for
+    an output size known only at run time)."""
     meta = node.all_input_nodes[0].meta.get("tensor_meta")
-    out = tuple(output_size) if isinstance(output_size, (tuple, list)) else pair(output_size)
-    if meta is not None and None not in out and tuple(meta.shape[-2:]) == out:
+    out = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    if meta is not None and all(isinstance(n, int) for n in out) and tuple(meta.shape[-2:]) == out:
         return f
     return whole
