@@ -190,6 +190,30 @@ def test_a_copying_pad_read_by_a_functional_conv_is_followed(images):
         receptive_fields(fn(3), (1, 28, 28))
 
 
+class _Switches(nn.Module):
+    """A max pool that returns its switches (SegNet) behind a 2× upsampling: as a module, or as
+    F.max_pool2d(return_indices=True), which torch runs as max_pool2d_with_indices."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional, self.conv, self.act = functional, nn.Conv2d(1, 2, 3), nn.ReLU()
+        self.up, self.pool = nn.Upsample(scale_factor=2), nn.MaxPool2d(3, 2, 1, return_indices=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.functional:
+            return self.act(F.max_pool2d(F.interpolate(x, scale_factor=2), 3, 2, 1, return_indices=True)[0])
+        return self.act(self.pool(self.up(x))[0])
+
+
+def test_a_max_pool_with_its_switches_keeps_every_units_box(images):
+    """The module's table had no units (its output, a (values, indices) tuple, gave the window no grid
+    size): a 0×0 field, said nowhere; the function was refused."""
+    fields = [receptive_fields(_Switches(f).eval(), (1, 28, 28))["act"] for f in (False, True)]
+    assert fields[0] == fields[1] and [len(axis) for axis in fields[0].spans] == [26, 26]
+    _check_reached(_Switches(True), ["act"], {"act": fields[1]}, images)
+
+
 class _Call(nn.Module):
     def __init__(self, body) -> None:
         super().__init__()

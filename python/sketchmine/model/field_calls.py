@@ -30,7 +30,7 @@ _MAX_POOL = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode
 _AVG_POOL = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 # by their positional parameters (builtins have no signature to bind); F.conv2d is torch.conv2d
 _PARAMS = {F.conv2d: _CONV, F.conv_transpose2d: _TRANSPOSED, F.max_pool2d: _MAX_POOL, torch.max_pool2d: _MAX_POOL[:-1],
-           F.avg_pool2d: _AVG_POOL}
+           F.max_pool2d_with_indices: _MAX_POOL, F.avg_pool2d: _AVG_POOL}  # return_indices=True: the second
 _CONV_DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "output_padding": 0}
 _POOL_DEFAULTS = {"padding": 0, "dilation": 1}
 

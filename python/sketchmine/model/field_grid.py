@@ -92,6 +92,17 @@ def grid_size(node: fx.Node, grid: tuple[int, int] = (-2, -1)) -> tuple[int, int
     return (int(shape[grid[0]]), int(shape[grid[1]])) if shape is not None and len(shape) >= -grid[0] else None
 
 
+def output_grid(node: fx.Node) -> tuple[int, int]:
+    """The (H, W) sizes of a window op's output, a tuple's too (a max pool with indices returns values
+    and indices on one grid); refused naming the node where its shape tells no single grid (a table of
+    no units would be a wrong field, not a missing one)."""
+    grids = _grids(node.meta.get("tensor_meta"), (-2, -1))
+    if len(grids) != 1:
+        where = node.target if node.op == "call_module" else node.name
+        raise SketchmineError(f"receptive fields: {where} gives no single (H, W) grid ({sorted(grids)}); not supported")
+    return grids.pop()
+
+
 _ARITHMETIC = {operator.mul, operator.add, operator.sub, operator.truediv, torch.mul, torch.add, torch.sub, torch.div,
                "mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_"}
 

@@ -36,7 +36,8 @@ from torch import fx, nn
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import LoadedModel, torch_module
 from sketchmine.model.field_calls import window_of
-from sketchmine.model.field_grid import broadcast_gates, check_index, check_one_grid, grid_size, moved_grid
+from sketchmine.model.field_grid import (broadcast_gates, check_index, check_one_grid, grid_size, moved_grid,
+                                         output_grid)
 from sketchmine.model.field_record import ReceptiveField, box_mask  # noqa: F401 (public here)
 from sketchmine.model.field_pads import check_padding_mode, conv_padding, copy_carriers, pad_of, pair
 from sketchmine.model.field_tables import (read, resampler, resampling_reach, shifted, spans, strided, summary, union,
@@ -108,7 +109,7 @@ def _window(f: _Field, node: fx.Node, k, s, p, d, mode: str = "zeros") -> _Field
     p = conv_padding(p, k, d)
     k, s, d = pair(k), pair(s), pair(d)
     if f.table is not None:
-        n = grid_size(node) or (0, 0)
+        n = output_grid(node)
         return _tabled(tuple(read(f.table[a], window_reach(len(f.table[a]), n[a], k[a], s[a], p[a], d[a], mode))
                              for a in range(2)))  # type: ignore[arg-type]
     return _Field(  # the grid is last (_check_grid_last)
