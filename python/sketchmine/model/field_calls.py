@@ -72,13 +72,14 @@ def window_of(node: fx.Node, carriers: Iterable[fx.Node] = ()) -> Window | None:
         values = {**_CONV_DEFAULTS, **{k: v for k, v in bound.items() if k in _CONV_DEFAULTS}}
         for key in ("groups", "output_padding"):  # no effect on the field, but a run-time value is refused alike
             _literal(node, name, key, values[key])
-        kernel = _weight_shape(node, name, bound.get("weight"))[-2:]
+        shape = _weight_shape(node, name, bound.get("weight"))
+        kernel = (shape[-2], shape[-1])
     else:
         values = {**_POOL_DEFAULTS, **{k: v for k, v in bound.items() if k in ("stride", "padding", "dilation")}}
         kernel = _literal(node, name, "kernel_size", bound.get("kernel_size"))
         if values.get("stride") in (None, [], ()):  # torch's default: the kernel
             values["stride"] = kernel
-    padding = values["padding"]
+    padding: Any = values["padding"]
     if not (conv and node.target is F.conv2d and padding in ("same", "valid")):
         padding = _literal(node, name, "padding", padding)
     return Window(kernel, _literal(node, name, "stride", values["stride"]), padding,

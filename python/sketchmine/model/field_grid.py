@@ -100,7 +100,8 @@ def output_grid(node: fx.Node) -> tuple[int, int]:
     if len(grids) != 1:
         where = node.target if node.op == "call_module" else node.name
         raise SketchmineError(f"receptive fields: {where} gives no single (H, W) grid ({sorted(grids)}); not supported")
-    return grids.pop()
+    h, w = grids.pop()
+    return h, w
 
 
 _ARITHMETIC = {operator.mul, operator.add, operator.sub, operator.truediv, torch.mul, torch.add, torch.sub, torch.div,

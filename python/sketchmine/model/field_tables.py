@@ -136,10 +136,10 @@ def resampling_reach(node: fx.Node, modules: dict[str, nn.Module], where: str, n
     """Per axis, (n_out, n_in) bool: the input positions each output position of a `resampler`
     node reads."""
     m = modules.get(str(node.target)) if node.op == "call_module" else None
-    call = window_of(node)  # F.conv_transpose2d (its inputs checked by the analysis)
-    if isinstance(m, nn.ConvTranspose2d) or call is not None:
-        k, s, p, d = (m.kernel_size, m.stride, m.padding, m.dilation) if call is None else (
-            call.kernel_size, call.stride, call.padding, call.dilation)
+    window = window_of(node)  # F.conv_transpose2d (its inputs checked by the analysis)
+    if isinstance(m, nn.ConvTranspose2d) or window is not None:
+        g: Any = m if window is None else window  # the module's attributes, or the call's by the same names
+        k, s, p, d = (g.kernel_size, g.stride, g.padding, g.dilation)
         return (transposed_reach(n_in[0], n_out[0], k[0], s[0], int(p[0]), d[0]),
                 transposed_reach(n_in[1], n_out[1], k[1], s[1], int(p[1]), d[1]))
     if isinstance(m, nn.Upsample):
