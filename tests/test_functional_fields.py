@@ -144,7 +144,7 @@ def test_functional_windows_have_their_modules_fields(twins, images):
     want, got = receptive_fields(modules, (1, 28, 28)), receptive_fields(functional, (1, 28, 28))
     assert {n: got[n] for n in ACTS} == {n: want[n] for n in ACTS}
     assert got["act3"].spans is not None  # behind the transposed conv: every unit's own box
-    _check_reached(functional, ACTS, got, images)
+    _check_reached(functional, ACTS, got, images[:1])  # one image: 1,225 units, each a backward
 
 
 def test_a_standardised_weight_has_the_plain_convs_field(images):
@@ -209,9 +209,9 @@ class _Switches(nn.Module):
 def test_a_max_pool_with_its_switches_keeps_every_units_box(images):
     """The module's table had no units (its output, a (values, indices) tuple, gave the window no grid
     size): a 0×0 field, said nowhere; the function was refused."""
-    fields = [receptive_fields(_Switches(f).eval(), (1, 28, 28))["act"] for f in (False, True)]
-    assert fields[0] == fields[1] and [len(axis) for axis in fields[0].spans] == [26, 26]
-    _check_reached(_Switches(True), ["act"], {"act": fields[1]}, images)
+    fields = [receptive_fields(_Switches(f).eval(), (1, 14, 14))["act"] for f in (False, True)]
+    assert fields[0] == fields[1] and [len(axis) for axis in fields[0].spans] == [12, 12]
+    _check_reached(_Switches(True), ["act"], {"act": fields[1]}, images[..., 7:21, 7:21])  # the sketches' middle
 
 
 class _Call(nn.Module):
