@@ -25,7 +25,8 @@ class ReceptiveField:
     offset can be negative (padding), so crops must be clipped to the image. Behind an op that
     resamples the grid (an upsampling, a transposed conv) no stride describes the boxes: `spans`
     holds per axis every unit's (first, last) pixel ((0, -1): a unit that reads no pixel), `size`
-    is the largest box, `stride` the boxes' mean spacing (a Fraction: 1/2 after a 2× upsampling)
+    is the largest box, `stride` the boxes' mean spacing, first start to last (a Fraction: near 1/2
+    after a 2× nearest upsampling, 27/55 for 28 pixels made 56 units)
     and `offset` unit 0's start (field_tables.py).
     """
 
