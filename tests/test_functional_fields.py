@@ -262,3 +262,32 @@ def test_the_functional_twin_is_mined_and_visualized_at_its_boxes(twins, small_t
                                               bottom - top + 1, right - left + 1)[0]
                 want = (128 + 127 * want / want.abs().max()).round().clamp(0, 255).permute(1, 2, 0).numpy()
                 assert np.abs(deconv[c, 0].astype(int) - want.astype(int)).max() <= 1, (layer, c)
+
+
+class PowerPools(nn.Module):
+    """Power-average pools (an LP pool: (sum x^p)^(1/p) over each window), as a module and called as
+    a function (stride given, stride left to the kernel), between convs. Both were refused ("module
+    'pool' (LPPool2d) is not supported", "function lp_pool2d ... is not supported")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.act1 = nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()
+        self.pool = nn.LPPool2d(2, 3, stride=2)
+        self.conv2, self.act2 = nn.Conv2d(4, 4, 3), nn.ReLU()
+        self.conv3, self.act3 = nn.Conv2d(4, 4, 1), nn.ReLU()
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act2(self.conv2(self.pool(self.act1(self.conv1(x)))))
+        x = self.act3(self.conv3(F.lp_pool2d(x, 2.0, 2)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_power_average_pools_have_their_windows_fields(images):
+    torch.manual_seed(0)
+    model = PowerPools().eval()
+    fields = receptive_fields(model, (1, 28, 28))
+    # conv1 3 px; the pool's 3 at stride 2 → 5 px; conv2's 3 → 9 px; lp_pool2d's 2 at stride 2 → 11 px, stride 4
+    assert (fields["act2"].size, fields["act2"].stride, fields["act2"].offset) == ((9, 9), (2, 2), (-1, -1))
+    assert (fields["act3"].size, fields["act3"].stride, fields["act3"].offset) == ((11, 11), (4, 4), (-1, -1))
+    _check_reached(model, ["act1", "act2", "act3"], fields, images)

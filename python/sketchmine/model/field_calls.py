@@ -1,6 +1,6 @@
 """Sliding windows called as functions (`F.conv2d`, `F.conv_transpose2d`, `F.max_pool2d`,
-`F.avg_pool2d` and their `torch.*` spellings): their geometry read from the traced call, so that
-they have the receptive fields of their modules.
+`F.avg_pool2d`, `F.lp_pool2d` and their `torch.*` spellings): their geometry read from the traced
+call, so that they have the receptive fields of their modules.
 
 Stride, padding, dilation, groups and output padding are read from the call's positional and
 keyword arguments, torch's defaults where it leaves them out; each must be a literal (an int, a
@@ -28,9 +28,11 @@ _CONV = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _TRANSPOSED = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
 _MAX_POOL = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 _AVG_POOL = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
-# by their positional parameters (builtins have no signature to bind); F.conv2d is torch.conv2d
+_LP_POOL = ("input", "norm_type", "kernel_size", "stride", "ceil_mode")  # no padding, no dilation
+# by their positional parameters (builtins have no signature to bind); F.conv2d is torch.conv2d;
+# return_indices=True calls the second max pool
 _PARAMS = {F.conv2d: _CONV, F.conv_transpose2d: _TRANSPOSED, F.max_pool2d: _MAX_POOL, torch.max_pool2d: _MAX_POOL[:-1],
-           F.max_pool2d_with_indices: _MAX_POOL, F.avg_pool2d: _AVG_POOL}  # return_indices=True: the second
+           F.max_pool2d_with_indices: _MAX_POOL, F.avg_pool2d: _AVG_POOL, F.lp_pool2d: _LP_POOL}
 _CONV_DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "output_padding": 0}
 _POOL_DEFAULTS = {"padding": 0, "dilation": 1}
 

@@ -298,13 +298,13 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
         return resampled
     if node.op == "call_module":
         m = modules[str(node.target)]
-        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)):  # (an LPPool2d: no padding)
             _check_grid_last(node, f)
             dil = getattr(m, "dilation", 1)
             if isinstance(m, nn.Conv2d):
                 check_padding_mode(str(node.target), m)
-            return _window(f, node, m.kernel_size, m.stride, m.padding, dil if dil is not None else 1,
-                           getattr(m, "padding_mode", "zeros"))
+            return _window(f, node, m.kernel_size, m.stride or m.kernel_size, getattr(m, "padding", 0),
+                           dil if dil is not None else 1, getattr(m, "padding_mode", "zeros"))
         if isinstance(m, nn.Linear):  # along the last dim: pointwise when that holds channels (NHWC)
             return f if f.grid[1] != -1 else whole
         if isinstance(m, nn.Flatten):
