@@ -291,3 +291,39 @@ def test_power_average_pools_have_their_windows_fields(images):
     assert (fields["act2"].size, fields["act2"].stride, fields["act2"].offset) == ((9, 9), (2, 2), (-1, -1))
     assert (fields["act3"].size, fields["act3"].stride, fields["act3"].offset) == ((11, 11), (4, 4), (-1, -1))
     _check_reached(model, ["act1", "act2", "act3"], fields, images)
+
+
+class SegNetDecoder(nn.Module):
+    """SegNet's decoder: each max pool's switches unpool the map again (module and function), a conv
+    after each unpooling. Both were refused ("function max_unpool2d ... is not supported"), so no layer
+    of such a decoder had a field."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.act1 = nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()
+        self.pool, self.unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+        self.conv2, self.act2 = nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()
+        self.conv3, self.act3 = nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()
+        self.conv4, self.act4 = nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, first = self.pool(self.act1(self.conv1(x)))
+        x, second = F.max_pool2d(self.act2(self.conv2(x)), 2, return_indices=True)
+        x = self.act3(self.conv3(F.max_unpool2d(x, second, 2)))
+        x = self.act4(self.conv4(self.unpool(x, first)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_segnet_decoder_unpools_into_the_pools_windows(images):
+    """Behind an unpooling, a unit holds the value its pooled unit's switch put there: the safe box
+    is the union over the pooled units whose window holds it (a transposed window), kept unit by
+    unit; every pixel reaching a unit lies in it."""
+    torch.manual_seed(0)
+    model = SegNetDecoder().eval()
+    fields = receptive_fields(model, (1, 28, 28))
+    assert fields["act3"].spans is not None and fields["act4"].spans is not None  # unit by unit
+    # a pooled unit sees 10 px at stride 4; after both unpoolings and their 3x3 convs a unit reads at most
+    # three neighbouring pooled units: 10 + 2 * 4 px
+    assert fields["act4"].size == (18, 18)
+    _check_reached(model, ["act2", "act3", "act4"], fields, images)

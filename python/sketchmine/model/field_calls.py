@@ -29,10 +29,12 @@ _TRANSPOSED = ("input", "weight", "bias", "stride", "padding", "output_padding",
 _MAX_POOL = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 _AVG_POOL = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 _LP_POOL = ("input", "norm_type", "kernel_size", "stride", "ceil_mode")  # no padding, no dilation
+_UNPOOL = ("input", "indices", "kernel_size", "stride", "padding", "output_size")
 # by their positional parameters (builtins have no signature to bind); F.conv2d is torch.conv2d;
 # return_indices=True calls the second max pool
 _PARAMS = {F.conv2d: _CONV, F.conv_transpose2d: _TRANSPOSED, F.max_pool2d: _MAX_POOL, torch.max_pool2d: _MAX_POOL[:-1],
-           F.max_pool2d_with_indices: _MAX_POOL, F.avg_pool2d: _AVG_POOL, F.lp_pool2d: _LP_POOL}
+           F.max_pool2d_with_indices: _MAX_POOL, F.avg_pool2d: _AVG_POOL, F.lp_pool2d: _LP_POOL,
+           F.max_unpool2d: _UNPOOL}
 _CONV_DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "output_padding": 0}
 _POOL_DEFAULTS = {"padding": 0, "dilation": 1}
 
@@ -41,7 +43,9 @@ _POOL_DEFAULTS = {"padding": 0, "dilation": 1}
 class Window:
     """A functional window's geometry per axis (y, x), under its module's attribute names (the pad
     checks of `field_pads` read it as they read an nn.Conv2d). `padding`: a pair, or a conv's
-    "same" / "valid". `conv`: a convolution (not a pool); `transposed`: a transposed one."""
+    "same" / "valid". `conv`: a convolution (not a pool); `transposed`: one that scatters each input
+    position over a window of the output (a transposed conv; a max unpool, whose switches pick one
+    position of the window: the window is the safe box)."""
 
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
@@ -64,7 +68,8 @@ def window_of(node: fx.Node, carriers: Iterable[fx.Node] = ()) -> Window | None:
         return None
     name = getattr(node.target, "__name__", str(node.target))
     bound = {**dict(zip(_PARAMS[node.target], node.args)), **node.kwargs}
-    others = [a.name for a in carriers if a is not bound.get("input")]
+    # an unpool's switches come from the image too: they pick a position inside each window
+    others = [a.name for a in carriers if a is not bound.get("input") and a is not bound.get("indices")]
     if others:
         raise SketchmineError(f"receptive fields: {name} at {node.name} takes pixels of the image in another "
                               f"argument than its input ({', '.join(others)}: a weight or bias computed from the "
@@ -85,7 +90,8 @@ def window_of(node: fx.Node, carriers: Iterable[fx.Node] = ()) -> Window | None:
     if not (conv and node.target is F.conv2d and padding in ("same", "valid")):
         padding = _literal(node, name, "padding", padding)
     return Window(kernel, _literal(node, name, "stride", values["stride"]), padding,
-                  _literal(node, name, "dilation", values["dilation"]), conv, node.target is F.conv_transpose2d)
+                  _literal(node, name, "dilation", values["dilation"]), conv,
+                  node.target in (F.conv_transpose2d, F.max_unpool2d))
 
 
 def _literal(node: fx.Node, name: str, key: str, value: Any) -> tuple[int, int]:

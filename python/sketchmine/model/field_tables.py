@@ -124,10 +124,10 @@ def resampler(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     """The op in words when a node resamples the grid (nn.Upsample, F.interpolate, ConvTranspose2d),
     else None."""
     m = modules.get(str(node.target)) if node.op == "call_module" else None
-    if isinstance(m, (nn.Upsample, nn.ConvTranspose2d)):
+    if isinstance(m, (nn.Upsample, nn.ConvTranspose2d, nn.MaxUnpool2d)):
         return f"{type(m).__name__} {node.target!r}"
-    if node.op == "call_function" and node.target is torch.nn.functional.conv_transpose2d:
-        return f"conv_transpose2d at {node.name}"
+    if (window := window_of(node)) is not None and window.transposed:  # F.conv_transpose2d, F.max_unpool2d
+        return f"{getattr(node.target, '__name__', node.target)} at {node.name}"
     return f"interpolate at {node.name}" if node.target is torch.nn.functional.interpolate else None
 
 
@@ -136,10 +136,10 @@ def resampling_reach(node: fx.Node, modules: dict[str, nn.Module], where: str, n
     """Per axis, (n_out, n_in) bool: the input positions each output position of a `resampler`
     node reads."""
     m = modules.get(str(node.target)) if node.op == "call_module" else None
-    window = window_of(node)  # F.conv_transpose2d (its inputs checked by the analysis)
-    if isinstance(m, nn.ConvTranspose2d) or window is not None:
+    window = window_of(node)  # F.conv_transpose2d, F.max_unpool2d (their inputs checked by the analysis)
+    if isinstance(m, (nn.ConvTranspose2d, nn.MaxUnpool2d)) or window is not None:
         g: Any = m if window is None else window  # the module's attributes, or the call's by the same names
-        k, s, p, d = (g.kernel_size, g.stride, g.padding, g.dilation)
+        k, s, p, d = (g.kernel_size, g.stride, g.padding, getattr(g, "dilation", (1, 1)))
         return (transposed_reach(n_in[0], n_out[0], k[0], s[0], int(p[0]), d[0]),
                 transposed_reach(n_in[1], n_out[1], k[1], s[1], int(p[1]), d[1]))
     if isinstance(m, nn.Upsample):

@@ -132,14 +132,14 @@ def _resampled(f: _Field, node: fx.Node, modules: dict[str, nn.Module]) -> _Fiel
     return _tabled((read(table[0], reach[0]), read(table[1], reach[1])))
 
 
-def _union(carriers: dict[fx.Node, _Field], node: fx.Node, where: str) -> _Field:
+def _union(carriers: dict[fx.Node, _Field], node: fx.Node, where: str, at: fx.Node | None = None) -> _Field:
     fields = list(carriers.values())
     jumps, grids = {f.jump for f in fields if f.table is None}, {f.grid for f in fields}
     if len(grids) > 1:
         raise SketchmineError(f"cannot merge receptive fields at {where}: branches hold the height and width at "
                               f"different dims {sorted(grids)}")
     if len(fields) > 1 and any(f.table is not None for f in fields):  # position by position
-        n = grid_size(node, fields[0].grid)
+        n = grid_size(at or node, fields[0].grid)  # `at`: the grid the inputs share (a resampler's input)
         tables = [_tables(f, n, where) for f in fields]
         return _tabled((union([t[0] for t in tables], where), union([t[1] for t in tables], where)), fields[0].grid)
     if len(fields) == 1:
@@ -286,7 +286,7 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
     if not all(i.jump != (0, 0) for i in carriers.values()):  # from whole-image features (a recurrent head, an MLP)
         return whole
     win = window_of(node, carriers)  # a conv or pool called as a function (field_calls)
-    f = _union(carriers, node, str(where))
+    f = _union(carriers, node, str(where), node.all_input_nodes[0] if resampler(node, modules) else None)
     if (pad := pad_of(node, modules)) is not None:
         _check_grid_last(node, f)
         if pad.copies:
