@@ -1,6 +1,6 @@
 """Sliding windows called as functions (`F.conv2d`, `F.conv_transpose2d`, `F.max_pool2d`,
-`F.avg_pool2d`, `F.lp_pool2d` and their `torch.*` spellings): their geometry read from the traced
-call, so that they have the receptive fields of their modules.
+`F.avg_pool2d`, `F.lp_pool2d`, `F.max_unpool2d` and their `torch.*` spellings): their geometry read
+from the traced call, so that they have the receptive fields of their modules.
 
 Stride, padding, dilation, groups and output padding are read from the call's positional and
 keyword arguments, torch's defaults where it leaves them out; each must be a literal (an int, a

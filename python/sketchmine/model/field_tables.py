@@ -121,8 +121,8 @@ def summary(table: Table) -> tuple[int, Fraction, int]:
 
 
 def resampler(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    """The op in words when a node resamples the grid (nn.Upsample, F.interpolate, ConvTranspose2d),
-    else None."""
+    """The op in words when a node resamples the grid (nn.Upsample, F.interpolate, a transposed conv,
+    a max unpooling; modules or functions), else None."""
     m = modules.get(str(node.target)) if node.op == "call_module" else None
     if isinstance(m, (nn.Upsample, nn.ConvTranspose2d, nn.MaxUnpool2d)):
         return f"{type(m).__name__} {node.target!r}"
