@@ -349,7 +349,7 @@ def _shifted(f: _Field, node: fx.Node, top: int, left: int, mode: str = "constan
     """Field after a pad of `top` rows and `left` columns before the grid (negative: a crop): unit i
     of the result is unit i - left of its input along x (top along y)."""
     if f.table is not None:
-        n = grid_size(node) or (0, 0)
+        n = output_grid(node)  # as a window's: an unknown grid refused, not a table of no units
         return _tabled((shifted(f.table[0], top, n[0], mode), shifted(f.table[1], left, n[1], mode)))
     jy, jx = f.jump
     return _Field(f.jump, (f.lo[0] - top * jy, f.lo[1] - left * jx), (f.hi[0] - top * jy, f.hi[1] - left * jx),
