@@ -215,6 +215,36 @@ def pixels_reached(modules: dict, model, x: torch.Tensor) -> dict:
     return out
 
 
+def _opened(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy with positive weights and biases: every ReLU passes, so every pixel of a
+    unit's cone reaches it (a max pool's window its maximum only)."""
+    import copy
+
+    m = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.abs_().add_(0.05)
+    return m
+
+
+def fields_hold(model: torch.nn.Module, names: list[str], fields: dict, images: torch.Tensor) -> None:
+    """Every pixel reaching every unit lies in its box; the corner, border and centre units reach some."""
+    m = _opened(model)
+    for image in images:
+        reached = pixels_reached({n: m.get_submodule(n) for n in names}, m,
+                                 image[None].double().requires_grad_(True))
+        for name, hits in reached.items():
+            gh, gw, h, w = hits.shape
+            units = torch.cartesian_prod(torch.arange(gh), torch.arange(gw))
+            top, left, bottom, right = fields[name].boxes(units).T[:, :, None, None]
+            rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+            inside = (rows >= top) & (rows <= bottom) & (cols >= left) & (cols <= right)
+            outside = hits.reshape(-1, h, w) & ~inside
+            assert not outside.any(), (name, units[outside.flatten(1).any(1)][:3].tolist())
+            for y, x in {(0, 0), (gh - 1, gw - 1), (0, gw // 2), (gh // 2, gw // 2), (gh - 1, 0)}:
+                assert hits[y, x].any(), (name, y, x)
+
+
 def report_with_hook(run, tmp_path, sitecustomize: str, **popen):
     """`sketchmine report RUN --out tmp_path/rep --no-probe` in a process that imports `sitecustomize`
     first (a test's audit hook that kills or signals it at a chosen point): (completed process, rep)."""

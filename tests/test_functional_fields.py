@@ -21,7 +21,7 @@ from sketchmine import SketchmineError, receptive_fields
 from sketchmine.passes.deconv import Deconvolver
 from sketchmine.passes.visualize import visualize
 from sketchmine.stats.ops import crop_patches_reference
-from tests.helpers import per_class_subset, pixels_reached
+from tests.helpers import fields_hold, per_class_subset
 
 ACTS = ["act1", "act2", "act3", "act4"]
 
@@ -110,41 +110,13 @@ def images(demo_test_set):
     return torch.from_numpy(np.asarray(demo_test_set.images[[3, 1500]])).float().div(255)[:, None]
 
 
-def _opened(model: nn.Module) -> nn.Module:
-    """A float64 copy with positive weights and biases: every ReLU passes, so every pixel of a
-    unit's cone reaches it (a max pool's window its maximum only)."""
-    m = copy.deepcopy(model).double()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.abs_().add_(0.05)
-    return m
-
-
-def _check_reached(model: nn.Module, names: list[str], fields: dict, images: torch.Tensor) -> None:
-    """Every pixel reaching every unit lies in its box; the corner, border and centre units reach some."""
-    m = _opened(model)
-    for image in images:
-        reached = pixels_reached({n: m.get_submodule(n) for n in names}, m,
-                                 image[None].double().requires_grad_(True))
-        for name, hits in reached.items():
-            gh, gw, h, w = hits.shape
-            units = torch.cartesian_prod(torch.arange(gh), torch.arange(gw))
-            top, left, bottom, right = fields[name].boxes(units).T[:, :, None, None]
-            rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
-            inside = (rows >= top) & (rows <= bottom) & (cols >= left) & (cols <= right)
-            outside = hits.reshape(-1, h, w) & ~inside
-            assert not outside.any(), (name, units[outside.flatten(1).any(1)][:3].tolist())
-            for y, x in {(0, 0), (gh - 1, gw - 1), (0, gw // 2), (gh // 2, gw // 2), (gh - 1, 0)}:
-                assert hits[y, x].any(), (name, y, x)
-
-
 def test_functional_windows_have_their_modules_fields(twins, images):
     """Refused before at the first F.conv2d: no field for any layer of the functional twin."""
     modules, functional = twins
     want, got = receptive_fields(modules, (1, 28, 28)), receptive_fields(functional, (1, 28, 28))
     assert {n: got[n] for n in ACTS} == {n: want[n] for n in ACTS}
     assert got["act3"].spans is not None  # behind the transposed conv: every unit's own box
-    _check_reached(functional, ACTS, got, images[:1])  # one image: 1,225 units, each a backward
+    fields_hold(functional, ACTS, got, images[:1])  # one image: 1,225 units, each a backward
 
 
 def test_a_standardised_weight_has_the_plain_convs_field(images):
@@ -154,7 +126,7 @@ def test_a_standardised_weight_has_the_plain_convs_field(images):
     got = receptive_fields(std, (1, 28, 28))
     assert {n: got[n] for n in ("0", "1", "2", "3")} == {n: receptive_fields(plain, (1, 28, 28))[n]
                                                           for n in ("0", "1", "2", "3")}
-    _check_reached(std, ["0", "3"], got, images)
+    fields_hold(std, ["0", "3"], got, images)
     assert Deconvolver(std).windowable("3")
 
 
@@ -167,7 +139,7 @@ def test_a_parametrised_functional_conv_has_the_plain_convs_field(images):
     net[2] = parametrizations.spectral_norm(FunctionalConv(4, 4, 3, dilation=2))
     got, want = receptive_fields(net.eval(), (1, 28, 28)), receptive_fields(_stack(nn.Conv2d).eval(), (1, 28, 28))
     assert {n: got[n] for n in ("0", "1", "2", "3")} == {n: want[n] for n in ("0", "1", "2", "3")}
-    _check_reached(net, ["0", "2"], got, images)
+    fields_hold(net, ["0", "2"], got, images)
 
 
 def test_a_copying_pad_read_by_a_functional_conv_is_followed(images):
@@ -184,7 +156,7 @@ def test_a_copying_pad_read_by_a_functional_conv_is_followed(images):
 
     fields = receptive_fields(fn(2), (1, 28, 28))
     assert fields["act"] == sketchmine.ReceptiveField((5, 5), (1, 1), (-2, -2))
-    _check_reached(fn(2), ["act"], fields, images)
+    fields_hold(fn(2), ["act"], fields, images)
     with pytest.raises(SketchmineError, match=r"F.pad 'pad' \(mode 'reflect', pad \(3, 3, 3, 3\)\) feeds a 5×5 conv "
                                               r"'conv2d at conv2d'"):
         receptive_fields(fn(3), (1, 28, 28))
@@ -211,7 +183,7 @@ def test_a_max_pool_with_its_switches_keeps_every_units_box(images):
     size): a 0×0 field, said nowhere; the function was refused."""
     fields = [receptive_fields(_Switches(f).eval(), (1, 14, 14))["act"] for f in (False, True)]
     assert fields[0] == fields[1] and [len(axis) for axis in fields[0].spans] == [12, 12]
-    _check_reached(_Switches(True), ["act"], {"act": fields[1]}, images[..., 7:21, 7:21])  # the sketches' middle
+    fields_hold(_Switches(True), ["act"], {"act": fields[1]}, images[..., 7:21, 7:21])  # the sketches' middle
 
 
 class _Call(nn.Module):
@@ -290,7 +262,7 @@ def test_power_average_pools_have_their_windows_fields(images):
     # conv1 3 px; the pool's 3 at stride 2 → 5 px; conv2's 3 → 9 px; lp_pool2d's 2 at stride 2 → 11 px, stride 4
     assert (fields["act2"].size, fields["act2"].stride, fields["act2"].offset) == ((9, 9), (2, 2), (-1, -1))
     assert (fields["act3"].size, fields["act3"].stride, fields["act3"].offset) == ((11, 11), (4, 4), (-1, -1))
-    _check_reached(model, ["act1", "act2", "act3"], fields, images)
+    fields_hold(model, ["act1", "act2", "act3"], fields, images)
 
 
 class SegNetDecoder(nn.Module):
@@ -326,4 +298,4 @@ def test_a_segnet_decoder_unpools_into_the_pools_windows(images):
     # a pooled unit sees 10 px at stride 4; after both unpoolings and their 3x3 convs a unit reads at most
     # three neighbouring pooled units: 10 + 2 * 4 px
     assert fields["act4"].size == (18, 18)
-    _check_reached(model, ["act2", "act3", "act4"], fields, images)
+    fields_hold(model, ["act2", "act3", "act4"], fields, images)

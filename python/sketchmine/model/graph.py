@@ -17,12 +17,11 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.nn.parameter import is_lazy
-from torch.nn.utils import parametrize
-from torch.utils._pytree import tree_map
 
 from sketchmine.errors import SketchmineError, whole_number
 from sketchmine.model.meta import meta_call
 from sketchmine.model.modes import eval_mode, input_dtype
+from sketchmine.model.tracers import Tracer, sized_trace, traced
 
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -104,8 +103,8 @@ def _functional_conv_channels(gm: fx.GraphModule, node: fx.Node) -> int | None:
     return int(w.shape[1]) * groups if isinstance(w, torch.Tensor) and w.ndim > 1 else None
 
 
-# Within `shared_traces()`: module id → (module, its graph or the reason it has none)
-_SHARED: ContextVar[dict[int, tuple[nn.Module, fx.GraphModule | str]] | None] = ContextVar("traces", default=None)
+# Within `shared_traces()`: (module id, sample shape or None) → (module, its graph or the reason it has none)
+_SHARED: ContextVar[dict[tuple[int, tuple[int, ...] | None], tuple[nn.Module, fx.GraphModule | str]] | None] = ContextVar("traces", default=None)
 
 
 @contextmanager
@@ -125,78 +124,52 @@ def shared_traces() -> Iterator[None]:
         _SHARED.reset(token)
 
 
-def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
+def trace(model: nn.Module, purpose: str, sample: tuple[int, ...] | None = None) -> fx.GraphModule:
     """The model's torch.fx graph (sharing its parameters), or an error naming the model, what
     the graph was for, and the tracer's first line. Traced in eval mode, so that `self.training`
     branches (an auxiliary head) are the ones the passes run; the caller's flags put back. The
     forward's arguments after the image keep their defaults (`model(x)`, as the passes call it):
-    traced as inputs, `if attn_mask is not None` took the branch a plain call does not (timm's ViT)."""
+    traced as inputs, `if attn_mask is not None` took the branch a plain call does not (timm's ViT).
+    `sample`: the shape of one input (without the batch); where the symbolic trace fails, the graph
+    is traced at that size (`tracers.sized_trace`: a forward that pads by its input's size) and holds
+    for inputs of that size only (`meta["sample"]`)."""
+    got = _cached(model, None, _trace)
+    if isinstance(got, str) and sample is not None:
+        sized = _cached(model, tuple(sample), lambda m: sized_trace(m, tuple(sample), input_dtype(m), _device(m),
+                                                                   forward_defaults(m) or None))
+        if not isinstance(sized, str):
+            sized.meta["sample"] = tuple(sample)
+            return sized
+        got = f"{got}; traced at {'×'.join(map(str, sample))}: {sized}"
+    if isinstance(got, str):
+        raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx {purpose}: {got}")
+    return got
+
+
+def _cached(model: nn.Module, sample: tuple[int, ...] | None, how: Any) -> fx.GraphModule | str:
+    """`how(model)` in eval mode, or the first line of its error, once per `shared_traces` scope."""
     shared = _SHARED.get()
-    got = shared.get(id(model)) if shared is not None else None
+    key = (id(model), sample)
+    got = shared.get(key) if shared is not None else None
     if got is None or got[0] is not model:
         try:
             with eval_mode(model):
-                traced: fx.GraphModule | str = _trace(model)
+                made: fx.GraphModule | str = how(model)
         except Exception as exc:
-            traced = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        got = (model, traced)
+            made = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        got = (model, made)
         if shared is not None:
-            shared[id(model)] = got
-    if isinstance(got[1], str):
-        raise SketchmineError(f"cannot trace {type(model).__name__} with torch.fx {purpose}: {got[1]}")
+            shared[key] = got
     return got[1]
 
 
-class _Tracer(fx.Tracer):
-    """symbolic_trace's tracer, except that an empty nn.Sequential (a ResNet's identity shortcut)
-    returns its input's node and is recorded as its output: inlined, it had no node to carry its
-    name, so a tap on it had neither a field nor a place for its units."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.identities: dict[str, fx.Node | None] = {}  # None: called twice, its output ambiguous
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        """A parametrised module is a leaf when its class before the parametrisation is: the class
-        torch makes for it lives in torch.nn.utils.parametrize, which fx took for a torch.nn leaf, so
-        a user's conv module written with F.conv2d was one opaque node once weight-normalised."""
-        if parametrize.is_parametrized(m):
-            cls = parametrize.type_before_parametrizations(m)
-            return cls.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(cls, nn.Sequential)
-        return super().is_leaf_module(m, module_qualified_name)
-
-    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if type(m) is nn.Sequential and len(m) == 0 and len(args) == 1 and not kwargs and isinstance(args[0], fx.Proxy):
-            name = self.path_of_module(m)
-            self.identities[name] = None if name in self.identities else args[0].node
-            return args[0]
-        return super().call_module(m, _attributes_placed(forward), args, kwargs)
-
-
-_TENSOR_ATTRIBUTES = frozenset({"T", "mT", "H", "mH", "real", "imag", "data"})
-"""The attributes of a tensor that are tensors: a module returning one returns it as its output. Others
-(`x.shape`, `x.dtype`) are not outputs a tap reads; made nodes inside the module, the last of them
-was taken as its output (`module_outputs`)."""
-
-
-def _attributes_placed(forward: Any) -> Any:
-    """`forward`, with the tensor attribute proxies it returns (`x.mT`) made nodes inside its
-    module's scope: fx makes them at their first use, in the user's scope, so a module returning
-    `x.mT` had no node of its own (no field, no place for its units)."""
-    def run(*args: Any, **kwargs: Any) -> Any:
-        out = forward(*args, **kwargs)
-        tree_map(lambda v: v.node if isinstance(v, fx.proxy.Attribute) and v.attr in _TENSOR_ATTRIBUTES else v, out)
-        return out
-    return run
+def _device(model: nn.Module) -> torch.device:
+    return next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
-    """`fx.symbolic_trace` of `model` with `_Tracer`; the identities it met in `meta["identities"]`."""
-    tracer = _Tracer()
-    graph = tracer.trace(model, concrete_args=forward_defaults(model) or None)
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    gm.meta["identities"] = {name: node for name, node in tracer.identities.items() if node is not None}
-    return gm
+    """`fx.symbolic_trace` of `model` with `tracers.Tracer`."""
+    return traced(Tracer(), model, forward_defaults(model) or None)
 
 
 def forward_defaults(model: nn.Module) -> dict[str, Any]:

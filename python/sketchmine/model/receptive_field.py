@@ -211,7 +211,7 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
             raise SketchmineError(f"receptive_fields input_size {tuple(input_size)} has {c} channels but "
                                   f"{type(model).__name__} takes {takes}; pass (H, W) or ({takes}, H, W)")
         channels = c
-    gm = trace(model, "to compute receptive fields")
+    gm = trace(model, "to compute receptive fields", (*leading, channels or module_input_channels(model), h, w))
     propagate_shapes(gm, model, h, w, leading, channels, partial)
     whole = _Field((0, 0), (0, 0), (h - 1, w - 1))
     fields: dict[fx.Node, _Field] = {}

@@ -41,14 +41,17 @@ class Deconvolver:
     tracing inlines (ResNet and Inception blocks) are visualised like leaf modules.
     `layouts`: each layer's attributes as mined (`Run.layer_attrs`: how a time-first output was
     read); a layer without them is probed once on one image, as the miner does (T images can't tell).
+    `sample`: one input's shape, for a model whose forward computes with its input's size (timm's
+    Conv2dSame): its graph is traced at that size, holds for it only, and is never run on windows.
     """
 
     def __init__(self, model: nn.Module, method: str = "deconvnet",
-                 layouts: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                 layouts: Mapping[str, Mapping[str, Any]] | None = None, sample: tuple[int, ...] | None = None) -> None:
         if method not in METHODS:
             raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
         self.model, self.method = model, method
-        self.graph = with_rule(model, method)  # run in eval mode by `_unit_outputs`
+        self.graph = with_rule(model, method, sample)  # run in eval mode by `_unit_outputs`
+        self._sample: tuple[int, ...] | None = self.graph.meta.get("sample")  # traced at one input size
         self._outputs = module_outputs(self.graph)
         self._upto: dict[str, fx.GraphModule] = {}
         self._layouts: dict[str, Mapping[str, Any]] = dict(layouts or {})
@@ -103,6 +106,10 @@ class Deconvolver:
             return self._unit_outputs_eval(x, layer)
 
     def _unit_outputs_eval(self, x: torch.Tensor, layer: str) -> torch.Tensor:
+        if self._sample is not None and tuple(x.shape[1:]) != self._sample:
+            raise SketchmineError(f"{type(self.model).__name__} was traced for deconvolution at its input's size, "
+                                  f"{'×'.join(map(str, self._sample))} (its forward computes with that size), "
+                                  f"and cannot take a {'×'.join(map(str, x.shape[1:]))} input")
         if layer == SOFTMAX:
             # the logits: the model's output, or what its own final softmax was fed (not a second softmax)
             out, fed = softmax_logits(lambda: self.graph(x))
@@ -132,10 +139,11 @@ class Deconvolver:
 
     def windowable(self, layer: str) -> bool:
         """Whether `layer`'s units can be computed on windows of the image: no op in its cone
-        reads the input's size or statistics over positions (`position_coupled`). Once per layer:
+        reads the input's size or statistics over positions (`position_coupled`), and the graph was
+        not traced at one input size (its sizes are numbers there, unseen). Once per layer:
         `field_crops` asks on every call, and the walk over the cone's graph is not free."""
         if layer not in self._windowable:
-            self._windowable[layer] = layer != SOFTMAX and not coupling.position_coupled(
+            self._windowable[layer] = layer != SOFTMAX and self._sample is None and not coupling.position_coupled(
                 self._head(cut.cut_module(self.model, layer)[0]))
         return self._windowable[layer]
 
@@ -300,4 +308,5 @@ def deconvolve(model: nn.Module | LoadedModel | str, images: torch.Tensor | np.n
                 if isinstance(images, (torch.Tensor, np.ndarray)) else type(images).__name__)
         raise SketchmineError(f"images must be a float tensor or numpy array of model input, (N, C, H, W) "
                               f"(preprocessed as the model reads it), got a {what}")
-    return Deconvolver(torch_model(model, weights, "deconvolve", seed), method)(images, layer, channels, yx)
+    return Deconvolver(torch_model(model, weights, "deconvolve", seed), method,
+                       sample=tuple(images.shape[1:]))(images, layer, channels, yx)

@@ -225,13 +225,14 @@ def _later_users(node: fx.Node, value: fx.Node) -> list[fx.Node]:
     return later
 
 
-def with_rule(model: nn.Module, method: str) -> fx.GraphModule:
-    """A traced copy of the graph (parameters shared) with every ReLU swapped for the rule.
+def with_rule(model: nn.Module, method: str, sample: tuple[int, ...] | None = None) -> fx.GraphModule:
+    """A traced copy of the graph (parameters shared) with every ReLU swapped for the rule; `sample`:
+    one input's shape, for a forward traceable only at its size (`graph.trace`).
 
     The rule is out of place, so an in-place ReLU's effect on its input is kept by giving
     the rule's output to every later reader of that input: `y.relu_(); return conv(y)`
     (result unused) feeds the rectified y to the conv, as the model does."""
-    gm = trace(model, "for deconvolution")  # in eval mode: `self.training` branches as they run here
+    gm = trace(model, "for deconvolution", sample)  # in eval mode: `self.training` branches as they run here
     modules = dict(gm.named_modules())
     for i, node in enumerate(list(gm.graph.nodes)):
         if (soft := _softmax_rule(node, modules)) is not None:

@@ -133,7 +133,7 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
         if optimize else None
     net = loaded.module.to(device)
     softmax_mined_once(run, names, net, lambda: images.inputs([int(needed[0])]).to(device))
-    deconv = Deconvolver(net, method, layouts={n: run.layer_attrs(n) for n in names})  # read as mined
+    deconv = Deconvolver(net, method, layouts={n: run.layer_attrs(n) for n in names}, sample=sample)  # read as mined
     store = RunStore.open(run.path, mode="r+")
     lock = RunLock(store.path)
     lock.acquire()

@@ -1,0 +1,149 @@
+"""A forward that computes with its input's size in Python (timm's `Conv2dSame`: TensorFlow's "SAME"
+padding, `max((ceil(h / s) - 1) * s + k - h, 0)` pixels split around the image) cannot be traced
+symbolically, so such a model had no receptive field and no deconvolution at any layer: `visualize`
+refused it. Traced at the input's size (model/tracers.py), its fields are those of the same model
+with the pads written out for that size, every pixel reaching a unit lies in its box, and it is
+mined and visualized at those boxes. Real data: the embedded Animal-Shape test sketches."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sketchmine
+from sketchmine import SketchmineError, receptive_fields
+from sketchmine.model.graph import shared_traces, trace
+from sketchmine.passes.visualize import visualize
+from sketchmine.stats.ops import crop_patches_reference
+from tests.helpers import fields_hold, per_class_subset
+
+ACTS = ["act1", "act2", "act3"]
+
+
+def same_pads(size: tuple[int, int], k: int, s: int, d: int = 1) -> tuple[int, int, int, int]:
+    """timm's pad_same: (left, right, top, bottom) for an input of `size`."""
+    (ph, pw) = (max((math.ceil(i / s) - 1) * s + (k - 1) * d + 1 - i, 0) for i in size)
+    return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """timm's Conv2dSame: the pads computed from the input's size at every call, then F.conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.size()[-2:]
+        x = F.pad(x, same_pads((ih, iw), self.kernel_size[0], self.stride[0], self.dilation[0]))
+        return F.conv2d(x, self.weight, self.bias, self.stride, (0, 0), self.dilation, self.groups)
+
+
+class SameNet(nn.Module):
+    """Three "same" convs (stride 2, stride 2 dilated, stride 1), a max pool between, flattened by
+    the batch's size as many hand-written classifiers do (`x.view(x.shape[0], -1)`)."""
+
+    def __init__(self, padded: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        conv = Conv2dSame if padded is None else nn.Conv2d
+        self.conv1, self.act1 = conv(1, 4, 3, stride=2), nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2, self.act2 = conv(4, 6, 3, stride=2, dilation=2), nn.ReLU()
+        self.conv3, self.act3 = conv(6, 6, 5), nn.ReLU()
+        self.fc = nn.Linear(6, 10)
+        self.pads = None
+        if padded is not None:  # the twin: the pads written out for one input size, grid by grid
+            (h, w), self.pads = padded, []
+            for k, s, d, pool in ((3, 2, 1, 2), (3, 2, 2, 1), (5, 1, 1, 1)):
+                self.pads.append(same_pads((h, w), k, s, d))
+                h, w = math.ceil(h / s) // pool, math.ceil(w / s) // pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pads is not None:
+            x = self.pool(self.act1(self.conv1(F.pad(x, self.pads[0]))))
+            x = self.act3(self.conv3(F.pad(self.act2(self.conv2(F.pad(x, self.pads[1]))), self.pads[2])))
+        else:
+            x = self.act3(self.conv3(self.act2(self.conv2(self.pool(self.act1(self.conv1(x)))))))
+        return self.fc(x.amax((2, 3)).view(x.shape[0], -1))
+
+
+@pytest.fixture(scope="module")
+def images(demo_test_set):
+    return torch.from_numpy(np.asarray(demo_test_set.images[[3, 1500]])).float().div(255)[:, None]
+
+
+@pytest.mark.parametrize("size", [(28, 28), (27, 25)])
+def test_a_pad_from_the_input_size_has_the_written_out_pads_field(size, images):
+    """At an even and an odd size (the left pad moves with the size's parity): the fields of the
+    model with its pads written out for that size, and every pixel reaching a unit in its box."""
+    torch.manual_seed(0)
+    model = SameNet().eval()
+    got = receptive_fields(model, (1, *size))
+    want = receptive_fields(SameNet(padded=size).eval(), (1, *size))
+    assert {n: got[n] for n in ACTS} == {n: want[n] for n in ACTS}
+    assert got["act1"].offset == tuple(-same_pads(size, 3, 2)[i] for i in (2, 0))
+    fields_hold(model, ACTS, got, images[..., :size[0], :size[1]])
+
+
+def test_the_graph_traced_at_a_size_runs_any_batch(images):
+    """Only the batch's size stays traced (`x.view(x.shape[0], -1)`): the graph equals the model on
+    batches of other sizes than those it was traced at."""
+    torch.manual_seed(0)
+    model = SameNet().eval()
+    with shared_traces():
+        gm = trace(model, "for this test", (1, 28, 28))
+    assert gm.meta["sample"] == (1, 28, 28)
+    x = torch.cat([images, images.flip(-1), images.flip(-2)]).float()[:5]
+    assert torch.equal(gm(x), model(x))
+
+
+class _Counted(nn.Module):
+    """A "same" conv, then a loop over the batch's images in Python: its graph would hold one batch size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = Conv2dSame(1, 4, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.conv(x[i:i + 1])[0] for i in range(len(x))])
+
+
+def test_a_forward_that_counts_its_batch_in_python_is_refused():
+    with pytest.raises(SketchmineError, match=r"cannot trace _Counted with torch.fx to compute receptive fields: "
+                                              r"RuntimeError: .*; traced at 1×28×28: TraceError: len\(\) of a traced "
+                                              r"value along the batch axis"):
+        receptive_fields(_Counted().eval(), (1, 28, 28))
+
+
+def test_a_same_padded_model_is_mined_and_visualized_at_its_boxes(small_test_set, tmp_path):
+    """Each stored box is the layer's field at the unit's peak, its patch the image's pixels there, and
+    its deconvolution the unit's whole-image one cropped to it. A deconvolution of another input size
+    than the graph was traced at is refused."""
+    torch.manual_seed(0)
+    model = SameNet().eval()
+    ds = per_class_subset(small_test_set, 3, "same-pads")
+    sketchmine.mine(model, ds, layers=ACTS, k=2, out=tmp_path / "r.zarr", batch_size=len(ds))
+    run = visualize(tmp_path / "r.zarr", model=model, data=ds, batch_size=16)
+    fields = receptive_fields(model, 28)
+    for layer in ACTS:
+        g = run.store.group[f"layers/{layer}"]
+        patches, boxes, deconv = (np.asarray(g[k][...]) for k in ("patches", "boxes", "deconv"))
+        _, index, yx = run.topk(layer)
+        for c in range(index.shape[0]):
+            i = int(index[c, 0])
+            top, left, bottom, right = fields[layer].box(*yx[c, 0])
+            assert tuple(boxes[c, 0]) == (top, left, bottom, right)
+            pixels = torch.from_numpy(np.asarray(ds.images[i]))[None, None]
+            crop = crop_patches_reference(pixels, torch.tensor([0]), torch.tensor([[top, left]]),
+                                          bottom - top + 1, right - left + 1)[0].permute(1, 2, 0).numpy()
+            assert np.array_equal(patches[c, 0, :bottom - top + 1, :right - left + 1], crop), (layer, c)
+            sig = sketchmine.deconvolve(model, ds[i][1][None], layer, [c], yx[c, :1])
+            want = crop_patches_reference(sig, torch.tensor([0]), torch.tensor([[top, left]]),
+                                          bottom - top + 1, right - left + 1)[0]
+            want = (128 + 127 * want / want.abs().max()).round().clamp(0, 255).permute(1, 2, 0).numpy()
+            assert np.abs(deconv[c, 0].astype(int) - want.astype(int)).max() <= 1, (layer, c)
+    from sketchmine.passes.deconv import Deconvolver
+
+    with pytest.raises(SketchmineError, match=r"SameNet was traced for deconvolution at its input's size, 1×28×28 "
+                                              r"\(its forward computes with that size\), and cannot take a 1×27×27 input"):
+        Deconvolver(model, sample=(1, 28, 28))(ds[0][1][None, :, :27, :27], "act1", [0], [[0, 0]])
