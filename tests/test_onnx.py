@@ -256,15 +256,3 @@ def test_a_graph_of_frame_sequences_is_refused_as_one(tmp_path):
                                               r".* from its torch module"):
         sketchmine.mine(str(path), frames, out=tmp_path / "a.zarr")
     assert not (tmp_path / "a.zarr").exists()
-
-
-@pytest.mark.parametrize("layer", ["features.0", "classifier.1"])
-def test_visualize_refuses_an_onnx_run_as_one(onnx_run, layer):
-    """An ONNX run records no receptive field and no torch model matches its weights: visualize
-    said so for neither (a grid layer: "the graph analysis met an op"; an FC layer: torch.fx's
-    "Expected FunctionType"). It refuses the run for what it is, before it writes anything."""
-    before = sorted(p.relative_to(onnx_run.path) for p in onnx_run.path.rglob("*"))
-    with pytest.raises(SketchmineError, match=r"was mined from an ONNX file \(onnx:sketchnet\.onnx\): visualize .* "
-                                              r"mine the torch model into a new run"):
-        sketchmine.visualize(onnx_run.path, layers=[layer])
-    assert sorted(p.relative_to(onnx_run.path) for p in onnx_run.path.rglob("*")) == before

@@ -213,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_argument(v, "the run to add pictures to")
     layers_option(v, "layers to visualize (default: every mined layer)")
     reload_options(v)
-    v.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided", "gradient"],
-                   help="how a unit's activation is projected back to pixels")
+    v.add_argument("--method", default=None, choices=["deconvnet", "guided", "gradient", "none"],
+                   help="how a unit's activation is projected back to pixels (default deconvnet), or none: patches only "
+                        "(the default and the only method for a run mined from an ONNX file)")
     v.add_argument("--batch-size", type=positive_int, default=64,
                    help="(image, unit) pairs per forward and backward; with --optimize, also the units optimised "
                         "together (a block, kept on resume)")

@@ -36,6 +36,7 @@ from sketchmine.results.run import Run
 from sketchmine.stats.ops import spatial_max_reference
 from sketchmine.stats.topk import flat_to_yx
 from sketchmine.store.runstore import RunStore
+from sketchmine.store import schema
 from sketchmine.store.schema import PICTURE_GROUPS as GROUPS
 
 EXAMPLES = ("top", "all")
@@ -104,10 +105,11 @@ def picture_examples(store: RunStore, run: Run, plan: Any, attrs: dict[str, Any]
             yx = positions(net, plan.name, run.layer_shape(plan.name), index, images, batch_size, device,
                            run.layer_attrs(plan.name))
         yx = yx[:limit]
-        parts: dict[str, list[np.ndarray]] = {key: [] for key in KEYS}
+        keys = [key for key in KEYS if key in schema.visual_arrays(attrs["method"])]  # patches only: no deconv
+        parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
         for u0 in range(0, index.shape[0], block):
             out = pictures(plan, index[u0:u0 + block], yx[u0:u0 + block], u0)
-            for key in KEYS:
+            for key in keys:
                 parts[key].append(out[key])
         arrays = {key: np.concatenate(v) if v else np.zeros((0,), np.uint8) for key, v in parts.items()}
         if which == "bins":

@@ -17,7 +17,6 @@ Patches over `max_patch` px a side are resized (area) to fit: FC units' whole-im
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from sketchmine.device import as_device
 from sketchmine.errors import (SketchmineError, SketchmineFailure, flag, layer_list, machine_fix, optional_whole_number,
                                whole_number)
 from sketchmine.names import command, layer_arg
-from sketchmine.model.field_record import ReceptiveField, box_mask, clipped_boxes, recorded_field
+from sketchmine.model.field_record import box_mask, clipped_boxes
 from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
 from sketchmine.passes.example_pictures import GROUPS, check_examples, needed_images, picture_examples
 from sketchmine.passes.featvis_run import OptimizePass, check_options
@@ -37,45 +36,19 @@ from sketchmine.passes.images import ImageCache, fit, signal_to_uint8, to_hwc
 from sketchmine.passes.reload import missing_images, run_dataset, run_model, run_preprocessing, softmax_mined_once
 from sketchmine.passes.resumed import resumed_on
 from sketchmine.passes.traces import write_traces
+from sketchmine.passes.visual_plan import Plan, plan_of
 from sketchmine.progress import Progress, Silent
 from sketchmine.results.effects import onnx_run
-from sketchmine.results.optimized import visualized_words
+from sketchmine.results.optimized import PICTURES_DEFAULTS, visualized_words
 from sketchmine.results.run import Run, open_run
 from sketchmine.results.unit_summary import pictures_current
 from sketchmine.stats.ops import crop_patches
 from sketchmine.store import schema
 from sketchmine.store.runstore import RunLock, RunStore
 
-ARRAYS = tuple(schema.VISUAL_ARRAYS)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """How one layer's entries become patches."""
-
-    name: str
-    channels: int
-    grid: bool
-    source: tuple[int, int]   # crop size in input pixels (the receptive field, or the whole image)
-    size: tuple[int, int]     # stored patch size (source, shrunk to fit max_patch)
-    stride: tuple[int, int]
-    offset: tuple[int, int]
-    timed: bool = False       # a line of time steps (recurrent, per-step linear): yx = (0, t)
-    frame_h: int = 0          # time-distributed conv: frames stacked along y, yx = (t * frame_h + y, x)
-    frame_w: int = 0          # time-distributed 1-D layer (Conv1d): frames along x, yx = (0, t * frame_w + i)
-    spans: Any = None         # each unit's (first, last) pixel per axis, where no stride gives the boxes
-
-    @property
-    def field(self) -> ReceptiveField:
-        return ReceptiveField(self.source, self.stride, self.offset, self.spans)
-
-    def attrs(self, method: str, block: int, device: str) -> dict[str, Any]:
-        return {"method": method, "patch_size": list(self.size), "source_size": list(self.source),
-                "block_units": block, "device": device, "units_done": 0, "complete": False}
-
 
 def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, model: nn.Module | str | None = None,
-              weights: str | os.PathLike | None = None, data: Any = None, method: str = "deconvnet",
+              weights: str | os.PathLike | None = None, data: Any = None, method: str | None = None,
               batch_size: int = 64, device: str | torch.device = "cpu", max_patch: int = 128,
               max_units: int | None = None, redo: bool = False, progress: Progress | None = None,
               examples: str = "top", optimize: bool = False, optimize_method: str | None = None,
@@ -83,6 +56,8 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     """Crop the receptive-field patch and the deconvolution of every top-k entry of `layers`
     (default: all mined layers) into the run. Re-running an interrupted call resumes it.
 
+    method: "deconvnet" (the default for a torch run), "guided", "gradient", or "none": patches
+    only (the default, and the only method, for a run mined from an ONNX file, which needs no model).
     model/weights: the model the run was mined with (default: reloaded from the run's record);
     data: a moved ImageFolder root, or the dataset object for runs mined from one.
     layers: mined layer names, or one name (None: every mined layer).
@@ -94,8 +69,9 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     "fourier" or "pixel", default "fourier"; steps default 256; regularizers as
     `feature_visualization` takes them, default "default"), resumable in blocks of units.
     """
-    if method not in METHODS:
-        raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}")
+    if method is not None and method not in (*METHODS, schema.PATCHES_ONLY):
+        raise SketchmineError(f"unknown deconvolution method {method!r}; expected one of {', '.join(METHODS)}, or "
+                              f"{schema.PATCHES_ONLY!r} for patches only")
     batch_size, max_patch = whole_number(batch_size, "batch_size"), whole_number(max_patch, "max_patch")
     max_units = optional_whole_number(max_units, "max_units", "for every unit")  # True would be stored as units_done
     redo, optimize = bool(flag(redo, "redo")), bool(flag(optimize, "optimize"))
@@ -107,10 +83,10 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     if not run.complete:
         raise SketchmineError(f"run {run.path} is still being mined ({run.images_done} images done); "
                               "finish it (re-run the same mine command) before visualizing")
-    if onnx_run(run):  # docs/backends.md: no receptive fields, and no torch model matches its weights
-        raise SketchmineError(f"run {run.path} was mined from an ONNX file ({run.attrs.get('model')}): visualize crops "
-                              "receptive fields and deconvolves through a torch model, and an ONNX run records no field "
-                              "and matches no torch model's weights; mine the torch model into a new run to visualize it")
+    onnx = onnx_run(run)
+    method = method or (schema.PATCHES_ONLY if onnx else PICTURES_DEFAULTS["method"])
+    if onnx:
+        _onnx_refusals(run, method, model, weights, examples, optimize)
     names = list(dict.fromkeys(run.check_layer(l) for l in layers)) if layers else run.layers  # each once
     device = as_device(device)
     ds = run_dataset(run, data)
@@ -125,15 +101,17 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     images = ImageCache(ds, pre)  # decoded once, shared by all layers
     sample = tuple(images.inputs([int(needed[0])])[0].shape) if len(needed) else (1, 1, 1)
     channels, image_hw = sample[-3], (sample[-2], sample[-1])
-    plans = [_plan(run, name, image_hw, max_patch) for name in names]
+    plans = [plan_of(run, name, image_hw, max_patch) for name in names]
     limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
-    loaded = run_model(run, model, weights)
+    loaded = None if onnx else run_model(run, model, weights)
     # what the optimisation refuses, refused before anything below resets or writes
     opt = OptimizePass(run, loaded, names, limit, pre, sample, opt_method, opt_steps, opt_regs, device) \
-        if optimize else None
-    net = loaded.module.to(device)
-    softmax_mined_once(run, names, net, lambda: images.inputs([int(needed[0])]).to(device))
-    deconv = Deconvolver(net, method, layouts={n: run.layer_attrs(n) for n in names}, sample=sample)  # read as mined
+        if optimize and loaded is not None else None
+    net = None if loaded is None else loaded.module.to(device)
+    if net is not None:
+        softmax_mined_once(run, names, net, lambda: images.inputs([int(needed[0])]).to(device))
+    deconv = None if net is None or method == schema.PATCHES_ONLY else \
+        Deconvolver(net, method, layouts={n: run.layer_attrs(n) for n in names}, sample=sample)  # read as mined
     store = RunStore.open(run.path, mode="r+")
     lock = RunLock(store.path)
     lock.acquire()
@@ -159,10 +137,28 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
                                  net, images, batch_size, device, layer_block, limit[p.name])
         if opt:
             opt.run_all(progress)
-        write_traces(store, run, names, net, ds, device)  # the report reads them, it runs no model
+        if net is not None:  # an ONNX run has no time layers (docs/backends.md: images only)
+            write_traces(store, run, names, net, ds, device)  # the report reads them, it runs no model
     finally:
         lock.release()
     return open_run(run.path)
+
+
+def _onnx_refusals(run: Run, method: str, model: Any, weights: Any, examples: str, optimize: bool) -> None:
+    """What a run mined from an ONNX file cannot be visualized with: its patches need its recorded
+    fields and images only; deconvolutions, optimised images and the bins' positions need a torch
+    model's gradients or forward, and none matches an ONNX file's weights (docs/backends.md)."""
+    why = (f"run {run.path} was mined from an ONNX file ({run.attrs.get('model')}), whose patches visualize crops "
+           "without a model (ONNX Runtime gives no gradients, and no torch model matches the file's weights)")
+    fix = "; mine the torch model into a new run for them"
+    if method != schema.PATCHES_ONLY:
+        raise SketchmineError(f"{why}: --method {method} deconvolves through a torch model; drop it (patches only, "
+                              f"--method {schema.PATCHES_ONLY}){fix}")
+    if model is not None or weights is not None:
+        raise SketchmineError(f"{why}: drop the model and weights given")
+    if optimize or examples != "top":
+        raise SketchmineError(f"{why}: {'--optimize' if optimize else '--examples ' + examples} needs a torch "
+                              f"model{fix}")
 
 
 WHOLE_IMAGE_GROUPS = 8
@@ -170,57 +166,13 @@ WHOLE_IMAGE_GROUPS = 8
 entries of each image, which then share its forward (`Deconvolver.shared`)."""
 
 
-def _block_units(p: _Plan, batch_size: int, k: int) -> int:
+def _block_units(p: Plan, batch_size: int, k: int) -> int:
     """Units per block (the unit of resumption): one batch of entries for grid units, where
     each entry has its own window; WHOLE_IMAGE_GROUPS batches for whole-image units."""
     return max(1, (batch_size if p.grid else WHOLE_IMAGE_GROUPS * batch_size) // k)
 
 
-def _plan(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> _Plan:
-    """Crop geometry of one layer from its recorded receptive field."""
-    shape = run.layer_shape(name)
-    attrs = run.layer_attrs(name)
-    grid = len(shape) == 3
-    frame_h = int(attrs["frame"][0]) if grid and _time_stacked(run, name) else 0
-    if frame_h and not attrs.get("receptive_field"):
-        raise SketchmineError(
-            f"layer {name!r} of {run.path} is a time-distributed conv (each step's frame stacked along y) and "
-            "the run has no receptive field for it (mined before they were computed per frame); mine it again "
-            "with this version, or visualize its recurrent, linear and softmax layers")
-    if grid:
-        if "receptive_field" not in attrs:
-            raise SketchmineError(f"run {run.path} was mined before receptive fields were recorded; "
-                                  f"mine it again with this version to visualize {name!r}")
-        rf = attrs["receptive_field"]
-        if rf is None or not rf.get("size"):
-            raise SketchmineError(f"run {run.path} has no receptive field for layer {name!r} (when it was mined, "
-                                  "the graph analysis met an op it cannot follow before it, or the layer is a "
-                                  "reflection or replication pad, whose border units copy other pixels); only "
-                                  "layers without a grid can be visualized")
-        grid = 0 not in rf["stride"]  # stride 0: a grid whose units all see the whole image (after global pooling)
-        field = recorded_field(rf)  # behind an upsampling: each unit's box (field_record.py)
-        source, stride, offset, spans = field.size, field.stride, field.offset, field.spans
-        if not grid:
-            source, stride, offset, spans = image_hw, (0, 0), (0, 0), None
-    else:  # FC, softmax and 1-D layers: the whole image
-        source, stride, offset, spans = image_hw, (0, 0), (0, 0), None
-    scale = min(1.0, max_patch / max(source))
-    size = tuple(max(1, round(s * scale)) for s in source)
-    timed = len(shape) == 2 and (attrs.get("position") in ("time", "sequence")
-                                 or (attrs.get("position") == "time-stacked" and not attrs.get("frame")))
-    frame_w = int(attrs["frame"][0]) if len(shape) == 2 and _time_stacked(run, name) else 0
-    return _Plan(name, shape[0], grid, source, size, stride, offset, timed, frame_h, frame_w,  # type: ignore[arg-type]
-                 spans)
-
-
-def _time_stacked(run: Run, name: str) -> bool:
-    """A time-distributed layer of a sequence model with a spatial frame per step (frames stacked
-    along y); per-step vectors (an empty frame) are a plain line of time steps."""
-    attrs = run.layer_attrs(name)
-    return attrs.get("position") == "time-stacked" and bool(attrs.get("frame"))
-
-
-def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int, redo: bool, device: str,
+def _prepare(store: RunStore, p: Plan, k: int, ch: int, method: str, block: int, redo: bool, device: str,
              progress: Progress) -> tuple[int, int]:
     """Create the layer's arrays (or check the existing ones match): (units done, block size).
 
@@ -245,7 +197,7 @@ def _prepare(store: RunStore, p: _Plan, k: int, ch: int, method: str, block: int
 
 def _resumed_on(store: RunStore, name: str, have: dict[str, Any], kind: str, progress: Progress) -> None:
     """Record and say a layer's pictures resumed on another kind of device (passes/resumed.py)."""
-    made = f"patches and {visualized_words(have)['name']}"
+    made = "patches" if have.get("method") == schema.PATCHES_ONLY else f"patches and {visualized_words(have)['name']}"
     stretches = resumed_on(name, have, kind, made, "the device rounds otherwise, so units from {done} on may differ "
                            "by a grey level from a pass on one device", progress)
     if stretches is not None:
@@ -271,8 +223,8 @@ def stale_pictures(store: RunStore, name: str, progress: Progress) -> None:
                       f"`{command('sketchmine', 'visualize', store.path, '--layers', layer_arg([name]), '--examples', 'all')} {settings}` makes them again")
 
 
-def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int, limit: int, images: ImageCache,
-                     deconv: Deconvolver, batch_size: int, device: torch.device, progress: Progress) -> None:
+def _visualize_layer(store: RunStore, run: Run, p: Plan, done: int, block: int, limit: int, images: ImageCache,
+                     deconv: Deconvolver | None, batch_size: int, device: torch.device, progress: Progress) -> None:
     visualized = dict(store.visual_state(p.name)[0] or {})
     channels = store.shape(schema.layer_array(p.name, "patches"))[-1]
     _, index, yx = run.topk(p.name)
@@ -292,10 +244,10 @@ def _visualize_layer(store: RunStore, run: Run, p: _Plan, done: int, block: int,
         store.write_visual(p.name, slice(0, 0), {}, {**visualized, "units_done": p.channels, "complete": True})
 
 
-def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, images: ImageCache, deconv: Deconvolver,
+def _block(p: Plan, index: np.ndarray, yx: np.ndarray, u0: int, images: ImageCache, deconv: Deconvolver | None,
            batch_size: int, device: torch.device, channels: int) -> dict[str, np.ndarray]:
     """Patches, deconvolutions and boxes of units [u0, u0 + len(index)); `channels` those of
-    the stored pixels.
+    the stored pixels; no deconvolutions without a `deconv` (patches only).
 
     Grid units are taken as one group of entries (blocks of them are small). Whole-image units
     (FC, softmax, recurrent) share each image's forward (`Deconvolver.shared`), so their entries
@@ -309,7 +261,7 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, images: ImageCa
     boxes = p.field.boxes(local).numpy()  # (M, 4); units without a grid: the whole image
     corners = boxes[:, :2]
     out = {"patches": np.zeros((units, k, *p.size, channels), dtype=np.uint8),
-           "deconv": np.full((units, k, *p.size, channels), 128, dtype=np.uint8),
+           **({} if deconv is None else {"deconv": np.full((units, k, *p.size, channels), 128, dtype=np.uint8)}),
            "boxes": np.full((units, k, 4), -1, dtype=np.int32), "inside": np.full((units, k, 4), -1, dtype=np.int32)}
     order = np.arange(len(shown)) if p.grid else shared_order(shown).numpy()
     group = len(shown) if p.grid else batch_size
@@ -318,15 +270,16 @@ def _block(p: _Plan, index: np.ndarray, yx: np.ndarray, u0: int, images: ImageCa
         x, patches, deconvs = _entries(p, shown[e], at[e], local[e], corners[e], unit_of[e] + u0, images, deconv,
                                        batch_size, device)
         out["patches"][unit_of[e], slot_of[e]] = patches
-        out["deconv"][unit_of[e], slot_of[e]] = deconvs
+        if deconvs is not None:
+            out["deconv"][unit_of[e], slot_of[e]] = deconvs
         out["boxes"][unit_of[e], slot_of[e]] = boxes[e].astype(np.int32)
         out["inside"][unit_of[e], slot_of[e]] = clipped_boxes(torch.from_numpy(boxes[e]), tuple(x.shape[-2:])).numpy()
     return out
 
 
-def _entries(p: _Plan, shown: np.ndarray, yx: np.ndarray, local: np.ndarray, corners: np.ndarray,
-             units: np.ndarray, images: ImageCache, deconv: Deconvolver, batch_size: int, device: torch.device
-             ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def _entries(p: Plan, shown: np.ndarray, yx: np.ndarray, local: np.ndarray, corners: np.ndarray,
+             units: np.ndarray, images: ImageCache, deconv: Deconvolver | None, batch_size: int, device: torch.device
+             ) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
     """The loaded images, and the (n, h, w, ch) uint8 patches and deconvolution crops of n
     entries (image `shown`, unit, position)."""
     uniq, inverse = np.unique(shown, return_inverse=True)
@@ -339,6 +292,8 @@ def _entries(p: _Plan, shown: np.ndarray, yx: np.ndarray, local: np.ndarray, cor
     if p.spans is not None:  # boxes smaller than the largest: the rest of the crop is no part of them
         crop = crop * box_mask(p.field.boxes(local).to(crop.device), *p.source)
     patches = to_hwc(fit(crop, p.size)).cpu().numpy()
+    if deconv is None:
+        return x, patches, None
     deconvs = np.empty_like(patches)
     entry_yx = torch.from_numpy(local.astype(np.int64))
     for s in range(0, len(shown), batch_size):
@@ -358,7 +313,7 @@ def _entries(p: _Plan, shown: np.ndarray, yx: np.ndarray, local: np.ndarray, cor
     return x, patches, deconvs
 
 
-def _frames(x: torch.Tensor, inv: torch.Tensor, p: _Plan, yx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _frames(x: torch.Tensor, inv: torch.Tensor, p: Plan, yx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """The images patches are cut from, and each entry's index into them. Plain inputs: the
     loaded images. Sequences (B, T, C, H, W): each entry's frame — the drawing at the step the
     unit peaked for layers with a time position, else the last (the whole drawing)."""
@@ -374,7 +329,7 @@ def _frames(x: torch.Tensor, inv: torch.Tensor, p: _Plan, yx: np.ndarray) -> tup
     return x[inv, steps.clamp(0, last).to(x.device)], torch.arange(len(inv), device=x.device)
 
 
-def _in_frame(p: _Plan, yx: np.ndarray) -> np.ndarray:
+def _in_frame(p: Plan, yx: np.ndarray) -> np.ndarray:
     """Entries' grid positions within their own frame (time-distributed convs stack the frames
     along y); unchanged for every other layer."""
     if not p.frame_h:
@@ -391,7 +346,8 @@ def _check_present(ds: MinerDataset, needed: np.ndarray) -> None:
 
 
 def patches_of(run: Run, layer: str, unit: int) -> dict[str, np.ndarray]:
-    """One unit's stored patches, deconvolutions and boxes (for reports and notebooks)."""
-    unit = run.visualized_unit(layer, unit, ARRAYS)
-    return {key: run.layer_array(layer, key, slice(unit, unit + 1))[0] for key in ARRAYS}
+    """One unit's stored patches, deconvolutions (none for patches only) and boxes (for reports and notebooks)."""
+    keys = schema.visual_arrays((run.layer_attrs(layer).get(schema.VISUALIZED) or {}).get("method"))
+    unit = run.visualized_unit(layer, unit, keys)
+    return {key: run.layer_array(layer, key, slice(unit, unit + 1))[0] for key in keys}
 

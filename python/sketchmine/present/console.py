@@ -282,7 +282,7 @@ def print_mined(run: Run, progress: RichProgress, no_logits: bool, console: Cons
                                                 "layer; no predictions or accuracy were written")
 
 
-def print_visualized(run: Run, layers: list[str] | None, method: str, progress: RichProgress,
+def print_visualized(run: Run, layers: list[str] | None, method: str | None, progress: RichProgress,
                      console: Console, optimize: bool = False, examples: str = "top") -> None:
     """What `sketchmine visualize` says at the end (with --optimize, the optimised inputs too,
     with the method and steps they were made with, as the first layer's claim records them)."""
@@ -290,7 +290,9 @@ def print_visualized(run: Run, layers: list[str] | None, method: str, progress: 
     count = len(names)
     opt = run.layer_attrs(names[0]).get(schema.OPTIMIZED) if optimize and names else None
     made = f" and optimised inputs ({how_made(opt)})" if isinstance(opt, dict) else ""
-    what = f"patches and {method} crops{made} of {count} layer{'' if count == 1 else 's'}"
+    method = ((run.layer_attrs(names[0]).get(schema.VISUALIZED) or {}).get("method") if names else None) or method
+    crops = "" if method == schema.PATCHES_ONLY else f" and {method} crops"  # the default is the run's (ONNX: patches)
+    what = f"patches{crops}{made} of {count} layer{'' if count == 1 else 's'}"
     if not progress.images and examples != "all":  # all done before (the progress counts no example pictures)
         console.print(f"nothing to do: the {what} were made already (--redo makes them again) → {safe(run.path)}")
         return

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 PICTURES_DEFAULTS = {"method": "deconvnet", "max_patch": 128}
-"""`visualize`'s defaults for the pictures (a test holds them to its signature)."""
+"""`visualize`'s defaults for the pictures of a torch run (its `method=None`: deconvnet; an ONNX
+run's: patches only; a test holds them to its signature)."""
 SIGNALS = {"deconvnet": "deconvolutions", "guided": "guided backpropagation", "gradient": "gradients"}
 """What the pictures beside the patches are, by `visualize --method` (docs/visualize.md): only
 deconvnet's are deconvolutions, so the views name them by the layer's method."""

@@ -28,16 +28,16 @@ class BlockWrites:
 
     @io_errors
     def reset_blocks(self, layer: str, claim: str, specs: dict[str, Any], shapes: dict[str, tuple[int, ...]],
-                     attrs: dict[str, Any]) -> None:
-        """Drop the layer's arrays of `specs` and its `claim`, then create them empty with `shapes`
-        and set the claim to `attrs`. The claim goes first, so an interruption leaves no claim on
-        missing arrays."""
+                     attrs: dict[str, Any], drop: tuple[str, ...] = ()) -> None:
+        """Drop the layer's arrays of `specs` (and `drop`) and its `claim`, then create them empty with
+        `shapes` and set the claim to `attrs`. The claim goes first, so an interruption leaves no claim
+        on missing arrays."""
         g = self.layer_group(layer)
         if claim in g.attrs:
             kept = dict(g.attrs)
             del kept[claim]
             g.attrs.put(kept)
-        for key in specs:
+        for key in (*specs, *drop):
             if key in g:
                 del g[key]
         for key, spec in specs.items():
@@ -63,15 +63,18 @@ class BlockWrites:
     def visual_state(self, layer: str) -> tuple[dict[str, Any] | None, bool]:
         """(the layer's `visualized` attribute or None, whether all its visualize arrays exist)."""
         g = self.layer_group(layer)
-        return g.attrs.get(schema.VISUALIZED), all(key in g for key in schema.VISUAL_ARRAYS)
+        have = g.attrs.get(schema.VISUALIZED)
+        return have, all(key in g for key in schema.visual_arrays((have or {}).get("method")))
 
     def reset_visual(self, layer: str, units: int, k: int, size: tuple[int, int], channels: int,
                      visualized: dict[str, Any]) -> None:
         """Empty visualize arrays for `units` units of `k` entries (patches/deconv (units, k, *size,
-        channels), boxes/inside (units, k, 4)), claimed by `visualized` (see reset_blocks)."""
-        shapes = {key: (units, k, *size, channels) if key in ("patches", "deconv") else (units, k, 4)
-                  for key in schema.VISUAL_ARRAYS}
-        self.reset_blocks(layer, schema.VISUALIZED, schema.VISUAL_ARRAYS, shapes, visualized)
+        channels), boxes/inside (units, k, 4)), claimed by `visualized` (see reset_blocks): those its
+        method writes (no deconv for patches only; an earlier pass's is dropped with the rest)."""
+        keys = schema.visual_arrays(visualized.get("method"))
+        shapes = {key: (units, k, *size, channels) if key in ("patches", "deconv") else (units, k, 4) for key in keys}
+        self.reset_blocks(layer, schema.VISUALIZED, {key: schema.VISUAL_ARRAYS[key] for key in keys}, shapes, visualized,
+                          drop=tuple(schema.VISUAL_ARRAYS))
 
     def write_visual(self, layer: str, units: slice, values: dict[str, np.ndarray],
                      visualized: dict[str, Any] | None) -> None:

@@ -162,6 +162,14 @@ VISUAL_ARRAYS: dict[str, ArraySpec] = {
 }
 """layers/<name>/{patches, deconv} (C, k, h, w, channels) and {boxes, inside} (C, k, 4) of a
 visualize pass, written a block of units at a time."""
+PATCHES_ONLY = "none"
+"""The `visualize --method` that crops patches and makes no deconvolutions (an ONNX run's: ONNX
+Runtime gives no gradients): its pass writes no `deconv` array."""
+
+
+def visual_arrays(method: str | None) -> tuple[str, ...]:
+    """The arrays a visualize pass with `method` writes."""
+    return tuple(key for key in VISUAL_ARRAYS if key != "deconv" or method != PATCHES_ONLY)
 
 
 # ---- each unit's whole distribution (the distribution accumulators, mine --distributions) --------

@@ -1,0 +1,93 @@
+"""`visualize --method none`: the top-k patches and their boxes without deconvolutions. They are the
+only pictures of a run mined from an ONNX file (ONNX Runtime gives no gradients, and no torch model
+matches the file's weights), made there without a model; before, such a run was refused outright.
+On a torch run they are the patches a deconvolution method stores, without its `deconv` array.
+Real data: the embedded Animal-Shape test sketches and the demo model, exported with torch.onnx."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import sketchmine
+from sketchmine import SketchmineError
+from sketchmine.passes.visualize import patches_of
+from sketchmine.store import schema
+from sketchmine.store.integrity import verify_run
+from tests.helpers import per_class_subset
+from tests.test_onnx import export
+
+pytest.importorskip("onnxruntime")
+
+LAYERS = ["features.0", "classifier.1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, demo_model, small_test_set):
+    """(dataset, torch run, ONNX run) of 30 sketches, mined from the demo model and its export."""
+    ds = per_class_subset(small_test_set, 3, "patches-only")
+    root = tmp_path_factory.mktemp("patches")
+    onnx = export(demo_model.module, root / "sketchnet.onnx")
+    return (ds, sketchmine.mine(demo_model.module, ds, out=root / "t.zarr", layers=LAYERS, k=3, batch_size=30),
+            sketchmine.mine(str(onnx), ds, out=root / "o.zarr", layers=LAYERS, k=3, batch_size=30))
+
+
+def _copy(run, tmp_path, name: str):
+    shutil.copytree(run.path, tmp_path / name)
+    return tmp_path / name
+
+
+def _files(path) -> list:
+    return sorted((p.relative_to(path), p.stat().st_size) for p in path.rglob("*") if p.is_file())
+
+
+def test_patches_only_are_a_deconvolution_passs_patches(runs, demo_model, tmp_path):
+    """The same patches, boxes and inside boxes as a deconvnet pass, no deconv array; changing the
+    method needs --redo, which adds the deconvolutions."""
+    ds, run, _ = runs
+    only, full = _copy(run, tmp_path, "only.zarr"), _copy(run, tmp_path, "full.zarr")
+    only_run = sketchmine.visualize(only, model=demo_model, data=ds, method="none")
+    full_run = sketchmine.visualize(full, model=demo_model, data=ds)
+    for layer in LAYERS:
+        assert only_run.layer_attrs(layer)[schema.VISUALIZED]["method"] == "none"
+        assert not only_run.has_array(layer, "deconv") and full_run.has_array(layer, "deconv")
+        for key in ("patches", "boxes", "inside"):
+            np.testing.assert_array_equal(only_run.layer_array(layer, key), full_run.layer_array(layer, key))
+        assert sorted(patches_of(only_run, layer, 1)) == ["boxes", "inside", "patches"]
+    assert not verify_run(only).damaged  # its claim's checksums name no deconv array
+    with pytest.raises(SketchmineError, match=r"was visualized with other settings \(none, .*--redo"):
+        sketchmine.visualize(only, model=demo_model, data=ds, method="deconvnet")
+    redone = sketchmine.visualize(only, model=demo_model, data=ds, method="deconvnet", redo=True)
+    for layer in LAYERS:
+        np.testing.assert_array_equal(redone.layer_array(layer, "deconv"), full_run.layer_array(layer, "deconv"))
+    back = sketchmine.visualize(only, model=demo_model, data=ds, method="none", redo=True)
+    assert not back.has_array(LAYERS[0], "deconv")  # the deconvnet pass's array went with its claim
+
+
+def test_an_onnx_run_gets_its_patches_without_a_model(runs, tmp_path):
+    """A whole-image layer's patches are its top-k images' pixels."""
+    ds, _, onnx_run = runs
+    run = sketchmine.visualize(_copy(onnx_run, tmp_path, "o.zarr"), layers=["classifier.1"], data=ds)
+    assert run.layer_attrs("classifier.1")[schema.VISUALIZED]["method"] == "none"
+    assert not run.has_array("classifier.1", "deconv")
+    patches = run.layer_array("classifier.1", "patches")
+    _, index, _ = run.topk("classifier.1")
+    for c in range(index.shape[0]):
+        for r in range(index.shape[1]):
+            assert np.array_equal(patches[c, r, ..., 0], np.asarray(ds.images[int(index[c, r])])), (c, r)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"method": "guided"}, r"--method guided deconvolves through a torch model; drop it \(patches only, --method none\)"),
+    ({"model": "demo"}, r"drop the model and weights given"),
+    ({"examples": "all"}, r"--examples all needs a torch model; mine the torch model into a new run for them"),
+    ({"optimize": True}, r"--optimize needs a torch model"),
+])
+def test_an_onnx_run_refuses_what_needs_a_torch_model(runs, tmp_path, kwargs, match):
+    path = _copy(runs[2], tmp_path, "o.zarr")
+    before = _files(path)
+    with pytest.raises(SketchmineError, match=r"was mined from an ONNX file \(onnx:sketchnet\.onnx\), whose patches "
+                                              r"visualize crops without a model .*: " + match):
+        sketchmine.visualize(path, layers=["classifier.1"], **kwargs)
+    assert _files(path) == before
