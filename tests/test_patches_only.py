@@ -76,6 +76,10 @@ def test_an_onnx_run_gets_its_patches_without_a_model(runs, tmp_path):
     for c in range(index.shape[0]):
         for r in range(index.shape[1]):
             assert np.array_equal(patches[c, r, ..., 0], np.asarray(ds.images[int(index[c, r])])), (c, r)
+    # the optimised images' reader named `visualize --optimize`, which an ONNX run refuses
+    with pytest.raises(SketchmineError, match=r"has no optimised images; it was mined from an ONNX file, and "
+                                              r"optimising an input needs a torch model's gradients"):
+        run.optimized("classifier.1", 0)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

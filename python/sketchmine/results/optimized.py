@@ -58,7 +58,11 @@ def settings(run: Run, layer: str) -> dict[str, Any]:
     """The layer's `optimized` attribute (method, steps, units_done, ...); refused when absent."""
     attrs = run.layer_attrs(layer).get(schema.OPTIMIZED)
     if attrs is None or not all(run.has_array(layer, key) for key in schema.OPTIMIZED_ARRAYS):
-        raise SketchmineError(f"layer {layer!r} of {run.path} has no optimised images; run `{optimize_command(run, layer)}`")
+        from sketchmine.results.effects import onnx_run
+
+        how = ("it was mined from an ONNX file, and optimising an input needs a torch model's gradients: mine the "
+               "torch model into a new run" if onnx_run(run) else f"run `{optimize_command(run, layer)}`")
+        raise SketchmineError(f"layer {layer!r} of {run.path} has no optimised images; {how}")
     return dict(attrs)
 
 
