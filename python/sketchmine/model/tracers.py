@@ -6,8 +6,9 @@ Why the second: a forward that computes with its input's size in Python (timm's 
 (the `max` is control flow on a traced value), and such a model had no receptive field and no
 deconvolution at any layer. Traced at a given size, sizes are plain numbers and the graph holds
 the ops they lead to at that size: exact for inputs of that size, which is what a receptive
-field is computed for. A graph whose ops depend on the batch size (`x.view(len(x), ...)` read as
-a number) is refused: the passes run it on batches of any size.
+field is computed for. The batch's size alone stays traced (`x.view(x.shape[0], -1)`), and a
+forward that reads it as a number (`range(len(x))`) is refused: the passes run the graph on batches
+of any size.
 """
 from __future__ import annotations
 
@@ -91,13 +92,13 @@ class _SizedProxy(fx.Proxy):
         tracer = self.tracer
         if isinstance(tracer, SizedTracer) and (k == "shape" or k in _ATTRIBUTES):
             values = tracer.values.get(self.node)
-            if isinstance(values[0], torch.Tensor):
+            if values is not None and isinstance(values[0], torch.Tensor):
                 return tracer.size_of(self, "size", (), {}) if k == "shape" else getattr(values[0], k)
         return super().__getattr__(k)
 
     def __len__(self) -> int:
         tracer = self.tracer
-        if not isinstance(tracer, SizedTracer):
+        if not isinstance(tracer, SizedTracer) or self.node not in tracer.values:
             return super().__len__()
         first, second = (len(v) for v in tracer.values[self.node])
         if first != second:
