@@ -1,5 +1,6 @@
 """The second pass: for every top-k entry, the input patch under the unit's receptive field
-and the deconvolution of that unit, written into the run store.
+and the deconvolution of that unit (none with method "none": an ONNX run's only pictures), written
+into the run store.
 
 Only the top-k images are read (reloaded from the dataset the run recorded). Units are processed in fixed
 blocks (floor(batch_size / k) units, one forward and one backward each); a block's arrays are written, then
@@ -7,7 +8,7 @@ blocks (floor(batch_size / k) units, one forward and one backward each); a block
 same batches and ends identical to an uninterrupted one.
 
     layers/<name>/patches  uint8 (C, k, h, w, ch)  pixels as the model saw them (0 outside the image)
-    layers/<name>/deconv   uint8 (C, k, h, w, ch)  128 + 127 · signal / max|signal| over the crop
+    layers/<name>/deconv   uint8 (C, k, h, w, ch)  128 + 127 · signal / max|signal| over the crop (not for "none")
     layers/<name>/boxes    int32 (C, k, 4)  receptive-field box (top, left, bottom, right), unclipped
     layers/<name>/inside   int32 (C, k, 4)  the part of the box inside the image; -1: empty slot
     attrs "visualized": method, patch_size, source_size, units_done, block_units, device, complete
