@@ -147,3 +147,16 @@ def test_a_same_padded_model_is_mined_and_visualized_at_its_boxes(small_test_set
     with pytest.raises(SketchmineError, match=r"SameNet was traced for deconvolution at its input's size, 1×28×28 "
                                               r"\(its forward computes with that size\), and cannot take a 1×27×27 input"):
         Deconvolver(model, sample=(1, 28, 28))(ds[0][1][None, :, :27, :27], "act1", [0], [[0, 0]])
+
+
+def test_what_follows_a_layer_is_read_from_the_graph_traced_at_its_size(small_test_set, tmp_path, caplog):
+    """Units of conv3 that never rise above 0 are said to be read before the ReLU that follows (the
+    graph's followers): a model torch.fx could not trace got no such note."""
+    torch.manual_seed(0)
+    model = SameNet().eval()
+    with torch.no_grad():
+        model.conv3.bias[:2] = -1e3  # two units that no image lifts above 0
+    ds = per_class_subset(small_test_set, 2, "same-followers")
+    with caplog.at_level("WARNING", logger="sketchmine"):
+        sketchmine.mine(model, ds, layers=["conv3"], k=2, out=tmp_path / "r.zarr", batch_size=len(ds))
+    assert "conv3: 2 of 6 units never rose above 0 on any image (read before the ReLU that follows" in caplog.text

@@ -95,12 +95,13 @@ def note_left_out(left: dict[str, str], progress: Progress) -> None:
                       f"{', '.join(unused[:4])}{', …' if len(unused) > 4 else ''}")
 
 
-def note_followers(net: nn.Module, layers: list[str], progress: Progress) -> frozenset[str]:
+def note_followers(net: nn.Module, layers: list[str], progress: Progress,
+                   sample: tuple[int, ...] | None = None) -> frozenset[str]:
     """Say once which mined layers feed a BatchNorm that reverses some of their units (their
     top-k are the images the network passes on as the least active), and return the layers
     the network passes on only through a ReLU (for `note_dead_units`). Best effort: a model
     that cannot be traced gets no note."""
-    found = followers(net, layers)
+    found = followers(net, layers, sample)
     if found.reversed:
         shown = ", ".join(f"{r.layer}: {r.units} of {r.channels} units (mine {r.norm} instead)"
                           for r in found.reversed[:6])

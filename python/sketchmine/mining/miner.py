@@ -310,7 +310,7 @@ def mine(
         if known is not None:  # streamed labels are checked batch by batch
             check_labels(ds, np.arange(len(known)), known, len(ds.class_names) or num_classes or 0)
 
-        rectified = note_followers(net, names, progress)  # what the taps read before (a BatchNorm, a ReLU)
+        rectified = note_followers(net, names, progress, tuple(first.shape))  # what the taps read before (a BatchNorm, a ReLU)
         lock = RunLock(out)
 
         def open_store() -> RunStore:

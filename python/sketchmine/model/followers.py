@@ -58,13 +58,14 @@ def _rectifier(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target in _RECTIFIER_METHODS
 
 
-def followers(net: nn.Module, layers: Sequence[str]) -> Followers:
-    """The followers of `layers` in `net`'s graph (one torch.fx trace, in eval mode); none
-    when the model cannot be traced."""
+def followers(net: nn.Module, layers: Sequence[str], sample: tuple[int, ...] | None = None) -> Followers:
+    """The followers of `layers` in `net`'s graph (one torch.fx trace, in eval mode; at one input's
+    shape `sample` where only a trace at its size works: `graph.trace`); none when the model cannot
+    be traced."""
     if not isinstance(net, nn.Module):  # an ONNX model: no torch graph to read
         return Followers()
     try:
-        gm = trace(net, "to find what follows each mined layer")
+        gm = trace(net, "to find what follows each mined layer", sample)
     except SketchmineError:
         return Followers()
     outputs = module_outputs(gm)
