@@ -35,12 +35,14 @@ from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import LoadedModel, torch_module
+from sketchmine.model.field_algebra import (PIXELS, Field, as_record, check_grids, merged, shifted_by, whole_image,
+                                            windowed)
 from sketchmine.model.field_calls import window_of
 from sketchmine.model.field_grid import (broadcast_gates, check_index, check_one_grid, grid_size, moved_grid,
                                          output_grid)
 from sketchmine.model.field_record import ReceptiveField, box_mask  # noqa: F401 (public here)
 from sketchmine.model.field_pads import check_padding_mode, conv_padding, copy_carriers, pad_of, pair
-from sketchmine.model.field_tables import (read, resampler, resampling_reach, shifted, spans, strided, summary, union,
+from sketchmine.model.field_tables import (read, resampler, resampling_reach, shifted, strided, union,
                                            window_reach)
 from sketchmine.model.graph import module_input_channels, module_outputs, propagate_shapes, trace
 from sketchmine.model.unit_axes import follow_units, tapped_shape
@@ -78,24 +80,11 @@ _RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.transpose, torch.permute}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permute"}
 
 
-@dataclass(frozen=True)
-class _Field:
-    """Per axis: jump (input pixels between neighbouring units) and unit 0's window [lo, hi]; `grid`: the
-    dims of the node's tensor that hold H and W, from the end ((-3, -2) channels-last). `table`: per axis
-    every unit's box (field_tables.Table) where no jump describes them (behind a resampling op)."""
-
-    jump: tuple[int, int]
-    lo: tuple[int, int]
-    hi: tuple[int, int]
-    grid: tuple[int, int] = (-2, -1)
-    table: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(default=None, compare=False)
+def _tabled(tables: tuple[np.ndarray, np.ndarray], grid: tuple[int, int] = (-2, -1)) -> Field:
+    return Field((1, 1), (0, 0), (0, 0), grid, tables)
 
 
-def _tabled(tables: tuple[np.ndarray, np.ndarray], grid: tuple[int, int] = (-2, -1)) -> _Field:
-    return _Field((1, 1), (0, 0), (0, 0), grid, tables)
-
-
-def _tables(f: _Field, n: tuple[int, int] | None, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _tables(f: Field, n: tuple[int, int] | None, where: str) -> tuple[np.ndarray, np.ndarray]:
     """A field as tables over a grid of n units per axis."""
     if f.table is not None:
         return f.table
@@ -104,7 +93,7 @@ def _tables(f: _Field, n: tuple[int, int] | None, where: str) -> tuple[np.ndarra
     return strided(f.jump[0], f.lo[0], f.hi[0], n[0]), strided(f.jump[1], f.lo[1], f.hi[1], n[1])
 
 
-def _window(f: _Field, node: fx.Node, k, s, p, d, mode: str = "zeros") -> _Field:
+def _window(f: Field, node: fx.Node, k, s, p, d, mode: str = "zeros") -> Field:
     """Field after a sliding window (conv or pool) with kernel k, stride s, padding p (by `mode`), dilation d."""
     p = conv_padding(p, k, d)
     k, s, d = pair(k), pair(s), pair(d)
@@ -112,14 +101,10 @@ def _window(f: _Field, node: fx.Node, k, s, p, d, mode: str = "zeros") -> _Field
         n = output_grid(node)
         return _tabled(tuple(read(f.table[a], window_reach(len(f.table[a]), n[a], k[a], s[a], p[a], d[a], mode))
                              for a in range(2)))  # type: ignore[arg-type]
-    return _Field(  # the grid is last (_check_grid_last)
-        tuple(f.jump[a] * s[a] for a in range(2)),
-        tuple(f.lo[a] - p[a] * f.jump[a] for a in range(2)),
-        tuple(f.hi[a] + ((k[a] - 1) * d[a] - p[a]) * f.jump[a] for a in range(2)),
-    )
+    return windowed(f, k, s, p, d)  # the grid is last (_check_grid_last)
 
 
-def _resampled(f: _Field, node: fx.Node, modules: dict[str, nn.Module]) -> _Field | None:
+def _resampled(f: Field, node: fx.Node, modules: dict[str, nn.Module]) -> Field | None:
     """Field after an upsampling, an interpolation or a transposed conv (field_tables.py); None
     when the node is none of them."""
     if (where := resampler(node, modules)) is None:
@@ -132,22 +117,14 @@ def _resampled(f: _Field, node: fx.Node, modules: dict[str, nn.Module]) -> _Fiel
     return _tabled((read(table[0], reach[0]), read(table[1], reach[1])))
 
 
-def _union(carriers: dict[fx.Node, _Field], node: fx.Node, where: str, at: fx.Node | None = None) -> _Field:
+def _union(carriers: dict[fx.Node, Field], node: fx.Node, where: str, at: fx.Node | None = None) -> Field:
     fields = list(carriers.values())
-    jumps, grids = {f.jump for f in fields if f.table is None}, {f.grid for f in fields}
-    if len(grids) > 1:
-        raise SketchmineError(f"cannot merge receptive fields at {where}: branches hold the height and width at "
-                              f"different dims {sorted(grids)}")
+    check_grids(fields, where)
     if len(fields) > 1 and any(f.table is not None for f in fields):  # position by position
         n = grid_size(at or node, fields[0].grid)  # `at`: the grid the inputs share (a resampler's input)
         tables = [_tables(f, n, where) for f in fields]
         return _tabled((union([t[0] for t in tables], where), union([t[1] for t in tables], where)), fields[0].grid)
-    if len(fields) == 1:
-        return fields[0]
-    if len(jumps) > 1:
-        raise SketchmineError(f"cannot merge receptive fields at {where}: branches have strides {sorted(jumps)}")
-    return _Field(fields[0].jump, tuple(min(f.lo[a] for f in fields) for a in range(2)),
-                  tuple(max(f.hi[a] for f in fields) for a in range(2)), fields[0].grid)
+    return merged(fields, where)
 
 
 def receptive_fields(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...],
@@ -213,8 +190,8 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
         channels = c
     gm = trace(model, "to compute receptive fields", (*leading, channels or module_input_channels(model), h, w))
     propagate_shapes(gm, model, h, w, leading, channels, partial)
-    whole = _Field((0, 0), (0, 0), (h - 1, w - 1))
-    fields: dict[fx.Node, _Field] = {}
+    whole = whole_image(h, w)
+    fields: dict[fx.Node, Field] = {}
     unknown: dict[fx.Node, str] = {}
     modules = dict(gm.named_modules())
     out: dict[str, ReceptiveField] = {}
@@ -223,7 +200,7 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
     calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            fields[node] = _Field((1, 1), (0, 0), (0, 0))
+            fields[node] = PIXELS
             continue
         before = [unknown[a] for a in node.all_input_nodes if a in unknown]
         carriers = {a: fields[a] for a in node.all_input_nodes if a in fields}
@@ -244,7 +221,7 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
         if node.op == "call_module" and node in copies:
             missing[str(node.target)] = copies[node]
         elif node.op == "call_module" and calls[node.target] == 1:  # called twice: two fields (the miner refuses it)
-            out[str(node.target)] = _field(f, h, w)
+            out[str(node.target)] = as_record(f, h, w)
     outputs = {str(n.target): n for n in gm.graph.nodes if n.op == "call_module" and calls[n.target] == 1}
     outputs.update({name: node for name, node in module_outputs(gm).items() if name not in outputs})
     for name, node in outputs.items():  # modules traced through: blocks, containers
@@ -253,7 +230,7 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
         if node in copies:
             missing[name] = copies[node]
         elif node in fields:
-            out[name] = _field(fields[node], h, w)
+            out[name] = as_record(fields[node], h, w)
         elif node in unknown:
             missing[name] = unknown[node]
     spans = follow_units(gm)
@@ -274,8 +251,8 @@ def sample_analysis(model: nn.Module, sample: tuple[int, ...], partial: bool = F
         return exc
 
 
-def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[str, nn.Module],
-                whole: _Field, copies: dict[fx.Node, str]) -> _Field:
+def _node_field(node: fx.Node, carriers: dict[fx.Node, Field], modules: dict[str, nn.Module],
+                whole: Field, copies: dict[fx.Node, str]) -> Field:
     """A node's field from its pixel-carrying inputs' fields (`carriers`: input node → field),
     or a SketchmineError naming an op whose effect on positions is not known. A copying pad adds
     the nodes that carry its copies to `copies` (node → why it has no field of its own)."""
@@ -345,15 +322,13 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, _Field], modules: dict[st
     return f
 
 
-def _shifted(f: _Field, node: fx.Node, top: int, left: int, mode: str = "constant") -> _Field:
+def _shifted(f: Field, node: fx.Node, top: int, left: int, mode: str = "constant") -> Field:
     """Field after a pad of `top` rows and `left` columns before the grid (negative: a crop): unit i
     of the result is unit i - left of its input along x (top along y)."""
     if f.table is not None:
         n = output_grid(node)  # as a window's: an unknown grid refused, not a table of no units
         return _tabled((shifted(f.table[0], top, n[0], mode), shifted(f.table[1], left, n[1], mode)))
-    jy, jx = f.jump
-    return _Field(f.jump, (f.lo[0] - top * jy, f.lo[1] - left * jx), (f.hi[0] - top * jy, f.hi[1] - left * jx),
-                  f.grid)
+    return shifted_by(f, top, left)
 
 
 def _pointwise(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -370,24 +345,14 @@ def _qualname(target: Any) -> str:
     return f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}"
 
 
-def _check_grid_last(node: fx.Node, f: _Field) -> None:
+def _check_grid_last(node: fx.Node, f: Field) -> None:
     """A window op (conv, pool) slides over the last two dims: the grid must be there."""
     if f.grid != (-2, -1):
         raise SketchmineError(f"receptive fields: {node.target if node.op == 'call_module' else node.name} slides "
                               f"over the last two dims, but the height and width are at dims {f.grid}; not supported")
 
 
-def _field(f: _Field, h: int, w: int) -> ReceptiveField:
-    """A node's field as the public record (the whole h×w image, stride 0, when its units see everything)."""
-    if f.jump == (0, 0):
-        return ReceptiveField((h, w), (0, 0), (0, 0))
-    if f.table is not None:
-        (sy, jy, oy), (sx, jx, ox) = summary(f.table[0]), summary(f.table[1])
-        return ReceptiveField((sy, sx), (jy, jx), (oy, ox), (spans(f.table[0]), spans(f.table[1])))
-    return ReceptiveField(tuple(f.hi[a] - f.lo[a] + 1 for a in range(2)), f.jump, f.lo)
-
-
-def _adaptive(f: _Field, output_size, node: fx.Node, whole: _Field) -> _Field:
+def _adaptive(f: Field, output_size, node: fx.Node, whole: Field) -> Field:
     """Adaptive pooling: the identity when input and output grids match (AlexNet, VGG at 224 px), else
     every unit is taken to see the whole image (global pooling exactly; a safe bound otherwise, as for
     an output size known only at run time)."""
