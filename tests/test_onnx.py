@@ -70,7 +70,8 @@ def test_onnx_mining_matches_torch(onnx_run, torch_run):
     assert onnx_run.attrs["model"] == "onnx:sketchnet.onnx"
     assert onnx_run.attrs["weights_hash"] != torch_run.attrs["weights_hash"]  # initializers, not a state_dict
     layer = onnx_run.store.group["layers/features.0"].attrs
-    assert layer["kind"] == "conv" and layer["receptive_field"] is None
+    assert layer["kind"] == "conv"
+    assert layer["receptive_field"] == torch_run.store.group["layers/features.0"].attrs["receptive_field"]
     assert layer["onnx_tensor"] == "/features/features.0/Conv_output_0"
     assert onnx_run.store.group["layers/classifier.1"].attrs["kind"] == "gemm"
 

@@ -31,6 +31,7 @@ from sketchmine.errors import SketchmineError, SketchmineFailure, closest
 from sketchmine.model.backend import WEIGHTS_HASH, LoadedModel, RowsNotImages, register_backend, weights_hasher
 from sketchmine.model.layouts import tokens_of_images, unplaced_note
 from sketchmine.model.onnx_batch import image_axes, joined
+from sketchmine.model.onnx_fields import layer_records
 from sketchmine.model.onnx_file import as_rows, declared, floating, graph_weights, image_input, logits_output, read_graph
 from sketchmine.model.onnx_layout import channels_last_input, sized_tensors, unit_layouts
 from sketchmine.model.onnx_names import SLASH, GraphNames
@@ -184,11 +185,22 @@ class OnnxModel:
         return str(self.names.producer[self.tensor(layer)].op_type).lower()
 
     def fields(self, sample: tuple[int, ...], progress: Any) -> dict[str, Any]:
-        """Receptive fields are not computed for ONNX graphs: the store records None. Said then
-        (the run is made): the tapped tensors read along axis 1 that the graph does not place."""
+        """Receptive field per tapped layer as store attributes, from the graph at the input size of
+        `sample` (C, H, W) (`onnx_fields`; "*": the whole image); a layer after an op the analysis
+        cannot follow gets None, and which did is said once, as is a graph that cannot be analysed.
+        Said too: the tapped tensors read along axis 1 that the graph does not place."""
         if self.unplaced:
             progress.note(unplaced_note(self.unplaced, of=f" of {self.path.name}"))
-        return {}
+        batch = self.image_dims()[0] if self.image_dims() else 0
+        try:
+            records, note = layer_records(self.proto, self.input.name, sample, batch or 1, self.channels_last,
+                                          {layer: self.tensor(layer) for layer in self.order if layer != SOFTMAX})
+        except SketchmineError as exc:
+            progress.note(f"no receptive fields recorded: {exc}")
+            return {}
+        if note:
+            progress.note(note)
+        return records
 
     # ---- running ---------------------------------------------------------------------
     def to(self, device: torch.device | str) -> OnnxModel:

@@ -1,0 +1,367 @@
+"""Receptive fields of an ONNX graph, walked from its image input node by node, in the form the torch
+analysis records them (`field_algebra`, `field_record`), so that `visualize` can crop an ONNX run's
+top-k patches.
+
+Followed: Conv (its kernel from the weight where `kernel_shape` is absent; strides, pads, dilations,
+auto_pad), MaxPool / AveragePool / LpPool (ceil_mode changes the grid's size, not a unit's window),
+Pad in constant mode (a shift, negative: a crop), elementwise and activation ops, normalisations
+(taken as pointwise, as the torch analysis takes them), Add / Sub / Mul / Div of maps on one grid (a
+union; a (N, C, 1, 1) gate from the whole image, squeeze-excitation, keeps the map's field, as
+`field_grid.broadcast_gates`), Concat / Split / Gather / Slice off the grid, a Transpose that keeps
+the height before the width, reshapes that keep the (H, W) dims, and what mixes all positions
+(global pooling, a reduction over H or W, Flatten, Gemm, MatMul, another reshape): the whole image.
+Any other op on the grid path (Resize, ConvTranspose, a Pad that copies pixels (reflect, edge) or
+wraps, a Slice of H or W, a Transpose that swaps them) leaves the tensors after it without a field,
+with the reason (op type and node name), as the torch analysis' `missing` does.
+
+Grid sizes come from ONNX shape inference at the mined input size, or from one ONNX Runtime run on
+zeros for the tensors inference leaves without a shape.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sketchmine.errors import SketchmineError
+from sketchmine.model.field_algebra import PIXELS, Field, as_record, merged, shifted_by, whole_image, windowed
+from sketchmine.model.field_record import ReceptiveField, field_record
+
+Shape = tuple[int, ...]
+
+_WINDOWS = {"Conv", "MaxPool", "AveragePool", "LpPool"}
+_GLOBAL = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "Gemm", "MatMul"}
+_REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
+           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
+_RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Tile"}
+_ARITHMETIC = {"Add", "Sub", "Mul", "Div"}
+_POINTWISE = {
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Shrink", "Clip", "Exp", "Log", "Neg", "Abs", "Sqrt", "Pow",
+    "Reciprocal", "Erf", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Dropout", "Cast", "CastLike",
+    "BatchNormalization", "InstanceNormalization", "LRN", "GroupNormalization", "LayerNormalization",
+    "MeanVarianceNormalization", "Softmax", "LogSoftmax", "Min", "Max", "Sum", "Mean", "Where", "Equal", "Greater",
+    "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf", "Mod",
+    "QuantizeLinear", "DequantizeLinear", *_ARITHMETIC}
+_NO_PIXELS = {"Shape", "Size"}  # a tensor's sizes: no pixel of it
+
+
+@dataclass(frozen=True)
+class GraphFields:
+    """The fields of a graph's tensors at one input size: `fields` (tensor → record), `missing`
+    (tensor → why it has none, in words); tensors no pixel reaches are in neither."""
+
+    fields: dict[str, ReceptiveField]
+    missing: dict[str, str]
+
+
+def graph_fields(graph: Any, input_name: str, shapes: dict[str, Shape], size: tuple[int, int],
+                 channels_last: bool = False, values: dict[str, np.ndarray] | None = None) -> GraphFields:
+    """Every tensor's field, from the image input `input_name` ((N, C, H, W), or (N, H, W, C) where
+    `channels_last`) of `size` (H, W); `shapes`: the graph's tensor shapes at that size
+    (`tensor_facts`), `values`: those of the pads, axes and slice bounds that the graph computes
+    (`tensor_facts`). A tensor after an op the analysis cannot follow is `missing`, with the
+    reason of the first such op before it (the tensors before it keep their fields)."""
+    consts = {**_constants(graph), **(values or {})}
+    fields: dict[str, Field] = {input_name: dataclasses.replace(PIXELS, grid=(-3, -2) if channels_last else (-2, -1))}
+    unknown: dict[str, str] = {}
+    whole = whole_image(*size)
+    for node in graph.node:
+        carriers = {i: fields[i] for i in node.input if i in fields}
+        before = [unknown[i] for i in node.input if i in unknown]
+        if not (carriers or before) or node.op_type in _NO_PIXELS:
+            continue
+        try:
+            if before:  # after an op the analysis cannot follow: unknown as well, for the same reason
+                raise SketchmineError(before[0])
+            f = _node_field(node, carriers, shapes, consts, whole)
+        except SketchmineError as exc:
+            unknown.update((o, str(exc)) for o in node.output if o)
+            continue
+        fields.update((o, f) for o in node.output if o)
+    return GraphFields({t: as_record(f, *size) for t, f in fields.items() if t != input_name}, unknown)
+
+
+def _name(node: Any) -> str:
+    return f"{node.op_type} node {node.name or node.output[0]!r}"
+
+
+def _refused(node: Any, why: str) -> SketchmineError:
+    return SketchmineError(f"receptive fields: {_name(node)} {why}; not supported")
+
+
+def _node_field(node: Any, carriers: dict[str, Field], shapes: dict[str, Shape], consts: dict[str, np.ndarray],
+                whole: Field) -> Field:
+    """A node's field from its pixel-carrying inputs' fields, or a SketchmineError naming the node."""
+    op = node.op_type
+    if op in _ARITHMETIC and len(grids := {f.grid for f in carriers.values() if not f.whole}) == 1:
+        grid = grids.pop()  # a gate (one value per channel for the whole map) is not in the field
+        carriers = {t: f for t, f in carriers.items() if not (f.whole and _is_gate(shapes.get(t), grid))}
+    if any(f.whole for f in carriers.values()):  # from whole-image features (a head, a gate's own convs)
+        return whole
+    f = merged(list(carriers.values()), _name(node))
+    out = shapes.get(node.output[0])
+    rank = len(out) if out is not None else None
+    if op in _WINDOWS:
+        return _window(node, f, shapes, consts)
+    if op in _GLOBAL:
+        return whole
+    if op in _POINTWISE:
+        grids = {_grid_of(shapes.get(t), f.grid) for t in [*carriers, node.output[0]]}
+        if len(grids) > 1 or None in grids:
+            raise _refused(node, f"joins or broadcasts maps of different heights and widths {sorted(map(str, grids))}")
+        return f
+    if op in _REDUCE:
+        axes = _axes(node, consts, shapes.get(node.input[0]), "axes", 1)
+        return whole if axes is None or set(axes) & set(_grid_axes(f, shapes.get(node.input[0]))) else f
+    if op in _RESHAPES:
+        return _reshaped(node, f, shapes, whole)
+    if op in ("Concat", "Split", "Gather"):
+        axis = _attr(node, "axis", 0)
+        src = shapes.get(node.input[0])
+        if src is None or axis % len(src) in _grid_axes(f, src):
+            raise _refused(node, f"joins, splits or indexes along the height or width (axis {axis})")
+        return f
+    if op == "Slice":
+        return _slice(node, f, shapes, consts)
+    if op == "Transpose":
+        return _transposed(node, f, rank)
+    if op == "Pad":
+        return _pad(node, f, shapes, consts)
+    raise _refused(node, "is an op whose effect on positions the analysis does not follow")
+
+
+def _window(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.ndarray]) -> Field:
+    """A Conv or pool over the last two dims: kernel, strides, dilations and the padding before the
+    first unit (auto_pad SAME_UPPER puts the smaller half of the padding first, SAME_LOWER the larger)."""
+    src = shapes.get(node.input[0])
+    if f.grid != (-2, -1) or src is None or len(src) != 4:
+        raise _refused(node, f"slides over a grid other than the last two dims of a 4-D tensor (input {src}, "
+                             f"height and width at dims {f.grid})")
+    weight = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+    k = _attr(node, "kernel_shape", weight[2:] if weight is not None else None)
+    if k is None or len(k) != 2:
+        raise _refused(node, f"has no 2-D kernel_shape ({k})")
+    s, d = tuple(_attr(node, "strides", [1, 1])), tuple(_attr(node, "dilations", [1, 1]))
+    auto = _attr(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        total = [max(0, (-(-src[2 + a] // s[a]) - 1) * s[a] + (k[a] - 1) * d[a] + 1 - src[2 + a]) for a in range(2)]
+        p = tuple(t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total)
+    elif auto == "VALID":
+        p = (0, 0)
+    elif auto == "NOTSET":
+        p = tuple(_attr(node, "pads", [0, 0, 0, 0])[:2])
+    else:
+        raise _refused(node, f"has auto_pad {auto!r}, none of NOTSET, SAME_UPPER, SAME_LOWER, VALID")
+    return windowed(f, (int(k[0]), int(k[1])), (int(s[0]), int(s[1])), (int(p[0]), int(p[1])),
+                    (int(d[0]), int(d[1])))
+
+
+def _pad(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.ndarray]) -> Field:
+    """A constant Pad shifts the field by its amounts before the grid (negative: a crop); a pad that
+    copies pixels (reflect, edge) or wraps puts pixels where no unit's box holds them: refused."""
+    src = shapes.get(node.input[0])
+    mode = _attr(node, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    pads = _attr(node, "pads", None) if len(node.input) < 2 or not node.input[1] else consts.get(node.input[1])
+    if src is None or pads is None:
+        raise _refused(node, "pads by amounts known only at run time")
+    n = len(src)
+    axes = list(range(n))
+    if len(node.input) > 3 and node.input[3]:
+        if node.input[3] not in consts:
+            raise _refused(node, "pads axes known only at run time")
+        axes = [int(a) % n for a in consts[node.input[3]]]
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    before = dict(zip(axes, pads[:len(axes)], strict=True))
+    after = dict(zip(axes, pads[len(axes):], strict=True))
+    gy, gx = _grid_axes(f, src)
+    if mode != "constant" and any(before.get(a, 0) or after.get(a, 0) for a in (gy, gx)):
+        raise _refused(node, f"pads the height or width in mode {mode!r}: its border units copy pixels from other "
+                             "places, which no box holds")
+    return shifted_by(f, before.get(gy, 0), before.get(gx, 0))
+
+
+def _slice(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.ndarray]) -> Field:
+    """A Slice keeps each pixel in place where it takes the height and width whole."""
+    src = shapes.get(node.input[0])
+    if src is None:
+        raise _refused(node, "slices a tensor of unknown shape")
+    if len(node.input) > 1:  # opset >= 10: starts, ends, axes, steps as inputs
+        got = [consts.get(i) if i else None for i in (*node.input[1:5], "", "", "")[:4]]
+        if any(v is None for v, i in zip(got, node.input[1:5], strict=False) if i):
+            raise _refused(node, "slices by amounts known only at run time")
+        starts, ends, axes, steps = got
+    else:
+        starts, ends, axes, steps = _attr(node, "starts", []), _attr(node, "ends", []), _attr(node, "axes", None), None
+    axes = list(range(len(starts))) if axes is None else [int(a) % len(src) for a in np.asarray(axes).reshape(-1)]
+    steps = [1] * len(axes) if steps is None else [int(s) for s in np.asarray(steps).reshape(-1)]
+    for a, start, end, step in zip(axes, np.asarray(starts).reshape(-1), np.asarray(ends).reshape(-1), steps,
+                                   strict=True):
+        n = src[a]
+        first, last = (min(max(int(v) + n if v < 0 else int(v), 0), n) for v in (start, end))
+        if a in _grid_axes(f, src) and (step != 1 or first != 0 or last != n):
+            raise _refused(node, f"slices the height or width (axis {a}: {int(start)}:{int(end)}:{step})")
+    return f
+
+
+def _transposed(node: Any, f: Field, rank: int | None) -> Field:
+    """A Transpose moves the grid; it keeps each pixel's field where it keeps the height before the width."""
+    if rank is None:
+        raise _refused(node, "transposes a tensor of unknown rank")
+    perm = list(_attr(node, "perm", list(range(rank))[::-1]))
+    grid = (perm.index(rank + f.grid[0]) - rank, perm.index(rank + f.grid[1]) - rank)
+    if grid[0] > grid[1]:
+        raise _refused(node, f"swaps the height and width (perm {perm})")
+    return dataclasses.replace(f, grid=grid)
+
+
+def _reshaped(node: Any, f: Field, shapes: dict[str, Shape], whole: Field) -> Field:
+    """A reshape keeps every pixel in place where the dims from the height on keep their sizes (frames
+    folded into the batch, a channel shuffle); otherwise it mixes positions: the whole image (a
+    flatten), or, for Expand and Tile, which copy pixels to other places, no field."""
+    src, dst = shapes.get(node.input[0]), shapes.get(node.output[0])
+    tail = -f.grid[0]
+    if src is not None and dst is not None and min(len(src), len(dst)) > tail and src[-tail:] == dst[-tail:]:
+        return f
+    if node.op_type in ("Expand", "Tile"):
+        raise _refused(node, f"copies the height or width ({src} to {dst})")
+    return whole
+
+
+def _grid_axes(f: Field, shape: Shape | None) -> tuple[int, int]:
+    n = len(shape) if shape is not None else 4
+    return n + f.grid[0], n + f.grid[1]
+
+
+def _grid_of(shape: Shape | None, grid: tuple[int, int]) -> tuple[int, int] | None:
+    return None if shape is None or len(shape) < -grid[0] else (shape[grid[0]], shape[grid[1]])
+
+
+def _is_gate(shape: Shape | None, grid: tuple[int, int]) -> bool:
+    """One value per channel for the whole map: 1 (or absent) at the grid's dims."""
+    return shape is not None and all(len(shape) < -g or shape[g] == 1 for g in grid)
+
+
+def _axes(node: Any, consts: dict[str, np.ndarray], src: Shape | None, name: str, at: int) -> list[int] | None:
+    """A reduction's axes (attribute, or input `at` from opset 18), normalised; None: all of them."""
+    axes = _attr(node, name, None)
+    if axes is None and len(node.input) > at and node.input[at]:
+        if node.input[at] not in consts:
+            raise _refused(node, "reduces over axes known only at run time")
+        axes = consts[node.input[at]].reshape(-1).tolist()
+    if axes is None or len(axes) == 0:
+        return list(range(len(src))) if src is not None and not _attr(node, "noop_with_empty_axes", 0) else None
+    return [int(a) % len(src) for a in axes] if src is not None else None
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _constants(graph: Any) -> dict[str, np.ndarray]:
+    """The values of initializers and Constant nodes (pads, axes, slice bounds), small ones only."""
+    from onnx import numpy_helper
+
+    out = {t.name: numpy_helper.to_array(t) for t in graph.initializer if int(np.prod(t.dims)) <= 64}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            ints = next((a.ints for a in node.attribute if a.name == "value_ints"), None)
+            if value is not None and int(np.prod(value.dims)) <= 64:
+                out[node.output[0]] = numpy_helper.to_array(value)
+            elif ints is not None:
+                out[node.output[0]] = np.asarray(list(ints), dtype=np.int64)
+    return out
+
+
+def _parameters(graph: Any) -> list[str]:
+    """The inputs that give a Pad, Slice or reduction its amounts, axes or bounds (not pixels)."""
+    at = {"Pad": (1, 3), "Slice": (1, 2, 3, 4), **dict.fromkeys(_REDUCE, (1,))}
+    return [node.input[i] for node in graph.node for i in at.get(node.op_type, ()) if i < len(node.input) and node.input[i]]
+
+
+def tensor_facts(proto: Any, input_name: str, input_shape: Shape) -> tuple[dict[str, Shape], dict[str, np.ndarray]]:
+    """Every tensor's shape when the graph is fed `input_shape`, and the values of the pads, axes and
+    slice bounds it computes (an exporter's Pad amounts made by ConstantOfShape, Concat, Reshape, ...):
+    shapes from ONNX shape inference (initializers' too); for the tensors it leaves without one, and
+    those values, from one ONNX Runtime run on zeros."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    del model.graph.value_info[:]  # shapes recorded at the export's size would clash with this one's
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    value = next(i for i in model.graph.input if i.name == input_name)
+    del value.type.tensor_type.shape.dim[:]
+    for n in input_shape:
+        value.type.tensor_type.shape.dim.add().dim_value = int(n)
+    shapes: dict[str, Shape] = {t.name: tuple(int(d) for d in t.dims) for t in model.graph.initializer}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+        infos = [*inferred.value_info, *inferred.input, *inferred.output]
+    except Exception:  # an op inference does not know, a graph over 2 GB: ONNX Runtime tells them all
+        infos = []
+    for info in infos:
+        dims = info.type.tensor_type.shape.dim
+        if info.type.tensor_type.HasField("shape") and all(d.dim_value > 0 for d in dims):
+            shapes[info.name] = tuple(int(d.dim_value) for d in dims)
+    consts = _constants(model.graph)
+    made = [o for node in model.graph.node for o in node.output if o]
+    wanted = list(dict.fromkeys(t for t in _parameters(model.graph) if t not in consts))
+    lacking = [t for t in made if t not in shapes]
+    if not (lacking or wanted):
+        return shapes, {}
+    arrays = _run(model, input_name, input_shape, list(dict.fromkeys([*lacking, *wanted])))
+    shapes.update((t, tuple(int(n) for n in np.shape(arrays[t]))) for t in lacking)
+    return shapes, {t: np.asarray(arrays[t]) for t in wanted}
+
+
+def _run(model: Any, input_name: str, input_shape: Shape, tensors: list[str]) -> dict[str, np.ndarray]:
+    """`tensors` in one ONNX Runtime run of the graph on zeros."""
+    import onnx
+    import onnxruntime as ort
+
+    present = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in present)
+    elem = next(i for i in model.graph.input if i.name == input_name).type.tensor_type.elem_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem) if elem else np.float32
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        arrays = session.run(tensors, {input_name: np.zeros(input_shape, dtype)})
+    except Exception as exc:  # ONNX Runtime's own errors: one line
+        raise SketchmineError(f"receptive fields: ONNX Runtime cannot run the graph on {input_shape} to read its "
+                              f"tensors' shapes and pads: {' '.join(str(exc).split())[:300]}") from None
+    return dict(zip(tensors, arrays, strict=True))
+
+
+def layer_records(proto: Any, input_name: str, sample: Shape, batch: int, channels_last: bool,
+                  tensors: dict[str, str | None]) -> tuple[dict[str, dict[str, Any] | None], str | None]:
+    """Receptive fields of mined layers (`tensors`: layer → the tensor it reads) as store attributes,
+    ("*": the whole image, for the virtual softmax) for one input of shape `sample` (C, H, W) fed in
+    batches of `batch`; and the note that says which layers got none and why (None: all got one)."""
+    c, h, w = (int(n) for n in sample[-3:])
+    shape = (batch, h, w, c) if channels_last else (batch, c, h, w)
+    shapes, values = tensor_facts(proto, input_name, shape)
+    found = graph_fields(proto.graph, input_name, shapes, (h, w), channels_last, values)
+    out: dict[str, dict[str, Any] | None] = {}
+    why: dict[str, str] = {}
+    for layer, t in tensors.items():
+        f = found.fields.get(t) if t is not None else None
+        out[layer] = None if f is None else field_record(f)
+        if f is None:
+            why[layer] = found.missing.get(t or "", f"receptive fields: tensor {t!r} is not computed from the image")
+    out["*"] = {"size": [h, w], "stride": [0, 0], "offset": [0, 0]}
+    if not why:
+        return out, None
+    names = list(why)
+    return out, (f"no receptive fields recorded for {len(names)} layers ({', '.join(names[:3])}"
+                 f"{', …' if len(names) > 3 else ''}): {next(iter(why.values()))}")
