@@ -14,7 +14,7 @@ from torch import nn
 import sketchmine
 from sketchmine.model.field_record import field_record
 from sketchmine.model.onnx_backend import OnnxModel
-from sketchmine.model.onnx_fields import GraphFields, graph_fields, tensor_facts
+from sketchmine.model.onnx_fields import GraphFields, fields_at
 from tests.helpers import fields_hold
 from tests.test_layer_notes import Notes
 from tests.test_onnx import subset
@@ -35,8 +35,7 @@ def export(model: nn.Module, path, shape: tuple[int, ...], dynamo: bool = False)
 
 def fields_of(path, shape: tuple[int, ...]) -> tuple[OnnxModel, GraphFields]:
     model = OnnxModel(path)
-    shapes, values = tensor_facts(model.proto, model.input.name, (1, *shape))
-    return model, graph_fields(model.proto.graph, model.input.name, shapes, shape[-2:], values=values)
+    return model, fields_at(model.proto, model.input.name, (1, *shape))
 
 
 def _demo(demo_model):

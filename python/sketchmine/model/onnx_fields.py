@@ -15,7 +15,7 @@ wraps, a Slice of H or W, a Transpose that swaps them) leaves the tensors after 
 with the reason (op type and node name), as the torch analysis' `missing` does.
 
 Grid sizes come from ONNX shape inference at the mined input size, or from one ONNX Runtime run on
-zeros for the tensors inference leaves without a shape.
+zeros for the tensors inference leaves without a shape (`onnx_shapes`).
 """
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ import numpy as np
 from sketchmine.errors import SketchmineError
 from sketchmine.model.field_algebra import PIXELS, Field, as_record, merged, shifted_by, whole_image, windowed
 from sketchmine.model.field_record import ReceptiveField, field_record
-
-Shape = tuple[int, ...]
+from sketchmine.model.onnx_shapes import Shape, constant_values, tensor_facts
 
 _WINDOWS = {"Conv", "MaxPool", "AveragePool", "LpPool"}
 _GLOBAL = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "Gemm", "MatMul"}
@@ -61,10 +60,9 @@ def graph_fields(graph: Any, input_name: str, shapes: dict[str, Shape], size: tu
                  channels_last: bool = False, values: dict[str, np.ndarray] | None = None) -> GraphFields:
     """Every tensor's field, from the image input `input_name` ((N, C, H, W), or (N, H, W, C) where
     `channels_last`) of `size` (H, W); `shapes`: the graph's tensor shapes at that size
-    (`tensor_facts`), `values`: those of the pads, axes and slice bounds that the graph computes
-    (`tensor_facts`). A tensor after an op the analysis cannot follow is `missing`, with the
+    (`onnx_shapes.tensor_facts`), `values`: those of the pads, axes and slice bounds that the graph computes. A tensor after an op the analysis cannot follow is `missing`, with the
     reason of the first such op before it (the tensors before it keep their fields)."""
-    consts = {**_constants(graph), **(values or {})}
+    consts = {**constant_values(graph), **(values or {})}
     fields: dict[str, Field] = {input_name: dataclasses.replace(PIXELS, grid=(-3, -2) if channels_last else (-2, -1))}
     unknown: dict[str, str] = {}
     whole = whole_image(*size)
@@ -264,83 +262,18 @@ def _attr(node: Any, name: str, default: Any) -> Any:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def _constants(graph: Any) -> dict[str, np.ndarray]:
-    """The values of initializers and Constant nodes (pads, axes, slice bounds), small ones only."""
-    from onnx import numpy_helper
-
-    out = {t.name: numpy_helper.to_array(t) for t in graph.initializer if int(np.prod(t.dims)) <= 64}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            ints = next((a.ints for a in node.attribute if a.name == "value_ints"), None)
-            if value is not None and int(np.prod(value.dims)) <= 64:
-                out[node.output[0]] = numpy_helper.to_array(value)
-            elif ints is not None:
-                out[node.output[0]] = np.asarray(list(ints), dtype=np.int64)
-    return out
-
-
 def _parameters(graph: Any) -> list[str]:
     """The inputs that give a Pad, Slice or reduction its amounts, axes or bounds (not pixels)."""
     at = {"Pad": (1, 3), "Slice": (1, 2, 3, 4), **dict.fromkeys(_REDUCE, (1,))}
     return [node.input[i] for node in graph.node for i in at.get(node.op_type, ()) if i < len(node.input) and node.input[i]]
 
 
-def tensor_facts(proto: Any, input_name: str, input_shape: Shape) -> tuple[dict[str, Shape], dict[str, np.ndarray]]:
-    """Every tensor's shape when the graph is fed `input_shape`, and the values of the pads, axes and
-    slice bounds it computes (an exporter's Pad amounts made by ConstantOfShape, Concat, Reshape, ...):
-    shapes from ONNX shape inference (initializers' too); for the tensors it leaves without one, and
-    those values, from one ONNX Runtime run on zeros."""
-    import onnx
-
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    del model.graph.value_info[:]  # shapes recorded at the export's size would clash with this one's
-    for out in model.graph.output:
-        out.type.tensor_type.ClearField("shape")
-    value = next(i for i in model.graph.input if i.name == input_name)
-    del value.type.tensor_type.shape.dim[:]
-    for n in input_shape:
-        value.type.tensor_type.shape.dim.add().dim_value = int(n)
-    shapes: dict[str, Shape] = {t.name: tuple(int(d) for d in t.dims) for t in model.graph.initializer}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
-        infos = [*inferred.value_info, *inferred.input, *inferred.output]
-    except Exception:  # an op inference does not know, a graph over 2 GB: ONNX Runtime tells them all
-        infos = []
-    for info in infos:
-        dims = info.type.tensor_type.shape.dim
-        if info.type.tensor_type.HasField("shape") and all(d.dim_value > 0 for d in dims):
-            shapes[info.name] = tuple(int(d.dim_value) for d in dims)
-    consts = _constants(model.graph)
-    made = [o for node in model.graph.node for o in node.output if o]
-    wanted = list(dict.fromkeys(t for t in _parameters(model.graph) if t not in consts))
-    lacking = [t for t in made if t not in shapes]
-    if not (lacking or wanted):
-        return shapes, {}
-    arrays = _run(model, input_name, input_shape, list(dict.fromkeys([*lacking, *wanted])))
-    shapes.update((t, tuple(int(n) for n in np.shape(arrays[t]))) for t in lacking)
-    return shapes, {t: np.asarray(arrays[t]) for t in wanted}
-
-
-def _run(model: Any, input_name: str, input_shape: Shape, tensors: list[str]) -> dict[str, np.ndarray]:
-    """`tensors` in one ONNX Runtime run of the graph on zeros."""
-    import onnx
-    import onnxruntime as ort
-
-    present = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in present)
-    elem = next(i for i in model.graph.input if i.name == input_name).type.tensor_type.elem_type
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem) if elem else np.float32
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        arrays = session.run(tensors, {input_name: np.zeros(input_shape, dtype)})
-    except Exception as exc:  # ONNX Runtime's own errors: one line
-        raise SketchmineError(f"receptive fields: ONNX Runtime cannot run the graph on {input_shape} to read its "
-                              f"tensors' shapes and pads: {' '.join(str(exc).split())[:300]}") from None
-    return dict(zip(tensors, arrays, strict=True))
+def fields_at(proto: Any, input_name: str, input_shape: Shape, channels_last: bool = False) -> GraphFields:
+    """`graph_fields` for the graph fed `input_shape` ((N, C, H, W), or (N, H, W, C) where `channels_last`),
+    its shapes and computed pads read at that size (`onnx_shapes.tensor_facts`)."""
+    shapes, values = tensor_facts(proto, input_name, input_shape, _parameters(proto.graph))
+    size = input_shape[1:3] if channels_last else input_shape[2:4]
+    return graph_fields(proto.graph, input_name, shapes, (int(size[0]), int(size[1])), channels_last, values)
 
 
 def layer_records(proto: Any, input_name: str, sample: Shape, batch: int, channels_last: bool,
@@ -350,8 +283,7 @@ def layer_records(proto: Any, input_name: str, sample: Shape, batch: int, channe
     batches of `batch`; and the note that says which layers got none and why (None: all got one)."""
     c, h, w = (int(n) for n in sample[-3:])
     shape = (batch, h, w, c) if channels_last else (batch, c, h, w)
-    shapes, values = tensor_facts(proto, input_name, shape)
-    found = graph_fields(proto.graph, input_name, shapes, (h, w), channels_last, values)
+    found = fields_at(proto, input_name, shape, channels_last)
     out: dict[str, dict[str, Any] | None] = {}
     why: dict[str, str] = {}
     for layer, t in tensors.items():
