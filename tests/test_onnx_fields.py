@@ -155,6 +155,37 @@ def test_auto_pad_fields_hold_the_pixels_that_reach_each_unit(tmp_path, small_te
     fields_hold(model, [name for name, _ in layers], fields, images)
 
 
+def _copying(first: int) -> nn.Module:
+    """A reflection pad of `first` read by a 3×3 conv, then a replication pad, a ReLU and a 5×5 conv."""
+    return nn.Sequential(nn.ReflectionPad2d(first), nn.Conv2d(1, 4, 3), nn.ReplicationPad2d((2, 1, 0, 2)), nn.ReLU(),
+                         nn.Conv2d(4, 4, 5), nn.Flatten(), nn.LazyLinear(10))
+
+
+def test_copying_pads_are_followed_into_the_convs_that_read_them(tmp_path):
+    """A reflect or edge Pad has no field of its own, nor the ReLU after it (their border units are copies
+    no box holds); the convs that read them have the torch analysis' fields. A reflection wider than half
+    the reading conv's reach is refused as the torch analysis refuses it, naming the Pad node."""
+    torch.manual_seed(3)
+    model = _copying(1)
+    model(torch.zeros(1, 1, 28, 28))
+    model, found = model.eval(), fields_of(export(model, tmp_path / "copy.onnx", (1, 28, 28)), (1, 28, 28))
+    onnx_model, got = found
+    expected = sketchmine.receptive_fields(model, (1, 28, 28))
+    assert {"1", "4", "6"} <= set(expected)
+    for name in expected:
+        assert got.fields.get(onnx_model.tensor(name)) == expected[name], name
+    for name, mode in (("0", "reflect"), ("2", "edge"), ("3", "edge")):
+        assert onnx_model.tensor(name) not in got.fields
+        assert f"(mode {mode!r})" in got.missing[onnx_model.tensor(name)], got.missing[onnx_model.tensor(name)]
+    wide = _copying(2)
+    wide(torch.zeros(1, 1, 28, 28))
+    with pytest.raises(sketchmine.SketchmineError, match="lie outside"):
+        sketchmine.receptive_fields(wide.eval(), (1, 28, 28))
+    onnx_model, got = fields_of(export(wide, tmp_path / "wide.onnx", (1, 28, 28)), (1, 28, 28))
+    assert not {onnx_model.tensor(n) for n in ("0", "1", "4")} & set(got.fields)
+    assert "Pad node '/0/Pad'" in got.missing[onnx_model.tensor("4")] and "lie outside" in got.missing[onnx_model.tensor("4")]
+
+
 class Upsampled(nn.Module):
     """A conv, a pool, a nearest upsampling (a Resize node in ONNX), a conv and a linear head."""
 

@@ -4,15 +4,16 @@ top-k patches.
 
 Followed: Conv (its kernel from the weight where `kernel_shape` is absent; strides, pads, dilations,
 auto_pad), MaxPool / AveragePool / LpPool (ceil_mode changes the grid's size, not a unit's window),
-Pad in constant mode (a shift, negative: a crop), elementwise and activation ops, normalisations
-(taken as pointwise, as the torch analysis takes them), Add / Sub / Mul / Div of maps on one grid (a
-union; a (N, C, 1, 1) gate from the whole image, squeeze-excitation, keeps the map's field, as
-`field_grid.broadcast_gates`), Concat / Split / Gather / Slice off the grid, a Transpose that keeps
-the height before the width, reshapes that keep the (H, W) dims, and what mixes all positions
-(global pooling, a reduction over H or W, Flatten, Gemm, MatMul, another reshape): the whole image.
-Any other op on the grid path (Resize, ConvTranspose, a Pad that copies pixels (reflect, edge) or
-wraps, a Slice of H or W, a Transpose that swaps them) leaves the tensors after it without a field,
-with the reason (op type and node name), as the torch analysis' `missing` does.
+Pad (a shift, negative: a crop; a reflect or edge pad as the torch analysis follows one,
+`field_pads`: into the convs that read it, its own copies without a field), elementwise and
+activation ops, normalisations (taken as pointwise, as the torch analysis takes them), Add / Sub /
+Mul / Div of maps on one grid (a union; a (N, C, 1, 1) gate from the whole image, squeeze-excitation,
+keeps the map's field, as `field_grid.broadcast_gates`), Concat / Split / Gather / Slice off the grid,
+a Transpose that keeps the height before the width, reshapes that keep the (H, W) dims, and what
+mixes all positions (global pooling, a reduction over H or W, Flatten, Gemm, MatMul, another
+reshape): the whole image. Any other op on the grid path (Resize, ConvTranspose, a wrapping Pad, a
+Slice of H or W, a Transpose that swaps them) leaves the tensors after it without a field, with the
+reason (op type and node name), as the torch analysis' `missing` does.
 
 Grid sizes come from ONNX shape inference at the mined input size, or from one ONNX Runtime run on
 zeros for the tensors inference leaves without a shape (`onnx_shapes`).
@@ -27,6 +28,7 @@ import numpy as np
 
 from sketchmine.errors import SketchmineError
 from sketchmine.model.field_algebra import PIXELS, Field, as_record, merged, shifted_by, whole_image, windowed
+from sketchmine.model.field_pads import copies_past_box
 from sketchmine.model.field_record import ReceptiveField, field_record
 from sketchmine.model.onnx_shapes import Shape, constant_values, tensor_facts
 
@@ -45,6 +47,7 @@ _POINTWISE = {
     "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf", "Mod",
     "QuantizeLinear", "DequantizeLinear", *_ARITHMETIC}
 _NO_PIXELS = {"Shape", "Size"}  # a tensor's sizes: no pixel of it
+_COPYING = {"reflect": "reflect", "edge": "replicate"}  # ONNX's pad modes that copy pixels, as torch's
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,19 @@ def graph_fields(graph: Any, input_name: str, shapes: dict[str, Shape], size: tu
                  channels_last: bool = False, values: dict[str, np.ndarray] | None = None) -> GraphFields:
     """Every tensor's field, from the image input `input_name` ((N, C, H, W), or (N, H, W, C) where
     `channels_last`) of `size` (H, W); `shapes`: the graph's tensor shapes at that size
-    (`onnx_shapes.tensor_facts`), `values`: those of the pads, axes and slice bounds that the graph computes. A tensor after an op the analysis cannot follow is `missing`, with the
-    reason of the first such op before it (the tensors before it keep their fields)."""
+    (`onnx_shapes.tensor_facts`), `values`: those of the pads, axes and slice bounds that the graph
+    computes. A tensor after an op the analysis cannot follow is `missing`, with the reason of the
+    first such op before it (the tensors before it keep their fields); so are a reflect or edge pad's
+    copies, which no box holds (the convs after them have fields)."""
     consts = {**constant_values(graph), **(values or {})}
     fields: dict[str, Field] = {input_name: dataclasses.replace(PIXELS, grid=(-3, -2) if channels_last else (-2, -1))}
     unknown: dict[str, str] = {}
+    copies: dict[str, str] = {}  # tensors whose border units are copies of other pixels → why no field
+    users: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for i in node.input:
+            users.setdefault(i, []).append(node)
+    outputs = {o.name for o in graph.output}
     whole = whole_image(*size)
     for node in graph.node:
         carriers = {i: fields[i] for i in node.input if i in fields}
@@ -75,11 +86,16 @@ def graph_fields(graph: Any, input_name: str, shapes: dict[str, Shape], size: tu
             if before:  # after an op the analysis cannot follow: unknown as well, for the same reason
                 raise SketchmineError(before[0])
             f = _node_field(node, carriers, shapes, consts, whole)
+            if node.op_type == "Pad" and not f.whole and (pad := _pad_sides(node, f, shapes, consts))[0] != "constant":
+                reason = (f"receptive fields: {_name(node)} copies pixels into its border units (mode {pad[0]!r}), "
+                          "which no box holds (the conv that reads it has a field)")
+                copies.update(dict.fromkeys(_copy_carriers(node, *pad, users, outputs, shapes), reason))
         except SketchmineError as exc:
             unknown.update((o, str(exc)) for o in node.output if o)
             continue
         fields.update((o, f) for o in node.output if o)
-    return GraphFields({t: as_record(f, *size) for t, f in fields.items() if t != input_name}, unknown)
+    return GraphFields({t: as_record(f, *size) for t, f in fields.items() if t != input_name and t not in copies},
+                       {**unknown, **copies})
 
 
 def _name(node: Any) -> str:
@@ -158,9 +174,9 @@ def _window(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.
                     (int(d[0]), int(d[1])))
 
 
-def _pad(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.ndarray]) -> Field:
-    """A constant Pad shifts the field by its amounts before the grid (negative: a crop); a pad that
-    copies pixels (reflect, edge) or wraps puts pixels where no unit's box holds them: refused."""
+def _pad_sides(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.ndarray]
+               ) -> tuple[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """A Pad's mode and its amounts (before, after) on the grid's axes (y, x)."""
     src = shapes.get(node.input[0])
     mode = _attr(node, "mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
@@ -177,10 +193,57 @@ def _pad(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.nda
     before = dict(zip(axes, pads[:len(axes)], strict=True))
     after = dict(zip(axes, pads[len(axes):], strict=True))
     gy, gx = _grid_axes(f, src)
-    if mode != "constant" and any(before.get(a, 0) or after.get(a, 0) for a in (gy, gx)):
-        raise _refused(node, f"pads the height or width in mode {mode!r}: its border units copy pixels from other "
-                             "places, which no box holds")
-    return shifted_by(f, before.get(gy, 0), before.get(gx, 0))
+    return mode, ((before.get(gy, 0), after.get(gy, 0)), (before.get(gx, 0), after.get(gx, 0)))
+
+
+def _pad(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.ndarray]) -> Field:
+    """A Pad shifts the field by its amounts before the grid (negative: a crop). One that copies
+    pixels (reflect, edge) is followed into the convs that read it (`_copy_carriers`); one that wraps
+    puts the far side of the image in its border units, and one that copies and crops would tie a
+    unit to the image's size: refused."""
+    mode, sides = _pad_sides(node, f, shapes, consts)
+    if mode not in ("constant", *_COPYING) and any(any(s) for s in sides):
+        raise _refused(node, f"pads the height or width in mode {mode!r}: its border units hold pixels of the far "
+                             "side, which no box holds")
+    if mode != "constant" and min(min(s) for s in sides) < 0:
+        raise _refused(node, f"crops a side (a negative amount) as well as padding in mode {mode!r}")
+    return shifted_by(f, sides[0][0], sides[1][0])
+
+
+def _copy_carriers(pad: Any, mode: str, sides: tuple[tuple[int, int], tuple[int, int]], users: dict[str, list[Any]],
+                   outputs: set[str], shapes: dict[str, Shape]) -> list[str]:
+    """The tensors whose border units are copies from a reflect or edge Pad: its own and those of the
+    pointwise ops between it and the convs that read it (they get no field; the convs do), as the torch
+    analysis' `field_pads.copy_carriers`. Refused naming the pad unless every path from it, through
+    pointwise ops, ends in a Conv with no padding of its own whose reach keeps the copies inside its
+    units' boxes (each side's reflection at most half the reach, each side's edge copy at most the reach)."""
+    carriers, todo, seen = [pad.output[0]], list(users.get(pad.output[0], [])), set()
+    while todo:
+        user = todo.pop()
+        if id(user) in seen or user.op_type in _NO_PIXELS:
+            continue
+        seen.add(id(user))
+        if user.op_type == "Conv" and user.input[0] in carriers:
+            pads, auto = _attr(user, "pads", [0, 0, 0, 0]), _attr(user, "auto_pad", b"NOTSET")
+            if any(pads) or (auto.decode() if isinstance(auto, bytes) else str(auto)) not in ("NOTSET", "VALID"):
+                raise _refused(pad, f"pads in mode {mode!r} and feeds {_name(user)}, which pads as well: only a "
+                                    "copying pad read by a conv with no padding is followed")
+            weight = shapes.get(user.input[1])
+            k = _attr(user, "kernel_shape", weight[2:] if weight is not None else (1, 1))
+            d = _attr(user, "dilations", [1, 1])
+            reach = ((k[0] - 1) * d[0], (k[1] - 1) * d[1])
+            if any(copies_past_box(_COPYING[mode], sides[a], reach[a]) for a in range(2)):
+                raise _refused(pad, f"pads by {mode} {sides} and feeds {_name(user)} of reach {reach}: the copied "
+                                    "pixels lie outside its units' fields")
+        elif user.op_type in _POINTWISE and not set(user.output) & outputs:
+            carriers.extend(o for o in user.output if o)
+            todo.extend(u for o in user.output for u in users.get(o, []))
+        else:
+            raise _refused(pad, f"pads in mode {mode!r} and feeds {_name(user)}: after a pad that copies pixels "
+                                "only a conv with no padding of its own is followed")
+    if set(carriers) & outputs:
+        raise _refused(pad, f"pads in mode {mode!r} and is the graph's output")
+    return carriers
 
 
 def _slice(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.ndarray]) -> Field:
