@@ -228,3 +228,23 @@ def test_mine_records_the_fields_of_an_onnx_run(tmp_path, demo_model, small_test
         field = run.layer_attrs(name)["receptive_field"]
         assert field is not None and field == torch_run.layer_attrs(name)["receptive_field"], name
     assert not [n for n in notes.said if "receptive field" in n], notes.said
+
+
+def test_a_channels_last_graph_records_the_fields_of_its_torch_model(tmp_path, demo_model, small_test_set):
+    """An (N, H, W, C) input that the graph Transposes to (N, C, H, W) (tf2onnx's models): the grid is
+    followed through the Transpose, so its layers record the torch model's fields."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tests.test_onnx_graphs import edited
+
+    proto = onnx.load(export(demo_model.module, tmp_path / "demo.onnx", (1, 28, 28)).as_posix())
+    path = edited(proto, tmp_path / "nhwc.onnx", front=[helper.make_node("Transpose", ["image"], ["input"],
+                                                                         perm=[0, 3, 1, 2])],
+                  inputs=[helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 28, 28, 1])])
+    ds = subset(small_test_set, 40)
+    run = sketchmine.mine(str(path), ds, out=tmp_path / "nhwc.zarr", batch_size=20, k=3)
+    expected = sketchmine.receptive_fields(demo_model.module, (1, 28, 28))
+    assert run.layers and all(run.layer_attrs(name)["receptive_field"] == field_record(expected[name])
+                              for name in run.layers if name in expected)
+    assert {"features.0", "classifier.1"} <= set(run.layers)
