@@ -46,6 +46,12 @@ def _densenet(_):
     return torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16)
 
 
+def _convnext(_):
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    return ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 2)], num_classes=10)
+
+
 def _googlenet(_):
     return torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
 
@@ -77,6 +83,7 @@ CASES = {
     "mobilenet_v3_small": (lambda _: torchvision.models.mobilenet_v3_small(), 3, (64, 65), False,
                            {"features.9.block.1.2", "features.9.block.2", "features.12", "classifier.3"}),
     "densenet": (_densenet, 3, (64, 65), False, {"features.denseblock1", "features.denseblock2", "classifier"}),
+    "convnext": (_convnext, 3, (64, 65), False, {"features.1.0.block.3", "features.1.0", "features.3.1", "classifier.2"}),
     "googlenet": (_googlenet, 3, (96, 97), False, {"maxpool1", "inception3a", "inception5b", "fc"}),
 }
 
@@ -85,7 +92,8 @@ CASES = {
 def test_fields_equal_the_torch_analysis_of_the_exported_model(tmp_path, demo_model, case):
     """Every layer the graph and the torch model both name has the torch analysis' field, at an even and
     an odd size: residual adds (ResNet, its BatchNorms folded), squeeze-excitation gates and hardswish
-    (MobileNet-v3), channel concatenations (DenseNet, GoogLeNet's branches), ceil_mode pools (GoogLeNet)."""
+    (MobileNet-v3), channel concatenations (DenseNet, GoogLeNet's branches), ceil_mode pools (GoogLeNet),
+    Linear layers on (N, H, W, C) between Transposes (ConvNeXt's blocks: a MatMul by a weight)."""
     make, c, sizes, dynamo, deep = CASES[case]
     if dynamo:
         pytest.importorskip("onnxscript")
