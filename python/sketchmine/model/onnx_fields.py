@@ -11,8 +11,8 @@ Mul / Div of maps on one grid (a union; a (N, C, 1, 1) gate from the whole image
 keeps the map's field, as `field_grid.broadcast_gates`), Concat / Split / Gather / Slice off the grid,
 a Transpose that keeps the height before the width, reshapes that keep the (H, W) dims, a MatMul by
 a weight along an axis that is not the grid's (a Linear on (N, H, W, C)), and what mixes all
-positions (global pooling, a reduction over H or W, Flatten, Gemm, another MatMul, another reshape):
-the whole image. Any other op on the grid path (Resize, ConvTranspose, a wrapping Pad, a
+positions (global pooling but over a grid of one unit, a reduction over H or W, Flatten, Gemm,
+another MatMul, another reshape): the whole image. Any other op on the grid path (Resize, ConvTranspose, a wrapping Pad, a
 Slice of H or W, a Transpose that swaps them) leaves the tensors after it without a field, with the
 reason (op type and node name), as the torch analysis' `missing` does.
 
@@ -123,6 +123,8 @@ def _node_field(node: Any, carriers: dict[str, Field], shapes: dict[str, Shape],
         return _window(node, f, shapes, consts)
     if op == "MatMul" and list(carriers) == [node.input[0]] and f.grid[1] != -1:
         return f  # by a weight along the last axis, which is not the grid's (a Linear on (N, H, W, C))
+    if op.startswith("Global") and _grid_of(shapes.get(node.input[0]), f.grid) == (1, 1):
+        return f  # over a grid of one unit: the identity, as the torch analysis takes an adaptive pool to (1, 1)
     if op in _GLOBAL:
         return whole
     if op in _POINTWISE:
