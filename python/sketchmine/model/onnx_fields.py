@@ -234,7 +234,9 @@ def _copy_carriers(pad: Any, mode: str, sides: tuple[tuple[int, int], tuple[int,
                 raise _refused(pad, f"pads in mode {mode!r} and feeds {_name(user)}, which pads as well: only a "
                                     "copying pad read by a conv with no padding is followed")
             weight = shapes.get(user.input[1])
-            k = _attr(user, "kernel_shape", weight[2:] if weight is not None else (1, 1))
+            k = _attr(user, "kernel_shape", weight[2:] if weight is not None else None)
+            if k is None or len(k) != 2:
+                raise _refused(pad, f"pads in mode {mode!r} and feeds {_name(user)}, whose 2-D kernel is not known")
             d = _attr(user, "dilations", [1, 1])
             reach = ((k[0] - 1) * d[0], (k[1] - 1) * d[1])
             if any(copies_past_box(_COPYING[mode], sides[a], reach[a]) for a in range(2)):
