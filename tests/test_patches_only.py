@@ -65,10 +65,21 @@ def test_patches_only_are_a_deconvolution_passs_patches(runs, demo_model, tmp_pa
     assert not back.has_array(LAYERS[0], "deconv")  # the deconvnet pass's array went with its claim
 
 
-def test_an_onnx_run_gets_its_patches_without_a_model(runs, tmp_path):
-    """A whole-image layer's patches are its top-k images' pixels."""
-    ds, _, onnx_run = runs
-    run = sketchmine.visualize(_copy(onnx_run, tmp_path, "o.zarr"), layers=["classifier.1"], data=ds)
+def test_an_onnx_run_gets_its_patches_without_a_model(runs, demo_model, tmp_path):
+    """A conv layer's patches are cut at the fields the ONNX graph records (the torch model's), as
+    the torch run's are where both ranked the same image and position; a whole-image layer's patches
+    are its top-k images' pixels."""
+    ds, torch_run, onnx_run = runs
+    run = sketchmine.visualize(_copy(onnx_run, tmp_path, "o.zarr"), data=ds)
+    twin = sketchmine.visualize(_copy(torch_run, tmp_path, "t.zarr"), model=demo_model, data=ds, method="none")
+    assert run.layer_attrs("features.0")["receptive_field"] == twin.layer_attrs("features.0")["receptive_field"]
+    _, index, yx = run.topk("features.0")
+    _, t_index, t_yx = twin.topk("features.0")
+    same = (index == t_index) & (yx == t_yx).all(-1)
+    assert same.mean() > 0.9  # float rounding may reorder near-ties
+    for key in ("patches", "boxes", "inside"):
+        got, want = run.layer_array("features.0", key), twin.layer_array("features.0", key)
+        np.testing.assert_array_equal(got[same], want[same])
     assert run.layer_attrs("classifier.1")[schema.VISUALIZED]["method"] == "none"
     assert not run.has_array("classifier.1", "deconv")
     patches = run.layer_array("classifier.1", "patches")
