@@ -128,9 +128,9 @@ def _node_field(node: Any, carriers: dict[str, Field], shapes: dict[str, Shape],
     if op in _GLOBAL:
         return whole
     if op in _POINTWISE:
-        grids = {_grid_of(shapes.get(t), f.grid) for t in [*carriers, node.output[0]]}
-        if len(grids) > 1 or None in grids:
-            raise _refused(node, f"joins or broadcasts maps of different heights and widths {sorted(map(str, grids))}")
+        sizes: set[tuple[int, int] | None] = {_grid_of(shapes.get(t), f.grid) for t in [*carriers, node.output[0]]}
+        if len(sizes) > 1 or None in sizes:
+            raise _refused(node, f"joins or broadcasts maps of different heights and widths {sorted(map(str, sizes))}")
         return f
     if op in _REDUCE:
         axes = _axes(node, consts, shapes.get(node.input[0]), "axes", 1)
@@ -265,9 +265,10 @@ def _slice(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.n
         starts, ends, axes, steps = got
     else:
         starts, ends, axes, steps = _attr(node, "starts", []), _attr(node, "ends", []), _attr(node, "axes", None), None
-    axes = list(range(len(starts))) if axes is None else [int(a) % len(src) for a in np.asarray(axes).reshape(-1)]
-    steps = [1] * len(axes) if steps is None else [int(s) for s in np.asarray(steps).reshape(-1)]
-    for a, start, end, step in zip(axes, np.asarray(starts).reshape(-1), np.asarray(ends).reshape(-1), steps,
+    along: list[int] = (list(range(len(np.asarray(starts).reshape(-1)))) if axes is None
+                        else [int(a) % len(src) for a in np.asarray(axes).reshape(-1)])
+    by: list[int] = [1] * len(along) if steps is None else [int(s) for s in np.asarray(steps).reshape(-1)]
+    for a, start, end, step in zip(along, np.asarray(starts).reshape(-1), np.asarray(ends).reshape(-1), by,
                                    strict=True):
         n = src[a]
         first, last = (min(max(int(v) + n if v < 0 else int(v), 0), n) for v in (start, end))
