@@ -217,9 +217,7 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leadi
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.shape_prop import ShapeProp
 
-    if not isinstance(leading, (tuple, list)) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
-                                                         for n in leading):
-        raise SketchmineError(f"leading must be a tuple of positive ints (e.g. (T,) for T frames), got {leading!r}")
+    check_leading(leading)
     if channels is not None:  # 0 or False would be read as "not given", 1.0 as 1
         whole_number(channels, "channels")
     c = channels or module_input_channels(model)
@@ -247,6 +245,13 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leadi
             exc = exc.__cause__  # type: ignore[assignment]
         raise SketchmineError(f"{type(model).__name__} cannot take a {'×'.join(map(str, shape[1:]))} input: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def check_leading(leading: Any) -> None:
+    """`leading` (the dims before an image's channels) is a tuple of positive ints, or a clear error."""
+    if not isinstance(leading, (tuple, list)) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                                         for n in leading):
+        raise SketchmineError(f"leading must be a tuple of positive ints (e.g. (T,) for T frames), got {leading!r}")
 
 
 @contextmanager

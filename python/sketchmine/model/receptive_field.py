@@ -44,7 +44,7 @@ from sketchmine.model.field_record import ReceptiveField, box_mask  # noqa: F401
 from sketchmine.model.field_pads import check_padding_mode, conv_padding, copy_carriers, pad_of, pair
 from sketchmine.model.field_tables import (read, resampler, resampling_reach, shifted, strided, union,
                                            window_reach)
-from sketchmine.model.graph import module_input_channels, module_outputs, propagate_shapes, trace
+from sketchmine.model.graph import check_leading, module_input_channels, module_outputs, propagate_shapes, trace
 from sketchmine.model.unit_axes import follow_units, tapped_shape
 
 _POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
@@ -188,6 +188,7 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
             raise SketchmineError(f"receptive_fields input_size {tuple(input_size)} has {c} channels but "
                                   f"{type(model).__name__} takes {takes}; pass (H, W) or ({takes}, H, W)")
         channels = c
+    check_leading(leading)  # before it is unpacked into the traced input's shape
     gm = trace(model, "to compute receptive fields", (*leading, channels or module_input_channels(model), h, w))
     propagate_shapes(gm, model, h, w, leading, channels, partial)
     whole = whole_image(h, w)
