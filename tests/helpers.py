@@ -245,6 +245,33 @@ def fields_hold(model: torch.nn.Module, names: list[str], fields: dict, images: 
                 assert hits[y, x].any(), (name, y, x)
 
 
+def pictures_hold(run, model, ds, fields: dict, deconvolved: list[str]) -> None:
+    """Each top-1 entry's stored box is its layer's field at the unit's peak, its patch the image's pixels
+    there, and (for the layers `deconvolved`) its stored deconvolution the unit's whole-image one
+    (`sketchmine.deconvolve`) cropped to the box, within a grey level."""
+    import sketchmine
+    from sketchmine.stats.ops import crop_patches_reference
+
+    for layer in fields:
+        g = run.store.group[f"layers/{layer}"]
+        patches, boxes, deconv = (np.asarray(g[k][...]) for k in ("patches", "boxes", "deconv"))
+        _, index, yx = run.topk(layer)
+        for c in range(index.shape[0]):
+            i = int(index[c, 0])
+            top, left, bottom, right = fields[layer].box(*yx[c, 0])
+            assert tuple(boxes[c, 0]) == (top, left, bottom, right)
+            pixels = torch.from_numpy(np.asarray(ds.images[i]))[None, None]
+            crop = crop_patches_reference(pixels, torch.tensor([0]), torch.tensor([[top, left]]),
+                                          bottom - top + 1, right - left + 1)[0].permute(1, 2, 0).numpy()
+            assert np.array_equal(patches[c, 0, :bottom - top + 1, :right - left + 1], crop), (layer, c)
+            if layer in deconvolved:
+                sig = sketchmine.deconvolve(model, ds[i][1][None], layer, [c], yx[c, :1])
+                want = crop_patches_reference(sig, torch.tensor([0]), torch.tensor([[top, left]]),
+                                              bottom - top + 1, right - left + 1)[0]
+                want = (128 + 127 * want / want.abs().max()).round().clamp(0, 255).permute(1, 2, 0).numpy()
+                assert np.abs(deconv[c, 0].astype(int) - want.astype(int)).max() <= 1, (layer, c)
+
+
 def report_with_hook(run, tmp_path, sitecustomize: str, **popen):
     """`sketchmine report RUN --out tmp_path/rep --no-probe` in a process that imports `sitecustomize`
     first (a test's audit hook that kills or signals it at a chosen point): (completed process, rep)."""

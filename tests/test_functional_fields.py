@@ -20,8 +20,7 @@ import sketchmine
 from sketchmine import SketchmineError, receptive_fields
 from sketchmine.passes.deconv import Deconvolver
 from sketchmine.passes.visualize import visualize
-from sketchmine.stats.ops import crop_patches_reference
-from tests.helpers import fields_hold, per_class_subset
+from tests.helpers import fields_hold, per_class_subset, pictures_hold
 
 ACTS = ["act1", "act2", "act3", "act4"]
 
@@ -216,24 +215,7 @@ def test_the_functional_twin_is_mined_and_visualized_at_its_boxes(twins, small_t
     sketchmine.mine(model, ds, layers=ACTS, k=2, out=tmp_path / "r.zarr", batch_size=len(ds))
     run = visualize(tmp_path / "r.zarr", model=model, data=ds, batch_size=16)
     fields = receptive_fields(model, 28)
-    for layer in ACTS:
-        g = run.store.group[f"layers/{layer}"]
-        patches, boxes, deconv = (np.asarray(g[k][...]) for k in ("patches", "boxes", "deconv"))
-        _, index, yx = run.topk(layer)
-        for c in range(index.shape[0]):
-            i = int(index[c, 0])
-            top, left, bottom, right = fields[layer].box(*yx[c, 0])
-            assert tuple(boxes[c, 0]) == (top, left, bottom, right)
-            pixels = torch.from_numpy(np.asarray(ds.images[i]))[None, None]
-            crop = crop_patches_reference(pixels, torch.tensor([0]), torch.tensor([[top, left]]),
-                                          bottom - top + 1, right - left + 1)[0].permute(1, 2, 0).numpy()
-            assert np.array_equal(patches[c, 0, :bottom - top + 1, :right - left + 1], crop), (layer, c)
-            if layer in ("act1", "act2"):  # windows: the whole image's deconvolution, cropped
-                sig = sketchmine.deconvolve(model, ds[i][1][None], layer, [c], yx[c, :1])
-                want = crop_patches_reference(sig, torch.tensor([0]), torch.tensor([[top, left]]),
-                                              bottom - top + 1, right - left + 1)[0]
-                want = (128 + 127 * want / want.abs().max()).round().clamp(0, 255).permute(1, 2, 0).numpy()
-                assert np.abs(deconv[c, 0].astype(int) - want.astype(int)).max() <= 1, (layer, c)
+    pictures_hold(run, model, ds, {n: fields[n] for n in ACTS}, ["act1", "act2"])  # windows: the whole image's, cropped
 
 
 class PowerPools(nn.Module):
