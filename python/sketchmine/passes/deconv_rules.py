@@ -3,8 +3,8 @@ rectifier (Springenberg et al. 2015; Zeiler & Fergus 2014), and the traced, rule
 a model that applies them (`with_rule`), which deconv.py runs:
 
     gradient   grad_in = grad_out · [x > 0]
-    deconvnet  grad_in = relu(grad_out)                (max-pool switches and transposed
-    guided     grad_in = relu(grad_out) · [x > 0]       filters come from autograd)
+    deconvnet  grad_in = relu(grad_out)                (transposed filters come from autograd,
+    guided     grad_in = relu(grad_out) · [x > 0]       max-pool switches from deconv_pools.py)
 
 The other rectifiers (ReLU6, LeakyReLU, PReLU, ELU, GELU, SiLU, Hardswish, ...) get the same
 rules with their own f'(x) in place of [x > 0], else "deconvnet" on a network of GELUs would
@@ -17,8 +17,9 @@ are its most confident, where float32 rounds 1 - p_c to nothing (p_c = 1.0 past 
 of about 17), and the signal would lose its largest term (`stable_softmax`).
 
 The model is traced with torch.fx into a new module whose ReLUs (modules, functions, in-place
-variants) call a rule-aware autograd function; the caller's model is never changed (eval mode
-while traced, each module's training flag put back after).
+variants) call a rule-aware autograd function and whose max pools break ties by a rule of their own
+(deconv_pools.py: the same switch on a window of the image as on the whole image); the caller's
+model is never changed (eval mode while traced, each module's training flag put back after).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import torch
 from torch import fx, nn
 
 from sketchmine.model.graph import trace
+from sketchmine.passes.deconv_pools import pool_rule
 
 METHODS = ("deconvnet", "guided", "gradient")
 
@@ -225,6 +227,22 @@ def _later_users(node: fx.Node, value: fx.Node) -> list[fx.Node]:
     return later
 
 
+def _swap_module(gm: fx.GraphModule, node: fx.Node, name: str, module: nn.Module, given: dict) -> None:
+    """`node` computed by `module` (added as `name`) on its first argument, `given` as keywords. A
+    module's node keeps its place (a mined layer is found by it); a call's is replaced."""
+    gm.add_submodule(name, module)
+    if node.op == "call_module":
+        node.target = name
+        return
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(name, (node.args[0] if node.args else node.kwargs["input"],), given)
+    new.meta.update(node.meta)
+    node.replace_all_uses_with(new)
+    identities = gm.meta.get("identities", {})
+    identities.update({n: new for n, was in identities.items() if was is node})
+    gm.graph.erase_node(node)
+
+
 def with_rule(model: nn.Module, method: str, sample: tuple[int, ...] | None = None) -> fx.GraphModule:
     """A traced copy of the graph (parameters shared) with every ReLU swapped for the rule; `sample`:
     one input's shape, for a forward traceable only at its size (`graph.trace`).
@@ -236,18 +254,10 @@ def with_rule(model: nn.Module, method: str, sample: tuple[int, ...] | None = No
     modules = dict(gm.named_modules())
     for i, node in enumerate(list(gm.graph.nodes)):
         if (soft := _softmax_rule(node, modules)) is not None:
-            name = f"_rule_softmax_{i}"
-            gm.add_submodule(name, soft)
-            if node.op == "call_module":  # the layer keeps its node (a mined nn.Softmax is found by it)
-                node.target = name
-                continue
-            with gm.graph.inserting_after(node):
-                new = gm.graph.call_module(name, (node.args[0],))
-            new.meta.update(node.meta)
-            node.replace_all_uses_with(new)
-            identities = gm.meta.get("identities", {})
-            identities.update({n: new for n, was in identities.items() if was is node})
-            gm.graph.erase_node(node)
+            _swap_module(gm, node, f"_rule_softmax_{i}", soft, {})
+            continue
+        if (pool := pool_rule(node, modules)) is not None:
+            _swap_module(gm, node, f"_rule_pool_{i}", *pool)
             continue
         rectifier = _rectifier(node, modules, method)
         if rectifier is None and not _is_relu(node, modules):
