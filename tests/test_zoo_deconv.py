@@ -6,8 +6,9 @@ F.relu, nn.ReLU6 → F.hardtanh, nn.SiLU → F.silu, nn.Hardswish → F.hardswis
 F.relu; ResNeXt's one ReLU module called three times) and runs it out of place through an
 autograd.Function whose backward is the method's rule with the derivative written out by hand
 (docs/visualize.md: deconvnet rectifies the signal, guided rectifies it and multiplies by f'(x),
-gradient multiplies by f'(x)). The gates (Sigmoid, Hardsigmoid), max-pool switches, BatchNorm
-in eval and the convs' transposed filters are autograd's. The unit's value at its stored
+gradient multiplies by f'(x)); it catches nn.MaxPool2d's F.max_pool2d too, whose switch takes
+the documented tie rule (below). The gates (Sigmoid, Hardsigmoid), BatchNorm in eval and the
+convs' transposed filters are autograd's. The unit's value at its stored
 position on its own top-k image (whole image, forward stopped at the layer) is the seed; the
 signal is cropped to the stored box, 0 outside the image.
 
@@ -24,9 +25,10 @@ than the 64-px image, the head), every method:
   that float32 rounding puts on the other side of 0 in another batch (plain autograd on one
   ResNeXt-50 image alone and in a batch of 3 differs by 5.8e-3 of the peak, 0.74 grey levels;
   measured here at most 1 level).
-Not covered: a max pool over a blank background holds exact ties, and which tied input gets the
-signal follows the rounding of the conv before it, which another window or batch size may change
-(docs/visualize.md); these entries' windows round as the whole image does on this machine.
+Max pools take the documented tie rule (the first input in raster order within 10⁻⁵ · |max| of
+a window's maximum), written here with F.unfold: over a blank background a window's inputs are
+tied, and which one autograd picks follows the rounding of the conv before it, which a window cut
+by the border rounds otherwise (the SqueezeNet corner test).
 A wrong rule (a rectifier left as the gradient, guided without f'), windows not aligned to the
 stride, a gated layer computed on windows, a crop moved by a row, or another scale each fail
 this test (each tried once on the source).
@@ -51,6 +53,7 @@ K, UNITS = 3, 1  # the top-3 of the first unit of each layer
 MAX_PATCH = 256  # no crop shrunk: a deep layer's box at 64 px is larger than the image
 TOLERANCE = 1e-4  # of a window's largest magnitude: float32 sums in another order (docstring)
 GREY_LEVELS = 2  # the stored picture's rounding, and a rectifier's input rounded across 0 (docstring)
+TIE = 1e-5  # docs/visualize.md's max-pool tie rule: within TIE · |max| of a window's maximum
 
 # per model: layers spread over depth, the last its linear head
 CASES = {
@@ -72,10 +75,10 @@ CASES = {
     "resnext50_32x4d": ["layer1.0.conv2", "layer1.2", "layer2.0.conv1", "fc"],
 }
 METHODS = ("deconvnet", "guided", "gradient")
-# the rectifiers each model's layers above reach through (nn.ReLU6 is a Hardtanh)
-RECTIFIERS = {"densenet121": {"relu"}, "mobilenet_v2": {"hardtanh"}, "mobilenet_v3_small": {"relu", "hardswish"},
-              "efficientnet_b0": {"silu"}, "regnet_y_400mf": {"relu"}, "squeezenet1_1": {"relu"},
-              "resnext50_32x4d": {"relu"}}
+# the rectifiers and max pools each model's layers above reach through (nn.ReLU6 is a Hardtanh)
+RECTIFIERS = {"densenet121": {"relu", "max_pool2d"}, "mobilenet_v2": {"hardtanh"},
+              "mobilenet_v3_small": {"relu", "hardswish"}, "efficientnet_b0": {"silu"}, "regnet_y_400mf": {"relu"},
+              "squeezenet1_1": {"relu", "max_pool2d"}, "resnext50_32x4d": {"relu", "max_pool2d"}}
 
 
 # ---- the reference -------------------------------------------------------------------------
@@ -116,8 +119,32 @@ _KINDS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", torch.Tensor.
           F.hardswish: "hardswish"}
 
 
+def _tie_pool(x: torch.Tensor, kernel_size, stride, padding, dilation, ceil_mode) -> torch.Tensor:
+    """F.max_pool2d's values whose backward goes to the first input in raster order within
+    TIE · |max| of each window's maximum: the window's taps read by F.unfold from the input padded
+    with -inf (ceil mode's last windows may run past it), the chosen tap gathered, its gradient
+    autograd's scatter."""
+    values = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    k, d, p = pair(kernel_size), pair(dilation), pair(padding)
+    s = k if stride in (None, (), []) else pair(stride)
+    n, c, h, w = x.shape
+    oh, ow = values.shape[-2:]
+    past = [max((o - 1) * s[i] + d[i] * (k[i] - 1) + 1 - size - p[i], 0) for i, (o, size) in enumerate(((oh, h), (ow, w)))]
+    sides = (p[1], past[1], p[0], past[0])
+    taps = F.unfold(F.pad(x.detach().reshape(n * c, 1, h, w), sides, value=-torch.inf), k, d, 0, s)
+    where = F.unfold(F.pad(torch.arange(h * w, dtype=torch.float64).reshape(1, 1, h, w), sides, value=-1), k, d, 0, s)
+    top = values.detach().reshape(n * c, 1, oh * ow)
+    near = taps >= top - TIE * top.abs()  # (N·C, k·k, windows), k·k in raster order
+    first = torch.where(near, torch.arange(k[0] * k[1])[:, None], k[0] * k[1]).amin(dim=1)
+    chosen = where[0].gather(0, first).long()  # (N·C, windows) flat positions in the input
+    picked = x.reshape(n * c, h * w).gather(1, chosen).reshape(values.shape)
+    return values.detach() + (picked - picked.detach())
+
+
 class _Rules(TorchFunctionMode):
-    """Every rectifier call runs out of place through `_Rule`; `calls` counts them by kind."""
+    """Every rectifier call runs out of place through `_Rule`, every max pool through `_tie_pool`;
+    `calls` counts them by kind."""
 
     def __init__(self, method: str) -> None:
         super().__init__()
@@ -125,6 +152,13 @@ class _Rules(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is F.max_pool2d:  # nn.MaxPool2d's call (these models' only spelling)
+            bound = inspect.signature(F.max_pool2d_with_indices).bind(*args, **kwargs)  # its parameters
+            bound.apply_defaults()
+            assert not bound.arguments["return_indices"], "a pool the reference does not cover"
+            self.calls["max_pool2d"] = self.calls.get("max_pool2d", 0) + 1
+            a = bound.arguments
+            return _tie_pool(a["input"], a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"])
         kind = _KINDS.get(func)
         if kind is None:
             return func(*args, **kwargs)
@@ -244,3 +278,27 @@ def test_stored_deconvolutions_equal_the_reference(tmp_path_factory, rgb_sketche
     # both paths were taken (windows of the image, the whole image cropped), and every rectifier's rule
     assert windowed and whole, (arch, windowed, whole)
     assert met == RECTIFIERS[arch], (arch, met)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_window_cut_by_the_border_breaks_pool_ties_as_the_whole_image(rgb_sketches, method):
+    """SqueezeNet 1.1's `features.3.expand1x1` unit 57 at the far corner (14, 14) of sketch 8: the
+    border cuts its window to 8 px, whose 3x3 stem conv rounds about 30 % of its outputs an ulp off
+    the whole image's, and its last max pool's exact ties over the blank background with them.
+    Autograd's switches followed that ulp (0.43 of the peak apart, gradient; 0.07 deconvnet); the
+    tie rule gives the window the whole image's switches, and the reference's."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("squeezenet1_1", weights=None, num_classes=10).eval()
+    layer, unit, at = "features.3.expand1x1", torch.tensor([57]), torch.tensor([[14, 14]])
+    field = sketchmine.receptive_fields(model, (3, SIZE, SIZE))[layer]
+    images = torch.stack([rgb_sketches[i][1] for i in range(len(rgb_sketches))])
+    decon = Deconvolver(model, method)
+    got = decon.field_crops(images, torch.tensor([8]), layer, unit, at, field)[0]
+    box = field.box(14, 14)
+    want = crop(reference(model, images[[8]], layer, unit, at, method)[0][0], box)
+    whole = crop(decon(images[[8]], layer, unit, at)[0], box)
+    peak = float(want.abs().max())
+    assert peak > 0
+    for name, other in (("the reference", want), ("its own whole-image deconvolution", whole)):
+        err = float((got - other).abs().max()) / peak
+        assert err <= TOLERANCE, f"{method}: the corner window is off {name} by {err:.2e} of the peak"
