@@ -5,8 +5,9 @@ blank background the inputs of a window are equal, exactly in one computation an
 in another (a conv rounds otherwise for a window of another size or a batch of another size),
 so the switch, and the picture, followed the conv's last bit. Here the backward goes to the first
 input in raster order among those within `TIE_TOLERANCE` · |max| of the window's maximum: the
-same input on a window of the image and on the whole image. A window with one input clearly
-largest keeps autograd's switch; the forward values (and the indices a `return_indices` call
+same input on a window of the image and on the whole image wherever rounding moves tied inputs by
+less than that (a window whose maximum is itself a conv's cancellation can still differ; see
+docs/visualize.md). A window with one input clearly largest keeps autograd's switch; the forward values (and the indices a `return_indices` call
 returns) are torch's own.
 
 Covered: `nn.MaxPool2d`, `nn.AdaptiveMaxPool2d`, `F.max_pool2d`, `torch.max_pool2d`,
@@ -39,22 +40,33 @@ _POOL_FUNCS: dict[Any, tuple[tuple[str, ...], bool, bool | None]] = {
 
 
 class _Switched(torch.autograd.Function):
-    """y (the pool's values) whose backward scatters the signal to `index` (flat into each H·W
-    plane). Out of place, so `is_grads_batched` can vectorise it."""
+    """A max pool whose backward sends the signal to the tie rule's switches. geometry: ("window",
+    kernel, stride, padding, dilation, ceil_mode) or ("adaptive", output_size). Returns torch's
+    values and indices; the backward is torch's own pool backward given the rule's indices, which
+    `is_grads_batched` vectorises."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(index)
-        ctx.shape = x.shape
-        return y.detach().clone()
+    def forward(ctx, x: torch.Tensor, geometry: tuple):
+        if geometry[0] == "window":
+            kernel, step, pad, dil, ceil = geometry[1:]
+            y, found = F.max_pool2d(x, kernel, step, pad, dil, ceil_mode=ceil, return_indices=True)
+            switches = _window_switches(x, y, found, kernel, step, pad, dil)
+        else:
+            y, found = F.adaptive_max_pool2d(x, geometry[1], return_indices=True)
+            (h, w), (oh, ow) = x.shape[-2:], y.shape[-2:]
+            switches = tie_switches(x, y, found, _adaptive_axis(h, oh), _adaptive_axis(w, ow))
+        ctx.geometry = geometry
+        ctx.save_for_backward(x, switches)
+        ctx.mark_non_differentiable(found)
+        return y, found
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        (index,) = ctx.saved_tensors
-        plane = ctx.shape[-2] * ctx.shape[-1]
-        flat = g.new_zeros((*ctx.shape[:-2], plane))
-        into = index.reshape(*index.shape[:-2], -1)
-        return flat.scatter_add(-1, into, g.reshape(*g.shape[:-2], -1)).reshape(ctx.shape), None, None
+    def backward(ctx, g: torch.Tensor, _unused: torch.Tensor):
+        x, switches = ctx.saved_tensors
+        if ctx.geometry[0] == "window":
+            kernel, step, pad, dil, ceil = ctx.geometry[1:]
+            return torch.ops.aten.max_pool2d_with_indices_backward(g, x, kernel, step, pad, dil, ceil, switches), None
+        return torch.ops.aten.adaptive_max_pool2d_backward(g, x, switches), None
 
 
 def _window_axis(size: int, out: int, kernel: int, stride: int, padding: int, dilation: int) -> torch.Tensor:
@@ -95,25 +107,42 @@ def tie_switches(x: torch.Tensor, top: torch.Tensor, found: torch.Tensor, rows: 
     return torch.where(near.any(-1), y * w + xx, found.reshape(y.shape)).reshape(found.shape)
 
 
+def _window_switches(x: torch.Tensor, top: torch.Tensor, found: torch.Tensor, kernel, step, pad, dil) -> torch.Tensor:
+    """`tie_switches` for a max pool's regular windows, by a strided view of the input per kernel
+    tap (no gather: a deconvolution's pools cost about what autograd's do): each tap, last to
+    first in raster order, takes the window where it is within the tolerance of the maximum."""
+    (h, w), (oh, ow) = x.shape[-2:], top.shape[-2:]
+    reach = [(o - 1) * s + d * (k - 1) + 1 for o, s, d, k in zip((oh, ow), step, dil, kernel)]
+    past = [max(r - n - p, 0) for r, n, p in zip(reach, (h, w), pad)]  # ceil mode's last windows
+    padded = x.detach()
+    if any(pad) or any(past):
+        padded = F.pad(padded, (pad[1], past[1], pad[0], past[0]), value=-math.inf)
+    top = top.detach()
+    floor = top - TIE_TOLERANCE * top.abs()
+    rows = torch.arange(oh, device=x.device) * step[0] - pad[0]
+    cols = torch.arange(ow, device=x.device) * step[1] - pad[1]
+    switches = found
+    for ky in reversed(range(kernel[0])):
+        for kx in reversed(range(kernel[1])):
+            y0, x0 = ky * dil[0], kx * dil[1]
+            tap = padded[..., y0:y0 + reach[0] - (kernel[0] - 1) * dil[0]:step[0],
+                         x0:x0 + reach[1] - (kernel[1] - 1) * dil[1]:step[1]]
+            at = (rows + y0)[:, None] * w + (cols + x0)[None, :]
+            switches = torch.where(tap >= floor, at, switches)
+    return switches
+
+
 def _max_pool(x: torch.Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool, indices: bool):
     """F.max_pool2d's values with the tie rule's switches (torch's indices returned, if asked)."""
     kernel, dil, pad = _pair(kernel_size), _pair(dilation), _pair(padding)
     step = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _pair(stride)
-    with torch.no_grad():
-        y, found = F.max_pool2d(x, kernel, step, pad, dil, ceil_mode=ceil_mode, return_indices=True)
-    (h, w), (oh, ow) = x.shape[-2:], y.shape[-2:]
-    switches = tie_switches(x, y, found, _window_axis(h, oh, kernel[0], step[0], pad[0], dil[0]),
-                            _window_axis(w, ow, kernel[1], step[1], pad[1], dil[1]))
-    out = _Switched.apply(x, y, switches)
+    out, found = _Switched.apply(x, ("window", kernel, step, pad, dil, bool(ceil_mode)))
     return (out, found) if indices else out
 
 
 def _adaptive_max_pool(x: torch.Tensor, output_size, indices: bool):
     """F.adaptive_max_pool2d's values with the tie rule's switches."""
-    with torch.no_grad():
-        y, found = F.adaptive_max_pool2d(x, output_size, return_indices=True)
-    (h, w), (oh, ow) = x.shape[-2:], y.shape[-2:]
-    out = _Switched.apply(x, y, tie_switches(x, y, found, _adaptive_axis(h, oh), _adaptive_axis(w, ow)))
+    out, found = _Switched.apply(x, ("adaptive", output_size))
     return (out, found) if indices else out
 
 
