@@ -150,19 +150,19 @@ class _RuleMaxPool2d(nn.MaxPool2d):
     """A max pool (module or call) with the tie rule; `given`: the call's arguments that are
     computed at run time (traced nodes), in place of the attributes."""
 
-    def forward(self, x: torch.Tensor, **given: Any):
+    def forward(self, input: torch.Tensor, **given: Any):  # torch's name for it (mypy: the pool's own signature)
         p = {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
              "dilation": self.dilation, "ceil_mode": self.ceil_mode, "return_indices": self.return_indices} | given
-        return _max_pool(x, p["kernel_size"], p["stride"], p["padding"], p["dilation"], bool(p["ceil_mode"]),
+        return _max_pool(input, p["kernel_size"], p["stride"], p["padding"], p["dilation"], bool(p["ceil_mode"]),
                          bool(p["return_indices"]))
 
 
 class _RuleAdaptiveMaxPool2d(nn.AdaptiveMaxPool2d):
     """An adaptive max pool (module or call) with the tie rule; `given` as `_RuleMaxPool2d`'s."""
 
-    def forward(self, x: torch.Tensor, **given: Any):
+    def forward(self, input: torch.Tensor, **given: Any):  # torch's name for it (mypy: the pool's own signature)
         p = {"output_size": self.output_size, "return_indices": self.return_indices} | given
-        return _adaptive_max_pool(x, p["output_size"], bool(p["return_indices"]))
+        return _adaptive_max_pool(input, p["output_size"], bool(p["return_indices"]))
 
 
 def pool_rule(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[nn.Module, dict[str, Any]] | None:
