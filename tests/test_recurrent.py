@@ -249,9 +249,12 @@ def test_visualize_a_sequence_run(tmp_path):
     """The trained CNN + GRU visualized: a conv unit of its time-distributed CNN gets the receptive
     field of the frame at its step (fields per frame, from the graph), a hidden unit or per-step
     linear unit the drawing at the step it peaked, the softmax the last step; each deconvolution
-    (gradient rule) is autograd through the real model from that unit, summed over the frames."""
+    (gradient rule) is autograd through the real model from that unit, summed over the frames, its max
+    pools' switches by the documented tie rule (test_zoo_deconv's own reference of it: autograd's own
+    switch follows the rounding of the conv before it over the blank background)."""
     from sketchmine.model.models import preprocessing_for
     from sketchmine.passes.visualize import patches_of
+    from tests.test_zoo_deconv import _Rules as tie_rule
 
     loaded = sketchmine.load_model("demo-gru")
     pre = preprocessing_for(loaded)
@@ -308,7 +311,8 @@ def test_visualize_a_sequence_run(tmp_path):
                 hook = None if name == "softmax" else dict(net.named_modules())[name].register_forward_hook(
                     lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
                 try:
-                    logits = net(xin)
+                    with tie_rule("gradient"):
+                        logits = net(xin)
                 finally:
                     if hook is not None:
                         hook.remove()
