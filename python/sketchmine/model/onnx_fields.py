@@ -159,13 +159,11 @@ def _window(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.
     if f.grid != (-2, -1) or src is None or len(src) != 4:
         raise _refused(node, f"slides over a grid other than the last two dims of a 4-D tensor (input {src}, "
                              f"height and width at dims {f.grid})")
-    weight = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-    k = _attr(node, "kernel_shape", weight[2:] if weight is not None else None)
+    k = _kernel(node, shapes)
     if k is None or len(k) != 2:
         raise _refused(node, f"has no 2-D kernel_shape ({k})")
     s, d = tuple(_attr(node, "strides", [1, 1])), tuple(_attr(node, "dilations", [1, 1]))
-    auto = _attr(node, "auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    auto = _text(node, "auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         total = [max(0, (-(-src[2 + a] // s[a]) - 1) * s[a] + (k[a] - 1) * d[a] + 1 - src[2 + a]) for a in range(2)]
         p = tuple(t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total)
@@ -183,8 +181,7 @@ def _pad_sides(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, 
                ) -> tuple[str, tuple[tuple[int, int], tuple[int, int]]]:
     """A Pad's mode and its amounts (before, after) on the grid's axes (y, x)."""
     src = shapes.get(node.input[0])
-    mode = _attr(node, "mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    mode = _text(node, "mode", "constant")
     pads = _attr(node, "pads", None) if len(node.input) < 2 or not node.input[1] else consts.get(node.input[1])
     if src is None or pads is None:
         raise _refused(node, "pads by amounts known only at run time")
@@ -229,12 +226,10 @@ def _copy_carriers(pad: Any, mode: str, sides: tuple[tuple[int, int], tuple[int,
             continue
         seen.add(id(user))
         if user.op_type == "Conv" and user.input[0] in carriers:
-            pads, auto = _attr(user, "pads", [0, 0, 0, 0]), _attr(user, "auto_pad", b"NOTSET")
-            if any(pads) or (auto.decode() if isinstance(auto, bytes) else str(auto)) not in ("NOTSET", "VALID"):
+            if any(_attr(user, "pads", [0, 0, 0, 0])) or _text(user, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
                 raise _refused(pad, f"pads in mode {mode!r} and feeds {_name(user)}, which pads as well: only a "
                                     "copying pad read by a conv with no padding is followed")
-            weight = shapes.get(user.input[1])
-            k = _attr(user, "kernel_shape", weight[2:] if weight is not None else None)
+            k = _kernel(user, shapes)
             if k is None or len(k) != 2:
                 raise _refused(pad, f"pads in mode {mode!r} and feeds {_name(user)}, whose 2-D kernel is not known")
             d = _attr(user, "dilations", [1, 1])
@@ -325,6 +320,18 @@ def _axes(node: Any, consts: dict[str, np.ndarray], src: Shape | None, name: str
     if axes is None or len(axes) == 0:
         return list(range(len(src))) if src is not None and not _attr(node, "noop_with_empty_axes", 0) else None
     return [int(a) % len(src) for a in axes] if src is not None else None
+
+
+def _kernel(node: Any, shapes: dict[str, Shape]) -> Any:
+    """A Conv's or pool's kernel_shape; a Conv's from its weight's shape where the attribute is absent."""
+    weight = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+    return _attr(node, "kernel_shape", weight[2:] if weight is not None else None)
+
+
+def _text(node: Any, name: str, default: str) -> str:
+    """A string attribute (ONNX stores them as bytes)."""
+    value = _attr(node, name, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
