@@ -73,10 +73,9 @@ def traced(tracer: Tracer, model: nn.Module, concrete_args: dict[str, Any] | Non
     return gm
 
 
-_SIZES = frozenset({"size", "numel", "nelement"})
-"""Tensor methods whose result is a size: a number where it is the same for every batch size."""
-_NUMBERS = frozenset({"dim", "ndimension"})
-"""Tensor methods whose result is always a number."""
+_SIZES = frozenset({"size", "numel", "nelement", "dim", "ndimension"})
+"""Tensor methods whose result is a size or a rank: a number where it is the same for every batch
+size (a rank always is)."""
 _ATTRIBUTES = frozenset({"ndim", "dtype", "device", "is_cuda", "layout"})
 """Tensor attributes read from the value ("shape" is a size, `_SizedProxy.__getattr__`)."""
 BATCHES = (2, 3)
@@ -126,7 +125,7 @@ class SizedTracer(Tracer):
         if kind == "placeholder":
             values = self.examples if self._placeholders == 0 else ((args[0] if args else None),) * 2
             self._placeholders += 1
-        elif kind == "call_method" and target in _SIZES | _NUMBERS:
+        elif kind == "call_method" and target in _SIZES:
             return self.size_of(args[0], target, args[1:], kwargs)
         else:
             values = tuple(self._run(kind, target, self._value(args, i), self._value(kwargs, i)) for i in (0, 1))

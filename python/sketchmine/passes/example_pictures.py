@@ -41,7 +41,6 @@ from sketchmine.store.schema import PICTURE_GROUPS as GROUPS
 
 EXAMPLES = ("top", "all")
 """visualize's `examples`: the top-k only (default), or also the bottom-k and the bin examples."""
-KEYS = ("patches", "deconv", "boxes", "inside")
 
 
 def check_examples(examples: str) -> str:
@@ -105,7 +104,7 @@ def picture_examples(store: RunStore, run: Run, plan: Any, attrs: dict[str, Any]
             yx = positions(net, plan.name, run.layer_shape(plan.name), index, images, batch_size, device,
                            run.layer_attrs(plan.name))
         yx = yx[:limit]
-        keys = [key for key in KEYS if key in schema.visual_arrays(attrs["method"])]  # patches only: no deconv
+        keys = schema.visual_arrays(attrs["method"])  # patches only: no deconv
         parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
         for u0 in range(0, index.shape[0], block):
             out = pictures(plan, index[u0:u0 + block], yx[u0:u0 + block], u0)
