@@ -29,21 +29,20 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import fx, nn
 
 from sketchmine.errors import SketchmineError
 from sketchmine.model.backend import LoadedModel, torch_module
-from sketchmine.model.field_algebra import (PIXELS, Field, as_record, check_grids, merged, shifted_by, whole_image,
-                                            windowed)
+from sketchmine.model.field_algebra import (PIXELS, Field, as_record, as_tables, merged, shifted_by, tabled,
+                                            whole_image, windowed)
 from sketchmine.model.field_calls import window_of
 from sketchmine.model.field_grid import (broadcast_gates, check_index, check_one_grid, grid_size, moved_grid,
                                          output_grid)
 from sketchmine.model.field_record import ReceptiveField, box_mask  # noqa: F401 (public here)
 from sketchmine.model.field_pads import check_padding_mode, conv_padding, copy_carriers, pad_of, pair
-from sketchmine.model.field_tables import (read, resampler, resampling_reach, shifted, strided, union,
-                                           window_reach)
+from sketchmine.model.field_spans import read
+from sketchmine.model.field_tables import resampler, resampling_reach
 from sketchmine.model.graph import check_leading, module_input_channels, module_outputs, propagate_shapes, trace
 from sketchmine.model.unit_axes import follow_units, tapped_shape
 
@@ -80,28 +79,11 @@ _RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.transpose, torch.permute}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permute"}
 
 
-def _tabled(tables: tuple[np.ndarray, np.ndarray], grid: tuple[int, int] = (-2, -1)) -> Field:
-    return Field((1, 1), (0, 0), (0, 0), grid, tables)
-
-
-def _tables(f: Field, n: tuple[int, int] | None, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """A field as tables over a grid of n units per axis."""
-    if f.table is not None:
-        return f.table
-    if n is None:
-        raise SketchmineError(f"receptive fields: the grid at {where} has no known size; not supported")
-    return strided(f.jump[0], f.lo[0], f.hi[0], n[0]), strided(f.jump[1], f.lo[1], f.hi[1], n[1])
-
-
 def _window(f: Field, node: fx.Node, k, s, p, d, mode: str = "zeros") -> Field:
     """Field after a sliding window (conv or pool) with kernel k, stride s, padding p (by `mode`), dilation d."""
     p = conv_padding(p, k, d)
     k, s, d = pair(k), pair(s), pair(d)
-    if f.table is not None:
-        n = output_grid(node)
-        return _tabled(tuple(read(f.table[a], window_reach(len(f.table[a]), n[a], k[a], s[a], p[a], d[a], mode))
-                             for a in range(2)))  # type: ignore[arg-type]
-    return windowed(f, k, s, p, d)  # the grid is last (_check_grid_last)
+    return windowed(f, k, s, p, d, output_grid(node) if f.table is not None else None, mode)  # the grid is last
 
 
 def _resampled(f: Field, node: fx.Node, modules: dict[str, nn.Module]) -> Field | None:
@@ -113,18 +95,15 @@ def _resampled(f: Field, node: fx.Node, modules: dict[str, nn.Module]) -> Field 
     n_in, n_out = grid_size(node.all_input_nodes[0]), grid_size(node)
     if n_in is None or n_out is None:
         raise SketchmineError(f"receptive fields: {where} resamples a grid of unknown size; not supported")
-    table, reach = _tables(f, n_in, where), resampling_reach(node, modules, where, n_in, n_out)
-    return _tabled((read(table[0], reach[0]), read(table[1], reach[1])))
+    table, reach = as_tables(f, n_in, where), resampling_reach(node, modules, where, n_in, n_out)
+    return tabled((read(table[0], reach[0]), read(table[1], reach[1])))
 
 
 def _union(carriers: dict[fx.Node, Field], node: fx.Node, where: str, at: fx.Node | None = None) -> Field:
     fields = list(carriers.values())
-    check_grids(fields, where)
-    if len(fields) > 1 and any(f.table is not None for f in fields):  # position by position
-        n = grid_size(at or node, fields[0].grid)  # `at`: the grid the inputs share (a resampler's input)
-        tables = [_tables(f, n, where) for f in fields]
-        return _tabled((union([t[0] for t in tables], where), union([t[1] for t in tables], where)), fields[0].grid)
-    return merged(fields, where)
+    by_position = len(fields) > 1 and any(f.table is not None for f in fields)
+    # `at`: the grid the inputs share (a resampler's input)
+    return merged(fields, where, grid_size(at or node, fields[0].grid) if by_position else None)
 
 
 def receptive_fields(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...],
@@ -326,10 +305,8 @@ def _node_field(node: fx.Node, carriers: dict[fx.Node, Field], modules: dict[str
 def _shifted(f: Field, node: fx.Node, top: int, left: int, mode: str = "constant") -> Field:
     """Field after a pad of `top` rows and `left` columns before the grid (negative: a crop): unit i
     of the result is unit i - left of its input along x (top along y)."""
-    if f.table is not None:
-        n = output_grid(node)  # as a window's: an unknown grid refused, not a table of no units
-        return _tabled((shifted(f.table[0], top, n[0], mode), shifted(f.table[1], left, n[1], mode)))
-    return shifted_by(f, top, left)
+    # a tabled field's grid as a window's: an unknown one refused, not a table of no units
+    return shifted_by(f, top, left, output_grid(node) if f.table is not None else None, mode)
 
 
 def _pointwise(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
