@@ -12,9 +12,11 @@ keeps the map's field, as `field_grid.broadcast_gates`), Concat / Split / Gather
 a Transpose that keeps the height before the width, reshapes that keep the (H, W) dims, a MatMul by
 a weight along an axis that is not the grid's (a Linear on (N, H, W, C)), and what mixes all
 positions (global pooling but over a grid of one unit, a reduction over H or W, Flatten, Gemm,
-another MatMul, another reshape): the whole image. Any other op on the grid path (Resize, ConvTranspose, a wrapping Pad, a
-Slice of H or W, a Transpose that swaps them) leaves the tensors after it without a field, with the
-reason (op type and node name), as the torch analysis' `missing` does.
+another MatMul, another reshape): the whole image. ConvTranspose, Resize and Upsample keep each unit's
+box per axis, as the torch analysis does behind its resampling ops (`onnx_resample`), and the ops above
+follow such a field position by position (`field_algebra`). Any other op on the grid path (a wrapping
+Pad, a Slice of H or W, a Transpose that swaps them) leaves the tensors after it without a field, with
+the reason (op type and node name), as the torch analysis' `missing` does.
 
 Grid sizes come from ONNX shape inference at the mined input size, or from one ONNX Runtime run on
 zeros for the tensors inference leaves without a shape (`onnx_shapes`).
@@ -31,6 +33,8 @@ from sketchmine.errors import SketchmineError
 from sketchmine.model.field_algebra import PIXELS, Field, as_record, merged, shifted_by, whole_image, windowed
 from sketchmine.model.field_pads import copies_past_box
 from sketchmine.model.field_record import ReceptiveField, field_record
+from sketchmine.model.onnx_nodes import attr, node_name, refused, text
+from sketchmine.model.onnx_resample import RESAMPLE_INPUTS, RESAMPLERS, Runtime, resampled
 from sketchmine.model.onnx_shapes import Shape, constant_values, tensor_facts
 
 _WINDOWS = {"Conv", "MaxPool", "AveragePool", "LpPool"}
@@ -61,11 +65,12 @@ class GraphFields:
 
 
 def graph_fields(graph: Any, input_name: str, shapes: dict[str, Shape], size: tuple[int, int],
-                 channels_last: bool = False, values: dict[str, np.ndarray] | None = None) -> GraphFields:
+                 channels_last: bool = False, values: dict[str, np.ndarray] | None = None,
+                 runtime: Runtime | None = None) -> GraphFields:
     """Every tensor's field, from the image input `input_name` ((N, C, H, W), or (N, H, W, C) where
     `channels_last`) of `size` (H, W); `shapes`: the graph's tensor shapes at that size
     (`onnx_shapes.tensor_facts`), `values`: those of the pads, axes and slice bounds that the graph
-    computes. A tensor after an op the analysis cannot follow is `missing`, with the reason of the
+    computes, `runtime`: what a Resize's one-node probe needs (`onnx_resample`). A tensor after an op the analysis cannot follow is `missing`, with the reason of the
     first such op before it (the tensors before it keep their fields); so are a reflect or edge pad's
     copies, which no box holds (the convs after them have fields)."""
     consts = {**constant_values(graph), **(values or {})}
@@ -86,9 +91,9 @@ def graph_fields(graph: Any, input_name: str, shapes: dict[str, Shape], size: tu
         try:
             if before:  # after an op the analysis cannot follow: unknown as well, for the same reason
                 raise SketchmineError(before[0])
-            f = _node_field(node, carriers, shapes, consts, whole)
+            f = _node_field(node, carriers, shapes, consts, whole, runtime)
             if node.op_type == "Pad" and not f.whole and (pad := _pad_sides(node, f, shapes, consts))[0] != "constant":
-                reason = (f"receptive fields: {_name(node)} copies pixels into its border units (mode {pad[0]!r}), "
+                reason = (f"receptive fields: {node_name(node)} copies pixels into its border units (mode {pad[0]!r}), "
                           "which no box holds (the conv that reads it has a field)")
                 copies.update(dict.fromkeys(_copy_carriers(node, *pad, users, outputs, shapes), reason))
         except SketchmineError as exc:
@@ -99,16 +104,8 @@ def graph_fields(graph: Any, input_name: str, shapes: dict[str, Shape], size: tu
                        {**unknown, **copies})
 
 
-def _name(node: Any) -> str:
-    return f"{node.op_type} node {node.name or node.output[0]!r}"
-
-
-def _refused(node: Any, why: str) -> SketchmineError:
-    return SketchmineError(f"receptive fields: {_name(node)} {why}; not supported")
-
-
 def _node_field(node: Any, carriers: dict[str, Field], shapes: dict[str, Shape], consts: dict[str, np.ndarray],
-                whole: Field) -> Field:
+                whole: Field, runtime: Runtime | None) -> Field:
     """A node's field from its pixel-carrying inputs' fields, or a SketchmineError naming the node."""
     op = node.op_type
     if op in _ARITHMETIC and len(grids := {f.grid for f in carriers.values() if not f.whole}) == 1:
@@ -116,9 +113,11 @@ def _node_field(node: Any, carriers: dict[str, Field], shapes: dict[str, Shape],
         carriers = {t: f for t, f in carriers.items() if not (f.whole and _is_gate(shapes.get(t), grid))}
     if any(f.whole for f in carriers.values()):  # from whole-image features (a head, a gate's own convs)
         return whole
-    f = merged(list(carriers.values()), _name(node))
     out = shapes.get(node.output[0])
+    f = merged(list(carriers.values()), node_name(node), _grid_of(out, next(iter(carriers.values())).grid))
     rank = len(out) if out is not None else None
+    if op in RESAMPLERS:
+        return resampled(node, f, shapes, consts, runtime)
     if op in _WINDOWS:
         return _window(node, f, shapes, consts)
     if op == "MatMul" and list(carriers) == [node.input[0]] and f.grid[1] != -1:
@@ -130,7 +129,7 @@ def _node_field(node: Any, carriers: dict[str, Field], shapes: dict[str, Shape],
     if op in _POINTWISE:
         sizes: set[tuple[int, int] | None] = {_grid_of(shapes.get(t), f.grid) for t in [*carriers, node.output[0]]}
         if len(sizes) > 1 or None in sizes:
-            raise _refused(node, f"joins or broadcasts maps of different heights and widths {sorted(map(str, sizes))}")
+            raise refused(node, f"joins or broadcasts maps of different heights and widths {sorted(map(str, sizes))}")
         return f
     if op in _REDUCE:
         axes = _axes(node, consts, shapes.get(node.input[0]), "axes", 1)
@@ -138,10 +137,10 @@ def _node_field(node: Any, carriers: dict[str, Field], shapes: dict[str, Shape],
     if op in _RESHAPES:
         return _reshaped(node, f, shapes, whole)
     if op in ("Concat", "Split", "Gather"):
-        axis = _attr(node, "axis", 0)
+        axis = attr(node, "axis", 0)
         src = shapes.get(node.input[0])
         if src is None or axis % len(src) in _grid_axes(f, src):
-            raise _refused(node, f"joins, splits or indexes along the height or width (axis {axis})")
+            raise refused(node, f"joins, splits or indexes along the height or width (axis {axis})")
         return f
     if op == "Slice":
         return _slice(node, f, shapes, consts)
@@ -149,7 +148,7 @@ def _node_field(node: Any, carriers: dict[str, Field], shapes: dict[str, Shape],
         return _transposed(node, f, rank)
     if op == "Pad":
         return _pad(node, f, shapes, consts)
-    raise _refused(node, "is an op whose effect on positions the analysis does not follow")
+    raise refused(node, "is an op whose effect on positions the analysis does not follow")
 
 
 def _window(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.ndarray]) -> Field:
@@ -157,39 +156,39 @@ def _window(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.
     first unit (auto_pad SAME_UPPER puts the smaller half of the padding first, SAME_LOWER the larger)."""
     src = shapes.get(node.input[0])
     if f.grid != (-2, -1) or src is None or len(src) != 4:
-        raise _refused(node, f"slides over a grid other than the last two dims of a 4-D tensor (input {src}, "
+        raise refused(node, f"slides over a grid other than the last two dims of a 4-D tensor (input {src}, "
                              f"height and width at dims {f.grid})")
     k = _kernel(node, shapes)
     if k is None or len(k) != 2:
-        raise _refused(node, f"has no 2-D kernel_shape ({k})")
-    s, d = tuple(_attr(node, "strides", [1, 1])), tuple(_attr(node, "dilations", [1, 1]))
-    auto = _text(node, "auto_pad", "NOTSET")
+        raise refused(node, f"has no 2-D kernel_shape ({k})")
+    s, d = tuple(attr(node, "strides", [1, 1])), tuple(attr(node, "dilations", [1, 1]))
+    auto = text(node, "auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         total = [max(0, (-(-src[2 + a] // s[a]) - 1) * s[a] + (k[a] - 1) * d[a] + 1 - src[2 + a]) for a in range(2)]
         p = tuple(t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total)
     elif auto == "VALID":
         p = (0, 0)
     elif auto == "NOTSET":
-        p = tuple(_attr(node, "pads", [0, 0, 0, 0])[:2])
+        p = tuple(attr(node, "pads", [0, 0, 0, 0])[:2])
     else:
-        raise _refused(node, f"has auto_pad {auto!r}, none of NOTSET, SAME_UPPER, SAME_LOWER, VALID")
+        raise refused(node, f"has auto_pad {auto!r}, none of NOTSET, SAME_UPPER, SAME_LOWER, VALID")
     return windowed(f, (int(k[0]), int(k[1])), (int(s[0]), int(s[1])), (int(p[0]), int(p[1])),
-                    (int(d[0]), int(d[1])))
+                    (int(d[0]), int(d[1])), _grid_of(shapes.get(node.output[0]), f.grid))
 
 
 def _pad_sides(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.ndarray]
                ) -> tuple[str, tuple[tuple[int, int], tuple[int, int]]]:
     """A Pad's mode and its amounts (before, after) on the grid's axes (y, x)."""
     src = shapes.get(node.input[0])
-    mode = _text(node, "mode", "constant")
-    pads = _attr(node, "pads", None) if len(node.input) < 2 or not node.input[1] else consts.get(node.input[1])
+    mode = text(node, "mode", "constant")
+    pads = attr(node, "pads", None) if len(node.input) < 2 or not node.input[1] else consts.get(node.input[1])
     if src is None or pads is None:
-        raise _refused(node, "pads by amounts known only at run time")
+        raise refused(node, "pads by amounts known only at run time")
     n = len(src)
     axes = list(range(n))
     if len(node.input) > 3 and node.input[3]:
         if node.input[3] not in consts:
-            raise _refused(node, "pads axes known only at run time")
+            raise refused(node, "pads axes known only at run time")
         axes = [int(a) % n for a in consts[node.input[3]]]
     pads = [int(p) for p in np.asarray(pads).reshape(-1)]
     before = dict(zip(axes, pads[:len(axes)], strict=True))
@@ -205,11 +204,12 @@ def _pad(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.nda
     unit to the image's size: refused."""
     mode, sides = _pad_sides(node, f, shapes, consts)
     if mode not in ("constant", *_COPYING) and any(any(s) for s in sides):
-        raise _refused(node, f"pads the height or width in mode {mode!r}: its border units hold pixels of the far "
+        raise refused(node, f"pads the height or width in mode {mode!r}: its border units hold pixels of the far "
                              "side, which no box holds")
     if mode != "constant" and min(min(s) for s in sides) < 0:
-        raise _refused(node, f"crops a side (a negative amount) as well as padding in mode {mode!r}")
-    return shifted_by(f, sides[0][0], sides[1][0])
+        raise refused(node, f"crops a side (a negative amount) as well as padding in mode {mode!r}")
+    return shifted_by(f, sides[0][0], sides[1][0], _grid_of(shapes.get(node.output[0]), f.grid),
+                      _COPYING.get(mode, "constant"))
 
 
 def _copy_carriers(pad: Any, mode: str, sides: tuple[tuple[int, int], tuple[int, int]], users: dict[str, list[Any]],
@@ -226,25 +226,25 @@ def _copy_carriers(pad: Any, mode: str, sides: tuple[tuple[int, int], tuple[int,
             continue
         seen.add(id(user))
         if user.op_type == "Conv" and user.input[0] in carriers:
-            if any(_attr(user, "pads", [0, 0, 0, 0])) or _text(user, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-                raise _refused(pad, f"pads in mode {mode!r} and feeds {_name(user)}, which pads as well: only a "
+            if any(attr(user, "pads", [0, 0, 0, 0])) or text(user, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+                raise refused(pad, f"pads in mode {mode!r} and feeds {node_name(user)}, which pads as well: only a "
                                     "copying pad read by a conv with no padding is followed")
             k = _kernel(user, shapes)
             if k is None or len(k) != 2:
-                raise _refused(pad, f"pads in mode {mode!r} and feeds {_name(user)}, whose 2-D kernel is not known")
-            d = _attr(user, "dilations", [1, 1])
+                raise refused(pad, f"pads in mode {mode!r} and feeds {node_name(user)}, whose 2-D kernel is not known")
+            d = attr(user, "dilations", [1, 1])
             reach = ((k[0] - 1) * d[0], (k[1] - 1) * d[1])
             if any(copies_past_box(_COPYING[mode], sides[a], reach[a]) for a in range(2)):
-                raise _refused(pad, f"pads by {mode} {sides} and feeds {_name(user)} of reach {reach}: the copied "
+                raise refused(pad, f"pads by {mode} {sides} and feeds {node_name(user)} of reach {reach}: the copied "
                                     "pixels lie outside its units' fields")
         elif user.op_type in _POINTWISE and not set(user.output) & outputs:
             carriers.extend(o for o in user.output if o)
             todo.extend(u for o in user.output for u in users.get(o, []))
         else:
-            raise _refused(pad, f"pads in mode {mode!r} and feeds {_name(user)}: after a pad that copies pixels "
+            raise refused(pad, f"pads in mode {mode!r} and feeds {node_name(user)}: after a pad that copies pixels "
                                 "only a conv with no padding of its own is followed")
     if set(carriers) & outputs:
-        raise _refused(pad, f"pads in mode {mode!r} and is the graph's output")
+        raise refused(pad, f"pads in mode {mode!r} and is the graph's output")
     return carriers
 
 
@@ -252,14 +252,14 @@ def _slice(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.n
     """A Slice keeps each pixel in place where it takes the height and width whole."""
     src = shapes.get(node.input[0])
     if src is None:
-        raise _refused(node, "slices a tensor of unknown shape")
+        raise refused(node, "slices a tensor of unknown shape")
     if len(node.input) > 1:  # opset >= 10: starts, ends, axes, steps as inputs
         got = [consts.get(i) if i else None for i in (*node.input[1:5], "", "", "")[:4]]
         if any(v is None for v, i in zip(got, node.input[1:5], strict=False) if i):
-            raise _refused(node, "slices by amounts known only at run time")
+            raise refused(node, "slices by amounts known only at run time")
         starts, ends, axes, steps = got
     else:
-        starts, ends, axes, steps = _attr(node, "starts", []), _attr(node, "ends", []), _attr(node, "axes", None), None
+        starts, ends, axes, steps = attr(node, "starts", []), attr(node, "ends", []), attr(node, "axes", None), None
     along: list[int] = (list(range(len(np.asarray(starts).reshape(-1)))) if axes is None
                         else [int(a) % len(src) for a in np.asarray(axes).reshape(-1)])
     by: list[int] = [1] * len(along) if steps is None else [int(s) for s in np.asarray(steps).reshape(-1)]
@@ -268,18 +268,18 @@ def _slice(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.n
         n = src[a]
         first, last = (min(max(int(v) + n if v < 0 else int(v), 0), n) for v in (start, end))
         if a in _grid_axes(f, src) and (step != 1 or first != 0 or last != n):
-            raise _refused(node, f"slices the height or width (axis {a}: {int(start)}:{int(end)}:{step})")
+            raise refused(node, f"slices the height or width (axis {a}: {int(start)}:{int(end)}:{step})")
     return f
 
 
 def _transposed(node: Any, f: Field, rank: int | None) -> Field:
     """A Transpose moves the grid; it keeps each pixel's field where it keeps the height before the width."""
     if rank is None:
-        raise _refused(node, "transposes a tensor of unknown rank")
-    perm = list(_attr(node, "perm", list(range(rank))[::-1]))
+        raise refused(node, "transposes a tensor of unknown rank")
+    perm = list(attr(node, "perm", list(range(rank))[::-1]))
     grid = (perm.index(rank + f.grid[0]) - rank, perm.index(rank + f.grid[1]) - rank)
     if grid[0] > grid[1]:
-        raise _refused(node, f"swaps the height and width (perm {perm})")
+        raise refused(node, f"swaps the height and width (perm {perm})")
     return dataclasses.replace(f, grid=grid)
 
 
@@ -292,7 +292,7 @@ def _reshaped(node: Any, f: Field, shapes: dict[str, Shape], whole: Field) -> Fi
     if src is not None and dst is not None and min(len(src), len(dst)) > tail and src[-tail:] == dst[-tail:]:
         return f
     if node.op_type in ("Expand", "Tile"):
-        raise _refused(node, f"copies the height or width ({src} to {dst})")
+        raise refused(node, f"copies the height or width ({src} to {dst})")
     return whole
 
 
@@ -312,46 +312,37 @@ def _is_gate(shape: Shape | None, grid: tuple[int, int]) -> bool:
 
 def _axes(node: Any, consts: dict[str, np.ndarray], src: Shape | None, name: str, at: int) -> list[int] | None:
     """A reduction's axes (attribute, or input `at` from opset 18), normalised; None: all of them."""
-    axes = _attr(node, name, None)
+    axes = attr(node, name, None)
     if axes is None and len(node.input) > at and node.input[at]:
         if node.input[at] not in consts:
-            raise _refused(node, "reduces over axes known only at run time")
+            raise refused(node, "reduces over axes known only at run time")
         axes = consts[node.input[at]].reshape(-1).tolist()
     if axes is None or len(axes) == 0:
-        return list(range(len(src))) if src is not None and not _attr(node, "noop_with_empty_axes", 0) else None
+        return list(range(len(src))) if src is not None and not attr(node, "noop_with_empty_axes", 0) else None
     return [int(a) % len(src) for a in axes] if src is not None else None
 
 
 def _kernel(node: Any, shapes: dict[str, Shape]) -> Any:
     """A Conv's or pool's kernel_shape; a Conv's from its weight's shape where the attribute is absent."""
     weight = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-    return _attr(node, "kernel_shape", weight[2:] if weight is not None else None)
-
-
-def _text(node: Any, name: str, default: str) -> str:
-    """A string attribute (ONNX stores them as bytes)."""
-    value = _attr(node, name, default)
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _attr(node: Any, name: str, default: Any) -> Any:
-    from onnx import helper
-
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+    return attr(node, "kernel_shape", weight[2:] if weight is not None else None)
 
 
 def _parameters(graph: Any) -> list[str]:
-    """The inputs that give a Pad, Slice or reduction its amounts, axes or bounds (not pixels)."""
-    at = {"Pad": (1, 3), "Slice": (1, 2, 3, 4), **dict.fromkeys(_REDUCE, (1,))}
+    """The inputs that give a Pad, Slice, reduction or resampling its amounts, axes, bounds or scales (not
+    pixels)."""
+    at = {"Pad": (1, 3), "Slice": (1, 2, 3, 4), **dict.fromkeys(_REDUCE, (1,)), **RESAMPLE_INPUTS}
     return [node.input[i] for node in graph.node for i in at.get(node.op_type, ()) if i < len(node.input) and node.input[i]]
 
 
 def fields_at(proto: Any, input_name: str, input_shape: Shape, channels_last: bool = False) -> GraphFields:
     """`graph_fields` for the graph fed `input_shape` ((N, C, H, W), or (N, H, W, C) where `channels_last`),
     its shapes and computed pads read at that size (`onnx_shapes.tensor_facts`)."""
-    shapes, values = tensor_facts(proto, input_name, input_shape, _parameters(proto.graph))
+    shapes, values, types = tensor_facts(proto, input_name, input_shape, _parameters(proto.graph))
     size = input_shape[1:3] if channels_last else input_shape[2:4]
-    return graph_fields(proto.graph, input_name, shapes, (int(size[0]), int(size[1])), channels_last, values)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return graph_fields(proto.graph, input_name, shapes, (int(size[0]), int(size[1])), channels_last, values,
+                        Runtime(int(opset), int(proto.ir_version), types))
 
 
 def layer_records(proto: Any, input_name: str, sample: Shape, batch: int, channels_last: bool,

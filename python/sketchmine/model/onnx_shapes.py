@@ -30,15 +30,17 @@ def constant_values(graph: Any) -> dict[str, np.ndarray]:
 
 
 def tensor_facts(proto: Any, input_name: str, input_shape: Shape, parameters: list[str]
-                 ) -> tuple[dict[str, Shape], dict[str, np.ndarray]]:
-    """Every tensor's shape when the graph is fed `input_shape`, and the values of the `parameters`
-    (pads, axes, slice bounds) it computes (an exporter's Pad amounts made by ConstantOfShape, Concat, ...):
-    shapes from ONNX shape inference (initializers' too); for the tensors it leaves without one, and
-    those values, from one ONNX Runtime run on zeros."""
+                 ) -> tuple[dict[str, Shape], dict[str, np.ndarray], dict[str, int]]:
+    """Every tensor's shape when the graph is fed `input_shape`, the values of the `parameters`
+    (pads, axes, slice bounds, a Resize's sizes) it computes (an exporter's Pad amounts made by
+    ConstantOfShape, Concat, ...), and the element types (onnx.TensorProto) known: shapes and types from
+    ONNX shape inference (initializers' too); for the tensors it leaves without a shape, and those
+    values, from one ONNX Runtime run on zeros."""
     import onnx
 
     model = _sized(proto, input_name, input_shape, weights=False)
     shapes: dict[str, Shape] = {t.name: tuple(int(d) for d in t.dims) for t in proto.graph.initializer}
+    types: dict[str, int] = {t.name: int(t.data_type) for t in proto.graph.initializer}
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
         infos = [*inferred.value_info, *inferred.input, *inferred.output]
@@ -46,6 +48,8 @@ def tensor_facts(proto: Any, input_name: str, input_shape: Shape, parameters: li
         infos = []
     for info in infos:
         dims = info.type.tensor_type.shape.dim
+        if info.type.tensor_type.elem_type:
+            types[info.name] = int(info.type.tensor_type.elem_type)
         if info.type.tensor_type.HasField("shape") and all(d.dim_value > 0 for d in dims):
             shapes[info.name] = tuple(int(d.dim_value) for d in dims)
     consts = constant_values(proto.graph)
@@ -53,11 +57,13 @@ def tensor_facts(proto: Any, input_name: str, input_shape: Shape, parameters: li
     wanted = list(dict.fromkeys(t for t in parameters if t not in consts))
     lacking = [t for t in made if t not in shapes]
     if not (lacking or wanted):
-        return shapes, {}
+        return shapes, {}, types
     arrays = _run(_sized(proto, input_name, input_shape, weights=True), input_name, input_shape,
                   list(dict.fromkeys([*lacking, *wanted])))
     shapes.update((t, tuple(int(n) for n in np.shape(arrays[t]))) for t in lacking)
-    return shapes, {t: np.asarray(arrays[t]) for t in wanted}
+    types.update((t, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(arrays[t]).dtype)) for t in lacking
+                 if t not in types)
+    return shapes, {t: np.asarray(arrays[t]) for t in wanted}, types
 
 
 def _sized(proto: Any, input_name: str, input_shape: Shape, weights: bool) -> Any:
