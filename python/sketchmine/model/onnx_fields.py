@@ -70,9 +70,10 @@ def graph_fields(graph: Any, input_name: str, shapes: dict[str, Shape], size: tu
     """Every tensor's field, from the image input `input_name` ((N, C, H, W), or (N, H, W, C) where
     `channels_last`) of `size` (H, W); `shapes`: the graph's tensor shapes at that size
     (`onnx_shapes.tensor_facts`), `values`: those of the pads, axes and slice bounds that the graph
-    computes, `runtime`: what a Resize's one-node probe needs (`onnx_resample`). A tensor after an op the analysis cannot follow is `missing`, with the reason of the
-    first such op before it (the tensors before it keep their fields); so are a reflect or edge pad's
-    copies, which no box holds (the convs after them have fields)."""
+    computes, `runtime`: what a Resize's one-node probe needs (`onnx_resample`). A tensor after an op
+    the analysis cannot follow is `missing`, with the reason of the first such op before it (the tensors
+    before it keep their fields); so are a reflect or edge pad's copies, which no box holds (the convs
+    after them have fields)."""
     consts = {**constant_values(graph), **(values or {})}
     fields: dict[str, Field] = {input_name: dataclasses.replace(PIXELS, grid=(-3, -2) if channels_last else (-2, -1))}
     unknown: dict[str, str] = {}
@@ -157,7 +158,7 @@ def _window(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.
     src = shapes.get(node.input[0])
     if f.grid != (-2, -1) or src is None or len(src) != 4:
         raise refused(node, f"slides over a grid other than the last two dims of a 4-D tensor (input {src}, "
-                             f"height and width at dims {f.grid})")
+                            f"height and width at dims {f.grid})")
     k = _kernel(node, shapes)
     if k is None or len(k) != 2:
         raise refused(node, f"has no 2-D kernel_shape ({k})")
@@ -205,7 +206,7 @@ def _pad(node: Any, f: Field, shapes: dict[str, Shape], consts: dict[str, np.nda
     mode, sides = _pad_sides(node, f, shapes, consts)
     if mode not in ("constant", *_COPYING) and any(any(s) for s in sides):
         raise refused(node, f"pads the height or width in mode {mode!r}: its border units hold pixels of the far "
-                             "side, which no box holds")
+                            "side, which no box holds")
     if mode != "constant" and min(min(s) for s in sides) < 0:
         raise refused(node, f"crops a side (a negative amount) as well as padding in mode {mode!r}")
     return shifted_by(f, sides[0][0], sides[1][0], _grid_of(shapes.get(node.output[0]), f.grid),
@@ -228,7 +229,7 @@ def _copy_carriers(pad: Any, mode: str, sides: tuple[tuple[int, int], tuple[int,
         if user.op_type == "Conv" and user.input[0] in carriers:
             if any(attr(user, "pads", [0, 0, 0, 0])) or text(user, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
                 raise refused(pad, f"pads in mode {mode!r} and feeds {node_name(user)}, which pads as well: only a "
-                                    "copying pad read by a conv with no padding is followed")
+                                   "copying pad read by a conv with no padding is followed")
             k = _kernel(user, shapes)
             if k is None or len(k) != 2:
                 raise refused(pad, f"pads in mode {mode!r} and feeds {node_name(user)}, whose 2-D kernel is not known")
@@ -236,13 +237,13 @@ def _copy_carriers(pad: Any, mode: str, sides: tuple[tuple[int, int], tuple[int,
             reach = ((k[0] - 1) * d[0], (k[1] - 1) * d[1])
             if any(copies_past_box(_COPYING[mode], sides[a], reach[a]) for a in range(2)):
                 raise refused(pad, f"pads by {mode} {sides} and feeds {node_name(user)} of reach {reach}: the copied "
-                                    "pixels lie outside its units' fields")
+                                   "pixels lie outside its units' fields")
         elif user.op_type in _POINTWISE and not set(user.output) & outputs:
             carriers.extend(o for o in user.output if o)
             todo.extend(u for o in user.output for u in users.get(o, []))
         else:
             raise refused(pad, f"pads in mode {mode!r} and feeds {node_name(user)}: after a pad that copies pixels "
-                                "only a conv with no padding of its own is followed")
+                               "only a conv with no padding of its own is followed")
     if set(carriers) & outputs:
         raise refused(pad, f"pads in mode {mode!r} and is the graph's output")
     return carriers
