@@ -106,3 +106,52 @@ def test_an_onnx_run_refuses_what_needs_a_torch_model(runs, tmp_path, kwargs, ma
                                               r"visualize crops without a model .*: " + match):
         sketchmine.visualize(path, layers=["classifier.1"], **kwargs)
     assert _files(path) == before
+
+
+def _followed(hint: str, path, **kwargs):
+    """`sketchmine.visualize` called with the options of the `sketchmine visualize` command in `hint`
+    (the run's dataset is a Python object, which only the API takes)."""
+    import re
+    import shlex
+
+    from sketchmine.cli.parser import build_parser
+
+    words = shlex.split(re.search(r"`(sketchmine visualize [^`]*)`", hint).group(1))[1:]
+    args = build_parser().parse_args(words)
+    return sketchmine.visualize(path, layers=args.layers, method=args.method, max_patch=args.max_patch,
+                                redo=args.redo, **kwargs)
+
+
+def test_the_commands_said_for_patches_only_pictures_work_when_followed(runs, demo_model, tmp_path):
+    """A patches-only layer holds no deconv: reading it said to run the plain `visualize` command,
+    which a torch run refused (its pictures' method is another) and which added nothing to an ONNX
+    run. A pass stopped part way said the same plain command to continue it, refused too."""
+    ds, run, onnx_run = runs
+    path = _copy(run, tmp_path, "t.zarr")
+    partial = sketchmine.visualize(path, model=demo_model, data=ds, method="none", layers=["features.0"], max_units=2)
+    with pytest.raises(SketchmineError, match=r"no patches yet \(2 of 32 units done\); run `.* --method none` to "
+                                              r"continue") as stopped:
+        patches_of(partial, "features.0", 5)
+    done = _followed(str(stopped.value), path, model=demo_model, data=ds)
+    assert done.patches_done("features.0") == 32
+    with pytest.raises(SketchmineError, match=r"holds no array 'layers/features.0/deconv': its pictures are patches "
+                                              r"only \(--method none\); `.*--method deconvnet --redo` replaces") as no:
+        done.layer_array("features.0", "deconv")
+    assert _followed(str(no.value), path, model=demo_model, data=ds).has_array("features.0", "deconv")
+    onnx = sketchmine.visualize(_copy(onnx_run, tmp_path, "o.zarr"), data=ds, layers=["features.0"])
+    with pytest.raises(SketchmineError, match=r"patches only \(--method none\), the only ones of a run mined from an "
+                                              r"ONNX file, which has no gradients: mine the torch model"):
+        onnx.layer_array("features.0", "deconv")
+
+
+def test_an_onnx_runs_missing_pictures_are_said_to_be_patches(runs):
+    """The report's note and the notebook card of a layer not yet visualized offered deconvolutions,
+    which `visualize` refuses for a run mined from an ONNX file."""
+    from sketchmine.present.report_data import pictures_note
+
+    _, run, onnx_run = runs
+    for r, what in ((onnx_run, "patches"), (run, "patches and deconvolutions")):
+        note = pictures_note(r, "features.0", r.layer_attrs("features.0"), False, 0, 32, True, 0)
+        assert note.endswith(f"--layers features.0` to add {what}")
+        card = r.unit("features.0", 1)._repr_html_()
+        assert f"to add its {what}</i>" in card

@@ -23,11 +23,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sketchmine.names import command, layer_arg, printable
+from sketchmine.names import printable
 from sketchmine.results.numbers import percent  # noqa: F401  (report.py and plots.py take it from here)
 from sketchmine.results import importance_store
 from sketchmine.results.effects import class_units
-from sketchmine.results.optimized import how_made, never_moved, signal_words
+from sketchmine.results.optimized import (default_method, how_made, never_moved, pictures_command,
+                                          signal_words)
 from sketchmine.results.precision import precision_note
 from sketchmine.results.run import Run
 from sketchmine.results.summaries import entry_steps, ranked_by_log_odds, size_note, ties_words
@@ -255,8 +256,9 @@ def with_code(text: str) -> str:
 
 
 def visualize_hint(run: Run, name: str) -> str:
-    """The command that adds what the report reads for a layer (patches, traces)."""
-    return f"run `{command('sketchmine', 'visualize', run.path, '--layers', layer_arg([name]))}`"
+    """The command that adds what the report reads for a layer (patches, traces), with the --method
+    and --max-patch its pictures were made with (another is refused)."""
+    return f"run `{pictures_command(run, name)}`"
 
 
 def pictures_note(run: Run, name: str, attrs: dict[str, Any], has_patches: bool, done: int, units: int,
@@ -265,7 +267,7 @@ def pictures_note(run: Run, name: str, attrs: dict[str, Any], has_patches: bool,
     note = ""
     if not has_patches:
         what = "the drawings at each entry's step" if attrs.get("position") in ("time", "sequence") else \
-            "patches and deconvolutions"
+            "patches" if default_method(run) == schema.PATCHES_ONLY else "patches and deconvolutions"
         note = f"no pictures stored for this layer: {visualize_hint(run, name)} to add {what}"
     elif done == 0:
         note = (f"no pictures yet: the visualize pass stopped before it reached this layer; {visualize_hint(run, name)} "

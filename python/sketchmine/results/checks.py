@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 from sketchmine.errors import RunDamaged, SketchmineError, closest, whole_number
 from sketchmine.names import command, layer_arg
+from sketchmine.results.effects import onnx_run
+from sketchmine.results.optimized import pictures_command
 from sketchmine.store import schema
 
 T = TypeVar("T")
@@ -69,10 +71,24 @@ def absent_read(run: Any, path: str, read: Callable[[], T]) -> T:
                                   f"written when mining ends, so it holds no {path!r} yet; read its partial results "
                                   "with the Run readers (topk, class_histogram, ...), or run the same mine again to "
                                   "finish it") from None
+        key = path.rsplit("/", 1)[-1]
         what = ("it was mined without distributions: mine it again with --distributions into a new --out"
-                if path.rsplit("/", 1)[-1] in schema.DISTRIBUTION_ARRAYS else
-                f"run `{command('sketchmine', 'visualize', run.path, '--layers', layer_arg([path.split('/')[1]]))}` to add a layer's pictures"
-                if path.rsplit("/", 1)[-1] in schema.VISUAL_ARRAYS else
+                if key in schema.DISTRIBUTION_ARRAYS else _pictures_absent(run, path.split("/")[1], key)
+                if key in schema.VISUAL_ARRAYS else
                 "the passes and the sketchmine version that made the run did not write it (the run is not damaged; "
                 "Run.has_array and has_dataset_array say what it holds)")
         raise SketchmineError(f"run {run.path} holds no array {path!r}: {what}") from None
+
+
+def _pictures_absent(run: Any, layer: str, key: str) -> str:
+    """Why a layer holds no visualize array `key`, and the command that adds it. A patches-only
+    pass (`--method none`) writes no deconv: the plain `visualize` command said before added
+    nothing to an ONNX run and was refused on a torch run (its pictures' method differs)."""
+    have = run.layer_attrs(layer).get(schema.VISUALIZED) or {}
+    if key != "deconv" or have.get("method") != schema.PATCHES_ONLY:
+        return f"run `{pictures_command(run, layer)}` to add a layer's pictures"
+    if onnx_run(run):
+        return ("its pictures are patches only (--method none), the only ones of a run mined from an ONNX file, "
+                "which has no gradients: mine the torch model into a new run for deconvolutions")
+    redo = command("sketchmine", "visualize", run.path, "--layers", layer_arg([layer]), "--method", "deconvnet", "--redo")
+    return f"its pictures are patches only (--method none); `{redo}` replaces them with patches and deconvolutions"

@@ -17,14 +17,14 @@ import pandas as pd
 from PIL import Image
 
 from sketchmine.errors import SketchmineError, unless_damaged
-from sketchmine.names import command, layer_arg
 from sketchmine.results import importance_store
 from sketchmine.results.effects import class_units
 from sketchmine.results.importance_store import rank_text
 from sketchmine.results.numbers import column, percents, points, rate, shape_text
-from sketchmine.results.optimized import signal_words
+from sketchmine.results.optimized import default_method, pictures_command, signal_words
 from sketchmine.results.precision import precision_note
 from sketchmine.results.summaries import not_yet
+from sketchmine.store import schema
 
 if TYPE_CHECKING:
     from sketchmine.results.run import Run
@@ -202,6 +202,15 @@ class UnitCard:
         return (f"rank {rank_text(place['rank'], place['tied'], len(df))}: prob. drop {points(float(row['prob_drop']))} pt, "
                 f"accuracy drop {percents([float(row['acc_drop'])])[0]} pt")  # as the importance table's column
 
+    def _pictures_hint(self) -> tuple[str, str, str]:
+        """(command, Python call, what they add) for a unit without pictures: with the --method the
+        layer's pictures were made with (another is refused), patches alone for an ONNX run's."""
+        have = self.run.layer_attrs(self.layer).get(schema.VISUALIZED) or {}
+        method = str(have.get("method") or default_method(self.run))
+        given = f", method={method!r}" if method != default_method(self.run) else ""
+        what = "patches" if method == schema.PATCHES_ONLY else f"patches and {signal_words(self.run, self.layer)['name']}"
+        return pictures_command(self.run, self.layer), f"sketchmine.visualize(run, [{self.layer!r}]{given})", what
+
     def _repr_html_(self) -> str:
         esc = html.escape
         if why := self._not_yet():
@@ -223,10 +232,9 @@ class UnitCard:
             if key in pics:
                 parts.append(f"<div>{title}<br><img src='{pics[key]}' alt='{title}' style='height:{THUMB}px;image-rendering:pixelated'></div>")
         if not pics:
-            parts.append(f"<div><i>no pictures stored for this unit: run <code>sketchmine visualize "
-                         f"{esc(command(self.run.path, '--layers', layer_arg([self.layer])))}</code> (or "
-                         f"<code>sketchmine.visualize(run, [{esc(repr(self.layer))}])</code>) to add its patches "
-                         "and deconvolutions</i></div>")
+            cli, call, what = self._pictures_hint()
+            parts.append(f"<div><i>no pictures stored for this unit: run <code>{esc(cli)}</code> (or <code>{esc(call)}"
+                         f"</code>) to add its {esc(what)}</i></div>")
         rows = "".join(f"<tr><td>{r + 1}</td><td>{v}</td><td>{'?' if pd.isna(row['class']) else esc(str(row['class']))}</td>"
                        f"<td>{a}</td><td style='text-align:left'>{esc(str(row['path']))}</td></tr>"
                        for (r, row), v, a in zip(top.iterrows(), shown[1:], percents(top["accuracy"].tolist())))

@@ -39,19 +39,33 @@ def visualized_words(have: dict[str, Any]) -> dict[str, str]:
             "title": f"{name} of the unit, cropped to each patch (visualize --method {method})"}
 
 
-def optimize_command(run: Run, layer: str) -> str:
-    """The `visualize --optimize` command that adds (or continues) the layer's optimised images:
-    with the --method and --max-patch of the pictures it holds where they are not the defaults,
-    which the pass refuses to change. Patches shrunk to fit --max-patch have it as their larger
-    side; unshrunk ones need one at least as large as their source."""
+def default_method(run: Run) -> str:
+    """`visualize`'s method when none is given: deconvnet for a torch run, patches only for a run
+    mined from an ONNX file (ONNX Runtime gives no gradients)."""
+    from sketchmine.results.effects import onnx_run
+
+    return schema.PATCHES_ONLY if onnx_run(run) else str(PICTURES_DEFAULTS["method"])
+
+
+def pictures_command(run: Run, layer: str, *more: str) -> str:
+    """The `visualize` command that continues (or adds to) the layer's pictures: with the --method
+    and --max-patch of the pictures it holds where they are not the defaults, which the pass refuses
+    to change (a hint without them was refused when followed). Patches shrunk to fit --max-patch
+    have it as their larger side; unshrunk ones need one at least as large as their source."""
     have = run.layer_attrs(layer).get(schema.VISUALIZED) or {}
     same: list[str] = []
-    if have.get("method", PICTURES_DEFAULTS["method"]) != PICTURES_DEFAULTS["method"]:
+    if have.get("method", default_method(run)) != default_method(run):
         same += ["--method", str(have["method"])]
     size, source = have.get("patch_size"), have.get("source_size")
     if size and source and max(size) != min(PICTURES_DEFAULTS["max_patch"], max(source)):
         same += ["--max-patch", str(max(size))]
-    return command("sketchmine", "visualize", run.path, "--layers", layer_arg([layer]), *same, "--optimize")
+    return command("sketchmine", "visualize", run.path, "--layers", layer_arg([layer]), *same, *more)
+
+
+def optimize_command(run: Run, layer: str) -> str:
+    """The `visualize --optimize` command that adds (or continues) the layer's optimised images
+    (`pictures_command`, which the pass's pictures must match)."""
+    return pictures_command(run, layer, "--optimize")
 
 
 def settings(run: Run, layer: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from sketchmine.errors import SketchmineError
-from sketchmine.names import command, layer_arg
 from sketchmine.results import distribution, effects, importance_store
 from sketchmine.results.run_part import RunPart
 from sketchmine.store import schema
@@ -109,7 +108,9 @@ class UnitViews(RunPart):
         pass otherwise. One check for every reader of the pictures, so they refuse alike."""
         run = self._as_run
         unit = run.check_unit(layer, unit)
-        hint = f"`{command('sketchmine', 'visualize', run.path, '--layers', layer_arg([layer]))}`"
+        from sketchmine.results.optimized import pictures_command
+
+        hint = f"`{pictures_command(run, layer)}`"  # with the pass's --method: another is refused
         if schema.VISUALIZED not in run.layer_attrs(layer) or not all(run.has_array(layer, a) for a in arrays):
             raise SketchmineError(f"layer {layer!r} of {run.path} has no patches; run {hint}")
         done = self.patches_done(layer)
