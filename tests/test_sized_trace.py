@@ -143,3 +143,48 @@ def test_what_follows_a_layer_is_read_from_the_graph_traced_at_its_size(small_te
     with caplog.at_level("WARNING", logger="sketchmine"):
         sketchmine.mine(model, ds, layers=["conv3"], k=2, out=tmp_path / "r.zarr", batch_size=len(ds))
     assert "conv3: 2 of 6 units never rose above 0 on any image (read before the ReLU that follows" in caplog.text
+
+
+class SeqSameNet(nn.Module):
+    """A "same" conv over each frame of a progressive drawing, then a GRU over the frames: `padded`
+    writes the conv's pads out for 28×28, the twin the symbolic trace takes."""
+
+    def __init__(self, padded: bool = False) -> None:
+        super().__init__()
+        self.conv = (nn.Conv2d if padded else Conv2dSame)(1, 6, 3, stride=2)
+        self.pads = same_pads((28, 28), 3, 2) if padded else None
+        self.act = nn.ReLU()
+        self.gru = nn.GRU(6, 8, batch_first=True)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t = x.shape[:2]
+        frames = x.flatten(0, 1)
+        frames = self.conv(frames if self.pads is None else F.pad(frames, self.pads))
+        _, h = self.gru(self.act(frames).amax((2, 3)).reshape(n, t, -1))
+        return self.fc(h[-1])
+
+
+def test_a_sequence_models_frame_convs_traced_at_its_steps_are_deconvolved(small_test_set, tmp_path):
+    """A time-distributed conv's units are deconvolved on their frame as a one-step sequence, which a
+    graph traced at T steps refused ("cannot take a 1×1×28×28 input") after `mine` recorded the
+    layer's field: now the frame is given at every step and the unit read at the first, and the
+    pictures are the twin's with the pads written out (traced symbolically, deconvolved on windows)."""
+    from sketchmine.data.sequences import SequenceDataset
+
+    torch.manual_seed(0)
+    model = SeqSameNet().eval()
+    twin = SeqSameNet(padded=True).eval()
+    twin.load_state_dict(model.state_dict())
+    ds = SequenceDataset(per_class_subset(small_test_set, 2, "same-steps"), 4)
+    runs = []
+    for name, net in (("sized", model), ("twin", twin)):
+        sketchmine.mine(net, ds, layers=["act", "fc"], k=2, out=tmp_path / name, batch_size=len(ds))
+        runs.append(visualize(tmp_path / name, model=net, data=ds, batch_size=16))
+    sized, padded = runs
+    assert sized.layer_attrs("act")["receptive_field"] == padded.layer_attrs("act")["receptive_field"]
+    assert np.array_equal(sized.topk("act")[1], padded.topk("act")[1])
+    for layer in ("act", "fc"):
+        got, want = (r.layer_array(layer, "deconv").astype(int) for r in runs)
+        assert np.abs(got - want).max() <= 1, layer
+        assert (got != 128).any(), layer

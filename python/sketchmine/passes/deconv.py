@@ -60,9 +60,14 @@ class Deconvolver:
     def __call__(self, images: torch.Tensor, layer: str, channels, yx=None, steps: bool = False) -> torch.Tensor:
         """(N, C, H, W) float32 input-space signal of one unit (channel, position) per image.
         steps: the model reads sequences, (N, T, C, H, W); each image is given to it as a
-        one-step sequence (for the convs of a time-distributed CNN, which see one frame)."""
+        one-step sequence (for the convs of a time-distributed CNN, which see one frame); to a graph
+        traced at T steps (`sample`), which takes T only, the frame at every step, the unit read at the
+        first (a frame's units see that frame alone: the others change nothing in its signal)."""
         if steps:
-            return self(images.unsqueeze(1), layer, channels, yx).squeeze(1)
+            seq = images.unsqueeze(1)
+            if self._sample is not None and len(self._sample) == seq.ndim - 1 and self._sample[0] != 1:
+                seq = seq.expand(-1, self._sample[0], *seq.shape[2:])
+            return self(seq, layer, channels, yx)[:, 0]
         x = self._input(images)
         with torch.enable_grad(), _dtype_refusal(x.dtype):
             out = self._unit_outputs(x, layer)
