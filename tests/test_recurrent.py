@@ -254,7 +254,7 @@ def test_visualize_a_sequence_run(tmp_path):
     switch follows the rounding of the conv before it over the blank background)."""
     from sketchmine.model.models import preprocessing_for
     from sketchmine.passes.visualize import patches_of
-    from tests.test_zoo_deconv import _Rules as tie_rule
+    from tests.deconv_reference import Rules as tie_rule
 
     loaded = sketchmine.load_model("demo-gru")
     pre = preprocessing_for(loaded)
