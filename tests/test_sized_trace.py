@@ -16,6 +16,7 @@ from torch import nn
 
 import sketchmine
 from sketchmine import SketchmineError, receptive_fields
+from sketchmine.data import ArrayDataset
 from sketchmine.model.graph import shared_traces, trace
 from sketchmine.passes.visualize import visualize
 from tests.helpers import fields_hold, per_class_subset, pictures_hold
@@ -188,3 +189,39 @@ def test_a_sequence_models_frame_convs_traced_at_its_steps_are_deconvolved(small
         got, want = (r.layer_array(layer, "deconv").astype(int) for r in runs)
         assert np.abs(got - want).max() <= 1, layer
         assert (got != 128).any(), layer
+
+
+class SideFirst(nn.Module):
+    """A side-branch conv defined before the stem: the first conv in module order takes 4
+    channels, the one the 1-channel input reaches (a "same" conv: no symbolic trace) takes 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = nn.Conv2d(4, 4, 1)
+        self.stem, self.act = Conv2dSame(1, 4, 3, stride=2), nn.ReLU()
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.stem(x))
+        return self.fc((x + self.side(x)).amax((2, 3)))
+
+
+def test_the_channels_of_a_model_traced_at_a_size_are_its_stems(small_test_set, tmp_path):
+    """Given the input's size, the channels are read from the graph traced there, not from the
+    first conv defined; `mine` with an image size, and the shapes of the field analysis, use it."""
+    from sketchmine.model.graph import module_input_channels, propagate_shapes
+
+    torch.manual_seed(0)
+    model = SideFirst().eval()
+    assert module_input_channels(model) == 4  # no size: the first conv defined, said in its docstring
+    assert module_input_channels(model, size=(28, 28)) == 1
+    assert module_input_channels(model, size=(27, 25)) == 1
+    with shared_traces():
+        gm = trace(model, "for this test", (1, 28, 28))
+        propagate_shapes(gm, model, 28, 28)  # took 4 channels: the stem refused the probe's input
+    assert next(n for n in gm.graph.nodes if n.op == "placeholder").meta["tensor_meta"].shape == (1, 1, 28, 28)
+    sub = per_class_subset(small_test_set, 2, "side-first")
+    ds = ArrayDataset(sub.images, sub.labels(), sub.class_names)  # no preprocessing of its own: mine's applies
+    run = sketchmine.mine(model, ds, layers=["act"], k=2, out=tmp_path / "r.zarr", batch_size=len(ds),
+                          image_size=28)
+    assert run.layer_shape("act")[0] == 4

@@ -20,7 +20,7 @@ from torch import nn
 
 from sketchmine import __version__
 from sketchmine.data import (ArrayDataset, ImageFolderDataset, MinerDataset, Preprocessing, as_miner_dataset, as_size,
-                             compute_mean_std, first_readable, sequences)
+                             compute_mean_std, first_readable, parse_size, sequences)
 from sketchmine.data.batchprep import choose
 from sketchmine.data.preprocess import preset_names
 from sketchmine.device import as_device
@@ -73,7 +73,8 @@ def _resolve_preprocessing(loaded: LoadedModel, preprocessing: str | Preprocessi
     if not isinstance(preprocessing, Preprocessing):
         raise SketchmineError(f"preprocessing must be a preset name ({preset_names()}) or a "
                               f"Preprocessing, got {type(preprocessing).__name__} {preprocessing!r}")
-    channels = input_channels(loaded.module, preprocessing.channels)  # the Preprocessing's when it cannot tell
+    size = preprocessing.size or (parse_size(image_size, "image_size")[1] if image_size is not None else None)
+    channels = input_channels(loaded.module, preprocessing.channels, size)  # the Preprocessing's when it cannot tell
     if preprocessing.channels != channels:
         raise SketchmineError(f"the Preprocessing passed makes {preprocessing.channels}-channel input but model "
                               f"{loaded.model_id} takes {channels} channels")

@@ -211,8 +211,15 @@ def switches_differ_from(recorded: dict[str, Any], now: dict[str, Any]) -> list[
             if recorded.get(k) != now.get(k)]
 
 
-def input_channels(model: Any, default: int = 3) -> int:
-    """Channel count the model takes, as its backend reads it (default when it cannot)."""
+def input_channels(model: Any, default: int = 3, size: tuple[int, ...] | None = None) -> int:
+    """Channel count the model takes, as its backend reads it (default when it cannot). `size`:
+    one input's shape without batch and channels, (*leading, H, W), where the caller knows it: a
+    torch model that torch.fx follows only at a size is traced there (graph.module_input_channels);
+    an ONNX graph states its channels, whatever the size."""
+    if size is not None and isinstance(model, torch.nn.Module):
+        from sketchmine.model.graph import module_input_channels  # the graph analysis, for torch models only
+
+        return module_input_channels(model, default, tuple(size))
     return as_forward(model).input_channels(default)
 
 

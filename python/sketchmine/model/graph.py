@@ -36,18 +36,41 @@ _FUNCTIONAL_CONVS = {torch.nn.functional.conv1d, torch.nn.functional.conv2d, tor
                      torch.conv1d, torch.conv2d, torch.conv3d}
 
 
-def module_input_channels(model: nn.Module, default: int = 3) -> int:
+def module_input_channels(model: nn.Module, default: int = 3, size: tuple[int, ...] | None = None) -> int:
     """Channel count a torch model takes: in_channels of the first convolution its input reaches
     through ops that keep channels (a GRU's hidden states fed to a Conv1d over time are not its
-    input), else `default` (the input shape a graph analysis or a probe gives the model). A model
-    torch.fx cannot trace: its first convolution in module order."""
+    input), else `default` (the input shape a graph analysis or a probe gives the model).
+    `size`: one input's shape without the batch and channel axes, (*leading, H, W), where the
+    caller knows it: a model torch.fx follows only at a size (a forward that pads by its input's
+    size) is traced there at each channel count one of its convs takes, and the count whose graph
+    reaches a conv taking it is the answer. Else, for a model torch.fx cannot trace, its first
+    convolution in module order, which may be a side branch's, not the one the input reaches."""
     try:
         found = _input_conv_channels(trace(model, "to find its input channels"))
     except SketchmineError:
-        found = 0
+        found = _sized_input_channels(model, size) if size else 0
     if found == 0:  # no graph, or a conv reached whose channels it does not tell: the first conv defined
         return next((m.in_channels for m in model.modules() if isinstance(m, _CONVS)), default)
     return default if found is None else found
+
+
+def _sized_input_channels(model: nn.Module, size: tuple[int, ...]) -> int:
+    """The channel count, among those the model's convs take, at which the model traces at `size`
+    and its input reaches a conv taking that many; 0 when none does. A wrong count fails in the
+    stem conv's forward, so each try costs a forward up to there."""
+    tried: set[int] = set()
+    for conv in model.modules():
+        c = conv.in_channels if isinstance(conv, _CONVS) else 0
+        if c in tried or c == 0:
+            continue
+        tried.add(c)
+        try:
+            gm = trace(model, "to find its input channels", (*size[:-2], c, *size[-2:]))
+        except SketchmineError:
+            continue
+        if _input_conv_channels(gm) == c:
+            return c
+    return 0
 
 
 def _input_conv_channels(gm: fx.GraphModule) -> int | None:
@@ -220,7 +243,7 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, h: int, w: int, leadi
     check_leading(leading)
     if channels is not None:  # 0 or False would be read as "not given", 1.0 as 1
         whole_number(channels, "channels")
-    c = channels or module_input_channels(model)
+    c = channels or module_input_channels(model, size=(*leading, h, w))
     shape = (1, *leading, c, h, w)
     dtype = input_dtype(model)  # a half or double model refuses a float input
     lazy = any(is_lazy(t) for t in (*model.parameters(), *model.buffers()))  # made by their first real call

@@ -330,8 +330,11 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
     recorded = loaded.preprocessing if name in ("auto", "model") else None
     # a model whose input reaches no convolution that tells them (a Conv1d over rows) does not: an image_size
     # (C, H, W) or a recorded normalisation does, else 3 (which `mine` tries on an image: mining/channels.py)
-    channels = (input_channels(loaded.module, 0) or (parse_size(image_size, "image_size")[0] if image_size is not None
-                else None) or (len(recorded["mean"]) if recorded and recorded.get("mean") else 3))
+    # the size the model will be given, where known: a model torch.fx follows only at a size is traced there
+    hint = parse_size(image_size, "image_size")[1] if image_size is not None else (
+        _recorded_size(loaded.preprocessing) if name in ("auto", "model") else None)
+    channels = (input_channels(loaded.module, 0, hint) or (parse_size(image_size, "image_size")[0]
+                if image_size is not None else None) or (len(recorded["mean"]) if recorded and recorded.get("mean") else 3))
     if channels not in (1, 3):
         raise SketchmineError(f"model {loaded.model_id} takes {channels}-channel input: sketchmine makes images into "
                               "1-channel (grey) or 3-channel (RGB) model input, and mines models that take one of those")
@@ -375,3 +378,9 @@ def given_preprocessing(loaded: LoadedModel, given: str | Preprocessing | None, 
                               "images: pass the numbers the model was trained with (Preprocessing('dataset', "
                               "channels, size, mean, std)) or another preset")
     return pre
+
+
+def _recorded_size(recorded: dict[str, Any] | None) -> tuple[int, int] | None:
+    """The pretrained weights' recorded input size as (H, W), if they record one."""
+    size = (recorded or {}).get("size")
+    return (int(size), int(size)) if isinstance(size, int) and size > 0 else None
