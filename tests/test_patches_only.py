@@ -155,3 +155,28 @@ def test_an_onnx_runs_missing_pictures_are_said_to_be_patches(runs):
         assert note.endswith(f"--layers features.0` to add {what}")
         card = r.unit("features.0", 1)._repr_html_()
         assert f"to add its {what}</i>" in card
+
+
+def _as_mined_before_fields(run, tmp_path, name: str):
+    """A copy of `run` with the attributes an earlier sketchmine wrote for a graph it did not analyse
+    (an ONNX file, a forward computing with its input's size): no field on any layer, no whole-image
+    record, and no attribute checksums (the version records 0.1.0 and schema 2 alike)."""
+    import zarr
+
+    path = _copy(run, tmp_path, name)
+    del zarr.open_group(str(path), mode="r+").attrs[schema.ATTRIBUTE_SUMS]
+    for layer in run.layers:
+        zarr.open_group(str(path), mode="r+")[f"layers/{layer}"].attrs.update({"receptive_field": None})
+    return path
+
+
+def test_an_onnx_run_mined_before_its_fields_is_told_to_be_mined_again(runs, tmp_path):
+    """Such a run was refused blaming an op the analysis cannot follow, where mining it again
+    records the fields: the refusal now says so, from this version's analysis of the file."""
+    ds, _, onnx_run = runs
+    old = _as_mined_before_fields(onnx_run, tmp_path, "old.zarr")
+    with pytest.raises(SketchmineError, match=r"no receptive field for layer 'features.0', and this version's graph "
+                                              r"analysis of its model gives it one: the run was mined by an earlier "
+                                              r"sketchmine .* mine it again into a new --out"):
+        sketchmine.visualize(old, data=ds)
+    assert sketchmine.visualize(old, ["classifier.1"], data=ds).layer_attrs("classifier.1")[schema.VISUALIZED]

@@ -225,3 +225,24 @@ def test_the_channels_of_a_model_traced_at_a_size_are_its_stems(small_test_set, 
     run = sketchmine.mine(model, ds, layers=["act"], k=2, out=tmp_path / "r.zarr", batch_size=len(ds),
                           image_size=28)
     assert run.layer_shape("act")[0] == 4
+
+
+def test_a_run_mined_before_sized_traces_is_told_to_be_mined_again(small_test_set, tmp_path):
+    """Such a run (attributes as an earlier sketchmine wrote them: no field on any layer, no
+    checksums of them) was refused blaming an op the analysis cannot follow; this version's
+    analysis of the model gives the fields, and the refusal says to mine again."""
+    import shutil
+
+    import zarr
+
+    torch.manual_seed(0)
+    model = SameNet().eval()
+    ds = per_class_subset(small_test_set, 2, "same-pads-old")
+    run = sketchmine.mine(model, ds, layers=ACTS, k=2, out=tmp_path / "r.zarr", batch_size=len(ds))
+    old = shutil.copytree(run.path, tmp_path / "old.zarr")
+    del zarr.open_group(str(old), mode="r+").attrs["attribute_sums"]
+    for layer in ACTS:
+        zarr.open_group(str(old), mode="r+")[f"layers/{layer}"].attrs.update({"receptive_field": None})
+    with pytest.raises(SketchmineError, match=r"no receptive field for layer 'act1', and this version's graph "
+                                              r"analysis of its model gives it one: .* mine it again"):
+        visualize(old, ["act1"], model=model, data=ds)

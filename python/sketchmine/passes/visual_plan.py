@@ -2,6 +2,7 @@
 layer's recorded receptive field (or the whole image, for layers without a grid)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +36,11 @@ class Plan:
                 "block_units": block, "device": device, "units_done": 0, "complete": False}
 
 
-def plan_of(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> Plan:
-    """Crop geometry of one layer from its recorded receptive field."""
+def plan_of(run: Run, name: str, image_hw: tuple[int, int], max_patch: int,
+            field_now: Callable[[str], bool] | None = None) -> Plan:
+    """Crop geometry of one layer from its recorded receptive field. `field_now(name)`: whether
+    this version's analysis of the run's model gives the layer a field, asked only where the run
+    recorded none, so that the refusal can say whether mining again would record it."""
     shape = run.layer_shape(name)
     attrs = run.layer_attrs(name)
     grid = len(shape) == 3
@@ -51,6 +55,14 @@ def plan_of(run: Run, name: str, image_hw: tuple[int, int], max_patch: int) -> P
             raise SketchmineError(f"run {run.path} was mined before receptive fields were recorded; "
                                   f"mine it again with this version to visualize {name!r}")
         rf = attrs["receptive_field"]
+        if rf is None and field_now is not None and field_now(name):
+            # the run's attributes do not tell which version made it (0.1.0, schema 2 alike): the
+            # analysis does, where it now gives a field the run did not record
+            raise SketchmineError(
+                f"run {run.path} has no receptive field for layer {name!r}, and this version's graph analysis "
+                "of its model gives it one: the run was mined by an earlier sketchmine (before receptive fields "
+                "were computed for ONNX graphs and for forwards that compute with their input's size, none was "
+                f"recorded for them); mine it again into a new --out to visualize {name!r}")
         if rf is None or not rf.get("size"):
             raise SketchmineError(f"run {run.path} has no receptive field for layer {name!r} (when it was mined, "
                                   "the graph analysis met an op it cannot follow before it, or the layer is a "

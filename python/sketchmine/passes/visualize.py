@@ -18,6 +18,7 @@ Patches over `max_patch` px a side are resized (area) to fit: FC units' whole-im
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from sketchmine.device import as_device
 from sketchmine.errors import (SketchmineError, SketchmineFailure, flag, layer_list, machine_fix, optional_whole_number,
                                whole_number)
 from sketchmine.names import command, layer_arg
+from sketchmine.model.backend import as_forward
 from sketchmine.model.field_record import box_mask, clipped_boxes
 from sketchmine.passes.deconv import METHODS, Deconvolver, shared_order
 from sketchmine.passes.example_pictures import GROUPS, check_examples, needed_images, picture_examples
@@ -102,7 +104,12 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     images = ImageCache(ds, pre)  # decoded once, shared by all layers
     sample = tuple(images.inputs([int(needed[0])])[0].shape) if len(needed) else (1, 1, 1)
     channels, image_hw = sample[-3], (sample[-2], sample[-1])
-    plans = [plan_of(run, name, image_hw, max_patch) for name in names]
+
+    def first() -> torch.Tensor:  # an image the run ranked, for the analysis a refusal may ask of the model
+        return images.inputs([int(needed[0])])
+
+    field_now = _field_now(run, None if onnx else model, None if onnx else weights, names, first)
+    plans = [plan_of(run, name, image_hw, max_patch, field_now) for name in names]
     limit = {p.name: p.channels if max_units is None else min(p.channels, max_units) for p in plans}
     loaded = None if onnx else run_model(run, model, weights)
     # what the optimisation refuses, refused before anything below resets or writes
@@ -143,6 +150,27 @@ def visualize(run: Run | str | os.PathLike, layers: list[str] | None = None, *, 
     finally:
         lock.release()
     return open_run(run.path)
+
+
+def _field_now(run: Run, model: Any, weights: Any, names: list[str], first: Callable[[], torch.Tensor]
+               ) -> Callable[[str], bool]:
+    """Whether this version's field analysis of the run's model, at the run's input, gives a layer
+    a field: asked only for a layer the run recorded none for, analysed once. A model that does not
+    load or run answers no, and the refusal says what the run records."""
+    fields: dict[str, Any] = {}
+
+    def has(name: str) -> bool:
+        if not fields:
+            fields["*"] = None  # analysed: whatever comes of it, once
+            try:
+                forward = as_forward(run_model(run, model, weights).module)
+                x = first()
+                forward.shapes(names, x)  # the probe: which layers are tapped, and where their units lie
+                fields.update(forward.fields(tuple(x.shape[1:]), Silent()))
+            except (SketchmineError, RuntimeError, OSError, ValueError):
+                pass
+        return bool((fields.get(name) or {}).get("size"))
+    return has
 
 
 def _onnx_refusals(run: Run, method: str, model: Any, weights: Any, examples: str, optimize: bool) -> None:
