@@ -225,6 +225,9 @@ def test_the_channels_of_a_model_traced_at_a_size_are_its_stems(small_test_set, 
     run = sketchmine.mine(model, ds, layers=["act"], k=2, out=tmp_path / "r.zarr", batch_size=len(ds),
                           image_size=28)
     assert run.layer_shape("act")[0] == 4
+    fields = sketchmine.receptive_fields(model, (1, 28, 28))  # refused: "SideFirst takes 4"
+    assert fields["act"] == sketchmine.receptive_fields(model, 28)["act"]  # traced with 4 channels: failed
+    assert run.layer_attrs("act")["receptive_field"]["size"] == list(fields["act"].size)
 
 
 def test_a_run_mined_before_sized_traces_is_told_to_be_mined_again(small_test_set, tmp_path):

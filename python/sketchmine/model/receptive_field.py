@@ -161,14 +161,15 @@ def field_analysis(model: nn.Module, input_size: int | tuple[int, ...],
     from sketchmine.data import parse_size
 
     c, (h, w) = parse_size(input_size, "receptive_fields input_size")
+    check_leading(leading)  # before it is unpacked into a traced input's shape
+    size = (*leading, h, w)  # a model torch.fx follows only at a size is traced at it to find its channels
     if c is not None:
-        takes = channels if channels is not None else module_input_channels(model, default=c)
+        takes = channels if channels is not None else module_input_channels(model, default=c, size=size)
         if c != takes:
             raise SketchmineError(f"receptive_fields input_size {tuple(input_size)} has {c} channels but "
                                   f"{type(model).__name__} takes {takes}; pass (H, W) or ({takes}, H, W)")
         channels = c
-    check_leading(leading)  # before it is unpacked into the traced input's shape
-    gm = trace(model, "to compute receptive fields", (*leading, channels or module_input_channels(model), h, w))
+    gm = trace(model, "to compute receptive fields", (*leading, channels or module_input_channels(model, size=size), h, w))
     propagate_shapes(gm, model, h, w, leading, channels, partial)
     whole = whole_image(h, w)
     fields: dict[fx.Node, Field] = {}
