@@ -166,6 +166,8 @@ def test_virtual_layers_and_missing_results_are_refused(demo_model, small_test_s
 
 
 def test_cli_importance_reloads_the_run_and_plots(tmp_path, demo_test_set, capsys):
+    from sketchmine.present.plots import check_plot_path, plot_importance, save_figure
+
     out = tmp_path / "run.zarr"
     sketchmine.mine("demo", demo_test_set, layers=["features.10", "classifier.4"], k=2, out=out, batch_size=500)
     png = tmp_path / "imp.png"
@@ -183,11 +185,15 @@ def test_cli_importance_reloads_the_run_and_plots(tmp_path, demo_test_set, capsy
     assert "┃ unit ┃ prob. drop (pt) ┃ acc. drop (pt) ┃ mean act. right ┃ mean act. wrong ┃" in text  # 80 columns
     assert cli(["importance", str(out), "--layers", "nope"]) == 3
     assert "layer 'nope' is not in run" in capsys.readouterr().err
-    # its own plot is replaced (it records who wrote it: png, svg, pdf, ps, eps), in every format that can
+    # its own plot is replaced (it records who wrote it: png, svg, pdf, ps, eps): by the command once, then in
+    # every format that can by the checks and the writer the command calls (each command ablates again)
+    assert cli(["importance", str(out), "--layers", "classifier.4", "-q", "--plot", str(png)]) == 0
+    assert b"sketchmine plot file" in png.read_bytes()
     for fmt in ("png", "svg", "pdf", "eps"):
         plot = tmp_path / f"again.{fmt}"
         for _ in range(2):
-            assert cli(["importance", str(out), "--layers", "classifier.4", "-q", "--plot", str(plot)]) == 0
+            check_plot_path(plot)
+            save_figure(plot_importance(run, ["classifier.4"], 5), plot)
         assert b"sketchmine plot file" in plot.read_bytes()
 
 
