@@ -208,6 +208,7 @@ def test_layer_and_class_names_with_dollars_draw_as_text(tmp_path, demo_test_set
     run = sketchmine.open_run(run.path)
     write_report(run, tmp_path / "rep", montages=0)
     assert (tmp_path / "rep" / "summary.png").is_file() and (tmp_path / "rep" / "ink.png").is_file()
+    assert not (tmp_path / "rep" / "ink.svg").exists()  # no page links it: a second drawing for nothing
     assert (tmp_path / "rep" / "importance" / "00-_x__.png").is_file()
     fig = plots.summary_figure(run)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == run.layers

@@ -367,7 +367,7 @@ def _build(run: Run, out: Path, images: bool, t0: float, probe: Mapping[str, byt
     if summary is not None:
         plots.summary_plot(run, out / "summary", SUMMARY_N, rows=summary)
     if stats:
-        plots.ink_plot(run, out / "ink")
+        plots.ink_plot(run, out / "ink", formats=("png",))  # the page shows the PNG and links no SVG of it
     plan = montage_plan(run, list(ids), montages)
     # the strips written on threads, the slides in processes: every one on disk when the block ends
     with PngWriter() as png, SlideWriter(sum(map(len, plan.values()))) as drawn:

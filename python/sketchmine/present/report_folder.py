@@ -37,7 +37,8 @@ PARTIAL = json.dumps({"sketchmine": "report", "partial": True}) + "\n"
 
 REPORT_ENTRIES = frozenset({"index.html", "probe.html", "summary.png", "summary.svg", "ink.png", "ink.svg", "assets",
                             "layers", "units", "data", "dash", "img", "hist", "importance", "montage", "probe"})
-"""What a report writes at the top of its folder (the files, and the folders that hold the rest)."""
+"""What a report writes at the top of its folder (the files, and the folders that hold the rest; ink.svg:
+what earlier reports wrote, replaced as theirs)."""
 
 REPORT_SUFFIXES = (".html", ".js", ".mjs", ".css", ".png", ".svg", ".onnx", ".wasm")
 
