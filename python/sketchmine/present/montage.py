@@ -21,6 +21,7 @@ from matplotlib.patches import Rectangle
 
 from sketchmine.errors import SketchmineError
 from sketchmine.present.report_data import isolated
+from sketchmine.present.slide_canvas import SlideCanvas
 from sketchmine.results.effects import class_units
 from sketchmine.results.importance_store import rank_text
 from sketchmine.results.numbers import column, rate
@@ -292,6 +293,7 @@ class Slides:
     def draw(self, content: _Content) -> Figure:
         if self.last is None or self.last.key != content.key:
             self.last = Slide(content.key)
+            SlideCanvas(self.last.fig)  # kept with the figure: its renderer and the glyph cache
         return self.last.fill(content)
 
 
