@@ -1,5 +1,5 @@
 """The report's fast slide path (present/slide_canvas.py: one canvas kept a slide, text glyphs
-rendered once) draws the pixels of a slide built afresh and saved
+rendered once, an opaque slide written as RGB) draws the pixels of a slide built afresh and saved
 by matplotlib's own canvas, unit after unit: texts longer then shorter (no stale pixel of the last
 unit), a layer whose units change the slide's shapes (an optimised input for some units only), and
 a transparent figure. A real mined, visualized run of the demo model."""
@@ -53,7 +53,7 @@ def test_the_fast_path_draws_each_slide_as_one_built_afresh(run, tmp_path):
     for i, content in enumerate(contents):
         path = write_slide(slides.draw(content), tmp_path / f"{i}.png")
         with Image.open(path) as im:
-            assert im.size == (1600, 900)
+            assert im.size == (1600, 900) and im.mode == "RGB"  # opaque: written without its alpha
             drawn.append(np.asarray(im.convert("RGBA")))
     for (layer, unit), content, fast in zip(ORDER, contents, drawn):
         fresh = _fresh(content)
