@@ -8,7 +8,7 @@ A glyph's bitmap depends on its font, size, hinting, antialiasing and where in a
 changes none of its values (FreeType rasterises the outline moved to its rounded-down box). The
 cache is keyed by exactly those (the font by its object, which matplotlib makes per file list,
 hinting factor and thread, and which the key keeps alive so its id is never another's), so the
-pixels are the ones matplotlib draws (tests/test_slide_speed.py compares slides with ones drawn
+pixels are the ones matplotlib draws (tests/test_slide_canvas.py compares slides with ones drawn
 afresh, and the report's slides of the demo runs were compared with the old code's). The hooks
 are matplotlib's private ones (3.11); where they are missing (other versions) the canvas is still
 kept but the text is drawn as matplotlib draws it.
