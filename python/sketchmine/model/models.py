@@ -331,10 +331,10 @@ def preprocessing_for(model: LoadedModel | nn.Module | str, name: str = "auto",
     # a model whose input reaches no convolution that tells them (a Conv1d over rows) does not: an image_size
     # (C, H, W) or a recorded normalisation does, else 3 (which `mine` tries on an image: mining/channels.py)
     # the size the model will be given, where known: a model torch.fx follows only at a size is traced there
-    hint = parse_size(image_size, "image_size")[1] if image_size is not None else (
-        _recorded_size(loaded.preprocessing) if name in ("auto", "model") else None)
-    channels = (input_channels(loaded.module, 0, hint) or (parse_size(image_size, "image_size")[0]
-                if image_size is not None else None) or (len(recorded["mean"]) if recorded and recorded.get("mean") else 3))
+    given_c, given_hw = parse_size(image_size, "image_size") if image_size is not None else (None, None)
+    hint = given_hw if given_hw is not None else _recorded_size(recorded)
+    channels = (input_channels(loaded.module, 0, hint) or given_c
+                or (len(recorded["mean"]) if recorded and recorded.get("mean") else 3))
     if channels not in (1, 3):
         raise SketchmineError(f"model {loaded.model_id} takes {channels}-channel input: sketchmine makes images into "
                               "1-channel (grey) or 3-channel (RGB) model input, and mines models that take one of those")
